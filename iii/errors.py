@@ -1,0 +1,62 @@
+"""Errors raised by the SDK (ours; the reference SDK raises bare ``Exception``).
+
+``InvocationError`` is an ``Exception`` whose ``str()`` is exactly the reference SDK's message (the repr of the
+error dict), so code that matched on the text keeps working, while new code reads ``.code``.
+
+Example:
+    >>> err = InvocationError.from_wire({"code": "function_not_found", "message": "Function x not found"})
+    >>> err.code, str(err)
+    ('function_not_found', "{'code': 'function_not_found', 'message': 'Function x not found'}")
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class IIIError(Exception):
+    """Base of the errors this toolkit raises (other than ``TimeoutError``, ``ValueError``, ``TypeError``)."""
+
+
+class InvocationError(IIIError):
+    """A function call failed: the engine or the callee answered with an error body."""
+
+    def __init__(self, code: str, message: str, stacktrace: str | None = None, *, raw: Any = None) -> None:
+        self.code = code
+        self.message = message
+        self.stacktrace = stacktrace
+        self.raw = raw if raw is not None else _body(code, message, stacktrace)
+        super().__init__(str(self.raw))
+
+    @classmethod
+    def from_wire(cls, error: Any) -> InvocationError:
+        """Build from an ``invocationresult.error`` value of any shape."""
+        if isinstance(error, dict):
+            return cls(
+                str(error.get("code", "")),
+                str(error.get("message", "")),
+                error.get("stacktrace"),
+                raw=error,
+            )
+        return cls("unknown_error", str(error), raw=error)
+
+    def __str__(self) -> str:
+        return str(self.raw)
+
+
+class ConnectionLostError(InvocationError):
+    """The connection to the engine dropped while the call was in flight; the engine has halted it."""
+
+
+class ShuttingDownError(IIIError):
+    """The client is shutting down; its message matches the reference SDK's."""
+
+    def __init__(self) -> None:
+        super().__init__("iii is shutting down")
+
+
+def _body(code: str, message: str, stacktrace: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": code, "message": message}
+    if stacktrace is not None:
+        body["stacktrace"] = stacktrace
+    return body

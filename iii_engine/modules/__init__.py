@@ -1,0 +1,1 @@
+"""Engine modules, one file each; ``base`` holds the contract they implement."""

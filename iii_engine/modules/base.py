@@ -1,0 +1,142 @@
+"""What an engine module is, and what the engine offers it.
+
+The engine is functions all the way down: a module contributes built-in functions and trigger types to the
+same registry worker functions live in, and reaches everything else (calling functions, firing triggers, the
+channel relay) through :class:`EngineServices`. Modules never import ``iii_engine.engine``.
+
+Example:
+    >>> class Hello(EngineModule):
+    ...     name = "hello"
+    ...     class_names = ("modules::hello::HelloModule",)
+    ...     async def start(self) -> None:
+    ...         async def greet(data: object, ctx: InvocationContext) -> object:
+    ...             return {"hello": data}
+    ...         self.services.register_function(BuiltinFunction("hello::greet", greet))
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from iii.iii_types import TriggerInfo
+
+
+class EngineError(Exception):
+    """An error result ``{code, message}`` produced by the engine or a built-in function.
+
+    Example:
+        >>> EngineError("function_not_found", "Function x not found").body()
+        {'code': 'function_not_found', 'message': 'Function x not found'}
+    """
+
+    def __init__(self, code: str, message: str, stacktrace: str | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.stacktrace = stacktrace
+
+    def body(self) -> dict[str, Any]:
+        """The wire ``ErrorBody``."""
+        out: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.stacktrace is not None:
+            out["stacktrace"] = self.stacktrace
+        return out
+
+
+@dataclass(frozen=True)
+class InvocationContext:
+    """Who called a built-in function and with which trace context."""
+
+    caller_worker_id: str | None = None
+    invocation_id: str | None = None
+    traceparent: str | None = None
+    baggage: str | None = None
+
+
+BuiltinHandler = Callable[[Any, InvocationContext], Awaitable[Any]]
+
+
+@dataclass
+class BuiltinFunction:
+    """A function implemented inside the engine; listed and routed like any worker function."""
+
+    id: str
+    handler: BuiltinHandler
+    description: str | None = None
+    request_format: dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class TriggerTypeHandler(Protocol):
+    """Engine-side registrator of a built-in trigger type (``cron``, ``http``, ``stream`` …)."""
+
+    async def register(self, trigger: TriggerInfo) -> None:
+        """Activate ``trigger``; raise :class:`EngineError` to reject it (it is then not stored)."""
+
+    async def unregister(self, trigger: TriggerInfo) -> None:
+        """Deactivate ``trigger``."""
+
+
+class EngineServices(Protocol):
+    """The engine as a module sees it."""
+
+    log: logging.Logger
+
+    def register_function(self, function: BuiltinFunction) -> None:
+        """Add (or replace) a built-in function."""
+
+    def unregister_function(self, function_id: str) -> None:
+        """Remove a built-in function."""
+
+    def register_trigger_type(self, trigger_type: str, description: str, handler: TriggerTypeHandler) -> None:
+        """Add a built-in trigger type; workers cannot replace it (PROTOCOL §9.1 E4)."""
+
+    def has_function(self, function_id: str) -> bool:
+        """Whether ``function_id`` is currently registered (worker or built-in)."""
+
+    async def invoke(self, function_id: str, data: Any, *, timeout_s: float | None = None) -> Any:
+        """Call any function by id and await its result; raises :class:`EngineError` on an error result."""
+
+    def fire(self, function_id: str, data: Any) -> None:
+        """Call a function without waiting; its result or error is logged and dropped."""
+
+    async def condition_passes(self, condition_function_id: str | None, payload: Any) -> bool:
+        """PROTOCOL §4.5: only a literal ``false`` result skips; an error skips (logged)."""
+
+    def triggers_of_type(self, trigger_type: str) -> list[TriggerInfo]:
+        """The active triggers of a type."""
+
+    def module(self, name: str) -> EngineModule | None:
+        """Another loaded module by :attr:`EngineModule.name`, e.g. ``"queue"``."""
+
+
+class EngineModule(ABC):
+    """One engine module, configured by its production class name and settings."""
+
+    name: ClassVar[str]
+    class_names: ClassVar[tuple[str, ...]]
+    enabled_by_default: ClassVar[bool] = True
+
+    def __init__(self, services: EngineServices, config: Mapping[str, Any] | None = None) -> None:
+        self.services = services
+        self.config: Mapping[str, Any] = config or {}
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Register functions and trigger types, open listeners."""
+
+    async def stop(self) -> None:  # noqa: B027 - optional hook
+        """Close listeners and stores; called once on engine shutdown."""
+
+
+@dataclass
+class ModuleSpec:
+    """A module entry of the engine configuration."""
+
+    class_name: str
+    config: dict[str, Any] = field(default_factory=dict)
