@@ -1,32 +1,627 @@
-"""Channel ends (PROTOCOL §5.4). Interface stub: the channels work replaces it."""
+"""Channel ends: stream bytes and text messages through the engine (PROTOCOL §5.4, §8.3, §9.5 S10-S11).
+
+Same API as the reference SDK's ``iii.channels`` (``ChannelWriter``, ``ChannelReader``, ``WritableStream``,
+``ReadableStream``, ``build_channel_url``), with its faults fixed:
+
+* no keepalive ping timeout on channel sockets (the production engine never answers a reader's pings);
+* ``close_async`` waits for every queued write instead of sleeping 10 ms, and a writer that never wrote still
+  connects to deliver end-of-stream;
+* the sync ``.stream`` API and ``send_message`` go through one ordered queue; ``WritableStream.write`` returns
+  ``False`` once more than ``high_water_mark`` bytes are queued (``await stream.drain()`` then waits);
+* text messages reach ``on_message`` callbacks during any read (iteration, ``read_all``, ``recv``);
+* abnormal closes raise precise errors (below) instead of ending the stream silently;
+* channel objects inside payloads serialise as their refs (``__iii_json__``).
+
+Errors (all subclasses of :class:`ChannelError`):
+
+======================== =================================================================================
+ChannelNotFoundError     the engine refused the upgrade with 404: unknown channel, wrong key or direction
+ChannelConnectionError   any other handshake failure, or the socket closed abnormally (1006, 1009, 1011…)
+ChannelAbortedError      reader side: the writer aborted (our engine's close code 4001)
+ChannelExpiredError      the other end never connected before the channel's deadline (4003)
+ReaderGoneError          writer side: the reader left before the end (4002; or the socket dropped, which is
+                         how the production engine signals it)
+ChannelInUseError        this end of the channel is already attached to another connection (4009)
+ChannelClosedError       this end was already closed locally
+======================== =================================================================================
+
+Example:
+    >>> ref = StreamChannelRef(channel_id="c1", access_key="k", direction="write")
+    >>> writer = ChannelWriter("ws://localhost:49134/", ref)
+    >>> writer.__iii_json__()
+    {'channel_id': 'c1', 'access_key': 'k', 'direction': 'write'}
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import inspect
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from types import TracebackType
+from typing import Any, Final, Literal
+from urllib.parse import quote
 
+import websockets
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from .errors import IIIError
 from .iii_types import StreamChannelRef
+
+log = logging.getLogger("iii.channels")
+
+MAX_FRAME_SIZE: Final = 64 * 1024
+"""Binary writes are split into frames of at most this many bytes (same as the reference, so any peer reads them)."""
+
+DEFAULT_HIGH_WATER_MARK: Final = 1024 * 1024
+"""Bytes queued through the sync API before ``WritableStream.write`` returns ``False``."""
+
+CLOSE_NORMAL: Final = 1000
+CLOSE_NO_STATUS: Final = 1005
+CLOSE_WRITER_ABORTED: Final = 4001
+CLOSE_READER_GONE: Final = 4002
+CLOSE_EXPIRED: Final = 4003
+CLOSE_IN_USE: Final = 4009
+_EOF_CODES: Final = frozenset({CLOSE_NORMAL, CLOSE_NO_STATUS})
+
+# Options for every channel socket: no ping timeout (T19), no compression (throughput), no size limit (T27).
+_CONNECT_OPTIONS: Final[dict[str, Any]] = {
+    "ping_interval": None,
+    "ping_timeout": None,
+    "compression": None,
+    "max_size": None,
+    "open_timeout": 10,
+}
+
+
+# ---------------------------------------------------------------------------------------------------- errors
+
+
+class ChannelError(IIIError):
+    """Base of every channel error.
+
+    Attributes:
+        channel_id: the channel concerned.
+        code: the WebSocket close code that signalled it, if any.
+        reason: the close reason text, if any.
+    """
+
+    def __init__(self, message: str, *, channel_id: str = "", code: int | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.channel_id = channel_id
+        self.code = code
+        self.reason = reason
+
+
+class ChannelNotFoundError(ChannelError):
+    """The engine answered the upgrade with HTTP 404: unknown channel id, wrong key, or wrong direction."""
+
+
+class ChannelConnectionError(ChannelError):
+    """The channel socket could not be opened, or closed abnormally (no Close frame, 1009, 1011, …)."""
+
+
+class ChannelAbortedError(ChannelError):
+    """The writer aborted the stream; the data received so far is incomplete."""
+
+
+class ChannelExpiredError(ChannelAbortedError):
+    """The other end never connected before the channel's attach deadline."""
+
+
+class ReaderGoneError(ChannelError):
+    """The reader closed or disconnected before the end; stop writing."""
+
+
+class ChannelInUseError(ChannelError):
+    """This end of the channel is already attached to another connection."""
+
+
+class ChannelClosedError(ChannelError):
+    """This channel end was already closed locally."""
 
 
 def build_channel_url(engine_ws_base: str, channel_id: str, access_key: str, direction: str) -> str:
-    """``ws://host:port/ws/channels/<id>?key=<key>&dir=<direction>``."""
-    from urllib.parse import quote
+    """``ws://host:port/ws/channels/<id>?key=<key>&dir=<direction>`` (PROTOCOL §5.2).
 
-    return f"{engine_ws_base.rstrip('/')}/ws/channels/{channel_id}?key={quote(access_key, safe='')}&dir={direction}"
+    Example:
+        >>> build_channel_url("ws://localhost:49134/", "c1", "a/b", "read")
+        'ws://localhost:49134/ws/channels/c1?key=a%2Fb&dir=read'
+    """
+    base = engine_ws_base.rstrip("/")
+    return f"{base}/ws/channels/{channel_id}?key={quote(access_key, safe='')}&dir={direction}"
+
+
+def _as_ref(ref: StreamChannelRef | dict[str, Any]) -> StreamChannelRef:
+    return ref if isinstance(ref, StreamChannelRef) else StreamChannelRef.model_validate(ref)
+
+
+async def _connect(url: str, channel_id: str) -> ClientConnection:
+    try:
+        return await websockets.connect(url, **_CONNECT_OPTIONS)
+    except InvalidStatus as exc:
+        status = exc.response.status_code
+        if status == 404:
+            raise ChannelNotFoundError(
+                f"channel {channel_id} not found (unknown id, wrong key or wrong direction)", channel_id=channel_id
+            ) from exc
+        raise ChannelConnectionError(
+            f"engine refused channel {channel_id} with HTTP {status}", channel_id=channel_id
+        ) from exc
+    except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
+        raise ChannelConnectionError(f"cannot connect to channel {channel_id}: {exc}", channel_id=channel_id) from exc
+
+
+def _closed_error(exc: ConnectionClosed, channel_id: str, side: Literal["read", "write"]) -> ChannelError | None:
+    """Map how a channel socket closed to an error, or ``None`` for a normal end of stream (reader side)."""
+    rcvd = exc.rcvd
+    code = rcvd.code if rcvd is not None else None
+    reason = rcvd.reason if rcvd is not None else ""
+    detail = f": {reason}" if reason else ""
+    kw: dict[str, Any] = {"channel_id": channel_id, "code": code, "reason": reason}
+    if exc.sent is not None and exc.rcvd_then_sent is False:
+        return ChannelClosedError(f"channel {channel_id} was closed by this end", **kw)
+    if code == CLOSE_EXPIRED:
+        return ChannelExpiredError(f"channel {channel_id} expired: the other end never connected{detail}", **kw)
+    if code == CLOSE_IN_USE:
+        return ChannelInUseError(f"channel {channel_id}: the {side} end is already attached{detail}", **kw)
+    if side == "read":
+        if code in _EOF_CODES:
+            return None
+        if code == CLOSE_WRITER_ABORTED:
+            return ChannelAbortedError(f"channel {channel_id}: the writer aborted{detail}", **kw)
+    else:
+        if code == CLOSE_READER_GONE or code is None:
+            how = "closed the channel" if code is not None else "dropped the connection (reader gone or engine down)"
+            return ReaderGoneError(f"channel {channel_id}: the engine {how} before the end{detail}", **kw)
+        if code in _EOF_CODES:
+            return ReaderGoneError(f"channel {channel_id}: the engine ended the writer early{detail}", **kw)
+    if code is None:
+        return ChannelConnectionError(f"channel {channel_id}: connection lost without a close frame", **kw)
+    return ChannelConnectionError(f"channel {channel_id}: closed abnormally with code {code}{detail}", **kw)
+
+
+def _run_sync(coro: Any) -> None:
+    """Run ``coro`` now when no loop is running (the reference's fallback for the sync API)."""
+    asyncio.run(coro)
+
+
+# ---------------------------------------------------------------------------------------------------- writer
+
+
+class WritableStream:
+    """Sync, Node-like writable view of a :class:`ChannelWriter` (``writer.stream``).
+
+    ``write`` queues the bytes in order and returns ``False`` once more than ``high_water_mark`` bytes are
+    queued; ``await drain()`` waits until the queue is back under it. ``end`` closes after every queued write.
+
+    Example:
+        >>> async def produce(writer: ChannelWriter) -> None:
+        ...     for block in (b"a" * 10, b"b" * 10):
+        ...         if not writer.stream.write(block):
+        ...             await writer.stream.drain()
+        ...     writer.stream.end()
+    """
+
+    def __init__(self, writer: ChannelWriter, high_water_mark: int = DEFAULT_HIGH_WATER_MARK) -> None:
+        self._writer = writer
+        self.high_water_mark = high_water_mark
+
+    def write(self, data: bytes | bytearray | memoryview) -> bool:
+        """Queue ``data``; ``False`` means "wait for :meth:`drain` before writing more"."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            _run_sync(self._writer.write(bytes(data)))
+            return True
+        self._writer._enqueue(bytes(data))
+        return self._writer.pending_bytes < self.high_water_mark
+
+    def end(self, data: bytes | bytearray | memoryview | None = None) -> None:
+        """Queue optional final ``data``, then close once everything queued was sent."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            _run_sync(self._end_async(data))
+            return
+        if data is not None:
+            self._writer._enqueue(bytes(data))
+        self._writer.close()
+
+    async def _end_async(self, data: bytes | bytearray | memoryview | None) -> None:
+        if data is not None:
+            await self._writer.write(data)
+        await self._writer.close_async()
+
+    async def drain(self) -> None:
+        """Wait until fewer than ``high_water_mark`` bytes are queued (ours; raises the writer's error)."""
+        await self._writer._wait_pending_below(self.high_water_mark)
 
 
 class ChannelWriter:
-    def __init__(self, engine_ws_base: str, ref: StreamChannelRef) -> None:
-        self._base = engine_ws_base
-        self.ref = ref
+    """The writing end of a channel: binary ``write`` and text ``send_message``, then ``close``.
+
+    Connects lazily on first use. ``async with writer:`` closes on success and aborts on an exception (ours).
+
+    Example:
+        >>> async def send(writer: ChannelWriter, data: bytes) -> None:
+        ...     async with writer:
+        ...         await writer.send_message_async('{"name": "report.csv"}')
+        ...         await writer.write(data)
+    """
+
+    def __init__(self, engine_ws_base: str, ref: StreamChannelRef | dict[str, Any]) -> None:
+        self.ref = _as_ref(ref)
+        self._channel_id = self.ref.channel_id
+        self._url = build_channel_url(engine_ws_base, self.ref.channel_id, self.ref.access_key, "write")
+        self._ws: ClientConnection | None = None
+        self._send_lock = asyncio.Lock()
+        self._queue: deque[tuple[bytes | str, asyncio.Future[None] | None]] = deque()
+        self._pending_bytes = 0
+        self._pump: asyncio.Task[None] | None = None
+        self._space_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._error: BaseException | None = None
+        self._closing: asyncio.Task[None] | None = None
+        self._closed = False
+        self.bytes_written = 0
+        self.stream = WritableStream(self)
+
+    # ---- public API
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``close``/``abort`` was called."""
+        return self._closed
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes queued by the sync API and not yet handed to the socket."""
+        return self._pending_bytes
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Send ``data`` as binary frames of at most 65 536 bytes, after anything queued before it."""
+        self._check_open()
+        if self._queue or self._pump is not None:
+            await self._enqueue_and_wait(bytes(data))
+        else:
+            await self._send(data)
+
+    def send_message(self, msg: str) -> None:
+        """Queue a text message (fire-and-forget; ordered with every other write)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            _run_sync(self.send_message_async(msg))
+            return
+        self._check_open()
+        self._enqueue(msg)
+
+    async def send_message_async(self, msg: str) -> None:
+        """Send a text message (never split) after anything queued before it."""
+        self._check_open()
+        if self._queue or self._pump is not None:
+            await self._enqueue_and_wait(msg)
+        else:
+            await self._send(msg)
+
+    def close(self) -> None:
+        """Close after every queued write (fire-and-forget; errors are logged)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            _run_sync(self.close_async())
+            return
+        if self._closing is None:
+            self._closed = True
+            self._closing = loop.create_task(self._close_impl())
+            self._closing.add_done_callback(_log_task_error)
+
+    async def close_async(self) -> None:
+        """Send end-of-stream once every queued write was sent; raises if the stream did not get through."""
+        if self._closing is None:
+            self._closed = True
+            self._closing = asyncio.ensure_future(self._close_impl())
+        await asyncio.shield(self._closing)
+
+    async def abort(self, reason: str = "") -> None:
+        """Abort the stream (ours): queued writes are dropped and the reader gets :class:`ChannelAbortedError`.
+
+        Against the production engine an abort looks like end-of-stream to the reader; use an integrity trailer
+        (``iii_channels``) to detect it there.
+        """
+        self._closed = True
+        if self._pump is not None:
+            self._pump.cancel()
+        self._fail_queue(ChannelClosedError(f"channel {self._channel_id} aborted", channel_id=self._channel_id))
+        ws = self._ws
+        try:
+            if ws is None:
+                ws = self._ws = await _connect(self._url, self._channel_id)
+            await ws.close(CLOSE_WRITER_ABORTED, (reason or "aborted by writer")[:120])
+        except ChannelError as exc:
+            log.debug("abort of channel %s: %s", self._channel_id, exc)
 
     def __iii_json__(self) -> dict[str, Any]:
+        """The ref, so a writer placed in a payload travels as plain JSON (S11)."""
         return self.ref.model_dump()
+
+    async def __aenter__(self) -> ChannelWriter:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is None:
+            await self.close_async()
+        else:
+            await self.abort(f"{exc_type.__name__ if exc_type else 'error'}: {exc}")
+
+    # ---- internals
+
+    def _check_open(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._closed:
+            raise ChannelClosedError(f"channel {self._channel_id} writer is closed", channel_id=self._channel_id)
+
+    async def _ensure_connected(self) -> ClientConnection:
+        if self._ws is None:
+            self._ws = await _connect(self._url, self._channel_id)
+        return self._ws
+
+    async def _send(self, data: bytes | bytearray | memoryview | str) -> None:
+        # One lock around connect + all frames of one write, so concurrent writers never interleave frames.
+        async with self._send_lock:
+            if self._error is not None:
+                raise self._error
+            ws = await self._ensure_connected()
+            try:
+                if isinstance(data, str):
+                    await ws.send(data)
+                elif len(data) <= MAX_FRAME_SIZE:
+                    await ws.send(data)
+                    self.bytes_written += len(data)
+                else:
+                    view = memoryview(data)
+                    for start in range(0, len(view), MAX_FRAME_SIZE):
+                        await ws.send(view[start : start + MAX_FRAME_SIZE])
+                        self.bytes_written += min(MAX_FRAME_SIZE, len(view) - start)
+            except ConnectionClosed as exc:
+                error = _closed_error(exc, self._channel_id, "write")
+                assert error is not None  # the write side never maps a close to "no error"
+                self._error = error
+                raise error from exc
+
+    def _enqueue(self, data: bytes | str, future: asyncio.Future[None] | None = None) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.append((data, future))
+        self._pending_bytes += len(data)
+        if self._pump is None:
+            self._pump = asyncio.get_running_loop().create_task(self._run_pump())
+
+    async def _enqueue_and_wait(self, data: bytes | str) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._enqueue(data, future)
+        await future
+
+    async def _run_pump(self) -> None:
+        try:
+            while self._queue:
+                data, future = self._queue[0]
+                try:
+                    await self._send(data)
+                except BaseException as exc:
+                    self._fail_queue(exc if isinstance(exc, ChannelError) else ChannelClosedError(
+                        f"channel {self._channel_id}: write cancelled", channel_id=self._channel_id))
+                    if not isinstance(exc, ChannelError):
+                        raise
+                    return
+                self._queue.popleft()
+                self._pending_bytes -= len(data)
+                if future is not None and not future.done():
+                    future.set_result(None)
+                self._wake_space_waiters()
+        finally:
+            self._pump = None
+
+    def _fail_queue(self, error: BaseException) -> None:
+        if self._error is None:
+            self._error = error
+        while self._queue:
+            _, future = self._queue.popleft()
+            if future is not None and not future.done():
+                future.set_exception(error)
+        self._pending_bytes = 0
+        self._wake_space_waiters()
+
+    def _wake_space_waiters(self) -> None:
+        still = []
+        for limit, future in self._space_waiters:
+            if future.done():
+                continue
+            if self._error is not None:
+                future.set_exception(self._error)
+            elif self._pending_bytes < limit:
+                future.set_result(None)
+            else:
+                still.append((limit, future))
+        self._space_waiters = still
+
+    async def _wait_pending_below(self, limit: int) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._pending_bytes < limit:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._space_waiters.append((limit, future))
+        await future
+
+    async def _close_impl(self) -> None:
+        pump = self._pump
+        if pump is not None:
+            await asyncio.wait([pump])
+        if self._error is not None:
+            raise self._error
+        async with self._send_lock:
+            # Connect even if nothing was written, so the reader gets end-of-stream promptly (T24).
+            ws = await self._ensure_connected()
+            await ws.close(CLOSE_NORMAL)
+        rcvd = ws.protocol.close_rcvd
+        if rcvd is not None and ws.protocol.close_rcvd_then_sent and rcvd.code not in _EOF_CODES:
+            # The engine had closed this writer first (e.g. 4002: the reader left before the end).
+            error = _closed_error(ConnectionClosed(rcvd, ws.protocol.close_sent, True), self._channel_id, "write")
+            if error is not None:
+                self._error = error
+                raise error
+
+
+def _log_task_error(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("channel close failed: %s", task.exception())
+
+
+# ---------------------------------------------------------------------------------------------------- reader
+
+
+class ReadableStream:
+    """Async iterable of the binary chunks of a :class:`ChannelReader` (``reader.stream``).
+
+    Example:
+        >>> async def count(reader: ChannelReader) -> int:
+        ...     return sum([len(chunk) async for chunk in reader.stream])
+    """
+
+    def __init__(self, reader: ChannelReader) -> None:
+        self._reader = reader
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._reader:
+            yield chunk
 
 
 class ChannelReader:
-    def __init__(self, engine_ws_base: str, ref: StreamChannelRef) -> None:
-        self._base = engine_ws_base
-        self.ref = ref
+    """The reading end of a channel: iterate binary chunks; text messages go to ``on_message`` callbacks.
+
+    End of stream ends iteration; an aborted or broken stream raises a :class:`ChannelError` subclass.
+
+    Example:
+        >>> async def receive(reader: ChannelReader) -> bytes:
+        ...     reader.on_message(lambda text: print("meta:", text))
+        ...     return await reader.read_all()
+    """
+
+    def __init__(self, engine_ws_base: str, ref: StreamChannelRef | dict[str, Any]) -> None:
+        self.ref = _as_ref(ref)
+        self._channel_id = self.ref.channel_id
+        self._url = build_channel_url(engine_ws_base, self.ref.channel_id, self.ref.access_key, "read")
+        self._ws: ClientConnection | None = None
+        self._connect_lock = asyncio.Lock()
+        self._message_callbacks: list[Callable[[str], Any]] = []
+        self._eof = False
+        self._closed = False
+        self.bytes_read = 0
+        self.stream = ReadableStream(self)
+
+    @property
+    def at_eof(self) -> bool:
+        """Whether end-of-stream was received."""
+        return self._eof
+
+    def on_message(self, callback: Callable[[str], Any]) -> None:
+        """Call ``callback(text)`` for every text message, during any read. Coroutine results are awaited."""
+        self._message_callbacks.append(callback)
+
+    async def recv(self) -> bytes | str | None:
+        """The next message, text or binary, or ``None`` at end of stream (ours; callbacks are not called)."""
+        if self._eof:
+            return None
+        if self._closed:
+            raise ChannelClosedError(f"channel {self._channel_id} reader is closed", channel_id=self._channel_id)
+        ws = self._ws
+        if ws is None:
+            ws = await self._ensure_connected()
+        try:
+            message = await ws.recv()
+        except ConnectionClosed as exc:
+            error = _closed_error(exc, self._channel_id, "read")
+            if error is None:
+                self._eof = True
+                return None
+            raise error from exc
+        if not isinstance(message, str):
+            self.bytes_read += len(message)
+        return message
+
+    async def read_chunk(self) -> bytes | None:
+        """The next binary chunk, or ``None`` at end of stream; text messages meanwhile go to the callbacks."""
+        while True:
+            message = await self.recv()
+            if message is None or not isinstance(message, str):
+                return message
+            await self._dispatch(message)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while (chunk := await self.read_chunk()) is not None:
+            yield chunk
+
+    async def read_all(self) -> bytes:
+        """Read the entire stream into one ``bytes``."""
+        chunks: list[bytes] = []
+        while (chunk := await self.read_chunk()) is not None:
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def close_async(self) -> None:
+        """Stop reading; before end-of-stream this tells the writer that the reader is gone."""
+        self._closed = True
+        if self._ws is not None:
+            await self._ws.close(CLOSE_NORMAL)
 
     def __iii_json__(self) -> dict[str, Any]:
+        """The ref, so a reader placed in a payload travels as plain JSON (S11)."""
         return self.ref.model_dump()
+
+    async def __aenter__(self) -> ChannelReader:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close_async()
+
+    async def _ensure_connected(self) -> ClientConnection:
+        async with self._connect_lock:
+            if self._ws is None:
+                self._ws = await _connect(self._url, self._channel_id)
+            return self._ws
+
+    async def _dispatch(self, text: str) -> None:
+        for callback in self._message_callbacks:
+            try:
+                result = callback(text)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("error in channel %s message callback", self._channel_id)
+
+
+__all__ = [
+    "DEFAULT_HIGH_WATER_MARK",
+    "MAX_FRAME_SIZE",
+    "ChannelAbortedError",
+    "ChannelClosedError",
+    "ChannelConnectionError",
+    "ChannelError",
+    "ChannelExpiredError",
+    "ChannelInUseError",
+    "ChannelNotFoundError",
+    "ChannelReader",
+    "ChannelWriter",
+    "ReadableStream",
+    "ReaderGoneError",
+    "WritableStream",
+    "build_channel_url",
+]

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import builtins
 from abc import ABC, abstractmethod
 from typing import Any, Generic, TypeVar
 
@@ -172,11 +173,11 @@ class IStream(ABC, Generic[TData]):
         """Remove the item; returns the old value."""
 
     @abstractmethod
-    async def list(self, input: StreamListInput) -> list[TData]:
+    async def list(self, input: StreamListInput) -> builtins.list[TData]:
         """Every item value in a group."""
 
     @abstractmethod
-    async def list_groups(self, input: StreamListGroupsInput) -> list[str]:
+    async def list_groups(self, input: StreamListGroupsInput) -> builtins.list[str]:
         """Every non-empty group of a stream."""
 
     @abstractmethod

@@ -1,39 +1,440 @@
-"""Channel relay (PROTOCOL §5, §9.2). Interface stub: the channels work replaces the bodies.
+"""Channel relay (PROTOCOL §5, with every improvement of §9.2).
 
-The worker listener hands ``/ws/channels/{id}`` upgrades here: ``check`` runs before the upgrade (HTTP
-rejection), ``serve`` runs the accepted connection until it ends.
+A channel moves WebSocket messages from one writer socket to one reader socket, in order, through a bounded
+queue of at most ``buffer_size`` messages. The worker listener hands ``/ws/channels/{id}`` upgrades here:
+:meth:`ChannelRelay.check` runs before the upgrade (HTTP refusal), :meth:`ChannelRelay.serve` runs the accepted
+connection until that end is done.
+
+Close codes sent by this relay (ours; the production engine sends Close without a code in every case):
+
+====  ================  =====================================================================
+1000  reader            end of stream: the writer closed normally and everything was delivered
+1009  writer            a message exceeded ``max_message_size`` (the reader then gets 4001)
+4001  reader            the writer aborted (non-normal close code, dropped connection, oversize)
+4002  writer            the reader closed or disconnected before the end
+4003  the attached end  the channel expired: the other end never connected in time
+4009  extra connection  that end of the channel is already attached
+====  ================  =====================================================================
+
+With ``production_mode=True`` the relay mimics the production engine instead, so clients can be tested against
+both: one key for both directions, ``dir`` not checked against the key, Close without a code for EOF, abort,
+expiry and extra connections, the reader socket never read, and a writer whose reader left dropped without Close.
+
+Example:
+    >>> relay = ChannelRelay()
+    >>> refs = relay.create(8, owner="worker-1")
+    >>> refs["writer"]["direction"], refs["reader"]["direction"]
+    ('write', 'read')
+    >>> relay.check(refs["writer"]["channel_id"], refs["reader"]["access_key"], "write")
+    (404, 'Channel not found')
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import enum
+import hmac
+import logging
+import secrets
+import uuid
+from collections import deque
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
+
+log = logging.getLogger("iii_engine.channels")
+
+DEFAULT_BUFFER_SIZE = 64
+MAX_BUFFER_SIZE = 1024
+
+CLOSE_EOF = 1000
+CLOSE_TOO_BIG = 1009
+CLOSE_WRITER_ABORTED = 4001
+CLOSE_READER_GONE = 4002
+CLOSE_EXPIRED = 4003
+CLOSE_ALREADY_ATTACHED = 4009
+
+# Close codes a writer may use to mean "end of stream" (1005 = Close frame without a code).
+_WRITER_EOF_CODES = frozenset({1000, 1005})
+
+
+class _EndState(enum.Enum):
+    NEW = "new"
+    ATTACHED = "attached"
+    DONE = "done"
+
+
+def clamp_buffer_size(buffer_size: int | None) -> int:
+    """The queue capacity for a requested ``buffer_size`` (default 64, clamped to 1…1024, PROTOCOL §5.1).
+
+    Example:
+        >>> clamp_buffer_size(None), clamp_buffer_size(0), clamp_buffer_size(5000)
+        (64, 1, 1024)
+    """
+    if buffer_size is None:
+        return DEFAULT_BUFFER_SIZE
+    return max(1, min(MAX_BUFFER_SIZE, int(buffer_size)))
+
+
+class _Channel:
+    """One channel: the queue, both ends' state and the wake-ups between the two serve loops."""
+
+    def __init__(self, channel_id: str, writer_key: str, reader_key: str, capacity: int, owner: str | None) -> None:
+        self.id = channel_id
+        self.writer_key = writer_key
+        self.reader_key = reader_key
+        self.capacity = capacity
+        self.owner = owner
+        self.items: deque[str | bytes] = deque()
+        self.writer_state = _EndState.NEW
+        self.reader_state = _EndState.NEW
+        self.writer_ws: ServerConnection | None = None
+        self.reader_ws: ServerConnection | None = None
+        self.eof = False
+        # (close code for the reader, reason) once the stream ended abnormally.
+        self.failure: tuple[int, str] | None = None
+        self.reader_gone = False
+        self.expired = False
+        self.deadline: asyncio.TimerHandle | None = None
+        self._data_waiter: asyncio.Future[None] | None = None
+        self._space_waiter: asyncio.Future[None] | None = None
+
+    # The two waiters are single futures (one reader loop, one writer loop); cheaper than Events on the hot path.
+    def wake_reader(self) -> None:
+        waiter = self._data_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def wake_writer(self) -> None:
+        waiter = self._space_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait_data(self) -> None:
+        self._data_waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._data_waiter
+        finally:
+            self._data_waiter = None
+
+    async def wait_space(self) -> None:
+        self._space_waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._space_waiter
+        finally:
+            self._space_waiter = None
+
+    @property
+    def reader_must_stop(self) -> bool:
+        return self.reader_gone or self.expired
 
 
 class ChannelRelay:
-    """All channels of one engine."""
+    """All channels of one engine.
 
-    def __init__(self, *, max_message_size: int = 64 * 1024 * 1024, attach_timeout_s: float = 300.0,
-                 production_mode: bool = False) -> None:
+    Args:
+        max_message_size: largest message a writer may send; larger closes the writer with 1009 and aborts.
+        attach_timeout_s: how long an end may stay unattached before the channel expires (4003).
+        production_mode: behave like the production engine (see the module docstring).
+
+    Example:
+        >>> relay = ChannelRelay(attach_timeout_s=60.0)
+        >>> ref = relay.create(None, owner=None)["reader"]
+        >>> relay.check(ref["channel_id"], ref["access_key"], "read") is None
+        True
+    """
+
+    def __init__(
+        self,
+        *,
+        max_message_size: int = 64 * 1024 * 1024,
+        attach_timeout_s: float = 300.0,
+        production_mode: bool = False,
+    ) -> None:
         self.max_message_size = max_message_size
         self.attach_timeout_s = attach_timeout_s
         self.production_mode = production_mode
+        self._channels: dict[str, _Channel] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # ------------------------------------------------------------------ creation and lookup
 
     def create(self, buffer_size: int | None, owner: str | None) -> dict[str, Any]:
-        """``engine::channels::create``: ``{"writer": ref, "reader": ref}``."""
-        raise NotImplementedError("channels are not implemented yet")
+        """``engine::channels::create``: ``{"writer": ref, "reader": ref}`` (PROTOCOL §5.1, §9.2 C6/C7)."""
+        channel_id = str(uuid.uuid4())
+        writer_key = secrets.token_urlsafe(24)
+        reader_key = writer_key if self.production_mode else secrets.token_urlsafe(24)
+        channel = _Channel(
+            channel_id,
+            writer_key,
+            reader_key,
+            clamp_buffer_size(buffer_size),
+            None if self.production_mode else owner,
+        )
+        self._channels[channel_id] = channel
+        self._idle.clear()
+        self._arm_deadline(channel)
+        return {
+            "writer": {"channel_id": channel_id, "access_key": writer_key, "direction": "write"},
+            "reader": {"channel_id": channel_id, "access_key": reader_key, "direction": "read"},
+        }
 
     def check(self, channel_id: str, key: str | None, direction: str | None) -> tuple[int, str] | None:
-        """``(status, body)`` to refuse the upgrade with, or ``None`` to accept."""
-        return (404, "Channel not found")
+        """``(status, body)`` to refuse the upgrade with, or ``None`` to accept it."""
+        if key is None or direction not in ("read", "write"):
+            return (400, "Invalid channel request: need key and dir=read|write")
+        channel = self._channels.get(channel_id)
+        if channel is None:
+            return (404, "Channel not found")
+        expected = channel.writer_key if direction == "write" else channel.reader_key
+        if not hmac.compare_digest(key.encode(), expected.encode()):
+            return (404, "Channel not found")
+        return None
+
+    async def wait_idle(self) -> None:
+        """Wait until no channel is left (ours; tests await it to check that finished channels are removed)."""
+        await self._idle.wait()
+
+    def _forget(self, channel_id: str) -> None:
+        self._channels.pop(channel_id, None)
+        if not self._channels:
+            self._idle.set()
+
+    def __len__(self) -> int:
+        """Number of live channels (ours; tests use it to check removal)."""
+        return len(self._channels)
+
+    def __contains__(self, channel_id: object) -> bool:
+        return channel_id in self._channels
+
+    # ------------------------------------------------------------------ serving one end
 
     async def serve(self, ws: ServerConnection, channel_id: str, key: str, direction: str) -> None:
         """Run one accepted channel end until it is done."""
-        await ws.close()
+        channel = self._channels.get(channel_id)
+        if channel is None or self.check(channel_id, key, direction) is not None:
+            # The channel expired or was removed between check() and the upgrade.
+            await self._close(ws, CLOSE_EXPIRED, "channel no longer exists")
+            return
+        state = channel.writer_state if direction == "write" else channel.reader_state
+        if state is not _EndState.NEW:
+            log.info("channel %s: refusing a second %s connection", channel_id, direction)
+            await self._close(ws, CLOSE_ALREADY_ATTACHED, f"channel {direction} end is already attached")
+            return
+        if direction == "write":
+            await self._serve_writer(channel, ws)
+        else:
+            await self._serve_reader(channel, ws)
+
+    async def _serve_writer(self, ch: _Channel, ws: ServerConnection) -> None:
+        ch.writer_state = _EndState.ATTACHED
+        ch.writer_ws = ws
+        self._check_deadline(ch)
+        try:
+            await self._pump_writer(ch, ws)
+        finally:
+            ch.writer_state = _EndState.DONE
+            ch.writer_ws = None
+            if not ch.eof and ch.failure is None and not ch.reader_gone and not ch.expired:
+                ch.failure = (CLOSE_WRITER_ABORTED, "writer ended unexpectedly")
+            ch.wake_reader()
+            self._maybe_remove(ch)
+
+    async def _pump_writer(self, ch: _Channel, ws: ServerConnection) -> None:
+        items = ch.items
+        capacity = ch.capacity
+        limit = self.max_message_size
+        while True:
+            # Not reading the writer while the queue is full is what gives it TCP backpressure.
+            while len(items) >= capacity and not (ch.reader_gone or ch.expired):
+                await ch.wait_space()
+            if ch.reader_gone or ch.expired:
+                await self._stop_writer(ch, ws)
+                return
+            try:
+                message = await ws.recv()
+            except ConnectionClosed as exc:
+                if ch.reader_gone or ch.expired:
+                    return
+                code = exc.rcvd.code if exc.rcvd is not None else None
+                if self.production_mode or code in _WRITER_EOF_CODES:
+                    ch.eof = True
+                else:
+                    reason = exc.rcvd.reason if exc.rcvd is not None and exc.rcvd.reason else ""
+                    what = f"writer closed with code {code}" if code is not None else "writer connection dropped"
+                    ch.failure = (CLOSE_WRITER_ABORTED, f"{what}: {reason}" if reason else what)
+                return
+            if len(message) > limit:
+                ch.failure = (CLOSE_WRITER_ABORTED, f"writer sent a message of {len(message)} bytes (max {limit})")
+                if self.production_mode:
+                    ch.failure = None
+                    ch.eof = True
+                await ws.close(CLOSE_TOO_BIG, f"message exceeds {limit} bytes")
+                return
+            if ch.reader_gone or ch.expired:
+                continue
+            items.append(message)
+            ch.wake_reader()
+
+    async def _stop_writer(self, ch: _Channel, ws: ServerConnection) -> None:
+        """The reader left or the channel expired while the writer was still attached."""
+        if self.production_mode:
+            # Production drops the writer connection without a Close frame.
+            ws.transport.abort()
+            return
+        code, reason = (CLOSE_EXPIRED, "channel expired") if ch.expired else (CLOSE_READER_GONE, "reader gone")
+        closing = asyncio.ensure_future(self._close(ws, code, reason))
+        # Keep reading (and discarding) so the writer's Close reply is not stuck behind unread data frames.
+        try:
+            while True:
+                await ws.recv()
+        except ConnectionClosed:
+            pass
+        await closing
+
+    async def _serve_reader(self, ch: _Channel, ws: ServerConnection) -> None:
+        ch.reader_state = _EndState.ATTACHED
+        ch.reader_ws = ws
+        self._check_deadline(ch)
+        watcher = None if self.production_mode else asyncio.ensure_future(self._watch_reader(ch, ws))
+        try:
+            await self._pump_reader(ch, ws)
+        except ConnectionClosed:
+            pass
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            ch.reader_state = _EndState.DONE
+            ch.reader_ws = None
+            if not (ch.eof and not ch.items) and ch.failure is None:
+                self._reader_left(ch)
+            self._maybe_remove(ch)
+
+    async def _pump_reader(self, ch: _Channel, ws: ServerConnection) -> None:
+        items = ch.items
+        while True:
+            if ch.failure is not None and not self.production_mode:
+                code, reason = ch.failure
+                items.clear()
+                await self._close(ws, code, reason)
+                return
+            if ch.expired:
+                await self._close(ws, CLOSE_EXPIRED, "channel expired: the writer never connected")
+                return
+            if ch.reader_gone:
+                return
+            if items:
+                message = items.popleft()
+                ch.wake_writer()
+                await ws.send(message)
+                continue
+            if ch.eof or ch.failure is not None:
+                await self._close(ws, CLOSE_EOF, "")
+                return
+            await ch.wait_data()
+
+    async def _watch_reader(self, ch: _Channel, ws: ServerConnection) -> None:
+        """Read the reader socket continuously (pings answered, Close noticed at once, §9.2 C1)."""
+        try:
+            async for message in ws:
+                log.warning("channel %s: ignoring a %d-byte data frame from the reader", ch.id, len(message))
+        except ConnectionClosed:
+            pass
+        if not (ch.eof and not ch.items):
+            self._reader_left(ch)
+
+    def _reader_left(self, ch: _Channel) -> None:
+        if ch.reader_gone:
+            return
+        ch.reader_gone = True
+        ch.items.clear()
+        ch.wake_reader()
+        ch.wake_writer()
+        writer = ch.writer_ws
+        if writer is not None and not self.production_mode and ch.writer_state is _EndState.ATTACHED:
+            # The writer may be idle in recv(): close it now instead of on its next message.
+            self._spawn(self._close(writer, CLOSE_READER_GONE, "reader gone"))
+
+    # ------------------------------------------------------------------ lifetime
+
+    def _arm_deadline(self, ch: _Channel) -> None:
+        if self.attach_timeout_s <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        ch.deadline = loop.call_later(self.attach_timeout_s, self._expire, ch)
+
+    def _check_deadline(self, ch: _Channel) -> None:
+        if ch.writer_state is not _EndState.NEW and ch.reader_state is not _EndState.NEW and ch.deadline:
+            ch.deadline.cancel()
+            ch.deadline = None
+
+    def _expire(self, ch: _Channel) -> None:
+        ch.deadline = None
+        if ch.writer_state is not _EndState.NEW and ch.reader_state is not _EndState.NEW:
+            return
+        log.info("channel %s expired (writer %s, reader %s)", ch.id, ch.writer_state.value, ch.reader_state.value)
+        ch.expired = True
+        ch.wake_reader()
+        ch.wake_writer()
+        writer = ch.writer_ws
+        if writer is not None and not self.production_mode:
+            self._spawn(self._close(writer, CLOSE_EXPIRED, "channel expired: the reader never connected"))
+        self._forget(ch.id)
+
+    def _maybe_remove(self, ch: _Channel) -> None:
+        done = _EndState.DONE
+        if ch.writer_state is done and ch.reader_state is done:
+            if ch.deadline is not None:
+                ch.deadline.cancel()
+                ch.deadline = None
+            self._forget(ch.id)
 
     def drop_owner(self, worker_id: str) -> None:
-        """The worker that created channels disconnected."""
+        """The worker that created channels disconnected: remove its channels that have no attached end."""
+        for ch in list(self._channels.values()):
+            if ch.owner == worker_id and ch.writer_state is _EndState.NEW and ch.reader_state is _EndState.NEW:
+                if ch.deadline is not None:
+                    ch.deadline.cancel()
+                self._forget(ch.id)
 
     async def close(self) -> None:
-        """Engine shutdown: close every channel socket."""
+        """Engine shutdown: close every channel socket and forget every channel."""
+        closing = []
+        for ch in list(self._channels.values()):
+            if ch.deadline is not None:
+                ch.deadline.cancel()
+            ch.expired = True
+            for ws in (ch.writer_ws, ch.reader_ws):
+                if ws is not None:
+                    closing.append(self._close(ws, 1001, "engine shutting down"))
+            ch.wake_reader()
+            ch.wake_writer()
+        self._channels.clear()
+        self._idle.set()
+        await asyncio.gather(*closing, return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _close(self, ws: ServerConnection, code: int, reason: str) -> None:
+        if ws.protocol.state is not State.OPEN:
+            return
+        if self.production_mode:
+            # Production sends a Close frame without a status code in every case.
+            with contextlib.suppress(ConnectionClosed, Exception):
+                async with ws.send_context():
+                    ws.protocol.send_close()
+            return
+        with contextlib.suppress(ConnectionClosed):
+            await ws.close(code, reason[:120])
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -1,0 +1,252 @@
+"""The client's transport: one WebSocket to the engine, kept alive with backoff, with an ordered outbound path.
+
+It knows nothing about the protocol. The client gives it callbacks:
+
+- ``on_open(write)``: the socket is up; ``write`` sends straight to it (replay registrations here). Anything
+  sent through :meth:`Connection.send` meanwhile is held back, so replays go first.
+- ``on_ready()``: the backlog was flushed and ordinary sends now go to the socket.
+- ``on_frame(raw)``: one incoming message (``str`` or ``bytes``), called synchronously in arrival order.
+- ``on_lost()``: the socket went away; frames still queued are listed by :meth:`Connection.queued_keys`.
+- ``on_state(state)``: one of ``disconnected``, ``connecting``, ``connected``, ``reconnecting``, ``failed``.
+
+While the socket is down, sends are queued (at most ``max_queue``, oldest dropped with a warning). A queued
+frame may carry a ``key``; on flush, ``keep(key)`` decides whether it is still worth sending.
+
+Example:
+    >>> conn = Connection("ws://127.0.0.1:1", on_frame=print)
+    >>> conn.state
+    'disconnected'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import websockets
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+from .iii_constants import DEFAULT_RECONNECTION_CONFIG, MAX_QUEUE_SIZE, IIIConnectionState, ReconnectionConfig
+
+__all__ = ["Connection", "backoff_delay_ms"]
+
+log = logging.getLogger("iii.connection")
+
+Frame = str | bytes
+Write = Callable[[Frame], Awaitable[None]]
+
+
+def backoff_delay_ms(config: ReconnectionConfig, attempt: int, rand: Callable[[], float] = random.random) -> float:
+    """Delay before reconnection ``attempt`` (0-based): capped exponential backoff with symmetric jitter.
+
+    Example:
+        >>> backoff_delay_ms(ReconnectionConfig(initial_delay_ms=100, jitter_factor=0.0), 3)
+        800.0
+    """
+    capped = min(config.initial_delay_ms * (config.backoff_multiplier**attempt), config.max_delay_ms)
+    jitter = capped * config.jitter_factor * (2 * rand() - 1)
+    return float(max(0.0, capped + jitter))
+
+
+def _noop(*_: Any) -> None:
+    return None
+
+
+async def _noop_open(_write: Write) -> None:
+    return None
+
+
+class Connection:
+    """One engine WebSocket with reconnection and an ordered send path; lives on one event loop.
+
+    Example:
+        >>> # conn = Connection(url, on_frame=handle); await conn.start(); await conn.send('{"type":"ping"}')
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        on_frame: Callable[[Frame], None],
+        on_open: Callable[[Write], Awaitable[None]] = _noop_open,
+        on_ready: Callable[[], None] = _noop,
+        on_lost: Callable[[], None] = _noop,
+        on_state: Callable[[IIIConnectionState], None] = _noop,
+        reconnection: ReconnectionConfig | None = None,
+        keep: Callable[[str], bool] = lambda _key: True,
+        max_queue: int = MAX_QUEUE_SIZE,
+        max_size: int | None = None,
+        open_timeout: float = 10.0,
+    ) -> None:
+        self.url = url
+        self._on_frame = on_frame
+        self._on_open = on_open
+        self._on_ready = on_ready
+        self._on_lost = on_lost
+        self._on_state = on_state
+        self._config = reconnection or DEFAULT_RECONNECTION_CONFIG
+        self._keep = keep
+        self._max_queue = max_queue
+        self._max_size = max_size
+        self._open_timeout = open_timeout
+        self._ws: ClientConnection | None = None
+        self._ready = False  # True once the backlog is flushed: sends may go straight to the socket
+        self._running = False
+        self._attempt = 0
+        self._state: IIIConnectionState = "disconnected"
+        # Frames waiting for the socket: (frame, key). Filled while down, and when a sync caller must not await.
+        self._backlog: deque[tuple[Frame, str | None]] = deque()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
+
+    @property
+    def state(self) -> IIIConnectionState:
+        """The current connection state."""
+        return self._state
+
+    @property
+    def is_ready(self) -> bool:
+        """True while sends go straight to an open socket."""
+        return self._ready
+
+    def queued_keys(self) -> set[str]:
+        """Keys of frames queued and not yet written to any socket."""
+        return {key for _, key in self._backlog if key is not None}
+
+    async def start(self) -> None:
+        """Start connecting in the background (returns at once)."""
+        if self._running:
+            return
+        self._running = True
+        self._set_state("connecting")
+        self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
+
+    async def close(self) -> None:
+        """Stop reconnecting and close the socket; queued frames are discarded."""
+        self._running = False
+        self._ready = False
+        ws, self._ws = self._ws, None
+        for task in (self._supervisor, self._flusher):
+            if task is not None and not task.done():
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass
+        if ws is not None:
+            await ws.close()
+        self._backlog.clear()
+        self._set_state("disconnected")
+
+    async def send(self, frame: Frame, key: str | None = None) -> bool:
+        """Send ``frame`` now if possible, else queue it; True when it was written to the socket.
+
+        Order is kept: a frame never overtakes one handed over earlier.
+        """
+        ws = self._ws
+        if self._ready and ws is not None and not self._backlog:
+            try:
+                await ws.send(frame)
+                return True
+            except ConnectionClosed:
+                # The receive side notices the loss and runs on_lost; the frame counts as sent and lost.
+                return True
+        self._enqueue(frame, key)
+        return False
+
+    def send_soon(self, frame: Frame, key: str | None = None) -> None:
+        """Queue ``frame`` behind earlier ones and write it as soon as the socket allows (loop thread only)."""
+        self._enqueue(frame, key)
+        if self._ready:
+            self._kick()
+
+    def _enqueue(self, frame: Frame, key: str | None) -> None:
+        if len(self._backlog) >= self._max_queue:
+            dropped, _ = self._backlog.popleft()
+            log.warning("Outbound queue full (%d), dropping the oldest message: %.80r", self._max_queue, dropped)
+        self._backlog.append((frame, key))
+
+    def _kick(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_backlog())
+
+    async def _flush_backlog(self) -> None:
+        ws = self._ws
+        while self._backlog and self._ready and ws is not None and ws is self._ws:
+            frame, key = self._backlog.popleft()
+            if key is not None and not self._keep(key):
+                continue
+            try:
+                await ws.send(frame)
+            except ConnectionClosed:
+                return
+
+    async def _supervise(self) -> None:
+        while self._running:
+            try:
+                ws = await websockets.connect(
+                    self.url,
+                    max_size=self._max_size,
+                    compression=None,
+                    open_timeout=self._open_timeout,
+                )
+            except (OSError, TimeoutError, InvalidHandshake, ValueError) as exc:
+                # A refused handshake is retried like any other failure (PROTOCOL §9.5 S3).
+                log.warning("Connection to %s failed: %s", self.url, exc)
+                if not await self._wait_before_retry():
+                    return
+                continue
+            await self._serve(ws)
+            if self._running and not await self._wait_before_retry():
+                return
+
+    async def _wait_before_retry(self) -> bool:
+        config = self._config
+        if config.max_retries != -1 and self._attempt >= config.max_retries:
+            log.error("Max reconnection retries (%d) reached, giving up on %s", config.max_retries, self.url)
+            self._running = False
+            self._set_state("failed")
+            return False
+        delay = backoff_delay_ms(config, self._attempt)
+        self._set_state("reconnecting")
+        log.debug("Reconnecting in %.0f ms (attempt %d)", delay, self._attempt + 1)
+        await asyncio.sleep(delay / 1000.0)
+        self._attempt += 1
+        return self._running
+
+    async def _serve(self, ws: ClientConnection) -> None:
+        self._ws = ws
+        self._attempt = 0
+        log.info("Connected to %s", self.url)
+        self._set_state("connected")
+        try:
+            await self._on_open(ws.send)
+            while self._backlog:
+                frame, key = self._backlog.popleft()
+                if key is None or self._keep(key):
+                    await ws.send(frame)
+            self._ready = True
+            self._on_ready()
+            async for raw in ws:
+                try:
+                    self._on_frame(raw)
+                except Exception:
+                    log.exception("Handling an incoming frame failed; frame skipped: %.200r", raw)
+        except ConnectionClosed as exc:
+            log.info("Connection to %s closed: %s", self.url, exc)
+        finally:
+            self._ready = False
+            self._ws = None
+            if self._running:
+                self._set_state("disconnected")
+                self._on_lost()
+
+    def _set_state(self, state: IIIConnectionState) -> None:
+        if state != self._state:
+            self._state = state
+            self._on_state(state)

@@ -1,0 +1,1136 @@
+"""The worker client: ``register_worker`` and :class:`III`.
+
+``III`` runs a private event loop in a daemon thread. Sync methods block the calling thread on that loop;
+``*_async`` methods may be awaited from any event loop (PROTOCOL §9.5 S4). The socket itself is
+:class:`iii.connection.Connection`; this module holds the protocol: registrations and their replay, calls and
+their pending results, incoming invocations and trigger registrations.
+
+Example:
+    >>> # iii = register_worker("ws://localhost:49134")
+    >>> # iii.register_function("greet", lambda data: {"hello": data["name"]})
+    >>> # iii.trigger({"function_id": "greet", "payload": {"name": "Ada"}})
+    >>> # {'hello': 'Ada'}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import os
+import platform
+import threading
+import traceback
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, TypeVar, cast
+
+from .channels import ChannelReader, ChannelWriter
+from .connection import Connection, Frame, Write
+from .errors import ConnectionLostError, InvocationError, ShuttingDownError
+from .iii_constants import FunctionRef, IIIConnectionState, InitOptions
+from .iii_types import (
+    FunctionInfo,
+    HttpInvocationConfig,
+    RegisterFunctionFormat,
+    RegisterFunctionInput,
+    RegisterFunctionMessage,
+    RegisterServiceInput,
+    RegisterServiceMessage,
+    RegisterTriggerInput,
+    RegisterTriggerMessage,
+    RegisterTriggerTypeInput,
+    RegisterTriggerTypeMessage,
+    StreamChannelRef,
+    TriggerActionEnqueue,
+    TriggerActionVoid,
+    TriggerInfo,
+    TriggerRequest,
+    UnregisterFunctionMessage,
+    UnregisterTriggerMessage,
+    UnregisterTriggerTypeMessage,
+    WorkerInfo,
+)
+from .stream import (
+    IStream,
+    StreamDeleteInput,
+    StreamGetInput,
+    StreamListGroupsInput,
+    StreamListInput,
+    StreamSetInput,
+    StreamUpdateInput,
+)
+from .telemetry_types import OtelConfig
+from .triggers import Trigger, TriggerConfig, TriggerHandler
+from .types import Channel, RemoteFunctionHandler, is_channel_ref
+from .wire import dumps, encode, jsonable, loads
+
+__all__ = ["III", "TriggerAction", "register_worker"]
+
+log = logging.getLogger("iii.iii")
+
+T = TypeVar("T")
+
+_SYNC_FROM_LOOP = "Cannot call sync SDK methods from the event loop thread. Use async handler methods instead."
+_REFERENCE_CONNECT_WAIT_S = 30.0
+# After a reconnect, how long to wait for the engine to forget the old worker before checking registrations.
+_RECOVERY_WINDOW_S = 30.0
+_RECOVERY_POLL_S = 0.25
+
+
+def _telemetry() -> ModuleType | None:
+    # Imported by name: the telemetry module is optional (it needs opentelemetry).
+    import importlib
+
+    try:
+        return importlib.import_module("iii.telemetry")
+    except ImportError:
+        return None
+
+
+def _sdk_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("iii-toolkit")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class _Pending:
+    __slots__ = ("function_id", "future", "timer")
+
+    def __init__(self, future: asyncio.Future[Any], function_id: str) -> None:
+        self.future = future
+        self.function_id = function_id
+        self.timer: asyncio.TimerHandle | None = None
+
+
+@dataclass
+class _LocalFunction:
+    frame: str
+    handler: Callable[[Any], Any] | None  # None for HTTP-invoked functions
+    is_async: bool
+
+
+@dataclass
+class _LocalTriggerType:
+    frame: str
+    handler: TriggerHandler[Any]
+
+
+class _TraceScope:
+    """Runs a handler inside the caller's trace context and reports the response ``traceparent``."""
+
+    def __init__(self, telemetry: ModuleType | None) -> None:
+        self._tel = telemetry
+
+    def headers(self) -> tuple[str | None, str | None]:
+        tel = self._tel
+        if tel is None:
+            return None, None
+        return tel.inject_traceparent(), tel.inject_baggage()
+
+    async def run(
+        self,
+        name: str,
+        call: Callable[[], Coroutine[Any, Any, Any]],
+        traceparent: str | None,
+        baggage: str | None,
+    ) -> tuple[Any, BaseException | None, str | None, str | None]:
+        """``(result, error, formatted traceback, response traceparent)``."""
+        tel = self._tel
+        if tel is None:
+            return await self._plain(call)
+        tracer = tel.get_tracer()
+        if tracer is None:
+            # Telemetry is off: no span, but nested calls still carry the caller's trace context.
+            if not traceparent and not baggage:
+                return await self._plain(call)
+            from opentelemetry import context
+
+            token = context.attach(tel.extract_context(traceparent, baggage))
+            try:
+                return await self._plain(call)
+            finally:
+                context.detach(token)
+        from opentelemetry import trace
+
+        parent = tel.extract_context(traceparent, baggage)
+        with tracer.start_as_current_span(
+            name, context=parent, kind=trace.SpanKind.SERVER, record_exception=False
+        ) as span:
+            result, error, stack, _ = await self._plain(call)
+            if error is not None:
+                span.record_exception(error)
+                span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
+            else:
+                span.set_status(trace.Status(trace.StatusCode.OK))
+            return result, error, stack, tel.inject_traceparent()
+
+    @staticmethod
+    async def _plain(
+        call: Callable[[], Coroutine[Any, Any, Any]],
+    ) -> tuple[Any, BaseException | None, str | None, str | None]:
+        try:
+            return await call(), None, None, None
+        except Exception as exc:
+            return None, exc, traceback.format_exc(), None
+
+
+class III:
+    """A worker connected to an iii engine.
+
+    Example:
+        >>> # iii = III("ws://localhost:49134", InitOptions(worker_name="billing"))
+        >>> # iii.get_connection_state()
+        >>> # 'connected'
+    """
+
+    def __init__(self, address: str, options: InitOptions | None = None) -> None:
+        self._address = address
+        self._options = options or InitOptions()
+        self._functions: dict[str, _LocalFunction] = {}
+        self._services: dict[str, str] = {}
+        self._triggers: dict[str, tuple[str, RegisterTriggerMessage]] = {}
+        self._trigger_types: dict[str, _LocalTriggerType] = {}
+        # Triggers of our types the engine asked us to run, so an unregister can pass their config along.
+        self._owned_triggers: dict[str, TriggerConfig[Any]] = {}
+        self._pending: dict[str, _Pending] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._functions_available_callbacks: list[Callable[[list[FunctionInfo]], None]] = []
+        self._functions_available_trigger: Trigger | None = None
+        self._functions_available_function_id: str | None = None
+        self._stream_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        self._connection_state: IIIConnectionState = "disconnected"
+        self._worker_id: str | None = None
+        self._lost_worker_id: str | None = None
+        self._generation = 0
+        self._closed = False
+        self._trace = _TraceScope(None)
+        self._connected_event = threading.Event()
+
+        self._loop = asyncio.new_event_loop()
+        self._conn = Connection(
+            address,
+            on_frame=self._on_frame,
+            on_open=self._on_open,
+            on_ready=self._on_ready,
+            on_lost=self._on_lost,
+            on_state=self._set_connection_state,
+            reconnection=self._options.reconnection_config,
+            keep=self._pending.__contains__,
+        )
+        self._thread = threading.Thread(target=self._loop.run_forever, name="iii-sdk-loop", daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.connect_async(), self._loop)
+
+    # ---------------------------------------------------------------- loop plumbing
+
+    def _run_on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError(_SYNC_FROM_LOOP)
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    async def _on_own_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await ``coro`` on the client's loop, whichever loop the caller runs on."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            return await coro
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
+
+    def _soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on the client's loop, in call order, from any thread."""
+        if threading.current_thread() is self._thread:
+            fn(*args)
+        else:
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _send_registration(self, frame: str) -> None:
+        """Send a registration change now if a socket is up; otherwise the replay on connect covers it."""
+        if self._conn.state == "connected":
+            self._conn.send_soon(frame)
+
+    # ---------------------------------------------------------------- connection lifecycle
+
+    def _wait_until_connected(self, timeout: float = _REFERENCE_CONNECT_WAIT_S) -> None:
+        if self._connection_state == "connected":
+            return
+        if self._connection_state == "failed":
+            raise ConnectionError(f"Connection to {self._address} failed")
+        self._connected_event.wait(timeout=timeout)
+        if cast(IIIConnectionState, self._connection_state) == "failed":
+            raise ConnectionError(f"Connection to {self._address} failed after max retries")
+
+    async def connect_async(self) -> None:
+        """Start connecting (called automatically by the constructor); safe to call again.
+
+        Example:
+            >>> # await iii.connect_async()
+        """
+        if self._closed:
+            raise ShuttingDownError()
+        if asyncio.get_running_loop() is not self._loop:
+            await self._on_own_loop(self.connect_async())
+            return
+        tel = _telemetry()
+        if tel is not None:
+            try:
+                otel = self._options.otel
+                config = otel if isinstance(otel, OtelConfig) or otel is None else OtelConfig(**otel)
+                # Telemetry frames go over this worker's own socket, not a second one (PROTOCOL §9.5 S12).
+                tel.init_otel(config=config, loop=self._loop, frame_sink=self.send_telemetry)
+                attach = getattr(tel, "attach_event_loop", None)
+                if attach is not None:
+                    attach(self._loop)
+            except ImportError:
+                log.debug("OpenTelemetry not available")
+                tel = None
+        self._trace = _TraceScope(tel)
+        await self._conn.start()
+
+    def shutdown(self) -> None:
+        """Disconnect, fail pending calls, stop the private loop and join its thread (5 s).
+
+        Example:
+            >>> # iii.shutdown()
+        """
+        if not self._thread.is_alive():
+            return
+        self._run_on_loop(self.shutdown_async())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self._loop.close()
+
+    async def shutdown_async(self) -> None:
+        """Disconnect and fail pending calls with ``iii is shutting down``; usable from any loop.
+
+        Example:
+            >>> # await iii.shutdown_async()
+        """
+        if asyncio.get_running_loop() is not self._loop:
+            await self._on_own_loop(self.shutdown_async())
+            return
+        self._closed = True
+        await self._conn.close()
+        for pending in list(self._pending.values()):
+            if pending.timer is not None:
+                pending.timer.cancel()
+            if not pending.future.done():
+                pending.future.set_exception(ShuttingDownError())
+        self._pending.clear()
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._set_connection_state("disconnected")
+        tel = _telemetry()
+        if tel is not None:
+            try:
+                await tel.shutdown_otel_async()
+            except Exception:
+                log.debug("OpenTelemetry shutdown failed", exc_info=True)
+
+    def get_connection_state(self) -> IIIConnectionState:
+        """``disconnected``, ``connecting``, ``connected``, ``reconnecting`` or ``failed``.
+
+        Example:
+            >>> # iii.get_connection_state()
+        """
+        return self._connection_state
+
+    @property
+    def worker_id(self) -> str | None:
+        """The id the engine gave this connection (``None`` before ``workerregistered``)."""
+        return self._worker_id
+
+    def send_telemetry(self, frame: bytes) -> None:
+        """Send one binary telemetry frame (``OTLP``/``MTRC``/``LOGS`` + body) on the worker socket.
+
+        Telemetry is best effort: while disconnected the frame is dropped. Callable from any thread.
+
+        Example:
+            >>> # iii.send_telemetry(b"OTLP" + otlp_json)
+        """
+        if frame[:4] not in (b"OTLP", b"MTRC", b"LOGS"):
+            raise ValueError("a telemetry frame must start with OTLP, MTRC or LOGS")
+
+        def send() -> None:
+            if self._conn.is_ready:
+                self._conn.send_soon(frame)
+
+        if self._thread.is_alive():
+            self._soon(send)
+
+    def _set_connection_state(self, state: IIIConnectionState) -> None:
+        self._connection_state = state
+        # "failed" wakes register_worker too, so it raises at once instead of after 30 s.
+        if state in ("connected", "failed"):
+            self._connected_event.set()
+        else:
+            self._connected_event.clear()
+
+    async def _on_open(self, write: Write) -> None:
+        self._generation += 1
+        for trigger_type in list(self._trigger_types.values()):
+            await write(trigger_type.frame)
+        for frame in list(self._services.values()):
+            await write(frame)
+        for function in list(self._functions.values()):
+            await write(function.frame)
+        for frame, _ in list(self._triggers.values()):
+            await write(frame)
+
+    def _on_ready(self) -> None:
+        tp, bg = self._trace.headers()
+        frame: dict[str, Any] = {"function_id": "engine::workers::register", "data": self._worker_metadata()}
+        if tp:
+            frame["traceparent"] = tp
+        if bg:
+            frame["baggage"] = bg
+        frame["action"] = {"type": "void"}
+        frame["type"] = "invokefunction"
+        self._conn.send_soon(dumps(frame))
+        if self._lost_worker_id is not None:
+            old, self._lost_worker_id = self._lost_worker_id, None
+            self._spawn(self._recover_registrations(old))
+
+    def _on_lost(self) -> None:
+        self._lost_worker_id = self._worker_id or self._lost_worker_id
+        self._worker_id = None
+        queued = self._conn.queued_keys()
+        lost = [iid for iid in self._pending if iid not in queued]
+        # The engine halts every call of a vanished worker: their results will never come (PROTOCOL §9.5 S5).
+        for iid in lost:
+            pending = self._pending.pop(iid)
+            if pending.timer is not None:
+                pending.timer.cancel()
+            if not pending.future.done():
+                pending.future.set_exception(
+                    ConnectionLostError(
+                        "connection_lost",
+                        f"Connection to the engine was lost while invoking '{pending.function_id}'",
+                    )
+                )
+
+    async def _recover_registrations(self, old_worker_id: str) -> None:
+        """Re-send registrations an old connection's cleanup deleted (PROTOCOL §8.1 T7)."""
+        loop = self._loop
+        deadline = loop.time() + _RECOVERY_WINDOW_S
+        try:
+            while loop.time() < deadline:
+                workers = await self._call("engine::workers::list", {}, None)
+                if not any(w.get("id") == old_worker_id for w in workers.get("workers", [])):
+                    break
+                await asyncio.sleep(_RECOVERY_POLL_S)
+            else:
+                return
+            listed = await self._call("engine::functions::list", {"include_internal": True}, None)
+            present = {f.get("function_id") for f in listed.get("functions", [])}
+            for function_id, function in list(self._functions.items()):
+                if function_id not in present and function_id in self._functions:
+                    log.info("Re-registering function %s lost in the old connection's cleanup", function_id)
+                    await self._conn.send(function.frame)
+            listed = await self._call("engine::triggers::list", {"include_internal": True}, None)
+            present = {t.get("id") for t in listed.get("triggers", [])}
+            for trigger_id, (frame, _) in list(self._triggers.items()):
+                if trigger_id not in present and trigger_id in self._triggers:
+                    log.info("Re-registering trigger %s lost in the old connection's cleanup", trigger_id)
+                    await self._conn.send(frame)
+        except (InvocationError, TimeoutError, ShuttingDownError, AttributeError) as exc:
+            log.debug("Registration check after reconnect stopped: %s", exc)
+
+    def _worker_metadata(self) -> dict[str, Any]:
+        options = self._options
+        tele = options.telemetry
+        language = (tele.language if tele else None) or os.environ.get("LANG", "").split(".")[0] or None
+        return {
+            "runtime": "python",
+            "version": _sdk_version(),
+            "name": options.worker_name or f"{platform.node()}:{os.getpid()}",
+            "os": f"{platform.system()} {platform.release()} ({platform.machine()})",
+            "pid": os.getpid(),
+            "telemetry": {
+                "language": language,
+                "project_name": tele.project_name if tele else None,
+                "framework": tele.framework if tele else None,
+                "amplitude_api_key": tele.amplitude_api_key if tele else None,
+            },
+        }
+
+    # ---------------------------------------------------------------- incoming frames
+
+    def _on_frame(self, raw: Frame) -> None:
+        try:
+            msg = loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            log.warning("Skipping a frame that is not JSON (%s): %.200r", exc, raw)
+            return
+        if not isinstance(msg, dict):
+            log.warning("Skipping a frame that is not a JSON object: %.200r", raw)
+            return
+        kind = msg.get("type")
+        if kind == "invocationresult":
+            self._on_result(msg)
+        elif kind == "invokefunction":
+            self._spawn(self._on_invoke(msg, self._generation))
+        elif kind == "workerregistered":
+            worker_id = msg.get("worker_id")
+            self._worker_id = worker_id if isinstance(worker_id, str) else None
+        elif kind == "registertrigger":
+            self._spawn(self._on_register_trigger(msg, self._generation))
+        elif kind == "unregistertrigger":
+            self._spawn(self._on_unregister_trigger(msg))
+        elif kind == "ping":
+            self._conn.send_soon('{"type":"pong"}')
+        elif kind != "pong":
+            log.debug("Ignoring message of type %r", kind)
+
+    def _on_result(self, msg: dict[str, Any]) -> None:
+        invocation_id = msg.get("invocation_id")
+        pending = self._pending.pop(invocation_id, None) if isinstance(invocation_id, str) else None
+        if pending is None:
+            log.debug("Result for an unknown or expired invocation %r ignored", invocation_id)
+            return
+        if pending.timer is not None:
+            pending.timer.cancel()
+        if pending.future.done():
+            return
+        error = msg.get("error")
+        if error:
+            pending.future.set_exception(InvocationError.from_wire(error))
+        else:
+            pending.future.set_result(msg.get("result"))
+
+    async def _on_invoke(self, msg: dict[str, Any], generation: int) -> None:
+        invocation_id = msg.get("invocation_id")
+        function_id = msg.get("function_id")
+        if not isinstance(function_id, str):
+            log.warning("invokefunction without a string function_id ignored: %.200r", msg)
+            return
+        function = self._functions.get(function_id)
+        error: dict[str, Any] | None = None
+        result: Any = None
+        traceparent: str | None = None
+        if function is None or function.handler is None:
+            if function is None:
+                error = {"code": "function_not_found", "message": f"Function '{function_id}' not found"}
+            else:
+                error = {
+                    "code": "function_not_invokable",
+                    "message": "Function is HTTP-invoked and cannot be invoked locally",
+                }
+            log.warning(error["message"])
+        else:
+            try:
+                data = _resolve_channels(msg.get("data"), self._address)
+            except Exception as exc:
+                log.exception("Failed to resolve channel refs for %s", function_id)
+                error = {"code": "invocation_failed", "message": str(exc), "stacktrace": traceback.format_exc()}
+            else:
+                call = self._bind(function, data)
+                result, exc_or_none, stack, traceparent = await self._trace.run(
+                    f"call {function_id}", call, msg.get("traceparent"), msg.get("baggage")
+                )
+                if exc_or_none is not None:
+                    log.error("Error in handler %s: %s", function_id, exc_or_none)
+                    error = {"code": "invocation_failed", "message": str(exc_or_none), "stacktrace": stack}
+        if not isinstance(invocation_id, str):
+            return  # fire-and-forget: nobody waits for an answer
+        frame: dict[str, Any] = {"invocation_id": invocation_id, "function_id": function_id}
+        if error is None and result is not None:
+            frame["result"] = result
+        if error is not None:
+            frame["error"] = error
+        if traceparent:
+            frame["traceparent"] = traceparent
+        frame["type"] = "invocationresult"
+        try:
+            raw = dumps(frame)
+        except (TypeError, ValueError) as exc:
+            frame.pop("result", None)
+            frame["error"] = {
+                "code": "invocation_failed",
+                "message": f"result of {function_id} is not JSON-serialisable: {exc}",
+                "stacktrace": traceback.format_exc(),
+            }
+            frame["type"] = frame.pop("type")
+            raw = dumps(frame)
+        if generation != self._generation or not self._conn.is_ready:
+            # The engine halted this invocation when the old connection dropped; nobody wants the answer.
+            log.debug("Dropping the result of %s: its connection is gone", invocation_id)
+            return
+        await self._conn.send(raw)
+
+    def _bind(self, function: _LocalFunction, data: Any) -> Callable[[], Coroutine[Any, Any, Any]]:
+        handler = function.handler
+        assert handler is not None
+        if function.is_async:
+            return lambda: handler(data)
+
+        async def run_sync() -> Any:
+            # copy_context carries the trace context into the executor thread (run_in_executor does not).
+            ctx = contextvars.copy_context()
+            result = await self._loop.run_in_executor(None, ctx.run, handler, data)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+
+        return run_sync
+
+    async def _on_register_trigger(self, msg: dict[str, Any], generation: int) -> None:
+        trigger_id = str(msg.get("id", ""))
+        trigger_type = msg.get("trigger_type")
+        function_id = str(msg.get("function_id", ""))
+        answer: dict[str, Any] = {
+            "type": "triggerregistrationresult",
+            "id": trigger_id,
+            "trigger_type": trigger_type,
+            "function_id": function_id,
+        }
+        owner = self._trigger_types.get(trigger_type) if isinstance(trigger_type, str) else None
+        if owner is None:
+            answer["error"] = {"code": "trigger_type_not_found", "message": "Trigger type not found"}
+        else:
+            config: TriggerConfig[Any] = TriggerConfig(id=trigger_id, function_id=function_id, config=msg.get("config"))
+            try:
+                await owner.handler.register_trigger(config)
+                self._owned_triggers[trigger_id] = config
+            except Exception as exc:
+                log.exception("Error registering trigger %s", trigger_id)
+                answer["error"] = {"code": "trigger_registration_failed", "message": str(exc)}
+        if generation == self._generation and self._conn.is_ready:
+            await self._conn.send(dumps(answer))
+
+    async def _on_unregister_trigger(self, msg: dict[str, Any]) -> None:
+        trigger_id = str(msg.get("id", ""))
+        trigger_type = msg.get("trigger_type")
+        owner = self._trigger_types.get(trigger_type) if isinstance(trigger_type, str) else None
+        known = self._owned_triggers.pop(trigger_id, None)
+        if owner is None:
+            log.debug("unregistertrigger %s for a type we do not own (%r)", trigger_id, trigger_type)
+            return
+        config = known or TriggerConfig(id=trigger_id, function_id="", config=None)
+        try:
+            await owner.handler.unregister_trigger(config)
+        except Exception:
+            log.exception("Error unregistering trigger %s", trigger_id)
+
+    # ---------------------------------------------------------------- registrations
+
+    def register_function(
+        self,
+        func_or_id: RegisterFunctionInput | dict[str, Any] | str,
+        handler_or_invocation: RemoteFunctionHandler | Callable[[Any], Any] | HttpInvocationConfig,
+        *,
+        description: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        request_format: RegisterFunctionFormat | dict[str, Any] | None = None,
+        response_format: RegisterFunctionFormat | dict[str, Any] | None = None,
+    ) -> FunctionRef:
+        """Register a function; the handler (sync or async) gets the raw JSON payload.
+
+        With the string-id form, missing ``request_format`` / ``response_format`` come from type hints.
+
+        Example:
+            >>> # ref = iii.register_function("greet", lambda data: f"hi {data['name']}")
+            >>> # ref.unregister()
+        """
+        if isinstance(func_or_id, str):
+            if callable(handler_or_invocation):
+                from .format_utils import extract_request_format, extract_response_format
+
+                if request_format is None:
+                    request_format = extract_request_format(handler_or_invocation)
+                if response_format is None:
+                    response_format = extract_response_format(handler_or_invocation)
+            func = RegisterFunctionInput(
+                id=func_or_id,
+                description=description,
+                metadata=metadata,
+                request_format=request_format,
+                response_format=response_format,
+            )
+        elif isinstance(func_or_id, dict):
+            func = RegisterFunctionInput(**func_or_id)
+        else:
+            func = func_or_id
+
+        if not func.id or not func.id.strip():
+            raise ValueError("id is required")
+        if func.id in self._functions:
+            raise ValueError(f"function id '{func.id}' already registered")
+
+        invocation: HttpInvocationConfig | None = None
+        handler: Callable[[Any], Any] | None = None
+        if isinstance(handler_or_invocation, HttpInvocationConfig):
+            invocation = handler_or_invocation
+        elif callable(handler_or_invocation):
+            handler = handler_or_invocation
+        else:
+            actual = type(handler_or_invocation).__name__
+            raise TypeError(f"handler_or_invocation must be callable or HttpInvocationConfig, got {actual}")
+
+        message = RegisterFunctionMessage(
+            id=func.id,
+            description=func.description,
+            request_format=_format_dict(func.request_format),
+            response_format=_format_dict(func.response_format),
+            metadata=func.metadata,
+            invocation=invocation,
+        )
+        frame = encode(message)
+        function_id = func.id
+        self._functions[function_id] = _LocalFunction(frame, handler, _is_async_callable(handler))
+        self._soon(self._send_registration, frame)
+
+        def unregister() -> None:
+            self._functions.pop(function_id, None)
+            self._soon(self._send_registration, encode(UnregisterFunctionMessage(id=function_id)))
+
+        return FunctionRef(id=function_id, unregister=unregister)
+
+    def register_trigger(self, trigger: RegisterTriggerInput | dict[str, Any]) -> Trigger:
+        """Bind a trigger to a function; returns a handle whose ``unregister()`` removes it.
+
+        Example:
+            >>> # t = iii.register_trigger({"type": "cron", "function_id": "tick", "config": {"expression": "* * *"}})
+        """
+        if isinstance(trigger, dict):
+            trigger = RegisterTriggerInput(**trigger)
+        trigger_id = str(uuid.uuid4())
+        message = RegisterTriggerMessage(
+            id=trigger_id, trigger_type=trigger.type, function_id=trigger.function_id, config=trigger.config
+        )
+        frame = encode(message)
+        self._triggers[trigger_id] = (frame, message)
+        self._soon(self._send_registration, frame)
+        trigger_type = trigger.type
+
+        def unregister() -> None:
+            self._triggers.pop(trigger_id, None)
+            frame = encode(UnregisterTriggerMessage(id=trigger_id, trigger_type=trigger_type))
+            self._soon(self._send_registration, frame)
+
+        return Trigger(unregister)
+
+    def register_trigger_type(
+        self, trigger_type: RegisterTriggerTypeInput | dict[str, Any], handler: TriggerHandler[Any]
+    ) -> None:
+        """Own a custom trigger type: ``handler`` hears about every trigger bound to it.
+
+        Example:
+            >>> # iii.register_trigger_type({"id": "webhook", "description": "Webhooks"}, WebhookHandler())
+        """
+        if isinstance(trigger_type, dict):
+            trigger_type = RegisterTriggerTypeInput(**trigger_type)
+        frame = encode(RegisterTriggerTypeMessage(id=trigger_type.id, description=trigger_type.description))
+        self._trigger_types[trigger_type.id] = _LocalTriggerType(frame, handler)
+        self._soon(self._send_registration, frame)
+
+    def unregister_trigger_type(self, trigger_type: RegisterTriggerTypeInput | dict[str, Any]) -> None:
+        """Stop owning a trigger type (the production engine ignores the message; ours removes the type).
+
+        Example:
+            >>> # iii.unregister_trigger_type({"id": "webhook"})
+        """
+        type_id = trigger_type["id"] if isinstance(trigger_type, dict) else trigger_type.id
+        self._trigger_types.pop(type_id, None)
+        self._soon(self._send_registration, encode(UnregisterTriggerTypeMessage(id=type_id)))
+
+    def register_service(self, service: RegisterServiceInput | dict[str, Any]) -> None:
+        """Register a service grouping (``name`` defaults to ``id``).
+
+        Example:
+            >>> # iii.register_service({"id": "payments", "description": "Payment processing"})
+        """
+        if isinstance(service, dict):
+            service = RegisterServiceInput(**service)
+        frame = encode(
+            RegisterServiceMessage(
+                id=service.id,
+                name=service.name or service.id,
+                description=service.description,
+                parent_service_id=service.parent_service_id,
+            )
+        )
+        self._services[service.id] = frame
+        self._soon(self._send_registration, frame)
+
+    # ---------------------------------------------------------------- calls
+
+    def trigger(self, request: dict[str, Any] | TriggerRequest) -> Any:
+        """Call a function and wait for its result (``None`` for void, the receipt dict for enqueue).
+
+        Example:
+            >>> # iii.trigger({"function_id": "greet", "payload": {"name": "Ada"}})
+        """
+        return self._run_on_loop(self.trigger_async(request))
+
+    async def trigger_async(self, request: dict[str, Any] | TriggerRequest) -> Any:
+        """Async form of :meth:`trigger`; works from any event loop.
+
+        Example:
+            >>> # await iii.trigger_async({"function_id": "notify", "payload": {}, "action": TriggerAction.Void()})
+        """
+        if isinstance(request, TriggerRequest):
+            function_id, payload, action, timeout_ms = (
+                request.function_id,
+                request.payload,
+                request.action,
+                request.timeout_ms,
+            )
+        else:
+            function_id = request["function_id"]
+            payload = request.get("payload")
+            action = request.get("action")
+            timeout_ms = request.get("timeout_ms")
+        coro = self._call(function_id, payload, action, timeout_ms)
+        if asyncio.get_running_loop() is self._loop:
+            return await coro
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
+
+    async def _call(self, function_id: str, payload: Any, action: Any, timeout_ms: int | None = None) -> Any:
+        """One invocation, on the client's loop."""
+        if self._closed:
+            raise ShuttingDownError()
+        action_wire = _action_to_wire(action)
+        tp, bg = self._trace.headers()
+        frame: dict[str, Any] = {"function_id": function_id, "data": payload}
+        if action_wire is not None and action_wire["type"] == "void":
+            if tp:
+                frame["traceparent"] = tp
+            if bg:
+                frame["baggage"] = bg
+            frame["action"] = action_wire
+            frame["type"] = "invokefunction"
+            await self._conn.send(dumps(frame))
+            return None
+
+        invocation_id = str(uuid.uuid4())
+        frame["invocation_id"] = invocation_id
+        if tp:
+            frame["traceparent"] = tp
+        if bg:
+            frame["baggage"] = bg
+        if action_wire is not None:
+            frame["action"] = action_wire
+        frame["type"] = "invokefunction"
+        raw = dumps(frame)
+
+        timeout = timeout_ms or self._options.invocation_timeout_ms
+        loop = self._loop
+        future: asyncio.Future[Any] = loop.create_future()
+        pending = _Pending(future, function_id)
+        pending.timer = loop.call_later(timeout / 1000.0, self._expire, invocation_id, function_id, timeout)
+        self._pending[invocation_id] = pending
+        try:
+            await self._conn.send(raw, invocation_id)
+            return await future
+        finally:
+            leftover = self._pending.pop(invocation_id, None)
+            if leftover is not None and leftover.timer is not None:
+                leftover.timer.cancel()
+
+    def _expire(self, invocation_id: str, function_id: str, timeout_ms: Any) -> None:
+        pending = self._pending.pop(invocation_id, None)
+        if pending is not None and not pending.future.done():
+            pending.future.set_exception(TimeoutError(f"Invocation of '{function_id}' timed out after {timeout_ms}ms"))
+
+    def list_functions(self) -> list[FunctionInfo]:
+        """Every function registered with the engine (``engine::*`` left out).
+
+        Example:
+            >>> # [f.function_id for f in iii.list_functions()]
+        """
+        return self._run_on_loop(self.list_functions_async())
+
+    async def list_functions_async(self) -> list[FunctionInfo]:
+        """Async form of :meth:`list_functions`."""
+        result = await self.trigger_async({"function_id": "engine::functions::list", "payload": {}})
+        return [FunctionInfo(**f) for f in result.get("functions", [])]
+
+    def list_workers(self) -> list[WorkerInfo]:
+        """Every worker connected to the engine.
+
+        Example:
+            >>> # [w.name for w in iii.list_workers()]
+        """
+        return self._run_on_loop(self.list_workers_async())
+
+    async def list_workers_async(self) -> list[WorkerInfo]:
+        """Async form of :meth:`list_workers`."""
+        result = await self.trigger_async({"function_id": "engine::workers::list", "payload": {}})
+        return [WorkerInfo(**w) for w in result.get("workers", [])]
+
+    def list_triggers(self, include_internal: bool = False) -> list[TriggerInfo]:
+        """Every trigger; ``include_internal`` adds those bound to ``engine::`` functions.
+
+        Example:
+            >>> # iii.list_triggers(include_internal=True)
+        """
+        return self._run_on_loop(self.list_triggers_async(include_internal))
+
+    async def list_triggers_async(self, include_internal: bool = False) -> list[TriggerInfo]:
+        """Async form of :meth:`list_triggers`."""
+        result = await self.trigger_async(
+            {"function_id": "engine::triggers::list", "payload": {"include_internal": include_internal}}
+        )
+        return [TriggerInfo(**t) for t in result.get("triggers", [])]
+
+    def create_channel(self, buffer_size: int | None = None) -> Channel:
+        """Create a channel; pass ``writer_ref`` / ``reader_ref`` (or the ends themselves) in payloads.
+
+        Example:
+            >>> # ch = iii.create_channel(); iii.trigger({"function_id": "produce", "payload": {"out": ch.writer}})
+        """
+        return self._run_on_loop(self.create_channel_async(buffer_size))
+
+    async def create_channel_async(self, buffer_size: int | None = None) -> Channel:
+        """Async form of :meth:`create_channel`."""
+        result = await self.trigger_async(
+            {"function_id": "engine::channels::create", "payload": {"buffer_size": buffer_size}}
+        )
+        writer_ref = StreamChannelRef(**result["writer"])
+        reader_ref = StreamChannelRef(**result["reader"])
+        return Channel(
+            writer=ChannelWriter(self._address, writer_ref),
+            reader=ChannelReader(self._address, reader_ref),
+            writer_ref=writer_ref,
+            reader_ref=reader_ref,
+        )
+
+    # ---------------------------------------------------------------- conveniences
+
+    def on_functions_available(self, callback: Callable[[list[FunctionInfo]], None]) -> Callable[[], None]:
+        """Call ``callback`` with the full function list whenever the engine's set of ids changes.
+
+        Example:
+            >>> # unsubscribe = iii.on_functions_available(lambda fns: print(len(fns)))
+        """
+        self._functions_available_callbacks.append(callback)
+        if self._functions_available_trigger is None:
+            if self._functions_available_function_id is None:
+                self._functions_available_function_id = f"iii.on_functions_available.{uuid.uuid4()}"
+            function_id = self._functions_available_function_id
+            if function_id not in self._functions:
+
+                async def handler(data: dict[str, Any]) -> None:
+                    functions = [FunctionInfo(**f) for f in data.get("functions", [])]
+                    for cb in list(self._functions_available_callbacks):
+                        try:
+                            cb(functions)
+                        except Exception:
+                            log.exception("functions-available callback failed")
+
+                self.register_function({"id": function_id}, handler)
+            self._functions_available_trigger = self.register_trigger(
+                {"type": "engine::functions-available", "function_id": function_id, "config": {}}
+            )
+
+        def unsubscribe() -> None:
+            if callback in self._functions_available_callbacks:
+                self._functions_available_callbacks.remove(callback)
+            if not self._functions_available_callbacks and self._functions_available_trigger is not None:
+                self._functions_available_trigger.unregister()
+                self._functions_available_trigger = None
+
+        return unsubscribe
+
+    def create_stream(self, stream_name: str, stream: IStream[Any]) -> None:
+        """Serve stream ``stream_name`` from ``stream``: get, set, delete, list, list_groups and update.
+
+        ``update`` falls back to get → apply ops → set under a per-item lock when the backend's ``update``
+        returns ``None`` or raises ``NotImplementedError`` (PROTOCOL §9.5 S7, S8).
+
+        Example:
+            >>> # iii.create_stream("todos", MemoryStream())
+        """
+
+        async def get(data: Any) -> Any:
+            return jsonable(await stream.get(StreamGetInput.model_validate(data)))
+
+        async def set_(data: Any) -> Any:
+            request = StreamSetInput.model_validate(data)
+            result = await stream.set(request)
+            if result is None:
+                return {"new_value": jsonable(request.data)}
+            return jsonable(result)
+
+        async def delete(data: Any) -> Any:
+            result = await stream.delete(StreamDeleteInput.model_validate(data))
+            return {"old_value": None} if result is None else jsonable(result)
+
+        async def list_(data: Any) -> Any:
+            return jsonable(await stream.list(StreamListInput.model_validate(data)))
+
+        async def list_groups(data: Any) -> Any:
+            return jsonable(await stream.list_groups(StreamListGroupsInput.model_validate(data)))
+
+        async def update(data: Any) -> Any:
+            request = StreamUpdateInput.model_validate(data)
+            try:
+                result = await stream.update(request)
+            except NotImplementedError:
+                result = None
+            if result is not None:
+                return jsonable(result)
+            return await self._compose_update(stream, request)
+
+        for op, handler in (
+            ("get", get),
+            ("set", set_),
+            ("delete", delete),
+            ("list", list_),
+            ("list_groups", list_groups),
+            ("update", update),
+        ):
+            self.register_function({"id": f"stream::{op}({stream_name})"}, handler)
+
+    async def _compose_update(self, stream: IStream[Any], request: StreamUpdateInput) -> dict[str, Any]:
+        from .stream_ops import apply_ops
+
+        key = (request.stream_name, request.group_id, request.item_id)
+        lock = self._stream_locks.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                old = jsonable(
+                    await stream.get(
+                        StreamGetInput(
+                            stream_name=request.stream_name, group_id=request.group_id, item_id=request.item_id
+                        )
+                    )
+                )
+                new = apply_ops(old, request.ops)
+                await stream.set(
+                    StreamSetInput(
+                        stream_name=request.stream_name,
+                        group_id=request.group_id,
+                        item_id=request.item_id,
+                        data=new,
+                    )
+                )
+                return {"old_value": old, "new_value": new}
+        finally:
+            if not lock.locked() and not getattr(lock, "_waiters", None):
+                self._stream_locks.pop(key, None)
+
+
+class TriggerAction:
+    """Factories for the ``action`` of :meth:`III.trigger`.
+
+    Example:
+        >>> TriggerAction.Enqueue(queue="jobs").queue
+        'jobs'
+        >>> TriggerAction.Void().type
+        'void'
+    """
+
+    @staticmethod
+    def Enqueue(*, queue: str) -> TriggerActionEnqueue:
+        """Route the call through queue ``queue``; ``trigger`` returns ``{"messageReceiptId": ...}``."""
+        return TriggerActionEnqueue(queue=queue)
+
+    @staticmethod
+    def Void() -> TriggerActionVoid:
+        """Fire and forget; ``trigger`` returns ``None``."""
+        return TriggerActionVoid()
+
+
+def register_worker(address: str, options: InitOptions | None = None) -> III:
+    """Create a client and wait up to 30 s for it to connect.
+
+    Raises ``ConnectionError`` only when reconnection gave up (state ``failed``); after 30 s without a
+    connection the client is returned anyway and keeps trying in the background.
+
+    Example:
+        >>> # iii = register_worker("ws://localhost:49134", InitOptions(worker_name="billing"))
+    """
+    client = III(address, options)
+    client._wait_until_connected()
+    return client
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _is_async_callable(handler: Callable[..., Any] | None) -> bool:
+    if handler is None:
+        return False
+    if inspect.iscoroutinefunction(handler):
+        return True
+    call = getattr(handler, "__call__", None)  # noqa: B004 - async __call__ on instances
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+def _format_dict(value: RegisterFunctionFormat | dict[str, Any] | None) -> dict[str, Any] | None:
+    # The reference dumps nested format models without their None fields; keep the same wire shape.
+    if isinstance(value, RegisterFunctionFormat):
+        return value.model_dump(by_alias=True, exclude_none=True)
+    return value
+
+
+def _action_to_wire(action: Any) -> dict[str, Any] | None:
+    if action is None:
+        return None
+    if isinstance(action, TriggerActionVoid):
+        return {"type": "void"}
+    if isinstance(action, TriggerActionEnqueue):
+        return {"type": "enqueue", "queue": action.queue}
+    if isinstance(action, dict):
+        kind = action.get("type")
+        if kind == "void":
+            return {"type": "void"}
+        if kind == "enqueue":
+            queue = action.get("queue")
+            if not isinstance(queue, str):
+                raise ValueError(f"enqueue action needs a string 'queue', got {queue!r}")
+            return {"type": "enqueue", "queue": queue}
+    raise ValueError(f"unknown trigger action {action!r}: use TriggerAction.Enqueue(queue=...) or TriggerAction.Void()")
+
+
+def _resolve_channels(value: Any, address: str) -> Any:
+    """Replace channel refs in incoming data by channel ends; returns ``value`` itself when there are none."""
+    if isinstance(value, dict):
+        if is_channel_ref(value):
+            ref = StreamChannelRef(
+                channel_id=value["channel_id"], access_key=value["access_key"], direction=value["direction"]
+            )
+            return ChannelReader(address, ref) if ref.direction == "read" else ChannelWriter(address, ref)
+        out: dict[str, Any] | None = None
+        for k, v in value.items():
+            if isinstance(v, dict | list | tuple):
+                new = _resolve_channels(v, address)
+                if new is not v:
+                    if out is None:
+                        out = dict(value)
+                    out[k] = new
+        return value if out is None else out
+    if isinstance(value, list | tuple):
+        items: list[Any] | None = None
+        for i, v in enumerate(value):
+            if isinstance(v, dict | list | tuple):
+                new = _resolve_channels(v, address)
+                if new is not v:
+                    if items is None:
+                        items = list(value)
+                    items[i] = new
+        if items is None:
+            return value
+        return tuple(items) if isinstance(value, tuple) else items
+    return value

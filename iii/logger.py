@@ -1,0 +1,168 @@
+"""Structured logger that emits OpenTelemetry log records correlated with the active span.
+
+When telemetry is initialised (:func:`iii.telemetry.init_otel`), each call emits a log record carrying the
+active span's trace and span ids (or the ones given to the constructor), so the engine can show logs next to
+traces. Otherwise it falls back to the stdlib logger ``iii.logger``.
+
+Example:
+    >>> logger = Logger(service_name="billing")
+    >>> logger.info("order processed", {"order_id": "ord_1", "amount": 49.99})
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from functools import cache
+from typing import Any, Final
+
+from . import telemetry
+
+__all__ = ["Logger", "is_initialized"]
+
+log = logging.getLogger("iii.logger")
+
+# (severity text, OpenTelemetry SeverityNumber) per level.
+_SEVERITY: Final[dict[str, tuple[str, int]]] = {
+    "debug": ("DEBUG", 5),
+    "info": ("INFO", 9),
+    "warn": ("WARN", 13),
+    "error": ("ERROR", 17),
+}
+_STDLIB_LEVEL: Final[dict[str, int]] = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+}
+_SCALARS: Final = (str, bool, int, float)
+
+
+def is_initialized() -> bool:
+    """Whether OpenTelemetry is set up, i.e. whether logs are exported rather than sent to ``logging``."""
+    return telemetry.is_initialized()
+
+
+@cache
+def _log_record_takes_context() -> bool:
+    # opentelemetry-api 1.35 replaced trace_id/span_id/trace_flags on LogRecord with a context argument.
+    from opentelemetry._logs import LogRecord
+
+    return "context" in inspect.signature(LogRecord.__init__).parameters
+
+
+def _attribute_value(value: Any) -> Any:
+    """``value`` as an OpenTelemetry attribute value: nested JSON-like data is kept, anything else stringified."""
+    if value is None or isinstance(value, _SCALARS):
+        return value
+    if isinstance(value, dict):
+        return {str(key): _attribute_value(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_attribute_value(item) for item in value]
+    from .utils import safe_stringify
+
+    return safe_stringify(value)
+
+
+class Logger:
+    """Logger whose records carry the trace context.
+
+    ``trace_id`` / ``span_id`` (hex) override the active span's ids; ``service_name`` becomes the
+    ``service.name`` attribute of every record. ``data`` is attached as the ``log.data`` attribute.
+
+    Example:
+        >>> Logger().warn("retrying", {"attempt": 3})
+    """
+
+    def __init__(
+        self,
+        trace_id: str | None = None,
+        service_name: str | None = None,
+        span_id: str | None = None,
+    ) -> None:
+        self._trace_id = trace_id
+        self._service_name = service_name or ""
+        self._span_id = span_id
+
+    def info(self, message: str, data: Any = None) -> None:
+        """Log at INFO (severity number 9).
+
+        Example:
+            >>> Logger().info("worker connected")
+        """
+        self._emit("info", message, data)
+
+    def warn(self, message: str, data: Any = None) -> None:
+        """Log at WARN (severity number 13).
+
+        Example:
+            >>> Logger().warn("slow call", {"ms": 1200})
+        """
+        self._emit("warn", message, data)
+
+    def error(self, message: str, data: Any = None) -> None:
+        """Log at ERROR (severity number 17).
+
+        Example:
+            >>> Logger().error("payment failed", {"code": "card_declined"})
+        """
+        self._emit("error", message, data)
+
+    def debug(self, message: str, data: Any = None) -> None:
+        """Log at DEBUG (severity number 5).
+
+        Example:
+            >>> Logger().debug("cache lookup", {"hit": False})
+        """
+        self._emit("debug", message, data)
+
+    def _emit(self, level: str, message: str, data: Any) -> None:
+        if self._emit_otel(level, message, data):
+            return
+        log.log(_STDLIB_LEVEL[level], "[%s] %s", self._service_name, message, extra={"data": data})
+
+    def _emit_otel(self, level: str, message: str, data: Any) -> bool:
+        otel_logger = telemetry.get_logger("iii.logger")
+        if otel_logger is None:
+            return False
+        try:
+            record = self._record(level, message, data)
+            otel_logger.emit(record)
+        except Exception:  # a log call must never raise into the handler; fall back to stdlib logging
+            log.debug("emitting an OpenTelemetry log record failed", exc_info=True)
+            return False
+        return True
+
+    def _record(self, level: str, message: str, data: Any) -> Any:
+        from opentelemetry import trace
+        from opentelemetry._logs import LogRecord, SeverityNumber
+
+        severity_text, severity_number = _SEVERITY[level]
+        attributes: dict[str, Any] = {"service.name": self._service_name}
+        if data is not None:
+            attributes["log.data"] = _attribute_value(data)
+
+        active = trace.get_current_span().get_span_context()
+        trace_id = int(self._trace_id, 16) if self._trace_id else (active.trace_id if active.is_valid else 0)
+        span_id = int(self._span_id, 16) if self._span_id else (active.span_id if active.is_valid else 0)
+        flags = active.trace_flags if active.is_valid else trace.TraceFlags(trace.TraceFlags.SAMPLED)
+        now = time.time_ns()
+        common: dict[str, Any] = {
+            "timestamp": now,
+            "observed_timestamp": now,
+            "severity_text": severity_text,
+            "severity_number": SeverityNumber(severity_number),
+            "body": message,
+            "attributes": attributes,
+        }
+        if not _log_record_takes_context():
+            return LogRecord(trace_id=trace_id, span_id=span_id, trace_flags=flags, **common)
+        context = None
+        if trace_id and span_id:
+            span_context = trace.SpanContext(trace_id=trace_id, span_id=span_id, is_remote=True, trace_flags=flags)
+            context = trace.set_span_in_context(trace.NonRecordingSpan(span_context))
+        elif trace_id or span_id:
+            # Only one id given: a context cannot hold half a span, so pass ids the old way.
+            return LogRecord(trace_id=trace_id, span_id=span_id, trace_flags=flags, **common)
+        return LogRecord(context=context, **common)

@@ -1,0 +1,619 @@
+"""OpenTelemetry set-up and trace-context helpers of the SDK (reference surface, PROTOCOL §10.6).
+
+``init_otel`` builds tracer, meter and logger providers whose exporters write OTLP-JSON telemetry frames
+(:mod:`iii.telemetry_exporters`). Ours (PROTOCOL §9.5 S12): the frames go to ``frame_sink``, which the SDK client
+points at its own worker socket, instead of a second WebSocket. Everything works without ``opentelemetry``
+installed: the query helpers return ``None`` / ``{}`` and ``init_otel`` raises ``ImportError`` exactly like the
+reference (the client catches it).
+
+Unlike the reference, ``init_otel`` after ``shutdown_otel`` works again in the same process: the global tracer
+provider is installed once as a switch whose target is the current provider.
+
+Example:
+    >>> frames: list[bytes] = []
+    >>> init_otel(OtelConfig(service_name="docs", fetch_instrumentation_enabled=False), frame_sink=frames.append)
+    >>> async def work(span: Any) -> str | None:
+    ...     return current_trace_id()
+    >>> import asyncio
+    >>> len(asyncio.run(with_span("job", work)))
+    32
+    >>> shutdown_otel()
+    >>> any(frame.startswith(b"OTLP") for frame in frames)
+    True
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+from .telemetry_exporters import FrameSink, SharedEngineConnection
+from .telemetry_types import OtelConfig
+
+__all__ = [
+    "OtelConfig",
+    "attach_event_loop",
+    "attach_frame_sink",
+    "current_span_id",
+    "current_trace_id",
+    "extract_baggage",
+    "extract_context",
+    "extract_traceparent",
+    "force_flush",
+    "get_all_baggage",
+    "get_baggage_entry",
+    "get_logger",
+    "get_meter",
+    "get_tracer",
+    "init_otel",
+    "inject_baggage",
+    "inject_traceparent",
+    "is_initialized",
+    "remove_baggage_entry",
+    "set_baggage_entry",
+    "shutdown_otel",
+    "shutdown_otel_async",
+    "with_span",
+]
+
+log = logging.getLogger("iii.telemetry")
+
+T = TypeVar("T")
+
+_DEFAULT_SERVICE_NAME: Final = "iii-python-sdk"
+_SCOPE: Final = "iii-python-sdk"
+_DISABLED_VALUES: Final = frozenset({"false", "0", "no", "off"})
+
+
+@dataclass
+class _Otel:
+    """Everything ``init_otel`` created; one per process, as in the reference."""
+
+    initialized: bool = False
+    tracer_provider: Any = None
+    tracer: Any = None
+    meter_provider: Any = None
+    meter: Any = None
+    log_provider: Any = None
+    connection: SharedEngineConnection | None = None
+    switch: Any = None  # the global tracer provider we installed, see _install_global_tracer_provider
+    globals_set: bool = False
+    original_urlopen: Any = None
+
+
+_state = _Otel()
+
+
+def _enabled(config: OtelConfig) -> bool:
+    if config.enabled is not None:
+        return config.enabled
+    return os.environ.get("OTEL_ENABLED", "").strip().lower() not in _DISABLED_VALUES
+
+
+def _int_setting(explicit: int | None, env_var: str, default: int, minimum: int = 0) -> int:
+    """Explicit config, else a valid environment value, else the default (the reference's order)."""
+    if explicit is not None:
+        return explicit
+    raw = os.environ.get(env_var)
+    if raw is not None:
+        try:
+            value = int(raw)
+        except ValueError:
+            log.warning("%s=%r is not an integer; using %d", env_var, raw, default)
+        else:
+            if value >= minimum:
+                return value
+    return default
+
+
+def init_otel(
+    config: OtelConfig | None = None,
+    loop: asyncio.AbstractEventLoop | None = None,
+    *,
+    frame_sink: FrameSink | None = None,
+) -> None:
+    """Set up tracing, metrics and logs exporting to ``frame_sink``; later calls only attach what is missing.
+
+    ``loop``: frames are handed to the sink on this loop's thread (the sink need not be thread-safe). Frames
+    produced before a sink is known are buffered (bounded). Disabled by ``config.enabled=False`` or, when that
+    is unset, ``OTEL_ENABLED=false|0|no|off``.
+
+    Raises:
+        ImportError: telemetry is enabled but ``opentelemetry-api`` / ``opentelemetry-sdk`` are not installed.
+
+    Example:
+        >>> init_otel(OtelConfig(enabled=False))
+        >>> is_initialized()
+        False
+    """
+    if _state.initialized:
+        connection = _state.connection
+        if connection is not None:
+            if frame_sink is not None and connection.sink is None:
+                connection.attach(frame_sink)
+            if loop is not None and not connection._started:
+                connection.start(loop)
+        return
+
+    cfg = config or OtelConfig()
+    if not _enabled(cfg):
+        return
+
+    try:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError as exc:
+        raise ImportError(
+            "opentelemetry-api and opentelemetry-sdk are required for telemetry; "
+            "install them with: pip install 'iii-toolkit[otel]'"
+        ) from exc
+
+    from .telemetry_exporters import EngineSpanExporter
+
+    service_name = cfg.service_name or os.environ.get("OTEL_SERVICE_NAME") or _DEFAULT_SERVICE_NAME
+    attributes: dict[str, Any] = {
+        "service.name": service_name,
+        "service.version": cfg.service_version or os.environ.get("SERVICE_VERSION") or "unknown",
+        "service.instance.id": cfg.service_instance_id or os.environ.get("SERVICE_INSTANCE_ID") or str(uuid.uuid4()),
+        "telemetry.sdk.name": "iii-python-sdk",
+        "telemetry.sdk.language": "python",
+    }
+    namespace = cfg.service_namespace or os.environ.get("SERVICE_NAMESPACE")
+    if namespace:
+        attributes["service.namespace"] = namespace
+    resource = Resource.create(attributes)
+
+    connection = SharedEngineConnection(frame_sink)
+    if frame_sink is None and cfg.engine_ws_url:
+        connection.url = cfg.engine_ws_url
+    if loop is not None:
+        connection.start(loop)
+
+    tracer_provider = TracerProvider(resource=resource)
+    tracer_provider.add_span_processor(BatchSpanProcessor(EngineSpanExporter(connection)))  # type: ignore[arg-type]
+
+    _state.connection = connection
+    _state.tracer_provider = tracer_provider
+    _state.tracer = tracer_provider.get_tracer(_SCOPE)
+    _install_global_tracer_provider(tracer_provider)
+    if cfg.metrics_enabled:
+        _configure_metrics(resource, connection, cfg, service_name)
+    if cfg.logs_enabled is None or cfg.logs_enabled:
+        _configure_logs(resource, connection, cfg)
+    _state.globals_set = True
+    _state.initialized = True
+    if cfg.fetch_instrumentation_enabled:
+        _instrument_urllib()
+
+
+def _install_global_tracer_provider(provider: Any) -> None:
+    """Point the process-wide tracer provider at ``provider``.
+
+    OpenTelemetry lets the global provider be set only once per process, so we set a switch once and retarget
+    it on every ``init_otel``. If the application installed its own provider first, we leave it alone.
+    """
+    from opentelemetry import trace
+
+    if _state.switch is None:
+        if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+            log.debug("a global tracer provider is already set; iii spans use iii.telemetry.get_tracer() only")
+            return
+        _state.switch = _make_switch()
+        trace.set_tracer_provider(_state.switch)
+    _state.switch.target = provider
+
+
+def _make_switch() -> Any:
+    from opentelemetry import trace
+    from opentelemetry.util._decorator import _agnosticcontextmanager
+
+    class SwitchTracer(trace.Tracer):
+        """A tracer that resolves to the switch's current provider at every span."""
+
+        def __init__(self, switch: SwitchTracerProvider, args: tuple[Any, ...]) -> None:
+            self._switch = switch
+            self._args = args
+
+        def _current(self) -> trace.Tracer:
+            target = self._switch.target or trace.NoOpTracerProvider()
+            return target.get_tracer(*self._args)
+
+        def start_span(self, *args: Any, **kwargs: Any) -> trace.Span:
+            return self._current().start_span(*args, **kwargs)
+
+        @_agnosticcontextmanager
+        def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:
+            with self._current().start_as_current_span(*args, **kwargs) as span:
+                yield span
+
+    class SwitchTracerProvider(trace.TracerProvider):
+        """The global tracer provider: forwards to ``target`` (``None`` = no-op)."""
+
+        def __init__(self) -> None:
+            self.target: Any = None
+
+        def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:
+            names = ("instrumenting_module_name", "instrumenting_library_version", "schema_url", "attributes")
+            full = args + tuple(kwargs.get(name) for name in names[len(args) :])
+            return SwitchTracer(self, full)
+
+    return SwitchTracerProvider()
+
+
+def _configure_metrics(resource: Any, connection: SharedEngineConnection, cfg: OtelConfig, service_name: str) -> None:
+    try:
+        from opentelemetry import metrics
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+    except ImportError:
+        log.warning("opentelemetry-sdk metrics unavailable: metrics are not exported")
+        return
+    from .telemetry_exporters import EngineMetricsExporter
+
+    reader = PeriodicExportingMetricReader(
+        EngineMetricsExporter(connection),  # type: ignore[arg-type]
+        export_interval_millis=cfg.metrics_export_interval_ms,
+    )
+    provider = MeterProvider(resource=resource, metric_readers=[reader])
+    if not _state.globals_set:  # settable once per process; get_meter() always returns ours
+        metrics.set_meter_provider(provider)
+    _state.meter_provider = provider
+    _state.meter = provider.get_meter(service_name)
+
+
+def _configure_logs(resource: Any, connection: SharedEngineConnection, cfg: OtelConfig) -> None:
+    try:
+        from opentelemetry import _logs
+        from opentelemetry.sdk._logs import LoggerProvider
+        from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+    except ImportError:
+        log.warning("opentelemetry-sdk logs unavailable: logs are not exported")
+        return
+    from .telemetry_exporters import EngineLogExporter
+
+    provider = LoggerProvider(resource=resource)
+    provider.add_log_record_processor(
+        BatchLogRecordProcessor(
+            EngineLogExporter(connection),  # type: ignore[arg-type]
+            schedule_delay_millis=_int_setting(cfg.logs_flush_interval_ms, "OTEL_LOGS_FLUSH_INTERVAL_MS", 100),
+            max_export_batch_size=_int_setting(cfg.logs_batch_size, "OTEL_LOGS_BATCH_SIZE", 1, minimum=1),
+        )
+    )
+    if not _state.globals_set:  # settable once per process; iii.logger.Logger always uses ours
+        _logs.set_logger_provider(provider)
+    _state.log_provider = provider
+
+
+def _instrument_urllib() -> None:
+    """Wrap ``urllib`` requests in CLIENT spans and propagate the trace context in their headers."""
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    from opentelemetry.propagate import inject
+    from opentelemetry.trace import SpanKind, StatusCode
+
+    if _state.original_urlopen is not None:
+        return
+    original = urllib.request.OpenerDirector.open
+
+    def traced_open(self: urllib.request.OpenerDirector, fullurl: Any, data: Any = None, *args: Any) -> Any:
+        tracer = _state.tracer
+        if tracer is None:
+            return original(self, fullurl, data, *args)
+        request = fullurl if isinstance(fullurl, urllib.request.Request) else urllib.request.Request(fullurl, data)
+        if request is not fullurl:
+            data = None  # now carried by the Request
+        method = request.get_method()
+        parts = urlsplit(request.full_url)
+        attrs: dict[str, Any] = {"http.request.method": method, "url.full": request.full_url}
+        if parts.hostname:
+            attrs["server.address"] = parts.hostname
+        if parts.scheme:
+            attrs["url.scheme"] = parts.scheme
+        if parts.path:
+            attrs["url.path"] = parts.path
+        if parts.port:
+            attrs["server.port"] = parts.port
+        name = f"{method} {parts.path}" if parts.path else method
+        with tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attrs) as span:
+            carrier: dict[str, str] = {}
+            inject(carrier)
+            for key, value in carrier.items():
+                request.add_unredirected_header(key, value)
+            try:
+                response = original(self, request, data, *args)
+            except Exception as exc:
+                span.set_attribute("error.type", type(exc).__name__)
+                span.set_status(StatusCode.ERROR, str(exc))
+                span.record_exception(exc)
+                raise
+            status = getattr(response, "status", None)
+            if isinstance(status, int):
+                span.set_attribute("http.response.status_code", status)
+                span.set_status(StatusCode.ERROR if status >= 400 else StatusCode.OK)
+            return response
+
+    _state.original_urlopen = original
+    urllib.request.OpenerDirector.open = traced_open  # type: ignore[method-assign,assignment]
+
+
+def _uninstrument_urllib() -> None:
+    if _state.original_urlopen is None:
+        return
+    import urllib.request
+
+    urllib.request.OpenerDirector.open = _state.original_urlopen  # type: ignore[method-assign]
+    _state.original_urlopen = None
+
+
+def _shutdown_providers(providers: list[Any]) -> None:
+    for provider in providers:
+        try:
+            provider.shutdown()  # flushes: the last batches still reach the sink
+        except Exception:
+            log.debug("telemetry provider shutdown failed", exc_info=True)
+
+
+def _take_state() -> list[Any]:
+    """Reset the module state and return the providers that still need shutting down."""
+    _uninstrument_urllib()
+    providers = [p for p in (_state.tracer_provider, _state.meter_provider, _state.log_provider) if p is not None]
+    if _state.switch is not None:
+        _state.switch.target = None
+    _state.initialized = False
+    _state.tracer_provider = _state.tracer = _state.meter_provider = _state.meter = _state.log_provider = None
+    _state.connection = None
+    return providers
+
+
+def shutdown_otel() -> None:
+    """Flush and shut down every provider; telemetry is off until the next ``init_otel``.
+
+    Example:
+        >>> shutdown_otel()
+        >>> get_tracer() is None
+        True
+    """
+    _shutdown_providers(_take_state())
+
+
+async def shutdown_otel_async() -> None:
+    """Like :func:`shutdown_otel`, without blocking the event loop while the last batches are exported.
+
+    Example:
+        >>> asyncio.run(shutdown_otel_async())
+    """
+    providers = _take_state()
+    if providers:
+        await asyncio.to_thread(_shutdown_providers, providers)
+
+
+def force_flush(timeout_millis: int = 5_000) -> bool:
+    """Export everything recorded so far (ours). ``True`` when every provider flushed in time.
+
+    Example:
+        >>> force_flush()
+        True
+    """
+    ok = True
+    for provider in (_state.tracer_provider, _state.meter_provider, _state.log_provider):
+        if provider is not None:
+            ok = bool(provider.force_flush(timeout_millis)) and ok
+    return ok
+
+
+def attach_event_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Deliver frames on ``loop``'s thread from now on (no-op if already started or not initialised)."""
+    connection = _state.connection
+    if _state.initialized and connection is not None and not connection._started:
+        connection.start(loop)
+
+
+def attach_frame_sink(sink: FrameSink | None, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    """Send telemetry frames to ``sink`` from now on (ours); ``None`` buffers them again.
+
+    Example:
+        >>> attach_frame_sink(None)  # nothing initialised: no-op
+    """
+    connection = _state.connection
+    if connection is None:
+        return
+    if loop is not None and not connection._started:
+        connection.start(loop)
+    connection.attach(sink)
+
+
+def get_tracer() -> Any:
+    """The SDK's tracer, or ``None`` before ``init_otel``."""
+    return _state.tracer
+
+
+def get_meter() -> Any:
+    """The SDK's meter, or ``None`` when metrics are not initialised."""
+    return _state.meter
+
+
+def get_logger(name: str = _SCOPE) -> Any:
+    """An OpenTelemetry logger of the SDK's provider, or ``None`` when logs are not initialised."""
+    provider = _state.log_provider
+    if not _state.initialized or provider is None:
+        return None
+    return provider.get_logger(name)
+
+
+def is_initialized() -> bool:
+    """Whether ``init_otel`` set telemetry up (and it was not shut down since)."""
+    return _state.initialized
+
+
+def _current_span_context() -> Any:
+    try:
+        from opentelemetry import trace
+    except ImportError:
+        return None
+    context = trace.get_current_span().get_span_context()
+    return context if context.is_valid else None
+
+
+def current_trace_id() -> str | None:
+    """The active span's trace id as 32 hex digits, or ``None``."""
+    context = _current_span_context()
+    return None if context is None else format(context.trace_id, "032x")
+
+
+def current_span_id() -> str | None:
+    """The active span's id as 16 hex digits, or ``None``."""
+    context = _current_span_context()
+    return None if context is None else format(context.span_id, "016x")
+
+
+class _NoopSpan:
+    """Stands in for a span when tracing is off, so ``with_span`` callbacks need no branches."""
+
+    def set_attribute(self, *args: Any, **kwargs: Any) -> None:
+        """Ignored."""
+
+    def set_attributes(self, *args: Any, **kwargs: Any) -> None:
+        """Ignored."""
+
+    def add_event(self, *args: Any, **kwargs: Any) -> None:
+        """Ignored."""
+
+    def set_status(self, *args: Any, **kwargs: Any) -> None:
+        """Ignored."""
+
+    def record_exception(self, *args: Any, **kwargs: Any) -> None:
+        """Ignored."""
+
+    def end(self) -> None:
+        """Ignored."""
+
+    def is_recording(self) -> bool:
+        """Never recording."""
+        return False
+
+    def get_span_context(self) -> None:
+        """No context."""
+        return None
+
+
+async def with_span(
+    name: str,
+    fn: Callable[[Any], Awaitable[T]],
+    *,
+    kind: Any = None,
+    traceparent: str | None = None,
+) -> T:
+    """Run ``await fn(span)`` inside a new span (a no-op span when tracing is off); errors mark the span.
+
+    ``traceparent`` makes the span a child of that remote context instead of the current one.
+    """
+    tracer = _state.tracer
+    if tracer is None:
+        return await fn(_NoopSpan())
+    from opentelemetry import context as otel_context
+    from opentelemetry.propagate import extract
+    from opentelemetry.trace import SpanKind, StatusCode
+
+    parent = extract({"traceparent": traceparent}) if traceparent else otel_context.get_current()
+    span_kind = kind if kind is not None else SpanKind.INTERNAL
+    with tracer.start_as_current_span(name, kind=span_kind, context=parent) as span:
+        try:
+            result = await fn(span)
+        except Exception as exc:
+            span.set_status(StatusCode.ERROR, str(exc))
+            span.record_exception(exc)
+            raise
+        span.set_status(StatusCode.OK)
+        return result
+
+
+def _inject() -> dict[str, str]:
+    try:
+        from opentelemetry.propagate import inject
+    except ImportError:
+        return {}
+    carrier: dict[str, str] = {}
+    inject(carrier)
+    return carrier
+
+
+def _extract(carrier: dict[str, str]) -> Any:
+    try:
+        from opentelemetry.propagate import extract
+    except ImportError:
+        return None
+    return extract(carrier)
+
+
+def inject_traceparent() -> str | None:
+    """The current trace context as a W3C ``traceparent`` header, or ``None`` without an active span."""
+    return _inject().get("traceparent")
+
+
+def extract_traceparent(traceparent: str) -> Any:
+    """An OpenTelemetry context whose parent is the given ``traceparent`` (``None`` without OTel)."""
+    return _extract({"traceparent": traceparent})
+
+
+def inject_baggage() -> str | None:
+    """The current baggage as a W3C ``baggage`` header, or ``None`` when there is none."""
+    return _inject().get("baggage")
+
+
+def extract_baggage(baggage: str) -> Any:
+    """An OpenTelemetry context carrying the given ``baggage`` header (``None`` without OTel)."""
+    return _extract({"baggage": baggage})
+
+
+def extract_context(traceparent: str | None = None, baggage: str | None = None) -> Any:
+    """An OpenTelemetry context from both headers; either may be missing (``None`` without OTel)."""
+    carrier: dict[str, str] = {}
+    if traceparent:
+        carrier["traceparent"] = traceparent
+    if baggage:
+        carrier["baggage"] = baggage
+    return _extract(carrier)
+
+
+def get_baggage_entry(key: str) -> str | None:
+    """One baggage value of the current context, or ``None``."""
+    try:
+        from opentelemetry import baggage
+    except ImportError:
+        return None
+    value = baggage.get_baggage(key)
+    return None if value is None else str(value)
+
+
+def set_baggage_entry(key: str, value: str) -> Any:
+    """A new context with ``key=value`` added to the current baggage (attach it to make it current)."""
+    try:
+        from opentelemetry import baggage
+    except ImportError:
+        return None
+    return baggage.set_baggage(key, value)
+
+
+def remove_baggage_entry(key: str) -> Any:
+    """A new context without ``key`` in its baggage (attach it to make it current)."""
+    try:
+        from opentelemetry import baggage
+    except ImportError:
+        return None
+    return baggage.remove_baggage(key)
+
+
+def get_all_baggage() -> dict[str, str]:
+    """Every baggage entry of the current context."""
+    try:
+        from opentelemetry import baggage
+    except ImportError:
+        return {}
+    return {key: str(value) for key, value in baggage.get_all().items()}

@@ -1,0 +1,468 @@
+"""OpenTelemetry exporters that hand OTLP-JSON telemetry frames to a sink.
+
+A frame is a 4-byte ASCII prefix followed by an OTLP-JSON body, as the engine expects on the worker socket
+(PROTOCOL §1.2): ``OTLP`` for spans, ``MTRC`` for metrics, ``LOGS`` for logs. Trace and span ids are lower-case
+hex, as the engine stores them.
+
+Ours (PROTOCOL §9.5 S12): there is no second WebSocket. :class:`SharedEngineConnection` only buffers frames and
+passes them to a sink, a ``Callable[[bytes], None]``; the SDK client's sink writes a binary frame on its own
+worker socket. Exporters run on OpenTelemetry's background threads, so when the connection is started on an
+event loop every frame is handed to the sink on that loop's thread.
+
+Example:
+    >>> frames: list[bytes] = []
+    >>> connection = SharedEngineConnection(frames.append)
+    >>> connection.send_threadsafe(PREFIX_SPANS, b'{"resourceSpans":[]}')
+    >>> frames
+    [b'OTLP{"resourceSpans":[]}']
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Final
+
+from .wire import dumps
+
+__all__ = [
+    "PREFIX_LOGS",
+    "PREFIX_METRICS",
+    "PREFIX_SPANS",
+    "EngineLogExporter",
+    "EngineMetricsExporter",
+    "EngineSpanExporter",
+    "FrameSink",
+    "SharedEngineConnection",
+]
+
+log = logging.getLogger("iii.telemetry_exporters")
+
+PREFIX_SPANS: Final = b"OTLP"
+PREFIX_METRICS: Final = b"MTRC"
+PREFIX_LOGS: Final = b"LOGS"
+
+FrameSink = Callable[[bytes], None]
+
+
+class SharedEngineConnection:
+    """Where telemetry frames go: a sink, with a bounded buffer while there is none.
+
+    The name is the reference SDK's (there it owned a second WebSocket); here it is a thin object over the
+    sink. ``send_threadsafe`` may be called from any thread. Before a sink is attached, up to ``MAX_QUEUE``
+    frames are kept (oldest dropped) and delivered on :meth:`attach`.
+
+    Example:
+        >>> connection = SharedEngineConnection()
+        >>> connection.send_threadsafe(PREFIX_LOGS, b"{}")
+        >>> got: list[bytes] = []
+        >>> connection.attach(got.append)
+        >>> got
+        [b'LOGS{}']
+    """
+
+    MAX_QUEUE: int = 1000
+
+    def __init__(self, sink: FrameSink | str | None = None) -> None:
+        # A string is the reference's engine URL; we never open a socket for it, so it only leaves frames
+        # buffered until the client attaches its sink.
+        self.url = sink if isinstance(sink, str) else None
+        self._sink: FrameSink | None = None if isinstance(sink, str) else sink
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._buffer: deque[bytes] = deque(maxlen=self.MAX_QUEUE)
+        self._lock = threading.Lock()
+        self._dropped = 0
+        self._started = False
+
+    @property
+    def sink(self) -> FrameSink | None:
+        """The current sink, ``None`` while frames are being buffered."""
+        return self._sink
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Deliver frames on ``loop``'s thread from now on (the sink need not be thread-safe)."""
+        self._loop = loop
+        self._started = True
+        self._flush()
+
+    def attach(self, sink: FrameSink | None) -> None:
+        """Replace the sink; ``None`` detaches it and frames are buffered again."""
+        with self._lock:
+            self._sink = sink
+        self._flush()
+
+    def send_threadsafe(self, prefix: bytes, payload: bytes) -> None:
+        """Hand one frame (``prefix + payload``) to the sink, or buffer it while there is none."""
+        frame = prefix + payload
+        with self._lock:
+            if self._sink is None:
+                if len(self._buffer) == self._buffer.maxlen:
+                    self._dropped += 1
+                    log.warning("telemetry buffer full (%d frames): dropping the oldest frame", self.MAX_QUEUE)
+                self._buffer.append(frame)
+                return
+        self._deliver([frame])
+
+    async def shutdown(self) -> None:
+        """Detach the sink; later frames are buffered (and eventually dropped)."""
+        self.attach(None)
+
+    def _flush(self) -> None:
+        with self._lock:
+            if self._sink is None or not self._buffer:
+                return
+            frames = list(self._buffer)
+            self._buffer.clear()
+        self._deliver(frames)
+
+    def _deliver(self, frames: list[bytes]) -> None:
+        loop = self._loop
+        if loop is None or _running_loop() is loop:
+            self._call_sink(frames)
+            return
+        try:
+            loop.call_soon_threadsafe(self._call_sink, frames)
+        except RuntimeError:  # the loop is closed: the worker is gone, so is the socket
+            log.debug("event loop closed: dropping %d telemetry frame(s)", len(frames))
+
+    def _call_sink(self, frames: list[bytes]) -> None:
+        sink = self._sink
+        if sink is None:
+            with self._lock:
+                self._buffer.extend(frames)
+            return
+        for frame in frames:
+            try:
+                sink(frame)
+            except Exception:  # telemetry must never break the worker
+                log.warning("telemetry sink failed; frame dropped", exc_info=True)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------- OTLP JSON
+
+
+def _any_value(value: Any) -> dict[str, Any]:
+    """OTLP ``AnyValue`` JSON for a Python attribute value."""
+    if isinstance(value, bool):  # before int: bool is an int
+        return {"boolValue": value}
+    if isinstance(value, int):
+        return {"intValue": value}
+    if isinstance(value, float):
+        return {"doubleValue": value}
+    if isinstance(value, str):
+        return {"stringValue": value}
+    if isinstance(value, bytes):
+        return {"bytesValue": value.hex()}
+    if isinstance(value, Mapping):
+        return {"kvlistValue": {"values": _key_values(value)}}
+    if isinstance(value, list | tuple):
+        return {"arrayValue": {"values": [_any_value(item) for item in value]}}
+    return {"stringValue": str(value)}
+
+
+def _key_values(attributes: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    if not attributes:
+        return []
+    return [{"key": str(key), "value": _any_value(value)} for key, value in attributes.items()]
+
+
+def _hex_trace(trace_id: int) -> str:
+    return format(trace_id, "032x")
+
+
+def _hex_span(span_id: int) -> str:
+    return format(span_id, "016x")
+
+
+def _scope_json(scope: Any) -> dict[str, str]:
+    return {"name": (scope.name if scope else "") or "", "version": (scope.version if scope else "") or ""}
+
+
+def _group(items: Iterable[Any], resource_of: Callable[[Any], Any], scope_of: Callable[[Any], Any]) -> list[
+    tuple[Any, list[tuple[Any, list[Any]]]]
+]:
+    """Group items by resource, then by instrumentation scope, keeping first-seen order."""
+    resources: dict[int, Any] = {}
+    scopes: dict[int, dict[tuple[str, str], tuple[Any, list[Any]]]] = defaultdict(dict)
+    for item in items:
+        resource = resource_of(item)
+        resources.setdefault(id(resource), resource)
+        scope = scope_of(item)
+        key = ((scope.name if scope else "") or "", (scope.version if scope else "") or "")
+        scopes[id(resource)].setdefault(key, (scope, []))[1].append(item)
+    return [(resource, list(scopes[rid].values())) for rid, resource in resources.items()]
+
+
+def _span_json(span: Any) -> dict[str, Any]:
+    context = span.context
+    body: dict[str, Any] = {
+        "traceId": _hex_trace(context.trace_id),
+        "spanId": _hex_span(context.span_id),
+        "name": span.name,
+        # OTLP numbers kinds from 1 (INTERNAL); the Python API from 0. The reference sends the API value.
+        "kind": span.kind.value + 1,
+        "startTimeUnixNano": str(span.start_time or 0),
+        "endTimeUnixNano": str(span.end_time or 0),
+        "attributes": _key_values(span.attributes),
+        "events": [
+            {"name": event.name, "timeUnixNano": str(event.timestamp), "attributes": _key_values(event.attributes)}
+            for event in span.events
+        ],
+        "links": [
+            {
+                "traceId": _hex_trace(link.context.trace_id),
+                "spanId": _hex_span(link.context.span_id),
+                "attributes": _key_values(link.attributes),
+            }
+            for link in span.links
+        ],
+        "status": {"code": span.status.status_code.value, "message": span.status.description or ""},
+    }
+    if span.parent is not None:
+        body["parentSpanId"] = _hex_span(span.parent.span_id)
+    return body
+
+
+def serialize_spans(spans: Sequence[Any]) -> bytes:
+    """OTLP-JSON ``ExportTraceServiceRequest`` for SDK ``ReadableSpan`` objects."""
+    resource_spans = [
+        {
+            "resource": {"attributes": _key_values(resource.attributes if resource else None)},
+            "scopeSpans": [
+                {"scope": _scope_json(scope), "spans": [_span_json(span) for span in spans_of_scope]}
+                for scope, spans_of_scope in scopes
+            ],
+        }
+        for resource, scopes in _group(spans, lambda s: s.resource, lambda s: s.instrumentation_scope)
+    ]
+    return dumps({"resourceSpans": resource_spans}).encode()
+
+
+def _log_json(item: Any) -> dict[str, Any]:
+    # SDK 1.39+ hands exporters ReadableLogRecord(log_record=...); older ones LogData(log_record=...).
+    record = getattr(item, "log_record", item)
+    severity = getattr(record, "severity_number", None)
+    body = getattr(record, "body", None)
+    out: dict[str, Any] = {
+        "timeUnixNano": str(getattr(record, "timestamp", 0) or 0),
+        "observedTimeUnixNano": str(getattr(record, "observed_timestamp", 0) or 0),
+        "severityNumber": severity.value if severity is not None else 0,
+        "severityText": getattr(record, "severity_text", "") or "",
+        "body": {"stringValue": "" if body is None else str(body)},
+        "attributes": _key_values(getattr(record, "attributes", None)),
+    }
+    trace_id = getattr(record, "trace_id", 0) or 0
+    span_id = getattr(record, "span_id", 0) or 0
+    if trace_id:
+        out["traceId"] = _hex_trace(trace_id)
+    if span_id:
+        out["spanId"] = _hex_span(span_id)
+    return out
+
+
+def serialize_logs(batch: Sequence[Any]) -> bytes:
+    """OTLP-JSON ``ExportLogsServiceRequest`` for SDK log records."""
+    resource_logs = [
+        {
+            "resource": {"attributes": _key_values(getattr(resource, "attributes", None))},
+            "scopeLogs": [
+                {"scope": _scope_json(scope), "logRecords": [_log_json(item) for item in items]}
+                for scope, items in scopes
+            ],
+        }
+        for resource, scopes in _group(
+            batch,
+            lambda item: getattr(item, "resource", None),
+            lambda item: getattr(item, "instrumentation_scope", None),
+        )
+    ]
+    return dumps({"resourceLogs": resource_logs}).encode()
+
+
+def _point_json(point: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "attributes": _key_values(getattr(point, "attributes", None)),
+        "startTimeUnixNano": str(getattr(point, "start_time_unix_nano", 0) or 0),
+        "timeUnixNano": str(getattr(point, "time_unix_nano", 0) or 0),
+    }
+    if hasattr(point, "value"):
+        value = point.value
+        # int64 values are strings in OTLP JSON; doubles stay numbers.
+        if isinstance(value, int) and not isinstance(value, bool):
+            out["asInt"] = str(value)
+        else:
+            out["asDouble"] = float(value)
+    elif hasattr(point, "bucket_counts"):
+        out.update(
+            count=str(point.count),
+            sum=point.sum,
+            bucketCounts=[str(count) for count in point.bucket_counts],
+            explicitBounds=list(point.explicit_bounds),
+            min=point.min,
+            max=point.max,
+        )
+    elif hasattr(point, "scale"):
+        out.update(
+            count=str(point.count),
+            sum=point.sum,
+            scale=point.scale,
+            zeroCount=str(point.zero_count),
+            positive={"offset": point.positive.offset, "bucketCounts": [str(c) for c in point.positive.bucket_counts]},
+            negative={"offset": point.negative.offset, "bucketCounts": [str(c) for c in point.negative.bucket_counts]},
+            min=point.min,
+            max=point.max,
+        )
+    return out
+
+
+def _temporality(data: Any) -> int:
+    temporality = getattr(data, "aggregation_temporality", None)
+    if temporality is None:
+        return 1  # DELTA
+    return int(getattr(temporality, "value", temporality))
+
+
+def _metric_json(metric: Any) -> dict[str, Any]:
+    data = metric.data
+    points = [_point_json(point) for point in data.data_points]
+    out: dict[str, Any] = {"name": metric.name, "description": metric.description or "", "unit": metric.unit or ""}
+    kind = type(data).__name__
+    if kind == "ExponentialHistogram":
+        out["exponentialHistogram"] = {"dataPoints": points, "aggregationTemporality": _temporality(data)}
+    elif kind == "Histogram":
+        out["histogram"] = {"dataPoints": points, "aggregationTemporality": _temporality(data)}
+    elif kind == "Sum":
+        out["sum"] = {
+            "dataPoints": points,
+            "aggregationTemporality": _temporality(data),
+            "isMonotonic": bool(getattr(data, "is_monotonic", False)),
+        }
+    else:
+        out["gauge"] = {"dataPoints": points}
+    return out
+
+
+def serialize_metrics(metrics_data: Any) -> bytes:
+    """OTLP-JSON ``ExportMetricsServiceRequest`` for SDK ``MetricsData``."""
+    resource_metrics = [
+        {
+            "resource": {"attributes": _key_values(rm.resource.attributes if rm.resource else None)},
+            "scopeMetrics": [
+                {"scope": _scope_json(sm.scope), "metrics": [_metric_json(metric) for metric in sm.metrics]}
+                for sm in rm.scope_metrics
+            ],
+        }
+        for rm in metrics_data.resource_metrics
+    ]
+    return dumps({"resourceMetrics": resource_metrics}).encode()
+
+
+# ---------------------------------------------------------------------------------------------- exporters
+
+
+class EngineSpanExporter:
+    """Span exporter writing ``OTLP`` frames to a :class:`SharedEngineConnection`.
+
+    Example:
+        >>> frames: list[bytes] = []
+        >>> EngineSpanExporter(SharedEngineConnection(frames.append)).export([]).name
+        'SUCCESS'
+        >>> frames
+        [b'OTLP{"resourceSpans":[]}']
+    """
+
+    def __init__(self, connection: SharedEngineConnection) -> None:
+        self._connection = connection
+
+    def export(self, spans: Sequence[Any]) -> Any:
+        """Send one frame for the batch; ``SpanExportResult``."""
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        try:
+            self._connection.send_threadsafe(PREFIX_SPANS, serialize_spans(spans))
+        except Exception:
+            log.exception("span export failed")
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        """Nothing to release: the sink belongs to the client."""
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Frames are handed over at once, so there is nothing to flush."""
+        return True
+
+
+class EngineLogExporter:
+    """Log exporter writing ``LOGS`` frames to a :class:`SharedEngineConnection`.
+
+    Example:
+        >>> frames: list[bytes] = []
+        >>> EngineLogExporter(SharedEngineConnection(frames.append)).export([]).name
+        'SUCCESS'
+    """
+
+    def __init__(self, connection: SharedEngineConnection) -> None:
+        self._connection = connection
+
+    def export(self, batch: Sequence[Any]) -> Any:
+        """Send one frame for the batch; ``LogExportResult``."""
+        from opentelemetry.sdk._logs.export import LogExportResult
+
+        try:
+            self._connection.send_threadsafe(PREFIX_LOGS, serialize_logs(batch))
+        except Exception:
+            log.exception("log export failed")
+            return LogExportResult.FAILURE
+        return LogExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        """Nothing to release: the sink belongs to the client."""
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        """Frames are handed over at once, so there is nothing to flush."""
+        return True
+
+
+class EngineMetricsExporter:
+    """Push metric exporter writing ``MTRC`` frames; usable with ``PeriodicExportingMetricReader``.
+
+    Example:
+        >>> exporter = EngineMetricsExporter(SharedEngineConnection(lambda frame: None))
+        >>> exporter.force_flush()
+        True
+    """
+
+    def __init__(self, connection: SharedEngineConnection) -> None:
+        self._connection = connection
+        # PeriodicExportingMetricReader reads these two attributes of any exporter it is given.
+        self._preferred_temporality: dict[Any, Any] = {}
+        self._preferred_aggregation: dict[Any, Any] = {}
+
+    def export(self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any) -> Any:
+        """Send one frame for the collected metrics; ``MetricExportResult``."""
+        from opentelemetry.sdk.metrics.export import MetricExportResult
+
+        try:
+            self._connection.send_threadsafe(PREFIX_METRICS, serialize_metrics(metrics_data))
+        except Exception:
+            log.exception("metrics export failed")
+            return MetricExportResult.FAILURE
+        return MetricExportResult.SUCCESS
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        """Nothing to release: the sink belongs to the client."""
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        """Frames are handed over at once, so there is nothing to flush."""
+        return True

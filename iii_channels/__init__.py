@@ -1,0 +1,65 @@
+"""The channel layer: byte streams, files, pipes and progress on top of :mod:`iii.channels`.
+
+Example:
+    >>> import iii_channels
+    >>> async def main(iii) -> None:
+    ...     ch = await iii.create_channel_async()
+    ...     async with iii_channels.sink(ch.writer) as out:   # close = EOF + trailer; exception = abort
+    ...         await out.write(b"hello\\n")
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    ChannelAbortedError,
+    ChannelClosedError,
+    ChannelConnectionError,
+    ChannelError,
+    ChannelExpiredError,
+    ChannelInUseError,
+    ChannelNotFoundError,
+    IncompleteReadError,
+    IntegrityError,
+    LimitExceededError,
+    ProcessError,
+    ReaderGoneError,
+)
+from .files import FileReceipt, receive_file, send_file
+from .integrity import Digest
+from .pipes import copy, from_fd, from_iterable, from_process, from_stream, to_fd, to_process, to_stream
+from .progress import ProgressBar, ProgressCallback
+from .sink import ChannelSink, sink
+from .source import ChannelSource, source
+
+__all__ = [
+    "ChannelAbortedError",
+    "ChannelClosedError",
+    "ChannelConnectionError",
+    "ChannelError",
+    "ChannelExpiredError",
+    "ChannelInUseError",
+    "ChannelNotFoundError",
+    "ChannelSink",
+    "ChannelSource",
+    "Digest",
+    "FileReceipt",
+    "IncompleteReadError",
+    "IntegrityError",
+    "LimitExceededError",
+    "ProcessError",
+    "ProgressBar",
+    "ProgressCallback",
+    "ReaderGoneError",
+    "copy",
+    "from_fd",
+    "from_iterable",
+    "from_process",
+    "from_stream",
+    "receive_file",
+    "send_file",
+    "sink",
+    "source",
+    "to_fd",
+    "to_process",
+    "to_stream",
+]

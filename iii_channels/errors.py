@@ -1,0 +1,91 @@
+"""Every error the channel layer raises, in one place.
+
+The channel-end errors come from :mod:`iii.channels` (the SDK cannot import this package) and are re-exported
+here; the layer adds its own below. All are subclasses of :class:`ChannelError`, itself an ``iii`` error.
+
+========================= ============================================================================
+ChannelError              base class; ``.channel_id``, ``.code`` (WebSocket close code), ``.reason``
+ChannelNotFoundError      the engine refused the upgrade with 404 (unknown id, wrong key or direction)
+ChannelConnectionError    handshake failure, or the socket closed abnormally (1006, 1009, 1011, …)
+ChannelAbortedError       the writer aborted; what was received is incomplete (close code 4001)
+ChannelExpiredError       the other end never attached before the channel's deadline (4003)
+ReaderGoneError           the reader left before the end; stop writing (4002 or a dropped socket)
+ChannelInUseError         that end of the channel is already attached elsewhere (4009)
+ChannelClosedError        this end was already closed or aborted locally
+IntegrityError            the trailer's byte count or SHA-256 did not match, or a required trailer is missing
+IncompleteReadError       end of stream before ``readexactly(n)`` / ``readuntil(sep)`` completed
+LimitExceededError        ``read_all(limit=…)`` / ``readuntil`` would hold more than ``limit`` bytes
+ProcessError              a piped subprocess exited non-zero; ``.returncode``, ``.stderr`` (its tail)
+========================= ============================================================================
+
+Example:
+    >>> err = IncompleteReadError(b"ab", 4)
+    >>> str(err), err.partial
+    ('stream ended after 2 of 4 bytes', b'ab')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from iii.channels import (
+    ChannelAbortedError,
+    ChannelClosedError,
+    ChannelConnectionError,
+    ChannelError,
+    ChannelExpiredError,
+    ChannelInUseError,
+    ChannelNotFoundError,
+    ReaderGoneError,
+)
+
+
+class IntegrityError(ChannelError):
+    """The received stream does not match its integrity trailer (truncated, corrupted, or trailer missing)."""
+
+
+class IncompleteReadError(ChannelError):
+    """End of stream arrived before the requested bytes; ``.partial`` holds what was read."""
+
+    def __init__(self, partial: bytes, expected: int | None) -> None:
+        wanted = f"{expected}" if expected is not None else "a separator within the"
+        super().__init__(f"stream ended after {len(partial)} of {wanted} bytes")
+        self.partial = partial
+        self.expected = expected
+
+
+class LimitExceededError(ChannelError):
+    """Reading would buffer more than the caller's ``limit`` bytes."""
+
+    def __init__(self, limit: int, what: str = "stream") -> None:
+        super().__init__(f"{what} exceeds the limit of {limit} bytes")
+        self.limit = limit
+
+
+class ProcessError(ChannelError):
+    """A subprocess used as a pipe end failed; ``str()`` names the command, exit status and stderr tail."""
+
+    def __init__(self, argv: Sequence[str], returncode: int | None, stderr: bytes) -> None:
+        tail = stderr.decode(errors="replace").strip()
+        status = f"exit status {returncode}" if returncode is not None else "no exit status"
+        detail = f": {tail[-500:]}" if tail else ""
+        super().__init__(f"command {' '.join(argv)!r} failed with {status}{detail}")
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stderr = stderr
+
+
+__all__ = [
+    "ChannelAbortedError",
+    "ChannelClosedError",
+    "ChannelConnectionError",
+    "ChannelError",
+    "ChannelExpiredError",
+    "ChannelInUseError",
+    "ChannelNotFoundError",
+    "IncompleteReadError",
+    "IntegrityError",
+    "LimitExceededError",
+    "ProcessError",
+    "ReaderGoneError",
+]

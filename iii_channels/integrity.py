@@ -1,0 +1,59 @@
+"""The integrity trailer: byte count and SHA-256 sent as the last text message before close.
+
+It lets a reader detect truncation even where the engine cannot signal an abort (the production engine turns a
+writer crash into a normal end of stream).
+
+Example:
+    >>> digest = Digest()
+    >>> digest.update(b"hello")
+    >>> text = digest.trailer()
+    >>> parse_trailer(text) == (5, digest.hexdigest())
+    True
+    >>> parse_trailer('{"other": 1}') is None
+    True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+TRAILER_KEY = "iii_channels_trailer"
+_PREFIX = '{"' + TRAILER_KEY + '"'
+
+
+class Digest:
+    """Running byte count and SHA-256 of a stream."""
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+        self.count = 0
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        """Account for ``data``."""
+        self._sha.update(data)
+        self.count += len(data)
+
+    def hexdigest(self) -> str:
+        """SHA-256 of everything so far, in hex."""
+        return self._sha.hexdigest()
+
+    def trailer(self) -> str:
+        """The trailer text message for everything so far."""
+        return json.dumps({TRAILER_KEY: 1, "bytes": self.count, "sha256": self.hexdigest()})
+
+
+def is_trailer(text: str) -> bool:
+    """Whether a text message is a trailer (cheap prefix test)."""
+    return text.startswith(_PREFIX)
+
+
+def parse_trailer(text: str) -> tuple[int, str] | None:
+    """``(byte_count, sha256_hex)`` of a trailer message, or ``None`` if ``text`` is not one."""
+    if not is_trailer(text):
+        return None
+    try:
+        body = json.loads(text)
+        return int(body["bytes"]), str(body["sha256"])
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -1,0 +1,192 @@
+"""Pipe adapters: subprocesses, asyncio streams, file descriptors and async iterables to and from channels.
+
+Every ``from_*`` function writes into a channel writer (EOF with trailer on success, abort on failure) and
+returns the bytes sent; every ``to_*`` function reads a channel into something and returns the bytes received.
+
+Example:
+    >>> async def archive(writer) -> None:
+    ...     await from_process(writer, ["tar", "c", "data/"], progress=True)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterable, Sequence
+from typing import Any
+
+from iii.channels import ChannelReader, ChannelWriter
+
+from .errors import ChannelError, ProcessError
+from .progress import Progress
+from .sink import ChannelSink
+from .source import ChannelSource
+
+PIPE_CHUNK = 256 * 1024
+STDERR_TAIL = 64 * 1024
+
+
+async def from_iterable(
+    writer: ChannelWriter, chunks: AsyncIterable[bytes], *, progress: Progress = None, trailer: bool = True,
+    total: int | None = None,
+) -> int:
+    """Write every chunk of an async iterable, then EOF. An exception aborts the channel and propagates."""
+    sink = ChannelSink(writer, trailer=trailer, progress=progress, total=total)
+    async with sink:
+        async for chunk in chunks:
+            await sink.write(chunk)
+    return sink.bytes_written
+
+
+async def _stream_chunks(stream: asyncio.StreamReader) -> AsyncIterable[bytes]:
+    while chunk := await stream.read(PIPE_CHUNK):
+        yield chunk
+
+
+async def from_stream(
+    writer: ChannelWriter, stream: asyncio.StreamReader, *, progress: Progress = None, trailer: bool = True,
+) -> int:
+    """Copy an ``asyncio.StreamReader`` (e.g. a socket) into a channel until its EOF."""
+    return await from_iterable(writer, _stream_chunks(stream), progress=progress, trailer=trailer)
+
+
+async def to_stream(
+    reader: ChannelReader, stream: asyncio.StreamWriter, *, progress: Progress = None,
+    require_trailer: bool = False, close: bool = True,
+) -> int:
+    """Copy a channel into an ``asyncio.StreamWriter``, awaiting ``drain()`` so memory stays bounded."""
+    source = ChannelSource(reader, require_trailer=require_trailer, progress=progress)
+    async for chunk in source.chunks():
+        stream.write(chunk)
+        await stream.drain()
+    if close:
+        stream.close()
+        with contextlib.suppress(ConnectionError):
+            await stream.wait_closed()
+    return source.bytes_read
+
+
+async def _fd_chunks(fd: int) -> AsyncIterable[bytes]:
+    loop = asyncio.get_running_loop()
+    while chunk := await loop.run_in_executor(None, os.read, fd, PIPE_CHUNK):
+        yield chunk
+
+
+async def from_fd(writer: ChannelWriter, fd: int, *, progress: Progress = None, trailer: bool = True) -> int:
+    """Copy an OS file descriptor (pipe, file, tty) into a channel until EOF. The fd is not closed."""
+    return await from_iterable(writer, _fd_chunks(fd), progress=progress, trailer=trailer)
+
+
+async def to_fd(reader: ChannelReader, fd: int, *, progress: Progress = None, require_trailer: bool = False) -> int:
+    """Copy a channel into an OS file descriptor. The fd is not closed."""
+    loop = asyncio.get_running_loop()
+    source = ChannelSource(reader, require_trailer=require_trailer, progress=progress)
+
+    def write_all(data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+
+    async for chunk in source.chunks():
+        await loop.run_in_executor(None, write_all, chunk)
+    return source.bytes_read
+
+
+async def _tail(stream: asyncio.StreamReader | None) -> bytes:
+    if stream is None:
+        return b""
+    tail = bytearray()
+    while chunk := await stream.read(PIPE_CHUNK):
+        tail += chunk
+        del tail[:-STDERR_TAIL]
+    return bytes(tail)
+
+
+async def from_process(
+    writer: ChannelWriter, argv: Sequence[str], *, progress: Progress = None, trailer: bool = True,
+    **popen: Any,
+) -> int:
+    """Run ``argv`` and stream its stdout into the channel. A non-zero exit aborts the channel and raises
+    :class:`ProcessError` carrying the exit status and the tail of stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, **popen)
+    assert proc.stdout is not None
+    sink = ChannelSink(writer, trailer=trailer, progress=progress, label=argv[0])
+    stderr_task = asyncio.ensure_future(_tail(proc.stderr))
+    try:
+        while chunk := await proc.stdout.read(PIPE_CHUNK):
+            await sink.write(chunk)
+        returncode = await proc.wait()
+        stderr = await stderr_task
+        if returncode != 0:
+            error = ProcessError(argv, returncode, stderr)
+            await sink.abort(str(error))
+            raise error
+        await sink.close()
+    except BaseException as exc:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        stderr_task.cancel()
+        if not isinstance(exc, ProcessError):
+            with contextlib.suppress(ChannelError):
+                await sink.abort(f"from_process failed: {exc!r}")
+        raise
+    return sink.bytes_written
+
+
+async def to_process(
+    reader: ChannelReader, argv: Sequence[str], *, progress: Progress = None, require_trailer: bool = False,
+    **popen: Any,
+) -> int:
+    """Run ``argv`` with the channel as its stdin. Raises :class:`ProcessError` on a non-zero exit (or if it
+    stops reading early); channel errors propagate after the process is killed. Returns the bytes fed."""
+    popen.setdefault("stdout", None)
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, **popen)
+    assert proc.stdin is not None
+    stderr_task = asyncio.ensure_future(_tail(proc.stderr))
+    source = ChannelSource(reader, require_trailer=require_trailer, progress=progress, label=argv[0])
+    try:
+        try:
+            async for chunk in source.chunks():
+                proc.stdin.write(chunk)
+                await proc.stdin.drain()
+            proc.stdin.close()
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                await proc.stdin.wait_closed()
+        except (BrokenPipeError, ConnectionResetError):
+            await reader.close_async()
+        returncode = await proc.wait()
+        stderr = await stderr_task
+    except BaseException:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        stderr_task.cancel()
+        raise
+    if returncode != 0 or not source.at_eof:
+        raise ProcessError(argv, returncode, stderr)
+    return source.bytes_read
+
+
+async def copy(reader: ChannelReader, writer: ChannelWriter) -> int:
+    """Relay one channel into another, messages verbatim (text, binary and any trailer), then EOF.
+
+    An error on the reading side aborts the writing side with the error's text, then propagates.
+    """
+    sent = 0
+    try:
+        while (message := await reader.recv()) is not None:
+            if isinstance(message, str):
+                await writer.send_message_async(message)
+            else:
+                await writer.write(message)
+                sent += len(message)
+    except BaseException as exc:
+        with contextlib.suppress(ChannelError):
+            await writer.abort(f"upstream failed: {exc}")
+        raise
+    await writer.close_async()
+    return sent

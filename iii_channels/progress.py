@@ -1,0 +1,110 @@
+"""Progress reporting: a callback ``(done_bytes, total_bytes_or_None)`` and a terminal progress bar.
+
+Every adapter takes ``progress=``: ``None`` (off), ``True`` (a :class:`ProgressBar` on stderr), or any callable.
+
+Example:
+    >>> seen = []
+    >>> report = make_progress(lambda done, total: seen.append((done, total)), total=10)
+    >>> report is not None and report(4) is None and seen
+    [(4, 10)]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+ProgressCallback = Callable[[int, int | None], None]
+Progress = bool | ProgressCallback | None
+
+
+def human_bytes(n: float) -> str:
+    """``1536`` → ``'1.5 KiB'``.
+
+    Example:
+        >>> human_bytes(1536), human_bytes(3 * 1024 ** 3)
+        ('1.5 KiB', '3.0 GiB')
+    """
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+class ProgressBar:
+    """A one-line terminal bar: bytes done, percentage, rate and ETA, redrawn at most every ``interval`` s.
+
+    Example:
+        >>> import io
+        >>> out = io.StringIO()
+        >>> bar = ProgressBar(label="copy", stream=out, interval=0)
+        >>> bar(512, 1024); bar.close()
+        >>> "copy" in out.getvalue() and "50%" in out.getvalue()
+        True
+    """
+
+    def __init__(self, label: str = "", stream: TextIO | None = None, width: int = 30, interval: float = 0.1) -> None:
+        self.label = label
+        self.stream = stream if stream is not None else sys.stderr
+        self.width = width
+        self.interval = interval
+        self._start = time.monotonic()
+        self._last_draw = 0.0
+        self._done = 0
+        self._total: int | None = None
+
+    def __call__(self, done: int, total: int | None) -> None:
+        self._done, self._total = done, total
+        now = time.monotonic()
+        if now - self._last_draw >= self.interval:
+            self._last_draw = now
+            self._draw(now)
+
+    def _draw(self, now: float) -> None:
+        elapsed = max(now - self._start, 1e-9)
+        rate = self._done / elapsed
+        parts = [self.label] if self.label else []
+        if self._total:
+            frac = min(self._done / self._total, 1.0)
+            filled = int(frac * self.width)
+            parts.append("[" + "#" * filled + "." * (self.width - filled) + f"] {frac * 100:3.0f}%")
+            parts.append(f"{human_bytes(self._done)}/{human_bytes(self._total)}")
+            eta = (self._total - self._done) / rate if rate > 0 else 0.0
+            parts.append(f"{human_bytes(rate)}/s ETA {eta:4.0f}s")
+        else:
+            parts.append(f"{human_bytes(self._done)} {human_bytes(rate)}/s")
+        self.stream.write("\r" + " ".join(parts) + "  ")
+        self.stream.flush()
+
+    def close(self) -> None:
+        """Draw the final state and end the line."""
+        self._draw(time.monotonic())
+        self.stream.write("\n")
+        self.stream.flush()
+
+
+class _Reporter:
+    def __init__(self, callback: ProgressCallback, total: int | None, owned_bar: ProgressBar | None) -> None:
+        self.callback = callback
+        self.total = total
+        self.bar = owned_bar
+
+    def __call__(self, done: int) -> None:
+        self.callback(done, self.total)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def make_progress(progress: Progress, total: int | None = None, label: str = "") -> _Reporter | None:
+    """Normalise a ``progress=`` argument into a reporter taking ``done`` bytes, or ``None`` when off."""
+    if progress is None or progress is False:
+        return None
+    if progress is True:
+        bar = ProgressBar(label=label)
+        return _Reporter(bar, total, bar)
+    return _Reporter(progress, total, None)

@@ -1,0 +1,181 @@
+"""Byte sink over a :class:`~iii.channels.ChannelWriter` with a byte high-water mark.
+
+``write`` returns as soon as the bytes are queued locally, and waits while more than ``high_water_mark`` bytes
+are queued; a background task feeds the socket (which itself waits on TCP backpressure from the engine). So a
+producer runs ahead of its reader by at most the high-water mark plus the channel's buffer.
+
+Example:
+    >>> async def upload(writer, blocks) -> None:
+    ...     async with ChannelSink(writer) as sink:   # close = EOF (+ trailer); an exception = abort
+    ...         for block in blocks:
+    ...             await sink.write(block)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from types import TracebackType
+
+from iii.channels import ChannelWriter
+
+from .errors import ChannelClosedError
+from .integrity import Digest
+from .progress import Progress, make_progress
+
+DEFAULT_SINK_HIGH_WATER_MARK = 4 * 1024 * 1024
+
+
+class ChannelSink:
+    """Write bytes (and text messages) to a channel with bounded memory.
+
+    Args:
+        writer: the channel's writing end.
+        high_water_mark: bytes queued locally before ``write`` waits.
+        trailer: send the integrity trailer (byte count + SHA-256) before closing.
+        progress: ``True`` for a terminal bar or a ``callback(done, total)``.
+        total: expected size, for progress reporting.
+    """
+
+    def __init__(
+        self,
+        writer: ChannelWriter,
+        *,
+        high_water_mark: int = DEFAULT_SINK_HIGH_WATER_MARK,
+        trailer: bool = True,
+        progress: Progress = None,
+        total: int | None = None,
+        label: str = "",
+    ) -> None:
+        self.writer = writer
+        self.high_water_mark = high_water_mark
+        self._digest = Digest() if trailer else None
+        self._queue: deque[bytes | str] = deque()
+        self._queued_bytes = 0
+        self._pump: asyncio.Task[None] | None = None
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._error: BaseException | None = None
+        self._closed = False
+        self._progress = make_progress(progress, total, label)
+        self.bytes_written = 0
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes accepted by ``write`` and not yet handed to the socket."""
+        return self._queued_bytes
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue ``data``; waits while more than ``high_water_mark`` bytes are queued."""
+        self._check()
+        if not data:
+            return
+        chunk = bytes(data)
+        if self._digest is not None:
+            self._digest.update(chunk)
+        self._push(chunk)
+        while self._queued_bytes > self.high_water_mark:
+            await self._wait_progress()
+            self._check_error()
+
+    async def send_text(self, message: str) -> None:
+        """Queue a text message, ordered with the bytes."""
+        self._check()
+        self._push(message)
+
+    async def drain(self) -> None:
+        """Wait until everything queued was handed to the socket."""
+        while self._queue:
+            await self._wait_progress()
+        self._check_error()
+
+    async def close(self) -> None:
+        """Flush, send the trailer if enabled, then end the stream (the reader sees EOF)."""
+        if self._closed:
+            return
+        await self.drain()
+        self._closed = True
+        try:
+            if self._digest is not None:
+                await self.writer.send_message_async(self._digest.trailer())
+            await self.writer.close_async()
+        finally:
+            if self._progress is not None:
+                self._progress.close()
+
+    async def abort(self, reason: str = "aborted") -> None:
+        """Drop what is queued and abort the stream (the reader gets ``ChannelAbortedError`` from our engine)."""
+        self._closed = True
+        if self._pump is not None:
+            self._pump.cancel()
+        self._queue.clear()
+        self._queued_bytes = 0
+        await self.writer.abort(reason)
+        if self._progress is not None:
+            self._progress.close()
+
+    async def __aenter__(self) -> ChannelSink:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is None:
+            await self.close()
+        else:
+            await self.abort(f"{exc_type.__name__ if exc_type else 'error'}: {exc}")
+
+    # ---- internals
+
+    def _check(self) -> None:
+        self._check_error()
+        if self._closed:
+            raise ChannelClosedError(f"sink for channel {self.writer.ref.channel_id} is closed")
+
+    def _check_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _push(self, item: bytes | str) -> None:
+        self._queue.append(item)
+        self._queued_bytes += len(item)
+        if self._pump is None:
+            self._pump = asyncio.get_running_loop().create_task(self._run())
+
+    async def _wait_progress(self) -> None:
+        if self._pump is None:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        await future
+
+    def _wake(self) -> None:
+        while self._waiters:
+            future = self._waiters.popleft()
+            if not future.done():
+                future.set_result(None)
+
+    async def _run(self) -> None:
+        writer = self.writer
+        try:
+            while self._queue:
+                item = self._queue[0]
+                if isinstance(item, str):
+                    await writer.send_message_async(item)
+                else:
+                    await writer.write(item)
+                    self.bytes_written += len(item)
+                    if self._progress is not None:
+                        self._progress(self.bytes_written)
+                self._queue.popleft()
+                self._queued_bytes -= len(item)
+                self._wake()
+        except Exception as exc:
+            self._error = exc
+        finally:
+            self._pump = None
+            self._wake()
+
+
+def sink(writer: ChannelWriter, **options: object) -> ChannelSink:
+    """Shorthand for :class:`ChannelSink` (``async with iii_channels.sink(writer) as s: ...``)."""
+    return ChannelSink(writer, **options)  # type: ignore[arg-type]

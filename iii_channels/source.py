@@ -1,0 +1,234 @@
+"""Byte source over a :class:`~iii.channels.ChannelReader`: stream-style reads, iterators, trailer checks.
+
+Example:
+    >>> async def consume(reader) -> None:
+    ...     source = ChannelSource(reader)
+    ...     header = await source.readline()           # b"name,size\\n"
+    ...     async for record in source.json_records(): # one JSON value per line
+    ...         print(record)
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from iii.channels import ChannelReader
+
+from .errors import IncompleteReadError, IntegrityError, LimitExceededError
+from .integrity import Digest, is_trailer, parse_trailer
+from .progress import Progress, make_progress
+
+DEFAULT_LINE_LIMIT = 64 * 1024 * 1024
+
+
+class ChannelSource:
+    """Read a channel like an ``asyncio.StreamReader``, with integrity checking at end of stream.
+
+    Args:
+        reader: the channel's reading end.
+        verify: check an integrity trailer when one arrives (byte count and SHA-256).
+        require_trailer: raise :class:`IntegrityError` at EOF if no trailer arrived (use it when the writer is
+            known to send one: it turns a silent truncation on the production engine into an error).
+        progress: ``True`` for a terminal bar or a ``callback(done, total)``.
+        total: expected size, for progress reporting.
+        on_text: called with each text message (other than the trailer) as it arrives.
+    """
+
+    def __init__(
+        self,
+        reader: ChannelReader,
+        *,
+        verify: bool = True,
+        require_trailer: bool = False,
+        progress: Progress = None,
+        total: int | None = None,
+        label: str = "",
+        on_text: Callable[[str], Any] | None = None,
+    ) -> None:
+        self.reader = reader
+        self.require_trailer = require_trailer
+        self._digest = Digest() if verify or require_trailer else None
+        self._buffer = bytearray()
+        self._texts: deque[str] = deque()
+        self._eof = False
+        self._trailer: tuple[int, str] | None = None
+        self._progress = make_progress(progress, total, label)
+        self._on_text = on_text
+        self.bytes_read = 0
+        self.verified = False
+
+    @property
+    def at_eof(self) -> bool:
+        """True once end of stream arrived and the buffer is empty."""
+        return self._eof and not self._buffer
+
+    # ---- the one place that talks to the reader
+
+    async def _next_chunk(self) -> bytes | None:
+        """The next binary message, or ``None`` at EOF (after the trailer check). Text is set aside."""
+        while not self._eof:
+            message = await self.reader.recv()
+            if message is None:
+                self._finish()
+                return None
+            if isinstance(message, str):
+                await self._on_text_message(message)
+                continue
+            if self._trailer is not None:
+                raise IntegrityError("data arrived after the integrity trailer", channel_id=self.reader.ref.channel_id)
+            if self._digest is not None:
+                self._digest.update(message)
+            self.bytes_read += len(message)
+            if self._progress is not None:
+                self._progress(self.bytes_read)
+            return message
+        return None
+
+    async def _on_text_message(self, text: str) -> None:
+        if is_trailer(text):
+            self._trailer = parse_trailer(text)
+            return
+        # Kept for messages()/next_message(); a consumer that never asks for them holds them in memory.
+        self._texts.append(text)
+        if self._on_text is not None:
+            self._on_text(text)
+        await self.reader._dispatch(text)
+
+    def _finish(self) -> None:
+        self._eof = True
+        if self._progress is not None:
+            self._progress.close()
+        channel_id = self.reader.ref.channel_id
+        if self._trailer is None:
+            if self.require_trailer:
+                raise IntegrityError(
+                    f"channel {channel_id} ended after {self.bytes_read} bytes without an integrity trailer "
+                    "(the writer crashed or did not send one)", channel_id=channel_id)
+            return
+        if self._digest is None:
+            return
+        count, sha = self._trailer
+        if count != self._digest.count:
+            raise IntegrityError(
+                f"channel {channel_id}: received {self._digest.count} bytes, the writer sent {count}",
+                channel_id=channel_id)
+        if sha != self._digest.hexdigest():
+            raise IntegrityError(f"channel {channel_id}: SHA-256 mismatch", channel_id=channel_id)
+        self.verified = True
+
+    async def _fill(self) -> bool:
+        chunk = await self._next_chunk()
+        if chunk is None:
+            return False
+        self._buffer += chunk
+        return True
+
+    def _take(self, n: int) -> bytes:
+        data = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return data
+
+    # ---- stream-style reads
+
+    async def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (``b""`` at EOF); ``n < 0`` reads to the end."""
+        if n < 0:
+            return await self.read_all()
+        if n == 0:
+            return b""
+        if not self._buffer:
+            chunk = await self._next_chunk()
+            if chunk is None:
+                return b""
+            if len(chunk) <= n:
+                return chunk
+            self._buffer += chunk
+        return self._take(n)
+
+    async def readexactly(self, n: int) -> bytes:
+        """Exactly ``n`` bytes, or :class:`IncompleteReadError` at an early EOF."""
+        while len(self._buffer) < n:
+            if not await self._fill():
+                raise IncompleteReadError(self._take(len(self._buffer)), n)
+        return self._take(n)
+
+    async def readuntil(self, separator: bytes = b"\n", limit: int = DEFAULT_LINE_LIMIT) -> bytes:
+        """Bytes up to and including ``separator``; :class:`IncompleteReadError` if EOF comes first."""
+        if not separator:
+            raise ValueError("separator must not be empty")
+        start = 0
+        while True:
+            index = self._buffer.find(separator, start)
+            if index >= 0:
+                return self._take(index + len(separator))
+            if len(self._buffer) > limit:
+                raise LimitExceededError(limit, "line")
+            start = max(0, len(self._buffer) - len(separator) + 1)
+            if not await self._fill():
+                raise IncompleteReadError(self._take(len(self._buffer)), None)
+
+    async def readline(self, limit: int = DEFAULT_LINE_LIMIT) -> bytes:
+        """One line including ``\\n``; the last line may lack it; ``b""`` at EOF."""
+        try:
+            return await self.readuntil(b"\n", limit)
+        except IncompleteReadError as exc:
+            return exc.partial
+
+    async def read_all(self, limit: int | None = None) -> bytes:
+        """Everything to the end; :class:`LimitExceededError` once more than ``limit`` bytes arrived."""
+        parts = [self._take(len(self._buffer))] if self._buffer else []
+        size = len(parts[0]) if parts else 0
+        while (chunk := await self._next_chunk()) is not None:
+            size += len(chunk)
+            if limit is not None and size > limit:
+                raise LimitExceededError(limit)
+            parts.append(chunk)
+        return b"".join(parts)
+
+    # ---- iterators
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """Binary chunks as they arrive (message boundaries of the writer, at most 64 KiB each)."""
+        if self._buffer:
+            yield self._take(len(self._buffer))
+        while (chunk := await self._next_chunk()) is not None:
+            yield chunk
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self.chunks()
+
+    async def lines(self, limit: int = DEFAULT_LINE_LIMIT) -> AsyncIterator[bytes]:
+        """Lines including their ``\\n`` (the last one may lack it)."""
+        while line := await self.readline(limit):
+            yield line
+
+    async def json_records(self, limit: int = DEFAULT_LINE_LIMIT) -> AsyncIterator[Any]:
+        """One JSON value per line (NDJSON); blank lines are skipped."""
+        async for line in self.lines(limit):
+            if line.strip():
+                yield json.loads(line)
+
+    async def messages(self) -> AsyncIterator[str]:
+        """Text messages (not the trailer). Binary data arriving meanwhile is kept for later reads."""
+        while True:
+            while self._texts:
+                yield self._texts.popleft()
+            if self._eof or not await self._fill():
+                while self._texts:
+                    yield self._texts.popleft()
+                return
+
+    async def next_message(self) -> str | None:
+        """The next text message, or ``None`` at EOF (binary data meanwhile is buffered)."""
+        while not self._texts:
+            if self._eof or not await self._fill():
+                return None
+        return self._texts.popleft()
+
+
+def source(reader: ChannelReader, **options: Any) -> ChannelSource:
+    """Shorthand for :class:`ChannelSource`."""
+    return ChannelSource(reader, **options)

@@ -1,0 +1,13 @@
+"""The embedded iii engine: wire-compatible with the production engine 0.10, usable in-process or as a CLI.
+
+Example:
+    >>> async def main() -> None:  # doctest: +SKIP
+    ...     async with Engine(port=0) as engine:
+    ...         print(engine.url)
+"""
+
+from .config import ConfigError, EngineConfig, load_config, parse_config
+from .engine import Engine
+from .modules.base import ModuleSpec
+
+__all__ = ["ConfigError", "Engine", "EngineConfig", "ModuleSpec", "load_config", "parse_config"]

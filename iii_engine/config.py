@@ -1,0 +1,195 @@
+"""Engine configuration: the production engine's YAML format plus a few keys of our own.
+
+Production keys: top-level ``port`` and a ``modules:`` list of ``{class, config}`` entries naming production
+module classes. Strings may contain ``${VAR}`` or ``${VAR:default}``, expanded from the environment.
+Our keys (all optional): ``host``, ``invocation_timeout_ms`` (PROTOCOL §9.1 E7), ``max_message_size``,
+``functions_available_debounce_ms`` (E8) and ``channels: {production_mode, attach_timeout_s, max_message_size}``.
+
+Example:
+    >>> cfg = parse_config("port: ${PORT:5000}\\nmodules:\\n  - class: modules::queue::QueueModule\\n", env={})
+    >>> cfg.port, [m.class_name for m in cfg.modules or []]
+    (5000, ['modules::queue::QueueModule'])
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .modules.base import ModuleSpec
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 49134
+DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
+
+
+class ConfigError(ValueError):
+    """The configuration file is unreadable or a key has the wrong shape; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ChannelSettings:
+    """Settings handed to the channel relay."""
+
+    production_mode: bool = False
+    attach_timeout_s: float = 300.0
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything the engine is configured with.
+
+    ``modules`` is ``None`` for "the default module set" (as production does without a ``modules:`` list) and
+    a list (possibly empty) for exactly those modules. The worker module is always loaded.
+
+    Example:
+        >>> EngineConfig(port=0, modules=[]).with_overrides(host="0.0.0.0").host
+        '0.0.0.0'
+    """
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    modules: list[ModuleSpec] | None = None
+    invocation_timeout_ms: int | None = None
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    functions_available_debounce_ms: int = 150
+    channels: ChannelSettings = field(default_factory=ChannelSettings)
+
+    def with_overrides(self, *, host: str | None = None, port: int | None = None) -> EngineConfig:
+        """A copy with ``host``/``port`` replaced when given (command-line flags win over the file)."""
+        return replace(self, host=self.host if host is None else host, port=self.port if port is None else port)
+
+
+def expand_env(value: Any, env: Mapping[str, str] | None = None) -> Any:
+    """Expand ``${VAR}`` / ``${VAR:default}`` in every string of ``value``.
+
+    A string that is exactly one placeholder whose expansion looks like a YAML scalar (``3112``, ``true``) is
+    re-read as YAML, so ``port: ${STREAMS_PORT:3112}`` gives an integer.
+
+    Example:
+        >>> expand_env({"p": "${X:3112}", "u": "redis://${H:localhost}/0"}, env={"H": "db"})
+        {'p': 3112, 'u': 'redis://db/0'}
+    """
+    source = os.environ if env is None else env
+    if isinstance(value, str):
+        whole = _VAR.fullmatch(value)
+
+        def sub(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in source:
+                return source[name]
+            if default is None:
+                raise ConfigError(f"environment variable {name} is not set and {match.group(0)} has no default")
+            return default
+
+        expanded = _VAR.sub(sub, value)
+        if whole is not None and expanded != "":
+            parsed = yaml.safe_load(expanded)
+            if isinstance(parsed, bool | int | float):
+                return parsed
+        return expanded
+    if isinstance(value, list):
+        return [expand_env(v, source) for v in value]
+    if isinstance(value, dict):
+        return {k: expand_env(v, source) for k, v in value.items()}
+    return value
+
+
+def _int(raw: Mapping[str, Any], key: str, default: int | None) -> int | None:
+    value = raw.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"'{key}' must be an integer, got {value!r}")
+    return value
+
+
+def _modules(raw: Any) -> list[ModuleSpec] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise ConfigError(f"'modules' must be a list of {{class, config}} entries, got {type(raw).__name__}")
+    specs: list[ModuleSpec] = []
+    for index, entry in enumerate(raw):
+        if not isinstance(entry, dict) or not isinstance(entry.get("class"), str):
+            raise ConfigError(f"modules[{index}] must be a mapping with a string 'class', got {entry!r}")
+        config = entry.get("config") or {}
+        if not isinstance(config, dict):
+            raise ConfigError(f"modules[{index}].config must be a mapping, got {type(config).__name__}")
+        specs.append(ModuleSpec(class_name=entry["class"], config=config))
+    return specs
+
+
+def _channels(raw: Any) -> ChannelSettings:
+    if raw is None:
+        return ChannelSettings()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"'channels' must be a mapping, got {type(raw).__name__}")
+    timeout = raw.get("attach_timeout_s", 300.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise ConfigError(f"'channels.attach_timeout_s' must be a number, got {timeout!r}")
+    size = _int(raw, "max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
+    return ChannelSettings(
+        production_mode=bool(raw.get("production_mode", False)),
+        attach_timeout_s=float(timeout),
+        max_message_size=size or DEFAULT_MAX_MESSAGE_SIZE,
+    )
+
+
+def config_from_mapping(raw: Mapping[str, Any]) -> EngineConfig:
+    """Build an :class:`EngineConfig` from an already expanded mapping.
+
+    Example:
+        >>> config_from_mapping({"port": 1, "invocation_timeout_ms": 500}).invocation_timeout_ms
+        500
+    """
+    host = raw.get("host", DEFAULT_HOST)
+    if not isinstance(host, str):
+        raise ConfigError(f"'host' must be a string, got {host!r}")
+    return EngineConfig(
+        host=host,
+        port=_int(raw, "port", DEFAULT_PORT) or 0,
+        modules=_modules(raw.get("modules")),
+        invocation_timeout_ms=_int(raw, "invocation_timeout_ms", None),
+        max_message_size=_int(raw, "max_message_size", DEFAULT_MAX_MESSAGE_SIZE) or DEFAULT_MAX_MESSAGE_SIZE,
+        functions_available_debounce_ms=_int(raw, "functions_available_debounce_ms", 150) or 0,
+        channels=_channels(raw.get("channels")),
+    )
+
+
+def parse_config(text: str, env: Mapping[str, str] | None = None) -> EngineConfig:
+    """Parse YAML text (an empty document is the default configuration)."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {exc}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"the configuration must be a mapping, got {type(raw).__name__}")
+    return config_from_mapping(expand_env(raw, env))
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> EngineConfig:
+    """Read and parse a configuration file.
+
+    Example:
+        >>> load_config("/nonexistent.yaml")
+        Traceback (most recent call last):
+        ...
+        iii_engine.config.ConfigError: cannot read configuration file /nonexistent.yaml: No such file or directory
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
+    return parse_config(text, env)

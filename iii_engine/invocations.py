@@ -1,0 +1,328 @@
+"""Invocation routing (PROTOCOL §3.2-3.6, §9.1 E6/E7).
+
+The hot path works on plain dicts: a worker's ``invokefunction`` is looked up, stamped with
+``_caller_worker_id`` and forwarded to the owner as one text frame; the owner's ``invocationresult`` is matched
+against the pending table and forwarded to the caller. Built-in functions run as tasks.
+
+Example (engine-internal call of a built-in):
+    >>> import asyncio
+    >>> from iii_engine.registry import FunctionEntry, Registry
+    >>> from iii_engine.modules.base import BuiltinFunction
+    >>> async def demo() -> object:
+    ...     reg = Registry()
+    ...     async def echo(data: object, ctx: object) -> object:
+    ...         return data
+    ...     reg.add_function(FunctionEntry("echo", builtin=BuiltinFunction("echo", echo)))
+    ...     return await Invocations(reg, {}, lambda name: None).call("echo", {"x": 1})
+    >>> asyncio.run(demo())
+    {'x': 1}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import re
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from iii.wire import dumps
+
+from .modules.base import EngineError, EngineModule, InvocationContext
+from .registry import FunctionEntry, Registry
+from .workers import WorkerConnection
+
+log = logging.getLogger("iii_engine.invocations")
+
+CALLER_KEY = "_caller_worker_id"
+_CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def is_uuid(value: object) -> bool:
+    """Whether ``value`` is a string the production engine accepts as a UUID.
+
+    Example:
+        >>> is_uuid("8d1c3b4e-0f6a-4c39-9c55-2f1f3f0f5a11"), is_uuid("abc"), is_uuid(7)
+        (True, False, False)
+    """
+    if not isinstance(value, str):
+        return False
+    if _CANONICAL_UUID.fullmatch(value):
+        return True
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def error_body(code: str, message: str) -> dict[str, str]:
+    """An ``ErrorBody``."""
+    return {"code": code, "message": message}
+
+
+def not_found(function_id: str) -> dict[str, str]:
+    """The engine's ``function_not_found`` body (no quotes around the id, PROTOCOL §3.6)."""
+    return error_body("function_not_found", f"Function {function_id} not found")
+
+
+STOPPED = error_body("invocation_stopped", "Invocation stopped")
+
+
+def result_frame(invocation_id: str, function_id: str, result: Any, error: Any,
+                 traceparent: str | None = None, baggage: str | None = None) -> str:
+    """An ``invocationresult`` frame; ``result`` is omitted when null, as production does."""
+    frame: dict[str, Any] = {"type": "invocationresult", "invocation_id": invocation_id, "function_id": function_id}
+    if error is not None:
+        frame["error"] = error
+    elif result is not None:
+        frame["result"] = result
+    if traceparent is not None:
+        frame["traceparent"] = traceparent
+    if baggage is not None:
+        frame["baggage"] = baggage
+    return dumps(frame)
+
+
+@dataclass(slots=True)
+class Pending:
+    """An invocation routed to a worker and not answered yet."""
+
+    invocation_id: str
+    function_id: str
+    callee: WorkerConnection
+    caller: WorkerConnection | None = None
+    future: asyncio.Future[tuple[Any, Any]] | None = None
+    timer: asyncio.TimerHandle | None = None
+
+
+class Invocations:
+    """The pending table and every way of calling a function."""
+
+    def __init__(self, registry: Registry, workers: dict[str, WorkerConnection],
+                 module: Callable[[str], EngineModule | None], *, timeout_ms: int | None = None) -> None:
+        self.registry = registry
+        self.workers = workers
+        self.module = module
+        self.timeout_ms = timeout_ms
+        self.pending: dict[str, Pending] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- worker-initiated calls ------------------------------------------------------------------------------
+
+    async def handle_invoke(self, caller: WorkerConnection, msg: dict[str, Any]) -> None:
+        """A worker's ``invokefunction`` (already validated)."""
+        function_id: str = msg["function_id"]
+        data = msg["data"]
+        invocation_id: str | None = msg.get("invocation_id")
+        action = msg.get("action")
+        if action is not None:
+            if action["type"] == "enqueue":
+                self._spawn(self._enqueue(caller, invocation_id, function_id, data, action["queue"]))
+                return
+            invocation_id = None  # void: never answered
+        if type(data) is dict:
+            data[CALLER_KEY] = caller.id
+        entry = self.registry.functions.get(function_id)
+        if entry is None:
+            if invocation_id is not None:
+                caller.post(result_frame(invocation_id, function_id, None, not_found(function_id)))
+            else:
+                log.warning("worker %s called unknown function %s (no reply requested)", caller.id, function_id)
+            return
+        traceparent, baggage = msg.get("traceparent"), msg.get("baggage")
+        if entry.builtin is not None:
+            if invocation_id is not None:
+                caller.in_flight.add(invocation_id)
+            ctx = InvocationContext(caller.id, invocation_id, traceparent, baggage)
+            self._spawn(self._run_builtin_for(caller, entry, data, ctx))
+            return
+        callee = self.workers.get(entry.owner or "")
+        if callee is None:
+            if invocation_id is not None:
+                caller.post(result_frame(invocation_id, function_id, None, not_found(function_id)))
+            return
+        routed_id = invocation_id or str(uuid.uuid4())
+        if routed_id in self.pending:
+            log.warning("worker %s reused invocation id %s that is still pending", caller.id, routed_id)
+        pending = Pending(routed_id, function_id, callee, caller if invocation_id is not None else None)
+        if invocation_id is not None:
+            caller.in_flight.add(invocation_id)
+        await self._route(pending, data, traceparent, baggage)
+
+    async def _route(self, pending: Pending, data: Any, traceparent: str | None, baggage: str | None) -> None:
+        frame: dict[str, Any] = {"type": "invokefunction", "invocation_id": pending.invocation_id,
+                                 "function_id": pending.function_id, "data": data}
+        if traceparent is not None:
+            frame["traceparent"] = traceparent
+        if baggage is not None:
+            frame["baggage"] = baggage
+        text = dumps(frame)
+        callee = pending.callee
+        self.pending[pending.invocation_id] = pending
+        callee.in_flight.add(pending.invocation_id)
+        if self.timeout_ms:
+            loop = asyncio.get_running_loop()
+            pending.timer = loop.call_later(self.timeout_ms / 1000, self._expire, pending.invocation_id)
+        await callee.outbox.wait_for_room()
+        if not callee.post(text):
+            self._finish(pending.invocation_id, None, error_body("channel_send_failed", "worker connection closed"))
+
+    def handle_result(self, sender: WorkerConnection, msg: dict[str, Any]) -> None:
+        """A worker's ``invocationresult`` (already validated)."""
+        invocation_id: str = msg["invocation_id"]
+        pending = self.pending.get(invocation_id)
+        if pending is None:
+            sender.in_flight.discard(invocation_id)
+            log.warning("invocationresult %s from worker %s: did not find caller", invocation_id, sender.id)
+            return
+        if pending.callee is not sender:
+            log.warning("worker %s sent a result for invocation %s routed to worker %s; ignored (E6)",
+                        sender.id, invocation_id, pending.callee.id)
+            return
+        self._finish(invocation_id, msg.get("result"), msg.get("error"), msg.get("traceparent"), msg.get("baggage"))
+
+    def _finish(self, invocation_id: str, result: Any, error: Any,
+                traceparent: str | None = None, baggage: str | None = None) -> None:
+        pending = self.pending.pop(invocation_id, None)
+        if pending is None:
+            return
+        if pending.timer is not None:
+            pending.timer.cancel()
+        pending.callee.in_flight.discard(invocation_id)
+        caller = pending.caller
+        if caller is not None:
+            caller.in_flight.discard(invocation_id)
+            caller.post(result_frame(invocation_id, pending.function_id, result, error, traceparent, baggage))
+        if pending.future is not None and not pending.future.done():
+            pending.future.set_result((result, error))
+
+    def _expire(self, invocation_id: str) -> None:
+        pending = self.pending.get(invocation_id)
+        if pending is not None:
+            log.warning("invocation %s of %s timed out after %s ms", invocation_id, pending.function_id,
+                        self.timeout_ms)
+            message = f"Invocation of {pending.function_id} timed out after {self.timeout_ms} ms"
+            self._finish(invocation_id, None, error_body("invocation_timeout", message))
+
+    def halt_worker(self, worker: WorkerConnection) -> None:
+        """Disconnect step 3: stop every invocation in the worker's in-flight set (PROTOCOL §3.2)."""
+        for invocation_id in list(worker.in_flight):
+            pending = self.pending.get(invocation_id)
+            if pending is None:
+                continue  # a built-in call it made: its task drops the result
+            if pending.caller is worker:
+                pending.caller = None  # nobody left to answer: the callee's late result finds no caller
+            self._finish(invocation_id, None, STOPPED)
+        worker.in_flight.clear()
+
+    # -- built-ins and enqueue -------------------------------------------------------------------------------
+
+    async def _run_builtin_for(self, caller: WorkerConnection, entry: FunctionEntry, data: Any,
+                               ctx: InvocationContext) -> None:
+        result, error = await self.run_builtin(entry, data, ctx)
+        invocation_id = ctx.invocation_id
+        if invocation_id is None or invocation_id not in caller.in_flight:
+            return  # no reply wanted, or the caller is gone (halted)
+        caller.in_flight.discard(invocation_id)
+        try:
+            text = result_frame(invocation_id, entry.id, result, error)
+        except TypeError as exc:
+            text = result_frame(invocation_id, entry.id, None, error_body(
+                "serialization_error", f"Failed to serialize result for {entry.id}: {exc}"))
+        caller.post(text)
+
+    async def run_builtin(self, entry: FunctionEntry, data: Any, ctx: InvocationContext) -> tuple[Any, Any]:
+        """Run a built-in; returns ``(result, error_body)``; never raises (except cancellation)."""
+        assert entry.builtin is not None
+        try:
+            return await entry.builtin.handler(data, ctx), None
+        except EngineError as exc:
+            return None, exc.body()
+        except Exception as exc:
+            log.exception("built-in function %s failed", entry.id)
+            body = error_body("internal_error", f"Built-in function {entry.id} failed: {exc!r}")
+            body["stacktrace"] = "".join(traceback.format_exception(exc))
+            return None, body
+
+    async def _enqueue(self, caller: WorkerConnection, invocation_id: str | None, function_id: str, data: Any,
+                       queue: str) -> None:
+        result: Any = None
+        error: Any = None
+        queue_module = self.module("queue")
+        enqueue = getattr(queue_module, "enqueue", None) if queue_module is not None else None
+        if enqueue is None:
+            error = error_body("enqueue_error", "QueueModule not loaded")
+        else:
+            try:
+                receipt = enqueue(queue, function_id, data)
+                if inspect.isawaitable(receipt):
+                    receipt = await receipt
+                result = {"messageReceiptId": receipt}
+            except EngineError as exc:
+                error = exc.body()
+            except Exception as exc:
+                error = error_body("enqueue_error", str(exc))
+        if error is not None:
+            log.warning("enqueue of %s on queue %r for worker %s failed: %s", function_id, queue, caller.id,
+                        error["message"])
+        if invocation_id is not None:
+            caller.post(result_frame(invocation_id, function_id, result, error))
+
+    # -- engine-internal calls -------------------------------------------------------------------------------
+
+    async def call(self, function_id: str, data: Any, *, timeout_s: float | None = None,
+                   traceparent: str | None = None, baggage: str | None = None) -> Any:
+        """Call any function and return its result; :class:`EngineError` for an error result."""
+        entry = self.registry.functions.get(function_id)
+        if entry is None:
+            raise EngineError("function_not_found", f"Function {function_id} not found")
+        if entry.builtin is not None:
+            ctx = InvocationContext(None, None, traceparent, baggage)
+            result, error = await asyncio.wait_for(self.run_builtin(entry, data, ctx), timeout_s)
+        else:
+            callee = self.workers.get(entry.owner or "")
+            if callee is None:
+                raise EngineError("function_not_found", f"Function {function_id} not found")
+            future: asyncio.Future[tuple[Any, Any]] = asyncio.get_running_loop().create_future()
+            pending = Pending(str(uuid.uuid4()), function_id, callee, None, future)
+            await self._route(pending, data, traceparent, baggage)
+            try:
+                result, error = await asyncio.wait_for(future, timeout_s)
+            except TimeoutError:
+                self._finish(pending.invocation_id, None, None)
+                raise EngineError("invocation_timeout",
+                                  f"Invocation of {function_id} timed out after {timeout_s} s") from None
+        if error is not None:
+            if isinstance(error, dict):
+                raise EngineError(str(error.get("code", "")), str(error.get("message", "")), error.get("stacktrace"))
+            raise EngineError("invocation_failed", str(error))
+        return result
+
+    def fire(self, function_id: str, data: Any) -> None:
+        """Call without waiting (trigger-fired); the outcome is logged and dropped."""
+        self._spawn(self._fire(function_id, data))
+
+    async def _fire(self, function_id: str, data: Any) -> None:
+        try:
+            await self.call(function_id, data)
+        except EngineError as exc:
+            log.info("trigger-fired call of %s failed: %s: %s", function_id, exc.code, exc.message)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        """Engine shutdown: stop pending calls and built-in tasks."""
+        for invocation_id in list(self.pending):
+            self._finish(invocation_id, None, STOPPED)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,73 @@
+"""Production module class names -> our module classes, imported only when a configuration asks for them.
+
+Each of our module files defines one :class:`EngineModule` subclass whose ``class_names`` lists the production
+names it stands for; the catalogue only records which file to look in, so module authors choose their own class
+names. Unknown or not yet implemented modules raise :class:`ModuleUnavailable`, which the engine reports once
+at start-up as "not available".
+
+Example:
+    >>> resolve("modules::nothing::Here")
+    Traceback (most recent call last):
+    ...
+    iii_engine.modules.catalogue.ModuleUnavailable: unknown module class 'modules::nothing::Here'
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Final
+
+from .base import EngineModule, ModuleSpec
+
+WORKER_MODULE: Final = "modules::worker::WorkerModule"
+
+# production class name -> file under iii_engine/modules
+CATALOGUE: Final[dict[str, str]] = {
+    "modules::stream::StreamModule": "stream",
+    "modules::state::StateModule": "state",
+    "modules::queue::QueueModule": "queue",
+    "modules::api::RestApiModule": "http_api",
+    "modules::pubsub::PubSubModule": "pubsub",
+    "modules::cron::CronModule": "cron",
+    "modules::http_functions::HttpFunctionsModule": "http_functions",
+    "modules::observability::OtelModule": "observability",
+    "modules::bridge_client::BridgeClientModule": "bridge_client",
+}
+
+# What production loads when the configuration has no ``modules:`` list (the worker module is always loaded).
+DEFAULT_MODULES: Final[tuple[str, ...]] = (
+    "modules::stream::StreamModule",
+    "modules::state::StateModule",
+    "modules::queue::QueueModule",
+    "modules::api::RestApiModule",
+    "modules::pubsub::PubSubModule",
+    "modules::cron::CronModule",
+)
+
+
+class ModuleUnavailable(LookupError):
+    """A configured module class this engine cannot load; the message says why."""
+
+
+def default_specs() -> list[ModuleSpec]:
+    """The default module set, with empty settings."""
+    return [ModuleSpec(class_name=name) for name in DEFAULT_MODULES]
+
+
+def resolve(class_name: str) -> type[EngineModule]:
+    """Our :class:`EngineModule` subclass for a production class name."""
+    file = CATALOGUE.get(class_name)
+    if file is None:
+        raise ModuleUnavailable(f"unknown module class {class_name!r}")
+    try:
+        module = importlib.import_module(f"iii_engine.modules.{file}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"iii_engine.modules.{file}":
+            raise ModuleUnavailable(f"{class_name} is not implemented yet") from None
+        raise ModuleUnavailable(f"{class_name} needs a missing package: {exc.name}") from None
+    for _, candidate in inspect.getmembers(module, inspect.isclass):
+        if (issubclass(candidate, EngineModule) and not inspect.isabstract(candidate)
+                and class_name in getattr(candidate, "class_names", ())):
+            return candidate
+    raise ModuleUnavailable(f"iii_engine/modules/{file}.py defines no module for {class_name}")

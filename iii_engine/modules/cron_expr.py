@@ -1,0 +1,211 @@
+"""Cron expressions in the production engine's format: ``sec min hour day-of-month month day-of-week [year]``.
+
+Evaluated in UTC. Each field accepts ``*``, ``?`` (same as ``*``), numbers, ``a-b`` ranges, ``/step`` on any of
+those, and comma lists; months and weekdays also accept three-letter names (``JAN``, ``MON``). Shortcuts
+``@yearly``/``@annually``/``@monthly``/``@weekly``/``@daily``/``@midnight``/``@hourly`` are accepted.
+
+Choices where production is unverified (modules.md §7.6): day-of-week is 0-6 with Sunday = 0 (7 is also
+Sunday), as the published docs say; when both day-of-month and day-of-week are restricted, a day must match
+both (the Rust ``cron`` crate's rule, not Vixie cron's "either").
+
+Example:
+    >>> from datetime import datetime, timezone
+    >>> expr = CronExpression.parse("*/15 * * * * *")
+    >>> expr.next_after(datetime(2024, 1, 1, 0, 0, 7, tzinfo=timezone.utc)).isoformat()
+    '2024-01-01T00:00:15+00:00'
+"""
+
+from __future__ import annotations
+
+import calendar
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+MIN_YEAR = 1970
+MAX_YEAR = 2100
+
+_MONTHS = {name.upper(): i for i, name in enumerate(calendar.month_abbr) if name}
+_WEEKDAYS = {"SUN": 0, "MON": 1, "TUE": 2, "WED": 3, "THU": 4, "FRI": 5, "SAT": 6}
+_SHORTCUTS = {
+    "@yearly": "0 0 0 1 1 *",
+    "@annually": "0 0 0 1 1 *",
+    "@monthly": "0 0 0 1 * *",
+    "@weekly": "0 0 0 * * SUN",
+    "@daily": "0 0 0 * * *",
+    "@midnight": "0 0 0 * * *",
+    "@hourly": "0 0 * * * *",
+}
+
+
+class CronSyntaxError(ValueError):
+    """The expression is malformed; the message names the field and the offending text."""
+
+
+@dataclass(frozen=True)
+class _Field:
+    name: str
+    low: int
+    high: int
+    names: dict[str, int] | None = None
+
+
+_FIELDS = (
+    _Field("seconds", 0, 59),
+    _Field("minutes", 0, 59),
+    _Field("hours", 0, 23),
+    _Field("day-of-month", 1, 31),
+    _Field("month", 1, 12, _MONTHS),
+    _Field("day-of-week", 0, 7, _WEEKDAYS),
+    _Field("year", MIN_YEAR, MAX_YEAR),
+)
+
+
+def _value(spec: _Field, text: str) -> int:
+    upper = text.upper()
+    if spec.names is not None and upper in spec.names:
+        return spec.names[upper]
+    if not text.isdigit():
+        raise CronSyntaxError(f"{spec.name}: {text!r} is not a number")
+    number = int(text)
+    if not spec.low <= number <= spec.high:
+        raise CronSyntaxError(f"{spec.name}: {number} is outside {spec.low}-{spec.high}")
+    return number
+
+
+def _parse_field(spec: _Field, text: str) -> frozenset[int]:
+    values: set[int] = set()
+    for part in text.split(","):
+        if not part:
+            raise CronSyntaxError(f"{spec.name}: empty list item in {text!r}")
+        base, slash, step_text = part.partition("/")
+        step = 1
+        if slash:
+            if not step_text.isdigit() or int(step_text) == 0:
+                raise CronSyntaxError(f"{spec.name}: bad step {step_text!r} in {part!r}")
+            step = int(step_text)
+        if base in ("*", "?"):
+            low, high = spec.low, spec.high
+        elif "-" in base:
+            first, _, last = base.partition("-")
+            low, high = _value(spec, first), _value(spec, last)
+            if low > high:
+                raise CronSyntaxError(f"{spec.name}: range {base!r} runs backwards")
+        else:
+            low = _value(spec, base)
+            # "5/10" means from 5 to the end of the field in steps of 10.
+            high = spec.high if slash else low
+        values.update(range(low, high + 1, step))
+    return frozenset(values)
+
+
+@dataclass(frozen=True)
+class CronExpression:
+    """A parsed cron schedule; :meth:`next_after` gives the next firing time strictly after an instant."""
+
+    source: str
+    seconds: frozenset[int]
+    minutes: frozenset[int]
+    hours: frozenset[int]
+    days: frozenset[int]
+    months: frozenset[int]
+    weekdays: frozenset[int]
+    years: frozenset[int]
+
+    @classmethod
+    def parse(cls, expression: str) -> CronExpression:
+        """Parse a 6- or 7-field expression (or a ``@`` shortcut); raises :class:`CronSyntaxError`.
+
+        Example:
+            >>> sorted(CronExpression.parse("0 0 9-17/4 * * MON-FRI").hours)
+            [9, 13, 17]
+        """
+        text = expression.strip()
+        text = _SHORTCUTS.get(text.lower(), text)
+        parts = text.split()
+        if len(parts) not in (6, 7):
+            raise CronSyntaxError(
+                f"expected 6 or 7 fields (sec min hour day-of-month month day-of-week [year]), got {len(parts)}"
+                f" in {expression!r}"
+            )
+        if len(parts) == 6:
+            parts.append("*")
+        sets = [_parse_field(spec, part) for spec, part in zip(_FIELDS, parts, strict=True)]
+        weekdays = frozenset(0 if d == 7 else d for d in sets[5])
+        expr = cls(
+            source=expression,
+            seconds=sets[0],
+            minutes=sets[1],
+            hours=sets[2],
+            days=sets[3],
+            months=sets[4],
+            weekdays=weekdays,
+            years=sets[6],
+        )
+        if expr.next_after(datetime.now(UTC)) is None:
+            raise CronSyntaxError(f"{expression!r} never fires after now")
+        return expr
+
+    def _day_matches(self, moment: datetime) -> bool:
+        if moment.day not in self.days:
+            return False
+        # Python: Monday = 0; cron: Sunday = 0.
+        return (moment.weekday() + 1) % 7 in self.weekdays
+
+    def next_after(self, instant: datetime) -> datetime | None:
+        """The first matching whole second strictly after ``instant`` (UTC), or ``None`` if none remains.
+
+        Example:
+            >>> e = CronExpression.parse("0 30 12 * * *")
+            >>> e.next_after(datetime(2024, 5, 1, 12, 30, tzinfo=UTC)).isoformat()
+            '2024-05-02T12:30:00+00:00'
+        """
+        moment = instant.astimezone(UTC).replace(microsecond=0) + timedelta(seconds=1)
+        while moment.year <= MAX_YEAR:
+            if moment.year not in self.years:
+                later = [y for y in self.years if y > moment.year]
+                if not later:
+                    return None
+                moment = datetime(min(later), 1, 1, tzinfo=UTC)
+                continue
+            if moment.month not in self.months:
+                moment = _start_of_next_month(moment)
+                continue
+            if not self._day_matches(moment):
+                moment = datetime(moment.year, moment.month, moment.day, tzinfo=UTC) + timedelta(days=1)
+                continue
+            if moment.hour not in self.hours:
+                moment = moment.replace(minute=0, second=0) + timedelta(hours=1)
+                continue
+            if moment.minute not in self.minutes:
+                moment = moment.replace(second=0) + timedelta(minutes=1)
+                continue
+            if moment.second not in self.seconds:
+                moment += timedelta(seconds=1)
+                continue
+            return moment
+        return None
+
+
+def _start_of_next_month(moment: datetime) -> datetime:
+    if moment.month == 12:
+        return datetime(moment.year + 1, 1, 1, tzinfo=UTC)
+    return datetime(moment.year, moment.month + 1, 1, tzinfo=UTC)
+
+
+def rfc3339(moment: datetime) -> str:
+    """Format like the production engine (chrono ``to_rfc3339``): ``+00:00`` offset, 0/3/6 fraction digits.
+
+    Example:
+        >>> rfc3339(datetime(2024, 1, 1, 0, 0, 5, 250000, tzinfo=UTC))
+        '2024-01-01T00:00:05.250+00:00'
+    """
+    moment = moment.astimezone(UTC)
+    base = moment.strftime("%Y-%m-%dT%H:%M:%S")
+    micro = moment.microsecond
+    if micro == 0:
+        fraction = ""
+    elif micro % 1000 == 0:
+        fraction = f".{micro // 1000:03d}"
+    else:
+        fraction = f".{micro:06d}"
+    return f"{base}{fraction}+00:00"

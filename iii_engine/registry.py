@@ -1,0 +1,211 @@
+"""What the engine knows: functions, services, trigger types and triggers. Pure data, no I/O.
+
+Ownership rules (PROTOCOL §2.2, §2.4, §9.1 E2/E5):
+
+- function ids are global and the last registrant wins; the overwritten registrant is remembered and restored
+  when the current owner disconnects (E5), but an explicit ``unregisterfunction`` removes the id outright;
+- every worker function id ``a::b`` belongs to the implicit service ``a`` (function ``b``); a service whose
+  function set becomes empty is dropped;
+- triggers are keyed by id; a trigger whose type is unknown is kept *pending* (E2) until the type appears.
+
+Example:
+    >>> reg = Registry()
+    >>> reg.add_function(FunctionEntry("math::add", owner="w1"))
+    >>> sorted(reg.services["math"].functions)
+    ['add']
+    >>> reg.add_function(FunctionEntry("math::add", owner="w2"))
+    >>> reg.drop_owned_function("math::add", "w2").owner  # w2 leaves: w1's registration comes back
+    'w1'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .modules.base import BuiltinFunction, TriggerTypeHandler
+
+
+@dataclass
+class FunctionEntry:
+    """One registered function; ``owner`` is a worker id, ``None`` for engine built-ins."""
+
+    id: str
+    owner: str | None = None
+    description: str | None = None
+    request_format: Any = None
+    response_format: Any = None
+    metadata: Any = None
+    builtin: BuiltinFunction | None = None
+    external: bool = False
+
+    def info(self) -> dict[str, Any]:
+        """The wire ``FunctionInfo`` (every key present, PROTOCOL §4.2)."""
+        return {
+            "function_id": self.id,
+            "description": self.description,
+            "request_format": self.request_format,
+            "response_format": self.response_format,
+            "metadata": self.metadata,
+        }
+
+
+@dataclass
+class ServiceEntry:
+    """A service, keyed by its effective name."""
+
+    id: str
+    name: str
+    parent_service_id: str | None = None
+    functions: set[str] = field(default_factory=set)
+    explicit: bool = False
+
+
+@dataclass
+class TriggerTypeEntry:
+    """A trigger type: worker-owned (``owner`` set) or built into an engine module (``handler`` set)."""
+
+    id: str
+    description: str
+    owner: str | None = None
+    handler: TriggerTypeHandler | None = None
+
+
+@dataclass
+class TriggerEntry:
+    """A stored trigger; ``registrant`` is the worker that registered it (``None`` for the engine)."""
+
+    id: str
+    trigger_type: str
+    function_id: str
+    config: Any
+    registrant: str | None = None
+
+    def info(self) -> dict[str, Any]:
+        """The wire ``TriggerInfo``."""
+        return {"id": self.id, "trigger_type": self.trigger_type, "function_id": self.function_id,
+                "config": self.config}
+
+
+class Registry:
+    """The engine's tables. Callers (the engine) do the messaging; this class only keeps the books."""
+
+    def __init__(self) -> None:
+        self.functions: dict[str, FunctionEntry] = {}
+        self.services: dict[str, ServiceEntry] = {}
+        self.trigger_types: dict[str, TriggerTypeEntry] = {}
+        self.triggers: dict[str, TriggerEntry] = {}
+        self.pending_triggers: dict[str, TriggerEntry] = {}
+        # Earlier registrants of an overwritten id, oldest first; only entries of live owners are kept.
+        self._shadowed: dict[str, list[FunctionEntry]] = {}
+        self.version = 0  # bumped on every change of the function id set
+
+    # -- functions -------------------------------------------------------------------------------------------
+
+    def add_function(self, entry: FunctionEntry) -> FunctionEntry | None:
+        """Register ``entry`` (last writer wins); returns the entry it replaced, if any."""
+        previous = self.functions.get(entry.id)
+        stack = self._shadowed.get(entry.id)
+        if stack:
+            stack[:] = [e for e in stack if e.owner != entry.owner]
+        if previous is not None and previous.owner != entry.owner:
+            self._shadowed.setdefault(entry.id, []).append(previous)
+        self.functions[entry.id] = entry
+        if previous is None:
+            self.version += 1
+        if entry.owner is not None:
+            self._service_add(entry.id)
+        return previous
+
+    def remove_function(self, function_id: str) -> FunctionEntry | None:
+        """Remove ``function_id`` whoever owns it, forgetting earlier registrants too."""
+        self._shadowed.pop(function_id, None)
+        entry = self.functions.pop(function_id, None)
+        if entry is not None:
+            self.version += 1
+            self._service_remove(function_id)
+        return entry
+
+    def drop_owned_function(self, function_id: str, owner: str) -> FunctionEntry | None:
+        """``owner`` is gone: remove its registration of ``function_id`` (E5).
+
+        Returns the restored earlier registration when there is one, else ``None``.
+        """
+        stack = self._shadowed.get(function_id)
+        if stack:
+            stack[:] = [e for e in stack if e.owner != owner]
+        current = self.functions.get(function_id)
+        if current is None or current.owner != owner:
+            return None
+        if stack:
+            restored = stack.pop()
+            if not stack:
+                del self._shadowed[function_id]
+            self.functions[function_id] = restored
+            return restored
+        self._shadowed.pop(function_id, None)
+        del self.functions[function_id]
+        self.version += 1
+        self._service_remove(function_id)
+        return None
+
+    def forget_owner(self, owner: str) -> None:
+        """Drop ``owner``'s overwritten registrations everywhere, so they are never restored."""
+        for function_id in list(self._shadowed):
+            stack = [e for e in self._shadowed[function_id] if e.owner != owner]
+            if stack:
+                self._shadowed[function_id] = stack
+            else:
+                del self._shadowed[function_id]
+
+    def owned_functions(self, owner: str) -> list[str]:
+        """Ids whose *current* registrant is ``owner``."""
+        return [fid for fid, e in self.functions.items() if e.owner == owner]
+
+    # -- services --------------------------------------------------------------------------------------------
+
+    def register_service(self, service_id: str, name: str, parent_service_id: str | None) -> ServiceEntry | None:
+        """Explicit ``registerservice``; returns the same-name service it replaced (its function set is reset)."""
+        effective = name or service_id
+        previous = self.services.get(effective)
+        self.services[effective] = ServiceEntry(service_id, effective, parent_service_id, explicit=True)
+        return previous
+
+    def _service_add(self, function_id: str) -> None:
+        head, sep, rest = function_id.partition("::")
+        if not sep:
+            return
+        service = self.services.get(head)
+        if service is None:
+            service = self.services[head] = ServiceEntry(head, head)
+        service.functions.add(rest)
+
+    def _service_remove(self, function_id: str) -> None:
+        head, sep, rest = function_id.partition("::")
+        service = self.services.get(head) if sep else None
+        if service is None or rest not in service.functions:
+            return
+        service.functions.discard(rest)
+        if not service.functions:
+            del self.services[head]
+
+    # -- trigger types and triggers --------------------------------------------------------------------------
+
+    def triggers_of_type(self, trigger_type: str) -> list[TriggerEntry]:
+        """Stored (active) triggers of a type."""
+        return [t for t in self.triggers.values() if t.trigger_type == trigger_type]
+
+    def take_pending(self, trigger_type: str) -> list[TriggerEntry]:
+        """Remove and return the pending triggers waiting for ``trigger_type`` (E2)."""
+        ready = [t for t in self.pending_triggers.values() if t.trigger_type == trigger_type]
+        for t in ready:
+            del self.pending_triggers[t.id]
+        return ready
+
+    def find_trigger(self, trigger_id: str) -> TriggerEntry | None:
+        """A stored or pending trigger by id."""
+        return self.triggers.get(trigger_id) or self.pending_triggers.get(trigger_id)
+
+    def discard_trigger(self, trigger_id: str) -> TriggerEntry | None:
+        """Forget a trigger (stored or pending)."""
+        return self.triggers.pop(trigger_id, None) or self.pending_triggers.pop(trigger_id, None)

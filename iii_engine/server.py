@@ -1,0 +1,119 @@
+"""The engine's one WebSocket listener: ``/`` is the worker control socket, ``/ws/channels/{id}`` the channel
+relay, anything else HTTP 404 (PROTOCOL §1.1, §5.2).
+
+Example:
+    >>> route_request("/ws/channels/abc?key=k&dir=read")
+    ChannelRoute(channel_id='abc', key='k', direction='read')
+    >>> route_request("/ws/channels/abc?dir=sideways")
+    (400, 'Bad Request: channel upgrade needs key= and dir=read|write\\n')
+    >>> route_request("/metrics")
+    (404, 'Not Found\\n')
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from .channels import ChannelRelay
+
+log = logging.getLogger("iii_engine.server")
+
+_CHANNEL_PREFIX = "/ws/channels/"
+
+
+@dataclass(frozen=True)
+class ChannelRoute:
+    """A well-formed channel upgrade request."""
+
+    channel_id: str
+    key: str
+    direction: str
+
+
+Route = None | ChannelRoute | tuple[int, str]
+
+
+def route_request(target: str) -> Route:
+    """``None`` for the control socket, a :class:`ChannelRoute`, or ``(status, body)`` to refuse with."""
+    parts = urlsplit(target)
+    if parts.path == "/":
+        return None
+    if parts.path.startswith(_CHANNEL_PREFIX):
+        channel_id = parts.path[len(_CHANNEL_PREFIX):]
+        query = parse_qs(parts.query)
+        key = query.get("key", [None])[-1]
+        direction = query.get("dir", [None])[-1]
+        if channel_id and "/" not in channel_id:
+            if key is None or direction not in ("read", "write"):
+                return (400, "Bad Request: channel upgrade needs key= and dir=read|write\n")
+            return ChannelRoute(channel_id, key, direction)
+    return (404, "Not Found\n")
+
+
+class Listener:
+    """Owns the websockets server; hands accepted connections to the control or channel handler."""
+
+    def __init__(self, host: str, port: int, *, max_message_size: int, relay: ChannelRelay,
+                 control: Callable[[ServerConnection], Awaitable[None]]) -> None:
+        self.host = host
+        self.requested_port = port
+        self.max_message_size = max_message_size
+        self.relay = relay
+        self._control = control
+        self._server: Server | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        if self._server is None:
+            raise RuntimeError("the listener is not started")
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def start(self) -> None:
+        """Bind and start accepting connections."""
+        self._server = await serve(
+            self._handle,
+            self.host,
+            self.requested_port,
+            compression=None,
+            max_size=max(self.max_message_size, self.relay.max_message_size),  # narrowed per connection
+            ping_interval=None,  # production never pings workers; it only answers pings
+            process_request=self._process_request,
+            logger=logging.getLogger("iii_engine.websockets"),
+        )
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        route = route_request(request.path)
+        if route is None:
+            connection.protocol.max_message_size = self.max_message_size
+            return None
+        if isinstance(route, ChannelRoute):
+            refusal = self.relay.check(route.channel_id, route.key, route.direction)
+            if refusal is None:
+                connection.protocol.max_message_size = self.relay.max_message_size
+                return None
+            status, body = refusal
+            return connection.respond(status, body)
+        status, body = route
+        log.info("refused %s %s: HTTP %d", connection.remote_address, request.path, status)
+        return connection.respond(status, body)
+
+    async def _handle(self, connection: ServerConnection) -> None:
+        route = route_request(connection.request.path if connection.request else "/")
+        if isinstance(route, ChannelRoute):
+            await self.relay.serve(connection, route.channel_id, route.key, route.direction)
+        else:
+            await self._control(connection)
+
+    async def close(self) -> None:
+        """Stop accepting and close every connection (close code 1001)."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()

@@ -1,0 +1,148 @@
+"""One connected worker: its identity, metadata, what it owns, and its ordered outbound queue.
+
+The outbound queue never blocks the code that posts to it (so one slow worker cannot stall the engine's other
+work); callers that want production's back-pressure ("when the 64-message queue is full the engine waits")
+``await outbox.wait_for_room()`` first, which the invocation path does.
+
+Example:
+    >>> import asyncio
+    >>> async def demo() -> list[str]:
+    ...     sent: list[str] = []
+    ...     async def send(text: str) -> None:
+    ...         sent.append(text)
+    ...     box = Outbox(send, limit=2)
+    ...     box.post('{"type":"pong"}')
+    ...     await box.close()  # flushes what is queued
+    ...     return sent
+    >>> asyncio.run(demo())
+    ['{"type":"pong"}']
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("iii_engine.workers")
+
+OUTBOX_LIMIT = 64
+
+
+class Outbox:
+    """An ordered, non-blocking queue of text frames drained by one sender task."""
+
+    def __init__(self, send: Callable[[str], Awaitable[None]], *, limit: int = OUTBOX_LIMIT) -> None:
+        self._send = send
+        self._limit = limit
+        self._items: deque[str] = deque()
+        self._ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._closed = False
+        self._task = asyncio.get_running_loop().create_task(self._drain())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection is gone; posts are dropped from then on."""
+        return self._closed
+
+    def post(self, text: str) -> bool:
+        """Queue one frame; ``False`` if the connection is already closed."""
+        if self._closed:
+            return False
+        self._items.append(text)
+        self._ready.set()
+        if len(self._items) >= self._limit:
+            self._room.clear()
+        return True
+
+    async def wait_for_room(self) -> None:
+        """Wait while the queue holds ``limit`` frames or more (returns at once when closed)."""
+        if len(self._items) >= self._limit and not self._closed:
+            await self._room.wait()
+
+    async def _drain(self) -> None:
+        try:
+            while True:
+                await self._ready.wait()
+                while self._items:
+                    text = self._items.popleft()
+                    if len(self._items) < self._limit:
+                        self._room.set()
+                    await self._send(text)
+                self._ready.clear()
+                if self._closed:
+                    return
+        except Exception as exc:  # the socket failed: the read side notices and cleans up
+            log.debug("outbound send failed: %r", exc)
+            self._closed = True
+            self._items.clear()
+            self._room.set()
+
+    async def close(self, *, flush: bool = True) -> None:
+        """Stop accepting frames; with ``flush``, wait until the queued ones are sent."""
+        self._closed = True
+        self._room.set()
+        self._ready.set()
+        if not flush:
+            self._items.clear()
+            self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._task
+
+
+@dataclass
+class WorkerConnection:
+    """State of one control-socket connection (a new one, with a new id, per reconnect)."""
+
+    outbox: Outbox
+    ip_address: str | None = None
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    connected_at_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    name: str | None = None
+    runtime: str | None = None
+    version: str | None = None
+    os: str | None = None
+    pid: int | None = None
+    telemetry: Any = None
+    functions: set[str] = field(default_factory=set)
+    external_functions: set[str] = field(default_factory=set)
+    in_flight: set[str] = field(default_factory=set)
+    frames_in: int = 0
+    telemetry_frames: int = 0
+    dropped_frames: int = 0
+
+    def post(self, text: str) -> bool:
+        """Queue a text frame for this worker."""
+        return self.outbox.post(text)
+
+    def info(self) -> dict[str, Any]:
+        """The wire ``WorkerInfo`` (PROTOCOL §4.2): every key present, ``pid`` only when known."""
+        functions = sorted(self.functions | self.external_functions)
+        out: dict[str, Any] = {
+            "id": self.id,
+            "name": self.name,
+            "runtime": self.runtime,
+            "version": self.version,
+            "os": self.os,
+            "ip_address": self.ip_address,
+            "status": "connected",
+            "connected_at_ms": self.connected_at_ms,
+            "function_count": len(functions),
+            "functions": functions,
+            "active_invocations": len(self.in_flight),
+            "latest_metrics": None,
+        }
+        if self.pid is not None:
+            out["pid"] = self.pid
+        return out

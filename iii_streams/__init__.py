@@ -1,0 +1,56 @@
+"""Stream stores for iii: in-memory, Redis (production layout) and SQL (SQLite / PostgreSQL), one contract.
+
+Each store is a complete ``iii.stream.IStream`` plus ``send``, ``watch()``, ``list_all()`` and ``aclose()``;
+plug one into ``III.create_stream(name, store)`` or use it as an engine's own store.
+
+Example:
+    >>> import asyncio
+    >>> from iii.stream import StreamGetInput, StreamSetInput
+    >>> async def demo():
+    ...     async with open_stream("memory://") as store:
+    ...         await store.set(StreamSetInput(stream_name="todos", group_id="u1", item_id="t1", data={"done": False}))
+    ...         return await store.get(StreamGetInput(stream_name="todos", group_id="u1", item_id="t1"))
+    >>> asyncio.run(demo())
+    {'done': False}
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .base import Backend
+from .events import EventFilter, StreamEvent, StreamLagError, Watch
+from .memory import MemoryStream
+from .ops import apply_ops, apply_update
+from .urls import open_stream
+
+if TYPE_CHECKING:
+    from .redis import RedisStream
+    from .sql import SQLStream
+
+__all__ = [
+    "Backend",
+    "EventFilter",
+    "MemoryStream",
+    "RedisStream",
+    "SQLStream",
+    "StreamEvent",
+    "StreamLagError",
+    "Watch",
+    "apply_ops",
+    "apply_update",
+    "open_stream",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # optional dependencies (redis, sqlalchemy) load only when their backend is asked for
+    if name == "RedisStream":
+        from .redis import RedisStream
+
+        return RedisStream
+    if name == "SQLStream":
+        from .sql import SQLStream
+
+        return SQLStream
+    raise AttributeError(f"module 'iii_streams' has no attribute {name!r}")

@@ -1,0 +1,257 @@
+"""Stream change events: the production wrapper shape, filters, and ``watch()`` plumbing.
+
+Events are plain dicts in the shape the production engine publishes (protocol/streams.md §6.5), so an engine
+can forward them to socket clients and triggers unchanged::
+
+    {"type": "stream", "timestamp": 1700000000000, "streamName": "S", "groupId": "G", "id": "item-1",
+     "event": {"type": "create", "data": {...}}}
+
+Example:
+    >>> ev = make_event("S", "G", "1", "create", {"n": 1}, timestamp=5)
+    >>> ev["event"], EventFilter(stream_name="S", item_id="1").matches(ev)
+    ({'type': 'create', 'data': {'n': 1}}, True)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol
+
+from iii.wire import dumps
+
+__all__ = [
+    "EventFilter",
+    "EventHub",
+    "StreamEvent",
+    "StreamLagError",
+    "Subscription",
+    "Watch",
+    "custom_event",
+    "event_json_parts",
+    "make_event",
+    "now_ms",
+]
+
+StreamEvent = dict[str, Any]
+"""One event wrapper (see the module docstring)."""
+
+
+class StreamLagError(RuntimeError):
+    """A ``watch()`` consumer fell so far behind that events were dropped; re-read state and watch again."""
+
+
+def now_ms() -> int:
+    """Epoch milliseconds, the wrapper's ``timestamp``."""
+    return time.time_ns() // 1_000_000
+
+
+def make_event(
+    stream_name: str, group_id: str, item_id: str | None, kind: str, data: Any, *, timestamp: int | None = None
+) -> StreamEvent:
+    """A ``create`` / ``update`` / ``delete`` event wrapper.
+
+    Example:
+        >>> make_event("s", "g", "i", "delete", 1, timestamp=0)["event"]
+        {'type': 'delete', 'data': 1}
+    """
+    return {
+        "type": "stream",
+        "timestamp": now_ms() if timestamp is None else timestamp,
+        "streamName": stream_name,
+        "groupId": group_id,
+        "id": item_id,
+        "event": {"type": kind, "data": data},
+    }
+
+
+def custom_event(
+    stream_name: str, group_id: str, item_id: str | None, type: str, data: Any, *, timestamp: int | None = None
+) -> StreamEvent:
+    """The wrapper of a ``stream::send`` custom event: ``event = {"type": "event", "event": {type, data}}``.
+
+    Example:
+        >>> custom_event("s", "g", None, "ping", {}, timestamp=0)["event"]
+        {'type': 'event', 'event': {'type': 'ping', 'data': {}}}
+    """
+    return {
+        "type": "stream",
+        "timestamp": now_ms() if timestamp is None else timestamp,
+        "streamName": stream_name,
+        "groupId": group_id,
+        "id": item_id,
+        "event": {"type": "event", "event": {"type": type, "data": data}},
+    }
+
+
+def event_json_parts(stream_name: str, group_id: str, item_id: str | None) -> tuple[str, str]:
+    """Text before and after ``<kind>","data":<json>`` of a change event, for servers that pick the kind.
+
+    Lets a Redis script publish ``head + kind + '","data":' + value + tail`` without re-encoding the value.
+
+    Example:
+        >>> head, tail = event_json_parts("s", "g", "i")
+        >>> head.endswith('"event":{"type":"'), tail
+        (True, '}}')
+    """
+    head = dumps(
+        {"type": "stream", "timestamp": now_ms(), "streamName": stream_name, "groupId": group_id, "id": item_id}
+    )
+    return head[:-1] + ',"event":{"type":"', "}}"
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which events a watcher wants; ``None`` (or ``""``, as in production trigger configs) means any.
+
+    Example:
+        >>> EventFilter(group_id="g").matches(make_event("s", "h", None, "create", 1))
+        False
+    """
+
+    stream_name: str | None = None
+    group_id: str | None = None
+    item_id: str | None = None
+
+    def matches(self, event: StreamEvent) -> bool:
+        """Whether ``event`` passes every set field."""
+        if self.stream_name and event.get("streamName") != self.stream_name:
+            return False
+        if self.group_id and event.get("groupId") != self.group_id:
+            return False
+        return not self.item_id or event.get("id") == self.item_id
+
+
+class Subscription(Protocol):
+    """A live source of events behind one :class:`Watch` (a queue, a Redis pub/sub, a LISTEN connection)."""
+
+    async def get(self) -> StreamEvent:
+        """The next event (waits)."""
+        ...
+
+    async def close(self) -> None:
+        """Stop receiving; idempotent."""
+        ...
+
+
+class _QueueSubscription:
+    def __init__(self, hub: EventHub, maxsize: int) -> None:
+        self._hub = hub
+        self.queue: asyncio.Queue[StreamEvent | None] = asyncio.Queue(maxsize)
+        self.lagged = False
+
+    def offer(self, event: StreamEvent) -> None:
+        if self.lagged:
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.lagged = True
+            # make room for the wake-up marker so a waiting reader learns about the lag at once
+            self.queue.get_nowait()
+            self.queue.put_nowait(None)
+
+    async def get(self) -> StreamEvent:
+        event = await self.queue.get()
+        if event is None:
+            raise StreamLagError(f"watcher fell more than {self.queue.maxsize} events behind; events were dropped")
+        return event
+
+    async def close(self) -> None:
+        self._hub.discard(self)
+
+
+class EventHub:
+    """In-process fan-out of events to watchers, each with a bounded queue.
+
+    Example:
+        >>> hub = EventHub()
+        >>> hub.publish(make_event("s", "g", None, "create", 1))  # nobody listening: dropped
+    """
+
+    def __init__(self, maxsize: int = 10_000) -> None:
+        self._maxsize = maxsize
+        self._subscribers: set[_QueueSubscription] = set()
+
+    @property
+    def active(self) -> bool:
+        """Whether anybody is watching (lets stores skip building events nobody reads)."""
+        return bool(self._subscribers)
+
+    def subscribe(self) -> Subscription:
+        """A new subscription that sees every event published from now on."""
+        sub = _QueueSubscription(self, self._maxsize)
+        self._subscribers.add(sub)
+        return sub
+
+    def discard(self, sub: _QueueSubscription) -> None:
+        """Forget ``sub`` (called by its ``close``)."""
+        self._subscribers.discard(sub)
+
+    def publish(self, event: StreamEvent) -> None:
+        """Queue ``event`` for every subscriber; never blocks."""
+        for sub in tuple(self._subscribers):
+            sub.offer(event)
+
+
+class Watch:
+    """Change events of one backend as an async iterator; also an async context manager.
+
+    Entering the context (or the first ``__anext__``) subscribes, so with ``async with`` no event written after
+    entry is missed. Leaving the context (or ``aclose()``) unsubscribes.
+
+    Example:
+        >>> import asyncio
+        >>> from iii_streams import MemoryStream
+        >>> async def demo():
+        ...     async with MemoryStream() as s, s.watch(stream_name="todos") as events:
+        ...         await s.send("todos", "g", None, "hello", {"x": 1})
+        ...         return (await anext(events))["event"]
+        >>> asyncio.run(demo())
+        {'type': 'event', 'event': {'type': 'hello', 'data': {'x': 1}}}
+    """
+
+    def __init__(self, opener: Callable[[], Awaitable[Subscription]], event_filter: EventFilter) -> None:
+        self._opener = opener
+        self._filter = event_filter
+        self._sub: Subscription | None = None
+        self._closed = False
+
+    async def open(self) -> Watch:
+        """Subscribe now (idempotent)."""
+        if self._closed:
+            raise RuntimeError("this watch() was closed; call watch() again")
+        if self._sub is None:
+            self._sub = await self._opener()
+        return self
+
+    async def aclose(self) -> None:
+        """Unsubscribe; iteration then stops."""
+        self._closed = True
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            await sub.close()
+
+    async def __aenter__(self) -> Watch:
+        return await self.open()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        if self._closed:
+            raise StopAsyncIteration
+        await self.open()
+        assert self._sub is not None
+        while True:
+            event = await self._sub.get()
+            if self._filter.matches(event):
+                return event

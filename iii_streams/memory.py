@@ -1,0 +1,136 @@
+"""``MemoryStream``: a process-local store (the production default, without its prefix quirks).
+
+Items are kept as compact JSON text, so what you read back is an independent copy, non-JSON data fails at
+``set`` time exactly as it would on the other backends, and big integers and key order survive. Groups list in
+insertion order and disappear with their last item (PROTOCOL §9 ST4). Every method runs without awaiting in
+the middle, which makes each one atomic on the event loop.
+
+Example:
+    >>> import asyncio
+    >>> from iii.stream import StreamUpdateInput, UpdateIncrement
+    >>> async def demo():
+    ...     s = MemoryStream()
+    ...     r = await s.update(StreamUpdateInput(stream_name="s", group_id="g", item_id="i",
+    ...                                          ops=[UpdateIncrement(path="n", by=2)]))
+    ...     return r.old_value, r.new_value
+    >>> asyncio.run(demo())
+    (None, {'n': 2})
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any
+
+from iii.stream import (
+    StreamDeleteInput,
+    StreamDeleteResult,
+    StreamGetInput,
+    StreamListGroupsInput,
+    StreamListInput,
+    StreamSetInput,
+    StreamSetResult,
+    StreamUpdateInput,
+    StreamUpdateResult,
+)
+from iii.stream_ops import apply_update
+from iii.wire import dumps, loads
+
+from .base import Backend
+from .events import EventHub, StreamEvent, Subscription, Watch, custom_event, make_event
+
+__all__ = ["MemoryStream"]
+
+
+class MemoryStream(Backend):
+    """An in-process ``IStream``; ``MemoryStream.from_url("memory://")`` works too.
+
+    Example:
+        >>> MemoryStream().publish_events
+        True
+    """
+
+    def __init__(self, *, publish_events: bool = True, watch_queue_size: int = 10_000) -> None:
+        self.publish_events = publish_events
+        self._streams: dict[str, dict[str, dict[str, str]]] = {}
+        self._hub = EventHub(watch_queue_size)
+
+    @classmethod
+    def from_url(cls, url: str = "memory://", **options: Any) -> MemoryStream:
+        """``memory://`` (anything after the scheme is ignored: every call makes a new, empty store).
+
+        Example:
+            >>> isinstance(MemoryStream.from_url("memory://"), MemoryStream)
+            True
+        """
+        if not url.startswith("memory:"):
+            raise ValueError(f"MemoryStream needs a memory:// URL, got {url!r}")
+        return cls(**options)
+
+    def _emit(self, stream_name: str, group_id: str, item_id: str | None, kind: str, text: str) -> None:
+        if self.publish_events and self._hub.active:
+            self._hub.publish(make_event(stream_name, group_id, item_id, kind, loads(text)))
+
+    async def get(self, input: StreamGetInput) -> Any:
+        text = self._streams.get(input.stream_name, {}).get(input.group_id, {}).get(input.item_id)
+        return None if text is None else loads(text)
+
+    async def set(self, input: StreamSetInput) -> StreamSetResult[Any]:
+        text = dumps(input.data)
+        group = self._streams.setdefault(input.stream_name, {}).setdefault(input.group_id, {})
+        old_text = group.get(input.item_id)
+        group[input.item_id] = text
+        old = None if old_text is None else loads(old_text)
+        self._emit(input.stream_name, input.group_id, input.item_id, "create" if old is None else "update", text)
+        return StreamSetResult[Any](old_value=old, new_value=input.data)
+
+    async def delete(self, input: StreamDeleteInput) -> StreamDeleteResult:
+        groups = self._streams.get(input.stream_name, {})
+        group = groups.get(input.group_id, {})
+        if input.item_id not in group:
+            return StreamDeleteResult(old_value=None)
+        old_text = group.pop(input.item_id)
+        if not group:
+            del groups[input.group_id]
+            if not groups:
+                del self._streams[input.stream_name]
+        self._emit(input.stream_name, input.group_id, input.item_id, "delete", old_text)
+        return StreamDeleteResult(old_value=loads(old_text))
+
+    async def list(self, input: StreamListInput) -> builtins.list[Any]:
+        group = self._streams.get(input.stream_name, {}).get(input.group_id, {})
+        return [loads(text) for text in group.values()]
+
+    async def list_groups(self, input: StreamListGroupsInput) -> builtins.list[str]:
+        return builtins.list(self._streams.get(input.stream_name, {}))
+
+    async def update(self, input: StreamUpdateInput) -> StreamUpdateResult[Any]:
+        group = self._streams.get(input.stream_name, {}).get(input.group_id, {})
+        old_text = group.get(input.item_id)
+        old, new = apply_update(None if old_text is None else loads(old_text), input.ops)
+        text = dumps(new)
+        # the group is looked up again: apply_update may raise, and a failed update must not create a group
+        self._streams.setdefault(input.stream_name, {}).setdefault(input.group_id, {})[input.item_id] = text
+        self._emit(input.stream_name, input.group_id, input.item_id, "create" if old is None else "update", text)
+        return StreamUpdateResult[Any](old_value=old, new_value=new)
+
+    async def send(self, stream_name: str, group_id: str, id: str | None, type: str, data: Any) -> None:
+        dumps(data)  # refuse what no other backend could publish either
+        self._hub.publish(custom_event(stream_name, group_id, id, type, data))
+
+    async def publish(self, event: StreamEvent) -> None:
+        self._hub.publish(event)
+
+    def watch(
+        self, stream_name: str | None = None, group_id: str | None = None, item_id: str | None = None
+    ) -> Watch:
+        async def opener() -> Subscription:
+            return self._hub.subscribe()
+
+        return Watch(opener, self._filter(stream_name, group_id, item_id))
+
+    async def list_all(self) -> builtins.list[tuple[str, builtins.list[str]]]:
+        return [(name, sorted(groups)) for name, groups in sorted(self._streams.items())]
+
+    async def aclose(self) -> None:
+        """Nothing to release; the data stays readable."""

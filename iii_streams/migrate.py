@@ -1,0 +1,87 @@
+"""Apply the Alembic migrations in ``migrations/`` to a database, from sync or async code.
+
+Example:
+    >>> import asyncio
+    >>> asyncio.run(migrate("sqlite+aiosqlite://"))  # an in-memory database: created, migrated, dropped
+    '0001_stream_items'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from .schema import VERSION_TABLE
+
+__all__ = ["HEAD", "MIGRATIONS_DIR", "current_revision", "migrate", "normalize_url", "upgrade_connection"]
+
+HEAD: Final = "head"
+
+
+def _find_migrations() -> Path:
+    here = Path(__file__).resolve().parent
+    # a source checkout keeps them at the repository root; a wheel may ship them inside the package
+    for candidate in (here.parent / "migrations", here / "_migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise FileNotFoundError(f"iii_streams migrations not found next to {here}")
+
+
+MIGRATIONS_DIR: Final = _find_migrations()
+
+
+def normalize_url(url: str) -> str:
+    """The async-driver form of a SQL URL (``sqlite://`` → ``sqlite+aiosqlite://``, ``postgresql://`` →
+    ``postgresql+asyncpg://``).
+
+    Example:
+        >>> normalize_url("postgres://u@h/db")
+        'postgresql+asyncpg://u@h/db'
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(f"not a database URL: {url!r}")
+    mapped = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg"}
+    return f"{mapped.get(scheme.lower(), scheme)}://{rest}"
+
+
+def _config(connection: Connection) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def upgrade_connection(connection: Connection, revision: str = HEAD) -> str | None:
+    """Upgrade through a sync connection (e.g. inside ``AsyncConnection.run_sync``); returns the new revision."""
+    command.upgrade(_config(connection), revision)
+    return current_revision(connection)
+
+
+def current_revision(connection: Connection) -> str | None:
+    """The applied revision, or ``None`` for a database never migrated."""
+    return MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_revision()
+
+
+async def migrate_with(target: AsyncEngine | AsyncConnection, revision: str = HEAD) -> str | None:
+    """Upgrade the database behind ``target`` to ``revision`` in one transaction; returns the new revision."""
+    if isinstance(target, AsyncConnection):
+        return await target.run_sync(upgrade_connection, revision)
+    async with target.begin() as conn:
+        return await conn.run_sync(upgrade_connection, revision)
+
+
+async def migrate(url: str, revision: str = HEAD) -> str | None:
+    """Upgrade the database at ``url`` (``sqlite+aiosqlite:///…``, ``postgresql+asyncpg://…``); returns the new
+    revision."""
+    engine = create_async_engine(normalize_url(url))
+    try:
+        return await migrate_with(engine, revision)
+    finally:
+        await engine.dispose()

@@ -1,0 +1,336 @@
+"""``RedisStream``: the production engine's Redis layout, so our workers and a production engine can share one Redis.
+
+Layout (protocol/streams.md §6.7): one hash ``stream:<stream_name>:<group_id>`` per group, field = item id,
+value = compact JSON text (key order, arrays and big integers preserved). Change events are published on the
+channel ``stream::events`` in the production wrapper shape. ``set`` and ``delete`` run as one small script each
+(read old value, write, publish), ``update`` is a ``WATCH``/``MULTI``/``EXEC`` loop applying
+:func:`iii.stream_ops.apply_ops` in Python, and ``list_groups`` uses ``SCAN``, never ``KEYS``.
+
+Known limit inherited from the layout (PROTOCOL §9 ST4): ``list_groups("a")`` also reports the groups of a stream
+named ``a:b`` as ``b:<group>``; a warning is logged once for stream names containing ``:``.
+
+Example:
+    >>> import asyncio, fakeredis
+    >>> async def demo():
+    ...     async with RedisStream(fakeredis.FakeAsyncRedis()) as s:
+    ...         await s.set(StreamSetInput(stream_name="s", group_id="g", item_id="1", data={"big": 2**70}))
+    ...         return await s.get(StreamGetInput(stream_name="s", group_id="g", item_id="1"))
+    >>> asyncio.run(demo())
+    {'big': 1180591620717411303424}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import logging
+import re
+from collections.abc import Sequence
+from typing import Any, Final
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import WatchError
+from redis.retry import Retry
+
+from iii.stream import (
+    StreamDeleteInput,
+    StreamDeleteResult,
+    StreamGetInput,
+    StreamListGroupsInput,
+    StreamListInput,
+    StreamSetInput,
+    StreamSetResult,
+    StreamUpdateInput,
+    StreamUpdateResult,
+)
+from iii.stream_ops import apply_update, parse_ops
+from iii.wire import dumps, loads
+
+from .base import Backend
+from .events import StreamEvent, Watch, custom_event, event_json_parts
+
+__all__ = ["EVENTS_CHANNEL", "RedisStream", "StreamDataError", "UpdateConflictError"]
+
+log = logging.getLogger(__name__)
+
+EVENTS_CHANNEL: Final = "stream::events"
+
+# Old value read, new value written and the change event published in one atomic step; the event text is
+# assembled server-side so the value is encoded once.
+_SET_SCRIPT: Final = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[3] ~= '' then
+  local kind = 'update'
+  if (not old) or old == 'null' then kind = 'create' end
+  redis.call('PUBLISH', ARGV[3], ARGV[4] .. kind .. '","data":' .. ARGV[2] .. ARGV[5])
+end
+return old
+"""
+
+_DELETE_SCRIPT: Final = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if old then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  if ARGV[2] ~= '' then
+    redis.call('PUBLISH', ARGV[2], ARGV[3] .. 'delete","data":' .. old .. ARGV[4])
+  end
+end
+return old
+"""
+
+_GLOB_SPECIAL: Final = re.compile(r"([\\*?\[\]])")
+
+
+class StreamDataError(ValueError):
+    """A stored value is not JSON (written by something else than a stream store)."""
+
+
+class UpdateConflictError(RuntimeError):
+    """``update`` lost the optimistic race more than ``max_update_attempts`` times in a row."""
+
+
+def hash_key(stream_name: str, group_id: str) -> str:
+    """The production hash name of a group.
+
+    Example:
+        >>> hash_key("todos", "user:1")
+        'stream:todos:user:1'
+    """
+    return f"stream:{stream_name}:{group_id}"
+
+
+def _glob_escape(text: str) -> str:
+    return _GLOB_SPECIAL.sub(r"\\\1", text)
+
+
+def default_retry() -> Retry:
+    """Short reconnect retries, so callers see an error quickly while Redis is down and recover after."""
+    return Retry(ExponentialBackoff(cap=0.5, base=0.05), 3, supported_errors=(RedisConnectionError, RedisTimeoutError))
+
+
+class _PubSubSubscription:
+    def __init__(self, client: aioredis.Redis, channel: str) -> None:
+        self._client = client
+        self._channel = channel
+        self._pubsub: PubSub | None = None
+
+    async def start(self) -> _PubSubSubscription:
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self._channel)
+        except BaseException:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            raise
+        self._pubsub = pubsub
+        return self
+
+    async def _reconnect(self) -> None:
+        # a fresh pub/sub per attempt: a broken one can keep failing on its dead socket
+        old, self._pubsub = self._pubsub, None
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.aclose()  # type: ignore[no-untyped-call]
+        delay = 0.05
+        while True:
+            try:
+                await self.start()
+                log.info("stream watch: re-subscribed to %s", self._channel)
+                return
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("stream watch: Redis unreachable (%s); retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def get(self) -> StreamEvent:
+        while True:
+            if self._pubsub is None:
+                await self._reconnect()
+            assert self._pubsub is not None
+            try:
+                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                # events published while disconnected are lost (Redis pub/sub keeps nothing)
+                log.warning("stream watch: Redis connection lost (%s); re-subscribing", exc)
+                await self._reconnect()
+                continue
+            if message is None or message.get("type") != "message":
+                continue
+            try:
+                event = loads(message["data"])
+            except ValueError:
+                log.warning("stream watch: ignoring a non-JSON message on %s", self._channel)
+                continue
+            if isinstance(event, dict):
+                return event
+
+    async def close(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+class RedisStream(Backend):
+    """An ``IStream`` on Redis; pass a ``redis.asyncio.Redis`` (closed by you) or use :meth:`from_url`.
+
+    ``channel`` is where events go (``""`` disables them, like ``publish_events=False``);
+    ``max_update_attempts`` bounds the optimistic retries of one ``update``.
+
+    Example:
+        >>> s = RedisStream.from_url("redis://127.0.0.1:6379/0")
+        >>> s.channel
+        'stream::events'
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        publish_events: bool = True,
+        channel: str = EVENTS_CHANNEL,
+        max_update_attempts: int = 1000,
+        owns_client: bool = False,
+    ) -> None:
+        self._client = client
+        self.publish_events = publish_events and bool(channel)
+        self.channel = channel
+        self.max_update_attempts = max_update_attempts
+        self._owns_client = owns_client
+        self._set_script = client.register_script(_SET_SCRIPT)
+        self._delete_script = client.register_script(_DELETE_SCRIPT)
+        self._warned_colon: set[str] = set()
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RedisStream:
+        """Open a pooled client for ``redis://``, ``rediss://`` or ``unix://`` URLs; closed by :meth:`aclose`.
+
+        Options for this class (``publish_events``, ``channel``, ``max_update_attempts``) are taken out; the rest
+        go to ``redis.asyncio.Redis.from_url`` (e.g. ``max_connections``).
+
+        Example:
+            >>> RedisStream.from_url("redis://localhost:6379/0", max_connections=8).max_update_attempts
+            1000
+        """
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"RedisStream needs a redis://, rediss:// or unix:// URL, got {url!r}")
+        own = {k: options.pop(k) for k in ("publish_events", "channel", "max_update_attempts") if k in options}
+        options.setdefault("retry", default_retry())
+        options.setdefault("socket_connect_timeout", 5)
+        options.setdefault("health_check_interval", 30)
+        client = aioredis.Redis.from_url(url, decode_responses=False, **options)
+        return cls(client, owns_client=True, **own)
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The underlying ``redis.asyncio.Redis``."""
+        return self._client
+
+    def _parse(self, raw: bytes | str, key: str, field: str) -> Any:
+        try:
+            return loads(raw)
+        except ValueError as exc:
+            raise StreamDataError(f"value of field {field!r} in Redis hash {key!r} is not JSON: {exc}") from None
+
+    def _channel_args(self, stream_name: str, group_id: str, item_id: str) -> list[str]:
+        if not self.publish_events:
+            return ["", "", ""]
+        head, tail = event_json_parts(stream_name, group_id, item_id)
+        return [self.channel, head, tail]
+
+    async def get(self, input: StreamGetInput) -> Any:
+        key = hash_key(input.stream_name, input.group_id)
+        raw = await self._client.hget(key, input.item_id)
+        return None if raw is None else self._parse(raw, key, input.item_id)
+
+    async def set(self, input: StreamSetInput) -> StreamSetResult[Any]:
+        key = hash_key(input.stream_name, input.group_id)
+        text = dumps(input.data)
+        args = [input.item_id, text, *self._channel_args(input.stream_name, input.group_id, input.item_id)]
+        raw = await self._set_script(keys=[key], args=args)
+        old = None if raw is None else self._parse(raw, key, input.item_id)
+        return StreamSetResult[Any](old_value=old, new_value=input.data)
+
+    async def delete(self, input: StreamDeleteInput) -> StreamDeleteResult:
+        key = hash_key(input.stream_name, input.group_id)
+        args = [input.item_id, *self._channel_args(input.stream_name, input.group_id, input.item_id)]
+        raw = await self._delete_script(keys=[key], args=args)
+        return StreamDeleteResult(old_value=None if raw is None else self._parse(raw, key, input.item_id))
+
+    async def list(self, input: StreamListInput) -> builtins.list[Any]:
+        key = hash_key(input.stream_name, input.group_id)
+        values: Sequence[bytes | str] = await self._client.hvals(key)
+        return [self._parse(raw, key, "<hvals>") for raw in values]
+
+    async def list_groups(self, input: StreamListGroupsInput) -> builtins.list[str]:
+        name = input.stream_name
+        if ":" in name and name not in self._warned_colon:
+            self._warned_colon.add(name)
+            log.warning("stream name %r contains ':'; list_groups may also report groups of other streams", name)
+        prefix = hash_key(name, "").encode()
+        seen: dict[str, None] = {}  # SCAN may repeat keys; keep first-seen order
+        async for key in self._client.scan_iter(match=_glob_escape(hash_key(name, "")) + "*", count=1000):
+            seen.setdefault(key[len(prefix) :].decode(), None)
+        return builtins.list(seen)
+
+    async def update(self, input: StreamUpdateInput) -> StreamUpdateResult[Any]:
+        ops = parse_ops(input.ops)  # invalid ops fail before Redis is touched
+        key = hash_key(input.stream_name, input.group_id)
+        field = input.item_id
+        async with self._client.pipeline(transaction=True) as pipe:
+            for _ in range(self.max_update_attempts):
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.hget(key, field)
+                    old, new = apply_update(None if raw is None else self._parse(raw, key, field), ops)
+                    text = dumps(new)
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    pipe.hset(key, field, text)
+                    if self.publish_events:
+                        head, tail = event_json_parts(input.stream_name, input.group_id, field)
+                        kind = "create" if old is None else "update"
+                        pipe.publish(self.channel, f'{head}{kind}","data":{text}{tail}')
+                    await pipe.execute()
+                    return StreamUpdateResult[Any](old_value=old, new_value=new)
+                except WatchError:
+                    await asyncio.sleep(0)  # let the winner's task move on before trying again
+                    continue
+        raise UpdateConflictError(
+            f"update of item {field!r} in {key!r} conflicted {self.max_update_attempts} times in a row"
+        )
+
+    async def send(self, stream_name: str, group_id: str, id: str | None, type: str, data: Any) -> None:
+        await self.publish(custom_event(stream_name, group_id, id, type, data))
+
+    async def publish(self, event: StreamEvent) -> None:
+        await self._client.publish(self.channel or EVENTS_CHANNEL, dumps(event))
+
+    def watch(
+        self, stream_name: str | None = None, group_id: str | None = None, item_id: str | None = None
+    ) -> Watch:
+        async def opener() -> _PubSubSubscription:
+            return await _PubSubSubscription(self._client, self.channel or EVENTS_CHANNEL).start()
+
+        return Watch(opener, self._filter(stream_name, group_id, item_id))
+
+    async def list_all(self) -> builtins.list[tuple[str, builtins.list[str]]]:
+        streams: dict[str, set[str]] = {}
+        async for raw in self._client.scan_iter(match="stream:*", count=1000):
+            key = raw.decode()
+            # split after "stream:" at the first ':' (production cuts group ids at further ':')
+            name, sep, group = key[len("stream:") :].partition(":")
+            if sep:
+                streams.setdefault(name, set()).add(group)
+        return [(name, sorted(groups)) for name, groups in sorted(streams.items())]
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_client:
+            await self._client.aclose()

@@ -1,0 +1,60 @@
+"""Open a stream store from a URL, picking the backend by scheme.
+
+- ``memory://`` → :class:`~iii_streams.memory.MemoryStream`
+- ``redis://``, ``rediss://``, ``unix://`` → :class:`~iii_streams.redis.RedisStream`
+- ``sqlite+aiosqlite://…`` (or ``sqlite://``), ``postgresql+asyncpg://…`` (or ``postgresql://``) →
+  :class:`~iii_streams.sql.SQLStream`
+
+Backends are imported on demand, so ``memory://`` works without Redis or SQLAlchemy installed.
+
+Example:
+    >>> type(open_stream("memory://")).__name__
+    'MemoryStream'
+    >>> open_stream("ftp://x")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: unsupported stream URL scheme 'ftp' in 'ftp://x' (use memory://, redis://, ...)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from .base import Backend
+
+__all__ = ["SCHEMES", "open_stream"]
+
+SCHEMES: Final = ("memory", "redis", "rediss", "unix", "sqlite+aiosqlite", "postgresql+asyncpg")
+_SQL_SCHEMES: Final = ("sqlite", "sqlite+aiosqlite", "postgresql", "postgresql+asyncpg", "postgres")
+
+
+def scheme_of(url: str) -> str:
+    """The lower-cased scheme of ``url`` (before ``://`` or ``:``)."""
+    head, sep, _ = url.partition(":")
+    if not sep or not head:
+        raise ValueError(f"not a URL (no scheme): {url!r}")
+    return head.lower()
+
+
+def open_stream(url: str, **options: Any) -> Backend:
+    """The store for ``url``; ``options`` go to the backend's ``from_url``. Nothing connects until first use.
+
+    Example:
+        >>> open_stream("memory://", publish_events=False).publish_events
+        False
+    """
+    scheme = scheme_of(url)
+    if scheme == "memory":
+        from .memory import MemoryStream
+
+        return MemoryStream.from_url(url, **options)
+    if scheme in ("redis", "rediss", "unix"):
+        from .redis import RedisStream
+
+        return RedisStream.from_url(url, **options)
+    if scheme in _SQL_SCHEMES:
+        from .sql import SQLStream
+
+        return SQLStream.from_url(url, **options)
+    supported = ", ".join(f"{s}://" for s in SCHEMES)
+    raise ValueError(f"unsupported stream URL scheme {scheme!r} in {url!r} (use {supported})")

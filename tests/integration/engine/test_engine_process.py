@@ -1,0 +1,90 @@
+"""The real ``iii-engine`` process: ready line, routing through it, YAML config, clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from iii_engine import Engine
+
+from .raw import RawWorker
+
+pytestmark = pytest.mark.timeout(30)
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+async def test_process_routes_calls_between_workers(engine_process: Callable[..., Awaitable[Any]]) -> None:
+    proc = await engine_process()
+    assert proc.url.startswith("ws://127.0.0.1:") and proc.port > 0
+    caller = await RawWorker.connect(proc.url)
+    callee = await RawWorker.connect(proc.url)
+    await callee.register("proc::echo")
+    await callee.sync()
+    call = asyncio.create_task(caller.call("proc::echo", {"v": 1}))
+    request = await callee.serve_one({"echo": 1})
+    assert request["data"] == {"v": 1, "_caller_worker_id": caller.worker_id}
+    assert (await call)["result"] == {"echo": 1}
+    await caller.close()
+    await callee.close()
+
+
+async def test_process_reads_production_yaml_and_reports_unavailable_modules(
+        engine_process: Callable[..., Awaitable[Any]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "port: ${III_TEST_PORT:0}\n"
+        "invocation_timeout_ms: 200\n"
+        "modules:\n"
+        "  - class: modules::observability::OtelModule\n"
+        "    config: {exporter: memory}\n"
+        "  - class: modules::made_up::Thing\n"
+    )
+    proc = await engine_process("--config", str(config), "--port", "0")
+    worker = await RawWorker.connect(proc.url)
+    assert await worker.result_of("engine::functions::list", {}) == {"functions": []}
+    await worker.close()
+    log = proc.log()
+    assert log.count("module modules::made_up::Thing not available") == 1
+    assert "modules::observability::OtelModule not available" in log
+
+
+async def test_process_stops_cleanly_on_sigterm(engine_process: Callable[..., Awaitable[Any]]) -> None:
+    proc = await engine_process()
+    worker = await RawWorker.connect(proc.url)
+    proc.process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(proc.process.wait(), 10) == 0
+    closed = await asyncio.wait_for(worker.ws.wait_closed(), 5)
+    assert closed is None
+    assert worker.ws.close_code == 1001
+
+
+async def test_bad_config_file_exits_with_a_message(tmp_path: Path) -> None:
+    import sys
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("modules: 5\n")
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "iii_engine", "--config", str(bad),
+                                                stderr=asyncio.subprocess.PIPE,
+                                                cwd=ROOT)
+    _, err = await proc.communicate()
+    assert proc.returncode == 2
+    assert b"'modules' must be a list" in err
+
+
+async def test_in_process_engine_serve_forever_until_stop() -> None:
+    from iii_engine import EngineConfig
+
+    engine = Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[]))
+    task = asyncio.create_task(engine.serve_forever())
+    await asyncio.wait_for(engine.ready.wait(), 5)
+    worker = await RawWorker.connect(engine.url)
+    await engine.stop()
+    await asyncio.wait_for(task, 5)
+    await asyncio.wait_for(worker.ws.wait_closed(), 5)
+    assert worker.ws.close_code == 1001

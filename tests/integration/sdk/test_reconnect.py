@@ -1,0 +1,143 @@
+"""Connection loss: engine restarts, calls in flight, queued calls, rejected handshakes, a worker killed mid-call."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+import pytest
+
+from iii import ConnectionLostError, InitOptions, InvocationError
+from iii.iii import III, register_worker
+
+from .conftest import FAST_RECONNECT, EngineThread
+from .test_calls import _registered, worker_of
+
+
+def _in_thread(fn: Any) -> Future[Any]:
+    fut: Future[Any] = Future()
+
+    def run() -> None:
+        try:
+            fut.set_result(fn())
+        except BaseException as exc:
+            fut.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    return fut
+
+
+def test_engine_restart_fails_sent_calls_and_re_registers(engine: EngineThread, make_worker: Any) -> None:
+    a, b = make_worker("a"), make_worker("b")
+    release = threading.Event()
+    a.register_function("r::hold", lambda data: release.wait(5) and "late")
+    a.register_function("r::echo", lambda data: data)
+    a.register_trigger({"type": "cron", "function_id": "r::echo", "config": {"expression": "* * * * * *"}})
+    a.register_service({"id": "r"})
+    _registered(engine, "r::hold", "r::echo")
+    old_a = a.worker_id
+    call = _in_thread(lambda: b.trigger({"function_id": "r::hold", "payload": {}}))
+    engine.wait_for(lambda: any(r.function_id == "r::hold" for r in engine.engine.routes.values()))
+    engine.run(engine.engine.restart())
+    # S5: the call was sent on the lost connection, so it fails at once instead of timing out.
+    with pytest.raises(ConnectionLostError) as info:
+        call.result(10)
+    assert info.value.code == "connection_lost"
+    release.set()
+    _registered(engine, "r::hold", "r::echo")
+    engine.wait_for(lambda: len(engine.engine.triggers) == 1)
+    assert b.trigger({"function_id": "r::echo", "payload": {"again": True}})["again"] is True
+    assert a.worker_id not in (None, old_a)
+    assert a.get_connection_state() == "connected"
+    frames = worker_of(engine, a).frames
+    kinds = [f["type"] for f in frames]
+    # Replay order: services, functions, triggers, then the worker metadata (PROTOCOL §10.7).
+    assert kinds[:4] == ["registerservice", "registerfunction", "registerfunction", "registertrigger"]
+    assert frames[4]["function_id"] == "engine::workers::register"
+
+
+def test_calls_queued_while_disconnected_are_sent_only_if_still_pending(engine: EngineThread) -> None:
+    b = register_worker(engine.url, InitOptions(worker_name="b", reconnection_config=FAST_RECONNECT))
+    try:
+        b.register_function("self::f", lambda data: {"got": data})
+        _registered(engine, "self::f")
+        engine.run(engine.engine.stop())
+        expired = _in_thread(lambda: b.trigger({"function_id": "self::f", "payload": "stale", "timeout_ms": 50}))
+        with pytest.raises(TimeoutError):
+            expired.result(5)
+        kept = _in_thread(lambda: b.trigger({"function_id": "self::f", "payload": "fresh"}))
+        engine.run(engine.engine.start())
+        assert kept.result(10) == {"got": "fresh"}
+        frames = worker_of(engine, b).frames
+        payloads = [f["data"] for f in frames if f["type"] == "invokefunction" and f["function_id"] == "self::f"]
+        assert payloads == ["fresh"]
+    finally:
+        b.shutdown()
+
+
+def test_rejected_handshakes_keep_reconnecting(engine: EngineThread) -> None:
+    engine.engine.reject_handshakes = 3
+    client = register_worker(engine.url, InitOptions(reconnection_config=FAST_RECONNECT))
+    try:
+        assert client.get_connection_state() == "connected"
+        assert engine.engine.rejected == 3
+    finally:
+        client.shutdown()
+
+
+def test_max_retries_gives_up_with_connection_error() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    options = InitOptions(reconnection_config=type(FAST_RECONNECT)(initial_delay_ms=1, max_retries=2))
+    with pytest.raises(ConnectionError, match="failed"):
+        register_worker(f"ws://127.0.0.1:{port}", options)
+
+
+WORKER = """
+import sys, threading
+from iii import register_worker
+iii = register_worker(sys.argv[1])
+iii.register_function("victim::hang", lambda data: threading.Event().wait())
+print("ready", flush=True)
+threading.Event().wait()
+"""
+
+
+def test_worker_killed_mid_call(engine: EngineThread, make_worker: Any) -> None:
+    b = make_worker("caller")
+    proc = subprocess.Popen([sys.executable, "-c", WORKER, engine.url], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        _registered(engine, "victim::hang")
+        call = _in_thread(lambda: b.trigger({"function_id": "victim::hang", "payload": {}}))
+        engine.wait_for(lambda: any(r.function_id == "victim::hang" for r in engine.engine.routes.values()))
+        proc.kill()
+        with pytest.raises(InvocationError) as info:
+            call.result(10)
+        assert info.value.code == "invocation_stopped"
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
+def test_async_methods_from_a_foreign_loop_during_reconnect(engine: EngineThread) -> None:
+    import asyncio
+
+    client = III(engine.url, InitOptions(reconnection_config=FAST_RECONNECT))
+    try:
+        async def main() -> Any:
+            await asyncio.to_thread(client._wait_until_connected, 10)
+            fns = await client.list_functions_async()
+            await client.shutdown_async()
+            return fns
+
+        assert asyncio.run(main()) == []
+        assert client.get_connection_state() == "disconnected"
+    finally:
+        client.shutdown()
