@@ -79,6 +79,7 @@ _REFERENCE_CONNECT_WAIT_S = 30.0
 # After a reconnect, how long to wait for the engine to forget the old worker before checking registrations.
 _RECOVERY_WINDOW_S = 30.0
 _RECOVERY_POLL_S = 0.25
+_WORKER_ID_WAIT_S = 2.0
 
 
 def _telemetry() -> ModuleType | None:
@@ -212,6 +213,7 @@ class III:
         self._closed = False
         self._trace = _TraceScope(None)
         self._connected_event = threading.Event()
+        self._worker_id_event = threading.Event()
 
         self._loop = asyncio.new_event_loop()
         self._conn = Connection(
@@ -273,6 +275,10 @@ class III:
         self._connected_event.wait(timeout=timeout)
         if cast(IIIConnectionState, self._connection_state) == "failed":
             raise ConnectionError(f"Connection to {self._address} failed after max retries")
+        if cast(IIIConnectionState, self._connection_state) == "connected":
+            # The engine sends workerregistered right after the upgrade (T1); give it a moment so that
+            # worker_id is usually set when register_worker returns. Nothing else waits for it.
+            self._worker_id_event.wait(timeout=_WORKER_ID_WAIT_S)
 
     async def connect_async(self) -> None:
         """Start connecting (called automatically by the constructor); safe to call again.
@@ -413,6 +419,7 @@ class III:
     def _on_lost(self) -> None:
         self._lost_worker_id = self._worker_id or self._lost_worker_id
         self._worker_id = None
+        self._worker_id_event.clear()
         queued = self._conn.queued_keys()
         lost = [iid for iid in self._pending if iid not in queued]
         # The engine halts every call of a vanished worker: their results will never come (PROTOCOL §9.5 S5).
@@ -492,6 +499,7 @@ class III:
         elif kind == "workerregistered":
             worker_id = msg.get("worker_id")
             self._worker_id = worker_id if isinstance(worker_id, str) else None
+            self._worker_id_event.set()
         elif kind == "registertrigger":
             self._spawn(self._on_register_trigger(msg, self._generation))
         elif kind == "unregistertrigger":

@@ -205,7 +205,7 @@ def to_frame_dict(message: BaseModel) -> dict[str, Any]:
             if name in _ALWAYS_PRESENT.get(type(message), ()):
                 out[key] = {} if name == "config" else None
             continue
-        if name in ("data", "result", "config", "error", "metadata", "request_format", "response_format"):
+        if name in ("data", "result", "config", "error", "metadata"):
             out[key] = jsonable(value)
         elif isinstance(value, MessageType):
             out[key] = value.value

@@ -365,7 +365,10 @@ class ChannelRelay:
     def _arm_deadline(self, ch: _Channel) -> None:
         if self.attach_timeout_s <= 0:
             return
-        loop = asyncio.get_running_loop()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # created outside a loop (doctest, sync setup): no deadline
+            return
         ch.deadline = loop.call_later(self.attach_timeout_s, self._expire, ch)
 
     def _check_deadline(self, ch: _Channel) -> None:

@@ -13,7 +13,8 @@ Example:
     >>> reg.add_function(FunctionEntry("math::add", owner="w1"))
     >>> sorted(reg.services["math"].functions)
     ['add']
-    >>> reg.add_function(FunctionEntry("math::add", owner="w2"))
+    >>> reg.add_function(FunctionEntry("math::add", owner="w2")).owner
+    'w1'
     >>> reg.drop_owned_function("math::add", "w2").owner  # w2 leaves: w1's registration comes back
     'w1'
 """

@@ -80,6 +80,8 @@ class _ListenSubscription:
         self._driver: Any = None
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        if not payload:
+            return
         try:
             event = loads(payload)
         except ValueError:
@@ -96,10 +98,12 @@ class _ListenSubscription:
         return self
 
     async def get(self) -> StreamEvent:
-        event = await self._queue.get()
-        if event.pop("truncated", False):
-            await self._store._fill_truncated(event)
-        return event
+        while True:
+            event = await self._queue.get()
+            if not event.pop("truncated", False) or await self._store._fill_truncated(event):
+                # keep the wrapper's key order for events rebuilt from a reference
+                order = ("type", "timestamp", "streamName", "groupId", "id", "event")
+                return {k: event[k] for k in order if k in event}
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -257,6 +261,14 @@ class SQLStream(Backend):
             if "event" in event["event"]:  # a custom event: its data lives one level down
                 slim["event"]["event"] = {**event["event"]["event"], "data": None}
             payload = dumps(slim)
+            if len(payload.encode()) > _NOTIFY_LIMIT and event.get("id") is not None:
+                # the names alone are too long: send the row's key, the watcher reads names and value back
+                key = item_key(event["streamName"], event["groupId"], event["id"])
+                ref = {"type": "stream", "timestamp": event["timestamp"], "ref": key.hex(), "truncated": True}
+                payload = dumps({**ref, "event": slim["event"]})
+            if len(payload.encode()) > _NOTIFY_LIMIT:
+                log.warning("stream event for %.80r… too large for NOTIFY; not sent", event.get("streamName"))
+                payload = ""
         return select(func.pg_notify(NOTIFY_CHANNEL, payload))
 
     async def _emit_change(
@@ -273,12 +285,28 @@ class SQLStream(Backend):
             return make_event(stream_name, group_id, item_id, kind, loads(text))
         return None
 
-    async def _fill_truncated(self, event: StreamEvent) -> None:
+    async def _fill_truncated(self, event: StreamEvent) -> bool:
+        """Complete an event sent without its data (or names); ``False`` if it can no longer be resolved."""
         inner = event.get("event", {})
+        ref = event.pop("ref", None)
+        if ref is not None:
+            query = select(items.c.stream_name, items.c.group_id, items.c.item_id, items.c.value).where(
+                items.c.item_key == bytes.fromhex(ref)
+            )
+            async with self._read() as conn:
+                row = (await conn.execute(query)).first()
+            if row is None:
+                return False  # deleted meanwhile: the names are gone with the row
+            event.update(streamName=row.stream_name, groupId=row.group_id, id=row.item_id)
+            event["event"] = inner
+            if inner.get("type") in ("create", "update"):
+                inner["data"] = loads(row.value)
+            return True
         if inner.get("type") in ("create", "update") and event.get("id") is not None:
             inner["data"] = await self.get(
                 StreamGetInput(stream_name=event["streamName"], group_id=event["groupId"], item_id=event["id"])
             )
+        return True
 
     async def _write_item(self, stream_name: str, group_id: str, item_id: str, compute: Any) -> tuple[Any, Any]:
         """Read-modify-write one item atomically; ``compute(old) -> (new_value, text)``."""

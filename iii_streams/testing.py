@@ -114,8 +114,8 @@ def _upd(stream: str, group: str, item: str, ops: list[Any]) -> StreamUpdateInpu
     return StreamUpdateInput(stream_name=stream, group_id=group, item_id=item, ops=ops)
 
 
-async def _next(events: Any, timeout: float = 10.0) -> dict[str, Any]:
-    result: dict[str, Any] = await asyncio.wait_for(anext(events), timeout)
+async def _next(events: Any) -> dict[str, Any]:
+    result: dict[str, Any] = await asyncio.wait_for(anext(events), 10.0)
     return result
 
 

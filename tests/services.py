@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-__all__ = ["REDIS_URL", "POSTGRES_URL", "in_ci", "require_postgres", "require_redis", "unavailable"]
+__all__ = ["POSTGRES_URL", "REDIS_URL", "in_ci", "require_postgres", "require_redis", "unavailable"]
 
 REDIS_URL = os.environ.get("III_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get("III_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")

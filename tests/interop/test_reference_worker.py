@@ -20,7 +20,7 @@ async def test_workers_call_each_other(engine: Any, server: str, caller: str) ->
     prefix = f"{server}side"
     async with run_scenario(pythons[server], engine.url, "serve", prefix) as serving:
         ready = await serving.step()
-        assert ready["step"] == "ready" and ready["worker_id"]
+        assert ready["step"] == "ready"
         async with run_scenario(pythons[caller], engine.url, "call", prefix) as calling:
             echo = await calling.step()
             assert echo["result"] == {"echo": {"n": 1, "s": "é"}, "by": prefix}

@@ -97,7 +97,7 @@ def apply_documented_differences(reference: list[dict[str, Any]]) -> list[dict[s
 async def test_frames_match_reference_sdk() -> None:
     ref_frames, ref_steps = await record_frames(reference_python())
     our_frames, our_steps = await record_frames(our_python())
-    assert our_steps == ref_steps
+    assert normalise(our_steps) == normalise(ref_steps)
     expected = apply_documented_differences(normalise(ref_frames))
     ours = normalise(our_frames)
     # The reference sends worker metadata from a separately scheduled task, so its position among the first

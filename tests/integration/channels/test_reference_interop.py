@@ -72,15 +72,12 @@ async def run_ref(*args: str) -> str:
     return out.decode()
 
 
-@pytest.mark.parametrize("size", [0, 5_000_000])
+@pytest.mark.parametrize("size", [1, 5_000_000])
 async def test_reference_writer_to_our_reader(engine: Engine, size: int) -> None:
     refs = engine.channels.create(None, owner=None)
     reader = ChannelReader(engine.url, refs["reader"])
     _, got = await asyncio.gather(run_ref("write", engine.url, json.dumps(refs["writer"]), str(size)),
                                   reader.read_all())
-    if size == 0:
-        # The reference writer never connects when it never wrote; the reader then waits for the deadline.
-        return
     assert got == expected(size)
 
 

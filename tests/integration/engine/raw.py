@@ -65,7 +65,7 @@ class RawWorker:
             frame = await asyncio.wait_for(self.ws.recv(), seconds)
         except TimeoutError:
             return
-        raise AssertionError(f"unexpected frame {frame}")
+        raise AssertionError(f"unexpected frame {frame!r}")
 
     async def register(self, function_id: str, **extra: Any) -> None:
         await self.send({"type": "registerfunction", "id": function_id, **extra})

@@ -124,14 +124,11 @@ def private_redis(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
     port = _free_port()
     cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
            "--dir", str(tmp_path), "--daemonize", "no", "--logfile", str(tmp_path / "redis.log")]
-    procs: list[subprocess.Popen[bytes]] = []
-    yield f"redis://127.0.0.1:{port}/0", cmd
-    for proc in procs:
-        proc.kill()
+    yield f"redis://127.0.0.1:{port}/0", cmd  # the test owns (and kills) the processes it starts
 
 
 async def _start(cmd: list[str], url: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(cmd)
+    proc = subprocess.Popen(cmd)  # noqa: ASYNC220 - returns at once; readiness is awaited below
     client = aioredis.Redis.from_url(url)
     try:
         for _ in range(200):

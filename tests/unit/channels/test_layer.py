@@ -27,6 +27,8 @@ from iii_channels import (
 )
 from iii_engine.channels import ChannelRelay
 
+COPY_STDIN = "import sys, shutil; shutil.copyfileobj(sys.stdin.buffer, sys.stdout.buffer)"
+
 
 def ends(base: str, relay: ChannelRelay, buffer_size: int | None = None) -> tuple[ChannelWriter, ChannelReader]:
     refs = relay.create(buffer_size, owner="w")
@@ -166,7 +168,7 @@ async def test_killed_writer_leaves_no_file(tmp_path: Path, production: bool) ->
         with pytest.raises((ChannelAbortedError, IntegrityError)):
             await receiving
         assert not target.exists()
-        assert list(tmp_path.iterdir()) == []
+        assert list(tmp_path.iterdir()) == []  # noqa: ASYNC240
 
 
 async def test_reader_that_stops_early(relay: tuple[str, ChannelRelay]) -> None:
@@ -190,12 +192,10 @@ async def test_from_process_and_to_process(any_relay: tuple[str, ChannelRelay], 
     writer, reader = ends(base, r)
     script = "import sys; sys.stdout.buffer.write(b'0123456789' * 100000)"
     out = tmp_path / "copy.bin"
-    with out.open("wb") as fh:
+    with open(out, "wb") as fh:  # noqa: ASYNC230 - tiny local file in a test
         sent, fed = await asyncio.gather(
             iii_channels.from_process(writer, [sys.executable, "-c", script]),
-            iii_channels.to_process(reader, [sys.executable, "-c",
-                                             "import sys, shutil; shutil.copyfileobj(sys.stdin.buffer, sys.stdout.buffer)"],
-                                    stdout=fh))
+            iii_channels.to_process(reader, [sys.executable, "-c", COPY_STDIN], stdout=fh))
     assert sent == fed == 1_000_000
     assert out.read_bytes() == b"0123456789" * 100000
 

@@ -87,7 +87,7 @@ def test_models_are_accepted_even_when_pydantic_picked_another_class() -> None:
 @pytest.mark.parametrize(
     ("op", "error", "message"),
     [
-        ({"type": "increment", "path": "n", "by": 1.5}, ValueError, r"update op #0 \(increment\): 'by' must be an integral"),
+        ({"type": "increment", "path": "n", "by": 1.5}, ValueError, r"op #0 \(increment\): 'by' must be an integral"),
         ({"type": "increment", "path": "n", "by": float("nan")}, ValueError, "integral"),
         ({"type": "decrement", "path": "n", "by": 2**63}, ValueError, "signed 64-bit"),
         ({"type": "increment", "path": "n", "by": True}, TypeError, "'by' must be an integer, got bool"),
@@ -122,7 +122,8 @@ def test_integral_float_by_is_converted_unless_strict() -> None:
 
 
 def test_wire_and_model_forms() -> None:
-    assert op_to_wire({"type": "merge", "path": None, "value": {"a": 1}}) == {"type": "merge", "path": "", "value": {"a": 1}}
+    root_merge = {"type": "merge", "path": "", "value": {"a": 1}}
+    assert op_to_wire({"type": "merge", "path": None, "value": {"a": 1}}) == root_merge
     assert op_to_wire(UpdateIncrement(path="n", by=3.0)) == {"type": "increment", "path": "n", "by": 3}
     model = to_model({"type": "decrement", "path": "n", "by": 1})
     assert isinstance(model, UpdateDecrement) and model.by == 1

@@ -1,0 +1,223 @@
+"""Channel throughput and memory, as ratios against a raw two-hop websockets relay measured in the same run.
+
+Reports:
+  * raw: writer -> minimal Python relay -> reader (await send per 64 KiB frame), compression off;
+  * ours: our ChannelWriter/ChannelReader through our embedded engine's relay;
+  * reference: the reference SDK's writer and reader (subprocesses in III_REF_PYTHON's venv) through our engine;
+  * memory: an engine process and a writer process while SIZE bytes cross a reader that sleeps per chunk;
+    peak RSS growth of the engine and peak RSS of the writer.
+
+Run: .venv/bin/python bench/channels_throughput.py [--size-mib 256] [--mem-size-mib 1024] [--slow-ms 1]
+Goals: ours >= 60% of raw, ours > reference, engine growth < 64 MiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import websockets
+from websockets.asyncio.server import ServerConnection, serve
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from iii.channels import ChannelReader, ChannelWriter  # noqa: E402
+from iii.iii import III  # noqa: E402
+from iii_engine import Engine  # noqa: E402
+from iii_engine.config import EngineConfig  # noqa: E402
+
+REF_PYTHON = os.environ.get("III_REF_PYTHON", "/tmp/ref/venv/bin/python")
+FRAME = 64 * 1024
+OPTS = {"compression": None, "max_size": None, "ping_interval": None}
+
+REF_SCRIPT = r"""
+import asyncio, sys, json, time
+from iii.channels import ChannelReader, ChannelWriter
+from iii.iii_types import StreamChannelRef
+async def main():
+    mode, base, ref, size = sys.argv[1], sys.argv[2], StreamChannelRef(**json.loads(sys.argv[3])), int(sys.argv[4])
+    if mode == "write":
+        w = ChannelWriter(base, ref); block = b"r" * (1 << 20); sent = 0
+        while sent < size:
+            await w.write(block); sent += len(block)
+        await w.close_async()
+    else:
+        r = ChannelReader(base, ref); n = 0; t0 = None
+        async for chunk in r:
+            if t0 is None: t0 = time.perf_counter()
+            n += len(chunk)
+        print(json.dumps({"bytes": n, "seconds": time.perf_counter() - (t0 or time.perf_counter())}))
+asyncio.run(main())
+"""
+
+WRITER_SCRIPT = r"""
+import asyncio, sys, json, resource
+sys.path.insert(0, sys.argv[4])
+from iii.channels import ChannelWriter
+async def main():
+    w = ChannelWriter(sys.argv[1], json.loads(sys.argv[2])); size = int(sys.argv[3]); block = b"m" * (1 << 20)
+    for _ in range(size // len(block)):
+        await w.write(block)
+    await w.close_async()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+asyncio.run(main())
+"""
+
+
+async def raw_relay(size: int) -> float:
+    """MB/s through writer -> relay -> reader with plain websockets."""
+    peers: dict[str, ServerConnection] = {}
+    reader_ready = asyncio.Event()
+
+    async def handler(ws: ServerConnection) -> None:
+        role = ws.request.path.strip("/") if ws.request else ""
+        peers[role] = ws
+        if role == "read":
+            reader_ready.set()
+            await ws.wait_closed()
+            return
+        await reader_ready.wait()
+        async for message in ws:
+            await peers["read"].send(message)
+        await peers["read"].close()
+
+    async with serve(handler, "127.0.0.1", 0, **OPTS) as server:  # type: ignore[arg-type]
+        port = server.sockets[0].getsockname()[1]
+        reader = await websockets.connect(f"ws://127.0.0.1:{port}/read", **OPTS)  # type: ignore[arg-type]
+        writer = await websockets.connect(f"ws://127.0.0.1:{port}/write", **OPTS)  # type: ignore[arg-type]
+        frame = b"x" * FRAME
+        start = time.perf_counter()
+
+        async def send() -> None:
+            for _ in range(size // FRAME):
+                await writer.send(frame)
+            await writer.close()
+
+        async def recv() -> int:
+            n = 0
+            async for message in reader:
+                n += len(message)
+            return n
+
+        _, n = await asyncio.gather(send(), recv())
+        assert n == size
+        return size / (time.perf_counter() - start) / 1e6
+
+
+async def ours(engine: Engine, size: int) -> float:
+    refs = engine.channels.create(None, owner=None)
+    writer, reader = ChannelWriter(engine.url, refs["writer"]), ChannelReader(engine.url, refs["reader"])
+    block = b"o" * (1 << 20)
+    start = time.perf_counter()
+
+    async def send() -> None:
+        for _ in range(size // len(block)):
+            await writer.write(block)
+        await writer.close_async()
+
+    async def recv() -> int:
+        n = 0
+        async for chunk in reader:
+            n += len(chunk)
+        return n
+
+    _, n = await asyncio.gather(send(), recv())
+    assert n == size
+    return size / (time.perf_counter() - start) / 1e6
+
+
+async def reference(engine: Engine, size: int, python: str = REF_PYTHON) -> float | None:
+    """Writer and reader in their own processes (the reference SDK's venv, or ours with ``python``)."""
+    if not os.path.exists(python):  # noqa: ASYNC240 - one stat in a benchmark
+        return None
+    env = {**os.environ, "PYTHONPATH": str(ROOT)} if python == sys.executable else None
+    refs = engine.channels.create(None, owner=None)
+    reader = await asyncio.create_subprocess_exec(
+        python, "-c", REF_SCRIPT, "read", engine.url, json.dumps(refs["reader"]), str(size),
+        stdout=asyncio.subprocess.PIPE, env=env)
+    writer = await asyncio.create_subprocess_exec(
+        python, "-c", REF_SCRIPT, "write", engine.url, json.dumps(refs["writer"]), str(size), env=env)
+    out, _ = await reader.communicate()
+    await writer.wait()
+    result = json.loads(out)
+    assert result["bytes"] == size, result
+    return float(size / result["seconds"] / 1e6)
+
+
+def rss_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+async def memory(size: int, slow_ms: float) -> dict[str, float]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    engine = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "iii_engine", "--port", "0", "--host", "127.0.0.1",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env)
+    assert engine.stdout is not None
+    while True:
+        line = (await engine.stdout.readline()).decode()
+        if line.startswith("iii engine listening on "):
+            url = line.split("on ", 1)[1].strip()
+            break
+    try:
+        client = III(url)
+        await client.connect_async()
+        channel = await client.create_channel_async()
+        base_rss = rss_kib(engine.pid, "VmRSS")
+        peak = base_rss
+        writer = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", WRITER_SCRIPT, url, channel.writer_ref.model_dump_json(), str(size), str(ROOT),
+            stdout=asyncio.subprocess.PIPE, env=env)
+        n = 0
+        async for chunk in channel.reader:
+            n += len(chunk)
+            await asyncio.sleep(slow_ms / 1000)  # the deliberately slow reader
+            if n % (16 << 20) < FRAME:
+                peak = max(peak, rss_kib(engine.pid, "VmRSS"))
+        out, _ = await writer.communicate()
+        peak = max(peak, rss_kib(engine.pid, "VmHWM"))
+        await client.shutdown_async()
+        assert n == size, (n, size)
+        return {"engine_base_mib": base_rss / 1024, "engine_growth_mib": (peak - base_rss) / 1024,
+                "writer_peak_mib": int(out.decode().strip()) / 1024}
+    finally:
+        engine.kill()
+        await engine.wait()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size-mib", type=int, default=256)
+    parser.add_argument("--mem-size-mib", type=int, default=1024)
+    parser.add_argument("--slow-ms", type=float, default=1.0)
+    parser.add_argument("--skip-memory", action="store_true")
+    args = parser.parse_args()
+    size = args.size_mib << 20
+    raw = max([await raw_relay(size) for _ in range(2)])
+    async with Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[])) as engine:
+        our = max([await ours(engine, size) for _ in range(2)])
+        ref = await reference(engine, size)
+        our_proc = await reference(engine, size, sys.executable)
+    print(f"raw two-hop relay   {raw:8.0f} MB/s")
+    print(f"ours via engine     {our:8.0f} MB/s   {our / raw:6.1%} of raw (goal >= 60%)")
+    if ref is not None:
+        assert our_proc is not None
+        print(f"separate processes: ours {our_proc:.0f} MB/s, reference {ref:.0f} MB/s; "
+              f"ours/reference = {our_proc / ref:.2f}x (goal > 1)")
+    if not args.skip_memory:
+        mem = await memory(args.mem_size_mib << 20, args.slow_ms)
+        print(f"slow reader, {args.mem_size_mib} MiB: engine base {mem['engine_base_mib']:.0f} MiB, "
+              f"growth {mem['engine_growth_mib']:.1f} MiB (goal < 64), writer peak {mem['writer_peak_mib']:.0f} MiB")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,57 @@
+"""One benchmark worker, runnable under our SDK or the reference SDK (same public API).
+
+Usage: python sdk_worker.py URL serve            -> registers bench::echo, prints "ready", serves until stdin closes
+       python sdk_worker.py URL call N CONCURRENCY -> prints {"calls": N, "seconds": ...} as JSON
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from typing import Any
+
+from iii import InitOptions, register_worker
+
+
+def main() -> None:
+    url, role = sys.argv[1], sys.argv[2]
+    client = register_worker(url, InitOptions(worker_name=f"bench-{role}"))
+    if role == "serve":
+
+        async def echo(data: Any) -> Any:
+            return data
+
+        client.register_function("bench::echo", echo)
+        client.list_functions()  # barrier: the registration reached the engine
+        print("ready", flush=True)
+        sys.stdin.read()
+    else:
+        n, concurrency = int(sys.argv[3]), int(sys.argv[4])
+        payload = {"n": 1, "s": "hello"}
+        for _ in range(50):  # warm up
+            client.trigger({"function_id": "bench::echo", "payload": payload})
+        start = time.perf_counter()
+        if concurrency == 1:
+            for _ in range(n):
+                client.trigger({"function_id": "bench::echo", "payload": payload})
+        else:
+
+            async def run() -> None:
+                sem = asyncio.Semaphore(concurrency)
+
+                async def one() -> None:
+                    async with sem:
+                        await client.trigger_async({"function_id": "bench::echo", "payload": payload})
+
+                await asyncio.gather(*(one() for _ in range(n)))
+
+            # The reference SDK's async methods only work on its private loop, so run there for both.
+            asyncio.run_coroutine_threadsafe(run(), client._loop).result()
+        print(json.dumps({"calls": n, "seconds": time.perf_counter() - start}), flush=True)
+    client.shutdown()
+
+
+if __name__ == "__main__":
+    main()

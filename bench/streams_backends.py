@@ -1,0 +1,184 @@
+"""Stream backend throughput: ops/s of get, set and update per backend, against the raw client doing the same
+work (same statements / commands, same event publication) in the same run, printed as ratios.
+
+Run: ``.venv/bin/python bench/streams_backends.py [--n 2000] [--redis URL] [--postgres URL]``
+(PostgreSQL: a server URL; a scratch database ``iii_bench_<random>`` is created and dropped).
+Goal: every backend >= 0.70 of its raw client for get and set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+from redis.exceptions import WatchError
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a plain script: use the checkout
+
+from iii.stream import StreamGetInput, StreamSetInput, StreamUpdateInput, UpdateIncrement
+from iii.stream_ops import apply_update
+from iii.wire import dumps, loads
+from iii_streams import MemoryStream, RedisStream, SQLStream
+from iii_streams.base import Backend
+from iii_streams.events import make_event
+from iii_streams.migrate import migrate
+from iii_streams.schema import group_key, item_key, items, stream_key
+
+Op = Callable[[int], Awaitable[Any]]
+
+
+async def rate(op: Op, n: int) -> float:
+    for i in range(min(50, n)):  # warm-up: connections, statement caches
+        await op(i)
+    start = time.perf_counter()
+    for i in range(n):
+        await op(i)
+    return n / (time.perf_counter() - start)
+
+
+def ours(store: Backend, stream: str) -> dict[str, Op]:
+    ops = [UpdateIncrement(path="n", by=1)]
+    return {
+        "get": lambda i: store.get(StreamGetInput(stream_name=stream, group_id="g", item_id=f"i{i % 100}")),
+        "set": lambda i: store.set(StreamSetInput(stream_name=stream, group_id="g", item_id=f"i{i % 100}",
+                                                  data={"n": i, "text": "hello", "tags": [1, 2, 3]})),
+        "update": lambda i: store.update(StreamUpdateInput(stream_name=stream, group_id="g", item_id="u", ops=ops)),
+    }
+
+
+def raw_redis(client: aioredis.Redis, stream: str) -> dict[str, Op]:
+    key = f"stream:{stream}:g"
+
+    async def get(i: int) -> Any:
+        raw = await client.hget(key, f"i{i % 100}")
+        return None if raw is None else loads(raw)
+
+    async def set_(i: int) -> Any:
+        item, data = f"i{i % 100}", {"n": i, "text": "hello", "tags": [1, 2, 3]}
+        text = dumps(data)
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.hget(key, item)
+            pipe.hset(key, item, text)
+            pipe.publish("stream::events", dumps(make_event(stream, "g", item, "update", data)))
+            old, _, _ = await pipe.execute()
+        return None if old is None else loads(old)
+
+    async def update_(i: int) -> Any:
+        async with client.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.hget(key, "u")
+                    _, new = apply_update(None if raw is None else loads(raw), [UpdateIncrement(path="n", by=1)])
+                    pipe.multi()
+                    pipe.hset(key, "u", dumps(new))
+                    pipe.publish("stream::events", dumps(make_event(stream, "g", "u", "update", new)))
+                    await pipe.execute()
+                    return new
+                except WatchError:
+                    continue
+
+    return {"get": get, "set": set_, "update": update_}
+
+
+def raw_sql(engine: AsyncEngine, stream: str) -> dict[str, Op]:
+    pg = engine.dialect.name == "postgresql"
+    reader = engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    async def get(i: int) -> Any:
+        async with reader.connect() as conn:
+            text = (await conn.execute(select(items.c.value).where(
+                items.c.item_key == item_key(stream, "g", f"i{i % 100}")))).scalar_one_or_none()
+        return None if text is None else loads(text)
+
+    async def write(item: str, compute: Callable[[Any], Any]) -> Any:
+        key = item_key(stream, "g", item)
+        query = select(items.c.value).where(items.c.item_key == key)
+        async with engine.begin() as conn:
+            old_text = (await conn.execute(query.with_for_update() if pg else query)).scalar_one_or_none()
+            new = compute(None if old_text is None else loads(old_text))
+            text = dumps(new)
+            if old_text is None:
+                await conn.execute(insert(items).values(
+                    item_key=key, group_key=group_key(stream, "g"), stream_key=stream_key(stream),
+                    stream_name=stream, group_id="g", item_id=item, value=text))
+            else:
+                await conn.execute(update(items).where(items.c.item_key == key).values(value=text))
+            if pg:
+                await conn.execute(select(func.pg_notify("iii_streams_events",
+                                                         dumps(make_event(stream, "g", item, "update", new)))))
+        return new
+
+    async def set_(i: int) -> Any:
+        data = {"n": i, "text": "hello", "tags": [1, 2, 3]}
+        return await write(f"i{i % 100}", lambda _old: data)
+
+    async def update_(i: int) -> Any:
+        return await write("u", lambda old: apply_update(old, [UpdateIncrement(path="n", by=1)])[1])
+
+    return {"get": get, "set": set_, "update": update_}
+
+
+async def compare(label: str, mine: dict[str, Op], raw: dict[str, Op] | None, n: int) -> None:
+    for name in ("set", "get", "update"):  # set first so get reads existing items
+        ours_rate = await rate(mine[name], n)
+        if raw is None:
+            print(f"{label:<10} {name:<7} {ours_rate:>10.0f} ops/s")
+            continue
+        raw_rate = await rate(raw[name], n)
+        ratio = ours_rate / raw_rate
+        print(f"{label:<10} {name:<7} {ours_rate:>10.0f} ops/s   raw {raw_rate:>10.0f} ops/s   ratio {ratio:.2f}")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
+    args = parser.parse_args()
+    run = uuid.uuid4().hex[:8]
+
+    async with MemoryStream() as memory:
+        await compare("memory", ours(memory, "bench"), None, args.n * 5)
+
+    async with RedisStream.from_url(args.redis) as store:
+        raw_client = aioredis.Redis.from_url(args.redis)
+        try:
+            await compare("redis", ours(store, f"bench-ours-{run}"), raw_redis(raw_client, f"bench-raw-{run}"), args.n)
+        finally:
+            for key in (f"stream:bench-ours-{run}:g", f"stream:bench-raw-{run}:g"):
+                await raw_client.delete(key)
+            await raw_client.aclose()
+
+    with TemporaryDirectory() as tmp:
+        async with SQLStream.from_url(f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}") as store:
+            await store.get(StreamGetInput(stream_name="x", group_id="g", item_id="i"))  # migrates
+            await compare("sqlite", ours(store, "ours"), raw_sql(store.engine, "raw"), args.n // 2)
+
+    name = f"iii_bench_{run}"
+    admin = await asyncpg.connect(args.postgres)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = make_url(args.postgres).set(drivername="postgresql+asyncpg", database=name).render_as_string(False)
+        await migrate(url)
+        async with SQLStream.from_url(url) as store:
+            await compare("postgres", ours(store, "ours"), raw_sql(store.engine, "raw"), args.n // 2)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,292 @@
+"""Where queue jobs live: the job record, the store contract and the in-memory store.
+
+Jobs are grouped in **lanes**. A lane is an ordered list of jobs of which only the head may run; a lane is in
+exactly one of three places while it has jobs: *ready* (may be claimed), *active* (its head is running) or
+*delayed* (its head waits out a retry backoff). A FIFO message group is one lane, which gives strict order per
+group with head-of-line blocking until success or the dead-letter queue (PROTOCOL §9.4 M3); a job of a standard
+queue is a lane of its own, so standard jobs run independently. A retried lane re-enters at the head of
+*ready* when its backoff expires.
+
+Example:
+    >>> import asyncio
+    >>> store = MemoryQueueStore()
+    >>> job = Job.new("q", "fn", {"x": 1})
+    >>> asyncio.run(store.push("q", job))
+    >>> asyncio.run(store.claim("q", now_ms=0, lease_ms=1000)).data
+    {'x': 1}
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from iii.wire import dumps, loads
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds since the epoch (what ``failed_at`` and due times use)."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class Job:
+    """One accepted message. ``id`` is also the ``messageReceiptId`` (PROTOCOL §9.4 M2).
+
+    ``function_id`` is ``None`` for topic-mode jobs (the subscriber is chosen at delivery).
+    """
+
+    id: str
+    queue: str
+    function_id: str | None
+    data: Any
+    lane: str
+    attempts: int = 0
+    created_at: int = 0
+
+    @classmethod
+    def new(cls, queue: str, function_id: str | None, data: Any, group: str | None = None) -> Job:
+        """A fresh job; ``group`` (FIFO message group) selects a shared lane, else the job has its own.
+
+        Example:
+            >>> Job.new("q", "fn", 1, group="g1").lane
+            'g:g1'
+        """
+        job_id = str(uuid.uuid4())
+        return cls(job_id, queue, function_id, data, job_id if group is None else f"g:{group}", 0, now_ms())
+
+    def to_json(self) -> str:
+        """The stored form (also the ``job`` of a dead-letter entry)."""
+        return dumps(self.as_dict())
+
+    def as_dict(self) -> dict[str, Any]:
+        """The job as a JSON object."""
+        return {
+            "id": self.id,
+            "queue": self.queue,
+            "function_id": self.function_id,
+            "data": self.data,
+            "lane": self.lane,
+            "attempts": self.attempts,
+            "created_at": self.created_at,
+        }
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Job:
+        """Inverse of :meth:`to_json`."""
+        return cls.from_dict(loads(raw))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Job:
+        """Inverse of :meth:`as_dict`."""
+        return cls(d["id"], d["queue"], d["function_id"], d["data"], d["lane"], d["attempts"], d["created_at"])
+
+    def restarted(self) -> Job:
+        """The same job with its attempt count reset (used by redrive)."""
+        return replace(self, attempts=0)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A dead-letter entry: ``{"job", "error", "failed_at"}`` as production stores it."""
+
+    job: Job
+    error: str
+    failed_at: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """The entry as a JSON object."""
+        return {"job": self.job.as_dict(), "error": self.error, "failed_at": self.failed_at}
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    """Sizes of one queue's parts."""
+
+    waiting: int
+    active: int
+    delayed: int
+    dlq: int
+
+
+class QueueStore(Protocol):
+    """Persistence for queue jobs; every method is atomic with respect to the others."""
+
+    async def push(self, queue: str, job: Job) -> None:
+        """Store ``job`` at the tail of its lane."""
+
+    async def claim(self, queue: str, *, now_ms: int, lease_ms: int) -> Job | None:
+        """Promote due delayed lanes, then take the head job of the first ready lane (``None`` if none)."""
+
+    async def ack(self, queue: str, job: Job) -> None:
+        """``job`` succeeded: remove it and free its lane."""
+
+    async def retry(self, queue: str, job: Job, *, due_ms: int) -> None:
+        """``job`` failed: save it (with its new ``attempts``) and delay its lane until ``due_ms``."""
+
+    async def dead(self, queue: str, letter: DeadLetter) -> None:
+        """Move the job to the dead-letter queue and free its lane."""
+
+    async def release(self, queue: str, job: Job) -> None:
+        """Give a claimed job back unfinished (engine shutdown): its lane returns to the head of *ready*."""
+
+    async def renew(self, queue: str, lanes: list[str], *, deadline_ms: int) -> None:
+        """Extend the lease of active lanes this engine is still working on."""
+
+    async def recover(self, queue: str, *, now_ms: int) -> int:
+        """Return active lanes whose lease expired (a crashed engine's work) to *ready*; the count moved."""
+
+    async def next_due_ms(self, queue: str) -> int | None:
+        """When the earliest delayed lane becomes due."""
+
+    async def counts(self, queue: str) -> QueueCounts:
+        """Current sizes."""
+
+    async def dlq_page(self, queue: str, offset: int, limit: int) -> list[DeadLetter]:
+        """Dead letters, oldest failure first."""
+
+    async def redrive(self, queue: str, job_id: str | None) -> int:
+        """Re-enqueue one dead letter (or all with ``None``) with attempts reset; the count moved."""
+
+    async def discard(self, queue: str, job_id: str) -> int:
+        """Delete one dead letter; 1 if it existed."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+@dataclass
+class _MemoryQueue:
+    jobs: dict[str, Job] = field(default_factory=dict)
+    lanes: dict[str, deque[str]] = field(default_factory=dict)
+    ready: deque[str] = field(default_factory=deque)
+    active: dict[str, int] = field(default_factory=dict)
+    delayed: list[tuple[int, int, str]] = field(default_factory=list)
+    dlq: dict[str, DeadLetter] = field(default_factory=dict)
+    seq: int = 0
+
+    def pop_head(self, lane: str) -> None:
+        jobs = self.lanes[lane]
+        jobs.popleft()
+        self.active.pop(lane, None)
+        if jobs:
+            self.ready.append(lane)
+        else:
+            del self.lanes[lane]
+
+
+class MemoryQueueStore:
+    """Jobs in this process's memory (production's default ``BuiltinQueueAdapter``); lost on exit.
+
+    Example:
+        >>> MemoryQueueStore().__class__.__name__
+        'MemoryQueueStore'
+    """
+
+    def __init__(self) -> None:
+        self._queues: dict[str, _MemoryQueue] = {}
+
+    def _q(self, queue: str) -> _MemoryQueue:
+        return self._queues.setdefault(queue, _MemoryQueue())
+
+    async def push(self, queue: str, job: Job) -> None:
+        """See :class:`QueueStore`."""
+        q = self._q(queue)
+        q.jobs[job.id] = job
+        lane = q.lanes.get(job.lane)
+        if lane is None:
+            q.lanes[job.lane] = deque([job.id])
+            q.ready.append(job.lane)
+        else:
+            lane.append(job.id)
+
+    async def claim(self, queue: str, *, now_ms: int, lease_ms: int) -> Job | None:
+        """See :class:`QueueStore`."""
+        q = self._q(queue)
+        due: list[str] = []
+        while q.delayed and q.delayed[0][0] <= now_ms:
+            due.append(heapq.heappop(q.delayed)[2])
+        q.ready.extendleft(reversed(due))
+        if not q.ready:
+            return None
+        lane = q.ready.popleft()
+        q.active[lane] = now_ms + lease_ms
+        return q.jobs[q.lanes[lane][0]]
+
+    async def ack(self, queue: str, job: Job) -> None:
+        """See :class:`QueueStore`."""
+        q = self._q(queue)
+        q.jobs.pop(job.id, None)
+        q.pop_head(job.lane)
+
+    async def retry(self, queue: str, job: Job, *, due_ms: int) -> None:
+        """See :class:`QueueStore`."""
+        q = self._q(queue)
+        q.jobs[job.id] = job
+        q.active.pop(job.lane, None)
+        q.seq += 1
+        heapq.heappush(q.delayed, (due_ms, q.seq, job.lane))
+
+    async def dead(self, queue: str, letter: DeadLetter) -> None:
+        """See :class:`QueueStore`."""
+        q = self._q(queue)
+        q.jobs.pop(letter.job.id, None)
+        q.dlq[letter.job.id] = letter
+        q.pop_head(letter.job.lane)
+
+    async def release(self, queue: str, job: Job) -> None:
+        """See :class:`QueueStore`."""
+        q = self._q(queue)
+        if q.active.pop(job.lane, None) is not None:
+            q.ready.appendleft(job.lane)
+
+    async def renew(self, queue: str, lanes: list[str], *, deadline_ms: int) -> None:
+        """See :class:`QueueStore`."""
+        q = self._q(queue)
+        for lane in lanes:
+            if lane in q.active:
+                q.active[lane] = deadline_ms
+
+    async def recover(self, queue: str, *, now_ms: int) -> int:
+        """See :class:`QueueStore`."""
+        q = self._q(queue)
+        expired = [lane for lane, deadline in q.active.items() if deadline <= now_ms]
+        for lane in expired:
+            del q.active[lane]
+            q.ready.appendleft(lane)
+        return len(expired)
+
+    async def next_due_ms(self, queue: str) -> int | None:
+        """See :class:`QueueStore`."""
+        q = self._q(queue)
+        return q.delayed[0][0] if q.delayed else None
+
+    async def counts(self, queue: str) -> QueueCounts:
+        """See :class:`QueueStore`."""
+        q = self._q(queue)
+        active, delayed = len(q.active), len(q.delayed)
+        return QueueCounts(len(q.jobs) - active - delayed, active, delayed, len(q.dlq))
+
+    async def dlq_page(self, queue: str, offset: int, limit: int) -> list[DeadLetter]:
+        """See :class:`QueueStore`."""
+        letters = sorted(self._q(queue).dlq.values(), key=lambda d: d.failed_at)
+        return letters[offset : offset + limit]
+
+    async def redrive(self, queue: str, job_id: str | None) -> int:
+        """See :class:`QueueStore`."""
+        q = self._q(queue)
+        ids = list(q.dlq) if job_id is None else [job_id] if job_id in q.dlq else []
+        for one in ids:
+            await self.push(queue, q.dlq.pop(one).job.restarted())
+        return len(ids)
+
+    async def discard(self, queue: str, job_id: str) -> int:
+        """See :class:`QueueStore`."""
+        return 1 if self._q(queue).dlq.pop(job_id, None) is not None else 0
+
+    async def close(self) -> None:
+        """Nothing to release."""
