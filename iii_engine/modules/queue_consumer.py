@@ -1,0 +1,213 @@
+"""Queue settings and the consumer loop that runs one queue's jobs with retries, backoff and a DLQ.
+
+Example:
+    >>> QueueSettings.from_named("payment", {"type": "fifo", "message_group_field": "tx"}).fifo
+    True
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .queue_store import DeadLetter, Job, QueueStore, now_ms
+
+DLQ_ERROR = "function call failed"
+Runner = Callable[[Job], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    """One queue's settings (modules.md §7.2); ``lease_ms`` is ours (Redis crash recovery).
+
+    Example:
+        >>> QueueSettings().backoff_for(3)
+        4000
+    """
+
+    max_retries: int = 3
+    concurrency: int = 10
+    fifo: bool = False
+    message_group_field: str | None = None
+    backoff_ms: int = 1000
+    poll_interval_ms: int = 100
+    lease_ms: int = 60_000
+
+    def backoff_for(self, attempts: int) -> int:
+        """Delay before the next try after ``attempts`` failed attempts: ``backoff_ms × 2^(attempts−1)``."""
+        return int(self.backoff_ms * 2 ** max(attempts - 1, 0))
+
+    @classmethod
+    def from_named(cls, name: str, config: Mapping[str, Any]) -> QueueSettings:
+        """Settings of ``queue_configs.<name>``; raises ``ValueError`` naming the bad key.
+
+        Example:
+            >>> QueueSettings.from_named("q", {"max_retries": 5}).max_retries
+            5
+        """
+        kind = config.get("type", "standard")
+        if kind not in ("standard", "fifo"):
+            raise ValueError(f"queue_configs.{name}.type must be 'standard' or 'fifo', got {kind!r}")
+        group = config.get("message_group_field")
+        if kind == "fifo" and (not isinstance(group, str) or not group):
+            raise ValueError(f"queue_configs.{name}: a fifo queue needs a 'message_group_field'")
+        return cls(
+            max_retries=_positive(config, "max_retries", 3, name),
+            concurrency=_positive(config, "concurrency", 10, name),
+            fifo=kind == "fifo",
+            message_group_field=group if kind == "fifo" else None,
+            backoff_ms=_positive(config, "backoff_ms", 1000, name, allow_zero=True),
+            poll_interval_ms=_positive(config, "poll_interval_ms", 100, name),
+            lease_ms=_positive(config, "lease_ms", 60_000, name),
+        )
+
+    @classmethod
+    def from_topic(cls, queue_config: Any) -> QueueSettings:
+        """Settings from a ``queue`` trigger's camelCase ``queue_config`` (unknown or bad values: defaults).
+
+        Example:
+            >>> QueueSettings.from_topic({"type": "fifo", "maxRetries": 2}).max_retries
+            2
+        """
+        cfg = queue_config if isinstance(queue_config, dict) else {}
+
+        def pick(key: str, default: int) -> int:
+            value = cfg.get(key)
+            return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
+
+        return cls(
+            max_retries=pick("maxRetries", 3),
+            concurrency=pick("concurrency", 10),
+            fifo=cfg.get("type") == "fifo",
+            backoff_ms=pick("backoffDelayMs", 1000),
+        )
+
+
+def _positive(config: Mapping[str, Any], key: str, default: int, name: str, *, allow_zero: bool = False) -> int:
+    value = config.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"queue_configs.{name}.{key} must be a positive integer, got {value!r}")
+    return value
+
+
+class QueueConsumer:
+    """Claims jobs of one store queue and runs them, at most ``concurrency`` at a time.
+
+    ``run(job)`` raising means the attempt failed: the job is retried after its backoff, or moved to the
+    dead-letter queue once ``max_retries`` attempts failed. ``can_claim()`` false pauses claiming (a topic
+    with no subscriber keeps its jobs).
+
+    Example:
+        >>> from iii_engine.modules.queue_store import MemoryQueueStore
+        >>> async def run(job: Job) -> None: ...
+        >>> consumer = QueueConsumer(MemoryQueueStore(), "q", QueueSettings(), run)
+    """
+
+    def __init__(
+        self,
+        store: QueueStore,
+        queue: str,
+        settings: QueueSettings,
+        run: Runner,
+        *,
+        can_claim: Callable[[], bool] = lambda: True,
+        log: logging.Logger | None = None,
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.settings = settings
+        self._run = run
+        self._can_claim = can_claim
+        self._log = log or logging.getLogger("iii_engine.queue")
+        self._wake = asyncio.Event()
+        self._inflight: dict[str, tuple[Job, asyncio.Task[None]]] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        """Look for work now (a job was pushed or a subscriber appeared)."""
+        self._wake.set()
+
+    def start(self) -> None:
+        """Start the consumer loop."""
+        self._loop_task = asyncio.create_task(self._loop(), name=f"queue-consumer:{self.queue}")
+
+    async def stop(self) -> None:
+        """Stop claiming and give every unfinished job back to the store."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        tasks = [task for _, task in self._inflight.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        maintenance_due = 0
+        while True:
+            self._wake.clear()
+            try:
+                if now_ms() >= maintenance_due:
+                    await self._maintain()
+                    maintenance_due = now_ms() + self.settings.lease_ms // 3
+                await self._fill()
+                timeout = await self._idle_timeout(maintenance_due)
+            except Exception:
+                self._log.exception("queue %s: store failed; retrying", self.queue)
+                timeout = self.settings.poll_interval_ms / 1000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _maintain(self) -> None:
+        now = now_ms()
+        lanes = [job.lane for job, _ in self._inflight.values()]
+        await self.store.renew(self.queue, lanes, deadline_ms=now + self.settings.lease_ms)
+        recovered = await self.store.recover(self.queue, now_ms=now)
+        if recovered:
+            self._log.warning("queue %s: %d job(s) of a lost engine returned to the queue", self.queue, recovered)
+
+    async def _fill(self) -> None:
+        while self._can_claim() and len(self._inflight) < self.settings.concurrency:
+            job = await self.store.claim(self.queue, now_ms=now_ms(), lease_ms=self.settings.lease_ms)
+            if job is None:
+                return
+            task = asyncio.create_task(self._work(job), name=f"queue-job:{job.id}")
+            self._inflight[job.id] = (job, task)
+
+    async def _idle_timeout(self, maintenance_due: int) -> float:
+        deadline = min(now_ms() + self.settings.poll_interval_ms, maintenance_due)
+        due = await self.store.next_due_ms(self.queue)
+        if due is not None:
+            deadline = min(deadline, due)
+        return max(deadline - now_ms(), 1) / 1000
+
+    async def _work(self, job: Job) -> None:
+        try:
+            await self._run(job)
+        except asyncio.CancelledError:
+            await self.store.release(self.queue, job)
+            raise
+        except Exception as exc:
+            await self._failed(job, exc)
+        else:
+            await self.store.ack(self.queue, job)
+        finally:
+            self._inflight.pop(job.id, None)
+            self._wake.set()
+
+    async def _failed(self, job: Job, exc: Exception) -> None:
+        attempts = job.attempts + 1
+        tried = replace(job, attempts=attempts)
+        if attempts >= self.settings.max_retries:
+            self._log.warning("queue %s: job %s failed %d time(s), moved to the DLQ: %s", self.queue, job.id,
+                              attempts, exc)
+            await self.store.dead(self.queue, DeadLetter(tried, DLQ_ERROR, now_ms()))
+            return
+        delay = self.settings.backoff_for(attempts)
+        self._log.info("queue %s: job %s attempt %d failed, retry in %d ms: %s", self.queue, job.id, attempts,
+                       delay, exc)
+        await self.store.retry(self.queue, tried, due_ms=now_ms() + delay)
