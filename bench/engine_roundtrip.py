@@ -23,8 +23,8 @@ from websockets.asyncio.server import ServerConnection, serve
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a plain script: use the checkout
 
-from iii.wire import dumps, loads  # noqa: E402
-from iii_engine import Engine, EngineConfig  # noqa: E402
+from iii.wire import dumps, loads
+from iii_engine import Engine, EngineConfig
 
 
 async def raw_relay() -> tuple[Any, str]:
@@ -41,7 +41,7 @@ async def raw_relay() -> tuple[Any, str]:
                 callee.append(ws)
             elif kind == "invokefunction":
                 waiting[msg["invocation_id"]] = ws
-                await callee[0].send(raw)
+                await callee[-1].send(raw)
             elif kind == "invocationresult":
                 await waiting.pop(msg["invocation_id"]).send(raw)
             elif kind == "ping":

@@ -57,7 +57,7 @@ class HttpInvocationConfig(BaseModel):
     auth: HttpAuthConfig | None = None
 
 
-class MessageType(str, Enum):
+class MessageType(str, Enum):  # noqa: UP042 - the reference type is a str Enum
     """The ``type`` of every control-socket message (lowercase wire names)."""
 
     REGISTER_FUNCTION = "registerfunction"
@@ -195,7 +195,7 @@ TriggerAction = TriggerActionEnqueue | TriggerActionVoid
 class EnqueueResult(BaseModel):
     """The engine's answer to an enqueue action."""
 
-    messageReceiptId: str  # noqa: N815 - wire name
+    messageReceiptId: str
 
 
 class TriggerRequest(BaseModel):

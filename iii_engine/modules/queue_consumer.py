@@ -38,7 +38,7 @@ class QueueSettings:
     lease_ms: int = 60_000
 
     def backoff_for(self, attempts: int) -> int:
-        """Delay before the next try after ``attempts`` failed attempts: ``backoff_ms × 2^(attempts−1)``."""
+        """Delay before the next try after ``attempts`` failed attempts: ``backoff_ms * 2**(attempts - 1)``."""
         return int(self.backoff_ms * 2 ** max(attempts - 1, 0))
 
     @classmethod
@@ -203,11 +203,13 @@ class QueueConsumer:
         attempts = job.attempts + 1
         tried = replace(job, attempts=attempts)
         if attempts >= self.settings.max_retries:
-            self._log.warning("queue %s: job %s failed %d time(s), moved to the DLQ: %s", self.queue, job.id,
-                              attempts, exc)
+            self._log.warning(
+                "queue %s: job %s failed %d time(s), moved to the DLQ: %s", self.queue, job.id, attempts, exc
+            )
             await self.store.dead(self.queue, DeadLetter(tried, DLQ_ERROR, now_ms()))
             return
         delay = self.settings.backoff_for(attempts)
-        self._log.info("queue %s: job %s attempt %d failed, retry in %d ms: %s", self.queue, job.id, attempts,
-                       delay, exc)
+        self._log.info(
+            "queue %s: job %s attempt %d failed, retry in %d ms: %s", self.queue, job.id, attempts, delay, exc
+        )
         await self.store.retry(self.queue, tried, due_ms=now_ms() + delay)

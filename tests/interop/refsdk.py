@@ -40,10 +40,10 @@ class Script:
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
 
-    async def step(self, timeout: float = 15.0) -> dict[str, Any]:
+    async def step(self, wait_s: float = 15.0) -> dict[str, Any]:
         assert self.proc.stdout is not None
         while True:
-            line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+            line = await asyncio.wait_for(self.proc.stdout.readline(), wait_s)
             if not line:
                 err = b""
                 if self.proc.stderr is not None:
@@ -53,10 +53,10 @@ class Script:
                 step: dict[str, Any] = json.loads(line)
                 return step
 
-    async def finish(self, timeout: float = 15.0) -> int:
+    async def finish(self, wait_s: float = 15.0) -> int:
         if self.proc.stdin is not None and not self.proc.stdin.is_closing():
             self.proc.stdin.close()
-        return await asyncio.wait_for(self.proc.wait(), timeout)
+        return await asyncio.wait_for(self.proc.wait(), wait_s)
 
 
 @asynccontextmanager

@@ -6,7 +6,6 @@ per-process values are normalised before comparing.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import re

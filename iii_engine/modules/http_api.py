@@ -1,0 +1,332 @@
+"""REST API module (``modules::api::RestApiModule``): the ``http`` trigger type on its own HTTP port.
+
+An ``http`` trigger binds a method and a path to a function. Each request becomes one invocation with the
+request object of modules.md §7.3; the function answers with a JSON object (status, body, headers) or by
+streaming through the ``response`` channel. Differences from production, all additive (PROTOCOL §9.4): returned
+``headers`` are applied (M4), ``statusCode`` is accepted when ``status_code`` is absent (M5), and the raw body
+is written to ``request_body`` and closed at once for every request (M6).
+
+``engine.module("http_api").port`` is the bound port (useful with ``port: 0``).
+
+Example (engine configuration):
+    modules:
+      - class: modules::api::RestApiModule
+        config: {port: 3111, default_timeout: 30000, concurrency_request_limit: 1024}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from iii.iii_types import TriggerInfo
+from iii.wire import dumps, loads
+
+from .base import EngineError, EngineModule, EngineServices
+from .http_channels import ChannelAborted, ResponseChannel, write_body
+from .http_routes import RouteMatch, RouteTable, parse_http_trigger
+from .http_settings import ApiSettings
+
+log = logging.getLogger("iii_engine.http_api")
+
+MAX_JSON_BODY = 64 * 1024 * 1024  # JSON bodies are read whole to be parsed; other bodies are streamed
+_BODY_CHUNK = 64 * 1024
+_STREAM_HEADER_SKIP = frozenset({"transfer-encoding", "connection", "keep-alive"})
+
+
+class _Timeout(Exception):
+    """The request outlived ``default_timeout``."""
+
+
+def _json_response(status: int, body: Any, headers: Mapping[str, str] | None = None) -> web.Response:
+    merged = {"Content-Type": "application/json"}
+    if headers:
+        merged.update(headers)
+    return web.Response(status=status, body=dumps(body).encode(), headers=merged)
+
+
+def _status_of(result: Mapping[str, Any]) -> int:
+    status = result.get("status_code")
+    if status is None:
+        status = result.get("statusCode")  # M5: an ApiResponse dumped by alias
+    if isinstance(status, int) and not isinstance(status, bool) and 100 <= status <= 599:
+        return status
+    return 200
+
+
+def result_response(result: Any) -> web.Response:
+    """The JSON response for a handler's non-null result (modules.md §7.3, with M4 and M5).
+
+    Example:
+        >>> r = result_response({"statusCode": 201, "body": {"ok": True}, "headers": {"x-a": "1"}})
+        >>> r.status, r.headers["x-a"], r.body
+        (201, '1', b'{"ok":true}')
+    """
+    if not isinstance(result, Mapping):
+        return _json_response(200, {})
+    body = result.get("body")
+    raw_headers = result.get("headers")
+    headers = {str(k): str(v) for k, v in raw_headers.items()} if isinstance(raw_headers, Mapping) else None
+    return _json_response(_status_of(result), {} if body is None else body, headers)
+
+
+def _error_response(message: str) -> web.Response:
+    error_id = uuid.uuid4().hex
+    log.warning("HTTP handler failed (error_id %s): %s", error_id, message)
+    return _json_response(500, {"error": message, "error_id": error_id})
+
+
+async def _client_chunks(request: web.BaseRequest) -> AsyncIterator[bytes]:
+    async for chunk in request.content.iter_chunked(_BODY_CHUNK):
+        yield chunk
+
+
+class _HttpTriggers:
+    """The ``http`` trigger type: installs and removes routes."""
+
+    def __init__(self, routes: RouteTable) -> None:
+        self._routes = routes
+
+    async def register(self, trigger: TriggerInfo) -> None:
+        route = parse_http_trigger(trigger.id, trigger.function_id, trigger.config)
+        replaced = self._routes.add(route)
+        if replaced is not None and replaced.trigger_id != trigger.id:
+            log.info("http route %s %s now served by %s (was %s)", route.method, route.api_path,
+                     route.function_id, replaced.function_id)
+
+    async def unregister(self, trigger: TriggerInfo) -> None:
+        self._routes.remove(trigger.id)
+
+
+class RestApiModule(EngineModule):
+    """HTTP triggers on their own port.
+
+    Example:
+        >>> async def main() -> None:  # doctest: +SKIP
+        ...     async with Engine(config=EngineConfig(modules=[ModuleSpec(
+        ...             "modules::api::RestApiModule", {"port": 0})])) as engine:
+        ...         print(engine.module("http_api").port)
+    """
+
+    name = "http_api"
+    class_names = ("modules::api::RestApiModule",)
+
+    def __init__(self, services: EngineServices, config: Mapping[str, Any] | None = None) -> None:
+        super().__init__(services, config)
+        self.settings = ApiSettings.parse(config)
+        self.routes = RouteTable()
+        self._runner: web.ServerRunner | None = None
+        self._limit: asyncio.Semaphore | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self.port = self.settings.port
+        self.in_flight = 0  # requests holding a concurrency permit (ours; tests and metrics read it)
+
+    @property
+    def base_url(self) -> str:
+        """``http://host:port`` to send requests to (wildcard binds are reached through loopback)."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(self.settings.host, self.settings.host)
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        """Register the ``http`` trigger type and open the HTTP listener."""
+        self._limit = asyncio.Semaphore(self.settings.concurrency_request_limit)
+        self.services.register_trigger_type("http", "HTTP API trigger", _HttpTriggers(self.routes))
+        server = web.Server(self._handle, access_log=None)
+        runner = web.ServerRunner(server, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.settings.host, self.settings.port)
+        try:
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+        log.info("REST API listening on %s", self.base_url)
+
+    async def stop(self) -> None:
+        """Close the listener and finish background work."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    # -- request handling ------------------------------------------------------------------------------------
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        cors = self.settings.cors
+        if request.method == "OPTIONS" and origin is not None and "Access-Control-Request-Method" in request.headers:
+            wanted = request.headers["Access-Control-Request-Method"]
+            headers = cors.headers(origin, True, request.headers.get("Access-Control-Request-Headers"))
+            if not headers or not cors.allows_method(wanted):
+                return web.Response(status=403, text="CORS request not allowed")
+            return web.Response(status=200, headers=headers)
+        cors_headers = cors.headers(origin, False, None)
+        assert self._limit is not None
+        async with self._limit:
+            self.in_flight += 1
+            try:
+                return await self._dispatch(request, cors_headers)
+            finally:
+                self.in_flight -= 1
+
+    async def _dispatch(self, request: web.BaseRequest, cors: dict[str, str]) -> web.StreamResponse:
+        match = self.routes.match(request.method, request.raw_path.split("?", 1)[0])
+        if match is None:
+            return web.Response(status=404, text="Not Found", headers=cors)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.default_timeout_ms / 1000
+        try:
+            response = await self._run(request, match, deadline)
+        except EngineError as exc:
+            response = _error_response(f"{exc.code}: {exc.message}")
+        except _Timeout:
+            response = _json_response(504, {"error": "Request timed out"})
+            log.warning("HTTP %s %s timed out after %d ms", request.method, request.path,
+                        self.settings.default_timeout_ms)
+        if not response.prepared:
+            response.headers.update(cors)
+        return response
+
+    def _request_object(self, request: web.BaseRequest, match: RouteMatch, body: Any) -> dict[str, Any]:
+        route = match.route
+        return {
+            "path_params": match.path_params,
+            "query_params": {k: v for k, v in request.query.items()},  # repeated keys: last wins
+            "headers": {k.lower(): v for k, v in request.headers.items()},
+            "path": route.registered_path,
+            "method": route.method,
+            "body": body,
+            "trigger": {"type": "http", "path": route.registered_path, "method": route.method},
+        }
+
+    async def _run(self, request: web.BaseRequest, match: RouteMatch, deadline: float) -> web.StreamResponse:
+        route = match.route
+        content_type = request.headers.get("Content-Type", "")
+        raw: bytes | None = None
+        body: Any = None
+        if "application/json" in content_type.lower():
+            raw = await request.content.read(MAX_JSON_BODY + 1)
+            if len(raw) > MAX_JSON_BODY:
+                return _json_response(413, {"error": f"JSON body larger than {MAX_JSON_BODY} bytes"})
+            with contextlib.suppress(ValueError):
+                body = loads(raw) if raw else None
+        payload = self._request_object(request, match, body)
+        if route.condition_function_id is not None:
+            passed = await self._before(deadline, self.services.condition_passes(route.condition_function_id,
+                                                                                  payload))
+            if not passed:
+                return _json_response(422, {"error": "Request condition not met", "skipped": True})
+        request_channel = await self._create_channel()
+        response_channel = await self._create_channel()
+        payload["request_body"] = request_channel["reader"]
+        payload["response"] = response_channel["writer"]
+        engine_url = self._engine_url()
+        upload = self._spawn(write_body(engine_url, request_channel["writer"],
+                                        raw if raw is not None else _client_chunks(request)))
+        reader = ResponseChannel(engine_url, response_channel["reader"])
+        first = self._spawn(reader.first_chunk())
+        call = self._spawn(self.services.invoke(route.function_id, payload,
+                                                timeout_s=max(0.001, deadline - asyncio.get_running_loop().time())))
+        try:
+            return await self._respond(request, reader, first, call, deadline)
+        finally:
+            for task in (first, upload):
+                if not task.done():
+                    task.cancel()
+            await reader.aclose()
+
+    async def _respond(self, request: web.BaseRequest, reader: ResponseChannel, first: asyncio.Task[bytes | None],
+                       call: asyncio.Task[Any], deadline: float) -> web.StreamResponse:
+        """The race of modules.md §7.3: the first body chunk or the function's return, whichever comes first."""
+        await self._before(deadline, asyncio.wait({first, call}, return_when=asyncio.FIRST_COMPLETED))
+        chunk_first = first.done() and not first.cancelled() and first.exception() is None and first.result()
+        if not chunk_first:
+            await self._before(deadline, asyncio.wait({call}))
+            failure = self._call_failure(call)
+            if failure is not None:
+                return failure
+            result = call.result()
+            if result is not None:
+                return result_response(result)
+            await self._before(deadline, asyncio.wait({first}))
+        try:
+            chunk = first.result()
+        except ChannelAborted as exc:
+            return _error_response(str(exc))
+        if chunk is None:
+            return web.Response(status=reader.status, headers=reader.headers)
+        return await self._stream(request, reader, chunk)
+
+    def _call_failure(self, call: asyncio.Task[Any]) -> web.StreamResponse | None:
+        exc = call.exception()
+        if exc is None:
+            return None
+        if isinstance(exc, TimeoutError) or (isinstance(exc, EngineError) and exc.code == "invocation_timeout"):
+            raise _Timeout from exc
+        if isinstance(exc, EngineError):
+            return _error_response(exc.message)
+        return _error_response(repr(exc))
+
+    async def _stream(self, request: web.BaseRequest, reader: ResponseChannel, first: bytes) -> web.StreamResponse:
+        headers = {k: v for k, v in reader.headers.items() if k.lower() not in _STREAM_HEADER_SKIP}
+        response = web.StreamResponse(status=reader.status, headers=headers)
+        cors = self.settings.cors.headers(request.headers.get("Origin"), False, None)
+        response.headers.update(cors)
+        await response.prepare(request)
+        await response.write(first)
+        try:
+            async for chunk in reader.chunks():
+                await response.write(chunk)
+        except ChannelAborted as exc:
+            # Finishing the chunked body would make a truncated download look complete; cut the connection.
+            log.warning("HTTP %s %s: %s; aborting the response", request.method, request.path, exc)
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        await response.write_eof()
+        return response
+
+    async def _before(self, deadline: float, awaitable: Any) -> Any:
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            raise _Timeout
+        try:
+            return await asyncio.wait_for(awaitable, remaining)
+        except TimeoutError:
+            raise _Timeout from None
+
+    # -- engine plumbing -------------------------------------------------------------------------------------
+
+    async def _create_channel(self) -> dict[str, Any]:
+        refs = await self.services.invoke("engine::channels::create", {"buffer_size": 64})
+        if not isinstance(refs, dict) or "reader" not in refs or "writer" not in refs:
+            raise EngineError("channel_create_failed", f"engine::channels::create returned {refs!r}")
+        return refs
+
+    def _engine_url(self) -> str:
+        url = getattr(self.services, "url", None)
+        if not isinstance(url, str):
+            raise EngineError("channel_create_failed", "the engine exposes no url for its channel endpoint")
+        return url
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._settled)
+        return task
+
+    def _settled(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: outcomes are handled where awaited, or do not matter any more

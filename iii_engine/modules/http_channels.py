@@ -1,0 +1,179 @@
+"""The REST API module's own ends of its per-request channels (modules.md §7.3).
+
+Each HTTP request gets two channels: ``request_body`` (the engine writes the raw body, the handler reads) and
+``response`` (the handler writes control frames and body chunks, the engine reads). The engine attaches its
+ends as an ordinary WebSocket client of its own channel endpoint, so this module needs nothing from the relay
+but its public URL scheme (PROTOCOL §5.2); the cost is one loopback connection per end.
+
+Close codes understood here follow PROTOCOL §9.2: 1000 (and 1005, a Close without a code, as production sends)
+is end of stream; anything else, or a dropped connection, is an abort.
+
+Example:
+    >>> channel_url("ws://127.0.0.1:49134/", {"channel_id": "c1", "access_key": "k+1", "direction": "read"})
+    'ws://127.0.0.1:49134/ws/channels/c1?key=k%2B1&dir=read'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+from urllib.parse import quote
+
+import websockets
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from iii.wire import loads
+
+log = logging.getLogger("iii_engine.http_api")
+
+CHUNK_SIZE = 64 * 1024  # the reference SDK's frame size for binary writes
+CLOSE_ABORT = 4001  # what the relay forwards to the reader when a writer aborts (PROTOCOL §9.2)
+_EOF_CODES = frozenset({1000, 1005})
+
+
+class ChannelAborted(Exception):
+    """The other end of a channel aborted, dropped, or the channel could not be opened; the message says which."""
+
+
+def channel_url(engine_url: str, ref: Mapping[str, Any]) -> str:
+    """The channel endpoint URL for ``ref`` under ``engine_url`` (PROTOCOL §5.2)."""
+    base = engine_url[:-1] if engine_url.endswith("/") else engine_url
+    key = quote(str(ref["access_key"]), safe="")
+    return f"{base}/ws/channels/{ref['channel_id']}?key={key}&dir={ref['direction']}"
+
+
+async def _connect(engine_url: str, ref: Mapping[str, Any]) -> ClientConnection:
+    try:
+        return await websockets.connect(channel_url(engine_url, ref), compression=None, max_size=None,
+                                        ping_interval=None, open_timeout=10)
+    except (OSError, websockets.InvalidHandshake, TimeoutError) as exc:
+        raise ChannelAborted(f"cannot open channel {ref.get('channel_id')}: {exc}") from exc
+
+
+def _closed_cleanly(exc: ConnectionClosed) -> bool:
+    return exc.rcvd is not None and exc.rcvd.code in _EOF_CODES
+
+
+def _why(exc: ConnectionClosed) -> str:
+    if exc.rcvd is None:
+        return "connection dropped"
+    return f"closed with code {exc.rcvd.code}" + (f": {exc.rcvd.reason}" if exc.rcvd.reason else "")
+
+
+async def write_body(engine_url: str, ref: Mapping[str, Any], body: bytes | AsyncIterator[bytes]) -> None:
+    """Write a request body into the ``request_body`` channel, then close it (end of stream).
+
+    ``body`` is either the whole body or an iterator of chunks read from the HTTP client. If reading the client
+    fails, the channel is aborted (close code 4001) so the handler sees an error rather than a short body. A
+    handler that stops reading (reader gone) simply ends the copy.
+    """
+    ws = await _connect(engine_url, ref)
+    try:
+        if isinstance(body, bytes | bytearray):
+            for start in range(0, len(body), CHUNK_SIZE):
+                await ws.send(body[start:start + CHUNK_SIZE])
+        else:
+            try:
+                async for chunk in body:
+                    if chunk:
+                        await ws.send(chunk)
+            except ConnectionClosed:
+                raise
+            except Exception as exc:
+                log.info("request body from the HTTP client failed: %r; aborting channel %s", exc,
+                         ref.get("channel_id"))
+                await ws.close(CLOSE_ABORT, f"HTTP client body failed: {exc!r}"[:120])
+                return
+        await ws.close(1000)
+    except ConnectionClosed as exc:
+        log.debug("request body channel %s ended early: %s", ref.get("channel_id"), _why(exc))
+    except asyncio.CancelledError:
+        # The request finished before the handler read all of the body.
+        ws.transport.abort()
+        raise
+
+
+class ResponseChannel:
+    """The engine's reader end of a ``response`` channel.
+
+    Text frames before the first body chunk are control frames (``set_status``, ``set_headers``); binary frames
+    are the body. Control frames after the first chunk are ignored, as production does.
+    """
+
+    def __init__(self, engine_url: str, ref: Mapping[str, Any]) -> None:
+        self._engine_url = engine_url
+        self._ref = ref
+        self._ws: ClientConnection | None = None
+        self.status = 200
+        self.headers: dict[str, str] = {}
+        self.channel_id = str(ref.get("channel_id"))
+
+    async def first_chunk(self) -> bytes | None:
+        """Read control frames until the first body chunk; ``None`` when the writer closed without a body.
+
+        Raises :class:`ChannelAborted` when the writer aborted or the channel could not be opened.
+        """
+        self._ws = await _connect(self._engine_url, self._ref)
+        try:
+            while True:
+                message = await self._ws.recv()
+                if isinstance(message, bytes):
+                    if message:
+                        return message
+                    continue
+                self._control(message)
+        except ConnectionClosed as exc:
+            if _closed_cleanly(exc):
+                return None
+            raise ChannelAborted(f"response channel {self.channel_id}: writer {_why(exc)}") from None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body chunks after the first one, until end of stream; :class:`ChannelAborted` on abort."""
+        ws = self._ws
+        if ws is None:
+            return
+        try:
+            while True:
+                message = await ws.recv()
+                if isinstance(message, bytes):
+                    if message:
+                        yield message
+                else:
+                    log.debug("response channel %s: control frame after the body started; ignored",
+                              self.channel_id)
+        except ConnectionClosed as exc:
+            if not _closed_cleanly(exc):
+                raise ChannelAborted(f"response channel {self.channel_id}: writer {_why(exc)}") from None
+
+    def _control(self, text: str) -> None:
+        try:
+            frame = loads(text)
+        except ValueError:
+            log.warning("response channel %s: ignoring a text frame that is not JSON", self.channel_id)
+            return
+        kind = frame.get("type") if isinstance(frame, dict) else None
+        if kind == "set_status":
+            code = frame.get("status_code")
+            if isinstance(code, int) and not isinstance(code, bool) and 100 <= code <= 599:
+                self.status = code
+            else:
+                log.warning("response channel %s: ignoring set_status with status_code %r", self.channel_id, code)
+        elif kind == "set_headers":
+            headers = frame.get("headers")
+            if isinstance(headers, dict):
+                self.headers.update({str(k): str(v) for k, v in headers.items()})
+            else:
+                log.warning("response channel %s: ignoring set_headers without a headers object", self.channel_id)
+        else:
+            log.warning("response channel %s: ignoring unknown control frame %r", self.channel_id, kind)
+
+    async def aclose(self) -> None:
+        """Let go of the channel; a writer still attached is told the reader left (4002)."""
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 2)

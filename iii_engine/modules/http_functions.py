@@ -1,0 +1,224 @@
+"""HTTP-invoked functions (``modules::http_functions::HttpFunctionsModule``, modules.md §7.4; off by default).
+
+A worker registers a function whose body is an HTTP endpoint: ``registerfunction`` with an ``invocation``
+object. The engine core hands that to :meth:`HttpFunctionsModule.register_external`, which checks the URL and
+reads the auth secret from the engine's environment, and returns the built-in that routes each call through
+:meth:`HttpFunctionsModule.call`. Failures are :class:`EngineError`\\ s with production's codes; at registration
+the core only logs them (the worker is never told, PROTOCOL T37).
+
+Example (engine configuration, as the reference SDK's test setup uses it):
+    modules:
+      - class: modules::http_functions::HttpFunctionsModule
+        config:
+          security: {url_allowlist: [localhost, 127.0.0.1], block_private_ips: false, require_https: false}
+"""
+
+from __future__ import annotations
+
+import http
+import logging
+import os
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from multidict import CIMultiDict
+
+from iii.wire import dumps, loads
+
+from .base import BuiltinFunction, EngineError, EngineModule, EngineServices, InvocationContext
+from .http_security import ResolvedAuth, UrlRejected, UrlRules, resolve_auth
+
+log = logging.getLogger("iii_engine.http_functions")
+
+DEFAULT_TIMEOUT_MS = 30_000
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+_SETTINGS_KEYS = frozenset({"security"})
+
+
+@dataclass(frozen=True)
+class HttpFunction:
+    """A registered HTTP-invoked function, with its secret already resolved."""
+
+    function_id: str
+    url: str
+    method: str = "POST"
+    timeout_ms: int = DEFAULT_TIMEOUT_MS
+    headers: tuple[tuple[str, str], ...] = ()
+    auth: ResolvedAuth | None = field(default=None, repr=False)
+    owner_worker_id: str | None = None
+
+
+def parse_invocation(function_id: str, raw: Any, env: Mapping[str, str], owner: str | None = None) -> HttpFunction:
+    """Validate an ``HttpInvocationRef``; :class:`EngineError` ``invalid_invocation`` names the bad key.
+
+    Example:
+        >>> parse_invocation("f", {"url": "https://x.example/h", "method": "put", "timeout_ms": 500}, {}).method
+        'PUT'
+    """
+    if not isinstance(raw, Mapping):
+        raise EngineError("invalid_invocation", f"{function_id}: invocation must be an object, got {raw!r}")
+    url = raw.get("url")
+    if not isinstance(url, str) or not url:
+        raise EngineError("invalid_invocation", f"{function_id}: invocation.url must be a non-empty string")
+    method = raw.get("method") or "POST"
+    if not isinstance(method, str) or method.upper() not in METHODS:
+        raise EngineError("invalid_invocation",
+                          f"{function_id}: invocation.method {method!r} is not one of {', '.join(METHODS)}")
+    timeout_ms = raw.get("timeout_ms")
+    if timeout_ms is None:
+        timeout_ms = DEFAULT_TIMEOUT_MS
+    if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or timeout_ms <= 0:
+        raise EngineError("invalid_invocation",
+                          f"{function_id}: invocation.timeout_ms must be a positive integer, got {timeout_ms!r}")
+    headers = raw.get("headers") or {}
+    if not isinstance(headers, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
+                                                   for k, v in headers.items()):
+        raise EngineError("invalid_invocation", f"{function_id}: invocation.headers must map strings to strings")
+    return HttpFunction(function_id, url, method.upper(), timeout_ms, tuple(headers.items()),
+                        resolve_auth(raw.get("auth"), env), owner)
+
+
+def _chain(exc: BaseException) -> str:
+    """``outer: inner: …`` like production's error-chain messages."""
+    parts: list[str] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(parts) < 8:
+        text = str(seen) or type(seen).__name__
+        if not parts or text not in parts[-1]:
+            parts.append(text)
+        seen = seen.__cause__ or seen.__context__
+    return ": ".join(parts)
+
+
+def _reason(status: int, fallback: str | None) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return fallback or ""
+
+
+class HttpFunctionsModule(EngineModule):
+    """Functions whose body is an HTTP endpoint called by the engine.
+
+    The engine core calls exactly three methods: :meth:`register_external`, :meth:`unregister_external` and
+    (through the returned built-in) :meth:`call`.
+    """
+
+    name = "http_functions"
+    class_names = ("modules::http_functions::HttpFunctionsModule",)
+    enabled_by_default = False
+
+    def __init__(self, services: EngineServices, config: Mapping[str, Any] | None = None,
+                 *, env: Mapping[str, str] | None = None) -> None:
+        super().__init__(services, config)
+        unknown = sorted(set(self.config) - _SETTINGS_KEYS)
+        if unknown:
+            log.warning("HTTP functions settings: ignoring unknown keys %s", ", ".join(unknown))
+        self.rules = UrlRules.parse(self.config.get("security"))
+        self._env: Mapping[str, str] = os.environ if env is None else env
+        self.functions: dict[str, HttpFunction] = {}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        """Open the HTTP client."""
+        self._session = aiohttp.ClientSession(auto_decompress=True)
+
+    async def stop(self) -> None:
+        """Close the HTTP client."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def register_external(self, function_id: str, invocation_config: Any,
+                                owner_worker_id: str | None) -> BuiltinFunction:
+        """Check and remember an HTTP-invoked function; the returned built-in routes calls to :meth:`call`.
+
+        Raises :class:`EngineError`: ``url_validation_failed`` (message as production's), ``secret_not_found`` /
+        ``token_not_found`` / ``api_key_not_found`` for a missing environment variable, ``invalid_invocation`` or
+        ``invalid_auth`` for a malformed object.
+        """
+        function = parse_invocation(function_id, invocation_config, self._env, owner_worker_id)
+        try:
+            await self.rules.check(function.url)
+        except UrlRejected as exc:
+            raise EngineError("url_validation_failed", str(exc)) from None
+        self.functions[function_id] = function
+        log.info("HTTP-invoked function %s -> %s %s", function_id, function.method, function.url)
+
+        async def handler(data: Any, ctx: InvocationContext) -> Any:
+            return await self.call(function_id, data, ctx)
+
+        return BuiltinFunction(function_id, handler, description=f"HTTP {function.method} {function.url}")
+
+    def unregister_external(self, function_id: str) -> None:
+        """Forget an HTTP-invoked function (worker disconnect or ``unregisterfunction``)."""
+        self.functions.pop(function_id, None)
+
+    async def call(self, function_id: str, data: Any, ctx: InvocationContext | None = None) -> Any:
+        """Call the endpoint with ``data`` as JSON and return its JSON result (``None`` for an empty 2xx body)."""
+        function = self.functions.get(function_id)
+        if function is None:
+            raise EngineError("function_not_found", f"Function {function_id} not found")
+        try:
+            await self.rules.check(function.url)
+        except UrlRejected as exc:
+            raise EngineError("url_validation_failed", str(exc)) from None
+        body = dumps(data).encode()
+        headers = self._headers(function, body)
+        if self._session is None:
+            raise EngineError("http_request_failed", "HttpFunctionsModule is not started")
+        try:
+            async with self._session.request(
+                    function.method, function.url, data=body, headers=headers, allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=function.timeout_ms / 1000)) as response:
+                try:
+                    raw = await response.read()
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    raise EngineError("http_response_failed",
+                                      f"reading the response of {function.url} failed: {_chain(exc)}") from None
+                return self._result(function, response.status, response.reason, raw)
+        except TimeoutError:
+            raise EngineError("http_request_failed",
+                              f"request to {function.url} timed out after {function.timeout_ms} ms") from None
+        except aiohttp.ClientError as exc:
+            raise EngineError("http_request_failed", f"request to {function.url} failed: {_chain(exc)}") from None
+
+    def _headers(self, function: HttpFunction, body: bytes) -> CIMultiDict[str]:
+        timestamp = str(int(time.time()))
+        headers: CIMultiDict[str] = CIMultiDict()
+        headers["Content-Type"] = "application/json"
+        headers["x-iii-Function-Path"] = function.function_id
+        headers["x-iii-Invocation-ID"] = str(uuid.uuid4())
+        headers["x-iii-Timestamp"] = timestamp
+        for name, value in function.headers:
+            headers.add(name, value)  # added, not replacing, as production's client does
+        if function.auth is not None:
+            headers.add(*function.auth.header_for(timestamp, body))
+        return headers
+
+    @staticmethod
+    def _result(function: HttpFunction, status: int, reason: str | None, raw: bytes) -> Any:
+        if 200 <= status < 300:
+            if not raw.strip():
+                return None
+            try:
+                return loads(raw)
+            except ValueError:
+                snippet = raw[:80].decode("utf-8", "replace")
+                raise EngineError("invalid_response",
+                                  f"response of {function.url} is not JSON: {snippet!r}") from None
+        try:
+            parsed = loads(raw) if raw.strip() else None
+        except ValueError:
+            parsed = None
+        error = parsed.get("error") if isinstance(parsed, dict) else None
+        if isinstance(error, dict):
+            code = error.get("code")
+            message = error.get("message")
+            raise EngineError(code if isinstance(code, str) and code else "http_error",
+                              message if isinstance(message, str) else "HTTP request failed")
+        raise EngineError("http_error", f"HTTP {status} {_reason(status, reason)}".rstrip())

@@ -1,0 +1,116 @@
+"""Which ``iii_streams`` backend an engine module keeps its data in, chosen from the module settings.
+
+Production adapter classes map to our backends; our own ``store_url`` key (any :func:`iii_streams.open_stream`
+URL) wins over ``adapter`` when both are given:
+
+============================================  ==================================================================
+``modules::stream::adapters::KvStore``        :class:`~iii_streams.MemoryStream`; ``store_method: file_based``
+(and ``modules::state::adapters::KvStore``)   keeps the data in SQLite at ``<file_path>/iii_<kind>.sqlite3``
+``…::adapters::RedisAdapter``                 :class:`~iii_streams.RedisStream` on ``redis_url``
+                                              (default ``redis://localhost:6379``)
+``…::adapters::Bridge``                       refused: not implemented by this engine
+============================================  ==================================================================
+
+The engine publishes change events itself, so stores are opened with ``publish_events=False``.
+
+Example:
+    >>> type(open_module_store("stream", {})).__name__
+    'MemoryStream'
+    >>> open_module_store("state", {"adapter": {"class": "modules::state::adapters::Bridge"}})
+    Traceback (most recent call last):
+    ...
+    iii_engine.modules.stream_store.StoreConfigError: state store: adapter class \
+modules::state::adapters::Bridge is not supported by this engine (use KvStore, RedisAdapter or store_url)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from iii_streams import Backend, MemoryStream, open_stream
+
+__all__ = ["StoreConfigError", "open_module_store"]
+
+log = logging.getLogger("iii_engine.stream_store")
+
+Kind = Literal["stream", "state"]
+
+_KV_KEYS = frozenset({"store_method", "file_path", "save_interval_ms", "channel_size"})
+_REDIS_KEYS = frozenset({"redis_url"})
+_DEFAULT_REDIS_URL = "redis://localhost:6379"
+
+
+class StoreConfigError(ValueError):
+    """The store settings name an unknown adapter or carry a bad value; the message says which."""
+
+
+def _adapter(kind: Kind, raw: Any) -> tuple[str, Mapping[str, Any]]:
+    if raw is None:
+        return f"modules::{kind}::adapters::KvStore", {}
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("class"), str):
+        raise StoreConfigError(f"{kind} store: 'adapter' must be a mapping with a string 'class', got {raw!r}")
+    settings = raw.get("config") or {}
+    if not isinstance(settings, Mapping):
+        raise StoreConfigError(f"{kind} store: 'adapter.config' must be a mapping, got {type(settings).__name__}")
+    return raw["class"], settings
+
+
+def _unknown(kind: Kind, class_name: str, settings: Mapping[str, Any], allowed: frozenset[str]) -> None:
+    extra = sorted(set(settings) - allowed)
+    if extra:
+        raise StoreConfigError(f"{kind} store: unknown key {extra[0]!r} for {class_name} "
+                               f"(allowed: {', '.join(sorted(allowed))})")
+
+
+def _kv_store(kind: Kind, class_name: str, settings: Mapping[str, Any]) -> Backend:
+    _unknown(kind, class_name, settings, _KV_KEYS)
+    method = settings.get("store_method", "in_memory")
+    if method == "in_memory":
+        return MemoryStream(publish_events=False)
+    if method != "file_based":
+        raise StoreConfigError(f"{kind} store: store_method must be in_memory or file_based, got {method!r}")
+    directory = settings.get("file_path", "kv_store_data.db")
+    if not isinstance(directory, str) or not directory:
+        raise StoreConfigError(f"{kind} store: file_path must be a directory path, got {directory!r}")
+    # production writes one file per index every save_interval_ms; a SQLite file gives the same durability
+    # with nothing lost between saves
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    path = Path(directory).resolve() / f"iii_{kind}.sqlite3"
+    log.info("%s store: file_based KvStore kept in SQLite at %s", kind, path)
+    return open_stream(f"sqlite+aiosqlite:///{path}", publish_events=False, create=True)
+
+
+def open_module_store(kind: Kind, config: Mapping[str, Any]) -> Backend:
+    """The backend for the ``stream`` or ``state`` module configured by ``config`` (its whole settings mapping).
+
+    Example:
+        >>> open_module_store("stream", {"store_url": "memory://"}).publish_events
+        False
+    """
+    url = config.get("store_url")
+    if url is not None:
+        if not isinstance(url, str) or not url:
+            raise StoreConfigError(f"{kind} store: 'store_url' must be a non-empty string, got {url!r}")
+        try:
+            return open_stream(url, publish_events=False)
+        except ValueError as exc:
+            raise StoreConfigError(f"{kind} store: {exc}") from None
+    class_name, settings = _adapter(kind, config.get("adapter"))
+    prefix = f"modules::{kind}::adapters::"
+    short = class_name[len(prefix):] if class_name.startswith(prefix) else None
+    if short == "KvStore":
+        return _kv_store(kind, class_name, settings)
+    if short == "RedisAdapter":
+        _unknown(kind, class_name, settings, _REDIS_KEYS)
+        redis_url = settings.get("redis_url", _DEFAULT_REDIS_URL)
+        if not isinstance(redis_url, str):
+            raise StoreConfigError(f"{kind} store: redis_url must be a string, got {redis_url!r}")
+        return open_stream(redis_url, publish_events=False)
+    if short == "Bridge":
+        raise StoreConfigError(f"{kind} store: adapter class {class_name} is not supported by this engine "
+                               "(use KvStore, RedisAdapter or store_url)")
+    raise StoreConfigError(f"{kind} store: unknown adapter class {class_name!r} (expected {prefix}KvStore, "
+                           f"{prefix}RedisAdapter or a store_url)")

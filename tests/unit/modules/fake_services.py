@@ -1,0 +1,92 @@
+"""A small in-memory :class:`EngineServices` for module unit tests: functions are Python callables."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from iii.iii_types import TriggerInfo
+from iii_engine.modules.base import (
+    BuiltinFunction,
+    EngineError,
+    EngineModule,
+    InvocationContext,
+    TriggerTypeHandler,
+)
+
+Handler = Callable[[Any], Awaitable[Any]]
+
+
+class FakeServices:
+    """Routes ``invoke``/``fire`` to registered built-ins or to test handlers added with :meth:`add`."""
+
+    def __init__(self) -> None:
+        self.log = logging.getLogger("tests.fake_engine")
+        self.builtins: dict[str, BuiltinFunction] = {}
+        self.handlers: dict[str, Handler] = {}
+        self.trigger_types: dict[str, TriggerTypeHandler] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def add(self, function_id: str, handler: Handler) -> None:
+        self.handlers[function_id] = handler
+
+    async def call(self, function_id: str, data: Any = None) -> Any:
+        """Call a built-in the way a worker would."""
+        return await self.builtins[function_id].handler(data, InvocationContext())
+
+    async def trigger(self, trigger_type: str, trigger_id: str, function_id: str, config: Any) -> TriggerInfo:
+        info = TriggerInfo(id=trigger_id, trigger_type=trigger_type, function_id=function_id, config=config)
+        await self.trigger_types[trigger_type].register(info)
+        return info
+
+    def register_function(self, function: BuiltinFunction) -> None:
+        self.builtins[function.id] = function
+
+    def unregister_function(self, function_id: str) -> None:
+        self.builtins.pop(function_id, None)
+
+    def register_trigger_type(self, trigger_type: str, description: str, handler: TriggerTypeHandler) -> None:
+        self.trigger_types[trigger_type] = handler
+
+    def has_function(self, function_id: str) -> bool:
+        return function_id in self.builtins or function_id in self.handlers
+
+    async def invoke(self, function_id: str, data: Any, *, timeout_s: float | None = None) -> Any:
+        if function_id in self.builtins:
+            return await self.call(function_id, data)
+        handler = self.handlers.get(function_id)
+        if handler is None:
+            raise EngineError("function_not_found", f"Function {function_id} not found")
+        try:
+            return await handler(data)
+        except EngineError:
+            raise
+        except Exception as exc:
+            raise EngineError("invocation_failed", str(exc)) from exc
+
+    def fire(self, function_id: str, data: Any) -> None:
+        async def run() -> None:
+            try:
+                await self.invoke(function_id, data)
+            except EngineError as exc:
+                self.log.info("fired %s failed: %s", function_id, exc)
+
+        task = asyncio.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def condition_passes(self, condition_function_id: str | None, payload: Any) -> bool:
+        if not condition_function_id:
+            return True
+        try:
+            return await self.invoke(condition_function_id, payload) is not False
+        except EngineError:
+            return False
+
+    def triggers_of_type(self, trigger_type: str) -> list[TriggerInfo]:
+        return []
+
+    def module(self, name: str) -> EngineModule | None:
+        return None
