@@ -470,8 +470,9 @@ class ChannelWriter:
             ws = await self._ensure_connected()
             await ws.close(CLOSE_NORMAL)
         rcvd = ws.protocol.close_rcvd
-        if rcvd is not None and ws.protocol.close_rcvd_then_sent and rcvd.code not in _EOF_CODES:
-            # The engine had closed this writer first (e.g. 4002: the reader left before the end).
+        if rcvd is not None and rcvd.code not in _EOF_CODES:
+            # The engine closed this writer itself (4002: the reader left; 1009: too big or over quota), possibly
+            # while our own Close was on its way: either way the stream did not get through.
             error = _closed_error(ConnectionClosed(rcvd, ws.protocol.close_sent, True), self._channel_id, "write")
             if error is not None:
                 self._error = error
@@ -577,8 +578,18 @@ class ChannelReader:
     async def close_async(self) -> None:
         """Stop reading; before end-of-stream this tells the writer that the reader is gone."""
         self._closed = True
-        if self._ws is not None:
-            await self._ws.close(CLOSE_NORMAL)
+        ws = self._ws
+        if ws is None:
+            return
+        closing = asyncio.ensure_future(ws.close(CLOSE_NORMAL))
+        # Keep consuming (and dropping) what still arrives: unread frames would fill the receive queue, reading
+        # would pause, the engine's Close reply would never be seen and close() would wait its 10 s timeout.
+        try:
+            while True:
+                await ws.recv()
+        except ConnectionClosed:
+            pass
+        await closing
 
     def __iii_json__(self) -> dict[str, Any]:
         """The ref, so a reader placed in a payload travels as plain JSON (S11)."""

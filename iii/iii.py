@@ -18,19 +18,18 @@ import asyncio
 import contextvars
 import inspect
 import logging
-import os
-import platform
 import threading
 import traceback
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any, TypeVar, cast
 
 from .channels import ChannelReader, ChannelWriter
 from .connection import Connection, Frame, Write
 from .errors import ConnectionLostError, InvocationError, ShuttingDownError
+from .iii_constants import DEFAULT_RECONNECTION_CONFIG as DEFAULT_RECONNECTION_CONFIG  # reference re-export
+from .iii_constants import MAX_QUEUE_SIZE as MAX_QUEUE_SIZE  # reference re-export
 from .iii_constants import FunctionRef, IIIConnectionState, InitOptions
 from .iii_types import (
     FunctionInfo,
@@ -54,19 +53,19 @@ from .iii_types import (
     UnregisterTriggerTypeMessage,
     WorkerInfo,
 )
-from .stream import (
-    IStream,
-    StreamDeleteInput,
-    StreamGetInput,
-    StreamListGroupsInput,
-    StreamListInput,
-    StreamSetInput,
-    StreamUpdateInput,
-)
+from .payloads import action_to_wire, format_dict, resolve_channels
+from .stream import IStream
+from .stream_glue import stream_functions
 from .telemetry_types import OtelConfig
+from .trace_scope import TraceScope, load_telemetry
 from .triggers import Trigger, TriggerConfig, TriggerHandler
-from .types import Channel, RemoteFunctionHandler, is_channel_ref
-from .wire import dumps, encode, jsonable, loads
+from .types import Channel, RemoteFunctionHandler
+from .wire import dumps, encode, loads
+from .worker_metadata import worker_metadata
+
+# Older private names, still imported by tests.
+_action_to_wire = action_to_wire
+_resolve_channels = resolve_channels
 
 __all__ = ["III", "TriggerAction", "register_worker"]
 
@@ -80,25 +79,6 @@ _REFERENCE_CONNECT_WAIT_S = 30.0
 _RECOVERY_WINDOW_S = 30.0
 _RECOVERY_POLL_S = 0.25
 _WORKER_ID_WAIT_S = 2.0
-
-
-def _telemetry() -> ModuleType | None:
-    # Imported by name: the telemetry module is optional (it needs opentelemetry).
-    import importlib
-
-    try:
-        return importlib.import_module("iii.telemetry")
-    except ImportError:
-        return None
-
-
-def _sdk_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("iii-toolkit")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 class _Pending:
@@ -121,65 +101,6 @@ class _LocalFunction:
 class _LocalTriggerType:
     frame: str
     handler: TriggerHandler[Any]
-
-
-class _TraceScope:
-    """Runs a handler inside the caller's trace context and reports the response ``traceparent``."""
-
-    def __init__(self, telemetry: ModuleType | None) -> None:
-        self._tel = telemetry
-
-    def headers(self) -> tuple[str | None, str | None]:
-        tel = self._tel
-        if tel is None:
-            return None, None
-        return tel.inject_traceparent(), tel.inject_baggage()
-
-    async def run(
-        self,
-        name: str,
-        call: Callable[[], Coroutine[Any, Any, Any]],
-        traceparent: str | None,
-        baggage: str | None,
-    ) -> tuple[Any, BaseException | None, str | None, str | None]:
-        """``(result, error, formatted traceback, response traceparent)``."""
-        tel = self._tel
-        if tel is None:
-            return await self._plain(call)
-        tracer = tel.get_tracer()
-        if tracer is None:
-            # Telemetry is off: no span, but nested calls still carry the caller's trace context.
-            if not traceparent and not baggage:
-                return await self._plain(call)
-            from opentelemetry import context
-
-            token = context.attach(tel.extract_context(traceparent, baggage))
-            try:
-                return await self._plain(call)
-            finally:
-                context.detach(token)
-        from opentelemetry import trace
-
-        parent = tel.extract_context(traceparent, baggage)
-        with tracer.start_as_current_span(
-            name, context=parent, kind=trace.SpanKind.SERVER, record_exception=False
-        ) as span:
-            result, error, stack, _ = await self._plain(call)
-            if error is not None:
-                span.record_exception(error)
-                span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
-            else:
-                span.set_status(trace.Status(trace.StatusCode.OK))
-            return result, error, stack, tel.inject_traceparent()
-
-    @staticmethod
-    async def _plain(
-        call: Callable[[], Coroutine[Any, Any, Any]],
-    ) -> tuple[Any, BaseException | None, str | None, str | None]:
-        try:
-            return await call(), None, None, None
-        except Exception as exc:
-            return None, exc, traceback.format_exc(), None
 
 
 class III:
@@ -205,13 +126,12 @@ class III:
         self._functions_available_callbacks: list[Callable[[list[FunctionInfo]], None]] = []
         self._functions_available_trigger: Trigger | None = None
         self._functions_available_function_id: str | None = None
-        self._stream_locks: dict[tuple[str, str, str], asyncio.Lock] = {}
         self._connection_state: IIIConnectionState = "disconnected"
         self._worker_id: str | None = None
         self._lost_worker_id: str | None = None
         self._generation = 0
         self._closed = False
-        self._trace = _TraceScope(None)
+        self._trace = TraceScope(None)
         self._connected_event = threading.Event()
         self._worker_id_event = threading.Event()
 
@@ -267,7 +187,10 @@ class III:
 
     # ---------------------------------------------------------------- connection lifecycle
 
-    def _wait_until_connected(self, timeout: float = _REFERENCE_CONNECT_WAIT_S) -> None:
+    def _wait_until_connected(self, timeout: float | None = None) -> None:
+        # The default is read at call time so tests can shorten the reference's 30 s wait.
+        if timeout is None:
+            timeout = _REFERENCE_CONNECT_WAIT_S
         if self._connection_state == "connected":
             return
         if self._connection_state == "failed":
@@ -291,7 +214,7 @@ class III:
         if asyncio.get_running_loop() is not self._loop:
             await self._on_own_loop(self.connect_async())
             return
-        tel = _telemetry()
+        tel = load_telemetry()
         if tel is not None:
             try:
                 otel = self._options.otel
@@ -304,7 +227,7 @@ class III:
             except ImportError:
                 log.debug("OpenTelemetry not available")
                 tel = None
-        self._trace = _TraceScope(tel)
+        self._trace = TraceScope(tel)
         await self._conn.start()
 
     def shutdown(self) -> None:
@@ -345,7 +268,7 @@ class III:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self._set_connection_state("disconnected")
-        tel = _telemetry()
+        tel = load_telemetry()
         if tel is not None:
             try:
                 await tel.shutdown_otel_async()
@@ -404,7 +327,7 @@ class III:
 
     def _on_ready(self) -> None:
         tp, bg = self._trace.headers()
-        frame: dict[str, Any] = {"function_id": "engine::workers::register", "data": self._worker_metadata()}
+        frame: dict[str, Any] = {"function_id": "engine::workers::register", "data": worker_metadata(self._options)}
         if tp:
             frame["traceparent"] = tp
         if bg:
@@ -461,24 +384,6 @@ class III:
                     await self._conn.send(frame)
         except (InvocationError, TimeoutError, ShuttingDownError, AttributeError) as exc:
             log.debug("Registration check after reconnect stopped: %s", exc)
-
-    def _worker_metadata(self) -> dict[str, Any]:
-        options = self._options
-        tele = options.telemetry
-        language = (tele.language if tele else None) or os.environ.get("LANG", "").split(".")[0] or None
-        return {
-            "runtime": "python",
-            "version": _sdk_version(),
-            "name": options.worker_name or f"{platform.node()}:{os.getpid()}",
-            "os": f"{platform.system()} {platform.release()} ({platform.machine()})",
-            "pid": os.getpid(),
-            "telemetry": {
-                "language": language,
-                "project_name": tele.project_name if tele else None,
-                "framework": tele.framework if tele else None,
-                "amplitude_api_key": tele.amplitude_api_key if tele else None,
-            },
-        }
 
     # ---------------------------------------------------------------- incoming frames
 
@@ -546,7 +451,7 @@ class III:
             log.warning(error["message"])
         else:
             try:
-                data = _resolve_channels(msg.get("data"), self._address)
+                data = resolve_channels(msg.get("data"), self._address)
             except Exception as exc:
                 log.exception("Failed to resolve channel refs for %s", function_id)
                 error = {"code": "invocation_failed", "message": str(exc), "stacktrace": traceback.format_exc()}
@@ -697,8 +602,8 @@ class III:
         message = RegisterFunctionMessage(
             id=func.id,
             description=func.description,
-            request_format=_format_dict(func.request_format),
-            response_format=_format_dict(func.response_format),
+            request_format=format_dict(func.request_format),
+            response_format=format_dict(func.response_format),
             metadata=func.metadata,
             invocation=invocation,
         )
@@ -817,7 +722,7 @@ class III:
         """One invocation, on the client's loop."""
         if self._closed:
             raise ShuttingDownError()
-        action_wire = _action_to_wire(action)
+        action_wire = action_to_wire(action)
         tp, bg = self._trace.headers()
         frame: dict[str, Any] = {"function_id": function_id, "data": payload}
         if action_wire is not None and action_wire["type"] == "void":
@@ -964,79 +869,13 @@ class III:
         """Serve stream ``stream_name`` from ``stream``: get, set, delete, list, list_groups and update.
 
         ``update`` falls back to get → apply ops → set under a per-item lock when the backend's ``update``
-        returns ``None`` or raises ``NotImplementedError`` (PROTOCOL §9.5 S7, S8).
+        returns ``None`` or raises ``NotImplementedError`` (PROTOCOL §9.5 S7, S8; see :mod:`iii.stream_glue`).
 
         Example:
             >>> # iii.create_stream("todos", MemoryStream())
         """
-
-        async def get(data: Any) -> Any:
-            return jsonable(await stream.get(StreamGetInput.model_validate(data)))
-
-        async def set_(data: Any) -> Any:
-            request = StreamSetInput.model_validate(data)
-            result = await stream.set(request)
-            if result is None:
-                return {"new_value": jsonable(request.data)}
-            return jsonable(result)
-
-        async def delete(data: Any) -> Any:
-            result = await stream.delete(StreamDeleteInput.model_validate(data))
-            return {"old_value": None} if result is None else jsonable(result)
-
-        async def list_(data: Any) -> Any:
-            return jsonable(await stream.list(StreamListInput.model_validate(data)))
-
-        async def list_groups(data: Any) -> Any:
-            return jsonable(await stream.list_groups(StreamListGroupsInput.model_validate(data)))
-
-        async def update(data: Any) -> Any:
-            request = StreamUpdateInput.model_validate(data)
-            try:
-                result = await stream.update(request)
-            except NotImplementedError:
-                result = None
-            if result is not None:
-                return jsonable(result)
-            return await self._compose_update(stream, request)
-
-        for op, handler in (
-            ("get", get),
-            ("set", set_),
-            ("delete", delete),
-            ("list", list_),
-            ("list_groups", list_groups),
-            ("update", update),
-        ):
-            self.register_function({"id": f"stream::{op}({stream_name})"}, handler)
-
-    async def _compose_update(self, stream: IStream[Any], request: StreamUpdateInput) -> dict[str, Any]:
-        from .stream_ops import apply_ops
-
-        key = (request.stream_name, request.group_id, request.item_id)
-        lock = self._stream_locks.setdefault(key, asyncio.Lock())
-        try:
-            async with lock:
-                old = jsonable(
-                    await stream.get(
-                        StreamGetInput(
-                            stream_name=request.stream_name, group_id=request.group_id, item_id=request.item_id
-                        )
-                    )
-                )
-                new = apply_ops(old, request.ops)
-                await stream.set(
-                    StreamSetInput(
-                        stream_name=request.stream_name,
-                        group_id=request.group_id,
-                        item_id=request.item_id,
-                        data=new,
-                    )
-                )
-                return {"old_value": old, "new_value": new}
-        finally:
-            if not lock.locked() and not getattr(lock, "_waiters", None):
-                self._stream_locks.pop(key, None)
+        for function_id, handler in stream_functions(stream_name, stream).items():
+            self.register_function({"id": function_id}, handler)
 
 
 class TriggerAction:
@@ -1086,59 +925,3 @@ def _is_async_callable(handler: Callable[..., Any] | None) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
-def _format_dict(value: RegisterFunctionFormat | dict[str, Any] | None) -> dict[str, Any] | None:
-    # The reference dumps nested format models without their None fields; keep the same wire shape.
-    if isinstance(value, RegisterFunctionFormat):
-        return value.model_dump(by_alias=True, exclude_none=True)
-    return value
-
-
-def _action_to_wire(action: Any) -> dict[str, Any] | None:
-    if action is None:
-        return None
-    if isinstance(action, TriggerActionVoid):
-        return {"type": "void"}
-    if isinstance(action, TriggerActionEnqueue):
-        return {"type": "enqueue", "queue": action.queue}
-    if isinstance(action, dict):
-        kind = action.get("type")
-        if kind == "void":
-            return {"type": "void"}
-        if kind == "enqueue":
-            queue = action.get("queue")
-            if not isinstance(queue, str):
-                raise ValueError(f"enqueue action needs a string 'queue', got {queue!r}")
-            return {"type": "enqueue", "queue": queue}
-    raise ValueError(f"unknown trigger action {action!r}: use TriggerAction.Enqueue(queue=...) or TriggerAction.Void()")
-
-
-def _resolve_channels(value: Any, address: str) -> Any:
-    """Replace channel refs in incoming data by channel ends; returns ``value`` itself when there are none."""
-    if isinstance(value, dict):
-        if is_channel_ref(value):
-            ref = StreamChannelRef(
-                channel_id=value["channel_id"], access_key=value["access_key"], direction=value["direction"]
-            )
-            return ChannelReader(address, ref) if ref.direction == "read" else ChannelWriter(address, ref)
-        out: dict[str, Any] | None = None
-        for k, v in value.items():
-            if isinstance(v, dict | list | tuple):
-                new = _resolve_channels(v, address)
-                if new is not v:
-                    if out is None:
-                        out = dict(value)
-                    out[k] = new
-        return value if out is None else out
-    if isinstance(value, list | tuple):
-        items: list[Any] | None = None
-        for i, v in enumerate(value):
-            if isinstance(v, dict | list | tuple):
-                new = _resolve_channels(v, address)
-                if new is not v:
-                    if items is None:
-                        items = list(value)
-                    items[i] = new
-        if items is None:
-            return value
-        return tuple(items) if isinstance(value, tuple) else items
-    return value

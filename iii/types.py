@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
@@ -19,9 +20,11 @@ from .iii_types import (
     FunctionInfo,
     HttpInvocationConfig,
     RegisterFunctionInput,
+    RegisterFunctionMessage,
     RegisterServiceInput,
     RegisterTriggerInput,
     RegisterTriggerTypeInput,
+    RegisterTriggerTypeMessage,
     StreamChannelRef,
     TriggerInfo,
     TriggerRequest,
@@ -41,7 +44,11 @@ __all__ = [
     "HttpResponse",
     "IIIClient",
     "InternalHttpRequest",
+    "Invocation",
+    "RemoteFunctionData",
     "RemoteFunctionHandler",
+    "RemoteServiceFunctionData",
+    "RemoteTriggerTypeData",
     "is_channel_ref",
 ]
 
@@ -89,6 +96,76 @@ class IIIClient(Protocol):
     def on_functions_available(self, callback: FunctionsAvailableCallback) -> Callable[[], None]: ...
 
     def shutdown(self) -> None: ...
+
+
+class RemoteFunctionData(BaseModel):
+    """A registered function as kept by a client: its message and its handler (``None`` when HTTP-invoked).
+
+    Kept for reference-SDK compatibility; :class:`iii.iii.III` does not use it.
+
+    Example:
+        >>> RemoteFunctionData(message=RegisterFunctionMessage(id="f")).handler is None
+        True
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    message: RegisterFunctionMessage
+    handler: RemoteFunctionHandler | None = None
+
+
+class RemoteServiceFunctionData(BaseModel):
+    """Like :class:`RemoteFunctionData`, with a handler required (reference-SDK compatibility).
+
+    Example:
+        >>> async def handler(data: Any) -> Any: return data
+        >>> RemoteServiceFunctionData(message=RegisterFunctionMessage(id="f"), handler=handler).message.id
+        'f'
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    message: RegisterFunctionMessage
+    handler: RemoteFunctionHandler
+
+
+class RemoteTriggerTypeData(BaseModel):
+    """A trigger type owned by a client and its handler (reference-SDK compatibility).
+
+    Example:
+        >>> # RemoteTriggerTypeData(message=RegisterTriggerTypeMessage(id="t", description="d"), handler=h)
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    message: RegisterTriggerTypeMessage
+    handler: TriggerHandler[Any]
+
+
+class Invocation(Generic[TOutput]):
+    """A pending call's future with idempotent ``resolve`` / ``reject`` (reference-SDK compatibility).
+
+    Example:
+        >>> loop = asyncio.new_event_loop()
+        >>> invocation = Invocation(loop.create_future())
+        >>> invocation.resolve(1); invocation.reject(ValueError("late"))
+        >>> invocation._future.result()
+        1
+        >>> loop.close()
+    """
+
+    def __init__(self, future: asyncio.Future[TOutput]) -> None:
+        self._future = future
+
+    def resolve(self, value: TOutput) -> None:
+        """Complete with ``value`` unless already completed."""
+        if not self._future.done():
+            self._future.set_result(value)
+
+    def reject(self, error: Exception) -> None:
+        """Fail with ``error`` unless already completed."""
+        if not self._future.done():
+            self._future.set_exception(error)
 
 
 class ApiRequest(BaseModel, Generic[TInput]):

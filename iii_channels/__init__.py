@@ -30,6 +30,7 @@ from .pipes import copy, from_fd, from_iterable, from_process, from_stream, to_f
 from .progress import ProgressBar, ProgressCallback
 from .sink import ChannelSink, sink
 from .source import ChannelSource, source
+from .trees import TreeReceipt, receive_dir, send_dir, send_files
 
 __all__ = [
     "ChannelAbortedError",
@@ -50,13 +51,17 @@ __all__ = [
     "ProgressBar",
     "ProgressCallback",
     "ReaderGoneError",
+    "TreeReceipt",
     "copy",
     "from_fd",
     "from_iterable",
     "from_process",
     "from_stream",
+    "receive_dir",
     "receive_file",
+    "send_dir",
     "send_file",
+    "send_files",
     "sink",
     "source",
     "to_fd",

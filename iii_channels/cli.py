@@ -2,24 +2,30 @@
 
 Usage::
 
-    iii-channel serve --function files::receive --out DIR|-     # a worker that stores what it receives
-    iii-channel send FILE|- --to files::receive                 # sends with a progress bar, prints the receipt
+    iii-channel serve --function files::receive --out DIR|FILE|-   # a worker that stores what it receives
+    iii-channel send FILE|- --to files::receive                    # sends, prints the receipt as JSON
 
 The sender creates a channel, calls the function with ``{"reader": <ref>, "name": …, "size": …}`` and streams
 the bytes (with an integrity trailer); the serving worker writes them with ``receive_file`` (temporary name,
 renamed when verified) or to its stdout, and returns ``{"path", "bytes", "sha256", "verified"}``.
 
+Progress bars go to stderr only: ``--progress auto`` (default) draws one when stderr is a terminal, ``always``
+also prints plain progress lines when it is not, ``never`` is silent. Stdout carries only data (``serve --out
+-``) or the final JSON receipt (``send``). Exit status: 0 on success, 1 on a failed transfer, 2 on bad usage.
+
 Example:
-    >>> build_parser().parse_args(["send", "-", "--to", "x"]).to
-    'x'
+    >>> build_parser().parse_args(["send", "-", "--to", "x", "--engine", "ws://h:1"]).engine
+    'ws://h:1'
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,81 +35,168 @@ from iii.iii import III
 
 from .files import receive_file, send_file
 from .pipes import from_fd, to_fd
+from .progress import Progress, ProgressBar
+from .source import ChannelSource
 
-DEFAULT_ENGINE = os.environ.get("III_URL", "ws://localhost:49134")
+DEFAULT_ENGINE = "ws://localhost:49134"
+# How long a failed upload waits for the function's own error, which says more than "reader gone".
+_ERROR_GRACE_S = 5.0
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``iii-channel``."""
-    parser = argparse.ArgumentParser(prog="iii-channel", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--engine", default=DEFAULT_ENGINE, help="engine worker URL (default: $III_URL or %(default)s)")
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS keeps a subcommand's missing --engine from overwriting one given before the subcommand.
+    common.add_argument("--engine", default=argparse.SUPPRESS,
+                        help=f"engine worker URL (default: $III_URL or {DEFAULT_ENGINE})")
+    common.add_argument("--progress", choices=("auto", "always", "never"), default=argparse.SUPPRESS,
+                        help="progress bar on stderr: auto (only on a terminal), always, never")
+    common.add_argument("--no-progress", dest="progress", action="store_const", const="never",
+                        default=argparse.SUPPRESS, help="same as --progress never")
+    parser = argparse.ArgumentParser(prog="iii-channel", description=__doc__.split("\n\n")[0], parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
-    send = sub.add_parser("send", help="send FILE (or - for stdin) to a function")
+    send = sub.add_parser("send", help="send FILE (or - for stdin) to a function", parents=[common])
     send.add_argument("file", help="file to send, or - for stdin")
     send.add_argument("--to", required=True, help="function id that receives {reader, name, size}")
-    send.add_argument("--name", help="name to announce (default: the file's basename)")
-    send.add_argument("--no-progress", action="store_true", help="do not draw a progress bar")
-    send.add_argument("--timeout-ms", type=int, default=24 * 3600 * 1000, help="call timeout")
-    serve = sub.add_parser("serve", help="register a function that stores what it receives")
+    send.add_argument("--name", help="name to announce (default: the file's basename, or 'stdin')")
+    send.add_argument("--timeout-ms", type=int, default=24 * 3600 * 1000, help="call timeout (default: 1 day)")
+    serve = sub.add_parser("serve", help="register a function that stores what it receives", parents=[common])
     serve.add_argument("--function", required=True, help="function id to register")
-    serve.add_argument("--out", required=True, help="directory to store files in, or - for stdout")
+    serve.add_argument("--out", required=True, help="directory to store files in, a file path, or - for stdout")
     serve.add_argument("--once", action="store_true", help="exit after the first transfer")
     return parser
 
 
+def _progress(args: argparse.Namespace) -> Progress:
+    mode = getattr(args, "progress", "auto")
+    if mode == "never":
+        return None
+    if mode == "always":
+        return True
+    return sys.stderr.isatty()
+
+
+def _engine(args: argparse.Namespace) -> str:
+    return str(getattr(args, "engine", None) or os.environ.get("III_URL") or DEFAULT_ENGINE)
+
+
+def _safe_name(name: object) -> str:
+    """The basename of a sender-supplied name, never a path out of the output directory."""
+    base = Path(str(name or "")).name
+    return base if base not in ("", ".", "..") else "received"
+
+
+def _why(exc: BaseException | None) -> str:
+    """The readable part of an error (an ``InvocationError``'s ``message``, not its dict-shaped ``str``)."""
+    return str(getattr(exc, "message", None) or exc)
+
+
+def _fail(message: str) -> int:
+    print(f"iii-channel: error: {message}", file=sys.stderr)
+    return 1
+
+
 async def _send(args: argparse.Namespace) -> int:
-    client = III(args.engine)
-    await client.connect_async()
+    client = III(_engine(args))
     try:
+        await client.connect_async()
         channel = await client.create_channel_async()
-        progress = not args.no_progress and sys.stderr.isatty()
+        progress = _progress(args)
         if args.file == "-":
             name, size = args.name or "stdin", None
-            transfer = from_fd(channel.writer, sys.stdin.fileno(), progress=progress)
+            upload = from_fd(channel.writer, sys.stdin.fileno(), progress=progress, label=name)
         else:
             path = Path(args.file)
-            name, size = args.name or path.name, os.stat(path).st_size
-            transfer = send_file(channel.writer, path, progress=progress)
+            try:
+                size = (await asyncio.to_thread(os.stat, path)).st_size
+            except OSError as exc:
+                return _fail(f"cannot read {args.file}: {exc.strerror or exc}")
+            name = args.name or path.name
+            upload = send_file(channel.writer, path, progress=progress)
         payload = {"reader": channel.reader_ref, "name": name, "size": size}
-        call = client.trigger_async({"function_id": args.to, "payload": payload, "timeout_ms": args.timeout_ms})
-        sent, result = await asyncio.gather(transfer, call)
-        print(json.dumps({"sent": sent, "result": result}))
+        transfer = asyncio.ensure_future(upload)
+        call = asyncio.ensure_future(
+            client.trigger_async({"function_id": args.to, "payload": payload, "timeout_ms": args.timeout_ms}))
+        await asyncio.wait({transfer, call}, return_when=asyncio.FIRST_EXCEPTION)
+        if call.done() and call.exception() is not None:
+            # The function failed (or does not exist): nobody will read the rest, so stop uploading.
+            transfer.cancel()
+            with contextlib.suppress(BaseException):
+                await transfer
+            return _fail(f"{args.to} failed: {_why(call.exception())}")
+        if transfer.exception() is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(call), _ERROR_GRACE_S)
+            if call.done() and not call.cancelled() and call.exception() is not None:
+                return _fail(f"{args.to} failed: {_why(call.exception())}")
+            call.cancel()
+            return _fail(f"sending {args.file} failed: {_why(transfer.exception())}")
+        result = await call
+        print(json.dumps({"sent": transfer.result(), "result": result}), flush=True)
         return 0
     finally:
         await client.shutdown_async()
 
 
+async def _store(reader: ChannelReader, data: dict[str, Any], out: str, progress: Progress) -> dict[str, Any]:
+    """Write one incoming stream to ``out`` (directory, file or ``-``) and describe what was stored."""
+    size = data.get("size") if isinstance(data.get("size"), int) else None
+    if out == "-":
+        bar: Progress = ProgressBar(label=_safe_name(data.get("name")), stream=sys.stderr) if progress else None
+        source = ChannelSource(reader, progress=bar, total=size)
+        count = await to_fd(source, sys.stdout.fileno())
+        return {"path": "-", "bytes": count, "sha256": source.sha256, "verified": source.verified}
+    target = Path(out)
+    if await asyncio.to_thread(target.is_dir):
+        target = target / _safe_name(data.get("name"))
+    receipt = await receive_file(reader, target, progress=progress)
+    return {"path": str(receipt.path), "bytes": receipt.size, "sha256": receipt.sha256,
+            "verified": receipt.verified}
+
+
 async def _serve(args: argparse.Namespace) -> int:
-    client = III(args.engine)
-    await client.connect_async()
-    done = asyncio.Event()
+    url = _engine(args)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    failures: list[str] = []
+    progress = _progress(args)
+    client = III(url)
 
     async def handler(data: dict[str, Any]) -> dict[str, Any]:
-        reader = data["reader"]
+        # Runs on the client's own event loop (another thread): touch `stop` only through call_soon_threadsafe.
+        reader = data.get("reader")
+        if isinstance(reader, dict):
+            reader = ChannelReader(url, reader)
         if not isinstance(reader, ChannelReader):
-            reader = ChannelReader(args.engine, reader)
-        if args.out == "-":
-            size = await to_fd(reader, sys.stdout.fileno())
-            result: dict[str, Any] = {"path": "-", "bytes": size}
-        else:
-            out = Path(args.out)
-            is_dir = await asyncio.to_thread(os.path.isdir, out)
-            target = out / Path(str(data.get("name") or "received")).name if is_dir else out
-            receipt = await receive_file(reader, target, progress=sys.stderr.isatty())
-            result = {"path": str(receipt.path), "bytes": receipt.size, "sha256": receipt.sha256,
-                      "verified": receipt.verified}
-        if args.once:
-            done.set()
-        return result
+            raise ValueError(f"{args.function} expects {{'reader': <channel ref>, ...}}, got keys {sorted(data)}")
+        try:
+            return await _store(reader, data, args.out, progress)
+        except BaseException as exc:
+            failures.append(_why(exc))
+            raise
+        finally:
+            if args.once:
+                loop.call_soon_threadsafe(stop.set)
 
-    client.register_function(args.function, handler)
-    print(f"serving {args.function} on {args.engine}", file=sys.stderr)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
     try:
-        await done.wait()
-        await asyncio.sleep(0.2)  # let the result frame leave before shutting down
+        await client.connect_async()
+        client.register_function(args.function, handler)
+        # A round trip on the control socket: the engine handles frames in order, so once this answers the
+        # registration is live and a sender started now will find the function.
+        ids = {f.function_id for f in await client.list_functions_async()}
+        if args.function not in ids:
+            return _fail(f"the engine did not accept function {args.function}")
+        print(f"serving {args.function} on {url}", file=sys.stderr, flush=True)
+        await stop.wait()
+        # Same trick after the last transfer: the handler's result frame was queued before this call.
+        with contextlib.suppress(Exception):
+            await client.list_functions_async()
     finally:
         await client.shutdown_async()
-    return 0
+    return _fail(f"the transfer failed: {failures[-1]}") if args.once and failures else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(runner(args))
     except KeyboardInterrupt:
         return 130
+    except (OSError, ConnectionError) as exc:
+        return _fail(str(exc))
 
 
 if __name__ == "__main__":  # pragma: no cover

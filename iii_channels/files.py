@@ -2,7 +2,7 @@
 
 ``receive_file`` writes to a temporary name in the target directory and renames it only once the stream ended
 normally and (when a trailer came) was verified; on any failure the temporary file is removed, so a partial file
-never appears under the final name.
+never appears under the final name, and the reader is closed so the writer learns at once (``ReaderGoneError``).
 
 ``send_file`` first sends a text header ``{"iii_channels_file": {"name": …, "size": …}}`` so the receiver knows
 the size for its progress bar, then the bytes, then the integrity trailer.
@@ -32,6 +32,43 @@ from .source import ChannelSource
 
 FILE_HEADER_KEY = "iii_channels_file"
 DEFAULT_CHUNK = 1024 * 1024
+
+
+def new_file_mode() -> int:
+    """``0o666`` minus the process umask: the mode ``open()`` would give a new file (``mkstemp`` uses 0600).
+
+    Example:
+        >>> new_file_mode() & 0o600
+        384
+    """
+    return 0o666 & ~_umask_value()
+
+
+def new_dir_mode() -> int:
+    """``0o777`` minus the process umask: the mode ``mkdir()`` would give (``mkdtemp`` uses 0700)."""
+    return new_file_mode() | (0o111 & ~_umask_value())
+
+
+def _umask_value() -> int:
+    global _umask
+    if _umask is None:
+        _umask = _read_umask()
+    return _umask
+
+
+_umask: int | None = None
+
+
+def _read_umask() -> int:
+    # Reading it from /proc avoids os.umask()'s set-and-restore, which races with other threads creating files.
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 @dataclass(frozen=True)
@@ -122,6 +159,7 @@ async def receive_file(
     is_dir = await loop.run_in_executor(None, os.path.isdir, target)
     directory = target if is_dir else target.parent
     fd, tmp_name = tempfile.mkstemp(prefix=".iii-part-", dir=directory)
+    os.fchmod(fd, new_file_mode())
     digest = Digest()
     try:
         with os.fdopen(fd, "wb") as out:
@@ -149,6 +187,9 @@ async def receive_file(
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
+        # Tell the writer at once (our engine: 4002 "reader gone") instead of leaving it blocked on backpressure.
+        with contextlib.suppress(Exception):
+            await reader.close_async()
         raise
     return FileReceipt(target, digest.count, digest.hexdigest(), source.verified,
                        name_holder[0][0] if name_holder else None)

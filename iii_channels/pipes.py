@@ -29,10 +29,10 @@ STDERR_TAIL = 64 * 1024
 
 async def from_iterable(
     writer: ChannelWriter, chunks: AsyncIterable[bytes], *, progress: Progress = None, trailer: bool = True,
-    total: int | None = None,
+    total: int | None = None, label: str = "",
 ) -> int:
     """Write every chunk of an async iterable, then EOF. An exception aborts the channel and propagates."""
-    sink = ChannelSink(writer, trailer=trailer, progress=progress, total=total)
+    sink = ChannelSink(writer, trailer=trailer, progress=progress, total=total, label=label)
     async with sink:
         async for chunk in chunks:
             await sink.write(chunk)
@@ -73,15 +73,25 @@ async def _fd_chunks(fd: int) -> AsyncIterable[bytes]:
         yield chunk
 
 
-async def from_fd(writer: ChannelWriter, fd: int, *, progress: Progress = None, trailer: bool = True) -> int:
+async def from_fd(
+    writer: ChannelWriter, fd: int, *, progress: Progress = None, trailer: bool = True, label: str = "",
+) -> int:
     """Copy an OS file descriptor (pipe, file, tty) into a channel until EOF. The fd is not closed."""
-    return await from_iterable(writer, _fd_chunks(fd), progress=progress, trailer=trailer)
+    return await from_iterable(writer, _fd_chunks(fd), progress=progress, trailer=trailer, label=label)
 
 
-async def to_fd(reader: ChannelReader, fd: int, *, progress: Progress = None, require_trailer: bool = False) -> int:
-    """Copy a channel into an OS file descriptor. The fd is not closed."""
+async def to_fd(
+    reader: ChannelReader | ChannelSource, fd: int, *, progress: Progress = None, require_trailer: bool = False,
+    total: int | None = None,
+) -> int:
+    """Copy a channel into an OS file descriptor. The fd is not closed.
+
+    Pass a :class:`ChannelSource` instead of a reader to inspect it afterwards (``verified``, ``sha256``); the
+    ``progress`` / ``require_trailer`` / ``total`` arguments then do not apply.
+    """
     loop = asyncio.get_running_loop()
-    source = ChannelSource(reader, require_trailer=require_trailer, progress=progress)
+    source = reader if isinstance(reader, ChannelSource) else ChannelSource(
+        reader, require_trailer=require_trailer, progress=progress, total=total)
 
     def write_all(data: bytes) -> None:
         view = memoryview(data)

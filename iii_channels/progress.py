@@ -46,15 +46,26 @@ class ProgressBar:
         True
     """
 
-    def __init__(self, label: str = "", stream: TextIO | None = None, width: int = 30, interval: float = 0.1) -> None:
+    def __init__(
+        self,
+        label: str = "",
+        stream: TextIO | None = None,
+        width: int = 30,
+        interval: float | None = None,
+        tty: bool | None = None,
+    ) -> None:
         self.label = label
         self.stream = stream if stream is not None else sys.stderr
         self.width = width
-        self.interval = interval
+        # On a terminal the bar redraws in place; elsewhere (a log file, a pipe) it prints one line per update,
+        # less often, so the output stays readable and never contains carriage returns.
+        self.tty = _isatty(self.stream) if tty is None else tty
+        self.interval = interval if interval is not None else (0.1 if self.tty else 1.0)
         self._start = time.monotonic()
         self._last_draw = 0.0
         self._done = 0
         self._total: int | None = None
+        self._closed = False
 
     def __call__(self, done: int, total: int | None) -> None:
         self._done, self._total = done, total
@@ -76,14 +87,26 @@ class ProgressBar:
             parts.append(f"{human_bytes(rate)}/s ETA {eta:4.0f}s")
         else:
             parts.append(f"{human_bytes(self._done)} {human_bytes(rate)}/s")
-        self.stream.write("\r" + " ".join(parts) + "  ")
+        line = " ".join(parts)
+        self.stream.write("\r" + line + "  " if self.tty else line + "\n")
         self.stream.flush()
 
     def close(self) -> None:
-        """Draw the final state and end the line."""
+        """Draw the final state and end the line (once; later calls do nothing)."""
+        if self._closed:
+            return
+        self._closed = True
         self._draw(time.monotonic())
-        self.stream.write("\n")
+        if self.tty:
+            self.stream.write("\n")
         self.stream.flush()
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # closed or file-like objects without isatty
+        return False
 
 
 class _Reporter:
@@ -107,4 +130,7 @@ def make_progress(progress: Progress, total: int | None = None, label: str = "")
     if progress is True:
         bar = ProgressBar(label=label)
         return _Reporter(bar, total, bar)
+    if isinstance(progress, ProgressBar):
+        # A bar handed in is finished (final line drawn) by the adapter, like one it made itself.
+        return _Reporter(progress, total, progress)
     return _Reporter(progress, total, None)

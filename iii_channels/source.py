@@ -65,16 +65,27 @@ class ChannelSource:
         """True once end of stream arrived and the buffer is empty."""
         return self._eof and not self._buffer
 
+    @property
+    def sha256(self) -> str | None:
+        """Hex SHA-256 of the bytes read so far (``None`` when built with ``verify=False``)."""
+        return self._digest.hexdigest() if self._digest is not None else None
+
     # ---- the one place that talks to the reader
 
-    async def _next_chunk(self) -> bytes | None:
-        """The next binary message, or ``None`` at EOF (after the trailer check). Text is set aside."""
+    async def _next_item(self, keep_text: bool) -> bytes | str | None:
+        """The next binary message, or text message when ``keep_text`` is false (text is then handed back
+        instead of being set aside), or ``None`` at EOF (after the trailer check). The trailer is consumed."""
         while not self._eof:
             message = await self.reader.recv()
             if message is None:
                 self._finish()
                 return None
             if isinstance(message, str):
+                if not keep_text and not is_trailer(message):
+                    if self._trailer is not None:
+                        raise IntegrityError("text arrived after the integrity trailer",
+                                             channel_id=self.reader.ref.channel_id)
+                    return message
                 await self._on_text_message(message)
                 continue
             if self._trailer is not None:
@@ -86,6 +97,12 @@ class ChannelSource:
                 self._progress(self.bytes_read)
             return message
         return None
+
+    async def _next_chunk(self) -> bytes | None:
+        """The next binary message, or ``None`` at EOF. Text messages are set aside for ``messages()``."""
+        item = await self._next_item(True)
+        assert not isinstance(item, str)
+        return item
 
     async def _on_text_message(self, text: str) -> None:
         if is_trailer(text):
@@ -199,6 +216,20 @@ class ChannelSource:
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self.chunks()
+
+    async def items(self) -> AsyncIterator[bytes | str]:
+        """Binary chunks and text messages interleaved, in the order they were written (the trailer is
+        checked, not yielded). Text goes only here: not to ``messages()`` nor the reader's callbacks.
+
+        Example:
+            >>> async def dump(source: ChannelSource) -> None:
+            ...     async for item in source.items():
+            ...         print("text" if isinstance(item, str) else len(item))
+        """
+        if self._buffer:
+            yield self._take(len(self._buffer))
+        while (item := await self._next_item(False)) is not None:
+            yield item
 
     async def lines(self, limit: int = DEFAULT_LINE_LIMIT) -> AsyncIterator[bytes]:
         """Lines including their ``\\n`` (the last one may lack it)."""

@@ -9,7 +9,8 @@ Close codes sent by this relay (ours; the production engine sends Close without 
 
 ====  ================  =====================================================================
 1000  reader            end of stream: the writer closed normally and everything was delivered
-1009  writer            a message exceeded ``max_message_size`` (the reader then gets 4001)
+1009  writer            a message exceeded ``max_message_size``, or the channel's byte quota ran out
+                        (the reader then gets 4001)
 4001  reader            the writer aborted (non-normal close code, dropped connection, oversize)
 4002  writer            the reader closed or disconnected before the end
 4003  the attached end  the channel expired: the other end never connected in time
@@ -82,7 +83,10 @@ def clamp_buffer_size(buffer_size: int | None) -> int:
 class _Channel:
     """One channel: the queue, both ends' state and the wake-ups between the two serve loops."""
 
-    def __init__(self, channel_id: str, writer_key: str, reader_key: str, capacity: int, owner: str | None) -> None:
+    def __init__(
+        self, channel_id: str, writer_key: str, reader_key: str, capacity: int, owner: str | None,
+        max_bytes: int | None = None,
+    ) -> None:
         self.id = channel_id
         self.writer_key = writer_key
         self.reader_key = reader_key
@@ -99,6 +103,12 @@ class _Channel:
         self.reader_gone = False
         self.expired = False
         self.deadline: asyncio.TimerHandle | None = None
+        # Optional byte quota (§9.2 C8): total payload bytes the writer may send over the channel's lifetime.
+        self.max_bytes = max_bytes
+        self.bytes_in = 0
+        # Deepest the queue ever got; lets tests prove the bound without timing.
+        self.peak_items = 0
+        self.full_waiters: list[asyncio.Future[None]] = []
         self._data_waiter: asyncio.Future[None] | None = None
         self._space_waiter: asyncio.Future[None] | None = None
 
@@ -127,6 +137,12 @@ class _Channel:
         finally:
             self._space_waiter = None
 
+    def notify_full(self) -> None:
+        waiters, self.full_waiters = self.full_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
     @property
     def reader_must_stop(self) -> bool:
         return self.reader_gone or self.expired
@@ -138,6 +154,7 @@ class ChannelRelay:
     Args:
         max_message_size: largest message a writer may send; larger closes the writer with 1009 and aborts.
         attach_timeout_s: how long an end may stay unattached before the channel expires (4003).
+        max_channel_bytes: default byte quota of a channel (``None``: unlimited); ``create`` may set its own.
         production_mode: behave like the production engine (see the module docstring).
 
     Example:
@@ -152,9 +169,11 @@ class ChannelRelay:
         *,
         max_message_size: int = 64 * 1024 * 1024,
         attach_timeout_s: float = 300.0,
+        max_channel_bytes: int | None = None,
         production_mode: bool = False,
     ) -> None:
         self.max_message_size = max_message_size
+        self.max_channel_bytes = max_channel_bytes
         self.attach_timeout_s = attach_timeout_s
         self.production_mode = production_mode
         self._channels: dict[str, _Channel] = {}
@@ -164,8 +183,14 @@ class ChannelRelay:
 
     # ------------------------------------------------------------------ creation and lookup
 
-    def create(self, buffer_size: int | None, owner: str | None) -> dict[str, Any]:
-        """``engine::channels::create``: ``{"writer": ref, "reader": ref}`` (PROTOCOL §5.1, §9.2 C6/C7)."""
+    def create(self, buffer_size: int | None, owner: str | None, max_bytes: int | None = None) -> dict[str, Any]:
+        """``engine::channels::create``: ``{"writer": ref, "reader": ref}`` (PROTOCOL §5.1, §9.2 C6/C7).
+
+        ``max_bytes`` caps the bytes the writer may send over the channel (§9.2 C8; the relay's
+        ``max_channel_bytes`` when ``None``); going past it closes the writer with 1009 and aborts the reader.
+        """
+        if max_bytes is not None and max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
         channel_id = str(uuid.uuid4())
         writer_key = secrets.token_urlsafe(24)
         reader_key = writer_key if self.production_mode else secrets.token_urlsafe(24)
@@ -175,6 +200,7 @@ class ChannelRelay:
             reader_key,
             clamp_buffer_size(buffer_size),
             None if self.production_mode else owner,
+            None if self.production_mode else (self.max_channel_bytes if max_bytes is None else max_bytes),
         )
         self._channels[channel_id] = channel
         self._idle.clear()
@@ -195,6 +221,31 @@ class ChannelRelay:
         if not hmac.compare_digest(key.encode(), expected.encode()):
             return (404, "Channel not found")
         return None
+
+    async def wait_full(self, channel_id: str) -> None:
+        """Wait until the channel's queue holds ``buffer_size`` messages and the relay has stopped reading its
+        writer (ours; lets tests observe backpressure without polling).
+
+        Raises:
+            KeyError: no such channel.
+        """
+        ch = self._channels[channel_id]
+        if len(ch.items) >= ch.capacity:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        ch.full_waiters.append(waiter)
+        await waiter
+
+    def stats(self, channel_id: str) -> dict[str, int | None]:
+        """``{"queued", "capacity", "peak", "bytes_in", "max_bytes"}`` of a live channel (ours; for tests and
+        monitoring).
+
+        Raises:
+            KeyError: no such channel.
+        """
+        ch = self._channels[channel_id]
+        return {"queued": len(ch.items), "capacity": ch.capacity, "peak": ch.peak_items,
+                "bytes_in": ch.bytes_in, "max_bytes": ch.max_bytes}
 
     async def wait_idle(self) -> None:
         """Wait until no channel is left (ours; tests await it to check that finished channels are removed)."""
@@ -249,9 +300,12 @@ class ChannelRelay:
         items = ch.items
         capacity = ch.capacity
         limit = self.max_message_size
+        quota = ch.max_bytes
         while True:
             # Not reading the writer while the queue is full is what gives it TCP backpressure.
             while len(items) >= capacity and not (ch.reader_gone or ch.expired):
+                if ch.full_waiters:
+                    ch.notify_full()
                 await ch.wait_space()
             if ch.reader_gone or ch.expired:
                 await self._stop_writer(ch, ws)
@@ -276,9 +330,18 @@ class ChannelRelay:
                     ch.eof = True
                 await ws.close(CLOSE_TOO_BIG, f"message exceeds {limit} bytes")
                 return
+            if quota is not None:
+                ch.bytes_in += len(message)
+                if ch.bytes_in > quota:
+                    why = f"channel byte quota of {quota} exceeded"
+                    ch.failure = (CLOSE_WRITER_ABORTED, f"writer aborted: {why}")
+                    await ws.close(CLOSE_TOO_BIG, why)
+                    return
             if ch.reader_gone or ch.expired:
                 continue
             items.append(message)
+            if len(items) > ch.peak_items:
+                ch.peak_items = len(items)
             ch.wake_reader()
 
     async def _stop_writer(self, ch: _Channel, ws: ServerConnection) -> None:

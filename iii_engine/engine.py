@@ -185,18 +185,20 @@ class Engine:
         self.modules[module.name] = module
 
     async def stop(self) -> None:
-        """Close every connection, stop modules (in reverse order) and the channel relay."""
+        """Stop modules (in reverse order), then close every connection and the channel relay."""
         if not self._started:
             return
         self._started = False
         self.ready.clear()
-        await self._listener.close()
-        await self.invocations.close()
+        # Modules stop first, while workers are still connected: a queue hands unfinished jobs back instead of
+        # seeing them fail with invocation_stopped and spending a retry on the shutdown.
         for module in reversed(list(self.modules.values())):
             try:
                 await module.stop()
             except Exception:
                 log.exception("module %s failed to stop", module.name)
+        await self._listener.close()
+        await self.invocations.close()
         await self.channels.close()
         if self._stopping is not None:
             self._stopping.set()

@@ -6,6 +6,9 @@ streaming through the ``response`` channel. Differences from production, all add
 ``headers`` are applied (M4), ``statusCode`` is accepted when ``status_code`` is absent (M5), and the raw body
 is written to ``request_body`` and closed at once for every request (M6).
 
+``default_timeout`` bounds the wait for the response to start (the function's result or the first body chunk);
+once a streamed body has started it runs until the handler closes its writer.
+
 ``engine.module("http_api").port`` is the bound port (useful with ``port: 0``).
 
 Example (engine configuration):
@@ -224,7 +227,7 @@ class RestApiModule(EngineModule):
         payload = self._request_object(request, match, body)
         if route.condition_function_id is not None:
             passed = await self._before(deadline, self.services.condition_passes(route.condition_function_id,
-                                                                                  payload))
+                                                                                  dict(payload)))
             if not passed:
                 return _json_response(422, {"error": "Request condition not met", "skipped": True})
         request_channel = await self._create_channel()
@@ -244,7 +247,7 @@ class RestApiModule(EngineModule):
             for task in (first, upload):
                 if not task.done():
                     task.cancel()
-            await reader.aclose()
+            self._spawn(self._finish(reader, request_channel, response_channel))
 
     async def _respond(self, request: web.BaseRequest, reader: ResponseChannel, first: asyncio.Task[bytes | None],
                        call: asyncio.Task[Any], deadline: float) -> web.StreamResponse:
@@ -308,6 +311,20 @@ class RestApiModule(EngineModule):
 
     # -- engine plumbing -------------------------------------------------------------------------------------
 
+    async def _finish(self, reader: ResponseChannel, *channels: dict[str, Any]) -> None:
+        """After the response: let go of our response end, then drop both per-request channels.
+
+        Production deletes its per-request channels too (PROTOCOL §5.3). Ends the handler never attached would
+        otherwise wait for the relay's attach timeout. The relay offers no way to drop a channel over its public
+        socket interface, so this uses ``discard(channel_id)`` when the relay has it (requested from the
+        channels module) and otherwise leaves the channels to expire.
+        """
+        await reader.aclose()
+        discard = getattr(getattr(self.services, "channels", None), "discard", None)
+        if callable(discard):
+            for refs in channels:
+                discard(refs["reader"]["channel_id"])
+
     async def _create_channel(self) -> dict[str, Any]:
         refs = await self.services.invoke("engine::channels::create", {"buffer_size": 64})
         if not isinstance(refs, dict) or "reader" not in refs or "writer" not in refs:
@@ -315,7 +332,10 @@ class RestApiModule(EngineModule):
         return refs
 
     def _engine_url(self) -> str:
-        url = getattr(self.services, "url", None)
+        try:
+            url = getattr(self.services, "url", None)
+        except RuntimeError:  # the engine's listener is not open yet (start-up) or closed (shutdown)
+            url = None
         if not isinstance(url, str):
             raise EngineError("channel_create_failed", "the engine exposes no url for its channel endpoint")
         return url

@@ -36,7 +36,12 @@ _EOF_CODES = frozenset({1000, 1005})
 
 
 class ChannelAborted(Exception):
-    """The other end of a channel aborted, dropped, or the channel could not be opened; the message says which."""
+    """The other end of a channel aborted, dropped, or the channel could not be opened; the message says which.
+
+    Example:
+        >>> str(ChannelAborted("response channel c1: writer closed with code 4001"))
+        'response channel c1: writer closed with code 4001'
+    """
 
 
 def channel_url(engine_url: str, ref: Mapping[str, Any]) -> str:
@@ -49,7 +54,7 @@ def channel_url(engine_url: str, ref: Mapping[str, Any]) -> str:
 async def _connect(engine_url: str, ref: Mapping[str, Any]) -> ClientConnection:
     try:
         return await websockets.connect(channel_url(engine_url, ref), compression=None, max_size=None,
-                                        ping_interval=None, open_timeout=10)
+                                        ping_interval=None, open_timeout=10, proxy=None)
     except (OSError, websockets.InvalidHandshake, TimeoutError) as exc:
         raise ChannelAborted(f"cannot open channel {ref.get('channel_id')}: {exc}") from exc
 
@@ -70,6 +75,9 @@ async def write_body(engine_url: str, ref: Mapping[str, Any], body: bytes | Asyn
     ``body`` is either the whole body or an iterator of chunks read from the HTTP client. If reading the client
     fails, the channel is aborted (close code 4001) so the handler sees an error rather than a short body. A
     handler that stops reading (reader gone) simply ends the copy.
+
+    Example:
+        >>> await write_body(engine.url, refs["writer"], b'{"a":1}')  # doctest: +SKIP
     """
     ws = await _connect(engine_url, ref)
     try:
@@ -102,6 +110,13 @@ class ResponseChannel:
 
     Text frames before the first body chunk are control frames (``set_status``, ``set_headers``); binary frames
     are the body. Control frames after the first chunk are ignored, as production does.
+
+    Example:
+        >>> response = ResponseChannel(engine.url, refs["reader"])  # doctest: +SKIP
+        >>> first = await response.first_chunk()  # doctest: +SKIP
+        >>> rest = [chunk async for chunk in response.chunks()]  # doctest: +SKIP
+        >>> response.status, response.headers  # doctest: +SKIP
+        (206, {'content-type': 'text/plain'})
     """
 
     def __init__(self, engine_url: str, ref: Mapping[str, Any]) -> None:

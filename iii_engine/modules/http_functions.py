@@ -41,7 +41,12 @@ _SETTINGS_KEYS = frozenset({"security"})
 
 @dataclass(frozen=True)
 class HttpFunction:
-    """A registered HTTP-invoked function, with its secret already resolved."""
+    """A registered HTTP-invoked function, with its secret already resolved.
+
+    Example:
+        >>> HttpFunction("f", "https://x.example/h").method
+        'POST'
+    """
 
     function_id: str
     url: str
@@ -106,6 +111,14 @@ class HttpFunctionsModule(EngineModule):
 
     The engine core calls exactly three methods: :meth:`register_external`, :meth:`unregister_external` and
     (through the returned built-in) :meth:`call`.
+
+    Example:
+        >>> module = HttpFunctionsModule(services, {"security": {"require_https": False}})  # doctest: +SKIP
+        >>> await module.start()  # doctest: +SKIP
+        >>> hook = {"url": "http://hooks.example.com/o"}
+        >>> fn = await module.register_external("orders.hook", hook, "w1")  # doctest: +SKIP
+        >>> await module.call("orders.hook", {"id": 7})  # doctest: +SKIP
+        {'accepted': True}
     """
 
     name = "http_functions"

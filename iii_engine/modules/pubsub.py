@@ -98,6 +98,7 @@ class RedisBus:
         self._deliver: Deliver | None = None
         # Futures completed when Redis confirms a SUBSCRIBE, so subscribe() returns only once it is live.
         self._confirm: dict[str, list[asyncio.Future[None]]] = {}
+        self._closing = False
 
     async def start(self, deliver: Deliver) -> None:
         """See :class:`PubSubBus`."""
@@ -123,6 +124,8 @@ class RedisBus:
 
     async def close(self) -> None:
         """Stop the reader and close both connections."""
+        # The flag ends the reader even if the client library swallows the cancellation.
+        self._closing = True
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -131,8 +134,8 @@ class RedisBus:
         await self._redis.aclose()
 
     async def _read(self) -> None:
-        while True:
-            message = await self._pubsub.get_message(timeout=None)
+        while not self._closing:
+            message = await self._pubsub.get_message(timeout=1.0)
             if message is None:
                 continue
             channel = message["channel"]

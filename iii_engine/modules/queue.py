@@ -6,8 +6,10 @@ each job goes to **one** subscriber (round robin). Jobs live in memory unless ``
 ``modules::queue::RedisAdapter`` (``config: {redis_url, key_prefix?}``; ``key_prefix`` is ours).
 
 Our choices where production differs or is unrecorded: the receipt id is the job id (§9.4 M2); FIFO order is
-strict per message group while different groups run in parallel up to ``concurrency`` (M3); the console
-functions' result shapes are ours (documented on each function).
+strict per message group while different groups run in parallel up to ``concurrency`` (M3); a job whose function
+is not registered waits for it (checked every ``backoff_ms``) instead of burning its attempts, so jobs survive
+workers reconnecting after an engine restart; the console functions' result shapes are ours (documented on each
+function).
 
 Example (engine configuration):
     >>> QueueModule.class_names
@@ -25,7 +27,7 @@ from iii.iii_types import TriggerInfo
 from iii.wire import dumps
 
 from .base import BuiltinFunction, BuiltinHandler, EngineError, EngineModule, EngineServices, InvocationContext
-from .queue_consumer import QueueConsumer, QueueSettings
+from .queue_consumer import JobNotReady, QueueConsumer, QueueSettings
 from .queue_store import Job, MemoryQueueStore, QueueStore
 
 BUILTIN_ADAPTER = "modules::queue::BuiltinQueueAdapter"
@@ -203,6 +205,8 @@ class QueueModule(EngineModule):
     async def _run_named(self, job: Job) -> None:
         if job.function_id is None:
             raise EngineError("invalid_job", f"job {job.id} has no function id")
+        if not self.services.has_function(job.function_id):
+            raise JobNotReady(job.function_id)
         await self.services.invoke(job.function_id, job.data)
 
     async def _run_topic(self, topic: str, job: Job) -> None:

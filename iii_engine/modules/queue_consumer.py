@@ -17,6 +17,12 @@ from typing import Any
 from .queue_store import DeadLetter, Job, QueueStore, now_ms
 
 DLQ_ERROR = "function call failed"
+
+
+class JobNotReady(Exception):
+    """Raised by a runner when a job cannot run yet (its function is not registered): retried, attempt not counted."""
+
+
 Runner = Callable[[Job], Awaitable[None]]
 
 
@@ -126,6 +132,7 @@ class QueueConsumer:
         self._wake = asyncio.Event()
         self._inflight: dict[str, tuple[Job, asyncio.Task[None]]] = {}
         self._loop_task: asyncio.Task[None] | None = None
+        self._stopped = False
 
     def wake(self) -> None:
         """Look for work now (a job was pushed or a subscriber appeared)."""
@@ -137,6 +144,9 @@ class QueueConsumer:
 
     async def stop(self) -> None:
         """Stop claiming and give every unfinished job back to the store."""
+        # The flag, not only the cancellation, ends the loop: a client library may swallow a CancelledError.
+        self._stopped = True
+        self._wake.set()
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -148,7 +158,7 @@ class QueueConsumer:
 
     async def _loop(self) -> None:
         maintenance_due = 0
-        while True:
+        while not self._stopped:
             self._wake.clear()
             try:
                 if now_ms() >= maintenance_due:
@@ -159,8 +169,12 @@ class QueueConsumer:
             except Exception:
                 self._log.exception("queue %s: store failed; retrying", self.queue)
                 timeout = self.settings.poll_interval_ms / 1000
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            # A timer that sets the wake event; asyncio.wait_for can swallow a cancellation here on 3.11.
+            timer = asyncio.get_running_loop().call_later(timeout, self._wake.set)
+            try:
+                await self._wake.wait()
+            finally:
+                timer.cancel()
 
     async def _maintain(self) -> None:
         now = now_ms()
@@ -171,7 +185,7 @@ class QueueConsumer:
             self._log.warning("queue %s: %d job(s) of a lost engine returned to the queue", self.queue, recovered)
 
     async def _fill(self) -> None:
-        while self._can_claim() and len(self._inflight) < self.settings.concurrency:
+        while not self._stopped and self._can_claim() and len(self._inflight) < self.settings.concurrency:
             job = await self.store.claim(self.queue, now_ms=now_ms(), lease_ms=self.settings.lease_ms)
             if job is None:
                 return
@@ -191,13 +205,22 @@ class QueueConsumer:
         except asyncio.CancelledError:
             await self.store.release(self.queue, job)
             raise
+        except JobNotReady:
+            await self._guarded(self.store.retry(self.queue, job, due_ms=now_ms() + self.settings.backoff_ms), job)
         except Exception as exc:
-            await self._failed(job, exc)
+            await self._guarded(self._failed(job, exc), job)
         else:
-            await self.store.ack(self.queue, job)
+            await self._guarded(self.store.ack(self.queue, job), job)
         finally:
             self._inflight.pop(job.id, None)
             self._wake.set()
+
+    async def _guarded(self, step: Awaitable[None], job: Job) -> None:
+        # A store failure here leaves the lane active; its lease expires and the job runs again.
+        try:
+            await step
+        except Exception:
+            self._log.exception("queue %s: store failed while finishing job %s", self.queue, job.id)
 
     async def _failed(self, job: Job, exc: Exception) -> None:
         attempts = job.attempts + 1

@@ -11,7 +11,9 @@ URL) wins over ``adapter`` when both are given:
 ``…::adapters::Bridge``                       refused: not implemented by this engine
 ============================================  ==================================================================
 
-The engine publishes change events itself, so stores are opened with ``publish_events=False``.
+The stream module lets its store publish the change events of store writes (``publish_events=True``: one Redis
+round trip for write + event, as production's scripts do) and publishes the rest (custom streams, ``send``)
+itself; the state module has no event feed and opens its store with ``publish_events=False``.
 
 Example:
     >>> type(open_module_store("stream", {})).__name__
@@ -65,11 +67,11 @@ def _unknown(kind: Kind, class_name: str, settings: Mapping[str, Any], allowed: 
                                f"(allowed: {', '.join(sorted(allowed))})")
 
 
-def _kv_store(kind: Kind, class_name: str, settings: Mapping[str, Any]) -> Backend:
+def _kv_store(kind: Kind, class_name: str, settings: Mapping[str, Any], events: bool) -> Backend:
     _unknown(kind, class_name, settings, _KV_KEYS)
     method = settings.get("store_method", "in_memory")
     if method == "in_memory":
-        return MemoryStream(publish_events=False)
+        return MemoryStream(publish_events=events)
     if method != "file_based":
         raise StoreConfigError(f"{kind} store: store_method must be in_memory or file_based, got {method!r}")
     directory = settings.get("file_path", "kv_store_data.db")
@@ -80,10 +82,10 @@ def _kv_store(kind: Kind, class_name: str, settings: Mapping[str, Any]) -> Backe
     Path(directory).mkdir(parents=True, exist_ok=True)
     path = Path(directory).resolve() / f"iii_{kind}.sqlite3"
     log.info("%s store: file_based KvStore kept in SQLite at %s", kind, path)
-    return open_stream(f"sqlite+aiosqlite:///{path}", publish_events=False, create=True)
+    return open_stream(f"sqlite+aiosqlite:///{path}", publish_events=events, create=True)
 
 
-def open_module_store(kind: Kind, config: Mapping[str, Any]) -> Backend:
+def open_module_store(kind: Kind, config: Mapping[str, Any], *, publish_events: bool = False) -> Backend:
     """The backend for the ``stream`` or ``state`` module configured by ``config`` (its whole settings mapping).
 
     Example:
@@ -95,20 +97,20 @@ def open_module_store(kind: Kind, config: Mapping[str, Any]) -> Backend:
         if not isinstance(url, str) or not url:
             raise StoreConfigError(f"{kind} store: 'store_url' must be a non-empty string, got {url!r}")
         try:
-            return open_stream(url, publish_events=False)
+            return open_stream(url, publish_events=publish_events)
         except ValueError as exc:
             raise StoreConfigError(f"{kind} store: {exc}") from None
     class_name, settings = _adapter(kind, config.get("adapter"))
     prefix = f"modules::{kind}::adapters::"
     short = class_name[len(prefix):] if class_name.startswith(prefix) else None
     if short == "KvStore":
-        return _kv_store(kind, class_name, settings)
+        return _kv_store(kind, class_name, settings, publish_events)
     if short == "RedisAdapter":
         _unknown(kind, class_name, settings, _REDIS_KEYS)
         redis_url = settings.get("redis_url", _DEFAULT_REDIS_URL)
         if not isinstance(redis_url, str):
             raise StoreConfigError(f"{kind} store: redis_url must be a string, got {redis_url!r}")
-        return open_stream(redis_url, publish_events=False)
+        return open_stream(redis_url, publish_events=publish_events)
     if short == "Bridge":
         raise StoreConfigError(f"{kind} store: adapter class {class_name} is not supported by this engine "
                                "(use KvStore, RedisAdapter or store_url)")

@@ -23,7 +23,7 @@ from iii.iii_types import TriggerInfo
 
 from .base import EngineError, EngineServices
 
-__all__ = ["JoinLeaveTriggers", "StreamTriggers", "matches_stream_trigger"]
+__all__ = ["JoinLeaveTriggers", "StreamTriggers", "TriggerRunner", "matches_stream_trigger"]
 
 
 def _config(trigger: TriggerInfo) -> Mapping[str, Any]:
@@ -46,17 +46,26 @@ def matches_stream_trigger(config: Mapping[str, Any], event: Mapping[str, Any]) 
     return not item or item == event.get("id")
 
 
-class _Spawner:
+class TriggerRunner:
+    """Spawns trigger tasks and calls handlers behind their condition function; shared by stream and state.
+
+    Example:
+        >>> TriggerRunner.__name__
+        'TriggerRunner'
+    """
+
     def __init__(self, services: EngineServices) -> None:
         self.services = services
         self._tasks: set[asyncio.Task[None]] = set()
 
     def spawn(self, coro: Any) -> None:
+        """Run ``coro`` in a task that :meth:`close` cancels."""
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
+        """Cancel the running trigger tasks."""
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -75,7 +84,7 @@ class _Spawner:
             return None
 
 
-class StreamTriggers(_Spawner):
+class StreamTriggers(TriggerRunner):
     """Registrator of the ``stream`` trigger type and dispatcher of change events to it.
 
     Example:
@@ -110,7 +119,7 @@ class StreamTriggers(_Spawner):
             await self.call(trigger, event)
 
 
-class JoinLeaveTriggers(_Spawner):
+class JoinLeaveTriggers(TriggerRunner):
     """Registrator of ``stream:join`` or ``stream:leave``; :meth:`run` awaits the matching handlers in order.
 
     Example:

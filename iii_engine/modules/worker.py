@@ -259,4 +259,7 @@ class WorkerModule(EngineModule):
         args = _object(data, fid)
         size = _optional(args, fid, "buffer_size", int)
         buffer_size = 64 if size is None else min(max(size, 1), 1024)
-        return self.core.channels.create(buffer_size, ctx.caller_worker_id)
+        max_bytes = _optional(args, fid, "max_bytes", int)  # ours: per-channel byte quota (PROTOCOL §9.2 C8)
+        if max_bytes is not None and max_bytes < 0:
+            raise EngineError("deserialization_error", f"{fid}: max_bytes must be >= 0, got {max_bytes}")
+        return self.core.channels.create(buffer_size, ctx.caller_worker_id, max_bytes)

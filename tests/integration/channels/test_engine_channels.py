@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import iii_channels
-from iii.channels import ChannelReader
+from iii.channels import ChannelReader, ChannelWriter
 from iii.iii import III
 from iii_engine import Engine
 from iii_engine.config import ChannelSettings
@@ -78,3 +78,29 @@ async def test_wrong_direction_refused(client: tuple[Engine, III]) -> None:
         return  # production does not check directions (T20)
     with pytest.raises(iii_channels.ChannelNotFoundError):
         await wrong.read_all()
+
+
+async def test_byte_quota_from_create(client: tuple[Engine, III]) -> None:
+    engine, worker = client
+    refs = await worker.trigger_async(
+        {"function_id": "engine::channels::create", "payload": {"buffer_size": 8, "max_bytes": 1_000_000}})
+    writer = ChannelWriter(engine.url, refs["writer"])
+    reader = ChannelReader(engine.url, refs["reader"])
+
+    async def send() -> None:
+        await writer.write(bytes(1_500_000))
+        await writer.close_async()
+
+    results = await asyncio.gather(send(), reader.read_all(), return_exceptions=True)
+    if engine.config.channels.production_mode:
+        assert results == [None, bytes(1_500_000)]  # production has no quota: the option is ignored
+        return
+    assert isinstance(results[0], iii_channels.ChannelError)
+    assert isinstance(results[1], iii_channels.ChannelAbortedError)
+    assert "quota of 1000000" in str(results[1])
+
+
+async def test_negative_quota_rejected(client: tuple[Engine, III]) -> None:
+    _, worker = client
+    with pytest.raises(Exception, match="max_bytes must be >= 0"):
+        await worker.trigger_async({"function_id": "engine::channels::create", "payload": {"max_bytes": -1}})

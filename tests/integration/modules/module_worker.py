@@ -51,8 +51,15 @@ class ModuleWorker:
         await self.sync()
 
     async def trigger(self, trigger_id: str, trigger_type: str, function_id: str, config: Any) -> None:
-        await self.send({"type": "registertrigger", "id": trigger_id, "trigger_type": trigger_type,
-                         "function_id": function_id, "config": config})
+        await self.send(
+            {
+                "type": "registertrigger",
+                "id": trigger_id,
+                "trigger_type": trigger_type,
+                "function_id": function_id,
+                "config": config,
+            }
+        )
         await self.sync()
 
     async def sync(self) -> None:
@@ -64,8 +71,15 @@ class ModuleWorker:
         invocation_id = str(uuid.uuid4())
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._results[invocation_id] = future
-        await self.send({"type": "invokefunction", "invocation_id": invocation_id, "function_id": function_id,
-                         "data": data, **extra})
+        await self.send(
+            {
+                "type": "invokefunction",
+                "invocation_id": invocation_id,
+                "function_id": function_id,
+                "data": data,
+                **extra,
+            }
+        )
         return await asyncio.wait_for(future, WAIT)
 
     async def result(self, function_id: str, data: Any = None) -> Any:
@@ -90,8 +104,11 @@ class ModuleWorker:
             return
 
     async def _serve(self, frame: dict[str, Any]) -> None:
-        answer: dict[str, Any] = {"type": "invocationresult", "invocation_id": frame["invocation_id"],
-                                  "function_id": frame["function_id"]}
+        answer: dict[str, Any] = {
+            "type": "invocationresult",
+            "invocation_id": frame["invocation_id"],
+            "function_id": frame["function_id"],
+        }
         try:
             answer["result"] = await self.handlers[frame["function_id"]](frame["data"])
         except Exception as exc:

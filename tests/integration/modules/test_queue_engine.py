@@ -22,8 +22,12 @@ def engine_with_queue(settings: dict[str, Any]) -> Engine:
 
 @pytest.fixture
 async def engine() -> AsyncIterator[Engine]:
-    settings = {"queue_configs": {"default": {"max_retries": 2, "backoff_ms": 10},
-                                  "payment": {"type": "fifo", "message_group_field": "transaction_id"}}}
+    settings = {
+        "queue_configs": {
+            "default": {"max_retries": 2, "backoff_ms": 10},
+            "payment": {"type": "fifo", "message_group_field": "transaction_id"},
+        }
+    }
     async with engine_with_queue(settings) as running:
         yield running
 
@@ -46,8 +50,9 @@ async def test_enqueue_action_receipt_delivery_dlq_and_redrive(engine: Engine) -
         # Raw payload: no _caller_worker_id for enqueued jobs.
         assert await asyncio.wait_for(got.get(), 5) == {"id": 7}
         assert await asyncio.wait_for(got.get(), 5) == {"id": 7}  # the retry
-        while (await worker.result("engine::queue::topic_stats", {"topic": "default"}))["dlq"] != 1:
-            await asyncio.sleep(0.01)  # poll a condition the engine reaches on its own
+        # The DLQ move follows the failed result with no event a client can await: poll that condition.
+        while (await worker.result("engine::queue::topic_stats", {"topic": "default"}))["dlq"] != 1:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
         page = await worker.result("engine::queue::dlq_messages", {"topic": "default"})
         assert [m["id"] for m in page["messages"]] == [receipt]
 

@@ -171,3 +171,21 @@ async def test_many_channels_at_once(any_relay: tuple[str, ChannelRelay]) -> Non
 
     assert all(await asyncio.gather(*(one(i) for i in range(100))))
     await asyncio.wait_for(r.wait_idle(), 10)
+
+
+async def test_reader_close_with_unread_frames_is_prompt(relay: tuple[str, ChannelRelay]) -> None:
+    base, r = relay
+    writer, reader = ends(base, r, buffer_size=4)
+
+    async def flood() -> None:
+        for _ in range(400):
+            await writer.write(bytes(65_536))
+
+    flooding = asyncio.ensure_future(flood())
+    assert await reader.read_chunk() == bytes(65_536)
+    # Full relay queue: the reader's socket and receive queue are full of unread frames too.
+    await asyncio.wait_for(r.wait_full(writer.ref.channel_id), 10)
+    # Without draining while closing, this waited for websockets' 10 s close timeout.
+    await asyncio.wait_for(reader.close_async(), 3)
+    with pytest.raises(ReaderGoneError):
+        await asyncio.wait_for(flooding, 5)

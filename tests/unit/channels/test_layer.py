@@ -287,3 +287,19 @@ def test_progress_bar_draws_rate_and_eta() -> None:
     bar.close()
     text = out.getvalue()
     assert "x.bin" in text and "50%" in text and "ETA" in text and "/s" in text
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_progress_bar_redraws_on_a_terminal_and_prints_lines_elsewhere(tty: bool) -> None:
+    out = io.StringIO()
+    bar = ProgressBar(label="f", stream=out, interval=0, tty=tty)
+    bar(1, 4)
+    bar(2, 4)
+    bar.close()
+    bar.close()  # idempotent: adapters and their callers may both close it
+    text = out.getvalue()
+    if tty:
+        assert text.count("\r") == 3 and text.endswith("\n") and text.count("\n") == 1
+    else:
+        assert "\r" not in text and text.count("\n") == 3
+    assert " 50%" in text.rsplit("\r", 1)[-1].splitlines()[-1]  # the final draw shows the last state

@@ -210,22 +210,58 @@ async def test_holds_at_most_buffer_size_messages(relay: tuple[str, ChannelRelay
         writer_done.set()
 
     task = asyncio.create_task(write_many())
-    channel = r._channels[refs["writer"]["channel_id"]]
-    # Poll until the queue is full: 400 x 64 KiB is far more than socket buffers absorb, so the writer stalls.
-    while len(channel.items) < 3:  # noqa: ASYNC110 - the relay exposes no event for 'queue full'
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.2)  # give a misbehaving relay time to over-fill the queue
-    assert len(channel.items) == 3
+    channel_id = refs["writer"]["channel_id"]
+    # 400 x 64 KiB is far more than socket buffers absorb, so the relay fills its queue and stops reading.
+    await asyncio.wait_for(r.wait_full(channel_id), 10)
+    assert r.stats(channel_id)["queued"] == 3
     assert not writer_done.is_set()
     reader = await connect(base, refs["reader"])
     received = 0
     async for message in reader:
-        assert len(channel.items) <= 3
+        assert r.stats(channel_id)["queued"] <= 3
         assert message == received.to_bytes(4, "big") * 16384
         received += 1
         if received == 400:
             break
+    # The deepest the queue ever got: proves the bound held throughout, with no timing involved.
+    assert r.stats(channel_id)["peak"] == 3
     await task
     await writer.close()
     _, code, _ = await drain(reader)
     assert code == 1000
+
+
+async def test_byte_quota_closes_writer_1009_and_aborts_reader(relay: tuple[str, ChannelRelay]) -> None:
+    base, r = relay
+    refs = r.create(None, owner="w", max_bytes=100_000)
+    reader = await connect(base, refs["reader"])
+    writer = await connect(base, refs["writer"])
+    await writer.send(b"a" * 60_000)
+    await writer.send(b"b" * 60_000)  # 120 000 > 100 000
+    await asyncio.wait_for(writer.wait_closed(), 5)
+    assert writer.protocol.close_rcvd is not None
+    assert writer.protocol.close_rcvd.code == 1009
+    assert "quota of 100000" in writer.protocol.close_rcvd.reason
+    got, code, reason = await drain(reader)
+    assert code == 4001 and "quota" in reason
+    assert sum(len(m) for m in got) <= 100_000
+
+
+async def test_byte_quota_allows_exactly_the_quota(relay: tuple[str, ChannelRelay]) -> None:
+    base, r = relay
+    refs = r.create(None, owner="w", max_bytes=1000)
+    assert r.stats(refs["writer"]["channel_id"])["max_bytes"] == 1000
+    writer = await connect(base, refs["writer"])
+    await writer.send(b"x" * 1000)
+    await writer.close()
+    got, code, _ = await drain(await connect(base, refs["reader"]))
+    assert (got, code) == ([b"x" * 1000], 1000)
+
+
+async def test_relay_default_quota_and_negative_rejected() -> None:
+    r = ChannelRelay(max_channel_bytes=10)
+    refs = r.create(None, owner=None)
+    assert r.stats(refs["writer"]["channel_id"])["max_bytes"] == 10
+    with pytest.raises(ValueError, match="max_bytes must be >= 0"):
+        r.create(None, owner=None, max_bytes=-1)
+    assert ChannelRelay(production_mode=True, max_channel_bytes=10).create(None, None)["writer"]

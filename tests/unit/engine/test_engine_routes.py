@@ -44,7 +44,7 @@ async def test_channels_create_clamps_and_delegates(given: dict[str, Any], expec
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[int | None, str | None]] = []
 
-    def create(buffer_size: int | None, owner: str | None) -> dict[str, Any]:
+    def create(buffer_size: int | None, owner: str | None, max_bytes: int | None = None) -> dict[str, Any]:
         calls.append((buffer_size, owner))
         return {"writer": {}, "reader": {}}
 

@@ -117,7 +117,9 @@ async def test_every_second_schedule_fires_with_the_production_payload() -> None
     services.add("never", skip_all)
     try:
         trigger = await services.trigger("cron", "every-second", "tick", {"expression": "* * * * * *"})
-        await services.trigger("cron", "skipped", "tick", {"expression": "* * * * * *", "condition_function_id": "never"})
+        await services.trigger(
+            "cron", "skipped", "tick", {"expression": "* * * * * *", "condition_function_id": "never"}
+        )
         first = await asyncio.wait_for(fired.get(), 3)
         second = await asyncio.wait_for(fired.get(), 3)
         assert set(first) == {"trigger", "job_id", "scheduled_time", "actual_time"}

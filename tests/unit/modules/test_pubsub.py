@@ -12,7 +12,9 @@ from fake_services import FakeServices
 from iii_engine.modules.base import EngineError
 from iii_engine.modules.pubsub import PubSubModule
 
-REDIS_CONFIG = {"adapter": {"class": "modules::pubsub::RedisAdapter", "config": {"redis_url": "redis://127.0.0.1:6379/0"}}}
+REDIS_CONFIG = {
+    "adapter": {"class": "modules::pubsub::RedisAdapter", "config": {"redis_url": "redis://127.0.0.1:6379/0"}}
+}
 
 
 def collector(services: FakeServices, function_id: str, into: asyncio.Queue[Any]) -> None:

@@ -1,0 +1,155 @@
+"""REST API module: requests per second and streamed download throughput, against a raw aiohttp baseline.
+
+Baselines, measured in the same run with the same client:
+  * requests: a bare aiohttp server answering the same JSON directly (the ceiling of the HTTP layer alone);
+    the engine path adds an invocation to a worker and two per-request channels.
+  * download: a bare aiohttp server streaming the same bytes in 64 KiB chunks; the engine path carries them
+    worker -> channel relay -> REST API -> client.
+
+Usage: .venv/bin/python bench/http_api.py [--requests N] [--concurrency C] [--mib M]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import websockets
+from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a plain script: use the checkout
+
+from iii.wire import dumps, loads
+from iii_engine import Engine, EngineConfig, ModuleSpec
+from iii_engine.modules.http_channels import channel_url
+
+CHUNK = 64 * 1024
+ANSWER = {"status_code": 200, "body": {"ok": True}}
+
+
+async def raw_server(size: int) -> tuple[web.AppRunner, str]:
+    block = b"x" * CHUNK
+
+    async def json_route(request: web.Request) -> web.Response:
+        return web.json_response(ANSWER["body"])
+
+    async def download(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for start in range(0, size, CHUNK):
+            await response.write(block[: min(CHUNK, size - start)])
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/json", json_route)
+    app.router.add_get("/download", download)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
+async def worker(engine_url: str, size: int) -> asyncio.Task[None]:
+    """A raw worker: answers ``bench.json`` with JSON and ``bench.download`` by streaming ``size`` bytes."""
+    ws = await websockets.connect(engine_url, compression=None, max_size=None)
+    await ws.recv()
+    for fid, path in (("bench.json", "json"), ("bench.download", "download")):
+        await ws.send(dumps({"type": "registerfunction", "id": fid}))
+        await ws.send(dumps({"type": "registertrigger", "id": f"t-{fid}", "trigger_type": "http",
+                             "function_id": fid, "config": {"api_path": path}}))
+    await ws.send(dumps({"type": "ping"}))
+    while loads(await ws.recv()).get("type") != "pong":
+        pass
+    block = b"x" * CHUNK
+
+    async def stream(frame: dict[str, Any]) -> None:
+        async with websockets.connect(channel_url(engine_url, frame["data"]["response"]), compression=None) as out:
+            for start in range(0, size, CHUNK):
+                await out.send(block[: min(CHUNK, size - start)])
+        await ws.send(dumps({"type": "invocationresult", "invocation_id": frame["invocation_id"],
+                             "function_id": frame["function_id"]}))
+
+    async def serve() -> None:
+        tasks = set()
+        async for raw in ws:
+            frame = loads(raw)
+            if frame.get("type") != "invokefunction":
+                continue
+            if frame["function_id"] == "bench.json":
+                await ws.send(dumps({"type": "invocationresult", "invocation_id": frame["invocation_id"],
+                                     "function_id": frame["function_id"], "result": ANSWER}))
+            else:
+                task = asyncio.ensure_future(stream(frame))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+
+    return asyncio.ensure_future(serve())
+
+
+async def requests_per_s(session: aiohttp.ClientSession, url: str, total: int, concurrency: int) -> float:
+    remaining = total
+
+    async def one_client() -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            async with session.get(url) as response:
+                assert response.status == 200, response.status
+                await response.read()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one_client() for _ in range(concurrency)))
+    return total / (time.perf_counter() - start)
+
+
+async def download_mb_s(session: aiohttp.ClientSession, url: str, size: int) -> float:
+    start = time.perf_counter()
+    got = 0
+    async with session.get(url) as response:
+        async for chunk in response.content.iter_chunked(CHUNK):
+            got += len(chunk)
+    assert got == size, (got, size)
+    return size / (time.perf_counter() - start) / 1e6
+
+
+async def main(total: int, concurrency: int, mib: int) -> None:
+    size = mib * 1024 * 1024
+    runner, raw_url = await raw_server(size)
+    spec = ModuleSpec("modules::api::RestApiModule", {"host": "127.0.0.1", "port": 0})
+    async with Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[spec])) as engine:
+        module = engine.module("http_api")
+        api_url = getattr(module, "base_url", "")
+        serving = await worker(engine.url, size)
+        async with aiohttp.ClientSession() as session:
+            await requests_per_s(session, f"{api_url}/json", 50, 4)  # warm-up
+            raw_rps = await requests_per_s(session, f"{raw_url}/json", total, concurrency)
+            engine_rps = await requests_per_s(session, f"{api_url}/json", total, concurrency)
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            raw_mb = await download_mb_s(session, f"{raw_url}/download", size)
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            engine_mb = await download_mb_s(session, f"{api_url}/download", size)
+            growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
+        lingering = len(engine.channels)
+        serving.cancel()
+    await runner.cleanup()
+    print(f"JSON requests  raw aiohttp {raw_rps:8.0f}/s   engine {engine_rps:8.0f}/s   ratio {engine_rps / raw_rps:.2f}"
+          f"   (concurrency {concurrency}, {total} requests, max RSS {rss:.0f} MB)")
+    print(f"download {mib} MiB raw aiohttp {raw_mb:8.1f} MB/s  engine {engine_mb:8.1f} MB/s  ratio "
+          f"{engine_mb / raw_mb:.2f}   (max RSS grew {growth:.0f} MB during the engine download)")
+    print(f"channels still held by the relay after the run: {lingering}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--mib", type=int, default=64)
+    args = parser.parse_args()
+    asyncio.run(main(args.requests, args.concurrency, args.mib))

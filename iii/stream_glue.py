@@ -1,0 +1,128 @@
+"""The functions ``III.create_stream`` registers: ``stream::<op>(<name>)`` handlers over an :class:`IStream`.
+
+Beyond the reference SDK (PROTOCOL §9.5 S7, S8): ``update`` is served too, composed from get → apply ops → set
+under a per-item lock when the backend's ``update`` returns ``None`` or raises ``NotImplementedError``; a
+``None`` from ``delete`` becomes ``{"old_value": null}`` and from ``set`` ``{"new_value": <input data>}``;
+pydantic results keep their ``None`` fields.
+
+Example:
+    >>> sorted(stream_functions("todos", object()))  # doctest: +NORMALIZE_WHITESPACE
+    ['stream::delete(todos)', 'stream::get(todos)', 'stream::list(todos)', 'stream::list_groups(todos)',
+     'stream::set(todos)', 'stream::update(todos)']
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .stream import (
+    IStream,
+    StreamDeleteInput,
+    StreamGetInput,
+    StreamListGroupsInput,
+    StreamListInput,
+    StreamSetInput,
+    StreamUpdateInput,
+)
+from .stream_ops import apply_ops
+from .wire import jsonable
+
+__all__ = ["StreamFunctions", "stream_functions"]
+
+StreamHandler = Callable[[Any], Awaitable[Any]]
+
+
+class StreamFunctions:
+    """The six handlers for one named stream; ``update`` serialises the composed fallback per item.
+
+    Example:
+        >>> # handlers = StreamFunctions(MemoryStream()); await handlers.get({"stream_name": ..., ...})
+    """
+
+    def __init__(self, stream: IStream[Any]) -> None:
+        self._stream = stream
+        # Only items with an update in flight have a lock; the last one out removes it.
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    async def get(self, data: Any) -> Any:
+        """``stream::get``: the item, or ``None``."""
+        return jsonable(await self._stream.get(StreamGetInput.model_validate(data)))
+
+    async def set(self, data: Any) -> Any:
+        """``stream::set``: ``{old_value, new_value}``; a backend answering ``None`` reports a create."""
+        request = StreamSetInput.model_validate(data)
+        result = await self._stream.set(request)
+        if result is None:
+            return {"new_value": jsonable(request.data)}
+        return jsonable(result)
+
+    async def delete(self, data: Any) -> Any:
+        """``stream::delete``: ``{old_value}``, ``null`` when the backend answers ``None``."""
+        result = await self._stream.delete(StreamDeleteInput.model_validate(data))
+        return {"old_value": None} if result is None else jsonable(result)
+
+    async def list(self, data: Any) -> Any:
+        """``stream::list``: the items of a group."""
+        return jsonable(await self._stream.list(StreamListInput.model_validate(data)))
+
+    async def list_groups(self, data: Any) -> Any:
+        """``stream::list_groups``: the group ids."""
+        return jsonable(await self._stream.list_groups(StreamListGroupsInput.model_validate(data)))
+
+    async def update(self, data: Any) -> Any:
+        """``stream::update``: the backend's own update, else the composed one."""
+        request = StreamUpdateInput.model_validate(data)
+        try:
+            result = await self._stream.update(request)
+        except NotImplementedError:
+            result = None
+        if result is not None:
+            return jsonable(result)
+        return await self._compose_update(request)
+
+    async def _compose_update(self, request: StreamUpdateInput) -> dict[str, Any]:
+        key = (request.group_id, request.item_id)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                old = jsonable(
+                    await self._stream.get(
+                        StreamGetInput(
+                            stream_name=request.stream_name, group_id=request.group_id, item_id=request.item_id
+                        )
+                    )
+                )
+                new = apply_ops(old, request.ops)
+                await self._stream.set(
+                    StreamSetInput(
+                        stream_name=request.stream_name,
+                        group_id=request.group_id,
+                        item_id=request.item_id,
+                        data=new,
+                    )
+                )
+                return {"old_value": old, "new_value": new}
+        finally:
+            if not lock.locked() and not getattr(lock, "_waiters", None):
+                self._locks.pop(key, None)
+
+
+def stream_functions(stream_name: str, stream: IStream[Any]) -> dict[str, StreamHandler]:
+    """Function id → handler for every operation of stream ``stream_name``.
+
+    Example:
+        >>> list(stream_functions("s", object()))[0]
+        'stream::get(s)'
+    """
+    handlers = StreamFunctions(stream)
+    ops: tuple[tuple[str, StreamHandler], ...] = (
+        ("get", handlers.get),
+        ("set", handlers.set),
+        ("delete", handlers.delete),
+        ("list", handlers.list),
+        ("list_groups", handlers.list_groups),
+        ("update", handlers.update),
+    )
+    return {f"stream::{op}({stream_name})": handler for op, handler in ops}

@@ -1,0 +1,95 @@
+"""Trace context around incoming invocations: the optional ``iii.telemetry`` module, a span per handler run.
+
+Kept apart from the client so the client never imports OpenTelemetry itself; with telemetry missing or off,
+:class:`TraceScope` just runs the handler and captures its exception.
+
+Example:
+    >>> import asyncio
+    >>> async def ok() -> int: return 7
+    >>> asyncio.run(TraceScope(None).run("call f", ok, None, None))
+    (7, None, None, None)
+"""
+
+from __future__ import annotations
+
+import importlib
+import traceback
+from collections.abc import Callable, Coroutine
+from types import ModuleType
+from typing import Any
+
+__all__ = ["TraceScope", "load_telemetry"]
+
+HandlerCall = Callable[[], Coroutine[Any, Any, Any]]
+Outcome = tuple[Any, BaseException | None, str | None, str | None]
+
+
+def load_telemetry() -> ModuleType | None:
+    """``iii.telemetry``, or ``None`` when it cannot be imported (OpenTelemetry is an optional extra).
+
+    Example:
+        >>> load_telemetry() is None or hasattr(load_telemetry(), "init_otel")
+        True
+    """
+    # Imported by name so that a missing optional dependency is a None here, not an import error at startup.
+    try:
+        return importlib.import_module("iii.telemetry")
+    except ImportError:
+        return None
+
+
+class TraceScope:
+    """Runs a handler inside the caller's trace context and reports the response ``traceparent``.
+
+    Example:
+        >>> TraceScope(None).headers()
+        (None, None)
+    """
+
+    def __init__(self, telemetry: ModuleType | None) -> None:
+        self._tel = telemetry
+
+    def headers(self) -> tuple[str | None, str | None]:
+        """``(traceparent, baggage)`` to put on an outgoing invocation."""
+        tel = self._tel
+        if tel is None:
+            return None, None
+        return tel.inject_traceparent(), tel.inject_baggage()
+
+    async def run(self, name: str, call: HandlerCall, traceparent: str | None, baggage: str | None) -> Outcome:
+        """``(result, error, formatted traceback, response traceparent)``."""
+        tel = self._tel
+        if tel is None:
+            return await self._plain(call)
+        tracer = tel.get_tracer()
+        if tracer is None:
+            # Telemetry is off: no span, but nested calls still carry the caller's trace context.
+            if not traceparent and not baggage:
+                return await self._plain(call)
+            from opentelemetry import context
+
+            token = context.attach(tel.extract_context(traceparent, baggage))
+            try:
+                return await self._plain(call)
+            finally:
+                context.detach(token)
+        from opentelemetry import trace
+
+        parent = tel.extract_context(traceparent, baggage)
+        with tracer.start_as_current_span(
+            name, context=parent, kind=trace.SpanKind.SERVER, record_exception=False
+        ) as span:
+            result, error, stack, _ = await self._plain(call)
+            if error is not None:
+                span.record_exception(error)
+                span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
+            else:
+                span.set_status(trace.Status(trace.StatusCode.OK))
+            return result, error, stack, tel.inject_traceparent()
+
+    @staticmethod
+    async def _plain(call: HandlerCall) -> Outcome:
+        try:
+            return await call(), None, None, None
+        except Exception as exc:
+            return None, exc, traceback.format_exc(), None

@@ -1,0 +1,307 @@
+"""Many files over one channel: ``send_dir`` / ``send_files`` and ``receive_dir``.
+
+Stream format (text messages framing binary data, all in order on one channel)::
+
+    {"iii_channels_entry": {"path": "a/b.txt", "type": "file", "size": 123}}    then the file's bytes, then
+    {"iii_channels_entry_end": {"bytes": 123, "sha256": "…"}}
+    {"iii_channels_entry": {"path": "empty", "type": "dir"}}                    (directories: no data)
+    … then the stream's own integrity trailer (``ChannelSink``) and end of stream.
+
+Memory stays constant (one file open at a time, bounded chunks). ``receive_dir`` writes into a hidden staging
+directory next to the destination, checks every file against its end record and the whole stream against the
+trailer, and renames the staging directory to the destination only when all of it verified: on any failure
+nothing appears under the final name and the staging directory is removed.
+
+Example:
+    >>> async def mirror(writer, reader) -> None:
+    ...     await asyncio.gather(send_dir(writer, "photos/"), receive_dir(reader, "/backup/photos"))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO
+
+from iii.channels import ChannelReader, ChannelWriter
+
+from .errors import IntegrityError
+from .files import DEFAULT_CHUNK, FileReceipt, new_dir_mode, new_file_mode
+from .integrity import Digest
+from .progress import Progress
+from .sink import ChannelSink
+from .source import ChannelSource
+
+ENTRY_KEY = "iii_channels_entry"
+END_KEY = "iii_channels_entry_end"
+
+FileSpec = str | os.PathLike[str] | tuple[str, str | os.PathLike[str]]
+"""A file to send: a path (sent under its basename) or ``(name_in_stream, path)``."""
+
+
+@dataclass(frozen=True)
+class TreeReceipt:
+    """What ``receive_dir`` stored: the final directory, each file (with its verified digest), directories."""
+
+    path: Path
+    files: list[FileReceipt] = field(default_factory=list)
+    directories: list[str] = field(default_factory=list)
+
+    @property
+    def bytes(self) -> int:
+        """Total bytes of all files."""
+        return sum(f.size for f in self.files)
+
+
+def check_entry_path(name: object) -> PurePosixPath:
+    """A relative path from the stream, refusing anything that could land outside the destination.
+
+    Example:
+        >>> str(check_entry_path("a/b.txt"))
+        'a/b.txt'
+        >>> check_entry_path("../etc/passwd")
+        Traceback (most recent call last):
+        ...
+        ValueError: unsafe path in channel stream: '../etc/passwd'
+    """
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise ValueError(f"unsafe path in channel stream: {name!r}")
+    path = PurePosixPath(name)
+    if path.is_absolute() or any(part in ("", ".", "..") for part in name.split("/")):
+        raise ValueError(f"unsafe path in channel stream: {name!r}")
+    return path
+
+
+def _entry(path: str, kind: str, size: int | None = None) -> str:
+    body: dict[str, Any] = {"path": path, "type": kind}
+    if size is not None:
+        body["size"] = size
+    return json.dumps({ENTRY_KEY: body})
+
+
+def _parse(text: str) -> tuple[str, dict[str, Any]] | None:
+    for key in (ENTRY_KEY, END_KEY):
+        if text.startswith('{"' + key + '"'):
+            try:
+                body = json.loads(text)[key]
+            except (ValueError, KeyError) as exc:
+                raise IntegrityError(f"malformed {key} record: {text[:200]!r}") from exc
+            if not isinstance(body, dict):
+                raise IntegrityError(f"malformed {key} record: {text[:200]!r}")
+            return key, body
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------- sending
+
+
+def _walk(directory: Path) -> tuple[list[str], list[tuple[str, Path, int]]]:
+    """Directories and regular files under ``directory`` (sorted; symlinked directories not followed)."""
+    dirs: list[str] = []
+    files: list[tuple[str, Path, int]] = []
+    for root, dirnames, filenames in os.walk(directory):
+        rel_root = Path(root).relative_to(directory)
+        dirnames[:] = sorted(d for d in dirnames if not os.path.islink(os.path.join(root, d)))
+        for d in dirnames:
+            dirs.append((rel_root / d).as_posix())
+        for name in sorted(filenames):
+            full = Path(root) / name
+            try:
+                info = os.stat(full)
+            except OSError:
+                continue  # a dangling symlink or a file removed meanwhile
+            if stat.S_ISREG(info.st_mode):  # never FIFOs, sockets or devices: reading them could block forever
+                files.append(((rel_root / name).as_posix(), full, info.st_size))
+    return dirs, files
+
+
+async def _send(
+    writer: ChannelWriter, dirs: list[str], files: list[tuple[str, Path, int]], progress: Progress, label: str,
+    chunk_size: int,
+) -> int:
+    loop = asyncio.get_running_loop()
+    total = sum(size for _, _, size in files)
+    async with ChannelSink(writer, trailer=True, progress=progress, total=total, label=label) as sink:
+        for name in dirs:
+            await sink.send_text(_entry(name, "dir"))
+        for name, path, size in files:
+            await sink.send_text(_entry(name, "file", size))
+            digest = Digest()
+            fh: BinaryIO = await loop.run_in_executor(None, open, path, "rb")
+            with fh:
+                while chunk := await loop.run_in_executor(None, fh.read, chunk_size):
+                    digest.update(chunk)
+                    await sink.write(chunk)
+            await sink.send_text(json.dumps({END_KEY: {"bytes": digest.count, "sha256": digest.hexdigest()}}))
+    return sink.bytes_written
+
+
+async def send_dir(
+    writer: ChannelWriter, directory: str | os.PathLike[str], *, progress: Progress = None,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> int:
+    """Send every regular file and directory under ``directory``; returns the file bytes sent.
+
+    Symlinks to files are followed, symlinked directories are not; FIFOs, sockets and devices are skipped.
+    Any failure aborts the channel.
+    """
+    root = Path(directory)
+    if not await asyncio.to_thread(root.is_dir):
+        raise NotADirectoryError(f"send_dir: {root} is not a directory")
+    dirs, files = await asyncio.to_thread(_walk, root)
+    return await _send(writer, dirs, files, progress, root.name, chunk_size)
+
+
+async def send_files(
+    writer: ChannelWriter, files: Iterable[FileSpec], *, progress: Progress = None, chunk_size: int = DEFAULT_CHUNK,
+) -> int:
+    """Send several files as one stream ``receive_dir`` can store; returns the file bytes sent.
+
+    Each item is a path (sent under its basename) or ``(name_in_stream, path)``; names may contain ``/``.
+    """
+    entries: list[tuple[str, Path, int]] = []
+    for spec in files:
+        name, path = (spec[0], Path(spec[1])) if isinstance(spec, tuple) else (Path(spec).name, Path(spec))
+        check_entry_path(name)
+        entries.append((name, path, (await asyncio.to_thread(os.stat, path)).st_size))
+    return await _send(writer, [], entries, progress, "files", chunk_size)
+
+
+# ---------------------------------------------------------------------------------------------------- receiving
+
+
+class _Receiver:
+    """Writes the entries of one stream into a staging directory, one file at a time."""
+
+    def __init__(self, staging: Path, channel_id: str) -> None:
+        self.staging = staging
+        self.channel_id = channel_id
+        self.files: list[tuple[str, int, str]] = []
+        self.dirs: list[str] = []
+        self._seen: set[str] = set()
+        self._name: str | None = None
+        self._fh: BinaryIO | None = None
+        self._digest = Digest()
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+
+    def _error(self, message: str) -> IntegrityError:
+        return IntegrityError(f"channel {self.channel_id}: {message}", channel_id=self.channel_id)
+
+    def _claim(self, name: object) -> tuple[str, Path]:
+        try:
+            rel = check_entry_path(name)
+        except ValueError as exc:
+            raise self._error(str(exc)) from None
+        key = rel.as_posix()
+        if key in self._seen:
+            raise self._error(f"{key!r} appears twice in the stream")
+        self._seen.add(key)
+        return key, self.staging.joinpath(*rel.parts)
+
+    async def on_text(self, text: str) -> None:
+        parsed = _parse(text)
+        if parsed is None:
+            return  # other text messages are not ours to interpret
+        kind, body = parsed
+        if kind == ENTRY_KEY:
+            if self._fh is not None:
+                raise self._error(f"a new entry began inside {self._name!r}")
+            name, target = self._claim(body.get("path"))
+            if body.get("type") == "dir":
+                await asyncio.to_thread(target.mkdir, parents=True, exist_ok=True)
+                self.dirs.append(name)
+                return
+            self._fh = await asyncio.to_thread(_create, target)
+            self._name, self._digest = name, Digest()
+            return
+        if self._fh is None:
+            raise self._error("a file end record outside any file")
+        await self._flush()
+        fh, self._fh = self._fh, None
+        await asyncio.to_thread(fh.close)
+        if body.get("bytes") != self._digest.count or body.get("sha256") != self._digest.hexdigest():
+            raise self._error(f"{self._name!r}: received {self._digest.count} bytes that do not match the "
+                              f"sender's {body.get('bytes')} bytes / SHA-256")
+        assert self._name is not None
+        self.files.append((self._name, self._digest.count, self._digest.hexdigest()))
+
+    async def on_data(self, chunk: bytes) -> None:
+        if self._fh is None:
+            raise self._error("file data outside any file entry")
+        self._digest.update(chunk)
+        self._pending.append(chunk)
+        self._pending_size += len(chunk)
+        if self._pending_size >= DEFAULT_CHUNK:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if self._pending and self._fh is not None:
+            await asyncio.to_thread(self._fh.writelines, self._pending)
+        self._pending, self._pending_size = [], 0
+
+    def finish(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            raise self._error(f"the stream ended inside {self._name!r}")
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+
+
+def _create(target: Path) -> BinaryIO:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, new_file_mode())
+    return os.fdopen(fd, "wb")
+
+
+def _prepare(destination: Path) -> Path:
+    if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
+        raise FileExistsError(f"receive_dir: {destination} exists and is not an empty directory")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".iii-part-", dir=destination.parent))
+    staging.chmod(new_dir_mode())
+    return staging
+
+
+async def receive_dir(
+    reader: ChannelReader, destination: str | os.PathLike[str], *, progress: Progress = None,
+    require_trailer: bool = True,
+) -> TreeReceipt:
+    """Store a ``send_dir`` / ``send_files`` stream as the directory ``destination`` (which must not exist, or
+    be empty). Everything is verified before the directory appears; on failure nothing is left behind."""
+    final = Path(destination)
+    staging = await asyncio.to_thread(_prepare, final)
+    source = ChannelSource(reader, require_trailer=require_trailer, progress=progress, label=final.name)
+    receiver = _Receiver(staging, reader.ref.channel_id)
+    try:
+        async for item in source.items():
+            if isinstance(item, str):
+                await receiver.on_text(item)
+            else:
+                await receiver.on_data(item)
+        receiver.finish()
+        await asyncio.to_thread(os.rename, staging, final)
+    except BaseException:
+        receiver.close()
+        # Tell the writer at once (our engine: 4002 "reader gone") instead of leaving it blocked on backpressure.
+        with contextlib.suppress(Exception):
+            await reader.close_async()
+        with contextlib.suppress(OSError):
+            await asyncio.shield(asyncio.to_thread(shutil.rmtree, staging))
+        raise
+    files = [FileReceipt(final.joinpath(*PurePosixPath(name).parts), size, sha, True, name)
+             for name, size, sha in receiver.files]
+    return TreeReceipt(final, files, receiver.dirs)
+
+
+__all__ = ["TreeReceipt", "check_entry_path", "receive_dir", "send_dir", "send_files"]

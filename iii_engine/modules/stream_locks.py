@@ -1,0 +1,47 @@
+"""Per-key asyncio locks that disappear when nobody holds or waits for them (PROTOCOL §9.3 ST1, ST11).
+
+Example:
+    >>> import asyncio
+    >>> async def demo() -> int:
+    ...     locks = KeyedLocks()
+    ...     async with locks.hold(("s", "g", "i")):
+    ...         inside = len(locks)
+    ...     return inside * 10 + len(locks)
+    >>> asyncio.run(demo())
+    10
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Hashable
+
+__all__ = ["KeyedLocks"]
+
+
+class KeyedLocks:
+    """One lock per key, created on demand and dropped with its last user."""
+
+    def __init__(self) -> None:
+        self._locks: dict[Hashable, tuple[asyncio.Lock, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: Hashable) -> AsyncIterator[None]:
+        """Hold the lock of ``key`` for the body of the ``async with``."""
+        lock, users = self._locks.get(key, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)

@@ -1,0 +1,127 @@
+"""The client transport on real sockets: the bounded offline queue and the retry counter (PROTOCOL §10.7)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import pytest
+from websockets.asyncio.server import Server, ServerConnection, serve
+
+from iii import ReconnectionConfig
+from iii.connection import Connection
+from iii.iii_constants import IIIConnectionState
+
+
+class Recorder:
+    """A WebSocket server keeping every text frame; optionally closes each connection right after opening."""
+
+    def __init__(self, close_at_once: bool = False) -> None:
+        self.close_at_once = close_at_once
+        self.frames: list[str | bytes] = []
+        self.connections = 0
+        self.changed = asyncio.Condition()
+        self.server: Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def handle(self, ws: ServerConnection) -> None:
+        async with self.changed:
+            self.connections += 1
+            self.changed.notify_all()
+        if self.close_at_once:
+            await ws.close()
+            return
+        async for raw in ws:
+            async with self.changed:
+                self.frames.append(raw)
+                self.changed.notify_all()
+
+    async def wait_for(self, predicate: object) -> None:
+        async with asyncio.timeout(10), self.changed:
+            await self.changed.wait_for(predicate)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def recorder() -> AsyncIterator[Recorder]:
+    rec = Recorder()
+    async with serve(rec.handle, "127.0.0.1", 0) as server:
+        rec.server = server
+        yield rec
+
+
+async def test_offline_queue_keeps_the_newest_frames_and_warns(
+    recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    conn = Connection(recorder.url, on_frame=lambda raw: None, max_queue=3)
+    with caplog.at_level(logging.WARNING, logger="iii.connection"):
+        for i in range(5):
+            assert await conn.send(f"m{i}") is False  # not connected yet: queued
+    assert sum("dropping the oldest" in r.getMessage() for r in caplog.records) == 2
+    try:
+        await conn.start()
+        await recorder.wait_for(lambda: len(recorder.frames) >= 3)
+        assert recorder.frames == ["m2", "m3", "m4"]
+    finally:
+        await conn.close()
+
+
+async def test_queued_frames_whose_key_is_no_longer_wanted_are_skipped(recorder: Recorder) -> None:
+    wanted = {"keep"}
+    conn = Connection(recorder.url, on_frame=lambda raw: None, keep=wanted.__contains__)
+    await conn.send("stale", "gone")
+    await conn.send("fresh", "keep")
+    await conn.send("plain")
+    try:
+        await conn.start()
+        await recorder.wait_for(lambda: len(recorder.frames) >= 2)
+        assert recorder.frames == ["fresh", "plain"]
+    finally:
+        await conn.close()
+
+
+async def test_retry_counter_resets_after_each_successful_connect() -> None:
+    rec = Recorder(close_at_once=True)
+    states: list[IIIConnectionState] = []
+    fourth = asyncio.Event()
+
+    def on_state(state: IIIConnectionState) -> None:
+        states.append(state)
+        if states.count("connected") >= 4:
+            fourth.set()
+
+    # One retry allowed: without the reset, the second drop would end in "failed".
+    config = ReconnectionConfig(initial_delay_ms=1, max_delay_ms=5, jitter_factor=0.0, max_retries=1)
+    async with serve(rec.handle, "127.0.0.1", 0) as server:
+        rec.server = server
+        conn = Connection(rec.url, on_frame=lambda raw: None, on_state=on_state, reconnection=config)
+        try:
+            await conn.start()
+            await asyncio.wait_for(fourth.wait(), 10)
+        finally:
+            await conn.close()
+    assert "failed" not in states
+
+
+async def test_failed_after_max_retries_without_any_server() -> None:
+    async with serve(lambda ws: ws.close(), "127.0.0.1", 0) as server:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    failed = asyncio.Event()
+    states: list[IIIConnectionState] = []
+
+    def on_state(state: IIIConnectionState) -> None:
+        states.append(state)
+        if state == "failed":
+            failed.set()
+
+    config = ReconnectionConfig(initial_delay_ms=1, max_delay_ms=2, jitter_factor=0.0, max_retries=2)
+    conn = Connection(url, on_frame=lambda raw: None, on_state=on_state, reconnection=config)
+    await conn.start()
+    await asyncio.wait_for(failed.wait(), 10)
+    # connect, 2 retries, then give up: the reference's state sequence
+    assert states == ["connecting", "reconnecting", "failed"]
+    await conn.close()

@@ -1,0 +1,193 @@
+"""Behaviour items of the reference contract (PROTOCOL §10.7) and §9.5 fixes not covered by the other SDK tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import threading
+import uuid
+from typing import Any
+
+import pytest
+import websockets
+from pydantic import BaseModel
+
+import iii.iii as client_module
+from iii import InitOptions, TriggerConfig, TriggerHandler
+from iii.iii import register_worker
+
+from .conftest import FAST_RECONNECT, EngineThread
+from .test_calls import _registered, worker_of
+from .test_connection import Recorder
+
+
+def test_register_worker_returns_a_disconnected_client_after_the_wait(
+    engine: EngineThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client_module, "_REFERENCE_CONNECT_WAIT_S", 0.3)
+    engine.engine.reject_handshakes = 10**9
+    client = register_worker(engine.url, InitOptions(reconnection_config=FAST_RECONNECT))
+    try:
+        assert client.get_connection_state() in ("connecting", "reconnecting")
+        engine.engine.reject_handshakes = 0  # it kept trying in the background
+        client._wait_until_connected(10)
+        assert client.get_connection_state() == "connected"
+    finally:
+        client.shutdown()
+
+
+def test_worker_metadata_defaults(engine: EngineThread, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LANG", "de_DE.UTF-8")
+    client = register_worker(engine.url, InitOptions(reconnection_config=FAST_RECONNECT))
+    try:
+        frames = worker_of(engine, client).frames
+        (meta,) = [f for f in frames if f.get("function_id") == "engine::workers::register"]
+        assert "invocation_id" not in meta and meta["action"] == {"type": "void"}
+        data = meta["data"]
+        assert isinstance(data.pop("version"), str)
+        assert data == {
+            "runtime": "python",
+            "name": f"{platform.node()}:{os.getpid()}",
+            "os": f"{platform.system()} {platform.release()} ({platform.machine()})",
+            "pid": os.getpid(),
+            "telemetry": {"language": "de_DE", "project_name": None, "framework": None, "amplitude_api_key": None},
+        }
+    finally:
+        client.shutdown()
+
+
+async def test_an_empty_error_object_counts_as_success(engine: EngineThread, make_worker: Any) -> None:
+    caller = await asyncio.to_thread(make_worker, "caller")
+    async with websockets.connect(engine.url) as provider:
+        await provider.send(json.dumps({"type": "registerfunction", "id": "raw::five"}))
+        await asyncio.to_thread(_registered, engine, "raw::five")
+        call = asyncio.ensure_future(caller.trigger_async({"function_id": "raw::five", "payload": {}}))
+        while True:
+            msg = json.loads(await asyncio.wait_for(provider.recv(), 10))
+            if msg.get("type") == "invokefunction":
+                break
+        await provider.send(json.dumps({"type": "invocationresult", "invocation_id": msg["invocation_id"],
+                                        "function_id": "raw::five", "result": 5, "error": {}}))
+        assert await asyncio.wait_for(call, 10) == 5
+
+
+def test_invocation_without_id_runs_and_is_not_answered(engine: EngineThread, make_worker: Any) -> None:
+    a = make_worker("a")
+    ran = threading.Event()
+
+    async def note(data: Any) -> str:
+        ran.set()
+        return "nobody reads this"
+
+    a.register_function("ff::note", note)
+    _registered(engine, "ff::note")
+    worker = worker_of(engine, a)
+    engine.run(engine.engine.send(worker, {"type": "invokefunction", "function_id": "ff::note", "data": {}}))
+    assert ran.wait(5)
+    a.list_functions()  # one more round trip on the same socket, after the handler finished
+    assert not [f for f in worker.frames if f["type"] == "invocationresult"]
+
+
+def test_incoming_frames_larger_than_one_mebibyte(engine: EngineThread, make_worker: Any) -> None:
+    a = make_worker("a")
+    a.register_function("big::len", lambda data: len(data))
+    _registered(engine, "big::len")
+    worker = worker_of(engine, a)
+    size = 3 * 2**20  # the reference's client library would drop the connection at 1 MiB (PROTOCOL §9.5 S13)
+    iid = "8e7a1c7e-0000-4000-8000-00000000b16b"
+    engine.run(engine.engine.send(worker, {"type": "invokefunction", "invocation_id": iid, "function_id": "big::len",
+                                           "data": "x" * size}))
+    engine.wait_for(lambda: any(f.get("invocation_id") == iid for f in worker.frames))
+    (answer,) = [f for f in worker.frames if f.get("invocation_id") == iid]
+    assert answer["result"] == size
+
+
+class _Quiet(TriggerHandler[Any]):
+    async def register_trigger(self, config: TriggerConfig[Any]) -> None:
+        return None
+
+    async def unregister_trigger(self, config: TriggerConfig[Any]) -> None:
+        return None
+
+
+def test_trigger_types_are_replayed_first(engine: EngineThread, make_worker: Any) -> None:
+    a = make_worker("a")
+    a.register_function("rt::fn", lambda data: data)
+    a.register_trigger_type({"id": "rt::type", "description": "replayed"}, _Quiet())
+    _registered(engine, "rt::fn")
+    engine.wait_for(lambda: "rt::type" in engine.engine.trigger_types)
+    old = a.worker_id
+    engine.run(engine.engine.restart())
+    engine.wait_for(lambda: "rt::type" in engine.engine.trigger_types and "rt::fn" in engine.engine.functions)
+    assert a.worker_id != old
+    kinds = [f["type"] for f in worker_of(engine, a).frames]
+    assert kinds[:2] == ["registertriggertype", "registerfunction"]
+
+
+def test_functions_available_unsubscribe_keeps_the_function(engine: EngineThread, make_worker: Any) -> None:
+    a = make_worker("a")
+    unsubscribe = a.on_functions_available(lambda functions: None)
+    engine.wait_for(lambda: len(engine.engine.triggers) == 1)
+    (trigger,) = [t for _, t in engine.engine.triggers.values()]
+    assert trigger["trigger_type"] == "engine::functions-available" and trigger["config"] == {}
+    assert trigger["function_id"].startswith("iii.on_functions_available.")
+    unsubscribe()
+    engine.wait_for(lambda: not engine.engine.triggers)
+    assert trigger["function_id"] in engine.engine.functions
+
+
+async def test_telemetry_frames_share_the_worker_socket() -> None:
+    recorder = Recorder()
+    async with websockets.serve(recorder.handle, "127.0.0.1", 0) as server:
+        recorder.server = server
+        client = await asyncio.to_thread(register_worker, recorder.url, InitOptions(worker_name="tel"))
+        try:
+            with pytest.raises(ValueError, match="OTLP, MTRC or LOGS"):
+                client.send_telemetry(b"JUNK{}")
+            client.send_telemetry(b"OTLP{}")
+            await recorder.wait_for(lambda: b"OTLP{}" in recorder.frames)
+            assert recorder.connections == 1  # PROTOCOL §9.5 S12: no second telemetry socket
+        finally:
+            await client.shutdown_async()
+
+
+def test_unregister_trigger_type_is_sent_and_not_replayed(engine: EngineThread, make_worker: Any) -> None:
+    a = make_worker("a")
+    a.register_trigger_type({"id": "gone::type", "description": "short-lived"}, _Quiet())
+    engine.wait_for(lambda: "gone::type" in engine.engine.trigger_types)
+    a.unregister_trigger_type({"id": "gone::type"})
+    engine.wait_for(lambda: "gone::type" not in engine.engine.trigger_types)
+    assert {"type": "unregistertriggertype", "id": "gone::type"} in worker_of(engine, a).frames
+    a.register_function("after::restart", lambda data: data)
+    engine.run(engine.engine.restart())
+    _registered(engine, "after::restart")
+    assert "gone::type" not in engine.engine.trigger_types
+    assert all(f["type"] != "registertriggertype" for f in worker_of(engine, a).frames)
+
+
+def test_list_triggers_sends_include_internal_and_ids_are_uuid4(engine: EngineThread, make_worker: Any) -> None:
+    a = make_worker("a")
+    a.register_trigger({"type": "cron", "function_id": "engine::noop", "config": {"expression": "* * * * * *"}})
+    engine.wait_for(lambda: len(engine.engine.triggers) == 1)
+    assert a.list_triggers() == []
+    (listed,) = a.list_triggers(include_internal=True)
+    assert uuid.UUID(listed.id).version == 4
+    calls = [f["data"] for f in worker_of(engine, a).frames if f.get("function_id") == "engine::triggers::list"]
+    assert calls == [{"include_internal": False}, {"include_internal": True}]
+
+
+class Point(BaseModel):
+    x: int
+
+
+def test_handlers_get_raw_json_even_when_annotated(engine: EngineThread, make_worker: Any) -> None:
+    a, b = make_worker("a"), make_worker("b")
+
+    def kind(data: Point) -> str:
+        return type(data).__name__
+
+    a.register_function("raw::kind", kind)
+    _registered(engine, "raw::kind")
+    assert b.trigger({"function_id": "raw::kind", "payload": {"x": 1}}) == "dict"

@@ -1,0 +1,100 @@
+"""Route table, ``http`` trigger configs, REST API settings and CORS headers (no sockets needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from iii_engine.modules.base import EngineError
+from iii_engine.modules.http_api import result_response
+from iii_engine.modules.http_routes import RouteTable, parse_http_trigger
+from iii_engine.modules.http_settings import ApiSettings, ApiSettingsError, CorsSettings
+
+
+def table(*routes: tuple[str, str, str]) -> RouteTable:
+    out = RouteTable()
+    for n, (function_id, path, method) in enumerate(routes):
+        out.add(parse_http_trigger(f"t{n}", function_id, {"api_path": path, "http_method": method}))
+    return out
+
+
+def test_route_key_strips_one_leading_slash_and_upper_cases_the_method() -> None:
+    route = parse_http_trigger("t", "f", {"api_path": "/a/:b", "http_method": "post", "description": "x"})
+    assert (route.key, route.registered_path, route.method) == ("POSTa/:b", "/a/:b", "POST")
+
+
+@pytest.mark.parametrize("config, fragment", [
+    (None, "config must be an object"),
+    ({}, "api_path must be a non-empty string"),
+    ({"api_path": "/"}, "api_path must be a non-empty string"),
+    ({"api_path": "x", "http_method": "TRACE"}, "http_method 'TRACE'"),
+    ({"api_path": "x", "condition_function_id": 3}, "condition_function_id must be a string"),
+])
+def test_bad_trigger_configs_are_rejected_with_the_reason(config: object, fragment: str) -> None:
+    with pytest.raises(EngineError) as info:
+        parse_http_trigger("t9", "f", config)
+    assert info.value.code == "invalid_trigger_config"
+    assert fragment in info.value.message and "t9" in info.value.message
+
+
+def test_path_params_are_decoded_and_must_be_non_empty() -> None:
+    routes = table(("f", "users/:user/files/:name", "GET"))
+    match = routes.match("get", "/users/ann/files/a%20b.txt")
+    assert match is not None and match.path_params == {"user": "ann", "name": "a b.txt"}
+    assert routes.match("GET", "/users//files/x") is None
+    assert routes.match("GET", "/users/ann/files") is None
+
+
+def test_static_segments_win_regardless_of_registration_order() -> None:
+    routes = table(("param", "items/:id", "GET"), ("static", "items/new", "GET"), ("deep", ":a/new", "GET"))
+    assert routes.match("GET", "/items/new").route.function_id == "static"  # type: ignore[union-attr]
+    assert routes.match("GET", "/items/7").route.function_id == "param"  # type: ignore[union-attr]
+    assert routes.match("GET", "/other/new").route.function_id == "deep"  # type: ignore[union-attr]
+
+
+def test_replace_and_remove_by_trigger_id() -> None:
+    routes = RouteTable()
+    routes.add(parse_http_trigger("a", "one", {"api_path": "x"}))
+    replaced = routes.add(parse_http_trigger("b", "two", {"api_path": "/x"}))
+    assert replaced is not None and replaced.function_id == "one"
+    assert routes.remove("a") is None  # its route now belongs to trigger b
+    assert routes.match("GET", "/x").route.function_id == "two"  # type: ignore[union-attr]
+    assert routes.remove("b") is not None and routes.match("GET", "/x") is None and len(routes) == 0
+
+
+def test_settings_defaults_and_validation() -> None:
+    default = ApiSettings.parse(None)
+    assert (default.port, default.default_timeout_ms, default.concurrency_request_limit) == (3111, 30000, 1024)
+    assert default.cors == CorsSettings(None, None)
+    with pytest.raises(ApiSettingsError, match=r"default_timeout must be an integer >= 1"):
+        ApiSettings.parse({"default_timeout": 0})
+    with pytest.raises(ApiSettingsError, match=r"unknown key 'cors\.origins'"):
+        ApiSettings.parse({"cors": {"origins": []}})
+    with pytest.raises(ApiSettingsError, match=r"cors\.allowed_methods must be a list of strings"):
+        ApiSettings.parse({"cors": {"allowed_methods": "GET"}})
+    assert ApiSettings.parse({"cors": {"allowed_methods": ["get"]}}).cors.allowed_methods == ("GET",)
+
+
+def test_cors_headers() -> None:
+    strict = CorsSettings(allowed_origins=("https://a.example",), allowed_methods=("GET", "POST"))
+    assert strict.headers(None, False, None) == {}
+    assert strict.headers("https://b.example", True, None) == {}
+    pre = strict.headers("https://a.example", True, "x-token")
+    assert pre["Access-Control-Allow-Origin"] == "https://a.example"
+    assert pre["Access-Control-Allow-Methods"] == "GET, POST"
+    assert pre["Access-Control-Allow-Headers"] == "x-token"
+    assert strict.allows_method("post") and not strict.allows_method("DELETE")
+    assert CorsSettings().allows_method("DELETE")
+
+
+@pytest.mark.parametrize("result, status, body", [
+    ({"status_code": 201, "body": [1]}, 201, b"[1]"),
+    ({"statusCode": 404}, 404, b"{}"),
+    ({"status_code": 204, "statusCode": 500}, 204, b"{}"),
+    ({"status_code": 99}, 200, b"{}"),
+    ({"status_code": True}, 200, b"{}"),
+    ("just a string", 200, b"{}"),
+])
+def test_result_response(result: object, status: int, body: bytes) -> None:
+    response = result_response(result)
+    assert (response.status, response.body) == (status, body)
+    assert response.content_type == "application/json"
