@@ -3,7 +3,7 @@
 Every number comes from the same run on the same engine. The raw baseline is two bare WebSocket clients
 speaking the JSON frames (no SDK at all), so ``sdk / raw`` is the share of the ceiling each SDK reaches.
 
-Usage: .venv/bin/python bench/sdk_calls.py [--calls N] [--ref-python /tmp/ref/venv/bin/python]
+Usage: .venv/bin/python bench/sdk_calls.py [--calls N] [--ref-python .ref-venv/bin/python]
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def sdk_rate(python: str, url: str, n: int, concurrency: int) -> float:
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=3000)
-    parser.add_argument("--ref-python", default="/tmp/ref/venv/bin/python")
+    parser.add_argument("--ref-python", default=str(ROOT / ".ref-venv" / "bin" / "python"))
     args = parser.parse_args()
     have_ref = os.path.exists(args.ref_python)  # noqa: ASYNC240 - once, before anything runs
     async with Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[])) as engine:

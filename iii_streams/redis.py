@@ -9,6 +9,9 @@ channel ``stream::events`` in the production wrapper shape. ``set`` and ``delete
 Known limit inherited from the layout (PROTOCOL §9 ST4): ``list_groups("a")`` also reports the groups of a stream
 named ``a:b`` as ``b:<group>``; a warning is logged once for stream names containing ``:``.
 
+Other key layouts are chosen with a :class:`KeyLayout`: :data:`STATE_LAYOUT` is the production state adapter's
+``state:<scope>`` (one namespace, the stream name is ignored), which the engine's state module uses.
+
 Example:
     >>> import asyncio, fakeredis
     >>> async def demo():
@@ -27,6 +30,7 @@ import contextlib
 import logging
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 import redis.asyncio as aioredis
@@ -54,7 +58,15 @@ from iii.wire import dumps, loads
 from .base import Backend
 from .events import StreamEvent, Watch, custom_event, event_json_parts
 
-__all__ = ["EVENTS_CHANNEL", "RedisStream", "StreamDataError", "UpdateConflictError"]
+__all__ = [
+    "EVENTS_CHANNEL",
+    "STATE_LAYOUT",
+    "STREAM_LAYOUT",
+    "KeyLayout",
+    "RedisStream",
+    "StreamDataError",
+    "UpdateConflictError",
+]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +96,7 @@ end
 return old
 """
 
+_OWN_OPTIONS: Final = ("publish_events", "channel", "max_update_attempts", "layout")
 _GLOB_SPECIAL: Final = re.compile(r"([\\*?\[\]])")
 
 
@@ -95,18 +108,63 @@ class UpdateConflictError(RuntimeError):
     """``update`` lost the optimistic race more than ``max_update_attempts`` times in a row."""
 
 
-def hash_key(stream_name: str, group_id: str) -> str:
-    """The production hash name of a group.
-
-    Example:
-        >>> hash_key("todos", "user:1")
-        'stream:todos:user:1'
-    """
-    return f"stream:{stream_name}:{group_id}"
-
-
 def _glob_escape(text: str) -> str:
     return _GLOB_SPECIAL.sub(r"\\\1", text)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLayout:
+    """How a :class:`RedisStream` names the hash of a group.
+
+    ``per_stream=True`` (the stream layout): ``<prefix>:<stream_name>:<group_id>``. ``per_stream=False`` (one
+    namespace, as production's state adapter): ``<prefix>:<group_id>`` whatever the stream name, so groups are
+    listed exactly (no ``:`` ambiguity) and ``list_all`` reports them under the stream name ``prefix``.
+
+    Example:
+        >>> STREAM_LAYOUT.key("todos", "user:1"), STATE_LAYOUT.key("ignored", "user:1")
+        ('stream:todos:user:1', 'state:user:1')
+    """
+
+    prefix: str = "stream"
+    per_stream: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.prefix:
+            raise ValueError("KeyLayout.prefix must be a non-empty string")
+
+    def key(self, stream_name: str, group_id: str) -> str:
+        """The hash holding the items of one group."""
+        if self.per_stream:
+            return f"{self.prefix}:{stream_name}:{group_id}"
+        return f"{self.prefix}:{group_id}"
+
+    def group_prefix(self, stream_name: str) -> str:
+        """The text every hash of ``stream_name`` starts with; the group id follows it."""
+        return self.key(stream_name, "")
+
+    def split(self, key: str) -> tuple[str, str] | None:
+        """``(stream_name, group_id)`` of a hash name in this layout, or ``None`` for a foreign key.
+
+        Example:
+            >>> STREAM_LAYOUT.split("stream:a:g:1"), STATE_LAYOUT.split("state:g:1"), STATE_LAYOUT.split("x")
+            (('a', 'g:1'), ('state', 'g:1'), None)
+        """
+        head = f"{self.prefix}:"
+        if not key.startswith(head):
+            return None
+        rest = key[len(head) :]
+        if not self.per_stream:
+            return self.prefix, rest
+        # split at the first ':' after the prefix (production cuts group ids at further ':')
+        name, sep, group = rest.partition(":")
+        return (name, group) if sep else None
+
+
+STREAM_LAYOUT: Final = KeyLayout()
+"""The production stream store's layout, ``stream:<stream_name>:<group_id>`` (the default)."""
+
+STATE_LAYOUT: Final = KeyLayout("state", per_stream=False)
+"""The production state store's layout, ``state:<scope>`` (modules.md §7.1)."""
 
 
 def default_retry() -> Retry:
@@ -179,7 +237,8 @@ class RedisStream(Backend):
     """An ``IStream`` on Redis; pass a ``redis.asyncio.Redis`` (closed by you) or use :meth:`from_url`.
 
     ``channel`` is where events go (``""`` disables them, like ``publish_events=False``);
-    ``max_update_attempts`` bounds the optimistic retries of one ``update``.
+    ``max_update_attempts`` bounds the optimistic retries of one ``update``; ``layout`` names the hashes
+    (default :data:`STREAM_LAYOUT`, the production stream layout).
 
     Example:
         >>> s = RedisStream.from_url("redis://127.0.0.1:6379/0")
@@ -195,8 +254,10 @@ class RedisStream(Backend):
         channel: str = EVENTS_CHANNEL,
         max_update_attempts: int = 1000,
         owns_client: bool = False,
+        layout: KeyLayout = STREAM_LAYOUT,
     ) -> None:
         self._client = client
+        self.layout = layout
         self.publish_events = publish_events and bool(channel)
         self.channel = channel
         self.max_update_attempts = max_update_attempts
@@ -210,8 +271,8 @@ class RedisStream(Backend):
     def from_url(cls, url: str, **options: Any) -> RedisStream:
         """Open a pooled client for ``redis://``, ``rediss://`` or ``unix://`` URLs; closed by :meth:`aclose`.
 
-        Options for this class (``publish_events``, ``channel``, ``max_update_attempts``) are taken out; the rest
-        go to ``redis.asyncio.Redis.from_url`` (e.g. ``max_connections``).
+        Options for this class (``publish_events``, ``channel``, ``max_update_attempts``, ``layout``) are taken
+        out; the rest go to ``redis.asyncio.Redis.from_url`` (e.g. ``max_connections``).
 
         Example:
             >>> RedisStream.from_url("redis://localhost:6379/0", max_connections=8).max_update_attempts
@@ -219,7 +280,7 @@ class RedisStream(Backend):
         """
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"RedisStream needs a redis://, rediss:// or unix:// URL, got {url!r}")
-        own = {k: options.pop(k) for k in ("publish_events", "channel", "max_update_attempts") if k in options}
+        own = {k: options.pop(k) for k in _OWN_OPTIONS if k in options}
         options.setdefault("retry", default_retry())
         options.setdefault("socket_connect_timeout", 5)
         options.setdefault("health_check_interval", 30)
@@ -244,12 +305,12 @@ class RedisStream(Backend):
         return [self.channel, head, tail]
 
     async def get(self, input: StreamGetInput) -> Any:
-        key = hash_key(input.stream_name, input.group_id)
+        key = self.layout.key(input.stream_name, input.group_id)
         raw = await self._client.hget(key, input.item_id)
         return None if raw is None else self._parse(raw, key, input.item_id)
 
     async def set(self, input: StreamSetInput) -> StreamSetResult[Any]:
-        key = hash_key(input.stream_name, input.group_id)
+        key = self.layout.key(input.stream_name, input.group_id)
         text = dumps(input.data)
         args = [input.item_id, text, *self._channel_args(input.stream_name, input.group_id, input.item_id)]
         raw = await self._set_script(keys=[key], args=args)
@@ -257,30 +318,31 @@ class RedisStream(Backend):
         return StreamSetResult[Any](old_value=old, new_value=input.data)
 
     async def delete(self, input: StreamDeleteInput) -> StreamDeleteResult:
-        key = hash_key(input.stream_name, input.group_id)
+        key = self.layout.key(input.stream_name, input.group_id)
         args = [input.item_id, *self._channel_args(input.stream_name, input.group_id, input.item_id)]
         raw = await self._delete_script(keys=[key], args=args)
         return StreamDeleteResult(old_value=None if raw is None else self._parse(raw, key, input.item_id))
 
     async def list(self, input: StreamListInput) -> builtins.list[Any]:
-        key = hash_key(input.stream_name, input.group_id)
+        key = self.layout.key(input.stream_name, input.group_id)
         values: Sequence[bytes | str] = await self._client.hvals(key)
         return [self._parse(raw, key, "<hvals>") for raw in values]
 
     async def list_groups(self, input: StreamListGroupsInput) -> builtins.list[str]:
         name = input.stream_name
-        if ":" in name and name not in self._warned_colon:
+        if self.layout.per_stream and ":" in name and name not in self._warned_colon:
             self._warned_colon.add(name)
             log.warning("stream name %r contains ':'; list_groups may also report groups of other streams", name)
-        prefix = hash_key(name, "").encode()
+        prefix = self.layout.group_prefix(name)
+        skip = len(prefix.encode())
         seen: dict[str, None] = {}  # SCAN may repeat keys; keep first-seen order
-        async for key in self._client.scan_iter(match=_glob_escape(hash_key(name, "")) + "*", count=1000):
-            seen.setdefault(key[len(prefix) :].decode(), None)
+        async for key in self._client.scan_iter(match=_glob_escape(prefix) + "*", count=1000):
+            seen.setdefault(key[skip:].decode(), None)
         return builtins.list(seen)
 
     async def update(self, input: StreamUpdateInput) -> StreamUpdateResult[Any]:
         ops = parse_ops(input.ops)  # invalid ops fail before Redis is touched
-        key = hash_key(input.stream_name, input.group_id)
+        key = self.layout.key(input.stream_name, input.group_id)
         field = input.item_id
         async with self._client.pipeline(transaction=True) as pipe:
             for _ in range(self.max_update_attempts):
@@ -320,12 +382,10 @@ class RedisStream(Backend):
 
     async def list_all(self) -> builtins.list[tuple[str, builtins.list[str]]]:
         streams: dict[str, set[str]] = {}
-        async for raw in self._client.scan_iter(match="stream:*", count=1000):
-            key = raw.decode()
-            # split after "stream:" at the first ':' (production cuts group ids at further ':')
-            name, sep, group = key[len("stream:") :].partition(":")
-            if sep:
-                streams.setdefault(name, set()).add(group)
+        async for raw in self._client.scan_iter(match=_glob_escape(self.layout.prefix) + ":*", count=1000):
+            parts = self.layout.split(raw.decode())
+            if parts is not None:
+                streams.setdefault(parts[0], set()).add(parts[1])
         return [(name, sorted(groups)) for name, groups in sorted(streams.items())]
 
     async def aclose(self) -> None:

@@ -15,15 +15,34 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 from typing import NoReturn
 from urllib.parse import urlsplit
 
 import pytest
 
-__all__ = ["POSTGRES_URL", "REDIS_URL", "in_ci", "require_postgres", "require_redis", "unavailable"]
+__all__ = [
+    "POSTGRES_URL",
+    "REDIS_URL",
+    "in_ci",
+    "reference_python",
+    "require_postgres",
+    "require_redis",
+    "unavailable",
+]
 
 REDIS_URL = os.environ.get("III_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get("III_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def reference_python() -> str:
+    """The interpreter of the separate reference-SDK environment (``scripts/setup.sh --with-reference`` makes
+    ``.ref-venv``; ``III_REF_PYTHON`` overrides). Skipped locally, failed under CI, when it is missing."""
+    default = Path(__file__).resolve().parents[1] / ".ref-venv" / "bin" / "python"
+    path = os.environ.get("III_REF_PYTHON") or str(default)
+    if not Path(path).exists():
+        unavailable(f"reference SDK environment missing at {path}; run scripts/setup.sh --with-reference")
+    return path
 
 
 def in_ci() -> bool:

@@ -1,10 +1,11 @@
 """State module (``modules::state::StateModule``, modules.md §7.1): ``state::*`` key/value functions and the
 ``state`` trigger type, kept in an ``iii_streams`` backend like the stream module's.
 
-Items live in the module's own store under the stream name :data:`STATE_STREAM`, with the scope as group and the
-key as item id (in Redis: hash ``stream:__iii_state:<scope>``; production's Redis state adapter uses
-``state:<scope>``, so the two do not share state data). Settings: ``adapter {class, config}`` with the
-production classes ``modules::state::adapters::KvStore`` / ``RedisAdapter`` or our ``store_url``.
+Items live in the module's own store with the scope as group and the key as item id. In Redis that is the
+production layout, hash ``state:<scope>``, field = key, value = compact JSON (so our engine and a production engine
+can share state); memory and SQL stores keep it under the stream name :data:`STATE_STREAM`. Settings:
+``adapter {class, config}`` with the production classes ``modules::state::adapters::KvStore`` / ``RedisAdapter``
+or our ``store_url``.
 
 Ours (PROTOCOL §9.4 M1): ``state::delete`` is one atomic store delete and ``state:deleted`` fires only when
 something was removed.

@@ -11,6 +11,10 @@ URL) wins over ``adapter`` when both are given:
 ``…::adapters::Bridge``                       refused: not implemented by this engine
 ============================================  ==================================================================
 
+The state module's Redis store (through ``RedisAdapter`` or a ``redis://`` ``store_url``) uses the production
+state layout, hash ``state:<scope>`` (:data:`iii_streams.redis.STATE_LAYOUT`), so our engine and a production
+engine share state through one Redis; memory and SQL stores keep state under an internal stream name.
+
 The stream module lets its store publish the change events of store writes (``publish_events=True``: one Redis
 round trip for write + event, as production's scripts do) and publishes the rest (custom streams, ``send``)
 itself; the state module has no event feed and opens its store with ``publish_events=False``.
@@ -33,6 +37,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from iii_streams import Backend, MemoryStream, open_stream
+from iii_streams.urls import scheme_of
 
 __all__ = ["StoreConfigError", "open_module_store"]
 
@@ -43,6 +48,7 @@ Kind = Literal["stream", "state"]
 _KV_KEYS = frozenset({"store_method", "file_path", "save_interval_ms", "channel_size"})
 _REDIS_KEYS = frozenset({"redis_url"})
 _DEFAULT_REDIS_URL = "redis://localhost:6379"
+_REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
 
 
 class StoreConfigError(ValueError):
@@ -85,6 +91,15 @@ def _kv_store(kind: Kind, class_name: str, settings: Mapping[str, Any], events: 
     return open_stream(f"sqlite+aiosqlite:///{path}", publish_events=events, create=True)
 
 
+def _open_url(kind: Kind, url: str, publish_events: bool) -> Backend:
+    options: dict[str, Any] = {"publish_events": publish_events}
+    if kind == "state" and scheme_of(url) in _REDIS_SCHEMES:
+        from iii_streams.redis import STATE_LAYOUT  # imported here: redis is only needed for Redis stores
+
+        options["layout"] = STATE_LAYOUT
+    return open_stream(url, **options)
+
+
 def open_module_store(kind: Kind, config: Mapping[str, Any], *, publish_events: bool = False) -> Backend:
     """The backend for the ``stream`` or ``state`` module configured by ``config`` (its whole settings mapping).
 
@@ -97,7 +112,7 @@ def open_module_store(kind: Kind, config: Mapping[str, Any], *, publish_events: 
         if not isinstance(url, str) or not url:
             raise StoreConfigError(f"{kind} store: 'store_url' must be a non-empty string, got {url!r}")
         try:
-            return open_stream(url, publish_events=publish_events)
+            return _open_url(kind, url, publish_events)
         except ValueError as exc:
             raise StoreConfigError(f"{kind} store: {exc}") from None
     class_name, settings = _adapter(kind, config.get("adapter"))
@@ -108,9 +123,10 @@ def open_module_store(kind: Kind, config: Mapping[str, Any], *, publish_events: 
     if short == "RedisAdapter":
         _unknown(kind, class_name, settings, _REDIS_KEYS)
         redis_url = settings.get("redis_url", _DEFAULT_REDIS_URL)
-        if not isinstance(redis_url, str):
-            raise StoreConfigError(f"{kind} store: redis_url must be a string, got {redis_url!r}")
-        return open_stream(redis_url, publish_events=publish_events)
+        if not isinstance(redis_url, str) or not redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise StoreConfigError(f"{kind} store: redis_url must be a redis://, rediss:// or unix:// URL, "
+                                   f"got {redis_url!r}")
+        return _open_url(kind, redis_url, publish_events)
     if short == "Bridge":
         raise StoreConfigError(f"{kind} store: adapter class {class_name} is not supported by this engine "
                                "(use KvStore, RedisAdapter or store_url)")

@@ -11,20 +11,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.services import reference_python
+
+__all__ = ["Script", "our_python", "reference_python", "run_scenario", "sdk_env"]
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = Path(__file__).with_name("scenario.py")
-
-
-def reference_python() -> str:
-    """The interpreter of the separate reference-SDK environment (created by scripts/setup.sh)."""
-    path = os.environ.get("III_REF_PYTHON") or str(ROOT / ".ref-venv" / "bin" / "python")
-    if not Path(path).exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"reference SDK environment missing at {path}; run scripts/setup.sh --with-reference")
-        pytest.skip(f"reference SDK environment missing at {path}")
-    return path
 
 
 def sdk_env() -> dict[str, str]:

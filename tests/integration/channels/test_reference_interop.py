@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
@@ -15,12 +14,10 @@ from iii.channels import ChannelReader, ChannelWriter
 from iii_engine import Engine
 from iii_engine.config import ChannelSettings
 from tests.conftest import engine_test_config
-
-REF_PYTHON = os.environ.get("III_REF_PYTHON", "/tmp/ref/venv/bin/python")
+from tests.services import reference_python
 
 pytestmark = [
     pytest.mark.interop,
-    pytest.mark.skipif(not Path(REF_PYTHON).exists(), reason=f"reference SDK python not found at {REF_PYTHON}"),
 ]
 
 # Runs in the reference venv: "write N" sends N deterministic bytes; "read" prints the sha256 and size.
@@ -66,7 +63,7 @@ async def engine(request: pytest.FixtureRequest) -> AsyncIterator[Engine]:
 
 async def run_ref(*args: str) -> str:
     proc = await asyncio.create_subprocess_exec(
-        REF_PYTHON, "-c", REF_SCRIPT, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        reference_python(), "-c", REF_SCRIPT, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 25)
     assert proc.returncode == 0, err.decode()
     return out.decode()

@@ -17,20 +17,13 @@ from typing import Any
 import pytest
 
 from iii_engine import Engine
-from tests.services import require_redis
+from tests.services import reference_python, require_redis
 
 from .helpers import registered
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
 INCREMENTS = 20  # drive_stream.py
-
-
-def reference_python() -> str:
-    path = os.environ.get("III_REF_PYTHON", "/tmp/ref/venv/bin/python")
-    if not Path(path).exists():
-        pytest.skip(f"reference SDK interpreter not found at {path} (set III_REF_PYTHON)")
-    return path
 
 
 def env_for(python: str) -> dict[str, str]:

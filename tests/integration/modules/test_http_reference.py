@@ -15,12 +15,10 @@ import pytest
 
 from iii_engine import Engine, EngineConfig, ModuleSpec
 from iii_engine.modules.http_api import RestApiModule
-
-REF_PYTHON = os.environ.get("III_REF_PYTHON", "/tmp/ref/venv/bin/python")
+from tests.services import reference_python
 
 pytestmark = [
     pytest.mark.interop,
-    pytest.mark.skipif(not Path(REF_PYTHON).exists(), reason=f"reference SDK python not found at {REF_PYTHON}"),
 ]
 
 REF_WORKER = r"""
@@ -70,8 +68,8 @@ async def setup(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, asynci
         assert isinstance(module, RestApiModule)
         script = tmp_path / "ref_http_worker.py"
         script.write_text(REF_WORKER)
-        proc = await asyncio.create_subprocess_exec(REF_PYTHON, str(script), engine.url, stdin=asyncio.subprocess.PIPE,
-                                                    stdout=asyncio.subprocess.PIPE)
+        proc = await asyncio.create_subprocess_exec(reference_python(), str(script), engine.url,
+                                                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
         assert proc.stdout is not None and proc.stdin is not None
         try:
             line = await asyncio.wait_for(proc.stdout.readline(), 20)
