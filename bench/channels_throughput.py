@@ -44,6 +44,7 @@ OPTS = {"compression": None, "max_size": None, "ping_interval": None}
 
 REF_SCRIPT = r"""
 import asyncio, sys, json, time
+import iii.channels
 from iii.channels import ChannelReader, ChannelWriter
 from iii.iii_types import StreamChannelRef
 async def main():
@@ -58,7 +59,8 @@ async def main():
         async for chunk in r:
             if t0 is None: t0 = time.perf_counter()
             n += len(chunk)
-        print(json.dumps({"bytes": n, "seconds": time.perf_counter() - (t0 or time.perf_counter())}))
+        print(json.dumps({"bytes": n, "seconds": time.perf_counter() - (t0 or time.perf_counter()),
+                          "module": iii.channels.__file__}))
 asyncio.run(main())
 """
 
@@ -142,17 +144,21 @@ async def reference(engine: Engine, size: int, python: str = REF_PYTHON) -> floa
     """Writer and reader in their own processes (the reference SDK's venv, or ours with ``python``)."""
     if not os.path.exists(python):  # noqa: ASYNC240 - one stat in a benchmark
         return None
-    env = {**os.environ, "PYTHONPATH": str(ROOT)} if python == sys.executable else None
+    ours_sdk = python == sys.executable
+    env = {**os.environ, "PYTHONPATH": str(ROOT)} if ours_sdk else None
     refs = engine.channels.create(None, owner=None)
+    # -P: ``python -c`` would otherwise put the working directory first on sys.path, and run from the repository
+    # the "reference" processes would import OUR iii package.
     reader = await asyncio.create_subprocess_exec(
-        python, "-c", REF_SCRIPT, "read", engine.url, json.dumps(refs["reader"]), str(size),
+        python, "-P", "-c", REF_SCRIPT, "read", engine.url, json.dumps(refs["reader"]), str(size),
         stdout=asyncio.subprocess.PIPE, env=env)
     writer = await asyncio.create_subprocess_exec(
-        python, "-c", REF_SCRIPT, "write", engine.url, json.dumps(refs["writer"]), str(size), env=env)
+        python, "-P", "-c", REF_SCRIPT, "write", engine.url, json.dumps(refs["writer"]), str(size), env=env)
     out, _ = await reader.communicate()
     await writer.wait()
     result = json.loads(out)
     assert result["bytes"] == size, result
+    assert result["module"].startswith(str(ROOT)) == ours_sdk, f"wrong SDK imported: {result['module']}"
     return float(size / result["seconds"] / 1e6)
 
 

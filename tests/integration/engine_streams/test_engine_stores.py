@@ -110,7 +110,7 @@ async def test_redis_adapter_store_and_cross_engine_fan_out() -> None:
             await client.close()
     finally:
         keys = [k async for k in raw.scan_iter(match=f"stream:{stream}:*")]
-        keys += [k async for k in raw.scan_iter(match="stream:__iii_state:sc")]
+        keys += [k async for k in raw.scan_iter(match="state:sc")]
         if keys:
             await raw.delete(*keys)
         await raw.aclose()

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +16,8 @@ from iii.stream import StreamGetInput, StreamListGroupsInput, StreamSetInput, St
 from iii.wire import loads
 from iii_streams import RedisStream, open_stream
 from iii_streams.testing import Names, StreamConformance
-from tests.services import require_redis, unavailable
+from tests.integration.streams.private_redis import PrivateRedis
+from tests.services import require_redis
 
 pytestmark = pytest.mark.redis
 
@@ -108,54 +106,18 @@ async def test_list_groups_scans_many_keys(redis_store: tuple[RedisStream, aiore
     assert sorted(groups) == sorted(f"g{i}" for i in range(2500))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[tuple[str, list[str]]]:
-    """A throwaway redis-server (AOF on, so data survives a restart) that the test may stop and start."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        unavailable("redis-server binary not on PATH")
-    port = _free_port()
-    cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-           "--dir", str(tmp_path), "--daemonize", "no", "--logfile", str(tmp_path / "redis.log")]
-    yield f"redis://127.0.0.1:{port}/0", cmd  # the test owns (and kills) the processes it starts
-
-
-async def _start(cmd: list[str], url: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(cmd)  # noqa: ASYNC220 - returns at once; readiness is awaited below
-    client = aioredis.Redis.from_url(url)
-    try:
-        for _ in range(200):
-            try:
-                await client.ping()
-                return proc
-            except RedisConnectionError:
-                await asyncio.sleep(0.025)  # polling a process that has no readiness signal
-        raise RuntimeError("private redis-server did not start")
-    finally:
-        await client.aclose()
-
-
-async def test_survives_a_redis_restart(private_redis: tuple[str, list[str]]) -> None:
-    url, cmd = private_redis
-    proc = await _start(cmd, url)
-    try:
-        async with RedisStream.from_url(url) as store:
+async def test_survives_a_redis_restart(tmp_path: Path) -> None:
+    with PrivateRedis(tmp_path) as server:
+        await server.start()
+        async with RedisStream.from_url(server.url) as store:
             item = {"stream_name": "s", "group_id": "g", "item_id": "i"}
             await store.set(StreamSetInput(**item, data={"n": 1}))
             watch = store.watch(stream_name="s")
             await watch.open()
-            proc.terminate()  # SIGTERM: redis-server flushes its append-only file and exits
-            proc.wait(10)
+            server.stop()
             with pytest.raises(RedisConnectionError):
                 await store.update(StreamUpdateInput(**item, ops=[UpdateIncrement(path="n", by=1)]))
-            proc = await _start(cmd, url)
+            await server.start()
             assert await store.get(StreamGetInput(**item)) == {"n": 1}  # the failed update left nothing behind
             result = await store.update(StreamUpdateInput(**item, ops=[UpdateIncrement(path="n", by=1)]))
             assert result.new_value == {"n": 2}
@@ -170,6 +132,3 @@ async def test_survives_a_redis_restart(private_redis: tuple[str, list[str]]) ->
                     continue
             assert got is not None and got["event"]["type"] == "update"
             await watch.aclose()
-    finally:
-        proc.kill()
-        proc.wait(10)
