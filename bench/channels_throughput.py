@@ -38,7 +38,7 @@ from iii.iii import III  # noqa: E402
 from iii_engine import Engine  # noqa: E402
 from iii_engine.config import EngineConfig  # noqa: E402
 
-REF_PYTHON = os.environ.get("III_REF_PYTHON", str(Path(__file__).resolve().parents[1] / ".ref-venv" / "bin" / "python"))
+REF_PYTHON = os.environ.get("III_REF_PYTHON", str(ROOT / ".ref-venv" / "bin" / "python"))
 FRAME = 64 * 1024
 OPTS = {"compression": None, "max_size": None, "ping_interval": None}
 
@@ -50,17 +50,18 @@ from iii.iii_types import StreamChannelRef
 async def main():
     mode, base, ref, size = sys.argv[1], sys.argv[2], StreamChannelRef(**json.loads(sys.argv[3])), int(sys.argv[4])
     if mode == "write":
-        w = ChannelWriter(base, ref); block = b"r" * (1 << 20); sent = 0
+        w = ChannelWriter(base, ref); block = b"r" * (1 << 20); sent = 0; c0 = time.process_time()
         while sent < size:
             await w.write(block); sent += len(block)
         await w.close_async()
+        print(json.dumps({"cpu": time.process_time() - c0}))
     else:
-        r = ChannelReader(base, ref); n = 0; t0 = None
+        r = ChannelReader(base, ref); n = 0; t0 = None; c0 = 0.0
         async for chunk in r:
-            if t0 is None: t0 = time.perf_counter()
+            if t0 is None: t0 = time.perf_counter(); c0 = time.process_time()
             n += len(chunk)
         print(json.dumps({"bytes": n, "seconds": time.perf_counter() - (t0 or time.perf_counter()),
-                          "module": iii.channels.__file__}))
+                          "cpu": time.process_time() - c0, "module": iii.channels.__file__}))
 asyncio.run(main())
 """
 
@@ -140,6 +141,11 @@ async def ours(engine: Engine, size: int) -> float:
     return size / (time.perf_counter() - start) / 1e6
 
 
+# CPU milliseconds per GiB spent by each end process (writer: whole run; reader: from its first chunk): far less
+# sensitive to the machine's load than MB/s, and exactly what the two SDKs' ends differ in.
+CPU: dict[str, list[float]] = {f"{sdk}_{end}": [] for sdk in ("ours", "ref") for end in ("write", "read")}
+
+
 async def reference(engine: Engine, size: int, python: str = REF_PYTHON) -> float | None:
     """Writer and reader in their own processes (the reference SDK's venv, or ours with ``python``)."""
     if not os.path.exists(python):  # noqa: ASYNC240 - one stat in a benchmark
@@ -153,12 +159,15 @@ async def reference(engine: Engine, size: int, python: str = REF_PYTHON) -> floa
         python, "-P", "-c", REF_SCRIPT, "read", engine.url, json.dumps(refs["reader"]), str(size),
         stdout=asyncio.subprocess.PIPE, env=env)
     writer = await asyncio.create_subprocess_exec(
-        python, "-P", "-c", REF_SCRIPT, "write", engine.url, json.dumps(refs["writer"]), str(size), env=env)
-    out, _ = await reader.communicate()
-    await writer.wait()
+        python, "-P", "-c", REF_SCRIPT, "write", engine.url, json.dumps(refs["writer"]), str(size),
+        stdout=asyncio.subprocess.PIPE, env=env)
+    (out, _), (writer_out, _) = await asyncio.gather(reader.communicate(), writer.communicate())
     result = json.loads(out)
+    cpu_ms_per_gib = 1000 * (1 << 30) / size
+    CPU[f"{'ours' if ours_sdk else 'ref'}_write"].append(json.loads(writer_out)["cpu"] * cpu_ms_per_gib)
+    CPU[f"{'ours' if ours_sdk else 'ref'}_read"].append(result["cpu"] * cpu_ms_per_gib)
     assert result["bytes"] == size, result
-    assert result["module"].startswith(str(ROOT)) == ours_sdk, f"wrong SDK imported: {result['module']}"
+    assert (result["module"] == str(ROOT / "iii" / "channels.py")) == ours_sdk, f"wrong SDK imported: {result['module']}"
     return float(size / result["seconds"] / 1e6)
 
 
@@ -258,6 +267,9 @@ async def main() -> None:
         ratios = paired("ours_proc", "ref_proc")
         print(f"ours / reference (processes): median {statistics.median(ratios):.2f}x "
               f"(rounds {min(ratios):.2f}-{max(ratios):.2f}; goal > 1)")
+    for key, values in CPU.items():
+        if values:
+            print(f"  CPU of the {key.replace('_', ' ')} process: median {statistics.median(values):6.0f} ms/GiB")
     if not args.skip_memory:
         mem = await memory(args.mem_size_mib << 20, args.slow_ms)
         print(f"slow reader, {args.mem_size_mib} MiB: engine base {mem['engine_base_mib']:.0f} MiB, "

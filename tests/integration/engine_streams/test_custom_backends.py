@@ -1,6 +1,6 @@
-"""Custom streams served through `create_stream` by a worker process (memory, SQLite, real Redis backends, and a
-plain dict stream under the reference SDK) and driven through the engine by a second worker process, ours or the
-reference SDK's."""
+"""Custom streams served through `create_stream` by a worker process (memory, SQLite, real Redis and real
+PostgreSQL backends, and a plain dict stream under the reference SDK) and driven through the engine by a second
+worker process, ours or the reference SDK's."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import json
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from iii_engine import Engine
-from tests.services import reference_python, require_redis
+from tests.integration.streams.pg_database import scratch_database
+from tests.services import reference_python, require_postgres, require_redis
 
 from .helpers import registered
 
@@ -125,6 +126,25 @@ async def test_redis_backend(engine: Engine, driver: str) -> None:
         if keys:
             await client.delete(*keys)
         await client.aclose()
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    """A migrated scratch database shared by this module's PostgreSQL cases, dropped at the end."""
+    with scratch_database(require_postgres()) as url:
+        yield url
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("driver", ["ours", "reference"])
+async def test_postgres_backend(engine: Engine, driver: str, pg_url: str) -> None:
+    python = sys.executable if driver == "ours" else reference_python()
+    name = f"pg'; DROP TABLE iii_stream_items; -- {uuid.uuid4().hex[:8]}"  # stored literally, never as SQL
+    await run_case(engine, sys.executable, python, pg_url, name)
+    from iii_streams import SQLStream
+
+    async with SQLStream.from_url(pg_url) as store:  # the worker's writes really are in PostgreSQL
+        assert (name, ["g"]) in await store.list_all()
 
 
 async def test_reference_sdk_stream_without_update_is_composed(engine: Engine) -> None:

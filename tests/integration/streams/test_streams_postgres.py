@@ -7,26 +7,16 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
-import asyncpg
 import pytest
-from sqlalchemy.engine import make_url
 
 from iii.stream import StreamGetInput, StreamSetInput
 from iii_streams import SQLStream
-from iii_streams.cli import main as cli_main
 from iii_streams.sql import SchemaMissingError
 from iii_streams.testing import StreamConformance
+from tests.integration.streams.pg_database import scratch_database
 from tests.services import require_postgres
 
 pytestmark = pytest.mark.postgres
-
-
-async def _admin(server_url: str, sql: str) -> None:
-    conn = await asyncpg.connect(server_url)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +27,8 @@ def pg_server() -> str:
 @pytest.fixture(scope="module")
 def pg_url(pg_server: str) -> Iterator[str]:
     """A fresh database for this module, migrated through the command-line tool, dropped at the end."""
-    name = f"iii_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(pg_server, f'CREATE DATABASE "{name}"'))
-    url = make_url(pg_server).set(drivername="postgresql+asyncpg", database=name).render_as_string(False)
-    try:
-        assert cli_main(["migrate", url]) == 0
+    with scratch_database(pg_server) as url:
         yield url
-    finally:
-        asyncio.run(_admin(pg_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 class TestPostgresStream(StreamConformance):
@@ -67,13 +51,11 @@ async def test_watch_sees_writes_from_another_store(pg_url: str) -> None:
     assert event["event"] == {"type": "create", "data": {"a": 1}}
 
 
-async def test_unmigrated_database_names_the_fix(pg_server: str) -> None:
-    name = f"iii_test_{uuid.uuid4().hex[:12]}"
-    await _admin(pg_server, f'CREATE DATABASE "{name}"')
-    try:
-        url = make_url(pg_server).set(drivername="postgresql+asyncpg", database=name).render_as_string(False)
+def test_unmigrated_database_names_the_fix(pg_server: str) -> None:
+    async def probe(url: str) -> None:
         async with SQLStream.from_url(url) as store:
             with pytest.raises(SchemaMissingError, match="iii-streams migrate"):
                 await store.get(StreamGetInput(stream_name="s", group_id="g", item_id="i"))
-    finally:
-        await _admin(pg_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    with scratch_database(pg_server, migrated=False) as url:
+        asyncio.run(probe(url))

@@ -79,7 +79,7 @@ async def test_production_layout_and_event_channel(redis_store: tuple[RedisStrea
     event = await asyncio.wait_for(_event_for(pubsub, s), 5)
     assert list(event) == ["type", "timestamp", "streamName", "groupId", "id", "event"]
     assert event["event"] == {"type": "create", "data": {"z": [], "a": 2**70}}
-    await pubsub.aclose()
+    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
 async def test_reads_what_a_production_engine_wrote(redis_store: tuple[RedisStream, aioredis.Redis, Names]) -> None:

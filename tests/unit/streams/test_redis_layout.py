@@ -59,7 +59,7 @@ async def test_state_layout_reads_and_writes_state_hashes(raw: fakeredis.FakeAsy
     assert (await store.delete(StreamDeleteInput(**item))).old_value == result.new_value
     assert await raw.exists("state:sc:1") == 0
     assert await pubsub.get_message(timeout=0.05) is None  # publish_events=False: no state events
-    await pubsub.aclose()
+    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
 async def test_default_layout_is_unchanged(raw: fakeredis.FakeAsyncRedis) -> None:

@@ -61,7 +61,7 @@ def test_op_table(before: Any, op: dict[str, Any], after: Any) -> None:
 
 def test_input_is_never_mutated_and_ops_apply_in_order() -> None:
     before = {"n": 1, "keep": [1]}
-    ops = [
+    ops: list[dict[str, Any]] = [
         {"type": "increment", "path": "n", "by": 1},
         {"type": "set", "path": "n", "value": 10},
         {"type": "decrement", "path": "n", "by": 1},
@@ -79,7 +79,8 @@ def test_missing_item_starts_as_empty_object() -> None:
 def test_models_are_accepted_even_when_pydantic_picked_another_class() -> None:
     # the reference models type `type` as str, so a merge may arrive as an UpdateSet object
     merge_as_set = UpdateSet.model_validate({"type": "merge", "path": "", "value": {"b": 1}})
-    ops = [merge_as_set, UpdateIncrement(path="n", by=2), UpdateDecrement(path="m", by=1)]
+    ops: list[UpdateSet | UpdateIncrement | UpdateDecrement] = [
+        merge_as_set, UpdateIncrement(path="n", by=2), UpdateDecrement(path="m", by=1)]
     assert apply_ops({"a": 0}, ops) == {"a": 0, "b": 1, "n": 2, "m": -1}
     assert apply_ops({}, [UpdateMerge(path="", value={"x": 1})]) == {"x": 1}
 
