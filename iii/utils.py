@@ -1,4 +1,5 @@
-"""Helpers for handler authors: the ``http`` wrapper for HTTP-trigger functions and ``safe_stringify``.
+"""Helpers for handler authors: the ``http`` wrapper for HTTP-trigger functions, ``safe_stringify`` and
+``is_channel_ref`` (defined in :mod:`iii.types`).
 
 Example:
     >>> safe_stringify({"a": 1})
@@ -12,6 +13,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from .types import is_channel_ref  # one definition, also offered here as the reference SDK does
+
 if TYPE_CHECKING:
     from .types import ApiResponse, HttpRequest, HttpResponse
 
@@ -20,21 +23,6 @@ __all__ = ["http", "is_channel_ref", "safe_stringify"]
 log = logging.getLogger("iii.utils")
 
 HttpCallback = Callable[["HttpRequest", "HttpResponse"], Awaitable["ApiResponse[Any] | None"]]
-
-
-def is_channel_ref(value: Any) -> bool:
-    """Whether ``value`` looks like a channel ref (``channel_id``, ``access_key``, ``direction``).
-
-    Example:
-        >>> is_channel_ref({"channel_id": "c", "access_key": "k", "direction": "read"})
-        True
-    """
-    return (
-        isinstance(value, dict)
-        and isinstance(value.get("channel_id"), str)
-        and isinstance(value.get("access_key"), str)
-        and value.get("direction") in ("read", "write")
-    )
 
 
 class _Usage:

@@ -58,14 +58,7 @@ def make_event(
         >>> make_event("s", "g", "i", "delete", 1, timestamp=0)["event"]
         {'type': 'delete', 'data': 1}
     """
-    return {
-        "type": "stream",
-        "timestamp": now_ms() if timestamp is None else timestamp,
-        "streamName": stream_name,
-        "groupId": group_id,
-        "id": item_id,
-        "event": {"type": kind, "data": data},
-    }
+    return _wrap(stream_name, group_id, item_id, {"type": kind, "data": data}, timestamp)
 
 
 def custom_event(
@@ -77,13 +70,17 @@ def custom_event(
         >>> custom_event("s", "g", None, "ping", {}, timestamp=0)["event"]
         {'type': 'event', 'event': {'type': 'ping', 'data': {}}}
     """
+    return _wrap(stream_name, group_id, item_id, {"type": "event", "event": {"type": type, "data": data}}, timestamp)
+
+
+def _wrap(stream_name: str, group_id: str, item_id: str | None, event: Any, timestamp: int | None) -> StreamEvent:
     return {
         "type": "stream",
         "timestamp": now_ms() if timestamp is None else timestamp,
         "streamName": stream_name,
         "groupId": group_id,
         "id": item_id,
-        "event": {"type": "event", "event": {"type": type, "data": data}},
+        "event": event,
     }
 
 

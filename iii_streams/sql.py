@@ -29,7 +29,7 @@ import asyncio
 import builtins
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
 from sqlalchemy import delete, event, func, insert, select, update
@@ -203,46 +203,32 @@ class SQLStream(Backend):
             if self._closed:
                 raise RuntimeError("SQLStream is closed")
             if self._create:
-                if self._write_lock is not None:
-                    async with self._write_lock:
-                        await migrate_with(self.engine)
-                else:
+                async with self._write_lock if self._write_lock is not None else contextlib.nullcontext():
                     await migrate_with(self.engine)
             self._ready = True
 
-    @contextlib.asynccontextmanager
-    async def _read(self) -> AsyncIterator[AsyncConnection]:
-        if not self._ready:
-            await self._prepare()
-        lock = self._read_lock
-        if lock is not None:
-            await lock.acquire()
-        try:
-            async with self._reader.connect() as conn:
-                yield conn
-        except (OperationalError, ProgrammingError) as exc:
-            self._explain_missing_table(exc)
-            raise
-        finally:
-            if lock is not None:
-                lock.release()
+    def _read(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        return self._connection(self._reader.connect, self._read_lock)
+
+    def _write(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        return self._connection(self.engine.begin, self._write_lock)
 
     @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncConnection]:
+    async def _connection(
+        self,
+        open_connection: Callable[[], contextlib.AbstractAsyncContextManager[AsyncConnection]],
+        lock: asyncio.Lock | None,
+    ) -> AsyncIterator[AsyncConnection]:
         if not self._ready:
             await self._prepare()
-        lock = self._write_lock
-        if lock is not None:
-            await lock.acquire()
-        try:
-            async with self.engine.begin() as conn:
-                yield conn
-        except (OperationalError, ProgrammingError) as exc:
-            self._explain_missing_table(exc)
-            raise
-        finally:
-            if lock is not None:
-                lock.release()
+        # lock before connecting: in-memory SQLite is one shared connection (see __init__)
+        async with lock if lock is not None else contextlib.nullcontext():
+            try:
+                async with open_connection() as conn:
+                    yield conn
+            except (OperationalError, ProgrammingError) as exc:
+                self._explain_missing_table(exc)
+                raise
 
     def _explain_missing_table(self, exc: Exception) -> None:
         text = str(exc)

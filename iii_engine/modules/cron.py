@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Protocol
 
 from iii.iii_types import TriggerInfo
 
+from .adapter_config import adapter_choice
 from .base import EngineError, EngineModule, EngineServices
 from .cron_expr import CronExpression, CronSyntaxError, rfc3339
 
@@ -108,18 +109,14 @@ def open_cron_lock(config: Mapping[str, Any]) -> CronLock:
         >>> type(open_cron_lock({})).__name__
         'KvCronLock'
     """
-    adapter = config.get("adapter") or {}
-    class_name = adapter.get("class", KV_ADAPTER)
-    settings: Mapping[str, Any] = adapter.get("config") or {}
-    ttl_ms = int(settings.get("lock_ttl_ms", DEFAULT_LOCK_TTL_MS))
-    if class_name == KV_ADAPTER:
+    adapter = adapter_choice(config, KV_ADAPTER)
+    ttl_ms = int(adapter.settings.get("lock_ttl_ms", DEFAULT_LOCK_TTL_MS))
+    if adapter.class_name == KV_ADAPTER:
         return KvCronLock(ttl_ms)
-    if class_name == REDIS_ADAPTER:
-        url = settings.get("redis_url")
-        if not isinstance(url, str):
-            raise ValueError(f"{REDIS_ADAPTER} needs a string 'redis_url' in its config")
-        return RedisCronLock(url, ttl_ms=ttl_ms, key_prefix=str(settings.get("key_prefix", "")))
-    raise ValueError(f"unknown cron adapter class {class_name!r} (expected {KV_ADAPTER} or {REDIS_ADAPTER})")
+    if adapter.class_name == REDIS_ADAPTER:
+        return RedisCronLock(adapter.redis_url(), ttl_ms=ttl_ms,
+                             key_prefix=str(adapter.settings.get("key_prefix", "")))
+    raise ValueError(f"unknown cron adapter class {adapter.class_name!r} (expected {KV_ADAPTER} or {REDIS_ADAPTER})")
 
 
 async def _sleep_until(moment: datetime) -> None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from iii.iii_types import TriggerInfo
 from iii.wire import dumps, loads
 
+from .adapter_config import adapter_choice
 from .base import BuiltinFunction, EngineError, EngineModule, EngineServices, InvocationContext
 
 if TYPE_CHECKING:
@@ -159,17 +160,13 @@ def open_bus(config: Mapping[str, Any]) -> PubSubBus:
         >>> type(open_bus({})).__name__
         'LocalBus'
     """
-    adapter = config.get("adapter") or {}
-    class_name = adapter.get("class", LOCAL_ADAPTER)
-    settings: Mapping[str, Any] = adapter.get("config") or {}
-    if class_name == LOCAL_ADAPTER:
+    adapter = adapter_choice(config, LOCAL_ADAPTER)
+    if adapter.class_name == LOCAL_ADAPTER:
         return LocalBus()
-    if class_name == REDIS_ADAPTER:
-        url = settings.get("redis_url")
-        if not isinstance(url, str):
-            raise ValueError(f"{REDIS_ADAPTER} needs a string 'redis_url' in its config")
-        return RedisBus(url)
-    raise ValueError(f"unknown pubsub adapter class {class_name!r} (expected {LOCAL_ADAPTER} or {REDIS_ADAPTER})")
+    if adapter.class_name == REDIS_ADAPTER:
+        return RedisBus(adapter.redis_url())
+    raise ValueError(
+        f"unknown pubsub adapter class {adapter.class_name!r} (expected {LOCAL_ADAPTER} or {REDIS_ADAPTER})")
 
 
 def _topic_of(config: Any) -> str:

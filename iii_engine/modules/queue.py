@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 from iii.iii_types import TriggerInfo
 from iii.wire import dumps
 
+from .adapter_config import adapter_choice
 from .base import BuiltinFunction, BuiltinHandler, EngineError, EngineModule, EngineServices, InvocationContext
 from .queue_consumer import JobNotReady, QueueConsumer, QueueSettings
 from .queue_store import Job, MemoryQueueStore, QueueStore
@@ -43,19 +44,16 @@ def open_store(config: Mapping[str, Any]) -> QueueStore:
         >>> type(open_store({})).__name__
         'MemoryQueueStore'
     """
-    adapter = config.get("adapter") or {}
-    class_name = adapter.get("class", BUILTIN_ADAPTER)
-    settings: Mapping[str, Any] = adapter.get("config") or {}
-    if class_name == BUILTIN_ADAPTER:
+    adapter = adapter_choice(config, BUILTIN_ADAPTER)
+    if adapter.class_name == BUILTIN_ADAPTER:
         return MemoryQueueStore()
-    if class_name == REDIS_ADAPTER:
-        url = settings.get("redis_url")
-        if not isinstance(url, str):
-            raise ValueError(f"{REDIS_ADAPTER} needs a string 'redis_url' in its config")
+    if adapter.class_name == REDIS_ADAPTER:
+        url = adapter.redis_url()
         from .queue_redis import RedisQueueStore
 
-        return RedisQueueStore(url, key_prefix=str(settings.get("key_prefix", "")))
-    raise ValueError(f"unsupported queue adapter class {class_name!r} (supported: {BUILTIN_ADAPTER}, {REDIS_ADAPTER})")
+        return RedisQueueStore(url, key_prefix=str(adapter.settings.get("key_prefix", "")))
+    raise ValueError(
+        f"unsupported queue adapter class {adapter.class_name!r} (supported: {BUILTIN_ADAPTER}, {REDIS_ADAPTER})")
 
 
 @dataclass

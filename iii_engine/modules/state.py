@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 
-from iii.iii_types import TriggerInfo
 from iii.stream import (
     StreamDeleteInput,
     StreamGetInput,
@@ -35,7 +34,7 @@ from .base import BuiltinFunction, EngineError, EngineModule, EngineServices, In
 from .stream_inputs import Fields
 from .stream_locks import KeyedLocks
 from .stream_store import open_module_store
-from .stream_triggers import TriggerRunner
+from .trigger_set import TriggerSet
 
 __all__ = ["STATE_STREAM", "StateModule", "StateTriggers", "state_event"]
 
@@ -49,7 +48,7 @@ def state_event(event_type: str, scope: str, key: str, old: Any, new: Any) -> di
             "new_value": new}
 
 
-class StateTriggers(TriggerRunner):
+class StateTriggers(TriggerSet):
     """Registrator of the ``state`` trigger type (filters ``scope``, ``key``, ``condition_function_id``).
 
     Example:
@@ -57,34 +56,12 @@ class StateTriggers(TriggerRunner):
         True
     """
 
-    def __init__(self, services: EngineServices) -> None:
-        super().__init__(services)
-        self._triggers: dict[str, TriggerInfo] = {}
-
-    async def register(self, trigger: TriggerInfo) -> None:
-        """Store ``trigger``."""
-        self._triggers[trigger.id] = trigger
-
-    async def unregister(self, trigger: TriggerInfo) -> None:
-        """Forget ``trigger``."""
-        self._triggers.pop(trigger.id, None)
-
     @staticmethod
     def matches(config: Any, payload: Mapping[str, Any]) -> bool:
         """Whether a trigger config selects ``payload`` (absent or empty filter = any)."""
         config = config if isinstance(config, Mapping) else {}
         scope, key = config.get("scope"), config.get("key")
         return (not scope or scope == payload["scope"]) and (not key or key == payload["key"])
-
-    def dispatch(self, payload: dict[str, Any]) -> None:
-        """One task calling every matching handler in turn."""
-        matching = [t for t in self._triggers.values() if self.matches(t.config, payload)]
-        if matching:
-            self.spawn(self._run(matching, payload))
-
-    async def _run(self, triggers: list[TriggerInfo], payload: dict[str, Any]) -> None:
-        for trigger in triggers:
-            await self.call(trigger, payload)
 
 
 def _changed(old: Any) -> str:

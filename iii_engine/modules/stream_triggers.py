@@ -15,19 +15,15 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import Any
 
 from iii.iii_types import TriggerInfo
 
-from .base import EngineError, EngineServices
+from .base import EngineError
+from .trigger_set import TriggerRunner, TriggerSet, trigger_config
 
 __all__ = ["JoinLeaveTriggers", "StreamTriggers", "TriggerRunner", "matches_stream_trigger"]
-
-
-def _config(trigger: TriggerInfo) -> Mapping[str, Any]:
-    return trigger.config if isinstance(trigger.config, Mapping) else {}
 
 
 def matches_stream_trigger(config: Mapping[str, Any], event: Mapping[str, Any]) -> bool:
@@ -46,80 +42,29 @@ def matches_stream_trigger(config: Mapping[str, Any], event: Mapping[str, Any]) 
     return not item or item == event.get("id")
 
 
-class TriggerRunner:
-    """Spawns trigger tasks and calls handlers behind their condition function; shared by stream and state.
-
-    Example:
-        >>> TriggerRunner.__name__
-        'TriggerRunner'
-    """
-
-    def __init__(self, services: EngineServices) -> None:
-        self.services = services
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def spawn(self, coro: Any) -> None:
-        """Run ``coro`` in a task that :meth:`close` cancels."""
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def close(self) -> None:
-        """Cancel the running trigger tasks."""
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def call(self, trigger: TriggerInfo, payload: Any) -> Any:
-        """Run one handler if its condition passes; ``None`` when skipped or failed (logged)."""
-        condition = _config(trigger).get("condition_function_id")
-        if not await self.services.condition_passes(condition if isinstance(condition, str) else None, payload):
-            return None
-        try:
-            return await self.services.invoke(trigger.function_id, payload)
-        except EngineError as exc:
-            self.services.log.warning("trigger %s: %s failed: %s: %s", trigger.id, trigger.function_id, exc.code,
-                                      exc.message)
-            return None
-
-
-class StreamTriggers(TriggerRunner):
+class StreamTriggers(TriggerSet):
     """Registrator of the ``stream`` trigger type and dispatcher of change events to it.
 
     Example:
-        >>> StreamTriggers.__name__
-        'StreamTriggers'
+        >>> StreamTriggers.matches({"stream_name": "s"}, {"streamName": "s", "groupId": "g", "id": None})
+        True
     """
 
-    def __init__(self, services: EngineServices) -> None:
-        super().__init__(services)
-        self._triggers: dict[str, TriggerInfo] = {}
+    @staticmethod
+    def matches(config: Mapping[str, Any], payload: Mapping[str, Any]) -> bool:
+        """:func:`matches_stream_trigger`."""
+        return matches_stream_trigger(config, payload)
 
     async def register(self, trigger: TriggerInfo) -> None:
         """Store ``trigger``; a config without a string ``stream_name`` is refused (ST8)."""
-        name = _config(trigger).get("stream_name")
+        name = trigger_config(trigger).get("stream_name")
         if not isinstance(name, str) or not name:
             raise EngineError("invalid_trigger_config",
                               f"stream trigger {trigger.id} needs a non-empty string 'stream_name' in its config")
-        self._triggers[trigger.id] = trigger
-
-    async def unregister(self, trigger: TriggerInfo) -> None:
-        """Forget ``trigger``."""
-        self._triggers.pop(trigger.id, None)
-
-    def dispatch(self, event: Mapping[str, Any]) -> None:
-        """Spawn one task calling every matching handler in turn (not awaited by the caller)."""
-        matching = [t for t in self._triggers.values() if matches_stream_trigger(_config(t), event)]
-        if matching:
-            self.spawn(self._run(matching, event))
-
-    async def _run(self, triggers: list[TriggerInfo], event: Mapping[str, Any]) -> None:
-        for trigger in triggers:
-            await self.call(trigger, event)
+        await super().register(trigger)
 
 
-class JoinLeaveTriggers(TriggerRunner):
+class JoinLeaveTriggers(TriggerSet):
     """Registrator of ``stream:join`` or ``stream:leave``; :meth:`run` awaits the matching handlers in order.
 
     Example:
@@ -127,43 +72,25 @@ class JoinLeaveTriggers(TriggerRunner):
         (True, False)
     """
 
-    def __init__(self, services: EngineServices) -> None:
-        super().__init__(services)
-        self._triggers: dict[str, TriggerInfo] = {}
-
-    async def register(self, trigger: TriggerInfo) -> None:
-        """Store ``trigger`` (any config; filters are optional)."""
-        self._triggers[trigger.id] = trigger
-
-    async def unregister(self, trigger: TriggerInfo) -> None:
-        """Forget ``trigger``."""
-        self._triggers.pop(trigger.id, None)
-
     @staticmethod
     def refuses(answer: Any) -> bool:
         """Whether a join handler's answer refuses the join (only a literal ``true`` counts)."""
         return isinstance(answer, Mapping) and answer.get("unauthorized") is True
 
-    def _matching(self, payload: Mapping[str, Any]) -> list[TriggerInfo]:
-        out = []
-        for trigger in self._triggers.values():
-            config = _config(trigger)
-            name, group = config.get("stream_name"), config.get("group_id")
-            if name and name != payload.get("stream_name"):
-                continue
-            if group and group != payload.get("group_id"):
-                continue
-            out.append(trigger)
-        return out
+    @staticmethod
+    def matches(config: Mapping[str, Any], payload: Mapping[str, Any]) -> bool:
+        """Whether a join/leave config selects ``payload`` (absent or empty ``stream_name``/``group_id`` = any)."""
+        name, group = config.get("stream_name"), config.get("group_id")
+        return (not name or name == payload.get("stream_name")) and (not group or group == payload.get("group_id"))
 
     async def run(self, payload: Mapping[str, Any]) -> bool:
         """Call the matching handlers in order; ``False`` as soon as one refuses (join), else ``True``."""
-        for trigger in self._matching(payload):
+        for trigger in self.matching(payload):
             if self.refuses(await self.call(trigger, payload)):
                 return False
         return True
 
     def run_detached(self, payload: Mapping[str, Any]) -> None:
         """:meth:`run` in a task of its own (leave on disconnect: nobody waits for it)."""
-        if self._matching(payload):
+        if self.matching(payload):
             self.spawn(self.run(payload))

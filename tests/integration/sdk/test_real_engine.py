@@ -6,21 +6,18 @@ round trip on the registering worker is the barrier that proves the engine has s
 
 from __future__ import annotations
 
-import asyncio
 import threading
-from collections.abc import Callable, Coroutine, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
-from iii import InitOptions, InvocationError, TriggerAction, TriggerConfig, TriggerHandler
-from iii.iii import III, register_worker
+from iii import InvocationError, TriggerAction, TriggerConfig, TriggerHandler
+from iii.iii import III
 from iii_engine import Engine, EngineConfig, ModuleSpec
 from iii_engine.modules.catalogue import DEFAULT_MODULES
 
-from .conftest import FAST_RECONNECT
-
-T = TypeVar("T")
+from .conftest import ServedOnThread, workers_of
 
 _OWN_PORT_MODULES = ("modules::stream::StreamModule", "modules::api::RestApiModule")
 
@@ -32,17 +29,11 @@ def engine_test_config() -> EngineConfig:
     return EngineConfig(host="127.0.0.1", port=0, modules=modules)
 
 
-class RealEngineThread:
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.engine = Engine(config=engine_test_config())
-        self.run(self.engine.start())
-        self.url = self.engine.url
+class RealEngineThread(ServedOnThread[Engine]):
+    """Our engine with the default modules, served from a background loop."""
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(15)
+    def __init__(self) -> None:
+        super().__init__(lambda: Engine(config=engine_test_config()))
 
     def restart(self) -> None:
         port = self.engine.port
@@ -50,34 +41,16 @@ class RealEngineThread:
         self.engine = Engine(config=engine_test_config(), port=port)
         self.run(self.engine.start())
 
-    def close(self) -> None:
-        self.run(self.engine.stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
-
 
 @pytest.fixture
 def real() -> Iterator[RealEngineThread]:
-    e = RealEngineThread()
-    try:
-        yield e
-    finally:
-        e.close()
+    with RealEngineThread() as served:
+        yield served
 
 
 @pytest.fixture
-def worker(real: RealEngineThread) -> Iterator[Callable[[str], III]]:
-    made: list[III] = []
-
-    def make(name: str) -> III:
-        client = register_worker(real.url, InitOptions(worker_name=name, reconnection_config=FAST_RECONNECT))
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.shutdown()
+def worker(real: RealEngineThread) -> Iterator[Callable[..., III]]:
+    yield from workers_of(real.url)
 
 
 def test_calls_both_ways_void_errors_and_listing(real: RealEngineThread, worker: Callable[[str], III]) -> None:

@@ -18,32 +18,25 @@ class Frames(list[bytes]):
     def bodies(self, prefix: bytes) -> list[dict[str, Any]]:
         return [json.loads(frame[4:]) for frame in self if frame.startswith(prefix)]
 
-    def spans(self) -> list[dict[str, Any]]:
-        return [
-            span
-            for body in self.bodies(b"OTLP")
-            for rs in body["resourceSpans"]
-            for ss in rs["scopeSpans"]
-            for span in ss["spans"]
-        ]
-
-    def logs(self) -> list[dict[str, Any]]:
+    def _records(self, prefix: bytes, resources: str, scopes: str, records: str) -> list[dict[str, Any]]:
+        # every OTLP JSON body nests the same way: resource entries > scope entries > records
         return [
             record
-            for body in self.bodies(b"LOGS")
-            for rl in body["resourceLogs"]
-            for sl in rl["scopeLogs"]
-            for record in sl["logRecords"]
+            for body in self.bodies(prefix)
+            for resource in body[resources]
+            for scope in resource[scopes]
+            for record in scope[records]
         ]
 
+    def spans(self) -> list[dict[str, Any]]:
+        return self._records(b"OTLP", "resourceSpans", "scopeSpans", "spans")
+
+    def logs(self) -> list[dict[str, Any]]:
+        return self._records(b"LOGS", "resourceLogs", "scopeLogs", "logRecords")
+
     def metrics(self) -> dict[str, dict[str, Any]]:
-        return {
-            metric["name"]: metric
-            for body in self.bodies(b"MTRC")
-            for rm in body["resourceMetrics"]
-            for sm in rm["scopeMetrics"]
-            for metric in sm["metrics"]
-        }
+        metrics = self._records(b"MTRC", "resourceMetrics", "scopeMetrics", "metrics")
+        return {metric["name"]: metric for metric in metrics}
 
 
 @pytest.fixture

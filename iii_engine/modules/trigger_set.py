@@ -1,0 +1,117 @@
+"""What the engine's own trigger types (``stream``, ``stream:join``/``stream:leave``, ``state``) share.
+
+:class:`TriggerRunner` spawns trigger tasks and calls a handler behind its ``condition_function_id``;
+:class:`TriggerSet` adds the registered triggers of one type, keyed by id, and the "call every trigger that
+selects this payload, one after another, in a task of its own" dispatch. A trigger type only says which configs
+select a payload (:meth:`TriggerSet.matches`) and, if it must, refuses configs in ``register``.
+
+Example:
+    >>> class Everything(TriggerSet):
+    ...     @staticmethod
+    ...     def matches(config, payload):
+    ...         return True
+    >>> Everything.matches({}, {"any": "payload"})
+    True
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+from iii.iii_types import TriggerInfo
+
+from .base import EngineError, EngineServices
+
+__all__ = ["TriggerRunner", "TriggerSet", "trigger_config"]
+
+
+def trigger_config(trigger: TriggerInfo) -> Mapping[str, Any]:
+    """``trigger.config`` when it is a mapping, else an empty one (a filter that is absent selects anything).
+
+    Example:
+        >>> trigger_config(TriggerInfo(id="t", trigger_type="state", function_id="f", config=None))
+        {}
+    """
+    return trigger.config if isinstance(trigger.config, Mapping) else {}
+
+
+class TriggerRunner:
+    """Spawns trigger tasks and calls handlers behind their condition function.
+
+    Example:
+        >>> TriggerRunner.__name__
+        'TriggerRunner'
+    """
+
+    def __init__(self, services: EngineServices) -> None:
+        self.services = services
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, coro: Any) -> None:
+        """Run ``coro`` in a task that :meth:`close` cancels."""
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        """Cancel the running trigger tasks."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def call(self, trigger: TriggerInfo, payload: Any) -> Any:
+        """Run one handler if its condition passes; ``None`` when skipped or failed (logged)."""
+        condition = trigger_config(trigger).get("condition_function_id")
+        if not await self.services.condition_passes(condition if isinstance(condition, str) else None, payload):
+            return None
+        try:
+            return await self.services.invoke(trigger.function_id, payload)
+        except EngineError as exc:
+            self.services.log.warning("trigger %s: %s failed: %s: %s", trigger.id, trigger.function_id, exc.code,
+                                      exc.message)
+            return None
+
+
+class TriggerSet(TriggerRunner):
+    """The registered triggers of one type (a :class:`~.base.TriggerTypeHandler`) and their dispatch.
+
+    Subclasses define :meth:`matches`; ``register`` stores any config unless a subclass refuses it first.
+
+    Example:
+        >>> TriggerSet.matches({"any": "config"}, {"any": "payload"})
+        True
+    """
+
+    def __init__(self, services: EngineServices) -> None:
+        super().__init__(services)
+        self._triggers: dict[str, TriggerInfo] = {}
+
+    async def register(self, trigger: TriggerInfo) -> None:
+        """Store ``trigger`` (replacing one with the same id)."""
+        self._triggers[trigger.id] = trigger
+
+    async def unregister(self, trigger: TriggerInfo) -> None:
+        """Forget ``trigger``."""
+        self._triggers.pop(trigger.id, None)
+
+    @staticmethod
+    def matches(config: Mapping[str, Any], payload: Mapping[str, Any]) -> bool:
+        """Whether a trigger with ``config`` selects ``payload``; every trigger does unless a subclass says."""
+        return True
+
+    def matching(self, payload: Mapping[str, Any]) -> list[TriggerInfo]:
+        """The registered triggers selecting ``payload``, in registration order."""
+        return [t for t in self._triggers.values() if self.matches(trigger_config(t), payload)]
+
+    def dispatch(self, payload: Mapping[str, Any]) -> None:
+        """Spawn one task calling every matching handler in turn (not awaited by the caller)."""
+        matching = self.matching(payload)
+        if matching:
+            self.spawn(self._run_each(matching, payload))
+
+    async def _run_each(self, triggers: list[TriggerInfo], payload: Mapping[str, Any]) -> None:
+        for trigger in triggers:
+            await self.call(trigger, payload)
