@@ -170,7 +170,7 @@ class Engine:
                 log.warning("module %s not available: %s", spec.class_name, exc)
                 continue
             try:
-                await self._start_module(cls(self, spec.config))
+                await self._start_module(cls(self, self._listener_defaults(cls, spec.config)))
             except Exception as exc:
                 self.unavailable_modules[spec.class_name] = f"failed to start: {exc!r}"
                 log.exception("module %s not available: failed to start", spec.class_name)
@@ -179,6 +179,17 @@ class Engine:
         worker_module.ready()
         self.ready.set()
         log.info("iii engine listening on %s", self.url)
+
+    def _listener_defaults(self, cls: type[EngineModule], settings: dict[str, Any]) -> dict[str, Any]:
+        """A listening module binds where the engine binds unless told otherwise, and on a free port when the
+        engine was started on one (``Engine(port=0)``), so embedded engines never collide on 3111/3112."""
+        if not cls.has_listener:
+            return settings
+        merged = dict(settings)
+        merged.setdefault("host", self.config.host)
+        if self.config.port == 0:
+            merged.setdefault("port", 0)
+        return merged
 
     async def _start_module(self, module: EngineModule) -> None:
         await module.start()

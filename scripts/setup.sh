@@ -1,19 +1,33 @@
 #!/usr/bin/env bash
 # Creates .venv (idempotent) and installs the toolkit with every extra and the test tools.
-# Also creates .ref-venv with the reference SDK (iii-sdk 0.10.0) for the interop tests: it uses the same import
-# name `iii`, so it must never share an environment with ours.
+# With --with-reference, also creates .ref-venv with the reference SDK (iii-sdk 0.10.0) for the interop tests: it
+# uses the same import name `iii`, so it must never share an environment with ours.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "setup: needs Python 3.11 or newer as '$PY' (set PYTHON=/path/to/python3.11)" >&2
+  exit 1
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[all,dev]' 2>&1 | grep -v 'is ignored' || true
-.venv/bin/python -c 'import iii, iii_engine, iii_streams, iii_channels' >/dev/null
-if [ "${1:-}" = "--with-reference" ]; then
-  if [ ! -x .ref-venv/bin/python ] || ! .ref-venv/bin/python -c 'import iii' 2>/dev/null; then
-    "$PY" -m venv .ref-venv
-    .ref-venv/bin/python -m pip install -q --disable-pip-version-check 'iii-sdk==0.10.0' 2>&1 | grep -v 'is ignored' || true
+
+# pip's harmless notes about missing local index folders are filtered; its exit status is kept.
+quiet_pip() { "$@" 2> >(grep -v 'is ignored' >&2); }
+
+make_venv() {
+  local dir=$1
+  if [ ! -x "$dir/bin/python" ]; then
+    "$PY" -m venv "$dir" || { echo "setup: '$PY -m venv' failed (on Debian: apt-get install python3-venv)" >&2; exit 1; }
   fi
-  .ref-venv/bin/python -c 'import iii.iii' >/dev/null
+}
+
+make_venv .venv
+quiet_pip .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[all,dev]'
+.venv/bin/python -c 'import iii, iii_engine, iii_streams, iii_channels, orjson, redis, sqlalchemy, aiohttp'
+
+if [ "${1:-}" = "--with-reference" ]; then
+  make_venv .ref-venv
+  if ! .ref-venv/bin/python -c 'import iii.iii' 2>/dev/null; then
+    quiet_pip .ref-venv/bin/python -m pip install -q --disable-pip-version-check 'iii-sdk==0.10.0'
+  fi
+  .ref-venv/bin/python -c 'import iii.iii'
 fi

@@ -121,6 +121,9 @@ class EngineModule(ABC):
     name: ClassVar[str]
     class_names: ClassVar[tuple[str, ...]]
     enabled_by_default: ClassVar[bool] = True
+    # Modules with a listener of their own (stream socket, REST API) take ``host`` and ``port`` settings; the engine
+    # fills in its own host, and port 0 when the engine itself was asked for a free port.
+    has_listener: ClassVar[bool] = False
 
     def __init__(self, services: EngineServices, config: Mapping[str, Any] | None = None) -> None:
         self.services = services

@@ -119,6 +119,7 @@ class RestApiModule(EngineModule):
 
     name = "http_api"
     class_names = ("modules::api::RestApiModule",)
+    has_listener = True
 
     def __init__(self, services: EngineServices, config: Mapping[str, Any] | None = None) -> None:
         super().__init__(services, config)

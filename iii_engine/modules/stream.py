@@ -86,6 +86,7 @@ class StreamModule(EngineModule):
 
     name: ClassVar[str] = "stream"
     class_names: ClassVar[tuple[str, ...]] = ("modules::stream::StreamModule",)
+    has_listener: ClassVar[bool] = True
 
     def __init__(self, services: EngineServices, config: Mapping[str, Any] | None = None) -> None:
         super().__init__(services, config)
