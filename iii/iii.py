@@ -690,10 +690,16 @@ class III:
     def trigger(self, request: dict[str, Any] | TriggerRequest) -> Any:
         """Call a function and wait for its result (``None`` for void, the receipt dict for enqueue).
 
+        The trace context and baggage current in the calling thread travel with the call.
+
         Example:
             >>> # iii.trigger({"function_id": "greet", "payload": {"name": "Ada"}})
         """
-        return self._run_on_loop(self.trigger_async(request))
+        function_id, payload, action, timeout_ms = _unpack_request(request)
+        # Read in the caller's context and handed over explicitly, so what travels never depends on how the
+        # hop to the client's loop treats context variables.
+        headers = self._trace.headers()
+        return self._run_on_loop(self._call(function_id, payload, action, timeout_ms, headers))
 
     async def trigger_async(self, request: dict[str, Any] | TriggerRequest) -> Any:
         """Async form of :meth:`trigger`; works from any event loop.
@@ -701,29 +707,25 @@ class III:
         Example:
             >>> # await iii.trigger_async({"function_id": "notify", "payload": {}, "action": TriggerAction.Void()})
         """
-        if isinstance(request, TriggerRequest):
-            function_id, payload, action, timeout_ms = (
-                request.function_id,
-                request.payload,
-                request.action,
-                request.timeout_ms,
-            )
-        else:
-            function_id = request["function_id"]
-            payload = request.get("payload")
-            action = request.get("action")
-            timeout_ms = request.get("timeout_ms")
-        coro = self._call(function_id, payload, action, timeout_ms)
+        function_id, payload, action, timeout_ms = _unpack_request(request)
+        coro = self._call(function_id, payload, action, timeout_ms, self._trace.headers())
         if asyncio.get_running_loop() is self._loop:
             return await coro
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
 
-    async def _call(self, function_id: str, payload: Any, action: Any, timeout_ms: int | None = None) -> Any:
-        """One invocation, on the client's loop."""
+    async def _call(
+        self,
+        function_id: str,
+        payload: Any,
+        action: Any,
+        timeout_ms: int | None = None,
+        headers: tuple[str | None, str | None] | None = None,
+    ) -> Any:
+        """One invocation, on the client's loop; ``headers`` = ``(traceparent, baggage)`` of the caller."""
         if self._closed:
             raise ShuttingDownError()
         action_wire = action_to_wire(action)
-        tp, bg = self._trace.headers()
+        tp, bg = headers if headers is not None else self._trace.headers()
         frame: dict[str, Any] = {"function_id": function_id, "data": payload}
         if action_wire is not None and action_wire["type"] == "void":
             if tp:
@@ -914,6 +916,13 @@ def register_worker(address: str, options: InitOptions | None = None) -> III:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _unpack_request(request: dict[str, Any] | TriggerRequest) -> tuple[str, Any, Any, int | None]:
+    """``(function_id, payload, action, timeout_ms)`` of a trigger request in either form."""
+    if isinstance(request, TriggerRequest):
+        return request.function_id, request.payload, request.action, request.timeout_ms
+    return request["function_id"], request.get("payload"), request.get("action"), request.get("timeout_ms")
 
 
 def _is_async_callable(handler: Callable[..., Any] | None) -> bool:

@@ -57,29 +57,36 @@ class TraceScope:
         return tel.inject_traceparent(), tel.inject_baggage()
 
     async def run(self, name: str, call: HandlerCall, traceparent: str | None, baggage: str | None) -> Outcome:
-        """``(result, error, formatted traceback, response traceparent)``."""
+        """``(result, error, formatted traceback, response traceparent)``.
+
+        The caller's context (trace parent *and* baggage) is made current for the whole run, so the handler
+        sees the baggage and its nested calls forward both headers.
+        """
         tel = self._tel
         if tel is None:
             return await self._plain(call)
         tracer = tel.get_tracer()
-        if tracer is None:
-            # Telemetry is off: no span, but nested calls still carry the caller's trace context.
-            if not traceparent and not baggage:
-                return await self._plain(call)
-            from opentelemetry import context
+        if tracer is None and not traceparent and not baggage:
+            return await self._plain(call)
+        from opentelemetry import context
 
-            token = context.attach(tel.extract_context(traceparent, baggage))
-            try:
+        # start_as_current_span(context=parent) would make only the span current and drop the parent's baggage;
+        # attaching the extracted context first keeps both.
+        token = context.attach(tel.extract_context(traceparent, baggage))
+        try:
+            if tracer is None:
+                # Telemetry is off: no span, but nested calls still carry the caller's trace context.
                 return await self._plain(call)
-            finally:
-                context.detach(token)
+            return await self._in_span(tel, tracer, name, call)
+        finally:
+            context.detach(token)
+
+    @staticmethod
+    async def _in_span(tel: ModuleType, tracer: Any, name: str, call: HandlerCall) -> Outcome:
         from opentelemetry import trace
 
-        parent = tel.extract_context(traceparent, baggage)
-        with tracer.start_as_current_span(
-            name, context=parent, kind=trace.SpanKind.SERVER, record_exception=False
-        ) as span:
-            result, error, stack, _ = await self._plain(call)
+        with tracer.start_as_current_span(name, kind=trace.SpanKind.SERVER, record_exception=False) as span:
+            result, error, stack, _ = await TraceScope._plain(call)
             if error is not None:
                 span.record_exception(error)
                 span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))

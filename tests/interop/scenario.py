@@ -2,7 +2,9 @@
 
 Usage: python scenario.py WS_URL ROLE. Prints one JSON line per step (``{"step": ..., ...}``) so the test can
 compare outcomes, and exits 0. Roles:
-- ``frames``: the fixed call sequence used for wire conformance against a recording fake engine.
+- ``frames``: the fixed call sequence used for wire conformance against a recording fake engine. Its call to
+  ``remote::drive`` hands over to the engine, which sends engine→worker frames (invocations of the ``serve::*``
+  handlers, trigger registrations for the ``hook`` type) and answers the call when it is done.
 - ``serve``: registers ``<prefix>::echo`` / ``<prefix>::fail`` and serves until stdin closes.
 - ``call TARGET``: calls another worker's functions and lists what the engine knows.
 """
@@ -11,13 +13,104 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 from typing import Any
 
-from iii import InitOptions, TriggerAction, register_worker
+from pydantic import BaseModel
+
+from iii import ApiResponse, HttpInvocationConfig, InitOptions, TriggerAction, TriggerConfig, TriggerHandler
+from iii import register_worker
+from iii.stream import (
+    IStream,
+    StreamDeleteInput,
+    StreamDeleteResult,
+    StreamGetInput,
+    StreamListGroupsInput,
+    StreamListInput,
+    StreamSetInput,
+    StreamSetResult,
+    StreamUpdateInput,
+    StreamUpdateResult,
+)
 
 
 def emit(step: str, **fields: Any) -> None:
     print(json.dumps({"step": step, **fields}, default=str), flush=True)
+
+
+class Note(BaseModel):
+    title: str
+    body: str | None = None
+
+
+class NoteStream(IStream[Any]):
+    """Never called in the frames role: only its registrations are compared."""
+
+    async def get(self, input: StreamGetInput) -> Any:
+        return None
+
+    async def set(self, input: StreamSetInput) -> StreamSetResult[Any] | None:
+        return None
+
+    async def delete(self, input: StreamDeleteInput) -> StreamDeleteResult:
+        return StreamDeleteResult(old_value=None)
+
+    async def list(self, input: StreamListInput) -> list[Any]:
+        return []
+
+    async def list_groups(self, input: StreamListGroupsInput) -> list[str]:
+        return []
+
+    async def update(self, input: StreamUpdateInput) -> StreamUpdateResult[Any] | None:
+        return None
+
+
+class HookHandler(TriggerHandler[Any]):
+    """Keeps what the engine asked of the ``hook`` trigger type, for ``serve::hooks`` to report."""
+
+    def __init__(self) -> None:
+        self.events: list[list[Any]] = []
+        self.lock = threading.Lock()
+
+    async def register_trigger(self, config: TriggerConfig[Any]) -> None:
+        with self.lock:
+            self.events.append(["register", config.id, config.function_id, config.config])
+
+    async def unregister_trigger(self, config: TriggerConfig[Any]) -> None:
+        with self.lock:
+            self.events.append(["unregister", config.id, config.function_id])
+
+
+def register_engine_side(iii: Any) -> None:
+    """Handlers the recording engine invokes, and the trigger type it registers triggers for."""
+    hooks = HookHandler()
+    iii.register_trigger_type({"id": "hook", "description": "test hooks"}, hooks)
+
+    def serve_dict(data: Any) -> Any:
+        return {"got": data, "none": None, "list": [1, None]}
+
+    def serve_none(data: Any) -> None:
+        return None
+
+    def serve_raise(data: Any) -> Any:
+        raise RuntimeError("raised on purpose")
+
+    def serve_model(data: Any) -> Any:
+        return Note(title="t")
+
+    def serve_api(data: Any) -> Any:
+        return ApiResponse(status_code=201, body={"ok": True})
+
+    async def serve_hooks(data: Any) -> Any:
+        with hooks.lock:
+            return list(hooks.events)
+
+    iii.register_function("serve::dict", serve_dict)
+    iii.register_function("serve::none", serve_none)
+    iii.register_function("serve::raise", serve_raise)
+    iii.register_function("serve::model", serve_model)
+    iii.register_function("serve::api", serve_api)
+    iii.register_function("serve::hooks", serve_hooks)
 
 
 def run_frames(url: str) -> None:
@@ -31,11 +124,20 @@ def run_frames(url: str) -> None:
     iii.register_service({"id": "calc", "description": "calculator"})
     iii.register_trigger({"type": "cron", "function_id": "calc::add", "config": {"expression": "* * * * * *"}})
     iii.register_trigger({"type": "custom", "function_id": "calc::add"})
+    iii.register_function("ext::http", HttpInvocationConfig(url="https://example.com/hook", method="PUT",
+                                                            timeout_ms=1500, headers={"x-team": "a"}))
+    iii.register_function("tmp::gone", add).unregister()
+    iii.register_trigger({"type": "cron", "function_id": "calc::sub",
+                          "config": {"expression": "0 0 * * * *"}}).unregister()
+    iii.create_stream("notes", NoteStream())
+    iii.on_functions_available(lambda functions: None)
+    register_engine_side(iii)
     emit("trigger", result=iii.trigger({"function_id": "remote::ping", "payload": {"x": 1}}))
     emit("trigger_none", result=iii.trigger({"function_id": "remote::ping"}))
     iii.trigger({"function_id": "remote::ping", "payload": [1, None], "action": TriggerAction.Void()})
     emit("enqueue", result=iii.trigger(
         {"function_id": "remote::ping", "payload": {"y": None}, "action": TriggerAction.Enqueue(queue="q")}))
+    emit("drive", result=iii.trigger({"function_id": "remote::drive", "payload": {}}))
     emit("done")
     iii.shutdown()
 

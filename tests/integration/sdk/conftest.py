@@ -1,4 +1,19 @@
-"""Fixtures: an engine on its own thread and loop, so tests can use both the sync and the async SDK API."""
+"""Fixtures: an engine on its own thread and loop, so tests can use both the sync and the async SDK API.
+
+Two engines serve the SDK tests:
+- ``fake``: the recording :class:`FakeEngine` (every frame a worker sent is kept; it can send any frame, reject
+  handshakes). Tests that assert on frames use it.
+- ``served``: parametrised over the fake and our real ``iii_engine.Engine``. Behavioural tests use it, through
+  the :class:`Harness` views both engines offer (registered ids, calls in flight, restart on the same port).
+
+Example::
+
+    def test_call(served: Harness, make_worker: MakeWorker) -> None:
+        a, b = make_worker("a"), make_worker("b")
+        a.register_function("f", lambda d: d)
+        served.wait_registered("f")
+        assert b.trigger({"function_id": "f", "payload": 1}) == 1
+"""
 
 from __future__ import annotations
 
@@ -11,12 +26,25 @@ import pytest
 
 from iii import InitOptions, ReconnectionConfig
 from iii.iii import III, register_worker
+from iii.wire import dumps
+from iii_engine import Engine, EngineConfig, ModuleSpec
+from iii_engine.modules.catalogue import DEFAULT_MODULES
 
-from .fake_engine import FakeEngine
+from .fake_engine import FakeEngine, FakeWorker
 
 T = TypeVar("T")
 
 FAST_RECONNECT = ReconnectionConfig(initial_delay_ms=20, max_delay_ms=200, jitter_factor=0.0)
+MakeWorker = Callable[..., III]
+
+_OWN_PORT_MODULES = ("modules::stream::StreamModule", "modules::api::RestApiModule")
+
+
+def engine_test_config() -> EngineConfig:
+    """The default modules, every extra listener on a free loopback port."""
+    modules = [ModuleSpec(name, {"host": "127.0.0.1", "port": 0} if name in _OWN_PORT_MODULES else {})
+               for name in DEFAULT_MODULES]
+    return EngineConfig(host="127.0.0.1", port=0, modules=modules)
 
 
 class Servable(Protocol):
@@ -66,8 +94,53 @@ class ServedOnThread(Generic[E]):
         self.close()
 
 
-class EngineThread(ServedOnThread[FakeEngine]):
+class Harness(Protocol):
+    """What behavioural tests see of either engine. Every view is evaluated on the engine's loop."""
+
+    kind: str
+
+    @property
+    def url(self) -> str: ...
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None: ...
+
+    def function_ids(self) -> set[str]: ...
+
+    def calls_in_flight(self) -> set[str]: ...
+
+    def worker_triggers(self) -> list[dict[str, Any]]: ...
+
+    def worker_trigger_types(self) -> set[str]: ...
+
+    def wait_registered(self, *ids: str) -> None: ...
+
+    def send_to(self, client: III, frame: dict[str, Any] | str) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def start(self) -> None: ...
+
+    def restart(self) -> None: ...
+
+
+class _Views:
+    """``wait_registered`` on top of ``wait_for`` and ``function_ids``, shared by both harnesses."""
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+        raise NotImplementedError
+
+    def function_ids(self) -> set[str]:
+        raise NotImplementedError
+
+    def wait_registered(self, *ids: str) -> None:
+        """Wait until the engine has every id (registrations are never acknowledged, PROTOCOL §8.1 T2)."""
+        self.wait_for(lambda: set(ids) <= self.function_ids())
+
+
+class EngineThread(ServedOnThread[FakeEngine], _Views):
     """A :class:`FakeEngine` served from a background loop; ``run(coro)`` executes on that loop."""
+
+    kind = "fake"
 
     def __init__(self) -> None:
         super().__init__(FakeEngine)
@@ -75,8 +148,93 @@ class EngineThread(ServedOnThread[FakeEngine]):
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         self.run(self.engine.wait_for(predicate, timeout), timeout + 1)
 
+    def function_ids(self) -> set[str]:
+        return set(self.engine.functions)
 
-def workers_of(url: str) -> Iterator[Callable[..., III]]:
+    def calls_in_flight(self) -> set[str]:
+        return {route.function_id for route in list(self.engine.routes.values())}
+
+    def worker_triggers(self) -> list[dict[str, Any]]:
+        return [{k: t.get(k) for k in ("id", "trigger_type", "function_id", "config")}
+                for _, t in list(self.engine.triggers.values())]
+
+    def worker_trigger_types(self) -> set[str]:
+        return set(self.engine.trigger_types)
+
+    def worker(self, client: III) -> FakeWorker:
+        """The engine-side record of ``client`` (its frames); one round trip first, so ``workerregistered``
+        was processed."""
+        client.list_functions()
+        assert client.worker_id is not None
+        return self.engine.workers[client.worker_id]
+
+    def send_to(self, client: III, frame: dict[str, Any] | str) -> None:
+        self.run(self.engine.send(self.worker(client), frame))
+
+    def stop(self) -> None:
+        self.run(self.engine.stop())
+
+    def start(self) -> None:
+        self.run(self.engine.start())
+
+    def restart(self) -> None:
+        self.run(self.engine.restart())
+
+
+class RealEngineThread(ServedOnThread[Engine], _Views):
+    """Our engine with the default modules, served from a background loop; restarts keep the port."""
+
+    kind = "real"
+
+    def __init__(self) -> None:
+        super().__init__(lambda: Engine(config=engine_test_config()))
+        self._port = self.engine.port
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+        async def poll() -> None:
+            # The engine has no change notification for tests; re-check on its own loop between its steps.
+            async with asyncio.timeout(timeout):
+                while not predicate():
+                    await asyncio.sleep(0.005)
+
+        self.run(poll(), timeout + 1)
+
+    def function_ids(self) -> set[str]:
+        return set(self.engine.registry.functions)
+
+    def calls_in_flight(self) -> set[str]:
+        return {p.function_id for p in list(self.engine.invocations.pending.values())}
+
+    def worker_triggers(self) -> list[dict[str, Any]]:
+        return [t.info() for t in list(self.engine.registry.triggers.values()) if t.registrant is not None]
+
+    def worker_trigger_types(self) -> set[str]:
+        return {t.id for t in list(self.engine.registry.trigger_types.values()) if t.owner is not None}
+
+    def send_to(self, client: III, frame: dict[str, Any] | str) -> None:
+        client.list_functions()
+        assert client.worker_id is not None
+        connection = self.engine.workers[client.worker_id]
+        text = frame if isinstance(frame, str) else dumps(frame)
+
+        async def post() -> None:
+            assert connection.post(text), "the engine's outbox to this worker is closed"
+
+        self.run(post())
+
+    def stop(self) -> None:
+        self.run(self.engine.stop())
+
+    def start(self) -> None:
+        self.engine = Engine(config=engine_test_config(), port=self._port)
+        self.run(self.engine.start())
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+def workers_of(url: str) -> Iterator[MakeWorker]:
     """Fixture body: yield ``make(name="w", **options)`` registering workers on ``url``; shut them all down after."""
     made: list[III] = []
 
@@ -92,11 +250,27 @@ def workers_of(url: str) -> Iterator[Callable[..., III]]:
 
 
 @pytest.fixture
-def engine() -> Iterator[EngineThread]:
+def fake() -> Iterator[EngineThread]:
+    """The recording fake engine (frame-level assertions)."""
     with EngineThread() as served:
         yield served
 
 
 @pytest.fixture
-def make_worker(engine: EngineThread) -> Iterator[Callable[..., III]]:
-    yield from workers_of(engine.url)
+def make_fake_worker(fake: EngineThread) -> Iterator[MakeWorker]:
+    """Workers on :func:`fake`."""
+    yield from workers_of(fake.url)
+
+
+@pytest.fixture(params=["fake", "real"])
+def served(request: pytest.FixtureRequest) -> Iterator[Harness]:
+    """The fake engine, then our real engine: behavioural tests run against both."""
+    harness: EngineThread | RealEngineThread = EngineThread() if request.param == "fake" else RealEngineThread()
+    with harness:
+        yield harness
+
+
+@pytest.fixture
+def make_worker(served: Harness) -> Iterator[MakeWorker]:
+    """Workers on :func:`served`."""
+    yield from workers_of(served.url)

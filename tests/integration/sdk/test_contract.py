@@ -18,31 +18,30 @@ import iii.iii as client_module
 from iii import InitOptions, TriggerConfig, TriggerHandler
 from iii.iii import register_worker
 
-from .conftest import FAST_RECONNECT, EngineThread
-from .test_calls import _registered, worker_of
+from .conftest import FAST_RECONNECT, EngineThread, Harness, MakeWorker
 from .test_connection import Recorder
 
 
 def test_register_worker_returns_a_disconnected_client_after_the_wait(
-    engine: EngineThread, monkeypatch: pytest.MonkeyPatch
+    fake: EngineThread, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(client_module, "_REFERENCE_CONNECT_WAIT_S", 0.3)
-    engine.engine.reject_handshakes = 10**9
-    client = register_worker(engine.url, InitOptions(reconnection_config=FAST_RECONNECT))
+    fake.engine.reject_handshakes = 10**9
+    client = register_worker(fake.url, InitOptions(reconnection_config=FAST_RECONNECT))
     try:
         assert client.get_connection_state() in ("connecting", "reconnecting")
-        engine.engine.reject_handshakes = 0  # it kept trying in the background
+        fake.engine.reject_handshakes = 0  # it kept trying in the background
         client._wait_until_connected(10)
         assert client.get_connection_state() == "connected"
     finally:
         client.shutdown()
 
 
-def test_worker_metadata_defaults(engine: EngineThread, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_metadata_defaults(fake: EngineThread, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LANG", "de_DE.UTF-8")
-    client = register_worker(engine.url, InitOptions(reconnection_config=FAST_RECONNECT))
+    client = register_worker(fake.url, InitOptions(reconnection_config=FAST_RECONNECT))
     try:
-        frames = worker_of(engine, client).frames
+        frames = fake.worker(client).frames
         (meta,) = [f for f in frames if f.get("function_id") == "engine::workers::register"]
         assert "invocation_id" not in meta and meta["action"] == {"type": "void"}
         data = meta["data"]
@@ -58,11 +57,11 @@ def test_worker_metadata_defaults(engine: EngineThread, monkeypatch: pytest.Monk
         client.shutdown()
 
 
-async def test_an_empty_error_object_counts_as_success(engine: EngineThread, make_worker: Any) -> None:
+async def test_an_empty_error_object_counts_as_success(served: Harness, make_worker: MakeWorker) -> None:
     caller = await asyncio.to_thread(make_worker, "caller")
-    async with websockets.connect(engine.url) as provider:
+    async with websockets.connect(served.url) as provider:
         await provider.send(json.dumps({"type": "registerfunction", "id": "raw::five"}))
-        await asyncio.to_thread(_registered, engine, "raw::five")
+        await asyncio.to_thread(served.wait_registered, "raw::five")
         call = asyncio.ensure_future(caller.trigger_async({"function_id": "raw::five", "payload": {}}))
         while True:
             msg = json.loads(await asyncio.wait_for(provider.recv(), 10))
@@ -70,11 +69,14 @@ async def test_an_empty_error_object_counts_as_success(engine: EngineThread, mak
                 break
         await provider.send(json.dumps({"type": "invocationresult", "invocation_id": msg["invocation_id"],
                                         "function_id": "raw::five", "result": 5, "error": {}}))
-        assert await asyncio.wait_for(call, 10) == 5
+        # No exception either way. The fake forwards both keys; our engine forwards only a non-null error, so
+        # the caller sees {"error": {}} without a result, which is success with None (PROTOCOL §8.2 T13).
+        expected = {"fake": 5, "real": None}[served.kind]
+        assert await asyncio.wait_for(call, 10) == expected
 
 
-def test_invocation_without_id_runs_and_is_not_answered(engine: EngineThread, make_worker: Any) -> None:
-    a = make_worker("a")
+def test_invocation_without_id_runs_and_is_not_answered(fake: EngineThread, make_fake_worker: MakeWorker) -> None:
+    a = make_fake_worker("a")
     ran = threading.Event()
 
     async def note(data: Any) -> str:
@@ -82,26 +84,22 @@ def test_invocation_without_id_runs_and_is_not_answered(engine: EngineThread, ma
         return "nobody reads this"
 
     a.register_function("ff::note", note)
-    _registered(engine, "ff::note")
-    worker = worker_of(engine, a)
-    engine.run(engine.engine.send(worker, {"type": "invokefunction", "function_id": "ff::note", "data": {}}))
+    fake.wait_registered("ff::note")
+    worker = fake.worker(a)
+    fake.send_to(a, {"type": "invokefunction", "function_id": "ff::note", "data": {}})
     assert ran.wait(5)
     a.list_functions()  # one more round trip on the same socket, after the handler finished
     assert not [f for f in worker.frames if f["type"] == "invocationresult"]
 
 
-def test_incoming_frames_larger_than_one_mebibyte(engine: EngineThread, make_worker: Any) -> None:
-    a = make_worker("a")
-    a.register_function("big::len", lambda data: len(data))
-    _registered(engine, "big::len")
-    worker = worker_of(engine, a)
+def test_incoming_frames_larger_than_one_mebibyte(served: Harness, make_worker: MakeWorker) -> None:
+    a, b = make_worker("a"), make_worker("b")
+    a.register_function("big::echo", lambda data: data)
+    served.wait_registered("big::echo")
     size = 3 * 2**20  # the reference's client library would drop the connection at 1 MiB (PROTOCOL §9.5 S13)
-    iid = "8e7a1c7e-0000-4000-8000-00000000b16b"
-    engine.run(engine.engine.send(worker, {"type": "invokefunction", "invocation_id": iid, "function_id": "big::len",
-                                           "data": "x" * size}))
-    engine.wait_for(lambda: any(f.get("invocation_id") == iid for f in worker.frames))
-    (answer,) = [f for f in worker.frames if f.get("invocation_id") == iid]
-    assert answer["result"] == size
+    # Both directions are big: the invocation reaching a, and the result reaching b.
+    assert len(b.trigger({"function_id": "big::echo", "payload": "x" * size})) == size
+    assert a.get_connection_state() == b.get_connection_state() == "connected"
 
 
 class _Quiet(TriggerHandler[Any]):
@@ -112,30 +110,30 @@ class _Quiet(TriggerHandler[Any]):
         return None
 
 
-def test_trigger_types_are_replayed_first(engine: EngineThread, make_worker: Any) -> None:
-    a = make_worker("a")
+def test_trigger_types_are_replayed_first(fake: EngineThread, make_fake_worker: MakeWorker) -> None:
+    a = make_fake_worker("a")
     a.register_function("rt::fn", lambda data: data)
     a.register_trigger_type({"id": "rt::type", "description": "replayed"}, _Quiet())
-    _registered(engine, "rt::fn")
-    engine.wait_for(lambda: "rt::type" in engine.engine.trigger_types)
+    fake.wait_registered("rt::fn")
+    fake.wait_for(lambda: "rt::type" in fake.engine.trigger_types)
     old = a.worker_id
-    engine.run(engine.engine.restart())
-    engine.wait_for(lambda: "rt::type" in engine.engine.trigger_types and "rt::fn" in engine.engine.functions)
+    fake.restart()
+    fake.wait_for(lambda: "rt::type" in fake.engine.trigger_types and "rt::fn" in fake.engine.functions)
     assert a.worker_id != old
-    kinds = [f["type"] for f in worker_of(engine, a).frames]
+    kinds = [f["type"] for f in fake.worker(a).frames]
     assert kinds[:2] == ["registertriggertype", "registerfunction"]
 
 
-def test_functions_available_unsubscribe_keeps_the_function(engine: EngineThread, make_worker: Any) -> None:
+def test_functions_available_unsubscribe_keeps_the_function(served: Harness, make_worker: MakeWorker) -> None:
     a = make_worker("a")
     unsubscribe = a.on_functions_available(lambda functions: None)
-    engine.wait_for(lambda: len(engine.engine.triggers) == 1)
-    (trigger,) = [t for _, t in engine.engine.triggers.values()]
+    served.wait_for(lambda: len(served.worker_triggers()) == 1)
+    (trigger,) = served.worker_triggers()
     assert trigger["trigger_type"] == "engine::functions-available" and trigger["config"] == {}
     assert trigger["function_id"].startswith("iii.on_functions_available.")
     unsubscribe()
-    engine.wait_for(lambda: not engine.engine.triggers)
-    assert trigger["function_id"] in engine.engine.functions
+    served.wait_for(lambda: not served.worker_triggers())
+    assert trigger["function_id"] in served.function_ids()
 
 
 async def test_telemetry_frames_share_the_worker_socket() -> None:
@@ -153,28 +151,44 @@ async def test_telemetry_frames_share_the_worker_socket() -> None:
             await client.shutdown_async()
 
 
-def test_unregister_trigger_type_is_sent_and_not_replayed(engine: EngineThread, make_worker: Any) -> None:
+def test_unregister_trigger_type_is_not_replayed(served: Harness, make_worker: MakeWorker) -> None:
     a = make_worker("a")
     a.register_trigger_type({"id": "gone::type", "description": "short-lived"}, _Quiet())
-    engine.wait_for(lambda: "gone::type" in engine.engine.trigger_types)
+    served.wait_for(lambda: "gone::type" in served.worker_trigger_types())
     a.unregister_trigger_type({"id": "gone::type"})
-    engine.wait_for(lambda: "gone::type" not in engine.engine.trigger_types)
-    assert {"type": "unregistertriggertype", "id": "gone::type"} in worker_of(engine, a).frames
+    served.wait_for(lambda: "gone::type" not in served.worker_trigger_types())  # E3 on our engine
     a.register_function("after::restart", lambda data: data)
-    engine.run(engine.engine.restart())
-    _registered(engine, "after::restart")
-    assert "gone::type" not in engine.engine.trigger_types
-    assert all(f["type"] != "registertriggertype" for f in worker_of(engine, a).frames)
+    served.restart()
+    served.wait_registered("after::restart")
+    a.list_functions()  # barrier: the whole replay of the new connection is in
+    assert "gone::type" not in served.worker_trigger_types()
 
 
-def test_list_triggers_sends_include_internal_and_ids_are_uuid4(engine: EngineThread, make_worker: Any) -> None:
+def test_unregister_trigger_type_frame(fake: EngineThread, make_fake_worker: MakeWorker) -> None:
+    a = make_fake_worker("a")
+    a.register_trigger_type({"id": "gone::type", "description": "short-lived"}, _Quiet())
+    a.unregister_trigger_type({"id": "gone::type"})
+    fake.wait_for(lambda: "gone::type" not in fake.engine.trigger_types)
+    assert {"type": "unregistertriggertype", "id": "gone::type"} in fake.worker(a).frames
+    fake.restart()
+    a.list_functions()
+    assert all(f["type"] != "registertriggertype" for f in fake.worker(a).frames)
+
+
+def test_list_triggers_include_internal_and_ids_are_uuid4(served: Harness, make_worker: MakeWorker) -> None:
     a = make_worker("a")
-    a.register_trigger({"type": "cron", "function_id": "engine::noop", "config": {"expression": "* * * * * *"}})
-    engine.wait_for(lambda: len(engine.engine.triggers) == 1)
-    assert a.list_triggers() == []
-    (listed,) = a.list_triggers(include_internal=True)
+    a.register_trigger({"type": "cron", "function_id": "engine::noop", "config": {"expression": "0 0 1 1 * *"}})
+    served.wait_for(lambda: len(served.worker_triggers()) == 1)
+    assert [t for t in a.list_triggers() if t.function_id == "engine::noop"] == []
+    (listed,) = [t for t in a.list_triggers(include_internal=True) if t.function_id == "engine::noop"]
     assert uuid.UUID(listed.id).version == 4
-    calls = [f["data"] for f in worker_of(engine, a).frames if f.get("function_id") == "engine::triggers::list"]
+
+
+def test_list_triggers_sends_include_internal(fake: EngineThread, make_fake_worker: MakeWorker) -> None:
+    a = make_fake_worker("a")
+    a.list_triggers()
+    a.list_triggers(include_internal=True)
+    calls = [f["data"] for f in fake.worker(a).frames if f.get("function_id") == "engine::triggers::list"]
     assert calls == [{"include_internal": False}, {"include_internal": True}]
 
 
@@ -182,12 +196,12 @@ class Point(BaseModel):
     x: int
 
 
-def test_handlers_get_raw_json_even_when_annotated(engine: EngineThread, make_worker: Any) -> None:
+def test_handlers_get_raw_json_even_when_annotated(served: Harness, make_worker: MakeWorker) -> None:
     a, b = make_worker("a"), make_worker("b")
 
     def kind(data: Point) -> str:
         return type(data).__name__
 
     a.register_function("raw::kind", kind)
-    _registered(engine, "raw::kind")
+    served.wait_registered("raw::kind")
     assert b.trigger({"function_id": "raw::kind", "payload": {"x": 1}}) == "dict"

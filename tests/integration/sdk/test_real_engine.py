@@ -14,32 +14,8 @@ import pytest
 
 from iii import InvocationError, TriggerAction, TriggerConfig, TriggerHandler
 from iii.iii import III
-from iii_engine import Engine, EngineConfig, ModuleSpec
-from iii_engine.modules.catalogue import DEFAULT_MODULES
 
-from .conftest import ServedOnThread, workers_of
-
-_OWN_PORT_MODULES = ("modules::stream::StreamModule", "modules::api::RestApiModule")
-
-
-def engine_test_config() -> EngineConfig:
-    """The default modules, every extra listener on a free loopback port."""
-    modules = [ModuleSpec(name, {"host": "127.0.0.1", "port": 0} if name in _OWN_PORT_MODULES else {})
-               for name in DEFAULT_MODULES]
-    return EngineConfig(host="127.0.0.1", port=0, modules=modules)
-
-
-class RealEngineThread(ServedOnThread[Engine]):
-    """Our engine with the default modules, served from a background loop."""
-
-    def __init__(self) -> None:
-        super().__init__(lambda: Engine(config=engine_test_config()))
-
-    def restart(self) -> None:
-        port = self.engine.port
-        self.run(self.engine.stop())
-        self.engine = Engine(config=engine_test_config(), port=port)
-        self.run(self.engine.start())
+from .conftest import RealEngineThread, workers_of
 
 
 @pytest.fixture

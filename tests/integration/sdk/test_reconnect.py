@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -13,8 +14,7 @@ import pytest
 from iii import ConnectionLostError, InitOptions, InvocationError
 from iii.iii import III, register_worker
 
-from .conftest import FAST_RECONNECT, EngineThread
-from .test_calls import _registered, worker_of
+from .conftest import FAST_RECONNECT, EngineThread, Harness, MakeWorker
 
 
 def _in_thread(fn: Any) -> Future[Any]:
@@ -30,60 +30,90 @@ def _in_thread(fn: Any) -> Future[Any]:
     return fut
 
 
-def test_engine_restart_fails_sent_calls_and_re_registers(engine: EngineThread, make_worker: Any) -> None:
+def test_engine_restart_fails_sent_calls_and_re_registers(served: Harness, make_worker: MakeWorker) -> None:
     a, b = make_worker("a"), make_worker("b")
     release = threading.Event()
     a.register_function("r::hold", lambda data: release.wait(5) and "late")
     a.register_function("r::echo", lambda data: data)
-    a.register_trigger({"type": "cron", "function_id": "r::echo", "config": {"expression": "* * * * * *"}})
+    a.register_trigger({"type": "cron", "function_id": "r::echo", "config": {"expression": "0 0 1 1 * *"}})
     a.register_service({"id": "r"})
-    _registered(engine, "r::hold", "r::echo")
+    served.wait_registered("r::hold", "r::echo")
     old_a = a.worker_id
     call = _in_thread(lambda: b.trigger({"function_id": "r::hold", "payload": {}}))
-    engine.wait_for(lambda: any(r.function_id == "r::hold" for r in engine.engine.routes.values()))
-    engine.run(engine.engine.restart())
+    served.wait_for(lambda: "r::hold" in served.calls_in_flight())
+    served.restart()
     # S5: the call was sent on the lost connection, so it fails at once instead of timing out.
     with pytest.raises(ConnectionLostError) as info:
         call.result(10)
     assert info.value.code == "connection_lost"
     release.set()
-    _registered(engine, "r::hold", "r::echo")
-    engine.wait_for(lambda: len(engine.engine.triggers) == 1)
+    served.wait_registered("r::hold", "r::echo")
+    served.wait_for(lambda: [t["function_id"] for t in served.worker_triggers()] == ["r::echo"])
     assert b.trigger({"function_id": "r::echo", "payload": {"again": True}})["again"] is True
     assert a.worker_id not in (None, old_a)
     assert a.get_connection_state() == "connected"
-    frames = worker_of(engine, a).frames
+
+
+def test_replay_order_after_restart(fake: EngineThread, make_fake_worker: MakeWorker) -> None:
+    a = make_fake_worker("a")
+    a.register_function("r::hold", lambda data: data)
+    a.register_function("r::echo", lambda data: data)
+    a.register_trigger({"type": "cron", "function_id": "r::echo", "config": {"expression": "* * * * * *"}})
+    a.register_service({"id": "r"})
+    fake.wait_registered("r::hold", "r::echo")
+    fake.restart()
+    fake.wait_registered("r::hold", "r::echo")
+    frames = fake.worker(a).frames
     kinds = [f["type"] for f in frames]
     # Replay order: services, functions, triggers, then the worker metadata (PROTOCOL §10.7).
     assert kinds[:4] == ["registerservice", "registerfunction", "registerfunction", "registertrigger"]
     assert frames[4]["function_id"] == "engine::workers::register"
 
 
-def test_calls_queued_while_disconnected_are_sent_only_if_still_pending(engine: EngineThread) -> None:
-    b = register_worker(engine.url, InitOptions(worker_name="b", reconnection_config=FAST_RECONNECT))
+def test_calls_queued_while_disconnected_are_sent_only_if_still_pending(served: Harness) -> None:
+    b = register_worker(served.url, InitOptions(worker_name="b", reconnection_config=FAST_RECONNECT))
+    handled: list[Any] = []
     try:
-        b.register_function("self::f", lambda data: {"got": data})
-        _registered(engine, "self::f")
-        engine.run(engine.engine.stop())
+        b.register_function("self::f", lambda data: handled.append(data) or {"got": data})
+        served.wait_registered("self::f")
+        served.stop()
         expired = _in_thread(lambda: b.trigger({"function_id": "self::f", "payload": "stale", "timeout_ms": 50}))
         with pytest.raises(TimeoutError):
             expired.result(5)
         kept = _in_thread(lambda: b.trigger({"function_id": "self::f", "payload": "fresh"}))
-        engine.run(engine.engine.start())
+        served.start()
         assert kept.result(10) == {"got": "fresh"}
-        frames = worker_of(engine, b).frames
+        b.list_functions()  # one more round trip: a re-sent stale call would have been handled by now
+        assert handled == ["fresh"]
+    finally:
+        b.shutdown()
+
+
+def test_queued_stale_call_is_never_on_the_wire(fake: EngineThread) -> None:
+    b = register_worker(fake.url, InitOptions(worker_name="b", reconnection_config=FAST_RECONNECT))
+    try:
+        b.register_function("self::f", lambda data: {"got": data})
+        fake.wait_registered("self::f")
+        fake.stop()
+        expired = _in_thread(lambda: b.trigger({"function_id": "self::f", "payload": "stale", "timeout_ms": 50}))
+        with pytest.raises(TimeoutError):
+            expired.result(5)
+        kept = _in_thread(lambda: b.trigger({"function_id": "self::f", "payload": "fresh"}))
+        fake.start()
+        assert kept.result(10) == {"got": "fresh"}
+        frames = fake.worker(b).frames
         payloads = [f["data"] for f in frames if f["type"] == "invokefunction" and f["function_id"] == "self::f"]
         assert payloads == ["fresh"]
     finally:
         b.shutdown()
 
 
-def test_rejected_handshakes_keep_reconnecting(engine: EngineThread) -> None:
-    engine.engine.reject_handshakes = 3
-    client = register_worker(engine.url, InitOptions(reconnection_config=FAST_RECONNECT))
+def test_rejected_handshakes_keep_reconnecting(fake: EngineThread) -> None:
+    fake.engine.reject_handshakes = 3
+    client = register_worker(fake.url, InitOptions(reconnection_config=FAST_RECONNECT))
     try:
         assert client.get_connection_state() == "connected"
-        assert engine.engine.rejected == 3
+        assert fake.engine.rejected == 3
     finally:
         client.shutdown()
 
@@ -109,27 +139,29 @@ threading.Event().wait()
 """
 
 
-def test_worker_killed_mid_call(engine: EngineThread, make_worker: Any) -> None:
+def test_worker_killed_mid_call(served: Harness, make_worker: MakeWorker) -> None:
     b = make_worker("caller")
-    proc = subprocess.Popen([sys.executable, "-c", WORKER, engine.url], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", WORKER, served.url], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "OTEL_ENABLED": "false"})
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        _registered(engine, "victim::hang")
+        served.wait_registered("victim::hang")
         call = _in_thread(lambda: b.trigger({"function_id": "victim::hang", "payload": {}}))
-        engine.wait_for(lambda: any(r.function_id == "victim::hang" for r in engine.engine.routes.values()))
+        served.wait_for(lambda: "victim::hang" in served.calls_in_flight())
         proc.kill()
         with pytest.raises(InvocationError) as info:
             call.result(10)
-        assert info.value.code == "invocation_stopped"
+        assert (info.value.code, info.value.message) == ("invocation_stopped", "Invocation stopped")
+        assert b.get_connection_state() == "connected"  # only the callee went away
     finally:
         proc.kill()
         proc.wait(5)
 
 
-def test_async_methods_from_a_foreign_loop_during_reconnect(engine: EngineThread) -> None:
+def test_async_methods_from_a_foreign_loop_during_reconnect(served: Harness) -> None:
     import asyncio
 
-    client = III(engine.url, InitOptions(reconnection_config=FAST_RECONNECT))
+    client = III(served.url, InitOptions(reconnection_config=FAST_RECONNECT))
     try:
         async def main() -> Any:
             await asyncio.to_thread(client._wait_until_connected, 10)
@@ -137,7 +169,8 @@ def test_async_methods_from_a_foreign_loop_during_reconnect(engine: EngineThread
             await client.shutdown_async()
             return fns
 
-        assert asyncio.run(main()) == []
+        listed = {f.function_id for f in asyncio.run(main())}
+        assert listed == {f for f in served.function_ids() if not f.startswith("engine::")}
         assert client.get_connection_state() == "disconnected"
     finally:
         client.shutdown()

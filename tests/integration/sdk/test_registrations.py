@@ -20,27 +20,25 @@ from iii.stream import (
     StreamUpdateResult,
 )
 
-from .conftest import EngineThread
-from .test_calls import _registered, worker_of
+from .conftest import EngineThread, Harness, MakeWorker
 
 
-def test_listing_functions_workers_and_triggers(engine: EngineThread, make_worker: Any) -> None:
+def test_listing_functions_workers_and_triggers(served: Harness, make_worker: MakeWorker) -> None:
     a = make_worker("lister")
     a.register_function("calc::add", lambda d: d, description="adds", metadata={"team": "x"})
-    a.register_trigger({"type": "cron", "function_id": "calc::add", "config": {"expression": "* * * * * *"}})
-    _registered(engine, "calc::add")
-    engine.wait_for(lambda: len(engine.engine.triggers) == 1)
+    a.register_trigger({"type": "cron", "function_id": "calc::add", "config": {"expression": "0 0 1 1 * *"}})
+    served.wait_registered("calc::add")
+    served.wait_for(lambda: len(served.worker_triggers()) == 1)
     fn = next(f for f in a.list_functions() if f.function_id == "calc::add")
     assert (fn.description, fn.metadata) == ("adds", {"team": "x"})
     me = next(w for w in a.list_workers() if w.id == a.worker_id)
     assert (me.name, me.runtime, me.functions) == ("lister", "python", ["calc::add"])
-    (trigger,) = a.list_triggers()
-    assert (trigger.trigger_type, trigger.function_id, trigger.config) == ("cron", "calc::add",
-                                                                           {"expression": "* * * * * *"})
+    (trigger,) = [t for t in a.list_triggers() if t.function_id == "calc::add"]
+    assert (trigger.trigger_type, trigger.config) == ("cron", {"expression": "0 0 1 1 * *"})
 
 
-def test_wire_shapes_of_registrations(engine: EngineThread, make_worker: Any) -> None:
-    a = make_worker("shapes")
+def test_wire_shapes_of_registrations(fake: EngineThread, make_fake_worker: MakeWorker) -> None:
+    a = make_fake_worker("shapes")
     a.register_service({"id": "calc", "description": "calculator"})
     a.register_trigger({"type": "custom", "function_id": "calc::add"})
 
@@ -48,8 +46,8 @@ def test_wire_shapes_of_registrations(engine: EngineThread, make_worker: Any) ->
         return str(data)
 
     a.register_function("calc::typed", typed)
-    _registered(engine, "calc::typed")
-    frames = worker_of(engine, a).frames
+    fake.wait_registered("calc::typed")
+    frames = fake.worker(a).frames
     service = next(f for f in frames if f["type"] == "registerservice")
     assert service == {"id": "calc", "name": "calc", "description": "calculator", "type": "registerservice"}
     trigger = next(f for f in frames if f["type"] == "registertrigger")
@@ -83,48 +81,64 @@ class Recorder(TriggerHandler[Any]):
             return bool(self.changed.wait_for(predicate, 5))
 
 
-def test_custom_trigger_type_end_to_end(engine: EngineThread, make_worker: Any) -> None:
+def test_custom_trigger_type_end_to_end(served: Harness, make_worker: MakeWorker) -> None:
     owner, user = make_worker("owner"), make_worker("user")
     handler = Recorder()
     owner.register_trigger_type({"id": "webhook", "description": "Webhooks"}, handler)
-    engine.wait_for(lambda: "webhook" in engine.engine.trigger_types)
+    served.wait_for(lambda: "webhook" in served.worker_trigger_types())
     got = threading.Event()
+
     def on_hook(data: Any) -> Any:
         got.set()
         return data
 
     user.register_function("hooks::on", on_hook)
-    _registered(engine, "hooks::on")
+    served.wait_registered("hooks::on")
     trigger = user.register_trigger({"type": "webhook", "function_id": "hooks::on", "config": {"path": "/x"}})
     assert handler.wait(lambda: len(handler.registered) == 1)
     (config,) = handler.registered.values()
     assert (config.function_id, config.config) == ("hooks::on", {"path": "/x"})
     # Firing is an ordinary invocation by the owner.
     assert owner.trigger({"function_id": config.function_id, "payload": {"hit": 1}})["hit"] == 1
-    owner_frames = worker_of(engine, owner).frames
+    assert got.is_set()
+    trigger.unregister()  # S6: the owner's unregister_trigger runs
+    assert handler.wait(lambda: handler.unregistered == [config.id])
+    # A failing register_trigger leaves the trigger stored (PROTOCOL §8.1 T9) and the owner connected.
+    user.register_trigger({"type": "webhook", "function_id": "hooks::on", "config": {"fail": True}})
+    served.wait_for(lambda: any(t["config"] == {"fail": True} for t in served.worker_triggers()))
+    assert owner.get_connection_state() == "connected"
+    assert owner.trigger({"function_id": "hooks::on", "payload": {"hit": 2}})["hit"] == 2
+
+
+def test_trigger_registration_results_on_the_wire(fake: EngineThread, make_fake_worker: MakeWorker) -> None:
+    owner, user = make_fake_worker("owner"), make_fake_worker("user")
+    handler = Recorder()
+    owner.register_trigger_type({"id": "webhook", "description": "Webhooks"}, handler)
+    fake.wait_for(lambda: "webhook" in fake.engine.trigger_types)
+    user.register_trigger({"type": "webhook", "function_id": "hooks::on", "config": {"path": "/x"}})
+    assert handler.wait(lambda: len(handler.registered) == 1)
+    (config,) = handler.registered.values()
+    owner_frames = fake.worker(owner).frames
+    fake.wait_for(lambda: any(f["type"] == "triggerregistrationresult" for f in owner_frames))
     result = next(f for f in owner_frames if f["type"] == "triggerregistrationresult")
     assert result == {"type": "triggerregistrationresult", "id": config.id, "trigger_type": "webhook",
                       "function_id": "hooks::on"}
-    trigger.unregister()  # S6: the owner's unregister_trigger runs
-    assert handler.wait(lambda: handler.unregistered == [config.id])
-
     user.register_trigger({"type": "webhook", "function_id": "hooks::on", "config": {"fail": True}})
-    engine.wait_for(lambda: any(f.get("error") for f in owner_frames))
+    fake.wait_for(lambda: any(f.get("error") for f in owner_frames))
     failed = next(f for f in owner_frames if f.get("error"))
     assert failed["error"] == {"code": "trigger_registration_failed", "message": "refusing this config"}
 
 
-def test_registertrigger_for_an_unknown_type_is_answered(engine: EngineThread, make_worker: Any) -> None:
-    a = make_worker("a")
-    worker = worker_of(engine, a)
-    engine.run(engine.engine.send(worker, {"type": "registertrigger", "id": "t1", "trigger_type": "nope",
-                                           "function_id": "f", "config": {}}))
-    engine.wait_for(lambda: any(f["type"] == "triggerregistrationresult" for f in worker.frames))
+def test_registertrigger_for_an_unknown_type_is_answered(fake: EngineThread, make_fake_worker: MakeWorker) -> None:
+    a = make_fake_worker("a")
+    worker = fake.worker(a)
+    fake.send_to(a, {"type": "registertrigger", "id": "t1", "trigger_type": "nope", "function_id": "f", "config": {}})
+    fake.wait_for(lambda: any(f["type"] == "triggerregistrationresult" for f in worker.frames))
     answer = next(f for f in worker.frames if f["type"] == "triggerregistrationresult")
     assert answer["error"] == {"code": "trigger_type_not_found", "message": "Trigger type not found"}
 
 
-def test_on_functions_available(engine: EngineThread, make_worker: Any) -> None:
+def test_on_functions_available(served: Harness, make_worker: MakeWorker) -> None:
     a, b = make_worker("a"), make_worker("b")
     seen: list[list[str]] = []
     cond = threading.Condition()
@@ -135,13 +149,13 @@ def test_on_functions_available(engine: EngineThread, make_worker: Any) -> None:
             cond.notify_all()
 
     unsubscribe = a.on_functions_available(callback)
-    engine.wait_for(lambda: any(t["trigger_type"] == "engine::functions-available"
-                                for _, t in engine.engine.triggers.values()))
+    served.wait_for(lambda: any(t["trigger_type"] == "engine::functions-available"
+                                for t in served.worker_triggers()))
     b.register_function("new::fn", lambda d: d)
     with cond:
         assert cond.wait_for(lambda: any("new::fn" in ids for ids in seen), 5)
     unsubscribe()
-    engine.wait_for(lambda: not engine.engine.triggers)
+    served.wait_for(lambda: not served.worker_triggers())
 
 
 class DictStream(IStream[Any]):
@@ -170,11 +184,13 @@ class DictStream(IStream[Any]):
         raise NotImplementedError
 
 
-def test_create_stream_registers_six_functions_with_update_fallback(engine: EngineThread, make_worker: Any) -> None:
+def test_create_stream_registers_six_functions_with_update_fallback(
+    served: Harness, make_worker: MakeWorker
+) -> None:
     a, b = make_worker("a"), make_worker("b")
     a.create_stream("todos", DictStream())
     ops = ["get", "set", "delete", "list", "list_groups", "update"]
-    _registered(engine, *(f"stream::{op}(todos)" for op in ops))
+    served.wait_registered(*(f"stream::{op}(todos)" for op in ops))
     key = {"stream_name": "todos", "group_id": "g", "item_id": "1"}
     assert b.trigger({"function_id": "stream::set(todos)", "payload": {**key, "data": {"n": 1}}}) == {
         "new_value": {"n": 1}}
