@@ -11,6 +11,7 @@ compare outcomes, and exits 0. Roles:
 
 from __future__ import annotations
 
+import builtins
 import json
 import sys
 import threading
@@ -18,8 +19,15 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from iii import ApiResponse, HttpInvocationConfig, InitOptions, TriggerAction, TriggerConfig, TriggerHandler
-from iii import register_worker
+from iii import (
+    ApiResponse,
+    HttpInvocationConfig,
+    InitOptions,
+    TriggerAction,
+    TriggerConfig,
+    TriggerHandler,
+    register_worker,
+)
 from iii.stream import (
     IStream,
     StreamDeleteInput,
@@ -55,10 +63,10 @@ class NoteStream(IStream[Any]):
     async def delete(self, input: StreamDeleteInput) -> StreamDeleteResult:
         return StreamDeleteResult(old_value=None)
 
-    async def list(self, input: StreamListInput) -> list[Any]:
+    async def list(self, input: StreamListInput) -> builtins.list[Any]:
         return []
 
-    async def list_groups(self, input: StreamListGroupsInput) -> list[str]:
+    async def list_groups(self, input: StreamListGroupsInput) -> builtins.list[str]:
         return []
 
     async def update(self, input: StreamUpdateInput) -> StreamUpdateResult[Any] | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Generic, Protocol, Self, TypeVar
 
@@ -95,7 +96,8 @@ class ServedOnThread(Generic[E]):
 
 
 class Harness(Protocol):
-    """What behavioural tests see of either engine. Every view is evaluated on the engine's loop."""
+    """What behavioural tests see of either engine. Views read the engine's tables (snapshots); predicates given
+    to ``wait_for`` run on the engine's loop and are re-checked whenever the engine handled a frame."""
 
     kind: str
 
@@ -187,17 +189,37 @@ class RealEngineThread(ServedOnThread[Engine], _Views):
     kind = "real"
 
     def __init__(self) -> None:
-        super().__init__(lambda: Engine(config=engine_test_config()))
+        self._changed = asyncio.Condition()
+        super().__init__(self._watched_engine)
         self._port = self.engine.port
 
-    def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-        async def poll() -> None:
-            # The engine has no change notification for tests; re-check on its own loop between its steps.
-            async with asyncio.timeout(timeout):
-                while not predicate():
-                    await asyncio.sleep(0.005)
+    def _watched_engine(self, port: int = 0) -> Engine:
+        """A new engine whose frame handling and disconnect cleanup wake :meth:`wait_for`.
 
-        self.run(poll(), timeout + 1)
+        The engine has no change notification of its own; its state only changes while it handles a frame or
+        cleans up after a worker, so those two are wrapped.
+        """
+        engine = Engine(config=engine_test_config(), port=port)
+        changed = self._changed
+        for name in ("_on_frame", "_cleanup"):
+            original = getattr(engine, name)
+
+            async def notifying(*args: Any, _original: Callable[..., Coroutine[Any, Any, None]] = original) -> None:
+                try:
+                    await _original(*args)
+                finally:
+                    async with changed:
+                        changed.notify_all()
+
+            setattr(engine, name, notifying)
+        return engine
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+        async def wait() -> None:
+            async with asyncio.timeout(timeout), self._changed:
+                await self._changed.wait_for(predicate)
+
+        self.run(wait(), timeout + 1)
 
     def function_ids(self) -> set[str]:
         return set(self.engine.registry.functions)
@@ -226,12 +248,27 @@ class RealEngineThread(ServedOnThread[Engine], _Views):
         self.run(self.engine.stop())
 
     def start(self) -> None:
-        self.engine = Engine(config=engine_test_config(), port=self._port)
+        self.engine = self._watched_engine(self._port)
         self.run(self.engine.start())
 
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll a client-side condition. The SDK exposes its connection state and worker id only as getters, so
+    there is no event to wait on; engine-side conditions use ``Harness.wait_for`` instead."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout} s")
+        time.sleep(0.002)
+
+
+def reconnected(client: III, old_worker_id: str | None) -> bool:
+    """Whether ``client`` is on a new connection the engine has already named (so its old one is gone)."""
+    return client.worker_id not in (None, old_worker_id)
 
 
 def workers_of(url: str) -> Iterator[MakeWorker]:

@@ -18,7 +18,7 @@ import iii.iii as client_module
 from iii import InitOptions, TriggerConfig, TriggerHandler
 from iii.iii import register_worker
 
-from .conftest import FAST_RECONNECT, EngineThread, Harness, MakeWorker
+from .conftest import FAST_RECONNECT, EngineThread, Harness, MakeWorker, reconnected, wait_until
 from .test_connection import Recorder
 
 
@@ -170,8 +170,9 @@ def test_unregister_trigger_type_frame(fake: EngineThread, make_fake_worker: Mak
     a.unregister_trigger_type({"id": "gone::type"})
     fake.wait_for(lambda: "gone::type" not in fake.engine.trigger_types)
     assert {"type": "unregistertriggertype", "id": "gone::type"} in fake.worker(a).frames
+    old = a.worker_id
     fake.restart()
-    a.list_functions()
+    wait_until(lambda: reconnected(a, old))
     assert all(f["type"] != "registertriggertype" for f in fake.worker(a).frames)
 
 

@@ -15,7 +15,7 @@ import pytest
 from iii import InvocationError, TriggerAction, TriggerConfig, TriggerHandler
 from iii.iii import III
 
-from .conftest import RealEngineThread, workers_of
+from .conftest import RealEngineThread, reconnected, wait_until, workers_of
 
 
 @pytest.fixture
@@ -114,9 +114,9 @@ def test_reconnect_after_engine_restart(real: RealEngineThread, worker: Callable
     a, b = worker("a"), worker("b")
     a.register_function("keep::me", lambda d: {"back": d})
     a.list_functions()
+    old_a, old_b = a.worker_id, b.worker_id
     real.restart()
-    # Each worker replays its registrations as soon as it is back; b's call goes out once b is connected.
-    b._wait_until_connected(10)
-    a._wait_until_connected(10)
+    # Each worker replays its registrations as soon as it is back; b's call goes out once b is on a new socket.
+    wait_until(lambda: reconnected(a, old_a) and reconnected(b, old_b))
     a.list_functions()  # barrier on a's new socket: its replay is in
     assert b.trigger({"function_id": "keep::me", "payload": 1}) == {"back": 1}

@@ -14,7 +14,7 @@ import pytest
 from iii import ConnectionLostError, InitOptions, InvocationError
 from iii.iii import III, register_worker
 
-from .conftest import FAST_RECONNECT, EngineThread, Harness, MakeWorker
+from .conftest import FAST_RECONNECT, EngineThread, Harness, MakeWorker, reconnected, wait_until
 
 
 def _in_thread(fn: Any) -> Future[Any]:
@@ -38,7 +38,7 @@ def test_engine_restart_fails_sent_calls_and_re_registers(served: Harness, make_
     a.register_trigger({"type": "cron", "function_id": "r::echo", "config": {"expression": "0 0 1 1 * *"}})
     a.register_service({"id": "r"})
     served.wait_registered("r::hold", "r::echo")
-    old_a = a.worker_id
+    old_a, old_b = a.worker_id, b.worker_id
     call = _in_thread(lambda: b.trigger({"function_id": "r::hold", "payload": {}}))
     served.wait_for(lambda: "r::hold" in served.calls_in_flight())
     served.restart()
@@ -49,6 +49,7 @@ def test_engine_restart_fails_sent_calls_and_re_registers(served: Harness, make_
     release.set()
     served.wait_registered("r::hold", "r::echo")
     served.wait_for(lambda: [t["function_id"] for t in served.worker_triggers()] == ["r::echo"])
+    wait_until(lambda: reconnected(b, old_b))  # a call made before b noticed would fail with connection_lost
     assert b.trigger({"function_id": "r::echo", "payload": {"again": True}})["again"] is True
     assert a.worker_id not in (None, old_a)
     assert a.get_connection_state() == "connected"
@@ -73,10 +74,16 @@ def test_replay_order_after_restart(fake: EngineThread, make_fake_worker: MakeWo
 def test_calls_queued_while_disconnected_are_sent_only_if_still_pending(served: Harness) -> None:
     b = register_worker(served.url, InitOptions(worker_name="b", reconnection_config=FAST_RECONNECT))
     handled: list[Any] = []
+
+    def record(data: Any) -> Any:
+        handled.append(data)
+        return {"got": data}
+
     try:
-        b.register_function("self::f", lambda data: handled.append(data) or {"got": data})
+        b.register_function("self::f", record)
         served.wait_registered("self::f")
         served.stop()
+        wait_until(lambda: b.get_connection_state() != "connected")  # from now on calls are queued
         expired = _in_thread(lambda: b.trigger({"function_id": "self::f", "payload": "stale", "timeout_ms": 50}))
         with pytest.raises(TimeoutError):
             expired.result(5)
@@ -95,6 +102,7 @@ def test_queued_stale_call_is_never_on_the_wire(fake: EngineThread) -> None:
         b.register_function("self::f", lambda data: {"got": data})
         fake.wait_registered("self::f")
         fake.stop()
+        wait_until(lambda: b.get_connection_state() != "connected")  # from now on calls are queued
         expired = _in_thread(lambda: b.trigger({"function_id": "self::f", "payload": "stale", "timeout_ms": 50}))
         with pytest.raises(TimeoutError):
             expired.result(5)
