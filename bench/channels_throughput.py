@@ -167,7 +167,8 @@ async def reference(engine: Engine, size: int, python: str = REF_PYTHON) -> floa
     CPU[f"{'ours' if ours_sdk else 'ref'}_write"].append(json.loads(writer_out)["cpu"] * cpu_ms_per_gib)
     CPU[f"{'ours' if ours_sdk else 'ref'}_read"].append(result["cpu"] * cpu_ms_per_gib)
     assert result["bytes"] == size, result
-    assert (result["module"] == str(ROOT / "iii" / "channels.py")) == ours_sdk, f"wrong SDK imported: {result['module']}"
+    imported_ours = result["module"] == str(ROOT / "iii" / "channels.py")
+    assert imported_ours == ours_sdk, f"wrong SDK imported: {result['module']}"
     return float(size / result["seconds"] / 1e6)
 
 
