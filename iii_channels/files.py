@@ -92,6 +92,29 @@ def file_header(name: str, size: int | None) -> str:
     return json.dumps({FILE_HEADER_KEY: {"name": name, "size": size}})
 
 
+def checked_file_name(name: str) -> str:
+    """``name`` if it is a plain file name to create in a directory; ``ValueError`` naming the problem otherwise.
+
+    The name comes from the sender, so anything that could leave the directory is refused, not "cleaned".
+
+    Example:
+        >>> checked_file_name("report.pdf")
+        'report.pdf'
+        >>> checked_file_name("../etc/passwd")
+        Traceback (most recent call last):
+        ...
+        ValueError: refusing the sender's file name '../etc/passwd': it contains a path separator
+    """
+    if name in ("", ".", ".."):
+        raise ValueError(f"refusing the sender's file name {name!r}: it is empty, '.' or '..'")
+    separators = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
+    if any(sep in name for sep in separators):
+        raise ValueError(f"refusing the sender's file name {name!r}: it contains a path separator")
+    if "\0" in name:
+        raise ValueError(f"refusing the sender's file name {name!r}: it contains a NUL character")
+    return name
+
+
 def parse_file_header(text: str) -> tuple[str, int | None] | None:
     """``(name, size)`` from a header message, or ``None`` if ``text`` is not one."""
     if not text.startswith('{"' + FILE_HEADER_KEY + '"'):
@@ -142,9 +165,18 @@ async def receive_file(
     *,
     progress: Progress = None,
     require_trailer: bool = False,
+    overwrite: bool = False,
 ) -> FileReceipt:
-    """Stream ``reader`` into ``path`` (temporary name, then atomic rename). ``path`` may be a directory:
-    the file is then named after the sender's header (basename only)."""
+    """Stream ``reader`` into ``path`` (temporary name, then atomic rename).
+
+    ``path`` may be a directory: the file is then named after the sender's header. That name must be a plain
+    file name (``ValueError`` for empty, ``.``, ``..`` or one with a path separator), and an existing file of
+    that name is kept, raising ``FileExistsError``, unless ``overwrite=True``. An explicit file ``path`` is
+    always replaced. Either way the channel is closed and nothing is left behind when receiving fails.
+
+    Example:
+        >>> receipt = await receive_file(reader, "inbox/", require_trailer=True)  # doctest: +SKIP
+    """
     target = Path(path)
     name_holder: list[tuple[str, int | None]] = []
 
@@ -161,12 +193,16 @@ async def receive_file(
     fd, tmp_name = tempfile.mkstemp(prefix=".iii-part-", dir=directory)
     os.fchmod(fd, new_file_mode())
     digest = Digest()
+    final: Path | None = None
     try:
         with os.fdopen(fd, "wb") as out:
             # Batch small channel chunks into ~1 MiB disk writes: one executor hop per MiB, not per 64 KiB.
             pending: list[bytes] = []
             pending_size = 0
             async for chunk in source.chunks():
+                if is_dir and name_holder and final is None:
+                    # The header came first: refuse a bad name or an existing file before receiving it all.
+                    final = _directory_target(target, name_holder[0][0], overwrite)
                 if source._progress is not None and name_holder and source._progress.total is None:
                     source._progress.total = name_holder[0][1]
                 digest.update(chunk)
@@ -182,8 +218,13 @@ async def receive_file(
         if is_dir:
             if not name_holder:
                 raise ValueError(f"{target} is a directory and the sender sent no file name")
-            target = target / Path(name_holder[0][0]).name
-        os.replace(tmp_name, target)
+            target = _directory_target(target, name_holder[0][0], overwrite)
+            if overwrite:
+                os.replace(tmp_name, target)
+            else:
+                _place_new(tmp_name, target)
+        else:
+            os.replace(tmp_name, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
@@ -194,3 +235,26 @@ async def receive_file(
     return FileReceipt(target, digest.count, digest.hexdigest(), source.verified,
                        name_holder[0][0] if name_holder else None)
 
+
+
+def _directory_target(directory: Path, name: str, overwrite: bool) -> Path:
+    target = directory / checked_file_name(name)
+    if not overwrite and os.path.lexists(target):
+        raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it")
+    return target
+
+
+def _place_new(tmp_name: str, target: Path) -> None:
+    """Move ``tmp_name`` to ``target`` only if ``target`` does not exist (no window for a racing writer)."""
+    try:
+        os.link(tmp_name, target)
+    except FileExistsError:
+        raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it") from None
+    except OSError:
+        # No hard links on this file system: check, then rename (a small race, but never a silent overwrite of
+        # a file that existed when the transfer started).
+        if os.path.lexists(target):
+            raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it") from None
+        os.replace(tmp_name, target)
+        return
+    os.unlink(tmp_name)

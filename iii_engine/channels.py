@@ -11,8 +11,9 @@ Close codes sent by this relay (ours; the production engine sends Close without 
 1000  reader            end of stream: the writer closed normally and everything was delivered
 1009  writer            a message exceeded ``max_message_size``, or the channel's byte quota ran out
                         (the reader then gets 4001)
-4001  reader            the writer aborted (non-normal close code, dropped connection, oversize)
-4002  writer            the reader closed or disconnected before the end
+4001  reader            the writer aborted (non-normal close code, dropped connection, oversize), or the
+                        channel was discarded (:meth:`ChannelRelay.discard`)
+4002  writer            the reader closed or disconnected before the end, or the channel was discarded
 4003  the attached end  the channel expired: the other end never connected in time
 4009  extra connection  that end of the channel is already attached
 ====  ================  =====================================================================
@@ -51,6 +52,13 @@ log = logging.getLogger("iii_engine.channels")
 
 DEFAULT_BUFFER_SIZE = 64
 MAX_BUFFER_SIZE = 1024
+# Per-channel cap on the payload bytes queued between writer and reader (on top of the message count cap).
+DEFAULT_MAX_QUEUED_BYTES = 16 * 1024 * 1024
+# Bytes a writer socket may hold in received-but-unread frames; its frame queue is sized from it per message.
+_SOCKET_QUEUE_BYTES = 4 * 1024 * 1024
+_DEFAULT_SOCKET_QUEUE = 16
+# (high, low) frame queue of a freshly accepted channel socket, before its first message tells the size.
+CHANNEL_SOCKET_QUEUE = (1, 0)
 
 CLOSE_EOF = 1000
 CLOSE_TOO_BIG = 1009
@@ -105,6 +113,12 @@ def _server_frame(message: str | bytes) -> bytes:
     return b"".join((header, payload))
 
 
+def _socket_bytes(ws: ServerConnection | None) -> int:
+    """Payload bytes of the frames ``ws`` received but nobody read yet."""
+    frames = getattr(getattr(getattr(ws, "recv_messages", None), "frames", None), "queue", None)
+    return sum(len(frame.data) for frame in frames) if frames else 0
+
+
 async def _drain(ws: ServerConnection) -> None:
     """Wait for the socket's write buffer to drain below its limit; a failed socket becomes ``ConnectionClosed``."""
     try:
@@ -130,6 +144,9 @@ class _Channel:
         self.capacity = capacity
         self.owner = owner
         self.items: deque[str | bytes] = deque()
+        self.queued_bytes = 0
+        self.peak_bytes = 0
+        self.discarded = False
         self.writer_state = _EndState.NEW
         self.reader_state = _EndState.NEW
         self.writer_ws: ServerConnection | None = None
@@ -192,6 +209,8 @@ class ChannelRelay:
         max_message_size: largest message a writer may send; larger closes the writer with 1009 and aborts.
         attach_timeout_s: how long an end may stay unattached before the channel expires (4003).
         max_channel_bytes: default byte quota of a channel (``None``: unlimited); ``create`` may set its own.
+        max_queued_bytes: the relay stops reading a writer while this many payload bytes wait for the reader
+            (besides ``buffer_size`` messages), so a channel holds at most this plus one message in its queue.
         production_mode: behave like the production engine (see the module docstring).
 
     Example:
@@ -207,9 +226,15 @@ class ChannelRelay:
         max_message_size: int = 64 * 1024 * 1024,
         attach_timeout_s: float = 300.0,
         max_channel_bytes: int | None = None,
+        max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
         production_mode: bool = False,
     ) -> None:
+        if max_queued_bytes < 1:
+            raise ValueError(f"max_queued_bytes must be >= 1, got {max_queued_bytes}")
+        if max_channel_bytes is not None and max_channel_bytes < 0:
+            raise ValueError(f"max_channel_bytes must be >= 0 or None, got {max_channel_bytes}")
         self.max_message_size = max_message_size
+        self.max_queued_bytes = max_queued_bytes
         self.max_channel_bytes = max_channel_bytes
         self.attach_timeout_s = attach_timeout_s
         self.production_mode = production_mode
@@ -260,29 +285,67 @@ class ChannelRelay:
         return None
 
     async def wait_full(self, channel_id: str) -> None:
-        """Wait until the channel's queue holds ``buffer_size`` messages and the relay has stopped reading its
-        writer (ours; lets tests observe backpressure without polling).
+        """Wait until the channel's queue is full (``buffer_size`` messages, or ``max_queued_bytes`` bytes) and the
+        relay has stopped reading its writer (ours; lets tests observe backpressure without polling).
 
         Raises:
             KeyError: no such channel.
         """
         ch = self._channels[channel_id]
-        if len(ch.items) >= ch.capacity:
+        if len(ch.items) >= ch.capacity or ch.queued_bytes >= self.max_queued_bytes:
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         ch.full_waiters.append(waiter)
         await waiter
 
     def stats(self, channel_id: str) -> dict[str, int | None]:
-        """``{"queued", "capacity", "peak", "bytes_in", "max_bytes"}`` of a live channel (ours; for tests and
-        monitoring).
+        """Counters of a live channel (ours; for tests and monitoring).
+
+        ``queued``/``capacity``/``peak``: messages in the queue, its limit, the most it ever held;
+        ``queued_bytes``/``peak_bytes``/``max_queued_bytes``: the same in payload bytes; ``socket_bytes``: bytes
+        received from the writer socket but not yet taken by the relay; ``bytes_in``/``max_bytes``: the
+        lifetime byte count and quota (``bytes_in`` is only counted under a quota).
 
         Raises:
             KeyError: no such channel.
         """
         ch = self._channels[channel_id]
         return {"queued": len(ch.items), "capacity": ch.capacity, "peak": ch.peak_items,
+                "queued_bytes": ch.queued_bytes, "peak_bytes": ch.peak_bytes,
+                "max_queued_bytes": self.max_queued_bytes, "socket_bytes": _socket_bytes(ch.writer_ws),
                 "bytes_in": ch.bytes_in, "max_bytes": ch.max_bytes}
+
+    def discard(self, channel_id: str) -> None:
+        """Drop a channel now, whatever its state (ours; the REST API module calls it after each request).
+
+        An attached writer is closed with 4002, an attached reader with 4001 (reason "channel discarded"); queued
+        messages are dropped and the ids stop resolving. Unknown or already removed ids are ignored.
+
+        Example:
+            >>> relay = ChannelRelay()
+            >>> channel_id = relay.create(None, owner=None)["reader"]["channel_id"]
+            >>> relay.discard(channel_id); relay.discard(channel_id); len(relay)
+            0
+        """
+        ch = self._channels.get(channel_id)
+        if ch is None:
+            return
+        if ch.deadline is not None:
+            ch.deadline.cancel()
+            ch.deadline = None
+        ch.discarded = True
+        ch.reader_gone = True
+        if ch.failure is None:
+            ch.failure = (CLOSE_WRITER_ABORTED, "channel discarded")
+        ch.items.clear()
+        ch.queued_bytes = 0
+        if ch.writer_ws is not None and ch.writer_state is _EndState.ATTACHED:
+            self._spawn(self._close(ch.writer_ws, CLOSE_READER_GONE, "channel discarded"))
+        if ch.reader_ws is not None and ch.reader_state is _EndState.ATTACHED:
+            self._spawn(self._close(ch.reader_ws, CLOSE_WRITER_ABORTED, "channel discarded"))
+        ch.wake_reader()
+        ch.wake_writer()
+        self._forget(channel_id)
 
     async def wait_idle(self) -> None:
         """Wait until no channel is left (ours; tests await it to check that finished channels are removed)."""
@@ -338,9 +401,12 @@ class ChannelRelay:
         capacity = ch.capacity
         limit = self.max_message_size
         quota = ch.max_bytes
+        budget = self.max_queued_bytes
+        frames = getattr(ws, "recv_messages", None)
+        socket_queue = frames.high if frames is not None else _DEFAULT_SOCKET_QUEUE
         while True:
             # Not reading the writer while the queue is full is what gives it TCP backpressure.
-            while len(items) >= capacity and not (ch.reader_gone or ch.expired):
+            while (len(items) >= capacity or ch.queued_bytes >= budget) and not (ch.reader_gone or ch.expired):
                 if ch.full_waiters:
                     ch.notify_full()
                 await ch.wait_space()
@@ -374,9 +440,20 @@ class ChannelRelay:
                     ch.failure = (CLOSE_WRITER_ABORTED, f"writer aborted: {why}")
                     await ws.close(CLOSE_TOO_BIG, why)
                     return
+            size = len(message)
+            if frames is not None:
+                # websockets queues up to ``high + 1`` frames before it stops reading the socket; size that queue
+                # from the last message so large messages cannot pile up there (small ones keep the default).
+                wanted = max(0, min(_DEFAULT_SOCKET_QUEUE, _SOCKET_QUEUE_BYTES // (size or 1) - 1))
+                if wanted != socket_queue:
+                    socket_queue = frames.high = wanted
+                    frames.low = wanted // 4
             if ch.reader_gone or ch.expired:
                 continue
             items.append(message)
+            ch.queued_bytes += size
+            if ch.queued_bytes > ch.peak_bytes:
+                ch.peak_bytes = ch.queued_bytes
             if len(items) > ch.peak_items:
                 ch.peak_items = len(items)
             ch.wake_reader()
@@ -387,7 +464,10 @@ class ChannelRelay:
             # Production drops the writer connection without a Close frame.
             ws.transport.abort()
             return
-        code, reason = (CLOSE_EXPIRED, "channel expired") if ch.expired else (CLOSE_READER_GONE, "reader gone")
+        if ch.expired:
+            code, reason = CLOSE_EXPIRED, "channel expired"
+        else:
+            code, reason = CLOSE_READER_GONE, "channel discarded" if ch.discarded else "reader gone"
         closing = asyncio.ensure_future(self._close(ws, code, reason))
         # Keep reading (and discarding) so the writer's Close reply is not stuck behind unread data frames.
         try:
@@ -421,6 +501,7 @@ class ChannelRelay:
             if ch.failure is not None and not self.production_mode:
                 code, reason = ch.failure
                 items.clear()
+                ch.queued_bytes = 0
                 await self._close(ws, code, reason)
                 return
             if ch.expired:
@@ -430,6 +511,7 @@ class ChannelRelay:
                 return
             if items:
                 message = items.popleft()
+                ch.queued_bytes -= len(message)
                 ch.wake_writer()
                 protocol = ws.protocol
                 if protocol.state is State.OPEN and not protocol.extensions:
@@ -458,6 +540,7 @@ class ChannelRelay:
             return
         ch.reader_gone = True
         ch.items.clear()
+        ch.queued_bytes = 0
         ch.wake_reader()
         ch.wake_writer()
         writer = ch.writer_ws

@@ -3,7 +3,8 @@
 Production keys: top-level ``port`` and a ``modules:`` list of ``{class, config}`` entries naming production
 module classes. Strings may contain ``${VAR}`` or ``${VAR:default}``, expanded from the environment.
 Our keys (all optional): ``host``, ``invocation_timeout_ms`` (PROTOCOL §9.1 E7), ``max_message_size``,
-``functions_available_debounce_ms`` (E8) and ``channels: {production_mode, attach_timeout_s, max_message_size}``.
+``functions_available_debounce_ms`` (E8) and ``channels: {production_mode, attach_timeout_s, max_message_size,
+max_channel_bytes, max_queued_bytes}`` (see :class:`ChannelSettings`).
 
 Example:
     >>> cfg = parse_config("port: ${PORT:5000}\\nmodules:\\n  - class: modules::queue::QueueModule\\n", env={})
@@ -27,6 +28,7 @@ from .modules.base import ModuleSpec
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 49134
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+DEFAULT_MAX_QUEUED_BYTES = 16 * 1024 * 1024  # same as iii_engine.channels.DEFAULT_MAX_QUEUED_BYTES
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
 
@@ -37,11 +39,23 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class ChannelSettings:
-    """Settings handed to the channel relay."""
+    """Settings handed to the channel relay (``channels:`` in the configuration file).
+
+    ``max_channel_bytes``: total payload bytes a writer may send over one channel; past it the writer is closed
+    with 1009 and the reader with 4001 (``None``, the default: unlimited; ``engine::channels::create`` may set a
+    per-channel value). ``max_queued_bytes``: payload bytes one channel may hold waiting for its reader before the
+    relay stops reading the writer (default 16 MiB).
+
+    Example:
+        >>> ChannelSettings(max_channel_bytes=1 << 30).max_channel_bytes
+        1073741824
+    """
 
     production_mode: bool = False
     attach_timeout_s: float = 300.0
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    max_channel_bytes: int | None = None
+    max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES
 
 
 @dataclass(frozen=True)
@@ -138,10 +152,18 @@ def _channels(raw: Any) -> ChannelSettings:
     if isinstance(timeout, bool) or not isinstance(timeout, int | float):
         raise ConfigError(f"'channels.attach_timeout_s' must be a number, got {timeout!r}")
     size = _int(raw, "max_message_size", DEFAULT_MAX_MESSAGE_SIZE)
+    quota = _int(raw, "max_channel_bytes", None)
+    if quota is not None and quota < 0:
+        raise ConfigError(f"'channels.max_channel_bytes' must be >= 0 (or absent for no limit), got {quota}")
+    queued = _int(raw, "max_queued_bytes", DEFAULT_MAX_QUEUED_BYTES)
+    if queued is None or queued < 1:
+        raise ConfigError(f"'channels.max_queued_bytes' must be a positive integer, got {queued!r}")
     return ChannelSettings(
         production_mode=bool(raw.get("production_mode", False)),
         attach_timeout_s=float(timeout),
         max_message_size=size or DEFAULT_MAX_MESSAGE_SIZE,
+        max_channel_bytes=quota,
+        max_queued_bytes=queued,
     )
 
 

@@ -125,6 +125,8 @@ class Engine:
         settings = self.config.channels
         self.channels = ChannelRelay(max_message_size=settings.max_message_size,
                                      attach_timeout_s=settings.attach_timeout_s,
+                                     max_channel_bytes=settings.max_channel_bytes,
+                                     max_queued_bytes=settings.max_queued_bytes,
                                      production_mode=settings.production_mode)
         self._listener = Listener(self.config.host, self.config.port,
                                   max_message_size=self.config.max_message_size,

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from .channels import ChannelRelay
+from .channels import CHANNEL_SOCKET_QUEUE, ChannelRelay
 
 log = logging.getLogger("iii_engine.server")
 
@@ -98,6 +98,9 @@ class Listener:
             refusal = self.relay.check(route.channel_id, route.key, route.direction)
             if refusal is None:
                 connection.protocol.max_message_size = self.relay.max_message_size
+                # Frames queue up here before the relay reads them; start small so a burst of large messages
+                # cannot pile up (the relay resizes the queue from the message sizes it sees).
+                connection.recv_messages.high, connection.recv_messages.low = CHANNEL_SOCKET_QUEUE
                 return None
             status, body = refusal
             return connection.respond(status, body)

@@ -465,3 +465,24 @@ async def test_per_request_channels_are_discarded_when_the_relay_can(api: Start,
     await asyncio.wait_for(released.wait(), 5)
     assert sorted(discarded) == sorted([request["data"]["request_body"]["channel_id"],
                                         request["data"]["response"]["channel_id"]])
+
+
+@pytest.mark.parametrize("production_channels", [False, True], ids=["our-relay", "production-relay"])
+async def test_relay_holds_no_channels_after_requests(api: Start, production_channels: bool) -> None:
+    """JSON results (channels never opened by the handler) and streamed responses both leave nothing behind."""
+    engine, _, client = await api(production_channels=production_channels)
+    worker = await worker_with_route(engine, "mixed", "mixed", "POST")
+    for n in range(6):
+        call = asyncio.ensure_future(client.post("/mixed", json={"n": n}))
+        request = await worker.expect("invokefunction")
+        if n % 2:
+            async with websockets.connect(channel_url(engine.url, request["data"]["response"])) as writer:
+                await writer.send(f"streamed {n}".encode())
+            await answer(worker, request)
+            assert (await call).text == f"streamed {n}"
+        else:
+            await answer(worker, request, {"body": n})
+            assert (await call).json() == n
+    # Discarding happens right after each response, in the background; the relay says when it is empty.
+    await asyncio.wait_for(engine.channels.wait_idle(), 5)
+    assert len(engine.channels) == 0

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from iii_engine.channels import ChannelRelay
+from iii_engine.channels import CHANNEL_SOCKET_QUEUE, ChannelRelay
 
 _PATH = re.compile(r"/ws/channels/([^/?]+)")
 
@@ -44,6 +44,7 @@ async def relay_server(relay: ChannelRelay) -> AsyncIterator[tuple[str, ChannelR
         if refusal is not None:
             status, body = refusal
             return conn.respond(status, body)
+        conn.recv_messages.high, conn.recv_messages.low = CHANNEL_SOCKET_QUEUE  # as the engine's listener does
         return None
 
     async def handler(ws: ServerConnection) -> None:

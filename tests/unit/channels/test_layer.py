@@ -246,7 +246,7 @@ async def test_iterable_fd_stream_and_copy(any_relay: tuple[str, ChannelRelay]) 
         results = await asyncio.gather(
             iii_channels.from_iterable(w1, gen()), iii_channels.copy(r1, w2), to_pipe(),
             asyncio.to_thread(drain_pipe))
-        assert results[:3] == [600_000, 600_000, 600_000]
+        assert list(results[:3]) == [600_000, 600_000, 600_000]
         assert results[3] == b"".join(bytes([i]) * 30_000 for i in range(20))
     finally:
         os.close(read_fd)
@@ -273,7 +273,7 @@ async def test_asyncio_stream_adapters(any_relay: tuple[str, ChannelRelay]) -> N
         in_r, in_w = await asyncio.open_connection(*src.sockets[0].getsockname()[:2])
         _, out_w = await asyncio.open_connection(*dst.sockets[0].getsockname()[:2])
         counts = await asyncio.gather(iii_channels.from_stream(writer, in_r), iii_channels.to_stream(reader, out_w))
-        assert counts == [500_000, 500_000]
+        assert list(counts) == [500_000, 500_000]
         in_w.close()
         await done.wait()
     assert len(received) == 500_000
@@ -303,3 +303,44 @@ def test_progress_bar_redraws_on_a_terminal_and_prints_lines_elsewhere(tty: bool
     else:
         assert "\r" not in text and text.count("\n") == 3
     assert " 50%" in text.rsplit("\r", 1)[-1].splitlines()[-1]  # the final draw shows the last state
+
+
+async def _send_named(writer: ChannelWriter, name: str, data: bytes) -> None:
+    """What ``send_file`` does, with any name the sender likes."""
+    from iii_channels.files import file_header
+
+    await writer.send_message_async(file_header(name, len(data)))
+    await writer.write(data)
+    await writer.close_async()
+
+
+async def test_receive_file_into_a_directory_keeps_an_existing_file(relay: tuple[str, ChannelRelay],
+                                                                     tmp_path: Path) -> None:
+    (tmp_path / "report.txt").write_bytes(b"mine")
+    writer, reader = ends(*relay)
+    sending = asyncio.ensure_future(_send_named(writer, "report.txt", b"theirs" * 1000))
+    with pytest.raises(FileExistsError, match=r"report\.txt already exists; pass overwrite=True"):
+        await iii_channels.receive_file(reader, tmp_path)
+    await asyncio.gather(sending, return_exceptions=True)
+    assert (tmp_path / "report.txt").read_bytes() == b"mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.txt"]  # noqa: ASYNC240 - no temp file left
+
+    writer, reader = ends(*relay)
+    _, receipt = await asyncio.gather(_send_named(writer, "report.txt", b"theirs"),
+                                      iii_channels.receive_file(reader, tmp_path, overwrite=True))
+    assert receipt.path == tmp_path / "report.txt"
+    assert (tmp_path / "report.txt").read_bytes() == b"theirs"
+
+
+@pytest.mark.parametrize("name", ["..", "", ".", "../escape.txt", "sub/file.txt", "a\\b", "/etc/passwd"])
+async def test_receive_file_refuses_unsafe_sender_names(relay: tuple[str, ChannelRelay], tmp_path: Path,
+                                                        name: str) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    writer, reader = ends(*relay)
+    sending = asyncio.ensure_future(_send_named(writer, name, b"payload"))
+    with pytest.raises(ValueError, match=r"refusing the sender's file name .*: it (is empty|contains a path)"):
+        await iii_channels.receive_file(reader, inbox)
+    await asyncio.gather(sending, return_exceptions=True)
+    assert list(inbox.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inbox"]  # noqa: ASYNC240

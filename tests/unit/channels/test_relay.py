@@ -218,7 +218,7 @@ async def test_holds_at_most_buffer_size_messages(relay: tuple[str, ChannelRelay
     reader = await connect(base, refs["reader"])
     received = 0
     async for message in reader:
-        assert r.stats(channel_id)["queued"] <= 3
+        assert (r.stats(channel_id)["queued"] or 0) <= 3
         assert message == received.to_bytes(4, "big") * 16384
         received += 1
         if received == 400:
