@@ -224,6 +224,8 @@ class III:
                 attach = getattr(tel, "attach_event_loop", None)
                 if attach is not None:
                     attach(self._loop)
+                # Telemetry is process-wide: counted per client so one client's shutdown keeps it on for others.
+                tel.register_client(self, self.send_telemetry, self._loop)
             except ImportError:
                 log.debug("OpenTelemetry not available")
                 tel = None
@@ -254,6 +256,14 @@ class III:
             await self._on_own_loop(self.shutdown_async())
             return
         self._closed = True
+        tel = load_telemetry()
+        if tel is not None:
+            # Before closing the socket: a survivor takes over the frames, or (last client) the final flush
+            # still reaches the engine.
+            try:
+                await tel.release_client_async(self)
+            except Exception:
+                log.debug("OpenTelemetry shutdown failed", exc_info=True)
         await self._conn.close()
         for pending in list(self._pending.values()):
             if pending.timer is not None:
@@ -268,12 +278,6 @@ class III:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self._set_connection_state("disconnected")
-        tel = load_telemetry()
-        if tel is not None:
-            try:
-                await tel.shutdown_otel_async()
-            except Exception:
-                log.debug("OpenTelemetry shutdown failed", exc_info=True)
 
     def get_connection_state(self) -> IIIConnectionState:
         """``disconnected``, ``connecting``, ``connected``, ``reconnecting`` or ``failed``.

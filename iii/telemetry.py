@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ __all__ = [
     "OtelConfig",
     "attach_event_loop",
     "attach_frame_sink",
+    "client_count",
     "current_span_id",
     "current_trace_id",
     "extract_baggage",
@@ -54,6 +56,8 @@ __all__ = [
     "inject_baggage",
     "inject_traceparent",
     "is_initialized",
+    "register_client",
+    "release_client_async",
     "remove_baggage_entry",
     "set_baggage_entry",
     "shutdown_otel",
@@ -362,6 +366,8 @@ def _shutdown_providers(providers: list[Any]) -> None:
 
 def _take_state() -> list[Any]:
     """Reset the module state and return the providers that still need shutting down."""
+    with _clients_lock:
+        _clients.clear()
     _uninstrument_urllib()
     providers = [p for p in (_state.tracer_provider, _state.meter_provider, _state.log_provider) if p is not None]
     if _state.switch is not None:
@@ -418,15 +424,84 @@ def attach_event_loop(loop: asyncio.AbstractEventLoop) -> None:
 def attach_frame_sink(sink: FrameSink | None, loop: asyncio.AbstractEventLoop | None = None) -> None:
     """Send telemetry frames to ``sink`` from now on (ours); ``None`` buffers them again.
 
+    ``loop`` is the sink's loop: frames are delivered on its thread from now on.
+
     Example:
         >>> attach_frame_sink(None)  # nothing initialised: no-op
     """
     connection = _state.connection
     if connection is None:
         return
-    if loop is not None and not connection._started:
-        connection.start(loop)
-    connection.attach(sink)
+    connection.attach(sink, loop)
+
+
+@dataclass
+class _Client:
+    """A client that uses the process-wide telemetry: where its frames go, and on which loop."""
+
+    sink: FrameSink
+    loop: asyncio.AbstractEventLoop | None
+
+
+# Telemetry is process-wide but clients come and go: it stays on while any registered client is alive.
+# Keys are the client objects themselves (identity), insertion-ordered so a handover picks the oldest survivor.
+_clients: dict[object, _Client] = {}
+_clients_lock = threading.Lock()
+
+
+def register_client(owner: object, sink: FrameSink, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    """Count ``owner`` as a user of telemetry (ours); its ``sink`` carries frames if none does yet.
+
+    Call after :func:`init_otel`; a no-op while telemetry is off. Registering again is harmless.
+
+    Example:
+        >>> register_client(object(), lambda frame: None)  # telemetry not initialised: no-op
+        >>> client_count()
+        0
+    """
+    connection = _state.connection
+    if not _state.initialized or connection is None:
+        return
+    with _clients_lock:
+        _clients[owner] = _Client(sink, loop)
+    if connection.sink is None:
+        connection.attach(sink, loop)
+
+
+def client_count() -> int:
+    """How many registered clients keep telemetry on (ours)."""
+    with _clients_lock:
+        return len(_clients)
+
+
+def _release(owner: object) -> bool:
+    """Forget ``owner``; hand its frames to a survivor. ``True`` when it was the last one (shut down then)."""
+    with _clients_lock:
+        gone = _clients.pop(owner, None)
+        if gone is None:
+            return False
+        survivor = next(iter(_clients.values()), None)
+    connection = _state.connection
+    if survivor is None:
+        return True
+    if connection is not None and connection.sink == gone.sink:
+        connection.attach(survivor.sink, survivor.loop)
+    return False
+
+
+async def release_client_async(owner: object) -> None:
+    """Undo :func:`register_client` (ours): telemetry shuts down only when ``owner`` was the last client.
+
+    If ``owner``'s sink carried the frames, another live client's sink (on that client's loop) takes over.
+    An ``owner`` that never registered changes nothing.
+
+    Example:
+        >>> asyncio.run(release_client_async(object()))
+        >>> is_initialized()
+        False
+    """
+    if _release(owner):
+        await shutdown_otel_async()
 
 
 def get_tracer() -> Any:

@@ -88,10 +88,17 @@ class SharedEngineConnection:
         self._started = True
         self._flush()
 
-    def attach(self, sink: FrameSink | None) -> None:
-        """Replace the sink; ``None`` detaches it and frames are buffered again."""
+    def attach(self, sink: FrameSink | None, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Replace the sink; ``None`` detaches it and frames are buffered again.
+
+        ``loop``: the sink's own loop, which frames are delivered on from now on. Sink and loop change
+        together, so a handed-over sink is never called on the previous owner's (possibly stopped) loop.
+        """
         with self._lock:
             self._sink = sink
+            if loop is not None:
+                self._loop = loop
+                self._started = True
         self._flush()
 
     def send_threadsafe(self, prefix: bytes, payload: bytes) -> None:

@@ -3,6 +3,7 @@
 Usage::
 
     iii-channel serve --function files::receive --out DIR|FILE|-   # a worker that stores what it receives
+                      [--overwrite]                              # replace existing files in DIR (default: refuse)
     iii-channel send FILE|- --to files::receive                    # sends, prints the receipt as JSON
 
 The sender creates a channel, calls the function with ``{"reader": <ref>, "name": …, "size": …}`` and streams
@@ -33,7 +34,7 @@ from typing import Any
 from iii.channels import ChannelReader
 from iii.iii import III
 
-from .files import receive_file, send_file
+from .files import checked_file_name, receive_file, send_file
 from .pipes import from_fd, to_fd
 from .progress import Progress, ProgressBar
 from .source import ChannelSource
@@ -64,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--function", required=True, help="function id to register")
     serve.add_argument("--out", required=True, help="directory to store files in, a file path, or - for stdout")
     serve.add_argument("--once", action="store_true", help="exit after the first transfer")
+    serve.add_argument("--overwrite", action="store_true",
+                       help="with a directory --out, replace an existing file of the same name (default: refuse)")
     return parser
 
 
@@ -81,9 +84,25 @@ def _engine(args: argparse.Namespace) -> str:
 
 
 def _safe_name(name: object) -> str:
-    """The basename of a sender-supplied name, never a path out of the output directory."""
+    """The basename of a sender-supplied name, never a path out of the output directory (labels only)."""
     base = Path(str(name or "")).name
     return base if base not in ("", ".", "..") else "received"
+
+
+def _directory_target(directory: Path, name: object, overwrite: bool) -> Path:
+    """Where a file announced as ``name`` goes in ``directory``: the checks of ``receive_file``'s directory mode.
+
+    An unsafe name is refused (``ValueError``), not cleaned, and an existing file is kept (``FileExistsError``)
+    unless ``overwrite``; both before a byte is received, so a refused sender fails at once.
+
+    Example:
+        >>> _directory_target(Path("/tmp/in"), "a.txt", True)
+        PosixPath('/tmp/in/a.txt')
+    """
+    target = directory / checked_file_name("received" if name is None else str(name))
+    if not overwrite and os.path.lexists(target):
+        raise FileExistsError(f"{target} already exists; pass --overwrite to replace it")
+    return target
 
 
 def _why(exc: BaseException | None) -> str:
@@ -138,7 +157,8 @@ async def _send(args: argparse.Namespace) -> int:
         await client.shutdown_async()
 
 
-async def _store(reader: ChannelReader, data: dict[str, Any], out: str, progress: Progress) -> dict[str, Any]:
+async def _store(reader: ChannelReader, data: dict[str, Any], out: str, progress: Progress,
+                 overwrite: bool = False) -> dict[str, Any]:
     """Write one incoming stream to ``out`` (directory, file or ``-``) and describe what was stored."""
     size = data.get("size") if isinstance(data.get("size"), int) else None
     if out == "-":
@@ -148,7 +168,13 @@ async def _store(reader: ChannelReader, data: dict[str, Any], out: str, progress
         return {"path": "-", "bytes": count, "sha256": source.sha256, "verified": source.verified}
     target = Path(out)
     if await asyncio.to_thread(target.is_dir):
-        target = target / _safe_name(data.get("name"))
+        try:
+            target = await asyncio.to_thread(_directory_target, target, data.get("name"), overwrite)
+        except BaseException:
+            # Refused before reading: release the sender now instead of leaving it blocked on backpressure.
+            with contextlib.suppress(Exception):
+                await reader.close_async()
+            raise
     receipt = await receive_file(reader, target, progress=progress)
     return {"path": str(receipt.path), "bytes": receipt.size, "sha256": receipt.sha256,
             "verified": receipt.verified}
@@ -170,7 +196,7 @@ async def _serve(args: argparse.Namespace) -> int:
         if not isinstance(reader, ChannelReader):
             raise ValueError(f"{args.function} expects {{'reader': <channel ref>, ...}}, got keys {sorted(data)}")
         try:
-            return await _store(reader, data, args.out, progress)
+            return await _store(reader, data, args.out, progress, args.overwrite)
         except BaseException as exc:
             failures.append(_why(exc))
             raise

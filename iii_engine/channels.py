@@ -42,10 +42,12 @@ import secrets
 import struct
 import uuid
 from collections import deque
+from collections.abc import AsyncIterator
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
+from websockets.frames import Close
 from websockets.protocol import State
 
 log = logging.getLogger("iii_engine.channels")
@@ -131,6 +133,255 @@ async def _drain(ws: ServerConnection) -> None:
         raise ws.protocol.close_exc from None
 
 
+class ChannelRefused(Exception):
+    """:meth:`ChannelRelay.open_local` refused the end, with the HTTP status a socket upgrade would have got.
+
+    Example:
+        >>> str(ChannelRefused(404, "Channel not found"))
+        'channel refused (404): Channel not found'
+    """
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"channel refused ({status}): {message}")
+        self.status = status
+        self.message = message
+
+
+def _closed(rcvd: Close | None, sent: Close | None) -> ConnectionClosed:
+    """The exception websockets would raise for this pair of Close frames (OK only for 1000/1001 on both)."""
+    fine = (1000, 1001)
+    ok = rcvd is not None and rcvd.code in fine and (sent is None or sent.code in fine)
+    return (ConnectionClosedOK if ok else ConnectionClosedError)(rcvd, sent)
+
+
+class _SocketEnd:
+    """A channel end attached over a WebSocket: what the relay loops need from a connection."""
+
+    __slots__ = ("frames", "ws")
+
+    def __init__(self, ws: ServerConnection) -> None:
+        self.ws = ws
+        # websockets' incoming frame queue, resized by the writer loop (None if this websockets has none).
+        self.frames: Any = getattr(ws, "recv_messages", None)
+
+    @property
+    def is_open(self) -> bool:
+        return self.ws.protocol.state is State.OPEN
+
+    async def recv(self) -> str | bytes:
+        return await self.ws.recv()
+
+    async def send(self, message: str | bytes) -> None:
+        ws = self.ws
+        protocol = ws.protocol
+        if protocol.state is State.OPEN and not protocol.extensions:
+            ws.transport.write(_server_frame(message))
+            await _drain(ws)
+        else:
+            await ws.send(message)  # raises the ConnectionClosed that ends the reader loop
+
+    async def close(self, code: int, reason: str, bare: bool) -> None:
+        ws = self.ws
+        if ws.protocol.state is not State.OPEN:
+            return
+        if bare:
+            with contextlib.suppress(ConnectionClosed, Exception):
+                async with ws.send_context():
+                    ws.protocol.send_close()
+            return
+        with contextlib.suppress(ConnectionClosed):
+            await ws.close(code, reason[:120])
+
+    def abort(self) -> None:
+        self.ws.transport.abort()
+
+    def pending_bytes(self) -> int:
+        return _socket_bytes(self.ws)
+
+
+class _Pipe:
+    """The messages and close state shared by a :class:`LocalChannelEnd` and the relay's view of it.
+
+    At most one message waits in ``items``: the producer's ``put`` returns only once the consumer has room, which
+    is the in-process equivalent of a socket that stops being read.
+    """
+
+    __slots__ = ("_item_waiter", "_space_waiter", "done", "items", "relay_exc", "size", "user_exc")
+
+    def __init__(self) -> None:
+        self.items: deque[str | bytes] = deque()
+        self.size = 0
+        # What each side raises once the end is closed (None while open).
+        self.user_exc: ConnectionClosed | None = None
+        self.relay_exc: ConnectionClosed | None = None
+        self.done = asyncio.Event()
+        self._item_waiter: asyncio.Future[None] | None = None
+        self._space_waiter: asyncio.Future[None] | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self.user_exc is None
+
+    def shut(self, user_exc: ConnectionClosed, relay_exc: ConnectionClosed) -> None:
+        if self.user_exc is not None:
+            return
+        self.user_exc, self.relay_exc = user_exc, relay_exc
+        self.done.set()
+        self._wake_items()
+        self._wake_space()
+
+    async def put(self, message: str | bytes, by_relay: bool) -> None:
+        while self.items and self.user_exc is None:
+            self._space_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._space_waiter
+            finally:
+                self._space_waiter = None
+        if self.user_exc is not None:
+            raise self.relay_exc if by_relay and self.relay_exc is not None else self.user_exc
+        self.items.append(message)
+        self.size += len(message)
+        self._wake_items()
+
+    async def get(self) -> str | bytes:
+        while not self.items:
+            if self.user_exc is not None:
+                raise ConnectionError  # replaced by the caller with its side's exception
+            self._item_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._item_waiter
+            finally:
+                self._item_waiter = None
+        message = self.items.popleft()
+        self.size -= len(message)
+        self._wake_space()
+        return message
+
+    def _wake_items(self) -> None:
+        waiter = self._item_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake_space(self) -> None:
+        waiter = self._space_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+class _LocalEnd:
+    """The relay's side of a :class:`LocalChannelEnd`; same methods as :class:`_SocketEnd`."""
+
+    __slots__ = ("pipe", "writes")
+    frames: Any = None
+
+    def __init__(self, pipe: _Pipe, writes: bool) -> None:
+        self.pipe = pipe
+        self.writes = writes  # True: the local side writes into the channel and the relay receives
+
+    @property
+    def is_open(self) -> bool:
+        return self.pipe.is_open
+
+    async def recv(self) -> str | bytes:
+        pipe = self.pipe
+        if not self.writes:
+            # A local reader never sends; this only waits for it to leave (the watcher's job).
+            await pipe.done.wait()
+            assert pipe.relay_exc is not None
+            raise pipe.relay_exc
+        try:
+            return await pipe.get()
+        except ConnectionError:
+            assert pipe.relay_exc is not None
+            raise pipe.relay_exc from None
+
+    async def send(self, message: str | bytes) -> None:
+        await self.pipe.put(message, True)
+
+    async def close(self, code: int, reason: str, bare: bool) -> None:
+        frame = Close(1005, "") if bare else Close(code, reason[:120])
+        self.pipe.shut(_closed(frame, None), _closed(None, frame))
+
+    def abort(self) -> None:
+        self.pipe.shut(_closed(None, None), _closed(None, None))
+
+    def pending_bytes(self) -> int:
+        return self.pipe.size if self.writes else 0
+
+
+
+class LocalChannelEnd:
+    """An engine-internal channel end from :meth:`ChannelRelay.open_local`: no socket, same relay rules.
+
+    It offers the part of a websockets connection that engine modules use: ``send``, ``recv`` / ``async for``,
+    ``close(code, reason)`` and ``abort()``. The end of the stream, an abort and every relay close code come out
+    as the ``ConnectionClosed`` a socket would raise (``exc.rcvd`` holds the relay's code and reason, ``None`` when
+    the end was dropped), so code written against a socket works unchanged.
+
+    Example:
+        >>> refs = relay.create(8, owner=None)  # doctest: +SKIP
+        >>> writer = relay.open_local(**refs["writer"])  # doctest: +SKIP
+        >>> await writer.send(b"chunk"); await writer.close()  # doctest: +SKIP
+    """
+
+    __slots__ = ("_pipe", "channel_id", "direction")
+
+    def __init__(self, channel_id: str, direction: str, pipe: _Pipe) -> None:
+        self.channel_id = channel_id
+        self.direction = direction
+        self._pipe = pipe
+
+    @property
+    def is_open(self) -> bool:
+        """``False`` once either side closed or dropped the end."""
+        return self._pipe.is_open
+
+    async def send(self, message: str | bytes) -> None:
+        """Queue one message for the relay (write ends only); waits while the channel is full.
+
+        Raises:
+            ConnectionClosed: the end is closed (``exc.rcvd`` is the relay's close frame, if it sent one).
+            TypeError: this is a read end, or ``message`` is not ``str``/``bytes``.
+        """
+        if self.direction != "write":
+            raise TypeError(f"channel {self.channel_id}: cannot send on a read end")
+        if not isinstance(message, str | bytes | bytearray):
+            raise TypeError(f"channel message must be str or bytes, got {type(message).__name__}")
+        await self._pipe.put(bytes(message) if isinstance(message, bytearray) else message, False)
+
+    async def recv(self) -> str | bytes:
+        """The next message (read ends); raises ``ConnectionClosed`` at the end of the stream or on abort."""
+        pipe = self._pipe
+        if self.direction != "read":
+            await pipe.done.wait()
+            assert pipe.user_exc is not None
+            raise pipe.user_exc
+        try:
+            return await pipe.get()
+        except ConnectionError:
+            assert pipe.user_exc is not None
+            raise pipe.user_exc from None
+
+    def __aiter__(self) -> AsyncIterator[str | bytes]:
+        return self._messages()
+
+    async def _messages(self) -> AsyncIterator[str | bytes]:
+        try:
+            while True:
+                yield await self.recv()
+        except ConnectionClosedOK:
+            return
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close this end: 1000 (or 1005) is end of stream for a writer; any other code aborts the channel."""
+        frame = Close(code, reason[:120])
+        self._pipe.shut(_closed(None, frame), _closed(frame, None))
+
+    def abort(self) -> None:
+        """Drop this end without a close code, like a lost connection (the relay treats a writer as aborted)."""
+        self._pipe.shut(_closed(None, None), _closed(None, None))
+
+
 class _Channel:
     """One channel: the queue, both ends' state and the wake-ups between the two serve loops."""
 
@@ -149,8 +400,8 @@ class _Channel:
         self.discarded = False
         self.writer_state = _EndState.NEW
         self.reader_state = _EndState.NEW
-        self.writer_ws: ServerConnection | None = None
-        self.reader_ws: ServerConnection | None = None
+        self.writer_end: _SocketEnd | _LocalEnd | None = None
+        self.reader_end: _SocketEnd | _LocalEnd | None = None
         self.eof = False
         # (close code for the reader, reason) once the stream ended abnormally.
         self.failure: tuple[int, str] | None = None
@@ -310,9 +561,10 @@ class ChannelRelay:
             KeyError: no such channel.
         """
         ch = self._channels[channel_id]
+        socket_bytes = ch.writer_end.pending_bytes() if ch.writer_end is not None else 0
         return {"queued": len(ch.items), "capacity": ch.capacity, "peak": ch.peak_items,
                 "queued_bytes": ch.queued_bytes, "peak_bytes": ch.peak_bytes,
-                "max_queued_bytes": self.max_queued_bytes, "socket_bytes": _socket_bytes(ch.writer_ws),
+                "max_queued_bytes": self.max_queued_bytes, "socket_bytes": socket_bytes,
                 "bytes_in": ch.bytes_in, "max_bytes": ch.max_bytes}
 
     def discard(self, channel_id: str) -> None:
@@ -339,10 +591,10 @@ class ChannelRelay:
             ch.failure = (CLOSE_WRITER_ABORTED, "channel discarded")
         ch.items.clear()
         ch.queued_bytes = 0
-        if ch.writer_ws is not None and ch.writer_state is _EndState.ATTACHED:
-            self._spawn(self._close(ch.writer_ws, CLOSE_READER_GONE, "channel discarded"))
-        if ch.reader_ws is not None and ch.reader_state is _EndState.ATTACHED:
-            self._spawn(self._close(ch.reader_ws, CLOSE_WRITER_ABORTED, "channel discarded"))
+        if ch.writer_end is not None and ch.writer_state is _EndState.ATTACHED:
+            self._spawn(self._close(ch.writer_end, CLOSE_READER_GONE, "channel discarded"))
+        if ch.reader_end is not None and ch.reader_state is _EndState.ATTACHED:
+            self._spawn(self._close(ch.reader_end, CLOSE_WRITER_ABORTED, "channel discarded"))
         ch.wake_reader()
         ch.wake_writer()
         self._forget(channel_id)
@@ -367,42 +619,75 @@ class ChannelRelay:
 
     async def serve(self, ws: ServerConnection, channel_id: str, key: str, direction: str) -> None:
         """Run one accepted channel end until it is done."""
+        await self._serve_end(_SocketEnd(ws), channel_id, key, direction)
+
+    def open_local(self, channel_id: str, key: str, direction: str) -> LocalChannelEnd:
+        """Attach an engine-internal end to a channel without a socket (ours; the REST API module uses it).
+
+        The end goes through the same queue, backpressure, close codes and cleanup as a socket end; only the
+        WebSocket handshake and framing are skipped. Remote workers keep using sockets.
+
+        Raises:
+            ChannelRefused: the key, direction or channel is wrong (the HTTP status a socket would have got).
+
+        Example:
+            >>> refs = relay.create(8, owner=None)  # doctest: +SKIP
+            >>> reader = relay.open_local(**refs["reader"])  # doctest: +SKIP
+            >>> [message async for message in reader]  # doctest: +SKIP
+            [b'chunk']
+        """
+        refused = self.check(channel_id, key, direction)
+        if refused is not None:
+            raise ChannelRefused(*refused)
+        pipe = _Pipe()
+        end = _LocalEnd(pipe, writes=direction == "write")
+        self._spawn(self._serve_local(end, channel_id, key, direction))
+        return LocalChannelEnd(channel_id, direction, pipe)
+
+    async def _serve_local(self, end: _LocalEnd, channel_id: str, key: str, direction: str) -> None:
+        try:
+            await self._serve_end(end, channel_id, key, direction)
+        finally:
+            # Like a server connection whose handler returned or died: the local side must not wait forever.
+            end.abort()
+
+    async def _serve_end(self, end: _SocketEnd | _LocalEnd, channel_id: str, key: str, direction: str) -> None:
         channel = self._channels.get(channel_id)
         if channel is None or self.check(channel_id, key, direction) is not None:
             # The channel expired or was removed between check() and the upgrade.
-            await self._close(ws, CLOSE_EXPIRED, "channel no longer exists")
+            await self._close(end, CLOSE_EXPIRED, "channel no longer exists")
             return
         state = channel.writer_state if direction == "write" else channel.reader_state
         if state is not _EndState.NEW:
             log.info("channel %s: refusing a second %s connection", channel_id, direction)
-            await self._close(ws, CLOSE_ALREADY_ATTACHED, f"channel {direction} end is already attached")
+            await self._close(end, CLOSE_ALREADY_ATTACHED, f"channel {direction} end is already attached")
             return
         if direction == "write":
-            await self._serve_writer(channel, ws)
+            await self._serve_writer(channel, end)
         else:
-            await self._serve_reader(channel, ws)
+            await self._serve_reader(channel, end)
 
-    async def _serve_writer(self, ch: _Channel, ws: ServerConnection) -> None:
+    async def _serve_writer(self, ch: _Channel, ws: _SocketEnd | _LocalEnd) -> None:
         ch.writer_state = _EndState.ATTACHED
-        ch.writer_ws = ws
+        ch.writer_end = ws
         self._check_deadline(ch)
         try:
             await self._pump_writer(ch, ws)
         finally:
             ch.writer_state = _EndState.DONE
-            ch.writer_ws = None
+            ch.writer_end = None
             if not ch.eof and ch.failure is None and not ch.reader_gone and not ch.expired:
                 ch.failure = (CLOSE_WRITER_ABORTED, "writer ended unexpectedly")
             ch.wake_reader()
             self._maybe_remove(ch)
 
-    async def _pump_writer(self, ch: _Channel, ws: ServerConnection) -> None:
+    async def _pump_writer(self, ch: _Channel, ws: _SocketEnd | _LocalEnd) -> None:
         items = ch.items
         capacity = ch.capacity
         limit = self.max_message_size
         quota = ch.max_bytes
         budget = self.max_queued_bytes
-        frames = getattr(ws, "recv_messages", None)
+        frames = ws.frames
         socket_queue = frames.high if frames is not None else _DEFAULT_SOCKET_QUEUE
         while True:
             # Not reading the writer while the queue is full is what gives it TCP backpressure.
@@ -431,14 +716,14 @@ class ChannelRelay:
                 if self.production_mode:
                     ch.failure = None
                     ch.eof = True
-                await ws.close(CLOSE_TOO_BIG, f"message exceeds {limit} bytes")
+                await ws.close(CLOSE_TOO_BIG, f"message exceeds {limit} bytes", False)
                 return
             if quota is not None:
                 ch.bytes_in += len(message)
                 if ch.bytes_in > quota:
                     why = f"channel byte quota of {quota} exceeded"
                     ch.failure = (CLOSE_WRITER_ABORTED, f"writer aborted: {why}")
-                    await ws.close(CLOSE_TOO_BIG, why)
+                    await ws.close(CLOSE_TOO_BIG, why, False)
                     return
             size = len(message)
             if frames is not None:
@@ -458,11 +743,11 @@ class ChannelRelay:
                 ch.peak_items = len(items)
             ch.wake_reader()
 
-    async def _stop_writer(self, ch: _Channel, ws: ServerConnection) -> None:
+    async def _stop_writer(self, ch: _Channel, ws: _SocketEnd | _LocalEnd) -> None:
         """The reader left or the channel expired while the writer was still attached."""
         if self.production_mode:
             # Production drops the writer connection without a Close frame.
-            ws.transport.abort()
+            ws.abort()
             return
         if ch.expired:
             code, reason = CLOSE_EXPIRED, "channel expired"
@@ -477,9 +762,9 @@ class ChannelRelay:
             pass
         await closing
 
-    async def _serve_reader(self, ch: _Channel, ws: ServerConnection) -> None:
+    async def _serve_reader(self, ch: _Channel, ws: _SocketEnd | _LocalEnd) -> None:
         ch.reader_state = _EndState.ATTACHED
-        ch.reader_ws = ws
+        ch.reader_end = ws
         self._check_deadline(ch)
         watcher = None if self.production_mode else asyncio.ensure_future(self._watch_reader(ch, ws))
         try:
@@ -490,12 +775,12 @@ class ChannelRelay:
             if watcher is not None:
                 watcher.cancel()
             ch.reader_state = _EndState.DONE
-            ch.reader_ws = None
+            ch.reader_end = None
             if not (ch.eof and not ch.items) and ch.failure is None:
                 self._reader_left(ch)
             self._maybe_remove(ch)
 
-    async def _pump_reader(self, ch: _Channel, ws: ServerConnection) -> None:
+    async def _pump_reader(self, ch: _Channel, ws: _SocketEnd | _LocalEnd) -> None:
         items = ch.items
         while True:
             if ch.failure is not None and not self.production_mode:
@@ -513,22 +798,18 @@ class ChannelRelay:
                 message = items.popleft()
                 ch.queued_bytes -= len(message)
                 ch.wake_writer()
-                protocol = ws.protocol
-                if protocol.state is State.OPEN and not protocol.extensions:
-                    ws.transport.write(_server_frame(message))
-                    await _drain(ws)
-                else:
-                    await ws.send(message)  # raises the ConnectionClosed that ends this loop
+                await ws.send(message)  # raises the ConnectionClosed that ends this loop
                 continue
             if ch.eof or ch.failure is not None:
                 await self._close(ws, CLOSE_EOF, "")
                 return
             await ch.wait_data()
 
-    async def _watch_reader(self, ch: _Channel, ws: ServerConnection) -> None:
+    async def _watch_reader(self, ch: _Channel, ws: _SocketEnd | _LocalEnd) -> None:
         """Read the reader socket continuously (pings answered, Close noticed at once, §9.2 C1)."""
         try:
-            async for message in ws:
+            while True:
+                message = await ws.recv()
                 log.warning("channel %s: ignoring a %d-byte data frame from the reader", ch.id, len(message))
         except ConnectionClosed:
             pass
@@ -543,7 +824,7 @@ class ChannelRelay:
         ch.queued_bytes = 0
         ch.wake_reader()
         ch.wake_writer()
-        writer = ch.writer_ws
+        writer = ch.writer_end
         if writer is not None and not self.production_mode and ch.writer_state is _EndState.ATTACHED:
             # The writer may be idle in recv(): close it now instead of on its next message.
             self._spawn(self._close(writer, CLOSE_READER_GONE, "reader gone"))
@@ -572,7 +853,7 @@ class ChannelRelay:
         ch.expired = True
         ch.wake_reader()
         ch.wake_writer()
-        writer = ch.writer_ws
+        writer = ch.writer_end
         if writer is not None and not self.production_mode:
             self._spawn(self._close(writer, CLOSE_EXPIRED, "channel expired: the reader never connected"))
         self._forget(ch.id)
@@ -600,9 +881,9 @@ class ChannelRelay:
             if ch.deadline is not None:
                 ch.deadline.cancel()
             ch.expired = True
-            for ws in (ch.writer_ws, ch.reader_ws):
-                if ws is not None:
-                    closing.append(self._close(ws, 1001, "engine shutting down"))
+            for end in (ch.writer_end, ch.reader_end):
+                if end is not None:
+                    closing.append(self._close(end, 1001, "engine shutting down"))
             ch.wake_reader()
             ch.wake_writer()
         self._channels.clear()
@@ -613,17 +894,9 @@ class ChannelRelay:
 
     # ------------------------------------------------------------------ helpers
 
-    async def _close(self, ws: ServerConnection, code: int, reason: str) -> None:
-        if ws.protocol.state is not State.OPEN:
-            return
-        if self.production_mode:
-            # Production sends a Close frame without a status code in every case.
-            with contextlib.suppress(ConnectionClosed, Exception):
-                async with ws.send_context():
-                    ws.protocol.send_close()
-            return
-        with contextlib.suppress(ConnectionClosed):
-            await ws.close(code, reason[:120])
+    async def _close(self, end: _SocketEnd | _LocalEnd, code: int, reason: str) -> None:
+        # Production sends a Close frame without a status code in every case.
+        await end.close(code, reason, self.production_mode)
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)

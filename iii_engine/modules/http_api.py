@@ -235,10 +235,11 @@ class RestApiModule(EngineModule):
         response_channel = await self._create_channel()
         payload["request_body"] = request_channel["reader"]
         payload["response"] = response_channel["writer"]
-        engine_url = self._engine_url()
+        relay = self._local_relay()
+        engine_url = "" if relay is not None else self._engine_url()
         upload = self._spawn(write_body(engine_url, request_channel["writer"],
-                                        raw if raw is not None else _client_chunks(request)))
-        reader = ResponseChannel(engine_url, response_channel["reader"])
+                                        raw if raw is not None else _client_chunks(request), relay))
+        reader = ResponseChannel(engine_url, response_channel["reader"], relay)
         first = self._spawn(reader.first_chunk())
         call = self._spawn(self.services.invoke(route.function_id, payload,
                                                 timeout_s=max(0.001, deadline - asyncio.get_running_loop().time())))
@@ -316,9 +317,9 @@ class RestApiModule(EngineModule):
         """After the response: let go of our response end, then drop both per-request channels.
 
         Production deletes its per-request channels too (PROTOCOL §5.3). Ends the handler never attached would
-        otherwise wait for the relay's attach timeout. The relay offers no way to drop a channel over its public
-        socket interface, so this uses ``discard(channel_id)`` when the relay has it (requested from the
-        channels module) and otherwise leaves the channels to expire.
+        otherwise wait for the relay's attach timeout, and the socket protocol has no way to drop a channel, so
+        this calls the engine relay's ``ChannelRelay.discard(channel_id)``; with an engine whose relay lacks it
+        (a stand-in in tests) the channels are left to expire.
         """
         await reader.aclose()
         discard = getattr(getattr(self.services, "channels", None), "discard", None)
@@ -331,6 +332,11 @@ class RestApiModule(EngineModule):
         if not isinstance(refs, dict) or "reader" not in refs or "writer" not in refs:
             raise EngineError("channel_create_failed", f"engine::channels::create returned {refs!r}")
         return refs
+
+    def _local_relay(self) -> Any:
+        """The engine's relay when it can open in-process ends (no loopback WebSocket per end), else ``None``."""
+        relay = getattr(self.services, "channels", None)
+        return relay if callable(getattr(relay, "open_local", None)) else None
 
     def _engine_url(self) -> str:
         try:

@@ -1,9 +1,10 @@
 """The REST API module's own ends of its per-request channels (modules.md §7.3).
 
 Each HTTP request gets two channels: ``request_body`` (the engine writes the raw body, the handler reads) and
-``response`` (the handler writes control frames and body chunks, the engine reads). The engine attaches its
-ends as an ordinary WebSocket client of its own channel endpoint, so this module needs nothing from the relay
-but its public URL scheme (PROTOCOL §5.2); the cost is one loopback connection per end.
+``response`` (the handler writes control frames and body chunks, the engine reads). When the engine's relay
+offers in-process ends (``open_local``), the engine's ends use them: same queue, backpressure and close codes,
+no loopback handshake. Otherwise they attach as an ordinary WebSocket client of the engine's own channel
+endpoint (PROTOCOL §5.2), at the cost of one loopback connection per end.
 
 Close codes understood here follow PROTOCOL §9.2: 1000 (and 1005, a Close without a code, as production sends)
 is end of stream; anything else, or a dropped connection, is an abort.
@@ -19,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import websockets
@@ -27,6 +28,8 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from iii.wire import loads
+
+from ..channels import LocalChannelEnd
 
 log = logging.getLogger("iii_engine.http_api")
 
@@ -44,6 +47,16 @@ class ChannelAborted(Exception):
     """
 
 
+class _End(Protocol):
+    """What this module uses of a channel end: a websockets client connection or a relay ``LocalChannelEnd``."""
+
+    async def send(self, message: str | bytes) -> None: ...
+
+    async def recv(self) -> str | bytes: ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+
 def channel_url(engine_url: str, ref: Mapping[str, Any]) -> str:
     """The channel endpoint URL for ``ref`` under ``engine_url`` (PROTOCOL §5.2)."""
     base = engine_url[:-1] if engine_url.endswith("/") else engine_url
@@ -51,12 +64,28 @@ def channel_url(engine_url: str, ref: Mapping[str, Any]) -> str:
     return f"{base}/ws/channels/{ref['channel_id']}?key={key}&dir={ref['direction']}"
 
 
-async def _connect(engine_url: str, ref: Mapping[str, Any]) -> ClientConnection:
+async def _connect(engine_url: str, ref: Mapping[str, Any], relay: Any = None) -> _End:
+    """Open the end ``ref`` names: in-process when ``relay`` has ``open_local``, else over a loopback socket."""
+    open_local = getattr(relay, "open_local", None)
+    if callable(open_local):
+        try:
+            end: _End = open_local(str(ref["channel_id"]), str(ref["access_key"]), str(ref["direction"]))
+        except Exception as exc:  # the relay's refusal (unknown channel, wrong key or direction)
+            raise ChannelAborted(f"cannot open channel {ref.get('channel_id')}: {exc}") from exc
+        return end
     try:
         return await websockets.connect(channel_url(engine_url, ref), compression=None, max_size=None,
                                         ping_interval=None, open_timeout=10, proxy=None)
     except (OSError, websockets.InvalidHandshake, TimeoutError) as exc:
         raise ChannelAborted(f"cannot open channel {ref.get('channel_id')}: {exc}") from exc
+
+
+def _abort(end: _End) -> None:
+    """Drop ``end`` without a close handshake (a socket's transport is aborted, a local end is told directly)."""
+    if isinstance(end, LocalChannelEnd):
+        end.abort()
+    elif isinstance(end, ClientConnection):
+        end.transport.abort()
 
 
 def _closed_cleanly(exc: ConnectionClosed) -> bool:
@@ -69,17 +98,18 @@ def _why(exc: ConnectionClosed) -> str:
     return f"closed with code {exc.rcvd.code}" + (f": {exc.rcvd.reason}" if exc.rcvd.reason else "")
 
 
-async def write_body(engine_url: str, ref: Mapping[str, Any], body: bytes | AsyncIterator[bytes]) -> None:
+async def write_body(engine_url: str, ref: Mapping[str, Any], body: bytes | AsyncIterator[bytes],
+                     relay: Any = None) -> None:
     """Write a request body into the ``request_body`` channel, then close it (end of stream).
 
     ``body`` is either the whole body or an iterator of chunks read from the HTTP client. If reading the client
     fails, the channel is aborted (close code 4001) so the handler sees an error rather than a short body. A
-    handler that stops reading (reader gone) simply ends the copy.
+    handler that stops reading (reader gone) simply ends the copy. ``relay``: see :class:`ResponseChannel`.
 
     Example:
         >>> await write_body(engine.url, refs["writer"], b'{"a":1}')  # doctest: +SKIP
     """
-    ws = await _connect(engine_url, ref)
+    ws = await _connect(engine_url, ref, relay)
     try:
         if isinstance(body, bytes | bytearray):
             for start in range(0, len(body), CHUNK_SIZE):
@@ -101,7 +131,7 @@ async def write_body(engine_url: str, ref: Mapping[str, Any], body: bytes | Asyn
         log.debug("request body channel %s ended early: %s", ref.get("channel_id"), _why(exc))
     except asyncio.CancelledError:
         # The request finished before the handler read all of the body.
-        ws.transport.abort()
+        _abort(ws)
         raise
 
 
@@ -109,7 +139,8 @@ class ResponseChannel:
     """The engine's reader end of a ``response`` channel.
 
     Text frames before the first body chunk are control frames (``set_status``, ``set_headers``); binary frames
-    are the body. Control frames after the first chunk are ignored, as production does.
+    are the body. Control frames after the first chunk are ignored, as production does. With a ``relay`` that
+    has ``open_local`` (the engine's :class:`~iii_engine.channels.ChannelRelay`), the end is in-process.
 
     Example:
         >>> response = ResponseChannel(engine.url, refs["reader"])  # doctest: +SKIP
@@ -119,10 +150,11 @@ class ResponseChannel:
         (206, {'content-type': 'text/plain'})
     """
 
-    def __init__(self, engine_url: str, ref: Mapping[str, Any]) -> None:
+    def __init__(self, engine_url: str, ref: Mapping[str, Any], relay: Any = None) -> None:
         self._engine_url = engine_url
         self._ref = ref
-        self._ws: ClientConnection | None = None
+        self._relay = relay
+        self._ws: _End | None = None
         self.status = 200
         self.headers: dict[str, str] = {}
         self.channel_id = str(ref.get("channel_id"))
@@ -132,7 +164,7 @@ class ResponseChannel:
 
         Raises :class:`ChannelAborted` when the writer aborted or the channel could not be opened.
         """
-        self._ws = await _connect(self._engine_url, self._ref)
+        self._ws = await _connect(self._engine_url, self._ref, self._relay)
         try:
             while True:
                 message = await self._ws.recv()

@@ -158,3 +158,53 @@ async def test_missing_file_is_a_usage_error(engine_url: str, tmp_path: Path) ->
     sender = await _finish(await _start("send", str(tmp_path / "nope"), "--to", "x", "--engine", engine_url))
     assert sender.rc == 1
     assert "cannot read" in sender.stderr and "nope" in sender.stderr
+
+
+async def test_existing_file_is_refused_unless_overwrite(
+    serve: Callable[..., Awaitable[tuple[asyncio.subprocess.Process, str]]], engine_url: str, tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    first, second = tmp_path / "a" / "same.bin", tmp_path / "b" / "same.bin"
+    for path, data in ((first, b"first " * 1000), (second, os.urandom(300_000))):
+        path.parent.mkdir()
+        path.write_bytes(data)
+
+    async def send_once(function: str, src: Path, *serve_args: str) -> tuple[Done, Done]:
+        server, _ = await serve("--function", function, "--out", str(out), "--once", *serve_args)
+        sender = await _finish(await _start("send", str(src), "--to", function, "--engine", engine_url))
+        return sender, await _finish(server)
+
+    sender, served = await send_once("files::one", first)
+    assert (sender.rc, served.rc) == (0, 0), sender.stderr + served.stderr
+
+    sender, served = await send_once("files::two", second)
+    assert sender.rc == 1 and served.rc == 1
+    assert sender.stdout == b""
+    assert sender.stderr.strip() == (f"iii-channel: error: files::two failed: {out / 'same.bin'} already exists; "
+                                     "pass --overwrite to replace it")
+    assert "Traceback" not in served.stderr and "already exists" in served.stderr
+    assert (out / "same.bin").read_bytes() == first.read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == ["same.bin"]
+
+    sender, served = await send_once("files::three", second, "--overwrite")
+    assert (sender.rc, served.rc) == (0, 0), sender.stderr + served.stderr
+    assert json.loads(sender.stdout)["result"]["sha256"] == hashlib.sha256(second.read_bytes()).hexdigest()
+    assert (out / "same.bin").read_bytes() == second.read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == ["same.bin"]
+
+
+async def test_unsafe_announced_name_is_refused(
+    serve: Callable[..., Awaitable[tuple[asyncio.subprocess.Process, str]]], engine_url: str, tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    src = tmp_path / "a.bin"
+    src.write_bytes(b"x" * 1000)
+    server, _ = await serve("--function", "files::unsafe", "--out", str(out), "--once")
+    sender = await _finish(await _start("send", str(src), "--to", "files::unsafe", "--name", "../escape.bin",
+                                        "--engine", engine_url))
+    served = await _finish(server)
+    assert sender.rc == 1 and served.rc == 1
+    assert "path separator" in sender.stderr
+    assert list(out.iterdir()) == [] and not (tmp_path / "escape.bin").exists()
