@@ -3,7 +3,9 @@
 A channel moves WebSocket messages from one writer socket to one reader socket, in order, through a bounded
 queue of at most ``buffer_size`` messages. The worker listener hands ``/ws/channels/{id}`` upgrades here:
 :meth:`ChannelRelay.check` runs before the upgrade (HTTP refusal), :meth:`ChannelRelay.serve` runs the accepted
-connection until that end is done.
+connection until that end is done. Engine-internal users (the REST API module) attach in-process instead with
+:meth:`ChannelRelay.open_local`: the same loops run on a tiny "end" interface that both a socket end and a local
+end implement, so queue, backpressure, close codes and cleanup are identical; only the handshake is skipped.
 
 Close codes sent by this relay (ours; the production engine sends Close without a code in every case):
 
@@ -47,7 +49,7 @@ from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
-from websockets.frames import Close
+from websockets.frames import OK_CLOSE_CODES, Close
 from websockets.protocol import State
 
 log = logging.getLogger("iii_engine.channels")
@@ -148,9 +150,8 @@ class ChannelRefused(Exception):
 
 
 def _closed(rcvd: Close | None, sent: Close | None) -> ConnectionClosed:
-    """The exception websockets would raise for this pair of Close frames (OK only for 1000/1001 on both)."""
-    fine = (1000, 1001)
-    ok = rcvd is not None and rcvd.code in fine and (sent is None or sent.code in fine)
+    """The exception websockets would raise for this pair of Close frames (``sent=None``: the peer's echo)."""
+    ok = rcvd is not None and rcvd.code in OK_CLOSE_CODES and (sent is None or sent.code in OK_CLOSE_CODES)
     return (ConnectionClosedOK if ok else ConnectionClosedError)(rcvd, sent)
 
 
@@ -554,8 +555,8 @@ class ChannelRelay:
 
         ``queued``/``capacity``/``peak``: messages in the queue, its limit, the most it ever held;
         ``queued_bytes``/``peak_bytes``/``max_queued_bytes``: the same in payload bytes; ``socket_bytes``: bytes
-        received from the writer socket but not yet taken by the relay; ``bytes_in``/``max_bytes``: the
-        lifetime byte count and quota (``bytes_in`` is only counted under a quota).
+        received from the writer socket (or waiting in a local writer end) but not yet taken by the relay;
+        ``bytes_in``/``max_bytes``: the lifetime byte count and quota (``bytes_in`` is only counted under a quota).
 
         Raises:
             KeyError: no such channel.
@@ -641,15 +642,13 @@ class ChannelRelay:
             raise ChannelRefused(*refused)
         pipe = _Pipe()
         end = _LocalEnd(pipe, writes=direction == "write")
-        self._spawn(self._serve_local(end, channel_id, key, direction))
+        task: asyncio.Task[None] = asyncio.ensure_future(self._serve_end(end, channel_id, key, direction))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        # Like a server connection whose handler returned, died or was cancelled (even before it started, at
+        # shutdown): the local side must not wait forever. A no-op when the relay already closed the end.
+        task.add_done_callback(lambda _: end.abort())
         return LocalChannelEnd(channel_id, direction, pipe)
-
-    async def _serve_local(self, end: _LocalEnd, channel_id: str, key: str, direction: str) -> None:
-        try:
-            await self._serve_end(end, channel_id, key, direction)
-        finally:
-            # Like a server connection whose handler returned or died: the local side must not wait forever.
-            end.abort()
 
     async def _serve_end(self, end: _SocketEnd | _LocalEnd, channel_id: str, key: str, direction: str) -> None:
         channel = self._channels.get(channel_id)
