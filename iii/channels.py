@@ -47,6 +47,7 @@ from urllib.parse import quote
 
 import websockets
 from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.protocol import State
 
@@ -524,7 +525,7 @@ async def _send_binary_frames(ws: ClientConnection, view: memoryview) -> None:
             key_at = start // MAX_FRAME_SIZE * 4
             transport.write(_masked_frame(view[start : start + MAX_FRAME_SIZE], keys[key_at : key_at + 4]))
             start += MAX_FRAME_SIZE
-            await _drain(ws)
+            await drain_or_close(ws)
         if start >= size:
             return
     # Not open any more (or an extension must see every frame, or an empty write): websockets sends the rest,
@@ -535,8 +536,11 @@ async def _send_binary_frames(ws: ClientConnection, view: memoryview) -> None:
         await ws.send(view[offset : offset + MAX_FRAME_SIZE])
 
 
-async def _drain(ws: ClientConnection) -> None:
-    """Wait while the socket's write buffer is over its limit; a failed socket becomes ``ConnectionClosed``."""
+async def drain_or_close(ws: Connection) -> None:
+    """Wait while the socket's write buffer is over its limit; a failed socket becomes ``ConnectionClosed``.
+
+    Shared by the SDK's writer and the engine's relay, which both write frames straight to the transport.
+    """
     try:
         await ws.drain()
     except ConnectionClosed:

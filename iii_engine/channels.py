@@ -52,6 +52,8 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError, Conne
 from websockets.frames import OK_CLOSE_CODES, Close
 from websockets.protocol import State
 
+from iii.channels import drain_or_close
+
 log = logging.getLogger("iii_engine.channels")
 
 DEFAULT_BUFFER_SIZE = 64
@@ -123,18 +125,6 @@ def _socket_bytes(ws: ServerConnection | None) -> int:
     return sum(len(frame.data) for frame in frames) if frames else 0
 
 
-async def _drain(ws: ServerConnection) -> None:
-    """Wait for the socket's write buffer to drain below its limit; a failed socket becomes ``ConnectionClosed``."""
-    try:
-        await ws.drain()
-    except ConnectionClosed:
-        raise
-    except Exception:
-        ws.transport.abort()
-        await ws.wait_closed()
-        raise ws.protocol.close_exc from None
-
-
 class ChannelRefused(Exception):
     """:meth:`ChannelRelay.open_local` refused the end, with the HTTP status a socket upgrade would have got.
 
@@ -177,7 +167,7 @@ class _SocketEnd:
         protocol = ws.protocol
         if protocol.state is State.OPEN and not protocol.extensions:
             ws.transport.write(_server_frame(message))
-            await _drain(ws)
+            await drain_or_close(ws)
         else:
             await ws.send(message)  # raises the ConnectionClosed that ends the reader loop
 
