@@ -16,21 +16,30 @@ Example (engine configuration, as the reference SDK's test setup uses it):
 from __future__ import annotations
 
 import http
+import ipaddress
 import logging
 import os
+import socket
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 from multidict import CIMultiDict
+from yarl import URL
 
 from iii.wire import dumps, loads
 
 from .base import BuiltinFunction, EngineError, EngineModule, EngineServices, InvocationContext
 from .http_security import ResolvedAuth, UrlRejected, UrlRules, resolve_auth
+
+# SSRF (issue #8): the URL rules look a name up once and the connection uses exactly the addresses that lookup
+# returned (VettingResolver), so DNS cannot answer a public address to the check and a private one to the
+# connect. Literal addresses never reach a resolver; UrlRules.check_literal covers them, and _client_url makes
+# sure the rules and the HTTP client read the same host out of the URL. Redirects are never followed.
 
 log = logging.getLogger("iii_engine.http_functions")
 
@@ -87,6 +96,68 @@ def parse_invocation(function_id: str, raw: Any, env: Mapping[str, str], owner: 
                         resolve_auth(raw.get("auth"), env), owner)
 
 
+class _Refused(OSError):
+    """A vetting refusal raised inside aiohttp's connector, which passes only ``OSError``\\ s through."""
+
+    def __init__(self, rejected: UrlRejected) -> None:
+        super().__init__(f"{rejected}: {rejected.detail}")
+        self.rejected = rejected
+
+
+class VettingResolver(AbstractResolver):
+    """aiohttp resolver that looks each name up once through the current :class:`UrlRules` and answers only
+    vetted addresses, so the client connects to exactly what was checked (no DNS rebinding window).
+
+    ``rules`` is read at every lookup, so a module whose rules change is obeyed at once.
+    """
+
+    def __init__(self, rules: Callable[[], UrlRules]) -> None:
+        self._rules = rules
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        """Vetted addresses of ``host``; a refusal surfaces as :class:`aiohttp.ClientConnectorError`."""
+        try:
+            answers = await self._rules().resolve(host, port, family)
+        except UrlRejected as exc:
+            raise _Refused(exc) from None
+        return [ResolveResult(hostname=host, host=address, port=answer_port, family=answer_family, proto=0,
+                              flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV)
+                for answer_family, address, answer_port in answers]
+
+    async def close(self) -> None:
+        """Nothing to release: lookups use the event loop's resolver."""
+
+
+def _same_host(rules_host: str, client_host: str) -> bool:
+    def canonical(host: str) -> str:
+        try:
+            return ipaddress.ip_address(host.split("%", 1)[0]).compressed
+        except ValueError:
+            return host.lower()
+
+    return canonical(rules_host) == canonical(client_host)
+
+
+def _client_url(rules: UrlRules, url: str) -> URL:
+    """``url`` as the HTTP client will read it, after every rule that needs no DNS; :class:`UrlRejected`
+    ``Invalid URL`` when the client would read another host than the rules checked (a parser differential)."""
+    parts = rules.check_literal(url)
+    try:
+        target = URL(url)
+    except ValueError as exc:
+        raise UrlRejected("Invalid URL", f"the HTTP client cannot parse {url!r}: {exc}") from None
+    if target.host is None or not _same_host(parts.hostname or "", target.host):
+        raise UrlRejected("Invalid URL", f"{url!r} names host {parts.hostname!r} to the URL rules but "
+                                         f"{target.host!r} to the HTTP client")
+    return target
+
+
+def _rejected(exc: UrlRejected) -> EngineError:
+    """``url_validation_failed`` with production's message first, then what exactly was wrong."""
+    return EngineError("url_validation_failed", f"{exc}: {exc.detail}" if exc.detail else str(exc))
+
+
 def _chain(exc: BaseException) -> str:
     """``outer: inner: …`` like production's error-chain messages."""
     parts: list[str] = []
@@ -137,8 +208,11 @@ class HttpFunctionsModule(EngineModule):
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        """Open the HTTP client."""
-        self._session = aiohttp.ClientSession(auto_decompress=True)
+        """Open the HTTP client: every name it connects to is resolved and vetted by :class:`VettingResolver`."""
+        # No DNS cache: each new connection is vetted under the current rules. trust_env=False: a proxy from
+        # the environment would resolve the name itself, out of the rules' reach.
+        connector = aiohttp.TCPConnector(resolver=VettingResolver(lambda: self.rules), use_dns_cache=False)
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False)
 
     async def stop(self) -> None:
         """Close the HTTP client."""
@@ -157,8 +231,9 @@ class HttpFunctionsModule(EngineModule):
         function = parse_invocation(function_id, invocation_config, self._env, owner_worker_id)
         try:
             await self.rules.check(function.url)
+            _client_url(self.rules, function.url)
         except UrlRejected as exc:
-            raise EngineError("url_validation_failed", str(exc)) from None
+            raise _rejected(exc) from None
         self.functions[function_id] = function
         log.info("HTTP-invoked function %s -> %s %s", function_id, function.method, function.url)
 
@@ -177,16 +252,18 @@ class HttpFunctionsModule(EngineModule):
         if function is None:
             raise EngineError("function_not_found", f"Function {function_id} not found")
         try:
-            await self.rules.check(function.url)
+            # Names are looked up and vetted by VettingResolver as the connection is made, not here: a
+            # lookup here and another there is the DNS rebinding window.
+            target = _client_url(self.rules, function.url)
         except UrlRejected as exc:
-            raise EngineError("url_validation_failed", str(exc)) from None
+            raise _rejected(exc) from None
         body = dumps(data).encode()
         headers = self._headers(function, body)
         if self._session is None:
             raise EngineError("http_request_failed", "HttpFunctionsModule is not started")
         try:
             async with self._session.request(
-                    function.method, function.url, data=body, headers=headers, allow_redirects=False,
+                    function.method, target, data=body, headers=headers, allow_redirects=False,
                     timeout=aiohttp.ClientTimeout(total=function.timeout_ms / 1000)) as response:
                 try:
                     raw = await response.read()
@@ -197,6 +274,10 @@ class HttpFunctionsModule(EngineModule):
         except TimeoutError:
             raise EngineError("http_request_failed",
                               f"request to {function.url} timed out after {function.timeout_ms} ms") from None
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, _Refused):
+                raise _rejected(exc.os_error.rejected) from None
+            raise EngineError("http_request_failed", f"request to {function.url} failed: {_chain(exc)}") from None
         except aiohttp.ClientError as exc:
             raise EngineError("http_request_failed", f"request to {function.url} failed: {_chain(exc)}") from None
 
