@@ -6,8 +6,15 @@ channel ``stream::events`` in the production wrapper shape. ``set`` and ``delete
 (read old value, write, publish), ``update`` is a ``WATCH``/``MULTI``/``EXEC`` loop applying
 :func:`iii.stream_ops.apply_ops` in Python, and ``list_groups`` uses ``SCAN``, never ``KEYS``.
 
-Known limit inherited from the layout (PROTOCOL §9 ST4): ``list_groups("a")`` also reports the groups of a stream
-named ``a:b`` as ``b:<group>``; a warning is logged once for stream names containing ``:``.
+Names are escaped so no two (stream, group) pairs share a hash (issue #8): in the stream name, ``%`` becomes
+``%25`` and ``:`` becomes ``%3A``; the group id is the last part and is kept as it is. Names without ``:`` and
+``%`` (and every group id) give production's keys byte for byte; a stream named ``a:b`` is ``stream:a%3Ab:<group>``
+here, so ``list_groups("a")`` is exact (production's ``stream:a:b:<group>`` hashes read as stream ``a``).
+SCAN patterns escape the glob characters of names.
+
+:meth:`RedisStream.from_url` opens a blocking pool (``max_connections``, default 50; ``pool_timeout`` seconds,
+default 30): more callers than connections wait for one, and only a wait longer than ``pool_timeout`` fails, with
+:class:`PoolExhaustedError`. Each ``watch()`` holds one connection while it is open.
 
 Other key layouts are chosen with a :class:`KeyLayout`: :data:`STATE_LAYOUT` is the production state adapter's
 ``state:<scope>`` (one namespace, the stream name is ignored), which the engine's state module uses.
@@ -63,6 +70,7 @@ __all__ = [
     "STATE_LAYOUT",
     "STREAM_LAYOUT",
     "KeyLayout",
+    "PoolExhaustedError",
     "RedisStream",
     "StreamDataError",
     "UpdateConflictError",
@@ -98,6 +106,9 @@ return old
 
 _OWN_OPTIONS: Final = ("publish_events", "channel", "max_update_attempts", "layout")
 _GLOB_SPECIAL: Final = re.compile(r"([\\*?\[\]])")
+_ESCAPED: Final = re.compile(r"%(25|3A)")
+DEFAULT_MAX_CONNECTIONS: Final = 50
+DEFAULT_POOL_TIMEOUT: Final = 30.0
 
 
 class StreamDataError(ValueError):
@@ -108,21 +119,56 @@ class UpdateConflictError(RuntimeError):
     """``update`` lost the optimistic race more than ``max_update_attempts`` times in a row."""
 
 
+class PoolExhaustedError(RedisConnectionError):
+    """Every pooled connection stayed busy for longer than the pool's wait limit."""
+
+
 def _glob_escape(text: str) -> str:
     return _GLOB_SPECIAL.sub(r"\\\1", text)
+
+
+def escape_name(text: str) -> str:
+    """A key component without ``:``: ``%`` → ``%25``, ``:`` → ``%3A`` (other text unchanged, so injective).
+
+    Example:
+        >>> escape_name("a:b"), escape_name("50%"), escape_name("plain")
+        ('a%3Ab', '50%25', 'plain')
+    """
+    return text.replace("%", "%25").replace(":", "%3A")  # '%' first, so the escapes' own '%' stays
+
+
+def unescape_name(text: str) -> str:
+    """The inverse of :func:`escape_name`; a ``%`` that starts no escape is kept literally (foreign keys)."""
+    return _ESCAPED.sub(lambda m: "%" if m.group(1) == "25" else ":", text) if "%" in text else text
+
+
+class _WaitingPool(aioredis.BlockingConnectionPool):
+    """A blocking pool whose timeout says what happened (redis-py reports "No connection available.")."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except RedisConnectionError as exc:
+            if not isinstance(exc.__cause__, asyncio.TimeoutError | TimeoutError):
+                raise
+            raise PoolExhaustedError(
+                f"Redis connection pool exhausted: all {self.max_connections} connections stayed busy for "
+                f"{self.timeout:g} s (raise max_connections or pool_timeout, or find what holds them)"
+            ) from None
 
 
 @dataclass(frozen=True, slots=True)
 class KeyLayout:
     """How a :class:`RedisStream` names the hash of a group.
 
-    ``per_stream=True`` (the stream layout): ``<prefix>:<stream_name>:<group_id>``. ``per_stream=False`` (one
-    namespace, as production's state adapter): ``<prefix>:<group_id>`` whatever the stream name, so groups are
-    listed exactly (no ``:`` ambiguity) and ``list_all`` reports them under the stream name ``prefix``.
+    ``per_stream=True`` (the stream layout): ``<prefix>:<stream_name>:<group_id>`` with the stream name escaped
+    by :func:`escape_name` (so it holds no ``:`` and the first ``:`` after it ends it: no two pairs share a key).
+    ``per_stream=False`` (one namespace, as production's state adapter): ``<prefix>:<group_id>`` whatever the
+    stream name, and ``list_all`` reports the groups under the stream name ``prefix``.
 
     Example:
-        >>> STREAM_LAYOUT.key("todos", "user:1"), STATE_LAYOUT.key("ignored", "user:1")
-        ('stream:todos:user:1', 'state:user:1')
+        >>> STREAM_LAYOUT.key("todos", "user:1"), STREAM_LAYOUT.key("a:b", "c"), STATE_LAYOUT.key("x", "user:1")
+        ('stream:todos:user:1', 'stream:a%3Ab:c', 'state:user:1')
     """
 
     prefix: str = "stream"
@@ -135,7 +181,7 @@ class KeyLayout:
     def key(self, stream_name: str, group_id: str) -> str:
         """The hash holding the items of one group."""
         if self.per_stream:
-            return f"{self.prefix}:{stream_name}:{group_id}"
+            return f"{self.prefix}:{escape_name(stream_name)}:{group_id}"
         return f"{self.prefix}:{group_id}"
 
     def group_prefix(self, stream_name: str) -> str:
@@ -146,8 +192,8 @@ class KeyLayout:
         """``(stream_name, group_id)`` of a hash name in this layout, or ``None`` for a foreign key.
 
         Example:
-            >>> STREAM_LAYOUT.split("stream:a:g:1"), STATE_LAYOUT.split("state:g:1"), STATE_LAYOUT.split("x")
-            (('a', 'g:1'), ('state', 'g:1'), None)
+            >>> STREAM_LAYOUT.split("stream:a%3Ab:g:1"), STATE_LAYOUT.split("state:g:1"), STATE_LAYOUT.split("x")
+            (('a:b', 'g:1'), ('state', 'g:1'), None)
         """
         head = f"{self.prefix}:"
         if not key.startswith(head):
@@ -155,9 +201,9 @@ class KeyLayout:
         rest = key[len(head) :]
         if not self.per_stream:
             return self.prefix, rest
-        # split at the first ':' after the prefix (production cuts group ids at further ':')
+        # the escaped stream name holds no ':', so the first one ends it
         name, sep, group = rest.partition(":")
-        return (name, group) if sep else None
+        return (unescape_name(name), group) if sep else None
 
 
 STREAM_LAYOUT: Final = KeyLayout()
@@ -264,7 +310,6 @@ class RedisStream(Backend):
         self._owns_client = owns_client
         self._set_script = client.register_script(_SET_SCRIPT)
         self._delete_script = client.register_script(_DELETE_SCRIPT)
-        self._warned_colon: set[str] = set()
         self._closed = False
 
     @classmethod
@@ -272,7 +317,9 @@ class RedisStream(Backend):
         """Open a pooled client for ``redis://``, ``rediss://`` or ``unix://`` URLs; closed by :meth:`aclose`.
 
         Options for this class (``publish_events``, ``channel``, ``max_update_attempts``, ``layout``) are taken
-        out; the rest go to ``redis.asyncio.Redis.from_url`` (e.g. ``max_connections``).
+        out. The pool blocks: at most ``max_connections`` (default 50) connections, callers beyond that wait up to
+        ``pool_timeout`` seconds (default 30) for one and then fail with :class:`PoolExhaustedError`. The other
+        options go to the connections (e.g. ``socket_timeout``).
 
         Example:
             >>> RedisStream.from_url("redis://localhost:6379/0", max_connections=8).max_update_attempts
@@ -281,11 +328,18 @@ class RedisStream(Backend):
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"RedisStream needs a redis://, rediss:// or unix:// URL, got {url!r}")
         own = {k: options.pop(k) for k in _OWN_OPTIONS if k in options}
+        size = options.pop("max_connections", DEFAULT_MAX_CONNECTIONS)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"RedisStream: max_connections must be a positive integer, got {size!r}")
+        wait = options.pop("pool_timeout", DEFAULT_POOL_TIMEOUT)
+        if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 < wait < float("inf"):
+            raise ValueError(f"RedisStream: pool_timeout must be a positive number of seconds, got {wait!r}")
         options.setdefault("retry", default_retry())
         options.setdefault("socket_connect_timeout", 5)
         options.setdefault("health_check_interval", 30)
-        client = aioredis.Redis.from_url(url, decode_responses=False, **options)
-        return cls(client, owns_client=True, **own)
+        pool = _WaitingPool.from_url(url, max_connections=size, timeout=float(wait), decode_responses=False,
+                                     **options)
+        return cls(aioredis.Redis.from_pool(pool), owns_client=True, **own)
 
     @property
     def client(self) -> aioredis.Redis:
@@ -329,11 +383,7 @@ class RedisStream(Backend):
         return [self._parse(raw, key, "<hvals>") for raw in values]
 
     async def list_groups(self, input: StreamListGroupsInput) -> builtins.list[str]:
-        name = input.stream_name
-        if self.layout.per_stream and ":" in name and name not in self._warned_colon:
-            self._warned_colon.add(name)
-            log.warning("stream name %r contains ':'; list_groups may also report groups of other streams", name)
-        prefix = self.layout.group_prefix(name)
+        prefix = self.layout.group_prefix(input.stream_name)
         skip = len(prefix.encode())
         seen: dict[str, None] = {}  # SCAN may repeat keys; keep first-seen order
         async for key in self._client.scan_iter(match=_glob_escape(prefix) + "*", count=1000):

@@ -33,7 +33,7 @@ async def _drop_run_keys(url: str, names: Names) -> None:
 
 
 class TestRedisStream(StreamConformance):
-    exact_group_listing = False
+    exact_group_listing = True  # stream names are escaped in keys (issue #8)
 
     @pytest.fixture
     def stream_url(self) -> str:

@@ -20,7 +20,7 @@ class TestMemoryStream(StreamConformance):
 
 
 class TestFakeRedisStream(StreamConformance):
-    exact_group_listing = False  # the production key layout cannot tell stream "a" from "a:b"
+    exact_group_listing = True  # stream names are escaped in keys (issue #8): "a" and "a:b" stay apart
 
     @pytest.fixture
     async def stream(self) -> AsyncIterator[RedisStream]:
