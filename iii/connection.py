@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import websockets
 from websockets.asyncio.client import ClientConnection
@@ -33,7 +35,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from .iii_constants import DEFAULT_RECONNECTION_CONFIG, MAX_QUEUE_SIZE, IIIConnectionState, ReconnectionConfig
 
-__all__ = ["Connection", "backoff_delay_ms"]
+__all__ = ["Connection", "backoff_delay_ms", "check_url"]
 
 log = logging.getLogger("iii.connection")
 
@@ -51,6 +53,48 @@ def backoff_delay_ms(config: ReconnectionConfig, attempt: int, rand: Callable[[]
     capped = min(config.initial_delay_ms * (config.backoff_multiplier**attempt), config.max_delay_ms)
     jitter = capped * config.jitter_factor * (2 * rand() - 1)
     return float(max(0.0, capped + jitter))
+
+
+def check_url(url: object) -> str:
+    """``url`` if it can name an engine (``ws``/``wss``, a host, a port in 1-65535 if given), else a
+    ``ValueError`` (``TypeError`` for a non-string) naming the part that is wrong.
+
+    Example:
+        >>> check_url("ws://localhost:49134")
+        'ws://localhost:49134'
+        >>> check_url("http://localhost:49134")
+        Traceback (most recent call last):
+        ...
+        ValueError: engine URL 'http://localhost:49134' has scheme 'http'; expected ws:// or wss://
+    """
+    if not isinstance(url, str):
+        raise TypeError(f"engine URL must be a str like 'ws://localhost:49134', got {type(url).__name__}")
+    if not url.strip():
+        raise ValueError(f"engine URL {url!r} is empty; expected e.g. 'ws://localhost:49134'")
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise ValueError(f"engine URL {url!r} cannot be parsed: {exc}") from None
+    if "://" not in url or parts.scheme.lower() not in ("ws", "wss"):
+        scheme = f"scheme {parts.scheme!r}" if "://" in url else "no scheme"
+        raise ValueError(f"engine URL {url!r} has {scheme}; expected ws:// or wss://")
+    if not parts.hostname:
+        raise ValueError(f"engine URL {url!r} has no host")
+    try:
+        port = parts.port
+    except ValueError:
+        port_text = parts.netloc.rpartition(":")[2]
+        raise ValueError(f"engine URL {url!r} has an invalid port {port_text!r}; expected 1-65535") from None
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"engine URL {url!r} has port {port}; expected 1-65535")
+    return url
+
+
+def _describe(exc: BaseException) -> str:
+    # asyncio words a refused connection as "Connect call failed (addr)"; the errno text is what people know.
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
+    return str(exc) or type(exc).__name__
 
 
 def _noop(*_: Any) -> None:
@@ -98,6 +142,9 @@ class Connection:
         self._ready = False  # True once the backlog is flushed: sends may go straight to the socket
         self._running = False
         self._attempt = 0
+        # Connection attempts that failed since the last successful one, and why the last one failed.
+        self._failures = 0
+        self._last_error: str | None = None
         self._state: IIIConnectionState = "disconnected"
         # Frames waiting for the socket: (frame, key). Filled while down, and when a sync caller must not await.
         self._backlog: deque[tuple[Frame, str | None]] = deque()
@@ -114,6 +161,16 @@ class Connection:
         """True while sends go straight to an open socket."""
         return self._ready
 
+    @property
+    def failed_attempts(self) -> int:
+        """Connection attempts that failed since the last successful one."""
+        return self._failures
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the last connection attempt failed (``None`` before any failure)."""
+        return self._last_error
+
     def queued_keys(self) -> set[str]:
         """Keys of frames queued and not yet written to any socket."""
         return {key for _, key in self._backlog if key is not None}
@@ -123,6 +180,8 @@ class Connection:
         if self._running:
             return
         self._running = True
+        self._attempt = 0
+        self._failures = 0
         self._set_state("connecting")
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
 
@@ -198,6 +257,8 @@ class Connection:
             except (OSError, TimeoutError, InvalidHandshake, ValueError) as exc:
                 # A refused handshake is retried like any other failure (PROTOCOL §9.5 S3).
                 log.warning("Connection to %s failed: %s", self.url, exc)
+                self._failures += 1
+                self._last_error = _describe(exc)
                 if not await self._wait_before_retry():
                     return
                 continue
@@ -222,6 +283,7 @@ class Connection:
     async def _serve(self, ws: ClientConnection) -> None:
         self._ws = ws
         self._attempt = 0
+        self._failures = 0
         log.info("Connected to %s", self.url)
         self._set_state("connected")
         try:

@@ -23,10 +23,10 @@ import traceback
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from .channels import ChannelReader, ChannelWriter
-from .connection import Connection, Frame, Write
+from .connection import Connection, Frame, Write, check_url
 from .errors import ConnectionLostError, InvocationError, ShuttingDownError
 from .iii_constants import DEFAULT_RECONNECTION_CONFIG as DEFAULT_RECONNECTION_CONFIG  # reference re-export
 from .iii_constants import MAX_QUEUE_SIZE as MAX_QUEUE_SIZE  # reference re-export
@@ -74,6 +74,9 @@ log = logging.getLogger("iii.iii")
 T = TypeVar("T")
 
 _SYNC_FROM_LOOP = "Cannot call sync SDK methods from the event loop thread. Use async handler methods instead."
+# The bound on waiting for the FIRST connection (register_worker, connect_async): the reference SDK's 30 s.
+# ReconnectionConfig.max_retries can end it sooner; once connected, a lost engine is retried as configured
+# (forever by default). Read at call time so tests can shorten it.
 _REFERENCE_CONNECT_WAIT_S = 30.0
 # After a reconnect, how long to wait for the engine to forget the old worker before checking registrations.
 _RECOVERY_WINDOW_S = 30.0
@@ -113,7 +116,8 @@ class III:
     """
 
     def __init__(self, address: str, options: InitOptions | None = None) -> None:
-        self._address = address
+        # A URL that can never work fails here, before a thread starts (ValueError naming the bad part).
+        self._address = check_url(address)
         self._options = options or InitOptions()
         self._functions: dict[str, _LocalFunction] = {}
         self._services: dict[str, str] = {}
@@ -132,8 +136,9 @@ class III:
         self._generation = 0
         self._closed = False
         self._trace = TraceScope(None)
-        self._connected_event = threading.Event()
-        self._worker_id_event = threading.Event()
+        self._telemetry_started = False
+        # Woken (on the client's loop) whenever the connection state or the worker id changes.
+        self._state_waiters: list[asyncio.Future[None]] = []
 
         self._loop = asyncio.new_event_loop()
         self._conn = Connection(
@@ -148,7 +153,7 @@ class III:
         )
         self._thread = threading.Thread(target=self._loop.run_forever, name="iii-sdk-loop", daemon=True)
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.connect_async(), self._loop)
+        asyncio.run_coroutine_threadsafe(self._start_async(), self._loop)
 
     # ---------------------------------------------------------------- loop plumbing
 
@@ -188,32 +193,88 @@ class III:
     # ---------------------------------------------------------------- connection lifecycle
 
     def _wait_until_connected(self, timeout: float | None = None) -> None:
-        # The default is read at call time so tests can shorten the reference's 30 s wait.
-        if timeout is None:
-            timeout = _REFERENCE_CONNECT_WAIT_S
+        """Block until connected; ``ConnectionError`` when that did not happen within ``timeout`` seconds
+        (default: the 30 s bound) or reconnection gave up (``max_retries``)."""
         if self._connection_state == "connected":
             return
-        if self._connection_state == "failed":
-            raise ConnectionError(f"Connection to {self._address} failed")
-        self._connected_event.wait(timeout=timeout)
-        if cast(IIIConnectionState, self._connection_state) == "failed":
-            raise ConnectionError(f"Connection to {self._address} failed after max retries")
-        if cast(IIIConnectionState, self._connection_state) == "connected":
-            # The engine sends workerregistered right after the upgrade (T1); give it a moment so that
-            # worker_id is usually set when register_worker returns. Nothing else waits for it.
-            self._worker_id_event.wait(timeout=_WORKER_ID_WAIT_S)
+        self._run_on_loop(self._connected_within(_REFERENCE_CONNECT_WAIT_S if timeout is None else timeout))
+
+    async def _connected_within(self, seconds: float) -> None:
+        """Return once connected; ``ConnectionError`` after ``seconds`` or when retries ran out (any loop)."""
+        if asyncio.get_running_loop() is not self._loop:
+            await self._on_own_loop(self._connected_within(seconds))
+            return
+        loop = self._loop
+        deadline = loop.time() + seconds
+        while self._connection_state != "connected":
+            if self._closed:
+                raise ShuttingDownError()
+            if self._connection_state == "failed":
+                retries = (self._options.reconnection_config or DEFAULT_RECONNECTION_CONFIG).max_retries
+                # "failed after max retries": the reference's wording, for code that matched on it.
+                raise ConnectionError(self._unreachable(": failed after max retries", f"max_retries={retries}"))
+            if not await self._state_change(deadline - loop.time()):
+                raise ConnectionError(self._unreachable(f" within {seconds:g} s"))
+        # The engine sends workerregistered right after the upgrade (T1); a moment's wait means worker_id is
+        # usually set when the caller gets the client. Nothing depends on it, so no error if it is late.
+        named_by = loop.time() + _WORKER_ID_WAIT_S
+        while self._worker_id is None and self._connection_state == "connected":
+            if not await self._state_change(named_by - loop.time()):
+                break
+
+    def _unreachable(self, why: str, config: str = "") -> str:
+        attempts = self._conn.failed_attempts
+        detail = f"{attempts} attempt{'s' if attempts != 1 else ''}" + (f", {config}" if config else "")
+        if self._conn.last_error:
+            detail += f"; last error: {self._conn.last_error}"
+        return f"cannot reach the engine at {self._address}{why} ({detail})"
+
+    async def _state_change(self, seconds: float) -> bool:
+        """Wait (on the client's loop) for the next state or worker-id change; False after ``seconds``."""
+        if seconds <= 0:
+            return False
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._state_waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter, seconds)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            if waiter in self._state_waiters:
+                self._state_waiters.remove(waiter)
+
+    def _notify_state(self) -> None:
+        waiters, self._state_waiters = self._state_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def connect_async(self) -> None:
-        """Start connecting (called automatically by the constructor); safe to call again.
+        """Connect and wait for the first connection (the constructor already started it); safe to call again.
+
+        Returns once connected. Raises ``ConnectionError`` ("cannot reach the engine at …") when no connection
+        came within 30 s or ``ReconnectionConfig.max_retries`` ran out; the client then keeps trying in the
+        background until :meth:`shutdown_async`. A connection lost later is retried as configured.
 
         Example:
             >>> # await iii.connect_async()
         """
+        await self._start_async()
+        if self._connection_state != "connected":
+            await self._connected_within(_REFERENCE_CONNECT_WAIT_S)
+
+    async def _start_async(self) -> None:
+        """Start connecting in the background (telemetry set up once); returns at once."""
         if self._closed:
             raise ShuttingDownError()
         if asyncio.get_running_loop() is not self._loop:
-            await self._on_own_loop(self.connect_async())
+            await self._on_own_loop(self._start_async())
             return
+        if self._telemetry_started:
+            await self._conn.start()
+            return
+        self._telemetry_started = True
         tel = load_telemetry()
         if tel is not None:
             try:
@@ -313,10 +374,7 @@ class III:
     def _set_connection_state(self, state: IIIConnectionState) -> None:
         self._connection_state = state
         # "failed" wakes register_worker too, so it raises at once instead of after 30 s.
-        if state in ("connected", "failed"):
-            self._connected_event.set()
-        else:
-            self._connected_event.clear()
+        self._notify_state()
 
     async def _on_open(self, write: Write) -> None:
         self._generation += 1
@@ -346,7 +404,6 @@ class III:
     def _on_lost(self) -> None:
         self._lost_worker_id = self._worker_id or self._lost_worker_id
         self._worker_id = None
-        self._worker_id_event.clear()
         queued = self._conn.queued_keys()
         lost = [iid for iid in self._pending if iid not in queued]
         # The engine halts every call of a vanished worker: their results will never come (PROTOCOL §9.5 S5).
@@ -408,7 +465,7 @@ class III:
         elif kind == "workerregistered":
             worker_id = msg.get("worker_id")
             self._worker_id = worker_id if isinstance(worker_id, str) else None
-            self._worker_id_event.set()
+            self._notify_state()
         elif kind == "registertrigger":
             self._spawn(self._on_register_trigger(msg, self._generation))
         elif kind == "unregistertrigger":
@@ -906,16 +963,22 @@ class TriggerAction:
 
 
 def register_worker(address: str, options: InitOptions | None = None) -> III:
-    """Create a client and wait up to 30 s for it to connect.
+    """Create a client and wait (at most 30 s) until it is connected.
 
-    Raises ``ConnectionError`` only when reconnection gave up (state ``failed``); after 30 s without a
-    connection the client is returned anyway and keeps trying in the background.
+    ``ValueError`` at once for a URL that cannot work (scheme not ws/wss, no host, port outside 1-65535).
+    ``ConnectionError`` ("cannot reach the engine at …") when no connection came within 30 s, or sooner when
+    ``ReconnectionConfig.max_retries`` ran out; that client is shut down. Once connected, a lost engine is
+    retried as configured (forever by default).
 
     Example:
         >>> # iii = register_worker("ws://localhost:49134", InitOptions(worker_name="billing"))
     """
     client = III(address, options)
-    client._wait_until_connected()
+    try:
+        client._wait_until_connected()
+    except BaseException:
+        client.shutdown()
+        raise
     return client
 
 

@@ -22,19 +22,14 @@ from .conftest import FAST_RECONNECT, EngineThread, Harness, MakeWorker, reconne
 from .test_connection import Recorder
 
 
-def test_register_worker_returns_a_disconnected_client_after_the_wait(
+def test_register_worker_raises_connection_error_after_the_wait(
     fake: EngineThread, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Issue #8: no longer "returns a disconnected client anyway" (README: raises ConnectionError).
     monkeypatch.setattr(client_module, "_REFERENCE_CONNECT_WAIT_S", 0.3)
     fake.engine.reject_handshakes = 10**9
-    client = register_worker(fake.url, InitOptions(reconnection_config=FAST_RECONNECT))
-    try:
-        assert client.get_connection_state() in ("connecting", "reconnecting")
-        fake.engine.reject_handshakes = 0  # it kept trying in the background
-        client._wait_until_connected(10)
-        assert client.get_connection_state() == "connected"
-    finally:
-        client.shutdown()
+    with pytest.raises(ConnectionError, match=f"cannot reach the engine at {fake.url} within 0.3 s"):
+        register_worker(fake.url, InitOptions(reconnection_config=FAST_RECONNECT))
 
 
 def test_worker_metadata_defaults(fake: EngineThread, monkeypatch: pytest.MonkeyPatch) -> None:
