@@ -33,6 +33,7 @@ from yarl import URL
 
 from iii.wire import dumps, loads
 
+from ..config import DEFAULT_MAX_MESSAGE_SIZE
 from .base import BuiltinFunction, EngineError, EngineModule, EngineServices, InvocationContext
 from .http_security import ResolvedAuth, UrlRejected, UrlRules, resolve_auth
 
@@ -44,6 +45,9 @@ from .http_security import ResolvedAuth, UrlRejected, UrlRules, resolve_auth
 log = logging.getLogger("iii_engine.http_functions")
 
 DEFAULT_TIMEOUT_MS = 30_000
+MAX_RESPONSE_BYTES = DEFAULT_MAX_MESSAGE_SIZE
+"""Largest (decompressed) response body read; a bigger result could not reach the caller in one frame anyway."""
+_READ_CHUNK = 64 * 1024
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 _SETTINGS_KEYS = frozenset({"security"})
 
@@ -206,6 +210,7 @@ class HttpFunctionsModule(EngineModule):
         self._env: Mapping[str, str] = os.environ if env is None else env
         self.functions: dict[str, HttpFunction] = {}
         self._session: aiohttp.ClientSession | None = None
+        self.max_response_bytes = MAX_RESPONSE_BYTES
 
     async def start(self) -> None:
         """Open the HTTP client: every name it connects to is resolved and vetted by :class:`VettingResolver`."""
@@ -266,7 +271,7 @@ class HttpFunctionsModule(EngineModule):
                     function.method, target, data=body, headers=headers, allow_redirects=False,
                     timeout=aiohttp.ClientTimeout(total=function.timeout_ms / 1000)) as response:
                 try:
-                    raw = await response.read()
+                    raw = await self._read_bounded(function, response)
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     raise EngineError("http_response_failed",
                                       f"reading the response of {function.url} failed: {_chain(exc)}") from None
@@ -280,6 +285,21 @@ class HttpFunctionsModule(EngineModule):
             raise EngineError("http_request_failed", f"request to {function.url} failed: {_chain(exc)}") from None
         except aiohttp.ClientError as exc:
             raise EngineError("http_request_failed", f"request to {function.url} failed: {_chain(exc)}") from None
+
+    async def _read_bounded(self, function: HttpFunction, response: aiohttp.ClientResponse) -> bytes:
+        """The whole body, or ``http_response_failed`` as soon as it is known to exceed the bound."""
+        limit = self.max_response_bytes
+        too_big = EngineError("http_response_failed",
+                              f"response of {function.url} is larger than {limit} bytes; not read")
+        declared = response.content_length
+        if declared is not None and declared > limit and not response.headers.get("Content-Encoding"):
+            raise too_big
+        raw = bytearray()
+        async for chunk in response.content.iter_chunked(_READ_CHUNK):
+            raw += chunk
+            if len(raw) > limit:  # counted after decompression, so a compressed bomb stops here too
+                raise too_big
+        return bytes(raw)
 
     def _headers(self, function: HttpFunction, body: bytes) -> CIMultiDict[str]:
         timestamp = str(int(time.time()))

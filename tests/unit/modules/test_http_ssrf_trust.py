@@ -1,17 +1,23 @@
-"""SSRF rules of HTTP-invoked functions (issue #8): every IANA special-purpose range, with its boundaries, and the
-IPv4 address carried by every IPv6 form that embeds one."""
+"""SSRF rules of HTTP-invoked functions (issue #8): every IANA special-purpose range, with its boundaries, the
+IPv4 address carried by every IPv6 form that embeds one, one host for the rules and the client, bounded responses."""
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import ipaddress
+import logging
 import socket
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, cast
 
 import pytest
+from aiohttp import web
 
+from iii.wire import dumps
 from iii_engine.modules import http_security
+from iii_engine.modules.base import EngineError, EngineServices
+from iii_engine.modules.http_functions import HttpFunctionsModule
 from iii_engine.modules.http_security import UrlRejected, UrlRules, blocked_reason, embedded_ipv4, is_blocked_ip
 
 # (range, first address inside, last address inside, an address just outside or None when the neighbour is
@@ -131,6 +137,10 @@ def test_legacy_numeric_ipv4_hosts_are_judged_as_the_address_they_mean(host: str
     assert carried in info.value.detail
 
 
+class FakeServices:
+    log = logging.getLogger("test")
+
+
 class FakeDns:
     """Stands in for ``loop.getaddrinfo``: answers from a script and counts the lookups."""
 
@@ -181,3 +191,64 @@ async def test_slow_dns_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(UrlRejected, match=r"^DNS lookup failed$") as info:
         await UrlRules().resolve("slow.example", 443)
     assert "timed out" in info.value.detail
+
+
+@pytest.fixture
+async def big_server() -> AsyncIterator[str]:
+    async def handler(request: web.Request) -> web.Response:
+        size = int(request.query["size"])
+        body = dumps("x" * (size - 2)).encode()  # a JSON string of exactly `size` bytes
+        if request.query.get("chunked"):
+            response = web.StreamResponse()
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            for start in range(0, len(body), 1000):
+                await response.write(body[start:start + 1000])
+            await response.write_eof()
+            return response  # type: ignore[return-value]
+        if request.query.get("gzip"):  # small on the wire, `size` bytes once decompressed
+            return web.Response(body=gzip.compress(body), content_type="application/json",
+                                headers={"Content-Encoding": "gzip"})
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}/"
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def module() -> AsyncIterator[HttpFunctionsModule]:
+    mod = HttpFunctionsModule(cast(EngineServices, FakeServices()), {"security": {
+        "url_allowlist": ["*"], "block_private_ips": False, "require_https": False}}, env={})
+    await mod.start()
+    yield mod
+    await mod.stop()
+
+
+@pytest.mark.parametrize("url, fragment", [
+    ("http://127.0.0.1:80\\@evil.example/", "cannot parse"),       # urlsplit: evil.example; client: refuses
+    ("http://127\u30020\u30020\u30021:8/", "'127.0.0.1' to the HTTP client"),  # ideographic full stops
+])
+async def test_the_rules_and_the_client_must_read_the_same_host(module: HttpFunctionsModule, url: str,
+                                                                fragment: str) -> None:
+    with pytest.raises(EngineError) as info:
+        await module.register_external("fn", {"url": url}, "w1")
+    assert info.value.code == "url_validation_failed"
+    assert info.value.message.startswith("Invalid URL: ") and fragment in info.value.message
+    assert module.functions == {}
+
+
+@pytest.mark.parametrize("mode", ["", "chunked=1", "gzip=1"])
+async def test_response_bodies_are_bounded(module: HttpFunctionsModule, big_server: str, mode: str) -> None:
+    module.max_response_bytes = 4096
+    await module.register_external("small", {"url": f"{big_server}?size=4096&{mode}", "method": "GET"}, "w1")
+    await module.register_external("big", {"url": f"{big_server}?size=4097&{mode}", "method": "GET"}, "w1")
+    assert len(await module.call("small", None)) == 4094
+    with pytest.raises(EngineError) as info:
+        await module.call("big", None)
+    assert info.value.code == "http_response_failed"
+    assert "larger than 4096 bytes" in info.value.message
