@@ -3,8 +3,10 @@
 Layout per store queue ``Q`` (``<prefix>`` is the optional ``key_prefix``): ``<prefix>queue:Q:jobs`` (hash job id →
 job JSON), ``…:lane:<lane>`` (list of job ids), ``…:ready`` (list of lanes), ``…:active`` (sorted set lane →
 lease deadline), ``…:delayed`` (sorted set lane → due time), ``…:dlq`` (sorted set job id → failed_at) and
-``…:dlq_entries`` (hash job id → entry JSON). Every state change is one Lua script, so engines sharing the
-store never see half a move. A lane whose lease expires (its engine died mid-job) goes back to *ready*.
+``…:dlq_entries`` (hash job id → entry JSON). ``Q`` is escaped (``%`` → ``%25``, ``:`` → ``%3A``), so no queue's
+keys meet another's whatever the names and lanes (issue #8); names without those characters are unchanged. Every
+state change is one Lua script, so engines sharing the store never see half a move. A lane whose lease expires
+(its engine died mid-job) goes back to *ready*.
 
 Example:
     >>> store = RedisQueueStore("redis://127.0.0.1:6379/0", key_prefix="demo:")  # doctest: +SKIP
@@ -17,6 +19,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from iii.wire import dumps, loads
+from iii_streams.redis import escape_name
 
 from .queue_store import DeadLetter, Job, QueueCounts
 
@@ -95,7 +98,7 @@ def _text(value: Any) -> str:
 
 class _Keys:
     def __init__(self, prefix: str, queue: str) -> None:
-        base = f"{prefix}queue:{queue}:"
+        base = f"{prefix}queue:{escape_name(queue)}:"  # the lane, last in its key, needs no escaping
         self.jobs = base + "jobs"
         self.ready = base + "ready"
         self.active = base + "active"
