@@ -11,7 +11,33 @@ Example:
 
 from __future__ import annotations
 
+import importlib.metadata
 from typing import Any
+
+# The published SDK installs the same top-level package ``iii``; pip lets both be installed, and whichever was
+# installed last overwrites the other's files, so neither works. Checked here, at import, because every entry
+# into this toolkit (``iii``, ``iii_channels``, ``iii_engine``) imports this module, and this file is one the
+# published SDK does not have, so it survives either install order.
+_PUBLISHED_SDK = "iii-sdk"
+
+
+def _refuse_published_sdk() -> None:
+    """``ImportError`` naming what to uninstall when the distribution ``iii-sdk`` is installed too."""
+    try:
+        published = importlib.metadata.distribution(_PUBLISHED_SDK)
+    except importlib.metadata.PackageNotFoundError:
+        return
+    where = published.locate_file("")
+    raise ImportError(
+        f"{_PUBLISHED_SDK} {published.version} (the published SDK, in {where}) is installed next to iii-toolkit; "
+        "both provide the Python package 'iii', so one overwrites the other's files and neither works. "
+        f"Run `pip uninstall {_PUBLISHED_SDK}`, then `pip install --force-reinstall iii-toolkit` "
+        "(the uninstall also deletes the files the two share).",
+        name="iii",
+    )
+
+
+_refuse_published_sdk()
 
 
 class IIIError(Exception):

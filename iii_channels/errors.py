@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import iii.errors  # noqa: F401 - first: refuses a mix with the published iii-sdk (whose iii/ lacks this file)
 from iii.channels import (
     ChannelAbortedError,
     ChannelClosedError,
