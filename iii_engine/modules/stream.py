@@ -7,7 +7,10 @@ Settings (unknown keys rejected, as production does):
   (``127.0.0.1`` here; production binds ``0.0.0.0``), ``auth_function`` (a function id), ``adapter {class,
   config}`` (see :mod:`iii_engine.modules.stream_store`);
 - ours: ``store_url`` (any ``iii_streams`` URL, wins over ``adapter``), ``auth_reject`` (ST5, default false),
-  ``client_queue_size`` (frames a client may fall behind before it is closed with 1013; default 1024).
+  ``client_queue_size`` (frames a client may fall behind before it is closed with 1013; default 1024),
+  ``custom_stream_fallback`` (default false: a stream a worker served through ``create_stream`` fails with
+  ``stream_unavailable`` while no worker serves it; true: production's silent fall back to the engine's store),
+  ``custom_streams`` (names served by workers, known as such from start-up, before any worker registers them).
 
 Example:
     >>> StreamSettings.parse({"port": 0, "store_url": "memory://"}).socket.port
@@ -16,7 +19,7 @@ Example:
     Traceback (most recent call last):
     ...
     iii_engine.modules.stream.StreamSettingsError: stream settings: unknown key 'prot' (allowed: adapter, \
-auth_function, auth_reject, client_queue_size, host, port, store_url)
+auth_function, auth_reject, client_queue_size, custom_stream_fallback, custom_streams, host, port, store_url)
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from .stream_triggers import JoinLeaveTriggers, StreamTriggers
 
 __all__ = ["StreamModule", "StreamSettings", "StreamSettingsError"]
 
-_KEYS = frozenset({"port", "host", "auth_function", "adapter", "store_url", "auth_reject", "client_queue_size"})
+_KEYS = frozenset({"port", "host", "auth_function", "adapter", "store_url", "auth_reject", "client_queue_size",
+                   "custom_stream_fallback", "custom_streams"})
 
 
 class StreamSettingsError(ValueError):
@@ -48,6 +52,8 @@ class StreamSettings:
 
     socket: SocketSettings
     store: Mapping[str, Any]
+    custom_stream_fallback: bool = False
+    custom_streams: frozenset[str] = frozenset()
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> StreamSettings:
@@ -72,8 +78,16 @@ class StreamSettings:
         size = raw.get("client_queue_size", defaults.client_queue_size)
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise StreamSettingsError(f"stream settings: 'client_queue_size' must be a positive integer, got {size!r}")
+        fallback = raw.get("custom_stream_fallback", False)
+        if not isinstance(fallback, bool):
+            raise StreamSettingsError(
+                f"stream settings: 'custom_stream_fallback' must be true or false, got {fallback!r}")
+        custom = raw.get("custom_streams", [])
+        if not isinstance(custom, list) or not all(isinstance(name, str) and name for name in custom):
+            raise StreamSettingsError(
+                f"stream settings: 'custom_streams' must be a list of non-empty stream names, got {custom!r}")
         store = {k: raw[k] for k in ("adapter", "store_url") if k in raw}
-        return cls(SocketSettings(host, port, auth or None, reject, size), store)
+        return cls(SocketSettings(host, port, auth or None, reject, size), store, fallback, frozenset(custom))
 
 
 class StreamModule(EngineModule):
@@ -116,7 +130,9 @@ class StreamModule(EngineModule):
         changes, join, leave = (StreamTriggers(self.services), JoinLeaveTriggers(self.services),
                                 JoinLeaveTriggers(self.services))
         self._triggers = [changes, join, leave]
-        self.functions = StreamFunctions(self.services, self.store, changes)
+        self.functions = StreamFunctions(self.services, self.store, changes,
+                                         fallback=self.settings.custom_stream_fallback,
+                                         served=self.settings.custom_streams)
         self.socket = StreamSocketServer(self.services, self.settings.socket, self.functions, self.store, join, leave)
         try:
             await self.socket.start()
@@ -125,6 +141,7 @@ class StreamModule(EngineModule):
             raise
         for function in self.functions.builtins():
             self.services.register_function(function)
+        self.functions.follow_registrations()
         self.services.register_trigger_type("stream", "Stream item changes and custom events", changes)
         self.services.register_trigger_type("stream:join", "A client joined a stream subscription", join)
         self.services.register_trigger_type("stream:leave", "A client left a stream subscription", leave)

@@ -10,6 +10,12 @@ queue here instead of racing in the store's optimistic retry loop.
 Ours: ``stream::update`` on a custom stream without ``stream::update(NAME)`` composes custom get → ops → custom
 set under a per-item lock (ST1); a custom delete answering ``null`` means ``{old_value: null}`` (ST2).
 
+Ours (issue #8): the engine remembers every stream a worker has served (any ``stream::<op>(NAME)`` registered by a
+worker, plus the ``custom_streams`` setting). While no worker serves such a stream, every op on it (get, set,
+update, delete, list, list_groups, send and the socket's sync) fails with ``stream_unavailable`` instead of
+silently using the engine's own store, whose data is not the worker's; it works again as soon as a worker
+registers the stream again. ``fallback=True`` (setting ``custom_stream_fallback``) keeps production's fallback.
+
 Example:
     >>> sorted(f.id for f in StreamFunctions.__new__(StreamFunctions).builtins())[:3]
     ['stream::delete', 'stream::get', 'stream::list']
@@ -17,8 +23,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
 
 from iii.stream import (
     StreamDeleteInput,
@@ -40,6 +46,8 @@ from .stream_triggers import StreamTriggers
 __all__ = ["StreamFunctions"]
 
 _ITEM = {"stream_name": {"type": "string"}, "group_id": {"type": "string"}, "item_id": {"type": "string"}}
+CUSTOM_OPS: Final = ("get", "set", "delete", "list", "list_groups", "update")
+UNAVAILABLE: Final = "stream_unavailable"
 
 
 def _schema(required: list[str], **extra: Any) -> dict[str, Any]:
@@ -52,14 +60,62 @@ def _custom_id(op: str, stream_name: str) -> str:
     return f"stream::{op}({stream_name})"
 
 
+def served_stream(function_id_rest: str) -> str | None:
+    """The stream name of a custom stream function id without its ``stream::`` head, else ``None``.
+
+    Example:
+        >>> served_stream("list_groups(a(b))"), served_stream("list_all"), served_stream("nope(x)")
+        ('a(b)', None, None)
+    """
+    op, sep, rest = function_id_rest.partition("(")
+    return rest[:-1] if sep and op in CUSTOM_OPS and rest.endswith(")") else None
+
+
 class StreamFunctions:
     """The stream built-ins over one store; also the custom-aware reads the client socket's ``sync`` needs."""
 
-    def __init__(self, services: EngineServices, store: Backend, triggers: StreamTriggers) -> None:
+    def __init__(self, services: EngineServices, store: Backend, triggers: StreamTriggers, *,
+                 fallback: bool = False, served: Iterable[str] = ()) -> None:
         self.services = services
         self.store = store
         self.triggers = triggers
+        self.fallback = fallback
+        self._served: set[str] = set(served)  # streams a worker served: never silently the engine's store
+        self._seen_stream_functions = -1
         self._locks = KeyedLocks()
+
+    def follow_registrations(self) -> None:
+        """Learn of every custom stream a worker registers, even one gone before any call (engines that tell)."""
+        listen = getattr(self.services, "add_functions_listener", None)
+        if listen is not None:
+            listen(self._functions_changed)
+        self._functions_changed()
+
+    def _functions_changed(self) -> None:
+        # The registry indexes worker functions by service ("stream" → {"get(NAME)", …}); looking at that set
+        # only when it grew keeps a registration burst of unrelated functions cheap. Called synchronously on
+        # every change, so a worker that registers and vanishes at once is still seen.
+        service = getattr(getattr(self.services, "registry", None), "services", {}).get("stream")
+        names: set[str] = getattr(service, "functions", set())
+        if len(names) <= self._seen_stream_functions:
+            self._seen_stream_functions = len(names)
+            return
+        self._seen_stream_functions = len(names)
+        for rest in names:
+            name = served_stream(rest)
+            if name is not None:
+                self._served.add(name)
+
+    def _no_fallback(self, stream_name: str) -> None:
+        """Refuse the engine's store for a stream that a worker served, while no worker serves it."""
+        if self.fallback or stream_name not in self._served:
+            return
+        if any(self.services.has_function(_custom_id(op, stream_name)) for op in CUSTOM_OPS):
+            return  # a worker serves the stream, just not this op: production semantics (the engine's store)
+        raise EngineError(UNAVAILABLE, f"stream {stream_name!r} is served by a worker (create_stream) and its "
+                          "serving worker is gone; refusing the engine's own store, which does not hold its data "
+                          "(it works again when a worker registers the stream; custom_stream_fallback: true "
+                          "restores the fallback)")
 
     def builtins(self) -> list[BuiltinFunction]:
         """Every ``stream::*`` built-in, ready to register."""
@@ -87,7 +143,10 @@ class StreamFunctions:
 
     def _custom(self, op: str, stream_name: str) -> str | None:
         function_id = _custom_id(op, stream_name)
-        return function_id if self.services.has_function(function_id) else None
+        if not self.services.has_function(function_id):
+            return None
+        self._served.add(stream_name)  # also for engines without a registration listener
+        return function_id
 
     async def _invoke(self, function_id: str, payload: Any, code: str, action: str) -> Any:
         try:
@@ -131,6 +190,7 @@ class StreamFunctions:
         if custom is not None:
             return await self.services.invoke(
                 custom, {"stream_name": stream_name, "group_id": group_id, "item_id": item_id})
+        self._no_fallback(stream_name)
         try:
             return await self.store.get(StreamGetInput(stream_name=stream_name, group_id=group_id, item_id=item_id))
         except Exception as exc:
@@ -141,6 +201,7 @@ class StreamFunctions:
         custom = self._custom("list", stream_name)
         if custom is not None:
             return await self.services.invoke(custom, {"stream_name": stream_name, "group_id": group_id})
+        self._no_fallback(stream_name)
         try:
             return await self.store.list(StreamListInput(stream_name=stream_name, group_id=group_id))
         except Exception as exc:
@@ -162,6 +223,7 @@ class StreamFunctions:
         custom = self._custom("list_groups", name)
         if custom is not None:
             return await self.services.invoke(custom, {"stream_name": name})
+        self._no_fallback(name)
         try:
             return await self.store.list_groups(StreamListGroupsInput(stream_name=name))
         except Exception as exc:
@@ -188,6 +250,7 @@ class StreamFunctions:
             answer = self._result(custom, await self._invoke(custom, payload, "STREAM_SET_ERROR", "set"),
                                   "STREAM_SET_ERROR", required="new_value")
             return await self._changed(s, g, i, answer.get("old_value"), answer["new_value"])
+        self._no_fallback(s)
         try:
             result = await self.store.set(StreamSetInput(stream_name=s, group_id=g, item_id=i, data=value))
         except Exception as exc:
@@ -205,6 +268,7 @@ class StreamFunctions:
             old = None if answer is None else self._result(custom, answer, "STREAM_DELETE_ERROR",
                                                            required=None).get("old_value")
         else:
+            self._no_fallback(s)
             try:
                 old = (await self.store.delete(StreamDeleteInput(stream_name=s, group_id=g, item_id=i))).old_value
             except Exception as exc:
@@ -231,6 +295,7 @@ class StreamFunctions:
         get_id, set_id = self._custom("get", s), self._custom("set", s)
         if get_id is not None and set_id is not None:
             return await self._compose(s, g, i, ops, get_id, set_id)
+        self._no_fallback(s)
         # the ops are already validated: skip re-validating them into models (backends accept parsed ops)
         request = StreamUpdateInput.model_construct(stream_name=s, group_id=g, item_id=i, ops=ops)  # type: ignore[arg-type]
         try:
@@ -256,6 +321,7 @@ class StreamFunctions:
         f = Fields("stream::send", data)
         s, g, item = f.text("stream_name"), f.text("group_id"), f.optional_text("id")
         event = custom_event(s, g, item, f.text("type"), f.value("data", required=False))
+        self._no_fallback(s)  # its subscribers follow the worker's store, not the engine's
         self.triggers.dispatch(event)
         try:
             await self.store.publish(event)
