@@ -9,6 +9,13 @@ is written to ``request_body`` and closed at once for every request (M6).
 ``default_timeout`` bounds the wait for the response to start (the function's result or the first body chunk);
 once a streamed body has started it runs until the handler closes its writer.
 
+Every request body is received whole before the handler runs and before the request takes a concurrency slot,
+so a client that sends headers and then nothing (or trickles) holds no slot: it gets 408 after
+``body_timeout``. A body over ``max_body_bytes`` is 413 (at once when Content-Length says so, else as soon as
+the count crosses the limit) and the handler never sees it. Bodies held in memory across all requests are capped
+by ``max_buffered_bytes``; a body that does not fit is 503 at once. ``header_timeout`` closes connections that do
+not complete their headers in time (slow-header clients, idle keep-alive connections).
+
 ``engine.module("http_api").port`` is the bound port (useful with ``port: 0``).
 
 Example (engine configuration):
@@ -23,10 +30,10 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from iii.iii_types import TriggerInfo
 from iii.wire import dumps, loads
@@ -38,13 +45,71 @@ from .http_settings import ApiSettings
 
 log = logging.getLogger("iii_engine.http_api")
 
-MAX_JSON_BODY = 64 * 1024 * 1024  # JSON bodies are read whole to be parsed; other bodies are streamed
-_BODY_CHUNK = 64 * 1024
+# After refusing a body (413/408/503) the rest of it is read and dropped for at most this long, so a client that
+# only reads the answer once it has sent everything still gets it; longer would also hold up shutdown.
+LINGER_S = 2.0
 _STREAM_HEADER_SKIP = frozenset({"transfer-encoding", "connection", "keep-alive"})
 
 
 class _Timeout(Exception):
     """The request outlived ``default_timeout``."""
+
+
+class _Refused(Exception):
+    """The request cannot be served as sent; ``status`` and the message go back to the client."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+class BodyBudget:
+    """Bytes of request bodies held in memory, across all requests; a claim that does not fit fails at once.
+
+    Failing instead of waiting keeps partly received bodies from waiting on each other until their deadlines.
+
+    Example:
+        >>> budget = BodyBudget(10)
+        >>> budget.try_take(8), budget.try_take(3), budget.used
+        (True, False, 8)
+        >>> budget.give(8); budget.used
+        0
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+
+    def try_take(self, size: int) -> bool:
+        """Claim ``size`` bytes if they fit under the capacity."""
+        if self.used + size > self.capacity:
+            return False
+        self.used += size
+        return True
+
+    def give(self, size: int) -> None:
+        """Return ``size`` bytes claimed earlier."""
+        self.used -= size
+
+
+class _Claim:
+    """One request's share of the :class:`BodyBudget`, returned in one go when the request ends."""
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self._budget = budget
+        self.size = 0
+
+    def add(self, size: int) -> None:
+        if not self._budget.try_take(size):
+            raise _Refused(503, f"request bodies in memory would exceed {self._budget.capacity} bytes "
+                                f"(max_buffered_bytes); retry later", {"Retry-After": "1"})
+        self.size += size
+
+    def release(self) -> None:
+        self._budget.give(self.size)
+        self.size = 0
 
 
 def _json_response(status: int, body: Any, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -85,11 +150,6 @@ def _error_response(message: str) -> web.Response:
     return _json_response(500, {"error": message, "error_id": error_id})
 
 
-async def _client_chunks(request: web.BaseRequest) -> AsyncIterator[bytes]:
-    async for chunk in request.content.iter_chunked(_BODY_CHUNK):
-        yield chunk
-
-
 class _HttpTriggers:
     """The ``http`` trigger type: installs and removes routes."""
 
@@ -127,9 +187,16 @@ class RestApiModule(EngineModule):
         self.routes = RouteTable()
         self._runner: web.ServerRunner | None = None
         self._limit: asyncio.Semaphore | None = None
+        self._budget = BodyBudget(self.settings.max_buffered_bytes)
         self._background: set[asyncio.Task[Any]] = set()
         self.port = self.settings.port
         self.in_flight = 0  # requests holding a concurrency permit (ours; tests and metrics read it)
+        self.receiving = 0  # requests whose body is still arriving (they hold no permit)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of request bodies currently held in memory (bounded by ``max_buffered_bytes``)."""
+        return self._budget.used
 
     @property
     def base_url(self) -> str:
@@ -141,7 +208,10 @@ class RestApiModule(EngineModule):
         """Register the ``http`` trigger type and open the HTTP listener."""
         self._limit = asyncio.Semaphore(self.settings.concurrency_request_limit)
         self.services.register_trigger_type("http", "HTTP API trigger", _HttpTriggers(self.routes))
-        server = web.Server(self._handle, access_log=None)
+        # aiohttp's keep-alive timer also runs from the moment a connection opens and closes it if the request
+        # headers are still incomplete when it fires: exactly a header deadline.
+        server = web.Server(self._handle, access_log=None, keepalive_timeout=self.settings.header_timeout_ms / 1000,
+                            lingering_time=LINGER_S)
         runner = web.ServerRunner(server, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.host, self.settings.port)
@@ -176,22 +246,70 @@ class RestApiModule(EngineModule):
                 return web.Response(status=403, text="CORS request not allowed")
             return web.Response(status=200, headers=headers)
         cors_headers = cors.headers(origin, False, None)
-        assert self._limit is not None
-        async with self._limit:
-            self.in_flight += 1
-            try:
-                return await self._dispatch(request, cors_headers)
-            finally:
-                self.in_flight -= 1
-
-    async def _dispatch(self, request: web.BaseRequest, cors: dict[str, str]) -> web.StreamResponse:
         match = self.routes.match(request.method, request.raw_path.split("?", 1)[0])
         if match is None:
-            return web.Response(status=404, text="Not Found", headers=cors)
+            return web.Response(status=404, text="Not Found", headers=cors_headers)
+        assert self._limit is not None
+        claim = _Claim(self._budget)
+        try:
+            self.receiving += 1
+            try:
+                raw = await self._receive(request, claim)
+            finally:
+                self.receiving -= 1
+            async with self._limit:  # only now: a slow client's wait for its body holds no slot
+                self.in_flight += 1
+                try:
+                    return await self._dispatch(request, match, raw, cors_headers)
+                finally:
+                    self.in_flight -= 1
+        except _Refused as exc:
+            log.info("HTTP %s %s refused with %d: %s", request.method, request.path, exc.status, exc.message)
+            response = _json_response(exc.status, {"error": exc.message}, {**exc.headers, **cors_headers})
+            response.force_close()  # the rest of the body (if any) is not wanted; do not reuse the connection
+            return response
+        finally:
+            claim.release()
+
+    async def _receive(self, request: web.BaseRequest, claim: _Claim) -> bytearray:
+        """The whole request body, within ``max_body_bytes``, ``body_timeout`` and the memory budget.
+
+        A stated Content-Length over the limit is refused before one body byte is read, and its bytes are
+        claimed up front; a chunked body is counted (and claimed) as it arrives and refused once past the limit.
+        """
+        limit = self.settings.max_body_bytes
+        length = request.content_length
+        if length is not None and length > limit:
+            raise _Refused(413, f"request body of {length} bytes is larger than the limit of {limit} bytes")
+        if length is not None:
+            claim.add(length)
+        if request.version == HttpVersion11 and request.headers.get("Expect", "").lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        body = bytearray()
+        timeout_ms = self.settings.body_timeout_ms
+        try:
+            async with asyncio.timeout(timeout_ms / 1000):
+                while chunk := await request.content.readany():
+                    if len(body) + len(chunk) > limit:
+                        raise _Refused(413, f"request body is larger than the limit of {limit} bytes")
+                    if length is None:
+                        claim.add(len(chunk))
+                    body += chunk
+        except TimeoutError:
+            raise _Refused(408, f"request body not received within {timeout_ms} ms (body_timeout); got "
+                                f"{len(body)} bytes") from None
+        except (_Refused, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # the client dropped or broke the framing: never hand on a partial body
+            raise _Refused(400, f"request body incomplete after {len(body)} bytes: {exc!r}") from None
+        return body
+
+    async def _dispatch(self, request: web.BaseRequest, match: RouteMatch, raw: bytearray,
+                        cors: dict[str, str]) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.default_timeout_ms / 1000
         try:
-            response = await self._run(request, match, deadline)
+            response = await self._run(request, match, raw, deadline)
         except EngineError as exc:
             response = _error_response(f"{exc.code}: {exc.message}")
         except _Timeout:
@@ -214,17 +332,13 @@ class RestApiModule(EngineModule):
             "trigger": {"type": "http", "path": route.registered_path, "method": route.method},
         }
 
-    async def _run(self, request: web.BaseRequest, match: RouteMatch, deadline: float) -> web.StreamResponse:
+    async def _run(self, request: web.BaseRequest, match: RouteMatch, raw: bytearray,
+                   deadline: float) -> web.StreamResponse:
         route = match.route
-        content_type = request.headers.get("Content-Type", "")
-        raw: bytes | None = None
         body: Any = None
-        if "application/json" in content_type.lower():
-            raw = await request.content.read(MAX_JSON_BODY + 1)
-            if len(raw) > MAX_JSON_BODY:
-                return _json_response(413, {"error": f"JSON body larger than {MAX_JSON_BODY} bytes"})
+        if raw and "application/json" in request.headers.get("Content-Type", "").lower():
             with contextlib.suppress(ValueError):
-                body = loads(raw) if raw else None
+                body = loads(bytes(raw))
         payload = self._request_object(request, match, body)
         if route.condition_function_id is not None:
             passed = await self._before(deadline, self.services.condition_passes(route.condition_function_id,
@@ -237,8 +351,7 @@ class RestApiModule(EngineModule):
         payload["response"] = response_channel["writer"]
         relay = self._local_relay()
         engine_url = "" if relay is not None else self._engine_url()
-        upload = self._spawn(write_body(engine_url, request_channel["writer"],
-                                        raw if raw is not None else _client_chunks(request), relay))
+        upload = self._spawn(write_body(engine_url, request_channel["writer"], raw, relay))
         reader = ResponseChannel(engine_url, response_channel["reader"], relay)
         first = self._spawn(reader.first_chunk())
         call = self._spawn(self.services.invoke(route.function_id, payload,

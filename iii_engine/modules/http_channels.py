@@ -98,7 +98,7 @@ def _why(exc: ConnectionClosed) -> str:
     return f"closed with code {exc.rcvd.code}" + (f": {exc.rcvd.reason}" if exc.rcvd.reason else "")
 
 
-async def write_body(engine_url: str, ref: Mapping[str, Any], body: bytes | AsyncIterator[bytes],
+async def write_body(engine_url: str, ref: Mapping[str, Any], body: bytes | bytearray | AsyncIterator[bytes],
                      relay: Any = None) -> None:
     """Write a request body into the ``request_body`` channel, then close it (end of stream).
 
@@ -112,8 +112,9 @@ async def write_body(engine_url: str, ref: Mapping[str, Any], body: bytes | Asyn
     ws = await _connect(engine_url, ref, relay)
     try:
         if isinstance(body, bytes | bytearray):
+            view = memoryview(body)  # one copy per frame, whichever buffer type came in
             for start in range(0, len(body), CHUNK_SIZE):
-                await ws.send(body[start:start + CHUNK_SIZE])
+                await ws.send(bytes(view[start:start + CHUNK_SIZE]))
         else:
             try:
                 async for chunk in body:

@@ -5,6 +5,16 @@ allowed_methods}`` (absent → permissive) and ``concurrency_request_limit`` (10
 production does. ``host`` defaults to ``127.0.0.1`` (production binds ``0.0.0.0``): an embedded engine should not
 be reachable from the network unless asked to.
 
+Our own keys (production does not know them, so a configuration using them is for this engine only), all about
+clients that send too much or too slowly:
+
+- ``max_body_bytes`` (64 MiB): a larger request body is refused with 413 before the handler runs.
+- ``body_timeout`` (ms, 30 000): the whole body must arrive within this after the headers, else 408.
+- ``header_timeout`` (ms, 30 000): a connection must complete its request headers within this after it opened
+  (or after its previous response), else it is closed. This also closes idle keep-alive connections.
+- ``max_buffered_bytes`` (256 MiB, at least ``max_body_bytes``): request bodies held in memory across all
+  requests; a body that would go over it is refused with 503 at once rather than waited for.
+
 Example:
     >>> s = ApiSettings.parse({"port": 0, "cors": {"allowed_origins": ["https://app.example"]}})
     >>> s.port, s.default_timeout_ms, s.cors.allowed_origins
@@ -13,7 +23,8 @@ Example:
     Traceback (most recent call last):
     ...
     iii_engine.modules.http_settings.ApiSettingsError: REST API settings: unknown key 'prot' (allowed: \
-concurrency_request_limit, cors, default_timeout, host, port)
+body_timeout, concurrency_request_limit, cors, default_timeout, header_timeout, host, max_body_bytes, \
+max_buffered_bytes, port)
 """
 
 from __future__ import annotations
@@ -26,8 +37,13 @@ DEFAULT_PORT = 3111
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_TIMEOUT_MS = 30_000
 DEFAULT_CONCURRENCY = 1024
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+DEFAULT_BODY_TIMEOUT_MS = 30_000
+DEFAULT_HEADER_TIMEOUT_MS = 30_000
+DEFAULT_MAX_BUFFERED_BYTES = 256 * 1024 * 1024
 
-_KEYS = frozenset({"port", "host", "default_timeout", "cors", "concurrency_request_limit"})
+_KEYS = frozenset({"port", "host", "default_timeout", "cors", "concurrency_request_limit", "max_body_bytes",
+                   "body_timeout", "header_timeout", "max_buffered_bytes"})
 _CORS_KEYS = frozenset({"allowed_origins", "allowed_methods"})
 
 
@@ -101,6 +117,10 @@ class ApiSettings:
     default_timeout_ms: int = DEFAULT_TIMEOUT_MS
     cors: CorsSettings = field(default_factory=CorsSettings)
     concurrency_request_limit: int = DEFAULT_CONCURRENCY
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    body_timeout_ms: int = DEFAULT_BODY_TIMEOUT_MS
+    header_timeout_ms: int = DEFAULT_HEADER_TIMEOUT_MS
+    max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any] | None) -> ApiSettings:
@@ -124,10 +144,20 @@ class ApiSettings:
             methods = _str_list(cors_raw.get("allowed_methods"), "allowed_methods")
             cors = CorsSettings(_str_list(cors_raw.get("allowed_origins"), "allowed_origins"),
                                 tuple(m.upper() for m in methods) if methods is not None else None)
+        max_body = _int(raw, "max_body_bytes", DEFAULT_MAX_BODY_BYTES, 1)
+        # The default budget grows with a larger body limit, so raising only max_body_bytes stays valid.
+        buffered = _int(raw, "max_buffered_bytes", max(DEFAULT_MAX_BUFFERED_BYTES, max_body), 1)
+        if buffered < max_body:
+            raise ApiSettingsError(f"REST API settings: max_buffered_bytes ({buffered}) must be at least "
+                                   f"max_body_bytes ({max_body}), or no body of the allowed size could be held")
         return cls(
             port=_int(raw, "port", DEFAULT_PORT, 0),
             host=host,
             default_timeout_ms=_int(raw, "default_timeout", DEFAULT_TIMEOUT_MS, 1),
             cors=cors,
             concurrency_request_limit=_int(raw, "concurrency_request_limit", DEFAULT_CONCURRENCY, 1),
+            max_body_bytes=max_body,
+            body_timeout_ms=_int(raw, "body_timeout", DEFAULT_BODY_TIMEOUT_MS, 1),
+            header_timeout_ms=_int(raw, "header_timeout", DEFAULT_HEADER_TIMEOUT_MS, 1),
+            max_buffered_bytes=buffered,
         )
