@@ -121,3 +121,23 @@ def test_pool_options_are_checked() -> None:
         RedisStream.from_url("redis://127.0.0.1:1/0", max_connections=0)
     with pytest.raises(ValueError, match="pool_timeout must be a positive number"):
         RedisStream.from_url("redis://127.0.0.1:1/0", pool_timeout=-1)
+
+
+async def test_state_layout_scopes_and_keys_never_meet() -> None:
+    """Guard (already true before issue #8): ``state:<scope>`` with the key as field is injective as it is."""
+    url = require_redis()
+    layout = KeyLayout(f"trust{uuid.uuid4().hex[:10]}", per_stream=False)  # the state layout, private prefix
+    pairs = [(scope, key) for scope in NAMES[::5] for key in NAMES[1::5]]
+    async with RedisStream.from_url(url, layout=layout, publish_events=False) as store:
+        try:
+            await asyncio.gather(*(store.set(StreamSetInput(stream_name="x", group_id=scope, item_id=key,
+                                                            data=[scope, key])) for scope, key in pairs))
+            got = await asyncio.gather(*(store.get(StreamGetInput(stream_name="y", group_id=scope, item_id=key))
+                                         for scope, key in pairs))
+            assert got == [[scope, key] for scope, key in pairs]
+            groups = await store.list_groups(StreamListGroupsInput(stream_name="z"))
+            assert sorted(groups) == sorted({scope for scope, _ in pairs})
+        finally:
+            keys = [k async for k in store.client.scan_iter(match=f"{layout.prefix}:*", count=1000)]
+            if keys:
+                await store.client.delete(*keys)
