@@ -8,7 +8,7 @@ URL) wins over ``adapter`` when both are given:
 (and ``modules::state::adapters::KvStore``)   keeps the data in SQLite at ``<file_path>/iii_<kind>.sqlite3``
 ``…::adapters::RedisAdapter``                 :class:`~iii_streams.RedisStream` on ``redis_url``
                                               (default ``redis://localhost:6379``)
-``…::adapters::Bridge``                       refused: not implemented by this engine
+``…::adapters::Bridge``                       a remote engine's store (:mod:`~iii_engine.modules.bridge_stores`)
 ============================================  ==================================================================
 
 The state module's Redis store (through ``RedisAdapter`` or a ``redis://`` ``store_url``) uses the production
@@ -22,11 +22,12 @@ itself; the state module has no event feed and opens its store with ``publish_ev
 Example:
     >>> type(open_module_store("stream", {})).__name__
     'MemoryStream'
-    >>> open_module_store("state", {"adapter": {"class": "modules::state::adapters::Bridge"}})
+    >>> open_module_store("state", {"adapter": {"class": "modules::state::adapters::Bridge",
+    ...                                         "config": {"bridge_url": "http://x"}}})
     Traceback (most recent call last):
     ...
-    iii_engine.modules.stream_store.StoreConfigError: state store: adapter class \
-modules::state::adapters::Bridge is not supported by this engine (use KvStore, RedisAdapter or store_url)
+    iii_engine.modules.stream_store.StoreConfigError: state store: bridge_url: engine URL 'http://x' has scheme \
+'http'; expected ws:// or wss://
 """
 
 from __future__ import annotations
@@ -128,7 +129,11 @@ def open_module_store(kind: Kind, config: Mapping[str, Any], *, publish_events: 
                                    f"got {redis_url!r}")
         return _open_url(kind, redis_url, publish_events)
     if short == "Bridge":
-        raise StoreConfigError(f"{kind} store: adapter class {class_name} is not supported by this engine "
-                               "(use KvStore, RedisAdapter or store_url)")
+        from .bridge_stores import open_bridge_store  # the data lives on a remote engine
+
+        try:
+            return open_bridge_store(kind, class_name, settings)
+        except ValueError as exc:
+            raise StoreConfigError(str(exc)) from None
     raise StoreConfigError(f"{kind} store: unknown adapter class {class_name!r} (expected {prefix}KvStore, "
                            f"{prefix}RedisAdapter or a store_url)")

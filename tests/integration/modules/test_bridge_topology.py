@@ -1,0 +1,368 @@
+"""The bridge topology as real processes started from config files alone: ``iii-engine --config
+tests/fixtures/bridge-back.yaml`` and ``… bridge-front.yaml`` on free ports. The front's state and stream modules
+keep their data on the back (Bridge adapters); its bridge client module forwards, exposes and invokes.
+
+Checked: the production SDK tests' state and stream matrix (bridge.md §4) through the front answers exactly as
+the back does directly, with our SDK and with the reference SDK; stream socket clients of the front get change
+events; the front survives a restart of the back and, while the back is down, fails fast with an error naming it;
+bad bridge settings stop the engine start with one line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+
+from iii import III
+from iii.errors import InvocationError
+from tests.conftest import ROOT, EngineProcess
+from tests.fixtures.refworker import ref_worker
+from tests.integration.modules.test_reference_config import free_port
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
+BACK, FRONT = FIXTURES / "bridge-back.yaml", FIXTURES / "bridge-front.yaml"
+StartEngine = Callable[..., Awaitable[EngineProcess]]
+
+
+def run_matrix(call: Any, stamp: int) -> dict[str, Any]:
+    """The upstream bridge-state / bridge-stream cases; ``call(function_id, payload)`` is a blocking SDK call.
+
+    Also sent verbatim to the reference SDK (no imports, no helpers from outside this function).
+    """
+    out: dict[str, Any] = {}
+    scope, key = "bridge-test-scope", "bridge-test-item"
+    item = {"stream_name": "bridge-test-stream", "group_id": "bridge-test-group", "item_id": "bridge-test-item"}
+
+    def reset() -> None:
+        for function_id, payload in (("state::delete", {"scope": scope, "key": key}), ("stream::delete", item)):
+            try:
+                call(function_id, payload)
+            except Exception:
+                pass
+
+    def state(op: str, **payload: Any) -> Any:
+        return call("state::" + op, payload)
+
+    def stream(op: str, **payload: Any) -> Any:
+        return call("stream::" + op, {**item, **payload})
+
+    reset()
+    out["set_new"] = state("set", scope=scope, key=key, value={"name": "Test Item", "value": 42})
+    out["stream_set_new"] = stream("set", data={"name": "Test Item", "value": 42})
+    reset()
+    state("set", scope=scope, key=key, value={"value": 1})
+    stream("set", data={"value": 1})
+    out["set_twice"] = state("set", scope=scope, key=key, value={"value": 2, "updated": True})
+    out["stream_set_twice"] = stream("set", data={"value": 2, "updated": True})
+    out["get"] = state("get", scope=scope, key=key)
+    out["stream_get"] = stream("get")
+    out["get_missing"] = state("get", scope=scope, key="non-existent-item")
+    out["stream_get_missing"] = call("stream::get", {**item, "item_id": "non-existent-item"})
+    out["delete"] = state("delete", scope=scope, key=key)
+    out["stream_delete"] = stream("delete")
+    out["get_after_delete"] = state("get", scope=scope, key=key)
+    out["stream_get_after_delete"] = stream("get")
+    out["delete_missing"] = state("delete", scope=scope, key="non-existent")
+    out["stream_delete_missing"] = call("stream::delete", {**item, "item_id": "non-existent"})
+    list_scope, list_group = f"bridge-state-{stamp}", f"bridge-stream-{stamp}"
+    for n in (1, 2, 3):
+        state("set", scope=list_scope, key=f"state-item{n}", value={"id": n, "value": n * 10})
+        call("stream::set", {"stream_name": "bridge-test-stream", "group_id": list_group,
+                             "item_id": f"stream-item{n}", "data": {"id": n, "value": n * 10}})
+    out["list"] = sorted(state("list", scope=list_scope), key=lambda v: v["id"])
+    out["stream_list"] = sorted(call("stream::list", {"stream_name": "bridge-test-stream", "group_id": list_group}),
+                                key=lambda v: v["id"])
+    out["list_groups_has_scope"] = list_scope in state("list_groups")["groups"]
+    out["stream_list_groups_has_group"] = list_group in call("stream::list_groups",
+                                                             {"stream_name": "bridge-test-stream"})
+    out["update"] = state("update", scope=list_scope, key="state-item1",
+                          ops=[{"type": "increment", "path": "value", "by": 5}])
+    return out
+
+
+EXPECTED: dict[str, Any] = {
+    "set_new": {"old_value": None, "new_value": {"name": "Test Item", "value": 42}},
+    "stream_set_new": {"old_value": None, "new_value": {"name": "Test Item", "value": 42}},
+    "set_twice": {"old_value": {"value": 1}, "new_value": {"value": 2, "updated": True}},
+    "stream_set_twice": {"old_value": {"value": 1}, "new_value": {"value": 2, "updated": True}},
+    "get": {"value": 2, "updated": True},
+    "stream_get": {"value": 2, "updated": True},
+    "get_missing": None,
+    "stream_get_missing": None,
+    "delete": {"value": 2, "updated": True},
+    "stream_delete": {"old_value": {"value": 2, "updated": True}},
+    "get_after_delete": None,
+    "stream_get_after_delete": None,
+    "delete_missing": None,
+    "stream_delete_missing": {"old_value": None},
+    "list": [{"id": n, "value": n * 10} for n in (1, 2, 3)],
+    "stream_list": [{"id": n, "value": n * 10} for n in (1, 2, 3)],
+    "list_groups_has_scope": True,
+    "stream_list_groups_has_group": True,
+    "update": {"old_value": {"id": 1, "value": 10}, "new_value": {"id": 1, "value": 15}},
+}
+
+
+class Topology:
+    """Ports and processes of one back + front pair."""
+
+    def __init__(self, start: StartEngine, back_port: int, front_port: int, front_streams: int) -> None:
+        self.start = start
+        self.back_port, self.front_port, self.front_streams = back_port, front_port, front_streams
+        self.back: EngineProcess | None = None
+        self.front: EngineProcess | None = None
+
+    @property
+    def back_url(self) -> str:
+        return f"ws://127.0.0.1:{self.back_port}"
+
+    @property
+    def front_url(self) -> str:
+        return f"ws://127.0.0.1:{self.front_port}"
+
+    async def start_back(self) -> EngineProcess:
+        self.back = await self.start("--config", str(BACK), "--port", str(self.back_port))
+        return self.back
+
+    async def start_front(self) -> EngineProcess:
+        self.front = await self.start("--config", str(FRONT), "--port", str(self.front_port))
+        return self.front
+
+    async def kill_back(self) -> None:
+        assert self.back is not None
+        self.back.process.kill()
+        await self.back.process.wait()
+
+
+@pytest.fixture
+async def topology(engine_process: StartEngine, monkeypatch: pytest.MonkeyPatch) -> Topology:
+    back_port, front_port, front_streams = free_port(), free_port(), free_port()
+    monkeypatch.setenv("BRIDGE_BACK_PORT", str(back_port))
+    monkeypatch.setenv("BRIDGE_BACK_STREAMS_PORT", str(free_port()))
+    monkeypatch.setenv("BRIDGE_FRONT_STREAMS_PORT", str(front_streams))
+    monkeypatch.setenv("III_BIND_HOST", "127.0.0.1")
+    monkeypatch.delenv("III_URL", raising=False)
+    topo = Topology(engine_process, back_port, front_port, front_streams)
+    await topo.start_back()
+    await topo.start_front()
+    return topo
+
+
+async def our_client(url: str) -> III:
+    client = III(url)
+    await client.connect_async()
+    return client
+
+
+async def call(client: III, function_id: str, payload: Any, timeout_ms: int = 10_000) -> Any:
+    return await client.trigger_async({"function_id": function_id, "payload": payload, "timeout_ms": timeout_ms})
+
+
+async def until_bridged(client: III, wait_s: float = 15.0) -> None:
+    """Return once a state call through the front succeeds (each failed attempt fails fast by itself)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            await call(client, "state::get", {"scope": "bridge-probe", "key": "k"})
+            return
+        except InvocationError:
+            if time.monotonic() > deadline:
+                raise
+
+
+async def test_state_and_stream_matrix_through_the_front_equals_the_back(topology: Topology) -> None:
+    front, back = await our_client(topology.front_url), await our_client(topology.back_url)
+    try:
+        await until_bridged(front)
+
+        def blocking(client: III) -> Callable[[str, Any], Any]:
+            return lambda function_id, payload: client.trigger({"function_id": function_id, "payload": payload})
+
+        direct = await asyncio.to_thread(run_matrix, blocking(back), 1)
+        bridged = await asyncio.to_thread(run_matrix, blocking(front), 2)
+        assert direct == EXPECTED
+        assert bridged == EXPECTED
+        # the data really lives on the back: what the front wrote, the back reads
+        assert await call(back, "state::list", {"scope": "bridge-state-2"}) != []
+    finally:
+        await front.shutdown_async()
+        await back.shutdown_async()
+
+
+REF_MATRIX = "from typing import Any\n" + inspect.getsource(run_matrix) + r'''
+def ref_call(function_id, payload):
+    return iii.trigger({"function_id": function_id, "payload": payload})
+
+emit("matrix", out=run_matrix(ref_call, int(sys.argv[2])))
+serve()
+'''
+
+
+async def test_reference_sdk_matrix_through_the_front(topology: Topology, tmp_path: Path) -> None:
+    front = await our_client(topology.front_url)
+    try:
+        await until_bridged(front)
+    finally:
+        await front.shutdown_async()
+    async with ref_worker(tmp_path, topology.front_url, REF_MATRIX, str(int(time.time() * 1000))) as worker:
+        result = (await worker.event("matrix", wait_s=20))["out"]
+    assert result == json.loads(json.dumps(EXPECTED))
+
+
+async def test_front_socket_clients_get_change_events(topology: Topology) -> None:
+    front = await our_client(topology.front_url)
+    try:
+        await until_bridged(front)
+        async with websockets.connect(f"ws://127.0.0.1:{topology.front_streams}/") as ws:
+            await ws.send(json.dumps({"type": "join", "data": {"subscriptionId": "s1", "streamName": "ev",
+                                                               "groupId": "g"}}))
+            sync = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert sync["event"]["type"] == "sync"
+            await call(front, "stream::set", {"stream_name": "ev", "group_id": "g", "item_id": "1", "data": {"n": 1}})
+            event = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert (event["streamName"], event["groupId"], event["id"], event["event"]) == (
+                "ev", "g", "1", {"type": "create", "data": {"n": 1}})
+            await call(front, "stream::send", {"stream_name": "ev", "group_id": "g", "type": "ping",
+                                               "data": {"x": 1}})
+            custom = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert custom["event"] == {"type": "event", "event": {"type": "ping", "data": {"x": 1}}}
+    finally:
+        await front.shutdown_async()
+
+
+async def test_front_survives_a_restart_of_the_back(topology: Topology) -> None:
+    front = await our_client(topology.front_url)
+    try:
+        await until_bridged(front)
+        await call(front, "state::set", {"scope": "restart", "key": "k", "value": 1})
+        await topology.kill_back()
+
+        began = time.monotonic()
+        with pytest.raises(InvocationError) as down:
+            await call(front, "state::get", {"scope": "restart", "key": "k"}, timeout_ms=25_000)
+        took = time.monotonic() - began
+        assert down.value.code == "GET_ERROR"
+        assert down.value.message.startswith("Failed to get value: Failed to get value via bridge: remote engine "
+                                             f"{topology.back_url} unreachable")
+        assert took < 5.0, f"a call while the back is down took {took:.1f} s"
+        with pytest.raises(InvocationError) as write:
+            await call(front, "state::set", {"scope": "restart", "key": "late", "value": "x"}, timeout_ms=25_000)
+        assert write.value.code == "SET_ERROR" and topology.back_url in write.value.message
+
+        await topology.start_back()
+        began = time.monotonic()
+        await until_bridged(front, wait_s=15.0)
+        recovered = time.monotonic() - began
+        assert recovered < 10.0
+        # the back restarted empty, and the write that failed while it was down never ran there later
+        assert await call(front, "state::get", {"scope": "restart", "key": "late"}) is None
+        assert await call(front, "state::set", {"scope": "restart", "key": "k", "value": 2}) == {
+            "old_value": None, "new_value": 2}
+        # the stream event subscription was replayed on the new back too
+        async with websockets.connect(f"ws://127.0.0.1:{topology.front_streams}/") as ws:
+            await ws.send(json.dumps({"type": "join", "data": {"subscriptionId": "s", "streamName": "r",
+                                                               "groupId": "g"}}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["event"]["type"] == "sync"
+            await call(front, "stream::set", {"stream_name": "r", "group_id": "g", "item_id": "1", "data": 7})
+            event = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert event["event"] == {"type": "create", "data": 7}
+    finally:
+        await front.shutdown_async()
+
+
+async def test_bridge_client_invoke_forward_expose(topology: Topology) -> None:
+    front, back = await our_client(topology.front_url), await our_client(topology.back_url)
+    fired: asyncio.Queue[Any] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+    try:
+        back.register_function("back.echo", lambda data: {"echo": data})
+        back.register_function("back.fired", lambda data: loop.call_soon_threadsafe(fired.put_nowait, data))
+        front.register_function("front.local", lambda data: {"front_saw": data["n"]})
+        await back.list_functions_async()  # the registrations above reached the back
+        await front.list_functions_async()
+        await until_bridged(front)
+
+        invoked = await call(front, "bridge.invoke", {"function_id": "back.echo", "data": {"a": 1}})
+        # the back adds its caller's worker id to object payloads (as for any worker call)
+        assert invoked["echo"]["a"] == 1 and set(invoked["echo"]) <= {"a", "_caller_worker_id"}
+        forwarded = await call(front, "front.forwarded", {"b": 2})
+        assert forwarded["echo"]["b"] == 2
+        assert await call(front, "bridge.invoke_async", {"function_id": "back.fired", "data": {"c": 3}}) is None
+        assert (await asyncio.wait_for(fired.get(), 5))["c"] == 3
+
+        # the front offers front.local to the back as front.exposed (once its link has registered it)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert await call(back, "front.exposed", {"n": 5}) == {"front_saw": 5}
+                break
+            except InvocationError as exc:
+                if exc.code != "function_not_found" or time.monotonic() > deadline:
+                    raise
+
+        with pytest.raises(InvocationError) as missing:
+            await call(front, "bridge.invoke", {"function_id": "back.nothing", "timeout_ms": 2000})
+        assert missing.value.code == "bridge_error"
+        assert missing.value.message.startswith("remote error (function_not_found)")
+        with pytest.raises(InvocationError) as bad:
+            await call(front, "bridge.invoke", {"data": 1})
+        assert (bad.value.code, bad.value.message) == (
+            "deserialization_error", "Failed to parse invoke input: missing or non-string field `function_id`")
+
+        await topology.kill_back()
+        began = time.monotonic()
+        with pytest.raises(InvocationError) as down:
+            await call(front, "front.forwarded", {"b": 3}, timeout_ms=25_000)
+        assert down.value.code == "bridge_error" and topology.back_url in down.value.message
+        with pytest.raises(InvocationError) as down_async:
+            await call(front, "bridge.invoke_async", {"function_id": "back.fired"}, timeout_ms=25_000)
+        assert down_async.value.code == "bridge_error" and "unreachable" in down_async.value.message
+        assert time.monotonic() - began < 10.0
+    finally:
+        await front.shutdown_async()
+        await back.shutdown_async()
+
+
+@pytest.mark.parametrize(("setting", "expected"), [
+    ("forward:\n        - local_function: a\n", "forward[0] needs a non-empty string 'remote_function'"),
+    ("expose:\n        - remote_function: b\n", "expose[0] needs a non-empty string 'local_function'"),
+    ("url: http://nowhere\n", "'url': engine URL 'http://nowhere' has scheme 'http'"),
+])
+async def test_bad_bridge_settings_stop_the_start_with_one_line(tmp_path: Path, setting: str,
+                                                                expected: str) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("port: 0\nmodules:\n  - class: modules::bridge_client::BridgeClientModule\n    config:\n"
+                      f"      {setting}")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "iii_engine", "--config", str(config),
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                                                env=env, cwd=ROOT)
+    _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 1
+    lines = [line for line in err.decode().splitlines() if line.startswith("iii-engine:")]
+    assert len(lines) == 1, err.decode()
+    assert "modules::bridge_client::BridgeClientModule cannot start" in lines[0] and expected in lines[0]
+
+
+async def test_bad_bridge_adapter_url_stops_the_start(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("port: 0\nmodules:\n  - class: modules::state::StateModule\n    config:\n      adapter:\n"
+                      "        class: modules::state::adapters::Bridge\n        config:\n"
+                      "          bridge_url: localhost:1\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "iii_engine", "--config", str(config),
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                                                env=env, cwd=ROOT)
+    _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 1
+    assert "state store: bridge_url: engine URL 'localhost:1'" in err.decode()
