@@ -1,0 +1,53 @@
+"""The chaos suite sized down for CI (``bench/chaos``, ``--quick``): one test per scenario, every kind of fault
+kept, each test fails when any of its targets is missed and names the figures that missed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # bench/ is not installed: use the checkout
+
+from bench.chaos import Report, run_scenario
+from bench.chaos.increments_scenario import run as run_increments
+from tests.services import require_postgres, require_redis
+
+
+def assert_met(report: Report) -> None:
+    """Every target of ``report`` met, else a failure listing the missed ones with their details."""
+    measured = [f for f in report.figures if f.ok is not None]
+    assert measured, f"{report.scenario}: no target was measured"
+    missed = "\n".join(f"{f.name} = {f.value} {f.unit} (target {f.target}) {f.detail}" for f in report.failed)
+    assert not missed, f"{report.scenario} missed targets:\n{missed}"
+
+
+async def test_fuzz_quick(tmp_path: Path) -> None:
+    assert_met(await run_scenario("fuzz", True, tmp_path))
+
+
+async def test_channels_quick(tmp_path: Path) -> None:
+    assert_met(await run_scenario("channels", True, tmp_path))
+
+
+@pytest.mark.redis
+@pytest.mark.postgres
+@pytest.mark.parametrize(("store", "path"), [("memory", "engine"), ("redis", "direct"), ("redis", "engine"),
+                                             ("sqlite", "direct"), ("sqlite", "engine"),
+                                             ("postgres", "direct"), ("postgres", "engine")])
+async def test_increments_quick(tmp_path: Path, store: str, path: str) -> None:
+    # One store and path per test: each starts its own engine and racing processes, within the 30 s timeout.
+    require_redis()
+    require_postgres()
+    assert_met(await run_increments(True, tmp_path, paths=(path,), stores=(store,)))
+
+
+@pytest.mark.redis
+async def test_queue_quick(tmp_path: Path) -> None:
+    require_redis()
+    assert_met(await run_scenario("queue", True, tmp_path))
+
+
+async def test_rest_quick(tmp_path: Path) -> None:
+    assert_met(await run_scenario("rest", True, tmp_path))
