@@ -275,7 +275,8 @@ class RestApiModule(EngineModule):
         """The whole request body, within ``max_body_bytes``, ``body_timeout`` and the memory budget.
 
         A stated Content-Length over the limit is refused before one body byte is read, and its bytes are
-        claimed up front; a chunked body is counted (and claimed) as it arrives and refused once past the limit.
+        claimed up front; a chunked (or compressed) body is counted and claimed as it arrives, decoded, and
+        refused once past the limit.
         """
         limit = self.settings.max_body_bytes
         length = request.content_length
@@ -292,8 +293,8 @@ class RestApiModule(EngineModule):
                 while chunk := await request.content.readany():
                     if len(body) + len(chunk) > limit:
                         raise _Refused(413, f"request body is larger than the limit of {limit} bytes")
-                    if length is None:
-                        claim.add(len(chunk))
+                    # Beyond a stated length only if aiohttp decoded a Content-Encoding: memory is what counts.
+                    claim.add(max(0, len(body) + len(chunk) - claim.size))
                     body += chunk
         except TimeoutError:
             raise _Refused(408, f"request body not received within {timeout_ms} ms (body_timeout); got "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import hashlib
 import http.client
 import json
@@ -47,6 +48,7 @@ class Sink:
         self.engine = engine
         self.worker = worker
         self.invoked: list[str] = []
+        self.buffered_at_invoke: list[int] = []  # the module's body bytes in memory when each invocation came
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
@@ -54,6 +56,9 @@ class Sink:
             frame = json.loads(raw)
             if frame.get("type") == "invokefunction":
                 self.invoked.append(frame["data"]["query_params"].get("tag", ""))
+                module = self.engine.module("http_api")
+                assert isinstance(module, RestApiModule)
+                self.buffered_at_invoke.append(module.buffered_bytes)
                 task = asyncio.ensure_future(self._serve(frame))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -294,6 +299,24 @@ async def test_chunked_body_is_refused_as_soon_as_it_crosses_the_limit(site: Sta
     writer.close()
     await marker(module, sink, "after")
     assert sink.invoked == ["after"]
+
+
+async def test_compressed_bodies_are_limited_and_counted_by_their_decoded_size(site: Start) -> None:
+    """aiohttp decodes ``Content-Encoding: gzip``: the limit and the memory budget apply to what is decoded."""
+    _, module, sink = await site(max_body_bytes=LIMIT, max_buffered_bytes=LIMIT)
+    inside = os.urandom(1000) * 3000  # 3 MB decoded from far fewer bytes on the wire
+    bomb = gzip.compress(b"\0" * (70 * MiB))  # about 70 KB on the wire
+    async with httpx.AsyncClient(timeout=10) as hc:
+        ok = await hc.post(f"{module.base_url}/sink?tag=gz", content=gzip.compress(inside),
+                           headers={"Content-Encoding": "gzip"})
+        assert ok.status_code == 200
+        assert (ok.json()["n"], ok.json()["sha"]) == (len(inside), hashlib.sha256(inside).hexdigest())
+        assert sink.buffered_at_invoke[-1] >= len(inside)  # the budget counted the decoded bytes it holds
+        refused = await hc.post(f"{module.base_url}/sink?tag=bomb", content=bomb, headers={"Content-Encoding": "gzip"})
+        assert refused.status_code == 413, refused.text
+    await marker(module, sink, "after")
+    assert sink.invoked == ["gz", "after"]
+    assert module.buffered_bytes == 0
 
 
 # -- deadlines and slots -------------------------------------------------------------------------------------------
