@@ -2,7 +2,8 @@
 
 Production keys: top-level ``port`` and a ``modules:`` list of ``{class, config}`` entries naming production
 module classes. Strings may contain ``${VAR}`` or ``${VAR:default}``, expanded from the environment.
-Our keys (all optional): ``host``, ``invocation_timeout_ms`` (PROTOCOL §9.1 E7), ``max_message_size``,
+Our keys (all optional): ``host``, ``invocation_timeout_ms`` (PROTOCOL §9.1 E7), ``max_message_size`` (control
+socket, default 4 MiB), ``max_outbox_bytes`` (unread bytes per worker, default 16 MiB),
 ``functions_available_debounce_ms`` (E8) and ``channels: {production_mode, attach_timeout_s, max_message_size,
 max_channel_bytes, max_queued_bytes}`` (see :class:`ChannelSettings`).
 
@@ -28,6 +29,10 @@ from .modules.base import ModuleSpec
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 49134
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+# Control-socket frames are parsed whole on the event loop: 4 MiB bounds what one frame costs every other worker
+# (bulk data belongs in channels). The outbound bound is per worker connection (close code 1008 past it).
+DEFAULT_CONTROL_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+DEFAULT_MAX_OUTBOX_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_QUEUED_BYTES = 16 * 1024 * 1024  # same as iii_engine.channels.DEFAULT_MAX_QUEUED_BYTES
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
@@ -74,7 +79,8 @@ class EngineConfig:
     port: int = DEFAULT_PORT
     modules: list[ModuleSpec] | None = None
     invocation_timeout_ms: int | None = None
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    max_message_size: int = DEFAULT_CONTROL_MAX_MESSAGE_SIZE
+    max_outbox_bytes: int = DEFAULT_MAX_OUTBOX_BYTES
     functions_available_debounce_ms: int = 150
     channels: ChannelSettings = field(default_factory=ChannelSettings)
 
@@ -124,6 +130,13 @@ def _int(raw: Mapping[str, Any], key: str, default: int | None) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"'{key}' must be an integer, got {value!r}")
+    return value
+
+
+def _positive(raw: Mapping[str, Any], key: str, default: int) -> int:
+    value = _int(raw, key, default)
+    if value is None or value < 1:
+        raise ConfigError(f"'{key}' must be a positive integer, got {value!r}")
     return value
 
 
@@ -182,7 +195,8 @@ def config_from_mapping(raw: Mapping[str, Any]) -> EngineConfig:
         port=_int(raw, "port", DEFAULT_PORT) or 0,
         modules=_modules(raw.get("modules")),
         invocation_timeout_ms=_int(raw, "invocation_timeout_ms", None),
-        max_message_size=_int(raw, "max_message_size", DEFAULT_MAX_MESSAGE_SIZE) or DEFAULT_MAX_MESSAGE_SIZE,
+        max_message_size=_positive(raw, "max_message_size", DEFAULT_CONTROL_MAX_MESSAGE_SIZE),
+        max_outbox_bytes=_positive(raw, "max_outbox_bytes", DEFAULT_MAX_OUTBOX_BYTES),
         functions_available_debounce_ms=_int(raw, "functions_available_debounce_ms", 150) or 0,
         channels=_channels(raw.get("channels")),
     )

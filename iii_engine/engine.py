@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from collections.abc import Callable
@@ -34,7 +35,16 @@ from iii.iii_types import (
     UnregisterTriggerMessage,
     UnregisterTriggerTypeMessage,
 )
-from iii.wire import Ping, Telemetry, WireError, decode, dumps, loads
+from iii.wire import (
+    TELEMETRY_PREFIXES,
+    Ping,
+    Telemetry,
+    WireError,
+    decode_object,
+    dumps,
+    loads,
+    salvage_invocation,
+)
 
 from .channels import ChannelRelay
 from .config import EngineConfig
@@ -43,12 +53,21 @@ from .modules.base import BuiltinFunction, EngineError, EngineModule, TriggerTyp
 from .modules.catalogue import ModuleUnavailable, default_specs, resolve
 from .registry import FunctionEntry, Registry, TriggerEntry, TriggerTypeEntry
 from .server import Listener
-from .workers import Outbox, WorkerConnection
+from .workers import OVERFLOW_CLOSE_CODE, Outbox, WorkerConnection
 
 log = logging.getLogger("iii_engine")
 
 _PONG = '{"type":"pong"}'
 _LOWER_UUID_LEN = 36
+#: Frames longer than this are parsed in a worker thread (the Python-level depth walk then yields the GIL).
+OFFLOOP_PARSE_BYTES = 1024 * 1024
+_REASON_CLIP = 300
+_UNREAD_CLOSE_TIMEOUT_S = 2.0
+
+
+def clip_text(text: str, limit: int = _REASON_CLIP) -> str:
+    """``text`` cut to ``limit`` characters (reasons already quote input through :func:`iii.wire.clip`)."""
+    return text if len(text) <= limit else f"{text[:limit]}…({len(text)} chars)"
 
 
 def _normalise_id(obj: dict[str, Any]) -> bool:
@@ -307,7 +326,16 @@ class Engine:
 
     async def _serve_worker(self, ws: ServerConnection) -> None:
         remote = ws.remote_address
-        worker = WorkerConnection(outbox=Outbox(ws.send), ip_address=str(remote[0]) if remote else None)
+        limit = self.config.max_outbox_bytes
+        closing: list[asyncio.Task[None]] = []
+
+        def overflow(size: int) -> None:
+            log.warning("worker %s does not read what it is sent: %d bytes would be queued (max_outbox_bytes %d); "
+                        "closing with %d", worker.id, size, limit, OVERFLOW_CLOSE_CODE)
+            closing.append(asyncio.get_running_loop().create_task(_close_unread(ws, limit)))
+
+        worker = WorkerConnection(outbox=Outbox(ws.send, max_bytes=limit, on_overflow=overflow),
+                                  ip_address=str(remote[0]) if remote else None)
         self.workers[worker.id] = worker
         worker.post(dumps({"type": "workerregistered", "worker_id": worker.id}))
         log.info("worker %s connected from %s", worker.id, worker.ip_address)
@@ -330,42 +358,47 @@ class Engine:
         finally:
             await worker.outbox.close(flush=False)
             await self._cleanup(worker)
+            for task in closing:
+                await task
 
     async def _on_frame(self, worker: WorkerConnection, raw: str | bytes) -> None:
-        obj: Any = None
-        if type(raw) is str:
-            try:
-                obj = loads(raw)
-            except ValueError:
-                obj = None
-            if type(obj) is dict:
-                kind = obj.get("type")
-                if kind == "invokefunction" and _fast_invoke(obj):
-                    await self.invocations.handle_invoke(worker, obj)
-                    return
-                if kind == "invocationresult" and _fast_result(obj):
-                    self.invocations.handle_result(worker, obj)
-                    return
-                if kind == "ping":
-                    worker.post(_PONG)
-                    return
+        if type(raw) is not str and raw[:4] in TELEMETRY_PREFIXES:
+            await self._dispatch(worker, Telemetry(bytes(raw[:4]).decode(), bytes(raw[4:])), {})
+            return
         try:
-            msg = decode(raw, strict=True)
+            # Parsed once, under the one JSON policy. Big frames go to a thread so the depth walk can yield the
+            # GIL; awaiting it keeps this connection's frames in order.
+            obj = loads(raw) if len(raw) <= OFFLOOP_PARSE_BYTES else await asyncio.to_thread(loads, raw)
+        except ValueError as exc:
+            if not raw or raw.isspace():
+                return  # blank frames are ignored, as production does
+            self._reject(worker, WireError(f"invalid JSON: {exc}", **salvage_invocation(raw)))
+            return
+        if type(obj) is dict:
+            kind = obj.get("type")
+            if kind == "invokefunction" and _fast_invoke(obj):
+                await self.invocations.handle_invoke(worker, obj)
+                return
+            if kind == "invocationresult" and _fast_result(obj):
+                self.invocations.handle_result(worker, obj)
+                return
+            if kind == "ping":
+                worker.post(_PONG)
+                return
+        try:
+            msg = decode_object(obj, strict=True)
         except WireError as err:
             self._reject(worker, err)
             return
-        if msg is None:
-            return
-        if obj is None and isinstance(raw, bytes) and not isinstance(msg, Telemetry):
-            obj = loads(raw)
-        await self._dispatch(worker, msg, obj if type(obj) is dict else {})
+        await self._dispatch(worker, msg, obj)
 
     def _reject(self, worker: WorkerConnection, err: WireError) -> None:
         worker.dropped_frames += 1
-        log.warning("worker %s: dropped undecodable frame: %s", worker.id, err.reason)
+        # The reason may quote the sender's input: cap it so one frame cannot flood the log.
+        log.warning("worker %s: dropped undecodable frame: %s", worker.id, clip_text(err.reason))
         if err.message_type == "invokefunction" and err.invocation_id is not None:
             worker.post(result_frame(err.invocation_id, err.function_id or "", None,
-                                     error_body("invalid_message", err.reason)))
+                                     error_body("invalid_message", clip_text(err.reason, 1000))))
 
     async def _dispatch(self, worker: WorkerConnection, msg: Any, raw: dict[str, Any]) -> None:
         if isinstance(msg, InvokeFunctionMessage):

@@ -34,7 +34,7 @@ from iii.wire import dumps
 
 from .modules.base import EngineError, EngineModule, InvocationContext
 from .registry import FunctionEntry, Registry
-from .workers import WorkerConnection
+from .workers import WorkerConnection, frame_bytes
 
 log = logging.getLogger("iii_engine.invocations")
 
@@ -168,7 +168,7 @@ class Invocations:
         if self.timeout_ms:
             loop = asyncio.get_running_loop()
             pending.timer = loop.call_later(self.timeout_ms / 1000, self._expire, pending.invocation_id)
-        await callee.outbox.wait_for_room()
+        await callee.outbox.wait_for_room(frame_bytes(text))
         if not callee.post(text):
             self._finish(pending.invocation_id, None, error_body("channel_send_failed", "worker connection closed"))
 
@@ -231,7 +231,7 @@ class Invocations:
         caller.in_flight.discard(invocation_id)
         try:
             text = result_frame(invocation_id, entry.id, result, error)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:  # no JSON form, or outside the JSON policy (NaN, nesting)
             text = result_frame(invocation_id, entry.id, None, error_body(
                 "serialization_error", f"Failed to serialize result for {entry.id}: {exc}"))
         caller.post(text)

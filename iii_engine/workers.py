@@ -33,23 +33,51 @@ from typing import Any
 log = logging.getLogger("iii_engine.workers")
 
 OUTBOX_LIMIT = 64
+#: Bytes (UTF-8) a peer may leave unread in its queue, counting the frame being written; past it the peer is
+#: disconnected with :data:`OVERFLOW_CLOSE_CODE`.
+OUTBOX_MAX_BYTES = 16 * 1024 * 1024
+#: Close code for a peer that does not read what it is sent (1008, policy violation).
+OVERFLOW_CLOSE_CODE = 1008
+
+
+def frame_bytes(text: str) -> int:
+    """The UTF-8 size of a text frame (ASCII, the common case, without encoding it)."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 class Outbox:
-    """An ordered, non-blocking queue of text frames drained by one sender task."""
+    """An ordered, non-blocking queue of text frames drained by one sender task, bounded in frames and bytes.
 
-    def __init__(self, send: Callable[[str], Awaitable[None]], *, limit: int = OUTBOX_LIMIT) -> None:
+    ``limit`` frames is the soft bound: :meth:`wait_for_room` waits while it is reached (and while the next frame
+    would not fit in ``max_bytes``). ``max_bytes`` is the hard bound for frames posted without waiting: the frame
+    that would cross it is refused, the queue is emptied and ``on_overflow`` is called once (the engine then
+    disconnects the peer). A single frame larger than ``max_bytes`` is still accepted when nothing else is queued.
+    """
+
+    def __init__(self, send: Callable[[str], Awaitable[None]], *, limit: int = OUTBOX_LIMIT,
+                 max_bytes: int = OUTBOX_MAX_BYTES, on_overflow: Callable[[int], None] | None = None) -> None:
+        if limit < 1 or max_bytes < 1:
+            raise ValueError(f"Outbox limit and max_bytes must be positive, got {limit} and {max_bytes}")
         self._send = send
         self._limit = limit
-        self._items: deque[str] = deque()
+        self._max_bytes = max_bytes
+        self._on_overflow = on_overflow
+        self._items: deque[tuple[str, int]] = deque()
+        self._bytes = 0  # queued plus the frame being written
         self._ready = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
         self._closed = False
+        self.overflowed = False
         self._task = asyncio.get_running_loop().create_task(self._drain())
 
     def __len__(self) -> int:
         return len(self._items)
+
+    @property
+    def queued_bytes(self) -> int:
+        """UTF-8 bytes queued or being written."""
+        return self._bytes
 
     @property
     def closed(self) -> bool:
@@ -57,18 +85,38 @@ class Outbox:
         return self._closed
 
     def post(self, text: str) -> bool:
-        """Queue one frame; ``False`` if the connection is already closed."""
+        """Queue one frame; ``False`` if the connection is closed or this frame overflowed the byte bound."""
         if self._closed:
             return False
-        self._items.append(text)
+        size = frame_bytes(text)
+        if self._bytes and self._bytes + size > self._max_bytes:
+            self._overflow(size)
+            return False
+        self._items.append((text, size))
+        self._bytes += size
         self._ready.set()
         if len(self._items) >= self._limit:
             self._room.clear()
         return True
 
-    async def wait_for_room(self) -> None:
-        """Wait while the queue holds ``limit`` frames or more (returns at once when closed)."""
-        if len(self._items) >= self._limit and not self._closed:
+    def _overflow(self, size: int) -> None:
+        held = self._bytes
+        self._closed = True
+        self.overflowed = True
+        self._items.clear()  # release the memory now, not when the socket finally closes
+        self._bytes = 0
+        self._room.set()
+        self._ready.set()
+        if self._on_overflow is not None:
+            self._on_overflow(held + size)
+
+    def _full(self, size: int) -> bool:
+        return len(self._items) >= self._limit or (self._bytes > 0 and self._bytes + size > self._max_bytes)
+
+    async def wait_for_room(self, size: int = 0) -> None:
+        """Wait while ``limit`` frames are queued or a ``size``-byte frame would not fit (at once when closed)."""
+        while not self._closed and self._full(size):
+            self._room.clear()
             await self._room.wait()
 
     async def _drain(self) -> None:
@@ -76,10 +124,12 @@ class Outbox:
             while True:
                 await self._ready.wait()
                 while self._items:
-                    text = self._items.popleft()
+                    text, size = self._items.popleft()
                     if len(self._items) < self._limit:
                         self._room.set()
                     await self._send(text)
+                    self._bytes = max(0, self._bytes - size)
+                    self._room.set()
                 self._ready.clear()
                 if self._closed:
                     return
@@ -87,6 +137,7 @@ class Outbox:
             log.debug("outbound send failed: %r", exc)
             self._closed = True
             self._items.clear()
+            self._bytes = 0
             self._room.set()
 
     async def close(self, *, flush: bool = True) -> None:
@@ -96,6 +147,7 @@ class Outbox:
         self._ready.set()
         if not flush:
             self._items.clear()
+            self._bytes = 0
             self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._task
