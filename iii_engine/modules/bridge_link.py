@@ -31,7 +31,7 @@ from iii.connection import check_url
 from iii.errors import ConnectionLostError, InvocationError, ShuttingDownError
 from iii.iii import III
 from iii.iii_constants import InitOptions, ReconnectionConfig
-from iii.iii_types import TriggerActionVoid
+from iii.iii_types import TriggerActionEnqueue, TriggerActionVoid
 from iii.telemetry_types import OtelConfig
 from iii.triggers import Trigger
 
@@ -107,7 +107,8 @@ class BridgeLink:
             raise BridgeCallError(f"remote engine {self.url} unreachable ({exc})") from None
         return client
 
-    async def call(self, function_id: str, data: Any, *, timeout_ms: int | None = None) -> Any:
+    async def call(self, function_id: str, data: Any, *, timeout_ms: int | None = None,
+                   action: TriggerActionEnqueue | None = None) -> Any:
         """Invoke ``function_id`` on the remote and return its result (``None`` when it has none).
 
         Raises :class:`BridgeCallError` when the remote is unreachable, the call times out (default 30 s), the
@@ -116,7 +117,8 @@ class BridgeLink:
         client = await self._up()
         wait_ms = timeout_ms or DEFAULT_TIMEOUT_MS
         try:
-            return await client.trigger_async({"function_id": function_id, "payload": data, "timeout_ms": wait_ms})
+            return await client.trigger_async({"function_id": function_id, "payload": data, "timeout_ms": wait_ms,
+                                               "action": action})
         except TimeoutError:
             raise BridgeCallError(f"invocation timed out after {wait_ms} ms (remote engine {self.url}, "
                                   f"function {function_id})") from None
@@ -141,15 +143,17 @@ class BridgeLink:
         except ShuttingDownError:
             raise BridgeCallError(f"bridge to remote engine {self.url} is shut down") from None
 
-    def register_function(self, function_id: str, handler: Handler) -> None:
-        """Offer ``function_id`` to the remote; ``handler`` runs on the caller's (the engine's) event loop."""
+    def register_function(self, function_id: str, handler: Handler) -> Callable[[], None]:
+        """Offer ``function_id`` to the remote; ``handler`` runs on the caller's (the engine's) event loop.
+
+        Returns the callable that withdraws it."""
         client = self._running()
         engine_loop = asyncio.get_running_loop()
 
         async def on_link_loop(data: Any) -> Any:
             return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(handler(data), engine_loop))
 
-        client.register_function({"id": function_id}, on_link_loop)
+        return client.register_function({"id": function_id}, on_link_loop).unregister
 
     def register_trigger(self, trigger_type: str, function_id: str, config: Any) -> Trigger:
         """Bind a remote trigger to a function of this link; re-sent after every reconnect."""

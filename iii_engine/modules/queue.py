@@ -28,6 +28,7 @@ from iii.wire import dumps
 
 from .adapter_config import adapter_choice
 from .base import BuiltinFunction, BuiltinHandler, EngineError, EngineModule, EngineServices, InvocationContext
+from .bridge_queue import NO_DLQ, BridgeQueue, bridge_queue_url
 from .queue_consumer import JobNotReady, QueueConsumer, QueueSettings
 from .queue_store import Job, MemoryQueueStore, QueueStore
 
@@ -45,8 +46,8 @@ def open_store(config: Mapping[str, Any]) -> QueueStore:
         'MemoryQueueStore'
     """
     adapter = adapter_choice(config, BUILTIN_ADAPTER)
-    if adapter.class_name == BUILTIN_ADAPTER:
-        return MemoryQueueStore()
+    if adapter.class_name == BUILTIN_ADAPTER or bridge_queue_url(config) is not None:
+        return MemoryQueueStore()  # with the Bridge adapter the jobs live on the remote; this stays empty
     if adapter.class_name == REDIS_ADAPTER:
         url = adapter.redis_url()
         from .queue_redis import RedisQueueStore
@@ -91,6 +92,7 @@ class QueueModule(EngineModule):
         self._named: dict[str, QueueConsumer] = {}
         self._topics: dict[str, _Topic] = {}
         self._topic_of_trigger: dict[str, str] = {}
+        self.bridge: BridgeQueue | None = None
 
     async def start(self) -> None:
         """Open the store, start one consumer per configured queue, register functions and ``queue``."""
@@ -99,6 +101,10 @@ class QueueModule(EngineModule):
             raise ValueError("queue module: 'queue_configs' must be a mapping of queue name to settings")
         settings = {name: QueueSettings.from_named(name, cfg or {}) for name, cfg in configs.items()}
         self.store = open_store(self.config)
+        bridge_url = bridge_queue_url(self.config)
+        if bridge_url is not None:
+            self.bridge = BridgeQueue(self.services, bridge_url)
+            self.bridge.start()
         for name, queue_settings in settings.items():
             consumer = QueueConsumer(
                 self.store, NAMED_PREFIX + name, queue_settings, self._run_named, log=self.services.log
@@ -123,6 +129,8 @@ class QueueModule(EngineModule):
         """Stop every consumer (unfinished jobs go back to the store) and close the store."""
         for consumer in [*self._named.values(), *(t.consumer for t in self._topics.values())]:
             await consumer.stop()
+        if self.bridge is not None:
+            await self.bridge.close()
         await self.store.close()
 
     async def enqueue(self, queue_name: str, function_id: str, data: Any) -> str:
@@ -151,6 +159,8 @@ class QueueModule(EngineModule):
                     "enqueue_error", f"Queue '{queue_name}': message_group_field '{field_name}' must not be null"
                 )
             group = value if isinstance(value, str) else dumps(value)
+        if self.bridge is not None:
+            return await self.bridge.enqueue_named(queue_name, function_id, data)
         job = Job.new(consumer.queue, function_id, data, group)
         try:
             await self.store.push(consumer.queue, job)
@@ -169,6 +179,9 @@ class QueueModule(EngineModule):
         if not isinstance(topic, str) or not topic:
             self.services.log.warning("queue trigger %s has no topic; nothing subscribed", trigger.id)
             return
+        if self.bridge is not None:
+            await self.bridge.subscribe(trigger, topic)
+            return
         entry = self._topic(topic)
         if not entry.subscribers:
             # The first subscriber's queue_config shapes the topic queue.
@@ -179,6 +192,8 @@ class QueueModule(EngineModule):
 
     async def unregister(self, trigger: TriggerInfo) -> None:
         """Remove the subscription of ``trigger.id``; its topic's jobs wait for another subscriber."""
+        if self.bridge is not None:
+            self.bridge.unsubscribe(trigger.id)
         topic = self._topic_of_trigger.pop(trigger.id, None)
         if topic is not None:
             self._topics[topic].subscribers.pop(trigger.id, None)
@@ -225,6 +240,9 @@ class QueueModule(EngineModule):
         topic = data.get("topic")
         if not isinstance(topic, str) or not topic:
             raise EngineError("topic_not_set", "Topic is not set")
+        if self.bridge is not None:
+            await self.bridge.enqueue_topic(topic, data.get("data"))
+            return
         entry = self._topic(topic)
         group = "" if entry.consumer.settings.fifo else None
         job = Job.new(entry.consumer.queue, None, data.get("data"), group)
@@ -233,6 +251,9 @@ class QueueModule(EngineModule):
 
     def _resolve(self, function_id: str, data: Any, key: str) -> tuple[str, QueueConsumer]:
         name = _text_arg(function_id, data, key)
+        if self.bridge is not None:  # the dead letters live on the remote
+            action = "redrive DLQ" if function_id == "iii::queue::redrive" else "handle DLQ message"
+            raise EngineError("redrive_failed", f"Failed to {action} for queue '{name}': {NO_DLQ}")
         consumer = self._named.get(name)
         if consumer is None and name in self._topics:
             consumer = self._topics[name].consumer

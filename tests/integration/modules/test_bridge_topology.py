@@ -366,3 +366,49 @@ async def test_bad_bridge_adapter_url_stops_the_start(tmp_path: Path) -> None:
     _, err = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 1
     assert "state store: bridge_url: engine URL 'localhost:1'" in err.decode()
+
+
+async def test_queue_bridge_topic_and_named_enqueue_run_through_the_back(topology: Topology) -> None:
+    front, back = await our_client(topology.front_url), await our_client(topology.back_url)
+    loop = asyncio.get_running_loop()
+    topic_jobs: asyncio.Queue[Any] = asyncio.Queue()
+    named_jobs: asyncio.Queue[Any] = asyncio.Queue()
+    try:
+        front.register_function("front.job", lambda data: loop.call_soon_threadsafe(topic_jobs.put_nowait, data))
+        front.register_trigger({"type": "queue", "function_id": "front.job", "config": {"topic": "jobs"}})
+        back.register_function("back.job", lambda data: loop.call_soon_threadsafe(named_jobs.put_nowait, data))
+        await front.list_functions_async()
+        await back.list_functions_async()
+        await until_bridged(front)
+
+        # the front's queue trigger is mirrored on the back once its link registered it
+        deadline = time.monotonic() + 10
+        while not any(t.trigger_type == "queue" and (t.config or {}).get("topic") == "jobs"
+                      for t in await back.list_triggers_async()):
+            assert time.monotonic() < deadline, "the front's queue trigger never reached the back"
+            await back.list_functions_async()  # one round trip to the back between looks
+        assert await call(front, "enqueue", {"topic": "jobs", "data": {"n": 1}}) is None
+        assert (await asyncio.wait_for(topic_jobs.get(), 10)) == {"n": 1}
+
+        receipt = await front.trigger_async(
+            {"function_id": "back.job", "payload": {"m": 2}, "action": {"type": "enqueue", "queue": "bridged"}})
+        assert isinstance(receipt["messageReceiptId"], str)
+        assert (await asyncio.wait_for(named_jobs.get(), 10))["m"] == 2
+
+        with pytest.raises(InvocationError) as unknown:
+            await front.trigger_async({"function_id": "back.job", "payload": {},
+                                       "action": {"type": "enqueue", "queue": "nope"}})
+        assert "Queue 'nope' not found" in unknown.value.message
+        with pytest.raises(InvocationError) as dlq:
+            await call(front, "iii::queue::redrive", {"queue": "bridged"})
+        assert (dlq.value.code, dlq.value.message) == (
+            "redrive_failed", "Failed to redrive DLQ for queue 'bridged': Bridge queue adapter does not support DLQ "
+            "operations")
+
+        await topology.kill_back()
+        with pytest.raises(InvocationError) as down:
+            await call(front, "enqueue", {"topic": "jobs", "data": {"n": 2}}, timeout_ms=25_000)
+        assert down.value.code == "enqueue_error" and topology.back_url in down.value.message
+    finally:
+        await front.shutdown_async()
+        await back.shutdown_async()
