@@ -362,8 +362,8 @@ class Engine:
                 await task
 
     async def _on_frame(self, worker: WorkerConnection, raw: str | bytes) -> None:
-        if type(raw) is not str and raw[:4] in TELEMETRY_PREFIXES:
-            await self._dispatch(worker, Telemetry(bytes(raw[:4]).decode(), bytes(raw[4:])), {})
+        if isinstance(raw, bytes) and raw[:4] in TELEMETRY_PREFIXES:
+            await self._dispatch(worker, Telemetry(raw[:4].decode(), raw[4:]), {})
             return
         try:
             # Parsed once, under the one JSON policy. Big frames go to a thread so the depth walk can yield the
