@@ -1,7 +1,12 @@
-"""``iii-engine [--host H] [--port P] [--config FILE] [--stream-store URL] [--log-level L]``.
+"""``iii-engine [--host H] [--port P] [--config FILE] [--stream-store URL] [--log-level L] [--allow-degraded]``.
 
 Prints ``iii engine listening on ws://host:port`` on stdout once it accepts workers (tests wait for that line)
 and stops cleanly on SIGINT/SIGTERM.
+
+When it cannot start it prints one line ``iii-engine: <why>`` on stderr and exits with 2 for a usage error (bad
+flag, bad configuration file) or 1 for a start-up failure (a port taken, a configured module that cannot start);
+nothing it had started is left running. Log records of a failed start-up below WARNING are dropped (shown with
+``--log-level DEBUG``), so the reason is not buried under "listening" lines of listeners already closed again.
 
 Example:
     >>> parse_args(["--port", "0"]).port
@@ -16,27 +21,48 @@ import dataclasses
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from logging.handlers import MemoryHandler
 
-from .config import DEFAULT_HOST, DEFAULT_PORT, ConfigError, EngineConfig, load_config
+from iii_streams.messages import OneLineParser, mask_passwords
+
+from .config import DEFAULT_HOST, DEFAULT_PORT, MAX_PORT, ConfigError, EngineConfig, load_config
 from .engine import Engine
-from .modules.base import ModuleSpec
+from .modules.base import EngineStartError, ModuleSpec, ModuleStartError
 from .modules.catalogue import default_specs
 
+PROG = "iii-engine"
 READY_PREFIX = "iii engine listening on "
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# Log records held back while the engine starts (past this many they are written out as they come).
+STARTUP_LOG_RECORDS = 1000
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"must be an integer between 0 and {MAX_PORT}, got {text!r}")
+    return port
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse the command line."""
-    parser = argparse.ArgumentParser(prog="iii-engine", description="Run the embedded iii engine.")
+    """Parse the command line (a usage error prints one line and exits with status 2)."""
+    parser = OneLineParser(prog=PROG, description="Run the embedded iii engine.")
     parser.add_argument("--host", default=None, help=f"interface to bind (default {DEFAULT_HOST}; "
                                                       "use 0.0.0.0 for all interfaces)")
-    parser.add_argument("--port", type=int, default=None, help=f"worker port (default {DEFAULT_PORT}; 0 = any)")
+    parser.add_argument("--port", type=_port, default=None, help=f"worker port (default {DEFAULT_PORT}; 0 = any)")
     parser.add_argument("--config", default=None, help="production-format YAML configuration file")
     parser.add_argument("--stream-store", default=None, metavar="URL",
                         help="the stream module's own store: memory://, redis://…, sqlite+aiosqlite:///…, "
                              "postgresql+asyncpg://… (default: the configured adapter, in memory)")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
+                        help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    parser.add_argument("--allow-degraded", action="store_true", default=None,
+                        help="start even when a configured module cannot (it is logged as not available); "
+                             "without it such a module stops the start-up")
     return parser.parse_args(argv)
 
 
@@ -56,8 +82,11 @@ def with_stream_store(config: EngineConfig, url: str) -> EngineConfig:
     return dataclasses.replace(config, modules=specs)
 
 
-async def run(config: EngineConfig) -> None:
-    """Run an engine until SIGINT/SIGTERM."""
+async def run(config: EngineConfig, on_started: Callable[[], None] | None = None) -> None:
+    """Run an engine until SIGINT/SIGTERM; ``on_started`` is called once it accepts workers.
+
+    Raises :class:`~iii_engine.modules.base.EngineStartError` when it cannot start (nothing is left running).
+    """
     engine = Engine(config=config)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -65,28 +94,65 @@ async def run(config: EngineConfig) -> None:
         loop.add_signal_handler(sig, stop.set)
     await engine.start()
     try:
+        if on_started is not None:
+            on_started()
         print(f"{READY_PREFIX}{engine.url}", flush=True)
         await stop.wait()
     finally:
         await engine.stop()
 
 
+class _StartupLog:
+    """Holds log records back while the engine starts: written out once it runs, mostly dropped if it fails."""
+
+    def __init__(self, level: str) -> None:
+        self.level = logging.getLevelName(level)
+        self.output = logging.StreamHandler(sys.stderr)
+        self.output.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.held = MemoryHandler(STARTUP_LOG_RECORDS, flushLevel=logging.CRITICAL + 1, target=self.output)
+        root = logging.getLogger()
+        root.setLevel(self.level)
+        root.addHandler(self.held)
+        if self.level > logging.DEBUG:
+            logging.getLogger("alembic").setLevel(logging.WARNING)  # plugin set-up chatter on every import
+
+    def started(self) -> None:
+        """Write out what was held and log directly from now on."""
+        root = logging.getLogger()
+        root.removeHandler(self.held)
+        self.held.flush()
+        root.addHandler(self.output)
+
+    def failed(self) -> None:
+        """Write out only the warnings and errors of the failed start-up (everything at DEBUG)."""
+        logging.getLogger().removeHandler(self.held)
+        keep = logging.DEBUG if self.level <= logging.DEBUG else logging.WARNING
+        for record in self.held.buffer:
+            if record.levelno >= keep:
+                self.output.handle(record)
+        self.held.buffer.clear()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit status."""
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config) if args.config else EngineConfig()
     except ConfigError as exc:
-        print(f"iii-engine: {exc}", file=sys.stderr)
+        print(f"{PROG}: {mask_passwords(str(exc))}", file=sys.stderr)
         return 2
-    config = config.with_overrides(host=args.host, port=args.port)
+    config = config.with_overrides(host=args.host, port=args.port, allow_degraded=args.allow_degraded)
     if args.stream_store:
         config = with_stream_store(config, args.stream_store)
+    log = _StartupLog(args.log_level)
     try:
-        asyncio.run(run(config))
-    except OSError as exc:
-        print(f"iii-engine: cannot listen on {config.host}:{config.port}: {exc.strerror}", file=sys.stderr)
+        asyncio.run(run(config, on_started=log.started))
+    except EngineStartError as exc:
+        log.failed()
+        hint = " (to start without it: --allow-degraded)" if isinstance(exc, ModuleStartError) else ""
+        print(f"{PROG}: {exc}{hint}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
+        log.failed()
+        return 130
     return 0

@@ -4,8 +4,9 @@ Production keys: top-level ``port`` and a ``modules:`` list of ``{class, config}
 module classes. Strings may contain ``${VAR}`` or ``${VAR:default}``, expanded from the environment.
 Our keys (all optional): ``host``, ``invocation_timeout_ms`` (PROTOCOL §9.1 E7), ``max_message_size`` (control
 socket, default 4 MiB), ``max_outbox_bytes`` (unread bytes per worker, default 16 MiB),
-``functions_available_debounce_ms`` (E8) and ``channels: {production_mode, attach_timeout_s, max_message_size,
-max_channel_bytes, max_queued_bytes}`` (see :class:`ChannelSettings`).
+``functions_available_debounce_ms`` (E8), ``allow_degraded`` (start even when a configured module cannot; see
+:class:`EngineConfig`) and ``channels: {production_mode, attach_timeout_s, max_message_size, max_channel_bytes,
+max_queued_bytes}`` (see :class:`ChannelSettings`).
 
 Example:
     >>> cfg = parse_config("port: ${PORT:5000}\\nmodules:\\n  - class: modules::queue::QueueModule\\n", env={})
@@ -28,6 +29,7 @@ from .modules.base import ModuleSpec
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 49134
+MAX_PORT = 65535
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024 * 1024
 # Control-socket frames are parsed whole on the event loop: 4 MiB bounds what one frame costs every other worker
 # (bulk data belongs in channels). The outbound bound is per worker connection (close code 1008 past it).
@@ -70,6 +72,10 @@ class EngineConfig:
     ``modules`` is ``None`` for "the default module set" (as production does without a ``modules:`` list) and
     a list (possibly empty) for exactly those modules. The worker module is always loaded.
 
+    A configured module that cannot start (bad settings, store unreachable, port taken, not implemented by this
+    engine) stops the start-up with :class:`~iii_engine.modules.base.ModuleStartError`; ``allow_degraded=True``
+    starts without it instead (logged as a warning, listed in ``Engine.unavailable_modules``).
+
     Example:
         >>> EngineConfig(port=0, modules=[]).with_overrides(host="0.0.0.0").host
         '0.0.0.0'
@@ -83,10 +89,13 @@ class EngineConfig:
     max_outbox_bytes: int = DEFAULT_MAX_OUTBOX_BYTES
     functions_available_debounce_ms: int = 150
     channels: ChannelSettings = field(default_factory=ChannelSettings)
+    allow_degraded: bool = False
 
-    def with_overrides(self, *, host: str | None = None, port: int | None = None) -> EngineConfig:
-        """A copy with ``host``/``port`` replaced when given (command-line flags win over the file)."""
-        return replace(self, host=self.host if host is None else host, port=self.port if port is None else port)
+    def with_overrides(self, *, host: str | None = None, port: int | None = None,
+                       allow_degraded: bool | None = None) -> EngineConfig:
+        """A copy with ``host``/``port``/``allow_degraded`` replaced when given (flags win over the file)."""
+        return replace(self, host=self.host if host is None else host, port=self.port if port is None else port,
+                       allow_degraded=self.allow_degraded if allow_degraded is None else allow_degraded)
 
 
 def expand_env(value: Any, env: Mapping[str, str] | None = None) -> Any:
@@ -190,9 +199,16 @@ def config_from_mapping(raw: Mapping[str, Any]) -> EngineConfig:
     host = raw.get("host", DEFAULT_HOST)
     if not isinstance(host, str):
         raise ConfigError(f"'host' must be a string, got {host!r}")
+    port = _int(raw, "port", DEFAULT_PORT) or 0
+    if not 0 <= port <= MAX_PORT:
+        raise ConfigError(f"'port' must be between 0 and {MAX_PORT}, got {port}")
+    degraded = raw.get("allow_degraded", False)
+    if not isinstance(degraded, bool):
+        raise ConfigError(f"'allow_degraded' must be true or false, got {degraded!r}")
     return EngineConfig(
         host=host,
-        port=_int(raw, "port", DEFAULT_PORT) or 0,
+        port=port,
+        allow_degraded=degraded,
         modules=_modules(raw.get("modules")),
         invocation_timeout_ms=_int(raw, "invocation_timeout_ms", None),
         max_message_size=_positive(raw, "max_message_size", DEFAULT_CONTROL_MAX_MESSAGE_SIZE),

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import os
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -45,12 +46,20 @@ from iii.wire import (
     loads,
     salvage_invocation,
 )
+from iii_streams.messages import error_line
 
 from .channels import ChannelRelay
 from .config import EngineConfig
 from .invocations import Invocations, error_body, is_uuid, result_frame
-from .modules.base import BuiltinFunction, EngineError, EngineModule, TriggerTypeHandler
-from .modules.catalogue import ModuleUnavailable, default_specs, resolve
+from .modules.base import (
+    BuiltinFunction,
+    EngineError,
+    EngineModule,
+    EngineStartError,
+    ModuleStartError,
+    TriggerTypeHandler,
+)
+from .modules.catalogue import WORKER_MODULE, ModuleUnavailable, default_specs, resolve
 from .registry import FunctionEntry, Registry, TriggerEntry, TriggerTypeEntry
 from .server import Listener
 from .workers import OVERFLOW_CLOSE_CODE, Outbox, WorkerConnection
@@ -132,8 +141,8 @@ class Engine:
     """
 
     def __init__(self, *, host: str | None = None, port: int | None = None,
-                 config: EngineConfig | None = None) -> None:
-        self.config = (config or EngineConfig()).with_overrides(host=host, port=port)
+                 config: EngineConfig | None = None, allow_degraded: bool | None = None) -> None:
+        self.config = (config or EngineConfig()).with_overrides(host=host, port=port, allow_degraded=allow_degraded)
         self.log = log
         self.registry = Registry()
         self.workers: dict[str, WorkerConnection] = {}
@@ -173,33 +182,63 @@ class Engine:
         return f"ws://{host}:{self.port}"
 
     async def start(self) -> None:
-        """Load and start modules, then open the listener."""
+        """Bind the worker port, start the worker module and every configured module, then accept workers.
+
+        Fails fast: a port that cannot be bound raises :class:`EngineStartError`, a configured module that cannot
+        start raises :class:`ModuleStartError` (unless ``allow_degraded``: then it is logged and listed in
+        :attr:`unavailable_modules`). Before either propagates, everything already started is stopped and every
+        port released; the worker port refuses connections until start-up is complete.
+        """
         if self._started:
             return
         self._started = True
         self._stopping = asyncio.Event()
+        try:
+            await self._start_everything()
+        except BaseException:
+            await self.stop()
+            self.modules.clear()  # none of them runs: engine.module(...) must not hand out a stopped one
+            raise
+        log.info("iii engine listening on %s", self.url)
+
+    async def _start_everything(self) -> None:
+        # The worker port is bound first (not yet accepting): when it is taken, no module port gets held.
+        try:
+            await self._listener.start(serving=False)
+        except OSError as exc:
+            raise self._cannot_listen(exc) from exc
         from .modules.worker import WorkerModule
 
         worker_module = WorkerModule(self)
-        await self._start_module(worker_module)
+        try:
+            await self._start_module(worker_module)
+        except Exception as exc:
+            raise ModuleStartError(WORKER_MODULE, exc) from exc
         specs = self.config.modules if self.config.modules is not None else default_specs()
         for spec in specs:
             try:
                 cls = resolve(spec.class_name)
-            except ModuleUnavailable as exc:
-                self.unavailable_modules[spec.class_name] = str(exc)
-                log.warning("module %s not available: %s", spec.class_name, exc)
-                continue
-            try:
                 await self._start_module(cls(self, self._listener_defaults(cls, spec.config)))
             except Exception as exc:
-                self.unavailable_modules[spec.class_name] = f"failed to start: {exc!r}"
-                log.exception("module %s not available: failed to start", spec.class_name)
-        await self._listener.start()
+                failure = ModuleStartError(spec.class_name, exc)
+                if not self.config.allow_degraded:
+                    raise failure from exc
+                self.unavailable_modules[spec.class_name] = failure.reason
+                log.warning("module %s not available: %s", spec.class_name, failure.reason)
+                if not isinstance(exc, ModuleUnavailable):
+                    log.debug("module %s failed to start", spec.class_name, exc_info=exc)
+        try:
+            await self._listener.start_serving()
+        except OSError as exc:
+            raise self._cannot_listen(exc) from exc
         self._seen_version = self.registry.version
         worker_module.ready()
         self.ready.set()
-        log.info("iii engine listening on %s", self.url)
+
+    def _cannot_listen(self, exc: OSError) -> EngineStartError:
+        # asyncio repeats the address inside its message; the address is already in ours
+        reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else error_line(exc)
+        return EngineStartError(f"cannot listen on {self.config.host}:{self.config.port}: {reason}")
 
     def _listener_defaults(self, cls: type[EngineModule], settings: dict[str, Any]) -> dict[str, Any]:
         """A listening module binds where the engine binds unless told otherwise, and on a free port when the
@@ -213,7 +252,15 @@ class Engine:
         return merged
 
     async def _start_module(self, module: EngineModule) -> None:
-        await module.start()
+        try:
+            await module.start()
+        except BaseException:
+            # A module that failed half-way may already hold a port or a connection: give it a chance to let go.
+            try:
+                await module.stop()
+            except Exception:
+                log.debug("module %s: stop after a failed start raised", module.name, exc_info=True)
+            raise
         self.modules[module.name] = module
 
     async def stop(self) -> None:

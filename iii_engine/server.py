@@ -76,12 +76,14 @@ class Listener:
         port: int = self._server.sockets[0].getsockname()[1]
         return port
 
-    async def start(self) -> None:
-        """Bind and start accepting connections."""
+    async def start(self, *, serving: bool = True) -> None:
+        """Bind and start accepting connections (with ``serving=False`` only bind: connections are refused until
+        :meth:`start_serving`, so the port is taken before anything else starts)."""
         self._server = await serve(
             self._handle,
             self.host,
             self.requested_port,
+            start_serving=serving,
             compression=None,
             max_size=max(self.max_message_size, self.relay.max_message_size),  # narrowed per connection
             ping_interval=None,  # production never pings workers; it only answers pings
@@ -114,6 +116,12 @@ class Listener:
             await self.relay.serve(connection, route.channel_id, route.key, route.direction)
         else:
             await self._control(connection)
+
+    async def start_serving(self) -> None:
+        """Start accepting connections on the socket :meth:`start` bound."""
+        if self._server is None:
+            raise RuntimeError("the listener is not started")
+        await self._server.start_serving()
 
     async def close(self) -> None:
         """Stop accepting and close every connection (close code 1001)."""

@@ -1,28 +1,38 @@
 """``iii-streams``: command-line tools for the stream stores.
 
-``iii-streams migrate URL [--revision REV]`` applies the SQL schema migrations (SQLite or PostgreSQL);
-``iii-streams current URL`` prints the applied revision.
+``iii-streams migrate URL [--revision REV]`` applies the SQL schema migrations (SQLite or PostgreSQL; a missing
+SQLite file is created); ``iii-streams current URL`` prints the applied revision (``none`` for a database never
+migrated) and never creates anything.
+
+Every failure is one line on stderr, ``iii-streams: …``, with URL passwords masked: exit status 2 for a usage
+error (unknown command, unsupported URL), 1 when the work failed (database unreachable, missing package).
 
 Example:
     >>> main(["migrate", "sqlite+aiosqlite://"])
-    migrated sqlite+aiosqlite:// to 0001_stream_items
+    migrated sqlite+aiosqlite:// from none to 0001_stream_items
     0
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from sqlalchemy.ext.asyncio import create_async_engine
+from .messages import OneLineParser, error_line, mask_passwords
 
 __all__ = ["main"]
 
+PROG = "iii-streams"
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="iii-streams", description="Tools for iii stream stores.")
+
+class _Failure(Exception):
+    """A one-line reason the command failed (exit status 1)."""
+
+
+def _parser() -> OneLineParser:
+    parser = OneLineParser(prog=PROG, description="Tools for iii stream stores.")
     sub = parser.add_subparsers(dest="command", required=True)
     migrate = sub.add_parser("migrate", help="apply the SQL schema migrations to a database")
     migrate.add_argument("url", help="database URL, e.g. sqlite+aiosqlite:///streams.db or postgresql+asyncpg://…")
@@ -32,10 +42,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _current(url: str) -> str | None:
-    from .migrate import current_revision, normalize_url
+def _sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names (``None`` for an in-memory database or a server URL)."""
+    from sqlalchemy.engine import make_url
 
-    engine = create_async_engine(normalize_url(url))
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+async def _current(url: str) -> str | None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    from .migrate import current_revision
+
+    file = _sqlite_file(url)
+    if file is not None and not file.exists():
+        # connecting would create an empty file: a typo in the path must not leave one behind
+        raise _Failure(f"database file {file} does not exist")
+    engine = create_async_engine(url)
     try:
         async with engine.connect() as conn:
             return await conn.run_sync(current_revision)
@@ -43,19 +69,44 @@ async def _current(url: str) -> str | None:
         await engine.dispose()
 
 
+def _run(command: str, url: str, revision: str, shown: str) -> str:
+    """Do the work on ``url`` (shown to the user as ``shown``); returns the line to print."""
+    from .migrate import upgrade
+
+    if command == "current":
+        return asyncio.run(_current(url)) or "none"
+    before, after = asyncio.run(upgrade(url, revision))
+    if before == after:
+        return f"{shown} is already at {after or 'none'}"
+    return f"migrated {shown} from {before or 'none'} to {after}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``iii-streams`` console script; returns the exit status."""
-    from .migrate import migrate
-
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
     try:
-        if args.command == "migrate":
-            revision = asyncio.run(migrate(args.url, args.revision))
-            print(f"migrated {args.url} to {revision}")
-        else:
-            print(asyncio.run(_current(args.url)) or "none")
+        from .migrate import normalize_url  # needs the sql extra (SQLAlchemy, Alembic)
+
+        url = normalize_url(args.url)
+    except ModuleNotFoundError as exc:
+        print(f"{PROG}: {args.command} needs the sql extra: {error_line(exc)}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        revision = args.revision if args.command == "migrate" else "head"
+        print(_run(args.command, url, revision, shown=mask_passwords(args.url)))
+    except _Failure as exc:
+        print(f"{PROG}: {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: {args.command}: interrupted", file=sys.stderr)
+        return 130
     except Exception as exc:  # the command line wants one readable line, not a traceback
-        print(f"iii-streams {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        action = "migrate" if args.command == "migrate" else "read the revision of"
+        print(f"{PROG}: cannot {action} {mask_passwords(args.url)}: {error_line(exc)}", file=sys.stderr)
         return 1
     return 0
 

@@ -17,11 +17,19 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from .messages import mask_passwords
 from .schema import VERSION_TABLE
 
-__all__ = ["HEAD", "MIGRATIONS_DIR", "current_revision", "migrate", "normalize_url", "upgrade_connection"]
+__all__ = ["HEAD", "MIGRATIONS_DIR", "SQL_SCHEMES", "current_revision", "migrate", "normalize_url", "upgrade",
+           "upgrade_connection"]
 
 HEAD: Final = "head"
+
+# accepted URL schemes -> the async-driver scheme SQLAlchemy is given
+SQL_SCHEMES: Final[dict[str, str]] = {
+    "sqlite": "sqlite+aiosqlite", "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg", "postgresql+asyncpg": "postgresql+asyncpg",
+}
 
 
 def _find_migrations() -> Path:
@@ -38,17 +46,26 @@ MIGRATIONS_DIR: Final = _find_migrations()
 
 def normalize_url(url: str) -> str:
     """The async-driver form of a SQL URL (``sqlite://`` → ``sqlite+aiosqlite://``, ``postgresql://`` →
-    ``postgresql+asyncpg://``).
+    ``postgresql+asyncpg://``); any other scheme is a :class:`ValueError` naming the ones accepted.
 
     Example:
         >>> normalize_url("postgres://u@h/db")
         'postgresql+asyncpg://u@h/db'
+        >>> normalize_url("mysql://u:pw@h/db")
+        Traceback (most recent call last):
+        ...
+        ValueError: unsupported database URL scheme 'mysql' in 'mysql://u:***@h/db' (use sqlite+aiosqlite:///FILE \
+or postgresql+asyncpg://USER@HOST/DB)
     """
     scheme, sep, rest = url.partition("://")
-    if not sep:
-        raise ValueError(f"not a database URL: {url!r}")
-    mapped = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg"}
-    return f"{mapped.get(scheme.lower(), scheme)}://{rest}"
+    if not sep or not scheme:
+        raise ValueError(f"not a database URL: {mask_passwords(url)!r} (use sqlite+aiosqlite:///FILE or "
+                         "postgresql+asyncpg://USER@HOST/DB)")
+    mapped = SQL_SCHEMES.get(scheme.lower())
+    if mapped is None:
+        raise ValueError(f"unsupported database URL scheme {scheme!r} in {mask_passwords(url)!r} (use "
+                         "sqlite+aiosqlite:///FILE or postgresql+asyncpg://USER@HOST/DB)")
+    return f"{mapped}://{rest}"
 
 
 def _config(connection: Connection) -> Config:
@@ -77,11 +94,29 @@ async def migrate_with(target: AsyncEngine | AsyncConnection, revision: str = HE
         return await conn.run_sync(upgrade_connection, revision)
 
 
+async def upgrade(url: str, revision: str = HEAD) -> tuple[str | None, str | None]:
+    """Upgrade the database at ``url`` (``sqlite+aiosqlite:///…``, ``postgresql+asyncpg://…``) in one transaction;
+    returns ``(revision before, revision after)``, equal when there was nothing to do.
+
+    Example:
+        >>> import asyncio
+        >>> asyncio.run(upgrade("sqlite+aiosqlite://"))
+        (None, '0001_stream_items')
+    """
+
+    def run(connection: Connection) -> tuple[str | None, str | None]:
+        before = current_revision(connection)
+        return before, upgrade_connection(connection, revision)
+
+    engine = create_async_engine(normalize_url(url))
+    try:
+        async with engine.begin() as conn:
+            return await conn.run_sync(run)
+    finally:
+        await engine.dispose()
+
+
 async def migrate(url: str, revision: str = HEAD) -> str | None:
     """Upgrade the database at ``url`` (``sqlite+aiosqlite:///…``, ``postgresql+asyncpg://…``); returns the new
     revision."""
-    engine = create_async_engine(normalize_url(url))
-    try:
-        return await migrate_with(engine, revision)
-    finally:
-        await engine.dispose()
+    return (await upgrade(url, revision))[1]

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from iii.iii_types import TriggerInfo
+from iii_streams.messages import error_line, mask_passwords
 
 
 class EngineError(Exception):
@@ -45,6 +46,27 @@ class EngineError(Exception):
         if self.stacktrace is not None:
             out["stacktrace"] = self.stacktrace
         return out
+
+
+class EngineStartError(RuntimeError):
+    """The engine could not start; everything it had started is stopped again and every port released.
+
+    ``str()`` is one line, with URL passwords masked.
+    """
+
+
+class ModuleStartError(EngineStartError):
+    """A configured module could not start (bad settings, store unreachable, port taken, not implemented here).
+
+    Example:
+        >>> str(ModuleStartError("modules::stream::StreamModule", OSError(98, "Address already in use")))
+        'module modules::stream::StreamModule cannot start: Address already in use'
+    """
+
+    def __init__(self, module: str, cause: BaseException | str) -> None:
+        self.module = module
+        self.reason = mask_passwords(cause) if isinstance(cause, str) else error_line(cause)
+        super().__init__(f"module {module} cannot start: {self.reason}")
 
 
 @dataclass(frozen=True)

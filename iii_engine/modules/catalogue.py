@@ -2,18 +2,25 @@
 
 Each of our module files defines one :class:`EngineModule` subclass whose ``class_names`` lists the production
 names it stands for; the catalogue only records which file to look in, so module authors choose their own class
-names. Unknown or not yet implemented modules raise :class:`ModuleUnavailable`, which the engine reports once
-at start-up as "not available".
+names. Unknown or not yet implemented modules raise :class:`ModuleUnavailable`: a configured module the engine
+cannot load stops its start-up (``ModuleStartError``) unless degraded start is allowed, when it is reported once
+as "not available".
 
 Example:
     >>> resolve("modules::nothing::Here")
     Traceback (most recent call last):
     ...
     iii_engine.modules.catalogue.ModuleUnavailable: unknown module class 'modules::nothing::Here'
+    >>> resolve("modules::stream::StreamModul")
+    Traceback (most recent call last):
+    ...
+    iii_engine.modules.catalogue.ModuleUnavailable: unknown module class 'modules::stream::StreamModul' \
+(did you mean 'modules::stream::StreamModule'?)
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 from typing import Final
@@ -59,7 +66,9 @@ def resolve(class_name: str) -> type[EngineModule]:
     """Our :class:`EngineModule` subclass for a production class name."""
     file = CATALOGUE.get(class_name)
     if file is None:
-        raise ModuleUnavailable(f"unknown module class {class_name!r}")
+        near = difflib.get_close_matches(class_name, list(CATALOGUE), n=1, cutoff=0.8)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ModuleUnavailable(f"unknown module class {class_name!r}{hint}")
     try:
         module = importlib.import_module(f"iii_engine.modules.{file}")
     except ModuleNotFoundError as exc:

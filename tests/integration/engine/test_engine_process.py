@@ -45,7 +45,7 @@ async def test_process_reads_production_yaml_and_reports_unavailable_modules(
         "    config: {exporter: memory}\n"
         "  - class: modules::made_up::Thing\n"
     )
-    proc = await engine_process("--config", str(config), "--port", "0")
+    proc = await engine_process("--config", str(config), "--port", "0", "--allow-degraded")
     worker = await RawWorker.connect(proc.url)
     assert await worker.result_of("engine::functions::list", {}) == {"functions": []}
     await worker.close()

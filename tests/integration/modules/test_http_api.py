@@ -78,7 +78,7 @@ async def read_channel(engine: Engine, ref: dict[str, Any]) -> bytes:
 
 async def test_unknown_setting_keeps_the_module_from_starting() -> None:
     spec = ModuleSpec("modules::api::RestApiModule", {"port": 0, "prot": 3111})
-    async with Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[spec])) as engine:
+    async with Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[spec]), allow_degraded=True) as engine:
         assert engine.module("http_api") is None
         assert "unknown key 'prot'" in engine.unavailable_modules["modules::api::RestApiModule"]
 

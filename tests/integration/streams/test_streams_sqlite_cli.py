@@ -35,8 +35,9 @@ def test_console_script_entry_reports_errors_in_one_line(tmp_path: Path) -> None
         [sys.executable, "-m", "iii_streams.cli", "migrate", "mysql://nobody@nowhere/x"],
         capture_output=True, text=True, timeout=25,
     )
-    assert proc.returncode == 1
-    assert proc.stderr.startswith("iii-streams migrate: ") and "Traceback" not in proc.stderr
+    assert proc.returncode == 2  # an unsupported URL is a usage error
+    assert proc.stderr.startswith("iii-streams: unsupported database URL scheme 'mysql'")
+    assert "Traceback" not in proc.stderr
 
 
 async def test_sqlite_migrates_automatically_and_persists(tmp_path: Path) -> None:
