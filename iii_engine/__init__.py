@@ -8,6 +8,7 @@ Example:
 
 from .config import ConfigError, EngineConfig, load_config, parse_config
 from .engine import Engine
-from .modules.base import ModuleSpec
+from .modules.base import EngineStartError, ModuleSpec, ModuleStartError
 
-__all__ = ["ConfigError", "Engine", "EngineConfig", "ModuleSpec", "load_config", "parse_config"]
+__all__ = ["ConfigError", "Engine", "EngineConfig", "EngineStartError", "ModuleSpec", "ModuleStartError", "load_config",
+           "parse_config"]
