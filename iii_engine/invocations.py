@@ -32,7 +32,7 @@ from typing import Any
 
 from iii.wire import dumps
 
-from .modules.base import EngineError, EngineModule, InvocationContext
+from .modules.base import EngineError, EngineModule, InvocationContext, InvocationObserver
 from .registry import FunctionEntry, Registry
 from .workers import WorkerConnection, frame_bytes
 
@@ -98,6 +98,7 @@ class Pending:
     caller: WorkerConnection | None = None
     future: asyncio.Future[tuple[Any, Any]] | None = None
     timer: asyncio.TimerHandle | None = None
+    watch: Any = None  # the invocation observer's token, handed back when the result arrives
 
 
 class Invocations:
@@ -110,6 +111,8 @@ class Invocations:
         self.module = module
         self.timeout_ms = timeout_ms
         self.pending: dict[str, Pending] = {}
+        # Set by the observability module; None keeps the call path free of any telemetry work.
+        self.observer: InvocationObserver | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- worker-initiated calls ------------------------------------------------------------------------------
@@ -155,6 +158,12 @@ class Invocations:
         await self._route(pending, data, traceparent, baggage)
 
     async def _route(self, pending: Pending, data: Any, traceparent: str | None, baggage: str | None) -> None:
+        callee = pending.callee
+        if self.observer is not None:
+            pending.watch = self.observer.call_started(pending.function_id, traceparent, builtin=False,
+                                                       worker_id=callee.id)
+            # the worker's spans then nest inside the engine's span of this call
+            traceparent = self.observer.child_traceparent(pending.watch) or traceparent
         frame: dict[str, Any] = {"type": "invokefunction", "invocation_id": pending.invocation_id,
                                  "function_id": pending.function_id, "data": data}
         if traceparent is not None:
@@ -162,7 +171,6 @@ class Invocations:
         if baggage is not None:
             frame["baggage"] = baggage
         text = dumps(frame)
-        callee = pending.callee
         self.pending[pending.invocation_id] = pending
         callee.in_flight.add(pending.invocation_id)
         if self.timeout_ms:
@@ -194,6 +202,8 @@ class Invocations:
         if pending.timer is not None:
             pending.timer.cancel()
         pending.callee.in_flight.discard(invocation_id)
+        if pending.watch is not None and self.observer is not None:
+            self.observer.call_finished(pending.watch, error, builtin=False)
         caller = pending.caller
         if caller is not None:
             caller.in_flight.discard(invocation_id)
@@ -238,6 +248,16 @@ class Invocations:
 
     async def run_builtin(self, entry: FunctionEntry, data: Any, ctx: InvocationContext) -> tuple[Any, Any]:
         """Run a built-in; returns ``(result, error_body)``; never raises (except cancellation)."""
+        assert entry.builtin is not None
+        observer = self.observer
+        if observer is None:
+            return await self._run_builtin(entry, data, ctx)
+        watch = observer.call_started(entry.id, ctx.traceparent, builtin=True, worker_id=ctx.caller_worker_id)
+        outcome = await self._run_builtin(entry, data, ctx)
+        observer.call_finished(watch, outcome[1], builtin=True)
+        return outcome
+
+    async def _run_builtin(self, entry: FunctionEntry, data: Any, ctx: InvocationContext) -> tuple[Any, Any]:
         assert entry.builtin is not None
         try:
             return await entry.builtin.handler(data, ctx), None

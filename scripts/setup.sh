@@ -26,8 +26,9 @@ quiet_pip .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[a
 
 if [ "${1:-}" = "--with-reference" ]; then
   make_venv .ref-venv
-  if ! .ref-venv/bin/python -c 'import iii.iii' 2>/dev/null; then
-    quiet_pip .ref-venv/bin/python -m pip install -q --disable-pip-version-check 'iii-sdk==0.10.0'
+  # the otel extra lets the observability tests see the reference SDK's logs, spans and metrics
+  if ! .ref-venv/bin/python -P -c 'import iii.iii, opentelemetry.sdk' 2>/dev/null; then
+    quiet_pip .ref-venv/bin/python -m pip install -q --disable-pip-version-check 'iii-sdk[otel]==0.10.0'
   fi
-  .ref-venv/bin/python -c 'import iii.iii'
+  .ref-venv/bin/python -P -c 'import iii.iii, opentelemetry.sdk'
 fi

@@ -1,0 +1,582 @@
+"""``modules::observability::OtelModule``: keeps what workers report (spans, logs, metrics), records the engine's
+own call spans, and serves it all back through production's ``engine::*`` functions and the ``log`` trigger.
+
+Telemetry frames reach :meth:`OtelModule.ingest` from the worker socket; they are queued (bounded in frames and
+refused above ``max_frame_bytes``) and parsed by a background task, so a worker that floods telemetry cannot
+grow the engine or delay calls: what does not fit is dropped and counted in ``engine::health::check``.
+
+Example (engine configuration):
+    >>> OtelModule.class_names
+    ('modules::observability::OtelModule',)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from iii.iii_types import TriggerInfo
+from iii.wire import dumps, loads
+
+from ..base import BuiltinFunction, EngineError, EngineModule, EngineServices, InvocationContext
+from .alerts import AlertManager, AlertRule
+from .exporter import OtlpForwarder
+from .otlp import TelemetryFormatError, logs_from_otlp, metrics_from_otlp, spans_from_otlp
+from .queries import aggregate, list_logs, list_traces, percentile, trace_tree
+from .settings import ObservabilitySettings
+from .stores import Counters, LogStore, MetricStore, SpanStore
+
+__all__ = ["OtelModule"]
+
+log = logging.getLogger(__name__)
+
+ENGINE_VERSION = "0.10.0"
+_SEVERITIES = {"trace": (1, "TRACE"), "debug": (5, "DEBUG"), "info": (9, "INFO"), "warn": (13, "WARN"),
+               "error": (17, "ERROR")}
+_NOT_ENABLED = EngineError(
+    "memory_exporter_not_enabled",
+    "In-memory span storage is not available. Set exporter: memory or both in config.")
+_SIGNALS = {"OTLP": "traces", "MTRC": "metrics", "LOGS": "logs"}
+_LOG_KEYS = ("timestamp_unix_nano", "observed_timestamp_unix_nano", "severity_number", "severity_text", "body",
+             "attributes", "trace_id", "span_id", "resource", "service_name", "instrumentation_scope_name",
+             "instrumentation_scope_version")
+
+
+def _now_ns() -> int:
+    return time.time_ns()
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _object(data: Any, function_id: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise EngineError("deserialization_error",
+                          f"Failed to deserialize input for {function_id}: expected an object")
+    return data
+
+
+def _console_level(severity_number: int) -> int:
+    if 1 <= severity_number <= 8:
+        return logging.DEBUG
+    if 13 <= severity_number <= 16:
+        return logging.WARNING
+    if 17 <= severity_number <= 24:
+        return logging.ERROR
+    return logging.INFO
+
+
+def parse_traceparent(value: str | None) -> tuple[str, str] | None:
+    """``(trace_id, parent_span_id)`` of a W3C ``traceparent``, or ``None`` when absent or malformed.
+
+    Example:
+        >>> parse_traceparent("00-" + "a" * 32 + "-" + "b" * 16 + "-01")[1]
+        'bbbbbbbbbbbbbbbb'
+    """
+    if not value:
+        return None
+    parts = value.strip().split("-")
+    if len(parts) < 4 or len(parts[1]) != 32 or len(parts[2]) != 16:
+        return None
+    try:
+        int(parts[1], 16), int(parts[2], 16)
+    except ValueError:
+        return None
+    if parts[1] == "0" * 32 or parts[2] == "0" * 16:
+        return None
+    return parts[1].lower(), parts[2].lower()
+
+
+def parse_baggage(value: str | None) -> dict[str, str]:
+    """The entries of a W3C ``baggage`` header (percent-decoded; properties dropped).
+
+    Example:
+        >>> parse_baggage("tenant=acme, user=a%20b;prop=1")
+        {'tenant': 'acme', 'user': 'a b'}
+    """
+    from urllib.parse import unquote
+
+    out: dict[str, str] = {}
+    for member in (value or "").split(","):
+        key, sep, rest = member.partition("=")
+        if sep and key.strip():
+            out[unquote(key.strip())] = unquote(rest.split(";", 1)[0].strip())
+    return out
+
+
+@dataclass
+class _Call:
+    function_id: str
+    trace_id: str
+    span_id: str
+    parent_span_id: str | None
+    start_ns: int
+    attributes: list[list[str]]
+
+
+class OtelModule(EngineModule):
+    """Engine module keeping and serving telemetry (production's observability module)."""
+
+    name: ClassVar[str] = "observability"
+    class_names: ClassVar[tuple[str, ...]] = ("modules::observability::OtelModule",)
+    enabled_by_default: ClassVar[bool] = False
+
+    def __init__(self, services: EngineServices, config: Mapping[str, Any] | None = None) -> None:
+        super().__init__(services, config)
+        self.settings = ObservabilitySettings.from_config(self.config)
+        self.rules = [AlertRule.from_config(rule) for rule in self.settings.alerts]
+        self.logs = LogStore(self.settings.logs_max_count)
+        self.spans: SpanStore | None = SpanStore(self.settings.memory_max_spans) if self.settings.keeps_spans else None
+        self.metrics = MetricStore(max_entries=self.settings.metrics_max_count,
+                                   retention_s=self.settings.metrics_retention_seconds)
+        self.counters = Counters()
+        self.alerts: AlertManager | None = AlertManager(self.rules) if self.rules else None
+        self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(self.settings.ingest_queue_frames)
+        self._log_triggers: dict[str, str | None] = {}
+        self._trigger_targets: dict[str, str] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[Any]] = set()
+        self.forwarder: OtlpForwarder | None = None
+        self.dropped_frames = 0
+        self.malformed_frames = 0
+        self.ingested_frames = 0
+
+    # -- life cycle ------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Register the functions and the ``log`` trigger type; start ingestion, retention and alerts."""
+        s = self.settings
+        if s.exports or s.exports_logs:
+            self.forwarder = OtlpForwarder(s.endpoint)
+            self.forwarder.start()
+        for level in _SEVERITIES:
+            self._register(f"engine::log::{level}", self._make_log(level), f"Store a {level} log entry")
+        self._register("engine::logs::list", self._logs_list, "List stored log entries")
+        self._register("engine::logs::clear", self._logs_clear, "Clear stored log entries")
+        self._register("engine::traces::list", self._traces_list, "List root spans of stored traces")
+        self._register("engine::traces::tree", self._traces_tree, "A trace as a tree of spans")
+        self._register("engine::traces::clear", self._traces_clear, "Clear stored spans")
+        self._register("engine::metrics::list", self._metrics_list, "Engine counters and stored SDK metrics")
+        self._register("engine::rollups::list", self._rollups_list, "Metric rollups")
+        self._register("engine::health::check", self._health, "Health of the observability stores")
+        self._register("engine::alerts::list", self._alerts_list, "State of the configured alerts")
+        self._register("engine::alerts::evaluate", self._alerts_evaluate, "Evaluate the alert rules now")
+        self._register("engine::sampling::rules", self._sampling_rules, "Configured sampling rules")
+        self._register("engine::baggage::get", self._baggage_get, "One baggage entry of the calling context")
+        self._register("engine::baggage::set", self._baggage_set, "Baggage cannot be set from here (no-op)")
+        self._register("engine::baggage::get_all", self._baggage_get_all, "The baggage of the calling context")
+        self.services.register_trigger_type("log", "Log event trigger", self)
+        self.services.add_telemetry_listener(self.ingest)
+        self.services.set_invocation_observer(self)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._ingest_loop(), name="otel-ingest"),
+                       loop.create_task(self._retention_loop(), name="otel-retention")]
+        if self.alerts is not None:
+            self._tasks.append(loop.create_task(self._alert_loop(), name="otel-alerts"))
+
+    async def stop(self) -> None:
+        """Stop the background tasks and flush the exporter."""
+        for task in self._tasks + list(self._background):
+            task.cancel()
+        for task in self._tasks + list(self._background):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.forwarder is not None:
+            await self.forwarder.close()
+
+    def _register(self, function_id: str, handler: Any, description: str) -> None:
+        self.services.register_function(BuiltinFunction(function_id, handler, description))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- ingestion -------------------------------------------------------------------------------------------
+
+    def ingest(self, kind: str, body: bytes) -> None:
+        """A telemetry frame from a worker (``OTLP``, ``MTRC`` or ``LOGS`` prefix stripped); never blocks."""
+        if len(body) > self.settings.max_frame_bytes:
+            self.dropped_frames += 1
+            return
+        try:
+            self._queue.put_nowait((kind, body))
+        except asyncio.QueueFull:
+            self.dropped_frames += 1
+
+    async def _ingest_loop(self) -> None:
+        while True:
+            kind, body = await self._queue.get()
+            try:
+                self._store_frame(kind, body)
+            except (TelemetryFormatError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+                self.malformed_frames += 1
+                log.warning("dropped a malformed %s telemetry frame: %s", kind, str(exc)[:200])
+            # one frame at a time, then let calls run: a flood of frames cannot hold the loop
+            await asyncio.sleep(0)
+
+    def _store_frame(self, kind: str, body: bytes) -> None:
+        frame = loads(body)
+        if self.forwarder is not None and ((kind == "LOGS" and self.settings.exports_logs)
+                                           or (kind != "LOGS" and self.settings.exports)):
+            self.forwarder.submit(_SIGNALS[kind], body)
+        if kind == "OTLP":
+            spans = spans_from_otlp(frame)
+            if self.spans is not None:
+                for span in spans:
+                    self.spans.add(span)
+        elif kind == "MTRC":
+            self.metrics.add(metrics_from_otlp(frame, _now_ns()))
+        elif kind == "LOGS":
+            for entry in logs_from_otlp(frame):
+                if self.settings.logs_console_output:
+                    log.log(_console_level(entry["severity_number"]), "[%s] %s", entry["service_name"],
+                            entry["body"][:1000])
+                self._add_log(entry)
+        self.ingested_frames += 1
+
+    def _add_log(self, entry: dict[str, Any]) -> None:
+        self.logs.add(entry)
+        if not self._log_triggers:
+            return
+        text = entry["severity_text"].lower()
+        payload = {key: entry.get(key) for key in _LOG_KEYS}
+        for trigger_id, level in list(self._log_triggers.items()):
+            if level is None or level == text:
+                self.services.fire(self._trigger_targets[trigger_id], payload)
+
+    # -- engine call spans and counters (InvocationObserver) -------------------------------------------------
+
+    def call_started(self, function_id: str, traceparent: str | None, *, builtin: bool,
+                     worker_id: str | None = None) -> _Call:
+        """A function execution begins; the returned token goes back to :meth:`call_finished`."""
+        parent = parse_traceparent(traceparent)
+        trace_id = parent[0] if parent else f"{random.getrandbits(128):032x}"
+        kind = "internal" if function_id.startswith("engine::") else "user"
+        attributes = [["faas.invoked_name", function_id], ["faas.trigger", "other"], ["function_id", function_id],
+                      ["iii.function.kind", kind]]
+        if worker_id is not None:
+            attributes.append(["worker_id", worker_id])
+        if not builtin:
+            self.counters.count(function_id, "deferred")
+        return _Call(function_id, trace_id, f"{random.getrandbits(64):016x}", parent[1] if parent else None,
+                     _now_ns(), attributes)
+
+    def child_traceparent(self, call: _Call) -> str | None:
+        """The W3C ``traceparent`` naming this call's span as the parent."""
+        return f"00-{call.trace_id}-{call.span_id}-01"
+
+    def call_finished(self, call: _Call, error: Any, *, builtin: bool) -> None:
+        """The execution of ``call`` ended (``error`` is the error body, or ``None``)."""
+        if builtin:
+            self.counters.count(call.function_id, "error" if error is not None else "success")
+        if self.spans is None and self.forwarder is None:
+            return
+        span: dict[str, Any] = {
+            "trace_id": call.trace_id, "span_id": call.span_id, "parent_span_id": call.parent_span_id,
+            "name": f"call {call.function_id}", "start_time_unix_nano": call.start_ns,
+            "end_time_unix_nano": _now_ns(), "status": "error" if error is not None else "ok",
+            "attributes": call.attributes, "service_name": self.settings.service_name, "events": [], "links": [],
+            "instrumentation_scope_name": "iii", "instrumentation_scope_version": ENGINE_VERSION,
+        }
+        if isinstance(error, dict) and error.get("message"):
+            span["status_description"] = str(error["message"])
+        if self.spans is not None:
+            self.spans.add(span)
+        if self.forwarder is not None and self.settings.exports:
+            self.forwarder.submit("traces", dumps(self._span_request(span)).encode())
+
+    def _span_request(self, span: dict[str, Any]) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "traceId": span["trace_id"], "spanId": span["span_id"], "name": span["name"], "kind": 2,
+            "startTimeUnixNano": str(span["start_time_unix_nano"]), "endTimeUnixNano": str(span["end_time_unix_nano"]),
+            "attributes": [{"key": k, "value": {"stringValue": v}} for k, v in span["attributes"]],
+            "status": {"code": 2 if span["status"] == "error" else 1},
+        }
+        if span["parent_span_id"]:
+            body["parentSpanId"] = span["parent_span_id"]
+        return {"resourceSpans": [{"resource": {"attributes": self._resource_attributes()},
+                                   "scopeSpans": [{"scope": {"name": "iii", "version": ENGINE_VERSION},
+                                                   "spans": [body]}]}]}
+
+    def _resource_attributes(self) -> list[dict[str, Any]]:
+        return [{"key": k, "value": {"stringValue": v}} for k, v in self._resource().items()]
+
+    def _resource(self) -> dict[str, str]:
+        s = self.settings
+        out = {"service.name": s.service_name, "service.version": s.service_version}
+        if s.service_namespace:
+            out["service.namespace"] = s.service_namespace
+        environment = os.environ.get("DEPLOYMENT_ENVIRONMENT")
+        if environment:
+            out["deployment.environment"] = environment
+        return out
+
+    # -- log trigger type ------------------------------------------------------------------------------------
+
+    async def register(self, trigger: TriggerInfo) -> None:
+        """A ``log`` trigger: ``config.level`` (absent or ``all`` = every entry) selects entries by level."""
+        level = trigger.config.get("level") if isinstance(trigger.config, dict) else None
+        self._log_triggers[trigger.id] = None if level in (None, "all") else str(level).lower()
+        self._trigger_targets[trigger.id] = trigger.function_id
+
+    async def unregister(self, trigger: TriggerInfo) -> None:
+        """Remove a ``log`` trigger."""
+        self._log_triggers.pop(trigger.id, None)
+        self._trigger_targets.pop(trigger.id, None)
+
+    # -- functions -------------------------------------------------------------------------------------------
+
+    def _make_log(self, level: str) -> Any:
+        number, text = _SEVERITIES[level]
+        function_id = f"engine::log::{level}"
+
+        async def handler(data: Any, ctx: InvocationContext) -> None:
+            data = _object(data, function_id)
+            message = data.get("message")
+            if not isinstance(message, str):
+                raise EngineError("deserialization_error",
+                                  f"Failed to deserialize input for {function_id}: missing string field `message`")
+            if self.settings.logs_sampling_ratio < 1.0 and random.random() >= self.settings.logs_sampling_ratio:
+                return None
+            now = _now_ns()
+            extra = data.get("data")
+            service = data.get("service_name")
+            entry = {
+                "timestamp_unix_nano": now, "observed_timestamp_unix_nano": now, "severity_number": number,
+                "severity_text": text, "body": message,
+                "attributes": dict(extra) if isinstance(extra, dict) else {},
+                "trace_id": data.get("trace_id") if isinstance(data.get("trace_id"), str) else None,
+                "span_id": data.get("span_id") if isinstance(data.get("span_id"), str) else None,
+                "resource": self._resource(), "service_name": service if isinstance(service, str) else "unknown",
+                "instrumentation_scope_name": "iii", "instrumentation_scope_version": ENGINE_VERSION,
+            }
+            log.log(_console_level(number), "%s", message[:1000])
+            self._add_log(entry)
+            if self.forwarder is not None and self.settings.exports_logs:
+                self.forwarder.submit("logs", dumps(self._log_request(entry)).encode())
+            return None
+
+        return handler
+
+    def _log_request(self, entry: dict[str, Any]) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "timeUnixNano": str(entry["timestamp_unix_nano"]),
+            "observedTimeUnixNano": str(entry["observed_timestamp_unix_nano"]),
+            "severityNumber": entry["severity_number"], "severityText": entry["severity_text"],
+            "body": {"stringValue": entry["body"]},
+            "attributes": [{"key": k, "value": {"stringValue": v if isinstance(v, str) else dumps(v)}}
+                           for k, v in entry["attributes"].items()],
+        }
+        if entry["trace_id"]:
+            record["traceId"] = entry["trace_id"]
+        if entry["span_id"]:
+            record["spanId"] = entry["span_id"]
+        return {"resourceLogs": [{"resource": {"attributes": self._resource_attributes()},
+                                  "scopeLogs": [{"scope": {"name": "iii", "version": ENGINE_VERSION},
+                                                 "logRecords": [record]}]}]}
+
+    async def _logs_list(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
+        out = list_logs(self.logs.entries(), _object(data, "engine::logs::list"))
+        out["timestamp"] = _now_ms()
+        return out
+
+    async def _logs_clear(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
+        self.logs.clear()
+        return {"success": True}
+
+    def _span_store(self) -> SpanStore:
+        if self.spans is None:
+            raise _NOT_ENABLED
+        return self.spans
+
+    async def _traces_list(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
+        return list_traces(self._span_store().entries(), _object(data, "engine::traces::list"))
+
+    async def _traces_tree(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
+        trace_id = _object(data, "engine::traces::tree").get("trace_id")
+        if not isinstance(trace_id, str):
+            raise EngineError("deserialization_error",
+                              "Failed to deserialize input for engine::traces::tree: missing string field `trace_id`")
+        return trace_tree(self._span_store().of_trace(trace_id))
+
+    async def _traces_clear(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
+        self._span_store().clear()
+        return {"success": True}
+
+    def _performance(self) -> dict[str, float]:
+        spans = self.spans.entries() if self.spans is not None else []
+        durations = sorted((s["end_time_unix_nano"] - s["start_time_unix_nano"]) / 1e6 for s in spans)
+        return {
+            "avg_duration_ms": sum(durations) / len(durations) if durations else 0.0,
+            "p50_duration_ms": percentile(durations, 50), "p95_duration_ms": percentile(durations, 95),
+            "p99_duration_ms": percentile(durations, 99),
+            "min_duration_ms": durations[0] if durations else 0.0,
+            "max_duration_ms": durations[-1] if durations else 0.0,
+        }
+
+    async def _metrics_list(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
+        data = _object(data, "engine::metrics::list")
+        start, end = data.get("start_time"), data.get("end_time")
+        name, interval = data.get("metric_name"), data.get("aggregate_interval")
+        for key, value in (("start_time", start), ("end_time", end), ("aggregate_interval", interval)):
+            if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value < 0):
+                raise EngineError("deserialization_error",
+                                  f"Failed to deserialize input for engine::metrics::list: {key} must be a number")
+        entries = self.metrics.entries()
+        if start is not None and end is not None:
+            in_range = [e for e in entries if start * 1_000_000 <= e["timestamp_unix_nano"] <= end * 1_000_000]
+            sdk = [e for e in in_range if name is None or e["name"] == name]
+        else:
+            in_range = entries
+            sdk = [e for e in entries if e["name"] == name] if name is not None else entries
+        out: dict[str, Any] = {
+            "engine_metrics": {"invocations": self.counters.as_dict(),
+                               "workers": {"spawns": 0, "deaths": 0, "active": 0},
+                               "performance": self._performance()},
+            "sdk_metrics": sdk,
+        }
+        if interval and start is not None and end is not None:
+            aggregated = aggregate(in_range, float(interval))
+            if aggregated:
+                out["aggregated_metrics"] = aggregated
+        if start is not None or end is not None or interval is not None:
+            out["query"] = {"start_time": start, "end_time": end, "aggregate_interval": interval, "metric_name": name}
+        out["timestamp"] = _now_ms()
+        return out
+
+    async def _rollups_list(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
+        data = _object(data, "engine::rollups::list")
+        level = data.get("level", 0)
+        return {"rollups": [], "histogram_rollups": [], "level": level,
+                "query": {"start_time": data.get("start_time"), "end_time": data.get("end_time"),
+                          "metric_name": data.get("metric_name")}, "timestamp": _now_ms()}
+
+    async def _health(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
+        s = self.settings
+        otel: dict[str, Any] = {"status": "disabled", "details": None}
+        if s.enabled:
+            otel = {"status": "healthy", "details": {
+                "enabled": True, "service_name": s.service_name if s.service_name_set else None,
+                "exporter": f"Some({s.exporter.capitalize()})" if s.exporter_set else "None"}}
+        spans: dict[str, Any] = {"status": "disabled", "details": None}
+        if self.spans is not None:
+            spans = {"status": "healthy", "details": {"stored_spans": len(self.spans), "evicted": self.spans.evicted}}
+        telemetry = {"ingested_frames": self.ingested_frames, "dropped_frames": self.dropped_frames,
+                     "malformed_frames": self.malformed_frames}
+        if self.forwarder is not None:
+            telemetry.update(exported=self.forwarder.sent, export_dropped=self.forwarder.dropped,
+                             export_failed=self.forwarder.failed)
+        return {
+            "status": "healthy",
+            "components": {
+                "otel": otel,
+                "metrics": {"status": "healthy", "details": {"stored_metrics": len(self.metrics),
+                                                             "evicted": self.metrics.evicted,
+                                                             "refused_names": self.metrics.refused_names}},
+                "logs": {"status": "healthy", "details": {"stored_logs": len(self.logs),
+                                                          "evicted": self.logs.evicted}},
+                "spans": spans,
+                "telemetry": {"status": "healthy", "details": telemetry},
+            },
+            "timestamp": _now_ms(),
+            "version": ENGINE_VERSION,
+        }
+
+    def _counter_values(self) -> dict[str, float]:
+        c = self.counters
+        return {"iii.invocations.total": c.total, "iii.invocations.success": c.success,
+                "iii.invocations.error": c.error, "iii.invocations.deferred": c.deferred,
+                "iii.workers.spawns": 0, "iii.workers.deaths": 0, "iii.workers.active": 0}
+
+    def evaluate_alerts(self) -> list[dict[str, Any]]:
+        """One evaluation pass; runs the actions of the alerts that triggered."""
+        if self.alerts is None:
+            return []
+        events = self.alerts.evaluate(self._counter_values(), self.metrics.entries(), _now_ms())
+        for event in events:
+            action = self.alerts.rule(event["name"]).action
+            fields = {"alert": event["name"], "metric": event["metric"], "value": event["value"],
+                      "threshold": event["threshold"], "operator": event["operator"], "timestamp": event["timestamp"]}
+            if action.get("type") == "function":
+                self.services.fire(str(action["path"]), {**fields, "firing": True})
+            elif action.get("type") == "webhook":
+                self._spawn(self._webhook(str(action["url"]), fields))
+            log.warning("Alert triggered: %s", fields)
+        return events
+
+    async def _webhook(self, url: str, body: dict[str, Any]) -> None:
+        import aiohttp
+
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            for attempt, pause in enumerate((1, 2, 4, 0)):
+                try:
+                    async with session.post(url, json=body) as response:
+                        if response.status < 300:
+                            return
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    log.warning("alert webhook %s failed (attempt %d): %s", url, attempt + 1, exc)
+                if pause:
+                    await asyncio.sleep(pause)
+
+    async def _alerts_list(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
+        if self.alerts is None:
+            return {"alerts": [], "firing_count": 0, "message": "Alert manager not initialized",
+                    "timestamp": _now_ms()}
+        states = list(self.alerts.states.values())
+        return {"alerts": states, "firing_count": sum(1 for s in states if s["firing"]), "timestamp": _now_ms()}
+
+    async def _alerts_evaluate(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
+        if self.alerts is None:
+            return {"evaluated": False, "message": "Alert manager not initialized", "timestamp": _now_ms()}
+        return {"evaluated": True, "triggered_alerts": self.evaluate_alerts(), "timestamp": _now_ms()}
+
+    async def _sampling_rules(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
+        sampling = self.settings.sampling
+        rules = [{"operation": r.get("operation"), "service": r.get("service"), "rate": r.get("rate")}
+                 for r in sampling.get("rules") or [] if isinstance(r, Mapping)]
+        default = sampling.get("default")
+        return {"traces": {"default_ratio": default if default is not None else self.settings.sampling_ratio,
+                           "rules": rules, "parent_based": sampling.get("parent_based", True)},
+                "logs": {"sampling_ratio": self.settings.logs_sampling_ratio}, "timestamp": _now_ms()}
+
+    async def _baggage_get(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
+        key = _object(data, "engine::baggage::get").get("key")
+        if not isinstance(key, str):
+            raise EngineError("deserialization_error",
+                              "Failed to deserialize input for engine::baggage::get: missing string field `key`")
+        return {"value": parse_baggage(ctx.baggage).get(key)}
+
+    async def _baggage_get_all(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
+        return {"baggage": parse_baggage(ctx.baggage)}
+
+    async def _baggage_set(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
+        data = _object(data, "engine::baggage::set")
+        if not isinstance(data.get("key"), str) or not isinstance(data.get("value"), str):
+            raise EngineError("deserialization_error",
+                              "Failed to deserialize input for engine::baggage::set: `key` and `value` must be strings")
+        return {"success": True,
+                "note": "Baggage set in new context. For propagation, use SDK-level baggage headers."}
+
+    # -- background ------------------------------------------------------------------------------------------
+
+    async def _retention_loop(self) -> None:
+        while True:
+            await asyncio.sleep(60)
+            self.metrics.prune(_now_ns())
+
+    async def _alert_loop(self) -> None:
+        while True:
+            try:
+                self.evaluate_alerts()
+            except Exception:
+                log.exception("alert evaluation failed")
+            await asyncio.sleep(10)

@@ -1,0 +1,328 @@
+"""OTLP/JSON telemetry frames from workers turned into the stored shapes the ``engine::*`` functions return.
+
+Pure functions, no I/O. Workers send spans (``OTLP``), metrics (``MTRC``) and logs (``LOGS``) as OTLP/JSON
+(protobuf JSON mapping: camelCase keys, ids as lower-case hex, 64-bit integers as numbers or decimal strings).
+A frame that is not valid JSON or lacks a span's ``traceId``/``spanId``/``name`` or a metric's ``name`` is
+refused whole (:class:`TelemetryFormatError`), as the production engine does.
+
+Example:
+    >>> frame = {"resourceLogs": [{"resource": {"attributes": [
+    ...     {"key": "service.name", "value": {"stringValue": "billing"}}]},
+    ...     "scopeLogs": [{"scope": {"name": "app"}, "logRecords": [
+    ...         {"timeUnixNano": "5", "severityNumber": 9, "severityText": "INFO",
+    ...          "body": {"stringValue": "paid"}, "attributes": [{"key": "n", "value": {"intValue": "3"}}]}]}]}]}
+    >>> log = logs_from_otlp(frame)[0]
+    >>> log["service_name"], log["body"], log["attributes"], log["trace_id"]
+    ('billing', 'paid', {'n': 3}, None)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from iii.wire import dumps
+
+__all__ = [
+    "TelemetryFormatError",
+    "any_value_json",
+    "any_value_text",
+    "logs_from_otlp",
+    "metrics_from_otlp",
+    "spans_from_otlp",
+]
+
+_ZERO_TRACE = "0" * 32
+_ZERO_SPAN = "0" * 16
+
+
+class TelemetryFormatError(ValueError):
+    """A telemetry frame that cannot be stored; the message says what was wrong."""
+
+
+def _number_text(value: float) -> str:
+    """Shortest decimal form without exponent or a trailing ``.0`` (``1.0`` -> ``1``, ``2.5`` -> ``2.5``)."""
+    if not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if value == int(value) and abs(value) < 1e16:
+        return str(int(value))
+    text = repr(value)
+    if "e" in text or "E" in text:
+        text = format(value, "f").rstrip("0").rstrip(".")
+    return text
+
+
+def _int(value: Any, what: str = "integer") -> int:
+    """A non-negative OTLP integer given as a JSON number or a decimal string."""
+    if isinstance(value, bool):
+        raise TelemetryFormatError(f"{what} must be an integer, got a boolean")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    raise TelemetryFormatError(f"{what} must be an integer or a decimal string, got {type(value).__name__}")
+
+
+def _opt_int(value: Any, what: str) -> int:
+    return 0 if value is None else _int(value, what)
+
+
+def any_value_text(value: Any) -> str:
+    """The string form of an OTLP ``AnyValue`` (attributes, resource, log body).
+
+    Example:
+        >>> any_value_text({"doubleValue": 1.0}), any_value_text({"kvlistValue": {"values": []}})
+        ('1', '{}')
+    """
+    if not isinstance(value, dict):
+        return ""
+    if "stringValue" in value:
+        return str(value["stringValue"])
+    if "intValue" in value:
+        return str(_int(value["intValue"], "intValue"))
+    if "doubleValue" in value:
+        raw = value["doubleValue"]
+        return _number_text(float(raw)) if isinstance(raw, int | float) and not isinstance(raw, bool) else str(raw)
+    if "boolValue" in value:
+        return "true" if value["boolValue"] else "false"
+    if "kvlistValue" in value or "arrayValue" in value:
+        return dumps(any_value_json(value))
+    return ""
+
+
+def any_value_json(value: Any) -> Any:
+    """The JSON form of an OTLP ``AnyValue`` (log attributes); a non-finite double becomes ``0``.
+
+    Example:
+        >>> any_value_json({"arrayValue": {"values": [{"intValue": "1"}, {"boolValue": True}]}})
+        [1, True]
+    """
+    if not isinstance(value, dict):
+        return None
+    if "stringValue" in value:
+        return str(value["stringValue"])
+    if "intValue" in value:
+        return _int(value["intValue"], "intValue")
+    if "doubleValue" in value:
+        raw = value["doubleValue"]
+        if not isinstance(raw, int | float) or isinstance(raw, bool) or not math.isfinite(raw):
+            return 0
+        return raw
+    if "boolValue" in value:
+        return bool(value["boolValue"])
+    if "kvlistValue" in value:
+        return _attributes_json((value["kvlistValue"] or {}).get("values"))
+    if "arrayValue" in value:
+        items = (value["arrayValue"] or {}).get("values") or []
+        return [any_value_json(item) for item in items] if isinstance(items, list) else []
+    return None
+
+
+def _key_values(items: Any) -> list[tuple[str, Any]]:
+    if not isinstance(items, list):
+        return []
+    return [(str(kv["key"]), kv["value"]) for kv in items if isinstance(kv, dict) and "key" in kv and "value" in kv]
+
+
+def _attributes_pairs(items: Any) -> list[list[str]]:
+    return [[key, any_value_text(value)] for key, value in _key_values(items)]
+
+
+def _attributes_text(items: Any) -> dict[str, str]:
+    return {key: any_value_text(value) for key, value in _key_values(items)}
+
+
+def _attributes_json(items: Any) -> dict[str, Any]:
+    return {key: any_value_json(value) for key, value in _key_values(items)}
+
+
+def _list(obj: Any, key: str) -> list[Any]:
+    value = obj.get(key) if isinstance(obj, dict) else None
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise TelemetryFormatError(f"{key} must be an array")
+    return value
+
+
+def _scope(entry: Any) -> tuple[str | None, str | None]:
+    scope = entry.get("scope") if isinstance(entry, dict) else None
+    if not isinstance(scope, dict):
+        return None, None
+    return (scope.get("name") or None), (scope.get("version") or None)
+
+
+def _with_scope(out: dict[str, Any], scope: tuple[str | None, str | None]) -> dict[str, Any]:
+    if scope[0]:
+        out["instrumentation_scope_name"] = scope[0]
+    if scope[1]:
+        out["instrumentation_scope_version"] = scope[1]
+    return out
+
+
+def _service(resource: dict[str, str]) -> str:
+    return resource.get("service.name") or "unknown"
+
+
+def _resource(entry: Any) -> dict[str, str]:
+    resource = entry.get("resource") if isinstance(entry, dict) else None
+    return _attributes_text(resource.get("attributes") if isinstance(resource, dict) else None)
+
+
+def _required_str(obj: dict[str, Any], key: str, what: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise TelemetryFormatError(f"{what} without a string {key!r}")
+    return value
+
+
+_STATUS: dict[Any, str] = {1: "ok", 2: "error"}
+
+
+def spans_from_otlp(frame: Any) -> list[dict[str, Any]]:
+    """StoredSpan dicts from an ``ExportTraceServiceRequest``.
+
+    Example:
+        >>> spans_from_otlp({"resourceSpans": [{"scopeSpans": [{"spans": [
+        ...     {"traceId": "ab" * 16, "spanId": "cd" * 8, "name": "work", "status": {"code": 2}}]}]}]})[0]["status"]
+        'error'
+    """
+    out: list[dict[str, Any]] = []
+    for resource_entry in _list(frame, "resourceSpans"):
+        service = _service(_resource(resource_entry))
+        for scope_entry in _list(resource_entry, "scopeSpans"):
+            scope = _scope(scope_entry)
+            for span in _list(scope_entry, "spans"):
+                if not isinstance(span, dict):
+                    raise TelemetryFormatError("a span must be an object")
+                parent = span.get("parentSpanId") or None
+                if parent is not None and (not isinstance(parent, str) or parent == _ZERO_SPAN):
+                    parent = None
+                raw_status = span.get("status")
+                status: dict[str, Any] = raw_status if isinstance(raw_status, dict) else {}
+                stored: dict[str, Any] = {
+                    "trace_id": _required_str(span, "traceId", "a span"),
+                    "span_id": _required_str(span, "spanId", "a span"),
+                    "parent_span_id": parent,
+                    "name": _required_str(span, "name", "a span"),
+                    "start_time_unix_nano": _opt_int(span.get("startTimeUnixNano"), "startTimeUnixNano"),
+                    "end_time_unix_nano": _opt_int(span.get("endTimeUnixNano"), "endTimeUnixNano"),
+                    "status": _STATUS.get(status.get("code"), "unset"),
+                    "attributes": _attributes_pairs(span.get("attributes")),
+                    "service_name": service,
+                    "events": [
+                        {"name": str(event.get("name", "")),
+                         "timestamp_unix_nano": _opt_int(event.get("timeUnixNano"), "timeUnixNano"),
+                         "attributes": _attributes_pairs(event.get("attributes"))}
+                        for event in _list(span, "events") if isinstance(event, dict)
+                    ],
+                    "links": [
+                        {"trace_id": link.get("traceId"), "span_id": link.get("spanId"),
+                         "trace_state": link.get("traceState"), "attributes": _attributes_pairs(link.get("attributes"))}
+                        for link in _list(span, "links") if isinstance(link, dict)
+                    ],
+                }
+                if status.get("message"):
+                    stored["status_description"] = str(status["message"])
+                if "flags" in span:
+                    stored["flags"] = span["flags"]
+                out.append(_with_scope(stored, scope))
+    return out
+
+
+def _id_or_none(value: Any, zero: str) -> str | None:
+    return value if isinstance(value, str) and value and value != zero else None
+
+
+def logs_from_otlp(frame: Any) -> list[dict[str, Any]]:
+    """StoredLog dicts from an ``ExportLogsServiceRequest`` (every record field optional)."""
+    out: list[dict[str, Any]] = []
+    for resource_entry in _list(frame, "resourceLogs"):
+        resource = _resource(resource_entry)
+        for scope_entry in _list(resource_entry, "scopeLogs"):
+            scope = _scope(scope_entry)
+            for record in _list(scope_entry, "logRecords"):
+                if not isinstance(record, dict):
+                    raise TelemetryFormatError("a log record must be an object")
+                stored: dict[str, Any] = {
+                    "timestamp_unix_nano": _opt_int(record.get("timeUnixNano"), "timeUnixNano"),
+                    "observed_timestamp_unix_nano": _opt_int(record.get("observedTimeUnixNano"),
+                                                             "observedTimeUnixNano"),
+                    "severity_number": _opt_int(record.get("severityNumber"), "severityNumber"),
+                    "severity_text": str(record.get("severityText") or ""),
+                    "body": any_value_text(record.get("body")),
+                    "attributes": _attributes_json(record.get("attributes")),
+                    "trace_id": _id_or_none(record.get("traceId"), _ZERO_TRACE),
+                    "span_id": _id_or_none(record.get("spanId"), _ZERO_SPAN),
+                    "resource": dict(resource),
+                    "service_name": _service(resource),
+                }
+                out.append(_with_scope(stored, scope))
+    return out
+
+
+def _number_point(point: dict[str, Any]) -> dict[str, Any]:
+    if "asDouble" in point and point["asDouble"] is not None:
+        raw = point["asDouble"]
+        value: float = float(raw) if isinstance(raw, int | float | str) and not isinstance(raw, bool) else 0.0
+    elif "asInt" in point and point["asInt"] is not None:
+        # Production accepts only a JSON number here; SDKs (ours and the reference) quote int64, so both are read.
+        value = float(_int(point["asInt"], "asInt"))
+    else:
+        value = 0.0
+    return {"value": value, "attributes": _attributes_pairs(point.get("attributes")),
+            "timestamp_unix_nano": _opt_int(point.get("timeUnixNano"), "timeUnixNano")}
+
+
+def _float_or_none(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _histogram_point(point: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "count": _opt_int(point.get("count"), "count"),
+        "sum": _float_or_none(point.get("sum")) or 0.0,
+        "bucket_counts": [_int(c, "bucketCounts") for c in _list(point, "bucketCounts")],
+        "explicit_bounds": [float(b) for b in _list(point, "explicitBounds")
+                            if isinstance(b, int | float) and not isinstance(b, bool)],
+        "min": _float_or_none(point.get("min")),
+        "max": _float_or_none(point.get("max")),
+        "attributes": _attributes_pairs(point.get("attributes")),
+        "timestamp_unix_nano": _opt_int(point.get("timeUnixNano"), "timeUnixNano"),
+    }
+
+
+def metrics_from_otlp(frame: Any, ingested_ns: int) -> list[dict[str, Any]]:
+    """StoredMetric dicts from an ``ExportMetricsServiceRequest``, stamped with the ingestion time.
+
+    Example:
+        >>> m = metrics_from_otlp({"resourceMetrics": [{"scopeMetrics": [{"metrics": [{"name": "jobs",
+        ...     "sum": {"isMonotonic": True, "dataPoints": [{"asInt": "4"}]}}]}]}]}, 7)[0]
+        >>> m["metric_type"], m["data_points"][0]["value"], m["timestamp_unix_nano"]
+        ('counter', 4.0, 7)
+    """
+    out: list[dict[str, Any]] = []
+    for resource_entry in _list(frame, "resourceMetrics"):
+        service = _service(_resource(resource_entry))
+        for scope_entry in _list(resource_entry, "scopeMetrics"):
+            scope = _scope(scope_entry)
+            for metric in _list(scope_entry, "metrics"):
+                if not isinstance(metric, dict):
+                    raise TelemetryFormatError("a metric must be an object")
+                name = _required_str(metric, "name", "a metric")
+                if isinstance(metric.get("gauge"), dict):
+                    kind, points = "gauge", [_number_point(p) for p in _list(metric["gauge"], "dataPoints")]
+                elif isinstance(metric.get("sum"), dict):
+                    kind = "counter" if metric["sum"].get("isMonotonic") else "updowncounter"
+                    points = [_number_point(p) for p in _list(metric["sum"], "dataPoints")]
+                elif isinstance(metric.get("histogram"), dict):
+                    kind, points = "histogram", [_histogram_point(p) for p in _list(metric["histogram"], "dataPoints")]
+                else:
+                    continue
+                stored = {"name": name, "description": str(metric.get("description") or ""),
+                          "unit": str(metric.get("unit") or ""), "metric_type": kind, "data_points": points,
+                          "service_name": service, "timestamp_unix_nano": ingested_ns}
+                out.append(_with_scope(stored, scope))
+    return out
