@@ -56,7 +56,9 @@ from .modules.base import (
     EngineError,
     EngineModule,
     EngineStartError,
+    InvocationObserver,
     ModuleStartError,
+    TelemetryListener,
     TriggerTypeHandler,
 )
 from .modules.catalogue import WORKER_MODULE, ModuleUnavailable, default_specs, resolve
@@ -126,6 +128,14 @@ def _message_dict(msg: InvokeFunctionMessage | InvocationResultMessage) -> dict[
     return out
 
 
+async def _close_unread(ws: ServerConnection, limit: int) -> None:
+    """Close a peer that stopped reading: the close frame waits behind what it has not read, so give the
+    handshake a short deadline and then drop the connection (its buffers go with it)."""
+    ws.close_timeout = _UNREAD_CLOSE_TIMEOUT_S
+    with contextlib.suppress(Exception):
+        await ws.close(OVERFLOW_CLOSE_CODE, f"outbound queue over {limit} bytes: peer not reading")
+
+
 def _trigger_frame(entry: TriggerEntry) -> str:
     return dumps({"type": "registertrigger", "id": entry.id, "trigger_type": entry.trigger_type,
                   "function_id": entry.function_id, "config": entry.config})
@@ -160,6 +170,7 @@ class Engine:
                                   max_message_size=self.config.max_message_size,
                                   relay=self.channels, control=self._serve_worker)
         self._function_listeners: list[Callable[[], None]] = []
+        self._telemetry_listeners: list[TelemetryListener] = []
         self._worker_listeners: list[Callable[[str, str], None]] = []
         self._seen_version = 0
         self._started = False
@@ -348,6 +359,14 @@ class Engine:
         """A loaded module by name."""
         return self.modules.get(name)
 
+    def add_telemetry_listener(self, listener: TelemetryListener) -> None:
+        """Hand every telemetry frame to ``listener(kind, body)``."""
+        self._telemetry_listeners.append(listener)
+
+    def set_invocation_observer(self, observer: InvocationObserver | None) -> None:
+        """Watch every function execution (the observability module)."""
+        self.invocations.observer = observer
+
     # -- hooks for the worker module -------------------------------------------------------------------------
 
     def add_functions_listener(self, listener: Callable[[], None]) -> None:
@@ -479,6 +498,8 @@ class Engine:
             worker.post(_PONG)
         elif isinstance(msg, Telemetry):
             worker.telemetry_frames += 1
+            for listener in self._telemetry_listeners:
+                listener(msg.kind, msg.body)
         # Pong and workerregistered from a worker are ignored.
 
     # -- registrations ---------------------------------------------------------------------------------------

@@ -104,6 +104,26 @@ class TriggerTypeHandler(Protocol):
         """Deactivate ``trigger``."""
 
 
+class InvocationObserver(Protocol):
+    """Watches every function execution the engine routes (the observability module's call spans and counters).
+
+    ``call_started`` returns a token that is handed back to ``call_finished`` when the execution ends; for a
+    call routed to a worker (``builtin=False``) that is when the worker's result arrives."""
+
+    def call_started(self, function_id: str, traceparent: str | None, *, builtin: bool,
+                     worker_id: str | None = None) -> Any:
+        """An execution of ``function_id`` begins."""
+
+    def call_finished(self, token: Any, error: Any, *, builtin: bool) -> None:
+        """It ended; ``error`` is the error body or ``None``."""
+
+    def child_traceparent(self, token: Any) -> str | None:
+        """The ``traceparent`` to send with the routed call, so the callee's spans nest inside this call's."""
+
+
+TelemetryListener = Callable[[str, bytes], None]
+
+
 class EngineServices(Protocol):
     """The engine as a module sees it."""
 
@@ -135,6 +155,13 @@ class EngineServices(Protocol):
 
     def module(self, name: str) -> EngineModule | None:
         """Another loaded module by :attr:`EngineModule.name`, e.g. ``"queue"``."""
+
+    def add_telemetry_listener(self, listener: TelemetryListener) -> None:
+        """Receive every telemetry frame workers send, as ``listener(kind, body)`` (``OTLP``/``MTRC``/``LOGS``;
+        must not block)."""
+
+    def set_invocation_observer(self, observer: InvocationObserver | None) -> None:
+        """Watch every function execution (one observer at a time)."""
 
 
 class EngineModule(ABC):
