@@ -28,6 +28,8 @@ class FakeServices:
         self.handlers: dict[str, Handler] = {}
         self.trigger_types: dict[str, TriggerTypeHandler] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.telemetry_listeners: list[Callable[[str, bytes], None]] = []
+        self.observer: Any = None
 
     def add(self, function_id: str, handler: Handler) -> None:
         self.handlers[function_id] = handler
@@ -90,3 +92,9 @@ class FakeServices:
 
     def module(self, name: str) -> EngineModule | None:
         return None
+
+    def add_telemetry_listener(self, listener: Callable[[str, bytes], None]) -> None:
+        self.telemetry_listeners.append(listener)
+
+    def set_invocation_observer(self, observer: Any) -> None:
+        self.observer = observer
