@@ -1,7 +1,8 @@
 """Stream stores for iii: in-memory, Redis (production layout) and SQL (SQLite / PostgreSQL), one contract.
 
 Each store is a complete ``iii.stream.IStream`` plus ``send``, ``watch()``, ``list_all()`` and ``aclose()``;
-plug one into ``III.create_stream(name, store)`` or use it as an engine's own store.
+plug one into ``III.create_stream(name, store)`` or use it as an engine's own store. Every operation takes an
+optional ``timeout=`` (seconds); every backend failure is a :class:`StreamError` (see :mod:`iii_streams.errors`).
 
 Example:
     >>> import asyncio
@@ -18,7 +19,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .base import Backend
+from .base import DEFAULT_TIMEOUT, Backend
+from .errors import (
+    PoolExhaustedError,
+    SchemaMissingError,
+    StreamBackendError,
+    StreamClosedError,
+    StreamDataError,
+    StreamError,
+    StreamTimeoutError,
+    StreamUnavailableError,
+    UpdateConflictError,
+)
 from .events import EventFilter, StreamEvent, StreamLagError, Watch
 from .memory import MemoryStream
 from .ops import apply_ops, apply_update
@@ -29,13 +41,23 @@ if TYPE_CHECKING:
     from .sql import SQLStream
 
 __all__ = [
+    "DEFAULT_TIMEOUT",
     "Backend",
     "EventFilter",
     "MemoryStream",
+    "PoolExhaustedError",
     "RedisStream",
     "SQLStream",
+    "SchemaMissingError",
+    "StreamBackendError",
+    "StreamClosedError",
+    "StreamDataError",
+    "StreamError",
     "StreamEvent",
     "StreamLagError",
+    "StreamTimeoutError",
+    "StreamUnavailableError",
+    "UpdateConflictError",
     "Watch",
     "apply_ops",
     "apply_update",

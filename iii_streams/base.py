@@ -1,13 +1,18 @@
 """``Backend``: what every ``iii_streams`` store adds to the ``IStream`` contract.
 
-On top of get/set/delete/list/list_groups/update a backend can ``send`` custom events, ``watch()`` changes,
-``list_all()`` streams with their groups (for an engine's ``stream::list_all``), open from a URL and close.
+On top of get/set/delete/list/list_groups/update (in this package's stores each takes an optional
+keyword-only ``timeout`` in seconds) a backend can ``send`` custom events, ``watch()`` changes, ``list_all()``
+streams with their groups (for an engine's ``stream::list_all``) and close. Backend failures surface as
+:class:`~iii_streams.errors.StreamError` subclasses with the driver's exception as ``__cause__``. Opening a
+store from a URL is :func:`iii_streams.open_stream`'s job (``iii_streams.urls``); this module knows nothing of
+URLs.
 
 Example:
     >>> import asyncio
+    >>> from iii_streams import MemoryStream
     >>> async def demo():
-    ...     async with Backend.from_url("memory://") as store:
-    ...         await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="1", data=[1, 2]))
+    ...     async with MemoryStream() as store:
+    ...         await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="1", data=[1, 2]), timeout=5)
     ...         return await store.get(StreamGetInput(stream_name="s", group_id="g", item_id="1"))
     >>> asyncio.run(demo())
     [1, 2]
@@ -15,41 +20,75 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
+import builtins
 from abc import abstractmethod
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Final, Self
 
 from iii.stream import IStream, StreamGetInput, StreamSetInput
 
+from .errors import StreamError, StreamTimeoutError, StreamUnavailableError, check_timeout
 from .events import EventFilter, StreamEvent, Watch
 
-__all__ = ["Backend", "StreamGetInput", "StreamSetInput"]
+__all__ = ["DEFAULT_TIMEOUT", "Backend", "OperationGuard", "StreamGetInput", "StreamSetInput"]
+
+DEFAULT_TIMEOUT: Final = 60.0
+"""Seconds an operation may take when neither the call nor the store says otherwise."""
+
+
+class OperationGuard:
+    """Bounds one store operation in time and turns backend exceptions into :class:`StreamError` subclasses.
+
+    Used as ``async with self._guard("get", timeout):`` around a store method's body. A plain class rather
+    than a generator-based context manager: it runs on every operation.
+    """
+
+    __slots__ = ("_limit", "_operation", "_store", "_timer")
+
+    def __init__(self, store: Backend, operation: str, limit: float | None) -> None:
+        self._store = store
+        self._operation = operation
+        self._limit = limit
+        self._timer: asyncio.Timeout | None = None
+
+    async def __aenter__(self) -> None:
+        if self._limit is not None:
+            self._timer = asyncio.timeout(self._limit)
+            await self._timer.__aenter__()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        where = f"{type(self._store).__name__}.{self._operation}"
+        if self._timer is not None:
+            try:
+                await self._timer.__aexit__(exc_type, exc, tb)
+            except TimeoutError as expired:
+                raise StreamTimeoutError(f"{where} did not finish within {self._limit:g} s") from expired
+        if exc is None or isinstance(exc, StreamError) or not isinstance(exc, Exception):
+            return
+        wrapped = self._store._wrap_error(exc, where)
+        if wrapped is not None:
+            raise wrapped from exc
 
 
 class Backend(IStream[Any]):
-    """Base class of the stream stores; ``Backend.from_url(url)`` picks the store from the URL scheme.
+    """Base class of the stream stores (open one by URL with :func:`iii_streams.open_stream`).
 
     ``publish_events`` (default true) makes set/update/delete publish change events (to the store's pub/sub
     for Redis and PostgreSQL, in-process otherwise); an engine that publishes events itself turns it off.
+    ``timeout`` (default 60 s, ``None`` for no limit) bounds every operation called without a ``timeout`` of
+    its own; past it the call fails with :class:`~iii_streams.errors.StreamTimeoutError`.
     """
 
     publish_events: bool = True
+    timeout: float | None = DEFAULT_TIMEOUT
 
-    @classmethod
-    def from_url(cls, url: str, **options: Any) -> Backend:
-        """Open the store named by ``url`` (``memory://``, ``redis://…``, ``sqlite+aiosqlite:///…``,
-        ``postgresql+asyncpg://…``); subclasses accept only their own schemes.
+    # The six IStream operations stay abstract with the reference's signatures (inherited); the stores of this
+    # package add the optional keyword ``timeout`` to each, bounded through ``_guard``.
 
-        Example:
-            >>> type(Backend.from_url("memory://")).__name__
-            'MemoryStream'
-        """
-        from .urls import open_stream
-
-        store = open_stream(url, **options)
-        if not isinstance(store, cls):
-            raise ValueError(f"{url!r} opens a {type(store).__name__}, not a {cls.__name__}")
-        return store
+    # -- extras ----------------------------------------------------------------------------------------------
 
     @abstractmethod
     async def send(self, stream_name: str, group_id: str, id: str | None, type: str, data: Any) -> None:
@@ -66,7 +105,7 @@ class Backend(IStream[Any]):
         """Change events, optionally filtered; use as ``async with store.watch(...) as events``."""
 
     @abstractmethod
-    async def list_all(self) -> list[tuple[str, list[str]]]:
+    async def list_all(self) -> builtins.list[tuple[str, builtins.list[str]]]:
         """Every stream with its non-empty groups, both sorted: ``[(stream_name, [group_id, …]), …]``."""
 
     @abstractmethod
@@ -80,6 +119,27 @@ class Backend(IStream[Any]):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
+
+    # -- for subclasses --------------------------------------------------------------------------------------
+
+    def _limit(self, timeout: float | None) -> float | None:
+        """The time limit of one call: its own ``timeout`` (checked), else the store's."""
+        return self.timeout if timeout is None else check_timeout(timeout)
+
+    def _guard(self, operation: str, timeout: float | None) -> OperationGuard:
+        """``async with self._guard("get", timeout):`` bounds the body and wraps backend exceptions."""
+        return OperationGuard(self, operation, self._limit(timeout))
+
+    def _wrap_error(self, exc: Exception, where: str) -> StreamError | None:
+        """The :class:`StreamError` to raise (``from exc``) for a backend exception, or ``None`` to let it pass.
+
+        Subclasses add their driver's exceptions and fall back to this for ``OSError``.
+        """
+        if isinstance(exc, TimeoutError):
+            return StreamTimeoutError(f"{where}: timed out: {exc}")
+        if isinstance(exc, OSError):
+            return StreamUnavailableError(f"{where}: backend unreachable: {exc}")
+        return None
 
     @staticmethod
     def _filter(stream_name: str | None, group_id: str | None, item_id: str | None) -> EventFilter:

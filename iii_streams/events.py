@@ -23,6 +23,8 @@ from typing import Any, Protocol
 
 from iii.wire import dumps
 
+from .errors import StreamError
+
 __all__ = [
     "EventFilter",
     "EventHub",
@@ -40,7 +42,7 @@ StreamEvent = dict[str, Any]
 """One event wrapper (see the module docstring)."""
 
 
-class StreamLagError(RuntimeError):
+class StreamLagError(StreamError, RuntimeError):
     """A ``watch()`` consumer fell so far behind that events were dropped; re-read state and watch again."""
 
 

@@ -3,7 +3,7 @@
 Items are kept as compact JSON text, so what you read back is an independent copy, non-JSON data fails at
 ``set`` time exactly as it would on the other backends, and big integers and key order survive. Groups list in
 insertion order and disappear with their last item (PROTOCOL §9 ST4). Every method runs without awaiting in
-the middle, which makes each one atomic on the event loop.
+the middle, which makes each one atomic on the event loop (so a ``timeout`` is checked but can never expire).
 
 Example:
     >>> import asyncio
@@ -36,7 +36,8 @@ from iii.stream import (
 from iii.stream_ops import apply_update
 from iii.wire import dumps, loads
 
-from .base import Backend
+from .base import DEFAULT_TIMEOUT, Backend
+from .errors import check_timeout
 from .events import EventHub, StreamEvent, Subscription, Watch, custom_event, make_event
 
 __all__ = ["MemoryStream"]
@@ -50,8 +51,11 @@ class MemoryStream(Backend):
         True
     """
 
-    def __init__(self, *, publish_events: bool = True, watch_queue_size: int = 10_000) -> None:
+    def __init__(
+        self, *, publish_events: bool = True, watch_queue_size: int = 10_000, timeout: float | None = DEFAULT_TIMEOUT
+    ) -> None:
         self.publish_events = publish_events
+        self.timeout = check_timeout(timeout)
         self._streams: dict[str, dict[str, dict[str, str]]] = {}
         self._hub = EventHub(watch_queue_size)
 
@@ -71,11 +75,13 @@ class MemoryStream(Backend):
         if self.publish_events and self._hub.active:
             self._hub.publish(make_event(stream_name, group_id, item_id, kind, loads(text)))
 
-    async def get(self, input: StreamGetInput) -> Any:
+    async def get(self, input: StreamGetInput, *, timeout: float | None = None) -> Any:
+        self._limit(timeout)  # checked only: a memory operation never waits
         text = self._streams.get(input.stream_name, {}).get(input.group_id, {}).get(input.item_id)
         return None if text is None else loads(text)
 
-    async def set(self, input: StreamSetInput) -> StreamSetResult[Any]:
+    async def set(self, input: StreamSetInput, *, timeout: float | None = None) -> StreamSetResult[Any]:
+        self._limit(timeout)  # checked only: a memory operation never waits
         text = dumps(input.data)
         group = self._streams.setdefault(input.stream_name, {}).setdefault(input.group_id, {})
         old_text = group.get(input.item_id)
@@ -84,7 +90,8 @@ class MemoryStream(Backend):
         self._emit(input.stream_name, input.group_id, input.item_id, "create" if old is None else "update", text)
         return StreamSetResult[Any](old_value=old, new_value=input.data)
 
-    async def delete(self, input: StreamDeleteInput) -> StreamDeleteResult:
+    async def delete(self, input: StreamDeleteInput, *, timeout: float | None = None) -> StreamDeleteResult:
+        self._limit(timeout)  # checked only: a memory operation never waits
         groups = self._streams.get(input.stream_name, {})
         group = groups.get(input.group_id, {})
         if input.item_id not in group:
@@ -97,14 +104,17 @@ class MemoryStream(Backend):
         self._emit(input.stream_name, input.group_id, input.item_id, "delete", old_text)
         return StreamDeleteResult(old_value=loads(old_text))
 
-    async def list(self, input: StreamListInput) -> builtins.list[Any]:
+    async def list(self, input: StreamListInput, *, timeout: float | None = None) -> builtins.list[Any]:
+        self._limit(timeout)  # checked only: a memory operation never waits
         group = self._streams.get(input.stream_name, {}).get(input.group_id, {})
         return [loads(text) for text in group.values()]
 
-    async def list_groups(self, input: StreamListGroupsInput) -> builtins.list[str]:
+    async def list_groups(self, input: StreamListGroupsInput, *, timeout: float | None = None) -> builtins.list[str]:
+        self._limit(timeout)  # checked only: a memory operation never waits
         return builtins.list(self._streams.get(input.stream_name, {}))
 
-    async def update(self, input: StreamUpdateInput) -> StreamUpdateResult[Any]:
+    async def update(self, input: StreamUpdateInput, *, timeout: float | None = None) -> StreamUpdateResult[Any]:
+        self._limit(timeout)  # checked only: a memory operation never waits
         group = self._streams.get(input.stream_name, {}).get(input.group_id, {})
         old_text = group.get(input.item_id)
         old, new = apply_update(None if old_text is None else loads(old_text), input.ops)

@@ -3,8 +3,14 @@
 Layout (protocol/streams.md §6.7): one hash ``stream:<stream_name>:<group_id>`` per group, field = item id,
 value = compact JSON text (key order, arrays and big integers preserved). Change events are published on the
 channel ``stream::events`` in the production wrapper shape. ``set`` and ``delete`` run as one small script each
-(read old value, write, publish), ``update`` is a ``WATCH``/``MULTI``/``EXEC`` loop applying
-:func:`iii.stream_ops.apply_ops` in Python, and ``list_groups`` uses ``SCAN``, never ``KEYS``.
+(read old value, write, publish) and ``list_groups`` uses ``SCAN``, never ``KEYS``.
+
+``update`` applies :func:`iii.stream_ops.apply_ops` in Python (so JSON stays exact, big integers included) in a
+``WATCH``/``MULTI``/``EXEC`` transaction. Updates of one hash from one process are group-committed
+(:class:`~iii_streams.batching.KeyedBatcher`): they queue, and one transaction reads every item they touch,
+applies them in order, writes the results and publishes one event per update, so callers in one process never
+race each other. Processes that do race back off with full jitter (capped exponential) before retrying;
+``update_conflicts`` counts the lost races.
 
 Names are escaped so no two (stream, group) pairs share a hash (issue #8): in the stream name, ``%`` becomes
 ``%25`` and ``:`` becomes ``%3A``; the group id is the last part and is kept as it is. Names without ``:`` and
@@ -14,7 +20,9 @@ SCAN patterns escape the glob characters of names.
 
 :meth:`RedisStream.from_url` opens a blocking pool (``max_connections``, default 50; ``pool_timeout`` seconds,
 default 30): more callers than connections wait for one, and only a wait longer than ``pool_timeout`` fails, with
-:class:`PoolExhaustedError`. Each ``watch()`` holds one connection while it is open.
+:class:`~iii_streams.errors.PoolExhaustedError`. Each ``watch()`` holds one connection while it is open. Redis
+errors surface as :class:`~iii_streams.errors.StreamError` subclasses (``StreamUnavailableError`` while the
+server is unreachable), the redis-py exception kept as ``__cause__``.
 
 Other key layouts are chosen with a :class:`KeyLayout`: :data:`STATE_LAYOUT` is the production state adapter's
 ``state:<scope>`` (one namespace, the stream name is ignored), which the engine's state module uses.
@@ -35,6 +43,7 @@ import asyncio
 import builtins
 import contextlib
 import logging
+import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,8 +53,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.exceptions import WatchError
 from redis.retry import Retry
 
 from iii.stream import (
@@ -59,10 +68,21 @@ from iii.stream import (
     StreamUpdateInput,
     StreamUpdateResult,
 )
-from iii.stream_ops import apply_update, parse_ops
+from iii.stream_ops import Op, apply_update, parse_ops
 from iii.wire import dumps, loads
 
-from .base import Backend
+from .base import DEFAULT_TIMEOUT, Backend
+from .batching import KeyedBatcher
+from .errors import (
+    PoolExhaustedError,
+    StreamBackendError,
+    StreamDataError,
+    StreamError,
+    StreamTimeoutError,
+    StreamUnavailableError,
+    UpdateConflictError,
+    check_timeout,
+)
 from .events import StreamEvent, Watch, custom_event, event_json_parts
 
 __all__ = [
@@ -104,23 +124,15 @@ end
 return old
 """
 
-_OWN_OPTIONS: Final = ("publish_events", "channel", "max_update_attempts", "layout")
+_OWN_OPTIONS: Final = ("publish_events", "channel", "max_update_attempts", "layout", "timeout")
 _GLOB_SPECIAL: Final = re.compile(r"([\\*?\[\]])")
 _ESCAPED: Final = re.compile(r"%(25|3A)")
 DEFAULT_MAX_CONNECTIONS: Final = 50
 DEFAULT_POOL_TIMEOUT: Final = 30.0
-
-
-class StreamDataError(ValueError):
-    """A stored value is not JSON (written by something else than a stream store)."""
-
-
-class UpdateConflictError(RuntimeError):
-    """``update`` lost the optimistic race more than ``max_update_attempts`` times in a row."""
-
-
-class PoolExhaustedError(RedisConnectionError):
-    """Every pooled connection stayed busy for longer than the pool's wait limit."""
+# full-jitter backoff after a lost WATCH race: sleep uniform(0, d), d doubling from the first to the cap
+_BACKOFF_FIRST: Final = 0.001
+_BACKOFF_CAP: Final = 0.05
+_MAX_BATCH: Final = 256  # updates per MULTI/EXEC
 
 
 def _glob_escape(text: str) -> str:
@@ -279,17 +291,28 @@ class _PubSubSubscription:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
+@dataclass(frozen=True, slots=True)
+class _Update:
+    """One caller's update waiting for its hash's next transaction."""
+
+    stream_name: str
+    group_id: str
+    item_id: str
+    ops: builtins.list[Op]
+
+
 class RedisStream(Backend):
     """An ``IStream`` on Redis; pass a ``redis.asyncio.Redis`` (closed by you) or use :meth:`from_url`.
 
     ``channel`` is where events go (``""`` disables them, like ``publish_events=False``);
-    ``max_update_attempts`` bounds the optimistic retries of one ``update``; ``layout`` names the hashes
-    (default :data:`STREAM_LAYOUT`, the production stream layout).
+    ``max_update_attempts`` bounds the optimistic retries of one update transaction; ``layout`` names the
+    hashes (default :data:`STREAM_LAYOUT`, the production stream layout); ``timeout`` bounds each operation
+    called without one (seconds, ``None`` for no limit).
 
     Example:
         >>> s = RedisStream.from_url("redis://127.0.0.1:6379/0")
-        >>> s.channel
-        'stream::events'
+        >>> s.channel, s.timeout
+        ('stream::events', 60.0)
     """
 
     def __init__(
@@ -301,25 +324,35 @@ class RedisStream(Backend):
         max_update_attempts: int = 1000,
         owns_client: bool = False,
         layout: KeyLayout = STREAM_LAYOUT,
+        timeout: float | None = DEFAULT_TIMEOUT,
     ) -> None:
+        attempts = max_update_attempts
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise ValueError(f"RedisStream: max_update_attempts must be a positive integer, got {attempts!r}")
         self._client = client
         self.layout = layout
         self.publish_events = publish_events and bool(channel)
         self.channel = channel
         self.max_update_attempts = max_update_attempts
+        self.timeout = check_timeout(timeout)
+        self.update_conflicts = 0
+        """Lost ``WATCH`` races so far (each one cost a retry of a whole update transaction)."""
         self._owns_client = owns_client
         self._set_script = client.register_script(_SET_SCRIPT)
         self._delete_script = client.register_script(_DELETE_SCRIPT)
+        self._updates: KeyedBatcher[str, _Update, StreamUpdateResult[Any]] = KeyedBatcher(
+            self._update_batch, name="RedisStream updates", max_batch=_MAX_BATCH)
         self._closed = False
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStream:
         """Open a pooled client for ``redis://``, ``rediss://`` or ``unix://`` URLs; closed by :meth:`aclose`.
 
-        Options for this class (``publish_events``, ``channel``, ``max_update_attempts``, ``layout``) are taken
-        out. The pool blocks: at most ``max_connections`` (default 50) connections, callers beyond that wait up to
-        ``pool_timeout`` seconds (default 30) for one and then fail with :class:`PoolExhaustedError`. The other
-        options go to the connections (e.g. ``socket_timeout``).
+        Options for this class (``publish_events``, ``channel``, ``max_update_attempts``, ``layout``,
+        ``timeout``) are taken out. The pool blocks: at most ``max_connections`` (default 50) connections,
+        callers beyond that wait up to ``pool_timeout`` seconds (default 30) for one and then fail with
+        :class:`~iii_streams.errors.PoolExhaustedError`. The other options go to the connections (e.g.
+        ``socket_timeout``).
 
         Example:
             >>> RedisStream.from_url("redis://localhost:6379/0", max_connections=8).max_update_attempts
@@ -346,101 +379,159 @@ class RedisStream(Backend):
         """The underlying ``redis.asyncio.Redis``."""
         return self._client
 
+    def _wrap_error(self, exc: Exception, where: str) -> StreamError | None:
+        if isinstance(exc, RedisTimeoutError):
+            return StreamTimeoutError(f"{where}: Redis did not answer in time: {exc}")
+        if isinstance(exc, RedisConnectionError):
+            return StreamUnavailableError(f"{where}: Redis unreachable: {exc}")
+        if isinstance(exc, RedisError):
+            return StreamBackendError(f"{where}: Redis refused the command: {exc}")
+        return super()._wrap_error(exc, where)
+
     def _parse(self, raw: bytes | str, key: str, field: str) -> Any:
         try:
             return loads(raw)
         except ValueError as exc:
             raise StreamDataError(f"value of field {field!r} in Redis hash {key!r} is not JSON: {exc}") from None
 
-    def _channel_args(self, stream_name: str, group_id: str, item_id: str) -> list[str]:
+    def _channel_args(self, stream_name: str, group_id: str, item_id: str) -> builtins.list[str]:
         if not self.publish_events:
             return ["", "", ""]
         head, tail = event_json_parts(stream_name, group_id, item_id)
         return [self.channel, head, tail]
 
-    async def get(self, input: StreamGetInput) -> Any:
+    async def get(self, input: StreamGetInput, *, timeout: float | None = None) -> Any:
         key = self.layout.key(input.stream_name, input.group_id)
-        raw = await self._client.hget(key, input.item_id)
+        async with self._guard("get", timeout):
+            raw = await self._client.hget(key, input.item_id)
         return None if raw is None else self._parse(raw, key, input.item_id)
 
-    async def set(self, input: StreamSetInput) -> StreamSetResult[Any]:
+    async def set(self, input: StreamSetInput, *, timeout: float | None = None) -> StreamSetResult[Any]:
         key = self.layout.key(input.stream_name, input.group_id)
         text = dumps(input.data)
         args = [input.item_id, text, *self._channel_args(input.stream_name, input.group_id, input.item_id)]
-        raw = await self._set_script(keys=[key], args=args)
+        async with self._guard("set", timeout):
+            raw = await self._set_script(keys=[key], args=args)
         old = None if raw is None else self._parse(raw, key, input.item_id)
         return StreamSetResult[Any](old_value=old, new_value=input.data)
 
-    async def delete(self, input: StreamDeleteInput) -> StreamDeleteResult:
+    async def delete(self, input: StreamDeleteInput, *, timeout: float | None = None) -> StreamDeleteResult:
         key = self.layout.key(input.stream_name, input.group_id)
         args = [input.item_id, *self._channel_args(input.stream_name, input.group_id, input.item_id)]
-        raw = await self._delete_script(keys=[key], args=args)
+        async with self._guard("delete", timeout):
+            raw = await self._delete_script(keys=[key], args=args)
         return StreamDeleteResult(old_value=None if raw is None else self._parse(raw, key, input.item_id))
 
-    async def list(self, input: StreamListInput) -> builtins.list[Any]:
+    async def list(self, input: StreamListInput, *, timeout: float | None = None) -> builtins.list[Any]:
         key = self.layout.key(input.stream_name, input.group_id)
-        values: Sequence[bytes | str] = await self._client.hvals(key)
+        async with self._guard("list", timeout):
+            values: Sequence[bytes | str] = await self._client.hvals(key)
         return [self._parse(raw, key, "<hvals>") for raw in values]
 
-    async def list_groups(self, input: StreamListGroupsInput) -> builtins.list[str]:
+    async def list_groups(
+        self, input: StreamListGroupsInput, *, timeout: float | None = None
+    ) -> builtins.list[str]:
         prefix = self.layout.group_prefix(input.stream_name)
         skip = len(prefix.encode())
         seen: dict[str, None] = {}  # SCAN may repeat keys; keep first-seen order
-        async for key in self._client.scan_iter(match=_glob_escape(prefix) + "*", count=1000):
-            seen.setdefault(key[skip:].decode(), None)
+        async with self._guard("list_groups", timeout):
+            async for key in self._client.scan_iter(match=_glob_escape(prefix) + "*", count=1000):
+                seen.setdefault(key[skip:].decode(), None)
         return builtins.list(seen)
 
-    async def update(self, input: StreamUpdateInput) -> StreamUpdateResult[Any]:
+    async def update(self, input: StreamUpdateInput, *, timeout: float | None = None) -> StreamUpdateResult[Any]:
         ops = parse_ops(input.ops)  # invalid ops fail before Redis is touched
         key = self.layout.key(input.stream_name, input.group_id)
-        field = input.item_id
-        async with self._client.pipeline(transaction=True) as pipe:
+        async with self._guard("update", timeout):
+            return await self._updates.submit(key, _Update(input.stream_name, input.group_id, input.item_id, ops))
+
+    async def _update_batch(
+        self, key: str, batch: Sequence[_Update]
+    ) -> builtins.list[StreamUpdateResult[Any] | BaseException]:
+        """One transaction for every waiting update of hash ``key``, retried with jittered backoff on a lost race."""
+        fields = builtins.list(dict.fromkeys(u.item_id for u in batch))
+        ceiling = _BACKOFF_FIRST
+        # bounded by the store's timeout: a hung server must not keep the hash's queue waiting forever
+        async with asyncio.timeout(self.timeout), self._client.pipeline(transaction=True) as pipe:
             for _ in range(self.max_update_attempts):
                 try:
                     await pipe.watch(key)
-                    raw = await pipe.hget(key, field)
-                    old, new = apply_update(None if raw is None else self._parse(raw, key, field), ops)
-                    text = dumps(new)
-                    pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.hset(key, field, text)
-                    if self.publish_events:
-                        head, tail = event_json_parts(input.stream_name, input.group_id, field)
-                        kind = "create" if old is None else "update"
-                        pipe.publish(self.channel, f'{head}{kind}","data":{text}{tail}')
-                    await pipe.execute()
-                    return StreamUpdateResult[Any](old_value=old, new_value=new)
+                    raws: builtins.list[bytes | str | None] = await pipe.hmget(key, fields)
+                    results, texts, events = self._apply_batch(key, batch, dict(zip(fields, raws, strict=True)))
+                    if texts:
+                        pipe.multi()  # type: ignore[no-untyped-call]
+                        pipe.hset(key, mapping=texts)
+                        for event in events:
+                            pipe.publish(self.channel, event)
+                        await pipe.execute()
+                    return results
                 except WatchError:
-                    await asyncio.sleep(0)  # let the winner's task move on before trying again
-                    continue
+                    # another process wrote the hash between WATCH and EXEC: wait a random share of a growing
+                    # ceiling so the racers spread out instead of colliding again
+                    self.update_conflicts += 1
+                    await asyncio.sleep(random.uniform(0, ceiling))
+                    ceiling = min(ceiling * 2, _BACKOFF_CAP)
         raise UpdateConflictError(
-            f"update of item {field!r} in {key!r} conflicted {self.max_update_attempts} times in a row"
+            f"update of {len(batch)} item(s) in {key!r} conflicted {self.max_update_attempts} times in a row"
         )
+
+    def _apply_batch(
+        self, key: str, batch: Sequence[_Update], raws: dict[str, bytes | str | None]
+    ) -> tuple[builtins.list[StreamUpdateResult[Any] | BaseException], dict[Any, str], builtins.list[str]]:
+        """Apply ``batch`` in order to the stored texts: each caller's result, the texts to write, the events."""
+        current: dict[str, str | None] = {}
+        for name, raw in raws.items():
+            current[name] = None if raw is None else raw.decode() if isinstance(raw, bytes) else raw
+        results: builtins.list[StreamUpdateResult[Any] | BaseException] = []
+        texts: dict[Any, str] = {}
+        events: builtins.list[str] = []
+        for update in batch:
+            old_text = current[update.item_id]
+            try:
+                # parsed per caller, so no two callers share (and could mutate) one value object
+                old = None if old_text is None else self._parse(old_text, key, update.item_id)
+                _, new = apply_update(old, update.ops)
+                text = dumps(new)
+            except Exception as exc:  # this caller's own failure (stored non-JSON, a value dumps refuses)
+                results.append(exc)
+                continue
+            current[update.item_id] = texts[update.item_id] = text
+            if self.publish_events:
+                head, tail = event_json_parts(update.stream_name, update.group_id, update.item_id)
+                events.append(f'{head}{"create" if old is None else "update"}","data":{text}{tail}')
+            results.append(StreamUpdateResult[Any](old_value=old, new_value=new))
+        return results, texts, events
 
     async def send(self, stream_name: str, group_id: str, id: str | None, type: str, data: Any) -> None:
         await self.publish(custom_event(stream_name, group_id, id, type, data))
 
     async def publish(self, event: StreamEvent) -> None:
-        await self._client.publish(self.channel or EVENTS_CHANNEL, dumps(event))
+        text = dumps(event)
+        async with self._guard("publish", None):
+            await self._client.publish(self.channel or EVENTS_CHANNEL, text)
 
     def watch(
         self, stream_name: str | None = None, group_id: str | None = None, item_id: str | None = None
     ) -> Watch:
         async def opener() -> _PubSubSubscription:
-            return await _PubSubSubscription(self._client, self.channel or EVENTS_CHANNEL).start()
+            async with self._guard("watch", None):
+                return await _PubSubSubscription(self._client, self.channel or EVENTS_CHANNEL).start()
 
         return Watch(opener, self._filter(stream_name, group_id, item_id))
 
     async def list_all(self) -> builtins.list[tuple[str, builtins.list[str]]]:
         streams: dict[str, set[str]] = {}
-        async for raw in self._client.scan_iter(match=_glob_escape(self.layout.prefix) + ":*", count=1000):
-            parts = self.layout.split(raw.decode())
-            if parts is not None:
-                streams.setdefault(parts[0], set()).add(parts[1])
+        async with self._guard("list_all", None):
+            async for raw in self._client.scan_iter(match=_glob_escape(self.layout.prefix) + ":*", count=1000):
+                parts = self.layout.split(raw.decode())
+                if parts is not None:
+                    streams.setdefault(parts[0], set()).add(parts[1])
         return [(name, sorted(groups)) for name, groups in sorted(streams.items())]
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
+        await self._updates.aclose()
         if self._owns_client:
             await self._client.aclose()

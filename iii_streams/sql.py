@@ -1,13 +1,22 @@
 """``SQLStream``: stream items in SQLite (aiosqlite, the default) or PostgreSQL (asyncpg) through SQLAlchemy 2.
 
 Schema: :mod:`iii_streams.schema`, created by the Alembic migrations (``iii-streams migrate URL``, or
-automatically for SQLite). Every write is one transaction that reads the old value, writes the new one and,
-on PostgreSQL, queues a ``NOTIFY`` delivered at commit. Atomicity per item:
+automatically for SQLite). Writes (set, update, delete) are group-committed
+(:class:`~iii_streams.batching.KeyedBatcher`): the writes waiting when a transaction starts run in it, in order
+(at most 256), each caller getting its own old and new value once the transaction has committed. One
+transaction reads every row it touches with one ``SELECT … IN``, applies the writes in Python (JSON stays exact)
+and writes the final rows with one statement per kind; on PostgreSQL it also sends the ``NOTIFY`` of every
+write (delivered at commit). Atomicity per item:
 
-- PostgreSQL: ``SELECT … FOR UPDATE`` on the row; a missing row is created with ``INSERT … ON CONFLICT DO
-  NOTHING`` and the whole step is retried if another writer created it first.
-- SQLite: ``BEGIN IMMEDIATE`` (the database's single write lock, also across processes), and writers of one
-  ``SQLStream`` queue on an ``asyncio.Lock`` rather than spinning on SQLite's busy handler.
+- PostgreSQL: one queue per item; ``SELECT … FOR UPDATE`` locks the row across processes; a missing row is
+  created with ``INSERT … ON CONFLICT DO NOTHING`` and the transaction is run again if another writer created it
+  first. PostgreSQL drops a repeated identical notification within one transaction, so a write whose event
+  would repeat one already sent goes into the next transaction.
+- SQLite: one queue for the whole database (it has one write lock anyway); ``BEGIN IMMEDIATE`` takes that lock,
+  also across processes.
+
+Errors of SQLAlchemy and the drivers surface as :class:`~iii_streams.errors.StreamError` subclasses with the
+original as ``__cause__``; every operation accepts ``timeout=`` (seconds).
 
 ``watch()`` uses ``LISTEN`` on PostgreSQL (sees writes from every process) and an in-process hub on SQLite
 (sees this object's writes only). PostgreSQL limits a notification to 8000 bytes: larger events are sent
@@ -29,12 +38,21 @@ import asyncio
 import builtins
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
-from sqlalchemy import delete, event, func, insert, select, update
+from sqlalchemy import bindparam, delete, event, func, insert, select, text, update
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    ProgrammingError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from iii.stream import (
@@ -51,8 +69,20 @@ from iii.stream import (
 from iii.stream_ops import Op, apply_update, parse_ops
 from iii.wire import dumps, loads
 
-from .base import Backend
+from .base import DEFAULT_TIMEOUT, Backend
+from .batching import KeyedBatcher
+from .errors import (
+    PoolExhaustedError,
+    SchemaMissingError,
+    StreamBackendError,
+    StreamClosedError,
+    StreamError,
+    StreamTimeoutError,
+    StreamUnavailableError,
+    check_timeout,
+)
 from .events import EventHub, StreamEvent, Subscription, Watch, custom_event, event_json_parts, make_event
+from .messages import error_line
 from .migrate import migrate_with, normalize_url
 from .schema import TABLE_NAME, group_key, item_key, items, stream_key
 
@@ -63,11 +93,23 @@ log = logging.getLogger(__name__)
 NOTIFY_CHANNEL: Final = "iii_streams_events"
 _NOTIFY_LIMIT: Final = 7999  # PostgreSQL refuses payloads of 8000 bytes or more
 
-_RETRY: Final = object()  # a writer lost the race to create the row: run the step again
+_MAX_BATCH: Final = 256  # writes per transaction (also keeps SELECT … IN well under parameter limits)
+_ONE_QUEUE: Final = b""  # SQLite's batcher key: every write of the database shares one queue
+_NOTIFY_MANY: Final = text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p")
+
+Compute = Callable[[Any], tuple[Any, str]]
+"""``compute(old_value) -> (new_value, new_json_text)`` of a set or update."""
 
 
-class SchemaMissingError(RuntimeError):
-    """The database has no stream table yet."""
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """One caller's write waiting for the next transaction; ``compute`` is ``None`` for a delete."""
+
+    stream_name: str
+    group_id: str
+    item_id: str
+    key: bytes
+    compute: Compute | None
 
 
 class _ListenSubscription:
@@ -153,7 +195,9 @@ class SQLStream(Backend):
         publish_events: bool = True,
         owns_engine: bool = False,
         watch_queue_size: int = 10_000,
+        timeout: float | None = DEFAULT_TIMEOUT,
     ) -> None:
+        self.timeout = check_timeout(timeout)
         self.engine = engine
         self.dialect = engine.dialect.name
         if self.dialect not in ("sqlite", "postgresql"):
@@ -175,19 +219,21 @@ class SQLStream(Backend):
         self._read_lock: asyncio.Lock | None = self._write_lock if in_memory else None
         self._ready = False
         self._ready_lock = asyncio.Lock()
+        self._writes: KeyedBatcher[bytes, _Write, tuple[Any, Any]] = KeyedBatcher(
+            self._write_batch, name="SQLStream writes", max_batch=_MAX_BATCH)
         self._closed = False
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SQLStream:
         """Open ``sqlite+aiosqlite:///path.db`` (``sqlite://`` works too; no path = in memory) or
-        ``postgresql+asyncpg://user@host/db``. ``create``, ``publish_events`` and ``watch_queue_size`` are for
-        this class; other options go to ``create_async_engine`` (e.g. ``pool_size``).
+        ``postgresql+asyncpg://user@host/db``. ``create``, ``publish_events``, ``watch_queue_size`` and ``timeout``
+        are for this class; other options go to ``create_async_engine`` (e.g. ``pool_size``).
 
         Example:
             >>> SQLStream.from_url("postgresql://app@db/app").dialect
             'postgresql'
         """
-        own = {k: options.pop(k) for k in ("create", "publish_events", "watch_queue_size") if k in options}
+        own = {k: options.pop(k) for k in ("create", "publish_events", "watch_queue_size", "timeout") if k in options}
         sa_url = make_url(normalize_url(url))
         if sa_url.get_backend_name() == "sqlite":
             options.setdefault("connect_args", {}).setdefault("timeout", 30)
@@ -201,7 +247,7 @@ class SQLStream(Backend):
             if self._ready:
                 return
             if self._closed:
-                raise RuntimeError("SQLStream is closed")
+                raise StreamClosedError("SQLStream is closed")
             if self._create:
                 async with self._write_lock if self._write_lock is not None else contextlib.nullcontext():
                     await migrate_with(self.engine)
@@ -210,7 +256,7 @@ class SQLStream(Backend):
     def _read(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
         return self._connection(self._reader.connect, self._read_lock)
 
-    def _write(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+    def _transaction(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
         return self._connection(self.engine.begin, self._write_lock)
 
     @contextlib.asynccontextmanager
@@ -238,7 +284,8 @@ class SQLStream(Backend):
                 "run `iii-streams migrate URL` or open the store with create=True"
             ) from exc
 
-    def _notify_sql(self, payload: str, event: StreamEvent | None = None) -> Any:
+    def _notify_payload(self, payload: str, event: StreamEvent | None = None) -> str:
+        """``payload`` made to fit a notification (data left out, then names), ``""`` when nothing fits."""
         if len(payload.encode()) > _NOTIFY_LIMIT:
             if event is None:
                 event = loads(payload)
@@ -255,21 +302,7 @@ class SQLStream(Backend):
             if len(payload.encode()) > _NOTIFY_LIMIT:
                 log.warning("stream event for %.80r… too large for NOTIFY; not sent", event.get("streamName"))
                 payload = ""
-        return select(func.pg_notify(NOTIFY_CHANNEL, payload))
-
-    async def _emit_change(
-        self, conn: AsyncConnection, stream_name: str, group_id: str, item_id: str, kind: str, text: str
-    ) -> StreamEvent | None:
-        """Queue the NOTIFY in the transaction (PostgreSQL) or return the event to publish after commit."""
-        if not self.publish_events:
-            return None
-        if self._pg:
-            head, tail = event_json_parts(stream_name, group_id, item_id)
-            await conn.execute(self._notify_sql(f'{head}{kind}","data":{text}{tail}'))
-            return None
-        if self._hub.active:
-            return make_event(stream_name, group_id, item_id, kind, loads(text))
-        return None
+        return payload
 
     async def _fill_truncated(self, event: StreamEvent) -> bool:
         """Complete an event sent without its data (or names); ``False`` if it can no longer be resolved."""
@@ -294,111 +327,189 @@ class SQLStream(Backend):
             )
         return True
 
-    async def _write_item(self, stream_name: str, group_id: str, item_id: str, compute: Any) -> tuple[Any, Any]:
-        """Read-modify-write one item atomically; ``compute(old) -> (new_value, text)``."""
-        key = item_key(stream_name, group_id, item_id)
-        locked = select(items.c.value).where(items.c.item_key == key)
-        if self._pg:
-            locked = locked.with_for_update()
-        while True:
-            async with self._write() as conn:
-                old_text = (await conn.execute(locked)).scalar_one_or_none()
-                old = None if old_text is None else loads(old_text)
-                new, text = compute(old)
-                if old_text is not None:
-                    await conn.execute(update(items).where(items.c.item_key == key).values(value=text))
-                else:
-                    created = await conn.execute(self._insert(key, stream_name, group_id, item_id, text))
-                    if created.first() is None:
-                        await conn.rollback()
-                        continue  # someone created the row after our SELECT; now it can be locked
-                kind = "create" if old is None else "update"
-                event = await self._emit_change(conn, stream_name, group_id, item_id, kind, text)
-            if event is not None:
-                self._hub.publish(event)
-            return old, new
+    def _wrap_error(self, exc: Exception, where: str) -> StreamError | None:
+        if isinstance(exc, PoolTimeoutError):
+            return PoolExhaustedError(f"{where}: no database connection became free in time: {exc}")
+        if isinstance(exc, OperationalError) and "database is locked" in str(exc):
+            return StreamTimeoutError(f"{where}: SQLite stayed locked by another writer: {exc.orig}")
+        if isinstance(exc, OperationalError | InterfaceError | DisconnectionError) or (
+            isinstance(exc, DBAPIError) and exc.connection_invalidated
+        ):
+            return StreamUnavailableError(f"{where}: database unreachable: {error_line(exc)}")
+        if isinstance(exc, SQLAlchemyError):
+            return StreamBackendError(f"{where}: the database refused the statement: {error_line(exc)}")
+        if type(exc).__module__.partition(".")[0] in ("asyncpg", "aiosqlite", "sqlite3"):
+            return StreamBackendError(f"{where}: {type(exc).__name__}: {exc}")
+        return super()._wrap_error(exc, where)
 
-    def _insert(self, key: bytes, stream_name: str, group_id: str, item_id: str, text: str) -> Any:
-        values = {
-            "item_key": key,
-            "group_key": group_key(stream_name, group_id),
-            "stream_key": stream_key(stream_name),
-            "stream_name": stream_name,
-            "group_id": group_id,
-            "item_id": item_id,
-            "value": text,
-        }
+    async def _write(self, stream_name: str, group_id: str, item_id: str, compute: Compute | None) -> tuple[Any, Any]:
+        """Queue one write for the next transaction and wait until it has committed: ``(old, new)``."""
+        key = item_key(stream_name, group_id, item_id)
+        return await self._writes.submit(key if self._pg else _ONE_QUEUE,
+                                         _Write(stream_name, group_id, item_id, key, compute))
+
+    async def _write_batch(self, _queue: bytes, writes: Sequence[_Write]) -> builtins.list[Any]:
+        """Run ``writes`` in as few transactions as possible; one ``(old, new)`` or exception per write."""
+        results: builtins.list[Any] = []
+        pending = builtins.list(writes)
+        # bounded by the store's timeout: a hung database must not keep the queue waiting forever
+        async with asyncio.timeout(self.timeout):
+            while pending:
+                async with self._transaction() as conn:
+                    step = await self._apply_writes(conn, pending)
+                    if step is None:
+                        await conn.rollback()
+                        continue  # another writer created a row after our SELECT; now it can be locked
+                done, step_results, events = step
+                results.extend(step_results)
+                pending = pending[done:]
+                for change in events:
+                    self._hub.publish(change)
+        return results
+
+    async def _apply_writes(
+        self, conn: AsyncConnection, writes: Sequence[_Write]
+    ) -> tuple[int, builtins.list[Any], builtins.list[StreamEvent]] | None:
+        """Apply a prefix of ``writes`` in ``conn``'s transaction: ``(how many, their results, events to publish
+        after commit)``, or ``None`` when a row to create appeared meanwhile (roll back and run again)."""
+        keys = builtins.list(dict.fromkeys(w.key for w in writes))
+        query = select(items.c.item_key, items.c.value).where(items.c.item_key.in_(keys))
         if self._pg:
+            query = query.order_by(items.c.item_key).with_for_update()  # one lock order: no deadlocks
+        stored: dict[bytes, str] = {row.item_key: row.value for row in await conn.execute(query)}
+        current: dict[bytes, str | None] = {key: stored.get(key) for key in keys}
+        created: dict[bytes, _Write] = {}  # rows to insert, in creation order (their ids give list order)
+        deleted: set[bytes] = set()
+        results: builtins.list[Any] = []
+        notify: builtins.list[str] = []
+        events: builtins.list[StreamEvent] = []
+        for w in writes:
+            old_text = current[w.key]
+            try:
+                # parsed per write, so no two callers share (and could mutate) one value object
+                old = None if old_text is None else loads(old_text)
+                if w.compute is None:
+                    new, new_text, kind = None, None, "delete"
+                else:
+                    new, new_text = w.compute(old)
+                    kind = "create" if old is None else "update"
+            except Exception as exc:  # this caller's own failure (a value dumps refuses)
+                results.append(exc)
+                continue
+            if old_text is None and new_text is None:
+                results.append((None, None))  # deleting a missing item changes nothing
+                continue
+            event_text = new_text if new_text is not None else old_text
+            assert event_text is not None
+            if self.publish_events and self._pg:
+                head, tail = event_json_parts(w.stream_name, w.group_id, w.item_id)
+                payload = self._notify_payload(f'{head}{kind}","data":{event_text}{tail}')
+                if payload and payload in notify:
+                    break  # PostgreSQL would deliver it once: this write and the rest go into the next transaction
+                if payload:
+                    notify.append(payload)
+            elif self.publish_events and self._hub.active:
+                events.append(make_event(w.stream_name, w.group_id, w.item_id, kind, loads(event_text)))
+            if new_text is None:
+                deleted.add(w.key)
+                created.pop(w.key, None)
+            elif old_text is None:
+                created[w.key] = w
+            current[w.key] = new_text
+            results.append((old, new))
+        done = len(results)
+        gone = [k for k in keys if k in stored and (current[k] is None or k in deleted)]
+        changed = [{"k": k, "v": current[k]} for k in keys
+                   if k in stored and k not in deleted and current[k] is not None and current[k] != stored[k]]
+        if gone:
+            await conn.execute(delete(items).where(items.c.item_key.in_(gone)))
+        if changed:
+            await conn.execute(update(items).where(items.c.item_key == bindparam("k")).values(value=bindparam("v")),
+                               changed)
+        rows = [self._row(w, current[k]) for k, w in created.items() if current[k] is not None]
+        if rows and self._pg:
             from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-            return pg_insert(items).values(values).on_conflict_do_nothing(index_elements=["item_key"]).returning(
-                items.c.id
-            )
-        return insert(items).values(values).returning(items.c.id)
+            for row in rows:
+                statement = pg_insert(items).values(row).on_conflict_do_nothing(index_elements=["item_key"])
+                if (await conn.execute(statement.returning(items.c.id))).first() is None:
+                    return None
+        elif rows:
+            await conn.execute(insert(items), rows)  # BEGIN IMMEDIATE holds the database: no one else created it
+        if notify:
+            await conn.execute(_NOTIFY_MANY, {"channel": NOTIFY_CHANNEL, "payloads": notify})
+        return done, results, events
+
+    @staticmethod
+    def _row(w: _Write, value: str | None) -> dict[str, Any]:
+        return {
+            "item_key": w.key,
+            "group_key": group_key(w.stream_name, w.group_id),
+            "stream_key": stream_key(w.stream_name),
+            "stream_name": w.stream_name,
+            "group_id": w.group_id,
+            "item_id": w.item_id,
+            "value": value,
+        }
 
     # -- IStream -----------------------------------------------------------------------------------------------
 
-    async def get(self, input: StreamGetInput) -> Any:
+    async def get(self, input: StreamGetInput, *, timeout: float | None = None) -> Any:
         key = item_key(input.stream_name, input.group_id, input.item_id)
-        async with self._read() as conn:
+        async with self._guard("get", timeout), self._read() as conn:
             text = (await conn.execute(select(items.c.value).where(items.c.item_key == key))).scalar_one_or_none()
         return None if text is None else loads(text)
 
-    async def set(self, input: StreamSetInput) -> StreamSetResult[Any]:
-        text = dumps(input.data)
-        old, _ = await self._write_item(
-            input.stream_name, input.group_id, input.item_id, lambda _old: (input.data, text)
-        )
+    async def set(self, input: StreamSetInput, *, timeout: float | None = None) -> StreamSetResult[Any]:
+        text = dumps(input.data)  # refused before anything is queued
+        async with self._guard("set", timeout):
+            old, _ = await self._write(input.stream_name, input.group_id, input.item_id,
+                                       lambda _old: (input.data, text))
         return StreamSetResult[Any](old_value=old, new_value=input.data)
 
-    async def update(self, input: StreamUpdateInput) -> StreamUpdateResult[Any]:
+    async def update(self, input: StreamUpdateInput, *, timeout: float | None = None) -> StreamUpdateResult[Any]:
         ops: builtins.list[Op] = parse_ops(input.ops)  # invalid ops fail before the database is touched
 
         def compute(old: Any) -> tuple[Any, str]:
             new = apply_update(old, ops)[1]
             return new, dumps(new)
 
-        old, new = await self._write_item(input.stream_name, input.group_id, input.item_id, compute)
+        async with self._guard("update", timeout):
+            old, new = await self._write(input.stream_name, input.group_id, input.item_id, compute)
         return StreamUpdateResult[Any](old_value=old, new_value=new)
 
-    async def delete(self, input: StreamDeleteInput) -> StreamDeleteResult:
-        key = item_key(input.stream_name, input.group_id, input.item_id)
-        async with self._write() as conn:
-            text = (
-                await conn.execute(delete(items).where(items.c.item_key == key).returning(items.c.value))
-            ).scalar_one_or_none()
-            if text is None:
-                return StreamDeleteResult(old_value=None)
-            event = await self._emit_change(conn, input.stream_name, input.group_id, input.item_id, "delete", text)
-        if event is not None:
-            self._hub.publish(event)
-        return StreamDeleteResult(old_value=loads(text))
+    async def delete(self, input: StreamDeleteInput, *, timeout: float | None = None) -> StreamDeleteResult:
+        async with self._guard("delete", timeout):
+            old, _ = await self._write(input.stream_name, input.group_id, input.item_id, None)
+        return StreamDeleteResult(old_value=old)
 
-    async def list(self, input: StreamListInput) -> builtins.list[Any]:
+    async def list(self, input: StreamListInput, *, timeout: float | None = None) -> builtins.list[Any]:
         query = (
             select(items.c.value)
             .where(items.c.group_key == group_key(input.stream_name, input.group_id))
             .order_by(items.c.id)
         )
-        async with self._read() as conn:
+        async with self._guard("list", timeout), self._read() as conn:
             rows = (await conn.execute(query)).scalars().all()
         return [loads(text) for text in rows]
 
-    async def list_groups(self, input: StreamListGroupsInput) -> builtins.list[str]:
+    async def list_groups(
+        self, input: StreamListGroupsInput, *, timeout: float | None = None
+    ) -> builtins.list[str]:
         query = (
             select(items.c.group_id)
             .where(items.c.stream_key == stream_key(input.stream_name))
             .group_by(items.c.group_key, items.c.group_id)
             .order_by(func.min(items.c.id))
         )
-        async with self._read() as conn:
+        async with self._guard("list_groups", timeout), self._read() as conn:
             return builtins.list((await conn.execute(query)).scalars().all())
 
     # -- Backend extras ------------------------------------------------------------------------------------------
 
     async def list_all(self) -> builtins.list[tuple[str, builtins.list[str]]]:
         query = select(items.c.stream_name, items.c.group_id).distinct()
-        async with self._read() as conn:
+        async with self._guard("list_all", None), self._read() as conn:
             rows = (await conn.execute(query)).all()
         streams: dict[str, builtins.list[str]] = {}
         for name, group in rows:
@@ -409,19 +520,22 @@ class SQLStream(Backend):
         await self.publish(custom_event(stream_name, group_id, id, type, data))
 
     async def publish(self, event: StreamEvent) -> None:
-        if self._pg:
-            async with self._read() as conn:
-                await conn.execute(self._notify_sql(dumps(event), event))
-        else:
-            dumps(event)  # refuse what could not be sent over PostgreSQL either
+        payload = dumps(event)  # refuse what could not be sent over PostgreSQL, on SQLite too
+        if not self._pg:
             self._hub.publish(event)
+            return
+        payload = self._notify_payload(payload, event)
+        if payload:
+            async with self._guard("publish", None), self._read() as conn:
+                await conn.execute(select(func.pg_notify(NOTIFY_CHANNEL, payload)))
 
     def watch(
         self, stream_name: str | None = None, group_id: str | None = None, item_id: str | None = None
     ) -> Watch:
         async def opener() -> Subscription:
             if self._pg:
-                return await _ListenSubscription(self, self._watch_queue_size).start()
+                async with self._guard("watch", None):
+                    return await _ListenSubscription(self, self._watch_queue_size).start()
             return self._hub.subscribe()
 
         return Watch(opener, self._filter(stream_name, group_id, item_id))
@@ -430,5 +544,6 @@ class SQLStream(Backend):
         if self._closed:
             return
         self._closed = True
+        await self._writes.aclose()
         if self._owns_engine:
             await self.engine.dispose()

@@ -14,7 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from iii.stream import StreamGetInput, StreamListGroupsInput, StreamSetInput, StreamUpdateInput, UpdateIncrement
 from iii.wire import loads
-from iii_streams import RedisStream, open_stream
+from iii_streams import RedisStream, StreamUnavailableError, open_stream
 from iii_streams.testing import Names, StreamConformance
 from tests.integration.streams.private_redis import PrivateRedis
 from tests.services import require_redis
@@ -115,8 +115,9 @@ async def test_survives_a_redis_restart(tmp_path: Path) -> None:
             watch = store.watch(stream_name="s")
             await watch.open()
             server.stop()
-            with pytest.raises(RedisConnectionError):
+            with pytest.raises(StreamUnavailableError, match="RedisStream.update: Redis unreachable") as failed:
                 await store.update(StreamUpdateInput(**item, ops=[UpdateIncrement(path="n", by=1)]))
+            assert isinstance(failed.value.__cause__, RedisConnectionError)  # the driver's error is kept
             await server.start()
             assert await store.get(StreamGetInput(**item)) == {"n": 1}  # the failed update left nothing behind
             result = await store.update(StreamUpdateInput(**item, ops=[UpdateIncrement(path="n", by=1)]))

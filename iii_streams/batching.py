@@ -1,0 +1,137 @@
+"""Group commit for stream stores: writes submitted under one key run in batches, one batch at a time per key.
+
+A caller submits one request and awaits its own result. The first request for an idle key starts a runner task
+that takes up to ``max_batch`` waiting requests, hands them to the store's batch function (one transaction, one
+``MULTI``/``EXEC``), resolves every caller's future with its own result, and repeats while requests are
+waiting. Inside one process this serializes the writers of a key (no optimistic retries among them) and turns
+N round trips into one.
+
+Guarantees: each request is applied at most once and its caller learns the outcome (a result, its own
+exception, or the batch's exception); a caller that stops waiting (timeout, cancellation) before its request
+is taken is skipped, so the write never happens; a caller that stops waiting later leaves the write to finish.
+Waiting requests per key are bounded by ``max_pending``; past it ``submit`` fails at once.
+
+Example:
+    >>> import asyncio
+    >>> async def demo():
+    ...     seen = []
+    ...     async def run(key, requests):
+    ...         seen.append(list(requests))
+    ...         return [r * 10 for r in requests]
+    ...     batcher = KeyedBatcher(run, name="demo")
+    ...     results = await asyncio.gather(*(batcher.submit("k", n) for n in range(4)))
+    ...     await batcher.aclose()
+    ...     return results, seen
+    >>> asyncio.run(demo())
+    ([0, 10, 20, 30], [[0, 1, 2, 3]])
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from typing import Generic, TypeVar
+
+from .errors import StreamBackendError, StreamClosedError
+
+__all__ = ["BatchRunner", "KeyedBatcher"]
+
+K = TypeVar("K", bound=Hashable)
+R = TypeVar("R")
+T = TypeVar("T")
+
+BatchRunner = Callable[[K, Sequence[R]], Awaitable[Sequence[T | BaseException]]]
+"""``run(key, requests) -> one result or exception per request, in order``; raising fails the whole batch."""
+
+
+class KeyedBatcher(Generic[K, R, T]):
+    """Runs the requests of each key in batches through ``run`` (see the module docstring)."""
+
+    def __init__(
+        self, run: BatchRunner[K, R, T], *, name: str, max_batch: int = 256, max_pending: int = 100_000
+    ) -> None:
+        if max_batch < 1 or max_pending < 1:
+            raise ValueError(f"{name}: max_batch and max_pending must be >= 1, got {max_batch}, {max_pending}")
+        self._run = run
+        self._name = name
+        self._max_batch = max_batch
+        self._max_pending = max_pending
+        self._pending: dict[K, deque[tuple[R, asyncio.Future[T]]]] = {}
+        self._runners: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    def __len__(self) -> int:
+        """Requests waiting to be taken, over every key."""
+        return sum(len(queue) for queue in self._pending.values())
+
+    async def submit(self, key: K, request: R) -> T:
+        """Queue ``request`` under ``key`` and wait for its own result."""
+        if self._closed:
+            raise StreamClosedError(f"{self._name} is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        queue = self._pending.get(key)
+        if queue is None:
+            queue = self._pending[key] = deque()
+            runner = loop.create_task(self._drain(key, queue), name=f"{self._name} batch runner")
+            self._runners.add(runner)
+            runner.add_done_callback(self._runners.discard)
+        elif len(queue) >= self._max_pending:
+            raise StreamBackendError(
+                f"{self._name}: {len(queue)} writes already wait for one key (max_pending); try again later"
+            )
+        queue.append((request, future))
+        return await future
+
+    async def _drain(self, key: K, queue: deque[tuple[R, asyncio.Future[T]]]) -> None:
+        try:
+            while queue:
+                batch: list[tuple[R, asyncio.Future[T]]] = []
+                while queue and len(batch) < self._max_batch:
+                    request, future = queue.popleft()
+                    if not future.done():  # a caller that gave up before being taken is skipped
+                        batch.append((request, future))
+                if not batch:
+                    continue
+                try:
+                    results = await self._run(key, [request for request, _ in batch])
+                except asyncio.CancelledError:
+                    _fail(batch, StreamClosedError(f"{self._name} was closed while a write was in flight"))
+                    raise
+                except BaseException as exc:  # the batch failed as a whole: every caller in it learns why
+                    _fail(batch, exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                if len(results) != len(batch):
+                    _fail(batch, StreamBackendError(f"{self._name}: batch returned {len(results)} results for "
+                                                    f"{len(batch)} requests"))
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, BaseException):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            if self._pending.get(key) is queue:
+                del self._pending[key]
+            _fail(list(queue), StreamClosedError(f"{self._name} was closed before the write ran"))
+            queue.clear()
+
+    async def aclose(self) -> None:
+        """Refuse new requests, let running batches finish, and fail what never started. Idempotent."""
+        self._closed = True
+        for queue in self._pending.values():
+            _fail(list(queue), StreamClosedError(f"{self._name} was closed before the write ran"))
+            queue.clear()
+        if self._runners:
+            await asyncio.gather(*tuple(self._runners), return_exceptions=True)
+
+
+def _fail(batch: Sequence[tuple[object, asyncio.Future[T]]], exc: BaseException) -> None:
+    for _, future in batch:
+        if not future.done():
+            future.set_exception(exc)

@@ -1,0 +1,94 @@
+"""The errors every ``iii_streams`` store raises: one :class:`StreamError` base, the backend's exception kept.
+
+A store never lets a driver's exception (redis-py, SQLAlchemy, asyncpg, aiosqlite, ``OSError``) escape: it raises
+the matching :class:`StreamError` subclass ``from`` it, so ``exc.__cause__`` is the original. Caller mistakes
+(an invalid update op, data that is not JSON) stay ``ValueError`` / ``TypeError``, as in ``iii.stream_ops``.
+
+- ``StreamError``: base of everything below
+- ``StreamUnavailableError``: the server cannot be reached (connection refused or lost)
+- ``PoolExhaustedError``: every pooled connection stayed busy past the pool's wait limit
+- ``StreamTimeoutError``: an operation did not finish within its ``timeout`` (a write's outcome is unknown)
+- ``StreamBackendError``: the backend refused the operation for another reason
+- ``StreamDataError``: a stored value is not JSON (written by something else)
+- ``UpdateConflictError``: an optimistic update lost the race too many times in a row
+- ``SchemaMissingError``: the SQL database has no stream table yet
+- ``StreamClosedError``: the store was closed
+
+Example:
+    >>> try:
+    ...     raise StreamUnavailableError("redis at 127.0.0.1:1 is unreachable") from ConnectionRefusedError(111)
+    ... except StreamError as exc:
+    ...     print(type(exc).__name__, "|", exc, "|", type(exc.__cause__).__name__)
+    StreamUnavailableError | redis at 127.0.0.1:1 is unreachable | ConnectionRefusedError
+    >>> check_timeout(0)
+    Traceback (most recent call last):
+    ...
+    ValueError: timeout must be a positive number of seconds or None, got 0
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = [
+    "PoolExhaustedError",
+    "SchemaMissingError",
+    "StreamBackendError",
+    "StreamClosedError",
+    "StreamDataError",
+    "StreamError",
+    "StreamTimeoutError",
+    "StreamUnavailableError",
+    "UpdateConflictError",
+    "check_timeout",
+]
+
+
+class StreamError(Exception):
+    """Base class of every error a stream store raises for a backend problem."""
+
+
+class StreamUnavailableError(StreamError, ConnectionError):
+    """The backend cannot be reached (connection refused, reset or lost); nothing was half-written."""
+
+
+class PoolExhaustedError(StreamUnavailableError):
+    """Every pooled connection stayed busy for longer than the pool's wait limit."""
+
+
+class StreamTimeoutError(StreamError, TimeoutError):
+    """An operation did not finish within its timeout; a write may or may not have been applied."""
+
+
+class StreamBackendError(StreamError):
+    """The backend refused the operation (a server error that is neither unavailability nor a timeout)."""
+
+
+class StreamDataError(StreamError, ValueError):
+    """A stored value is not JSON (written by something else than a stream store)."""
+
+
+class UpdateConflictError(StreamError, RuntimeError):
+    """An optimistic ``update`` lost the race more than its attempt limit allows, in a row."""
+
+
+class SchemaMissingError(StreamError, RuntimeError):
+    """The SQL database has no stream table yet (run ``iii-streams migrate URL``)."""
+
+
+class StreamClosedError(StreamError, RuntimeError):
+    """The store was closed (``aclose()``) before or while the operation ran."""
+
+
+def check_timeout(timeout: float | None, name: str = "timeout") -> float | None:
+    """``timeout`` if it is ``None`` or a positive, finite number of seconds; a ``ValueError`` naming it otherwise.
+
+    Example:
+        >>> check_timeout(2), check_timeout(None)
+        (2.0, None)
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
+        raise ValueError(f"{name} must be a positive number of seconds or None, got {timeout!r}")
+    return float(timeout)
