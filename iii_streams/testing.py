@@ -1,10 +1,19 @@
 """The ``IStream`` conformance suite, reusable by any stream implementation (ours or a third party's).
 
 Subclass :class:`StreamConformance` in a test module and override the ``stream`` fixture; pytest collects the
-inherited tests. Tests of the extras (``send``, ``watch``, ``list_all``) run only when the object has them, and
-the two-process test only when ``stream_url`` gives a URL another process can open with
-:func:`iii_streams.open_stream`. Every test uses fresh, unique stream names (the ``names`` fixture), so runs
-against a shared server never collide. Needs ``pytest-asyncio``.
+inherited tests. Tests of the extras (``send``, ``watch``, ``list_all``) run only when the object has them, the
+``timeout=`` tests only when its operations accept that keyword, and the two-process test only when
+``stream_url`` gives a URL another process can open with :func:`iii_streams.open_stream`. Every test uses
+fresh, unique stream names (the ``names`` fixture), so runs against a shared server never collide.
+
+Needs ``pytest`` and ``pytest-asyncio`` (the ``testing`` extra) and works in pytest-asyncio's default
+``strict`` mode as well as in ``auto`` mode: the tests carry the ``asyncio`` mark, and an ``async`` ``stream``
+fixture declared with a plain ``@pytest.fixture`` is handed to pytest-asyncio when the subclass is created
+(``@pytest_asyncio.fixture`` works too).
+
+Every store of this package passes the whole suite, including exact group listing: the Redis layout escapes
+``:`` in stream names (``a:b`` is ``stream:a%3Ab:<group>``), so ``list_groups("a")`` never reports the groups of
+stream ``a:b``. ``exact_group_listing = False`` remains for stores of your own that cannot tell them apart.
 
 Example (a test module)::
 
@@ -22,6 +31,7 @@ Example (a test module)::
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import subprocess
 import sys
@@ -31,6 +41,7 @@ from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 import pytest
+import pytest_asyncio
 
 from iii.stream import (
     IStream,
@@ -139,10 +150,24 @@ _WORKER = textwrap.dedent(
 class StreamConformance:
     """Inherit, override ``stream`` (and optionally ``stream_url``), and pytest runs the whole suite.
 
-    Class flags for documented backend limits: ``exact_group_listing = False`` when ``list_groups`` of stream
-    ``a`` may also report groups of stream ``a:b`` (the Redis layout); ``ordered_lists = False`` when ``list``
-    does not keep insertion order.
+    Class flags for documented limits of a store of yours: ``exact_group_listing = False`` when ``list_groups``
+    of stream ``a`` may also report groups of stream ``a:b``; ``ordered_lists = False`` when ``list`` does not
+    keep insertion order.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # pytest-asyncio's strict mode runs only fixtures it was told about; the documented override is a plain
+        # @pytest.fixture on an async function, so hand such fixtures to pytest-asyncio here (same scope)
+        for name in ("stream", "stream_url"):
+            declared = cls.__dict__.get(name)
+            function = getattr(declared, "__wrapped__", None)
+            marker = getattr(declared, "_fixture_function_marker", None)
+            is_async = inspect.isasyncgenfunction(function) or inspect.iscoroutinefunction(function)
+            if marker is None or not is_async or getattr(function, "_force_asyncio_fixture", False):
+                continue
+            setattr(cls, name, pytest_asyncio.fixture(function, scope=marker.scope, params=marker.params,
+                                                      ids=marker.ids, name=marker.name))
 
     pytestmark: ClassVar[list[pytest.MarkDecorator]] = [pytest.mark.asyncio]
 
@@ -152,7 +177,7 @@ class StreamConformance:
     increments_per_task: ClassVar[int] = 3
     process_increments: ClassVar[int] = 60
 
-    @pytest.fixture
+    @pytest_asyncio.fixture
     async def stream(self) -> AsyncIterator[IStream[Any]]:
         """Override: yield the store under test (and close it afterwards)."""
         raise NotImplementedError("override the `stream` fixture in your StreamConformance subclass")
@@ -346,6 +371,25 @@ class StreamConformance:
         _, stderr = await asyncio.wait_for(proc.communicate(), 25)
         assert proc.returncode == 0, stderr.decode()
         assert await stream.get(_get(s, "g", "counter")) == {"n": 2 * n}
+
+    # -- timeout= (the stores of this package; skipped for stores whose operations do not take it) --------------
+
+    async def test_operations_accept_a_timeout(self, stream: IStream[Any], names: Names) -> None:
+        if "timeout" not in inspect.signature(stream.get).parameters:
+            pytest.skip(f"{type(stream).__name__}.get takes no timeout")
+        s = names.stream()
+        timed: Any = stream
+        assert (await timed.set(_set(s, "g", "1", {"n": 1}), timeout=10)).old_value is None
+        assert await timed.get(_get(s, "g", "1"), timeout=10) == {"n": 1}
+        result = await timed.update(_upd(s, "g", "1", [UpdateIncrement(path="n", by=1)]), timeout=10.0)
+        assert result.new_value == {"n": 2}
+        assert await timed.list(StreamListInput(stream_name=s, group_id="g"), timeout=10) == [{"n": 2}]
+        assert await timed.list_groups(StreamListGroupsInput(stream_name=s), timeout=10) == ["g"]
+        assert (await timed.delete(_del(s, "g", "1"), timeout=10)).old_value == {"n": 2}
+        for bad in (0, -1, float("nan"), float("inf"), "5", True):
+            with pytest.raises(ValueError, match="timeout must be a positive number"):
+                await timed.get(_get(s, "g", "1"), timeout=bad)
+        assert await stream.get(_get(s, "g", "1")) is None
 
     # -- extras: send / watch / list_all ------------------------------------------------------------------------
 

@@ -115,7 +115,7 @@ async def test_survives_a_redis_restart(tmp_path: Path) -> None:
             watch = store.watch(stream_name="s")
             await watch.open()
             server.stop()
-            with pytest.raises(StreamUnavailableError, match="RedisStream.update: Redis unreachable") as failed:
+            with pytest.raises(StreamUnavailableError, match=r"RedisStream\.update: Redis unreachable") as failed:
                 await store.update(StreamUpdateInput(**item, ops=[UpdateIncrement(path="n", by=1)]))
             assert isinstance(failed.value.__cause__, RedisConnectionError)  # the driver's error is kept
             await server.start()
