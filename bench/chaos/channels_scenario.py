@@ -22,7 +22,7 @@ import websockets
 from iii import register_worker
 from iii.channels import ChannelReader, ChannelWriter
 from iii_engine import Engine, EngineConfig
-from iii_engine.modules.http_channels import channel_url
+from iii_engine.modules.http.channels import channel_url
 
 from .common import MIB, ROOT, Report, child_env
 

@@ -19,7 +19,7 @@ import aiohttp
 
 from iii import register_worker
 from iii_engine import Engine, EngineConfig, ModuleSpec
-from iii_engine.modules.http_settings import ApiSettings
+from iii_engine.modules.http.settings import ApiSettings
 
 from .common import HOST, MIB, Report
 
