@@ -1,9 +1,20 @@
-"""Shared fixtures: an in-process engine (``engine``, ``engine_url``) and real ``iii-engine`` processes
-(``engine_process``), each on a free port.
+"""Shared fixtures: the engine under test (``engine_url``, ``rest_url``, ``streams_url``), our in-process engine
+(``engine``) and real ``iii-engine`` processes (``engine_process``), each on a free port.
+
+Against any engine: with ``III_TEST_ENGINE_URL`` set (plus ``III_TEST_REST_URL`` / ``III_TEST_STREAMS_URL``, see
+``tests/services.py``) the URL fixtures name that engine instead of starting ours, and in ``tests/integration``
+and ``tests/interop`` these tests are skipped, with the reason in the skip message:
+- tests marked ``@pytest.mark.our_engine("why")`` (our improvements, custom module configuration, process control);
+- tests that ask for our engine itself (fixtures ``engine``, ``engine_process``).
+Any other test there that starts an ``Engine`` of its own fails, naming the fix, so nothing silently tests ours.
+With the variable unset nothing changes.
 
 Example:
-    async def test_something(engine: Engine) -> None:
-        async with websockets.connect(engine.url) as ws: ...
+    async def test_something(engine_url: str) -> None:      # ours, or III_TEST_ENGINE_URL
+        async with websockets.connect(engine_url) as ws: ...
+
+    @pytest.mark.our_engine("reads the engine's registry")
+    async def test_internals(engine: Engine) -> None: ...
 
     async def test_cli(engine_process) -> None:
         proc = await engine_process("--log-level", "DEBUG")
@@ -23,9 +34,14 @@ import pytest
 
 from iii_engine import Engine, EngineConfig, ModuleSpec
 from iii_engine.modules.catalogue import DEFAULT_MODULES
+from tests.services import EXTERNAL_ENGINE
 
 ROOT = Path(__file__).resolve().parents[1]
 READY_PREFIX = "iii engine listening on "
+OUR_ENGINE = "our_engine"
+# Test directories meant to run against any engine, and the fixtures that hand a test our engine itself.
+_AGAINST_ANY_ENGINE = ("integration", "interop")
+_OUR_ENGINE_FIXTURES = ("engine", "engine_process")
 
 # Modules with their own listeners get port 0, so parallel test runs never collide on 3111/3112.
 _OWN_PORT_MODULES = ("modules::stream::StreamModule", "modules::api::RestApiModule")
@@ -38,6 +54,54 @@ def engine_test_config(**overrides: object) -> EngineConfig:
     return EngineConfig(host="127.0.0.1", port=0, modules=modules, **overrides)  # type: ignore[arg-type]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"{OUR_ENGINE}(reason): needs our embedded engine (its improvements, internals, custom module "
+                   "configuration or process control); skipped when III_TEST_ENGINE_URL names another engine")
+
+
+def _against_any_engine(node: pytest.Item) -> bool:
+    try:
+        relative = node.path.resolve().relative_to(ROOT / "tests")
+    except ValueError:
+        return False
+    return relative.parts[0] in _AGAINST_ANY_ENGINE
+
+
+def _needs_our_engine(item: pytest.Item) -> str | None:
+    """Why ``item`` cannot run against an external engine, or ``None``."""
+    marker = item.get_closest_marker(OUR_ENGINE)
+    if marker is not None:
+        return str(marker.args[0] if marker.args else marker.kwargs.get("reason", "marked our_engine"))
+    if _against_any_engine(item):
+        used = [name for name in _OUR_ENGINE_FIXTURES if name in getattr(item, "fixturenames", ())]
+        if used:
+            return f"uses our engine itself (fixture {used[0]!r})"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if EXTERNAL_ENGINE is None:
+        return
+    for item in items:
+        why = _needs_our_engine(item)
+        if why is not None:
+            item.add_marker(pytest.mark.skip(reason=f"needs our engine: {why}; III_TEST_ENGINE_URL is set"))
+
+
+@pytest.fixture(autouse=True)
+def _only_the_engine_under_test(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``III_TEST_ENGINE_URL`` set, a test meant for any engine that starts an ``Engine`` of its own fails:
+    it would test ours while claiming to test the external one."""
+    if EXTERNAL_ENGINE is None or not _against_any_engine(request.node) or _needs_our_engine(request.node):
+        return
+
+    async def refuse(self: Engine) -> None:
+        pytest.fail(f"{request.node.nodeid} starts an engine of its own while III_TEST_ENGINE_URL is set: use the "
+                    f"engine_url / rest_url / streams_url fixtures, or mark it @pytest.mark.{OUR_ENGINE}(reason)",
+                    pytrace=False)
+
+    monkeypatch.setattr(Engine, "start", refuse)
 
 
 @pytest.fixture
@@ -48,9 +112,41 @@ async def engine() -> AsyncIterator[Engine]:
 
 
 @pytest.fixture
-def engine_url(engine: Engine) -> str:
-    """``ws://127.0.0.1:<port>`` of :func:`engine`."""
+def engine_url(request: pytest.FixtureRequest) -> str:
+    """The worker URL of the engine under test: ``III_TEST_ENGINE_URL``, or ``ws://127.0.0.1:<port>`` of
+    :func:`engine` (the same engine the test's ``engine`` fixture, if any, is)."""
+    if EXTERNAL_ENGINE is not None:
+        return EXTERNAL_ENGINE.url
+    engine: Engine = request.getfixturevalue("engine")
     return engine.url
+
+
+@pytest.fixture
+def rest_url(request: pytest.FixtureRequest) -> str:
+    """``http://host:port`` of the engine under test's REST API module (``III_TEST_REST_URL``; the test is
+    skipped when only ``III_TEST_ENGINE_URL`` is set)."""
+    if EXTERNAL_ENGINE is not None:
+        if EXTERNAL_ENGINE.rest_url is None:
+            pytest.skip(f"III_TEST_REST_URL is not set (the REST API of {EXTERNAL_ENGINE.url})")
+        return EXTERNAL_ENGINE.rest_url
+    engine: Engine = request.getfixturevalue("engine")
+    module = engine.module("http_api")
+    assert module is not None, f"the test engine has no REST API module: {engine.unavailable_modules}"
+    return str(module.base_url).rstrip("/")  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def streams_url(request: pytest.FixtureRequest) -> str:
+    """``ws://host:port`` of the engine under test's stream socket (``III_TEST_STREAMS_URL``; the test is
+    skipped when only ``III_TEST_ENGINE_URL`` is set)."""
+    if EXTERNAL_ENGINE is not None:
+        if EXTERNAL_ENGINE.streams_url is None:
+            pytest.skip(f"III_TEST_STREAMS_URL is not set (the stream socket of {EXTERNAL_ENGINE.url})")
+        return EXTERNAL_ENGINE.streams_url
+    engine: Engine = request.getfixturevalue("engine")
+    module = engine.module("stream")
+    assert module is not None, f"the test engine has no stream module: {engine.unavailable_modules}"
+    return str(module.url).rstrip("/")  # type: ignore[attr-defined]
 
 
 @dataclass

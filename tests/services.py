@@ -6,6 +6,11 @@ test instead of skipping it, so a broken CI machine never passes by skipping eve
 URLs come from ``III_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/0``) and ``III_TEST_POSTGRES_URL``
 (default ``postgresql://postgres@127.0.0.1:5432/test``, a server-level URL: tests create their own databases).
 
+The engine under test: by default each test starts ours in-process. ``III_TEST_ENGINE_URL`` (``ws://host:port``)
+points the integration and interop tests at an engine someone else started instead, with ``III_TEST_REST_URL``
+(``http://host:port`` of its REST API module) and ``III_TEST_STREAMS_URL`` (``ws://host:port`` of its stream
+socket); :data:`EXTERNAL_ENGINE` holds them (``None`` when unset).
+
 Example:
     def test_x() -> None:
         url = require_redis()   # skipped (or failed under CI) when Redis does not answer
@@ -15,6 +20,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 from urllib.parse import urlsplit
@@ -22,17 +29,72 @@ from urllib.parse import urlsplit
 import pytest
 
 __all__ = [
+    "EXTERNAL_ENGINE",
     "POSTGRES_URL",
     "REDIS_URL",
+    "ExternalEngine",
+    "external_engine_from",
     "in_ci",
     "reference_python",
     "require_postgres",
     "require_redis",
+    "skip_on_external_engine",
     "unavailable",
 ]
 
 REDIS_URL = os.environ.get("III_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get("III_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@dataclass(frozen=True)
+class ExternalEngine:
+    """An engine someone else started: its worker URL and, when given, its REST API and stream-socket URLs."""
+
+    url: str
+    rest_url: str | None = None
+    streams_url: str | None = None
+
+
+def _checked_url(name: str, value: str, schemes: tuple[str, ...]) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ValueError(f"{name} must be a {' or '.join(s + '://' for s in schemes)}host:port URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def external_engine_from(env: Mapping[str, str]) -> ExternalEngine | None:
+    """The :class:`ExternalEngine` the ``III_TEST_*`` variables in ``env`` name, or ``None`` when
+    ``III_TEST_ENGINE_URL`` is unset; ``ValueError`` naming the variable when a URL cannot work.
+
+    Example:
+        >>> external_engine_from({"III_TEST_ENGINE_URL": "ws://10.0.0.5:49134", "III_TEST_REST_URL": "http://h:3111/"})
+        ExternalEngine(url='ws://10.0.0.5:49134', rest_url='http://h:3111', streams_url=None)
+        >>> external_engine_from({}) is None
+        True
+        >>> external_engine_from({"III_TEST_ENGINE_URL": "localhost:49134"})
+        Traceback (most recent call last):
+        ...
+        ValueError: III_TEST_ENGINE_URL must be a ws:// or wss://host:port URL, got 'localhost:49134'
+    """
+    url = env.get("III_TEST_ENGINE_URL", "").strip()
+    if not url:
+        return None
+    rest = env.get("III_TEST_REST_URL", "").strip()
+    streams = env.get("III_TEST_STREAMS_URL", "").strip()
+    return ExternalEngine(
+        _checked_url("III_TEST_ENGINE_URL", url, ("ws", "wss")),
+        _checked_url("III_TEST_REST_URL", rest, ("http", "https")) if rest else None,
+        _checked_url("III_TEST_STREAMS_URL", streams, ("ws", "wss")) if streams else None)
+
+
+EXTERNAL_ENGINE = external_engine_from(os.environ)
+
+
+def skip_on_external_engine(why: str) -> None:
+    """Skip the test when it runs against an external engine (``III_TEST_ENGINE_URL``), saying why; for tests
+    that find out at run time (a parameter, a code path) that they need our engine."""
+    if EXTERNAL_ENGINE is not None:
+        pytest.skip(f"needs our engine ({why}); III_TEST_ENGINE_URL is set")
 
 
 def reference_python() -> str:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from .refsdk import our_python, reference_python, run_scenario
@@ -15,13 +13,13 @@ pytestmark = pytest.mark.interop
     ("server", "caller"),
     [("reference", "ours"), ("ours", "reference"), ("reference", "reference")],
 )
-async def test_workers_call_each_other(engine: Any, server: str, caller: str) -> None:
+async def test_workers_call_each_other(engine_url: str, server: str, caller: str) -> None:
     pythons = {"reference": reference_python(), "ours": our_python()}
     prefix = f"{server}side"
-    async with run_scenario(pythons[server], engine.url, "serve", prefix) as serving:
+    async with run_scenario(pythons[server], engine_url, "serve", prefix) as serving:
         ready = await serving.step()
         assert ready["step"] == "ready"
-        async with run_scenario(pythons[caller], engine.url, "call", prefix) as calling:
+        async with run_scenario(pythons[caller], engine_url, "call", prefix) as calling:
             echo = await calling.step()
             assert echo["result"] == {"echo": {"n": 1, "s": "é"}, "by": prefix}
             fail = await calling.step()

@@ -18,6 +18,8 @@ from iii_engine import Engine
 from iii_engine.config import ChannelSettings
 from tests.conftest import engine_test_config
 
+pytestmark = pytest.mark.our_engine("switches our relay between our mode and production_mode and reads its state")
+
 
 @pytest.fixture(params=[False, True], ids=["ours", "production"])
 async def client(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Engine, III]]:

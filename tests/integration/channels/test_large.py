@@ -28,7 +28,7 @@ GIB = 1024 * MIB
 SLOW = os.environ.get("III_SLOW_TESTS") == "1"
 CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600), pytest.mark.our_engine("reads our relay's state")]
 in_ci_or_slow = pytest.mark.skipif(not (SLOW or CI), reason="1 GiB transfers: set III_SLOW_TESTS=1 (or CI=true)")
 slow_only = pytest.mark.skipif(not SLOW, reason="1 GiB file on disk (2 GiB of temp space): set III_SLOW_TESTS=1")
 

@@ -11,7 +11,7 @@ from iii_engine import Engine
 
 from .raw import RawWorker
 
-pytestmark = pytest.mark.timeout(20)
+pytestmark = [pytest.mark.timeout(20), pytest.mark.our_engine("engine-core test: our worker module's built-ins and E8")]
 
 WORKER_KEYS = ["id", "name", "runtime", "version", "os", "ip_address", "status", "connected_at_ms",
                "function_count", "functions", "active_invocations", "latest_metrics"]

@@ -14,7 +14,7 @@ from iii_engine import Engine, EngineConfig
 
 from .raw import RawWorker
 
-pytestmark = pytest.mark.timeout(20)
+pytestmark = [pytest.mark.timeout(20), pytest.mark.our_engine("engine-core test: our socket's E1 limits")]
 
 
 async def test_workerregistered_arrives_first_with_a_uuid4(engine: Engine) -> None:

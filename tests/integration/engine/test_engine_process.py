@@ -14,7 +14,7 @@ from iii_engine import Engine
 
 from .raw import RawWorker
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.our_engine("engine-core test: runs iii-engine processes")]
 
 ROOT = Path(__file__).resolve().parents[3]
 

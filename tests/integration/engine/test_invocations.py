@@ -14,7 +14,7 @@ from iii_engine.modules.base import EngineModule
 from .raw import RawWorker
 from .raw import disconnect as _gone
 
-pytestmark = pytest.mark.timeout(20)
+pytestmark = [pytest.mark.timeout(20), pytest.mark.our_engine("engine-core test: our routing tables and E6/E7")]
 
 
 @pytest.fixture

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 import websockets
 
 from iii_engine import Engine, EngineConfig, ModuleSpec
 from iii_engine.modules.http_api import RestApiModule
 from iii_engine.modules.stream import StreamModule
+
+pytestmark = pytest.mark.our_engine("engine-core test: starts engines with their own listeners")
 
 
 async def test_two_default_engines_on_free_ports_do_not_collide() -> None:

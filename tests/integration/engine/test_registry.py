@@ -11,7 +11,7 @@ from iii_engine import Engine
 from .raw import RawWorker
 from .raw import disconnect as _gone
 
-pytestmark = pytest.mark.timeout(20)
+pytestmark = [pytest.mark.timeout(20), pytest.mark.our_engine("engine-core test: reads our registry (E2-E5)")]
 
 
 async def _ids(worker: RawWorker) -> list[str]:

@@ -24,7 +24,7 @@ from iii_engine.modules.base import EngineModule, EngineStartError, ModuleStartE
 from iii_engine.modules.catalogue import resolve
 from tests.services import require_postgres
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.our_engine("engine-core test: start-up failures of our engine")]
 
 ROOT = Path(__file__).resolve().parents[3]
 STREAM = "modules::stream::StreamModule"

@@ -19,7 +19,7 @@ from iii_engine import Engine, EngineConfig
 
 from .raw import RawWorker
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.timeout(30), pytest.mark.our_engine("engine-core test: our JSON policy and outbound limits")]
 
 BIG = "123456789012345678901234567890"  # beyond 64 bits: the stdlib JSON path
 VALID_ID = "8d1c3b4e-0f6a-4c39-9c55-2f1f3f0f5a11"

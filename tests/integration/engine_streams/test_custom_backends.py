@@ -22,6 +22,8 @@ from tests.services import reference_python, require_postgres, require_redis
 
 from .helpers import registered
 
+pytestmark = pytest.mark.our_engine("serves streams from iii_streams backends configured in our engine")
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
 INCREMENTS = 20  # drive_stream.py

@@ -22,6 +22,8 @@ from tests.conftest import engine_test_config
 from .helpers import registered, stream_module
 from .test_custom_backends import serving
 
+pytestmark = pytest.mark.our_engine("configures our stream module's custom_stream_fallback")
+
 OPS = ("get", "set", "update", "delete", "list", "list_groups", "send")
 
 

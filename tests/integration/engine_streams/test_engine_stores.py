@@ -15,6 +15,8 @@ from tests.services import require_redis
 
 from .helpers import SocketClient, Worker, engine_config, stream_module
 
+pytestmark = pytest.mark.our_engine("configures our engine's stream stores")
+
 
 async def roundtrip(engine: Engine, stream: str) -> None:
     worker = await Worker.connect(engine.url)

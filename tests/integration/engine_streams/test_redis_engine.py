@@ -16,7 +16,7 @@ from tests.integration.streams.private_redis import PrivateRedis
 
 from .helpers import SocketClient, Worker, engine_config, stream_module
 
-pytestmark = pytest.mark.redis
+pytestmark = [pytest.mark.redis, pytest.mark.our_engine("starts our engine on a private Redis it restarts")]
 
 
 def redis_engine_config(redis_url: str) -> EngineConfig:

@@ -13,8 +13,8 @@ from .helpers import Recorder, Worker, trigger_active
 
 
 @pytest.fixture
-async def worker(engine: Engine) -> AsyncIterator[Worker]:
-    w = await Worker.connect(engine.url)
+async def worker(engine_url: str) -> AsyncIterator[Worker]:
+    w = await Worker.connect(engine_url)
     yield w
     await w.close()
 

@@ -17,8 +17,8 @@ from .helpers import Recorder, SocketClient, Worker, engine_config, registered, 
 
 
 @pytest.fixture
-async def worker(engine: Engine) -> AsyncIterator[Worker]:
-    w = await Worker.connect(engine.url)
+async def worker(engine_url: str) -> AsyncIterator[Worker]:
+    w = await Worker.connect(engine_url)
     yield w
     await w.close()
 

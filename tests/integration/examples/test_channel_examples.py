@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from examples.channel_demo import MIB, generate, pipe_demo
-from iii_engine import Engine
 from tests.conftest import ROOT, EngineProcess
 
 
@@ -34,6 +33,7 @@ async def run_example(module: str, *args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
+@pytest.mark.our_engine("the examples embed our engine")
 @pytest.mark.parametrize(("module", "args", "expect"), [
     ("examples.file_transfer", ("--size-mb", "3"), "3,145,728 bytes stored as generated.bin"),
     ("examples.pipe_subprocess", ("--size-mb", "2"), "-> gzip -d -> 2,097,152 bytes"),
@@ -56,8 +56,8 @@ async def test_example_against_an_engine_process(engine_process: Callable[..., A
     assert "mine.txt: 500,000 bytes stored as mine.txt" in out and "verified" in out
 
 
-async def test_pipe_demo_reports_a_verified_file(engine: Engine, tmp_path: Path) -> None:
-    report = await pipe_demo(engine.url, 6, progress=False, out_dir=tmp_path)
+async def test_pipe_demo_reports_a_verified_file(engine_url: str, tmp_path: Path) -> None:
+    report = await pipe_demo(engine_url, 6, progress=False, out_dir=tmp_path)
     expected = hashlib.sha256(b"".join(generate(6 * MIB))).hexdigest()
     assert set(report) == {"bytes", "sha256", "seconds", "mb_per_s", "path"}
     assert report["bytes"] == 6 * MIB

@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
+
+pytestmark = pytest.mark.our_engine("the main job embeds our engine")
 
 
 async def test_main_job_runs_every_step() -> None:

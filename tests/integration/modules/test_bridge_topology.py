@@ -29,6 +29,8 @@ from tests.conftest import ROOT, EngineProcess
 from tests.fixtures.refworker import ref_worker
 from tests.integration.modules.test_reference_config import free_port
 
+pytestmark = pytest.mark.our_engine("starts two engine processes from config files and restarts one")
+
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 BACK, FRONT = FIXTURES / "bridge-back.yaml", FIXTURES / "bridge-front.yaml"
 StartEngine = Callable[..., Awaitable[EngineProcess]]

@@ -12,6 +12,8 @@ from module_worker import ModuleWorker
 
 from iii_engine import Engine, EngineConfig, ModuleSpec
 
+pytestmark = pytest.mark.our_engine("configures the cron module's adapters")
+
 CRON = "modules::cron::CronModule"
 
 

@@ -33,8 +33,8 @@ async def engine() -> AsyncIterator[Engine]:
         yield running
 
 
-async def test_seconds_schedule_fires_the_reference_function(engine: Engine, tmp_path: Path) -> None:
-    async with ref_worker(tmp_path, engine.url, CRON) as worker:
+async def test_seconds_schedule_fires_the_reference_function(engine_url: str, tmp_path: Path) -> None:
+    async with ref_worker(tmp_path, engine_url, CRON) as worker:
         ids = (await worker.event("triggers"))["ids"]
         assert len(ids) == 1, ids
         trigger_id = ids[0]

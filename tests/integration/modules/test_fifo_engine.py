@@ -17,6 +17,8 @@ from module_worker import ModuleWorker
 from iii_engine import Engine, EngineConfig, ModuleSpec
 from tests.services import require_redis
 
+pytestmark = pytest.mark.our_engine("configures FIFO queues and their stores")
+
 GROUPS = ("g-a", "g-b", "g-c")
 PER_GROUP = 6
 POISON = ("g-b", 2)  # always fails: dead-lettered after max_retries attempts

@@ -24,6 +24,8 @@ from iii_engine.modules.http_api import RestApiModule
 from iii_engine.modules.http_channels import channel_url
 from tests.integration.engine.raw import RawWorker
 
+pytestmark = pytest.mark.our_engine("configures the REST API module and reads our relay")
+
 Start = Callable[..., Awaitable[tuple[Engine, RestApiModule, httpx.AsyncClient]]]
 
 

@@ -32,6 +32,8 @@ from iii_engine.modules.http_settings import ApiSettings, ApiSettingsError
 from tests.integration.engine.raw import RawWorker
 
 KiB = 1024
+pytestmark = pytest.mark.our_engine("configures the REST API module's body limits")
+
 MiB = 1024 * 1024
 LIMIT = 6 * MiB + 7  # odd on purpose: off-by-one errors cannot hide behind a round number
 ARRIVE = [0, 1, 64 * KiB, 600 * KiB, 5 * MiB, LIMIT - 1, LIMIT]

@@ -13,6 +13,8 @@ from iii_engine import Engine, EngineConfig
 from iii_engine.channels import LocalChannelEnd
 from iii_engine.modules.http_channels import ChannelAborted, ResponseChannel, write_body
 
+pytestmark = pytest.mark.our_engine("reads our channel relay's state")
+
 
 @pytest.fixture
 async def engine() -> AsyncIterator[Engine]:

@@ -20,6 +20,8 @@ from aiohttp import web
 from iii_engine import Engine, EngineConfig, ModuleSpec
 from tests.integration.engine.raw import RawWorker, disconnect
 
+pytestmark = pytest.mark.our_engine("configures HTTP function rules and secrets")
+
 HMAC_SECRET = "correct horse battery staple"
 LOCAL_RULES = {"url_allowlist": ["localhost", "127.0.0.1"], "block_private_ips": False, "require_https": False}
 

@@ -19,6 +19,8 @@ from aiohttp import web
 from iii_engine import Engine, EngineConfig, ModuleSpec
 from tests.integration.engine.raw import RawWorker
 
+pytestmark = pytest.mark.our_engine("configures HTTP function rules and resolvers")
+
 PUBLIC = "8.8.8.8"  # never really contacted: the sock_connect stand-in refuses it
 
 

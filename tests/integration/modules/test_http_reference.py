@@ -18,6 +18,7 @@ from iii_engine.modules.http_api import RestApiModule
 from tests.services import reference_python
 
 pytestmark = [
+    pytest.mark.our_engine("configures the REST API module"),
     pytest.mark.interop,
 ]
 

@@ -22,6 +22,8 @@ from iii_engine.modules.base import ModuleStartError
 from tests.interop.refsdk import sdk_env
 from tests.services import reference_python
 
+pytestmark = pytest.mark.our_engine("configures the observability module")
+
 OTEL = "modules::observability::OtelModule"
 WORKER = Path(__file__).resolve().parents[2] / "fixtures" / "otel_worker.py"
 ROOT = Path(__file__).resolve().parents[3]

@@ -11,6 +11,8 @@ from module_worker import ModuleWorker
 
 from iii_engine import Engine, EngineConfig, ModuleSpec
 
+pytestmark = pytest.mark.our_engine("configures the pubsub adapters, two engines on one Redis")
+
 PUBSUB = "modules::pubsub::PubSubModule"
 
 

@@ -41,9 +41,9 @@ async def engine() -> AsyncIterator[Engine]:
         yield running
 
 
-async def test_publish_fans_out_within_its_topic_only(engine: Engine, tmp_path: Path) -> None:
+async def test_publish_fans_out_within_its_topic_only(engine_url: str, tmp_path: Path) -> None:
     news, sport = f"news-{uuid.uuid4().hex[:8]}", f"sport-{uuid.uuid4().hex[:8]}"
-    async with ref_worker(tmp_path, engine.url, PUBSUB, news, sport) as worker:
+    async with ref_worker(tmp_path, engine_url, PUBSUB, news, sport) as worker:
         assert (await worker.event("published"))["result"] is None
         first = await worker.events("received", 2)
         assert sorted((r["subscriber"], r["data"]["h"]) for r in first) == [("news-1", 1), ("news-2", 1)]

@@ -12,6 +12,8 @@ from module_worker import ModuleWorker
 
 from iii_engine import Engine, EngineConfig, ModuleSpec
 
+pytestmark = pytest.mark.our_engine("configures named queues and restarts the engine")
+
 QUEUE = "modules::queue::QueueModule"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 

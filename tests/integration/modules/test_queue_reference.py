@@ -13,7 +13,7 @@ import pytest
 from iii_engine import Engine, EngineConfig, ModuleSpec
 from tests.fixtures.refworker import ref_worker
 
-pytestmark = [pytest.mark.interop]
+pytestmark = [pytest.mark.interop, pytest.mark.our_engine("needs the named queues of its own configuration")]
 
 QUEUES = {
     name: {"max_retries": 3, "concurrency": 5, "backoff_ms": 50}

@@ -21,6 +21,8 @@ from iii_engine.config import load_config
 from tests.conftest import EngineProcess
 from tests.fixtures.refworker import ref_worker
 
+pytestmark = pytest.mark.our_engine("starts our engine with the production test configuration")
+
 CONFIG = Path(__file__).resolve().parents[2] / "fixtures" / "reference-config.yaml"
 
 # queue -> the payload field naming the FIFO group (None: standard queue)

@@ -51,9 +51,9 @@ async def engine() -> AsyncIterator[Engine]:
         yield running
 
 
-async def test_state_functions_and_filtered_trigger(engine: Engine, tmp_path: Path) -> None:
+async def test_state_functions_and_filtered_trigger(engine_url: str, tmp_path: Path) -> None:
     scope = f"ref-{uuid.uuid4().hex[:8]}"
-    async with ref_worker(tmp_path, engine.url, STATE, scope) as worker:
+    async with ref_worker(tmp_path, engine_url, STATE, scope) as worker:
         assert (await worker.event("set-new"))["result"] == {"old_value": None, "new_value": {"n": 1}}
         assert (await worker.event("set-again"))["result"] == {"old_value": {"n": 1}, "new_value": {"n": 2}}
         assert (await worker.event("get"))["result"] == {"n": 2}

@@ -77,9 +77,9 @@ async def engine() -> AsyncIterator[Engine]:
 
 
 @pytest.mark.parametrize("label", ["plain", "custom"])
-async def test_stream_functions_on_the_store_and_a_custom_stream(engine: Engine, tmp_path: Path, label: str) -> None:
+async def test_stream_functions_on_the_store_and_a_custom_stream(engine_url: str, tmp_path: Path, label: str) -> None:
     plain, custom = f"ref-plain-{uuid.uuid4().hex[:8]}", f"ref-custom-{uuid.uuid4().hex[:8]}"
-    async with ref_worker(tmp_path, engine.url, STREAMS, plain, custom) as worker:
+    async with ref_worker(tmp_path, engine_url, STREAMS, plain, custom) as worker:
         assert (await worker.event(f"{label}-set"))["result"] == {"old_value": None, "new_value": {"v": 1}}
         again = await worker.event(f"{label}-set-again")
         assert again["result"] == {"old_value": {"v": 1}, "new_value": {"v": 2}}

@@ -17,6 +17,8 @@ from iii.iii import III
 
 from .conftest import RealEngineThread, reconnected, wait_until, workers_of
 
+pytestmark = pytest.mark.our_engine("reads our engine's tables and restarts it")
+
 
 @pytest.fixture
 def real() -> Iterator[RealEngineThread]:

@@ -16,6 +16,8 @@ from iii.logger import Logger
 
 from .conftest import MakeWorker, RealEngineThread, workers_of
 
+pytestmark = pytest.mark.our_engine("reads the telemetry frames our engine counted per connection")
+
 ON = OtelConfig(enabled=True, service_name="telemetry-clients", fetch_instrumentation_enabled=False,
                 metrics_enabled=False, logs_enabled=True)
 

@@ -18,6 +18,8 @@ from iii.iii import III
 
 from .conftest import MakeWorker, RealEngineThread, workers_of
 
+pytestmark = pytest.mark.our_engine("runs the chain on our engine on a background loop")
+
 ON = OtelConfig(enabled=True, service_name="trace-e2e", fetch_instrumentation_enabled=False,
                 metrics_enabled=False, logs_enabled=False)
 OFF = OtelConfig(enabled=False)
