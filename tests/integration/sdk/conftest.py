@@ -31,7 +31,6 @@ from iii.wire import dumps
 from iii_engine import Engine, EngineConfig, ModuleSpec
 from iii_engine.modules.catalogue import DEFAULT_MODULES
 from tests.services import skip_on_external_engine
-from tests.services import skip_on_external_engine
 
 from .fake_engine import FakeEngine, FakeWorker
 
@@ -303,8 +302,6 @@ def make_fake_worker(fake: EngineThread) -> Iterator[MakeWorker]:
 
 @pytest.fixture(params=["fake", "real"])
 def served(request: pytest.FixtureRequest) -> Iterator[Harness]:
-    if request.param == "real":
-        skip_on_external_engine("the harness reads our engine's tables and restarts it")
     """The fake engine, then our real engine: behavioural tests run against both."""
     if request.param == "real":
         skip_on_external_engine("the harness reads our engine's tables and restarts it")
