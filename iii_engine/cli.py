@@ -28,6 +28,8 @@ from iii_streams.messages import OneLineParser, mask_passwords
 
 from .config import DEFAULT_HOST, DEFAULT_PORT, MAX_PORT, ConfigError, EngineConfig, load_config
 from .engine import Engine
+from .inspect_cli import COMMANDS as INSPECT_COMMANDS
+from .inspect_cli import main as inspect_main
 from .modules.base import EngineStartError, ModuleSpec, ModuleStartError
 from .modules.catalogue import default_specs
 
@@ -135,6 +137,9 @@ class _StartupLog:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in INSPECT_COMMANDS:  # logs / traces / metrics / health against a running engine
+        return inspect_main(argv)
     args = parse_args(argv)
     try:
         config = load_config(args.config) if args.config else EngineConfig()

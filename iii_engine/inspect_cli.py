@@ -1,0 +1,399 @@
+"""``iii-engine logs | traces | metrics | health``: a worker's telemetry, read from a running engine.
+
+These subcommands connect to an engine as a short-lived worker (our SDK, telemetry off so they leave no trace of
+their own) and call the observability module's ``engine::*`` functions; they work against any engine that has
+``modules::observability::OtelModule`` (ours or production)::
+
+    iii-engine logs [--url URL] [--trace-id T] [--span-id S] [--level L] [--limit N] [--follow] [--json]
+    iii-engine traces [TRACE_ID] [--list] [--name TEXT] [--service TEXT] [--include-internal] [--limit N] [--json]
+    iii-engine metrics [--name METRIC] [--json]
+    iii-engine health [--json]
+
+``logs`` prints the latest entries oldest first; ``--level`` is a minimum (``warn`` shows warn and error);
+``--follow`` then prints new entries as they arrive, through a ``log`` trigger (no polling), until Ctrl-C.
+``traces`` prints one trace as an indented tree with durations (the latest trace when no id is given);
+``traces --list`` prints the latest root spans. ``health`` exits with 1 unless the engine reports healthy.
+
+Problems are one line on stderr and exit status 1: an engine that cannot be reached, an engine without the
+observability module, an engine that keeps no spans. A usage error exits with 2.
+
+Example:
+    >>> severity_min("warn")
+    13
+    >>> print(format_tree({"roots": [{"name": "a", "start_time_unix_nano": 0, "end_time_unix_nano": 2_500_000,
+    ...     "status": "ok", "service_name": "svc", "children": [{"name": "b", "start_time_unix_nano": 0,
+    ...     "end_time_unix_nano": 1_000_000, "status": "error", "service_name": "svc", "children": []}]}]}))
+    a  2.50 ms  svc
+      b  1.00 ms  svc  ERROR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from iii import InitOptions, ReconnectionConfig, register_worker
+from iii.errors import InvocationError
+from iii.iii import III
+from iii.telemetry_types import OtelConfig
+from iii_streams.messages import OneLineParser
+
+__all__ = ["COMMANDS", "format_log", "format_tree", "main", "severity_min"]
+
+COMMANDS = ("logs", "traces", "metrics", "health")
+OTEL_MODULE = "modules::observability::OtelModule"
+DEFAULT_URL = "ws://127.0.0.1:49134"
+# Minimum severity numbers of the OpenTelemetry levels (what engine::logs::list filters on).
+LEVELS = {"trace": 1, "debug": 5, "info": 9, "warn": 13, "error": 17}
+# New log entries held while the terminal is slow; past this many they are dropped and the count is printed.
+FOLLOW_BUFFER = 10_000
+# Connection attempts before "cannot reach the engine" (about a second with the delays below).
+CONNECT_RETRIES = 4
+CALL_TIMEOUT_MS = 10_000
+
+
+class InspectError(Exception):
+    """A problem reported as one line ``iii-engine <command>: <message>`` with exit status 1."""
+
+
+def severity_min(level: str) -> int:
+    """The minimum severity number of a level name (``trace``, ``debug``, ``info``, ``warn``, ``error``).
+
+    Example:
+        >>> severity_min("ERROR")
+        17
+    """
+    try:
+        return LEVELS[level.lower()]
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(LEVELS)}, got {level!r}") from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse ``argv`` (starting with the subcommand); a usage error prints one line and exits with 2.
+
+    Example:
+        >>> args = parse_args(["logs", "--level", "warn", "--limit", "5"])
+        >>> args.command, args.level, args.limit
+        ('logs', 13, 5)
+    """
+    parser = OneLineParser(prog="iii-engine", description="Read a running engine's telemetry.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    url_help = f"the engine's worker URL (default $III_URL or {DEFAULT_URL})"
+
+    def command(name: str, description: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = commands.add_parser(name, description=description, help=description)
+        sub.add_argument("--url", default=os.environ.get("III_URL") or DEFAULT_URL, help=url_help)
+        sub.add_argument("--json", action="store_true", help="print the engine's answer as JSON")
+        return sub
+
+    logs = command("logs", "Stored log entries, oldest first.")
+    logs.add_argument("--trace-id", help="only entries of this trace")
+    logs.add_argument("--span-id", help="only entries of this span")
+    logs.add_argument("--level", type=severity_min, help="minimum level: trace, debug, info, warn, error")
+    logs.add_argument("--limit", type=_positive, default=100, help="the latest N entries (default 100)")
+    logs.add_argument("--follow", "-f", action="store_true", help="then print new entries until Ctrl-C")
+    traces = command("traces", "One trace as a tree (the latest one without TRACE_ID), or --list.")
+    traces.add_argument("trace_id", nargs="?", help="the trace to show")
+    traces.add_argument("--trace-id", dest="trace_id_option", help="the same as TRACE_ID")
+    traces.add_argument("--list", action="store_true", help="list the latest root spans instead")
+    traces.add_argument("--name", help="root spans whose name contains this text")
+    traces.add_argument("--service", help="root spans of services whose name contains this text")
+    traces.add_argument("--include-internal", action="store_true", help="also engine::* calls")
+    traces.add_argument("--limit", type=_positive, default=20, help="how many root spans --list shows (default 20)")
+    metrics = command("metrics", "Engine counters and the metrics workers reported.")
+    metrics.add_argument("--name", help="only SDK metrics of this name")
+    command("health", "The observability module's health (exit 1 unless healthy).")
+    return parser.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------------------------- formatting
+
+
+def _time(ns: Any) -> str:
+    try:
+        return datetime.fromtimestamp(int(ns) / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "-"
+
+
+def format_log(entry: dict[str, Any]) -> str:
+    """One log entry as one line: time, level, service, message, attributes, trace/span ids.
+
+    Example:
+        >>> format_log({"timestamp_unix_nano": 0, "severity_text": "WARN", "service_name": "svc", "body": "hi",
+        ...             "attributes": {"k": 1}, "trace_id": "ab" * 16, "span_id": None})
+        '1970-01-01T00:00:00.000Z WARN  svc  hi  {"k": 1}  trace=abababababababababababababababab'
+    """
+    level = str(entry.get("severity_text") or "-")
+    text = (f"{_time(entry.get('timestamp_unix_nano'))} {level:<5} {entry.get('service_name') or '-'}  "
+            f"{entry.get('body', '')}")
+    if entry.get("attributes"):
+        text += "  " + json.dumps(entry["attributes"], sort_keys=True, default=str)
+    if entry.get("trace_id"):
+        text += f"  trace={entry['trace_id']}"
+    if entry.get("span_id"):
+        text += f"  span={entry['span_id']}"
+    return text
+
+
+def _duration_ms(span: dict[str, Any]) -> float:
+    try:
+        return (int(span["end_time_unix_nano"]) - int(span["start_time_unix_nano"])) / 1e6
+    except (KeyError, TypeError, ValueError):
+        return 0.0
+
+
+def format_tree(tree: dict[str, Any]) -> str:
+    """The ``engine::traces::tree`` answer as an indented tree: name, duration, service, ``ERROR`` if failed;
+    children in start order."""
+    lines: list[str] = []
+
+    def walk(span: dict[str, Any], depth: int) -> None:
+        line = f"{'  ' * depth}{span.get('name', '?')}  {_duration_ms(span):.2f} ms  {span.get('service_name', '-')}"
+        if span.get("status") == "error":
+            line += "  ERROR" + (f": {span['status_description']}" if span.get("status_description") else "")
+        lines.append(line)
+        # depth bound: a hostile trace could nest without end
+        if depth < 256:
+            for child in sorted(span.get("children") or [], key=lambda s: int(s.get("start_time_unix_nano") or 0)):
+                walk(child, depth + 1)
+
+    for root in tree.get("roots") or []:
+        walk(root, 0)
+    return "\n".join(lines)
+
+
+def _format_span_row(span: dict[str, Any]) -> str:
+    status = "ERROR" if span.get("status") == "error" else "ok"
+    return (f"{span.get('trace_id', '-')}  {_time(span.get('start_time_unix_nano'))}  "
+            f"{_duration_ms(span):>9.2f} ms  {status:<5}  {span.get('service_name', '-')}  {span.get('name', '?')}")
+
+
+def _format_metrics(answer: dict[str, Any]) -> str:
+    engine = answer.get("engine_metrics") or {}
+    calls = engine.get("invocations") or {}
+    perf = engine.get("performance") or {}
+    lines = [f"invocations: total {calls.get('total', 0)}  success {calls.get('success', 0)}  "
+             f"error {calls.get('error', 0)}  deferred {calls.get('deferred', 0)}"]
+    for function_id, count in sorted((calls.get("by_function") or {}).items()):
+        lines.append(f"  {function_id}: {count}")
+    if perf:
+        lines.append("durations: " + "  ".join(f"{key.removesuffix('_duration_ms')} {value:.2f} ms"
+                                               for key, value in perf.items() if isinstance(value, int | float)))
+    sdk = answer.get("sdk_metrics") or []
+    lines.append(f"sdk metrics: {len(sdk)}")
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for metric in sdk:  # the store keeps every report; show the newest per name and service
+        latest[(str(metric.get("name")), str(metric.get("service_name")))] = metric
+    for (name, service), metric in sorted(latest.items()):
+        values = [point.get("value", point.get("sum")) for point in metric.get("data_points") or []]
+        shown = ", ".join(str(v) for v in values if v is not None) or "-"
+        lines.append(f"  {name} ({metric.get('metric_type', '?')}, {service}): {shown}")
+    return "\n".join(lines)
+
+
+def _format_health(answer: dict[str, Any]) -> str:
+    lines = [f"status: {answer.get('status', '?')}  (version {answer.get('version', '?')})"]
+    for name, component in sorted((answer.get("components") or {}).items()):
+        details = component.get("details")
+        shown = "  ".join(f"{k}={v}" for k, v in details.items()) if isinstance(details, dict) else ""
+        lines.append(f"  {name}: {component.get('status', '?')}  {shown}".rstrip())
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------- engine calls
+
+
+class _Engine:
+    """A short-lived worker connection that turns engine errors into :class:`InspectError` lines."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        options = InitOptions(
+            worker_name=f"iii-engine-inspect-{os.getpid()}", enable_metrics_reporting=False,
+            invocation_timeout_ms=CALL_TIMEOUT_MS, otel=OtelConfig(enabled=False),
+            reconnection_config=ReconnectionConfig(initial_delay_ms=100, max_delay_ms=400, jitter_factor=0.0,
+                                                   max_retries=CONNECT_RETRIES))
+        try:
+            self.client: III = register_worker(url, options)
+        except ValueError as exc:
+            raise InspectError(f"bad --url: {exc}") from None
+        except ConnectionError as exc:
+            raise InspectError(str(exc)) from None
+
+    def call(self, function_id: str, payload: dict[str, Any]) -> Any:
+        try:
+            return self.client.trigger({"function_id": function_id, "payload": payload})
+        except InvocationError as exc:
+            if exc.code == "function_not_found":
+                raise InspectError(f"the engine at {self.url} has no observability module: add {OTEL_MODULE} "
+                                   "to its config") from None
+            if exc.code == "memory_exporter_not_enabled":
+                raise InspectError(f"the engine at {self.url} keeps no spans: set enabled: true and exporter: "
+                                   f"memory (or both) in its {OTEL_MODULE} config") from None
+            raise InspectError(f"{function_id} failed: {exc.code}: {exc.message}") from None
+        except (ConnectionError, TimeoutError) as exc:
+            raise InspectError(f"{function_id} failed: {exc}") from None
+
+    def close(self) -> None:
+        self.client.shutdown()
+
+
+def _print_json(value: Any, out: TextIO) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True, default=str), file=out, flush=True)
+
+
+def _show(answer: dict[str, Any], fmt: Callable[[dict[str, Any]], str], as_json: bool, out: TextIO) -> None:
+    if as_json:
+        _print_json(answer, out)
+    else:
+        print(fmt(answer), file=out, flush=True)
+
+
+def _log_key(entry: dict[str, Any]) -> tuple[Any, ...]:
+    return (entry.get("timestamp_unix_nano"), entry.get("span_id"), entry.get("severity_number"), entry.get("body"))
+
+
+def _matches(entry: dict[str, Any], args: argparse.Namespace) -> bool:
+    return ((args.trace_id is None or entry.get("trace_id") == args.trace_id)
+            and (args.span_id is None or entry.get("span_id") == args.span_id)
+            and (args.level is None or int(entry.get("severity_number") or 0) >= args.level))
+
+
+def _logs(engine: _Engine, args: argparse.Namespace, out: TextIO, stop: threading.Event) -> int:
+    arrived: queue.Queue[dict[str, Any]] = queue.Queue(FOLLOW_BUFFER)
+    dropped = 0
+    if args.follow:
+        # The trigger goes in before the history is read, so nothing logged in between is missed; entries seen
+        # in both are printed once.
+        def on_log(entry: Any) -> None:
+            nonlocal dropped
+            if isinstance(entry, dict):
+                try:
+                    arrived.put_nowait(entry)
+                except queue.Full:
+                    dropped += 1
+
+        function_id = f"iii-engine-inspect::log::{uuid.uuid4().hex}"
+        engine.client.register_function(function_id, on_log)
+        engine.client.register_trigger({"type": "log", "function_id": function_id, "config": {"level": "all"}})
+    payload: dict[str, Any] = {"limit": args.limit}
+    for key, value in (("trace_id", args.trace_id), ("span_id", args.span_id), ("severity_min", args.level)):
+        if value is not None:
+            payload[key] = value
+    answer = engine.call("engine::logs::list", payload)
+    history = list(reversed(answer.get("logs") or []))  # newest first on the wire
+    if args.json and not args.follow:
+        _print_json(answer, out)
+        return 0
+    seen = {_log_key(entry) for entry in history}
+    for entry in history:
+        print(json.dumps(entry, default=str) if args.json else format_log(entry), file=out, flush=True)
+    while args.follow and not stop.is_set():
+        try:
+            entry = arrived.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        if dropped:
+            print(f"... {dropped} entries dropped (output too slow)", file=out, flush=True)
+            dropped = 0
+        if _log_key(entry) in seen or not _matches(entry, args):
+            continue
+        print(json.dumps(entry, default=str) if args.json else format_log(entry), file=out, flush=True)
+    return 0
+
+
+def _traces(engine: _Engine, args: argparse.Namespace, out: TextIO) -> int:
+    trace_id = args.trace_id or args.trace_id_option
+    if args.list or trace_id is None:
+        payload: dict[str, Any] = {"limit": args.limit if args.list else 1, "sort_order": "desc",
+                                   "include_internal": args.include_internal}
+        if args.name:
+            payload["name"] = args.name
+        if args.service:
+            payload["service_name"] = args.service
+        listed = engine.call("engine::traces::list", payload)
+        spans = listed.get("spans") or []
+        if args.list:
+            if args.json:
+                _print_json(listed, out)
+            for span in [] if args.json else reversed(spans):
+                print(_format_span_row(span), file=out)
+            return 0
+        if not spans:
+            print("no traces stored yet", file=out)
+            return 0
+        trace_id = str(spans[0]["trace_id"])
+    tree = engine.call("engine::traces::tree", {"trace_id": trace_id})
+    if args.json:
+        _print_json(tree, out)
+    elif not tree.get("roots"):
+        raise InspectError(f"no spans stored for trace {trace_id}")
+    else:
+        print(f"trace {trace_id}", file=out)
+        print(format_tree(tree), file=out)
+    return 0
+
+
+def _run(args: argparse.Namespace, out: TextIO, stop: threading.Event) -> int:
+    engine = _Engine(args.url)
+    try:
+        if args.command == "logs":
+            return _logs(engine, args, out, stop)
+        if args.command == "traces":
+            return _traces(engine, args, out)
+        if args.command == "metrics":
+            answer = engine.call("engine::metrics::list", {"metric_name": args.name} if args.name else {})
+            _show(answer, _format_metrics, args.json, out)
+            return 0
+        answer = engine.call("engine::health::check", {})
+        _show(answer, _format_health, args.json, out)
+        return 0 if answer.get("status") == "healthy" else 1
+    finally:
+        engine.close()
+
+
+def main(argv: Sequence[str], out: TextIO | None = None) -> int:
+    """Run one subcommand (``argv[0]`` is one of :data:`COMMANDS`); returns the exit status."""
+    args = parse_args(argv)
+    stop = threading.Event()
+    sdk_log = logging.getLogger("iii")
+    sdk_level = sdk_log.level
+    # The SDK logs every failed connection attempt; the one line below says it all.
+    sdk_log.setLevel(logging.CRITICAL)
+    restore: list[tuple[int, Callable[..., Any] | int | None]] = []
+    if args.command == "logs" and args.follow and threading.current_thread() is threading.main_thread():
+        # SIGTERM ends --follow as Ctrl-C does: cleanly, with the worker connection closed
+        restore = [(sig, signal.signal(sig, lambda *_: stop.set())) for sig in (signal.SIGINT, signal.SIGTERM)]
+    try:
+        return _run(args, out or sys.stdout, stop)
+    except InspectError as exc:
+        print(f"iii-engine {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        sdk_log.setLevel(sdk_level)
+        for sig, handler in restore:
+            signal.signal(sig, handler)
