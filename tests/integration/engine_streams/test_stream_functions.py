@@ -13,6 +13,8 @@ from iii_engine import Engine
 
 from .helpers import Recorder, Worker, WorkerError, registered, trigger_active
 
+pytestmark = pytest.mark.our_engine("expects a fresh store (fixed stream names, list_all counts)")
+
 
 @pytest.fixture
 async def worker(engine_url: str) -> AsyncIterator[Worker]:

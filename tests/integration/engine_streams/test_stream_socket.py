@@ -140,6 +140,7 @@ async def test_first_offered_subprotocol_is_echoed(engine: Engine) -> None:
         assert ws.subprotocol == "Authorization"
 
 
+@pytest.mark.our_engine("configures the stream socket's auth function")
 async def test_auth_context_reaches_join_payload() -> None:
     async with Engine(config=engine_config(auth_function="auth")) as engine:
         worker = await Worker.connect(engine.url)
@@ -164,6 +165,7 @@ async def test_auth_context_reaches_join_payload() -> None:
         await worker.close()
 
 
+@pytest.mark.our_engine("configures auth_reject (ours)")
 async def test_auth_cannot_reject_by_default_but_can_with_auth_reject() -> None:
     async def refuse(data: Any) -> Any:
         return {"unauthorized": True}
@@ -185,6 +187,7 @@ async def test_auth_cannot_reject_by_default_but_can_with_auth_reject() -> None:
         await worker.close()
 
 
+@pytest.mark.our_engine("configures the stream socket's send limits")
 async def test_slow_client_is_closed_with_1013() -> None:
     async with Engine(config=engine_config(client_queue_size=4)) as engine:
         worker = await Worker.connect(engine.url)
