@@ -19,6 +19,7 @@ async def worker(engine_url: str) -> AsyncIterator[Worker]:
     await w.close()
 
 
+@pytest.mark.our_engine("expects a fresh store (fixed scopes)")
 async def test_state_shapes(worker: Worker) -> None:
     assert await worker.result("state::set", {"scope": "s", "key": "k", "value": {"a": 1}}) == {
         "old_value": None, "new_value": {"a": 1}}
@@ -76,12 +77,14 @@ async def test_state_trigger_events_and_filters(engine: Engine, worker: Worker) 
     assert len(keyed.payloads) == 3
 
 
+@pytest.mark.our_engine("expects a fresh store (fixed scopes)")
 async def test_state_concurrent_updates_lose_nothing(worker: Worker) -> None:
     ops = [{"type": "increment", "path": "n", "by": 1}]
     await asyncio.gather(*(worker.result("state::update", {"scope": "c", "key": "k", "ops": ops}) for _ in range(60)))
     assert await worker.result("state::get", {"scope": "c", "key": "k"}) == {"n": 60}
 
 
+@pytest.mark.our_engine("expects a fresh store (fixed scopes)")
 async def test_state_and_streams_do_not_share_items(worker: Worker) -> None:
     await worker.result("state::set", {"scope": "g", "key": "i", "value": "state"})
     await worker.result("stream::set", {"stream_name": "s", "group_id": "g", "item_id": "i", "data": "stream"})
