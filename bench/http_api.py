@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a plain script: 
 
 from iii.wire import dumps, loads
 from iii_engine import Engine, EngineConfig, ModuleSpec
-from iii_engine.modules.http_channels import channel_url
+from iii_engine.modules.http.channels import channel_url
 
 CHUNK = 64 * 1024
 ANSWER = {"status_code": 200, "body": {"ok": True}}

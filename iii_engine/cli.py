@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import logging
 import signal
 import sys
@@ -81,7 +80,7 @@ def with_stream_store(config: EngineConfig, url: str) -> EngineConfig:
     if not any(spec.class_name == name for spec in specs):
         specs.append(ModuleSpec(name))
     specs = [ModuleSpec(s.class_name, {**s.config, "store_url": url}) if s.class_name == name else s for s in specs]
-    return dataclasses.replace(config, modules=specs)
+    return config.with_overrides(modules=specs)
 
 
 async def run(config: EngineConfig, on_started: Callable[[], None] | None = None) -> None:

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from types import TracebackType
 from typing import Any
 
@@ -56,17 +55,20 @@ from .modules.base import (
     EngineError,
     EngineModule,
     EngineStartError,
+    ExternalFunctions,
     InvocationObserver,
     ModuleStartError,
+    NamedQueues,
     TelemetryListener,
     TriggerTypeHandler,
 )
 from .modules.catalogue import WORKER_MODULE, ModuleUnavailable, default_specs, resolve
 from .registry import FunctionEntry, Registry, TriggerEntry, TriggerTypeEntry
 from .server import Listener
+from .settings import ConfigError
 from .workers import OVERFLOW_CLOSE_CODE, Outbox, WorkerConnection
 
-log = logging.getLogger("iii_engine")
+log = logging.getLogger(__name__)
 
 _PONG = '{"type":"pong"}'
 _LOWER_UUID_LEN = 36
@@ -158,8 +160,8 @@ class Engine:
         self.workers: dict[str, WorkerConnection] = {}
         self.modules: dict[str, EngineModule] = {}
         self.unavailable_modules: dict[str, str] = {}
-        self.invocations = Invocations(self.registry, self.workers, self.module,
-                                       timeout_ms=self.config.invocation_timeout_ms)
+        self.invocations = Invocations(self.registry, self.workers, timeout_ms=self.config.invocation_timeout_ms)
+        self._external: ExternalFunctions | None = None
         settings = self.config.channels
         self.channels = ChannelRelay(max_message_size=settings.max_message_size,
                                      attach_timeout_s=settings.attach_timeout_s,
@@ -218,7 +220,7 @@ class Engine:
             await self._listener.start(serving=False)
         except OSError as exc:
             raise self._cannot_listen(exc) from exc
-        from .modules.worker import WorkerModule
+        from .modules.worker.module import WorkerModule
 
         worker_module = WorkerModule(self)
         try:
@@ -226,12 +228,14 @@ class Engine:
         except Exception as exc:
             raise ModuleStartError(WORKER_MODULE, exc) from exc
         specs = self.config.modules if self.config.modules is not None else default_specs()
-        for spec in specs:
+        for index, spec in enumerate(specs):
             try:
                 cls = resolve(spec.class_name)
                 await self._start_module(cls(self, self._listener_defaults(cls, spec.config)))
             except Exception as exc:
-                failure = ModuleStartError(spec.class_name, exc)
+                # a settings error names the path from the top of the configuration file
+                cause = exc.under(f"modules[{index}].config") if isinstance(exc, ConfigError) else exc
+                failure = ModuleStartError(spec.class_name, cause)
                 if not self.config.allow_degraded:
                     raise failure from exc
                 self.unavailable_modules[spec.class_name] = failure.reason
@@ -358,6 +362,19 @@ class Engine:
     def module(self, name: str) -> EngineModule | None:
         """A loaded module by name."""
         return self.modules.get(name)
+
+    def service_functions(self, service_id: str) -> Collection[str]:
+        """The worker functions registered under a service (live; empty when there is none)."""
+        service = self.registry.services.get(service_id)
+        return service.functions if service is not None else frozenset()
+
+    def serve_named_queues(self, queues: NamedQueues | None) -> None:
+        """Route enqueue actions to ``queues`` (the queue module)."""
+        self.invocations.named_queues = queues
+
+    def serve_external_functions(self, host: ExternalFunctions | None) -> None:
+        """Route HTTP-invoked function registrations to ``host`` (the HTTP functions module)."""
+        self._external = host
 
     def add_telemetry_listener(self, listener: TelemetryListener) -> None:
         """Hand every telemetry frame to ``listener(kind, body)``."""
@@ -524,21 +541,16 @@ class Engine:
 
     async def _register_external(self, worker: WorkerConnection, msg: RegisterFunctionMessage,
                                  raw: dict[str, Any]) -> BuiltinFunction | None:
-        module = self.module("http_functions")
-        hook = getattr(module, "register_external", None)
-        if hook is None:
+        if self._external is None:
             log.warning("worker %s: HTTP-invoked function %s not registered: HttpFunctionsModule not loaded",
                         worker.id, msg.id)
             return None
         try:
-            builtin = hook(msg.id, raw.get("invocation"), worker.id)
-            if inspect.isawaitable(builtin):
-                builtin = await builtin
+            return await self._external.register_external(msg.id, raw.get("invocation"), worker.id)
         except EngineError as exc:
             log.warning("worker %s: HTTP-invoked function %s not registered: %s: %s", worker.id, msg.id,
                         exc.code, exc.message)
             return None
-        return builtin if isinstance(builtin, BuiltinFunction) else None
 
     def _disown(self, entry: FunctionEntry) -> None:
         owner = self.workers.get(entry.owner or "")
@@ -547,10 +559,9 @@ class Engine:
             owner.external_functions.discard(entry.id)
 
     def _unregister_external(self, function_id: str) -> None:
-        hook = getattr(self.module("http_functions"), "unregister_external", None)
-        if hook is not None:
+        if self._external is not None:
             try:
-                hook(function_id)
+                self._external.unregister_external(function_id)
             except Exception:
                 log.exception("HttpFunctionsModule failed to unregister %s", function_id)
 

@@ -13,7 +13,7 @@ Example (engine-internal call of a built-in):
     ...     async def echo(data: object, ctx: object) -> object:
     ...         return data
     ...     reg.add_function(FunctionEntry("echo", builtin=BuiltinFunction("echo", echo)))
-    ...     return await Invocations(reg, {}, lambda name: None).call("echo", {"x": 1})
+    ...     return await Invocations(reg, {}).call("echo", {"x": 1})
     >>> asyncio.run(demo())
     {'x': 1}
 """
@@ -21,22 +21,20 @@ Example (engine-internal call of a built-in):
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import re
 import traceback
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from iii.wire import dumps
 
-from .modules.base import EngineError, EngineModule, InvocationContext, InvocationObserver
+from .modules.base import EngineError, InvocationContext, InvocationObserver, NamedQueues
 from .registry import FunctionEntry, Registry
 from .workers import WorkerConnection, frame_bytes
 
-log = logging.getLogger("iii_engine.invocations")
+log = logging.getLogger(__name__)
 
 CALLER_KEY = "_caller_worker_id"
 _CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -104,11 +102,12 @@ class Pending:
 class Invocations:
     """The pending table and every way of calling a function."""
 
-    def __init__(self, registry: Registry, workers: dict[str, WorkerConnection],
-                 module: Callable[[str], EngineModule | None], *, timeout_ms: int | None = None) -> None:
+    def __init__(self, registry: Registry, workers: dict[str, WorkerConnection], *,
+                 timeout_ms: int | None = None) -> None:
         self.registry = registry
         self.workers = workers
-        self.module = module
+        # Set by the queue module (EngineServices.serve_named_queues); None: enqueue actions fail.
+        self.named_queues: NamedQueues | None = None
         self.timeout_ms = timeout_ms
         self.pending: dict[str, Pending] = {}
         # Set by the observability module; None keeps the call path free of any telemetry work.
@@ -273,16 +272,11 @@ class Invocations:
                        queue: str) -> None:
         result: Any = None
         error: Any = None
-        queue_module = self.module("queue")
-        enqueue = getattr(queue_module, "enqueue", None) if queue_module is not None else None
-        if enqueue is None:
+        if self.named_queues is None:
             error = error_body("enqueue_error", "QueueModule not loaded")
         else:
             try:
-                receipt = enqueue(queue, function_id, data)
-                if inspect.isawaitable(receipt):
-                    receipt = await receipt
-                result = {"messageReceiptId": receipt}
+                result = {"messageReceiptId": await self.named_queues.enqueue(queue, function_id, data)}
             except EngineError as exc:
                 error = exc.body()
             except Exception as exc:

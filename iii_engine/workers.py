@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-log = logging.getLogger("iii_engine.workers")
+log = logging.getLogger(__name__)
 
 OUTBOX_LIMIT = 64
 #: Bytes (UTF-8) a peer may leave unread in its queue, counting the frame being written; past it the peer is

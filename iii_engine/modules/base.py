@@ -16,14 +16,15 @@ Example:
 
 from __future__ import annotations
 
-import logging
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 from iii.iii_types import TriggerInfo
 from iii_streams.messages import error_line, mask_passwords
+
+from ..settings import Field, Settings
 
 
 class EngineError(Exception):
@@ -124,10 +125,60 @@ class InvocationObserver(Protocol):
 TelemetryListener = Callable[[str, bytes], None]
 
 
-class EngineServices(Protocol):
-    """The engine as a module sees it."""
+class LocalEnd(Protocol):
+    """One end of a relay channel opened in-process (what :meth:`ChannelService.open_local` hands out)."""
 
-    log: logging.Logger
+    async def send(self, message: str | bytes) -> None:
+        """Send one message (writer end)."""
+
+    async def recv(self) -> str | bytes:
+        """Receive one message (reader end); raises ``ConnectionClosed`` at the end."""
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close normally (1000: end of stream) or with another code (4001: abort)."""
+
+    def abort(self) -> None:
+        """Drop the end at once, as a lost connection would."""
+
+
+class ChannelService(Protocol):
+    """The engine's channel relay as modules use it (PROTOCOL §5)."""
+
+    def create(self, buffer_size: int | None, owner: str | None, max_bytes: int | None = None) -> dict[str, Any]:
+        """A new channel: ``{"writer": ref, "reader": ref}`` (``owner``: the worker whose disconnect removes it)."""
+
+    def open_local(self, channel_id: str, key: str, direction: str) -> LocalEnd:
+        """Attach to one end in-process (no WebSocket); raises when the ref is unknown, wrong or taken."""
+
+    def discard(self, channel_id: str) -> None:
+        """Drop a channel now, whatever its ends are doing."""
+
+
+class NamedQueues(Protocol):
+    """Serves ``action: {"type": "enqueue", "queue": …}`` calls (the queue module)."""
+
+    async def enqueue(self, queue_name: str, function_id: str, data: Any) -> str:
+        """Accept a job for ``queue_name``; the receipt id. Raises :class:`EngineError` (``enqueue_error``)."""
+
+
+class ExternalFunctions(Protocol):
+    """Serves functions a worker registers with an ``invocation`` object (the HTTP functions module)."""
+
+    async def register_external(self, function_id: str, invocation_config: Any,
+                                owner_worker_id: str | None) -> BuiltinFunction:
+        """Check and remember the function; the built-in that runs its calls. Raises :class:`EngineError`."""
+
+    def unregister_external(self, function_id: str) -> None:
+        """Forget the function."""
+
+
+class EngineServices(Protocol):
+    """The engine as a module sees it: everything a module may use of the engine or of another module is
+    declared here (modules never look each other up by name)."""
+
+    @property
+    def channels(self) -> ChannelService:
+        """The channel relay."""
 
     def register_function(self, function: BuiltinFunction) -> None:
         """Add (or replace) a built-in function."""
@@ -140,6 +191,13 @@ class EngineServices(Protocol):
 
     def has_function(self, function_id: str) -> bool:
         """Whether ``function_id`` is currently registered (worker or built-in)."""
+
+    def service_functions(self, service_id: str) -> Collection[str]:
+        """Ids (within the service) of the worker functions registered under ``service_id`` (e.g. ``"stream"``
+        → ``get(todos)``); the collection is live, so its length tells whether it grew."""
+
+    def add_functions_listener(self, listener: Callable[[], None]) -> None:
+        """Be told, synchronously, whenever the set of registered functions may have changed."""
 
     async def invoke(self, function_id: str, data: Any, *, timeout_s: float | None = None) -> Any:
         """Call any function by id and await its result; raises :class:`EngineError` on an error result."""
@@ -154,7 +212,13 @@ class EngineServices(Protocol):
         """The active triggers of a type."""
 
     def module(self, name: str) -> EngineModule | None:
-        """Another loaded module by :attr:`EngineModule.name`, e.g. ``"queue"``."""
+        """Another loaded module by :attr:`EngineModule.name`, e.g. ``"queue"`` (for reporting, e.g. its port)."""
+
+    def serve_named_queues(self, queues: NamedQueues | None) -> None:
+        """Route enqueue actions to ``queues`` (``None``: none served, they fail with ``enqueue_error``)."""
+
+    def serve_external_functions(self, host: ExternalFunctions | None) -> None:
+        """Route HTTP-invoked function registrations to ``host`` (``None``: they are refused, logged)."""
 
     def add_telemetry_listener(self, listener: TelemetryListener) -> None:
         """Receive every telemetry frame workers send, as ``listener(kind, body)`` (``OTLP``/``MTRC``/``LOGS``;
@@ -186,9 +250,30 @@ class EngineModule(ABC):
         """Close listeners and stores; called once on engine shutdown."""
 
 
-@dataclass
-class ModuleSpec:
-    """A module entry of the engine configuration."""
+class ModuleSpec(Settings):
+    """A module entry of the engine configuration: ``{class, config}`` (``config`` is checked by the module).
 
-    class_name: str
-    config: dict[str, Any] = field(default_factory=dict)
+    Example:
+        >>> ModuleSpec("modules::queue::QueueModule", {"queue_configs": {}}).class_name
+        'modules::queue::QueueModule'
+        >>> ModuleSpec.parse({"config": {}})
+        Traceback (most recent call last):
+        ...
+        iii_engine.settings.ConfigError: class: is required
+    """
+
+    class_name: str = Field(alias="class", min_length=1)
+    config: dict[str, Any] = Field(default_factory=dict)
+
+    def __init__(self, class_name: str | None = None, config: Mapping[str, Any] | None = None, /,
+                 **data: Any) -> None:
+        if class_name is not None:
+            data["class_name"] = class_name
+        if config is not None:
+            data["config"] = dict(config)
+        super().__init__(**data)
+
+    @classmethod
+    def _rename(cls, data: Mapping[str, Any]) -> Mapping[str, Any]:
+        # ``config:`` with nothing under it reads as null in YAML: no settings.
+        return {k: v for k, v in data.items() if k != "config"} if data.get("config", {}) is None else data

@@ -29,17 +29,17 @@ from .base import EngineModule, ModuleSpec
 
 WORKER_MODULE: Final = "modules::worker::WorkerModule"
 
-# production class name -> file under iii_engine/modules
+# production class name -> the file (under iii_engine/modules) that defines our module class
 CATALOGUE: Final[dict[str, str]] = {
-    "modules::stream::StreamModule": "stream",
-    "modules::state::StateModule": "state",
-    "modules::queue::QueueModule": "queue",
-    "modules::api::RestApiModule": "http_api",
-    "modules::pubsub::PubSubModule": "pubsub",
-    "modules::cron::CronModule": "cron",
-    "modules::http_functions::HttpFunctionsModule": "http_functions",
-    "modules::observability::OtelModule": "observability",
-    "modules::bridge_client::BridgeClientModule": "bridge_client",
+    "modules::stream::StreamModule": "stream.module",
+    "modules::state::StateModule": "state.module",
+    "modules::queue::QueueModule": "queue.module",
+    "modules::api::RestApiModule": "http.api",
+    "modules::pubsub::PubSubModule": "pubsub.module",
+    "modules::cron::CronModule": "cron.module",
+    "modules::http_functions::HttpFunctionsModule": "http.functions",
+    "modules::observability::OtelModule": "observability.module",
+    "modules::bridge_client::BridgeClientModule": "bridge.client",
 }
 
 # What production loads when the configuration has no ``modules:`` list (the worker module is always loaded).
@@ -72,11 +72,12 @@ def resolve(class_name: str) -> type[EngineModule]:
     try:
         module = importlib.import_module(f"iii_engine.modules.{file}")
     except ModuleNotFoundError as exc:
-        if exc.name == f"iii_engine.modules.{file}":
+        path = f"iii_engine.modules.{file}"
+        if exc.name is not None and exc.name.startswith("iii_engine.modules.") and path.startswith(exc.name):
             raise ModuleUnavailable(f"{class_name} is not implemented yet") from None
         raise ModuleUnavailable(f"{class_name} needs a missing package: {exc.name}") from None
     for _, candidate in inspect.getmembers(module, inspect.isclass):
         if (issubclass(candidate, EngineModule) and not inspect.isabstract(candidate)
                 and class_name in getattr(candidate, "class_names", ())):
             return candidate
-    raise ModuleUnavailable(f"iii_engine/modules/{file}.py defines no module for {class_name}")
+    raise ModuleUnavailable(f"iii_engine/modules/{file.replace('.', '/')}.py defines no module for {class_name}")

@@ -17,12 +17,15 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 from iii.iii_types import TriggerInfo
 
 from .base import EngineError, EngineServices
+
+log = logging.getLogger(__name__)
 
 __all__ = ["TriggerRunner", "TriggerSet", "trigger_config"]
 
@@ -70,7 +73,7 @@ class TriggerRunner:
         try:
             return await self.services.invoke(trigger.function_id, payload)
         except EngineError as exc:
-            self.services.log.warning("trigger %s: %s failed: %s: %s", trigger.id, trigger.function_id, exc.code,
+            log.warning("trigger %s: %s failed: %s: %s", trigger.id, trigger.function_id, exc.code,
                                       exc.message)
             return None
 

@@ -5,7 +5,7 @@ engine's cumulative counters, any other name reads the metrics workers sent with
 counters and histograms, mean for gauges). A rule that is firing triggers its action at most once per cooldown.
 
 Example:
-    >>> rule = AlertRule.from_config({"name": "busy", "metric": "iii.invocations.total", "threshold": 1})
+    >>> rule = AlertRule.parse({"name": "busy", "metric": "iii.invocations.total", "threshold": 1})
     >>> manager = AlertManager([rule])
     >>> [e["name"] for e in manager.evaluate({"iii.invocations.total": 5.0}, [], now_ms=1000)]
     ['busy']
@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
+
+from pydantic import field_validator
+
+from ...settings import Field, NonEmpty, Settings, UnknownKeys
 
 __all__ = ["AlertManager", "AlertRule"]
 
@@ -34,51 +37,53 @@ _ALIASES = {"greaterthan": ">", "greaterthanorequal": ">=", "lessthan": "<", "le
             "equal": "==", "notequal": "!="}
 
 
-@dataclass(frozen=True)
-class AlertRule:
-    """One configured rule."""
+class AlertRule(Settings):
+    """One configured rule (``alerts[i]`` of the module settings; keys it does not use are ignored).
 
-    name: str
-    metric: str
+    Example:
+        >>> AlertRule.parse({"name": "x", "metric": "m", "threshold": "high"}, at="alerts[0]")
+        Traceback (most recent call last):
+        ...
+        iii_engine.settings.ConfigError: alerts[0].threshold: must be a number, got 'high'
+    """
+
+    unknown_keys: ClassVar[UnknownKeys] = "ignore"
+
+    name: NonEmpty
+    metric: NonEmpty
     threshold: float
     operator: str = ">"
     window_seconds: float = 60.0
     cooldown_seconds: float = 60.0
     enabled: bool = True
-    action: Mapping[str, Any] = field(default_factory=lambda: {"type": "log"})
+    action: dict[str, Any] = Field(default_factory=lambda: {"type": "log"})
+
+    @field_validator("operator", mode="before")
+    @classmethod
+    def _operator(cls, raw: Any) -> str:
+        operator = str(raw).strip()
+        operator = _ALIASES.get(operator.lower(), operator)
+        if operator not in _OPERATORS:
+            raise ValueError(f"unknown operator {raw!r} (one of {', '.join(_OPERATORS)} or their names)")
+        return operator
+
+    @field_validator("action", mode="before")
+    @classmethod
+    def _action(cls, raw: Any) -> Any:
+        action = raw or {"type": "log"}
+        kind = action.get("type") if isinstance(action, Mapping) else None
+        if kind not in ("log", "webhook", "function"):
+            raise ValueError("action type must be log, webhook or function")
+        if kind == "webhook" and not isinstance(action.get("url"), str):
+            raise ValueError("a webhook action needs a 'url'")
+        if kind == "function" and not isinstance(action.get("path"), str):
+            raise ValueError("a function action needs a 'path' (the function id)")
+        return dict(action)
 
     @property
     def operator_name(self) -> str:
         """Production's spelling (``GreaterThan`` …)."""
         return _OPERATORS[self.operator][0]
-
-    @classmethod
-    def from_config(cls, raw: Mapping[str, Any]) -> AlertRule:
-        """Parse one rule; ``ValueError`` naming the rule and the key when it is malformed."""
-        name = raw.get("name")
-        label = f"observability: alert {name!r}" if isinstance(name, str) else "observability: an alert"
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"{label} needs a string 'name'")
-        if not isinstance(raw.get("metric"), str) or not raw["metric"]:
-            raise ValueError(f"{label} needs a string 'metric'")
-        threshold = raw.get("threshold")
-        if not isinstance(threshold, int | float) or isinstance(threshold, bool):
-            raise ValueError(f"{label} needs a numeric 'threshold'")
-        operator = str(raw.get("operator", ">")).strip()
-        operator = _ALIASES.get(operator.lower(), operator)
-        if operator not in _OPERATORS:
-            raise ValueError(f"{label}: unknown operator {raw.get('operator')!r}")
-        action = raw.get("action") or {"type": "log"}
-        kind = action.get("type") if isinstance(action, Mapping) else None
-        if kind not in ("log", "webhook", "function"):
-            raise ValueError(f"{label}: action type must be log, webhook or function")
-        if kind == "webhook" and not isinstance(action.get("url"), str):
-            raise ValueError(f"{label}: a webhook action needs a 'url'")
-        if kind == "function" and not isinstance(action.get("path"), str):
-            raise ValueError(f"{label}: a function action needs a 'path' (the function id)")
-        return cls(name, raw["metric"], float(threshold), operator,
-                   float(raw.get("window_seconds", 60)), float(raw.get("cooldown_seconds", 60)),
-                   bool(raw.get("enabled", True)), dict(action))
 
 
 def _metric_value(metric: str, window_s: float, entries: Sequence[dict[str, Any]], now_ns: int) -> float | None:

@@ -26,7 +26,7 @@ from iii.iii_types import TriggerInfo
 from iii.wire import dumps, loads
 
 from ..base import BuiltinFunction, EngineError, EngineModule, EngineServices, InvocationContext
-from .alerts import AlertManager, AlertRule
+from .alerts import AlertManager
 from .exporter import OtlpForwarder
 from .otlp import TelemetryFormatError, logs_from_otlp, metrics_from_otlp, spans_from_otlp
 from .queries import aggregate, list_logs, list_traces, percentile, trace_tree
@@ -132,7 +132,7 @@ class OtelModule(EngineModule):
     def __init__(self, services: EngineServices, config: Mapping[str, Any] | None = None) -> None:
         super().__init__(services, config)
         self.settings = ObservabilitySettings.from_config(self.config)
-        self.rules = [AlertRule.from_config(rule) for rule in self.settings.alerts]
+        self.rules = list(self.settings.alerts)
         self.logs = LogStore(self.settings.logs_max_count)
         self.spans: SpanStore | None = SpanStore(self.settings.memory_max_spans) if self.settings.keeps_spans else None
         self.metrics = MetricStore(max_entries=self.settings.metrics_max_count,

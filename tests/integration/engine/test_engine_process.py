@@ -75,7 +75,7 @@ async def test_bad_config_file_exits_with_a_message(tmp_path: Path) -> None:
                                                 cwd=ROOT)
     _, err = await proc.communicate()
     assert proc.returncode == 2
-    assert b"'modules' must be a list" in err
+    assert b"modules: must be a list" in err
 
 
 async def test_in_process_engine_serve_forever_until_stop() -> None:

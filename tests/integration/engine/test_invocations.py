@@ -147,7 +147,7 @@ class _FakeQueue(EngineModule):
 async def test_enqueue_hands_raw_data_to_the_queue_module() -> None:
     async with Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[])) as engine:
         fake = _FakeQueue()
-        engine.modules["queue"] = fake
+        engine.serve_named_queues(fake)
         worker = await RawWorker.connect(engine.url)
         frame = await worker.call("target", {"x": 1}, action={"type": "enqueue", "queue": "orders"})
         assert frame["result"] == {"messageReceiptId": "receipt-1"}

@@ -9,7 +9,7 @@ import pytest
 import websockets
 
 from iii_engine import Engine, EngineConfig, ModuleSpec
-from iii_engine.modules.http_api import RestApiModule
+from iii_engine.modules.http.api import RestApiModule
 from iii_engine.modules.stream import StreamModule
 
 pytestmark = pytest.mark.our_engine("engine-core test: starts engines with their own listeners")

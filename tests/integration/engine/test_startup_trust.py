@@ -168,7 +168,7 @@ def test_bad_port_in_the_configuration_file_is_a_usage_error(tmp_path: Path) -> 
     config = tmp_path / "port.yaml"
     config.write_text("port: 70000\n")
     assert one_error_line(engine_cli("--config", str(config)), 2) == \
-        "iii-engine: 'port' must be between 0 and 65535, got 70000"
+        "iii-engine: port: must be <= 65535, got 70000"
 
 
 @pytest.mark.parametrize(("host", "reason"), [
@@ -186,7 +186,8 @@ async def test_allow_degraded_flag_starts_without_the_broken_module(
     proc = await engine_process("--stream-store", "bad://x", "--allow-degraded")
     assert refused(proc.port) is False
     log = proc.log()
-    assert log.count(f"module {STREAM} not available: stream store: unsupported stream URL scheme 'bad'") == 1
+    assert log.count(f"module {STREAM} not available: modules[0].config.store_url: unsupported stream URL scheme "
+                     "'bad'") == 1
     assert "Traceback" not in log
 
 
@@ -231,7 +232,8 @@ async def test_allow_degraded_keeps_the_old_warning(caplog: pytest.LogCaptureFix
     with caplog.at_level(logging.DEBUG, logger="iii_engine"):
         async with Engine(config=config, allow_degraded=True) as engine:
             assert engine.module("stream") is None
-            assert engine.unavailable_modules[STREAM].startswith("stream store: unsupported stream URL scheme")
+            assert engine.unavailable_modules[STREAM].startswith(
+                "modules[0].config.store_url: unsupported stream URL scheme")
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and STREAM in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].exc_info is None
 
@@ -292,7 +294,7 @@ def test_allow_degraded_configuration_key() -> None:
     assert parse_config("allow_degraded: true\n").allow_degraded is True
     assert parse_config("").allow_degraded is False
     assert EngineConfig().with_overrides(allow_degraded=True).allow_degraded is True
-    with pytest.raises(ConfigError, match="'allow_degraded' must be true or false, got 'yes please'"):
+    with pytest.raises(ConfigError, match="allow_degraded: must be true or false, got 'yes please'"):
         parse_config("allow_degraded: yes please\n")
-    with pytest.raises(ConfigError, match="'port' must be between 0 and 65535, got -5"):
+    with pytest.raises(ConfigError, match="port: must be >= 0, got -5"):
         parse_config("port: -5\n")

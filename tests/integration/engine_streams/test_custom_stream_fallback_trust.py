@@ -4,7 +4,6 @@ store while that worker is gone; ``custom_stream_fallback: true`` restores produ
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -16,7 +15,8 @@ import pytest
 from iii.stream import StreamGetInput
 from iii_engine import Engine, ModuleSpec
 from iii_engine.modules.base import EngineError
-from iii_engine.modules.stream import StreamSettings, StreamSettingsError
+from iii_engine.modules.stream.settings import StreamSettings
+from iii_engine.settings import ConfigError
 from tests.conftest import engine_test_config
 
 from .helpers import registered, stream_module
@@ -42,7 +42,7 @@ async def engine_with(**stream_settings: Any) -> AsyncIterator[Engine]:
     assert config.modules is not None
     modules = [ModuleSpec(m.class_name, {**m.config, **stream_settings})
                if m.class_name == "modules::stream::StreamModule" else m for m in config.modules]
-    async with Engine(config=dataclasses.replace(config, modules=modules)) as running:
+    async with Engine(config=config.with_overrides(modules=modules)) as running:
         yield running
 
 
@@ -115,7 +115,7 @@ def test_fallback_settings_are_checked() -> None:
     assert StreamSettings.parse({"custom_stream_fallback": True}).custom_stream_fallback is True
     assert StreamSettings.parse({}).custom_stream_fallback is False
     assert StreamSettings.parse({"custom_streams": ["a", "b:c"]}).custom_streams == {"a", "b:c"}
-    with pytest.raises(StreamSettingsError, match="'custom_stream_fallback' must be true or false"):
+    with pytest.raises(ConfigError, match=r"^custom_stream_fallback: must be true or false, got 'yes'$"):
         StreamSettings.parse({"custom_stream_fallback": "yes"})
-    with pytest.raises(StreamSettingsError, match="'custom_streams' must be a list of non-empty stream names"):
+    with pytest.raises(ConfigError, match=r"^custom_streams: must be a list, got 'todos'$"):
         StreamSettings.parse({"custom_streams": "todos"})

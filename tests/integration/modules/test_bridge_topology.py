@@ -336,9 +336,9 @@ async def test_bridge_client_invoke_forward_expose(topology: Topology) -> None:
 
 
 @pytest.mark.parametrize(("setting", "expected"), [
-    ("forward:\n        - local_function: a\n", "forward[0] needs a non-empty string 'remote_function'"),
-    ("expose:\n        - remote_function: b\n", "expose[0] needs a non-empty string 'local_function'"),
-    ("url: http://nowhere\n", "'url': engine URL 'http://nowhere' has scheme 'http'"),
+    ("forward:\n        - local_function: a\n", "modules[0].config.forward[0].remote_function: is required"),
+    ("expose:\n        - remote_function: b\n", "modules[0].config.expose[0].local_function: is required"),
+    ("url: http://nowhere\n", "modules[0].config.url: engine URL 'http://nowhere' has scheme 'http'"),
 ])
 async def test_bad_bridge_settings_stop_the_start_with_one_line(tmp_path: Path, setting: str,
                                                                 expected: str) -> None:
@@ -367,7 +367,7 @@ async def test_bad_bridge_adapter_url_stops_the_start(tmp_path: Path) -> None:
                                                 env=env, cwd=ROOT)
     _, err = await asyncio.wait_for(proc.communicate(), 20)
     assert proc.returncode == 1
-    assert "state store: bridge_url: engine URL 'localhost:1'" in err.decode()
+    assert "modules[0].config.adapter.config.bridge_url: engine URL 'localhost:1'" in err.decode()
 
 
 async def test_queue_bridge_topic_and_named_enqueue_run_through_the_back(topology: Topology) -> None:

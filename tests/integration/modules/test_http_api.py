@@ -20,8 +20,8 @@ import websockets
 
 from iii_engine import Engine, EngineConfig, ModuleSpec
 from iii_engine.config import ChannelSettings
-from iii_engine.modules.http_api import RestApiModule
-from iii_engine.modules.http_channels import channel_url
+from iii_engine.modules.http.api import RestApiModule
+from iii_engine.modules.http.channels import channel_url
 from tests.integration.engine.raw import RawWorker
 
 pytestmark = pytest.mark.our_engine("configures the REST API module and reads our relay")

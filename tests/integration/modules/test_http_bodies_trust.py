@@ -26,14 +26,15 @@ import pytest
 import websockets
 
 from iii_engine import Engine, EngineConfig, ModuleSpec
-from iii_engine.modules.http_api import RestApiModule
-from iii_engine.modules.http_channels import channel_url
-from iii_engine.modules.http_settings import ApiSettings, ApiSettingsError
+from iii_engine.modules.http.api import RestApiModule
+from iii_engine.modules.http.channels import channel_url
+from iii_engine.modules.http.settings import ApiSettings
+from iii_engine.settings import ConfigError
 from tests.integration.engine.raw import RawWorker
 
-KiB = 1024
 pytestmark = pytest.mark.our_engine("configures the REST API module's body limits")
 
+KiB = 1024
 MiB = 1024 * 1024
 LIMIT = 6 * MiB + 7  # odd on purpose: off-by-one errors cannot hide behind a round number
 ARRIVE = [0, 1, 64 * KiB, 600 * KiB, 5 * MiB, LIMIT - 1, LIMIT]
@@ -442,5 +443,5 @@ def test_body_settings_defaults_and_errors() -> None:
     for bad, named in [({"max_body_bytes": 0}, "max_body_bytes"), ({"body_timeout": "1s"}, "body_timeout"),
                        ({"header_timeout": 0}, "header_timeout"), ({"max_buffered_bytes": True}, "max_buffered_bytes"),
                        ({"max_body_bytes": 10, "max_buffered_bytes": 5}, "max_buffered_bytes")]:
-        with pytest.raises(ApiSettingsError, match=named):
+        with pytest.raises(ConfigError, match=f"^{named}: "):
             ApiSettings.parse(bad)

@@ -11,7 +11,7 @@ import pytest
 from iii.wire import dumps
 from iii_engine import Engine, EngineConfig
 from iii_engine.channels import LocalChannelEnd
-from iii_engine.modules.http_channels import ChannelAborted, ResponseChannel, write_body
+from iii_engine.modules.http.channels import ChannelAborted, ResponseChannel, write_body
 
 pytestmark = pytest.mark.our_engine("reads our channel relay's state")
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from iii_engine import Engine, EngineConfig, ModuleSpec
-from iii_engine.modules.http_api import RestApiModule
+from iii_engine.modules.http.api import RestApiModule
 from tests.services import reference_python
 
 pytestmark = [

@@ -7,8 +7,8 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 
-from iii_engine.modules.queue_redis import RedisQueueStore
-from iii_engine.modules.queue_store import Job
+from iii_engine.modules.queue.redis_store import RedisQueueStore
+from iii_engine.modules.queue.store import Job
 from tests.services import require_redis
 
 pytestmark = pytest.mark.redis

@@ -26,9 +26,9 @@ def test_max_channel_bytes_and_max_queued_bytes_reach_the_relay() -> None:
 
 
 @pytest.mark.parametrize(("line", "message"), [
-    ("max_channel_bytes: -1", "'channels.max_channel_bytes' must be >= 0"),
-    ("max_channel_bytes: lots", "'max_channel_bytes' must be an integer"),
-    ("max_queued_bytes: 0", "'channels.max_queued_bytes' must be a positive integer"),
+    ("max_channel_bytes: -1", "channels.max_channel_bytes: must be >= 0, got -1"),
+    ("max_channel_bytes: lots", "channels.max_channel_bytes: must be an integer, got 'lots'"),
+    ("max_queued_bytes: 0", "channels.max_queued_bytes: must be >= 1, got 0"),
 ])
 def test_bad_values_are_refused_naming_the_key(line: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

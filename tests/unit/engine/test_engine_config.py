@@ -52,10 +52,16 @@ def test_empty_file_is_the_default_configuration() -> None:
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("port: abc", "'port' must be an integer"),
-    ("modules: {}", "'modules' must be a list"),
-    ("modules: [{config: {}}]", "modules[0] must be a mapping with a string 'class'"),
-    ("modules: [{class: x, config: 3}]", "modules[0].config must be a mapping"),
+    ("port: abc", "port: must be an integer, got 'abc'"),
+    ("port: 70000", "port: must be <= 65535, got 70000"),
+    ("port: true", "port: must be an integer, got True"),
+    ("modules: {}", "modules: must be a list, got {}"),
+    ("modules: [{config: {}}]", "modules[0].class: is required"),
+    ("modules: [{class: x, config: 3}]", "modules[0].config: must be a mapping, got 3"),
+    ("modules: [{class: x}, 5]", "modules[1]: must be a mapping, got 5"),
+    ("channels: {attach_timeout_s: 0}", "channels.attach_timeout_s: must be a number > 0, got 0"),
+    ("channels: {colour: red}", "channels: unknown key 'colour' (allowed: attach_timeout_ms,"),
+    ("max_outbox_bytes: 0", "max_outbox_bytes: must be >= 1, got 0"),
     ("- just a list", "the configuration must be a mapping"),
     ("port: ${MISSING_VAR}", "environment variable MISSING_VAR is not set"),
     ("a: [unclosed", "invalid YAML"),

@@ -12,12 +12,13 @@ import pytest
 
 from iii.iii_types import TriggerInfo
 from iii_engine.modules.base import BuiltinFunction, EngineError, InvocationContext
-from iii_engine.modules.stream import StreamSettings, StreamSettingsError
-from iii_engine.modules.stream_api import StreamFunctions
-from iii_engine.modules.stream_inputs import Fields
-from iii_engine.modules.stream_locks import KeyedLocks
-from iii_engine.modules.stream_store import StoreConfigError, open_module_store
-from iii_engine.modules.stream_triggers import JoinLeaveTriggers, StreamTriggers, matches_stream_trigger
+from iii_engine.modules.stream.api import StreamFunctions
+from iii_engine.modules.stream.inputs import Fields
+from iii_engine.modules.stream.locks import KeyedLocks
+from iii_engine.modules.stream.settings import StreamSettings
+from iii_engine.modules.stream.store import open_module_store
+from iii_engine.modules.stream.triggers import JoinLeaveTriggers, StreamTriggers, matches_stream_trigger
+from iii_engine.settings import ConfigError
 from iii_streams import MemoryStream, RedisStream, SQLStream
 
 
@@ -50,12 +51,15 @@ CTX = InvocationContext()
 
 def test_settings_defaults_and_errors() -> None:
     settings = StreamSettings.parse({})
-    assert (settings.socket.port, settings.socket.auth_function, settings.socket.auth_reject) == (3112, None, False)
-    with pytest.raises(StreamSettingsError, match="'port' must be an integer"):
+    assert (settings.port, settings.auth_function, settings.auth_reject) == (3112, None, False)
+    with pytest.raises(ConfigError, match=r"^port: must be an integer, got '80'$"):
         StreamSettings.parse({"port": "80"})
-    with pytest.raises(StreamSettingsError, match="client_queue_size"):
+    with pytest.raises(ConfigError, match=r"^client_queue_size: must be >= 1, got 0$"):
         StreamSettings.parse({"client_queue_size": 0})
-    assert StreamSettings.parse({"store_url": "memory://", "port": 1}).store == {"store_url": "memory://"}
+    with pytest.raises(ConfigError, match=r"^unknown key 'prot' \(allowed: adapter, auth_function"):
+        StreamSettings.parse({"prot": 1})
+    parsed = StreamSettings.parse({"store_url": "memory://", "port": 1})
+    assert (parsed.store_url, parsed.adapter, parsed.port) == ("memory://", None, 1)
 
 
 def test_store_selection(tmp_path: Path) -> None:
@@ -65,12 +69,12 @@ def test_store_selection(tmp_path: Path) -> None:
     assert isinstance(redis, RedisStream) and not redis.publish_events
     sql = open_module_store("state", {"store_url": f"sqlite:///{tmp_path / 'x.db'}"})
     assert isinstance(sql, SQLStream) and not sql.publish_events
-    with pytest.raises(StoreConfigError, match="unknown adapter class 'nope'"):
+    with pytest.raises(ConfigError, match=r"^adapter.class: unknown adapter class 'nope'"):
         open_module_store("stream", {"adapter": {"class": "nope"}})
-    with pytest.raises(StoreConfigError, match="unknown key 'colour'"):
+    with pytest.raises(ConfigError, match=r"^adapter.config: unknown key 'colour'"):
         open_module_store("stream", {"adapter": {"class": "modules::stream::adapters::KvStore",
                                                  "config": {"colour": 1}}})
-    with pytest.raises(StoreConfigError, match="unsupported stream URL scheme"):
+    with pytest.raises(ConfigError, match=r"^store_url: unsupported stream URL scheme"):
         open_module_store("stream", {"store_url": "ftp://x"})
 
 

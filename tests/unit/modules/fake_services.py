@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
 from iii.iii_types import TriggerInfo
+from iii_engine.channels import ChannelRelay
 from iii_engine.modules.base import (
     BuiltinFunction,
     EngineError,
     EngineModule,
+    ExternalFunctions,
     InvocationContext,
+    NamedQueues,
     TriggerTypeHandler,
 )
 
@@ -30,6 +33,10 @@ class FakeServices:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.telemetry_listeners: list[Callable[[str, bytes], None]] = []
         self.observer: Any = None
+        self.channels = ChannelRelay()  # a real relay: modules that open channels get real ones
+        self.function_listeners: list[Callable[[], None]] = []
+        self.named_queues: NamedQueues | None = None
+        self.external_functions: ExternalFunctions | None = None
 
     def add(self, function_id: str, handler: Handler) -> None:
         self.handlers[function_id] = handler
@@ -98,3 +105,15 @@ class FakeServices:
 
     def set_invocation_observer(self, observer: Any) -> None:
         self.observer = observer
+
+    def service_functions(self, service_id: str) -> Collection[str]:
+        return frozenset()
+
+    def add_functions_listener(self, listener: Callable[[], None]) -> None:
+        self.function_listeners.append(listener)
+
+    def serve_named_queues(self, queues: NamedQueues | None) -> None:
+        self.named_queues = queues
+
+    def serve_external_functions(self, host: ExternalFunctions | None) -> None:
+        self.external_functions = host

@@ -12,8 +12,9 @@ import pytest
 from fake_services import FakeServices
 
 from iii_engine.modules.base import EngineError
-from iii_engine.modules.cron import CronModule, KvCronLock, RedisCronLock
-from iii_engine.modules.cron_expr import CronExpression, CronSyntaxError, rfc3339
+from iii_engine.modules.cron import CronModule
+from iii_engine.modules.cron.expr import CronExpression, CronSyntaxError, rfc3339
+from iii_engine.modules.cron.locks import KvCronLock, RedisCronLock
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3}|\.\d{6})?\+00:00$")

@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from aiohttp import web
+from fake_services import FakeServices
 
-from iii_engine.modules.base import EngineError, EngineServices, InvocationContext
-from iii_engine.modules.http_functions import HttpFunctionsModule, parse_invocation
-from iii_engine.modules.http_security import UrlRules
+from iii_engine.modules.base import EngineError, InvocationContext
+from iii_engine.modules.http.functions import HttpFunctionsModule, parse_invocation
+from iii_engine.modules.http.security import UrlRules
 
 LOCAL = {"security": {"url_allowlist": ["127.0.0.1"], "block_private_ips": False, "require_https": False}}
 
 
-class FakeServices:
-    log = logging.getLogger("test")
-
-
 @pytest.fixture
 async def module() -> AsyncIterator[HttpFunctionsModule]:
-    mod = HttpFunctionsModule(cast(EngineServices, FakeServices()), LOCAL, env={"TOKEN": "t"})
+    mod = HttpFunctionsModule(FakeServices(), LOCAL, env={"TOKEN": "t"})
     await mod.start()
     yield mod
     await mod.stop()

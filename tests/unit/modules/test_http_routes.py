@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from iii_engine.modules.base import EngineError
-from iii_engine.modules.http_api import result_response
-from iii_engine.modules.http_routes import RouteTable, parse_http_trigger
-from iii_engine.modules.http_settings import ApiSettings, ApiSettingsError, CorsSettings
+from iii_engine.modules.http.api import result_response
+from iii_engine.modules.http.routes import RouteTable, parse_http_trigger
+from iii_engine.modules.http.settings import ApiSettings, CorsSettings
+from iii_engine.settings import ConfigError
 
 
 def table(*routes: tuple[str, str, str]) -> RouteTable:
@@ -64,13 +65,15 @@ def test_replace_and_remove_by_trigger_id() -> None:
 def test_settings_defaults_and_validation() -> None:
     default = ApiSettings.parse(None)
     assert (default.port, default.default_timeout_ms, default.concurrency_request_limit) == (3111, 30000, 1024)
-    assert default.cors == CorsSettings(None, None)
-    with pytest.raises(ApiSettingsError, match=r"default_timeout must be an integer >= 1"):
+    assert default.cors == CorsSettings(allowed_origins=None, allowed_methods=None)
+    with pytest.raises(ConfigError, match=r"^default_timeout: must be >= 1, got 0$"):
         ApiSettings.parse({"default_timeout": 0})
-    with pytest.raises(ApiSettingsError, match=r"unknown key 'cors\.origins'"):
+    with pytest.raises(ConfigError, match=r"^cors: unknown key 'origins' \(allowed: allowed_methods, allowed_orig"):
         ApiSettings.parse({"cors": {"origins": []}})
-    with pytest.raises(ApiSettingsError, match=r"cors\.allowed_methods must be a list of strings"):
+    with pytest.raises(ConfigError, match=r"^cors\.allowed_methods: must be a list, got 'GET'$"):
         ApiSettings.parse({"cors": {"allowed_methods": "GET"}})
+    with pytest.raises(ConfigError, match=r"^cors\.allowed_methods\[1\]: must be a string, got 7$"):
+        ApiSettings.parse({"cors": {"allowed_methods": ["GET", 7]}})
     assert ApiSettings.parse({"cors": {"allowed_methods": ["get"]}}).cors.allowed_methods == ("GET",)
 
 

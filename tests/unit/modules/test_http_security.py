@@ -10,7 +10,8 @@ import ipaddress
 import pytest
 
 from iii_engine.modules.base import EngineError
-from iii_engine.modules.http_security import UrlRejected, UrlRules, is_blocked_ip, resolve_auth, sign
+from iii_engine.modules.http.security import UrlRejected, UrlRules, is_blocked_ip, resolve_auth, sign
+from iii_engine.settings import ConfigError
 
 
 @pytest.mark.parametrize("address", [
@@ -60,10 +61,10 @@ async def test_dns_and_literal_ip_checks() -> None:
 
 
 def test_settings_parse() -> None:
-    assert UrlRules.parse(None) == UrlRules(("*",), True, True)
-    with pytest.raises(ValueError, match=r"security\.require_https must be true or false"):
-        UrlRules.parse({"require_https": "no"})
-    with pytest.raises(ValueError, match=r"url_allowlist must be a list of strings"):
+    assert UrlRules.parse(None) == UrlRules(url_allowlist=("*",), block_private_ips=True, require_https=True)
+    with pytest.raises(ConfigError, match=r"^security\.require_https: must be true or false, got 'no'$"):
+        UrlRules.parse({"require_https": "no"}, at="security")
+    with pytest.raises(ConfigError, match=r"^url_allowlist: must be a list, got 'localhost'$"):
         UrlRules.parse({"url_allowlist": "localhost"})
 
 

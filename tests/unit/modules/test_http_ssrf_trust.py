@@ -6,19 +6,19 @@ from __future__ import annotations
 import asyncio
 import gzip
 import ipaddress
-import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from aiohttp import web
+from fake_services import FakeServices
 
 from iii.wire import dumps
-from iii_engine.modules import http_security
-from iii_engine.modules.base import EngineError, EngineServices
-from iii_engine.modules.http_functions import HttpFunctionsModule
-from iii_engine.modules.http_security import UrlRejected, UrlRules, blocked_reason, embedded_ipv4, is_blocked_ip
+from iii_engine.modules.base import EngineError
+from iii_engine.modules.http import security as http_security
+from iii_engine.modules.http.functions import HttpFunctionsModule
+from iii_engine.modules.http.security import UrlRejected, UrlRules, blocked_reason, embedded_ipv4, is_blocked_ip
 
 # (range, first address inside, last address inside, an address just outside or None when the neighbour is
 # itself blocked). The outside neighbours are public unicast addresses.
@@ -137,10 +137,6 @@ def test_legacy_numeric_ipv4_hosts_are_judged_as_the_address_they_mean(host: str
     assert carried in info.value.detail
 
 
-class FakeServices:
-    log = logging.getLogger("test")
-
-
 class FakeDns:
     """Stands in for ``loop.getaddrinfo``: answers from a script and counts the lookups."""
 
@@ -222,7 +218,7 @@ async def big_server() -> AsyncIterator[str]:
 
 @pytest.fixture
 async def module() -> AsyncIterator[HttpFunctionsModule]:
-    mod = HttpFunctionsModule(cast(EngineServices, FakeServices()), {"security": {
+    mod = HttpFunctionsModule(FakeServices(), {"security": {
         "url_allowlist": ["*"], "block_private_ips": False, "require_https": False}}, env={})
     await mod.start()
     yield mod

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from iii_engine.modules.queue_store import DeadLetter, Job, MemoryQueueStore, QueueStore
+from iii_engine.modules.queue.store import DeadLetter, Job, MemoryQueueStore, QueueStore
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 Q = "__fn_queue::q"
@@ -20,7 +20,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[QueueStore]:
         return
     from redis.asyncio import Redis
 
-    from iii_engine.modules.queue_redis import RedisQueueStore
+    from iii_engine.modules.queue.redis_store import RedisQueueStore
 
     prefix = f"test-{uuid.uuid4()}:"
     redis_store = RedisQueueStore(REDIS_URL, key_prefix=prefix)

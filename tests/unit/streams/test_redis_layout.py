@@ -18,7 +18,8 @@ from iii.stream import (
     StreamUpdateInput,
     UpdateIncrement,
 )
-from iii_engine.modules.stream_store import StoreConfigError, open_module_store
+from iii_engine.modules.stream.store import open_module_store
+from iii_engine.settings import ConfigError
 from iii_streams import RedisStream
 from iii_streams.redis import STATE_LAYOUT, STREAM_LAYOUT, KeyLayout
 
@@ -77,5 +78,5 @@ def test_module_store_layouts(tmp_path: Path) -> None:
     assert isinstance(by_url, RedisStream) and by_url.layout == STATE_LAYOUT
     stream = open_module_store("stream", {"store_url": "redis://127.0.0.1:1/2"}, publish_events=True)
     assert isinstance(stream, RedisStream) and stream.layout == STREAM_LAYOUT and stream.publish_events
-    with pytest.raises(StoreConfigError, match="redis_url must be a redis://"):
+    with pytest.raises(ConfigError, match=r"^adapter.config.redis_url: must be a redis://"):
         open_module_store("state", {"adapter": {**redis_adapter, "config": {"redis_url": "memory://"}}})

@@ -1,0 +1,171 @@
+"""One worker connection from this engine (the "front") to a remote engine, for the bridge module and adapters.
+
+The front is an ordinary worker of the remote: each :class:`BridgeLink` is one ``iii`` SDK client (its own thread
+and event loop) that reconnects every 2 s forever and replays its registrations (functions, triggers, services)
+after every reconnect. Creating a link never waits, so the front starts while the remote is still down.
+
+Ours, where production queues without bound and lets late writes run on the remote: a call made while the link is
+down waits at most ``connect_grace_s`` (2 s) for it to come up, then fails with :class:`BridgeCallError` naming the
+remote URL; a call that was queued and timed out is dropped before it is ever sent (the SDK only flushes frames
+whose caller still waits), so a write that failed never executes later. The SDK's outbox is bounded by its
+``MAX_QUEUE_SIZE``.
+
+Example:
+    >>> link = BridgeLink("ws://127.0.0.1:1", role="docs")
+    >>> link.url, link.connected
+    ('ws://127.0.0.1:1', False)
+    >>> BridgeLink("http://x", role="docs")
+    Traceback (most recent call last):
+    ...
+    ValueError: engine URL 'http://x' has scheme 'http'; expected ws:// or wss://
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any, Final
+
+from iii.connection import check_url
+from iii.errors import ConnectionLostError, InvocationError, ShuttingDownError
+from iii.iii import III
+from iii.iii_constants import InitOptions, ReconnectionConfig
+from iii.iii_types import TriggerActionEnqueue, TriggerActionVoid
+from iii.telemetry_types import OtelConfig
+from iii.triggers import Trigger
+
+__all__ = ["DEFAULT_TIMEOUT_MS", "RETRY_INTERVAL_MS", "BridgeCallError", "BridgeLink"]
+
+log = logging.getLogger(__name__)
+
+RETRY_INTERVAL_MS: Final = 2000  # production's fixed pause between connection attempts
+DEFAULT_TIMEOUT_MS: Final = 30_000
+DEFAULT_CONNECT_GRACE_S: Final = 2.0
+_RETRY: Final = ReconnectionConfig(initial_delay_ms=RETRY_INTERVAL_MS, max_delay_ms=RETRY_INTERVAL_MS,
+                                   backoff_multiplier=1.0, jitter_factor=0.0, max_retries=-1)
+
+Handler = Callable[[Any], Coroutine[Any, Any, Any]]
+
+
+class BridgeCallError(RuntimeError):
+    """A call through the bridge failed; ``str()`` is the reason (it names the remote URL when unreachable).
+
+    ``code`` / ``message`` / ``stacktrace`` are the remote's error body when the remote answered with an error.
+
+    Example:
+        >>> str(BridgeCallError("remote error (x): y", code="x", message="y"))
+        'remote error (x): y'
+    """
+
+    def __init__(self, text: str, *, code: str | None = None, message: str | None = None,
+                 stacktrace: str | None = None) -> None:
+        super().__init__(text)
+        self.code = code
+        self.message = message
+        self.stacktrace = stacktrace
+
+
+class BridgeLink:
+    """A reconnecting worker connection to the remote engine at ``url``; ``role`` names it in logs and metadata."""
+
+    def __init__(self, url: str, *, role: str, connect_grace_s: float = DEFAULT_CONNECT_GRACE_S) -> None:
+        self.url = check_url(url)
+        self.role = role
+        self.connect_grace_s = connect_grace_s
+        self._client: III | None = None
+
+    def start(self) -> None:
+        """Start connecting in the background; returns at once (idempotent)."""
+        if self._client is None:
+            options = InitOptions(worker_name=f"iii-engine bridge ({self.role})", enable_metrics_reporting=False,
+                                  reconnection_config=_RETRY, otel=OtelConfig(enabled=False))
+            self._client = III(self.url, options)
+            log.info("bridge %s: connecting to %s (retry every %d ms)", self.role, self.url, RETRY_INTERVAL_MS)
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection to the remote is up right now."""
+        return self._client is not None and self._client.get_connection_state() == "connected"
+
+    def _running(self) -> III:
+        if self._client is None:
+            raise BridgeCallError(f"bridge to remote engine {self.url} is not started")
+        return self._client
+
+    async def _up(self) -> III:
+        """The client once connected; at most ``connect_grace_s`` of waiting, then a clear error."""
+        client = self._running()
+        if client.get_connection_state() == "connected":
+            return client
+        try:
+            # our own SDK's bounded wait for a connection (it wakes on every state change, no polling)
+            await client._connected_within(self.connect_grace_s)
+        except ShuttingDownError:
+            raise BridgeCallError(f"bridge to remote engine {self.url} is shut down") from None
+        except ConnectionError as exc:
+            raise BridgeCallError(f"remote engine {self.url} unreachable ({exc})") from None
+        return client
+
+    async def call(self, function_id: str, data: Any, *, timeout_ms: int | None = None,
+                   action: TriggerActionEnqueue | None = None) -> Any:
+        """Invoke ``function_id`` on the remote and return its result (``None`` when it has none).
+
+        Raises :class:`BridgeCallError` when the remote is unreachable, the call times out (default 30 s), the
+        connection drops during the call, or the remote answers with an error.
+        """
+        client = await self._up()
+        wait_ms = timeout_ms or DEFAULT_TIMEOUT_MS
+        try:
+            return await client.trigger_async({"function_id": function_id, "payload": data, "timeout_ms": wait_ms,
+                                               "action": action})
+        except TimeoutError:
+            raise BridgeCallError(f"invocation timed out after {wait_ms} ms (remote engine {self.url}, "
+                                  f"function {function_id})") from None
+        except ConnectionLostError:
+            raise BridgeCallError(f"connection to remote engine {self.url} lost during the call of "
+                                  f"{function_id}") from None
+        except InvocationError as exc:
+            raise BridgeCallError(f"remote error ({exc.code}): {exc.message}", code=exc.code, message=exc.message,
+                                  stacktrace=exc.stacktrace) from None
+        except ShuttingDownError:
+            raise BridgeCallError(f"bridge to remote engine {self.url} is shut down") from None
+
+    async def fire(self, function_id: str, data: Any) -> None:
+        """Invoke ``function_id`` on the remote without waiting for a result (action ``void``).
+
+        Sent only while connected (after the connect grace): a fire-and-forget message is never parked to run
+        much later.
+        """
+        client = await self._up()
+        try:
+            await client.trigger_async({"function_id": function_id, "payload": data, "action": TriggerActionVoid()})
+        except ShuttingDownError:
+            raise BridgeCallError(f"bridge to remote engine {self.url} is shut down") from None
+
+    def register_function(self, function_id: str, handler: Handler) -> Callable[[], None]:
+        """Offer ``function_id`` to the remote; ``handler`` runs on the caller's (the engine's) event loop.
+
+        Returns the callable that withdraws it."""
+        client = self._running()
+        engine_loop = asyncio.get_running_loop()
+
+        async def on_link_loop(data: Any) -> Any:
+            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(handler(data), engine_loop))
+
+        return client.register_function({"id": function_id}, on_link_loop).unregister
+
+    def register_trigger(self, trigger_type: str, function_id: str, config: Any) -> Trigger:
+        """Bind a remote trigger to a function of this link; re-sent after every reconnect."""
+        return self._running().register_trigger({"type": trigger_type, "function_id": function_id,
+                                                 "config": config})
+
+    def register_service(self, service_id: str, name: str) -> None:
+        """Announce a service on the remote (re-sent after every reconnect)."""
+        self._running().register_service({"id": service_id, "name": name})
+
+    async def close(self) -> None:
+        """Disconnect and stop the link's thread (idempotent)."""
+        client, self._client = self._client, None
+        if client is not None:
+            await asyncio.to_thread(client.shutdown)

@@ -1,0 +1,84 @@
+"""Settings of the bridge client module and of the ``Bridge`` adapters (queue, state, stream).
+
+Example:
+    >>> BridgeClientSettings.from_config({"url": "ws://back:1", "forward": [{"local_function": "a"}]}, env={})
+    Traceback (most recent call last):
+    ...
+    iii_engine.settings.ConfigError: forward[0].remote_function: is required
+    >>> BridgeClientSettings.from_config({}, env={"III_URL": "ws://back:2"}).url
+    'ws://back:2'
+    >>> BridgeAdapterSettings.parse({"bridge_url": "http://x"}).bridge_url
+    Traceback (most recent call last):
+    ...
+    iii_engine.settings.ConfigError: bridge_url: engine URL 'http://x' has scheme 'http'; expected ws:// or wss://
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, ClassVar, Final
+
+from ...settings import EngineUrl, Field, NonEmpty, Settings, UnknownKeys
+from .link import DEFAULT_TIMEOUT_MS
+
+__all__ = ["DEFAULT_BRIDGE_URL", "MAX_TIMEOUT_MS", "BridgeAdapterSettings", "BridgeClientSettings", "Exposed",
+           "Forwarded"]
+
+DEFAULT_BRIDGE_URL: Final = "ws://localhost:49134"
+DEFAULT_CLIENT_URL: Final = "ws://0.0.0.0:49134"
+MAX_TIMEOUT_MS: Final = 24 * 3600 * 1000
+
+
+class BridgeAdapterSettings(Settings):
+    """``adapter.config`` of a ``…::adapters::Bridge`` class: the remote engine."""
+
+    bridge_url: EngineUrl = DEFAULT_BRIDGE_URL
+
+
+class Exposed(Settings):
+    """A local function offered to the remote under ``remote_function`` (default: the same id)."""
+
+    local_function: NonEmpty
+    remote_function: NonEmpty
+
+    @classmethod
+    def _rename(cls, data: Mapping[str, Any]) -> Mapping[str, Any]:
+        if data.get("remote_function") is None and "local_function" in data:
+            return {**data, "remote_function": data["local_function"]}
+        return data
+
+
+class Forwarded(Settings):
+    """A local function id whose calls run ``remote_function`` on the remote."""
+
+    local_function: NonEmpty
+    remote_function: NonEmpty
+    timeout_ms: int = Field(DEFAULT_TIMEOUT_MS, ge=1, le=MAX_TIMEOUT_MS)
+
+
+class BridgeClientSettings(Settings):
+    """``modules::bridge_client::BridgeClientModule`` settings (unknown keys are logged and ignored)."""
+
+    unknown_keys: ClassVar[UnknownKeys] = "warn"
+    label: ClassVar[str] = "bridge_client settings"
+
+    url: EngineUrl = DEFAULT_CLIENT_URL
+    service_id: NonEmpty | None = None
+    service_name: NonEmpty | None = None
+    expose: tuple[Exposed, ...] = Field((), strict=False)
+    forward: tuple[Forwarded, ...] = Field((), strict=False)
+
+    @classmethod
+    def from_config(cls, raw: Mapping[str, Any] | None, env: Mapping[str, str] | None = None) -> BridgeClientSettings:
+        """Validate ``raw``; without a ``url`` the remote is ``$III_URL`` (``env`` defaults to ``os.environ``)."""
+        env = os.environ if env is None else env
+        raw = dict(raw or {})
+        if raw.get("url") is None:
+            raw["url"] = env.get("III_URL") or DEFAULT_CLIENT_URL
+        if raw.get("service_name") is None and raw.get("service_id") is not None:
+            raw["service_name"] = raw["service_id"]
+        for key in ("expose", "forward"):
+            if raw.get(key) is None:
+                raw.pop(key, None)
+        return cls.parse(raw)

@@ -1,0 +1,131 @@
+"""The ``cron`` trigger type (modules.md §7.6): call a function on a seconds-precision UTC schedule.
+
+Each tick is fired by exactly one engine among those sharing a lock store (:mod:`~iii_engine.modules.cron.locks`;
+settings: :class:`~iii_engine.modules.cron.settings.CronSettings`).
+
+Example (engine configuration):
+    >>> CronModule.class_names
+    ('modules::cron::CronModule',)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from iii.iii_types import TriggerInfo
+
+from ..base import EngineError, EngineModule, EngineServices
+from .expr import CronExpression, CronSyntaxError, rfc3339
+from .locks import CronLock, open_cron_lock
+from .settings import CronSettings
+
+log = logging.getLogger(__name__)
+
+
+async def _sleep_until(moment: datetime) -> None:
+    # A timed sleep, not synchronisation: wall-clock target, monotonic loop clock, so re-check and repeat.
+    delay = (moment - datetime.now(UTC)).total_seconds()
+    while delay > 0:
+        await asyncio.sleep(delay)
+        delay = (moment - datetime.now(UTC)).total_seconds()
+
+
+def parse_trigger_expression(config: Any) -> CronExpression:
+    """The schedule of a ``cron`` trigger config; :class:`EngineError` ``invalid_cron_expression`` if bad.
+
+    Example:
+        >>> parse_trigger_expression({"expression": "0 * * * * *"}).source
+        '0 * * * * *'
+    """
+    expression = config.get("expression") if isinstance(config, dict) else None
+    if not isinstance(expression, str) or not expression.strip():
+        raise EngineError("invalid_cron_expression", "cron trigger config needs a non-empty 'expression'")
+    try:
+        return CronExpression.parse(expression)
+    except CronSyntaxError as exc:
+        raise EngineError("invalid_cron_expression", f"Invalid cron expression {expression!r}: {exc}") from exc
+
+
+class CronModule(EngineModule):
+    """Engine module providing the ``cron`` trigger type."""
+
+    name: ClassVar[str] = "cron"
+    class_names: ClassVar[tuple[str, ...]] = ("modules::cron::CronModule",)
+
+    def __init__(self, services: EngineServices, config: Mapping[str, Any] | None = None) -> None:
+        super().__init__(services, config)
+        self.settings = CronSettings.parse(self.config)
+        self._lock: CronLock | None = None
+        self._schedules: dict[str, asyncio.Task[None]] = {}
+        self._firings: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Open the lock store and register the trigger type."""
+        self._lock = open_cron_lock(self.settings)
+        self.services.register_trigger_type("cron", "Run a function on a cron schedule (UTC, seconds)", self)
+
+    async def stop(self) -> None:
+        """Cancel every schedule and close the lock store."""
+        tasks = [*self._schedules.values(), *self._firings]
+        self._schedules.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._lock is not None:
+            await self._lock.close()
+            self._lock = None
+
+    async def register(self, trigger: TriggerInfo) -> None:
+        """Start the schedule; a missing or malformed expression rejects the trigger."""
+        expression = parse_trigger_expression(trigger.config)
+        await self.unregister(trigger)
+        self._schedules[trigger.id] = asyncio.create_task(
+            self._schedule(trigger, expression), name=f"cron:{trigger.id}"
+        )
+
+    async def unregister(self, trigger: TriggerInfo) -> None:
+        """Stop the schedule of ``trigger.id`` (no-op if none)."""
+        task = self._schedules.pop(trigger.id, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _schedule(self, trigger: TriggerInfo, expression: CronExpression) -> None:
+        tick = expression.next_after(datetime.now(UTC))
+        while tick is not None:
+            await _sleep_until(tick)
+            task = asyncio.create_task(self._fire(trigger, tick), name=f"cron-fire:{trigger.id}")
+            self._firings.add(task)
+            task.add_done_callback(self._firings.discard)
+            now = datetime.now(UTC)
+            # After a long stall, skip missed ticks rather than firing a burst of them.
+            tick = expression.next_after(tick if (now - tick).total_seconds() < 1 else now)
+
+    async def _fire(self, trigger: TriggerInfo, tick: datetime) -> None:
+        lock = self._lock
+        if lock is None:
+            return
+        try:
+            if not await lock.try_fire(trigger.id, int(tick.timestamp() * 1000)):
+                return
+        except Exception:
+            log.exception("cron %s: lock store failed; tick %s skipped", trigger.id, tick)
+            return
+        payload = {
+            "trigger": "cron",
+            "job_id": trigger.id,
+            "scheduled_time": rfc3339(tick),
+            "actual_time": rfc3339(datetime.now(UTC)),
+        }
+        condition = trigger.config.get("condition_function_id") if isinstance(trigger.config, dict) else None
+        if not await self.services.condition_passes(condition, payload):
+            return
+        self.services.fire(trigger.function_id, payload)

@@ -1,0 +1,451 @@
+"""REST API module (``modules::api::RestApiModule``): the ``http`` trigger type on its own HTTP port.
+
+An ``http`` trigger binds a method and a path to a function. Each request becomes one invocation with the
+request object of modules.md §7.3; the function answers with a JSON object (status, body, headers) or by
+streaming through the ``response`` channel. Differences from production, all additive (PROTOCOL §9.4): returned
+``headers`` are applied (M4), ``statusCode`` is accepted when ``status_code`` is absent (M5), and the raw body
+is written to ``request_body`` and closed at once for every request (M6).
+
+``default_timeout`` bounds the wait for the response to start (the function's result or the first body chunk);
+once a streamed body has started it runs until the handler closes its writer.
+
+Every request body is received whole before the handler runs and before the request takes a concurrency slot,
+so a client that sends headers and then nothing (or trickles) holds no slot: it gets 408 after
+``body_timeout``. A body over ``max_body_bytes`` is 413 (at once when Content-Length says so, else as soon as
+the count crosses the limit) and the handler never sees it. Bodies held in memory across all requests are capped
+by ``max_buffered_bytes``; a body that does not fit is 503 at once. ``header_timeout`` closes connections that do
+not complete their headers in time (slow-header clients, idle keep-alive connections).
+
+``engine.module("http_api").port`` is the bound port (useful with ``port: 0``).
+
+Example (engine configuration):
+    modules:
+      - class: modules::api::RestApiModule
+        config: {port: 3111, default_timeout: 30000, concurrency_request_limit: 1024}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import HttpVersion11, web
+
+from iii.iii_types import TriggerInfo
+from iii.wire import dumps, loads
+
+from ..base import EngineError, EngineModule, EngineServices
+from .channels import ChannelAborted, ResponseChannel, write_body
+from .routes import RouteMatch, RouteTable, parse_http_trigger
+from .settings import ApiSettings
+
+log = logging.getLogger(__name__)
+
+# After refusing a body (413/408/503) the rest of it is read and dropped for at most this long, so a client that
+# only reads the answer once it has sent everything still gets it; longer would also hold up shutdown.
+LINGER_S = 2.0
+_CHANNEL_BUFFER = 64  # messages per request/response channel, as engine::channels::create's default
+_STREAM_HEADER_SKIP = frozenset({"transfer-encoding", "connection", "keep-alive"})
+
+
+class _Timeout(Exception):
+    """The request outlived ``default_timeout``."""
+
+
+class _Refused(Exception):
+    """The request cannot be served as sent; ``status`` and the message go back to the client."""
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = dict(headers or {})
+
+
+class BodyBudget:
+    """Bytes of request bodies held in memory, across all requests; a claim that does not fit fails at once.
+
+    Failing instead of waiting keeps partly received bodies from waiting on each other until their deadlines.
+
+    Example:
+        >>> budget = BodyBudget(10)
+        >>> budget.try_take(8), budget.try_take(3), budget.used
+        (True, False, 8)
+        >>> budget.give(8); budget.used
+        0
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.used = 0
+
+    def try_take(self, size: int) -> bool:
+        """Claim ``size`` bytes if they fit under the capacity."""
+        if self.used + size > self.capacity:
+            return False
+        self.used += size
+        return True
+
+    def give(self, size: int) -> None:
+        """Return ``size`` bytes claimed earlier."""
+        self.used -= size
+
+
+class _Claim:
+    """One request's share of the :class:`BodyBudget`, returned in one go when the request ends."""
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self._budget = budget
+        self.size = 0
+
+    def add(self, size: int) -> None:
+        if not self._budget.try_take(size):
+            raise _Refused(503, f"request bodies in memory would exceed {self._budget.capacity} bytes "
+                                f"(max_buffered_bytes); retry later", {"Retry-After": "1"})
+        self.size += size
+
+    def release(self) -> None:
+        self._budget.give(self.size)
+        self.size = 0
+
+
+def _json_response(status: int, body: Any, headers: Mapping[str, str] | None = None) -> web.Response:
+    merged = {"Content-Type": "application/json"}
+    if headers:
+        merged.update(headers)
+    return web.Response(status=status, body=dumps(body).encode(), headers=merged)
+
+
+def _status_of(result: Mapping[str, Any]) -> int:
+    status = result.get("status_code")
+    if status is None:
+        status = result.get("statusCode")  # M5: an ApiResponse dumped by alias
+    if isinstance(status, int) and not isinstance(status, bool) and 100 <= status <= 599:
+        return status
+    return 200
+
+
+def result_response(result: Any) -> web.Response:
+    """The JSON response for a handler's non-null result (modules.md §7.3, with M4 and M5).
+
+    Example:
+        >>> r = result_response({"statusCode": 201, "body": {"ok": True}, "headers": {"x-a": "1"}})
+        >>> r.status, r.headers["x-a"], r.body
+        (201, '1', b'{"ok":true}')
+    """
+    if not isinstance(result, Mapping):
+        return _json_response(200, {})
+    body = result.get("body")
+    raw_headers = result.get("headers")
+    headers = {str(k): str(v) for k, v in raw_headers.items()} if isinstance(raw_headers, Mapping) else None
+    return _json_response(_status_of(result), {} if body is None else body, headers)
+
+
+def _error_response(message: str) -> web.Response:
+    error_id = uuid.uuid4().hex
+    log.warning("HTTP handler failed (error_id %s): %s", error_id, message)
+    return _json_response(500, {"error": message, "error_id": error_id})
+
+
+class _HttpTriggers:
+    """The ``http`` trigger type: installs and removes routes."""
+
+    def __init__(self, routes: RouteTable) -> None:
+        self._routes = routes
+
+    async def register(self, trigger: TriggerInfo) -> None:
+        route = parse_http_trigger(trigger.id, trigger.function_id, trigger.config)
+        replaced = self._routes.add(route)
+        if replaced is not None and replaced.trigger_id != trigger.id:
+            log.info("http route %s %s now served by %s (was %s)", route.method, route.api_path,
+                     route.function_id, replaced.function_id)
+
+    async def unregister(self, trigger: TriggerInfo) -> None:
+        self._routes.remove(trigger.id)
+
+
+class RestApiModule(EngineModule):
+    """HTTP triggers on their own port.
+
+    Example:
+        >>> async def main() -> None:  # doctest: +SKIP
+        ...     async with Engine(config=EngineConfig(modules=[ModuleSpec(
+        ...             "modules::api::RestApiModule", {"port": 0})])) as engine:
+        ...         print(engine.module("http_api").port)
+    """
+
+    name = "http_api"
+    class_names = ("modules::api::RestApiModule",)
+    has_listener = True
+
+    def __init__(self, services: EngineServices, config: Mapping[str, Any] | None = None) -> None:
+        super().__init__(services, config)
+        self.settings = ApiSettings.parse(config)
+        self.routes = RouteTable()
+        self._runner: web.ServerRunner | None = None
+        self._limit: asyncio.Semaphore | None = None
+        self._budget = BodyBudget(self.settings.max_buffered_bytes)
+        self._background: set[asyncio.Task[Any]] = set()
+        self.port = self.settings.port
+        self.in_flight = 0  # requests holding a concurrency permit (ours; tests and metrics read it)
+        self.receiving = 0  # requests whose body is still arriving (they hold no permit)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of request bodies currently held in memory (bounded by ``max_buffered_bytes``)."""
+        return self._budget.used
+
+    @property
+    def base_url(self) -> str:
+        """``http://host:port`` to send requests to (wildcard binds are reached through loopback)."""
+        host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(self.settings.host, self.settings.host)
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        """Register the ``http`` trigger type and open the HTTP listener."""
+        self._limit = asyncio.Semaphore(self.settings.concurrency_request_limit)
+        self.services.register_trigger_type("http", "HTTP API trigger", _HttpTriggers(self.routes))
+        # aiohttp's keep-alive timer also runs from the moment a connection opens and closes it if the request
+        # headers are still incomplete when it fires: exactly a header deadline.
+        server = web.Server(self._handle, access_log=None, keepalive_timeout=self.settings.header_timeout_ms / 1000,
+                            lingering_time=LINGER_S)
+        runner = web.ServerRunner(server, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.settings.host, self.settings.port)
+        try:
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = int(runner.addresses[0][1])
+        log.info("REST API listening on %s", self.base_url)
+
+    async def stop(self) -> None:
+        """Close the listener and finish background work."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+    # -- request handling ------------------------------------------------------------------------------------
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        cors = self.settings.cors
+        if request.method == "OPTIONS" and origin is not None and "Access-Control-Request-Method" in request.headers:
+            wanted = request.headers["Access-Control-Request-Method"]
+            headers = cors.headers(origin, True, request.headers.get("Access-Control-Request-Headers"))
+            if not headers or not cors.allows_method(wanted):
+                return web.Response(status=403, text="CORS request not allowed")
+            return web.Response(status=200, headers=headers)
+        cors_headers = cors.headers(origin, False, None)
+        match = self.routes.match(request.method, request.raw_path.split("?", 1)[0])
+        if match is None:
+            return web.Response(status=404, text="Not Found", headers=cors_headers)
+        assert self._limit is not None
+        claim = _Claim(self._budget)
+        try:
+            self.receiving += 1
+            try:
+                raw = await self._receive(request, claim)
+            finally:
+                self.receiving -= 1
+            async with self._limit:  # only now: a slow client's wait for its body holds no slot
+                self.in_flight += 1
+                try:
+                    return await self._dispatch(request, match, raw, cors_headers)
+                finally:
+                    self.in_flight -= 1
+        except _Refused as exc:
+            log.info("HTTP %s %s refused with %d: %s", request.method, request.path, exc.status, exc.message)
+            response = _json_response(exc.status, {"error": exc.message}, {**exc.headers, **cors_headers})
+            response.force_close()  # the rest of the body (if any) is not wanted; do not reuse the connection
+            return response
+        finally:
+            claim.release()
+
+    async def _receive(self, request: web.BaseRequest, claim: _Claim) -> bytearray:
+        """The whole request body, within ``max_body_bytes``, ``body_timeout`` and the memory budget.
+
+        A stated Content-Length over the limit is refused before one body byte is read, and its bytes are
+        claimed up front; a chunked (or compressed) body is counted and claimed as it arrives, decoded, and
+        refused once past the limit.
+        """
+        limit = self.settings.max_body_bytes
+        length = request.content_length
+        if length is not None and length > limit:
+            raise _Refused(413, f"request body of {length} bytes is larger than the limit of {limit} bytes")
+        if length is not None:
+            claim.add(length)
+        if request.version == HttpVersion11 and request.headers.get("Expect", "").lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        body = bytearray()
+        timeout_ms = self.settings.body_timeout_ms
+        try:
+            async with asyncio.timeout(timeout_ms / 1000):
+                while chunk := await request.content.readany():
+                    if len(body) + len(chunk) > limit:
+                        raise _Refused(413, f"request body is larger than the limit of {limit} bytes")
+                    # Beyond a stated length only if aiohttp decoded a Content-Encoding: memory is what counts.
+                    claim.add(max(0, len(body) + len(chunk) - claim.size))
+                    body += chunk
+        except TimeoutError:
+            raise _Refused(408, f"request body not received within {timeout_ms} ms (body_timeout); got "
+                                f"{len(body)} bytes") from None
+        except (_Refused, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # the client dropped or broke the framing: never hand on a partial body
+            raise _Refused(400, f"request body incomplete after {len(body)} bytes: {exc!r}") from None
+        return body
+
+    async def _dispatch(self, request: web.BaseRequest, match: RouteMatch, raw: bytearray,
+                        cors: dict[str, str]) -> web.StreamResponse:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.default_timeout_ms / 1000
+        try:
+            response = await self._run(request, match, raw, deadline)
+        except EngineError as exc:
+            response = _error_response(f"{exc.code}: {exc.message}")
+        except _Timeout:
+            response = _json_response(504, {"error": "Request timed out"})
+            log.warning("HTTP %s %s timed out after %d ms", request.method, request.path,
+                        self.settings.default_timeout_ms)
+        if not response.prepared:
+            response.headers.update(cors)
+        return response
+
+    def _request_object(self, request: web.BaseRequest, match: RouteMatch, body: Any) -> dict[str, Any]:
+        route = match.route
+        return {
+            "path_params": match.path_params,
+            "query_params": {k: v for k, v in request.query.items()},  # repeated keys: last wins
+            "headers": {k.lower(): v for k, v in request.headers.items()},
+            "path": route.registered_path,
+            "method": route.method,
+            "body": body,
+            "trigger": {"type": "http", "path": route.registered_path, "method": route.method},
+        }
+
+    async def _run(self, request: web.BaseRequest, match: RouteMatch, raw: bytearray,
+                   deadline: float) -> web.StreamResponse:
+        route = match.route
+        body: Any = None
+        if raw and "application/json" in request.headers.get("Content-Type", "").lower():
+            with contextlib.suppress(ValueError):
+                body = loads(bytes(raw))
+        payload = self._request_object(request, match, body)
+        if route.condition_function_id is not None:
+            passed = await self._before(deadline, self.services.condition_passes(route.condition_function_id,
+                                                                                  dict(payload)))
+            if not passed:
+                return _json_response(422, {"error": "Request condition not met", "skipped": True})
+        # Both channels are created on the relay and this module's ends opened in-process (PROTOCOL §5.3);
+        # the handler attaches to the other ends over its own socket.
+        relay = self.services.channels
+        request_channel = relay.create(_CHANNEL_BUFFER, owner=None)
+        response_channel = relay.create(_CHANNEL_BUFFER, owner=None)
+        payload["request_body"] = request_channel["reader"]
+        payload["response"] = response_channel["writer"]
+        upload = self._spawn(write_body("", request_channel["writer"], raw, relay))
+        reader = ResponseChannel("", response_channel["reader"], relay)
+        first = self._spawn(reader.first_chunk())
+        call = self._spawn(self.services.invoke(route.function_id, payload,
+                                                timeout_s=max(0.001, deadline - asyncio.get_running_loop().time())))
+        try:
+            return await self._respond(request, reader, first, call, deadline)
+        finally:
+            for task in (first, upload):
+                if not task.done():
+                    task.cancel()
+            self._spawn(self._finish(reader, request_channel, response_channel))
+
+    async def _respond(self, request: web.BaseRequest, reader: ResponseChannel, first: asyncio.Task[bytes | None],
+                       call: asyncio.Task[Any], deadline: float) -> web.StreamResponse:
+        """The race of modules.md §7.3: the first body chunk or the function's return, whichever comes first."""
+        await self._before(deadline, asyncio.wait({first, call}, return_when=asyncio.FIRST_COMPLETED))
+        chunk_first = first.done() and not first.cancelled() and first.exception() is None and first.result()
+        if not chunk_first:
+            await self._before(deadline, asyncio.wait({call}))
+            failure = self._call_failure(call)
+            if failure is not None:
+                return failure
+            result = call.result()
+            if result is not None:
+                return result_response(result)
+            await self._before(deadline, asyncio.wait({first}))
+        try:
+            chunk = first.result()
+        except ChannelAborted as exc:
+            return _error_response(str(exc))
+        if chunk is None:
+            return web.Response(status=reader.status, headers=reader.headers)
+        return await self._stream(request, reader, chunk)
+
+    def _call_failure(self, call: asyncio.Task[Any]) -> web.StreamResponse | None:
+        exc = call.exception()
+        if exc is None:
+            return None
+        if isinstance(exc, TimeoutError) or (isinstance(exc, EngineError) and exc.code == "invocation_timeout"):
+            raise _Timeout from exc
+        if isinstance(exc, EngineError):
+            return _error_response(exc.message)
+        return _error_response(repr(exc))
+
+    async def _stream(self, request: web.BaseRequest, reader: ResponseChannel, first: bytes) -> web.StreamResponse:
+        headers = {k: v for k, v in reader.headers.items() if k.lower() not in _STREAM_HEADER_SKIP}
+        response = web.StreamResponse(status=reader.status, headers=headers)
+        cors = self.settings.cors.headers(request.headers.get("Origin"), False, None)
+        response.headers.update(cors)
+        await response.prepare(request)
+        await response.write(first)
+        try:
+            async for chunk in reader.chunks():
+                await response.write(chunk)
+        except ChannelAborted as exc:
+            # Finishing the chunked body would make a truncated download look complete; cut the connection.
+            log.warning("HTTP %s %s: %s; aborting the response", request.method, request.path, exc)
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        await response.write_eof()
+        return response
+
+    async def _before(self, deadline: float, awaitable: Any) -> Any:
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            raise _Timeout
+        try:
+            return await asyncio.wait_for(awaitable, remaining)
+        except TimeoutError:
+            raise _Timeout from None
+
+    # -- engine plumbing -------------------------------------------------------------------------------------
+
+    async def _finish(self, reader: ResponseChannel, *channels: dict[str, Any]) -> None:
+        """After the response: let go of our response end, then drop both per-request channels.
+
+        Production deletes its per-request channels too (PROTOCOL §5.3). Ends the handler never attached would
+        otherwise wait for the relay's attach timeout.
+        """
+        await reader.aclose()
+        for refs in channels:
+            self.services.channels.discard(refs["reader"]["channel_id"])
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._settled)
+        return task
+
+    def _settled(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: outcomes are handled where awaited, or do not matter any more

@@ -1,0 +1,227 @@
+"""The REST API module's own ends of its per-request channels (modules.md §7.3).
+
+Each HTTP request gets two channels: ``request_body`` (the engine writes the raw body, the handler reads) and
+``response`` (the handler writes control frames and body chunks, the engine reads). When the engine's relay
+offers in-process ends (``open_local``), the engine's ends use them: same queue, backpressure and close codes,
+no loopback handshake. Otherwise they attach as an ordinary WebSocket client of the engine's own channel
+endpoint (PROTOCOL §5.2), at the cost of one loopback connection per end.
+
+Close codes understood here follow PROTOCOL §9.2: 1000 (and 1005, a Close without a code, as production sends)
+is end of stream; anything else, or a dropped connection, is an abort.
+
+Example:
+    >>> channel_url("ws://127.0.0.1:49134/", {"channel_id": "c1", "access_key": "k+1", "direction": "read"})
+    'ws://127.0.0.1:49134/ws/channels/c1?key=k%2B1&dir=read'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Protocol
+from urllib.parse import quote
+
+import websockets
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from iii.wire import loads
+
+from ...channels import LocalChannelEnd
+from ..base import ChannelService
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 64 * 1024  # the reference SDK's frame size for binary writes
+CLOSE_ABORT = 4001  # what the relay forwards to the reader when a writer aborts (PROTOCOL §9.2)
+_EOF_CODES = frozenset({1000, 1005})
+
+
+class ChannelAborted(Exception):
+    """The other end of a channel aborted, dropped, or the channel could not be opened; the message says which.
+
+    Example:
+        >>> str(ChannelAborted("response channel c1: writer closed with code 4001"))
+        'response channel c1: writer closed with code 4001'
+    """
+
+
+class _End(Protocol):
+    """What this module uses of a channel end: a websockets client connection or a relay ``LocalChannelEnd``."""
+
+    async def send(self, message: str | bytes) -> None: ...
+
+    async def recv(self) -> str | bytes: ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+
+def channel_url(engine_url: str, ref: Mapping[str, Any]) -> str:
+    """The channel endpoint URL for ``ref`` under ``engine_url`` (PROTOCOL §5.2)."""
+    base = engine_url[:-1] if engine_url.endswith("/") else engine_url
+    key = quote(str(ref["access_key"]), safe="")
+    return f"{base}/ws/channels/{ref['channel_id']}?key={key}&dir={ref['direction']}"
+
+
+async def _connect(engine_url: str, ref: Mapping[str, Any], relay: ChannelService | None = None) -> _End:
+    """Open the end ``ref`` names: in-process through ``relay``, else over a socket to ``engine_url``."""
+    if relay is not None:
+        try:
+            end: _End = relay.open_local(str(ref["channel_id"]), str(ref["access_key"]), str(ref["direction"]))
+        except Exception as exc:  # the relay's refusal (unknown channel, wrong key or direction)
+            raise ChannelAborted(f"cannot open channel {ref.get('channel_id')}: {exc}") from exc
+        return end
+    try:
+        return await websockets.connect(channel_url(engine_url, ref), compression=None, max_size=None,
+                                        ping_interval=None, open_timeout=10, proxy=None)
+    except (OSError, websockets.InvalidHandshake, TimeoutError) as exc:
+        raise ChannelAborted(f"cannot open channel {ref.get('channel_id')}: {exc}") from exc
+
+
+def _abort(end: _End) -> None:
+    """Drop ``end`` without a close handshake (a socket's transport is aborted, a local end is told directly)."""
+    if isinstance(end, LocalChannelEnd):
+        end.abort()
+    elif isinstance(end, ClientConnection):
+        end.transport.abort()
+
+
+def _closed_cleanly(exc: ConnectionClosed) -> bool:
+    return exc.rcvd is not None and exc.rcvd.code in _EOF_CODES
+
+
+def _why(exc: ConnectionClosed) -> str:
+    if exc.rcvd is None:
+        return "connection dropped"
+    return f"closed with code {exc.rcvd.code}" + (f": {exc.rcvd.reason}" if exc.rcvd.reason else "")
+
+
+async def write_body(engine_url: str, ref: Mapping[str, Any], body: bytes | bytearray | AsyncIterator[bytes],
+                     relay: ChannelService | None = None) -> None:
+    """Write a request body into the ``request_body`` channel, then close it (end of stream).
+
+    ``body`` is either the whole body or an iterator of chunks read from the HTTP client. If reading the client
+    fails, the channel is aborted (close code 4001) so the handler sees an error rather than a short body. A
+    handler that stops reading (reader gone) simply ends the copy. ``relay``: see :class:`ResponseChannel`.
+
+    Example:
+        >>> await write_body(engine.url, refs["writer"], b'{"a":1}')  # doctest: +SKIP
+    """
+    ws = await _connect(engine_url, ref, relay)
+    try:
+        if isinstance(body, bytes | bytearray):
+            view = memoryview(body)  # one copy per frame, whichever buffer type came in
+            for start in range(0, len(body), CHUNK_SIZE):
+                await ws.send(bytes(view[start:start + CHUNK_SIZE]))
+        else:
+            try:
+                async for chunk in body:
+                    if chunk:
+                        await ws.send(chunk)
+            except ConnectionClosed:
+                raise
+            except Exception as exc:
+                log.info("request body from the HTTP client failed: %r; aborting channel %s", exc,
+                         ref.get("channel_id"))
+                await ws.close(CLOSE_ABORT, f"HTTP client body failed: {exc!r}"[:120])
+                return
+        await ws.close(1000)
+    except ConnectionClosed as exc:
+        log.debug("request body channel %s ended early: %s", ref.get("channel_id"), _why(exc))
+    except asyncio.CancelledError:
+        # The request finished before the handler read all of the body.
+        _abort(ws)
+        raise
+
+
+class ResponseChannel:
+    """The engine's reader end of a ``response`` channel.
+
+    Text frames before the first body chunk are control frames (``set_status``, ``set_headers``); binary frames
+    are the body. Control frames after the first chunk are ignored, as production does. With a ``relay`` (the
+    engine's channel service) the end is opened in-process, else over a socket to ``engine_url``.
+
+    Example:
+        >>> response = ResponseChannel(engine.url, refs["reader"])  # doctest: +SKIP
+        >>> first = await response.first_chunk()  # doctest: +SKIP
+        >>> rest = [chunk async for chunk in response.chunks()]  # doctest: +SKIP
+        >>> response.status, response.headers  # doctest: +SKIP
+        (206, {'content-type': 'text/plain'})
+    """
+
+    def __init__(self, engine_url: str, ref: Mapping[str, Any], relay: ChannelService | None = None) -> None:
+        self._engine_url = engine_url
+        self._ref = ref
+        self._relay = relay
+        self._ws: _End | None = None
+        self.status = 200
+        self.headers: dict[str, str] = {}
+        self.channel_id = str(ref.get("channel_id"))
+
+    async def first_chunk(self) -> bytes | None:
+        """Read control frames until the first body chunk; ``None`` when the writer closed without a body.
+
+        Raises :class:`ChannelAborted` when the writer aborted or the channel could not be opened.
+        """
+        self._ws = await _connect(self._engine_url, self._ref, self._relay)
+        try:
+            while True:
+                message = await self._ws.recv()
+                if isinstance(message, bytes):
+                    if message:
+                        return message
+                    continue
+                self._control(message)
+        except ConnectionClosed as exc:
+            if _closed_cleanly(exc):
+                return None
+            raise ChannelAborted(f"response channel {self.channel_id}: writer {_why(exc)}") from None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body chunks after the first one, until end of stream; :class:`ChannelAborted` on abort."""
+        ws = self._ws
+        if ws is None:
+            return
+        try:
+            while True:
+                message = await ws.recv()
+                if isinstance(message, bytes):
+                    if message:
+                        yield message
+                else:
+                    log.debug("response channel %s: control frame after the body started; ignored",
+                              self.channel_id)
+        except ConnectionClosed as exc:
+            if not _closed_cleanly(exc):
+                raise ChannelAborted(f"response channel {self.channel_id}: writer {_why(exc)}") from None
+
+    def _control(self, text: str) -> None:
+        try:
+            frame = loads(text)
+        except ValueError:
+            log.warning("response channel %s: ignoring a text frame that is not JSON", self.channel_id)
+            return
+        kind = frame.get("type") if isinstance(frame, dict) else None
+        if kind == "set_status":
+            code = frame.get("status_code")
+            if isinstance(code, int) and not isinstance(code, bool) and 100 <= code <= 599:
+                self.status = code
+            else:
+                log.warning("response channel %s: ignoring set_status with status_code %r", self.channel_id, code)
+        elif kind == "set_headers":
+            headers = frame.get("headers")
+            if isinstance(headers, dict):
+                self.headers.update({str(k): str(v) for k, v in headers.items()})
+            else:
+                log.warning("response channel %s: ignoring set_headers without a headers object", self.channel_id)
+        else:
+            log.warning("response channel %s: ignoring unknown control frame %r", self.channel_id, kind)
+
+    async def aclose(self) -> None:
+        """Let go of the channel; a writer still attached is told the reader left (4002)."""
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 2)

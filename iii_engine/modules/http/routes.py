@@ -1,0 +1,145 @@
+"""Route table of the REST API module: ``http`` trigger configs in, matched routes out (modules.md §7.3).
+
+A route key is the upper-case method plus the registered path without its leading slash, exactly as production
+keys it. ``:name`` segments capture one path segment each. When several routes match a URL, the one with the
+most literal segments (counted from the left) wins, so ``items/special`` beats ``items/:id`` whatever the order
+of registration.
+
+Example:
+    >>> table = RouteTable()
+    >>> _ = table.add(parse_http_trigger("t1", "fn.item", {"api_path": "/items/:id", "http_method": "get"}))
+    >>> match = table.match("GET", "/items/42")
+    >>> match.route.function_id, match.path_params
+    ('fn.item', {'id': '42'})
+    >>> table.match("POST", "/items/42") is None
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+from ..base import EngineError
+
+HTTP_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")
+
+
+@dataclass(frozen=True)
+class Route:
+    """One active ``http`` trigger."""
+
+    trigger_id: str
+    function_id: str
+    method: str
+    api_path: str  # as registered (leading slash removed): what the handler sees as ``path``
+    segments: tuple[str, ...]
+    condition_function_id: str | None = None
+    registered_path: str = ""  # the api_path string exactly as the trigger gave it
+
+
+    @property
+    def key(self) -> str:
+        """Production's route key: ``METHOD`` + path without the leading slash."""
+        return f"{self.method}{self.api_path}"
+
+
+@dataclass(frozen=True)
+class RouteMatch:
+    """A route together with the path parameters taken from the URL."""
+
+    route: Route
+    path_params: dict[str, str]
+
+
+def parse_http_trigger(trigger_id: str, function_id: str, config: Any) -> Route:
+    """Validate an ``http`` trigger config; :class:`EngineError` ``invalid_trigger_config`` names what is wrong.
+
+    Example:
+        >>> parse_http_trigger("t", "f", {"api_path": "a/:b"}).method
+        'GET'
+        >>> parse_http_trigger("t", "f", {"api_path": "a", "http_method": "BREW"})
+        Traceback (most recent call last):
+        ...
+        iii_engine.modules.base.EngineError: invalid_trigger_config: http trigger t: http_method 'BREW' is not \
+one of GET, POST, PUT, DELETE, PATCH, HEAD, OPTIONS
+    """
+    if not isinstance(config, Mapping):
+        raise EngineError("invalid_trigger_config", f"http trigger {trigger_id}: config must be an object")
+    api_path = config.get("api_path")
+    if not isinstance(api_path, str) or not api_path.strip("/"):
+        raise EngineError("invalid_trigger_config",
+                          f"http trigger {trigger_id}: api_path must be a non-empty string, got {api_path!r}")
+    method = config.get("http_method") or "GET"
+    if not isinstance(method, str) or method.upper() not in HTTP_METHODS:
+        raise EngineError("invalid_trigger_config",
+                          f"http trigger {trigger_id}: http_method {method!r} is not one of {', '.join(HTTP_METHODS)}")
+    condition = config.get("condition_function_id")
+    if condition is not None and not isinstance(condition, str):
+        raise EngineError("invalid_trigger_config",
+                          f"http trigger {trigger_id}: condition_function_id must be a string")
+    path = api_path[1:] if api_path.startswith("/") else api_path
+    return Route(trigger_id, function_id, method.upper(), path, tuple(path.split("/")), condition or None,
+                 api_path)
+
+
+def _split(url_path: str) -> list[str]:
+    path = url_path[1:] if url_path.startswith("/") else url_path
+    return [unquote(part) for part in path.split("/")]
+
+
+class RouteTable:
+    """Active routes by key, with lookups by method and URL path."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, Route] = {}
+        self._by_method: dict[str, list[Route]] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def add(self, route: Route) -> Route | None:
+        """Install ``route``; a route with the same key is replaced and returned."""
+        previous = self._by_key.get(route.key)
+        self._by_key[route.key] = route
+        self._rebuild(route.method)
+        return previous
+
+    def remove(self, trigger_id: str) -> Route | None:
+        """Remove the route installed by ``trigger_id`` (a route since replaced by another trigger stays)."""
+        for key, route in self._by_key.items():
+            if route.trigger_id == trigger_id:
+                del self._by_key[key]
+                self._rebuild(route.method)
+                return route
+        return None
+
+    def _rebuild(self, method: str) -> None:
+        routes = [r for r in self._by_key.values() if r.method == method]
+        # Literal segments first, left to right: a static route always wins over a parameterised sibling.
+        routes.sort(key=lambda r: tuple(seg.startswith(":") for seg in r.segments))
+        self._by_method[method] = routes
+
+    def match(self, method: str, url_path: str) -> RouteMatch | None:
+        """The best route for ``method`` and the concrete ``url_path``, or ``None``."""
+        parts = _split(url_path)
+        for route in self._by_method.get(method.upper(), ()):
+            if len(route.segments) != len(parts):
+                continue
+            params: dict[str, str] = {}
+            for pattern, part in zip(route.segments, parts, strict=True):
+                if pattern.startswith(":") and len(pattern) > 1:
+                    if not part:
+                        break
+                    params[pattern[1:]] = part
+                elif pattern != part:
+                    break
+            else:
+                return RouteMatch(route, params)
+        return None
+
+    def methods_for(self, url_path: str) -> list[str]:
+        """Methods that have a route for ``url_path`` (used to answer CORS preflights)."""
+        return [m for m in self._by_method if self.match(m, url_path) is not None]

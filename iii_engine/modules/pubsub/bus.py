@@ -1,0 +1,156 @@
+"""How published messages reach the engines that subscribe to their topic: in-process, or through Redis
+``PUBLISH``/``SUBSCRIBE`` on a channel named exactly the topic (payload = JSON of ``data``), wire-compatible with
+production's RedisAdapter.
+
+Example:
+    >>> type(open_bus(PubSubSettings())).__name__
+    'LocalBus'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from iii.wire import dumps, loads
+
+from ...settings import RedisAdapterSettings
+from .settings import PubSubSettings
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.client import PubSub
+
+__all__ = ["Deliver", "LocalBus", "PubSubBus", "RedisBus", "open_bus"]
+
+Deliver = Callable[[str, Any], Awaitable[None]]
+
+
+class PubSubBus(Protocol):
+    """Carries published messages to the engines that subscribe to their topic."""
+
+    async def start(self, deliver: Deliver) -> None:
+        """Begin delivering received messages to ``deliver(topic, data)``."""
+
+    async def publish(self, topic: str, data: Any) -> None:
+        """Send ``data`` to every subscriber of ``topic``."""
+
+    async def subscribe(self, topic: str) -> None:
+        """Receive ``topic`` from now on (returns once the subscription is active)."""
+
+    async def unsubscribe(self, topic: str) -> None:
+        """Stop receiving ``topic``."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+class LocalBus:
+    """In-process bus: publishing delivers straight to this engine's subscribers.
+
+    Example:
+        >>> LocalBus().__class__.__name__
+        'LocalBus'
+    """
+
+    def __init__(self) -> None:
+        self._deliver: Deliver | None = None
+
+    async def start(self, deliver: Deliver) -> None:
+        """See :class:`PubSubBus`."""
+        self._deliver = deliver
+
+    async def publish(self, topic: str, data: Any) -> None:
+        """See :class:`PubSubBus`."""
+        if self._deliver is not None:
+            await self._deliver(topic, data)
+
+    async def subscribe(self, topic: str) -> None:
+        """Nothing to do: every local topic is delivered."""
+
+    async def unsubscribe(self, topic: str) -> None:
+        """Nothing to do."""
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
+class RedisBus:
+    """Redis ``PUBLISH``/``SUBSCRIBE`` bus, wire-compatible with the production RedisAdapter.
+
+    Example:
+        >>> bus = RedisBus("redis://127.0.0.1:6379/0")  # doctest: +SKIP
+    """
+
+    def __init__(self, redis_url: str) -> None:
+        from redis.asyncio import Redis
+
+        self._redis: Redis = Redis.from_url(redis_url)
+        self._pubsub: PubSub = self._redis.pubsub()
+        self._reader: asyncio.Task[None] | None = None
+        self._deliver: Deliver | None = None
+        # Futures completed when Redis confirms a SUBSCRIBE, so subscribe() returns only once it is live.
+        self._confirm: dict[str, list[asyncio.Future[None]]] = {}
+        self._closing = False
+
+    async def start(self, deliver: Deliver) -> None:
+        """See :class:`PubSubBus`."""
+        self._deliver = deliver
+        # A private channel opens the connection so the reader can run before any topic is subscribed.
+        await self._pubsub.subscribe(f"__iii_pubsub_idle:{uuid.uuid4()}")
+        self._reader = asyncio.create_task(self._read(), name="pubsub-redis-reader")
+
+    async def publish(self, topic: str, data: Any) -> None:
+        """See :class:`PubSubBus`."""
+        await self._redis.publish(topic, dumps(data))
+
+    async def subscribe(self, topic: str) -> None:
+        """See :class:`PubSubBus`."""
+        confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._confirm.setdefault(topic, []).append(confirmed)
+        await self._pubsub.subscribe(topic)
+        await asyncio.wait_for(confirmed, timeout=10)
+
+    async def unsubscribe(self, topic: str) -> None:
+        """See :class:`PubSubBus`."""
+        await self._pubsub.unsubscribe(topic)
+
+    async def close(self) -> None:
+        """Stop the reader and close both connections."""
+        # The flag ends the reader even if the client library swallows the cancellation.
+        self._closing = True
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        await self._redis.aclose()
+
+    async def _read(self) -> None:
+        while not self._closing:
+            message = await self._pubsub.get_message(timeout=1.0)
+            if message is None:
+                continue
+            channel = message["channel"]
+            topic = channel.decode() if isinstance(channel, bytes) else str(channel)
+            if message["type"] == "subscribe":
+                for waiter in self._confirm.pop(topic, []):
+                    if not waiter.done():
+                        waiter.set_result(None)
+            elif message["type"] == "message" and self._deliver is not None:
+                try:
+                    data = loads(message["data"])
+                except ValueError:
+                    continue
+                await self._deliver(topic, data)
+
+
+def open_bus(settings: PubSubSettings) -> PubSubBus:
+    """The bus the settings' ``adapter`` names."""
+    adapter = settings.bus_adapter[1]
+    if isinstance(adapter, RedisAdapterSettings):
+        return RedisBus(adapter.redis_url)
+    return LocalBus()

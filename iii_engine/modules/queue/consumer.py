@@ -1,0 +1,164 @@
+"""The consumer loop that runs one queue's jobs with retries, backoff and a dead-letter queue.
+
+Example:
+    >>> QueueConsumer.__name__
+    'QueueConsumer'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+
+from .settings import QueueSettings
+from .store import DeadLetter, Job, QueueStore, now_ms
+
+DLQ_ERROR = "function call failed"
+
+
+class JobNotReady(Exception):
+    """Raised by a runner when a job cannot run yet (its function is not registered): retried, attempt not counted."""
+
+
+Runner = Callable[[Job], Awaitable[None]]
+
+
+class QueueConsumer:
+    """Claims jobs of one store queue and runs them, at most ``concurrency`` at a time.
+
+    ``run(job)`` raising means the attempt failed: the job is retried after its backoff, or moved to the
+    dead-letter queue once ``max_retries`` attempts failed. ``can_claim()`` false pauses claiming (a topic
+    with no subscriber keeps its jobs).
+
+    Example:
+        >>> from iii_engine.modules.queue.store import MemoryQueueStore
+        >>> async def run(job: Job) -> None: ...
+        >>> consumer = QueueConsumer(MemoryQueueStore(), "q", QueueSettings(), run)
+    """
+
+    def __init__(
+        self,
+        store: QueueStore,
+        queue: str,
+        settings: QueueSettings,
+        run: Runner,
+        *,
+        can_claim: Callable[[], bool] = lambda: True,
+        log: logging.Logger | None = None,
+    ) -> None:
+        self.store = store
+        self.queue = queue
+        self.settings = settings
+        self._run = run
+        self._can_claim = can_claim
+        self._log = log or logging.getLogger(__name__)
+        self._wake = asyncio.Event()
+        self._inflight: dict[str, tuple[Job, asyncio.Task[None]]] = {}
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    def wake(self) -> None:
+        """Look for work now (a job was pushed or a subscriber appeared)."""
+        self._wake.set()
+
+    def start(self) -> None:
+        """Start the consumer loop."""
+        self._loop_task = asyncio.create_task(self._loop(), name=f"queue-consumer:{self.queue}")
+
+    async def stop(self) -> None:
+        """Stop claiming and give every unfinished job back to the store."""
+        # The flag, not only the cancellation, ends the loop: a client library may swallow a CancelledError.
+        self._stopped = True
+        self._wake.set()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        tasks = [task for _, task in self._inflight.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        maintenance_due = 0
+        while not self._stopped:
+            self._wake.clear()
+            try:
+                if now_ms() >= maintenance_due:
+                    await self._maintain()
+                    maintenance_due = now_ms() + self.settings.lease_ms // 3
+                await self._fill()
+                timeout = await self._idle_timeout(maintenance_due)
+            except Exception:
+                self._log.exception("queue %s: store failed; retrying", self.queue)
+                timeout = self.settings.poll_interval_ms / 1000
+            # A timer that sets the wake event; asyncio.wait_for can swallow a cancellation here on 3.11.
+            timer = asyncio.get_running_loop().call_later(timeout, self._wake.set)
+            try:
+                await self._wake.wait()
+            finally:
+                timer.cancel()
+
+    async def _maintain(self) -> None:
+        now = now_ms()
+        lanes = [job.lane for job, _ in self._inflight.values()]
+        await self.store.renew(self.queue, lanes, deadline_ms=now + self.settings.lease_ms)
+        recovered = await self.store.recover(self.queue, now_ms=now)
+        if recovered:
+            self._log.warning("queue %s: %d job(s) of a lost engine returned to the queue", self.queue, recovered)
+
+    async def _fill(self) -> None:
+        while not self._stopped and self._can_claim() and len(self._inflight) < self.settings.concurrency:
+            job = await self.store.claim(self.queue, now_ms=now_ms(), lease_ms=self.settings.lease_ms)
+            if job is None:
+                return
+            task = asyncio.create_task(self._work(job), name=f"queue-job:{job.id}")
+            self._inflight[job.id] = (job, task)
+
+    async def _idle_timeout(self, maintenance_due: int) -> float:
+        deadline = min(now_ms() + self.settings.poll_interval_ms, maintenance_due)
+        due = await self.store.next_due_ms(self.queue)
+        if due is not None:
+            deadline = min(deadline, due)
+        return max(deadline - now_ms(), 1) / 1000
+
+    async def _work(self, job: Job) -> None:
+        try:
+            await self._run(job)
+        except asyncio.CancelledError:
+            await self.store.release(self.queue, job)
+            raise
+        except JobNotReady:
+            await self._guarded(self.store.retry(self.queue, job, due_ms=now_ms() + self.settings.backoff_ms), job)
+        except Exception as exc:
+            await self._guarded(self._failed(job, exc), job)
+        else:
+            await self._guarded(self.store.ack(self.queue, job), job)
+        finally:
+            self._inflight.pop(job.id, None)
+            self._wake.set()
+
+    async def _guarded(self, step: Awaitable[None], job: Job) -> None:
+        # A store failure here leaves the lane active; its lease expires and the job runs again.
+        try:
+            await step
+        except Exception:
+            self._log.exception("queue %s: store failed while finishing job %s", self.queue, job.id)
+
+    async def _failed(self, job: Job, exc: Exception) -> None:
+        attempts = job.attempts + 1
+        tried = replace(job, attempts=attempts)
+        if attempts >= self.settings.max_retries:
+            self._log.warning(
+                "queue %s: job %s failed %d time(s), moved to the DLQ: %s", self.queue, job.id, attempts, exc
+            )
+            await self.store.dead(self.queue, DeadLetter(tried, DLQ_ERROR, now_ms()))
+            return
+        delay = self.settings.backoff_for(attempts)
+        self._log.info(
+            "queue %s: job %s attempt %d failed, retry in %d ms: %s", self.queue, job.id, attempts, delay, exc
+        )
+        await self.store.retry(self.queue, tried, due_ms=now_ms() + delay)

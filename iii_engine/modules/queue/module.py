@@ -1,0 +1,335 @@
+"""The queue module (modules.md §7.2): named queues, topic mode, dead-letter queue and console functions.
+
+Named queues come from ``queue_configs``; the engine core hands them ``action: {"type":"enqueue"}`` calls through
+:meth:`QueueModule.enqueue`. Topic mode is the ``enqueue {topic, data}`` function plus the ``queue`` trigger type:
+each job goes to **one** subscriber (round robin). Jobs live in memory unless ``adapter.class`` is
+``modules::queue::RedisAdapter`` (``config: {redis_url, key_prefix?}``; ``key_prefix`` is ours). Settings:
+:class:`~iii_engine.modules.queue.settings.QueueModuleSettings`.
+
+Our choices where production differs or is unrecorded: the receipt id is the job id (§9.4 M2); FIFO order is
+strict per message group while different groups run in parallel up to ``concurrency`` (M3); a job whose function
+is not registered waits for it (checked every ``backoff_ms``) instead of burning its attempts, so jobs survive
+workers reconnecting after an engine restart; the console functions' result shapes are ours (documented on each
+function).
+
+Example (engine configuration):
+    >>> QueueModule.class_names
+    ('modules::queue::QueueModule',)
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from iii.iii_types import TriggerInfo
+from iii.wire import dumps
+
+from ...settings import RedisAdapterSettings
+from ..base import BuiltinFunction, BuiltinHandler, EngineError, EngineModule, EngineServices, InvocationContext
+from ..bridge.queue import NO_DLQ, BridgeQueue
+from .consumer import JobNotReady, QueueConsumer
+from .settings import QueueModuleSettings, QueueSettings
+from .store import Job, MemoryQueueStore, QueueStore
+
+log = logging.getLogger(__name__)
+
+NAMED_PREFIX = "__fn_queue::"
+TOPIC_PREFIX = "__topic::"
+
+
+def open_store(settings: QueueModuleSettings) -> QueueStore:
+    """The job store the settings' ``adapter`` names (with the Bridge adapter the jobs live on the remote, and
+    this store stays empty).
+
+    Example:
+        >>> type(open_store(QueueModuleSettings())).__name__
+        'MemoryQueueStore'
+    """
+    adapter = settings.store_adapter[1]
+    if isinstance(adapter, RedisAdapterSettings):
+        from .redis_store import RedisQueueStore
+
+        return RedisQueueStore(adapter.redis_url, key_prefix=adapter.key_prefix)
+    return MemoryQueueStore()
+
+
+@dataclass
+class _Topic:
+    consumer: QueueConsumer
+    subscribers: dict[str, TriggerInfo] = field(default_factory=dict)
+    turn: itertools.count[int] = field(default_factory=itertools.count)
+
+
+def _text_arg(function_id: str, data: Any, key: str) -> str:
+    value = data.get(key) if isinstance(data, dict) else None
+    if not isinstance(value, str):
+        raise EngineError("deserialization_error", f"Failed to deserialize input for {function_id}: missing {key}")
+    return value
+
+
+def _int_arg(function_id: str, data: dict[str, Any], key: str, default: int) -> int:
+    value = data.get(key, default)
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise EngineError("deserialization_error", f"Failed to deserialize input for {function_id}: bad {key}")
+    return value
+
+
+class QueueModule(EngineModule):
+    """Engine module for named queues, topic queues and their dead-letter queues."""
+
+    name: ClassVar[str] = "queue"
+    class_names: ClassVar[tuple[str, ...]] = ("modules::queue::QueueModule",)
+
+    def __init__(self, services: EngineServices, config: Mapping[str, Any] | None = None) -> None:
+        super().__init__(services, config)
+        self.settings = QueueModuleSettings.parse(self.config)
+        self.store: QueueStore = MemoryQueueStore()
+        self._named: dict[str, QueueConsumer] = {}
+        self._topics: dict[str, _Topic] = {}
+        self._topic_of_trigger: dict[str, str] = {}
+        self.bridge: BridgeQueue | None = None
+
+    async def start(self) -> None:
+        """Open the store, start one consumer per configured queue, register functions and ``queue``."""
+        self.store = open_store(self.settings)
+        bridge_url = self.settings.bridge_url
+        if bridge_url is not None:
+            self.bridge = BridgeQueue(self.services, bridge_url)
+            self.bridge.start()
+        for name, queue_settings in self.settings.queue_configs.items():
+            consumer = QueueConsumer(self.store, NAMED_PREFIX + name, queue_settings, self._run_named)
+            self._named[name] = consumer
+            consumer.start()
+        functions: list[tuple[str, BuiltinHandler, str]] = [
+            ("enqueue", self._enqueue_topic, "Enqueue data on a topic; one subscriber gets each job"),
+            ("iii::queue::redrive", self._redrive, "Move every dead letter of a queue back to it"),
+            ("iii::queue::redrive_message", self._redrive_message, "Move one dead letter back to its queue"),
+            ("iii::queue::discard_message", self._discard_message, "Delete one dead letter"),
+            ("engine::queue::list_topics", self._list_topics, "Named queues and topics"),
+            ("engine::queue::topic_stats", self._topic_stats, "Job counts of one queue or topic"),
+            ("engine::queue::dlq_topics", self._dlq_topics, "Queues and topics with dead letters"),
+            ("engine::queue::dlq_messages", self._dlq_messages, "A page of a dead-letter queue"),
+        ]
+        for function_id, handler, description in functions:
+            self.services.register_function(BuiltinFunction(function_id, handler, description=description))
+        self.services.register_trigger_type("queue", "Consume jobs enqueued on a topic (one subscriber each)", self)
+        self.services.serve_named_queues(self)
+
+    async def stop(self) -> None:
+        """Stop every consumer (unfinished jobs go back to the store) and close the store."""
+        self.services.serve_named_queues(None)
+        for consumer in [*self._named.values(), *(t.consumer for t in self._topics.values())]:
+            await consumer.stop()
+        if self.bridge is not None:
+            await self.bridge.close()
+        await self.store.close()
+
+    async def enqueue(self, queue_name: str, function_id: str, data: Any) -> str:
+        """Accept a job for named queue ``queue_name``; returns its receipt id (also its job id).
+
+        Raises ``EngineError("enqueue_error", …)`` for an unknown queue or a FIFO payload without its group.
+
+        Example:
+            >>> # await engine.module("queue").enqueue("default", "orders::process", {"id": 1})
+        """
+        consumer = self._named.get(queue_name)
+        if consumer is None:
+            raise EngineError("enqueue_error", f"Queue '{queue_name}' not found")
+        group: str | None = None
+        field_name = consumer.settings.message_group_field
+        if consumer.settings.fifo and field_name is not None:
+            if not isinstance(data, dict) or field_name not in data:
+                raise EngineError(
+                    "enqueue_error",
+                    f"Queue '{queue_name}' is FIFO and requires message_group_field '{field_name}' in the payload,"
+                    " but it was not found",
+                )
+            value = data[field_name]
+            if value is None:
+                raise EngineError(
+                    "enqueue_error", f"Queue '{queue_name}': message_group_field '{field_name}' must not be null"
+                )
+            group = value if isinstance(value, str) else dumps(value)
+        if self.bridge is not None:
+            return await self.bridge.enqueue_named(queue_name, function_id, data)
+        job = Job.new(consumer.queue, function_id, data, group)
+        try:
+            await self.store.push(consumer.queue, job)
+        except Exception as exc:
+            raise EngineError("enqueue_error", f"Queue '{queue_name}': could not store the job: {exc}") from exc
+        consumer.wake()
+        return job.id
+
+    # -- the `queue` trigger type ---------------------------------------------------------------------------
+
+    async def register(self, trigger: TriggerInfo) -> None:
+        """Subscribe ``trigger.function_id`` to its topic (empty topic: warning, nothing subscribed)."""
+        await self.unregister(trigger)
+        config = trigger.config if isinstance(trigger.config, dict) else {}
+        topic = config.get("topic")
+        if not isinstance(topic, str) or not topic:
+            log.warning("queue trigger %s has no topic; nothing subscribed", trigger.id)
+            return
+        if self.bridge is not None:
+            await self.bridge.subscribe(trigger, topic)
+            return
+        entry = self._topic(topic)
+        if not entry.subscribers:
+            # The first subscriber's queue_config shapes the topic queue.
+            entry.consumer.settings = QueueSettings.from_topic(config.get("queue_config"))
+        entry.subscribers[trigger.id] = trigger
+        self._topic_of_trigger[trigger.id] = topic
+        entry.consumer.wake()
+
+    async def unregister(self, trigger: TriggerInfo) -> None:
+        """Remove the subscription of ``trigger.id``; its topic's jobs wait for another subscriber."""
+        if self.bridge is not None:
+            self.bridge.unsubscribe(trigger.id)
+        topic = self._topic_of_trigger.pop(trigger.id, None)
+        if topic is not None:
+            self._topics[topic].subscribers.pop(trigger.id, None)
+
+    def _topic(self, topic: str) -> _Topic:
+        entry = self._topics.get(topic)
+        if entry is None:
+            consumer = QueueConsumer(
+                self.store,
+                TOPIC_PREFIX + topic,
+                QueueSettings(),
+                lambda job: self._run_topic(topic, job),
+                can_claim=lambda: bool(self._topics[topic].subscribers),
+            )
+            entry = self._topics[topic] = _Topic(consumer)
+            consumer.start()
+        return entry
+
+    # -- running jobs -----------------------------------------------------------------------------------------
+
+    async def _run_named(self, job: Job) -> None:
+        if job.function_id is None:
+            raise EngineError("invalid_job", f"job {job.id} has no function id")
+        if not self.services.has_function(job.function_id):
+            raise JobNotReady(job.function_id)
+        await self.services.invoke(job.function_id, job.data)
+
+    async def _run_topic(self, topic: str, job: Job) -> None:
+        entry = self._topics[topic]
+        subscribers = list(entry.subscribers.values())
+        if not subscribers:
+            raise EngineError("no_subscriber", f"no subscriber for topic job {job.id}")
+        trigger = subscribers[next(entry.turn) % len(subscribers)]
+        config = trigger.config if isinstance(trigger.config, dict) else {}
+        if await self.services.condition_passes(config.get("condition_function_id"), job.data):
+            await self.services.invoke(trigger.function_id, job.data)
+
+    # -- built-in functions ----------------------------------------------------------------------------------
+
+    async def _enqueue_topic(self, data: Any, ctx: InvocationContext) -> None:
+        if not isinstance(data, dict):
+            raise EngineError("deserialization_error", "Failed to deserialize input for enqueue: expected an object")
+        topic = data.get("topic")
+        if not isinstance(topic, str) or not topic:
+            raise EngineError("topic_not_set", "Topic is not set")
+        if self.bridge is not None:
+            await self.bridge.enqueue_topic(topic, data.get("data"))
+            return
+        entry = self._topic(topic)
+        group = "" if entry.consumer.settings.fifo else None
+        job = Job.new(entry.consumer.queue, None, data.get("data"), group)
+        await self.store.push(entry.consumer.queue, job)
+        entry.consumer.wake()
+
+    def _resolve(self, function_id: str, data: Any, key: str) -> tuple[str, QueueConsumer]:
+        name = _text_arg(function_id, data, key)
+        if self.bridge is not None:  # the dead letters live on the remote
+            action = "redrive DLQ" if function_id == "iii::queue::redrive" else "handle DLQ message"
+            raise EngineError("redrive_failed", f"Failed to {action} for queue '{name}': {NO_DLQ}")
+        consumer = self._named.get(name)
+        if consumer is None and name in self._topics:
+            consumer = self._topics[name].consumer
+        if consumer is None:
+            raise EngineError("queue_not_found", f"Queue '{name}' not found")
+        return name, consumer
+
+    async def _redrive(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
+        """``{queue}`` → ``{queue, redriven}``."""
+        name, consumer = self._resolve("iii::queue::redrive", data, "queue")
+        moved = await self.store.redrive(consumer.queue, None)
+        consumer.wake()
+        return {"queue": name, "redriven": moved}
+
+    async def _redrive_message(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
+        """``{queue, message_id}`` → ``{queue, message_id, redriven: 0|1}``."""
+        name, consumer = self._resolve("iii::queue::redrive_message", data, "queue")
+        message_id = _text_arg("iii::queue::redrive_message", data, "message_id")
+        moved = await self.store.redrive(consumer.queue, message_id)
+        consumer.wake()
+        return {"queue": name, "message_id": message_id, "redriven": moved}
+
+    async def _discard_message(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
+        """``{queue, message_id}`` → ``{queue, message_id, redriven: 0|1}`` (the count of discarded letters)."""
+        name, consumer = self._resolve("iii::queue::discard_message", data, "queue")
+        message_id = _text_arg("iii::queue::discard_message", data, "message_id")
+        return {
+            "queue": name,
+            "message_id": message_id,
+            "redriven": await self.store.discard(consumer.queue, message_id),
+        }
+
+    def _all(self) -> list[tuple[str, str, QueueConsumer]]:
+        named = [(name, "queue", c) for name, c in self._named.items()]
+        return named + [(name, "topic", t.consumer) for name, t in self._topics.items()]
+
+    async def _list_topics(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
+        """→ ``{"topics": [{"topic", "kind": "queue"|"topic", "type": "standard"|"fifo", "subscribers"}]}``."""
+        return {
+            "topics": [
+                {
+                    "topic": name,
+                    "kind": kind,
+                    "type": "fifo" if c.settings.fifo else "standard",
+                    "subscribers": len(self._topics[name].subscribers) if kind == "topic" else None,
+                }
+                for name, kind, c in self._all()
+            ]
+        }
+
+    async def _topic_stats(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
+        """``{topic}`` → ``{topic, waiting, active, delayed, dlq}``."""
+        name, consumer = self._resolve("engine::queue::topic_stats", data, "topic")
+        counts = await self.store.counts(consumer.queue)
+        return {
+            "topic": name,
+            "waiting": counts.waiting,
+            "active": counts.active,
+            "delayed": counts.delayed,
+            "dlq": counts.dlq,
+        }
+
+    async def _dlq_topics(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
+        """→ ``{"topics": [{"topic", "count"}]}`` for every queue or topic with dead letters."""
+        out = []
+        for name, _, consumer in self._all():
+            count = (await self.store.counts(consumer.queue)).dlq
+            if count:
+                out.append({"topic": name, "count": count})
+        return {"topics": out}
+
+    async def _dlq_messages(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
+        """``{topic, offset?=0, limit?=50}`` → ``{topic, total, offset, limit, messages}``.
+
+        Each message is ``{id, job, error, failed_at}``.
+        """
+        function_id = "engine::queue::dlq_messages"
+        name, consumer = self._resolve(function_id, data, "topic")
+        offset, limit = _int_arg(function_id, data, "offset", 0), _int_arg(function_id, data, "limit", 50)
+        letters = await self.store.dlq_page(consumer.queue, offset, limit)
+        total = (await self.store.counts(consumer.queue)).dlq
+        messages = [{"id": letter.job.id, **letter.as_dict()} for letter in letters]
+        return {"topic": name, "total": total, "offset": offset, "limit": limit, "messages": messages}

@@ -1,0 +1,240 @@
+"""Queue jobs in Redis: accepted jobs survive an engine restart, and several engines can share a queue.
+
+Layout per store queue ``Q`` (``<prefix>`` is the optional ``key_prefix``): ``<prefix>queue:Q:jobs`` (hash job id →
+job JSON), ``…:lane:<lane>`` (list of job ids), ``…:ready`` (list of lanes), ``…:active`` (sorted set lane →
+lease deadline), ``…:delayed`` (sorted set lane → due time), ``…:dlq`` (sorted set job id → failed_at) and
+``…:dlq_entries`` (hash job id → entry JSON). ``Q`` is escaped (``%`` → ``%25``, ``:`` → ``%3A``), so no queue's
+keys meet another's whatever the names and lanes (issue #8); names without those characters are unchanged. Every
+state change is one Lua script, so engines sharing the store never see half a move. A lane whose lease expires
+(its engine died mid-job) goes back to *ready*.
+
+Example:
+    >>> store = RedisQueueStore("redis://127.0.0.1:6379/0", key_prefix="demo:")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.asyncio import Redis
+
+from iii.wire import dumps, loads
+from iii_streams.redis import escape_name
+
+from .store import DeadLetter, Job, QueueCounts
+
+_PUSH = """
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+if redis.call('RPUSH', ARGV[1] .. ARGV[4], ARGV[2]) == 1 then redis.call('RPUSH', KEYS[2], ARGV[4]) end
+return 1
+"""
+
+# KEYS: jobs, ready, active, delayed · ARGV: lane prefix, now, lease
+_CLAIM = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', ARGV[2])
+for i = #due, 1, -1 do
+  redis.call('ZREM', KEYS[4], due[i])
+  redis.call('LPUSH', KEYS[2], due[i])
+end
+while true do
+  local lane = redis.call('LPOP', KEYS[2])
+  if not lane then return false end
+  local id = redis.call('LINDEX', ARGV[1] .. lane, 0)
+  if id then
+    redis.call('ZADD', KEYS[3], tonumber(ARGV[2]) + tonumber(ARGV[3]), lane)
+    return redis.call('HGET', KEYS[1], id)
+  end
+end
+"""
+
+# Remove the lane's head; requeue the lane only if this engine still held it (lease not lost).
+# KEYS: jobs, ready, active · ARGV: lane prefix, lane, job id
+_FINISH = """
+redis.call('HDEL', KEYS[1], ARGV[3])
+local lane_key = ARGV[1] .. ARGV[2]
+redis.call('LREM', lane_key, 1, ARGV[3])
+if redis.call('ZREM', KEYS[3], ARGV[2]) == 1 and redis.call('LLEN', lane_key) > 0 then
+  redis.call('RPUSH', KEYS[2], ARGV[2])
+end
+return 1
+"""
+
+# KEYS: jobs, active, delayed · ARGV: job id, job JSON, lane, due
+_RETRY = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if redis.call('ZREM', KEYS[2], ARGV[3]) == 1 then redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3]) end
+return 1
+"""
+
+# KEYS: ready, active · ARGV: lane
+_RELEASE = """
+if redis.call('ZREM', KEYS[2], ARGV[1]) == 1 then redis.call('LPUSH', KEYS[1], ARGV[1]) end
+return 1
+"""
+
+# KEYS: ready, active · ARGV: now
+_RECOVER = """
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1])
+for i = #expired, 1, -1 do
+  redis.call('ZREM', KEYS[2], expired[i])
+  redis.call('LPUSH', KEYS[1], expired[i])
+end
+return #expired
+"""
+
+# KEYS: dlq, dlq entries, jobs, ready · ARGV: lane prefix, job id, job JSON, lane
+_REDRIVE = """
+if redis.call('ZREM', KEYS[1], ARGV[2]) == 0 then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+if redis.call('RPUSH', ARGV[1] .. ARGV[4], ARGV[2]) == 1 then redis.call('RPUSH', KEYS[4], ARGV[4]) end
+return 1
+"""
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class _Keys:
+    def __init__(self, prefix: str, queue: str) -> None:
+        base = f"{prefix}queue:{escape_name(queue)}:"  # the lane, last in its key, needs no escaping
+        self.jobs = base + "jobs"
+        self.ready = base + "ready"
+        self.active = base + "active"
+        self.delayed = base + "delayed"
+        self.dlq = base + "dlq"
+        self.dlq_entries = base + "dlq_entries"
+        self.lane = base + "lane:"
+
+
+class RedisQueueStore:
+    """:class:`~iii_engine.modules.queue.store.QueueStore` on Redis (``modules::queue::RedisAdapter``).
+
+    Example:
+        >>> RedisQueueStore.__name__
+        'RedisQueueStore'
+    """
+
+    def __init__(self, redis_url: str, *, key_prefix: str = "") -> None:
+        self._redis: Redis = Redis.from_url(redis_url)
+        self._prefix = key_prefix
+        register = self._redis.register_script
+        self._push, self._claim, self._finish = register(_PUSH), register(_CLAIM), register(_FINISH)
+        self._retry, self._release, self._recover = register(_RETRY), register(_RELEASE), register(_RECOVER)
+        self._redrive = register(_REDRIVE)
+
+    def _k(self, queue: str) -> _Keys:
+        return _Keys(self._prefix, queue)
+
+    async def push(self, queue: str, job: Job) -> None:
+        """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
+        k = self._k(queue)
+        await self._push(keys=[k.jobs, k.ready], args=[k.lane, job.id, job.to_json(), job.lane])
+
+    async def claim(self, queue: str, *, now_ms: int, lease_ms: int) -> Job | None:
+        """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
+        k = self._k(queue)
+        raw = await self._claim(keys=[k.jobs, k.ready, k.active, k.delayed], args=[k.lane, now_ms, lease_ms])
+        return None if raw is None else Job.from_json(raw)
+
+    async def ack(self, queue: str, job: Job) -> None:
+        """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
+        k = self._k(queue)
+        await self._finish(keys=[k.jobs, k.ready, k.active], args=[k.lane, job.lane, job.id])
+
+    async def retry(self, queue: str, job: Job, *, due_ms: int) -> None:
+        """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
+        k = self._k(queue)
+        await self._retry(keys=[k.jobs, k.active, k.delayed], args=[job.id, job.to_json(), job.lane, due_ms])
+
+    async def dead(self, queue: str, letter: DeadLetter) -> None:
+        """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
+        k = self._k(queue)
+        job = letter.job
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(k.dlq, {job.id: letter.failed_at})
+            pipe.hset(k.dlq_entries, job.id, _dump(letter))
+            await pipe.execute()
+        await self._finish(keys=[k.jobs, k.ready, k.active], args=[k.lane, job.lane, job.id])
+
+    async def release(self, queue: str, job: Job) -> None:
+        """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
+        k = self._k(queue)
+        await self._release(keys=[k.ready, k.active], args=[job.lane])
+
+    async def renew(self, queue: str, lanes: list[str], *, deadline_ms: int) -> None:
+        """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
+        if lanes:
+            await self._redis.zadd(self._k(queue).active, dict.fromkeys(lanes, deadline_ms), xx=True)
+
+    async def recover(self, queue: str, *, now_ms: int) -> int:
+        """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
+        k = self._k(queue)
+        return int(await self._recover(keys=[k.ready, k.active], args=[now_ms]))
+
+    async def next_due_ms(self, queue: str) -> int | None:
+        """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
+        first = await self._redis.zrange(self._k(queue).delayed, 0, 0, withscores=True)
+        return int(first[0][1]) if first else None
+
+    async def counts(self, queue: str) -> QueueCounts:
+        """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
+        k = self._k(queue)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hlen(k.jobs)
+            pipe.zcard(k.active)
+            pipe.zcard(k.delayed)
+            pipe.zcard(k.dlq)
+            jobs, active, delayed, dlq = await pipe.execute()
+        return QueueCounts(int(jobs) - int(active) - int(delayed), int(active), int(delayed), int(dlq))
+
+    async def dlq_page(self, queue: str, offset: int, limit: int) -> list[DeadLetter]:
+        """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
+        if limit <= 0:
+            return []
+        k = self._k(queue)
+        ids = [_text(i) for i in await self._redis.zrange(k.dlq, offset, offset + limit - 1)]
+        if not ids:
+            return []
+        raws = await self._redis.hmget(k.dlq_entries, ids)
+        return [_load(raw) for raw in raws if raw is not None]
+
+    async def redrive(self, queue: str, job_id: str | None) -> int:
+        """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
+        k = self._k(queue)
+        ids = [job_id] if job_id is not None else [_text(i) for i in await self._redis.zrange(k.dlq, 0, -1)]
+        moved = 0
+        for one in ids:
+            raw = await self._redis.hget(k.dlq_entries, one)
+            if raw is None:
+                continue
+            job = _load(raw).job.restarted()
+            moved += int(
+                await self._redrive(
+                    keys=[k.dlq, k.dlq_entries, k.jobs, k.ready], args=[k.lane, job.id, job.to_json(), job.lane]
+                )
+            )
+        return moved
+
+    async def discard(self, queue: str, job_id: str) -> int:
+        """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
+        k = self._k(queue)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(k.dlq, job_id)
+            pipe.hdel(k.dlq_entries, job_id)
+            removed, _ = await pipe.execute()
+        return int(removed)
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        await self._redis.aclose()
+
+
+def _dump(letter: DeadLetter) -> str:
+    return dumps(letter.as_dict())
+
+
+def _load(raw: str | bytes) -> DeadLetter:
+    d = loads(raw)
+    return DeadLetter(Job.from_dict(d["job"]), d["error"], d["failed_at"])

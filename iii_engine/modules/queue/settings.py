@@ -1,0 +1,125 @@
+"""Settings of the queue module (modules.md §7.2): ``queue_configs`` (one entry per named queue) and ``adapter``.
+
+Adapters: ``modules::queue::BuiltinQueueAdapter`` (default, jobs in memory), ``modules::queue::RedisAdapter``
+(``redis_url``, our ``key_prefix``) and ``modules::queue::adapters::Bridge`` (``bridge_url``). Unknown keys are
+logged and ignored.
+
+Example:
+    >>> QueueModuleSettings.parse({"queue_configs": {"payment": {"type": "fifo"}}})
+    Traceback (most recent call last):
+    ...
+    iii_engine.settings.ConfigError: queue_configs.payment: a fifo queue needs a 'message_group_field'
+    >>> QueueModuleSettings.parse({"queue_configs": {"default": {"max_retries": 0}}})
+    Traceback (most recent call last):
+    ...
+    iii_engine.settings.ConfigError: queue_configs.default.max_retries: must be >= 1, got 0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import cached_property
+from typing import Any, ClassVar, Literal, Self
+
+from pydantic import model_validator
+
+from ...settings import (
+    AdapterSpec,
+    ConfigError,
+    Field,
+    NonEmpty,
+    NoSettings,
+    RedisAdapterSettings,
+    Settings,
+    UnknownKeys,
+    pick_adapter,
+)
+from ..bridge.settings import BridgeAdapterSettings
+
+__all__ = ["BRIDGE_ADAPTER", "BUILTIN_ADAPTER", "REDIS_ADAPTER", "QueueModuleSettings", "QueueSettings"]
+
+BUILTIN_ADAPTER = "modules::queue::BuiltinQueueAdapter"
+REDIS_ADAPTER = "modules::queue::RedisAdapter"
+BRIDGE_ADAPTER = "modules::queue::adapters::Bridge"
+
+
+class QueueSettings(Settings):
+    """One queue's settings; ``poll_interval_ms`` and ``lease_ms`` (Redis crash recovery) are ours.
+
+    Example:
+        >>> QueueSettings().backoff_for(3)
+        4000
+    """
+
+    unknown_keys: ClassVar[UnknownKeys] = "warn"
+    label: ClassVar[str] = "queue_configs entry"
+
+    type: Literal["standard", "fifo"] = "standard"
+    message_group_field: NonEmpty | None = None
+    max_retries: int = Field(3, ge=1)
+    concurrency: int = Field(10, ge=1)
+    backoff_ms: int = Field(1000, ge=0)
+    poll_interval_ms: int = Field(100, ge=1)
+    lease_ms: int = Field(60_000, ge=1)
+
+    @property
+    def fifo(self) -> bool:
+        """Strict order per message group."""
+        return self.type == "fifo"
+
+    def backoff_for(self, attempts: int) -> int:
+        """Delay before the next try after ``attempts`` failed attempts: ``backoff_ms * 2**(attempts - 1)``."""
+        return int(self.backoff_ms * 2 ** max(attempts - 1, 0))
+
+    @classmethod
+    def from_topic(cls, queue_config: Any) -> QueueSettings:
+        """Settings from a ``queue`` trigger's camelCase ``queue_config`` (worker input: bad values are defaults).
+
+        Example:
+            >>> QueueSettings.from_topic({"type": "fifo", "maxRetries": 2}).max_retries
+            2
+        """
+        cfg = queue_config if isinstance(queue_config, dict) else {}
+        picked = {name: cfg.get(key) for name, key in
+                  (("max_retries", "maxRetries"), ("concurrency", "concurrency"), ("backoff_ms", "backoffDelayMs"))}
+        usable: dict[str, Any] = {name: value for name, value in picked.items()
+                                  if isinstance(value, int) and not isinstance(value, bool) and value > 0}
+        return cls(type="fifo" if cfg.get("type") == "fifo" else "standard", **usable)
+
+
+class QueueModuleSettings(Settings):
+    """The queue module's settings."""
+
+    unknown_keys: ClassVar[UnknownKeys] = "warn"
+    label: ClassVar[str] = "queue settings"
+
+    queue_configs: dict[str, QueueSettings] = Field(default_factory=dict)
+    adapter: AdapterSpec | None = None
+
+    @classmethod
+    def _rename(cls, data: Mapping[str, Any]) -> Mapping[str, Any]:
+        # ``name:`` with nothing under it (YAML null) is a queue with the defaults
+        configs = data.get("queue_configs")
+        if isinstance(configs, Mapping):
+            return {**data, "queue_configs": {name: {} if cfg is None else cfg for name, cfg in configs.items()}}
+        return {k: v for k, v in data.items() if k != "queue_configs"} if configs is None else data
+
+    @cached_property
+    def store_adapter(self) -> tuple[str, Settings]:
+        """The adapter class and its settings."""
+        return pick_adapter(self.adapter, BUILTIN_ADAPTER, {
+            BUILTIN_ADAPTER: NoSettings, REDIS_ADAPTER: RedisAdapterSettings, BRIDGE_ADAPTER: BridgeAdapterSettings})
+
+    @property
+    def bridge_url(self) -> str | None:
+        """The remote engine when the adapter is the Bridge."""
+        adapter = self.store_adapter[1]
+        return adapter.bridge_url if isinstance(adapter, BridgeAdapterSettings) else None
+
+    @model_validator(mode="after")
+    def _checked(self) -> Self:
+        for name, queue in self.queue_configs.items():
+            if queue.fifo and queue.message_group_field is None:
+                raise ConfigError("a fifo queue needs a 'message_group_field'", f"queue_configs.{name}")
+        self.store_adapter  # noqa: B018 - validates the adapter's config now, not when the store opens
+        return self

@@ -1,0 +1,180 @@
+"""State module (``modules::state::StateModule``, modules.md §7.1): ``state::*`` key/value functions and the
+``state`` trigger type, kept in an ``iii_streams`` backend like the stream module's.
+
+Items live in the module's own store with the scope as group and the key as item id. In Redis that is the
+production layout, hash ``state:<scope>``, field = key, value = compact JSON (so our engine and a production engine
+can share state); memory and SQL stores keep it under the stream name :data:`STATE_STREAM`. Settings
+(:class:`~iii_engine.modules.stream.settings.StateSettings`): ``adapter {class, config}`` with the production
+classes ``modules::state::adapters::KvStore`` / ``RedisAdapter`` / ``Bridge`` or our ``store_url``.
+
+Ours (PROTOCOL §9.4 M1): ``state::delete`` is one atomic store delete and ``state:deleted`` fires only when
+something was removed.
+
+Example:
+    >>> state_event("state:created", "s", "k", None, 1)
+    {'type': 'state', 'event_type': 'state:created', 'scope': 's', 'key': 'k', 'old_value': None, 'new_value': 1}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar, Final
+
+from iii.stream import (
+    StreamDeleteInput,
+    StreamGetInput,
+    StreamListGroupsInput,
+    StreamListInput,
+    StreamSetInput,
+    StreamUpdateInput,
+)
+from iii_streams import Backend
+
+from ..base import BuiltinFunction, EngineError, EngineModule, EngineServices, InvocationContext
+from ..stream.inputs import Fields
+from ..stream.locks import KeyedLocks
+from ..stream.settings import StateSettings
+from ..stream.store import open_module_store
+from ..trigger_set import TriggerSet
+
+__all__ = ["STATE_STREAM", "StateModule", "StateTriggers", "state_event"]
+
+STATE_STREAM: Final = "__iii_state"
+
+
+def state_event(event_type: str, scope: str, key: str, old: Any, new: Any) -> dict[str, Any]:
+    """The payload ``state`` triggers receive."""
+    return {"type": "state", "event_type": event_type, "scope": scope, "key": key, "old_value": old,
+            "new_value": new}
+
+
+class StateTriggers(TriggerSet):
+    """Registrator of the ``state`` trigger type (filters ``scope``, ``key``, ``condition_function_id``).
+
+    Example:
+        >>> StateTriggers.matches({"scope": "s"}, state_event("state:deleted", "s", "k", 1, None))
+        True
+    """
+
+    @staticmethod
+    def matches(config: Any, payload: Mapping[str, Any]) -> bool:
+        """Whether a trigger config selects ``payload`` (absent or empty filter = any)."""
+        config = config if isinstance(config, Mapping) else {}
+        scope, key = config.get("scope"), config.get("key")
+        return (not scope or scope == payload["scope"]) and (not key or key == payload["key"])
+
+
+def _changed(old: Any) -> str:
+    return "state:created" if old is None else "state:updated"
+
+
+class StateModule(EngineModule):
+    """``state::set/get/delete/update/list/list_groups`` and the ``state`` trigger type.
+
+    Example:
+        >>> StateModule.class_names
+        ('modules::state::StateModule',)
+    """
+
+    name: ClassVar[str] = "state"
+    class_names: ClassVar[tuple[str, ...]] = ("modules::state::StateModule",)
+
+    def __init__(self, services: EngineServices, config: Mapping[str, Any] | None = None) -> None:
+        super().__init__(services, config)
+        self.settings = StateSettings.parse(self.config)
+        self.store: Backend | None = None
+        self.triggers = StateTriggers(services)
+        self._locks = KeyedLocks()  # updates of one key queue here rather than retry in the store (ST11)
+
+    def _store(self) -> Backend:
+        if self.store is None:
+            raise EngineError("internal_error", "the state module is not started")
+        return self.store
+
+    async def start(self) -> None:
+        """Open the store and register the functions and the trigger type."""
+        self.store = open_module_store("state", self.settings)
+        scope_key = {"type": "object", "properties": {"scope": {"type": "string"}, "key": {"type": "string"}},
+                     "required": ["scope", "key"]}
+        for function_id, handler, description in (
+            ("state::set", self._set, "Set a value; returns {old_value, new_value}"),
+            ("state::get", self._get, "Get a value (null when missing)"),
+            ("state::delete", self._delete, "Delete a value; returns the old value"),
+            ("state::update", self._update, "Apply update ops atomically; returns {old_value, new_value}"),
+            ("state::list", self._list, "The values of a scope"),
+            ("state::list_groups", self._list_groups, "Every scope: {groups: [...]}"),
+        ):
+            fmt = scope_key if function_id not in ("state::list", "state::list_groups") else None
+            self.services.register_function(BuiltinFunction(function_id, handler, description, request_format=fmt))
+        self.services.register_trigger_type("state", "State value changes", self.triggers)
+
+    async def stop(self) -> None:
+        """Cancel trigger tasks and close the store."""
+        await self.triggers.close()
+        if self.store is not None:
+            await self.store.aclose()
+
+    async def _set(self, data: Any, ctx: InvocationContext) -> Any:
+        f = Fields("state::set", data)
+        scope, key, value = f.text("scope"), f.text("key"), f.value("value", alias="data")
+        try:
+            result = await self._store().set(
+                StreamSetInput(stream_name=STATE_STREAM, group_id=scope, item_id=key, data=value))
+        except Exception as exc:
+            raise EngineError("SET_ERROR", str(exc)) from None
+        old = None if result is None else result.old_value
+        self.triggers.dispatch(state_event(_changed(old), scope, key, old, value))
+        return {"old_value": old, "new_value": value}
+
+    async def _get(self, data: Any, ctx: InvocationContext) -> Any:
+        f = Fields("state::get", data)
+        try:
+            return await self._store().get(
+                StreamGetInput(stream_name=STATE_STREAM, group_id=f.text("scope"), item_id=f.text("key")))
+        except EngineError:
+            raise
+        except Exception as exc:
+            raise EngineError("GET_ERROR", str(exc)) from None
+
+    async def _delete(self, data: Any, ctx: InvocationContext) -> Any:
+        f = Fields("state::delete", data)
+        scope, key = f.text("scope"), f.text("key")
+        try:
+            result = await self._store().delete(StreamDeleteInput(stream_name=STATE_STREAM, group_id=scope,
+                                                                  item_id=key))
+        except Exception as exc:
+            raise EngineError("DELETE_ERROR", str(exc)) from None
+        old = result.old_value
+        if old is not None:
+            self.triggers.dispatch(state_event("state:deleted", scope, key, old, None))
+        return old
+
+    async def _update(self, data: Any, ctx: InvocationContext) -> Any:
+        f = Fields("state::update", data)
+        scope, key, ops = f.text("scope"), f.text("key"), f.ops()
+        request = StreamUpdateInput.model_construct(stream_name=STATE_STREAM, group_id=scope, item_id=key,
+                                                    ops=ops)  # type: ignore[arg-type]
+        try:
+            async with self._locks.hold((scope, key)):
+                result = await self._store().update(request)
+        except Exception as exc:
+            raise EngineError("UPDATE_ERROR", str(exc)) from None
+        if result is None:
+            raise EngineError("UPDATE_ERROR", f"{type(self.store).__name__}.update returned no result")
+        self.triggers.dispatch(state_event(_changed(result.old_value), scope, key, result.old_value,
+                                           result.new_value))
+        return {"old_value": result.old_value, "new_value": result.new_value}
+
+    async def _list(self, data: Any, ctx: InvocationContext) -> Any:
+        scope = Fields("state::list", data).text("scope")
+        try:
+            return await self._store().list(StreamListInput(stream_name=STATE_STREAM, group_id=scope))
+        except Exception as exc:
+            raise EngineError("LIST_ERROR", str(exc)) from None
+
+    async def _list_groups(self, data: Any, ctx: InvocationContext) -> Any:
+        try:
+            groups = await self._store().list_groups(StreamListGroupsInput(stream_name=STATE_STREAM))
+        except Exception as exc:
+            raise EngineError("LIST_GROUPS_ERROR", str(exc)) from None
+        return {"groups": sorted(set(groups))}

@@ -1,0 +1,329 @@
+"""The ``stream::*`` built-in functions (protocol/streams.md §6.1-6.4, PROTOCOL §9.3).
+
+Each of get/set/delete/list/list_groups/update first looks for a worker function ``stream::<op>(<stream_name>)``
+and otherwise uses the engine's own store. After a change the engine spawns the ``stream`` triggers and the event
+reaches the store's pub/sub (where the client socket picks it up) before the reply: a store write publishes its
+own event in the same step (the store is opened with ``publish_events``), a custom stream's change is published
+by the engine. Store updates through one engine take a per-item lock (ST11), so concurrent updates of one item
+queue here instead of racing in the store's optimistic retry loop.
+
+Ours: ``stream::update`` on a custom stream without ``stream::update(NAME)`` composes custom get → ops → custom
+set under a per-item lock (ST1); a custom delete answering ``null`` means ``{old_value: null}`` (ST2).
+
+Ours (issue #8): the engine remembers every stream a worker has served (any ``stream::<op>(NAME)`` registered by a
+worker, plus the ``custom_streams`` setting). While no worker serves such a stream, every op on it (get, set,
+update, delete, list, list_groups, send and the socket's sync) fails with ``stream_unavailable`` instead of
+silently using the engine's own store, whose data is not the worker's; it works again as soon as a worker
+registers the stream again. ``fallback=True`` (setting ``custom_stream_fallback``) keeps production's fallback.
+
+Example:
+    >>> sorted(f.id for f in StreamFunctions.__new__(StreamFunctions).builtins())[:3]
+    ['stream::delete', 'stream::get', 'stream::list']
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+from iii.stream import (
+    StreamDeleteInput,
+    StreamGetInput,
+    StreamListGroupsInput,
+    StreamListInput,
+    StreamSetInput,
+    StreamUpdateInput,
+)
+from iii.stream_ops import Op, apply_update
+from iii_streams import Backend
+from iii_streams.events import StreamEvent, custom_event, make_event
+
+from ..base import BuiltinFunction, EngineError, EngineServices, InvocationContext
+from .inputs import Fields, describe
+from .locks import KeyedLocks
+from .triggers import StreamTriggers
+
+log = logging.getLogger(__name__)
+
+__all__ = ["StreamFunctions"]
+
+_ITEM = {"stream_name": {"type": "string"}, "group_id": {"type": "string"}, "item_id": {"type": "string"}}
+CUSTOM_OPS: Final = ("get", "set", "delete", "list", "list_groups", "update")
+UNAVAILABLE: Final = "stream_unavailable"
+
+
+def _schema(required: list[str], **extra: Any) -> dict[str, Any]:
+    props = {k: v for k, v in _ITEM.items() if k in required}
+    props.update(extra)
+    return {"type": "object", "properties": props, "required": required}
+
+
+def _custom_id(op: str, stream_name: str) -> str:
+    return f"stream::{op}({stream_name})"
+
+
+def served_stream(function_id_rest: str) -> str | None:
+    """The stream name of a custom stream function id without its ``stream::`` head, else ``None``.
+
+    Example:
+        >>> served_stream("list_groups(a(b))"), served_stream("list_all"), served_stream("nope(x)")
+        ('a(b)', None, None)
+    """
+    op, sep, rest = function_id_rest.partition("(")
+    return rest[:-1] if sep and op in CUSTOM_OPS and rest.endswith(")") else None
+
+
+class StreamFunctions:
+    """The stream built-ins over one store; also the custom-aware reads the client socket's ``sync`` needs."""
+
+    def __init__(self, services: EngineServices, store: Backend, triggers: StreamTriggers, *,
+                 fallback: bool = False, served: Iterable[str] = ()) -> None:
+        self.services = services
+        self.store = store
+        self.triggers = triggers
+        self.fallback = fallback
+        self._served: set[str] = set(served)  # streams a worker served: never silently the engine's store
+        self._seen_stream_functions = -1
+        self._locks = KeyedLocks()
+
+    def follow_registrations(self) -> None:
+        """Learn of every custom stream a worker registers, even one gone before any call."""
+        self.services.add_functions_listener(self._functions_changed)
+        self._functions_changed()
+
+    def _functions_changed(self) -> None:
+        # The registry indexes worker functions by service ("stream" → {"get(NAME)", …}); looking at that set
+        # only when it grew keeps a registration burst of unrelated functions cheap. Called synchronously on
+        # every change, so a worker that registers and vanishes at once is still seen.
+        names = self.services.service_functions("stream")
+        if len(names) <= self._seen_stream_functions:
+            self._seen_stream_functions = len(names)
+            return
+        self._seen_stream_functions = len(names)
+        for rest in names:
+            name = served_stream(rest)
+            if name is not None:
+                self._served.add(name)
+
+    def _no_fallback(self, stream_name: str) -> None:
+        """Refuse the engine's store for a stream that a worker served, while no worker serves it."""
+        if self.fallback or stream_name not in self._served:
+            return
+        if any(self.services.has_function(_custom_id(op, stream_name)) for op in CUSTOM_OPS):
+            return  # a worker serves the stream, just not this op: production semantics (the engine's store)
+        raise EngineError(UNAVAILABLE, f"stream {stream_name!r} is served by a worker (create_stream) and its "
+                          "serving worker is gone; refusing the engine's own store, which does not hold its data "
+                          "(it works again when a worker registers the stream; custom_stream_fallback: true "
+                          "restores the fallback)")
+
+    def builtins(self) -> list[BuiltinFunction]:
+        """Every ``stream::*`` built-in, ready to register."""
+        item = ["stream_name", "group_id", "item_id"]
+        return [
+            BuiltinFunction("stream::get", self.get, "Get a stream item (no result when missing)",
+                            request_format=_schema(item)),
+            BuiltinFunction("stream::set", self.set, "Set a stream item; returns {old_value, new_value}",
+                            request_format=_schema([*item, "data"], data={})),
+            BuiltinFunction("stream::delete", self.delete, "Delete a stream item; returns {old_value}",
+                            request_format=_schema(item)),
+            BuiltinFunction("stream::list", self.list_items, "The values of every item of a group",
+                            request_format=_schema(["stream_name", "group_id"])),
+            BuiltinFunction("stream::list_groups", self.list_groups, "The group ids of a stream",
+                            request_format=_schema(["stream_name"])),
+            BuiltinFunction("stream::update", self.update, "Apply update ops atomically; returns {old_value, "
+                            "new_value}", request_format=_schema([*item, "ops"], ops={"type": "array"})),
+            BuiltinFunction("stream::send", self.send, "Send a custom event to a stream's subscribers",
+                            request_format=_schema(["stream_name", "group_id", "type"], id={"type": "string"},
+                                                   type={"type": "string"}, data={})),
+            BuiltinFunction("stream::list_all", self.list_all, "Every stream of the engine's store with its groups"),
+        ]
+
+    # -- plumbing ---------------------------------------------------------------------------------------------
+
+    def _custom(self, op: str, stream_name: str) -> str | None:
+        function_id = _custom_id(op, stream_name)
+        if not self.services.has_function(function_id):
+            return None
+        self._served.add(stream_name)  # also for engines without a registration listener
+        return function_id
+
+    async def _invoke(self, function_id: str, payload: Any, code: str, action: str) -> Any:
+        try:
+            return await self.services.invoke(function_id, payload)
+        except EngineError as exc:
+            raise EngineError(code, f"Failed to {action} value: Failed to invoke function: {exc.message}") from None
+
+    @staticmethod
+    def _result(function_id: str, result: Any, code: str, *, required: str | None) -> Any:
+        """``result[key]`` of a custom answer checked like production (``JSON_ERROR`` when malformed)."""
+        if result is None:
+            raise EngineError(code, "Function returned no result")
+        if not isinstance(result, Mapping):
+            raise EngineError("JSON_ERROR", f"Failed to parse the result of {function_id}: invalid type: "
+                              f"{describe(result)}, expected a JSON object")
+        if required is not None and required not in result:
+            raise EngineError("JSON_ERROR", f"Failed to parse the result of {function_id}: missing field `{required}`")
+        return result
+
+    async def _emit(self, event: StreamEvent) -> None:
+        self.triggers.dispatch(event)
+        try:
+            await self.store.publish(event)
+        except Exception as exc:  # production only logs a failed publish of a change event
+            log.warning("stream event for %s/%s/%s not published: %r", event["streamName"],
+                                      event["groupId"], event["id"], exc)
+
+    async def _changed(self, s: str, g: str, i: str, old: Any, new: Any, *, stored: bool = False) -> dict[str, Any]:
+        event = make_event(s, g, i, "create" if old is None else "update", new)
+        if stored and self.store.publish_events:
+            self.triggers.dispatch(event)  # the store already published it with the write
+        else:
+            await self._emit(event)
+        return {"old_value": old, "new_value": new}
+
+    # -- reads --------------------------------------------------------------------------------------------------
+
+    async def read_item(self, stream_name: str, group_id: str, item_id: str) -> Any:
+        """``stream::get`` without input parsing (custom-aware)."""
+        custom = self._custom("get", stream_name)
+        if custom is not None:
+            return await self.services.invoke(
+                custom, {"stream_name": stream_name, "group_id": group_id, "item_id": item_id})
+        self._no_fallback(stream_name)
+        try:
+            return await self.store.get(StreamGetInput(stream_name=stream_name, group_id=group_id, item_id=item_id))
+        except Exception as exc:
+            raise EngineError("STREAM_GET_ERROR", str(exc)) from None
+
+    async def read_group(self, stream_name: str, group_id: str) -> Any:
+        """``stream::list`` without input parsing (custom-aware)."""
+        custom = self._custom("list", stream_name)
+        if custom is not None:
+            return await self.services.invoke(custom, {"stream_name": stream_name, "group_id": group_id})
+        self._no_fallback(stream_name)
+        try:
+            return await self.store.list(StreamListInput(stream_name=stream_name, group_id=group_id))
+        except Exception as exc:
+            raise EngineError("STREAM_GET_GROUP_ERROR", str(exc)) from None
+
+    async def get(self, data: Any, ctx: InvocationContext) -> Any:
+        """``stream::get``."""
+        f = Fields("stream::get", data)
+        return await self.read_item(f.text("stream_name"), f.text("group_id"), f.text("item_id"))
+
+    async def list_items(self, data: Any, ctx: InvocationContext) -> Any:
+        """``stream::list``."""
+        f = Fields("stream::list", data)
+        return await self.read_group(f.text("stream_name"), f.text("group_id"))
+
+    async def list_groups(self, data: Any, ctx: InvocationContext) -> Any:
+        """``stream::list_groups``."""
+        name = Fields("stream::list_groups", data).text("stream_name")
+        custom = self._custom("list_groups", name)
+        if custom is not None:
+            return await self.services.invoke(custom, {"stream_name": name})
+        self._no_fallback(name)
+        try:
+            return await self.store.list_groups(StreamListGroupsInput(stream_name=name))
+        except Exception as exc:
+            raise EngineError("STREAM_LIST_GROUPS_ERROR", str(exc)) from None
+
+    async def list_all(self, data: Any, ctx: InvocationContext) -> Any:
+        """``stream::list_all``: the store only; custom streams are invisible (as in production)."""
+        try:
+            streams = await self.store.list_all()
+        except Exception as exc:
+            raise EngineError("STREAM_LIST_ALL_ERROR", str(exc)) from None
+        entries = [{"id": name, "groups": groups} for name, groups in streams]
+        return {"stream": entries, "count": len(entries)}
+
+    # -- writes -------------------------------------------------------------------------------------------------
+
+    async def set(self, data: Any, ctx: InvocationContext) -> Any:
+        """``stream::set``."""
+        f = Fields("stream::set", data)
+        s, g, i, value = f.text("stream_name"), f.text("group_id"), f.text("item_id"), f.value("data")
+        custom = self._custom("set", s)
+        if custom is not None:
+            payload = {"stream_name": s, "group_id": g, "item_id": i, "data": value}
+            answer = self._result(custom, await self._invoke(custom, payload, "STREAM_SET_ERROR", "set"),
+                                  "STREAM_SET_ERROR", required="new_value")
+            return await self._changed(s, g, i, answer.get("old_value"), answer["new_value"])
+        self._no_fallback(s)
+        try:
+            result = await self.store.set(StreamSetInput(stream_name=s, group_id=g, item_id=i, data=value))
+        except Exception as exc:
+            raise EngineError("STREAM_SET_ERROR", str(exc)) from None
+        return await self._changed(s, g, i, None if result is None else result.old_value, value, stored=True)
+
+    async def delete(self, data: Any, ctx: InvocationContext) -> Any:
+        """``stream::delete``; a delete event only when something was removed."""
+        f = Fields("stream::delete", data)
+        s, g, i = f.text("stream_name"), f.text("group_id"), f.text("item_id")
+        custom = self._custom("delete", s)
+        if custom is not None:
+            answer = await self._invoke(custom, {"stream_name": s, "group_id": g, "item_id": i},
+                                        "STREAM_DELETE_ERROR", "delete")
+            old = None if answer is None else self._result(custom, answer, "STREAM_DELETE_ERROR",
+                                                           required=None).get("old_value")
+        else:
+            self._no_fallback(s)
+            try:
+                old = (await self.store.delete(StreamDeleteInput(stream_name=s, group_id=g, item_id=i))).old_value
+            except Exception as exc:
+                raise EngineError("STREAM_DELETE_ERROR", str(exc)) from None
+        if old is not None:
+            event = make_event(s, g, i, "delete", old)
+            if custom is None and self.store.publish_events:
+                self.triggers.dispatch(event)
+            else:
+                await self._emit(event)
+        return {"old_value": old}
+
+    async def update(self, data: Any, ctx: InvocationContext) -> Any:
+        """``stream::update``: custom ``update(NAME)``, else composed on custom get/set (ST1), else the store."""
+        f = Fields("stream::update", data)
+        s, g, i = f.text("stream_name"), f.text("group_id"), f.text("item_id")
+        ops = f.ops()
+        custom = self._custom("update", s)
+        if custom is not None:
+            payload = {"stream_name": s, "group_id": g, "item_id": i, "ops": f.value("ops")}
+            answer = self._result(custom, await self._invoke(custom, payload, "STREAM_UPDATE_ERROR", "update"),
+                                  "STREAM_UPDATE_ERROR", required="new_value")
+            return await self._changed(s, g, i, answer.get("old_value"), answer["new_value"])
+        get_id, set_id = self._custom("get", s), self._custom("set", s)
+        if get_id is not None and set_id is not None:
+            return await self._compose(s, g, i, ops, get_id, set_id)
+        self._no_fallback(s)
+        # the ops are already validated: skip re-validating them into models (backends accept parsed ops)
+        request = StreamUpdateInput.model_construct(stream_name=s, group_id=g, item_id=i, ops=ops)  # type: ignore[arg-type]
+        try:
+            async with self._locks.hold((s, g, i)):
+                result = await self.store.update(request)
+        except Exception as exc:
+            raise EngineError("STREAM_UPDATE_ERROR", str(exc)) from None
+        if result is None:
+            raise EngineError("STREAM_UPDATE_ERROR", f"{type(self.store).__name__}.update returned no result")
+        return await self._changed(s, g, i, result.old_value, result.new_value, stored=True)
+
+    async def _compose(self, s: str, g: str, i: str, ops: list[Op], get_id: str, set_id: str) -> Any:
+        key = {"stream_name": s, "group_id": g, "item_id": i}
+        async with self._locks.hold((s, g, i)):
+            old = await self._invoke(get_id, key, "STREAM_UPDATE_ERROR", "update")
+            old, new = apply_update(old, ops)
+            # the custom set function itself, not the stream::set built-in, so only one event goes out
+            await self._invoke(set_id, {**key, "data": new}, "STREAM_UPDATE_ERROR", "update")
+        return await self._changed(s, g, i, old, new)
+
+    async def send(self, data: Any, ctx: InvocationContext) -> None:
+        """``stream::send``: a custom event to triggers and socket subscribers; nothing is stored."""
+        f = Fields("stream::send", data)
+        s, g, item = f.text("stream_name"), f.text("group_id"), f.optional_text("id")
+        event = custom_event(s, g, item, f.text("type"), f.value("data", required=False))
+        self._no_fallback(s)  # its subscribers follow the worker's store, not the engine's
+        self.triggers.dispatch(event)
+        try:
+            await self.store.publish(event)
+        except Exception as exc:
+            raise EngineError("STREAM_SEND_ERROR", str(exc)) from None

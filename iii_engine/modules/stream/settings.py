@@ -1,0 +1,117 @@
+"""Settings of the stream module, and the store settings it shares with the state module.
+
+Stream module keys (unknown keys refused, as production does):
+
+- production: ``port`` (3112; 0 = a free port), ``host`` (``127.0.0.1`` here; production binds ``0.0.0.0``),
+  ``auth_function`` (a function id), ``adapter {class, config}`` (see :mod:`iii_engine.modules.stream.store`);
+- ours: ``store_url`` (any ``iii_streams`` URL, wins over ``adapter``), ``auth_reject`` (ST5, default false),
+  ``client_queue_size`` (frames a client may fall behind before it is closed with 1013; default 1024),
+  ``custom_stream_fallback`` (default false: a stream a worker served through ``create_stream`` fails with
+  ``stream_unavailable`` while no worker serves it; true: production's silent fall back to the engine's store),
+  ``custom_streams`` (names served by workers, known as such from start-up, before any worker registers them).
+
+Example:
+    >>> StreamSettings.parse({"port": 0, "store_url": "memory://"}).port
+    0
+    >>> StreamSettings.parse({"adapter": {"class": "modules::stream::adapters::RedisAdapter",
+    ...                                   "config": {"redis_url": "http://r"}}})
+    Traceback (most recent call last):
+    ...
+    iii_engine.settings.ConfigError: adapter.config.redis_url: must be a redis://, rediss:// or unix:// URL, \
+got 'http://r'
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import ClassVar, Literal, Self
+
+from pydantic import field_validator, model_validator
+
+from ...settings import AdapterSpec, Field, NonEmpty, Port, Settings, UnknownKeys, pick_adapter
+from ..bridge.settings import BridgeAdapterSettings
+
+__all__ = ["KvStoreSettings", "RedisStoreSettings", "SocketSettings", "StateSettings", "StoreSettings",
+           "StreamSettings"]
+
+DEFAULT_REDIS_URL = "redis://localhost:6379"
+_REDIS_PREFIXES = ("redis://", "rediss://", "unix://")
+
+
+class KvStoreSettings(Settings):
+    """``…::adapters::KvStore``: in memory, or ``file_based`` (kept in SQLite under ``file_path``)."""
+
+    store_method: Literal["in_memory", "file_based"] = "in_memory"
+    file_path: NonEmpty = "kv_store_data.db"
+    # production's write-behind knobs: accepted; a SQLite file needs neither
+    save_interval_ms: int | None = Field(None, ge=0)
+    channel_size: int | None = Field(None, ge=0)
+
+
+class RedisStoreSettings(Settings):
+    """``…::adapters::RedisAdapter``: the Redis server."""
+
+    redis_url: str = DEFAULT_REDIS_URL
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: str) -> str:
+        if not url.startswith(_REDIS_PREFIXES):
+            raise ValueError(f"must be a redis://, rediss:// or unix:// URL, got {url!r}")
+        return url
+
+
+class StoreSettings(Settings):
+    """Where a module keeps its data: ``store_url`` (ours, wins) or a production ``adapter``."""
+
+    store_kind: ClassVar[Literal["stream", "state"]] = "stream"
+
+    adapter: AdapterSpec | None = None
+    store_url: NonEmpty | None = None
+
+    @cached_property
+    def store_adapter(self) -> tuple[str, Settings]:
+        """The adapter's short class name (``KvStore``, ``RedisAdapter``, ``Bridge``) and its settings."""
+        prefix = f"modules::{self.store_kind}::adapters::"
+        class_name, settings = pick_adapter(self.adapter, f"{prefix}KvStore", {
+            f"{prefix}KvStore": KvStoreSettings, f"{prefix}RedisAdapter": RedisStoreSettings,
+            f"{prefix}Bridge": BridgeAdapterSettings})
+        return class_name.removeprefix(prefix), settings
+
+    @model_validator(mode="after")
+    def _adapter_checked(self) -> Self:
+        if self.store_url is None:
+            self.store_adapter  # noqa: B018 - validates the adapter's config now, not when the store opens
+        return self
+
+
+class StateSettings(StoreSettings):
+    """The state module's settings: only its store (unknown keys are logged and ignored)."""
+
+    store_kind: ClassVar[Literal["stream", "state"]] = "state"
+    unknown_keys: ClassVar[UnknownKeys] = "warn"
+    label: ClassVar[str] = "state settings"
+
+
+class SocketSettings(Settings):
+    """Listener settings of the client stream socket."""
+
+    host: str = "127.0.0.1"
+    port: Port = 3112
+    auth_function: str | None = None
+    auth_reject: bool = False
+    client_queue_size: int = Field(1024, ge=1)
+
+    @field_validator("auth_function")
+    @classmethod
+    def _empty_is_none(cls, function_id: str | None) -> str | None:
+        return function_id or None
+
+
+class StreamSettings(SocketSettings, StoreSettings):
+    """Parsed stream module settings."""
+
+    label: ClassVar[str] = "stream settings"
+
+    custom_stream_fallback: bool = False
+    custom_streams: frozenset[NonEmpty] = Field(frozenset(), strict=False)

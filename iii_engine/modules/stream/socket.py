@@ -1,0 +1,293 @@
+"""The client stream WebSocket (protocol/streams.md §6.6): browsers and apps join groups or items and get live
+change events.
+
+Clients send ``{"type": "join" | "leave", "data": {"subscriptionId", "streamName", "groupId", "id"?}}``; the server
+sends §6.5 event wrappers: one ``sync`` after each accepted join (the custom-aware get or list result), then
+``create``/``update``/``delete``/``event`` frames, or ``unauthorized`` for a refused join.
+
+Our improvements (PROTOCOL §9.3): each event goes **once per socket** when any of its subscriptions matches (ST6);
+an auth function can reject the upgrade with HTTP 401 when ``auth_reject`` is on (ST5); every connection has a
+bounded outbound queue and a client that lets it overflow is closed with 1013 (ST9); a client offering
+subprotocols gets the first one echoed back (ST10).
+
+Example:
+    >>> Subscription("s", "g", None).matches({"streamName": "s", "groupId": "g", "id": "7"})
+    True
+    >>> Subscription("s", "g", "1").matches({"streamName": "s", "groupId": "g", "id": None})
+    False
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
+
+from iii.wire import dumps, loads
+from iii_streams import Backend, StreamLagError, Watch
+from iii_streams.events import StreamEvent, now_ms
+
+from ..base import EngineError, EngineServices
+from .api import StreamFunctions
+from .settings import SocketSettings
+from .triggers import JoinLeaveTriggers
+
+__all__ = ["StreamSocketServer", "Subscription"]
+
+log = logging.getLogger(__name__)
+
+_MAX_CLIENT_FRAME = 1024 * 1024
+_SLOW_CLIENT = 1013
+
+
+@dataclass(frozen=True, slots=True)
+class Subscription:
+    """One joined group (``item_id`` None) or item."""
+
+    stream_name: str
+    group_id: str
+    item_id: str | None
+
+    def matches(self, event: Mapping[str, Any]) -> bool:
+        """Whether ``event`` belongs to this subscription."""
+        return (event.get("streamName") == self.stream_name and event.get("groupId") == self.group_id
+                and (self.item_id is None or event.get("id") == self.item_id))
+
+
+class _Client:
+    """One socket: its auth context, subscriptions and bounded outbound queue."""
+
+    def __init__(self, ws: ServerConnection, context: Any, queue_size: int) -> None:
+        self.ws = ws
+        self.context = context
+        self.subscriptions: dict[str, Subscription] = {}
+        self.queue: asyncio.Queue[str] = asyncio.Queue(queue_size)
+        self.overflowed = False
+        self.closer: asyncio.Task[None] | None = None
+
+    def wants(self, event: Mapping[str, Any]) -> bool:
+        return any(sub.matches(event) for sub in self.subscriptions.values())
+
+    def offer(self, text: str) -> None:
+        if self.overflowed:
+            return
+        try:
+            self.queue.put_nowait(text)
+        except asyncio.QueueFull:
+            self.overflowed = True
+            log.warning("stream client %s fell %d frames behind; closing it with 1013", self.ws.remote_address,
+                        self.queue.maxsize)
+            self.closer = asyncio.get_running_loop().create_task(
+                self.ws.close(_SLOW_CLIENT, "too slow: events were queued faster than read; reconnect and join"))
+
+    async def write(self) -> None:
+        while True:
+            text = await self.queue.get()
+            await self.ws.send(text)
+
+
+def _join_data(message: Any) -> tuple[str, str, str, str | None] | None:
+    data = message.get("data") if isinstance(message, Mapping) else None
+    if not isinstance(data, Mapping):
+        return None
+    sub_id, stream, group, item = (data.get("subscriptionId"), data.get("streamName"), data.get("groupId"),
+                                   data.get("id"))
+    if not (isinstance(sub_id, str) and isinstance(stream, str) and isinstance(group, str)):
+        return None
+    if item is not None and not isinstance(item, str):
+        return None
+    return sub_id, stream, group, item
+
+
+def _frame(stream: str, group: str, item: str | None, event: dict[str, Any]) -> str:
+    return dumps({"type": "stream", "timestamp": now_ms(), "streamName": stream, "groupId": group, "id": item,
+                  "event": event})
+
+
+class StreamSocketServer:
+    """The listener on ``settings.port`` (0 = a free port; :attr:`port` is the bound one)."""
+
+    def __init__(self, services: EngineServices, settings: SocketSettings, functions: StreamFunctions,
+                 store: Backend, join: JoinLeaveTriggers, leave: JoinLeaveTriggers) -> None:
+        self.services = services
+        self.settings = settings
+        self.functions = functions
+        self.store = store
+        self.join_triggers = join
+        self.leave_triggers = leave
+        self._server: Server | None = None
+        self._clients: set[_Client] = set()
+        # weak: a handshake that fails after the auth call never reaches _serve to pop its entry
+        self._contexts: weakref.WeakKeyDictionary[ServerConnection, Any] = weakref.WeakKeyDictionary()
+        self._watch: Watch | None = None
+        self._pump: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port."""
+        if self._server is None:
+            raise RuntimeError("the stream socket is not started")
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    @property
+    def url(self) -> str:
+        """``ws://host:port/`` for clients (wildcard binds are reached through loopback)."""
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}.get(self.settings.host, self.settings.host)
+        return f"ws://{host}:{self.port}/"
+
+    async def start(self) -> None:
+        """Subscribe to the store's events, then listen."""
+        self._watch = await self.store.watch().open()
+        self._pump = asyncio.get_running_loop().create_task(self._forward(), name="stream-socket-events")
+        self._server = await serve(
+            self._serve, self.settings.host, self.settings.port, compression=None, max_size=_MAX_CLIENT_FRAME,
+            process_request=self._process_request, select_subprotocol=self._select_subprotocol,
+            logger=logging.getLogger(f"{__name__}.websockets"))
+
+    async def close(self) -> None:
+        """Stop listening, close every client (1001) and the event subscription."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
+        if self._watch is not None:
+            await self._watch.aclose()
+
+    # -- handshake -----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _select_subprotocol(connection: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+        return offered[0] if offered else None
+
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        parts = urlsplit(request.path)
+        if parts.path != "/":
+            return connection.respond(404, "Not Found\n")
+        function_id = self.settings.auth_function
+        if not function_id:
+            return None
+        remote = connection.remote_address
+        auth_input = {
+            "headers": {name.lower(): value for name, value in request.headers.raw_items()},
+            "path": "/",
+            "query_params": parse_qs(parts.query, keep_blank_values=True),
+            "addr": f"{remote[0]}:{remote[1]}" if remote else "",
+        }
+        try:
+            answer = await self.services.invoke(function_id, auth_input)
+        except EngineError as exc:
+            log.warning("stream auth function %s failed: %s: %s", function_id, exc.code, exc.message)
+            if self.settings.auth_reject:
+                return connection.respond(401, "Unauthorized\n")
+            answer = None
+        if self.settings.auth_reject and JoinLeaveTriggers.refuses(answer):
+            return connection.respond(401, "Unauthorized\n")
+        self._contexts[connection] = answer.get("context") if isinstance(answer, Mapping) else None
+        return None
+
+    # -- connections ---------------------------------------------------------------------------------------
+
+    async def _serve(self, ws: ServerConnection) -> None:
+        client = _Client(ws, self._contexts.pop(ws, None), self.settings.client_queue_size)
+        self._clients.add(client)
+        writer = asyncio.get_running_loop().create_task(client.write())
+        try:
+            async for raw in ws:
+                await self._on_message(client, raw)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._clients.discard(client)
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                await writer
+            for sub_id, sub in client.subscriptions.items():
+                self.leave_triggers.run_detached(self._payload(client, sub_id, sub))
+            client.subscriptions.clear()
+
+    @staticmethod
+    def _payload(client: _Client, sub_id: str, sub: Subscription) -> dict[str, Any]:
+        return {"subscription_id": sub_id, "stream_name": sub.stream_name, "group_id": sub.group_id,
+                "id": sub.item_id, "context": client.context}
+
+    async def _on_message(self, client: _Client, raw: str | bytes) -> None:
+        if not raw.strip():
+            return
+        try:
+            message = loads(raw)
+        except ValueError:
+            log.info("stream client %s sent a frame that is not JSON; ignored", client.ws.remote_address)
+            return
+        kind = message.get("type") if isinstance(message, Mapping) else None
+        parsed = _join_data(message)
+        if kind not in ("join", "leave") or parsed is None:
+            log.info("stream client %s sent an unknown or malformed message; ignored: %.200s",
+                     client.ws.remote_address, raw)
+            return
+        sub_id, stream, group, item = parsed
+        sub = Subscription(stream, group, item)
+        if kind == "leave":
+            client.subscriptions.pop(sub_id, None)
+            self.leave_triggers.run_detached(self._payload(client, sub_id, sub))
+            return
+        await self._join(client, sub_id, sub)
+
+    async def _join(self, client: _Client, sub_id: str, sub: Subscription) -> None:
+        if not await self.join_triggers.run(self._payload(client, sub_id, sub)):
+            client.offer(_frame(sub.stream_name, sub.group_id, sub.item_id, {"type": "unauthorized"}))
+            return
+        client.subscriptions[sub_id] = sub
+        try:
+            if sub.item_id is None:
+                data = await self.functions.read_group(sub.stream_name, sub.group_id)
+            else:
+                data = await self.functions.read_item(sub.stream_name, sub.group_id, sub.item_id)
+        except EngineError as exc:
+            log.warning("no sync for %s/%s/%s: %s: %s", sub.stream_name, sub.group_id, sub.item_id, exc.code,
+                        exc.message)
+            return
+        client.offer(_frame(sub.stream_name, sub.group_id, sub.item_id, {"type": "sync", "data": data}))
+
+    # -- events --------------------------------------------------------------------------------------------
+
+    def _fan_out(self, event: StreamEvent) -> None:
+        text: str | None = None
+        for client in tuple(self._clients):
+            if client.wants(event):
+                if text is None:
+                    text = dumps(event)
+                client.offer(text)
+
+    async def _forward(self) -> None:
+        while True:
+            watch = self._watch
+            assert watch is not None
+            try:
+                async for event in watch:
+                    self._fan_out(event)
+                return
+            except StreamLagError as exc:
+                log.warning("stream socket fell behind the store's events (%s); resubscribing", exc)
+            except Exception as exc:  # e.g. Redis went away: keep trying, clients re-join on reconnect anyway
+                log.warning("stream socket lost the store's event feed (%r); resubscribing", exc)
+                await asyncio.sleep(0.5)
+            await watch.aclose()
+            try:
+                self._watch = await self.store.watch().open()
+            except Exception as exc:
+                log.warning("stream socket cannot resubscribe yet (%r)", exc)
+                self._watch = self.store.watch()

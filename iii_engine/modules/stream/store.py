@@ -1,0 +1,102 @@
+"""Which ``iii_streams`` backend an engine module keeps its data in, chosen from the module settings.
+
+Production adapter classes map to our backends; our own ``store_url`` key (any :func:`iii_streams.open_stream`
+URL) wins over ``adapter`` when both are given:
+
+============================================  ==================================================================
+``modules::stream::adapters::KvStore``        :class:`~iii_streams.MemoryStream`; ``store_method: file_based``
+(and ``modules::state::adapters::KvStore``)   keeps the data in SQLite at ``<file_path>/iii_<kind>.sqlite3``
+``…::adapters::RedisAdapter``                 :class:`~iii_streams.RedisStream` on ``redis_url``
+                                              (default ``redis://localhost:6379``)
+``…::adapters::Bridge``                       a remote engine's store (:mod:`~iii_engine.modules.bridge.stores`)
+============================================  ==================================================================
+
+The state module's Redis store (through ``RedisAdapter`` or a ``redis://`` ``store_url``) uses the production
+state layout, hash ``state:<scope>`` (:data:`iii_streams.redis.STATE_LAYOUT`), so our engine and a production
+engine share state through one Redis; memory and SQL stores keep state under an internal stream name.
+
+The stream module lets its store publish the change events of store writes (``publish_events=True``: one Redis
+round trip for write + event, as production's scripts do) and publishes the rest (custom streams, ``send``)
+itself; the state module has no event feed and opens its store with ``publish_events=False``.
+
+Example:
+    >>> type(open_module_store("stream", {})).__name__
+    'MemoryStream'
+    >>> open_module_store("state", {"adapter": {"class": "modules::state::adapters::Bridge",
+    ...                                         "config": {"bridge_url": "http://x"}}})
+    Traceback (most recent call last):
+    ...
+    iii_engine.settings.ConfigError: adapter.config.bridge_url: engine URL 'http://x' has scheme 'http'; expected \
+ws:// or wss://
+
+The settings are checked by :class:`~iii_engine.modules.stream.settings.StoreSettings`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from iii_streams import Backend, MemoryStream, open_stream
+from iii_streams.urls import scheme_of
+
+from ...settings import ConfigError
+from ..bridge.settings import BridgeAdapterSettings
+from .settings import KvStoreSettings, RedisStoreSettings, StateSettings, StoreSettings
+
+__all__ = ["open_module_store"]
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["stream", "state"]
+
+_REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+
+
+def _kv_store(kind: Kind, settings: KvStoreSettings, events: bool) -> Backend:
+    if settings.store_method == "in_memory":
+        return MemoryStream(publish_events=events)
+    # production writes one file per index every save_interval_ms; a SQLite file gives the same durability
+    # with nothing lost between saves
+    Path(settings.file_path).mkdir(parents=True, exist_ok=True)
+    path = Path(settings.file_path).resolve() / f"iii_{kind}.sqlite3"
+    log.info("%s store: file_based KvStore kept in SQLite at %s", kind, path)
+    return open_stream(f"sqlite+aiosqlite:///{path}", publish_events=events, create=True)
+
+
+def _open_url(kind: Kind, url: str, publish_events: bool) -> Backend:
+    options: dict[str, Any] = {"publish_events": publish_events}
+    if kind == "state" and scheme_of(url) in _REDIS_SCHEMES:
+        from iii_streams.redis import STATE_LAYOUT  # imported here: redis is only needed for Redis stores
+
+        options["layout"] = STATE_LAYOUT
+    return open_stream(url, **options)
+
+
+def open_module_store(kind: Kind, settings: StoreSettings | Mapping[str, Any], *,
+                      publish_events: bool = False) -> Backend:
+    """The backend for the ``stream`` or ``state`` module (``settings``: its parsed settings, or a mapping of the
+    store keys ``store_url`` / ``adapter``).
+
+    Example:
+        >>> open_module_store("stream", {"store_url": "memory://"}).publish_events
+        False
+    """
+    if not isinstance(settings, StoreSettings):
+        settings = (StateSettings if kind == "state" else StoreSettings).parse(settings)
+    if settings.store_url is not None:
+        try:
+            return _open_url(kind, settings.store_url, publish_events)
+        except ValueError as exc:
+            raise ConfigError(str(exc), "store_url") from None
+    short, adapter = settings.store_adapter
+    if isinstance(adapter, KvStoreSettings):
+        return _kv_store(kind, adapter, publish_events)
+    if isinstance(adapter, RedisStoreSettings):
+        return _open_url(kind, adapter.redis_url, publish_events)
+    assert isinstance(adapter, BridgeAdapterSettings), short
+    from ..bridge.stores import open_bridge_store  # the data lives on a remote engine
+
+    return open_bridge_store(kind, adapter.bridge_url)

@@ -1,0 +1,96 @@
+"""The ``stream``, ``stream:join`` and ``stream:leave`` trigger types (protocol/streams.md §6.5).
+
+``stream`` triggers need a ``stream_name`` (a config without one is rejected, PROTOCOL §9.3 ST8) and may filter on
+``group_id`` / ``item_id`` (empty = any) and a ``condition_function_id``. Each change event gets one task that
+calls the matching handlers one after another; results are ignored and errors only logged.
+
+``stream:join`` / ``stream:leave`` fire for every join/leave unless their config names a ``stream_name``,
+``group_id`` or ``condition_function_id`` (ST7, ours). Join handlers are awaited in order and any answer with
+``"unauthorized": true`` refuses the join.
+
+Example:
+    >>> matches_stream_trigger({"stream_name": "s", "group_id": ""}, {"streamName": "s", "groupId": "g", "id": None})
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from iii.iii_types import TriggerInfo
+
+from ..base import EngineError
+from ..trigger_set import TriggerRunner, TriggerSet, trigger_config
+
+__all__ = ["JoinLeaveTriggers", "StreamTriggers", "TriggerRunner", "matches_stream_trigger"]
+
+
+def matches_stream_trigger(config: Mapping[str, Any], event: Mapping[str, Any]) -> bool:
+    """Whether a ``stream`` trigger config selects ``event`` (a §6.5 wrapper).
+
+    Example:
+        >>> matches_stream_trigger({"stream_name": "s", "item_id": "x"}, {"streamName": "s", "groupId": "g", "id": "y"})
+        False
+    """
+    if config.get("stream_name") != event.get("streamName"):
+        return False
+    group = config.get("group_id")
+    if group and group != event.get("groupId"):
+        return False
+    item = config.get("item_id")
+    return not item or item == event.get("id")
+
+
+class StreamTriggers(TriggerSet):
+    """Registrator of the ``stream`` trigger type and dispatcher of change events to it.
+
+    Example:
+        >>> StreamTriggers.matches({"stream_name": "s"}, {"streamName": "s", "groupId": "g", "id": None})
+        True
+    """
+
+    @staticmethod
+    def matches(config: Mapping[str, Any], payload: Mapping[str, Any]) -> bool:
+        """:func:`matches_stream_trigger`."""
+        return matches_stream_trigger(config, payload)
+
+    async def register(self, trigger: TriggerInfo) -> None:
+        """Store ``trigger``; a config without a string ``stream_name`` is refused (ST8)."""
+        name = trigger_config(trigger).get("stream_name")
+        if not isinstance(name, str) or not name:
+            raise EngineError("invalid_trigger_config",
+                              f"stream trigger {trigger.id} needs a non-empty string 'stream_name' in its config")
+        await super().register(trigger)
+
+
+class JoinLeaveTriggers(TriggerSet):
+    """Registrator of ``stream:join`` or ``stream:leave``; :meth:`run` awaits the matching handlers in order.
+
+    Example:
+        >>> JoinLeaveTriggers.refuses({"unauthorized": True}), JoinLeaveTriggers.refuses({"unauthorized": "yes"})
+        (True, False)
+    """
+
+    @staticmethod
+    def refuses(answer: Any) -> bool:
+        """Whether a join handler's answer refuses the join (only a literal ``true`` counts)."""
+        return isinstance(answer, Mapping) and answer.get("unauthorized") is True
+
+    @staticmethod
+    def matches(config: Mapping[str, Any], payload: Mapping[str, Any]) -> bool:
+        """Whether a join/leave config selects ``payload`` (absent or empty ``stream_name``/``group_id`` = any)."""
+        name, group = config.get("stream_name"), config.get("group_id")
+        return (not name or name == payload.get("stream_name")) and (not group or group == payload.get("group_id"))
+
+    async def run(self, payload: Mapping[str, Any]) -> bool:
+        """Call the matching handlers in order; ``False`` as soon as one refuses (join), else ``True``."""
+        for trigger in self.matching(payload):
+            if self.refuses(await self.call(trigger, payload)):
+                return False
+        return True
+
+    def run_detached(self, payload: Mapping[str, Any]) -> None:
+        """:meth:`run` in a task of its own (leave on disconnect: nobody waits for it)."""
+        if self.matching(payload):
+            self.spawn(self.run(payload))

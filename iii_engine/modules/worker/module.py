@@ -1,0 +1,266 @@
+"""The worker module (always loaded): ``engine::*`` listing functions, worker metadata, channel creation and
+the ``engine::functions-available`` / ``engine::workers-available`` trigger types (PROTOCOL §4.1-4.3, E8).
+
+Example (input parsing of the built-ins):
+    >>> _optional(dict(include_internal=True), "engine::functions::list", "include_internal", bool)
+    True
+    >>> _object(None, "engine::functions::list")
+    Traceback (most recent call last):
+    ...
+    iii_engine.modules.base.EngineError: deserialization_error: Failed to deserialize input for \
+engine::functions::list: expected a JSON object, got null
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Protocol, TypeVar
+
+from iii.iii_types import TriggerInfo
+
+from ...channels import ChannelRelay
+from ...config import EngineConfig
+from ...registry import Registry
+from ...workers import WorkerConnection
+from ..base import BuiltinFunction, EngineError, EngineModule, EngineServices, InvocationContext
+
+FUNCTIONS_AVAILABLE = "engine::functions-available"
+WORKERS_AVAILABLE = "engine::workers-available"
+
+T = TypeVar("T")
+
+_JSON_NAMES = {type(None): "null", bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+               list: "an array", dict: "an object"}
+
+
+class EngineCore(EngineServices, Protocol):
+    """What the worker module needs beyond :class:`EngineServices`: the engine's own tables."""
+
+    config: EngineConfig
+    registry: Registry
+    workers: dict[str, WorkerConnection]
+    channels: ChannelRelay
+
+    def add_functions_listener(self, listener: Callable[[], None]) -> None:
+        """Be told when the function id set may have changed."""
+
+    def add_worker_listener(self, listener: Callable[[str, str], None]) -> None:
+        """Be told about worker events."""
+
+    def emit_worker_event(self, event: str, worker_id: str) -> None:
+        """Announce a worker event."""
+
+
+def _json_name(value: Any) -> str:
+    return _JSON_NAMES.get(type(value), type(value).__name__)
+
+
+def _object(data: Any, function_id: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise EngineError("deserialization_error",
+                          f"Failed to deserialize input for {function_id}: expected a JSON object, got "
+                          f"{_json_name(data)}")
+    return data
+
+
+def _optional(data: Mapping[str, Any], function_id: str, key: str, kind: type[T]) -> T | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise EngineError("deserialization_error",
+                          f"Failed to deserialize input for {function_id}: '{key}' must be "
+                          f"{_JSON_NAMES.get(kind, kind.__name__)}, got {_json_name(value)}")
+    return value
+
+
+def _schema(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    schema: dict[str, Any] = {"$schema": "http://json-schema.org/draft-07/schema#", "type": "object",
+                              "properties": properties}
+    if required:
+        schema["required"] = list(required)
+    return schema
+
+
+_NULLABLE_STR = {"type": ["string", "null"]}
+_INCLUDE_INTERNAL = {"include_internal": {"type": ["boolean", "null"]}}
+_FUNCTION_INFO = {"type": "object", "properties": {
+    "function_id": {"type": "string"}, "description": _NULLABLE_STR, "request_format": {},
+    "response_format": {}, "metadata": {}}, "required": ["function_id"]}
+_TRIGGER_INFO = {"type": "object", "properties": {
+    "id": {"type": "string"}, "trigger_type": {"type": "string"}, "function_id": {"type": "string"},
+    "config": {}}, "required": ["id", "trigger_type", "function_id", "config"]}
+_WORKER_INFO = {"type": "object", "properties": {
+    "id": {"type": "string"}, "name": _NULLABLE_STR, "runtime": _NULLABLE_STR, "version": _NULLABLE_STR,
+    "os": _NULLABLE_STR, "ip_address": _NULLABLE_STR, "status": {"type": "string"},
+    "connected_at_ms": {"type": "integer"}, "function_count": {"type": "integer"},
+    "functions": {"type": "array", "items": {"type": "string"}}, "active_invocations": {"type": "integer"},
+    "latest_metrics": {}, "pid": {"type": "integer", "minimum": 0}},
+    "required": ["id", "status", "connected_at_ms", "function_count", "functions", "active_invocations"]}
+_CHANNEL_REF = {"type": "object", "properties": {
+    "channel_id": {"type": "string"}, "access_key": {"type": "string"},
+    "direction": {"type": "string", "enum": ["read", "write"]}},
+    "required": ["channel_id", "access_key", "direction"]}
+
+
+class _NoopTriggerType:
+    """Engine-owned trigger types whose triggers are only looked up when firing."""
+
+    async def register(self, trigger: TriggerInfo) -> None:
+        """Nothing to activate."""
+
+    async def unregister(self, trigger: TriggerInfo) -> None:
+        """Nothing to deactivate."""
+
+
+class WorkerModule(EngineModule):
+    """Built-ins about workers, functions and triggers. Loaded by the engine itself, never from config.
+
+    Example:
+        >>> WorkerModule.name
+        'worker'
+    """
+
+    name: ClassVar[str] = "worker"
+    class_names: ClassVar[tuple[str, ...]] = ("modules::worker::WorkerModule",)
+
+    def __init__(self, services: EngineCore, config: Mapping[str, Any] | None = None) -> None:
+        super().__init__(services, config)
+        self.core = services
+        self._snapshot: list[str] | None = None
+        self._check: asyncio.TimerHandle | None = None
+        self.debounce_s = services.config.functions_available_debounce_ms / 1000
+
+    async def start(self) -> None:
+        """Register the built-ins and trigger types."""
+        s = self.core
+        s.register_function(BuiltinFunction(
+            "engine::functions::list", self._list_functions, "List registered functions",
+            _schema(_INCLUDE_INTERNAL),
+            _schema({"functions": {"type": "array", "items": _FUNCTION_INFO}}, ("functions",))))
+        s.register_function(BuiltinFunction(
+            "engine::workers::list", self._list_workers, "List connected workers",
+            _schema({"worker_id": _NULLABLE_STR}),
+            _schema({"workers": {"type": "array", "items": _WORKER_INFO}, "timestamp": {"type": "integer"}},
+                    ("workers", "timestamp"))))
+        s.register_function(BuiltinFunction(
+            "engine::triggers::list", self._list_triggers, "List registered triggers",
+            _schema(_INCLUDE_INTERNAL),
+            _schema({"triggers": {"type": "array", "items": _TRIGGER_INFO}}, ("triggers",))))
+        s.register_function(BuiltinFunction(
+            "engine::workers::register", self._register_worker, "Record metadata about the calling worker",
+            _schema({"_caller_worker_id": {"type": "string"}, "runtime": _NULLABLE_STR, "version": _NULLABLE_STR,
+                     "name": _NULLABLE_STR, "os": _NULLABLE_STR,
+                     "telemetry": {"type": ["object", "null"], "properties": {
+                         "language": _NULLABLE_STR, "project_name": _NULLABLE_STR, "framework": _NULLABLE_STR}},
+                     "pid": {"type": ["integer", "null"], "minimum": 0, "maximum": 4294967295}},
+                    ("_caller_worker_id",)),
+            _schema({"success": {"type": "boolean"}}, ("success",))))
+        s.register_function(BuiltinFunction(
+            "engine::channels::create", self._create_channel, "Create a channel and return its two refs",
+            _schema({"buffer_size": {"type": ["integer", "null"], "minimum": 0}}),
+            _schema({"writer": _CHANNEL_REF, "reader": _CHANNEL_REF}, ("writer", "reader"))))
+        s.register_trigger_type(FUNCTIONS_AVAILABLE, "Fires when the set of registered functions changes",
+                                _NoopTriggerType())
+        s.register_trigger_type(WORKERS_AVAILABLE, "Fires when a worker connects, disconnects or updates metadata",
+                                _NoopTriggerType())
+        s.add_functions_listener(self._functions_changed)
+        s.add_worker_listener(self._worker_event)
+
+    def ready(self) -> None:
+        """All modules are started: remember the function set that later changes are compared with."""
+        self._snapshot = sorted(self.core.registry.functions)
+
+    async def stop(self) -> None:
+        """Cancel a scheduled functions-available check."""
+        if self._check is not None:
+            self._check.cancel()
+            self._check = None
+
+    # -- functions-available (E8) and workers-available ------------------------------------------------------
+
+    def _functions_changed(self) -> None:
+        if self._snapshot is None or self._check is not None:
+            return
+        self._check = asyncio.get_running_loop().call_later(self.debounce_s, self._fire_functions_available)
+
+    def _fire_functions_available(self) -> None:
+        self._check = None
+        current = sorted(self.core.registry.functions)
+        if current == self._snapshot:
+            return
+        self._snapshot = current
+        triggers = self.core.registry.triggers_of_type(FUNCTIONS_AVAILABLE)
+        if not triggers:
+            return
+        functions = [self.core.registry.functions[fid].info() for fid in current]
+        payload = {"event": "functions_changed", "functions": functions}
+        for trigger in triggers:
+            self.core.fire(trigger.function_id, payload)
+
+    def _worker_event(self, event: str, worker_id: str) -> None:
+        for trigger in self.core.registry.triggers_of_type(WORKERS_AVAILABLE):
+            self.core.fire(trigger.function_id, {"event": event, "worker_id": worker_id})
+
+    # -- built-ins -------------------------------------------------------------------------------------------
+
+    async def _list_functions(self, data: Any, ctx: InvocationContext) -> Any:
+        args = _object(data, "engine::functions::list")
+        include = _optional(args, "engine::functions::list", "include_internal", bool) or False
+        entries = sorted(self.core.registry.functions.values(), key=lambda e: e.id)
+        return {"functions": [e.info() for e in entries if include or not e.id.startswith("engine::")]}
+
+    async def _list_workers(self, data: Any, ctx: InvocationContext) -> Any:
+        args = _object(data, "engine::workers::list")
+        wanted = _optional(args, "engine::workers::list", "worker_id", str)
+        workers = sorted(self.core.workers.values(), key=lambda w: (w.connected_at_ms, w.id))
+        return {"workers": [w.info() for w in workers if wanted is None or w.id == wanted],
+                "timestamp": int(time.time() * 1000)}
+
+    async def _list_triggers(self, data: Any, ctx: InvocationContext) -> Any:
+        args = _object(data, "engine::triggers::list")
+        include = _optional(args, "engine::triggers::list", "include_internal", bool) or False
+        return {"triggers": [t.info() for t in self.core.registry.triggers.values()
+                             if include or not t.function_id.startswith("engine::")]}
+
+    async def _register_worker(self, data: Any, ctx: InvocationContext) -> Any:
+        fid = "engine::workers::register"
+        args = _object(data, fid)
+        worker_id = args.get("_caller_worker_id")
+        if not isinstance(worker_id, str):
+            raise EngineError("deserialization_error",
+                              f"Failed to deserialize input for {fid}: missing field `_caller_worker_id`")
+        runtime = _optional(args, fid, "runtime", str)
+        version = _optional(args, fid, "version", str)
+        name = _optional(args, fid, "name", str)
+        os_name = _optional(args, fid, "os", str)
+        telemetry = _optional(args, fid, "telemetry", dict)
+        pid = _optional(args, fid, "pid", int)
+        if pid is not None and not 0 <= pid <= 0xFFFFFFFF:
+            raise EngineError("deserialization_error",
+                              f"Failed to deserialize input for {fid}: 'pid' must be an unsigned 32-bit integer")
+        worker = self.core.workers.get(worker_id)
+        if worker is not None:
+            worker.runtime = runtime or "unknown"
+            worker.version = version
+            worker.telemetry = telemetry
+            if name is not None:
+                worker.name = name
+            if os_name is not None:
+                worker.os = os_name
+            if pid is not None:
+                worker.pid = pid
+            self.core.emit_worker_event("worker_metadata_updated", worker_id)
+        return {"success": True}
+
+    async def _create_channel(self, data: Any, ctx: InvocationContext) -> Any:
+        fid = "engine::channels::create"
+        args = _object(data, fid)
+        size = _optional(args, fid, "buffer_size", int)
+        buffer_size = 64 if size is None else min(max(size, 1), 1024)
+        max_bytes = _optional(args, fid, "max_bytes", int)  # ours: per-channel byte quota (PROTOCOL §9.2 C8)
+        if max_bytes is not None and max_bytes < 0:
+            raise EngineError("deserialization_error", f"{fid}: max_bytes must be >= 0, got {max_bytes}")
+        return self.core.channels.create(buffer_size, ctx.caller_worker_id, max_bytes)

@@ -1,0 +1,267 @@
+"""Typed settings: the base of the engine configuration and of every module's settings, and the one error they
+raise.
+
+A :class:`Settings` model is strict (``"5"`` is not an integer, ``true`` is not a number), immutable, and decides
+per model what an unknown key means (``unknown_keys``: refuse it, log and ignore it, or ignore it). Whatever is
+wrong, :class:`ConfigError` names the path of the bad value and says what was expected, in one line:
+``modules[3].config.queue_configs.default.max_retries: must be >= 1, got 0``.
+
+Example:
+    >>> class Limits(Settings):
+    ...     label: ClassVar[str] = "limits"
+    ...     retries: int = Field(3, ge=1)
+    >>> Limits.parse({"retries": 0})
+    Traceback (most recent call last):
+    ...
+    iii_engine.settings.ConfigError: retries: must be >= 1, got 0
+    >>> Limits.parse({"retries": 2, "colour": 1}, at="modules[0].config")
+    Traceback (most recent call last):
+    ...
+    iii_engine.settings.ConfigError: modules[0].config: unknown key 'colour' (allowed: retries)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from contextvars import ContextVar
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, ValidationError, model_validator
+from pydantic_core import ErrorDetails
+
+from iii.connection import check_url
+
+__all__ = ["AdapterSpec", "ConfigError", "EngineUrl", "Field", "Names", "NoSettings", "NonEmpty", "Port",
+           "RedisAdapterSettings", "Settings", "UnknownKeys", "join_path", "pick_adapter"]
+
+log = logging.getLogger(__name__)
+
+_SHOWN_CHARS = 80
+
+# Set while a model validates, so nested models leave their errors to the outermost one (which knows the path).
+_validating: ContextVar[bool] = ContextVar("iii_engine_settings_validating", default=False)
+SettingsT = TypeVar("SettingsT", bound="Settings")
+UnknownKeys = Literal["forbid", "warn", "ignore"]
+
+#: A YAML list of strings, kept as a tuple (settings are immutable).
+Names = Annotated[tuple[StrictStr, ...], Field(strict=False)]
+#: A TCP port; 0 asks for a free one.
+Port = Annotated[int, Field(ge=0, le=65535)]
+#: A string that must not be empty (ids, URLs, names).
+NonEmpty = Annotated[str, Field(min_length=1)]
+#: The ``ws://`` or ``wss://`` URL of an engine (checked as the SDK checks it).
+EngineUrl = Annotated[str, AfterValidator(check_url)]
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong shape; ``str()`` is ``<path>: <problem>``.
+
+    Example:
+        >>> str(ConfigError("must be >= 0, got -1", "max_retries").under("queue_configs.default"))
+        'queue_configs.default.max_retries: must be >= 0, got -1'
+    """
+
+    def __init__(self, problem: str, path: str = "") -> None:
+        self.problem = problem
+        self.path = path
+        super().__init__(f"{path}: {problem}" if path else problem)
+
+    def under(self, prefix: str) -> ConfigError:
+        """The same error, its path placed under ``prefix`` (where the settings sit in a larger document)."""
+        return ConfigError(self.problem, join_path(prefix, self.path))
+
+
+def join_path(prefix: str, path: str | int = "") -> str:
+    """``prefix`` extended by a key or a list index.
+
+    Example:
+        >>> join_path("modules", 3), join_path("modules[3]", "config"), join_path("", "port")
+        ('modules[3]', 'modules[3].config', 'port')
+    """
+    if isinstance(path, int):
+        return f"{prefix}[{path}]"
+    if not prefix or not path:
+        return prefix or path
+    return f"{prefix}{path}" if path.startswith("[") else f"{prefix}.{path}"
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else f"{text[:_SHOWN_CHARS]}…"
+
+
+_EXPECTED = {
+    "int_type": "must be an integer", "int_parsing": "must be an integer", "int_from_float": "must be an integer",
+    "float_type": "must be a number", "float_parsing": "must be a number", "finite_number": "must be a finite number",
+    "bool_type": "must be true or false", "bool_parsing": "must be true or false",
+    "string_type": "must be a string", "list_type": "must be a list", "tuple_type": "must be a list",
+    "frozen_set_type": "must be a list", "set_type": "must be a list",
+    "dict_type": "must be a mapping", "model_type": "must be a mapping", "model_attributes_type": "must be a mapping",
+    "dataclass_type": "must be a mapping", "string_too_short": "must not be empty",
+}
+_BOUNDS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+
+
+def _problem(error: ErrorDetails) -> str:
+    kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
+    if kind in ("value_error", "assertion_error"):
+        return str(ctx.get("error", error["msg"]))
+    if kind == "missing":
+        return "is required"
+    if kind in _BOUNDS:
+        bound = next(iter(ctx.values()))
+        return f"must be {_BOUNDS[kind]} {bound}, got {_shown(value)}"
+    if kind == "literal_error":
+        return f"must be {ctx.get('expected')}, got {_shown(value)}"
+    expected = _EXPECTED.get(kind) or error["msg"].replace("Input should be", "must be")
+    return f"{expected}, got {_shown(value)}"
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, str) and part.startswith(("function-", "tagged-union")):
+            continue  # pydantic's own names for validator layers, not keys of the document
+        path = join_path(path, part)
+    return path
+
+
+def error_from(exc: ValidationError) -> ConfigError:
+    """The first problem of a pydantic ``ValidationError`` as a :class:`ConfigError` (one line)."""
+    first = exc.errors(include_url=False)[0]
+    inner = (first.get("ctx") or {}).get("error")
+    if isinstance(inner, ConfigError):  # a validator checked a sub-document itself: its path continues ours
+        return inner.under(_path(first["loc"]))
+    return ConfigError(_problem(first), _path(first["loc"]))
+
+
+class Settings(BaseModel):
+    """Base of every settings model: strict, frozen, one error type, a per-model unknown-key policy.
+
+    ``unknown_keys``: ``"forbid"`` (a :class:`ConfigError` listing the allowed keys), ``"warn"`` (logged once
+    and ignored) or ``"ignore"``. ``label`` names the settings in that warning. Fields whose key in the file
+    differs from the attribute carry the file's key as ``alias``; both spellings are accepted.
+    """
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="ignore", validate_by_name=True,
+                              validate_by_alias=True)
+
+    unknown_keys: ClassVar[UnknownKeys] = "forbid"
+    label: ClassVar[str] = "settings"
+
+    def __init__(self, /, **data: Any) -> None:
+        if _validating.get():  # a nested model: pydantic places its errors under the outer model's path
+            super().__init__(**data)
+            return
+        token = _validating.set(True)
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise error_from(exc) from None
+        finally:
+            _validating.reset(token)
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any] | None, *, at: str = "") -> Self:
+        """Validate ``raw`` (``None`` means all defaults); errors are :class:`ConfigError` under path ``at``."""
+        token = _validating.set(True)
+        try:
+            return cls.model_validate({} if raw is None else raw)
+        except ValidationError as exc:
+            error = error_from(exc)
+            raise (error.under(at) if at else error) from None
+        finally:
+            _validating.reset(token)
+
+    @classmethod
+    def allowed_keys(cls) -> list[str]:
+        """The keys a settings document may use (the file's spelling)."""
+        return sorted(field.alias or name for name, field in cls.model_fields.items())
+
+    @classmethod
+    def _rename(cls, data: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Hook for models that still accept an older spelling of a key: rewrite it to the current one."""
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_keys(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        data = cls._rename(data)
+        if cls.unknown_keys == "ignore":
+            return data
+        known = set(cls.model_fields) | {f.alias for f in cls.model_fields.values() if f.alias}
+        unknown = sorted(str(key) for key in data if key not in known)
+        if not unknown:
+            return data
+        if cls.unknown_keys == "forbid":
+            raise ValueError(f"unknown key {unknown[0]!r} (allowed: {', '.join(cls.allowed_keys())})")
+        log.warning("%s: ignoring unknown keys %s", cls.label, ", ".join(unknown))
+        return {key: value for key, value in data.items() if key in known}
+
+
+class AdapterSpec(Settings):
+    """``adapter: {class, config}``, the production shape of a module's pluggable backend.
+
+    Example:
+        >>> AdapterSpec.parse({"class": "modules::queue::RedisAdapter", "config": {"redis_url": "redis://r"}})
+        AdapterSpec(class_name='modules::queue::RedisAdapter', config={'redis_url': 'redis://r'})
+    """
+
+    class_name: str = Field(alias="class")
+    config: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def _rename(cls, data: Mapping[str, Any]) -> Mapping[str, Any]:
+        # ``config:`` with nothing under it reads as null in YAML: the adapter's defaults.
+        return {k: v for k, v in data.items() if k != "config"} if data.get("config", {}) is None else data
+
+    def settings(self, model: type[SettingsT], *, at: str = "adapter.config") -> SettingsT:
+        """The adapter's own ``config`` validated by ``model``; errors name ``adapter.config.<key>``."""
+        return model.parse(self.config, at=at)
+
+
+def pick_adapter(spec: AdapterSpec | None, default: str, choices: Mapping[str, type[Settings]]) -> tuple[str, Settings]:
+    """The adapter class a module's settings name (``default`` when none) and its ``config`` validated by the model
+    ``choices`` gives for that class.
+
+    Example:
+        >>> class Redis(Settings):
+        ...     redis_url: str
+        >>> choices = {"x::Local": Settings, "x::Redis": Redis}
+        >>> pick_adapter(None, "x::Local", choices)
+        ('x::Local', Settings())
+        >>> pick_adapter(AdapterSpec.parse({"class": "x::Redis"}), "x::Local", choices)
+        Traceback (most recent call last):
+        ...
+        iii_engine.settings.ConfigError: adapter.config.redis_url: is required
+        >>> pick_adapter(AdapterSpec.parse({"class": "x::Kafka"}), "x::Local", {"x::Local": Settings})
+        Traceback (most recent call last):
+        ...
+        iii_engine.settings.ConfigError: adapter.class: unknown adapter class 'x::Kafka' (expected x::Local)
+    """
+    class_name = default if spec is None else spec.class_name
+    model = choices.get(class_name)
+    if model is None:
+        raise ConfigError(f"unknown adapter class {class_name!r} (expected {' or '.join(choices)})", "adapter.class")
+    return class_name, model.parse(spec.config if spec is not None else {}, at="adapter.config")
+
+
+class NoSettings(Settings):
+    """An adapter without settings of its own (anything given is logged and ignored)."""
+
+    unknown_keys: ClassVar[UnknownKeys] = "warn"
+    label: ClassVar[str] = "adapter.config"
+
+
+class RedisAdapterSettings(Settings):
+    """``adapter.config`` of the queue, pubsub and cron ``RedisAdapter`` classes: ``redis_url`` and our
+    ``key_prefix`` (other keys are logged and ignored)."""
+
+    unknown_keys: ClassVar[UnknownKeys] = "warn"
+    label: ClassVar[str] = "adapter.config"
+
+    redis_url: NonEmpty
+    key_prefix: str = ""
