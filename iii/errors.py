@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import importlib.metadata
+import os
 from typing import Any
 
 # The published SDK installs the same top-level package ``iii``; pip lets both be installed, and whichever was
@@ -27,12 +28,24 @@ def _refuse_published_sdk() -> None:
         published = importlib.metadata.distribution(_PUBLISHED_SDK)
     except importlib.metadata.PackageNotFoundError:
         return
-    where = published.locate_file("")
+    where = str(published.locate_file(""))
+    ours = os.path.dirname(os.path.abspath(__file__))
+    try:
+        overwritten = os.path.samefile(where, os.path.dirname(ours))
+    except OSError:
+        overwritten = False
+    if overwritten:
+        problem = (f"{_PUBLISHED_SDK} {published.version} (the published SDK) is installed in {where}, the same "
+                   "place as iii-toolkit: both install the Python package 'iii', so one overwrites the other's "
+                   "files and neither works.")
+    else:
+        problem = (f"{_PUBLISHED_SDK} {published.version} (the published SDK, in {where}) is installed in this "
+                   f"environment, but 'import iii' found iii-toolkit's package in {ours}: the two share the name "
+                   "'iii' and cannot be used side by side (to run the published SDK, start Python outside "
+                   f"{os.path.dirname(ours)} or with -P).")
     raise ImportError(
-        f"{_PUBLISHED_SDK} {published.version} (the published SDK, in {where}) is installed next to iii-toolkit; "
-        "both provide the Python package 'iii', so one overwrites the other's files and neither works. "
-        f"Run `pip uninstall {_PUBLISHED_SDK}`, then `pip install --force-reinstall iii-toolkit` "
-        "(the uninstall also deletes the files the two share).",
+        f"{problem} Run `pip uninstall {_PUBLISHED_SDK}`, then `pip install --force-reinstall iii-toolkit` "
+        "(the uninstall also deletes any files the two share).",
         name="iii",
     )
 

@@ -195,7 +195,7 @@ class III:
     def _wait_until_connected(self, timeout: float | None = None) -> None:
         """Block until connected; ``ConnectionError`` when that did not happen within ``timeout`` seconds
         (default: the 30 s bound) or reconnection gave up (``max_retries``)."""
-        if self._connection_state == "connected":
+        if self._connection_state == "connected" and self._worker_id is not None:
             return
         self._run_on_loop(self._connected_within(_REFERENCE_CONNECT_WAIT_S if timeout is None else timeout))
 
@@ -261,8 +261,7 @@ class III:
             >>> # await iii.connect_async()
         """
         await self._start_async()
-        if self._connection_state != "connected":
-            await self._connected_within(_REFERENCE_CONNECT_WAIT_S)
+        await self._connected_within(_REFERENCE_CONNECT_WAIT_S)
 
     async def _start_async(self) -> None:
         """Start connecting in the background (telemetry set up once); returns at once."""

@@ -12,7 +12,10 @@ renamed when verified) or to its stdout, and returns ``{"path", "bytes", "sha256
 
 Progress bars go to stderr only: ``--progress auto`` (default) draws one when stderr is a terminal, ``always``
 also prints plain progress lines when it is not, ``never`` is silent. Stdout carries only data (``serve --out
--``) or the final JSON receipt (``send``). Exit status: 0 on success, 1 on a failed transfer, 2 on bad usage.
+-``) or the final JSON receipt (``send``). Exit status: 0 on success (and for ``serve`` stopped by SIGTERM or
+SIGINT), 1 on a failed transfer or an engine that cannot be reached within ``--connect-timeout`` (one line
+``iii-channel: error: cannot reach the engine at URL …``), 2 on bad usage. Paths are checked before connecting:
+``send`` of a directory or a missing file and ``serve --out`` into a missing directory fail at once.
 
 Example:
     >>> build_parser().parse_args(["send", "-", "--to", "x", "--engine", "ws://h:1"]).engine
@@ -25,23 +28,48 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
+import stat
 import sys
 from pathlib import Path
 from typing import Any
 
 from iii.channels import ChannelReader
+from iii.connection import check_url
 from iii.iii import III
 
-from .files import checked_file_name, receive_file, send_file
+from .files import (
+    check_receive_target,
+    checked_file_name,
+    receive_file,
+    reclaim_stale_parts,
+    release_writer,
+    send_file,
+)
 from .pipes import from_fd, to_fd
 from .progress import Progress, ProgressBar
 from .source import ChannelSource
 
 DEFAULT_ENGINE = "ws://localhost:49134"
+DEFAULT_CONNECT_TIMEOUT_S = 10.0
 # How long a failed upload waits for the function's own error, which says more than "reader gone".
 _ERROR_GRACE_S = 5.0
+# serve --once: how long the final round trip may take that makes sure the transfer's result reached the engine.
+_RESULT_FLUSH_S = 5.0
+
+
+class _Refused(Exception):
+    """A path or other precondition that fails before any connection: exit status 1."""
+
+
+class _QuietUntilConnected(logging.Filter):
+    """Hides the SDK's per-attempt connection messages while the CLI waits for the first connection: a failure
+    then is reported by the CLI itself, in one line. Later reconnection warnings of ``serve`` still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="progress bar on stderr: auto (only on a terminal), always, never")
     common.add_argument("--no-progress", dest="progress", action="store_const", const="never",
                         default=argparse.SUPPRESS, help="same as --progress never")
+    common.add_argument("--connect-timeout", type=_seconds, default=argparse.SUPPRESS, metavar="SECONDS",
+                        help=f"give up when the engine cannot be reached this long (default "
+                             f"{DEFAULT_CONNECT_TIMEOUT_S:g})")
     parser = argparse.ArgumentParser(prog="iii-channel", description=__doc__.split("\n\n")[0], parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
     send = sub.add_parser("send", help="send FILE (or - for stdin) to a function", parents=[common])
@@ -68,6 +99,56 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--overwrite", action="store_true",
                        help="with a directory --out, replace an existing file of the same name (default: refuse)")
     return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= 24 * 3600:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 86400 seconds, got {text}")
+    return value
+
+
+def _connect_timeout(args: argparse.Namespace) -> float:
+    return float(getattr(args, "connect_timeout", DEFAULT_CONNECT_TIMEOUT_S))
+
+
+def _check_source(name: str) -> int | None:
+    """The size of the file ``send`` is about to send (``None`` for stdin or a pipe); ``_Refused`` if it cannot."""
+    if name == "-":
+        return None
+    try:
+        info = os.stat(name)
+    except OSError as exc:
+        raise _Refused(f"cannot read {name}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise _Refused(f"{name} is a directory; send takes one file (or - for stdin)")
+    if not os.access(name, os.R_OK):
+        raise _Refused(f"cannot read {name}: permission denied")
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
+def _check_out(out: str) -> Path | None:
+    """The directory ``serve`` writes in (``None`` for stdout); ``_Refused`` naming what is wrong otherwise."""
+    if out == "-":
+        return None
+    try:
+        return check_receive_target(out)[1]
+    except (OSError, ValueError) as exc:
+        raise _Refused(f"--out {out}: {exc}") from None
+
+
+async def _connect(client: III, args: argparse.Namespace) -> None:
+    """Wait for the first connection; ``ConnectionError`` "cannot reach the engine at …" after the timeout."""
+    sdk_log = logging.getLogger("iii.connection")
+    quiet = _QuietUntilConnected()
+    sdk_log.addFilter(quiet)
+    try:
+        await client._connected_within(_connect_timeout(args))
+    finally:
+        sdk_log.removeFilter(quiet)
 
 
 def _progress(args: argparse.Namespace) -> Progress:
@@ -110,26 +191,24 @@ def _why(exc: BaseException | None) -> str:
     return str(getattr(exc, "message", None) or exc)
 
 
-def _fail(message: str) -> int:
-    print(f"iii-channel: error: {message}", file=sys.stderr)
-    return 1
+def _fail(message: str, status: int = 1) -> int:
+    # One line, whatever the message: a multi-line exception text must not break scripts reading stderr.
+    print(f"iii-channel: error: {' '.join(message.split())}", file=sys.stderr)
+    return status
 
 
 async def _send(args: argparse.Namespace) -> int:
+    size = _check_source(args.file)
     client = III(_engine(args))
     try:
-        await client.connect_async()
+        await _connect(client, args)
         channel = await client.create_channel_async()
         progress = _progress(args)
         if args.file == "-":
-            name, size = args.name or "stdin", None
+            name = args.name or "stdin"
             upload = from_fd(channel.writer, sys.stdin.fileno(), progress=progress, label=name)
         else:
             path = Path(args.file)
-            try:
-                size = (await asyncio.to_thread(os.stat, path)).st_size
-            except OSError as exc:
-                return _fail(f"cannot read {args.file}: {exc.strerror or exc}")
             name = args.name or path.name
             upload = send_file(channel.writer, path, progress=progress)
         payload = {"reader": channel.reader_ref, "name": name, "size": size}
@@ -172,8 +251,7 @@ async def _store(reader: ChannelReader, data: dict[str, Any], out: str, progress
             target = await asyncio.to_thread(_directory_target, target, data.get("name"), overwrite)
         except BaseException:
             # Refused before reading: release the sender now instead of leaving it blocked on backpressure.
-            with contextlib.suppress(Exception):
-                await reader.close_async()
+            await asyncio.shield(release_writer(reader))
             raise
     receipt = await receive_file(reader, target, progress=progress)
     return {"path": str(receipt.path), "bytes": receipt.size, "sha256": receipt.sha256,
@@ -186,6 +264,15 @@ async def _serve(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     failures: list[str] = []
     progress = _progress(args)
+    # Signals first: SIGTERM must end serve promptly in every phase, the wait for the engine included.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    directory = _check_out(args.out)
+    if directory is not None:
+        removed = await asyncio.to_thread(_reclaim_report, directory)
+        if removed:
+            print(f"iii-channel: {removed}", file=sys.stderr, flush=True)
     client = III(url)
 
     async def handler(data: dict[str, Any]) -> dict[str, Any]:
@@ -204,35 +291,58 @@ async def _serve(args: argparse.Namespace) -> int:
             if args.once:
                 loop.call_soon_threadsafe(stop.set)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    try:
-        await client.connect_async()
+    async def start() -> bool:
+        await _connect(client, args)
         client.register_function(args.function, handler)
         # A round trip on the control socket: the engine handles frames in order, so once this answers the
         # registration is live and a sender started now will find the function.
-        ids = {f.function_id for f in await client.list_functions_async()}
-        if args.function not in ids:
+        return args.function in {f.function_id for f in await client.list_functions_async()}
+
+    starting = asyncio.ensure_future(start())
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            return 0  # stopped by a signal before the engine answered
+        if not starting.result():
             return _fail(f"the engine did not accept function {args.function}")
         print(f"serving {args.function} on {url}", file=sys.stderr, flush=True)
-        await stop.wait()
-        # Same trick after the last transfer: the handler's result frame was queued before this call.
-        with contextlib.suppress(Exception):
-            await client.list_functions_async()
+        await stopping
+        if args.once and client.get_connection_state() == "connected":
+            # Same trick after the last transfer: the handler's result frame was queued before this call.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.list_functions_async(), _RESULT_FLUSH_S)
     finally:
+        for task in (starting, stopping):
+            task.cancel()
+        await asyncio.gather(starting, stopping, return_exceptions=True)
         await client.shutdown_async()
     return _fail(f"the transfer failed: {failures[-1]}") if args.once and failures else 0
 
 
+def _reclaim_report(directory: Path) -> str:
+    removed = reclaim_stale_parts(directory)
+    if not removed:
+        return ""
+    size = sum(removed.values())
+    return f"removed {len(removed)} stale partial file(s) ({size} bytes) in {directory}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``iii-channel`` console script."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        check_url(_engine(args))
+    except (TypeError, ValueError) as exc:
+        parser.error(f"--engine: {exc}")  # exits with status 2
     runner = _send if args.command == "send" else _serve
     try:
         return asyncio.run(runner(args))
     except KeyboardInterrupt:
         return 130
+    except _Refused as exc:
+        return _fail(str(exc))
     except (OSError, ConnectionError) as exc:
         return _fail(str(exc))
 

@@ -4,6 +4,10 @@
 normally and (when a trailer came) was verified; on any failure the temporary file is removed, so a partial file
 never appears under the final name, and the reader is closed so the writer learns at once (``ReaderGoneError``).
 
+A receiver that dies without cleaning up (``kill -9``, power loss) leaves its ``.iii-part-<pid>-…`` behind. The
+owner holds an exclusive ``flock`` on it while writing, so the next receive in that directory
+(:func:`reclaim_stale_parts`) can tell a dead part (unlocked, owner PID gone) from a live one and removes it.
+
 ``send_file`` first sends a text header ``{"iii_channels_file": {"name": …, "size": …}}`` so the receiver knows
 the size for its progress bar, then the bytes, then the integrity trailer.
 
@@ -17,9 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
+import logging
 import os
+import shutil
+import stat
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +41,14 @@ from .source import ChannelSource
 
 FILE_HEADER_KEY = "iii_channels_file"
 DEFAULT_CHUNK = 1024 * 1024
+PART_PREFIX = ".iii-part-"
+# A part whose name carries no owner PID (made before owners were recorded), or whose PID is alive but which
+# nobody locks, is only reclaimed after this long untouched: its writer could be between create and lock.
+STALE_PART_AGE_S = 3600.0
+# How long a refusing receiver tries to attach its reader so the writer hears "reader gone".
+_RELEASE_ATTACH_S = 10.0
+
+log = logging.getLogger("iii_channels.files")
 
 
 def new_file_mode() -> int:
@@ -69,6 +86,152 @@ def _read_umask() -> int:
     except (OSError, ValueError, IndexError):
         pass
     return 0o022
+
+
+def check_receive_target(path: str | os.PathLike[str]) -> tuple[bool, Path]:
+    """``(is_directory, directory_to_write_in)`` for a receive target, or an error naming what is wrong.
+
+    A path ending in ``/`` must be an existing directory (``FileNotFoundError`` / ``NotADirectoryError``), so a
+    missing directory never turns into a file of that name; a file path needs an existing directory to live in;
+    either directory must be writable (``PermissionError``).
+
+    Example:
+        >>> check_receive_target("/")[0]
+        True
+    """
+    text = os.fspath(path)
+    if not text:
+        raise ValueError("the receive target is an empty path")
+    target = Path(text)
+    if os.path.isdir(target):
+        directory, is_dir = target, True
+    elif text.endswith(os.sep) or (os.altsep is not None and text.endswith(os.altsep)):
+        if os.path.lexists(target):
+            raise NotADirectoryError(f"{text} is not a directory")
+        raise FileNotFoundError(f"directory {text} does not exist")
+    else:
+        directory, is_dir = target.parent, False
+        if os.path.lexists(directory) and not os.path.isdir(directory):
+            raise NotADirectoryError(f"{directory} (the directory of {text}) is not a directory")
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(f"directory {directory} (for {text}) does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write to directory {directory}")
+    return is_dir, directory
+
+
+async def release_writer(reader: ChannelReader) -> None:
+    """Tell the writer at once that nothing (more) will be read: attach the reader if it never did, then close.
+
+    Closing a reader that never attached reaches nobody, and its writer would wait on backpressure until the
+    channel's attach timeout (300 s on our engine). Errors are swallowed: this runs on a failure path.
+    """
+    with contextlib.suppress(Exception):
+        # The SDK's reader has no public "attach"; reading would block until the writer sends something.
+        await asyncio.wait_for(reader._ensure_connected(), _RELEASE_ATTACH_S)
+    with contextlib.suppress(Exception):
+        await reader.close_async()
+
+
+def create_part_file(directory: str | os.PathLike[str]) -> tuple[int, str]:
+    """A new, locked ``.iii-part-<pid>-…`` file in ``directory``: ``(fd, path)``; the lock lives with the fd."""
+    fd, name = tempfile.mkstemp(prefix=f"{PART_PREFIX}{os.getpid()}-", dir=directory)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.fchmod(fd, new_file_mode())
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+        raise
+    return fd, name
+
+
+def lock_part_dir(path: str | os.PathLike[str]) -> int:
+    """Lock the ``.iii-part-<pid>-…`` staging directory ``path`` as live; close the returned fd to release."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def reclaim_stale_parts(directory: str | os.PathLike[str]) -> dict[Path, int]:
+    """Remove the ``.iii-part-*`` files and staging directories in ``directory`` that no live receiver owns;
+    returns what was removed, with the bytes each held.
+
+    An entry is live while its owner holds the ``flock`` (taken right after creation, kept until the rename).
+    An unlocked entry is removed when the PID in its name is gone, or when it is older than
+    :data:`STALE_PART_AGE_S` (no PID in the name, or the PID was reused). Symlinks are never followed.
+
+    Example:
+        >>> reclaim_stale_parts("/nonexistent")
+        {}
+    """
+    removed: dict[Path, int] = {}
+    try:
+        entries = [e for e in os.scandir(directory) if e.name.startswith(PART_PREFIX)]
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return removed
+    for entry in entries:
+        with contextlib.suppress(OSError):
+            size = _reclaim(Path(entry.path))
+            if size is not None:
+                log.info("removed the stale partial transfer %s (%d bytes)", entry.path, size)
+                removed[Path(entry.path)] = size
+    return removed
+
+
+def _reclaim(path: Path) -> int | None:
+    """Remove ``path`` if it is a dead part; its size in bytes if removed, else ``None``."""
+    info = os.lstat(path)
+    is_dir = stat.S_ISDIR(info.st_mode)
+    if not (is_dir or stat.S_ISREG(info.st_mode)):
+        return None
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | (os.O_DIRECTORY if is_dir else 0))
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None  # its owner is writing it
+        held = os.fstat(fd)
+        if (held.st_dev, held.st_ino) != (info.st_dev, info.st_ino):
+            return None  # replaced meanwhile
+        pid = _owner_pid(path.name)
+        old = time.time() - held.st_mtime > STALE_PART_AGE_S
+        if not old and (pid is None or _pid_alive(pid)):
+            return None
+        if is_dir:
+            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+            shutil.rmtree(path)
+        else:
+            size = held.st_size
+            os.unlink(path)
+        return size
+    finally:
+        os.close(fd)
+
+
+def _owner_pid(name: str) -> int | None:
+    head, sep, _ = name[len(PART_PREFIX):].partition("-")
+    return int(head) if sep and head.isdigit() and int(head) > 0 else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    # A zombie has exited (its locks are gone) but still answers kill(pid, 0).
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as proc_stat:
+            return proc_stat.read().rpartition(")")[2].split()[:1] not in (["Z"], ["X"])
+    except OSError:
+        return True
 
 
 @dataclass(frozen=True)
@@ -172,7 +335,10 @@ async def receive_file(
     ``path`` may be a directory: the file is then named after the sender's header. That name must be a plain
     file name (``ValueError`` for empty, ``.``, ``..`` or one with a path separator), and an existing file of
     that name is kept, raising ``FileExistsError``, unless ``overwrite=True``. An explicit file ``path`` is
-    always replaced. Either way the channel is closed and nothing is left behind when receiving fails.
+    always replaced. A path ending in ``/`` must be an existing directory, and a file path's directory must
+    exist (``FileNotFoundError`` / ``NotADirectoryError`` before anything is read). Either way the channel is
+    closed and nothing is left behind when receiving fails. Stale parts of dead receivers in the directory
+    are removed first (:func:`reclaim_stale_parts`).
 
     Example:
         >>> receipt = await receive_file(reader, "inbox/", require_trailer=True)  # doctest: +SKIP
@@ -188,13 +354,18 @@ async def receive_file(
     loop = asyncio.get_running_loop()
     source = ChannelSource(reader, require_trailer=require_trailer, progress=progress, on_text=on_text,
                            label=target.name)
-    is_dir = await loop.run_in_executor(None, os.path.isdir, target)
-    directory = target if is_dir else target.parent
-    fd, tmp_name = tempfile.mkstemp(prefix=".iii-part-", dir=directory)
-    os.fchmod(fd, new_file_mode())
+    try:
+        is_dir, directory = await loop.run_in_executor(None, check_receive_target, path)
+        await loop.run_in_executor(None, reclaim_stale_parts, directory)
+        fd, tmp_name = await loop.run_in_executor(None, create_part_file, directory)
+    except BaseException:
+        # Refused before reading: release the writer now instead of leaving it blocked on backpressure.
+        await asyncio.shield(release_writer(reader))
+        raise
     digest = Digest()
     final: Path | None = None
     try:
+        # The file stays open (and locked) until it is renamed, so it never looks abandoned to a reclaimer.
         with os.fdopen(fd, "wb") as out:
             # Batch small channel chunks into ~1 MiB disk writes: one executor hop per MiB, not per 64 KiB.
             pending: list[bytes] = []
@@ -215,22 +386,21 @@ async def receive_file(
                 await loop.run_in_executor(None, out.writelines, pending)
             await loop.run_in_executor(None, out.flush)
             await loop.run_in_executor(None, os.fsync, out.fileno())
-        if is_dir:
-            if not name_holder:
-                raise ValueError(f"{target} is a directory and the sender sent no file name")
-            target = _directory_target(target, name_holder[0][0], overwrite)
-            if overwrite:
-                os.replace(tmp_name, target)
+            if is_dir:
+                if not name_holder:
+                    raise ValueError(f"{target} is a directory and the sender sent no file name")
+                target = _directory_target(target, name_holder[0][0], overwrite)
+                if overwrite:
+                    os.replace(tmp_name, target)
+                else:
+                    _place_new(tmp_name, target)
             else:
-                _place_new(tmp_name, target)
-        else:
-            os.replace(tmp_name, target)
+                os.replace(tmp_name, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
         # Tell the writer at once (our engine: 4002 "reader gone") instead of leaving it blocked on backpressure.
-        with contextlib.suppress(Exception):
-            await reader.close_async()
+        await asyncio.shield(release_writer(reader))
         raise
     return FileReceipt(target, digest.count, digest.hexdigest(), source.verified,
                        name_holder[0][0] if name_holder else None)

@@ -10,7 +10,9 @@ Stream format (text messages framing binary data, all in order on one channel)::
 Memory stays constant (one file open at a time, bounded chunks). ``receive_dir`` writes into a hidden staging
 directory next to the destination, checks every file against its end record and the whole stream against the
 trailer, and renames the staging directory to the destination only when all of it verified: on any failure
-nothing appears under the final name and the staging directory is removed.
+nothing appears under the final name and the staging directory is removed. The staging directory is named
+``.iii-part-<pid>-…`` and locked while in use, so one left by a killed receiver is removed by the next
+``receive_dir`` / ``receive_file`` next to it (:func:`iii_channels.files.reclaim_stale_parts`).
 
 Example:
     >>> async def mirror(writer, reader) -> None:
@@ -34,7 +36,16 @@ from typing import Any, BinaryIO
 from iii.channels import ChannelReader, ChannelWriter
 
 from .errors import IntegrityError
-from .files import DEFAULT_CHUNK, FileReceipt, new_dir_mode, new_file_mode
+from .files import (
+    DEFAULT_CHUNK,
+    PART_PREFIX,
+    FileReceipt,
+    lock_part_dir,
+    new_dir_mode,
+    new_file_mode,
+    reclaim_stale_parts,
+    release_writer,
+)
 from .integrity import Digest
 from .progress import Progress
 from .sink import ChannelSink
@@ -264,13 +275,20 @@ def _create(target: Path) -> BinaryIO:
     return os.fdopen(fd, "wb")
 
 
-def _prepare(destination: Path) -> Path:
+def _prepare(destination: Path) -> tuple[Path, int]:
+    """The locked staging directory next to ``destination``: ``(path, lock fd)``."""
     if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
         raise FileExistsError(f"receive_dir: {destination} exists and is not an empty directory")
     destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".iii-part-", dir=destination.parent))
-    staging.chmod(new_dir_mode())
-    return staging
+    reclaim_stale_parts(destination.parent)
+    staging = Path(tempfile.mkdtemp(prefix=f"{PART_PREFIX}{os.getpid()}-", dir=destination.parent))
+    try:
+        lock = lock_part_dir(staging)
+        staging.chmod(new_dir_mode())
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return staging, lock
 
 
 async def receive_dir(
@@ -280,7 +298,12 @@ async def receive_dir(
     """Store a ``send_dir`` / ``send_files`` stream as the directory ``destination`` (which must not exist, or
     be empty). Everything is verified before the directory appears; on failure nothing is left behind."""
     final = Path(destination)
-    staging = await asyncio.to_thread(_prepare, final)
+    try:
+        staging, lock = await asyncio.to_thread(_prepare, final)
+    except BaseException:
+        # Refused before reading: release the writer now instead of leaving it blocked on backpressure.
+        await asyncio.shield(release_writer(reader))
+        raise
     source = ChannelSource(reader, require_trailer=require_trailer, progress=progress, label=final.name)
     receiver = _Receiver(staging, reader.ref.channel_id)
     try:
@@ -299,6 +322,9 @@ async def receive_dir(
         with contextlib.suppress(OSError):
             await asyncio.shield(asyncio.to_thread(shutil.rmtree, staging))
         raise
+    finally:
+        # Released only now: renamed or removed, the staging directory never looks abandoned while in use.
+        os.close(lock)
     files = [FileReceipt(final.joinpath(*PurePosixPath(name).parts), size, sha, True, name)
              for name, size, sha in receiver.files]
     return TreeReceipt(final, files, receiver.dirs)

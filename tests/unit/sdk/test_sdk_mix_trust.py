@@ -46,6 +46,22 @@ def test_importing_next_to_the_published_sdk_raises_one_clear_import_error(publi
     assert "pip uninstall iii-sdk" in last and "iii-toolkit" in last
 
 
+def test_files_in_the_same_place_are_reported_as_overwritten(published_sdk: Path) -> None:
+    # Our packages next to the dist-info, as pip leaves them when both were installed into one site-packages.
+    for package in ("iii", "iii_channels"):
+        (published_sdk / package).symlink_to(ROOT / package)
+    proc = _run(sys.executable, "import iii_channels", published_sdk)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "the same place as iii-toolkit" in last and "overwrites" in last, proc.stderr[-2000:]
+    assert "pip uninstall iii-sdk" in last and "--force-reinstall iii-toolkit" in last
+
+
+def test_a_shadowed_published_sdk_is_explained(published_sdk: Path) -> None:
+    proc = _run(sys.executable, "import iii", published_sdk)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert f"found iii-toolkit's package in {ROOT / 'iii'}" in last and "-P" in last, proc.stderr[-2000:]
+
+
 def test_the_check_names_the_conflict_in_the_exception_object(published_sdk: Path) -> None:
     code = "try:\n import iii\nexcept ImportError as e:\n print(type(e).__name__, e.name)\n"
     proc = _run(sys.executable, code, published_sdk)
