@@ -37,8 +37,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import os
-import struct
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
@@ -46,37 +44,21 @@ from typing import Any, Final, Literal
 from urllib.parse import quote
 
 import websockets
-from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.connection import Connection
-from websockets.exceptions import ConnectionClosed, InvalidStatus
-from websockets.protocol import State
+from websockets.exceptions import InvalidStatus
 
-try:  # the C implementation websockets itself uses; the pure Python one is much slower
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover - websockets built without its C extension
-    from websockets.utils import apply_mask
-
+from . import ws_fastpath
+from .channel_end import EOF_CODES, ChannelCloseCode, ChannelEndClosed, ClosedEnd, WebSocketEnd
 from .errors import IIIError
 from .iii_types import StreamChannelRef
+from .waiters import Signal
 
-log = logging.getLogger("iii.channels")
+log = logging.getLogger(__name__)
 
-MAX_FRAME_SIZE: Final = 64 * 1024
+MAX_FRAME_SIZE: Final = ws_fastpath.MAX_FRAME_SIZE
 """Binary writes are split into frames of at most this many bytes (same as the reference, so any peer reads them)."""
 
 DEFAULT_HIGH_WATER_MARK: Final = 1024 * 1024
 """Bytes queued through the sync API before ``WritableStream.write`` returns ``False``."""
-
-# Header of a full binary frame from a client: FIN + binary opcode, MASK bit + 64-bit length; the key follows.
-_FULL_FRAME_HEAD: Final = struct.pack("!BBQ", 0x82, 0x80 | 127, MAX_FRAME_SIZE)
-
-CLOSE_NORMAL: Final = 1000
-CLOSE_NO_STATUS: Final = 1005
-CLOSE_WRITER_ABORTED: Final = 4001
-CLOSE_READER_GONE: Final = 4002
-CLOSE_EXPIRED: Final = 4003
-CLOSE_IN_USE: Final = 4009
-_EOF_CODES: Final = frozenset({CLOSE_NORMAL, CLOSE_NO_STATUS})
 
 # Options for every channel socket: no ping timeout (T19), no compression (throughput), no size limit (T27).
 _CONNECT_OPTIONS: Final[dict[str, Any]] = {
@@ -150,9 +132,10 @@ def _as_ref(ref: StreamChannelRef | dict[str, Any]) -> StreamChannelRef:
     return ref if isinstance(ref, StreamChannelRef) else StreamChannelRef.model_validate(ref)
 
 
-async def _connect(url: str, channel_id: str) -> ClientConnection:
+async def _connect(url: str, channel_id: str) -> WebSocketEnd:
     try:
-        return await websockets.connect(url, **_CONNECT_OPTIONS)
+        return WebSocketEnd(await websockets.connect(url, create_connection=ws_fastpath.client_factory(),
+                                                     **_CONNECT_OPTIONS))
     except InvalidStatus as exc:
         status = exc.response.status_code
         if status == 404:
@@ -166,29 +149,27 @@ async def _connect(url: str, channel_id: str) -> ClientConnection:
         raise ChannelConnectionError(f"cannot connect to channel {channel_id}: {exc}", channel_id=channel_id) from exc
 
 
-def _closed_error(exc: ConnectionClosed, channel_id: str, side: Literal["read", "write"]) -> ChannelError | None:
+def _closed_error(exc: ChannelEndClosed, channel_id: str, side: Literal["read", "write"]) -> ChannelError | None:
     """Map how a channel socket closed to an error, or ``None`` for a normal end of stream (reader side)."""
-    rcvd = exc.rcvd
-    code = rcvd.code if rcvd is not None else None
-    reason = rcvd.reason if rcvd is not None else ""
+    code, reason = exc.code, exc.reason
     detail = f": {reason}" if reason else ""
     kw: dict[str, Any] = {"channel_id": channel_id, "code": code, "reason": reason}
-    if exc.sent is not None and exc.rcvd_then_sent is False:
+    if isinstance(exc, ClosedEnd):
         return ChannelClosedError(f"channel {channel_id} was closed by this end", **kw)
-    if code == CLOSE_EXPIRED:
+    if code == ChannelCloseCode.EXPIRED:
         return ChannelExpiredError(f"channel {channel_id} expired: the other end never connected{detail}", **kw)
-    if code == CLOSE_IN_USE:
+    if code == ChannelCloseCode.IN_USE:
         return ChannelInUseError(f"channel {channel_id}: the {side} end is already attached{detail}", **kw)
     if side == "read":
-        if code in _EOF_CODES:
+        if code in EOF_CODES:
             return None
-        if code == CLOSE_WRITER_ABORTED:
+        if code == ChannelCloseCode.WRITER_ABORTED:
             return ChannelAbortedError(f"channel {channel_id}: the writer aborted{detail}", **kw)
     else:
-        if code == CLOSE_READER_GONE or code is None:
+        if code == ChannelCloseCode.READER_GONE or code is None:
             how = "closed the channel" if code is not None else "dropped the connection (reader gone or engine down)"
             return ReaderGoneError(f"channel {channel_id}: the engine {how} before the end{detail}", **kw)
-        if code in _EOF_CODES:
+        if code in EOF_CODES:
             return ReaderGoneError(f"channel {channel_id}: the engine ended the writer early{detail}", **kw)
     if code is None:
         return ChannelConnectionError(f"channel {channel_id}: connection lost without a close frame", **kw)
@@ -268,12 +249,12 @@ class ChannelWriter:
         self.ref = _as_ref(ref)
         self._channel_id = self.ref.channel_id
         self._url = build_channel_url(engine_ws_base, self.ref.channel_id, self.ref.access_key, "write")
-        self._ws: ClientConnection | None = None
+        self._end: WebSocketEnd | None = None
         self._send_lock = asyncio.Lock()
         self._queue: deque[tuple[bytes | str, asyncio.Future[None] | None]] = deque()
         self._pending_bytes = 0
         self._pump: asyncio.Task[None] | None = None
-        self._space_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._space = Signal()  # set whenever pending bytes drop or an error arrives (WritableStream.drain)
         self._error: BaseException | None = None
         self._closing: asyncio.Task[None] | None = None
         self._closed = False
@@ -347,11 +328,11 @@ class ChannelWriter:
         if self._pump is not None:
             self._pump.cancel()
         self._fail_queue(ChannelClosedError(f"channel {self._channel_id} aborted", channel_id=self._channel_id))
-        ws = self._ws
+        end = self._end
         try:
-            if ws is None:
-                ws = self._ws = await _connect(self._url, self._channel_id)
-            await ws.close(CLOSE_WRITER_ABORTED, (reason or "aborted by writer")[:120])
+            if end is None:
+                end = self._end = await _connect(self._url, self._channel_id)
+            await end.aclose(ChannelCloseCode.WRITER_ABORTED, reason or "aborted by writer")
         except ChannelError as exc:
             log.debug("abort of channel %s: %s", self._channel_id, exc)
 
@@ -378,27 +359,27 @@ class ChannelWriter:
         if self._closed:
             raise ChannelClosedError(f"channel {self._channel_id} writer is closed", channel_id=self._channel_id)
 
-    async def _ensure_connected(self) -> ClientConnection:
-        if self._ws is None:
-            self._ws = await _connect(self._url, self._channel_id)
-        return self._ws
+    async def _ensure_connected(self) -> WebSocketEnd:
+        if self._end is None:
+            self._end = await _connect(self._url, self._channel_id)
+        return self._end
 
     async def _send(self, data: bytes | bytearray | memoryview | str) -> None:
         # One lock around connect + all frames of one write, so concurrent writers never interleave frames.
         async with self._send_lock:
             if self._error is not None:
                 raise self._error
-            ws = await self._ensure_connected()
+            end = await self._ensure_connected()
             try:
                 if isinstance(data, str):
-                    await ws.send(data)
+                    await end.send(data.encode(), text=True)
                 else:
                     view = memoryview(data)
                     if view.ndim != 1 or view.itemsize != 1:
                         view = view.cast("B")
-                    await _send_binary_frames(ws, view)
+                    await end.send(view)
                     self.bytes_written += len(view)
-            except ConnectionClosed as exc:
+            except ChannelEndClosed as exc:
                 error = _closed_error(exc, self._channel_id, "write")
                 assert error is not None  # the write side never maps a close to "no error"
                 self._error = error
@@ -433,7 +414,7 @@ class ChannelWriter:
                 self._pending_bytes -= len(data)
                 if future is not None and not future.done():
                     future.set_result(None)
-                self._wake_space_waiters()
+                self._space.set()
         finally:
             self._pump = None
 
@@ -445,29 +426,15 @@ class ChannelWriter:
             if future is not None and not future.done():
                 future.set_exception(error)
         self._pending_bytes = 0
-        self._wake_space_waiters()
-
-    def _wake_space_waiters(self) -> None:
-        still = []
-        for limit, future in self._space_waiters:
-            if future.done():
-                continue
-            if self._error is not None:
-                future.set_exception(self._error)
-            elif self._pending_bytes < limit:
-                future.set_result(None)
-            else:
-                still.append((limit, future))
-        self._space_waiters = still
+        self._space.set()
 
     async def _wait_pending_below(self, limit: int) -> None:
-        if self._error is not None:
-            raise self._error
-        if self._pending_bytes < limit:
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._space_waiters.append((limit, future))
-        await future
+        while True:
+            if self._error is not None:
+                raise self._error
+            if self._pending_bytes < limit:
+                return
+            await self._space.wait()
 
     async def _close_impl(self) -> None:
         pump = self._pump
@@ -477,79 +444,16 @@ class ChannelWriter:
             raise self._error
         async with self._send_lock:
             # Connect even if nothing was written, so the reader gets end-of-stream promptly (T24).
-            ws = await self._ensure_connected()
-            await ws.close(CLOSE_NORMAL)
-        rcvd = ws.protocol.close_rcvd
-        if rcvd is not None and rcvd.code not in _EOF_CODES:
+            end = await self._ensure_connected()
+            await end.aclose(ChannelCloseCode.NORMAL)
+        peer = end.peer_close()
+        if peer is not None and peer.code not in EOF_CODES:
             # The engine closed this writer itself (4002: the reader left; 1009: too big or over quota), possibly
             # while our own Close was on its way: either way the stream did not get through.
-            error = _closed_error(ConnectionClosed(rcvd, ws.protocol.close_sent, True), self._channel_id, "write")
+            error = _closed_error(peer, self._channel_id, "write")
             if error is not None:
                 self._error = error
                 raise error
-
-
-def _masked_frame(chunk: memoryview, key: bytes) -> bytes:
-    """``chunk`` (at most :data:`MAX_FRAME_SIZE` bytes) as one binary frame masked with ``key`` (RFC 6455 §5.3).
-
-    Example:
-        >>> _masked_frame(memoryview(b"hi"), b"\\x00\\x00\\x00\\x01")
-        b'\\x82\\x82\\x00\\x00\\x00\\x01hi'
-    """
-    size = len(chunk)
-    if size == MAX_FRAME_SIZE:
-        head = _FULL_FRAME_HEAD
-    elif size < 126:
-        head = struct.pack("!BB", 0x82, 0x80 | size)
-    else:
-        head = struct.pack("!BBH", 0x82, 0x80 | 126, size)
-    return b"".join((head, key, apply_mask(chunk, key)))
-
-
-async def _send_binary_frames(ws: ClientConnection, view: memoryview) -> None:
-    """Send ``view`` as binary frames of at most :data:`MAX_FRAME_SIZE` bytes, with the socket's backpressure.
-
-    ``ws.send`` costs a context manager, a frame object and a random-key syscall per frame; here each frame is
-    encoded directly and handed to the transport, with one ``getrandom`` for all keys. The bytes on the wire
-    have the same form. Frame by frame rather than one big buffer: a 64 KiB frame stays in the CPU cache from
-    masking to the socket. Anything but an open plain connection goes through ``ws.send``, which raises the
-    right ``ConnectionClosed``.
-    """
-    protocol = ws.protocol
-    size = len(view)
-    start = 0
-    if size and not protocol.extensions:
-        keys = os.urandom(4 * -(-size // MAX_FRAME_SIZE))
-        transport = ws.transport
-        while start < size and protocol.state is State.OPEN:
-            key_at = start // MAX_FRAME_SIZE * 4
-            transport.write(_masked_frame(view[start : start + MAX_FRAME_SIZE], keys[key_at : key_at + 4]))
-            start += MAX_FRAME_SIZE
-            await drain_or_close(ws)
-        if start >= size:
-            return
-    # Not open any more (or an extension must see every frame, or an empty write): websockets sends the rest,
-    # or raises the ConnectionClosed.
-    if not size:
-        await ws.send(view)
-    for offset in range(start, size, MAX_FRAME_SIZE):
-        await ws.send(view[offset : offset + MAX_FRAME_SIZE])
-
-
-async def drain_or_close(ws: Connection) -> None:
-    """Wait while the socket's write buffer is over its limit; a failed socket becomes ``ConnectionClosed``.
-
-    Shared by the SDK's writer and the engine's relay, which both write frames straight to the transport.
-    """
-    try:
-        await ws.drain()
-    except ConnectionClosed:
-        raise
-    except Exception:
-        # Close it like ``ws.send`` would, then report the close.
-        ws.transport.abort()
-        await ws.wait_closed()
-        raise ws.protocol.close_exc from None
 
 
 def _log_task_error(task: asyncio.Task[Any]) -> None:
@@ -591,7 +495,7 @@ class ChannelReader:
         self.ref = _as_ref(ref)
         self._channel_id = self.ref.channel_id
         self._url = build_channel_url(engine_ws_base, self.ref.channel_id, self.ref.access_key, "read")
-        self._ws: ClientConnection | None = None
+        self._end: WebSocketEnd | None = None
         self._connect_lock = asyncio.Lock()
         self._message_callbacks: list[Callable[[str], Any]] = []
         self._eof = False
@@ -614,20 +518,27 @@ class ChannelReader:
             return None
         if self._closed:
             raise ChannelClosedError(f"channel {self._channel_id} reader is closed", channel_id=self._channel_id)
-        ws = self._ws
-        if ws is None:
-            ws = await self._ensure_connected()
+        end = self._end
+        if end is None:
+            end = await self._ensure_connected()
         try:
-            message = await ws.recv()
-        except ConnectionClosed as exc:
+            text, data = await end.receive()
+        except ChannelEndClosed as exc:
             error = _closed_error(exc, self._channel_id, "read")
             if error is None:
                 self._eof = True
                 return None
             raise error from exc
-        if not isinstance(message, str):
-            self.bytes_read += len(message)
-        return message
+        if text:
+            try:
+                return data.decode()
+            except UnicodeDecodeError as exc:
+                code = ChannelCloseCode.INVALID_DATA
+                await end.aclose(code, "invalid UTF-8")
+                raise ChannelConnectionError(f"channel {self._channel_id}: a text message is not valid UTF-8",
+                                             channel_id=self._channel_id, code=code) from exc
+        self.bytes_read += len(data)
+        return data
 
     async def read_chunk(self) -> bytes | None:
         """The next binary chunk, or ``None`` at end of stream; text messages meanwhile go to the callbacks."""
@@ -655,16 +566,16 @@ class ChannelReader:
     async def close_async(self) -> None:
         """Stop reading; before end-of-stream this tells the writer that the reader is gone."""
         self._closed = True
-        ws = self._ws
-        if ws is None:
+        end = self._end
+        if end is None:
             return
-        closing = asyncio.ensure_future(ws.close(CLOSE_NORMAL))
+        closing = asyncio.ensure_future(end.aclose(ChannelCloseCode.NORMAL))
         # Keep consuming (and dropping) what still arrives: unread frames would fill the receive queue, reading
         # would pause, the engine's Close reply would never be seen and close() would wait its 10 s timeout.
         try:
             while True:
-                await ws.recv()
-        except ConnectionClosed:
+                await end.receive()
+        except ChannelEndClosed:
             pass
         await closing
 
@@ -680,11 +591,11 @@ class ChannelReader:
     ) -> None:
         await self.close_async()
 
-    async def _ensure_connected(self) -> ClientConnection:
+    async def _ensure_connected(self) -> WebSocketEnd:
         async with self._connect_lock:
-            if self._ws is None:
-                self._ws = await _connect(self._url, self._channel_id)
-            return self._ws
+            if self._end is None:
+                self._end = await _connect(self._url, self._channel_id)
+            return self._end
 
     async def _dispatch(self, text: str) -> None:
         for callback in self._message_callbacks:

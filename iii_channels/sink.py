@@ -18,6 +18,7 @@ from collections import deque
 from types import TracebackType
 
 from iii.channels import ChannelWriter
+from iii.waiters import Signal
 
 from .errors import ChannelClosedError
 from .integrity import Digest
@@ -27,7 +28,7 @@ DEFAULT_SINK_HIGH_WATER_MARK = 4 * 1024 * 1024
 
 
 class ChannelSink:
-    """Write bytes (and text messages) to a channel with bounded memory.
+    """Write bytes (and text messages) to a channel with bounded memory, from one task at a time.
 
     Args:
         writer: the channel's writing end.
@@ -53,7 +54,7 @@ class ChannelSink:
         self._queue: deque[bytes | str] = deque()
         self._queued_bytes = 0
         self._pump: asyncio.Task[None] | None = None
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._progress_made = Signal()  # the pump handed an item to the socket, or stopped
         self._error: BaseException | None = None
         self._closed = False
         self._progress = make_progress(progress, total, label)
@@ -144,15 +145,7 @@ class ChannelSink:
     async def _wait_progress(self) -> None:
         if self._pump is None:
             return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(future)
-        await future
-
-    def _wake(self) -> None:
-        while self._waiters:
-            future = self._waiters.popleft()
-            if not future.done():
-                future.set_result(None)
+        await self._progress_made.wait()
 
     async def _run(self) -> None:
         writer = self.writer
@@ -168,12 +161,12 @@ class ChannelSink:
                         self._progress(self.bytes_written)
                 self._queue.popleft()
                 self._queued_bytes -= len(item)
-                self._wake()
+                self._progress_made.set()
         except Exception as exc:
             self._error = exc
         finally:
             self._pump = None
-            self._wake()
+            self._progress_made.set()
 
 
 def sink(writer: ChannelWriter, **options: object) -> ChannelSink:

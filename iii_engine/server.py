@@ -20,9 +20,11 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from .channels import CHANNEL_SOCKET_QUEUE, ChannelRelay
+from iii.ws_fastpath import bound_frame_queue, enable_fast_receive, server_factory
 
-log = logging.getLogger("iii_engine.server")
+from .channels import CHANNEL_SOCKET_QUEUE, SOCKET_QUEUE_BYTES, ChannelRelay
+
+log = logging.getLogger(__name__)
 
 _CHANNEL_PREFIX = "/ws/channels/"
 
@@ -85,10 +87,11 @@ class Listener:
             self.requested_port,
             start_serving=serving,
             compression=None,
+            create_connection=server_factory(),  # channel sockets get the fast data path (iii.ws_fastpath)
             max_size=max(self.max_message_size, self.relay.max_message_size),  # narrowed per connection
             ping_interval=None,  # production never pings workers; it only answers pings
             process_request=self._process_request,
-            logger=logging.getLogger("iii_engine.websockets"),
+            logger=logging.getLogger(f"{__name__}.websockets"),
         )
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
@@ -102,7 +105,8 @@ class Listener:
                 connection.protocol.max_message_size = self.relay.max_message_size
                 # Frames queue up here before the relay reads them; start small so a burst of large messages
                 # cannot pile up (the relay resizes the queue from the message sizes it sees).
-                connection.recv_messages.high, connection.recv_messages.low = CHANNEL_SOCKET_QUEUE
+                bound_frame_queue(connection, *CHANNEL_SOCKET_QUEUE)
+                enable_fast_receive(connection, SOCKET_QUEUE_BYTES)
                 return None
             status, body = refusal
             return connection.respond(status, body)

@@ -63,7 +63,9 @@ async def engine(request: pytest.FixtureRequest) -> AsyncIterator[Engine]:
 
 async def run_ref(*args: str) -> str:
     proc = await asyncio.create_subprocess_exec(
-        reference_python(), "-c", REF_SCRIPT, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        # -P: the working directory (the repository) must not shadow the reference's own ``iii`` package.
+        reference_python(), "-P", "-c", REF_SCRIPT, *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 25)
     assert proc.returncode == 0, err.decode()
     return out.decode()

@@ -18,7 +18,8 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from iii_engine.channels import CHANNEL_SOCKET_QUEUE, ChannelRelay
+from iii.ws_fastpath import bound_frame_queue, enable_fast_receive, server_factory
+from iii_engine.channels import CHANNEL_SOCKET_QUEUE, SOCKET_QUEUE_BYTES, ChannelRelay
 
 _PATH = re.compile(r"/ws/channels/([^/?]+)")
 
@@ -44,7 +45,8 @@ async def relay_server(relay: ChannelRelay) -> AsyncIterator[tuple[str, ChannelR
         if refusal is not None:
             status, body = refusal
             return conn.respond(status, body)
-        conn.recv_messages.high, conn.recv_messages.low = CHANNEL_SOCKET_QUEUE  # as the engine's listener does
+        bound_frame_queue(conn, *CHANNEL_SOCKET_QUEUE)  # as the engine's listener does
+        enable_fast_receive(conn, SOCKET_QUEUE_BYTES)
         return None
 
     async def handler(ws: ServerConnection) -> None:
@@ -54,7 +56,7 @@ async def relay_server(relay: ChannelRelay) -> AsyncIterator[tuple[str, ChannelR
 
     async with serve(
         handler, "127.0.0.1", 0, process_request=process_request, compression=None, max_size=None,
-        ping_interval=None,
+        ping_interval=None, create_connection=server_factory(),
     ) as server:
         port = server.sockets[0].getsockname()[1]
         try:

@@ -163,8 +163,8 @@ async def test_killed_writer_leaves_no_file(tmp_path: Path, production: bool) ->
         target = tmp_path / "final.bin"
         receiving = asyncio.ensure_future(iii_channels.receive_file(reader, target, require_trailer=True))
         await writer.write(b"z" * 200_000)
-        assert writer._ws is not None
-        writer._ws.transport.abort()  # the writer process "dies"
+        assert writer._end is not None
+        writer._end.abort()  # the writer process "dies"
         with pytest.raises((ChannelAbortedError, IntegrityError)):
             await receiving
         assert not target.exists()

@@ -1,0 +1,218 @@
+"""The channel transport seam: one small contract for an end of a channel, shared by the SDK and the engine.
+
+In the manner of anyio's stream contracts, a :class:`ChannelEnd` moves whole messages in order and tells the
+three ways a stream stops apart:
+
+=================== ====================================================================================
+:class:`EndOfChannel` the peer ended the stream normally (Close 1000, or a Close without a code)
+:class:`BrokenChannel` the peer closed with any other code (``.code``), or the connection dropped (``None``)
+:class:`ClosedEnd`     this end was closed first, locally; ``.code``/``.reason`` are what the peer answered
+=================== ====================================================================================
+
+Two implementations: :class:`WebSocketEnd` (a ``websockets`` connection, client or server, through
+:mod:`iii.ws_fastpath`) and the engine's in-process pipe (``iii_engine.channels.local``). The SDK's channel ends
+and the engine's relay are written against the contract only. :class:`ChannelCloseCode` is the one list of close
+codes both sides use.
+
+Example:
+    >>> ChannelCloseCode.IN_USE, int(ChannelCloseCode.WRITER_ABORTED)
+    (<ChannelCloseCode.IN_USE: 4009>, 4001)
+    >>> str(BrokenChannel(None, ""))
+    'connection dropped without a Close frame'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+from typing import Final, Protocol
+
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.connection import Connection
+from websockets.exceptions import ConnectionClosed
+
+from . import ws_fastpath
+
+
+class ChannelCloseCode(enum.IntEnum):
+    """WebSocket close codes on channel sockets (PROTOCOL §9.2; the 4xxx codes are this toolkit's)."""
+
+    NORMAL = 1000  # end of stream
+    GOING_AWAY = 1001  # the engine is shutting down
+    NO_STATUS = 1005  # a Close frame without a code: end of stream for the production engine
+    INVALID_DATA = 1007  # a text message that is not UTF-8
+    TOO_BIG = 1009  # a message over the size limit, or the channel's byte quota ran out
+    WRITER_ABORTED = 4001  # to the reader: the writer aborted (or the channel was discarded)
+    READER_GONE = 4002  # to the writer: the reader left before the end
+    EXPIRED = 4003  # the other end never attached in time
+    IN_USE = 4009  # this end of the channel is already attached
+
+
+EOF_CODES: Final = frozenset({ChannelCloseCode.NORMAL, ChannelCloseCode.NO_STATUS})
+"""Close codes that mean "end of stream"."""
+
+Message = tuple[bool, bytes]
+"""A channel message as ``(is_text, payload)``; text stays UTF-8 bytes so relays never decode it."""
+
+
+class ChannelEndClosed(Exception):
+    """Base of the three ways a channel end stops (see the module docstring).
+
+    Attributes:
+        code: the close code received from the peer (``None``: none).
+        reason: the close reason received.
+    """
+
+    def __init__(self, code: int | None, reason: str = "") -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        return f"closed with code {self.code}" + (f": {self.reason}" if self.reason else "")
+
+
+class EndOfChannel(ChannelEndClosed):
+    """The peer ended the stream normally; every message before it was delivered."""
+
+
+class BrokenChannel(ChannelEndClosed):
+    """The peer closed with a code other than end-of-stream, or the connection dropped (``code is None``)."""
+
+    def _describe(self) -> str:
+        return "connection dropped without a Close frame" if self.code is None else super()._describe()
+
+
+class ClosedEnd(ChannelEndClosed):
+    """This end was closed locally before the peer closed."""
+
+
+class ChannelEnd(Protocol):
+    """One end of a channel transport: ordered messages, then exactly one :class:`ChannelEndClosed`."""
+
+    @property
+    def is_open(self) -> bool:
+        """Whether messages can still be sent and received."""
+        ...
+
+    async def send(self, data: bytes | memoryview, *, text: bool = False) -> None:
+        """Send ``data`` (UTF-8 when ``text``); raises :class:`ChannelEndClosed` once the end is closed."""
+        ...
+
+    async def receive(self) -> Message:
+        """The next message; raises :class:`ChannelEndClosed` at the end of the stream."""
+        ...
+
+    async def aclose(self, code: int | None = ChannelCloseCode.NORMAL, reason: str = "") -> None:
+        """Close with ``code`` (``None``: a Close frame without a code); never raises."""
+        ...
+
+    def abort(self) -> None:
+        """Drop the end without a Close frame."""
+        ...
+
+    def unread_bytes(self) -> int:
+        """Payload bytes received and not read yet."""
+        ...
+
+
+def closed_from(exc: ConnectionClosed) -> ChannelEndClosed:
+    """The contract's exception for how a websockets connection closed.
+
+    Example:
+        >>> from websockets.frames import Close
+        >>> closed_from(ConnectionClosed(Close(4001, "x"), None))
+        BrokenChannel('closed with code 4001: x')
+    """
+    rcvd = exc.rcvd
+    code = rcvd.code if rcvd is not None else None
+    reason = rcvd.reason if rcvd is not None else ""
+    if exc.sent is not None and exc.rcvd_then_sent is False:
+        return ClosedEnd(code, reason)
+    if code in EOF_CODES:
+        return EndOfChannel(code, reason)
+    return BrokenChannel(code, reason)
+
+
+class WebSocketEnd:
+    """:class:`ChannelEnd` over a ``websockets`` connection (client or server side).
+
+    A client's binary ``send`` goes out as frames of at most 64 KiB (the reference SDK's size); a server sends
+    each message as one frame. Both sides use the fast paths of :mod:`iii.ws_fastpath`.
+    """
+
+    __slots__ = ("_receive", "_send", "ws")
+
+    def __init__(self, ws: Connection) -> None:
+        self.ws = ws
+        self._receive = ws_fastpath.receiver(ws)
+        self._send = self._send_client if isinstance(ws, ClientConnection) else self._send_server
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the connection is open."""
+        return ws_fastpath.is_open(self.ws)
+
+    async def send(self, data: bytes | memoryview, *, text: bool = False) -> None:
+        """Send one message (see the class docstring for framing)."""
+        try:
+            await self._send(data, text)
+        except ConnectionClosed as exc:
+            raise closed_from(exc) from exc
+
+    async def _send_client(self, data: bytes | memoryview, text: bool) -> None:
+        await ws_fastpath.send_data(self.ws, data, text=text)
+
+    async def _send_server(self, data: bytes | memoryview, text: bool) -> None:
+        await ws_fastpath.send_server_frame(self.ws, text, data if isinstance(data, bytes) else bytes(data))
+
+    async def receive(self) -> Message:
+        """The next message as ``(is_text, payload)``."""
+        try:
+            message: Message = await self._receive()
+        except ConnectionClosed as exc:
+            raise closed_from(exc) from exc
+        return message
+
+    async def aclose(self, code: int | None = ChannelCloseCode.NORMAL, reason: str = "") -> None:
+        """Close (``None``: a bare Close frame, as the production engine sends) and wait for the handshake."""
+        if code is None:
+            await ws_fastpath.send_bare_close(self.ws)
+            return
+        ws_fastpath.flush(self.ws)
+        if not ws_fastpath.is_open(self.ws):
+            return
+        with contextlib.suppress(ConnectionClosed):
+            await self.ws.close(code, reason[:120])
+
+    def abort(self) -> None:
+        """Drop the TCP connection without a Close frame."""
+        ws_fastpath.abort(self.ws)
+
+    def unread_bytes(self) -> int:
+        """Payload bytes received and not read yet."""
+        return ws_fastpath.unread_bytes(self.ws)
+
+    def peer_close(self) -> ChannelEndClosed | None:
+        """How the peer closed, once it has sent its Close (``None`` before that)."""
+        rcvd, sent = ws_fastpath.close_frames(self.ws)
+        if rcvd is None:
+            return None
+        return closed_from(ConnectionClosed(rcvd, sent, True))
+
+    def __repr__(self) -> str:
+        return f"WebSocketEnd({self.ws!r})"
+
+
+__all__ = [
+    "EOF_CODES",
+    "BrokenChannel",
+    "ChannelCloseCode",
+    "ChannelEnd",
+    "ChannelEndClosed",
+    "ClosedEnd",
+    "EndOfChannel",
+    "Message",
+    "WebSocketEnd",
+    "closed_from",
+]

@@ -1,0 +1,744 @@
+"""Every use of ``websockets`` internals by the channel code, in one module (issue #9).
+
+Channel sockets move bulk data, and ``websockets``' generic per-frame machinery (a parser generator, frame
+objects, an assembler, a context manager per send) costs more CPU than the bytes themselves. For channel
+sockets only, this module:
+
+* **sends** data frames by writing them straight to the transport (:func:`send_data`), with the socket's own
+  flow control (:func:`drain_or_close`);
+* **receives** with :class:`FrameReader`, a small sans-I/O splitter of complete, unfragmented text/binary frames,
+  hooked in front of ``websockets``' parser by :class:`FastClientConnection` / :class:`FastServerConnection`
+  (passed as ``create_connection``, a public option). Anything else — ping/pong, Close, fragments, reserved bits,
+  oversize or wrongly masked frames — is handed to ``websockets`` whole and at a frame boundary, so it answers
+  pings, runs the closing handshake and raises the same ``ConnectionClosed`` as always. After a Close (or any
+  surprise) the rest of the stream goes to ``websockets`` for good.
+
+Which internals it relies on is checked once at import (:data:`MISSING` lists what this ``websockets`` lacks).
+When something is missing, every helper here falls back to the public API (``send``, ``recv``, ``close``); each
+kind of fallback is counted in :data:`FALLBACKS` and logged once. ``tests/unit/channels/test_ws_fastpath.py``
+fails the day an upgrade moves one of them.
+
+Example:
+    >>> MISSING
+    ()
+    >>> server_frame(False, b"ab"), server_frame(True, b"hi")
+    (b'\\x82\\x02ab', b'\\x81\\x02hi')
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import inspect
+import logging
+import os
+import struct
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Final
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.connection import Connection
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import Close
+from websockets.protocol import Protocol, Side, State
+from websockets.version import version as _websockets_version
+
+from .waiters import Signal
+
+try:  # the C implementation websockets itself uses; the pure Python one is much slower
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets built without its C extension
+    from websockets.utils import apply_mask
+
+log = logging.getLogger(__name__)
+
+MAX_FRAME_SIZE: Final = 64 * 1024
+"""Binary writes are split into frames of at most this many bytes (same as the reference SDK)."""
+
+DEFAULT_RECEIVE_BUFFER: Final = 1024 * 1024
+"""Bytes of received, unread messages a fast connection holds before it stops reading its socket."""
+
+_FULL_CLIENT_HEAD: Final = struct.pack("!BBQ", 0x82, 0x80 | 127, MAX_FRAME_SIZE)
+_PACK_B2 = struct.Struct("!BB").pack
+_PACK_B2H = struct.Struct("!BBH").pack
+_PACK_B2Q = struct.Struct("!BBQ").pack
+_UNPACK_H = struct.Struct("!H").unpack_from
+_UNPACK_Q = struct.Struct("!Q").unpack_from
+
+FALLBACKS: collections.Counter[str] = collections.Counter()
+"""How often each helper had to use the public API instead of the fast path (by reason)."""
+
+
+def _probe() -> tuple[str, ...]:
+    """Names of the ``websockets`` internals this module needs and the installed version lacks."""
+    missing: list[str] = []
+    protocol = Protocol(Side.SERVER)
+    for name in ("state", "extensions", "close_rcvd", "close_sent", "max_message_size", "reader"):
+        if not hasattr(protocol, name):
+            missing.append(f"Protocol.{name}")
+    if not isinstance(getattr(getattr(protocol, "reader", None), "buffer", None), bytearray):
+        missing.append("Protocol.reader.buffer")
+    for name in ("send_close", "close_exc", "receive_data", "close_expected"):
+        if not hasattr(type(protocol), name):
+            missing.append(f"Protocol.{name}")
+    for name in ("send_context", "drain", "data_received", "connection_made", "connection_lost", "send_data"):
+        if not callable(getattr(Connection, name, None)):
+            missing.append(f"Connection.{name}")
+    try:
+        from websockets.asyncio import messages
+    except ImportError:  # pragma: no cover - the module moved
+        messages = None  # type: ignore[assignment]
+    # Instance attributes can only be seen in the code that sets them (the classes need a running loop and a
+    # transport to be built).
+    for where, assigned in ((Connection.connection_made, ("self.recv_messages", "self.transport")),
+                            (getattr(messages, "Assembler", None), ("self.frames", "self.high", "self.low",
+                                                                   "self.paused")),
+                            (getattr(messages, "SimpleQueue", None), ("self.queue",))):
+        try:
+            source = inspect.getsource(where) if where is not None else ""
+        except (OSError, TypeError):  # pragma: no cover - sources not shipped
+            source = ""
+        name = getattr(where, "__qualname__", "websockets.asyncio.messages")
+        missing.extend(f"{name}: {attr}" for attr in assigned if attr not in source)
+    for factory in (connect, serve):
+        if "create_connection" not in inspect.signature(factory).parameters:
+            missing.append(f"{factory.__module__}.{factory.__qualname__}(create_connection=)")
+    return tuple(missing)
+
+
+MISSING: Final[tuple[str, ...]] = _probe()
+"""The internals this ``websockets`` lacks (empty when the fast path is fully available)."""
+AVAILABLE: Final = not MISSING
+
+if MISSING:  # pragma: no cover - depends on the installed websockets
+    log.warning("websockets %s lacks %s: channel sockets use the public API (slower)",
+                _websockets_version, ", ".join(MISSING))
+
+
+def _fallback(reason: str) -> None:
+    """Count one use of the public API instead of the fast path; log the first of each kind."""
+    FALLBACKS[reason] += 1
+    if FALLBACKS[reason] == 1:
+        log.info("channel fast path not used: %s (counted in iii.ws_fastpath.FALLBACKS)", reason)
+
+
+# ---------------------------------------------------------------------------------------------------- sending
+
+
+def server_frame(text: bool, payload: bytes) -> bytes:
+    """``payload`` as one complete, unmasked frame (server to client).
+
+    Example:
+        >>> len(server_frame(False, bytes(70000)))
+        70010
+    """
+    head = 0x81 if text else 0x82
+    size = len(payload)
+    if size < 126:
+        header = _PACK_B2(head, size)
+    elif size < 65536:
+        header = _PACK_B2H(head, 126, size)
+    else:
+        header = _PACK_B2Q(head, 127, size)
+    return header + payload
+
+
+def client_frame(text: bool, chunk: bytes | memoryview, key: bytes) -> bytes:
+    """``chunk`` as one complete frame masked with the 4-byte ``key`` (client to server, RFC 6455 §5.3).
+
+    Example:
+        >>> client_frame(False, memoryview(b"hi"), b"\\x00\\x00\\x00\\x01")
+        b'\\x82\\x82\\x00\\x00\\x00\\x01hi'
+    """
+    size = len(chunk)
+    head = 0x81 if text else 0x82
+    if size == MAX_FRAME_SIZE and not text:
+        header = _FULL_CLIENT_HEAD
+    elif size < 126:
+        header = _PACK_B2(head, 0x80 | size)
+    elif size < 65536:
+        header = _PACK_B2H(head, 0x80 | 126, size)
+    else:
+        header = _PACK_B2Q(head, 0x80 | 127, size)
+    return b"".join((header, key, apply_mask(chunk, key)))
+
+
+FLUSH_BYTES: Final = 256 * 1024
+"""Frames written in one event-loop turn are joined into one socket ``send`` up to this many bytes."""
+
+
+def _write(ws: Connection, *parts: bytes) -> None:
+    """Write the parts of frames; on a fast connection they are corked until the end of this event-loop turn
+    (or :data:`FLUSH_BYTES`), so four 64 KiB frames cost one ``send`` instead of four."""
+    if isinstance(ws, _FastReceive):
+        ws.cork(parts)
+    elif len(parts) == 1:
+        ws.transport.write(parts[0])
+    else:
+        ws.transport.write(b"".join(parts))
+
+
+def flush(ws: Connection) -> None:
+    """Write out corked frames now (before anything websockets itself writes, such as a Close frame)."""
+    if isinstance(ws, _FastReceive):
+        ws.flush_out()
+
+
+def _writable(ws: Connection) -> bool:
+    protocol = ws.protocol
+    return AVAILABLE and protocol.state is State.OPEN and not protocol.extensions
+
+
+async def send_data(ws: Connection, data: bytes | memoryview, *, text: bool = False) -> None:
+    """Send ``data`` as one text message (``text=True``, UTF-8 bytes) or as binary frames of at most
+    :data:`MAX_FRAME_SIZE` bytes, waiting on the socket's flow control.
+
+    Frames are encoded here and handed to the transport (one ``getrandom`` for all of a client's mask keys);
+    the bytes on the wire are what ``ws.send`` would produce. Anything but an open plain connection goes through
+    ``ws.send``, which raises the right ``ConnectionClosed``.
+    """
+    size = len(data)
+    if not AVAILABLE:
+        _fallback("websockets internals missing: send")
+    elif size and isinstance(ws, ClientConnection):
+        if text:
+            if _writable(ws):
+                _write(ws, client_frame(True, data, os.urandom(4)))
+                await drain_or_close(ws)
+                return
+        else:
+            data = await _send_client_binary(ws, memoryview(data))
+            size = len(data)
+            if not size:
+                return
+    elif size and not isinstance(ws, ClientConnection):
+        view = memoryview(data)
+        for start in range(0, size, MAX_FRAME_SIZE if not text else size):
+            await send_server_frame(ws, text, bytes(view[start : start + (MAX_FRAME_SIZE if not text else size)]))
+        return
+    # The public API: websockets not as expected, an empty message, or a closed connection (``ws.send`` raises
+    # the right ConnectionClosed).
+    if text:
+        await ws.send(bytes(data).decode())
+        return
+    if not size:
+        await ws.send(b"")
+    view = memoryview(data)
+    for offset in range(0, size, MAX_FRAME_SIZE):
+        await ws.send(view[offset : offset + MAX_FRAME_SIZE])
+
+
+async def _send_client_binary(ws: ClientConnection, view: memoryview) -> memoryview:
+    """Masked binary frames straight to the transport while ``ws`` is open; what is left unsent (empty when all
+    went out)."""
+    size = len(view)
+    keys = os.urandom(4 * -(-size // MAX_FRAME_SIZE))
+    # Frame by frame rather than one big buffer: a 64 KiB frame stays in the CPU cache from masking to the socket.
+    for start in range(0, size, MAX_FRAME_SIZE):
+        if not _writable(ws):
+            return view[start:]
+        key_at = start // MAX_FRAME_SIZE * 4
+        _write(ws, client_frame(False, view[start : start + MAX_FRAME_SIZE], keys[key_at : key_at + 4]))
+        await drain_or_close(ws)
+    return view[size:]
+
+
+async def send_server_frame(ws: Connection, text: bool, payload: bytes) -> None:
+    """Send one complete message from the server side without re-encoding it (the relay's hot path)."""
+    if not _writable(ws):
+        if not AVAILABLE:
+            _fallback("websockets internals missing: relay send")
+        await ws.send(payload.decode() if text else payload)
+        return
+    size = len(payload)
+    head = 0x81 if text else 0x82
+    if size < 126:
+        header = _PACK_B2(head, size)
+    elif size < 65536:
+        header = _PACK_B2H(head, 126, size)
+    else:
+        header = _PACK_B2Q(head, 127, size)
+    _write(ws, header, payload)
+    await drain_or_close(ws)
+
+
+async def drain_or_close(ws: Connection) -> None:
+    """Wait while the socket's write buffer is over its limit; a failed socket becomes ``ConnectionClosed``."""
+    try:
+        await ws.drain()
+    except ConnectionClosed:
+        raise
+    except Exception:
+        # Close it like ``ws.send`` would, then report the close.
+        ws.transport.abort()
+        await ws.wait_closed()
+        raise ws.protocol.close_exc from None
+
+
+async def send_bare_close(ws: Connection) -> None:
+    """Send a Close frame without a status code (what the production engine sends), then let websockets finish
+    the closing handshake. Errors are ignored: the connection is going away either way."""
+    flush(ws)
+    if ws.protocol.state is not State.OPEN:
+        return
+    if not AVAILABLE:
+        _fallback("websockets internals missing: bare close")
+        with contextlib.suppress(ConnectionClosed):
+            await ws.close()
+        return
+    with contextlib.suppress(Exception):
+        async with ws.send_context():
+            ws.protocol.send_close()
+
+
+def close_frames(ws: Connection) -> tuple[Close | None, Close | None]:
+    """``(received, sent)`` Close frames of ``ws`` (``None`` where there was none)."""
+    protocol = ws.protocol
+    return protocol.close_rcvd, protocol.close_sent
+
+
+def abort(ws: Connection) -> None:
+    """Drop the TCP connection without a Close frame (corked frames are dropped with it)."""
+    ws.transport.abort()
+
+
+def is_open(ws: Connection) -> bool:
+    """Whether ``ws`` is in the OPEN state."""
+    return ws.protocol.state is State.OPEN
+
+
+# ---------------------------------------------------------------------------------------------------- receiving
+
+
+class FrameReader:
+    """Sans-I/O splitter of a WebSocket byte stream into complete text/binary messages.
+
+    :meth:`feed` takes bytes as they arrive and returns ``(messages, control, rest)``: the complete unfragmented
+    data messages as ``(is_text, payload)`` (unmasked, text left as UTF-8 bytes), the raw bytes of ping/pong
+    frames (to hand to ``websockets``), and — at the first frame it does not handle (Close, a fragment, reserved
+    bits or opcodes, a wrong mask bit, a message over ``max_size``) — every byte from that frame on, after which
+    the reader is :attr:`done` and must not be fed again. A partial frame is kept until the rest arrives.
+
+    Args:
+        masked: frames must be masked (a server reading a client) or must not be (a client reading a server).
+        max_size: largest message it passes through (``None``: any).
+
+    Example:
+        >>> reader = FrameReader(masked=False)
+        >>> reader.feed(b"\\x82\\x02ab\\x81\\x01")
+        ([(False, b'ab')], [], None)
+        >>> reader.feed(b"h\\x88\\x00")
+        ([(True, b'h')], [], b'\\x88\\x00')
+        >>> reader.done
+        True
+    """
+
+    __slots__ = ("_masked", "_pending", "done", "max_size")
+
+    def __init__(self, *, masked: bool, max_size: int | None = None) -> None:
+        self._masked = masked
+        self.max_size = max_size
+        self._pending = bytearray()
+        self.done = False
+
+    def feed(self, data: bytes) -> tuple[list[tuple[bool, bytes]], list[bytes], bytes | None]:
+        """Split ``data`` (see the class docstring)."""
+        if self.done:
+            raise RuntimeError("FrameReader was handed over; feed the rest to websockets")
+        messages: list[tuple[bool, bytes]] = []
+        control: list[bytes] = []
+        offset = 0
+        pending = self._pending
+        size = len(data)
+        if pending:
+            # Complete the frame in progress, copying from ``data`` only what it still needs.
+            while True:
+                need = self._frame_size(pending, 0)
+                if need < 0:
+                    return self._handover(messages, control, bytes(pending) + data[offset:])
+                take = min((need or 14) - len(pending), size - offset)
+                if take > 0:
+                    pending += memoryview(data)[offset : offset + take]
+                    offset += take
+                if need == 0:
+                    need = self._frame_size(pending, 0)
+                    if need < 0:
+                        return self._handover(messages, control, bytes(pending) + data[offset:])
+                    if need == 0:
+                        return messages, control, None  # the header is still incomplete: data ran out
+                    if len(pending) > need:  # read past this frame while probing its header: give it back
+                        offset -= len(pending) - need
+                        del pending[need:]
+                    continue
+                if len(pending) < need:
+                    return messages, control, None
+                self._take(pending, 0, messages, control)
+                pending.clear()
+                break
+        while offset < size:
+            need = self._frame_size(data, offset)
+            if need < 0:
+                return self._handover(messages, control, data[offset:])
+            if need == 0 or size - offset < need:
+                pending += memoryview(data)[offset:]
+                break
+            end = self._take(data, offset, messages, control)
+            if end < 0:
+                return self._handover(messages, control, data[offset:])
+            offset = end
+        return messages, control, None
+
+    def _handover(self, messages: list[tuple[bool, bytes]], control: list[bytes],
+                  rest: bytes) -> tuple[list[tuple[bool, bytes]], list[bytes], bytes | None]:
+        self.done = True
+        self._pending = bytearray()
+        return messages, control, rest
+
+    def _frame_size(self, buf: bytes | bytearray, at: int) -> int:
+        """Total size of the frame starting at ``at``; 0 when its header is incomplete; -1 when this reader does
+        not handle it (the caller hands over)."""
+        avail = len(buf) - at
+        if avail < 2:
+            return 0
+        b0 = buf[at]
+        b1 = buf[at + 1]
+        if b0 & 0x70 or bool(b1 & 0x80) is not self._masked:
+            return -1
+        opcode = b0 & 0x0F
+        if not b0 & 0x80 or opcode not in (1, 2, 9, 10):
+            return -1  # fragments, Close, reserved opcodes
+        length = b1 & 0x7F
+        head = 6 if self._masked else 2
+        if length == 126:
+            if avail < 4:
+                return 0
+            length = _UNPACK_H(buf, at + 2)[0]
+            head += 2
+        elif length == 127:
+            if avail < 10:
+                return 0
+            length = _UNPACK_Q(buf, at + 2)[0]
+            head += 8
+        if opcode > 2 and length > 125:
+            return -1
+        if self.max_size is not None and length > self.max_size:
+            return -1
+        if avail < head:
+            return 0
+        return head + length
+
+    def _take(self, buf: bytes | bytearray, at: int, messages: list[tuple[bool, bytes]],
+              control: list[bytes]) -> int:
+        """Consume the complete frame at ``at``; its end offset."""
+        end = at + self._frame_size(buf, at)
+        opcode = buf[at] & 0x0F
+        if opcode > 2:
+            control.append(bytes(buf[at:end]))
+            return end
+        length_code = buf[at + 1] & 0x7F
+        head = at + 2 + (2 if length_code == 126 else 8 if length_code == 127 else 0)
+        payload: bytes
+        if self._masked:
+            with memoryview(buf) as view:
+                payload = apply_mask(view[head + 4 : end], bytes(view[head : head + 4]))
+        else:
+            with memoryview(buf) as view:
+                payload = bytes(view[head:end])
+        messages.append((opcode == 1, payload))
+        return end
+
+
+# Phases of a fast connection: reading the HTTP head; head read, the server not decided yet; the server chose the
+# fast path and waits for its 101 to go out; fast; everything to websockets.
+_HANDSHAKE, _OPENING, _PENDING, _FAST, _OFF = range(5)
+
+
+class _FastReceive:
+    """Mixin for a websockets ``Connection``: data messages of a channel socket go through :class:`FrameReader`
+    into a bounded inbox; everything else through websockets (see the module docstring)."""
+
+    # Set by Connection; declared for the type checker.
+    protocol: Any
+    transport: asyncio.Transport
+    recv_messages: Any
+    _phase: int
+    _head_tail: bytes
+    _frames: FrameReader | None
+    _inbox: deque[tuple[bool, bytes]]
+    _inbox_bytes: int
+    _high: int
+    _paused: bool
+    _signal: Signal
+    _out: list[bytes]
+    _out_bytes: int
+    _flush: asyncio.Handle | None
+
+    def _fast_setup(self, phase: int) -> None:
+        self._phase = phase
+        self._head_tail = b""
+        self._frames = None
+        self._inbox = deque()
+        self._inbox_bytes = 0
+        self._high = DEFAULT_RECEIVE_BUFFER
+        self._paused = False
+        self._signal = Signal()
+        self._out = []
+        self._out_bytes = 0
+        self._flush = None
+
+    def cork(self, parts: tuple[bytes, ...]) -> None:
+        """Queue frame bytes for one joined write at the end of this event-loop turn."""
+        self._out.extend(parts)
+        for part in parts:
+            self._out_bytes += len(part)
+        if self._out_bytes >= FLUSH_BYTES:
+            self.flush_out()
+        elif self._flush is None:
+            self._flush = asyncio.get_running_loop().call_soon(self.flush_out)
+
+    def flush_out(self) -> None:
+        """Write the corked frames. They were corked while the connection was open, so they precede any Close
+        frame: websockets writes its own frames through :meth:`send_data`, which flushes first."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        out = self._out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        self._out_bytes = 0
+        if not self.transport.is_closing():
+            self.transport.write(data)
+
+    def send_data(self) -> None:
+        # Whatever websockets writes itself (pongs, Close frames) goes after the frames corked before it.
+        self.flush_out()
+        super().send_data()  # type: ignore[misc]
+
+    def _super_data(self, data: bytes) -> None:
+        super().data_received(data)  # type: ignore[misc]
+
+    def data_received(self, data: bytes) -> None:
+        phase = self._phase
+        if phase == _FAST:
+            self._feed(data)
+        elif phase == _OFF:
+            self._super_data(data)
+        elif phase == _PENDING and self.protocol.state is State.OPEN:
+            # Server side: the first bytes after our 101 response.
+            self._start()
+            self._feed(data)
+        elif phase != _HANDSHAKE:
+            # A server connection not chosen for the fast path, or a client that pipelined frames before our
+            # response: websockets reads it all.
+            self._phase = _OFF
+            self._super_data(data)
+        else:
+            self._handshake_data(data)
+
+    def _handshake_data(self, data: bytes) -> None:
+        # Feed websockets the HTTP head only; bytes after it (frames that came in the same segment as the
+        # response) are kept for the fast path.
+        window = self._head_tail + data
+        end = window.find(b"\r\n\r\n")
+        if end < 0:
+            self._head_tail = window[-3:]
+            self._super_data(data)
+            return
+        split = end + 4 - len(self._head_tail)
+        self._head_tail = b""
+        self._super_data(data[:split])
+        rest = data[split:]
+        if isinstance(self, ServerConnection):
+            # The server decides in process_request (enable_fast_receive) and opens once its response is sent.
+            self._phase = _OFF if rest else _OPENING
+            if rest:
+                self._super_data(rest)
+            return
+        if self.protocol.state is State.OPEN:
+            self._start()
+            if rest:
+                self._feed(rest)
+        else:
+            self._phase = _OFF
+            if rest:
+                self._super_data(rest)
+
+    def _start(self) -> None:
+        self._phase = _FAST
+        # The server checks client masks; a client expects none. Oversize messages go to websockets, which
+        # closes with 1009 exactly as before.
+        self._frames = FrameReader(masked=isinstance(self, ServerConnection),
+                                   max_size=self.protocol.max_message_size)
+
+    def _feed(self, data: bytes) -> None:
+        frames = self._frames
+        assert frames is not None
+        messages, control, rest = frames.feed(data)
+        if messages:
+            inbox = self._inbox
+            for message in messages:
+                inbox.append(message)
+                self._inbox_bytes += len(message[1])
+            if self._inbox_bytes > self._high and not self._paused:
+                self._paused = True
+                self.transport.pause_reading()
+            self._signal.set()
+        for frame in control:
+            self._super_data(frame)
+        if rest is not None:
+            self._phase = _OFF
+            self._super_data(rest)
+            self._signal.set()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)  # type: ignore[misc]
+        self._phase = _OFF
+        self._signal.set()
+
+    async def receive_message(self) -> tuple[bool, bytes]:
+        """The next data message as ``(is_text, payload)``; raises websockets' ``ConnectionClosed`` at the end."""
+        while True:
+            inbox = self._inbox
+            if inbox:
+                message = inbox.popleft()
+                self._inbox_bytes -= len(message[1])
+                if self._paused and self._inbox_bytes <= self._high // 4:
+                    self._paused = False
+                    if not self.recv_messages.paused:  # websockets may hold the socket paused itself
+                        self.transport.resume_reading()
+                return message
+            if self._phase == _OFF:
+                data = await super().recv()  # type: ignore[misc]
+                return (True, data.encode()) if isinstance(data, str) else (False, data)
+            await self._signal.wait()
+
+    def unread_bytes(self) -> int:
+        """Payload bytes received and not read yet (the inbox plus websockets' queue)."""
+        queue = self.recv_messages.frames.queue
+        return self._inbox_bytes + (sum(len(frame.data) for frame in queue) if queue else 0)
+
+    def set_receive_buffer(self, size: int) -> None:
+        """Stop reading the socket while more than ``size`` bytes of messages are unread."""
+        self._high = max(1, size)
+
+
+class FastClientConnection(_FastReceive, ClientConnection):
+    """A client connection for channel sockets: fast data path from the first frame after the handshake."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fast_setup(_HANDSHAKE)
+
+
+class FastServerConnection(_FastReceive, ServerConnection):
+    """A server connection whose fast data path is switched on per connection by :func:`enable_fast_receive`
+    (the engine's listener serves workers and channels on one port; only channel sockets get it)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fast_setup(_HANDSHAKE)
+
+
+def client_factory() -> type[ClientConnection] | None:
+    """The ``create_connection`` to pass to ``websockets.connect`` for a channel socket (``None``: default)."""
+    if AVAILABLE:
+        return FastClientConnection
+    _fallback("websockets internals missing: client receive")
+    return None
+
+
+def server_factory() -> type[ServerConnection] | None:
+    """The ``create_connection`` to pass to ``websockets`` ``serve`` when channel sockets share the server."""
+    return FastServerConnection if AVAILABLE else None
+
+
+def enable_fast_receive(ws: ServerConnection, receive_buffer: int = DEFAULT_RECEIVE_BUFFER) -> bool:
+    """From ``process_request``: use the fast data path on this accepted channel socket once it opens.
+
+    Returns whether it will (``False`` on a plain connection or a websockets without the internals: the
+    relay then reads with ``recv`` and bounds websockets' own frame queue instead).
+    """
+    if isinstance(ws, FastServerConnection):
+        if ws._phase == _OPENING:
+            ws._phase = _PENDING
+            ws._high = max(1, receive_buffer)
+            return True
+        return False
+    _fallback("plain server connection: relay receive")
+    return False
+
+
+async def receive(ws: Connection) -> tuple[bool, bytes]:
+    """The next data message of ``ws`` as ``(is_text, payload)``; raises ``ConnectionClosed`` at the end."""
+    if isinstance(ws, _FastReceive):
+        return await ws.receive_message()
+    data = await ws.recv()
+    return (True, data.encode()) if isinstance(data, str) else (False, data)
+
+
+def receiver(ws: Connection) -> Callable[[], Any]:
+    """The bound coroutine function :func:`receive` would call for ``ws`` (saves a call per message)."""
+    if isinstance(ws, _FastReceive):
+        return ws.receive_message
+    return lambda: receive(ws)
+
+
+def unread_bytes(ws: Connection) -> int:
+    """Payload bytes ``ws`` received that nobody read yet."""
+    if isinstance(ws, _FastReceive):
+        return ws.unread_bytes()
+    queue = getattr(getattr(getattr(ws, "recv_messages", None), "frames", None), "queue", None)
+    return sum(len(frame.data) for frame in queue) if queue else 0
+
+
+def bound_frame_queue(ws: Connection, high: int, low: int) -> bool:
+    """Set websockets' own incoming frame queue marks (``high`` frames before it stops reading the socket).
+
+    Used where the fast path is off; ``False`` when this websockets has no such queue.
+    """
+    frames = getattr(ws, "recv_messages", None)
+    if frames is None or not hasattr(frames, "high"):
+        _fallback("websockets internals missing: frame queue bound")
+        return False
+    frames.high, frames.low = high, low
+    return True
+
+
+def frame_queue_high(ws: Connection) -> int | None:
+    """websockets' current frame queue high mark of ``ws`` (``None`` when unknown)."""
+    frames = getattr(ws, "recv_messages", None)
+    return getattr(frames, "high", None)
+
+
+__all__ = [
+    "AVAILABLE",
+    "DEFAULT_RECEIVE_BUFFER",
+    "FALLBACKS",
+    "MAX_FRAME_SIZE",
+    "MISSING",
+    "FastClientConnection",
+    "FastServerConnection",
+    "FrameReader",
+    "abort",
+    "bound_frame_queue",
+    "client_factory",
+    "client_frame",
+    "close_frames",
+    "drain_or_close",
+    "enable_fast_receive",
+    "frame_queue_high",
+    "is_open",
+    "receive",
+    "receiver",
+    "send_bare_close",
+    "send_data",
+    "send_server_frame",
+    "server_factory",
+    "server_frame",
+    "unread_bytes",
+]

@@ -1,0 +1,232 @@
+"""The relay's I/O: the loops that move one channel's messages between its two ends.
+
+Each attached end runs one coroutine here (the writer loop reads, the reader loop sends, a watcher reads the
+reader end for its Close). Every decision is the :class:`~.machine.ChannelMachine`'s; this module only waits,
+moves bytes through the :class:`~iii.channel_end.ChannelEnd` contract and carries out the machine's actions.
+Sockets and in-process ends look the same from here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from iii.channel_end import ChannelEnd, ChannelEndClosed, WebSocketEnd
+from iii.waiters import Signal
+from iii.ws_fastpath import bound_frame_queue, frame_queue_high
+
+from .limits import DEFAULT_SOCKET_QUEUE, frame_queue_for
+from .machine import Action, ChannelMachine, Close, Side, Step
+
+log = logging.getLogger(__name__)
+
+
+class LiveChannel:
+    """A channel in the registry: its machine plus what only the I/O side has (ends, wake-ups, timer)."""
+
+    __slots__ = ("data", "deadline", "full_waiters", "machine", "owner", "reader_end", "reader_key", "space",
+                 "writer_end", "writer_key")
+
+    def __init__(self, machine: ChannelMachine, writer_key: str, reader_key: str, owner: str | None) -> None:
+        self.machine = machine
+        self.writer_key = writer_key
+        self.reader_key = reader_key
+        self.owner = owner
+        self.writer_end: ChannelEnd | None = None
+        self.reader_end: ChannelEnd | None = None
+        self.data = Signal()  # the reader loop: a message arrived or the stream state changed
+        self.space = Signal()  # the writer loop: the queue has room or the stream state changed
+        self.full_waiters: list[asyncio.Future[None]] = []
+        self.deadline: asyncio.TimerHandle | None = None
+
+    @property
+    def id(self) -> str:
+        """The channel id."""
+        return self.machine.id
+
+    def wake(self) -> None:
+        """Wake both loops (after a state change they must look at)."""
+        self.data.set()
+        self.space.set()
+
+    def end(self, side: Side) -> ChannelEnd | None:
+        """The attached end of ``side``, if any."""
+        return self.writer_end if side is Side.WRITER else self.reader_end
+
+    def cancel_deadline(self) -> None:
+        """Stop the attach deadline timer."""
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+
+    def notify_full(self) -> None:
+        """Release :meth:`ChannelRelay.wait_full` callers."""
+        waiters, self.full_waiters = self.full_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+async def perform(end: ChannelEnd, action: Action) -> None:
+    """Carry out a machine action on ``end``."""
+    if isinstance(action, Close):
+        await end.aclose(action.code, action.reason)
+    else:
+        end.abort()
+
+
+class Driver:
+    """Runs the loops of attached ends.
+
+    Args:
+        spawn: run a coroutine in the background (tracked by the registry).
+        finished: called once both ends of a channel are done.
+    """
+
+    def __init__(self, spawn: Callable[[Coroutine[Any, Any, None]], None],
+                 finished: Callable[[LiveChannel], None]) -> None:
+        self._spawn = spawn
+        self._finished = finished
+
+    def act_later(self, ch: LiveChannel, action: Action | None) -> None:
+        """Carry out ``action`` on its end in the background (the end's own loop may be busy waiting)."""
+        if action is None:
+            return
+        end = ch.end(action.side)
+        if end is not None:
+            self._spawn(perform(end, action))
+
+    async def serve(self, ch: LiveChannel, end: ChannelEnd, side: Side) -> None:
+        """Run an accepted end until it is done (a second connection for the same end is refused with 4009)."""
+        refusal = ch.machine.attach(side)
+        if refusal is not None:
+            log.info("channel %s: refusing a second %s connection", ch.id, side.value)
+            await perform(end, refusal)
+            return
+        if ch.machine.both_attached:
+            ch.cancel_deadline()
+        if side is Side.WRITER:
+            await self._serve_writer(ch, end)
+        else:
+            await self._serve_reader(ch, end)
+
+    # ------------------------------------------------------------------ the writer
+
+    async def _serve_writer(self, ch: LiveChannel, end: ChannelEnd) -> None:
+        ch.writer_end = end
+        try:
+            await self._pump_writer(ch, end)
+        finally:
+            ch.writer_end = None
+            ch.machine.writer_done()
+            ch.data.set()
+            if ch.machine.finished:
+                self._finished(ch)
+
+    async def _pump_writer(self, ch: LiveChannel, end: ChannelEnd) -> None:
+        machine = ch.machine
+        space = ch.space
+        data_ready = ch.data
+        receive = end.receive
+        on_message = machine.writer_message
+        # Where the fast receive path is off, websockets' own frame queue is sized from the message sizes seen.
+        ws = end.ws if isinstance(end, WebSocketEnd) else None
+        socket_queue = (frame_queue_high(ws) if ws is not None else None) or DEFAULT_SOCKET_QUEUE
+        while True:
+            # Not reading the writer while the queue is full is what gives it TCP backpressure.
+            while machine.full and not machine.stopped:
+                if ch.full_waiters:
+                    ch.notify_full()
+                await space.wait()
+            if machine.stopped:
+                await self._stop_writer(ch, end)
+                return
+            try:
+                text, payload = await receive()
+            except ChannelEndClosed as exc:
+                machine.writer_closed(exc.code, exc.reason)
+                return
+            refusal = on_message(text, payload)
+            if refusal is not None:
+                await perform(end, refusal)
+                return
+            if ws is not None:
+                wanted = frame_queue_for(len(payload))
+                if wanted != socket_queue and bound_frame_queue(ws, wanted, wanted // 4):
+                    socket_queue = wanted
+            data_ready.set()
+
+    async def _stop_writer(self, ch: LiveChannel, end: ChannelEnd) -> None:
+        """The reader left or the channel expired while the writer was still attached."""
+        action = ch.machine.stop_writer()
+        if not isinstance(action, Close):
+            await perform(end, action)
+            return
+        closing = asyncio.ensure_future(perform(end, action))
+        # Keep reading (and discarding) so the writer's Close reply is not stuck behind unread data frames.
+        try:
+            while True:
+                await end.receive()
+        except ChannelEndClosed:
+            pass
+        await closing
+
+    # ------------------------------------------------------------------ the reader
+
+    async def _serve_reader(self, ch: LiveChannel, end: ChannelEnd) -> None:
+        ch.reader_end = end
+        machine = ch.machine
+        watcher = asyncio.ensure_future(self._watch_reader(ch, end)) if machine.policy.watch_reader else None
+        try:
+            await self._pump_reader(ch, end)
+        except ChannelEndClosed:
+            pass
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            ch.reader_end = None
+            action = machine.reader_done()
+            if machine.reader_gone:
+                ch.wake()
+            self.act_later(ch, action)
+            if machine.finished:
+                self._finished(ch)
+
+    async def _pump_reader(self, ch: LiveChannel, end: ChannelEnd) -> None:
+        machine = ch.machine
+        step = machine.reader_step
+        space = ch.space
+        data_ready = ch.data
+        send = end.send
+        while True:
+            item = step()
+            if type(item) is tuple:
+                if space.waiting and machine.half_empty:
+                    space.set()
+                await send(item[1], text=item[0])  # raises the ChannelEndClosed that ends this loop
+            elif item is Step.WAIT:
+                await data_ready.wait()
+            elif item is Step.STOP:
+                return
+            else:
+                assert isinstance(item, Close)
+                await perform(end, item)
+                return
+
+    async def _watch_reader(self, ch: LiveChannel, end: ChannelEnd) -> None:
+        """Read the reader end continuously (pings answered, Close noticed at once, §9.2 C1)."""
+        try:
+            while True:
+                _, payload = await end.receive()
+                log.warning("channel %s: ignoring a %d-byte data frame from the reader", ch.id, len(payload))
+        except ChannelEndClosed:
+            pass
+        if not ch.machine.delivered:
+            action = ch.machine.reader_left()
+            ch.wake()
+            self.act_later(ch, action)
+
+
+__all__ = ["Driver", "LiveChannel", "perform"]

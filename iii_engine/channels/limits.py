@@ -1,0 +1,45 @@
+"""Sizes and bounds of the channel relay: one place for every default (PROTOCOL §5.1, §9.2).
+
+Example:
+    >>> clamp_buffer_size(None), clamp_buffer_size(0), clamp_buffer_size(5000)
+    (64, 1, 1024)
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+DEFAULT_BUFFER_SIZE: Final = 64
+"""Messages a channel queues between writer and reader when ``buffer_size`` is not given."""
+MAX_BUFFER_SIZE: Final = 1024
+DEFAULT_MAX_QUEUED_BYTES: Final = 16 * 1024 * 1024
+"""Per-channel cap on the payload bytes queued between writer and reader (besides the message count cap)."""
+DEFAULT_MAX_MESSAGE_SIZE: Final = 64 * 1024 * 1024
+"""Largest message a writer may send."""
+DEFAULT_ATTACH_TIMEOUT_S: Final = 300.0
+"""How long an end may stay unattached before the channel expires."""
+
+SOCKET_QUEUE_BYTES: Final = 4 * 1024 * 1024
+"""Bytes a writer socket may hold in received-but-unread messages before the relay stops reading it."""
+DEFAULT_SOCKET_QUEUE: Final = 16
+CHANNEL_SOCKET_QUEUE: Final = (1, 0)
+"""(high, low) of websockets' own frame queue on a freshly accepted channel socket, before its first message
+tells the size (only used where the fast receive path is off)."""
+
+
+def clamp_buffer_size(buffer_size: int | None) -> int:
+    """The queue capacity for a requested ``buffer_size`` (default 64, clamped to 1…1024, PROTOCOL §5.1)."""
+    if buffer_size is None:
+        return DEFAULT_BUFFER_SIZE
+    return max(1, min(MAX_BUFFER_SIZE, int(buffer_size)))
+
+
+def frame_queue_for(message_size: int) -> int:
+    """websockets' frame-queue high mark for messages of ``message_size`` bytes: it queues up to ``high + 1``
+    frames before it stops reading, so large messages must not pile up there (small ones keep the default).
+
+    Example:
+        >>> frame_queue_for(100), frame_queue_for(1 << 20), frame_queue_for(64 << 20)
+        (16, 3, 0)
+    """
+    return max(0, min(DEFAULT_SOCKET_QUEUE, SOCKET_QUEUE_BYTES // (message_size or 1) - 1))

@@ -1,0 +1,314 @@
+"""The relay's state machine for one channel, without I/O (in the manner of ``h11``).
+
+:class:`ChannelMachine` holds a channel's queue and the state of its two ends, takes events — an end attached, a
+message from the writer, the writer closed, the reader left, the deadline passed, the channel discarded — and
+answers with what to do: an :class:`Close` or :class:`Drop` for one end, the next message for the reader, or
+"wait". The socket driver (:mod:`.driver`) runs the loops and the timers and carries the actions out; the tests
+in ``tests/unit/channels/test_machine.py`` drive the machine with no sockets at all.
+
+Example:
+    >>> machine = ChannelMachine("c1", capacity=2)
+    >>> machine.attach(Side.WRITER), machine.attach(Side.READER)
+    (None, None)
+    >>> machine.writer_message(False, b"chunk")
+    >>> machine.reader_step()
+    (False, b'chunk')
+    >>> machine.writer_closed(1000, "")
+    >>> machine.reader_step()
+    Close(side=<Side.READER: 'read'>, code=<ChannelCloseCode.NORMAL: 1000>, reason='')
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass
+
+from iii.channel_end import ChannelCloseCode, Message
+
+from .limits import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_QUEUED_BYTES
+from .policy import OURS, RelayPolicy
+
+
+class Side(enum.Enum):
+    """The two ends of a channel (values are the ``dir`` query parameter)."""
+
+    WRITER = "write"
+    READER = "read"
+
+
+class EndState(enum.Enum):
+    """An end is attached at most once: NEW → ATTACHED → DONE."""
+
+    NEW = "new"
+    ATTACHED = "attached"
+    DONE = "done"
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close ``side`` with ``code`` (``None``: a Close frame without a code) and ``reason``."""
+
+    side: Side
+    code: int | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """Drop ``side``'s connection without a Close frame."""
+
+    side: Side
+
+
+Action = Close | Drop
+
+
+class Step(enum.Enum):
+    """What the reader loop does when there is no message to send."""
+
+    WAIT = "wait"  # nothing to do until the writer side changes something
+    STOP = "stop"  # the reader left: end the loop without a Close
+
+
+class ChannelMachine:
+    """One channel's queue and end states; see the module docstring.
+
+    Args:
+        channel_id: for messages and logs.
+        capacity: messages the queue holds before the writer is not read any more.
+        max_queued_bytes: payload bytes the queue holds before the writer is not read any more.
+        max_message_size: larger messages close the writer with 1009.
+        max_bytes: the channel's byte quota over its lifetime (``None``: none; ignored when the policy has no
+            quotas).
+        policy: ours or the production engine's behaviour.
+    """
+
+    def __init__(
+        self,
+        channel_id: str,
+        *,
+        capacity: int,
+        max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_bytes: int | None = None,
+        policy: RelayPolicy = OURS,
+    ) -> None:
+        self.id = channel_id
+        self.capacity = capacity
+        self.max_queued_bytes = max_queued_bytes
+        self.max_message_size = max_message_size
+        self.max_bytes = max_bytes if policy.quotas else None
+        self.policy = policy
+        self.items: deque[Message] = deque()
+        self.queued_bytes = 0
+        self.bytes_in = 0  # counted under a quota only
+        self.peak_items = 0  # deepest the queue ever got: lets tests prove the bound without timing
+        self.peak_bytes = 0
+        self.writer_state = EndState.NEW
+        self.reader_state = EndState.NEW
+        self.eof = False
+        self.failure: tuple[int, str] | None = None  # (close code for the reader, reason) once it failed
+        self.reader_gone = False
+        self.expired = False
+        self.discarded = False
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def stopped(self) -> bool:
+        """The writer must stop: the reader left, the channel expired or was discarded."""
+        return self.reader_gone or self.expired
+
+    @property
+    def full(self) -> bool:
+        """The queue holds ``capacity`` messages or ``max_queued_bytes`` bytes."""
+        return len(self.items) >= self.capacity or self.queued_bytes >= self.max_queued_bytes
+
+    @property
+    def half_empty(self) -> bool:
+        """The queue is at most half full: a writer waiting for room may go on (waking it at every free slot
+        would cost a task switch per message while the reader is the slower side)."""
+        return len(self.items) <= self.capacity // 2 and self.queued_bytes <= self.max_queued_bytes // 2
+
+    @property
+    def unattached(self) -> bool:
+        """Neither end attached yet."""
+        return self.writer_state is EndState.NEW and self.reader_state is EndState.NEW
+
+    @property
+    def both_attached(self) -> bool:
+        """Both ends attached at some point (the attach deadline no longer applies)."""
+        return self.writer_state is not EndState.NEW and self.reader_state is not EndState.NEW
+
+    @property
+    def finished(self) -> bool:
+        """Both ends are done: the channel can be forgotten."""
+        return self.writer_state is EndState.DONE and self.reader_state is EndState.DONE
+
+    @property
+    def delivered(self) -> bool:
+        """End of stream arrived and every message went out to the reader."""
+        return self.eof and not self.items
+
+    def _close(self, side: Side, code: int, reason: str) -> Close:
+        return Close(side, self.policy.wire_code(code), reason)
+
+    # ------------------------------------------------------------------ attaching
+
+    def attach(self, side: Side) -> Close | None:
+        """An end connected: ``None`` to serve it, or the Close that refuses a second connection (4009)."""
+        if side is Side.WRITER:
+            if self.writer_state is not EndState.NEW:
+                return self._close(side, ChannelCloseCode.IN_USE, "channel write end is already attached")
+            self.writer_state = EndState.ATTACHED
+        else:
+            if self.reader_state is not EndState.NEW:
+                return self._close(side, ChannelCloseCode.IN_USE, "channel read end is already attached")
+            self.reader_state = EndState.ATTACHED
+        return None
+
+    # ------------------------------------------------------------------ the writer
+
+    def stop_writer(self) -> Action:
+        """How to end an attached writer once :attr:`stopped` (the reader left or the channel expired)."""
+        if not self.policy.tell_writer:
+            return Drop(Side.WRITER)  # production drops the writer without a Close frame
+        if self.expired:
+            return self._close(Side.WRITER, ChannelCloseCode.EXPIRED, "channel expired")
+        return self._close(Side.WRITER, ChannelCloseCode.READER_GONE,
+                           "channel discarded" if self.discarded else "reader gone")
+
+    def writer_message(self, text: bool, data: bytes) -> Close | None:
+        """A message from the writer: queued (``None``), or the Close that ends the writer (too big, invalid
+        UTF-8, over quota)."""
+        size = len(data)
+        if size > self.max_message_size:
+            limit = self.max_message_size
+            return self._writer_fault(ChannelCloseCode.TOO_BIG, f"message exceeds {limit} bytes",
+                                      f"writer sent a message of {size} bytes (max {limit})")
+        if text:
+            try:
+                data.decode()
+            except UnicodeDecodeError:
+                return self._writer_fault(ChannelCloseCode.INVALID_DATA, "invalid UTF-8",
+                                          "writer sent a text message that is not UTF-8")
+        quota = self.max_bytes
+        if quota is not None:
+            self.bytes_in += size
+            if self.bytes_in > quota:
+                why = f"channel byte quota of {quota} exceeded"
+                self.failure = (ChannelCloseCode.WRITER_ABORTED, f"writer aborted: {why}")
+                return Close(Side.WRITER, ChannelCloseCode.TOO_BIG, why)
+        if self.reader_gone or self.expired:
+            return None  # dropped: the writer is being stopped
+        items = self.items
+        items.append((text, data))
+        self.queued_bytes += size
+        if self.queued_bytes > self.peak_bytes:
+            self.peak_bytes = self.queued_bytes
+        if len(items) > self.peak_items:
+            self.peak_items = len(items)
+        return None
+
+    def _writer_fault(self, code: int, close_reason: str, failure: str) -> Close:
+        if self.policy.writer_abort_visible:
+            self.failure = (ChannelCloseCode.WRITER_ABORTED, failure)
+        else:
+            self.eof = True
+        # Sent with its code in both behaviours: the writer needs to know why.
+        return Close(Side.WRITER, code, close_reason)
+
+    def writer_closed(self, code: int | None, reason: str) -> None:
+        """The writer's connection ended: with ``code`` (``None``: dropped without a Close frame)."""
+        if self.stopped:
+            return
+        if self.policy.writer_close_is_eof(code):
+            self.eof = True
+            return
+        what = f"writer closed with code {code}" if code is not None else "writer connection dropped"
+        self.failure = (ChannelCloseCode.WRITER_ABORTED, f"{what}: {reason}" if reason else what)
+
+    def writer_done(self) -> None:
+        """The writer's loop ended, for whatever reason."""
+        self.writer_state = EndState.DONE
+        if not self.eof and self.failure is None and not self.stopped:
+            self.failure = (ChannelCloseCode.WRITER_ABORTED, "writer ended unexpectedly")
+
+    # ------------------------------------------------------------------ the reader
+
+    def reader_step(self) -> Message | Close | Step:
+        """What the reader loop does next: send a message, close the reader (the end), stop, or wait."""
+        if self.failure is not None and self.policy.writer_abort_visible:
+            code, reason = self.failure
+            self.items.clear()
+            self.queued_bytes = 0
+            return self._close(Side.READER, code, reason)
+        if self.expired:
+            return self._close(Side.READER, ChannelCloseCode.EXPIRED, "channel expired: the writer never connected")
+        if self.reader_gone:
+            return Step.STOP
+        items = self.items
+        if items:
+            message = items.popleft()
+            self.queued_bytes -= len(message[1])
+            return message
+        if self.eof or self.failure is not None:
+            return self._close(Side.READER, ChannelCloseCode.NORMAL, "")
+        return Step.WAIT
+
+    def reader_done(self) -> Action | None:
+        """The reader's loop ended; when that was before the end of the stream, what to do with the writer."""
+        self.reader_state = EndState.DONE
+        if not self.delivered and self.failure is None:
+            return self.reader_left()
+        return None
+
+    def reader_left(self) -> Action | None:
+        """The reader closed or disconnected before the end: drop the queue; maybe close the writer (4002)."""
+        if self.reader_gone:
+            return None
+        self.reader_gone = True
+        self.items.clear()
+        self.queued_bytes = 0
+        if self.writer_state is EndState.ATTACHED and self.policy.tell_writer:
+            # The writer may be idle in receive(): close it now instead of on its next message.
+            return self._close(Side.WRITER, ChannelCloseCode.READER_GONE, "reader gone")
+        return None
+
+    # ------------------------------------------------------------------ lifetime
+
+    def expire(self) -> tuple[bool, Action | None]:
+        """The attach deadline passed: ``(expired, action for an attached writer)``."""
+        if self.both_attached:
+            return False, None
+        self.expired = True
+        if self.writer_state is EndState.ATTACHED and self.policy.tell_writer:
+            return True, self._close(Side.WRITER, ChannelCloseCode.EXPIRED,
+                                     "channel expired: the reader never connected")
+        return True, None
+
+    def discard(self) -> list[Action]:
+        """Drop the channel now: an attached writer gets 4002, an attached reader 4001."""
+        self.discarded = True
+        self.reader_gone = True
+        if self.failure is None:
+            self.failure = (ChannelCloseCode.WRITER_ABORTED, "channel discarded")
+        self.items.clear()
+        self.queued_bytes = 0
+        actions: list[Action] = []
+        if self.writer_state is EndState.ATTACHED:
+            actions.append(self._close(Side.WRITER, ChannelCloseCode.READER_GONE, "channel discarded"))
+        if self.reader_state is EndState.ATTACHED:
+            actions.append(self._close(Side.READER, ChannelCloseCode.WRITER_ABORTED, "channel discarded"))
+        return actions
+
+    def shutdown(self) -> list[Action]:
+        """The engine stops: close every attached end with 1001."""
+        self.expired = True
+        return [self._close(side, ChannelCloseCode.GOING_AWAY, "engine shutting down")
+                for side, state in ((Side.WRITER, self.writer_state), (Side.READER, self.reader_state))
+                if state is EndState.ATTACHED]
+
+
+__all__ = ["Action", "ChannelMachine", "Close", "Drop", "EndState", "Side", "Step"]

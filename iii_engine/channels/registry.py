@@ -1,0 +1,293 @@
+"""The registry of channels: :class:`ChannelRelay`, what the engine, its listener and its modules call.
+
+It creates channels (``engine::channels::create``), checks upgrades, hands accepted ends to the driver, and owns
+the lifetimes: attach deadlines, discard, removal of an owner's unattached channels, shutdown.
+
+Example:
+    >>> relay = ChannelRelay()
+    >>> refs = relay.create(8, owner="worker-1")
+    >>> refs["writer"]["direction"], refs["reader"]["direction"]
+    ('write', 'read')
+    >>> relay.check(refs["writer"]["channel_id"], refs["reader"]["access_key"], "write")
+    (404, 'Channel not found')
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import secrets
+import uuid
+from collections.abc import Coroutine
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection
+
+from iii.channel_end import ChannelCloseCode, ChannelEnd, WebSocketEnd
+
+from .driver import Driver, LiveChannel, perform
+from .limits import (
+    DEFAULT_ATTACH_TIMEOUT_S,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_QUEUED_BYTES,
+    clamp_buffer_size,
+)
+from .local import ChannelRefused, LocalChannelEnd, LocalRelayEnd, Pipe
+from .machine import ChannelMachine, Close, Side
+from .policy import policy_for
+
+log = logging.getLogger(__name__)
+
+
+class ChannelRelay:
+    """All channels of one engine.
+
+    Args:
+        max_message_size: largest message a writer may send; larger closes the writer with 1009 and aborts.
+        attach_timeout_s: how long an end may stay unattached before the channel expires (4003).
+        max_channel_bytes: default byte quota of a channel (``None``: unlimited); ``create`` may set its own.
+        max_queued_bytes: the relay stops reading a writer while this many payload bytes wait for the reader
+            (besides ``buffer_size`` messages), so a channel holds at most this plus one message in its queue.
+        production_mode: behave like the production engine (see :mod:`iii_engine.channels`).
+
+    Example:
+        >>> relay = ChannelRelay(attach_timeout_s=60.0)
+        >>> ref = relay.create(None, owner=None)["reader"]
+        >>> relay.check(ref["channel_id"], ref["access_key"], "read") is None
+        True
+    """
+
+    def __init__(
+        self,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        attach_timeout_s: float = DEFAULT_ATTACH_TIMEOUT_S,
+        max_channel_bytes: int | None = None,
+        max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
+        production_mode: bool = False,
+    ) -> None:
+        if max_queued_bytes < 1:
+            raise ValueError(f"max_queued_bytes must be >= 1, got {max_queued_bytes}")
+        if max_channel_bytes is not None and max_channel_bytes < 0:
+            raise ValueError(f"max_channel_bytes must be >= 0 or None, got {max_channel_bytes}")
+        self.max_message_size = max_message_size
+        self.max_queued_bytes = max_queued_bytes
+        self.max_channel_bytes = max_channel_bytes
+        self.attach_timeout_s = attach_timeout_s
+        self.production_mode = production_mode
+        self.policy = policy_for(production_mode)
+        self._channels: dict[str, LiveChannel] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._driver = Driver(self._spawn, self._finished)
+
+    # ------------------------------------------------------------------ creation and lookup
+
+    def create(self, buffer_size: int | None, owner: str | None, max_bytes: int | None = None) -> dict[str, Any]:
+        """``engine::channels::create``: ``{"writer": ref, "reader": ref}`` (PROTOCOL §5.1, §9.2 C6/C7).
+
+        ``max_bytes`` caps the bytes the writer may send over the channel (§9.2 C8; the relay's
+        ``max_channel_bytes`` when ``None``); going past it closes the writer with 1009 and aborts the reader.
+        """
+        if max_bytes is not None and max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        policy = self.policy
+        channel_id = str(uuid.uuid4())
+        writer_key = secrets.token_urlsafe(24)
+        reader_key = secrets.token_urlsafe(24) if policy.separate_keys else writer_key
+        machine = ChannelMachine(
+            channel_id, capacity=clamp_buffer_size(buffer_size), max_queued_bytes=self.max_queued_bytes,
+            max_message_size=self.max_message_size,
+            max_bytes=self.max_channel_bytes if max_bytes is None else max_bytes, policy=policy)
+        channel = LiveChannel(machine, writer_key, reader_key, owner if policy.owner_cleanup else None)
+        self._channels[channel_id] = channel
+        self._idle.clear()
+        self._arm_deadline(channel)
+        return {
+            "writer": {"channel_id": channel_id, "access_key": writer_key, "direction": "write"},
+            "reader": {"channel_id": channel_id, "access_key": reader_key, "direction": "read"},
+        }
+
+    def check(self, channel_id: str, key: str | None, direction: str | None) -> tuple[int, str] | None:
+        """``(status, body)`` to refuse the upgrade with, or ``None`` to accept it."""
+        if key is None or direction not in ("read", "write"):
+            return (400, "Invalid channel request: need key and dir=read|write")
+        channel = self._channels.get(channel_id)
+        if channel is None:
+            return (404, "Channel not found")
+        expected = channel.writer_key if direction == "write" else channel.reader_key
+        if not hmac.compare_digest(key.encode(), expected.encode()):
+            return (404, "Channel not found")
+        return None
+
+    async def wait_full(self, channel_id: str) -> None:
+        """Wait until the channel's queue is full (``buffer_size`` messages, or ``max_queued_bytes`` bytes) and the
+        relay has stopped reading its writer (ours; lets tests observe backpressure without polling).
+
+        Raises:
+            KeyError: no such channel.
+        """
+        ch = self._channels[channel_id]
+        if ch.machine.full:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        ch.full_waiters.append(waiter)
+        await waiter
+
+    def stats(self, channel_id: str) -> dict[str, int | None]:
+        """Counters of a live channel (ours; for tests and monitoring).
+
+        ``queued``/``capacity``/``peak``: messages in the queue, its limit, the most it ever held;
+        ``queued_bytes``/``peak_bytes``/``max_queued_bytes``: the same in payload bytes; ``socket_bytes``: bytes
+        received from the writer socket (or waiting in a local writer end) but not yet taken by the relay;
+        ``bytes_in``/``max_bytes``: the lifetime byte count and quota (``bytes_in`` is only counted under a quota).
+
+        Raises:
+            KeyError: no such channel.
+        """
+        ch = self._channels[channel_id]
+        m = ch.machine
+        socket_bytes = ch.writer_end.unread_bytes() if ch.writer_end is not None else 0
+        return {"queued": len(m.items), "capacity": m.capacity, "peak": m.peak_items,
+                "queued_bytes": m.queued_bytes, "peak_bytes": m.peak_bytes,
+                "max_queued_bytes": self.max_queued_bytes, "socket_bytes": socket_bytes,
+                "bytes_in": m.bytes_in, "max_bytes": m.max_bytes}
+
+    def discard(self, channel_id: str) -> None:
+        """Drop a channel now, whatever its state (ours; the REST API module calls it after each request).
+
+        An attached writer is closed with 4002, an attached reader with 4001 (reason "channel discarded"); queued
+        messages are dropped and the ids stop resolving. Unknown or already removed ids are ignored.
+
+        Example:
+            >>> relay = ChannelRelay()
+            >>> channel_id = relay.create(None, owner=None)["reader"]["channel_id"]
+            >>> relay.discard(channel_id); relay.discard(channel_id); len(relay)
+            0
+        """
+        ch = self._channels.get(channel_id)
+        if ch is None:
+            return
+        ch.cancel_deadline()
+        for action in ch.machine.discard():
+            self._driver.act_later(ch, action)
+        ch.wake()
+        self._forget(channel_id)
+
+    async def wait_idle(self) -> None:
+        """Wait until no channel is left (ours; tests await it to check that finished channels are removed)."""
+        await self._idle.wait()
+
+    def __len__(self) -> int:
+        """Number of live channels (ours; tests use it to check removal)."""
+        return len(self._channels)
+
+    def __contains__(self, channel_id: object) -> bool:
+        return channel_id in self._channels
+
+    # ------------------------------------------------------------------ serving one end
+
+    async def serve(self, ws: ServerConnection, channel_id: str, key: str, direction: str) -> None:
+        """Run one accepted channel end until it is done."""
+        await self._serve_end(WebSocketEnd(ws), channel_id, key, direction)
+
+    def open_local(self, channel_id: str, key: str, direction: str) -> LocalChannelEnd:
+        """Attach an engine-internal end to a channel without a socket (ours; the REST API module uses it).
+
+        The end goes through the same queue, backpressure, close codes and cleanup as a socket end; only the
+        WebSocket handshake and framing are skipped. Remote workers keep using sockets.
+
+        Raises:
+            ChannelRefused: the key, direction or channel is wrong (the HTTP status a socket would have got).
+
+        Example:
+            >>> refs = relay.create(8, owner=None)  # doctest: +SKIP
+            >>> reader = relay.open_local(**refs["reader"])  # doctest: +SKIP
+            >>> [message async for message in reader]  # doctest: +SKIP
+            [b'chunk']
+        """
+        refused = self.check(channel_id, key, direction)
+        if refused is not None:
+            raise ChannelRefused(*refused)
+        pipe = Pipe()
+        end = LocalRelayEnd(pipe, writes=direction == "write")
+        task: asyncio.Task[None] = asyncio.ensure_future(self._serve_end(end, channel_id, key, direction))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        # Like a server connection whose handler returned, died or was cancelled (even before it started, at
+        # shutdown): the local side must not wait forever. A no-op when the relay already closed the end.
+        task.add_done_callback(lambda _: end.abort())
+        return LocalChannelEnd(channel_id, direction, pipe)
+
+    async def _serve_end(self, end: ChannelEnd, channel_id: str, key: str, direction: str) -> None:
+        channel = self._channels.get(channel_id)
+        if channel is None or self.check(channel_id, key, direction) is not None:
+            # The channel expired or was removed between check() and the upgrade.
+            await perform(end, Close(Side(direction), self.policy.wire_code(ChannelCloseCode.EXPIRED),
+                                     "channel no longer exists"))
+            return
+        await self._driver.serve(channel, end, Side(direction))
+
+    # ------------------------------------------------------------------ lifetime
+
+    def _arm_deadline(self, ch: LiveChannel) -> None:
+        if self.attach_timeout_s <= 0:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # created outside a loop (doctest, sync setup): no deadline
+            return
+        ch.deadline = loop.call_later(self.attach_timeout_s, self._expire, ch)
+
+    def _expire(self, ch: LiveChannel) -> None:
+        ch.deadline = None
+        m = ch.machine
+        expired, action = m.expire()
+        if not expired:
+            return
+        log.info("channel %s expired (writer %s, reader %s)", ch.id, m.writer_state.value, m.reader_state.value)
+        ch.wake()
+        self._driver.act_later(ch, action)
+        self._forget(ch.id)
+
+    def _finished(self, ch: LiveChannel) -> None:
+        ch.cancel_deadline()
+        self._forget(ch.id)
+
+    def _forget(self, channel_id: str) -> None:
+        self._channels.pop(channel_id, None)
+        if not self._channels:
+            self._idle.set()
+
+    def drop_owner(self, worker_id: str) -> None:
+        """The worker that created channels disconnected: remove its channels that have no attached end."""
+        for ch in list(self._channels.values()):
+            if ch.owner == worker_id and ch.machine.unattached:
+                ch.cancel_deadline()
+                self._forget(ch.id)
+
+    async def close(self) -> None:
+        """Engine shutdown: close every channel socket and forget every channel."""
+        closing = []
+        for ch in list(self._channels.values()):
+            ch.cancel_deadline()
+            for action in ch.machine.shutdown():
+                end = ch.end(action.side)
+                if end is not None:
+                    closing.append(perform(end, action))
+            ch.wake()
+        self._channels.clear()
+        self._idle.set()
+        await asyncio.gather(*closing, return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+__all__ = ["ChannelRelay"]
