@@ -424,8 +424,9 @@ class SQLStream(Backend):
         if gone:
             await conn.execute(delete(items).where(items.c.item_key.in_(gone)))
         if changed:
+            # one row (the usual single caller): a plain execute; several: one executemany
             await conn.execute(update(items).where(items.c.item_key == bindparam("k")).values(value=bindparam("v")),
-                               changed)
+                               changed[0] if len(changed) == 1 else changed)
         rows = [self._row(w, current[k]) for k, w in created.items() if current[k] is not None]
         if rows and self._pg:
             from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -435,7 +436,8 @@ class SQLStream(Backend):
                 if (await conn.execute(statement.returning(items.c.id))).first() is None:
                     return None
         elif rows:
-            await conn.execute(insert(items), rows)  # BEGIN IMMEDIATE holds the database: no one else created it
+            # BEGIN IMMEDIATE holds the database: no one else can have created them
+            await conn.execute(insert(items), rows[0] if len(rows) == 1 else rows)
         if notify:
             await conn.execute(_NOTIFY_MANY, {"channel": NOTIFY_CHANNEL, "payloads": notify})
         return done, results, events
