@@ -96,7 +96,7 @@ def check_receive_target(path: str | os.PathLike[str]) -> tuple[bool, Path]:
     either directory must be writable (``PermissionError``).
 
     Example:
-        >>> check_receive_target("/")[0]
+        >>> check_receive_target(tempfile.gettempdir() + "/")[0]
         True
     """
     text = os.fspath(path)
