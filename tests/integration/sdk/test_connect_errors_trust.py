@@ -3,7 +3,6 @@ after a bounded wait, and a client that connected once still reconnects forever.
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import threading
 import time
