@@ -81,6 +81,10 @@ _MODELS: Final[dict[str, type[BaseModel]]] = {
 # Found by mapping digits to "0" and the rest to "." at C speed: several times faster than a regex scan.
 _DIGITS_ONLY: Final = bytes(48 if 48 <= i <= 57 else 46 for i in range(256))
 _LONG_RUN: Final = b"0" * 19
+_SCAN_WINDOW: Final = 256 * 1024
+# Documents from this size on whose values average this many bytes or more skip orjson (see _mostly_text).
+_LEAN_PARSE_BYTES: Final = 512 * 1024
+_LEAN_BYTES_PER_VALUE: Final = 64
 
 #: How deeply arrays/objects may nest in one JSON document (a frame's own object counts as one level). The same
 #: on every path, decoding and encoding; serde_json (the production engine's parser) stops at 128 as well.
@@ -148,7 +152,7 @@ def loads(raw: str | bytes) -> Any:
         ValueError: NaN and Infinity are not valid JSON (at char 1)
     """
     value: Any = _UNSET
-    if _orjson is not None:
+    if _orjson is not None and not _mostly_text(raw):
         # orjson first: garbage fails at once, with no scan. It turns integers beyond 64 bits into floats (or
         # refuses them as infinite), so a document with a long digit run is parsed again by the exact decoder.
         try:
@@ -209,8 +213,28 @@ def dumps(value: Any) -> str:
 
 
 def _has_long_digits(raw: str | bytes) -> bool:
-    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-    return _LONG_RUN in data.translate(_DIGITS_ONLY)
+    # Window by window: a whole-document translate (and, for a str, encode) would cost two copies of a frame of
+    # several MiB at once, and the C allocator keeps such peaks long after the frame is gone. Windows overlap so a
+    # run across a boundary is still seen; a document that fits in one window is scanned without slicing.
+    overlap = len(_LONG_RUN) - 1
+    for start in range(0, max(len(raw), 1), _SCAN_WINDOW):
+        window = raw[start:start + _SCAN_WINDOW + overlap]
+        data = window.encode("utf-8", "surrogatepass") if isinstance(window, str) else window
+        if _LONG_RUN in data.translate(_DIGITS_ONLY):
+            return True
+    return False
+
+
+def _mostly_text(raw: str | bytes) -> bool:
+    # orjson's reader allocates about 13 times the document before it builds anything; the standard decoder only
+    # what the result holds. For a big document that is mostly string data it is as fast, so it gets that one.
+    if len(raw) < _LEAN_PARSE_BYTES:
+        return False
+    if isinstance(raw, str):
+        separators = raw.count(",") + raw.count(":")
+    else:
+        separators = raw.count(b",") + raw.count(b":")
+    return separators * _LEAN_BYTES_PER_VALUE < len(raw)
 
 
 def _bracket_count(raw: str | bytes) -> int:

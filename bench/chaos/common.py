@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -115,11 +116,14 @@ class EngineProcess:
         self.log_path = log_path
 
     @classmethod
-    async def start(cls, log_path: Path, *args: str, ready_within: float = 20.0) -> EngineProcess:
-        """Start one and wait (at most ``ready_within`` s) for its ready line."""
+    async def start(cls, log_path: Path, *args: str, ready_within: float = 20.0,
+                    probed: bool = False) -> EngineProcess:
+        """Start one and wait (at most ``ready_within`` s) for its ready line; ``probed`` runs it under
+        :mod:`bench.chaos.engine_probe` (see :meth:`probe`)."""
+        module = os.environ.get("III_CHAOS_ENGINE_MODULE", "bench.chaos.engine_probe") if probed else "iii_engine"
         with log_path.open("ab") as log:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "iii_engine", "--host", HOST, *args,
+                sys.executable, "-m", module, "--host", HOST, *args,
                 stdout=asyncio.subprocess.PIPE, stderr=log, env=child_env(), cwd=ROOT)
         assert proc.stdout is not None
         deadline = time.monotonic() + ready_within
@@ -136,6 +140,21 @@ class EngineProcess:
                 raise RuntimeError(f"iii-engine exited with {code} before it was ready: {_tail(log_path)}")
             if line.startswith(READY_PREFIX):
                 return cls(proc, line[len(READY_PREFIX):].strip(), log_path)
+
+    async def probe(self, within: float = 10.0) -> dict[str, Any]:
+        """The probe's figures since the previous call (engines started with ``probed=True`` only)."""
+        from .engine_probe import PREFIX
+
+        if os.environ.get("III_CHAOS_TRACEMALLOC") == "1":
+            within = max(within, 300.0)  # a snapshot of the whole heap takes a while
+        assert self.process.stdout is not None
+        self.process.send_signal(signal.SIGUSR1)
+        async with asyncio.timeout(within):
+            while line := (await self.process.stdout.readline()).decode():
+                if line.startswith(PREFIX):
+                    result: dict[str, Any] = json.loads(line[len(PREFIX):])
+                    return result
+        raise RuntimeError(f"the engine ended before its probe answered: {self.log_tail(5)}")
 
     @property
     def pid(self) -> int:

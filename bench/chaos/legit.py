@@ -31,9 +31,13 @@ class Phases:
         self.current = "warmup"
         self.data: dict[str, dict[str, Any]] = {}
 
+    def _phase(self) -> dict[str, Any]:
+        return self.data.setdefault(self.current, {"calls": 0, "failures": 0, "errors": [], "latencies_ms": [],
+                                                   "own_lag_ms": []})
+
     def record(self, seconds: float, error: str | None) -> None:
         """One legitimate call finished (``error`` is None on success)."""
-        phase = self.data.setdefault(self.current, {"calls": 0, "failures": 0, "errors": [], "latencies_ms": []})
+        phase = self._phase()
         phase["calls"] += 1
         if error is None:
             phase["latencies_ms"].append(round(seconds * 1000, 3))
@@ -41,6 +45,16 @@ class Phases:
             phase["failures"] += 1
             if len(phase["errors"]) < 5:
                 phase["errors"].append(error)
+
+
+async def own_lag(phases: Phases, stop: asyncio.Event, tick_s: float = 0.005) -> None:
+    """How late this process's own timer fires, per phase: the callers' share of CPU starvation, reported beside
+    their latencies (a call cannot be answered faster than the caller's loop gets to run)."""
+    loop = asyncio.get_running_loop()
+    while not stop.is_set():
+        due = loop.time() + tick_s
+        await asyncio.sleep(tick_s)
+        phases._phase()["own_lag_ms"].append(round(max(0.0, loop.time() - due) * 1000, 3))
 
 
 async def caller(client: III, target: str, phases: Phases, stop: asyncio.Event) -> None:
@@ -89,7 +103,8 @@ async def main() -> int:
     phases = Phases()
     stop = asyncio.Event()
     tasks = [asyncio.create_task(caller(a, "chaos::b", phases, stop)),
-             asyncio.create_task(caller(b, "chaos::a", phases, stop))]
+             asyncio.create_task(caller(b, "chaos::a", phases, stop)),
+             asyncio.create_task(own_lag(phases, stop))]
     print("ready", flush=True)
     loop = asyncio.get_running_loop()
     end = time.monotonic() + args.max_seconds
