@@ -287,7 +287,7 @@ async def main() -> None:
     for end in ("write", "read"):
         if CPU[f"ours_{end}"] and CPU[f"ref_{end}"]:
             ratio = statistics.median(CPU[f"ours_{end}"]) / statistics.median(CPU[f"ref_{end}"])
-            print(f"  ours / reference CPU per GiB, {end}r: {ratio:.2f} (goal <= 0.60)")
+            print(f"  ours / reference CPU per GiB, {end} end: {ratio:.2f} (goal <= 0.60)")
     if not args.skip_memory:
         mem = await memory(args.mem_size_mib << 20, args.slow_ms)
         print(f"slow reader, {args.mem_size_mib} MiB: engine base {mem['engine_base_mib']:.0f} MiB, "

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from iii.ws_fastpath import bound_frame_queue, enable_fast_receive, server_factory
+from iii.ws_fastpath import bound_frame_queue, enable_fast_receive, server_factory, set_max_message_size
 
 from .channels import CHANNEL_SOCKET_QUEUE, SOCKET_QUEUE_BYTES, ChannelRelay
 
@@ -97,12 +97,12 @@ class Listener:
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         route = route_request(request.path)
         if route is None:
-            connection.protocol.max_message_size = self.max_message_size
+            set_max_message_size(connection, self.max_message_size)
             return None
         if isinstance(route, ChannelRoute):
             refusal = self.relay.check(route.channel_id, route.key, route.direction)
             if refusal is None:
-                connection.protocol.max_message_size = self.relay.max_message_size
+                set_max_message_size(connection, self.relay.max_message_size)
                 # Frames queue up here before the relay reads them; start small so a burst of large messages
                 # cannot pile up (the relay resizes the queue from the message sizes it sees).
                 bound_frame_queue(connection, *CHANNEL_SOCKET_QUEUE)

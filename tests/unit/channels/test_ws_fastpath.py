@@ -165,3 +165,27 @@ async def test_frames_arriving_with_the_handshake_response_are_not_lost() -> Non
             assert await reader.recv() == b"early" * 100
             assert await reader.recv() == "note"
             assert await reader.recv() is None
+
+
+@pytest.mark.parametrize("production", [False, True], ids=["ours", "production"])
+async def test_the_public_api_fallback_carries_a_whole_stream(monkeypatch: pytest.MonkeyPatch,
+                                                              production: bool) -> None:
+    # What a websockets without the internals gets: plain connections, ws.send/recv/close, counted fallbacks.
+    monkeypatch.setattr(ws_fastpath, "AVAILABLE", False)
+    before = sum(ws_fastpath.FALLBACKS.values())
+    async with relay_server(ChannelRelay(production_mode=production)) as (base, relay):
+        refs = relay.create(None, owner=None)
+        writer, reader = ChannelWriter(base, refs["writer"]), ChannelReader(base, refs["reader"])
+        payload = os.urandom(300_000)
+
+        async def produce() -> None:
+            await writer.send_message_async("meta")
+            await writer.write(payload)
+            await writer.close_async()
+
+        texts: list[str] = []
+        reader.on_message(texts.append)
+        _, data = await asyncio.gather(produce(), reader.read_all())
+    assert data == payload and texts == ["meta"]
+    assert reader._end is not None and not isinstance(reader._end.ws, FastClientConnection)
+    assert sum(ws_fastpath.FALLBACKS.values()) > before
