@@ -27,6 +27,8 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from iii import ws_fastpath
+from iii.channel_end import EOF_CODES, ChannelCloseCode
 from iii.wire import loads
 
 from ...channels import LocalChannelEnd
@@ -35,8 +37,6 @@ from ..base import ChannelService
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 64 * 1024  # the reference SDK's frame size for binary writes
-CLOSE_ABORT = 4001  # what the relay forwards to the reader when a writer aborts (PROTOCOL §9.2)
-_EOF_CODES = frozenset({1000, 1005})
 
 
 class ChannelAborted(Exception):
@@ -85,11 +85,11 @@ def _abort(end: _End) -> None:
     if isinstance(end, LocalChannelEnd):
         end.abort()
     elif isinstance(end, ClientConnection):
-        end.transport.abort()
+        ws_fastpath.abort(end)
 
 
 def _closed_cleanly(exc: ConnectionClosed) -> bool:
-    return exc.rcvd is not None and exc.rcvd.code in _EOF_CODES
+    return exc.rcvd is not None and exc.rcvd.code in EOF_CODES
 
 
 def _why(exc: ConnectionClosed) -> str:
@@ -125,9 +125,9 @@ async def write_body(engine_url: str, ref: Mapping[str, Any], body: bytes | byte
             except Exception as exc:
                 log.info("request body from the HTTP client failed: %r; aborting channel %s", exc,
                          ref.get("channel_id"))
-                await ws.close(CLOSE_ABORT, f"HTTP client body failed: {exc!r}"[:120])
+                await ws.close(ChannelCloseCode.WRITER_ABORTED, f"HTTP client body failed: {exc!r}"[:120])
                 return
-        await ws.close(1000)
+        await ws.close(ChannelCloseCode.NORMAL)
     except ConnectionClosed as exc:
         log.debug("request body channel %s ended early: %s", ref.get("channel_id"), _why(exc))
     except asyncio.CancelledError:
