@@ -1,33 +1,33 @@
 """The worker client: ``register_worker`` and :class:`III`.
 
-``III`` runs a private event loop in a daemon thread. Sync methods block the calling thread on that loop;
-``*_async`` methods may be awaited from any event loop (PROTOCOL §9.5 S4). The socket itself is
-:class:`iii.connection.Connection`; this module holds the protocol: registrations and their replay, calls and
-their pending results, incoming invocations and trigger registrations.
+``III`` is a thin driver. The protocol state (registrations and their replay, pending calls, generation, what
+an incoming frame means) is :class:`iii.protocol.client.ClientSession`, which does no I/O; the socket is
+:class:`iii.connection.Connection`. The rest is one small object per job: :class:`~iii.loop_bridge.LoopBridge`
+(the private loop in a daemon thread: sync methods block on it, ``*_async`` methods may be awaited from any
+loop, PROTOCOL §9.5 S4), :class:`~iii.pending_calls.PendingCalls` (futures and timeouts),
+:class:`~iii.handler_runner.HandlerRunner` (function handlers), :class:`~iii.trigger_host.TriggerTypeHost`
+(custom trigger types) and :class:`~iii.telemetry_wiring.TelemetryWiring`.
 
 Example:
-    >>> # iii = register_worker("ws://localhost:49134")
-    >>> # iii.register_function("greet", lambda data: {"hello": data["name"]})
-    >>> # iii.trigger({"function_id": "greet", "payload": {"name": "Ada"}})
+    >>> # with register_worker("ws://localhost:49134") as iii:
+    >>> #     iii.register_function("greet", lambda data: {"hello": data["name"]})
+    >>> #     iii.trigger({"function_id": "greet", "payload": {"name": "Ada"}})
     >>> # {'hello': 'Ada'}
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import inspect
 import logging
-import threading
-import traceback
 import uuid
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, TypeVar
 
 from .channels import ChannelReader, ChannelWriter
 from .connection import Connection, Frame, Write, check_url
-from .errors import ConnectionLostError, InvocationError, ShuttingDownError
+from .errors import InvocationError, ShuttingDownError
+from .handler_runner import HandlerRunner
 from .iii_constants import DEFAULT_RECONNECTION_CONFIG as DEFAULT_RECONNECTION_CONFIG  # reference re-export
 from .iii_constants import MAX_QUEUE_SIZE as MAX_QUEUE_SIZE  # reference re-export
 from .iii_constants import FunctionRef, IIIConnectionState, InitOptions
@@ -40,27 +40,35 @@ from .iii_types import (
     RegisterServiceInput,
     RegisterServiceMessage,
     RegisterTriggerInput,
-    RegisterTriggerMessage,
     RegisterTriggerTypeInput,
-    RegisterTriggerTypeMessage,
     StreamChannelRef,
     TriggerActionEnqueue,
     TriggerActionVoid,
     TriggerInfo,
     TriggerRequest,
-    UnregisterFunctionMessage,
-    UnregisterTriggerMessage,
-    UnregisterTriggerTypeMessage,
     WorkerInfo,
 )
+from .loop_bridge import LoopBridge
 from .payloads import action_to_wire, format_dict, resolve_channels
+from .pending_calls import PendingCalls
+from .protocol.client import (
+    CallFailed,
+    CallSucceeded,
+    ClientSession,
+    Event,
+    FrameSkipped,
+    InvocationRequested,
+    Send,
+    TriggerDropped,
+    TriggerRequested,
+    WorkerRegistered,
+)
 from .stream import IStream
 from .stream_glue import stream_functions
-from .telemetry_types import OtelConfig
-from .trace_scope import TraceScope, load_telemetry
-from .triggers import Trigger, TriggerConfig, TriggerHandler
+from .telemetry_wiring import TelemetryWiring
+from .trigger_host import TriggerTypeHost
+from .triggers import Trigger, TriggerHandler
 from .types import Channel, RemoteFunctionHandler
-from .wire import dumps, encode, loads
 from .worker_metadata import worker_metadata
 
 # Older private names, still imported by tests.
@@ -69,11 +77,10 @@ _resolve_channels = resolve_channels
 
 __all__ = ["III", "TriggerAction", "register_worker"]
 
-log = logging.getLogger("iii.iii")
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_SYNC_FROM_LOOP = "Cannot call sync SDK methods from the event loop thread. Use async handler methods instead."
 # The bound on waiting for the FIRST connection (register_worker, connect_async): the reference SDK's 30 s.
 # ReconnectionConfig.max_retries can end it sooner; once connected, a lost engine is retried as configured
 # (forever by default). Read at call time so tests can shorten it.
@@ -84,30 +91,8 @@ _RECOVERY_POLL_S = 0.25
 _WORKER_ID_WAIT_S = 2.0
 
 
-class _Pending:
-    __slots__ = ("function_id", "future", "timer")
-
-    def __init__(self, future: asyncio.Future[Any], function_id: str) -> None:
-        self.future = future
-        self.function_id = function_id
-        self.timer: asyncio.TimerHandle | None = None
-
-
-@dataclass
-class _LocalFunction:
-    frame: str
-    handler: Callable[[Any], Any] | None  # None for HTTP-invoked functions
-    is_async: bool
-
-
-@dataclass
-class _LocalTriggerType:
-    frame: str
-    handler: TriggerHandler[Any]
-
-
 class III:
-    """A worker connected to an iii engine.
+    """A worker connected to an iii engine; usable as ``with`` / ``async with`` (shut down on exit).
 
     Example:
         >>> # iii = III("ws://localhost:49134", InitOptions(worker_name="billing"))
@@ -119,28 +104,22 @@ class III:
         # A URL that can never work fails here, before a thread starts (ValueError naming the bad part).
         self._address = check_url(address)
         self._options = options or InitOptions()
-        self._functions: dict[str, _LocalFunction] = {}
-        self._services: dict[str, str] = {}
-        self._triggers: dict[str, tuple[str, RegisterTriggerMessage]] = {}
-        self._trigger_types: dict[str, _LocalTriggerType] = {}
-        # Triggers of our types the engine asked us to run, so an unregister can pass their config along.
-        self._owned_triggers: dict[str, TriggerConfig[Any]] = {}
-        self._pending: dict[str, _Pending] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._session = ClientSession()
+        self._runner = HandlerRunner(self._address)
+        self._trigger_host = TriggerTypeHost()
+        self._telemetry = TelemetryWiring()
         self._functions_available_callbacks: list[Callable[[list[FunctionInfo]], None]] = []
         self._functions_available_trigger: Trigger | None = None
         self._functions_available_function_id: str | None = None
         self._connection_state: IIIConnectionState = "disconnected"
-        self._worker_id: str | None = None
-        self._lost_worker_id: str | None = None
-        self._generation = 0
         self._closed = False
-        self._trace = TraceScope(None)
-        self._telemetry_started = False
-        # Woken (on the client's loop) whenever the connection state or the worker id changes.
+        # Woken (on the client's loop) whenever the connection state or the worker id changes; one per waiting
+        # caller, each removed when its wait ends.
         self._state_waiters: list[asyncio.Future[None]] = []
 
-        self._loop = asyncio.new_event_loop()
+        self._bridge = LoopBridge()
+        self._loop = self._bridge.loop
+        self._calls = PendingCalls(self._loop)
         self._conn = Connection(
             address,
             on_frame=self._on_frame,
@@ -149,60 +128,55 @@ class III:
             on_lost=self._on_lost,
             on_state=self._set_connection_state,
             reconnection=self._options.reconnection_config,
-            keep=self._pending.__contains__,
+            keep=self._session.is_pending,
         )
-        self._thread = threading.Thread(target=self._loop.run_forever, name="iii-sdk-loop", daemon=True)
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start_async(), self._loop)
+        self._bridge.submit(self._start_async())
 
-    # ---------------------------------------------------------------- loop plumbing
+    # ---------------------------------------------------------------- context manager (issue #11)
+
+    def __enter__(self) -> III:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.shutdown()
+
+    async def __aenter__(self) -> III:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.shutdown_async()
+        if not self._bridge.on_loop_thread():
+            # The private loop and its thread go too, without blocking the caller's loop on the join.
+            await asyncio.get_running_loop().run_in_executor(None, self._bridge.stop)
+
+    # ---------------------------------------------------------------- small helpers
 
     def _run_on_loop(self, coro: Coroutine[Any, Any, T]) -> T:
-        if threading.current_thread() is self._thread:
-            coro.close()
-            raise RuntimeError(_SYNC_FROM_LOOP)
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-
-    async def _on_own_loop(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Await ``coro`` on the client's loop, whichever loop the caller runs on."""
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self._loop:
-            return await coro
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
-
-    def _soon(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` on the client's loop, in call order, from any thread."""
-        if threading.current_thread() is self._thread:
-            fn(*args)
-        else:
-            self._loop.call_soon_threadsafe(fn, *args)
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = self._loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        return self._bridge.run(coro)
 
     def _send_registration(self, frame: str) -> None:
         """Send a registration change now if a socket is up; otherwise the replay on connect covers it."""
         if self._conn.state == "connected":
             self._conn.send_soon(frame)
 
+    def _register(self, frame: str) -> None:
+        self._bridge.soon(self._send_registration, frame)
+
     # ---------------------------------------------------------------- connection lifecycle
 
     def _wait_until_connected(self, timeout: float | None = None) -> None:
         """Block until connected; ``ConnectionError`` when that did not happen within ``timeout`` seconds
         (default: the 30 s bound) or reconnection gave up (``max_retries``)."""
-        if self._connection_state == "connected" and self._worker_id is not None:
+        if self._connection_state == "connected" and self._session.worker_id is not None:
             return
         self._run_on_loop(self._connected_within(_REFERENCE_CONNECT_WAIT_S if timeout is None else timeout))
 
     async def _connected_within(self, seconds: float) -> None:
         """Return once connected; ``ConnectionError`` after ``seconds`` or when retries ran out (any loop)."""
         if asyncio.get_running_loop() is not self._loop:
-            await self._on_own_loop(self._connected_within(seconds))
+            await self._bridge.run_async(self._connected_within(seconds))
             return
         loop = self._loop
         deadline = loop.time() + seconds
@@ -218,7 +192,7 @@ class III:
         # The engine sends workerregistered right after the upgrade (T1); a moment's wait means worker_id is
         # usually set when the caller gets the client. Nothing depends on it, so no error if it is late.
         named_by = loop.time() + _WORKER_ID_WAIT_S
-        while self._worker_id is None and self._connection_state == "connected":
+        while self._session.worker_id is None and self._connection_state == "connected":
             if not await self._state_change(named_by - loop.time()):
                 break
 
@@ -268,28 +242,9 @@ class III:
         if self._closed:
             raise ShuttingDownError()
         if asyncio.get_running_loop() is not self._loop:
-            await self._on_own_loop(self._start_async())
+            await self._bridge.run_async(self._start_async())
             return
-        if self._telemetry_started:
-            await self._conn.start()
-            return
-        self._telemetry_started = True
-        tel = load_telemetry()
-        if tel is not None:
-            try:
-                otel = self._options.otel
-                config = otel if isinstance(otel, OtelConfig) or otel is None else OtelConfig(**otel)
-                # Telemetry frames go over this worker's own socket, not a second one (PROTOCOL §9.5 S12).
-                tel.init_otel(config=config, loop=self._loop, frame_sink=self.send_telemetry)
-                attach = getattr(tel, "attach_event_loop", None)
-                if attach is not None:
-                    attach(self._loop)
-                # Telemetry is process-wide: counted per client so one client's shutdown keeps it on for others.
-                tel.register_client(self, self.send_telemetry, self._loop)
-            except ImportError:
-                log.debug("OpenTelemetry not available")
-                tel = None
-        self._trace = TraceScope(tel)
+        self._telemetry.start(self, self._options.otel, self._loop, self.send_telemetry)
         await self._conn.start()
 
     def shutdown(self) -> None:
@@ -298,13 +253,10 @@ class III:
         Example:
             >>> # iii.shutdown()
         """
-        if not self._thread.is_alive():
+        if not self._bridge.alive:
             return
         self._run_on_loop(self.shutdown_async())
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
-        if not self._thread.is_alive():
-            self._loop.close()
+        self._bridge.stop()
 
     async def shutdown_async(self) -> None:
         """Disconnect and fail pending calls with ``iii is shutting down``; usable from any loop.
@@ -313,30 +265,15 @@ class III:
             >>> # await iii.shutdown_async()
         """
         if asyncio.get_running_loop() is not self._loop:
-            await self._on_own_loop(self.shutdown_async())
+            if self._bridge.alive:
+                await self._bridge.run_async(self.shutdown_async())
             return
         self._closed = True
-        tel = load_telemetry()
-        if tel is not None:
-            # Before closing the socket: a survivor takes over the frames, or (last client) the final flush
-            # still reaches the engine.
-            try:
-                await tel.release_client_async(self)
-            except Exception:
-                log.debug("OpenTelemetry shutdown failed", exc_info=True)
+        await self._telemetry.release(self)
         await self._conn.close()
-        for pending in list(self._pending.values()):
-            if pending.timer is not None:
-                pending.timer.cancel()
-            if not pending.future.done():
-                pending.future.set_exception(ShuttingDownError())
-        self._pending.clear()
-        current = asyncio.current_task()
-        tasks = [t for t in self._tasks if t is not current]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        for failure in self._session.close():
+            self._calls.fail(failure.invocation_id, failure.error)
+        await self._bridge.cancel_tasks()
         self._set_connection_state("disconnected")
 
     def get_connection_state(self) -> IIIConnectionState:
@@ -350,7 +287,7 @@ class III:
     @property
     def worker_id(self) -> str | None:
         """The id the engine gave this connection (``None`` before ``workerregistered``)."""
-        return self._worker_id
+        return self._session.worker_id
 
     def send_telemetry(self, frame: bytes) -> None:
         """Send one binary telemetry frame (``OTLP``/``MTRC``/``LOGS`` + body) on the worker socket.
@@ -367,8 +304,8 @@ class III:
             if self._conn.is_ready:
                 self._conn.send_soon(frame)
 
-        if self._thread.is_alive():
-            self._soon(send)
+        if self._bridge.alive:
+            self._bridge.soon(send)
 
     def _set_connection_state(self, state: IIIConnectionState) -> None:
         self._connection_state = state
@@ -376,47 +313,20 @@ class III:
         self._notify_state()
 
     async def _on_open(self, write: Write) -> None:
-        self._generation += 1
-        for trigger_type in list(self._trigger_types.values()):
-            await write(trigger_type.frame)
-        for frame in list(self._services.values()):
-            await write(frame)
-        for function in list(self._functions.values()):
-            await write(function.frame)
-        for frame, _ in list(self._triggers.values()):
+        for frame in self._session.connection_opened():
             await write(frame)
 
     def _on_ready(self) -> None:
-        tp, bg = self._trace.headers()
-        frame: dict[str, Any] = {"function_id": "engine::workers::register", "data": worker_metadata(self._options)}
-        if tp:
-            frame["traceparent"] = tp
-        if bg:
-            frame["baggage"] = bg
-        frame["action"] = {"type": "void"}
-        frame["type"] = "invokefunction"
-        self._conn.send_soon(dumps(frame))
-        if self._lost_worker_id is not None:
-            old, self._lost_worker_id = self._lost_worker_id, None
-            self._spawn(self._recover_registrations(old))
+        tp, bg = self._telemetry.trace.headers()
+        frame, lost_worker_id = self._session.connection_ready(worker_metadata(self._options), tp or None,
+                                                               bg or None)
+        self._conn.send_soon(frame)
+        if lost_worker_id is not None:
+            self._bridge.spawn(self._recover_registrations(lost_worker_id))
 
     def _on_lost(self) -> None:
-        self._lost_worker_id = self._worker_id or self._lost_worker_id
-        self._worker_id = None
-        queued = self._conn.queued_keys()
-        lost = [iid for iid in self._pending if iid not in queued]
-        # The engine halts every call of a vanished worker: their results will never come (PROTOCOL §9.5 S5).
-        for iid in lost:
-            pending = self._pending.pop(iid)
-            if pending.timer is not None:
-                pending.timer.cancel()
-            if not pending.future.done():
-                pending.future.set_exception(
-                    ConnectionLostError(
-                        "connection_lost",
-                        f"Connection to the engine was lost while invoking '{pending.function_id}'",
-                    )
-                )
+        for failure in self._session.connection_lost(self._conn.queued_keys()):
+            self._calls.fail(failure.invocation_id, failure.error)
 
     async def _recover_registrations(self, old_worker_id: str) -> None:
         """Re-send registrations an old connection's cleanup deleted (PROTOCOL §8.1 T7)."""
@@ -431,178 +341,62 @@ class III:
             else:
                 return
             listed = await self._call("engine::functions::list", {"include_internal": True}, None)
-            present = {f.get("function_id") for f in listed.get("functions", [])}
-            for function_id, function in list(self._functions.items()):
-                if function_id not in present and function_id in self._functions:
-                    log.info("Re-registering function %s lost in the old connection's cleanup", function_id)
-                    await self._conn.send(function.frame)
+            for frame in self._session.missing_functions(f.get("function_id") for f in listed.get("functions", [])):
+                log.info("Re-registering a function lost in the old connection's cleanup: %.120s", frame)
+                await self._conn.send(frame)
             listed = await self._call("engine::triggers::list", {"include_internal": True}, None)
-            present = {t.get("id") for t in listed.get("triggers", [])}
-            for trigger_id, (frame, _) in list(self._triggers.items()):
-                if trigger_id not in present and trigger_id in self._triggers:
-                    log.info("Re-registering trigger %s lost in the old connection's cleanup", trigger_id)
-                    await self._conn.send(frame)
+            for frame in self._session.missing_triggers(t.get("id") for t in listed.get("triggers", [])):
+                log.info("Re-registering a trigger lost in the old connection's cleanup: %.120s", frame)
+                await self._conn.send(frame)
         except (InvocationError, TimeoutError, ShuttingDownError, AttributeError) as exc:
             log.debug("Registration check after reconnect stopped: %s", exc)
 
     # ---------------------------------------------------------------- incoming frames
 
     def _on_frame(self, raw: Frame) -> None:
-        try:
-            msg = loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            log.warning("Skipping a frame that is not JSON (%s): %.200r", exc, raw)
-            return
-        if not isinstance(msg, dict):
-            log.warning("Skipping a frame that is not a JSON object: %.200r", raw)
-            return
-        kind = msg.get("type")
-        if kind == "invocationresult":
-            self._on_result(msg)
-        elif kind == "invokefunction":
-            self._spawn(self._on_invoke(msg, self._generation))
-        elif kind == "workerregistered":
-            worker_id = msg.get("worker_id")
-            self._worker_id = worker_id if isinstance(worker_id, str) else None
+        for event in self._session.receive(raw):
+            self._dispatch(event)
+
+    def _dispatch(self, event: Event) -> None:
+        """Act on one event of the protocol core (loop thread)."""
+        if isinstance(event, CallSucceeded):
+            self._calls.succeed(event.invocation_id, event.result)
+        elif isinstance(event, InvocationRequested):
+            self._bridge.spawn(self._invoke(event))
+        elif isinstance(event, CallFailed):
+            self._calls.fail(event.invocation_id, event.error)
+        elif isinstance(event, Send):
+            self._conn.send_soon(event.frame)
+        elif isinstance(event, WorkerRegistered):
             self._notify_state()
-        elif kind == "registertrigger":
-            self._spawn(self._on_register_trigger(msg, self._generation))
-        elif kind == "unregistertrigger":
-            self._spawn(self._on_unregister_trigger(msg))
-        elif kind == "ping":
-            self._conn.send_soon('{"type":"pong"}')
-        elif kind != "pong":
-            log.debug("Ignoring message of type %r", kind)
+        elif isinstance(event, TriggerRequested):
+            self._bridge.spawn(self._register_owned_trigger(event))
+        elif isinstance(event, TriggerDropped):
+            self._bridge.spawn(self._trigger_host.unregister(event.trigger_type, event.trigger_id,
+                                                            event.function_id, event.config))
+        elif isinstance(event, FrameSkipped):
+            log.log(event.level, "%s", event.reason)
 
-    def _on_result(self, msg: dict[str, Any]) -> None:
-        invocation_id = msg.get("invocation_id")
-        pending = self._pending.pop(invocation_id, None) if isinstance(invocation_id, str) else None
-        if pending is None:
-            log.debug("Result for an unknown or expired invocation %r ignored", invocation_id)
-            return
-        if pending.timer is not None:
-            pending.timer.cancel()
-        if pending.future.done():
-            return
-        error = msg.get("error")
-        if error:
-            pending.future.set_exception(InvocationError.from_wire(error))
-        else:
-            pending.future.set_result(msg.get("result"))
-
-    async def _on_invoke(self, msg: dict[str, Any], generation: int) -> None:
-        invocation_id = msg.get("invocation_id")
-        function_id = msg.get("function_id")
-        if not isinstance(function_id, str):
-            log.warning("invokefunction without a string function_id ignored: %.200r", msg)
-            return
-        function = self._functions.get(function_id)
-        error: dict[str, Any] | None = None
-        result: Any = None
-        traceparent: str | None = None
-        if function is None or function.handler is None:
-            if function is None:
-                error = {"code": "function_not_found", "message": f"Function '{function_id}' not found"}
-            else:
-                error = {
-                    "code": "function_not_invokable",
-                    "message": "Function is HTTP-invoked and cannot be invoked locally",
-                }
-            log.warning(error["message"])
-        else:
-            try:
-                data = resolve_channels(msg.get("data"), self._address)
-            except Exception as exc:
-                log.exception("Failed to resolve channel refs for %s", function_id)
-                error = {"code": "invocation_failed", "message": str(exc), "stacktrace": traceback.format_exc()}
-            else:
-                call = self._bind(function, data)
-                result, exc_or_none, stack, traceparent = await self._trace.run(
-                    f"call {function_id}", call, msg.get("traceparent"), msg.get("baggage")
-                )
-                if exc_or_none is not None:
-                    log.error("Error in handler %s: %s", function_id, exc_or_none)
-                    error = {"code": "invocation_failed", "message": str(exc_or_none), "stacktrace": stack}
-        if not isinstance(invocation_id, str):
+    async def _invoke(self, event: InvocationRequested) -> None:
+        result, error, traceparent = await self._runner.run(
+            event.function_id, event.data, event.traceparent, event.baggage, self._telemetry.trace
+        )
+        if event.invocation_id is None:
             return  # fire-and-forget: nobody waits for an answer
-        frame: dict[str, Any] = {"invocation_id": invocation_id, "function_id": function_id}
-        if error is None and result is not None:
-            frame["result"] = result
-        if error is not None:
-            frame["error"] = error
-        if traceparent:
-            frame["traceparent"] = traceparent
-        frame["type"] = "invocationresult"
-        try:
-            raw = dumps(frame)
-        except (TypeError, ValueError) as exc:
-            frame.pop("result", None)
-            frame["error"] = {
-                "code": "invocation_failed",
-                "message": f"result of {function_id} is not JSON-serialisable: {exc}",
-                "stacktrace": traceback.format_exc(),
-            }
-            frame["type"] = frame.pop("type")
-            raw = dumps(frame)
-        if generation != self._generation or not self._conn.is_ready:
+        frame = self._session.answer(event.invocation_id, event.function_id, result=result, error=error,
+                                     traceparent=traceparent or None, generation=event.generation)
+        if frame is None or not self._conn.is_ready:
             # The engine halted this invocation when the old connection dropped; nobody wants the answer.
-            log.debug("Dropping the result of %s: its connection is gone", invocation_id)
+            log.debug("Dropping the result of %s: its connection is gone", event.invocation_id)
             return
-        await self._conn.send(raw)
+        await self._conn.send(frame)
 
-    def _bind(self, function: _LocalFunction, data: Any) -> Callable[[], Coroutine[Any, Any, Any]]:
-        handler = function.handler
-        assert handler is not None
-        if function.is_async:
-            return lambda: handler(data)
-
-        async def run_sync() -> Any:
-            # copy_context carries the trace context into the executor thread (run_in_executor does not).
-            ctx = contextvars.copy_context()
-            result = await self._loop.run_in_executor(None, ctx.run, handler, data)
-            if inspect.isawaitable(result):
-                result = await result
-            return result
-
-        return run_sync
-
-    async def _on_register_trigger(self, msg: dict[str, Any], generation: int) -> None:
-        trigger_id = str(msg.get("id", ""))
-        trigger_type = msg.get("trigger_type")
-        function_id = str(msg.get("function_id", ""))
-        answer: dict[str, Any] = {
-            "type": "triggerregistrationresult",
-            "id": trigger_id,
-            "trigger_type": trigger_type,
-            "function_id": function_id,
-        }
-        owner = self._trigger_types.get(trigger_type) if isinstance(trigger_type, str) else None
-        if owner is None:
-            answer["error"] = {"code": "trigger_type_not_found", "message": "Trigger type not found"}
-        else:
-            config: TriggerConfig[Any] = TriggerConfig(id=trigger_id, function_id=function_id, config=msg.get("config"))
-            try:
-                await owner.handler.register_trigger(config)
-                self._owned_triggers[trigger_id] = config
-            except Exception as exc:
-                log.exception("Error registering trigger %s", trigger_id)
-                answer["error"] = {"code": "trigger_registration_failed", "message": str(exc)}
-        if generation == self._generation and self._conn.is_ready:
-            await self._conn.send(dumps(answer))
-
-    async def _on_unregister_trigger(self, msg: dict[str, Any]) -> None:
-        trigger_id = str(msg.get("id", ""))
-        trigger_type = msg.get("trigger_type")
-        owner = self._trigger_types.get(trigger_type) if isinstance(trigger_type, str) else None
-        known = self._owned_triggers.pop(trigger_id, None)
-        if owner is None:
-            log.debug("unregistertrigger %s for a type we do not own (%r)", trigger_id, trigger_type)
-            return
-        config = known or TriggerConfig(id=trigger_id, function_id="", config=None)
-        try:
-            await owner.handler.unregister_trigger(config)
-        except Exception:
-            log.exception("Error unregistering trigger %s", trigger_id)
+    async def _register_owned_trigger(self, event: TriggerRequested) -> None:
+        error = await self._trigger_host.register(event.trigger_type, event.trigger_id, event.function_id,
+                                                  event.config)
+        frame = self._session.trigger_registered(event, error)
+        if frame is not None and self._conn.is_ready:
+            await self._conn.send(frame)
 
     # ---------------------------------------------------------------- registrations
 
@@ -646,7 +440,7 @@ class III:
 
         if not func.id or not func.id.strip():
             raise ValueError("id is required")
-        if func.id in self._functions:
+        if self._session.has_function(func.id):
             raise ValueError(f"function id '{func.id}' already registered")
 
         invocation: HttpInvocationConfig | None = None
@@ -667,14 +461,14 @@ class III:
             metadata=func.metadata,
             invocation=invocation,
         )
-        frame = encode(message)
         function_id = func.id
-        self._functions[function_id] = _LocalFunction(frame, handler, _is_async_callable(handler))
-        self._soon(self._send_registration, frame)
+        if handler is not None:
+            self._runner.add(function_id, handler)
+        self._register(self._session.register_function(message, invokable=handler is not None))
 
         def unregister() -> None:
-            self._functions.pop(function_id, None)
-            self._soon(self._send_registration, encode(UnregisterFunctionMessage(id=function_id)))
+            self._runner.remove(function_id)
+            self._register(self._session.unregister_function(function_id))
 
         return FunctionRef(id=function_id, unregister=unregister)
 
@@ -686,19 +480,12 @@ class III:
         """
         if isinstance(trigger, dict):
             trigger = RegisterTriggerInput(**trigger)
-        trigger_id = str(uuid.uuid4())
-        message = RegisterTriggerMessage(
-            id=trigger_id, trigger_type=trigger.type, function_id=trigger.function_id, config=trigger.config
-        )
-        frame = encode(message)
-        self._triggers[trigger_id] = (frame, message)
-        self._soon(self._send_registration, frame)
         trigger_type = trigger.type
+        trigger_id, frame = self._session.register_trigger(trigger_type, trigger.function_id, trigger.config)
+        self._register(frame)
 
         def unregister() -> None:
-            self._triggers.pop(trigger_id, None)
-            frame = encode(UnregisterTriggerMessage(id=trigger_id, trigger_type=trigger_type))
-            self._soon(self._send_registration, frame)
+            self._register(self._session.unregister_trigger(trigger_id, trigger_type))
 
         return Trigger(unregister)
 
@@ -712,9 +499,8 @@ class III:
         """
         if isinstance(trigger_type, dict):
             trigger_type = RegisterTriggerTypeInput(**trigger_type)
-        frame = encode(RegisterTriggerTypeMessage(id=trigger_type.id, description=trigger_type.description))
-        self._trigger_types[trigger_type.id] = _LocalTriggerType(frame, handler)
-        self._soon(self._send_registration, frame)
+        self._trigger_host.add(trigger_type.id, handler)
+        self._register(self._session.register_trigger_type(trigger_type.id, trigger_type.description))
 
     def unregister_trigger_type(self, trigger_type: RegisterTriggerTypeInput | dict[str, Any]) -> None:
         """Stop owning a trigger type (the production engine ignores the message; ours removes the type).
@@ -723,8 +509,8 @@ class III:
             >>> # iii.unregister_trigger_type({"id": "webhook"})
         """
         type_id = trigger_type["id"] if isinstance(trigger_type, dict) else trigger_type.id
-        self._trigger_types.pop(type_id, None)
-        self._soon(self._send_registration, encode(UnregisterTriggerTypeMessage(id=type_id)))
+        self._trigger_host.remove(type_id)
+        self._register(self._session.unregister_trigger_type(type_id))
 
     def register_service(self, service: RegisterServiceInput | dict[str, Any]) -> None:
         """Register a service grouping (``name`` defaults to ``id``).
@@ -734,16 +520,12 @@ class III:
         """
         if isinstance(service, dict):
             service = RegisterServiceInput(**service)
-        frame = encode(
-            RegisterServiceMessage(
-                id=service.id,
-                name=service.name or service.id,
-                description=service.description,
-                parent_service_id=service.parent_service_id,
-            )
-        )
-        self._services[service.id] = frame
-        self._soon(self._send_registration, frame)
+        self._register(self._session.register_service(RegisterServiceMessage(
+            id=service.id,
+            name=service.name or service.id,
+            description=service.description,
+            parent_service_id=service.parent_service_id,
+        )))
 
     # ---------------------------------------------------------------- calls
 
@@ -758,7 +540,9 @@ class III:
         function_id, payload, action, timeout_ms = _unpack_request(request)
         # Read in the caller's context and handed over explicitly, so what travels never depends on how the
         # hop to the client's loop treats context variables.
-        headers = self._trace.headers()
+        headers = self._telemetry.trace.headers()
+        if self._closed:
+            raise ShuttingDownError()
         return self._run_on_loop(self._call(function_id, payload, action, timeout_ms, headers))
 
     async def trigger_async(self, request: dict[str, Any] | TriggerRequest) -> Any:
@@ -768,10 +552,11 @@ class III:
             >>> # await iii.trigger_async({"function_id": "notify", "payload": {}, "action": TriggerAction.Void()})
         """
         function_id, payload, action, timeout_ms = _unpack_request(request)
-        coro = self._call(function_id, payload, action, timeout_ms, self._trace.headers())
-        if asyncio.get_running_loop() is self._loop:
-            return await coro
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
+        if self._closed:  # the private loop may be gone: say why before hopping onto it
+            raise ShuttingDownError()
+        return await self._bridge.run_async(
+            self._call(function_id, payload, action, timeout_ms, self._telemetry.trace.headers())
+        )
 
     async def _call(
         self,
@@ -784,48 +569,21 @@ class III:
         """One invocation, on the client's loop; ``headers`` = ``(traceparent, baggage)`` of the caller."""
         if self._closed:
             raise ShuttingDownError()
-        action_wire = action_to_wire(action)
-        tp, bg = headers if headers is not None else self._trace.headers()
-        frame: dict[str, Any] = {"function_id": function_id, "data": payload}
-        if action_wire is not None and action_wire["type"] == "void":
-            if tp:
-                frame["traceparent"] = tp
-            if bg:
-                frame["baggage"] = bg
-            frame["action"] = action_wire
-            frame["type"] = "invokefunction"
-            await self._conn.send(dumps(frame))
+        tp, bg = headers if headers is not None else self._telemetry.trace.headers()
+        invocation_id, frame = self._session.start_call(
+            function_id, payload, action=action_to_wire(action), traceparent=tp or None, baggage=bg or None
+        )
+        if invocation_id is None:
+            await self._conn.send(frame)
             return None
-
-        invocation_id = str(uuid.uuid4())
-        frame["invocation_id"] = invocation_id
-        if tp:
-            frame["traceparent"] = tp
-        if bg:
-            frame["baggage"] = bg
-        if action_wire is not None:
-            frame["action"] = action_wire
-        frame["type"] = "invokefunction"
-        raw = dumps(frame)
-
         timeout = timeout_ms or self._options.invocation_timeout_ms
-        loop = self._loop
-        future: asyncio.Future[Any] = loop.create_future()
-        pending = _Pending(future, function_id)
-        pending.timer = loop.call_later(timeout / 1000.0, self._expire, invocation_id, function_id, timeout)
-        self._pending[invocation_id] = pending
+        future = self._calls.add(invocation_id, function_id, timeout_ms=timeout, on_expire=self._session.forget)
         try:
-            await self._conn.send(raw, invocation_id)
+            await self._conn.send(frame, invocation_id)
             return await future
         finally:
-            leftover = self._pending.pop(invocation_id, None)
-            if leftover is not None and leftover.timer is not None:
-                leftover.timer.cancel()
-
-    def _expire(self, invocation_id: str, function_id: str, timeout_ms: Any) -> None:
-        pending = self._pending.pop(invocation_id, None)
-        if pending is not None and not pending.future.done():
-            pending.future.set_exception(TimeoutError(f"Invocation of '{function_id}' timed out after {timeout_ms}ms"))
+            self._calls.discard(invocation_id)
+            self._session.forget(invocation_id)
 
     def list_functions(self) -> list[FunctionInfo]:
         """Every function registered with the engine (``engine::*`` left out).
@@ -903,7 +661,7 @@ class III:
             if self._functions_available_function_id is None:
                 self._functions_available_function_id = f"iii.on_functions_available.{uuid.uuid4()}"
             function_id = self._functions_available_function_id
-            if function_id not in self._functions:
+            if not self._session.has_function(function_id):
 
                 async def handler(data: dict[str, Any]) -> None:
                     functions = [FunctionInfo(**f) for f in data.get("functions", [])]
@@ -989,14 +747,5 @@ def _unpack_request(request: dict[str, Any] | TriggerRequest) -> tuple[str, Any,
     if isinstance(request, TriggerRequest):
         return request.function_id, request.payload, request.action, request.timeout_ms
     return request["function_id"], request.get("payload"), request.get("action"), request.get("timeout_ms")
-
-
-def _is_async_callable(handler: Callable[..., Any] | None) -> bool:
-    if handler is None:
-        return False
-    if inspect.iscoroutinefunction(handler):
-        return True
-    call = getattr(handler, "__call__", None)  # noqa: B004 - async __call__ on instances
-    return call is not None and inspect.iscoroutinefunction(call)
 
 

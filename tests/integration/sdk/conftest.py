@@ -202,7 +202,9 @@ class RealEngineThread(ServedOnThread[Engine], _Views):
         """
         engine = Engine(config=engine_test_config(), port=port)
         changed = self._changed
-        for name in ("_on_frame", "_cleanup"):
+        # The frame handler's name follows the engine's own refactoring (per-event since the protocol core).
+        handler = "_on_event" if hasattr(engine, "_on_event") else "_on_frame"
+        for name in (handler, "_cleanup"):
             original = getattr(engine, name)
 
             async def notifying(*args: Any, _original: Callable[..., Coroutine[Any, Any, None]] = original) -> None:

@@ -101,20 +101,21 @@ def test_formats_come_from_type_hints_only_for_the_string_form(offline: III) -> 
     offline.register_function({"id": "untyped"}, typed)
     from iii.wire import loads
 
-    typed_frame = loads(offline._functions["typed"].frame)
-    assert typed_frame["request_format"]["type"] == "integer"
-    assert typed_frame["response_format"]["type"] == "array"
-    assert "request_format" not in loads(offline._functions["untyped"].frame)
+    replayed = {frame["id"]: frame for frame in map(loads, offline._session.replay())}
+    assert replayed["typed"]["request_format"]["type"] == "integer"
+    assert replayed["typed"]["response_format"]["type"] == "array"
+    assert "request_format" not in replayed["untyped"]
 
 
 def test_unregistering_forgets_locally(offline: III) -> None:
     ref = offline.register_function("gone", lambda d: d)
     ref.unregister()
-    assert "gone" not in offline._functions
+    assert not offline._session.has_function("gone")
+    assert offline._session.replay() == []
     trigger = offline.register_trigger({"type": "cron", "function_id": "x"})
-    assert len(offline._triggers) == 1
+    assert len(offline._session.replay()) == 1
     trigger.unregister()
-    assert offline._triggers == {}
+    assert offline._session.replay() == []
 
 
 async def test_trigger_async_after_shutdown_raises(offline: III) -> None:

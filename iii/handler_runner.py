@@ -1,0 +1,98 @@
+"""Runs the worker's function handlers for incoming invocations: async ones on the loop, sync ones in the
+default executor with the caller's context, each inside the caller's trace context.
+
+Example:
+    >>> import asyncio
+    >>> from iii.trace_scope import TraceScope
+    >>> runner = HandlerRunner("ws://127.0.0.1:1")
+    >>> runner.add("double", lambda data: data * 2)
+    >>> asyncio.run(runner.run("double", 21, None, None, TraceScope(None)))
+    (42, None, None)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+import traceback
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from .payloads import resolve_channels
+from .trace_scope import TraceScope
+
+__all__ = ["HandlerRunner", "is_async_callable"]
+
+log = logging.getLogger(__name__)
+
+#: ``(result, error body or None, response traceparent or None)``
+Outcome = tuple[Any, dict[str, Any] | None, str | None]
+
+
+class HandlerRunner:
+    """The local handlers by function id, and how to run one."""
+
+    def __init__(self, address: str) -> None:
+        self._address = address  # channel refs in payloads are opened against this engine
+        self._handlers: dict[str, tuple[Callable[[Any], Any], bool]] = {}
+
+    def add(self, function_id: str, handler: Callable[[Any], Any]) -> None:
+        """Serve ``function_id`` with ``handler`` (sync or async)."""
+        self._handlers[function_id] = (handler, is_async_callable(handler))
+
+    def remove(self, function_id: str) -> None:
+        """Stop serving ``function_id``."""
+        self._handlers.pop(function_id, None)
+
+    async def run(
+        self, function_id: str, data: Any, traceparent: str | None, baggage: str | None, trace: TraceScope
+    ) -> Outcome:
+        """Run ``function_id``'s handler on ``data``; a failure becomes an ``invocation_failed`` body."""
+        entry = self._handlers.get(function_id)
+        if entry is None:  # unregistered while the frame was on its way
+            return None, {"code": "function_not_found", "message": f"Function '{function_id}' not found"}, None
+        handler, is_async = entry
+        try:
+            data = resolve_channels(data, self._address)
+        except Exception as exc:
+            log.exception("Failed to resolve channel refs for %s", function_id)
+            return None, {"code": "invocation_failed", "message": str(exc), "stacktrace": traceback.format_exc()}, None
+        call = _bind(handler, is_async, data)
+        result, error, stack, response_tp = await trace.run(f"call {function_id}", call, traceparent, baggage)
+        if error is not None:
+            log.error("Error in handler %s: %s", function_id, error)
+            return None, {"code": "invocation_failed", "message": str(error), "stacktrace": stack}, response_tp
+        return result, None, response_tp
+
+
+def _bind(handler: Callable[[Any], Any], is_async: bool, data: Any) -> Callable[[], Coroutine[Any, Any, Any]]:
+    if is_async:
+        return lambda: handler(data)
+
+    async def run_sync() -> Any:
+        # copy_context carries the trace context into the executor thread (run_in_executor does not).
+        ctx = contextvars.copy_context()
+        result = await asyncio.get_running_loop().run_in_executor(None, ctx.run, handler, data)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    return run_sync
+
+
+def is_async_callable(handler: Callable[..., Any] | None) -> bool:
+    """Whether calling ``handler`` returns a coroutine (an ``async def``, or an object with ``async __call__``).
+
+    Example:
+        >>> async def f(x: int) -> int: return x
+        >>> is_async_callable(f), is_async_callable(print), is_async_callable(None)
+        (True, False, False)
+    """
+    if handler is None:
+        return False
+    if inspect.iscoroutinefunction(handler):
+        return True
+    call = getattr(handler, "__call__", None)  # noqa: B004 - async __call__ on instances
+    return call is not None and inspect.iscoroutinefunction(call)

@@ -1,0 +1,424 @@
+"""The worker's side of the control socket as a state machine: no sockets, tasks or clocks inside.
+
+:class:`ClientSession` holds what the protocol remembers across connections: the registration book (replayed on
+every new connection, PROTOCOL §8.1), the calls waiting for a result and the connection *generation* (answers
+computed for an older connection are dropped, since the engine halted those invocations). Its driver
+(:class:`iii.III`) moves the bytes and runs the handlers:
+
+- *commands in, bytes out*: ``register_*``/``unregister_*``/:meth:`ClientSession.start_call`/
+  :meth:`ClientSession.answer` return the text frame to write (registrations are also kept for replay);
+- *bytes in, events out*: :meth:`ClientSession.receive` turns one incoming frame into a list of events
+  (:class:`Send`, :class:`WorkerRegistered`, :class:`CallSucceeded`, :class:`CallFailed`,
+  :class:`InvocationRequested`, :class:`TriggerRequested`, :class:`TriggerDropped`, :class:`FrameSkipped`);
+- *connection changes*: :meth:`ClientSession.connection_opened` (the replay), :meth:`ClientSession.connection_ready`
+  (the ``engine::workers::register`` call), :meth:`ClientSession.connection_lost` (which calls fail: those whose
+  frame reached the old socket; frames still queued are re-sent, PROTOCOL §9.5 S5).
+
+Example:
+    >>> session = ClientSession()
+    >>> session.register_trigger_type("hook", "web hooks")
+    '{"type":"registertriggertype","id":"hook","description":"web hooks"}'
+    >>> session.connection_opened()
+    ['{"type":"registertriggertype","id":"hook","description":"web hooks"}']
+    >>> session.receive('{"type":"workerregistered","worker_id":"w1"}')
+    [WorkerRegistered(worker_id='w1')]
+    >>> session.receive('{"type":"ping"}')
+    [Send(frame='{"type":"pong"}')]
+"""
+
+from __future__ import annotations
+
+import traceback
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from ..errors import ConnectionLostError, InvocationError, ShuttingDownError
+from ..wire import loads
+from . import frames
+
+__all__ = [
+    "CallFailed",
+    "CallSucceeded",
+    "ClientSession",
+    "Event",
+    "FrameSkipped",
+    "InvocationRequested",
+    "Send",
+    "TriggerDropped",
+    "TriggerRequested",
+    "WorkerRegistered",
+]
+
+#: The function every worker calls once its connection is ready, with its metadata.
+REGISTER_WORKER_FUNCTION: Final = "engine::workers::register"
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Write ``frame`` now (a pong, or an answer the session could give without running anything)."""
+
+    frame: str
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRegistered:
+    """The engine named this connection (``None`` if its ``worker_id`` was not a string)."""
+
+    worker_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CallSucceeded:
+    """The call ``invocation_id`` returned ``result``."""
+
+    invocation_id: str
+    result: Any
+
+
+@dataclass(frozen=True, slots=True)
+class CallFailed:
+    """The call ``invocation_id`` failed with ``error`` (an error result, a lost connection, shutdown)."""
+
+    invocation_id: str
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class InvocationRequested:
+    """Run local function ``function_id``; answer with :meth:`ClientSession.answer` unless ``invocation_id`` is
+    ``None`` (fire and forget)."""
+
+    invocation_id: str | None
+    function_id: str
+    data: Any
+    traceparent: str | None
+    baggage: str | None
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerRequested:
+    """The engine binds trigger ``trigger_id`` of our type ``trigger_type``; answer with
+    :meth:`ClientSession.trigger_registered`."""
+
+    trigger_id: str
+    trigger_type: str
+    function_id: str
+    config: Any
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerDropped:
+    """The engine unbinds trigger ``trigger_id`` of our type ``trigger_type`` (``function_id``/``config`` as
+    registered, or empty when the session never saw it)."""
+
+    trigger_id: str
+    trigger_type: str
+    function_id: str
+    config: Any
+
+
+@dataclass(frozen=True, slots=True)
+class FrameSkipped:
+    """A frame that needs no action; ``level`` is the logging level it deserves and ``reason`` says why."""
+
+    level: int
+    reason: str
+
+
+Event = Send | WorkerRegistered | CallSucceeded | CallFailed | InvocationRequested | TriggerRequested | \
+    TriggerDropped | FrameSkipped
+
+_WARNING: Final = 30
+_DEBUG: Final = 10
+
+
+@dataclass(slots=True)
+class _Function:
+    frame: str
+    invokable: bool  # False for HTTP-invoked functions: the engine calls their URL, never this worker
+
+
+class ClientSession:
+    """The client protocol state: registrations, pending calls, generation, worker id.
+
+    Example:
+        >>> session = ClientSession()
+        >>> iid, frame = session.start_call("f", {"x": 1})
+        >>> [event] = session.receive('{"type":"invocationresult","invocation_id":"%s","result":2}' % iid)
+        >>> event.result, session.is_pending(iid)
+        (2, False)
+    """
+
+    def __init__(self) -> None:
+        self._functions: dict[str, _Function] = {}
+        self._services: dict[str, str] = {}
+        self._triggers: dict[str, str] = {}
+        self._trigger_types: dict[str, str] = {}
+        # Triggers of our types the engine bound, so an unregister can pass their function and config along.
+        self._owned_triggers: dict[str, tuple[str, Any]] = {}
+        self._pending: dict[str, str] = {}  # invocation id → function id
+        self.generation = 0
+        self.worker_id: str | None = None
+        self._lost_worker_id: str | None = None
+
+    # ------------------------------------------------------------ registration book
+
+    def register_function(self, message: Any, *, invokable: bool) -> str:
+        """Remember function ``message.id`` (a :class:`~iii.iii_types.RegisterFunctionMessage`) for replay and
+        return its frame; ``ValueError`` if the id is taken."""
+        if message.id in self._functions:
+            raise ValueError(f"function id '{message.id}' already registered")
+        frame = frames.register_function(message)
+        self._functions[message.id] = _Function(frame, invokable)
+        return frame
+
+    def has_function(self, function_id: str) -> bool:
+        """Whether ``function_id`` is registered here."""
+        return function_id in self._functions
+
+    def unregister_function(self, function_id: str) -> str:
+        """Forget ``function_id``; the frame telling the engine."""
+        self._functions.pop(function_id, None)
+        return frames.unregister_function(function_id)
+
+    def register_trigger(self, trigger_type: str, function_id: str, config: Any) -> tuple[str, str]:
+        """Remember a new trigger (its id is made here); ``(trigger_id, frame)``."""
+        trigger_id = str(uuid.uuid4())
+        frame = frames.register_trigger(trigger_id, trigger_type, function_id, config)
+        self._triggers[trigger_id] = frame
+        return trigger_id, frame
+
+    def unregister_trigger(self, trigger_id: str, trigger_type: str | None) -> str:
+        """Forget trigger ``trigger_id``; the frame telling the engine."""
+        self._triggers.pop(trigger_id, None)
+        return frames.unregister_trigger(trigger_id, trigger_type)
+
+    def register_trigger_type(self, type_id: str, description: str) -> str:
+        """Own trigger type ``type_id`` (replayed on reconnect); its frame."""
+        frame = frames.register_trigger_type(type_id, description)
+        self._trigger_types[type_id] = frame
+        return frame
+
+    def owns_trigger_type(self, type_id: str) -> bool:
+        """Whether this worker registered trigger type ``type_id``."""
+        return type_id in self._trigger_types
+
+    def unregister_trigger_type(self, type_id: str) -> str:
+        """Stop owning ``type_id``; the frame telling the engine."""
+        self._trigger_types.pop(type_id, None)
+        return frames.unregister_trigger_type(type_id)
+
+    def register_service(self, message: Any) -> str:
+        """Remember service ``message.id`` (a :class:`~iii.iii_types.RegisterServiceMessage`); its frame."""
+        frame = frames.register_service(message)
+        self._services[message.id] = frame
+        return frame
+
+    def replay(self) -> list[str]:
+        """Every registration, in the order the engine needs them: trigger types, services, functions, triggers."""
+        return [
+            *self._trigger_types.values(),
+            *self._services.values(),
+            *(f.frame for f in self._functions.values()),
+            *self._triggers.values(),
+        ]
+
+    def missing_functions(self, present: Iterable[Any]) -> list[str]:
+        """Frames of our functions absent from ``present`` (ids the engine listed), for the T7 recovery."""
+        listed = set(present)
+        return [f.frame for fid, f in self._functions.items() if fid not in listed]
+
+    def missing_triggers(self, present: Iterable[Any]) -> list[str]:
+        """Frames of our triggers absent from ``present`` (ids the engine listed), for the T7 recovery."""
+        listed = set(present)
+        return [frame for tid, frame in self._triggers.items() if tid not in listed]
+
+    # ------------------------------------------------------------ connection changes
+
+    def connection_opened(self) -> list[str]:
+        """A new socket is up: a new generation starts; the frames to write before anything else (the replay)."""
+        self.generation += 1
+        return self.replay()
+
+    def connection_ready(
+        self, metadata: Any, traceparent: str | None = None, baggage: str | None = None
+    ) -> tuple[str, str | None]:
+        """The replay went out: ``(register-worker frame, old worker id)``; a non-``None`` old id means the
+        registrations must be checked once the engine forgot that worker (PROTOCOL §8.1 T7)."""
+        frame = frames.invoke_function(
+            REGISTER_WORKER_FUNCTION, metadata, traceparent=traceparent, baggage=baggage, action={"type": "void"}
+        )
+        old, self._lost_worker_id = self._lost_worker_id, None
+        return frame, old
+
+    def connection_lost(self, queued: Iterable[str]) -> list[CallFailed]:
+        """The socket went away. Calls whose frame is still ``queued`` (never written) stay pending and go out
+        on the next connection; the others fail: the engine halts every call of a vanished worker (§9.5 S5)."""
+        self._lost_worker_id = self.worker_id or self._lost_worker_id
+        self.worker_id = None
+        keep = set(queued)
+        failed = []
+        for iid in [iid for iid in self._pending if iid not in keep]:
+            function_id = self._pending.pop(iid)
+            message = f"Connection to the engine was lost while invoking '{function_id}'"
+            failed.append(CallFailed(iid, ConnectionLostError("connection_lost", message)))
+        return failed
+
+    def close(self) -> list[CallFailed]:
+        """Shutting down: every pending call fails with :class:`~iii.errors.ShuttingDownError`."""
+        failed = [CallFailed(iid, ShuttingDownError()) for iid in self._pending]
+        self._pending.clear()
+        return failed
+
+    # ------------------------------------------------------------ calls
+
+    def start_call(
+        self,
+        function_id: str,
+        payload: Any,
+        *,
+        action: dict[str, Any] | None = None,
+        traceparent: str | None = None,
+        baggage: str | None = None,
+    ) -> tuple[str | None, str]:
+        """A call: ``(invocation_id, frame)``; the id is ``None`` for a void action (nobody waits), else the call
+        is pending until :meth:`receive` sees its result, :meth:`connection_lost` fails it or :meth:`forget`."""
+        if action is not None and action.get("type") == "void":
+            return None, frames.invoke_function(
+                function_id, payload, traceparent=traceparent, baggage=baggage, action=action
+            )
+        invocation_id = str(uuid.uuid4())
+        frame = frames.invoke_function(
+            function_id, payload, invocation_id=invocation_id, traceparent=traceparent, baggage=baggage,
+            action=action,
+        )
+        self._pending[invocation_id] = function_id
+        return invocation_id, frame
+
+    def is_pending(self, invocation_id: str) -> bool:
+        """Whether call ``invocation_id`` still waits for a result (a queued frame of a finished call is dropped)."""
+        return invocation_id in self._pending
+
+    def forget(self, invocation_id: str) -> None:
+        """The caller stopped waiting (timeout, cancellation): a late result is ignored."""
+        self._pending.pop(invocation_id, None)
+
+    # ------------------------------------------------------------ answers
+
+    def answer(
+        self,
+        invocation_id: str,
+        function_id: str,
+        *,
+        result: Any = None,
+        error: Any = None,
+        traceparent: str | None = None,
+        generation: int,
+    ) -> str | None:
+        """The ``invocationresult`` for a finished :class:`InvocationRequested`, or ``None`` when it belongs to an
+        older connection (the engine halted it). A result with no JSON form becomes an ``invocation_failed``."""
+        if generation != self.generation:
+            return None
+        try:
+            return frames.invocation_result(
+                invocation_id, function_id, result=result, error=error, traceparent=traceparent
+            )
+        except (TypeError, ValueError) as exc:
+            failure = {
+                "code": "invocation_failed",
+                "message": f"result of {function_id} is not JSON-serialisable: {exc}",
+                "stacktrace": traceback.format_exc(),
+            }
+            return frames.invocation_result(invocation_id, function_id, error=failure, traceparent=traceparent)
+
+    def trigger_registered(self, event: TriggerRequested, error: Any = None) -> str | None:
+        """The answer to ``event`` (``error`` if the handler refused it), or ``None`` for an older connection."""
+        if error is None:
+            self._owned_triggers[event.trigger_id] = (event.function_id, event.config)
+        if event.generation != self.generation:
+            return None
+        return frames.trigger_registration_result(event.trigger_id, event.trigger_type, event.function_id,
+                                                  error=error)
+
+    # ------------------------------------------------------------ incoming frames
+
+    def receive(self, raw: str | bytes) -> list[Event]:
+        """Decode one incoming frame (parsed once) into the events it causes."""
+        try:
+            msg = loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return [FrameSkipped(_WARNING, f"Skipping a frame that is not JSON ({exc}): {raw!r:.200}")]
+        if not isinstance(msg, dict):
+            return [FrameSkipped(_WARNING, f"Skipping a frame that is not a JSON object: {raw!r:.200}")]
+        kind = msg.get("type")
+        if kind == "invocationresult":
+            return self._on_result(msg)
+        if kind == "invokefunction":
+            return self._on_invoke(msg)
+        if kind == "workerregistered":
+            worker_id = msg.get("worker_id")
+            self.worker_id = worker_id if isinstance(worker_id, str) else None
+            return [WorkerRegistered(self.worker_id)]
+        if kind == "registertrigger":
+            return self._on_register_trigger(msg)
+        if kind == "unregistertrigger":
+            return self._on_unregister_trigger(msg)
+        if kind == "ping":
+            return [Send(frames.PONG)]
+        if kind == "pong":
+            return []
+        return [FrameSkipped(_DEBUG, f"Ignoring message of type {kind!r}")]
+
+    def _on_result(self, msg: dict[str, Any]) -> list[Event]:
+        invocation_id = msg.get("invocation_id")
+        if not isinstance(invocation_id, str) or self._pending.pop(invocation_id, None) is None:
+            return [FrameSkipped(_DEBUG, f"Result for an unknown or expired invocation {invocation_id!r} ignored")]
+        error = msg.get("error")
+        if error:
+            return [CallFailed(invocation_id, InvocationError.from_wire(error))]
+        return [CallSucceeded(invocation_id, msg.get("result"))]
+
+    def _on_invoke(self, msg: dict[str, Any]) -> list[Event]:
+        invocation_id = msg.get("invocation_id")
+        function_id = msg.get("function_id")
+        if not isinstance(function_id, str):
+            return [FrameSkipped(_WARNING, f"invokefunction without a string function_id ignored: {msg!r:.200}")]
+        iid = invocation_id if isinstance(invocation_id, str) else None
+        function = self._functions.get(function_id)
+        if function is not None and function.invokable:
+            traceparent, baggage = msg.get("traceparent"), msg.get("baggage")
+            return [InvocationRequested(iid, function_id, msg.get("data"),
+                                        traceparent if isinstance(traceparent, str) else None,
+                                        baggage if isinstance(baggage, str) else None, self.generation)]
+        if function is None:
+            error = {"code": "function_not_found", "message": f"Function '{function_id}' not found"}
+        else:
+            error = {"code": "function_not_invokable",
+                     "message": "Function is HTTP-invoked and cannot be invoked locally"}
+        events: list[Event] = [FrameSkipped(_WARNING, error["message"])]
+        if iid is not None:
+            events.append(Send(frames.invocation_result(iid, function_id, error=error)))
+        return events
+
+    def _on_register_trigger(self, msg: dict[str, Any]) -> list[Event]:
+        trigger_id = str(msg.get("id", ""))
+        trigger_type = msg.get("trigger_type")
+        function_id = str(msg.get("function_id", ""))
+        if isinstance(trigger_type, str) and trigger_type in self._trigger_types:
+            return [TriggerRequested(trigger_id, trigger_type, function_id, msg.get("config"), self.generation)]
+        error = {"code": "trigger_type_not_found", "message": "Trigger type not found"}
+        return [Send(frames.trigger_registration_result(trigger_id, trigger_type, function_id, error=error))]
+
+    def _on_unregister_trigger(self, msg: dict[str, Any]) -> list[Event]:
+        trigger_id = str(msg.get("id", ""))
+        trigger_type = msg.get("trigger_type")
+        known = self._owned_triggers.pop(trigger_id, None)
+        if not isinstance(trigger_type, str) or trigger_type not in self._trigger_types:
+            return [FrameSkipped(_DEBUG, f"unregistertrigger {trigger_id} for a type we do not own "
+                                         f"({trigger_type!r})")]
+        function_id, config = known or ("", None)
+        return [TriggerDropped(trigger_id, trigger_type, function_id, config)]

@@ -1,0 +1,63 @@
+"""Connects one client to the optional telemetry (``iii.telemetry``): started once with the client, its frames
+sent on the client's own socket (PROTOCOL §9.5 S12), released on shutdown so other clients keep it.
+
+Example:
+    >>> wiring = TelemetryWiring()
+    >>> wiring.trace.headers() if not wiring.started else (None, None)
+    (None, None)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from .telemetry_types import OtelConfig
+from .trace_scope import TraceScope, load_telemetry
+
+__all__ = ["TelemetryWiring"]
+
+log = logging.getLogger(__name__)
+
+
+class TelemetryWiring:
+    """The telemetry side of one client: its :class:`TraceScope` and the start/release of the shared pipeline."""
+
+    def __init__(self) -> None:
+        self.trace = TraceScope(None)
+        self.started = False
+
+    def start(self, client: object, otel: Any, loop: asyncio.AbstractEventLoop,
+              sink: Callable[[bytes], None]) -> None:
+        """Start telemetry for ``client`` (once; later calls do nothing); without OpenTelemetry it stays off."""
+        if self.started:
+            return
+        self.started = True
+        tel = load_telemetry()
+        if tel is None:
+            return
+        try:
+            config = otel if isinstance(otel, OtelConfig) or otel is None else OtelConfig(**otel)
+            tel.init_otel(config=config, loop=loop, frame_sink=sink)
+            attach = getattr(tel, "attach_event_loop", None)
+            if attach is not None:
+                attach(loop)
+            # Telemetry is process-wide: counted per client so one client's shutdown keeps it on for others.
+            tel.register_client(client, sink, loop)
+        except ImportError:
+            log.debug("OpenTelemetry not available")
+            return
+        self.trace = TraceScope(tel)
+
+    async def release(self, client: object) -> None:
+        """Before the socket closes: a surviving client takes over the frames, or (last client) the final flush
+        still reaches the engine."""
+        tel = load_telemetry()
+        if tel is None:
+            return
+        try:
+            await tel.release_client_async(client)
+        except Exception:
+            log.debug("OpenTelemetry shutdown failed", exc_info=True)

@@ -1,0 +1,61 @@
+"""Hosts the custom trigger types this worker owns: hands each trigger the engine binds or unbinds to the
+type's :class:`~iii.triggers.TriggerHandler`.
+
+Example:
+    >>> import asyncio
+    >>> class Hooks:
+    ...     async def register_trigger(self, config): print("bound", config.id)
+    ...     async def unregister_trigger(self, config): print("unbound", config.id)
+    >>> host = TriggerTypeHost()
+    >>> host.add("hook", Hooks())
+    >>> asyncio.run(host.register("hook", "t1", "f", {}))
+    bound t1
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .triggers import TriggerConfig, TriggerHandler
+
+__all__ = ["TriggerTypeHost"]
+
+log = logging.getLogger(__name__)
+
+
+class TriggerTypeHost:
+    """Trigger type id → handler."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, TriggerHandler[Any]] = {}
+
+    def add(self, type_id: str, handler: TriggerHandler[Any]) -> None:
+        """Own ``type_id`` with ``handler``."""
+        self._handlers[type_id] = handler
+
+    def remove(self, type_id: str) -> None:
+        """Stop owning ``type_id``."""
+        self._handlers.pop(type_id, None)
+
+    async def register(self, type_id: str, trigger_id: str, function_id: str, config: Any) -> dict[str, str] | None:
+        """Bind a trigger; the error body for the engine when the handler refused it (``None`` on success)."""
+        handler = self._handlers.get(type_id)
+        if handler is None:
+            return {"code": "trigger_type_not_found", "message": "Trigger type not found"}
+        try:
+            await handler.register_trigger(TriggerConfig(id=trigger_id, function_id=function_id, config=config))
+        except Exception as exc:
+            log.exception("Error registering trigger %s", trigger_id)
+            return {"code": "trigger_registration_failed", "message": str(exc)}
+        return None
+
+    async def unregister(self, type_id: str, trigger_id: str, function_id: str, config: Any) -> None:
+        """Unbind a trigger; a failing handler is logged, never raised (the engine does not wait for an answer)."""
+        handler = self._handlers.get(type_id)
+        if handler is None:
+            return
+        try:
+            await handler.unregister_trigger(TriggerConfig(id=trigger_id, function_id=function_id, config=config))
+        except Exception:
+            log.exception("Error unregistering trigger %s", trigger_id)
