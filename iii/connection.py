@@ -37,7 +37,7 @@ from .iii_constants import DEFAULT_RECONNECTION_CONFIG, MAX_QUEUE_SIZE, IIIConne
 
 __all__ = ["Connection", "backoff_delay_ms", "check_url"]
 
-log = logging.getLogger("iii.connection")
+log = logging.getLogger(__name__)
 
 Frame = str | bytes
 Write = Callable[[Frame], Awaitable[None]]

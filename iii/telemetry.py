@@ -65,7 +65,7 @@ __all__ = [
     "with_span",
 ]
 
-log = logging.getLogger("iii.telemetry")
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 

@@ -39,7 +39,7 @@ __all__ = [
     "SharedEngineConnection",
 ]
 
-log = logging.getLogger("iii.telemetry_exporters")
+log = logging.getLogger(__name__)
 
 PREFIX_SPANS: Final = b"OTLP"
 PREFIX_METRICS: Final = b"MTRC"

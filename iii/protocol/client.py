@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ..errors import ConnectionLostError, InvocationError, ShuttingDownError
-from ..wire import loads
 from . import frames
+from .codec import loads
 
 __all__ = [
     "CallFailed",

@@ -17,7 +17,7 @@ from typing import Any, Final
 
 from pydantic import BaseModel
 
-from ..wire import dumps, encode
+from .codec import dumps, encode
 
 __all__ = [
     "PING",
