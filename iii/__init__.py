@@ -9,6 +9,7 @@ Example:
 
 # First, so a mix with the published iii-sdk fails with its own clear ImportError (see iii.errors).
 from . import errors as _errors  # noqa: F401
+from ._version import __version__ as __version__
 from .channels import ChannelReader, ChannelWriter
 from .errors import ConnectionLostError, IIIError, InvocationError, ShuttingDownError
 from .format_utils import extract_request_format, extract_response_format, python_type_to_format

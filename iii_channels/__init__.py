@@ -10,6 +10,8 @@ Example:
 
 from __future__ import annotations
 
+from iii._version import __version__ as __version__
+
 from .errors import (
     ChannelAbortedError,
     ChannelClosedError,

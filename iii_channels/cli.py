@@ -36,6 +36,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from iii._cli import OneLineParser
 from iii.channels import ChannelReader
 from iii.connection import check_url
 from iii.iii import III
@@ -74,7 +75,7 @@ class _QuietUntilConnected(logging.Filter):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``iii-channel``."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = OneLineParser(add_help=False)
     # SUPPRESS keeps a subcommand's missing --engine from overwriting one given before the subcommand.
     common.add_argument("--engine", default=argparse.SUPPRESS,
                         help=f"engine worker URL (default: $III_URL or {DEFAULT_ENGINE})")
@@ -85,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--connect-timeout", type=_seconds, default=argparse.SUPPRESS, metavar="SECONDS",
                         help=f"give up when the engine cannot be reached this long (default "
                              f"{DEFAULT_CONNECT_TIMEOUT_S:g})")
-    parser = argparse.ArgumentParser(prog="iii-channel", description=__doc__.split("\n\n")[0], parents=[common])
+    # usage errors: one line and exit status 2, like every command of the toolkit; --version comes with it
+    parser = OneLineParser(prog="iii-channel", description=__doc__.split("\n\n")[0], parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
     send = sub.add_parser("send", help="send FILE (or - for stdin) to a function", parents=[common])
     send.add_argument("file", help="file to send, or - for stdin")

@@ -6,6 +6,8 @@ Example:
     ...         print(engine.url)
 """
 
+from iii._version import __version__ as __version__
+
 from .config import ConfigError, EngineConfig, load_config, parse_config
 from .engine import Engine
 from .modules.base import EngineStartError, ModuleSpec, ModuleStartError

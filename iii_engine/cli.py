@@ -1,12 +1,15 @@
-"""``iii-engine [--host H] [--port P] [--config FILE] [--stream-store URL] [--log-level L] [--allow-degraded]``.
+"""``iii-engine [--host H] [--port P] [--config FILE] [--stream-store URL] [--log-level L] [--log-format F]
+[--allow-degraded]`` (``--version``, ``--help``; ``iii-engine logs|traces|metrics|health`` read a running engine).
 
 Prints ``iii engine listening on ws://host:port`` on stdout once it accepts workers (tests wait for that line)
 and stops cleanly on SIGINT/SIGTERM.
 
 When it cannot start it prints one line ``iii-engine: <why>`` on stderr and exits with 2 for a usage error (bad
 flag, bad configuration file) or 1 for a start-up failure (a port taken, a configured module that cannot start);
-nothing it had started is left running. Log records of a failed start-up below WARNING are dropped (shown with
-``--log-level DEBUG``), so the reason is not buried under "listening" lines of listeners already closed again.
+nothing it had started is left running. Log records go to stderr, as text for people (``--log-format text``, the
+default) or one JSON object per line for machines (``--log-format json``); logger names are module paths.
+Log records of a failed start-up below WARNING are dropped (shown with ``--log-level DEBUG``), so the reason is not
+buried under "listening" lines of listeners already closed again.
 
 Example:
     >>> parse_args(["--port", "0"]).port
@@ -17,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from logging.handlers import MemoryHandler
 
 from iii_streams.messages import OneLineParser, mask_passwords
@@ -35,6 +40,8 @@ from .modules.catalogue import default_specs
 PROG = "iii-engine"
 READY_PREFIX = "iii engine listening on "
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Log records held back while the engine starts (past this many they are written out as they come).
 STARTUP_LOG_RECORDS = 1000
 
@@ -61,6 +68,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "postgresql+asyncpg://… (default: the configured adapter, in memory)")
     parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
                         help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    parser.add_argument("--log-format", default="text", choices=LOG_FORMATS,
+                        help="text: one readable line per record (for people, the default); json: one JSON object "
+                             "per line with time, level, logger, message (for log collectors)")
     parser.add_argument("--allow-degraded", action="store_true", default=None,
                         help="start even when a configured module cannot (it is logged as not available); "
                              "without it such a module stops the start-up")
@@ -103,13 +113,38 @@ async def run(config: EngineConfig, on_started: Callable[[], None] | None = None
         await engine.stop()
 
 
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per record, on one line: ``time`` (UTC, ISO 8601), ``level``, ``logger`` (the module path
+    that logged it), ``message``, and ``exception`` when there is one.
+
+    Example:
+        >>> record = logging.LogRecord("iii_engine.engine", logging.INFO, __file__, 1, "up on %s", ("x",), None)
+        >>> record.created = 0.0
+        >>> JsonLogFormatter().format(record)
+        '{"time": "1970-01-01T00:00:00.000Z", "level": "INFO", "logger": "iii_engine.engine", "message": "up on x"}'
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as one line of JSON (a multi-line message or traceback stays inside one string)."""
+        moment = datetime.fromtimestamp(record.created, UTC)
+        entry: dict[str, str] = {
+            "time": moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
 class _StartupLog:
     """Holds log records back while the engine starts: written out once it runs, mostly dropped if it fails."""
 
-    def __init__(self, level: str) -> None:
+    def __init__(self, level: str, log_format: str = "text") -> None:
         self.level = logging.getLevelName(level)
         self.output = logging.StreamHandler(sys.stderr)
-        self.output.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.output.setFormatter(JsonLogFormatter() if log_format == "json" else logging.Formatter(TEXT_LOG_FORMAT))
         self.held = MemoryHandler(STARTUP_LOG_RECORDS, flushLevel=logging.CRITICAL + 1, target=self.output)
         root = logging.getLogger()
         root.setLevel(self.level)
@@ -148,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = config.with_overrides(host=args.host, port=args.port, allow_degraded=args.allow_degraded)
     if args.stream_store:
         config = with_stream_store(config, args.stream_store)
-    log = _StartupLog(args.log_level)
+    log = _StartupLog(args.log_level, args.log_format)
     try:
         asyncio.run(run(config, on_started=log.started))
     except EngineStartError as exc:

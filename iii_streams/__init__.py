@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from iii._version import __version__ as __version__
+
 from .base import DEFAULT_TIMEOUT, Backend
 from .errors import (
     PoolExhaustedError,
@@ -33,6 +35,7 @@ from .errors import (
 )
 from .events import EventFilter, StreamEvent, StreamLagError, Watch
 from .memory import MemoryStream
+from .messages import missing_extra
 from .ops import apply_ops, apply_update
 from .urls import open_stream
 
@@ -68,11 +71,13 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # optional dependencies (redis, sqlalchemy) load only when their backend is asked for
     if name == "RedisStream":
-        from .redis import RedisStream
+        with missing_extra(name):
+            from .redis import RedisStream
 
-        return RedisStream
+            return RedisStream
     if name == "SQLStream":
-        from .sql import SQLStream
+        with missing_extra(name):
+            from .sql import SQLStream
 
-        return SQLStream
+            return SQLStream
     raise AttributeError(f"module 'iii_streams' has no attribute {name!r}")

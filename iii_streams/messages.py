@@ -12,26 +12,23 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import re
-from typing import Final, NoReturn
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Final
 
-__all__ = ["EXTRAS", "OneLineParser", "error_line", "mask_passwords"]
+from iii._cli import OneLineParser, mask_passwords
+
+__all__ = ["EXTRAS", "OneLineParser", "error_line", "mask_passwords", "missing_extra"]
 
 # the package a backend imports on demand -> the iii-toolkit extra that installs it
 EXTRAS: Final[dict[str, str]] = {
     "sqlalchemy": "sql", "alembic": "sql", "aiosqlite": "sql", "asyncpg": "postgres", "redis": "redis",
-    "aiohttp": "http",
+    "aiohttp": "http", "multidict": "http", "yarl": "http", "opentelemetry": "otel", "pytest": "testing",
+    "pytest_asyncio": "testing",
 }
 
-# scheme://user:password@  (user may be empty, as in redis://:password@host)
-_CREDENTIALS: Final = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*):(?P<password>[^@\s]+)@")
 _ERRNO: Final = re.compile(r"^\[Errno -?\d+\] ")
-
-
-def mask_passwords(text: str) -> str:
-    """``text`` with the password of every ``scheme://user:password@`` URL in it replaced by ``***``."""
-    return _CREDENTIALS.sub(r"\g<head>:***@", text)
 
 
 def _driver_error(exc: BaseException) -> BaseException:
@@ -44,12 +41,39 @@ def _driver_error(exc: BaseException) -> BaseException:
     return exc
 
 
+def _missing_package(exc: ModuleNotFoundError) -> tuple[str, str | None]:
+    root = (exc.name or "").split(".")[0]
+    return root, EXTRAS.get(root)
+
+
+@contextmanager
+def missing_extra(part: str) -> Iterator[None]:
+    """Reword a missing optional package inside the block for a library caller: which ``part`` needs it and the
+    extra to install. Still a ``ModuleNotFoundError`` with the same ``name`` (the original is its cause); any
+    other missing module, such as a bug in our own imports, passes unchanged.
+
+    Example:
+        >>> with missing_extra("RedisStream"):
+        ...     raise ModuleNotFoundError("No module named 'redis'", name="redis")
+        Traceback (most recent call last):
+        ...
+        ModuleNotFoundError: RedisStream needs the package 'redis': pip install 'iii-toolkit[redis]'
+    """
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        root, extra = _missing_package(exc)
+        if extra is None:
+            raise
+        message = f"{part} needs the package {root!r}: pip install 'iii-toolkit[{extra}]'"
+        raise ModuleNotFoundError(message, name=exc.name) from exc
+
+
 def error_line(exc: BaseException) -> str:
     """One line describing ``exc``: its first message line (the type name when it has none), passwords masked;
     a missing optional package names the extra that installs it."""
     if isinstance(exc, ModuleNotFoundError) and exc.name:
-        root = exc.name.split(".")[0]
-        extra = EXTRAS.get(root)
+        root, extra = _missing_package(exc)
         hint = f" (pip install 'iii-toolkit[{extra}]')" if extra else ""
         return f"missing package {root!r}{hint}"
     exc = _driver_error(exc)
@@ -58,19 +82,3 @@ def error_line(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         text = _ERRNO.sub("", text)  # "[Errno 98] address in use" reads better without the number
     return mask_passwords(text)
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """An argument parser whose usage errors are one line ``<prog>: <what was wrong> (see --help)``, exit 2.
-
-    Example:
-        >>> OneLineParser(prog="tool").parse_args(["--nope"])
-        Traceback (most recent call last):
-        ...
-        SystemExit: 2
-    """
-
-    def error(self, message: str) -> NoReturn:
-        """Print one line naming the problem and exit with status 2."""
-        program = self.prog.split()[0]  # a sub-command's prog is "tool sub"; the line starts with the tool
-        self.exit(2, f"{program}: {mask_passwords(message)} (see {program} --help)\n")

@@ -40,9 +40,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
-import pytest
-import pytest_asyncio
-
 from iii.stream import (
     IStream,
     StreamDeleteInput,
@@ -57,6 +54,13 @@ from iii.stream import (
     UpdateRemove,
     UpdateSet,
 )
+
+from .messages import missing_extra
+
+# the suite is an optional part: without the testing extra, say which extra to install
+with missing_extra("iii_streams.testing"):
+    import pytest
+    import pytest_asyncio
 
 __all__ = ["HOSTILE_NAMES", "JSON_SAMPLES", "Names", "StreamConformance"]
 

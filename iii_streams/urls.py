@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from .base import Backend
+from .messages import missing_extra
 
 __all__ = ["SCHEMES", "open_stream"]
 
@@ -48,13 +49,16 @@ def open_stream(url: str, **options: Any) -> Backend:
         from .memory import MemoryStream
 
         return MemoryStream.from_url(url, **options)
+    # a driver missing (not installed with its extra) is one error naming the extra to install
     if scheme in ("redis", "rediss", "unix"):
-        from .redis import RedisStream
+        with missing_extra(f"a {scheme}:// stream store"):
+            from .redis import RedisStream
 
-        return RedisStream.from_url(url, **options)
+            return RedisStream.from_url(url, **options)
     if scheme in _SQL_SCHEMES:
-        from .sql import SQLStream
+        with missing_extra(f"a {scheme}:// stream store"):
+            from .sql import SQLStream
 
-        return SQLStream.from_url(url, **options)
+            return SQLStream.from_url(url, **options)
     supported = ", ".join(f"{s}://" for s in SCHEMES)
     raise ValueError(f"unsupported stream URL scheme {scheme!r} in {url!r} (use {supported})")

@@ -25,6 +25,8 @@ import importlib
 import inspect
 from typing import Final
 
+from iii_streams.messages import error_line
+
 from .base import EngineModule, ModuleSpec
 
 WORKER_MODULE: Final = "modules::worker::WorkerModule"
@@ -75,7 +77,7 @@ def resolve(class_name: str) -> type[EngineModule]:
         path = f"iii_engine.modules.{file}"
         if exc.name is not None and exc.name.startswith("iii_engine.modules.") and path.startswith(exc.name):
             raise ModuleUnavailable(f"{class_name} is not implemented yet") from None
-        raise ModuleUnavailable(f"{class_name} needs a missing package: {exc.name}") from None
+        raise ModuleUnavailable(f"{class_name} needs a {error_line(exc)}") from None  # names the extra
     for _, candidate in inspect.getmembers(module, inspect.isclass):
         if (issubclass(candidate, EngineModule) and not inspect.isabstract(candidate)
                 and class_name in getattr(candidate, "class_names", ())):

@@ -1,4 +1,4 @@
-"""Every ```python block in docs/ runs as written, in its own interpreter, within a time limit.
+"""Every ```python block in docs/ and README.md runs as written, in its own interpreter, within a time limit.
 
 A block may be preceded by one marker line:
 
@@ -21,6 +21,7 @@ from tests.services import require_redis
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
+README = ROOT / "README.md"
 SNIPPET_TIMEOUT_S = 25.0
 # Fewer than this many runnable blocks means the extraction broke (or the docs lost their examples).
 MIN_RUNNABLE = 12
@@ -69,9 +70,14 @@ def extract(path: Path) -> list[Snippet]:
     return snippets
 
 
+def markdown_files() -> list[Path]:
+    """The Markdown files whose snippets are checked: README.md, then every page under docs/."""
+    return [README, *sorted(DOCS.rglob("*.md"))]
+
+
 def all_snippets() -> list[Snippet]:
-    """Every ```python block under docs/, in file order."""
-    return [s for md in sorted(DOCS.rglob("*.md")) for s in extract(md)]
+    """Every ```python block of README.md and under docs/, in file order."""
+    return [s for md in markdown_files() for s in extract(md)]
 
 
 SNIPPETS = all_snippets()
@@ -116,12 +122,19 @@ def test_markers_are_valid() -> None:
 
 def test_every_marker_precedes_a_python_block() -> None:
     stray = []
-    for md in sorted(DOCS.rglob("*.md")):
+    for md in markdown_files():
         lines = md.read_text(encoding="utf-8").splitlines()
         for n, line in enumerate(lines):
             if _MARKER.match(line) and not (n + 1 < len(lines) and _FENCE.match(lines[n + 1])):
                 stray.append(f"{md.relative_to(ROOT)}:{n + 1}")
     assert not stray, f"markers not directly above a ```python block: {stray}"
+
+
+def test_readme_snippets_are_checked() -> None:
+    # README.md is the first page a user reads: its blocks are in the set, and at least one of them runs
+    readme = [s for s in SNIPPETS if s.path == README]
+    assert readme, "no ```python block found in README.md"
+    assert any(s in RUNNABLE for s in readme), "every README.md block is marked not-run"
 
 
 def test_docs_have_enough_runnable_snippets() -> None:
