@@ -74,23 +74,6 @@ _SCOPE: Final = "iii-python-sdk"
 _DISABLED_VALUES: Final = frozenset({"false", "0", "no", "off"})
 
 
-@dataclass
-class _Otel:
-    """Everything ``init_otel`` created; one per process, as in the reference."""
-
-    initialized: bool = False
-    tracer_provider: Any = None
-    tracer: Any = None
-    meter_provider: Any = None
-    meter: Any = None
-    log_provider: Any = None
-    connection: SharedEngineConnection | None = None
-    switch: Any = None  # the global tracer provider we installed, see _install_global_tracer_provider
-    globals_set: bool = False
-    original_urlopen: Any = None
-
-
-_state = _Otel()
 
 
 def _enabled(config: OtelConfig) -> bool:
@@ -135,82 +118,7 @@ def init_otel(
         >>> is_initialized()
         False
     """
-    if _state.initialized:
-        connection = _state.connection
-        if connection is not None:
-            if frame_sink is not None and connection.sink is None:
-                connection.attach(frame_sink)
-            if loop is not None and not connection._started:
-                connection.start(loop)
-        return
-
-    cfg = config or OtelConfig()
-    if not _enabled(cfg):
-        return
-
-    try:
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    except ImportError as exc:
-        raise ImportError(
-            "opentelemetry-api and opentelemetry-sdk are required for telemetry; "
-            "install them with: pip install 'iii-toolkit[otel]'"
-        ) from exc
-
-    from .telemetry_exporters import EngineSpanExporter
-
-    service_name = cfg.service_name or os.environ.get("OTEL_SERVICE_NAME") or _DEFAULT_SERVICE_NAME
-    attributes: dict[str, Any] = {
-        "service.name": service_name,
-        "service.version": cfg.service_version or os.environ.get("SERVICE_VERSION") or "unknown",
-        "service.instance.id": cfg.service_instance_id or os.environ.get("SERVICE_INSTANCE_ID") or str(uuid.uuid4()),
-        "telemetry.sdk.name": "iii-python-sdk",
-        "telemetry.sdk.language": "python",
-    }
-    namespace = cfg.service_namespace or os.environ.get("SERVICE_NAMESPACE")
-    if namespace:
-        attributes["service.namespace"] = namespace
-    resource = Resource.create(attributes)
-
-    connection = SharedEngineConnection(frame_sink)
-    if frame_sink is None and cfg.engine_ws_url:
-        connection.url = cfg.engine_ws_url
-    if loop is not None:
-        connection.start(loop)
-
-    tracer_provider = TracerProvider(resource=resource)
-    tracer_provider.add_span_processor(BatchSpanProcessor(EngineSpanExporter(connection)))  # type: ignore[arg-type]
-
-    _state.connection = connection
-    _state.tracer_provider = tracer_provider
-    _state.tracer = tracer_provider.get_tracer(_SCOPE)
-    _install_global_tracer_provider(tracer_provider)
-    if cfg.metrics_enabled:
-        _configure_metrics(resource, connection, cfg, service_name)
-    if cfg.logs_enabled is None or cfg.logs_enabled:
-        _configure_logs(resource, connection, cfg)
-    _state.globals_set = True
-    _state.initialized = True
-    if cfg.fetch_instrumentation_enabled:
-        _instrument_urllib()
-
-
-def _install_global_tracer_provider(provider: Any) -> None:
-    """Point the process-wide tracer provider at ``provider``.
-
-    OpenTelemetry lets the global provider be set only once per process, so we set a switch once and retarget
-    it on every ``init_otel``. If the application installed its own provider first, we leave it alone.
-    """
-    from opentelemetry import trace
-
-    if _state.switch is None:
-        if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
-            log.debug("a global tracer provider is already set; iii spans use iii.telemetry.get_tracer() only")
-            return
-        _state.switch = _make_switch()
-        trace.set_tracer_provider(_state.switch)
-    _state.switch.target = provider
+    return _runtime.init_otel(config, loop, frame_sink=frame_sink)
 
 
 def _make_switch() -> Any:
@@ -250,132 +158,12 @@ def _make_switch() -> Any:
     return SwitchTracerProvider()
 
 
-def _configure_metrics(resource: Any, connection: SharedEngineConnection, cfg: OtelConfig, service_name: str) -> None:
-    try:
-        from opentelemetry import metrics
-        from opentelemetry.sdk.metrics import MeterProvider
-        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-    except ImportError:
-        log.warning("opentelemetry-sdk metrics unavailable: metrics are not exported")
-        return
-    from .telemetry_exporters import EngineMetricsExporter
-
-    reader = PeriodicExportingMetricReader(
-        EngineMetricsExporter(connection),  # type: ignore[arg-type]
-        export_interval_millis=cfg.metrics_export_interval_ms,
-    )
-    provider = MeterProvider(resource=resource, metric_readers=[reader])
-    if not _state.globals_set:  # settable once per process; get_meter() always returns ours
-        metrics.set_meter_provider(provider)
-    _state.meter_provider = provider
-    _state.meter = provider.get_meter(service_name)
-
-
-def _configure_logs(resource: Any, connection: SharedEngineConnection, cfg: OtelConfig) -> None:
-    try:
-        from opentelemetry import _logs
-        from opentelemetry.sdk._logs import LoggerProvider
-        from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
-    except ImportError:
-        log.warning("opentelemetry-sdk logs unavailable: logs are not exported")
-        return
-    from .telemetry_exporters import EngineLogExporter
-
-    provider = LoggerProvider(resource=resource)
-    provider.add_log_record_processor(
-        BatchLogRecordProcessor(
-            EngineLogExporter(connection),  # type: ignore[arg-type]
-            schedule_delay_millis=_int_setting(cfg.logs_flush_interval_ms, "OTEL_LOGS_FLUSH_INTERVAL_MS", 100),
-            max_export_batch_size=_int_setting(cfg.logs_batch_size, "OTEL_LOGS_BATCH_SIZE", 1, minimum=1),
-        )
-    )
-    if not _state.globals_set:  # settable once per process; iii.logger.Logger always uses ours
-        _logs.set_logger_provider(provider)
-    _state.log_provider = provider
-
-
-def _instrument_urllib() -> None:
-    """Wrap ``urllib`` requests in CLIENT spans and propagate the trace context in their headers."""
-    import urllib.request
-    from urllib.parse import urlsplit
-
-    from opentelemetry.propagate import inject
-    from opentelemetry.trace import SpanKind, StatusCode
-
-    if _state.original_urlopen is not None:
-        return
-    original = urllib.request.OpenerDirector.open
-
-    def traced_open(self: urllib.request.OpenerDirector, fullurl: Any, data: Any = None, *args: Any) -> Any:
-        tracer = _state.tracer
-        if tracer is None:
-            return original(self, fullurl, data, *args)
-        request = fullurl if isinstance(fullurl, urllib.request.Request) else urllib.request.Request(fullurl, data)
-        if request is not fullurl:
-            data = None  # now carried by the Request
-        method = request.get_method()
-        parts = urlsplit(request.full_url)
-        attrs: dict[str, Any] = {"http.request.method": method, "url.full": request.full_url}
-        if parts.hostname:
-            attrs["server.address"] = parts.hostname
-        if parts.scheme:
-            attrs["url.scheme"] = parts.scheme
-        if parts.path:
-            attrs["url.path"] = parts.path
-        if parts.port:
-            attrs["server.port"] = parts.port
-        name = f"{method} {parts.path}" if parts.path else method
-        with tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attrs) as span:
-            carrier: dict[str, str] = {}
-            inject(carrier)
-            for key, value in carrier.items():
-                request.add_unredirected_header(key, value)
-            try:
-                response = original(self, request, data, *args)
-            except Exception as exc:
-                span.set_attribute("error.type", type(exc).__name__)
-                span.set_status(StatusCode.ERROR, str(exc))
-                span.record_exception(exc)
-                raise
-            status = getattr(response, "status", None)
-            if isinstance(status, int):
-                span.set_attribute("http.response.status_code", status)
-                span.set_status(StatusCode.ERROR if status >= 400 else StatusCode.OK)
-            return response
-
-    _state.original_urlopen = original
-    urllib.request.OpenerDirector.open = traced_open  # type: ignore[method-assign,assignment]
-
-
-def _uninstrument_urllib() -> None:
-    if _state.original_urlopen is None:
-        return
-    import urllib.request
-
-    urllib.request.OpenerDirector.open = _state.original_urlopen  # type: ignore[method-assign]
-    _state.original_urlopen = None
-
-
 def _shutdown_providers(providers: list[Any]) -> None:
     for provider in providers:
         try:
             provider.shutdown()  # flushes: the last batches still reach the sink
         except Exception:
             log.debug("telemetry provider shutdown failed", exc_info=True)
-
-
-def _take_state() -> list[Any]:
-    """Reset the module state and return the providers that still need shutting down."""
-    with _clients_lock:
-        _clients.clear()
-    _uninstrument_urllib()
-    providers = [p for p in (_state.tracer_provider, _state.meter_provider, _state.log_provider) if p is not None]
-    if _state.switch is not None:
-        _state.switch.target = None
-    _state.initialized = False
-    _state.tracer_provider = _state.tracer = _state.meter_provider = _state.meter = _state.log_provider = None
-    _state.connection = None
-    return providers
 
 
 def shutdown_otel() -> None:
@@ -386,7 +174,7 @@ def shutdown_otel() -> None:
         >>> get_tracer() is None
         True
     """
-    _shutdown_providers(_take_state())
+    return _runtime.shutdown_otel()
 
 
 async def shutdown_otel_async() -> None:
@@ -395,9 +183,7 @@ async def shutdown_otel_async() -> None:
     Example:
         >>> asyncio.run(shutdown_otel_async())
     """
-    providers = _take_state()
-    if providers:
-        await asyncio.to_thread(_shutdown_providers, providers)
+    return await _runtime.shutdown_otel_async()
 
 
 def force_flush(timeout_millis: int = 5_000) -> bool:
@@ -407,18 +193,12 @@ def force_flush(timeout_millis: int = 5_000) -> bool:
         >>> force_flush()
         True
     """
-    ok = True
-    for provider in (_state.tracer_provider, _state.meter_provider, _state.log_provider):
-        if provider is not None:
-            ok = bool(provider.force_flush(timeout_millis)) and ok
-    return ok
+    return _runtime.force_flush(timeout_millis)
 
 
 def attach_event_loop(loop: asyncio.AbstractEventLoop) -> None:
     """Deliver frames on ``loop``'s thread from now on (no-op if already started or not initialised)."""
-    connection = _state.connection
-    if _state.initialized and connection is not None and not connection._started:
-        connection.start(loop)
+    return _runtime.attach_event_loop(loop)
 
 
 def attach_frame_sink(sink: FrameSink | None, loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -429,10 +209,7 @@ def attach_frame_sink(sink: FrameSink | None, loop: asyncio.AbstractEventLoop | 
     Example:
         >>> attach_frame_sink(None)  # nothing initialised: no-op
     """
-    connection = _state.connection
-    if connection is None:
-        return
-    connection.attach(sink, loop)
+    return _runtime.attach_frame_sink(sink, loop)
 
 
 @dataclass
@@ -443,10 +220,354 @@ class _Client:
     loop: asyncio.AbstractEventLoop | None
 
 
-# Telemetry is process-wide but clients come and go: it stays on while any registered client is alive.
-# Keys are the client objects themselves (identity), insertion-ordered so a handover picks the oldest survivor.
-_clients: dict[object, _Client] = {}
-_clients_lock = threading.Lock()
+class TelemetryRuntime:
+    """Everything ``init_otel`` created, and the clients keeping it on: the one owned telemetry object.
+
+    The module functions (the reference's public API) delegate to the process's instance, :func:`runtime`.
+
+    Example:
+        >>> runtime().is_initialized() is is_initialized()
+        True
+    """
+
+    def __init__(self) -> None:
+        self.initialized = False
+        self.tracer_provider: Any = None
+        self.tracer: Any = None
+        self.meter_provider: Any = None
+        self.meter: Any = None
+        self.log_provider: Any = None
+        self.connection: SharedEngineConnection | None = None
+        self.switch: Any = None  # the global tracer provider we installed, see _install_global_tracer_provider
+        self.globals_set = False
+        self.original_urlopen: Any = None
+        # Telemetry is process-wide but clients come and go: it stays on while any registered client is alive.
+        # Keys are the client objects themselves (identity), insertion-ordered so a handover picks the oldest.
+        self._clients: dict[object, _Client] = {}
+        self._clients_lock = threading.Lock()
+
+    def init_otel(self,
+        config: OtelConfig | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        frame_sink: FrameSink | None = None,
+    ) -> None:
+        """Set up tracing, metrics and logs exporting to ``frame_sink``; later calls only attach what is missing."""
+        if self.initialized:
+            connection = self.connection
+            if connection is not None:
+                if frame_sink is not None and connection.sink is None:
+                    connection.attach(frame_sink)
+                if loop is not None and not connection._started:
+                    connection.start(loop)
+            return
+
+        cfg = config or OtelConfig()
+        if not _enabled(cfg):
+            return
+
+        try:
+            from opentelemetry.sdk.resources import Resource
+            from opentelemetry.sdk.trace import TracerProvider
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        except ImportError as exc:
+            raise ImportError(
+                "opentelemetry-api and opentelemetry-sdk are required for telemetry; "
+                "install them with: pip install 'iii-toolkit[otel]'"
+            ) from exc
+
+        from .telemetry_exporters import EngineSpanExporter
+
+        service_name = cfg.service_name or os.environ.get("OTEL_SERVICE_NAME") or _DEFAULT_SERVICE_NAME
+        attributes: dict[str, Any] = {
+            "service.name": service_name,
+            "service.version": cfg.service_version or os.environ.get("SERVICE_VERSION") or "unknown",
+            "service.instance.id": (cfg.service_instance_id or os.environ.get("SERVICE_INSTANCE_ID")
+                                    or str(uuid.uuid4())),
+            "telemetry.sdk.name": "iii-python-sdk",
+            "telemetry.sdk.language": "python",
+        }
+        namespace = cfg.service_namespace or os.environ.get("SERVICE_NAMESPACE")
+        if namespace:
+            attributes["service.namespace"] = namespace
+        resource = Resource.create(attributes)
+
+        connection = SharedEngineConnection(frame_sink)
+        if frame_sink is None and cfg.engine_ws_url:
+            connection.url = cfg.engine_ws_url
+        if loop is not None:
+            connection.start(loop)
+
+        tracer_provider = TracerProvider(resource=resource)
+        tracer_provider.add_span_processor(BatchSpanProcessor(EngineSpanExporter(connection)))  # type: ignore[arg-type]
+
+        self.connection = connection
+        self.tracer_provider = tracer_provider
+        self.tracer = tracer_provider.get_tracer(_SCOPE)
+        self._install_global_tracer_provider(tracer_provider)
+        if cfg.metrics_enabled:
+            self._configure_metrics(resource, connection, cfg, service_name)
+        if cfg.logs_enabled is None or cfg.logs_enabled:
+            self._configure_logs(resource, connection, cfg)
+        self.globals_set = True
+        self.initialized = True
+        if cfg.fetch_instrumentation_enabled:
+            self._instrument_urllib()
+
+    def _install_global_tracer_provider(self, provider: Any) -> None:
+        """Point the process-wide tracer provider at ``provider``."""
+        from opentelemetry import trace
+
+        if self.switch is None:
+            if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+                log.debug("a global tracer provider is already set; iii spans use iii.telemetry.get_tracer() only")
+                return
+            self.switch = _make_switch()
+            trace.set_tracer_provider(self.switch)
+        self.switch.target = provider
+
+    def _configure_metrics(
+        self, resource: Any, connection: SharedEngineConnection, cfg: OtelConfig, service_name: str
+    ) -> None:
+        try:
+            from opentelemetry import metrics
+            from opentelemetry.sdk.metrics import MeterProvider
+            from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+        except ImportError:
+            log.warning("opentelemetry-sdk metrics unavailable: metrics are not exported")
+            return
+        from .telemetry_exporters import EngineMetricsExporter
+
+        reader = PeriodicExportingMetricReader(
+            EngineMetricsExporter(connection),  # type: ignore[arg-type]
+            export_interval_millis=cfg.metrics_export_interval_ms,
+        )
+        provider = MeterProvider(resource=resource, metric_readers=[reader])
+        if not self.globals_set:  # settable once per process; self.get_meter() always returns ours
+            metrics.set_meter_provider(provider)
+        self.meter_provider = provider
+        self.meter = provider.get_meter(service_name)
+
+    def _configure_logs(self, resource: Any, connection: SharedEngineConnection, cfg: OtelConfig) -> None:
+        try:
+            from opentelemetry import _logs
+            from opentelemetry.sdk._logs import LoggerProvider
+            from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+        except ImportError:
+            log.warning("opentelemetry-sdk logs unavailable: logs are not exported")
+            return
+        from .telemetry_exporters import EngineLogExporter
+
+        provider = LoggerProvider(resource=resource)
+        provider.add_log_record_processor(
+            BatchLogRecordProcessor(
+                EngineLogExporter(connection),  # type: ignore[arg-type]
+                schedule_delay_millis=_int_setting(cfg.logs_flush_interval_ms, "OTEL_LOGS_FLUSH_INTERVAL_MS", 100),
+                max_export_batch_size=_int_setting(cfg.logs_batch_size, "OTEL_LOGS_BATCH_SIZE", 1, minimum=1),
+            )
+        )
+        if not self.globals_set:  # settable once per process; iii.logger.Logger always uses ours
+            _logs.set_logger_provider(provider)
+        self.log_provider = provider
+
+    def _instrument_urllib(self) -> None:
+        """Wrap ``urllib`` requests in CLIENT spans and propagate the trace context in their headers."""
+        import urllib.request
+        from urllib.parse import urlsplit
+
+        from opentelemetry.propagate import inject
+        from opentelemetry.trace import SpanKind, StatusCode
+
+        if self.original_urlopen is not None:
+            return
+        original = urllib.request.OpenerDirector.open
+
+        def traced_open(opener: urllib.request.OpenerDirector, fullurl: Any, data: Any = None, *args: Any) -> Any:
+            tracer = self.tracer
+            if tracer is None:
+                return original(opener, fullurl, data, *args)
+            request = fullurl if isinstance(fullurl, urllib.request.Request) else urllib.request.Request(fullurl, data)
+            if request is not fullurl:
+                data = None  # now carried by the Request
+            method = request.get_method()
+            parts = urlsplit(request.full_url)
+            attrs: dict[str, Any] = {"http.request.method": method, "url.full": request.full_url}
+            if parts.hostname:
+                attrs["server.address"] = parts.hostname
+            if parts.scheme:
+                attrs["url.scheme"] = parts.scheme
+            if parts.path:
+                attrs["url.path"] = parts.path
+            if parts.port:
+                attrs["server.port"] = parts.port
+            name = f"{method} {parts.path}" if parts.path else method
+            with tracer.start_as_current_span(name, kind=SpanKind.CLIENT, attributes=attrs) as span:
+                carrier: dict[str, str] = {}
+                inject(carrier)
+                for key, value in carrier.items():
+                    request.add_unredirected_header(key, value)
+                try:
+                    response = original(opener, request, data, *args)
+                except Exception as exc:
+                    span.set_attribute("error.type", type(exc).__name__)
+                    span.set_status(StatusCode.ERROR, str(exc))
+                    span.record_exception(exc)
+                    raise
+                status = getattr(response, "status", None)
+                if isinstance(status, int):
+                    span.set_attribute("http.response.status_code", status)
+                    span.set_status(StatusCode.ERROR if status >= 400 else StatusCode.OK)
+                return response
+
+        self.original_urlopen = original
+        urllib.request.OpenerDirector.open = traced_open  # type: ignore[method-assign,assignment]
+
+    def _uninstrument_urllib(self) -> None:
+        if self.original_urlopen is None:
+            return
+        import urllib.request
+
+        urllib.request.OpenerDirector.open = self.original_urlopen  # type: ignore[method-assign]
+        self.original_urlopen = None
+
+    def _take_state(self) -> list[Any]:
+        """Reset the module state and return the providers that still need shutting down."""
+        with self._clients_lock:
+            self._clients.clear()
+        self._uninstrument_urllib()
+        providers = [p for p in (self.tracer_provider, self.meter_provider, self.log_provider) if p is not None]
+        if self.switch is not None:
+            self.switch.target = None
+        self.initialized = False
+        self.tracer_provider = self.tracer = self.meter_provider = self.meter = self.log_provider = None
+        self.connection = None
+        return providers
+
+    def shutdown_otel(self) -> None:
+        """Flush and shut down every provider; telemetry is off until the next ``init_otel``."""
+        _shutdown_providers(self._take_state())
+
+    async def shutdown_otel_async(self) -> None:
+        """Like :func:`shutdown_otel`, without blocking the event loop while the last batches are exported."""
+        providers = self._take_state()
+        if providers:
+            await asyncio.to_thread(_shutdown_providers, providers)
+
+    def force_flush(self, timeout_millis: int = 5_000) -> bool:
+        """Export everything recorded so far (ours). ``True`` when every provider flushed in time."""
+        ok = True
+        for provider in (self.tracer_provider, self.meter_provider, self.log_provider):
+            if provider is not None:
+                ok = bool(provider.force_flush(timeout_millis)) and ok
+        return ok
+
+    def attach_event_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Deliver frames on ``loop``'s thread from now on (no-op if already started or not initialised)."""
+        connection = self.connection
+        if self.initialized and connection is not None and not connection._started:
+            connection.start(loop)
+
+    def attach_frame_sink(self, sink: FrameSink | None, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Send telemetry frames to ``sink`` from now on (ours); ``None`` buffers them again."""
+        connection = self.connection
+        if connection is None:
+            return
+        connection.attach(sink, loop)
+
+    def register_client(self, owner: object, sink: FrameSink, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Count ``owner`` as a user of telemetry (ours); its ``sink`` carries frames if none does yet."""
+        connection = self.connection
+        if not self.initialized or connection is None:
+            return
+        with self._clients_lock:
+            self._clients[owner] = _Client(sink, loop)
+        if connection.sink is None:
+            connection.attach(sink, loop)
+
+    def client_count(self) -> int:
+        """How many registered clients keep telemetry on (ours)."""
+        with self._clients_lock:
+            return len(self._clients)
+
+    def _release(self, owner: object) -> bool:
+        """Forget ``owner``; hand its frames to a survivor. ``True`` when it was the last one (shut down then)."""
+        with self._clients_lock:
+            gone = self._clients.pop(owner, None)
+            if gone is None:
+                return False
+            survivor = next(iter(self._clients.values()), None)
+        connection = self.connection
+        if survivor is None:
+            return True
+        if connection is not None and connection.sink == gone.sink:
+            connection.attach(survivor.sink, survivor.loop)
+        return False
+
+    async def release_client_async(self, owner: object) -> None:
+        """Undo :func:`register_client` (ours): telemetry shuts down only when ``owner`` was the last client."""
+        if self._release(owner):
+            await self.shutdown_otel_async()
+
+    def get_tracer(self) -> Any:
+        """The SDK's tracer, or ``None`` before ``init_otel``."""
+        return self.tracer
+
+    def get_meter(self) -> Any:
+        """The SDK's meter, or ``None`` when metrics are not initialised."""
+        return self.meter
+
+    def get_logger(self, name: str = _SCOPE) -> Any:
+        """An OpenTelemetry logger of the SDK's provider, or ``None`` when logs are not initialised."""
+        provider = self.log_provider
+        if not self.initialized or provider is None:
+            return None
+        return provider.get_logger(name)
+
+    def is_initialized(self) -> bool:
+        """Whether ``init_otel`` set telemetry up (and it was not shut down since)."""
+        return self.initialized
+
+    async def with_span(self,
+        name: str,
+        fn: Callable[[Any], Awaitable[T]],
+        *,
+        kind: Any = None,
+        traceparent: str | None = None,
+    ) -> T:
+        """Run ``await fn(span)`` inside a new span (a no-op span when tracing is off); errors mark the span."""
+        tracer = self.tracer
+        if tracer is None:
+            return await fn(_NoopSpan())
+        from opentelemetry import context as otel_context
+        from opentelemetry.propagate import extract
+        from opentelemetry.trace import SpanKind, StatusCode
+
+        parent = extract({"traceparent": traceparent}) if traceparent else otel_context.get_current()
+        span_kind = kind if kind is not None else SpanKind.INTERNAL
+        with tracer.start_as_current_span(name, kind=span_kind, context=parent) as span:
+            try:
+                result = await fn(span)
+            except Exception as exc:
+                span.set_status(StatusCode.ERROR, str(exc))
+                span.record_exception(exc)
+                raise
+            span.set_status(StatusCode.OK)
+            return result
+
+
+_runtime = TelemetryRuntime()
+
+
+def runtime() -> TelemetryRuntime:
+    """The process's telemetry object (ours); the module functions delegate to it.
+
+    Example:
+        >>> runtime() is runtime()
+        True
+    """
+    return _runtime
+
+
 
 
 def register_client(owner: object, sink: FrameSink, loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -459,34 +580,12 @@ def register_client(owner: object, sink: FrameSink, loop: asyncio.AbstractEventL
         >>> client_count()
         0
     """
-    connection = _state.connection
-    if not _state.initialized or connection is None:
-        return
-    with _clients_lock:
-        _clients[owner] = _Client(sink, loop)
-    if connection.sink is None:
-        connection.attach(sink, loop)
+    return _runtime.register_client(owner, sink, loop)
 
 
 def client_count() -> int:
     """How many registered clients keep telemetry on (ours)."""
-    with _clients_lock:
-        return len(_clients)
-
-
-def _release(owner: object) -> bool:
-    """Forget ``owner``; hand its frames to a survivor. ``True`` when it was the last one (shut down then)."""
-    with _clients_lock:
-        gone = _clients.pop(owner, None)
-        if gone is None:
-            return False
-        survivor = next(iter(_clients.values()), None)
-    connection = _state.connection
-    if survivor is None:
-        return True
-    if connection is not None and connection.sink == gone.sink:
-        connection.attach(survivor.sink, survivor.loop)
-    return False
+    return _runtime.client_count()
 
 
 async def release_client_async(owner: object) -> None:
@@ -500,31 +599,27 @@ async def release_client_async(owner: object) -> None:
         >>> is_initialized()
         False
     """
-    if _release(owner):
-        await shutdown_otel_async()
+    return await _runtime.release_client_async(owner)
 
 
 def get_tracer() -> Any:
     """The SDK's tracer, or ``None`` before ``init_otel``."""
-    return _state.tracer
+    return _runtime.get_tracer()
 
 
 def get_meter() -> Any:
     """The SDK's meter, or ``None`` when metrics are not initialised."""
-    return _state.meter
+    return _runtime.get_meter()
 
 
 def get_logger(name: str = _SCOPE) -> Any:
     """An OpenTelemetry logger of the SDK's provider, or ``None`` when logs are not initialised."""
-    provider = _state.log_provider
-    if not _state.initialized or provider is None:
-        return None
-    return provider.get_logger(name)
+    return _runtime.get_logger(name)
 
 
 def is_initialized() -> bool:
     """Whether ``init_otel`` set telemetry up (and it was not shut down since)."""
-    return _state.initialized
+    return _runtime.is_initialized()
 
 
 def _current_span_context() -> Any:
@@ -589,24 +684,7 @@ async def with_span(
 
     ``traceparent`` makes the span a child of that remote context instead of the current one.
     """
-    tracer = _state.tracer
-    if tracer is None:
-        return await fn(_NoopSpan())
-    from opentelemetry import context as otel_context
-    from opentelemetry.propagate import extract
-    from opentelemetry.trace import SpanKind, StatusCode
-
-    parent = extract({"traceparent": traceparent}) if traceparent else otel_context.get_current()
-    span_kind = kind if kind is not None else SpanKind.INTERNAL
-    with tracer.start_as_current_span(name, kind=span_kind, context=parent) as span:
-        try:
-            result = await fn(span)
-        except Exception as exc:
-            span.set_status(StatusCode.ERROR, str(exc))
-            span.record_exception(exc)
-            raise
-        span.set_status(StatusCode.OK)
-        return result
+    return await _runtime.with_span(name, fn, kind=kind, traceparent=traceparent)
 
 
 def _inject() -> dict[str, str]:

@@ -12,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 import traceback
 from collections.abc import Callable, Coroutine
 from types import ModuleType
@@ -31,11 +30,12 @@ def load_telemetry() -> ModuleType | None:
         >>> load_telemetry() is None or hasattr(load_telemetry(), "init_otel")
         True
     """
-    # Imported by name so that a missing optional dependency is a None here, not an import error at startup.
+    # Imported here, not at the top: a missing optional dependency is a None, not an import error at startup.
     try:
-        return importlib.import_module("iii.telemetry")
+        from . import telemetry
     except ImportError:
         return None
+    return telemetry
 
 
 class TraceScope:
