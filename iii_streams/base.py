@@ -24,7 +24,7 @@ import asyncio
 import builtins
 from abc import abstractmethod
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, ClassVar, Final, Self
 
 from iii.stream import IStream, StreamGetInput, StreamSetInput
 
@@ -84,6 +84,9 @@ class Backend(IStream[Any]):
 
     publish_events: bool = True
     timeout: float | None = DEFAULT_TIMEOUT
+    atomic_updates: ClassVar[bool] = True
+    """``update`` is atomic by itself (across processes too), so callers need no lock of their own around it;
+    a caller-side per-item lock would only keep concurrent updates from sharing one transaction."""
 
     # The six IStream operations stay abstract with the reference's signatures (inherited); the stores of this
     # package add the optional keyword ``timeout`` to each, bounded through ``_guard``.
