@@ -1,17 +1,24 @@
-"""Engine hot path: invocation round trips per second through our engine vs a minimal raw relay.
+"""Engine hot path: invocation round trips through our engine vs a bare Python relay, with server CPU per call.
 
-The baseline is the leanest possible Python relay written inline (one websockets server, orjson/json parsing,
-a dict of pending ids, no validation): caller -> relay -> callee -> relay -> caller, the same two hops our
-engine makes. Both are driven by the same raw clients in the same run, so ``engine / relay`` is the share of
-the ceiling the engine's decode -> route -> send path reaches.
+The baseline is the leanest Python relay worth the name, written inline (one websockets server, the same JSON
+codec, a dict of pending ids, no validation): caller -> relay -> callee -> relay -> caller, the two hops our
+engine makes. Each server runs alone in a child process, so its CPU time per call is read from ``/proc`` (far less
+noisy than throughput on a shared machine); the same raw clients drive both, in interleaved rounds (the order
+alternates each round). Printed: medians with the min-max spread, and ``engine / relay`` of the medians.
 
-Usage: .venv/bin/python bench/engine_roundtrip.py [--calls N]
+With ``--before DIR`` (a checkout of an earlier commit, e.g. ``git archive HEAD~1 | tar -x -C DIR``) the engine
+of that checkout runs as a third server in the same rounds, so a change is measured against its own baseline.
+
+Usage: .venv/bin/python bench/engine_roundtrip.py [--calls N] [--rounds R] [--before DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -21,13 +28,16 @@ from typing import Any
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a plain script: use the checkout
+ROOT = Path(__file__).resolve().parents[1]
+if "--root" not in sys.argv:
+    sys.path.insert(0, str(ROOT))  # a plain script: use the checkout (a server child gets its root on PYTHONPATH)
 
-from iii.wire import dumps, loads
-from iii_engine import Engine, EngineConfig
+from iii.wire import dumps, loads  # noqa: E402
+
+_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-async def raw_relay() -> tuple[Any, str]:
+async def serve_relay() -> None:
     """The baseline: forwards invocations to the one registered callee and results back, nothing else."""
     callee: list[ServerConnection] = []
     waiting: dict[str, ServerConnection] = {}
@@ -47,9 +57,24 @@ async def raw_relay() -> tuple[Any, str]:
             elif kind == "ping":
                 await ws.send('{"type":"pong"}')
 
-    server = await serve(handler, "127.0.0.1", 0, compression=None, ping_interval=None)
-    port = server.sockets[0].getsockname()[1]
-    return server, f"ws://127.0.0.1:{port}"
+    async with serve(handler, "127.0.0.1", 0, compression=None, ping_interval=None) as server:
+        print(f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True)
+        await asyncio.Event().wait()
+
+
+async def serve_engine() -> None:
+    """Our engine with no modules but the worker module."""
+    from iii_engine import Engine, EngineConfig
+
+    async with Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[])) as engine:
+        print(engine.url, flush=True)
+        await asyncio.Event().wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
 async def drive(url: str, calls: int, in_flight: int) -> float:
@@ -100,20 +125,62 @@ async def drive(url: str, calls: int, in_flight: int) -> float:
         return calls / elapsed
 
 
-async def main(calls: int) -> None:
-    relay, relay_url = await raw_relay()
-    async with Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[])) as engine:
-        print(f"{'mode':<22}{'raw relay/s':>14}{'engine/s':>12}{'ratio':>8}")
-        for label, in_flight, n in (("sequential", 1, max(calls // 10, 200)), ("64 in flight", 64, calls)):
-            await drive(relay_url, min(n, 200), in_flight)  # warm-up
-            base = await drive(relay_url, n, in_flight)
-            ours = await drive(engine.url, n, in_flight)
-            print(f"{label:<22}{base:>14.0f}{ours:>12.0f}{ours / base:>8.2f}")
-    relay.close()
-    await relay.wait_closed()
+def start_server(kind: str, root: Path = ROOT) -> tuple[subprocess.Popen[str], str]:
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen([sys.executable, "-P", __file__, "--serve", kind, "--root", str(root)],
+                            stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    url = proc.stdout.readline().strip()
+    if not url.startswith("ws://"):
+        proc.kill()
+        raise RuntimeError(f"{kind} server did not start (printed {url!r})")
+    return proc, url
+
+
+def summary(values: list[float], fmt: str) -> str:
+    return f"{format(statistics.median(values), fmt)} ({format(min(values), fmt)}-{format(max(values), fmt)})"
+
+
+async def main(calls: int, rounds: int, before: Path | None) -> None:
+    servers = {kind: start_server(kind) for kind in ("relay", "engine")}
+    if before is not None:
+        servers["before"] = start_server("engine", before)
+    modes = (("sequential", 1, max(calls // 5, 200)), ("64 in flight", 64, calls))
+    rate: dict[tuple[str, str], list[float]] = {}
+    cpu: dict[tuple[str, str], list[float]] = {}
+    try:
+        for _, url in servers.values():  # warm-up
+            await drive(url, 300, 8)
+        for round_no in range(rounds):
+            order = list(servers) if round_no % 2 == 0 else list(reversed(servers))
+            for label, in_flight, n in modes:
+                for kind in order:
+                    proc, url = servers[kind]
+                    spent = cpu_seconds(proc.pid)
+                    rate.setdefault((label, kind), []).append(await drive(url, n, in_flight))
+                    cpu.setdefault((label, kind), []).append((cpu_seconds(proc.pid) - spent) / n * 1e6)
+    finally:
+        for proc, _ in servers.values():
+            proc.kill()
+            proc.wait()
+    print(f"{rounds} interleaved rounds; medians (min-max); CPU = server process CPU per call")
+    print(f"{'mode':<14}{'server':<8}{'calls/s':>22}{'vs relay':>10}{'CPU µs/call':>20}{'CPU vs relay':>14}")
+    for label, _, _ in modes:
+        base, base_cpu = rate[(label, "relay")], cpu[(label, "relay")]
+        for kind in servers:
+            ours, ours_cpu = rate[(label, kind)], cpu[(label, kind)]
+            print(f"{label:<14}{kind:<8}{summary(ours, '.0f'):>22}"
+                  f"{statistics.median(ours) / statistics.median(base):>10.2f}{summary(ours_cpu, '.0f'):>20}"
+                  f"{statistics.median(ours_cpu) / statistics.median(base_cpu):>14.2f}")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=10000)
-    asyncio.run(main(parser.parse_args().calls))
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--calls", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--before", type=Path, help="also run the engine of this earlier checkout")
+    parser.add_argument("--serve", choices=("relay", "engine"), help=argparse.SUPPRESS)
+    parser.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    server: Any = {"relay": serve_relay, "engine": serve_engine}.get(args.serve or "")
+    asyncio.run(server() if server is not None else main(args.calls, args.rounds, args.before))

@@ -22,34 +22,32 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from iii.iii_types import (
-    InvocationResultMessage,
-    InvokeFunctionMessage,
-    RegisterFunctionMessage,
-    RegisterServiceMessage,
-    RegisterTriggerMessage,
-    RegisterTriggerTypeMessage,
-    TriggerInfo,
-    TriggerRegistrationResultMessage,
-    UnregisterFunctionMessage,
-    UnregisterTriggerMessage,
-    UnregisterTriggerTypeMessage,
+from iii.iii_types import TriggerInfo
+from iii.protocol.worker_session import (
+    Event,
+    Invoke,
+    PingReceived,
+    RegisterFunction,
+    RegisterService,
+    RegisterTrigger,
+    RegisterTriggerType,
+    Rejected,
+    Result,
+    TelemetryReceived,
+    TriggerRegistrationResult,
+    UnregisterFunction,
+    UnregisterTrigger,
+    UnregisterTriggerType,
+    clip_text,
+    read_frame,
 )
-from iii.wire import (
-    TELEMETRY_PREFIXES,
-    Ping,
-    Telemetry,
-    WireError,
-    decode_object,
-    dumps,
-    loads,
-    salvage_invocation,
-)
+from iii.ws_fastpath import flush as flush_frames
+from iii.ws_fastpath import send_server_frame
 from iii_streams.messages import error_line
 
 from .channels import ChannelRelay
 from .config import EngineConfig
-from .invocations import Invocations, error_body, is_uuid, result_frame
+from .invocations import Invocations
 from .modules.base import (
     BuiltinFunction,
     EngineError,
@@ -70,64 +68,7 @@ from .workers import OVERFLOW_CLOSE_CODE, Outbox, WorkerConnection
 
 log = logging.getLogger(__name__)
 
-_PONG = '{"type":"pong"}'
-_LOWER_UUID_LEN = 36
-#: Frames longer than this are parsed in a worker thread (the Python-level depth walk then yields the GIL).
-OFFLOOP_PARSE_BYTES = 1024 * 1024
-_REASON_CLIP = 300
 _UNREAD_CLOSE_TIMEOUT_S = 2.0
-
-
-def clip_text(text: str, limit: int = _REASON_CLIP) -> str:
-    """``text`` cut to ``limit`` characters (reasons already quote input through :func:`iii.wire.clip`)."""
-    return text if len(text) <= limit else f"{text[:limit]}…({len(text)} chars)"
-
-
-def _normalise_id(obj: dict[str, Any]) -> bool:
-    """Check ``invocation_id`` and write it in canonical form (production re-serialises parsed UUIDs)."""
-    value = obj.get("invocation_id")
-    if not isinstance(value, str) or not is_uuid(value):
-        return False
-    if len(value) != _LOWER_UUID_LEN or value != value.lower():
-        import uuid
-
-        obj["invocation_id"] = str(uuid.UUID(value))
-    return True
-
-
-def _optional_str(obj: dict[str, Any], key: str) -> bool:
-    value = obj.get(key)
-    return value is None or type(value) is str
-
-
-def _fast_invoke(obj: dict[str, Any]) -> bool:
-    """Whether a parsed ``invokefunction`` is well-formed (else the strict decoder says why)."""
-    if type(obj.get("function_id")) is not str or "data" not in obj:
-        return False
-    if obj.get("invocation_id") is not None and not _normalise_id(obj):
-        return False
-    if not (_optional_str(obj, "traceparent") and _optional_str(obj, "baggage")):
-        return False
-    action = obj.get("action")
-    if action is None:
-        return True
-    if type(action) is not dict:
-        return False
-    kind = action.get("type")
-    return kind == "void" or (kind == "enqueue" and type(action.get("queue")) is str)
-
-
-def _fast_result(obj: dict[str, Any]) -> bool:
-    """Whether a parsed ``invocationresult`` is well-formed."""
-    return (type(obj.get("function_id")) is str and _normalise_id(obj)
-            and _optional_str(obj, "traceparent") and _optional_str(obj, "baggage"))
-
-
-def _message_dict(msg: InvokeFunctionMessage | InvocationResultMessage) -> dict[str, Any]:
-    out = msg.model_dump(exclude={"message_type"})
-    if out.get("invocation_id") is not None:
-        _normalise_id(out)
-    return out
 
 
 async def _close_unread(ws: ServerConnection, limit: int) -> None:
@@ -138,9 +79,8 @@ async def _close_unread(ws: ServerConnection, limit: int) -> None:
         await ws.close(OVERFLOW_CLOSE_CODE, f"outbound queue over {limit} bytes: peer not reading")
 
 
-def _trigger_frame(entry: TriggerEntry) -> str:
-    return dumps({"type": "registertrigger", "id": entry.id, "trigger_type": entry.trigger_type,
-                  "function_id": entry.function_id, "config": entry.config})
+def _trigger_frame(worker: WorkerConnection, entry: TriggerEntry) -> str:
+    return worker.session.register_trigger(entry.id, entry.trigger_type, entry.function_id, entry.config)
 
 
 class Engine:
@@ -417,17 +357,28 @@ class Engine:
                         "closing with %d", worker.id, size, limit, OVERFLOW_CLOSE_CODE)
             closing.append(asyncio.get_running_loop().create_task(_close_unread(ws, limit)))
 
-        worker = WorkerConnection(outbox=Outbox(ws.send, max_bytes=limit, on_overflow=overflow),
+        async def send(text: str) -> None:
+            # one complete text frame, written without websockets' per-message machinery and corked with the
+            # other frames of this event-loop turn (one socket write for a burst of results)
+            await send_server_frame(ws, True, text.encode())
+
+        worker = WorkerConnection(outbox=Outbox(send, max_bytes=limit, on_overflow=overflow,
+                                                flush=lambda: flush_frames(ws)),
                                   ip_address=str(remote[0]) if remote else None)
         self.workers[worker.id] = worker
-        worker.post(dumps({"type": "workerregistered", "worker_id": worker.id}))
+        worker.post(worker.session.registered())
         log.info("worker %s connected from %s", worker.id, worker.ip_address)
         self.emit_worker_event("worker_connected", worker.id)
         try:
+            session = worker.session
             async for raw in ws:
-                worker.frames_in += 1
                 try:
-                    await self._on_frame(worker, raw)
+                    # Parsed once, under the one JSON policy. Big frames are parsed in a thread so the depth walk
+                    # can yield the GIL; awaiting it keeps this connection's frames in order.
+                    event = session.receive(raw) if not session.parse_off_loop(raw) else \
+                        session.accept(await asyncio.to_thread(read_frame, raw))
+                    if event is not None:
+                        await self._on_event(worker, event)
                 except Exception:  # a bug in handling one frame must not take the connection down
                     log.exception("worker %s: failed to handle a frame", worker.id)
         except ConnectionClosed as exc:
@@ -444,93 +395,56 @@ class Engine:
             for task in closing:
                 await task
 
-    async def _on_frame(self, worker: WorkerConnection, raw: str | bytes) -> None:
-        if isinstance(raw, bytes) and raw[:4] in TELEMETRY_PREFIXES:
-            await self._dispatch(worker, Telemetry(raw[:4].decode(), raw[4:]), {})
-            return
-        try:
-            # Parsed once, under the one JSON policy. Big frames go to a thread so the depth walk can yield the
-            # GIL; awaiting it keeps this connection's frames in order.
-            obj = loads(raw) if len(raw) <= OFFLOOP_PARSE_BYTES else await asyncio.to_thread(loads, raw)
-        except ValueError as exc:
-            if not raw or raw.isspace():
-                return  # blank frames are ignored, as production does
-            self._reject(worker, WireError(f"invalid JSON: {exc}", **salvage_invocation(raw)))
-            return
-        if type(obj) is dict:
-            kind = obj.get("type")
-            if kind == "invokefunction" and _fast_invoke(obj):
-                await self.invocations.handle_invoke(worker, obj)
-                return
-            if kind == "invocationresult" and _fast_result(obj):
-                self.invocations.handle_result(worker, obj)
-                return
-            if kind == "ping":
-                worker.post(_PONG)
-                return
-        try:
-            msg = decode_object(obj, strict=True)
-        except WireError as err:
-            self._reject(worker, err)
-            return
-        await self._dispatch(worker, msg, obj)
-
-    def _reject(self, worker: WorkerConnection, err: WireError) -> None:
-        worker.dropped_frames += 1
-        # The reason may quote the sender's input: cap it so one frame cannot flood the log.
-        log.warning("worker %s: dropped undecodable frame: %s", worker.id, clip_text(err.reason))
-        if err.message_type == "invokefunction" and err.invocation_id is not None:
-            worker.post(result_frame(err.invocation_id, err.function_id or "", None,
-                                     error_body("invalid_message", clip_text(err.reason, 1000))))
-
-    async def _dispatch(self, worker: WorkerConnection, msg: Any, raw: dict[str, Any]) -> None:
-        if isinstance(msg, InvokeFunctionMessage):
-            await self.invocations.handle_invoke(worker, _message_dict(msg))
-        elif isinstance(msg, InvocationResultMessage):
-            self.invocations.handle_result(worker, _message_dict(msg))
-        elif isinstance(msg, RegisterFunctionMessage):
-            await self._register_function(worker, msg, raw)
-        elif isinstance(msg, UnregisterFunctionMessage):
-            self._unregister_function(worker, msg.id)
-        elif isinstance(msg, RegisterServiceMessage):
-            replaced = self.registry.register_service(msg.id, msg.name or "", msg.parent_service_id)
+    async def _on_event(self, worker: WorkerConnection, event: Event) -> None:
+        """Run what one event of ``worker``'s session asks for (the session already decided what it means)."""
+        if isinstance(event, Invoke):  # the call path first
+            await self.invocations.handle_invoke(worker, event.message)
+        elif isinstance(event, Result):
+            self.invocations.handle_result(worker, event.message, event.verbatim)
+        elif isinstance(event, PingReceived):
+            worker.post(worker.session.pong())
+        elif isinstance(event, TelemetryReceived):
+            for listener in self._telemetry_listeners:
+                listener(event.kind, event.body)
+        elif isinstance(event, Rejected):
+            # The reason may quote the sender's input: cap it so one frame cannot flood the log.
+            log.warning("worker %s: dropped undecodable frame: %s", worker.id, clip_text(event.reason))
+            if event.reply is not None:
+                worker.post(event.reply)
+        elif isinstance(event, RegisterFunction):
+            await self._register_function(worker, event)
+        elif isinstance(event, UnregisterFunction):
+            self._unregister_function(worker, event.id)
+        elif isinstance(event, RegisterService):
+            replaced = self.registry.register_service(event.id, event.name, event.parent_service_id)
             if replaced is not None:
                 log.warning("worker %s replaced service %r", worker.id, replaced.name)
-        elif isinstance(msg, RegisterTriggerTypeMessage):
-            self._register_trigger_type(worker, msg.id, msg.description)
-        elif isinstance(msg, RegisterTriggerMessage):
-            entry = TriggerEntry(msg.id, msg.trigger_type, msg.function_id, raw.get("config", msg.config), worker.id)
+        elif isinstance(event, RegisterTriggerType):
+            self._register_trigger_type(worker, event.id, event.description)
+        elif isinstance(event, RegisterTrigger):
+            entry = TriggerEntry(event.id, event.trigger_type, event.function_id, event.config, worker.id)
             await self._register_trigger(worker, entry)
-        elif isinstance(msg, UnregisterTriggerMessage):
-            await self._unregister_trigger(worker, msg.id)
-        elif isinstance(msg, UnregisterTriggerTypeMessage):
-            self._unregister_trigger_type(worker, msg.id)
-        elif isinstance(msg, TriggerRegistrationResultMessage):
-            if msg.error:
-                log.warning("worker %s could not register trigger %s (%s): %s", worker.id, msg.id,
-                            msg.trigger_type, msg.error)
+        elif isinstance(event, UnregisterTrigger):
+            await self._unregister_trigger(worker, event.id)
+        elif isinstance(event, UnregisterTriggerType):
+            self._unregister_trigger_type(worker, event.id)
+        elif isinstance(event, TriggerRegistrationResult):
+            if event.error:
+                log.warning("worker %s could not register trigger %s (%s): %s", worker.id, event.id,
+                            event.trigger_type, event.error)
             else:
-                log.debug("worker %s registered trigger %s", worker.id, msg.id)
-        elif isinstance(msg, Ping):
-            worker.post(_PONG)
-        elif isinstance(msg, Telemetry):
-            worker.telemetry_frames += 1
-            for listener in self._telemetry_listeners:
-                listener(msg.kind, msg.body)
-        # Pong and workerregistered from a worker are ignored.
+                log.debug("worker %s registered trigger %s", worker.id, event.id)
 
     # -- registrations ---------------------------------------------------------------------------------------
 
-    async def _register_function(self, worker: WorkerConnection, msg: RegisterFunctionMessage,
-                                 raw: dict[str, Any]) -> None:
+    async def _register_function(self, worker: WorkerConnection, msg: RegisterFunction) -> None:
         builtin: BuiltinFunction | None = None
         if msg.invocation is not None:
-            builtin = await self._register_external(worker, msg, raw)
+            builtin = await self._register_external(worker, msg)
             if builtin is None:
                 return
-        entry = FunctionEntry(msg.id, worker.id, msg.description, raw.get("request_format"),
-                              raw.get("response_format"), raw.get("metadata"), builtin=builtin,
-                              external=builtin is not None)
+        entry = FunctionEntry(msg.id, worker.id, msg.description, msg.request_format, msg.response_format,
+                              msg.metadata, builtin=builtin, external=builtin is not None)
         previous = self.registry.add_function(entry)
         if previous is not None and previous.owner != worker.id:
             log.warning("worker %s overwrote function %s (was %s)", worker.id, msg.id,
@@ -539,14 +453,13 @@ class Engine:
         (worker.external_functions if entry.external else worker.functions).add(msg.id)
         self._functions_maybe_changed()
 
-    async def _register_external(self, worker: WorkerConnection, msg: RegisterFunctionMessage,
-                                 raw: dict[str, Any]) -> BuiltinFunction | None:
+    async def _register_external(self, worker: WorkerConnection, msg: RegisterFunction) -> BuiltinFunction | None:
         if self._external is None:
             log.warning("worker %s: HTTP-invoked function %s not registered: HttpFunctionsModule not loaded",
                         worker.id, msg.id)
             return None
         try:
-            return await self._external.register_external(msg.id, raw.get("invocation"), worker.id)
+            return await self._external.register_external(msg.id, msg.invocation, worker.id)
         except EngineError as exc:
             log.warning("worker %s: HTTP-invoked function %s not registered: %s: %s", worker.id, msg.id,
                         exc.code, exc.message)
@@ -587,18 +500,17 @@ class Engine:
         if existing is not None and existing.owner != worker.id:
             log.warning("worker %s replaced trigger type %s (was worker %s)", worker.id, type_id, existing.owner)
         for entry in self.registry.triggers_of_type(type_id):
-            worker.post(_trigger_frame(entry))
+            worker.post(_trigger_frame(worker, entry))
         for entry in self.registry.take_pending(type_id):
-            worker.post(_trigger_frame(entry))
-            self.registry.triggers[entry.id] = entry
+            worker.post(_trigger_frame(worker, entry))
+            self.registry.store_trigger(entry)
             log.info("pending trigger %s activated by trigger type %s", entry.id, type_id)
         self.registry.trigger_types[type_id] = TriggerTypeEntry(type_id, description, worker.id)
 
     async def _register_trigger(self, worker: WorkerConnection, entry: TriggerEntry) -> None:
         trigger_type = self.registry.trigger_types.get(entry.trigger_type)
         if trigger_type is None:
-            self.registry.triggers.pop(entry.id, None)
-            self.registry.pending_triggers[entry.id] = entry
+            self.registry.park_trigger(entry)
             log.warning("worker %s: trigger %s waits for unknown trigger type %s (pending)", worker.id, entry.id,
                         entry.trigger_type)
             return
@@ -616,9 +528,8 @@ class Engine:
         else:
             owner = self.workers.get(trigger_type.owner or "")
             if owner is not None:
-                owner.post(_trigger_frame(entry))
-        self.registry.pending_triggers.pop(entry.id, None)
-        self.registry.triggers[entry.id] = entry
+                owner.post(_trigger_frame(owner, entry))
+        self.registry.store_trigger(entry)
 
     async def _unregister_trigger(self, worker: WorkerConnection, trigger_id: str) -> None:
         entry = self.registry.find_trigger(trigger_id)
@@ -631,8 +542,8 @@ class Engine:
         await self._deactivate(entry)
 
     async def _deactivate(self, entry: TriggerEntry) -> None:
-        was_active = self.registry.triggers.pop(entry.id, None) is not None
-        self.registry.pending_triggers.pop(entry.id, None)
+        was_active = entry.id in self.registry.triggers
+        self.registry.discard_trigger(entry.id)
         if not was_active:
             return  # a pending trigger never reached its type
         trigger_type = self.registry.trigger_types.get(entry.trigger_type)
@@ -646,7 +557,7 @@ class Engine:
         else:
             owner = self.workers.get(trigger_type.owner or "")
             if owner is not None:
-                owner.post(dumps({"type": "unregistertrigger", "id": entry.id, "trigger_type": entry.trigger_type}))
+                owner.post(owner.session.unregister_trigger(entry.id, entry.trigger_type))
 
     def _unregister_trigger_type(self, worker: WorkerConnection, type_id: str) -> None:
         existing = self.registry.trigger_types.get(type_id)
@@ -673,9 +584,7 @@ class Engine:
         self.registry.forget_owner(worker.id)
         self._functions_maybe_changed()
         self.invocations.halt_worker(worker)
-        mine = [t for t in (*self.registry.triggers.values(), *self.registry.pending_triggers.values())
-                if t.registrant == worker.id]
-        for entry in mine:
+        for entry in self.registry.triggers_of_registrant(worker.id):
             await self._deactivate(entry)
         for type_id in [t.id for t in self.registry.trigger_types.values() if t.owner == worker.id]:
             del self.registry.trigger_types[type_id]

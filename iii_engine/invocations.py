@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import traceback
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from iii.wire import dumps
+from iii.protocol.worker_session import is_uuid
 
 from .modules.base import EngineError, InvocationContext, InvocationObserver, NamedQueues
 from .registry import FunctionEntry, Registry
@@ -37,25 +36,7 @@ from .workers import WorkerConnection, frame_bytes
 log = logging.getLogger(__name__)
 
 CALLER_KEY = "_caller_worker_id"
-_CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-
-
-def is_uuid(value: object) -> bool:
-    """Whether ``value`` is a string the production engine accepts as a UUID.
-
-    Example:
-        >>> is_uuid("8d1c3b4e-0f6a-4c39-9c55-2f1f3f0f5a11"), is_uuid("abc"), is_uuid(7)
-        (True, False, False)
-    """
-    if not isinstance(value, str):
-        return False
-    if _CANONICAL_UUID.fullmatch(value):
-        return True
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
+__all__ = ["CALLER_KEY", "STOPPED", "Invocations", "Pending", "error_body", "is_uuid", "not_found"]
 
 
 def error_body(code: str, message: str) -> dict[str, str]:
@@ -69,21 +50,6 @@ def not_found(function_id: str) -> dict[str, str]:
 
 
 STOPPED = error_body("invocation_stopped", "Invocation stopped")
-
-
-def result_frame(invocation_id: str, function_id: str, result: Any, error: Any,
-                 traceparent: str | None = None, baggage: str | None = None) -> str:
-    """An ``invocationresult`` frame; ``result`` is omitted when null, as production does."""
-    frame: dict[str, Any] = {"type": "invocationresult", "invocation_id": invocation_id, "function_id": function_id}
-    if error is not None:
-        frame["error"] = error
-    elif result is not None:
-        frame["result"] = result
-    if traceparent is not None:
-        frame["traceparent"] = traceparent
-    if baggage is not None:
-        frame["baggage"] = baggage
-    return dumps(frame)
 
 
 @dataclass(slots=True)
@@ -132,7 +98,7 @@ class Invocations:
         entry = self.registry.functions.get(function_id)
         if entry is None:
             if invocation_id is not None:
-                caller.post(result_frame(invocation_id, function_id, None, not_found(function_id)))
+                caller.post(caller.session.result(invocation_id, function_id, None, not_found(function_id)))
             else:
                 log.warning("worker %s called unknown function %s (no reply requested)", caller.id, function_id)
             return
@@ -146,7 +112,7 @@ class Invocations:
         callee = self.workers.get(entry.owner or "")
         if callee is None:
             if invocation_id is not None:
-                caller.post(result_frame(invocation_id, function_id, None, not_found(function_id)))
+                caller.post(caller.session.result(invocation_id, function_id, None, not_found(function_id)))
             return
         routed_id = invocation_id or str(uuid.uuid4())
         if routed_id in self.pending:
@@ -163,24 +129,19 @@ class Invocations:
                                                        worker_id=callee.id)
             # the worker's spans then nest inside the engine's span of this call
             traceparent = self.observer.child_traceparent(pending.watch) or traceparent
-        frame: dict[str, Any] = {"type": "invokefunction", "invocation_id": pending.invocation_id,
-                                 "function_id": pending.function_id, "data": data}
-        if traceparent is not None:
-            frame["traceparent"] = traceparent
-        if baggage is not None:
-            frame["baggage"] = baggage
-        text = dumps(frame)
+        text = callee.session.invoke(pending.invocation_id, pending.function_id, data, traceparent, baggage)
         self.pending[pending.invocation_id] = pending
         callee.in_flight.add(pending.invocation_id)
         if self.timeout_ms:
             loop = asyncio.get_running_loop()
             pending.timer = loop.call_later(self.timeout_ms / 1000, self._expire, pending.invocation_id)
         await callee.outbox.wait_for_room(frame_bytes(text))
-        if not callee.post(text):
+        # The invoke path already waits for the callee (production's back-pressure): write from this task.
+        if not await callee.outbox.send(text):
             self._finish(pending.invocation_id, None, error_body("channel_send_failed", "worker connection closed"))
 
-    def handle_result(self, sender: WorkerConnection, msg: dict[str, Any]) -> None:
-        """A worker's ``invocationresult`` (already validated)."""
+    def handle_result(self, sender: WorkerConnection, msg: dict[str, Any], verbatim: str | None = None) -> None:
+        """A worker's ``invocationresult`` (already validated); ``verbatim``: the frame to forward as is."""
         invocation_id: str = msg["invocation_id"]
         pending = self.pending.get(invocation_id)
         if pending is None:
@@ -191,10 +152,11 @@ class Invocations:
             log.warning("worker %s sent a result for invocation %s routed to worker %s; ignored (E6)",
                         sender.id, invocation_id, pending.callee.id)
             return
-        self._finish(invocation_id, msg.get("result"), msg.get("error"), msg.get("traceparent"), msg.get("baggage"))
+        self._finish(invocation_id, msg.get("result"), msg.get("error"), msg.get("traceparent"), msg.get("baggage"),
+                     verbatim)
 
-    def _finish(self, invocation_id: str, result: Any, error: Any,
-                traceparent: str | None = None, baggage: str | None = None) -> None:
+    def _finish(self, invocation_id: str, result: Any, error: Any, traceparent: str | None = None,
+                baggage: str | None = None, verbatim: str | None = None) -> None:
         pending = self.pending.pop(invocation_id, None)
         if pending is None:
             return
@@ -206,7 +168,8 @@ class Invocations:
         caller = pending.caller
         if caller is not None:
             caller.in_flight.discard(invocation_id)
-            caller.post(result_frame(invocation_id, pending.function_id, result, error, traceparent, baggage))
+            caller.post(verbatim if verbatim is not None else
+                        caller.session.result(invocation_id, pending.function_id, result, error, traceparent, baggage))
         if pending.future is not None and not pending.future.done():
             pending.future.set_result((result, error))
 
@@ -239,9 +202,9 @@ class Invocations:
             return  # no reply wanted, or the caller is gone (halted)
         caller.in_flight.discard(invocation_id)
         try:
-            text = result_frame(invocation_id, entry.id, result, error)
+            text = caller.session.result(invocation_id, entry.id, result, error)
         except (TypeError, ValueError) as exc:  # no JSON form, or outside the JSON policy (NaN, nesting)
-            text = result_frame(invocation_id, entry.id, None, error_body(
+            text = caller.session.result(invocation_id, entry.id, None, error_body(
                 "serialization_error", f"Failed to serialize result for {entry.id}: {exc}"))
         caller.post(text)
 
@@ -285,7 +248,7 @@ class Invocations:
             log.warning("enqueue of %s on queue %r for worker %s failed: %s", function_id, queue, caller.id,
                         error["message"])
         if invocation_id is not None:
-            caller.post(result_frame(invocation_id, function_id, result, error))
+            caller.post(caller.session.result(invocation_id, function_id, result, error))
 
     # -- engine-internal calls -------------------------------------------------------------------------------
 

@@ -95,8 +95,13 @@ class Registry:
         self.functions: dict[str, FunctionEntry] = {}
         self.services: dict[str, ServiceEntry] = {}
         self.trigger_types: dict[str, TriggerTypeEntry] = {}
+        # Read them freely; change them only through store_trigger / park_trigger / discard_trigger, which keep
+        # the indexes below (so a worker's connect or disconnect costs its own triggers, not everyone's).
         self.triggers: dict[str, TriggerEntry] = {}
         self.pending_triggers: dict[str, TriggerEntry] = {}
+        self._active_of_type: dict[str, dict[str, TriggerEntry]] = {}
+        self._pending_of_type: dict[str, dict[str, TriggerEntry]] = {}
+        self._of_registrant: dict[str | None, dict[str, TriggerEntry]] = {}
         # Earlier registrants of an overwritten id, oldest first; only entries of live owners are kept.
         self._shadowed: dict[str, list[FunctionEntry]] = {}
         self.version = 0  # bumped on every change of the function id set
@@ -192,15 +197,43 @@ class Registry:
 
     # -- trigger types and triggers --------------------------------------------------------------------------
 
+    def store_trigger(self, entry: TriggerEntry) -> None:
+        """Make ``entry`` the active trigger of its id (replacing a pending or active one of that id)."""
+        self.discard_trigger(entry.id)
+        self.triggers[entry.id] = entry
+        self._index(self._active_of_type, entry)
+
+    def park_trigger(self, entry: TriggerEntry) -> None:
+        """Keep ``entry`` pending until its trigger type appears (E2), replacing any trigger of that id."""
+        self.discard_trigger(entry.id)
+        self.pending_triggers[entry.id] = entry
+        self._index(self._pending_of_type, entry)
+
+    def _index(self, by_type: dict[str, dict[str, TriggerEntry]], entry: TriggerEntry) -> None:
+        by_type.setdefault(entry.trigger_type, {})[entry.id] = entry
+        self._of_registrant.setdefault(entry.registrant, {})[entry.id] = entry
+
+    @staticmethod
+    def _unindex(index: dict[Any, dict[str, TriggerEntry]], key: Any, trigger_id: str) -> None:
+        bucket = index.get(key)
+        if bucket is not None:
+            bucket.pop(trigger_id, None)
+            if not bucket:
+                del index[key]
+
     def triggers_of_type(self, trigger_type: str) -> list[TriggerEntry]:
         """Stored (active) triggers of a type."""
-        return [t for t in self.triggers.values() if t.trigger_type == trigger_type]
+        return list(self._active_of_type.get(trigger_type, {}).values())
+
+    def triggers_of_registrant(self, registrant: str | None) -> list[TriggerEntry]:
+        """Stored and pending triggers registered by ``registrant``."""
+        return list(self._of_registrant.get(registrant, {}).values())
 
     def take_pending(self, trigger_type: str) -> list[TriggerEntry]:
         """Remove and return the pending triggers waiting for ``trigger_type`` (E2)."""
-        ready = [t for t in self.pending_triggers.values() if t.trigger_type == trigger_type]
+        ready = list(self._pending_of_type.get(trigger_type, {}).values())
         for t in ready:
-            del self.pending_triggers[t.id]
+            self.discard_trigger(t.id)
         return ready
 
     def find_trigger(self, trigger_id: str) -> TriggerEntry | None:
@@ -209,4 +242,10 @@ class Registry:
 
     def discard_trigger(self, trigger_id: str) -> TriggerEntry | None:
         """Forget a trigger (stored or pending)."""
-        return self.triggers.pop(trigger_id, None) or self.pending_triggers.pop(trigger_id, None)
+        active = self.triggers.pop(trigger_id, None)
+        pending = self.pending_triggers.pop(trigger_id, None)
+        for entry, by_type in ((active, self._active_of_type), (pending, self._pending_of_type)):
+            if entry is not None:
+                self._unindex(by_type, entry.trigger_type, trigger_id)
+                self._unindex(self._of_registrant, entry.registrant, trigger_id)
+        return active or pending

@@ -30,6 +30,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from iii.protocol.worker_session import WorkerSession
+
 log = logging.getLogger(__name__)
 
 OUTBOX_LIMIT = 64
@@ -55,13 +57,16 @@ class Outbox:
     """
 
     def __init__(self, send: Callable[[str], Awaitable[None]], *, limit: int = OUTBOX_LIMIT,
-                 max_bytes: int = OUTBOX_MAX_BYTES, on_overflow: Callable[[int], None] | None = None) -> None:
+                 max_bytes: int = OUTBOX_MAX_BYTES, on_overflow: Callable[[int], None] | None = None,
+                 flush: Callable[[], None] | None = None) -> None:
         if limit < 1 or max_bytes < 1:
             raise ValueError(f"Outbox limit and max_bytes must be positive, got {limit} and {max_bytes}")
         self._send = send
         self._limit = limit
         self._max_bytes = max_bytes
         self._on_overflow = on_overflow
+        self._flush = flush  # writes out what ``send`` may have held back, once the queue runs empty
+        self._busy = False  # a frame is being written (by the sender task or inline by :meth:`send`)
         self._items: deque[tuple[str, int]] = deque()
         self._bytes = 0  # queued plus the frame being written
         self._ready = asyncio.Event()
@@ -119,26 +124,60 @@ class Outbox:
             self._room.clear()
             await self._room.wait()
 
+    async def send(self, text: str) -> bool:
+        """Write ``text`` from the calling task when nothing is queued or being written (no wake-up of the sender
+        task: the call path's latency), else queue it like :meth:`post`. The caller waits while the socket's own
+        flow control holds the write back, so only callers that accept the peer's back-pressure use it."""
+        if self._items or self._busy or self._closed:
+            return self.post(text)
+        size = frame_bytes(text)
+        self._busy = True
+        self._bytes += size
+        try:
+            await self._send(text)
+            if self._flush is not None and not self._items:
+                self._flush()
+        except Exception as exc:
+            self._broken(exc)
+            return False
+        finally:
+            self._busy = False
+            self._bytes = max(0, self._bytes - size)
+            self._room.set()
+            if self._items:
+                self._ready.set()  # frames posted meanwhile: the sender task takes over
+        return True
+
     async def _drain(self) -> None:
         try:
             while True:
                 await self._ready.wait()
-                while self._items:
+                while self._items and not self._busy:
                     text, size = self._items.popleft()
                     if len(self._items) < self._limit:
                         self._room.set()
-                    await self._send(text)
+                    self._busy = True
+                    try:
+                        await self._send(text)
+                    finally:
+                        self._busy = False
                     self._bytes = max(0, self._bytes - size)
                     self._room.set()
+                    if self._flush is not None and not self._items:
+                        self._flush()
                 self._ready.clear()
                 if self._closed:
                     return
-        except Exception as exc:  # the socket failed: the read side notices and cleans up
-            log.debug("outbound send failed: %r", exc)
-            self._closed = True
-            self._items.clear()
-            self._bytes = 0
-            self._room.set()
+        except Exception as exc:
+            self._broken(exc)
+
+    def _broken(self, exc: Exception) -> None:
+        # the socket failed: the read side notices and cleans up
+        log.debug("outbound send failed: %r", exc)
+        self._closed = True
+        self._items.clear()
+        self._bytes = 0
+        self._room.set()
 
     async def close(self, *, flush: bool = True) -> None:
         """Stop accepting frames; with ``flush``, wait until the queued ones are sent."""
@@ -170,9 +209,25 @@ class WorkerConnection:
     functions: set[str] = field(default_factory=set)
     external_functions: set[str] = field(default_factory=set)
     in_flight: set[str] = field(default_factory=set)
-    frames_in: int = 0
-    telemetry_frames: int = 0
-    dropped_frames: int = 0
+    session: WorkerSession = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.session = WorkerSession(self.id)
+
+    @property
+    def frames_in(self) -> int:
+        """Frames received from this worker."""
+        return self.session.frames_in
+
+    @property
+    def telemetry_frames(self) -> int:
+        """Binary telemetry frames received."""
+        return self.session.telemetry_frames
+
+    @property
+    def dropped_frames(self) -> int:
+        """Frames that could not be decoded (and were dropped, answered when they asked for an answer)."""
+        return self.session.dropped_frames
 
     def post(self, text: str) -> bool:
         """Queue a text frame for this worker."""

@@ -51,11 +51,27 @@ def test_services_keyed_by_name_and_reset_on_replace() -> None:
 
 def test_pending_triggers_are_taken_per_type() -> None:
     reg = Registry()
-    reg.pending_triggers["t1"] = TriggerEntry("t1", "x", "f", {}, "w")
-    reg.pending_triggers["t2"] = TriggerEntry("t2", "y", "f", None, "w")
+    reg.park_trigger(TriggerEntry("t1", "x", "f", {}, "w"))
+    reg.park_trigger(TriggerEntry("t2", "y", "f", None, "w"))
     assert [t.id for t in reg.take_pending("x")] == ["t1"]
     assert list(reg.pending_triggers) == ["t2"]
     found = reg.find_trigger("t2")
     assert found is not None and found.info() == {"id": "t2", "trigger_type": "y", "function_id": "f",
                                                   "config": None}
     assert reg.discard_trigger("t2") is not None and reg.find_trigger("t2") is None
+
+
+def test_triggers_are_indexed_by_type_and_registrant() -> None:
+    reg = Registry()
+    reg.park_trigger(TriggerEntry("t1", "x", "f", {}, "w1"))
+    reg.store_trigger(TriggerEntry("t2", "x", "f", {}, "w2"))
+    reg.store_trigger(TriggerEntry("t3", "y", "f", {}, "w1"))
+    assert [t.id for t in reg.triggers_of_type("x")] == ["t2"]  # active ones only
+    assert sorted(t.id for t in reg.triggers_of_registrant("w1")) == ["t1", "t3"]
+    reg.store_trigger(TriggerEntry("t1", "z", "g", {}, "w2"))  # the pending t1 becomes an active one of w2
+    assert "t1" not in reg.pending_triggers and reg.take_pending("x") == []
+    assert [t.id for t in reg.triggers_of_type("z")] == ["t1"]
+    assert [t.id for t in reg.triggers_of_registrant("w1")] == ["t3"]
+    assert reg.discard_trigger("t3") is not None
+    assert reg.triggers_of_registrant("w1") == [] and reg.triggers_of_type("y") == []
+    assert reg._of_registrant.keys() == {"w2"}  # no empty buckets left behind

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
+from iii.protocol.worker_session import WorkerSession
 from iii_engine import Engine, EngineConfig
-from iii_engine.invocations import is_uuid, result_frame
+from iii_engine.invocations import is_uuid
 from iii_engine.modules.base import EngineError
 from iii_engine.server import ChannelRoute, route_request
 
@@ -31,6 +32,7 @@ def test_uuid_forms() -> None:
 
 
 def test_result_frame_omits_null_result() -> None:
+    result_frame = WorkerSession.result
     assert json.loads(result_frame("i", "f", None, None)) == {"type": "invocationresult", "invocation_id": "i",
                                                                "function_id": "f"}
     assert json.loads(result_frame("i", "f", 0, None))["result"] == 0

@@ -1,0 +1,80 @@
+"""The worker outbox: inline sends on the call path keep the order and the bounds of queued posts."""
+
+from __future__ import annotations
+
+import asyncio
+
+from iii_engine.workers import Outbox
+
+
+class Peer:
+    """A send callable that records frames and can be held back like a socket under flow control."""
+
+    def __init__(self) -> None:
+        self.frames: list[str] = []
+        self.senders: list[asyncio.Task[object] | None] = []
+        self.open = asyncio.Event()
+        self.open.set()
+        self.flushes = 0
+        self.entered = asyncio.Event()
+
+    async def send(self, text: str) -> None:
+        self.senders.append(asyncio.current_task())
+        self.entered.set()
+        await self.open.wait()
+        self.frames.append(text)
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+async def test_send_writes_from_the_calling_task_when_idle() -> None:
+    peer = Peer()
+    box = Outbox(peer.send, flush=peer.flush)
+    assert await box.send("a")
+    # written by the caller itself, with no wake-up of the sender task, and flushed at once
+    assert peer.frames == ["a"] and peer.senders == [asyncio.current_task()] and peer.flushes == 1
+    await box.close()
+
+
+async def test_frames_posted_during_an_inline_send_follow_it_in_order() -> None:
+    peer = Peer()
+    peer.open.clear()  # the socket's flow control holds the inline write back
+    box = Outbox(peer.send, flush=peer.flush)
+    inline = asyncio.create_task(box.send("first"))
+    await peer.entered.wait()
+    assert box.post("second") and box.post("third")
+    for _ in range(5):  # give the sender task its chances to (wrongly) write ahead of the inline frame
+        await asyncio.sleep(0)
+    assert len(peer.senders) == 1 and peer.frames == []
+    assert box.queued_bytes == len("first") + len("second") + len("third")
+    sent_later = asyncio.create_task(box.send("fourth"))  # queued behind the others, never overtakes
+    peer.open.set()
+    assert await inline and await sent_later
+    await box.close()  # flushes the queue
+    assert peer.frames == ["first", "second", "third", "fourth"]
+    assert box.queued_bytes == 0
+
+
+async def test_a_failed_inline_send_closes_the_outbox() -> None:
+    async def broken(text: str) -> None:
+        raise ConnectionError("gone")
+
+    box = Outbox(broken)
+    assert not await box.send("a")
+    assert box.closed and not box.post("b") and box.queued_bytes == 0
+    await box.close()
+
+
+async def test_send_on_a_full_byte_bound_overflows_like_post() -> None:
+    peer = Peer()
+    peer.open.clear()
+    overflowed: list[int] = []
+    box = Outbox(peer.send, max_bytes=10, on_overflow=overflowed.append)
+    inline = asyncio.create_task(box.send("12345678"))
+    await peer.entered.wait()
+    assert not await box.send("abcdef")  # 8 + 6 > 10 bytes while the first is still being written
+    assert overflowed == [14] and box.closed
+    peer.open.set()
+    await inline
+    await box.close()
