@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates .venv (idempotent) and installs the toolkit with every extra and the test tools.
+# Creates .venv (idempotent) and installs the toolkit with every extra, the test tools and the docs tools.
 # With --with-reference, also creates .ref-venv with the reference SDK (iii-sdk 0.10.0) for the interop tests: it
 # uses the same import name `iii`, so it must never share an environment with ours.
 set -euo pipefail
@@ -21,8 +21,8 @@ make_venv() {
 }
 
 make_venv .venv
-quiet_pip .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[all,dev]'
-.venv/bin/python -c 'import iii, iii_engine, iii_streams, iii_channels, orjson, redis, sqlalchemy, aiohttp'
+quiet_pip .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[all,dev,docs]'
+.venv/bin/python -c 'import iii, iii_engine, iii_streams, iii_channels, orjson, redis, sqlalchemy, aiohttp, build, mkdocs'
 
 if [ "${1:-}" = "--with-reference" ]; then
   make_venv .ref-venv
