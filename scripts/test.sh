@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs everything (idempotent) and runs the whole test suite: lint, types, unit, integration, interop.
+# Installs everything (idempotent) and runs the whole test suite: lint, types, unit, integration, interop, the
+# doctests of the four packages, the strict docs build and the wheel check (scripts/test-wheel.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --with-reference
@@ -8,3 +9,6 @@ export III_REF_PYTHON="$PWD/.ref-venv/bin/python"
 echo "== ruff";  .venv/bin/ruff check iii iii_engine iii_streams iii_channels tests bench examples
 echo "== mypy --strict"; .venv/bin/mypy
 echo "== pytest"; .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+echo "== doctests"; .venv/bin/python -m pytest -q -p no:cacheprovider --doctest-modules iii iii_engine iii_streams iii_channels
+echo "== docs (mkdocs build --strict)"; bash scripts/docs.sh
+echo "== wheel (sdist and wheel, installed into a clean venv)"; bash scripts/test-wheel.sh
