@@ -68,7 +68,8 @@ def functions_and_calls(url: str) -> None:
             greeting = await bob.trigger_async({"function_id": "alice::greet", "payload": {"name": "bob"}})
             return {"sum": sum(data["numbers"]), "alice_says": greeting["greeting"]}
 
-        # The service first: registering it after the function would replace the implicit one (PROTOCOL §2.4).
+        # The service first: registering it after the function would replace the implicit one
+        # (docs/protocol.md#messages).
         bob.register_service({"id": "bob", "description": "bob's functions"})
         bob.register_function("bob::total", total, description="adds numbers and asks alice for a greeting")
         _wait_for_functions(alice, {"alice::greet", "bob::total"})
@@ -98,7 +99,8 @@ def functions_and_calls(url: str) -> None:
 
 
 def _wait_for_functions(client: III, wanted: set[str], timeout: float = 5.0) -> None:
-    # Registrations are never acknowledged (PROTOCOL T2): the engine's own list is the confirmation.
+    # Registrations are never acknowledged (docs/protocol.md#production-behaviour-our-sdk-copes-with (T2)): the
+    # engine's own list is the confirmation.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if wanted <= {f.function_id for f in client.list_functions()}:

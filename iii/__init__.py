@@ -1,4 +1,4 @@
-"""iii SDK for Python: a drop-in for ``iii-sdk`` 0.10 with the fixes of PROTOCOL §9.5.
+"""iii SDK for Python: a drop-in for ``iii-sdk`` 0.10 with the fixes of docs/protocol.md#sdk-improvements.
 
 Example:
     >>> import iii

@@ -35,7 +35,8 @@ from . import ws_fastpath
 
 
 class ChannelCloseCode(enum.IntEnum):
-    """WebSocket close codes on channel sockets (PROTOCOL §9.2; the 4xxx codes are this toolkit's)."""
+    """WebSocket close codes on channel sockets (docs/protocol.md#channel-improvements; the 4xxx codes are this
+    toolkit's)."""
 
     NORMAL = 1000  # end of stream
     GOING_AWAY = 1001  # the engine is shutting down

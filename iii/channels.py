@@ -1,4 +1,5 @@
-"""Channel ends: stream bytes and text messages through the engine (PROTOCOL §5.4, §8.3, §9.5 S10-S11).
+"""Channel ends: stream bytes and text messages through the engine (docs/protocol.md#channels,
+docs/protocol.md#production-behaviour-our-sdk-copes-with, docs/protocol.md#sdk-improvements S10-S11).
 
 Same API as the reference SDK's ``iii.channels`` (``ChannelWriter``, ``ChannelReader``, ``WritableStream``,
 ``ReadableStream``, ``build_channel_url``), with its faults fixed:
@@ -119,7 +120,7 @@ class ChannelClosedError(ChannelError):
 
 
 def build_channel_url(engine_ws_base: str, channel_id: str, access_key: str, direction: str) -> str:
-    """``ws://host:port/ws/channels/<id>?key=<key>&dir=<direction>`` (PROTOCOL §5.2).
+    """``ws://host:port/ws/channels/<id>?key=<key>&dir=<direction>`` (docs/protocol.md#channels).
 
     Example:
         >>> build_channel_url("ws://localhost:49134/", "c1", "a/b", "read")

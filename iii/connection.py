@@ -255,7 +255,7 @@ class Connection:
                     open_timeout=self._open_timeout,
                 )
             except (OSError, TimeoutError, InvalidHandshake, ValueError) as exc:
-                # A refused handshake is retried like any other failure (PROTOCOL §9.5 S3).
+                # A refused handshake is retried like any other failure (docs/protocol.md#sdk-improvements S3).
                 log.warning("Connection to %s failed: %s", self.url, exc)
                 self._failures += 1
                 self._last_error = _describe(exc)

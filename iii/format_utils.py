@@ -1,6 +1,7 @@
 """JSON Schema for a handler's request and response, derived from its type hints.
 
-``register_function`` sends these as ``request_format`` / ``response_format`` (PROTOCOL §10.7). For every
+``register_function`` sends these as ``request_format`` / ``response_format``
+(docs/protocol.md#reference-sdk-differences). For every
 annotation the reference SDK understands (primitives, ``None``, ``list[X]``, ``dict[str, X]``, ``X | None``,
 pydantic models) the schema is identical to the reference's, so registration frames match. Ours also covers
 what the reference answers ``None`` for: bare ``list`` / ``dict``, other unions (``anyOf``), ``Literal``,

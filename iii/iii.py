@@ -4,7 +4,7 @@
 an incoming frame means) is :class:`iii.protocol.client.ClientSession`, which does no I/O; the socket is
 :class:`iii.connection.Connection`. The rest is one small object per job: :class:`~iii.loop_bridge.LoopBridge`
 (the private loop in a daemon thread: sync methods block on it, ``*_async`` methods may be awaited from any
-loop, PROTOCOL §9.5 S4), :class:`~iii.pending_calls.PendingCalls` (futures and timeouts),
+loop, docs/protocol.md#sdk-improvements S4), :class:`~iii.pending_calls.PendingCalls` (futures and timeouts),
 :class:`~iii.handler_runner.HandlerRunner` (function handlers), :class:`~iii.trigger_host.TriggerTypeHost`
 (custom trigger types) and :class:`~iii.telemetry_wiring.TelemetryWiring`.
 
@@ -329,7 +329,8 @@ class III:
             self._calls.fail(failure.invocation_id, failure.error)
 
     async def _recover_registrations(self, old_worker_id: str) -> None:
-        """Re-send registrations an old connection's cleanup deleted (PROTOCOL §8.1 T7)."""
+        """Re-send registrations an old connection's cleanup deleted
+        (docs/protocol.md#production-behaviour-our-sdk-copes-with T7)."""
         loop = self._loop
         deadline = loop.time() + _RECOVERY_WINDOW_S
         try:
@@ -689,7 +690,8 @@ class III:
         """Serve stream ``stream_name`` from ``stream``: get, set, delete, list, list_groups and update.
 
         ``update`` falls back to get → apply ops → set under a per-item lock when the backend's ``update``
-        returns ``None`` or raises ``NotImplementedError`` (PROTOCOL §9.5 S7, S8; see :mod:`iii.stream_glue`).
+        returns ``None`` or raises ``NotImplementedError`` (docs/protocol.md#sdk-improvements S7, S8; see
+        :mod:`iii.stream_glue`).
 
         Example:
             >>> # iii.create_stream("todos", MemoryStream())

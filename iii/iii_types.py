@@ -1,7 +1,8 @@
 """Wire models of the iii protocol (pydantic v2), import-compatible with ``iii-sdk`` 0.10.
 
 Every ``...Message`` model carries ``message_type`` with the wire alias ``type``. Turning models into frames
-(and frames back into models) is the job of :mod:`iii.wire`, which applies the rules of PROTOCOL §9.5 S1.
+(and frames back into models) is the job of :mod:`iii.wire`, which applies the rules of
+docs/protocol.md#sdk-improvements S1.
 
 Example:
     >>> from iii.iii_types import InvokeFunctionMessage
@@ -74,7 +75,7 @@ class MessageType(str, Enum):  # noqa: UP042 - the reference type is a str Enum
 
 
 class _Message(BaseModel):
-    # Unknown keys are ignored on the wire (PROTOCOL §1.2); aliases and field names are both accepted.
+    # Unknown keys are ignored on the wire (docs/protocol.md#framing); aliases and field names are both accepted.
     model_config = ConfigDict(populate_by_name=True, extra="ignore")
 
 

@@ -1,4 +1,5 @@
-"""State models and the ``IState`` contract (PROTOCOL §7.1, §10.5).
+"""State models and the ``IState`` contract (docs/protocol.md#built-in-functions,
+docs/protocol.md#reference-sdk-differences).
 
 The models mirror the payloads of the engine's ``state::*`` functions and of ``state`` trigger events; update
 operations are the stream ones from :mod:`iii.stream`.

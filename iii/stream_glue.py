@@ -1,6 +1,7 @@
 """The functions ``III.create_stream`` registers: ``stream::<op>(<name>)`` handlers over an :class:`IStream`.
 
-Beyond the reference SDK (PROTOCOL §9.5 S7, S8): ``update`` is served too, composed from get → apply ops → set
+Beyond the reference SDK (docs/protocol.md#sdk-improvements S7, S8): ``update`` is served too, composed from get →
+apply ops → set
 under a per-item lock when the backend's ``update`` returns ``None`` or raises ``NotImplementedError``; a
 ``None`` from ``delete`` becomes ``{"old_value": null}`` and from ``set`` ``{"new_value": <input data>}``;
 pydantic results keep their ``None`` fields.

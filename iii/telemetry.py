@@ -1,7 +1,9 @@
-"""OpenTelemetry set-up and trace-context helpers of the SDK (reference surface, PROTOCOL §10.6).
+"""OpenTelemetry set-up and trace-context helpers of the SDK (reference surface,
+docs/protocol.md#reference-sdk-differences).
 
 ``init_otel`` builds tracer, meter and logger providers whose exporters write OTLP-JSON telemetry frames
-(:mod:`iii.telemetry_exporters`). Ours (PROTOCOL §9.5 S12): the frames go to ``frame_sink``, which the SDK client
+(:mod:`iii.telemetry_exporters`). Ours (docs/protocol.md#sdk-improvements S12): the frames go to ``frame_sink``, which
+the SDK client
 points at its own worker socket, instead of a second WebSocket. Everything works without ``opentelemetry``
 installed: the query helpers return ``None`` / ``{}`` and ``init_otel`` raises ``ImportError`` exactly like the
 reference (the client catches it).

@@ -1,10 +1,12 @@
 """OpenTelemetry exporters that hand OTLP-JSON telemetry frames to a sink.
 
 A frame is a 4-byte ASCII prefix followed by an OTLP-JSON body, as the engine expects on the worker socket
-(PROTOCOL §1.2): ``OTLP`` for spans, ``MTRC`` for metrics, ``LOGS`` for logs. Trace and span ids are lower-case
+(docs/protocol.md#framing): ``OTLP`` for spans, ``MTRC`` for metrics, ``LOGS`` for logs. Trace and span ids are
+lower-case
 hex, as the engine stores them.
 
-Ours (PROTOCOL §9.5 S12): there is no second WebSocket. :class:`SharedEngineConnection` only buffers frames and
+Ours (docs/protocol.md#sdk-improvements S12): there is no second WebSocket. :class:`SharedEngineConnection` only
+buffers frames and
 passes them to a sink, a ``Callable[[bytes], None]``; the SDK client's sink writes a binary frame on its own
 worker socket. Exporters run on OpenTelemetry's background threads, so when the connection is started on an
 event loop every frame is handed to the sink on that loop's thread.

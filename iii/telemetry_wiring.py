@@ -1,5 +1,5 @@
 """Connects one client to the optional telemetry (``iii.telemetry``): started once with the client, its frames
-sent on the client's own socket (PROTOCOL §9.5 S12), released on shutdown so other clients keep it.
+sent on the client's own socket (docs/protocol.md#sdk-improvements S12), released on shutdown so other clients keep it.
 
 Example:
     >>> wiring = TelemetryWiring()

@@ -186,7 +186,8 @@ class ApiRequest(BaseModel, Generic[TInput]):
 class ApiResponse(BaseModel, Generic[TOutput]):
     """An HTTP-trigger response; accepts ``statusCode`` or ``status_code`` on input.
 
-    As a function result it is sent by field name (``status_code``), which the engine reads (PROTOCOL §9.5 S9).
+    As a function result it is sent by field name (``status_code``), which the engine reads
+    (docs/protocol.md#sdk-improvements S9).
 
     Example:
         >>> ApiResponse(statusCode=404).status_code

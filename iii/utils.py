@@ -80,10 +80,12 @@ async def _close_writer(writer: Any) -> None:
 
 
 def http(callback: HttpCallback) -> Callable[[Any], Awaitable[ApiResponse[Any] | None]]:
-    """Wrap ``callback(request, response)`` into a handler for an ``http`` trigger (PROTOCOL §7.3).
+    """Wrap ``callback(request, response)`` into a handler for an ``http`` trigger
+    (docs/protocol.md#built-in-functions).
 
     The engine's raw request (a dict, or the SDK's ``InternalHttpRequest``) becomes an ``HttpRequest`` plus an
-    ``HttpResponse`` over the response channel. Two fixes over the reference (PROTOCOL T35):
+    ``HttpResponse`` over the response channel. Two fixes over the reference
+    (docs/protocol.md#production-behaviour-our-sdk-copes-with (T35)):
 
     * if the callback used the response (status, headers, stream, writer), the body is streamed: the wrapper
       returns ``None`` even if the callback returned a value, so the engine does not answer with JSON instead;

@@ -33,7 +33,8 @@ def sdk_version() -> str:
 
 
 def worker_metadata(options: InitOptions) -> dict[str, Any]:
-    """The ``data`` of the registration call, as the reference SDK sends it (PROTOCOL §10.7).
+    """The ``data`` of the registration call, as the reference SDK sends it
+    (docs/protocol.md#reference-sdk-differences).
 
     ``name`` defaults to ``<hostname>:<pid>``; ``telemetry.language`` to ``$LANG`` up to the first ``.``.
 

@@ -2,7 +2,8 @@
 
 Production keys: top-level ``port`` and a ``modules:`` list of ``{class, config}`` entries naming production
 module classes. Strings may contain ``${VAR}`` or ``${VAR:default}``, expanded from the environment.
-Our keys (all optional): ``host``, ``invocation_timeout_ms`` (PROTOCOL §9.1 E7), ``max_message_size`` (control
+Our keys (all optional): ``host``, ``invocation_timeout_ms`` (docs/protocol.md#engine-improvements E7),
+``max_message_size`` (control
 socket, default 4 MiB), ``max_outbox_bytes`` (unread bytes per worker, default 16 MiB),
 ``functions_available_debounce_ms`` (E8), ``allow_degraded`` (start even when a configured module cannot; see
 :class:`EngineConfig`) and ``channels: {production_mode, attach_timeout_ms, max_message_size, max_channel_bytes,

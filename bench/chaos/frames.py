@@ -14,7 +14,7 @@ from typing import Any
 
 from iii.iii_types import MessageType
 
-# One valid frame per message type (PROTOCOL §1-4); wrong-type variants replace one field at a time.
+# One valid frame per message type (docs/protocol.md#messages); wrong-type variants replace one field at a time.
 TEMPLATES: dict[str, dict[str, Any]] = {
     MessageType.REGISTER_FUNCTION.value: {"id": "fuzz::f", "description": "d", "request_format": None,
                                           "response_format": None, "metadata": {"k": 1}, "invocation": None},

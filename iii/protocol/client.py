@@ -1,7 +1,8 @@
 """The worker's side of the control socket as a state machine: no sockets, tasks or clocks inside.
 
 :class:`ClientSession` holds what the protocol remembers across connections: the registration book (replayed on
-every new connection, PROTOCOL §8.1), the calls waiting for a result and the connection *generation* (answers
+every new connection, docs/protocol.md#production-behaviour-our-sdk-copes-with), the calls waiting for a result and
+the connection *generation* (answers
 computed for an older connection are dropped, since the engine halted those invocations). Its driver
 (:class:`iii.III`) moves the bytes and runs the handlers:
 
@@ -12,7 +13,7 @@ computed for an older connection are dropped, since the engine halted those invo
   :class:`InvocationRequested`, :class:`TriggerRequested`, :class:`TriggerDropped`, :class:`FrameSkipped`);
 - *connection changes*: :meth:`ClientSession.connection_opened` (the replay), :meth:`ClientSession.connection_ready`
   (the ``engine::workers::register`` call), :meth:`ClientSession.connection_lost` (which calls fail: those whose
-  frame reached the old socket; frames still queued are re-sent, PROTOCOL §9.5 S5).
+  frame reached the old socket; frames still queued are re-sent, docs/protocol.md#sdk-improvements S5).
 
 Example:
     >>> session = ClientSession()
@@ -248,7 +249,8 @@ class ClientSession:
         self, metadata: Any, traceparent: str | None = None, baggage: str | None = None
     ) -> tuple[str, str | None]:
         """The replay went out: ``(register-worker frame, old worker id)``; a non-``None`` old id means the
-        registrations must be checked once the engine forgot that worker (PROTOCOL §8.1 T7)."""
+        registrations must be checked once the engine forgot that worker
+        (docs/protocol.md#production-behaviour-our-sdk-copes-with T7)."""
         frame = frames.invoke_function(
             REGISTER_WORKER_FUNCTION, metadata, traceparent=traceparent, baggage=baggage, action={"type": "void"}
         )
@@ -257,7 +259,8 @@ class ClientSession:
 
     def connection_lost(self, queued: Iterable[str]) -> list[CallFailed]:
         """The socket went away. Calls whose frame is still ``queued`` (never written) stay pending and go out
-        on the next connection; the others fail: the engine halts every call of a vanished worker (§9.5 S5)."""
+        on the next connection; the others fail: the engine halts every call of a vanished worker
+        (docs/protocol.md#sdk-improvements S5)."""
         self._lost_worker_id = self.worker_id or self._lost_worker_id
         self.worker_id = None
         keep = set(queued)

@@ -79,7 +79,7 @@ class WireError(ValueError):
     """A frame that cannot be decoded, with what was wrong.
 
     ``message_type``, ``invocation_id`` and ``function_id`` are filled in as far as they could be read, so an
-    engine can answer a broken ``invokefunction`` with an error result (PROTOCOL §9.1 E1).
+    engine can answer a broken ``invokefunction`` with an error result (docs/protocol.md#engine-improvements E1).
     """
 
     def __init__(
@@ -316,7 +316,7 @@ _ALWAYS_PRESENT: Final[dict[type[BaseModel], tuple[str, ...]]] = {
 
 
 def to_frame_dict(message: BaseModel) -> dict[str, Any]:
-    """The JSON object for ``message`` (PROTOCOL §9.5 S1: ``data``/``config`` always present).
+    """The JSON object for ``message`` (docs/protocol.md#sdk-improvements S1: ``data``/``config`` always present).
 
     Example:
         >>> from iii.iii_types import RegisterTriggerMessage

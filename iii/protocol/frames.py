@@ -113,7 +113,7 @@ def register_trigger(
     trigger_id: str, trigger_type: str, function_id: str, config: Any, *, metadata: Any = None
 ) -> str:
     """A ``registertrigger`` frame (worker → engine, or engine → the trigger type's owner); ``config`` is always
-    present (``{}`` when ``None``, PROTOCOL §9.5 S1).
+    present (``{}`` when ``None``, docs/protocol.md#sdk-improvements S1).
 
     Example:
         >>> register_trigger("t1", "cron", "tick", None)

@@ -3,7 +3,8 @@
 The engine (the driver) hands every frame a worker sends to :meth:`WorkerSession.receive` and gets back one
 event saying what the frame means (or ``None`` for frames that mean nothing: blank ones, ``pong``,
 ``workerregistered``). Undecodable frames become :class:`Rejected`, carrying the ``invalid_message`` answer the
-JSON policy asks for when the frame was plainly an ``invokefunction`` with an id (PROTOCOL §9.1 E1). Frames the
+JSON policy asks for when the frame was plainly an ``invokefunction`` with an id (docs/protocol.md#engine-improvements
+E1). Frames the
 engine sends are built by the session's command methods, which return the text to write.
 
 Frames over :data:`OFFLOOP_PARSE_BYTES` may be parsed in a worker thread: :func:`read_frame` is pure, and
@@ -31,21 +32,23 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from ..iii_types import (
+from . import frames
+from .codec import WireError, decode_object, loads, salvage_invocation
+from .messages import (
+    TELEMETRY_PREFIXES,
     InvocationResultMessage,
     InvokeFunctionMessage,
+    Ping,
     RegisterFunctionMessage,
     RegisterServiceMessage,
     RegisterTriggerMessage,
     RegisterTriggerTypeMessage,
+    Telemetry,
     TriggerRegistrationResultMessage,
     UnregisterFunctionMessage,
     UnregisterTriggerMessage,
     UnregisterTriggerTypeMessage,
 )
-from . import frames
-from .codec import WireError, decode_object, loads, salvage_invocation
-from .messages import TELEMETRY_PREFIXES, Ping, Telemetry
 
 #: Frames longer than this are best parsed off the event loop (the Python-level depth walk then yields the GIL).
 OFFLOOP_PARSE_BYTES = 1024 * 1024

@@ -1,4 +1,5 @@
-"""Channel relay (PROTOCOL §5, with every improvement of §9.2), one module per job.
+"""Channel relay (docs/protocol.md#channels, with every improvement of docs/protocol.md#channel-improvements), one
+module per job.
 
 A channel moves WebSocket messages from one writer socket to one reader socket, in order, through a bounded
 queue of at most ``buffer_size`` messages. The worker listener hands ``/ws/channels/{id}`` upgrades here:

@@ -216,7 +216,8 @@ class Driver:
                 return
 
     async def _watch_reader(self, ch: LiveChannel, end: ChannelEnd) -> None:
-        """Read the reader end continuously (pings answered, Close noticed at once, §9.2 C1)."""
+        """Read the reader end continuously (pings answered, Close noticed at once,
+        docs/protocol.md#channel-improvements C1)."""
         try:
             while True:
                 _, payload = await end.receive()

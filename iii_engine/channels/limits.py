@@ -1,4 +1,5 @@
-"""Sizes and bounds of the channel relay: one place for every default (PROTOCOL §5.1, §9.2).
+"""Sizes and bounds of the channel relay: one place for every default (docs/protocol.md#channels,
+docs/protocol.md#channel-improvements).
 
 Example:
     >>> clamp_buffer_size(None), clamp_buffer_size(0), clamp_buffer_size(5000)
@@ -28,7 +29,7 @@ tells the size (only used where the fast receive path is off)."""
 
 
 def clamp_buffer_size(buffer_size: int | None) -> int:
-    """The queue capacity for a requested ``buffer_size`` (default 64, clamped to 1…1024, PROTOCOL §5.1)."""
+    """The queue capacity for a requested ``buffer_size`` (default 64, clamped to 1…1024, docs/protocol.md#channels)."""
     if buffer_size is None:
         return DEFAULT_BUFFER_SIZE
     return max(1, min(MAX_BUFFER_SIZE, int(buffer_size)))

@@ -1,4 +1,5 @@
-"""How the relay behaves: ours (PROTOCOL §9.2) or the production engine's, as one strategy object.
+"""How the relay behaves: ours (docs/protocol.md#channel-improvements) or the production engine's, as one strategy
+object.
 
 Every place the two behaviours differ is a field here; the state machine reads the policy and has no
 ``production_mode`` branches of its own.

@@ -86,9 +86,11 @@ class ChannelRelay:
     # ------------------------------------------------------------------ creation and lookup
 
     def create(self, buffer_size: int | None, owner: str | None, max_bytes: int | None = None) -> dict[str, Any]:
-        """``engine::channels::create``: ``{"writer": ref, "reader": ref}`` (PROTOCOL §5.1, §9.2 C6/C7).
+        """``engine::channels::create``: ``{"writer": ref, "reader": ref}`` (docs/protocol.md#channels,
+        docs/protocol.md#channel-improvements C6/C7).
 
-        ``max_bytes`` caps the bytes the writer may send over the channel (§9.2 C8; the relay's
+        ``max_bytes`` caps the bytes the writer may send over the channel (docs/protocol.md#channel-improvements C8;
+        the relay's
         ``max_channel_bytes`` when ``None``); going past it closes the writer with 1009 and aborts the reader.
         """
         if max_bytes is not None and max_bytes < 0:

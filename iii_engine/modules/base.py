@@ -142,7 +142,7 @@ class LocalEnd(Protocol):
 
 
 class ChannelService(Protocol):
-    """The engine's channel relay as modules use it (PROTOCOL §5)."""
+    """The engine's channel relay as modules use it (docs/protocol.md#channels)."""
 
     def create(self, buffer_size: int | None, owner: str | None, max_bytes: int | None = None) -> dict[str, Any]:
         """A new channel: ``{"writer": ref, "reader": ref}`` (``owner``: the worker whose disconnect removes it)."""
@@ -187,7 +187,7 @@ class EngineServices(Protocol):
         """Remove a built-in function."""
 
     def register_trigger_type(self, trigger_type: str, description: str, handler: TriggerTypeHandler) -> None:
-        """Add a built-in trigger type; workers cannot replace it (PROTOCOL §9.1 E4)."""
+        """Add a built-in trigger type; workers cannot replace it (docs/protocol.md#engine-improvements E4)."""
 
     def has_function(self, function_id: str) -> bool:
         """Whether ``function_id`` is currently registered (worker or built-in)."""
@@ -206,7 +206,7 @@ class EngineServices(Protocol):
         """Call a function without waiting; its result or error is logged and dropped."""
 
     async def condition_passes(self, condition_function_id: str | None, payload: Any) -> bool:
-        """PROTOCOL §4.5: only a literal ``false`` result skips; an error skips (logged)."""
+        """docs/protocol.md#built-in-functions: only a literal ``false`` result skips; an error skips (logged)."""
 
     def triggers_of_type(self, trigger_type: str) -> list[TriggerInfo]:
         """The active triggers of a type."""

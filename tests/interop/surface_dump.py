@@ -1,4 +1,4 @@
-"""Dump the public surface of the ``iii`` SDK modules (PROTOCOL §10.1) as JSON on stdout.
+"""Dump the public surface of the ``iii`` SDK modules (docs/protocol.md#reference-sdk-differences) as JSON on stdout.
 
 Run it under the interpreter whose ``iii`` package you want described; it imports nothing but the standard
 library, ``iii`` and pydantic, so it works in the reference SDK's own environment too.

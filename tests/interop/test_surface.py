@@ -1,4 +1,5 @@
-"""Our ``iii`` package offers every public name of the reference ``iii-sdk`` 0.10 with the same shape (PROTOCOL §10).
+"""Our ``iii`` package offers every public name of the reference ``iii-sdk`` 0.10 with the same shape
+(docs/protocol.md#reference-sdk-differences).
 
 ``surface_dump.py`` describes the surface under each interpreter; :func:`surface_diff` lists every place where
 ours lacks or changes something the reference has. Extra names, methods, optional fields, enum members and
@@ -22,11 +23,12 @@ pytestmark = pytest.mark.interop
 
 DUMP = Path(__file__).with_name("surface_dump.py")
 
-# Paths (as produced by surface_diff) where ours differs on purpose, each with the PROTOCOL item allowing it.
+# Paths (as produced by surface_diff) where ours differs on purpose, each with the docs/protocol.md item allowing it.
 ALLOWED: dict[str, str] = {
-    # §9.5 S12: telemetry goes over the worker socket, so the connection wraps a frame sink; a URL given
+    # docs/protocol.md#sdk-improvements S12: telemetry goes over the worker socket, so the connection wraps a frame
+    # sink; a URL given
     # positionally (the reference's only argument) is still accepted.
-    "iii.telemetry_exporters.names.SharedEngineConnection.init.params": "PROTOCOL §9.5 S12",
+    "iii.telemetry_exporters.names.SharedEngineConnection.init.params": "docs/protocol.md#sdk-improvements S12",
 }
 
 # Keys under which ours may have entries the reference lacks (extra names, methods, members).

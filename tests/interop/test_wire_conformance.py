@@ -1,4 +1,5 @@
-"""Our SDK's frames match the reference SDK's frames field by field, apart from the documented §9.5 differences.
+"""Our SDK's frames match the reference SDK's frames field by field, apart from the documented
+docs/protocol.md#sdk-improvements differences.
 
 Both SDKs run the same scenario (scenario.py, role ``frames``) against a recording fake engine. The outgoing part
 covers registrations (functions, HTTP-invoked functions, services, triggers, trigger types, streams,
@@ -160,7 +161,8 @@ def _result_of(frames: list[Frame], function_id: str) -> Frame:
 
 
 def apply_documented_differences(reference: list[Frame]) -> list[Frame]:
-    """Turn the reference's normalised frames into what our SDK must send (PROTOCOL §9.5), asserting that the
+    """Turn the reference's normalised frames into what our SDK must send (docs/protocol.md#sdk-improvements),
+    asserting that the
     reference really shows each difference."""
     expected = copy.deepcopy(reference)
 

@@ -4,7 +4,7 @@ Evaluated in UTC. Each field accepts ``*``, ``?`` (same as ``*``), numbers, ``a-
 those, and comma lists; months and weekdays also accept three-letter names (``JAN``, ``MON``). Shortcuts
 ``@yearly``/``@annually``/``@monthly``/``@weekly``/``@daily``/``@midnight``/``@hourly`` are accepted.
 
-Choices where production is unverified (modules.md §7.6): day-of-week is 0-6 with Sunday = 0 (7 is also
+Choices where production is unverified (docs/guides/engine.md#modules): day-of-week is 0-6 with Sunday = 0 (7 is also
 Sunday), as the published docs say; when both day-of-month and day-of-week are restricted, a day must match
 both (the Rust ``cron`` crate's rule, not Vixie cron's "either").
 

@@ -1,4 +1,4 @@
-"""The ``cron`` trigger type (modules.md §7.6): call a function on a seconds-precision UTC schedule.
+"""The ``cron`` trigger type (docs/guides/engine.md#modules): call a function on a seconds-precision UTC schedule.
 
 Each tick is fired by exactly one engine among those sharing a lock store (:mod:`~iii_engine.modules.cron.locks`;
 settings: :class:`~iii_engine.modules.cron.settings.CronSettings`).

@@ -1,8 +1,9 @@
 """REST API module (``modules::api::RestApiModule``): the ``http`` trigger type on its own HTTP port.
 
 An ``http`` trigger binds a method and a path to a function. Each request becomes one invocation with the
-request object of modules.md §7.3; the function answers with a JSON object (status, body, headers) or by
-streaming through the ``response`` channel. Differences from production, all additive (PROTOCOL §9.4): returned
+request object of docs/guides/engine.md#modules; the function answers with a JSON object (status, body, headers) or by
+streaming through the ``response`` channel. Differences from production, all additive
+(docs/protocol.md#module-improvements): returned
 ``headers`` are applied (M4), ``statusCode`` is accepted when ``status_code`` is absent (M5), and the raw body
 is written to ``request_body`` and closed at once for every request (M6).
 
@@ -130,7 +131,7 @@ def _status_of(result: Mapping[str, Any]) -> int:
 
 
 def result_response(result: Any) -> web.Response:
-    """The JSON response for a handler's non-null result (modules.md §7.3, with M4 and M5).
+    """The JSON response for a handler's non-null result (docs/guides/engine.md#modules, with M4 and M5).
 
     Example:
         >>> r = result_response({"statusCode": 201, "body": {"ok": True}, "headers": {"x-a": "1"}})
@@ -347,7 +348,7 @@ class RestApiModule(EngineModule):
                                                                                   dict(payload)))
             if not passed:
                 return _json_response(422, {"error": "Request condition not met", "skipped": True})
-        # Both channels are created on the relay and this module's ends opened in-process (PROTOCOL §5.3);
+        # Both channels are created on the relay and this module's ends opened in-process (docs/protocol.md#channels);
         # the handler attaches to the other ends over its own socket.
         relay = self.services.channels
         request_channel = relay.create(_CHANNEL_BUFFER, owner=None)
@@ -369,7 +370,8 @@ class RestApiModule(EngineModule):
 
     async def _respond(self, request: web.BaseRequest, reader: ResponseChannel, first: asyncio.Task[bytes | None],
                        call: asyncio.Task[Any], deadline: float) -> web.StreamResponse:
-        """The race of modules.md §7.3: the first body chunk or the function's return, whichever comes first."""
+        """The race of docs/guides/engine.md#modules: the first body chunk or the function's return, whichever comes
+        first."""
         await self._before(deadline, asyncio.wait({first, call}, return_when=asyncio.FIRST_COMPLETED))
         chunk_first = first.done() and not first.cancelled() and first.exception() is None and first.result()
         if not chunk_first:
@@ -432,7 +434,8 @@ class RestApiModule(EngineModule):
     async def _finish(self, reader: ResponseChannel, *channels: dict[str, Any]) -> None:
         """After the response: let go of our response end, then drop both per-request channels.
 
-        Production deletes its per-request channels too (PROTOCOL §5.3). Ends the handler never attached would
+        Production deletes its per-request channels too (docs/protocol.md#channels). Ends the handler never attached
+        would
         otherwise wait for the relay's attach timeout.
         """
         await reader.aclose()

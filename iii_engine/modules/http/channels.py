@@ -1,12 +1,13 @@
-"""The REST API module's own ends of its per-request channels (modules.md §7.3).
+"""The REST API module's own ends of its per-request channels (docs/guides/engine.md#modules).
 
 Each HTTP request gets two channels: ``request_body`` (the engine writes the raw body, the handler reads) and
 ``response`` (the handler writes control frames and body chunks, the engine reads). When the engine's relay
 offers in-process ends (``open_local``), the engine's ends use them: same queue, backpressure and close codes,
 no loopback handshake. Otherwise they attach as an ordinary WebSocket client of the engine's own channel
-endpoint (PROTOCOL §5.2), at the cost of one loopback connection per end.
+endpoint (docs/protocol.md#channels), at the cost of one loopback connection per end.
 
-Close codes understood here follow PROTOCOL §9.2: 1000 (and 1005, a Close without a code, as production sends)
+Close codes understood here follow docs/protocol.md#channel-improvements: 1000 (and 1005, a Close without a code, as
+production sends)
 is end of stream; anything else, or a dropped connection, is an abort.
 
 Example:
@@ -59,7 +60,7 @@ class _End(Protocol):
 
 
 def channel_url(engine_url: str, ref: Mapping[str, Any]) -> str:
-    """The channel endpoint URL for ``ref`` under ``engine_url`` (PROTOCOL §5.2)."""
+    """The channel endpoint URL for ``ref`` under ``engine_url`` (docs/protocol.md#channels)."""
     base = engine_url[:-1] if engine_url.endswith("/") else engine_url
     key = quote(str(ref["access_key"]), safe="")
     return f"{base}/ws/channels/{ref['channel_id']}?key={key}&dir={ref['direction']}"

@@ -1,10 +1,11 @@
-"""HTTP-invoked functions (``modules::http_functions::HttpFunctionsModule``, modules.md §7.4; off by default).
+"""HTTP-invoked functions (``modules::http_functions::HttpFunctionsModule``, docs/guides/engine.md#modules; off by
+default).
 
 A worker registers a function whose body is an HTTP endpoint: ``registerfunction`` with an ``invocation``
 object. The engine core hands that to :meth:`HttpFunctionsModule.register_external`, which checks the URL and
 reads the auth secret from the engine's environment, and returns the built-in that routes each call through
 :meth:`HttpFunctionsModule.call`. Failures are :class:`EngineError`\\ s with production's codes; at registration
-the core only logs them (the worker is never told, PROTOCOL T37).
+the core only logs them (the worker is never told, docs/protocol.md#production-behaviour-our-sdk-copes-with (T37)).
 
 Example (engine configuration, as the reference SDK's test setup uses it):
     modules:

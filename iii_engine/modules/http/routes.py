@@ -1,4 +1,4 @@
-"""Route table of the REST API module: ``http`` trigger configs in, matched routes out (modules.md §7.3).
+"""Route table of the REST API module: ``http`` trigger configs in, matched routes out (docs/guides/engine.md#modules).
 
 A route key is the upper-case method plus the registered path without its leading slash, exactly as production
 keys it. ``:name`` segments capture one path segment each. When several routes match a URL, the one with the

@@ -1,4 +1,4 @@
-"""URL rules, auth and request signing for HTTP-invoked functions (modules.md §7.4).
+"""URL rules, auth and request signing for HTTP-invoked functions (docs/guides/engine.md#modules).
 
 Everything here is pure or only resolves DNS, so the rules can be tested without an engine.
 

@@ -1,4 +1,5 @@
-"""Settings of the REST API module and the CORS headers they imply (modules.md §7.3, §7.7).
+"""Settings of the REST API module and the CORS headers they imply (docs/guides/engine.md#modules,
+docs/protocol.md#built-in-functions).
 
 Production keys: ``port`` (3111), ``host``, ``default_timeout`` (ms, 30 000), ``cors {allowed_origins,
 allowed_methods}`` (absent → permissive) and ``concurrency_request_limit`` (1024). Unknown keys are rejected, as

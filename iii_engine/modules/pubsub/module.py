@@ -1,4 +1,4 @@
-"""PubSub (modules.md §7.5): the ``publish`` function and the ``subscribe`` trigger type.
+"""PubSub (docs/reference/payloads.md#pubsub-publish): the ``publish`` function and the ``subscribe`` trigger type.
 
 Every subscriber of a topic gets the raw ``data``: fan-out, fire-and-forget, no retries. With the
 ``modules::pubsub::RedisAdapter`` store (see :mod:`~iii_engine.modules.pubsub.bus`), each engine delivers what

@@ -1,4 +1,5 @@
-"""The queue module (modules.md §7.2): named queues, topic mode, dead-letter queue and console functions.
+"""The queue module (docs/reference/payloads.md#queues-enqueue-and-the-enqueue-action): named queues, topic mode,
+dead-letter queue and console functions.
 
 Named queues come from ``queue_configs``; the engine core hands them ``action: {"type":"enqueue"}`` calls through
 :meth:`QueueModule.enqueue`. Topic mode is the ``enqueue {topic, data}`` function plus the ``queue`` trigger type:
@@ -6,7 +7,8 @@ each job goes to **one** subscriber (round robin). Jobs live in memory unless ``
 ``modules::queue::RedisAdapter`` (``config: {redis_url, key_prefix?}``; ``key_prefix`` is ours). Settings:
 :class:`~iii_engine.modules.queue.settings.QueueModuleSettings`.
 
-Our choices where production differs or is unrecorded: the receipt id is the job id (§9.4 M2); FIFO order is
+Our choices where production differs or is unrecorded: the receipt id is the job id
+(docs/protocol.md#module-improvements M2); FIFO order is
 strict per message group while different groups run in parallel up to ``concurrency`` (M3); a job whose function
 is not registered waits for it (checked every ``backoff_ms``) instead of burning its attempts, so jobs survive
 workers reconnecting after an engine restart; the console functions' result shapes are ours (documented on each

@@ -1,4 +1,5 @@
-"""Settings of the queue module (modules.md §7.2): ``queue_configs`` (one entry per named queue) and ``adapter``.
+"""Settings of the queue module (docs/reference/payloads.md#queues-enqueue-and-the-enqueue-action): ``queue_configs``
+(one entry per named queue) and ``adapter``.
 
 Adapters: ``modules::queue::BuiltinQueueAdapter`` (default, jobs in memory), ``modules::queue::RedisAdapter``
 (``redis_url``, our ``key_prefix``) and ``modules::queue::adapters::Bridge`` (``bridge_url``). Unknown keys are

@@ -3,7 +3,8 @@
 Jobs are grouped in **lanes**. A lane is an ordered list of jobs of which only the head may run; a lane is in
 exactly one of three places while it has jobs: *ready* (may be claimed), *active* (its head is running) or
 *delayed* (its head waits out a retry backoff). A FIFO message group is one lane, which gives strict order per
-group with head-of-line blocking until success or the dead-letter queue (PROTOCOL §9.4 M3); a job of a standard
+group with head-of-line blocking until success or the dead-letter queue (docs/protocol.md#module-improvements M3); a
+job of a standard
 queue is a lane of its own, so standard jobs run independently. A retried lane re-enters at the head of
 *ready* when its backoff expires.
 
@@ -35,7 +36,7 @@ def now_ms() -> int:
 
 @dataclass(frozen=True)
 class Job:
-    """One accepted message. ``id`` is also the ``messageReceiptId`` (PROTOCOL §9.4 M2).
+    """One accepted message. ``id`` is also the ``messageReceiptId`` (docs/protocol.md#module-improvements M2).
 
     ``function_id`` is ``None`` for topic-mode jobs (the subscriber is chosen at delivery).
     """

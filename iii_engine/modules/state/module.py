@@ -1,4 +1,5 @@
-"""State module (``modules::state::StateModule``, modules.md §7.1): ``state::*`` key/value functions and the
+"""State module (``modules::state::StateModule``, docs/reference/payloads.md#state-state): ``state::*`` key/value
+functions and the
 ``state`` trigger type, kept in an ``iii_streams`` backend like the stream module's.
 
 Items live in the module's own store with the scope as group and the key as item id. In Redis that is the
@@ -7,7 +8,8 @@ can share state); memory and SQL stores keep it under the stream name :data:`STA
 (:class:`~iii_engine.modules.stream.settings.StateSettings`): ``adapter {class, config}`` with the production
 classes ``modules::state::adapters::KvStore`` / ``RedisAdapter`` / ``Bridge`` or our ``store_url``.
 
-Ours (PROTOCOL §9.4 M1): ``state::delete`` is one atomic store delete and ``state:deleted`` fires only when
+Ours (docs/protocol.md#module-improvements M1): ``state::delete`` is one atomic store delete and ``state:deleted``
+fires only when
 something was removed.
 
 Example:

@@ -1,4 +1,5 @@
-"""The ``stream::*`` built-in functions (protocol/streams.md §6.1-6.4, PROTOCOL §9.3).
+"""The ``stream::*`` built-in functions (docs/reference/payloads.md#streams-stream-6.4,
+docs/protocol.md#stream-improvements).
 
 Each of get/set/delete/list/list_groups/update first looks for a worker function ``stream::<op>(<stream_name>)``
 and otherwise uses the engine's own store. After a change the engine spawns the ``stream`` triggers and the event

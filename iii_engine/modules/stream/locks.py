@@ -1,4 +1,5 @@
-"""Per-key asyncio locks that disappear when nobody holds or waits for them (PROTOCOL §9.3 ST1, ST11).
+"""Per-key asyncio locks that disappear when nobody holds or waits for them (docs/protocol.md#stream-improvements ST1,
+ST11).
 
 Example:
     >>> import asyncio

@@ -1,4 +1,5 @@
-"""Stream module (``modules::stream::StreamModule``, protocol/streams.md §6): the ``stream::*`` functions, the
+"""Stream module (``modules::stream::StreamModule``, docs/reference/payloads.md#streams-stream): the ``stream::*``
+functions, the
 ``stream``, ``stream:join`` and ``stream:leave`` trigger types, and the client stream socket.
 
 Settings: :class:`~iii_engine.modules.stream.settings.StreamSettings`.

@@ -1,11 +1,14 @@
-"""The client stream WebSocket (protocol/streams.md §6.6): browsers and apps join groups or items and get live
+"""The client stream WebSocket (docs/reference/payloads.md#streams-stream): browsers and apps join groups or items and
+get live
 change events.
 
 Clients send ``{"type": "join" | "leave", "data": {"subscriptionId", "streamName", "groupId", "id"?}}``; the server
-sends §6.5 event wrappers: one ``sync`` after each accepted join (the custom-aware get or list result), then
-``create``/``update``/``delete``/``event`` frames, or ``unauthorized`` for a refused join.
+sends event wrappers (docs/reference/payloads.md#stream-events): one ``sync`` after each accepted join (the
+custom-aware get or list result), then ``create``/``update``/``delete``/``event`` frames, or ``unauthorized``
+for a refused join.
 
-Our improvements (PROTOCOL §9.3): each event goes **once per socket** when any of its subscriptions matches (ST6);
+Our improvements (docs/protocol.md#stream-improvements): each event goes **once per socket** when any of its
+subscriptions matches (ST6);
 an auth function can reject the upgrade with HTTP 401 when ``auth_reject`` is on (ST5); every connection has a
 bounded outbound queue and a client that lets it overflow is closed with 1013 (ST9); a client offering
 subprotocols gets the first one echoed back (ST10).

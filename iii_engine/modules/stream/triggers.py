@@ -1,6 +1,7 @@
-"""The ``stream``, ``stream:join`` and ``stream:leave`` trigger types (protocol/streams.md §6.5).
+"""The ``stream``, ``stream:join`` and ``stream:leave`` trigger types (docs/reference/payloads.md#stream-events).
 
-``stream`` triggers need a ``stream_name`` (a config without one is rejected, PROTOCOL §9.3 ST8) and may filter on
+``stream`` triggers need a ``stream_name`` (a config without one is rejected, docs/protocol.md#stream-improvements
+ST8) and may filter on
 ``group_id`` / ``item_id`` (empty = any) and a ``condition_function_id``. Each change event gets one task that
 calls the matching handlers one after another; results are ignored and errors only logged.
 
@@ -27,7 +28,8 @@ __all__ = ["JoinLeaveTriggers", "StreamTriggers", "TriggerRunner", "matches_stre
 
 
 def matches_stream_trigger(config: Mapping[str, Any], event: Mapping[str, Any]) -> bool:
-    """Whether a ``stream`` trigger config selects ``event`` (a §6.5 wrapper).
+    """Whether a ``stream`` trigger config selects ``event`` (an event wrapper,
+    docs/reference/payloads.md#stream-events).
 
     Example:
         >>> matches_stream_trigger({"stream_name": "s", "item_id": "x"}, {"streamName": "s", "groupId": "g", "id": "y"})

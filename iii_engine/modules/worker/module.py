@@ -1,5 +1,6 @@
 """The worker module (always loaded): ``engine::*`` listing functions, worker metadata, channel creation and
-the ``engine::functions-available`` / ``engine::workers-available`` trigger types (PROTOCOL §4.1-4.3, E8).
+the ``engine::functions-available`` / ``engine::workers-available`` trigger types
+(docs/protocol.md#built-in-functions, E8).
 
 Example (input parsing of the built-ins):
     >>> _optional(dict(include_internal=True), "engine::functions::list", "include_internal", bool)
@@ -260,7 +261,8 @@ class WorkerModule(EngineModule):
         args = _object(data, fid)
         size = _optional(args, fid, "buffer_size", int)
         buffer_size = 64 if size is None else min(max(size, 1), 1024)
-        max_bytes = _optional(args, fid, "max_bytes", int)  # ours: per-channel byte quota (PROTOCOL §9.2 C8)
+        # ours: per-channel byte quota (docs/protocol.md#channel-improvements C8)
+        max_bytes = _optional(args, fid, "max_bytes", int)
         if max_bytes is not None and max_bytes < 0:
             raise EngineError("deserialization_error", f"{fid}: max_bytes must be >= 0, got {max_bytes}")
         return self.core.channels.create(buffer_size, ctx.caller_worker_id, max_bytes)

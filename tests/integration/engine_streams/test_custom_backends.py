@@ -93,7 +93,8 @@ async def run_case(engine: Engine, server_python: str, driver_python: str, store
         if server_python == sys.executable:
             await registered(engine, f"stream::update({name})")
         check(await drive(driver_python, engine.url, name))
-        # nothing leaked into the engine's own store (no shadow copy, PROTOCOL §8.4 T30)
+        # nothing leaked into the engine's own store (no shadow copy,
+        # docs/protocol.md#production-behaviour-our-sdk-copes-with T30)
         assert engine.module("stream").store is not None  # type: ignore[union-attr]
         assert await engine.module("stream").store.list_all() == []  # type: ignore[union-attr]
 

@@ -2,7 +2,8 @@
 tests/fixtures/bridge-back.yaml`` and ``… bridge-front.yaml`` on free ports. The front's state and stream modules
 keep their data on the back (Bridge adapters); its bridge client module forwards, exposes and invokes.
 
-Checked: the production SDK tests' state and stream matrix (bridge.md §4) through the front answers exactly as
+Checked: the production SDK tests' state and stream matrix (the Bridge section of README.md) through the front answers
+exactly as
 the back does directly, with our SDK and with the reference SDK; stream socket clients of the front get change
 events; the front survives a restart of the back and, while the back is down, fails fast with an error naming it;
 bad bridge settings stop the engine start with one line.

@@ -1,5 +1,6 @@
 """The reference SDK (its own interpreter, in a subprocess) as a queue user against our engine: what its
-integration tests need (modules.md §7.8) — Enqueue to named queues with the raw ``messageReceiptId`` dict back,
+integration tests need (docs/guides/engine.md#modules) — Enqueue to named queues with the raw ``messageReceiptId``
+dict back,
 a chain of queued functions, Void delivery, and topic mode (``enqueue`` + the ``queue`` trigger)."""
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """``iii-engine --config tests/fixtures/reference-config.yaml`` (the production engine's test configuration,
-modules.md §7.7) as a real process: every module it names is served, every named queue accepts an Enqueue and
+docs/guides/engine.md#modules) as a real process: every module it names is served, every named queue accepts an
+Enqueue and
 runs the job, and an HTTP-invoked function pointing at a local aiohttp endpoint on 127.0.0.1 answers."""
 
 from __future__ import annotations

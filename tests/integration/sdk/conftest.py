@@ -136,7 +136,8 @@ class _Views:
         raise NotImplementedError
 
     def wait_registered(self, *ids: str) -> None:
-        """Wait until the engine has every id (registrations are never acknowledged, PROTOCOL §8.1 T2)."""
+        """Wait until the engine has every id (registrations are never acknowledged,
+        docs/protocol.md#production-behaviour-our-sdk-copes-with T2)."""
         self.wait_for(lambda: set(ids) <= self.function_ids())
 
 

@@ -43,7 +43,7 @@ def test_async_handler_and_trigger_async_from_a_foreign_loop(served: Harness, ma
     served.wait_registered("text::upper")
 
     async def main() -> list[Any]:
-        # This loop is not the client's: PROTOCOL §9.5 S4.
+        # This loop is not the client's: docs/protocol.md#sdk-improvements S4.
         return await asyncio.gather(*(b.trigger_async({"function_id": "text::upper", "payload": {"s": f"x{i}"}})
                                       for i in range(20)))
 
@@ -71,7 +71,7 @@ def test_enqueue_errors_come_back_as_enqueue_error(served: Harness, make_worker:
     with pytest.raises(InvocationError) as info:
         b.trigger({"function_id": "x", "payload": {}, "action": {"type": "enqueue", "queue": "q"}})
     assert info.value.code == "enqueue_error"
-    # The fake has no queue module; ours has one, without a queue named "q" (PROTOCOL §3.3).
+    # The fake has no queue module; ours has one, without a queue named "q" (docs/protocol.md#invocations).
     message = {"fake": "QueueModule not loaded", "real": "Queue 'q' not found"}[served.kind]
     assert str(info.value) == str({"code": "enqueue_error", "message": message})
 

@@ -1,4 +1,5 @@
-"""The client transport on real sockets: the bounded offline queue and the retry counter (PROTOCOL §10.7)."""
+"""The client transport on real sockets: the bounded offline queue and the retry counter
+(docs/protocol.md#reference-sdk-differences)."""
 
 from __future__ import annotations
 

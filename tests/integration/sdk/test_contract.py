@@ -1,4 +1,5 @@
-"""Behaviour items of the reference contract (PROTOCOL §10.7) and §9.5 fixes not covered by the other SDK tests."""
+"""Behaviour items of the reference contract (docs/protocol.md#reference-sdk-differences) and
+docs/protocol.md#sdk-improvements fixes not covered by the other SDK tests."""
 
 from __future__ import annotations
 
@@ -65,7 +66,8 @@ async def test_an_empty_error_object_counts_as_success(served: Harness, make_wor
         await provider.send(json.dumps({"type": "invocationresult", "invocation_id": msg["invocation_id"],
                                         "function_id": "raw::five", "result": 5, "error": {}}))
         # No exception either way. The fake forwards both keys; our engine forwards only a non-null error, so
-        # the caller sees {"error": {}} without a result, which is success with None (PROTOCOL §8.2 T13).
+        # the caller sees {"error": {}} without a result, which is success with None
+        # (docs/protocol.md#production-behaviour-our-sdk-copes-with T13).
         expected = {"fake": 5, "real": None}[served.kind]
         assert await asyncio.wait_for(call, 10) == expected
 
@@ -91,7 +93,8 @@ def test_incoming_frames_larger_than_one_mebibyte(served: Harness, make_worker: 
     a, b = make_worker("a"), make_worker("b")
     a.register_function("big::echo", lambda data: data)
     served.wait_registered("big::echo")
-    size = 3 * 2**20  # the reference's client library would drop the connection at 1 MiB (PROTOCOL §9.5 S13)
+    # the reference's client library would drop the connection at 1 MiB (docs/protocol.md#sdk-improvements S13)
+    size = 3 * 2**20
     # Both directions are big: the invocation reaching a, and the result reaching b.
     assert len(b.trigger({"function_id": "big::echo", "payload": "x" * size})) == size
     assert a.get_connection_state() == b.get_connection_state() == "connected"
@@ -141,7 +144,7 @@ async def test_telemetry_frames_share_the_worker_socket() -> None:
                 client.send_telemetry(b"JUNK{}")
             client.send_telemetry(b"OTLP{}")
             await recorder.wait_for(lambda: b"OTLP{}" in recorder.frames)
-            assert recorder.connections == 1  # PROTOCOL §9.5 S12: no second telemetry socket
+            assert recorder.connections == 1  # docs/protocol.md#sdk-improvements S12: no second telemetry socket
         finally:
             await client.shutdown_async()
 

@@ -1,6 +1,7 @@
 """Our SDK against our embedded engine (``iii_engine.Engine``) on a background loop, over real sockets.
 
-Registrations are never acknowledged (PROTOCOL §8.1 T2); frames on one socket are handled in order, so a
+Registrations are never acknowledged (docs/protocol.md#production-behaviour-our-sdk-copes-with T2); frames on one
+socket are handled in order, so a
 round trip on the registering worker is the barrier that proves the engine has seen them.
 """
 

@@ -66,7 +66,8 @@ def test_replay_order_after_restart(fake: EngineThread, make_fake_worker: MakeWo
     fake.wait_registered("r::hold", "r::echo")
     frames = fake.worker(a).frames
     kinds = [f["type"] for f in frames]
-    # Replay order: services, functions, triggers, then the worker metadata (PROTOCOL §10.7).
+    # Replay order: services, functions, triggers, then the worker metadata
+    # (docs/protocol.md#reference-sdk-differences).
     assert kinds[:4] == ["registerservice", "registerfunction", "registerfunction", "registertrigger"]
     assert frames[4]["function_id"] == "engine::workers::register"
 

@@ -103,7 +103,8 @@ def test_custom_trigger_type_end_to_end(served: Harness, make_worker: MakeWorker
     assert got.is_set()
     trigger.unregister()  # S6: the owner's unregister_trigger runs
     assert handler.wait(lambda: handler.unregistered == [config.id])
-    # A failing register_trigger leaves the trigger stored (PROTOCOL §8.1 T9) and the owner connected.
+    # A failing register_trigger leaves the trigger stored (docs/protocol.md#production-behaviour-our-sdk-copes-with
+    # T9) and the owner connected.
     user.register_trigger({"type": "webhook", "function_id": "hooks::on", "config": {"fail": True}})
     served.wait_for(lambda: any(t["config"] == {"fail": True} for t in served.worker_triggers()))
     assert owner.get_connection_state() == "connected"

@@ -170,3 +170,27 @@ def test_commands_build_the_frames_the_engine_sends(session: WorkerSession) -> N
     assert json.loads(session.register_trigger("t", "hook", "f", {"k": 1}))["config"] == {"k": 1}
     assert json.loads(session.unregister_trigger("t", "hook")) == {
         "type": "unregistertrigger", "id": "t", "trigger_type": "hook"}
+
+
+def test_a_result_already_in_engine_form_is_forwarded_verbatim(session: WorkerSession) -> None:
+    plain = frame(type="invocationresult", invocation_id=ID, function_id="f", result={"x": 1}, traceparent="tp")
+    event = session.receive(plain)
+    assert isinstance(event, Result) and event.verbatim == plain
+
+
+@pytest.mark.parametrize("fields", [
+    {"invocation_id": ID.upper(), "result": 1},  # the id is rewritten canonically
+    {"invocation_id": ID, "result": None},  # production leaves a null result out
+    {"invocation_id": ID, "result": 1, "error": {"code": "c", "message": "m"}},  # the error wins
+    {"invocation_id": ID, "error": None},
+    {"invocation_id": ID, "result": 1, "baggage": None},
+    {"invocation_id": ID, "result": 1, "extra": True},  # unknown keys are not passed on
+])
+def test_other_results_are_re_encoded(session: WorkerSession, fields: dict[str, Any]) -> None:
+    event = session.receive(frame(type="invocationresult", function_id="f", **fields))
+    assert isinstance(event, Result) and event.verbatim is None
+
+
+def test_binary_results_are_re_encoded(session: WorkerSession) -> None:
+    event = session.receive(frame(type="invocationresult", invocation_id=ID, function_id="f", result=1).encode())
+    assert isinstance(event, Result) and event.verbatim is None

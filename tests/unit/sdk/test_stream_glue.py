@@ -1,4 +1,4 @@
-"""The ``create_stream`` handlers without an engine (PROTOCOL §9.5 S7, S8)."""
+"""The ``create_stream`` handlers without an engine (docs/protocol.md#sdk-improvements S7, S8)."""
 
 from __future__ import annotations
 

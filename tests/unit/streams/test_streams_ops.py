@@ -1,4 +1,4 @@
-"""Update-op semantics (protocol/streams.md §6.3.1), the one implementation in ``iii.stream_ops``."""
+"""Update-op semantics (docs/reference/payloads.md#streams-stream), the one implementation in ``iii.stream_ops``."""
 
 from __future__ import annotations
 
