@@ -96,6 +96,9 @@ _NOTIFY_LIMIT: Final = 7999  # PostgreSQL refuses payloads of 8000 bytes or more
 _MAX_BATCH: Final = 256  # writes per transaction (also keeps SELECT … IN well under parameter limits)
 _ONE_QUEUE: Final = b""  # SQLite's batcher key: every write of the database shares one queue
 _NOTIFY_MANY: Final = text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p")
+# built once: statement construction is a measurable share of a small write's CPU
+_READ_ROWS: Final = select(items.c.item_key, items.c.value)
+_WRITE_VALUE: Final = update(items).where(items.c.item_key == bindparam("k")).values(value=bindparam("v"))
 
 Compute = Callable[[Any], tuple[Any, str]]
 """``compute(old_value) -> (new_value, new_json_text)`` of a set or update."""
@@ -373,7 +376,8 @@ class SQLStream(Backend):
         """Apply a prefix of ``writes`` in ``conn``'s transaction: ``(how many, their results, events to publish
         after commit)``, or ``None`` when a row to create appeared meanwhile (roll back and run again)."""
         keys = builtins.list(dict.fromkeys(w.key for w in writes))
-        query = select(items.c.item_key, items.c.value).where(items.c.item_key.in_(keys))
+        # one key (a lone caller, or one item on PostgreSQL) is the common case: '=' avoids IN's per-call expansion
+        query = _READ_ROWS.where(items.c.item_key == keys[0] if len(keys) == 1 else items.c.item_key.in_(keys))
         if self._pg:
             query = query.order_by(items.c.item_key).with_for_update()  # one lock order: no deadlocks
         stored: dict[bytes, str] = {row.item_key: row.value for row in await conn.execute(query)}
@@ -425,8 +429,7 @@ class SQLStream(Backend):
             await conn.execute(delete(items).where(items.c.item_key.in_(gone)))
         if changed:
             # one row (the usual single caller): a plain execute; several: one executemany
-            await conn.execute(update(items).where(items.c.item_key == bindparam("k")).values(value=bindparam("v")),
-                               changed[0] if len(changed) == 1 else changed)
+            await conn.execute(_WRITE_VALUE, changed[0] if len(changed) == 1 else changed)
         rows = [self._row(w, current[k]) for k, w in created.items() if current[k] is not None]
         if rows and self._pg:
             from sqlalchemy.dialects.postgresql import insert as pg_insert
