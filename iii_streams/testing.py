@@ -9,7 +9,7 @@ fresh, unique stream names (the ``names`` fixture), so runs against a shared ser
 Needs ``pytest`` and ``pytest-asyncio`` (the ``testing`` extra) and works in pytest-asyncio's default
 ``strict`` mode as well as in ``auto`` mode: the tests carry the ``asyncio`` mark, and an ``async`` ``stream``
 fixture declared with a plain ``@pytest.fixture`` is handed to pytest-asyncio when the subclass is created
-(``@pytest_asyncio.fixture`` works too).
+(pytest >= 8.4; ``@pytest_asyncio.fixture`` works with every version).
 
 Every store of this package passes the whole suite, including exact group listing: the Redis layout escapes
 ``:`` in stream names (``a:b`` is ``stream:a%3Ab:<group>``), so ``list_groups("a")`` never reports the groups of
