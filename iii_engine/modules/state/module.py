@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 
@@ -34,7 +35,7 @@ from iii_streams import Backend
 
 from ..base import BuiltinFunction, EngineError, EngineModule, EngineServices, InvocationContext
 from ..stream.inputs import Fields
-from ..stream.locks import KeyedLocks
+from ..stream.locks import KeyedLocks, store_updates_atomically
 from ..stream.settings import StateSettings
 from ..stream.store import open_module_store
 from ..trigger_set import TriggerSet
@@ -157,8 +158,10 @@ class StateModule(EngineModule):
         request = StreamUpdateInput.model_construct(stream_name=STATE_STREAM, group_id=scope, item_id=key,
                                                     ops=ops)  # type: ignore[arg-type]
         try:
-            async with self._locks.hold((scope, key)):
-                result = await self._store().update(request)
+            store = self._store()
+            guard = contextlib.nullcontext() if store_updates_atomically(store) else self._locks.hold((scope, key))
+            async with guard:
+                result = await store.update(request)
         except Exception as exc:
             raise EngineError("UPDATE_ERROR", str(exc)) from None
         if result is None:

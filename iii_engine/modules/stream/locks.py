@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Hashable
 
-__all__ = ["KeyedLocks"]
+__all__ = ["KeyedLocks", "store_updates_atomically"]
 
 
 class KeyedLocks:
@@ -46,3 +46,15 @@ class KeyedLocks:
                 del self._locks[key]
             else:
                 self._locks[key] = (lock, users - 1)
+
+
+def store_updates_atomically(store: object) -> bool:
+    """Whether ``store`` applies ``update`` atomically by itself (``iii_streams.Backend.atomic_updates``), so
+    the engine need not queue one item's updates behind a lock.
+
+    Example:
+        >>> class Plain: ...
+        >>> store_updates_atomically(Plain())
+        False
+    """
+    return getattr(store, "atomic_updates", False) is True

@@ -164,3 +164,31 @@ async def test_store_failure_maps_to_stream_error_code() -> None:
     with pytest.raises(EngineError) as info:
         await functions.set({"stream_name": "s", "group_id": "g", "item_id": "i", "data": 1}, CTX)
     assert (info.value.code, info.value.message) == ("STREAM_SET_ERROR", "store is down")
+
+
+@pytest.mark.parametrize("atomic", [True, False])
+async def test_updates_of_one_item_reach_an_atomic_store_together(atomic: bool) -> None:
+    """An atomic store (``atomic_updates``) sees concurrent updates of one item at once, so it can group-commit
+    them; any other store gets them one at a time behind the engine's per-item lock."""
+    inside, most = 0, 0
+    release = asyncio.Event()
+
+    class Counting(MemoryStream):
+        atomic_updates = atomic
+
+        async def update(self, input: Any, *, timeout: float | None = None) -> Any:
+            nonlocal inside, most
+            inside += 1
+            most = max(most, inside)
+            if most >= 4 or not atomic:
+                release.set()
+            await release.wait()
+            inside -= 1
+            return await super().update(input)
+
+    services = Stub()
+    functions = StreamFunctions(services, Counting(publish_events=False), StreamTriggers(services))  # type: ignore[arg-type]
+    request = {"stream_name": "s", "group_id": "g", "item_id": "i", "ops": [{"type": "increment", "path": "n", "by": 1}]}
+    results = await asyncio.wait_for(asyncio.gather(*(functions.update(dict(request), CTX) for _ in range(4))), 5)
+    assert sorted(r["new_value"]["n"] for r in results) == [1, 2, 3, 4]
+    assert most == (4 if atomic else 1)
