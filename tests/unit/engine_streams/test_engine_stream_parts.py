@@ -176,7 +176,7 @@ async def test_updates_of_one_item_reach_an_atomic_store_together(atomic: bool) 
     class Counting(MemoryStream):
         atomic_updates = atomic
 
-        async def update(self, input: Any, *, timeout: float | None = None) -> Any:
+        async def update(self, input: Any, **options: Any) -> Any:
             nonlocal inside, most
             inside += 1
             most = max(most, inside)
@@ -188,7 +188,8 @@ async def test_updates_of_one_item_reach_an_atomic_store_together(atomic: bool) 
 
     services = Stub()
     functions = StreamFunctions(services, Counting(publish_events=False), StreamTriggers(services))  # type: ignore[arg-type]
-    request = {"stream_name": "s", "group_id": "g", "item_id": "i", "ops": [{"type": "increment", "path": "n", "by": 1}]}
+    increment = {"type": "increment", "path": "n", "by": 1}
+    request = {"stream_name": "s", "group_id": "g", "item_id": "i", "ops": [increment]}
     results = await asyncio.wait_for(asyncio.gather(*(functions.update(dict(request), CTX) for _ in range(4))), 5)
     assert sorted(r["new_value"]["n"] for r in results) == [1, 2, 3, 4]
     assert most == (4 if atomic else 1)
