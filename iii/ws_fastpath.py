@@ -33,6 +33,7 @@ import contextlib
 import inspect
 import logging
 import os
+import socket
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -305,6 +306,16 @@ def close_frames(ws: Connection) -> tuple[Close | None, Close | None]:
 
 def abort(ws: Connection) -> None:
     """Drop the TCP connection without a Close frame (corked frames are dropped with it)."""
+    ws.transport.abort()
+
+
+def reset(ws: Connection) -> None:
+    """Drop the connection at once and discard what the peer has not read: with ``SO_LINGER`` 0 the kernel throws
+    the unsent bytes away and answers with a reset, so a peer that stopped reading learns it is gone."""
+    sock = ws.transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     ws.transport.abort()
 
 

@@ -30,6 +30,7 @@ from logging.handlers import MemoryHandler
 
 from iii_streams.messages import OneLineParser, mask_passwords
 
+from .allocator import tune_allocator
 from .config import DEFAULT_HOST, DEFAULT_PORT, MAX_PORT, ConfigError, EngineConfig, load_config
 from .engine import Engine
 from .inspect_cli import COMMANDS as INSPECT_COMMANDS
@@ -98,6 +99,8 @@ async def run(config: EngineConfig, on_started: Callable[[], None] | None = None
 
     Raises :class:`~iii_engine.modules.base.EngineStartError` when it cannot start (nothing is left running).
     """
+    # an engine process owns its allocator: keep frames near the size limit from leaving memory behind
+    tune_allocator()
     engine = Engine(config=config)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -12,7 +12,6 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import Callable, Collection
@@ -22,6 +21,7 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from iii import ws_fastpath
 from iii.iii_types import TriggerInfo
 from iii.protocol.worker_session import (
     Event,
@@ -72,11 +72,15 @@ _UNREAD_CLOSE_TIMEOUT_S = 2.0
 
 
 async def _close_unread(ws: ServerConnection, limit: int) -> None:
-    """Close a peer that stopped reading: the close frame waits behind what it has not read, so give the
-    handshake a short deadline and then drop the connection (its buffers go with it)."""
+    """Close a peer that stopped reading: the close frame waits behind what it has not read (and the library's
+    close waits for its buffer to drain first), so the whole close gets a deadline, after which the connection is
+    reset and its buffers go with it."""
     ws.close_timeout = _UNREAD_CLOSE_TIMEOUT_S
-    with contextlib.suppress(Exception):
-        await ws.close(OVERFLOW_CLOSE_CODE, f"outbound queue over {limit} bytes: peer not reading")
+    try:
+        await asyncio.wait_for(ws.close(OVERFLOW_CLOSE_CODE, f"outbound queue over {limit} bytes: peer not reading"),
+                               _UNREAD_CLOSE_TIMEOUT_S)
+    except Exception:  # the deadline, or a transport already broken: either way the peer is dropped
+        ws_fastpath.reset(ws)
 
 
 def _trigger_frame(worker: WorkerConnection, entry: TriggerEntry) -> str:
