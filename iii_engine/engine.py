@@ -117,6 +117,10 @@ class Engine:
                                   relay=self.channels, control=self._serve_worker)
         self._function_listeners: list[Callable[[], None]] = []
         self._telemetry_listeners: list[TelemetryListener] = []
+        # One lane for parsing big control frames: a parse holds the interpreter for tens of milliseconds, so
+        # big frames from every connection take turns and the lane rests as long as each parse took; whatever
+        # peers send, the event loop keeps at least half of its time for everyone else's calls.
+        self._big_frame_lane = asyncio.Lock()
         self._worker_listeners: list[Callable[[str, str], None]] = []
         self._seen_version = 0
         self._started = False
@@ -380,7 +384,7 @@ class Engine:
                     # Parsed once, under the one JSON policy. Big frames are parsed in a thread so the depth walk
                     # can yield the GIL; awaiting it keeps this connection's frames in order.
                     event = session.receive(raw) if not session.parse_off_loop(raw) else \
-                        session.accept(await asyncio.to_thread(read_frame, raw))
+                        session.accept(await self._parse_big_frame(raw))
                     if event is not None:
                         await self._on_event(worker, event)
                 except Exception:  # a bug in handling one frame must not take the connection down
@@ -398,6 +402,14 @@ class Engine:
             await self._cleanup(worker)
             for task in closing:
                 await task
+
+    async def _parse_big_frame(self, raw: str | bytes) -> Event | None:
+        async with self._big_frame_lane:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            event = await asyncio.to_thread(read_frame, raw)
+            await asyncio.sleep(loop.time() - started)
+        return event
 
     async def _on_event(self, worker: WorkerConnection, event: Event) -> None:
         """Run what one event of ``worker``'s session asks for (the session already decided what it means)."""

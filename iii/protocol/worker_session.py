@@ -51,7 +51,7 @@ from .messages import (
 )
 
 #: Frames longer than this are best parsed off the event loop (the Python-level depth walk then yields the GIL).
-OFFLOOP_PARSE_BYTES = 1024 * 1024
+OFFLOOP_PARSE_BYTES = 256 * 1024  # a parse this size holds the interpreter for a few ms at most
 #: Longest reason quoted in an ``invalid_message`` answer.
 REPLY_REASON_CLIP = 1000
 _LOWER_UUID_LEN = 36
