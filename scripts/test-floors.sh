@@ -21,9 +21,9 @@ if [ "$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check "uv==$UV_VERSION"
 fi
 
-# pyproject.toml -> one `name==floor` constraint per declared dependency; a requirement without a floor fails here,
-# so nothing can slip in untested.
-"$VENV/bin/python" - pyproject.toml >"$VENV/floors.txt" <<'EOF'
+# pyproject.toml -> one `name==floor` constraint per declared dependency (runtime, every extra, dev tools) and the
+# list of extras to install; a requirement without a floor fails here, so nothing can slip in untested.
+"$VENV/bin/python" - pyproject.toml "$VENV/extras.txt" >"$VENV/floors.txt" <<'EOF'
 import re, sys, tomllib
 
 project = tomllib.load(open(sys.argv[1], "rb"))["project"]
@@ -44,10 +44,12 @@ for group, requirements in groups.items():
             sys.exit(f"test-floors: {name} has two floors: {floors[key]} and {version}")
 for name, version in sorted(floors.items()):
     print(f"{name}=={version}")
+with open(sys.argv[2], "w") as extras:
+    extras.write(",".join(project["optional-dependencies"]))
 EOF
 
 # Only wheels for third-party packages: a floor that needs a compiler on Python 3.11 is not a usable floor.
-"$VENV/bin/uv" pip install -q --python "$VENV/bin/python" --only-binary :all: -c "$VENV/floors.txt" -e '.[all,dev]'
+"$VENV/bin/uv" pip install -q --python "$VENV/bin/python" --only-binary :all: -c "$VENV/floors.txt" -e ".[$(cat "$VENV/extras.txt")]"
 "$VENV/bin/python" - "$VENV/floors.txt" <<'EOF'
 import importlib.metadata as metadata, sys
 from packaging.version import Version

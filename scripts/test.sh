@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything (idempotent) and runs the whole test suite: lint, types, unit, integration, interop, the
-# doctests of the four packages, the strict docs build and the wheel check (scripts/test-wheel.sh).
+# doctests of the four packages, the strict docs build and the wheel check (scripts/test-wheel.sh), then unit and
+# integration again at the dependency floors (scripts/test-floors.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --with-reference
@@ -12,3 +13,5 @@ echo "== pytest"; .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 echo "== doctests"; .venv/bin/python -m pytest -q -p no:cacheprovider --doctest-modules iii iii_engine iii_streams iii_channels
 echo "== docs (mkdocs build --strict)"; bash scripts/docs.sh
 echo "== wheel (sdist and wheel, installed into a clean venv)"; bash scripts/test-wheel.sh
+# the same unit and integration tests again at the lowest versions pyproject.toml allows (.floors-venv)
+bash scripts/test-floors.sh
