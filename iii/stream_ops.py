@@ -1,4 +1,4 @@
-"""The one implementation of stream update-op semantics (protocol/streams.md §6.3.1).
+"""The one implementation of stream update-op semantics (docs/reference/payloads.md#streams-stream).
 
 Every stream backend, the engine (when it composes an update for a custom stream) and the SDK's
 ``create_stream`` fallback call :func:`apply_ops`, so an update means the same thing everywhere.

@@ -293,7 +293,7 @@ class Engine:
         self.invocations.fire(function_id, data)
 
     async def condition_passes(self, condition_function_id: str | None, payload: Any) -> bool:
-        """PROTOCOL §4.5: only a literal ``false`` skips; an error skips too (logged)."""
+        """docs/protocol.md#built-in-functions: only a literal ``false`` skips; an error skips too (logged)."""
         if not condition_function_id:
             return True
         try:
@@ -585,7 +585,7 @@ class Engine:
     # -- disconnect ------------------------------------------------------------------------------------------
 
     async def _cleanup(self, worker: WorkerConnection) -> None:
-        """PROTOCOL §3.1 step 3, owner-aware (E5)."""
+        """docs/protocol.md#connection-lifecycle step 3, owner-aware (E5)."""
         for function_id in sorted(worker.functions):
             restored = self.registry.drop_owned_function(function_id, worker.id)
             if restored is not None:

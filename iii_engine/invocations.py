@@ -1,4 +1,4 @@
-"""Invocation routing (PROTOCOL §3.2-3.6, §9.1 E6/E7).
+"""Invocation routing (docs/protocol.md#messages.6, docs/protocol.md#engine-improvements E6/E7).
 
 The hot path works on plain dicts: a worker's ``invokefunction`` is looked up, stamped with
 ``_caller_worker_id`` and forwarded to the owner as one text frame; the owner's ``invocationresult`` is matched
@@ -45,7 +45,7 @@ def error_body(code: str, message: str) -> dict[str, str]:
 
 
 def not_found(function_id: str) -> dict[str, str]:
-    """The engine's ``function_not_found`` body (no quotes around the id, PROTOCOL §3.6)."""
+    """The engine's ``function_not_found`` body (no quotes around the id, docs/protocol.md#error-codes)."""
     return error_body("function_not_found", f"Function {function_id} not found")
 
 
@@ -182,7 +182,7 @@ class Invocations:
             self._finish(invocation_id, None, error_body("invocation_timeout", message))
 
     def halt_worker(self, worker: WorkerConnection) -> None:
-        """Disconnect step 3: stop every invocation in the worker's in-flight set (PROTOCOL §3.2)."""
+        """Disconnect step 3: stop every invocation in the worker's in-flight set (docs/protocol.md#invocations)."""
         for invocation_id in list(worker.in_flight):
             pending = self.pending.get(invocation_id)
             if pending is None:

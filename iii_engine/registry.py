@@ -1,6 +1,6 @@
 """What the engine knows: functions, services, trigger types and triggers. Pure data, no I/O.
 
-Ownership rules (PROTOCOL §2.2, §2.4, §9.1 E2/E5):
+Ownership rules (docs/protocol.md#messages, docs/protocol.md#messages, docs/protocol.md#engine-improvements E2/E5):
 
 - function ids are global and the last registrant wins; the overwritten registrant is remembered and restored
   when the current owner disconnects (E5), but an explicit ``unregisterfunction`` removes the id outright;
@@ -41,7 +41,7 @@ class FunctionEntry:
     external: bool = False
 
     def info(self) -> dict[str, Any]:
-        """The wire ``FunctionInfo`` (every key present, PROTOCOL §4.2)."""
+        """The wire ``FunctionInfo`` (every key present, docs/protocol.md#built-in-functions)."""
         return {
             "function_id": self.id,
             "description": self.description,

@@ -1,5 +1,5 @@
 """The engine's one WebSocket listener: ``/`` is the worker control socket, ``/ws/channels/{id}`` the channel
-relay, anything else HTTP 404 (PROTOCOL §1.1, §5.2).
+relay, anything else HTTP 404 (docs/protocol.md#endpoints, docs/protocol.md#channels).
 
 Example:
     >>> route_request("/ws/channels/abc?key=k&dir=read")

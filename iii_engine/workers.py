@@ -234,7 +234,7 @@ class WorkerConnection:
         return self.outbox.post(text)
 
     def info(self) -> dict[str, Any]:
-        """The wire ``WorkerInfo`` (PROTOCOL §4.2): every key present, ``pid`` only when known."""
+        """The wire ``WorkerInfo`` (docs/protocol.md#built-in-functions): every key present, ``pid`` only when known."""
         functions = sorted(self.functions | self.external_functions)
         out: dict[str, Any] = {
             "id": self.id,

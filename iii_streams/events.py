@@ -1,6 +1,7 @@
 """Stream change events: the production wrapper shape, filters, and ``watch()`` plumbing.
 
-Events are plain dicts in the shape the production engine publishes (protocol/streams.md §6.5), so an engine
+Events are plain dicts in the shape the production engine publishes
+(docs/reference/payloads.md#stream-events), so an engine
 can forward them to socket clients and triggers unchanged::
 
     {"type": "stream", "timestamp": 1700000000000, "streamName": "S", "groupId": "G", "id": "item-1",

@@ -2,7 +2,8 @@
 
 Items are kept as compact JSON text, so what you read back is an independent copy, non-JSON data fails at
 ``set`` time exactly as it would on the other backends, and big integers and key order survive. Groups list in
-insertion order and disappear with their last item (PROTOCOL §9 ST4). Every method runs without awaiting in
+insertion order and disappear with their last item (docs/protocol.md#stream-improvements ST4). Every method runs without
+awaiting in
 the middle, which makes each one atomic on the event loop (so a ``timeout`` is checked but can never expire).
 
 Example:

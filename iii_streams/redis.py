@@ -1,6 +1,6 @@
 """``RedisStream``: the production engine's Redis layout, so our workers and a production engine can share one Redis.
 
-Layout (protocol/streams.md §6.7): one hash ``stream:<stream_name>:<group_id>`` per group, field = item id,
+Layout (docs/guides/streams.md#redis): one hash ``stream:<stream_name>:<group_id>`` per group, field = item id,
 value = compact JSON text (key order, arrays and big integers preserved). Change events are published on the
 channel ``stream::events`` in the production wrapper shape. ``set`` and ``delete`` run as one small script each
 (read old value, write, publish) and ``list_groups`` uses ``SCAN``, never ``KEYS``.
@@ -222,7 +222,7 @@ STREAM_LAYOUT: Final = KeyLayout()
 """The production stream store's layout, ``stream:<stream_name>:<group_id>`` (the default)."""
 
 STATE_LAYOUT: Final = KeyLayout("state", per_stream=False)
-"""The production state store's layout, ``state:<scope>`` (modules.md §7.1)."""
+"""The production state store's layout, ``state:<scope>`` (docs/reference/payloads.md#state-state)."""
 
 
 def default_retry() -> Retry:

@@ -1,4 +1,5 @@
-"""Worker-module built-ins and engine trigger types (PROTOCOL §4.1-4.3, §9.1 E8)."""
+"""Worker-module built-ins and engine trigger types (docs/protocol.md#messages.3, docs/protocol.md#engine-improvements
+E8)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Control socket framing (PROTOCOL §1.2, §3.1, §9.1 E1): what the engine accepts, drops and answers."""
+"""Control socket framing (docs/protocol.md#framing, docs/protocol.md#connection-lifecycle,
+docs/protocol.md#engine-improvements E1): what the engine accepts, drops and answers."""
 
 from __future__ import annotations
 

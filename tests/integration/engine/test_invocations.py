@@ -1,4 +1,4 @@
-"""Invocation routing (PROTOCOL §3.2-3.6, §9.1 E6/E7) between raw workers."""
+"""Invocation routing (docs/protocol.md#messages.6, docs/protocol.md#engine-improvements E6/E7) between raw workers."""
 
 from __future__ import annotations
 

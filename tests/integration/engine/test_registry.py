@@ -1,4 +1,5 @@
-"""Functions, services, trigger types and triggers (PROTOCOL §2.2-2.4, §3.1, §9.1 E2-E5)."""
+"""Functions, services, trigger types and triggers (docs/protocol.md#messages.4,
+docs/protocol.md#connection-lifecycle, docs/protocol.md#engine-improvements E2-E5)."""
 
 from __future__ import annotations
 
