@@ -18,6 +18,9 @@ listing=$(tar -tzf "$sdist")
 for file in LICENSE CHANGELOG.md README.md pyproject.toml; do
   grep -qx "[^/]*/$file" <<<"$listing" || fail "the sdist lacks $file"
 done
+if grep -qE "^[^/]*/\.(venv|ref-venv|floors-venv)/" <<<"$listing"; then
+  fail "the sdist carries a virtual environment"
+fi
 
 .venv/bin/python -m venv "$work/venv"
 "$work/venv/bin/python" -m pip install -q --disable-pip-version-check "$wheel[all,testing]" \
