@@ -50,6 +50,7 @@ __all__ = [
     "decode_object",
     "dumps",
     "encode",
+    "is_uuid",
     "jsonable",
     "loads",
 ]
@@ -358,9 +359,20 @@ def encode(message: BaseModel | dict[str, Any] | Ping | Pong) -> str:
     return dumps(to_frame_dict(message))
 
 
-def _is_uuid(value: Any) -> bool:
+_CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def is_uuid(value: object) -> bool:
+    """Whether ``value`` is a string the production engine accepts as a UUID.
+
+    Example:
+        >>> is_uuid("8d1c3b4e-0f6a-4c39-9c55-2f1f3f0f5a11"), is_uuid("abc"), is_uuid(7)
+        (True, False, False)
+    """
     if not isinstance(value, str):
         return False
+    if _CANONICAL_UUID.fullmatch(value):
+        return True
     try:
         uuid.UUID(value)
     except ValueError:
@@ -403,7 +415,7 @@ def salvage_invocation(raw: str | bytes) -> dict[str, str | None]:
         windows = [part.decode("utf-8", "replace") for part in parts]
     if not windows[0].lstrip().startswith("{") or not any(_SALVAGE_TYPE.search(w) for w in windows):
         return none
-    ids = {m.group(1) for w in windows for m in _SALVAGE_ID.finditer(w) if _is_uuid(m.group(1))}
+    ids = {m.group(1) for w in windows for m in _SALVAGE_ID.finditer(w) if is_uuid(m.group(1))}
     if len(ids) != 1:
         return none  # none, or ambiguous (the payload may quote other invocations)
     function = next((m.group(1) for w in windows for m in _SALVAGE_FUNCTION.finditer(w)), "")
@@ -471,13 +483,13 @@ def decode_object(obj: Any, *, strict: bool = False) -> Decoded:
     function_id = obj.get("function_id")
     context = {
         "message_type": kind,
-        "invocation_id": invocation_id if _is_uuid(invocation_id) else None,
+        "invocation_id": invocation_id if is_uuid(invocation_id) else None,
         "function_id": function_id if isinstance(function_id, str) else None,
     }
     if strict:
-        if model is InvokeFunctionMessage and invocation_id is not None and not _is_uuid(invocation_id):
+        if model is InvokeFunctionMessage and invocation_id is not None and not is_uuid(invocation_id):
             raise WireError(f"invocation_id {clip(invocation_id)} is not a UUID", **context)
-        if model is InvocationResultMessage and not _is_uuid(invocation_id):
+        if model is InvocationResultMessage and not is_uuid(invocation_id):
             raise WireError(f"invocation_id {clip(invocation_id)} is not a UUID", **context)
         if model is RegisterServiceMessage:
             if "name" in obj and obj["name"] is None:

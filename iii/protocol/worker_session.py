@@ -27,13 +27,12 @@ Example:
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from . import frames
-from .codec import WireError, decode_object, loads, salvage_invocation
+from .codec import WireError, decode_object, is_uuid, loads, salvage_invocation
 from .messages import (
     TELEMETRY_PREFIXES,
     InvocationResultMessage,
@@ -56,25 +55,6 @@ OFFLOOP_PARSE_BYTES = 256 * 1024  # a parse this size holds the interpreter for 
 REPLY_REASON_CLIP = 1000
 _LOWER_UUID_LEN = 36
 _RESULT_KEYS = frozenset(("type", "invocation_id", "function_id", "result", "error", "traceparent", "baggage"))
-_CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-
-
-def is_uuid(value: object) -> bool:
-    """Whether ``value`` is a string the production engine accepts as a UUID.
-
-    Example:
-        >>> is_uuid("8d1c3b4e-0f6a-4c39-9c55-2f1f3f0f5a11"), is_uuid("abc"), is_uuid(7)
-        (True, False, False)
-    """
-    if not isinstance(value, str):
-        return False
-    if _CANONICAL_UUID.fullmatch(value):
-        return True
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
 
 
 def clip_text(text: str, limit: int = 300) -> str:
