@@ -27,7 +27,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from iii.protocol.worker_session import is_uuid
+from iii.protocol.codec import is_uuid
 
 from .modules.base import EngineError, InvocationContext, InvocationObserver, NamedQueues
 from .registry import FunctionEntry, Registry
