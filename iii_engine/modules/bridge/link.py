@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 RETRY_INTERVAL_MS: Final = 2000  # production's fixed pause between connection attempts
 DEFAULT_TIMEOUT_MS: Final = 30_000
+# how often a pending call looks whether its link is still up
+_LINK_CHECK_S: Final = 0.1
 DEFAULT_CONNECT_GRACE_S: Final = 2.0
 _RETRY: Final = ReconnectionConfig(initial_delay_ms=RETRY_INTERVAL_MS, max_delay_ms=RETRY_INTERVAL_MS,
                                    backoff_multiplier=1.0, jitter_factor=0.0, max_retries=-1)
@@ -117,8 +119,8 @@ class BridgeLink:
         client = await self._up()
         wait_ms = timeout_ms or DEFAULT_TIMEOUT_MS
         try:
-            return await client.trigger_async({"function_id": function_id, "payload": data, "timeout_ms": wait_ms,
-                                               "action": action})
+            return await self._unless_lost(client, client.trigger_async(
+                {"function_id": function_id, "payload": data, "timeout_ms": wait_ms, "action": action}), function_id)
         except TimeoutError:
             raise BridgeCallError(f"invocation timed out after {wait_ms} ms (remote engine {self.url}, "
                                   f"function {function_id})") from None
@@ -130,6 +132,29 @@ class BridgeLink:
                                   stacktrace=exc.stacktrace) from None
         except ShuttingDownError:
             raise BridgeCallError(f"bridge to remote engine {self.url} is shut down") from None
+
+    async def _unless_lost(self, client: III, request: Coroutine[Any, Any, Any], function_id: str) -> Any:
+        """Await ``request``; if the link drops while it is pending and is not back within the connect grace,
+        give up with a clear error. A call that never left the client's queue would otherwise wait for the
+        remote's return (or its own timeout); giving up drops it, so it can never run on the remote later."""
+        call = asyncio.ensure_future(request)
+        lost_since: float | None = None
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                done, _ = await asyncio.wait({call}, timeout=_LINK_CHECK_S)
+                if done:
+                    return call.result()
+                if client.get_connection_state() == "connected":
+                    lost_since = None
+                elif lost_since is None:
+                    lost_since = loop.time()
+                elif loop.time() - lost_since >= self.connect_grace_s:
+                    raise BridgeCallError(f"remote engine {self.url} unreachable (the connection dropped during "
+                                          f"the call of {function_id})")
+        finally:
+            if not call.done():
+                call.cancel()
 
     async def fire(self, function_id: str, data: Any) -> None:
         """Invoke ``function_id`` on the remote without waiting for a result (action ``void``).
