@@ -23,8 +23,10 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
+from collections.abc import Awaitable
 from typing import Final, Protocol
 
 from websockets.asyncio.client import ClientConnection
@@ -115,6 +117,19 @@ class ChannelEnd(Protocol):
     def unread_bytes(self) -> int:
         """Payload bytes received and not read yet."""
         ...
+
+
+async def close_draining(end: ChannelEnd, closing: Awaitable[object]) -> None:
+    """Await ``closing`` (a close of ``end`` under way) while reading and dropping what still arrives: unread
+    messages would fill the receive queue, reading would pause, the peer's Close reply would never be seen and
+    the close would wait for its timeout."""
+    started = asyncio.ensure_future(closing)
+    try:
+        while True:
+            await end.receive()
+    except ChannelEndClosed:
+        pass
+    await started
 
 
 def closed_from(exc: ConnectionClosed) -> ChannelEndClosed:
@@ -215,5 +230,6 @@ __all__ = [
     "EndOfChannel",
     "Message",
     "WebSocketEnd",
+    "close_draining",
     "closed_from",
 ]

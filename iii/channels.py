@@ -48,7 +48,7 @@ import websockets
 from websockets.exceptions import InvalidStatus
 
 from . import ws_fastpath
-from .channel_end import EOF_CODES, ChannelCloseCode, ChannelEndClosed, ClosedEnd, WebSocketEnd
+from .channel_end import EOF_CODES, ChannelCloseCode, ChannelEndClosed, ClosedEnd, WebSocketEnd, close_draining
 from .errors import IIIError
 from .iii_types import StreamChannelRef
 from .waiters import Signal
@@ -571,15 +571,7 @@ class ChannelReader:
         end = self._end
         if end is None:
             return
-        closing = asyncio.ensure_future(end.aclose(ChannelCloseCode.NORMAL))
-        # Keep consuming (and dropping) what still arrives: unread frames would fill the receive queue, reading
-        # would pause, the engine's Close reply would never be seen and close() would wait its 10 s timeout.
-        try:
-            while True:
-                await end.receive()
-        except ChannelEndClosed:
-            pass
-        await closing
+        await close_draining(end, end.aclose(ChannelCloseCode.NORMAL))
 
     def __iii_json__(self) -> dict[str, Any]:
         """The ref, so a reader placed in a payload travels as plain JSON (S11)."""

@@ -139,15 +139,17 @@ def server_frame(text: bool, payload: bytes) -> bytes:
         >>> len(server_frame(False, bytes(70000)))
         70010
     """
+    return _frame_header(text, len(payload)) + payload
+
+
+def _frame_header(text: bool, size: int) -> bytes:
+    """The header of one complete, unmasked text or binary frame carrying ``size`` bytes."""
     head = 0x81 if text else 0x82
-    size = len(payload)
     if size < 126:
-        header = _PACK_B2(head, size)
-    elif size < 65536:
-        header = _PACK_B2H(head, 126, size)
-    else:
-        header = _PACK_B2Q(head, 127, size)
-    return header + payload
+        return _PACK_B2(head, size)
+    if size < 65536:
+        return _PACK_B2H(head, 126, size)
+    return _PACK_B2Q(head, 127, size)
 
 
 def client_frame(text: bool, chunk: bytes | memoryview, key: bytes) -> bytes:
@@ -257,15 +259,7 @@ async def send_server_frame(ws: Connection, text: bool, payload: bytes) -> None:
             _fallback("websockets internals missing: relay send")
         await ws.send(payload.decode() if text else payload)
         return
-    size = len(payload)
-    head = 0x81 if text else 0x82
-    if size < 126:
-        header = _PACK_B2(head, size)
-    elif size < 65536:
-        header = _PACK_B2H(head, 126, size)
-    else:
-        header = _PACK_B2Q(head, 127, size)
-    _write(ws, header, payload)
+    _write(ws, _frame_header(text, len(payload)), payload)
     await drain_or_close(ws)
 
 

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from iii.channel_end import ChannelEnd, ChannelEndClosed, WebSocketEnd
+from iii.channel_end import ChannelEnd, ChannelEndClosed, WebSocketEnd, close_draining
 from iii.waiters import Signal
 from iii.ws_fastpath import bound_frame_queue, frame_queue_high
 
@@ -164,14 +164,7 @@ class Driver:
         if not isinstance(action, Close):
             await perform(end, action)
             return
-        closing = asyncio.ensure_future(perform(end, action))
-        # Keep reading (and discarding) so the writer's Close reply is not stuck behind unread data frames.
-        try:
-            while True:
-                await end.receive()
-        except ChannelEndClosed:
-            pass
-        await closing
+        await close_draining(end, perform(end, action))
 
     # ------------------------------------------------------------------ the reader
 
