@@ -336,6 +336,17 @@ async def test_bridge_client_invoke_forward_expose(topology: Topology) -> None:
         await back.shutdown_async()
 
 
+async def _failed_start(config: Path) -> str:
+    """Start ``iii-engine --config config``; it must exit with 1. Returns its stderr."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "iii_engine", "--config", str(config),
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                                                env=env, cwd=ROOT)
+    _, err = await asyncio.wait_for(proc.communicate(), 20)
+    assert proc.returncode == 1, err.decode()
+    return err.decode()
+
+
 @pytest.mark.parametrize(("setting", "expected"), [
     ("forward:\n        - local_function: a\n", "modules[0].config.forward[0].remote_function: is required"),
     ("expose:\n        - remote_function: b\n", "modules[0].config.expose[0].local_function: is required"),
@@ -346,14 +357,9 @@ async def test_bad_bridge_settings_stop_the_start_with_one_line(tmp_path: Path, 
     config = tmp_path / "bad.yaml"
     config.write_text("port: 0\nmodules:\n  - class: modules::bridge_client::BridgeClientModule\n    config:\n"
                       f"      {setting}")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "iii_engine", "--config", str(config),
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                                                env=env, cwd=ROOT)
-    _, err = await asyncio.wait_for(proc.communicate(), 20)
-    assert proc.returncode == 1
-    lines = [line for line in err.decode().splitlines() if line.startswith("iii-engine:")]
-    assert len(lines) == 1, err.decode()
+    err = await _failed_start(config)
+    lines = [line for line in err.splitlines() if line.startswith("iii-engine:")]
+    assert len(lines) == 1, err
     assert "modules::bridge_client::BridgeClientModule cannot start" in lines[0] and expected in lines[0]
 
 
@@ -362,13 +368,8 @@ async def test_bad_bridge_adapter_url_stops_the_start(tmp_path: Path) -> None:
     config.write_text("port: 0\nmodules:\n  - class: modules::state::StateModule\n    config:\n      adapter:\n"
                       "        class: modules::state::adapters::Bridge\n        config:\n"
                       "          bridge_url: localhost:1\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "iii_engine", "--config", str(config),
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                                                env=env, cwd=ROOT)
-    _, err = await asyncio.wait_for(proc.communicate(), 20)
-    assert proc.returncode == 1
-    assert "modules[0].config.adapter.config.bridge_url: engine URL 'localhost:1'" in err.decode()
+    err = await _failed_start(config)
+    assert "modules[0].config.adapter.config.bridge_url: engine URL 'localhost:1'" in err
 
 
 async def test_queue_bridge_topic_and_named_enqueue_run_through_the_back(topology: Topology) -> None:
