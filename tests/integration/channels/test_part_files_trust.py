@@ -5,6 +5,7 @@ directory is refused before anything is written."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import os
@@ -43,7 +44,13 @@ def _dead_pid() -> int:
 
 
 def _parts(directory: Path) -> dict[str, int]:
-    return {p.name: p.stat().st_size for p in directory.iterdir() if p.name.startswith(PART_PREFIX)}
+    """Part files and their sizes; one that a receiver reclaims between the listing and its stat is left out."""
+    sizes: dict[str, int] = {}
+    for path in directory.iterdir():
+        if path.name.startswith(PART_PREFIX):
+            with contextlib.suppress(FileNotFoundError):
+                sizes[path.name] = path.stat().st_size
+    return sizes
 
 
 async def _part_growing(directory: Path, ignore: set[str], at_least: int = 1 << 20) -> str:
