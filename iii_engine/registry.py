@@ -6,7 +6,9 @@ Ownership rules (docs/protocol.md#messages, docs/protocol.md#messages, docs/prot
   when the current owner disconnects (E5), but an explicit ``unregisterfunction`` removes the id outright;
 - every worker function id ``a::b`` belongs to the implicit service ``a`` (function ``b``); a service whose
   function set becomes empty is dropped;
-- triggers are keyed by id; a trigger whose type is unknown is kept *pending* (E2) until the type appears.
+- triggers are keyed by id; a trigger whose type is unknown is kept *pending* (E2) until the type appears;
+- the wire listings (``engine::functions::list``, ``engine::triggers::list``) are built once per change of their
+  table, from info dicts each entry builds once: listing 10,000 functions costs a list copy, not 10,000 new dicts.
 
 Example:
     >>> reg = Registry()
@@ -26,6 +28,9 @@ from typing import Any
 
 from .modules.base import BuiltinFunction, TriggerTypeHandler
 
+#: Function ids of the engine's own built-ins; listings leave them (and triggers calling them) out by default.
+INTERNAL_PREFIX = "engine::"
+
 
 @dataclass
 class FunctionEntry:
@@ -39,16 +44,22 @@ class FunctionEntry:
     metadata: Any = None
     builtin: BuiltinFunction | None = None
     external: bool = False
+    _info: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def info(self) -> dict[str, Any]:
-        """The wire ``FunctionInfo`` (every key present, docs/protocol.md#built-in-functions)."""
-        return {
-            "function_id": self.id,
-            "description": self.description,
-            "request_format": self.request_format,
-            "response_format": self.response_format,
-            "metadata": self.metadata,
-        }
+        """The wire ``FunctionInfo`` (every key present, docs/protocol.md#built-in-functions).
+
+        Built once and shared (a registration never changes an entry, it replaces it): read it, never modify it.
+        """
+        if self._info is None:
+            self._info = {
+                "function_id": self.id,
+                "description": self.description,
+                "request_format": self.request_format,
+                "response_format": self.response_format,
+                "metadata": self.metadata,
+            }
+        return self._info
 
 
 @dataclass
@@ -81,11 +92,14 @@ class TriggerEntry:
     function_id: str
     config: Any
     registrant: str | None = None
+    _info: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def info(self) -> dict[str, Any]:
-        """The wire ``TriggerInfo``."""
-        return {"id": self.id, "trigger_type": self.trigger_type, "function_id": self.function_id,
-                "config": self.config}
+        """The wire ``TriggerInfo``; built once and shared like :meth:`FunctionEntry.info`."""
+        if self._info is None:
+            self._info = {"id": self.id, "trigger_type": self.trigger_type, "function_id": self.function_id,
+                          "config": self.config}
+        return self._info
 
 
 class Registry:
@@ -105,6 +119,9 @@ class Registry:
         # Earlier registrants of an overwritten id, oldest first; only entries of live owners are kept.
         self._shadowed: dict[str, list[FunctionEntry]] = {}
         self.version = 0  # bumped on every change of the function id set
+        # The listings, by include_internal, until their table changes (see function_infos / trigger_infos).
+        self._function_listing: dict[bool, list[dict[str, Any]]] = {}
+        self._trigger_listing: dict[bool, list[dict[str, Any]]] = {}
 
     # -- functions -------------------------------------------------------------------------------------------
 
@@ -117,6 +134,7 @@ class Registry:
         if previous is not None and previous.owner != entry.owner:
             self._shadowed.setdefault(entry.id, []).append(previous)
         self.functions[entry.id] = entry
+        self._function_listing.clear()
         if previous is None:
             self.version += 1
         if entry.owner is not None:
@@ -128,6 +146,7 @@ class Registry:
         self._shadowed.pop(function_id, None)
         entry = self.functions.pop(function_id, None)
         if entry is not None:
+            self._function_listing.clear()
             self.version += 1
             self._service_remove(function_id)
         return entry
@@ -143,6 +162,7 @@ class Registry:
         current = self.functions.get(function_id)
         if current is None or current.owner != owner:
             return None
+        self._function_listing.clear()
         if stack:
             restored = stack.pop()
             if not stack:
@@ -163,6 +183,18 @@ class Registry:
                 self._shadowed[function_id] = stack
             else:
                 del self._shadowed[function_id]
+
+    def function_infos(self, include_internal: bool) -> list[dict[str, Any]]:
+        """The ``FunctionInfo`` of every function, sorted by id; ``engine::*`` ones only with ``include_internal``.
+
+        A new list of shared dicts (:meth:`FunctionEntry.info`); kept until the function table changes.
+        """
+        listing = self._function_listing.get(include_internal)
+        if listing is None:
+            listing = self._function_listing[include_internal] = [
+                self.functions[fid].info() for fid in sorted(self.functions)
+                if include_internal or not fid.startswith(INTERNAL_PREFIX)]
+        return list(listing)
 
     def owned_functions(self, owner: str) -> list[str]:
         """Ids whose *current* registrant is ``owner``."""
@@ -201,6 +233,7 @@ class Registry:
         """Make ``entry`` the active trigger of its id (replacing a pending or active one of that id)."""
         self.discard_trigger(entry.id)
         self.triggers[entry.id] = entry
+        self._trigger_listing.clear()
         self._index(self._active_of_type, entry)
 
     def park_trigger(self, entry: TriggerEntry) -> None:
@@ -244,8 +277,20 @@ class Registry:
         """Forget a trigger (stored or pending)."""
         active = self.triggers.pop(trigger_id, None)
         pending = self.pending_triggers.pop(trigger_id, None)
+        if active is not None:
+            self._trigger_listing.clear()
         for entry, by_type in ((active, self._active_of_type), (pending, self._pending_of_type)):
             if entry is not None:
                 self._unindex(by_type, entry.trigger_type, trigger_id)
                 self._unindex(self._of_registrant, entry.registrant, trigger_id)
         return active or pending
+
+    def trigger_infos(self, include_internal: bool) -> list[dict[str, Any]]:
+        """The ``TriggerInfo`` of every stored trigger in registration order; triggers calling ``engine::*``
+        functions only with ``include_internal``. A new list of shared dicts, kept until the table changes."""
+        listing = self._trigger_listing.get(include_internal)
+        if listing is None:
+            listing = self._trigger_listing[include_internal] = [
+                t.info() for t in self.triggers.values()
+                if include_internal or not t.function_id.startswith(INTERNAL_PREFIX)]
+        return list(listing)

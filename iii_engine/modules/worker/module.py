@@ -196,8 +196,7 @@ class WorkerModule(EngineModule):
         triggers = self.core.registry.triggers_of_type(FUNCTIONS_AVAILABLE)
         if not triggers:
             return
-        functions = [self.core.registry.functions[fid].info() for fid in current]
-        payload = {"event": "functions_changed", "functions": functions}
+        payload = {"event": "functions_changed", "functions": self.core.registry.function_infos(True)}
         for trigger in triggers:
             self.core.fire(trigger.function_id, payload)
 
@@ -210,8 +209,7 @@ class WorkerModule(EngineModule):
     async def _list_functions(self, data: Any, ctx: InvocationContext) -> Any:
         args = _object(data, "engine::functions::list")
         include = _optional(args, "engine::functions::list", "include_internal", bool) or False
-        entries = sorted(self.core.registry.functions.values(), key=lambda e: e.id)
-        return {"functions": [e.info() for e in entries if include or not e.id.startswith("engine::")]}
+        return {"functions": self.core.registry.function_infos(include)}
 
     async def _list_workers(self, data: Any, ctx: InvocationContext) -> Any:
         args = _object(data, "engine::workers::list")
@@ -223,8 +221,7 @@ class WorkerModule(EngineModule):
     async def _list_triggers(self, data: Any, ctx: InvocationContext) -> Any:
         args = _object(data, "engine::triggers::list")
         include = _optional(args, "engine::triggers::list", "include_internal", bool) or False
-        return {"triggers": [t.info() for t in self.core.registry.triggers.values()
-                             if include or not t.function_id.startswith("engine::")]}
+        return {"triggers": self.core.registry.trigger_infos(include)}
 
     async def _register_worker(self, data: Any, ctx: InvocationContext) -> Any:
         fid = "engine::workers::register"
