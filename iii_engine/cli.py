@@ -1,5 +1,6 @@
 """``iii-engine [--host H] [--port P] [--config FILE] [--stream-store URL] [--log-level L] [--log-format F]
-[--allow-degraded]`` (``--version``, ``--help``; ``iii-engine logs|traces|metrics|health`` read a running engine).
+[--allow-degraded] [--event-loop asyncio|uvloop]`` (``--version``, ``--help``; ``iii-engine
+logs|traces|metrics|health`` read a running engine).
 
 Prints ``iii engine listening on ws://host:port`` on stdout once it accepts workers (tests wait for that line)
 and stops cleanly on SIGINT/SIGTERM.
@@ -8,6 +9,8 @@ When it cannot start it prints one line ``iii-engine: <why>`` on stderr and exit
 flag, bad configuration file) or 1 for a start-up failure (a port taken, a configured module that cannot start);
 nothing it had started is left running. Log records go to stderr, as text for people (``--log-format text``, the
 default) or one JSON object per line for machines (``--log-format json``); logger names are module paths.
+``--event-loop uvloop`` runs the engine on uvloop (the ``uvloop`` extra; without it the start stops with one line
+naming the extra); the loop in use is logged at INFO (``event loop: uvloop.Loop``).
 Log records of a failed start-up below WARNING are dropped (shown with ``--log-level DEBUG``), so the reason is not
 buried under "listening" lines of listeners already closed again.
 
@@ -33,6 +36,8 @@ from iii_streams.messages import OneLineParser, mask_passwords
 from .allocator import tune_allocator
 from .config import DEFAULT_HOST, DEFAULT_PORT, MAX_PORT, ConfigError, EngineConfig, load_config
 from .engine import Engine
+from .event_loop import DEFAULT_EVENT_LOOP, EVENT_LOOPS, EventLoopUnavailable
+from .event_loop import run as run_on_loop
 from .inspect_cli import COMMANDS as INSPECT_COMMANDS
 from .inspect_cli import main as inspect_main
 from .modules.base import EngineStartError, ModuleSpec, ModuleStartError
@@ -45,6 +50,8 @@ LOG_FORMATS = ("text", "json")
 TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Log records held back while the engine starts (past this many they are written out as they come).
 STARTUP_LOG_RECORDS = 1000
+
+_log = logging.getLogger(__name__)
 
 
 def _port(text: str) -> int:
@@ -75,6 +82,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--allow-degraded", action="store_true", default=None,
                         help="start even when a configured module cannot (it is logged as not available); "
                              "without it such a module stops the start-up")
+    parser.add_argument("--event-loop", default=DEFAULT_EVENT_LOOP, choices=EVENT_LOOPS,
+                        help=f"the asyncio event loop to run on: {' or '.join(EVENT_LOOPS)} (default "
+                             f"{DEFAULT_EVENT_LOOP}; uvloop needs the uvloop extra)")
     return parser.parse_args(argv)
 
 
@@ -103,6 +113,7 @@ async def run(config: EngineConfig, on_started: Callable[[], None] | None = None
     tune_allocator()
     engine = Engine(config=config)
     loop = asyncio.get_running_loop()
+    _log.info("event loop: %s.%s", type(loop).__module__, type(loop).__qualname__)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -188,7 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = with_stream_store(config, args.stream_store)
     log = _StartupLog(args.log_level, args.log_format)
     try:
-        asyncio.run(run(config, on_started=log.started))
+        run_on_loop(run(config, on_started=log.started), args.event_loop)
+    except EventLoopUnavailable as exc:
+        log.failed()
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
     except EngineStartError as exc:
         log.failed()
         hint = " (to start without it: --allow-degraded)" if isinstance(exc, ModuleStartError) else ""

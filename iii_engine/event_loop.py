@@ -1,0 +1,109 @@
+"""Which asyncio event loop runs the engine: the standard one, or uvloop (the ``uvloop`` extra) by choice.
+
+Nothing changes unless asked: ``asyncio`` is the default everywhere. Asking for ``uvloop`` without the package
+installed raises :class:`EventLoopUnavailable` (one line naming the extra), never a silent fall-back to asyncio.
+
+- :func:`run` is :func:`asyncio.run` with the loop chosen: the in-process way to put an ``Engine`` on uvloop
+  (an ``Engine`` runs on its caller's loop, so the choice is made where the loop is made).
+- :func:`use` makes every loop this process creates from now on the chosen one (``asyncio.run``, the SDK's own
+  loop thread): for code that does not create its loop itself.
+- ``iii-engine --event-loop uvloop`` does the same for the command line.
+
+Example:
+    >>> async def kind() -> str:
+    ...     return type(asyncio.get_running_loop()).__module__.split(".")[0]
+    >>> run(kind(), "asyncio")
+    'asyncio'
+    >>> run(kind(), "tokio")
+    Traceback (most recent call last):
+    ...
+    ValueError: event loop must be asyncio or uvloop, got 'tokio'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import Callable, Coroutine
+from typing import Any, Final, Literal, TypeVar, get_args
+
+__all__ = ["DEFAULT_EVENT_LOOP", "EVENT_LOOPS", "EventLoopName", "EventLoopUnavailable", "loop_factory", "run",
+           "use"]
+
+T = TypeVar("T")
+
+#: The event loops the engine can run on.
+EventLoopName = Literal["asyncio", "uvloop"]
+EVENT_LOOPS: Final[tuple[str, ...]] = get_args(EventLoopName)
+DEFAULT_EVENT_LOOP: Final = "asyncio"
+
+
+class EventLoopUnavailable(ModuleNotFoundError):
+    """The chosen event loop's package is not installed; ``str()`` is one line naming the extra to install.
+
+    Example:
+        >>> str(EventLoopUnavailable("uvloop"))
+        "the uvloop event loop needs the package 'uvloop': pip install 'iii-toolkit[uvloop]'"
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"the {name} event loop needs the package {name!r}: pip install 'iii-toolkit[{name}]'",
+                         name=name)
+
+
+def _check(name: str) -> None:
+    if name not in EVENT_LOOPS:
+        raise ValueError(f"event loop must be {' or '.join(EVENT_LOOPS)}, got {name!r}")
+
+
+def _uvloop() -> Any:
+    try:
+        return importlib.import_module("uvloop")
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] != "uvloop":
+            raise  # uvloop is there but something it imports is not: not ours to reword
+        raise EventLoopUnavailable("uvloop") from exc
+
+
+def loop_factory(name: str = DEFAULT_EVENT_LOOP) -> Callable[[], asyncio.AbstractEventLoop]:
+    """What makes a new loop of kind ``name`` (for :class:`asyncio.Runner`'s ``loop_factory``).
+
+    Raises ``ValueError`` for an unknown name and :class:`EventLoopUnavailable` when its package is missing.
+    """
+    _check(name)
+    if name == "uvloop":
+        factory: Callable[[], asyncio.AbstractEventLoop] = _uvloop().new_event_loop
+        return factory
+    return asyncio.new_event_loop
+
+
+def run(main: Coroutine[Any, Any, T], event_loop: str = DEFAULT_EVENT_LOOP, *, debug: bool | None = None) -> T:
+    """Run ``main`` to completion on a new loop of kind ``event_loop`` and close it, as :func:`asyncio.run` does.
+
+    The choice is checked before ``main`` starts: an unknown name or a missing package closes ``main`` unstarted
+    and raises (``ValueError`` / :class:`EventLoopUnavailable`).
+
+    Example (an embedded engine on uvloop):
+        >>> async def main() -> None:  # doctest: +SKIP
+        ...     async with Engine(port=0) as engine:
+        ...         ...
+        >>> run(main(), "uvloop")  # doctest: +SKIP
+    """
+    try:
+        factory = loop_factory(event_loop)
+    except BaseException:
+        main.close()  # never awaited: close it so no "coroutine was never awaited" warning follows the error
+        raise
+    with asyncio.Runner(debug=debug, loop_factory=factory) as runner:
+        return runner.run(main)
+
+
+def use(name: str = DEFAULT_EVENT_LOOP) -> None:
+    """Make every event loop this process creates from now on (``asyncio.run``, ``asyncio.new_event_loop``, the
+    SDK's loop thread) of kind ``name``, by setting asyncio's event loop policy; loops already made are unchanged.
+
+    Raises ``ValueError`` for an unknown name and :class:`EventLoopUnavailable` when its package is missing.
+    """
+    _check(name)
+    policy = _uvloop().EventLoopPolicy() if name == "uvloop" else asyncio.DefaultEventLoopPolicy()
+    asyncio.set_event_loop_policy(policy)
