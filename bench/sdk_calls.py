@@ -2,8 +2,15 @@
 
 Every number comes from the same run on the same engine. The raw baseline is two bare WebSocket clients
 speaking the JSON frames (no SDK at all), so ``sdk / raw`` is the share of the ceiling each SDK reaches.
+Rounds are interleaved (raw, ours with telemetry on, ours with it off, reference) and each ratio is taken
+against the raw rate of its own round; the table shows the median and the spread (min-max) over rounds, plus
+the CPU each SDK process spent per call (caller and callee, all threads), which wanders less than rates do.
 
-Usage: .venv/bin/python bench/sdk_calls.py [--calls N] [--ref-python .ref-venv/bin/python]
+"telemetry on" is our default (``OTEL_ENABLED`` unset: spans, metrics and logs exported on the worker socket);
+the reference SDK runs with ``OTEL_ENABLED=false`` (its exporter would open a second socket).
+
+Usage: .venv/bin/python bench/sdk_calls.py [--calls N] [--rounds R] [--only 1|64] [--compare CHECKOUT]
+       [--ref-python .ref-venv/bin/python]
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -26,6 +34,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # a plain script: make the checkout importable without installing it
 
 from iii_engine import Engine, EngineConfig  # noqa: E402
+
+_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 async def raw_baseline(url: str, n: int, concurrency: int) -> float:
@@ -73,48 +83,85 @@ async def raw_baseline(url: str, n: int, concurrency: int) -> float:
         return n / elapsed
 
 
-def sdk_rate(python: str, url: str, n: int, concurrency: int) -> float:
-    env = dict(os.environ, OTEL_ENABLED="false")
-    if python == sys.executable:
-        env["PYTHONPATH"] = str(ROOT)
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of process ``pid`` (all threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def sdk_rate(python: str, url: str, n: int, concurrency: int, telemetry: bool,
+             root: Path | None) -> tuple[float, float, float]:
+    """``(calls/s, caller CPU µs per call, callee CPU µs per call)`` of one SDK caller/callee pair; ``root``: the
+    checkout whose ``iii`` to import (``None``: whatever ``python`` has installed)."""
+    env = dict(os.environ)
+    env.pop("OTEL_ENABLED", None)
+    if not telemetry:
+        env["OTEL_ENABLED"] = "false"
+    if root is not None:
+        env["PYTHONPATH"] = str(root)
     else:
         env.pop("PYTHONPATH", None)
     server = subprocess.Popen([python, str(HERE / "sdk_worker.py"), url, "serve"], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True, env=env, cwd="/tmp")
     try:
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        callee_cpu = _cpu_seconds(server.pid)
         out = subprocess.run([python, str(HERE / "sdk_worker.py"), url, "call", str(n), str(concurrency)],
                              capture_output=True, text=True, env=env, cwd="/tmp", check=True, timeout=300)
+        callee_cpu = _cpu_seconds(server.pid) - callee_cpu  # includes the caller's 50 warm-up calls
         result = json.loads(out.stdout.strip().splitlines()[-1])
-        return float(result["calls"] / result["seconds"])
+        return (float(result["calls"] / result["seconds"]), 1e6 * float(result["cpu"]) / n,
+                1e6 * callee_cpu / (n + 50))
     finally:
         assert server.stdin is not None
         server.stdin.close()
         server.wait(10)
 
 
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):5.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ref-python", default=str(ROOT / ".ref-venv" / "bin" / "python"))
+    parser.add_argument("--only", choices=["1", "64"], help="one concurrency only")
+    parser.add_argument("--compare", type=Path, metavar="CHECKOUT",
+                        help="also run the SDK of another checkout (e.g. a `git worktree` of the commit before)")
     args = parser.parse_args()
     have_ref = os.path.exists(args.ref_python)  # noqa: ASYNC240 - once, before anything runs
+    variants: list[tuple[str, str, bool, Path | None]] = [("ours, telemetry on", sys.executable, True, ROOT),
+                                                          ("ours, telemetry off", sys.executable, False, ROOT)]
+    if args.compare is not None:
+        variants += [("compared, telemetry on", sys.executable, True, args.compare),
+                     ("compared, telemetry off", sys.executable, False, args.compare)]
+    if have_ref:
+        variants.append(("reference (telemetry off)", args.ref_python, False, None))
+    levels = (int(args.only),) if args.only else (1, 64)
     async with Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[])) as engine:
         url = engine.url
-        rows = []
-        for concurrency in (1, 64):
-            raw = await raw_baseline(url, args.calls, concurrency)
-            ours = await asyncio.to_thread(sdk_rate, sys.executable, url, args.calls, concurrency)
-            ref = None
-            if have_ref:
-                ref = await asyncio.to_thread(sdk_rate, args.ref_python, url, args.calls, concurrency)
-            rows.append((concurrency, raw, ours, ref))
-    print(f"{'in flight':>9} {'raw/s':>9} {'ours/s':>9} {'ref/s':>9} {'ours/raw':>9} {'ref/raw':>8} {'ours/ref':>9}")
-    for concurrency, raw, ours, ref in rows:
-        ref_s = f"{ref:9.0f}" if ref else f"{'n/a':>9}"
-        rr = f"{ref / raw:8.2f}" if ref else f"{'n/a':>8}"
-        orf = f"{ours / ref:9.2f}" if ref else f"{'n/a':>9}"
-        print(f"{concurrency:>9} {raw:9.0f} {ours:9.0f} {ref_s} {ours / raw:9.2f} {rr} {orf}")
+        for concurrency in levels:
+            ratios: dict[str, list[float]] = {name: [] for name, *_ in variants}
+            cpu: dict[str, list[tuple[float, float]]] = {name: [] for name, *_ in variants}
+            raws: list[float] = []
+            for _ in range(args.rounds):
+                raw = await raw_baseline(url, args.calls, concurrency)
+                raws.append(raw)
+                for name, python, telemetry, root in variants:
+                    rate, caller_us, callee_us = await asyncio.to_thread(
+                        sdk_rate, python, url, args.calls, concurrency, telemetry, root)
+                    ratios[name].append(rate / raw)
+                    cpu[name].append((caller_us, callee_us))
+            print(f"\n{concurrency} in flight, {args.calls} calls x {args.rounds} rounds; "
+                  f"raw median {statistics.median(raws):.0f} calls/s")
+            print(f"  {'variant':<27} {'sdk/raw median (spread)':>24} "
+                  f"{'caller CPU µs/call':>19} {'callee CPU µs/call':>19}")
+            for name, *_ in variants:
+                caller = statistics.median(c for c, _ in cpu[name])
+                callee = statistics.median(c for _, c in cpu[name])
+                print(f"  {name:<27} {_spread(ratios[name]):>24} {caller:19.0f} {callee:19.0f}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """One benchmark worker, runnable under our SDK or the reference SDK (same public API).
 
 Usage: python sdk_worker.py URL serve            -> registers bench::echo, prints "ready", serves until stdin closes
-       python sdk_worker.py URL call N CONCURRENCY -> prints {"calls": N, "seconds": ...} as JSON
+       python sdk_worker.py URL call N CONCURRENCY -> prints {"calls": N, "seconds": ..., "cpu": ...} as JSON
+                                                      (``cpu``: process CPU seconds, all threads, during the calls)
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def main() -> None:
         payload = {"n": 1, "s": "hello"}
         for _ in range(50):  # warm up
             client.trigger({"function_id": "bench::echo", "payload": payload})
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         if concurrency == 1:
             for _ in range(n):
                 client.trigger({"function_id": "bench::echo", "payload": payload})
@@ -49,7 +50,8 @@ def main() -> None:
 
             # The reference SDK's async methods only work on its private loop, so run there for both.
             asyncio.run_coroutine_threadsafe(run(), client._loop).result()
-        print(json.dumps({"calls": n, "seconds": time.perf_counter() - start}), flush=True)
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        print(json.dumps({"calls": n, "seconds": seconds, "cpu": cpu}), flush=True)
     client.shutdown()
 
 

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.protocol import State
 
 from .iii_constants import DEFAULT_RECONNECTION_CONFIG, MAX_QUEUE_SIZE, IIIConnectionState, ReconnectionConfig
 
@@ -95,6 +96,27 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno)
     return str(exc) or type(exc).__name__
+
+
+# websockets' own send() is a coroutine around a context manager: for one small frame it costs more than the
+# frame. When the connection is open, no fragmented message is in progress and the transport is not paused, that
+# send() would not suspend either; it serialises the frame with the sans-I/O protocol and writes the bytes. These
+# are the attributes that shortcut relies on; with any of them missing the ordinary send() is used.
+_WRITE_NOW = all(hasattr(ClientConnection, name) for name in ("send_data",))
+
+
+def _write_now(ws: ClientConnection, frame: Frame) -> bool:
+    """Write one text (``str``) or binary frame straight to ``ws``; False when websockets' own ``send`` is needed
+    (socket not open, fragmented send in progress, flow control paused, or an unknown websockets)."""
+    if not _WRITE_NOW or ws.protocol.state is not State.OPEN or ws.send_in_progress is not None \
+            or getattr(ws, "paused", True):
+        return False
+    if isinstance(frame, str):
+        ws.protocol.send_text(frame.encode())
+    else:
+        ws.protocol.send_binary(frame)
+    ws.send_data()
+    return True
 
 
 def _noop(*_: Any) -> None:
@@ -209,6 +231,8 @@ class Connection:
         """
         ws = self._ws
         if self._ready and ws is not None and not self._backlog:
+            if _write_now(ws, frame):
+                return True
             try:
                 await ws.send(frame)
                 return True
@@ -217,6 +241,14 @@ class Connection:
                 return True
         self._enqueue(frame, key)
         return False
+
+    def send_now(self, frame: Frame, key: str | None = None) -> None:
+        """Write ``frame`` at once when nothing waits ahead of it and the socket takes it without waiting, else
+        queue it like :meth:`send_soon` (loop thread only; never suspends, so callbacks can send)."""
+        ws = self._ws
+        if self._ready and ws is not None and not self._backlog and _write_now(ws, frame):
+            return
+        self.send_soon(frame, key)
 
     def send_soon(self, frame: Frame, key: str | None = None) -> None:
         """Queue ``frame`` behind earlier ones and write it as soon as the socket allows (loop thread only)."""

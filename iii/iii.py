@@ -50,7 +50,7 @@ from .iii_types import (
 )
 from .loop_bridge import LoopBridge
 from .payloads import action_to_wire, format_dict, resolve_channels
-from .pending_calls import PendingCalls
+from .pending_calls import PendingCalls, ThreadWaiter
 from .protocol.client import (
     CallFailed,
     CallSucceeded,
@@ -541,10 +541,31 @@ class III:
         function_id, payload, action, timeout_ms = _unpack_request(request)
         # Read in the caller's context and handed over explicitly, so what travels never depends on how the
         # hop to the client's loop treats context variables.
-        headers = self._telemetry.trace.headers()
+        tp, bg = self._telemetry.trace.headers()
         if self._closed:
             raise ShuttingDownError()
-        return self._run_on_loop(self._call(function_id, payload, action, timeout_ms, headers))
+        # The frame is built here, on the caller's thread; the loop gets one callback that tracks the call and
+        # writes the frame, and settles the waiter from there when the result arrives (one wake-up each way).
+        invocation_id, frame = self._session.new_call(
+            function_id, payload, action=action_to_wire(action), traceparent=tp or None, baggage=bg or None
+        )
+        if invocation_id is None:  # void: nothing to wait for but the write
+            self._run_on_loop(self._conn.send(frame))
+            return None
+        waiter = ThreadWaiter()
+        timeout = timeout_ms or self._options.invocation_timeout_ms
+        self._bridge.post_blocking(self._start_call, invocation_id, function_id, frame, timeout, waiter)
+        return waiter.wait(timeout / 1000.0 + 1.0, lambda: self._bridge.alive)
+
+    def _start_call(self, invocation_id: str, function_id: str, frame: str, timeout_ms: float,
+                    waiter: ThreadWaiter) -> None:
+        """The loop's half of a sync call: track it (with its timeout) and write its frame."""
+        if self._closed:
+            waiter.set_exception(ShuttingDownError())
+            return
+        self._session.track_call(invocation_id, function_id)
+        self._calls.track(invocation_id, function_id, waiter, timeout_ms=timeout_ms, on_expire=self._session.forget)
+        self._conn.send_now(frame, invocation_id)
 
     async def trigger_async(self, request: dict[str, Any] | TriggerRequest) -> Any:
         """Async form of :meth:`trigger`; works from any event loop.

@@ -51,6 +51,13 @@ class LoopBridge:
             raise RuntimeError(_SYNC_FROM_LOOP)
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
+    def post_blocking(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Schedule ``fn(*args)`` on the loop for a caller about to block until it answers; ``RuntimeError`` from
+        the loop's own thread, like :meth:`run`."""
+        if self.on_loop_thread():
+            raise RuntimeError(_SYNC_FROM_LOOP)
+        self.loop.call_soon_threadsafe(fn, *args)
+
     def submit(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Start ``coro`` on the loop from another thread without waiting for it."""
         asyncio.run_coroutine_threadsafe(coro, self.loop)

@@ -17,16 +17,79 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["PendingCalls"]
+from .errors import ShuttingDownError
+
+__all__ = ["PendingCalls", "Settle", "ThreadWaiter"]
+
+
+class Settle(Protocol):
+    """What a waiting call is settled through: an :class:`asyncio.Future` or a :class:`ThreadWaiter`."""
+
+    # The asyncio.Future methods of the same names.
+    def done(self) -> bool: ...
+
+    def set_result(self, result: Any) -> None: ...
+
+    def set_exception(self, exception: BaseException) -> None: ...
+
+
+class ThreadWaiter:
+    """A call result that a plain thread blocks on, settled from the loop's thread with no hop back onto a loop.
+
+    A sync ``trigger`` waits here instead of on a ``concurrent.futures.Future`` chained to a task: the loop
+    sets the result and the waiting thread wakes, one lock release in all.
+
+    Example:
+        >>> waiter = ThreadWaiter()
+        >>> waiter.set_result(42)
+        >>> waiter.wait(1.0, lambda: True)
+        42
+    """
+
+    __slots__ = ("_done", "_error", "_lock", "_result")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()  # held until settled: wait() blocks on it
+        self._done = False
+        self._result: Any = None
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        """Whether the result or the error is set."""
+        return self._done
+
+    def set_result(self, result: Any) -> None:
+        """Settle with ``result`` and wake the waiter (ignored once settled)."""
+        if not self._done:
+            self._result, self._done = result, True
+            self._lock.release()
+
+    def set_exception(self, exception: BaseException) -> None:
+        """Settle with ``exception``, raised by :meth:`wait` (ignored once settled)."""
+        if not self._done:
+            self._error, self._done = exception, True
+            self._lock.release()
+
+    def wait(self, check_every: float, alive: Callable[[], bool]) -> Any:
+        """Block until settled; the result, or raise the error. Every ``check_every`` seconds ``alive()`` is
+        asked whether whoever settles it still runs; :class:`ShuttingDownError` when not (never a silent hang)."""
+        while not self._lock.acquire(timeout=check_every):
+            if not alive():
+                raise ShuttingDownError()
+        if self._error is not None:
+            raise self._error
+        return self._result
 
 
 class _Pending:
     __slots__ = ("function_id", "future", "timer")
 
-    def __init__(self, future: asyncio.Future[Any], function_id: str, timer: asyncio.TimerHandle) -> None:
+    def __init__(self, future: Settle, function_id: str, timer: asyncio.TimerHandle) -> None:
         self.future = future
         self.function_id = function_id
         self.timer = timer
@@ -48,9 +111,16 @@ class PendingCalls:
         """A future for call ``invocation_id``; after ``timeout_ms`` it fails with :class:`TimeoutError` and
         ``on_expire(invocation_id)`` runs (so the protocol core forgets the call too)."""
         future: asyncio.Future[Any] = self._loop.create_future()
-        timer = self._loop.call_later(timeout_ms / 1000.0, self._expire, invocation_id, timeout_ms, on_expire)
-        self._calls[invocation_id] = _Pending(future, function_id, timer)
+        self.track(invocation_id, function_id, future, timeout_ms=timeout_ms, on_expire=on_expire)
         return future
+
+    def track(
+        self, invocation_id: str, function_id: str, waiter: Settle, *, timeout_ms: float,
+        on_expire: Callable[[str], None]
+    ) -> None:
+        """Like :meth:`add`, settling ``waiter`` (e.g. a :class:`ThreadWaiter`) instead of a new future."""
+        timer = self._loop.call_later(timeout_ms / 1000.0, self._expire, invocation_id, timeout_ms, on_expire)
+        self._calls[invocation_id] = _Pending(waiter, function_id, timer)
 
     def _expire(self, invocation_id: str, timeout_ms: float, on_expire: Callable[[str], None]) -> None:
         pending = self._calls.pop(invocation_id, None)
@@ -71,7 +141,7 @@ class PendingCalls:
         if pending is not None and not pending.done():
             pending.set_exception(error)
 
-    def discard(self, invocation_id: str) -> asyncio.Future[Any] | None:
+    def discard(self, invocation_id: str) -> Settle | None:
         """Stop tracking call ``invocation_id`` (its timer too); its future, if it was tracked."""
         pending = self._calls.pop(invocation_id, None)
         if pending is None:

@@ -64,6 +64,8 @@ __all__ = [
     "set_baggage_entry",
     "shutdown_otel",
     "shutdown_otel_async",
+    "span_traceparent",
+    "trace_headers",
     "with_span",
 ]
 
@@ -705,6 +707,106 @@ def _extract(carrier: dict[str, str]) -> Any:
     except ImportError:
         return None
     return extract(carrier)
+
+
+class _W3C:
+    """The OpenTelemetry pieces behind the per-call fast paths, imported once.
+
+    Every call carries the caller's ``traceparent`` and ``baggage`` and every handler run answers with one;
+    the generic ``propagate.inject`` builds a carrier through every configured propagator each time. While
+    the global propagator is OpenTelemetry's default (W3C trace context + W3C baggage, in that order), the
+    headers are built directly here, with the same text; any other propagator takes the generic path.
+    """
+
+    def __init__(self) -> None:
+        from opentelemetry import baggage, context, propagate, trace
+        from opentelemetry.baggage.propagation import W3CBaggagePropagator
+        from opentelemetry.propagators.composite import CompositePropagator
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        self.context = context
+        self.trace = trace
+        self.get_all_baggage = baggage.get_all
+        self.baggage_propagator = W3CBaggagePropagator()
+        self.invalid = trace.INVALID_SPAN_CONTEXT
+        self._get_textmap = propagate.get_global_textmap
+        self._composite = CompositePropagator
+        self._default_types = [TraceContextTextMapPropagator, W3CBaggagePropagator]
+        self._checked: tuple[Any, bool] = (None, False)
+
+    def default_propagation(self) -> bool:
+        """Whether the global propagator is the default W3C pair (the answer is cached per propagator)."""
+        textmap = self._get_textmap()
+        checked, is_default = self._checked
+        if textmap is not checked:
+            is_default = type(textmap) is self._composite and [
+                type(p) for p in getattr(textmap, "_propagators", ())
+            ] == self._default_types
+            self._checked = (textmap, is_default)
+        return is_default
+
+    def traceparent(self, span_context: Any) -> str | None:
+        """``span_context`` as a ``traceparent`` header, exactly as ``TraceContextTextMapPropagator`` writes it."""
+        if span_context == self.invalid:
+            return None
+        return f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags:02x}"
+
+    def baggage(self, ctx: Any) -> str | None:
+        """The ``baggage`` header of ``ctx`` (``None`` without entries), as ``W3CBaggagePropagator`` writes it."""
+        if not self.get_all_baggage(ctx):
+            return None
+        carrier: dict[str, str] = {}
+        self.baggage_propagator.inject(carrier, ctx)
+        return carrier.get("baggage")
+
+
+_w3c_api: _W3C | None = None
+
+
+def _w3c() -> _W3C | None:
+    """The fast-path helpers, or ``None`` without OpenTelemetry or with a non-default propagator."""
+    global _w3c_api
+    api = _w3c_api
+    if api is None:
+        try:
+            api = _w3c_api = _W3C()
+        except ImportError:
+            return None
+    return api if api.default_propagation() else None
+
+
+def trace_headers() -> tuple[str | None, str | None]:
+    """``(traceparent, baggage)`` of the current context in one pass (ours): what every outgoing call carries.
+
+    Same values as :func:`inject_traceparent` and :func:`inject_baggage`, without running the propagators
+    twice.
+
+    Example:
+        >>> trace_headers()
+        (None, None)
+    """
+    api = _w3c()
+    if api is None:
+        carrier = _inject()
+        return carrier.get("traceparent"), carrier.get("baggage")
+    ctx = api.context.get_current()
+    return api.traceparent(api.trace.get_current_span(ctx).get_span_context()), api.baggage(ctx)
+
+
+def span_traceparent(span: Any) -> str | None:
+    """The ``traceparent`` naming ``span`` (ours): what :func:`inject_traceparent` returns while ``span`` is
+    the current one.
+
+    Example:
+        >>> span_traceparent(None) is None
+        True
+    """
+    if span is None:
+        return None
+    api = _w3c()
+    if api is None:
+        return _inject().get("traceparent")
+    return api.traceparent(span.get_span_context())
 
 
 def inject_traceparent() -> str | None:

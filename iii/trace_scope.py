@@ -54,7 +54,8 @@ class TraceScope:
         tel = self._tel
         if tel is None:
             return None, None
-        return tel.inject_traceparent(), tel.inject_baggage()
+        headers: tuple[str | None, str | None] = tel.trace_headers()
+        return headers
 
     async def run(self, name: str, call: HandlerCall, traceparent: str | None, baggage: str | None) -> Outcome:
         """``(result, error, formatted traceback, response traceparent)``.
@@ -83,16 +84,26 @@ class TraceScope:
 
     @staticmethod
     async def _in_span(tel: ModuleType, tracer: Any, name: str, call: HandlerCall) -> Outcome:
-        from opentelemetry import trace
+        from opentelemetry import context, trace
 
-        with tracer.start_as_current_span(name, kind=trace.SpanKind.SERVER, record_exception=False) as span:
-            result, error, stack, _ = await TraceScope._plain(call)
-            if error is not None:
-                span.record_exception(error)
-                span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
-            else:
-                span.set_status(trace.Status(trace.StatusCode.OK))
-            return result, error, stack, tel.inject_traceparent()
+        # What start_as_current_span(name, kind=SERVER, record_exception=False) does, without its two generator
+        # context managers per call: the span, made current for the run, ended after it. _plain lets only
+        # BaseExceptions (cancellation) through, on which use_span would just end the span too.
+        span = tracer.start_span(name, kind=trace.SpanKind.SERVER, record_exception=False)
+        try:
+            token = context.attach(trace.set_span_in_context(span))
+            try:
+                result, error, stack, _ = await TraceScope._plain(call)
+                if error is not None:
+                    span.record_exception(error)
+                    span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
+                else:
+                    span.set_status(trace.Status(trace.StatusCode.OK))
+                return result, error, stack, tel.span_traceparent(span)
+            finally:
+                context.detach(token)
+        finally:
+            span.end()
 
     @staticmethod
     async def _plain(call: HandlerCall) -> Outcome:

@@ -290,6 +290,28 @@ class ClientSession:
     ) -> tuple[str | None, str]:
         """A call: ``(invocation_id, frame)``; the id is ``None`` for a void action (nobody waits), else the call
         is pending until :meth:`receive` sees its result, :meth:`connection_lost` fails it or :meth:`forget`."""
+        invocation_id, frame = self.new_call(function_id, payload, action=action, traceparent=traceparent,
+                                             baggage=baggage)
+        if invocation_id is not None:
+            self.track_call(invocation_id, function_id)
+        return invocation_id, frame
+
+    @staticmethod
+    def new_call(
+        function_id: str,
+        payload: Any,
+        *,
+        action: dict[str, Any] | None = None,
+        traceparent: str | None = None,
+        baggage: str | None = None,
+    ) -> tuple[str | None, str]:
+        """The ``(invocation_id, frame)`` of :meth:`start_call` without remembering the call: it touches no
+        session state, so any thread may build the frame; :meth:`track_call` (on the session's thread) starts it.
+
+        Example:
+            >>> ClientSession.new_call("f", 1, action={"type": "void"})
+            (None, '{"type":"invokefunction","function_id":"f","data":1,"action":{"type":"void"}}')
+        """
         if action is not None and action.get("type") == "void":
             return None, frames.invoke_function(
                 function_id, payload, traceparent=traceparent, baggage=baggage, action=action
@@ -299,8 +321,11 @@ class ClientSession:
             function_id, payload, invocation_id=invocation_id, traceparent=traceparent, baggage=baggage,
             action=action,
         )
-        self._pending[invocation_id] = function_id
         return invocation_id, frame
+
+    def track_call(self, invocation_id: str, function_id: str) -> None:
+        """Call ``invocation_id`` (a frame of :meth:`new_call`) now waits for its result."""
+        self._pending[invocation_id] = function_id
 
     def is_pending(self, invocation_id: str) -> bool:
         """Whether call ``invocation_id`` still waits for a result (a queued frame of a finished call is dropped)."""

@@ -225,3 +225,23 @@ def test_shutdown_fails_pending_calls(served: Harness, make_worker: MakeWorker) 
     release.set()
     assert [str(e) for e in errors] == ["iii is shutting down"]
     assert b.get_connection_state() == "disconnected"
+
+
+def test_sync_trigger_hands_the_loop_one_callback(fake: EngineThread, make_fake_worker: MakeWorker) -> None:
+    a, b = make_fake_worker("a"), make_fake_worker("b")
+    a.register_function("math::inc", lambda data: data + 1)
+    fake.wait_registered("math::inc")
+
+    def no_coroutine_hop(coro: Any) -> Any:
+        coro.close()
+        raise AssertionError("a sync trigger ran a coroutine on the client's loop")
+
+    # The frame is built on the calling thread and the result comes back through a waiter: no task, no
+    # concurrent future chained to one, no flusher task for the write.
+    flusher = b._conn._flusher
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(b._bridge, "run", no_coroutine_hop)
+        assert [b.trigger({"function_id": "math::inc", "payload": i}) for i in range(20)] == list(range(1, 21))
+    assert b._conn._flusher is flusher and len(b._calls) == 0
+    frame = next(f for f in fake.worker(b).frames if f.get("function_id") == "math::inc")
+    assert set(frame) == {"type", "invocation_id", "function_id", "data"}

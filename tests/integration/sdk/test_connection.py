@@ -126,3 +126,26 @@ async def test_failed_after_max_retries_without_any_server() -> None:
     # connect, 2 retries, then give up: the reference's state sequence
     assert states == ["connecting", "reconnecting", "failed"]
     await conn.close()
+
+
+async def test_send_now_writes_at_once_and_queues_only_when_it_must(recorder: Recorder) -> None:
+    ready = asyncio.Event()
+    conn = Connection(recorder.url, on_frame=lambda raw: None, on_ready=ready.set)
+    conn.send_now("early", "k0")  # not connected: queued, flushed on connect
+    try:
+        await conn.start()
+        await asyncio.wait_for(ready.wait(), 10)
+        await recorder.wait_for(lambda: recorder.frames == ["early"])
+        conn.send_now("text")  # open socket, nothing queued: written before send_now returns, no task
+        conn.send_now(b"\x00bin")
+        assert not conn._backlog and conn._flusher is None
+        ws = conn._ws
+        assert ws is not None
+        ws.pause_writing()  # flow control says wait: the frame goes through the queue and websockets' send
+        conn.send_now("paused", "k1")
+        assert conn.queued_keys() == {"k1"}
+        ws.resume_writing()
+        await recorder.wait_for(lambda: len(recorder.frames) == 4)
+        assert recorder.frames == ["early", "text", b"\x00bin", "paused"]
+    finally:
+        await conn.close()
