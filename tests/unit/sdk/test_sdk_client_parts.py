@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -10,7 +11,9 @@ import pytest
 import iii
 from iii import ApiResponse, ChannelReader, ChannelWriter, InitOptions, ReconnectionConfig, TriggerAction
 from iii.connection import backoff_delay_ms
+from iii.errors import ShuttingDownError
 from iii.iii import III, _action_to_wire, _resolve_channels
+from iii.pending_calls import ThreadWaiter
 from iii.types import is_channel_ref
 
 REFERENCE_ALL = {
@@ -122,3 +125,20 @@ async def test_trigger_async_after_shutdown_raises(offline: III) -> None:
     await offline.shutdown_async()
     with pytest.raises(iii.ShuttingDownError, match="iii is shutting down"):
         await offline.trigger_async({"function_id": "x"})
+
+
+def test_thread_waiter_is_settled_from_another_thread() -> None:
+    waiter = ThreadWaiter()
+    threading.Thread(target=waiter.set_result, args=({"ok": 1},)).start()
+    assert waiter.wait(5.0, lambda: True) == {"ok": 1}
+    failing = ThreadWaiter()
+    failing.set_exception(TimeoutError("late"))
+    failing.set_result("ignored: already settled")
+    assert failing.done()
+    with pytest.raises(TimeoutError, match="late"):
+        failing.wait(5.0, lambda: True)
+
+
+def test_thread_waiter_never_hangs_once_its_settler_is_gone() -> None:
+    with pytest.raises(ShuttingDownError):
+        ThreadWaiter().wait(0.01, lambda: False)
