@@ -5,15 +5,25 @@ Each scenario runs against a fresh engine in a child process (so its resident me
 
 - workers: N connected workers registering 10 functions and one trigger each (at N/10 and at N, to show how it scales):
   connect time, registration time (first frame sent → every worker's ping answered after its registrations),
-  ``engine::functions::list`` latency (p50/p99 of sequential calls), engine RSS, and the time for the function
-  list to shrink back once every worker is gone;
+  ``engine::functions::list`` latency (p50/p99 of sequential calls, decoded by the SDK's codec) and the engine's
+  CPU per call (read from ``/proc``: steadier than latency on a shared machine), the same for
+  ``engine::triggers::list`` and ``engine::workers::list``, engine RSS, and the time for the function list to
+  shrink back once every worker is gone;
 - channels: C channels created through ``engine::channels::create`` with their reader end attached and idle
   (engine RSS per channel);
-- subscribers: S stream-socket clients joined to one group, then one change at a time: latency from the
-  ``stream::set`` call to each subscriber's frame (p50/p99/max over all receptions; the clients share this
-  process, so their own reading is in the figure).
+- subscribers: S stream-socket clients joined to one group (at S/10 and at S), then one change at a time: latency
+  from the ``stream::set`` call to each subscriber's frame (p50/p99/max over all receptions; the clients share
+  this process, so their own reading is in the figure) and the engine's CPU per delivered frame; then the same
+  S clients joined to S *other* groups plus one watcher of the changed group: the engine's CPU per change
+  should not grow with clients that do not want it.
+
+Rows at two sizes end with the growth of each figure for 10x the size (x10 = linear). With ``--rounds R`` each
+figure is the median of R runs (min-max after it). With ``--before DIR`` (a checkout of an earlier commit, e.g.
+``git archive HEAD~1 | tar -x -C DIR``) that checkout's engine runs the same scenarios in interleaved rounds and
+every row is followed by ``now / before`` of its figures.
 
 Usage: .venv/bin/python bench/engine_scale.py [--workers 1000] [--channels 10000] [--subscribers 1000]
+       [--only workers,channels,subscribers] [--rounds 1] [--before DIR]
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +47,10 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # a plain script: use the checkout
+# a plain script: use the checkout (the engine child of ``--before DIR`` imports everything from DIR)
+sys.path.insert(0, os.environ.get("III_BENCH_ROOT", str(ROOT)))
+
+from iii.wire import loads  # noqa: E402  (the SDK's decoder: what a real caller pays for a big listing)
 
 FUNCTIONS_PER_WORKER = 10
 _CONNECT_BATCH = 100  # connections opened at once (the listen backlog and two cores set the pace anyway)
@@ -54,16 +68,26 @@ async def serve() -> None:
 
 
 class Engine:
-    """A child process running :func:`serve`."""
+    """A child process running :func:`serve` with the engine of the checkout at ``root``."""
 
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, __file__, "--serve"], stdout=subprocess.PIPE, text=True)
+    def __init__(self, root: Path) -> None:
+        env = {**os.environ, "III_BENCH_ROOT": str(root)}
+        self.proc = subprocess.Popen([sys.executable, "-P", __file__, "--serve"], stdout=subprocess.PIPE, text=True,
+                                     env=env)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().split()
         if len(line) != 2:
             self.proc.kill()
             raise RuntimeError(f"engine did not start (printed {line!r})")
         self.url, self.stream_url = line
+
+    def cpu_s(self) -> float:
+        """CPU time the engine's threads have run, to the nanosecond (``/proc/*/stat`` counts 10 ms ticks)."""
+        total = 0
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            with contextlib.suppress(OSError):  # a thread that ended meanwhile
+                total += int((task / "schedstat").read_text().split()[0])
+        return total / 1e9
 
     def rss_mib(self) -> float:
         """Resident memory of the engine process."""
@@ -94,7 +118,7 @@ class Client:
     async def _read(self) -> None:
         with contextlib.suppress(ConnectionClosed):
             async for raw in self.ws:
-                msg = json.loads(raw)
+                msg = loads(raw)
                 future = self.waiting.pop(msg.get("invocation_id") or msg.get("type", ""), None)
                 if future is not None and not future.done():
                     future.set_result(msg)
@@ -112,6 +136,18 @@ class Client:
     async def count_functions(self) -> int:
         """How many functions ``engine::functions::list`` lists."""
         return len((await self.call("engine::functions::list", {}))["functions"])
+
+    async def timed_calls(self, engine: Engine, function_id: str, key: str, calls: int = 20) -> tuple[
+            list[float], float, int]:
+        """Latencies of ``calls`` sequential calls, the engine's CPU seconds per call, and the listed count."""
+        latencies = []
+        cpu = engine.cpu_s()
+        listed = 0
+        for _ in range(calls):
+            started = time.perf_counter()
+            listed = len((await self.call(function_id, {}))[key])
+            latencies.append(time.perf_counter() - started)
+        return latencies, (engine.cpu_s() - cpu) / calls, listed
 
     async def ping(self) -> None:
         future = self.waiting["pong"] = asyncio.get_running_loop().create_future()
@@ -135,8 +171,8 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def workers_scenario(count: int) -> dict[str, float]:
-    engine = Engine()
+async def workers_scenario(root: Path, count: int) -> dict[str, float]:
+    engine = Engine(root)
     try:
         caller = await Client.connect(engine.url)
         builtins = await caller.count_functions()
@@ -159,13 +195,11 @@ async def workers_scenario(count: int) -> dict[str, float]:
         await asyncio.gather(*(worker.ping() for worker in workers))
         registered = time.perf_counter() - started
 
-        latencies = []
-        for _ in range(20):
-            started = time.perf_counter()
-            functions = await caller.count_functions()
-            latencies.append(time.perf_counter() - started)
+        latencies, list_cpu, functions = await caller.timed_calls(engine, "engine::functions::list", "functions")
         if functions < count * FUNCTIONS_PER_WORKER:
             raise RuntimeError(f"only {functions} functions listed")
+        triggers_latencies, triggers_cpu, _ = await caller.timed_calls(engine, "engine::triggers::list", "triggers")
+        workers_latencies, workers_cpu, _ = await caller.timed_calls(engine, "engine::workers::list", "workers")
         rss_after = engine.rss_mib()
 
         started = time.perf_counter()
@@ -178,13 +212,16 @@ async def workers_scenario(count: int) -> dict[str, float]:
         await caller.close()
         return {"workers": count, "functions": functions, "connect_s": connected, "register_s": registered,
                 "list_p50_ms": statistics.median(latencies) * 1e3, "list_p99_ms": pct(latencies, 0.99) * 1e3,
+                "list_cpu_ms": list_cpu * 1e3,
+                "triggers_p50_ms": statistics.median(triggers_latencies) * 1e3, "triggers_cpu_ms": triggers_cpu * 1e3,
+                "workers_p50_ms": statistics.median(workers_latencies) * 1e3, "workers_cpu_ms": workers_cpu * 1e3,
                 "rss_mib": rss_after - rss_before, "cleanup_s": gone}
     finally:
         engine.stop()
 
 
-async def channels_scenario(count: int) -> dict[str, float]:
-    engine = Engine()
+async def channels_scenario(root: Path, count: int) -> dict[str, float]:
+    engine = Engine(root)
     readers: list[ClientConnection] = []
     try:
         caller = await Client.connect(engine.url)
@@ -215,8 +252,8 @@ async def channels_scenario(count: int) -> dict[str, float]:
         engine.stop()
 
 
-async def subscribers_scenario(count: int, changes: int) -> dict[str, float]:
-    engine = Engine()
+async def subscribers_scenario(root: Path, count: int, changes: int) -> dict[str, float]:
+    engine = Engine(root)
     sockets: list[ClientConnection] = []
     try:
         caller = await Client.connect(engine.url)
@@ -232,6 +269,7 @@ async def subscribers_scenario(count: int, changes: int) -> dict[str, float]:
             await ws.recv()  # the sync frame
         rss_joined = engine.rss_mib()
         latencies: list[float] = []
+        cpu = engine.cpu_s()
         for change in range(changes):
             started = time.perf_counter()
             arrived = asyncio.gather(*(ws.recv() for ws in sockets))
@@ -243,10 +281,13 @@ async def subscribers_scenario(count: int, changes: int) -> dict[str, float]:
             if any(json.loads(frame)["event"]["data"] != {"change": change} for frame in frames):
                 raise RuntimeError("a subscriber got the wrong change")
         per_socket = await per_subscriber_latency(caller, sockets, changes)
+        delivery_cpu = (engine.cpu_s() - cpu) / (2 * changes * count)
+        bystander_cpu = await bystander_cost(engine, caller, sockets, changes * 10)
         await caller.close()
         return {"subscribers": count, "all_received_p50_ms": statistics.median(latencies) * 1e3,
                 "each_p50_ms": statistics.median(per_socket) * 1e3, "each_p99_ms": pct(per_socket, 0.99) * 1e3,
-                "each_max_ms": max(per_socket) * 1e3, "rss_mib": rss_joined - rss_before}
+                "each_max_ms": max(per_socket) * 1e3, "cpu_us_per_frame": delivery_cpu * 1e6,
+                "others_cpu_us_per_change": bystander_cpu * 1e6, "rss_mib": rss_joined - rss_before}
     finally:
         for start in range(0, len(sockets), 500):
             await asyncio.gather(*(ws.close() for ws in sockets[start:start + 500]), return_exceptions=True)
@@ -270,24 +311,93 @@ async def per_subscriber_latency(caller: Client, sockets: list[ClientConnection]
     return latencies
 
 
-def show(title: str, row: dict[str, float]) -> None:
-    cells = ", ".join(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
-                      for key, value in row.items())
-    print(f"{title:<12}{cells}", flush=True)
+async def bystander_cost(engine: Engine, caller: Client, sockets: list[ClientConnection], changes: int) -> float:
+    """Engine CPU seconds per change of a group one socket watches while every other socket watches another
+    group (the cost of the clients that do not want the event)."""
+    for index, ws in enumerate(sockets[1:], 1):
+        await ws.send(json.dumps({"type": "leave", "data": {"subscriptionId": "s", "streamName": "bench",
+                                                            "groupId": "g"}}))
+        await ws.send(json.dumps({"type": "join", "data": {"subscriptionId": "o", "streamName": "bench",
+                                                           "groupId": f"other{index}"}}))
+    for ws in sockets[1:]:
+        await ws.recv()  # the sync frame of the new group: the leave before it is done too
+    watcher = sockets[0]
+    cpu = engine.cpu_s()
+    for change in range(changes):
+        await caller.call("stream::set", {"stream_name": "bench", "group_id": "g", "item_id": "i",
+                                          "data": {"alone": change}})
+        await asyncio.wait_for(watcher.recv(), 120)
+    return (engine.cpu_s() - cpu) / changes
 
 
-async def main(workers: int, channels: int, subscribers: int, changes: int) -> None:
+Row = dict[str, float]
+Scenario = Callable[[Path, int], Awaitable[Row]]
+
+
+def show(title: str, rows: list[Row]) -> Row:
+    """Print the median of each figure (min-max when there are several rows); returns the medians."""
+    medians = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
+    cells = []
+    for key, value in medians.items():
+        cell = f"{key}={value:.3g}"
+        if len(rows) > 1 and isinstance(rows[0][key], float):
+            cell += f" ({min(row[key] for row in rows):.3g}-{max(row[key] for row in rows):.3g})"
+        cells.append(cell)
+    print(f"{title:<19} " + ", ".join(cells), flush=True)
+    return medians
+
+
+def show_ratio(now: Row, before: Row, keys: tuple[str, ...]) -> None:
+    """``now / before`` of each figure (below 1: the change made it smaller)."""
+    print(f"{'':<20}now / before: " + ", ".join(f"{key} {now[key] / max(before[key], 1e-9):.2f}" for key in keys),
+          flush=True)
+
+
+def show_growth(small: Row, large: Row, size_key: str, keys: tuple[str, ...], label: str = "") -> None:
+    """How each figure grew from the small run to the large one (x10 for 10x the size is linear)."""
+    growth = {key: large[key] / max(small[key], 1e-3) for key in keys}
+    print(f"{'':<20}{label}{large[size_key] / small[size_key]:.0f}x the {size_key}: "
+          + ", ".join(f"{key} x{value:.1f}" for key, value in growth.items()), flush=True)
+
+
+async def measure(title: str, scenario: Scenario, size: int, roots: dict[str, Path], rounds: int,
+                  keys: tuple[str, ...]) -> dict[str, Row]:
+    """Run ``scenario`` ``rounds`` times per checkout (the order alternates each round); print and return the
+    medians of each checkout."""
+    rows: dict[str, list[Row]] = {label: [] for label in roots}
+    for round_no in range(rounds):
+        for label in (list(roots) if round_no % 2 == 0 else list(reversed(roots))):
+            rows[label].append(await scenario(roots[label], size))
+    medians = {label: show(f"{title}{'' if len(roots) == 1 else ' ' + label}", rows[label]) for label in roots}
+    if "before" in medians:
+        show_ratio(medians["now"], medians["before"], keys)
+    return medians
+
+
+async def main(args: argparse.Namespace) -> None:
     print(f"engine scale on {os.cpu_count()} CPUs (RSS = engine process growth, MiB)")
-    small = await workers_scenario(max(workers // 10, 1))
-    show("workers", small)
-    large = await workers_scenario(workers)
-    show("workers", large)
-    growth = {key: large[key] / max(small[key], 1e-3) for key in ("register_s", "list_p50_ms", "rss_mib",
-                                                                  "cleanup_s")}
-    print(f"{'':<12}{large['workers'] / small['workers']:.0f}x the workers: "
-          + ", ".join(f"{key} x{value:.1f}" for key, value in growth.items()))
-    show("channels", await channels_scenario(channels))
-    show("subscribers", await subscribers_scenario(subscribers, changes))
+    roots = {"now": ROOT} if args.before is None else {"now": ROOT, "before": args.before.resolve()}
+    only = set(args.only.split(","))
+
+    async def twice(title: str, scenario: Scenario, size: int, size_key: str, keys: tuple[str, ...]) -> None:
+        small = await measure(title, scenario, max(size // 10, 2), roots, args.rounds, keys)
+        large = await measure(title, scenario, size, roots, args.rounds, keys)
+        for label in roots:
+            show_growth(small[label], large[label], size_key, keys, "" if len(roots) == 1 else f"{label}: ")
+
+    if "workers" in only:
+        await twice("workers", workers_scenario, args.workers, "workers",
+                    ("register_s", "list_p50_ms", "list_cpu_ms", "triggers_cpu_ms", "workers_cpu_ms", "rss_mib",
+                     "cleanup_s"))
+    if "channels" in only:
+        await measure("channels", channels_scenario, args.channels, roots, args.rounds,
+                      ("create_s", "attach_s", "open_kib_each"))
+    if "subscribers" in only:
+        async def subscribers(root: Path, count: int) -> Row:
+            return await subscribers_scenario(root, count, args.changes)
+
+        await twice("subscribers", subscribers, args.subscribers, "subscribers",
+                    ("each_p50_ms", "each_p99_ms", "cpu_us_per_frame", "others_cpu_us_per_change"))
 
 
 if __name__ == "__main__":
@@ -296,6 +406,10 @@ if __name__ == "__main__":
     parser.add_argument("--channels", type=int, default=10000)
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--changes", type=int, default=5)
+    parser.add_argument("--only", default="workers,channels,subscribers",
+                        help="comma-separated scenarios to run (default: all)")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each scenario (medians are printed)")
+    parser.add_argument("--before", type=Path, help="also run the engine of this earlier checkout, interleaved")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    asyncio.run(serve() if args.serve else main(args.workers, args.channels, args.subscribers, args.changes))
+    asyncio.run(serve() if args.serve else main(args))

@@ -8,7 +8,8 @@ custom-aware get or list result), then ``create``/``update``/``delete``/``event`
 for a refused join.
 
 Our improvements (docs/protocol.md#stream-improvements): each event goes **once per socket** when any of its
-subscriptions matches (ST6);
+subscriptions matches (ST6), encoded once for all of them and looked up by its group, so a change costs the
+sockets that watch its group, not every socket;
 an auth function can reject the upgrade with HTTP 401 when ``auth_reject`` is on (ST5); every connection has a
 bounded outbound queue and a client that lets it overflow is closed with 1013 (ST9); a client offering
 subprotocols gets the first one echoed back (ST10).
@@ -37,6 +38,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from iii.wire import dumps, loads
+from iii.ws_fastpath import send_server_frame
 from iii_streams import Backend, StreamLagError, Watch
 from iii_streams.events import StreamEvent, now_ms
 
@@ -52,6 +54,8 @@ log = logging.getLogger(__name__)
 _MAX_CLIENT_FRAME = 1024 * 1024
 _SLOW_CLIENT = 1013
 
+_GroupKey = tuple[str, str]
+
 
 @dataclass(frozen=True, slots=True)
 class Subscription:
@@ -66,6 +70,11 @@ class Subscription:
         return (event.get("streamName") == self.stream_name and event.get("groupId") == self.group_id
                 and (self.item_id is None or event.get("id") == self.item_id))
 
+    @property
+    def group(self) -> _GroupKey:
+        """The (stream, group) whose events may match."""
+        return self.stream_name, self.group_id
+
 
 class _Client:
     """One socket: its auth context, subscriptions and bounded outbound queue."""
@@ -74,18 +83,22 @@ class _Client:
         self.ws = ws
         self.context = context
         self.subscriptions: dict[str, Subscription] = {}
-        self.queue: asyncio.Queue[str] = asyncio.Queue(queue_size)
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue(queue_size)
         self.overflowed = False
         self.closer: asyncio.Task[None] | None = None
 
     def wants(self, event: Mapping[str, Any]) -> bool:
         return any(sub.matches(event) for sub in self.subscriptions.values())
 
-    def offer(self, text: str) -> None:
+    def watches(self, group: _GroupKey) -> bool:
+        return any(sub.group == group for sub in self.subscriptions.values())
+
+    def offer(self, frame: bytes) -> None:
+        """Queue one text frame's UTF-8 payload (shared by every socket the event goes to)."""
         if self.overflowed:
             return
         try:
-            self.queue.put_nowait(text)
+            self.queue.put_nowait(frame)
         except asyncio.QueueFull:
             self.overflowed = True
             log.warning("stream client %s fell %d frames behind; closing it with 1013", self.ws.remote_address,
@@ -95,8 +108,9 @@ class _Client:
 
     async def write(self) -> None:
         while True:
-            text = await self.queue.get()
-            await self.ws.send(text)
+            frame = await self.queue.get()
+            # the payload is already UTF-8: no per-socket encoding or websockets message machinery
+            await send_server_frame(self.ws, True, frame)
 
 
 def _join_data(message: Any) -> tuple[str, str, str, str | None] | None:
@@ -112,9 +126,9 @@ def _join_data(message: Any) -> tuple[str, str, str, str | None] | None:
     return sub_id, stream, group, item
 
 
-def _frame(stream: str, group: str, item: str | None, event: dict[str, Any]) -> str:
+def _frame(stream: str, group: str, item: str | None, event: dict[str, Any]) -> bytes:
     return dumps({"type": "stream", "timestamp": now_ms(), "streamName": stream, "groupId": group, "id": item,
-                  "event": event})
+                  "event": event}).encode()
 
 
 class StreamSocketServer:
@@ -130,6 +144,8 @@ class StreamSocketServer:
         self.leave_triggers = leave
         self._server: Server | None = None
         self._clients: set[_Client] = set()
+        # (stream, group) -> the sockets with a subscription in it: an event is matched against those only
+        self._watchers: dict[_GroupKey, set[_Client]] = {}
         # weak: a handshake that fails after the auth call never reaches _serve to pop its entry
         self._contexts: weakref.WeakKeyDictionary[ServerConnection, Any] = weakref.WeakKeyDictionary()
         self._watch: Watch | None = None
@@ -215,12 +231,30 @@ class StreamSocketServer:
             pass
         finally:
             self._clients.discard(client)
+            for group in {sub.group for sub in client.subscriptions.values()}:
+                self._unwatch(client, group)
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                 await writer
             for sub_id, sub in client.subscriptions.items():
                 self.leave_triggers.run_detached(self._payload(client, sub_id, sub))
             client.subscriptions.clear()
+
+    def _subscribe(self, client: _Client, sub_id: str, sub: Subscription | None) -> None:
+        """Set (``None``: remove) one of ``client``'s subscriptions, keeping :attr:`_watchers` in step."""
+        old = client.subscriptions.pop(sub_id, None) if sub is None else client.subscriptions.get(sub_id)
+        if sub is not None:
+            client.subscriptions[sub_id] = sub
+            self._watchers.setdefault(sub.group, set()).add(client)
+        if old is not None and not client.watches(old.group):
+            self._unwatch(client, old.group)
+
+    def _unwatch(self, client: _Client, group: _GroupKey) -> None:
+        watchers = self._watchers.get(group)
+        if watchers is not None:
+            watchers.discard(client)
+            if not watchers:
+                del self._watchers[group]
 
     @staticmethod
     def _payload(client: _Client, sub_id: str, sub: Subscription) -> dict[str, Any]:
@@ -244,7 +278,7 @@ class StreamSocketServer:
         sub_id, stream, group, item = parsed
         sub = Subscription(stream, group, item)
         if kind == "leave":
-            client.subscriptions.pop(sub_id, None)
+            self._subscribe(client, sub_id, None)
             self.leave_triggers.run_detached(self._payload(client, sub_id, sub))
             return
         await self._join(client, sub_id, sub)
@@ -253,7 +287,7 @@ class StreamSocketServer:
         if not await self.join_triggers.run(self._payload(client, sub_id, sub)):
             client.offer(_frame(sub.stream_name, sub.group_id, sub.item_id, {"type": "unauthorized"}))
             return
-        client.subscriptions[sub_id] = sub
+        self._subscribe(client, sub_id, sub)
         try:
             if sub.item_id is None:
                 data = await self.functions.read_group(sub.stream_name, sub.group_id)
@@ -268,12 +302,22 @@ class StreamSocketServer:
     # -- events --------------------------------------------------------------------------------------------
 
     def _fan_out(self, event: StreamEvent) -> None:
-        text: str | None = None
-        for client in tuple(self._clients):
+        stream, group = event.get("streamName"), event.get("groupId")
+        if not (isinstance(stream, str) and isinstance(group, str)):
+            return  # no subscription can match it
+        watchers = self._watchers.get((stream, group))
+        if not watchers:
+            return
+        frame: bytes | None = None
+        for client in tuple(watchers):
             if client.wants(event):
-                if text is None:
-                    text = dumps(event)
-                client.offer(text)
+                if frame is None:
+                    try:
+                        frame = dumps(event).encode()
+                    except ValueError as exc:  # e.g. a lone surrogate from a custom store: no UTF-8 form
+                        log.warning("stream event on %s/%s not sent to sockets: %s", stream, group, exc)
+                        return
+                client.offer(frame)
 
     async def _forward(self) -> None:
         while True:
