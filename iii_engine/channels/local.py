@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
 from websockets.frames import OK_CLOSE_CODES, Close
 
 from iii.channel_end import BrokenChannel, ChannelCloseCode, ChannelEndClosed, ClosedEnd, Message, closed_from
 from iii.waiters import Signal
+
+from . import machine as m
+from .driver import LiveChannel
 
 
 class ChannelRefused(Exception):
@@ -210,4 +213,70 @@ class LocalChannelEnd:
         self._pipe.shut(_closed(None, None), BrokenChannel(None))
 
 
-__all__ = ["ChannelRefused", "LocalChannelEnd", "LocalRelayEnd", "Pipe"]
+class LocalReader(LocalChannelEnd):
+    """A read end from :meth:`ChannelRelay.open_local` served straight from the channel's queue.
+
+    No relay task and no pipe: :meth:`recv` takes the next step from the channel's machine itself, so a message
+    costs no task switch and a reader that is never read costs nothing. Close codes, backpressure (the writer is
+    woken once the queue is half empty) and cleanup are the relay's, as for every other end.
+    """
+
+    __slots__ = ("_ch", "_detach", "_exc")
+
+    def __init__(self, ch: LiveChannel | None, detach: Callable[[], None]) -> None:  # no super(): no pipe
+        self.channel_id = ch.id if ch is not None else ""
+        self.direction = "read"
+        self._ch = ch
+        self._detach = detach
+        self._exc: ConnectionClosed | None = None
+
+    @classmethod
+    def refused(cls, code: int | None, reason: str) -> LocalReader:
+        """An end the relay closed as it attached (a second reader: 4009)."""
+        end = cls(None, lambda: None)
+        end._end(Close(ChannelCloseCode.NO_STATUS if code is None else code, reason), None)
+        return end
+
+    @property
+    def is_open(self) -> bool:
+        """``False`` once the stream ended, was aborted, or this end was closed."""
+        return self._exc is None
+
+    async def recv(self) -> str | bytes:
+        """The next message; raises ``ConnectionClosed`` at the end of the stream or on abort."""
+        while self._exc is None:
+            ch = self._ch
+            assert ch is not None
+            machine = ch.machine
+            item = machine.reader_step()
+            if type(item) is tuple:
+                if ch.space.waiting and machine.half_empty:
+                    ch.space.set()
+                text, data = item
+                return data.decode() if text else data
+            if item is m.Step.WAIT:
+                await ch.data.wait()
+            elif item is m.Step.STOP:  # the channel was discarded
+                code = machine.policy.wire_code(ChannelCloseCode.WRITER_ABORTED)
+                self._end(Close(ChannelCloseCode.NO_STATUS if code is None else code, "channel discarded"), None)
+            else:
+                assert isinstance(item, m.Close)
+                code = ChannelCloseCode.NO_STATUS if item.code is None else item.code
+                self._end(Close(code, item.reason), None)
+        raise self._exc
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Leave the channel; a writer still attached is told the reader left (4002)."""
+        self._end(None, Close(code, reason[:120]))
+
+    def abort(self) -> None:
+        """Leave the channel without a close code (for the relay, the same as :meth:`close`)."""
+        self._end(None, None)
+
+    def _end(self, rcvd: Close | None, sent: Close | None) -> None:
+        if self._exc is None:
+            self._exc = _closed(rcvd, sent)
+            self._detach()
+
+
+__all__ = ["ChannelRefused", "LocalChannelEnd", "LocalReader", "LocalRelayEnd", "Pipe"]

@@ -33,7 +33,7 @@ from .limits import (
     DEFAULT_MAX_QUEUED_BYTES,
     clamp_buffer_size,
 )
-from .local import ChannelRefused, LocalChannelEnd, LocalRelayEnd, Pipe
+from .local import ChannelRefused, LocalChannelEnd, LocalReader, LocalRelayEnd, Pipe
 from .machine import ChannelMachine, Close, Side
 from .policy import policy_for
 
@@ -213,6 +213,8 @@ class ChannelRelay:
         refused = self.check(channel_id, key, direction)
         if refused is not None:
             raise ChannelRefused(*refused)
+        if direction == "read":
+            return self._open_reader(self._channels[channel_id])
         pipe = Pipe()
         end = LocalRelayEnd(pipe, writes=direction == "write")
         task: asyncio.Task[None] = asyncio.ensure_future(self._serve_end(end, channel_id, key, direction))
@@ -222,6 +224,63 @@ class ChannelRelay:
         # shutdown): the local side must not wait forever. A no-op when the relay already closed the end.
         task.add_done_callback(lambda _: end.abort())
         return LocalChannelEnd(channel_id, direction, pipe)
+
+    def _open_reader(self, ch: LiveChannel) -> LocalReader:
+        """A :class:`LocalReader` for ``ch``: attached now, served by whoever reads it (no task)."""
+        refusal = ch.machine.attach(Side.READER)
+        if refusal is not None:
+            return LocalReader.refused(refusal.code, refusal.reason)
+        if ch.machine.both_attached:
+            ch.cancel_deadline()
+
+        def detach() -> None:  # what the driver does when a reader's loop ends
+            machine = ch.machine
+            action = machine.reader_done()
+            if machine.reader_gone:
+                ch.wake()
+            self._driver.act_later(ch, action)
+            if machine.finished:
+                self._finished(ch)
+
+        return LocalReader(ch, detach)
+
+    def fill(self, channel_id: str, key: str, data: bytes | bytearray, chunk_size: int) -> None:
+        """Attach the write end in-process and write ``data`` as the channel's whole stream, ended normally, at once
+        (ours; the REST API module writes each request body with it).
+
+        The messages are ``chunk_size`` bytes each (none for an empty ``data``). No task runs and the queue holds
+        them all: the caller already holds the bytes, so there is nothing to push back on. The channel's limits
+        still apply (an oversize message or an exhausted byte quota aborts the stream for the reader).
+
+        Raises:
+            ChannelRefused: the key or channel is wrong, or the write end is already attached.
+
+        Example:
+            >>> relay = ChannelRelay()
+            >>> ref = relay.create(None, owner=None)["writer"]
+            >>> relay.fill(ref["channel_id"], ref["access_key"], b"abc", chunk_size=2)
+            >>> relay.stats(ref["channel_id"])["queued"]
+            2
+        """
+        refused = self.check(channel_id, key, "write")
+        if refused is not None:
+            raise ChannelRefused(*refused)
+        ch = self._channels[channel_id]
+        machine = ch.machine
+        if machine.attach(Side.WRITER) is not None:
+            raise ChannelRefused(409, "channel write end is already attached")
+        if machine.both_attached:
+            ch.cancel_deadline()
+        view = memoryview(data)
+        for start in range(0, len(data), chunk_size):
+            if machine.writer_message(False, bytes(view[start:start + chunk_size])) is not None:
+                break  # the machine recorded the failure the reader will see
+        else:
+            machine.writer_closed(ChannelCloseCode.NORMAL, "")
+        machine.writer_done()
+        ch.data.set()
+        if machine.finished:
+            self._finished(ch)
 
     async def _serve_end(self, end: ChannelEnd, channel_id: str, key: str, direction: str) -> None:
         channel = self._channels.get(channel_id)

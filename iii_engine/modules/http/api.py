@@ -39,8 +39,9 @@ from aiohttp import HttpVersion11, web
 from iii.iii_types import TriggerInfo
 from iii.wire import dumps, loads
 
+from ...channels import ChannelRelay
 from ..base import EngineError, EngineModule, EngineServices
-from .channels import ChannelAborted, ResponseChannel, write_body
+from .channels import CHUNK_SIZE, ChannelAborted, ResponseChannel, write_body
 from .routes import RouteMatch, RouteTable, parse_http_trigger
 from .settings import ApiSettings
 
@@ -355,7 +356,12 @@ class RestApiModule(EngineModule):
         response_channel = relay.create(_CHANNEL_BUFFER, owner=None)
         payload["request_body"] = request_channel["reader"]
         payload["response"] = response_channel["writer"]
-        upload = self._spawn(write_body("", request_channel["writer"], raw, relay))
+        upload: asyncio.Task[None] | None = None
+        body_ref = request_channel["writer"]
+        if isinstance(relay, ChannelRelay):  # the whole body is in hand: queue it at once, no task
+            relay.fill(body_ref["channel_id"], body_ref["access_key"], raw, CHUNK_SIZE)
+        else:
+            upload = self._spawn(write_body("", body_ref, raw, relay))
         reader = ResponseChannel("", response_channel["reader"], relay)
         first = self._spawn(reader.first_chunk())
         call = self._spawn(self.services.invoke(route.function_id, payload,
@@ -364,25 +370,32 @@ class RestApiModule(EngineModule):
             return await self._respond(request, reader, first, call, deadline)
         finally:
             for task in (first, upload):
-                if not task.done():
+                if task is not None and not task.done():
                     task.cancel()
-            self._spawn(self._finish(reader, request_channel, response_channel))
+            if reader.local:  # nothing to wait for: drop both channels now
+                self._discard(request_channel, response_channel)
+            else:
+                self._spawn(self._finish(reader, request_channel, response_channel))
 
     async def _respond(self, request: web.BaseRequest, reader: ResponseChannel, first: asyncio.Task[bytes | None],
                        call: asyncio.Task[Any], deadline: float) -> web.StreamResponse:
         """The race of docs/guides/engine.md#modules: the first body chunk or the function's return, whichever comes
         first."""
-        await self._before(deadline, asyncio.wait({first, call}, return_when=asyncio.FIRST_COMPLETED))
-        chunk_first = first.done() and not first.cancelled() and first.exception() is None and first.result()
-        if not chunk_first:
-            await self._before(deadline, asyncio.wait({call}))
-            failure = self._call_failure(call)
-            if failure is not None:
-                return failure
-            result = call.result()
-            if result is not None:
-                return result_response(result)
-            await self._before(deadline, asyncio.wait({first}))
+        try:
+            async with asyncio.timeout_at(deadline):  # one timer for every wait before the response starts
+                await asyncio.wait((first, call), return_when=asyncio.FIRST_COMPLETED)
+                chunk_first = first.done() and not first.cancelled() and first.exception() is None and first.result()
+                if not chunk_first:
+                    await asyncio.wait((call,))
+                    failure = self._call_failure(call)
+                    if failure is not None:
+                        return failure
+                    result = call.result()
+                    if result is not None:
+                        return result_response(result)
+                    await asyncio.wait((first,))
+        except TimeoutError:
+            raise _Timeout from None
         try:
             chunk = first.result()
         except ChannelAborted as exc:
@@ -421,11 +434,9 @@ class RestApiModule(EngineModule):
         return response
 
     async def _before(self, deadline: float, awaitable: Any) -> Any:
-        remaining = deadline - asyncio.get_running_loop().time()
-        if remaining <= 0:
-            raise _Timeout
         try:
-            return await asyncio.wait_for(awaitable, remaining)
+            async with asyncio.timeout_at(deadline):
+                return await awaitable
         except TimeoutError:
             raise _Timeout from None
 
@@ -439,6 +450,9 @@ class RestApiModule(EngineModule):
         otherwise wait for the relay's attach timeout.
         """
         await reader.aclose()
+        self._discard(*channels)
+
+    def _discard(self, *channels: dict[str, Any]) -> None:
         for refs in channels:
             self.services.channels.discard(refs["reader"]["channel_id"])
 

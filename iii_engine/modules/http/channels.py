@@ -220,6 +220,11 @@ class ResponseChannel:
         else:
             log.warning("response channel %s: ignoring unknown control frame %r", self.channel_id, kind)
 
+    @property
+    def local(self) -> bool:
+        """Whether the end is in-process (or not open): discarding the channel is then all the cleanup needed."""
+        return self._ws is None or isinstance(self._ws, LocalChannelEnd)
+
     async def aclose(self) -> None:
         """Let go of the channel; a writer still attached is told the reader left (4002)."""
         ws, self._ws = self._ws, None
