@@ -831,6 +831,10 @@ def extract_baggage(baggage: str) -> Any:
 
 def extract_context(traceparent: str | None = None, baggage: str | None = None) -> Any:
     """An OpenTelemetry context from both headers; either may be missing (``None`` without OTel)."""
+    if not traceparent and not baggage:
+        api = _w3c()
+        if api is not None:
+            return api.context.Context()  # what the default propagators extract from an empty carrier
     carrier: dict[str, str] = {}
     if traceparent:
         carrier["traceparent"] = traceparent

@@ -48,6 +48,7 @@ class TraceScope:
 
     def __init__(self, telemetry: ModuleType | None) -> None:
         self._tel = telemetry
+        self._otel: tuple[Any, Any] | None = None  # the opentelemetry ``context`` and ``trace`` modules
 
     def headers(self) -> tuple[str | None, str | None]:
         """``(traceparent, baggage)`` to put on an outgoing invocation."""
@@ -69,7 +70,7 @@ class TraceScope:
         tracer = tel.get_tracer()
         if tracer is None and not traceparent and not baggage:
             return await self._plain(call)
-        from opentelemetry import context
+        context, _ = otel = self._otel or self._load_otel()
 
         # start_as_current_span(context=parent) would make only the span current and drop the parent's baggage;
         # attaching the extracted context first keeps both.
@@ -78,14 +79,20 @@ class TraceScope:
             if tracer is None:
                 # Telemetry is off: no span, but nested calls still carry the caller's trace context.
                 return await self._plain(call)
-            return await self._in_span(tel, tracer, name, call)
+            return await self._in_span(tel, otel, tracer, name, call)
         finally:
             context.detach(token)
 
-    @staticmethod
-    async def _in_span(tel: ModuleType, tracer: Any, name: str, call: HandlerCall) -> Outcome:
+    def _load_otel(self) -> tuple[Any, Any]:
+        # Imported on first use (OpenTelemetry is optional), then kept: an import statement per call adds up.
         from opentelemetry import context, trace
 
+        self._otel = (context, trace)
+        return self._otel
+
+    @staticmethod
+    async def _in_span(tel: ModuleType, otel: tuple[Any, Any], tracer: Any, name: str, call: HandlerCall) -> Outcome:
+        context, trace = otel
         # What start_as_current_span(name, kind=SERVER, record_exception=False) does, without its two generator
         # context managers per call: the span, made current for the run, ended after it. _plain lets only
         # BaseExceptions (cancellation) through, on which use_span would just end the span too.
