@@ -6,7 +6,11 @@ Baselines, measured in the same run with the same client:
   * download: a bare aiohttp server streaming the same bytes in 64 KiB chunks; the engine path carries them
     worker -> channel relay -> REST API -> client.
 
-Usage: .venv/bin/python bench/http_api.py [--requests N] [--concurrency C] [--mib M]
+Each round measures raw, then engine, for both workloads; the ratios are per round, reported as median and spread,
+by wall-clock rate and by CPU time per request / per 64 KiB chunk (the whole process: client, server and worker
+share one loop, so the CPU ratio is what the same core would deliver and is far less noisy on a shared machine).
+
+Usage: .venv/bin/python bench/http_api.py [--requests N] [--concurrency C] [--mib M] [--rounds R]
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -119,31 +124,55 @@ async def download_mb_s(session: aiohttp.ClientSession, url: str, size: int) -> 
     return size / (time.perf_counter() - start) / 1e6
 
 
-async def main(total: int, concurrency: int, mib: int) -> None:
+async def timed(run: Any, units: float) -> tuple[float, float]:
+    """``(rate, CPU microseconds per unit)`` of one measurement (CPU of this whole process: client included)."""
+    cpu = time.process_time()
+    rate = await run
+    return rate, (time.process_time() - cpu) / units * 1e6
+
+
+def summary(label: str, raw: list[tuple[float, float]], engine: list[tuple[float, float]], unit: str) -> str:
+    """Median and spread of the per-round ratios, by wall-clock rate and by CPU per unit (less noisy)."""
+    rate = [e[0] / r[0] for r, e in zip(raw, engine, strict=True)]
+    cpu = [r[1] / e[1] for r, e in zip(raw, engine, strict=True)]
+    return (f"{label:<22} raw {statistics.median(r[0] for r in raw):8.1f}{unit}  engine "
+            f"{statistics.median(e[0] for e in engine):8.1f}{unit}  ratio {statistics.median(rate):.2f} "
+            f"[{min(rate):.2f}-{max(rate):.2f}]   CPU/unit raw {statistics.median(r[1] for r in raw):6.0f} us  "
+            f"engine {statistics.median(e[1] for e in engine):6.0f} us  CPU ratio {statistics.median(cpu):.2f} "
+            f"[{min(cpu):.2f}-{max(cpu):.2f}]")
+
+
+async def main(total: int, concurrency: int, mib: int, rounds: int) -> None:
     size = mib * 1024 * 1024
     runner, raw_url = await raw_server(size)
     spec = ModuleSpec("modules::api::RestApiModule", {"host": "127.0.0.1", "port": 0})
+    raw_json: list[tuple[float, float]] = []
+    engine_json: list[tuple[float, float]] = []
+    raw_dl: list[tuple[float, float]] = []
+    engine_dl: list[tuple[float, float]] = []
     async with Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[spec])) as engine:
         module = engine.module("http_api")
         api_url = getattr(module, "base_url", "")
         serving = await worker(engine.url, size)
         async with aiohttp.ClientSession() as session:
             await requests_per_s(session, f"{api_url}/json", 50, 4)  # warm-up
-            raw_rps = await requests_per_s(session, f"{raw_url}/json", total, concurrency)
-            engine_rps = await requests_per_s(session, f"{api_url}/json", total, concurrency)
-            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            raw_mb = await download_mb_s(session, f"{raw_url}/download", size)
             before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            engine_mb = await download_mb_s(session, f"{api_url}/download", size)
+            for _ in range(rounds):  # interleaved, so load from elsewhere hits both sides alike
+                raw_json.append(await timed(requests_per_s(session, f"{raw_url}/json", total, concurrency), total))
+                engine_json.append(await timed(requests_per_s(session, f"{api_url}/json", total, concurrency),
+                                               total))
+                chunks = size / CHUNK
+                raw_dl.append(await timed(download_mb_s(session, f"{raw_url}/download", size), chunks))
+                engine_dl.append(await timed(download_mb_s(session, f"{api_url}/download", size), chunks))
             growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
         lingering = len(engine.channels)
         serving.cancel()
     await runner.cleanup()
-    print(f"JSON requests  raw aiohttp {raw_rps:8.0f}/s   engine {engine_rps:8.0f}/s   ratio {engine_rps / raw_rps:.2f}"
-          f"   (concurrency {concurrency}, {total} requests, max RSS {rss:.0f} MB)")
-    print(f"download {mib} MiB raw aiohttp {raw_mb:8.1f} MB/s  engine {engine_mb:8.1f} MB/s  ratio "
-          f"{engine_mb / raw_mb:.2f}   (max RSS grew {growth:.0f} MB during the engine download)")
-    print(f"channels still held by the relay after the run: {lingering}")
+    print(f"{rounds} interleaved rounds; JSON: {total} requests at concurrency {concurrency}; download: {mib} MiB "
+          f"in 64 KiB chunks; ratio = engine / raw aiohttp (higher is better), median [min-max]")
+    print(summary("JSON requests", raw_json, engine_json, "/s"))
+    print(summary(f"download {mib} MiB", raw_dl, engine_dl, " MB/s"))
+    print(f"max RSS grew {growth:.0f} MB over the rounds; channels still held by the relay after the run: {lingering}")
 
 
 if __name__ == "__main__":
@@ -151,5 +180,6 @@ if __name__ == "__main__":
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--mib", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    asyncio.run(main(args.requests, args.concurrency, args.mib))
+    asyncio.run(main(args.requests, args.concurrency, args.mib, args.rounds))
