@@ -116,8 +116,11 @@ class Registry:
         self._active_of_type: dict[str, dict[str, TriggerEntry]] = {}
         self._pending_of_type: dict[str, dict[str, TriggerEntry]] = {}
         self._of_registrant: dict[str | None, dict[str, TriggerEntry]] = {}
-        # Earlier registrants of an overwritten id, oldest first; only entries of live owners are kept.
-        self._shadowed: dict[str, list[FunctionEntry]] = {}
+        # Earlier registrants of an overwritten id by owner, oldest first (one each: an owner's new registration
+        # replaces its old one); only entries of live owners are kept. Indexed by owner as well, so that N
+        # replicas registering the same ids cost N, not N squared, to come and go.
+        self._shadowed: dict[str, dict[str | None, FunctionEntry]] = {}
+        self._shadowing: dict[str | None, set[str]] = {}
         self.version = 0  # bumped on every change of the function id set
         # The listings, by include_internal, until their table changes (see function_infos / trigger_infos).
         self._function_listing: dict[bool, list[dict[str, Any]]] = {}
@@ -128,11 +131,10 @@ class Registry:
     def add_function(self, entry: FunctionEntry) -> FunctionEntry | None:
         """Register ``entry`` (last writer wins); returns the entry it replaced, if any."""
         previous = self.functions.get(entry.id)
-        stack = self._shadowed.get(entry.id)
-        if stack:
-            stack[:] = [e for e in stack if e.owner != entry.owner]
+        self._unshadow(entry.id, entry.owner)
         if previous is not None and previous.owner != entry.owner:
-            self._shadowed.setdefault(entry.id, []).append(previous)
+            self._shadowed.setdefault(entry.id, {})[previous.owner] = previous
+            self._shadowing.setdefault(previous.owner, set()).add(entry.id)
         self.functions[entry.id] = entry
         self._function_listing.clear()
         if previous is None:
@@ -143,7 +145,8 @@ class Registry:
 
     def remove_function(self, function_id: str) -> FunctionEntry | None:
         """Remove ``function_id`` whoever owns it, forgetting earlier registrants too."""
-        self._shadowed.pop(function_id, None)
+        for owner in list(self._shadowed.get(function_id, ())):
+            self._unshadow(function_id, owner)
         entry = self.functions.pop(function_id, None)
         if entry is not None:
             self._function_listing.clear()
@@ -156,20 +159,17 @@ class Registry:
 
         Returns the restored earlier registration when there is one, else ``None``.
         """
-        stack = self._shadowed.get(function_id)
-        if stack:
-            stack[:] = [e for e in stack if e.owner != owner]
+        self._unshadow(function_id, owner)
         current = self.functions.get(function_id)
         if current is None or current.owner != owner:
             return None
         self._function_listing.clear()
+        stack = self._shadowed.get(function_id)
         if stack:
-            restored = stack.pop()
-            if not stack:
-                del self._shadowed[function_id]
+            restored = stack[next(reversed(stack))]  # the latest earlier registrant
+            self._unshadow(function_id, restored.owner)
             self.functions[function_id] = restored
             return restored
-        self._shadowed.pop(function_id, None)
         del self.functions[function_id]
         self.version += 1
         self._service_remove(function_id)
@@ -177,12 +177,20 @@ class Registry:
 
     def forget_owner(self, owner: str) -> None:
         """Drop ``owner``'s overwritten registrations everywhere, so they are never restored."""
-        for function_id in list(self._shadowed):
-            stack = [e for e in self._shadowed[function_id] if e.owner != owner]
-            if stack:
-                self._shadowed[function_id] = stack
-            else:
-                del self._shadowed[function_id]
+        for function_id in list(self._shadowing.get(owner, ())):
+            self._unshadow(function_id, owner)
+
+    def _unshadow(self, function_id: str, owner: str | None) -> None:
+        """Forget ``owner``'s earlier registration of ``function_id``, if it has one."""
+        stack = self._shadowed.get(function_id)
+        if stack is None or stack.pop(owner, None) is None:
+            return
+        if not stack:
+            del self._shadowed[function_id]
+        ids = self._shadowing[owner]
+        ids.discard(function_id)
+        if not ids:
+            del self._shadowing[owner]
 
     def function_infos(self, include_internal: bool) -> list[dict[str, Any]]:
         """The ``FunctionInfo`` of every function, sorted by id; ``engine::*`` ones only with ``include_internal``.

@@ -69,3 +69,36 @@ def test_trigger_listing_follows_every_change() -> None:
     assert reg.trigger_infos(True) == []
     reg.store_trigger(reg.take_pending("unknown")[0])
     assert _ids(reg.trigger_infos(False), "id") == ["t2"]
+
+
+class _CountedEntry(FunctionEntry):
+    """A function entry that counts how often its owner is read (the work of scanning earlier registrants)."""
+
+    reads = 0
+
+    @property
+    def owner(self) -> str | None:
+        _CountedEntry.reads += 1
+        return self._owner
+
+    @owner.setter
+    def owner(self, value: str | None) -> None:
+        self._owner = value
+
+
+def test_replicas_of_one_function_cost_linear_work_to_come_and_go() -> None:
+    reg = Registry()
+    replicas = 300
+    _CountedEntry.reads = 0
+    for n in range(replicas):
+        reg.add_function(_CountedEntry("svc::f", owner=f"w{n}"))
+    for n in range(0, replicas - 1, 2):  # every other replica leaves (oldest first): nothing is restored ...
+        assert reg.drop_owned_function("svc::f", f"w{n}") is None
+        reg.forget_owner(f"w{n}")
+    for n in range(replicas - 1, 0, -2):  # ... then the rest, newest first: each hands back to the one before
+        restored = reg.drop_owned_function("svc::f", f"w{n}")
+        assert (restored.owner if restored else None) == (f"w{n - 2}" if n > 1 else None)
+        reg.forget_owner(f"w{n}")
+    # a scan of the earlier registrants per registration or departure would read owners ~replicas**2 / 2 times
+    assert _CountedEntry.reads < 10 * replicas
+    assert "svc::f" not in reg.functions and reg._shadowed == {} and reg._shadowing == {}
