@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -105,9 +106,10 @@ def _describe(exc: BaseException) -> str:
 _WRITE_NOW = all(hasattr(ClientConnection, name) for name in ("send_data",))
 
 
-def _write_now(ws: ClientConnection, frame: Frame) -> bool:
-    """Write one text (``str``) or binary frame straight to ``ws``; False when websockets' own ``send`` is needed
-    (socket not open, fragmented send in progress, flow control paused, or an unknown websockets)."""
+def _queue_now(ws: ClientConnection, frame: Frame) -> bool:
+    """Serialise one text (``str``) or binary frame into ``ws``'s outgoing bytes without writing them; False when
+    websockets' own ``send`` is needed (socket not open, fragmented send in progress, flow control paused, or an
+    unknown websockets). Any later ``send_data`` (ours or websockets') writes them, in order."""
     if not _WRITE_NOW or ws.protocol.state is not State.OPEN or ws.send_in_progress is not None \
             or getattr(ws, "paused", True):
         return False
@@ -115,8 +117,24 @@ def _write_now(ws: ClientConnection, frame: Frame) -> bool:
         ws.protocol.send_text(frame.encode())
     else:
         ws.protocol.send_binary(frame)
-    ws.send_data()
     return True
+
+
+def _write_queued(ws: ClientConnection) -> None:
+    """Write every frame :func:`_queue_now` left in ``ws`` as one transport write (one syscall, not one each)."""
+    chunks = ws.protocol.data_to_send()
+    if all(chunks):
+        if chunks:
+            ws.transport.write(b"".join(chunks))
+    else:  # an end-of-stream marker (b"", from websockets' closing path): what websockets' send_data does with it
+        for chunk in chunks:
+            if chunk:
+                ws.transport.write(chunk)
+            elif ws.transport.can_write_eof():
+                with contextlib.suppress(Exception):
+                    ws.transport.write_eof()
+            else:
+                ws.transport.close()
 
 
 def _noop(*_: Any) -> None:
@@ -172,6 +190,9 @@ class Connection:
         self._backlog: deque[tuple[Frame, str | None]] = deque()
         self._supervisor: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
+        # Set while frames wait in the socket's protocol for one joined write at the end of the loop's turn.
+        self._batch_flush: asyncio.Handle | None = None
+        self._batch_ws: ClientConnection | None = None
 
     @property
     def state(self) -> IIIConnectionState:
@@ -224,14 +245,16 @@ class Connection:
         self._backlog.clear()
         self._set_state("disconnected")
 
-    async def send(self, frame: Frame, key: str | None = None) -> bool:
+    async def send(self, frame: Frame, key: str | None = None, *, batch: bool = False) -> bool:
         """Send ``frame`` now if possible, else queue it; True when it was written to the socket.
 
-        Order is kept: a frame never overtakes one handed over earlier.
+        Order is kept: a frame never overtakes one handed over earlier. ``batch``: more frames are likely to be
+        sent in this turn of the loop (many calls in flight), so this one may wait for the end of the turn and go
+        out with them in one write.
         """
         ws = self._ws
         if self._ready and ws is not None and not self._backlog:
-            if _write_now(ws, frame):
+            if self._write_now(ws, frame, batch):
                 return True
             try:
                 await ws.send(frame)
@@ -246,9 +269,26 @@ class Connection:
         """Write ``frame`` at once when nothing waits ahead of it and the socket takes it without waiting, else
         queue it like :meth:`send_soon` (loop thread only; never suspends, so callbacks can send)."""
         ws = self._ws
-        if self._ready and ws is not None and not self._backlog and _write_now(ws, frame):
+        if self._ready and ws is not None and not self._backlog and self._write_now(ws, frame, False):
             return
         self.send_soon(frame, key)
+
+    def _write_now(self, ws: ClientConnection, frame: Frame, batch: bool) -> bool:
+        if not _queue_now(ws, frame):
+            return False
+        if self._batch_flush is not None and self._batch_ws is ws:
+            return True  # the flush at the end of this turn writes it, after the frames queued before it
+        if batch:
+            self._batch_ws = ws
+            self._batch_flush = asyncio.get_running_loop().call_soon(self._flush_batch)
+        else:
+            _write_queued(ws)
+        return True
+
+    def _flush_batch(self) -> None:
+        ws, self._batch_ws, self._batch_flush = self._batch_ws, None, None
+        if ws is not None:
+            _write_queued(ws)
 
     def send_soon(self, frame: Frame, key: str | None = None) -> None:
         """Queue ``frame`` behind earlier ones and write it as soon as the socket allows (loop thread only)."""

@@ -113,6 +113,7 @@ class III:
         self._functions_available_function_id: str | None = None
         self._connection_state: IIIConnectionState = "disconnected"
         self._closed = False
+        self._invoking = 0  # handler runs started and not yet answered
         # Woken (on the client's loop) whenever the connection state or the worker id changes; one per waiting
         # caller, each removed when its wait ends.
         self._state_waiters: list[asyncio.Future[None]] = []
@@ -363,6 +364,7 @@ class III:
         if isinstance(event, CallSucceeded):
             self._calls.succeed(event.invocation_id, event.result)
         elif isinstance(event, InvocationRequested):
+            self._invoking += 1
             self._bridge.spawn(self._invoke(event))
         elif isinstance(event, CallFailed):
             self._calls.fail(event.invocation_id, event.error)
@@ -379,18 +381,22 @@ class III:
             log.log(event.level, "%s", event.reason)
 
     async def _invoke(self, event: InvocationRequested) -> None:
-        result, error, traceparent = await self._runner.run(
-            event.function_id, event.data, event.traceparent, event.baggage, self._telemetry.trace
-        )
-        if event.invocation_id is None:
-            return  # fire-and-forget: nobody waits for an answer
-        frame = self._session.answer(event.invocation_id, event.function_id, result=result, error=error,
-                                     traceparent=traceparent or None, generation=event.generation)
-        if frame is None or not self._conn.is_ready:
-            # The engine halted this invocation when the old connection dropped; nobody wants the answer.
-            log.debug("Dropping the result of %s: its connection is gone", event.invocation_id)
-            return
-        await self._conn.send(frame)
+        try:
+            result, error, traceparent = await self._runner.run(
+                event.function_id, event.data, event.traceparent, event.baggage, self._telemetry.trace
+            )
+            if event.invocation_id is None:
+                return  # fire-and-forget: nobody waits for an answer
+            frame = self._session.answer(event.invocation_id, event.function_id, result=result, error=error,
+                                         traceparent=traceparent or None, generation=event.generation)
+            if frame is None or not self._conn.is_ready:
+                # The engine halted this invocation when the old connection dropped; nobody wants the answer.
+                log.debug("Dropping the result of %s: its connection is gone", event.invocation_id)
+                return
+            # With other invocations running, answers finished in the same turn leave in one write.
+            await self._conn.send(frame, batch=self._invoking > 1)
+        finally:
+            self._invoking -= 1
 
     async def _register_owned_trigger(self, event: TriggerRequested) -> None:
         error = await self._trigger_host.register(event.trigger_type, event.trigger_id, event.function_id,
@@ -601,7 +607,8 @@ class III:
         timeout = timeout_ms or self._options.invocation_timeout_ms
         future = self._calls.add(invocation_id, function_id, timeout_ms=timeout, on_expire=self._session.forget)
         try:
-            await self._conn.send(frame, invocation_id)
+            # With other calls in flight, frames started in the same turn of the loop leave in one write.
+            await self._conn.send(frame, invocation_id, batch=len(self._calls) > 1)
             return await future
         finally:
             self._calls.discard(invocation_id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -147,5 +148,36 @@ async def test_send_now_writes_at_once_and_queues_only_when_it_must(recorder: Re
         ws.resume_writing()
         await recorder.wait_for(lambda: len(recorder.frames) == 4)
         assert recorder.frames == ["early", "text", b"\x00bin", "paused"]
+    finally:
+        await conn.close()
+
+
+async def test_frames_batched_in_one_turn_leave_in_one_write_in_order(recorder: Recorder) -> None:
+    ready = asyncio.Event()
+    conn = Connection(recorder.url, on_frame=lambda raw: None, on_ready=ready.set)
+    try:
+        await conn.start()
+        await asyncio.wait_for(ready.wait(), 10)
+        ws = conn._ws
+        assert ws is not None
+        writes: list[bytes] = []
+        write = ws.transport.write
+
+        def counted(data: Any) -> None:
+            writes.append(bytes(data))
+            write(data)
+
+        ws.transport.write = counted  # type: ignore[method-assign]
+        # Five batched frames in one turn of the loop (send does not suspend on an open socket), then an
+        # unbatched one in that turn: it goes after them, in the same write.
+        for i in range(5):
+            assert await conn.send(f"m{i}", batch=True)
+        conn.send_now("last")
+        assert writes == []
+        await recorder.wait_for(lambda: len(recorder.frames) == 6)
+        assert recorder.frames == ["m0", "m1", "m2", "m3", "m4", "last"]
+        assert len(writes) == 1
+        conn.send_now("alone")  # no batch pending: written at once
+        assert len(writes) == 2
     finally:
         await conn.close()
