@@ -7,11 +7,13 @@ For each store (Redis, SQLite file, PostgreSQL) and each path (``direct``: the p
 - ``seq``: one process, one call at a time (the baseline), and
 - ``contended``: ``--procs`` processes x ``--inflight`` calls in flight,
 
-interleaved (the order alternates per round), each incrementing one fresh item ``--n`` times in total. It prints
-per round and then medians with spread (min-max): updates/s (updates over the slowest worker's time from the
-common start signal to its last update), the ratio contended / seq, CPU seconds per 1000
-updates (all worker processes, plus the engine process on the engine path), optimistic-retry conflicts per
-update where the store counts them (Redis), and checks that the final counter equals the number of updates.
+interleaved (every round runs each path and kind once, the order alternates per round), each incrementing one
+fresh item ``--n`` times in total. It prints per round and then medians with spread (min-max): updates/s
+(updates over the slowest worker's time from the common start signal to its last update), the ratio contended /
+seq, CPU seconds per 1000 updates (all worker processes, plus the engine process on the engine path, which is
+also shown alone), optimistic-retry conflicts per update where the store counts them (Redis), and checks that the
+final counter equals the number of updates. With both paths it also prints engine / direct per kind, each ratio
+taken within one round.
 
 Run: ``.venv/bin/python bench/streams_contended.py [--n 2000] [--rounds 3] [--procs 4] [--inflight 64]
 [--stores redis,sqlite,postgres] [--paths direct,engine]``.
@@ -144,11 +146,11 @@ async def _run_processes(path: str, url: str, stream: str, total: int, procs: in
         out, _ = await asyncio.wait_for(child.communicate(), 600)
         reports.append(json.loads(out.decode().strip().splitlines()[-1]))
     wall = time.perf_counter() - started
-    engine_cpu = time.process_time() - cpu0 if path == "engine" else 0.0
+    engine_cpu = time.process_time() - cpu0 if path == "engine" else 0.0  # the engine runs in this process
     return {"wall": wall, "busiest": max(r["seconds"] for r in reports),
             "cpu": sum(r["cpu"] for r in reports) + engine_cpu,
             "errors": sum(r["errors"] for r in reports), "samples": [s for r in reports for s in r["samples"]],
-            "conflicts": sum(r["conflicts"] for r in reports)}
+            "conflicts": sum(r["conflicts"] for r in reports), "engine_cpu": engine_cpu}
 
 
 async def _final(url: str, stream: str) -> int:
@@ -173,43 +175,56 @@ def _summary(values: list[float]) -> str:
     return f"{statistics.median(values):9.1f} ({min(values):.1f}-{max(values):.1f})"
 
 
-async def _bench(store: str, store_url: str, path: str, args: argparse.Namespace) -> None:
-    engine: Any = None
-    url = store_url
-    if path == "engine":
-        from iii_engine import Engine, EngineConfig, ModuleSpec
+async def _start_engine(store_url: str) -> Any:
+    from iii_engine import Engine, EngineConfig, ModuleSpec
 
-        modules = [ModuleSpec("modules::stream::StreamModule",
-                              {"host": "127.0.0.1", "port": 0, "store_url": store_url})]
-        engine = Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=modules))
-        await engine.__aenter__()
-        url = engine.url
-    rows: dict[str, list[dict[str, Any]]] = {"seq": [], "contended": []}
+    modules = [ModuleSpec("modules::stream::StreamModule",
+                          {"host": "127.0.0.1", "port": 0, "store_url": store_url})]
+    engine = Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=modules))
+    await engine.__aenter__()
+    return engine
+
+
+async def _bench(store: str, store_url: str, paths: list[str], args: argparse.Namespace) -> None:
+    """Every round runs each (path, kind) once; the order alternates per round so drift hits both sides."""
+    engine = await _start_engine(store_url) if "engine" in paths else None
+    runs = [(path, kind) for path in paths for kind in ("seq", "contended")]
+    rows: dict[tuple[str, str], list[dict[str, Any]]] = {run: [] for run in runs}
     try:
         for r in range(args.rounds):
-            order = ("seq", "contended") if r % 2 == 0 else ("contended", "seq")
-            for kind in order:
+            for path, kind in runs if r % 2 == 0 else runs[::-1]:
                 procs, inflight = (1, 1) if kind == "seq" else (args.procs, args.inflight)
                 n = args.n_seq if kind == "seq" else args.n
+                url = engine.url if path == "engine" else store_url
                 rep = await _one(f"{store}-{kind}", path, url, store_url, n, procs, inflight)
-                rows[kind].append(rep)
+                rows[path, kind].append(rep)
+                own = f" (engine {1000 * rep['engine_cpu'] / n:5.2f})" if path == "engine" else ""
                 print(f"  {store:8} {path:6} round {r + 1} {kind:9} {rep['rate']:9.1f} upd/s  "
                       f"(slowest worker {rep['busiest']:.2f} s of {rep['wall']:.2f} s)  "
-                      f"cpu/1000 {1000 * rep['cpu'] / n:6.2f} s  conflicts/upd {rep['conflicts'] / n:6.2f}  "
+                      f"cpu/1000 {1000 * rep['cpu'] / n:6.2f} s{own}  conflicts/upd {rep['conflicts'] / n:6.2f}  "
                       f"errors {rep['errors']}  lost {rep['lost']}" + (f"  e.g. {rep['samples'][0]}"
                                                                       if rep["samples"] else ""), flush=True)
     finally:
         if engine is not None:
             await engine.__aexit__(None, None, None)
-    seq = [r["rate"] for r in rows["seq"]]
-    con = [r["rate"] for r in rows["contended"]]
-    ratios = [c / s for c, s in zip(con, seq, strict=True)]
-    cpu = {k: [1000 * r["cpu"] / (args.n_seq if k == "seq" else args.n) for r in v] for k, v in rows.items()}
-    lost = sum(r["lost"] for v in rows.values() for r in v)
-    print(f"{store:8} {path:6} seq {_summary(seq)} upd/s   {args.procs}x{args.inflight} {_summary(con)} upd/s   "
-          f"ratio {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})   cpu/1000 upd: seq "
-          f"{statistics.median(cpu['seq']):.2f} s, contended {statistics.median(cpu['contended']):.2f} s   "
-          f"lost {lost}", flush=True)
+    for path in paths:
+        seq = [r["rate"] for r in rows[path, "seq"]]
+        con = [r["rate"] for r in rows[path, "contended"]]
+        ratios = [c / s for c, s in zip(con, seq, strict=True)]
+        cpu = {k: [1000 * r["cpu"] / (args.n_seq if k == "seq" else args.n) for r in rows[path, k]]
+               for k in ("seq", "contended")}
+        lost = sum(r["lost"] for k in ("seq", "contended") for r in rows[path, k])
+        print(f"{store:8} {path:6} seq {_summary(seq)} upd/s   {args.procs}x{args.inflight} {_summary(con)} upd/s   "
+              f"ratio {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})   cpu/1000 upd: seq "
+              f"{statistics.median(cpu['seq']):.2f} s, contended {statistics.median(cpu['contended']):.2f} s   "
+              f"lost {lost}", flush=True)
+    if "engine" in paths and "direct" in paths:
+        for kind in ("seq", "contended"):
+            through = [e["rate"] / d["rate"] for e, d in zip(rows["engine", kind], rows["direct", kind], strict=True)]
+            own = [1000 * e["engine_cpu"] / (args.n_seq if kind == "seq" else args.n) for e in rows["engine", kind]]
+            print(f"{store:8} engine/direct {kind:9} {statistics.median(through):.2f} "
+                  f"({min(through):.2f}-{max(through):.2f}) same round   engine process cpu/1000 upd "
+                  f"{statistics.median(own):.2f} s", flush=True)
 
 
 async def _postgres_url(server: str) -> tuple[str, Any]:
@@ -258,8 +273,7 @@ async def main() -> None:
             else:
                 raise SystemExit(f"unknown store {store!r} (redis, sqlite, postgres)")
             try:
-                for path in args.paths.split(","):
-                    await _bench(store, url, path, args)
+                await _bench(store, url, args.paths.split(","), args)
             finally:
                 if drop is not None:
                     await drop()

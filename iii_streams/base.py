@@ -26,15 +26,20 @@ from abc import abstractmethod
 from types import TracebackType
 from typing import Any, ClassVar, Final, Self
 
-from iii.stream import IStream, StreamGetInput, StreamSetInput
+from iii.stream import IStream, StreamGetInput, StreamSetInput, StreamSetResult, StreamUpdateResult
 
 from .errors import StreamError, StreamTimeoutError, StreamUnavailableError, check_timeout
 from .events import EventFilter, StreamEvent, Watch
 
-__all__ = ["DEFAULT_TIMEOUT", "Backend", "OperationGuard", "StreamGetInput", "StreamSetInput"]
+__all__ = ["DEFAULT_TIMEOUT", "Backend", "OperationGuard", "SetResult", "StreamGetInput", "StreamSetInput",
+           "UpdateResult"]
 
 DEFAULT_TIMEOUT: Final = 60.0
 """Seconds an operation may take when neither the call nor the store says otherwise."""
+
+# the result models parametrized once: pydantic's ``Model[Any]`` lookup costs more than building the result
+SetResult = StreamSetResult[Any]
+UpdateResult = StreamUpdateResult[Any]
 
 
 class OperationGuard:

@@ -37,7 +37,7 @@ from iii.stream import (
 from iii.stream_ops import apply_update
 from iii.wire import dumps, loads
 
-from .base import DEFAULT_TIMEOUT, Backend
+from .base import DEFAULT_TIMEOUT, Backend, SetResult, UpdateResult
 from .errors import check_timeout
 from .events import EventHub, StreamEvent, Subscription, Watch, custom_event, make_event
 
@@ -89,7 +89,7 @@ class MemoryStream(Backend):
         group[input.item_id] = text
         old = None if old_text is None else loads(old_text)
         self._emit(input.stream_name, input.group_id, input.item_id, "create" if old is None else "update", text)
-        return StreamSetResult[Any](old_value=old, new_value=input.data)
+        return SetResult(old_value=old, new_value=input.data)
 
     async def delete(self, input: StreamDeleteInput, *, timeout: float | None = None) -> StreamDeleteResult:
         self._limit(timeout)  # checked only: a memory operation never waits
@@ -123,7 +123,7 @@ class MemoryStream(Backend):
         # the group is looked up again: apply_update may raise, and a failed update must not create a group
         self._streams.setdefault(input.stream_name, {}).setdefault(input.group_id, {})[input.item_id] = text
         self._emit(input.stream_name, input.group_id, input.item_id, "create" if old is None else "update", text)
-        return StreamUpdateResult[Any](old_value=old, new_value=new)
+        return UpdateResult(old_value=old, new_value=new)
 
     async def send(self, stream_name: str, group_id: str, id: str | None, type: str, data: Any) -> None:
         dumps(data)  # refuse what no other backend could publish either

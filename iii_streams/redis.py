@@ -71,7 +71,7 @@ from iii.stream import (
 from iii.stream_ops import Op, apply_update, parse_ops
 from iii.wire import dumps, loads
 
-from .base import DEFAULT_TIMEOUT, Backend
+from .base import DEFAULT_TIMEOUT, Backend, SetResult, UpdateResult
 from .batching import KeyedBatcher
 from .errors import (
     PoolExhaustedError,
@@ -413,7 +413,7 @@ class RedisStream(Backend):
         async with self._guard("set", timeout):
             raw = await self._set_script(keys=[key], args=args)
         old = None if raw is None else self._parse(raw, key, input.item_id)
-        return StreamSetResult[Any](old_value=old, new_value=input.data)
+        return SetResult(old_value=old, new_value=input.data)
 
     async def delete(self, input: StreamDeleteInput, *, timeout: float | None = None) -> StreamDeleteResult:
         key = self.layout.key(input.stream_name, input.group_id)
@@ -499,7 +499,7 @@ class RedisStream(Backend):
             if self.publish_events:
                 head, tail = event_json_parts(update.stream_name, update.group_id, update.item_id)
                 events.append(f'{head}{"create" if old is None else "update"}","data":{text}{tail}')
-            results.append(StreamUpdateResult[Any](old_value=old, new_value=new))
+            results.append(UpdateResult(old_value=old, new_value=new))
         return results, texts, events
 
     async def send(self, stream_name: str, group_id: str, id: str | None, type: str, data: Any) -> None:
