@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import uuid
 from collections.abc import Callable, Collection
 from types import TracebackType
 from typing import Any
@@ -45,6 +46,7 @@ from iii.ws_fastpath import flush as flush_frames
 from iii.ws_fastpath import send_server_frame
 from iii_streams.messages import error_line
 
+from .allocator import MemoryReleaser
 from .channels import ChannelRelay
 from .config import EngineConfig
 from .invocations import Invocations
@@ -121,6 +123,9 @@ class Engine:
         # big frames from every connection take turns and the lane rests as long as each parse took; whatever
         # peers send, the event loop keeps at least half of its time for everyone else's calls.
         self._big_frame_lane = asyncio.Lock()
+        # Garbage frames, big frames and dropped connections free memory the C allocator keeps resident: give it
+        # back once such a burst is over (never on the call path).
+        self.memory = MemoryReleaser()
         self._worker_listeners: list[Callable[[str, str], None]] = []
         self._seen_version = 0
         self._started = False
@@ -242,6 +247,7 @@ class Engine:
         await self._listener.close()
         await self.invocations.close()
         await self.channels.close()
+        self.memory.close()
         if self._stopping is not None:
             self._stopping.set()
 
@@ -359,10 +365,13 @@ class Engine:
         remote = ws.remote_address
         limit = self.config.max_outbox_bytes
         closing: list[asyncio.Task[None]] = []
+        # The callbacks below name the worker by id, not through ``worker``: the outbox holds them, and a cycle
+        # through the worker would keep each closed connection (and its buffers) until a full garbage collection.
+        worker_id = str(uuid.uuid4())
 
         def overflow(size: int) -> None:
             log.warning("worker %s does not read what it is sent: %d bytes would be queued (max_outbox_bytes %d); "
-                        "closing with %d", worker.id, size, limit, OVERFLOW_CLOSE_CODE)
+                        "closing with %d", worker_id, size, limit, OVERFLOW_CLOSE_CODE)
             closing.append(asyncio.get_running_loop().create_task(_close_unread(ws, limit)))
 
         async def send(text: str) -> None:
@@ -372,7 +381,7 @@ class Engine:
 
         worker = WorkerConnection(outbox=Outbox(send, max_bytes=limit, on_overflow=overflow,
                                                 flush=lambda: flush_frames(ws)),
-                                  ip_address=str(remote[0]) if remote else None)
+                                  ip_address=str(remote[0]) if remote else None, id=worker_id)
         self.workers[worker.id] = worker
         worker.post(worker.session.registered())
         log.info("worker %s connected from %s", worker.id, worker.ip_address)
@@ -402,6 +411,7 @@ class Engine:
             await self._cleanup(worker)
             for task in closing:
                 await task
+            self.memory.note()
 
     async def _parse_big_frame(self, raw: str | bytes) -> Event | None:
         async with self._big_frame_lane:
@@ -409,6 +419,7 @@ class Engine:
             started = loop.time()
             event = await asyncio.to_thread(read_frame, raw)
             await asyncio.sleep(loop.time() - started)
+        self.memory.note()
         return event
 
     async def _on_event(self, worker: WorkerConnection, event: Event) -> None:
@@ -425,6 +436,7 @@ class Engine:
         elif isinstance(event, Rejected):
             # The reason may quote the sender's input: cap it so one frame cannot flood the log.
             log.warning("worker %s: dropped undecodable frame: %s", worker.id, clip_text(event.reason))
+            self.memory.note()
             if event.reply is not None:
                 worker.post(event.reply)
         elif isinstance(event, RegisterFunction):

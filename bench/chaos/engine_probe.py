@@ -7,7 +7,9 @@ engine's *loop lag*: a stalled loop, or a process the OS did not run). On ``SIGU
 mark, and starts a new period. With ``III_CHAOS_TRACEMALLOC=1`` (diagnosis only: it slows every allocation) each
 line also lists the Python allocations that grew most since the first mark; with ``III_CHAOS_MALLOC_TRIM=1`` the
 line also says how much RSS glibc's ``malloc_trim(0)`` gives back (memory freed by Python but kept by the C
-allocator); with ``III_CHAOS_GC=1`` how much a full ``gc.collect()`` frees (garbage held only by reference cycles).
+allocator); with ``III_CHAOS_GC=1`` how much a full ``gc.collect()`` frees (garbage held only by reference cycles);
+with ``III_CHAOS_ALLOC=1`` where the C heap's memory is (glibc's ``mallinfo2``: in use, free, mmap'd), how many
+pymalloc arenas are held and how much of them is in use, and how many threads run.
 
 Example:
     >>> p = Period()
@@ -100,8 +102,62 @@ class Probe:
             before = rss_bytes(os.getpid())
             ctypes.CDLL("libc.so.6").malloc_trim(0)
             out["malloc_trim_freed_mib"] = round((before - rss_bytes(os.getpid())) / MIB, 2)
+        if os.environ.get("III_CHAOS_ALLOC") == "1":
+            out["alloc"] = allocation_figures()
         print(PREFIX + json.dumps(out), flush=True)
         self.period = Period()
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def allocation_figures() -> dict[str, float]:
+    """MiB in glibc's arenas (in use / free), in its mmap'd blocks, in pymalloc's arenas (held / in use), and the
+    thread count; the glibc figures are left out on other C libraries."""
+    import threading
+
+    out: dict[str, float] = {"threads": threading.active_count()}
+    try:
+        mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        mallinfo2 = None
+    if mallinfo2 is not None:
+        mallinfo2.restype = _MallInfo2
+        info = mallinfo2()
+        out.update(glibc_in_use_mib=round(info.uordblks / MIB, 2), glibc_free_mib=round(info.fordblks / MIB, 2),
+                   glibc_mmap_mib=round(info.hblkhd / MIB, 2))
+    stats = _pymalloc_stats()
+    for key, name in (("# arenas allocated current", "pymalloc_arenas"),
+                      ("# bytes in allocated blocks", "pymalloc_in_use_mib")):
+        if key in stats:
+            out[name] = stats[key] if name == "pymalloc_arenas" else round(stats[key] / MIB, 2)
+    return out
+
+
+def _pymalloc_stats() -> dict[str, int]:
+    """The ``# name = value`` lines of ``sys._debugmallocstats()`` (which writes to the C ``stderr``)."""
+    import tempfile
+
+    with tempfile.TemporaryFile() as capture:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(capture.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        text = capture.read().decode(errors="replace")
+    stats: dict[str, int] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition("=")
+        if line.startswith("#") and value.strip().replace(",", "").isdigit():
+            stats[name.strip()] = int(value.strip().replace(",", ""))
+    return stats
 
 
 def rss_by_mapping(path: str = "/proc/self/smaps") -> dict[str, float]:

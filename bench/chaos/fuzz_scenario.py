@@ -12,7 +12,8 @@ stand the callers' own loop lag (how late their process got to run), the engine'
 is the median of several samples at the end of a settle interval.
 
 Diagnosis: ``III_CHAOS_FUZZ_WITHOUT=huge,large,deep,churn`` leaves those kinds out (to compare runs);
-``III_CHAOS_TRACEMALLOC=1`` / ``III_CHAOS_MALLOC_TRIM=1`` add the probe's allocation figures to the report.
+``III_CHAOS_TRACEMALLOC=1`` / ``III_CHAOS_MALLOC_TRIM=1`` / ``III_CHAOS_ALLOC=1`` add the probe's allocation figures
+to the report.
 """
 
 from __future__ import annotations
@@ -432,6 +433,9 @@ def _allocation_detail(before: dict[str, Any], after: dict[str, Any]) -> str:
     parts = ["growth by mapping: " + ", ".join(f"{k} {now[k] - was.get(k, 0):+.1f}" for k in now)] if now else []
     if "traced_mib" in after:
         parts.append(f"Python-traced {after['traced_mib']} MiB; grew: " + " | ".join(after.get("grew", [])[:3]))
+    if "alloc" in after:
+        was_alloc = before.get("alloc", {})
+        parts.append("alloc " + ", ".join(f"{k} {v} (was {was_alloc.get(k)})" for k, v in after["alloc"].items()))
     if "malloc_trim_freed_mib" in after:
         parts.append(f"malloc_trim gave back {after['malloc_trim_freed_mib']} MiB")
     return "; ".join(parts)
