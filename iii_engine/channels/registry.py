@@ -15,10 +15,10 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 import logging
-import secrets
-import uuid
+import os
 from collections.abc import Coroutine
 from typing import Any
 
@@ -38,6 +38,26 @@ from .machine import ChannelMachine, Close, Side
 from .policy import policy_for
 
 log = logging.getLogger(__name__)
+
+
+def _new_ids() -> tuple[str, str, str]:
+    """A random (version 4) UUID for a channel id and two 192-bit URL-safe keys, from one ``urandom`` call.
+
+    ``uuid.uuid4()`` plus two ``secrets.token_urlsafe(24)`` cost several times more, and the REST API module
+    creates two channels per request.
+
+    Example:
+        >>> import uuid
+        >>> channel_id, writer_key, reader_key = _new_ids()
+        >>> uuid.UUID(channel_id).version, len(writer_key), len(reader_key), writer_key != reader_key
+        (4, 32, 32, True)
+    """
+    raw = bytearray(os.urandom(64))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw[:16].hex()
+    keys = base64.urlsafe_b64encode(raw[16:]).decode()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}", keys[:32], keys[32:]
 
 
 class ChannelRelay:
@@ -96,9 +116,9 @@ class ChannelRelay:
         if max_bytes is not None and max_bytes < 0:
             raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
         policy = self.policy
-        channel_id = str(uuid.uuid4())
-        writer_key = secrets.token_urlsafe(24)
-        reader_key = secrets.token_urlsafe(24) if policy.separate_keys else writer_key
+        channel_id, writer_key, reader_key = _new_ids()
+        if not policy.separate_keys:
+            reader_key = writer_key
         machine = ChannelMachine(
             channel_id, capacity=clamp_buffer_size(buffer_size), max_queued_bytes=self.max_queued_bytes,
             max_message_size=self.max_message_size,

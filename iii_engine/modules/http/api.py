@@ -260,12 +260,13 @@ class RestApiModule(EngineModule):
                 raw = await self._receive(request, claim)
             finally:
                 self.receiving -= 1
-            async with self._limit:  # only now: a slow client's wait for its body holds no slot
-                self.in_flight += 1
-                try:
-                    return await self._dispatch(request, match, raw, cors_headers)
-                finally:
-                    self.in_flight -= 1
+            await self._take_slot()  # only now: a slow client's wait for its body holds no slot
+            self.in_flight += 1
+            try:
+                return await self._dispatch(request, match, raw, cors_headers)
+            finally:
+                self.in_flight -= 1
+                self._limit.release()
         except _Refused as exc:
             log.info("HTTP %s %s refused with %d: %s", request.method, request.path, exc.status, exc.message)
             response = _json_response(exc.status, {"error": exc.message}, {**exc.headers, **cors_headers})
@@ -274,6 +275,20 @@ class RestApiModule(EngineModule):
         finally:
             claim.release()
 
+    async def _take_slot(self) -> None:
+        """One of the ``concurrency_request_limit`` slots, within ``slot_timeout``; else 503 (retry later)."""
+        assert self._limit is not None
+        if not self._limit.locked():  # the usual case: no timer
+            await self._limit.acquire()
+            return
+        timeout_ms = self.settings.slot_timeout_ms
+        try:
+            async with asyncio.timeout(timeout_ms / 1000):
+                await self._limit.acquire()
+        except TimeoutError:
+            raise _Refused(503, f"all {self.settings.concurrency_request_limit} request slots stayed busy for "
+                                f"{timeout_ms} ms (slot_timeout); retry later", {"Retry-After": "1"}) from None
+
     async def _receive(self, request: web.BaseRequest, claim: _Claim) -> bytearray:
         """The whole request body, within ``max_body_bytes``, ``body_timeout`` and the memory budget.
 
@@ -281,6 +296,8 @@ class RestApiModule(EngineModule):
         claimed up front; a chunked (or compressed) body is counted and claimed as it arrives, decoded, and
         refused once past the limit.
         """
+        if not request.body_exists:  # no Content-Length or Transfer-Encoding: nothing to read or to wait for
+            return bytearray()
         limit = self.settings.max_body_bytes
         length = request.content_length
         if length is not None and length > limit:
@@ -421,9 +438,10 @@ class RestApiModule(EngineModule):
         response.headers.update(cors)
         await response.prepare(request)
         await response.write(first)
+        next_chunk, write = reader.next_chunk, response.write
         try:
-            async for chunk in reader.chunks():
-                await response.write(chunk)
+            while (chunk := await next_chunk()) is not None:
+                await write(chunk)
         except ChannelAborted as exc:
             # Finishing the chunked body would make a truncated download look complete; cut the connection.
             log.warning("HTTP %s %s: %s; aborting the response", request.method, request.path, exc)

@@ -182,21 +182,28 @@ class ResponseChannel:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body chunks after the first one, until end of stream; :class:`ChannelAborted` on abort."""
+        while (chunk := await self.next_chunk()) is not None:
+            yield chunk
+
+    async def next_chunk(self) -> bytes | None:
+        """The next body chunk after the first one; ``None`` at the end of the stream, :class:`ChannelAborted` on
+        abort (a plain loop over this costs less per chunk than ``async for`` over :meth:`chunks`)."""
         ws = self._ws
         if ws is None:
-            return
+            return None
         try:
             while True:
                 message = await ws.recv()
                 if isinstance(message, bytes):
                     if message:
-                        yield message
+                        return message
                 else:
                     log.debug("response channel %s: control frame after the body started; ignored",
                               self.channel_id)
         except ConnectionClosed as exc:
             if not _closed_cleanly(exc):
                 raise ChannelAborted(f"response channel {self.channel_id}: writer {_why(exc)}") from None
+            return None
 
     def _control(self, text: str) -> None:
         try:

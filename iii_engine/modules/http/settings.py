@@ -15,6 +15,8 @@ clients that send too much or too slowly:
   (or after its previous response), else it is closed. This also closes idle keep-alive connections.
 - ``max_buffered_bytes`` (256 MiB, at least ``max_body_bytes``): request bodies held in memory across all
   requests; a body that would go over it is refused with 503 at once rather than waited for.
+- ``slot_timeout`` (ms, 10 000): how long a request (body already received) may wait for one of the
+  ``concurrency_request_limit`` slots; then it is answered 503 with ``Retry-After: 1`` and the handler never runs.
 
 Example:
     >>> s = ApiSettings.parse({"port": 0, "cors": {"allowed_origins": ["https://app.example"]}})
@@ -24,7 +26,7 @@ Example:
     Traceback (most recent call last):
     ...
     iii_engine.settings.ConfigError: unknown key 'prot' (allowed: body_timeout, concurrency_request_limit, cors, \
-default_timeout, header_timeout, host, max_body_bytes, max_buffered_bytes, port)
+default_timeout, header_timeout, host, max_body_bytes, max_buffered_bytes, port, slot_timeout)
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ class ApiSettings(Settings):
     max_body_bytes: int = Field(DEFAULT_MAX_BODY_BYTES, ge=1)
     body_timeout_ms: int = Field(30_000, ge=1, alias="body_timeout")
     header_timeout_ms: int = Field(30_000, ge=1, alias="header_timeout")
+    slot_timeout_ms: int = Field(10_000, ge=1, alias="slot_timeout")
     # None: the default budget, which grows with a larger body limit so raising only max_body_bytes stays valid
     max_buffered_bytes_setting: int | None = Field(None, ge=1, alias="max_buffered_bytes")
 

@@ -411,6 +411,22 @@ async def test_concurrency_limit_queues_excess_requests(api: Start) -> None:
     assert [r.status_code for r in await asyncio.gather(*calls)] == [200] * 5
 
 
+async def test_slot_wait_is_bounded_by_slot_timeout(api: Start) -> None:
+    engine, module, client = await api(concurrency_request_limit=1, slot_timeout=200)
+    worker = await worker_with_route(engine, "hold", "hold")
+    first = asyncio.ensure_future(client.get("/hold"))
+    held = await worker.expect("invokefunction")
+    refused = await client.get("/hold")  # the only slot stays busy past slot_timeout
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert "slot_timeout" in refused.json()["error"]
+    await answer(worker, held, {"body": "ok"})
+    assert (await first).status_code == 200
+    after = asyncio.ensure_future(client.get("/hold"))  # the refused request gave nothing back twice
+    await answer(worker, await worker.expect("invokefunction"), {"body": "again"})
+    assert (await after).json() == "again"
+    assert module.in_flight == 0 and not worker.backlog  # the refused request never reached the handler
+
+
 async def test_concurrent_load_never_exceeds_the_limit(api: Start) -> None:
     limit, total = 8, 200
     engine, _, client = await api(concurrency_request_limit=limit)
