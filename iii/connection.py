@@ -33,6 +33,8 @@ from urllib.parse import urlsplit
 import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.frames import Frame as WsFrame
+from websockets.frames import Opcode
 from websockets.protocol import State
 
 from .iii_constants import DEFAULT_RECONNECTION_CONFIG, MAX_QUEUE_SIZE, IIIConnectionState, ReconnectionConfig
@@ -135,6 +137,36 @@ def _write_queued(ws: ClientConnection) -> None:
                     ws.transport.write_eof()
             else:
                 ws.transport.close()
+
+
+class _DirectConnection(ClientConnection):
+    """A client connection that hands each complete, unfragmented data message to :attr:`deliver` as soon as
+    websockets has parsed it (from ``data_received``), instead of queueing it for a reader task: one queue and
+    one task wake-up less per message. Anything else — fragments, invalid UTF-8, or a message while older ones
+    still wait in websockets' queue (so order is kept) — takes websockets' own path to ``recv``."""
+
+    deliver: Callable[[Frame], None] | None = None
+
+    def process_event(self, event: Any) -> None:
+        deliver = self.deliver
+        if deliver is not None and isinstance(event, WsFrame) and event.fin and not len(self.recv_messages.frames):
+            if event.opcode is Opcode.TEXT:
+                try:
+                    text = bytes(event.data).decode()
+                except UnicodeDecodeError:
+                    pass  # websockets closes with 1007, as it always did
+                else:
+                    deliver(text)
+                    return
+            elif event.opcode is Opcode.BINARY:
+                deliver(bytes(event.data))
+                return
+        super().process_event(event)
+
+
+# process_event is websockets' documented override point for incoming events; the frame queue is read for its
+# length only. Without them the ordinary connection (and its reader task) is used.
+_DIRECT = hasattr(ClientConnection, "process_event")
 
 
 def _noop(*_: Any) -> None:
@@ -325,6 +357,7 @@ class Connection:
                     max_size=self._max_size,
                     compression=None,
                     open_timeout=self._open_timeout,
+                    create_connection=_DirectConnection if _DIRECT else None,
                 )
             except (OSError, TimeoutError, InvalidHandshake, ValueError) as exc:
                 # A refused handshake is retried like any other failure (docs/protocol.md#sdk-improvements S3).
@@ -366,19 +399,26 @@ class Connection:
                     await ws.send(frame)
             self._ready = True
             self._on_ready()
+            if isinstance(ws, _DirectConnection):
+                ws.deliver = self._deliver  # from now on; whatever came earlier is read below first
             async for raw in ws:
-                try:
-                    self._on_frame(raw)
-                except Exception:
-                    log.exception("Handling an incoming frame failed; frame skipped: %.200r", raw)
+                self._deliver(raw)
         except ConnectionClosed as exc:
             log.info("Connection to %s closed: %s", self.url, exc)
         finally:
+            if isinstance(ws, _DirectConnection):
+                ws.deliver = None
             self._ready = False
             self._ws = None
             if self._running:
                 self._set_state("disconnected")
                 self._on_lost()
+
+    def _deliver(self, raw: Frame) -> None:
+        try:
+            self._on_frame(raw)
+        except Exception:
+            log.exception("Handling an incoming frame failed; frame skipped: %.200r", raw)
 
     def _set_state(self, state: IIIConnectionState) -> None:
         if state != self._state:

@@ -181,3 +181,48 @@ async def test_frames_batched_in_one_turn_leave_in_one_write_in_order(recorder: 
         assert len(writes) == 2
     finally:
         await conn.close()
+
+
+async def test_messages_are_delivered_from_the_socket_callback_in_order() -> None:
+    """Complete messages reach ``on_frame`` straight from the socket callback (no reader task in between); a
+    fragmented message, and whatever arrives while it still waits in websockets' queue, keep their order."""
+
+    async def script(ws: ServerConnection) -> None:
+        assert await ws.recv() == "go"
+        await ws.send("a")
+        await ws.send(["b1", "b2"])  # fragmented: websockets' own path
+        await ws.send("c")
+        await ws.send(b"d")
+        assert await ws.recv() == "next"
+        await ws.send("e")
+        await ws.wait_closed()
+
+    got: list[tuple[str | bytes, bool]] = []
+    changed = asyncio.Event()
+
+    def on_frame(raw: str | bytes) -> None:
+        got.append((raw, asyncio.current_task() is None))
+        changed.set()
+
+    async def wait_for(count: int) -> None:
+        while len(got) < count:
+            changed.clear()
+            await asyncio.wait_for(changed.wait(), 10)
+
+    ready = asyncio.Event()
+    async with serve(script, "127.0.0.1", 0) as server:
+        conn = Connection(f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}", on_frame=on_frame,
+                          on_ready=ready.set)
+        try:
+            await conn.start()
+            await asyncio.wait_for(ready.wait(), 10)
+            conn.send_now("go")
+            await wait_for(4)
+            conn.send_now("next")
+            await wait_for(5)
+        finally:
+            await conn.close()
+    assert [raw for raw, _ in got] == ["a", "b1b2", "c", b"d", "e"]
+    direct = dict(got)
+    assert direct["a"] and direct["e"]  # nothing queued ahead of them: no task involved
+    assert not direct["b1b2"]
