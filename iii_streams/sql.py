@@ -138,6 +138,7 @@ class _Plan:
     current: dict[bytes, str | None]  # every key's JSON text after the prefix (None: absent)
     results: builtins.list[Any] = field(default_factory=builtins.list)  # (old, new) or exception, per write
     notify: builtins.list[str] = field(default_factory=builtins.list)  # PostgreSQL NOTIFY payloads
+    sent: set[str] = field(default_factory=set)  # the same, to spot a repeat without scanning the list
     events: builtins.list[StreamEvent] = field(default_factory=builtins.list)  # in-process events (SQLite)
     created: dict[bytes, _Write] = field(default_factory=dict)  # rows to insert, in creation order
     deleted: set[bytes] = field(default_factory=set)
@@ -436,10 +437,11 @@ class SQLStream(Backend):
             if self.publish_events and self._pg:
                 head, tail = event_json_parts(w.stream_name, w.group_id, w.item_id)
                 payload = self._notify_payload(f'{head}{kind}","data":{event_text}{tail}')
-                if payload and payload in plan.notify:
+                if payload and payload in plan.sent:
                     break  # PostgreSQL would deliver it once: this write and the rest go into the next transaction
                 if payload:
                     plan.notify.append(payload)
+                    plan.sent.add(payload)
             elif self.publish_events and self._hub.active:
                 plan.events.append(make_event(w.stream_name, w.group_id, w.item_id, kind, loads(event_text)))
             if new_text is None:
