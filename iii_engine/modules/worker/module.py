@@ -196,7 +196,9 @@ class WorkerModule(EngineModule):
         triggers = self.core.registry.triggers_of_type(FUNCTIONS_AVAILABLE)
         if not triggers:
             return
-        payload = {"event": "functions_changed", "functions": self.core.registry.function_infos(True)}
+        # copies: the payload goes to whatever function the trigger names, which may keep or change it
+        functions = [dict(info) for info in self.core.registry.function_infos(True)]
+        payload = {"event": "functions_changed", "functions": functions}
         for trigger in triggers:
             self.core.fire(trigger.function_id, payload)
 
