@@ -33,13 +33,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BOOT = HERE / "event_loop_overlay" / "boot.py"
 LOOPS = ("asyncio", "uvloop")
-# every row of the README's benchmark table, with options short enough for both loops in about 25 minutes
+# every row of the README's benchmark table, with options short enough for both loops in about 25 minutes on
+# 2 busy cores (32 minutes with --n 1000 and --calls 2000)
 ROWS: dict[str, list[str]] = {
     "engine_roundtrip.py": ["--calls", "3000", "--rounds", "3"],
-    "sdk_calls.py": ["--calls", "2000", "--rounds", "3"],
+    "sdk_calls.py": ["--calls", "1200", "--rounds", "3"],
     "channels_throughput.py": ["--rounds", "3", "--size-mib", "64", "--mem-size-mib", "256"],
-    "streams_contended.py": ["--n", "1000", "--rounds", "2"],
-    "streams_backends.py": ["--n", "1000", "--rounds", "2"],
+    "streams_contended.py": ["--n", "600", "--rounds", "2"],
+    "streams_backends.py": ["--n", "600", "--rounds", "2"],
     "engine_scale.py": ["--workers", "500", "--channels", "3000", "--subscribers", "500"],
     "http_api.py": ["--requests", "1500", "--mib", "32"],
 }
