@@ -15,7 +15,11 @@ so a client that sends headers and then nothing (or trickles) holds no slot: it 
 ``body_timeout``. A body over ``max_body_bytes`` is 413 (at once when Content-Length says so, else as soon as
 the count crosses the limit) and the handler never sees it. Bodies held in memory across all requests are capped
 by ``max_buffered_bytes``; a body that does not fit is 503 at once. ``header_timeout`` closes connections that do
-not complete their headers in time (slow-header clients, idle keep-alive connections).
+not complete their headers in time (slow-header clients, idle keep-alive connections). A request that finds all
+``concurrency_request_limit`` slots busy waits at most ``slot_timeout``, then gets 503 with ``Retry-After``.
+
+Per request the module creates both channels on the relay and opens its own ends in-process: the body is queued
+whole at once (``ChannelRelay.fill``, no task) and the response end reads straight from the channel's queue.
 
 ``engine.module("http_api").port`` is the bound port (useful with ``port: 0``).
 
