@@ -50,7 +50,7 @@ from .iii_types import (
 )
 from .loop_bridge import LoopBridge
 from .payloads import action_to_wire, format_dict, resolve_channels
-from .pending_calls import PendingCalls, ThreadWaiter
+from .pending_calls import LoopWaiter, PendingCalls, Settle, ThreadWaiter
 from .protocol.client import (
     CallFailed,
     CallSucceeded,
@@ -544,28 +544,33 @@ class III:
         Example:
             >>> # iii.trigger({"function_id": "greet", "payload": {"name": "Ada"}})
         """
-        function_id, payload, action, timeout_ms = _unpack_request(request)
-        # Read in the caller's context and handed over explicitly, so what travels never depends on how the
-        # hop to the client's loop treats context variables.
-        tp, bg = self._telemetry.trace.headers()
-        if self._closed:
-            raise ShuttingDownError()
-        # The frame is built here, on the caller's thread; the loop gets one callback that tracks the call and
-        # writes the frame, and settles the waiter from there when the result arrives (one wake-up each way).
-        invocation_id, frame = self._session.new_call(
-            function_id, payload, action=action_to_wire(action), traceparent=tp or None, baggage=bg or None
-        )
+        function_id, invocation_id, frame, timeout = self._prepare_call(request)
         if invocation_id is None:  # void: nothing to wait for but the write
             self._run_on_loop(self._conn.send(frame))
             return None
         waiter = ThreadWaiter()
-        timeout = timeout_ms or self._options.invocation_timeout_ms
         self._bridge.post_blocking(self._start_call, invocation_id, function_id, frame, timeout, waiter)
         return waiter.wait(timeout / 1000.0 + 1.0, lambda: self._bridge.alive)
 
+    def _prepare_call(self, request: dict[str, Any] | TriggerRequest) -> tuple[str, str | None, str, float]:
+        """``(function_id, invocation_id, frame, timeout_ms)`` of a call made from outside the client's loop.
+
+        The frame is built on the caller's thread, in the caller's trace context (read here and written into the
+        frame, so what travels never depends on how a hop between threads treats context variables); the loop
+        then gets one callback, :meth:`_start_call`, and settles the caller's waiter with no hop back.
+        """
+        function_id, payload, action, timeout_ms = _unpack_request(request)
+        tp, bg = self._telemetry.trace.headers()
+        if self._closed:  # the private loop may be gone: say why before handing it anything
+            raise ShuttingDownError()
+        invocation_id, frame = self._session.new_call(
+            function_id, payload, action=action_to_wire(action), traceparent=tp or None, baggage=bg or None
+        )
+        return function_id, invocation_id, frame, timeout_ms or self._options.invocation_timeout_ms
+
     def _start_call(self, invocation_id: str, function_id: str, frame: str, timeout_ms: float,
-                    waiter: ThreadWaiter) -> None:
-        """The loop's half of a sync call: track it (with its timeout) and write its frame."""
+                    waiter: Settle) -> None:
+        """The loop's half of a call from another thread or loop: track it (with its timeout), write its frame."""
         if self._closed:
             waiter.set_exception(ShuttingDownError())
             return
@@ -573,18 +578,36 @@ class III:
         self._calls.track(invocation_id, function_id, waiter, timeout_ms=timeout_ms, on_expire=self._session.forget)
         self._conn.send_now(frame, invocation_id)
 
+    def _drop_call(self, invocation_id: str) -> None:
+        """The caller stopped waiting (cancelled): forget the call; a late result is ignored."""
+        self._calls.discard(invocation_id)
+        self._session.forget(invocation_id)
+
     async def trigger_async(self, request: dict[str, Any] | TriggerRequest) -> Any:
         """Async form of :meth:`trigger`; works from any event loop.
 
         Example:
             >>> # await iii.trigger_async({"function_id": "notify", "payload": {}, "action": TriggerAction.Void()})
         """
-        function_id, payload, action, timeout_ms = _unpack_request(request)
-        if self._closed:  # the private loop may be gone: say why before hopping onto it
-            raise ShuttingDownError()
-        return await self._bridge.run_async(
-            self._call(function_id, payload, action, timeout_ms, self._telemetry.trace.headers())
-        )
+        running = asyncio.get_running_loop()
+        if running is self._loop:
+            function_id, payload, action, timeout_ms = _unpack_request(request)
+            if self._closed:
+                raise ShuttingDownError()
+            return await self._call(function_id, payload, action, timeout_ms, self._telemetry.trace.headers())
+        function_id, invocation_id, frame, timeout = self._prepare_call(request)
+        if invocation_id is None:
+            await self._bridge.run_async(self._conn.send(frame))
+            return None
+        future: asyncio.Future[Any] = running.create_future()
+        self._loop.call_soon_threadsafe(self._start_call, invocation_id, function_id, frame, timeout,
+                                        LoopWaiter(running, future))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if self._bridge.alive:
+                self._loop.call_soon_threadsafe(self._drop_call, invocation_id)
+            raise
 
     async def _call(
         self,

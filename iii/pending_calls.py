@@ -23,11 +23,12 @@ from typing import Any, Protocol
 
 from .errors import ShuttingDownError
 
-__all__ = ["PendingCalls", "Settle", "ThreadWaiter"]
+__all__ = ["LoopWaiter", "PendingCalls", "Settle", "ThreadWaiter"]
 
 
 class Settle(Protocol):
-    """What a waiting call is settled through: an :class:`asyncio.Future` or a :class:`ThreadWaiter`."""
+    """What a waiting call is settled through: an :class:`asyncio.Future`, a :class:`ThreadWaiter` or a
+    :class:`LoopWaiter`."""
 
     # The asyncio.Future methods of the same names.
     def done(self) -> bool: ...
@@ -84,6 +85,59 @@ class ThreadWaiter:
         if self._error is not None:
             raise self._error
         return self._result
+
+
+class LoopWaiter:
+    """A call result awaited on another event loop: settled from the client's loop with one hop onto the
+    waiting loop (instead of a task on the client's loop chained to a concurrent future, then to this one).
+
+    Example:
+        >>> import asyncio
+        >>> async def demo() -> int:
+        ...     future = asyncio.get_running_loop().create_future()
+        ...     LoopWaiter(asyncio.get_running_loop(), future).set_result(7)
+        ...     return await future
+        >>> asyncio.run(demo())
+        7
+    """
+
+    __slots__ = ("_done", "_future", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> None:
+        self._loop = loop
+        self._future = future
+        self._done = False
+
+    def done(self) -> bool:
+        """Whether the result or the error was handed over."""
+        return self._done
+
+    def set_result(self, result: Any) -> None:
+        """Settle the future with ``result`` on its own loop (ignored once settled)."""
+        self._settle(_set_result, result)
+
+    def set_exception(self, exception: BaseException) -> None:
+        """Settle the future with ``exception`` on its own loop (ignored once settled)."""
+        self._settle(_set_exception, exception)
+
+    def _settle(self, how: Callable[[asyncio.Future[Any], Any], None], value: Any) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            self._loop.call_soon_threadsafe(how, self._future, value)
+        except RuntimeError:
+            pass  # the waiting loop is closed: nobody is left to tell
+
+
+def _set_result(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():  # the waiter may have been cancelled meanwhile
+        future.set_result(result)
+
+
+def _set_exception(future: asyncio.Future[Any], exception: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exception)
 
 
 class _Pending:

@@ -245,3 +245,36 @@ def test_sync_trigger_hands_the_loop_one_callback(fake: EngineThread, make_fake_
     assert b._conn._flusher is flusher and len(b._calls) == 0
     frame = next(f for f in fake.worker(b).frames if f.get("function_id") == "math::inc")
     assert set(frame) == {"type", "invocation_id", "function_id", "data"}
+
+
+def test_trigger_async_from_a_foreign_loop_needs_no_task_on_the_clients_loop(
+    fake: EngineThread, make_fake_worker: MakeWorker
+) -> None:
+    a, b = make_fake_worker("a"), make_fake_worker("b")
+    release = threading.Event()
+    a.register_function("math::inc", lambda data: data + 1)
+    a.register_function("slow::hold", lambda data: release.wait(5))
+    fake.wait_registered("math::inc", "slow::hold")
+
+    def no_coroutine_hop(coro: Any) -> Any:
+        coro.close()
+        raise AssertionError("trigger_async ran a coroutine on the client's loop")
+
+    async def main() -> list[Any]:
+        results = await asyncio.gather(*(b.trigger_async({"function_id": "math::inc", "payload": i})
+                                         for i in range(20)))
+        # A cancelled waiter: the client forgets the call at once (its late result is ignored).
+        held = asyncio.ensure_future(b.trigger_async({"function_id": "slow::hold", "payload": {}}))
+        await asyncio.to_thread(fake.wait_for, lambda: "slow::hold" in fake.calls_in_flight())
+        held.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await held
+        return results
+
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(b._bridge, "run_async", no_coroutine_hop)
+            assert asyncio.run(main()) == list(range(1, 21))
+        fake.wait_for(lambda: len(b._calls) == 0)
+    finally:
+        release.set()
