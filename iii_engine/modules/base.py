@@ -150,6 +150,10 @@ class ChannelService(Protocol):
     def open_local(self, channel_id: str, key: str, direction: str) -> LocalEnd:
         """Attach to one end in-process (no WebSocket); raises when the ref is unknown, wrong or taken."""
 
+    def fill(self, channel_id: str, key: str, data: bytes | bytearray, chunk_size: int) -> None:
+        """Attach the write end in-process and queue ``data`` as the channel's whole stream, ended normally (no
+        task); raises when the ref is unknown, wrong or taken."""
+
     def discard(self, channel_id: str) -> None:
         """Drop a channel now, whatever its ends are doing."""
 

@@ -43,9 +43,8 @@ from aiohttp import HttpVersion11, web
 from iii.iii_types import TriggerInfo
 from iii.wire import dumps, loads
 
-from ...channels import ChannelRelay
 from ..base import EngineError, EngineModule, EngineServices
-from .channels import CHUNK_SIZE, ChannelAborted, ResponseChannel, write_body
+from .channels import CHUNK_SIZE, ChannelAborted, ResponseChannel
 from .routes import RouteMatch, RouteTable, parse_http_trigger
 from .settings import ApiSettings
 
@@ -377,12 +376,9 @@ class RestApiModule(EngineModule):
         response_channel = relay.create(_CHANNEL_BUFFER, owner=None)
         payload["request_body"] = request_channel["reader"]
         payload["response"] = response_channel["writer"]
-        upload: asyncio.Task[None] | None = None
         body_ref = request_channel["writer"]
-        if isinstance(relay, ChannelRelay):  # the whole body is in hand: queue it at once, no task
-            relay.fill(body_ref["channel_id"], body_ref["access_key"], raw, CHUNK_SIZE)
-        else:
-            upload = self._spawn(write_body("", body_ref, raw, relay))
+        # the whole body is in hand: queue it at once, no task
+        relay.fill(body_ref["channel_id"], body_ref["access_key"], raw, CHUNK_SIZE)
         reader = ResponseChannel("", response_channel["reader"], relay)
         first = self._spawn(reader.first_chunk())
         call = self._spawn(self.services.invoke(route.function_id, payload,
@@ -390,9 +386,8 @@ class RestApiModule(EngineModule):
         try:
             return await self._respond(request, reader, first, call, deadline)
         finally:
-            for task in (first, upload):
-                if task is not None and not task.done():
-                    task.cancel()
+            if not first.done():
+                first.cancel()
             if reader.local:  # nothing to wait for: drop both channels now
                 self._discard(request_channel, response_channel)
             else:
