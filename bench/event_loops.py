@@ -44,7 +44,8 @@ ROWS: dict[str, list[str]] = {
     "engine_scale.py": ["--workers", "500", "--channels", "3000", "--subscribers", "500"],
     "http_api.py": ["--requests", "1500", "--mib", "32"],
 }
-_NUMBER = re.compile(r"[-+]?\d[\d,_]*(?:\.\d+)?(?:e[-+]?\d+)?")
+# a figure as the scripts print them: 1,234 / 0.91 / 5.01e+03 (a comma only between digits: "19, x" is not one)
+_NUMBER = re.compile(r"[-+]?\d(?:[\d_]|,(?=\d))*(?:\.\d+)?(?:e[-+]?\d+)?")
 
 
 def make_overlay(root: Path, loop: str) -> Path:
@@ -134,17 +135,20 @@ def compare(script: str, args: list[str], repeat: int, timeout: float, overlays:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("script", nargs="?", help="a script in bench/, e.g. engine_roundtrip.py")
-    parser.add_argument("script_args", nargs=argparse.REMAINDER, help="after --: the script's own options")
+    parser.add_argument("script", nargs="?", help="a script in bench/, e.g. engine_roundtrip.py "
+                                                  "(its own options go after --)")
     parser.add_argument("--all", action="store_true", help="every README row with its short options")
     parser.add_argument("--repeat", type=int, default=1, help="runs per loop (alternating order)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds one script run may take")
-    args = parser.parse_args()
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])
+    script_args = argv[split + 1:]
     if args.all == bool(args.script):
         parser.error("give a SCRIPT or --all")
     if args.repeat < 1:
         parser.error("--repeat must be >= 1")
-    jobs = list(ROWS.items()) if args.all else [(args.script, [a for a in args.script_args if a != "--"])]
+    jobs = list(ROWS.items()) if args.all else [(args.script, script_args)]
     with tempfile.TemporaryDirectory(prefix="iii-event-loops-") as scratch:
         overlays = {loop: make_overlay(Path(scratch), loop) for loop in LOOPS}
         for script, script_args in jobs:

@@ -35,12 +35,14 @@ def test_the_overlay_puts_the_script_and_its_children_on_the_loop(loop: str, tmp
 
 
 def test_side_by_side_pairs_lines_that_differ_in_numbers_only() -> None:
-    asyncio_out = ["3 rounds", "engine  0.91  1.27", "only here", "end"]
-    uvloop_out = ["3 rounds", "engine  0.90  1.25", "end", "a warning"]
+    asyncio_out = ["3 rounds", "engine  0.91  1.27", "open=19, rss=18.6", "only here", "end"]
+    uvloop_out = ["3 rounds", "engine  0.90  1.25", "open=19.1, rss=1,018.7", "end", "a warning"]
     assert side_by_side([("asyncio", asyncio_out), ("uvloop", uvloop_out)]) == [
         "        | 3 rounds",
         "asyncio | engine  0.91  1.27",
         "uvloop  | engine  0.90  1.25",
+        "asyncio | open=19, rss=18.6",
+        "uvloop  | open=19.1, rss=1,018.7",
         "asyncio | only here",
         "uvloop  | (no such line)",
         "        | end",
