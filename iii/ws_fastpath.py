@@ -292,6 +292,25 @@ async def send_bare_close(ws: Connection) -> None:
             ws.protocol.send_close()
 
 
+async def fail(ws: Connection, code: int, reason: str) -> None:
+    """Fail the connection the way websockets does on a protocol error it finds itself (RFC 6455 §7.1.7): a Close
+    frame with ``code`` and, from a server, the end of its side of the TCP stream; returns once the connection is
+    closed (at most its ``close_timeout`` later). For a reader of :func:`receive` that finds an error websockets
+    would have found (a text message that is not UTF-8: 1007). Errors are ignored: the connection goes either way.
+    """
+    flush(ws)
+    if ws.protocol.state is not State.OPEN:
+        return
+    if not AVAILABLE or not callable(getattr(ws.protocol, "fail", None)):
+        _fallback("websockets internals missing: fail")
+        with contextlib.suppress(ConnectionClosed):
+            await ws.close(code, reason)
+        return
+    with contextlib.suppress(Exception):
+        async with ws.send_context():
+            ws.protocol.fail(code, reason)
+
+
 def close_frames(ws: Connection) -> tuple[Close | None, Close | None]:
     """``(received, sent)`` Close frames of ``ws`` (``None`` where there was none)."""
     protocol = ws.protocol

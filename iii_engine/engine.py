@@ -388,7 +388,20 @@ class Engine:
         self.emit_worker_event("worker_connected", worker.id)
         try:
             session = worker.session
-            async for raw in ws:
+            # Whole unfragmented frames come straight from iii.ws_fastpath's splitter (websockets' per-frame parser,
+            # frame objects and assembler cost more than the small frames of the call path); ping/pong, Close,
+            # fragments and oversize frames still go through websockets (iii.ws_fastpath falls back to ``recv``).
+            receive = ws_fastpath.receiver(ws)
+            while True:
+                is_text, payload = await receive()
+                raw: str | bytes = payload
+                if is_text:
+                    try:
+                        raw = payload.decode()
+                    except UnicodeDecodeError as exc:  # as websockets itself fails such a connection
+                        log.info("worker %s sent a text frame that is not UTF-8; closed with 1007", worker.id)
+                        await ws_fastpath.fail(ws, 1007, str(exc))
+                        break
                 try:
                     # Parsed once, under the one JSON policy. Big frames are parsed in a thread so the depth walk
                     # can yield the GIL; awaiting it keeps this connection's frames in order.

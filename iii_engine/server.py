@@ -98,6 +98,8 @@ class Listener:
         route = route_request(request.path)
         if route is None:
             set_max_message_size(connection, self.max_message_size)
+            # the engine reads whole frames through iii.ws_fastpath; up to 1 MiB of them may wait unread
+            enable_fast_receive(connection)
             return None
         if isinstance(route, ChannelRoute):
             refusal = self.relay.check(route.channel_id, route.key, route.direction)
