@@ -12,13 +12,15 @@ write (delivered at commit). Atomicity per item:
   created with ``INSERT … ON CONFLICT DO NOTHING`` and the transaction is run again if another writer created it
   first. PostgreSQL drops a repeated identical notification within one transaction, so a write whose event
   would repeat one already sent goes into the next transaction.
-  A batch for an item whose committed value this process remembers (from its own last write; at most 1024
-  items of up to 8192 characters) runs as ONE autocommitted compare-and-set statement instead: ``UPDATE … WHERE
-  value = <remembered>`` with the batch's ``NOTIFY`` in the same statement (sent only if it wrote), one round
-  trip instead of five. If another process changed the item, nothing is written or sent, ``swap_misses`` grows,
-  and the batch (and the item's batches for the next second) take the locking transaction.
 - SQLite: one queue for the whole database (it has one write lock anyway); ``BEGIN IMMEDIATE`` takes that lock,
   also across processes.
+
+Both: a batch whose writes all update one item whose committed value this process remembers (from its own last
+write; at most 1024 items of up to 8192 characters) runs as ONE autocommitted compare-and-set statement instead,
+``UPDATE … WHERE value = <remembered>`` (on PostgreSQL with the batch's ``NOTIFY`` in the same statement, sent
+only if it wrote): one round trip instead of four or five. If another process changed the item, nothing is
+written or sent, ``swap_misses`` grows, and the batch (and the item's batches for the next second) take the
+locking transaction.
 
 Errors of SQLAlchemy and the drivers surface as :class:`~iii_streams.errors.StreamError` subclasses with the
 original as ``__cause__``; every operation accepts ``timeout=`` (seconds).
@@ -111,7 +113,8 @@ _SWAP: Final = text(
     "n AS (SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p WHERE EXISTS (SELECT 1 FROM u)) "
     "SELECT (SELECT count(*) FROM u) AS written, (SELECT count(*) FROM n) AS sent"
 )
-_KNOWN_MAX: Final = 1024  # items whose last committed value this process remembers (PostgreSQL)
+_SWAP_SQLITE: Final = text(f"UPDATE {TABLE_NAME} SET value = :new WHERE item_key = :k AND value = :old")
+_KNOWN_MAX: Final = 1024  # items whose last committed value this process remembers
 _KNOWN_TEXT_MAX: Final = 8192  # characters; a larger value is not remembered (nor compared by the database)
 _SWAP_BACKOFF: Final = 1.0  # seconds an item another process changed goes back to the locking transaction
 _WRITE_VALUE: Final = update(items).where(items.c.item_key == bindparam("k")).values(value=bindparam("v"))
@@ -251,7 +254,7 @@ class SQLStream(Backend):
         self._read_lock: asyncio.Lock | None = self._write_lock if in_memory else None
         self._ready = False
         self._ready_lock = asyncio.Lock()
-        # PostgreSQL: item key -> (its value as this process last committed it, or None; monotonic time before
+        # item key -> (its value as this process last committed it, or None; monotonic time before
         # which the locking transaction is used anyway because another process wrote it)
         self._known: dict[bytes, tuple[str | None, float]] = {}
         self.swap_misses = 0  # single-statement writes that found the item changed by another process
@@ -391,11 +394,13 @@ class SQLStream(Backend):
         # bounded by the store's timeout: a hung database must not keep the queue waiting forever
         async with asyncio.timeout(self.timeout):
             while pending:
-                swapped = await self._swap(pending) if self._pg else None
+                swapped = await self._swap(pending)
                 if swapped is not None:
-                    done, step_results = swapped
+                    done, step_results, events = swapped
                     results.extend(step_results)
                     pending = pending[done:]
+                    for change in events:
+                        self._hub.publish(change)
                     continue
                 async with self._transaction() as conn:
                     step = await self._apply_writes(conn, pending)
@@ -403,9 +408,8 @@ class SQLStream(Backend):
                         await conn.rollback()
                         continue  # another writer created a row after our SELECT; now it can be locked
                 done, step_results, events, current = step
-                if self._pg:
-                    for key, value in current.items():
-                        self._remember(key, value)
+                for key, value in current.items():
+                    self._remember(key, value)
                 results.extend(step_results)
                 pending = pending[done:]
                 for change in events:
@@ -491,7 +495,7 @@ class SQLStream(Backend):
         return len(plan.results), plan.results, plan.events, current
 
     def _remember(self, key: bytes, value: str | None) -> None:
-        """Note ``value`` as ``key``'s committed value (PostgreSQL), unless the item is backing off."""
+        """Note ``value`` as ``key``'s committed value, unless the item is backing off."""
         old = self._known.pop(key, None)
         now = asyncio.get_running_loop().time()
         if old is not None and old[1] > now:
@@ -501,29 +505,36 @@ class SQLStream(Backend):
         if len(self._known) > _KNOWN_MAX:
             del self._known[next(iter(self._known))]  # the least recently written
 
-    async def _swap(self, writes: Sequence[_Write]) -> tuple[int, builtins.list[Any]] | None:
-        """Run a prefix of ``writes`` (one item: PostgreSQL queues per item) as one compare-and-set statement
-        when this process knows the item's committed value: ``(how many, their results)``, or ``None`` to use
-        the locking transaction (value unknown, a delete or create, or the item changed meanwhile)."""
+    async def _swap(
+        self, writes: Sequence[_Write]
+    ) -> tuple[int, builtins.list[Any], builtins.list[StreamEvent]] | None:
+        """Run a prefix of ``writes`` as one compare-and-set statement when they all touch one item whose committed
+        value this process knows: ``(how many, their results, events to publish)``, or ``None`` to use the
+        locking transaction (several items, value unknown, a delete or create, or the item changed meanwhile)."""
         key = writes[0].key
         old_text, _ = self._known.get(key, (None, 0.0))
-        if old_text is None or any(w.compute is None for w in writes):
+        if old_text is None or any(w.compute is None or w.key != key for w in writes):
             return None
         plan = self._plan(writes, {key: old_text})
         new_text = plan.current[key]
         if new_text is None:  # pragma: no cover - only a delete removes a row, and deletes took the other path
             return None
-        params = {"new": new_text, "k": key, "old": old_text, "channel": NOTIFY_CHANNEL, "payloads": plan.notify}
-        async with self._read() as conn:  # autocommit: the statement is its own transaction
-            row = (await conn.execute(_SWAP, params)).one()
-        if row.written != 1:
+        params: dict[str, Any] = {"new": new_text, "k": key, "old": old_text}
+        # autocommit: the statement is its own transaction (SQLite: under this store's writer lock, like a batch)
+        async with self._connection(self._reader.connect, self._write_lock) as conn:
+            if self._pg:
+                params.update(channel=NOTIFY_CHANNEL, payloads=plan.notify)
+                written = (await conn.execute(_SWAP, params)).one().written
+            else:
+                written = (await conn.execute(_SWAP_SQLITE, params)).rowcount
+        if written != 1:
             # another process wrote the item: its value is unknown, and it may keep writing for a while
             self.swap_misses += 1
             self._known.pop(key, None)
             self._known[key] = (None, asyncio.get_running_loop().time() + _SWAP_BACKOFF)
             return None
         self._remember(key, new_text)
-        return len(plan.results), plan.results
+        return len(plan.results), plan.results, plan.events
 
     @staticmethod
     def _row(w: _Write, value: str | None) -> dict[str, Any]:

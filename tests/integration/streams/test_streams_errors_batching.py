@@ -138,6 +138,32 @@ async def test_sqlite_concurrent_writes_share_transactions(tmp_path: Path) -> No
         assert listed == [{"n": n} for n in range(200)] + [{"n": 200}]  # insertion order kept across batches
 
 
+async def test_sqlite_writes_to_an_item_it_knows_take_one_statement_until_another_process_writes(
+    tmp_path: Path,
+) -> None:
+    """After a store's first write of an item, its next writes are one compare-and-set UPDATE each (no BEGIN
+    IMMEDIATE / SELECT / COMMIT); a write by another process makes the next attempt change nothing and fall back
+    to the locking transaction, which applies it to the current value."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 's.db'}"
+    async with SQLStream.from_url(url) as a, SQLStream.from_url(url) as b:
+        async with a.watch(stream_name="s") as events:
+            await a.update(StreamUpdateInput(**_item("s"), ops=INCREMENT))  # creates the row
+            statements: list[str] = []
+            event.listen(a.engine.sync_engine, "before_cursor_execute",
+                         lambda _c, _k, statement, *_: statements.append(statement.split(None, 1)[0].upper()))
+            quick = [await a.update(StreamUpdateInput(**_item("s"), ops=INCREMENT)) for _ in range(3)]
+            assert statements == ["UPDATE"] * 3
+            await b.set(StreamSetInput(**_item("s"), data={"n": 10}))
+            stale = await a.update(StreamUpdateInput(**_item("s"), ops=INCREMENT))
+            seen = [(await asyncio.wait_for(anext(events), 10))["event"] for _ in range(5)]
+        assert [r.new_value for r in quick] == [{"n": 2}, {"n": 3}, {"n": 4}]
+        assert (stale.old_value, stale.new_value) == ({"n": 10}, {"n": 11})
+        assert a.swap_misses == 1
+        assert await b.get(StreamGetInput(**_item("s"))) == {"n": 11}
+    assert seen == [{"type": "create", "data": {"n": 1}}] + [
+        {"type": "update", "data": {"n": n}} for n in (2, 3, 4, 11)]  # this store's writes, each once
+
+
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
     with scratch_database(require_postgres()) as url:
