@@ -82,9 +82,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--allow-degraded", action="store_true", default=None,
                         help="start even when a configured module cannot (it is logged as not available); "
                              "without it such a module stops the start-up")
-    parser.add_argument("--event-loop", default=DEFAULT_EVENT_LOOP, choices=EVENT_LOOPS,
-                        help=f"the asyncio event loop to run on: {' or '.join(EVENT_LOOPS)} (default "
-                             f"{DEFAULT_EVENT_LOOP}; uvloop needs the uvloop extra)")
+    parser.add_argument("--event-loop", default=None, choices=EVENT_LOOPS,
+                        help=f"the asyncio event loop to run on: {' or '.join(EVENT_LOOPS)} (default: the config "
+                             f"file's event_loop, else {DEFAULT_EVENT_LOOP}; uvloop needs the uvloop extra)")
     return parser.parse_args(argv)
 
 
@@ -194,12 +194,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"{PROG}: {mask_passwords(str(exc))}", file=sys.stderr)
         return 2
-    config = config.with_overrides(host=args.host, port=args.port, allow_degraded=args.allow_degraded)
+    config = config.with_overrides(host=args.host, port=args.port, allow_degraded=args.allow_degraded,
+                                   event_loop=args.event_loop)
     if args.stream_store:
         config = with_stream_store(config, args.stream_store)
     log = _StartupLog(args.log_level, args.log_format)
     try:
-        run_on_loop(run(config, on_started=log.started), args.event_loop)
+        run_on_loop(run(config, on_started=log.started), config.event_loop)
     except EventLoopUnavailable as exc:
         log.failed()
         print(f"{PROG}: {exc}", file=sys.stderr)

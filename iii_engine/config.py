@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 import yaml
 
 from .channels import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_QUEUED_BYTES
+from .event_loop import DEFAULT_EVENT_LOOP, EventLoopName
 from .modules.base import ModuleSpec
 from .settings import ConfigError, Field, Settings, UnknownKeys
 
@@ -125,12 +126,17 @@ class EngineConfig(Settings):
     functions_available_debounce_ms: int = Field(150, ge=0)
     channels: ChannelSettings = Field(default_factory=ChannelSettings)
     allow_degraded: bool = False
+    #: the event loop ``iii-engine`` runs on (ours); an embedded engine runs on its caller's loop
+    #: (``iii_engine.event_loop.run`` picks one)
+    event_loop: EventLoopName = DEFAULT_EVENT_LOOP
 
     def with_overrides(self, *, host: str | None = None, port: int | None = None,
-                       allow_degraded: bool | None = None, modules: list[ModuleSpec] | None = None) -> EngineConfig:
+                       allow_degraded: bool | None = None, modules: list[ModuleSpec] | None = None,
+                       event_loop: EventLoopName | None = None) -> EngineConfig:
         """A validated copy with the given values replaced (flags win over the file)."""
         updates = {key: value for key, value in
-                   (("host", host), ("port", port), ("allow_degraded", allow_degraded), ("modules", modules))
+                   (("host", host), ("port", port), ("allow_degraded", allow_degraded), ("modules", modules),
+                    ("event_loop", event_loop))
                    if value is not None}
         return self if not updates else EngineConfig(**{**dict(self), **updates})
 

@@ -43,6 +43,22 @@ async def test_engine_runs_and_routes_on_the_chosen_loop(engine_process: Callabl
     assert await asyncio.wait_for(proc.process.wait(), 10) == 0
 
 
+@pytest.mark.parametrize(("file_loop", "flag", "loop_class"), [
+    ("uvloop", (), "uvloop.Loop"),
+    ("uvloop", ("--event-loop", "asyncio"), "asyncio.unix_events._UnixSelectorEventLoop"),  # the flag wins
+])
+async def test_the_config_file_chooses_the_loop_unless_the_flag_does(
+        engine_process: Callable[..., Awaitable[Any]], tmp_path: Path, file_loop: str, flag: tuple[str, ...],
+        loop_class: str) -> None:
+    pytest.importorskip("uvloop")
+    config = tmp_path / "engine.yaml"
+    config.write_text(f"event_loop: {file_loop}\nmodules: []\n")
+    proc = await engine_process("--config", str(config), *flag)
+    assert f"event loop: {loop_class}\n" in proc.log()
+    proc.process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(proc.process.wait(), 10) == 0
+
+
 def test_uvloop_missing_stops_the_start_with_one_line(tmp_path: Path) -> None:
     done = run_without(("uvloop",), [*command_line("iii-engine", "module"), "--port", "0", "--event-loop", "uvloop"],
                        tmp_path)
