@@ -25,19 +25,11 @@ def assert_met(report: Report) -> None:
     assert not missed, f"{report.scenario} missed targets:\n{missed}"
 
 
-# The target for memory after the attack is 16 MiB; measured runs end 13-22 MiB above the start, all of
-# it memory the allocators keep (the Python-traced growth is ~50 KiB), so the target is still open. CI holds the
-# engine to twice that, which a real leak would still break.
-RSS_AFTER = "engine RSS after - start"
-RSS_AFTER_CI_BOUND_MIB = 32
-
-
+# Memory after the attack is held to the target (16 MiB) like every other figure: the quick attack ends
+# 1-4 MiB above the start, the full one (python -m bench.chaos --only fuzz) 10-13 MiB since closed connections are
+# freed at once and glibc's free pages are given back (tests/unit/engine/test_engine_memory.py).
 async def test_fuzz_quick(tmp_path: Path) -> None:
-    report = await run_fuzz(True, tmp_path, parts=("attack",))
-    rss_after = next(f for f in report.figures if f.name == RSS_AFTER)
-    assert float(rss_after.value) <= RSS_AFTER_CI_BOUND_MIB, f"{RSS_AFTER} = {rss_after.value} MiB {rss_after.detail}"
-    report.figures = [f for f in report.figures if f.name != RSS_AFTER]
-    assert_met(report)
+    assert_met(await run_fuzz(True, tmp_path, parts=("attack",)))
 
 
 async def test_non_reader_quick(tmp_path: Path) -> None:
