@@ -103,9 +103,11 @@ def _describe(exc: BaseException) -> str:
 
 # websockets' own send() is a coroutine around a context manager: for one small frame it costs more than the
 # frame. When the connection is open, no fragmented message is in progress and the transport is not paused, that
-# send() would not suspend either; it serialises the frame with the sans-I/O protocol and writes the bytes. These
-# are the attributes that shortcut relies on; with any of them missing the ordinary send() is used.
-_WRITE_NOW = all(hasattr(ClientConnection, name) for name in ("send_data",))
+# send() would not suspend either; it serialises the frame with the sans-I/O protocol and writes the bytes, which
+# is what the shortcut below does. It reads ``protocol``, ``send_in_progress`` and ``paused`` of the connection;
+# without ``send_data`` (or ``paused``) the ordinary send() is used. tests/integration/sdk/test_connection.py
+# fails the day an upgrade takes the shortcut away.
+_WRITE_NOW = hasattr(ClientConnection, "send_data")
 
 
 def _queue_now(ws: ClientConnection, frame: Frame) -> bool:
