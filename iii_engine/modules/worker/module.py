@@ -15,6 +15,7 @@ engine::functions::list: expected a JSON object, got null
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -75,6 +76,17 @@ def _optional(data: Mapping[str, Any], function_id: str, key: str, kind: type[T]
                           f"Failed to deserialize input for {function_id}: '{key}' must be "
                           f"{_JSON_NAMES.get(kind, kind.__name__)}, got {_json_name(value)}")
     return value
+
+
+def _private(infos: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A copy of a registry listing the receiver may keep or change (the info dicts are shared by the cache)."""
+    return copy.deepcopy(infos)
+
+
+def _for_caller(infos: list[dict[str, Any]], ctx: InvocationContext) -> list[dict[str, Any]]:
+    """A listing for the caller of a built-in: a worker gets it encoded on the spot, so the shared dicts do;
+    an in-process caller (no worker id) gets the result object itself, so a private copy."""
+    return infos if ctx.caller_worker_id is not None else _private(infos)
 
 
 def _schema(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -197,7 +209,7 @@ class WorkerModule(EngineModule):
         if not triggers:
             return
         # copies: the payload goes to whatever function the trigger names, which may keep or change it
-        functions = [dict(info) for info in self.core.registry.function_infos(True)]
+        functions = _private(self.core.registry.function_infos(True))
         payload = {"event": "functions_changed", "functions": functions}
         for trigger in triggers:
             self.core.fire(trigger.function_id, payload)
@@ -211,7 +223,7 @@ class WorkerModule(EngineModule):
     async def _list_functions(self, data: Any, ctx: InvocationContext) -> Any:
         args = _object(data, "engine::functions::list")
         include = _optional(args, "engine::functions::list", "include_internal", bool) or False
-        return {"functions": self.core.registry.function_infos(include)}
+        return {"functions": _for_caller(self.core.registry.function_infos(include), ctx)}
 
     async def _list_workers(self, data: Any, ctx: InvocationContext) -> Any:
         args = _object(data, "engine::workers::list")
@@ -223,7 +235,7 @@ class WorkerModule(EngineModule):
     async def _list_triggers(self, data: Any, ctx: InvocationContext) -> Any:
         args = _object(data, "engine::triggers::list")
         include = _optional(args, "engine::triggers::list", "include_internal", bool) or False
-        return {"triggers": self.core.registry.trigger_infos(include)}
+        return {"triggers": _for_caller(self.core.registry.trigger_infos(include), ctx)}
 
     async def _register_worker(self, data: Any, ctx: InvocationContext) -> Any:
         fid = "engine::workers::register"
