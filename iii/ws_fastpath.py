@@ -770,6 +770,7 @@ __all__ = [
     "close_frames",
     "drain_or_close",
     "enable_fast_receive",
+    "fail",
     "frame_queue_high",
     "is_open",
     "receive",
