@@ -198,6 +198,9 @@ class RestApiModule(EngineModule):
         self.port = self.settings.port
         self.in_flight = 0  # requests holding a concurrency permit (ours; tests and metrics read it)
         self.receiving = 0  # requests whose body is still arriving (they hold no permit)
+        # Streamed responses in progress: they end only when their handler closes its writer (an SSE stream may
+        # never), so stop() cuts them instead of letting aiohttp wait out its two 60 s shutdown phases.
+        self._streaming: dict[ResponseChannel, web.BaseRequest] = {}
 
     @property
     def buffered_bytes(self) -> int:
@@ -231,7 +234,11 @@ class RestApiModule(EngineModule):
         log.info("REST API listening on %s", self.base_url)
 
     async def stop(self) -> None:
-        """Close the listener and finish background work."""
+        """Close the listener, cut streamed responses still in progress and finish background work."""
+        for reader, request in list(self._streaming.items()):
+            reader.abort()  # a handler waiting for its next chunk: the stream ends as aborted
+            if request.transport is not None:
+                request.transport.abort()  # a handler waiting for a client that stopped reading
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -438,6 +445,7 @@ class RestApiModule(EngineModule):
         await response.prepare(request)
         await response.write(first)
         next_chunk, write = reader.next_chunk, response.write
+        self._streaming[reader] = request
         try:
             while (chunk := await next_chunk()) is not None:
                 await write(chunk)
@@ -447,6 +455,8 @@ class RestApiModule(EngineModule):
             if request.transport is not None:
                 request.transport.abort()
             return response
+        finally:
+            del self._streaming[reader]
         await response.write_eof()
         return response
 

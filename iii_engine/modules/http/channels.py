@@ -232,6 +232,11 @@ class ResponseChannel:
         """Whether the end is in-process (or not open): discarding the channel is then all the cleanup needed."""
         return self._ws is None or isinstance(self._ws, LocalChannelEnd)
 
+    def abort(self) -> None:
+        """Drop the end at once (engine shutdown): a pending :meth:`next_chunk` raises :class:`ChannelAborted`."""
+        if self._ws is not None:
+            _abort(self._ws)
+
     async def aclose(self) -> None:
         """Let go of the channel; a writer still attached is told the reader left (4002)."""
         ws, self._ws = self._ws, None
