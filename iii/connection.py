@@ -21,7 +21,6 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -33,10 +32,8 @@ from urllib.parse import urlsplit
 import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
-from websockets.frames import Frame as WsFrame
-from websockets.frames import Opcode
-from websockets.protocol import State
 
+from . import ws_fastpath
 from .iii_constants import DEFAULT_RECONNECTION_CONFIG, MAX_QUEUE_SIZE, IIIConnectionState, ReconnectionConfig
 
 __all__ = ["Connection", "backoff_delay_ms", "check_url"]
@@ -99,76 +96,6 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno)
     return str(exc) or type(exc).__name__
-
-
-# websockets' own send() is a coroutine around a context manager: for one small frame it costs more than the
-# frame. When the connection is open, no fragmented message is in progress and the transport is not paused, that
-# send() would not suspend either; it serialises the frame with the sans-I/O protocol and writes the bytes, which
-# is what the shortcut below does. It reads ``protocol``, ``send_in_progress`` and ``paused`` of the connection;
-# without ``send_data`` (or ``paused``) the ordinary send() is used. tests/integration/sdk/test_connection.py
-# fails the day an upgrade takes the shortcut away.
-_WRITE_NOW = hasattr(ClientConnection, "send_data")
-
-
-def _queue_now(ws: ClientConnection, frame: Frame) -> bool:
-    """Serialise one text (``str``) or binary frame into ``ws``'s outgoing bytes without writing them; False when
-    websockets' own ``send`` is needed (socket not open, fragmented send in progress, flow control paused, or an
-    unknown websockets). Any later ``send_data`` (ours or websockets') writes them, in order."""
-    if not _WRITE_NOW or ws.protocol.state is not State.OPEN or ws.send_in_progress is not None \
-            or getattr(ws, "paused", True):
-        return False
-    if isinstance(frame, str):
-        ws.protocol.send_text(frame.encode())
-    else:
-        ws.protocol.send_binary(frame)
-    return True
-
-
-def _write_queued(ws: ClientConnection) -> None:
-    """Write every frame :func:`_queue_now` left in ``ws`` as one transport write (one syscall, not one each)."""
-    chunks = ws.protocol.data_to_send()
-    if all(chunks):
-        if chunks:
-            ws.transport.write(b"".join(chunks))
-    else:  # an end-of-stream marker (b"", from websockets' closing path): what websockets' send_data does with it
-        for chunk in chunks:
-            if chunk:
-                ws.transport.write(chunk)
-            elif ws.transport.can_write_eof():
-                with contextlib.suppress(Exception):
-                    ws.transport.write_eof()
-            else:
-                ws.transport.close()
-
-
-class _DirectConnection(ClientConnection):
-    """A client connection that hands each complete, unfragmented data message to :attr:`deliver` as soon as
-    websockets has parsed it (from ``data_received``), instead of queueing it for a reader task: one queue and
-    one task wake-up less per message. Anything else — fragments, invalid UTF-8, or a message while older ones
-    still wait in websockets' queue (so order is kept) — takes websockets' own path to ``recv``."""
-
-    deliver: Callable[[Frame], None] | None = None
-
-    def process_event(self, event: Any) -> None:
-        deliver = self.deliver
-        if deliver is not None and isinstance(event, WsFrame) and event.fin and not len(self.recv_messages.frames):
-            if event.opcode is Opcode.TEXT:
-                try:
-                    text = bytes(event.data).decode()
-                except UnicodeDecodeError:
-                    pass  # websockets closes with 1007, as it always did
-                else:
-                    deliver(text)
-                    return
-            elif event.opcode is Opcode.BINARY:
-                deliver(bytes(event.data))
-                return
-        super().process_event(event)
-
-
-# process_event is websockets' documented override point for incoming events; the frame queue is read for its
-# length only. Without them the ordinary connection (and its reader task) is used.
-_DIRECT = hasattr(ClientConnection, "process_event")
 
 
 def _noop(*_: Any) -> None:
@@ -308,7 +235,7 @@ class Connection:
         self.send_soon(frame, key)
 
     def _write_now(self, ws: ClientConnection, frame: Frame, batch: bool) -> bool:
-        if not _queue_now(ws, frame):
+        if not ws_fastpath.queue_frame(ws, frame):
             return False
         if self._batch_flush is not None and self._batch_ws is ws:
             return True  # the flush at the end of this turn writes it, after the frames queued before it
@@ -316,13 +243,13 @@ class Connection:
             self._batch_ws = ws
             self._batch_flush = asyncio.get_running_loop().call_soon(self._flush_batch)
         else:
-            _write_queued(ws)
+            ws_fastpath.write_queued(ws)
         return True
 
     def _flush_batch(self) -> None:
         ws, self._batch_ws, self._batch_flush = self._batch_ws, None, None
         if ws is not None:
-            _write_queued(ws)
+            ws_fastpath.write_queued(ws)
 
     def send_soon(self, frame: Frame, key: str | None = None) -> None:
         """Queue ``frame`` behind earlier ones and write it as soon as the socket allows (loop thread only)."""
@@ -359,7 +286,7 @@ class Connection:
                     max_size=self._max_size,
                     compression=None,
                     open_timeout=self._open_timeout,
-                    create_connection=_DirectConnection if _DIRECT else None,
+                    create_connection=ws_fastpath.direct_client_factory(),
                 )
             except (OSError, TimeoutError, InvalidHandshake, ValueError) as exc:
                 # A refused handshake is retried like any other failure (docs/protocol.md#sdk-improvements S3).
@@ -401,14 +328,14 @@ class Connection:
                     await ws.send(frame)
             self._ready = True
             self._on_ready()
-            if isinstance(ws, _DirectConnection):
+            if isinstance(ws, ws_fastpath.DirectClientConnection):
                 ws.deliver = self._deliver  # from now on; whatever came earlier is read below first
             async for raw in ws:
                 self._deliver(raw)
         except ConnectionClosed as exc:
             log.info("Connection to %s closed: %s", self.url, exc)
         finally:
-            if isinstance(ws, _DirectConnection):
+            if isinstance(ws, ws_fastpath.DirectClientConnection):
                 ws.deliver = None
             self._ready = False
             self._ws = None

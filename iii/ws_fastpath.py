@@ -1,8 +1,8 @@
-"""Every use of ``websockets`` internals by the channel code, in one module (issue #9).
+"""Every use of ``websockets`` internals, in one module: the channel code's and the SDK control socket's.
 
 Channel sockets move bulk data, and ``websockets``' generic per-frame machinery (a parser generator, frame
 objects, an assembler, a context manager per send) costs more CPU than the bytes themselves. For channel
-sockets only, this module:
+sockets (and the engine's side of the control socket, which uses the same receive path), this module:
 
 * **sends** data frames by writing them straight to the transport (:func:`send_data`), with the socket's own
   flow control (:func:`drain_or_close`);
@@ -12,6 +12,10 @@ sockets only, this module:
   oversize or wrongly masked frames — is handed to ``websockets`` whole and at a frame boundary, so it answers
   pings, runs the closing handshake and raises the same ``ConnectionClosed`` as always. After a Close (or any
   surprise) the rest of the stream goes to ``websockets`` for good.
+
+For the SDK's control socket it queues small frames without ``send``'s coroutine (:func:`queue_frame`,
+:func:`write_queued`: several frames of one loop turn in one write) and hands complete messages to the client as
+``websockets`` parses them (:class:`DirectClientConnection`).
 
 Which internals it relies on is checked once at import (:data:`MISSING` lists what this ``websockets`` lacks).
 When something is missing, every helper here falls back to the public API (``send``, ``recv``, ``close``); each
@@ -43,7 +47,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
-from websockets.frames import Close
+from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import Protocol, Side, State
 from websockets.version import version as _websockets_version
 
@@ -88,7 +92,8 @@ def _probe() -> tuple[str, ...]:
     for name in ("send_close", "close_exc", "receive_data", "close_expected"):
         if not hasattr(type(protocol), name):
             missing.append(f"Protocol.{name}")
-    for name in ("send_context", "drain", "data_received", "connection_made", "connection_lost", "send_data"):
+    for name in ("send_context", "drain", "data_received", "connection_made", "connection_lost", "send_data",
+                 "process_event"):
         if not callable(getattr(Connection, name, None)):
             missing.append(f"Connection.{name}")
     try:
@@ -98,6 +103,7 @@ def _probe() -> tuple[str, ...]:
     # Instance attributes can only be seen in the code that sets them (the classes need a running loop and a
     # transport to be built).
     for where, assigned in ((Connection.connection_made, ("self.recv_messages", "self.transport")),
+                            (Connection.__init__, ("self.protocol", "self.send_in_progress", "self.paused")),
                             (getattr(messages, "Assembler", None), ("self.frames", "self.high", "self.low",
                                                                    "self.paused")),
                             (getattr(messages, "SimpleQueue", None), ("self.queue",))):
@@ -754,12 +760,86 @@ def frame_queue_high(ws: Connection) -> int | None:
     return getattr(frames, "high", None)
 
 
+# ---------------------------------------------------------------------------------- the SDK's control socket
+
+
+def queue_frame(ws: Connection, frame: str | bytes) -> bool:
+    """Serialise one text (``str``) or binary frame into ``ws``'s outgoing bytes without writing them; False when
+    ``websockets``' own ``send`` is needed (socket not open, a fragmented send in progress, flow control paused, or
+    internals missing). Any later :func:`write_queued` or ``websockets`` write sends them, in order.
+
+    ``websockets``' ``send`` is a coroutine around a context manager: for one small frame it costs more than the
+    frame, and in exactly these conditions it would not suspend either.
+    """
+    if not AVAILABLE:
+        _fallback("websockets internals missing: control send")
+        return False
+    if ws.protocol.state is not State.OPEN or ws.send_in_progress is not None or ws.paused:
+        return False
+    if isinstance(frame, str):
+        ws.protocol.send_text(frame.encode())
+    else:
+        ws.protocol.send_binary(frame)
+    return True
+
+
+def write_queued(ws: Connection) -> None:
+    """Write every frame :func:`queue_frame` left in ``ws`` as one transport write (one syscall, not one each)."""
+    chunks = ws.protocol.data_to_send()
+    if all(chunks):
+        if chunks:
+            ws.transport.write(b"".join(chunks))
+        return
+    for chunk in chunks:  # an end-of-stream marker (b"", from the closing path): as websockets' send_data does
+        if chunk:
+            ws.transport.write(chunk)
+        elif ws.transport.can_write_eof():
+            with contextlib.suppress(Exception):
+                ws.transport.write_eof()
+        else:
+            ws.transport.close()
+
+
+class DirectClientConnection(ClientConnection):
+    """A client connection that hands each complete, unfragmented data message to :attr:`deliver` as soon as
+    ``websockets`` has parsed it, instead of queueing it for a reader task (one queue and one task wake-up less
+    per message). Anything else — fragments, invalid UTF-8 (closed with 1007 as always), or a message while older
+    ones still wait in ``websockets``' queue (so order is kept) — takes the ordinary path to ``recv``."""
+
+    deliver: Callable[[str | bytes], None] | None = None
+
+    def process_event(self, event: Any) -> None:
+        deliver = self.deliver
+        if deliver is not None and isinstance(event, Frame) and event.fin and not len(self.recv_messages.frames):
+            if event.opcode is Opcode.TEXT:
+                try:
+                    text = bytes(event.data).decode()
+                except UnicodeDecodeError:
+                    pass
+                else:
+                    deliver(text)
+                    return
+            elif event.opcode is Opcode.BINARY:
+                deliver(bytes(event.data))
+                return
+        super().process_event(event)
+
+
+def direct_client_factory() -> type[ClientConnection] | None:
+    """The ``create_connection`` for the SDK's control socket (``None``: the ordinary connection, counted)."""
+    if AVAILABLE:
+        return DirectClientConnection
+    _fallback("websockets internals missing: control receive")
+    return None
+
+
 __all__ = [
     "AVAILABLE",
     "DEFAULT_RECEIVE_BUFFER",
     "FALLBACKS",
     "MAX_FRAME_SIZE",
     "MISSING",
+    "DirectClientConnection",
     "FastClientConnection",
     "FastServerConnection",
     "FrameReader",
@@ -768,11 +848,13 @@ __all__ = [
     "client_factory",
     "client_frame",
     "close_frames",
+    "direct_client_factory",
     "drain_or_close",
     "enable_fast_receive",
     "fail",
     "frame_queue_high",
     "is_open",
+    "queue_frame",
     "receive",
     "receiver",
     "send_bare_close",
@@ -782,4 +864,5 @@ __all__ = [
     "server_frame",
     "set_max_message_size",
     "unread_bytes",
+    "write_queued",
 ]
