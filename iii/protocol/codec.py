@@ -129,7 +129,7 @@ def loads(raw: str | bytes) -> Any:
             value = _DECODER.decode(text)
         except RecursionError:
             raise ValueError(_TOO_DEEP) from None
-    if _bracket_count(raw) > MAX_JSON_DEPTH:
+    if _bracket_count(raw) > MAX_JSON_DEPTH and not _shallow(value):
         _check_tree(value)
     return value
 
@@ -202,6 +202,40 @@ def _bracket_count(raw: str | bytes) -> int:
     if isinstance(raw, str):
         return raw.count("[") + raw.count("{")
     return raw.count(b"[") + raw.count(b"{")
+
+
+def _orjson_depth_limit() -> int | None:
+    """The deepest nesting of containers orjson writes, found once by trying it (None: no orjson, or a limit
+    other than the 254 levels this was checked against, so :func:`_shallow` never answers)."""
+    if _orjson is None:
+        return None
+    value: Any = 0
+    for depth in range(1, 256):
+        value = [value]
+        try:
+            _orjson.dumps(value)
+        except TypeError:
+            return depth - 1 if depth - 1 == 254 else None
+    return None
+
+
+_ORJSON_DEPTH = _orjson_depth_limit()
+
+
+def _shallow(value: Any) -> bool:
+    """True when the decoded ``value`` surely nests no deeper than :data:`MAX_JSON_DEPTH`, found at C speed: orjson
+    writes it wrapped in enough lists to reach exactly its own limit only if it is that shallow. False means "walk
+    it" (too deep, orjson missing or different, or something orjson cannot write such as a big integer). Decoded
+    JSON holds no NaN or Infinity (both decoders refuse them), so depth is all that is left to check."""
+    if _ORJSON_DEPTH is None or _orjson is None:
+        return False
+    for _ in range(_ORJSON_DEPTH - MAX_JSON_DEPTH):
+        value = [value]
+    try:
+        _orjson.dumps(value)
+    except TypeError:
+        return False
+    return True
 
 
 def _check_tree(value: Any) -> None:
