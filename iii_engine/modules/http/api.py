@@ -386,6 +386,8 @@ class RestApiModule(EngineModule):
         body_ref = request_channel["writer"]
         # the whole body is in hand: queue it at once, no task
         relay.fill(body_ref["channel_id"], body_ref["access_key"], raw, CHUNK_SIZE)
+        # The channel holds its own copy now; the body is claimed once against max_buffered_bytes, so hold it once.
+        raw.clear()
         reader = ResponseChannel("", response_channel["reader"], relay)
         first = self._spawn(reader.first_chunk())
         call = self._spawn(self.services.invoke(route.function_id, payload,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 from typing import Any
 
@@ -248,3 +249,27 @@ async def test_engine_stop_cuts_streams_that_would_never_end(api: Start) -> None
     raw.close()
     await idle_writer.close()
     await busy_writer.close()
+
+
+async def test_a_held_request_keeps_its_body_in_memory_once(api: Start) -> None:
+    """The body is claimed once against max_buffered_bytes, so it must be held once: queued in the request_body
+    channel, not also as the received buffer, while the handler works."""
+    import tracemalloc
+
+    engine, module, client = await api(max_body_bytes=32 << 20)
+    worker = await worker_with_route(engine, "hold", "hold", "POST")
+    body = os.urandom(8 << 20)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        call = asyncio.ensure_future(client.post("/hold", content=body))
+        request = await worker.expect("invokefunction")
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert module.buffered_bytes == len(body)
+    assert held < 1.5 * len(body), f"{held / len(body):.2f} x the body held while the handler works"
+    assert await asyncio.wait_for(_read(engine, request["data"]["request_body"]), 10) == body
+    await answer(worker, request, {"body": "ok"})
+    assert (await call).status_code == 200
+    await _settled(engine, module, 1024)
