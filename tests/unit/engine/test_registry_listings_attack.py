@@ -51,3 +51,64 @@ class _Accept:
     async def unregister(self, trigger: Any) -> None:
         return None
 
+
+
+class _Model:
+    """The registration rules in their plainest form: per id, one registration per owner in the order they came
+    (a new one by the same owner moves to the end); the last one is current."""
+
+    def __init__(self) -> None:
+        self.regs: dict[str, list[tuple[str | None, str]]] = {}
+
+    def add(self, fid: str, owner: str | None, desc: str) -> None:
+        regs = [r for r in self.regs.get(fid, []) if r[0] != owner]
+        self.regs[fid] = [*regs, (owner, desc)]
+
+    def drop_owned(self, fid: str, owner: str) -> None:
+        regs = self.regs.get(fid, [])
+        if regs and regs[-1][0] == owner:
+            regs.pop()
+        else:
+            regs[:] = [r for r in regs if r[0] != owner]
+        if not regs:
+            self.regs.pop(fid, None)
+
+    def remove(self, fid: str) -> None:
+        self.regs.pop(fid, None)
+
+    def forget_owner(self, owner: str) -> None:
+        for regs in self.regs.values():
+            regs[:-1] = [r for r in regs[:-1] if r[0] != owner]
+
+    def listing(self) -> list[tuple[str, str]]:
+        return [(fid, regs[-1][1]) for fid, regs in sorted(self.regs.items())]
+
+
+def test_listing_matches_a_plain_model_through_random_registration_storms() -> None:
+    import random
+
+    from iii_engine.registry import FunctionEntry, Registry
+
+    for seed in range(20):
+        rng = random.Random(seed)
+        reg, model = Registry(), _Model()
+        owners: list[str | None] = ["w1", "w2", "w3", "w4", None]
+        ids = [f"svc::f{n}" for n in range(4)]
+        for step in range(400):
+            op, fid, owner = rng.random(), rng.choice(ids), rng.choice(owners)
+            if op < 0.5:
+                desc = f"{owner}-{step}"
+                reg.add_function(FunctionEntry(fid, owner=owner, description=desc))
+                model.add(fid, owner, desc)
+            elif op < 0.75 and owner is not None:
+                reg.drop_owned_function(fid, owner)
+                model.drop_owned(fid, owner)
+            elif op < 0.85:
+                reg.remove_function(fid)
+                model.remove(fid)
+            elif owner is not None:
+                reg.forget_owner(owner)
+                model.forget_owner(owner)
+            listing = reg.function_infos(True)
+            assert [(i["function_id"], i["description"]) for i in listing] == model.listing(), (seed, step)
+            listing.clear()  # a caller's own list: the next listing is whole
