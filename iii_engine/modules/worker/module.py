@@ -15,7 +15,6 @@ engine::functions::list: expected a JSON object, got null
 from __future__ import annotations
 
 import asyncio
-import copy
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -78,9 +77,35 @@ def _optional(data: Mapping[str, Any], function_id: str, key: str, kind: type[T]
     return value
 
 
+def _json_copy(value: Any) -> Any:
+    """A copy of a JSON value's containers (the leaves are immutable)."""
+    kind = type(value)
+    if kind is dict:
+        return {k: _json_copy(v) for k, v in value.items()}
+    if kind is list:
+        return [_json_copy(v) for v in value]
+    return value
+
+
 def _private(infos: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A copy of a registry listing the receiver may keep or change (the info dicts are shared by the cache)."""
-    return copy.deepcopy(infos)
+    """A copy of a registry listing the receiver may keep or change: the info dicts are shared by the cache, and
+    their nested values (metadata, formats, trigger config) are the registry's own.
+
+    Example:
+        >>> shared = [{"id": "t", "config": {"a": [1]}}]
+        >>> mine = _private(shared); mine[0]["config"]["a"].append(2); mine[0]["id"] = "x"
+        >>> shared
+        [{'id': 't', 'config': {'a': [1]}}]
+    """
+    copies = []
+    for info in infos:
+        mine = dict(info)
+        for key, value in info.items():
+            kind = type(value)
+            if kind is dict or kind is list:  # most values are strings or None: copied with the dict
+                mine[key] = _json_copy(value)
+        copies.append(mine)
+    return copies
 
 
 def _for_caller(infos: list[dict[str, Any]], ctx: InvocationContext) -> list[dict[str, Any]]:
