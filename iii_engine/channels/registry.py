@@ -268,9 +268,10 @@ class ChannelRelay:
         """Attach the write end in-process and write ``data`` as the channel's whole stream, ended normally, at once
         (ours; the REST API module writes each request body with it).
 
-        The messages are ``chunk_size`` bytes each (none for an empty ``data``). No task runs and the queue holds
-        them all: the caller already holds the bytes, so there is nothing to push back on. The channel's limits
-        still apply (an oversize message or an exhausted byte quota aborts the stream for the reader).
+        The messages are ``chunk_size`` bytes each, at most the relay's ``max_message_size`` (none for an empty
+        ``data``). No task runs and the queue holds them all: the caller already holds the bytes, so there is
+        nothing to push back on. The channel's byte quota still applies (exhausted, it aborts the stream for the
+        reader).
 
         Raises:
             ChannelRefused: the key or channel is wrong, or the write end is already attached.
@@ -291,6 +292,8 @@ class ChannelRelay:
             raise ChannelRefused(409, "channel write end is already attached")
         if machine.both_attached:
             ch.cancel_deadline()
+        # Message boundaries mean nothing in a filled stream: never make one the relay's own limit refuses.
+        chunk_size = max(1, min(chunk_size, machine.max_message_size))
         view = memoryview(data)
         for start in range(0, len(data), chunk_size):
             if machine.writer_message(False, bytes(view[start:start + chunk_size])) is not None:
