@@ -101,6 +101,8 @@ class SocketSettings(Settings):
     auth_function: str | None = None
     auth_reject: bool = False
     client_queue_size: int = Field(1024, ge=1)
+    #: ours: joins past this many live subscriptions on one socket are refused with an ``error`` event
+    max_subscriptions_per_client: int = Field(1000, ge=1)
 
     @field_validator("auth_function")
     @classmethod

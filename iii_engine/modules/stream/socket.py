@@ -284,6 +284,15 @@ class StreamSocketServer:
         await self._join(client, sub_id, sub)
 
     async def _join(self, client: _Client, sub_id: str, sub: Subscription) -> None:
+        limit = self.settings.max_subscriptions_per_client
+        if sub_id not in client.subscriptions and len(client.subscriptions) >= limit:
+            # every join costs an entry here and in the group index for as long as the socket lives
+            log.info("stream client %s passed max_subscriptions_per_client (%d); join refused",
+                     client.ws.remote_address, limit)
+            client.offer(_frame(sub.stream_name, sub.group_id, sub.item_id, {
+                "type": "error", "code": "too_many_subscriptions",
+                "message": f"at most {limit} subscriptions per connection; leave one first"}))
+            return
         if not await self.join_triggers.run(self._payload(client, sub_id, sub)):
             client.offer(_frame(sub.stream_name, sub.group_id, sub.item_id, {"type": "unauthorized"}))
             return

@@ -123,3 +123,25 @@ async def test_leave_with_frames_still_queued_and_rejoin_elsewhere() -> None:
         assert {key: len(clients) for key, clients in server._watchers.items()} == {("s", "g"): 1}
         await client.close()
         await worker.close()
+
+
+async def test_joins_past_the_subscription_limit_are_refused_and_a_leave_makes_room() -> None:
+    async with Engine(config=engine_config(max_subscriptions_per_client=3)) as engine:
+        server = stream_module(engine).socket
+        assert server is not None
+        client = await SocketClient.connect(engine)
+        for n in range(3):
+            await client.join(f"s{n}", "s", f"g{n}")
+            assert (await client.recv())["event"]["type"] == "sync"
+        await client.join("s0", "s", "g9")  # re-using a live subscription id replaces it: not a new entry
+        assert (await client.recv())["event"]["type"] == "sync"
+        await client.join("s3", "s", "g3")
+        refused = await client.recv()
+        assert refused["groupId"] == "g3"
+        assert refused["event"]["type"] == "error" and refused["event"]["code"] == "too_many_subscriptions"
+        assert "at most 3" in refused["event"]["message"]
+        assert sum(len(sockets) for sockets in server._watchers.values()) == 3
+        await client.leave("s1", "s", "g1")
+        await client.join("s3", "s", "g3")
+        assert (await client.recv())["event"]["type"] == "sync"
+        await client.close()
