@@ -260,7 +260,8 @@ class Invocations:
             raise EngineError("function_not_found", f"Function {function_id} not found")
         if entry.builtin is not None:
             ctx = InvocationContext(None, None, traceparent, baggage)
-            result, error = await asyncio.wait_for(self.run_builtin(entry, data, ctx), timeout_s)
+            async with asyncio.timeout(timeout_s):  # inline: no task per call, as wait_for would make
+                result, error = await self.run_builtin(entry, data, ctx)
         else:
             callee = self.workers.get(entry.owner or "")
             if callee is None:
@@ -269,7 +270,8 @@ class Invocations:
             pending = Pending(str(uuid.uuid4()), function_id, callee, None, future)
             await self._route(pending, data, traceparent, baggage)
             try:
-                result, error = await asyncio.wait_for(future, timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    result, error = await future
             except TimeoutError:
                 self._finish(pending.invocation_id, None, None)
                 raise EngineError("invocation_timeout",
