@@ -2,8 +2,8 @@
 port; the SDK worker reconnects by itself.
 
 Targets: 0 lost jobs, 0 duplicates outside the jobs in flight at the kill (a job counts as in flight when its
-handler was running, or had finished less than 0.5 s before the kill, since its result may not have been
-recorded yet). Leases are 3 s (default 60 s) so that jobs in flight at the kill come back quickly.
+handler ran at any time from 0.5 s before the kill was ordered until the engine process was gone, since its result
+may not have been recorded). Leases are 3 s (default 60 s) so that jobs in flight at the kill come back quickly.
 """
 
 from __future__ import annotations
@@ -57,11 +57,11 @@ class Ledger:
                 self.all_done.set()
         return {"ok": job}
 
-    def in_flight(self) -> set[int]:
-        """Jobs running now or finished within the grace period."""
-        now = time.monotonic()
+    def in_flight(self, since: float | None = None) -> set[int]:
+        """Jobs running now or finished after ``since`` (default: within the grace period before now)."""
+        after = time.monotonic() - IN_FLIGHT_GRACE_S if since is None else since
         with self.lock:
-            return set(self.running) | {j for j, t in self.finished_at.items() if now - t < IN_FLIGHT_GRACE_S}
+            return set(self.running) | {j for j, t in self.finished_at.items() if t >= after}
 
 
 async def run(quick: bool, workdir: Path) -> Report:
@@ -102,9 +102,12 @@ async def run(quick: bool, workdir: Path) -> Report:
         started = time.monotonic()
         await asyncio.gather(*(enqueue(i) for i in range(total)))
         reached = await asyncio.to_thread(ledger.reached_kill.wait, 60)
-        in_flight = ledger.in_flight()
+        killing = time.monotonic()
         processed_at_kill = len(ledger.runs)
         await engine.kill()
+        # The worker keeps running jobs until the engine is really gone (the kill takes a while on a busy machine):
+        # every job that ran from the grace period before the kill until the engine died counts as in flight.
+        in_flight = ledger.in_flight(since=killing - IN_FLIGHT_GRACE_S)
         restarted = time.monotonic()
         engine = await EngineProcess.start(log, "--config", str(config), "--log-level", "WARNING")
         restart_s = time.monotonic() - restarted

@@ -11,6 +11,7 @@ import pytest
 from iii import wire
 from iii_engine.modules.base import EngineError
 from iii_engine.modules.stream import socket as stream_socket
+from iii_engine.modules.stream.settings import SocketSettings
 from iii_engine.modules.stream.socket import StreamSocketServer, Subscription, _Client
 from iii_streams.events import make_event
 
@@ -118,7 +119,7 @@ async def test_a_disconnected_socket_leaves_the_index() -> None:
 
     server.join_triggers = server.leave_triggers = cast(Any, Joins())
     server.functions = cast(Any, Functions())
-    server.settings = cast(Any, type("S", (), {"client_queue_size": 8})())
+    server.settings = SocketSettings(client_queue_size=8)
     ws = Ws()
     serving = asyncio.create_task(server._serve(cast(Any, ws)))
     ws.inbox.put_nowait('{"type":"join","data":{"subscriptionId":"s","streamName":"S","groupId":"G"}}')
