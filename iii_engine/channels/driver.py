@@ -98,15 +98,39 @@ class Driver:
         if end is not None:
             self._spawn(perform(end, action))
 
+    @staticmethod
+    def attach(ch: LiveChannel, side: Side) -> Close | None:
+        """Attach ``side`` of ``ch`` (a socket's end or an in-process one): ``None``, or the Close that refuses a
+        second end (4009). The attach deadline stops once both ends are there."""
+        refusal = ch.machine.attach(side)
+        if refusal is None and ch.machine.both_attached:
+            ch.cancel_deadline()
+        return refusal
+
+    def writer_detached(self, ch: LiveChannel) -> None:
+        """The writer end is done (its loop ended, or an in-process writer wrote its whole stream)."""
+        ch.machine.writer_done()
+        ch.data.set()
+        if ch.machine.finished:
+            self._finished(ch)
+
+    def reader_detached(self, ch: LiveChannel) -> None:
+        """The reader end is done (its loop ended, or an in-process reader left): the writer hears of it."""
+        machine = ch.machine
+        action = machine.reader_done()
+        if machine.reader_gone:
+            ch.wake()
+        self.act_later(ch, action)
+        if machine.finished:
+            self._finished(ch)
+
     async def serve(self, ch: LiveChannel, end: ChannelEnd, side: Side) -> None:
         """Run an accepted end until it is done (a second connection for the same end is refused with 4009)."""
-        refusal = ch.machine.attach(side)
+        refusal = self.attach(ch, side)
         if refusal is not None:
             log.info("channel %s: refusing a second %s connection", ch.id, side.value)
             await perform(end, refusal)
             return
-        if ch.machine.both_attached:
-            ch.cancel_deadline()
         if side is Side.WRITER:
             await self._serve_writer(ch, end)
         else:
@@ -120,10 +144,7 @@ class Driver:
             await self._pump_writer(ch, end)
         finally:
             ch.writer_end = None
-            ch.machine.writer_done()
-            ch.data.set()
-            if ch.machine.finished:
-                self._finished(ch)
+            self.writer_detached(ch)
 
     async def _pump_writer(self, ch: LiveChannel, end: ChannelEnd) -> None:
         machine = ch.machine
@@ -180,12 +201,7 @@ class Driver:
             if watcher is not None:
                 watcher.cancel()
             ch.reader_end = None
-            action = machine.reader_done()
-            if machine.reader_gone:
-                ch.wake()
-            self.act_later(ch, action)
-            if machine.finished:
-                self._finished(ch)
+            self.reader_detached(ch)
 
     async def _pump_reader(self, ch: LiveChannel, end: ChannelEnd) -> None:
         machine = ch.machine

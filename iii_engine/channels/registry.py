@@ -247,22 +247,10 @@ class ChannelRelay:
 
     def _open_reader(self, ch: LiveChannel) -> LocalReader:
         """A :class:`LocalReader` for ``ch``: attached now, served by whoever reads it (no task)."""
-        refusal = ch.machine.attach(Side.READER)
+        refusal = self._driver.attach(ch, Side.READER)
         if refusal is not None:
             return LocalReader.refused(refusal.code, refusal.reason)
-        if ch.machine.both_attached:
-            ch.cancel_deadline()
-
-        def detach() -> None:  # what the driver does when a reader's loop ends
-            machine = ch.machine
-            action = machine.reader_done()
-            if machine.reader_gone:
-                ch.wake()
-            self._driver.act_later(ch, action)
-            if machine.finished:
-                self._finished(ch)
-
-        return LocalReader(ch, detach)
+        return LocalReader(ch, lambda: self._driver.reader_detached(ch))
 
     def fill(self, channel_id: str, key: str, data: bytes | bytearray, chunk_size: int) -> None:
         """Attach the write end in-process and write ``data`` as the channel's whole stream, ended normally, at once
@@ -288,10 +276,8 @@ class ChannelRelay:
             raise ChannelRefused(*refused)
         ch = self._channels[channel_id]
         machine = ch.machine
-        if machine.attach(Side.WRITER) is not None:
+        if self._driver.attach(ch, Side.WRITER) is not None:
             raise ChannelRefused(409, "channel write end is already attached")
-        if machine.both_attached:
-            ch.cancel_deadline()
         # Message boundaries mean nothing in a filled stream: never make one the relay's own limit refuses.
         chunk_size = max(1, min(chunk_size, machine.max_message_size))
         view = memoryview(data)
@@ -300,10 +286,7 @@ class ChannelRelay:
                 break  # the machine recorded the failure the reader will see
         else:
             machine.writer_closed(ChannelCloseCode.NORMAL, "")
-        machine.writer_done()
-        ch.data.set()
-        if machine.finished:
-            self._finished(ch)
+        self._driver.writer_detached(ch)
 
     async def _serve_end(self, end: ChannelEnd, channel_id: str, key: str, direction: str) -> None:
         channel = self._channels.get(channel_id)
