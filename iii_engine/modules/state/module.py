@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 
@@ -35,7 +34,7 @@ from iii_streams import Backend
 
 from ..base import BuiltinFunction, EngineError, EngineModule, EngineServices, InvocationContext
 from ..stream.inputs import Fields
-from ..stream.locks import KeyedLocks, store_updates_atomically
+from ..stream.locks import KeyedLocks
 from ..stream.settings import StateSettings
 from ..stream.store import open_module_store
 from ..trigger_set import TriggerSet
@@ -159,8 +158,7 @@ class StateModule(EngineModule):
                                                     ops=ops)  # type: ignore[arg-type]
         try:
             store = self._store()
-            guard = contextlib.nullcontext() if store_updates_atomically(store) else self._locks.hold((scope, key))
-            async with guard:
+            async with self._locks.hold_update(store, (scope, key)):
                 result = await store.update(request)
         except Exception as exc:
             raise EngineError("UPDATE_ERROR", str(exc)) from None

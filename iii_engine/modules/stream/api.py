@@ -24,10 +24,8 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Iterable, Mapping
-from contextlib import AbstractAsyncContextManager
 from typing import Any, Final
 
 from iii.stream import (
@@ -44,7 +42,7 @@ from iii_streams.events import StreamEvent, custom_event, make_event
 
 from ..base import BuiltinFunction, EngineError, EngineServices, InvocationContext
 from .inputs import Fields, describe
-from .locks import KeyedLocks, store_updates_atomically
+from .locks import KeyedLocks
 from .triggers import StreamTriggers
 
 log = logging.getLogger(__name__)
@@ -302,20 +300,13 @@ class StreamFunctions:
         # the ops are already validated: skip re-validating them into models (backends accept parsed ops)
         request = StreamUpdateInput.model_construct(stream_name=s, group_id=g, item_id=i, ops=ops)  # type: ignore[arg-type]
         try:
-            async with self._update_guard((s, g, i)):
+            async with self._locks.hold_update(self.store, (s, g, i)):
                 result = await self.store.update(request)
         except Exception as exc:
             raise EngineError("STREAM_UPDATE_ERROR", str(exc)) from None
         if result is None:
             raise EngineError("STREAM_UPDATE_ERROR", f"{type(self.store).__name__}.update returned no result")
         return await self._changed(s, g, i, result.old_value, result.new_value, stored=True)
-
-    def _update_guard(self, key: tuple[str, str, str]) -> AbstractAsyncContextManager[object]:
-        """The per-item lock, unless the store applies updates atomically itself: its concurrent updates of one
-        item may then share a transaction (group commit) instead of queueing here one by one."""
-        if store_updates_atomically(self.store):
-            return contextlib.nullcontext()
-        return self._locks.hold(key)
 
     async def _compose(self, s: str, g: str, i: str, ops: list[Op], get_id: str, set_id: str) -> Any:
         key = {"stream_name": s, "group_id": g, "item_id": i}

@@ -47,6 +47,25 @@ class KeyedLocks:
             else:
                 self._locks[key] = (lock, users - 1)
 
+    def hold_update(self, store: object, key: Hashable) -> contextlib.AbstractAsyncContextManager[object]:
+        """What an ``update`` of ``key`` in ``store`` runs under: the lock of ``key``, unless the store applies
+        updates atomically itself (then one item's concurrent updates may share a transaction, group commit,
+        instead of queueing here one by one).
+
+        Example:
+            >>> class Atomic:
+            ...     atomic_updates = True
+            >>> async def demo() -> int:
+            ...     locks = KeyedLocks()
+            ...     async with locks.hold_update(Atomic(), "k"):
+            ...         return len(locks)
+            >>> asyncio.run(demo())
+            0
+        """
+        if store_updates_atomically(store):
+            return contextlib.nullcontext()
+        return self.hold(key)
+
 
 def store_updates_atomically(store: object) -> bool:
     """Whether ``store`` applies ``update`` atomically by itself (``iii_streams.Backend.atomic_updates``), so
