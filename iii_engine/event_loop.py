@@ -27,6 +27,8 @@ import importlib
 from collections.abc import Callable, Coroutine
 from typing import Any, Final, Literal, TypeVar, get_args
 
+from iii_streams.messages import needs_package
+
 __all__ = ["DEFAULT_EVENT_LOOP", "EVENT_LOOPS", "EventLoopName", "EventLoopUnavailable", "loop_factory", "run",
            "use"]
 
@@ -47,8 +49,7 @@ class EventLoopUnavailable(ModuleNotFoundError):
     """
 
     def __init__(self, name: str) -> None:
-        super().__init__(f"the {name} event loop needs the package {name!r}: pip install 'iii-toolkit[{name}]'",
-                         name=name)
+        super().__init__(needs_package(f"the {name} event loop", name), name=name)
 
 
 def _check(name: str) -> None:

@@ -19,13 +19,13 @@ from typing import Final
 
 from iii._cli import OneLineParser, mask_passwords
 
-__all__ = ["EXTRAS", "OneLineParser", "error_line", "mask_passwords", "missing_extra"]
+__all__ = ["EXTRAS", "OneLineParser", "error_line", "mask_passwords", "missing_extra", "needs_package"]
 
 # the package a backend imports on demand -> the iii-toolkit extra that installs it
 EXTRAS: Final[dict[str, str]] = {
     "sqlalchemy": "sql", "alembic": "sql", "aiosqlite": "sql", "asyncpg": "postgres", "redis": "redis",
     "aiohttp": "http", "multidict": "http", "yarl": "http", "opentelemetry": "otel", "pytest": "testing",
-    "pytest_asyncio": "testing",
+    "pytest_asyncio": "testing", "uvloop": "uvloop",
 }
 
 _ERRNO: Final = re.compile(r"^\[Errno -?\d+\] ")
@@ -44,6 +44,16 @@ def _driver_error(exc: BaseException) -> BaseException:
 def _missing_package(exc: ModuleNotFoundError) -> tuple[str, str | None]:
     root = (exc.name or "").split(".")[0]
     return root, EXTRAS.get(root)
+
+
+def needs_package(part: str, package: str) -> str:
+    """The one-line message for ``part`` used without ``package``, naming the extra that installs it.
+
+    Example:
+        >>> needs_package("RedisStream", "redis")
+        "RedisStream needs the package 'redis': pip install 'iii-toolkit[redis]'"
+    """
+    return f"{part} needs the package {package!r}: pip install 'iii-toolkit[{EXTRAS[package]}]'"
 
 
 @contextmanager
@@ -65,8 +75,7 @@ def missing_extra(part: str) -> Iterator[None]:
         root, extra = _missing_package(exc)
         if extra is None:
             raise
-        message = f"{part} needs the package {root!r}: pip install 'iii-toolkit[{extra}]'"
-        raise ModuleNotFoundError(message, name=exc.name) from exc
+        raise ModuleNotFoundError(needs_package(part, root), name=exc.name) from exc
 
 
 def error_line(exc: BaseException) -> str:
