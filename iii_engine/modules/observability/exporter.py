@@ -18,6 +18,8 @@ import contextlib
 import logging
 from typing import Any
 
+from iii_streams.messages import needs_package
+
 __all__ = ["OtlpForwarder", "collector_url"]
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,7 @@ class OtlpForwarder:
         try:
             import aiohttp
         except ImportError as exc:  # pragma: no cover - depends on the installed extras
-            raise RuntimeError("exporting to an OTLP collector needs aiohttp: pip install 'iii-toolkit[http]'") from exc
+            raise RuntimeError(needs_package("exporting to an OTLP collector", "aiohttp")) from exc
         self._aiohttp = aiohttp
         self.endpoint = endpoint
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(max_queued)
