@@ -23,6 +23,7 @@ import asyncio
 import json
 import os
 import statistics
+import struct
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -149,6 +150,8 @@ async def ours(engine: Engine, size: int) -> float:
 # "relay": this process (the engine alone) during a process run; "inproc": writer, relay and reader in one process.
 CPU: dict[str, list[float]] = {f"{sdk}_{end}": [] for sdk in ("ours", "ref") for end in ("write", "read", "relay")}
 CPU["ours_inproc"] = []
+CPU["floor_bytes"] = []
+CPU["floor_frames"] = []
 
 
 async def reference(engine: Engine, size: int, python: str = REF_PYTHON) -> float | None:
@@ -179,6 +182,177 @@ async def reference(engine: Engine, size: int, python: str = REF_PYTHON) -> floa
     imported_ours = result["module"] == str(ROOT / "iii" / "channels.py")
     assert imported_ours == ours_sdk, f"wrong SDK imported: {result['module']}"
     return float(size / result["seconds"] / 1e6)
+
+
+# ---------------------------------------------------------------------------------------------------- the floor
+# What Python can reach for the relay's job, measured the same way (this process's CPU per GiB while a writer and
+# a reader in their own processes move SIZE bytes through it). Two forwarders, the best of what asyncio offers:
+#   * "bytes": a bare byte forwarder (asyncio.BufferedProtocol into a 1 MiB receive buffer, transport.write of
+#     what arrived, the reader socket's flow control pausing the writer socket);
+#   * "frames": the same, websocket-frame aware: it parses the writer's masked 64 KiB client frames, unmasks them
+#     with websockets' C apply_mask and writes unmasked server frames (one joined write per receive).
+# Neither does a handshake, a close, limits or anything else a relay must; both are floors, not contenders.
+
+FLOOR_WRITER = r"""
+import os, socket, struct, sys
+port, size, kind = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+s = socket.create_connection(("127.0.0.1", port)); s.sendall(b"w")
+if kind == "frames":
+    from websockets.speedups import apply_mask
+    key = os.urandom(4); frame = struct.pack("!BBQ", 0x82, 0x80 | 127, 65536) + key + apply_mask(b"f" * 65536, key)
+    block = frame * 16
+    for _ in range(size // (16 * 65536)):
+        s.sendall(block)
+else:
+    block = b"b" * (1 << 20)
+    for _ in range(size // len(block)):
+        s.sendall(block)
+s.close()
+"""
+
+FLOOR_READER = r"""
+import socket, sys
+port, expect = int(sys.argv[1]), int(sys.argv[2])
+s = socket.create_connection(("127.0.0.1", port)); s.sendall(b"r")
+buf = bytearray(1 << 20); n = 0
+while True:
+    got = s.recv_into(buf)
+    if not got:
+        break
+    n += got
+print(n)
+"""
+
+
+class _Forward(asyncio.BufferedProtocol):
+    """One side of a floor forwarder; the first byte a client sends says which side it is."""
+
+    def __init__(self, hub: _FloorHub) -> None:
+        self.hub = hub
+        self.buf = bytearray(1 << 20)
+        self.view = memoryview(self.buf)
+        self.filled = 0
+        self.transport: asyncio.Transport | None = None
+        self.role = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.view[self.filled:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if not self.role:
+            self.role = chr(self.buf[0])
+            self.hub.joined(self)
+            self.view[:nbytes - 1] = self.view[1:nbytes]
+            nbytes -= 1
+        if self.role == "w":
+            self.filled += nbytes
+            self.hub.forward(self)
+
+    def pause_writing(self) -> None:  # the reader's socket is full: stop reading the writer
+        self.hub.pause()
+
+    def resume_writing(self) -> None:
+        self.hub.resume()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.hub.lost(self)
+
+
+class _FloorHub:
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.writer: _Forward | None = None
+        self.reader: _Forward | None = None
+        self.done = asyncio.get_running_loop().create_future()
+        self.reader_joined = asyncio.Event()
+
+    def joined(self, side: _Forward) -> None:
+        if side.role == "r":
+            self.reader = side
+            self.reader_joined.set()
+            side.transport.set_write_buffer_limits(1 << 20, 256 << 10)  # type: ignore[union-attr]
+        else:
+            self.writer = side
+            if self.reader is None:
+                side.transport.pause_reading()  # type: ignore[union-attr]
+        if self.reader is not None and self.writer is not None:
+            self.writer.transport.resume_reading()  # type: ignore[union-attr]
+
+    def forward(self, w: _Forward) -> None:
+        assert self.reader is not None and self.reader.transport is not None
+        out = self.reader.transport
+        if self.kind == "bytes":
+            out.write(w.view[:w.filled])  # the transport copies what it cannot send at once
+            w.filled = 0
+            return
+        buf, view, filled, at = w.buf, w.view, w.filled, 0
+        parts: list[bytes] = []
+        while filled - at >= 14:
+            length = buf[at + 1] & 0x7F
+            head = 2
+            if length == 126:
+                length, head = int.from_bytes(buf[at + 2:at + 4], "big"), 4
+            elif length == 127:
+                length, head = int.from_bytes(buf[at + 2:at + 10], "big"), 10
+            end = at + head + 4 + length
+            if end > filled:
+                break
+            parts.append(_FLOOR_HEAD(0x82, 127, length))
+            parts.append(_floor_mask(view[at + head + 4:end], bytes(view[at + head:at + head + 4])))
+            at = end
+        if parts:
+            out.write(b"".join(parts))
+        if at:
+            view[:filled - at] = view[at:filled]
+            w.filled = filled - at
+
+    def pause(self) -> None:
+        if self.writer is not None and self.writer.transport is not None:
+            self.writer.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.writer is not None and self.writer.transport is not None:
+            self.writer.transport.resume_reading()
+
+    def lost(self, side: _Forward) -> None:
+        if side is self.writer and self.reader is not None and self.reader.transport is not None:
+            self.reader.transport.close()
+        elif side is self.reader and not self.done.done():
+            self.done.set_result(None)
+
+
+_FLOOR_HEAD = struct.Struct("!BBQ").pack
+try:
+    from websockets.speedups import apply_mask as _floor_mask
+except ImportError:  # pragma: no cover
+    from websockets.utils import apply_mask as _floor_mask
+
+
+async def floor(kind: str, size: int) -> float:
+    """MB/s of ``size`` bytes through a floor forwarder; its CPU per GiB goes to ``CPU["floor_<kind>"]``."""
+    hub = _FloorHub(kind)
+    server = await asyncio.get_running_loop().create_server(lambda: _Forward(hub), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    start = time.perf_counter()
+    reader = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", FLOOR_READER, str(port), str(size), stdout=asyncio.subprocess.PIPE)
+    await hub.reader_joined.wait()
+    writer = await asyncio.create_subprocess_exec(sys.executable, "-c", FLOOR_WRITER, str(port), str(size), kind)
+    cpu = time.process_time()  # after the spawns: the writer sends nothing before its interpreter started
+    out, _ = await reader.communicate()
+    await writer.wait()
+    await hub.done
+    cpu = time.process_time() - cpu
+    seconds = time.perf_counter() - start
+    server.close()
+    expected = size + (size // 65536 * 10 if kind == "frames" else 0)
+    assert int(out) == expected, (int(out), expected)
+    CPU[f"floor_{kind}"].append(cpu * 1000 * (1 << 30) / size)
+    return size / seconds / 1e6
 
 
 def rss_kib(pid: int, field: str) -> int:
@@ -236,8 +410,9 @@ async def main() -> None:
     parser.add_argument("--mem-size-mib", type=int, default=1024)
     parser.add_argument("--slow-ms", type=float, default=1.0)
     parser.add_argument("--skip-memory", action="store_true")
-    parser.add_argument("--only", default="raw,ours,ours_proc,ref_proc",
-                        help="comma-separated contenders among raw, ours, ours_proc, ref_proc")
+    parser.add_argument("--only", default="raw,ours,ours_proc,ref_proc,floor_bytes,floor_frames",
+                        help="comma-separated contenders among raw, ours, ours_proc, ref_proc, floor_bytes, "
+                             "floor_frames")
     args = parser.parse_args()
     size = args.size_mib << 20
     wanted = [name for name in args.only.split(",") if name]
@@ -250,6 +425,8 @@ async def main() -> None:
             "ours": lambda: ours(engine, size),
             "ours_proc": lambda: reference(engine, size, sys.executable),
             "ref_proc": lambda: reference(engine, size),
+            "floor_bytes": lambda: floor("bytes", size),
+            "floor_frames": lambda: floor("frames", size),
         }
         # Short runs of every contender, interleaved and rotated each round, so that load from other work on
         # the machine hits all of them alike; the medians (and per-round ratios) are then stable.
@@ -261,7 +438,8 @@ async def main() -> None:
                 results[name].append(value)
             print(f"round {round_no + 1}: " + "  ".join(f"{n} {results[n][-1]:.0f}" for n in wanted), flush=True)
     labels = {"raw": "raw two-hop relay", "ours": "ours in-process", "ours_proc": "ours, processes",
-              "ref_proc": "reference, processes"}
+              "ref_proc": "reference, processes", "floor_bytes": "floor: byte forwarder",
+              "floor_frames": "floor: frame forwarder"}
     print(f"{args.rounds} rounds x {args.size_mib} MiB, MB/s:")
     for name in wanted:
         print(f"  {labels[name]:<22}{_summary(results[name])}")
@@ -278,12 +456,13 @@ async def main() -> None:
         print(f"ours / reference (processes): median {statistics.median(ratios):.2f}x "
               f"(rounds {min(ratios):.2f}-{max(ratios):.2f}; goal >= 2)")
     labels_cpu = {"write": "writer process", "read": "reader process", "relay": "engine (relay) process",
-                  "inproc": "in-process run (writer + relay + reader)"}
+                  "inproc": "in-process run (writer + relay + reader)",
+                  "bytes": "bare byte forwarder (BufferedProtocol)", "frames": "frame forwarder (C unmask)"}
     print("CPU per GiB (ms; medians, spread):")
     for key, values in CPU.items():
         if values:
             sdk, what = key.split("_")
-            print(f"  {'ours' if sdk == 'ours' else 'ref ':<5}{labels_cpu[what]:<42}{_summary(values)}")
+            print(f"  {'ref' if sdk == 'ref' else sdk:<6}{labels_cpu[what]:<42}{_summary(values)}")
     for end in ("write", "read"):
         if CPU[f"ours_{end}"] and CPU[f"ref_{end}"]:
             ratio = statistics.median(CPU[f"ours_{end}"]) / statistics.median(CPU[f"ref_{end}"])
