@@ -49,7 +49,7 @@ from iii_streams.messages import error_line
 from .allocator import MemoryReleaser
 from .channels import ChannelRelay
 from .config import EngineConfig
-from .invocations import Invocations
+from .invocations import Invocations, Started
 from .modules.base import (
     BuiltinFunction,
     EngineError,
@@ -293,6 +293,10 @@ class Engine:
     async def invoke(self, function_id: str, data: Any, *, timeout_s: float | None = None) -> Any:
         """Call any function and await its result."""
         return await self.invocations.call(function_id, data, timeout_s=timeout_s)
+
+    async def start_invocation(self, function_id: str, data: Any) -> Started:
+        """Start a call; await ``started.future`` for its outcome (no task for a worker's function)."""
+        return await self.invocations.start(function_id, data)
 
     def fire(self, function_id: str, data: Any) -> None:
         """Call a function without waiting."""

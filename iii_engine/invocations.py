@@ -21,9 +21,12 @@ Example (engine-internal call of a built-in):
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
+import secrets
 import traceback
-import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +39,51 @@ from .workers import WorkerConnection, frame_bytes
 log = logging.getLogger(__name__)
 
 CALLER_KEY = "_caller_worker_id"
-__all__ = ["CALLER_KEY", "STOPPED", "Invocations", "Pending", "error_body", "is_uuid", "not_found"]
+__all__ = ["CALLER_KEY", "STOPPED", "InvocationIds", "Invocations", "Pending", "Started", "error_body", "error_of",
+           "is_uuid", "new_invocation_id", "not_found"]
+
+
+class InvocationIds:
+    """Invocation ids for the calls the engine starts: UUID-shaped (version 4, RFC 4122 variant, so every check of
+    the protocol's ``invocation_id`` accepts them) from a random per-process prefix and a counter.
+
+    Why not ``uuid4()``: it reads 16 bytes from the OS per call (a system call on the REST API's per-request path).
+    Uniqueness is what the pending table needs: the counter never repeats under one prefix, a new prefix is drawn
+    when it would wrap and in a forked child. Guessing an id gains nothing: a result is accepted only from the
+    worker the call was routed to (docs/protocol.md#engine-improvements E6).
+
+    Example:
+        >>> ids = InvocationIds()
+        >>> first, second = ids(), ids()
+        >>> first != second, is_uuid(first), first[14], first[19] in "89ab", first[:24] == second[:24]
+        (True, True, '4', True, True)
+    """
+
+    _LIMIT = 1 << 48  # the last group: 12 hex digits
+
+    def __init__(self) -> None:
+        self._prefix = ""
+        self._counter: itertools.count[int] = itertools.count()
+        self.reseed()
+
+    def reseed(self) -> None:
+        """Draw a new random prefix and restart the counter."""
+        r = secrets.token_hex(9)  # 18 random hex digits, plus the version digit and the variant digit
+        variant = "89ab"[secrets.randbelow(4)]
+        self._prefix = f"{r[:8]}-{r[8:12]}-4{r[12:15]}-{variant}{r[15:18]}-"
+        self._counter = itertools.count()
+
+    def __call__(self) -> str:
+        n = next(self._counter)
+        if n >= self._LIMIT:
+            self.reseed()
+            n = next(self._counter)
+        return f"{self._prefix}{n:012x}"
+
+
+#: The engine's one id source (a forked child draws its own prefix, so parent and child never share ids).
+new_invocation_id = InvocationIds()
+os.register_at_fork(after_in_child=new_invocation_id.reseed)
 
 
 def error_body(code: str, message: str) -> dict[str, str]:
@@ -50,6 +97,38 @@ def not_found(function_id: str) -> dict[str, str]:
 
 
 STOPPED = error_body("invocation_stopped", "Invocation stopped")
+
+
+def error_of(error: Any) -> EngineError:
+    """The :class:`EngineError` for an invocation's error body (anything else becomes ``invocation_failed``).
+
+    Example:
+        >>> error_of({"code": "boom", "message": "it broke"}).body()
+        {'code': 'boom', 'message': 'it broke'}
+    """
+    if isinstance(error, dict):
+        return EngineError(str(error.get("code", "")), str(error.get("message", "")), error.get("stacktrace"))
+    return EngineError("invocation_failed", str(error))
+
+
+class Started:
+    """An engine-internal call in flight, from :meth:`Invocations.start`.
+
+    ``future`` resolves to ``(result, error_body)``: exactly one of them is meaningful, as in an
+    ``invocationresult``; ``(None, None)`` after :meth:`abandon`. ``abandon()`` stops waiting: a routed call leaves
+    the pending table (the worker's late result is then dropped), a built-in's task is cancelled. It is a no-op once
+    the outcome is in.
+    """
+
+    __slots__ = ("_abandon", "future")
+
+    def __init__(self, future: asyncio.Future[tuple[Any, Any]], abandon: Callable[[], Any]) -> None:
+        self.future = future
+        self._abandon = abandon
+
+    def abandon(self) -> None:
+        """Stop waiting for the outcome (see the class)."""
+        self._abandon()
 
 
 @dataclass(slots=True)
@@ -114,7 +193,7 @@ class Invocations:
             if invocation_id is not None:
                 caller.post(caller.session.result(invocation_id, function_id, None, not_found(function_id)))
             return
-        routed_id = invocation_id or str(uuid.uuid4())
+        routed_id = invocation_id or new_invocation_id()
         if routed_id in self.pending:
             log.warning("worker %s reused invocation id %s that is still pending", caller.id, routed_id)
         pending = Pending(routed_id, function_id, callee, caller if invocation_id is not None else None)
@@ -255,32 +334,66 @@ class Invocations:
     async def call(self, function_id: str, data: Any, *, timeout_s: float | None = None,
                    traceparent: str | None = None, baggage: str | None = None) -> Any:
         """Call any function and return its result; :class:`EngineError` for an error result."""
-        entry = self.registry.functions.get(function_id)
-        if entry is None:
-            raise EngineError("function_not_found", f"Function {function_id} not found")
+        entry = self._entry(function_id)
         if entry.builtin is not None:
             ctx = InvocationContext(None, None, traceparent, baggage)
             async with asyncio.timeout(timeout_s):  # inline: no task per call, as wait_for would make
                 result, error = await self.run_builtin(entry, data, ctx)
         else:
-            callee = self.workers.get(entry.owner or "")
-            if callee is None:
-                raise EngineError("function_not_found", f"Function {function_id} not found")
-            future: asyncio.Future[tuple[Any, Any]] = asyncio.get_running_loop().create_future()
-            pending = Pending(str(uuid.uuid4()), function_id, callee, None, future)
-            await self._route(pending, data, traceparent, baggage)
+            pending = await self._start_routed(entry, data, traceparent, baggage)
+            assert pending.future is not None
             try:
                 async with asyncio.timeout(timeout_s):
-                    result, error = await future
+                    result, error = await pending.future
             except TimeoutError:
                 self._finish(pending.invocation_id, None, None)
                 raise EngineError("invocation_timeout",
                                   f"Invocation of {function_id} timed out after {timeout_s} s") from None
         if error is not None:
-            if isinstance(error, dict):
-                raise EngineError(str(error.get("code", "")), str(error.get("message", "")), error.get("stacktrace"))
-            raise EngineError("invocation_failed", str(error))
+            raise error_of(error)
         return result
+
+    async def start(self, function_id: str, data: Any, *, traceparent: str | None = None,
+                    baggage: str | None = None) -> Started:
+        """Start a call and return at once with its :class:`Started` handle (no task for a worker's function).
+
+        Why: a caller that races the outcome against something else (the REST API module: the function's result
+        against the first chunk of its response channel) awaits ``started.future`` directly instead of wrapping
+        :meth:`call` in a task. Returns once the invocation frame is written (or queued); the wait for room in the
+        worker's queue is the caller's to bound. The caller must :meth:`Started.abandon` a call it stops waiting
+        for, so it leaves the pending table at once.
+
+        Raises:
+            EngineError: ``function_not_found``.
+        """
+        entry = self._entry(function_id)
+        if entry.builtin is not None:
+            ctx = InvocationContext(None, None, traceparent, baggage)
+            task = asyncio.get_running_loop().create_task(self.run_builtin(entry, data, ctx))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return Started(task, task.cancel)
+        pending = await self._start_routed(entry, data, traceparent, baggage)
+        assert pending.future is not None
+        return Started(pending.future, lambda: self._finish(pending.invocation_id, None, None))
+
+    def _entry(self, function_id: str) -> FunctionEntry:
+        entry = self.registry.functions.get(function_id)
+        if entry is None or (entry.builtin is None and entry.owner not in self.workers):
+            raise EngineError("function_not_found", f"Function {function_id} not found")
+        return entry
+
+    async def _start_routed(self, entry: FunctionEntry, data: Any, traceparent: str | None,
+                            baggage: str | None) -> Pending:
+        callee = self.workers[entry.owner or ""]
+        future: asyncio.Future[tuple[Any, Any]] = asyncio.get_running_loop().create_future()
+        pending = Pending(new_invocation_id(), entry.id, callee, None, future)
+        try:
+            await self._route(pending, data, traceparent, baggage)
+        except BaseException:  # cancelled (a deadline) while waiting for room in the worker's queue
+            self._finish(pending.invocation_id, None, None)
+            raise
+        return pending
 
     def fire(self, function_id: str, data: Any) -> None:
         """Call without waiting (trigger-fired); the outcome is logged and dropped."""

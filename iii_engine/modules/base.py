@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -125,6 +126,17 @@ class InvocationObserver(Protocol):
 TelemetryListener = Callable[[str, bytes], None]
 
 
+class StartedCall(Protocol):
+    """A call in flight from :meth:`EngineServices.start_invocation`."""
+
+    @property
+    def future(self) -> asyncio.Future[tuple[Any, Any]]:
+        """Resolves to ``(result, error_body)``, as an ``invocationresult`` carries them."""
+
+    def abandon(self) -> None:
+        """Stop waiting: the call leaves the engine's pending table (a late result is dropped)."""
+
+
 class LocalEnd(Protocol):
     """One end of a relay channel opened in-process (what :meth:`ChannelService.open_local` hands out)."""
 
@@ -205,6 +217,11 @@ class EngineServices(Protocol):
 
     async def invoke(self, function_id: str, data: Any, *, timeout_s: float | None = None) -> Any:
         """Call any function by id and await its result; raises :class:`EngineError` on an error result."""
+
+    async def start_invocation(self, function_id: str, data: Any) -> StartedCall:
+        """Start a call and return once it is on its way, without a task for a worker's function: await
+        ``started.future`` (``(result, error_body)``) alongside other things, and ``started.abandon()`` a call no
+        longer waited for. Raises :class:`EngineError` (``function_not_found``)."""
 
     def fire(self, function_id: str, data: Any) -> None:
         """Call a function without waiting; its result or error is logged and dropped."""

@@ -156,6 +156,25 @@ def _error_response(message: str) -> web.Response:
     return _json_response(500, {"error": message, "error_id": error_id})
 
 
+def _outcome(future: asyncio.Future[tuple[Any, Any]]) -> tuple[Any, Any]:
+    """``(result, error_body)`` of a started call; a built-in's task cancelled (engine shutdown) is a stopped call."""
+    if future.cancelled():
+        return None, {"code": "invocation_stopped", "message": "Invocation stopped"}
+    exc = future.exception()
+    if exc is not None:
+        return None, {"code": "internal_error", "message": repr(exc)}
+    return future.result()
+
+
+def _failure(error: Any) -> web.Response:
+    """The response for a function's error body; a timed-out invocation is the request's timeout."""
+    if isinstance(error, Mapping):
+        if error.get("code") == "invocation_timeout":
+            raise _Timeout
+        return _error_response(str(error.get("message", "")))
+    return _error_response(str(error))
+
+
 class _HttpTriggers:
     """The ``http`` trigger type: installs and removes routes."""
 
@@ -390,10 +409,8 @@ class RestApiModule(EngineModule):
         raw.clear()
         reader = ResponseChannel("", response_channel["reader"], relay)
         first = self._spawn(reader.first_chunk())
-        call = self._spawn(self.services.invoke(route.function_id, payload,
-                                                timeout_s=max(0.001, deadline - asyncio.get_running_loop().time())))
         try:
-            return await self._respond(request, reader, first, call, deadline)
+            return await self._call_and_respond(request, route.function_id, payload, reader, first, deadline)
         finally:
             if not first.done():
                 first.cancel()
@@ -402,20 +419,45 @@ class RestApiModule(EngineModule):
             else:
                 self._spawn(self._finish(reader, request_channel, response_channel))
 
+    async def _call_and_respond(self, request: web.BaseRequest, function_id: str, payload: dict[str, Any],
+                                reader: ResponseChannel, first: asyncio.Task[bytes | None],
+                                deadline: float) -> web.StreamResponse:
+        """Start the invocation (no task: its pending future is raced directly), answer, and settle the call."""
+        try:
+            async with asyncio.timeout_at(deadline):  # the wait for room in the worker's queue counts too
+                started = await self.services.start_invocation(function_id, payload)
+        except TimeoutError:
+            raise _Timeout from None
+        except EngineError as exc:
+            return _error_response(exc.message)
+        outcome = started.future
+        try:
+            response = await self._respond(request, reader, first, outcome, deadline)
+        except BaseException:  # timed out or cancelled: nobody waits for the result any more
+            started.abandon()
+            raise
+        if not outcome.done():
+            # A streamed answer can end before the function returns: its result is still awaited until the
+            # deadline (so it is not logged as a result without a caller), then the call is dropped.
+            timer = asyncio.get_running_loop().call_at(deadline, started.abandon)
+            outcome.add_done_callback(lambda _: timer.cancel())
+        return response
+
     async def _respond(self, request: web.BaseRequest, reader: ResponseChannel, first: asyncio.Task[bytes | None],
-                       call: asyncio.Task[Any], deadline: float) -> web.StreamResponse:
+                       outcome: asyncio.Future[tuple[Any, Any]], deadline: float) -> web.StreamResponse:
         """The race of docs/guides/engine.md#modules: the first body chunk or the function's return, whichever comes
         first."""
         try:
             async with asyncio.timeout_at(deadline):  # one timer for every wait before the response starts
-                await asyncio.wait((first, call), return_when=asyncio.FIRST_COMPLETED)
+                if not outcome.done():
+                    await asyncio.wait((first, outcome), return_when=asyncio.FIRST_COMPLETED)
                 chunk_first = first.done() and not first.cancelled() and first.exception() is None and first.result()
                 if not chunk_first:
-                    await asyncio.wait((call,))
-                    failure = self._call_failure(call)
-                    if failure is not None:
-                        return failure
-                    result = call.result()
+                    if not outcome.done():
+                        await asyncio.wait((outcome,))
+                    result, error = _outcome(outcome)
+                    if error is not None:
+                        return _failure(error)
                     if result is not None:
                         return result_response(result)
                     await asyncio.wait((first,))
@@ -428,16 +470,6 @@ class RestApiModule(EngineModule):
         if chunk is None:
             return web.Response(status=reader.status, headers=reader.headers)
         return await self._stream(request, reader, chunk)
-
-    def _call_failure(self, call: asyncio.Task[Any]) -> web.StreamResponse | None:
-        exc = call.exception()
-        if exc is None:
-            return None
-        if isinstance(exc, TimeoutError) or (isinstance(exc, EngineError) and exc.code == "invocation_timeout"):
-            raise _Timeout from exc
-        if isinstance(exc, EngineError):
-            return _error_response(exc.message)
-        return _error_response(repr(exc))
 
     async def _stream(self, request: web.BaseRequest, reader: ResponseChannel, first: bytes) -> web.StreamResponse:
         headers = {k: v for k, v in reader.headers.items() if k.lower() not in _STREAM_HEADER_SKIP}
