@@ -12,7 +12,9 @@ subscriptions matches (ST6), encoded once for all of them and looked up by its g
 sockets that watch its group, not every socket;
 an auth function can reject the upgrade with HTTP 401 when ``auth_reject`` is on (ST5); every connection has a
 bounded outbound queue and a client that lets it overflow is closed with 1013 (ST9); a client offering
-subprotocols gets the first one echoed back (ST10).
+subprotocols gets the first one echoed back (ST10). The store's event feed is open only while a client is connected
+(the engine's own writes reach triggers without it), so writes with no socket client do not pay for reading their
+events back; a join opens it before its sync read, so no change falls between sync and feed.
 
 Example:
     >>> Subscription("s", "g", None).matches({"streamName": "s", "groupId": "g", "id": "7"})
@@ -148,8 +150,12 @@ class StreamSocketServer:
         self._watchers: dict[_GroupKey, set[_Client]] = {}
         # weak: a handshake that fails after the auth call never reaches _serve to pop its entry
         self._contexts: weakref.WeakKeyDictionary[ServerConnection, Any] = weakref.WeakKeyDictionary()
-        self._watch: Watch | None = None
+        # The store's event feed, open only while a client is connected (see _open_feed): the engine's own
+        # writes go to triggers directly, so with no socket client reading events back costs CPU per write
+        # (decoding every notification of the engine's own updates) for nothing.
         self._pump: asyncio.Task[None] | None = None
+        self._watch: Watch | None = None  # the pump's current subscription
+        self._feed_lock = asyncio.Lock()
 
     @property
     def port(self) -> int:
@@ -166,9 +172,7 @@ class StreamSocketServer:
         return f"ws://{host}:{self.port}/"
 
     async def start(self) -> None:
-        """Subscribe to the store's events, then listen."""
-        self._watch = await self.store.watch().open()
-        self._pump = asyncio.get_running_loop().create_task(self._forward(), name="stream-socket-events")
+        """Listen; the store's events are followed from the first client on (:meth:`_open_feed`)."""
         self._server = await serve(
             self._serve, self.settings.host, self.settings.port, compression=None, max_size=_MAX_CLIENT_FRAME,
             process_request=self._process_request, select_subprotocol=self._select_subprotocol,
@@ -179,12 +183,46 @@ class StreamSocketServer:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        await self._close_feed(force=True)
+
+    @property
+    def following(self) -> bool:
+        """Whether the store's event feed is open (exactly while a client is connected)."""
+        return self._pump is not None
+
+    async def _open_feed(self) -> None:
+        """Open the store's event feed unless it is open; returns once it is subscribed.
+
+        Awaited by a join before its sync read, so every change after that read reaches the client: a change
+        before the subscription is in the sync data, one after it comes through the feed (possibly both).
+        """
         if self._pump is not None:
-            self._pump.cancel()
+            return  # the usual case: set and cleared only under the lock, together with the clients check
+        async with self._feed_lock:
+            if self._pump is not None:
+                return
+            watch = self.store.watch()
+            try:
+                await watch.open()
+            except Exception as exc:  # e.g. the store is down: the pump keeps trying, as after losing the feed
+                log.warning("stream socket cannot subscribe to the store's events yet (%r)", exc)
+            self._watch = watch
+            self._pump = asyncio.get_running_loop().create_task(self._forward(watch), name="stream-socket-events")
+
+    async def _close_feed(self, *, force: bool = False) -> None:
+        """Close the feed once no client is connected (``force``: at shutdown)."""
+        async with self._feed_lock:
+            # checked under the lock: a client that connects after this check opens a fresh feed at its join
+            if self._pump is None or (self._clients and not force):
+                return
+            pump, self._pump = self._pump, None
+            pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._pump
-        if self._watch is not None:
-            await self._watch.aclose()
+                await pump
+            # also when the pump was cancelled before its first step (its finally never ran); idempotent
+            watch, self._watch = self._watch, None
+            if watch is not None:
+                await watch.aclose()
 
     # -- handshake -----------------------------------------------------------------------------------------
 
@@ -239,6 +277,8 @@ class StreamSocketServer:
             for sub_id, sub in client.subscriptions.items():
                 self.leave_triggers.run_detached(self._payload(client, sub_id, sub))
             client.subscriptions.clear()
+            if not self._clients:
+                await self._close_feed()
 
     def _subscribe(self, client: _Client, sub_id: str, sub: Subscription | None) -> None:
         """Set (``None``: remove) one of ``client``'s subscriptions, keeping :attr:`_watchers` in step."""
@@ -297,6 +337,7 @@ class StreamSocketServer:
             client.offer(_frame(sub.stream_name, sub.group_id, sub.item_id, {"type": "unauthorized"}))
             return
         self._subscribe(client, sub_id, sub)
+        await self._open_feed()  # before the sync read: no change falls between the two
         try:
             if sub.item_id is None:
                 data = await self.functions.read_group(sub.stream_name, sub.group_id)
@@ -328,22 +369,24 @@ class StreamSocketServer:
                         return
                 client.offer(frame)
 
-    async def _forward(self) -> None:
-        while True:
-            watch = self._watch
-            assert watch is not None
-            try:
-                async for event in watch:
-                    self._fan_out(event)
-                return
-            except StreamLagError as exc:
-                log.warning("stream socket fell behind the store's events (%s); resubscribing", exc)
-            except Exception as exc:  # e.g. Redis went away: keep trying, clients re-join on reconnect anyway
-                log.warning("stream socket lost the store's event feed (%r); resubscribing", exc)
-                await asyncio.sleep(0.5)
-            await watch.aclose()
-            try:
-                self._watch = await self.store.watch().open()
-            except Exception as exc:
-                log.warning("stream socket cannot resubscribe yet (%r)", exc)
-                self._watch = self.store.watch()
+    async def _forward(self, watch: Watch) -> None:
+        """Fan the feed's events out until cancelled; resubscribes after a lag or a lost feed."""
+        try:
+            while True:
+                try:
+                    async for event in watch:
+                        self._fan_out(event)
+                    return
+                except StreamLagError as exc:
+                    log.warning("stream socket fell behind the store's events (%s); resubscribing", exc)
+                except Exception as exc:  # e.g. Redis went away: keep trying, clients re-join on reconnect anyway
+                    log.warning("stream socket lost the store's event feed (%r); resubscribing", exc)
+                    await asyncio.sleep(0.5)
+                await watch.aclose()
+                watch = self._watch = self.store.watch()
+                try:
+                    await watch.open()
+                except Exception as exc:
+                    log.warning("stream socket cannot resubscribe yet (%r)", exc)
+        finally:
+            await watch.aclose()  # also when cancelled by _close_feed: the store's subscription goes with it

@@ -13,6 +13,7 @@ from iii_engine.modules.base import EngineError
 from iii_engine.modules.stream import socket as stream_socket
 from iii_engine.modules.stream.settings import SocketSettings
 from iii_engine.modules.stream.socket import StreamSocketServer, Subscription, _Client
+from iii_streams import MemoryStream
 from iii_streams.events import make_event
 
 
@@ -120,6 +121,7 @@ async def test_a_disconnected_socket_leaves_the_index() -> None:
     server.join_triggers = server.leave_triggers = cast(Any, Joins())
     server.functions = cast(Any, Functions())
     server.settings = SocketSettings(client_queue_size=8)
+    server.store = MemoryStream()  # the join opens the store's event feed
     ws = Ws()
     serving = asyncio.create_task(server._serve(cast(Any, ws)))
     ws.inbox.put_nowait('{"type":"join","data":{"subscriptionId":"s","streamName":"S","groupId":"G"}}')
@@ -127,3 +129,4 @@ async def test_a_disconnected_socket_leaves_the_index() -> None:
     await serving
     assert [list(w) for w in watched] == [[("S", "G")]]  # joined (before the sync read) ...
     assert server._watchers == {} and server._clients == set()  # ... and gone with the socket
+    assert not server.following  # the last client took the store's event feed with it
