@@ -68,6 +68,10 @@ def _field(op: Mapping[str, Any] | BaseModel, name: str) -> tuple[bool, Any]:
     return (name in op, op.get(name))
 
 
+def _dict_field(op: Any, name: str) -> tuple[bool, Any]:
+    return (name in op, op.get(name))
+
+
 def _parse_by(raw: Any, where: str, strict: bool) -> int:
     if isinstance(raw, bool) or not isinstance(raw, int | float):
         raise TypeError(f"{where}: 'by' must be an integer, got {type(raw).__name__} {raw!r}")
@@ -99,13 +103,17 @@ def parse_op(op: UpdateOp | Mapping[str, Any] | Op, *, index: int = 0, strict: b
     """
     if isinstance(op, Op):
         return op
-    if not isinstance(op, Mapping | BaseModel):
+    if type(op) is dict:
+        field = _dict_field  # decoded JSON, the usual case: no ABC or model checks per field
+    elif isinstance(op, Mapping | BaseModel):
+        field = _field
+    else:
         raise TypeError(f"update op #{index}: expected an object, got {type(op).__name__}")
-    _, kind = _field(op, "type")
+    _, kind = field(op, "type")
     if kind not in OP_TYPES:
         raise ValueError(f"update op #{index}: unknown type {kind!r} (expected one of {', '.join(OP_TYPES)})")
     where = f"update op #{index} ({kind})"
-    has_path, path = _field(op, "path")
+    has_path, path = field(op, "path")
     if kind == "merge":
         if path is not None and not isinstance(path, str):
             raise TypeError(f"{where}: 'path' must be a string or null, got {type(path).__name__}")
@@ -114,13 +122,13 @@ def parse_op(op: UpdateOp | Mapping[str, Any] | Op, *, index: int = 0, strict: b
     elif not isinstance(path, str):
         raise TypeError(f"{where}: 'path' must be a string, got {type(path).__name__}")
     if kind in ("increment", "decrement"):
-        has_by, by = _field(op, "by")
+        has_by, by = field(op, "by")
         if not has_by:
             raise ValueError(f"{where}: 'by' is required")
         return Op(kind, path, by=_parse_by(by, where, strict))
     if kind == "remove":
         return Op(kind, path)
-    _, value = _field(op, "value")
+    _, value = field(op, "value")
     return Op(kind, path, value)
 
 
@@ -131,9 +139,11 @@ def parse_ops(ops: Sequence[UpdateOp | Mapping[str, Any] | Op], *, strict: bool 
         >>> [o.type for o in parse_ops([{"type": "set", "path": "a", "value": 1}, {"type": "merge", "value": {}}])]
         ['set', 'merge']
     """
-    if isinstance(ops, str | bytes | Mapping) or not isinstance(ops, Sequence):
+    # A plain list skips the ABC checks, and an already parsed op is kept as it is: the engine parses the ops
+    # of a ``stream::update`` once, and the store and apply_ops see the same list again (hot path, per update).
+    if type(ops) is not list and (isinstance(ops, str | bytes | Mapping) or not isinstance(ops, Sequence)):
         raise TypeError(f"update ops must be a list of op objects, got {type(ops).__name__}")
-    return [parse_op(op, index=i, strict=strict) for i, op in enumerate(ops)]
+    return [op if type(op) is Op else parse_op(op, index=i, strict=strict) for i, op in enumerate(ops)]
 
 
 def _apply_one(v: Any, op: Op) -> Any:
