@@ -98,6 +98,9 @@ class ChannelRelay:
         self.production_mode = production_mode
         self.policy = policy_for(production_mode)
         self._channels: dict[str, LiveChannel] = {}
+        # Channels by the worker that created them (only where the policy removes them with it): a disconnect
+        # looks at its own channels, not at every channel of the engine.
+        self._by_owner: dict[str, dict[str, LiveChannel]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -125,6 +128,8 @@ class ChannelRelay:
             max_bytes=self.max_channel_bytes if max_bytes is None else max_bytes, policy=policy)
         channel = LiveChannel(machine, writer_key, reader_key, owner if policy.owner_cleanup else None)
         self._channels[channel_id] = channel
+        if channel.owner is not None:
+            self._by_owner.setdefault(channel.owner, {})[channel_id] = channel
         self._idle.clear()
         self._arm_deadline(channel)
         return {
@@ -324,14 +329,26 @@ class ChannelRelay:
         self._forget(ch.id)
 
     def _forget(self, channel_id: str) -> None:
-        self._channels.pop(channel_id, None)
+        ch = self._channels.pop(channel_id, None)
+        if ch is not None and ch.owner is not None:
+            owned = self._by_owner.get(ch.owner)
+            if owned is not None:
+                owned.pop(channel_id, None)
+                if not owned:
+                    del self._by_owner[ch.owner]
         if not self._channels:
             self._idle.set()
 
     def drop_owner(self, worker_id: str) -> None:
-        """The worker that created channels disconnected: remove its channels that have no attached end."""
-        for ch in list(self._channels.values()):
-            if ch.owner == worker_id and ch.machine.unattached:
+        """The worker that created channels disconnected: remove its channels that have no attached end.
+
+        Costs O(the worker's own live channels), whatever the number of other channels.
+        """
+        owned = self._by_owner.get(worker_id)
+        if owned is None:
+            return
+        for ch in list(owned.values()):
+            if ch.machine.unattached:
                 ch.cancel_deadline()
                 self._forget(ch.id)
 
@@ -346,6 +363,7 @@ class ChannelRelay:
                     closing.append(perform(end, action))
             ch.wake()
         self._channels.clear()
+        self._by_owner.clear()
         self._idle.set()
         await asyncio.gather(*closing, return_exceptions=True)
         for task in list(self._tasks):
