@@ -549,8 +549,17 @@ class III:
             self._run_on_loop(self._conn.send(frame))
             return None
         waiter = ThreadWaiter()
-        self._bridge.post_blocking(self._start_call, invocation_id, function_id, frame, timeout, waiter)
-        return waiter.wait(timeout / 1000.0 + 1.0, lambda: self._bridge.alive)
+        bridge = self._bridge
+        bridge.hold(waiter)  # a loop thread dying mid-call fails the wait at once (LoopStoppedError)
+        try:
+            try:
+                bridge.post_blocking(self._start_call, invocation_id, function_id, frame, timeout, waiter)
+            except RuntimeError:
+                if not waiter.done():  # not the closed loop hold() already reported: the caller's mistake
+                    raise
+            return waiter.wait(timeout / 1000.0 + 1.0, lambda: bridge.alive)
+        finally:
+            bridge.release(waiter)
 
     def _prepare_call(self, request: dict[str, Any] | TriggerRequest) -> tuple[str, str | None, str, float]:
         """``(function_id, invocation_id, frame, timeout_ms)`` of a call made from outside the client's loop.
@@ -600,14 +609,24 @@ class III:
             await self._bridge.run_async(self._conn.send(frame))
             return None
         future: asyncio.Future[Any] = running.create_future()
-        self._loop.call_soon_threadsafe(self._start_call, invocation_id, function_id, frame, timeout,
-                                        LoopWaiter(running, future))
+        waiter = LoopWaiter(running, future)
+        bridge = self._bridge
+        # Held: if the client's loop thread ends before answering, the future fails at once (LoopStoppedError)
+        # instead of being awaited forever on this, foreign, loop.
+        bridge.hold(waiter)
         try:
+            try:
+                self._loop.call_soon_threadsafe(self._start_call, invocation_id, function_id, frame, timeout, waiter)
+            except RuntimeError:  # the loop is closed: hold() has failed the future already
+                if not waiter.done():
+                    raise
             return await future
         except asyncio.CancelledError:
-            if self._bridge.alive:
+            if bridge.alive:
                 self._loop.call_soon_threadsafe(self._drop_call, invocation_id)
             raise
+        finally:
+            bridge.release(waiter)
 
     async def _call(
         self,

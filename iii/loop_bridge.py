@@ -11,28 +11,82 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["LoopBridge"]
+from .errors import IIIError, ShuttingDownError
+from .pending_calls import Settle
+
+__all__ = ["LoopBridge", "LoopStoppedError"]
 
 T = TypeVar("T")
 
 _SYNC_FROM_LOOP = "Cannot call sync SDK methods from the event loop thread. Use async handler methods instead."
 
 
+class LoopStoppedError(ShuttingDownError):
+    """The client's event loop thread ended while a caller was waiting on it: the answer can never come.
+
+    A :class:`ShuttingDownError`, so code that handles a shutdown handles this too; the message says what
+    happened instead of the generic shutdown text.
+
+    Example:
+        >>> str(LoopStoppedError("iii-sdk-loop"))
+        "the SDK's event loop thread 'iii-sdk-loop' stopped while this call was waiting for it"
+    """
+
+    def __init__(self, thread_name: str) -> None:
+        IIIError.__init__(
+            self, f"the SDK's event loop thread {thread_name!r} stopped while this call was waiting for it")
+
+
 class LoopBridge:
     """One event loop running in its own thread; sync callers block on it, async callers await it from any loop.
 
-    Tasks started with :meth:`spawn` are tracked so :meth:`cancel_tasks` can end them on shutdown.
+    Tasks started with :meth:`spawn` are tracked so :meth:`cancel_tasks` can end them on shutdown. Callers
+    waiting from other threads or loops are held (:meth:`hold`) and failed with :class:`LoopStoppedError` the
+    moment the loop thread ends, however it ends (stopped, or killed by an exception escaping the loop):
+    otherwise a result the dead loop can never deliver would be awaited forever.
     """
 
     def __init__(self, name: str = "iii-sdk-loop") -> None:
         self.loop = asyncio.new_event_loop()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._held: set[Settle] = set()
+        self._held_lock = threading.Lock()
+        self._ended = False
+        self.thread = threading.Thread(target=self._run_loop, name=name, daemon=True)
         self.thread.start()
+
+    def _run_loop(self) -> None:
+        try:
+            self.loop.run_forever()
+        finally:
+            self._fail_held()
+
+    def _fail_held(self) -> None:
+        """On the loop thread, as it ends: fail every held waiter (none can be settled by this loop any more)."""
+        with self._held_lock:
+            self._ended = True
+            held, self._held = self._held, set()
+        for waiter in held:
+            _fail(waiter, LoopStoppedError(self.thread.name))
+
+    def hold(self, waiter: Settle) -> None:
+        """Fail ``waiter`` with :class:`LoopStoppedError` if the loop thread ends before :meth:`release`
+        (at once when it already has). Call before handing the loop the work that settles ``waiter``."""
+        with self._held_lock:
+            if not self._ended:
+                self._held.add(waiter)
+                return
+        _fail(waiter, LoopStoppedError(self.thread.name))
+
+    def release(self, waiter: Settle) -> None:
+        """Stop holding ``waiter`` (it was settled or its caller stopped waiting)."""
+        with self._held_lock:
+            self._held.discard(waiter)
 
     @property
     def alive(self) -> bool:
@@ -49,7 +103,12 @@ class LoopBridge:
         if self.on_loop_thread():
             coro.close()
             raise RuntimeError(_SYNC_FROM_LOOP)
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        self.hold(future)
+        try:
+            return future.result()
+        finally:
+            self.release(future)
 
     def post_blocking(self, fn: Callable[..., Any], *args: Any) -> None:
         """Schedule ``fn(*args)`` on the loop for a caller about to block until it answers; ``RuntimeError`` from
@@ -70,7 +129,12 @@ class LoopBridge:
             running = None
         if running is self.loop:
             return await coro
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        self.hold(future)
+        try:
+            return await asyncio.wrap_future(future)
+        finally:
+            self.release(future)
 
     def soon(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the loop, in call order, from any thread (at once on the loop thread)."""
@@ -102,3 +166,13 @@ class LoopBridge:
         self.thread.join(timeout=join_timeout)
         if not self.thread.is_alive():
             self.loop.close()
+
+
+def _fail(waiter: Settle, error: BaseException) -> None:
+    """Settle ``waiter`` with ``error`` unless it already ended (a concurrent future raises when set twice)."""
+    if waiter.done():
+        return
+    try:
+        waiter.set_exception(error)
+    except concurrent.futures.InvalidStateError:  # settled between the check and the set
+        pass
