@@ -50,21 +50,38 @@ class HandlerRunner:
         self, function_id: str, data: Any, traceparent: str | None, baggage: str | None, trace: TraceScope
     ) -> Outcome:
         """Run ``function_id``'s handler on ``data``; a failure becomes an ``invocation_failed`` body."""
+        outcome, end = await self.start(function_id, data, traceparent, baggage, trace)
+        end()
+        return outcome
+
+    async def start(
+        self, function_id: str, data: Any, traceparent: str | None, baggage: str | None, trace: TraceScope
+    ) -> tuple[Outcome, Callable[[], None]]:
+        """Like :meth:`run`, with the handler's span left open: ``(outcome, end)``; call ``end()`` once the
+        answer is sent (:meth:`TraceScope.start` says why)."""
         entry = self._handlers.get(function_id)
         if entry is None:  # unregistered while the frame was on its way
-            return None, {"code": "function_not_found", "message": f"Function '{function_id}' not found"}, None
+            return (None, {"code": "function_not_found", "message": f"Function '{function_id}' not found"},
+                    None), _nothing
         handler, is_async = entry
         try:
             data = resolve_channels(data, self._address)
         except Exception as exc:
             log.exception("Failed to resolve channel refs for %s", function_id)
-            return None, {"code": "invocation_failed", "message": str(exc), "stacktrace": traceback.format_exc()}, None
+            return (None, {"code": "invocation_failed", "message": str(exc), "stacktrace": traceback.format_exc()},
+                    None), _nothing
         call = _bind(handler, is_async, data)
-        result, error, stack, response_tp = await trace.run(f"call {function_id}", call, traceparent, baggage)
+        (result, error, stack, response_tp), end = await trace.start(f"call {function_id}", call, traceparent,
+                                                                     baggage)
         if error is not None:
             log.error("Error in handler %s: %s", function_id, error)
-            return None, {"code": "invocation_failed", "message": str(error), "stacktrace": stack}, response_tp
-        return result, None, response_tp
+            return (None, {"code": "invocation_failed", "message": str(error), "stacktrace": stack},
+                    response_tp), end
+        return (result, None, response_tp), end
+
+
+def _nothing() -> None:
+    """The ``end`` of a run that opened no span."""
 
 
 def _bind(handler: Callable[[Any], Any], is_async: bool, data: Any) -> Callable[[], Coroutine[Any, Any, Any]]:

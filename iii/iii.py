@@ -381,8 +381,9 @@ class III:
             log.log(event.level, "%s", event.reason)
 
     async def _invoke(self, event: InvocationRequested) -> None:
+        end_span = None
         try:
-            result, error, traceparent = await self._runner.run(
+            (result, error, traceparent), end_span = await self._runner.start(
                 event.function_id, event.data, event.traceparent, event.baggage, self._telemetry.trace
             )
             if event.invocation_id is None:
@@ -397,6 +398,8 @@ class III:
             await self._conn.send(frame, batch=self._invoking > 1)
         finally:
             self._invoking -= 1
+            if end_span is not None:
+                end_span()  # after the answer left: the caller never waits for the span's end and export
 
     async def _register_owned_trigger(self, event: TriggerRequested) -> None:
         error = await self._trigger_host.register(event.trigger_type, event.trigger_id, event.function_id,

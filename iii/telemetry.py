@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import threading
 import uuid
 from collections.abc import Awaitable, Callable
@@ -751,6 +752,28 @@ class _W3C:
             return None
         return f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags:02x}"
 
+    def extract(self, traceparent: str | None, baggage: str | None) -> Any:
+        """The context the default propagators extract from these headers, or ``None`` for a ``traceparent``
+        not in the plain ``00-<trace>-<span>-<flags>`` form (the generic path then decides, with its checks).
+
+        Same result as ``propagate.extract``: a remote, non-recording parent span (no ``tracestate``: invocations
+        carry none), then the baggage added by the W3C baggage propagator.
+        """
+        ctx = self.context.Context()
+        if traceparent:
+            match = _PLAIN_TRACEPARENT.fullmatch(traceparent)
+            if match is None:
+                return None
+            trace_id, span_id, flags = match.groups()
+            if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
+                return None  # invalid: the generic path ignores it (and says so where it would)
+            span_context = self.trace.SpanContext(trace_id=int(trace_id, 16), span_id=int(span_id, 16),
+                                                  is_remote=True, trace_flags=self.trace.TraceFlags(int(flags, 16)))
+            ctx = self.trace.set_span_in_context(self.trace.NonRecordingSpan(span_context), ctx)
+        if baggage:
+            ctx = self.baggage_propagator.extract({"baggage": baggage}, ctx)
+        return ctx
+
     def baggage(self, ctx: Any) -> str | None:
         """The ``baggage`` header of ``ctx`` (``None`` without entries), as ``W3CBaggagePropagator`` writes it."""
         if not self.get_all_baggage(ctx):
@@ -761,6 +784,11 @@ class _W3C:
 
 
 _w3c_api: _W3C | None = None
+
+# A version-00 traceparent exactly as our SDK and the reference write it; anything else goes the generic way.
+_PLAIN_TRACEPARENT: Final = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_ZERO_TRACE: Final = "0" * 32
+_ZERO_SPAN: Final = "0" * 16
 
 
 def _w3c() -> _W3C | None:
@@ -831,10 +859,12 @@ def extract_baggage(baggage: str) -> Any:
 
 def extract_context(traceparent: str | None = None, baggage: str | None = None) -> Any:
     """An OpenTelemetry context from both headers; either may be missing (``None`` without OTel)."""
-    if not traceparent and not baggage:
-        api = _w3c()
-        if api is not None:
-            return api.context.Context()  # what the default propagators extract from an empty carrier
+    # Every handled call extracts both headers: with the default propagators, parse them directly (same context).
+    api = _w3c()
+    if api is not None:
+        ctx = api.extract(traceparent, baggage)
+        if ctx is not None:
+            return ctx
     carrier: dict[str, str] = {}
     if traceparent:
         carrier["traceparent"] = traceparent

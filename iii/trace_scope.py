@@ -64,24 +64,54 @@ class TraceScope:
         The caller's context (trace parent *and* baggage) is made current for the whole run, so the handler
         sees the baggage and its nested calls forward both headers.
         """
+        outcome, end = await self.start(name, call, traceparent, baggage)
+        end()
+        return outcome
+
+    async def start(self, name: str, call: HandlerCall, traceparent: str | None,
+                    baggage: str | None) -> tuple[Outcome, Callable[[], None]]:
+        """Like :meth:`run`, but the handler's span is left open: ``(outcome, end)``, and ``end()`` must follow.
+
+        Why: ending a span (the OpenTelemetry SDK's end and its span processor) is work nobody waits for, so the
+        invocation's answer goes out first and the span ends right after. Its status is already set and the
+        response ``traceparent`` is known when this returns; the handler's context is no longer current.
+        """
         tel = self._tel
         if tel is None:
-            return await self._plain(call)
+            return await self._plain(call), _nothing
         tracer = tel.get_tracer()
         if tracer is None and not traceparent and not baggage:
-            return await self._plain(call)
-        context, _ = otel = self._otel or self._load_otel()
-
-        # start_as_current_span(context=parent) would make only the span current and drop the parent's baggage;
-        # attaching the extracted context first keeps both.
-        token = context.attach(tel.extract_context(traceparent, baggage))
+            return await self._plain(call), _nothing
+        context, trace = self._otel or self._load_otel()
+        parent = tel.extract_context(traceparent, baggage)
+        if tracer is None:
+            # Telemetry is off: no span, but nested calls still carry the caller's trace context.
+            token = context.attach(parent)
+            try:
+                return await self._plain(call), _nothing
+            finally:
+                context.detach(token)
+        # What start_as_current_span(name, kind=SERVER, record_exception=False) does, without its two generator
+        # context managers per call. The span's context is built on the extracted one (not only the span, as
+        # start_as_current_span(context=parent) would do), so the handler sees the caller's baggage too; one
+        # attach makes both current. _plain lets only BaseExceptions (cancellation) through, on which use_span
+        # would just end the span too.
+        span = tracer.start_span(name, context=parent, kind=trace.SpanKind.SERVER, record_exception=False)
         try:
-            if tracer is None:
-                # Telemetry is off: no span, but nested calls still carry the caller's trace context.
-                return await self._plain(call)
-            return await self._in_span(tel, otel, tracer, name, call)
-        finally:
-            context.detach(token)
+            token = context.attach(trace.set_span_in_context(span, parent))
+            try:
+                result, error, stack, _ = await TraceScope._plain(call)
+            finally:
+                context.detach(token)
+            if error is not None:
+                span.record_exception(error)
+                span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
+            else:
+                span.set_status(trace.Status(trace.StatusCode.OK))
+            return (result, error, stack, tel.span_traceparent(span)), span.end
+        except BaseException:
+            span.end()
+            raise
 
     def _load_otel(self) -> tuple[Any, Any]:
         # Imported on first use (OpenTelemetry is optional), then kept: an import statement per call adds up.
@@ -91,30 +121,12 @@ class TraceScope:
         return self._otel
 
     @staticmethod
-    async def _in_span(tel: ModuleType, otel: tuple[Any, Any], tracer: Any, name: str, call: HandlerCall) -> Outcome:
-        context, trace = otel
-        # What start_as_current_span(name, kind=SERVER, record_exception=False) does, without its two generator
-        # context managers per call: the span, made current for the run, ended after it. _plain lets only
-        # BaseExceptions (cancellation) through, on which use_span would just end the span too.
-        span = tracer.start_span(name, kind=trace.SpanKind.SERVER, record_exception=False)
-        try:
-            token = context.attach(trace.set_span_in_context(span))
-            try:
-                result, error, stack, _ = await TraceScope._plain(call)
-                if error is not None:
-                    span.record_exception(error)
-                    span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
-                else:
-                    span.set_status(trace.Status(trace.StatusCode.OK))
-                return result, error, stack, tel.span_traceparent(span)
-            finally:
-                context.detach(token)
-        finally:
-            span.end()
-
-    @staticmethod
     async def _plain(call: HandlerCall) -> Outcome:
         try:
             return await call(), None, None, None
         except Exception as exc:
             return None, exc, traceback.format_exc(), None
+
+
+def _nothing() -> None:
+    """The ``end`` of a run without a span."""
