@@ -44,7 +44,7 @@ from iii.iii_types import TriggerInfo
 from iii.wire import dumps, loads
 
 from ..base import EngineError, EngineModule, EngineServices
-from .channels import CHUNK_SIZE, ChannelAborted, ResponseChannel
+from .channels import CHUNK_SIZE, ChannelAborted, ResponseChannel, ResponseHeadersTooLarge
 from .routes import RouteMatch, RouteTable, parse_http_trigger
 from .settings import ApiSettings
 
@@ -55,6 +55,11 @@ log = logging.getLogger(__name__)
 LINGER_S = 2.0
 _CHANNEL_BUFFER = 64  # messages per request/response channel, as engine::channels::create's default
 _STREAM_HEADER_SKIP = frozenset({"transfer-encoding", "connection", "keep-alive"})
+# A handler's response head: control frames (set_status / set_headers) before the first body chunk, and the bytes of
+# the headers they set. Past either, the handler's writer is closed with 1009 and the client gets 502; without a
+# bound a handler could send them until default_timeout, each one parsed and merged.
+MAX_CONTROL_FRAMES = 100
+MAX_HEADER_BYTES = 64 * 1024
 
 
 class _Timeout(Exception):
@@ -150,6 +155,11 @@ def result_response(result: Any) -> web.Response:
     return _json_response(_status_of(result), {} if body is None else body, headers)
 
 
+def _bad_gateway(message: str) -> web.Response:
+    log.warning("HTTP handler's response refused: %s", message)
+    return _json_response(502, {"error": message})
+
+
 def _error_response(message: str) -> web.Response:
     error_id = uuid.uuid4().hex
     log.warning("HTTP handler failed (error_id %s): %s", error_id, message)
@@ -212,11 +222,14 @@ class RestApiModule(EngineModule):
         self.routes = RouteTable()
         self._runner: web.ServerRunner | None = None
         self._limit: asyncio.Semaphore | None = None
+        # Set when the module stops: every request still waiting for its handler's answer is told at once.
+        self._stopping: asyncio.Future[None] | None = None
         self._budget = BodyBudget(self.settings.max_buffered_bytes)
         self._background: set[asyncio.Task[Any]] = set()
         self.port = self.settings.port
         self.in_flight = 0  # requests holding a concurrency permit (ours; tests and metrics read it)
         self.receiving = 0  # requests whose body is still arriving (they hold no permit)
+        self.abandoned = 0  # requests whose client left while they waited for a permit (never invoked)
         # Streamed responses in progress: they end only when their handler closes its writer (an SSE stream may
         # never), so stop() cuts them instead of letting aiohttp wait out its two 60 s shutdown phases.
         self._streaming: dict[ResponseChannel, web.BaseRequest] = {}
@@ -235,6 +248,7 @@ class RestApiModule(EngineModule):
     async def start(self) -> None:
         """Register the ``http`` trigger type and open the HTTP listener."""
         self._limit = asyncio.Semaphore(self.settings.concurrency_request_limit)
+        self._stopping = asyncio.get_running_loop().create_future()
         self.services.register_trigger_type("http", "HTTP API trigger", _HttpTriggers(self.routes))
         # aiohttp's keep-alive timer also runs from the moment a connection opens and closes it if the request
         # headers are still incomplete when it fires: exactly a header deadline.
@@ -253,7 +267,10 @@ class RestApiModule(EngineModule):
         log.info("REST API listening on %s", self.base_url)
 
     async def stop(self) -> None:
-        """Close the listener, cut streamed responses still in progress and finish background work."""
+        """Answer requests still waiting for their handler (503), close the listener, cut streamed responses still
+        in progress and finish background work."""
+        if self._stopping is not None and not self._stopping.done():
+            self._stopping.set_result(None)  # without this, the listener's cleanup waits out their default_timeout
         for reader, request in list(self._streaming.items()):
             reader.abort()  # a handler waiting for its next chunk: the stream ends as aborted
             if request.transport is not None:
@@ -292,6 +309,15 @@ class RestApiModule(EngineModule):
             await self._take_slot()  # only now: a slow client's wait for its body holds no slot
             self.in_flight += 1
             try:
+                if request.transport is None or request.transport.is_closing():
+                    # The client left while it waited for the slot: nobody would read the answer, so the handler
+                    # is not invoked (the response returned here is never sent).
+                    log.info("HTTP %s %s: client gone before a slot freed; not invoked", request.method,
+                             request.path)
+                    self.abandoned += 1
+                    return web.Response(status=499)
+                if self._stopping is None or self._stopping.done():
+                    raise _Refused(503, "the engine is stopping; retry later", {"Retry-After": "1"})
                 return await self._dispatch(request, match, raw, cors_headers)
             finally:
                 self.in_flight -= 1
@@ -407,7 +433,8 @@ class RestApiModule(EngineModule):
         relay.fill(body_ref["channel_id"], body_ref["access_key"], raw, CHUNK_SIZE)
         # The channel holds its own copy now; the body is claimed once against max_buffered_bytes, so hold it once.
         raw.clear()
-        reader = ResponseChannel("", response_channel["reader"], relay)
+        reader = ResponseChannel("", response_channel["reader"], relay,
+                                 max_control_frames=MAX_CONTROL_FRAMES, max_header_bytes=MAX_HEADER_BYTES)
         first = self._spawn(reader.first_chunk())
         try:
             return await self._call_and_respond(request, route.function_id, payload, reader, first, deadline)
@@ -447,24 +474,35 @@ class RestApiModule(EngineModule):
                        outcome: asyncio.Future[tuple[Any, Any]], deadline: float) -> web.StreamResponse:
         """The race of docs/guides/engine.md#modules: the first body chunk or the function's return, whichever comes
         first."""
+        stopping = self._stopping
+        assert stopping is not None
         try:
             async with asyncio.timeout_at(deadline):  # one timer for every wait before the response starts
                 if not outcome.done():
-                    await asyncio.wait((first, outcome), return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait((first, outcome, stopping), return_when=asyncio.FIRST_COMPLETED)
                 chunk_first = first.done() and not first.cancelled() and first.exception() is None and first.result()
                 if not chunk_first:
+                    if first.done() and isinstance(first.exception(), ResponseHeadersTooLarge):
+                        return _bad_gateway(str(first.exception()))
+                    if not outcome.done() and not stopping.done():
+                        await asyncio.wait((outcome, stopping), return_when=asyncio.FIRST_COMPLETED)
                     if not outcome.done():
-                        await asyncio.wait((outcome,))
+                        raise _Refused(503, "the engine is stopping; retry later", {"Retry-After": "1"})
                     result, error = _outcome(outcome)
                     if error is not None:
                         return _failure(error)
                     if result is not None:
                         return result_response(result)
-                    await asyncio.wait((first,))
+                    if not stopping.done():
+                        await asyncio.wait((first, stopping), return_when=asyncio.FIRST_COMPLETED)
+                    if not first.done():
+                        raise _Refused(503, "the engine is stopping; retry later", {"Retry-After": "1"})
         except TimeoutError:
             raise _Timeout from None
         try:
             chunk = first.result()
+        except ResponseHeadersTooLarge as exc:
+            return _bad_gateway(str(exc))
         except ChannelAborted as exc:
             return _error_response(str(exc))
         if chunk is None:

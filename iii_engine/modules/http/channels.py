@@ -49,6 +49,11 @@ class ChannelAborted(Exception):
     """
 
 
+class ResponseHeadersTooLarge(ChannelAborted):
+    """The handler sent more control frames, or header bytes, before its first body chunk than the module allows;
+    its writer was closed with 1009 (message too big) and the reason."""
+
+
 class _End(Protocol):
     """What this module uses of a channel end: a websockets client connection or a relay ``LocalChannelEnd``."""
 
@@ -152,8 +157,12 @@ class ResponseChannel:
         (206, {'content-type': 'text/plain'})
     """
 
-    def __init__(self, engine_url: str, ref: Mapping[str, Any], relay: ChannelService | None = None) -> None:
+    def __init__(self, engine_url: str, ref: Mapping[str, Any], relay: ChannelService | None = None, *,
+                 max_control_frames: int | None = None, max_header_bytes: int | None = None) -> None:
         self._engine_url = engine_url
+        self._max_control_frames = max_control_frames
+        self._max_header_bytes = max_header_bytes
+        self._control_frames = 0
         self._ref = ref
         self._relay = relay
         self._ws: _End | None = None
@@ -164,17 +173,24 @@ class ResponseChannel:
     async def first_chunk(self) -> bytes | None:
         """Read control frames until the first body chunk; ``None`` when the writer closed without a body.
 
-        Raises :class:`ChannelAborted` when the writer aborted or the channel could not be opened.
+        Raises :class:`ChannelAborted` when the writer aborted or the channel could not be opened, and
+        :class:`ResponseHeadersTooLarge` (after closing the channel with 1009 and the reason, which the writer sees)
+        past ``max_control_frames`` control frames or ``max_header_bytes`` of headers.
         """
-        self._ws = await _connect(self._engine_url, self._ref, self._relay)
+        self._ws = ws = await _connect(self._engine_url, self._ref, self._relay)
         try:
             while True:
-                message = await self._ws.recv()
+                message = await ws.recv()
                 if isinstance(message, bytes):
                     if message:
                         return message
                     continue
                 self._control(message)
+                refusal = self._over_limits()
+                if refusal is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(ws.close(ChannelCloseCode.TOO_BIG, refusal[:120]), 2)
+                    raise ResponseHeadersTooLarge(f"response channel {self.channel_id}: {refusal}")
         except ConnectionClosed as exc:
             if _closed_cleanly(exc):
                 return None
@@ -204,6 +220,19 @@ class ResponseChannel:
             if not _closed_cleanly(exc):
                 raise ChannelAborted(f"response channel {self.channel_id}: writer {_why(exc)}") from None
             return None
+
+    def _over_limits(self) -> str | None:
+        """Why the response head is refused, or ``None`` while it is within the limits."""
+        self._control_frames += 1
+        limit = self._max_control_frames
+        if limit is not None and self._control_frames > limit:
+            return f"more than {limit} control frames before the first body chunk"
+        limit = self._max_header_bytes
+        if limit is not None:
+            size = sum(len(k) + len(v) for k, v in self.headers.items())
+            if size > limit:
+                return f"response headers of {size} bytes are larger than the limit of {limit} bytes"
+        return None
 
     def _control(self, text: str) -> None:
         try:
