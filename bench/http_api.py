@@ -3,6 +3,9 @@
 Baselines, measured in the same run with the same client:
   * requests: a bare aiohttp server answering the same JSON directly (the ceiling of the HTTP layer alone);
     the engine path adds an invocation to a worker and two per-request channels.
+  * requests through a bare relay: an aiohttp handler that sends the request object to the same worker over one
+    WebSocket and answers with its result (no routing, channels or bounds): the ceiling of any design that runs
+    the handler in a worker, since that worker shares this process and its CPU is counted too.
   * download: a bare aiohttp server streaming the same bytes in 64 KiB chunks; the engine path carries them
     worker -> channel relay -> REST API -> client.
 
@@ -59,6 +62,46 @@ async def raw_server(size: int) -> tuple[web.AppRunner, str]:
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
+async def bare_relay() -> tuple[web.AppRunner, Any, str, str]:
+    """An aiohttp server whose one route forwards each request to a worker over one WebSocket and answers with its
+    result: the least work an HTTP-to-worker design can do (the floor of the engine's JSON path)."""
+    waiting: dict[str, asyncio.Future[Any]] = {}
+    sockets: list[Any] = []
+    counter = iter(range(1 << 62))
+
+    async def control(ws: Any) -> None:
+        sockets.append(ws)
+        await ws.send(dumps({"type": "workerregistered", "worker_id": "bench"}))
+        async for raw in ws:
+            frame = loads(raw)
+            kind = frame.get("type")
+            if kind == "ping":
+                await ws.send(dumps({"type": "pong"}))
+            elif kind == "invocationresult":
+                future = waiting.pop(frame["invocation_id"], None)
+                if future is not None:
+                    future.set_result(frame.get("result"))
+
+    async def handle(request: web.BaseRequest) -> web.Response:
+        invocation_id = f"i{next(counter)}"
+        future = asyncio.get_running_loop().create_future()
+        waiting[invocation_id] = future
+        data = {"path_params": {}, "query_params": dict(request.query),
+                "headers": {k.lower(): v for k, v in request.headers.items()}, "path": "json", "method": "GET",
+                "body": None, "trigger": {"type": "http", "path": "json", "method": "GET"}}
+        await sockets[0].send(dumps({"type": "invokefunction", "invocation_id": invocation_id,
+                                     "function_id": "bench.json", "data": data}))
+        result = await future
+        return web.Response(body=dumps(result["body"]).encode(), content_type="application/json")
+
+    ws_server = await websockets.serve(control, "127.0.0.1", 0, compression=None)
+    runner = web.ServerRunner(web.Server(handle), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    ws_port = next(iter(ws_server.sockets)).getsockname()[1]
+    return runner, ws_server, f"ws://127.0.0.1:{ws_port}", f"http://127.0.0.1:{runner.addresses[0][1]}"
 
 
 async def worker(engine_url: str, size: int) -> asyncio.Task[None]:
@@ -148,29 +191,40 @@ async def main(total: int, concurrency: int, mib: int, rounds: int) -> None:
     spec = ModuleSpec("modules::api::RestApiModule", {"host": "127.0.0.1", "port": 0})
     raw_json: list[tuple[float, float]] = []
     engine_json: list[tuple[float, float]] = []
+    relay_json: list[tuple[float, float]] = []
     raw_dl: list[tuple[float, float]] = []
     engine_dl: list[tuple[float, float]] = []
     async with Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[spec])) as engine:
         module = engine.module("http_api")
         api_url = getattr(module, "base_url", "")
         serving = await worker(engine.url, size)
+        relay_runner, relay_ws, relay_ws_url, relay_url = await bare_relay()
+        relay_serving = await worker(relay_ws_url, size)
         async with aiohttp.ClientSession() as session:
             await requests_per_s(session, f"{api_url}/json", 50, 4)  # warm-up
+            await requests_per_s(session, f"{relay_url}/json", 50, 4)
             before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             for _ in range(rounds):  # interleaved, so load from elsewhere hits both sides alike
                 raw_json.append(await timed(requests_per_s(session, f"{raw_url}/json", total, concurrency), total))
                 engine_json.append(await timed(requests_per_s(session, f"{api_url}/json", total, concurrency),
                                                total))
+                relay_json.append(await timed(requests_per_s(session, f"{relay_url}/json", total, concurrency),
+                                              total))
                 chunks = size / CHUNK
                 raw_dl.append(await timed(download_mb_s(session, f"{raw_url}/download", size), chunks))
                 engine_dl.append(await timed(download_mb_s(session, f"{api_url}/download", size), chunks))
             growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
         lingering = len(engine.channels)
         serving.cancel()
+        relay_serving.cancel()
+        relay_ws.close()
+        await relay_runner.cleanup()
     await runner.cleanup()
     print(f"{rounds} interleaved rounds; JSON: {total} requests at concurrency {concurrency}; download: {mib} MiB "
           f"in 64 KiB chunks; ratio = engine / raw aiohttp (higher is better), median [min-max]")
     print(summary("JSON requests", raw_json, engine_json, "/s"))
+    print(summary("JSON, bare relay (floor)", raw_json, relay_json, "/s"))
+    print(summary("JSON, engine / floor", relay_json, engine_json, "/s"))
     print(summary(f"download {mib} MiB", raw_dl, engine_dl, " MB/s"))
     print(f"max RSS grew {growth:.0f} MB over the rounds; channels still held by the relay after the run: {lingering}")
 
