@@ -1,0 +1,25 @@
+"""The codec's small-document fast paths keep the policy: exact big integers (a long digit run anywhere in a
+document of one scan window, bytes or str), and a lone surrogate in a str is a ValueError, not a crash."""
+
+from __future__ import annotations
+
+import pytest
+
+from iii.protocol import codec
+
+
+@pytest.mark.parametrize("as_str", [False, True])
+def test_long_digit_runs_in_small_documents_stay_exact(as_str: bool) -> None:
+    big = 2**70 + 1
+    for doc in (f"[{big}]", f'{{"a":"x","n":{big}}}', f'{{"pad":"{"é" * 50}","n":{-big}}}'):
+        raw = doc if as_str else doc.encode()
+        value = codec.loads(raw)
+        assert str(big) in codec.dumps(value)
+    assert codec._has_long_digits("1" * 19) and not codec._has_long_digits("1" * 18)
+    assert codec._has_long_digits(b"x" * (codec._SCAN_WINDOW - 19) + b"1" * 19)  # the last bytes of one window
+
+
+def test_a_lone_surrogate_in_a_str_is_a_value_error() -> None:
+    with pytest.raises(ValueError) as caught:
+        codec.loads('["\ud800", 1]')
+    assert not isinstance(caught.value, UnicodeError)  # the decoder's message, not one about building it
