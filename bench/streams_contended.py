@@ -13,10 +13,12 @@ fresh item ``--n`` times in total. It prints per round and then medians with spr
 seq, CPU seconds per 1000 updates (all worker processes, plus the engine process on the engine path, which is
 also shown alone), optimistic-retry conflicts per update where the store counts them (Redis), and checks that the
 final counter equals the number of updates. With both paths it also prints engine / direct per kind, each ratio
-taken within one round.
+taken within one round. ``direct`` opens the stores without change events (the issue's baseline, kept as it was);
+``direct-events`` opens them with events published the way the engine's store publishes them (Redis PUBLISH in
+the write's script, PostgreSQL NOTIFY in the write's statement), the like-for-like comparison.
 
 Run: ``.venv/bin/python bench/streams_contended.py [--n 2000] [--rounds 3] [--procs 4] [--inflight 64]
-[--stores redis,sqlite,postgres] [--paths direct,engine]``.
+[--stores redis,sqlite,postgres] [--paths direct,direct-events,engine]``.
 Goal (issue #10): contended >= seq on Redis, 0 lost updates; PostgreSQL engine >= 0.8 of direct.
 """
 
@@ -41,6 +43,7 @@ from iii.wire import dumps, loads
 from iii_streams import open_stream
 
 ROOT = Path(__file__).resolve().parents[1]
+DIRECT_PATHS = ("direct", "direct-events")
 
 
 # -- the worker process ----------------------------------------------------------------------------------------
@@ -51,8 +54,9 @@ async def _worker(cmd: dict[str, Any]) -> dict[str, Any]:
     remaining = n
     conflicts_before = 0
     store: Any = None
-    if cmd["path"] == "direct":
-        store = open_stream(cmd["url"], publish_events=False)
+    if cmd["path"] in DIRECT_PATHS:
+        # "direct" as in the issue's row (no change events); "direct-events" publishes them like the engine's store
+        store = open_stream(cmd["url"], publish_events=cmd["path"] == "direct-events")
         request = StreamUpdateInput(stream_name=stream, group_id="g", item_id="counter",
                                     ops=[UpdateIncrement(path="n", by=1)])
         await store.get(StreamGetInput(stream_name=stream, group_id="g", item_id="warm-up"))  # connect, migrate
@@ -199,7 +203,7 @@ async def _bench(store: str, store_url: str, paths: list[str], args: argparse.Na
                 rep = await _one(f"{store}-{kind}", path, url, store_url, n, procs, inflight)
                 rows[path, kind].append(rep)
                 own = f" (engine {1000 * rep['engine_cpu'] / n:5.2f})" if path == "engine" else ""
-                print(f"  {store:8} {path:6} round {r + 1} {kind:9} {rep['rate']:9.1f} upd/s  "
+                print(f"  {store:8} {path:13} round {r + 1} {kind:9} {rep['rate']:9.1f} upd/s  "
                       f"(slowest worker {rep['busiest']:.2f} s of {rep['wall']:.2f} s)  "
                       f"cpu/1000 {1000 * rep['cpu'] / n:6.2f} s{own}  conflicts/upd {rep['conflicts'] / n:6.2f}  "
                       f"errors {rep['errors']}  lost {rep['lost']}" + (f"  e.g. {rep['samples'][0]}"
@@ -214,15 +218,15 @@ async def _bench(store: str, store_url: str, paths: list[str], args: argparse.Na
         cpu = {k: [1000 * r["cpu"] / (args.n_seq if k == "seq" else args.n) for r in rows[path, k]]
                for k in ("seq", "contended")}
         lost = sum(r["lost"] for k in ("seq", "contended") for r in rows[path, k])
-        print(f"{store:8} {path:6} seq {_summary(seq)} upd/s   {args.procs}x{args.inflight} {_summary(con)} upd/s   "
+        print(f"{store:8} {path:13} seq {_summary(seq)} upd/s   {args.procs}x{args.inflight} {_summary(con)} upd/s   "
               f"ratio {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})   cpu/1000 upd: seq "
               f"{statistics.median(cpu['seq']):.2f} s, contended {statistics.median(cpu['contended']):.2f} s   "
               f"lost {lost}", flush=True)
-    if "engine" in paths and "direct" in paths:
+    for direct in (p for p in DIRECT_PATHS if p in paths and "engine" in paths):
         for kind in ("seq", "contended"):
-            through = [e["rate"] / d["rate"] for e, d in zip(rows["engine", kind], rows["direct", kind], strict=True)]
+            through = [e["rate"] / d["rate"] for e, d in zip(rows["engine", kind], rows[direct, kind], strict=True)]
             own = [1000 * e["engine_cpu"] / (args.n_seq if kind == "seq" else args.n) for e in rows["engine", kind]]
-            print(f"{store:8} engine/direct {kind:9} {statistics.median(through):.2f} "
+            print(f"{store:8} engine/{direct:13} {kind:9} {statistics.median(through):.2f} "
                   f"({min(through):.2f}-{max(through):.2f}) same round   engine process cpu/1000 upd "
                   f"{statistics.median(own):.2f} s", flush=True)
 
@@ -254,7 +258,9 @@ async def main() -> None:
     parser.add_argument("--procs", type=int, default=4)
     parser.add_argument("--inflight", type=int, default=64)
     parser.add_argument("--stores", default="redis,sqlite,postgres")
-    parser.add_argument("--paths", default="direct,engine")
+    parser.add_argument("--paths", default="direct,direct-events,engine",
+                        help="direct: stores without change events (the issue's baseline); direct-events: stores "
+                        "that publish them, as the engine's store does; engine: stream::update through an engine")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
     args = parser.parse_args()
