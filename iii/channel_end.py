@@ -157,12 +157,13 @@ class WebSocketEnd:
     each message as one frame. Both sides use the fast paths of :mod:`iii.ws_fastpath`.
     """
 
-    __slots__ = ("_receive", "_send", "ws")
+    __slots__ = ("_client", "_receive", "_send", "ws")
 
     def __init__(self, ws: Connection) -> None:
         self.ws = ws
         self._receive = ws_fastpath.receiver(ws)
-        self._send = self._send_client if isinstance(ws, ClientConnection) else self._send_server
+        self._client = isinstance(ws, ClientConnection)
+        self._send = self._send_client if self._client else self._send_server
 
     @property
     def is_open(self) -> bool:
@@ -181,6 +182,24 @@ class WebSocketEnd:
 
     async def _send_server(self, data: bytes | memoryview, text: bool) -> None:
         await ws_fastpath.send_server_frame(self.ws, text, data if isinstance(data, bytes) else bytes(data))
+
+    async def send_batch(self, messages: list[Message]) -> None:
+        """Send several messages in order: from the server side of a fast connection, with one write and one
+        flow-control wait (the relay's path); otherwise one :meth:`send` each."""
+        if self._client:
+            for text, payload in messages:
+                await self.send(payload, text=text)
+            return
+        try:
+            await ws_fastpath.send_server_frames(self.ws, messages)
+        except ConnectionClosed as exc:
+            raise closed_from(exc) from exc
+
+    def take_ready(self, max_count: int, max_bytes: int) -> list[Message]:
+        """Messages already received, without waiting: at most ``max_count``, taken while fewer than
+        ``max_bytes`` payload bytes are taken (the last may go past it); empty when none is ready (or this
+        connection has no fast receive path)."""
+        return ws_fastpath.take_ready(self.ws, max_count, max_bytes)
 
     async def receive(self) -> Message:
         """The next message as ``(is_text, payload)``."""

@@ -269,6 +269,24 @@ async def send_server_frame(ws: Connection, text: bool, payload: bytes) -> None:
     await drain_or_close(ws)
 
 
+async def send_server_frames(ws: Connection, messages: list[tuple[bool, bytes]]) -> None:
+    """Send several complete messages from the server side with one write and one flow-control wait (the relay
+    hands over what its queue holds, bounded by the caller). The bytes on the wire are those of one
+    :func:`send_server_frame` per message."""
+    if not messages:
+        return
+    if len(messages) == 1 or not _writable(ws):
+        for text, payload in messages:
+            await send_server_frame(ws, text, payload)
+        return
+    parts: list[bytes] = []
+    for text, payload in messages:
+        parts.append(_frame_header(text, len(payload)))
+        parts.append(payload)
+    _write(ws, *parts)
+    await drain_or_close(ws)
+
+
 async def drain_or_close(ws: Connection) -> None:
     """Wait while the socket's write buffer is over its limit; a failed socket becomes ``ConnectionClosed``."""
     try:
@@ -377,8 +395,9 @@ class FrameReader:
         self._pending = bytearray()
         self.done = False
 
-    def feed(self, data: bytes) -> tuple[list[tuple[bool, bytes]], list[bytes], bytes | None]:
-        """Split ``data`` (see the class docstring)."""
+    def feed(self, data: bytes | memoryview) -> tuple[list[tuple[bool, bytes]], list[bytes], bytes | None]:
+        """Split ``data`` (see the class docstring). ``data`` may be a view of a buffer the caller reuses: all
+        that is kept or returned is copied out of it."""
         if self.done:
             raise RuntimeError("FrameReader was handed over; feed the rest to websockets")
         messages: list[tuple[bool, bytes]] = []
@@ -408,7 +427,7 @@ class FrameReader:
                     continue
                 if len(pending) < need:
                     return messages, control, None
-                self._take(pending, 0, messages, control)
+                self._take(pending, 0, need, messages, control)
                 pending.clear()
                 break
         while offset < size:
@@ -418,19 +437,16 @@ class FrameReader:
             if need == 0 or size - offset < need:
                 pending += memoryview(data)[offset:]
                 break
-            end = self._take(data, offset, messages, control)
-            if end < 0:
-                return self._handover(messages, control, data[offset:])
-            offset = end
+            offset = self._take(data, offset, need, messages, control)
         return messages, control, None
 
     def _handover(self, messages: list[tuple[bool, bytes]], control: list[bytes],
-                  rest: bytes) -> tuple[list[tuple[bool, bytes]], list[bytes], bytes | None]:
+                  rest: bytes | memoryview) -> tuple[list[tuple[bool, bytes]], list[bytes], bytes | None]:
         self.done = True
         self._pending = bytearray()
-        return messages, control, rest
+        return messages, control, bytes(rest)
 
-    def _frame_size(self, buf: bytes | bytearray, at: int) -> int:
+    def _frame_size(self, buf: bytes | bytearray | memoryview, at: int) -> int:
         """Total size of the frame starting at ``at``; 0 when its header is incomplete; -1 when this reader does
         not handle it (the caller hands over)."""
         avail = len(buf) - at
@@ -463,10 +479,10 @@ class FrameReader:
             return 0
         return head + length
 
-    def _take(self, buf: bytes | bytearray, at: int, messages: list[tuple[bool, bytes]],
+    def _take(self, buf: bytes | bytearray | memoryview, at: int, size: int, messages: list[tuple[bool, bytes]],
               control: list[bytes]) -> int:
-        """Consume the complete frame at ``at``; its end offset."""
-        end = at + self._frame_size(buf, at)
+        """Consume the complete frame of ``size`` bytes (from :meth:`_frame_size`) at ``at``; its end offset."""
+        end = at + size
         opcode = buf[at] & 0x0F
         if opcode > 2:
             control.append(bytes(buf[at:end]))
@@ -482,6 +498,54 @@ class FrameReader:
                 payload = bytes(view[head:end])
         messages.append((opcode == 1, payload))
         return end
+
+
+RECEIVE_CHUNK: Final = (64 * 1024, 1024 * 1024)
+"""(first, largest) size of a fast connection's receive buffer: it starts small (an idle socket costs little)
+and doubles while reads fill it, so a busy socket reads up to 1 MiB per system call into the same buffer."""
+
+
+class _BufferedFeed(asyncio.BufferedProtocol):
+    """Stands in as the transport's protocol while a connection is on its fast path: the transport reads into one
+    reused buffer (``recv_into``) instead of a new bytes object per read, and the frames are split straight out of
+    it (all that is kept is copied out). Everything else goes to the connection itself; at a handover the
+    connection takes the transport back (``set_protocol``, a public transport method)."""
+
+    __slots__ = ("_buf", "_conn", "_view")
+
+    def __init__(self, conn: _FastReceive) -> None:
+        self._conn = conn
+        self._buf = bytearray()
+        self._view = memoryview(self._buf)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if not self._buf:
+            self._buf = bytearray(RECEIVE_CHUNK[0])
+            self._view = memoryview(self._buf)
+        return self._view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        view = self._view
+        if nbytes == len(view) and nbytes < RECEIVE_CHUNK[1]:  # the read filled it: more is waiting
+            self._buf = bytearray(2 * nbytes)
+            self._view = memoryview(self._buf)
+        self._conn._feed(view[:nbytes])
+
+    def eof_received(self) -> bool | None:
+        return self._conn.eof_received()  # type: ignore[attr-defined,no-any-return]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._conn.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._conn.pause_writing()  # type: ignore[attr-defined]
+
+    def resume_writing(self) -> None:
+        self._conn.resume_writing()  # type: ignore[attr-defined]
+
+
+_BUFFERED: Final = hasattr(asyncio, "BufferedProtocol")
+"""Whether fast connections read into a reused buffer (:class:`_BufferedFeed`)."""
 
 
 # Phases of a fast connection: reading the HTTP head; head read, the server not decided yet; the server chose the
@@ -508,6 +572,7 @@ class _FastReceive:
     _out: list[bytes]
     _out_bytes: int
     _flush: asyncio.Handle | None
+    _buffered: bool
 
     def _fast_setup(self, phase: int) -> None:
         self._phase = phase
@@ -521,6 +586,7 @@ class _FastReceive:
         self._out = []
         self._out_bytes = 0
         self._flush = None
+        self._buffered = False
 
     def cork(self, parts: tuple[bytes, ...]) -> None:
         """Queue frame bytes for one joined write at the end of this event-loop turn (a frame already in one
@@ -611,8 +677,20 @@ class _FastReceive:
         # closes with 1009 exactly as before.
         self._frames = FrameReader(masked=isinstance(self, ServerConnection),
                                    max_size=self.protocol.max_message_size)
+        transport = self.transport
+        if _BUFFERED and callable(getattr(transport, "set_protocol", None)):
+            transport.set_protocol(_BufferedFeed(self))
+            self._buffered = True
+        else:  # pragma: no cover - an event loop without buffered protocols
+            _fallback("transport without set_protocol: buffered receive")
 
-    def _feed(self, data: bytes) -> None:
+    def _unbuffer(self) -> None:
+        """Give the transport back to the connection (reads come to :meth:`data_received` again)."""
+        if self._buffered:
+            self._buffered = False
+            self.transport.set_protocol(self)  # type: ignore[arg-type]
+
+    def _feed(self, data: bytes | memoryview) -> None:
         frames = self._frames
         assert frames is not None
         messages, control, rest = frames.feed(data)
@@ -629,13 +707,38 @@ class _FastReceive:
             self._super_data(frame)
         if rest is not None:
             self._phase = _OFF
+            self._unbuffer()
             self._super_data(rest)
             self._signal.set()
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)  # type: ignore[misc]
         self._phase = _OFF
+        self._buffered = False
         self._signal.set()
+
+    def _taken(self, size: int) -> None:
+        """``size`` payload bytes left the inbox: read the socket again once it is down to a quarter."""
+        self._inbox_bytes -= size
+        if self._paused and self._inbox_bytes <= self._high // 4:
+            self._paused = False
+            if not self.recv_messages.paused:  # websockets may hold the socket paused itself
+                self.transport.resume_reading()
+
+    def take_ready(self, max_count: int, max_bytes: int) -> list[tuple[bool, bytes]]:
+        """Data messages already received, without waiting: at most ``max_count``, taken while fewer than
+        ``max_bytes`` payload bytes are taken (the last may go past it). Empty when none is ready."""
+        inbox = self._inbox
+        if not inbox:
+            return []
+        taken: list[tuple[bool, bytes]] = []
+        size = 0
+        while inbox and len(taken) < max_count and size < max_bytes:
+            message = inbox.popleft()
+            size += len(message[1])
+            taken.append(message)
+        self._taken(size)
+        return taken
 
     async def receive_message(self) -> tuple[bool, bytes]:
         """The next data message as ``(is_text, payload)``; raises websockets' ``ConnectionClosed`` at the end."""
@@ -643,11 +746,7 @@ class _FastReceive:
             inbox = self._inbox
             if inbox:
                 message = inbox.popleft()
-                self._inbox_bytes -= len(message[1])
-                if self._paused and self._inbox_bytes <= self._high // 4:
-                    self._paused = False
-                    if not self.recv_messages.paused:  # websockets may hold the socket paused itself
-                        self.transport.resume_reading()
+                self._taken(len(message[1]))
                 return message
             if self._phase == _OFF:
                 data = await super().recv()  # type: ignore[misc]
@@ -726,6 +825,14 @@ def receiver(ws: Connection) -> Callable[[], Any]:
     if isinstance(ws, _FastReceive):
         return ws.receive_message
     return lambda: receive(ws)
+
+
+def take_ready(ws: Connection, max_count: int, max_bytes: int) -> list[tuple[bool, bytes]]:
+    """Data messages ``ws`` already received, without waiting (see :meth:`_FastReceive.take_ready`); always empty
+    without the fast receive path (then each message comes from :func:`receive`)."""
+    if isinstance(ws, _FastReceive):
+        return ws.take_ready(max_count, max_bytes)
+    return []
 
 
 def unread_bytes(ws: Connection) -> int:
@@ -860,9 +967,11 @@ __all__ = [
     "send_bare_close",
     "send_data",
     "send_server_frame",
+    "send_server_frames",
     "server_factory",
     "server_frame",
     "set_max_message_size",
+    "take_ready",
     "unread_bytes",
     "write_queued",
 ]

@@ -1,0 +1,154 @@
+"""Fast channel sockets read into one reused buffer (iii.ws_fastpath._BufferedFeed) and the relay hands a socket
+several queued messages per write: what is kept never aliases the reused buffer, the transport goes back to
+websockets at a hand-over, and order, kinds and bounds stay exact."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import websockets
+from websockets.asyncio.server import ServerConnection, serve
+
+from iii import ws_fastpath
+from iii.channel_end import BrokenChannel, EndOfChannel, WebSocketEnd
+from iii.channels import ChannelReader, ChannelWriter
+from iii.ws_fastpath import RECEIVE_CHUNK, FastServerConnection, FrameReader, _BufferedFeed, client_frame
+from iii_engine.channels import ChannelRelay
+from iii_engine.channels.machine import ChannelMachine
+
+from .relay_server import relay_server
+
+OPTS: dict[str, Any] = {"ping_interval": None, "compression": None, "max_size": None}
+
+
+def test_frame_reader_copies_out_of_a_reused_buffer() -> None:
+    # A buffered transport reuses its buffer for the next read: a partial frame kept for later and the bytes
+    # handed over to websockets must not change when the buffer is overwritten.
+    key = os.urandom(4)
+    frame = client_frame(False, b"A" * 1000, key)
+    close = b"\x88\x82" + key + bytes(a ^ b for a, b in zip(b"\x03\xe8", key, strict=False))
+    data = frame + close
+    buf = bytearray(len(data))
+    reader = FrameReader(masked=True)
+    buf[:600] = data[:600]
+    assert reader.feed(memoryview(buf)[:600]) == ([], [], None)
+    buf[:] = b"\xff" * len(buf)  # the next read lands in the same buffer
+    buf[: len(data) - 600] = data[600:]
+    messages, control, rest = reader.feed(memoryview(buf)[: len(data) - 600])
+    buf[:] = b"\x00" * len(buf)
+    assert messages == [(False, b"A" * 1000)] and control == []
+    assert rest == close and isinstance(rest, bytes)
+
+
+class _Conn:
+    def __init__(self) -> None:
+        self.fed: list[bytes] = []
+
+    def _feed(self, data: memoryview) -> None:
+        self.fed.append(bytes(data))
+
+
+def test_receive_buffer_starts_small_and_doubles_while_reads_fill_it() -> None:
+    feed = _BufferedFeed(_Conn())  # type: ignore[arg-type]
+    sizes = []
+    for _ in range(8):
+        buf = feed.get_buffer(-1)
+        sizes.append(len(buf))
+        buf[:] = b"x" * len(buf)
+        feed.buffer_updated(len(buf))  # a full read
+    assert sizes[0] == RECEIVE_CHUNK[0] and max(sizes) == RECEIVE_CHUNK[1]
+    assert sizes == sorted(sizes)
+    buf = feed.get_buffer(-1)
+    feed.buffer_updated(10)  # a short read keeps the size
+    assert len(feed.get_buffer(-1)) == len(buf) == RECEIVE_CHUNK[1]
+
+
+async def test_transport_reads_into_the_buffer_and_goes_back_to_websockets_at_a_hand_over() -> None:
+    received: list[object] = []
+    protocols: list[object] = []
+    conns: list[ServerConnection] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        conns.append(ws)
+        end = WebSocketEnd(ws)
+        try:
+            while True:
+                received.append(await end.receive())
+                protocols.append(ws.transport.get_protocol())
+        except (EndOfChannel, BrokenChannel) as exc:
+            received.append(exc)
+
+    def fast(conn: ServerConnection, request: Any) -> None:
+        ws_fastpath.enable_fast_receive(conn)
+
+    async with serve(handler, "127.0.0.1", 0, create_connection=FastServerConnection, process_request=fast,
+                     **OPTS) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with websockets.connect(f"ws://127.0.0.1:{port}", **OPTS) as ws:
+            big = os.urandom(3 << 20)  # frames split across many reads of the reused buffer
+            await ws.send(b"first")
+            await ws.send(big)
+            await (await ws.ping(b"p"))  # answered by websockets while the buffer feeds the fast path
+            await ws.send([b"frag", b"mented"])  # handed over: websockets reads the socket again
+            await ws.send(b"last")
+    assert received[:4] == [(False, b"first"), (False, big), (False, b"fragmented"), (False, b"last")]
+    assert isinstance(received[4], EndOfChannel)
+    assert isinstance(protocols[0], _BufferedFeed) and isinstance(protocols[1], _BufferedFeed)
+    assert protocols[3] is conns[0]
+
+
+async def test_the_relay_hands_a_reader_several_queued_messages_per_write(monkeypatch: Any) -> None:
+    batches: list[int] = []
+    send_frames = ws_fastpath.send_server_frames
+
+    async def counting(ws: Any, messages: list[tuple[bool, bytes]]) -> None:
+        batches.append(len(messages))
+        await send_frames(ws, messages)
+
+    monkeypatch.setattr(ws_fastpath, "send_server_frames", counting)
+    async with relay_server(ChannelRelay()) as (base, relay):
+        refs = relay.create(16, owner=None)
+        writer = ChannelWriter(base, refs["writer"])
+        expected: list[bytes | str] = []
+        for i in range(40):  # queued before the reader attaches; the writer waits while 16 are queued
+            if i % 5 == 0:
+                expected.append(f"note {i}")
+            else:
+                expected.append(os.urandom(1000 + i))
+        reader = ChannelReader(base, refs["reader"])
+
+        async def produce() -> None:
+            for item in expected:
+                if isinstance(item, str):
+                    await writer.send_message_async(item)
+                else:
+                    await writer.write(item)
+            await writer.close_async()
+
+        async def consume() -> list[bytes | str]:
+            got: list[bytes | str] = []
+            while (item := await reader.recv()) is not None:
+                got.append(item)
+            return got
+
+        produced = asyncio.ensure_future(produce())
+        await relay.wait_full(refs["writer"]["channel_id"])
+        assert relay.stats(refs["writer"]["channel_id"])["peak"] == 16  # never more than buffer_size queued
+        got = await consume()
+        await produced
+    assert got == expected  # order, boundaries and text/binary kinds kept across batches
+    assert max(batches) > 1
+
+
+def test_reader_more_stops_where_reader_step_would() -> None:
+    m = ChannelMachine("c", capacity=8)
+    for data in (b"a", b"bb", b"ccc"):
+        m.writer_message(False, data)
+    assert m.reader_step() == (False, b"a")
+    m.failure = (4001, "writer aborted")  # an abort is delivered at once: no more messages after it
+    assert m.reader_more(1 << 20) == []
+    m.failure = None
+    assert m.reader_more(1) == [(False, b"bb")]  # the budget is passed by at most one message
+    assert m.reader_more(1 << 20) == [(False, b"ccc")] and m.queued_bytes == 0
