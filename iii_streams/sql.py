@@ -325,7 +325,8 @@ class SQLStream(Backend):
 
     def _notify_payload(self, payload: str, event: StreamEvent | None = None) -> str:
         """``payload`` made to fit a notification (data left out, then names), ``""`` when nothing fits."""
-        if len(payload.encode()) > _NOTIFY_LIMIT:
+        # a character is at most 4 UTF-8 bytes: a short payload fits without encoding it to count
+        if len(payload) * 4 > _NOTIFY_LIMIT and len(payload.encode()) > _NOTIFY_LIMIT:
             if event is None:
                 event = loads(payload)
             assert event is not None
@@ -420,6 +421,8 @@ class SQLStream(Backend):
         """Apply a prefix of ``writes`` in Python to the rows ``stored`` (key → JSON text; missing = absent)."""
         plan = _Plan(current={key: stored.get(key) for key in dict.fromkeys(w.key for w in writes)})
         current = plan.current
+        # one event head per item and batch: its writes commit together, so their events share one timestamp
+        heads: dict[bytes, tuple[str, str]] = {}
         for w in writes:
             old_text = current[w.key]
             try:
@@ -439,7 +442,10 @@ class SQLStream(Backend):
             event_text = new_text if new_text is not None else old_text
             assert event_text is not None
             if self.publish_events and self._pg:
-                head, tail = event_json_parts(w.stream_name, w.group_id, w.item_id)
+                parts = heads.get(w.key)
+                if parts is None:
+                    parts = heads[w.key] = event_json_parts(w.stream_name, w.group_id, w.item_id)
+                head, tail = parts
                 payload = self._notify_payload(f'{head}{kind}","data":{event_text}{tail}')
                 if payload and payload in plan.sent:
                     break  # PostgreSQL would deliver it once: this write and the rest go into the next transaction
