@@ -66,6 +66,7 @@ __all__ = [
     "shutdown_otel",
     "shutdown_otel_async",
     "span_traceparent",
+    "start_handler_span",
     "trace_headers",
     "with_span",
 ]
@@ -239,6 +240,7 @@ class TelemetryRuntime:
         self.initialized = False
         self.tracer_provider: Any = None
         self.tracer: Any = None
+        self.handler_spans: Any = None  # iii.light_span.HandlerSpans of tracer_provider (imported with OTel)
         self.meter_provider: Any = None
         self.meter: Any = None
         self.log_provider: Any = None
@@ -273,7 +275,6 @@ class TelemetryRuntime:
 
         try:
             from opentelemetry.sdk.resources import Resource
-            from opentelemetry.sdk.trace import TracerProvider
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
         except ImportError as exc:
             raise ImportError(
@@ -303,12 +304,15 @@ class TelemetryRuntime:
         if loop is not None:
             connection.start(loop)
 
-        tracer_provider = TracerProvider(resource=resource)
+        from .light_span import HandlerSpans, OwnTracerProvider
+
+        tracer_provider = OwnTracerProvider(resource=resource)
         tracer_provider.add_span_processor(BatchSpanProcessor(EngineSpanExporter(connection)))  # type: ignore[arg-type]
 
         self.connection = connection
         self.tracer_provider = tracer_provider
         self.tracer = tracer_provider.get_tracer(_SCOPE)
+        self.handler_spans = HandlerSpans(tracer_provider, _SCOPE)
         self._install_global_tracer_provider(tracer_provider)
         if cfg.metrics_enabled:
             self._configure_metrics(resource, connection, cfg, service_name)
@@ -445,6 +449,7 @@ class TelemetryRuntime:
             self.switch.target = None
         self.initialized = False
         self.tracer_provider = self.tracer = self.meter_provider = self.meter = self.log_provider = None
+        self.handler_spans = None
         self.connection = None
         return providers
 
@@ -615,6 +620,25 @@ def get_tracer() -> Any:
 def get_meter() -> Any:
     """The SDK's meter, or ``None`` when metrics are not initialised."""
     return _runtime.get_meter()
+
+
+def start_handler_span(tracer: Any, name: str, parent: Any) -> Any:
+    """The SERVER span around one handler run (ours), child of ``parent``'s span: what
+    ``tracer.start_span(name, context=parent, kind=SERVER, record_exception=False)`` returns, made as a
+    :class:`iii.light_span.LightSpan` when that is provably the same (docs in :mod:`iii.light_span`).
+
+    Example:
+        >>> start_handler_span(None, "call f", None) is None  # telemetry off
+        True
+    """
+    if tracer is None:
+        return None
+    spans = _runtime.handler_spans
+    if spans is not None and tracer is _runtime.tracer and spans.usable():
+        return spans.start(name, parent)
+    from opentelemetry.trace import SpanKind
+
+    return tracer.start_span(name, context=parent, kind=SpanKind.SERVER, record_exception=False)
 
 
 def get_logger(name: str = _SCOPE) -> Any:

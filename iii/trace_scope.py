@@ -96,7 +96,7 @@ class TraceScope:
         # start_as_current_span(context=parent) would do), so the handler sees the caller's baggage too; one
         # attach makes both current. _plain lets only BaseExceptions (cancellation) through, on which use_span
         # would just end the span too.
-        span = tracer.start_span(name, context=parent, kind=trace.SpanKind.SERVER, record_exception=False)
+        span = tel.start_handler_span(tracer, name, parent)
         try:
             token = context.attach(trace.set_span_in_context(span, parent))
             try:

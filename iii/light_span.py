@@ -1,0 +1,307 @@
+"""A cheaper span for the one span every handled invocation opens (``call <function id>``, kind SERVER).
+
+Why: with the OpenTelemetry SDK's own ``Tracer.start_span`` and ``Span.end`` the handler span cost more CPU than
+everything else a callee does per call (issue 10). :class:`HandlerSpans` makes the same span (same ids from the
+provider's id generator, same sampling, same parent, status, attributes, events, limits, resource and scope) as an
+OpenTelemetry-API :class:`~opentelemetry.trace.Span` of its own, and hands it, once ended, straight to the
+provider's one span processor (our batch processor); our exporter serialises it like an SDK ``ReadableSpan``.
+
+It is used only while the result is provably the same as the SDK's: the provider is ours, its only span processor
+is ours (:class:`OwnTracerProvider` notices any other, e.g. a user's ``add_span_processor``), the sampler is the
+default ``ParentBased(ALWAYS_ON)`` (``OTEL_TRACES_SAMPLER`` unset), the SDK's own span metrics and the SDK itself
+are not switched off or on by environment. Otherwise :meth:`HandlerSpans.usable` is false and the SDK tracer runs.
+
+Example:
+    >>> from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    >>> from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    >>> provider = OwnTracerProvider()
+    >>> exporter = InMemorySpanExporter()
+    >>> provider.add_span_processor(SimpleSpanProcessor(exporter))
+    >>> spans = HandlerSpans(provider, "demo")
+    >>> span = spans.start("call f", None)
+    >>> span.set_status(Status(StatusCode.OK)); span.end()
+    >>> [(s.name, s.kind.name, s.status.status_code.name) for s in exporter.get_finished_spans()]
+    [('call f', 'SERVER', 'OK')]
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import traceback
+from collections.abc import Mapping
+from types import MappingProxyType, TracebackType
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.attributes import BoundedAttributes
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import Event, SpanLimits, SpanProcessor, TracerProvider
+from opentelemetry.sdk.util import BoundedList
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.util.types import Attributes, AttributeValue
+
+__all__ = ["HandlerSpans", "LightSpan", "OwnTracerProvider"]
+
+log = logging.getLogger(__name__)
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+_TRUE = ("true", "1", "yes", "on")
+# Environment that changes what the SDK's tracer does in ways LightSpan does not copy.
+_SDK_SETTINGS = ("OTEL_TRACES_SAMPLER",)
+_SDK_SWITCHES = ("OTEL_SDK_DISABLED", "OTEL_PYTHON_SDK_INTERNAL_METRICS_ENABLED")
+
+
+class OwnTracerProvider(TracerProvider):
+    """The SDK's ``TracerProvider`` that remembers its first span processor and whether any other was added.
+
+    Example:
+        >>> OwnTracerProvider().shared
+        False
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.span_limits: SpanLimits = kwargs.setdefault("span_limits", SpanLimits())
+        super().__init__(**kwargs)
+        self.own_processor: SpanProcessor | None = None
+        self.shared = False  # another processor (a user's) sees spans too: every span must be the SDK's then
+
+    def add_span_processor(self, span_processor: SpanProcessor) -> None:
+        """Add ``span_processor`` (the first one is ours; any later one turns the light spans off)."""
+        if self.own_processor is None:
+            self.own_processor = span_processor
+        else:
+            self.shared = True
+        super().add_span_processor(span_processor)
+
+
+class HandlerSpans:
+    """Starts :class:`LightSpan` handler spans for ``provider`` (see the module docstring for when)."""
+
+    def __init__(self, provider: OwnTracerProvider, scope_name: str) -> None:
+        self._provider = provider
+        self._ids = provider.id_generator
+        self._limits = provider.span_limits
+        self._resource = provider.resource
+        self._scope = InstrumentationScope(scope_name)  # what provider.get_tracer(scope_name) records
+        self._environment_ok = not any(os.environ.get(name, "").strip() for name in _SDK_SETTINGS) and not any(
+            os.environ.get(name, "").strip().lower() in _TRUE for name in _SDK_SWITCHES)
+
+    def usable(self) -> bool:
+        """Whether a light span is exactly what the SDK's tracer would produce now."""
+        return self._environment_ok and not self._provider.shared and self._provider.own_processor is not None
+
+    def start(self, name: str, parent: Context | None, kind: SpanKind = SpanKind.SERVER) -> trace.Span:
+        """A started span named ``name`` whose parent is the span of ``parent``: what ``Tracer.start_span(name,
+        context=parent, kind=kind)`` of the provider's tracer returns (a ``NonRecordingSpan`` when not sampled)."""
+        parent_context = trace.get_current_span(parent).get_span_context()
+        ids = self._ids
+        if parent_context.is_valid:
+            trace_id = parent_context.trace_id
+            parent_flags = parent_context.trace_flags
+            sampled = parent_flags.sampled  # ParentBased: follow the parent
+            random_id = parent_flags.random_trace_id
+            trace_state = parent_context.trace_state
+            parent_or_none: SpanContext | None = parent_context
+        else:
+            trace_id = ids.generate_trace_id()
+            sampled = True  # ParentBased(root=ALWAYS_ON)
+            random_id = ids.is_trace_id_random()
+            trace_state = None
+            parent_or_none = None
+        flags = TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT
+        if random_id:
+            flags |= TraceFlags.RANDOM_TRACE_ID
+        context = SpanContext(trace_id, ids.generate_span_id(), is_remote=False, trace_flags=TraceFlags(flags),
+                              trace_state=trace_state)
+        if not sampled:
+            return trace.NonRecordingSpan(context)
+        processor = self._provider.own_processor
+        assert processor is not None  # usable() was checked
+        span = LightSpan(name, context, parent_or_none, kind, self._limits, self._resource, self._scope, processor)
+        processor.on_start(span, parent_context=parent)  # type: ignore[arg-type]  # duck-typed like an SDK Span
+        return span
+
+
+class LightSpan(trace.Span):
+    """An OpenTelemetry-API span recording only what the exporter sends; readable like an SDK ``ReadableSpan``.
+
+    Behaves like the SDK's span for everything a handler can do with the current span: attributes (same
+    cleaning and limits), events, links, ``record_exception``, status rules (``OK`` is final, ``UNSET`` ignored),
+    ``update_name``, warnings on use after ``end``.
+    """
+
+    def __init__(self, name: str, context: SpanContext, parent: SpanContext | None, kind: SpanKind,
+                 limits: SpanLimits, resource: Any, scope: InstrumentationScope, processor: SpanProcessor) -> None:
+        self._name = name
+        self._context = context
+        self.parent = parent
+        self.kind = kind
+        self._limits = limits
+        self.resource = resource
+        self.instrumentation_scope = scope
+        self._processor = processor
+        self._attributes: BoundedAttributes | None = None
+        self._events: BoundedList[Event] | None = None
+        self._links: BoundedList[trace.Link] | None = None
+        self._status = Status(StatusCode.UNSET)
+        self.start_time: int = _time_ns()
+        self.end_time: int | None = None
+
+    # ------------------------------------------------------------ what the exporter and processors read
+
+    @property
+    def name(self) -> str:
+        """The span's name."""
+        return self._name
+
+    @property
+    def context(self) -> SpanContext:
+        """The span's context."""
+        return self._context
+
+    @property
+    def status(self) -> Status:
+        """The span's status."""
+        return self._status
+
+    @property
+    def attributes(self) -> Mapping[str, Any]:
+        """The span's attributes."""
+        return self._attributes if self._attributes is not None else _EMPTY
+
+    @property
+    def events(self) -> tuple[Event, ...]:
+        """The span's events."""
+        return tuple(self._events) if self._events is not None else ()
+
+    @property
+    def links(self) -> tuple[trace.Link, ...]:
+        """The span's links."""
+        return tuple(self._links) if self._links is not None else ()
+
+    # ------------------------------------------------------------ the API
+
+    def get_span_context(self) -> SpanContext:
+        """The span's context."""
+        return self._context
+
+    def is_recording(self) -> bool:
+        """True until ended."""
+        return self.end_time is None
+
+    def _ended(self, what: str) -> bool:
+        if self.end_time is None:
+            return False
+        log.warning("Tried calling %s on an ended span.", what)
+        return True
+
+    def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
+        """Set several attributes (cleaned and bounded like the SDK's)."""
+        if self.end_time is not None:
+            log.warning("Setting attribute on ended span.")
+            return
+        for key, value in attributes.items():
+            self._attribute_map()[key] = value
+
+    def set_attribute(self, key: str, value: AttributeValue) -> None:
+        """Set one attribute (cleaned and bounded like the SDK's)."""
+        if self.end_time is not None:
+            log.warning("Setting attribute on ended span.")
+            return
+        self._attribute_map()[key] = value
+
+    def _attribute_map(self) -> BoundedAttributes:
+        attributes = self._attributes
+        if attributes is None:
+            limits = self._limits
+            attributes = self._attributes = BoundedAttributes(
+                limits.max_span_attributes, None, immutable=False, max_value_len=limits.max_span_attribute_length)
+        return attributes
+
+    def add_event(self, name: str, attributes: Attributes = None, timestamp: int | None = None) -> None:
+        """Add an event (its attributes bounded like the SDK's)."""
+        if self._ended("_add_event"):
+            return
+        limits = self._limits
+        bounded = BoundedAttributes(limits.max_event_attributes, attributes, max_value_len=limits.max_attribute_length,
+                                    immutable=True)
+        if self._events is None:
+            self._events = BoundedList(limits.max_events)
+        self._events.append(Event(name=name, attributes=bounded, timestamp=timestamp))
+
+    def add_link(self, context: SpanContext, attributes: Attributes = None) -> None:
+        """Add a link (ignored for an invalid context without attributes, like the SDK)."""
+        if not (context and (context.is_valid or attributes or context.trace_state)):
+            return  # what the SDK's _is_valid_link rejects
+        if self._ended("_add_link"):
+            return
+        limits = self._limits
+        bounded = BoundedAttributes(limits.max_link_attributes, attributes, max_value_len=limits.max_attribute_length,
+                                    immutable=True)
+        if self._links is None:
+            self._links = BoundedList(limits.max_links)
+        self._links.append(trace.Link(context=context, attributes=bounded))
+
+    def update_name(self, name: str) -> None:
+        """Rename the span."""
+        if not self._ended("update_name"):
+            self._name = name
+
+    def set_status(self, status: Status | StatusCode, description: str | None = None) -> None:
+        """Set the status: ``OK`` is final and ``UNSET`` is ignored, as in the SDK."""
+        if self._ended("set_status"):
+            return
+        if self._status.status_code is StatusCode.OK:
+            return
+        if isinstance(status, Status):
+            if status.status_code is StatusCode.UNSET:
+                return
+            if description is not None:
+                log.warning("Description %s ignored. Use either `Status` or `(StatusCode, Description)`",
+                            description)
+            self._status = status
+        elif isinstance(status, StatusCode) and status is not StatusCode.UNSET:
+            self._status = Status(status, description)
+
+    def record_exception(self, exception: BaseException, attributes: Attributes = None,
+                         timestamp: int | None = None, escaped: bool = False) -> None:
+        """Record ``exception`` as an ``exception`` event, with the SDK's attributes."""
+        stacktrace = "".join(traceback.format_exception(exception))
+        module = type(exception).__module__
+        qualname = type(exception).__qualname__
+        exception_type = f"{module}.{qualname}" if module and module != "builtins" else qualname
+        event: dict[str, AttributeValue] = {
+            "exception.type": exception_type,
+            "exception.message": str(exception),
+            "exception.stacktrace": stacktrace,
+            "exception.escaped": str(escaped),
+        }
+        if attributes:
+            event.update(attributes)
+        self.add_event(name="exception", attributes=event, timestamp=timestamp)
+
+    def end(self, end_time: int | None = None) -> None:
+        """End the span and hand it to the span processor (a warning if it already ended)."""
+        if self.end_time is not None:
+            log.warning("Calling end() on an ended span.")
+            return
+        self.end_time = end_time if end_time is not None else _time_ns()
+        self._processor.on_end(self)  # type: ignore[arg-type]  # read like a ReadableSpan
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc_val: BaseException | None,
+                 exc_tb: TracebackType | None) -> None:
+        """End the span; an exception marks it ``ERROR`` (the handler span never records it: the SDK's span is
+        started with ``record_exception=False`` too)."""
+        if exc_val is not None and self.is_recording():
+            self.set_status(Status(StatusCode.ERROR, f"{type(exc_val).__name__}: {exc_val}"))
+        super().__exit__(exc_type, exc_val, exc_tb)
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}(name="{self._name}", context={self._context})'
+
+
+# The SDK stamps spans with time.time_ns (through opentelemetry.util._time, private): the same clock.
+_time_ns = time.time_ns
