@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Final, Self
 
 from iii.stream import IStream, StreamGetInput, StreamSetInput, StreamSetResult, StreamUpdateResult
 
+from .deadlines import SharedDeadlines
 from .errors import StreamError, StreamTimeoutError, StreamUnavailableError, check_timeout
 from .events import EventFilter, StreamEvent, Watch
 
@@ -49,15 +50,22 @@ class OperationGuard:
     than a generator-based context manager: it runs on every operation.
     """
 
-    __slots__ = ("_limit", "_operation", "_store", "_timer")
+    __slots__ = ("_deadlines", "_entry", "_limit", "_operation", "_store", "_timer")
 
-    def __init__(self, store: Backend, operation: str, limit: float | None) -> None:
+    def __init__(self, store: Backend, operation: str, limit: float | None,
+                 deadlines: SharedDeadlines | None = None) -> None:
         self._store = store
         self._operation = operation
         self._limit = limit
         self._timer: asyncio.Timeout | None = None
+        self._deadlines = deadlines  # the store's shared timer when ``limit`` is the store's own
+        self._entry: Any = None
 
     async def __aenter__(self) -> None:
+        if self._deadlines is not None:
+            self._entry = self._deadlines.enter()
+            if self._entry is not None:
+                return
         if self._limit is not None:
             self._timer = asyncio.timeout(self._limit)
             await self._timer.__aenter__()
@@ -66,7 +74,11 @@ class OperationGuard:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         where = f"{type(self._store).__name__}.{self._operation}"
-        if self._timer is not None:
+        if self._entry is not None:
+            assert self._deadlines is not None
+            if self._deadlines.leave(self._entry, exc_type is asyncio.CancelledError):
+                raise StreamTimeoutError(f"{where} did not finish within {self._limit:g} s") from TimeoutError()
+        elif self._timer is not None:
             try:
                 await self._timer.__aexit__(exc_type, exc, tb)
             except TimeoutError as expired:
@@ -89,6 +101,7 @@ class Backend(IStream[Any]):
 
     publish_events: bool = True
     timeout: float | None = DEFAULT_TIMEOUT
+    _deadlines: SharedDeadlines | None = None  # set per store at its first bounded operation
     atomic_updates: ClassVar[bool] = True
     """``update`` is atomic by itself (across processes too), so callers need no lock of their own around it;
     a caller-side per-item lock would only keep concurrent updates from sharing one transaction."""
@@ -136,6 +149,12 @@ class Backend(IStream[Any]):
 
     def _guard(self, operation: str, timeout: float | None) -> OperationGuard:
         """``async with self._guard("get", timeout):`` bounds the body and wraps backend exceptions."""
+        if timeout is None and self.timeout is not None:
+            # the store's own limit: every such call shares one timer (iii_streams.deadlines)
+            deadlines = self._deadlines
+            if deadlines is None or deadlines.limit != self.timeout:
+                deadlines = self._deadlines = SharedDeadlines(self.timeout)
+            return OperationGuard(self, operation, self.timeout, deadlines)
         return OperationGuard(self, operation, self._limit(timeout))
 
     def _wrap_error(self, exc: Exception, where: str) -> StreamError | None:
