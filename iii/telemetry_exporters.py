@@ -212,33 +212,50 @@ def _group(items: Iterable[Any], resource_of: Callable[[Any], Any], scope_of: Ca
     return [(resource, list(scopes[rid].values())) for rid, resource in resources.items()]
 
 
+_ENUM_VALUES: dict[Any, int] = {}
+
+
+def _enum_value(member: Any) -> int:
+    """``member.value`` of a span kind or status code, cached: an Enum's ``.value`` is a slow descriptor and every
+    exported span reads two."""
+    try:
+        return _ENUM_VALUES[member]
+    except KeyError:
+        value = _ENUM_VALUES[member] = int(member.value)
+        return value
+
+
 def _span_json(span: Any) -> dict[str, Any]:
     context = span.context
+    status = span.status
+    events = span.events
+    links = span.links
     body: dict[str, Any] = {
-        "traceId": _hex_trace(context.trace_id),
-        "spanId": _hex_span(context.span_id),
+        "traceId": f"{context.trace_id:032x}",
+        "spanId": f"{context.span_id:016x}",
         "name": span.name,
         # OTLP numbers kinds from 1 (INTERNAL); the Python API from 0. The reference sends the API value.
-        "kind": span.kind.value + 1,
+        "kind": _enum_value(span.kind) + 1,
         "startTimeUnixNano": str(span.start_time or 0),
         "endTimeUnixNano": str(span.end_time or 0),
         "attributes": _key_values(span.attributes),
         "events": [
             {"name": event.name, "timeUnixNano": str(event.timestamp), "attributes": _key_values(event.attributes)}
-            for event in span.events
-        ],
+            for event in events
+        ] if events else [],
         "links": [
             {
                 "traceId": _hex_trace(link.context.trace_id),
                 "spanId": _hex_span(link.context.span_id),
                 "attributes": _key_values(link.attributes),
             }
-            for link in span.links
-        ],
-        "status": {"code": span.status.status_code.value, "message": span.status.description or ""},
+            for link in links
+        ] if links else [],
+        "status": {"code": _enum_value(status.status_code), "message": status.description or ""},
     }
-    if span.parent is not None:
-        body["parentSpanId"] = _hex_span(span.parent.span_id)
+    parent = span.parent
+    if parent is not None:
+        body["parentSpanId"] = f"{parent.span_id:016x}"
     return body
 
 
