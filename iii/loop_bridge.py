@@ -38,8 +38,13 @@ class LoopStoppedError(ShuttingDownError):
     """
 
     def __init__(self, thread_name: str) -> None:
+        self.thread_name = thread_name
         IIIError.__init__(
             self, f"the SDK's event loop thread {thread_name!r} stopped while this call was waiting for it")
+
+    def __reduce__(self) -> tuple[type[LoopStoppedError], tuple[str]]:
+        # args hold the message; rebuild from the thread name (pickling, e.g. across processes).
+        return (type(self), (self.thread_name,))
 
 
 class LoopBridge:

@@ -8,6 +8,7 @@ settle the call. They must raise :class:`~iii.loop_bridge.LoopStoppedError` prom
 from __future__ import annotations
 
 import asyncio
+import pickle
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -87,6 +88,7 @@ def test_trigger_async_on_a_foreign_loop_fails_when_the_sdk_loop_dies(
         assert isinstance(error, LoopStoppedError), f"expected LoopStoppedError, got {error!r}"
         assert isinstance(error, ShuttingDownError)  # handled wherever a shutdown is
         assert "event loop thread" in str(error) and "stopped" in str(error)
+        assert str(pickle.loads(pickle.dumps(error))) == str(error)
         assert waited < PROMPT
     finally:
         release.set()
