@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from iii.protocol.codec import is_uuid
+from iii.wire import loads
 
-from .modules.base import EngineError, InvocationContext, InvocationObserver, NamedQueues
+from .modules.base import EncodedResult, EngineError, InvocationContext, InvocationObserver, NamedQueues
 from .registry import FunctionEntry, Registry
 from .workers import WorkerConnection, frame_bytes
 
@@ -280,6 +281,12 @@ class Invocations:
         if invocation_id is None or invocation_id not in caller.in_flight:
             return  # no reply wanted, or the caller is gone (halted)
         caller.in_flight.discard(invocation_id)
+        if type(result) is EncodedResult:
+            text = caller.session.result(invocation_id, entry.id, None, error)
+            if error is None:  # the frame without a result, with the encoded result spliced in as its last key
+                text = f'{text[:-1]},"result":{result.json}}}'
+            caller.post(text)
+            return
         try:
             text = caller.session.result(invocation_id, entry.id, result, error)
         except (TypeError, ValueError) as exc:  # no JSON form, or outside the JSON policy (NaN, nesting)
@@ -297,6 +304,13 @@ class Invocations:
         outcome = await self._run_builtin(entry, data, ctx)
         observer.call_finished(watch, outcome[1], builtin=True)
         return outcome
+
+    async def _run_builtin_plain(self, entry: FunctionEntry, data: Any, ctx: InvocationContext) -> tuple[Any, Any]:
+        """:meth:`run_builtin` for an in-process caller: an :class:`EncodedResult` comes back decoded (a copy)."""
+        result, error = await self.run_builtin(entry, data, ctx)
+        if type(result) is EncodedResult:
+            result = loads(result.json)
+        return result, error
 
     async def _run_builtin(self, entry: FunctionEntry, data: Any, ctx: InvocationContext) -> tuple[Any, Any]:
         assert entry.builtin is not None
@@ -338,7 +352,7 @@ class Invocations:
         if entry.builtin is not None:
             ctx = InvocationContext(None, None, traceparent, baggage)
             async with asyncio.timeout(timeout_s):  # inline: no task per call, as wait_for would make
-                result, error = await self.run_builtin(entry, data, ctx)
+                result, error = await self._run_builtin_plain(entry, data, ctx)
         else:
             pending = await self._start_routed(entry, data, traceparent, baggage)
             assert pending.future is not None
@@ -369,7 +383,7 @@ class Invocations:
         entry = self._entry(function_id)
         if entry.builtin is not None:
             ctx = InvocationContext(None, None, traceparent, baggage)
-            task = asyncio.get_running_loop().create_task(self.run_builtin(entry, data, ctx))
+            task = asyncio.get_running_loop().create_task(self._run_builtin_plain(entry, data, ctx))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
             return Started(task, task.cancel)

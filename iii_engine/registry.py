@@ -26,6 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from iii.wire import dumps
+
 from .modules.base import BuiltinFunction, TriggerTypeHandler
 
 #: Function ids of the engine's own built-ins; listings leave them (and triggers calling them) out by default.
@@ -125,6 +127,10 @@ class Registry:
         # The listings, by include_internal, until their table changes (see function_infos / trigger_infos).
         self._function_listing: dict[bool, list[dict[str, Any]]] = {}
         self._trigger_listing: dict[bool, list[dict[str, Any]]] = {}
+        # Their JSON replies, each with the listing it encodes: valid while that very list is the cached listing
+        # (a change of the table drops the listing, so no other place has to drop these).
+        self._function_json: dict[bool, tuple[list[dict[str, Any]], str]] = {}
+        self._trigger_json: dict[bool, tuple[list[dict[str, Any]], str]] = {}
 
     # -- functions -------------------------------------------------------------------------------------------
 
@@ -203,6 +209,21 @@ class Registry:
                 self.functions[fid].info() for fid in sorted(self.functions)
                 if include_internal or not fid.startswith(INTERNAL_PREFIX)]
         return list(listing)
+
+    def function_listing_json(self, include_internal: bool) -> str | None:
+        """``{"functions": function_infos(include_internal)}`` as JSON text (the ``engine::functions::list`` reply),
+        encoded once per change of the function table; ``None`` when it has no JSON form (the caller then encodes
+        it as usual and reports the error).
+
+        Example:
+            >>> reg = Registry()
+            >>> reg.add_function(FunctionEntry("a::f", "w1"))
+            >>> reg.function_listing_json(False) is reg.function_listing_json(False)
+            True
+        """
+        self.function_infos(include_internal)  # builds the listing if the table changed
+        return _encoded(self._function_json, self._function_listing[include_internal], include_internal,
+                        "functions")
 
     def owned_functions(self, owner: str) -> list[str]:
         """Ids whose *current* registrant is ``owner``."""
@@ -293,6 +314,12 @@ class Registry:
                 self._unindex(self._of_registrant, entry.registrant, trigger_id)
         return active or pending
 
+    def trigger_listing_json(self, include_internal: bool) -> str | None:
+        """``{"triggers": trigger_infos(include_internal)}`` as JSON text, encoded once per change of the trigger
+        table (see :meth:`function_listing_json`)."""
+        self.trigger_infos(include_internal)
+        return _encoded(self._trigger_json, self._trigger_listing[include_internal], include_internal, "triggers")
+
     def trigger_infos(self, include_internal: bool) -> list[dict[str, Any]]:
         """The ``TriggerInfo`` of every stored trigger in registration order; triggers calling ``engine::*``
         functions only with ``include_internal``. A new list of shared dicts, kept until the table changes."""
@@ -302,3 +329,18 @@ class Registry:
                 t.info() for t in self.triggers.values()
                 if include_internal or not t.function_id.startswith(INTERNAL_PREFIX)]
         return list(listing)
+
+
+def _encoded(cache: dict[bool, tuple[list[dict[str, Any]], str]], listing: list[dict[str, Any]],
+             include_internal: bool, key: str) -> str | None:
+    """The cached JSON of ``{key: listing}``, encoded again only when ``listing`` is a new list (the cache holds the
+    old one, so a new list can never reuse its identity)."""
+    cached = cache.get(include_internal)
+    if cached is not None and cached[0] is listing:
+        return cached[1]
+    try:
+        text = dumps({key: listing})
+    except (TypeError, ValueError):
+        return None
+    cache[include_internal] = (listing, text)
+    return text

@@ -84,6 +84,23 @@ class InvocationContext:
 BuiltinHandler = Callable[[Any, InvocationContext], Awaitable[Any]]
 
 
+@dataclass(frozen=True, slots=True)
+class EncodedResult:
+    """A built-in's result handed over already encoded: ``json`` is the JSON text of the result (made by the
+    codec, so within its policy).
+
+    Why: a large reply that does not change between calls (``engine::functions::list`` of 10,000 functions is
+    1.2 MB) is encoded once and reused; a worker caller gets the text spliced into its ``invocationresult`` frame,
+    an in-process caller the decoded value (its own copy).
+
+    Example:
+        >>> EncodedResult('{"functions":[]}').json
+        '{"functions":[]}'
+    """
+
+    json: str
+
+
 @dataclass
 class BuiltinFunction:
     """A function implemented inside the engine; listed and routed like any worker function."""
