@@ -25,7 +25,7 @@ from ...channels import ChannelRelay
 from ...config import EngineConfig
 from ...registry import Registry
 from ...workers import WorkerConnection
-from ..base import BuiltinFunction, EngineError, EngineModule, EngineServices, InvocationContext
+from ..base import BuiltinFunction, EncodedResult, EngineError, EngineModule, EngineServices, InvocationContext
 
 FUNCTIONS_AVAILABLE = "engine::functions-available"
 WORKERS_AVAILABLE = "engine::workers-available"
@@ -248,6 +248,10 @@ class WorkerModule(EngineModule):
     async def _list_functions(self, data: Any, ctx: InvocationContext) -> Any:
         args = _object(data, "engine::functions::list")
         include = _optional(args, "engine::functions::list", "include_internal", bool) or False
+        # The reply only changes with the function table: encoded once per change (1.2 MB at 10,000 functions).
+        encoded = self.core.registry.function_listing_json(include)
+        if encoded is not None:
+            return EncodedResult(encoded)
         return {"functions": _for_caller(self.core.registry.function_infos(include), ctx)}
 
     async def _list_workers(self, data: Any, ctx: InvocationContext) -> Any:
@@ -260,6 +264,9 @@ class WorkerModule(EngineModule):
     async def _list_triggers(self, data: Any, ctx: InvocationContext) -> Any:
         args = _object(data, "engine::triggers::list")
         include = _optional(args, "engine::triggers::list", "include_internal", bool) or False
+        encoded = self.core.registry.trigger_listing_json(include)
+        if encoded is not None:
+            return EncodedResult(encoded)
         return {"triggers": _for_caller(self.core.registry.trigger_infos(include), ctx)}
 
     async def _register_worker(self, data: Any, ctx: InvocationContext) -> Any:
