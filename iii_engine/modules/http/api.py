@@ -18,8 +18,16 @@ by ``max_buffered_bytes``; a body that does not fit is 503 at once. ``header_tim
 not complete their headers in time (slow-header clients, idle keep-alive connections). A request that finds all
 ``concurrency_request_limit`` slots busy waits at most ``slot_timeout``, then gets 503 with ``Retry-After``.
 
+A request whose client disconnects while it waits for a slot is not invoked (``abandoned`` counts them). A handler
+may send at most ``MAX_CONTROL_FRAMES`` (100) control frames and ``MAX_HEADER_BYTES`` (64 KiB) of headers before
+its first body chunk; past either its response channel is closed (its writer sees 4002) and the client gets 502.
+Stopping the engine answers every request still waiting for its handler with 503 at once (it does not wait out
+``default_timeout``); streamed responses in progress are cut.
+
 Per request the module creates both channels on the relay and opens its own ends in-process: the body is queued
-whole at once (``ChannelRelay.fill``, no task) and the response end reads straight from the channel's queue.
+whole at once (``ChannelRelay.fill``, no task) and the response end reads straight from the channel's queue. The
+invocation is started without a task (``EngineServices.start_invocation``) and the race between its result and
+the first body chunk runs in the request's own task (see ``RestApiModule._first_chunk``).
 
 ``engine.module("http_api").port`` is the bound port (useful with ``port: 0``).
 
