@@ -172,7 +172,13 @@ class StreamSocketServer:
         return f"ws://{host}:{self.port}/"
 
     async def start(self) -> None:
-        """Listen; the store's events are followed from the first client on (:meth:`_open_feed`)."""
+        """Check the store answers, then listen; its events are followed from the first client on
+        (:meth:`_open_feed`)."""
+        # A store that is down or misconfigured must stop the engine's start with one line, not surface at the
+        # first client: subscribing once (then letting go) reaches the store the way the feed will.
+        probe = self.store.watch()
+        await probe.open()
+        await probe.aclose()
         self._server = await serve(
             self._serve, self.settings.host, self.settings.port, compression=None, max_size=_MAX_CLIENT_FRAME,
             process_request=self._process_request, select_subprotocol=self._select_subprotocol,
