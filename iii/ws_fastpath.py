@@ -39,6 +39,7 @@ import logging
 import os
 import socket
 import struct
+import threading
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -559,34 +560,40 @@ def _tune_allocator_once() -> None:
 
 
 RECEIVE_CHUNK: Final = (64 * 1024, 1024 * 1024)
-"""(first, largest) size of a fast connection's receive buffer: it starts small (an idle socket costs little)
-and doubles while reads fill it, so a busy socket reads up to 1 MiB per system call into the same buffer."""
+"""(first, largest) size of the receive buffer fast connections read into: it starts small and doubles while
+reads fill it, so a busy socket reads up to 1 MiB per system call."""
+
+_RECEIVE = threading.local()
+"""The receive buffer of this thread's fast connections (``view``): one per thread, not one per connection,
+since a transport reads into it and hands the bytes over in one callback (``get_buffer``, ``recv_into``,
+``buffer_updated``) and :meth:`_FastReceive._feed` copies out all it keeps. 10,000 sockets cost one buffer."""
+
+
+def _receive_view() -> memoryview:
+    view: memoryview | None = getattr(_RECEIVE, "view", None)
+    if view is None:
+        view = _RECEIVE.view = memoryview(bytearray(RECEIVE_CHUNK[0]))
+    return view
 
 
 class _BufferedFeed(asyncio.BufferedProtocol):
-    """Stands in as the transport's protocol while a connection is on its fast path: the transport reads into one
-    reused buffer (``recv_into``) instead of a new bytes object per read, and the frames are split straight out of
-    it (all that is kept is copied out). Everything else goes to the connection itself; at a handover the
-    connection takes the transport back (``set_protocol``, a public transport method)."""
+    """Stands in as the transport's protocol while a connection is on its fast path: the transport reads into the
+    thread's reused buffer (``recv_into``) instead of a new bytes object per read, and the frames are split
+    straight out of it (all that is kept is copied out). Everything else goes to the connection itself; at a
+    handover the connection takes the transport back (``set_protocol``, a public transport method)."""
 
-    __slots__ = ("_buf", "_conn", "_view")
+    __slots__ = ("_conn",)
 
     def __init__(self, conn: _FastReceive) -> None:
         self._conn = conn
-        self._buf = bytearray()
-        self._view = memoryview(self._buf)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        if not self._buf:
-            self._buf = bytearray(RECEIVE_CHUNK[0])
-            self._view = memoryview(self._buf)
-        return self._view
+        return _receive_view()
 
     def buffer_updated(self, nbytes: int) -> None:
-        view = self._view
+        view = _receive_view()
         if nbytes == len(view) and nbytes < RECEIVE_CHUNK[1]:  # the read filled it: more is waiting
-            self._buf = bytearray(2 * nbytes)
-            self._view = memoryview(self._buf)
+            _RECEIVE.view = memoryview(bytearray(2 * nbytes))
         self._conn._feed(view[:nbytes])
 
     def eof_received(self) -> bool | None:
@@ -631,6 +638,7 @@ class _FastReceive:
     _out_bytes: int
     _flush: asyncio.Handle | None
     _buffered: bool
+    _deferred: bytes | None
 
     def _fast_setup(self, phase: int) -> None:
         self._phase = phase
@@ -645,6 +653,7 @@ class _FastReceive:
         self._out_bytes = 0
         self._flush = None
         self._buffered = False
+        self._deferred = None
 
     def cork(self, parts: tuple[bytes, ...]) -> None:
         """Queue frame bytes for one joined write at the end of this event-loop turn (a frame already in one
@@ -679,6 +688,10 @@ class _FastReceive:
         # Whatever websockets writes itself (pongs, Close frames) goes after the frames corked before it.
         self.flush_out()
         super().send_data()  # type: ignore[misc]
+        if self._deferred is not None and self.protocol.state is not State.OPEN:
+            # We sent our Close first (the relay refusing a writer): now websockets may see the peer's, which
+            # completes the closing handshake. Not from inside websockets' own write.
+            asyncio.get_running_loop().call_soon(self._flush_deferred)
 
     def _super_data(self, data: bytes) -> None:
         super().data_received(data)  # type: ignore[misc]
@@ -688,7 +701,10 @@ class _FastReceive:
         if phase == _FAST:
             self._feed(data)
         elif phase == _OFF:
-            self._super_data(data)
+            if self._deferred is not None:
+                self._deferred += data
+            else:
+                self._super_data(data)
         elif phase == _PENDING and self.protocol.state is State.OPEN:
             # Server side: the first bytes after our 101 response.
             self._start()
@@ -767,10 +783,28 @@ class _FastReceive:
         if rest is not None:
             self._phase = _OFF
             self._unbuffer()
-            self._super_data(rest)
+            if self._inbox and rest[0] & 0x0F == Opcode.CLOSE.value and self.protocol.state is State.OPEN:
+                # The peer's Close waits until the messages before it were read (or we close first): websockets
+                # would answer it at once, before the relay saw those messages and could refuse one of them (a
+                # writer over its quota would hear 1000 instead of 1009). The socket is not read meanwhile.
+                self._deferred = rest
+                self.transport.pause_reading()
+            else:
+                self._super_data(rest)
             self._signal.set()
 
+    def _flush_deferred(self) -> None:
+        """Hand a deferred Close (and anything after it) to websockets."""
+        deferred = self._deferred
+        if deferred is None:
+            return
+        self._deferred = None
+        self._super_data(deferred)
+        if not self._paused and not self.recv_messages.paused:
+            self.transport.resume_reading()
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self._flush_deferred()  # websockets learns of the peer's Close before the connection is gone
         super().connection_lost(exc)  # type: ignore[misc]
         self._phase = _OFF
         self._buffered = False
@@ -807,6 +841,9 @@ class _FastReceive:
                 message = inbox.popleft()
                 self._taken(len(message[1]))
                 return message
+            if self._deferred is not None:
+                # Every message before the peer's Close was read and handled (the reader asks for more).
+                self._flush_deferred()
             if self._phase == _OFF:
                 data = await super().recv()  # type: ignore[misc]
                 return (True, data.encode()) if isinstance(data, str) else (False, data)

@@ -50,8 +50,9 @@ class _Conn:
         self.fed.append(bytes(data))
 
 
-def test_receive_buffer_starts_small_and_doubles_while_reads_fill_it() -> None:
-    feed = _BufferedFeed(_Conn())  # type: ignore[arg-type]
+def test_receive_buffer_starts_small_doubles_while_reads_fill_it_and_is_shared() -> None:
+    vars(ws_fastpath._RECEIVE).pop("view", None)  # this thread starts without one
+    feed, other = _BufferedFeed(_Conn()), _BufferedFeed(_Conn())  # type: ignore[arg-type]
     sizes = []
     for _ in range(8):
         buf = feed.get_buffer(-1)
@@ -63,6 +64,11 @@ def test_receive_buffer_starts_small_and_doubles_while_reads_fill_it() -> None:
     buf = feed.get_buffer(-1)
     feed.buffer_updated(10)  # a short read keeps the size
     assert len(feed.get_buffer(-1)) == len(buf) == RECEIVE_CHUNK[1]
+    # One buffer per thread, whatever the number of sockets: an idle socket holds none.
+    assert other.get_buffer(-1).obj is feed.get_buffer(-1).obj
+    other.get_buffer(-1)[:3] = b"abc"
+    other.buffer_updated(3)
+    assert other._conn.fed == [b"abc"]  # type: ignore[attr-defined]
 
 
 async def test_transport_reads_into_the_buffer_and_goes_back_to_websockets_at_a_hand_over() -> None:
@@ -203,3 +209,37 @@ async def test_the_first_fast_socket_tunes_the_allocator() -> None:
         await writer.close_async()
         assert await reader.read_all() == b"x"
     assert ws_fastpath.ALLOCATOR_STATE is not None  # "tuned" on glibc, else why not (counted as a fallback)
+
+
+def test_each_thread_has_its_own_receive_buffer() -> None:
+    import threading
+
+    seen: list[object] = []
+    thread = threading.Thread(target=lambda: seen.append(ws_fastpath._receive_view().obj))
+    thread.start()
+    thread.join(5)
+    assert seen and seen[0] is not ws_fastpath._receive_view().obj
+
+
+async def test_a_close_right_behind_refused_messages_still_gets_the_refusal() -> None:
+    # A writer sends past its byte quota and its Close in one go (one read for the relay): websockets must not
+    # answer that Close (1000) before the relay has seen the messages before it and refused the writer (1009).
+    async with relay_server(ChannelRelay(max_channel_bytes=10_000)) as (base, relay):
+        for _ in range(5):
+            refs = relay.create(None, owner=None)
+            reader = ChannelReader(base, refs["reader"])
+            ws = await websockets.connect(
+                f"{base}/ws/channels/{refs['writer']['channel_id']}?key={refs['writer']['access_key']}&dir=write",
+                **OPTS)
+            key = os.urandom(4)
+            close = b"\x88\x82" + key + bytes(a ^ b for a, b in zip(b"\x03\xe8", key * 2, strict=False))
+            # 12 messages of 1,000 bytes (over the quota at the 11th) and the Close: one read for the relay.
+            ws.transport.write(b"".join(client_frame(False, bytes(1000), os.urandom(4)) for _ in range(12)) + close)
+            await asyncio.wait_for(ws.wait_closed(), 10)
+            assert ws.protocol.close_rcvd is not None and ws.protocol.close_rcvd.code == 1009
+            try:
+                await reader.read_all()
+            except Exception as exc:  # the reader hears of the abort
+                assert "quota" in str(exc)
+            else:
+                raise AssertionError("the reader got a normal end of stream")
