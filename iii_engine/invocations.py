@@ -21,10 +21,8 @@ Example (engine-internal call of a built-in):
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
-import secrets
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,41 +43,51 @@ __all__ = ["CALLER_KEY", "STOPPED", "InvocationIds", "Invocations", "Pending", "
 
 
 class InvocationIds:
-    """Invocation ids for the calls the engine starts: UUID-shaped (version 4, RFC 4122 variant, so every check of
-    the protocol's ``invocation_id`` accepts them) from a random per-process prefix and a counter.
+    """Invocation ids for the calls the engine starts: random version-4 UUIDs (RFC 4122 variant, so every check of
+    the protocol's ``invocation_id`` accepts them), drawn from the OS's random source 256 at a time.
 
-    Why not ``uuid4()``: it reads 16 bytes from the OS per call (a system call on the REST API's per-request path).
-    Uniqueness is what the pending table needs: the counter never repeats under one prefix, a new prefix is drawn
-    when it would wrap and in a forked child. Guessing an id gains nothing: a result is accepted only from the
-    worker the call was routed to (docs/protocol.md#engine-improvements E6).
+    Why not ``uuid4()`` per call: it reads 16 bytes from the OS per call (a system call on the REST API's
+    per-request path). Why not a counter under a random prefix (cheaper still): a worker may put any id on its own
+    ``invokefunction``, and one equal to a call still pending takes that call's place in the pending table; every
+    callee sees the engine's ids, so ids it could predict would let it take over the engine's next call to another
+    worker's function and receive that worker's answer (tests/integration/engine/test_attack_invocation_ids.py).
+    Drawn ids are dropped in a forked child, so parent and child never share ids.
 
     Example:
         >>> ids = InvocationIds()
         >>> first, second = ids(), ids()
         >>> first != second, is_uuid(first), first[14], first[19] in "89ab", first[:24] == second[:24]
-        (True, True, '4', True, True)
+        (True, True, '4', True, False)
     """
 
-    _LIMIT = 1 << 48  # the last group: 12 hex digits
+    _BATCH = 256
 
     def __init__(self) -> None:
-        self._prefix = ""
-        self._counter: itertools.count[int] = itertools.count()
-        self.reseed()
+        self._pool: list[str] = []
 
     def reseed(self) -> None:
-        """Draw a new random prefix and restart the counter."""
-        r = secrets.token_hex(9)  # 18 random hex digits, plus the version digit and the variant digit
-        variant = "89ab"[secrets.randbelow(4)]
-        self._prefix = f"{r[:8]}-{r[8:12]}-4{r[12:15]}-{variant}{r[15:18]}-"
-        self._counter = itertools.count()
+        """Drop the ids drawn but not handed out (the next call draws new ones)."""
+        self._pool = []
 
     def __call__(self) -> str:
-        n = next(self._counter)
-        if n >= self._LIMIT:
-            self.reseed()
-            n = next(self._counter)
-        return f"{self._prefix}{n:012x}"
+        try:
+            return self._pool.pop()  # atomic: two threads never get the same id
+        except IndexError:
+            pass
+        pool = _draw_ids(self._BATCH)
+        value = pool.pop()
+        self._pool = pool
+        return value
+
+
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
+def _draw_ids(count: int) -> list[str]:
+    """``count`` random version-4 UUID strings from one read of the OS's random source."""
+    raw = os.urandom(16 * count).hex()
+    return [f"{raw[i:i + 8]}-{raw[i + 8:i + 12]}-4{raw[i + 13:i + 16]}-{_VARIANT[raw[i + 16]]}{raw[i + 17:i + 20]}-"
+            f"{raw[i + 20:i + 32]}" for i in range(0, 32 * count, 32)]
 
 
 #: The engine's one id source (a forked child draws its own prefix, so parent and child never share ids).

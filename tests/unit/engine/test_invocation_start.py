@@ -26,12 +26,10 @@ def test_ids_are_version_4_uuids_and_unique() -> None:
         assert is_uuid(value) and parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == value
 
 
-def test_ids_draw_a_new_prefix_before_the_counter_wraps() -> None:
+def test_ids_are_drawn_again_when_the_drawn_ones_are_used_up() -> None:
     ids = InvocationIds()
-    first = ids()
-    ids._counter = iter([InvocationIds._LIMIT])  # type: ignore[assignment]  # the next value would not fit
-    wrapped = ids()
-    assert wrapped[:24] != first[:24] and wrapped.endswith("0" * 12) and is_uuid(wrapped)
+    values = [ids() for _ in range(3 * InvocationIds._BATCH + 1)]
+    assert len(set(values)) == len(values) and all(is_uuid(v) for v in values)
 
 
 def test_a_forked_child_draws_its_own_prefix() -> None:
