@@ -783,10 +783,12 @@ class _FastReceive:
         if rest is not None:
             self._phase = _OFF
             self._unbuffer()
-            if self._inbox and rest[0] & 0x0F == Opcode.CLOSE.value and self.protocol.state is State.OPEN:
-                # The peer's Close waits until the messages before it were read (or we close first): websockets
-                # would answer it at once, before the relay saw those messages and could refuse one of them (a
-                # writer over its quota would hear 1000 instead of 1009). The socket is not read meanwhile.
+            if (self._inbox and rest[0] & 0x0F == Opcode.CLOSE.value and self.protocol.state is State.OPEN
+                    and isinstance(self, ServerConnection)):
+                # The relay's side: the peer's Close waits until the messages before it were read (or we close
+                # first): websockets would answer it at once, before the relay saw those messages and could refuse
+                # one of them (a writer over its quota would hear 1000 instead of 1009). The socket is not read
+                # meanwhile. A client (the SDK's reader) answers at once, as websockets does.
                 self._deferred = rest
                 self.transport.pause_reading()
             else:
