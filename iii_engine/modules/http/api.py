@@ -43,8 +43,8 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Mapping
+from typing import Any, TypeVar
 
 from aiohttp import HttpVersion11, web
 
@@ -204,6 +204,7 @@ def _decides(outcome: asyncio.Future[tuple[Any, Any]]) -> bool:
 
 
 _STOPPING = "stopping"
+_T = TypeVar("_T")
 _OUTCOME = "outcome"
 
 
@@ -505,9 +506,13 @@ class RestApiModule(EngineModule):
             # streamed body, once started, runs until the handler closes its writer.
             async with asyncio.timeout_at(deadline):
                 try:
-                    started = await self.services.start_invocation(function_id, payload)
+                    # interruptible: a worker that stopped reading keeps its queue full until the deadline, and
+                    # the module's stop must not wait for that
+                    started = await self._interruptible(self.services.start_invocation(function_id, payload), None)
                 except EngineError as exc:
                     return _error_response(exc.message)
+                except _Interrupted:  # the module stops (the call left the pending table as it was cancelled)
+                    raise _Refused(503, "the engine is stopping; retry later", {"Retry-After": "1"}) from None
                 try:
                     head = await self._respond(reader, started.future)
                 except BaseException:  # timed out or cancelled: nobody waits for the result any more
@@ -575,14 +580,20 @@ class RestApiModule(EngineModule):
         await and withdraws it with ``uncancel()``; any other cancellation (a deadline, a shutdown) still
         propagates.
         """
+        return await self._interruptible(reader.first_chunk(), outcome)
+
+    async def _interruptible(self, wait: Awaitable[_T], outcome: asyncio.Future[tuple[Any, Any]] | None) -> _T:
+        """Await ``wait`` in this task; :class:`_Interrupted` as soon as the module stops or ``outcome`` (if given)
+        decides the response (see :meth:`_first_chunk`)."""
         task = asyncio.current_task()
         assert task is not None
         race = _Race(task)
-        outcome.add_done_callback(race.outcome_done)
+        if outcome is not None:
+            outcome.add_done_callback(race.outcome_done)
         self._races.add(race)
         cancelling = task.cancelling()
         try:
-            return await reader.first_chunk()
+            return await wait
         except asyncio.CancelledError:
             # ours alone: withdraw it; anyone else's (timeout, shutdown) too: let it through
             if race.reason is None or task.uncancel() > cancelling:
@@ -591,7 +602,8 @@ class RestApiModule(EngineModule):
         finally:
             race.armed = False
             self._races.discard(race)
-            outcome.remove_done_callback(race.outcome_done)
+            if outcome is not None:
+                outcome.remove_done_callback(race.outcome_done)
 
     async def _stream(self, request: web.BaseRequest, reader: ResponseChannel, first: bytes) -> web.StreamResponse:
         headers = {k: v for k, v in reader.headers.items() if k.lower() not in _STREAM_HEADER_SKIP}
