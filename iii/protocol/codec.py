@@ -155,7 +155,9 @@ def dumps(value: Any) -> str:
             pass  # big integers, non-str keys, unknown types, deep nesting: the stdlib path says what is wrong
         else:
             # orjson writes NaN/Infinity as null and nests up to 254 levels: look closer only when that can be.
-            if b"null" in out or _bracket_count(out) > MAX_JSON_DEPTH:
+            # Many brackets usually mean a wide document (a batch of 512 spans), not a deep one: asking orjson
+            # about the depth costs one more C-speed encode, where the walk costs Python time per node.
+            if b"null" in out or (_bracket_count(out) > MAX_JSON_DEPTH and not _shallow(value)):
                 _check_tree(value)
             return out.decode()
     try:

@@ -23,3 +23,22 @@ def test_a_lone_surrogate_in_a_str_is_a_value_error() -> None:
     with pytest.raises(ValueError) as caught:
         codec.loads('["\ud800", 1]')
     assert not isinstance(caught.value, UnicodeError)  # the decoder's message, not one about building it
+
+
+def test_a_wide_shallow_document_is_not_walked_but_a_deep_one_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    wide = {"spans": [{"attributes": [{"key": f"k{i}", "value": {"intValue": i}}]} for i in range(512)]}
+    real_walk = codec._check_tree
+
+    def no_walk(value: object) -> None:
+        raise AssertionError("walked a document orjson can vouch for")
+
+    monkeypatch.setattr(codec, "_check_tree", no_walk)
+    assert codec.loads(codec.dumps(wide)) == wide  # 1,537 brackets, depth 6: no Python walk
+    monkeypatch.setattr(codec, "_check_tree", real_walk)
+    deep: object = 1
+    for _ in range(codec.MAX_JSON_DEPTH + 1):
+        deep = [deep]
+    with pytest.raises(ValueError, match="deep"):
+        codec.dumps(deep)
+    with pytest.raises(ValueError):
+        codec.dumps({"spans": [1.0, float("nan")]})
