@@ -204,7 +204,13 @@ class Invocations:
             return
         routed_id = invocation_id or new_invocation_id()
         if routed_id in self.pending:
-            log.warning("worker %s reused invocation id %s that is still pending", caller.id, routed_id)
+            # Taking the place of the call still pending under this id would leave its caller waiting for an answer
+            # that now goes elsewhere, out of reach of the callee's disconnect (which stops the calls it holds):
+            # the callee of any call knows its id. Refused instead.
+            log.warning("worker %s reused invocation id %s that is still pending; refused", caller.id, routed_id)
+            caller.post(caller.session.result(routed_id, function_id, None, error_body(
+                "invocation_id_in_use", f"Invocation id {routed_id} belongs to a call still pending")))
+            return
         pending = Pending(routed_id, function_id, callee, caller if invocation_id is not None else None)
         if invocation_id is not None:
             caller.in_flight.add(invocation_id)

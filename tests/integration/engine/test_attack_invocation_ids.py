@@ -16,6 +16,7 @@ import pytest
 
 from iii_engine import Engine
 from iii_engine.invocations import InvocationIds, is_uuid
+from iii_engine.modules.base import EngineError
 
 from .raw import RawWorker
 
@@ -66,3 +67,29 @@ async def test_a_worker_cannot_take_over_the_engines_next_call(engine: Engine) -
     finally:
         await attacker.close()
         await victim.close()
+
+
+async def test_a_callee_cannot_orphan_the_call_it_serves_by_reusing_its_id(engine: Engine) -> None:
+    # The callee of an engine call knows its id. Claiming it for a call of its own took the engine's call out of
+    # the pending table: the callee's disconnect then stopped the claim instead, and the engine's call (one
+    # without a timeout, as a trigger's or a queue job's) waited forever. Now the claim is refused.
+    callee = await RawWorker.connect(engine.url)
+    other = await RawWorker.connect(engine.url)
+    try:
+        await callee.register("callee::f")
+        await other.register("other::g")
+        await callee.sync()
+        await other.sync()
+        call = asyncio.ensure_future(engine.invoke("callee::f", None))  # no timeout of its own
+        request = await callee.expect("invokefunction")
+        await callee.send({"type": "invokefunction", "invocation_id": request["invocation_id"],
+                           "function_id": "other::g", "data": None})
+        refused = await callee.expect("invocationresult", invocation_id=request["invocation_id"])
+        assert refused["error"]["code"] == "invocation_id_in_use", refused
+        await callee.close()  # the callee leaves without answering: the engine's call stops
+        with pytest.raises(EngineError) as stopped:
+            await asyncio.wait_for(call, 5)
+        assert stopped.value.code == "invocation_stopped"
+    finally:
+        await callee.close()
+        await other.close()
