@@ -64,8 +64,9 @@ LINGER_S = 2.0
 _CHANNEL_BUFFER = 64  # messages per request/response channel, as engine::channels::create's default
 _STREAM_HEADER_SKIP = frozenset({"transfer-encoding", "connection", "keep-alive"})
 # A handler's response head: control frames (set_status / set_headers) before the first body chunk, and the bytes of
-# the headers they set. Past either, the handler's writer is closed with 1009 and the client gets 502; without a
-# bound a handler could send them until default_timeout, each one parsed and merged.
+# the headers they set. Past either, the response channel is closed (the handler's writer hears 4002, its reader
+# left) and the client gets 502; without a bound a handler could send them until default_timeout, each one parsed
+# and merged.
 MAX_CONTROL_FRAMES = 100
 MAX_HEADER_BYTES = 64 * 1024
 

@@ -51,7 +51,8 @@ class ChannelAborted(Exception):
 
 class ResponseHeadersTooLarge(ChannelAborted):
     """The handler sent more control frames, or header bytes, before its first body chunk than the module allows;
-    its writer was closed with 1009 (message too big) and the reason."""
+    the response channel was closed (1009 and the reason on our end; the relay tells the writer its reader left,
+    4002)."""
 
 
 class _End(Protocol):
@@ -174,7 +175,7 @@ class ResponseChannel:
         """Read control frames until the first body chunk; ``None`` when the writer closed without a body.
 
         Raises :class:`ChannelAborted` when the writer aborted or the channel could not be opened, and
-        :class:`ResponseHeadersTooLarge` (after closing the channel with 1009 and the reason, which the writer sees)
+        :class:`ResponseHeadersTooLarge` (after closing our end with 1009 and the reason; the writer hears 4002)
         past ``max_control_frames`` control frames or ``max_header_bytes`` of headers.
         """
         self._ws = ws = await _connect(self._engine_url, self._ref, self._relay)
