@@ -533,11 +533,14 @@ def tune_allocator(environ: Mapping[str, str] = os.environ, libc: Any = None) ->
     if own:
         return f"off: the process sets {own[0]}"
     if libc is None:
-        import ctypes  # only here: most processes never open a channel socket
-        import platform
-
-        if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        try:  # cheaper than platform.libc_ver(), which scans the interpreter's binary
+            glibc = os.confstr("CS_GNU_LIBC_VERSION") or ""
+        except (AttributeError, ValueError, OSError):  # not a glibc (or not a POSIX) system
+            glibc = ""
+        if not glibc.startswith("glibc"):
             return "off: not glibc"
+        import ctypes  # only here: most processes never open a channel socket
+
         try:
             libc = ctypes.CDLL(None)
         except OSError:  # pragma: no cover - no C library to load
