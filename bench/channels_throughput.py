@@ -5,7 +5,10 @@ Reports:
   * ours: our ChannelWriter/ChannelReader through our embedded engine's relay;
   * reference: the reference SDK's writer and reader (subprocesses in III_REF_PYTHON's venv) through our engine;
   * memory: an engine process and a writer process while SIZE bytes cross a reader that sleeps per chunk;
-    peak RSS growth of the engine and peak RSS of the writer.
+    peak RSS growth of the engine and peak RSS of the writer;
+  * floors: what Python can reach for the relay's job (CPU per GiB of this process forwarding between a writer and
+    a reader process): a bare asyncio.BufferedProtocol byte forwarder, and a websocket-frame forwarder unmasking
+    with websockets' C apply_mask (no handshake, limits or close handling: floors, not contenders).
 
 The throughput contenders run interleaved: ``--rounds`` rounds, each running every contender once on ``--size-mib``
 (rotating the order per round); medians, spread and per-round ratios are printed, so that the noise of a busy
