@@ -9,6 +9,9 @@ the CPU each SDK process spent per call (caller and callee, all threads), which 
 "telemetry on" is our default (``OTEL_ENABLED`` unset: spans, metrics and logs exported on the worker socket);
 the reference SDK runs with ``OTEL_ENABLED=false`` (its exporter would open a second socket).
 
+A "floor" row runs raw clients shaped like an SDK pair (``raw_worker.py``: caller and callee each in its own process,
+and at 1 in flight a sync caller blocked on a loop thread per call); ``sdk/floor`` is each variant against it.
+
 Usage: .venv/bin/python bench/sdk_calls.py [--calls N] [--rounds R] [--only 1|64] [--compare CHECKOUT]
        [--ref-python .ref-venv/bin/python]
 """
@@ -90,9 +93,10 @@ def _cpu_seconds(pid: int) -> float:
 
 
 def sdk_rate(python: str, url: str, n: int, concurrency: int, telemetry: bool,
-             root: Path | None) -> tuple[float, float, float]:
+             root: Path | None, script: str = "sdk_worker.py", mode: str = "") -> tuple[float, float, float]:
     """``(calls/s, caller CPU µs per call, callee CPU µs per call)`` of one SDK caller/callee pair; ``root``: the
-    checkout whose ``iii`` to import (``None``: whatever ``python`` has installed)."""
+    checkout whose ``iii`` to import (``None``: whatever ``python`` has installed); ``script``/``mode``: the worker
+    script (``raw_worker.py`` for the raw floor, ``mode`` ``sync`` for its thread-hop caller)."""
     env = dict(os.environ)
     env.pop("OTEL_ENABLED", None)
     if not telemetry:
@@ -101,12 +105,12 @@ def sdk_rate(python: str, url: str, n: int, concurrency: int, telemetry: bool,
         env["PYTHONPATH"] = str(root)
     else:
         env.pop("PYTHONPATH", None)
-    server = subprocess.Popen([python, str(HERE / "sdk_worker.py"), url, "serve"], stdin=subprocess.PIPE,
+    server = subprocess.Popen([python, str(HERE / script), url, "serve"], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True, env=env, cwd="/tmp")
     try:
         assert server.stdout is not None and server.stdout.readline().strip() == "ready"
         callee_cpu = _cpu_seconds(server.pid)
-        out = subprocess.run([python, str(HERE / "sdk_worker.py"), url, "call", str(n), str(concurrency)],
+        out = subprocess.run([python, str(HERE / script), url, "call", str(n), str(concurrency), *filter(None, [mode])],
                              capture_output=True, text=True, env=env, cwd="/tmp", check=True, timeout=300)
         callee_cpu = _cpu_seconds(server.pid) - callee_cpu  # includes the caller's 50 warm-up calls
         result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -116,6 +120,9 @@ def sdk_rate(python: str, url: str, n: int, concurrency: int, telemetry: bool,
         assert server.stdin is not None
         server.stdin.close()
         server.wait(10)
+
+
+FLOOR_NAME = "floor: raw clients in processes"
 
 
 def _spread(values: list[float]) -> str:
@@ -139,29 +146,43 @@ async def main() -> None:
                      ("compared, telemetry off", sys.executable, False, args.compare)]
     if have_ref:
         variants.append(("reference (telemetry off)", args.ref_python, False, None))
+    # The floor: raw clients shaped like an SDK pair (caller and callee each in its own process; at 1 in flight a
+    # sync caller, the main thread blocked on a loop thread per call). The issue's `raw` baseline runs both raw
+    # clients in this process, on the engine's own loop, so it has no process or thread hand-off at all.
+    floor = FLOOR_NAME
     levels = (int(args.only),) if args.only else (1, 64)
     async with Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[])) as engine:
         url = engine.url
         for concurrency in levels:
-            ratios: dict[str, list[float]] = {name: [] for name, *_ in variants}
-            cpu: dict[str, list[tuple[float, float]]] = {name: [] for name, *_ in variants}
+            names = [floor] + [name for name, *_ in variants]
+            ratios: dict[str, list[float]] = {name: [] for name in names}
+            to_floor: dict[str, list[float]] = {name: [] for name in names}
+            cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
             raws: list[float] = []
             for _ in range(args.rounds):
                 raw = await raw_baseline(url, args.calls, concurrency)
                 raws.append(raw)
+                floor_rate, caller_us, callee_us = await asyncio.to_thread(
+                    sdk_rate, sys.executable, url, args.calls, concurrency, False, None, "raw_worker.py",
+                    "sync" if concurrency == 1 else "")
+                ratios[floor].append(floor_rate / raw)
+                to_floor[floor].append(1.0)
+                cpu[floor].append((caller_us, callee_us))
                 for name, python, telemetry, root in variants:
                     rate, caller_us, callee_us = await asyncio.to_thread(
                         sdk_rate, python, url, args.calls, concurrency, telemetry, root)
                     ratios[name].append(rate / raw)
+                    to_floor[name].append(rate / floor_rate)
                     cpu[name].append((caller_us, callee_us))
             print(f"\n{concurrency} in flight, {args.calls} calls x {args.rounds} rounds; "
                   f"raw median {statistics.median(raws):.0f} calls/s")
-            print(f"  {'variant':<27} {'sdk/raw median (spread)':>24} "
+            print(f"  {'variant':<34} {'sdk/raw median (spread)':>24} {'sdk/floor':>18} "
                   f"{'caller CPU µs/call':>19} {'callee CPU µs/call':>19}")
-            for name, *_ in variants:
+            for name in names:
                 caller = statistics.median(c for c, _ in cpu[name])
                 callee = statistics.median(c for _, c in cpu[name])
-                print(f"  {name:<27} {_spread(ratios[name]):>24} {caller:19.0f} {callee:19.0f}")
+                print(f"  {name:<34} {_spread(ratios[name]):>24} {_spread(to_floor[name]):>18} "
+                      f"{caller:19.0f} {callee:19.0f}")
 
 
 if __name__ == "__main__":
