@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Final, Protocol
 
 from websockets.asyncio.client import ClientConnection
@@ -194,6 +194,11 @@ class WebSocketEnd:
             await ws_fastpath.send_server_frames(self.ws, messages)
         except ConnectionClosed as exc:
             raise closed_from(exc) from exc
+
+    def guard_close(self, guard: Callable[[Iterable[Message]], bool]) -> None:
+        """A peer's Close behind unread messages waits while ``guard(unread)`` says the relay will refuse one of
+        them (the relay's writer ends; see :func:`iii.ws_fastpath.guard_close`)."""
+        ws_fastpath.guard_close(self.ws, guard)
 
     def take_ready(self, max_count: int, max_bytes: int) -> list[Message]:
         """Messages already received, without waiting: at most ``max_count``, taken while fewer than

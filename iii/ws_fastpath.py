@@ -642,6 +642,8 @@ class _FastReceive:
     _flush: asyncio.Handle | None
     _buffered: bool
     _deferred: bytes | None
+    close_guard: Callable[[deque[tuple[bool, bytes]]], bool] | None = None
+    """Set by the relay (:func:`guard_close`): whether the unread messages hold one it will refuse."""
 
     def _fast_setup(self, phase: int) -> None:
         self._phase = phase
@@ -786,12 +788,14 @@ class _FastReceive:
         if rest is not None:
             self._phase = _OFF
             self._unbuffer()
+            guard = self.close_guard
             if (self._inbox and rest[0] & 0x0F == Opcode.CLOSE.value and self.protocol.state is State.OPEN
-                    and isinstance(self, ServerConnection)):
-                # The relay's side: the peer's Close waits until the messages before it were read (or we close
-                # first): websockets would answer it at once, before the relay saw those messages and could refuse
-                # one of them (a writer over its quota would hear 1000 instead of 1009). The socket is not read
-                # meanwhile. A client (the SDK's reader) answers at once, as websockets does.
+                    and guard is not None and guard(self._inbox)):
+                # The relay will refuse one of the messages before the peer's Close (over the writer's quota, too
+                # big, not UTF-8): the Close waits until they were read or we close first, since websockets would
+                # answer it at once and the writer would hear 1000 instead of 1009. The socket is not read
+                # meanwhile. Any other Close is answered at once, as websockets does (a writer that closes while
+                # the channel's queue is full must not wait for its reader).
                 self._deferred = rest
                 self.transport.pause_reading()
             else:
@@ -926,6 +930,13 @@ def receiver(ws: Connection) -> Callable[[], Any]:
     if isinstance(ws, _FastReceive):
         return ws.receive_message
     return lambda: receive(ws)
+
+
+def guard_close(ws: Connection, guard: Callable[[deque[tuple[bool, bytes]]], bool]) -> None:
+    """Let a peer's Close that arrives behind unread messages wait while ``guard(unread)`` says one of them will be
+    refused (see :meth:`_FastReceive._feed`); no-op without the fast receive path."""
+    if isinstance(ws, _FastReceive):
+        ws.close_guard = guard
 
 
 def take_ready(ws: Connection, max_count: int, max_bytes: int) -> list[tuple[bool, bytes]]:
@@ -1063,6 +1074,7 @@ __all__ = [
     "enable_fast_receive",
     "fail",
     "frame_queue_high",
+    "guard_close",
     "is_open",
     "queue_frame",
     "receive",

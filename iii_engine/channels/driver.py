@@ -163,6 +163,8 @@ class Driver:
         # wake-up of the reader loop per batch instead of one per message); the bounds stay exact: never more
         # than ``capacity`` messages, and the byte bound passed by at most one message, as one at a time.
         take_ready = end.take_ready if isinstance(end, WebSocketEnd) else None
+        if isinstance(end, WebSocketEnd):
+            end.guard_close(machine.would_refuse)
         while True:
             # Not reading the writer while the queue is full is what gives it TCP backpressure.
             while machine.full and not machine.stopped:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from iii.channel_end import ChannelCloseCode, Message
@@ -210,6 +211,26 @@ class ChannelMachine:
         if len(items) > self.peak_items:
             self.peak_items = len(items)
         return None
+
+    def would_refuse(self, messages: Iterable[Message]) -> bool:
+        """Whether :meth:`writer_message` will refuse one of ``messages`` (received, not handed to it yet): too big,
+        a text that is not UTF-8, or over the byte quota. The relay then lets the writer's Close wait behind them,
+        so that the writer hears the refusal rather than a normal close."""
+        quota = self.max_bytes
+        total = self.bytes_in
+        for text, data in messages:
+            if len(data) > self.max_message_size:
+                return True
+            if text:
+                try:
+                    data.decode()
+                except UnicodeDecodeError:
+                    return True
+            if quota is not None:
+                total += len(data)
+                if total > quota:
+                    return True
+        return False
 
     def _writer_fault(self, code: int, close_reason: str, failure: str) -> Close:
         if self.policy.writer_abort_visible:

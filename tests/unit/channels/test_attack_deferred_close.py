@@ -9,19 +9,12 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 from iii.channels import ChannelReader, ChannelWriter
 from iii_engine.channels import ChannelRelay
 
 from .relay_server import relay_server
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cc6fb33: the relay does not take a writer's received messages while its queue is full, so the Close held "
-    "behind them waits for the reader. Taking them past the queue's bounds once the Close waits (patch in the "
-    "attack report) fixes it but breaks test_relay_limits' 'queue never over max_queued_bytes' (24 vs 16 MiB, "
-    "the socket's message moved into the queue): the channels owner has to choose"))
 async def test_a_writer_closes_at_once_while_its_reader_has_not_started() -> None:
     async with relay_server(ChannelRelay()) as (base, relay):
         refs = relay.create(None, owner=None)  # the default queue: 64 messages

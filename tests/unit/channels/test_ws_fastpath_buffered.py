@@ -243,3 +243,14 @@ async def test_a_close_right_behind_refused_messages_still_gets_the_refusal() ->
                 assert "quota" in str(exc)
             else:
                 raise AssertionError("the reader got a normal end of stream")
+
+
+def test_would_refuse_matches_what_writer_message_refuses() -> None:
+    m = ChannelMachine("c", capacity=8, max_message_size=100, max_bytes=250)
+    assert not m.would_refuse([(False, b"a" * 100), (True, "é".encode())])
+    assert m.would_refuse([(False, b"a" * 101)])  # too big
+    assert m.would_refuse([(True, b"\xff")])  # not UTF-8
+    m.writer_message(False, b"a" * 100)
+    assert not m.would_refuse([(False, b"a" * 100), (False, b"a" * 50)])
+    assert m.would_refuse([(False, b"a" * 100), (False, b"a" * 51)])  # over the quota with what was counted
+    assert m.writer_message(False, b"a" * 100) is None and m.writer_message(False, b"a" * 51) is not None
