@@ -87,8 +87,10 @@ async def test_topic_mode_over_the_socket(engine: Engine) -> None:
 @pytest.mark.redis
 async def test_redis_backed_queue_loses_no_job_across_an_engine_restart() -> None:
     prefix = f"test-{uuid.uuid4()}:"
+    # Jobs the second engine hands out before the worker has registered fail and retry: short, many retries, so a
+    # slow machine cannot move one to the dead-letter queue (3 tries at 1/2/4 s did, seen under load)
     settings = {
-        "queue_configs": {"jobs": {"concurrency": 1}},
+        "queue_configs": {"jobs": {"concurrency": 1, "max_retries": 30, "backoff_ms": 100}},
         "adapter": {"class": "modules::queue::RedisAdapter", "config": {"redis_url": REDIS_URL, "key_prefix": prefix}},
     }
     started = asyncio.Event()
@@ -115,8 +117,10 @@ async def test_redis_backed_queue_loses_no_job_across_an_engine_restart() -> Non
             async with ModuleWorker(second.url) as worker:
                 await worker.function("work", record)
                 # Jobs that failed meanwhile (no function yet) retry after backoff, so allow for order changes.
-                seen = {await asyncio.wait_for(got.get(), 10) for _ in range(3)}
-                assert seen == {0, 1, 2}
+                async def three() -> set[Any]:
+                    return {await got.get() for _ in range(3)}
+
+                assert await asyncio.wait_for(three(), 20) == {0, 1, 2}
     finally:
         from redis.asyncio import Redis
 
