@@ -195,7 +195,11 @@ class Invocations:
             if invocation_id is not None:
                 caller.in_flight.add(invocation_id)
             ctx = InvocationContext(caller.id, invocation_id, traceparent, baggage)
-            self._spawn(self._run_builtin_for(caller, entry, data, ctx))
+            # one task per call (a slow built-in must not hold up the worker's next frames), created inline:
+            # this is the busiest caller of _spawn
+            task = asyncio.get_running_loop().create_task(self._run_builtin_for(caller, entry, data, ctx))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
             return
         callee = self.workers.get(entry.owner or "")
         if callee is None:
@@ -229,9 +233,12 @@ class Invocations:
         if self.timeout_ms:
             loop = asyncio.get_running_loop()
             pending.timer = loop.call_later(self.timeout_ms / 1000, self._expire, pending.invocation_id)
-        await callee.outbox.wait_for_room(frame_bytes(text))
+        outbox = callee.outbox
+        size = frame_bytes(text)
+        if not outbox.has_room(size):  # checked first: no waiting coroutine per call when there is room
+            await outbox.wait_for_room(size)
         # The invoke path already waits for the callee (production's back-pressure): write from this task.
-        if not await callee.outbox.send(text):
+        if not await outbox.send(text, size):
             self._finish(pending.invocation_id, None, error_body("channel_send_failed", "worker connection closed"))
 
     def handle_result(self, sender: WorkerConnection, msg: dict[str, Any], verbatim: str | None = None) -> None:
@@ -290,7 +297,18 @@ class Invocations:
 
     async def _run_builtin_for(self, caller: WorkerConnection, entry: FunctionEntry, data: Any,
                                ctx: InvocationContext) -> None:
-        result, error = await self.run_builtin(entry, data, ctx)
+        if self.observer is None:
+            # run_builtin -> _run_builtin inlined: two coroutine objects and awaits fewer on the built-in call path
+            # (stream::update through the engine); the outcome is built exactly as _run_builtin builds it
+            assert entry.builtin is not None
+            try:
+                result, error = await entry.builtin.handler(data, ctx), None
+            except EngineError as exc:
+                result, error = None, exc.body()
+            except Exception as exc:
+                result, error = None, self._failure(entry, exc)
+        else:
+            result, error = await self.run_builtin(entry, data, ctx)
         invocation_id = ctx.invocation_id
         if invocation_id is None or invocation_id not in caller.in_flight:
             return  # no reply wanted, or the caller is gone (halted)
@@ -333,10 +351,15 @@ class Invocations:
         except EngineError as exc:
             return None, exc.body()
         except Exception as exc:
-            log.exception("built-in function %s failed", entry.id)
-            body = error_body("internal_error", f"Built-in function {entry.id} failed: {exc!r}")
-            body["stacktrace"] = "".join(traceback.format_exception(exc))
-            return None, body
+            return None, self._failure(entry, exc)
+
+    @staticmethod
+    def _failure(entry: FunctionEntry, exc: Exception) -> dict[str, str]:
+        """The ``internal_error`` body for a built-in that raised (logged with its traceback)."""
+        log.error("built-in function %s failed", entry.id, exc_info=exc)
+        body = error_body("internal_error", f"Built-in function {entry.id} failed: {exc!r}")
+        body["stacktrace"] = "".join(traceback.format_exception(exc))
+        return body
 
     async def _enqueue(self, caller: WorkerConnection, invocation_id: str | None, function_id: str, data: Any,
                        queue: str) -> None:
@@ -365,14 +388,20 @@ class Invocations:
         entry = self._entry(function_id)
         if entry.builtin is not None:
             ctx = InvocationContext(None, None, traceparent, baggage)
-            async with asyncio.timeout(timeout_s):  # inline: no task per call, as wait_for would make
+            if timeout_s is None:  # no deadline: no Timeout object (a timer-less context manager) per call
                 result, error = await self._run_builtin_plain(entry, data, ctx)
+            else:
+                async with asyncio.timeout(timeout_s):  # inline: no task per call, as wait_for would make
+                    result, error = await self._run_builtin_plain(entry, data, ctx)
         else:
             pending = await self._start_routed(entry, data, traceparent, baggage)
             assert pending.future is not None
             try:
-                async with asyncio.timeout(timeout_s):
+                if timeout_s is None:  # the engine's invocation_timeout_ms timer (if set) still bounds the wait
                     result, error = await pending.future
+                else:
+                    async with asyncio.timeout(timeout_s):
+                        result, error = await pending.future
             except TimeoutError:
                 self._finish(pending.invocation_id, None, None)
                 raise EngineError("invocation_timeout",

@@ -118,19 +118,25 @@ class Outbox:
     def _full(self, size: int) -> bool:
         return len(self._items) >= self._limit or (self._bytes > 0 and self._bytes + size > self._max_bytes)
 
+    def has_room(self, size: int = 0) -> bool:
+        """Whether :meth:`wait_for_room` would return at once (closed, or room for a ``size``-byte frame)."""
+        return self._closed or not self._full(size)
+
     async def wait_for_room(self, size: int = 0) -> None:
         """Wait while ``limit`` frames are queued or a ``size``-byte frame would not fit (at once when closed)."""
         while not self._closed and self._full(size):
             self._room.clear()
             await self._room.wait()
 
-    async def send(self, text: str) -> bool:
+    async def send(self, text: str, size: int | None = None) -> bool:
         """Write ``text`` from the calling task when nothing is queued or being written (no wake-up of the sender
         task: the call path's latency), else queue it like :meth:`post`. The caller waits while the socket's own
-        flow control holds the write back, so only callers that accept the peer's back-pressure use it."""
+        flow control holds the write back, so only callers that accept the peer's back-pressure use it.
+        ``size``: :func:`frame_bytes` of ``text`` when the caller already has it."""
         if self._items or self._busy or self._closed:
             return self.post(text)
-        size = frame_bytes(text)
+        if size is None:
+            size = frame_bytes(text)
         self._busy = True
         self._bytes += size
         try:
