@@ -2,9 +2,11 @@
 
 The baseline is the leanest Python relay worth the name, written inline (one websockets server, the same JSON
 codec, a dict of pending ids, no validation): caller -> relay -> callee -> relay -> caller, the two hops our
-engine makes. Each server runs alone in a child process, so its CPU time per call is read from ``/proc`` (far less
-noisy than throughput on a shared machine); the same raw clients drive both, in interleaved rounds (the order
-alternates each round). Printed: medians with the min-max spread, and ``engine / relay`` of the medians.
+engine makes. The ``built-in 64`` rows call a function the server answers itself (an engine built-in echo; the
+relay replies from its own loop): the worker-socket path of a built-in such as ``stream::update``. Each server
+runs alone in a child process, so its CPU time per call is read from ``/proc`` (far less noisy than throughput
+on a shared machine); the same raw clients drive both, in interleaved rounds (the order alternates each round).
+Printed: medians with the min-max spread, and ``engine / relay`` of the medians.
 
 With ``--before DIR`` (a checkout of an earlier commit, e.g. ``git archive HEAD~1 | tar -x -C DIR``) the engine
 of that checkout runs as a third server in the same rounds, so a change is measured against its own baseline.
@@ -35,6 +37,8 @@ if "--root" not in sys.argv:
 from iii.wire import dumps, loads  # noqa: E402
 
 _TICKS = os.sysconf("SC_CLK_TCK")
+#: A function the server answers itself (an engine built-in echo; the relay replies from its own loop).
+BUILTIN = "bench::builtin"
 
 
 async def serve_relay() -> None:
@@ -50,6 +54,10 @@ async def serve_relay() -> None:
             if kind == "registerfunction":
                 callee.append(ws)
             elif kind == "invokefunction":
+                if msg["function_id"] == BUILTIN:  # the relay answers itself: the baseline of an engine built-in
+                    await ws.send(dumps({"type": "invocationresult", "invocation_id": msg["invocation_id"],
+                                         "function_id": BUILTIN, "result": msg["data"]}))
+                    continue
                 waiting[msg["invocation_id"]] = ws
                 await callee[-1].send(raw)
             elif kind == "invocationresult":
@@ -65,8 +73,14 @@ async def serve_relay() -> None:
 async def serve_engine() -> None:
     """Our engine with no modules but the worker module."""
     from iii_engine import Engine, EngineConfig
+    from iii_engine.modules.base import BuiltinFunction
+    from iii_engine.registry import FunctionEntry
+
+    async def echo(data: Any, ctx: Any) -> Any:
+        return data
 
     async with Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[])) as engine:
+        engine.registry.add_function(FunctionEntry(BUILTIN, builtin=BuiltinFunction(BUILTIN, echo)))
         print(engine.url, flush=True)
         await asyncio.Event().wait()
 
@@ -77,7 +91,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
-async def drive(url: str, calls: int, in_flight: int) -> float:
+async def drive(url: str, calls: int, in_flight: int, function_id: str = "bench::echo") -> float:
     """Calls per second with ``in_flight`` outstanding calls from one raw caller to one raw callee."""
     async with websockets.connect(url, compression=None) as callee, \
             websockets.connect(url, compression=None) as caller:
@@ -114,7 +128,7 @@ async def drive(url: str, calls: int, in_flight: int) -> float:
                 invocation_id = str(uuid.uuid4())
                 future = waiting[invocation_id] = loop.create_future()
                 await caller.send(dumps({"type": "invokefunction", "invocation_id": invocation_id,
-                                         "function_id": "bench::echo", "data": {"n": remaining}}))
+                                         "function_id": function_id, "data": {"n": remaining}}))
                 await future
 
         started = time.perf_counter()
@@ -145,7 +159,8 @@ async def main(calls: int, rounds: int, before: Path | None) -> None:
     servers = {kind: start_server(kind) for kind in ("relay", "engine")}
     if before is not None:
         servers["before"] = start_server("engine", before)
-    modes = (("sequential", 1, max(calls // 5, 200)), ("64 in flight", 64, calls))
+    modes = (("sequential", 1, max(calls // 5, 200), "bench::echo"), ("64 in flight", 64, calls, "bench::echo"),
+             ("built-in 64", 64, calls, BUILTIN))
     rate: dict[tuple[str, str], list[float]] = {}
     cpu: dict[tuple[str, str], list[float]] = {}
     try:
@@ -153,11 +168,11 @@ async def main(calls: int, rounds: int, before: Path | None) -> None:
             await drive(url, 300, 8)
         for round_no in range(rounds):
             order = list(servers) if round_no % 2 == 0 else list(reversed(servers))
-            for label, in_flight, n in modes:
+            for label, in_flight, n, function_id in modes:
                 for kind in order:
                     proc, url = servers[kind]
                     spent = cpu_seconds(proc.pid)
-                    rate.setdefault((label, kind), []).append(await drive(url, n, in_flight))
+                    rate.setdefault((label, kind), []).append(await drive(url, n, in_flight, function_id))
                     cpu.setdefault((label, kind), []).append((cpu_seconds(proc.pid) - spent) / n * 1e6)
     finally:
         for proc, _ in servers.values():
@@ -165,7 +180,7 @@ async def main(calls: int, rounds: int, before: Path | None) -> None:
             proc.wait()
     print(f"{rounds} interleaved rounds; medians (min-max); CPU = server process CPU per call")
     print(f"{'mode':<14}{'server':<8}{'calls/s':>22}{'vs relay':>10}{'CPU µs/call':>20}{'CPU vs relay':>14}")
-    for label, _, _ in modes:
+    for label, _, _, _ in modes:
         base, base_cpu = rate[(label, "relay")], cpu[(label, "relay")]
         for kind in servers:
             ours, ours_cpu = rate[(label, kind)], cpu[(label, kind)]

@@ -238,7 +238,7 @@ class Invocations:
         if not outbox.has_room(size):  # checked first: no waiting coroutine per call when there is room
             await outbox.wait_for_room(size)
         # The invoke path already waits for the callee (production's back-pressure): write from this task.
-        if not await outbox.send(text, size):
+        if not await outbox.send(text, size, flush=False):
             self._finish(pending.invocation_id, None, error_body("channel_send_failed", "worker connection closed"))
 
     def handle_result(self, sender: WorkerConnection, msg: dict[str, Any], verbatim: str | None = None) -> None:
@@ -317,14 +317,16 @@ class Invocations:
             text = caller.session.result(invocation_id, entry.id, None, error)
             if error is None:  # the frame without a result, with the encoded result spliced in as its last key
                 text = f'{text[:-1]},"result":{result.json}}}'
-            caller.post(text)
-            return
-        try:
-            text = caller.session.result(invocation_id, entry.id, result, error)
-        except (TypeError, ValueError) as exc:  # no JSON form, or outside the JSON policy (NaN, nesting)
-            text = caller.session.result(invocation_id, entry.id, None, error_body(
-                "serialization_error", f"Failed to serialize result for {entry.id}: {exc}"))
-        caller.post(text)
+        else:
+            try:
+                text = caller.session.result(invocation_id, entry.id, result, error)
+            except (TypeError, ValueError) as exc:  # no JSON form, or outside the JSON policy (NaN, nesting)
+                text = caller.session.result(invocation_id, entry.id, None, error_body(
+                    "serialization_error", f"Failed to serialize result for {entry.id}: {exc}"))
+        # Written from this call's own task when the caller's queue is idle (no wake-up of its sender task), else
+        # queued behind what is there, in order; a caller that stops reading holds up only this task, and further
+        # replies fill its byte-bounded queue until it overflows and the caller is disconnected.
+        await caller.outbox.send(text, flush=False)
 
     async def run_builtin(self, entry: FunctionEntry, data: Any, ctx: InvocationContext) -> tuple[Any, Any]:
         """Run a built-in; returns ``(result, error_body)``; never raises (except cancellation)."""

@@ -128,11 +128,13 @@ class Outbox:
             self._room.clear()
             await self._room.wait()
 
-    async def send(self, text: str, size: int | None = None) -> bool:
+    async def send(self, text: str, size: int | None = None, *, flush: bool = True) -> bool:
         """Write ``text`` from the calling task when nothing is queued or being written (no wake-up of the sender
         task: the call path's latency), else queue it like :meth:`post`. The caller waits while the socket's own
         flow control holds the write back, so only callers that accept the peer's back-pressure use it.
-        ``size``: :func:`frame_bytes` of ``text`` when the caller already has it."""
+        ``size``: :func:`frame_bytes` of ``text`` when the caller already has it. ``flush=False`` leaves a frame
+        that ``send`` corked to go out with the others of this event-loop turn (the socket layer writes them at
+        the end of the turn): a burst of inline sends then costs one socket write, not one each."""
         if self._items or self._busy or self._closed:
             return self.post(text)
         if size is None:
@@ -141,7 +143,7 @@ class Outbox:
         self._bytes += size
         try:
             await self._send(text)
-            if self._flush is not None and not self._items:
+            if flush and self._flush is not None and not self._items:
                 self._flush()
         except Exception as exc:
             self._broken(exc)

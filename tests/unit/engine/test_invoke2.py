@@ -184,3 +184,46 @@ def test_bad_invocation_ids_are_refused(sent: str) -> None:
     event = WorkerSession("w").receive(dumps({"type": "invokefunction", "invocation_id": sent, "function_id": "f",
                                               "data": None}))
     assert type(event).__name__ == "Rejected"
+
+
+async def test_send_without_flush_leaves_the_frame_to_the_turns_write() -> None:
+    flushes: list[int] = []
+    frames: list[str] = []
+
+    async def send(text: str) -> None:
+        frames.append(text)
+
+    box = Outbox(send, flush=lambda: flushes.append(1))
+    assert await box.send("a", flush=False) and flushes == []
+    assert await box.send("b") and flushes == [1]  # the default still flushes at once
+    assert await box.send("c", 1, flush=False) and frames == ["a", "b", "c"] and box.queued_bytes == 0
+    await box.close()
+
+
+async def test_a_builtins_reply_is_written_by_the_calls_own_task(engine: Engine) -> None:
+    writers: list[str] = []
+
+    async def whoami(data: Any, ctx: Any) -> Any:
+        return "me"
+
+    engine.registry.add_function(FunctionEntry("t::me", builtin=BuiltinFunction("t::me", whoami)))
+    ws = await websockets.connect(engine.url, compression=None)
+    try:
+        await ws.recv()
+        worker = next(iter(engine.workers.values()))
+        real_send = worker.outbox._send
+
+        async def recording(text: str) -> None:
+            task = asyncio.current_task()
+            writers.append(task.get_coro().__qualname__ if task is not None else "")  # type: ignore[union-attr]
+            await real_send(text)
+
+        worker.outbox._send = recording  # type: ignore[method-assign]
+        invocation_id = str(uuid.uuid4())
+        await ws.send(dumps({"type": "invokefunction", "invocation_id": invocation_id, "function_id": "t::me",
+                             "data": None}))
+        assert loads(await ws.recv()) == {"type": "invocationresult", "invocation_id": invocation_id,
+                                          "function_id": "t::me", "result": "me"}
+    finally:
+        await ws.close()
+    assert writers == ["Invocations._run_builtin_for"]  # not the outbox's sender task (Outbox._drain)
