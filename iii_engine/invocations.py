@@ -195,11 +195,9 @@ class Invocations:
             if invocation_id is not None:
                 caller.in_flight.add(invocation_id)
             ctx = InvocationContext(caller.id, invocation_id, traceparent, baggage)
-            # one task per call (a slow built-in must not hold up the worker's next frames), created inline:
-            # this is the busiest caller of _spawn
-            task = asyncio.get_running_loop().create_task(self._run_builtin_for(caller, entry, data, ctx))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            # One task per call (a slow built-in must not hold up the worker's next frames). The task leaves
+            # ``_tasks`` itself when it ends (see _run_builtin_for): no done callback to schedule per call.
+            self._tasks.add(asyncio.get_running_loop().create_task(self._run_builtin_for(caller, entry, data, ctx)))
             return
         callee = self.workers.get(entry.owner or "")
         if callee is None:
@@ -297,36 +295,41 @@ class Invocations:
 
     async def _run_builtin_for(self, caller: WorkerConnection, entry: FunctionEntry, data: Any,
                                ctx: InvocationContext) -> None:
-        if self.observer is None:
-            # run_builtin -> _run_builtin inlined: two coroutine objects and awaits fewer on the built-in call path
-            # (stream::update through the engine); the outcome is built exactly as _run_builtin builds it
-            assert entry.builtin is not None
-            try:
-                result, error = await entry.builtin.handler(data, ctx), None
-            except EngineError as exc:
-                result, error = None, exc.body()
-            except Exception as exc:
-                result, error = None, self._failure(entry, exc)
-        else:
-            result, error = await self.run_builtin(entry, data, ctx)
-        invocation_id = ctx.invocation_id
-        if invocation_id is None or invocation_id not in caller.in_flight:
-            return  # no reply wanted, or the caller is gone (halted)
-        caller.in_flight.discard(invocation_id)
-        if type(result) is EncodedResult:
-            text = caller.session.result(invocation_id, entry.id, None, error)
-            if error is None:  # the frame without a result, with the encoded result spliced in as its last key
-                text = f'{text[:-1]},"result":{result.json}}}'
-        else:
-            try:
-                text = caller.session.result(invocation_id, entry.id, result, error)
-            except (TypeError, ValueError) as exc:  # no JSON form, or outside the JSON policy (NaN, nesting)
-                text = caller.session.result(invocation_id, entry.id, None, error_body(
-                    "serialization_error", f"Failed to serialize result for {entry.id}: {exc}"))
-        # Written from this call's own task when the caller's queue is idle (no wake-up of its sender task), else
-        # queued behind what is there, in order; a caller that stops reading holds up only this task, and further
-        # replies fill its byte-bounded queue until it overflows and the caller is disconnected.
-        await caller.outbox.send(text, flush=False)
+        try:
+            if self.observer is None:
+                # run_builtin -> _run_builtin inlined: two coroutine objects and awaits fewer on the built-in call path
+                # (stream::update through the engine); the outcome is built exactly as _run_builtin builds it
+                assert entry.builtin is not None
+                try:
+                    result, error = await entry.builtin.handler(data, ctx), None
+                except EngineError as exc:
+                    result, error = None, exc.body()
+                except Exception as exc:
+                    result, error = None, self._failure(entry, exc)
+            else:
+                result, error = await self.run_builtin(entry, data, ctx)
+            invocation_id = ctx.invocation_id
+            if invocation_id is None or invocation_id not in caller.in_flight:
+                return  # no reply wanted, or the caller is gone (halted)
+            caller.in_flight.discard(invocation_id)
+            if type(result) is EncodedResult:
+                text = caller.session.result(invocation_id, entry.id, None, error)
+                if error is None:  # the frame without a result, with the encoded result spliced in as its last key
+                    text = f'{text[:-1]},"result":{result.json}}}'
+            else:
+                try:
+                    text = caller.session.result(invocation_id, entry.id, result, error)
+                except (TypeError, ValueError) as exc:  # no JSON form, or outside the JSON policy (NaN, nesting)
+                    text = caller.session.result(invocation_id, entry.id, None, error_body(
+                        "serialization_error", f"Failed to serialize result for {entry.id}: {exc}"))
+            # Written from this call's own task when the caller's queue is idle (no wake-up of its sender task), else
+            # queued behind what is there, in order; a caller that stops reading holds up only this task, and further
+            # replies fill its byte-bounded queue until it overflows and the caller is disconnected.
+            await caller.outbox.send(text, flush=False)
+        finally:
+            # The task leaves the set itself; one cancelled before it ever ran skips this, and only close() cancels
+            # these tasks (it empties the set).
+            self._tasks.discard(asyncio.current_task())
 
     async def run_builtin(self, entry: FunctionEntry, data: Any, ctx: InvocationContext) -> tuple[Any, Any]:
         """Run a built-in; returns ``(result, error_body)``; never raises (except cancellation)."""
@@ -477,3 +480,4 @@ class Invocations:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()  # a worker's built-in call cancelled before it ran does not remove itself

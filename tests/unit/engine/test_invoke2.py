@@ -227,3 +227,37 @@ async def test_a_builtins_reply_is_written_by_the_calls_own_task(engine: Engine)
     finally:
         await ws.close()
     assert writers == ["Invocations._run_builtin_for"]  # not the outbox's sender task (Outbox._drain)
+
+
+async def test_builtin_call_tasks_leave_the_task_set_and_close_cancels_the_rest(engine: Engine) -> None:
+    hold = asyncio.Event()
+    started = asyncio.Event()
+
+    async def quick(data: Any, ctx: Any) -> Any:
+        return data
+
+    async def slow(data: Any, ctx: Any) -> Any:
+        started.set()
+        await hold.wait()
+
+    engine.registry.add_function(FunctionEntry("t::quick", builtin=BuiltinFunction("t::quick", quick)))
+    engine.registry.add_function(FunctionEntry("t::slow", builtin=BuiltinFunction("t::slow", slow)))
+    ws = await websockets.connect(engine.url, compression=None)
+    try:
+        await ws.recv()
+        for n in range(50):
+            await ws.send(dumps({"type": "invokefunction", "invocation_id": str(uuid.uuid4()),
+                                 "function_id": "t::quick", "data": n}))
+        for _ in range(50):
+            await ws.recv()
+        # the last task's own finally may run just after its reply is written: wait for the tasks left, then none
+        await asyncio.wait_for(asyncio.gather(*list(engine.invocations._tasks)), 5)
+        assert engine.invocations._tasks == set()
+        await ws.send(dumps({"type": "invokefunction", "invocation_id": str(uuid.uuid4()), "function_id": "t::slow",
+                             "data": None}))
+        await asyncio.wait_for(started.wait(), 5)
+        assert len(engine.invocations._tasks) == 1
+        await engine.invocations.close()  # engine shutdown: the waiting built-in is cancelled, the set emptied
+        assert engine.invocations._tasks == set()
+    finally:
+        await ws.close()
