@@ -233,8 +233,7 @@ class Invocations:
             pending.timer = loop.call_later(self.timeout_ms / 1000, self._expire, pending.invocation_id)
         outbox = callee.outbox
         size = frame_bytes(text)
-        if not outbox.has_room(size):  # checked first: no waiting coroutine per call when there is room
-            await outbox.wait_for_room(size)
+        await outbox.wait_for_room(size)
         # The invoke path already waits for the callee (production's back-pressure): write from this task.
         if not await outbox.send(text, size, flush=False):
             self._finish(pending.invocation_id, None, error_body("channel_send_failed", "worker connection closed"))

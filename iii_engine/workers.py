@@ -118,10 +118,6 @@ class Outbox:
     def _full(self, size: int) -> bool:
         return len(self._items) >= self._limit or (self._bytes > 0 and self._bytes + size > self._max_bytes)
 
-    def has_room(self, size: int = 0) -> bool:
-        """Whether :meth:`wait_for_room` would return at once (closed, or room for a ``size``-byte frame)."""
-        return self._closed or not self._full(size)
-
     async def wait_for_room(self, size: int = 0) -> None:
         """Wait while ``limit`` frames are queued or a ``size``-byte frame would not fit (at once when closed)."""
         while not self._closed and self._full(size):

@@ -4,7 +4,6 @@ run in one coroutine, the routed path's room check, canonical ids accepted at on
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -137,32 +136,6 @@ async def test_builtins_called_over_the_socket_answer_results_errors_and_failure
     failure = answers["t::broken"]["error"]
     assert failure["code"] == "internal_error" and "kaput" in failure["message"]
     assert "RuntimeError: kaput" in failure["stacktrace"]
-
-
-async def test_has_room_agrees_with_wait_for_room() -> None:
-    gate = asyncio.Event()
-
-    async def send(text: str) -> None:
-        await gate.wait()
-
-    box = Outbox(send, limit=2, max_bytes=100)
-    assert box.has_room(10)
-    box.post("a" * 10)
-    await asyncio.sleep(0)  # the sender task takes the first frame and waits in ``send``
-    box.post("b" * 10)
-    assert box.has_room(10)  # one queued, one being written: the limit counts queued frames
-    box.post("c" * 10)
-    assert not box.has_room(0)
-    with pytest.raises(TimeoutError):
-        async with asyncio.timeout(0.05):
-            await box.wait_for_room(0)
-    gate.set()
-    await box.wait_for_room(0)
-    assert box.has_room(0)
-    await box.close()
-    assert box.has_room(10**9)  # closed: nothing to wait for
-    with contextlib.suppress(Exception):
-        await box.close()
 
 
 @pytest.mark.parametrize(("sent", "kept"), [
