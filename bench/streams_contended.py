@@ -202,7 +202,8 @@ async def _bench(store: str, store_url: str, paths: list[str], args: argparse.Na
                 url = engine.url if path == "engine" else store_url
                 rep = await _one(f"{store}-{kind}", path, url, store_url, n, procs, inflight)
                 rows[path, kind].append(rep)
-                own = f" (engine {1000 * rep['engine_cpu'] / n:5.2f})" if path == "engine" else ""
+                own = (f" (engine {1000 * rep['engine_cpu'] / n:5.2f}, {1e6 * rep['engine_cpu'] / n:5.1f} µs/upd)"
+                       if path == "engine" else "")
                 print(f"  {store:8} {path:13} round {r + 1} {kind:9} {rep['rate']:9.1f} upd/s  "
                       f"(slowest worker {rep['busiest']:.2f} s of {rep['wall']:.2f} s)  "
                       f"cpu/1000 {1000 * rep['cpu'] / n:6.2f} s{own}  conflicts/upd {rep['conflicts'] / n:6.2f}  "
@@ -218,6 +219,11 @@ async def _bench(store: str, store_url: str, paths: list[str], args: argparse.Na
         cpu = {k: [1000 * r["cpu"] / (args.n_seq if k == "seq" else args.n) for r in rows[path, k]]
                for k in ("seq", "contended")}
         lost = sum(r["lost"] for k in ("seq", "contended") for r in rows[path, k])
+        if path == "engine":  # the engine process's own CPU per update (the through-engine cost), in µs
+            own_us = {k: [1e6 * r["engine_cpu"] / (args.n_seq if k == "seq" else args.n) for r in rows[path, k]]
+                      for k in ("seq", "contended")}
+            print(f"{store:8} engine process CPU per update: seq {_summary(own_us['seq'])} µs, contended "
+                  f"{_summary(own_us['contended'])} µs", flush=True)
         print(f"{store:8} {path:13} seq {_summary(seq)} upd/s   {args.procs}x{args.inflight} {_summary(con)} upd/s   "
               f"ratio {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})   cpu/1000 upd: seq "
               f"{statistics.median(cpu['seq']):.2f} s, contended {statistics.median(cpu['contended']):.2f} s   "
