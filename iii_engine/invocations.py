@@ -475,8 +475,12 @@ class Invocations:
         """Engine shutdown: stop pending calls and built-in tasks."""
         for invocation_id in list(self.pending):
             self._finish(invocation_id, None, STOPPED)
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()  # a worker's built-in call cancelled before it ran does not remove itself
+        # Until none is left: a built-in call may start while we wait for the cancelled ones (a frame read meanwhile).
+        # Each round removes exactly the tasks it cancelled and awaited: one cancelled before it ever ran does not
+        # remove itself, and a later one must stay tracked (a blanket clear() would leave it running, unawaited).
+        while self._tasks:
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._tasks.difference_update(tasks)
