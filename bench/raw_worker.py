@@ -23,20 +23,27 @@ import websockets
 PAYLOAD = {"n": 1, "s": "hello"}
 
 
+async def register_echo(ws: Any) -> None:
+    """Register ``raw::echo`` on ``ws`` (the ping makes the engine read both frames before the first call)."""
+    await ws.send(json.dumps({"type": "registerfunction", "id": "raw::echo"}))
+    await ws.send(json.dumps({"type": "ping"}))
+
+
+async def answer(ws: Any) -> None:
+    """Answer every invocation arriving on ``ws`` with its own data, until the socket closes."""
+    async for raw in ws:
+        msg = json.loads(raw)
+        if msg.get("type") == "invokefunction":
+            await ws.send(json.dumps({"type": "invocationresult", "invocation_id": msg["invocation_id"],
+                                      "function_id": msg["function_id"], "result": msg["data"]}))
+
+
 async def serve(url: str) -> None:
     async with websockets.connect(url, compression=None) as ws:
-        await ws.send(json.dumps({"type": "registerfunction", "id": "raw::echo"}))
-        await ws.send(json.dumps({"type": "ping"}))
+        await register_echo(ws)
         print("ready", flush=True)
         stdin_closed = asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-
-        async def answer() -> None:
-            async for raw in ws:
-                msg = json.loads(raw)
-                if msg.get("type") == "invokefunction":
-                    await ws.send(json.dumps({"type": "invocationresult", "invocation_id": msg["invocation_id"],
-                                              "function_id": msg["function_id"], "result": msg["data"]}))
-        server = asyncio.ensure_future(answer())
+        server = asyncio.ensure_future(answer(ws))
         await stdin_closed
         server.cancel()
 

@@ -26,9 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
-from typing import Any
 
 import websockets
 
@@ -36,6 +34,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # a plain script: make the checkout importable without installing it
 
+from bench.raw_worker import Caller, answer, register_echo  # noqa: E402
 from iii_engine import Engine, EngineConfig  # noqa: E402
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -43,39 +42,16 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 
 async def raw_baseline(url: str, n: int, concurrency: int) -> float:
     """Calls/s with hand-written frames: a raw callee answering, a raw caller with ``concurrency`` in flight."""
-    async with websockets.connect(url, compression=None) as callee, websockets.connect(url, compression=None) as caller:
-        await callee.send(json.dumps({"type": "registerfunction", "id": "raw::echo"}))
-        await callee.send(json.dumps({"type": "ping"}))
-
-        async def serve() -> None:
-            async for raw in callee:
-                msg = json.loads(raw)
-                if msg.get("type") == "invokefunction":
-                    await callee.send(json.dumps({"type": "invocationresult", "invocation_id": msg["invocation_id"],
-                                                  "function_id": msg["function_id"], "result": msg["data"]}))
-
-        server = asyncio.create_task(serve())
-        waiting: dict[str, asyncio.Future[Any]] = {}
-
-        async def receive() -> None:
-            async for raw in caller:
-                msg = json.loads(raw)
-                fut = waiting.pop(msg.get("invocation_id", ""), None)
-                if fut is not None:
-                    fut.set_result(msg)
-
-        receiver = asyncio.create_task(receive())
+    async with websockets.connect(url, compression=None) as callee, websockets.connect(url, compression=None) as ws:
+        await register_echo(callee)
+        server = asyncio.create_task(answer(callee))
+        caller = Caller(ws)
+        receiver = asyncio.create_task(caller.receive())
         sem = asyncio.Semaphore(concurrency)
-        loop = asyncio.get_running_loop()
 
         async def one() -> None:
             async with sem:
-                iid = str(uuid.uuid4())
-                fut = loop.create_future()
-                waiting[iid] = fut
-                await caller.send(json.dumps({"type": "invokefunction", "invocation_id": iid,
-                                              "function_id": "raw::echo", "data": {"n": 1, "s": "hello"}}))
-                await fut
+                await caller.call()
 
         await asyncio.gather(*(one() for _ in range(50)))
         start = time.perf_counter()
