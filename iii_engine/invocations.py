@@ -295,26 +295,15 @@ class Invocations:
     async def _run_builtin_for(self, caller: WorkerConnection, entry: FunctionEntry, data: Any,
                                ctx: InvocationContext) -> None:
         try:
-            if self.observer is None:
-                # run_builtin -> _run_builtin inlined: two coroutine objects and awaits fewer on the built-in call path
-                # (stream::update through the engine); the outcome is built exactly as _run_builtin builds it
-                assert entry.builtin is not None
-                try:
-                    result, error = await entry.builtin.handler(data, ctx), None
-                except EngineError as exc:
-                    result, error = None, exc.body()
-                except Exception as exc:
-                    result, error = None, self._failure(entry, exc)
-            else:
-                result, error = await self.run_builtin(entry, data, ctx)
+            # Without an observer there is nothing for run_builtin to time: one coroutine fewer per built-in call.
+            run = self.run_builtin if self.observer is not None else self._run_builtin
+            result, error = await run(entry, data, ctx)
             invocation_id = ctx.invocation_id
             if invocation_id is None or invocation_id not in caller.in_flight:
                 return  # no reply wanted, or the caller is gone (halted)
             caller.in_flight.discard(invocation_id)
             if type(result) is EncodedResult:
-                text = caller.session.result(invocation_id, entry.id, None, error)
-                if error is None:  # the frame without a result, with the encoded result spliced in as its last key
-                    text = f'{text[:-1]},"result":{result.json}}}'
+                text = caller.session.result(invocation_id, entry.id, None, error, result_json=result.json)
             else:
                 try:
                     text = caller.session.result(invocation_id, entry.id, result, error)

@@ -78,14 +78,20 @@ def invocation_result(
     error: Any = None,
     traceparent: str | None = None,
     baggage: str | None = None,
+    result_json: str | None = None,
 ) -> str:
     """An ``invocationresult`` frame: ``error`` wins over ``result``; a null ``result`` is left out.
+
+    ``result_json``: the result already encoded (by :func:`dumps`, so within the JSON policy), spliced in as the
+    frame's last key instead of encoding ``result``: a large reply that does not change is encoded once.
 
     Raises :class:`TypeError`/:class:`ValueError` when ``result`` has no JSON form.
 
     Example:
         >>> invocation_result("i1", "f", result=1, error={"code": "x", "message": "m"})
         '{"type":"invocationresult","invocation_id":"i1","function_id":"f","error":{"code":"x","message":"m"}}'
+        >>> invocation_result("i1", "f", result_json='{"n":[1]}')
+        '{"type":"invocationresult","invocation_id":"i1","function_id":"f","result":{"n":[1]}}'
     """
     frame: dict[str, Any] = {"type": "invocationresult", "invocation_id": invocation_id, "function_id": function_id}
     if error is not None:
@@ -96,7 +102,10 @@ def invocation_result(
         frame["traceparent"] = traceparent
     if baggage is not None:
         frame["baggage"] = baggage
-    return dumps(frame)
+    text = dumps(frame)
+    if result_json is not None and error is None:
+        return f'{text[:-1]},"result":{result_json}}}'
+    return text
 
 
 def worker_registered(worker_id: str) -> str:

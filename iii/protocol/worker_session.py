@@ -374,10 +374,11 @@ class WorkerSession:
 
     @staticmethod
     def result(invocation_id: str, function_id: str, result: Any, error: Any, traceparent: str | None = None,
-               baggage: str | None = None) -> str:
-        """Answer one of this worker's invocations (``result`` left out when null or when ``error`` is set)."""
+               baggage: str | None = None, result_json: str | None = None) -> str:
+        """Answer one of this worker's invocations (``result`` left out when null or when ``error`` is set;
+        ``result_json``: the result already encoded, see :func:`iii.protocol.frames.invocation_result`)."""
         return frames.invocation_result(invocation_id, function_id, result=result, error=error,
-                                        traceparent=traceparent, baggage=baggage)
+                                        traceparent=traceparent, baggage=baggage, result_json=result_json)
 
     @staticmethod
     def register_trigger(trigger_id: str, trigger_type: str, function_id: str, config: Any) -> str:
