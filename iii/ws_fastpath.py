@@ -520,8 +520,10 @@ ALLOCATOR_STATE: str | None = None
 channel socket."""
 
 
-def tune_allocator(environ: Mapping[str, str] = os.environ, libc: Any = None) -> str:
-    """Set :data:`ALLOCATOR_TUNING` on glibc (see there); returns ``"tuned"`` or why not. ``libc``: for tests.
+def tune_allocator(environ: Mapping[str, str] = os.environ, libc: Any = None, *,
+                   mmap_threshold: int = ALLOCATOR_TUNING[0]) -> str:
+    """Set :data:`ALLOCATOR_TUNING` on glibc (see there); returns ``"tuned"`` or why not. ``libc``: for tests;
+    ``mmap_threshold``: for a process that pins its own (the engine keeps large frames returnable).
 
     Example:
         >>> tune_allocator({"III_MALLOC_TUNING": "0"})
@@ -548,7 +550,7 @@ def tune_allocator(environ: Mapping[str, str] = os.environ, libc: Any = None) ->
     mallopt = getattr(libc, "mallopt", None)
     if mallopt is None:  # pragma: no cover - a libc without mallopt
         return "off: no mallopt"
-    mmap_threshold, trim_threshold = ALLOCATOR_TUNING
+    trim_threshold = ALLOCATOR_TUNING[1]
     if mallopt(_MALLOPT_MMAP_THRESHOLD, mmap_threshold) != 1 or mallopt(_MALLOPT_TRIM_THRESHOLD, trim_threshold) != 1:
         return "off: mallopt refused"
     return "tuned"

@@ -63,23 +63,11 @@ def tune_allocator(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
         log.debug("mallopt(M_MMAP_THRESHOLD) refused; allocator left as it is")
         return False
     _tuned = True
-    _tune_channel_sockets(mallopt, threshold)
+    _tune_channel_sockets(threshold)
     return True
 
 
-class _KeepingThePin:
-    """The C library as :func:`iii.ws_fastpath.tune_allocator` sees it from the engine: its trim threshold is set as
-    it asks, its mmap threshold stays the engine's pin."""
-
-    def __init__(self, mallopt: Any, threshold: int) -> None:
-        self._mallopt = mallopt
-        self._threshold = threshold
-
-    def mallopt(self, param: int, value: int) -> int:
-        return int(self._mallopt(param, self._threshold if param == _M_MMAP_THRESHOLD else value))
-
-
-def _tune_channel_sockets(mallopt: Any, threshold: int) -> None:
+def _tune_channel_sockets(threshold: int) -> None:
     """Do now, keeping the pin, the allocator tuning the engine's first fast channel socket would do.
 
     Why: that tuning (iii.ws_fastpath.ALLOCATOR_TUNING) raises the mmap threshold to 4 MiB, which in the engine
@@ -91,7 +79,7 @@ def _tune_channel_sockets(mallopt: Any, threshold: int) -> None:
     from iii import ws_fastpath  # the SDK's channel code; imported only here, at the engine's start
 
     if ws_fastpath.ALLOCATOR_STATE is None:
-        ws_fastpath.ALLOCATOR_STATE = ws_fastpath.tune_allocator(libc=_KeepingThePin(mallopt, threshold))
+        ws_fastpath.ALLOCATOR_STATE = ws_fastpath.tune_allocator(mmap_threshold=threshold)
 
 
 def trim_memory() -> bool:
