@@ -33,9 +33,10 @@ _COMPACT_MIN: Final = 64  # entries before a FIFO mostly made of finished ones i
 
 
 class _Entry:
-    __slots__ = ("cancelling", "deadline", "done", "expired", "task")
+    __slots__ = ("cancelling", "deadline", "done", "expired", "lane", "task")
 
-    def __init__(self, deadline: float, task: asyncio.Task[object], cancelling: int) -> None:
+    def __init__(self, lane: _Lane, deadline: float, task: asyncio.Task[object], cancelling: int) -> None:
+        self.lane = lane  # left and expired only on its own loop's queue
         self.deadline = deadline
         self.task = task
         self.cancelling = cancelling  # the task's pending cancel requests at entry (asyncio.timeout's rule)
@@ -43,68 +44,83 @@ class _Entry:
         self.expired = False
 
 
-class SharedDeadlines:
-    """Deadlines ``limit`` seconds after :meth:`enter` for the tasks of one event loop, with one timer."""
+class _Lane:
+    """One event loop's FIFO and timer: touched only from that loop (its tasks enter and leave, its timer fires)."""
 
-    __slots__ = ("_live", "_loop", "_queue", "_timer", "limit")
+    __slots__ = ("live", "loop", "queue", "timer")
 
-    def __init__(self, limit: float) -> None:
-        self.limit = limit
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._queue: deque[_Entry] = deque()
-        self._timer: asyncio.TimerHandle | None = None
-        self._live = 0  # entered and not yet left
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: deque[_Entry] = deque()
+        self.timer: asyncio.TimerHandle | None = None
+        self.live = 0  # entered and not yet left
 
-    def __len__(self) -> int:
-        """Entries still queued (live ones and finished ones not yet popped)."""
-        return len(self._queue)
-
-    def enter(self) -> _Entry | None:
-        """Start bounding the current task; ``None`` when it cannot be done here (no task, or another event loop
-        still has operations in flight): the caller then uses ``asyncio.timeout``."""
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:
-            if self._live:
-                return None
-            self._loop, self._timer = loop, None  # a new loop (the old one's timer, if any, dies with it)
-            self._queue.clear()
-        task = asyncio.current_task()
-        if task is None:
-            return None
-        entry = _Entry(loop.time() + self.limit, task, task.cancelling())
-        self._queue.append(entry)
-        self._live += 1
-        if self._timer is None:
-            # one timer for everybody: when it fires it moves on to the oldest entry still running
-            self._timer = loop.call_at(entry.deadline, self._fire)
-        return entry
-
-    def leave(self, entry: _Entry, cancelled: bool) -> bool:
-        """Stop bounding ``entry``'s task; ``True`` when its deadline passed and the operation should fail with a
-        timeout (``cancelled``: the operation ended in ``CancelledError``)."""
-        entry.done = True
-        self._live -= 1
-        queue = self._queue
-        while queue and queue[0].done:
-            queue.popleft()
-        if len(queue) > _COMPACT_MIN and len(queue) > 4 * self._live:
-            # an old operation still running at the front keeps finished ones queued behind it: drop those
-            self._queue = deque(e for e in queue if not e.done)
-        if not entry.expired:
-            return False
-        # asyncio.timeout's rule: withdraw our cancel; a timeout only if nobody else asked for one meanwhile
-        return entry.task.uncancel() <= entry.cancelling and cancelled
-
-    def _fire(self) -> None:
-        self._timer = None
-        loop = self._loop
-        assert loop is not None
-        now = loop.time()
-        queue = self._queue
+    def fire(self) -> None:
+        self.timer = None
+        now = self.loop.time()
+        queue = self.queue
         while queue and (queue[0].done or queue[0].deadline <= now):
             entry = queue.popleft()
             if not entry.done:
                 entry.expired = True
                 entry.task.cancel()
         if queue:
-            self._timer = loop.call_at(queue[0].deadline, self._fire)
+            self.timer = self.loop.call_at(queue[0].deadline, self.fire)
+
+
+class SharedDeadlines:
+    """Deadlines ``limit`` seconds after :meth:`enter`, with one timer per event loop the tasks run on."""
+
+    __slots__ = ("_lane", "limit")
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self._lane: _Lane | None = None  # the loop of the latest enter
+
+    def __len__(self) -> int:
+        """Entries still queued on the current loop's lane (live ones and finished ones not yet popped)."""
+        lane = self._lane
+        return 0 if lane is None else len(lane.queue)
+
+    def enter(self) -> _Entry | None:
+        """Start bounding the current task; ``None`` when there is no task (the caller then uses
+        ``asyncio.timeout``)."""
+        loop = asyncio.get_running_loop()
+        lane = self._lane
+        if lane is None or lane.loop is not loop:
+            # Another loop (a store used from a new loop, or from two threads' loops): a lane of its own. The old
+            # lane lives on through its entries and its timer, which stays on its own loop and touches only them;
+            # one whose loop was closed with operations in flight is simply dropped.
+            lane = self._lane = _Lane(loop)
+        task = asyncio.current_task()
+        if task is None:
+            return None
+        entry = _Entry(lane, loop.time() + self.limit, task, task.cancelling())
+        lane.queue.append(entry)
+        lane.live += 1
+        if lane.timer is None:
+            # one timer for everybody: when it fires it moves on to the oldest entry still running
+            lane.timer = loop.call_at(entry.deadline, lane.fire)
+        return entry
+
+    def leave(self, entry: _Entry, cancelled: bool) -> bool:
+        """Stop bounding ``entry``'s task; ``True`` when its deadline passed and the operation should fail with a
+        timeout (``cancelled``: the operation ended in ``CancelledError``)."""
+        entry.done = True
+        lane = entry.lane
+        lane.live -= 1
+        queue = lane.queue
+        while queue and queue[0].done:
+            queue.popleft()
+        if len(queue) > _COMPACT_MIN and len(queue) > 4 * lane.live:
+            # an old operation still running at the front keeps finished ones queued behind it: drop those
+            lane.queue = deque(e for e in queue if not e.done)
+        if not entry.expired:
+            return False
+        # asyncio.timeout's rule: withdraw our cancel; a timeout only if nobody else asked for one meanwhile
+        return entry.task.uncancel() <= entry.cancelling and cancelled
+
+    def _fire(self) -> None:
+        """Run the current loop's timer now, as if its deadline had come (tests force a deadline with it)."""
+        if self._lane is not None:
+            self._lane.fire()
