@@ -19,10 +19,11 @@ not complete their headers in time (slow-header clients, idle keep-alive connect
 ``concurrency_request_limit`` slots busy waits at most ``slot_timeout``, then gets 503 with ``Retry-After``.
 
 A request whose client disconnects while it waits for a slot is not invoked (``abandoned`` counts them). A handler
-may send at most ``MAX_CONTROL_FRAMES`` (100) control frames and ``MAX_HEADER_BYTES`` (64 KiB) of headers before
-its first body chunk; past either its response channel is closed (its writer sees 4002) and the client gets 502.
-Stopping the engine answers every request still waiting for its handler with 503 at once (it does not wait out
-``default_timeout``); streamed responses in progress are cut.
+may send at most ``MAX_CONTROL_FRAMES`` (100) control frames (an empty binary frame counts as one) and
+``MAX_HEADER_BYTES`` (64 KiB) of headers before its first body chunk; past either its response channel is closed
+(its writer sees 4002) and the client gets 502.
+Stopping the engine answers every request still waiting for its handler (or for its condition function) with 503 at
+once (it does not wait out ``default_timeout``); streamed responses in progress are cut.
 
 Per request the module creates both channels on the relay and opens its own ends in-process: the body is queued
 whole at once (``ChannelRelay.fill``, no task) and the response end reads straight from the channel's queue. The
@@ -63,10 +64,10 @@ log = logging.getLogger(__name__)
 LINGER_S = 2.0
 _CHANNEL_BUFFER = 64  # messages per request/response channel, as engine::channels::create's default
 _STREAM_HEADER_SKIP = frozenset({"transfer-encoding", "connection", "keep-alive"})
-# A handler's response head: control frames (set_status / set_headers) before the first body chunk, and the bytes of
-# the headers they set. Past either, the response channel is closed (the handler's writer hears 4002, its reader
-# left) and the client gets 502; without a bound a handler could send them until default_timeout, each one parsed
-# and merged.
+# A handler's response head: control frames (set_status / set_headers) and empty binary frames before the first body
+# chunk, and the bytes of the headers they set. Past either, the response channel is closed (the handler's writer
+# hears 4002, its reader left) and the client gets 502; without a bound a handler could send them until
+# default_timeout, each one parsed and merged.
 MAX_CONTROL_FRAMES = 100
 MAX_HEADER_BYTES = 64 * 1024
 
@@ -83,6 +84,11 @@ class _Refused(Exception):
         self.status = status
         self.message = message
         self.headers = dict(headers or {})
+
+
+def _engine_stopping() -> _Refused:
+    """The answer to a request the module's stop cut short (retry later, against another engine or this one)."""
+    return _Refused(503, "the engine is stopping; retry later", {"Retry-After": "1"})
 
 
 class BodyBudget:
@@ -373,7 +379,7 @@ class RestApiModule(EngineModule):
                     self.abandoned += 1
                     return web.Response(status=499)
                 if self._stopping is None or self._stopping.done():
-                    raise _Refused(503, "the engine is stopping; retry later", {"Retry-After": "1"})
+                    raise _engine_stopping()
                 return await self._dispatch(request, match, raw, cors_headers)
             finally:
                 self.in_flight -= 1
@@ -513,7 +519,7 @@ class RestApiModule(EngineModule):
                 except EngineError as exc:
                     return _error_response(exc.message)
                 except _Interrupted:  # the module stops (the call left the pending table as it was cancelled)
-                    raise _Refused(503, "the engine is stopping; retry later", {"Retry-After": "1"}) from None
+                    raise _engine_stopping() from None
                 try:
                     head = await self._respond(reader, started.future)
                 except BaseException:  # timed out or cancelled: nobody waits for the result any more
@@ -550,7 +556,7 @@ class RestApiModule(EngineModule):
                 chunk = await self._first_chunk(reader, outcome)
             except _Interrupted as exc:
                 if exc.reason is _STOPPING:
-                    raise _Refused(503, "the engine is stopping; retry later", {"Retry-After": "1"}) from None
+                    raise _engine_stopping() from None
             except ResponseHeadersTooLarge as exc:
                 return _bad_gateway(str(exc))
             except ChannelAborted as exc:
@@ -561,7 +567,7 @@ class RestApiModule(EngineModule):
         if not outcome.done() and not stopping.done():
             await asyncio.wait((outcome, stopping), return_when=asyncio.FIRST_COMPLETED)
         if not outcome.done():
-            raise _Refused(503, "the engine is stopping; retry later", {"Retry-After": "1"})
+            raise _engine_stopping()
         result, error = _outcome(outcome)
         if error is not None:
             return _failure(error)
@@ -629,12 +635,16 @@ class RestApiModule(EngineModule):
         await response.write_eof()
         return response
 
-    async def _before(self, deadline: float, awaitable: Any) -> Any:
+    async def _before(self, deadline: float, awaitable: Awaitable[_T]) -> _T:
+        """``awaitable`` (a step before the handler runs: the condition function) within the request's deadline;
+        503 as soon as the module stops, like every other wait for a worker's answer."""
         try:
             async with asyncio.timeout_at(deadline):
-                return await awaitable
+                return await self._interruptible(awaitable, None)
         except TimeoutError:
             raise _Timeout from None
+        except _Interrupted:
+            raise _engine_stopping() from None
 
     # -- engine plumbing -------------------------------------------------------------------------------------
 

@@ -176,7 +176,8 @@ class ResponseChannel:
 
         Raises :class:`ChannelAborted` when the writer aborted or the channel could not be opened, and
         :class:`ResponseHeadersTooLarge` (after closing our end with 1009 and the reason; the writer hears 4002)
-        past ``max_control_frames`` control frames or ``max_header_bytes`` of headers.
+        past ``max_control_frames`` control frames (empty binary frames count as ones) or ``max_header_bytes`` of
+        headers.
         """
         self._ws = ws = await _connect(self._engine_url, self._ref, self._relay)
         try:
@@ -185,8 +186,10 @@ class ResponseChannel:
                 if isinstance(message, bytes):
                     if message:
                         return message
-                    continue
-                self._control(message)
+                    # An empty write (the reference SDK sends one for ``write(b"")``) is not the end of the body
+                    # and not a chunk to answer with, but it is a frame: it counts against the head's bound.
+                else:
+                    self._control(message)
                 refusal = self._over_limits()
                 if refusal is not None:
                     with contextlib.suppress(Exception):
@@ -227,7 +230,7 @@ class ResponseChannel:
         self._control_frames += 1
         limit = self._max_control_frames
         if limit is not None and self._control_frames > limit:
-            return f"more than {limit} control frames before the first body chunk"
+            return f"more than {limit} control frames (or empty binary frames) before the first body chunk"
         limit = self._max_header_bytes
         if limit is not None:
             size = sum(len(k) + len(v) for k, v in self.headers.items())
