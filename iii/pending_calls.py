@@ -1,4 +1,4 @@
-"""The futures behind calls waiting for a result, each with its timeout timer (one event loop).
+"""The futures behind calls waiting for a result and their deadlines (one event loop, one timer per distinct timeout).
 
 The protocol core (:class:`iii.protocol.client.ClientSession`) decides *which* call ends and how; this object
 only holds the future the caller awaits and settles it.
@@ -141,20 +141,41 @@ def _set_exception(future: asyncio.Future[Any], exception: BaseException) -> Non
 
 
 class _Pending:
-    __slots__ = ("function_id", "future", "timer")
+    __slots__ = ("deadline", "function_id", "future", "on_expire", "timeout_ms")
 
-    def __init__(self, future: Settle, function_id: str, timer: asyncio.TimerHandle) -> None:
+    def __init__(self, future: Settle, function_id: str, deadline: float, timeout_ms: float,
+                 on_expire: Callable[[str], None]) -> None:
         self.future = future
         self.function_id = function_id
-        self.timer = timer
+        self.deadline = deadline
+        self.timeout_ms = timeout_ms
+        self.on_expire = on_expire
+
+
+class _Clock:
+    """The calls sharing one timeout: in insertion order, which is deadline order (one clock), and one timer for
+    the oldest."""
+
+    __slots__ = ("calls", "timer")
+
+    def __init__(self) -> None:
+        self.calls: dict[str, _Pending] = {}
+        self.timer: asyncio.TimerHandle | None = None
 
 
 class PendingCalls:
-    """Futures of calls in flight, keyed by invocation id; every one has a timer, so none waits forever."""
+    """Futures of calls in flight, keyed by invocation id; every one has a deadline, so none waits forever.
+
+    Why not a ``loop.call_later`` per call: scheduling and cancelling a timer per call cost more than the rest of
+    the bookkeeping, and cancelled timers stay in the loop's heap until it purges them. Calls with the same timeout
+    end in the order they started, so each distinct timeout keeps one timer, for its oldest call, re-armed for
+    the next oldest when that one fires.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._calls: dict[str, _Pending] = {}
+        self._clocks: dict[float, _Clock] = {}
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -173,14 +194,40 @@ class PendingCalls:
         on_expire: Callable[[str], None]
     ) -> None:
         """Like :meth:`add`, settling ``waiter`` (e.g. a :class:`ThreadWaiter`) instead of a new future."""
-        timer = self._loop.call_later(timeout_ms / 1000.0, self._expire, invocation_id, timeout_ms, on_expire)
-        self._calls[invocation_id] = _Pending(waiter, function_id, timer)
+        clock = self._clocks.get(timeout_ms)
+        if clock is None:
+            clock = self._clocks[timeout_ms] = _Clock()
+        pending = _Pending(waiter, function_id, self._loop.time() + timeout_ms / 1000.0, timeout_ms, on_expire)
+        old = self._calls.pop(invocation_id, None)
+        if old is not None:  # the same id again: the new call replaces the old one (its deadline too)
+            self._clocks[old.timeout_ms].calls.pop(invocation_id, None)
+        self._calls[invocation_id] = pending
+        clock.calls[invocation_id] = pending
+        if clock.timer is None:
+            clock.timer = self._loop.call_at(pending.deadline, self._tick, timeout_ms)
 
-    def _expire(self, invocation_id: str, timeout_ms: float, on_expire: Callable[[str], None]) -> None:
-        pending = self._calls.pop(invocation_id, None)
-        on_expire(invocation_id)
-        if pending is not None and not pending.future.done():
-            message = f"Invocation of '{pending.function_id}' timed out after {timeout_ms}ms"
+    def _tick(self, timeout_ms: float) -> None:
+        """The timer of timeout ``timeout_ms`` fired: expire its calls whose deadline came, re-arm for the next."""
+        clock = self._clocks[timeout_ms]
+        clock.timer = None
+        # asyncio may run a timer up to one clock resolution early; a call not yet due is re-armed, and its
+        # timer then runs on the next turn.
+        now = self._loop.time()
+        calls = clock.calls
+        while calls:
+            invocation_id, pending = next(iter(calls.items()))
+            if pending.deadline > now:
+                clock.timer = self._loop.call_at(pending.deadline, self._tick, timeout_ms)
+                return
+            del calls[invocation_id]
+            self._expire(invocation_id, pending)
+        del self._clocks[timeout_ms]
+
+    def _expire(self, invocation_id: str, pending: _Pending) -> None:
+        self._calls.pop(invocation_id, None)
+        pending.on_expire(invocation_id)
+        if not pending.future.done():
+            message = f"Invocation of '{pending.function_id}' timed out after {pending.timeout_ms}ms"
             pending.future.set_exception(TimeoutError(message))
 
     def succeed(self, invocation_id: str, result: Any) -> None:
@@ -196,9 +243,10 @@ class PendingCalls:
             pending.set_exception(error)
 
     def discard(self, invocation_id: str) -> Settle | None:
-        """Stop tracking call ``invocation_id`` (its timer too); its future, if it was tracked."""
+        """Stop tracking call ``invocation_id``; its future, if it was tracked. Its clock's timer stays armed
+        (it re-arms for the next call, or ends when none is left)."""
         pending = self._calls.pop(invocation_id, None)
         if pending is None:
             return None
-        pending.timer.cancel()
+        self._clocks[pending.timeout_ms].calls.pop(invocation_id, None)
         return pending.future
