@@ -48,6 +48,8 @@ __all__ = ["HandlerSpans", "LightSpan", "OwnTracerProvider"]
 log = logging.getLogger(__name__)
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+# Every span starts UNSET; a Status never changes once made, so one serves them all.
+_UNSET = Status(StatusCode.UNSET)
 _TRUE = ("true", "1", "yes", "on")
 # Environment that changes what the SDK's tracer does in ways LightSpan does not copy.
 _SDK_SETTINGS = ("OTEL_TRACES_SAMPLER",)
@@ -146,7 +148,7 @@ class LightSpan(trace.Span):
         self._attributes: BoundedAttributes | None = None
         self._events: BoundedList[Event] | None = None
         self._links: BoundedList[trace.Link] | None = None
-        self._status = Status(StatusCode.UNSET)
+        self._status = _UNSET
         self.start_time: int = _time_ns()
         self.end_time: int | None = None
 

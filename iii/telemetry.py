@@ -774,7 +774,9 @@ class _W3C:
         """``span_context`` as a ``traceparent`` header, exactly as ``TraceContextTextMapPropagator`` writes it."""
         if span_context == self.invalid:
             return None
-        return f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{span_context.trace_flags:02x}"
+        # %-formatting: the same text as the propagator's f-string with format specs, in half the time.
+        return "00-%032x-%016x-%02x" % (  # noqa: UP031 - see the comment above
+            span_context.trace_id, span_context.span_id, span_context.trace_flags)
 
     def extract(self, traceparent: str | None, baggage: str | None) -> Any:
         """The context the default propagators extract from these headers, or ``None`` for a ``traceparent``

@@ -48,7 +48,9 @@ class TraceScope:
 
     def __init__(self, telemetry: ModuleType | None) -> None:
         self._tel = telemetry
-        self._otel: tuple[Any, Any] | None = None  # the opentelemetry ``context`` and ``trace`` modules
+        # The opentelemetry ``context`` and ``trace`` modules, and the OK status every successful run sets (a
+        # Status never changes once made, so one serves every span, as a new one per call would).
+        self._otel: tuple[Any, Any, Any] | None = None
 
     def headers(self) -> tuple[str | None, str | None]:
         """``(traceparent, baggage)`` to put on an outgoing invocation."""
@@ -82,7 +84,7 @@ class TraceScope:
         tracer = tel.get_tracer()
         if tracer is None and not traceparent and not baggage:
             return await self._plain(call), _nothing
-        context, trace = self._otel or self._load_otel()
+        context, trace, ok = self._otel or self._load_otel()
         parent = tel.extract_context(traceparent, baggage)
         if tracer is None:
             # Telemetry is off: no span, but nested calls still carry the caller's trace context.
@@ -107,17 +109,17 @@ class TraceScope:
                 span.record_exception(error)
                 span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
             else:
-                span.set_status(trace.Status(trace.StatusCode.OK))
+                span.set_status(ok)
             return (result, error, stack, tel.span_traceparent(span)), span.end
         except BaseException:
             span.end()
             raise
 
-    def _load_otel(self) -> tuple[Any, Any]:
+    def _load_otel(self) -> tuple[Any, Any, Any]:
         # Imported on first use (OpenTelemetry is optional), then kept: an import statement per call adds up.
         from opentelemetry import context, trace
 
-        self._otel = (context, trace)
+        self._otel = (context, trace, trace.Status(trace.StatusCode.OK))
         return self._otel
 
     @staticmethod

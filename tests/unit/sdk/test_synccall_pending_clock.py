@@ -68,8 +68,8 @@ async def test_calls_expire_at_their_own_deadlines_in_order() -> None:
     assert await answered == "ok"
     assert [name for name, _ in expired] == ["c", "a", "d"]
     for name, at in expired:  # never early: each at or after its own deadline
-        timeout = 0.02 if name == "c" else 0.06
-        assert at >= started[name] + timeout - 1e-6
+        seconds = 0.02 if name == "c" else 0.06
+        assert at >= started[name] + seconds - 1e-6
     assert len(calls) == 0
 
 
