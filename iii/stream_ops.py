@@ -72,17 +72,24 @@ def _dict_field(op: Any, name: str) -> tuple[bool, Any]:
     return (name in op, op.get(name))
 
 
-def _parse_by(raw: Any, where: str, strict: bool) -> int:
+def _where(index: int, kind: str) -> str:
+    """How an error names op ``index`` (built only when one is raised: the ops of every update pass here)."""
+    return f"update op #{index} ({kind})"
+
+
+def _parse_by(raw: Any, index: int, kind: str, strict: bool) -> int:
+    if type(raw) is int and _I64_MIN <= raw <= _I64_MAX:  # the usual case, decoded JSON
+        return raw
     if isinstance(raw, bool) or not isinstance(raw, int | float):
-        raise TypeError(f"{where}: 'by' must be an integer, got {type(raw).__name__} {raw!r}")
+        raise TypeError(f"{_where(index, kind)}: 'by' must be an integer, got {type(raw).__name__} {raw!r}")
     if isinstance(raw, float):
         # T31: production only accepts JSON integers; an integral float is a local convenience unless strict
         if strict or not math.isfinite(raw) or not raw.is_integer():
-            raise ValueError(f"{where}: 'by' must be an integral number (a JSON integer), got {raw!r}")
+            raise ValueError(f"{_where(index, kind)}: 'by' must be an integral number (a JSON integer), got {raw!r}")
         raw = int(raw)
     by: int = raw
     if not _I64_MIN <= by <= _I64_MAX:
-        raise ValueError(f"{where}: 'by' {by} does not fit in a signed 64-bit integer")
+        raise ValueError(f"{_where(index, kind)}: 'by' {by} does not fit in a signed 64-bit integer")
     return by
 
 
@@ -112,20 +119,19 @@ def parse_op(op: UpdateOp | Mapping[str, Any] | Op, *, index: int = 0, strict: b
     _, kind = field(op, "type")
     if kind not in OP_TYPES:
         raise ValueError(f"update op #{index}: unknown type {kind!r} (expected one of {', '.join(OP_TYPES)})")
-    where = f"update op #{index} ({kind})"
     has_path, path = field(op, "path")
     if kind == "merge":
         if path is not None and not isinstance(path, str):
-            raise TypeError(f"{where}: 'path' must be a string or null, got {type(path).__name__}")
+            raise TypeError(f"{_where(index, kind)}: 'path' must be a string or null, got {type(path).__name__}")
     elif not has_path:
-        raise ValueError(f"{where}: 'path' is required")
+        raise ValueError(f"{_where(index, kind)}: 'path' is required")
     elif not isinstance(path, str):
-        raise TypeError(f"{where}: 'path' must be a string, got {type(path).__name__}")
+        raise TypeError(f"{_where(index, kind)}: 'path' must be a string, got {type(path).__name__}")
     if kind in ("increment", "decrement"):
         has_by, by = field(op, "by")
         if not has_by:
-            raise ValueError(f"{where}: 'by' is required")
-        return Op(kind, path, by=_parse_by(by, where, strict))
+            raise ValueError(f"{_where(index, kind)}: 'by' is required")
+        return Op(kind, path, by=_parse_by(by, index, kind, strict))
     if kind == "remove":
         return Op(kind, path)
     _, value = field(op, "value")

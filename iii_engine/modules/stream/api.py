@@ -42,7 +42,7 @@ from iii_streams.events import StreamEvent, custom_event, make_event
 
 from ..base import BuiltinFunction, EngineError, EngineServices, InvocationContext
 from .inputs import Fields, describe
-from .locks import KeyedLocks
+from .locks import KeyedLocks, store_updates_atomically
 from .triggers import StreamTriggers
 
 log = logging.getLogger(__name__)
@@ -87,11 +87,13 @@ class StreamFunctions:
         self._served: set[str] = set(served)  # streams a worker served: never silently the engine's store
         self._seen_stream_functions = -1
         self._locks = KeyedLocks()
+        self._following = False  # follow_registrations was called: _maybe_served may answer False
 
     def follow_registrations(self) -> None:
         """Learn of every custom stream a worker registers, even one gone before any call."""
         self.services.add_functions_listener(self._functions_changed)
         self._functions_changed()
+        self._following = True
 
     def _functions_changed(self) -> None:
         # The registry indexes worker functions by service ("stream" → {"get(NAME)", …}); looking at that set
@@ -141,6 +143,26 @@ class StreamFunctions:
         ]
 
     # -- plumbing ---------------------------------------------------------------------------------------------
+
+    def _maybe_served(self, stream_name: str) -> bool:
+        """Whether ``stream_name`` may have worker functions or was served by a worker (else neither
+        :meth:`_custom` nor :meth:`_no_fallback` can apply to it: the per-update path skips their three
+        function-id lookups). Exact: every worker-registered ``stream::<op>(NAME)`` is in the engine's ``stream``
+        service index, and a stream in ``_served`` is always checked in full. Always ``True`` until
+        :meth:`follow_registrations` (services that do not follow registrations get the full checks).
+
+        Example:
+            >>> class NoWorkerStreams:
+            ...     def service_functions(self, service_id: str) -> frozenset[str]:
+            ...         return frozenset()
+            >>> api = StreamFunctions.__new__(StreamFunctions)
+            >>> api.services = NoWorkerStreams()  # type: ignore[assignment]
+            >>> api._served, api._following = {"kept"}, True
+            >>> api._maybe_served("s"), api._maybe_served("kept")
+            (False, True)
+        """
+        return (not self._following or stream_name in self._served
+                or bool(self.services.service_functions("stream")))
 
     def _custom(self, op: str, stream_name: str) -> str | None:
         function_id = _custom_id(op, stream_name)
@@ -287,21 +309,25 @@ class StreamFunctions:
         f = Fields("stream::update", data)
         s, g, i = f.text("stream_name"), f.text("group_id"), f.text("item_id")
         ops = f.ops()
-        custom = self._custom("update", s)
-        if custom is not None:
-            payload = {"stream_name": s, "group_id": g, "item_id": i, "ops": f.value("ops")}
-            answer = self._result(custom, await self._invoke(custom, payload, "STREAM_UPDATE_ERROR", "update"),
-                                  "STREAM_UPDATE_ERROR", required="new_value")
-            return await self._changed(s, g, i, answer.get("old_value"), answer["new_value"])
-        get_id, set_id = self._custom("get", s), self._custom("set", s)
-        if get_id is not None and set_id is not None:
-            return await self._compose(s, g, i, ops, get_id, set_id)
-        self._no_fallback(s)
+        if self._maybe_served(s):
+            custom = self._custom("update", s)
+            if custom is not None:
+                payload = {"stream_name": s, "group_id": g, "item_id": i, "ops": f.value("ops")}
+                answer = self._result(custom, await self._invoke(custom, payload, "STREAM_UPDATE_ERROR", "update"),
+                                      "STREAM_UPDATE_ERROR", required="new_value")
+                return await self._changed(s, g, i, answer.get("old_value"), answer["new_value"])
+            get_id, set_id = self._custom("get", s), self._custom("set", s)
+            if get_id is not None and set_id is not None:
+                return await self._compose(s, g, i, ops, get_id, set_id)
+            self._no_fallback(s)
         # the ops are already validated: skip re-validating them into models (backends accept parsed ops)
         request = StreamUpdateInput.model_construct(stream_name=s, group_id=g, item_id=i, ops=ops)  # type: ignore[arg-type]
         try:
-            async with self._locks.hold_update(self.store, (s, g, i)):
+            if store_updates_atomically(self.store):  # no lock, and no null context manager per update
                 result = await self.store.update(request)
+            else:
+                async with self._locks.hold((s, g, i)):
+                    result = await self.store.update(request)
         except Exception as exc:
             raise EngineError("STREAM_UPDATE_ERROR", str(exc)) from None
         if result is None:
