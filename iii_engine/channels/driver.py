@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from iii.channel_end import ChannelEnd, ChannelEndClosed, WebSocketEnd, close_draining
+from iii.channel_end import ChannelEnd, ChannelEndClosed, Message, WebSocketEnd, close_draining
 from iii.waiters import Signal
 from iii.ws_fastpath import bound_frame_queue, frame_queue_high
 
@@ -58,6 +58,23 @@ class LiveChannel:
     def end(self, side: Side) -> ChannelEnd | None:
         """The attached end of ``side``, if any."""
         return self.writer_end if side is Side.WRITER else self.reader_end
+
+    async def reader_next(self) -> Message | Close | None:
+        """The reader end's next step, waiting while there is none: a message (then :meth:`reader_took`, after
+        taking any batched with it), the Close that ends the reader, or ``None`` when the reader left or the channel
+        was discarded. The one reader loop of the relay's socket ends and of :class:`~.local.LocalReader`."""
+        machine = self.machine
+        while True:
+            item = machine.reader_step()
+            if item is not Step.WAIT:
+                return None if item is Step.STOP else item
+            await self.data.wait()
+
+    def reader_took(self) -> None:
+        """The reader took messages: a writer waiting for room goes on once the queue is half empty (waking it at
+        every free slot would cost a task switch per message while the reader is the slower side)."""
+        if self.space.waiting and self.machine.half_empty:
+            self.space.set()
 
     def cancel_deadline(self) -> None:
         """Stop the attach deadline timer."""
@@ -225,28 +242,23 @@ class Driver:
 
     async def _pump_reader(self, ch: LiveChannel, end: ChannelEnd) -> None:
         machine = ch.machine
-        step = machine.reader_step
-        space = ch.space
-        data_ready = ch.data
+        next_step = ch.reader_next
+        took = ch.reader_took
         send = end.send
         # A socket reader gets what the queue holds (up to SEND_BATCH_BYTES) in one write and one wait.
         send_batch = end.send_batch if isinstance(end, WebSocketEnd) else None
         items = machine.items
         while True:
-            item = step()
+            item = await next_step()
             if type(item) is tuple:
                 if send_batch is not None and items:
                     batch = [item, *machine.reader_more(SEND_BATCH_BYTES - len(item[1]))]
-                    if space.waiting and machine.half_empty:
-                        space.set()
+                    took()
                     await send_batch(batch)  # raises the ChannelEndClosed that ends this loop
                     continue
-                if space.waiting and machine.half_empty:
-                    space.set()
+                took()
                 await send(item[1], text=item[0])  # raises the ChannelEndClosed that ends this loop
-            elif item is Step.WAIT:
-                await data_ready.wait()
-            elif item is Step.STOP:
+            elif item is None:
                 return
             else:
                 assert isinstance(item, Close)

@@ -247,17 +247,15 @@ class LocalReader(LocalChannelEnd):
         while self._exc is None:
             ch = self._ch
             assert ch is not None
-            machine = ch.machine
-            item = machine.reader_step()
+            item = await ch.reader_next()
+            if self._exc is not None:  # closed by another task while this one waited
+                break
             if type(item) is tuple:
-                if ch.space.waiting and machine.half_empty:
-                    ch.space.set()
+                ch.reader_took()
                 text, data = item
                 return data.decode() if text else data
-            if item is m.Step.WAIT:
-                await ch.data.wait()
-            elif item is m.Step.STOP:  # the channel was discarded
-                code = machine.policy.wire_code(ChannelCloseCode.WRITER_ABORTED)
+            if item is None:  # the channel was discarded
+                code = ch.machine.policy.wire_code(ChannelCloseCode.WRITER_ABORTED)
                 self._end(Close(ChannelCloseCode.NO_STATUS if code is None else code, "channel discarded"), None)
             else:
                 assert isinstance(item, m.Close)
