@@ -14,7 +14,13 @@ The throughput contenders run interleaved: ``--rounds`` rounds, each running eve
 (rotating the order per round); medians, spread and per-round ratios are printed, so that the noise of a busy
 machine hits all contenders alike.
 
+``--frames invited,64k`` runs our writer's contenders (``ours``, ``ours_proc``) twice per round: through an engine
+that invites large frames (the default, docs/protocol.md#frame-size-extension) and through one whose
+``channels.max_message_size`` is 64 KiB, so that it invites 64 KiB frames: what our writer sends to the production
+engine, and what it sent everywhere before the extension. Rows of the second are marked ``@64k``.
+
 Run: .venv/bin/python bench/channels_throughput.py [--rounds 5] [--size-mib 128] [--mem-size-mib 1024] [--slow-ms 1]
+     [--frames invited[,64k]]
 Goals (issue #10): ours in-process >= 1.5x raw; ours >= 2x the reference (processes); our reader and writer each
 <= 60% of the reference's CPU per GiB; the relay <= 500 ms CPU per GiB; engine growth < 64 MiB.
 """
@@ -41,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 from iii.channels import ChannelReader, ChannelWriter  # noqa: E402
 from iii.iii import III  # noqa: E402
 from iii_engine import Engine  # noqa: E402
-from iii_engine.config import EngineConfig  # noqa: E402
+from iii_engine.config import ChannelSettings, EngineConfig  # noqa: E402
 
 REF_PYTHON = os.environ.get("III_REF_PYTHON", str(ROOT / ".ref-venv" / "bin" / "python"))
 FRAME = 64 * 1024
@@ -124,7 +130,7 @@ async def raw_relay(size: int) -> float:
         return size / (time.perf_counter() - start) / 1e6
 
 
-async def ours(engine: Engine, size: int) -> float:
+async def ours(engine: Engine, size: int, sdk: str = "ours") -> float:
     refs = engine.channels.create(None, owner=None)
     writer, reader = ChannelWriter(engine.url, refs["writer"]), ChannelReader(engine.url, refs["reader"])
     block = b"o" * (1 << 20)
@@ -144,21 +150,24 @@ async def ours(engine: Engine, size: int) -> float:
 
     _, n = await asyncio.gather(send(), recv())
     assert n == size
-    CPU["ours_inproc"].append((time.process_time() - cpu) * 1000 * (1 << 30) / size)
+    CPU[f"{sdk}_inproc"].append((time.process_time() - cpu) * 1000 * (1 << 30) / size)
     return size / (time.perf_counter() - start) / 1e6
 
 
 # CPU milliseconds per GiB spent by each end process (writer: whole run; reader: from its first chunk): far less
 # sensitive to the machine's load than MB/s, and exactly what the two SDKs' ends differ in.
 # "relay": this process (the engine alone) during a process run; "inproc": writer, relay and reader in one process.
-CPU: dict[str, list[float]] = {f"{sdk}_{end}": [] for sdk in ("ours", "ref") for end in ("write", "read", "relay")}
-CPU["ours_inproc"] = []
+# "ours@64k": our SDK through the engine that invites 64 KiB frames (--frames 64k).
+CPU: dict[str, list[float]] = {f"{sdk}_{end}": [] for sdk in ("ours", "ours@64k", "ref")
+                               for end in ("write", "read", "relay", "inproc")}
+del CPU["ref_inproc"]
 CPU["floor_bytes"] = []
 CPU["floor_frames"] = []
 
 
-async def reference(engine: Engine, size: int, python: str = REF_PYTHON) -> float | None:
-    """Writer and reader in their own processes (the reference SDK's venv, or ours with ``python``)."""
+async def reference(engine: Engine, size: int, python: str = REF_PYTHON, label: str = "ours") -> float | None:
+    """Writer and reader in their own processes (the reference SDK's venv, or ours with ``python``, whose CPU
+    rows are ``label``'s)."""
     if not os.path.exists(python):  # noqa: ASYNC240 - one stat in a benchmark
         return None
     ours_sdk = python == sys.executable
@@ -178,9 +187,10 @@ async def reference(engine: Engine, size: int, python: str = REF_PYTHON) -> floa
     result = json.loads(out)
     cpu_ms_per_gib = 1000 * (1 << 30) / size
     # This process runs only the engine while both ends live in subprocesses: its CPU is the relay's cost.
-    CPU[f"{'ours' if ours_sdk else 'ref'}_relay"].append(relay_cpu * cpu_ms_per_gib)
-    CPU[f"{'ours' if ours_sdk else 'ref'}_write"].append(json.loads(writer_out)["cpu"] * cpu_ms_per_gib)
-    CPU[f"{'ours' if ours_sdk else 'ref'}_read"].append(result["cpu"] * cpu_ms_per_gib)
+    sdk = label if ours_sdk else "ref"
+    CPU[f"{sdk}_relay"].append(relay_cpu * cpu_ms_per_gib)
+    CPU[f"{sdk}_write"].append(json.loads(writer_out)["cpu"] * cpu_ms_per_gib)
+    CPU[f"{sdk}_read"].append(result["cpu"] * cpu_ms_per_gib)
     assert result["bytes"] == size, result
     imported_ours = result["module"] == str(ROOT / "iii" / "channels.py")
     assert imported_ours == ours_sdk, f"wrong SDK imported: {result['module']}"
@@ -416,17 +426,30 @@ async def main() -> None:
     parser.add_argument("--only", default="raw,ours,ours_proc,ref_proc,floor_bytes,floor_frames",
                         help="comma-separated contenders among raw, ours, ours_proc, ref_proc, floor_bytes, "
                              "floor_frames")
+    parser.add_argument("--frames", default="invited",
+                        help="comma-separated frame sizes our writer runs with: invited (the engine's invitation), "
+                             "64k (an engine inviting 64 KiB frames, as before the extension)")
     args = parser.parse_args()
     size = args.size_mib << 20
-    wanted = [name for name in args.only.split(",") if name]
+    frames = [name for name in args.frames.split(",") if name]
+    if not set(frames) <= {"invited", "64k"}:
+        parser.error(f"--frames takes invited and/or 64k, got {args.frames!r}")
+    base = [name for name in args.only.split(",") if name]
     if not os.path.exists(REF_PYTHON):  # noqa: ASYNC240 - one stat in a benchmark
-        wanted = [name for name in wanted if name != "ref_proc"]
+        base = [name for name in base if name != "ref_proc"]
+    wanted = [f"{name}@64k" if frame == "64k" else name for name in base
+              for frame in (frames if name in ("ours", "ours_proc") else ["invited"])]
     results: dict[str, list[float]] = {name: [] for name in wanted}
-    async with Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[])) as engine:
+    config = EngineConfig(host="127.0.0.1", port=0, modules=[])
+    config_64k = EngineConfig(host="127.0.0.1", port=0, modules=[],
+                              channels=ChannelSettings(max_message_size=64 * 1024))
+    async with Engine(config=config) as engine, Engine(config=config_64k) as engine_64k:
         runs: dict[str, Callable[[], Awaitable[float | None]]] = {
             "raw": lambda: raw_relay(size),
             "ours": lambda: ours(engine, size),
+            "ours@64k": lambda: ours(engine_64k, size, "ours@64k"),
             "ours_proc": lambda: reference(engine, size, sys.executable),
+            "ours_proc@64k": lambda: reference(engine_64k, size, sys.executable, "ours@64k"),
             "ref_proc": lambda: reference(engine, size),
             "floor_bytes": lambda: floor("bytes", size),
             "floor_frames": lambda: floor("frames", size),
@@ -445,19 +468,25 @@ async def main() -> None:
               "floor_frames": "floor: frame forwarder"}
     print(f"{args.rounds} rounds x {args.size_mib} MiB, MB/s:")
     for name in wanted:
-        print(f"  {labels[name]:<22}{_summary(results[name])}")
+        label = labels[name.split("@")[0]] + (" @64k" if name.endswith("@64k") else "")
+        print(f"  {label:<28}{_summary(results[name])}")
 
     def paired(a: str, b: str) -> list[float]:
         return [x / y for x, y in zip(results[a], results[b], strict=True)]
 
-    if "raw" in results and "ours" in results:
-        ratios = paired("ours", "raw")
-        print(f"ours in-process / raw: median {statistics.median(ratios):.1%} "
-              f"(rounds {min(ratios):.0%}-{max(ratios):.0%}; goal >= 150%)")
-    if "ours_proc" in results and "ref_proc" in results:
-        ratios = paired("ours_proc", "ref_proc")
-        print(f"ours / reference (processes): median {statistics.median(ratios):.2f}x "
-              f"(rounds {min(ratios):.2f}-{max(ratios):.2f}; goal >= 2)")
+    for suffix in ("", "@64k"):
+        if "raw" in results and f"ours{suffix}" in results:
+            ratios = paired(f"ours{suffix}", "raw")
+            print(f"ours{suffix} in-process / raw: median {statistics.median(ratios):.1%} "
+                  f"(rounds {min(ratios):.0%}-{max(ratios):.0%}; goal >= 150%)")
+        if f"ours_proc{suffix}" in results and "ref_proc" in results:
+            ratios = paired(f"ours_proc{suffix}", "ref_proc")
+            print(f"ours{suffix} / reference (processes): median {statistics.median(ratios):.2f}x "
+                  f"(rounds {min(ratios):.2f}-{max(ratios):.2f}; goal >= 2)")
+    if "ours_proc" in results and "ours_proc@64k" in results:
+        ratios = paired("ours_proc", "ours_proc@64k")
+        print(f"ours invited / ours @64k (processes): median {statistics.median(ratios):.2f}x "
+              f"(rounds {min(ratios):.2f}-{max(ratios):.2f})")
     labels_cpu = {"write": "writer process", "read": "reader process", "relay": "engine (relay) process",
                   "inproc": "in-process run (writer + relay + reader)",
                   "bytes": "bare byte forwarder (BufferedProtocol)", "frames": "frame forwarder (C unmask)"}
@@ -465,11 +494,12 @@ async def main() -> None:
     for key, values in CPU.items():
         if values:
             sdk, what = key.split("_")
-            print(f"  {'ref' if sdk == 'ref' else sdk:<6}{labels_cpu[what]:<42}{_summary(values)}")
-    for end in ("write", "read"):
-        if CPU[f"ours_{end}"] and CPU[f"ref_{end}"]:
-            ratio = statistics.median(CPU[f"ours_{end}"]) / statistics.median(CPU[f"ref_{end}"])
-            print(f"  ours / reference CPU per GiB, {end} end: {ratio:.2f} (goal <= 0.60)")
+            print(f"  {sdk:<9}{labels_cpu[what]:<42}{_summary(values)}")
+    for sdk in ("ours", "ours@64k"):
+        for end in ("write", "read"):
+            if CPU[f"{sdk}_{end}"] and CPU[f"ref_{end}"]:
+                ratio = statistics.median(CPU[f"{sdk}_{end}"]) / statistics.median(CPU[f"ref_{end}"])
+                print(f"  {sdk} / reference CPU per GiB, {end} end: {ratio:.2f} (goal <= 0.60)")
     if not args.skip_memory:
         mem = await memory(args.mem_size_mib << 20, args.slow_ms)
         print(f"slow reader, {args.mem_size_mib} MiB: engine base {mem['engine_base_mib']:.0f} MiB, "

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Final, Protocol
 
@@ -56,6 +57,34 @@ EOF_CODES: Final = frozenset({ChannelCloseCode.NORMAL, ChannelCloseCode.NO_STATU
 
 Message = tuple[bool, bytes]
 """A channel message as ``(is_text, payload)``; text stays UTF-8 bytes so relays never decode it."""
+
+
+FRAME_SIZE_HEADER: Final = "X-III-Channel-Frame-Size"
+"""Response header of our engine's writer upgrades (docs/protocol.md#frame-size-extension): the largest binary
+frame the engine invites from that writer. The production engine (and any other server) sends none."""
+
+INVITED_FRAME_SIZES: Final = (64 * 1024, 1024 * 1024)
+"""(least, most) frame size a writer takes from :data:`FRAME_SIZE_HEADER`: the least is the reference SDK's
+frame size, what a writer uses when no header is sent; the most is what every known reader accepts (websockets'
+default ``max_size`` of 1 MiB, which the reference SDK's reader keeps)."""
+
+_DIGITS = re.compile(r"[0-9]{1,12}")
+
+
+def invited_frame_size(values: list[str]) -> int:
+    """The binary frame size a writer uses, from the :data:`FRAME_SIZE_HEADER` values of its upgrade response:
+    the one value clamped to :data:`INVITED_FRAME_SIZES`; none, several or a malformed one: 64 KiB.
+
+    Example:
+        >>> invited_frame_size([]), invited_frame_size(["1048576"]), invited_frame_size(["262144"])
+        (65536, 1048576, 262144)
+        >>> invited_frame_size(["99999999"]), invited_frame_size(["1000"]), invited_frame_size(["1e6"])
+        (1048576, 65536, 65536)
+    """
+    least, most = INVITED_FRAME_SIZES
+    if len(values) != 1 or not _DIGITS.fullmatch(values[0]):
+        return least
+    return max(least, min(most, int(values[0])))
 
 
 class ChannelEndClosed(Exception):
@@ -153,17 +182,20 @@ def closed_from(exc: ConnectionClosed) -> ChannelEndClosed:
 class WebSocketEnd:
     """:class:`ChannelEnd` over a ``websockets`` connection (client or server side).
 
-    A client's binary ``send`` goes out as frames of at most 64 KiB (the reference SDK's size); a server sends
-    each message as one frame. Both sides use the fast paths of :mod:`iii.ws_fastpath`.
+    A client's binary ``send`` goes out as frames of :attr:`frame_size` bytes at most: 64 KiB (the reference
+    SDK's size) unless the server's upgrade response invited larger ones (:data:`FRAME_SIZE_HEADER`, our engine).
+    A server sends each message as one frame. Both sides use the fast paths of :mod:`iii.ws_fastpath`.
     """
 
-    __slots__ = ("_client", "_receive", "_send", "ws")
+    __slots__ = ("_client", "_receive", "_send", "frame_size", "ws")
 
     def __init__(self, ws: Connection) -> None:
         self.ws = ws
         self._receive = ws_fastpath.receiver(ws)
         self._client = isinstance(ws, ClientConnection)
         self._send = self._send_client if self._client else self._send_server
+        response = ws.response if self._client else None
+        self.frame_size = invited_frame_size(response.headers.get_all(FRAME_SIZE_HEADER) if response else [])
 
     @property
     def is_open(self) -> bool:
@@ -178,7 +210,7 @@ class WebSocketEnd:
             raise closed_from(exc) from exc
 
     async def _send_client(self, data: bytes | memoryview, text: bool) -> None:
-        await ws_fastpath.send_data(self.ws, data, text=text)
+        await ws_fastpath.send_data(self.ws, data, text=text, frame_size=self.frame_size)
 
     async def _send_server(self, data: bytes | memoryview, text: bool) -> None:
         await ws_fastpath.send_server_frame(self.ws, text, data if isinstance(data, bytes) else bytes(data))
@@ -246,6 +278,8 @@ class WebSocketEnd:
 
 __all__ = [
     "EOF_CODES",
+    "FRAME_SIZE_HEADER",
+    "INVITED_FRAME_SIZES",
     "BrokenChannel",
     "ChannelCloseCode",
     "ChannelEnd",
@@ -256,4 +290,5 @@ __all__ = [
     "WebSocketEnd",
     "close_draining",
     "closed_from",
+    "invited_frame_size",
 ]

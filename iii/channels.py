@@ -56,7 +56,8 @@ from .waiters import Signal
 log = logging.getLogger(__name__)
 
 MAX_FRAME_SIZE: Final = ws_fastpath.MAX_FRAME_SIZE
-"""Binary writes are split into frames of at most this many bytes (same as the reference, so any peer reads them)."""
+"""Binary writes are split into frames of at most this many bytes (same as the reference, so any peer reads them),
+unless the engine invites larger ones (our engine: docs/protocol.md#frame-size-extension)."""
 
 DEFAULT_HIGH_WATER_MARK: Final = 1024 * 1024
 """Bytes queued through the sync API before ``WritableStream.write`` returns ``False``."""
@@ -276,7 +277,8 @@ class ChannelWriter:
         return self._pending_bytes
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Send ``data`` as binary frames of at most 65 536 bytes, after anything queued before it."""
+        """Send ``data`` as binary frames (65 536 bytes, or what the engine invites), after anything queued before
+        it."""
         self._check_open()
         if self._queue or self._pump is not None:
             await self._enqueue_and_wait(bytes(data))

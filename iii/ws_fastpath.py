@@ -62,7 +62,8 @@ except ImportError:  # pragma: no cover - websockets built without its C extensi
 log = logging.getLogger(__name__)
 
 MAX_FRAME_SIZE: Final = 64 * 1024
-"""Binary writes are split into frames of at most this many bytes (same as the reference SDK)."""
+"""Binary writes are split into frames of at most this many bytes (same as the reference SDK) unless the peer
+invited larger ones (:func:`iii.channel_end.invited_frame_size`)."""
 
 DEFAULT_RECEIVE_BUFFER: Final = 1024 * 1024
 """Bytes of received, unread messages a fast connection holds before it stops reading its socket."""
@@ -182,6 +183,11 @@ def client_frame(text: bool, chunk: bytes | memoryview, key: bytes) -> bytes:
 FLUSH_BYTES: Final = 256 * 1024
 """Frames written in one event-loop turn are joined into one socket ``send`` up to this many bytes."""
 
+FRAME_BUFFER: Final = 1024 * 1024 + 14
+"""The largest frame (header included) a :class:`FrameReader` gives a buffer of its whole size as soon as its
+header is in: a 1 MiB payload, the largest frame a writer is invited to send
+(:data:`iii.channel_end.INVITED_FRAME_SIZES`)."""
+
 
 def _write(ws: Connection, *parts: bytes) -> None:
     """Write the parts of frames; on a fast connection they are corked until the end of this event-loop turn
@@ -205,9 +211,11 @@ def _writable(ws: Connection) -> bool:
     return AVAILABLE and protocol.state is State.OPEN and not protocol.extensions
 
 
-async def send_data(ws: Connection, data: bytes | memoryview, *, text: bool = False) -> None:
+async def send_data(ws: Connection, data: bytes | memoryview, *, text: bool = False,
+                    frame_size: int = MAX_FRAME_SIZE) -> None:
     """Send ``data`` as one text message (``text=True``, UTF-8 bytes) or as binary frames of at most
-    :data:`MAX_FRAME_SIZE` bytes, waiting on the socket's flow control.
+    ``frame_size`` bytes (a client's frame size: see :func:`iii.channel_end.invited_frame_size`), waiting on the
+    socket's flow control.
 
     Frames are encoded here and handed to the transport (one ``getrandom`` for all of a client's mask keys);
     the bytes on the wire are what ``ws.send`` would produce. Anything but an open plain connection goes through
@@ -223,14 +231,15 @@ async def send_data(ws: Connection, data: bytes | memoryview, *, text: bool = Fa
                 await drain_or_close(ws)
                 return
         else:
-            data = await _send_client_binary(ws, memoryview(data))
+            data = await _send_client_binary(ws, memoryview(data), frame_size)
             size = len(data)
             if not size:
                 return
     elif size and not isinstance(ws, ClientConnection):
         view = memoryview(data)
-        for start in range(0, size, MAX_FRAME_SIZE if not text else size):
-            await send_server_frame(ws, text, bytes(view[start : start + (MAX_FRAME_SIZE if not text else size)]))
+        step = frame_size if not text else size
+        for start in range(0, size, step):
+            await send_server_frame(ws, text, bytes(view[start : start + step]))
         return
     # The public API: websockets not as expected, an empty message, or a closed connection (``ws.send`` raises
     # the right ConnectionClosed).
@@ -240,21 +249,27 @@ async def send_data(ws: Connection, data: bytes | memoryview, *, text: bool = Fa
     if not size:
         await ws.send(b"")
     view = memoryview(data)
-    for offset in range(0, size, MAX_FRAME_SIZE):
-        await ws.send(view[offset : offset + MAX_FRAME_SIZE])
+    for offset in range(0, size, frame_size):
+        await ws.send(view[offset : offset + frame_size])
 
 
-async def _send_client_binary(ws: ClientConnection, view: memoryview) -> memoryview:
+async def _send_client_binary(ws: ClientConnection, view: memoryview, frame_size: int) -> memoryview:
     """Masked binary frames straight to the transport while ``ws`` is open; what is left unsent (empty when all
     went out)."""
     size = len(view)
-    keys = os.urandom(4 * -(-size // MAX_FRAME_SIZE))
-    # Frame by frame rather than one big buffer: a 64 KiB frame stays in the CPU cache from masking to the socket.
-    for start in range(0, size, MAX_FRAME_SIZE):
+    keys = os.urandom(4 * -(-size // frame_size))
+    # Frame by frame rather than one big buffer: a 64 KiB frame stays in the CPU cache from masking to the socket,
+    # and a write holds one masked frame at a time, whatever its size.
+    for start in range(0, size, frame_size):
         if not _writable(ws):
             return view[start:]
-        key_at = start // MAX_FRAME_SIZE * 4
-        _write(ws, client_frame(False, view[start : start + MAX_FRAME_SIZE], keys[key_at : key_at + 4]))
+        key_at = start // frame_size * 4
+        chunk = view[start : start + frame_size]
+        key = keys[key_at : key_at + 4]
+        if len(chunk) < FLUSH_BYTES:
+            _write(ws, client_frame(False, chunk, key))
+        else:  # the header and the masked payload as they are: joining them would copy the payload once more
+            _write(ws, _PACK_B2Q(0x82, 0x80 | 127, len(chunk)) + key, apply_mask(chunk, key))
         await drain_or_close(ws)
     return view[size:]
 
@@ -365,6 +380,11 @@ def is_open(ws: Connection) -> bool:
 # ---------------------------------------------------------------------------------------------------- receiving
 
 
+_SPARE = threading.local()
+"""The frame buffer (``buffer``) a :class:`FrameReader` of this thread last finished with, for the next frame of the
+same size: one per thread, whatever the number of connections."""
+
+
 class FrameReader:
     """Sans-I/O splitter of a WebSocket byte stream into complete text/binary messages.
 
@@ -388,12 +408,18 @@ class FrameReader:
         True
     """
 
-    __slots__ = ("_masked", "_pending", "done", "max_size")
+    __slots__ = ("_filled", "_masked", "_need", "_pending", "done", "max_size")
 
     def __init__(self, *, masked: bool, max_size: int | None = None) -> None:
         self._masked = masked
         self.max_size = max_size
+        # The frame in progress: its first ``_filled`` bytes in ``_pending``; ``_need`` its whole size (0 while
+        # its header is incomplete). A frame of up to FRAME_BUFFER bytes gets a buffer of its exact size at once
+        # (and may be received straight into it, :meth:`receive_buffer`); a larger one grows as its bytes come, so
+        # that a header alone never makes the reader allocate more than FRAME_BUFFER.
         self._pending = bytearray()
+        self._filled = 0
+        self._need = 0
         self.done = False
 
     def feed(self, data: bytes | memoryview) -> tuple[list[tuple[bool, bytes]], list[bytes], bytes | None]:
@@ -404,47 +430,91 @@ class FrameReader:
         messages: list[tuple[bool, bytes]] = []
         control: list[bytes] = []
         offset = 0
-        pending = self._pending
         size = len(data)
-        if pending:
+        if self._filled:
             # Complete the frame in progress, copying from ``data`` only what it still needs.
-            while True:
-                need = self._frame_size(pending, 0)
+            pending = self._pending
+            if not self._need:  # its header is incomplete (under 14 bytes): probe with what ``data`` adds
+                filled = self._filled
+                probe = bytes(pending[:filled]) + bytes(data[: 14 - filled])
+                need = self._frame_size(probe, 0)
                 if need < 0:
-                    return self._handover(messages, control, bytes(pending) + data[offset:])
-                take = min((need or 14) - len(pending), size - offset)
-                if take > 0:
-                    pending += memoryview(data)[offset : offset + take]
-                    offset += take
-                if need == 0:
-                    need = self._frame_size(pending, 0)
-                    if need < 0:
-                        return self._handover(messages, control, bytes(pending) + data[offset:])
-                    if need == 0:
-                        return messages, control, None  # the header is still incomplete: data ran out
-                    if len(pending) > need:  # read past this frame while probing its header: give it back
-                        offset -= len(pending) - need
-                        del pending[need:]
-                    continue
-                if len(pending) < need:
+                    return self._handover(messages, control, bytes(pending[:filled]) + data)
+                if need == 0:  # ``data`` ran out before the header's end
+                    self._pending = bytearray(probe)
+                    self._filled = len(probe)
                     return messages, control, None
-                self._take(pending, 0, need, messages, control)
-                pending.clear()
-                break
+                self._start(pending[:filled], need)
+            offset = min(self._need - self._filled, size)
+            complete = self._add(memoryview(data)[:offset])
+            if not complete:
+                return messages, control, None
+            self._take_pending(messages, control)
         while offset < size:
             need = self._frame_size(data, offset)
             if need < 0:
                 return self._handover(messages, control, data[offset:])
             if need == 0 or size - offset < need:
-                pending += memoryview(data)[offset:]
+                self._start(memoryview(data)[offset:], need)
                 break
             offset = self._take(data, offset, need, messages, control)
         return messages, control, None
+
+    def receive_buffer(self) -> memoryview | None:
+        """Where the next bytes may be received straight into: the rest of a large frame in progress (at least
+        :data:`FLUSH_BYTES` still missing, in a buffer of its exact size), saving the copy :meth:`feed` would
+        make; ``None`` otherwise. Report what was written there with :meth:`received`."""
+        need = self._need
+        if need - self._filled < FLUSH_BYTES or len(self._pending) != need:
+            return None
+        return memoryview(self._pending)[self._filled :]
+
+    def received(self, nbytes: int) -> tuple[list[tuple[bool, bytes]], list[bytes], bytes | None]:
+        """``nbytes`` were written into the view :meth:`receive_buffer` gave: what :meth:`feed` would return."""
+        messages: list[tuple[bool, bytes]] = []
+        control: list[bytes] = []
+        self._filled += nbytes
+        if self._filled == self._need:
+            self._take_pending(messages, control)
+        return messages, control, None
+
+    def _start(self, head: bytes | bytearray | memoryview, need: int) -> None:
+        """Keep ``head``, the start of a frame of ``need`` bytes (0: its size is not known yet)."""
+        if 0 < need <= FRAME_BUFFER:
+            # Large frames mostly come one size after another: this thread's last frame buffer serves the next
+            # frame of its size (no allocation, no zeroing, no fresh pages).
+            spare: bytearray | None = getattr(_SPARE, "buffer", None)
+            if spare is not None and len(spare) == need:
+                _SPARE.buffer = None
+                self._pending = spare
+            else:
+                self._pending = bytearray(need)
+            self._pending[: len(head)] = head
+        else:
+            self._pending = bytearray(head)
+        self._filled = len(head)
+        self._need = need
+
+    def _add(self, chunk: memoryview) -> bool:
+        """Append ``chunk`` to the frame in progress; whether the frame is complete."""
+        filled = self._filled
+        self._pending[filled : filled + len(chunk)] = chunk  # past its end, this appends
+        self._filled = filled + len(chunk)
+        return self._filled == self._need
+
+    def _take_pending(self, messages: list[tuple[bool, bytes]], control: list[bytes]) -> None:
+        pending = self._pending
+        self._take(pending, 0, self._need, messages, control)  # copies the payload out
+        if self._need <= FRAME_BUFFER:  # a larger one grew as its bytes came: never kept
+            _SPARE.buffer = pending
+        self._pending = bytearray()
+        self._filled = self._need = 0
 
     def _handover(self, messages: list[tuple[bool, bytes]], control: list[bytes],
                   rest: bytes | memoryview) -> tuple[list[tuple[bool, bytes]], list[bytes], bytes | None]:
         self.done = True
         self._pending = bytearray()
+        self._filled = self._need = 0
         return messages, control, bytes(rest)
 
     def _frame_size(self, buf: bytes | bytearray | memoryview, at: int) -> int:
@@ -587,15 +657,26 @@ class _BufferedFeed(asyncio.BufferedProtocol):
     straight out of it (all that is kept is copied out). Everything else goes to the connection itself; at a
     handover the connection takes the transport back (``set_protocol``, a public transport method)."""
 
-    __slots__ = ("_conn",)
+    __slots__ = ("_conn", "_direct", "_frames")
 
-    def __init__(self, conn: _FastReceive) -> None:
+    def __init__(self, conn: _FastReceive, frames: FrameReader | None = None) -> None:
         self._conn = conn
+        self._frames = frames  # the connection's reader, whose large frames are read into their own buffers
+        self._direct = False
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return _receive_view()
+        # The rest of a large frame in progress is read straight into that frame's own buffer: one copy less
+        # than reading it here and moving it there.
+        frames = self._frames
+        direct = frames.receive_buffer() if frames is not None else None
+        self._direct = direct is not None
+        return direct if direct is not None else _receive_view()
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self._direct:
+            self._direct = False
+            self._conn._feed_direct(nbytes)
+            return
         view = _receive_view()
         if nbytes == len(view) and nbytes < RECEIVE_CHUNK[1]:  # the read filled it: more is waiting
             _RECEIVE.view = memoryview(bytearray(2 * nbytes))
@@ -664,13 +745,23 @@ class _FastReceive:
 
     def cork(self, parts: tuple[bytes, ...]) -> None:
         """Queue frame bytes for one joined write at the end of this event-loop turn (a frame already in one
-        piece goes out at once when nothing is corked: joining it would only add a copy)."""
-        if not self._out and len(parts) == 1:
+        piece goes out at once when nothing is corked: joining it would only add a copy). A part of
+        :data:`FLUSH_BYTES` or more (a large frame's payload) is written by itself, after what was corked before
+        it: joining it would copy it once more."""
+        out = self._out
+        if not out and len(parts) == 1:
             self.transport.write(parts[0])
             return
-        self._out.extend(parts)
         for part in parts:
+            if len(part) >= FLUSH_BYTES:
+                self.flush_out()
+                if not self.transport.is_closing():
+                    self.transport.write(part)
+                continue
+            out.append(part)
             self._out_bytes += len(part)
+        if not out:
+            return
         if self._out_bytes >= FLUSH_BYTES:
             self.flush_out()
         elif self._flush is None:
@@ -761,7 +852,7 @@ class _FastReceive:
                                    max_size=self.protocol.max_message_size)
         transport = self.transport
         if _BUFFERED and callable(getattr(transport, "set_protocol", None)):
-            transport.set_protocol(_BufferedFeed(self))
+            transport.set_protocol(_BufferedFeed(self, self._frames))
             self._buffered = True
         else:  # pragma: no cover - an event loop without buffered protocols
             _fallback("transport without set_protocol: buffered receive")
@@ -775,7 +866,15 @@ class _FastReceive:
     def _feed(self, data: bytes | memoryview) -> None:
         frames = self._frames
         assert frames is not None
-        messages, control, rest = frames.feed(data)
+        self._deliver(*frames.feed(data))
+
+    def _feed_direct(self, nbytes: int) -> None:
+        """``nbytes`` were read straight into the frame in progress (:meth:`FrameReader.receive_buffer`)."""
+        frames = self._frames
+        assert frames is not None
+        self._deliver(*frames.received(nbytes))
+
+    def _deliver(self, messages: list[tuple[bool, bytes]], control: list[bytes], rest: bytes | None) -> None:
         if messages:
             inbox = self._inbox
             for message in messages:
@@ -1060,6 +1159,8 @@ __all__ = [
     "AVAILABLE",
     "DEFAULT_RECEIVE_BUFFER",
     "FALLBACKS",
+    "FLUSH_BYTES",
+    "FRAME_BUFFER",
     "MAX_FRAME_SIZE",
     "MISSING",
     "DirectClientConnection",

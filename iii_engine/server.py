@@ -15,13 +15,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Final
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
+from iii.channel_end import FRAME_SIZE_HEADER, INVITED_FRAME_SIZES
 from iii.ws_fastpath import bound_frame_queue, enable_fast_receive, server_factory, set_max_message_size
 
+from .allocator import MMAP_THRESHOLD_BYTES
 from .channels import CHANNEL_SOCKET_QUEUE, SOCKET_QUEUE_BYTES, ChannelRelay
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,23 @@ class ChannelRoute:
 
 
 Route = None | ChannelRoute | tuple[int, str]
+
+FRAME_INVITATION: Final = min(INVITED_FRAME_SIZES[1], MMAP_THRESHOLD_BYTES - 64 * 1024)
+"""The largest binary frame the engine invites a channel writer to send (:data:`iii.channel_end.FRAME_SIZE_HEADER`,
+docs/protocol.md#frame-size-extension), unless its ``max_message_size`` is smaller: 960 KiB, not the 1 MiB every
+reader accepts, so that a frame's buffers (its payload, the frame being received) stay under the engine's
+mmap threshold (:data:`iii_engine.allocator.MMAP_THRESHOLD_BYTES`); over it, glibc maps and unmaps each one,
+~0.5 ms of page faults per frame."""
+
+
+def frame_invitation(max_message_size: int) -> int:
+    """The :data:`~iii.channel_end.FRAME_SIZE_HEADER` value for a relay taking messages of ``max_message_size``.
+
+    Example:
+        >>> frame_invitation(64 << 20), frame_invitation(100_000)
+        (983040, 100000)
+    """
+    return min(max_message_size, FRAME_INVITATION)
 
 
 def route_request(target: str) -> Route:
@@ -91,6 +111,7 @@ class Listener:
             max_size=max(self.max_message_size, self.relay.max_message_size),  # narrowed per connection
             ping_interval=None,  # production never pings workers; it only answers pings
             process_request=self._process_request,
+            process_response=self._process_response,
             logger=logging.getLogger(f"{__name__}.websockets"),
         )
 
@@ -115,6 +136,15 @@ class Listener:
         status, body = route
         log.info("refused %s %s: HTTP %d", connection.remote_address, request.path, status)
         return connection.respond(status, body)
+
+    def _process_response(self, connection: ServerConnection, request: Request, response: Response) -> None:
+        """A writer's accepted upgrade carries the frame size the engine invites (our extension; the production
+        engine, and so ``production_mode``, sends none and writers keep 64 KiB frames)."""
+        if response.status_code != 101 or self.relay.production_mode:
+            return
+        route = route_request(request.path)
+        if isinstance(route, ChannelRoute) and route.direction == "write":
+            response.headers[FRAME_SIZE_HEADER] = str(frame_invitation(self.relay.max_message_size))
 
     async def _handle(self, connection: ServerConnection) -> None:
         route = route_request(connection.request.path if connection.request else "/")
