@@ -185,7 +185,7 @@ async def main(calls: int, rounds: int, before: Path | None) -> None:
         for kind in servers:
             ours, ours_cpu = rate[(label, kind)], cpu[(label, kind)]
             print(f"{label:<14}{kind:<8}{summary(ours, '.0f'):>22}"
-                  f"{statistics.median(ours) / statistics.median(base):>10.2f}{summary(ours_cpu, '.0f'):>20}"
+                  f"{statistics.median(ours) / statistics.median(base):>10.2f}{summary(ours_cpu, '.1f'):>20}"
                   f"{statistics.median(ours_cpu) / statistics.median(base_cpu):>14.2f}")
 
 

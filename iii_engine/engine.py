@@ -441,8 +441,10 @@ class Engine:
 
     async def _on_event(self, worker: WorkerConnection, event: Event) -> None:
         """Run what one event of ``worker``'s session asks for (the session already decided what it means)."""
-        if isinstance(event, Invoke):  # the call path first
-            await self.invocations.handle_invoke(worker, event.message)
+        if type(event) is Invoke:  # the call path first; a built-in call starts without a coroutine of its own
+            routed = self.invocations.start_invoke(worker, event.message)
+            if routed is not None:
+                await routed
         elif isinstance(event, Result):
             self.invocations.handle_result(worker, event.message, event.verbatim)
         elif isinstance(event, PingReceived):

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import os
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,7 +171,17 @@ class Invocations:
     # -- worker-initiated calls ------------------------------------------------------------------------------
 
     async def handle_invoke(self, caller: WorkerConnection, msg: dict[str, Any]) -> None:
-        """A worker's ``invokefunction`` (already validated)."""
+        """A worker's ``invokefunction`` (already validated): :meth:`start_invoke`, awaiting what it returns."""
+        routed = self.start_invoke(caller, msg)
+        if routed is not None:
+            await routed
+
+    def start_invoke(self, caller: WorkerConnection, msg: dict[str, Any]) -> Coroutine[Any, Any, None] | None:
+        """Start a worker's ``invokefunction`` (already validated); returns the coroutine the connection's reader
+        must await before its next frame (a routed call waiting for room in the callee's queue: production's
+        back-pressure, and frame order), or ``None`` when nothing is left to wait for (a built-in call runs in a
+        task of its own, an answer is queued). Why not a coroutine itself: the reader makes none per built-in call.
+        """
         function_id: str = msg["function_id"]
         data = msg["data"]
         invocation_id: str | None = msg.get("invocation_id")
@@ -179,7 +189,7 @@ class Invocations:
         if action is not None:
             if action["type"] == "enqueue":
                 self._spawn(self._enqueue(caller, invocation_id, function_id, data, action["queue"]))
-                return
+                return None
             invocation_id = None  # void: never answered
         if type(data) is dict:
             data[CALLER_KEY] = caller.id
@@ -189,7 +199,7 @@ class Invocations:
                 caller.post(caller.session.result(invocation_id, function_id, None, not_found(function_id)))
             else:
                 log.warning("worker %s called unknown function %s (no reply requested)", caller.id, function_id)
-            return
+            return None
         traceparent, baggage = msg.get("traceparent"), msg.get("baggage")
         if entry.builtin is not None:
             if invocation_id is not None:
@@ -198,12 +208,12 @@ class Invocations:
             # One task per call (a slow built-in must not hold up the worker's next frames). The task leaves
             # ``_tasks`` itself when it ends (see _run_builtin_for): no done callback to schedule per call.
             self._tasks.add(asyncio.get_running_loop().create_task(self._run_builtin_for(caller, entry, data, ctx)))
-            return
+            return None
         callee = self.workers.get(entry.owner or "")
         if callee is None:
             if invocation_id is not None:
                 caller.post(caller.session.result(invocation_id, function_id, None, not_found(function_id)))
-            return
+            return None
         routed_id = invocation_id or new_invocation_id()
         if routed_id in self.pending:
             # Taking the place of the call still pending under this id would leave its caller waiting for an answer
@@ -212,11 +222,11 @@ class Invocations:
             log.warning("worker %s reused invocation id %s that is still pending; refused", caller.id, routed_id)
             caller.post(caller.session.result(routed_id, function_id, None, error_body(
                 "invocation_id_in_use", f"Invocation id {routed_id} belongs to a call still pending")))
-            return
+            return None
         pending = Pending(routed_id, function_id, callee, caller if invocation_id is not None else None)
         if invocation_id is not None:
             caller.in_flight.add(invocation_id)
-        await self._route(pending, data, traceparent, baggage)
+        return self._route(pending, data, traceparent, baggage)
 
     async def _route(self, pending: Pending, data: Any, traceparent: str | None, baggage: str | None) -> None:
         callee = pending.callee
