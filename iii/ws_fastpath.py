@@ -86,9 +86,12 @@ def _probe() -> tuple[str, ...]:
     """Names of the ``websockets`` internals this module needs and the installed version lacks."""
     missing: list[str] = []
     protocol = Protocol(Side.SERVER)
-    for name in ("state", "extensions", "close_rcvd", "close_sent", "max_message_size", "reader"):
+    for name in ("state", "extensions", "close_rcvd", "close_sent", "max_message_size", "reader", "side",
+                 "expect_continuation_frame", "debug"):
         if not hasattr(protocol, name):
             missing.append(f"Protocol.{name}")
+    if not isinstance(getattr(protocol, "writes", None), list):
+        missing.append("Protocol.writes")
     if not isinstance(getattr(getattr(protocol, "reader", None), "buffer", None), bytearray):
         missing.append("Protocol.reader.buffer")
     for name in ("send_close", "close_exc", "receive_data", "close_expected"):
@@ -180,6 +183,23 @@ def client_frame(text: bool, chunk: bytes | memoryview, key: bytes) -> bytes:
     return b"".join((header, key, apply_mask(chunk, key)))
 
 
+_KEYS_PER_READ: Final = 1024
+_mask_keys: list[bytes] = []
+
+
+def _mask_key() -> bytes:
+    """One client mask key (RFC 6455 §5.3: unpredictable), 1024 drawn per read of the OS's random source."""
+    try:
+        return _mask_keys.pop()
+    except IndexError:
+        raw = os.urandom(4 * _KEYS_PER_READ)
+        _mask_keys[:] = [raw[i:i + 4] for i in range(0, len(raw), 4)]
+        return _mask_keys.pop()
+
+
+os.register_at_fork(after_in_child=_mask_keys.clear)
+
+
 FLUSH_BYTES: Final = 256 * 1024
 """Frames written in one event-loop turn are joined into one socket ``send`` up to this many bytes."""
 
@@ -227,7 +247,7 @@ async def send_data(ws: Connection, data: bytes | memoryview, *, text: bool = Fa
     elif size and isinstance(ws, ClientConnection):
         if text:
             if _writable(ws):
-                _write(ws, client_frame(True, data, os.urandom(4)))
+                _write(ws, client_frame(True, data, _mask_key()))
                 await drain_or_close(ws)
                 return
         else:
@@ -1094,12 +1114,22 @@ def queue_frame(ws: Connection, frame: str | bytes) -> bool:
     if not AVAILABLE:
         _fallback("websockets internals missing: control send")
         return False
-    if ws.protocol.state is not State.OPEN or ws.send_in_progress is not None or ws.paused:
+    protocol = ws.protocol
+    if protocol.state is not State.OPEN or ws.send_in_progress is not None or ws.paused:
         return False
     if isinstance(frame, str):
-        ws.protocol.send_text(frame.encode())
+        text, data = True, frame.encode()
     else:
-        ws.protocol.send_binary(frame)
+        text, data = False, frame
+    if protocol.side is Side.CLIENT and not protocol.extensions and not protocol.expect_continuation_frame \
+            and not protocol.debug:
+        # The bytes websockets' send_frame appends, with a mask key from a pooled read of the OS's random source
+        # (websockets draws each key with its own getrandom and serialises through a Frame: 4.8 -> 1.0 us).
+        protocol.writes.append(client_frame(text, data, _mask_key()))
+    elif text:
+        protocol.send_text(data)
+    else:
+        protocol.send_binary(data)
     return True
 
 
