@@ -40,6 +40,7 @@ import os
 import socket
 import struct
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Final
@@ -204,9 +205,9 @@ FLUSH_BYTES: Final = 256 * 1024
 """Frames written in one event-loop turn are joined into one socket ``send`` up to this many bytes."""
 
 FRAME_BUFFER: Final = 1024 * 1024 + 14
-"""The largest frame (header included) a :class:`FrameReader` gives a buffer of its whole size as soon as its
-header is in: a 1 MiB payload, the largest frame a writer is invited to send
-(:data:`iii.channel_end.INVITED_FRAME_SIZES`)."""
+"""The largest frame (header included) a :class:`FrameReader` keeps its buffer of (one per thread) for the next frame
+of the same size, which then gets it as soon as its header is in: a 1 MiB payload, the largest frame a writer is
+invited to send (:data:`iii.channel_end.INVITED_FRAME_SIZES`)."""
 
 
 def _write(ws: Connection, *parts: bytes) -> None:
@@ -404,6 +405,14 @@ _SPARE = threading.local()
 """The frame buffer (``buffer``) a :class:`FrameReader` of this thread last finished with, for the next frame of the
 same size: one per thread, whatever the number of connections."""
 
+_LENT = threading.local()
+"""The readers of this thread (``readers``, a weak set) holding a frame buffer their peer has not yet earned by
+what it sent (:meth:`FrameReader._lend`)."""
+
+LENT_BYTES: Final = 4 * FRAME_BUFFER
+"""The frame buffers a thread's :class:`FrameReader` s may hold, all told, for peers that sent less than a quarter
+of a frame's size: what frame headers alone can make a thread allocate, however many connections send one."""
+
 
 class FrameReader:
     """Sans-I/O splitter of a WebSocket byte stream into complete text/binary messages.
@@ -428,18 +437,22 @@ class FrameReader:
         True
     """
 
-    __slots__ = ("_filled", "_masked", "_need", "_pending", "done", "max_size")
+    __slots__ = ("__weakref__", "_filled", "_lent", "_masked", "_need", "_pending", "_received", "done", "max_size")
 
     def __init__(self, *, masked: bool, max_size: int | None = None) -> None:
         self._masked = masked
         self.max_size = max_size
         # The frame in progress: its first ``_filled`` bytes in ``_pending``; ``_need`` its whole size (0 while
-        # its header is incomplete). A frame of up to FRAME_BUFFER bytes gets a buffer of its exact size at once
-        # (and may be received straight into it, :meth:`receive_buffer`); a larger one grows as its bytes come, so
-        # that a header alone never makes the reader allocate more than FRAME_BUFFER.
+        # its header is incomplete). A frame of up to FRAME_BUFFER bytes takes this thread's spare buffer of its
+        # exact size if there is one, or a fresh one once the peer has sent a quarter of its size on this
+        # connection (and may then be received straight into it, :meth:`receive_buffer`); until then it grows as
+        # its bytes come, unless the thread's readers hold less than LENT_BYTES of such buffers: frame headers
+        # alone, on however many connections, never make a thread allocate more than that.
         self._pending = bytearray()
         self._filled = 0
         self._need = 0
+        self._received = 0  # bytes fed or received so far
+        self._lent: weakref.WeakSet[FrameReader] | None = None  # the set this reader is in while it holds a loan
         self.done = False
 
     def feed(self, data: bytes | memoryview) -> tuple[list[tuple[bool, bytes]], list[bytes], bytes | None]:
@@ -451,6 +464,7 @@ class FrameReader:
         control: list[bytes] = []
         offset = 0
         size = len(data)
+        self._received += size
         if self._filled:
             # Complete the frame in progress, copying from ``data`` only what it still needs.
             pending = self._pending
@@ -485,15 +499,23 @@ class FrameReader:
         :data:`FLUSH_BYTES` still missing, in a buffer of its exact size), saving the copy :meth:`feed` would
         make; ``None`` otherwise. Report what was written there with :meth:`received`."""
         need = self._need
-        if need - self._filled < FLUSH_BYTES or len(self._pending) != need:
+        filled = self._filled
+        if need - filled < FLUSH_BYTES:
             return None
-        return memoryview(self._pending)[self._filled :]
+        if len(self._pending) != need:  # growing with its bytes (no spare of its size was left)
+            if need > FRAME_BUFFER or 4 * self._received < need:
+                return None
+            exact = bytearray(need)
+            exact[:filled] = self._pending
+            self._pending = exact
+        return memoryview(self._pending)[filled:]
 
     def received(self, nbytes: int) -> tuple[list[tuple[bool, bytes]], list[bytes], bytes | None]:
         """``nbytes`` were written into the view :meth:`receive_buffer` gave: what :meth:`feed` would return."""
         messages: list[tuple[bool, bytes]] = []
         control: list[bytes] = []
         self._filled += nbytes
+        self._received += nbytes
         if self._filled == self._need:
             self._take_pending(messages, control)
         return messages, control, None
@@ -507,9 +529,12 @@ class FrameReader:
             if spare is not None and len(spare) == need:
                 _SPARE.buffer = None
                 self._pending = spare
-            else:
+                spare[: len(head)] = head
+            elif 4 * self._received >= need or self._lend(need):
                 self._pending = bytearray(need)
-            self._pending[: len(head)] = head
+                self._pending[: len(head)] = head
+            else:  # a fresh 1 MiB for a 14-byte header, times the connections a peer holds open: not yet
+                self._pending = bytearray(head)
         else:
             self._pending = bytearray(head)
         self._filled = len(head)
@@ -522,7 +547,25 @@ class FrameReader:
         self._filled = filled + len(chunk)
         return self._filled == self._need
 
+    def _lend(self, need: int) -> bool:
+        """Whether this thread's readers may hold another ``need`` bytes of buffers their peers have not earned
+        (:data:`LENT_BYTES`); if so this reader is counted until its frame ends (or it is collected)."""
+        readers: weakref.WeakSet[FrameReader] | None = getattr(_LENT, "readers", None)
+        if readers is None:
+            readers = _LENT.readers = weakref.WeakSet()
+        if sum(reader._need for reader in readers) + need > LENT_BYTES:
+            return False
+        readers.add(self)
+        self._lent = readers
+        return True
+
+    def _repay(self) -> None:
+        if self._lent is not None:
+            self._lent.discard(self)
+            self._lent = None
+
     def _take_pending(self, messages: list[tuple[bool, bytes]], control: list[bytes]) -> None:
+        self._repay()
         pending = self._pending
         self._take(pending, 0, self._need, messages, control)  # copies the payload out
         if self._need <= FRAME_BUFFER:  # a larger one grew as its bytes came: never kept
@@ -533,6 +576,7 @@ class FrameReader:
     def _handover(self, messages: list[tuple[bool, bytes]], control: list[bytes],
                   rest: bytes | memoryview) -> tuple[list[tuple[bool, bytes]], list[bytes], bytes | None]:
         self.done = True
+        self._repay()
         self._pending = bytearray()
         self._filled = self._need = 0
         return messages, control, bytes(rest)
@@ -1191,6 +1235,7 @@ __all__ = [
     "FALLBACKS",
     "FLUSH_BYTES",
     "FRAME_BUFFER",
+    "LENT_BYTES",
     "MAX_FRAME_SIZE",
     "MISSING",
     "DirectClientConnection",
