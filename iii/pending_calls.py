@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from .errors import ShuttingDownError
 
@@ -152,6 +152,10 @@ class _Pending:
         self.on_expire = on_expire
 
 
+_IDLE_CLOCKS: Final = 16
+"""Clocks (distinct timeouts) past which one left without calls is dropped, its timer cancelled, at once."""
+
+
 class _Clock:
     """The calls sharing one timeout: in insertion order, which is deadline order (one clock), and one timer for
     the oldest."""
@@ -200,7 +204,7 @@ class PendingCalls:
         pending = _Pending(waiter, function_id, self._loop.time() + timeout_ms / 1000.0, timeout_ms, on_expire)
         old = self._calls.pop(invocation_id, None)
         if old is not None:  # the same id again: the new call replaces the old one (its deadline too)
-            self._clocks[old.timeout_ms].calls.pop(invocation_id, None)
+            self._leave(invocation_id, old.timeout_ms)
         self._calls[invocation_id] = pending
         clock.calls[invocation_id] = pending
         if clock.timer is None:
@@ -221,7 +225,8 @@ class PendingCalls:
                 return
             del calls[invocation_id]
             self._expire(invocation_id, pending)
-        del self._clocks[timeout_ms]
+        if self._clocks.get(timeout_ms) is clock:  # (an on_expire may have dropped it already)
+            del self._clocks[timeout_ms]
 
     def _expire(self, invocation_id: str, pending: _Pending) -> None:
         self._calls.pop(invocation_id, None)
@@ -244,9 +249,22 @@ class PendingCalls:
 
     def discard(self, invocation_id: str) -> Settle | None:
         """Stop tracking call ``invocation_id``; its future, if it was tracked. Its clock's timer stays armed
-        (it re-arms for the next call, or ends when none is left)."""
+        (it re-arms for the next call, or ends when none is left) unless there are many clocks."""
         pending = self._calls.pop(invocation_id, None)
         if pending is None:
             return None
-        self._clocks[pending.timeout_ms].calls.pop(invocation_id, None)
+        self._leave(invocation_id, pending.timeout_ms)
         return pending.future
+
+    def _leave(self, invocation_id: str, timeout_ms: float) -> None:
+        clock = self._clocks.get(timeout_ms)
+        if clock is None:
+            return
+        calls = clock.calls
+        calls.pop(invocation_id, None)
+        if not calls and len(self._clocks) > _IDLE_CLOCKS:
+            # Callers with a timeout each (a remaining budget) would otherwise leave a timer and a clock per
+            # finished call until its deadline; few distinct timeouts keep theirs armed for the next call.
+            if clock.timer is not None:
+                clock.timer.cancel()
+            del self._clocks[timeout_ms]
