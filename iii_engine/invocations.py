@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import traceback
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from iii.protocol.codec import is_uuid
+from iii.protocol.ids import InvocationIds, new_invocation_id
 from iii.wire import loads
 
 from .modules.base import EncodedResult, EngineError, InvocationContext, InvocationObserver, NamedQueues
@@ -40,59 +40,6 @@ log = logging.getLogger(__name__)
 CALLER_KEY = "_caller_worker_id"
 __all__ = ["CALLER_KEY", "STOPPED", "InvocationIds", "Invocations", "Pending", "Started", "error_body", "error_of",
            "is_uuid", "new_invocation_id", "not_found"]
-
-
-class InvocationIds:
-    """Invocation ids for the calls the engine starts: random version-4 UUIDs (RFC 4122 variant, so every check of
-    the protocol's ``invocation_id`` accepts them), drawn from the OS's random source 256 at a time.
-
-    Why not ``uuid4()`` per call: it reads 16 bytes from the OS per call (a system call on the REST API's
-    per-request path). Why not a counter under a random prefix (cheaper still): a worker may put any id on its own
-    ``invokefunction``, and one equal to a call still pending takes that call's place in the pending table; every
-    callee sees the engine's ids, so ids it could predict would let it take over the engine's next call to another
-    worker's function and receive that worker's answer (tests/integration/engine/test_attack_invocation_ids.py).
-    Drawn ids are dropped in a forked child, so parent and child never share ids.
-
-    Example:
-        >>> ids = InvocationIds()
-        >>> first, second = ids(), ids()
-        >>> first != second, is_uuid(first), first[14], first[19] in "89ab", first[:24] == second[:24]
-        (True, True, '4', True, False)
-    """
-
-    _BATCH = 256
-
-    def __init__(self) -> None:
-        self._pool: list[str] = []
-
-    def reseed(self) -> None:
-        """Drop the ids drawn but not handed out (the next call draws new ones)."""
-        self._pool = []
-
-    def __call__(self) -> str:
-        try:
-            return self._pool.pop()  # atomic: two threads never get the same id
-        except IndexError:
-            pass
-        pool = _draw_ids(self._BATCH)
-        value = pool.pop()
-        self._pool = pool
-        return value
-
-
-_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
-
-
-def _draw_ids(count: int) -> list[str]:
-    """``count`` random version-4 UUID strings from one read of the OS's random source."""
-    raw = os.urandom(16 * count).hex()
-    return [f"{raw[i:i + 8]}-{raw[i + 8:i + 12]}-4{raw[i + 13:i + 16]}-{_VARIANT[raw[i + 16]]}{raw[i + 17:i + 20]}-"
-            f"{raw[i + 20:i + 32]}" for i in range(0, 32 * count, 32)]
-
-
-#: The engine's one id source (a forked child draws its own prefix, so parent and child never share ids).
-new_invocation_id = InvocationIds()
-os.register_at_fork(after_in_child=new_invocation_id.reseed)
 
 
 def error_body(code: str, message: str) -> dict[str, str]:
