@@ -198,3 +198,17 @@ async def engine_process(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitabl
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+@pytest.fixture
+def urandom_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of every ``os.urandom`` read made while the test runs (the reads still return random bytes)."""
+    reads: list[int] = []
+    urandom = os.urandom
+
+    def counted(n: int) -> bytes:
+        reads.append(n)
+        return urandom(n)
+
+    monkeypatch.setattr(os, "urandom", counted)
+    return reads

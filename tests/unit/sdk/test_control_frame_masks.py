@@ -38,17 +38,11 @@ async def _round(frames: list[str | bytes]) -> list[str | bytes]:
     return got
 
 
-async def test_queued_frames_arrive_intact_and_share_one_random_read(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_queued_frames_arrive_intact_and_share_one_random_read(urandom_reads: list[int]) -> None:
     frames: list[str | bytes] = [f'{{"n": {n}, "text": "é"}}' if n % 2 else os.urandom(n % 300) for n in range(2000)]
     ws_fastpath._mask_keys.clear()
-    reads: list[int] = []
-    urandom = os.urandom
-
-    def counting(n: int) -> bytes:
-        reads.append(n)
-        return urandom(n)
-
-    monkeypatch.setattr(os, "urandom", counting)
+    reads = urandom_reads
+    del reads[:]  # only the round's own reads
     assert await _round(frames) == frames
     # websockets draws one key per frame (2,000 reads); the pool reads 4 KiB per 1,024 keys
     assert sum(1 for n in reads if n == 4 * ws_fastpath._KEYS_PER_READ) == 2

@@ -12,15 +12,8 @@ from iii.protocol import client
 from iii.protocol.client import ClientSession, InvocationIds
 
 
-def test_calls_read_the_random_source_once_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
-    reads: list[int] = []
-    urandom = os.urandom
-
-    def counted(n: int) -> bytes:
-        reads.append(n)
-        return urandom(n)
-
-    monkeypatch.setattr(os, "urandom", counted)
+def test_calls_read_the_random_source_once_per_batch(monkeypatch: pytest.MonkeyPatch, urandom_reads: list[int]) -> None:
+    reads = urandom_reads
     monkeypatch.setattr(client, "new_invocation_id", InvocationIds())
     ids = [ClientSession.new_call("f", None)[0] for _ in range(512)]
     assert len(reads) <= 3  # before: 512 reads of 16 bytes (uuid.uuid4 per call)
