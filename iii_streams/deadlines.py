@@ -30,6 +30,7 @@ from typing import Final
 __all__ = ["SharedDeadlines"]
 
 _COMPACT_MIN: Final = 64  # entries before a FIFO mostly made of finished ones is rebuilt
+_LANES_KEPT: Final = 8  # lanes kept per store before those of closed loops and idle ones are dropped
 
 
 class _Entry:
@@ -71,11 +72,12 @@ class _Lane:
 class SharedDeadlines:
     """Deadlines ``limit`` seconds after :meth:`enter`, with one timer per event loop the tasks run on."""
 
-    __slots__ = ("_lane", "limit")
+    __slots__ = ("_lane", "_lanes", "limit")
 
     def __init__(self, limit: float) -> None:
         self.limit = limit
         self._lane: _Lane | None = None  # the loop of the latest enter
+        self._lanes: dict[asyncio.AbstractEventLoop, _Lane] = {}
 
     def __len__(self) -> int:
         """Entries still queued on the current loop's lane (live ones and finished ones not yet popped)."""
@@ -88,10 +90,7 @@ class SharedDeadlines:
         loop = asyncio.get_running_loop()
         lane = self._lane
         if lane is None or lane.loop is not loop:
-            # Another loop (a store used from a new loop, or from two threads' loops): a lane of its own. The old
-            # lane lives on through its entries and its timer, which stays on its own loop and touches only them;
-            # one whose loop was closed with operations in flight is simply dropped.
-            lane = self._lane = _Lane(loop)
+            lane = self._lane = self._lane_of(loop)
         task = asyncio.current_task()
         if task is None:
             return None
@@ -102,6 +101,20 @@ class SharedDeadlines:
             # one timer for everybody: when it fires it moves on to the oldest entry still running
             lane.timer = loop.call_at(entry.deadline, lane.fire)
         return entry
+
+    def _lane_of(self, loop: asyncio.AbstractEventLoop) -> _Lane:
+        """``loop``'s lane. Loops taking turns (two threads' loops, a sync wrapper's) keep theirs, and its one
+        timer, instead of arming a new one per turn; a lane left behind lives on through its entries and its timer,
+        which stays on its own loop and touches only them, and is dropped once its loop is closed or it is idle."""
+        lanes = self._lanes
+        lane = lanes.get(loop)
+        if lane is None:
+            if len(lanes) >= _LANES_KEPT:
+                for other_loop, other in list(lanes.items()):
+                    if other_loop.is_closed() or not other.queue:
+                        lanes.pop(other_loop, None)
+            lane = lanes[loop] = _Lane(loop)
+        return lane
 
     def leave(self, entry: _Entry, cancelled: bool) -> bool:
         """Stop bounding ``entry``'s task; ``True`` when its deadline passed and the operation should fail with a
