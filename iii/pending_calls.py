@@ -198,13 +198,13 @@ class PendingCalls:
         on_expire: Callable[[str], None]
     ) -> None:
         """Like :meth:`add`, settling ``waiter`` (e.g. a :class:`ThreadWaiter`) instead of a new future."""
+        old = self._calls.pop(invocation_id, None)
+        if old is not None:  # the same id again: the new call replaces the old one (its deadline too)
+            self._leave(invocation_id, old.timeout_ms)  # first: it may drop the clock this call would join
         clock = self._clocks.get(timeout_ms)
         if clock is None:
             clock = self._clocks[timeout_ms] = _Clock()
         pending = _Pending(waiter, function_id, self._loop.time() + timeout_ms / 1000.0, timeout_ms, on_expire)
-        old = self._calls.pop(invocation_id, None)
-        if old is not None:  # the same id again: the new call replaces the old one (its deadline too)
-            self._leave(invocation_id, old.timeout_ms)
         self._calls[invocation_id] = pending
         clock.calls[invocation_id] = pending
         if clock.timer is None:

@@ -58,3 +58,19 @@ async def test_calls_still_expire_after_idle_clocks_were_dropped() -> None:
     for n in range(200):
         calls.succeed(f"t{n}", n)
     assert [await f for f in late] == list(range(200))
+
+
+async def test_a_call_replacing_the_only_call_of_its_timeout_still_expires() -> None:
+    """The same id again, alone on its timeout, among many timeouts: its clock must not be dropped under it."""
+    loop = asyncio.get_running_loop()
+    calls = PendingCalls(loop)
+    others = [calls.add(f"o{n}", "f", timeout_ms=60_000 + n, on_expire=lambda _iid: None) for n in range(20)]
+    calls.add("x", "f", timeout_ms=5, on_expire=lambda _iid: None)
+    again = calls.add("x", "f", timeout_ms=5, on_expire=lambda _iid: None)
+    done, _ = await asyncio.wait({again}, timeout=10)  # bounds the test; the call's own timeout is 5 ms
+    assert again in done, "the replacing call never expired"
+    with pytest.raises(TimeoutError, match="timed out after 5ms"):
+        again.result()
+    for n in range(20):
+        calls.succeed(f"o{n}", n)
+    assert [await f for f in others] == list(range(20))
