@@ -60,6 +60,9 @@ __all__ = [
 # Found by mapping digits to "0" and the rest to "." at C speed: several times faster than a regex scan.
 _DIGITS_ONLY: Final = bytes(48 if 48 <= i <= 57 else 46 for i in range(256))
 _LONG_RUN: Final = b"0" * 19
+# The same map with "[" and "{" kept as "[": for a document of one window, one translate answers both questions (a
+# long digit run? how many brackets?) where three C passes did (the per-frame cost of the hot paths: 1.9 -> 1.2 us)
+_MARKS: Final = bytes(48 if 48 <= i <= 57 else 91 if i in (91, 123) else 46 for i in range(256))
 _SCAN_WINDOW: Final = 256 * 1024
 # Documents from this size on whose values average this many bytes or more skip orjson (see _mostly_text).
 _LEAN_PARSE_BYTES: Final = 512 * 1024
@@ -72,6 +75,9 @@ MAX_JSON_DEPTH: Final = 128
 LOG_CLIP: Final = 200
 _TOO_DEEP: Final = f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
 _NON_FINITE: Final = "NaN and Infinity are not valid JSON"
+# Valid JSON nesting deeper than MAX_JSON_DEPTH opens and closes that many containers and one more: any shorter
+# document needs no depth check at all.
+_DEEP_MIN_LEN: Final = 2 * (MAX_JSON_DEPTH + 1)
 
 
 
@@ -111,6 +117,19 @@ def loads(raw: str | bytes) -> Any:
         ...
         ValueError: NaN and Infinity are not valid JSON (at char 1)
     """
+    if _orjson is not None and len(raw) <= _SCAN_WINDOW:  # every frame of the hot paths: one parse, one scan
+        try:
+            parsed = _orjson.loads(raw)
+        except _orjson.JSONDecodeError as exc:
+            if "infinity" not in str(exc) or not _has_long_digits(raw):
+                raise ValueError(_explain(raw, exc)) from None
+            return _exact_loads(raw)
+        marks = (raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw).translate(_MARKS)
+        if _LONG_RUN in marks:
+            return _exact_loads(raw)
+        if len(raw) >= _DEEP_MIN_LEN and marks.count(b"[") > MAX_JSON_DEPTH and not _shallow(parsed):
+            _check_tree(parsed)
+        return parsed
     value: Any = _UNSET
     if _orjson is not None and not _mostly_text(raw):
         # orjson first: garbage fails at once, with no scan. It turns integers beyond 64 bits into floats (or
@@ -124,11 +143,19 @@ def loads(raw: str | bytes) -> Any:
             if _has_long_digits(raw):
                 value = _UNSET
     if value is _UNSET:
-        text = raw if isinstance(raw, str) else bytes(raw).decode("utf-8")
-        try:
-            value = _DECODER.decode(text)
-        except RecursionError:
-            raise ValueError(_TOO_DEEP) from None
+        return _exact_loads(raw)
+    if _bracket_count(raw) > MAX_JSON_DEPTH and not _shallow(value):
+        _check_tree(value)
+    return value
+
+
+def _exact_loads(raw: str | bytes) -> Any:
+    """:func:`loads` by the standard decoder: integers of any size stay exact."""
+    text = raw if isinstance(raw, str) else bytes(raw).decode("utf-8")
+    try:
+        value = _DECODER.decode(text)
+    except RecursionError:
+        raise ValueError(_TOO_DEEP) from None
     if _bracket_count(raw) > MAX_JSON_DEPTH and not _shallow(value):
         _check_tree(value)
     return value
@@ -157,7 +184,8 @@ def dumps(value: Any) -> str:
             # orjson writes NaN/Infinity as null and nests up to 254 levels: look closer only when that can be.
             # Many brackets usually mean a wide document (a batch of 512 spans), not a deep one: asking orjson
             # about the depth costs one more C-speed encode, where the walk costs Python time per node.
-            if b"null" in out or (_bracket_count(out) > MAX_JSON_DEPTH and not _shallow(value)):
+            if b"null" in out or (len(out) >= _DEEP_MIN_LEN and _bracket_count(out) > MAX_JSON_DEPTH
+                                  and not _shallow(value)):
                 _check_tree(value)
             return out.decode()
     try:

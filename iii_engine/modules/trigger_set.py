@@ -105,6 +105,16 @@ class TriggerSet(TriggerRunner):
         """Whether a trigger with ``config`` selects ``payload``; every trigger does unless a subclass says."""
         return True
 
+    def has_triggers(self) -> bool:
+        """Whether any trigger is registered: without one, a caller need not build the payload to dispatch.
+
+        Example:
+            >>> from iii_engine.modules.base import EngineServices
+            >>> TriggerSet(EngineServices.__new__(EngineServices)).has_triggers()
+            False
+        """
+        return bool(self._triggers)
+
     def matching(self, payload: Mapping[str, Any]) -> list[TriggerInfo]:
         """The registered triggers selecting ``payload``, in registration order."""
         return [t for t in self._triggers.values() if self.matches(trigger_config(t), payload)]

@@ -125,7 +125,8 @@ class StateModule(EngineModule):
         except Exception as exc:
             raise EngineError("SET_ERROR", str(exc)) from None
         old = None if result is None else result.old_value
-        self.triggers.dispatch(state_event(_changed(old), scope, key, old, value))
+        if self.triggers.has_triggers():  # no trigger: no payload to build
+            self.triggers.dispatch(state_event(_changed(old), scope, key, old, value))
         return {"old_value": old, "new_value": value}
 
     async def _get(self, data: Any, ctx: InvocationContext) -> Any:
@@ -147,7 +148,7 @@ class StateModule(EngineModule):
         except Exception as exc:
             raise EngineError("DELETE_ERROR", str(exc)) from None
         old = result.old_value
-        if old is not None:
+        if old is not None and self.triggers.has_triggers():
             self.triggers.dispatch(state_event("state:deleted", scope, key, old, None))
         return old
 
@@ -164,8 +165,9 @@ class StateModule(EngineModule):
             raise EngineError("UPDATE_ERROR", str(exc)) from None
         if result is None:
             raise EngineError("UPDATE_ERROR", f"{type(self.store).__name__}.update returned no result")
-        self.triggers.dispatch(state_event(_changed(result.old_value), scope, key, result.old_value,
-                                           result.new_value))
+        if self.triggers.has_triggers():
+            self.triggers.dispatch(state_event(_changed(result.old_value), scope, key, result.old_value,
+                                               result.new_value))
         return {"old_value": result.old_value, "new_value": result.new_value}
 
     async def _list(self, data: Any, ctx: InvocationContext) -> Any:

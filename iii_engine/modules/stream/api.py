@@ -198,11 +198,12 @@ class StreamFunctions:
                                       event["groupId"], event["id"], exc)
 
     async def _changed(self, s: str, g: str, i: str, old: Any, new: Any, *, stored: bool = False) -> dict[str, Any]:
-        event = make_event(s, g, i, "create" if old is None else "update", new)
         if stored and self.store.publish_events:
-            self.triggers.dispatch(event)  # the store already published it with the write
+            # the store already published it with the write; no trigger: no event to build (one per update)
+            if self.triggers.has_triggers():
+                self.triggers.dispatch(make_event(s, g, i, "create" if old is None else "update", new))
         else:
-            await self._emit(event)
+            await self._emit(make_event(s, g, i, "create" if old is None else "update", new))
         return {"old_value": old, "new_value": new}
 
     # -- reads --------------------------------------------------------------------------------------------------
@@ -297,11 +298,11 @@ class StreamFunctions:
             except Exception as exc:
                 raise EngineError("STREAM_DELETE_ERROR", str(exc)) from None
         if old is not None:
-            event = make_event(s, g, i, "delete", old)
             if custom is None and self.store.publish_events:
-                self.triggers.dispatch(event)
+                if self.triggers.has_triggers():
+                    self.triggers.dispatch(make_event(s, g, i, "delete", old))
             else:
-                await self._emit(event)
+                await self._emit(make_event(s, g, i, "delete", old))
         return {"old_value": old}
 
     async def update(self, data: Any, ctx: InvocationContext) -> Any:
