@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import uuid
 from collections.abc import Callable, Coroutine
 from types import TracebackType
@@ -818,9 +819,24 @@ def register_worker(address: str, options: InitOptions | None = None) -> III:
 
 
 def _unpack_request(request: dict[str, Any] | TriggerRequest) -> tuple[str, Any, Any, int | None]:
-    """``(function_id, payload, action, timeout_ms)`` of a trigger request in either form."""
+    """``(function_id, payload, action, timeout_ms)`` of a trigger request in either form; a ``timeout_ms`` that is
+    not a finite, non-negative number is refused here, naming it (a NaN would never match its own timer).
+
+    Example:
+        >>> _unpack_request({"function_id": "f", "timeout_ms": float("nan")})
+        Traceback (most recent call last):
+        ...
+        ValueError: timeout_ms must be a finite number of milliseconds >= 0 (or None), got nan
+    """
     if isinstance(request, TriggerRequest):
-        return request.function_id, request.payload, request.action, request.timeout_ms
-    return request["function_id"], request.get("payload"), request.get("action"), request.get("timeout_ms")
+        timeout_ms = request.timeout_ms
+        unpacked = request.function_id, request.payload, request.action, timeout_ms
+    else:
+        timeout_ms = request.get("timeout_ms")
+        unpacked = request["function_id"], request.get("payload"), request.get("action"), timeout_ms
+    if timeout_ms is not None and (isinstance(timeout_ms, bool) or not isinstance(timeout_ms, (int, float))
+                                   or not 0 <= timeout_ms < math.inf):
+        raise ValueError(f"timeout_ms must be a finite number of milliseconds >= 0 (or None), got {timeout_ms!r}")
+    return unpacked
 
 
