@@ -23,17 +23,27 @@ from __future__ import annotations
 import asyncio
 import builtins
 from abc import abstractmethod
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, ClassVar, Final, Self
 
-from iii.stream import IStream, StreamGetInput, StreamSetInput, StreamSetResult, StreamUpdateResult
+from iii.stream import (
+    IStream,
+    StreamGetInput,
+    StreamSetInput,
+    StreamSetResult,
+    StreamUpdateInput,
+    StreamUpdateResult,
+    UpdateOp,
+)
+from iii.stream_ops import Op
 
 from .deadlines import SharedDeadlines
 from .errors import StreamError, StreamTimeoutError, StreamUnavailableError, check_timeout
 from .events import EventFilter, StreamEvent, Watch
 
-__all__ = ["DEFAULT_TIMEOUT", "Backend", "OperationGuard", "SetResult", "StreamGetInput", "StreamSetInput",
-           "UpdateResult"]
+__all__ = ["DEFAULT_TIMEOUT", "Backend", "FieldUpdates", "OperationGuard", "SetResult", "StreamGetInput",
+           "StreamSetInput", "UpdateResult"]
 
 DEFAULT_TIMEOUT: Final = 60.0
 """Seconds an operation may take when neither the call nor the store says otherwise."""
@@ -109,7 +119,32 @@ class Backend(IStream[Any]):
     # The six IStream operations stay abstract with the reference's signatures (inherited); the stores of this
     # package add the optional keyword ``timeout`` to each, bounded through ``_guard``.
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A subclass overriding update() alone gets every update through it, update_parsed's included
+        if "update" in cls.__dict__ and "update_parsed" not in cls.__dict__:
+            cls.update_parsed = Backend.update_parsed  # type: ignore[method-assign]
+
     # -- extras ----------------------------------------------------------------------------------------------
+
+    async def update_parsed(self, stream_name: str, group_id: str, item_id: str,
+                            ops: builtins.list[Op]) -> StreamUpdateResult[Any] | None:
+        """:meth:`update` of ops that :func:`iii.stream_ops.parse_ops` returned, with no input model to build (an
+        engine's per-update path). The stores of this package run their update on the fields; by default, and
+        for a subclass overriding ``update`` alone, it is ``update`` itself.
+
+        Example:
+            >>> import asyncio
+            >>> from iii.stream_ops import parse_ops
+            >>> from iii_streams import MemoryStream
+            >>> ops = parse_ops([{"type": "increment", "path": "n", "by": 2}])
+            >>> asyncio.run(MemoryStream().update_parsed("s", "g", "i", ops)).new_value
+            {'n': 2}
+        """
+        request = StreamUpdateInput.model_construct(stream_name=stream_name, group_id=group_id, item_id=item_id,
+                                                    ops=ops)  # type: ignore[arg-type]
+        return await self.update(request)
+
 
     @abstractmethod
     async def send(self, stream_name: str, group_id: str, id: str | None, type: str, data: Any) -> None:
@@ -171,3 +206,26 @@ class Backend(IStream[Any]):
     @staticmethod
     def _filter(stream_name: str | None, group_id: str | None, item_id: str | None) -> EventFilter:
         return EventFilter(stream_name, group_id, item_id)
+
+
+class FieldUpdates(Backend):
+    """A :class:`Backend` whose ``update`` and ``update_parsed`` both run :meth:`_update` on the fields (the
+    stores of this package).
+
+    Example:
+        >>> from iii_streams import MemoryStream
+        >>> issubclass(MemoryStream, FieldUpdates)
+        True
+    """
+
+    async def update(self, input: StreamUpdateInput, *, timeout: float | None = None) -> StreamUpdateResult[Any]:
+        return await self._update(input.stream_name, input.group_id, input.item_id, input.ops, timeout)
+
+    async def update_parsed(self, stream_name: str, group_id: str, item_id: str,
+                            ops: builtins.list[Op]) -> StreamUpdateResult[Any]:
+        return await self._update(stream_name, group_id, item_id, ops, None)
+
+    @abstractmethod
+    async def _update(self, stream_name: str, group_id: str, item_id: str, ops: Sequence[UpdateOp | Op],
+                      timeout: float | None) -> StreamUpdateResult[Any]:
+        """Apply ``ops`` (validated here: ``update`` passes the caller's) to one item, within ``timeout``."""

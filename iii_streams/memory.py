@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import builtins
+from collections.abc import Sequence
 from typing import Any
 
 from iii.stream import (
@@ -31,20 +32,20 @@ from iii.stream import (
     StreamListInput,
     StreamSetInput,
     StreamSetResult,
-    StreamUpdateInput,
     StreamUpdateResult,
+    UpdateOp,
 )
-from iii.stream_ops import apply_update
+from iii.stream_ops import Op, apply_update
 from iii.wire import dumps, loads
 
-from .base import DEFAULT_TIMEOUT, Backend, SetResult, UpdateResult
+from .base import DEFAULT_TIMEOUT, FieldUpdates, SetResult, UpdateResult
 from .errors import check_timeout
 from .events import EventHub, StreamEvent, Subscription, Watch, custom_event, make_event
 
 __all__ = ["MemoryStream"]
 
 
-class MemoryStream(Backend):
+class MemoryStream(FieldUpdates):
     """An in-process ``IStream``; ``MemoryStream.from_url("memory://")`` works too.
 
     Example:
@@ -114,15 +115,16 @@ class MemoryStream(Backend):
         self._limit(timeout)  # checked only: a memory operation never waits
         return builtins.list(self._streams.get(input.stream_name, {}))
 
-    async def update(self, input: StreamUpdateInput, *, timeout: float | None = None) -> StreamUpdateResult[Any]:
+    async def _update(self, stream_name: str, group_id: str, item_id: str, ops: Sequence[UpdateOp | Op],
+                      timeout: float | None) -> StreamUpdateResult[Any]:
         self._limit(timeout)  # checked only: a memory operation never waits
-        group = self._streams.get(input.stream_name, {}).get(input.group_id, {})
-        old_text = group.get(input.item_id)
-        old, new = apply_update(None if old_text is None else loads(old_text), input.ops)
+        group = self._streams.get(stream_name, {}).get(group_id, {})
+        old_text = group.get(item_id)
+        old, new = apply_update(None if old_text is None else loads(old_text), ops)
         text = dumps(new)
         # the group is looked up again: apply_update may raise, and a failed update must not create a group
-        self._streams.setdefault(input.stream_name, {}).setdefault(input.group_id, {})[input.item_id] = text
-        self._emit(input.stream_name, input.group_id, input.item_id, "create" if old is None else "update", text)
+        self._streams.setdefault(stream_name, {}).setdefault(group_id, {})[item_id] = text
+        self._emit(stream_name, group_id, item_id, "create" if old is None else "update", text)
         return UpdateResult(old_value=old, new_value=new)
 
     async def send(self, stream_name: str, group_id: str, id: str | None, type: str, data: Any) -> None:

@@ -66,13 +66,13 @@ from iii.stream import (
     StreamListInput,
     StreamSetInput,
     StreamSetResult,
-    StreamUpdateInput,
     StreamUpdateResult,
+    UpdateOp,
 )
 from iii.stream_ops import Op, apply_update, parse_ops
 from iii.wire import dumps, loads
 
-from .base import DEFAULT_TIMEOUT, Backend, SetResult, UpdateResult
+from .base import DEFAULT_TIMEOUT, FieldUpdates, SetResult, UpdateResult
 from .batching import KeyedBatcher
 from .errors import (
     PoolExhaustedError,
@@ -316,7 +316,7 @@ class _Update:
     ops: builtins.list[Op]
 
 
-class RedisStream(Backend):
+class RedisStream(FieldUpdates):
     """An ``IStream`` on Redis; pass a ``redis.asyncio.Redis`` (closed by you) or use :meth:`from_url`.
 
     ``channel`` is where events go (``""`` disables them, like ``publish_events=False``);
@@ -454,11 +454,12 @@ class RedisStream(Backend):
                 seen.setdefault(key[skip:].decode(), None)
         return builtins.list(seen)
 
-    async def update(self, input: StreamUpdateInput, *, timeout: float | None = None) -> StreamUpdateResult[Any]:
-        ops = parse_ops(input.ops)  # invalid ops fail before Redis is touched
-        key = self.layout.key(input.stream_name, input.group_id)
+    async def _update(self, stream_name: str, group_id: str, item_id: str, raw_ops: Sequence[UpdateOp | Op],
+                      timeout: float | None) -> StreamUpdateResult[Any]:
+        ops = parse_ops(raw_ops)  # invalid ops fail before Redis is touched
+        key = self.layout.key(stream_name, group_id)
         async with self._guard("update", timeout):
-            return await self._updates.submit(key, _Update(input.stream_name, input.group_id, input.item_id, ops))
+            return await self._updates.submit(key, _Update(stream_name, group_id, item_id, ops))
 
     async def _update_batch(
         self, key: str, batch: Sequence[_Update]

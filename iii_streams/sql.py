@@ -70,13 +70,13 @@ from iii.stream import (
     StreamListInput,
     StreamSetInput,
     StreamSetResult,
-    StreamUpdateInput,
     StreamUpdateResult,
+    UpdateOp,
 )
 from iii.stream_ops import Op, apply_update, parse_ops
 from iii.wire import dumps, loads
 
-from .base import DEFAULT_TIMEOUT, Backend, SetResult, UpdateResult
+from .base import DEFAULT_TIMEOUT, FieldUpdates, SetResult, UpdateResult
 from .batching import KeyedBatcher
 from .errors import (
     PoolExhaustedError,
@@ -211,7 +211,7 @@ def _install_sqlite_hooks(engine: AsyncEngine, file_backed: bool) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-class SQLStream(Backend):
+class SQLStream(FieldUpdates):
     """An ``IStream`` in a SQL database; build it with :meth:`from_url` or from an ``AsyncEngine``.
 
     ``create`` applies the migrations on first use (default: yes for SQLite, no for PostgreSQL, where
@@ -569,15 +569,16 @@ class SQLStream(Backend):
                                        lambda _old: (input.data, text))
         return SetResult(old_value=old, new_value=input.data)
 
-    async def update(self, input: StreamUpdateInput, *, timeout: float | None = None) -> StreamUpdateResult[Any]:
-        ops: builtins.list[Op] = parse_ops(input.ops)  # invalid ops fail before the database is touched
+    async def _update(self, stream_name: str, group_id: str, item_id: str, raw_ops: Sequence[UpdateOp | Op],
+                      timeout: float | None) -> StreamUpdateResult[Any]:
+        ops: builtins.list[Op] = parse_ops(raw_ops)  # invalid ops fail before the database is touched
 
         def compute(old: Any) -> tuple[Any, str]:
             new = apply_update(old, ops)[1]
             return new, dumps(new)
 
         async with self._guard("update", timeout):
-            old, new = await self._write(input.stream_name, input.group_id, input.item_id, compute)
+            old, new = await self._write(stream_name, group_id, item_id, compute)
         return UpdateResult(old_value=old, new_value=new)
 
     async def delete(self, input: StreamDeleteInput, *, timeout: float | None = None) -> StreamDeleteResult:

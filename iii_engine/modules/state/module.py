@@ -28,7 +28,6 @@ from iii.stream import (
     StreamListGroupsInput,
     StreamListInput,
     StreamSetInput,
-    StreamUpdateInput,
 )
 from iii_streams import Backend
 
@@ -155,12 +154,10 @@ class StateModule(EngineModule):
     async def _update(self, data: Any, ctx: InvocationContext) -> Any:
         f = Fields("state::update", data)
         scope, key, ops = f.text("scope"), f.text("key"), f.ops()
-        request = StreamUpdateInput.model_construct(stream_name=STATE_STREAM, group_id=scope, item_id=key,
-                                                    ops=ops)  # type: ignore[arg-type]
         try:
             store = self._store()
             async with self._locks.hold_update(store, (scope, key)):
-                result = await store.update(request)
+                result = await store.update_parsed(STATE_STREAM, scope, key, ops)
         except Exception as exc:
             raise EngineError("UPDATE_ERROR", str(exc)) from None
         if result is None:

@@ -34,7 +34,6 @@ from iii.stream import (
     StreamListGroupsInput,
     StreamListInput,
     StreamSetInput,
-    StreamUpdateInput,
 )
 from iii.stream_ops import Op, apply_update
 from iii_streams import Backend
@@ -321,14 +320,12 @@ class StreamFunctions:
             if get_id is not None and set_id is not None:
                 return await self._compose(s, g, i, ops, get_id, set_id)
             self._no_fallback(s)
-        # the ops are already validated: skip re-validating them into models (backends accept parsed ops)
-        request = StreamUpdateInput.model_construct(stream_name=s, group_id=g, item_id=i, ops=ops)  # type: ignore[arg-type]
-        try:
+        try:  # the ops are already validated: the store takes them with the fields, no input model built
             if store_updates_atomically(self.store):  # no lock, and no null context manager per update
-                result = await self.store.update(request)
+                result = await self.store.update_parsed(s, g, i, ops)
             else:
                 async with self._locks.hold((s, g, i)):
-                    result = await self.store.update(request)
+                    result = await self.store.update_parsed(s, g, i, ops)
         except Exception as exc:
             raise EngineError("STREAM_UPDATE_ERROR", str(exc)) from None
         if result is None:
