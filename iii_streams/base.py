@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 from abc import abstractmethod
-from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, ClassVar, Final, Self
 
@@ -34,9 +33,8 @@ from iii.stream import (
     StreamSetResult,
     StreamUpdateInput,
     StreamUpdateResult,
-    UpdateOp,
 )
-from iii.stream_ops import Op
+from iii.stream_ops import Op, parse_ops
 
 from .deadlines import SharedDeadlines
 from .errors import StreamError, StreamTimeoutError, StreamUnavailableError, check_timeout
@@ -219,13 +217,14 @@ class FieldUpdates(Backend):
     """
 
     async def update(self, input: StreamUpdateInput, *, timeout: float | None = None) -> StreamUpdateResult[Any]:
-        return await self._update(input.stream_name, input.group_id, input.item_id, input.ops, timeout)
+        ops = parse_ops(input.ops)  # invalid ops fail before the store is touched
+        return await self._update(input.stream_name, input.group_id, input.item_id, ops, timeout)
 
     async def update_parsed(self, stream_name: str, group_id: str, item_id: str,
                             ops: builtins.list[Op]) -> StreamUpdateResult[Any]:
         return await self._update(stream_name, group_id, item_id, ops, None)
 
     @abstractmethod
-    async def _update(self, stream_name: str, group_id: str, item_id: str, ops: Sequence[UpdateOp | Op],
+    async def _update(self, stream_name: str, group_id: str, item_id: str, ops: builtins.list[Op],
                       timeout: float | None) -> StreamUpdateResult[Any]:
-        """Apply ``ops`` (validated here: ``update`` passes the caller's) to one item, within ``timeout``."""
+        """Apply parsed ``ops`` to one item, within ``timeout``."""

@@ -21,7 +21,6 @@ Example:
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
 from typing import Any
 
 from iii.stream import (
@@ -33,7 +32,6 @@ from iii.stream import (
     StreamSetInput,
     StreamSetResult,
     StreamUpdateResult,
-    UpdateOp,
 )
 from iii.stream_ops import Op, apply_update
 from iii.wire import dumps, loads
@@ -115,7 +113,7 @@ class MemoryStream(FieldUpdates):
         self._limit(timeout)  # checked only: a memory operation never waits
         return builtins.list(self._streams.get(input.stream_name, {}))
 
-    async def _update(self, stream_name: str, group_id: str, item_id: str, ops: Sequence[UpdateOp | Op],
+    async def _update(self, stream_name: str, group_id: str, item_id: str, ops: builtins.list[Op],
                       timeout: float | None) -> StreamUpdateResult[Any]:
         self._limit(timeout)  # checked only: a memory operation never waits
         group = self._streams.get(stream_name, {}).get(group_id, {})

@@ -67,9 +67,8 @@ from iii.stream import (
     StreamSetInput,
     StreamSetResult,
     StreamUpdateResult,
-    UpdateOp,
 )
-from iii.stream_ops import Op, apply_update, parse_ops
+from iii.stream_ops import Op, apply_update
 from iii.wire import dumps, loads
 
 from .base import DEFAULT_TIMEOUT, FieldUpdates, SetResult, UpdateResult
@@ -454,9 +453,8 @@ class RedisStream(FieldUpdates):
                 seen.setdefault(key[skip:].decode(), None)
         return builtins.list(seen)
 
-    async def _update(self, stream_name: str, group_id: str, item_id: str, raw_ops: Sequence[UpdateOp | Op],
+    async def _update(self, stream_name: str, group_id: str, item_id: str, ops: builtins.list[Op],
                       timeout: float | None) -> StreamUpdateResult[Any]:
-        ops = parse_ops(raw_ops)  # invalid ops fail before Redis is touched
         key = self.layout.key(stream_name, group_id)
         async with self._guard("update", timeout):
             return await self._updates.submit(key, _Update(stream_name, group_id, item_id, ops))

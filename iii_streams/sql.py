@@ -71,9 +71,8 @@ from iii.stream import (
     StreamSetInput,
     StreamSetResult,
     StreamUpdateResult,
-    UpdateOp,
 )
-from iii.stream_ops import Op, apply_update, parse_ops
+from iii.stream_ops import Op, apply_update
 from iii.wire import dumps, loads
 
 from .base import DEFAULT_TIMEOUT, FieldUpdates, SetResult, UpdateResult
@@ -569,10 +568,8 @@ class SQLStream(FieldUpdates):
                                        lambda _old: (input.data, text))
         return SetResult(old_value=old, new_value=input.data)
 
-    async def _update(self, stream_name: str, group_id: str, item_id: str, raw_ops: Sequence[UpdateOp | Op],
+    async def _update(self, stream_name: str, group_id: str, item_id: str, ops: builtins.list[Op],
                       timeout: float | None) -> StreamUpdateResult[Any]:
-        ops: builtins.list[Op] = parse_ops(raw_ops)  # invalid ops fail before the database is touched
-
         def compute(old: Any) -> tuple[Any, str]:
             new = apply_update(old, ops)[1]
             return new, dumps(new)

@@ -96,3 +96,29 @@ async def test_a_subclass_overriding_update_sees_update_parsed() -> None:
     assert result is not None and result.new_value == {"n": 2}
     assert [(r.stream_name, r.group_id, r.item_id) for r in seen] == [("s", "g", "i")]
     assert await Both().update_parsed("s", "g", "i", []) == "own"  # a subclass defining both keeps its own
+
+
+async def test_parsed_ops_are_not_parsed_again(store: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """update_parsed's ops go through parse_ops once (applying them), not once more before the store is touched."""
+    import iii.stream_ops
+    import iii_streams.base
+    import iii_streams.memory
+    import iii_streams.redis
+    import iii_streams.sql
+
+    calls: list[object] = []
+    real = iii.stream_ops.parse_ops
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    for module in (iii.stream_ops, iii_streams.base, iii_streams.memory, iii_streams.redis, iii_streams.sql):
+        monkeypatch.setattr(module, "parse_ops", counted, raising=False)
+    ops = real(OPS)
+    name = f"once-{uuid.uuid4().hex[:8]}"
+    for _ in range(3):
+        await store.update_parsed(name, "g", "i", ops)
+    assert len(calls) == 3  # before: 6 on Redis and SQL (the store parsed them again first)
+    result = await store.update(StreamUpdateInput(stream_name=name, group_id="g", item_id="i", ops=OPS))
+    assert result is not None and result.new_value["n"] == 8
