@@ -151,9 +151,6 @@ class Connection:
         self._backlog: deque[tuple[Frame, str | None]] = deque()
         self._supervisor: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
-        # Set while frames wait in the socket's protocol for one joined write at the end of the loop's turn.
-        self._batch_flush: asyncio.Handle | None = None
-        self._batch_ws: ClientConnection | None = None
 
     @property
     def state(self) -> IIIConnectionState:
@@ -235,21 +232,9 @@ class Connection:
         self.send_soon(frame, key)
 
     def _write_now(self, ws: ClientConnection, frame: Frame, batch: bool) -> bool:
-        if not ws_fastpath.queue_frame(ws, frame):
-            return False
-        if self._batch_flush is not None and self._batch_ws is ws:
-            return True  # the flush at the end of this turn writes it, after the frames queued before it
-        if batch:
-            self._batch_ws = ws
-            self._batch_flush = asyncio.get_running_loop().call_soon(self._flush_batch)
-        else:
-            ws_fastpath.write_queued(ws)
-        return True
-
-    def _flush_batch(self) -> None:
-        ws, self._batch_ws, self._batch_flush = self._batch_ws, None, None
-        if ws is not None:
-            ws_fastpath.write_queued(ws)
+        # A batch frame waits for the end of this turn in the socket's cork (ws_fastpath), with the frames written
+        # after it; any frame goes after those corked before it.
+        return ws_fastpath.queue_frame(ws, frame, hold=batch)
 
     def send_soon(self, frame: Frame, key: str | None = None) -> None:
         """Queue ``frame`` behind earlier ones and write it as soon as the socket allows (loop thread only)."""

@@ -13,9 +13,10 @@ sockets (and the engine's side of the control socket, which uses the same receiv
   pings, runs the closing handshake and raises the same ``ConnectionClosed`` as always. After a Close (or any
   surprise) the rest of the stream goes to ``websockets`` for good.
 
-For the SDK's control socket it queues small frames without ``send``'s coroutine (:func:`queue_frame`,
-:func:`write_queued`: several frames of one loop turn in one write) and hands complete messages to the client as
-``websockets`` parses them (:class:`DirectClientConnection`).
+For the SDK's control socket it writes small frames without ``send``'s coroutine (:func:`queue_frame`) and hands
+complete messages to the client as ``websockets`` parses them (:class:`DirectClientConnection`). Both kinds of
+socket batch the same way (:class:`_Corked`): frames written in one loop turn leave in one write, before anything
+``websockets`` writes itself.
 
 Which internals it relies on is checked once at import (:data:`MISSING` lists what this ``websockets`` lacks).
 When something is missing, every helper here falls back to the public API (``send``, ``recv``, ``close``); each
@@ -91,8 +92,6 @@ def _probe() -> tuple[str, ...]:
                  "expect_continuation_frame", "debug"):
         if not hasattr(protocol, name):
             missing.append(f"Protocol.{name}")
-    if not isinstance(getattr(protocol, "writes", None), list):
-        missing.append("Protocol.writes")
     if not isinstance(getattr(getattr(protocol, "reader", None), "buffer", None), bytearray):
         missing.append("Protocol.reader.buffer")
     for name in ("send_close", "close_exc", "receive_data", "close_expected"):
@@ -211,9 +210,10 @@ invited to send (:data:`iii.channel_end.INVITED_FRAME_SIZES`)."""
 
 
 def _write(ws: Connection, *parts: bytes) -> None:
-    """Write the parts of frames; on a fast connection they are corked until the end of this event-loop turn
-    (or :data:`FLUSH_BYTES`), so four 64 KiB frames cost one ``send`` instead of four."""
-    if isinstance(ws, _FastReceive):
+    """Write the parts of frames; on a corking connection (channel sockets, the SDK's control socket) they are
+    corked until the end of this event-loop turn (or :data:`FLUSH_BYTES`), so four 64 KiB frames cost one ``send``
+    instead of four."""
+    if isinstance(ws, _Corked):
         ws.cork(parts)
     elif len(parts) == 1:
         ws.transport.write(parts[0])
@@ -223,7 +223,7 @@ def _write(ws: Connection, *parts: bytes) -> None:
 
 def flush(ws: Connection) -> None:
     """Write out corked frames now (before anything websockets itself writes, such as a Close frame)."""
-    if isinstance(ws, _FastReceive):
+    if isinstance(ws, _Corked):
         ws.flush_out()
 
 
@@ -768,54 +768,49 @@ _BUFFERED: Final = hasattr(asyncio, "BufferedProtocol")
 _HANDSHAKE, _OPENING, _PENDING, _FAST, _OFF = range(5)
 
 
-class _FastReceive:
-    """Mixin for a websockets ``Connection``: data messages of a channel socket go through :class:`FrameReader`
-    into a bounded inbox; everything else through websockets (see the module docstring)."""
+class _Corked:
+    """Mixin for a websockets ``Connection``: the one batching of frames written in one event-loop turn, for
+    channel sockets and the SDK's control socket alike. Frames are corked and leave in one transport write at the
+    end of the turn (or at :data:`FLUSH_BYTES`), always before anything websockets writes itself (pongs, Close)."""
 
-    # Set by Connection; declared for the type checker.
-    protocol: Any
     transport: asyncio.Transport
-    recv_messages: Any
-    _phase: int
-    _head_tail: bytes
-    _frames: FrameReader | None
-    _inbox: deque[tuple[bool, bytes]]
-    _inbox_bytes: int
-    _high: int
-    _paused: bool
-    _signal: Signal
     _out: list[bytes]
     _out_bytes: int
     _flush: asyncio.Handle | None
-    _buffered: bool
-    _deferred: bytes | None
-    close_guard: Callable[[deque[tuple[bool, bytes]]], bool] | None = None
-    """Set by the relay (:func:`guard_close`): whether the unread messages hold one it will refuse."""
 
-    def _fast_setup(self, phase: int) -> None:
-        self._phase = phase
-        self._head_tail = b""
-        self._frames = None
-        self._inbox = deque()
-        self._inbox_bytes = 0
-        self._high = DEFAULT_RECEIVE_BUFFER
-        self._paused = False
-        self._signal = Signal()
+    def _cork_setup(self) -> None:
         self._out = []
         self._out_bytes = 0
         self._flush = None
-        self._buffered = False
-        self._deferred = None
+
+    def cork_frame(self, frame: bytes, hold: bool = False) -> None:
+        """:meth:`cork` for a frame in one piece, the control socket's per-call path: it goes out at once when
+        nothing is corked and ``hold`` is false (joining it would only add a copy); ``hold``: more frames are likely
+        in this turn, so it waits for them."""
+        out = self._out
+        if out or hold:
+            size = len(frame)
+            if size < FLUSH_BYTES:
+                if not out:  # nothing corked, so no flush is due yet
+                    self._flush = asyncio.get_running_loop().call_soon(self.flush_out)
+                out.append(frame)
+                self._out_bytes = size = self._out_bytes + size
+                if size >= FLUSH_BYTES:
+                    self.flush_out()
+                return
+            self.flush_out()
+            if self.transport.is_closing():
+                return
+        self.transport.write(frame)
 
     def cork(self, parts: tuple[bytes, ...]) -> None:
-        """Queue frame bytes for one joined write at the end of this event-loop turn (a frame already in one
-        piece goes out at once when nothing is corked: joining it would only add a copy). A part of
-        :data:`FLUSH_BYTES` or more (a large frame's payload) is written by itself, after what was corked before
-        it: joining it would copy it once more."""
-        out = self._out
-        if not out and len(parts) == 1:
-            self.transport.write(parts[0])
+        """Queue frame bytes for one joined write at the end of this event-loop turn (a frame in one piece: see
+        :meth:`cork_frame`). A part of :data:`FLUSH_BYTES` or more (a large frame's payload) is written by itself,
+        after what was corked before it: joining it would copy it once more."""
+        if len(parts) == 1:
+            self.cork_frame(parts[0])
             return
+        out = self._out
         for part in parts:
             if len(part) >= FLUSH_BYTES:
                 self.flush_out()
@@ -850,6 +845,43 @@ class _FastReceive:
         # Whatever websockets writes itself (pongs, Close frames) goes after the frames corked before it.
         self.flush_out()
         super().send_data()  # type: ignore[misc]
+
+
+class _FastReceive(_Corked):
+    """Mixin for a websockets ``Connection``: data messages of a channel socket go through :class:`FrameReader`
+    into a bounded inbox; everything else through websockets (see the module docstring)."""
+
+    # Set by Connection; declared for the type checker.
+    protocol: Any
+    recv_messages: Any
+    _phase: int
+    _head_tail: bytes
+    _frames: FrameReader | None
+    _inbox: deque[tuple[bool, bytes]]
+    _inbox_bytes: int
+    _high: int
+    _paused: bool
+    _signal: Signal
+    _buffered: bool
+    _deferred: bytes | None
+    close_guard: Callable[[deque[tuple[bool, bytes]]], bool] | None = None
+    """Set by the relay (:func:`guard_close`): whether the unread messages hold one it will refuse."""
+
+    def _fast_setup(self, phase: int) -> None:
+        self._phase = phase
+        self._head_tail = b""
+        self._frames = None
+        self._inbox = deque()
+        self._inbox_bytes = 0
+        self._high = DEFAULT_RECEIVE_BUFFER
+        self._paused = False
+        self._signal = Signal()
+        self._cork_setup()
+        self._buffered = False
+        self._deferred = None
+
+    def send_data(self) -> None:
+        super().send_data()
         if self._deferred is not None and self.protocol.state is not State.OPEN:
             # We sent our Close first (the relay refusing a writer): now websockets may see the peer's, which
             # completes the closing handshake. Not from inside websockets' own write.
@@ -1147,10 +1179,11 @@ def frame_queue_high(ws: Connection) -> int | None:
 # ---------------------------------------------------------------------------------- the SDK's control socket
 
 
-def queue_frame(ws: Connection, frame: str | bytes) -> bool:
-    """Serialise one text (``str``) or binary frame into ``ws``'s outgoing bytes without writing them; False when
-    ``websockets``' own ``send`` is needed (socket not open, a fragmented send in progress, flow control paused, or
-    internals missing). Any later :func:`write_queued` or ``websockets`` write sends them, in order.
+def queue_frame(ws: Connection, frame: str | bytes, *, hold: bool = False) -> bool:
+    """Write one text (``str``) or binary frame without ``send``'s coroutine, through the connection's corking
+    (:meth:`_Corked.cork_frame`; ``hold``: more frames are likely in this turn, so this one may wait for the end of
+    the turn and leave with them in one write); False when ``websockets``' own ``send`` is needed (socket not open,
+    a fragmented send in progress, flow control paused, or internals missing).
 
     ``websockets``' ``send`` is a coroutine around a context manager: for one small frame it costs more than the
     frame, and in exactly these conditions it would not suspend either.
@@ -1167,40 +1200,37 @@ def queue_frame(ws: Connection, frame: str | bytes) -> bool:
         text, data = False, frame
     if protocol.side is Side.CLIENT and not protocol.extensions and not protocol.expect_continuation_frame \
             and not protocol.debug:
-        # The bytes websockets' send_frame appends, with a mask key from a pooled read of the OS's random source
-        # (websockets draws each key with its own getrandom and serialises through a Frame: 4.8 -> 1.0 us).
-        protocol.writes.append(client_frame(text, data, _mask_key()))
-    elif text:
+        # The bytes websockets' send_frame would write, with a mask key from a pooled read of the OS's random
+        # source (websockets draws each key with its own getrandom and serialises through a Frame: 4.8 -> 1.0 us).
+        if isinstance(ws, _Corked):
+            ws.cork_frame(client_frame(text, data, _mask_key()), hold)
+        else:
+            _write(ws, client_frame(text, data, _mask_key()))
+        return True
+    if text:
         protocol.send_text(data)
     else:
         protocol.send_binary(data)
+    ws.send_data()  # after anything corked before it
     return True
 
 
-def write_queued(ws: Connection) -> None:
-    """Write every frame :func:`queue_frame` left in ``ws`` as one transport write (one syscall, not one each)."""
-    chunks = ws.protocol.data_to_send()
-    if all(chunks):
-        if chunks:
-            ws.transport.write(b"".join(chunks))
-        return
-    for chunk in chunks:  # an end-of-stream marker (b"", from the closing path): as websockets' send_data does
-        if chunk:
-            ws.transport.write(chunk)
-        elif ws.transport.can_write_eof():
-            with contextlib.suppress(Exception):
-                ws.transport.write_eof()
-        else:
-            ws.transport.close()
+write_queued: Final = flush
+"""Write what :func:`queue_frame` held (the same as :func:`flush`)."""
 
 
-class DirectClientConnection(ClientConnection):
-    """A client connection that hands each complete, unfragmented data message to :attr:`deliver` as soon as
+class DirectClientConnection(_Corked, ClientConnection):
+    """The SDK control socket's connection: frames are corked like a channel socket's (:class:`_Corked`), and it
+    hands each complete, unfragmented data message to :attr:`deliver` as soon as
     ``websockets`` has parsed it, instead of queueing it for a reader task (one queue and one task wake-up less
     per message). Anything else — fragments, invalid UTF-8 (closed with 1007 as always), or a message while older
     ones still wait in ``websockets``' queue (so order is kept) — takes the ordinary path to ``recv``."""
 
     deliver: Callable[[str | bytes], None] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._cork_setup()
 
     def process_event(self, event: Any) -> None:
         deliver = self.deliver
