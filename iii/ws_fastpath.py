@@ -1215,9 +1215,6 @@ def queue_frame(ws: Connection, frame: str | bytes, *, hold: bool = False) -> bo
     return True
 
 
-write_queued: Final = flush
-"""Write what :func:`queue_frame` held (the same as :func:`flush`)."""
-
 
 class DirectClientConnection(_Corked, ClientConnection):
     """The SDK control socket's connection: frames are corked like a channel socket's (:class:`_Corked`), and it
@@ -1297,5 +1294,4 @@ __all__ = [
     "take_ready",
     "tune_allocator",
     "unread_bytes",
-    "write_queued",
 ]

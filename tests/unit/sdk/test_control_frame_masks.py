@@ -33,7 +33,7 @@ async def _round(frames: list[str | bytes]) -> list[str | bytes]:
         async with websockets.connect(f"ws://127.0.0.1:{port}", **OPTS) as ws:
             for frame in frames:
                 assert ws_fastpath.queue_frame(ws, frame)
-            ws_fastpath.write_queued(ws)
+            ws_fastpath.flush(ws)
             await asyncio.wait_for(done.wait(), 10)
     return got
 
@@ -65,7 +65,7 @@ async def test_debug_logging_leaves_the_frame_to_websockets(caplog: pytest.LogCa
             async with websockets.connect(f"ws://127.0.0.1:{port}", logger=logger, **OPTS) as ws:
                 assert ws.protocol.debug
                 assert ws_fastpath.queue_frame(ws, "hello")
-                ws_fastpath.write_queued(ws)
+                ws_fastpath.flush(ws)
                 await asyncio.wait_for(done.wait(), 10)
     assert got == ["hello"]
     assert ws_fastpath._mask_keys == []  # websockets drew the key, so its debug log shows the frame
