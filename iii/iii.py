@@ -20,10 +20,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 import uuid
 from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from .channels import ChannelReader, ChannelWriter
 from .connection import Connection, Frame, Write, check_url
@@ -637,7 +638,7 @@ class III:
         function_id: str,
         payload: Any,
         action: Any,
-        timeout_ms: int | None = None,
+        timeout_ms: float | None = None,
         headers: tuple[str | None, str | None] | None = None,
     ) -> Any:
         """One invocation, on the client's loop; ``headers`` = ``(traceparent, baggage)`` of the caller."""
@@ -818,15 +819,23 @@ def register_worker(address: str, options: InitOptions | None = None) -> III:
 # ---------------------------------------------------------------- helpers
 
 
-def _unpack_request(request: dict[str, Any] | TriggerRequest) -> tuple[str, Any, Any, int | None]:
+_LONGEST_TIMEOUT_MS: Final = (threading.TIMEOUT_MAX - 1.0) * 1000.0
+"""Longer timeouts wait this long (about 292 years): a thread's wait and the loop's clock take no more, and a huge
+int (10**400) has no float at all."""
+
+
+def _unpack_request(request: dict[str, Any] | TriggerRequest) -> tuple[str, Any, Any, float | None]:
     """``(function_id, payload, action, timeout_ms)`` of a trigger request in either form; a ``timeout_ms`` that is
-    not a finite, non-negative number is refused here, naming it (a NaN would never match its own timer).
+    not a finite, non-negative number is refused here, naming it (a NaN would never match its own timer), and one
+    longer than :data:`_LONGEST_TIMEOUT_MS` is cut to it.
 
     Example:
         >>> _unpack_request({"function_id": "f", "timeout_ms": float("nan")})
         Traceback (most recent call last):
         ...
         ValueError: timeout_ms must be a finite number of milliseconds >= 0 (or None), got nan
+        >>> _unpack_request({"function_id": "f", "timeout_ms": 10**400})[3] == _LONGEST_TIMEOUT_MS
+        True
     """
     if isinstance(request, TriggerRequest):
         timeout_ms = request.timeout_ms
@@ -837,6 +846,8 @@ def _unpack_request(request: dict[str, Any] | TriggerRequest) -> tuple[str, Any,
     if timeout_ms is not None and (isinstance(timeout_ms, bool) or not isinstance(timeout_ms, (int, float))
                                    or not 0 <= timeout_ms < math.inf):
         raise ValueError(f"timeout_ms must be a finite number of milliseconds >= 0 (or None), got {timeout_ms!r}")
+    if timeout_ms is not None and timeout_ms > _LONGEST_TIMEOUT_MS:
+        return unpacked[0], unpacked[1], unpacked[2], _LONGEST_TIMEOUT_MS
     return unpacked
 
 
