@@ -221,10 +221,14 @@ class PendingCalls:
         while calls:
             invocation_id, pending = next(iter(calls.items()))
             if pending.deadline > now:
-                clock.timer = self._loop.call_at(pending.deadline, self._tick, timeout_ms)
+                if clock.timer is None:  # (a call an on_expire added to this clock armed it already)
+                    clock.timer = self._loop.call_at(pending.deadline, self._tick, timeout_ms)
                 return
             del calls[invocation_id]
             self._expire(invocation_id, pending)
+        if clock.timer is not None:  # armed by a call an on_expire added, then ended: no orphan tick later
+            clock.timer.cancel()
+            clock.timer = None
         if self._clocks.get(timeout_ms) is clock:  # (an on_expire may have dropped it already)
             del self._clocks[timeout_ms]
 
