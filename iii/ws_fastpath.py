@@ -411,7 +411,7 @@ what it sent (:meth:`FrameReader._lend`)."""
 
 LENT_BYTES: Final = 4 * FRAME_BUFFER
 """The frame buffers a thread's :class:`FrameReader` s may hold, all told, for peers that sent less than a quarter
-of a frame's size: what frame headers alone can make a thread allocate, however many connections send one."""
+of the frame in progress: what frame headers alone can make a thread allocate, however many connections send one."""
 
 
 class FrameReader:
@@ -437,21 +437,21 @@ class FrameReader:
         True
     """
 
-    __slots__ = ("__weakref__", "_filled", "_lent", "_masked", "_need", "_pending", "_received", "done", "max_size")
+    __slots__ = ("__weakref__", "_filled", "_lent", "_masked", "_need", "_pending", "done", "max_size")
 
     def __init__(self, *, masked: bool, max_size: int | None = None) -> None:
         self._masked = masked
         self.max_size = max_size
         # The frame in progress: its first ``_filled`` bytes in ``_pending``; ``_need`` its whole size (0 while
         # its header is incomplete). A frame of up to FRAME_BUFFER bytes takes this thread's spare buffer of its
-        # exact size if there is one, or a fresh one once the peer has sent a quarter of its size on this
-        # connection (and may then be received straight into it, :meth:`receive_buffer`); until then it grows as
-        # its bytes come, unless the thread's readers hold less than LENT_BYTES of such buffers: frame headers
-        # alone, on however many connections, never make a thread allocate more than that.
+        # exact size if there is one, or a fresh one once the peer has sent a quarter of that frame (and may then
+        # be received straight into it, :meth:`receive_buffer`); until then it grows as its bytes come, unless the
+        # thread's readers hold less than LENT_BYTES of such buffers: frame headers alone, on however many
+        # connections and whatever they sent before, never make a thread allocate more than that. (Bytes of
+        # earlier frames earn nothing: they are gone, and a buffer per connection would again follow headers.)
         self._pending = bytearray()
         self._filled = 0
         self._need = 0
-        self._received = 0  # bytes fed or received so far
         self._lent: weakref.WeakSet[FrameReader] | None = None  # the set this reader is in while it holds a loan
         self.done = False
 
@@ -464,7 +464,6 @@ class FrameReader:
         control: list[bytes] = []
         offset = 0
         size = len(data)
-        self._received += size
         if self._filled:
             # Complete the frame in progress, copying from ``data`` only what it still needs.
             pending = self._pending
@@ -503,7 +502,7 @@ class FrameReader:
         if need - filled < FLUSH_BYTES:
             return None
         if len(self._pending) != need:  # growing with its bytes (no spare of its size was left)
-            if need > FRAME_BUFFER or 4 * self._received < need:
+            if need > FRAME_BUFFER or 4 * filled < need:  # not yet a quarter of this frame
                 return None
             exact = bytearray(need)
             exact[:filled] = self._pending
@@ -515,7 +514,6 @@ class FrameReader:
         messages: list[tuple[bool, bytes]] = []
         control: list[bytes] = []
         self._filled += nbytes
-        self._received += nbytes
         if self._filled == self._need:
             self._take_pending(messages, control)
         return messages, control, None
@@ -530,7 +528,7 @@ class FrameReader:
                 _SPARE.buffer = None
                 self._pending = spare
                 spare[: len(head)] = head
-            elif 4 * self._received >= need or self._lend(need):
+            elif 4 * len(head) >= need or self._lend(need):
                 self._pending = bytearray(need)
                 self._pending[: len(head)] = head
             else:  # a fresh 1 MiB for a 14-byte header, times the connections a peer holds open: not yet
