@@ -106,6 +106,8 @@ class III:
         # A URL that can never work fails here, before a thread starts (ValueError naming the bad part).
         self._address = check_url(address)
         self._options = options or InitOptions()
+        # The timeout of calls that give none, checked like theirs (a NaN or negative default broke every call).
+        self._timeout_ms = _checked_timeout_ms(self._options.invocation_timeout_ms, "invocation_timeout_ms")
         self._session = ClientSession()
         self._runner = HandlerRunner(self._address)
         self._trigger_host = TriggerTypeHost()
@@ -580,7 +582,7 @@ class III:
         invocation_id, frame = self._session.new_call(
             function_id, payload, action=action_to_wire(action), traceparent=tp or None, baggage=bg or None
         )
-        return function_id, invocation_id, frame, timeout_ms or self._options.invocation_timeout_ms
+        return function_id, invocation_id, frame, timeout_ms or self._timeout_ms
 
     def _start_call(self, invocation_id: str, function_id: str, frame: str, timeout_ms: float,
                     waiter: Settle) -> None:
@@ -651,7 +653,7 @@ class III:
         if invocation_id is None:
             await self._conn.send(frame)
             return None
-        timeout = timeout_ms or self._options.invocation_timeout_ms
+        timeout = timeout_ms or self._timeout_ms
         future = self._calls.add(invocation_id, function_id, timeout_ms=timeout, on_expire=self._session.forget)
         try:
             # With other calls in flight, frames started in the same turn of the loop leave in one write.
@@ -824,30 +826,42 @@ _LONGEST_TIMEOUT_MS: Final = (threading.TIMEOUT_MAX - 1.0) * 1000.0
 int (10**400) has no float at all."""
 
 
+def _checked_timeout_ms(value: Any, name: str) -> float:
+    """``value`` as a call's timeout in milliseconds: a finite number >= 0, one longer than
+    :data:`_LONGEST_TIMEOUT_MS` cut to it; anything else raises ValueError naming ``name`` (a NaN would never match
+    its own timer, a negative one expires at once).
+
+    Example:
+        >>> _checked_timeout_ms(-1, "timeout_ms")
+        Traceback (most recent call last):
+        ...
+        ValueError: timeout_ms must be a finite number of milliseconds >= 0, got -1
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ValueError(f"{name} must be a finite number of milliseconds >= 0, got {value!r}")
+    return _LONGEST_TIMEOUT_MS if value > _LONGEST_TIMEOUT_MS else value
+
+
 def _unpack_request(request: dict[str, Any] | TriggerRequest) -> tuple[str, Any, Any, float | None]:
-    """``(function_id, payload, action, timeout_ms)`` of a trigger request in either form; a ``timeout_ms`` that is
-    not a finite, non-negative number is refused here, naming it (a NaN would never match its own timer), and one
-    longer than :data:`_LONGEST_TIMEOUT_MS` is cut to it.
+    """``(function_id, payload, action, timeout_ms)`` of a trigger request in either form; ``timeout_ms`` (``None``:
+    the client's default) is checked by :func:`_checked_timeout_ms`.
 
     Example:
         >>> _unpack_request({"function_id": "f", "timeout_ms": float("nan")})
         Traceback (most recent call last):
         ...
-        ValueError: timeout_ms must be a finite number of milliseconds >= 0 (or None), got nan
+        ValueError: timeout_ms must be a finite number of milliseconds >= 0, got nan
         >>> _unpack_request({"function_id": "f", "timeout_ms": 10**400})[3] == _LONGEST_TIMEOUT_MS
         True
     """
     if isinstance(request, TriggerRequest):
-        timeout_ms = request.timeout_ms
-        unpacked = request.function_id, request.payload, request.action, timeout_ms
+        function_id, payload, action, timeout_ms = (request.function_id, request.payload, request.action,
+                                                     request.timeout_ms)
     else:
+        function_id, payload, action = request["function_id"], request.get("payload"), request.get("action")
         timeout_ms = request.get("timeout_ms")
-        unpacked = request["function_id"], request.get("payload"), request.get("action"), timeout_ms
-    if timeout_ms is not None and (isinstance(timeout_ms, bool) or not isinstance(timeout_ms, (int, float))
-                                   or not 0 <= timeout_ms < math.inf):
-        raise ValueError(f"timeout_ms must be a finite number of milliseconds >= 0 (or None), got {timeout_ms!r}")
-    if timeout_ms is not None and timeout_ms > _LONGEST_TIMEOUT_MS:
-        return unpacked[0], unpacked[1], unpacked[2], _LONGEST_TIMEOUT_MS
-    return unpacked
+    if timeout_ms is None:
+        return function_id, payload, action, None
+    return function_id, payload, action, _checked_timeout_ms(timeout_ms, "timeout_ms")
 
 
