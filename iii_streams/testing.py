@@ -54,6 +54,7 @@ from iii.stream import (
     UpdateRemove,
     UpdateSet,
 )
+from iii.stream_ops import parse_ops
 
 from .messages import missing_extra
 
@@ -312,6 +313,22 @@ class StreamConformance:
         assert second.old_value == {"n": 5}
         assert second.new_value == {"n": 11, "a.b": [1, 2**70], "s": 1}
         assert await stream.get(_get(s, "g", "i")) == second.new_value
+
+    async def test_update_parsed_matches_update(self, stream: IStream[Any], names: Names) -> None:
+        # An engine updates a Backend through update_parsed (ops it already parsed): same answers, same values.
+        update_parsed = getattr(stream, "update_parsed", None)
+        if update_parsed is None:
+            pytest.skip("not a Backend: an engine calls update() on it")
+        s = names.stream()
+        ops: list[Any] = [UpdateIncrement(path="n", by=5), UpdateSet(path="big", value=2**70),
+                          UpdateMerge(type="merge", path="", value={"m": [1, {"x": None}]}), UpdateRemove(path="gone")]
+        for item in ("by-update", "by-parsed"):
+            await stream.set(_set(s, "g", item, {"gone": 1, "n": 1}))
+        via_update = await stream.update(_upd(s, "g", "by-update", ops))
+        via_parsed = await update_parsed(s, "g", "by-parsed", parse_ops(ops))
+        assert via_update is not None and via_parsed is not None
+        assert (via_parsed.old_value, via_parsed.new_value) == (via_update.old_value, via_update.new_value)
+        assert await stream.get(_get(s, "g", "by-parsed")) == await stream.get(_get(s, "g", "by-update"))
 
     async def test_update_with_no_ops_still_creates(self, stream: IStream[Any], names: Names) -> None:
         s = names.stream()
