@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import numbers
 import threading
 import uuid
 from collections.abc import Callable, Coroutine
@@ -837,7 +838,14 @@ def _checked_timeout_ms(value: Any, name: str) -> float:
         ...
         ValueError: timeout_ms must be a finite number of milliseconds >= 0, got -1
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a finite number of milliseconds >= 0, got {value!r}")
+    if not isinstance(value, (int, float)):  # a Fraction, a NumPy number
+        try:
+            value = float(value)
+        except OverflowError:  # beyond any float: cut below when positive, refused when negative
+            value = _LONGEST_TIMEOUT_MS if value > 0 else -math.inf
+    if not 0 <= value < math.inf:
         raise ValueError(f"{name} must be a finite number of milliseconds >= 0, got {value!r}")
     return _LONGEST_TIMEOUT_MS if value > _LONGEST_TIMEOUT_MS else value
 

@@ -32,3 +32,12 @@ def test_bad_timeouts_are_refused_and_the_client_keeps_working(served: Harness, 
     assert len(b._calls) == 0  # nothing was left waiting
     assert b.trigger({"function_id": "echo::t", "payload": 2, "timeout_ms": 5000}) == 2
     assert b.trigger(TriggerRequest(function_id="echo::t", payload=3, timeout_ms=0)) == 3  # 0: the default
+
+
+def test_any_real_number_is_a_timeout(served: Harness, make_worker: MakeWorker) -> None:
+    from fractions import Fraction
+
+    a, b = make_worker("a"), make_worker("b")
+    a.register_function("echo::r", lambda data: data)
+    served.wait_registered("echo::r")
+    assert b.trigger({"function_id": "echo::r", "payload": 4, "timeout_ms": Fraction(10_001, 2)}) == 4
