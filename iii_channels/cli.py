@@ -149,6 +149,11 @@ async def _connect(client: III, args: argparse.Namespace) -> None:
     sdk_log.addFilter(quiet)
     try:
         await client._connected_within(_connect_timeout(args))
+    except BaseException:
+        # Its reconnection attempts go on until it is shut down: stop them while their messages are still hidden,
+        # or one that fails just after the filter goes adds a second line to the CLI's one-line error.
+        await client.shutdown_async()
+        raise
     finally:
         sdk_log.removeFilter(quiet)
 
