@@ -10,7 +10,8 @@ It knows nothing about the protocol. The client gives it callbacks:
 - ``on_state(state)``: one of ``disconnected``, ``connecting``, ``connected``, ``reconnecting``, ``failed``.
 
 While the socket is down, sends are queued (at most ``max_queue``, oldest dropped with a warning). A queued
-frame may carry a ``key``; on flush, ``keep(key)`` decides whether it is still worth sending.
+frame may carry a ``key``; on flush, ``keep(key)`` decides whether it is still worth sending, and when a keyed frame
+is dropped, ``on_dropped(key)`` is told.
 
 Example:
     >>> conn = Connection("ws://127.0.0.1:1", on_frame=print)
@@ -124,6 +125,7 @@ class Connection:
         on_state: Callable[[IIIConnectionState], None] = _noop,
         reconnection: ReconnectionConfig | None = None,
         keep: Callable[[str], bool] = lambda _key: True,
+        on_dropped: Callable[[str], None] = _noop,
         max_queue: int = MAX_QUEUE_SIZE,
         max_size: int | None = None,
         open_timeout: float = 10.0,
@@ -136,6 +138,7 @@ class Connection:
         self._on_state = on_state
         self._config = reconnection or DEFAULT_RECONNECTION_CONFIG
         self._keep = keep
+        self._on_dropped = on_dropped
         self._max_queue = max_queue
         self._max_size = max_size
         self._open_timeout = open_timeout
@@ -244,8 +247,10 @@ class Connection:
 
     def _enqueue(self, frame: Frame, key: str | None) -> None:
         if len(self._backlog) >= self._max_queue:
-            dropped, _ = self._backlog.popleft()
+            dropped, dropped_key = self._backlog.popleft()
             log.warning("Outbound queue full (%d), dropping the oldest message: %.80r", self._max_queue, dropped)
+            if dropped_key is not None:  # a call waiting for its answer: it must fail now, not at its timeout
+                self._on_dropped(dropped_key)
         self._backlog.append((frame, key))
 
     def _kick(self) -> None:

@@ -135,6 +135,7 @@ class III:
             on_state=self._set_connection_state,
             reconnection=self._options.reconnection_config,
             keep=self._session.is_pending,
+            on_dropped=self._on_call_dropped,
         )
         self._bridge.submit(self._start_async())
 
@@ -329,6 +330,12 @@ class III:
         self._conn.send_soon(frame)
         if lost_worker_id is not None:
             self._bridge.spawn(self._recover_registrations(lost_worker_id))
+
+    def _on_call_dropped(self, invocation_id: str) -> None:
+        failure = self._session.call_dropped(
+            invocation_id, f"the outbound queue was full ({MAX_QUEUE_SIZE} frames waiting for the engine)")
+        if failure is not None:
+            self._calls.fail(failure.invocation_id, failure.error)
 
     def _on_lost(self) -> None:
         for failure in self._session.connection_lost(self._conn.queued_keys()):

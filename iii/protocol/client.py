@@ -273,6 +273,22 @@ class ClientSession:
             failed.append(CallFailed(iid, ConnectionLostError("connection_lost", message)))
         return failed
 
+    def call_dropped(self, invocation_id: str, reason: str) -> CallFailed | None:
+        """A pending call whose frame was dropped before reaching any socket: it fails with
+        :class:`~iii.errors.ConnectionLostError` (the engine never saw it, so trying again is safe).
+
+        Example:
+            >>> session = ClientSession()
+            >>> iid, _ = session.start_call("f", {})
+            >>> session.call_dropped(iid, "queue full").error.message
+            "The call to 'f' was never sent: queue full"
+        """
+        function_id = self._pending.pop(invocation_id, None)
+        if function_id is None:
+            return None
+        message = f"The call to '{function_id}' was never sent: {reason}"
+        return CallFailed(invocation_id, ConnectionLostError("connection_lost", message))
+
     def close(self) -> list[CallFailed]:
         """Shutting down: every pending call fails with :class:`~iii.errors.ShuttingDownError`."""
         failed = [CallFailed(iid, ShuttingDownError()) for iid in self._pending]
