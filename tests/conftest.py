@@ -24,9 +24,10 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,3 +213,15 @@ def urandom_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(os, "urandom", counted)
     return reads
+
+
+@pytest.fixture
+def no_gc() -> Iterator[None]:
+    """The cycle collector off for the test: what must be freed at once (a closed connection, a loan) is seen not
+    to wait for it."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()

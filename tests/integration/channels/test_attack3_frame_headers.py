@@ -4,7 +4,6 @@ frame a buffer of its whole size as soon as its header was in): what the engine 
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import struct
 import tracemalloc
@@ -13,22 +12,13 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from bench.chaos.common import RawWebSocket
 from iii.ws_fastpath import LENT_BYTES, FrameReader
 from iii_engine import Engine
 
 pytestmark = pytest.mark.our_engine("reads the engine's memory in-process")
 
 CONNECTIONS = 32
-
-
-async def _upgraded(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    reader, writer = await asyncio.open_connection(host, port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write((f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                  f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    assert head.startswith(b"HTTP/1.1 101"), head[:80]
-    return reader, writer
 
 
 async def test_frame_headers_alone_do_not_make_the_engine_hold_a_frame_each(
@@ -46,19 +36,19 @@ async def test_frame_headers_alone_do_not_make_the_engine_hold_a_frame_each(
 
     url = urlsplit(engine.url)
     assert url.hostname is not None and url.port is not None
-    sockets = [await _upgraded(url.hostname, url.port) for _ in range(CONNECTIONS)]
+    sockets = [await RawWebSocket.connect(url.port, drain=False) for _ in range(CONNECTIONS)]
     monkeypatch.setattr(FrameReader, "feed", counted)
     header = struct.pack("!BBQ", 0x82, 0x80 | 127, 983_040) + os.urandom(4)  # a 960 KiB binary frame's header
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        for _, writer in sockets:
-            writer.write(header)
+        for ws in sockets:
+            ws.send_raw(header)
         await asyncio.wait_for(all_fed.wait(), 10)
         held = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
-        for _, writer in sockets:
-            writer.close()
+        for ws in sockets:
+            ws.reset()
     # before: 32 x 960 KiB (30 MiB) for 32 x 14 bytes
     assert held < LENT_BYTES + (4 << 20), f"the engine holds {held} bytes for {CONNECTIONS} frame headers"

@@ -5,11 +5,9 @@ than at the next full garbage collection."""
 from __future__ import annotations
 
 import asyncio
-import gc
 import subprocess
 import sys
 import weakref
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -79,16 +77,6 @@ async def test_releaser_close_cancels_a_pending_trim() -> None:
     releaser.close()
     await asyncio.wait_for(releaser.wait_idle(), 1)
     assert releaser.trims == 0
-
-
-@pytest.fixture
-def no_gc() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 @pytest.mark.usefixtures("no_gc")
