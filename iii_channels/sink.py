@@ -76,7 +76,6 @@ class ChannelSink:
         self._push(chunk)
         while self._queued_bytes > self.high_water_mark:
             await self._wait_progress()
-            self._check_error()
 
     async def send_text(self, message: str) -> None:
         """Queue a text message, ordered with the bytes."""
@@ -84,7 +83,7 @@ class ChannelSink:
         self._push(message)
 
     async def drain(self) -> None:
-        """Wait until everything queued was handed to the socket."""
+        """Wait until everything queued was handed to the socket; raises what stopped the socket's feed."""
         while self._queue:
             await self._wait_progress()
         self._check_error()
@@ -143,9 +142,17 @@ class ChannelSink:
             self._pump = asyncio.get_running_loop().create_task(self._run())
 
     async def _wait_progress(self) -> None:
+        """Wait until the feed hands the socket an item or stops; raise at once when it has stopped with items
+        still queued (it failed, or was cancelled): nothing would ever take them, and a caller looping on
+        ``while queued: await _wait_progress()`` would spin forever without yielding."""
         if self._pump is None:
+            self._check_error()
+            if self._queue:
+                raise ChannelClosedError(f"sink for channel {self.writer.ref.channel_id}: its feed to the socket "
+                                         f"stopped with {self._queued_bytes} bytes still queued")
             return
         await self._progress_made.wait()
+        self._check_error()
 
     async def _run(self) -> None:
         writer = self.writer

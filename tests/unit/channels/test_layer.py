@@ -344,3 +344,45 @@ async def test_receive_file_refuses_unsafe_sender_names(relay: tuple[str, Channe
     await asyncio.gather(sending, return_exceptions=True)
     assert list(inbox.iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["inbox"]  # noqa: ASYNC240
+
+
+def test_a_failed_feed_ends_close_and_write_instead_of_spinning() -> None:
+    # The pump that feeds the socket died on an error with items still queued: close() (drain) used to loop on a
+    # wait that returned at once, never yielding, forever at full CPU. Run it on a thread so a spin cannot hang
+    # the suite.
+    import threading
+
+    outcome: list[BaseException | None] = []
+
+    async def scenario() -> None:
+        writer, _reader = ends("ws://127.0.0.1:1", ChannelRelay())  # never connects: its sends are replaced
+
+        async def sent(message: str) -> None:
+            return None
+
+        async def broken(data: object) -> None:
+            raise ConnectionResetError("socket gone")
+
+        writer.send_message_async = sent  # type: ignore[method-assign]
+        writer.write = broken  # type: ignore[method-assign]
+        sink = ChannelSink(writer, high_water_mark=10)
+        await sink.send_text("header")  # queued ahead: the pump sends it, then fails on the bytes
+        with pytest.raises(ConnectionResetError, match="socket gone"):
+            await sink.write(b"x" * 100)  # over the high-water mark: waits for the feed, which fails
+        again = ChannelSink(writer)
+        await again.write(b"y" * 10)
+        with pytest.raises(ConnectionResetError, match="socket gone"):
+            await again.close()
+
+    def run() -> None:
+        try:
+            asyncio.run(scenario())
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(20)
+    assert not thread.is_alive(), "the sink spun on a dead feed"
+    assert outcome == [None], outcome
