@@ -239,17 +239,28 @@ def _bracket_count(raw: str | bytes) -> int:
 
 def _orjson_depth_limit() -> int | None:
     """The deepest nesting of containers orjson writes, found once by trying it (None: no orjson, or a limit
-    other than the 254 levels this was checked against, so :func:`_shallow` never answers)."""
+    other than the 254 levels this was checked against, so :func:`_shallow` never answers).
+
+    orjson 3.9 writes one level more (255) when the innermost list or object is empty; the largest limit seen is
+    the one returned, so :func:`_shallow` wraps enough to refuse a document one level too deep whatever its
+    innermost value (a 128-deep document with a scalar innermost is then walked, which is slower, never wrong).
+    """
     if _orjson is None:
         return None
-    value: Any = 0
-    for depth in range(1, 256):
-        value = [value]
-        try:
-            _orjson.dumps(value)
-        except TypeError:
-            return depth - 1 if depth - 1 == 254 else None
-    return None
+    limits: set[int | None] = set()
+    innermosts: tuple[Any, ...] = (0, [], {})
+    for innermost in innermosts:
+        value: Any = innermost
+        limit: int | None = None
+        for depth in range(1 if innermost == 0 else 2, 257):
+            value = [value]
+            try:
+                _orjson.dumps(value)
+            except TypeError:
+                limit = depth - 1
+                break
+        limits.add(limit)
+    return max(limits) if limits and limits <= {254, 255} else None  # type: ignore[type-var]
 
 
 _ORJSON_DEPTH = _orjson_depth_limit()
