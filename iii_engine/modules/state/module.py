@@ -155,9 +155,7 @@ class StateModule(EngineModule):
         f = Fields("state::update", data)
         scope, key, ops = f.text("scope"), f.text("key"), f.ops()
         try:
-            store = self._store()
-            async with self._locks.hold_update(store, (scope, key)):
-                result = await store.update_parsed(STATE_STREAM, scope, key, ops)
+            result = await self._locks.update_parsed(self._store(), STATE_STREAM, scope, key, ops)
         except Exception as exc:
             raise EngineError("UPDATE_ERROR", str(exc)) from None
         if result is None:

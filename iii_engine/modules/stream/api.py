@@ -41,7 +41,7 @@ from iii_streams.events import StreamEvent, custom_event, make_event
 
 from ..base import BuiltinFunction, EngineError, EngineServices, InvocationContext
 from .inputs import Fields, describe
-from .locks import KeyedLocks, store_updates_atomically
+from .locks import KeyedLocks
 from .triggers import StreamTriggers
 
 log = logging.getLogger(__name__)
@@ -321,11 +321,7 @@ class StreamFunctions:
                 return await self._compose(s, g, i, ops, get_id, set_id)
             self._no_fallback(s)
         try:  # the ops are already validated: the store takes them with the fields, no input model built
-            if store_updates_atomically(self.store):  # no lock, and no null context manager per update
-                result = await self.store.update_parsed(s, g, i, ops)
-            else:
-                async with self._locks.hold((s, g, i)):
-                    result = await self.store.update_parsed(s, g, i, ops)
+            result = await self._locks.update_parsed(self.store, s, g, i, ops)
         except Exception as exc:
             raise EngineError("STREAM_UPDATE_ERROR", str(exc)) from None
         if result is None:

@@ -17,6 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Hashable
+from typing import Any
+
+from iii.stream_ops import Op
 
 __all__ = ["KeyedLocks", "store_updates_atomically"]
 
@@ -47,24 +50,24 @@ class KeyedLocks:
             else:
                 self._locks[key] = (lock, users - 1)
 
-    def hold_update(self, store: object, key: Hashable) -> contextlib.AbstractAsyncContextManager[object]:
-        """What an ``update`` of ``key`` in ``store`` runs under: the lock of ``key``, unless the store applies
-        updates atomically itself (then one item's concurrent updates may share a transaction, group commit,
-        instead of queueing here one by one).
+    async def update_parsed(self, store: Any, stream_name: str, group_id: str, item_id: str, ops: list[Op]) -> Any:
+        """``store.update_parsed(...)`` of one item under that item's lock, unless the store applies updates
+        atomically itself (then one item's concurrent updates may share a transaction, group commit, instead of
+        queueing here one by one; and no lock or context manager is made per update).
 
         Example:
-            >>> class Atomic:
-            ...     atomic_updates = True
-            >>> async def demo() -> int:
-            ...     locks = KeyedLocks()
-            ...     async with locks.hold_update(Atomic(), "k"):
-            ...         return len(locks)
+            >>> from iii.stream_ops import parse_ops
+            >>> from iii_streams import MemoryStream
+            >>> async def demo() -> object:
+            ...     ops = parse_ops([{"type": "increment", "path": "n", "by": 1}])
+            ...     return (await KeyedLocks().update_parsed(MemoryStream(), "s", "g", "i", ops)).new_value
             >>> asyncio.run(demo())
-            0
+            {'n': 1}
         """
         if store_updates_atomically(store):
-            return contextlib.nullcontext()
-        return self.hold(key)
+            return await store.update_parsed(stream_name, group_id, item_id, ops)
+        async with self.hold((stream_name, group_id, item_id)):
+            return await store.update_parsed(stream_name, group_id, item_id, ops)
 
 
 def store_updates_atomically(store: object) -> bool:
