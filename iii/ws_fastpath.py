@@ -170,17 +170,19 @@ def client_frame(text: bool, chunk: bytes | memoryview, key: bytes) -> bytes:
         >>> client_frame(False, memoryview(b"hi"), b"\\x00\\x00\\x00\\x01")
         b'\\x82\\x82\\x00\\x00\\x00\\x01hi'
     """
-    size = len(chunk)
+    return b"".join((_client_head(text, len(chunk)), key, apply_mask(chunk, key)))
+
+
+def _client_head(text: bool, size: int) -> bytes:
+    """The header of a masked client frame of ``size`` payload bytes, without its mask key."""
     head = 0x81 if text else 0x82
     if size == MAX_FRAME_SIZE and not text:
-        header = _FULL_CLIENT_HEAD
-    elif size < 126:
-        header = _PACK_B2(head, 0x80 | size)
-    elif size < 65536:
-        header = _PACK_B2H(head, 0x80 | 126, size)
-    else:
-        header = _PACK_B2Q(head, 0x80 | 127, size)
-    return b"".join((header, key, apply_mask(chunk, key)))
+        return _FULL_CLIENT_HEAD
+    if size < 126:
+        return _PACK_B2(head, 0x80 | size)
+    if size < 65536:
+        return _PACK_B2H(head, 0x80 | 126, size)
+    return _PACK_B2Q(head, 0x80 | 127, size)
 
 
 _KEYS_PER_READ: Final = 1024
@@ -290,7 +292,7 @@ async def _send_client_binary(ws: ClientConnection, view: memoryview, frame_size
         if len(chunk) < FLUSH_BYTES:
             _write(ws, client_frame(False, chunk, key))
         else:  # the header and the masked payload as they are: joining them would copy the payload once more
-            _write(ws, _PACK_B2Q(0x82, 0x80 | 127, len(chunk)) + key, apply_mask(chunk, key))
+            _write(ws, _client_head(False, len(chunk)) + key, apply_mask(chunk, key))
         await drain_or_close(ws)
     return view[size:]
 
@@ -1211,7 +1213,6 @@ def queue_frame(ws: Connection, frame: str | bytes, *, hold: bool = False) -> bo
         protocol.send_binary(data)
     ws.send_data()  # after anything corked before it
     return True
-
 
 
 class DirectClientConnection(_Corked, ClientConnection):
