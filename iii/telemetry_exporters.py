@@ -197,35 +197,47 @@ def _scope_json(scope: Any) -> dict[str, str]:
     return {"name": (scope.name if scope else "") or "", "version": (scope.version if scope else "") or ""}
 
 
-def _group(items: Iterable[Any], resource_of: Callable[[Any], Any], scope_of: Callable[[Any], Any]) -> list[
-    tuple[Any, list[tuple[Any, list[Any]]]]
-]:
+def _group(
+    items: Iterable[Any], resource_of: Callable[[Any], Any], scope_of: Callable[[Any], Any]
+) -> list[tuple[Any, list[tuple[Any, list[Any]]]]]:
     """Group items by resource, then by instrumentation scope, keeping first-seen order."""
     resources: dict[int, Any] = {}
     scopes: dict[int, dict[tuple[str, str], tuple[Any, list[Any]]]] = defaultdict(dict)
+    last_resource: Any = _NOTHING
+    last_scope: Any = _NOTHING
+    last_items: list[Any] = []
     for item in items:
         resource = resource_of(item)
-        resources.setdefault(id(resource), resource)
         scope = scope_of(item)
+        if resource is last_resource and scope is last_scope:  # a batch's items mostly share both objects
+            last_items.append(item)
+            continue
+        resources.setdefault(id(resource), resource)
         key = ((scope.name if scope else "") or "", (scope.version if scope else "") or "")
-        scopes[id(resource)].setdefault(key, (scope, []))[1].append(item)
+        last_items = scopes[id(resource)].setdefault(key, (scope, []))[1]
+        last_items.append(item)
+        last_resource, last_scope = resource, scope
     return [(resource, list(scopes[rid].values())) for rid, resource in resources.items()]
 
 
-_ENUM_VALUES: dict[Any, int] = {}
+_NOTHING: Final = object()
+# Keyed by id: an Enum member's hash is a Python-level call; the entry keeps the member, so its id stays its own.
+_ENUM_VALUES: dict[int, tuple[Any, int]] = {}
 
 
 def _enum_value(member: Any) -> int:
     """``member.value`` of a span kind or status code, cached: an Enum's ``.value`` is a slow descriptor and every
     exported span reads two."""
-    try:
-        return _ENUM_VALUES[member]
-    except KeyError:
-        value = _ENUM_VALUES[member] = int(member.value)
-        return value
+    entry = _ENUM_VALUES.get(id(member))
+    if entry is not None and entry[0] is member:
+        return entry[1]
+    value = int(member.value)
+    _ENUM_VALUES[id(member)] = (member, value)
+    return value
 
 
 def _span_json(span: Any) -> dict[str, Any]:
+    """One span as an OTLP-JSON object; :func:`serialize_spans` writes the same text without building it."""
     context = span.context
     status = span.status
     events = span.events
@@ -239,18 +251,8 @@ def _span_json(span: Any) -> dict[str, Any]:
         "startTimeUnixNano": str(span.start_time or 0),
         "endTimeUnixNano": str(span.end_time or 0),
         "attributes": _key_values(span.attributes),
-        "events": [
-            {"name": event.name, "timeUnixNano": str(event.timestamp), "attributes": _key_values(event.attributes)}
-            for event in events
-        ] if events else [],
-        "links": [
-            {
-                "traceId": _hex_trace(link.context.trace_id),
-                "spanId": _hex_span(link.context.span_id),
-                "attributes": _key_values(link.attributes),
-            }
-            for link in links
-        ] if links else [],
+        "events": _events_json(events) if events else [],
+        "links": _links_json(links) if links else [],
         "status": {"code": _enum_value(status.status_code), "message": status.description or ""},
     }
     parent = span.parent
@@ -259,19 +261,90 @@ def _span_json(span: Any) -> dict[str, Any]:
     return body
 
 
-def serialize_spans(spans: Sequence[Any]) -> bytes:
-    """OTLP-JSON ``ExportTraceServiceRequest`` for SDK ``ReadableSpan`` objects."""
-    resource_spans = [
-        {
-            "resource": {"attributes": _key_values(resource.attributes if resource else None)},
-            "scopeSpans": [
-                {"scope": _scope_json(scope), "spans": [_span_json(span) for span in spans_of_scope]}
-                for scope, spans_of_scope in scopes
-            ],
-        }
-        for resource, scopes in _group(spans, lambda s: s.resource, lambda s: s.instrumentation_scope)
+def _events_json(events: Iterable[Any]) -> list[dict[str, Any]]:
+    return [
+        {"name": event.name, "timeUnixNano": str(event.timestamp), "attributes": _key_values(event.attributes)}
+        for event in events
     ]
-    return dumps({"resourceSpans": resource_spans}).encode()
+
+
+def _links_json(links: Iterable[Any]) -> list[dict[str, Any]]:
+    return [
+        {
+            "traceId": _hex_trace(link.context.trace_id),
+            "spanId": _hex_span(link.context.span_id),
+            "attributes": _key_values(link.attributes),
+        }
+        for link in links
+    ]
+
+
+# dumps(name) per span name: names repeat ("call <function id>"). Bounded: cleared when full.
+_NAMES: dict[str, str] = {}
+_NAMES_MAX: Final = 4096
+
+
+def _json_name(name: str) -> str:
+    text = _NAMES.get(name)
+    if text is None:
+        text = dumps(name)
+        if len(_NAMES) >= _NAMES_MAX:
+            _NAMES.clear()
+        _NAMES[name] = text
+    return text
+
+
+_EMPTY_STRING: Final = '""'
+
+
+def _span_text(span: Any) -> str:
+    """``dumps(_span_json(span))``, written directly (issue 10: building the dicts cost more CPU than the rest of
+    a handler span's life). Keys, their order and the compact separators are what dumps writes for the dict; every
+    string that needs escaping (name, status message) and every non-empty list goes through dumps itself, so the
+    text is the same byte for byte and the same values fail the same way."""
+    trace_id, span_id = span.context[:2]  # a SpanContext is a tuple: (trace_id, span_id, ...)
+    status = span.status
+    attributes = span.attributes
+    events = span.events
+    links = span.links
+    description = status.description
+    parent = span.parent
+    name = span.name
+    kind = span.kind
+    code = status.status_code
+    try:
+        # int.to_bytes(...).hex() is format(..., "032x") for an id in range, in half the time; out of range it
+        # raises, and the dict path below writes what format does.
+        hex_trace = trace_id.to_bytes(16, "big").hex()
+        hex_span = span_id.to_bytes(8, "big").hex()
+        parent_text = "}" if parent is None else f',"parentSpanId":"{parent.span_id.to_bytes(8, "big").hex()}"}}'
+    except (OverflowError, AttributeError):
+        return dumps(_span_json(span))
+    return (
+        f'{{"traceId":"{hex_trace}","spanId":"{hex_span}","name":{_NAMES.get(name) or _json_name(name)},'
+        f'"kind":{_enum_value(kind) + 1},'
+        f'"startTimeUnixNano":"{span.start_time or 0}","endTimeUnixNano":"{span.end_time or 0}",'
+        f'"attributes":{dumps(_key_values(attributes)) if attributes else "[]"},'
+        f'"events":{dumps(_events_json(events)) if events else "[]"},'
+        f'"links":{dumps(_links_json(links)) if links else "[]"},'
+        f'"status":{{"code":{_enum_value(code)},'
+        f'"message":{dumps(description) if description else _EMPTY_STRING}}}{parent_text}'
+    )
+
+
+def serialize_spans(spans: Sequence[Any]) -> bytes:
+    """OTLP-JSON ``ExportTraceServiceRequest`` for SDK ``ReadableSpan`` objects: the text ``dumps`` writes for
+    ``{"resourceSpans": [{"resource": ..., "scopeSpans": [{"scope": ..., "spans": [_span_json(span), ...]}]}]}``.
+    """
+    resource_spans: list[str] = []
+    for resource, scopes in _group(spans, lambda s: s.resource, lambda s: s.instrumentation_scope):
+        scope_spans = ",".join(
+            f'{{"scope":{dumps(_scope_json(scope))},"spans":[{",".join([_span_text(span) for span in members])}]}}'
+            for scope, members in scopes
+        )
+        attributes = dumps(_key_values(resource.attributes if resource else None))
+        resource_spans.append(f'{{"resource":{{"attributes":{attributes}}},"scopeSpans":[{scope_spans}]}}')
+    return f'{{"resourceSpans":[{",".join(resource_spans)}]}}'.encode()
 
 
 def _log_json(item: Any) -> dict[str, Any]:
