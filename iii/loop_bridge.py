@@ -40,7 +40,8 @@ class LoopStoppedError(ShuttingDownError):
     def __init__(self, thread_name: str) -> None:
         self.thread_name = thread_name
         IIIError.__init__(
-            self, f"the SDK's event loop thread {thread_name!r} stopped while this call was waiting for it")
+            self, f"the SDK's event loop thread {thread_name!r} stopped while this call was waiting for it"
+        )
 
     def __reduce__(self) -> tuple[type[LoopStoppedError], tuple[str]]:
         # args hold the message; rebuild from the thread name (pickling, e.g. across processes).
@@ -58,7 +59,7 @@ class LoopBridge:
 
     def __init__(self, name: str = "iii-sdk-loop") -> None:
         self.loop = asyncio.new_event_loop()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: dict[Coroutine[Any, Any, Any], asyncio.Task[Any]] = {}  # by the coroutine each one runs
         self._held: set[Settle] = set()
         self._held_lock = threading.Lock()
         self._ended = False
@@ -150,18 +151,29 @@ class LoopBridge:
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Start a tracked task on the loop (loop thread only)."""
-        task = self.loop.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[coro] = self.loop.create_task(self._tracked(coro))
+
+    async def _tracked(self, coro: Coroutine[Any, Any, Any]) -> None:
+        # The task leaves the tracked tasks as its last step rather than through a done callback: the callback would
+        # be scheduled for the next turn, one more loop iteration (a selector poll) per invocation served.
+        try:
+            await coro
+        finally:
+            self._tasks.pop(coro, None)
 
     async def cancel_tasks(self) -> None:
         """Cancel every tracked task but the caller's, and wait for them to end (on the loop)."""
         current = asyncio.current_task()
-        tasks = [t for t in self._tasks if t is not current]
-        for task in tasks:
+        tasks = {coro: task for coro, task in self._tasks.items() if task is not current}
+        for task in tasks.values():
             task.cancel()
         if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+        for coro in tasks:
+            # A task cancelled before its first step never ran _tracked: forget it, and close the coroutine it never
+            # awaited (no "never awaited" warning; a no-op for one that ran).
+            if self._tasks.pop(coro, None) is not None:
+                coro.close()
 
     def stop(self, join_timeout: float = 5.0) -> None:
         """Stop the loop and join its thread (``join_timeout`` seconds); the loop is closed once the thread ended."""
