@@ -305,9 +305,9 @@ class _PubSubSubscription:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs three times as much, once per update
 class _Update:
-    """One caller's update waiting for its hash's next transaction."""
+    """One caller's update waiting for its hash's next transaction (never changed once queued)."""
 
     stream_name: str
     group_id: str
@@ -503,6 +503,9 @@ class RedisStream(FieldUpdates):
         results: builtins.list[StreamUpdateResult[Any] | BaseException] = []
         texts: dict[Any, str] = {}
         events: builtins.list[str] = []
+        # one event head per item and batch (as the SQL stores do): its events are published together, in one
+        # script, so they share one timestamp; building a head encodes JSON, which per update was a cost of its own
+        heads: dict[tuple[str, str, str], tuple[str, str]] = {}
         for update in batch:
             old_text = current[update.item_id]
             try:
@@ -515,7 +518,11 @@ class RedisStream(FieldUpdates):
                 continue
             current[update.item_id] = texts[update.item_id] = text
             if self.publish_events:
-                head, tail = event_json_parts(update.stream_name, update.group_id, update.item_id)
+                item = (update.stream_name, update.group_id, update.item_id)
+                parts = heads.get(item)
+                if parts is None:
+                    parts = heads[item] = event_json_parts(*item)
+                head, tail = parts
                 events.append(f'{head}{"create" if old is None else "update"}","data":{text}{tail}')
             results.append(UpdateResult(old_value=old, new_value=new))
         return results, texts, events

@@ -1,0 +1,67 @@
+"""Contended updates of one Redis item (issue #10): what a group-committed batch costs per update, and that the
+cheaper path still publishes every event exactly, in order, with its own data."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+import iii_streams.redis as redis_store
+from iii.stream import StreamUpdateInput, UpdateIncrement
+from iii_streams import RedisStream
+from tests.services import require_redis
+
+
+async def test_one_batch_builds_one_event_head_per_item_and_publishes_every_event(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = require_redis()
+    heads: list[tuple[Any, ...]] = []
+    batches: list[int] = []
+    real_parts = redis_store.event_json_parts
+    real_batch = RedisStream._update_batch
+
+    def counted_parts(*item: Any) -> tuple[str, str]:
+        heads.append(item)
+        return real_parts(*item)
+
+    async def counted_batch(self: RedisStream, key: str, batch: Sequence[Any]) -> Any:
+        batches.append(len(batch))
+        return await real_batch(self, key, batch)
+
+    monkeypatch.setattr(redis_store, "event_json_parts", counted_parts)
+    monkeypatch.setattr(RedisStream, "_update_batch", counted_batch)
+    stream = f"contended-{uuid.uuid4().hex[:8]}"
+    channel = f"test-events-{uuid.uuid4().hex[:8]}"  # nobody else's events
+    count = 60
+    async with RedisStream.from_url(url, channel=channel) as store:
+        try:
+            async with store.watch(stream_name=stream) as events:
+                results = await asyncio.gather(
+                    *(
+                        store.update(
+                            StreamUpdateInput(
+                                stream_name=stream, group_id="g", item_id=item, ops=[UpdateIncrement(path="n", by=1)]
+                            )
+                        )
+                        for _ in range(count)
+                        for item in ("a", "b")
+                    )
+                )
+                seen = [await asyncio.wait_for(anext(events), 10) for _ in range(2 * count)]
+        finally:
+            await store.client.delete(f"stream:{stream}:g")
+    assert sorted(r.new_value["n"] for r in results) == sorted([*range(1, count + 1)] * 2)
+    # each batch encoded at most one event head per item, instead of one per update
+    assert sum(batches) == 2 * count
+    assert len(heads) <= 2 * len(batches) < 2 * count, (heads, batches)
+    for item in ("a", "b"):
+        mine = [e for e in seen if e["id"] == item]
+        assert [e["event"]["data"] for e in mine] == [{"n": n} for n in range(1, count + 1)]
+        assert [e["event"]["type"] for e in mine] == ["create"] + ["update"] * (count - 1)
+        assert all(e["streamName"] == stream and e["groupId"] == "g" and e["type"] == "stream" for e in mine)
+        assert all(isinstance(e["timestamp"], int) and e["timestamp"] > 0 for e in mine)
