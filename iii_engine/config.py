@@ -4,7 +4,9 @@ Production keys: top-level ``port`` and a ``modules:`` list of ``{class, config}
 module classes. Strings may contain ``${VAR}`` or ``${VAR:default}``, expanded from the environment.
 Our keys (all optional): ``host``, ``invocation_timeout_ms`` (docs/protocol.md#engine-improvements E7),
 ``max_message_size`` (control
-socket, default 4 MiB), ``max_outbox_bytes`` (unread bytes per worker, default 16 MiB),
+socket, default 4 MiB), ``max_outbox_bytes`` (unread bytes per worker, default 16 MiB), ``max_workers``
+(connected workers, default 10,000), ``max_registrations_per_worker`` (functions, trigger types and triggers one
+worker holds, default 100,000), ``max_services`` (services kept, default 100,000),
 ``functions_available_debounce_ms`` (E8), ``allow_degraded`` (start even when a configured module cannot; see
 :class:`EngineConfig`) and ``channels: {production_mode, attach_timeout_ms, max_message_size, max_channel_bytes,
 max_queued_bytes}`` (see :class:`ChannelSettings`). Unknown top-level keys are ignored, as production does.
@@ -48,6 +50,9 @@ MAX_PORT = 65535
 # (bulk data belongs in channels). The outbound bound is per worker connection (close code 1008 past it).
 DEFAULT_CONTROL_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 DEFAULT_MAX_OUTBOX_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_WORKERS = 10_000
+DEFAULT_MAX_REGISTRATIONS_PER_WORKER = 100_000
+DEFAULT_MAX_SERVICES = 100_000
 DEFAULT_ATTACH_TIMEOUT_MS = 300_000
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
@@ -123,6 +128,10 @@ class EngineConfig(Settings):
     invocation_timeout_ms: int | None = Field(None, ge=0)
     max_message_size: int = Field(DEFAULT_CONTROL_MAX_MESSAGE_SIZE, ge=1)
     max_outbox_bytes: int = Field(DEFAULT_MAX_OUTBOX_BYTES, ge=1)
+    #: count bounds (see :mod:`iii_engine.limits`): connected workers, what one worker may register, services kept
+    max_workers: int = Field(DEFAULT_MAX_WORKERS, ge=1)
+    max_registrations_per_worker: int = Field(DEFAULT_MAX_REGISTRATIONS_PER_WORKER, ge=1)
+    max_services: int = Field(DEFAULT_MAX_SERVICES, ge=1)
     functions_available_debounce_ms: int = Field(150, ge=0)
     channels: ChannelSettings = Field(default_factory=ChannelSettings)
     allow_degraded: bool = False

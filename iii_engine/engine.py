@@ -50,6 +50,7 @@ from .allocator import MemoryReleaser
 from .channels import ChannelRelay
 from .config import EngineConfig
 from .invocations import Invocations, Started
+from .limits import TRY_AGAIN_LATER, CountLimits
 from .modules.base import (
     BuiltinFunction,
     EngineError,
@@ -107,6 +108,7 @@ class Engine:
         self.modules: dict[str, EngineModule] = {}
         self.unavailable_modules: dict[str, str] = {}
         self.invocations = Invocations(self.registry, self.workers, timeout_ms=self.config.invocation_timeout_ms)
+        self.limits = CountLimits(self.config)
         self._external: ExternalFunctions | None = None
         settings = self.config.channels
         self.channels = ChannelRelay(max_message_size=settings.max_message_size,
@@ -367,6 +369,11 @@ class Engine:
 
     async def _serve_worker(self, ws: ServerConnection) -> None:
         remote = ws.remote_address
+        refusal = self.limits.connection_refusal(len(self.workers))
+        if refusal is not None:
+            log.warning("refused a worker from %s: %s; closed with %d", remote, refusal, TRY_AGAIN_LATER)
+            await ws.close(TRY_AGAIN_LATER, refusal)
+            return
         limit = self.config.max_outbox_bytes
         closing: list[asyncio.Task[None]] = []
         # The callbacks below name the worker by id, not through ``worker``: the outbox holds them, and a cycle
@@ -463,6 +470,8 @@ class Engine:
         elif isinstance(event, UnregisterFunction):
             self._unregister_function(worker, event.id)
         elif isinstance(event, RegisterService):
+            if not self.limits.admit_service(worker, self.registry, event.name or event.id):
+                return
             replaced = self.registry.register_service(event.id, event.name, event.parent_service_id)
             if replaced is not None:
                 log.warning("worker %s replaced service %r", worker.id, replaced.name)
@@ -485,6 +494,9 @@ class Engine:
     # -- registrations ---------------------------------------------------------------------------------------
 
     async def _register_function(self, worker: WorkerConnection, msg: RegisterFunction) -> None:
+        held = msg.id in worker.functions or msg.id in worker.external_functions
+        if not self.limits.admit_registration(worker, self.registry, "function", msg.id, held):
+            return
         builtin: BuiltinFunction | None = None
         if msg.invocation is not None:
             builtin = await self._register_external(worker, msg)
@@ -544,8 +556,14 @@ class Engine:
         if existing is not None and existing.owner is None:
             log.warning("worker %s may not replace built-in trigger type %s; refused", worker.id, type_id)
             return
+        if not self.limits.admit_registration(worker, self.registry, "trigger type", type_id,
+                                              type_id in worker.trigger_types):
+            return
         if existing is not None and existing.owner != worker.id:
             log.warning("worker %s replaced trigger type %s (was worker %s)", worker.id, type_id, existing.owner)
+            previous = self.workers.get(existing.owner or "")
+            if previous is not None:
+                previous.trigger_types.discard(type_id)
         for entry in self.registry.triggers_of_type(type_id):
             worker.post(_trigger_frame(worker, entry))
         for entry in self.registry.take_pending(type_id):
@@ -553,8 +571,12 @@ class Engine:
             self.registry.store_trigger(entry)
             log.info("pending trigger %s activated by trigger type %s", entry.id, type_id)
         self.registry.trigger_types[type_id] = TriggerTypeEntry(type_id, description, worker.id)
+        worker.trigger_types.add(type_id)
 
     async def _register_trigger(self, worker: WorkerConnection, entry: TriggerEntry) -> None:
+        if not self.limits.admit_registration(worker, self.registry, "trigger", entry.id,
+                                              self.registry.has_trigger_of(worker.id, entry.id)):
+            return
         trigger_type = self.registry.trigger_types.get(entry.trigger_type)
         if trigger_type is None:
             self.registry.park_trigger(entry)
@@ -612,6 +634,7 @@ class Engine:
             log.warning("worker %s unregistered trigger type %s it does not own; ignored", worker.id, type_id)
             return
         del self.registry.trigger_types[type_id]
+        worker.trigger_types.discard(type_id)
 
     # -- disconnect ------------------------------------------------------------------------------------------
 
@@ -633,8 +656,11 @@ class Engine:
         self.invocations.halt_worker(worker)
         for entry in self.registry.triggers_of_registrant(worker.id):
             await self._deactivate(entry)
-        for type_id in [t.id for t in self.registry.trigger_types.values() if t.owner == worker.id]:
-            del self.registry.trigger_types[type_id]
+        for type_id in worker.trigger_types:
+            existing = self.registry.trigger_types.get(type_id)
+            if existing is not None and existing.owner == worker.id:
+                del self.registry.trigger_types[type_id]
+        CountLimits.report(worker)
         self.channels.drop_owner(worker.id)
         self.workers.pop(worker.id, None)
         log.info("worker %s disconnected", worker.id)

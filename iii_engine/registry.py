@@ -291,6 +291,14 @@ class Registry:
         """Stored and pending triggers registered by ``registrant``."""
         return list(self._of_registrant.get(registrant, {}).values())
 
+    def trigger_count(self, registrant: str | None) -> int:
+        """How many stored and pending triggers ``registrant`` registered."""
+        return len(self._of_registrant.get(registrant, ()))
+
+    def has_trigger_of(self, registrant: str | None, trigger_id: str) -> bool:
+        """Whether ``registrant`` registered the (stored or pending) trigger ``trigger_id``."""
+        return trigger_id in self._of_registrant.get(registrant, ())
+
     def take_pending(self, trigger_type: str) -> list[TriggerEntry]:
         """Remove and return the pending triggers waiting for ``trigger_type`` (E2)."""
         ready = list(self._pending_of_type.get(trigger_type, {}).values())

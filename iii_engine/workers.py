@@ -212,7 +212,10 @@ class WorkerConnection:
     telemetry: Any = None
     functions: set[str] = field(default_factory=set)
     external_functions: set[str] = field(default_factory=set)
+    trigger_types: set[str] = field(default_factory=set)
     in_flight: set[str] = field(default_factory=set)
+    #: registrations refused over the engine's count limits (iii_engine.limits)
+    refused_registrations: int = 0
     session: WorkerSession = field(init=False)
 
     def __post_init__(self) -> None:

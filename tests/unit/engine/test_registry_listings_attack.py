@@ -34,7 +34,7 @@ async def test_an_in_process_caller_changing_a_trigger_listing_does_not_change_t
     async with Engine(config=EngineConfig(host="127.0.0.1", port=0)) as engine:
         engine.register_function(BuiltinFunction("svc::f", _nothing))
         engine.register_trigger_type("attack", "test type", _Accept())
-        await engine._register_trigger(None, TriggerEntry("t1", "attack", "svc::f", {"every": 1}, None))  # type: ignore[arg-type]
+        engine.registry.store_trigger(TriggerEntry("t1", "attack", "svc::f", {"every": 1}, None))
         first = await engine.invoke("engine::triggers::list", {})
         assert [t["id"] for t in first["triggers"]] == ["t1"]
         first["triggers"][0]["config"]["every"] = "forged"
