@@ -161,10 +161,14 @@ class QueueModule(EngineModule):
         if self.bridge is not None:
             return await self.bridge.enqueue_named(queue_name, function_id, data)
         job = Job.new(consumer.queue, function_id, data, group)
+        limit = consumer.settings.max_jobs
         try:
-            await self.store.push(consumer.queue, job)
+            stored = await self.store.push(consumer.queue, job, max_jobs=limit)
         except Exception as exc:
             raise EngineError("enqueue_error", f"Queue '{queue_name}': could not store the job: {exc}") from exc
+        if not stored:
+            raise EngineError("enqueue_error", f"Queue '{queue_name}' is full: it holds {limit} jobs waiting, delayed "
+                                               f"or running (queue_configs.{queue_name}.max_jobs)")
         consumer.wake()
         return job.id
 
@@ -200,6 +204,11 @@ class QueueModule(EngineModule):
     def _topic(self, topic: str) -> _Topic:
         entry = self._topics.get(topic)
         if entry is None:
+            if len(self._topics) >= self.settings.max_topics:
+                # every topic keeps a consumer task: without a bound, enqueues to made-up topics grow the engine
+                limit = self.settings.max_topics
+                reason = f"the queue module keeps {limit} topics (max_topics {limit})"
+                raise EngineError("enqueue_error", f"Topic '{topic}' refused: {reason}")
             consumer = QueueConsumer(
                 self.store,
                 TOPIC_PREFIX + topic,
@@ -244,7 +253,10 @@ class QueueModule(EngineModule):
         entry = self._topic(topic)
         group = "" if entry.consumer.settings.fifo else None
         job = Job.new(entry.consumer.queue, None, data.get("data"), group)
-        await self.store.push(entry.consumer.queue, job)
+        limit = entry.consumer.settings.max_jobs
+        if not await self.store.push(entry.consumer.queue, job, max_jobs=limit):
+            raise EngineError("enqueue_error", f"Topic '{topic}' is full: it holds {limit} jobs waiting, delayed or "
+                                               "running (max_jobs)")
         entry.consumer.wake()
 
     def _resolve(self, function_id: str, data: Any, key: str) -> tuple[str, QueueConsumer]:

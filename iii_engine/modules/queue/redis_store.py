@@ -23,7 +23,9 @@ from iii_streams.redis import escape_name
 
 from .store import DeadLetter, Job, QueueCounts
 
+# KEYS: jobs, ready · ARGV: lane prefix, job id, job, lane, most jobs the queue may hold (0: no limit)
 _PUSH = """
+if tonumber(ARGV[5]) > 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[5]) then return 0 end
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 if redis.call('RPUSH', ARGV[1] .. ARGV[4], ARGV[2]) == 1 then redis.call('RPUSH', KEYS[2], ARGV[4]) end
 return 1
@@ -127,10 +129,11 @@ class RedisQueueStore:
     def _k(self, queue: str) -> _Keys:
         return _Keys(self._prefix, queue)
 
-    async def push(self, queue: str, job: Job) -> None:
+    async def push(self, queue: str, job: Job, *, max_jobs: int | None = None) -> bool:
         """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
         k = self._k(queue)
-        await self._push(keys=[k.jobs, k.ready], args=[k.lane, job.id, job.to_json(), job.lane])
+        stored = await self._push(keys=[k.jobs, k.ready], args=[k.lane, job.id, job.to_json(), job.lane, max_jobs or 0])
+        return bool(stored)
 
     async def claim(self, queue: str, *, now_ms: int, lease_ms: int) -> Job | None:
         """See :class:`~iii_engine.modules.queue.store.QueueStore`."""

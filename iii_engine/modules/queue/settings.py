@@ -40,12 +40,18 @@ from ..bridge.settings import BridgeAdapterSettings
 __all__ = ["BRIDGE_ADAPTER", "BUILTIN_ADAPTER", "REDIS_ADAPTER", "QueueModuleSettings", "QueueSettings"]
 
 BUILTIN_ADAPTER = "modules::queue::BuiltinQueueAdapter"
+DEFAULT_MAX_JOBS = 100_000
+DEFAULT_MAX_TOPICS = 10_000
 REDIS_ADAPTER = "modules::queue::RedisAdapter"
 BRIDGE_ADAPTER = "modules::queue::adapters::Bridge"
 
 
 class QueueSettings(Settings):
-    """One queue's settings; ``poll_interval_ms`` and ``lease_ms`` (Redis crash recovery) are ours.
+    """One queue's settings; ``poll_interval_ms``, ``lease_ms`` (Redis crash recovery) and ``max_jobs`` are ours.
+
+    ``max_jobs``: jobs the queue holds waiting, delayed or running (dead letters not counted); an enqueue past it
+    fails with ``enqueue_error`` naming the queue and the setting, so a producer faster than its consumers meets
+    an error instead of growing the store without end.
 
     Example:
         >>> QueueSettings().backoff_for(3)
@@ -62,6 +68,7 @@ class QueueSettings(Settings):
     backoff_ms: int = Field(1000, ge=0)
     poll_interval_ms: int = Field(100, ge=1)
     lease_ms: int = Field(60_000, ge=1)
+    max_jobs: int = Field(DEFAULT_MAX_JOBS, ge=1)
 
     @property
     def fifo(self) -> bool:
@@ -95,6 +102,8 @@ class QueueModuleSettings(Settings):
     label: ClassVar[str] = "queue settings"
 
     queue_configs: dict[str, QueueSettings] = Field(default_factory=dict)
+    #: topics the module keeps (each has a consumer); an enqueue to, or a trigger on, a new topic past it fails
+    max_topics: int = Field(DEFAULT_MAX_TOPICS, ge=1)
     adapter: AdapterSpec | None = None
 
     @classmethod

@@ -117,8 +117,9 @@ class QueueCounts:
 class QueueStore(Protocol):
     """Persistence for queue jobs; every method is atomic with respect to the others."""
 
-    async def push(self, queue: str, job: Job) -> None:
-        """Store ``job`` at the tail of its lane."""
+    async def push(self, queue: str, job: Job, *, max_jobs: int | None = None) -> bool:
+        """Store ``job`` at the tail of its lane; with ``max_jobs``, only while the queue holds fewer jobs (waiting,
+        delayed or running; dead letters not counted). ``False``: the queue was full and nothing was stored."""
 
     async def claim(self, queue: str, *, now_ms: int, lease_ms: int) -> Job | None:
         """Promote due delayed lanes, then take the head job of the first ready lane (``None`` if none)."""
@@ -194,9 +195,11 @@ class MemoryQueueStore:
     def _q(self, queue: str) -> _MemoryQueue:
         return self._queues.setdefault(queue, _MemoryQueue())
 
-    async def push(self, queue: str, job: Job) -> None:
+    async def push(self, queue: str, job: Job, *, max_jobs: int | None = None) -> bool:
         """See :class:`QueueStore`."""
         q = self._q(queue)
+        if max_jobs is not None and len(q.jobs) >= max_jobs:
+            return False
         q.jobs[job.id] = job
         lane = q.lanes.get(job.lane)
         if lane is None:
@@ -204,6 +207,7 @@ class MemoryQueueStore:
             q.ready.append(job.lane)
         else:
             lane.append(job.id)
+        return True
 
     async def claim(self, queue: str, *, now_ms: int, lease_ms: int) -> Job | None:
         """See :class:`QueueStore`."""

@@ -94,3 +94,16 @@ async def test_release_and_expired_leases_return_jobs(store: QueueStore) -> None
     assert await store.recover(Q, now_ms=200) == 1
     assert await store.claim(Q, now_ms=200, lease_ms=100) == one
     assert await store.claim(Q, now_ms=200, lease_ms=100) == two
+
+
+async def test_push_with_max_jobs_refuses_past_it_counting_running_and_delayed_but_not_dead(store: QueueStore) -> None:
+    jobs = [Job.new(Q, "f", i) for i in range(4)]
+    assert [await store.push(Q, job, max_jobs=3) for job in jobs] == [True, True, True, False]
+    running = await store.claim(Q, now_ms=0, lease_ms=1000)
+    assert running is not None
+    assert await store.push(Q, jobs[3], max_jobs=3) is False  # a running job still counts
+    await store.dead(Q, DeadLetter(running, "boom", 1))
+    assert await store.push(Q, jobs[3], max_jobs=3) is True  # a dead letter does not
+    counts = await store.counts(Q)
+    assert (counts.waiting + counts.active + counts.delayed, counts.dlq) == (3, 1)
+    assert await store.push(Q, Job.new(Q, "f", 9)) is True  # no max_jobs: no limit
