@@ -69,7 +69,7 @@ _CONNECT_OPTIONS: Final[dict[str, Any]] = {
     "compression": None,
     "max_size": None,
     "open_timeout": 10,
-    "write_limit": ws_fastpath.WRITE_BUFFER,
+    "write_limit": ws_fastpath.CLIENT_WRITE_BUFFER,
 }
 
 

@@ -80,6 +80,11 @@ _UNPACK_Q = struct.Struct("!Q").unpack_from
 WRITE_BUFFER: Final = (1024 * 1024, 256 * 1024)
 """(high, low) write-buffer marks of a channel socket (``write_limit`` of ``websockets.connect``)."""
 
+CLIENT_WRITE_BUFFER: Final = (0, 0)
+"""(high, low) write-buffer marks of an SDK channel socket: its sends wait until the transport's own buffer is
+empty. The kernel's socket buffer (autotuned up to megabytes) is the queue that keeps the socket busy; a transport
+buffer on top of it only costs copies (the rest of a partial send, then every next frame appended to it)."""
+
 FALLBACKS: collections.Counter[str] = collections.Counter()
 """How often each helper had to use the public API instead of the fast path (by reason)."""
 
@@ -223,6 +228,25 @@ def _write(ws: Connection, *parts: bytes) -> None:
         ws.transport.write(b"".join(parts))
 
 
+MASK_SEGMENT: Final = 256 * 1024
+"""A large client frame's payload is masked and written this many bytes at a time (a multiple of 4)."""
+
+
+def _write_large(ws: Connection, head: bytes, payload: memoryview, key: bytes) -> None:
+    """Write one large masked frame after what is corked, all of it before returning (nothing websockets writes
+    may come between its parts). The payload is masked and written :data:`MASK_SEGMENT` bytes at a time, each
+    straight from the CPU cache to the socket (segments start at multiples of 4, so the key lines up), and as
+    views: what the socket does not take at once is copied into the transport's buffer once (a ``bytes``
+    slice would copy it twice)."""
+    flush(ws)
+    transport = ws.transport
+    if transport.is_closing():
+        return
+    transport.write(head)
+    for at in range(0, len(payload), MASK_SEGMENT):
+        transport.write(memoryview(apply_mask(payload[at : at + MASK_SEGMENT], key)))
+
+
 def flush(ws: Connection) -> None:
     """Write out corked frames now (before anything websockets itself writes, such as a Close frame)."""
     if isinstance(ws, _Corked):
@@ -291,8 +315,8 @@ async def _send_client_binary(ws: ClientConnection, view: memoryview, frame_size
         key = keys[key_at : key_at + 4]
         if len(chunk) < FLUSH_BYTES:
             _write(ws, client_frame(False, chunk, key))
-        else:  # the header and the masked payload as they are: joining them would copy the payload once more
-            _write(ws, _client_head(False, len(chunk)) + key, apply_mask(chunk, key))
+        else:
+            _write_large(ws, _client_head(False, len(chunk)) + key, chunk, key)
         await drain_or_close(ws)
     return view[size:]
 
@@ -1257,11 +1281,13 @@ __all__ = [
     "ALLOCATOR_STATE",
     "ALLOCATOR_TUNING",
     "AVAILABLE",
+    "CLIENT_WRITE_BUFFER",
     "DEFAULT_RECEIVE_BUFFER",
     "FALLBACKS",
     "FLUSH_BYTES",
     "FRAME_BUFFER",
     "LENT_BYTES",
+    "MASK_SEGMENT",
     "MAX_FRAME_SIZE",
     "MISSING",
     "DirectClientConnection",

@@ -1,0 +1,60 @@
+"""The channel writer's large frames (iii.ws_fastpath): masked and written in cache-sized segments, handed to the
+transport as views, and with the same bytes on the wire as one joined frame (websockets' own parser checks them)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Any
+
+import websockets
+from websockets.asyncio.server import ServerConnection, serve
+
+from iii import channels, ws_fastpath
+from iii.ws_fastpath import FastClientConnection
+
+MASK_SEGMENT: int = getattr(ws_fastpath, "MASK_SEGMENT", 256 * 1024)
+
+OPTS: dict[str, Any] = {"ping_interval": None, "compression": None, "max_size": None}
+
+
+async def test_large_frames_go_out_in_segments_as_views_with_the_same_messages() -> None:
+    received: list[bytes] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        async for message in ws:  # websockets parses and unmasks: any wrong byte would fail the connection
+            assert isinstance(message, bytes)
+            received.append(message)
+
+    data = os.urandom(3 * 1024 * 1024 + 12345)
+    async with serve(handler, "127.0.0.1", 0, **OPTS) as server:
+        port = server.sockets[0].getsockname()[1]
+        ws = await websockets.connect(
+            f"ws://127.0.0.1:{port}",
+            create_connection=FastClientConnection,
+            write_limit=channels._CONNECT_OPTIONS["write_limit"],
+            **OPTS,
+        )
+        writes: list[tuple[type, int]] = []
+        write = ws.transport.write
+
+        def spy(part: bytes | memoryview) -> None:
+            writes.append((type(part), len(part)))
+            write(part)
+
+        ws.transport.write = spy  # type: ignore[method-assign]
+        await ws_fastpath.send_data(ws, data, frame_size=1024 * 1024)
+        await ws.close()
+    # One message per frame, in order, byte for byte.
+    assert [len(m) for m in received] == [1024 * 1024] * 3 + [12345]
+    assert hashlib.sha256(b"".join(received)).digest() == hashlib.sha256(data).digest()
+    # The masked payload leaves in segments, never as a whole 1 MiB copy, and as views (a partial send's rest is
+    # then copied once, not sliced into a second copy first).
+    assert max(size for _, size in writes) <= MASK_SEGMENT
+    assert sum(1 for kind, size in writes if kind is memoryview and size == MASK_SEGMENT) == 12
+
+
+async def test_a_channel_writer_waits_for_its_transport_buffer_to_empty() -> None:
+    # The kernel's socket buffer is the queue: a frame is handed over only once the transport's own buffer is
+    # empty, so the rest of a partial send is not joined by the next frame's bytes (one more copy of each).
+    assert channels._CONNECT_OPTIONS["write_limit"] == (0, 0)
