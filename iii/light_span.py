@@ -40,10 +40,10 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import Event, SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import DEFAULT_TRACE_STATE, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 from opentelemetry.util.types import Attributes, AttributeValue
 
-__all__ = ["HandlerSpans", "LightSpan", "OwnTracerProvider"]
+__all__ = ["HandlerSpans", "LightSpan", "OwnTracerProvider", "span_context"]
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,10 @@ class HandlerSpans:
         self._limits = provider.span_limits
         self._resource = provider.resource
         self._scope = InstrumentationScope(scope_name)  # what provider.get_tracer(scope_name) records
+        self._child_flags: dict[TraceFlags, TraceFlags] = {}  # a parent's flags -> its child's (at most 256)
         self._environment_ok = not any(os.environ.get(name, "").strip() for name in _SDK_SETTINGS) and not any(
-            os.environ.get(name, "").strip().lower() in _TRUE for name in _SDK_SWITCHES)
+            os.environ.get(name, "").strip().lower() in _TRUE for name in _SDK_SWITCHES
+        )
 
     def usable(self) -> bool:
         """Whether a light span is exactly what the SDK's tracer would produce now."""
@@ -98,33 +100,87 @@ class HandlerSpans:
     def start(self, name: str, parent: Context | None, kind: SpanKind = SpanKind.SERVER) -> trace.Span:
         """A started span named ``name`` whose parent is the span of ``parent``: what ``Tracer.start_span(name,
         context=parent, kind=kind)`` of the provider's tracer returns (a ``NonRecordingSpan`` when not sampled)."""
-        parent_context = trace.get_current_span(parent).get_span_context()
+        return self.start_child(name, trace.get_current_span(parent).get_span_context(), parent, kind)
+
+    def start_child(
+        self, name: str, parent_context: SpanContext, parent: Context | None, kind: SpanKind = SpanKind.SERVER
+    ) -> trace.Span:
+        """:meth:`start` given the parent's span context itself; ``parent`` (the context holding it) only goes to
+        the span processor's ``on_start``."""
         ids = self._ids
         if parent_context.is_valid:
             trace_id = parent_context.trace_id
             parent_flags = parent_context.trace_flags
-            sampled = parent_flags.sampled  # ParentBased: follow the parent
-            random_id = parent_flags.random_trace_id
+            flags = self._child_flags.get(parent_flags)
+            if flags is None:
+                flags = self._child_flags[parent_flags] = _child_flags(
+                    parent_flags.sampled, parent_flags.random_trace_id
+                )
             trace_state = parent_context.trace_state
             parent_or_none: SpanContext | None = parent_context
         else:
             trace_id = ids.generate_trace_id()
-            sampled = True  # ParentBased(root=ALWAYS_ON)
-            random_id = ids.is_trace_id_random()
+            flags = _child_flags(True, ids.is_trace_id_random())  # ParentBased(root=ALWAYS_ON)
             trace_state = None
             parent_or_none = None
-        flags = TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT
-        if random_id:
-            flags |= TraceFlags.RANDOM_TRACE_ID
-        context = SpanContext(trace_id, ids.generate_span_id(), is_remote=False, trace_flags=TraceFlags(flags),
-                              trace_state=trace_state)
-        if not sampled:
+        context = span_context(trace_id, ids.generate_span_id(), False, flags, trace_state)
+        if not flags & TraceFlags.SAMPLED:  # ParentBased: follow the parent
             return trace.NonRecordingSpan(context)
         processor = self._provider.own_processor
         assert processor is not None  # usable() was checked
         span = LightSpan(name, context, parent_or_none, kind, self._limits, self._resource, self._scope, processor)
         processor.on_start(span, parent_context=parent)  # type: ignore[arg-type]  # duck-typed like an SDK Span
         return span
+
+
+def _child_flags(sampled: bool, random_trace_id: bool) -> TraceFlags:
+    flags = TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT
+    if random_trace_id:
+        flags |= TraceFlags.RANDOM_TRACE_ID
+    return TraceFlags(flags)
+
+
+_TRACE_ID_MAX = 2**128 - 1
+_SPAN_ID_MAX = 2**64 - 1
+
+
+def span_context(
+    trace_id: int, span_id: int, is_remote: bool, trace_flags: TraceFlags, trace_state: TraceState | None = None
+) -> SpanContext:
+    """``SpanContext(trace_id, span_id, is_remote, trace_flags, trace_state)``, the same tuple built without the
+    Python-level ``__new__`` (a handler run makes two: its parent's and its own).
+
+    Example:
+        >>> span_context(1, 2, True, TraceFlags(1)) == SpanContext(1, 2, True, TraceFlags(1))
+        True
+    """
+    if not _TUPLE_LAYOUT:
+        return SpanContext(trace_id, span_id, is_remote, trace_flags, trace_state)
+    return _new_tuple(
+        SpanContext,
+        (
+            trace_id,
+            span_id,
+            is_remote,
+            trace_flags,
+            _DEFAULT_TRACE_STATE if trace_state is None else trace_state,
+            0 < trace_id <= _TRACE_ID_MAX and 0 < span_id <= _SPAN_ID_MAX,
+        ),
+    )
+
+
+_new_tuple = tuple.__new__
+_DEFAULT_TRACE_STATE = DEFAULT_TRACE_STATE
+# The layout span_context relies on (the API's since 1.0); checked once so another layout takes the constructor.
+_TUPLE_LAYOUT = all(
+    tuple.__new__(SpanContext, (t, s, r, f, DEFAULT_TRACE_STATE, v)) == SpanContext(t, s, r, f)
+    and tuple(SpanContext(t, s, r, f)) == (t, s, r, f, DEFAULT_TRACE_STATE, v)
+    for t, s, r, f, v in (
+        (1, 2, True, TraceFlags(1), True),
+        (0, 2, False, TraceFlags(0), False),
+        (1, 2**64, False, TraceFlags(3), False),
+    )
+)
 
 
 class LightSpan(trace.Span):
@@ -135,8 +191,17 @@ class LightSpan(trace.Span):
     ``update_name``, warnings on use after ``end``.
     """
 
-    def __init__(self, name: str, context: SpanContext, parent: SpanContext | None, kind: SpanKind,
-                 limits: SpanLimits, resource: Any, scope: InstrumentationScope, processor: SpanProcessor) -> None:
+    def __init__(
+        self,
+        name: str,
+        context: SpanContext,
+        parent: SpanContext | None,
+        kind: SpanKind,
+        limits: SpanLimits,
+        resource: Any,
+        scope: InstrumentationScope,
+        processor: SpanProcessor,
+    ) -> None:
         self._name = name
         self._context = context
         self.parent = parent
@@ -220,7 +285,8 @@ class LightSpan(trace.Span):
         if attributes is None:
             limits = self._limits
             attributes = self._attributes = BoundedAttributes(
-                limits.max_span_attributes, None, immutable=False, max_value_len=limits.max_span_attribute_length)
+                limits.max_span_attributes, None, immutable=False, max_value_len=limits.max_span_attribute_length
+            )
         return attributes
 
     def add_event(self, name: str, attributes: Attributes = None, timestamp: int | None = None) -> None:
@@ -228,8 +294,9 @@ class LightSpan(trace.Span):
         if self._ended("_add_event"):
             return
         limits = self._limits
-        bounded = BoundedAttributes(limits.max_event_attributes, attributes, max_value_len=limits.max_attribute_length,
-                                    immutable=True)
+        bounded = BoundedAttributes(
+            limits.max_event_attributes, attributes, max_value_len=limits.max_attribute_length, immutable=True
+        )
         if self._events is None:
             self._events = BoundedList(limits.max_events)
         self._events.append(Event(name=name, attributes=bounded, timestamp=timestamp))
@@ -241,8 +308,9 @@ class LightSpan(trace.Span):
         if self._ended("_add_link"):
             return
         limits = self._limits
-        bounded = BoundedAttributes(limits.max_link_attributes, attributes, max_value_len=limits.max_attribute_length,
-                                    immutable=True)
+        bounded = BoundedAttributes(
+            limits.max_link_attributes, attributes, max_value_len=limits.max_attribute_length, immutable=True
+        )
         if self._links is None:
             self._links = BoundedList(limits.max_links)
         self._links.append(trace.Link(context=context, attributes=bounded))
@@ -262,14 +330,18 @@ class LightSpan(trace.Span):
             if status.status_code is StatusCode.UNSET:
                 return
             if description is not None:
-                log.warning("Description %s ignored. Use either `Status` or `(StatusCode, Description)`",
-                            description)
+                log.warning("Description %s ignored. Use either `Status` or `(StatusCode, Description)`", description)
             self._status = status
         elif isinstance(status, StatusCode) and status is not StatusCode.UNSET:
             self._status = Status(status, description)
 
-    def record_exception(self, exception: BaseException, attributes: Attributes = None,
-                         timestamp: int | None = None, escaped: bool = False) -> None:
+    def record_exception(
+        self,
+        exception: BaseException,
+        attributes: Attributes = None,
+        timestamp: int | None = None,
+        escaped: bool = False,
+    ) -> None:
         """Record ``exception`` as an ``exception`` event, with the SDK's attributes."""
         stacktrace = "".join(traceback.format_exception(exception))
         module = type(exception).__module__
@@ -293,8 +365,9 @@ class LightSpan(trace.Span):
         self.end_time = end_time if end_time is not None else _time_ns()
         self._processor.on_end(self)  # type: ignore[arg-type]  # read like a ReadableSpan
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc_val: BaseException | None,
-                 exc_tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc_val: BaseException | None, exc_tb: TracebackType | None
+    ) -> None:
         """End the span; an exception marks it ``ERROR`` (the handler span never records it: the SDK's span is
         started with ``record_exception=False`` too)."""
         if exc_val is not None and self.is_recording():

@@ -66,6 +66,7 @@ __all__ = [
     "shutdown_otel",
     "shutdown_otel_async",
     "span_traceparent",
+    "start_handler",
     "start_handler_span",
     "trace_headers",
     "with_span",
@@ -78,8 +79,6 @@ T = TypeVar("T")
 _DEFAULT_SERVICE_NAME: Final = "iii-python-sdk"
 _SCOPE: Final = "iii-python-sdk"
 _DISABLED_VALUES: Final = frozenset({"false", "0", "no", "off"})
-
-
 
 
 def _enabled(config: OtelConfig) -> bool:
@@ -253,7 +252,8 @@ class TelemetryRuntime:
         self._clients: dict[object, _Client] = {}
         self._clients_lock = threading.Lock()
 
-    def init_otel(self,
+    def init_otel(
+        self,
         config: OtelConfig | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
         *,
@@ -288,8 +288,9 @@ class TelemetryRuntime:
         attributes: dict[str, Any] = {
             "service.name": service_name,
             "service.version": cfg.service_version or os.environ.get("SERVICE_VERSION") or "unknown",
-            "service.instance.id": (cfg.service_instance_id or os.environ.get("SERVICE_INSTANCE_ID")
-                                    or str(uuid.uuid4())),
+            "service.instance.id": (
+                cfg.service_instance_id or os.environ.get("SERVICE_INSTANCE_ID") or str(uuid.uuid4())
+            ),
             "telemetry.sdk.name": "iii-python-sdk",
             "telemetry.sdk.language": "python",
         }
@@ -537,7 +538,8 @@ class TelemetryRuntime:
         """Whether ``init_otel`` set telemetry up (and it was not shut down since)."""
         return self.initialized
 
-    async def with_span(self,
+    async def with_span(
+        self,
         name: str,
         fn: Callable[[Any], Awaitable[T]],
         *,
@@ -576,8 +578,6 @@ def runtime() -> TelemetryRuntime:
         True
     """
     return _runtime
-
-
 
 
 def register_client(owner: object, sink: FrameSink, loop: asyncio.AbstractEventLoop | None = None) -> None:
@@ -639,6 +639,25 @@ def start_handler_span(tracer: Any, name: str, parent: Any) -> Any:
     from opentelemetry.trace import SpanKind
 
     return tracer.start_span(name, context=parent, kind=SpanKind.SERVER, record_exception=False)
+
+
+def start_handler(tracer: Any, name: str, traceparent: str | None, baggage: str | None) -> Any:
+    """``(span, context)`` for one handler run (ours): the span ``start_handler_span(tracer, name,
+    extract_context(traceparent, baggage))`` starts and the context that makes it current with the caller's
+    baggage, in one step; ``None`` when only those two functions can say (telemetry off, a non-default propagator
+    or sampler, a ``traceparent`` not in the plain form).
+
+    Example:
+        >>> start_handler(None, "call f", None, None) is None  # telemetry off
+        True
+    """
+    spans = _runtime.handler_spans
+    if tracer is None or spans is None or tracer is not _runtime.tracer or not spans.usable():
+        return None
+    api = _w3c()
+    if api is None:
+        return None
+    return api.handler_span(spans, name, traceparent, baggage)
 
 
 def get_logger(name: str = _SCOPE) -> Any:
@@ -749,8 +768,11 @@ class _W3C:
         from opentelemetry.propagators.composite import CompositePropagator
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+        from .light_span import span_context
+
         self.context = context
         self.trace = trace
+        self.span_context = span_context
         self.get_all_baggage = baggage.get_all
         self.baggage_propagator = W3CBaggagePropagator()
         self.invalid = trace.INVALID_SPAN_CONTEXT
@@ -764,9 +786,10 @@ class _W3C:
         textmap = self._get_textmap()
         checked, is_default = self._checked
         if textmap is not checked:
-            is_default = type(textmap) is self._composite and [
-                type(p) for p in getattr(textmap, "_propagators", ())
-            ] == self._default_types
+            is_default = (
+                type(textmap) is self._composite
+                and [type(p) for p in getattr(textmap, "_propagators", ())] == self._default_types
+            )
             self._checked = (textmap, is_default)
         return is_default
 
@@ -776,7 +799,10 @@ class _W3C:
             return None
         # %-formatting: the same text as the propagator's f-string with format specs, in half the time.
         return "00-%032x-%016x-%02x" % (  # noqa: UP031 - see the comment above
-            span_context.trace_id, span_context.span_id, span_context.trace_flags)
+            span_context.trace_id,
+            span_context.span_id,
+            span_context.trace_flags,
+        )
 
     def extract(self, traceparent: str | None, baggage: str | None) -> Any:
         """The context the default propagators extract from these headers, or ``None`` for a ``traceparent``
@@ -787,18 +813,45 @@ class _W3C:
         """
         ctx = self.context.Context()
         if traceparent:
-            match = _PLAIN_TRACEPARENT.fullmatch(traceparent)
-            if match is None:
+            span_context = self.remote_parent(traceparent)
+            if span_context is None:
                 return None
-            trace_id, span_id, flags = match.groups()
-            if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
-                return None  # invalid: the generic path ignores it (and says so where it would)
-            span_context = self.trace.SpanContext(trace_id=int(trace_id, 16), span_id=int(span_id, 16),
-                                                  is_remote=True, trace_flags=self.trace.TraceFlags(int(flags, 16)))
             ctx = self.trace.set_span_in_context(self.trace.NonRecordingSpan(span_context), ctx)
         if baggage:
             ctx = self.baggage_propagator.extract({"baggage": baggage}, ctx)
         return ctx
+
+    def remote_parent(self, traceparent: str) -> Any:
+        """The remote span context a plain, valid version-00 ``traceparent`` names; ``None`` for any other."""
+        match = _PLAIN_TRACEPARENT.fullmatch(traceparent)
+        if match is None:
+            return None
+        trace_id, span_id, flags = match.groups()
+        if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
+            return None  # invalid: the generic path ignores it (and says so where it would)
+        return self.span_context(int(trace_id, 16), int(span_id, 16), True, self.trace.TraceFlags(int(flags, 16)))
+
+    def handler_span(self, spans: Any, name: str, traceparent: str | None, baggage: str | None) -> Any:
+        """``(span, context)``: the span ``spans.start(name, extract(traceparent, baggage))`` starts and the
+        context with it current (``set_span_in_context(span, that parent)``), made without the parent's own
+        context and non-recording span; ``None`` where :meth:`extract` would be ``None``."""
+        if traceparent:
+            parent = self.remote_parent(traceparent)
+            if parent is None:
+                return None
+        else:
+            parent = self.invalid
+        # The span processor's on_start is told no parent context: ours (the only one while light spans are
+        # used) ignores it, and building it is what this path saves.
+        span = spans.start_child(name, parent, None)
+        ctx = self.context.Context()
+        if not traceparent and baggage:  # the keys in the general path's order: the parent's span comes first
+            ctx = self.baggage_propagator.extract({"baggage": baggage}, ctx)
+            return span, self.trace.set_span_in_context(span, ctx)
+        ctx = self.trace.set_span_in_context(span, ctx)
+        if baggage:
+            ctx = self.baggage_propagator.extract({"baggage": baggage}, ctx)
+        return span, ctx
 
     def baggage(self, ctx: Any) -> str | None:
         """The ``baggage`` header of ``ctx`` (``None`` without entries), as ``W3CBaggagePropagator`` writes it."""

@@ -70,8 +70,9 @@ class TraceScope:
         end()
         return outcome
 
-    async def start(self, name: str, call: HandlerCall, traceparent: str | None,
-                    baggage: str | None) -> tuple[Outcome, Callable[[], None]]:
+    async def start(
+        self, name: str, call: HandlerCall, traceparent: str | None, baggage: str | None
+    ) -> tuple[Outcome, Callable[[], None]]:
         """Like :meth:`run`, but the handler's span is left open: ``(outcome, end)``, and ``end()`` must follow.
 
         Why: ending a span (the OpenTelemetry SDK's end and its span processor) is work nobody waits for, so the
@@ -85,22 +86,27 @@ class TraceScope:
         if tracer is None and not traceparent and not baggage:
             return await self._plain(call), _nothing
         context, trace, ok = self._otel or self._load_otel()
-        parent = tel.extract_context(traceparent, baggage)
-        if tracer is None:
-            # Telemetry is off: no span, but nested calls still carry the caller's trace context.
-            token = context.attach(parent)
-            try:
-                return await self._plain(call), _nothing
-            finally:
-                context.detach(token)
-        # What start_as_current_span(name, kind=SERVER, record_exception=False) does, without its two generator
-        # context managers per call. The span's context is built on the extracted one (not only the span, as
-        # start_as_current_span(context=parent) would do), so the handler sees the caller's baggage too; one
-        # attach makes both current. _plain lets only BaseExceptions (cancellation) through, on which use_span
-        # would just end the span too.
-        span = tel.start_handler_span(tracer, name, parent)
+        started = None if tracer is None else tel.start_handler(tracer, name, traceparent, baggage)
+        if started is not None:
+            span, ctx = started  # the usual case, in one step: see telemetry.start_handler
+        else:
+            parent = tel.extract_context(traceparent, baggage)
+            if tracer is None:
+                # Telemetry is off: no span, but nested calls still carry the caller's trace context.
+                token = context.attach(parent)
+                try:
+                    return await self._plain(call), _nothing
+                finally:
+                    context.detach(token)
+            # What start_as_current_span(name, kind=SERVER, record_exception=False) does, without its two generator
+            # context managers per call. The span's context is built on the extracted one (not only the span, as
+            # start_as_current_span(context=parent) would do), so the handler sees the caller's baggage too; one
+            # attach makes both current.
+            span = tel.start_handler_span(tracer, name, parent)
+            ctx = trace.set_span_in_context(span, parent)
+        # _plain lets only BaseExceptions (cancellation) through, on which use_span would just end the span too.
         try:
-            token = context.attach(trace.set_span_in_context(span, parent))
+            token = context.attach(ctx)
             try:
                 result, error, stack, _ = await TraceScope._plain(call)
             finally:
