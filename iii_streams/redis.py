@@ -114,17 +114,27 @@ return old
 """
 
 #: An update batch's writes and events in one command: ``ARGV`` = channel, field count n, n field/value pairs, then
-#: the events in order. One reply instead of one per event: redis-py reads and parses a reply (under a timeout
-#: of its own) for every command queued in a transaction, a per-update cost of the engine's process.
+#: the events in order joined by newlines. One reply instead of one per event: redis-py reads and parses a reply
+#: (under a timeout of its own) for every command queued in a transaction, a per-update cost of the engine's
+#: process. One argument instead of one per event: redis-py packs a command's small arguments by re-joining its
+#: growing buffer per argument (2.8 µs per event for 256 events, 0.16 µs joined). An event is compact JSON, which
+#: holds no raw newline (JSON escapes control characters in strings), so the newlines split them exactly.
 _WRITE_PUBLISH_SCRIPT: Final = """
 local last = 2 + 2 * tonumber(ARGV[2])
 for i = 3, last, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
-for i = last + 1, #ARGV do
-  redis.call('PUBLISH', ARGV[1], ARGV[i])
+local events = ARGV[last + 1]
+local start = 1
+while true do
+  local stop = string.find(events, '\\n', start, true)
+  if not stop then
+    redis.call('PUBLISH', ARGV[1], string.sub(events, start))
+    return 0
+  end
+  redis.call('PUBLISH', ARGV[1], string.sub(events, start, stop - 1))
+  start = stop + 1
 end
-return 0
 """
 
 _DELETE_SCRIPT: Final = """
@@ -478,7 +488,7 @@ class RedisStream(FieldUpdates):
                             # EVAL with the text (not EVALSHA): redis-py's pipeline would ask SCRIPT EXISTS
                             # before every execute of a registered script; Redis caches the compiled script.
                             pipe.eval(_WRITE_PUBLISH_SCRIPT, 1, key, self.channel, len(texts),
-                                      *itertools.chain.from_iterable(texts.items()), *events)
+                                      *itertools.chain.from_iterable(texts.items()), "\n".join(events))
                         else:
                             pipe.hset(key, mapping=texts)
                         await pipe.execute()
