@@ -234,6 +234,12 @@ class Connection:
             return
         self.send_soon(frame, key)
 
+    def write_now(self, frame: Frame) -> bool:
+        """Write ``frame`` at once if nothing waits ahead of it and the socket takes it without waiting; False (and
+        nothing done) otherwise. Loop thread, or a thread holding the loop parked (:meth:`LoopBridge.park`)."""
+        ws = self._ws
+        return self._ready and ws is not None and not self._backlog and self._write_now(ws, frame, False)
+
     def _write_now(self, ws: ClientConnection, frame: Frame, batch: bool) -> bool:
         # A batch frame waits for the end of this turn in the socket's cork (ws_fastpath), with the frames written
         # after it; any frame goes after those corked before it.

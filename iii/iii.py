@@ -567,11 +567,17 @@ class III:
         bridge = self._bridge
         bridge.hold(waiter)  # a loop thread dying mid-call fails the wait at once (LoopStoppedError)
         try:
-            try:
-                bridge.post_blocking(self._start_call, invocation_id, function_id, frame, timeout, waiter)
-            except RuntimeError:
-                if not waiter.done():  # not the closed loop hold() already reported: the caller's mistake
-                    raise
+            if bridge.park():  # the loop waits for I/O: start the call from here, no hop onto it
+                try:
+                    self._start_call_parked(invocation_id, function_id, frame, timeout, waiter)
+                finally:
+                    bridge.unpark()
+            else:
+                try:
+                    bridge.post_blocking(self._start_call, invocation_id, function_id, frame, timeout, waiter)
+                except RuntimeError:
+                    if not waiter.done():  # not the closed loop hold() already reported: the caller's mistake
+                        raise
             return waiter.wait(timeout / 1000.0 + 1.0, lambda: bridge.alive)
         finally:
             bridge.release(waiter)
@@ -601,6 +607,20 @@ class III:
         self._session.track_call(invocation_id, function_id)
         self._calls.track(invocation_id, function_id, waiter, timeout_ms=timeout_ms, on_expire=self._session.forget)
         self._conn.send_now(frame, invocation_id)
+
+    def _start_call_parked(self, invocation_id: str, function_id: str, frame: str, timeout_ms: float,
+                           waiter: Settle) -> None:
+        """:meth:`_start_call` from a thread holding the loop parked (:meth:`LoopBridge.park`): what cannot be done
+        without the loop running (a queued write) is handed to it, and a timer it does not know of wakes it."""
+        if self._closed:
+            waiter.set_exception(ShuttingDownError())
+            return
+        self._session.track_call(invocation_id, function_id)
+        if self._calls.track(invocation_id, function_id, waiter, timeout_ms=timeout_ms,
+                             on_expire=self._session.forget):
+            self._bridge.wake()  # the loop sleeps until its earliest timer as it knew it
+        if not self._conn.write_now(frame):
+            self._loop.call_soon_threadsafe(self._conn.send_soon, frame, invocation_id)
 
     def _drop_call(self, invocation_id: str) -> None:
         """The caller stopped waiting (cancelled): forget the call; a late result is ignored."""

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import selectors
+import sys
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -58,7 +60,14 @@ class LoopBridge:
     """
 
     def __init__(self, name: str = "iii-sdk-loop") -> None:
-        self.loop = asyncio.new_event_loop()
+        self._selector: _ParkingSelector | None = None
+        if sys.platform != "win32" and type(asyncio.get_event_loop_policy()) is asyncio.DefaultEventLoopPolicy:
+            # The standard loop, on a selector that lets another thread hold it parked (park()). A policy of the
+            # user's (uvloop) gets its own loop, and park() always declines.
+            self._selector = _ParkingSelector()
+            self.loop: asyncio.AbstractEventLoop = asyncio.SelectorEventLoop(self._selector)
+        else:
+            self.loop = asyncio.new_event_loop()
         self._tasks: dict[Coroutine[Any, Any, Any], asyncio.Task[Any]] = {}  # by the coroutine each one runs
         self._held: set[Settle] = set()
         self._held_lock = threading.Lock()
@@ -93,6 +102,37 @@ class LoopBridge:
         """Stop holding ``waiter`` (it was settled or its caller stopped waiting)."""
         with self._held_lock:
             self._held.discard(waiter)
+
+    def park(self) -> bool:
+        """From another thread: hold the loop where it waits for I/O, with no callback due, if it is there now;
+        True when held, and then the caller runs as if on the loop thread until :meth:`unpark` (briefly, never
+        blocking or awaiting, touching no other loop). False (the caller hops onto the loop instead) when the
+        loop is busy or has work queued, when it is not the standard loop, in debug mode, or not running.
+
+        A sync call started this way writes its frame from the caller's thread: no wake-up of the loop thread,
+        no turn of the loop, no GIL hand-off there and back, just to write one frame.
+        """
+        selector = self._selector
+        if selector is None or not selector.parked.acquire(blocking=False):
+            return False
+        loop = self.loop
+        # _ready: callbacks posted to the loop and not run yet (a registration, a frame): they go first.
+        if loop._ready or loop.get_debug() or not self.thread.is_alive():  # type: ignore[attr-defined]
+            selector.parked.release()
+            return False
+        return True
+
+    def unpark(self) -> None:
+        """Let the loop go on after a successful :meth:`park`, woken if the caller left it work (e.g. a failed
+        write's transport scheduled its connection_lost): it would otherwise sleep on, not knowing."""
+        assert self._selector is not None
+        self._selector.parked.release()
+        if self.loop._ready:  # type: ignore[attr-defined]
+            self.wake()
+
+    def wake(self) -> None:
+        """Make the loop run a turn (it then sees timers and callbacks added while it was parked)."""
+        self.loop.call_soon_threadsafe(_nothing)
 
     @property
     def alive(self) -> bool:
@@ -183,6 +223,31 @@ class LoopBridge:
         self.thread.join(timeout=join_timeout)
         if not self.thread.is_alive():
             self.loop.close()
+
+
+class _ParkingSelector(selectors.DefaultSelector):
+    """The default selector with a lock its loop's thread holds at all times but while it waits for I/O, so that
+    another thread holding the lock (:meth:`LoopBridge.park`) knows the loop is doing nothing else meanwhile.
+
+    Held from the start (the loop is not running yet) and never given back once the loop ended, so park()
+    declines then; a forked child sees a dead loop thread and declines too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parked = threading.Lock()
+        self.parked.acquire()
+
+    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        parked = self.parked
+        parked.release()
+        try:
+            return super().select(timeout)
+        finally:
+            parked.acquire()
+
+
+def _nothing() -> None:
+    """A callback that only wakes the loop."""
 
 
 def _fail(waiter: Settle, error: BaseException) -> None:

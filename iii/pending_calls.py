@@ -196,8 +196,9 @@ class PendingCalls:
     def track(
         self, invocation_id: str, function_id: str, waiter: Settle, *, timeout_ms: float,
         on_expire: Callable[[str], None]
-    ) -> None:
-        """Like :meth:`add`, settling ``waiter`` (e.g. a :class:`ThreadWaiter`) instead of a new future."""
+    ) -> bool:
+        """Like :meth:`add`, settling ``waiter`` (e.g. a :class:`ThreadWaiter`) instead of a new future; True when
+        it scheduled a timer on the loop (a thread holding the loop parked must wake it to see the timer)."""
         old = self._calls.pop(invocation_id, None)
         if old is not None:  # the same id again: the new call replaces the old one (its deadline too)
             self._leave(invocation_id, old.timeout_ms)  # first: it may drop the clock this call would join
@@ -209,6 +210,8 @@ class PendingCalls:
         clock.calls[invocation_id] = pending
         if clock.timer is None:
             clock.timer = self._loop.call_at(pending.deadline, self._tick, timeout_ms)
+            return True
+        return False
 
     def _tick(self, timeout_ms: float) -> None:
         """The timer of timeout ``timeout_ms`` fired: expire its calls whose deadline came, re-arm for the next."""

@@ -1,0 +1,123 @@
+"""A sync ``trigger`` made while the client's loop waits for I/O writes its frame from the caller's thread, holding
+the loop parked (``LoopBridge.park``) instead of waking the loop thread to write it; every guarantee of the hop
+stays: timeouts fire on time, frames from many threads arrive whole, work queued on the loop goes first."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from iii import InitOptions
+from iii.iii import III, register_worker
+from iii.loop_bridge import LoopBridge
+from iii_engine import Engine, EngineConfig
+
+
+@pytest.fixture(scope="module")
+def url() -> Iterator[str]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    engine = Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[]))
+    asyncio.run_coroutine_threadsafe(engine.start(), loop).result(10)
+    yield engine.url
+    asyncio.run_coroutine_threadsafe(engine.stop(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.close()
+
+
+@pytest.fixture
+def pair(url: str) -> Iterator[tuple[III, III]]:
+    callee = register_worker(url, InitOptions(worker_name="callee"))
+    caller = register_worker(url, InitOptions(worker_name="caller"))
+
+    async def echo(data: Any) -> Any:
+        return data
+
+    async def never(_data: Any) -> Any:
+        await asyncio.Event().wait()
+
+    callee.register_function("park::echo", echo)
+    callee.register_function("park::never", never)
+    callee.list_functions()  # barrier: both registrations reached the engine
+    try:
+        yield callee, caller
+    finally:
+        caller.shutdown()
+        callee.shutdown()
+
+
+def test_calls_on_an_idle_loop_do_not_hop_onto_it(pair: tuple[III, III], monkeypatch: pytest.MonkeyPatch) -> None:
+    _, caller = pair
+    hops: list[object] = []
+    post = caller._bridge.post_blocking
+    monkeypatch.setattr(caller._bridge, "post_blocking", lambda *a: (hops.append(a), post(*a)))
+    for i in range(20):
+        assert caller.trigger({"function_id": "park::echo", "payload": [i]}) == [i]
+    # The loop may now and then be busy (a keepalive, telemetry) and the call hops; mostly it is idle.
+    assert len(hops) < 10
+
+
+def test_a_timeout_armed_while_parked_wakes_the_loop_in_time(pair: tuple[III, III]) -> None:
+    _, caller = pair
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match="park::never"):
+        # A timeout no call used before: its timer is new to the loop, which slept with no timer due.
+        caller.trigger({"function_id": "park::never", "payload": None, "timeout_ms": 173})
+    assert time.monotonic() - start < 3.0  # not the loop's next keepalive (20 s)
+    assert len(caller._calls) == 0
+
+
+def test_many_threads_calling_at_once_all_get_their_answers(pair: tuple[III, III]) -> None:
+    _, caller = pair
+    errors: list[BaseException] = []
+
+    def run(t: int) -> None:
+        try:
+            for i in range(40):
+                payload = [t, i, "x" * (i * 97)]  # (a dict would come back with the engine's caller id added)
+                assert caller.trigger({"function_id": "park::echo", "payload": payload}) == payload
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(25)
+    assert not errors
+    assert len(caller._calls) == 0
+
+
+def test_park_declines_when_the_loop_has_work_queued_or_is_not_waiting() -> None:
+    bridge = LoopBridge()
+    try:
+        assert bridge.run(_true()) is True  # the loop runs; now it waits for I/O
+        assert bridge.park()
+        try:
+            bridge.loop.call_soon_threadsafe(lambda: None)  # queued while parked
+        finally:
+            bridge.unpark()
+
+        async def from_the_loop() -> bool:
+            return bridge.park()  # the loop thread holds it: never parked from itself
+
+        assert bridge.run(from_the_loop()) is False
+        blocker, release = threading.Event(), threading.Event()
+        bridge.loop.call_soon_threadsafe(lambda: (blocker.set(), release.wait(5)))
+        assert blocker.wait(5)
+        assert not bridge.park()  # busy running a callback
+        release.set()
+    finally:
+        bridge.stop()
+    assert not bridge.park()  # ended
+
+
+async def _true() -> bool:
+    return True
