@@ -427,9 +427,14 @@ def is_open(ws: Connection) -> bool:
 # ---------------------------------------------------------------------------------------------------- receiving
 
 
+SPARE_BUFFERS: Final = 2
+"""Large frame buffers (of :data:`FLUSH_BYTES` to :data:`FRAME_BUFFER` bytes) a thread keeps for its readers' next
+frames, whatever the number of connections: two, so that a writer's and a reader's socket in one process (an
+in-process channel, or a process relaying one stream) each find theirs instead of zeroing a fresh one per frame."""
+
 _SPARE = threading.local()
-"""The frame buffer (``buffer``) a :class:`FrameReader` of this thread last finished with, for the next frame of the
-same size: one per thread, whatever the number of connections."""
+"""The frame buffers (``buffers``, at most :data:`SPARE_BUFFERS`, the oldest dropped first) this thread's
+:class:`FrameReader` s last finished with, for the next frame of the same size."""
 
 _LENT = threading.local()
 """The readers of this thread (``readers``, a weak set) holding a frame buffer their peer has not yet earned by
@@ -438,6 +443,17 @@ what it sent (:meth:`FrameReader._lend`)."""
 LENT_BYTES: Final = 4 * FRAME_BUFFER
 """The frame buffers a thread's :class:`FrameReader` s may hold, all told, for peers that sent less than a quarter
 of the frame in progress: what frame headers alone can make a thread allocate, however many connections send one."""
+
+
+def _spare_of(size: int) -> bytearray | None:
+    """Take this thread's spare frame buffer of exactly ``size`` bytes, if there is one."""
+    spares: list[bytearray] | None = getattr(_SPARE, "buffers", None)
+    if spares:
+        for at, spare in enumerate(spares):
+            if len(spare) == size:
+                del spares[at]
+                return spare
+    return None
 
 
 class FrameReader:
@@ -463,7 +479,7 @@ class FrameReader:
         True
     """
 
-    __slots__ = ("__weakref__", "_filled", "_lent", "_masked", "_need", "_pending", "done", "max_size")
+    __slots__ = ("__weakref__", "_filled", "_lent", "_masked", "_need", "_pending", "_probe", "done", "max_size")
 
     def __init__(self, *, masked: bool, max_size: int | None = None) -> None:
         self._masked = masked
@@ -479,6 +495,8 @@ class FrameReader:
         self._filled = 0
         self._need = 0
         self._lent: weakref.WeakSet[FrameReader] | None = None  # the set this reader is in while it holds a loan
+        # Frames still read one at a time (read_limit): 2 after a large frame, one less after each small one.
+        self._probe = 0
         self.done = False
 
     def feed(self, data: bytes | memoryview) -> tuple[list[tuple[bool, bytes]], list[bytes], bytes | None]:
@@ -517,15 +535,33 @@ class FrameReader:
                 self._start(memoryview(data)[offset:], need)
                 break
             offset = self._take(data, offset, need, messages, control)
+            if self._probe:
+                self._probe -= 1
         return messages, control, None
 
+    def read_limit(self) -> int:
+        """How many bytes the next read into the receive buffer should take at most (0: as many as there are).
+
+        While large frames flow (one of the last two was large), reads stop at frame boundaries: a frame's header
+        alone (the longest header of this direction, so nothing of a large payload), then the rest of a small frame.
+        A large frame's payload then always goes straight into its own buffer (:meth:`receive_buffer`), where a
+        read past the previous frame's end would land it in the receive buffer and :meth:`feed` would copy it
+        over: one or two small reads per large frame instead of a copy of most of it. A run of small frames goes
+        back to reading as much as there is."""
+        if not self._probe:
+            return 0
+        if not self._filled:
+            return 14 if self._masked else 10
+        return self._need - self._filled if self._need else 0
+
     def receive_buffer(self) -> memoryview | None:
-        """Where the next bytes may be received straight into: the rest of a large frame in progress (at least
-        :data:`FLUSH_BYTES` still missing, in a buffer of its exact size), saving the copy :meth:`feed` would
-        make; ``None`` otherwise. Report what was written there with :meth:`received`."""
+        """Where the next bytes may be received straight into: the rest of a large frame in progress (of at least
+        :data:`FLUSH_BYTES`, in a buffer of its exact size), saving the copy :meth:`feed` would make; ``None``
+        otherwise. Report what was written there with :meth:`received`. Its tail too, however short: a read past
+        it would land the next frame's start in the receive buffer, to be copied (see :meth:`header_probe`)."""
         need = self._need
         filled = self._filled
-        if need - filled < FLUSH_BYTES:
+        if need < FLUSH_BYTES:
             return None
         if len(self._pending) != need:  # growing with its bytes (no spare of its size was left)
             if need > FRAME_BUFFER or 4 * filled < need:  # not yet a quarter of this frame
@@ -549,9 +585,8 @@ class FrameReader:
         if 0 < need <= FRAME_BUFFER:
             # Large frames mostly come one size after another: this thread's last frame buffer serves the next
             # frame of its size (no allocation, no zeroing, no fresh pages).
-            spare: bytearray | None = getattr(_SPARE, "buffer", None)
-            if spare is not None and len(spare) == need:
-                _SPARE.buffer = None
+            spare = _spare_of(need)
+            if spare is not None:
                 self._pending = spare
                 spare[: len(head)] = head
             elif 4 * len(head) >= need or self._lend(need):
@@ -592,8 +627,14 @@ class FrameReader:
         self._repay()
         pending = self._pending
         self._take(pending, 0, self._need, messages, control)  # copies the payload out
-        if self._need <= FRAME_BUFFER:  # a larger one grew as its bytes came: never kept
-            _SPARE.buffer = pending
+        self._probe = 2 if self._need >= FLUSH_BYTES else max(0, self._probe - 1)
+        if FLUSH_BYTES <= self._need <= FRAME_BUFFER:  # a larger one grew as its bytes came: never kept
+            spares: list[bytearray] | None = getattr(_SPARE, "buffers", None)
+            if spares is None:
+                spares = _SPARE.buffers = []
+            elif len(spares) >= SPARE_BUFFERS:
+                del spares[0]
+            spares.append(pending)
         self._pending = bytearray()
         self._filled = self._need = 0
 
@@ -756,9 +797,14 @@ class _BufferedFeed(asyncio.BufferedProtocol):
         # The rest of a large frame in progress is read straight into that frame's own buffer: one copy less
         # than reading it here and moving it there.
         frames = self._frames
-        direct = frames.receive_buffer() if frames is not None else None
+        if frames is None:
+            return _receive_view()
+        direct = frames.receive_buffer()
         self._direct = direct is not None
-        return direct if direct is not None else _receive_view()
+        if direct is not None:
+            return direct
+        limit = frames.read_limit()
+        return _receive_view()[:limit] if limit else _receive_view()
 
     def buffer_updated(self, nbytes: int) -> None:
         if self._direct:
@@ -1290,6 +1336,7 @@ __all__ = [
     "MASK_SEGMENT",
     "MAX_FRAME_SIZE",
     "MISSING",
+    "SPARE_BUFFERS",
     "DirectClientConnection",
     "FastClientConnection",
     "FastServerConnection",
