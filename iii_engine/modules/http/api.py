@@ -44,7 +44,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Coroutine, Mapping
 from typing import Any, TypeVar
 
 from aiohttp import HttpVersion11, web
@@ -213,10 +213,12 @@ def _decides(outcome: asyncio.Future[tuple[Any, Any]]) -> bool:
 _STOPPING = "stopping"
 _T = TypeVar("_T")
 _OUTCOME = "outcome"
+_DEADLINE = "deadline"
 
 
 class _Interrupted(Exception):
-    """The wait for the first chunk was cut short: ``reason`` is :data:`_OUTCOME` or :data:`_STOPPING`."""
+    """A wait before the response started was cut short: ``reason`` is :data:`_OUTCOME`, :data:`_STOPPING` or
+    :data:`_DEADLINE`."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -224,24 +226,41 @@ class _Interrupted(Exception):
 
 
 class _Race:
-    """One request's wait for its first chunk, which the function's outcome (or the module's stop) may cut short by
-    cancelling the waiting task once (see :meth:`RestApiModule._first_chunk`)."""
+    """One request's waits before its response starts (the condition function, room in the worker's queue, the
+    first chunk): the module's stop or the request's deadline end them, and during the first-chunk wait the
+    function's outcome does, by cancelling the waiting task once (see :meth:`RestApiModule._interruptible`).
 
-    __slots__ = ("armed", "reason", "task")
+    Stop and deadline are final: one that comes while the task is between waits is kept, and the next wait ends at
+    once. ``timer`` is the request's own deadline timer, only when its deadline came out of order (see
+    :meth:`RestApiModule._open_race`).
+    """
 
-    def __init__(self, task: asyncio.Task[Any]) -> None:
+    __slots__ = ("armed", "deadline", "reason", "task", "timer")
+
+    def __init__(self, task: asyncio.Task[Any], deadline: float) -> None:
         self.task = task
-        self.armed = True  # the task is inside the wait; cleared before it leaves it
+        self.deadline = deadline
+        self.armed = False  # the task is inside a wait; cleared before it leaves it
         self.reason: str | None = None
+        self.timer: asyncio.TimerHandle | None = None
 
     def interrupt(self, reason: str) -> None:
-        if self.armed and self.reason is None:
+        if self.reason is None:
             self.reason = reason
-            self.task.cancel()
+            if self.armed:
+                self.task.cancel()
 
     def outcome_done(self, outcome: asyncio.Future[tuple[Any, Any]]) -> None:
-        if _decides(outcome):
-            self.interrupt(_OUTCOME)
+        # Only while the first-chunk wait is on: a callback scheduled before the task left it must not end a
+        # later wait.
+        if self.armed and self.reason is None and _decides(outcome):
+            self.reason = _OUTCOME
+            self.task.cancel()
+
+
+def _reason_to_refusal(reason: str) -> Exception:
+    """What a request whose wait was cut short by the module's stop or by its deadline raises."""
+    return _engine_stopping() if reason is _STOPPING else _Timeout()
 
 
 class _HttpTriggers:
@@ -283,7 +302,11 @@ class RestApiModule(EngineModule):
         self._limit: asyncio.Semaphore | None = None
         # Set when the module stops: every request still waiting for its handler's answer is told at once.
         self._stopping: asyncio.Future[None] | None = None
-        self._races: set[_Race] = set()  # requests waiting for their first chunk (stop interrupts them)
+        # Requests before their response starts (stop interrupts them), in deadline order: every request's deadline
+        # is default_timeout after it came, so one timer at the oldest deadline serves them all (see _open_race).
+        self._races: dict[_Race, None] = {}
+        self._sweep: asyncio.TimerHandle | None = None
+        self._latest_deadline = float("-inf")
         self._budget = BodyBudget(self.settings.max_buffered_bytes)
         self._background: set[asyncio.Task[Any]] = set()
         self.port = self.settings.port
@@ -333,6 +356,9 @@ class RestApiModule(EngineModule):
             self._stopping.set_result(None)  # without this, the listener's cleanup waits out their default_timeout
         for race in list(self._races):
             race.interrupt(_STOPPING)
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         for reader, request in list(self._streaming.items()):
             reader.abort()  # a handler waiting for its next chunk: the stream ends as aborted
             if request.transport is not None:
@@ -462,7 +488,8 @@ class RestApiModule(EngineModule):
         route = match.route
         return {
             "path_params": match.path_params,
-            "query_params": {k: v for k, v in request.query.items()},  # repeated keys: last wins
+            # repeated keys: last wins; no query string, nothing to parse
+            "query_params": {k: v for k, v in request.query.items()} if request.query_string else {},
             "headers": {k.lower(): v for k, v in request.headers.items()},
             "path": route.registered_path,
             "method": route.method,
@@ -472,6 +499,14 @@ class RestApiModule(EngineModule):
 
     async def _run(self, request: web.BaseRequest, match: RouteMatch, raw: bytearray,
                    deadline: float) -> web.StreamResponse:
+        race = self._open_race(deadline)
+        try:
+            return await self._run_raced(request, match, raw, race)
+        finally:
+            self._close_race(race)
+
+    async def _run_raced(self, request: web.BaseRequest, match: RouteMatch, raw: bytearray,
+                         race: _Race) -> web.StreamResponse:
         route = match.route
         body: Any = None
         if raw and "application/json" in request.headers.get("Content-Type", "").lower():
@@ -479,8 +514,11 @@ class RestApiModule(EngineModule):
                 body = loads(bytes(raw))
         payload = self._request_object(request, match, body)
         if route.condition_function_id is not None:
-            passed = await self._before(deadline, self.services.condition_passes(route.condition_function_id,
-                                                                                  dict(payload)))
+            try:
+                passed = await self._interruptible(race, self.services.condition_passes(
+                    route.condition_function_id, dict(payload)), None)
+            except _Interrupted as exc:
+                raise _reason_to_refusal(exc.reason) from None
             if not passed:
                 return _json_response(422, {"error": "Request condition not met", "skipped": True})
         # Both channels are created on the relay and this module's ends opened in-process (docs/protocol.md#channels);
@@ -498,7 +536,7 @@ class RestApiModule(EngineModule):
         reader = ResponseChannel("", response_channel["reader"], relay,
                                  max_control_frames=MAX_CONTROL_FRAMES, max_header_bytes=MAX_HEADER_BYTES)
         try:
-            return await self._call_and_respond(request, route.function_id, payload, reader, deadline)
+            return await self._call_and_respond(request, route.function_id, payload, reader, race)
         finally:
             if reader.local:  # nothing to wait for: drop both channels now
                 self._discard(request_channel, response_channel)
@@ -506,28 +544,28 @@ class RestApiModule(EngineModule):
                 self._spawn(self._finish(reader, request_channel, response_channel))
 
     async def _call_and_respond(self, request: web.BaseRequest, function_id: str, payload: dict[str, Any],
-                                reader: ResponseChannel, deadline: float) -> web.StreamResponse:
-        """Start the invocation (no task: its pending future is raced directly), answer, and settle the call."""
+                                reader: ResponseChannel, race: _Race) -> web.StreamResponse:
+        """Start the invocation (no task: its pending future is raced directly), answer, and settle the call.
+
+        Every wait before the response starts (room in the worker's queue included) ends at the request's
+        deadline; a streamed body, once started, runs until the handler closes its writer.
+        """
         try:
-            # One timer for every wait before the response starts (room in the worker's queue included); a
-            # streamed body, once started, runs until the handler closes its writer.
-            async with asyncio.timeout_at(deadline):
-                try:
-                    # interruptible: a worker that stopped reading keeps its queue full until the deadline, and
-                    # the module's stop must not wait for that
-                    started = await self._interruptible(self.services.start_invocation(function_id, payload), None)
-                except EngineError as exc:
-                    return _error_response(exc.message)
-                except _Interrupted:  # the module stops (the call left the pending table as it was cancelled)
-                    raise _engine_stopping() from None
-                try:
-                    head = await self._respond(reader, started.future)
-                except BaseException:  # timed out or cancelled: nobody waits for the result any more
-                    started.abandon()
-                    raise
-        except TimeoutError:
-            raise _Timeout from None
+            # interruptible: a worker that stopped reading keeps its queue full until the deadline, and the
+            # module's stop must not wait for that
+            started = await self._interruptible(race, self.services.start_invocation(function_id, payload), None)
+        except EngineError as exc:
+            return _error_response(exc.message)
+        except _Interrupted as exc:  # the call left the pending table as it was cancelled
+            raise _reason_to_refusal(exc.reason) from None
         outcome = started.future
+        try:
+            head = await self._respond(race, reader, outcome)
+        except BaseException:  # timed out or cancelled: nobody waits for the result any more
+            started.abandon()
+            raise
+        finally:
+            self._close_race(race)
         if isinstance(head, web.StreamResponse):
             return head
         try:
@@ -538,25 +576,23 @@ class RestApiModule(EngineModule):
         if not outcome.done():
             # A streamed answer can end before the function returns: its result is still awaited until the
             # deadline (so it is not logged as a result without a caller), then the call is dropped.
-            timer = asyncio.get_running_loop().call_at(deadline, started.abandon)
+            timer = asyncio.get_running_loop().call_at(race.deadline, started.abandon)
             outcome.add_done_callback(lambda _: timer.cancel())
         return response
 
-    async def _respond(self, reader: ResponseChannel,
+    async def _respond(self, race: _Race, reader: ResponseChannel,
                        outcome: asyncio.Future[tuple[Any, Any]]) -> web.StreamResponse | bytes:
         """The race of docs/guides/engine.md#modules: the first body chunk or the function's return, whichever comes
         first; the response, or the first chunk of a streamed one. A null result does not decide it: the response
         then comes from the channel."""
-        stopping = self._stopping
-        assert stopping is not None
         chunk: bytes | None = None
         aborted: ChannelAborted | None = None
         if not _decides(outcome):
             try:
-                chunk = await self._first_chunk(reader, outcome)
+                chunk = await self._first_chunk(race, reader, outcome)
             except _Interrupted as exc:
-                if exc.reason is _STOPPING:
-                    raise _engine_stopping() from None
+                if exc.reason is not _OUTCOME:
+                    raise _reason_to_refusal(exc.reason) from None
             except ResponseHeadersTooLarge as exc:
                 return _bad_gateway(str(exc))
             except ChannelAborted as exc:
@@ -564,10 +600,8 @@ class RestApiModule(EngineModule):
         if chunk is not None:
             return chunk
         # no body chunk came first: the function's outcome decides
-        if not outcome.done() and not stopping.done():
-            await asyncio.wait((outcome, stopping), return_when=asyncio.FIRST_COMPLETED)
         if not outcome.done():
-            raise _engine_stopping()
+            await self._outcome_of(race, outcome)
         result, error = _outcome(outcome)
         if error is not None:
             return _failure(error)
@@ -577,40 +611,104 @@ class RestApiModule(EngineModule):
             return _error_response(str(aborted))
         return web.Response(status=reader.status, headers=reader.headers)
 
-    async def _first_chunk(self, reader: ResponseChannel, outcome: asyncio.Future[tuple[Any, Any]]) -> bytes | None:
+    async def _outcome_of(self, race: _Race, outcome: asyncio.Future[tuple[Any, Any]]) -> None:
+        """Wait until ``outcome`` is done (whether it failed or was cancelled: :func:`_outcome` reads that), within
+        the request's deadline and the module's stop."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def wake(_: object) -> None:
+            if not done.done():
+                done.set_result(None)
+
+        outcome.add_done_callback(wake)
+        try:
+            await self._interruptible(race, done, None)
+        except _Interrupted as exc:
+            raise _reason_to_refusal(exc.reason) from None
+        finally:
+            outcome.remove_done_callback(wake)
+
+    async def _first_chunk(self, race: _Race, reader: ResponseChannel,
+                           outcome: asyncio.Future[tuple[Any, Any]]) -> bytes | None:
         """The response channel's first body chunk (``None``: closed without one), read by this request's own task;
-        :class:`_Interrupted` as soon as ``outcome`` decides the response or the module stops.
+        :class:`_Interrupted` as soon as ``outcome`` decides the response, the module stops or the deadline comes.
 
         Why not a reader task raced with ``asyncio.wait``: that task cost ~35 us CPU per request, a third of the
         engine's cost over a bare HTTP-to-worker relay (bench/http_api.py). The interruption is the pattern
         ``asyncio.timeout`` uses: a callback cancels the waiting task, which catches the cancellation at its one
-        await and withdraws it with ``uncancel()``; any other cancellation (a deadline, a shutdown) still
-        propagates.
+        await and withdraws it with ``uncancel()``; any other cancellation (a shutdown) still propagates.
         """
-        return await self._interruptible(reader.first_chunk(), outcome)
+        return await self._interruptible(race, reader.first_chunk(), outcome)
 
-    async def _interruptible(self, wait: Awaitable[_T], outcome: asyncio.Future[tuple[Any, Any]] | None) -> _T:
-        """Await ``wait`` in this task; :class:`_Interrupted` as soon as the module stops or ``outcome`` (if given)
-        decides the response (see :meth:`_first_chunk`)."""
-        task = asyncio.current_task()
-        assert task is not None
-        race = _Race(task)
+    async def _interruptible(self, race: _Race, wait: Awaitable[_T],
+                             outcome: asyncio.Future[tuple[Any, Any]] | None) -> _T:
+        """Await ``wait`` in the request's task; :class:`_Interrupted` as soon as the module stops, the request's
+        deadline comes or ``outcome`` (if given) decides the response (see :meth:`_first_chunk`)."""
+        if race.reason is not None:  # the stop or the deadline came while the task was between waits
+            if isinstance(wait, Coroutine):
+                wait.close()
+            raise _Interrupted(race.reason)
+        task = race.task
         if outcome is not None:
             outcome.add_done_callback(race.outcome_done)
-        self._races.add(race)
         cancelling = task.cancelling()
+        race.armed = True
         try:
             return await wait
         except asyncio.CancelledError:
-            # ours alone: withdraw it; anyone else's (timeout, shutdown) too: let it through
+            # ours alone: withdraw it; anyone else's (a shutdown) too: let it through
             if race.reason is None or task.uncancel() > cancelling:
                 raise
             raise _Interrupted(race.reason) from None
         finally:
             race.armed = False
-            self._races.discard(race)
             if outcome is not None:
                 outcome.remove_done_callback(race.outcome_done)
+
+    def _open_race(self, deadline: float) -> _Race:
+        """The current request's :class:`_Race`, ended with :data:`_DEADLINE` at ``deadline``.
+
+        Why not ``asyncio.timeout_at`` per request: its timer and context manager cost more than the rest of the
+        race, and requests come with their deadlines in order (each is ``default_timeout`` after its arrival), so
+        one timer at the oldest deadline (:meth:`_expire_due`) serves all of them, as the channel relay's attach
+        deadlines do. A deadline earlier than one already queued (a caller passing its own) gets a timer of its own.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        race = _Race(task, deadline)
+        loop = asyncio.get_running_loop()
+        if deadline >= self._latest_deadline:
+            self._latest_deadline = deadline
+            if self._sweep is None:
+                self._sweep = loop.call_at(deadline, self._expire_due)
+        else:
+            race.timer = loop.call_at(deadline, race.interrupt, _DEADLINE)
+        self._races[race] = None
+        return race
+
+    def _close_race(self, race: _Race) -> None:
+        """The request's response started or it ended: its deadline and the module's stop no longer cut it."""
+        self._races.pop(race, None)
+        if race.timer is not None:
+            race.timer.cancel()
+            race.timer = None
+
+    def _expire_due(self) -> None:
+        """The oldest queued deadline came: end every request whose deadline passed, re-arm for the next."""
+        self._sweep = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        due: list[_Race] = []
+        for race in self._races:
+            if race.timer is not None:  # out of order: its own timer ends it
+                continue
+            if race.deadline > now:
+                self._sweep = loop.call_at(race.deadline, self._expire_due)
+                break
+            due.append(race)
+        for race in due:
+            del self._races[race]
+            race.interrupt(_DEADLINE)
 
     async def _stream(self, request: web.BaseRequest, reader: ResponseChannel, first: bytes) -> web.StreamResponse:
         headers = {k: v for k, v in reader.headers.items() if k.lower() not in _STREAM_HEADER_SKIP}
@@ -634,17 +732,6 @@ class RestApiModule(EngineModule):
             del self._streaming[reader]
         await response.write_eof()
         return response
-
-    async def _before(self, deadline: float, awaitable: Awaitable[_T]) -> _T:
-        """``awaitable`` (a step before the handler runs: the condition function) within the request's deadline;
-        503 as soon as the module stops, like every other wait for a worker's answer."""
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await self._interruptible(awaitable, None)
-        except TimeoutError:
-            raise _Timeout from None
-        except _Interrupted:
-            raise _engine_stopping() from None
 
     # -- engine plumbing -------------------------------------------------------------------------------------
 

@@ -85,6 +85,11 @@ one of GET, POST, PUT, DELETE, PATCH, HEAD, OPTIONS
                  api_path)
 
 
+def _is_param(segment: str) -> bool:
+    """Whether a route segment captures (``:name``); a lone ``:`` is a literal."""
+    return segment.startswith(":") and len(segment) > 1
+
+
 def _split(url_path: str) -> list[str]:
     path = url_path[1:] if url_path.startswith("/") else url_path
     return [unquote(part) for part in path.split("/")]
@@ -96,6 +101,9 @@ class RouteTable:
     def __init__(self) -> None:
         self._by_key: dict[str, Route] = {}
         self._by_method: dict[str, list[Route]] = {}
+        # Routes without parameters by method and exact path: such a route beats every parameterised sibling, so
+        # a URL that names one needs no scan (nor per-segment unquoting: only a URL without escapes is looked up).
+        self._static: dict[str, dict[str, Route]] = {}
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -121,16 +129,26 @@ class RouteTable:
         # Literal segments first, left to right: a static route always wins over a parameterised sibling.
         routes.sort(key=lambda r: tuple(seg.startswith(":") for seg in r.segments))
         self._by_method[method] = routes
+        # Only routes that sort first (no segment starting with ":", not even a literal lone ":"), so that no
+        # other route could have won the scan.
+        self._static[method] = {r.api_path: r for r in routes if not any(seg.startswith(":") for seg in r.segments)}
 
     def match(self, method: str, url_path: str) -> RouteMatch | None:
         """The best route for ``method`` and the concrete ``url_path``, or ``None``."""
+        method = method.upper()
+        if "%" not in url_path:
+            static = self._static.get(method)
+            if static:
+                route = static.get(url_path[1:] if url_path.startswith("/") else url_path)
+                if route is not None:
+                    return RouteMatch(route, {})
         parts = _split(url_path)
-        for route in self._by_method.get(method.upper(), ()):
+        for route in self._by_method.get(method, ()):
             if len(route.segments) != len(parts):
                 continue
             params: dict[str, str] = {}
             for pattern, part in zip(route.segments, parts, strict=True):
-                if pattern.startswith(":") and len(pattern) > 1:
+                if _is_param(pattern):
                     if not part:
                         break
                     params[pattern[1:]] = part
