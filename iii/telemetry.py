@@ -780,6 +780,9 @@ class _W3C:
         self._composite = CompositePropagator
         self._default_types = [TraceContextTextMapPropagator, W3CBaggagePropagator]
         self._checked: tuple[Any, bool] = (None, False)
+        self._flags: dict[str, Any] = {}  # a traceparent's flags field -> its TraceFlags
+        # The key set_span_in_context stores the span under (private to the API, so asked for once).
+        (self._span_key,) = trace.set_span_in_context(trace.INVALID_SPAN, context.Context()).keys()
 
     def default_propagation(self) -> bool:
         """Whether the global propagator is the default W3C pair (the answer is cached per propagator)."""
@@ -829,7 +832,10 @@ class _W3C:
         trace_id, span_id, flags = match.groups()
         if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
             return None  # invalid: the generic path ignores it (and says so where it would)
-        return self.span_context(int(trace_id, 16), int(span_id, 16), True, self.trace.TraceFlags(int(flags, 16)))
+        trace_flags = self._flags.get(flags)
+        if trace_flags is None:  # at most 256 of them: two hex digits
+            trace_flags = self._flags[flags] = self.trace.TraceFlags(int(flags, 16))
+        return self.span_context(int(trace_id, 16), int(span_id, 16), True, trace_flags)
 
     def handler_span(self, spans: Any, name: str, traceparent: str | None, baggage: str | None) -> Any:
         """``(span, context)``: the span ``spans.start(name, extract(traceparent, baggage))`` starts and the
@@ -844,11 +850,10 @@ class _W3C:
         # The span processor's on_start is told no parent context: ours (the only one while light spans are
         # used) ignores it, and building it is what this path saves.
         span = spans.start_child(name, parent, None)
-        ctx = self.context.Context()
         if not traceparent and baggage:  # the keys in the general path's order: the parent's span comes first
-            ctx = self.baggage_propagator.extract({"baggage": baggage}, ctx)
+            ctx = self.baggage_propagator.extract({"baggage": baggage}, self.context.Context())
             return span, self.trace.set_span_in_context(span, ctx)
-        ctx = self.trace.set_span_in_context(span, ctx)
+        ctx = self.context.Context({self._span_key: span})  # what set_span_in_context(span, Context()) makes
         if baggage:
             ctx = self.baggage_propagator.extract({"baggage": baggage}, ctx)
         return span, ctx
