@@ -885,7 +885,7 @@ class _Corked:
             if len(part) >= FLUSH_BYTES:
                 self.flush_out()
                 if not self.transport.is_closing():
-                    self.transport.write(part)
+                    self.transport.write(memoryview(part))  # a partial send's rest is then copied once, not twice
                 continue
             out.append(part)
             self._out_bytes += len(part)

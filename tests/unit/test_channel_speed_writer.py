@@ -58,3 +58,27 @@ async def test_a_channel_writer_waits_for_its_transport_buffer_to_empty() -> Non
     # The kernel's socket buffer is the queue: a frame is handed over only once the transport's own buffer is
     # empty, so the rest of a partial send is not joined by the next frame's bytes (one more copy of each).
     assert channels._CONNECT_OPTIONS["write_limit"] == (0, 0)
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.writes: list[bytes | memoryview] = []
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+
+async def test_a_corked_large_part_goes_to_the_transport_as_a_view() -> None:
+    # The relay's large payloads: the transport slices what the socket does not take; a view's slice is free.
+    corked = ws_fastpath._Corked()
+    corked.transport = _Transport()  # type: ignore[assignment]
+    corked._cork_setup()
+    payload = os.urandom(ws_fastpath.FLUSH_BYTES)
+    corked.cork((b"head", payload))
+    corked.flush_out()
+    writes = corked.transport.writes  # type: ignore[attr-defined]
+    assert [bytes(w) for w in writes] == [b"head", payload]
+    assert isinstance(writes[1], memoryview)
