@@ -78,10 +78,15 @@ async def _close_unread(ws: ServerConnection, limit: int) -> None:
     """Close a peer that stopped reading: the close frame waits behind what it has not read (and the library's
     close waits for its buffer to drain first), so the whole close gets a deadline, after which the connection is
     reset and its buffers go with it."""
+    await _close_within(ws, OVERFLOW_CLOSE_CODE, f"outbound queue over {limit} bytes: peer not reading")
+
+
+async def _close_within(ws: ServerConnection, code: int, reason: str) -> None:
+    """Close ``ws`` with ``code``, resetting it if the close handshake is not over within
+    ``_UNREAD_CLOSE_TIMEOUT_S`` (a peer that never answers would otherwise hold it for websockets' 10 s)."""
     ws.close_timeout = _UNREAD_CLOSE_TIMEOUT_S
     try:
-        await asyncio.wait_for(ws.close(OVERFLOW_CLOSE_CODE, f"outbound queue over {limit} bytes: peer not reading"),
-                               _UNREAD_CLOSE_TIMEOUT_S)
+        await asyncio.wait_for(ws.close(code, reason), _UNREAD_CLOSE_TIMEOUT_S)
     except Exception:  # the deadline, or a transport already broken: either way the peer is dropped
         ws_fastpath.reset(ws)
 
@@ -372,7 +377,9 @@ class Engine:
         refusal = self.limits.connection_refusal(len(self.workers))
         if refusal is not None:
             log.warning("refused a worker from %s: %s; closed with %d", remote, refusal, TRY_AGAIN_LATER)
-            await ws.close(TRY_AGAIN_LATER, refusal)
+            # refused connections are not counted: each must go quickly, or a flood of peers that never answer
+            # the close would pile up past max_workers for the close timeout
+            await _close_within(ws, TRY_AGAIN_LATER, refusal)
             return
         limit = self.config.max_outbox_bytes
         closing: list[asyncio.Task[None]] = []
@@ -494,7 +501,8 @@ class Engine:
     # -- registrations ---------------------------------------------------------------------------------------
 
     async def _register_function(self, worker: WorkerConnection, msg: RegisterFunction) -> None:
-        held = msg.id in worker.functions or msg.id in worker.external_functions
+        held = msg.id in worker.functions or msg.id in worker.external_functions or \
+            self.registry.shadows(worker.id, msg.id)
         if not self.limits.admit_registration(worker, self.registry, "function", msg.id, held):
             return
         builtin: BuiltinFunction | None = None
@@ -509,6 +517,13 @@ class Engine:
             log.warning("worker %s overwrote function %s (was %s)", worker.id, msg.id,
                         f"worker {previous.owner}" if previous.owner else "an engine built-in")
             self._disown(previous)
+        elif previous is not None and previous.external and not entry.external:
+            # its own HTTP-invoked registration became a worker function: nothing else would ever drop the
+            # endpoint from the HTTP functions module (disconnect and unregister look at the current entry)
+            self._unregister_external(msg.id)
+        # in exactly one of the sets: in both, the id counted twice against the limit, and the disconnect
+        # dropped it through the first set without unregistering its endpoint through the second
+        (worker.functions if entry.external else worker.external_functions).discard(msg.id)
         (worker.external_functions if entry.external else worker.functions).add(msg.id)
         self._functions_maybe_changed()
 

@@ -10,8 +10,9 @@ Why: a control frame is bounded in bytes (``max_message_size``) and a worker's u
   Registrations are never acknowledged on the wire, so a refused one is logged by the engine (the first refusal
   of a connection names the item and the setting; the total is logged when it disconnects) and a call to a
   refused function fails with ``function_not_found``. Re-registering what the worker already holds is never refused.
-- ``max_services``: services the engine keeps (explicit ``registerservice`` ones outlive their worker; implicit
-  ones come and go with functions, which are bounded above). A new explicit service past it is refused the same way.
+- ``max_services``: explicit (``registerservice``) services the engine keeps; they outlive their worker and their
+  functions. Implicit ones (a function id's prefix) come and go with functions, which are bounded above, and do not
+  count. A new explicit service past it is refused the same way.
 
 Example:
     >>> from iii_engine.config import EngineConfig
@@ -48,25 +49,33 @@ class CountLimits:
             return None
         return f"too many workers connected (max_workers {self.max_workers})"
 
+    @staticmethod
+    def held(worker: WorkerConnection, registry: Registry) -> int:
+        """The registrations ``worker`` makes the engine hold: its functions (current, and overwritten ones kept
+        to be restored when their overwriter leaves, E5), trigger types and stored or pending triggers."""
+        return (len(worker.functions) + len(worker.external_functions) + registry.shadowed_count(worker.id)
+                + len(worker.trigger_types) + registry.trigger_count(worker.id))
+
     def admit_registration(self, worker: WorkerConnection, registry: Registry, kind: str, item_id: str,
                            held: bool) -> bool:
         """May ``worker`` register ``item_id`` (a ``kind``: function, trigger type, trigger)? ``held``: it already
         holds that id (a re-registration, which never counts twice)."""
         if held:
             return True
-        count = (len(worker.functions) + len(worker.external_functions) + len(worker.trigger_types)
-                 + registry.trigger_count(worker.id))
+        count = self.held(worker, registry)
         if count < self.max_registrations:
             return True
         return self._refuse(worker, f"{kind} {item_id!r}",
                             f"it holds {count} registrations (max_registrations_per_worker {self.max_registrations})")
 
     def admit_service(self, worker: WorkerConnection, registry: Registry, name: str) -> bool:
-        """May ``worker`` add the service ``name``? Replacing a known one always may."""
-        if name in registry.services or len(registry.services) < self.max_services:
+        """May ``worker`` add the explicit service ``name``? Replacing an explicit one always may; making an
+        implicit one (a function's prefix) explicit adds one, as it then outlives its functions."""
+        known = registry.services.get(name)
+        if (known is not None and known.explicit) or registry.explicit_services < self.max_services:
             return True
-        return self._refuse(worker, f"service {name!r}",
-                            f"the engine keeps {len(registry.services)} services (max_services {self.max_services})")
+        return self._refuse(worker, f"service {name!r}", f"the engine keeps {registry.explicit_services} "
+                            f"explicit services (max_services {self.max_services})")
 
     @staticmethod
     def report(worker: WorkerConnection) -> None:

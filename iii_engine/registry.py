@@ -110,6 +110,9 @@ class Registry:
     def __init__(self) -> None:
         self.functions: dict[str, FunctionEntry] = {}
         self.services: dict[str, ServiceEntry] = {}
+        #: how many of ``services`` are explicit (``registerservice``): those outlive every function and worker, so
+        #: they are what ``max_services`` bounds (implicit ones are bounded through the functions that make them)
+        self.explicit_services = 0
         self.trigger_types: dict[str, TriggerTypeEntry] = {}
         # Read them freely; change them only through store_trigger / park_trigger / discard_trigger, which keep
         # the indexes below (so a worker's connect or disconnect costs its own triggers, not everyone's).
@@ -198,6 +201,14 @@ class Registry:
         if not ids:
             del self._shadowing[owner]
 
+    def shadowed_count(self, owner: str) -> int:
+        """How many overwritten registrations of ``owner`` are kept to be restored (E5)."""
+        return len(self._shadowing.get(owner, ()))
+
+    def shadows(self, owner: str, function_id: str) -> bool:
+        """Whether ``owner``'s overwritten registration of ``function_id`` is kept to be restored (E5)."""
+        return function_id in self._shadowing.get(owner, ())
+
     def function_infos(self, include_internal: bool) -> list[dict[str, Any]]:
         """The ``FunctionInfo`` of every function, sorted by id; ``engine::*`` ones only with ``include_internal``.
 
@@ -236,6 +247,8 @@ class Registry:
         effective = name or service_id
         previous = self.services.get(effective)
         self.services[effective] = ServiceEntry(service_id, effective, parent_service_id, explicit=True)
+        if previous is None or not previous.explicit:
+            self.explicit_services += 1
         return previous
 
     def _service_add(self, function_id: str) -> None:
@@ -255,6 +268,8 @@ class Registry:
         service.functions.discard(rest)
         if not service.functions:
             del self.services[head]
+            if service.explicit:
+                self.explicit_services -= 1
 
     # -- trigger types and triggers --------------------------------------------------------------------------
 
