@@ -433,8 +433,9 @@ frames, whatever the number of connections: two, so that a writer's and a reader
 in-process channel, or a process relaying one stream) each find theirs instead of zeroing a fresh one per frame."""
 
 _SPARE = threading.local()
-"""The frame buffers (``buffers``, at most :data:`SPARE_BUFFERS`, the oldest dropped first) this thread's
-:class:`FrameReader` s last finished with, for the next frame of the same size."""
+"""The frame buffers this thread's :class:`FrameReader` s last finished with, for the next frame of the same size:
+``buffers``, at most :data:`SPARE_BUFFERS` large ones (the oldest dropped first), and ``small``, the last one under
+:data:`FLUSH_BYTES`."""
 
 _LENT = threading.local()
 """The readers of this thread (``readers``, a weak set) holding a frame buffer their peer has not yet earned by
@@ -447,6 +448,12 @@ of the frame in progress: what frame headers alone can make a thread allocate, h
 
 def _spare_of(size: int) -> bytearray | None:
     """Take this thread's spare frame buffer of exactly ``size`` bytes, if there is one."""
+    if size < FLUSH_BYTES:
+        small: bytearray | None = getattr(_SPARE, "small", None)
+        if small is not None and len(small) == size:
+            _SPARE.small = None
+            return small
+        return None
     spares: list[bytearray] | None = getattr(_SPARE, "buffers", None)
     if spares:
         for at, spare in enumerate(spares):
@@ -558,7 +565,7 @@ class FrameReader:
         """Where the next bytes may be received straight into: the rest of a large frame in progress (of at least
         :data:`FLUSH_BYTES`, in a buffer of its exact size), saving the copy :meth:`feed` would make; ``None``
         otherwise. Report what was written there with :meth:`received`. Its tail too, however short: a read past
-        it would land the next frame's start in the receive buffer, to be copied (see :meth:`header_probe`)."""
+        it would land the next frame's start in the receive buffer, to be copied (see :meth:`read_limit`)."""
         need = self._need
         filled = self._filled
         if need < FLUSH_BYTES:
@@ -583,8 +590,8 @@ class FrameReader:
     def _start(self, head: bytes | bytearray | memoryview, need: int) -> None:
         """Keep ``head``, the start of a frame of ``need`` bytes (0: its size is not known yet)."""
         if 0 < need <= FRAME_BUFFER:
-            # Large frames mostly come one size after another: this thread's last frame buffer serves the next
-            # frame of its size (no allocation, no zeroing, no fresh pages).
+            # Large frames mostly come one size after another: a buffer this thread's readers finished with serves
+            # the next frame of its size (no allocation, no zeroing, no fresh pages).
             spare = _spare_of(need)
             if spare is not None:
                 self._pending = spare
@@ -628,7 +635,9 @@ class FrameReader:
         pending = self._pending
         self._take(pending, 0, self._need, messages, control)  # copies the payload out
         self._probe = 2 if self._need >= FLUSH_BYTES else max(0, self._probe - 1)
-        if FLUSH_BYTES <= self._need <= FRAME_BUFFER:  # a larger one grew as its bytes came: never kept
+        if self._need < FLUSH_BYTES:
+            _SPARE.small = pending
+        elif self._need <= FRAME_BUFFER:  # a larger one grew as its bytes came: never kept
             spares: list[bytearray] | None = getattr(_SPARE, "buffers", None)
             if spares is None:
                 spares = _SPARE.buffers = []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from typing import Any
 
 import pytest
@@ -71,3 +72,42 @@ async def test_small_frames_still_arrive_in_big_reads(monkeypatch: pytest.Monkey
     fed, _ = await _receive_through_fed_bytes(monkeypatch, [1 << 20] + [100] * 3000)
     assert fed >= 300_000
     assert reads < 1500, reads
+
+
+def test_a_writer_and_a_reader_socket_in_one_thread_each_reuse_their_frame_buffer() -> None:
+    # An in-process channel: the engine reads the writer's masked frames and the SDK reads the engine's, in one
+    # thread, 960 KiB and 64 KiB frames alternately. Each large frame finds a spare buffer of its size (before:
+    # one spare per thread, so the two sockets took turns evicting each other's and zeroed a fresh 1 MiB a frame).
+    key = b"\x01\x02\x03\x04"
+    engine, sdk = FrameReader(masked=True), FrameReader(masked=False)
+    frames = {
+        engine: [ws_fastpath.client_frame(False, os.urandom(n), key) for n in (983040, 65536)],
+        sdk: [ws_fastpath.server_frame(False, os.urandom(n)) for n in (983040, 65536)],
+    }
+    buffers: dict[FrameReader, set[int]] = {engine: set(), sdk: set()}
+    seen: list[bytearray] = []  # kept alive, so that no id is reused by a fresh buffer
+
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            feed_all()
+        except BaseException as exc:  # reported by the test below
+            errors.append(exc)
+
+    def feed_all() -> None:
+        for _ in range(6):
+            for reader in (engine, sdk):
+                for frame in frames[reader]:
+                    assert reader.feed(frame[:20]) == ([], [], None)
+                    if len(frame) > 500_000:
+                        buffers[reader].add(id(reader._pending))
+                        seen.append(reader._pending)
+                    messages, _, _ = reader.feed(frame[20:])
+                    assert len(messages) == 1
+
+    thread = threading.Thread(target=run)  # a thread of its own: its own spares and loans
+    thread.start()
+    thread.join()
+    assert not errors, errors
+    assert len(buffers[engine]) <= 2 and len(buffers[sdk]) <= 2, buffers

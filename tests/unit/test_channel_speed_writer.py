@@ -42,7 +42,7 @@ async def test_large_frames_go_out_in_segments_as_views_with_the_same_messages()
             writes.append((type(part), len(part)))
             write(part)
 
-        ws.transport.write = spy  # type: ignore[method-assign]
+        ws.transport.write = spy  # type: ignore[method-assign,assignment]
         await ws_fastpath.send_data(ws, data, frame_size=1024 * 1024)
         await ws.close()
     # One message per frame, in order, byte for byte.
