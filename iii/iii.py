@@ -650,11 +650,18 @@ class III:
         # instead of being awaited forever on this, foreign, loop.
         bridge.hold(waiter)
         try:
-            try:
-                self._loop.call_soon_threadsafe(self._start_call, invocation_id, function_id, frame, timeout, waiter)
-            except RuntimeError:  # the loop is closed: hold() has failed the future already
-                if not waiter.done():
-                    raise
+            if bridge.park():  # the client's loop waits for I/O: start the call from here, no hop onto it
+                try:
+                    self._start_call_parked(invocation_id, function_id, frame, timeout, waiter)
+                finally:
+                    bridge.unpark()
+            else:
+                try:
+                    self._loop.call_soon_threadsafe(self._start_call, invocation_id, function_id, frame, timeout,
+                                                    waiter)
+                except RuntimeError:  # the loop is closed: hold() has failed the future already
+                    if not waiter.done():
+                        raise
             return await future
         except asyncio.CancelledError:
             if bridge.alive:

@@ -64,6 +64,22 @@ def test_calls_on_an_idle_loop_do_not_hop_onto_it(pair: tuple[III, III], monkeyp
     assert len(hops) < 10
 
 
+def test_async_calls_from_another_loop_do_not_hop_either(
+    pair: tuple[III, III], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, caller = pair
+    hops: list[object] = []
+    start_call = caller._start_call
+    monkeypatch.setattr(caller, "_start_call", lambda *a: (hops.append(a), start_call(*a)))
+
+    async def calls() -> None:
+        for i in range(20):
+            assert await caller.trigger_async({"function_id": "park::echo", "payload": [i]}) == [i]
+
+    asyncio.run(calls())
+    assert len(hops) < 10
+
+
 def test_a_timeout_armed_while_parked_wakes_the_loop_in_time(pair: tuple[III, III]) -> None:
     _, caller = pair
     start = time.monotonic()
