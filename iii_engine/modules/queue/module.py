@@ -35,7 +35,7 @@ from ..base import BuiltinFunction, BuiltinHandler, EngineError, EngineModule, E
 from ..bridge.queue import NO_DLQ, BridgeQueue
 from .consumer import JobNotReady, QueueConsumer
 from .settings import QueueModuleSettings, QueueSettings
-from .store import Job, MemoryQueueStore, QueueStore
+from .store import Job, MemoryQueueStore, QueueFull, QueueStore
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,14 @@ def _text_arg(function_id: str, data: Any, key: str) -> str:
     if not isinstance(value, str):
         raise EngineError("deserialization_error", f"Failed to deserialize input for {function_id}: missing {key}")
     return value
+
+
+def _full(name: str, kind: str, limit: int) -> str:
+    """Why an enqueue (or a redrive) to the full queue or topic ``name`` was refused, naming the setting."""
+    if kind == "queue":
+        return f"Queue '{name}' is full: it holds {limit} jobs waiting, delayed or running " \
+               f"(queue_configs.{name}.max_jobs)"
+    return f"Topic '{name}' is full: it holds {limit} jobs waiting, delayed or running (max_topic_jobs)"
 
 
 def _int_arg(function_id: str, data: dict[str, Any], key: str, default: int) -> int:
@@ -167,8 +175,7 @@ class QueueModule(EngineModule):
         except Exception as exc:
             raise EngineError("enqueue_error", f"Queue '{queue_name}': could not store the job: {exc}") from exc
         if not stored:
-            raise EngineError("enqueue_error", f"Queue '{queue_name}' is full: it holds {limit} jobs waiting, delayed "
-                                               f"or running (queue_configs.{queue_name}.max_jobs)")
+            raise EngineError("enqueue_error", _full(queue_name, "queue", limit))
         consumer.wake()
         return job.id
 
@@ -176,19 +183,24 @@ class QueueModule(EngineModule):
 
     async def register(self, trigger: TriggerInfo) -> None:
         """Subscribe ``trigger.function_id`` to its topic (empty topic: warning, nothing subscribed)."""
-        await self.unregister(trigger)
         config = trigger.config if isinstance(trigger.config, dict) else {}
         topic = config.get("topic")
         if not isinstance(topic, str) or not topic:
+            await self.unregister(trigger)
             log.warning("queue trigger %s has no topic; nothing subscribed", trigger.id)
             return
         if self.bridge is not None:
+            await self.unregister(trigger)
             await self.bridge.subscribe(trigger, topic)
             return
+        # The topic first: a new one past max_topics is refused, and the engine then keeps the trigger's earlier
+        # registration, so its subscription must still be there.
         entry = self._topic(topic)
+        await self.unregister(trigger)
         if not entry.subscribers:
             # The first subscriber's queue_config shapes the topic queue.
-            entry.consumer.settings = QueueSettings.from_topic(config.get("queue_config"))
+            entry.consumer.settings = QueueSettings.from_topic(config.get("queue_config"),
+                                                               self.settings.max_topic_jobs)
         entry.subscribers[trigger.id] = trigger
         self._topic_of_trigger[trigger.id] = topic
         entry.consumer.wake()
@@ -212,7 +224,7 @@ class QueueModule(EngineModule):
             consumer = QueueConsumer(
                 self.store,
                 TOPIC_PREFIX + topic,
-                QueueSettings(),
+                QueueSettings(max_jobs=self.settings.max_topic_jobs),
                 lambda job: self._run_topic(topic, job),
                 can_claim=lambda: bool(self._topics[topic].subscribers),
             )
@@ -255,9 +267,22 @@ class QueueModule(EngineModule):
         job = Job.new(entry.consumer.queue, None, data.get("data"), group)
         limit = entry.consumer.settings.max_jobs
         if not await self.store.push(entry.consumer.queue, job, max_jobs=limit):
-            raise EngineError("enqueue_error", f"Topic '{topic}' is full: it holds {limit} jobs waiting, delayed or "
-                                               "running (max_jobs)")
+            raise EngineError("enqueue_error", _full(topic, "topic", limit))
         entry.consumer.wake()
+
+    async def _redrive_within(self, function_id: str, name: str, consumer: QueueConsumer,
+                              message_id: str | None) -> int:
+        """Move dead letters back while the queue has room (``max_jobs`` bounds redriven jobs as enqueued ones)."""
+        limit = consumer.settings.max_jobs
+        try:
+            return await self.store.redrive(consumer.queue, message_id, max_jobs=limit)
+        except QueueFull as full:
+            kind = "queue" if self._named.get(name) is consumer else "topic"
+            what = "redrive DLQ" if function_id == "iii::queue::redrive" else "handle DLQ message"
+            raise EngineError("redrive_failed", f"Failed to {what} for queue '{name}': {_full(name, kind, limit)}; "
+                                                f"{full.moved} moved, the rest stay in the DLQ") from None
+        finally:
+            consumer.wake()
 
     def _resolve(self, function_id: str, data: Any, key: str) -> tuple[str, QueueConsumer]:
         name = _text_arg(function_id, data, key)
@@ -274,16 +299,14 @@ class QueueModule(EngineModule):
     async def _redrive(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
         """``{queue}`` → ``{queue, redriven}``."""
         name, consumer = self._resolve("iii::queue::redrive", data, "queue")
-        moved = await self.store.redrive(consumer.queue, None)
-        consumer.wake()
+        moved = await self._redrive_within("iii::queue::redrive", name, consumer, None)
         return {"queue": name, "redriven": moved}
 
     async def _redrive_message(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
         """``{queue, message_id}`` → ``{queue, message_id, redriven: 0|1}``."""
         name, consumer = self._resolve("iii::queue::redrive_message", data, "queue")
         message_id = _text_arg("iii::queue::redrive_message", data, "message_id")
-        moved = await self.store.redrive(consumer.queue, message_id)
-        consumer.wake()
+        moved = await self._redrive_within("iii::queue::redrive_message", name, consumer, message_id)
         return {"queue": name, "message_id": message_id, "redriven": moved}
 
     async def _discard_message(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from iii.wire import dumps, loads
 from iii_streams.redis import escape_name
 
-from .store import DeadLetter, Job, QueueCounts
+from .store import DeadLetter, Job, QueueCounts, QueueFull
 
 # KEYS: jobs, ready · ARGV: lane prefix, job id, job, lane, most jobs the queue may hold (0: no limit)
 _PUSH = """
@@ -84,9 +84,12 @@ end
 return #expired
 """
 
-# KEYS: dlq, dlq entries, jobs, ready · ARGV: lane prefix, job id, job JSON, lane
+# KEYS: dlq, dlq entries, jobs, ready · ARGV: lane prefix, job id, job JSON, lane, most jobs the queue may hold
+# (0: no limit) · 1 moved, 0 no such letter, -1 the queue is full (the letter stays)
 _REDRIVE = """
-if redis.call('ZREM', KEYS[1], ARGV[2]) == 0 then return 0 end
+if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then return 0 end
+if tonumber(ARGV[5]) > 0 and redis.call('HLEN', KEYS[3]) >= tonumber(ARGV[5]) then return -1 end
+redis.call('ZREM', KEYS[1], ARGV[2])
 redis.call('HDEL', KEYS[2], ARGV[2])
 redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
 if redis.call('RPUSH', ARGV[1] .. ARGV[4], ARGV[2]) == 1 then redis.call('RPUSH', KEYS[4], ARGV[4]) end
@@ -203,7 +206,7 @@ class RedisQueueStore:
         raws = await self._redis.hmget(k.dlq_entries, ids)
         return [_load(raw) for raw in raws if raw is not None]
 
-    async def redrive(self, queue: str, job_id: str | None) -> int:
+    async def redrive(self, queue: str, job_id: str | None, *, max_jobs: int | None = None) -> int:
         """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
         k = self._k(queue)
         ids = [job_id] if job_id is not None else [_text(i) for i in await self._redis.zrange(k.dlq, 0, -1)]
@@ -213,11 +216,15 @@ class RedisQueueStore:
             if raw is None:
                 continue
             job = _load(raw).job.restarted()
-            moved += int(
+            outcome = int(
                 await self._redrive(
-                    keys=[k.dlq, k.dlq_entries, k.jobs, k.ready], args=[k.lane, job.id, job.to_json(), job.lane]
+                    keys=[k.dlq, k.dlq_entries, k.jobs, k.ready],
+                    args=[k.lane, job.id, job.to_json(), job.lane, max_jobs or 0],
                 )
             )
+            if outcome < 0:
+                raise QueueFull(moved)
+            moved += outcome
         return moved
 
     async def discard(self, queue: str, job_id: str) -> int:

@@ -80,8 +80,9 @@ class QueueSettings(Settings):
         return int(self.backoff_ms * 2 ** max(attempts - 1, 0))
 
     @classmethod
-    def from_topic(cls, queue_config: Any) -> QueueSettings:
-        """Settings from a ``queue`` trigger's camelCase ``queue_config`` (worker input: bad values are defaults).
+    def from_topic(cls, queue_config: Any, max_jobs: int = DEFAULT_MAX_JOBS) -> QueueSettings:
+        """Settings from a ``queue`` trigger's camelCase ``queue_config`` (worker input: bad values are defaults);
+        ``max_jobs`` is the module's ``max_topic_jobs``, never the worker's.
 
         Example:
             >>> QueueSettings.from_topic({"type": "fifo", "maxRetries": 2}).max_retries
@@ -92,7 +93,7 @@ class QueueSettings(Settings):
                   (("max_retries", "maxRetries"), ("concurrency", "concurrency"), ("backoff_ms", "backoffDelayMs"))}
         usable: dict[str, Any] = {name: value for name, value in picked.items()
                                   if isinstance(value, int) and not isinstance(value, bool) and value > 0}
-        return cls(type="fifo" if cfg.get("type") == "fifo" else "standard", **usable)
+        return cls(type="fifo" if cfg.get("type") == "fifo" else "standard", max_jobs=max_jobs, **usable)
 
 
 class QueueModuleSettings(Settings):
@@ -104,6 +105,8 @@ class QueueModuleSettings(Settings):
     queue_configs: dict[str, QueueSettings] = Field(default_factory=dict)
     #: topics the module keeps (each has a consumer); an enqueue to, or a trigger on, a new topic past it fails
     max_topics: int = Field(DEFAULT_MAX_TOPICS, ge=1)
+    #: ``max_jobs`` of every topic (a topic has no ``queue_configs`` entry, and its subscribers may not raise it)
+    max_topic_jobs: int = Field(DEFAULT_MAX_JOBS, ge=1)
     adapter: AdapterSpec | None = None
 
     @classmethod

@@ -13,6 +13,7 @@ Example:
     >>> store = MemoryQueueStore()
     >>> job = Job.new("q", "fn", {"x": 1})
     >>> asyncio.run(store.push("q", job))
+    True
     >>> asyncio.run(store.claim("q", now_ms=0, lease_ms=1000)).data
     {'x': 1}
 """
@@ -104,6 +105,14 @@ class DeadLetter:
         return {"job": self.job.as_dict(), "error": self.error, "failed_at": self.failed_at}
 
 
+class QueueFull(Exception):
+    """A redrive stopped because the queue holds ``max_jobs`` jobs; ``moved`` letters went back before that."""
+
+    def __init__(self, moved: int) -> None:
+        super().__init__(f"the queue is full after {moved} dead letter(s) moved")
+        self.moved = moved
+
+
 @dataclass(frozen=True)
 class QueueCounts:
     """Sizes of one queue's parts."""
@@ -151,8 +160,10 @@ class QueueStore(Protocol):
     async def dlq_page(self, queue: str, offset: int, limit: int) -> list[DeadLetter]:
         """Dead letters, oldest failure first."""
 
-    async def redrive(self, queue: str, job_id: str | None) -> int:
-        """Re-enqueue one dead letter (or all with ``None``) with attempts reset; the count moved."""
+    async def redrive(self, queue: str, job_id: str | None, *, max_jobs: int | None = None) -> int:
+        """Re-enqueue one dead letter (or all with ``None``) with attempts reset; the count moved. With
+        ``max_jobs``, a letter moves only while the queue holds fewer jobs (as :meth:`push`): raises
+        :class:`QueueFull` at the first that does not fit, which stays a dead letter with the rest."""
 
     async def discard(self, queue: str, job_id: str) -> int:
         """Delete one dead letter; 1 if it existed."""
@@ -281,11 +292,13 @@ class MemoryQueueStore:
         letters = sorted(self._q(queue).dlq.values(), key=lambda d: d.failed_at)
         return letters[offset : offset + limit]
 
-    async def redrive(self, queue: str, job_id: str | None) -> int:
+    async def redrive(self, queue: str, job_id: str | None, *, max_jobs: int | None = None) -> int:
         """See :class:`QueueStore`."""
         q = self._q(queue)
         ids = list(q.dlq) if job_id is None else [job_id] if job_id in q.dlq else []
-        for one in ids:
+        for moved, one in enumerate(ids):
+            if max_jobs is not None and len(q.jobs) >= max_jobs:
+                raise QueueFull(moved)
             await self.push(queue, q.dlq.pop(one).job.restarted())
         return len(ids)
 
