@@ -61,13 +61,13 @@ class LoopBridge:
 
     def __init__(self, name: str = "iii-sdk-loop") -> None:
         self._selector: _ParkingSelector | None = None
-        if sys.platform != "win32" and type(asyncio.get_event_loop_policy()) is asyncio.DefaultEventLoopPolicy:
-            # The standard loop, on a selector that lets another thread hold it parked (park()). A policy of the
-            # user's (uvloop) gets its own loop, and park() always declines.
+        self.loop = asyncio.new_event_loop()  # whatever the policy makes (uvloop if the user chose it)
+        if sys.platform != "win32" and type(self.loop) is asyncio.SelectorEventLoop:
+            # The standard loop: the same, on a selector that lets another thread hold it parked (park()). With
+            # any other loop park() declines.
+            self.loop.close()
             self._selector = _ParkingSelector()
-            self.loop: asyncio.AbstractEventLoop = asyncio.SelectorEventLoop(self._selector)
-        else:
-            self.loop = asyncio.new_event_loop()
+            self.loop = asyncio.SelectorEventLoop(self._selector)
         self._tasks: dict[Coroutine[Any, Any, Any], asyncio.Task[Any]] = {}  # by the coroutine each one runs
         self._held: set[Settle] = set()
         self._held_lock = threading.Lock()

@@ -137,3 +137,19 @@ def test_park_declines_when_the_loop_has_work_queued_or_is_not_waiting() -> None
 
 async def _true() -> bool:
     return True
+
+
+def test_park_declines_on_a_loop_of_another_kind() -> None:
+    uvloop = pytest.importorskip("uvloop")
+    before = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    try:
+        bridge = LoopBridge()
+    finally:
+        asyncio.set_event_loop_policy(before)
+    try:
+        assert isinstance(bridge.loop, uvloop.Loop)
+        assert bridge.run(_true()) is True
+        assert not bridge.park()  # the hop, as before
+    finally:
+        bridge.stop()
