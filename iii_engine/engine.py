@@ -594,9 +594,12 @@ class Engine:
             return
         trigger_type = self.registry.trigger_types.get(entry.trigger_type)
         if trigger_type is None:
+            moved = self._moved_from(entry)
             self.registry.park_trigger(entry)
             log.warning("worker %s: trigger %s waits for unknown trigger type %s (pending)", worker.id, entry.id,
                         entry.trigger_type)
+            if moved is not None:
+                await self._unregister_from_type(moved)
             return
         if trigger_type.handler is not None:
             try:
@@ -613,7 +616,16 @@ class Engine:
             owner = self.workers.get(trigger_type.owner or "")
             if owner is not None:
                 owner.post(_trigger_frame(owner, entry))
+        moved = self._moved_from(entry)
         self.registry.store_trigger(entry)
+        if moved is not None:
+            await self._unregister_from_type(moved)
+
+    def _moved_from(self, entry: TriggerEntry) -> TriggerEntry | None:
+        """The active trigger of ``entry``'s id under another type, which ``entry`` replaces: that type still runs
+        it until told (its own type replaces a trigger of the same id itself)."""
+        active = self.registry.triggers.get(entry.id)
+        return active if active is not None and active.trigger_type != entry.trigger_type else None
 
     async def _unregister_trigger(self, worker: WorkerConnection, trigger_id: str) -> None:
         entry = self.registry.find_trigger(trigger_id)
@@ -628,8 +640,10 @@ class Engine:
     async def _deactivate(self, entry: TriggerEntry) -> None:
         was_active = entry.id in self.registry.triggers
         self.registry.discard_trigger(entry.id)
-        if not was_active:
-            return  # a pending trigger never reached its type
+        if was_active:  # a pending trigger never reached its type
+            await self._unregister_from_type(entry)
+
+    async def _unregister_from_type(self, entry: TriggerEntry) -> None:
         trigger_type = self.registry.trigger_types.get(entry.trigger_type)
         if trigger_type is None:
             return

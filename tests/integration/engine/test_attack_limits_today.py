@@ -215,3 +215,35 @@ async def test_a_refused_peer_that_never_answers_the_close_is_dropped_within_the
         silent.writer.transport.abort()
     finally:
         await engine.stop()
+
+
+async def test_a_trigger_id_moved_to_another_type_leaves_nothing_behind_on_the_first() -> None:
+    # before: the registry replaced the entry but its first type was never told: each id moved from cron to another
+    # type left a cron schedule running (firing its function) that no listing, unregister or disconnect reached,
+    # so a worker holding one registration piled up schedules without end
+    config = EngineConfig(host="127.0.0.1", port=0, max_registrations_per_worker=1,
+                          modules=[ModuleSpec("modules::cron::CronModule", {})])
+    async with Engine(config=config) as engine:
+        cron = engine.modules["cron"]
+        worker = await RawWorker.connect(engine.url)
+        other = await RawWorker.connect(engine.url)
+        await other.send({"type": "registertriggertype", "id": "mine", "description": "x"})
+        await other.sync()
+        for i, second in enumerate(["not-yet-known", "mine", "not-yet-known"]):
+            await worker.send({"type": "registertrigger", "id": f"t{i}", "trigger_type": "cron", "function_id": "f",
+                               "config": {"expression": "0 0 0 1 1 *"}})
+            await worker.sync()
+            assert f"t{i}" in cron._schedules  # type: ignore[attr-defined]
+            await worker.send({"type": "registertrigger", "id": f"t{i}", "trigger_type": second, "function_id": "f",
+                               "config": {}})
+            await worker.send({"type": "unregistertrigger", "id": f"t{i}"})
+            await worker.sync()
+        assert cron._schedules == {}  # type: ignore[attr-defined]
+        # and the other way: the worker type's owner is told the trigger left it
+        await worker.send({"type": "registertrigger", "id": "back", "trigger_type": "mine", "function_id": "f",
+                           "config": {}})
+        await other.expect("registertrigger", id="back")
+        await worker.send({"type": "registertrigger", "id": "back", "trigger_type": "cron", "function_id": "f",
+                           "config": {"expression": "0 0 0 1 1 *"}})
+        await other.expect("unregistertrigger", id="back")
+        assert engine.registry.triggers["back"].trigger_type == "cron"
