@@ -5,12 +5,13 @@ value = compact JSON text (key order, arrays and big integers preserved). Change
 channel ``stream::events`` in the production wrapper shape. ``set`` and ``delete`` run as one small script each
 (read old value, write, publish) and ``list_groups`` uses ``SCAN``, never ``KEYS``.
 
-``update`` applies :func:`iii.stream_ops.apply_ops` in Python (so JSON stays exact, big integers included) in a
-``WATCH``/``MULTI``/``EXEC`` transaction. Updates of one hash from one process are group-committed
-(:class:`~iii_streams.batching.KeyedBatcher`): they queue, and one transaction reads every item they touch,
-applies them in order, writes the results and publishes one event per update, so callers in one process never
-race each other. Processes that do race back off with full jitter (capped exponential) before retrying;
-``update_conflicts`` counts the lost races.
+``update`` applies :func:`iii.stream_ops.apply_ops` in Python (so JSON stays exact, big integers included) between
+an ``HMGET`` of the items and a compare-and-set script that writes them, and publishes the events, only if every
+item still holds the text read. Updates of one hash from one process are group-committed
+(:class:`~iii_streams.batching.KeyedBatcher`): they queue, and one read and one script cover every item they
+touch, applied in order, one event per update, so callers in one process never race each other. Processes that
+do race (an item written between the read and the script) back off with full jitter (capped exponential) before
+retrying; ``update_conflicts`` counts the lost races.
 
 Names are escaped so no two (stream, group) pairs share a hash (issue #8): in the stream name, ``%`` becomes
 ``%25`` and ``:`` becomes ``%3A``; the group id is the last part and is kept as it is. Names without ``:`` and
@@ -42,7 +43,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import itertools
 import logging
 import random
 import re
@@ -54,7 +54,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -113,24 +113,36 @@ end
 return old
 """
 
-#: An update batch's writes and events in one command: ``ARGV`` = channel, field count n, n field/value pairs, then
-#: the events in order joined by newlines. One reply instead of one per event: redis-py reads and parses a reply
-#: (under a timeout of its own) for every command queued in a transaction, a per-update cost of the engine's
-#: process. One argument instead of one per event: redis-py packs a command's small arguments by re-joining its
-#: growing buffer per argument (2.8 µs per event for 256 events, 0.16 µs joined). An event is compact JSON, which
-#: holds no raw newline (JSON escapes control characters in strings), so the newlines split them exactly.
-_WRITE_PUBLISH_SCRIPT: Final = """
-local last = 2 + 2 * tonumber(ARGV[2])
-for i = 3, last, 2 do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+#: An update batch's check, writes and events in one atomic command. ``ARGV`` = channel, field count n, n flags
+#: (``1``: the field was absent when read), n triples (field, text read or ``""``, new text), then the events in
+#: order joined by newlines (``""``: none). Returns 0, writing nothing, when a field no longer holds what the batch
+#: read (another process won the race), else 1. One command and one reply per batch where WATCH/MULTI/EXEC took
+#: four, and one argument for all events instead of one each: redis-py packs a command's small arguments by
+#: re-joining its growing buffer per argument (2.8 µs per event at 256 events, 0.16 µs joined). An event is
+#: compact JSON, which holds no raw newline (JSON escapes control characters in strings), so the newlines split
+#: them exactly.
+_CHECK_WRITE_PUBLISH_SCRIPT: Final = """
+local last = 3 + 3 * tonumber(ARGV[2])
+for i = 4, last, 3 do
+  local now = redis.call('HGET', KEYS[1], ARGV[i])
+  local k = (i - 1) / 3
+  if string.sub(ARGV[3], k, k) == '1' then
+    if now then return 0 end
+  elseif now ~= ARGV[i + 1] then
+    return 0
+  end
+end
+for i = 4, last, 3 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
 end
 local events = ARGV[last + 1]
+if events == '' then return 1 end
 local start = 1
 while true do
   local stop = string.find(events, '\\n', start, true)
   if not stop then
     redis.call('PUBLISH', ARGV[1], string.sub(events, start))
-    return 0
+    return 1
   end
   redis.call('PUBLISH', ARGV[1], string.sub(events, start, stop - 1))
   start = stop + 1
@@ -156,7 +168,7 @@ DEFAULT_POOL_TIMEOUT: Final = 30.0
 # full-jitter backoff after a lost WATCH race: sleep uniform(0, d), d doubling from the first to the cap
 _BACKOFF_FIRST: Final = 0.001
 _BACKOFF_CAP: Final = 0.05
-_MAX_BATCH: Final = 256  # updates per MULTI/EXEC
+_MAX_BATCH: Final = 256  # updates per read and compare-and-set script
 
 
 def _glob_escape(text: str) -> str:
@@ -364,6 +376,7 @@ class RedisStream(FieldUpdates):
         self._owns_client = owns_client
         self._set_script = client.register_script(_SET_SCRIPT)
         self._delete_script = client.register_script(_DELETE_SCRIPT)
+        self._write_script = client.register_script(_CHECK_WRITE_PUBLISH_SCRIPT)
         self._updates: KeyedBatcher[str, _Update, StreamUpdateResult[Any]] = KeyedBatcher(
             self._update_batch, name="RedisStream updates", max_batch=_MAX_BATCH)
         self._closed = False
@@ -476,29 +489,26 @@ class RedisStream(FieldUpdates):
         fields = builtins.list(dict.fromkeys(u.item_id for u in batch))
         ceiling = _BACKOFF_FIRST
         # bounded by the store's timeout: a hung server must not keep the hash's queue waiting forever
-        async with asyncio.timeout(self.timeout), self._client.pipeline(transaction=True) as pipe:
+        async with asyncio.timeout(self.timeout):
             for _ in range(self.max_update_attempts):
-                try:
-                    await pipe.watch(key)
-                    raws: builtins.list[bytes | str | None] = await pipe.hmget(key, fields)
-                    results, texts, events = self._apply_batch(key, batch, dict(zip(fields, raws, strict=True)))
-                    if texts:
-                        pipe.multi()  # type: ignore[no-untyped-call]
-                        if events:
-                            # EVAL with the text (not EVALSHA): redis-py's pipeline would ask SCRIPT EXISTS
-                            # before every execute of a registered script; Redis caches the compiled script.
-                            pipe.eval(_WRITE_PUBLISH_SCRIPT, 1, key, self.channel, len(texts),
-                                      *itertools.chain.from_iterable(texts.items()), "\n".join(events))
-                        else:
-                            pipe.hset(key, mapping=texts)
-                        await pipe.execute()
+                raws: builtins.list[bytes | str | None] = await self._client.hmget(key, fields)
+                read = dict(zip(fields, raws, strict=True))
+                results, texts, events = self._apply_batch(key, batch, read)
+                if not texts:
                     return results
-                except WatchError:
-                    # another process wrote the hash between WATCH and EXEC: wait a random share of a growing
-                    # ceiling so the racers spread out instead of colliding again
-                    self.update_conflicts += 1
-                    await asyncio.sleep(random.uniform(0, ceiling))
-                    ceiling = min(ceiling * 2, _BACKOFF_CAP)
+                # the script writes only if every field still holds the text read (compare-and-set, atomic)
+                args: builtins.list[Any] = [self.channel, len(texts),
+                                            "".join("1" if read[f] is None else "0" for f in texts)]
+                for field, text in texts.items():
+                    args += (field, read[field] or b"", text)
+                args.append("\n".join(events))
+                if await self._write_script(keys=[key], args=args):
+                    return results
+                # another process wrote one of the items since the read: wait a random share of a growing
+                # ceiling so the racers spread out instead of colliding again
+                self.update_conflicts += 1
+                await asyncio.sleep(random.uniform(0, ceiling))
+                ceiling = min(ceiling * 2, _BACKOFF_CAP)
         raise UpdateConflictError(
             f"update of {len(batch)} item(s) in {key!r} conflicted {self.max_update_attempts} times in a row"
         )

@@ -9,10 +9,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 import redis.asyncio.client as aioredis_client
 
 import iii_streams.redis as redis_store
 from iii.stream import StreamUpdateInput, UpdateIncrement, UpdateSet
+from iii.wire import dumps, loads
 from iii_streams import RedisStream
 from tests.services import require_redis
 
@@ -75,15 +77,22 @@ async def test_a_batch_sends_its_events_as_one_argument_and_each_arrives_exactly
     by newlines and the script splits them; values holding newlines, CRs, non-ASCII text and big integers must
     still arrive byte for byte, one event per update, in order."""
     url = require_redis()
-    evals: list[int] = []
+    evals: list[int] = []  # the argument count of every script call, queued in a pipeline or sent at once
     real_queue = aioredis_client.Pipeline.pipeline_execute_command
+    real_send = aioredis_client.Redis.execute_command
 
-    def counted(self: aioredis_client.Pipeline, *args: Any, **options: Any) -> Any:
-        if args and args[0] == "EVAL":
+    def queued(self: aioredis_client.Pipeline, *args: Any, **options: Any) -> Any:
+        if args and args[0] in ("EVAL", "EVALSHA"):
             evals.append(len(args))
         return real_queue(self, *args, **options)
 
-    monkeypatch.setattr(aioredis_client.Pipeline, "pipeline_execute_command", counted)
+    async def sent(self: aioredis_client.Redis, *args: Any, **options: Any) -> Any:
+        if args and args[0] in ("EVAL", "EVALSHA"):
+            evals.append(len(args))
+        return await real_send(self, *args, **options)
+
+    monkeypatch.setattr(aioredis_client.Pipeline, "pipeline_execute_command", queued)
+    monkeypatch.setattr(aioredis_client.Redis, "execute_command", sent)
     stream = f"contended-{uuid.uuid4().hex[:8]}"
     channel = f"test-events-{uuid.uuid4().hex[:8]}"
     values: list[Any] = [
@@ -120,8 +129,48 @@ async def test_a_batch_sends_its_events_as_one_argument_and_each_arrives_exactly
                 seen = [await asyncio.wait_for(anext(events), 10) for _ in range(count)]
         finally:
             await store.client.delete(f"stream:{stream}:g")
-    assert evals and max(evals) < 10, evals  # script, key count, key, channel, field count, field, value, events
+    # command, script, key count, key, channel, field count, absent flags, field, text read, new text, events
+    assert evals and max(evals) <= 11, evals
     assert sorted(r.new_value["n"] for r in results) == list(range(1, count + 1))
     by_n = {r.new_value["n"]: r.new_value for r in results}
     assert [e["event"]["data"] for e in seen] == [by_n[n] for n in range(1, count + 1)]
     assert [e["event"]["data"]["v"] for e in seen] == [values[n % len(values)] for n in range(count)]
+
+
+@pytest.mark.parametrize("first", [None, {"n": 5}], ids=["absent", "present"])
+async def test_an_item_written_by_another_process_between_read_and_write_is_read_again(first: Any) -> None:
+    """The batch's script writes only if every item still holds what was read (absent included); a foreign write
+    in between costs one conflict and a fresh read, and a foreign write to another item of the hash costs none."""
+    url = require_redis()
+    stream = f"contended-{uuid.uuid4().hex[:8]}"
+    key = f"stream:{stream}:g"
+    foreign = aioredis.Redis.from_url(url)
+    async with RedisStream.from_url(url, channel=f"test-events-{uuid.uuid4().hex[:8]}") as store:
+        try:
+            if first is not None:
+                await foreign.hset(key, "i", dumps(first))
+            real_hmget = store.client.hmget
+            reads = 0
+
+            async def racing_hmget(*args: Any, **kwargs: Any) -> Any:
+                nonlocal reads
+                reads += 1
+                got = await real_hmget(*args, **kwargs)
+                if reads == 1:  # another process writes the item after our read
+                    await foreign.hset(key, "i", dumps({"n": 100}))
+                elif reads == 2:  # and then an item we do not touch, which must not count as a race
+                    await foreign.hset(key, "other", dumps({"x": 1}))
+                return got
+
+            store.client.hmget = racing_hmget  # type: ignore[method-assign]
+            request = StreamUpdateInput(
+                stream_name=stream, group_id="g", item_id="i", ops=[UpdateIncrement(path="n", by=1)]
+            )
+            result = await store.update(request)
+            assert (result.old_value, result.new_value) == ({"n": 100}, {"n": 101})
+            assert (reads, store.update_conflicts) == (2, 1)
+            assert loads(await foreign.hget(key, "i")) == {"n": 101}
+            assert loads(await foreign.hget(key, "other")) == {"x": 1}
+        finally:
+            await foreign.delete(key)
+            await foreign.aclose()
