@@ -28,7 +28,8 @@ once (it does not wait out ``default_timeout``); streamed responses in progress 
 Per request the module creates both channels on the relay and opens its own ends in-process: the body is queued
 whole at once (``ChannelRelay.fill``, no task) and the response end reads straight from the channel's queue. The
 invocation is started without a task (``EngineServices.start_invocation``) and the race between its result and
-the first body chunk runs in the request's own task (see ``RestApiModule._first_chunk``).
+the first body chunk runs in the request's own task (see ``RestApiModule._first_chunk``). The waits before the
+response starts end at the request's deadline through one timer shared by all requests (``_open_race``).
 
 ``engine.module("http_api").port`` is the bound port (useful with ``port: 0``).
 
@@ -332,6 +333,7 @@ class RestApiModule(EngineModule):
         """Register the ``http`` trigger type and open the HTTP listener."""
         self._limit = asyncio.Semaphore(self.settings.concurrency_request_limit)
         self._stopping = asyncio.get_running_loop().create_future()
+        self._latest_deadline = float("-inf")  # deadlines are this loop's clock
         self.services.register_trigger_type("http", "HTTP API trigger", _HttpTriggers(self.routes))
         # aiohttp's keep-alive timer also runs from the moment a connection opens and closes it if the request
         # headers are still incomplete when it fires: exactly a header deadline.
