@@ -169,6 +169,11 @@ DEFAULT_POOL_TIMEOUT: Final = 30.0
 _BACKOFF_FIRST: Final = 0.001
 _BACKOFF_CAP: Final = 0.05
 _MAX_BATCH: Final = 256  # updates per read and compare-and-set script
+# Items whose last written text this process knows skip the read: the compare-and-set script checks that text
+# (one round trip per batch instead of two), as the SQL stores' swap does; same bounds.
+_KNOWN_MAX: Final = 1024  # items whose last written text this process remembers
+_KNOWN_TEXT_MAX: Final = 8192  # characters; a larger text is not remembered
+_KNOWN_BACKOFF: Final = 1.0  # seconds an item another process changed is read first again
 
 
 def _glob_escape(text: str) -> str:
@@ -372,7 +377,12 @@ class RedisStream(FieldUpdates):
         self.max_update_attempts = max_update_attempts
         self.timeout = check_timeout(timeout)
         self.update_conflicts = 0
-        """Lost ``WATCH`` races so far (each one cost a retry of a whole update transaction)."""
+        """Lost races so far: an item written by another process between a batch's read and its write (each one
+        cost a fresh read and a retry of the whole batch)."""
+        self.known_misses = 0
+        """Batches whose remembered text of an item was stale (another process wrote it): each cost a read."""
+        # (hash, field) -> (last text this process wrote or None, loop time until which it is not trusted)
+        self._known: dict[tuple[str, str], tuple[str | None, float]] = {}
         self._owns_client = owns_client
         self._set_script = client.register_script(_SET_SCRIPT)
         self._delete_script = client.register_script(_DELETE_SCRIPT)
@@ -448,6 +458,7 @@ class RedisStream(FieldUpdates):
         text = dumps(input.data)
         args = [input.item_id, text, *self._channel_args(input.stream_name, input.group_id, input.item_id)]
         async with self._guard("set", timeout):
+            self._known.pop((key, input.item_id), None)
             raw = await self._set_script(keys=[key], args=args)
         old = None if raw is None else self._parse(raw, key, input.item_id)
         return SetResult(old_value=old, new_value=input.data)
@@ -456,6 +467,7 @@ class RedisStream(FieldUpdates):
         key = self.layout.key(input.stream_name, input.group_id)
         args = [input.item_id, *self._channel_args(input.stream_name, input.group_id, input.item_id)]
         async with self._guard("delete", timeout):
+            self._known.pop((key, input.item_id), None)
             raw = await self._delete_script(keys=[key], args=args)
         return StreamDeleteResult(old_value=None if raw is None else self._parse(raw, key, input.item_id))
 
@@ -485,24 +497,22 @@ class RedisStream(FieldUpdates):
     async def _update_batch(
         self, key: str, batch: Sequence[_Update]
     ) -> builtins.list[StreamUpdateResult[Any] | BaseException]:
-        """One transaction for every waiting update of hash ``key``, retried with jittered backoff on a lost race."""
+        """One read and one compare-and-set script for every waiting update of hash ``key`` (no read when this
+        process knows every item's text), retried after a fresh read with jittered backoff on a lost race."""
         fields = builtins.list(dict.fromkeys(u.item_id for u in batch))
         ceiling = _BACKOFF_FIRST
         # bounded by the store's timeout: a hung server must not keep the hash's queue waiting forever
         async with asyncio.timeout(self.timeout):
+            known = self._known_texts(key, fields)
+            if known is not None:
+                results = await self._write_batch(key, batch, known)
+                if results is not None:
+                    return results
+                self.known_misses += 1  # another process wrote one of them: read them as they are now
             for _ in range(self.max_update_attempts):
                 raws: builtins.list[bytes | str | None] = await self._client.hmget(key, fields)
-                read = dict(zip(fields, raws, strict=True))
-                results, texts, events = self._apply_batch(key, batch, read)
-                if not texts:
-                    return results
-                # the script writes only if every field still holds the text read (compare-and-set, atomic)
-                args: builtins.list[Any] = [self.channel, len(texts),
-                                            "".join("1" if read[f] is None else "0" for f in texts)]
-                for field, text in texts.items():
-                    args += (field, read[field] or b"", text)
-                args.append("\n".join(events))
-                if await self._write_script(keys=[key], args=args):
+                results = await self._write_batch(key, batch, dict(zip(fields, raws, strict=True)))
+                if results is not None:
                     return results
                 # another process wrote one of the items since the read: wait a random share of a growing
                 # ceiling so the racers spread out instead of colliding again
@@ -512,6 +522,47 @@ class RedisStream(FieldUpdates):
         raise UpdateConflictError(
             f"update of {len(batch)} item(s) in {key!r} conflicted {self.max_update_attempts} times in a row"
         )
+
+    async def _write_batch(
+        self, key: str, batch: Sequence[_Update], read: dict[str, bytes | str | None]
+    ) -> builtins.list[StreamUpdateResult[Any] | BaseException] | None:
+        """Apply ``batch`` to the texts ``read`` and write the results if every item still holds its text read
+        (compare-and-set, atomic with the events): each caller's result, or ``None`` when another process won."""
+        results, texts, events = self._apply_batch(key, batch, read)
+        if not texts:
+            return results
+        args: builtins.list[Any] = [self.channel, len(texts), "".join("1" if read[f] is None else "0" for f in texts)]
+        for field, text in texts.items():
+            args += (field, read[field] or b"", text)
+        args.append("\n".join(events))
+        written = await self._write_script(keys=[key], args=args)
+        now = asyncio.get_running_loop().time()
+        for field, text in texts.items():
+            self._remember((key, field), text if written else None, now, now + _KNOWN_BACKOFF)
+        return results if written else None
+
+    def _known_texts(self, key: str, fields: Sequence[str]) -> dict[str, bytes | str | None] | None:
+        """The texts of ``fields`` this process wrote last, or ``None`` unless it knows every one of them."""
+        known: dict[str, bytes | str | None] = {}
+        for field in fields:
+            text, _ = self._known.get((key, field), (None, 0.0))
+            if text is None:
+                return None
+            known[field] = text
+        return known
+
+    def _remember(self, item: tuple[str, str], text: str | None, now: float, distrust_until: float) -> None:
+        """Note ``text`` as ``item``'s written text (``None``: another process wrote it, so it is read first until
+        ``distrust_until``), unless the item is still distrusted; the least recently written are forgotten."""
+        old = self._known.pop(item, None)
+        if text is None:
+            self._known[item] = (None, distrust_until)
+        elif old is not None and old[1] > now:
+            self._known[item] = (None, old[1])
+        elif len(text) <= _KNOWN_TEXT_MAX:
+            self._known[item] = (text, 0.0)
+        if len(self._known) > _KNOWN_MAX:
+            del self._known[next(iter(self._known))]
 
     def _apply_batch(
         self, key: str, batch: Sequence[_Update], raws: dict[str, bytes | str | None]

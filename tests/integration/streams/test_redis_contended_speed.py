@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 import redis.asyncio.client as aioredis_client
 
 import iii_streams.redis as redis_store
-from iii.stream import StreamUpdateInput, UpdateIncrement, UpdateSet
+from iii.stream import StreamSetInput, StreamUpdateInput, UpdateIncrement, UpdateSet
 from iii.wire import dumps, loads
 from iii_streams import RedisStream
 from tests.services import require_redis
@@ -171,6 +171,60 @@ async def test_an_item_written_by_another_process_between_read_and_write_is_read
             assert (reads, store.update_conflicts) == (2, 1)
             assert loads(await foreign.hget(key, "i")) == {"n": 101}
             assert loads(await foreign.hget(key, "other")) == {"x": 1}
+        finally:
+            await foreign.delete(key)
+            await foreign.aclose()
+
+
+async def test_an_item_this_process_wrote_last_is_updated_without_a_read() -> None:
+    """The text this process wrote is checked by the write script itself (one round trip per batch); a foreign
+    write makes the script refuse, and the item is read again; the store's own set and delete forget it; at most
+    1024 items and texts up to 8192 characters are remembered."""
+    url = require_redis()
+    stream = f"contended-{uuid.uuid4().hex[:8]}"
+    key = f"stream:{stream}:g"
+    foreign = aioredis.Redis.from_url(url)
+    async with RedisStream.from_url(url, channel=f"test-events-{uuid.uuid4().hex[:8]}") as store:
+        real_hmget = store.client.hmget
+        reads = 0
+
+        async def counted_hmget(*args: Any, **kwargs: Any) -> Any:
+            nonlocal reads
+            reads += 1
+            return await real_hmget(*args, **kwargs)
+
+        store.client.hmget = counted_hmget  # type: ignore[method-assign]
+
+        def increment(item: str = "i") -> StreamUpdateInput:
+            return StreamUpdateInput(
+                stream_name=stream, group_id="g", item_id=item, ops=[UpdateIncrement(path="n", by=1)]
+            )
+
+        try:
+            for n in range(1, 6):
+                assert (await store.update(increment())).new_value == {"n": n}
+            assert reads == 1  # only the first batch read the item
+            await foreign.hset(key, "i", dumps({"n": 100}))  # another process writes it
+            result = await store.update(increment())
+            assert (result.old_value, result.new_value) == ({"n": 100}, {"n": 101})
+            assert (reads, store.known_misses, store.update_conflicts) == (2, 1, 0)
+            await store.update(increment())
+            assert reads == 3  # an item another process wrote is read first for a while
+            await store.set(StreamSetInput(stream_name=stream, group_id="g", item_id="j", data={"n": 7}))
+            await store.update(increment("j"))
+            await store.update(increment("j"))
+            assert reads == 4  # "j" was read once, after the store's own set
+            await store.set(StreamSetInput(stream_name=stream, group_id="g", item_id="j", data={"n": 50}))
+            assert (await store.update(increment("j"))).new_value == {"n": 51}  # forgotten at the set: read again
+            assert (reads, store.known_misses) == (5, 1)
+            big = StreamUpdateInput(
+                stream_name=stream, group_id="g", item_id="big", ops=[UpdateSet(path="s", value="x" * 9000)]
+            )
+            await store.update(big)
+            await store.update(big)
+            assert reads == 7  # a text over 8192 characters is not remembered
+            await asyncio.gather(*(store.update(increment(f"many-{i}")) for i in range(1100)))
+            assert len(store._known) <= 1024
         finally:
             await foreign.delete(key)
             await foreign.aclose()
