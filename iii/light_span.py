@@ -111,11 +111,13 @@ class HandlerSpans:
         if parent_context.is_valid:
             trace_id = parent_context.trace_id
             parent_flags = parent_context.trace_flags
-            flags = self._child_flags.get(parent_flags)
+            # Only TraceFlags are looked up (a plain int equal to a cached one must fail on .sampled as the SDK's
+            # sampler does) and only the 256 a traceparent can carry are kept (another propagator may make any).
+            flags = self._child_flags.get(parent_flags) if type(parent_flags) is TraceFlags else None
             if flags is None:
-                flags = self._child_flags[parent_flags] = _child_flags(
-                    parent_flags.sampled, parent_flags.random_trace_id
-                )
+                flags = _child_flags(parent_flags.sampled, parent_flags.random_trace_id)
+                if type(parent_flags) is TraceFlags and 0 <= parent_flags <= 0xFF:
+                    self._child_flags[parent_flags] = flags
             trace_state = parent_context.trace_state
             parent_or_none: SpanContext | None = parent_context
         else:

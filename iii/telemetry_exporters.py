@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import threading
 from collections import defaultdict, deque
@@ -232,7 +233,8 @@ def _enum_value(member: Any) -> int:
     if entry is not None and entry[0] is member:
         return entry[1]
     value = int(member.value)
-    _ENUM_VALUES[id(member)] = (member, value)
+    if isinstance(member, enum.Enum):  # a member lives as long as its class; anything else would pile up here
+        _ENUM_VALUES[id(member)] = (member, value)
     return value
 
 
@@ -279,12 +281,16 @@ def _links_json(links: Iterable[Any]) -> list[dict[str, Any]]:
     ]
 
 
-# dumps(name) per span name: names repeat ("call <function id>"). Bounded: cleared when full.
+# dumps(name) per span name: names repeat ("call <function id>"). Bounded in count (cleared when full) and in
+# size: only str names (1, 1.0 and True are one key but three texts) of at most _NAME_CACHED_LEN characters.
 _NAMES: dict[str, str] = {}
 _NAMES_MAX: Final = 4096
+_NAME_CACHED_LEN: Final = 256
 
 
-def _json_name(name: str) -> str:
+def _json_name(name: Any) -> str:
+    if type(name) is not str or len(name) > _NAME_CACHED_LEN:
+        return dumps(name)
     text = _NAMES.get(name)
     if text is None:
         text = dumps(name)
@@ -302,7 +308,6 @@ def _span_text(span: Any) -> str:
     a handler span's life). Keys, their order and the compact separators are what dumps writes for the dict; every
     string that needs escaping (name, status message) and every non-empty list goes through dumps itself, so the
     text is the same byte for byte and the same values fail the same way."""
-    trace_id, span_id = span.context[:2]  # a SpanContext is a tuple: (trace_id, span_id, ...)
     status = span.status
     attributes = span.attributes
     events = span.events
@@ -312,18 +317,33 @@ def _span_text(span: Any) -> str:
     name = span.name
     kind = span.kind
     code = status.status_code
+    start = span.start_time or 0
+    end = span.end_time or 0
     try:
+        trace_id, span_id = span.context[:2]  # a SpanContext is a tuple: (trace_id, span_id, ...)
+        # Written here only when plain ints: the dict path writes str(time) inside a JSON string and format(id),
+        # which an int subclass may override, and a str time would need escaping.
+        if not type(trace_id) is type(span_id) is type(start) is type(end) is int:
+            raise TypeError
         # int.to_bytes(...).hex() is format(..., "032x") for an id in range, in half the time; out of range it
         # raises, and the dict path below writes what format does.
         hex_trace = trace_id.to_bytes(16, "big").hex()
         hex_span = span_id.to_bytes(8, "big").hex()
-        parent_text = "}" if parent is None else f',"parentSpanId":"{parent.span_id.to_bytes(8, "big").hex()}"}}'
-    except (OverflowError, AttributeError):
-        return dumps(_span_json(span))
+        if parent is None:
+            parent_text = "}"
+        else:
+            parent_id = parent.span_id
+            if type(parent_id) is not int:
+                raise TypeError
+            parent_text = f',"parentSpanId":"{parent_id.to_bytes(8, "big").hex()}"}}'
+        # Only str names are cached, so no other name (1, True, 1.0) finds one's text; an unhashable one raises.
+        name_text = _NAMES.get(name)
+    except (OverflowError, AttributeError, TypeError, ValueError):
+        return dumps(_span_json(span))  # whatever the dict path makes of the span, written or raised
     return (
-        f'{{"traceId":"{hex_trace}","spanId":"{hex_span}","name":{_NAMES.get(name) or _json_name(name)},'
+        f'{{"traceId":"{hex_trace}","spanId":"{hex_span}","name":{name_text or _json_name(name)},'
         f'"kind":{_enum_value(kind) + 1},'
-        f'"startTimeUnixNano":"{span.start_time or 0}","endTimeUnixNano":"{span.end_time or 0}",'
+        f'"startTimeUnixNano":"{start}","endTimeUnixNano":"{end}",'
         f'"attributes":{dumps(_key_values(attributes)) if attributes else "[]"},'
         f'"events":{dumps(_events_json(events)) if events else "[]"},'
         f'"links":{dumps(_links_json(links)) if links else "[]"},'
