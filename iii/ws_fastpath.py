@@ -314,7 +314,9 @@ async def _send_client_binary(ws: ClientConnection, view: memoryview, frame_size
         chunk = view[start : start + frame_size]
         key = keys[key_at : key_at + 4]
         if len(chunk) < FLUSH_BYTES:
-            _write(ws, client_frame(False, chunk, key))
+            # Header and masked payload corked apart: the cork's one join copies them with the frames around it
+            # (client_frame would join each frame first, one more copy of its payload).
+            _write(ws, _client_head(False, len(chunk)) + key, apply_mask(chunk, key))
         else:
             _write_large(ws, _client_head(False, len(chunk)) + key, chunk, key)
         await drain_or_close(ws)
@@ -918,7 +920,7 @@ class _Corked:
         out.clear()
         self._out_bytes = 0
         if not self.transport.is_closing():
-            self.transport.write(data)
+            self.transport.write(memoryview(data))  # a partial send's rest is then copied once, not twice
 
     def send_data(self) -> None:
         # Whatever websockets writes itself (pongs, Close frames) goes after the frames corked before it.

@@ -7,6 +7,7 @@ import hashlib
 import os
 from typing import Any
 
+import pytest
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
 
@@ -82,3 +83,47 @@ async def test_a_corked_large_part_goes_to_the_transport_as_a_view() -> None:
     writes = corked.transport.writes  # type: ignore[attr-defined]
     assert [bytes(w) for w in writes] == [b"head", payload]
     assert isinstance(writes[1], memoryview)
+
+
+async def test_small_frames_are_corked_unjoined_and_flushed_as_one_view(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 64 KiB frames (a writer the engine does not invite to send larger ones): header and masked payload go to the
+    # cork apart, so its one join is the only copy before the socket (before: each frame was joined first).
+    corked: list[int] = []
+    cork = ws_fastpath._Corked.cork
+
+    def spy(self: ws_fastpath._Corked, parts: tuple[bytes, ...]) -> None:
+        corked.append(len(parts))
+        cork(self, parts)
+
+    monkeypatch.setattr(ws_fastpath._Corked, "cork", spy)
+    received: list[bytes] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        async for message in ws:
+            assert isinstance(message, bytes)
+            received.append(message)
+
+    data = os.urandom(1024 * 1024 + 7)
+    async with serve(handler, "127.0.0.1", 0, **OPTS) as server:
+        port = server.sockets[0].getsockname()[1]
+        ws = await websockets.connect(
+            f"ws://127.0.0.1:{port}",
+            create_connection=FastClientConnection,
+            write_limit=channels._CONNECT_OPTIONS["write_limit"],
+            **OPTS,
+        )
+        await ws_fastpath.send_data(ws, data, frame_size=64 * 1024)
+        await ws.close()
+    assert b"".join(received) == data and len(received) == 17
+    assert corked == [2] * 17
+
+
+async def test_corked_frames_leave_as_a_view() -> None:
+    corked = ws_fastpath._Corked()
+    corked.transport = _Transport()  # type: ignore[assignment]
+    corked._cork_setup()
+    corked.cork((b"h1", b"one"))
+    corked.cork((b"h2", b"two"))
+    corked.flush_out()
+    writes = corked.transport.writes  # type: ignore[attr-defined]
+    assert len(writes) == 1 and isinstance(writes[0], memoryview) and bytes(writes[0]) == b"h1oneh2two"
