@@ -11,7 +11,7 @@ Printed: medians with the min-max spread, and ``engine / relay`` of the medians.
 With ``--before DIR`` (a checkout of an earlier commit, e.g. ``git archive HEAD~1 | tar -x -C DIR``) the engine
 of that checkout runs as a third server in the same rounds, so a change is measured against its own baseline.
 
-Usage: .venv/bin/python bench/engine_roundtrip.py [--calls N] [--rounds R] [--before DIR]
+Usage: .venv/bin/python bench/engine_roundtrip.py [--calls N] [--rounds R] [--before DIR] [--gc]
 """
 
 from __future__ import annotations
@@ -70,8 +70,9 @@ async def serve_relay() -> None:
         await asyncio.Event().wait()
 
 
-async def serve_engine() -> None:
-    """Our engine with no modules but the worker module."""
+async def serve_engine(tuned_gc: bool = False) -> None:
+    """Our engine with no modules but the worker module (``tuned_gc``: with the collector settings the
+    ``iii-engine`` command applies once started, iii_engine.gc_policy)."""
     from iii_engine import Engine, EngineConfig
     from iii_engine.modules.base import BuiltinFunction
     from iii_engine.registry import FunctionEntry
@@ -81,6 +82,9 @@ async def serve_engine() -> None:
 
     async with Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[])) as engine:
         engine.registry.add_function(FunctionEntry(BUILTIN, builtin=BuiltinFunction(BUILTIN, echo)))
+        if tuned_gc:
+            from iii_engine.gc_policy import tune_gc
+            tune_gc({})
         print(engine.url, flush=True)
         await asyncio.Event().wait()
 
@@ -155,8 +159,8 @@ def summary(values: list[float], fmt: str) -> str:
     return f"{format(statistics.median(values), fmt)} ({format(min(values), fmt)}-{format(max(values), fmt)})"
 
 
-async def main(calls: int, rounds: int, before: Path | None) -> None:
-    servers = {kind: start_server(kind) for kind in ("relay", "engine")}
+async def main(calls: int, rounds: int, before: Path | None, gc_compare: bool = False) -> None:
+    servers = {kind: start_server(kind) for kind in ("relay", "engine", *(("engine-gc",) if gc_compare else ()))}
     if before is not None:
         servers["before"] = start_server("engine", before)
     modes = (("sequential", 1, max(calls // 5, 200), "bench::echo"), ("64 in flight", 64, calls, "bench::echo"),
@@ -179,12 +183,12 @@ async def main(calls: int, rounds: int, before: Path | None) -> None:
             proc.kill()
             proc.wait()
     print(f"{rounds} interleaved rounds; medians (min-max); CPU = server process CPU per call")
-    print(f"{'mode':<14}{'server':<8}{'calls/s':>22}{'vs relay':>10}{'CPU µs/call':>20}{'CPU vs relay':>14}")
+    print(f"{'mode':<14}{'server':<10}{'calls/s':>22}{'vs relay':>10}{'CPU µs/call':>20}{'CPU vs relay':>14}")
     for label, _, _, _ in modes:
         base, base_cpu = rate[(label, "relay")], cpu[(label, "relay")]
         for kind in servers:
             ours, ours_cpu = rate[(label, kind)], cpu[(label, kind)]
-            print(f"{label:<14}{kind:<8}{summary(ours, '.0f'):>22}"
+            print(f"{label:<14}{kind:<10}{summary(ours, '.0f'):>22}"
                   f"{statistics.median(ours) / statistics.median(base):>10.2f}{summary(ours_cpu, '.1f'):>20}"
                   f"{statistics.median(ours_cpu) / statistics.median(base_cpu):>14.2f}")
 
@@ -194,8 +198,11 @@ if __name__ == "__main__":
     parser.add_argument("--calls", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--before", type=Path, help="also run the engine of this earlier checkout")
-    parser.add_argument("--serve", choices=("relay", "engine"), help=argparse.SUPPRESS)
+    parser.add_argument("--gc", action="store_true",
+                        help="also run our engine with the iii-engine command's collector settings (engine-gc)")
+    parser.add_argument("--serve", choices=("relay", "engine", "engine-gc"), help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    server: Any = {"relay": serve_relay, "engine": serve_engine}.get(args.serve or "")
-    asyncio.run(server() if server is not None else main(args.calls, args.rounds, args.before))
+    server: Any = {"relay": serve_relay, "engine": serve_engine,
+                   "engine-gc": lambda: serve_engine(tuned_gc=True)}.get(args.serve or "")
+    asyncio.run(server() if server is not None else main(args.calls, args.rounds, args.before, args.gc))

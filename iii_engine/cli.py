@@ -38,6 +38,7 @@ from .config import DEFAULT_HOST, DEFAULT_PORT, MAX_PORT, ConfigError, EngineCon
 from .engine import Engine
 from .event_loop import DEFAULT_EVENT_LOOP, EVENT_LOOPS, EventLoopUnavailable
 from .event_loop import run as run_on_loop
+from .gc_policy import tune_gc
 from .inspect_cli import COMMANDS as INSPECT_COMMANDS
 from .inspect_cli import main as inspect_main
 from .modules.base import EngineStartError, ModuleSpec, ModuleStartError
@@ -118,6 +119,7 @@ async def run(config: EngineConfig, on_started: Callable[[], None] | None = None
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await engine.start()
+    tune_gc()  # the process is the engine's: its start-up objects never become garbage (iii_engine.gc_policy)
     try:
         if on_started is not None:
             on_started()
