@@ -78,7 +78,8 @@ _UNPACK_H = struct.Struct("!H").unpack_from
 _UNPACK_Q = struct.Struct("!Q").unpack_from
 
 WRITE_BUFFER: Final = (1024 * 1024, 256 * 1024)
-"""(high, low) write-buffer marks of a channel socket (``write_limit`` of ``websockets.connect``)."""
+"""(high, low) write-buffer marks of the engine's channel sockets (:func:`enable_fast_receive`); the SDK's use
+:data:`CLIENT_WRITE_BUFFER`."""
 
 CLIENT_WRITE_BUFFER: Final = (0, 0)
 """(high, low) write-buffer marks of an SDK channel socket: its sends wait until the transport's own buffer is
