@@ -510,6 +510,9 @@ class Engine:
             builtin = await self._register_external(worker, msg)
             if builtin is None:
                 return
+        else:  # an HTTP-invoked registration of this worker's that this one replaces takes its endpoint along
+            for replaced in self.registry.shadowed_entries(owner=worker.id, function_id=msg.id):
+                self._drop_endpoint(replaced)
         entry = FunctionEntry(msg.id, worker.id, msg.description, msg.request_format, msg.response_format,
                               msg.metadata, builtin=builtin, external=builtin is not None)
         previous = self.registry.add_function(entry)
@@ -520,7 +523,7 @@ class Engine:
         elif previous is not None and previous.external and not entry.external:
             # its own HTTP-invoked registration became a worker function: nothing else would ever drop the
             # endpoint from the HTTP functions module (disconnect and unregister look at the current entry)
-            self._unregister_external(msg.id)
+            self._drop_endpoint(previous)
         # in exactly one of the sets: in both, the id counted twice against the limit, and the disconnect
         # dropped it through the first set without unregistering its endpoint through the second
         (worker.functions if entry.external else worker.external_functions).discard(msg.id)
@@ -545,12 +548,13 @@ class Engine:
             owner.functions.discard(entry.id)
             owner.external_functions.discard(entry.id)
 
-    def _unregister_external(self, function_id: str) -> None:
-        if self._external is not None:
+    def _drop_endpoint(self, entry: FunctionEntry) -> None:
+        """An HTTP-invoked registration goes for good: the HTTP functions module forgets its endpoint."""
+        if entry.external and self._external is not None:
             try:
-                self._external.unregister_external(function_id)
+                self._external.unregister_external(entry.id, entry.owner)
             except Exception:
-                log.exception("HttpFunctionsModule failed to unregister %s", function_id)
+                log.exception("HttpFunctionsModule failed to unregister %s", entry.id)
 
     def _unregister_function(self, worker: WorkerConnection, function_id: str) -> None:
         entry = self.registry.functions.get(function_id)
@@ -560,8 +564,8 @@ class Engine:
         if entry.owner != worker.id:
             log.warning("worker %s unregistered function %s owned by %s (honoured for compatibility)",
                         worker.id, function_id, entry.owner or "the engine")
-        if entry.external:
-            self._unregister_external(function_id)
+        for gone in (entry, *self.registry.shadowed_entries(function_id=function_id)):  # all go, kept ones too
+            self._drop_endpoint(gone)
         self.registry.remove_function(function_id)
         self._disown(entry)
         self._functions_maybe_changed()
@@ -674,12 +678,14 @@ class Engine:
             if restored is not None:
                 self._adopt(restored)
         for function_id in sorted(worker.external_functions):
-            if self.registry.functions.get(function_id) is not None and \
-                    self.registry.functions[function_id].owner == worker.id:
-                self._unregister_external(function_id)
+            current = self.registry.functions.get(function_id)
+            if current is not None and current.owner == worker.id:
+                self._drop_endpoint(current)
             restored = self.registry.drop_owned_function(function_id, worker.id)
             if restored is not None:
                 self._adopt(restored)
+        for kept in self.registry.shadowed_entries(owner=worker.id):  # overwritten ones are never restored now
+            self._drop_endpoint(kept)
         self.registry.forget_owner(worker.id)
         self._functions_maybe_changed()
         self.invocations.halt_worker(worker)

@@ -205,6 +205,14 @@ class Registry:
         """How many overwritten registrations of ``owner`` are kept to be restored (E5)."""
         return len(self._shadowing.get(owner, ()))
 
+    def shadowed_entries(self, *, owner: str | None = None, function_id: str | None = None) -> list[FunctionEntry]:
+        """Overwritten registrations kept to be restored (E5): ``owner``'s, or those of ``function_id``, or the one of
+        both."""
+        if function_id is not None:
+            stack = self._shadowed.get(function_id, {})
+            return [e for o, e in stack.items() if owner is None or o == owner]
+        return [self._shadowed[fid][owner] for fid in self._shadowing.get(owner, ())]
+
     def shadows(self, owner: str, function_id: str) -> bool:
         """Whether ``owner``'s overwritten registration of ``function_id`` is kept to be restored (E5)."""
         return function_id in self._shadowing.get(owner, ())

@@ -208,8 +208,8 @@ class ExternalFunctions(Protocol):
                                 owner_worker_id: str | None) -> BuiltinFunction:
         """Check and remember the function; the built-in that runs its calls. Raises :class:`EngineError`."""
 
-    def unregister_external(self, function_id: str) -> None:
-        """Forget the function."""
+    def unregister_external(self, function_id: str, owner_worker_id: str | None) -> None:
+        """Forget ``owner_worker_id``'s registration of the function."""
 
 
 class EngineServices(Protocol):

@@ -215,7 +215,9 @@ class HttpFunctionsModule(EngineModule):
         super().__init__(services, config)
         self.rules = HttpFunctionsSettings.parse(self.config).security
         self._env: Mapping[str, str] = os.environ if env is None else env
-        self.functions: dict[str, HttpFunction] = {}
+        # by (function id, owner): when a worker overwrites another's registration of an id, the engine keeps the
+        # first one to restore it when the second owner leaves (E5), so both endpoints must be kept, each with its own
+        self._endpoints: dict[tuple[str, str | None], HttpFunction] = {}
         self._session: aiohttp.ClientSession | None = None
         self.max_response_bytes = MAX_RESPONSE_BYTES
 
@@ -248,23 +250,35 @@ class HttpFunctionsModule(EngineModule):
             _client_url(self.rules, function.url)
         except UrlRejected as exc:
             raise _rejected(exc) from None
-        self.functions[function_id] = function
+        self._endpoints[(function_id, owner_worker_id)] = function
         log.info("HTTP-invoked function %s -> %s %s", function_id, function.method, function.url)
 
         async def handler(data: Any, ctx: InvocationContext) -> Any:
-            return await self.call(function_id, data, ctx)
+            # this registration's own endpoint, also once another owner's registration of the id came and went
+            if self._endpoints.get((function_id, owner_worker_id)) is not function:
+                raise EngineError("function_not_found", f"Function {function_id} not found")
+            return await self._call(function, data)
 
         return BuiltinFunction(function_id, handler, description=f"HTTP {function.method} {function.url}")
 
-    def unregister_external(self, function_id: str) -> None:
-        """Forget an HTTP-invoked function (worker disconnect or ``unregisterfunction``)."""
-        self.functions.pop(function_id, None)
+    def unregister_external(self, function_id: str, owner_worker_id: str | None) -> None:
+        """Forget ``owner_worker_id``'s HTTP-invoked registration of ``function_id`` (its worker left, it was
+        unregistered or replaced)."""
+        self._endpoints.pop((function_id, owner_worker_id), None)
+
+    @property
+    def functions(self) -> dict[str, HttpFunction]:
+        """The endpoints kept, by function id (the latest registration of an id several owners registered)."""
+        return {function_id: function for (function_id, _), function in self._endpoints.items()}
 
     async def call(self, function_id: str, data: Any, ctx: InvocationContext | None = None) -> Any:
         """Call the endpoint with ``data`` as JSON and return its JSON result (``None`` for an empty 2xx body)."""
         function = self.functions.get(function_id)
         if function is None:
             raise EngineError("function_not_found", f"Function {function_id} not found")
+        return await self._call(function, data)
+
+    async def _call(self, function: HttpFunction, data: Any) -> Any:
         try:
             # Names are looked up and vetted by VettingResolver as the connection is made, not here: a
             # lookup here and another there is the DNS rebinding window.

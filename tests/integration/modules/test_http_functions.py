@@ -245,3 +245,37 @@ async def test_private_addresses_and_plain_http_blocked_by_default_rules(
     finally:
         await engine.stop()
         await strict.stop()
+
+
+async def test_an_overwritten_http_function_is_restored_with_its_own_endpoint(
+        engine: Engine, endpoint: Endpoint) -> None:
+    """E5 with two owners of one HTTP-invoked id: the one restored when the other leaves calls its own endpoint
+    (the module kept one endpoint per id, so the restored one answered function_not_found)."""
+    c, d = await RawWorker.connect(engine.url), await RawWorker.connect(engine.url)
+    caller = await RawWorker.connect(engine.url)
+    await _register(c, "ext.g", {"url": f"{endpoint.base}/echo"})
+    await _register(d, "ext.g", {"url": f"{endpoint.base}/empty"})
+    assert await caller.result_of("ext.g", {}) is None  # d's endpoint: an empty body
+    await disconnect(engine, d)
+    assert await caller.result_of("ext.g", {}) == {"got": {"_caller_worker_id": caller.worker_id}}
+    await disconnect(engine, c)
+    module = engine.module("http_functions")
+    assert module is not None and getattr(module, "functions", None) == {}
+
+
+async def test_an_http_function_overwritten_by_a_plain_one_leaves_no_endpoint_behind(
+        engine: Engine, endpoint: Endpoint) -> None:
+    """A's HTTP-invoked registration, overwritten by B's worker function, is forgotten with A (before: its endpoint
+    stayed in the module for good, one per such cycle)."""
+    a, b = await RawWorker.connect(engine.url), await RawWorker.connect(engine.url)
+    await _register(a, "ext.f", {"url": f"{endpoint.base}/echo"})
+    await b.register("ext.f")
+    await b.sync()
+    await disconnect(engine, a)
+    module = engine.module("http_functions")
+    assert module is not None and getattr(module, "functions", None) == {}
+    await a.close()
+    await _register(b, "ext.h", {"url": f"{endpoint.base}/echo"})
+    await b.register("ext.h")  # its own HTTP-invoked registration replaced by a plain one
+    await b.sync()
+    assert getattr(module, "functions", None) == {}

@@ -84,8 +84,10 @@ async def test_registration_errors(module: HttpFunctionsModule) -> None:
 
 async def test_unknown_function_and_unregister(module: HttpFunctionsModule, server: str) -> None:
     await module.register_external("fn", {"url": server}, "w1")
-    module.unregister_external("fn")
-    module.unregister_external("never-registered")  # no error
+    module.unregister_external("fn", "w2")  # another owner's registration: this one stays
+    assert list(module.functions) == ["fn"]
+    module.unregister_external("fn", "w1")
+    module.unregister_external("never-registered", "w1")  # no error
     with pytest.raises(EngineError) as info:
         await module.call("fn", {})
     assert (info.value.code, info.value.message) == ("function_not_found", "Function fn not found")
