@@ -165,7 +165,7 @@ _GLOB_SPECIAL: Final = re.compile(r"([\\*?\[\]])")
 _ESCAPED: Final = re.compile(r"%(25|3A)")
 DEFAULT_MAX_CONNECTIONS: Final = 50
 DEFAULT_POOL_TIMEOUT: Final = 30.0
-# full-jitter backoff after a lost WATCH race: sleep uniform(0, d), d doubling from the first to the cap
+# full-jitter backoff after a lost race: sleep uniform(0, d), d doubling from the first to the cap
 _BACKOFF_FIRST: Final = 0.001
 _BACKOFF_CAP: Final = 0.05
 _MAX_BATCH: Final = 256  # updates per read and compare-and-set script
