@@ -5,6 +5,7 @@ stays: timeouts fire on time, frames from many threads arrive whole, work queued
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -151,5 +152,25 @@ def test_park_declines_on_a_loop_of_another_kind() -> None:
         assert isinstance(bridge.loop, uvloop.Loop)
         assert bridge.run(_true()) is True
         assert not bridge.park()  # the hop, as before
+    finally:
+        bridge.stop()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # fork() of a threaded process (3.12+)
+def test_a_forked_child_never_parks_the_parents_loop() -> None:
+    bridge = LoopBridge()
+    try:
+        assert bridge.run(_true()) is True
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: the loop thread is gone, its socket the parent's
+            os.write(write, b"1" if bridge.park() else b"0")
+            os._exit(0)
+        os.close(write)
+        answer = os.read(read, 1)
+        os.close(read)
+        os.waitpid(pid, 0)
+        assert answer == b"0"
     finally:
         bridge.stop()
