@@ -240,6 +240,8 @@ class StreamSocketServer:
         parts = urlsplit(request.path)
         if parts.path != "/":
             return connection.respond(404, "Not Found\n")
+        if len(self._clients) >= self.settings.max_clients:  # cheap refusal before the upgrade (and the auth call)
+            return connection.respond(503, f"{self._too_many()}\n")
         function_id = self.settings.auth_function
         if not function_id:
             return None
@@ -264,8 +266,16 @@ class StreamSocketServer:
 
     # -- connections ---------------------------------------------------------------------------------------
 
+    def _too_many(self) -> str:
+        return f"too many stream clients connected (max_clients {self.settings.max_clients})"
+
     async def _serve(self, ws: ServerConnection) -> None:
-        client = _Client(ws, self._contexts.pop(ws, None), self.settings.client_queue_size)
+        context = self._contexts.pop(ws, None)
+        if len(self._clients) >= self.settings.max_clients:  # upgrades that passed the check together
+            log.warning("stream client %s refused: %s", ws.remote_address, self._too_many())
+            await ws.close(_SLOW_CLIENT, self._too_many())
+            return
+        client = _Client(ws, context, self.settings.client_queue_size)
         self._clients.add(client)
         writer = asyncio.get_running_loop().create_task(client.write())
         try:

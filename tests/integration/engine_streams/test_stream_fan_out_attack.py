@@ -145,3 +145,28 @@ async def test_joins_past_the_subscription_limit_are_refused_and_a_leave_makes_r
         await client.join("s3", "s", "g3")
         assert (await client.recv())["event"]["type"] == "sync"
         await client.close()
+
+
+async def test_clients_past_max_clients_are_refused_naming_the_setting_and_a_leave_makes_room() -> None:
+    from websockets.exceptions import InvalidStatus
+
+    async with Engine(config=engine_config(max_clients=2)) as engine:
+        server = stream_module(engine).socket
+        assert server is not None
+        first, second = await SocketClient.connect(engine), await SocketClient.connect(engine)
+        for n, client in enumerate((first, second)):  # a sync answer: the socket is served, so it counts
+            await client.join(f"s{n}", "s", "g")
+            assert (await client.recv())["event"]["type"] == "sync"
+        with pytest.raises(InvalidStatus) as refused:
+            await SocketClient.connect(engine)
+        assert refused.value.response.status_code == 503
+        assert refused.value.response.body == b"too many stream clients connected (max_clients 2)\n"
+        await first.close()
+        # the server forgets the client in its handler's last step, which no client-side event marks: poll for it
+        while len(server._clients) > 1:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+        third = await SocketClient.connect(engine)  # room again
+        await third.join("s2", "s", "g")
+        assert (await third.recv())["event"]["type"] == "sync"
+        await second.close()
+        await third.close()
