@@ -120,6 +120,7 @@ class Engine:
                                      attach_timeout_s=settings.attach_timeout_s,
                                      max_channel_bytes=settings.max_channel_bytes,
                                      max_queued_bytes=settings.max_queued_bytes,
+                                     max_open=settings.max_open,
                                      production_mode=settings.production_mode)
         self._listener = Listener(self.config.host, self.config.port,
                                   max_message_size=self.config.max_message_size,

@@ -45,9 +45,11 @@ from .limits import (
     CHANNEL_SOCKET_QUEUE,
     DEFAULT_BUFFER_SIZE,
     DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_OPEN_CHANNELS,
     DEFAULT_MAX_QUEUED_BYTES,
     MAX_BUFFER_SIZE,
     SOCKET_QUEUE_BYTES,
+    TooManyChannels,
     clamp_buffer_size,
 )
 from .local import ChannelRefused, LocalChannelEnd
@@ -59,6 +61,7 @@ __all__ = [
     "CHANNEL_SOCKET_QUEUE",
     "DEFAULT_BUFFER_SIZE",
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_MAX_OPEN_CHANNELS",
     "DEFAULT_MAX_QUEUED_BYTES",
     "MAX_BUFFER_SIZE",
     "OURS",
@@ -70,5 +73,6 @@ __all__ = [
     "ChannelRelay",
     "LocalChannelEnd",
     "RelayPolicy",
+    "TooManyChannels",
     "clamp_buffer_size",
 ]

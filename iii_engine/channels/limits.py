@@ -16,6 +16,8 @@ MAX_BUFFER_SIZE: Final = 1024
 DEFAULT_MAX_QUEUED_BYTES: Final = 16 * 1024 * 1024
 """Per-channel cap on the payload bytes queued between writer and reader (besides the message count cap)."""
 DEFAULT_MAX_MESSAGE_SIZE: Final = 64 * 1024 * 1024
+DEFAULT_MAX_OPEN_CHANNELS: Final = 100_000
+"""Channels one engine keeps at once (created and not finished, attached or not)."""
 """Largest message a writer may send."""
 DEFAULT_ATTACH_TIMEOUT_S: Final = 300.0
 """How long an end may stay unattached before the channel expires."""
@@ -26,6 +28,10 @@ DEFAULT_SOCKET_QUEUE: Final = 16
 CHANNEL_SOCKET_QUEUE: Final = (1, 0)
 """(high, low) of websockets' own frame queue on a freshly accepted channel socket, before its first message
 tells the size (only used where the fast receive path is off)."""
+
+
+class TooManyChannels(Exception):
+    """``create`` while the relay already keeps ``max_open`` channels; the message names the setting."""
 
 
 def clamp_buffer_size(buffer_size: int | None) -> int:

@@ -30,7 +30,9 @@ from .driver import Driver, LiveChannel, perform
 from .limits import (
     DEFAULT_ATTACH_TIMEOUT_S,
     DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_OPEN_CHANNELS,
     DEFAULT_MAX_QUEUED_BYTES,
+    TooManyChannels,
     clamp_buffer_size,
 )
 from .local import ChannelRefused, LocalChannelEnd, LocalReader, LocalRelayEnd, Pipe
@@ -69,6 +71,8 @@ class ChannelRelay:
         max_channel_bytes: default byte quota of a channel (``None``: unlimited); ``create`` may set its own.
         max_queued_bytes: the relay stops reading a writer while this many payload bytes wait for the reader
             (besides ``buffer_size`` messages), so a channel holds at most this plus one message in its queue.
+        max_open: channels kept at once; ``create`` past it raises :class:`TooManyChannels` (each channel's
+            queue is bounded in bytes, their number is bounded here).
         production_mode: behave like the production engine (see :mod:`iii_engine.channels`).
 
     Example:
@@ -85,10 +89,14 @@ class ChannelRelay:
         attach_timeout_s: float = DEFAULT_ATTACH_TIMEOUT_S,
         max_channel_bytes: int | None = None,
         max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
+        max_open: int = DEFAULT_MAX_OPEN_CHANNELS,
         production_mode: bool = False,
     ) -> None:
         if max_queued_bytes < 1:
             raise ValueError(f"max_queued_bytes must be >= 1, got {max_queued_bytes}")
+        if max_open < 1:
+            raise ValueError(f"max_open must be >= 1, got {max_open}")
+        self.max_open = max_open
         if max_channel_bytes is not None and max_channel_bytes < 0:
             raise ValueError(f"max_channel_bytes must be >= 0 or None, got {max_channel_bytes}")
         self.max_message_size = max_message_size
@@ -126,6 +134,8 @@ class ChannelRelay:
         """
         if max_bytes is not None and max_bytes < 0:
             raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
+        if len(self._channels) >= self.max_open:
+            raise TooManyChannels(f"too many open channels (channels.max_open {self.max_open})")
         policy = self.policy
         channel_id, writer_key, reader_key = _new_ids()
         if not policy.separate_keys:

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 from iii.iii_types import TriggerInfo
 
-from ...channels import ChannelRelay
+from ...channels import ChannelRelay, TooManyChannels
 from ...config import EngineConfig
 from ...registry import Registry
 from ...workers import WorkerConnection
@@ -308,4 +308,7 @@ class WorkerModule(EngineModule):
         max_bytes = _optional(args, fid, "max_bytes", int)
         if max_bytes is not None and max_bytes < 0:
             raise EngineError("deserialization_error", f"{fid}: max_bytes must be >= 0, got {max_bytes}")
-        return self.core.channels.create(buffer_size, ctx.caller_worker_id, max_bytes)
+        try:
+            return self.core.channels.create(buffer_size, ctx.caller_worker_id, max_bytes)
+        except TooManyChannels as exc:
+            raise EngineError("channel_limit", f"{fid}: {exc}") from None

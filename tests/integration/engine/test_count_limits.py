@@ -151,3 +151,18 @@ def test_bad_limits_are_refused_naming_the_key(key: str, value: object, message:
     from iii_engine.config import ConfigError, config_from_mapping
     with pytest.raises(ConfigError, match=f"^{message}$"):
         config_from_mapping({key: value})
+
+
+async def test_engine_channels_create_past_channels_max_open_fails_with_channel_limit() -> None:
+    from iii_engine.config import ChannelSettings
+
+    config = EngineConfig(host="127.0.0.1", port=0, modules=[], channels=ChannelSettings(max_open=1))
+    async with Engine(config=config) as engine:
+        worker = await RawWorker.connect(engine.url)
+        assert "writer" in await worker.result_of("engine::channels::create", {})
+        refused = await worker.call("engine::channels::create", {})
+        assert refused["error"] == {"code": "channel_limit", "message": "engine::channels::create: too many open "
+                                    "channels (channels.max_open 1)"}
+        await _gone(engine, worker)  # the worker's unattached channel goes with it
+        other = await RawWorker.connect(engine.url)
+        assert "writer" in await other.result_of("engine::channels::create", {})

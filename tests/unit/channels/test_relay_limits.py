@@ -103,3 +103,18 @@ async def test_large_messages_into_a_stalled_reader_stay_within_the_byte_budget(
         assert digest.hexdigest() == hashlib.sha256(b"".join(messages)).hexdigest()
         assert reader.protocol.close_rcvd is not None and reader.protocol.close_rcvd.code == 1000
         await asyncio.wait_for(r.wait_idle(), 5)
+
+
+def test_channels_past_max_open_are_refused_naming_the_setting_and_a_discard_makes_room() -> None:
+    from iii_engine.channels import DEFAULT_MAX_OPEN_CHANNELS, TooManyChannels
+
+    assert ChannelRelay().max_open == DEFAULT_MAX_OPEN_CHANNELS == 100_000
+    with pytest.raises(ValueError, match="max_open must be >= 1, got 0"):
+        ChannelRelay(max_open=0)
+    relay = ChannelRelay(max_open=2)
+    first = relay.create(None, owner=None)["writer"]["channel_id"]
+    relay.create(None, owner="w")
+    with pytest.raises(TooManyChannels, match=r"^too many open channels \(channels.max_open 2\)$"):
+        relay.create(None, owner="w")
+    relay.discard(first)
+    relay.create(None, owner=None)  # room again
