@@ -13,13 +13,19 @@ Each round measures raw, then engine, for both workloads; the ratios are per rou
 by wall-clock rate and by CPU time per request / per 64 KiB chunk (the whole process: client, server and worker
 share one loop, so the CPU ratio is what the same core would deliver and is far less noisy on a shared machine).
 
-Usage: .venv/bin/python bench/http_api.py [--requests N] [--concurrency C] [--mib M] [--rounds R]
+With ``--gc`` each round also measures raw and engine JSON requests under the cyclic-collector settings the
+``iii-engine`` command applies once started (iii_engine.gc_policy: start-up objects frozen, young generation every
+10,000 allocations), undone after each of those measurements; both sides run under them, so the ratio stays fair.
+
+Usage: .venv/bin/python bench/http_api.py [--requests N] [--concurrency C] [--mib M] [--rounds R] [--gc]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import gc
 import resource
 import statistics
 import sys
@@ -185,7 +191,21 @@ def summary(label: str, raw: list[tuple[float, float]], engine: list[tuple[float
             f"[{min(cpu):.2f}-{max(cpu):.2f}]")
 
 
-async def main(total: int, concurrency: int, mib: int, rounds: int) -> None:
+@contextlib.contextmanager
+def engine_gc() -> Any:
+    """The collector settings of the iii-engine command for the duration of one measurement."""
+    from iii_engine.gc_policy import tune_gc
+
+    saved = gc.get_threshold()
+    tune_gc({})
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*saved)
+
+
+async def main(total: int, concurrency: int, mib: int, rounds: int, tuned_gc: bool = False) -> None:
     size = mib * 1024 * 1024
     runner, raw_url = await raw_server(size)
     spec = ModuleSpec("modules::api::RestApiModule", {"host": "127.0.0.1", "port": 0})
@@ -194,6 +214,8 @@ async def main(total: int, concurrency: int, mib: int, rounds: int) -> None:
     relay_json: list[tuple[float, float]] = []
     raw_dl: list[tuple[float, float]] = []
     engine_dl: list[tuple[float, float]] = []
+    raw_gc: list[tuple[float, float]] = []
+    engine_gc_json: list[tuple[float, float]] = []
     async with Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[spec])) as engine:
         module = engine.module("http_api")
         api_url = getattr(module, "base_url", "")
@@ -210,6 +232,13 @@ async def main(total: int, concurrency: int, mib: int, rounds: int) -> None:
                                                total))
                 relay_json.append(await timed(requests_per_s(session, f"{relay_url}/json", total, concurrency),
                                               total))
+                if tuned_gc:
+                    with engine_gc():
+                        raw_gc.append(await timed(requests_per_s(session, f"{raw_url}/json", total, concurrency),
+                                                  total))
+                    with engine_gc():
+                        engine_gc_json.append(await timed(
+                            requests_per_s(session, f"{api_url}/json", total, concurrency), total))
                 chunks = size / CHUNK
                 raw_dl.append(await timed(download_mb_s(session, f"{raw_url}/download", size), chunks))
                 engine_dl.append(await timed(download_mb_s(session, f"{api_url}/download", size), chunks))
@@ -226,6 +255,9 @@ async def main(total: int, concurrency: int, mib: int, rounds: int) -> None:
     print(summary("JSON, bare relay (floor)", raw_json, relay_json, "/s"))
     print(summary("JSON, engine / floor", relay_json, engine_json, "/s"))
     print(summary(f"download {mib} MiB", raw_dl, engine_dl, " MB/s"))
+    if tuned_gc:
+        print(summary("JSON, both tuned GC", raw_gc, engine_gc_json, "/s"))
+        print(summary("JSON, engine tuned/not", engine_json, engine_gc_json, "/s"))
     print(f"max RSS grew {growth:.0f} MB over the rounds; channels still held by the relay after the run: {lingering}")
 
 
@@ -235,5 +267,6 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--mib", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--gc", action="store_true", help="also measure JSON requests under iii-engine's GC settings")
     args = parser.parse_args()
-    asyncio.run(main(args.requests, args.concurrency, args.mib, args.rounds))
+    asyncio.run(main(args.requests, args.concurrency, args.mib, args.rounds, args.gc))
