@@ -53,8 +53,9 @@ from typing import Any, Final
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -459,7 +460,7 @@ class RedisStream(FieldUpdates):
         args = [input.item_id, text, *self._channel_args(input.stream_name, input.group_id, input.item_id)]
         async with self._guard("set", timeout):
             self._known.pop((key, input.item_id), None)
-            raw = await self._set_script(keys=[key], args=args)
+            raw = await self._run_once(self._set_script, key, args)
         old = None if raw is None else self._parse(raw, key, input.item_id)
         return SetResult(old_value=old, new_value=input.data)
 
@@ -468,7 +469,7 @@ class RedisStream(FieldUpdates):
         args = [input.item_id, *self._channel_args(input.stream_name, input.group_id, input.item_id)]
         async with self._guard("delete", timeout):
             self._known.pop((key, input.item_id), None)
-            raw = await self._delete_script(keys=[key], args=args)
+            raw = await self._run_once(self._delete_script, key, args)
         return StreamDeleteResult(old_value=None if raw is None else self._parse(raw, key, input.item_id))
 
     async def list(self, input: StreamListInput, *, timeout: float | None = None) -> builtins.list[Any]:
@@ -535,11 +536,33 @@ class RedisStream(FieldUpdates):
         for field, text in texts.items():
             args += (field, read[field] or b"", text)
         args.append("\n".join(events))
-        written = await self._write_script(keys=[key], args=args)
+        written = await self._run_once(self._write_script, key, args)
         now = asyncio.get_running_loop().time()
         for field, text in texts.items():
             self._remember((key, field), text if written else None, now, now + _KNOWN_BACKOFF)
         return results if written else None
+
+    async def _run_once(self, script: AsyncScript, key: str, args: Sequence[Any]) -> Any:
+        """``script``'s reply, sent at most once: never again after it may have reached Redis.
+
+        Why not ``script(keys=..., args=...)``: a client told to retry (redis-py's ``retry``/``retry_on_error``)
+        sends a command again when the connection drops before the reply, though Redis may have run it. A write
+        script run twice publishes its events twice, and the update batch's second run finds its own write, takes
+        it for another process's, and the batch was read again and applied a second time (one increment, +2).
+        Here a dropped connection is the caller's error (the outcome is unknown), as with the default client.
+        """
+        pool = self._client.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            try:
+                await conn.send_command("EVALSHA", script.sha, 1, key, *args)
+                return await conn.read_response()
+            except NoScriptError:  # Redis ran nothing (restarted, or SCRIPT FLUSH): load it and send it again
+                script.sha = await self._client.script_load(script.script)
+                await conn.send_command("EVALSHA", script.sha, 1, key, *args)
+                return await conn.read_response()
+        finally:
+            await pool.release(conn)
 
     def _known_texts(self, key: str, fields: Sequence[str]) -> dict[str, bytes | str | None] | None:
         """The texts of ``fields`` this process wrote last, or ``None`` unless it knows every one of them."""
