@@ -16,7 +16,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from iii.stream import StreamSetInput, StreamUpdateInput, UpdateIncrement
+from iii.stream import StreamDeleteInput, StreamSetInput, StreamUpdateInput, UpdateIncrement
 from iii.wire import loads
 from iii_streams import RedisStream
 from iii_streams.errors import StreamError
@@ -200,3 +200,22 @@ async def test_the_scripts_go_out_once_each_with_a_fixed_argument_count(monkeypa
     assert sorted(r.new_value["n"] for r in results) == list(range(1, 41))
     # command, sha, key count, key, channel, field count, absent flags, field, text read, new text, events
     assert sent and max(sent) <= 11 and len(sent) < 40, sent
+
+
+async def test_a_script_redis_no_longer_holds_is_loaded_and_sent_again() -> None:
+    """NOSCRIPT (Redis restarted, SCRIPT FLUSH) means Redis ran nothing: the script is loaded and sent once more."""
+    url = require_redis()
+    stream = f"attack4-{uuid.uuid4().hex[:8]}"
+    async with RedisStream.from_url(url, channel=f"attack4-events-{uuid.uuid4().hex[:8]}") as store:
+        try:
+            for script in (store._set_script, store._write_script, store._delete_script):
+                script.sha = "0" * 40  # a digest Redis does not know
+            await store.set(StreamSetInput(stream_name=stream, group_id="g", item_id="i", data={"n": 1}))
+            result = await store.update(StreamUpdateInput(stream_name=stream, group_id="g", item_id="i",
+                                                          ops=[UpdateIncrement(path="n", by=1)]))
+            assert result.new_value == {"n": 2}
+            deleted = await store.delete(StreamDeleteInput(stream_name=stream, group_id="g", item_id="i"))
+            assert deleted.old_value == {"n": 2}
+            assert "0" * 40 not in {store._set_script.sha, store._write_script.sha, store._delete_script.sha}
+        finally:
+            await store.client.delete(f"stream:{stream}:g")
