@@ -42,9 +42,14 @@ class _Services:
         started = _Started(loop.create_future())
         when = self.answer_at.pop(0) if self.answer_at else None
         if when is not None:
-            loop.call_at(when, lambda: started.future.done() or started.future.set_result(ANSWER))
+            loop.call_at(when, self._answer, started.future)
         self.calls.append(started)
         return started
+
+    @staticmethod
+    def _answer(future: asyncio.Future[tuple[Any, Any]]) -> None:
+        if not future.done():
+            future.set_result(ANSWER)
 
     async def condition_passes(self, function_id: str, payload: dict[str, Any]) -> bool:
         await asyncio.get_running_loop().create_future()  # a condition function that never answers

@@ -75,6 +75,13 @@ class _ReplyDroppingProxy:
             task.add_done_callback(self._tasks.discard)
 
 
+async def _counter(client: aioredis.Redis, key: str) -> int:
+    raw = await client.hget(key, "i")
+    assert raw is not None
+    n: int = loads(raw)["n"]
+    return n
+
+
 async def _dropped_write_reply(remembered: bool, client_retries: bool) -> None:
     url = require_redis()
     host, port = url.split("//")[1].split("/")[0].split(":")
@@ -98,12 +105,12 @@ async def _dropped_write_reply(remembered: bool, client_retries: bool) -> None:
                                           ops=[UpdateIncrement(path="n", by=1)])
             if remembered:  # the next update skips the read: the script checks the remembered text
                 await store.update(increment)
-            before = loads(await direct.hget(key, "i"))["n"]
+            before = await _counter(direct, key)
             proxy.armed = True
             with contextlib.suppress(RedisError, OSError, StreamError):  # an unknown outcome: an error at most
                 await store.update(increment)
             assert proxy.dropped == 1
-            after = loads(await direct.hget(key, "i"))["n"]
+            after = await _counter(direct, key)
             assert after == before + 1, f"one increment applied {after - before} times"
         await direct.publish(channel, b"end")  # after every event of the store's: one channel keeps the order
         datas = []
