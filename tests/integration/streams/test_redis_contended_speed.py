@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 import redis.asyncio.client as aioredis_client
+import redis.asyncio.connection as aioredis_connection
 
 import iii_streams.redis as redis_store
 from iii.stream import StreamSetInput, StreamUpdateInput, UpdateIncrement, UpdateSet
@@ -79,20 +80,20 @@ async def test_a_batch_sends_its_events_as_one_argument_and_each_arrives_exactly
     url = require_redis()
     evals: list[int] = []  # the argument count of every script call, queued in a pipeline or sent at once
     real_queue = aioredis_client.Pipeline.pipeline_execute_command
-    real_send = aioredis_client.Redis.execute_command
+    real_send = aioredis_connection.AbstractConnection.send_command  # the store sends its scripts on a connection
 
     def queued(self: aioredis_client.Pipeline, *args: Any, **options: Any) -> Any:
         if args and args[0] in ("EVAL", "EVALSHA"):
             evals.append(len(args))
         return real_queue(self, *args, **options)
 
-    async def sent(self: aioredis_client.Redis, *args: Any, **options: Any) -> Any:
+    async def sent(self: aioredis_connection.AbstractConnection, *args: Any, **options: Any) -> Any:
         if args and args[0] in ("EVAL", "EVALSHA"):
             evals.append(len(args))
         return await real_send(self, *args, **options)
 
     monkeypatch.setattr(aioredis_client.Pipeline, "pipeline_execute_command", queued)
-    monkeypatch.setattr(aioredis_client.Redis, "execute_command", sent)
+    monkeypatch.setattr(aioredis_connection.AbstractConnection, "send_command", sent)
     stream = f"contended-{uuid.uuid4().hex[:8]}"
     channel = f"test-events-{uuid.uuid4().hex[:8]}"
     values: list[Any] = [
