@@ -16,9 +16,9 @@ MAX_BUFFER_SIZE: Final = 1024
 DEFAULT_MAX_QUEUED_BYTES: Final = 16 * 1024 * 1024
 """Per-channel cap on the payload bytes queued between writer and reader (besides the message count cap)."""
 DEFAULT_MAX_MESSAGE_SIZE: Final = 64 * 1024 * 1024
+"""Largest message a writer may send."""
 DEFAULT_MAX_OPEN_CHANNELS: Final = 100_000
 """Channels one engine keeps at once (created and not finished, attached or not)."""
-"""Largest message a writer may send."""
 DEFAULT_ATTACH_TIMEOUT_S: Final = 300.0
 """How long an end may stay unattached before the channel expires."""
 
