@@ -53,6 +53,7 @@ from aiohttp import HttpVersion11, web
 from iii.iii_types import TriggerInfo
 from iii.wire import dumps, loads
 
+from ...channels import TooManyChannels
 from ..base import EngineError, EngineModule, EngineServices
 from .channels import CHUNK_SIZE, ChannelAborted, ResponseChannel, ResponseHeadersTooLarge
 from .routes import RouteMatch, RouteTable, parse_http_trigger
@@ -526,8 +527,8 @@ class RestApiModule(EngineModule):
         # Both channels are created on the relay and this module's ends opened in-process (docs/protocol.md#channels);
         # the handler attaches to the other ends over its own socket.
         relay = self.services.channels
-        request_channel = relay.create(_CHANNEL_BUFFER, owner=None)
-        response_channel = relay.create(_CHANNEL_BUFFER, owner=None)
+        request_channel = self._new_channel(None)
+        response_channel = self._new_channel(request_channel)
         payload["request_body"] = request_channel["reader"]
         payload["response"] = response_channel["writer"]
         body_ref = request_channel["writer"]
@@ -746,6 +747,15 @@ class RestApiModule(EngineModule):
         """
         await reader.aclose()
         self._discard(*channels)
+
+    def _new_channel(self, made: dict[str, Any] | None) -> dict[str, Any]:
+        """One of a request's two channels; past ``channels.max_open`` a 503 (``made``, the first, is dropped)."""
+        try:
+            return self.services.channels.create(_CHANNEL_BUFFER, owner=None)
+        except TooManyChannels as exc:
+            if made is not None:
+                self._discard(made)
+            raise _Refused(503, f"{exc}; retry later", {"Retry-After": "1"}) from None
 
     def _discard(self, *channels: dict[str, Any]) -> None:
         for refs in channels:

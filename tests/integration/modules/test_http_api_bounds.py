@@ -173,3 +173,22 @@ async def test_response_head_within_the_bounds_is_served(api: Start) -> None:
     response = await asyncio.wait_for(waiting, 10)
     assert response.status_code == 201 and response.headers["x-h49"] == "v" and response.content == b"body"
     await worker.send({"type": "invocationresult", "invocation_id": request["invocation_id"], "function_id": "ok"})
+
+
+async def test_a_request_past_channels_max_open_is_503_and_leaves_no_channel_behind() -> None:
+    """Each request takes two channels: past ``channels.max_open`` the request is 503 with Retry-After, naming the
+    setting, and the first channel (made before the second was refused) is dropped, not left for 300 s."""
+    from iii_engine.config import ChannelSettings
+
+    spec = ModuleSpec("modules::api::RestApiModule", {"host": "127.0.0.1", "port": 0})
+    config = EngineConfig(host="127.0.0.1", port=0, modules=[spec], channels=ChannelSettings(max_open=1))
+    async with Engine(config=config) as engine:
+        module = engine.module("http_api")
+        assert isinstance(module, RestApiModule)
+        worker = await _route(engine, "served", "served")
+        async with httpx.AsyncClient(base_url=module.base_url, timeout=20) as client:
+            response = await client.get("/served")
+        assert response.status_code == 503 and response.headers["Retry-After"] == "1"
+        assert response.json() == {"error": "too many open channels (channels.max_open 1); retry later"}
+        assert len(engine.channels) == 0
+        await worker.nothing_for(0.1)  # never invoked
