@@ -12,15 +12,17 @@ from __future__ import annotations
 import ast
 import asyncio
 import inspect
+import itertools
 import os
 import random
 import struct
 import threading
 
 import pytest
+from websockets.utils import apply_mask
 
 from iii import ws_fastpath
-from iii.ws_fastpath import FLUSH_BYTES, FRAME_BUFFER, FrameReader, apply_mask
+from iii.ws_fastpath import FLUSH_BYTES, FRAME_BUFFER, FrameReader
 from iii_engine.channels import ChannelRelay, TooManyChannels, limits
 
 Messages = list[tuple[bool, bytes]]
@@ -203,15 +205,17 @@ def test_each_constant_of_the_channel_limits_keeps_its_own_docstring() -> None:
     # lost its documentation and a second, orphan string followed the new constant's.
     body = ast.parse(inspect.getsource(limits)).body
     docs: dict[str, str] = {}
-    for before, node in zip(body, body[1:], strict=False):
+    for before, node in itertools.pairwise(body):
         is_doc = isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and \
             isinstance(node.value.value, str)
         if not is_doc:
             continue
         assert isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
-        assert isinstance(before, ast.AnnAssign), f"orphan string in limits.py: {node.value.value!r}"
+        doc = node.value.value
+        assert isinstance(doc, str)
+        assert isinstance(before, ast.AnnAssign), f"orphan string in limits.py: {doc!r}"
         assert isinstance(before.target, ast.Name)
-        docs[before.target.id] = node.value.value
+        docs[before.target.id] = doc
     assert "message" in docs["DEFAULT_MAX_MESSAGE_SIZE"].lower()
     assert "channels" in docs["DEFAULT_MAX_OPEN_CHANNELS"].lower()
 
