@@ -7,7 +7,6 @@ Each test names what it broke before the fix beside it.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,67 +16,14 @@ from module_worker import ModuleWorker
 from iii_engine import Engine, EngineConfig, ModuleSpec
 from iii_engine.modules.base import EngineError
 from iii_engine.modules.queue.module import TOPIC_PREFIX, QueueModule
-from iii_engine.modules.queue.store import DeadLetter, Job, MemoryQueueStore, QueueFull, QueueStore
+from iii_engine.modules.queue.store import DeadLetter
+from tests.unit.modules.test_queue_store import dead_letters, held
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.our_engine("configures queue limits")]
 
 QUEUE = "modules::queue::QueueModule"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 Q = "__fn_queue::q"
-
-
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[QueueStore]:
-    if request.param == "memory":
-        yield MemoryQueueStore()
-        return
-    from redis.asyncio import Redis
-
-    from iii_engine.modules.queue.redis_store import RedisQueueStore
-
-    prefix = f"test-{uuid.uuid4()}:"
-    redis_store = RedisQueueStore(REDIS_URL, key_prefix=prefix)
-    yield redis_store
-    await redis_store.close()
-    client = Redis.from_url(REDIS_URL)
-    keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
-
-
-async def _dead(store: QueueStore, queue: str, count: int) -> list[Job]:
-    """``count`` jobs pushed, claimed and moved to the dead-letter queue."""
-    jobs = []
-    for i in range(count):
-        job = Job.new(queue, "f", i)
-        assert await store.push(queue, job)
-        claimed = await store.claim(queue, now_ms=0, lease_ms=1000)
-        assert claimed is not None
-        await store.dead(queue, DeadLetter(claimed, "boom", i))
-        jobs.append(job)
-    return jobs
-
-
-async def _held(store: QueueStore, queue: str) -> tuple[int, int]:
-    counts = await store.counts(queue)
-    return counts.waiting + counts.active + counts.delayed, counts.dlq
-
-
-async def test_a_redrive_moves_dead_letters_only_while_the_queue_has_room(store: QueueStore) -> None:
-    # before: redrive pushed every dead letter back whatever max_jobs (2 letters into a full queue of 2: 4 held)
-    letters = await _dead(store, Q, 3)
-    assert await store.push(Q, Job.new(Q, "f", "live"), max_jobs=2)
-    with pytest.raises(QueueFull) as full:
-        await store.redrive(Q, None, max_jobs=2)
-    assert full.value.moved == 1
-    assert await _held(store, Q) == (2, 2)  # the two that did not fit are still dead letters
-    with pytest.raises(QueueFull) as one:
-        await store.redrive(Q, letters[2].id, max_jobs=2)
-    assert one.value.moved == 0
-    assert await store.redrive(Q, "no-such-letter", max_jobs=2) == 0  # an unknown letter is not "full"
-    assert await store.redrive(Q, None) == 2  # no max_jobs: no limit, as before
-    assert await _held(store, Q) == (4, 0)
 
 
 @pytest.fixture
@@ -129,7 +75,7 @@ async def test_a_redrive_into_a_full_topic_is_refused_naming_the_setting_and_kee
                                   "moved, the rest stay in the DLQ"}
         reply = await worker.call("iii::queue::redrive_message", {"queue": "t", "message_id": first.id})
         assert reply["error"]["message"].startswith("Failed to handle DLQ message for queue 't': Topic 't' is full")
-        assert await _held(module.store, queue) == (2, 1)
+        assert await held(module.store, queue) == (2, 1)
 
 
 async def test_a_queue_trigger_moved_to_a_topic_past_max_topics_keeps_its_subscription(
@@ -157,7 +103,7 @@ async def test_a_full_named_queue_refuses_a_redrive_naming_its_queue_config(engi
     module = _queue(engine)
     consumer = module._named["small"]
     await consumer.stop()  # nothing claims: the test moves jobs itself
-    await _dead(module.store, consumer.queue, 1)
+    await dead_letters(module.store, consumer.queue, 1)
     for i in range(2):
         await module.enqueue("small", "nobody::home", {"i": i})
     with pytest.raises(EngineError) as refused:

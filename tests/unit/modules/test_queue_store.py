@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from iii_engine.modules.queue.store import DeadLetter, Job, MemoryQueueStore, QueueStore
+from iii_engine.modules.queue.store import DeadLetter, Job, MemoryQueueStore, QueueFull, QueueStore
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 Q = "__fn_queue::q"
@@ -107,3 +107,37 @@ async def test_push_with_max_jobs_refuses_past_it_counting_running_and_delayed_b
     counts = await store.counts(Q)
     assert (counts.waiting + counts.active + counts.delayed, counts.dlq) == (3, 1)
     assert await store.push(Q, Job.new(Q, "f", 9)) is True  # no max_jobs: no limit
+
+
+async def dead_letters(store: QueueStore, queue: str, count: int) -> list[Job]:
+    """``count`` jobs pushed, claimed and moved to the dead-letter queue."""
+    jobs = []
+    for i in range(count):
+        job = Job.new(queue, "f", i)
+        assert await store.push(queue, job)
+        claimed = await store.claim(queue, now_ms=0, lease_ms=1000)
+        assert claimed is not None
+        await store.dead(queue, DeadLetter(claimed, "boom", i))
+        jobs.append(job)
+    return jobs
+
+
+async def held(store: QueueStore, queue: str) -> tuple[int, int]:
+    counts = await store.counts(queue)
+    return counts.waiting + counts.active + counts.delayed, counts.dlq
+
+
+async def test_a_redrive_moves_dead_letters_only_while_the_queue_has_room(store: QueueStore) -> None:
+    # before: redrive pushed every dead letter back whatever max_jobs (2 letters into a full queue of 2: 4 held)
+    letters = await dead_letters(store, Q, 3)
+    assert await store.push(Q, Job.new(Q, "f", "live"), max_jobs=2)
+    with pytest.raises(QueueFull) as full:
+        await store.redrive(Q, None, max_jobs=2)
+    assert full.value.moved == 1
+    assert await held(store, Q) == (2, 2)  # the two that did not fit are still dead letters
+    with pytest.raises(QueueFull) as one:
+        await store.redrive(Q, letters[2].id, max_jobs=2)
+    assert one.value.moved == 0
+    assert await store.redrive(Q, "no-such-letter", max_jobs=2) == 0  # an unknown letter is not "full"
+    assert await store.redrive(Q, None) == 2  # no max_jobs: no limit, as before
+    assert await held(store, Q) == (4, 0)
