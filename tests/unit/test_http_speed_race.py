@@ -16,17 +16,9 @@ from iii_engine.channels import ChannelRelay
 from iii_engine.modules.http import routes as routes_module
 from iii_engine.modules.http.api import _STOPPING, RestApiModule, _Interrupted, _Refused, _Timeout
 from iii_engine.modules.http.routes import RouteTable, parse_http_trigger
+from tests.unit.modules.test_http_race import _Started
 
 ANSWER = ({"status_code": 200, "body": {"ok": True}}, None)
-
-
-class _Started:
-    def __init__(self, future: asyncio.Future[tuple[Any, Any]]) -> None:
-        self.future = future
-        self.abandoned = 0
-
-    def abandon(self) -> None:
-        self.abandoned += 1
 
 
 class _Services:
