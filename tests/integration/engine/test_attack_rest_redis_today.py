@@ -14,18 +14,10 @@ from aiohttp.test_utils import make_mocked_request
 from iii_engine.channels import ChannelRelay
 from iii_engine.modules.http.api import RestApiModule, _Refused, _Timeout
 from iii_engine.modules.http.routes import RouteTable, parse_http_trigger
+from tests.unit.modules.test_http_race import _Started
 
 ANSWER = ({"status_code": 200, "body": {"ok": True}}, None)
 LATE = 0.25  # seconds a request may end after its deadline on this shared, loaded machine
-
-
-class _Started:
-    def __init__(self, future: asyncio.Future[tuple[Any, Any]]) -> None:
-        self.future = future
-        self.abandoned = 0
-
-    def abandon(self) -> None:
-        self.abandoned += 1
 
 
 class _Services:
