@@ -381,25 +381,27 @@ async def test_idle_body_connections_do_not_starve_legitimate_requests(site: Sta
 
 
 async def test_slow_headers_are_cut_off_and_do_not_block_others(site: Start) -> None:
-    _, module, sink = await site(header_timeout=500)
+    # 1.5 s, not less: the header deadline also runs for the marker request's own connection, which this process
+    # (client and server in one, under a loaded full run) may be slow to write its headers on
+    _, module, sink = await site(header_timeout=1500)
     loop = asyncio.get_running_loop()
     started = loop.time()
     reader, writer = await asyncio.open_connection("127.0.0.1", module.port)
     writer.write(b"POST /sink HTTP/1.1\r\nHost: t\r\n")
 
     async def trickle() -> None:  # a header byte every 50 ms, never the blank line that ends the headers
-        for n in range(200):
+        for n in range(400):
             writer.write(b"X-Slow-%d: y\r\n" % n)
             await asyncio.sleep(0.05)
 
     trickling = asyncio.ensure_future(trickle())
     await marker(module, sink, "meanwhile")
-    data = await asyncio.wait_for(reader.read(), 5)  # the server closes the connection
+    data = await asyncio.wait_for(reader.read(), 8)  # the server closes the connection
     elapsed = loop.time() - started
     trickling.cancel()
     writer.close()
     assert not data.startswith(b"HTTP/1.1 2"), data
-    assert 0.45 <= elapsed < 3, elapsed
+    assert 1.45 <= elapsed < 5, elapsed
     assert sink.invoked == ["meanwhile"]
 
 
