@@ -71,6 +71,11 @@ _CONNECT_OPTIONS: Final[dict[str, Any]] = {
     "open_timeout": 10,
     "write_limit": ws_fastpath.CLIENT_WRITE_BUFFER,
 }
+# Over TLS the marks of before CLIENT_WRITE_BUFFER: asyncio's TLS transport pauses writing once its buffer holds
+# ``>= high`` bytes, so at (0, 0) it pauses with nothing buffered and then flips between resume and pause on each
+# empty flush; a send could wait in drain for a resume that never comes. (TLS copies every byte it encrypts anyway:
+# there is no copy for (0, 0) to save.)
+_TLS_CONNECT_OPTIONS: Final[dict[str, Any]] = {**_CONNECT_OPTIONS, "write_limit": ws_fastpath.WRITE_BUFFER}
 
 
 # ---------------------------------------------------------------------------------------------------- errors
@@ -137,8 +142,8 @@ def _as_ref(ref: StreamChannelRef | dict[str, Any]) -> StreamChannelRef:
 
 async def _connect(url: str, channel_id: str) -> WebSocketEnd:
     try:
-        return WebSocketEnd(await websockets.connect(url, create_connection=ws_fastpath.client_factory(),
-                                                     **_CONNECT_OPTIONS))
+        options = _TLS_CONNECT_OPTIONS if url[:6].lower() == "wss://" else _CONNECT_OPTIONS
+        return WebSocketEnd(await websockets.connect(url, create_connection=ws_fastpath.client_factory(), **options))
     except InvalidStatus as exc:
         status = exc.response.status_code
         if status == 404:

@@ -78,13 +78,15 @@ _UNPACK_H = struct.Struct("!H").unpack_from
 _UNPACK_Q = struct.Struct("!Q").unpack_from
 
 WRITE_BUFFER: Final = (1024 * 1024, 256 * 1024)
-"""(high, low) write-buffer marks of the engine's channel sockets (:func:`enable_fast_receive`); the SDK's use
-:data:`CLIENT_WRITE_BUFFER`."""
+"""(high, low) write-buffer marks of the engine's channel sockets (:func:`enable_fast_receive`) and of the SDK's
+over TLS; the SDK's plain ones use :data:`CLIENT_WRITE_BUFFER`."""
 
 CLIENT_WRITE_BUFFER: Final = (0, 0)
 """(high, low) write-buffer marks of an SDK channel socket: its sends wait until the transport's own buffer is
 empty. The kernel's socket buffer (autotuned up to megabytes) is the queue that keeps the socket busy; a transport
-buffer on top of it only costs copies (the rest of a partial send, then every next frame appended to it)."""
+buffer on top of it only costs copies (the rest of a partial send, then every next frame appended to it). Plain TCP
+only: asyncio's TLS transport pauses at ``>= high`` bytes, so a high mark of 0 would pause it with nothing to send
+(``wss://`` channel sockets keep :data:`WRITE_BUFFER`)."""
 
 FALLBACKS: collections.Counter[str] = collections.Counter()
 """How often each helper had to use the public API instead of the fast path (by reason)."""

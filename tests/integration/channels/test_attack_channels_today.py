@@ -16,16 +16,24 @@ import base64
 import collections
 import hashlib
 import random
+import shutil
 import socket
+import ssl
 import struct
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import websockets
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.http11 import Request, Response
 from websockets.utils import apply_mask
 
 from iii import ws_fastpath
+from iii.channel_end import FRAME_SIZE_HEADER
 from iii.channels import ChannelAbortedError, ChannelReader, ChannelWriter, _connect
 from iii.iii import III
 from iii_engine import Engine, EngineConfig, ModuleSpec
@@ -289,3 +297,71 @@ async def test_a_rest_request_at_max_open_is_refused_naming_the_limit_and_leaves
         assert len(engine.channels) == 2, "the request's first channel was left behind"
         assert response.status_code == 503 and "channels.max_open" in response.text, \
             (response.status_code, response.text)
+
+
+@pytest.fixture
+def tls_contexts(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server, client) TLS contexts around a throwaway self-signed certificate for 127.0.0.1."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("no openssl command to make a certificate with")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=30)
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.load_verify_locations(cert)
+    return server, client
+
+
+@pytest.mark.parametrize("invite", [None, 1 << 20])
+async def test_a_channel_writer_over_tls_does_not_stall(
+        invite: int | None, tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # cc5f206 gave SDK channel sockets write marks (0, 0). asyncio's TLS transport pauses writing at size >= high:
+    # at a high mark of 0 it pauses with nothing buffered, then flips between resume and pause on every empty
+    # flush, so a wss:// writer could wait in drain for a resume that never came (it did, at once, here).
+    server_tls, client_tls = tls_contexts
+    connect = websockets.connect
+    monkeypatch.setattr(websockets, "connect", lambda url, **kw: connect(url, ssl=client_tls, **kw))
+    digest = hashlib.sha256()
+    count = 0
+    ended = asyncio.get_running_loop().create_future()
+
+    async def handler(ws: ServerConnection) -> None:
+        nonlocal count
+        async for message in ws:
+            assert isinstance(message, bytes)
+            digest.update(message)
+            count += len(message)
+            await asyncio.sleep(0)
+        ended.set_result(None)
+
+    def invite_frames(_: ServerConnection, __: Request, response: Response) -> Response:
+        if invite is not None:
+            response.headers[FRAME_SIZE_HEADER] = str(invite)
+        return response
+
+    async with serve(handler, "127.0.0.1", 0, ssl=server_tls, max_size=None, compression=None,
+                     process_response=invite_frames) as server:
+        port = server.sockets[0].getsockname()[1]
+        end = await _connect(f"wss://127.0.0.1:{port}/ws/channels/x?key=k&dir=write", "x")
+        assert end.frame_size == (invite or 65536)
+        rng = random.Random(3)
+        sent = hashlib.sha256()
+        total = 0
+
+        async def send_all() -> None:
+            nonlocal total
+            for size in EDGES * 2:
+                data = rng.randbytes(size)
+                sent.update(data)
+                total += size
+                await end.send(data)
+            await end.aclose()
+
+        await asyncio.wait_for(send_all(), 20)
+        await asyncio.wait_for(ended, 20)
+    assert (count, digest.digest()) == (total, sent.digest())
