@@ -11,7 +11,9 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import asyncio.base_events
 import concurrent.futures
+import inspect
 import selectors
 import sys
 import threading
@@ -21,9 +23,30 @@ from typing import Any, TypeVar
 from .errors import IIIError, ShuttingDownError
 from .pending_calls import Settle
 
-__all__ = ["LoopBridge", "LoopStoppedError"]
+__all__ = ["PARK_MISSING", "LoopBridge", "LoopStoppedError"]
 
 T = TypeVar("T")
+
+
+def _probe_park() -> tuple[str, ...]:
+    """The asyncio internals :meth:`LoopBridge.park` relies on that this Python lacks: the loop's queue of callbacks
+    due (``_ready``, read to let them go first) and the one selector wait per turn that the parking lock wraps."""
+    base = asyncio.base_events.BaseEventLoop
+    try:
+        init, run_once = inspect.getsource(base.__init__), inspect.getsource(base._run_once)  # type: ignore[attr-defined]
+    except (AttributeError, OSError, TypeError):  # pragma: no cover - sources not shipped, or the method moved
+        return ("asyncio.base_events sources",)
+    missing = []
+    if "self._ready = collections.deque()" not in init:
+        missing.append("BaseEventLoop._ready")
+    if "self._selector.select(timeout)" not in run_once:
+        missing.append("BaseEventLoop._run_once: self._selector.select(timeout)")
+    return tuple(missing)
+
+
+PARK_MISSING: tuple[str, ...] = _probe_park()
+"""What :func:`_probe_park` found missing (empty: park() works); otherwise every loop is made as the policy makes it
+and park() always declines (the hop onto the loop)."""
 
 _SYNC_FROM_LOOP = "Cannot call sync SDK methods from the event loop thread. Use async handler methods instead."
 
@@ -62,9 +85,9 @@ class LoopBridge:
     def __init__(self, name: str = "iii-sdk-loop") -> None:
         self._selector: _ParkingSelector | None = None
         self.loop = asyncio.new_event_loop()  # whatever the policy makes (uvloop if the user chose it)
-        if sys.platform != "win32" and type(self.loop) is asyncio.SelectorEventLoop:
-            # The standard loop: the same, on a selector that lets another thread hold it parked (park()). With
-            # any other loop park() declines.
+        if _plain_standard_loop(self.loop):
+            # The standard loop as asyncio makes it: the same, on a selector that lets another thread hold it parked
+            # (park()). With any other loop, or one a policy of the user's configured, park() declines.
             self.loop.close()
             self._selector = _ParkingSelector()
             self.loop = asyncio.SelectorEventLoop(self._selector)
@@ -191,7 +214,9 @@ class LoopBridge:
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Start a tracked task on the loop (loop thread only)."""
-        self._tasks[coro] = self.loop.create_task(self._tracked(coro))
+        task = self.loop.create_task(self._tracked(coro))
+        if not task.done():  # (an eager task factory may run it to its end inside create_task: nothing to track)
+            self._tasks[coro] = task
 
     async def _tracked(self, coro: Coroutine[Any, Any, Any]) -> None:
         # The task leaves the tracked tasks as its last step rather than through a done callback: the callback would
@@ -223,6 +248,19 @@ class LoopBridge:
         self.thread.join(timeout=join_timeout)
         if not self.thread.is_alive():
             self.loop.close()
+
+
+def _plain_standard_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop`` is asyncio's own loop with nothing set on it, so an equal one on a parking selector may take
+    its place: a policy of the user's may have set a handler, a task factory, debug mode or a default executor
+    (which no getter shows), all lost with the loop, so its loops are kept as made."""
+    if PARK_MISSING or sys.platform == "win32" or type(loop) is not asyncio.SelectorEventLoop:
+        return False
+    # Python 3.14 deprecates the policy getter (policies with it): there the loop's own settings are all there is.
+    if sys.version_info < (3, 14) and type(asyncio.get_event_loop_policy()) is not asyncio.DefaultEventLoopPolicy:
+        return False
+    return (not loop.get_debug() and loop.get_exception_handler() is None and loop.get_task_factory() is None
+            and loop.slow_callback_duration == 0.1)
 
 
 class _ParkingSelector(selectors.DefaultSelector):
