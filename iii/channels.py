@@ -74,7 +74,8 @@ _CONNECT_OPTIONS: Final[dict[str, Any]] = {
 # Over TLS the marks of before CLIENT_WRITE_BUFFER: asyncio's TLS transport pauses writing once its buffer holds
 # ``>= high`` bytes, so at (0, 0) it pauses with nothing buffered and then flips between resume and pause on each
 # empty flush; a send could wait in drain for a resume that never comes. (TLS copies every byte it encrypts anyway:
-# there is no copy for (0, 0) to save.)
+# there is no copy for (0, 0) to save.) FastClientConnection also sees a TLS transport the URL does not show (an
+# https:// proxy); this covers wss:// where websockets lacks what the fast path needs (plain ClientConnection).
 _TLS_CONNECT_OPTIONS: Final[dict[str, Any]] = {**_CONNECT_OPTIONS, "write_limit": ws_fastpath.WRITE_BUFFER}
 
 

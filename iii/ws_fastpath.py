@@ -86,7 +86,8 @@ CLIENT_WRITE_BUFFER: Final = (0, 0)
 empty. The kernel's socket buffer (autotuned up to megabytes) is the queue that keeps the socket busy; a transport
 buffer on top of it only costs copies (the rest of a partial send, then every next frame appended to it). Plain TCP
 only: asyncio's TLS transport pauses at ``>= high`` bytes, so a high mark of 0 would pause it with nothing to send
-(``wss://`` channel sockets keep :data:`WRITE_BUFFER`)."""
+(channel sockets over TLS keep :data:`WRITE_BUFFER`: :class:`FastClientConnection` sees the TLS transport, and
+:mod:`iii.channels` picks it for ``wss://`` URLs when the fast path is not available)."""
 
 FALLBACKS: collections.Counter[str] = collections.Counter()
 """How often each helper had to use the public API instead of the fast path (by reason)."""
@@ -1155,6 +1156,14 @@ class FastClientConnection(_FastReceive, ClientConnection):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._fast_setup(_HANDSHAKE)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # asyncio's TLS transport pauses writing at ``>= high`` bytes: a high mark of 0 (CLIENT_WRITE_BUFFER) pauses
+        # it with nothing buffered, and a send may wait in drain for good. Over TLS (a wss:// URL, or a ws:// one
+        # through an https:// proxy, which the URL does not show) the socket keeps WRITE_BUFFER.
+        if not self.write_limit_high and transport.get_extra_info("sslcontext") is not None:
+            self.write_limit_high, self.write_limit_low = WRITE_BUFFER
+        super().connection_made(transport)
 
 
 class FastServerConnection(_FastReceive, ServerConnection):

@@ -317,15 +317,25 @@ def tls_contexts(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
 
 
 @pytest.mark.parametrize("invite", [None, 1 << 20])
+@pytest.mark.parametrize("through", ["channels-url", "tls-transport"])
 async def test_a_channel_writer_over_tls_does_not_stall(
-        invite: int | None, tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+        invite: int | None, through: str, tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext],
         monkeypatch: pytest.MonkeyPatch) -> None:
     # cc5f206 gave SDK channel sockets write marks (0, 0). asyncio's TLS transport pauses writing at size >= high:
     # at a high mark of 0 it pauses with nothing buffered, then flips between resume and pause on every empty
     # flush, so a wss:// writer could wait in drain for a resume that never came (it did, at once, here).
+    # "tls-transport": the (0, 0) marks reach the connection, as they do for a ws:// URL through an https://
+    # proxy (TLS the URL does not show); the connection itself must see the TLS transport.
     server_tls, client_tls = tls_contexts
     connect = websockets.connect
-    monkeypatch.setattr(websockets, "connect", lambda url, **kw: connect(url, ssl=client_tls, **kw))
+    extra: dict[str, Any] = {"ssl": client_tls}
+    if through == "tls-transport":
+        extra["write_limit"] = ws_fastpath.CLIENT_WRITE_BUFFER
+
+    def connect_tls(url: str, **kw: Any) -> Any:
+        return connect(url, **{**kw, **extra})
+
+    monkeypatch.setattr(websockets, "connect", connect_tls)
     digest = hashlib.sha256()
     count = 0
     ended = asyncio.get_running_loop().create_future()
