@@ -136,7 +136,13 @@ class LoopBridge:
         no turn of the loop, no GIL hand-off there and back, just to write one frame.
         """
         selector = self._selector
-        if selector is None or not selector.parked.acquire(blocking=False):
+        if selector is None or threading.get_ident() == threading.main_thread().ident:
+            # The main thread runs Python's signal handlers, whose exceptions (Ctrl-C's KeyboardInterrupt, a SIGTERM
+            # handler's SystemExit) land at any call: after the lock is taken (the loop then never runs again), or
+            # after a partial socket send before the transport kept the rest (the stream then carries half a frame).
+            # No other thread gets them, and on the loop thread the hop never had them either.
+            return False
+        if not selector.parked.acquire(blocking=False):
             return False
         loop = self.loop
         # _ready: callbacks posted to the loop and not run yet (a registration, a frame): they go first.

@@ -5,6 +5,7 @@ one means the plain hop; a task that ends within create_task (an eager task fact
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Coroutine
 from typing import Any
 
@@ -16,6 +17,21 @@ from iii.loop_bridge import LoopBridge
 
 async def _true() -> bool:
     return True
+
+
+def _park_from_a_thread(bridge: LoopBridge) -> bool:
+    """Whether a thread other than the main one parks ``bridge``'s loop (and lets it go again)."""
+    parked: list[bool] = []
+
+    def park() -> None:
+        parked.append(bridge.park())
+        if parked[0]:
+            bridge.unpark()
+
+    worker = threading.Thread(target=park)
+    worker.start()
+    worker.join(5)
+    return parked == [True]
 
 
 def _handler(_loop: asyncio.AbstractEventLoop, _context: dict[str, Any]) -> None:
@@ -57,8 +73,7 @@ def test_the_default_policys_loop_still_parks() -> None:
     bridge = LoopBridge()
     try:
         assert bridge.run(_true()) is True
-        assert bridge.park()
-        bridge.unpark()
+        assert _park_from_a_thread(bridge)
     finally:
         bridge.stop()
 
@@ -108,5 +123,43 @@ def test_a_task_that_ends_inside_create_task_is_not_tracked_for_good() -> None:
     try:
         assert bridge.run(spawn_some()) == 0
         assert ran == [1] * 5
+    finally:
+        bridge.stop()
+
+def test_the_main_thread_never_parks() -> None:
+    # Ctrl-C's KeyboardInterrupt (or a SIGTERM handler's SystemExit) lands at any call of the main thread: inside
+    # the parked section it left the loop parked for good, or half a frame on the socket (6e61c31: never).
+    bridge = LoopBridge()
+    try:
+        assert bridge.run(_true()) is True
+        assert not bridge.park()
+        assert _park_from_a_thread(bridge)
+    finally:
+        bridge.stop()
+
+
+def test_a_signal_handlers_exception_in_a_sync_call_leaves_the_loop_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    bridge = LoopBridge()
+    real = bridge.loop.get_debug
+    armed = [False]
+
+    def interrupted() -> bool:  # Ctrl-C's handler running at this call, right after park() took the lock
+        if armed[0] and threading.current_thread() is threading.main_thread():
+            armed[0] = False
+            raise KeyboardInterrupt
+        return real()
+
+    try:
+        assert bridge.run(_true()) is True
+        monkeypatch.setattr(bridge.loop, "get_debug", interrupted)
+        armed[0] = True  # (only for the park() call: asyncio reads get_debug too)
+        try:
+            if bridge.park():
+                bridge.unpark()
+        except KeyboardInterrupt:
+            pass
+        armed[0] = False
+        answer = asyncio.run_coroutine_threadsafe(_true(), bridge.loop)
+        assert answer.result(5) is True  # before: concurrent.futures.TimeoutError, the loop parked for good
     finally:
         bridge.stop()
