@@ -567,17 +567,7 @@ class III:
         bridge = self._bridge
         bridge.hold(waiter)  # a loop thread dying mid-call fails the wait at once (LoopStoppedError)
         try:
-            if bridge.park():  # the loop waits for I/O: start the call from here, no hop onto it
-                try:
-                    self._start_call_parked(invocation_id, function_id, frame, timeout, waiter)
-                finally:
-                    bridge.unpark()
-            else:
-                try:
-                    bridge.post_blocking(self._start_call, invocation_id, function_id, frame, timeout, waiter)
-                except RuntimeError:
-                    if not waiter.done():  # not the closed loop hold() already reported: the caller's mistake
-                        raise
+            self._start_from_outside(bridge.post_blocking, invocation_id, function_id, frame, timeout, waiter)
             return waiter.wait(timeout / 1000.0 + 1.0, lambda: bridge.alive)
         finally:
             bridge.release(waiter)
@@ -622,6 +612,24 @@ class III:
         if not self._conn.write_now(frame):
             self._loop.call_soon_threadsafe(self._conn.send_soon, frame, invocation_id)
 
+    def _start_from_outside(self, hop: Callable[..., Any], invocation_id: str, function_id: str, frame: str,
+                            timeout: float, waiter: Settle) -> None:
+        """Start a call made outside the client's loop: from this thread while the loop waits for I/O (parked: no
+        hop onto it), else handed to the loop by ``hop``. A closed loop raises here unless :meth:`LoopBridge.hold`
+        has already failed ``waiter`` (then the wait reports it)."""
+        bridge = self._bridge
+        if bridge.park():
+            try:
+                self._start_call_parked(invocation_id, function_id, frame, timeout, waiter)
+            finally:
+                bridge.unpark()
+            return
+        try:
+            hop(self._start_call, invocation_id, function_id, frame, timeout, waiter)
+        except RuntimeError:
+            if not waiter.done():
+                raise
+
     def _drop_call(self, invocation_id: str) -> None:
         """The caller stopped waiting (cancelled): forget the call; a late result is ignored."""
         self._calls.discard(invocation_id)
@@ -650,18 +658,8 @@ class III:
         # instead of being awaited forever on this, foreign, loop.
         bridge.hold(waiter)
         try:
-            if bridge.park():  # the client's loop waits for I/O: start the call from here, no hop onto it
-                try:
-                    self._start_call_parked(invocation_id, function_id, frame, timeout, waiter)
-                finally:
-                    bridge.unpark()
-            else:
-                try:
-                    self._loop.call_soon_threadsafe(self._start_call, invocation_id, function_id, frame, timeout,
-                                                    waiter)
-                except RuntimeError:  # the loop is closed: hold() has failed the future already
-                    if not waiter.done():
-                        raise
+            self._start_from_outside(self._loop.call_soon_threadsafe, invocation_id, function_id, frame, timeout,
+                                     waiter)
             return await future
         except asyncio.CancelledError:
             if bridge.alive:
