@@ -35,7 +35,12 @@ from typing import Any, ClassVar
 
 import yaml
 
-from .channels import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_OPEN_CHANNELS, DEFAULT_MAX_QUEUED_BYTES
+from .channels import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_OPEN_CHANNELS,
+    DEFAULT_MAX_OPEN_PER_WORKER,
+    DEFAULT_MAX_QUEUED_BYTES,
+)
 from .event_loop import DEFAULT_EVENT_LOOP, EventLoopName
 from .modules.base import ModuleSpec
 from .settings import ConfigError, Field, Settings, UnknownKeys
@@ -67,7 +72,8 @@ class ChannelSettings(Settings):
     closed with 1009 and the reader with 4001 (``None``, the default: unlimited; ``engine::channels::create`` may
     set a per-channel value). ``max_queued_bytes``: payload bytes one channel may hold waiting for its reader
     before the relay stops reading the writer (default 16 MiB). ``max_open``: channels the engine keeps at once
-    (default 100,000); ``engine::channels::create`` past it fails with ``channel_limit``.
+    (default 100,000); ``engine::channels::create`` past it fails with ``channel_limit``, as it does past
+    ``max_open_per_worker`` (channels one worker created and keeps open, default 20,000).
 
     Example:
         >>> ChannelSettings(max_channel_bytes=1 << 30).max_channel_bytes
@@ -84,6 +90,7 @@ class ChannelSettings(Settings):
     max_channel_bytes: int | None = Field(None, ge=0)
     max_queued_bytes: int = Field(DEFAULT_MAX_QUEUED_BYTES, ge=1)
     max_open: int = Field(DEFAULT_MAX_OPEN_CHANNELS, ge=1)
+    max_open_per_worker: int = Field(DEFAULT_MAX_OPEN_PER_WORKER, ge=1)
 
     @property
     def attach_timeout_s(self) -> float:

@@ -19,6 +19,9 @@ DEFAULT_MAX_MESSAGE_SIZE: Final = 64 * 1024 * 1024
 """Largest message a writer may send."""
 DEFAULT_MAX_OPEN_CHANNELS: Final = 100_000
 """Channels one engine keeps at once (created and not finished, attached or not)."""
+DEFAULT_MAX_OPEN_PER_WORKER: Final = 20_000
+"""Channels one worker's ``engine::channels::create`` calls keep open at once (a leak in one worker stops there,
+not at the engine-wide bound every other worker and the REST API share)."""
 DEFAULT_ATTACH_TIMEOUT_S: Final = 300.0
 """How long an end may stay unattached before the channel expires."""
 

@@ -31,6 +31,7 @@ from .limits import (
     DEFAULT_ATTACH_TIMEOUT_S,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_OPEN_CHANNELS,
+    DEFAULT_MAX_OPEN_PER_WORKER,
     DEFAULT_MAX_QUEUED_BYTES,
     TooManyChannels,
     clamp_buffer_size,
@@ -73,6 +74,7 @@ class ChannelRelay:
             (besides ``buffer_size`` messages), so a channel holds at most this plus one message in its queue.
         max_open: channels kept at once; ``create`` past it raises :class:`TooManyChannels` (each channel's
             queue is bounded in bytes, their number is bounded here).
+        max_open_per_worker: channels one ``owner`` (the worker that created them) keeps at once, likewise.
         production_mode: behave like the production engine (see :mod:`iii_engine.channels`).
 
     Example:
@@ -90,13 +92,21 @@ class ChannelRelay:
         max_channel_bytes: int | None = None,
         max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
         max_open: int = DEFAULT_MAX_OPEN_CHANNELS,
+        max_open_per_worker: int = DEFAULT_MAX_OPEN_PER_WORKER,
         production_mode: bool = False,
     ) -> None:
         if max_queued_bytes < 1:
             raise ValueError(f"max_queued_bytes must be >= 1, got {max_queued_bytes}")
         if max_open < 1:
             raise ValueError(f"max_open must be >= 1, got {max_open}")
+        if max_open_per_worker < 1:
+            raise ValueError(f"max_open_per_worker must be >= 1, got {max_open_per_worker}")
         self.max_open = max_open
+        self.max_open_per_worker = max_open_per_worker
+        # Open channels by the worker that created them, whatever the policy (production mode keeps no owner for
+        # cleanup, but its channels still count against their creator's bound).
+        self._creator: dict[str, str] = {}
+        self._open_by: dict[str, int] = {}
         if max_channel_bytes is not None and max_channel_bytes < 0:
             raise ValueError(f"max_channel_bytes must be >= 0 or None, got {max_channel_bytes}")
         self.max_message_size = max_message_size
@@ -136,6 +146,9 @@ class ChannelRelay:
             raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
         if len(self._channels) >= self.max_open:
             raise TooManyChannels(f"too many open channels (channels.max_open {self.max_open})")
+        if owner is not None and self._open_by.get(owner, 0) >= self.max_open_per_worker:
+            raise TooManyChannels(f"too many open channels created by this worker "
+                                  f"(channels.max_open_per_worker {self.max_open_per_worker})")
         policy = self.policy
         channel_id, writer_key, reader_key = _new_ids()
         if not policy.separate_keys:
@@ -146,6 +159,9 @@ class ChannelRelay:
             max_bytes=self.max_channel_bytes if max_bytes is None else max_bytes, policy=policy)
         channel = LiveChannel(machine, writer_key, reader_key, owner if policy.owner_cleanup else None)
         self._channels[channel_id] = channel
+        if owner is not None:
+            self._creator[channel_id] = owner
+            self._open_by[owner] = self._open_by.get(owner, 0) + 1
         if channel.owner is not None:
             self._by_owner.setdefault(channel.owner, {})[channel_id] = channel
         self._idle.clear()
@@ -365,6 +381,13 @@ class ChannelRelay:
     def _forget(self, channel_id: str) -> None:
         self._pending.pop(channel_id, None)
         ch = self._channels.pop(channel_id, None)
+        creator = self._creator.pop(channel_id, None)
+        if creator is not None:
+            left = self._open_by[creator] - 1
+            if left:
+                self._open_by[creator] = left
+            else:
+                del self._open_by[creator]
         if ch is not None and ch.owner is not None:
             owned = self._by_owner.get(ch.owner)
             if owned is not None:
@@ -399,6 +422,8 @@ class ChannelRelay:
             ch.wake()
         self._channels.clear()
         self._by_owner.clear()
+        self._creator.clear()
+        self._open_by.clear()
         self._pending.clear()
         if self._sweep is not None:
             self._sweep.cancel()

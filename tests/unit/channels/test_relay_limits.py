@@ -118,3 +118,23 @@ def test_channels_past_max_open_are_refused_naming_the_setting_and_a_discard_mak
         relay.create(None, owner="w")
     relay.discard(first)
     relay.create(None, owner=None)  # room again
+
+
+@pytest.mark.parametrize("production_mode", [False, True])
+def test_one_workers_channels_past_max_open_per_worker_are_refused_others_still_get_theirs(
+        production_mode: bool) -> None:
+    from iii_engine.channels import DEFAULT_MAX_OPEN_PER_WORKER, TooManyChannels
+
+    assert ChannelRelay().max_open_per_worker == DEFAULT_MAX_OPEN_PER_WORKER == 20_000
+    with pytest.raises(ValueError, match="max_open_per_worker must be >= 1, got 0"):
+        ChannelRelay(max_open_per_worker=0)
+    relay = ChannelRelay(max_open=10, max_open_per_worker=2, production_mode=production_mode)
+    leaky = [relay.create(None, owner="leaky")["writer"]["channel_id"] for _ in range(2)]
+    with pytest.raises(TooManyChannels, match=r"^too many open channels created by this worker "
+                                              r"\(channels.max_open_per_worker 2\)$"):
+        relay.create(None, owner="leaky")
+    relay.create(None, owner="other")  # another worker, and the engine's own channels, are not held up
+    relay.create(None, owner=None)
+    relay.create(None, owner=None)
+    relay.discard(leaky[0])  # a channel that goes gives its place back to its creator
+    relay.create(None, owner="leaky")
