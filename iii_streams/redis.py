@@ -388,6 +388,7 @@ class RedisStream(FieldUpdates):
         self._set_script = client.register_script(_SET_SCRIPT)
         self._delete_script = client.register_script(_DELETE_SCRIPT)
         self._write_script = client.register_script(_CHECK_WRITE_PUBLISH_SCRIPT)
+        self._loaded: set[str] = set()  # scripts this store loaded (SCRIPT LOAD) before its first EVALSHA of them
         self._updates: KeyedBatcher[str, _Update, StreamUpdateResult[Any]] = KeyedBatcher(
             self._update_batch, name="RedisStream updates", max_batch=_MAX_BATCH)
         self._closed = False
@@ -551,6 +552,11 @@ class RedisStream(FieldUpdates):
         it for another process's, and the batch was read again and applied a second time (one increment, +2).
         Here a dropped connection is the caller's error (the outcome is unknown), as with the default client.
         """
+        if script.sha not in self._loaded:
+            # Loaded before the first EVALSHA rather than on a NOSCRIPT reply: servers that word that reply
+            # otherwise (fakeredis 2.30, our floor: no NOSCRIPT prefix, so no NoScriptError) still run the script.
+            script.sha = await self._client.script_load(script.script)
+            self._loaded.add(script.sha)
         pool = self._client.connection_pool
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
