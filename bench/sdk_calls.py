@@ -12,7 +12,11 @@ the reference SDK runs with ``OTEL_ENABLED=false`` (its exporter would open a se
 A "floor" row runs raw clients shaped like an SDK pair (``raw_worker.py``: caller and callee each in its own process,
 and at 1 in flight a sync caller blocked on a loop thread per call); ``sdk/floor`` is each variant against it.
 
-Usage: .venv/bin/python bench/sdk_calls.py [--calls N] [--rounds R] [--only 1|64] [--compare CHECKOUT]
+With ``--caller-thread`` the sequential rows also run with the caller's calls made from a thread other than its main
+one (as a web server's request threads make them): only there does a sync call start from the calling thread while
+the SDK's loop is idle (the main thread, which runs signal handlers, always hands the call to the loop).
+
+Usage: .venv/bin/python bench/sdk_calls.py [--calls N] [--rounds R] [--only 1|64] [--compare CHECKOUT] [--caller-thread]
        [--ref-python .ref-venv/bin/python]
 """
 
@@ -113,15 +117,22 @@ async def main() -> None:
     parser.add_argument("--only", choices=["1", "64"], help="one concurrency only")
     parser.add_argument("--compare", type=Path, metavar="CHECKOUT",
                         help="also run the SDK of another checkout (e.g. a `git worktree` of the commit before)")
+    parser.add_argument("--caller-thread", action="store_true",
+                        help="at 1 in flight, also call from a thread other than the caller's main thread")
     args = parser.parse_args()
     have_ref = os.path.exists(args.ref_python)  # noqa: ASYNC240 - once, before anything runs
-    variants: list[tuple[str, str, bool, Path | None]] = [("ours, telemetry on", sys.executable, True, ROOT),
-                                                          ("ours, telemetry off", sys.executable, False, ROOT)]
+    variants: list[tuple[str, str, bool, Path | None, str]] = [
+        ("ours, telemetry on", sys.executable, True, ROOT, ""),
+        ("ours, telemetry off", sys.executable, False, ROOT, "")]
+    if args.caller_thread:
+        variants.append(("ours, on, caller thread", sys.executable, True, ROOT, "thread"))
     if args.compare is not None:
-        variants += [("compared, telemetry on", sys.executable, True, args.compare),
-                     ("compared, telemetry off", sys.executable, False, args.compare)]
+        variants += [("compared, telemetry on", sys.executable, True, args.compare, ""),
+                     ("compared, telemetry off", sys.executable, False, args.compare, "")]
+        if args.caller_thread:
+            variants.append(("compared, on, caller thread", sys.executable, True, args.compare, "thread"))
     if have_ref:
-        variants.append(("reference (telemetry off)", args.ref_python, False, None))
+        variants.append(("reference (telemetry off)", args.ref_python, False, None, ""))
     # The floor: raw clients shaped like an SDK pair (caller and callee each in its own process; at 1 in flight a
     # sync caller, the main thread blocked on a loop thread per call). The issue's `raw` baseline runs both raw
     # clients in this process, on the engine's own loop, so it has no process or thread hand-off at all.
@@ -144,9 +155,10 @@ async def main() -> None:
                 ratios[floor].append(floor_rate / raw)
                 to_floor[floor].append(1.0)
                 cpu[floor].append((caller_us, callee_us))
-                for name, python, telemetry, root in variants:
+                for name, python, telemetry, root, mode in variants:
                     rate, caller_us, callee_us = await asyncio.to_thread(
-                        sdk_rate, python, url, args.calls, concurrency, telemetry, root)
+                        sdk_rate, python, url, args.calls, concurrency, telemetry, root, "sdk_worker.py",
+                        mode if concurrency == 1 else "")
                     ratios[name].append(rate / raw)
                     to_floor[name].append(rate / floor_rate)
                     cpu[name].append((caller_us, callee_us))

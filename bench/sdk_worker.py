@@ -1,8 +1,10 @@
 """One benchmark worker, runnable under our SDK or the reference SDK (same public API).
 
 Usage: python sdk_worker.py URL serve            -> registers bench::echo, prints "ready", serves until stdin closes
-       python sdk_worker.py URL call N CONCURRENCY -> prints {"calls": N, "seconds": ..., "cpu": ...} as JSON
-                                                      (``cpu``: process CPU seconds, all threads, during the calls)
+       python sdk_worker.py URL call N CONCURRENCY [thread] -> prints {"calls": N, "seconds": ..., "cpu": ...}
+                                                      as JSON (``cpu``: process CPU seconds, all threads, during the
+                                                      calls; ``thread``: sequential calls from a thread other than
+                                                      the main one, as a web server's request threads make them)
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import threading
 import time
 from typing import Any
 
@@ -35,8 +38,17 @@ def main() -> None:
             client.trigger({"function_id": "bench::echo", "payload": payload})
         start, cpu = time.perf_counter(), time.process_time()
         if concurrency == 1:
-            for _ in range(n):
-                client.trigger({"function_id": "bench::echo", "payload": payload})
+
+            def calls() -> None:
+                for _ in range(n):
+                    client.trigger({"function_id": "bench::echo", "payload": payload})
+
+            if sys.argv[5:] == ["thread"]:
+                caller = threading.Thread(target=calls)
+                caller.start()
+                caller.join()
+            else:
+                calls()
         else:
 
             async def run() -> None:
