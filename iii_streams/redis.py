@@ -85,6 +85,7 @@ from .errors import (
     check_timeout,
 )
 from .events import StreamEvent, Watch, custom_event, event_json_parts
+from .known_texts import KnownTexts
 
 __all__ = [
     "EVENTS_CHANNEL",
@@ -170,11 +171,6 @@ DEFAULT_POOL_TIMEOUT: Final = 30.0
 _BACKOFF_FIRST: Final = 0.001
 _BACKOFF_CAP: Final = 0.05
 _MAX_BATCH: Final = 256  # updates per read and compare-and-set script
-# Items whose last written text this process knows skip the read: the compare-and-set script checks that text
-# (one round trip per batch instead of two), as the SQL stores' swap does; same bounds.
-_KNOWN_MAX: Final = 1024  # items whose last written text this process remembers
-_KNOWN_TEXT_MAX: Final = 8192  # characters; a larger text is not remembered
-_KNOWN_BACKOFF: Final = 1.0  # seconds an item another process changed is read first again
 
 
 def _glob_escape(text: str) -> str:
@@ -382,8 +378,9 @@ class RedisStream(FieldUpdates):
         cost a fresh read and a retry of the whole batch)."""
         self.known_misses = 0
         """Batches whose remembered text of an item was stale (another process wrote it): each cost a read."""
-        # (hash, field) -> (last text this process wrote or None, loop time until which it is not trusted)
-        self._known: dict[tuple[str, str], tuple[str | None, float]] = {}
+        # Items whose last written text this process knows skip the read: the compare-and-set script checks that
+        # text (one round trip per batch instead of two), as the SQL stores' swap does.
+        self._known: KnownTexts[tuple[str, str]] = KnownTexts()
         self._owns_client = owns_client
         self._set_script = client.register_script(_SET_SCRIPT)
         self._delete_script = client.register_script(_DELETE_SCRIPT)
@@ -460,7 +457,7 @@ class RedisStream(FieldUpdates):
         text = dumps(input.data)
         args = [input.item_id, text, *self._channel_args(input.stream_name, input.group_id, input.item_id)]
         async with self._guard("set", timeout):
-            self._known.pop((key, input.item_id), None)
+            self._known.forget((key, input.item_id))
             raw = await self._run_once(self._set_script, key, args)
         old = None if raw is None else self._parse(raw, key, input.item_id)
         return SetResult(old_value=old, new_value=input.data)
@@ -469,7 +466,7 @@ class RedisStream(FieldUpdates):
         key = self.layout.key(input.stream_name, input.group_id)
         args = [input.item_id, *self._channel_args(input.stream_name, input.group_id, input.item_id)]
         async with self._guard("delete", timeout):
-            self._known.pop((key, input.item_id), None)
+            self._known.forget((key, input.item_id))
             raw = await self._run_once(self._delete_script, key, args)
         return StreamDeleteResult(old_value=None if raw is None else self._parse(raw, key, input.item_id))
 
@@ -538,9 +535,11 @@ class RedisStream(FieldUpdates):
             args += (field, read[field] or b"", text)
         args.append("\n".join(events))
         written = await self._run_once(self._write_script, key, args)
-        now = asyncio.get_running_loop().time()
         for field, text in texts.items():
-            self._remember((key, field), text if written else None, now, now + _KNOWN_BACKOFF)
+            if written:
+                self._known.wrote((key, field), text)
+            else:  # another process wrote one of them, maybe this one: read them first for a while
+                self._known.distrust((key, field))
         return results if written else None
 
     async def _run_once(self, script: AsyncScript, key: str, args: Sequence[Any]) -> Any:
@@ -574,24 +573,11 @@ class RedisStream(FieldUpdates):
         """The texts of ``fields`` this process wrote last, or ``None`` unless it knows every one of them."""
         known: dict[str, bytes | str | None] = {}
         for field in fields:
-            text, _ = self._known.get((key, field), (None, 0.0))
+            text = self._known.get((key, field))
             if text is None:
                 return None
             known[field] = text
         return known
-
-    def _remember(self, item: tuple[str, str], text: str | None, now: float, distrust_until: float) -> None:
-        """Note ``text`` as ``item``'s written text (``None``: another process wrote it, so it is read first until
-        ``distrust_until``), unless the item is still distrusted; the least recently written are forgotten."""
-        old = self._known.pop(item, None)
-        if text is None:
-            self._known[item] = (None, distrust_until)
-        elif old is not None and old[1] > now:
-            self._known[item] = (None, old[1])
-        elif len(text) <= _KNOWN_TEXT_MAX:
-            self._known[item] = (text, 0.0)
-        if len(self._known) > _KNOWN_MAX:
-            del self._known[next(iter(self._known))]
 
     def _apply_batch(
         self, key: str, batch: Sequence[_Update], raws: dict[str, bytes | str | None]

@@ -88,6 +88,7 @@ from .errors import (
     check_timeout,
 )
 from .events import EventHub, StreamEvent, Subscription, Watch, custom_event, event_json_parts, make_event
+from .known_texts import KnownTexts
 from .messages import error_line
 from .migrate import migrate_with, normalize_url
 from .schema import TABLE_NAME, group_key, item_key, items, stream_key
@@ -113,9 +114,6 @@ _SWAP: Final = text(
     "SELECT (SELECT count(*) FROM u) AS written, (SELECT count(*) FROM n) AS sent"
 )
 _SWAP_SQLITE: Final = text(f"UPDATE {TABLE_NAME} SET value = :new WHERE item_key = :k AND value = :old")
-_KNOWN_MAX: Final = 1024  # items whose last committed value this process remembers
-_KNOWN_TEXT_MAX: Final = 8192  # characters; a larger value is not remembered (nor compared by the database)
-_SWAP_BACKOFF: Final = 1.0  # seconds an item another process changed goes back to the locking transaction
 _WRITE_VALUE: Final = update(items).where(items.c.item_key == bindparam("k")).values(value=bindparam("v"))
 
 Compute = Callable[[Any], tuple[Any, str]]
@@ -253,9 +251,9 @@ class SQLStream(FieldUpdates):
         self._read_lock: asyncio.Lock | None = self._write_lock if in_memory else None
         self._ready = False
         self._ready_lock = asyncio.Lock()
-        # item key -> (its value as this process last committed it, or None; monotonic time before
-        # which the locking transaction is used anyway because another process wrote it)
-        self._known: dict[bytes, tuple[str | None, float]] = {}
+        # item key -> its value as this process last committed it (a longer one is neither remembered nor compared
+        # by the database); an item another process wrote goes back to the locking transaction for a while
+        self._known: KnownTexts[bytes] = KnownTexts()
         self.swap_misses = 0  # single-statement writes that found the item changed by another process
         self._writes: KeyedBatcher[bytes, _Write, tuple[Any, Any]] = KeyedBatcher(
             self._write_batch, name="SQLStream writes", max_batch=_MAX_BATCH)
@@ -409,7 +407,7 @@ class SQLStream(FieldUpdates):
                         continue  # another writer created a row after our SELECT; now it can be locked
                 done, step_results, events, current = step
                 for key, value in current.items():
-                    self._remember(key, value)
+                    self._known.wrote(key, value)
                 results.extend(step_results)
                 pending = pending[done:]
                 for change in events:
@@ -499,17 +497,6 @@ class SQLStream(FieldUpdates):
             await conn.execute(_NOTIFY_MANY, {"channel": NOTIFY_CHANNEL, "payloads": plan.notify})
         return len(plan.results), plan.results, plan.events, current
 
-    def _remember(self, key: bytes, value: str | None) -> None:
-        """Note ``value`` as ``key``'s committed value, unless the item is backing off."""
-        old = self._known.pop(key, None)
-        now = asyncio.get_running_loop().time()
-        if old is not None and old[1] > now:
-            self._known[key] = (None, old[1])
-        elif value is not None and len(value) <= _KNOWN_TEXT_MAX:
-            self._known[key] = (value, 0.0)
-        if len(self._known) > _KNOWN_MAX:
-            del self._known[next(iter(self._known))]  # the least recently written
-
     async def _swap(
         self, writes: Sequence[_Write]
     ) -> tuple[int, builtins.list[Any], builtins.list[StreamEvent]] | None:
@@ -517,7 +504,7 @@ class SQLStream(FieldUpdates):
         value this process knows: ``(how many, their results, events to publish)``, or ``None`` to use the
         locking transaction (several items, value unknown, a delete or create, or the item changed meanwhile)."""
         key = writes[0].key
-        old_text, _ = self._known.get(key, (None, 0.0))
+        old_text = self._known.get(key)
         if old_text is None or any(w.compute is None or w.key != key for w in writes):
             return None
         plan = self._plan(writes, {key: old_text})
@@ -535,10 +522,9 @@ class SQLStream(FieldUpdates):
         if written != 1:
             # another process wrote the item: its value is unknown, and it may keep writing for a while
             self.swap_misses += 1
-            self._known.pop(key, None)
-            self._known[key] = (None, asyncio.get_running_loop().time() + _SWAP_BACKOFF)
+            self._known.distrust(key)
             return None
-        self._remember(key, new_text)
+        self._known.wrote(key, new_text)
         return len(plan.results), plan.results, plan.events
 
     @staticmethod
