@@ -512,8 +512,10 @@ class Engine:
             builtin = await self._register_external(worker, msg)
             if builtin is None:
                 return
-        else:  # an HTTP-invoked registration of this worker's that this one replaces takes its endpoint along
-            for replaced in self.registry.shadowed_entries(owner=worker.id, function_id=msg.id):
+        else:  # this worker's HTTP-invoked registration of the id (current, or kept to be restored) goes for good
+            current = self.registry.functions.get(msg.id)
+            own = [current] if current is not None and current.owner == worker.id else []
+            for replaced in (*own, *self.registry.shadowed_entries(owner=worker.id, function_id=msg.id)):
                 self._drop_endpoint(replaced)
         entry = FunctionEntry(msg.id, worker.id, msg.description, msg.request_format, msg.response_format,
                               msg.metadata, builtin=builtin, external=builtin is not None)
@@ -522,10 +524,6 @@ class Engine:
             log.warning("worker %s overwrote function %s (was %s)", worker.id, msg.id,
                         f"worker {previous.owner}" if previous.owner else "an engine built-in")
             self._disown(previous)
-        elif previous is not None and previous.external and not entry.external:
-            # its own HTTP-invoked registration became a worker function: nothing else would ever drop the
-            # endpoint from the HTTP functions module (disconnect and unregister look at the current entry)
-            self._drop_endpoint(previous)
         # in exactly one of the sets: in both, the id counted twice against the limit, and the disconnect
         # dropped it through the first set without unregistering its endpoint through the second
         (worker.functions if entry.external else worker.external_functions).discard(msg.id)
