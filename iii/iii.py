@@ -608,9 +608,9 @@ class III:
         self._session.track_call(invocation_id, function_id)
         if self._calls.track(invocation_id, function_id, waiter, timeout_ms=timeout_ms,
                              on_expire=self._session.forget):
-            self._bridge.wake()  # the loop sleeps until its earliest timer as it knew it
+            self._bridge.post_parked()  # the loop sleeps until its earliest timer as it knew it
         if not self._conn.write_now(frame):
-            self._loop.call_soon_threadsafe(self._conn.send_soon, frame, invocation_id)
+            self._bridge.post_parked(self._conn.send_soon, frame, invocation_id)
 
     def _start_from_outside(self, hop: Callable[..., Any], invocation_id: str, function_id: str, frame: str,
                             timeout: float, waiter: Settle) -> None:

@@ -163,6 +163,12 @@ class LoopBridge:
         """Make the loop run a turn (it then sees timers and callbacks added while it was parked)."""
         self.loop.call_soon_threadsafe(_nothing)
 
+    def post_parked(self, callback: Callable[..., object] | None = None, *args: Any) -> None:
+        """From the thread holding the loop parked: run ``callback(*args)`` in the loop's next turn (none: just a
+        turn, so the loop sees a timer added meanwhile). No wake-up of its own: :meth:`unpark` wakes the loop once
+        for everything left queued, where ``call_soon_threadsafe`` would write to its wake-up pipe each time."""
+        self.loop.call_soon(callback or _nothing, *args)
+
     @property
     def alive(self) -> bool:
         """Whether the loop thread still runs."""

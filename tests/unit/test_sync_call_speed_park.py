@@ -105,6 +105,30 @@ def test_a_timeout_armed_while_parked_wakes_the_loop_in_time(pair: tuple[III, II
     assert len(caller._calls) == 0
 
 
+def test_work_left_by_a_parked_call_wakes_the_loop_once(pair: tuple[III, III],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A parked call arming a new timer leaves the loop one wake-up, at unpark (before: one for the timer and one
+    more at unpark, for the wake-up callback itself)."""
+    _, caller = pair
+    bridge = caller._bridge
+    hops: list[object] = []
+    post = bridge.post_blocking
+    monkeypatch.setattr(bridge, "post_blocking", lambda *a: (hops.append(a), post(*a)))
+    wakes: list[None] = []
+    write_to_self = bridge.loop._write_to_self  # type: ignore[attr-defined]
+    monkeypatch.setattr(bridge.loop, "_write_to_self", lambda: (wakes.append(None), write_to_self()))
+    for attempt in range(10):  # the loop may be busy now and then and the call hops: try again
+        hops.clear()
+        wakes.clear()
+        timeout_ms = 191 + attempt  # a timeout no call used before: a new timer, which the loop must be woken for
+        with pytest.raises(TimeoutError):
+            _in_a_thread(lambda: caller.trigger({"function_id": "park::never", "payload": None,
+                                                 "timeout_ms": timeout_ms}))  # noqa: B023 - called at once
+        if not hops:
+            break
+    assert not hops and len(wakes) == 1, (len(hops), len(wakes))
+
+
 def test_many_threads_calling_at_once_all_get_their_answers(pair: tuple[III, III]) -> None:
     _, caller = pair
     errors: list[BaseException] = []
