@@ -9,9 +9,17 @@ It knows nothing about the protocol. The client gives it callbacks:
 - ``on_lost()``: the socket went away; frames still queued are listed by :meth:`Connection.queued_keys`.
 - ``on_state(state)``: one of ``disconnected``, ``connecting``, ``connected``, ``reconnecting``, ``failed``.
 
-While the socket is down, sends are queued (at most ``max_queue``, oldest dropped with a warning). A queued
-frame may carry a ``key``; on flush, ``keep(key)`` decides whether it is still worth sending, and when a keyed frame
-is dropped, ``on_dropped(key)`` is told.
+While the socket is down, sends are queued, at most ``max_queue`` frames. A queued frame may carry a ``key`` (a
+call waiting for its answer); on flush, ``keep(key)`` decides whether it is still worth sending. Nothing leaves the
+queue unannounced. When it is full:
+
+- a keyed frame pushes out the oldest keyed one, or is refused itself when none is queued; either way the frame
+  that is not sent has its ``on_dropped(key)`` told, so its caller fails at once ("never sent", safe to retry);
+- an unkeyed frame handed to :meth:`Connection.send` (a fire-and-forget call, whose sender is told nothing later)
+  pushes out the oldest keyed frame if there is one, else waits for room, in order, at most ``queue_wait`` seconds,
+  and then raises :class:`~iii.errors.OutboundQueueFullError`;
+- an unkeyed frame from :meth:`Connection.send_soon` (the loop's own frames: registrations, which are replayed on
+  connect anyway, telemetry and replies) is dropped with a warning.
 
 Example:
     >>> conn = Connection("ws://127.0.0.1:1", on_frame=print)
@@ -35,6 +43,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from . import ws_fastpath
+from .errors import OutboundQueueFullError
 from .iii_constants import DEFAULT_RECONNECTION_CONFIG, MAX_QUEUE_SIZE, IIIConnectionState, ReconnectionConfig
 
 __all__ = ["Connection", "backoff_delay_ms", "check_url"]
@@ -127,6 +136,7 @@ class Connection:
         keep: Callable[[str], bool] = lambda _key: True,
         on_dropped: Callable[[str], None] = _noop,
         max_queue: int = MAX_QUEUE_SIZE,
+        queue_wait: float = 30.0,
         max_size: int | None = None,
         open_timeout: float = 10.0,
     ) -> None:
@@ -140,6 +150,7 @@ class Connection:
         self._keep = keep
         self._on_dropped = on_dropped
         self._max_queue = max_queue
+        self._queue_wait = queue_wait
         self._max_size = max_size
         self._open_timeout = open_timeout
         self._ws: ClientConnection | None = None
@@ -152,6 +163,9 @@ class Connection:
         self._state: IIIConnectionState = "disconnected"
         # Frames waiting for the socket: (frame, key). Filled while down, and when a sync caller must not await.
         self._backlog: deque[tuple[Frame, str | None]] = deque()
+        # Unkeyed frames from send() waiting for room in a full backlog, first come first in: each slot the
+        # backlog frees goes to the first of them in the same step, so no later frame overtakes them.
+        self._waiting: deque[tuple[Frame, asyncio.Future[None]]] = deque()
         self._supervisor: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
 
@@ -204,6 +218,9 @@ class Connection:
         if ws is not None:
             await ws.close()
         self._backlog.clear()
+        while self._waiting:  # frames waiting for room are discarded with the queue
+            self._admit_waiting()
+            self._backlog.clear()
         self._set_state("disconnected")
 
     async def send(self, frame: Frame, key: str | None = None, *, batch: bool = False) -> bool:
@@ -223,7 +240,8 @@ class Connection:
             except ConnectionClosed:
                 # The receive side notices the loss and runs on_lost; the frame counts as sent and lost.
                 return True
-        self._enqueue(frame, key)
+        if not self._enqueue(frame, key):
+            await self._wait_for_room(frame)
         return False
 
     def send_now(self, frame: Frame, key: str | None = None) -> None:
@@ -247,17 +265,62 @@ class Connection:
 
     def send_soon(self, frame: Frame, key: str | None = None) -> None:
         """Queue ``frame`` behind earlier ones and write it as soon as the socket allows (loop thread only)."""
-        self._enqueue(frame, key)
+        if not self._enqueue(frame, key):
+            log.warning("Outbound queue full (%d frames waiting for the engine), dropping: %.80r", self._max_queue,
+                        frame)
         if self._ready:
             self._kick()
 
-    def _enqueue(self, frame: Frame, key: str | None) -> None:
-        if len(self._backlog) >= self._max_queue:
-            dropped, dropped_key = self._backlog.popleft()
-            log.warning("Outbound queue full (%d), dropping the oldest message: %.80r", self._max_queue, dropped)
-            if dropped_key is not None:  # a call waiting for its answer: it must fail now, not at its timeout
-                self._on_dropped(dropped_key)
-        self._backlog.append((frame, key))
+    def _enqueue(self, frame: Frame, key: str | None) -> bool:
+        """Queue ``frame``; False when the queue is full and ``frame``, unkeyed, was not queued."""
+        backlog = self._backlog
+        if len(backlog) < self._max_queue and not self._waiting:
+            backlog.append((frame, key))
+            return True
+        # Full. A keyed frame's caller can be told it was never sent; an unkeyed one's cannot, so the oldest keyed
+        # frame makes way (a scan, but only on this rare path).
+        for index, (old, old_key) in enumerate(backlog):
+            if old_key is not None:
+                del backlog[index]
+                backlog.append((frame, key))
+                log.warning("Outbound queue full (%d frames waiting for the engine), a call makes way: %.80r",
+                            self._max_queue, old)
+                self._on_dropped(old_key)
+                return True
+        if key is not None:
+            log.warning("Outbound queue full (%d frames waiting for the engine), a call is refused: %.80r",
+                        self._max_queue, frame)
+            self._on_dropped(key)
+            return True
+        return False
+
+    async def _wait_for_room(self, frame: Frame) -> None:
+        admitted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (frame, admitted)
+        self._waiting.append(entry)
+        try:
+            async with asyncio.timeout(self._queue_wait):
+                await admitted
+        except TimeoutError:
+            if admitted.cancelled():  # not let in before the time ran out (else it was, just in time)
+                raise OutboundQueueFullError(self._max_queue, self._queue_wait) from None
+        finally:
+            # A wait that ends (timed out or cancelled) before its frame got a slot cancels ``admitted`` with it.
+            if admitted.cancelled():
+                self._waiting.remove(entry)
+
+    def _popleft(self) -> tuple[Frame, str | None]:
+        item = self._backlog.popleft()
+        if self._waiting:
+            self._admit_waiting()
+        return item
+
+    def _admit_waiting(self) -> None:
+        waiting, backlog = self._waiting, self._backlog
+        while waiting and len(backlog) < self._max_queue:
+            frame, admitted = waiting.popleft()
+            backlog.append((frame, None))
+            admitted.set_result(None)
 
     def _kick(self) -> None:
         if self._flusher is None or self._flusher.done():
@@ -266,7 +329,7 @@ class Connection:
     async def _flush_backlog(self) -> None:
         ws = self._ws
         while self._backlog and self._ready and ws is not None and ws is self._ws:
-            frame, key = self._backlog.popleft()
+            frame, key = self._popleft()
             if key is not None and not self._keep(key):
                 continue
             try:
@@ -319,7 +382,7 @@ class Connection:
         try:
             await self._on_open(ws.send)
             while self._backlog:
-                frame, key = self._backlog.popleft()
+                frame, key = self._popleft()
                 if key is None or self._keep(key):
                     await ws.send(frame)
             self._ready = True

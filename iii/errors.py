@@ -87,6 +87,19 @@ class ConnectionLostError(InvocationError):
     """The connection to the engine dropped while the call was in flight; the engine has halted it."""
 
 
+class OutboundQueueFullError(ConnectionLostError):
+    """A fire-and-forget frame was never sent: the outbound queue stayed full while the engine was unreachable.
+
+    Example:
+        >>> OutboundQueueFullError(1000, 30.0).message
+        'never sent: the outbound queue stayed full (1000 frames waiting for the engine) for 30 s'
+    """
+
+    def __init__(self, max_queue: int, waited: float) -> None:
+        super().__init__("connection_lost", f"never sent: the outbound queue stayed full ({max_queue} frames waiting"
+                                            f" for the engine) for {waited:g} s")
+
+
 class ShuttingDownError(IIIError):
     """The client is shutting down; its message matches the reference SDK's."""
 

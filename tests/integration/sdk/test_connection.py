@@ -13,6 +13,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 
 from iii import ReconnectionConfig
 from iii.connection import Connection
+from iii.errors import OutboundQueueFullError
 from iii.iii_constants import IIIConnectionState
 
 
@@ -56,20 +57,90 @@ async def recorder() -> AsyncIterator[Recorder]:
         yield rec
 
 
-async def test_offline_queue_keeps_the_newest_frames_and_warns(
+async def test_a_full_queue_makes_an_unkeyed_send_wait_and_loses_nothing(recorder: Recorder) -> None:
+    conn = Connection(recorder.url, on_frame=lambda raw: None, max_queue=3)
+    for i in range(3):
+        assert await conn.send(f"m{i}") is False  # not connected yet: queued
+    late = [asyncio.ensure_future(conn.send(f"m{i}")) for i in (3, 4)]
+    await asyncio.sleep(0)
+    assert not any(t.done() for t in late)  # full: they wait for room instead of pushing anything out
+    try:
+        await conn.start()
+        await recorder.wait_for(lambda: len(recorder.frames) >= 5)
+        assert recorder.frames == ["m0", "m1", "m2", "m3", "m4"]  # all of them, in order
+        assert [await t for t in late] == [False, False]
+    finally:
+        await conn.close()
+
+
+async def test_an_unkeyed_send_waits_for_room_at_most_queue_wait_then_fails_clearly(recorder: Recorder) -> None:
+    conn = Connection(recorder.url, on_frame=lambda raw: None, max_queue=2, queue_wait=0.05)
+    await conn.send("m0")
+    await conn.send("m1")
+    with pytest.raises(OutboundQueueFullError, match=r"never sent: the outbound queue stayed full \(2 frames"):
+        await conn.send("m2")
+    try:
+        await conn.start()
+        await recorder.wait_for(lambda: len(recorder.frames) >= 2)
+        await conn.send("after")  # sent straight: the refused frame left no trace in the queue
+        await recorder.wait_for(lambda: len(recorder.frames) >= 3)
+        assert recorder.frames == ["m0", "m1", "after"]
+    finally:
+        await conn.close()
+
+
+async def test_a_full_queue_pushes_out_calls_only_and_tells_each(
     recorder: Recorder, caplog: pytest.LogCaptureFixture
 ) -> None:
-    conn = Connection(recorder.url, on_frame=lambda raw: None, max_queue=3)
+    dropped: list[str] = []
+    conn = Connection(recorder.url, on_frame=lambda raw: None, max_queue=3, on_dropped=dropped.append)
+    await conn.send("void-a")
+    await conn.send("call-1", "k1")
+    await conn.send("void-b")
     with caplog.at_level(logging.WARNING, logger="iii.connection"):
-        for i in range(5):
-            assert await conn.send(f"m{i}") is False  # not connected yet: queued
-    assert sum("dropping the oldest" in r.getMessage() for r in caplog.records) == 2
+        await conn.send("call-2", "k2")  # the oldest call makes way, not the older fire-and-forget frame
+        assert dropped == ["k1"]
+        await conn.send("void-c")  # an unkeyed frame too takes the place of a call rather than wait
+        assert dropped == ["k1", "k2"]
+        await conn.send("call-3", "k3")  # no call left to push out: this one is refused, and told
+        assert dropped == ["k1", "k2", "k3"]
+        conn.send_soon("replayed-anyway")  # the loop's own frame: dropped with a warning, nothing else lost
+    assert sum("a call makes way" in r.getMessage() for r in caplog.records) == 2
+    assert sum("a call is refused" in r.getMessage() for r in caplog.records) == 1
+    assert sum("dropping" in r.getMessage() for r in caplog.records) == 1
     try:
         await conn.start()
         await recorder.wait_for(lambda: len(recorder.frames) >= 3)
-        assert recorder.frames == ["m2", "m3", "m4"]
+        assert recorder.frames == ["void-a", "void-b", "void-c"]
     finally:
         await conn.close()
+
+
+async def test_a_cancelled_or_closed_wait_for_room_leaves_no_frame_behind(recorder: Recorder) -> None:
+    conn = Connection(recorder.url, on_frame=lambda raw: None, max_queue=1)
+    await conn.send("m0")
+    cancelled = asyncio.ensure_future(conn.send("cancelled"))
+    waiting = asyncio.ensure_future(conn.send("m1"))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await asyncio.gather(cancelled, return_exceptions=True)
+    try:
+        await conn.start()
+        await recorder.wait_for(lambda: len(recorder.frames) >= 2)
+        await waiting
+        await conn.send("m2")
+        await recorder.wait_for(lambda: len(recorder.frames) >= 3)
+        assert recorder.frames == ["m0", "m1", "m2"]
+    finally:
+        await conn.close()
+    # Closing discards what still waits for room, like the rest of the queue, and ends those waits.
+    closed = Connection(recorder.url, on_frame=lambda raw: None, max_queue=1)
+    await closed.send("x")
+    stuck = asyncio.ensure_future(closed.send("y"))
+    await asyncio.sleep(0)
+    await closed.close()
+    assert await asyncio.wait_for(stuck, 5) is False
+    assert closed.queued_keys() == set()
 
 
 async def test_queued_frames_whose_key_is_no_longer_wanted_are_skipped(recorder: Recorder) -> None:
