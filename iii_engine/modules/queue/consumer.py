@@ -60,6 +60,11 @@ class QueueConsumer:
         self._loop_task: asyncio.Task[None] | None = None
         self._stopped = False
 
+    @property
+    def running(self) -> int:
+        """Jobs this consumer has claimed and not finished."""
+        return len(self._inflight)
+
     def wake(self) -> None:
         """Look for work now (a job was pushed or a subscriber appeared)."""
         self._wake.set()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -59,11 +60,24 @@ def open_store(settings: QueueModuleSettings) -> QueueStore:
     return MemoryQueueStore()
 
 
+RECLAIM_INTERVAL_S = 1.0
+"""At most one sweep for idle topics per this many seconds: a sweep reads the store once per topic it looks at."""
+
+RECLAIM_BATCH = 256
+"""Topics one sweep looks at, round robin: a sweep's cost stays bounded however many topics there are."""
+
+
 @dataclass
 class _Topic:
     consumer: QueueConsumer
     subscribers: dict[str, TriggerInfo] = field(default_factory=dict)
     turn: itertools.count[int] = field(default_factory=itertools.count)
+    #: enqueues between finding this topic and storing their job: a sweep must not drop it under them
+    pushing: int = 0
+
+    def unused(self) -> bool:
+        """No subscriber, no enqueue under way and no job running here (the store may still hold jobs)."""
+        return not self.subscribers and not self.pushing and not self.consumer.running
 
 
 def _text_arg(function_id: str, data: Any, key: str) -> str:
@@ -103,6 +117,8 @@ class QueueModule(EngineModule):
         self._named: dict[str, QueueConsumer] = {}
         self._topics: dict[str, _Topic] = {}
         self._topic_of_trigger: dict[str, str] = {}
+        self._next_reclaim = 0.0
+        self._reclaim_from = 0
         self.bridge: BridgeQueue | None = None
 
     async def start(self) -> None:
@@ -195,7 +211,7 @@ class QueueModule(EngineModule):
             return
         # The topic first: a new one past max_topics is refused, and the engine then keeps the trigger's earlier
         # registration, so its subscription must still be there.
-        entry = self._topic(topic)
+        entry = await self._topic(topic)
         await self.unregister(trigger)
         if not entry.subscribers:
             # The first subscriber's queue_config shapes the topic queue.
@@ -213,24 +229,61 @@ class QueueModule(EngineModule):
         if topic is not None:
             self._topics[topic].subscribers.pop(trigger.id, None)
 
-    def _topic(self, topic: str) -> _Topic:
+    async def _topic(self, topic: str) -> _Topic:
         entry = self._topics.get(topic)
-        if entry is None:
-            if len(self._topics) >= self.settings.max_topics:
+        if entry is None and len(self._topics) >= self.settings.max_topics:
+            await self._reclaim_unused()
+            entry = self._topics.get(topic)  # the sweep waited on the store: another call may have made it
+            if entry is None and len(self._topics) >= self.settings.max_topics:
                 # every topic keeps a consumer task: without a bound, enqueues to made-up topics grow the engine
                 limit = self.settings.max_topics
-                reason = f"the queue module keeps {limit} topics (max_topics {limit})"
+                reason = (f"the queue module keeps {limit} topics (max_topics {limit}), each with jobs or "
+                          "subscribers")
                 raise EngineError("enqueue_error", f"Topic '{topic}' refused: {reason}")
+        if entry is None:
+            holder: list[_Topic] = []
             consumer = QueueConsumer(
                 self.store,
                 TOPIC_PREFIX + topic,
                 QueueSettings(max_jobs=self.settings.max_topic_jobs),
                 lambda job: self._run_topic(topic, job),
-                can_claim=lambda: bool(self._topics[topic].subscribers),
+                # this entry's subscribers, not the dict's: a reclaimed topic's stopping consumer never claims
+                # for a new topic of the same name
+                can_claim=lambda: bool(holder[0].subscribers),
             )
             entry = self._topics[topic] = _Topic(consumer)
+            holder.append(entry)
             consumer.start()
         return entry
+
+    async def _reclaim_unused(self) -> None:
+        """Forget topics nobody uses any more (no subscriber, no job in the store, dead letters included), so a
+        module at ``max_topics`` takes new topics again instead of refusing them until a restart. Their
+        consumers stop; a later enqueue or subscription makes the topic anew."""
+        now = time.monotonic()
+        if now < self._next_reclaim:
+            return
+        self._next_reclaim = now + RECLAIM_INTERVAL_S
+        names = list(self._topics)
+        start = self._reclaim_from % len(names) if names else 0
+        batch = (names[start:] + names[:start])[:RECLAIM_BATCH]
+        self._reclaim_from = start + len(batch)
+        gone: list[QueueConsumer] = []
+        for name in batch:
+            entry = self._topics.get(name)
+            if entry is None or not entry.unused():
+                continue
+            counts = await self.store.counts(entry.consumer.queue)
+            if counts.waiting or counts.active or counts.delayed or counts.dlq:
+                continue
+            if self._topics.get(name) is entry and entry.unused():  # still, after waiting on the store
+                del self._topics[name]
+                gone.append(entry.consumer)
+        for consumer in gone:
+            await consumer.stop()
+        if gone:
+            log.info("queue module: forgot %d unused topics to make room under max_topics %d", len(gone),
+                     self.settings.max_topics)
 
     # -- running jobs -----------------------------------------------------------------------------------------
 
@@ -262,11 +315,16 @@ class QueueModule(EngineModule):
         if self.bridge is not None:
             await self.bridge.enqueue_topic(topic, data.get("data"))
             return
-        entry = self._topic(topic)
+        entry = await self._topic(topic)
         group = "" if entry.consumer.settings.fifo else None
         job = Job.new(entry.consumer.queue, None, data.get("data"), group)
         limit = entry.consumer.settings.max_jobs
-        if not await self.store.push(entry.consumer.queue, job, max_jobs=limit):
+        entry.pushing += 1
+        try:
+            stored = await self.store.push(entry.consumer.queue, job, max_jobs=limit)
+        finally:
+            entry.pushing -= 1
+        if not stored:
             raise EngineError("enqueue_error", _full(topic, "topic", limit))
         entry.consumer.wake()
 

@@ -3,7 +3,9 @@ enqueue fails with an error naming the queue and the setting (before: both grew 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from module_worker import ModuleWorker
@@ -42,10 +44,39 @@ async def test_topics_past_max_topics_are_refused_and_a_known_topic_still_takes_
             assert await worker.result("enqueue", {"topic": topic, "data": 1}) is None
         third = await worker.call("enqueue", {"topic": "c", "data": 1})
         assert third["error"] == {"code": "enqueue_error",
-                                  "message": "Topic 'c' refused: the queue module keeps 2 topics (max_topics 2)"}
+                                  "message": "Topic 'c' refused: the queue module keeps 2 topics (max_topics 2), "
+                                             "each with jobs or subscribers"}
         assert await worker.result("enqueue", {"topic": "a", "data": 2}) is None
         topics = await worker.result("engine::queue::list_topics", {})
         assert [t["topic"] for t in topics["topics"]] == ["small", "a", "b"]
+
+
+async def test_topics_nobody_uses_any_more_make_room_under_max_topics(engine: Engine) -> None:
+    """At max_topics, topics with no subscriber and no job left are forgotten, so new topics are taken again
+    (before: refused until the engine restarted, however many topics had gone quiet)."""
+    handled: dict[str, asyncio.Event] = {"a": asyncio.Event(), "b": asyncio.Event()}
+
+    async def handle(data: Any) -> None:
+        handled[data["topic"]].set()
+
+    async with ModuleWorker(engine.url) as worker:
+        await worker.function("sub::handle", handle)
+        for topic in ("a", "b"):
+            await worker.trigger(f"t-{topic}", "queue", "sub::handle", {"topic": topic})
+            assert await worker.result("enqueue", {"topic": topic, "data": {"topic": topic}}) is None
+            await asyncio.wait_for(handled[topic].wait(), 10)
+        await worker.trigger("t-busy", "queue", "sub::handle", {"topic": "a"})  # a subscriber keeps "a"
+        await worker.send({"type": "unregistertrigger", "id": "t-a", "trigger_type": "queue"})
+        await worker.send({"type": "unregistertrigger", "id": "t-b", "trigger_type": "queue"})
+        await worker.sync()
+        assert await worker.result("enqueue", {"topic": "c", "data": {"topic": "c"}}) is None
+        topics = await worker.result("engine::queue::list_topics", {})
+        assert [t["topic"] for t in topics["topics"]] == ["small", "a", "c"]  # "b" was forgotten, "a" kept
+        refused = await worker.call("enqueue", {"topic": "d", "data": 1})  # "a" is subscribed, "c" holds a job
+        assert refused["error"]["message"] == ("Topic 'd' refused: the queue module keeps 2 topics (max_topics 2), "
+                                               "each with jobs or subscribers")
+        stats = await worker.result("engine::queue::topic_stats", {"topic": "c"})
+        assert stats["waiting"] == 1
 
 
 def test_bad_limits_fail_the_start_naming_the_key() -> None:
