@@ -50,7 +50,7 @@ from .allocator import MemoryReleaser
 from .channels import ChannelRelay
 from .config import EngineConfig
 from .invocations import Invocations, Started
-from .limits import TRY_AGAIN_LATER, CountLimits
+from .limits import TRY_AGAIN_LATER, CountLimits, FiredCalls
 from .modules.base import (
     BuiltinFunction,
     EngineError,
@@ -112,7 +112,10 @@ class Engine:
         self.workers: dict[str, WorkerConnection] = {}
         self.modules: dict[str, EngineModule] = {}
         self.unavailable_modules: dict[str, str] = {}
-        self.invocations = Invocations(self.registry, self.workers, timeout_ms=self.config.invocation_timeout_ms)
+        #: the bound on trigger-fired calls in flight (``max_fired_calls``) and its counters
+        self.fired_calls = FiredCalls(self.config.max_fired_calls, self.config.fire_wait_timeout_ms)
+        self.invocations = Invocations(self.registry, self.workers, timeout_ms=self.config.invocation_timeout_ms,
+                                       fired=self.fired_calls)
         self.limits = CountLimits(self.config)
         self._external: ExternalFunctions | None = None
         settings = self.config.channels
@@ -255,6 +258,7 @@ class Engine:
                 log.exception("module %s failed to stop", module.name)
         await self._listener.close()
         await self.invocations.close()
+        self.fired_calls.close()
         await self.channels.close()
         self.memory.close()
         if self._stopping is not None:
@@ -307,9 +311,10 @@ class Engine:
         """Start a call; await ``started.future`` for its outcome (no task for a worker's function)."""
         return await self.invocations.start(function_id, data)
 
-    def fire(self, function_id: str, data: Any) -> None:
-        """Call a function without waiting."""
-        self.invocations.fire(function_id, data)
+    def fire(self, function_id: str, data: Any, *, taken: bool = False) -> bool:
+        """Call a function without waiting, counted against ``max_fired_calls`` (see
+        :meth:`~iii_engine.modules.base.EngineServices.fire`)."""
+        return self.invocations.fire(function_id, data, taken=taken)
 
     async def condition_passes(self, condition_function_id: str | None, payload: Any) -> bool:
         """docs/protocol.md#built-in-functions: only a literal ``false`` skips; an error skips too (logged)."""

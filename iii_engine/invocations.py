@@ -31,6 +31,7 @@ from iii.protocol.codec import is_uuid
 from iii.protocol.ids import InvocationIds, new_invocation_id
 from iii.wire import loads
 
+from .limits import FiredCalls
 from .modules.base import EncodedResult, EngineError, InvocationContext, InvocationObserver, NamedQueues
 from .registry import FunctionEntry, Registry
 from .workers import WorkerConnection, frame_bytes
@@ -104,8 +105,10 @@ class Invocations:
     """The pending table and every way of calling a function."""
 
     def __init__(self, registry: Registry, workers: dict[str, WorkerConnection], *,
-                 timeout_ms: int | None = None) -> None:
+                 timeout_ms: int | None = None, fired: FiredCalls | None = None) -> None:
         self.registry = registry
+        #: the bound on trigger-fired calls (:meth:`fire`) in flight
+        self.fired = fired if fired is not None else FiredCalls()
         self.workers = workers
         # Set by the queue module (EngineServices.serve_named_queues); None: enqueue actions fail.
         self.named_queues: NamedQueues | None = None
@@ -402,15 +405,29 @@ class Invocations:
             raise
         return pending
 
-    def fire(self, function_id: str, data: Any) -> None:
-        """Call without waiting (trigger-fired); the outcome is logged and dropped."""
-        self._spawn(self._fire(function_id, data))
+    def fire(self, function_id: str, data: Any, *, taken: bool = False) -> bool:
+        """Call without waiting (trigger-fired); the outcome is logged and dropped.
+
+        The call holds a slot of :attr:`fired` until its outcome is in. ``taken``: the caller took the slot;
+        otherwise one is taken if free, else the call is skipped, counted and logged, and ``False`` returned.
+        """
+        if not taken and not self.fired.try_take():
+            self.fired.skip(f"call of {function_id}")
+            return False
+        # The task leaves ``_tasks`` itself when it ends (see _fire): no done callback to schedule per call.
+        self._tasks.add(asyncio.get_running_loop().create_task(self._fire(function_id, data)))
+        return True
 
     async def _fire(self, function_id: str, data: Any) -> None:
         try:
             await self.call(function_id, data)
         except EngineError as exc:
             log.info("trigger-fired call of %s failed: %s: %s", function_id, exc.code, exc.message)
+        finally:
+            # One cancelled before it ever ran skips this: only close() cancels these tasks (it empties the set),
+            # and the engine's count of fired calls goes with the engine.
+            self.fired.release()
+            self._tasks.discard(asyncio.current_task())
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -13,6 +13,9 @@ Why: a control frame is bounded in bytes (``max_message_size``) and a worker's u
 - ``max_services``: explicit (``registerservice``) services the engine keeps; they outlive their worker and their
   functions. Implicit ones (a function id's prefix) come and go with functions, which are bounded above, and do not
   count. A new explicit service past it is refused the same way.
+- ``max_fired_calls``: trigger-fired calls in flight engine-wide (pub/sub deliveries, stream and state triggers,
+  cron ticks, log and alert triggers, worker and function events), each counted from dispatch until its
+  handler's outcome is back; see :class:`FiredCalls`.
 
 Example:
     >>> from iii_engine.config import EngineConfig
@@ -23,9 +26,13 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections import deque
 
-from .config import EngineConfig
+from .config import DEFAULT_FIRE_WAIT_TIMEOUT_MS, DEFAULT_MAX_FIRED_CALLS, EngineConfig
+from .modules.base import EngineError
 from .registry import Registry
 from .workers import WorkerConnection
 
@@ -33,6 +40,12 @@ log = logging.getLogger(__name__)
 
 TRY_AGAIN_LATER = 1013
 """Close code for a connection past ``max_workers`` (RFC 6455 "Try Again Later")."""
+
+FIRE_LIMIT = "fire_limit"
+"""Error code of a call whose trigger-fired calls found no room under ``max_fired_calls`` in time."""
+
+SKIP_LOG_INTERVAL_S = 10.0
+"""At most one warning per this many seconds about fired calls skipped for want of room (with their count)."""
 
 
 class CountLimits:
@@ -91,3 +104,156 @@ class CountLimits:
             log.warning("worker %s: %s refused: %s; later refusals are counted and logged when it disconnects",
                         worker.id, what, why)
         return False
+
+
+class FiredCalls:
+    """The engine-wide bound on trigger-fired calls in flight (``max_fired_calls``).
+
+    Why: a fired call is a task the producer does not wait for; a publisher faster than a slow subscriber would
+    otherwise pile up tasks (each waiting for room in the subscriber's outbound queue) until the engine dies.
+
+    A call holds its slot from dispatch until its handler's result (or failure, or timeout) is back. A producer
+    that is itself a call (a worker's ``publish``, a ``state::set`` with triggers) :meth:`take` s all the slots its
+    fan-out needs at once (never half-delivered), waiting its turn in FIFO order for at most
+    ``fire_wait_timeout_ms``; when the wait runs out its call fails with ``fire_limit``. That deadline also ends
+    the deadlock of fired handlers that publish while every slot is held by such handlers. Producers with nobody
+    to wait (cron ticks, log records, worker events) :meth:`try_take` and, when that fails, :meth:`skip`: counted
+    in :attr:`skipped` and logged (the first time, then at most every ``SKIP_LOG_INTERVAL_S`` with the count).
+    Waiting producers are bounded too: at most ``max_fired_calls`` slots' worth of them wait at once, a further
+    one fails at once. Waiters go first: :meth:`try_take` fails while any producer waits.
+
+    Example:
+        >>> fired = FiredCalls(2, 1000)
+        >>> fired.try_take(2), fired.try_take(), fired.in_flight
+        (True, False, 2)
+        >>> fired.release(2); fired.in_flight
+        0
+    """
+
+    def __init__(self, max_fired_calls: int = DEFAULT_MAX_FIRED_CALLS,
+                 wait_timeout_ms: int = DEFAULT_FIRE_WAIT_TIMEOUT_MS) -> None:
+        self.limit = max_fired_calls
+        self.wait_timeout_ms = wait_timeout_ms
+        self.in_flight = 0
+        #: the most ever in flight at once (never above ``limit``)
+        self.peak = 0
+        #: calls skipped while full by producers with nobody to wait
+        self.skipped = 0
+        #: calls not made because their producer's wait ran out (or too many producers waited): it failed
+        self.refused = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._waiting = 0  # slots the waiters ask for
+        self._unlogged = 0  # skips since the last warning
+        self._logged_at = float("-inf")
+        self._log_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def waiting(self) -> int:
+        """Slots producers are waiting for."""
+        return self._waiting
+
+    def stats(self) -> dict[str, int]:
+        """The counters, as ``engine::metrics::list`` and ``engine::health::check`` report them."""
+        return {"in_flight": self.in_flight, "max_fired_calls": self.limit, "peak": self.peak,
+                "waiting": self._waiting, "skipped": self.skipped, "refused": self.refused}
+
+    def try_take(self, n: int = 1) -> bool:
+        """Take ``n`` slots if they are free now and nobody waits; ``False`` (nothing taken) otherwise."""
+        in_flight = self.in_flight + n
+        if in_flight > self.limit or self._waiters:
+            return False
+        self.in_flight = in_flight
+        if in_flight > self.peak:
+            self.peak = in_flight
+        return True
+
+    async def take(self, n: int, what: str, targets: str = "calls") -> None:
+        """Take ``n`` slots, all at once, waiting in turn for at most ``fire_wait_timeout_ms``.
+
+        ``what`` names the producer and ``targets`` what it fires (``"subscribers"``) in the error.
+
+        Raises:
+            EngineError: ``fire_limit`` when the wait runs out, or when ``n`` could never fit or too many
+                producers wait already; nothing is taken then.
+        """
+        if self.try_take(n):
+            return
+        if n > self.limit:
+            self.refused += n
+            raise EngineError(FIRE_LIMIT, f"{what}: none of its {n} {targets} reached: more than "
+                              f"max_fired_calls {self.limit} trigger-fired calls at once")
+        if self._waiting + n > self.limit:
+            self.refused += n
+            raise EngineError(FIRE_LIMIT, f"{what}: none of its {n} {targets} reached: {self.in_flight} "
+                              f"trigger-fired calls in flight (max_fired_calls {self.limit}) and {self._waiting} "
+                              "more waiting for room")
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (n, granted)
+        self._waiters.append(entry)
+        self._waiting += n
+        try:
+            async with asyncio.timeout(self.wait_timeout_ms / 1000):
+                await granted
+        except BaseException as exc:
+            if granted.done() and not granted.cancelled():
+                if isinstance(exc, TimeoutError):
+                    return  # granted as the deadline came: the slots are ours
+                self.release(n)  # cancelled as they were granted: given back
+                raise
+            granted.cancel()
+            self._waiters.remove(entry)
+            self._waiting -= n
+            self._grant()  # the head may have left: those behind it may fit now
+            if not isinstance(exc, TimeoutError):
+                raise
+            self.refused += n
+            raise EngineError(FIRE_LIMIT, f"{what}: none of its {n} {targets} reached: no room within "
+                              f"{self.wait_timeout_ms} ms (fire_wait_timeout_ms): {self.in_flight} "
+                              f"trigger-fired calls in flight (max_fired_calls {self.limit})") from None
+
+    def release(self, n: int = 1) -> None:
+        """Give back ``n`` slots (their calls' outcomes are in); waiters that now fit get theirs, in order."""
+        self.in_flight -= n
+        if self._waiters:
+            self._grant()
+
+    def _grant(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            n, granted = waiters[0]
+            if self.in_flight + n > self.limit:
+                return  # FIFO: nobody overtakes the head, so a large fan-out is never starved by small ones
+            waiters.popleft()
+            self._waiting -= n
+            self.in_flight += n
+            if self.in_flight > self.peak:
+                self.peak = self.in_flight
+            granted.set_result(None)
+
+    def skip(self, what: str, n: int = 1) -> None:
+        """Count ``n`` calls of ``what`` skipped for want of room, and warn (rate-limited, never silent)."""
+        self.skipped += n
+        self._unlogged += n
+        if time.monotonic() - self._logged_at >= SKIP_LOG_INTERVAL_S:
+            self._log_skips(what)
+        elif self._log_timer is None:
+            # the count of this burst is logged when the interval is over, even if no skip comes then
+            delay = self._logged_at + SKIP_LOG_INTERVAL_S - time.monotonic()
+            self._log_timer = asyncio.get_running_loop().call_later(delay, self._log_skips, None)
+
+    def _log_skips(self, what: str | None) -> None:
+        if self._log_timer is not None:
+            self._log_timer.cancel()
+            self._log_timer = None
+        if not self._unlogged:
+            return
+        latest = f" (latest: {what})" if what is not None else ""
+        log.warning("%d trigger-fired calls skipped%s: %d in flight (max_fired_calls %d); %d skipped in all",
+                    self._unlogged, latest, self.in_flight, self.limit, self.skipped)
+        self._unlogged = 0
+        self._logged_at = time.monotonic()
+
+    def close(self) -> None:
+        """Engine shutdown: stop the pending warning timer (its count is logged now)."""
+        if self._log_timer is not None:
+            self._log_skips(None)

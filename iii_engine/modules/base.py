@@ -212,6 +212,31 @@ class ExternalFunctions(Protocol):
         """Forget ``owner_worker_id``'s registration of the function."""
 
 
+class FiredCallLimit(Protocol):
+    """The engine-wide bound on trigger-fired calls in flight (``max_fired_calls``,
+    :class:`iii_engine.limits.FiredCalls`).
+
+    A slot is held from dispatch until the fired handler's outcome is back. A producer that is itself a call
+    awaits :meth:`take` (all its slots at once, or ``fire_limit`` when the wait runs out); one with nobody to wait
+    uses :meth:`try_take` and, when that fails, :meth:`skip` (counted and logged, never silent).
+    """
+
+    def try_take(self, n: int = 1) -> bool:
+        """Take ``n`` slots if free now; ``False`` (nothing taken) otherwise."""
+
+    async def take(self, n: int, what: str, targets: str = "calls") -> None:
+        """Take ``n`` slots, waiting in turn; raises :class:`EngineError` ``fire_limit`` naming ``what``."""
+
+    def release(self, n: int = 1) -> None:
+        """Give back ``n`` slots."""
+
+    def skip(self, what: str, n: int = 1) -> None:
+        """Count ``n`` calls of ``what`` skipped for want of room (logged, rate-limited)."""
+
+    def stats(self) -> dict[str, int]:
+        """``in_flight``, ``max_fired_calls``, ``peak``, ``waiting``, ``skipped``, ``refused``."""
+
+
 class EngineServices(Protocol):
     """The engine as a module sees it: everything a module may use of the engine or of another module is
     declared here (modules never look each other up by name)."""
@@ -247,8 +272,16 @@ class EngineServices(Protocol):
         ``started.future`` (``(result, error_body)``) alongside other things, and ``started.abandon()`` a call no
         longer waited for. Raises :class:`EngineError` (``function_not_found``)."""
 
-    def fire(self, function_id: str, data: Any) -> None:
-        """Call a function without waiting; its result or error is logged and dropped."""
+    @property
+    def fired_calls(self) -> FiredCallLimit:
+        """The bound every trigger-fired call counts against."""
+
+    def fire(self, function_id: str, data: Any, *, taken: bool = False) -> bool:
+        """Call a function without waiting; its result or error is logged and dropped.
+
+        The call holds a slot of :attr:`fired_calls` until its outcome is in. ``taken``: the caller took it
+        already (``fired_calls.take``); otherwise one is taken if free, and if none is the call is skipped and
+        counted (``fired_calls.skip``) and ``False`` is returned."""
 
     async def condition_passes(self, condition_function_id: str | None, payload: Any) -> bool:
         """docs/protocol.md#built-in-functions: only a literal ``false`` result skips; an error skips (logged)."""

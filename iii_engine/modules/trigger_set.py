@@ -5,6 +5,11 @@
 selects this payload, one after another, in a task of its own" dispatch. A trigger type only says which configs
 select a payload (:meth:`TriggerSet.matches`) and, if it must, refuses configs in ``register``.
 
+Every handler a dispatch calls is a trigger-fired call: it holds a slot of the engine's ``max_fired_calls`` from
+the dispatch until its outcome is in. :meth:`TriggerSet.deliver` (a producer that is itself a call, e.g.
+``state::set``) waits for the slots and fails with ``fire_limit`` when they do not come in time;
+:meth:`TriggerSet.dispatch` (nobody to wait) skips and counts the calls when the slots are not free.
+
 Example:
     >>> class Everything(TriggerSet):
     ...     @staticmethod
@@ -47,6 +52,9 @@ class TriggerRunner:
         >>> TriggerRunner.__name__
         'TriggerRunner'
     """
+
+    #: what the calls it fires are, in the engine's warnings and errors
+    kind: str = "trigger"
 
     def __init__(self, services: EngineServices) -> None:
         self.services = services
@@ -120,11 +128,40 @@ class TriggerSet(TriggerRunner):
         return [t for t in self._triggers.values() if self.matches(trigger_config(t), payload)]
 
     def dispatch(self, payload: Mapping[str, Any]) -> None:
-        """Spawn one task calling every matching handler in turn (not awaited by the caller)."""
+        """Spawn one task calling every matching handler in turn (not awaited by the caller), for a producer with
+        nobody to wait: when ``max_fired_calls`` has no room for all of them, none is called and they are counted
+        as skipped (logged)."""
         matching = self.matching(payload)
         if matching:
+            fired = self.services.fired_calls
+            if fired.try_take(len(matching)):
+                self.spawn(self._run_each(matching, payload))
+            else:
+                fired.skip(f"{self.kind} handlers", len(matching))
+
+    async def deliver(self, payload: Mapping[str, Any], what: str) -> None:
+        """:meth:`dispatch` for a producer that is itself a call (``what`` names it): waits for room for every
+        matching handler at once, in turn with other producers.
+
+        Raises:
+            EngineError: ``fire_limit`` when the room did not come within ``fire_wait_timeout_ms``; no handler
+                was called then.
+        """
+        matching = self.matching(payload)
+        if matching:
+            fired = self.services.fired_calls
+            if not fired.try_take(len(matching)):
+                await fired.take(len(matching), what, f"{self.kind} handlers")
             self.spawn(self._run_each(matching, payload))
 
     async def _run_each(self, triggers: list[TriggerInfo], payload: Mapping[str, Any]) -> None:
-        for trigger in triggers:
-            await self.call(trigger, payload)
+        fired = self.services.fired_calls
+        left = len(triggers)
+        try:
+            for trigger in triggers:
+                await self.call(trigger, payload)
+                left -= 1
+                fired.release()
+        finally:
+            if left:  # cancelled (shutdown): the calls not made give their slots back
+                fired.release(left)

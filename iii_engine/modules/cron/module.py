@@ -1,7 +1,9 @@
 """The ``cron`` trigger type (docs/guides/engine.md#modules): call a function on a seconds-precision UTC schedule.
 
 Each tick is fired by exactly one engine among those sharing a lock store (:mod:`~iii_engine.modules.cron.locks`;
-settings: :class:`~iii_engine.modules.cron.settings.CronSettings`).
+settings: :class:`~iii_engine.modules.cron.settings.CronSettings`). A tick is a trigger-fired call: it holds a slot
+of the engine's ``max_fired_calls`` from the tick (lock and condition included) until the handler's outcome is in;
+with no room the tick is skipped, counted and logged (nobody waits for a tick, and a late one is worth little).
 
 Example (engine configuration):
     >>> CronModule.class_names
@@ -102,23 +104,35 @@ class CronModule(EngineModule):
         tick = expression.next_after(datetime.now(UTC))
         while tick is not None:
             await _sleep_until(tick)
-            task = asyncio.create_task(self._fire(trigger, tick), name=f"cron-fire:{trigger.id}")
-            self._firings.add(task)
-            task.add_done_callback(self._firings.discard)
+            if self.services.fired_calls.try_take():
+                task = asyncio.create_task(self._fire(trigger, tick), name=f"cron-fire:{trigger.id}")
+                self._firings.add(task)
+                task.add_done_callback(self._firings.discard)
+            else:
+                self.services.fired_calls.skip(f"cron {trigger.id} tick {rfc3339(tick)}")
             now = datetime.now(UTC)
             # After a long stall, skip missed ticks rather than firing a burst of them.
             tick = expression.next_after(tick if (now - tick).total_seconds() < 1 else now)
 
     async def _fire(self, trigger: TriggerInfo, tick: datetime) -> None:
+        """Fire one tick, holding the slot taken for it until the call has it (or the tick is not fired)."""
+        fired = False
+        try:
+            fired = await self._fire_taken(trigger, tick)
+        finally:
+            if not fired:
+                self.services.fired_calls.release()
+
+    async def _fire_taken(self, trigger: TriggerInfo, tick: datetime) -> bool:
         lock = self._lock
         if lock is None:
-            return
+            return False
         try:
             if not await lock.try_fire(trigger.id, int(tick.timestamp() * 1000)):
-                return
+                return False
         except Exception:
             log.exception("cron %s: lock store failed; tick %s skipped", trigger.id, tick)
-            return
+            return False
         payload = {
             "trigger": "cron",
             "job_id": trigger.id,
@@ -127,5 +141,5 @@ class CronModule(EngineModule):
         }
         condition = trigger.config.get("condition_function_id") if isinstance(trigger.config, dict) else None
         if not await self.services.condition_passes(condition, payload):
-            return
-        self.services.fire(trigger.function_id, payload)
+            return False
+        return self.services.fire(trigger.function_id, payload, taken=True)

@@ -441,7 +441,8 @@ class OtelModule(EngineModule):
         out: dict[str, Any] = {
             "engine_metrics": {"invocations": self.counters.as_dict(),
                                "workers": {"spawns": 0, "deaths": 0, "active": 0},
-                               "performance": self._performance()},
+                               "performance": self._performance(),
+                               "fired_calls": self.services.fired_calls.stats()},
             "sdk_metrics": sdk,
         }
         if interval and start is not None and end is not None:
@@ -486,6 +487,9 @@ class OtelModule(EngineModule):
                                                           "evicted": self.logs.evicted}},
                 "spans": spans,
                 "telemetry": {"status": "healthy", "details": telemetry},
+                # trigger-fired calls (max_fired_calls): skipped = producers with nobody to wait found no room,
+                # refused = a waiting producer's call failed with fire_limit
+                "fired_calls": {"status": "healthy", "details": self.services.fired_calls.stats()},
             },
             "timestamp": _now_ms(),
             "version": ENGINE_VERSION,

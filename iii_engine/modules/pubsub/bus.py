@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -23,6 +25,10 @@ from .settings import PubSubSettings
 if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.asyncio.client import PubSub
+
+log = logging.getLogger(__name__)
+
+_WARN_INTERVAL_S = 10.0
 
 __all__ = ["Deliver", "LocalBus", "PubSubBus", "RedisBus", "open_bus"]
 
@@ -95,6 +101,10 @@ class RedisBus:
         # Futures completed when Redis confirms a SUBSCRIBE, so subscribe() returns only once it is live.
         self._confirm: dict[str, list[asyncio.Future[None]]] = {}
         self._closing = False
+        #: messages received that reached no subscriber (the engine had no room for them in time)
+        self.undelivered = 0
+        self._unlogged = 0
+        self._warned_at = float("-inf")
 
     async def start(self, deliver: Deliver) -> None:
         """See :class:`PubSubBus`."""
@@ -145,7 +155,22 @@ class RedisBus:
                     data = loads(message["data"])
                 except ValueError:
                     continue
-                await self._deliver(topic, data)
+                try:
+                    # waits while the engine has no room for the subscribers (Redis holds what comes meanwhile)
+                    await self._deliver(topic, data)
+                except Exception as exc:  # one message not delivered must not end the reader
+                    self._not_delivered(topic, exc)
+
+    def _not_delivered(self, topic: str, exc: Exception) -> None:
+        """Count a message that reached no subscriber; warn the first time, then at most every 10 s."""
+        self.undelivered += 1
+        self._unlogged += 1
+        now = time.monotonic()
+        if now - self._warned_at >= _WARN_INTERVAL_S:
+            log.warning("%d pubsub messages from Redis not delivered (%d in all); latest on topic %r: %s",
+                        self._unlogged, self.undelivered, topic, exc)
+            self._unlogged = 0
+            self._warned_at = now
 
 
 def open_bus(settings: PubSubSettings) -> PubSubBus:

@@ -5,6 +5,13 @@ Every subscriber of a topic gets the raw ``data``: fan-out, fire-and-forget, no 
 it receives to its own subscribers, so publishers and subscribers may sit on different engines. A
 ``condition_function_id`` in a trigger config is honoured (ours).
 
+Each delivery to a subscriber is a trigger-fired call, counted against the engine's ``max_fired_calls`` from the
+publish until the subscriber's outcome (or its condition's ``false``) is in. A publish takes the room for every
+subscriber of the topic at once, waiting its turn when there is none: a publisher faster than its subscribers is
+slowed to their pace instead of growing the engine, and a publish whose wait runs out (``fire_wait_timeout_ms``)
+fails with ``fire_limit``, having reached none of them. Messages from Redis (published on another engine) wait the
+same way and, when the wait runs out, are dropped, counted and logged.
+
 Example (engine configuration):
     >>> PubSubModule.class_names
     ('modules::pubsub::PubSubModule',)
@@ -102,15 +109,34 @@ class PubSubModule(EngineModule):
         await self._bus.publish(topic, data.get("data"))
 
     async def _deliver(self, topic: str, data: Any) -> None:
-        for trigger in list(self._subscribers.get(topic, {}).values()):
+        """Fire every subscriber of ``topic``, once the engine has room for all of them (see the module).
+
+        Raises:
+            EngineError: ``fire_limit``: no room in time; no subscriber was reached.
+        """
+        subscribers = self._subscribers.get(topic)
+        if not subscribers:
+            return
+        triggers = list(subscribers.values())
+        fired = self.services.fired_calls
+        if not fired.try_take(len(triggers)):
+            await fired.take(len(triggers), f"publish to topic {topic!r}", "subscribers")
+        for trigger in triggers:
             condition = trigger.config.get("condition_function_id") if isinstance(trigger.config, dict) else None
             if condition is None:
-                self.services.fire(trigger.function_id, data)
+                self.services.fire(trigger.function_id, data, taken=True)
                 continue
             task = asyncio.create_task(self._fire_if(condition, trigger.function_id, data))
             self._checks.add(task)
             task.add_done_callback(self._checks.discard)
 
     async def _fire_if(self, condition: str, function_id: str, data: Any) -> None:
-        if await self.services.condition_passes(condition, data):
-            self.services.fire(function_id, data)
+        # the slot taken for this subscriber covers its condition too, and goes with the call when it passes
+        passed = False
+        try:
+            passed = await self.services.condition_passes(condition, data)
+        finally:
+            if passed:
+                self.services.fire(function_id, data, taken=True)
+            else:
+                self.services.fired_calls.release()

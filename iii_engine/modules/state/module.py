@@ -57,6 +57,8 @@ class StateTriggers(TriggerSet):
         True
     """
 
+    kind = "state trigger"
+
     @staticmethod
     def matches(config: Any, payload: Mapping[str, Any]) -> bool:
         """Whether a trigger config selects ``payload`` (absent or empty filter = any)."""
@@ -67,6 +69,11 @@ class StateTriggers(TriggerSet):
 
 def _changed(old: Any) -> str:
     return "state:created" if old is None else "state:updated"
+
+
+def _written(function_id: str, scope: str, key: str) -> str:
+    """The producer a ``fire_limit`` error names: the change is made, only its triggers were not fired."""
+    return f"{function_id} of {scope!r}/{key!r} (done)"
 
 
 class StateModule(EngineModule):
@@ -125,7 +132,8 @@ class StateModule(EngineModule):
             raise EngineError("SET_ERROR", str(exc)) from None
         old = None if result is None else result.old_value
         if self.triggers.has_triggers():  # no trigger: no payload to build
-            self.triggers.dispatch(state_event(_changed(old), scope, key, old, value))
+            await self.triggers.deliver(state_event(_changed(old), scope, key, old, value),
+                                        _written("state::set", scope, key))
         return {"old_value": old, "new_value": value}
 
     async def _get(self, data: Any, ctx: InvocationContext) -> Any:
@@ -148,7 +156,8 @@ class StateModule(EngineModule):
             raise EngineError("DELETE_ERROR", str(exc)) from None
         old = result.old_value
         if old is not None and self.triggers.has_triggers():
-            self.triggers.dispatch(state_event("state:deleted", scope, key, old, None))
+            await self.triggers.deliver(state_event("state:deleted", scope, key, old, None),
+                                        _written("state::delete", scope, key))
         return old
 
     async def _update(self, data: Any, ctx: InvocationContext) -> Any:
@@ -161,8 +170,8 @@ class StateModule(EngineModule):
         if result is None:
             raise EngineError("UPDATE_ERROR", f"{type(self.store).__name__}.update returned no result")
         if self.triggers.has_triggers():
-            self.triggers.dispatch(state_event(_changed(result.old_value), scope, key, result.old_value,
-                                               result.new_value))
+            await self.triggers.deliver(state_event(_changed(result.old_value), scope, key, result.old_value,
+                                                    result.new_value), _written("state::update", scope, key))
         return {"old_value": result.old_value, "new_value": result.new_value}
 
     async def _list(self, data: Any, ctx: InvocationContext) -> Any:

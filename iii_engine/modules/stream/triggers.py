@@ -52,6 +52,8 @@ class StreamTriggers(TriggerSet):
         True
     """
 
+    kind = "stream trigger"
+
     @staticmethod
     def matches(config: Mapping[str, Any], payload: Mapping[str, Any]) -> bool:
         """:func:`matches_stream_trigger`."""
@@ -74,6 +76,8 @@ class JoinLeaveTriggers(TriggerSet):
         (True, False)
     """
 
+    kind = "stream:join/leave trigger"
+
     @staticmethod
     def refuses(answer: Any) -> bool:
         """Whether a join handler's answer refuses the join (only a literal ``true`` counts)."""
@@ -93,6 +97,18 @@ class JoinLeaveTriggers(TriggerSet):
         return True
 
     def run_detached(self, payload: Mapping[str, Any]) -> None:
-        """:meth:`run` in a task of its own (leave on disconnect: nobody waits for it)."""
-        if self.matching(payload):
-            self.spawn(self.run(payload))
+        """:meth:`run` in a task of its own (leave on disconnect: nobody waits for it); its handlers hold slots of
+        ``max_fired_calls`` until it ends, and are skipped and counted when there is no room."""
+        count = len(self.matching(payload))
+        if count:
+            fired = self.services.fired_calls
+            if fired.try_take(count):
+                self.spawn(self._run_holding(count, payload))
+            else:
+                fired.skip(f"{self.kind} handlers", count)
+
+    async def _run_holding(self, count: int, payload: Mapping[str, Any]) -> None:
+        try:
+            await self.run(payload)
+        finally:
+            self.services.fired_calls.release(count)

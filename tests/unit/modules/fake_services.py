@@ -9,6 +9,7 @@ from typing import Any
 
 from iii.iii_types import TriggerInfo
 from iii_engine.channels import ChannelRelay
+from iii_engine.limits import FiredCalls
 from iii_engine.modules.base import (
     BuiltinFunction,
     EngineError,
@@ -37,6 +38,7 @@ class FakeServices:
         self.function_listeners: list[Callable[[], None]] = []
         self.named_queues: NamedQueues | None = None
         self.external_functions: ExternalFunctions | None = None
+        self.fired_calls = FiredCalls()  # the engine's bound on fired calls, with its defaults
 
     def add(self, function_id: str, handler: Handler) -> None:
         self.handlers[function_id] = handler
@@ -75,16 +77,23 @@ class FakeServices:
         except Exception as exc:
             raise EngineError("invocation_failed", str(exc)) from exc
 
-    def fire(self, function_id: str, data: Any) -> None:
+    def fire(self, function_id: str, data: Any, *, taken: bool = False) -> bool:
+        if not taken and not self.fired_calls.try_take():
+            self.fired_calls.skip(f"call of {function_id}")
+            return False
+
         async def run() -> None:
             try:
                 await self.invoke(function_id, data)
             except EngineError as exc:
                 self.log.info("fired %s failed: %s", function_id, exc)
+            finally:
+                self.fired_calls.release()
 
         task = asyncio.create_task(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return True
 
     async def condition_passes(self, condition_function_id: str | None, payload: Any) -> bool:
         if not condition_function_id:
