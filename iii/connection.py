@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -116,6 +117,16 @@ async def _noop_open(_write: Write) -> None:
     return None
 
 
+class _Waiter:
+    """An unkeyed frame waiting for room in the full backlog; equal only to itself (a cheap ``deque.remove``)."""
+
+    __slots__ = ("admitted", "frame")
+
+    def __init__(self, frame: Frame, admitted: asyncio.Future[None]) -> None:
+        self.frame = frame
+        self.admitted = admitted
+
+
 class Connection:
     """One engine WebSocket with reconnection and an ordered send path; lives on one event loop.
 
@@ -165,7 +176,8 @@ class Connection:
         self._backlog: deque[tuple[Frame, str | None]] = deque()
         # Unkeyed frames from send() waiting for room in a full backlog, first come first in: each slot the
         # backlog frees goes to the first of them in the same step, so no later frame overtakes them.
-        self._waiting: deque[tuple[Frame, asyncio.Future[None]]] = deque()
+        self._waiting: deque[_Waiter] = deque()
+        self._gave_up = False  # reconnection gave up (max_retries): nothing will make room any more
         self._supervisor: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
 
@@ -198,6 +210,7 @@ class Connection:
         if self._running:
             return
         self._running = True
+        self._gave_up = False
         self._attempt = 0
         self._failures = 0
         self._set_state("connecting")
@@ -295,8 +308,10 @@ class Connection:
         return False
 
     async def _wait_for_room(self, frame: Frame) -> None:
+        if self._gave_up:
+            raise OutboundQueueFullError(self._max_queue, None)
         admitted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (frame, admitted)
+        entry = _Waiter(frame, admitted)
         self._waiting.append(entry)
         try:
             async with asyncio.timeout(self._queue_wait):
@@ -305,9 +320,12 @@ class Connection:
             if admitted.cancelled():  # not let in before the time ran out (else it was, just in time)
                 raise OutboundQueueFullError(self._max_queue, self._queue_wait) from None
         finally:
-            # A wait that ends (timed out or cancelled) before its frame got a slot cancels ``admitted`` with it.
+            # A wait that ends (timed out or cancelled) before its frame got a slot cancels ``admitted`` with it,
+            # at once, while this coroutine resumes a turn later: an admission in between has already taken the
+            # entry out (and skipped it).
             if admitted.cancelled():
-                self._waiting.remove(entry)
+                with contextlib.suppress(ValueError):
+                    self._waiting.remove(entry)
 
     def _popleft(self) -> tuple[Frame, str | None]:
         item = self._backlog.popleft()
@@ -318,9 +336,19 @@ class Connection:
     def _admit_waiting(self) -> None:
         waiting, backlog = self._waiting, self._backlog
         while waiting and len(backlog) < self._max_queue:
-            frame, admitted = waiting.popleft()
-            backlog.append((frame, None))
-            admitted.set_result(None)
+            entry = waiting.popleft()
+            if entry.admitted.done():  # its caller stopped waiting (cancelled, timed out): not sent
+                continue
+            backlog.append((entry.frame, None))
+            entry.admitted.set_result(None)
+
+    def _fail_waiting(self) -> None:
+        """End every wait for room with an error: reconnection gave up, so no room will ever be made."""
+        waiting = self._waiting
+        while waiting:
+            admitted = waiting.popleft().admitted
+            if not admitted.done():
+                admitted.set_exception(OutboundQueueFullError(self._max_queue, None))
 
     def _kick(self) -> None:
         if self._flusher is None or self._flusher.done():
@@ -364,6 +392,8 @@ class Connection:
         if config.max_retries != -1 and self._attempt >= config.max_retries:
             log.error("Max reconnection retries (%d) reached, giving up on %s", config.max_retries, self.url)
             self._running = False
+            self._gave_up = True
+            self._fail_waiting()
             self._set_state("failed")
             return False
         delay = backoff_delay_ms(config, self._attempt)

@@ -1,0 +1,97 @@
+"""Attack on the outbound queue's full-queue rule (09f98f3): waits for room that end in the same turn as their frame
+is let in, waits that can never end because reconnection gave up, and what such edges do to the connection."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from websockets.asyncio.server import serve
+
+from iii import ReconnectionConfig
+from iii.connection import Connection, Write
+from iii.errors import OutboundQueueFullError
+from iii.iii_constants import IIIConnectionState
+from tests.integration.sdk.test_connection import Recorder, recorder
+
+__all__ = ["recorder"]  # the fixture, imported for pytest
+
+
+async def _waiting(task: asyncio.Future[bool]) -> None:
+    """Let ``task`` start its wait for room (one turn), and check that it does wait."""
+    await asyncio.sleep(0)
+    assert not task.done()
+
+
+async def test_a_wait_cancelled_in_the_turn_its_frame_is_let_in_keeps_the_connection(recorder: Recorder) -> None:
+    """A waiter cancelled (its caller's timeout, a cancel) in the turn the backlog lets it in: before, the
+    admission set a result on the cancelled future (InvalidStateError), which ended the supervisor (no more
+    reconnects, the rest of the backlog never sent) and sent the frame of a caller told it was cancelled."""
+    stuck: list[asyncio.Future[bool]] = []
+    ready = asyncio.Event()
+
+    async def on_open(write: Write) -> None:
+        stuck[0].cancel()  # the same turn as the flush that follows, with no await in between
+
+    conn = Connection(recorder.url, on_frame=lambda raw: None, on_open=on_open, on_ready=ready.set, max_queue=1)
+    await conn.send("m0")
+    stuck.append(asyncio.ensure_future(conn.send("cancelled")))
+    await _waiting(stuck[0])
+    later = asyncio.ensure_future(conn.send("m1"))
+    await _waiting(later)
+    try:
+        await conn.start()
+        await asyncio.wait_for(ready.wait(), 10)
+        with pytest.raises(asyncio.CancelledError):
+            await stuck[0]
+        assert await asyncio.wait_for(later, 5) is False
+        assert await conn.send("m2") is True
+        await recorder.wait_for(lambda: len(recorder.frames) >= 3)
+        assert recorder.frames == ["m0", "m1", "m2"]
+    finally:
+        await conn.close()
+
+
+async def test_close_with_a_wait_cancelled_and_not_yet_ended() -> None:
+    """close() in the turn a waiter was cancelled: before, it raised InvalidStateError (shutdown broken)."""
+    conn = Connection("ws://127.0.0.1:1", on_frame=lambda raw: None, max_queue=1)
+    await conn.send("m0")
+    stuck = asyncio.ensure_future(conn.send("cancelled"))
+    other = asyncio.ensure_future(conn.send("other"))
+    await _waiting(stuck)
+    stuck.cancel()
+    await conn.close()  # never started: no await before the queue is emptied
+    with pytest.raises(asyncio.CancelledError):
+        await stuck
+    await asyncio.wait_for(asyncio.gather(other, return_exceptions=True), 5)
+
+
+async def test_waits_for_room_end_at_once_when_reconnection_gives_up() -> None:
+    """max_retries reached ("failed"): nothing will ever make room, so a wait for room ends then, and a send to
+    the full queue after it fails at once (before: each waited out queue_wait, 30 s by default)."""
+    async with serve(lambda ws: ws.close(), "127.0.0.1", 0) as server:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    failed = asyncio.Event()
+
+    def on_state(state: IIIConnectionState) -> None:
+        if state == "failed":
+            failed.set()
+
+    config = ReconnectionConfig(initial_delay_ms=200, max_delay_ms=200, jitter_factor=0.0, max_retries=1)
+    conn = Connection(url, on_frame=lambda raw: None, on_state=on_state, reconnection=config, max_queue=1,
+                      queue_wait=20.0)
+    await conn.send("m0")
+    stuck = asyncio.ensure_future(conn.send("m1"))
+    await _waiting(stuck)
+    try:
+        await conn.start()
+        await asyncio.wait_for(failed.wait(), 10)
+        with pytest.raises(OutboundQueueFullError, match="reconnection gave up"):
+            await asyncio.wait_for(stuck, 2)
+        started = time.monotonic()
+        with pytest.raises(OutboundQueueFullError, match="reconnection gave up"):
+            await asyncio.wait_for(conn.send("m2"), 2)
+        assert time.monotonic() - started < 1
+    finally:
+        await conn.close()
