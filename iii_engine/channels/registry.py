@@ -19,7 +19,7 @@ import base64
 import hmac
 import logging
 import os
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
@@ -43,6 +43,21 @@ from .policy import policy_for
 log = logging.getLogger(__name__)
 
 
+_RANDOM_BATCH = 64 * 64
+_random = bytearray()
+
+
+def _random64() -> bytes:
+    """64 bytes from ``os.urandom``, drawn 4 KiB at a time: one system call per 64 channels, not one per channel
+    (the REST API module creates two per request). Every byte is still the kernel's and is handed out once."""
+    global _random
+    if not _random:
+        _random = bytearray(os.urandom(_RANDOM_BATCH))
+    chunk = bytes(_random[-64:])
+    del _random[-64:]
+    return chunk
+
+
 def _new_ids() -> tuple[str, str, str]:
     """A random (version 4) UUID for a channel id and two 192-bit URL-safe keys, from one ``urandom`` call.
 
@@ -55,12 +70,37 @@ def _new_ids() -> tuple[str, str, str]:
         >>> uuid.UUID(channel_id).version, len(writer_key), len(reader_key), writer_key != reader_key
         (4, 32, 32, True)
     """
-    raw = bytearray(os.urandom(64))
+    raw = bytearray(_random64())
     raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
     h = raw[:16].hex()
     keys = base64.urlsafe_b64encode(raw[16:]).decode()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}", keys[:32], keys[32:]
+
+
+class _Reserved:
+    """A channel no end has attached to yet (created with ``owner=None``): its ids, keys and settings only.
+
+    Why: the REST API module creates two channels per request and most handlers open neither (a plain JSON
+    answer). A reserved channel costs a few slots instead of a machine, queue, signals and their teardown; it
+    becomes a :class:`LiveChannel` (:meth:`ChannelRelay._live`) the moment anything attaches, reads its counters or
+    waits on it, with the same deadline, keys and limits, so nothing outside can tell the difference. A
+    :meth:`ChannelRelay.fill` before that is kept as the bytes to queue then (the writer counts as attached).
+    """
+
+    __slots__ = ("capacity", "chunk_size", "fill", "id", "max_bytes", "on_live", "reader_key", "writer_key")
+
+    def __init__(self, channel_id: str, writer_key: str, reader_key: str, capacity: int,
+                 max_bytes: int | None) -> None:
+        self.id = channel_id
+        self.writer_key = writer_key
+        self.reader_key = reader_key
+        self.capacity = capacity
+        self.max_bytes = max_bytes
+        self.fill: bytes | None = None
+        self.chunk_size = 0
+        # Called once the channel is live, before the end that made it so attaches (see ChannelRelay.when_live).
+        self.on_live: Callable[[], None] | None = None
 
 
 class ChannelRelay:
@@ -128,7 +168,9 @@ class ChannelRelay:
         # handle stays in the loop's heap until it surfaces (the REST API discards its two channels per request
         # long before the 300 s deadline). Entries leave with the channel (_forget); a channel whose ends both
         # attached stays until its deadline passes and is then dropped from here, untouched.
-        self._pending: dict[str, tuple[float, LiveChannel]] = {}
+        self._pending: dict[str, tuple[float, LiveChannel | _Reserved]] = {}
+        # Channels created with owner=None that no end attached to yet (see _Reserved); ids are in one of the two.
+        self._reserved: dict[str, _Reserved] = {}
         self._sweep: asyncio.TimerHandle | None = None
         self._driver = Driver(self._spawn, self._finished)
 
@@ -144,7 +186,7 @@ class ChannelRelay:
         """
         if max_bytes is not None and max_bytes < 0:
             raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
-        if len(self._channels) >= self.max_open:
+        if len(self._channels) + len(self._reserved) >= self.max_open:
             raise TooManyChannels(f"too many open channels (channels.max_open {self.max_open})")
         if owner is not None and self._open_by.get(owner, 0) >= self.max_open_per_worker:
             raise TooManyChannels(f"too many open channels created by this worker "
@@ -153,6 +195,16 @@ class ChannelRelay:
         channel_id, writer_key, reader_key = _new_ids()
         if not policy.separate_keys:
             reader_key = writer_key
+        if owner is None:
+            reserved = _Reserved(channel_id, writer_key, reader_key, clamp_buffer_size(buffer_size),
+                                 self.max_channel_bytes if max_bytes is None else max_bytes)
+            self._reserved[channel_id] = reserved
+            self._idle.clear()
+            self._arm_deadline(reserved)
+            return {
+                "writer": {"channel_id": channel_id, "access_key": writer_key, "direction": "write"},
+                "reader": {"channel_id": channel_id, "access_key": reader_key, "direction": "read"},
+            }
         machine = ChannelMachine(
             channel_id, capacity=clamp_buffer_size(buffer_size), max_queued_bytes=self.max_queued_bytes,
             max_message_size=self.max_message_size,
@@ -175,9 +227,11 @@ class ChannelRelay:
         """``(status, body)`` to refuse the upgrade with, or ``None`` to accept it."""
         if key is None or direction not in ("read", "write"):
             return (400, "Invalid channel request: need key and dir=read|write")
-        channel = self._channels.get(channel_id)
+        channel: LiveChannel | _Reserved | None = self._channels.get(channel_id)
         if channel is None:
-            return (404, "Channel not found")
+            channel = self._reserved.get(channel_id)
+            if channel is None:
+                return (404, "Channel not found")
         expected = channel.writer_key if direction == "write" else channel.reader_key
         if not hmac.compare_digest(key.encode(), expected.encode()):
             return (404, "Channel not found")
@@ -190,7 +244,7 @@ class ChannelRelay:
         Raises:
             KeyError: no such channel.
         """
-        ch = self._channels[channel_id]
+        ch = self._live(channel_id)
         if ch.machine.full:
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -208,7 +262,7 @@ class ChannelRelay:
         Raises:
             KeyError: no such channel.
         """
-        ch = self._channels[channel_id]
+        ch = self._live(channel_id)
         m = ch.machine
         socket_bytes = ch.writer_end.unread_bytes() if ch.writer_end is not None else 0
         return {"queued": len(m.items), "capacity": m.capacity, "peak": m.peak_items,
@@ -230,6 +284,8 @@ class ChannelRelay:
         """
         ch = self._channels.get(channel_id)
         if ch is None:
+            if channel_id in self._reserved:  # nothing attached, nothing to tell
+                self._forget(channel_id)
             return
         ch.cancel_deadline()
         for action in ch.machine.discard():
@@ -243,10 +299,58 @@ class ChannelRelay:
 
     def __len__(self) -> int:
         """Number of live channels (ours; tests use it to check removal)."""
-        return len(self._channels)
+        return len(self._channels) + len(self._reserved)
 
     def __contains__(self, channel_id: object) -> bool:
-        return channel_id in self._channels
+        return channel_id in self._channels or channel_id in self._reserved
+
+    def when_live(self, channel_id: str, callback: Callable[[], None]) -> bool:
+        """Call ``callback`` once, as soon as anything attaches to the channel (or reads its counters), before that
+        end is attached; ``False`` (and no call) when the channel is already live or unknown (ours; the REST API
+        module opens its response end then, and not at all for a handler that only returns a result).
+
+        A callback must not raise. It is dropped with the channel.
+
+        Example:
+            >>> relay = ChannelRelay()
+            >>> refs = relay.create(None, owner=None)
+            >>> seen = []
+            >>> relay.when_live(refs["reader"]["channel_id"], lambda: seen.append(1))
+            True
+            >>> _ = relay.stats(refs["reader"]["channel_id"]); seen
+            [1]
+        """
+        reserved = self._reserved.get(channel_id)
+        if reserved is None:
+            return False
+        reserved.on_live = callback
+        return True
+
+    def _live(self, channel_id: str) -> LiveChannel:
+        """The channel as a :class:`LiveChannel`, made live now if it was only reserved.
+
+        Raises:
+            KeyError: no such channel.
+        """
+        ch = self._channels.get(channel_id)
+        if ch is not None:
+            return ch
+        reserved = self._reserved.pop(channel_id)
+        machine = ChannelMachine(
+            channel_id, capacity=reserved.capacity, max_queued_bytes=self.max_queued_bytes,
+            max_message_size=self.max_message_size, max_bytes=reserved.max_bytes, policy=self.policy)
+        ch = LiveChannel(machine, reserved.writer_key, reserved.reader_key, None)
+        self._channels[channel_id] = ch
+        entry = self._pending.get(channel_id)
+        if entry is not None:  # same place in the deadline order
+            self._pending[channel_id] = (entry[0], ch)
+        if reserved.fill is not None:
+            refusal = self._driver.attach(ch, Side.WRITER)
+            assert refusal is None, "a new channel's write end is free"
+            self._queue_all(ch, reserved.fill, reserved.chunk_size)
+        if reserved.on_live is not None:
+            reserved.on_live()
+        return ch
 
     # ------------------------------------------------------------------ serving one end
 
@@ -273,7 +377,7 @@ class ChannelRelay:
         if refused is not None:
             raise ChannelRefused(*refused)
         if direction == "read":
-            return self._open_reader(self._channels[channel_id])
+            return self._open_reader(self._live(channel_id))
         pipe = Pipe()
         end = LocalRelayEnd(pipe, writes=direction == "write")
         task: asyncio.Task[None] = asyncio.ensure_future(self._serve_end(end, channel_id, key, direction))
@@ -313,10 +417,21 @@ class ChannelRelay:
         refused = self.check(channel_id, key, "write")
         if refused is not None:
             raise ChannelRefused(*refused)
+        reserved = self._reserved.get(channel_id)
+        if reserved is not None:  # kept until the channel is live: a reader may never come
+            if reserved.fill is not None:
+                raise ChannelRefused(409, "channel write end is already attached")
+            reserved.fill = bytes(data)
+            reserved.chunk_size = chunk_size
+            return
         ch = self._channels[channel_id]
-        machine = ch.machine
         if self._driver.attach(ch, Side.WRITER) is not None:
             raise ChannelRefused(409, "channel write end is already attached")
+        self._queue_all(ch, data, chunk_size)
+
+    def _queue_all(self, ch: LiveChannel, data: bytes | bytearray, chunk_size: int) -> None:
+        """Write ``data`` from the (just attached) write end as the whole stream, and detach it."""
+        machine = ch.machine
         # Message boundaries mean nothing in a filled stream: never make one the relay's own limit refuses.
         chunk_size = max(1, min(chunk_size, machine.max_message_size))
         view = memoryview(data)
@@ -329,6 +444,8 @@ class ChannelRelay:
 
     async def _serve_end(self, end: ChannelEnd, channel_id: str, key: str, direction: str) -> None:
         channel = self._channels.get(channel_id)
+        if channel is None and channel_id in self._reserved and self.check(channel_id, key, direction) is None:
+            channel = self._live(channel_id)
         if channel is None or self.check(channel_id, key, direction) is not None:
             # The channel expired or was removed between check() and the upgrade.
             await perform(end, Close(Side(direction), self.policy.wire_code(ChannelCloseCode.EXPIRED),
@@ -338,7 +455,7 @@ class ChannelRelay:
 
     # ------------------------------------------------------------------ lifetime
 
-    def _arm_deadline(self, ch: LiveChannel) -> None:
+    def _arm_deadline(self, ch: LiveChannel | _Reserved) -> None:
         if self.attach_timeout_s <= 0:
             return
         try:
@@ -364,7 +481,11 @@ class ChannelRelay:
             del pending[channel_id]
             self._expire(ch)
 
-    def _expire(self, ch: LiveChannel) -> None:
+    def _expire(self, ch: LiveChannel | _Reserved) -> None:
+        if isinstance(ch, _Reserved):  # nothing attached: nothing to tell
+            log.info("channel %s expired (writer %s, reader new)", ch.id, "new" if ch.fill is None else "done")
+            self._forget(ch.id)
+            return
         m = ch.machine
         expired, action = m.expire()
         if not expired:  # both ends attached in time
@@ -380,6 +501,7 @@ class ChannelRelay:
 
     def _forget(self, channel_id: str) -> None:
         self._pending.pop(channel_id, None)
+        self._reserved.pop(channel_id, None)
         ch = self._channels.pop(channel_id, None)
         creator = self._creator.pop(channel_id, None)
         if creator is not None:
@@ -394,7 +516,7 @@ class ChannelRelay:
                 owned.pop(channel_id, None)
                 if not owned:
                     del self._by_owner[ch.owner]
-        if not self._channels:
+        if not self._channels and not self._reserved:
             self._idle.set()
 
     def drop_owner(self, worker_id: str) -> None:
@@ -421,6 +543,7 @@ class ChannelRelay:
                     closing.append(perform(end, action))
             ch.wake()
         self._channels.clear()
+        self._reserved.clear()
         self._by_owner.clear()
         self._creator.clear()
         self._open_by.clear()

@@ -590,6 +590,10 @@ class RestApiModule(EngineModule):
         then comes from the channel."""
         chunk: bytes | None = None
         aborted: ChannelAborted | None = None
+        if not outcome.done():
+            # Usually nobody attached to the response channel yet: wait for the outcome, or for the handler to
+            # attach (then the first-chunk race below starts) without opening our end (see ResponseChannel.watch)
+            await self._outcome_of(race, outcome, reader)
         if not _decides(outcome):
             try:
                 chunk = await self._first_chunk(race, reader, outcome)
@@ -614,15 +618,19 @@ class RestApiModule(EngineModule):
             return _error_response(str(aborted))
         return web.Response(status=reader.status, headers=reader.headers)
 
-    async def _outcome_of(self, race: _Race, outcome: asyncio.Future[tuple[Any, Any]]) -> None:
+    async def _outcome_of(self, race: _Race, outcome: asyncio.Future[tuple[Any, Any]],
+                          reader: ResponseChannel | None = None) -> None:
         """Wait until ``outcome`` is done (whether it failed or was cancelled: :func:`_outcome` reads that), within
-        the request's deadline and the module's stop."""
+        the request's deadline and the module's stop; with ``reader``, also until the handler attaches to the
+        response channel (at once if that cannot be watched)."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-        def wake(_: object) -> None:
+        def wake(_: object = None) -> None:
             if not done.done():
                 done.set_result(None)
 
+        if reader is not None and not reader.watch(wake):
+            return
         outcome.add_done_callback(wake)
         try:
             await self._interruptible(race, done, None)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -32,7 +32,7 @@ from iii import ws_fastpath
 from iii.channel_end import EOF_CODES, ChannelCloseCode
 from iii.wire import loads
 
-from ...channels import LocalChannelEnd
+from ...channels import ChannelRelay, LocalChannelEnd
 from ..base import ChannelService
 
 log = logging.getLogger(__name__)
@@ -167,6 +167,9 @@ class ResponseChannel:
         self._ref = ref
         self._relay = relay
         self._ws: _End | None = None
+        # While the channel is only reserved (see watch): what to call once our end opened, and why it failed.
+        self._wake: Callable[[], None] | None = None
+        self._failed: ChannelAborted | None = None
         self.status = 200
         self.headers: dict[str, str] = {}
         self.channel_id = str(ref.get("channel_id"))
@@ -179,7 +182,12 @@ class ResponseChannel:
         past ``max_control_frames`` control frames (empty binary frames count as ones) or ``max_header_bytes`` of
         headers.
         """
-        self._ws = ws = await _connect(self._engine_url, self._ref, self._relay)
+        self._wake = None
+        if self._failed is not None:
+            raise self._failed
+        ws = self._ws
+        if ws is None:
+            self._ws = ws = await _connect(self._engine_url, self._ref, self._relay)
         try:
             while True:
                 message = await ws.recv()
@@ -199,6 +207,34 @@ class ResponseChannel:
             if _closed_cleanly(exc):
                 return None
             raise ChannelAborted(f"response channel {self.channel_id}: writer {_why(exc)}") from None
+
+    def watch(self, wake: Callable[[], None]) -> bool:
+        """Open our end only once the handler attaches to the channel, then call ``wake``; ``False`` (nothing
+        arranged) unless the relay is a :class:`ChannelRelay` holding the channel reserved, with nothing attached.
+
+        Why: a handler that answers with a plain result never opens its response channel, and an end opened for
+        nothing costs the attach, its wait and its teardown on every request. Our end still attaches before the
+        handler's (from the relay's callback), as if it had been open all along. :meth:`first_chunk` ends the
+        watch (and opens the end itself if the handler never came).
+        """
+        relay = self._relay
+        if self._ws is not None or not isinstance(relay, ChannelRelay):
+            return False
+        if not relay.when_live(self.channel_id, self._on_live):
+            return False
+        self._wake = wake
+        return True
+
+    def _on_live(self) -> None:
+        wake, self._wake = self._wake, None
+        if wake is None:  # the watch ended: first_chunk opens the end itself
+            return
+        assert self._relay is not None
+        try:
+            self._ws = self._relay.open_local(self.channel_id, str(self._ref["access_key"]), "read")
+        except Exception as exc:  # cannot happen with our own ref; the request still needs an answer
+            self._failed = ChannelAborted(f"cannot open channel {self.channel_id}: {exc}")
+        wake()
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body chunks after the first one, until end of stream; :class:`ChannelAborted` on abort."""
