@@ -17,7 +17,12 @@ With ``--gc`` each round also measures raw and engine JSON requests under the cy
 ``iii-engine`` command applies once started (iii_engine.gc_policy: start-up objects frozen, young generation every
 10,000 allocations), undone after each of those measurements; both sides run under them, so the ratio stays fair.
 
+With ``--before DIR`` (an earlier checkout, e.g. ``git worktree add /tmp/wt 7c336e5``) a child process runs the
+same rounds with that checkout's code, one round right after each of ours; each process measures its own CPU
+against its own raw server, and the report adds its ratios and the engines' own numbers side by side.
+
 Usage: .venv/bin/python bench/http_api.py [--requests N] [--concurrency C] [--mib M] [--rounds R] [--gc]
+       [--before DIR]
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import contextlib
 import gc
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,7 +43,9 @@ import aiohttp
 import websockets
 from aiohttp import web
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a plain script: use the checkout
+# A plain script: use this checkout, or the one ``--checkout DIR`` names (the child ``--before`` starts).
+sys.path.insert(0, str(Path(sys.argv[sys.argv.index("--checkout") + 1]).resolve() if "--checkout" in sys.argv
+                       else Path(__file__).resolve().parents[1]))
 
 from iii.wire import dumps, loads
 from iii_engine import Engine, EngineConfig, ModuleSpec
@@ -70,7 +78,7 @@ async def raw_server(size: int) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
 
 
-async def bare_relay() -> tuple[web.AppRunner, Any, str, str]:
+async def bare_relay() -> tuple[web.BaseRunner, Any, str, str]:
     """An aiohttp server whose one route forwards each request to a worker over one WebSocket and answers with its
     result: the least work an HTTP-to-worker design can do (the floor of the engine's JSON path)."""
     waiting: dict[str, asyncio.Future[Any]] = {}
@@ -205,60 +213,145 @@ def engine_gc() -> Any:
         gc.set_threshold(*saved)
 
 
-async def main(total: int, concurrency: int, mib: int, rounds: int, tuned_gc: bool = False) -> None:
-    size = mib * 1024 * 1024
+Row = tuple[float, float]
+Rows = dict[str, list[Row]]
+
+
+async def setup(stack: contextlib.AsyncExitStack, size: int, relay: bool) -> dict[str, str]:
+    """Start the raw server, the engine with its REST API and worker, and (``relay``) the bare relay and its
+    worker; their base URLs by name (``raw``, ``api``, ``relay``)."""
     runner, raw_url = await raw_server(size)
+    stack.push_async_callback(runner.cleanup)
     spec = ModuleSpec("modules::api::RestApiModule", {"host": "127.0.0.1", "port": 0})
-    raw_json: list[tuple[float, float]] = []
-    engine_json: list[tuple[float, float]] = []
-    relay_json: list[tuple[float, float]] = []
-    raw_dl: list[tuple[float, float]] = []
-    engine_dl: list[tuple[float, float]] = []
-    raw_gc: list[tuple[float, float]] = []
-    engine_gc_json: list[tuple[float, float]] = []
-    async with Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[spec])) as engine:
-        module = engine.module("http_api")
-        api_url = getattr(module, "base_url", "")
-        serving = await worker(engine.url, size)
-        relay_runner, relay_ws, relay_ws_url, relay_url = await bare_relay()
+    engine = await stack.enter_async_context(
+        Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[spec])))
+    urls = {"raw": raw_url, "api": getattr(engine.module("http_api"), "base_url", "")}
+    serving = await worker(engine.url, size)
+    stack.callback(serving.cancel)
+    stack.callback(lambda: urls.__setitem__("lingering", str(len(engine.channels))))
+    if relay:
+        relay_runner, relay_ws, relay_ws_url, urls["relay"] = await bare_relay()
+        stack.push_async_callback(relay_runner.cleanup)
+        stack.callback(relay_ws.close)
         relay_serving = await worker(relay_ws_url, size)
+        stack.callback(relay_serving.cancel)
+    return urls
+
+
+async def one_round(session: aiohttp.ClientSession, urls: dict[str, str], rows: Rows, total: int, concurrency: int,
+                    size: int, tuned_gc: bool) -> None:
+    """One interleaved round: raw, engine (and relay) JSON requests, the same under tuned GC, then downloads."""
+
+    async def json(name: str, url: str) -> None:
+        rows.setdefault(name, []).append(
+            await timed(requests_per_s(session, f"{url}/json", total, concurrency), total))
+
+    await json("raw_json", urls["raw"])
+    await json("engine_json", urls["api"])
+    if "relay" in urls:
+        await json("relay_json", urls["relay"])
+    if tuned_gc:
+        with engine_gc():
+            await json("raw_gc", urls["raw"])
+        with engine_gc():
+            await json("engine_gc", urls["api"])
+    chunks = size / CHUNK
+    rows.setdefault("raw_dl", []).append(await timed(download_mb_s(session, f"{urls['raw']}/download", size), chunks))
+    rows.setdefault("engine_dl", []).append(
+        await timed(download_mb_s(session, f"{urls['api']}/download", size), chunks))
+
+
+async def serve_rounds(total: int, concurrency: int, mib: int, tuned_gc: bool) -> None:
+    """The ``--before`` child: one round per line on stdin, its rows as one JSON line on stdout."""
+    size = mib * 1024 * 1024
+    loop = asyncio.get_running_loop()
+    async with contextlib.AsyncExitStack() as stack:
+        urls = await setup(stack, size, relay=False)
         async with aiohttp.ClientSession() as session:
-            await requests_per_s(session, f"{api_url}/json", 50, 4)  # warm-up
-            await requests_per_s(session, f"{relay_url}/json", 50, 4)
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            for _ in range(rounds):  # interleaved, so load from elsewhere hits both sides alike
-                raw_json.append(await timed(requests_per_s(session, f"{raw_url}/json", total, concurrency), total))
-                engine_json.append(await timed(requests_per_s(session, f"{api_url}/json", total, concurrency),
-                                               total))
-                relay_json.append(await timed(requests_per_s(session, f"{relay_url}/json", total, concurrency),
-                                              total))
-                if tuned_gc:
-                    with engine_gc():
-                        raw_gc.append(await timed(requests_per_s(session, f"{raw_url}/json", total, concurrency),
-                                                  total))
-                    with engine_gc():
-                        engine_gc_json.append(await timed(
-                            requests_per_s(session, f"{api_url}/json", total, concurrency), total))
-                chunks = size / CHUNK
-                raw_dl.append(await timed(download_mb_s(session, f"{raw_url}/download", size), chunks))
-                engine_dl.append(await timed(download_mb_s(session, f"{api_url}/download", size), chunks))
-            growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
-        lingering = len(engine.channels)
-        serving.cancel()
-        relay_serving.cancel()
-        relay_ws.close()
-        await relay_runner.cleanup()
-    await runner.cleanup()
+            await requests_per_s(session, f"{urls['api']}/json", 50, 4)  # warm-up
+            print(dumps({"ready": True}), flush=True)
+            while await loop.run_in_executor(None, sys.stdin.readline):
+                rows: Rows = {}
+                await one_round(session, urls, rows, total, concurrency, size, tuned_gc)
+                print(dumps(rows), flush=True)
+
+
+class Before:
+    """The same bench run by another checkout's code in a child process, one round at a time on request, so
+    its rounds interleave with ours (each process measures its own CPU, against its own raw server)."""
+
+    def __init__(self, checkout: Path, argv: list[str]) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--serve-rounds", "--checkout", str(checkout), *argv],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.rows: Rows = {}
+        assert loads(self._line()).get("ready")
+
+    def _line(self) -> str:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"--before child exited with {self.process.wait()}")
+        return line
+
+    async def round(self) -> None:
+        """Run one round in the child (this process waits, idle) and keep its rows."""
+        assert self.process.stdin is not None
+        self.process.stdin.write("round\n")
+        self.process.stdin.flush()
+        line = await asyncio.get_running_loop().run_in_executor(None, self._line)
+        for name, rows in loads(line).items():
+            self.rows.setdefault(name, []).extend(tuple(row) for row in rows)
+
+    def close(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(30)
+
+
+async def main(total: int, concurrency: int, mib: int, rounds: int, tuned_gc: bool = False,
+               before: Path | None = None) -> None:
+    size = mib * 1024 * 1024
+    rows: Rows = {}
+    child_args = ["--requests", str(total), "--concurrency", str(concurrency), "--mib", str(mib)]
+    old = Before(before, child_args + (["--gc"] if tuned_gc else [])) if before is not None else None
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            urls = await setup(stack, size, relay=True)
+            async with aiohttp.ClientSession() as session:
+                await requests_per_s(session, f"{urls['api']}/json", 50, 4)  # warm-up
+                await requests_per_s(session, f"{urls['relay']}/json", 50, 4)
+                before_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                for _ in range(rounds):  # interleaved, so load from elsewhere hits both sides alike
+                    await one_round(session, urls, rows, total, concurrency, size, tuned_gc)
+                    if old is not None:
+                        await old.round()
+                growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before_rss
+    finally:
+        if old is not None:
+            old.close()
     print(f"{rounds} interleaved rounds; JSON: {total} requests at concurrency {concurrency}; download: {mib} MiB "
           f"in 64 KiB chunks; ratio = engine / raw aiohttp (higher is better), median [min-max]")
-    print(summary("JSON requests", raw_json, engine_json, "/s"))
-    print(summary("JSON, bare relay (floor)", raw_json, relay_json, "/s"))
-    print(summary("JSON, engine / floor", relay_json, engine_json, "/s"))
-    print(summary(f"download {mib} MiB", raw_dl, engine_dl, " MB/s"))
+    print(summary("JSON requests", rows["raw_json"], rows["engine_json"], "/s"))
+    print(summary("JSON, bare relay (floor)", rows["raw_json"], rows["relay_json"], "/s"))
+    print(summary("JSON, engine / floor", rows["relay_json"], rows["engine_json"], "/s"))
+    print(summary(f"download {mib} MiB", rows["raw_dl"], rows["engine_dl"], " MB/s"))
     if tuned_gc:
-        print(summary("JSON, both tuned GC", raw_gc, engine_gc_json, "/s"))
-        print(summary("JSON, engine tuned/not", engine_json, engine_gc_json, "/s"))
-    print(f"max RSS grew {growth:.0f} MB over the rounds; channels still held by the relay after the run: {lingering}")
+        print(summary("JSON, both tuned GC", rows["raw_gc"], rows["engine_gc"], "/s"))
+        print(summary("JSON, engine tuned/not", rows["engine_json"], rows["engine_gc"], "/s"))
+    if old is not None:
+        theirs = old.rows
+        print(f"--before {before} (its own process, rounds interleaved with the above):")
+        print(summary("  JSON requests", theirs["raw_json"], theirs["engine_json"], "/s"))
+        print(summary(f"  download {mib} MiB", theirs["raw_dl"], theirs["engine_dl"], " MB/s"))
+        if tuned_gc:
+            print(summary("  JSON, both tuned GC", theirs["raw_gc"], theirs["engine_gc"], "/s"))
+        print("  new / before, engine alone (raw of each process as the yardstick: ratio of the ratios above is "
+              "the fair one; these compare the engines' own numbers):")
+        print(summary("  JSON, before -> new", theirs["engine_json"], rows["engine_json"], "/s"))
+        print(summary("  download, before -> new", theirs["engine_dl"], rows["engine_dl"], " MB/s"))
+    print(f"max RSS grew {growth:.0f} MB over the rounds; channels still held by the relay after the run: "
+          f"{urls.get('lingering')}")
 
 
 if __name__ == "__main__":
@@ -268,5 +361,12 @@ if __name__ == "__main__":
     parser.add_argument("--mib", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--gc", action="store_true", help="also measure JSON requests under iii-engine's GC settings")
+    parser.add_argument("--before", type=Path, help="also run this earlier checkout's code (e.g. a `git worktree`) "
+                                                    "in a child process, its rounds interleaved with ours")
+    parser.add_argument("--checkout", type=Path, help=argparse.SUPPRESS)  # read before the imports (_checkout)
+    parser.add_argument("--serve-rounds", action="store_true", help=argparse.SUPPRESS)  # the --before child
     args = parser.parse_args()
-    asyncio.run(main(args.requests, args.concurrency, args.mib, args.rounds, args.gc))
+    if args.serve_rounds:
+        asyncio.run(serve_rounds(args.requests, args.concurrency, args.mib, args.gc))
+    else:
+        asyncio.run(main(args.requests, args.concurrency, args.mib, args.rounds, args.gc, args.before))
