@@ -31,7 +31,8 @@ class QueueConsumer:
 
     ``run(job)`` raising means the attempt failed: the job is retried after its backoff, or moved to the
     dead-letter queue once ``max_retries`` attempts failed. ``can_claim()`` false pauses claiming (a topic
-    with no subscriber keeps its jobs).
+    with no subscriber keeps its jobs). ``on_idle()`` is told when the last job running here has finished
+    (stored as done, retried or dead).
 
     Example:
         >>> from iii_engine.modules.queue.store import MemoryQueueStore
@@ -47,6 +48,7 @@ class QueueConsumer:
         run: Runner,
         *,
         can_claim: Callable[[], bool] = lambda: True,
+        on_idle: Callable[[], None] = lambda: None,
         log: logging.Logger | None = None,
     ) -> None:
         self.store = store
@@ -54,6 +56,7 @@ class QueueConsumer:
         self.settings = settings
         self._run = run
         self._can_claim = can_claim
+        self._on_idle = on_idle
         self._log = log or logging.getLogger(__name__)
         self._wake = asyncio.Event()
         self._inflight: dict[str, tuple[Job, asyncio.Task[None]]] = {}
@@ -145,6 +148,8 @@ class QueueConsumer:
         finally:
             self._inflight.pop(job.id, None)
             self._wake.set()
+            if not self._inflight:
+                self._on_idle()
 
     async def _guarded(self, step: Awaitable[None], job: Job) -> None:
         # A store failure here leaves the lane active; its lease expires and the job runs again.

@@ -61,10 +61,12 @@ def open_store(settings: QueueModuleSettings) -> QueueStore:
 
 
 RECLAIM_INTERVAL_S = 1.0
-"""At most one sweep for idle topics per this many seconds: a sweep reads the store once per topic it looks at."""
+"""At most one round-robin sweep for idle topics per this many seconds: a sweep reads the store once per topic it
+looks at. Topics this engine saw go idle (last subscriber gone, last running job finished, a dead letter
+discarded) are looked at on the next need for room whatever the time, each once per such event."""
 
 RECLAIM_BATCH = 256
-"""Topics one sweep looks at, round robin: a sweep's cost stays bounded however many topics there are."""
+"""Topics one sweep looks at: a sweep's cost stays bounded however many topics there are."""
 
 
 @dataclass
@@ -74,6 +76,8 @@ class _Topic:
     turn: itertools.count[int] = field(default_factory=itertools.count)
     #: enqueues between finding this topic and storing their job: a sweep must not drop it under them
     pushing: int = 0
+    #: enqueues begun here so far: one that began and ended while a sweep read the store changed what it read
+    pushes: int = 0
 
     def unused(self) -> bool:
         """No subscriber, no enqueue under way and no job running here (the store may still hold jobs)."""
@@ -119,6 +123,9 @@ class QueueModule(EngineModule):
         self._topic_of_trigger: dict[str, str] = {}
         self._next_reclaim = 0.0
         self._reclaim_from = 0
+        # Topics that went idle here since a sweep last looked at them (an ordered set): looked at on the next
+        # need for room even between round-robin sweeps, so a topic that could make room is not refused for one.
+        self._went_idle: dict[str, None] = {}
         self.bridge: BridgeQueue | None = None
 
     async def start(self) -> None:
@@ -227,7 +234,14 @@ class QueueModule(EngineModule):
             self.bridge.unsubscribe(trigger.id)
         topic = self._topic_of_trigger.pop(trigger.id, None)
         if topic is not None:
-            self._topics[topic].subscribers.pop(trigger.id, None)
+            entry = self._topics[topic]
+            entry.subscribers.pop(trigger.id, None)
+            self._maybe_idle(topic, entry)
+
+    def _maybe_idle(self, topic: str, entry: _Topic) -> None:
+        """``topic`` may have nothing left to keep it (a subscriber left, a job finished, a letter went)."""
+        if self._topics.get(topic) is entry and entry.unused():
+            self._went_idle[topic] = None
 
     async def _topic(self, topic: str) -> _Topic:
         entry = self._topics.get(topic)
@@ -250,6 +264,7 @@ class QueueModule(EngineModule):
                 # this entry's subscribers, not the dict's: a reclaimed topic's stopping consumer never claims
                 # for a new topic of the same name
                 can_claim=lambda: bool(holder[0].subscribers),
+                on_idle=lambda: self._maybe_idle(topic, holder[0]),
             )
             entry = self._topics[topic] = _Topic(consumer)
             holder.append(entry)
@@ -260,27 +275,37 @@ class QueueModule(EngineModule):
         """Forget topics nobody uses any more (no subscriber, no job in the store, dead letters included), so a
         module at ``max_topics`` takes new topics again instead of refusing them until a restart. Their
         consumers stop; a later enqueue or subscription makes the topic anew."""
+        went_idle = self._went_idle
+        batch = list(itertools.islice(went_idle, RECLAIM_BATCH))  # each looked at once per time it went idle
+        for name in batch:
+            del went_idle[name]
         now = time.monotonic()
-        if now < self._next_reclaim:
-            return
-        self._next_reclaim = now + RECLAIM_INTERVAL_S
-        names = list(self._topics)
-        start = self._reclaim_from % len(names) if names else 0
-        batch = (names[start:] + names[:start])[:RECLAIM_BATCH]
-        self._reclaim_from = start + len(batch)
+        if now >= self._next_reclaim:  # changes this engine does not see (another engine on a shared store)
+            self._next_reclaim = now + RECLAIM_INTERVAL_S
+            names = list(self._topics)
+            start = self._reclaim_from % len(names) if names else 0
+            turn = (names[start:] + names[:start])[:RECLAIM_BATCH]
+            self._reclaim_from = start + len(turn)
+            batch += [name for name in turn if name not in batch]
         gone: list[QueueConsumer] = []
         for name in batch:
             entry = self._topics.get(name)
             if entry is None or not entry.unused():
                 continue
+            pushes = entry.pushes
             counts = await self.store.counts(entry.consumer.queue)
             if counts.waiting or counts.active or counts.delayed or counts.dlq:
                 continue
-            if self._topics.get(name) is entry and entry.unused():  # still, after waiting on the store
+            # Still unused after waiting on the store, and no enqueue began meanwhile (one may have begun and
+            # stored its job after the counts were read).
+            if self._topics.get(name) is entry and entry.unused() and entry.pushes == pushes:
                 del self._topics[name]
+                went_idle.pop(name, None)
                 gone.append(entry.consumer)
         for consumer in gone:
             await consumer.stop()
+            if consumer.queue[len(TOPIC_PREFIX):] not in self._topics:  # not made anew meanwhile
+                await self.store.forget(consumer.queue)
         if gone:
             log.info("queue module: forgot %d unused topics to make room under max_topics %d", len(gone),
                      self.settings.max_topics)
@@ -320,6 +345,7 @@ class QueueModule(EngineModule):
         job = Job.new(entry.consumer.queue, None, data.get("data"), group)
         limit = entry.consumer.settings.max_jobs
         entry.pushing += 1
+        entry.pushes += 1
         try:
             stored = await self.store.push(entry.consumer.queue, job, max_jobs=limit)
         finally:
@@ -371,11 +397,11 @@ class QueueModule(EngineModule):
         """``{queue, message_id}`` → ``{queue, message_id, redriven: 0|1}`` (the count of discarded letters)."""
         name, consumer = self._resolve("iii::queue::discard_message", data, "queue")
         message_id = _text_arg("iii::queue::discard_message", data, "message_id")
-        return {
-            "queue": name,
-            "message_id": message_id,
-            "redriven": await self.store.discard(consumer.queue, message_id),
-        }
+        discarded = await self.store.discard(consumer.queue, message_id)
+        entry = self._topics.get(name)
+        if discarded and entry is not None and entry.consumer is consumer:
+            self._maybe_idle(name, entry)
+        return {"queue": name, "message_id": message_id, "redriven": discarded}
 
     def _all(self) -> list[tuple[str, str, QueueConsumer]]:
         named = [(name, "queue", c) for name, c in self._named.items()]

@@ -236,6 +236,9 @@ class RedisQueueStore:
             removed, _ = await pipe.execute()
         return int(removed)
 
+    async def forget(self, queue: str) -> None:
+        """See :class:`~iii_engine.modules.queue.store.QueueStore`: nothing to do, Redis drops an empty key."""
+
     async def close(self) -> None:
         """Close the connection pool."""
         await self._redis.aclose()

@@ -168,6 +168,10 @@ class QueueStore(Protocol):
     async def discard(self, queue: str, job_id: str) -> int:
         """Delete one dead letter; 1 if it existed."""
 
+    async def forget(self, queue: str) -> None:
+        """Drop what the store keeps for ``queue`` if it holds nothing (no job of any kind, no dead letter): the
+        queue module forgets idle topics, and a store must not keep a record per topic name ever seen."""
+
     async def close(self) -> None:
         """Release connections."""
 
@@ -305,6 +309,12 @@ class MemoryQueueStore:
     async def discard(self, queue: str, job_id: str) -> int:
         """See :class:`QueueStore`."""
         return 1 if self._q(queue).dlq.pop(job_id, None) is not None else 0
+
+    async def forget(self, queue: str) -> None:
+        """See :class:`QueueStore`."""
+        q = self._queues.get(queue)
+        if q is not None and not (q.jobs or q.lanes or q.ready or q.active or q.delayed or q.dlq):
+            del self._queues[queue]
 
     async def close(self) -> None:
         """Nothing to release."""

@@ -1,0 +1,106 @@
+"""Attack on the queue module's topic reclaim (62f26df): a topic forgotten with a job in the store, store
+bookkeeping left behind by every forgotten topic, and a refusal while a topic that could make room sits idle."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from module_worker import ModuleWorker
+
+from iii_engine import Engine, EngineConfig, ModuleSpec
+from iii_engine.modules.queue import module as queue_module
+from iii_engine.modules.queue.module import QueueModule
+from iii_engine.modules.queue.store import MemoryQueueStore, QueueCounts
+
+pytestmark = pytest.mark.our_engine("configures queue limits")
+
+QUEUE = "modules::queue::QueueModule"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@asynccontextmanager
+async def _engine(**settings: Any) -> AsyncIterator[tuple[Engine, QueueModule]]:
+    config = EngineConfig(host="127.0.0.1", port=0, modules=[ModuleSpec(QUEUE, settings)])
+    async with Engine(config=config) as running:
+        module = running.module("queue")
+        assert isinstance(module, QueueModule)
+        yield running, module
+
+
+async def _unsubscribe(worker: ModuleWorker, trigger_id: str) -> None:
+    await worker.send({"type": "unregistertrigger", "id": trigger_id, "trigger_type": "queue"})
+    await worker.sync()
+
+
+async def _nothing(data: Any) -> None:
+    return None
+
+
+async def test_forgotten_topics_leave_nothing_in_the_memory_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Topics come and go under max_topics: the memory store keeps no bookkeeping for those forgotten (before: one
+    queue record per topic name ever seen, so the bound on topics no longer bounded the engine's memory)."""
+    monkeypatch.setattr(queue_module, "RECLAIM_INTERVAL_S", 0.0)  # a sweep whenever one is needed
+    async with _engine(max_topics=2) as (engine, module), ModuleWorker(engine.url) as worker:
+        await worker.function("sub::h", _nothing)
+        for n in range(30):
+            await worker.trigger(f"t{n}", "queue", "sub::h", {"topic": f"topic-{n}"})
+            await _unsubscribe(worker, f"t{n}")
+        topics = await worker.result("engine::queue::list_topics", {})
+        assert len(topics["topics"]) <= 2
+        store = module.store
+        assert isinstance(store, MemoryQueueStore)
+        assert len(store._queues) <= 2  # the store's own table: what it keeps per queue name
+
+
+async def test_an_enqueue_finished_while_the_sweep_reads_the_store_keeps_its_topic() -> None:
+    """An enqueue that starts and stores its job while the sweep waits for the topic's counts (Redis): before,
+    the sweep then forgot the topic, so its job was hidden (topic_stats: queue_not_found, not listed)."""
+    prefix = f"test-a1-{uuid.uuid4()}:"
+    adapter = {"class": "modules::queue::RedisAdapter", "config": {"redis_url": REDIS_URL, "key_prefix": prefix}}
+    async with _engine(max_topics=2, adapter=adapter) as (engine, module), ModuleWorker(engine.url) as worker:
+        await worker.function("sub::h", _nothing)
+        await worker.trigger("t-quiet", "queue", "sub::h", {"topic": "quiet"})
+        await _unsubscribe(worker, "t-quiet")  # "quiet": no subscriber, nothing stored
+        await worker.trigger("t-busy", "queue", "sub::h", {"topic": "busy"})
+        read = asyncio.Event()
+        go_on = asyncio.Event()
+        counts: Callable[[str], Awaitable[QueueCounts]] = module.store.counts
+
+        async def gated_counts(queue: str) -> QueueCounts:
+            found = await counts(queue)
+            if queue.endswith("quiet") and not read.is_set():
+                read.set()
+                await go_on.wait()  # the sweep holds its reading while the enqueue below runs
+            return found
+
+        module.store.counts = gated_counts  # type: ignore[method-assign]
+        newcomer = asyncio.ensure_future(worker.call("enqueue", {"topic": "newcomer", "data": 1}))
+        await asyncio.wait_for(read.wait(), 10)
+        assert await worker.result("enqueue", {"topic": "quiet", "data": {"kept": True}}) is None
+        go_on.set()
+        refused = await newcomer
+        stats = await worker.result("engine::queue::topic_stats", {"topic": "quiet"})
+        assert stats["waiting"] == 1
+        assert refused["error"]["code"] == "enqueue_error"  # "quiet" holds a job, "busy" a subscriber
+
+
+async def test_a_topic_left_idle_since_the_last_sweep_makes_room_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new topic is refused, then a topic's last subscriber leaves (nothing stored): the next new topic is
+    taken at once (before: refused until the sweep's interval passed, with a message saying every topic had jobs
+    or subscribers)."""
+    monkeypatch.setattr(queue_module, "RECLAIM_INTERVAL_S", 60.0)  # the periodic sweep cannot be what helps
+    async with _engine(max_topics=2) as (engine, _module), ModuleWorker(engine.url) as worker:
+        await worker.function("sub::h", _nothing)
+        await worker.trigger("t-a", "queue", "sub::h", {"topic": "a"})
+        await worker.trigger("t-b", "queue", "sub::h", {"topic": "b"})
+        refused = await worker.call("enqueue", {"topic": "c", "data": 1})
+        assert refused["error"]["code"] == "enqueue_error"
+        await _unsubscribe(worker, "t-a")
+        assert await worker.result("enqueue", {"topic": "c", "data": 1}) is None
+        topics = await worker.result("engine::queue::list_topics", {})
+        assert sorted(t["topic"] for t in topics["topics"]) == ["b", "c"]
