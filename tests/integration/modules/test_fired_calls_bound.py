@@ -221,3 +221,26 @@ async def test_engine_stop_ends_a_publish_waiting_for_room() -> None:
             await asyncio.gather(waiting, return_exceptions=True)
     finally:
         await engine.stop()
+
+
+@pytest.mark.redis
+async def test_messages_from_redis_wait_for_room_and_are_counted_when_it_does_not_come() -> None:
+    redis = ModuleSpec("modules::pubsub::PubSubModule", {
+        "adapter": {"class": "modules::pubsub::RedisAdapter", "config": {"redis_url": "redis://127.0.0.1:6379/0"}}})
+    topic = f"t-{uuid.uuid4()}"
+    held = Slow()
+    async with engine_with(redis, limit=100) as one, engine_with(redis, limit=1, wait_ms=100) as two:
+        async with ModuleWorker(one.url) as publisher, ModuleWorker(two.url) as listener:
+            await listener.function("held::on", held)
+            await listener.trigger("held", "subscribe", "held::on", {"topic": topic})
+            for n in range(3):  # accepted by Redis at once: the publishing engine has room
+                assert "error" not in await publisher.call("publish", {"topic": topic, "data": n})
+            assert await held.next() == 0
+            bus: Any = two.modules["pubsub"]._bus  # type: ignore[attr-defined]
+            await until(lambda: bus.undelivered == 2)  # each waited 100 ms for the slot the first one holds
+            assert two.fired_calls.refused == 2
+            await held.let_go()
+            await until(lambda: two.fired_calls.in_flight == 0)
+            assert "error" not in await publisher.call("publish", {"topic": topic, "data": 3})
+            assert await held.next() == 3  # the reader lives on
+            await held.let_go()
