@@ -1024,9 +1024,14 @@ class _FastReceive(_Corked):
             if rest:
                 self._super_data(rest)
 
+    _tunes_allocator = True
+    """Whether the first fast socket tunes the allocator (:data:`ALLOCATOR_TUNING`): channel sockets move large
+    payloads; the SDK's control socket, small frames, leaves the process's allocator as it is."""
+
     def _start(self) -> None:
         self._phase = _FAST
-        _tune_allocator_once()
+        if self._tunes_allocator:
+            _tune_allocator_once()
         # The server checks client masks; a client expects none. Oversize messages go to websockets, which
         # closes with 1009 exactly as before.
         self._frames = FrameReader(masked=isinstance(self, ServerConnection),
@@ -1308,20 +1313,51 @@ def queue_frame(ws: Connection, frame: str | bytes, *, hold: bool = False) -> bo
     return True
 
 
-class DirectClientConnection(_Corked, ClientConnection):
-    """The SDK control socket's connection: frames are corked like a channel socket's (:class:`_Corked`), and it
-    hands each complete, unfragmented data message to :attr:`deliver` as soon as
-    ``websockets`` has parsed it, instead of queueing it for a reader task (one queue and one task wake-up less
-    per message). Anything else — fragments, invalid UTF-8 (closed with 1007 as always), or a message while older
-    ones still wait in ``websockets``' queue (so order is kept) — takes the ordinary path to ``recv``."""
+class DirectClientConnection(_FastReceive, ClientConnection):
+    """The SDK control socket's connection: frames are corked like a channel socket's (:class:`_Corked`) and read
+    like one (:class:`FrameReader`, from the first frame after the handshake), and each complete, unfragmented data
+    message goes to :attr:`deliver` as soon as it is split off, instead of through ``websockets``' parser and a
+    queue for a reader task. Why: per small frame, ``websockets``' generic parser (a generator per frame, a Frame
+    object, the event list) cost more CPU than the rest of receiving it (issue 10).
+
+    Whatever :attr:`deliver` does not take goes to ``websockets`` as the same frame bytes and is read with ``recv``
+    as always: every message while :attr:`deliver` is unset or older ones still wait in ``websockets``' queue (so
+    order is kept), and invalid UTF-8 (``websockets`` then closes with 1007, as always). Pings, pongs, Close,
+    fragments and anything else :class:`FrameReader` does not split go to ``websockets`` whole (see there)."""
 
     deliver: Callable[[str | bytes], None] | None = None
+    _tunes_allocator = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._cork_setup()
+        self._fast_setup(_HANDSHAKE)
+
+    def _deliver(self, messages: list[tuple[bool, bytes]], control: list[bytes], rest: bytes | None) -> None:
+        for is_text, payload in messages:
+            deliver = self.deliver
+            if deliver is not None and self._phase == _FAST and not len(self.recv_messages.frames):
+                if not is_text:
+                    deliver(payload)
+                    continue
+                try:
+                    text = payload.decode()
+                except UnicodeDecodeError:
+                    # websockets fails the connection (1007) on this frame and ignores what follows it.
+                    self._phase = _OFF
+                    self._unbuffer()
+                else:
+                    deliver(text)
+                    continue
+            self._super_data(server_frame(is_text, payload))
+        for frame in control:
+            self._super_data(frame)
+        if rest is not None:
+            self._phase = _OFF
+            self._unbuffer()
+            self._super_data(rest)
 
     def process_event(self, event: Any) -> None:
+        # Frames websockets parses itself (see the class docstring) reach deliver here when they can.
         deliver = self.deliver
         if deliver is not None and isinstance(event, Frame) and event.fin and not len(self.recv_messages.frames):
             if event.opcode is Opcode.TEXT:
