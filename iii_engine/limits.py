@@ -118,9 +118,10 @@ class FiredCalls:
     ``fire_wait_timeout_ms``; when the wait runs out its call fails with ``fire_limit``. That deadline also ends
     the deadlock of fired handlers that publish while every slot is held by such handlers. Producers with nobody
     to wait (cron ticks, log records, worker events) :meth:`try_take` and, when that fails, :meth:`skip`: counted
-    in :attr:`skipped` and logged (the first time, then at most every ``SKIP_LOG_INTERVAL_S`` with the count).
-    Waiting producers are bounded too: at most ``max_fired_calls`` slots' worth of them wait at once, a further
-    one fails at once. Waiters go first: :meth:`try_take` fails while any producer waits.
+    in :attr:`skipped`. Skipped and refused calls are logged: the first time, then at most every
+    ``SKIP_LOG_INTERVAL_S`` with their counts.
+    Waiting producers are bounded too: at most ``max_fired_calls`` of them wait at once, a further one fails at
+    once. Waiters go first: :meth:`try_take` fails while any producer waits.
 
     Example:
         >>> fired = FiredCalls(2, 1000)
@@ -143,7 +144,8 @@ class FiredCalls:
         self.refused = 0
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._waiting = 0  # slots the waiters ask for
-        self._unlogged = 0  # skips since the last warning
+        self._unlogged_skipped = 0  # since the last warning
+        self._unlogged_refused = 0
         self._logged_at = float("-inf")
         self._log_timer: asyncio.TimerHandle | None = None
 
@@ -179,14 +181,12 @@ class FiredCalls:
         if self.try_take(n):
             return
         if n > self.limit:
-            self.refused += n
-            raise EngineError(FIRE_LIMIT, f"{what}: none of its {n} {targets} reached: more than "
-                              f"max_fired_calls {self.limit} trigger-fired calls at once")
-        if self._waiting + n > self.limit:
-            self.refused += n
-            raise EngineError(FIRE_LIMIT, f"{what}: none of its {n} {targets} reached: {self.in_flight} "
-                              f"trigger-fired calls in flight (max_fired_calls {self.limit}) and {self._waiting} "
-                              "more waiting for room")
+            raise self._refuse(n, f"{what}: none of its {n} {targets} reached: more than max_fired_calls "
+                               f"{self.limit} trigger-fired calls at once")
+        if len(self._waiters) >= self.limit:
+            raise self._refuse(n, f"{what}: none of its {n} {targets} reached: {self.in_flight} trigger-fired "
+                               f"calls in flight (max_fired_calls {self.limit}) and {len(self._waiters)} "
+                               "producers already waiting for room")
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (n, granted)
         self._waiters.append(entry)
@@ -206,10 +206,9 @@ class FiredCalls:
             self._grant()  # the head may have left: those behind it may fit now
             if not isinstance(exc, TimeoutError):
                 raise
-            self.refused += n
-            raise EngineError(FIRE_LIMIT, f"{what}: none of its {n} {targets} reached: no room within "
-                              f"{self.wait_timeout_ms} ms (fire_wait_timeout_ms): {self.in_flight} "
-                              f"trigger-fired calls in flight (max_fired_calls {self.limit})") from None
+            raise self._refuse(n, f"{what}: none of its {n} {targets} reached: no room within "
+                               f"{self.wait_timeout_ms} ms (fire_wait_timeout_ms): {self.in_flight} trigger-fired "
+                               f"calls in flight (max_fired_calls {self.limit})") from None
 
     def release(self, n: int = 1) -> None:
         """Give back ``n`` slots (their calls' outcomes are in); waiters that now fit get theirs, in order."""
@@ -233,27 +232,40 @@ class FiredCalls:
     def skip(self, what: str, n: int = 1) -> None:
         """Count ``n`` calls of ``what`` skipped for want of room, and warn (rate-limited, never silent)."""
         self.skipped += n
-        self._unlogged += n
-        if time.monotonic() - self._logged_at >= SKIP_LOG_INTERVAL_S:
-            self._log_skips(what)
-        elif self._log_timer is None:
-            # the count of this burst is logged when the interval is over, even if no skip comes then
-            delay = self._logged_at + SKIP_LOG_INTERVAL_S - time.monotonic()
-            self._log_timer = asyncio.get_running_loop().call_later(delay, self._log_skips, None)
+        self._unlogged_skipped += n
+        self._lost(what)
 
-    def _log_skips(self, what: str | None) -> None:
+    def _refuse(self, n: int, message: str) -> EngineError:
+        """Count ``n`` calls refused to a waiting producer and warn (rate-limited: a void call's producer hears of
+        it from nobody else); the error for the producer."""
+        self.refused += n
+        self._unlogged_refused += n
+        self._lost(message)
+        return EngineError(FIRE_LIMIT, message)
+
+    def _lost(self, what: str) -> None:
+        if time.monotonic() - self._logged_at >= SKIP_LOG_INTERVAL_S:
+            self._log_lost(what)
+        elif self._log_timer is None:
+            # the count of this burst is logged when the interval is over, even if nothing more is lost then
+            delay = self._logged_at + SKIP_LOG_INTERVAL_S - time.monotonic()
+            self._log_timer = asyncio.get_running_loop().call_later(delay, self._log_lost, None)
+
+    def _log_lost(self, what: str | None) -> None:
         if self._log_timer is not None:
             self._log_timer.cancel()
             self._log_timer = None
-        if not self._unlogged:
+        if not (self._unlogged_skipped or self._unlogged_refused):
             return
-        latest = f" (latest: {what})" if what is not None else ""
-        log.warning("%d trigger-fired calls skipped%s: %d in flight (max_fired_calls %d); %d skipped in all",
-                    self._unlogged, latest, self.in_flight, self.limit, self.skipped)
-        self._unlogged = 0
+        latest = f"; latest: {what}" if what is not None else ""
+        log.warning("trigger-fired calls not made, no room under max_fired_calls %d: %d skipped (nobody to wait), "
+                    "%d refused (their producer failed with fire_limit) since the last warning; %d skipped, "
+                    "%d refused in all, %d in flight%s", self.limit, self._unlogged_skipped, self._unlogged_refused,
+                    self.skipped, self.refused, self.in_flight, latest)
+        self._unlogged_skipped = self._unlogged_refused = 0
         self._logged_at = time.monotonic()
 
     def close(self) -> None:
         """Engine shutdown: stop the pending warning timer (its count is logged now)."""
         if self._log_timer is not None:
-            self._log_skips(None)
+            self._log_lost(None)

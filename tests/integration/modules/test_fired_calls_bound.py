@@ -184,7 +184,9 @@ async def test_cron_ticks_with_no_room_are_skipped_counted_and_logged(caplog: py
             await until(lambda: engine.fired_calls.skipped >= 1, within=5)
         assert held.started.empty()
         warning = next(r.getMessage() for r in caplog.records if r.name == "iii_engine.limits")
-        assert warning.startswith("1 trigger-fired calls skipped (latest: cron every-second tick ")
+        assert warning.startswith("trigger-fired calls not made, no room under max_fired_calls 1: 1 skipped "
+                                  "(nobody to wait), 0 refused")
+        assert "; latest: cron every-second tick " in warning
         health = await worker.result("engine::health::check", {})
         assert health["components"]["fired_calls"]["details"]["skipped"] >= 1
         metrics = await worker.result("engine::metrics::list", {})

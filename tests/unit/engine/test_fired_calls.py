@@ -95,7 +95,8 @@ async def test_slots_granted_as_the_wait_is_cancelled_are_given_back() -> None:
     assert fired.in_flight == 0
 
 
-async def test_skips_are_counted_and_warned_about_at_most_once_per_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_skips_and_refusals_are_counted_and_warned_about_at_most_once_per_interval(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(limits, "SKIP_LOG_INTERVAL_S", 0.05)
     fired = FiredCalls(1, 5000)
     assert fired.try_take()
@@ -115,13 +116,18 @@ async def test_skips_are_counted_and_warned_about_at_most_once_per_interval(monk
         for _ in range(5):
             fired.skip("cron job tick")
         assert fired.skipped == 5
-        assert seen == ["1 trigger-fired calls skipped (latest: cron job tick): 1 in flight (max_fired_calls 1); "
-                        "1 skipped in all"]
-        # the other four are logged when the interval is over, though no skip comes then
+        assert seen == ["trigger-fired calls not made, no room under max_fired_calls 1: 1 skipped (nobody to wait), "
+                        "0 refused (their producer failed with fire_limit) since the last warning; 1 skipped, "
+                        "0 refused in all, 1 in flight; latest: cron job tick"]
+        with pytest.raises(EngineError):
+            await fired.take(2, "publish to topic 'x'", "subscribers")
+        # the other four and the refusal are logged when the interval is over, though nothing is lost then
         await asyncio.wait_for(second.wait(), 5)
     finally:
         logger.removeHandler(handler)
-    assert seen[1] == "4 trigger-fired calls skipped: 1 in flight (max_fired_calls 1); 5 skipped in all"
+    assert seen[1] == ("trigger-fired calls not made, no room under max_fired_calls 1: 4 skipped (nobody to wait), "
+                       "2 refused (their producer failed with fire_limit) since the last warning; 5 skipped, "
+                       "2 refused in all, 1 in flight")
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
