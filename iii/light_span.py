@@ -122,7 +122,7 @@ class HandlerSpans:
             parent_or_none: SpanContext | None = parent_context
         else:
             trace_id = ids.generate_trace_id()
-            flags = _child_flags(True, ids.is_trace_id_random())  # ParentBased(root=ALWAYS_ON)
+            flags = _ROOT_FLAGS[1] if ids.is_trace_id_random() else _ROOT_FLAGS[0]  # ParentBased(root=ALWAYS_ON)
             trace_state = None
             parent_or_none = None
         context = span_context(trace_id, ids.generate_span_id(), False, flags, trace_state)
@@ -141,6 +141,9 @@ def _child_flags(sampled: bool, random_trace_id: bool) -> TraceFlags:
         flags |= TraceFlags.RANDOM_TRACE_ID
     return TraceFlags(flags)
 
+
+# A root span's flags (sampled; random trace id or not): made once, not per root span (TraceFlags never change).
+_ROOT_FLAGS: tuple[TraceFlags, TraceFlags] = (_child_flags(True, False), _child_flags(True, True))
 
 _TRACE_ID_MAX = 2**128 - 1
 _SPAN_ID_MAX = 2**64 - 1

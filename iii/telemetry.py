@@ -902,6 +902,8 @@ def trace_headers() -> tuple[str | None, str | None]:
         carrier = _inject()
         return carrier.get("traceparent"), carrier.get("baggage")
     ctx = api.context.get_current()
+    if not ctx:  # the empty context (a call made outside any span, no baggage): what the propagators write for it
+        return None, None
     return api.traceparent(api.trace.get_current_span(ctx).get_span_context()), api.baggage(ctx)
 
 

@@ -312,13 +312,21 @@ def _span_text(span: Any) -> str:
     attributes = span.attributes
     events = span.events
     links = span.links
-    description = status.description
     parent = span.parent
     name = span.name
     kind = span.kind
-    code = status.status_code
     start = span.start_time or 0
     end = span.end_time or 0
+    head = tail = None
+    if not (attributes or events or links):
+        # The usual handler span: its middle from the two cached pieces (below), if both are known.
+        if type(name) is str:
+            cached = _heads.get((name, id(kind)))
+            if cached is not None and cached[0] is kind:
+                head = cached[1]
+        cached = _tails.get(id(status))
+        if cached is not None and cached[0] is status:
+            tail = cached[1]
     try:
         trace_id, span_id = span.context[:2]  # a SpanContext is a tuple: (trace_id, span_id, ...)
         # Written here only when plain ints: the dict path writes str(time) inside a JSON string and format(id),
@@ -336,11 +344,16 @@ def _span_text(span: Any) -> str:
             if type(parent_id) is not int:
                 raise TypeError
             parent_text = f',"parentSpanId":"{parent_id.to_bytes(8, "big").hex()}"}}'
+        if head is not None and tail is not None:
+            return (f'{{"traceId":"{hex_trace}","spanId":"{hex_span}",{head},"startTimeUnixNano":"{start}",'
+                    f'"endTimeUnixNano":"{end}",{tail}{parent_text}')
         # Only str names are cached, so no other name (1, True, 1.0) finds one's text; an unhashable one raises.
         name_text = _NAMES.get(name)
     except (OverflowError, AttributeError, TypeError, ValueError):
         return dumps(_span_json(span))  # whatever the dict path makes of the span, written or raised
-    return (
+    description = status.description
+    code = status.status_code
+    text = (
         f'{{"traceId":"{hex_trace}","spanId":"{hex_span}","name":{name_text or _json_name(name)},'
         f'"kind":{_enum_value(kind) + 1},'
         f'"startTimeUnixNano":"{start}","endTimeUnixNano":"{end}",'
@@ -350,6 +363,43 @@ def _span_text(span: Any) -> str:
         f'"status":{{"code":{_enum_value(code)},'
         f'"message":{dumps(description) if description else _EMPTY_STRING}}}{parent_text}'
     )
+    if not (attributes or events or links):
+        _remember_pieces(name, kind, status)
+    return text
+
+
+# The two middle pieces of the text of a span without attributes, events and links: the same for every span of one
+# name and kind (``"name":...,"kind":N``) and of one status object (``"attributes":[],...,"status":{...}``). Kept
+# for str names (as long as _NAMES keeps them) and for statuses without a description, by identity with the object
+# kept (the OK status of handler spans is one object for all; an Enum's hash is a Python-level call). Cleared when
+# full.
+_heads: dict[tuple[str, int], tuple[Any, str]] = {}
+_tails: dict[int, tuple[Any, str]] = {}
+_PIECES_MAX: Final = 256
+
+
+def _remember_pieces(name: Any, kind: Any, status: Any) -> None:
+    """Cache the pieces :func:`_span_text` reuses for spans of ``name``, ``kind`` and ``status`` (those it can)."""
+    if type(name) is str and len(name) <= _NAME_CACHED_LEN:
+        if len(_heads) >= _PIECES_MAX:
+            _heads.clear()
+        _heads[(name, id(kind))] = (kind, f'"name":{_json_name(name)},"kind":{_enum_value(kind) + 1}')
+    if status.description is None:
+        if len(_tails) >= _PIECES_MAX:
+            _tails.clear()
+        _tails[id(status)] = (status, f'"attributes":[],"events":[],"links":[],"status":{{"code":'
+                                      f'{_enum_value(status.status_code)},"message":{_EMPTY_STRING}}}')
+
+
+def _one_source(spans: Sequence[Any]) -> bool:
+    """Whether every span has the first one's resource and instrumentation scope (the same objects)."""
+    first = spans[0]
+    resource = first.resource
+    scope = first.instrumentation_scope
+    for span in spans:
+        if span.resource is not resource or span.instrumentation_scope is not scope:
+            return False
+    return True
 
 
 def serialize_spans(spans: Sequence[Any]) -> bytes:
@@ -357,7 +407,12 @@ def serialize_spans(spans: Sequence[Any]) -> bytes:
     ``{"resourceSpans": [{"resource": ..., "scopeSpans": [{"scope": ..., "spans": [_span_json(span), ...]}]}]}``.
     """
     resource_spans: list[str] = []
-    for resource, scopes in _group(spans, lambda s: s.resource, lambda s: s.instrumentation_scope):
+    groups: Sequence[tuple[Any, Sequence[tuple[Any, Sequence[Any]]]]]
+    if spans and _one_source(spans):  # the usual batch: every span from our tracer, in one resource and scope
+        groups = [(spans[0].resource, [(spans[0].instrumentation_scope, spans)])]  # what _group returns then
+    else:
+        groups = _group(spans, lambda s: s.resource, lambda s: s.instrumentation_scope)
+    for resource, scopes in groups:
         scope_spans = ",".join(
             f'{{"scope":{dumps(_scope_json(scope))},"spans":[{",".join([_span_text(span) for span in members])}]}}'
             for scope, members in scopes

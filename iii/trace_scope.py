@@ -51,6 +51,9 @@ class TraceScope:
         # The opentelemetry ``context`` and ``trace`` modules, and the OK status every successful run sets (a
         # Status never changes once made, so one serves every span, as a new one per call would).
         self._otel: tuple[Any, Any, Any] | None = None
+        # iii.light_span's LightSpan and its UNSET status (loaded with OpenTelemetry, by _load_otel).
+        self._light: Any = None
+        self._unset: Any = None
 
     def headers(self) -> tuple[str | None, str | None]:
         """``(traceparent, baggage)`` to put on an outgoing invocation."""
@@ -104,16 +107,22 @@ class TraceScope:
             # attach makes both current.
             span = tel.start_handler_span(tracer, name, parent)
             ctx = trace.set_span_in_context(span, parent)
-        # _plain lets only BaseExceptions (cancellation) through, on which use_span would just end the span too.
+        # Only BaseExceptions (cancellation) get through, on which use_span would just end the span too.
         try:
             token = context.attach(ctx)
             try:
-                result, error, stack, _ = await TraceScope._plain(call)
+                # What _plain does, inline: one coroutine less per handled call.
+                result = await call()
+                error = stack = None
+            except Exception as exc:
+                result, error, stack = None, exc, traceback.format_exc()
             finally:
                 context.detach(token)
             if error is not None:
                 span.record_exception(error)
                 span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
+            elif type(span) is self._light and span._status is self._unset and span.end_time is None:
+                span._status = ok  # what LightSpan.set_status(ok) does to a span still UNSET and open
             else:
                 span.set_status(ok)
             return (result, error, stack, tel.span_traceparent(span)), span.end
@@ -125,6 +134,12 @@ class TraceScope:
         # Imported on first use (OpenTelemetry is optional), then kept: an import statement per call adds up.
         from opentelemetry import context, trace
 
+        try:
+            from .light_span import _UNSET, LightSpan
+        except ImportError:  # the OpenTelemetry API without its SDK: no light spans either
+            pass
+        else:
+            self._light, self._unset = LightSpan, _UNSET
         self._otel = (context, trace, trace.Status(trace.StatusCode.OK))
         return self._otel
 

@@ -68,21 +68,23 @@ async def test_data_frames_skip_websockets_parser_and_keep_order_around_deliver(
 
 
 async def test_messages_behind_ones_websockets_still_queues_wait_their_turn() -> None:
+    go = asyncio.Event()
+
     async def handler(ws: ServerConnection) -> None:
-        for n in range(4):
-            await ws.send(f"m{n}")
+        # Four frames in one write: they arrive in one read, all while deliver is unset, so websockets queues them.
+        ws.transport.write(b"".join(ws_fastpath.server_frame(True, f"m{n}".encode()) for n in range(4)))
+        await go.wait()
+        await ws.send("m4")
         await ws.wait_closed()
 
     async with serve(handler, "127.0.0.1", 0, **OPTS) as server:
         ws = await _connect(server.sockets[0].getsockname()[1])
         try:
+            assert await asyncio.wait_for(ws.recv(), 10) == "m0"
             got: list[str | bytes] = []
-            # All four are queued in websockets (deliver unset), then deliver is set: recv still reads them in order
-            # and nothing jumps the queue.
-            while len(ws.recv_messages.frames) < 4:
-                await asyncio.sleep(0.01)
-            ws.deliver = got.append
-            assert [await ws.recv() for _ in range(4)] == ["m0", "m1", "m2", "m3"]
+            ws.deliver = got.append  # m1-m3 still wait in websockets' queue: m4 goes behind them
+            go.set()
+            assert [await asyncio.wait_for(ws.recv(), 10) for _ in range(4)] == ["m1", "m2", "m3", "m4"]
             assert got == []
         finally:
             await ws.close()
