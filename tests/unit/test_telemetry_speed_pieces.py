@@ -133,3 +133,22 @@ def test_handler_status_set_in_place_follows_the_span_rules(handler_tracer: Any)
     assert code() is StatusCode.OK  # OK after ERROR, as the SDK's set_status does
     assert asyncio.run(run(ends_itself)) == 3
     assert code() is StatusCode.UNSET  # ended: status no longer changes
+
+
+class _Shifted(trace.SpanContext):
+    """A SpanContext subclass whose trace id property says something else than its tuple field."""
+
+    @property
+    def trace_id(self) -> int:
+        return 0xABC
+
+
+def test_traceparent_reads_a_subclass_through_its_properties() -> None:
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    for span_context in (trace.SpanContext(7, 9, False, trace.TraceFlags(1)),
+                         _Shifted(7, 9, False, trace.TraceFlags(1))):
+        span = trace.NonRecordingSpan(span_context)
+        carrier: dict[str, str] = {}
+        TraceContextTextMapPropagator().inject(carrier, trace.set_span_in_context(span))
+        assert telemetry.span_traceparent(span) == carrier["traceparent"]
