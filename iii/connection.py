@@ -30,11 +30,10 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -118,7 +117,7 @@ async def _noop_open(_write: Write) -> None:
 
 
 class _Waiter:
-    """An unkeyed frame waiting for room in the full backlog; equal only to itself (a cheap ``deque.remove``)."""
+    """An unkeyed frame waiting for room in the full backlog; hashed and equal by identity."""
 
     __slots__ = ("admitted", "frame")
 
@@ -174,9 +173,14 @@ class Connection:
         self._state: IIIConnectionState = "disconnected"
         # Frames waiting for the socket: (frame, key). Filled while down, and when a sync caller must not await.
         self._backlog: deque[tuple[Frame, str | None]] = deque()
+        # Keyed frames in the backlog: a full queue looks for the oldest of them only when there is one (a burst
+        # of fire-and-forget frames offline would otherwise scan max_queue frames per send).
+        self._keyed = 0
         # Unkeyed frames from send() waiting for room in a full backlog, first come first in: each slot the
         # backlog frees goes to the first of them in the same step, so no later frame overtakes them.
-        self._waiting: deque[_Waiter] = deque()
+        # An ordered dict, not a deque: a caller that stops waiting leaves it in O(1) wherever it stands (a mass
+        # cancel of a deque's newest waiters was quadratic).
+        self._waiting: OrderedDict[_Waiter, None] = OrderedDict()
         self._gave_up = False  # reconnection gave up (max_retries): nothing will make room any more
         self._supervisor: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
@@ -231,6 +235,7 @@ class Connection:
         if ws is not None:
             await ws.close()
         self._backlog.clear()
+        self._keyed = 0
         while self._waiting:  # frames waiting for room are discarded with the queue
             self._admit_waiting()
             self._backlog.clear()
@@ -289,13 +294,17 @@ class Connection:
         backlog = self._backlog
         if len(backlog) < self._max_queue and not self._waiting:
             backlog.append((frame, key))
+            if key is not None:
+                self._keyed += 1
             return True
         # Full. A keyed frame's caller can be told it was never sent; an unkeyed one's cannot, so the oldest keyed
-        # frame makes way (a scan, but only on this rare path).
-        for index, (old, old_key) in enumerate(backlog):
+        # frame makes way (a scan, only when there is one to find).
+        for index, (old, old_key) in enumerate(backlog if self._keyed else ()):
             if old_key is not None:
                 del backlog[index]
                 backlog.append((frame, key))
+                if key is None:
+                    self._keyed -= 1
                 log.warning("Outbound queue full (%d frames waiting for the engine), a call makes way: %.80r",
                             self._max_queue, old)
                 self._on_dropped(old_key)
@@ -312,7 +321,7 @@ class Connection:
             raise OutboundQueueFullError(self._max_queue, None)
         admitted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = _Waiter(frame, admitted)
-        self._waiting.append(entry)
+        self._waiting[entry] = None
         try:
             async with asyncio.timeout(self._queue_wait):
                 await admitted
@@ -324,11 +333,12 @@ class Connection:
             # at once, while this coroutine resumes a turn later: an admission in between has already taken the
             # entry out (and skipped it).
             if admitted.cancelled():
-                with contextlib.suppress(ValueError):
-                    self._waiting.remove(entry)
+                self._waiting.pop(entry, None)
 
     def _popleft(self) -> tuple[Frame, str | None]:
         item = self._backlog.popleft()
+        if item[1] is not None:
+            self._keyed -= 1
         if self._waiting:
             self._admit_waiting()
         return item
@@ -336,7 +346,7 @@ class Connection:
     def _admit_waiting(self) -> None:
         waiting, backlog = self._waiting, self._backlog
         while waiting and len(backlog) < self._max_queue:
-            entry = waiting.popleft()
+            entry, _ = waiting.popitem(last=False)
             if entry.admitted.done():  # its caller stopped waiting (cancelled, timed out): not sent
                 continue
             backlog.append((entry.frame, None))
@@ -346,7 +356,7 @@ class Connection:
         """End every wait for room with an error: reconnection gave up, so no room will ever be made."""
         waiting = self._waiting
         while waiting:
-            admitted = waiting.popleft().admitted
+            admitted = waiting.popitem(last=False)[0].admitted
             if not admitted.done():
                 admitted.set_exception(OutboundQueueFullError(self._max_queue, None))
 

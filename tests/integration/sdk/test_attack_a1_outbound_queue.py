@@ -95,3 +95,48 @@ async def test_waits_for_room_end_at_once_when_reconnection_gives_up() -> None:
         assert time.monotonic() - started < 1
     finally:
         await conn.close()
+
+
+async def _timed_sends(max_queue: int, waiting: int) -> tuple[float, Connection, list[asyncio.Future[bool]]]:
+    """Fill a never-started connection's queue with ``max_queue`` unkeyed frames, then time ``waiting`` more
+    sends that must wait for room (each is a task, as each caller's would be)."""
+    conn = Connection("ws://127.0.0.1:1", on_frame=lambda raw: None, max_queue=max_queue)
+    for n in range(max_queue):
+        await conn.send(f"q{n}")
+    started = time.perf_counter()
+    tasks = [asyncio.ensure_future(conn.send(f"w{n}")) for n in range(waiting)]
+    await asyncio.sleep(0)  # every send runs up to its wait
+    return time.perf_counter() - started, conn, tasks
+
+
+async def _ended(conn: Connection, tasks: list[asyncio.Future[bool]]) -> None:
+    await conn.close()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_burst_of_fire_and_forget_sends_costs_the_same_whatever_max_queue() -> None:
+    """Each unkeyed send to a full queue of unkeyed frames looked at every queued frame for a call to push out:
+    5,000 sends cost ~60x more behind 5,000 queued frames than behind 5 (before); now the same."""
+    small, conn, tasks = await _timed_sends(5, 5000)
+    await _ended(conn, tasks)
+    large, conn, tasks = await _timed_sends(5000, 5000)
+    await _ended(conn, tasks)
+    assert large < 3 * small + 0.1, (small, large)
+
+
+async def test_callers_that_stop_waiting_leave_in_constant_time_wherever_they_stand() -> None:
+    """Cancelling the newest half of 10,000 waiters (newest first) cost ~20x cancelling the oldest half: each
+    left a deque scanned from its head (before); now both cost the same."""
+    _, conn, tasks = await _timed_sends(5, 10_000)
+    started = time.perf_counter()
+    for task in tasks[:5000]:
+        task.cancel()
+    await asyncio.gather(*tasks[:5000], return_exceptions=True)
+    oldest = time.perf_counter() - started
+    started = time.perf_counter()
+    for task in reversed(tasks[5000:]):
+        task.cancel()
+    await asyncio.gather(*tasks[5000:], return_exceptions=True)
+    newest = time.perf_counter() - started
+    await _ended(conn, tasks)
+    assert newest < 3 * oldest + 0.1, (oldest, newest)
