@@ -12,9 +12,11 @@ from typing import Any
 import pytest
 from opentelemetry import context, propagate, trace
 from opentelemetry.propagators.textmap import CarrierT, Setter, TextMapPropagator, default_setter
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from iii import OtelConfig, telemetry, telemetry_exporters
+from iii import OtelConfig, light_span, telemetry, telemetry_exporters
 from iii.telemetry_exporters import serialize_spans
 from iii.trace_scope import TraceScope
 from tests.unit.test_telemetry_speed_serialize import _dict_document, _Span
@@ -152,3 +154,44 @@ def test_traceparent_reads_a_subclass_through_its_properties() -> None:
         carrier: dict[str, str] = {}
         TraceContextTextMapPropagator().inject(carrier, trace.set_span_in_context(span))
         assert telemetry.span_traceparent(span) == carrier["traceparent"]
+
+
+class _Counting(BatchSpanProcessor):
+    """Our batch processor as a subclass (its own on_start/on_end may do more): the shortcut must not skip them."""
+
+    def __init__(self, exporter: Any) -> None:
+        super().__init__(exporter)
+        self.hooks: list[str] = []
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        self.hooks.append("start")
+
+    def on_end(self, span: Any) -> None:
+        self.hooks.append("end")
+        super().on_end(span)
+
+
+@pytest.mark.parametrize("known", [True, False])
+def test_light_spans_reach_the_batch_processor_with_or_without_its_hooks(known: bool,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(light_span, "_BATCH_HOOKS_KNOWN", known)  # False: an SDK whose hooks read otherwise
+    for processor_type in (BatchSpanProcessor, _Counting):
+        provider = light_span.OwnTracerProvider()
+        exporter = InMemorySpanExporter()
+        processor = processor_type(exporter)
+        provider.add_span_processor(processor)
+        spans = light_span.HandlerSpans(provider, "demo")
+        span = spans.start("call f", None)
+        assert isinstance(span, light_span.LightSpan)
+        assert (span._on_end is not None) is (known and processor_type is BatchSpanProcessor)
+        span.end()
+        provider.force_flush()
+        assert [s.name for s in exporter.get_finished_spans()] == ["call f"]
+        if isinstance(processor, _Counting):
+            assert processor.hooks == ["start", "end"]
+        provider.shutdown()
+
+
+def test_the_batch_hooks_of_the_installed_sdk_are_the_known_ones() -> None:
+    # The day an SDK upgrade changes them, this fails and the LightSpans go through on_start/on_end again.
+    assert light_span._BATCH_HOOKS_KNOWN
