@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -126,6 +127,10 @@ class QueueModule(EngineModule):
         # Topics that went idle here since a sweep last looked at them (an ordered set): looked at on the next
         # need for room even between round-robin sweeps, so a topic that could make room is not refused for one.
         self._went_idle: dict[str, None] = {}
+        # Settings of forgotten FIFO topics (at most max_topics, oldest dropped first): a topic made anew by an
+        # enqueue while its subscriber is away (a worker reconnecting) must stamp its jobs with the FIFO group as the
+        # kept topic did, or they land in lanes of their own and run all at once when the subscriber is back.
+        self._forgotten_fifo: OrderedDict[str, QueueSettings] = OrderedDict()
         self.bridge: BridgeQueue | None = None
 
     async def start(self) -> None:
@@ -256,10 +261,11 @@ class QueueModule(EngineModule):
                 raise EngineError("enqueue_error", f"Topic '{topic}' refused: {reason}")
         if entry is None:
             holder: list[_Topic] = []
+            settings = self._forgotten_fifo.pop(topic, None) or QueueSettings(max_jobs=self.settings.max_topic_jobs)
             consumer = QueueConsumer(
                 self.store,
                 TOPIC_PREFIX + topic,
-                QueueSettings(max_jobs=self.settings.max_topic_jobs),
+                settings,
                 lambda job: self._run_topic(topic, job),
                 # this entry's subscribers, not the dict's: a reclaimed topic's stopping consumer never claims
                 # for a new topic of the same name
@@ -302,6 +308,10 @@ class QueueModule(EngineModule):
                 del self._topics[name]
                 went_idle.pop(name, None)
                 gone.append(entry.consumer)
+                if entry.consumer.settings.fifo:
+                    self._forgotten_fifo[name] = entry.consumer.settings
+                    if len(self._forgotten_fifo) > self.settings.max_topics:
+                        self._forgotten_fifo.popitem(last=False)
         for consumer in gone:
             await consumer.stop()
             if consumer.queue[len(TOPIC_PREFIX):] not in self._topics:  # not made anew meanwhile

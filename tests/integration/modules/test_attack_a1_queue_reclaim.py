@@ -104,3 +104,42 @@ async def test_a_topic_left_idle_since_the_last_sweep_makes_room_at_once(monkeyp
         assert await worker.result("enqueue", {"topic": "c", "data": 1}) is None
         topics = await worker.result("engine::queue::list_topics", {})
         assert sorted(t["topic"] for t in topics["topics"]) == ["b", "c"]
+
+
+async def test_a_fifo_topic_forgotten_while_its_subscriber_is_away_keeps_its_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A FIFO topic's subscriber leaves (a worker reconnecting), the topic is forgotten to make room, jobs are
+    enqueued, the subscriber comes back: the jobs run one at a time in order, as when the topic was kept (before:
+    the topic came back standard, its jobs were stored each in its own lane and ran all at once)."""
+    monkeypatch.setattr(queue_module, "RECLAIM_INTERVAL_S", 0.0)
+    fifo = {"topic": "orders", "queue_config": {"type": "fifo", "concurrency": 10}}
+    seen: list[int] = []
+    running = 0
+    most = 0
+    all_seen = asyncio.Event()
+
+    async def handle(data: Any) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.01)  # a job that takes a moment: a parallel one would start meanwhile
+        seen.append(data["n"])
+        running -= 1
+        if len(seen) == 5:
+            all_seen.set()
+
+    async with _engine(max_topics=2) as (engine, _module), ModuleWorker(engine.url) as worker:
+        await worker.function("sub::h", handle)
+        await worker.trigger("t-orders", "queue", "sub::h", fifo)
+        await _unsubscribe(worker, "t-orders")  # away for a moment
+        await worker.trigger("t-x", "queue", "sub::h", {"topic": "x"})
+        await worker.trigger("t-y", "queue", "sub::h", {"topic": "y"})  # room made: "orders" forgotten
+        await _unsubscribe(worker, "t-y")
+        topics = await worker.result("engine::queue::list_topics", {})
+        assert sorted(t["topic"] for t in topics["topics"]) == ["x", "y"]
+        for n in range(5):
+            assert await worker.result("enqueue", {"topic": "orders", "data": {"n": n}}) is None
+        await worker.trigger("t-orders", "queue", "sub::h", fifo)  # back
+        await asyncio.wait_for(all_seen.wait(), 10)
+        assert (seen, most) == ([0, 1, 2, 3, 4], 1)
