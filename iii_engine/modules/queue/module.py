@@ -21,6 +21,7 @@ Example (engine configuration):
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import time
@@ -131,6 +132,8 @@ class QueueModule(EngineModule):
         # enqueue while its subscriber is away (a worker reconnecting) must stamp its jobs with the FIFO group as the
         # kept topic did, or they land in lanes of their own and run all at once when the subscriber is back.
         self._forgotten_fifo: OrderedDict[str, QueueSettings] = OrderedDict()
+        # The sweep under way, if any: a call needing room meanwhile waits for the room it makes.
+        self._sweep: asyncio.Future[None] | None = None
         self.bridge: BridgeQueue | None = None
 
     async def start(self) -> None:
@@ -281,6 +284,17 @@ class QueueModule(EngineModule):
         """Forget topics nobody uses any more (no subscriber, no job in the store, dead letters included), so a
         module at ``max_topics`` takes new topics again instead of refusing them until a restart. Their
         consumers stop; a later enqueue or subscription makes the topic anew."""
+        if self._sweep is not None:
+            await asyncio.shield(self._sweep)
+            return
+        self._sweep = asyncio.get_running_loop().create_future()
+        try:
+            await self._sweep_once()
+        finally:
+            self._sweep.set_result(None)
+            self._sweep = None
+
+    async def _sweep_once(self) -> None:
         went_idle = self._went_idle
         batch = list(itertools.islice(went_idle, RECLAIM_BATCH))  # each looked at once per time it went idle
         for name in batch:

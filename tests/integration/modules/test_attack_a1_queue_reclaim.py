@@ -143,3 +143,35 @@ async def test_a_fifo_topic_forgotten_while_its_subscriber_is_away_keeps_its_ord
         await worker.trigger("t-orders", "queue", "sub::h", fifo)  # back
         await asyncio.wait_for(all_seen.wait(), 10)
         assert (seen, most) == ([0, 1, 2, 3, 4], 1)
+
+
+async def test_a_new_topic_asked_for_during_a_sweep_gets_the_room_it_makes() -> None:
+    """Two new topics at max_topics while two topics are idle (Redis store, so the sweep waits on the store): the
+    second request waits for the sweep under way instead of being refused at once while it frees room."""
+    prefix = f"test-a1-{uuid.uuid4()}:"
+    adapter = {"class": "modules::queue::RedisAdapter", "config": {"redis_url": REDIS_URL, "key_prefix": prefix}}
+    async with _engine(max_topics=2, adapter=adapter) as (engine, module), ModuleWorker(engine.url) as worker:
+        await worker.function("sub::h", _nothing)
+        for name in ("idle-1", "idle-2"):
+            await worker.trigger(f"t-{name}", "queue", "sub::h", {"topic": name})
+            await _unsubscribe(worker, f"t-{name}")
+        read = asyncio.Event()
+        go_on = asyncio.Event()
+        counts: Callable[[str], Awaitable[QueueCounts]] = module.store.counts
+
+        async def gated_counts(queue: str) -> QueueCounts:
+            found = await counts(queue)
+            read.set()
+            await go_on.wait()
+            return found
+
+        module.store.counts = gated_counts  # type: ignore[method-assign]
+        first = asyncio.ensure_future(worker.call("enqueue", {"topic": "new-1", "data": 1}))
+        await asyncio.wait_for(read.wait(), 10)
+        second = asyncio.ensure_future(worker.call("enqueue", {"topic": "new-2", "data": 2}))
+        await worker.sync()  # the second request has reached the module
+        go_on.set()
+        assert "error" not in await first
+        assert "error" not in await second
+        topics = await worker.result("engine::queue::list_topics", {})
+        assert sorted(t["topic"] for t in topics["topics"]) == ["new-1", "new-2"]
