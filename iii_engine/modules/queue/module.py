@@ -306,7 +306,8 @@ class QueueModule(EngineModule):
             start = self._reclaim_from % len(names) if names else 0
             turn = (names[start:] + names[:start])[:RECLAIM_BATCH]
             self._reclaim_from = start + len(turn)
-            batch += [name for name in turn if name not in batch]
+            seen = set(batch)
+            batch += [name for name in turn if name not in seen]
         gone: list[QueueConsumer] = []
         for name in batch:
             entry = self._topics.get(name)
