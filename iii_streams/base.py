@@ -40,8 +40,8 @@ from .deadlines import SharedDeadlines
 from .errors import StreamError, StreamTimeoutError, StreamUnavailableError, check_timeout
 from .events import EventFilter, StreamEvent, Watch
 
-__all__ = ["DEFAULT_TIMEOUT", "Backend", "FieldUpdates", "OperationGuard", "SetResult", "StreamGetInput",
-           "StreamSetInput", "UpdateResult"]
+__all__ = ["DEFAULT_TIMEOUT", "Backend", "FieldUpdates", "OperationGuard", "SetResult", "StoreDeadline",
+           "StreamGetInput", "StreamSetInput", "UpdateResult"]
 
 DEFAULT_TIMEOUT: Final = 60.0
 """Seconds an operation may take when neither the call nor the store says otherwise."""
@@ -96,6 +96,52 @@ class OperationGuard:
         wrapped = self._store._wrap_error(exc, where)
         if wrapped is not None:
             raise wrapped from exc
+
+
+class StoreDeadline:
+    """``asyncio.timeout(limit)`` for a store's batch of writes, on the store's shared timer when it has one
+    (:class:`~iii_streams.deadlines.SharedDeadlines`: no timer armed and cancelled per batch). Past the limit
+    the body is cancelled and ``TimeoutError`` raised, as ``asyncio.timeout`` does; other exceptions pass as
+    they are (each caller's :class:`OperationGuard` wraps them with its own operation's name).
+
+    Example:
+        >>> async def demo() -> str:
+        ...     deadline = StoreDeadline(0.01, SharedDeadlines(0.01))
+        ...     try:
+        ...         async with deadline:
+        ...             await asyncio.sleep(1)
+        ...     except TimeoutError:
+        ...         return "timed out"
+        ...     return "finished"
+        >>> asyncio.run(demo())
+        'timed out'
+    """
+
+    __slots__ = ("_deadlines", "_entry", "_limit", "_timer")
+
+    def __init__(self, limit: float | None, deadlines: SharedDeadlines | None) -> None:
+        self._limit = limit
+        self._deadlines = deadlines
+        self._entry: Any = None
+        self._timer: asyncio.Timeout | None = None
+
+    async def __aenter__(self) -> None:
+        if self._deadlines is not None:
+            self._entry = self._deadlines.enter()
+            if self._entry is not None:
+                return
+        self._timer = asyncio.timeout(self._limit)
+        await self._timer.__aenter__()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._entry is not None:
+            assert self._deadlines is not None
+            if self._deadlines.leave(self._entry, exc_type is asyncio.CancelledError):
+                raise TimeoutError from exc
+        elif self._timer is not None:
+            await self._timer.__aexit__(exc_type, exc, tb)
 
 
 class Backend(IStream[Any]):
@@ -188,11 +234,19 @@ class Backend(IStream[Any]):
         """``async with self._guard("get", timeout):`` bounds the body and wraps backend exceptions."""
         if timeout is None and self.timeout is not None:
             # the store's own limit: every such call shares one timer (iii_streams.deadlines)
-            deadlines = self._deadlines
-            if deadlines is None or deadlines.limit != self.timeout:
-                deadlines = self._deadlines = SharedDeadlines(self.timeout)
-            return OperationGuard(self, operation, self.timeout, deadlines)
+            return OperationGuard(self, operation, self.timeout, self._shared_deadlines(self.timeout))
         return OperationGuard(self, operation, self._limit(timeout))
+
+    def _shared_deadlines(self, limit: float) -> SharedDeadlines:
+        deadlines = self._deadlines
+        if deadlines is None or deadlines.limit != limit:
+            deadlines = self._deadlines = SharedDeadlines(limit)
+        return deadlines
+
+    def _store_deadline(self) -> StoreDeadline:
+        """``async with self._store_deadline():`` is ``asyncio.timeout(self.timeout)`` on the store's shared timer."""
+        limit = self.timeout
+        return StoreDeadline(limit, None if limit is None else self._shared_deadlines(limit))
 
     def _wrap_error(self, exc: Exception, where: str) -> StreamError | None:
         """The :class:`StreamError` to raise (``from exc``) for a backend exception, or ``None`` to let it pass.

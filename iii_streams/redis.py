@@ -173,6 +173,35 @@ _BACKOFF_CAP: Final = 0.05
 _MAX_BATCH: Final = 256  # updates per read and compare-and-set script
 
 
+def _pack_evalsha(conn: Any, sha: str, key: str, args: Sequence[Any]) -> bytes:
+    """``EVALSHA sha 1 key *args`` as one RESP command, for arguments that are ``str``, ``bytes`` or ``int``
+    (what the write scripts take), encoded as ``conn``'s encoder encodes text.
+
+    redis-py's ``pack_command`` checks every argument's type through its encoder and joins a growing buffer
+    per argument; here each is one ``encode`` and the command one ``join`` (an update batch sends 7 + 3 per item).
+
+    Example:
+        >>> class Conn:
+        ...     class encoder:
+        ...         encoding, encoding_errors = "utf-8", "strict"
+        >>> _pack_evalsha(Conn(), "ab", "k", ["é", b"x", 2])
+        b'*7\\r\\n$7\\r\\nEVALSHA\\r\\n$2\\r\\nab\\r\\n$1\\r\\n1\\r\\n$1\\r\\nk\\r\\n$2\\r\\n\\xc3\\xa9\\r\\n$1\\r\\nx\\r\\n$1\\r\\n2\\r\\n'
+    """
+    encoding, errors = conn.encoder.encoding, conn.encoder.encoding_errors
+    parts = [b"*%d\r\n$7\r\nEVALSHA\r\n" % (len(args) + 4)]
+    for arg in (sha, "1", key, *args):
+        if type(arg) is str:
+            data = arg.encode(encoding, errors)
+        elif type(arg) is bytes:
+            data = arg
+        elif type(arg) is int:
+            data = b"%d" % arg
+        else:
+            raise TypeError(f"EVALSHA argument of type {type(arg).__name__}")
+        parts += (b"$%d\r\n" % len(data), data, b"\r\n")
+    return b"".join(parts)
+
+
 def _glob_escape(text: str) -> str:
     return _GLOB_SPECIAL.sub(r"\\\1", text)
 
@@ -501,7 +530,7 @@ class RedisStream(FieldUpdates):
         fields = builtins.list(dict.fromkeys(u.item_id for u in batch))
         ceiling = _BACKOFF_FIRST
         # bounded by the store's timeout: a hung server must not keep the hash's queue waiting forever
-        async with asyncio.timeout(self.timeout):
+        async with self._store_deadline():  # asyncio.timeout(self.timeout) on the store's shared timer
             known = self._known_texts(key, fields)
             if known is not None:
                 results = await self._write_batch(key, batch, known)
@@ -560,11 +589,11 @@ class RedisStream(FieldUpdates):
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
             try:
-                await conn.send_command("EVALSHA", script.sha, 1, key, *args)
+                await conn.send_packed_command(_pack_evalsha(conn, script.sha, key, args))
                 return await conn.read_response()
             except NoScriptError:  # Redis ran nothing (restarted, or SCRIPT FLUSH): load it and send it again
                 script.sha = await self._client.script_load(script.script)
-                await conn.send_command("EVALSHA", script.sha, 1, key, *args)
+                await conn.send_packed_command(_pack_evalsha(conn, script.sha, key, args))
                 return await conn.read_response()
         finally:
             await pool.release(conn)

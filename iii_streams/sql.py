@@ -390,7 +390,7 @@ class SQLStream(FieldUpdates):
         results: builtins.list[Any] = []
         pending = builtins.list(writes)
         # bounded by the store's timeout: a hung database must not keep the queue waiting forever
-        async with asyncio.timeout(self.timeout):
+        async with self._store_deadline():  # asyncio.timeout(self.timeout) on the store's shared timer
             while pending:
                 swapped = await self._swap(pending)
                 if swapped is not None:

@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-import redis.asyncio.connection as aioredis_connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -20,6 +18,7 @@ from iii.stream import StreamDeleteInput, StreamSetInput, StreamUpdateInput, Upd
 from iii.wire import loads
 from iii_streams import RedisStream
 from iii_streams.errors import StreamError
+from tests.integration.streams.sent_commands import record_script_calls
 from tests.services import require_redis
 
 
@@ -186,15 +185,7 @@ async def test_the_scripts_go_out_once_each_with_a_fixed_argument_count(monkeypa
     """The scripts are sent on a pooled connection directly (not through the client's retrying execute_command):
     still one EVALSHA per batch whose argument count does not grow with the batch's events."""
     url = require_redis()
-    sent: list[int] = []
-    real_send = aioredis_connection.Connection.send_command
-
-    async def counted(self: aioredis_connection.Connection, *args: Any, **kwargs: Any) -> None:
-        if args and args[0] in ("EVAL", "EVALSHA"):
-            sent.append(len(args))
-        await real_send(self, *args, **kwargs)
-
-    monkeypatch.setattr(aioredis_connection.Connection, "send_command", counted)
+    sent = record_script_calls(monkeypatch)
     stream = f"attack4-{uuid.uuid4().hex[:8]}"
     async with RedisStream.from_url(url, channel=f"attack4-events-{uuid.uuid4().hex[:8]}") as store:
         try:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -14,24 +13,21 @@ import redis.asyncio as aioredis
 from iii.stream import StreamUpdateInput, UpdateIncrement
 from iii.wire import loads
 from iii_streams import RedisStream
+from tests.integration.streams.sent_commands import commands
 from tests.services import require_redis
 
 UPDATES = 100
 
 
 class CountingConnection(aioredis.Connection):
-    """Counts the commands this client writes (redis-py's extension point: a pool's ``connection_class``)."""
+    """Counts the commands this client writes (redis-py's extension point: a pool's ``connection_class``), those
+    the store packs itself included."""
 
     sent = 0
 
-    def pack_commands(self, commands: Iterable[Iterable[Any]]) -> list[bytes]:
-        commands = list(commands)
-        CountingConnection.sent += len(commands)
-        return super().pack_commands(commands)
-
-    def pack_command(self, *args: Any) -> list[bytes]:
-        CountingConnection.sent += 1
-        return super().pack_command(*args)
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        CountingConnection.sent += len(commands(command))
+        await super().send_packed_command(command, check_health)
 
 
 async def test_batch_publishes_every_event_in_few_commands() -> None:

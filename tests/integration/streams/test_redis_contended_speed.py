@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 import redis.asyncio.client as aioredis_client
-import redis.asyncio.connection as aioredis_connection
 
 import iii_streams.redis as redis_store
 from iii.stream import StreamSetInput, StreamUpdateInput, UpdateIncrement, UpdateSet
 from iii.wire import dumps, loads
 from iii_streams import RedisStream
+from tests.integration.streams.sent_commands import record_script_calls
 from tests.services import require_redis
 
 
@@ -78,22 +78,16 @@ async def test_a_batch_sends_its_events_as_one_argument_and_each_arrives_exactly
     by newlines and the script splits them; values holding newlines, CRs, non-ASCII text and big integers must
     still arrive byte for byte, one event per update, in order."""
     url = require_redis()
-    evals: list[int] = []  # the argument count of every script call, queued in a pipeline or sent at once
+    # the argument count of every script call, queued in a pipeline or sent on a connection (packed by the store)
+    evals = record_script_calls(monkeypatch)
     real_queue = aioredis_client.Pipeline.pipeline_execute_command
-    real_send = aioredis_connection.AbstractConnection.send_command  # the store sends its scripts on a connection
 
     def queued(self: aioredis_client.Pipeline, *args: Any, **options: Any) -> Any:
         if args and args[0] in ("EVAL", "EVALSHA"):
             evals.append(len(args))
         return real_queue(self, *args, **options)
 
-    async def sent(self: aioredis_connection.AbstractConnection, *args: Any, **options: Any) -> Any:
-        if args and args[0] in ("EVAL", "EVALSHA"):
-            evals.append(len(args))
-        return await real_send(self, *args, **options)
-
     monkeypatch.setattr(aioredis_client.Pipeline, "pipeline_execute_command", queued)
-    monkeypatch.setattr(aioredis_connection.AbstractConnection, "send_command", sent)
     stream = f"contended-{uuid.uuid4().hex[:8]}"
     channel = f"test-events-{uuid.uuid4().hex[:8]}"
     values: list[Any] = [

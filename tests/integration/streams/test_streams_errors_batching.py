@@ -102,6 +102,19 @@ async def test_redis_operations_time_out_on_a_silent_server(silent_server: int) 
             assert loop.time() - started < 2.0
 
 
+async def test_the_store_timeout_bounds_a_redis_update_batch_on_its_shared_timer(silent_server: int) -> None:
+    """A batch runs in its own task under the store's limit (``StoreDeadline``, one shared timer): a caller with a
+    longer limit of its own still learns at the store's limit, and the hash's queue moves on to the next batch."""
+    async with RedisStream.from_url(f"redis://127.0.0.1:{silent_server}/0", timeout=0.3) as store:
+        loop = asyncio.get_running_loop()
+        for _ in range(2):  # the second batch starts after the first one expired: the queue is not stuck
+            started = loop.time()
+            with pytest.raises(StreamTimeoutError, match=r"RedisStream\.update: timed out"):
+                await store.update(StreamUpdateInput(**_item("s"), ops=INCREMENT), timeout=5)
+            assert 0.25 < loop.time() - started < 2.0
+        assert store._deadlines is not None and len(store._deadlines) == 0  # every entry left
+
+
 async def test_sqlite_write_times_out_while_another_process_holds_the_lock(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 's.db'}"
     async with SQLStream.from_url(url) as store:
