@@ -18,7 +18,10 @@ taken within one round. ``direct`` opens the stores without change events (the i
 the write's script, PostgreSQL NOTIFY in the write's statement), the like-for-like comparison.
 
 Run: ``.venv/bin/python bench/streams_contended.py [--n 2000] [--rounds 3] [--procs 4] [--inflight 64]
-[--stores redis,sqlite,postgres] [--paths direct,direct-events,engine]``.
+[--stores redis,sqlite,postgres] [--paths direct,direct-events,engine] [--before /tmp/old-checkout]``.
+``--before DIR`` adds the path ``engine-before``: an engine from another checkout (``git worktree add DIR <commit>``)
+in the same rounds; both engines then run in processes of their own (CPU read from ``/proc``), and it prints
+engine / engine-before per kind (rate and engine CPU per update, each ratio within one round).
 Goal (issue #10): contended >= seq on Redis, 0 lost updates; PostgreSQL engine >= 0.8 of direct.
 """
 
@@ -189,9 +192,60 @@ async def _start_engine(store_url: str) -> Any:
     return engine
 
 
+_ENGINE_CHILD = """
+import asyncio, sys
+sys.path.insert(0, sys.argv[1])
+from iii_engine import Engine, EngineConfig, ModuleSpec
+
+async def main() -> None:
+    modules = [ModuleSpec("modules::stream::StreamModule", {"host": "127.0.0.1", "port": 0, "store_url": sys.argv[2]})]
+    engine = Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=modules))
+    await engine.__aenter__()
+    print(engine.url, flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    await engine.__aexit__(None, None, None)
+
+asyncio.run(main())
+"""
+
+
+class _ChildEngine:
+    """An engine from checkout ``root`` in a process of its own (``--before``): its URL and its CPU seconds."""
+
+    def __init__(self, process: Any, url: str) -> None:
+        self.process = process
+        self.url = url
+
+    @classmethod
+    async def start(cls, root: str, store_url: str) -> _ChildEngine:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-P", "-c", _ENGINE_CHILD, root, store_url,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), 60)
+        if not line.startswith(b"ws"):
+            raise RuntimeError(f"engine from {root} did not start: {line!r}")
+        return cls(process, line.decode().strip())
+
+    def cpu(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime, every thread
+
+    async def stop(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(b"stop\n")
+        await self.process.stdin.drain()
+        await asyncio.wait_for(self.process.wait(), 30)
+
+
 async def _bench(store: str, store_url: str, paths: list[str], args: argparse.Namespace) -> None:
     """Every round runs each (path, kind) once; the order alternates per round so drift hits both sides."""
-    engine = await _start_engine(store_url) if "engine" in paths else None
+    children: dict[str, _ChildEngine] = {}
+    if args.before:  # both engines in processes of their own, so they are measured alike
+        children["engine"] = await _ChildEngine.start(str(ROOT), store_url)
+        children["engine-before"] = await _ChildEngine.start(args.before, store_url)
+        paths = [*paths, "engine-before"] if "engine" in paths else paths
+    engine = await _start_engine(store_url) if "engine" in paths and not children else None
     runs = [(path, kind) for path in paths for kind in ("seq", "contended")]
     rows: dict[tuple[str, str], list[dict[str, Any]]] = {run: [] for run in runs}
     try:
@@ -199,11 +253,17 @@ async def _bench(store: str, store_url: str, paths: list[str], args: argparse.Na
             for path, kind in runs if r % 2 == 0 else runs[::-1]:
                 procs, inflight = (1, 1) if kind == "seq" else (args.procs, args.inflight)
                 n = args.n_seq if kind == "seq" else args.n
-                url = engine.url if path == "engine" else store_url
-                rep = await _one(f"{store}-{kind}", path, url, store_url, n, procs, inflight)
+                child = children.get(path)
+                url = child.url if child is not None else engine.url if path == "engine" else store_url
+                cpu0 = child.cpu() if child is not None else 0.0
+                rep = await _one(f"{store}-{kind}", "engine" if child is not None else path, url, store_url, n,
+                                 procs, inflight)
+                if child is not None:  # the engine's own process, not this one
+                    rep["engine_cpu"] = child.cpu() - cpu0
+                    rep["cpu"] += rep["engine_cpu"]
                 rows[path, kind].append(rep)
                 own = (f" (engine {1000 * rep['engine_cpu'] / n:5.2f}, {1e6 * rep['engine_cpu'] / n:5.1f} µs/upd)"
-                       if path == "engine" else "")
+                       if path.startswith("engine") else "")
                 print(f"  {store:8} {path:13} round {r + 1} {kind:9} {rep['rate']:9.1f} upd/s  "
                       f"(slowest worker {rep['busiest']:.2f} s of {rep['wall']:.2f} s)  "
                       f"cpu/1000 {1000 * rep['cpu'] / n:6.2f} s{own}  conflicts/upd {rep['conflicts'] / n:6.2f}  "
@@ -212,6 +272,8 @@ async def _bench(store: str, store_url: str, paths: list[str], args: argparse.Na
     finally:
         if engine is not None:
             await engine.__aexit__(None, None, None)
+        for child in children.values():
+            await child.stop()
     for path in paths:
         seq = [r["rate"] for r in rows[path, "seq"]]
         con = [r["rate"] for r in rows[path, "contended"]]
@@ -219,15 +281,26 @@ async def _bench(store: str, store_url: str, paths: list[str], args: argparse.Na
         cpu = {k: [1000 * r["cpu"] / (args.n_seq if k == "seq" else args.n) for r in rows[path, k]]
                for k in ("seq", "contended")}
         lost = sum(r["lost"] for k in ("seq", "contended") for r in rows[path, k])
-        if path == "engine":  # the engine process's own CPU per update (the through-engine cost), in µs
+        if path.startswith("engine"):  # the engine process's own CPU per update (the through-engine cost), in µs
             own_us = {k: [1e6 * r["engine_cpu"] / (args.n_seq if k == "seq" else args.n) for r in rows[path, k]]
                       for k in ("seq", "contended")}
-            print(f"{store:8} engine process CPU per update: seq {_summary(own_us['seq'])} µs, contended "
+            print(f"{store:8} {path} process CPU per update: seq {_summary(own_us['seq'])} µs, contended "
                   f"{_summary(own_us['contended'])} µs", flush=True)
         print(f"{store:8} {path:13} seq {_summary(seq)} upd/s   {args.procs}x{args.inflight} {_summary(con)} upd/s   "
               f"ratio {statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})   cpu/1000 upd: seq "
               f"{statistics.median(cpu['seq']):.2f} s, contended {statistics.median(cpu['contended']):.2f} s   "
               f"lost {lost}", flush=True)
+    if "engine-before" in paths:
+        for kind in ("seq", "contended"):
+            n = args.n_seq if kind == "seq" else args.n
+            rate = [e["rate"] / b["rate"] for e, b in zip(rows["engine", kind], rows["engine-before", kind],
+                                                          strict=True)]
+            cpu_ratio = [e["engine_cpu"] / b["engine_cpu"] for e, b in zip(rows["engine", kind],
+                                                                         rows["engine-before", kind], strict=True)]
+            print(f"{store:8} engine/engine-before {kind:9} rate {statistics.median(rate):.2f} "
+                  f"({min(rate):.2f}-{max(rate):.2f})   engine cpu per update {statistics.median(cpu_ratio):.2f} "
+                  f"({min(cpu_ratio):.2f}-{max(cpu_ratio):.2f}) of before, same rounds "
+                  f"(n {n})", flush=True)
     for direct in (p for p in DIRECT_PATHS if p in paths and "engine" in paths):
         for kind in ("seq", "contended"):
             through = [e["rate"] / d["rate"] for e, d in zip(rows["engine", kind], rows[direct, kind], strict=True)]
@@ -267,6 +340,9 @@ async def main() -> None:
     parser.add_argument("--paths", default="direct,direct-events,engine",
                         help="direct: stores without change events (the issue's baseline); direct-events: stores "
                         "that publish them, as the engine's store does; engine: stream::update through an engine")
+    parser.add_argument("--before", default="",
+                        help="a checkout (e.g. a git worktree of an older commit): adds the path engine-before, an "
+                        "engine from that checkout; both engines then run in processes of their own")
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
     args = parser.parse_args()
