@@ -55,17 +55,20 @@ class HandlerRunner:
         return outcome
 
     async def start(
-        self, function_id: str, data: Any, traceparent: str | None, baggage: str | None, trace: TraceScope
+        self, function_id: str, data: Any, traceparent: str | None, baggage: str | None, trace: TraceScope,
+        no_channel_refs: bool = False,
     ) -> tuple[Outcome, Callable[[], None]]:
         """Like :meth:`run`, with the handler's span left open: ``(outcome, end)``; call ``end()`` once the
-        answer is sent (:meth:`TraceScope.start` says why)."""
+        answer is sent (:meth:`TraceScope.start` says why). ``no_channel_refs``: ``data`` is known to hold none
+        (:attr:`iii.protocol.client.InvocationRequested.no_channel_refs`), so it is not walked for them."""
         entry = self._handlers.get(function_id)
         if entry is None:  # unregistered while the frame was on its way
             return (None, {"code": "function_not_found", "message": f"Function '{function_id}' not found"},
                     None), _nothing
         handler, is_async = entry
         try:
-            data = resolve_channels(data, self._address)
+            if not no_channel_refs:
+                data = resolve_channels(data, self._address)
         except Exception as exc:
             log.exception("Failed to resolve channel refs for %s", function_id)
             return (None, {"code": "invocation_failed", "message": str(exc), "stacktrace": traceback.format_exc()},

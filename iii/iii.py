@@ -396,7 +396,8 @@ class III:
         end_span = None
         try:
             (result, error, traceparent), end_span = await self._runner.start(
-                event.function_id, event.data, event.traceparent, event.baggage, self._telemetry.trace
+                event.function_id, event.data, event.traceparent, event.baggage, self._telemetry.trace,
+                event.no_channel_refs,
             )
             if event.invocation_id is None:
                 return  # fire-and-forget: nobody waits for an answer

@@ -32,7 +32,7 @@ from __future__ import annotations
 import traceback
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ..errors import ConnectionLostError, InvocationError, ShuttingDownError
@@ -99,6 +99,9 @@ class InvocationRequested:
     traceparent: str | None
     baggage: str | None
     generation: int
+    #: The frame's text has no ``channel_id`` key (not even one written with ``\\u`` escapes), so ``data`` holds no
+    #: channel ref and need not be walked for one (issue 10: a walk of every payload, per call).
+    no_channel_refs: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,7 +407,9 @@ class ClientSession:
         if kind == "invocationresult":
             return self._on_result(msg)
         if kind == "invokefunction":
-            return self._on_invoke(msg)
+            # A JSON key equal to "channel_id" is written as is or with a backslash-u escape; in a text frame without
+            # either no channel ref can hide (bytes may be any UTF encoding: those are walked as before).
+            return self._on_invoke(msg, type(raw) is str and "channel_id" not in raw and "\\u" not in raw)
         if kind == "workerregistered":
             worker_id = msg.get("worker_id")
             self.worker_id = worker_id if isinstance(worker_id, str) else None
@@ -428,7 +433,7 @@ class ClientSession:
             return [CallFailed(invocation_id, InvocationError.from_wire(error))]
         return [CallSucceeded(invocation_id, msg.get("result"))]
 
-    def _on_invoke(self, msg: dict[str, Any]) -> list[Event]:
+    def _on_invoke(self, msg: dict[str, Any], no_channel_refs: bool = False) -> list[Event]:
         invocation_id = msg.get("invocation_id")
         function_id = msg.get("function_id")
         if not isinstance(function_id, str):
@@ -439,7 +444,8 @@ class ClientSession:
             traceparent, baggage = msg.get("traceparent"), msg.get("baggage")
             return [InvocationRequested(iid, function_id, msg.get("data"),
                                         traceparent if isinstance(traceparent, str) else None,
-                                        baggage if isinstance(baggage, str) else None, self.generation)]
+                                        baggage if isinstance(baggage, str) else None, self.generation,
+                                        no_channel_refs)]
         if function is None:
             error = {"code": "function_not_found", "message": f"Function '{function_id}' not found"}
         else:
