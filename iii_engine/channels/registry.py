@@ -43,26 +43,35 @@ from .policy import policy_for
 log = logging.getLogger(__name__)
 
 
-_RANDOM_BATCH = 64 * 64
-_random = bytearray()
+_ID_BATCH = 64
+# Ids and keys made ahead, from one urandom call per _ID_BATCH channels; popped from the end, each handed out once.
+_ready_ids: list[tuple[str, str, str]] = []
+# A forked child must not hand out the ids its parent has ready too (as the random module reseeds after a fork).
+os.register_at_fork(after_in_child=_ready_ids.clear)
 
 
-def _random64() -> bytes:
-    """64 bytes from ``os.urandom``, drawn 4 KiB at a time: one system call per 64 channels, not one per channel
-    (the REST API module creates two per request). Every byte is still the kernel's and is handed out once."""
-    global _random
-    if not _random:
-        _random = bytearray(os.urandom(_RANDOM_BATCH))
-    chunk = bytes(_random[-64:])
-    del _random[-64:]
-    return chunk
+def _make_ids() -> None:
+    """Make :data:`_ID_BATCH` channels' ids and keys from one ``os.urandom`` call, one hex and one base64 pass."""
+    count = _ID_BATCH
+    raw = bytearray(os.urandom(64 * count))
+    uuids = raw[:16 * count]
+    for at in range(0, 16 * count, 16):
+        uuids[at + 6] = (uuids[at + 6] & 0x0F) | 0x40  # version 4
+        uuids[at + 8] = (uuids[at + 8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = uuids.hex()
+    keys = base64.urlsafe_b64encode(raw[16 * count:]).decode()  # 48 bytes -> 64 characters per channel
+    _ready_ids.extend(
+        (f"{h[a:a + 8]}-{h[a + 8:a + 12]}-{h[a + 12:a + 16]}-{h[a + 16:a + 20]}-{h[a + 20:a + 32]}",
+         keys[b:b + 32], keys[b + 32:b + 64])
+        for a, b in zip(range(0, 32 * count, 32), range(0, 64 * count, 64), strict=True))
 
 
 def _new_ids() -> tuple[str, str, str]:
-    """A random (version 4) UUID for a channel id and two 192-bit URL-safe keys, from one ``urandom`` call.
+    """A random (version 4) UUID for a channel id and two 192-bit URL-safe keys.
 
-    ``uuid.uuid4()`` plus two ``secrets.token_urlsafe(24)`` cost several times more, and the REST API module
-    creates two channels per request.
+    Why made ahead in batches: ``uuid.uuid4()`` plus two ``secrets.token_urlsafe(24)`` cost several times more,
+    and even one ``urandom`` call and its formatting per channel was a tenth of the REST API module's own cost per
+    request (it creates two channels per request).
 
     Example:
         >>> import uuid
@@ -70,12 +79,9 @@ def _new_ids() -> tuple[str, str, str]:
         >>> uuid.UUID(channel_id).version, len(writer_key), len(reader_key), writer_key != reader_key
         (4, 32, 32, True)
     """
-    raw = bytearray(_random64())
-    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = raw[:16].hex()
-    keys = base64.urlsafe_b64encode(raw[16:]).decode()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}", keys[:32], keys[32:]
+    if not _ready_ids:
+        _make_ids()
+    return _ready_ids.pop()
 
 
 class _Reserved:

@@ -25,11 +25,14 @@ may send at most ``MAX_CONTROL_FRAMES`` (100) control frames (an empty binary fr
 Stopping the engine answers every request still waiting for its handler (or for its condition function) with 503 at
 once (it does not wait out ``default_timeout``); streamed responses in progress are cut.
 
-Per request the module creates both channels on the relay and opens its own ends in-process: the body is queued
-whole at once (``ChannelRelay.fill``, no task) and the response end reads straight from the channel's queue. The
-invocation is started without a task (``EngineServices.start_invocation``) and the race between its result and
-the first body chunk runs in the request's own task (see ``RestApiModule._first_chunk``). The waits before the
-response starts end at the request's deadline through one timer shared by all requests (``_open_race``).
+Per request the module creates both channels on the relay, where they stay reserved (ids and keys only) until
+the handler attaches to one; its own ends are in-process: the body is queued whole at once (``ChannelRelay.fill``,
+no task) and the response end, opened only once the handler attaches to the response channel (a handler that
+just returns a result never does), reads straight from the channel's queue. The invocation is started without a
+task (``EngineServices.start_invocation``); until the handler attaches, the request's task waits for its outcome
+alone, and from then on the race between the result and the first body chunk runs in the same task (see
+``RestApiModule._first_chunk``). The waits before the response starts end at the request's deadline through one
+timer shared by all requests (``_open_race``).
 
 ``engine.module("http_api").port`` is the bound port (useful with ``port: 0``).
 
@@ -64,7 +67,6 @@ log = logging.getLogger(__name__)
 # After refusing a body (413/408/503) the rest of it is read and dropped for at most this long, so a client that
 # only reads the answer once it has sent everything still gets it; longer would also hold up shutdown.
 LINGER_S = 2.0
-_CHANNEL_BUFFER = 64  # messages per request/response channel, as engine::channels::create's default
 _STREAM_HEADER_SKIP = frozenset({"transfer-encoding", "connection", "keep-alive"})
 # A handler's response head: control frames (set_status / set_headers) and empty binary frames before the first body
 # chunk, and the bytes of the headers they set. Past either, the response channel is closed (the handler's writer
@@ -164,11 +166,12 @@ def result_response(result: Any) -> web.Response:
         >>> r.status, r.headers["x-a"], r.body
         (201, '1', b'{"ok":true}')
     """
-    if not isinstance(result, Mapping):
+    if type(result) is not dict and not isinstance(result, Mapping):  # a decoded result is a dict: no ABC check
         return _json_response(200, {})
     body = result.get("body")
     raw_headers = result.get("headers")
-    headers = {str(k): str(v) for k, v in raw_headers.items()} if isinstance(raw_headers, Mapping) else None
+    headers = ({str(k): str(v) for k, v in raw_headers.items()}
+               if raw_headers is not None and isinstance(raw_headers, Mapping) else None)
     return _json_response(_status_of(result), {} if body is None else body, headers)
 
 
@@ -502,49 +505,47 @@ class RestApiModule(EngineModule):
 
     async def _run(self, request: web.BaseRequest, match: RouteMatch, raw: bytearray,
                    deadline: float) -> web.StreamResponse:
+        # One coroutine for the race's lifetime and the request's channels: each level of await costs per request.
         race = self._open_race(deadline)
         try:
-            return await self._run_raced(request, match, raw, race)
+            route = match.route
+            body: Any = None
+            if raw and "application/json" in request.headers.get("Content-Type", "").lower():
+                with contextlib.suppress(ValueError):
+                    body = loads(bytes(raw))
+            payload = self._request_object(request, match, body)
+            if route.condition_function_id is not None:
+                try:
+                    passed = await self._interruptible(race, self.services.condition_passes(
+                        route.condition_function_id, dict(payload)), None)
+                except _Interrupted as exc:
+                    raise _reason_to_refusal(exc.reason) from None
+                if not passed:
+                    return _json_response(422, {"error": "Request condition not met", "skipped": True})
+            # Both channels are created on the relay (docs/protocol.md#channels), where they stay reserved until the
+            # handler attaches to one over its own socket; this module's ends are in-process, and its response end
+            # opens only then (see ResponseChannel.watch).
+            relay = self.services.channels
+            request_channel = self._new_channel(None)
+            response_channel = self._new_channel(request_channel)
+            payload["request_body"] = request_channel["reader"]
+            payload["response"] = response_channel["writer"]
+            body_ref = request_channel["writer"]
+            # the whole body is in hand: queue it at once, no task
+            relay.fill(body_ref["channel_id"], body_ref["access_key"], raw, CHUNK_SIZE)
+            # The channel holds its own copy now; the body is claimed once against max_buffered_bytes: hold it once.
+            raw.clear()
+            reader = ResponseChannel("", response_channel["reader"], relay,
+                                     max_control_frames=MAX_CONTROL_FRAMES, max_header_bytes=MAX_HEADER_BYTES)
+            try:
+                return await self._call_and_respond(request, route.function_id, payload, reader, race)
+            finally:
+                if reader.local:  # nothing to wait for: drop both channels now
+                    self._discard(request_channel, response_channel)
+                else:
+                    self._spawn(self._finish(reader, request_channel, response_channel))
         finally:
             self._close_race(race)
-
-    async def _run_raced(self, request: web.BaseRequest, match: RouteMatch, raw: bytearray,
-                         race: _Race) -> web.StreamResponse:
-        route = match.route
-        body: Any = None
-        if raw and "application/json" in request.headers.get("Content-Type", "").lower():
-            with contextlib.suppress(ValueError):
-                body = loads(bytes(raw))
-        payload = self._request_object(request, match, body)
-        if route.condition_function_id is not None:
-            try:
-                passed = await self._interruptible(race, self.services.condition_passes(
-                    route.condition_function_id, dict(payload)), None)
-            except _Interrupted as exc:
-                raise _reason_to_refusal(exc.reason) from None
-            if not passed:
-                return _json_response(422, {"error": "Request condition not met", "skipped": True})
-        # Both channels are created on the relay and this module's ends opened in-process (docs/protocol.md#channels);
-        # the handler attaches to the other ends over its own socket.
-        relay = self.services.channels
-        request_channel = self._new_channel(None)
-        response_channel = self._new_channel(request_channel)
-        payload["request_body"] = request_channel["reader"]
-        payload["response"] = response_channel["writer"]
-        body_ref = request_channel["writer"]
-        # the whole body is in hand: queue it at once, no task
-        relay.fill(body_ref["channel_id"], body_ref["access_key"], raw, CHUNK_SIZE)
-        # The channel holds its own copy now; the body is claimed once against max_buffered_bytes, so hold it once.
-        raw.clear()
-        reader = ResponseChannel("", response_channel["reader"], relay,
-                                 max_control_frames=MAX_CONTROL_FRAMES, max_header_bytes=MAX_HEADER_BYTES)
-        try:
-            return await self._call_and_respond(request, route.function_id, payload, reader, race)
-        finally:
-            if reader.local:  # nothing to wait for: drop both channels now
-                self._discard(request_channel, response_channel)
-            else:
-                self._spawn(self._finish(reader, request_channel, response_channel))
 
     async def _call_and_respond(self, request: web.BaseRequest, function_id: str, payload: dict[str, Any],
                                 reader: ResponseChannel, race: _Race) -> web.StreamResponse:
@@ -759,7 +760,7 @@ class RestApiModule(EngineModule):
     def _new_channel(self, made: dict[str, Any] | None) -> dict[str, Any]:
         """One of a request's two channels; past ``channels.max_open`` a 503 (``made``, the first, is dropped)."""
         try:
-            return self.services.channels.create(_CHANNEL_BUFFER, owner=None)
+            return self.services.channels.create(None, owner=None)  # engine::channels::create's default buffer
         except TooManyChannels as exc:
             if made is not None:
                 self._discard(made)
