@@ -5,6 +5,7 @@ behaves as if it had been live all along (same keys, deadline, fill, limits)."""
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from iii.channels import build_channel_url
-from iii_engine.channels import ChannelRefused, ChannelRelay, TooManyChannels
+from iii_engine.channels import ChannelRefused, ChannelRelay, TooManyChannels, registry
 from iii_engine.channels.registry import _new_ids
 
 from .test_fill import OPTS, fill, read_socket
@@ -120,3 +121,20 @@ def test_ids_drawn_from_the_batched_random_bytes_are_distinct() -> None:
         channel_id, writer_key, reader_key = _new_ids()
         seen.update((channel_id, writer_key, reader_key))
     assert len(seen) == 900
+
+
+def test_a_forked_child_does_not_hand_out_the_ids_its_parent_has_ready() -> None:
+    _new_ids()  # a batch is made and ready
+    parents_next = registry._ready_ids[-1]
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first id must be its own
+        os.close(read_fd)
+        os.write(write_fd, "|".join(_new_ids()).encode())
+        os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as pipe:
+        childs_first = tuple(pipe.read().split("|"))
+    os.waitpid(pid, 0)
+    assert len(childs_first) == 3 and childs_first != parents_next
+    assert _new_ids() == parents_next  # the parent's batch is untouched
