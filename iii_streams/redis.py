@@ -202,6 +202,26 @@ def _pack_evalsha(conn: Any, sha: str, key: str, args: Sequence[Any]) -> bytes:
     return b"".join(parts)
 
 
+async def _send(conn: Any, packed: bytes) -> None:
+    """``conn.send_packed_command(packed)`` without its socket timeout on the write.
+
+    With a socket timeout (redis-py's default is 5 s) every send runs in ``asyncio.wait_for``: a task, a timer
+    and one more event-loop turn per command, for a write that almost always goes straight into the socket. The
+    write scripts run inside the store's deadline (``StoreDeadline``, or the caller's guard), which bounds a
+    send that blocks; the reply is still read under the socket timeout.
+    """
+    timeout = conn.socket_timeout
+    if not timeout:
+        await conn.send_packed_command(packed)
+        return
+    conn.socket_timeout = None
+    try:
+        await conn.send_packed_command(packed)
+    finally:
+        if conn.socket_timeout is None:  # unless something set a timeout of its own meanwhile
+            conn.socket_timeout = timeout
+
+
 def _glob_escape(text: str) -> str:
     return _GLOB_SPECIAL.sub(r"\\\1", text)
 
@@ -589,11 +609,11 @@ class RedisStream(FieldUpdates):
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
             try:
-                await conn.send_packed_command(_pack_evalsha(conn, script.sha, key, args))
+                await _send(conn, _pack_evalsha(conn, script.sha, key, args))
                 return await conn.read_response()
             except NoScriptError:  # Redis ran nothing (restarted, or SCRIPT FLUSH): load it and send it again
                 script.sha = await self._client.script_load(script.script)
-                await conn.send_packed_command(_pack_evalsha(conn, script.sha, key, args))
+                await _send(conn, _pack_evalsha(conn, script.sha, key, args))
                 return await conn.read_response()
         finally:
             await pool.release(conn)
