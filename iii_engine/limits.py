@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import OrderedDict
 
 from .config import DEFAULT_FIRE_WAIT_TIMEOUT_MS, DEFAULT_MAX_FIRED_CALLS, EngineConfig
 from .modules.base import EngineError
@@ -142,7 +142,9 @@ class FiredCalls:
         self.skipped = 0
         #: calls not made because their producer's wait ran out (or too many producers waited): it failed
         self.refused = 0
-        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        # each waiter's future and the slots it asks for, in arrival order; a dict so that one leaving (cancelled,
+        # timed out) is removed in O(1) wherever it stands
+        self._waiters: OrderedDict[asyncio.Future[None], int] = OrderedDict()
         self._waiting = 0  # slots the waiters ask for
         self._unlogged_skipped = 0  # since the last warning
         self._unlogged_refused = 0
@@ -188,8 +190,7 @@ class FiredCalls:
                                f"calls in flight (max_fired_calls {self.limit}) and {len(self._waiters)} "
                                "producers already waiting for room")
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (n, granted)
-        self._waiters.append(entry)
+        self._waiters[granted] = n
         self._waiting += n
         try:
             async with asyncio.timeout(self.wait_timeout_ms / 1000):
@@ -201,8 +202,9 @@ class FiredCalls:
                 self.release(n)  # cancelled as they were granted: given back
                 raise
             granted.cancel()
-            self._waiters.remove(entry)
-            self._waiting -= n
+            # still queued unless a release in the turn it was cancelled passed it by (see _grant)
+            if self._waiters.pop(granted, None) is not None:
+                self._waiting -= n
             self._grant()  # the head may have left: those behind it may fit now
             if not isinstance(exc, TimeoutError):
                 raise
@@ -219,10 +221,16 @@ class FiredCalls:
     def _grant(self) -> None:
         waiters = self._waiters
         while waiters:
-            n, granted = waiters[0]
+            granted, n = next(iter(waiters.items()))
+            if granted.done():
+                # cancelled (its task was, or its deadline came) and not yet back to clean up: it gets nothing,
+                # the slots go on down the line
+                del waiters[granted]
+                self._waiting -= n
+                continue
             if self.in_flight + n > self.limit:
                 return  # FIFO: nobody overtakes the head, so a large fan-out is never starved by small ones
-            waiters.popleft()
+            del waiters[granted]
             self._waiting -= n
             self.in_flight += n
             if self.in_flight > self.peak:
