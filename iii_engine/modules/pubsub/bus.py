@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _WARN_INTERVAL_S = 10.0
+# Messages read from Redis and not yet delivered: past this the reader stops reading and Redis holds the rest
+_MAX_UNDELIVERED_READ = 1024
 
 __all__ = ["Deliver", "LocalBus", "PubSubBus", "RedisBus", "open_bus"]
 
@@ -97,6 +99,10 @@ class RedisBus:
         self._redis: Redis = Redis.from_url(redis_url)
         self._pubsub: PubSub = self._redis.pubsub()
         self._reader: asyncio.Task[None] | None = None
+        # Messages wait for room in the engine (max_fired_calls) in a task of their own, in order: the reader
+        # meanwhile still takes SUBSCRIBE confirmations, which come on the same connection.
+        self._received: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(_MAX_UNDELIVERED_READ)
+        self._delivery: asyncio.Task[None] | None = None
         self._deliver: Deliver | None = None
         # Futures completed when Redis confirms a SUBSCRIBE, so subscribe() returns only once it is live.
         self._confirm: dict[str, list[asyncio.Future[None]]] = {}
@@ -112,6 +118,7 @@ class RedisBus:
         # A private channel opens the connection so the reader can run before any topic is subscribed.
         await self._pubsub.subscribe(f"__iii_pubsub_idle:{uuid.uuid4()}")
         self._reader = asyncio.create_task(self._read(), name="pubsub-redis-reader")
+        self._delivery = asyncio.create_task(self._deliver_received(), name="pubsub-redis-delivery")
 
     async def publish(self, topic: str, data: Any) -> None:
         """See :class:`PubSubBus`."""
@@ -132,10 +139,11 @@ class RedisBus:
         """Stop the reader and close both connections."""
         # The flag ends the reader even if the client library swallows the cancellation.
         self._closing = True
-        if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
+        for task in (self._reader, self._delivery):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._pubsub.aclose()  # type: ignore[no-untyped-call]
         await self._redis.aclose()
 
@@ -150,16 +158,24 @@ class RedisBus:
                 for waiter in self._confirm.pop(topic, []):
                     if not waiter.done():
                         waiter.set_result(None)
-            elif message["type"] == "message" and self._deliver is not None:
-                try:
-                    data = loads(message["data"])
-                except ValueError:
-                    continue
-                try:
-                    # waits while the engine has no room for the subscribers (Redis holds what comes meanwhile)
-                    await self._deliver(topic, data)
-                except Exception as exc:  # one message not delivered must not end the reader
-                    self._not_delivered(topic, exc)
+            elif message["type"] == "message":
+                # waits only when that many wait for room already (Redis then holds what comes meanwhile)
+                await self._received.put((topic, message["data"]))
+
+    async def _deliver_received(self) -> None:
+        """Deliver what the reader received, one message after another (each waits for room in the engine)."""
+        while True:
+            topic, raw = await self._received.get()
+            if self._deliver is None:
+                continue
+            try:
+                data = loads(raw)
+            except ValueError:
+                continue
+            try:
+                await self._deliver(topic, data)
+            except Exception as exc:  # one message not delivered must not end the delivery
+                self._not_delivered(topic, exc)
 
     def _not_delivered(self, topic: str, exc: Exception) -> None:
         """Count a message that reached no subscriber; warn the first time, then at most every 10 s."""
