@@ -17,7 +17,7 @@ queue unannounced. When it is full:
   that is not sent has its ``on_dropped(key)`` told, so its caller fails at once ("never sent", safe to retry);
 - an unkeyed frame handed to :meth:`Connection.send` (a fire-and-forget call, whose sender is told nothing later)
   pushes out the oldest keyed frame if there is one, else waits for room, in order, at most ``queue_wait`` seconds,
-  and then raises :class:`~iii.errors.OutboundQueueFullError`;
+  and then raises :class:`~iii.errors.OutboundQueueFullError` (at once when reconnection gave up, ``failed``);
 - an unkeyed frame from :meth:`Connection.send_soon` (the loop's own frames: registrations, which are replayed on
   connect anyway, telemetry and replies) is dropped with a warning.
 
