@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from module_worker import ModuleWorker
+from redis.asyncio import Redis
 
 from iii_engine import Engine, EngineConfig, ModuleSpec
 from iii_engine.modules.queue import module as queue_module
@@ -21,6 +22,20 @@ pytestmark = pytest.mark.our_engine("configures queue limits")
 
 QUEUE = "modules::queue::QueueModule"
 REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@asynccontextmanager
+async def _redis_adapter() -> AsyncIterator[dict[str, Any]]:
+    """A Redis queue adapter under a key prefix of its own, whose keys are deleted afterwards."""
+    prefix = f"test-a1-{uuid.uuid4()}:"
+    try:
+        yield {"class": "modules::queue::RedisAdapter", "config": {"redis_url": REDIS_URL, "key_prefix": prefix}}
+    finally:
+        client = Redis.from_url(REDIS_URL)
+        keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
 
 
 @asynccontextmanager
@@ -60,9 +75,8 @@ async def test_forgotten_topics_leave_nothing_in_the_memory_store(monkeypatch: p
 async def test_an_enqueue_finished_while_the_sweep_reads_the_store_keeps_its_topic() -> None:
     """An enqueue that starts and stores its job while the sweep waits for the topic's counts (Redis): before,
     the sweep then forgot the topic, so its job was hidden (topic_stats: queue_not_found, not listed)."""
-    prefix = f"test-a1-{uuid.uuid4()}:"
-    adapter = {"class": "modules::queue::RedisAdapter", "config": {"redis_url": REDIS_URL, "key_prefix": prefix}}
-    async with _engine(max_topics=2, adapter=adapter) as (engine, module), ModuleWorker(engine.url) as worker:
+    async with _redis_adapter() as adapter, _engine(max_topics=2, adapter=adapter) as (engine, module), \
+            ModuleWorker(engine.url) as worker:
         await worker.function("sub::h", _nothing)
         await worker.trigger("t-quiet", "queue", "sub::h", {"topic": "quiet"})
         await _unsubscribe(worker, "t-quiet")  # "quiet": no subscriber, nothing stored
@@ -148,9 +162,8 @@ async def test_a_fifo_topic_forgotten_while_its_subscriber_is_away_keeps_its_ord
 async def test_a_new_topic_asked_for_during_a_sweep_gets_the_room_it_makes() -> None:
     """Two new topics at max_topics while two topics are idle (Redis store, so the sweep waits on the store): the
     second request waits for the sweep under way instead of being refused at once while it frees room."""
-    prefix = f"test-a1-{uuid.uuid4()}:"
-    adapter = {"class": "modules::queue::RedisAdapter", "config": {"redis_url": REDIS_URL, "key_prefix": prefix}}
-    async with _engine(max_topics=2, adapter=adapter) as (engine, module), ModuleWorker(engine.url) as worker:
+    async with _redis_adapter() as adapter, _engine(max_topics=2, adapter=adapter) as (engine, module), \
+            ModuleWorker(engine.url) as worker:
         await worker.function("sub::h", _nothing)
         for name in ("idle-1", "idle-2"):
             await worker.trigger(f"t-{name}", "queue", "sub::h", {"topic": name})
