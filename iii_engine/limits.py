@@ -106,6 +106,10 @@ class CountLimits:
         return False
 
 
+class _WaitExpired(Exception):
+    """A producer's wait for room ran out (set on its future by :meth:`FiredCalls._expire`)."""
+
+
 class FiredCalls:
     """The engine-wide bound on trigger-fired calls in flight (``max_fired_calls``).
 
@@ -142,9 +146,10 @@ class FiredCalls:
         self.skipped = 0
         #: calls not made because their producer's wait ran out (or too many producers waited): it failed
         self.refused = 0
-        # each waiter's future and the slots it asks for, in arrival order; a dict so that one leaving (cancelled,
-        # timed out) is removed in O(1) wherever it stands
-        self._waiters: OrderedDict[asyncio.Future[None], int] = OrderedDict()
+        # each waiter's future, the slots it asks for and its deadline (loop time), in arrival order; a dict so
+        # that one leaving (cancelled) is removed in O(1) wherever it stands
+        self._waiters: OrderedDict[asyncio.Future[None], tuple[int, float]] = OrderedDict()
+        self._deadline_timer: asyncio.TimerHandle | None = None  # for the oldest waiter (see _expire)
         self._waiting = 0  # slots the waiters ask for
         self._unlogged_skipped = 0  # since the last warning
         self._unlogged_refused = 0
@@ -189,28 +194,55 @@ class FiredCalls:
             raise self._refuse(n, f"{what}: none of its {n} {targets} reached: {self.in_flight} trigger-fired "
                                f"calls in flight (max_fired_calls {self.limit}) and {len(self._waiters)} "
                                "producers already waiting for room")
-        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters[granted] = n
+        loop = asyncio.get_running_loop()
+        granted: asyncio.Future[None] = loop.create_future()
+        deadline = loop.time() + self.wait_timeout_ms / 1000
+        self._waiters[granted] = (n, deadline)
         self._waiting += n
+        if self._deadline_timer is None:
+            self._deadline_timer = loop.call_at(deadline, self._expire)
         try:
-            async with asyncio.timeout(self.wait_timeout_ms / 1000):
-                await granted
-        except BaseException as exc:
+            await granted
+        except _WaitExpired:
+            raise self._refuse(n, f"{what}: none of its {n} {targets} reached: no room within "
+                               f"{self.wait_timeout_ms} ms (fire_wait_timeout_ms): {self.in_flight} trigger-fired "
+                               f"calls in flight (max_fired_calls {self.limit})") from None
+        except BaseException:
             if granted.done() and not granted.cancelled():
-                if isinstance(exc, TimeoutError):
-                    return  # granted as the deadline came: the slots are ours
-                self.release(n)  # cancelled as they were granted: given back
-                raise
+                if granted.exception() is None:
+                    self.release(n)  # cancelled as they were granted: given back
+                raise  # (or as its deadline came: nothing was taken)
             granted.cancel()
             # still queued unless a release in the turn it was cancelled passed it by (see _grant)
             if self._waiters.pop(granted, None) is not None:
                 self._waiting -= n
-            self._grant()  # the head may have left: those behind it may fit now
-            if not isinstance(exc, TimeoutError):
-                raise
-            raise self._refuse(n, f"{what}: none of its {n} {targets} reached: no room within "
-                               f"{self.wait_timeout_ms} ms (fire_wait_timeout_ms): {self.in_flight} trigger-fired "
-                               f"calls in flight (max_fired_calls {self.limit})") from None
+                self._grant()  # the head may have left: those behind it may fit now
+            raise
+
+    def _expire(self) -> None:
+        """The deadline timer: waiters whose ``fire_wait_timeout_ms`` is over leave with :class:`_WaitExpired`.
+
+        Every waiter waits the same time and they are queued in arrival order, so deadlines come in queue order:
+        one timer, armed for the oldest waiter, serves them all (an ``asyncio.timeout`` per waiter cost a timer,
+        its cancellation and a context manager per wait).
+        """
+        self._deadline_timer = None
+        waiters = self._waiters
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        expired = False
+        while waiters:
+            granted, (n, deadline) = next(iter(waiters.items()))
+            if not granted.done() and deadline > now:
+                self._deadline_timer = loop.call_at(deadline, self._expire)
+                break
+            del waiters[granted]
+            self._waiting -= n
+            if not granted.done():
+                granted.set_exception(_WaitExpired())
+                expired = True
+        if expired:
+            self._grant()  # a large head gone: smaller ones behind it may fit now
 
     def release(self, n: int = 1) -> None:
         """Give back ``n`` slots (their calls' outcomes are in); waiters that now fit get theirs, in order."""
@@ -221,7 +253,7 @@ class FiredCalls:
     def _grant(self) -> None:
         waiters = self._waiters
         while waiters:
-            granted, n = next(iter(waiters.items()))
+            granted, (n, _) = next(iter(waiters.items()))
             if granted.done():
                 # cancelled (its task was, or its deadline came) and not yet back to clean up: it gets nothing,
                 # the slots go on down the line
@@ -274,6 +306,10 @@ class FiredCalls:
         self._logged_at = time.monotonic()
 
     def close(self) -> None:
-        """Engine shutdown: stop the pending warning timer (its count is logged now)."""
+        """Engine shutdown: stop the deadline timer (an engine started again arms a new one on its loop) and the
+        pending warning timer (its count is logged now)."""
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         if self._log_timer is not None:
             self._log_lost(None)

@@ -50,3 +50,44 @@ async def test_a_release_in_the_turn_a_waiters_deadline_fires_refuses_it_and_lea
     assert refused.value.code == "fire_limit"
     assert (fired.in_flight, fired.waiting) == (0, 0)
     assert fired.try_take()
+
+
+async def test_waiting_producers_share_one_deadline_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every waiter waits the same time, so deadlines come in queue order: one timer serves them all (before: an
+    asyncio.timeout, so a timer armed and cancelled, per waiting producer; ~20 us a wait here)."""
+    fired = FiredCalls(1000, 60_000)
+    assert fired.try_take(1000)
+    loop = asyncio.get_running_loop()
+    armed: list[float] = []
+    call_at = loop.call_at
+
+    def counted(when: float, *args: object, **kwargs: object) -> asyncio.TimerHandle:
+        armed.append(when)
+        return call_at(when, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "call_at", counted)
+    waiters = [asyncio.create_task(fired.take(1, f"publish {n}", "subscribers")) for n in range(1000)]
+    await asyncio.sleep(0)
+    assert fired.waiting == 1000
+    assert len(armed) == 1
+    fired.release(1000)
+    await asyncio.gather(*waiters)
+    assert (fired.in_flight, fired.waiting) == (1000, 0)
+
+
+async def test_deadlines_still_end_each_wait_in_turn_with_one_timer() -> None:
+    fired = FiredCalls(2, 100)
+    assert fired.try_take(2)
+    first = asyncio.create_task(fired.take(1, "publish first", "subscribers"))
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(fired.take(1, "publish second", "subscribers"))
+    with pytest.raises(EngineError, match=r"publish first: .* no room within 100 ms"):
+        await first
+    assert not second.done() and fired.waiting == 1  # its own deadline is 50 ms later
+    with pytest.raises(EngineError, match=r"publish second: .* no room within 100 ms"):
+        await second
+    assert (fired.in_flight, fired.waiting, fired.refused) == (2, 0, 2)
+    fired.close()  # an engine stopped (and maybe started again on another loop) keeps no timer
+    third = asyncio.create_task(fired.take(1, "publish third", "subscribers"))
+    with pytest.raises(EngineError, match="publish third"):
+        await asyncio.wait_for(third, 2)
