@@ -122,6 +122,7 @@ def _schema(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[
     return schema
 
 
+_OWED_RETRY_S = 1.0
 _NULLABLE_STR = {"type": ["string", "null"]}
 _INCLUDE_INTERNAL = {"include_internal": {"type": ["boolean", "null"]}}
 _FUNCTION_INFO = {"type": "object", "properties": {
@@ -170,6 +171,9 @@ class WorkerModule(EngineModule):
         self._snapshot: list[str] | None = None
         self._check: asyncio.TimerHandle | None = None
         self.debounce_s = services.config.functions_available_debounce_ms / 1000
+        # functions-available triggers whose call of the current function set was skipped (max_fired_calls full):
+        # retried every _OWED_RETRY_S until it goes out or the set changes again (then everyone gets the new one)
+        self._owed: set[str] = set()
 
     async def start(self) -> None:
         """Register the built-ins and trigger types."""
@@ -220,24 +224,36 @@ class WorkerModule(EngineModule):
     # -- functions-available (E8) and workers-available ------------------------------------------------------
 
     def _functions_changed(self) -> None:
-        if self._snapshot is None or self._check is not None:
+        if self._snapshot is None or (self._check is not None and not self._owed):
             return
+        if self._check is not None:  # a retry for skipped listeners: the change goes out at the usual pace
+            self._check.cancel()
         self._check = asyncio.get_running_loop().call_later(self.debounce_s, self._fire_functions_available)
 
     def _fire_functions_available(self) -> None:
         self._check = None
         current = sorted(self.core.registry.functions)
-        if current == self._snapshot:
+        changed = current != self._snapshot
+        if not changed and not self._owed:
             return
         self._snapshot = current
         triggers = self.core.registry.triggers_of_type(FUNCTIONS_AVAILABLE)
+        if not changed:  # a retry: only those that missed this set
+            triggers = [trigger for trigger in triggers if trigger.id in self._owed]
+        self._owed = set()
         if not triggers:
             return
         # copies: the payload goes to whatever function the trigger names, which may keep or change it
         functions = _private(self.core.registry.function_infos(True))
         payload = {"event": "functions_changed", "functions": functions}
         for trigger in triggers:
-            self.core.fire(trigger.function_id, payload)
+            if not self.core.fire(trigger.function_id, payload):  # skipped (counted, logged): told again later
+                self._owed.add(trigger.id)
+        if self._owed:
+            # the set is a state, not an event: a listener that missed it would hold a stale one until the
+            # next change, which may never come
+            self._check = asyncio.get_running_loop().call_later(max(self.debounce_s, _OWED_RETRY_S),
+                                                                self._fire_functions_available)
 
     def _worker_event(self, event: str, worker_id: str) -> None:
         for trigger in self.core.registry.triggers_of_type(WORKERS_AVAILABLE):
