@@ -18,8 +18,12 @@ queue unannounced. When it is full:
 - an unkeyed frame handed to :meth:`Connection.send` (a fire-and-forget call, whose sender is told nothing later)
   pushes out the oldest keyed frame if there is one, else waits for room, in order, at most ``queue_wait`` seconds,
   and then raises :class:`~iii.errors.OutboundQueueFullError` (at once when reconnection gave up, ``failed``);
-- an unkeyed frame from :meth:`Connection.send_soon` (the loop's own frames: registrations, which are replayed on
-  connect anyway, telemetry and replies) is dropped with a warning.
+  At most ``max_waiting`` (default ``max_queue``) sends wait at once; one more fails at once with that error, so a
+  burst of fire-and-forget calls holds at most that many waiting callers;
+- an unkeyed frame from :meth:`Connection.send_soon` (the loop's own frames: registrations, invocation results,
+  pongs) is kept in order behind those, past the bound: its senders bound their own number, and losing one would
+  leave a function unregistered or a caller waiting out its timeout. Only a frame sent with ``droppable=True``
+  (telemetry) is dropped with a warning.
 
 Example:
     >>> conn = Connection("ws://127.0.0.1:1", on_frame=print)
@@ -121,9 +125,9 @@ class _Waiter:
 
     __slots__ = ("admitted", "frame")
 
-    def __init__(self, frame: Frame, admitted: asyncio.Future[None]) -> None:
+    def __init__(self, frame: Frame, admitted: asyncio.Future[None] | None) -> None:
         self.frame = frame
-        self.admitted = admitted
+        self.admitted = admitted  # None: a frame of the loop's own, which nobody awaits and nothing times out
 
 
 class Connection:
@@ -147,6 +151,7 @@ class Connection:
         on_dropped: Callable[[str], None] = _noop,
         max_queue: int = MAX_QUEUE_SIZE,
         queue_wait: float = 30.0,
+        max_waiting: int | None = None,
         max_size: int | None = None,
         open_timeout: float = 10.0,
     ) -> None:
@@ -161,6 +166,7 @@ class Connection:
         self._on_dropped = on_dropped
         self._max_queue = max_queue
         self._queue_wait = queue_wait
+        self._max_waiting = max_queue if max_waiting is None else max_waiting
         self._max_size = max_size
         self._open_timeout = open_timeout
         self._ws: ClientConnection | None = None
@@ -281,11 +287,19 @@ class Connection:
         # after it; any frame goes after those corked before it.
         return ws_fastpath.queue_frame(ws, frame, hold=batch)
 
-    def send_soon(self, frame: Frame, key: str | None = None) -> None:
-        """Queue ``frame`` behind earlier ones and write it as soon as the socket allows (loop thread only)."""
+    def send_soon(self, frame: Frame, key: str | None = None, *, droppable: bool = False) -> None:
+        """Queue ``frame`` behind earlier ones and write it as soon as the socket allows (loop thread only).
+
+        A full queue keeps it anyway, past the bound, unless it is ``droppable`` (then it is dropped with a warning).
+        """
         if not self._enqueue(frame, key):
-            log.warning("Outbound queue full (%d frames waiting for the engine), dropping: %.80r", self._max_queue,
-                        frame)
+            if droppable:
+                log.warning("Outbound queue full (%d frames waiting for the engine), dropping: %.80r",
+                            self._max_queue, frame)
+            elif self._waiting:
+                self._waiting[_Waiter(frame, None)] = None  # in order, behind the sends waiting for room
+            else:
+                self._backlog.append((frame, None))
         if self._ready:
             self._kick()
 
@@ -319,6 +333,8 @@ class Connection:
     async def _wait_for_room(self, frame: Frame) -> None:
         if self._gave_up:
             raise OutboundQueueFullError(self._max_queue, None)
+        if len(self._waiting) >= self._max_waiting:
+            raise OutboundQueueFullError(self._max_queue, None, crowded=self._max_waiting)
         admitted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = _Waiter(frame, admitted)
         self._waiting[entry] = None
@@ -347,17 +363,19 @@ class Connection:
         waiting, backlog = self._waiting, self._backlog
         while waiting and len(backlog) < self._max_queue:
             entry, _ = waiting.popitem(last=False)
-            if entry.admitted.done():  # its caller stopped waiting (cancelled, timed out): not sent
+            admitted = entry.admitted
+            if admitted is not None and admitted.done():  # its caller stopped waiting (cancelled, timed out)
                 continue
             backlog.append((entry.frame, None))
-            entry.admitted.set_result(None)
+            if admitted is not None:
+                admitted.set_result(None)
 
     def _fail_waiting(self) -> None:
         """End every wait for room with an error: reconnection gave up, so no room will ever be made."""
         waiting = self._waiting
         while waiting:
             admitted = waiting.popitem(last=False)[0].admitted
-            if not admitted.done():
+            if admitted is not None and not admitted.done():
                 admitted.set_exception(OutboundQueueFullError(self._max_queue, None))
 
     def _kick(self) -> None:

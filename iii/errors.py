@@ -95,9 +95,15 @@ class OutboundQueueFullError(ConnectionLostError):
         'never sent: the outbound queue stayed full (1000 frames waiting for the engine) for 30 s'
     """
 
-    def __init__(self, max_queue: int, waited: float | None) -> None:
-        # ``waited`` None: reconnection gave up (max_retries), so the queue would stay full for good.
-        why = "and reconnection gave up (max_retries)" if waited is None else f"for {waited:g} s"
+    def __init__(self, max_queue: int, waited: float | None, *, crowded: int = 0) -> None:
+        # ``waited`` None: reconnection gave up (max_retries), so the queue would stay full for good. ``crowded``:
+        # that many sends already wait for room (the most allowed), so this one is not let wait too.
+        if crowded:
+            why = f"and {crowded} more sends already wait for room"
+        elif waited is None:
+            why = "and reconnection gave up (max_retries)"
+        else:
+            why = f"for {waited:g} s"
         super().__init__("connection_lost", f"never sent: the outbound queue stayed full ({max_queue} frames waiting"
                                             f" for the engine) {why}")
 

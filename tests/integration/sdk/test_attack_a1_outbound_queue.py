@@ -34,7 +34,8 @@ async def test_a_wait_cancelled_in_the_turn_its_frame_is_let_in_keeps_the_connec
     async def on_open(write: Write) -> None:
         stuck[0].cancel()  # the same turn as the flush that follows, with no await in between
 
-    conn = Connection(recorder.url, on_frame=lambda raw: None, on_open=on_open, on_ready=ready.set, max_queue=1)
+    conn = Connection(recorder.url, on_frame=lambda raw: None, on_open=on_open, on_ready=ready.set, max_queue=1,
+                      max_waiting=8)
     await conn.send("m0")
     stuck.append(asyncio.ensure_future(conn.send("cancelled")))
     await _waiting(stuck[0])
@@ -55,7 +56,7 @@ async def test_a_wait_cancelled_in_the_turn_its_frame_is_let_in_keeps_the_connec
 
 async def test_close_with_a_wait_cancelled_and_not_yet_ended() -> None:
     """close() in the turn a waiter was cancelled: before, it raised InvalidStateError (shutdown broken)."""
-    conn = Connection("ws://127.0.0.1:1", on_frame=lambda raw: None, max_queue=1)
+    conn = Connection("ws://127.0.0.1:1", on_frame=lambda raw: None, max_queue=1, max_waiting=8)
     await conn.send("m0")
     stuck = asyncio.ensure_future(conn.send("cancelled"))
     other = asyncio.ensure_future(conn.send("other"))

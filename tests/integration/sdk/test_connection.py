@@ -104,20 +104,54 @@ async def test_a_full_queue_pushes_out_calls_only_and_tells_each(
         assert dropped == ["k1", "k2"]
         await conn.send("call-3", "k3")  # no call left to push out: this one is refused, and told
         assert dropped == ["k1", "k2", "k3"]
-        conn.send_soon("replayed-anyway")  # the loop's own frame: dropped with a warning, nothing else lost
+        conn.send_soon("telemetry", droppable=True)  # best effort: dropped with a warning, nothing else lost
+        conn.send_soon("registration")  # the loop's own frame, which must not be lost: kept past the bound
     assert sum("a call makes way" in r.getMessage() for r in caplog.records) == 2
     assert sum("a call is refused" in r.getMessage() for r in caplog.records) == 1
     assert sum("dropping" in r.getMessage() for r in caplog.records) == 1
     try:
         await conn.start()
+        await recorder.wait_for(lambda: len(recorder.frames) >= 4)
+        assert recorder.frames == ["void-a", "void-b", "void-c", "registration"]
+    finally:
+        await conn.close()
+
+
+async def test_the_loops_own_frames_keep_their_place_behind_sends_waiting_for_room(recorder: Recorder) -> None:
+    conn = Connection(recorder.url, on_frame=lambda raw: None, max_queue=1, max_waiting=8)
+    await conn.send("m0")
+    waiting = asyncio.ensure_future(conn.send("m1"))
+    await asyncio.sleep(0)
+    conn.send_soon("result")  # after m1 was handed over: it goes after m1, and is not dropped
+    try:
+        await conn.start()
         await recorder.wait_for(lambda: len(recorder.frames) >= 3)
-        assert recorder.frames == ["void-a", "void-b", "void-c"]
+        assert recorder.frames == ["m0", "m1", "result"]
+        assert await waiting is False
+    finally:
+        await conn.close()
+
+
+async def test_sends_past_max_queue_waiting_for_room_fail_at_once(recorder: Recorder) -> None:
+    """The waits are bounded in count too: one more than ``max_queue`` fails at once instead of holding its caller."""
+    conn = Connection(recorder.url, on_frame=lambda raw: None, max_queue=2)
+    await conn.send("m0")
+    await conn.send("m1")
+    waiting = [asyncio.ensure_future(conn.send(f"w{i}")) for i in range(2)]
+    await asyncio.sleep(0)
+    with pytest.raises(OutboundQueueFullError, match="and 2 more sends already wait for room"):
+        await conn.send("crowded")
+    try:
+        await conn.start()
+        await recorder.wait_for(lambda: len(recorder.frames) >= 4)
+        assert recorder.frames == ["m0", "m1", "w0", "w1"]
+        assert await asyncio.gather(*waiting) == [False, False]
     finally:
         await conn.close()
 
 
 async def test_a_cancelled_or_closed_wait_for_room_leaves_no_frame_behind(recorder: Recorder) -> None:
-    conn = Connection(recorder.url, on_frame=lambda raw: None, max_queue=1)
+    conn = Connection(recorder.url, on_frame=lambda raw: None, max_queue=1, max_waiting=8)
     await conn.send("m0")
     cancelled = asyncio.ensure_future(conn.send("cancelled"))
     waiting = asyncio.ensure_future(conn.send("m1"))
@@ -134,7 +168,7 @@ async def test_a_cancelled_or_closed_wait_for_room_leaves_no_frame_behind(record
     finally:
         await conn.close()
     # Closing discards what still waits for room, like the rest of the queue, and ends those waits.
-    closed = Connection(recorder.url, on_frame=lambda raw: None, max_queue=1)
+    closed = Connection(recorder.url, on_frame=lambda raw: None, max_queue=1, max_waiting=8)
     await closed.send("x")
     stuck = asyncio.ensure_future(closed.send("y"))
     await asyncio.sleep(0)
