@@ -230,18 +230,19 @@ class FiredCalls:
         waiters = self._waiters
         loop = asyncio.get_running_loop()
         now = loop.time()
-        expired = False
+        left = False
         while waiters:
             granted, (n, deadline) = next(iter(waiters.items()))
             if not granted.done() and deadline > now:
                 self._deadline_timer = loop.call_at(deadline, self._expire)
                 break
+            # expired, or cancelled and not yet back to clean up (it finds itself gone and grants nothing)
             del waiters[granted]
             self._waiting -= n
+            left = True
             if not granted.done():
                 granted.set_exception(_WaitExpired())
-                expired = True
-        if expired:
+        if left:
             self._grant()  # a large head gone: smaller ones behind it may fit now
 
     def release(self, n: int = 1) -> None:

@@ -91,3 +91,24 @@ async def test_deadlines_still_end_each_wait_in_turn_with_one_timer() -> None:
     third = asyncio.create_task(fired.take(1, "publish third", "subscribers"))
     with pytest.raises(EngineError, match="publish third"):
         await asyncio.wait_for(third, 2)
+
+
+async def test_a_head_cancelled_in_the_turn_of_its_deadline_lets_those_behind_it_in() -> None:
+    fired = FiredCalls(2, 300)
+    assert fired.try_take()
+    loop = asyncio.get_running_loop()
+    big = asyncio.create_task(fired.take(2, "publish big", "subscribers"))  # needs both slots: waits
+    await asyncio.sleep(0)
+    big_deadline = loop.time() + 0.3
+    await asyncio.sleep(0.1)
+    small = asyncio.create_task(fired.take(1, "publish small", "subscribers"))  # fits, but waits behind big
+    await asyncio.sleep(0)
+    assert fired.waiting == 3
+    # big is cancelled just before its deadline, and the loop is held past it: the cancel and the deadline timer
+    # run in one turn, before big's own cleanup
+    loop.call_at(big_deadline - 0.01, big.cancel)
+    time.sleep(max(0.0, big_deadline - loop.time()) + 0.02)  # noqa: ASYNC251  (holds the loop on purpose)
+    with pytest.raises(asyncio.CancelledError):
+        await big
+    await asyncio.wait_for(small, 0.1)  # before: waited to its own deadline (100 ms later) and failed
+    assert (fired.in_flight, fired.waiting) == (2, 0)
