@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -29,8 +30,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _WARN_INTERVAL_S = 10.0
-# Messages read from Redis and not yet delivered: past this the reader stops reading and Redis holds the rest
-_MAX_UNDELIVERED_READ = 1024
+# Messages read from Redis and not yet delivered: past either bound the reader stops reading and Redis holds the
+# rest (a message may be as large as a control frame, so the count alone would not bound the memory)
+_READ_AHEAD_MESSAGES = 1024
+_READ_AHEAD_BYTES = 16 * 1024 * 1024
 
 __all__ = ["Deliver", "LocalBus", "PubSubBus", "RedisBus", "open_bus"]
 
@@ -101,7 +104,11 @@ class RedisBus:
         self._reader: asyncio.Task[None] | None = None
         # Messages wait for room in the engine (max_fired_calls) in a task of their own, in order: the reader
         # meanwhile still takes SUBSCRIBE confirmations, which come on the same connection.
-        self._received: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(_MAX_UNDELIVERED_READ)
+        self._received: deque[tuple[str, bytes]] = deque()
+        self._received_bytes = 0
+        self._has_received = asyncio.Event()
+        self._has_room = asyncio.Event()
+        self._has_room.set()
         self._delivery: asyncio.Task[None] | None = None
         self._deliver: Deliver | None = None
         # Futures completed when Redis confirms a SUBSCRIBE, so subscribe() returns only once it is live.
@@ -159,13 +166,27 @@ class RedisBus:
                     if not waiter.done():
                         waiter.set_result(None)
             elif message["type"] == "message":
-                # waits only when that many wait for room already (Redis then holds what comes meanwhile)
-                await self._received.put((topic, message["data"]))
+                raw = message["data"]
+                self._received.append((topic, raw))
+                self._received_bytes += len(raw)
+                self._has_received.set()
+                if len(self._received) >= _READ_AHEAD_MESSAGES or self._received_bytes >= _READ_AHEAD_BYTES:
+                    # that much waits for room already: Redis holds what comes meanwhile
+                    self._has_room.clear()
+                    await self._has_room.wait()
 
     async def _deliver_received(self) -> None:
         """Deliver what the reader received, one message after another (each waits for room in the engine)."""
+        received = self._received
         while True:
-            topic, raw = await self._received.get()
+            if not received:
+                self._has_received.clear()
+                await self._has_received.wait()
+                continue
+            topic, raw = received.popleft()
+            self._received_bytes -= len(raw)
+            if len(received) < _READ_AHEAD_MESSAGES and self._received_bytes < _READ_AHEAD_BYTES:
+                self._has_room.set()
             if self._deliver is None:
                 continue
             try:

@@ -8,15 +8,17 @@ connection as the messages.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from typing import Any
 
 import pytest
 from module_worker import ModuleWorker
+from redis.asyncio import Redis
 from test_fired_calls_bound import Slow, engine_with, until
 
+from iii.iii_types import TriggerInfo
 from iii_engine import ModuleSpec
-from iii_engine.modules.base import TriggerInfo
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.our_engine("our max_fired_calls bound")]
 
@@ -49,3 +51,35 @@ async def test_a_subscription_is_confirmed_while_a_message_from_redis_waits_for_
             assert await held.next() == 2  # the new subscription is live
             await held.let_go()
             await until(lambda: two.fired_calls.in_flight == 0)
+
+
+@pytest.mark.redis
+async def test_messages_from_redis_waiting_for_room_are_read_ahead_within_a_byte_bound() -> None:
+    """Messages read while the engine has no room are bounded in bytes too (16 MiB), not only in count: Redis
+    holds the rest. Before: 1,024 read ahead, whatever their size (4 MiB each would be 4 GiB)."""
+    topic = f"big-{uuid.uuid4()}"
+    held = Slow()
+    async with engine_with(REDIS_PUBSUB, limit=1, wait_ms=20_000) as engine:
+        async with ModuleWorker(engine.url) as listener:
+            await listener.function("held::on", held)
+            await listener.trigger("held", "subscribe", "held::on", {"topic": topic})
+            assert engine.fired_calls.try_take()  # no room
+            bus: Any = engine.modules["pubsub"]._bus  # type: ignore[attr-defined]
+            redis = Redis.from_url("redis://127.0.0.1:6379/0")
+            try:
+                payload = json.dumps("x" * (1024 * 1024 - 2))  # 1 MiB as it goes over Redis
+                for _ in range(24):
+                    await redis.publish(topic, payload)
+                await until(lambda: engine.fired_calls.waiting == 1)  # the first one waits for room
+                await redis.publish(topic, json.dumps("last"))  # read after every earlier one, if it is read
+                await asyncio.sleep(0.3)  # nothing to await: what is not read is the point
+                read_ahead = len(bus._received)
+                assert 15 <= read_ahead <= 16, read_ahead  # 16 MiB minus the one delivering
+                engine.fired_calls.release()
+                for _ in range(24):
+                    assert len(await held.next()) == 1024 * 1024 - 2
+                    await held.let_go()
+                assert await held.next() == "last"  # and the rest came in order once there was room
+                await held.let_go()
+            finally:
+                await redis.aclose()
