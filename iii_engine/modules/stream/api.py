@@ -188,21 +188,29 @@ class StreamFunctions:
             raise EngineError("JSON_ERROR", f"Failed to parse the result of {function_id}: missing field `{required}`")
         return result
 
-    async def _emit(self, event: StreamEvent) -> None:
-        self.triggers.dispatch(event)
+    async def _fire(self, event: StreamEvent, function_id: str, outcome: str = "done") -> None:
+        """Hand ``event`` to its triggers, waiting for room among the engine's fired calls (``max_fired_calls``)
+        like any producer that is itself a call; ``fire_limit`` names the call and what became of its change."""
+        if self.triggers.has_triggers():  # no trigger: nothing to wait for (the common case, one per write)
+            what = f"{function_id} of {event['streamName']!r}/{event['groupId']!r}/{event['id']!r} ({outcome})"
+            await self.triggers.deliver(event, what)
+
+    async def _emit(self, event: StreamEvent, function_id: str) -> None:
+        await self._fire(event, function_id)
         try:
             await self.store.publish(event)
         except Exception as exc:  # production only logs a failed publish of a change event
             log.warning("stream event for %s/%s/%s not published: %r", event["streamName"],
                                       event["groupId"], event["id"], exc)
 
-    async def _changed(self, s: str, g: str, i: str, old: Any, new: Any, *, stored: bool = False) -> dict[str, Any]:
+    async def _changed(self, function_id: str, s: str, g: str, i: str, old: Any, new: Any, *,
+                       stored: bool = False) -> dict[str, Any]:
         if stored and self.store.publish_events:
             # the store already published it with the write; no trigger: no event to build (one per update)
             if self.triggers.has_triggers():
-                self.triggers.dispatch(make_event(s, g, i, "create" if old is None else "update", new))
+                await self._fire(make_event(s, g, i, "create" if old is None else "update", new), function_id)
         else:
-            await self._emit(make_event(s, g, i, "create" if old is None else "update", new))
+            await self._emit(make_event(s, g, i, "create" if old is None else "update", new), function_id)
         return {"old_value": old, "new_value": new}
 
     # -- reads --------------------------------------------------------------------------------------------------
@@ -272,13 +280,14 @@ class StreamFunctions:
             payload = {"stream_name": s, "group_id": g, "item_id": i, "data": value}
             answer = self._result(custom, await self._invoke(custom, payload, "STREAM_SET_ERROR", "set"),
                                   "STREAM_SET_ERROR", required="new_value")
-            return await self._changed(s, g, i, answer.get("old_value"), answer["new_value"])
+            return await self._changed("stream::set", s, g, i, answer.get("old_value"), answer["new_value"])
         self._no_fallback(s)
         try:
             result = await self.store.set(StreamSetInput(stream_name=s, group_id=g, item_id=i, data=value))
         except Exception as exc:
             raise EngineError("STREAM_SET_ERROR", str(exc)) from None
-        return await self._changed(s, g, i, None if result is None else result.old_value, value, stored=True)
+        return await self._changed("stream::set", s, g, i, None if result is None else result.old_value, value,
+                                   stored=True)
 
     async def delete(self, data: Any, ctx: InvocationContext) -> Any:
         """``stream::delete``; a delete event only when something was removed."""
@@ -298,10 +307,10 @@ class StreamFunctions:
                 raise EngineError("STREAM_DELETE_ERROR", str(exc)) from None
         if old is not None:
             if custom is None and self.store.publish_events:
-                if self.triggers.has_triggers():
-                    self.triggers.dispatch(make_event(s, g, i, "delete", old))
+                if self.triggers.has_triggers():  # no trigger: no event to build
+                    await self._fire(make_event(s, g, i, "delete", old), "stream::delete")
             else:
-                await self._emit(make_event(s, g, i, "delete", old))
+                await self._emit(make_event(s, g, i, "delete", old), "stream::delete")
         return {"old_value": old}
 
     async def update(self, data: Any, ctx: InvocationContext) -> Any:
@@ -315,7 +324,7 @@ class StreamFunctions:
                 payload = {"stream_name": s, "group_id": g, "item_id": i, "ops": f.value("ops")}
                 answer = self._result(custom, await self._invoke(custom, payload, "STREAM_UPDATE_ERROR", "update"),
                                       "STREAM_UPDATE_ERROR", required="new_value")
-                return await self._changed(s, g, i, answer.get("old_value"), answer["new_value"])
+                return await self._changed("stream::update", s, g, i, answer.get("old_value"), answer["new_value"])
             get_id, set_id = self._custom("get", s), self._custom("set", s)
             if get_id is not None and set_id is not None:
                 return await self._compose(s, g, i, ops, get_id, set_id)
@@ -326,7 +335,7 @@ class StreamFunctions:
             raise EngineError("STREAM_UPDATE_ERROR", str(exc)) from None
         if result is None:
             raise EngineError("STREAM_UPDATE_ERROR", f"{type(self.store).__name__}.update returned no result")
-        return await self._changed(s, g, i, result.old_value, result.new_value, stored=True)
+        return await self._changed("stream::update", s, g, i, result.old_value, result.new_value, stored=True)
 
     async def _compose(self, s: str, g: str, i: str, ops: list[Op], get_id: str, set_id: str) -> Any:
         key = {"stream_name": s, "group_id": g, "item_id": i}
@@ -335,7 +344,7 @@ class StreamFunctions:
             old, new = apply_update(old, ops)
             # the custom set function itself, not the stream::set built-in, so only one event goes out
             await self._invoke(set_id, {**key, "data": new}, "STREAM_UPDATE_ERROR", "update")
-        return await self._changed(s, g, i, old, new)
+        return await self._changed("stream::update", s, g, i, old, new)
 
     async def send(self, data: Any, ctx: InvocationContext) -> None:
         """``stream::send``: a custom event to triggers and socket subscribers; nothing is stored."""
@@ -343,7 +352,7 @@ class StreamFunctions:
         s, g, item = f.text("stream_name"), f.text("group_id"), f.optional_text("id")
         event = custom_event(s, g, item, f.text("type"), f.value("data", required=False))
         self._no_fallback(s)  # its subscribers follow the worker's store, not the engine's
-        self.triggers.dispatch(event)
+        await self._fire(event, "stream::send", "not sent")
         try:
             await self.store.publish(event)
         except Exception as exc:
