@@ -299,7 +299,8 @@ class III:
     def send_telemetry(self, frame: bytes) -> None:
         """Send one binary telemetry frame (``OTLP``/``MTRC``/``LOGS`` + body) on the worker socket.
 
-        Telemetry is best effort: while disconnected the frame is dropped. Callable from any thread.
+        Telemetry is best effort: while disconnected, or while the outbound queue is full behind a slow engine, the
+        frame is dropped (the SDK's own frames, registrations and results, never are). Callable from any thread.
 
         Example:
             >>> # iii.send_telemetry(b"OTLP" + otlp_json)
@@ -309,7 +310,7 @@ class III:
 
         def send() -> None:
             if self._conn.is_ready:
-                self._conn.send_soon(frame)
+                self._conn.send_soon(frame, droppable=True)
 
         if self._bridge.alive:
             self._bridge.soon(send)

@@ -149,6 +149,31 @@ async def test_telemetry_frames_share_the_worker_socket() -> None:
             await client.shutdown_async()
 
 
+async def test_telemetry_is_the_only_frame_a_full_outbound_queue_may_drop() -> None:
+    """Behind a slow engine the queue fills: telemetry (best effort) is sent droppable, nothing else is."""
+    recorder = Recorder()
+    async with websockets.serve(recorder.handle, "127.0.0.1", 0) as server:
+        recorder.server = server
+        client = await asyncio.to_thread(register_worker, recorder.url, InitOptions(worker_name="tel"))
+        sent: list[tuple[object, bool]] = []
+        original = client._conn.send_soon
+
+        def recording(frame: str | bytes, key: str | None = None, *, droppable: bool = False) -> None:
+            sent.append((frame, droppable))
+            original(frame, key, droppable=droppable)
+
+        client._conn.send_soon = recording  # type: ignore[method-assign]
+        try:
+            client.send_telemetry(b"OTLP{}")
+            client.register_function("tel::f", lambda data: data)
+            await recorder.wait_for(lambda: b"OTLP{}" in recorder.frames
+                                    and any("tel::f" in str(f) for f in recorder.frames))
+            assert [droppable for frame, droppable in sent if frame == b"OTLP{}"] == [True]
+            assert [droppable for frame, droppable in sent if "tel::f" in str(frame)] == [False]
+        finally:
+            await client.shutdown_async()
+
+
 def test_unregister_trigger_type_is_not_replayed(served: Harness, make_worker: MakeWorker) -> None:
     a = make_worker("a")
     a.register_trigger_type({"id": "gone::type", "description": "short-lived"}, _Quiet())
