@@ -174,8 +174,9 @@ _MAX_BATCH: Final = 256  # updates per read and compare-and-set script
 
 
 def _pack_evalsha(conn: Any, sha: str, key: str, args: Sequence[Any]) -> bytes:
-    """``EVALSHA sha 1 key *args`` as one RESP command, for arguments that are ``str``, ``bytes`` or ``int``
-    (what the write scripts take), encoded as ``conn``'s encoder encodes text.
+    """``EVALSHA sha 1 key *args`` as one RESP command, byte for byte what redis-py's ``pack_command`` sends:
+    ``str``, ``bytes`` and ``int`` (what the write scripts take) directly, encoded as ``conn``'s encoder encodes
+    text, and any other argument (a ``str`` subclass such as an enum's item id) through that encoder.
 
     redis-py's ``pack_command`` checks every argument's type through its encoder and joins a growing buffer
     per argument; here each is one ``encode`` and the command one ``join`` (an update batch sends 7 + 3 per item).
@@ -196,27 +197,33 @@ def _pack_evalsha(conn: Any, sha: str, key: str, args: Sequence[Any]) -> bytes:
             data = arg
         elif type(arg) is int:
             data = b"%d" % arg
-        else:
-            raise TypeError(f"EVALSHA argument of type {type(arg).__name__}")
+        else:  # a subclass (a StrEnum item id), a float, a memoryview: as redis-py encodes it, or its DataError
+            data = conn.encoder.encode(arg)
         parts += (b"$%d\r\n" % len(data), data, b"\r\n")
     return b"".join(parts)
 
 
-async def _send(conn: Any, packed: bytes) -> None:
-    """``conn.send_packed_command(packed)`` without its socket timeout on the write.
+async def _send(conn: Any, packed: bytes, bounded: bool) -> None:
+    """``conn.send_packed_command(packed)`` without its socket timeout on the write when ``bounded`` (a deadline
+    of the store bounds the caller).
 
     With a socket timeout (redis-py's default is 5 s) every send runs in ``asyncio.wait_for``: a task, a timer
     and one more event-loop turn per command, for a write that almost always goes straight into the socket. The
     write scripts run inside the store's deadline (``StoreDeadline``, or the caller's guard), which bounds a
-    send that blocks; the reply is still read under the socket timeout.
+    send that blocks; the reply is still read under the socket timeout. A store with no limit (``timeout=None``)
+    keeps the socket timeout on the send: nothing else would end a send that Redis no longer reads.
+
+    The connection's health check (a ``PING`` once it was idle for ``health_check_interval``) runs first, under
+    the socket timeout: inside ``send_packed_command`` its reply would be read with no timeout at all.
     """
     timeout = conn.socket_timeout
-    if not timeout:
+    if not timeout or not bounded:
         await conn.send_packed_command(packed)
         return
+    await conn.check_health()
     conn.socket_timeout = None
     try:
-        await conn.send_packed_command(packed)
+        await conn.send_packed_command(packed, check_health=False)
     finally:
         if conn.socket_timeout is None:  # unless something set a timeout of its own meanwhile
             conn.socket_timeout = timeout
@@ -616,15 +623,16 @@ class RedisStream(FieldUpdates):
             # otherwise (fakeredis 2.30, our floor: no NOSCRIPT prefix, so no NoScriptError) still run the script.
             script.sha = await self._client.script_load(script.script)
             self._loaded.add(script.sha)
+        bounded = self.timeout is not None  # else only the socket timeout ends a send Redis does not read
         pool = self._client.connection_pool
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
             try:
-                await _send(conn, _pack_evalsha(conn, script.sha, key, args))
+                await _send(conn, _pack_evalsha(conn, script.sha, key, args), bounded)
                 return await conn.read_response()
             except NoScriptError:  # Redis ran nothing (restarted, or SCRIPT FLUSH): load it and send it again
                 script.sha = await self._client.script_load(script.script)
-                await _send(conn, _pack_evalsha(conn, script.sha, key, args))
+                await _send(conn, _pack_evalsha(conn, script.sha, key, args), bounded)
                 return await conn.read_response()
         finally:
             await pool.release(conn)
