@@ -196,12 +196,16 @@ class StreamFunctions:
             await self.triggers.deliver(event, what)
 
     async def _emit(self, event: StreamEvent, function_id: str) -> None:
-        await self._fire(event, function_id)
+        """Publish a change made outside the store (a custom stream's, or a store that publishes nothing), then
+        hand it to its triggers. Published first, as a store write's event goes out with the write: the change
+        is made, so its subscribers see it at once and in order, even while its triggers wait for room or fail
+        with ``fire_limit``."""
         try:
             await self.store.publish(event)
         except Exception as exc:  # production only logs a failed publish of a change event
             log.warning("stream event for %s/%s/%s not published: %r", event["streamName"],
                                       event["groupId"], event["id"], exc)
+        await self._fire(event, function_id)
 
     async def _changed(self, function_id: str, s: str, g: str, i: str, old: Any, new: Any, *,
                        stored: bool = False) -> dict[str, Any]:
