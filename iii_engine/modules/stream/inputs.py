@@ -114,6 +114,9 @@ class Fields:
 
 _COUNTER_OPS: dict[tuple[str, str, int], Op] = {}
 _COUNTER_OPS_MAX = 256
+# a counter's path is short; a long one is parsed every time, so what is remembered stays small in bytes too
+# (256 paths of a 4 MiB frame each would otherwise be held after their updates ended)
+_COUNTER_PATH_MAX = 256
 
 
 def _counter_op(op: Any) -> Op:
@@ -121,7 +124,8 @@ def _counter_op(op: Any) -> Op:
     (increments and decrements, one per update of a counter): such an op's parse depends on those three values
     only, and its :class:`~iii.stream_ops.Op` holds no value object that two updates could share. Building an
     ``Op`` (a frozen dataclass) and checking its fields cost about 7 µs per update; the lookup a tenth of that.
-    Invalid ops are parsed (and refused) every time; at most 256 are remembered.
+    Invalid ops, and ops whose path is longer than 256 characters, are parsed every time; at most 256 are
+    remembered.
 
     Example:
         >>> _counter_op({"type": "decrement", "path": "n", "by": 1}) is _counter_op(
@@ -136,7 +140,7 @@ def _counter_op(op: Any) -> Op:
         return parse_op(op, strict=True)
     kind, path, by = op.get("type"), op.get("path"), op.get("by")
     # exact types: True == 1 and 1.0 == 1 would share a key with 1, and a path must be hashable to be a key
-    if type(kind) is not str or type(path) is not str or type(by) is not int:
+    if type(kind) is not str or type(path) is not str or type(by) is not int or len(path) > _COUNTER_PATH_MAX:
         return parse_op(op, strict=True)
     key = (kind, path, by)
     parsed = _COUNTER_OPS.get(key)
