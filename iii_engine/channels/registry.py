@@ -427,7 +427,14 @@ class ChannelRelay:
         if reserved is not None:  # kept until the channel is live: a reader may never come
             if reserved.fill is not None:
                 raise ChannelRefused(409, "channel write end is already attached")
-            reserved.fill = bytes(data)
+            quota = reserved.max_bytes if self.policy.quotas else None
+            if quota is not None:
+                # Only what _queue_all would feed the machine: every message up to the one crossing the quota
+                # (it aborts the stream there). Keeping the rest would hold up to max_body_bytes past the quota.
+                step = max(1, min(chunk_size, self.max_message_size))
+                reserved.fill = bytes(memoryview(data)[:(quota // step + 1) * step])
+            else:
+                reserved.fill = bytes(data)
             reserved.chunk_size = chunk_size
             return
         ch = self._channels[channel_id]
