@@ -79,9 +79,13 @@ def _new_ids() -> tuple[str, str, str]:
         >>> uuid.UUID(channel_id).version, len(writer_key), len(reader_key), writer_key != reader_key
         (4, 32, 32, True)
     """
-    if not _ready_ids:
-        _make_ids()
-    return _ready_ids.pop()
+    while True:
+        # Take first, refill on failure: engines on other threads share the batch, and one could empty it between
+        # a check and the take (each list.pop is atomic; a check-then-pop is not).
+        try:
+            return _ready_ids.pop()
+        except IndexError:
+            _make_ids()
 
 
 class _Reserved:
