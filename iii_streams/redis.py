@@ -547,11 +547,12 @@ class RedisStream(FieldUpdates):
         self, input: StreamListGroupsInput, *, timeout: float | None = None
     ) -> builtins.list[str]:
         prefix = self.layout.group_prefix(input.stream_name)
-        skip = len(prefix.encode())
+        skip = len(prefix)
         seen: dict[str, None] = {}  # SCAN may repeat keys; keep first-seen order
         async with self._guard("list_groups", timeout):
             async for key in self._client.scan_iter(match=_glob_escape(prefix) + "*", count=1000):
-                seen.setdefault(key[skip:].decode(), None)
+                # bytes, or text from a client made with decode_responses=True
+                seen.setdefault((key if isinstance(key, str) else key.decode())[skip:], None)
         return builtins.list(seen)
 
     async def _update(self, stream_name: str, group_id: str, item_id: str, ops: builtins.list[Op],
@@ -702,7 +703,7 @@ class RedisStream(FieldUpdates):
         streams: dict[str, set[str]] = {}
         async with self._guard("list_all", None):
             async for raw in self._client.scan_iter(match=_glob_escape(self.layout.prefix) + ":*", count=1000):
-                parts = self.layout.split(raw.decode())
+                parts = self.layout.split(raw if isinstance(raw, str) else raw.decode())
                 if parts is not None:
                     streams.setdefault(parts[0], set()).add(parts[1])
         return [(name, sorted(groups)) for name, groups in sorted(streams.items())]

@@ -10,6 +10,9 @@
 - ``_pack_evalsha`` refused every argument that is not exactly ``str``/``bytes``/``int`` with ``TypeError``: an
   item id that is a ``str`` subclass (a ``StrEnum``), which ``update_parsed`` passes on unvalidated, failed an
   update that redis-py's ``pack_command`` sent fine.
+- (Older, found on the way) with a client made with ``decode_responses=True`` (``RedisStream`` takes any
+  ``redis.asyncio.Redis``), ``list_groups`` and ``list_all`` failed with ``AttributeError`` (they decoded keys that
+  were text already); the writes, which read replies as text too, worked.
 """
 
 from __future__ import annotations
@@ -25,12 +28,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
 
-from iii.stream import StreamGetInput, StreamSetInput
+from iii.stream import (
+    StreamDeleteInput,
+    StreamGetInput,
+    StreamListGroupsInput,
+    StreamListInput,
+    StreamSetInput,
+    StreamUpdateInput,
+    UpdateIncrement,
+)
 from iii.stream_ops import parse_ops
 from iii_streams import RedisStream, StreamTimeoutError
-from iii_streams.redis import _pack_evalsha
+from iii_streams.redis import KeyLayout, _pack_evalsha
 from tests.integration.streams.private_redis import PrivateRedis
 from tests.services import require_redis
 
@@ -122,3 +134,24 @@ async def test_an_update_of_an_item_id_given_as_a_str_subclass() -> None:
             assert await store.get(StreamGetInput(stream_name=stream, group_id="g", item_id="a")) == {"n": 1}
         finally:
             await store.client.delete(f"stream:{stream}:g")
+
+
+async def test_every_operation_with_a_client_that_decodes_responses() -> None:
+    url = require_redis()
+    prefix, stream = f"a3-{uuid.uuid4().hex[:8]}", "s:é"
+    client = aioredis.Redis.from_url(url, decode_responses=True)
+    item = {"stream_name": stream, "group_id": "g:1", "item_id": "ü"}
+    increment = StreamUpdateInput(**item, ops=[UpdateIncrement(path="n", by=1)])
+    try:
+        async with RedisStream(client, layout=KeyLayout(prefix), channel=prefix) as store:
+            await store.set(StreamSetInput(**item, data={"n": 1, "t": "日本"}))
+            await store.update(increment)
+            assert (await store.update(increment)).new_value == {"n": 3, "t": "日本"}
+            assert await store.get(StreamGetInput(**item)) == {"n": 3, "t": "日本"}
+            assert await store.list(StreamListInput(stream_name=stream, group_id="g:1")) == [{"n": 3, "t": "日本"}]
+            assert await store.list_groups(StreamListGroupsInput(stream_name=stream)) == ["g:1"]
+            assert await store.list_all() == [(stream, ["g:1"])]
+            assert (await store.delete(StreamDeleteInput(**item))).old_value == {"n": 3, "t": "日本"}
+    finally:
+        await client.delete(KeyLayout(prefix).key(stream, "g:1"))
+        await client.aclose()
