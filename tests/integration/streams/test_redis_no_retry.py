@@ -28,23 +28,28 @@ async def _kill_clients_named(url: str, name: str) -> int:
         await admin.aclose()
 
 
-async def test_a_broken_connection_fails_one_command_once_and_the_next_reconnects() -> None:
+async def test_a_command_on_a_broken_connection_applies_at_most_once_and_the_next_reconnects() -> None:
     url = require_redis()
     name = f"noretry-{uuid.uuid4().hex[:8]}"
     stream = f"noretry-{uuid.uuid4().hex[:8]}"
+    key = {"stream_name": stream, "group_id": "g", "item_id": "n"}
+    increment = [UpdateIncrement(path="n", by=1)]
     async with RedisStream.from_url(url, client_name=name, max_connections=1,
                                     channel=f"{stream}-events") as store:
-        await store.set(StreamSetInput(stream_name=stream, group_id="g", item_id="n", data={"n": 0}))
+        await store.set(StreamSetInput(**key, data={"n": 0}))
         assert await _kill_clients_named(url, name) == 1
-        with pytest.raises(StreamError):
-            await store.update(StreamUpdateInput(stream_name=stream, group_id="g", item_id="n",
-                                                 ops=[UpdateIncrement(path="n", by=1)]))
-        # the increment sent on the dead connection never applied, and was not re-sent behind the caller's back
-        assert await store.get(StreamGetInput(stream_name=stream, group_id="g", item_id="n")) == {"n": 0}
-        await store.update(StreamUpdateInput(stream_name=stream, group_id="g", item_id="n",
-                                             ops=[UpdateIncrement(path="n", by=1)]))
-        assert await store.get(StreamGetInput(stream_name=stream, group_id="g", item_id="n")) == {"n": 1}
-        await store.delete(StreamDeleteInput(stream_name=stream, group_id="g", item_id="n"))
+        # Whether the pool notices the closed socket before the write (redis-py checks a connection it hands out
+        # for pending data, racing the server's close) decides whether this fails; either way it applies at most
+        # once: a failure applied nothing and was not re-sent behind the caller's back.
+        try:
+            await store.update(StreamUpdateInput(**key, ops=increment))
+            expected = 1
+        except StreamError:
+            expected = 0
+        assert await store.get(StreamGetInput(**key)) == {"n": expected}
+        await store.update(StreamUpdateInput(**key, ops=increment))
+        assert await store.get(StreamGetInput(**key)) == {"n": expected + 1}
+        await store.delete(StreamDeleteInput(**key))
 
 
 def test_the_default_retry_is_the_asyncio_kind_and_retries_nothing() -> None:
