@@ -138,6 +138,8 @@ class HandlerSpans:
         if hooks is None or hooks[0] is not processor:
             hooks = self._hooks = (processor, _batch_emit(processor))
         emit = hooks[1]
+        if emit is not None and not _hooks_intact(processor):
+            emit = None
         span = LightSpan(name, context, parent_or_none, kind, self._limits, self._resource, self._scope, processor)
         if emit is None:
             processor.on_start(span, parent_context=parent)  # type: ignore[arg-type]  # duck-typed like an SDK Span
@@ -168,6 +170,21 @@ def _probe_batch_hooks() -> bool:
 
 
 _BATCH_HOOKS_KNOWN: Final = _probe_batch_hooks()
+
+
+# The two functions the source check above read: a LightSpan skips them only while they are still the ones called.
+_ON_START: Final = BatchSpanProcessor.on_start
+_ON_END: Final = BatchSpanProcessor.on_end
+
+
+def _hooks_intact(processor: SpanProcessor) -> bool:
+    """Whether ``processor`` (a :class:`BatchSpanProcessor`) would still run the checked ``on_start``/``on_end``.
+
+    Checked per span, not once: a hook replaced later (``mock.patch.object`` on the processor, an agent wrapping
+    the class's method after import) must see every span that ends from then on, as with an SDK span."""
+    own = processor.__dict__
+    return (BatchSpanProcessor.on_end is _ON_END and BatchSpanProcessor.on_start is _ON_START
+            and "on_end" not in own and "on_start" not in own)
 
 
 def _batch_emit(processor: SpanProcessor) -> Callable[[Any], None] | None:
