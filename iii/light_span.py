@@ -234,6 +234,23 @@ def span_context(
     )
 
 
+def traceparent_text(context: SpanContext) -> str:
+    """``context`` as a ``traceparent`` header's text, as ``TraceContextTextMapPropagator`` writes it; a plain
+    ``SpanContext`` is read by position (the layout checked below), anything else through its properties.
+
+    Example:
+        >>> traceparent_text(SpanContext(1, 2, False, TraceFlags(1)))
+        '00-00000000000000000000000000000001-0000000000000002-01'
+    """
+    if type(context) is SpanContext and _TUPLE_LAYOUT:
+        # (trace_id, span_id, is_remote, trace_flags, ...): the fields without three Python-level property calls
+        trace_id, span_id, _, trace_flags = context[:4]
+    else:
+        trace_id, span_id, trace_flags = context.trace_id, context.span_id, context.trace_flags
+    # %-formatting: the same text as the propagator's f-string with format specs, in half the time.
+    return "00-%032x-%016x-%02x" % (trace_id, span_id, trace_flags)  # noqa: UP031 - see the comment above
+
+
 _new_tuple = tuple.__new__
 _DEFAULT_TRACE_STATE = DEFAULT_TRACE_STATE
 # The layout span_context relies on (the API's since 1.0); checked once so another layout takes the constructor.

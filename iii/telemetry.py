@@ -768,10 +768,9 @@ class _W3C:
         from opentelemetry.propagators.composite import CompositePropagator
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-        from .light_span import _TUPLE_LAYOUT, span_context
+        from .light_span import span_context, traceparent_text
 
-        # The SpanContext type whose fields traceparent() reads by position (none when the layout is another).
-        self._plain_context: Any = trace.SpanContext if _TUPLE_LAYOUT else None
+        self._traceparent_text = traceparent_text
         self.context = context
         self.trace = trace
         self.span_context = span_context
@@ -802,14 +801,8 @@ class _W3C:
         """``span_context`` as a ``traceparent`` header, exactly as ``TraceContextTextMapPropagator`` writes it."""
         if span_context == self.invalid:
             return None
-        if type(span_context) is self._plain_context:
-            # A plain SpanContext is the tuple (trace_id, span_id, is_remote, trace_flags, ...): its fields without
-            # three Python-level property calls (light_span checked that layout at import).
-            trace_id, span_id, _, trace_flags = span_context[:4]
-        else:
-            trace_id, span_id, trace_flags = span_context.trace_id, span_context.span_id, span_context.trace_flags
-        # %-formatting: the same text as the propagator's f-string with format specs, in half the time.
-        return "00-%032x-%016x-%02x" % (trace_id, span_id, trace_flags)  # noqa: UP031 - see the comment above
+        # light_span owns the SpanContext layout this reads (checked there at import, with a fallback)
+        return self._traceparent_text(span_context)
 
     def extract(self, traceparent: str | None, baggage: str | None) -> Any:
         """The context the default propagators extract from these headers, or ``None`` for a ``traceparent``
