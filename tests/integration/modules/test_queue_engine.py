@@ -88,9 +88,11 @@ async def test_topic_mode_over_the_socket(engine: Engine) -> None:
 async def test_redis_backed_queue_loses_no_job_across_an_engine_restart() -> None:
     prefix = f"test-{uuid.uuid4()}:"
     # Jobs the second engine hands out before the worker has registered fail and retry: short, many retries, so a
-    # slow machine cannot move one to the dead-letter queue (3 tries at 1/2/4 s did, seen under load)
+    # slow machine cannot move one to the dead-letter queue (3 tries at 1/2/4 s did, seen under load). A short
+    # lease: a stop that cuts the in-flight job's own finishing step (its retry after the worker left) leaves it
+    # active in Redis until its lease runs out, 60 s by default, past this test's wait (seen once in a full run).
     settings = {
-        "queue_configs": {"jobs": {"concurrency": 1, "max_retries": 30, "backoff_ms": 100}},
+        "queue_configs": {"jobs": {"concurrency": 1, "max_retries": 30, "backoff_ms": 100, "lease_ms": 2000}},
         "adapter": {"class": "modules::queue::RedisAdapter", "config": {"redis_url": REDIS_URL, "key_prefix": prefix}},
     }
     started = asyncio.Event()
