@@ -51,58 +51,15 @@ SetResult = StreamSetResult[Any]
 UpdateResult = StreamUpdateResult[Any]
 
 
-class OperationGuard:
-    """Bounds one store operation in time and turns backend exceptions into :class:`StreamError` subclasses.
-
-    Used as ``async with self._guard("get", timeout):`` around a store method's body. A plain class rather
-    than a generator-based context manager: it runs on every operation.
-    """
-
-    __slots__ = ("_deadlines", "_entry", "_limit", "_operation", "_store", "_timer")
-
-    def __init__(self, store: Backend, operation: str, limit: float | None,
-                 deadlines: SharedDeadlines | None = None) -> None:
-        self._store = store
-        self._operation = operation
-        self._limit = limit
-        self._timer: asyncio.Timeout | None = None
-        self._deadlines = deadlines  # the store's shared timer when ``limit`` is the store's own
-        self._entry: Any = None
-
-    async def __aenter__(self) -> None:
-        if self._deadlines is not None:
-            self._entry = self._deadlines.enter()
-            if self._entry is not None:
-                return
-        if self._limit is not None:
-            self._timer = asyncio.timeout(self._limit)
-            await self._timer.__aenter__()
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        where = f"{type(self._store).__name__}.{self._operation}"
-        if self._entry is not None:
-            assert self._deadlines is not None
-            if self._deadlines.leave(self._entry, exc_type is asyncio.CancelledError):
-                raise StreamTimeoutError(f"{where} did not finish within {self._limit:g} s") from TimeoutError()
-        elif self._timer is not None:
-            try:
-                await self._timer.__aexit__(exc_type, exc, tb)
-            except TimeoutError as expired:
-                raise StreamTimeoutError(f"{where} did not finish within {self._limit:g} s") from expired
-        if exc is None or isinstance(exc, StreamError) or not isinstance(exc, Exception):
-            return
-        wrapped = self._store._wrap_error(exc, where)
-        if wrapped is not None:
-            raise wrapped from exc
-
-
 class StoreDeadline:
     """``asyncio.timeout(limit)`` for a store's batch of writes, on the store's shared timer when it has one
     (:class:`~iii_streams.deadlines.SharedDeadlines`: no timer armed and cancelled per batch). Past the limit
     the body is cancelled and ``TimeoutError`` raised, as ``asyncio.timeout`` does; other exceptions pass as
-    they are (each caller's :class:`OperationGuard` wraps them with its own operation's name).
+    they are (each caller's :class:`OperationGuard` wraps them with its own operation's name). ``limit=None``
+    bounds nothing.
+
+    The timing half of :class:`OperationGuard` too, which inherits ``__aenter__`` and ``__aexit__`` unchanged and
+    only overrides the two hooks they call on failure (so a guard that succeeds runs exactly this code).
 
     Example:
         >>> async def demo() -> str:
@@ -119,9 +76,9 @@ class StoreDeadline:
 
     __slots__ = ("_deadlines", "_entry", "_limit", "_timer")
 
-    def __init__(self, limit: float | None, deadlines: SharedDeadlines | None) -> None:
+    def __init__(self, limit: float | None, deadlines: SharedDeadlines | None = None) -> None:
         self._limit = limit
-        self._deadlines = deadlines
+        self._deadlines = deadlines  # the store's shared timer, for a limit that is the store's own
         self._entry: Any = None
         self._timer: asyncio.Timeout | None = None
 
@@ -130,8 +87,9 @@ class StoreDeadline:
             self._entry = self._deadlines.enter()
             if self._entry is not None:
                 return
-        self._timer = asyncio.timeout(self._limit)
-        await self._timer.__aenter__()
+        if self._limit is not None:
+            self._timer = asyncio.timeout(self._limit)
+            await self._timer.__aenter__()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -139,9 +97,60 @@ class StoreDeadline:
         if self._entry is not None:
             assert self._deadlines is not None
             if self._deadlines.leave(self._entry, exc_type is asyncio.CancelledError):
-                raise TimeoutError from exc
+                expired = TimeoutError()
+                expired.__cause__ = exc
+                raise self._timed_out(expired)
         elif self._timer is not None:
-            await self._timer.__aexit__(exc_type, exc, tb)
+            try:
+                await self._timer.__aexit__(exc_type, exc, tb)
+            except TimeoutError as expired:
+                raise self._timed_out(expired)  # noqa: B904 - the cause is set by _timed_out (or is asyncio's)
+        if exc is not None:
+            wrapped = self._wrapped(exc)
+            if wrapped is not None:
+                raise wrapped from exc
+
+    def _timed_out(self, expired: TimeoutError) -> BaseException:
+        """The exception to raise when the limit passed (``expired`` is the plain ``TimeoutError``)."""
+        return expired
+
+    def _wrapped(self, exc: BaseException) -> BaseException | None:
+        """The exception to raise (``from exc``) for one the body raised, or ``None`` to let it pass."""
+        return None
+
+
+class OperationGuard(StoreDeadline):
+    """Bounds one store operation in time (:class:`StoreDeadline`) and turns backend exceptions into
+    :class:`StreamError` subclasses; past the limit it raises :class:`StreamTimeoutError` naming the operation.
+
+    Used as ``async with self._guard("get", timeout):`` around a store method's body. A plain class rather
+    than a generator-based context manager: it runs on every operation.
+    """
+
+    __slots__ = ("_operation", "_store")
+
+    def __init__(self, store: Backend, operation: str, limit: float | None,
+                 deadlines: SharedDeadlines | None = None) -> None:
+        # StoreDeadline.__init__'s assignments inline: a super() call is a measurable share of a guard's cost
+        self._limit = limit
+        self._deadlines = deadlines
+        self._entry: Any = None
+        self._timer: asyncio.Timeout | None = None
+        self._store = store
+        self._operation = operation
+
+    def _where(self) -> str:
+        return f"{type(self._store).__name__}.{self._operation}"
+
+    def _timed_out(self, expired: TimeoutError) -> BaseException:
+        error = StreamTimeoutError(f"{self._where()} did not finish within {self._limit:g} s")
+        error.__cause__ = expired
+        return error
+
+    def _wrapped(self, exc: BaseException) -> BaseException | None:
+        if isinstance(exc, StreamError) or not isinstance(exc, Exception):
+            return None
+        return self._store._wrap_error(exc, self._where())
 
 
 class Backend(IStream[Any]):
