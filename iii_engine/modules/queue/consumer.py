@@ -8,12 +8,12 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
+from typing import Any
 
-from .settings import QueueSettings
+from .settings import DEFAULT_STOP_TIMEOUT_MS, QueueSettings
 from .store import DeadLetter, Job, QueueStore, now_ms
 
 DLQ_ERROR = "function call failed"
@@ -50,7 +50,10 @@ class QueueConsumer:
         can_claim: Callable[[], bool] = lambda: True,
         on_idle: Callable[[], None] = lambda: None,
         log: logging.Logger | None = None,
+        stop_timeout_ms: int = DEFAULT_STOP_TIMEOUT_MS,
     ) -> None:
+        if stop_timeout_ms < 1:
+            raise ValueError(f"stop_timeout_ms must be >= 1, got {stop_timeout_ms}")
         self.store = store
         self.queue = queue
         self.settings = settings
@@ -59,14 +62,20 @@ class QueueConsumer:
         self._on_idle = on_idle
         self._log = log or logging.getLogger(__name__)
         self._wake = asyncio.Event()
+        self._stop_timeout_ms = stop_timeout_ms
         self._inflight: dict[str, tuple[Job, asyncio.Task[None]]] = {}
+        # Jobs whose handler is running: the only ones a stop cancels (a finished handler's job is finished).
+        self._handling: set[str] = set()
+        # Store calls finishing or giving back a job, each in a task of its own: a cancellation of the job's
+        # task must not cut one short (the job would stay active until its lease ran out, then run again).
+        self._steps: dict[str, asyncio.Task[None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._stopped = False
 
     @property
     def running(self) -> int:
         """Jobs this consumer has claimed and not finished."""
-        return len(self._inflight)
+        return len(self._inflight.keys() | self._steps.keys())
 
     def wake(self) -> None:
         """Look for work now (a job was pushed or a subscriber appeared)."""
@@ -77,18 +86,35 @@ class QueueConsumer:
         self._loop_task = asyncio.create_task(self._loop(), name=f"queue-consumer:{self.queue}")
 
     async def stop(self) -> None:
-        """Stop claiming and give every unfinished job back to the store."""
-        # The flag, not only the cancellation, ends the loop: a client library may swallow a CancelledError.
+        """Stop claiming; store the outcome of every job whose handler has finished (done, retry or dead letter)
+        and give back those still running, waiting at most ``stop_timeout_ms`` for the store. A job the store has
+        not finished or taken back by then stays active and runs again once its lease runs out (logged)."""
         self._stopped = True
         self._wake.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._stop_timeout_ms / 1000
+        for job_id, (_, task) in self._inflight.items():
+            if job_id in self._handling:
+                task.cancel()
+        # The loop ends on the flag after its current store call, not by a cancellation: a claim cut short could
+        # leave the job it took active with nobody running it.
+        pending = self._unfinished()
+        while pending and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(pending, timeout=left)
+            pending = self._unfinished()
+        if not pending:
+            return
+        self._log.warning(
+            "queue %s: the store did not answer within the stop's %d ms; %d job(s) left active run again once their "
+            "lease (%d ms) runs out", self.queue, self._stop_timeout_ms, self.running, self.settings.lease_ms)
+        for task in pending:
+            task.cancel()  # not awaited: a store client that swallows the cancellation must not hold the stop
+
+    def _unfinished(self) -> set[asyncio.Task[None]]:
+        tasks = {task for _, task in self._inflight.values()} | set(self._steps.values())
         if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-        tasks = [task for _, task in self._inflight.values()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+            tasks.add(self._loop_task)
+        return {task for task in tasks if not task.done()}
 
     async def _loop(self) -> None:
         maintenance_due = 0
@@ -123,6 +149,9 @@ class QueueConsumer:
             job = await self.store.claim(self.queue, now_ms=now_ms(), lease_ms=self.settings.lease_ms)
             if job is None:
                 return
+            if self._stopped:  # claimed while stopping: give it back now rather than after its lease
+                await self._step(job, self.store.release(self.queue, job))
+                return
             task = asyncio.create_task(self._work(job), name=f"queue-job:{job.id}")
             self._inflight[job.id] = (job, task)
 
@@ -134,29 +163,46 @@ class QueueConsumer:
         return max(deadline - now_ms(), 1) / 1000
 
     async def _work(self, job: Job) -> None:
+        self._handling.add(job.id)
         try:
-            await self._run(job)
+            try:
+                await self._run(job)
+            finally:
+                self._handling.discard(job.id)
         except asyncio.CancelledError:
-            await self.store.release(self.queue, job)
+            await self._step(job, self.store.release(self.queue, job))
             raise
         except JobNotReady:
-            await self._guarded(self.store.retry(self.queue, job, due_ms=now_ms() + self.settings.backoff_ms), job)
+            await self._step(job, self.store.retry(self.queue, job, due_ms=now_ms() + self.settings.backoff_ms))
         except Exception as exc:
-            await self._guarded(self._failed(job, exc), job)
+            await self._step(job, self._failed(job, exc))
         else:
-            await self._guarded(self.store.ack(self.queue, job), job)
+            await self._step(job, self.store.ack(self.queue, job))
         finally:
             self._inflight.pop(job.id, None)
             self._wake.set()
-            if not self._inflight:
+            if not self.running:
                 self._on_idle()
+
+    async def _step(self, job: Job, step: Coroutine[Any, Any, None]) -> None:
+        """Run the store call that finishes or gives back ``job``, shielded from cancellations of the caller;
+        :meth:`stop` waits for it (bounded)."""
+        task = asyncio.create_task(self._guarded(step, job), name=f"queue-step:{job.id}")
+        self._steps[job.id] = task
+
+        def done(_: asyncio.Task[None]) -> None:
+            if self._steps.get(job.id) is task:
+                del self._steps[job.id]
+
+        task.add_done_callback(done)
+        await asyncio.shield(task)
 
     async def _guarded(self, step: Awaitable[None], job: Job) -> None:
         # A store failure here leaves the lane active; its lease expires and the job runs again.
         try:
             await step
         except Exception:
-            self._log.exception("queue %s: store failed while finishing job %s", self.queue, job.id)
+            self._log.exception("queue %s: store failed while finishing or releasing job %s", self.queue, job.id)
 
     async def _failed(self, job: Job, exc: Exception) -> None:
         attempts = job.attempts + 1

@@ -26,7 +26,8 @@ import itertools
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -135,6 +136,12 @@ class QueueModule(EngineModule):
         # The sweep under way, if any: a call needing room meanwhile waits for the room it makes.
         self._sweep: asyncio.Future[None] | None = None
         self.bridge: BridgeQueue | None = None
+        # Set when the stop begins: enqueues, redrives, discards and new topics are refused from then on, and the
+        # stop waits for those under way (bounded) before it closes the store, so none is cut short by the close.
+        self._stopping = False
+        self._writes = 0
+        self._no_writes = asyncio.Event()
+        self._no_writes.set()
 
     async def start(self) -> None:
         """Open the store, start one consumer per configured queue, register functions and ``queue``."""
@@ -144,7 +151,8 @@ class QueueModule(EngineModule):
             self.bridge = BridgeQueue(self.services, bridge_url)
             self.bridge.start()
         for name, queue_settings in self.settings.queue_configs.items():
-            consumer = QueueConsumer(self.store, NAMED_PREFIX + name, queue_settings, self._run_named)
+            consumer = QueueConsumer(self.store, NAMED_PREFIX + name, queue_settings, self._run_named,
+                                     stop_timeout_ms=self.settings.stop_timeout_ms)
             self._named[name] = consumer
             consumer.start()
         functions: list[tuple[str, BuiltinHandler, str]] = [
@@ -163,13 +171,39 @@ class QueueModule(EngineModule):
         self.services.serve_named_queues(self)
 
     async def stop(self) -> None:
-        """Stop every consumer (unfinished jobs go back to the store) and close the store."""
+        """Stop every consumer (jobs whose handler finished are stored as done, retried or dead; those still running
+        go back to the store), let store writes under way end, then close the store; each wait is bounded by
+        ``stop_timeout_ms``."""
+        self._stopping = True
         self.services.serve_named_queues(None)
-        for consumer in [*self._named.values(), *(t.consumer for t in self._topics.values())]:
-            await consumer.stop()
+        bound = self.settings.stop_timeout_ms / 1000
+        if self._sweep is not None:  # it stops the consumers of the topics it forgets
+            await asyncio.wait({self._sweep}, timeout=bound)
+        consumers = [*self._named.values(), *(t.consumer for t in self._topics.values())]
+        await asyncio.gather(*(consumer.stop() for consumer in consumers))
+        if self._writes:
+            try:
+                await asyncio.wait_for(self._no_writes.wait(), bound)
+            except TimeoutError:
+                log.warning("queue module: %d enqueue(s) or dead-letter move(s) still waiting on the store after "
+                            "the stop's %d ms; closing it under them", self._writes, self.settings.stop_timeout_ms)
         if self.bridge is not None:
             await self.bridge.close()
         await self.store.close()
+
+    @contextmanager
+    def _writing(self, code: str, what: str) -> Iterator[None]:
+        """Count a store write the stop must let end; refused with ``code`` once the stop has begun."""
+        if self._stopping:
+            raise EngineError(code, f"{what}: the queue module is stopping")
+        self._writes += 1
+        self._no_writes.clear()
+        try:
+            yield
+        finally:
+            self._writes -= 1
+            if not self._writes:
+                self._no_writes.set()
 
     async def enqueue(self, queue_name: str, function_id: str, data: Any) -> str:
         """Accept a job for named queue ``queue_name``; returns its receipt id (also its job id).
@@ -182,6 +216,8 @@ class QueueModule(EngineModule):
         consumer = self._named.get(queue_name)
         if consumer is None:
             raise EngineError("enqueue_error", f"Queue '{queue_name}' not found")
+        if self._stopping:
+            raise EngineError("enqueue_error", f"Queue '{queue_name}': the queue module is stopping")
         group: str | None = None
         field_name = consumer.settings.message_group_field
         if consumer.settings.fifo and field_name is not None:
@@ -202,7 +238,10 @@ class QueueModule(EngineModule):
         job = Job.new(consumer.queue, function_id, data, group)
         limit = consumer.settings.max_jobs
         try:
-            stored = await self.store.push(consumer.queue, job, max_jobs=limit)
+            with self._writing("enqueue_error", f"Queue '{queue_name}'"):
+                stored = await self.store.push(consumer.queue, job, max_jobs=limit)
+        except EngineError:
+            raise
         except Exception as exc:
             raise EngineError("enqueue_error", f"Queue '{queue_name}': could not store the job: {exc}") from exc
         if not stored:
@@ -263,6 +302,8 @@ class QueueModule(EngineModule):
                           "subscribers")
                 raise EngineError("enqueue_error", f"Topic '{topic}' refused: {reason}")
         if entry is None:
+            if self._stopping:  # its consumer would outlive the stop
+                raise EngineError("enqueue_error", f"Topic '{topic}' refused: the queue module is stopping")
             holder: list[_Topic] = []
             settings = self._forgotten_fifo.pop(topic, None) or QueueSettings(max_jobs=self.settings.max_topic_jobs)
             consumer = QueueConsumer(
@@ -274,6 +315,7 @@ class QueueModule(EngineModule):
                 # for a new topic of the same name
                 can_claim=lambda: bool(holder[0].subscribers),
                 on_idle=lambda: self._maybe_idle(topic, holder[0]),
+                stop_timeout_ms=self.settings.stop_timeout_ms,
             )
             entry = self._topics[topic] = _Topic(consumer)
             holder.append(entry)
@@ -372,7 +414,8 @@ class QueueModule(EngineModule):
         entry.pushing += 1
         entry.pushes += 1
         try:
-            stored = await self.store.push(entry.consumer.queue, job, max_jobs=limit)
+            with self._writing("enqueue_error", f"Topic '{topic}'"):
+                stored = await self.store.push(entry.consumer.queue, job, max_jobs=limit)
         finally:
             entry.pushing -= 1
         if not stored:
@@ -383,11 +426,12 @@ class QueueModule(EngineModule):
                               message_id: str | None) -> int:
         """Move dead letters back while the queue has room (``max_jobs`` bounds redriven jobs as enqueued ones)."""
         limit = consumer.settings.max_jobs
+        what = "redrive DLQ" if function_id == "iii::queue::redrive" else "handle DLQ message"
         try:
-            return await self.store.redrive(consumer.queue, message_id, max_jobs=limit)
+            with self._writing("redrive_failed", f"Failed to {what} for queue '{name}'"):
+                return await self.store.redrive(consumer.queue, message_id, max_jobs=limit)
         except QueueFull as full:
             kind = "queue" if self._named.get(name) is consumer else "topic"
-            what = "redrive DLQ" if function_id == "iii::queue::redrive" else "handle DLQ message"
             raise EngineError("redrive_failed", f"Failed to {what} for queue '{name}': {_full(name, kind, limit)}; "
                                                 f"{full.moved} moved, the rest stay in the DLQ") from None
         finally:
@@ -422,7 +466,8 @@ class QueueModule(EngineModule):
         """``{queue, message_id}`` → ``{queue, message_id, redriven: 0|1}`` (the count of discarded letters)."""
         name, consumer = self._resolve("iii::queue::discard_message", data, "queue")
         message_id = _text_arg("iii::queue::discard_message", data, "message_id")
-        discarded = await self.store.discard(consumer.queue, message_id)
+        with self._writing("redrive_failed", f"Failed to handle DLQ message for queue '{name}'"):
+            discarded = await self.store.discard(consumer.queue, message_id)
         entry = self._topics.get(name)
         if discarded and entry is not None and entry.consumer is consumer:
             self._maybe_idle(name, entry)

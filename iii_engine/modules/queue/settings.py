@@ -42,6 +42,7 @@ __all__ = ["BRIDGE_ADAPTER", "BUILTIN_ADAPTER", "REDIS_ADAPTER", "QueueModuleSet
 BUILTIN_ADAPTER = "modules::queue::BuiltinQueueAdapter"
 DEFAULT_MAX_JOBS = 100_000
 DEFAULT_MAX_TOPICS = 10_000
+DEFAULT_STOP_TIMEOUT_MS = 5000
 REDIS_ADAPTER = "modules::queue::RedisAdapter"
 BRIDGE_ADAPTER = "modules::queue::adapters::Bridge"
 
@@ -107,6 +108,9 @@ class QueueModuleSettings(Settings):
     max_topics: int = Field(DEFAULT_MAX_TOPICS, ge=1)
     #: ``max_jobs`` of every topic (a topic has no ``queue_configs`` entry, and its subscribers may not raise it)
     max_topic_jobs: int = Field(DEFAULT_MAX_JOBS, ge=1)
+    #: how long a stop waits for the store to finish (done, retry, dead letter) the jobs whose handler ended and to
+    #: take back those still running; a job it has not by then stays active until its ``lease_ms`` runs out
+    stop_timeout_ms: int = Field(DEFAULT_STOP_TIMEOUT_MS, ge=1)
     adapter: AdapterSpec | None = None
 
     @classmethod

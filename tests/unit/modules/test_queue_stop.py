@@ -1,0 +1,289 @@
+"""A consumer's stop finishes the jobs whose handler ended (done, retry, dead letter), gives back those still
+running, and is bounded when the store hangs; the module's stop lets store writes under way end before it closes
+the store. Run against the in-memory store and a real Redis (unique key prefix per test)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from fake_services import FakeServices
+
+from iii_engine.modules.base import EngineError
+from iii_engine.modules.queue import module as queue_module
+from iii_engine.modules.queue.consumer import QueueConsumer
+from iii_engine.modules.queue.settings import QueueSettings
+from iii_engine.modules.queue.store import Job, MemoryQueueStore, QueueCounts, QueueStore
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+Q = "__fn_queue::q"
+WAIT = 10.0
+
+
+class Gated:
+    """Delegates to ``inner``; a method given a gate announces it was entered, waits for its gate (before or after
+    the real call), then announces it finished."""
+
+    def __init__(self, inner: QueueStore) -> None:
+        self.inner = inner
+        self.entered: dict[str, asyncio.Event] = {}
+        self.finished: dict[str, asyncio.Event] = {}
+        self.gates: dict[str, asyncio.Event] = {}
+        self.after: set[str] = set()
+        self.calls: list[str] = []
+
+    def gate(self, name: str, *, after_the_call: bool = False) -> asyncio.Event:
+        self.entered[name], self.finished[name], self.gates[name] = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        if after_the_call:
+            self.after.add(name)
+        return self.gates[name]
+
+    def __getattr__(self, name: str) -> Any:
+        real: Callable[..., Awaitable[Any]] = getattr(self.inner, name)
+        if name not in self.gates:
+            return real
+
+        async def gated(*args: Any, **kwargs: Any) -> Any:
+            self.entered[name].set()
+            if name in self.after:
+                result = await real(*args, **kwargs)
+                await self.gates[name].wait()
+            else:
+                await self.gates[name].wait()
+                result = await real(*args, **kwargs)
+            self.calls.append(name)
+            self.finished[name].set()
+            return result
+
+        return gated
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def stores(request: pytest.FixtureRequest) -> AsyncIterator[Callable[[], QueueStore]]:
+    """Opens stores that share the same jobs (a restarted engine sees what the stopped one left)."""
+    if request.param == "memory":
+        memory = MemoryQueueStore()
+        yield lambda: memory
+        return
+    from redis.asyncio import Redis
+
+    from iii_engine.modules.queue.redis_store import RedisQueueStore
+
+    prefix = f"test-{uuid.uuid4()}:"
+    opened: list[RedisQueueStore] = []
+
+    def open_one() -> QueueStore:
+        opened.append(RedisQueueStore(REDIS_URL, key_prefix=prefix))
+        return opened[-1]
+
+    yield open_one
+    for store in opened:
+        await store.close()
+    client = Redis.from_url(REDIS_URL)
+    keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+def consumer_on(store: Any, run: Callable[[Job], Awaitable[None]], **settings: Any) -> QueueConsumer:
+    stop_ms = settings.pop("stop_ms", 5000)
+    return QueueConsumer(store, Q, QueueSettings(**settings), run, stop_timeout_ms=stop_ms)
+
+
+async def stop_once_the_loop_ended(consumer: QueueConsumer) -> asyncio.Task[None]:
+    """Start the stop and return once it has ended the consumer loop: the point where a stop that cancels every
+    job task has done so (its wake-up on the loop's end comes before ours)."""
+    loop_task = consumer._loop_task
+    assert loop_task is not None
+    stopping = asyncio.create_task(consumer.stop())
+    await asyncio.wait({loop_task}, timeout=WAIT)
+    return stopping
+
+
+async def fails(job: Job) -> None:
+    raise RuntimeError("boom")
+
+
+async def succeeds(job: Job) -> None:
+    return None
+
+
+@pytest.mark.parametrize(
+    ("step", "handler", "settings", "left"),
+    [
+        ("ack", succeeds, {}, QueueCounts(0, 0, 0, 0)),
+        ("retry", fails, {"max_retries": 3, "backoff_ms": 60_000}, QueueCounts(0, 0, 1, 0)),
+        ("dead", fails, {"max_retries": 1}, QueueCounts(0, 0, 0, 1)),
+    ],
+)
+async def test_a_job_whose_handler_ended_is_finished_by_the_stop_not_left_active(
+    stores: Callable[[], QueueStore], step: str, handler: Callable[[Job], Awaitable[None]],
+    settings: dict[str, Any], left: QueueCounts,
+) -> None:
+    store = Gated(stores())
+    gate = store.gate(step)
+    await store.push(Q, Job.new(Q, "f", 1))
+    consumer = consumer_on(store, handler, **settings)
+    consumer.start()
+    await asyncio.wait_for(store.entered[step].wait(), WAIT)
+    stopping = await stop_once_the_loop_ended(consumer)
+    gate.set()
+    await asyncio.wait_for(stopping, WAIT)
+    assert store.calls.count(step) == 1
+    # A later engine on the same store finds nothing active: nothing comes back after the lease to run again.
+    assert await stores().counts(Q) == left
+
+
+async def test_a_failed_attempt_stored_at_the_stop_counts(stores: Callable[[], QueueStore]) -> None:
+    store = Gated(stores())
+    gate = store.gate("retry")
+    await store.push(Q, Job.new(Q, "f", 1))
+    consumer = consumer_on(store, fails, max_retries=5, backoff_ms=0)
+    consumer.start()
+    await asyncio.wait_for(store.entered["retry"].wait(), WAIT)
+    stopping = await stop_once_the_loop_ended(consumer)
+    gate.set()
+    await asyncio.wait_for(stopping, WAIT)
+    again = await stores().claim(Q, now_ms=2**62, lease_ms=1000)
+    assert again is not None and again.attempts == 1
+
+
+async def test_a_running_handler_is_cancelled_and_its_job_runs_on_the_next_consumer(
+    stores: Callable[[], QueueStore],
+) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def stuck(job: Job) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    await stores().push(Q, Job.new(Q, "f", {"n": 7}))
+    first = consumer_on(stores(), stuck)
+    first.start()
+    await asyncio.wait_for(started.wait(), WAIT)
+    await asyncio.wait_for(first.stop(), WAIT)
+    assert await stores().counts(Q) == QueueCounts(1, 0, 0, 0)
+    ran: list[Any] = []
+
+    async def record(job: Job) -> None:
+        ran.append(job.data)
+        release.set()
+
+    second = consumer_on(stores(), record)
+    second.start()
+    try:
+        await asyncio.wait_for(release.wait(), WAIT)
+    finally:
+        await second.stop()
+    assert ran == [{"n": 7}]
+    assert await stores().counts(Q) == QueueCounts(0, 0, 0, 0)
+
+
+async def test_a_release_is_not_cut_short_when_the_stop_itself_is_cancelled(stores: Callable[[], QueueStore]) -> None:
+    store = Gated(stores())
+    gate = store.gate("release")
+    started = asyncio.Event()
+
+    async def stuck(job: Job) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    await store.push(Q, Job.new(Q, "f", 1))
+    consumer = consumer_on(store, stuck)
+    consumer.start()
+    await asyncio.wait_for(started.wait(), WAIT)
+    stopping = asyncio.create_task(consumer.stop())
+    await asyncio.wait_for(store.entered["release"].wait(), WAIT)
+    stopping.cancel()  # a second cancellation (the engine's stop was itself cancelled)
+    await asyncio.wait({stopping}, timeout=WAIT)
+    gate.set()
+    await asyncio.wait_for(store.finished["release"].wait(), WAIT)
+    assert await stores().counts(Q) == QueueCounts(1, 0, 0, 0)
+
+
+async def test_a_job_claimed_while_stopping_is_given_back(stores: Callable[[], QueueStore]) -> None:
+    store = Gated(stores())
+    gate = store.gate("claim", after_the_call=True)  # the store took the job; its answer is on its way
+    ran: list[Job] = []
+
+    async def record(job: Job) -> None:
+        ran.append(job)
+
+    consumer = consumer_on(store, record)
+    await store.push(Q, Job.new(Q, "f", 1))
+    consumer.start()
+    await asyncio.wait_for(store.entered["claim"].wait(), WAIT)
+    stopping = asyncio.create_task(consumer.stop())
+    asyncio.get_running_loop().call_soon(gate.set)  # runs after the stop's first step (the ready queue is FIFO)
+    await asyncio.wait_for(stopping, WAIT)
+    assert ran == []
+    assert await stores().counts(Q) == QueueCounts(1, 0, 0, 0)
+
+
+async def test_a_store_that_hangs_bounds_the_stop_which_names_the_queue_and_the_jobs_left(
+    stores: Callable[[], QueueStore], caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = Gated(stores())
+    store.gate("ack")  # never opened
+    await store.push(Q, Job.new(Q, "f", 1))
+    consumer = consumer_on(store, succeeds, lease_ms=60_000, stop_ms=200)
+    consumer.start()
+    await asyncio.wait_for(store.entered["ack"].wait(), WAIT)
+    with caplog.at_level(logging.WARNING, logger="iii_engine.modules.queue.consumer"):
+        await asyncio.wait_for(consumer.stop(), WAIT)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"queue {Q}: the store did not answer within the stop's 200 ms; 1 job(s) left active run "
+                        "again once their lease (60000 ms) runs out"]
+    assert (await stores().counts(Q)).active == 1  # left active, as said: its lease brings it back
+
+
+# -- the module's stop -----------------------------------------------------------------------------------------
+
+
+async def test_enqueues_after_the_stop_began_are_refused_not_stored_in_a_closed_store() -> None:
+    services = FakeServices()
+    module = queue_module.QueueModule(services, {"queue_configs": {"default": {}}})
+    await module.start()
+    await services.trigger("queue", "t1", "f", {"topic": "known"})
+    await module.stop()
+    with pytest.raises(EngineError, match="stopping") as named:
+        await module.enqueue("default", "f", {})
+    assert named.value.code == "enqueue_error"
+    for topic in ("known", "new"):
+        with pytest.raises(EngineError, match="stopping") as on_topic:
+            await services.call("enqueue", {"topic": topic, "data": 1})
+        assert on_topic.value.code == "enqueue_error"
+    assert "new" not in module._topics  # no consumer outlives the stop
+
+
+async def test_an_enqueue_under_way_at_the_stop_is_stored_before_the_store_closes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = Gated(MemoryQueueStore())
+    gate = store.gate("push")
+    closed: list[list[str]] = []
+
+    async def close() -> None:
+        closed.append(list(store.calls))
+
+    monkeypatch.setattr(queue_module, "open_store", lambda settings: store)
+    services = FakeServices()
+    module = queue_module.QueueModule(services, {"queue_configs": {"default": {}}})
+    await module.start()
+    monkeypatch.setattr(store.inner, "close", close)
+    enqueue = asyncio.create_task(module.enqueue("default", "f", {}))
+    await asyncio.wait_for(store.entered["push"].wait(), WAIT)
+    stopping = asyncio.create_task(module.stop())
+    # The store answers only once the consumers have stopped (a stop that does not wait has closed it by then).
+    consumer = module._named["default"]
+    assert consumer._loop_task is not None
+    await asyncio.wait({consumer._loop_task}, timeout=WAIT)
+    gate.set()
+    await asyncio.wait_for(stopping, WAIT)
+    assert await enqueue
+    assert closed == [["push"]]
