@@ -61,6 +61,14 @@ end
 return 1
 """
 
+# The dead letter and the lane's move in one script: a caller cut short between two round trips would leave the
+# job both a dead letter and active (run again once its lease ran out).
+# KEYS: jobs, ready, active, dlq, dlq entries · ARGV: lane prefix, lane, job id, failed_at, entry JSON
+_DEAD = """
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
+redis.call('HSET', KEYS[5], ARGV[3], ARGV[5])
+""" + _FINISH
+
 # KEYS: jobs, active, delayed · ARGV: job id, job JSON, lane, due
 _RETRY = """
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -127,7 +135,7 @@ class RedisQueueStore:
         register = self._redis.register_script
         self._push, self._claim, self._finish = register(_PUSH), register(_CLAIM), register(_FINISH)
         self._retry, self._release, self._recover = register(_RETRY), register(_RELEASE), register(_RECOVER)
-        self._redrive = register(_REDRIVE)
+        self._redrive, self._dead = register(_REDRIVE), register(_DEAD)
 
     def _k(self, queue: str) -> _Keys:
         return _Keys(self._prefix, queue)
@@ -158,11 +166,8 @@ class RedisQueueStore:
         """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
         k = self._k(queue)
         job = letter.job
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(k.dlq, {job.id: letter.failed_at})
-            pipe.hset(k.dlq_entries, job.id, _dump(letter))
-            await pipe.execute()
-        await self._finish(keys=[k.jobs, k.ready, k.active], args=[k.lane, job.lane, job.id])
+        await self._dead(keys=[k.jobs, k.ready, k.active, k.dlq, k.dlq_entries],
+                         args=[k.lane, job.lane, job.id, letter.failed_at, _dump(letter)])
 
     async def release(self, queue: str, job: Job) -> None:
         """See :class:`~iii_engine.modules.queue.store.QueueStore`."""

@@ -62,6 +62,16 @@ class Gated:
         return gated
 
 
+async def _drop_keys(prefix: str) -> None:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(REDIS_URL)
+    keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 async def stores(request: pytest.FixtureRequest) -> AsyncIterator[Callable[[], QueueStore]]:
     """Opens stores that share the same jobs (a restarted engine sees what the stopped one left)."""
@@ -69,8 +79,6 @@ async def stores(request: pytest.FixtureRequest) -> AsyncIterator[Callable[[], Q
         memory = MemoryQueueStore()
         yield lambda: memory
         return
-    from redis.asyncio import Redis
-
     from iii_engine.modules.queue.redis_store import RedisQueueStore
 
     prefix = f"test-{uuid.uuid4()}:"
@@ -83,11 +91,7 @@ async def stores(request: pytest.FixtureRequest) -> AsyncIterator[Callable[[], Q
     yield open_one
     for store in opened:
         await store.close()
-    client = Redis.from_url(REDIS_URL)
-    keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
+    await _drop_keys(prefix)
 
 
 def consumer_on(store: Any, run: Callable[[Job], Awaitable[None]], **settings: Any) -> QueueConsumer:
@@ -287,3 +291,49 @@ async def test_an_enqueue_under_way_at_the_stop_is_stored_before_the_store_close
     await asyncio.wait_for(stopping, WAIT)
     assert await enqueue
     assert closed == [["push"]]
+
+
+# -- a dead-letter move cut short ------------------------------------------------------------------------------
+
+
+@pytest.mark.redis
+async def test_a_redis_dead_letter_move_cut_short_after_any_reply_leaves_the_job_in_exactly_one_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from redis.asyncio.connection import AbstractConnection
+
+    from iii_engine.modules.queue.redis_store import RedisQueueStore
+    from iii_engine.modules.queue.store import DeadLetter
+
+    prefix = f"test-{uuid.uuid4()}:"
+    store = RedisQueueStore(REDIS_URL, key_prefix=prefix)
+    original = AbstractConnection.read_response
+    replies = {"left": 0}
+
+    async def cut_after(self: AbstractConnection, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await original(self, *args, **kwargs)
+        finally:
+            replies["left"] -= 1
+            if replies["left"] == 0:  # the reply arrived; the caller is cancelled before it acts on it
+                await self.disconnect(nowait=True)
+                raise asyncio.CancelledError
+
+    monkeypatch.setattr(AbstractConnection, "read_response", cut_after)
+    cut = 0
+    for n in range(1, 10):
+        queue = f"{Q}{n}"
+        await store.push(queue, Job.new(queue, "f", n))
+        job = await store.claim(queue, now_ms=0, lease_ms=60_000)
+        assert job is not None
+        replies["left"] = n
+        try:
+            await store.dead(queue, DeadLetter(job, "function call failed", 1))
+        except asyncio.CancelledError:
+            cut += 1
+        replies["left"] = 0
+        counts = await store.counts(queue)
+        assert counts in (QueueCounts(0, 0, 0, 1), QueueCounts(0, 1, 0, 0)), (n, counts)
+    await store.close()
+    await _drop_keys(prefix)
+    assert cut  # the move was cut short at least once
