@@ -88,11 +88,11 @@ async def test_topic_mode_over_the_socket(engine: Engine) -> None:
 async def test_redis_backed_queue_loses_no_job_across_an_engine_restart() -> None:
     prefix = f"test-{uuid.uuid4()}:"
     # Jobs the second engine hands out before the worker has registered fail and retry: short, many retries, so a
-    # slow machine cannot move one to the dead-letter queue (3 tries at 1/2/4 s did, seen under load). A short
-    # lease: a stop that cuts the in-flight job's own finishing step (its retry after the worker left) leaves it
-    # active in Redis until its lease runs out, 60 s by default, past this test's wait (seen once in a full run).
+    # slow machine cannot move one to the dead-letter queue (3 tries at 1/2/4 s did, seen under load). The default
+    # 60 s lease, past this test's wait: the stop must finish the in-flight job's own step (its retry after the
+    # worker left) or give the job back, not leave it active in Redis (seen once in a full run before it did).
     settings = {
-        "queue_configs": {"jobs": {"concurrency": 1, "max_retries": 30, "backoff_ms": 100, "lease_ms": 2000}},
+        "queue_configs": {"jobs": {"concurrency": 1, "max_retries": 30, "backoff_ms": 100}},
         "adapter": {"class": "modules::queue::RedisAdapter", "config": {"redis_url": REDIS_URL, "key_prefix": prefix}},
     }
     started = asyncio.Event()
