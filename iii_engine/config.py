@@ -7,8 +7,9 @@ Our keys (all optional): ``host``, ``invocation_timeout_ms`` (docs/protocol.md#e
 socket, default 4 MiB), ``max_outbox_bytes`` (unread bytes per worker, default 16 MiB), ``max_workers``
 (connected workers, default 10,000), ``max_registrations_per_worker`` (functions, trigger types and triggers one
 worker holds, default 100,000), ``max_services`` (services kept, default 100,000), ``max_fired_calls``
-(trigger-fired calls in flight engine-wide, default 10,000) and ``fire_wait_timeout_ms`` (how long a producer
-that is itself a call waits for room among them, default 10,000),
+(trigger-fired calls in flight engine-wide, default 10,000), ``fire_wait_timeout_ms`` (how long a producer
+that is itself a call waits for room among them, default 10,000), ``max_calls_per_worker`` (calls one worker has
+in flight through the engine, default 10,000),
 ``functions_available_debounce_ms`` (E8), ``allow_degraded`` (start even when a configured module cannot; see
 :class:`EngineConfig`) and ``channels: {production_mode, attach_timeout_ms, max_message_size, max_channel_bytes,
 max_queued_bytes}`` (see :class:`ChannelSettings`). Unknown top-level keys are ignored, as production does.
@@ -62,6 +63,7 @@ DEFAULT_MAX_REGISTRATIONS_PER_WORKER = 100_000
 DEFAULT_MAX_SERVICES = 100_000
 DEFAULT_MAX_FIRED_CALLS = 10_000
 DEFAULT_FIRE_WAIT_TIMEOUT_MS = 10_000
+DEFAULT_MAX_CALLS_PER_WORKER = 10_000
 DEFAULT_ATTACH_TIMEOUT_MS = 300_000
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
@@ -149,6 +151,9 @@ class EngineConfig(Settings):
     #: :class:`iii_engine.limits.FiredCalls`)
     max_fired_calls: int = Field(DEFAULT_MAX_FIRED_CALLS, ge=1)
     fire_wait_timeout_ms: int = Field(DEFAULT_FIRE_WAIT_TIMEOUT_MS, ge=1)
+    #: calls one worker has started through the engine and that are not over (see
+    #: :class:`iii_engine.limits.WorkerCalls`)
+    max_calls_per_worker: int = Field(DEFAULT_MAX_CALLS_PER_WORKER, ge=1)
     functions_available_debounce_ms: int = Field(150, ge=0)
     channels: ChannelSettings = Field(default_factory=ChannelSettings)
     allow_degraded: bool = False

@@ -50,7 +50,7 @@ from .allocator import MemoryReleaser
 from .channels import ChannelRelay
 from .config import EngineConfig
 from .invocations import Invocations, Started
-from .limits import TRY_AGAIN_LATER, CountLimits, FiredCalls
+from .limits import TRY_AGAIN_LATER, CountLimits, FiredCalls, WorkerCalls
 from .modules.base import (
     BuiltinFunction,
     EngineError,
@@ -114,8 +114,10 @@ class Engine:
         self.unavailable_modules: dict[str, str] = {}
         #: the bound on trigger-fired calls in flight (``max_fired_calls``) and its counters
         self.fired_calls = FiredCalls(self.config.max_fired_calls, self.config.fire_wait_timeout_ms)
+        #: the bound on the calls one worker has in flight (``max_calls_per_worker``) and its counters
+        self.worker_calls = WorkerCalls(self.config.max_calls_per_worker)
         self.invocations = Invocations(self.registry, self.workers, timeout_ms=self.config.invocation_timeout_ms,
-                                       fired=self.fired_calls)
+                                       fired=self.fired_calls, worker_calls=self.worker_calls)
         self.limits = CountLimits(self.config)
         self._external: ExternalFunctions | None = None
         settings = self.config.channels
@@ -259,6 +261,7 @@ class Engine:
         await self._listener.close()
         await self.invocations.close()
         self.fired_calls.close()
+        self.worker_calls.close()
         await self.channels.close()
         self.memory.close()
         if self._stopping is not None:
@@ -315,6 +318,14 @@ class Engine:
         """Call a function without waiting, counted against ``max_fired_calls`` (see
         :meth:`~iii_engine.modules.base.EngineServices.fire`)."""
         return self.invocations.fire(function_id, data, taken=taken)
+
+    def worker_calls_stats(self) -> dict[str, int]:
+        """The ``max_calls_per_worker`` counters (see :meth:`iii_engine.limits.WorkerCalls.stats`)."""
+        return self.worker_calls.stats(self.workers.values())
+
+    def worker_calls_degraded(self) -> bool:
+        """Whether a worker's call was refused at ``max_calls_per_worker`` recently."""
+        return self.worker_calls.degraded()
 
     async def condition_passes(self, condition_function_id: str | None, payload: Any) -> bool:
         """docs/protocol.md#built-in-functions: only a literal ``false`` skips; an error skips too (logged)."""

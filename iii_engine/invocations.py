@@ -31,7 +31,7 @@ from iii.protocol.codec import is_uuid
 from iii.protocol.ids import InvocationIds, new_invocation_id
 from iii.wire import loads
 
-from .limits import FiredCalls
+from .limits import TOO_MANY_CALLS, FiredCalls, WorkerCalls
 from .modules.base import EncodedResult, EngineError, InvocationContext, InvocationObserver, NamedQueues
 from .registry import FunctionEntry, Registry
 from .workers import WorkerConnection, frame_bytes
@@ -99,16 +99,21 @@ class Pending:
     future: asyncio.Future[tuple[Any, Any]] | None = None
     timer: asyncio.TimerHandle | None = None
     watch: Any = None  # the invocation observer's token, handed back when the result arrives
+    holder: WorkerConnection | None = None  # the worker whose max_calls_per_worker count the call holds
 
 
 class Invocations:
     """The pending table and every way of calling a function."""
 
     def __init__(self, registry: Registry, workers: dict[str, WorkerConnection], *,
-                 timeout_ms: int | None = None, fired: FiredCalls | None = None) -> None:
+                 timeout_ms: int | None = None, fired: FiredCalls | None = None,
+                 worker_calls: WorkerCalls | None = None) -> None:
         self.registry = registry
         #: the bound on trigger-fired calls (:meth:`fire`) in flight
         self.fired = fired if fired is not None else FiredCalls()
+        #: the bound on the calls one worker has in flight (:meth:`start_invoke`)
+        self.worker_calls = worker_calls if worker_calls is not None else WorkerCalls()
+        self._max_calls = self.worker_calls.limit
         self.workers = workers
         # Set by the queue module (EngineServices.serve_named_queues); None: enqueue actions fail.
         self.named_queues: NamedQueues | None = None
@@ -116,7 +121,10 @@ class Invocations:
         self.pending: dict[str, Pending] = {}
         # Set by the observability module; None keeps the call path free of any telemetry work.
         self.observer: InvocationObserver | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        # Every task the engine runs for a call, with what it holds until it ends: a worker's max_calls_per_worker
+        # count, a max_fired_calls slot, or nothing. The task gives it back itself when it ends; close() gives back
+        # what tasks it cancelled before they ever ran hold (their ``finally`` never runs).
+        self._tasks: dict[asyncio.Task[Any], WorkerConnection | FiredCalls | None] = {}
 
     # -- worker-initiated calls ------------------------------------------------------------------------------
 
@@ -131,14 +139,22 @@ class Invocations:
         must await before its next frame (a routed call waiting for room in the callee's queue: production's
         back-pressure, and frame order), or ``None`` when nothing is left to wait for (a built-in call runs in a
         task of its own, an answer is queued). Why not a coroutine itself: the reader makes none per built-in call.
+        A caller with ``max_calls_per_worker`` calls in flight is refused before anything else is looked at
+        (:class:`~iii_engine.limits.WorkerCalls`); a call it starts holds one of them until it is over.
         """
         function_id: str = msg["function_id"]
         data = msg["data"]
         invocation_id: str | None = msg.get("invocation_id")
         action = msg.get("action")
+        if caller.calls >= self._max_calls:
+            self._too_many_calls(caller, function_id, invocation_id, action)
+            return None
         if action is not None:
             if action["type"] == "enqueue":
-                self._spawn(self._enqueue(caller, invocation_id, function_id, data, action["queue"]))
+                caller.calls += 1
+                task = asyncio.get_running_loop().create_task(
+                    self._enqueue(caller, invocation_id, function_id, data, action["queue"]))
+                self._tasks[task] = caller
                 return None
             invocation_id = None  # void: never answered
         if type(data) is dict:
@@ -157,7 +173,9 @@ class Invocations:
             ctx = InvocationContext(caller.id, invocation_id, traceparent, baggage)
             # One task per call (a slow built-in must not hold up the worker's next frames). The task leaves
             # ``_tasks`` itself when it ends (see _run_builtin_for): no done callback to schedule per call.
-            self._tasks.add(asyncio.get_running_loop().create_task(self._run_builtin_for(caller, entry, data, ctx)))
+            caller.calls += 1
+            self._tasks[asyncio.get_running_loop().create_task(self._run_builtin_for(caller, entry, data, ctx))] = \
+                caller
             return None
         callee = self.workers.get(entry.owner or "")
         if callee is None:
@@ -173,10 +191,21 @@ class Invocations:
             caller.post(caller.session.result(routed_id, function_id, None, error_body(
                 "invocation_id_in_use", f"Invocation id {routed_id} belongs to a call still pending")))
             return None
-        pending = Pending(routed_id, function_id, callee, caller if invocation_id is not None else None)
+        pending = Pending(routed_id, function_id, callee, caller if invocation_id is not None else None,
+                          holder=caller)
         if invocation_id is not None:
             caller.in_flight.add(invocation_id)
         return self._route(pending, data, traceparent, baggage)
+
+    def _too_many_calls(self, caller: WorkerConnection, function_id: str, invocation_id: str | None,
+                        action: Any) -> None:
+        """Refuse a call of ``caller``, which has ``max_calls_per_worker`` in flight: an answered one (an enqueue
+        action's too) gets ``too_many_calls`` at once, a void one is dropped; both counted and logged."""
+        answered = invocation_id is not None and (action is None or action["type"] == "enqueue")
+        message = self.worker_calls.refuse(caller, function_id, answered)
+        if answered:
+            assert invocation_id is not None
+            caller.post(caller.session.result(invocation_id, function_id, None, error_body(TOO_MANY_CALLS, message)))
 
     async def _route(self, pending: Pending, data: Any, traceparent: str | None, baggage: str | None) -> None:
         callee = pending.callee
@@ -187,6 +216,9 @@ class Invocations:
             traceparent = self.observer.child_traceparent(pending.watch) or traceparent
         text = callee.session.invoke(pending.invocation_id, pending.function_id, data, traceparent, baggage)
         self.pending[pending.invocation_id] = pending
+        # counted from here, given back in _finish: in the table <=> counted, whatever ends the call
+        if pending.holder is not None:
+            pending.holder.calls += 1
         callee.in_flight.add(pending.invocation_id)
         if self.timeout_ms:
             loop = asyncio.get_running_loop()
@@ -220,6 +252,8 @@ class Invocations:
             return
         if pending.timer is not None:
             pending.timer.cancel()
+        if pending.holder is not None:
+            pending.holder.calls -= 1
         pending.callee.in_flight.discard(invocation_id)
         if pending.watch is not None and self.observer is not None:
             self.observer.call_finished(pending.watch, error, builtin=False)
@@ -275,9 +309,10 @@ class Invocations:
             # replies fill its byte-bounded queue until it overflows and the caller is disconnected.
             await caller.outbox.send(text, flush=False)
         finally:
-            # The task leaves the set itself; one cancelled before it ever ran skips this, and only close() cancels
-            # these tasks (it empties the set).
-            self._tasks.discard(asyncio.current_task())
+            # The task leaves ``_tasks`` itself; one cancelled before it ever ran skips this: close(), the only
+            # one to cancel these tasks, gives back what it holds.
+            caller.calls -= 1
+            del self._tasks[asyncio.current_task()]  # type: ignore[arg-type]
 
     async def run_builtin(self, entry: FunctionEntry, data: Any, ctx: InvocationContext) -> tuple[Any, Any]:
         """Run a built-in; returns ``(result, error_body)``; never raises (except cancellation)."""
@@ -316,22 +351,26 @@ class Invocations:
 
     async def _enqueue(self, caller: WorkerConnection, invocation_id: str | None, function_id: str, data: Any,
                        queue: str) -> None:
-        result: Any = None
-        error: Any = None
-        if self.named_queues is None:
-            error = error_body("enqueue_error", "QueueModule not loaded")
-        else:
-            try:
-                result = {"messageReceiptId": await self.named_queues.enqueue(queue, function_id, data)}
-            except EngineError as exc:
-                error = exc.body()
-            except Exception as exc:
-                error = error_body("enqueue_error", str(exc))
-        if error is not None:
-            log.warning("enqueue of %s on queue %r for worker %s failed: %s", function_id, queue, caller.id,
-                        error["message"])
-        if invocation_id is not None:
-            caller.post(caller.session.result(invocation_id, function_id, result, error))
+        try:
+            result: Any = None
+            error: Any = None
+            if self.named_queues is None:
+                error = error_body("enqueue_error", "QueueModule not loaded")
+            else:
+                try:
+                    result = {"messageReceiptId": await self.named_queues.enqueue(queue, function_id, data)}
+                except EngineError as exc:
+                    error = exc.body()
+                except Exception as exc:
+                    error = error_body("enqueue_error", str(exc))
+            if error is not None:
+                log.warning("enqueue of %s on queue %r for worker %s failed: %s", function_id, queue, caller.id,
+                            error["message"])
+            if invocation_id is not None:
+                caller.post(caller.session.result(invocation_id, function_id, result, error))
+        finally:
+            caller.calls -= 1  # as in _run_builtin_for
+            del self._tasks[asyncio.current_task()]  # type: ignore[arg-type]
 
     # -- engine-internal calls -------------------------------------------------------------------------------
 
@@ -380,8 +419,8 @@ class Invocations:
         if entry.builtin is not None:
             ctx = InvocationContext(None, None, traceparent, baggage)
             task = asyncio.get_running_loop().create_task(self._run_builtin_plain(entry, data, ctx))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks[task] = None
+            task.add_done_callback(self._forget_task)
             return Started(task, task.cancel)
         pending = await self._start_routed(entry, data, traceparent, baggage)
         assert pending.future is not None
@@ -415,7 +454,7 @@ class Invocations:
             self.fired.skip(f"call of {function_id}")
             return False
         # The task leaves ``_tasks`` itself when it ends (see _fire): no done callback to schedule per call.
-        self._tasks.add(asyncio.get_running_loop().create_task(self._fire(function_id, data)))
+        self._tasks[asyncio.get_running_loop().create_task(self._fire(function_id, data))] = self.fired
         return True
 
     async def _fire(self, function_id: str, data: Any) -> None:
@@ -424,15 +463,13 @@ class Invocations:
         except EngineError as exc:
             log.info("trigger-fired call of %s failed: %s: %s", function_id, exc.code, exc.message)
         finally:
-            # One cancelled before it ever ran skips this: only close() cancels these tasks (it empties the set),
-            # and the engine's count of fired calls goes with the engine.
+            # One cancelled before it ever ran skips this: close(), the only one to cancel these tasks, gives its
+            # slot back (the count outlives a stop: an engine started again keeps its FiredCalls).
             self.fired.release()
-            self._tasks.discard(asyncio.current_task())
+            del self._tasks[asyncio.current_task()]  # type: ignore[arg-type]
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _forget_task(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.pop(task, None)
 
     async def close(self) -> None:
         """Engine shutdown: stop pending calls and built-in tasks."""
@@ -446,4 +483,10 @@ class Invocations:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self._tasks.difference_update(tasks)
+            for task in tasks:
+                if task in self._tasks:  # cancelled before it ever ran: what it holds is given back here
+                    held = self._tasks.pop(task)
+                    if isinstance(held, FiredCalls):
+                        held.release()
+                    elif held is not None:
+                        held.calls -= 1

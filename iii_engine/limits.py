@@ -16,6 +16,9 @@ Why: a control frame is bounded in bytes (``max_message_size``) and a worker's u
 - ``max_fired_calls``: trigger-fired calls in flight engine-wide (pub/sub deliveries, stream and state triggers,
   cron ticks, log and alert triggers, worker and function events), each counted from dispatch until its
   handler's outcome is back; see :class:`FiredCalls`.
+- ``max_calls_per_worker``: calls one worker has started through the engine and that are not over (its calls of
+  worker functions, answered or void, its built-in calls and its enqueue actions); past it a call is refused at
+  once (``too_many_calls``, or counted and logged when no reply was asked for); see :class:`WorkerCalls`.
 
 Example:
     >>> from iii_engine.config import EngineConfig
@@ -30,8 +33,9 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 
-from .config import DEFAULT_FIRE_WAIT_TIMEOUT_MS, DEFAULT_MAX_FIRED_CALLS, EngineConfig
+from .config import DEFAULT_FIRE_WAIT_TIMEOUT_MS, DEFAULT_MAX_CALLS_PER_WORKER, DEFAULT_MAX_FIRED_CALLS, EngineConfig
 from .modules.base import EngineError
 from .registry import Registry
 from .workers import WorkerConnection
@@ -44,8 +48,58 @@ TRY_AGAIN_LATER = 1013
 FIRE_LIMIT = "fire_limit"
 """Error code of a call whose trigger-fired calls found no room under ``max_fired_calls`` in time."""
 
+TOO_MANY_CALLS = "too_many_calls"
+"""Error code of a worker's call refused because that worker has ``max_calls_per_worker`` calls in flight."""
+
 SKIP_LOG_INTERVAL_S = 10.0
-"""At most one warning per this many seconds about fired calls skipped for want of room (with their count)."""
+"""At most one warning per this many seconds about calls skipped or refused for want of room (with their count)."""
+
+DEGRADED_WINDOW_S = 60.0
+"""``engine::health::check`` reports a bound degraded while it skipped or refused a call this recently."""
+
+
+class LossLog:
+    """Rate-limited warnings about calls lost to a bound: the first loss is logged at once, later ones at most every
+    :data:`SKIP_LOG_INTERVAL_S` (a burst's count is logged when the interval is over, even if nothing more is lost
+    then). Remembers when the latest loss was, for :meth:`recent`.
+
+    ``write(latest)`` logs the counts its owner kept since the last warning, naming ``latest`` (the newest loss;
+    ``None`` when the warning is the end of a burst), and returns ``False`` when there was nothing to log.
+    """
+
+    def __init__(self, write: Callable[[str | None], bool]) -> None:
+        self._write = write
+        self._logged_at = float("-inf")
+        self._timer: asyncio.TimerHandle | None = None
+        #: ``time.monotonic()`` of the latest loss
+        self.lost_at = float("-inf")
+
+    def lost(self, what: str) -> None:
+        """A loss (``what`` names it): log now, or arm the end-of-interval warning."""
+        now = time.monotonic()
+        self.lost_at = now
+        if now - self._logged_at >= SKIP_LOG_INTERVAL_S:
+            self.flush(what)
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._logged_at + SKIP_LOG_INTERVAL_S - now,
+                                                                self.flush, None)
+
+    def flush(self, what: str | None) -> None:
+        """Log what is not logged yet (now)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._write(what):
+            self._logged_at = time.monotonic()
+
+    def recent(self) -> bool:
+        """Whether a loss happened within the last :data:`DEGRADED_WINDOW_S`."""
+        return time.monotonic() - self.lost_at < DEGRADED_WINDOW_S
+
+    def close(self) -> None:
+        """Engine shutdown: a pending end-of-interval warning is logged now (its timer belongs to this loop)."""
+        if self._timer is not None:
+            self.flush(None)
 
 
 class CountLimits:
@@ -153,8 +207,7 @@ class FiredCalls:
         self._waiting = 0  # slots the waiters ask for
         self._unlogged_skipped = 0  # since the last warning
         self._unlogged_refused = 0
-        self._logged_at = float("-inf")
-        self._log_timer: asyncio.TimerHandle | None = None
+        self._losses = LossLog(self._log_lost)
 
     @property
     def waiting(self) -> int:
@@ -165,6 +218,10 @@ class FiredCalls:
         """The counters, as ``engine::metrics::list`` and ``engine::health::check`` report them."""
         return {"in_flight": self.in_flight, "max_fired_calls": self.limit, "peak": self.peak,
                 "waiting": self._waiting, "skipped": self.skipped, "refused": self.refused}
+
+    def degraded(self) -> bool:
+        """Whether a call was skipped or refused within the last :data:`DEGRADED_WINDOW_S`."""
+        return self._losses.recent()
 
     def try_take(self, n: int = 1) -> bool:
         """Take ``n`` slots if they are free now and nobody waits; ``False`` (nothing taken) otherwise."""
@@ -285,26 +342,18 @@ class FiredCalls:
         return EngineError(FIRE_LIMIT, message)
 
     def _lost(self, what: str) -> None:
-        if time.monotonic() - self._logged_at >= SKIP_LOG_INTERVAL_S:
-            self._log_lost(what)
-        elif self._log_timer is None:
-            # the count of this burst is logged when the interval is over, even if nothing more is lost then
-            delay = self._logged_at + SKIP_LOG_INTERVAL_S - time.monotonic()
-            self._log_timer = asyncio.get_running_loop().call_later(delay, self._log_lost, None)
+        self._losses.lost(what)
 
-    def _log_lost(self, what: str | None) -> None:
-        if self._log_timer is not None:
-            self._log_timer.cancel()
-            self._log_timer = None
+    def _log_lost(self, what: str | None) -> bool:
         if not (self._unlogged_skipped or self._unlogged_refused):
-            return
+            return False
         latest = f"; latest: {what}" if what is not None else ""
         log.warning("trigger-fired calls not made, no room under max_fired_calls %d: %d skipped (nobody to wait), "
                     "%d refused (their producer failed with fire_limit) since the last warning; %d skipped, "
                     "%d refused in all, %d in flight%s", self.limit, self._unlogged_skipped, self._unlogged_refused,
                     self.skipped, self.refused, self.in_flight, latest)
         self._unlogged_skipped = self._unlogged_refused = 0
-        self._logged_at = time.monotonic()
+        return True
 
     def close(self) -> None:
         """Engine shutdown: stop the deadline timer (an engine started again arms a new one on its loop) and the
@@ -312,5 +361,71 @@ class FiredCalls:
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
             self._deadline_timer = None
-        if self._log_timer is not None:
-            self._log_lost(None)
+        self._losses.close()
+
+
+class WorkerCalls:
+    """The bound on the calls one worker has in flight through the engine (``max_calls_per_worker``).
+
+    Why: a worker's frames are bounded in bytes, not in count. Each call it starts holds something in the engine
+    until it is over: a task per built-in call or enqueue action, a pending-table entry per call of a worker
+    function (a void one too, until its callee answers). A worker calling faster than its callees answer (or a
+    callee that never answers, with no ``invocation_timeout_ms``) grew the engine without end.
+
+    The count lives on the worker (:attr:`WorkerConnection.calls`); :class:`~iii_engine.invocations.Invocations`
+    takes and gives back, and calls :meth:`refuse` for a call past the bound: an answered one gets a
+    ``too_many_calls`` error, a void one is dropped; both are counted and logged (rate-limited, never silent).
+
+    Example:
+        >>> calls = WorkerCalls(2)
+        >>> calls.stats([])
+        {'max_calls_per_worker': 2, 'in_flight': 0, 'busiest_worker': 0, 'refused': 0, 'refused_void': 0}
+    """
+
+    def __init__(self, max_calls_per_worker: int = DEFAULT_MAX_CALLS_PER_WORKER) -> None:
+        self.limit = max_calls_per_worker
+        #: calls refused with ``too_many_calls``
+        self.refused = 0
+        #: void calls (no reply asked for) not made
+        self.refused_void = 0
+        self._unlogged_refused = 0
+        self._unlogged_void = 0
+        self._losses = LossLog(self._log_refused)
+
+    def refuse(self, worker: WorkerConnection, function_id: str, answered: bool) -> str:
+        """Count a call of ``function_id`` by ``worker`` refused at the bound (``answered``: it gets the error);
+        the error message."""
+        message = f"worker {worker.id} has {worker.calls} calls in flight (max_calls_per_worker {self.limit})"
+        if answered:
+            self.refused += 1
+            self._unlogged_refused += 1
+        else:
+            self.refused_void += 1
+            self._unlogged_void += 1
+        self._losses.lost(f"{'call' if answered else 'void call'} of {function_id}: {message}")
+        return message
+
+    def stats(self, workers: Iterable[WorkerConnection]) -> dict[str, int]:
+        """The counters, as ``engine::metrics::list`` and ``engine::health::check`` report them: ``in_flight``
+        sums every worker's calls, ``busiest_worker`` is the most one worker has."""
+        counts = [worker.calls for worker in workers]
+        return {"max_calls_per_worker": self.limit, "in_flight": sum(counts), "busiest_worker": max(counts, default=0),
+                "refused": self.refused, "refused_void": self.refused_void}
+
+    def degraded(self) -> bool:
+        """Whether a call was refused within the last :data:`DEGRADED_WINDOW_S`."""
+        return self._losses.recent()
+
+    def _log_refused(self, what: str | None) -> bool:
+        if not (self._unlogged_refused or self._unlogged_void):
+            return False
+        latest = f"; latest: {what}" if what is not None else ""
+        log.warning("worker calls refused over max_calls_per_worker %d: %d answered with too_many_calls, %d void "
+                    "(no reply asked for, dropped) since the last warning; %d and %d in all%s", self.limit,
+                    self._unlogged_refused, self._unlogged_void, self.refused, self.refused_void, latest)
+        self._unlogged_refused = self._unlogged_void = 0
+        return True
+
+    def close(self) -> None:
+        """Engine shutdown: a pending warning is logged now."""
+        self._losses.close()

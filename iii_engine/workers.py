@@ -214,6 +214,8 @@ class WorkerConnection:
     external_functions: set[str] = field(default_factory=set)
     trigger_types: set[str] = field(default_factory=set)
     in_flight: set[str] = field(default_factory=set)
+    #: calls this worker started through the engine that are not over (max_calls_per_worker, iii_engine.limits)
+    calls: int = 0
     #: registrations refused over the engine's count limits (iii_engine.limits)
     refused_registrations: int = 0
     session: WorkerSession = field(init=False)

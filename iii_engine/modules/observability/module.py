@@ -20,7 +20,7 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from iii.iii_types import TriggerInfo
 from iii.wire import dumps, loads
@@ -34,6 +34,22 @@ from .settings import ObservabilitySettings
 from .stores import Counters, LogStore, MetricStore, SpanStore
 
 __all__ = ["OtelModule"]
+
+@runtime_checkable
+class _Degradable(Protocol):
+    """A bound that tells whether it lost calls recently (:class:`iii_engine.limits.FiredCalls`)."""
+
+    def degraded(self) -> bool: ...
+
+
+@runtime_checkable
+class _CountsWorkerCalls(Protocol):
+    """An engine that bounds the calls one worker has in flight (``max_calls_per_worker``, the embedded one)."""
+
+    def worker_calls_stats(self) -> dict[str, int]: ...
+
+    def worker_calls_degraded(self) -> bool: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -442,7 +458,7 @@ class OtelModule(EngineModule):
             "engine_metrics": {"invocations": self.counters.as_dict(),
                                "workers": {"spawns": 0, "deaths": 0, "active": 0},
                                "performance": self._performance(),
-                               "fired_calls": self.services.fired_calls.stats()},
+                               **{name: bound["details"] for name, bound in self._bounds().items()}},
             "sdk_metrics": sdk,
         }
         if interval and start is not None and end is not None:
@@ -476,8 +492,10 @@ class OtelModule(EngineModule):
         if self.forwarder is not None:
             telemetry.update(exported=self.forwarder.sent, export_dropped=self.forwarder.dropped,
                              export_failed=self.forwarder.failed)
+        bounds = self._bounds()
+        degraded = any(bound["status"] == "degraded" for bound in bounds.values())
         return {
-            "status": "healthy",
+            "status": "degraded" if degraded else "healthy",
             "components": {
                 "otel": otel,
                 "metrics": {"status": "healthy", "details": {"stored_metrics": len(self.metrics),
@@ -487,13 +505,28 @@ class OtelModule(EngineModule):
                                                           "evicted": self.logs.evicted}},
                 "spans": spans,
                 "telemetry": {"status": "healthy", "details": telemetry},
-                # trigger-fired calls (max_fired_calls): skipped = producers with nobody to wait found no room,
-                # refused = a waiting producer's call failed with fire_limit
-                "fired_calls": {"status": "healthy", "details": self.services.fired_calls.stats()},
+                **bounds,
             },
             "timestamp": _now_ms(),
             "version": ENGINE_VERSION,
         }
+
+    def _bounds(self) -> dict[str, dict[str, Any]]:
+        """The engine's call bounds as health components (their details are also in ``engine::metrics::list``);
+        ``degraded`` while a bound lost calls within the last ``iii_engine.limits.DEGRADED_WINDOW_S``.
+
+        ``fired_calls`` (max_fired_calls): skipped = producers with nobody to wait found no room, refused = a waiting
+        producer's call failed with fire_limit. ``worker_calls`` (max_calls_per_worker): refused = answered with
+        too_many_calls, refused_void = void calls dropped.
+        """
+        fired = self.services.fired_calls
+        lost = isinstance(fired, _Degradable) and fired.degraded()
+        bounds = {"fired_calls": {"status": "degraded" if lost else "healthy", "details": fired.stats()}}
+        services = self.services
+        if isinstance(services, _CountsWorkerCalls):
+            bounds["worker_calls"] = {"status": "degraded" if services.worker_calls_degraded() else "healthy",
+                                      "details": services.worker_calls_stats()}
+        return bounds
 
     def _counter_values(self) -> dict[str, float]:
         c = self.counters

@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from iii.wire import dumps, loads
 
+from ...limits import FIRE_LIMIT
 from ...settings import RedisAdapterSettings
+from ..base import EngineError
 from .settings import PubSubSettings
 
 if TYPE_CHECKING:
@@ -199,8 +201,11 @@ class RedisBus:
                 self._not_delivered(topic, exc)
 
     def _not_delivered(self, topic: str, exc: Exception) -> None:
-        """Count a message that reached no subscriber; warn the first time, then at most every 10 s."""
+        """Count a message that reached no subscriber; warn the first time, then at most every 10 s (not about
+        ``fire_limit``: the engine's max_fired_calls bound logs those itself, rate-limited)."""
         self.undelivered += 1
+        if isinstance(exc, EngineError) and exc.code == FIRE_LIMIT:
+            return
         self._unlogged += 1
         now = time.monotonic()
         if now - self._warned_at >= _WARN_INTERVAL_S:

@@ -225,12 +225,12 @@ async def test_builtin_call_tasks_leave_the_task_set_and_close_cancels_the_rest(
             await ws.recv()
         # the last task's own finally may run just after its reply is written: wait for the tasks left, then none
         await asyncio.wait_for(asyncio.gather(*list(engine.invocations._tasks)), 5)
-        assert engine.invocations._tasks == set()
+        assert not engine.invocations._tasks
         await ws.send(dumps({"type": "invokefunction", "invocation_id": str(uuid.uuid4()), "function_id": "t::slow",
                              "data": None}))
         await asyncio.wait_for(started.wait(), 5)
         assert len(engine.invocations._tasks) == 1
         await engine.invocations.close()  # engine shutdown: the waiting built-in is cancelled, the set emptied
-        assert engine.invocations._tasks == set()
+        assert not engine.invocations._tasks
     finally:
         await ws.close()
