@@ -185,8 +185,8 @@ class QueueModule(EngineModule):
             try:
                 await asyncio.wait_for(self._no_writes.wait(), bound)
             except TimeoutError:
-                log.warning("queue module: %d enqueue(s) or dead-letter move(s) still waiting on the store after "
-                            "the stop's %d ms; closing it under them", self._writes, self.settings.stop_timeout_ms)
+                log.warning("queue module: %d store write(s) (enqueue, redrive, discard) still under way after the "
+                            "stop's %d ms; closing the store under them", self._writes, self.settings.stop_timeout_ms)
         if self.bridge is not None:
             await self.bridge.close()
         await self.store.close()
@@ -292,6 +292,8 @@ class QueueModule(EngineModule):
 
     async def _topic(self, topic: str) -> _Topic:
         entry = self._topics.get(topic)
+        if entry is None:
+            self._refuse_new_topic_when_stopping(topic)
         if entry is None and len(self._topics) >= self.settings.max_topics:
             await self._reclaim_unused()
             entry = self._topics.get(topic)  # the sweep waited on the store: another call may have made it
@@ -302,8 +304,7 @@ class QueueModule(EngineModule):
                           "subscribers")
                 raise EngineError("enqueue_error", f"Topic '{topic}' refused: {reason}")
         if entry is None:
-            if self._stopping:  # its consumer would outlive the stop
-                raise EngineError("enqueue_error", f"Topic '{topic}' refused: the queue module is stopping")
+            self._refuse_new_topic_when_stopping(topic)  # the stop may have begun during the sweep
             holder: list[_Topic] = []
             settings = self._forgotten_fifo.pop(topic, None) or QueueSettings(max_jobs=self.settings.max_topic_jobs)
             consumer = QueueConsumer(
@@ -321,6 +322,10 @@ class QueueModule(EngineModule):
             holder.append(entry)
             consumer.start()
         return entry
+
+    def _refuse_new_topic_when_stopping(self, topic: str) -> None:
+        if self._stopping:  # its consumer would outlive the stop
+            raise EngineError("enqueue_error", f"Topic '{topic}' refused: the queue module is stopping")
 
     async def _reclaim_unused(self) -> None:
         """Forget topics nobody uses any more (no subscriber, no job in the store, dead letters included), so a
@@ -404,6 +409,8 @@ class QueueModule(EngineModule):
         topic = data.get("topic")
         if not isinstance(topic, str) or not topic:
             raise EngineError("topic_not_set", "Topic is not set")
+        if self._stopping:
+            raise EngineError("enqueue_error", f"Topic '{topic}': the queue module is stopping")
         if self.bridge is not None:
             await self.bridge.enqueue_topic(topic, data.get("data"))
             return

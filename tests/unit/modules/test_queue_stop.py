@@ -17,11 +17,12 @@ from iii_engine.modules.base import EngineError
 from iii_engine.modules.queue import module as queue_module
 from iii_engine.modules.queue.consumer import QueueConsumer
 from iii_engine.modules.queue.settings import QueueSettings
-from iii_engine.modules.queue.store import Job, MemoryQueueStore, QueueCounts, QueueStore
+from iii_engine.modules.queue.store import DeadLetter, Job, MemoryQueueStore, QueueCounts, QueueStore
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 Q = "__fn_queue::q"
 WAIT = 10.0
+LETTER = Job.new("__fn_queue::default", "f", {"dead": True})
 
 
 class Gated:
@@ -265,11 +266,24 @@ async def test_enqueues_after_the_stop_began_are_refused_not_stored_in_a_closed_
     assert "new" not in module._topics  # no consumer outlives the stop
 
 
-async def test_an_enqueue_under_way_at_the_stop_is_stored_before_the_store_closes(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(
+    ("write", "call"),
+    [
+        ("push", lambda services: services.call("enqueue", {"topic": "t", "data": 1})),
+        ("push", lambda services: services.named_queues.enqueue("default", "f", {})),
+        ("redrive", lambda services: services.call("iii::queue::redrive", {"queue": "default"})),
+        ("redrive", lambda services: services.call("iii::queue::redrive_message",
+                                                   {"queue": "default", "message_id": LETTER.id})),
+        ("discard", lambda services: services.call("iii::queue::discard_message",
+                                                   {"queue": "default", "message_id": LETTER.id})),
+    ],
+    ids=["enqueue", "enqueue_action", "redrive", "redrive_message", "discard_message"],
+)
+async def test_a_store_write_under_way_at_the_stop_ends_before_the_store_closes(
+    monkeypatch: pytest.MonkeyPatch, write: str, call: Callable[[FakeServices], Awaitable[Any]],
 ) -> None:
     store = Gated(MemoryQueueStore())
-    gate = store.gate("push")
+    gate = store.gate(write)
     closed: list[list[str]] = []
 
     async def close() -> None:
@@ -280,17 +294,39 @@ async def test_an_enqueue_under_way_at_the_stop_is_stored_before_the_store_close
     module = queue_module.QueueModule(services, {"queue_configs": {"default": {}}})
     await module.start()
     monkeypatch.setattr(store.inner, "close", close)
-    enqueue = asyncio.create_task(module.enqueue("default", "f", {}))
-    await asyncio.wait_for(store.entered["push"].wait(), WAIT)
+    await store.inner.push("__fn_queue::default", LETTER)
+    assert await store.inner.claim("__fn_queue::default", now_ms=0, lease_ms=60_000) == LETTER
+    await store.inner.dead("__fn_queue::default", DeadLetter(LETTER, "function call failed", 1))
+    await services.trigger("queue", "t1", "f", {"topic": "t"})
+    writing = asyncio.create_task(call(services))
+    await asyncio.wait_for(store.entered[write].wait(), WAIT)
     stopping = asyncio.create_task(module.stop())
-    # The store answers only once the consumers have stopped (a stop that does not wait has closed it by then).
-    consumer = module._named["default"]
-    assert consumer._loop_task is not None
-    await asyncio.wait({consumer._loop_task}, timeout=WAIT)
+    # The store answers once every consumer loop has ended (a stop that does not wait has closed it by then).
+    loops = [c._loop_task for c in [*module._named.values(), *(t.consumer for t in module._topics.values())]]
+    await asyncio.wait({task for task in loops if task is not None}, timeout=WAIT)
     gate.set()
     await asyncio.wait_for(stopping, WAIT)
-    assert await enqueue
-    assert closed == [["push"]]
+    await writing
+    assert closed == [[write]]
+
+
+async def test_a_store_write_that_hangs_does_not_hold_the_module_stop(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = Gated(MemoryQueueStore())
+    store.gate("push")  # never opened
+    monkeypatch.setattr(queue_module, "open_store", lambda settings: store)
+    services = FakeServices()
+    module = queue_module.QueueModule(services, {"queue_configs": {"default": {}}, "stop_timeout_ms": 100})
+    await module.start()
+    enqueue = asyncio.create_task(module.enqueue("default", "f", {}))
+    await asyncio.wait_for(store.entered["push"].wait(), WAIT)
+    with caplog.at_level(logging.WARNING, logger="iii_engine.modules.queue.module"):
+        await asyncio.wait_for(module.stop(), WAIT)
+    assert [r.getMessage() for r in caplog.records if r.name == "iii_engine.modules.queue.module"] == [
+        "queue module: 1 store write(s) (enqueue, redrive, discard) still under way after the stop's 100 ms; "
+        "closing the store under them"]
+    enqueue.cancel()
 
 
 # -- a dead-letter move cut short ------------------------------------------------------------------------------
@@ -303,7 +339,6 @@ async def test_a_redis_dead_letter_move_cut_short_after_any_reply_leaves_the_job
     from redis.asyncio.connection import AbstractConnection
 
     from iii_engine.modules.queue.redis_store import RedisQueueStore
-    from iii_engine.modules.queue.store import DeadLetter
 
     prefix = f"test-{uuid.uuid4()}:"
     store = RedisQueueStore(REDIS_URL, key_prefix=prefix)
