@@ -41,7 +41,7 @@ from .errors import StreamError, StreamTimeoutError, StreamUnavailableError, che
 from .events import EventFilter, StreamEvent, Watch
 
 __all__ = ["DEFAULT_TIMEOUT", "Backend", "FieldUpdates", "OperationGuard", "SetResult", "StoreDeadline",
-           "StreamGetInput", "StreamSetInput", "UpdateResult"]
+           "StreamGetInput", "StreamSetInput", "UpdateResult", "WriteProgress"]
 
 DEFAULT_TIMEOUT: Final = 60.0
 """Seconds an operation may take when neither the call nor the store says otherwise."""
@@ -151,6 +151,42 @@ class OperationGuard(StoreDeadline):
         if isinstance(exc, StreamError) or not isinstance(exc, Exception):
             return None
         return self._store._wrap_error(exc, self._where())
+
+
+class WriteProgress:
+    """How far one caller's queued write got, shared by the caller and the batch that runs it: a batch leaves out
+    a write whose caller ``abandoned`` it (timed out or was cancelled) and, just before sending the commit (or the
+    single statement, or script) that applies it, marks it ``sent``; a caller giving up after that cannot
+    withdraw it. Both sides run on one event loop and each checks and sets without awaiting in between, so every
+    write is either withdrawn (never applied) or sent (its outcome unknown to a caller that stopped waiting).
+    """
+
+    __slots__ = ("abandoned", "sent")
+
+    def __init__(self) -> None:
+        self.abandoned = False
+        self.sent = False
+
+    def give_up(self) -> bool:
+        """The caller stops waiting: withdraw the write unless it was sent; ``True`` when it was withdrawn."""
+        self.abandoned = not self.sent
+        return self.abandoned
+
+    def timeout_error(self, exc: StreamTimeoutError) -> StreamTimeoutError:
+        """``exc`` (the caller's timeout) restated with the write's outcome; the caller raises it ``from exc``.
+
+        Example:
+            >>> progress = WriteProgress()
+            >>> error = progress.timeout_error(StreamTimeoutError("S.set did not finish within 1 s"))
+            >>> str(error), error.applied
+            ('S.set did not finish within 1 s; the write was withdrawn and not applied', False)
+        """
+        if self.give_up():
+            error = StreamTimeoutError(f"{exc}; the write was withdrawn and not applied")
+            error.applied = False
+        else:
+            error = StreamTimeoutError(f"{exc}; the write had been sent and may have been applied (outcome unknown)")
+        return error
 
 
 class Backend(IStream[Any]):

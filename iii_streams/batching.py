@@ -8,7 +8,9 @@ N round trips into one.
 
 Guarantees: each request is applied at most once and its caller learns the outcome (a result, its own
 exception, or the batch's exception); a caller that stops waiting (timeout, cancellation) before its request
-is taken is skipped, so the write never happens; a caller that stops waiting later leaves the write to finish.
+is taken is skipped, so the write never happens; a caller that stops waiting later leaves the write to the store:
+the stores of this package withdraw it while it has not been sent to be committed
+(:class:`~iii_streams.base.WriteProgress`), and let it finish after that.
 Waiting requests per key are bounded by ``max_pending``; past it ``submit`` fails at once.
 
 Example:

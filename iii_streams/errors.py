@@ -7,7 +7,7 @@ the matching :class:`StreamError` subclass ``from`` it, so ``exc.__cause__`` is 
 - ``StreamError``: base of everything below
 - ``StreamUnavailableError``: the server cannot be reached (connection refused or lost)
 - ``PoolExhaustedError``: every pooled connection stayed busy past the pool's wait limit
-- ``StreamTimeoutError``: an operation did not finish within its ``timeout`` (a write's outcome is unknown)
+- ``StreamTimeoutError``: an operation did not finish within its ``timeout`` (``applied`` tells a write's outcome)
 - ``StreamBackendError``: the backend refused the operation for another reason
 - ``StreamDataError``: a stored value is not JSON (written by something else)
 - ``UpdateConflictError``: an optimistic update lost the race too many times in a row
@@ -57,7 +57,14 @@ class PoolExhaustedError(StreamUnavailableError):
 
 
 class StreamTimeoutError(StreamError, TimeoutError):
-    """An operation did not finish within its timeout; a write may or may not have been applied."""
+    """An operation did not finish within its timeout.
+
+    ``applied`` tells a write's outcome: ``False`` when the write was withdrawn before it was sent to be committed
+    (it will not be applied), ``None`` when it is unknown (it had been sent: it may have been applied, or may still
+    be); the message says the same. Reads, and stores that cannot tell, leave it ``None``.
+    """
+
+    applied: bool | None = None
 
 
 class StreamBackendError(StreamError):

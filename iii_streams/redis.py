@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import codecs
 import contextlib
 import logging
 import random
@@ -72,11 +73,12 @@ from iii.stream import (
 from iii.stream_ops import Op, apply_update
 from iii.wire import dumps, loads
 
-from .base import DEFAULT_TIMEOUT, FieldUpdates, SetResult, UpdateResult
+from .base import DEFAULT_TIMEOUT, FieldUpdates, SetResult, UpdateResult, WriteProgress
 from .batching import KeyedBatcher
 from .errors import (
     PoolExhaustedError,
     StreamBackendError,
+    StreamClosedError,
     StreamDataError,
     StreamError,
     StreamTimeoutError,
@@ -171,6 +173,7 @@ DEFAULT_POOL_TIMEOUT: Final = 30.0
 _BACKOFF_FIRST: Final = 0.001
 _BACKOFF_CAP: Final = 0.05
 _MAX_BATCH: Final = 256  # updates per read and compare-and-set script
+_WITHDRAWN: Final = StreamClosedError("the caller withdrew this update before it was sent")
 
 
 def _pack_evalsha(conn: Any, sha: str, key: str, args: Sequence[Any]) -> bytes:
@@ -227,6 +230,28 @@ async def _send(conn: Any, packed: bytes, bounded: bool) -> None:
     finally:
         if conn.socket_timeout is None:  # unless something set a timeout of its own meanwhile
             conn.socket_timeout = timeout
+
+
+def _check_encoding(client: aioredis.Redis) -> None:
+    """Refuse a client whose text encoding is not UTF-8: values are JSON text written as UTF-8 and read back as
+    UTF-8 (and by other processes and the production engine), so another encoding would store mangled values or
+    misread them. ``decode_responses=True`` is fine: it decodes with that same encoding.
+
+    Example:
+        >>> _check_encoding(aioredis.Redis(encoding="latin-1"))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: RedisStream needs a Redis client with encoding='utf-8' ... got encoding='latin-1'; ...
+    """
+    pool = getattr(client, "connection_pool", None)
+    encoding = getattr(pool, "connection_kwargs", {}).get("encoding", "utf-8")
+    try:
+        utf8 = codecs.lookup(encoding).name == "utf-8"
+    except (LookupError, TypeError):
+        utf8 = False
+    if not utf8:
+        raise ValueError(f"RedisStream needs a Redis client with encoding='utf-8' (stored values are UTF-8 JSON "
+                         f"text), got encoding={encoding!r}; leave the client's encoding at its default")
 
 
 def _glob_escape(text: str) -> str:
@@ -396,14 +421,19 @@ class _PubSubSubscription:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
-@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs three times as much, once per update
-class _Update:
-    """One caller's update waiting for its hash's next transaction (never changed once queued)."""
+class _Update(WriteProgress):
+    """One caller's update waiting for its hash's next transaction. A batch leaves it out once its caller
+    abandoned it, and marks it sent before the script that writes it (``WriteProgress``)."""
 
-    stream_name: str
-    group_id: str
-    item_id: str
-    ops: builtins.list[Op]
+    __slots__ = ("group_id", "item_id", "ops", "stream_name")
+
+    def __init__(self, stream_name: str, group_id: str, item_id: str, ops: builtins.list[Op]) -> None:
+        self.stream_name = stream_name
+        self.group_id = group_id
+        self.item_id = item_id
+        self.ops = ops
+        self.abandoned = False
+        self.sent = False
 
 
 class RedisStream(FieldUpdates):
@@ -434,6 +464,7 @@ class RedisStream(FieldUpdates):
         attempts = max_update_attempts
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
             raise ValueError(f"RedisStream: max_update_attempts must be a positive integer, got {attempts!r}")
+        _check_encoding(client)
         self._client = client
         self.layout = layout
         self.publish_events = publish_events and bool(channel)
@@ -523,18 +554,26 @@ class RedisStream(FieldUpdates):
         key = self.layout.key(input.stream_name, input.group_id)
         text = dumps(input.data)
         args = [input.item_id, text, *self._channel_args(input.stream_name, input.group_id, input.item_id)]
-        async with self._guard("set", timeout):
-            self._known.forget((key, input.item_id))
-            raw = await self._run_once(self._set_script, key, args)
+        progress = WriteProgress()
+        try:
+            async with self._guard("set", timeout):
+                self._known.forget((key, input.item_id))
+                raw = await self._run_once(self._set_script, key, args, progress)
+        except StreamTimeoutError as exc:
+            raise progress.timeout_error(exc) from exc
         old = None if raw is None else self._parse(raw, key, input.item_id)
         return SetResult(old_value=old, new_value=input.data)
 
     async def delete(self, input: StreamDeleteInput, *, timeout: float | None = None) -> StreamDeleteResult:
         key = self.layout.key(input.stream_name, input.group_id)
         args = [input.item_id, *self._channel_args(input.stream_name, input.group_id, input.item_id)]
-        async with self._guard("delete", timeout):
-            self._known.forget((key, input.item_id))
-            raw = await self._run_once(self._delete_script, key, args)
+        progress = WriteProgress()
+        try:
+            async with self._guard("delete", timeout):
+                self._known.forget((key, input.item_id))
+                raw = await self._run_once(self._delete_script, key, args, progress)
+        except StreamTimeoutError as exc:
+            raise progress.timeout_error(exc) from exc
         return StreamDeleteResult(old_value=None if raw is None else self._parse(raw, key, input.item_id))
 
     async def list(self, input: StreamListInput, *, timeout: float | None = None) -> builtins.list[Any]:
@@ -558,8 +597,16 @@ class RedisStream(FieldUpdates):
     async def _update(self, stream_name: str, group_id: str, item_id: str, ops: builtins.list[Op],
                       timeout: float | None) -> StreamUpdateResult[Any]:
         key = self.layout.key(stream_name, group_id)
-        async with self._guard("update", timeout):
-            return await self._updates.submit(key, _Update(stream_name, group_id, item_id, ops))
+        update = _Update(stream_name, group_id, item_id, ops)
+        try:
+            async with self._guard("update", timeout):
+                return await self._updates.submit(key, update)
+        except StreamTimeoutError as exc:
+            # withdrawn (never written) unless its script was already sent, and the error says which
+            raise update.timeout_error(exc) from exc
+        except asyncio.CancelledError:
+            update.give_up()
+            raise
 
     async def _update_batch(
         self, key: str, batch: Sequence[_Update]
@@ -598,6 +645,9 @@ class RedisStream(FieldUpdates):
         results, texts, events = self._apply_batch(key, batch, read)
         if not texts:
             return results
+        applied = [u for u in batch if not u.abandoned]
+        for update in applied:
+            update.sent = True  # no await since _apply_batch: a caller giving up from now on cannot withdraw
         args: builtins.list[Any] = [self.channel, len(texts), "".join("1" if read[f] is None else "0" for f in texts)]
         for field, text in texts.items():
             args += (field, read[field] or b"", text)
@@ -608,9 +658,13 @@ class RedisStream(FieldUpdates):
                 self._known.wrote((key, field), text)
             else:  # another process wrote one of them, maybe this one: read them first for a while
                 self._known.distrust((key, field))
+        if not written:
+            for update in applied:
+                update.sent = False  # nothing was written: the retry may still leave them out
         return results if written else None
 
-    async def _run_once(self, script: AsyncScript, key: str, args: Sequence[Any]) -> Any:
+    async def _run_once(self, script: AsyncScript, key: str, args: Sequence[Any],
+                        progress: WriteProgress | None = None) -> Any:
         """``script``'s reply, sent at most once: never again after it may have reached Redis.
 
         Why not ``script(keys=..., args=...)``: a client told to retry (redis-py's ``retry``/``retry_on_error``)
@@ -618,6 +672,7 @@ class RedisStream(FieldUpdates):
         script run twice publishes its events twice, and the update batch's second run finds its own write, takes
         it for another process's, and the batch was read again and applied a second time (one increment, +2).
         Here a dropped connection is the caller's error (the outcome is unknown), as with the default client.
+        ``progress`` is marked sent just before the script is.
         """
         if script.sha not in self._loaded:
             # Loaded before the first EVALSHA rather than on a NOSCRIPT reply: servers that word that reply
@@ -629,7 +684,10 @@ class RedisStream(FieldUpdates):
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
             try:
-                await _send(conn, _pack_evalsha(conn, script.sha, key, args), bounded)
+                packed = _pack_evalsha(conn, script.sha, key, args)
+                if progress is not None:
+                    progress.sent = True
+                await _send(conn, packed, bounded)
                 return await conn.read_response()
             except NoScriptError:  # Redis ran nothing (restarted, or SCRIPT FLUSH): load it and send it again
                 script.sha = await self._client.script_load(script.script)
@@ -662,6 +720,9 @@ class RedisStream(FieldUpdates):
         # script, so they share one timestamp; building a head encodes JSON, which per update was a cost of its own
         heads: dict[tuple[str, str, str], tuple[str, str]] = {}
         for update in batch:
+            if update.abandoned:
+                results.append(_WITHDRAWN)  # nobody waits for it, and it is not written
+                continue
             old_text = current[update.item_id]
             try:
                 # parsed per caller, so no two callers share (and could mutate) one value object

@@ -75,7 +75,7 @@ from iii.stream import (
 from iii.stream_ops import Op, apply_update
 from iii.wire import dumps, loads
 
-from .base import DEFAULT_TIMEOUT, FieldUpdates, SetResult, UpdateResult
+from .base import DEFAULT_TIMEOUT, FieldUpdates, SetResult, UpdateResult, WriteProgress
 from .batching import KeyedBatcher
 from .errors import (
     PoolExhaustedError,
@@ -120,15 +120,20 @@ Compute = Callable[[Any], tuple[Any, str]]
 """``compute(old_value) -> (new_value, new_json_text)`` of a set or update."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Write:
-    """One caller's write waiting for the next transaction; ``compute`` is ``None`` for a delete."""
+class _Write(WriteProgress):
+    """One caller's write waiting for the next transaction; ``compute`` is ``None`` for a delete. A batch leaves it
+    out once its caller abandoned it, and marks it sent before the commit that applies it (``WriteProgress``)."""
 
-    stream_name: str
-    group_id: str
-    item_id: str
-    key: bytes
-    compute: Compute | None
+    __slots__ = ("compute", "group_id", "item_id", "key", "stream_name")
+
+    def __init__(self, stream_name: str, group_id: str, item_id: str, key: bytes, compute: Compute | None) -> None:
+        self.stream_name = stream_name
+        self.group_id = group_id
+        self.item_id = item_id
+        self.key = key
+        self.compute = compute
+        self.abandoned = False
+        self.sent = False
 
 
 @dataclass(slots=True)
@@ -142,6 +147,7 @@ class _Plan:
     events: builtins.list[StreamEvent] = field(default_factory=builtins.list)  # in-process events (SQLite)
     created: dict[bytes, _Write] = field(default_factory=dict)  # rows to insert, in creation order
     deleted: set[bytes] = field(default_factory=set)
+    applied: builtins.list[_Write] = field(default_factory=builtins.list)  # writes in the prefix not abandoned
 
 
 class _ListenSubscription:
@@ -379,11 +385,25 @@ class SQLStream(FieldUpdates):
             return StreamBackendError(f"{where}: {type(exc).__name__}: {exc}")
         return super()._wrap_error(exc, where)
 
-    async def _write(self, stream_name: str, group_id: str, item_id: str, compute: Compute | None) -> tuple[Any, Any]:
-        """Queue one write for the next transaction and wait until it has committed: ``(old, new)``."""
+    async def _write(self, operation: str, timeout: float | None, stream_name: str, group_id: str, item_id: str,
+                     compute: Compute | None) -> tuple[Any, Any]:
+        """Queue one write for the next transaction and wait until it has committed: ``(old, new)``.
+
+        A caller that stops waiting (its timeout, a cancel) before the write's commit was sent withdraws it: the
+        batch leaves it out (rolling back and running again if it already ran its statements), so a timed-out
+        write is not applied later behind the caller's back; after that its outcome is unknown, and the
+        ``StreamTimeoutError`` says which (``applied``).
+        """
         key = item_key(stream_name, group_id, item_id)
-        return await self._writes.submit(key if self._pg else _ONE_QUEUE,
-                                         _Write(stream_name, group_id, item_id, key, compute))
+        write = _Write(stream_name, group_id, item_id, key, compute)
+        try:
+            async with self._guard(operation, timeout):
+                return await self._writes.submit(key if self._pg else _ONE_QUEUE, write)
+        except StreamTimeoutError as exc:
+            raise write.timeout_error(exc) from exc
+        except asyncio.CancelledError:
+            write.give_up()
+            raise
 
     async def _write_batch(self, _queue: bytes, writes: Sequence[_Write]) -> builtins.list[Any]:
         """Run ``writes`` in as few transactions as possible; one ``(old, new)`` or exception per write."""
@@ -405,7 +425,15 @@ class SQLStream(FieldUpdates):
                     if step is None:
                         await conn.rollback()
                         continue  # another writer created a row after our SELECT; now it can be locked
-                done, step_results, events, current = step
+                    applied = step[4]
+                    if any(w.abandoned for w in applied):
+                        # a caller gave up while the statements ran: run again without its write, never behind
+                        # its back (the next plan skips it)
+                        await conn.rollback()
+                        continue
+                    for w in applied:
+                        w.sent = True  # no await from here to the commit: a caller giving up now cannot withdraw
+                done, step_results, events, current, _ = step
                 for key, value in current.items():
                     self._known.wrote(key, value)
                 results.extend(step_results)
@@ -421,6 +449,9 @@ class SQLStream(FieldUpdates):
         # one event head per item and batch: its writes commit together, so their events share one timestamp
         heads: dict[bytes, tuple[str, str]] = {}
         for w in writes:
+            if w.abandoned:
+                plan.results.append((None, None))  # nobody waits for it, and it is not applied
+                continue
             old_text = current[w.key]
             try:
                 # parsed per write, so no two callers share (and could mutate) one value object
@@ -458,14 +489,16 @@ class SQLStream(FieldUpdates):
                 plan.created[w.key] = w
             current[w.key] = new_text
             plan.results.append((old, new))
+            plan.applied.append(w)
         return plan
 
     async def _apply_writes(
         self, conn: AsyncConnection, writes: Sequence[_Write]
-    ) -> tuple[int, builtins.list[Any], builtins.list[StreamEvent], dict[bytes, str | None]] | None:
+    ) -> tuple[int, builtins.list[Any], builtins.list[StreamEvent], dict[bytes, str | None],
+               builtins.list[_Write]] | None:
         """Apply a prefix of ``writes`` in ``conn``'s transaction: ``(how many, their results, events to publish
-        after commit, every key's value after them)``, or ``None`` when a row to create appeared meanwhile (roll
-        back and run again)."""
+        after commit, every key's value after them, the writes applied)``, or ``None`` when a row to create
+        appeared meanwhile (roll back and run again)."""
         keys = builtins.list(dict.fromkeys(w.key for w in writes))
         # one key (a lone caller, or one item on PostgreSQL) is the common case: '=' avoids IN's per-call expansion
         query = _READ_ROWS.where(items.c.item_key == keys[0] if len(keys) == 1 else items.c.item_key.in_(keys))
@@ -495,7 +528,7 @@ class SQLStream(FieldUpdates):
             await conn.execute(insert(items), rows[0] if len(rows) == 1 else rows)
         if plan.notify:
             await conn.execute(_NOTIFY_MANY, {"channel": NOTIFY_CHANNEL, "payloads": plan.notify})
-        return len(plan.results), plan.results, plan.events, current
+        return len(plan.results), plan.results, plan.events, current, plan.applied
 
     async def _swap(
         self, writes: Sequence[_Write]
@@ -507,13 +540,19 @@ class SQLStream(FieldUpdates):
         old_text = self._known.get(key)
         if old_text is None or any(w.compute is None or w.key != key for w in writes):
             return None
-        plan = self._plan(writes, {key: old_text})
-        new_text = plan.current[key]
-        if new_text is None:  # pragma: no cover - only a delete removes a row, and deletes took the other path
-            return None
-        params: dict[str, Any] = {"new": new_text, "k": key, "old": old_text}
         # autocommit: the statement is its own transaction (SQLite: under this store's writer lock, like a batch)
         async with self._connection(self._reader.connect, self._write_lock) as conn:
+            # planned once connected (no await from here to the statement): a caller that gave up while the
+            # connection was awaited is left out, and every write planned is marked sent
+            plan = self._plan(writes, {key: old_text})
+            if not plan.applied:
+                return len(plan.results), plan.results, plan.events
+            new_text = plan.current[key]
+            if new_text is None:  # pragma: no cover - only a delete removes a row, and deletes took the other path
+                return None
+            for w in plan.applied:
+                w.sent = True
+            params: dict[str, Any] = {"new": new_text, "k": key, "old": old_text}
             if self._pg:
                 params.update(channel=NOTIFY_CHANNEL, payloads=plan.notify)
                 written = (await conn.execute(_SWAP, params)).one().written
@@ -523,6 +562,8 @@ class SQLStream(FieldUpdates):
             # another process wrote the item: its value is unknown, and it may keep writing for a while
             self.swap_misses += 1
             self._known.distrust(key)
+            for w in plan.applied:
+                w.sent = False  # nothing was written: the locking transaction runs them, and may still leave them out
             return None
         self._known.wrote(key, new_text)
         return len(plan.results), plan.results, plan.events
@@ -549,9 +590,8 @@ class SQLStream(FieldUpdates):
 
     async def set(self, input: StreamSetInput, *, timeout: float | None = None) -> StreamSetResult[Any]:
         text = dumps(input.data)  # refused before anything is queued
-        async with self._guard("set", timeout):
-            old, _ = await self._write(input.stream_name, input.group_id, input.item_id,
-                                       lambda _old: (input.data, text))
+        old, _ = await self._write("set", timeout, input.stream_name, input.group_id, input.item_id,
+                                   lambda _old: (input.data, text))
         return SetResult(old_value=old, new_value=input.data)
 
     async def _update(self, stream_name: str, group_id: str, item_id: str, ops: builtins.list[Op],
@@ -560,13 +600,11 @@ class SQLStream(FieldUpdates):
             new = apply_update(old, ops)[1]
             return new, dumps(new)
 
-        async with self._guard("update", timeout):
-            old, new = await self._write(stream_name, group_id, item_id, compute)
+        old, new = await self._write("update", timeout, stream_name, group_id, item_id, compute)
         return UpdateResult(old_value=old, new_value=new)
 
     async def delete(self, input: StreamDeleteInput, *, timeout: float | None = None) -> StreamDeleteResult:
-        async with self._guard("delete", timeout):
-            old, _ = await self._write(input.stream_name, input.group_id, input.item_id, None)
+        old, _ = await self._write("delete", timeout, input.stream_name, input.group_id, input.item_id, None)
         return StreamDeleteResult(old_value=old)
 
     async def list(self, input: StreamListInput, *, timeout: float | None = None) -> builtins.list[Any]:
