@@ -13,6 +13,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from sqlalchemy import text
 
 from iii.stream import StreamGetInput, StreamSetInput, StreamUpdateInput, UpdateIncrement
 from iii_streams import RedisStream, SQLStream, StreamTimeoutError
@@ -182,3 +183,18 @@ async def test_redis_set_whose_script_was_sent_reports_an_unknown_outcome(
         assert caught.value.applied is None
         await admin.execute_command("CLIENT", "UNPAUSE")
         assert await store.get(StreamGetInput(**_item("s"))) in ({"n": 1}, {"n": 5})  # either: unknown
+
+
+@pytest.mark.postgres
+async def test_ssl_disable_in_the_url_turns_tls_off_and_the_default_keeps_it(pg_url: str) -> None:
+    """The documented opt-in for a local server: ``?ssl=disable``; without it asyncpg uses TLS when offered."""
+    probe = await asyncpg.connect(_raw(pg_url))
+    try:
+        server_tls = await probe.fetchval("SHOW ssl") == "on"
+    finally:
+        await probe.close()
+    query = text("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+    for url, expected in ((pg_url, server_tls), (pg_url + "?ssl=disable", False)):
+        async with SQLStream.from_url(url) as store, store.engine.connect() as conn:
+            assert (await conn.execute(query)).scalar() is expected
+            await store.set(StreamSetInput(**_item(f"tls-{uuid.uuid4().hex[:6]}"), data=1))
