@@ -554,27 +554,27 @@ class RedisStream(FieldUpdates):
         key = self.layout.key(input.stream_name, input.group_id)
         text = dumps(input.data)
         args = [input.item_id, text, *self._channel_args(input.stream_name, input.group_id, input.item_id)]
-        progress = WriteProgress()
-        try:
-            async with self._guard("set", timeout):
-                self._known.forget((key, input.item_id))
-                raw = await self._run_once(self._set_script, key, args, progress)
-        except StreamTimeoutError as exc:
-            raise progress.timeout_error(exc) from exc
+        raw = await self._write_item("set", timeout, self._set_script, key, input.item_id, args)
         old = None if raw is None else self._parse(raw, key, input.item_id)
         return SetResult(old_value=old, new_value=input.data)
 
     async def delete(self, input: StreamDeleteInput, *, timeout: float | None = None) -> StreamDeleteResult:
         key = self.layout.key(input.stream_name, input.group_id)
         args = [input.item_id, *self._channel_args(input.stream_name, input.group_id, input.item_id)]
+        raw = await self._write_item("delete", timeout, self._delete_script, key, input.item_id, args)
+        return StreamDeleteResult(old_value=None if raw is None else self._parse(raw, key, input.item_id))
+
+    async def _write_item(self, operation: str, timeout: float | None, script: AsyncScript, key: str, field: str,
+                          args: Sequence[Any]) -> Any:
+        """Run a write script of one field under the operation's guard: its reply. Past the time limit the
+        ``StreamTimeoutError`` says whether the script had been sent (outcome unknown) or not (not applied)."""
         progress = WriteProgress()
         try:
-            async with self._guard("delete", timeout):
-                self._known.forget((key, input.item_id))
-                raw = await self._run_once(self._delete_script, key, args, progress)
+            async with self._guard(operation, timeout):
+                self._known.forget((key, field))
+                return await self._run_once(script, key, args, progress)
         except StreamTimeoutError as exc:
             raise progress.timeout_error(exc) from exc
-        return StreamDeleteResult(old_value=None if raw is None else self._parse(raw, key, input.item_id))
 
     async def list(self, input: StreamListInput, *, timeout: float | None = None) -> builtins.list[Any]:
         key = self.layout.key(input.stream_name, input.group_id)
