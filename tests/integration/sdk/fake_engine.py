@@ -47,6 +47,7 @@ class FakeEngine:
         self.trigger_types: dict[str, FakeWorker] = {}
         self.triggers: dict[str, tuple[FakeWorker, dict[str, Any]]] = {}
         self.routes: dict[str, _Route] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self.connected = asyncio.Condition()
         self._server: Server | None = None
         self._fa_handle: asyncio.TimerHandle | None = None
@@ -148,7 +149,9 @@ class FakeEngine:
             if entry is not None:
                 await self._trigger_removed(entry[1])
         elif kind == "invokefunction":
-            asyncio.get_running_loop().create_task(self._invoke(worker, msg))
+            task = asyncio.get_running_loop().create_task(self._invoke_and_notify(worker, msg))
+            self._tasks.add(task)  # the loop keeps only a weak reference to a task
+            task.add_done_callback(self._tasks.discard)
         elif kind == "invocationresult":
             route = self.routes.pop(msg.get("invocation_id", ""), None)
             if route is not None and route.caller is not None and route.caller_invocation_id is not None:
@@ -211,6 +214,14 @@ class FakeEngine:
                 caller.metadata = dict(data)
             return {"success": True}
         raise KeyError(function_id)
+
+    async def _invoke_and_notify(self, worker: FakeWorker, msg: dict[str, Any]) -> None:
+        # The call is routed in a task of its own, after the frame's own notification; a waiter woken by an earlier
+        # frame may have checked its predicate in between, so it is told again once the route exists.
+        try:
+            await self._invoke(worker, msg)
+        finally:
+            await self._notify()
 
     async def _invoke(self, worker: FakeWorker, msg: dict[str, Any]) -> None:
         action = msg.get("action") or {}
