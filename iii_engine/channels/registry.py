@@ -88,6 +88,12 @@ def _new_ids() -> tuple[str, str, str]:
             _make_ids()
 
 
+def _fill_step(chunk_size: int, max_message_size: int) -> int:
+    """The message size a filled body is cut into: message boundaries mean nothing in a filled stream, so never
+    one the relay's own limit refuses (nor an empty one)."""
+    return max(1, min(chunk_size, max_message_size))
+
+
 class _Reserved:
     """A channel no end has attached to yet (created with ``owner=None``): its ids, keys and settings only.
 
@@ -435,7 +441,7 @@ class ChannelRelay:
             if quota is not None:
                 # Only what _queue_all would feed the machine: every message up to the one crossing the quota
                 # (it aborts the stream there). Keeping the rest would hold up to max_body_bytes past the quota.
-                step = max(1, min(chunk_size, self.max_message_size))
+                step = _fill_step(chunk_size, self.max_message_size)
                 reserved.fill = bytes(memoryview(data)[:(quota // step + 1) * step])
             else:
                 reserved.fill = bytes(data)
@@ -449,8 +455,7 @@ class ChannelRelay:
     def _queue_all(self, ch: LiveChannel, data: bytes | bytearray, chunk_size: int) -> None:
         """Write ``data`` from the (just attached) write end as the whole stream, and detach it."""
         machine = ch.machine
-        # Message boundaries mean nothing in a filled stream: never make one the relay's own limit refuses.
-        chunk_size = max(1, min(chunk_size, machine.max_message_size))
+        chunk_size = _fill_step(chunk_size, machine.max_message_size)
         view = memoryview(data)
         for start in range(0, len(data), chunk_size):
             if machine.writer_message(False, bytes(view[start:start + chunk_size])) is not None:
@@ -460,10 +465,11 @@ class ChannelRelay:
         self._driver.writer_detached(ch)
 
     async def _serve_end(self, end: ChannelEnd, channel_id: str, key: str, direction: str) -> None:
+        refused = self.check(channel_id, key, direction)  # a reserved channel passes as a live one would
         channel = self._channels.get(channel_id)
-        if channel is None and channel_id in self._reserved and self.check(channel_id, key, direction) is None:
+        if channel is None and refused is None and channel_id in self._reserved:
             channel = self._live(channel_id)
-        if channel is None or self.check(channel_id, key, direction) is not None:
+        if channel is None or refused is not None:
             # The channel expired or was removed between check() and the upgrade.
             await perform(end, Close(Side(direction), self.policy.wire_code(ChannelCloseCode.EXPIRED),
                                      "channel no longer exists"))
