@@ -101,6 +101,7 @@ NOTIFY_CHANNEL: Final = "iii_streams_events"
 _NOTIFY_LIMIT: Final = 7999  # PostgreSQL refuses payloads of 8000 bytes or more
 
 _MAX_BATCH: Final = 256  # writes per transaction (also keeps SELECT … IN well under parameter limits)
+_WITHDRAWAL_RERUNS: Final = 2  # re-runs of one batch to leave out writes whose callers gave up meanwhile
 _ONE_QUEUE: Final = b""  # SQLite's batcher key: every write of the database shares one queue
 _NOTIFY_MANY: Final = text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p")
 # built once: statement construction is a measurable share of a small write's CPU
@@ -413,6 +414,7 @@ class SQLStream(FieldUpdates):
         """Run ``writes`` in as few transactions as possible; one ``(old, new)`` or exception per write."""
         results: builtins.list[Any] = []
         pending = builtins.list(writes)
+        reruns = 0
         # bounded by the store's timeout: a hung database must not keep the queue waiting forever
         async with self._store_deadline():  # asyncio.timeout(self.timeout) on the store's shared timer
             while pending:
@@ -424,6 +426,12 @@ class SQLStream(FieldUpdates):
                     for change in events:
                         self._hub.publish(change)
                     continue
+                if reruns >= _WITHDRAWAL_RERUNS:
+                    # callers kept giving up while the batch ran, each give-up costing a whole transaction: the
+                    # writes left are committed to now, so the callers still waiting are served (one giving up
+                    # from here on learns an unknown outcome)
+                    for w in pending:
+                        w.sent = not w.abandoned
                 async with self._transaction() as conn:
                     step = await self._apply_writes(conn, pending)
                     if step is None:
@@ -434,6 +442,7 @@ class SQLStream(FieldUpdates):
                         # a caller gave up while the statements ran: run again without its write, never behind
                         # its back (the next plan skips it)
                         await conn.rollback()
+                        reruns += 1
                         continue
                     for w in applied:
                         w.sent = True  # no await from here to the commit: a caller giving up now cannot withdraw
