@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any
 
 from .settings import DEFAULT_STOP_TIMEOUT_MS, QueueSettings
 from .store import DeadLetter, Job, QueueStore, now_ms
@@ -64,18 +63,17 @@ class QueueConsumer:
         self._wake = asyncio.Event()
         self._stop_timeout_ms = stop_timeout_ms
         self._inflight: dict[str, tuple[Job, asyncio.Task[None]]] = {}
-        # Jobs whose handler is running: the only ones a stop cancels (a finished handler's job is finished).
+        # Jobs whose handler is running: the only ones a stop cancels. A job task is cancelled only there, so the
+        # store call that finishes or gives back its job (in the same task, no task of its own) is never cut short
+        # before the stop's bound (else the job would stay active until its lease ran out, then run again).
         self._handling: set[str] = set()
-        # Store calls finishing or giving back a job, each in a task of its own: a cancellation of the job's
-        # task must not cut one short (the job would stay active until its lease ran out, then run again).
-        self._steps: dict[str, asyncio.Task[None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._stopped = False
 
     @property
     def running(self) -> int:
         """Jobs this consumer has claimed and not finished."""
-        return len(self._inflight.keys() | self._steps.keys())
+        return len(self._inflight)
 
     def wake(self) -> None:
         """Look for work now (a job was pushed or a subscriber appeared)."""
@@ -93,9 +91,9 @@ class QueueConsumer:
         self._wake.set()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._stop_timeout_ms / 1000
-        for job_id, (_, task) in self._inflight.items():
-            if job_id in self._handling:
-                task.cancel()
+        # A turn later: a handler whose answer came in this turn (its task's wake-up is queued) ends as done, not
+        # cancelled and given back to run a second time.
+        loop.call_soon(self._cancel_handlers)
         # The loop ends on the flag after its current store call, not by a cancellation: a claim cut short could
         # leave the job it took active with nobody running it.
         pending = self._unfinished()
@@ -110,8 +108,14 @@ class QueueConsumer:
         for task in pending:
             task.cancel()  # not awaited: a store client that swallows the cancellation must not hold the stop
 
+    def _cancel_handlers(self) -> None:
+        for job_id in self._handling:
+            entry = self._inflight.get(job_id)
+            if entry is not None:
+                entry[1].cancel()
+
     def _unfinished(self) -> set[asyncio.Task[None]]:
-        tasks = {task for _, task in self._inflight.values()} | set(self._steps.values())
+        tasks = {task for _, task in self._inflight.values()}
         if self._loop_task is not None:
             tasks.add(self._loop_task)
         return {task for task in tasks if not task.done()}
@@ -149,9 +153,6 @@ class QueueConsumer:
             job = await self.store.claim(self.queue, now_ms=now_ms(), lease_ms=self.settings.lease_ms)
             if job is None:
                 return
-            if self._stopped:  # claimed while stopping: give it back now rather than after its lease
-                await self._step(job, self.store.release(self.queue, job))
-                return
             task = asyncio.create_task(self._work(job), name=f"queue-job:{job.id}")
             self._inflight[job.id] = (job, task)
 
@@ -163,39 +164,29 @@ class QueueConsumer:
         return max(deadline - now_ms(), 1) / 1000
 
     async def _work(self, job: Job) -> None:
-        self._handling.add(job.id)
         try:
+            if self._stopped:  # claimed as the stop began, before this task ran: give it back now, not after its lease
+                await self._guarded(self.store.release(self.queue, job), job)
+                return
+            self._handling.add(job.id)
             try:
                 await self._run(job)
             finally:
                 self._handling.discard(job.id)
         except asyncio.CancelledError:
-            await self._step(job, self.store.release(self.queue, job))
+            await self._guarded(self.store.release(self.queue, job), job)
             raise
         except JobNotReady:
-            await self._step(job, self.store.retry(self.queue, job, due_ms=now_ms() + self.settings.backoff_ms))
+            await self._guarded(self.store.retry(self.queue, job, due_ms=now_ms() + self.settings.backoff_ms), job)
         except Exception as exc:
-            await self._step(job, self._failed(job, exc))
+            await self._guarded(self._failed(job, exc), job)
         else:
-            await self._step(job, self.store.ack(self.queue, job))
+            await self._guarded(self.store.ack(self.queue, job), job)
         finally:
             self._inflight.pop(job.id, None)
             self._wake.set()
-            if not self.running:
+            if not self._inflight:
                 self._on_idle()
-
-    async def _step(self, job: Job, step: Coroutine[Any, Any, None]) -> None:
-        """Run the store call that finishes or gives back ``job``, shielded from cancellations of the caller;
-        :meth:`stop` waits for it (bounded)."""
-        task = asyncio.create_task(self._guarded(step, job), name=f"queue-step:{job.id}")
-        self._steps[job.id] = task
-
-        def done(_: asyncio.Task[None]) -> None:
-            if self._steps.get(job.id) is task:
-                del self._steps[job.id]
-
-        task.add_done_callback(done)
-        await asyncio.shield(task)
 
     async def _guarded(self, step: Awaitable[None], job: Job) -> None:
         # A store failure here leaves the lane active; its lease expires and the job runs again.
