@@ -49,36 +49,47 @@ while true do
 end
 """
 
-# Remove the lane's head; requeue the lane only if this engine still held it (lease not lost).
-# KEYS: jobs, ready, active · ARGV: lane prefix, lane, job id
-_FINISH = """
-redis.call('HDEL', KEYS[1], ARGV[3])
+# A finishing step applies only while the job is the head of its lane: an engine whose lease ran out may finish
+# a job another engine has since finished; that late step must neither bring it back (a dead letter a redrive runs
+# again) nor take the lease of the lane's next job (run a second time, out of order, by a third engine).
+# ARGV[1..3]: lane prefix, lane, job id
+_IS_HEAD = """
 local lane_key = ARGV[1] .. ARGV[2]
-redis.call('LREM', lane_key, 1, ARGV[3])
-if redis.call('ZREM', KEYS[3], ARGV[2]) == 1 and redis.call('LLEN', lane_key) > 0 then
-  redis.call('RPUSH', KEYS[2], ARGV[2])
-end
+if redis.call('LINDEX', lane_key, 0) ~= ARGV[3] then return 0 end
+"""
+
+# Remove the lane's head; requeue the lane only if it was active (held by an engine), forget it once empty.
+# KEYS: jobs, ready, active, delayed
+_POP_HEAD = """
+redis.call('HDEL', KEYS[1], ARGV[3])
+redis.call('LPOP', lane_key)
+local rest = redis.call('LLEN', lane_key)
+if redis.call('ZREM', KEYS[3], ARGV[2]) == 1 and rest > 0 then redis.call('RPUSH', KEYS[2], ARGV[2]) end
+if rest == 0 then redis.call('ZREM', KEYS[4], ARGV[2]) end
 return 1
 """
+
+# KEYS: jobs, ready, active, delayed · ARGV: lane prefix, lane, job id
+_FINISH = _IS_HEAD + _POP_HEAD
 
 # The dead letter and the lane's move in one script: a caller cut short between two round trips would leave the
 # job both a dead letter and active (run again once its lease ran out).
-# KEYS: jobs, ready, active, dlq, dlq entries · ARGV: lane prefix, lane, job id, failed_at, entry JSON
-_DEAD = """
-redis.call('ZADD', KEYS[4], ARGV[4], ARGV[3])
-redis.call('HSET', KEYS[5], ARGV[3], ARGV[5])
-""" + _FINISH
+# KEYS: jobs, ready, active, delayed, dlq, dlq entries · ARGV: lane prefix, lane, job id, failed_at, entry JSON
+_DEAD = _IS_HEAD + """
+redis.call('ZADD', KEYS[5], ARGV[4], ARGV[3])
+redis.call('HSET', KEYS[6], ARGV[3], ARGV[5])
+""" + _POP_HEAD
 
-# KEYS: jobs, active, delayed · ARGV: job id, job JSON, lane, due
-_RETRY = """
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-if redis.call('ZREM', KEYS[2], ARGV[3]) == 1 then redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3]) end
+# KEYS: jobs, active, delayed · ARGV: lane prefix, lane, job id, job JSON, due
+_RETRY = _IS_HEAD + """
+redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+if redis.call('ZREM', KEYS[2], ARGV[2]) == 1 then redis.call('ZADD', KEYS[3], ARGV[5], ARGV[2]) end
 return 1
 """
 
-# KEYS: ready, active · ARGV: lane
-_RELEASE = """
-if redis.call('ZREM', KEYS[2], ARGV[1]) == 1 then redis.call('LPUSH', KEYS[1], ARGV[1]) end
+# KEYS: ready, active · ARGV: lane prefix, lane, job id
+_RELEASE = _IS_HEAD + """
+if redis.call('ZREM', KEYS[2], ARGV[2]) == 1 then redis.call('LPUSH', KEYS[1], ARGV[2]) end
 return 1
 """
 
@@ -155,24 +166,24 @@ class RedisQueueStore:
     async def ack(self, queue: str, job: Job) -> None:
         """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
         k = self._k(queue)
-        await self._finish(keys=[k.jobs, k.ready, k.active], args=[k.lane, job.lane, job.id])
+        await self._finish(keys=[k.jobs, k.ready, k.active, k.delayed], args=[k.lane, job.lane, job.id])
 
     async def retry(self, queue: str, job: Job, *, due_ms: int) -> None:
         """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
         k = self._k(queue)
-        await self._retry(keys=[k.jobs, k.active, k.delayed], args=[job.id, job.to_json(), job.lane, due_ms])
+        await self._retry(keys=[k.jobs, k.active, k.delayed], args=[k.lane, job.lane, job.id, job.to_json(), due_ms])
 
     async def dead(self, queue: str, letter: DeadLetter) -> None:
         """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
         k = self._k(queue)
         job = letter.job
-        await self._dead(keys=[k.jobs, k.ready, k.active, k.dlq, k.dlq_entries],
+        await self._dead(keys=[k.jobs, k.ready, k.active, k.delayed, k.dlq, k.dlq_entries],
                          args=[k.lane, job.lane, job.id, letter.failed_at, _dump(letter)])
 
     async def release(self, queue: str, job: Job) -> None:
         """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
         k = self._k(queue)
-        await self._release(keys=[k.ready, k.active], args=[job.lane])
+        await self._release(keys=[k.ready, k.active], args=[k.lane, job.lane, job.id])
 
     async def renew(self, queue: str, lanes: list[str], *, deadline_ms: int) -> None:
         """See :class:`~iii_engine.modules.queue.store.QueueStore`."""

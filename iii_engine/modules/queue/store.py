@@ -186,14 +186,22 @@ class _MemoryQueue:
     dlq: dict[str, DeadLetter] = field(default_factory=dict)
     seq: int = 0
 
+    def is_head(self, job: Job) -> bool:
+        """Whether ``job`` heads its lane: a finishing step applies only then, as the Redis store's (a late step
+        of an engine whose lease ran out must not bring back, or take the lane from, what another engine did)."""
+        jobs = self.lanes.get(job.lane)
+        return jobs is not None and jobs[0] == job.id
+
     def pop_head(self, lane: str) -> None:
         jobs = self.lanes[lane]
-        jobs.popleft()
-        self.active.pop(lane, None)
-        if jobs:
+        self.jobs.pop(jobs.popleft(), None)
+        if self.active.pop(lane, None) is not None and jobs:  # a lane not held is in ready or delayed already
             self.ready.append(lane)
-        else:
+        if not jobs:
             del self.lanes[lane]
+            if any(entry[2] == lane for entry in self.delayed):  # only after a late step: no lane waits on nothing
+                self.delayed = [entry for entry in self.delayed if entry[2] != lane]
+                heapq.heapify(self.delayed)
 
 
 class MemoryQueueStore:
@@ -231,37 +239,41 @@ class MemoryQueueStore:
         while q.delayed and q.delayed[0][0] <= now_ms:
             due.append(heapq.heappop(q.delayed)[2])
         q.ready.extendleft(reversed(due))
-        if not q.ready:
-            return None
-        lane = q.ready.popleft()
-        q.active[lane] = now_ms + lease_ms
-        return q.jobs[q.lanes[lane][0]]
+        while q.ready:
+            lane = q.ready.popleft()
+            jobs = q.lanes.get(lane)
+            if jobs:  # else emptied while it waited (a late step finished its last job): skipped, as by Redis
+                q.active[lane] = now_ms + lease_ms
+                return q.jobs[jobs[0]]
+        return None
 
     async def ack(self, queue: str, job: Job) -> None:
         """See :class:`QueueStore`."""
         q = self._q(queue)
-        q.jobs.pop(job.id, None)
-        q.pop_head(job.lane)
+        if q.is_head(job):
+            q.pop_head(job.lane)
 
     async def retry(self, queue: str, job: Job, *, due_ms: int) -> None:
         """See :class:`QueueStore`."""
         q = self._q(queue)
+        if not q.is_head(job):
+            return
         q.jobs[job.id] = job
-        q.active.pop(job.lane, None)
-        q.seq += 1
-        heapq.heappush(q.delayed, (due_ms, q.seq, job.lane))
+        if q.active.pop(job.lane, None) is not None:  # as Redis: a lane not held stays where it is
+            q.seq += 1
+            heapq.heappush(q.delayed, (due_ms, q.seq, job.lane))
 
     async def dead(self, queue: str, letter: DeadLetter) -> None:
         """See :class:`QueueStore`."""
         q = self._q(queue)
-        q.jobs.pop(letter.job.id, None)
-        q.dlq[letter.job.id] = letter
-        q.pop_head(letter.job.lane)
+        if q.is_head(letter.job):
+            q.dlq[letter.job.id] = letter
+            q.pop_head(letter.job.lane)
 
     async def release(self, queue: str, job: Job) -> None:
         """See :class:`QueueStore`."""
         q = self._q(queue)
-        if q.active.pop(job.lane, None) is not None:
+        if q.is_head(job) and q.active.pop(job.lane, None) is not None:
             q.ready.appendleft(job.lane)
 
     async def renew(self, queue: str, lanes: list[str], *, deadline_ms: int) -> None:
