@@ -35,6 +35,7 @@ from .stores import Counters, LogStore, MetricStore, SpanStore
 
 __all__ = ["OtelModule"]
 
+
 @runtime_checkable
 class _Degradable(Protocol):
     """A bound that tells whether it lost calls recently (:class:`iii_engine.limits.FiredCalls`)."""
