@@ -75,7 +75,10 @@ _FINISH = _IS_HEAD + _POP_HEAD
 # The dead letter and the lane's move in one script: a caller cut short between two round trips would leave the
 # job both a dead letter and active (run again once its lease ran out).
 # KEYS: jobs, ready, active, delayed, dlq, dlq entries · ARGV: lane prefix, lane, job id, failed_at, entry JSON
-_DEAD = _IS_HEAD + """
+# A script is atomic but not transactional: a call short of an argument would fail at its HSET after the ZADD.
+_DEAD = """
+if #KEYS ~= 6 or #ARGV ~= 5 then return redis.error_reply('dead letter move: 6 keys and 5 arguments expected') end
+""" + _IS_HEAD + """
 redis.call('ZADD', KEYS[5], ARGV[4], ARGV[3])
 redis.call('HSET', KEYS[6], ARGV[3], ARGV[5])
 """ + _POP_HEAD
