@@ -40,7 +40,8 @@ async def test_a_dead_letter_move_short_of_an_argument_changes_nothing(store: Re
     assert await store.claim(Q, now_ms=0, lease_ms=60_000) == job
     k = store._k(Q)
     keys = [k.jobs, k.ready, k.active, k.delayed, k.dlq, k.dlq_entries]
-    for args in ([k.lane, job.lane, job.id, 1], [k.lane, job.lane, job.id, 1, "{}", "extra"]):
+    short: list[str | int] = [k.lane, job.lane, job.id, 1]
+    for args in (short, [*short, "{}", "extra"]):
         with pytest.raises(ResponseError, match="dead letter move: 6 keys and 5 arguments expected"):
             await store._dead(keys=keys, args=args)
     with pytest.raises(ResponseError, match="6 keys"):
