@@ -236,6 +236,9 @@ class FiredCallLimit(Protocol):
     def stats(self) -> dict[str, int]:
         """``in_flight``, ``max_fired_calls``, ``peak``, ``waiting``, ``skipped``, ``refused``."""
 
+    def degraded(self) -> bool:
+        """Whether a call was skipped or refused recently (``iii_engine.limits.DEGRADED_WINDOW_S``)."""
+
 
 class EngineServices(Protocol):
     """The engine as a module sees it: everything a module may use of the engine or of another module is
@@ -275,6 +278,13 @@ class EngineServices(Protocol):
     @property
     def fired_calls(self) -> FiredCallLimit:
         """The bound every trigger-fired call counts against."""
+
+    def worker_calls_stats(self) -> dict[str, int]:
+        """The ``max_calls_per_worker`` counters: ``max_calls_per_worker``, ``in_flight``, ``busiest_worker``,
+        ``refused`` (answered with ``too_many_calls``), ``refused_void`` (void calls dropped)."""
+
+    def worker_calls_degraded(self) -> bool:
+        """Whether a worker's call was refused at ``max_calls_per_worker`` recently."""
 
     def fire(self, function_id: str, data: Any, *, taken: bool = False) -> bool:
         """Call a function without waiting; its result or error is logged and dropped.

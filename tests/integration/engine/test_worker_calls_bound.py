@@ -350,7 +350,8 @@ async def test_health_reports_the_bounds_degraded_while_they_lose_calls(monkeypa
         assert engine.fired_calls.try_take()
         assert engine.fire("nobody::there", {}) is False
         health = await watcher.result_of("engine::health::check", {})
-        assert (health["status"], health["components"]["fired_calls"]["status"]) == ("degraded", "degraded")
+        # the component says so; the engine itself is healthy (a probe must not restart it for shedding load)
+        assert (health["status"], health["components"]["fired_calls"]["status"]) == ("healthy", "degraded")
         assert health["components"]["fired_calls"]["details"]["skipped"] == 1
         assert health["components"]["worker_calls"]["status"] == "healthy"
         engine.fired_calls.release()

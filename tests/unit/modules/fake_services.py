@@ -77,6 +77,12 @@ class FakeServices:
         except Exception as exc:
             raise EngineError("invocation_failed", str(exc)) from exc
 
+    def worker_calls_stats(self) -> dict[str, int]:
+        return {"max_calls_per_worker": 10_000, "in_flight": 0, "busiest_worker": 0, "refused": 0, "refused_void": 0}
+
+    def worker_calls_degraded(self) -> bool:
+        return False
+
     def fire(self, function_id: str, data: Any, *, taken: bool = False) -> bool:
         if not taken and not self.fired_calls.try_take():
             self.fired_calls.skip(f"call of {function_id}")
