@@ -195,13 +195,15 @@ class _MemoryQueue:
     def pop_head(self, lane: str) -> None:
         jobs = self.lanes[lane]
         self.jobs.pop(jobs.popleft(), None)
-        if self.active.pop(lane, None) is not None and jobs:  # a lane not held is in ready or delayed already
-            self.ready.append(lane)
-        if not jobs:
-            del self.lanes[lane]
-            if any(entry[2] == lane for entry in self.delayed):  # only after a late step: no lane waits on nothing
-                self.delayed = [entry for entry in self.delayed if entry[2] != lane]
-                heapq.heapify(self.delayed)
+        held = self.active.pop(lane, None) is not None
+        if jobs:
+            if held:  # a lane not held is in ready or delayed already
+                self.ready.append(lane)
+            return
+        del self.lanes[lane]
+        if not held and self.delayed:  # a late step emptied a delayed lane: no lane waits on nothing
+            self.delayed = [entry for entry in self.delayed if entry[2] != lane]
+            heapq.heapify(self.delayed)
 
 
 class MemoryQueueStore:
