@@ -169,6 +169,9 @@ class Invocations:
         traceparent, baggage = msg.get("traceparent"), msg.get("baggage")
         if entry.builtin is not None:
             if invocation_id is not None:
+                if invocation_id in caller.in_flight:
+                    self._id_in_use(caller, function_id, invocation_id)
+                    return None
                 caller.in_flight.add(invocation_id)
             ctx = InvocationContext(caller.id, invocation_id, traceparent, baggage)
             # One task per call (a slow built-in must not hold up the worker's next frames). The task leaves
@@ -183,19 +186,31 @@ class Invocations:
                 caller.post(caller.session.result(invocation_id, function_id, None, not_found(function_id)))
             return None
         routed_id = invocation_id or new_invocation_id()
-        if routed_id in self.pending:
+        if routed_id in self.pending or routed_id in caller.in_flight:
             # Taking the place of the call still pending under this id would leave its caller waiting for an answer
             # that now goes elsewhere, out of reach of the callee's disconnect (which stops the calls it holds):
             # the callee of any call knows its id. Refused instead.
-            log.warning("worker %s reused invocation id %s that is still pending; refused", caller.id, routed_id)
-            caller.post(caller.session.result(routed_id, function_id, None, error_body(
-                "invocation_id_in_use", f"Invocation id {routed_id} belongs to a call still pending")))
+            self._id_in_use(caller, function_id, routed_id)
             return None
         pending = Pending(routed_id, function_id, callee, caller if invocation_id is not None else None,
                           holder=caller)
         if invocation_id is not None:
             caller.in_flight.add(invocation_id)
         return self._route(pending, data, traceparent, baggage)
+
+    @staticmethod
+    def _id_in_use(caller: WorkerConnection, function_id: str, invocation_id: str) -> None:
+        """Refuse an answered call whose id belongs to a call not over: one pending (any worker's), or one
+        ``caller`` takes part in (:attr:`WorkerConnection.in_flight`, which its disconnect stops).
+
+        Why the second: that set holds each id once, and a built-in call's answer takes its id out. A callee
+        reusing the id of the call it serves for a built-in call, then leaving without an answer, left that call
+        pending for ever (its caller waiting, and holding a ``max_calls_per_worker`` count for good); two
+        built-in calls under one id left the second unanswered.
+        """
+        log.warning("worker %s reused invocation id %s of a call not over; refused", caller.id, invocation_id)
+        caller.post(caller.session.result(invocation_id, function_id, None, error_body(
+            "invocation_id_in_use", f"Invocation id {invocation_id} belongs to a call still pending")))
 
     def _too_many_calls(self, caller: WorkerConnection, function_id: str, invocation_id: str | None,
                         action: Any) -> None:
