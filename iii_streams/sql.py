@@ -413,6 +413,18 @@ class SQLStream(FieldUpdates):
     async def _write_batch(self, _queue: bytes, writes: Sequence[_Write]) -> builtins.list[Any]:
         """Run ``writes`` in as few transactions as possible; one ``(old, new)`` or exception per write."""
         results: builtins.list[Any] = []
+        try:
+            await self._write_steps(writes, results)
+        except Exception as exc:
+            if not results:
+                raise
+            # the steps before this one committed: their callers get their results, only the rest this error
+            return results + [exc] * (len(writes) - len(results))
+        return results
+
+    async def _write_steps(self, writes: Sequence[_Write], results: builtins.list[Any]) -> None:
+        """Commit ``writes`` in steps (single statements, transactions), adding each step's results to
+        ``results`` once it committed."""
         pending = builtins.list(writes)
         reruns = 0
         # bounded by the store's timeout: a hung database must not keep the queue waiting forever
@@ -453,7 +465,6 @@ class SQLStream(FieldUpdates):
                 pending = pending[done:]
                 for change in events:
                     self._hub.publish(change)
-        return results
 
     def _plan(self, writes: Sequence[_Write], stored: dict[bytes, str]) -> _Plan:
         """Apply a prefix of ``writes`` in Python to the rows ``stored`` (key → JSON text; missing = absent)."""

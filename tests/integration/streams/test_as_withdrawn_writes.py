@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from sqlalchemy import text
 
 from iii.stream import StreamGetInput, StreamSetInput, StreamUpdateInput, UpdateIncrement
-from iii_streams import RedisStream, SQLStream, StreamTimeoutError
+from iii_streams import RedisStream, SQLStream, StreamBackendError, StreamTimeoutError
 from iii_streams.base import Backend
 from iii_streams.redis import KeyLayout
 from tests.integration.streams.pg_database import scratch_database
@@ -170,3 +171,36 @@ async def test_racing_callers_with_tiny_timeouts_and_cancels_redis(redis_store: 
     for seed in range(3):
         ends += await _race(redis_store, seed, items=3, callers=200, known=known)
     assert ends["applied"] and ends["withdrawn"], ends
+
+
+@pytest.mark.postgres
+async def test_a_later_transaction_failing_leaves_the_results_an_earlier_one_committed(pg_url: str) -> None:
+    """PostgreSQL delivers one NOTIFY per distinct payload and transaction, so two identical sets of one item in a
+    batch commit in two steps. Before, when the second failed, the first caller got the second's error
+    too, though its write had committed (StreamBackendError: "the database refused the statement"); now it gets
+    its result, and only the write that failed gets the error."""
+    name = f"split-{uuid.uuid4().hex[:8]}"
+    item = {"stream_name": name, "group_id": "g", "item_id": "i"}
+    async with SQLStream.from_url(pg_url) as other:  # the item exists: both sets are updates, same event
+        await other.set(StreamSetInput(**item, data={"n": 0}))
+    async with SQLStream.from_url(pg_url) as store:
+        original = store._swap
+        steps = 0
+
+        async def second_step_fails(writes: Any) -> Any:
+            nonlocal steps
+            steps += 1
+            if steps == 2:  # the second write's step (a single statement: the first step taught the value)
+                async with store._read() as conn:
+                    await conn.execute(text("SELECT 1 / 0"))  # a server error
+            return await original(writes)
+
+        store._swap = second_step_fails  # type: ignore[method-assign]
+        first, second = await asyncio.gather(store.set(StreamSetInput(**item, data={"n": 1})),
+                                             store.set(StreamSetInput(**item, data={"n": 1})),
+                                             return_exceptions=True)
+        assert steps == 2
+        assert isinstance(second, StreamBackendError), second
+        assert not isinstance(first, BaseException), first
+        assert first.new_value == {"n": 1}
+        assert await store.get(StreamGetInput(**item)) == {"n": 1}
