@@ -174,8 +174,13 @@ class QueueConsumer:
             finally:
                 self._handling.discard(job.id)
         except asyncio.CancelledError:
-            await self._guarded(self.store.release(self.queue, job), job)
-            raise
+            task = asyncio.current_task()
+            if self._stopped or (task is not None and task.cancelling()):
+                await self._guarded(self.store.release(self.queue, job), job)
+                raise
+            # The handler's own (an inner call of its was cancelled), not this task's: a failed attempt. Given back
+            # instead, the job was claimed again at once, its attempts never counted: a busy loop for ever.
+            await self._guarded(self._failed(job, RuntimeError("the handler raised CancelledError")), job)
         except JobNotReady:
             await self._guarded(self.store.retry(self.queue, job, due_ms=now_ms() + self.settings.backoff_ms), job)
         except Exception as exc:

@@ -194,3 +194,31 @@ async def test_a_finished_job_costs_one_task(monkeypatch: pytest.MonkeyPatch) ->
     await consumer.stop()  # not in a task of its own (bounded by stop_ms)
     assert await store.counts(Q) == QueueCounts(0, 0, 0, 0)
     assert created == {"QueueConsumer._loop": 1, "QueueConsumer._work": jobs}
+
+
+async def test_a_handler_raising_cancelled_error_of_its_own_spends_its_attempts_and_goes_to_the_dlq(
+    stores: Callable[[], QueueStore],
+) -> None:
+    """Not a stop: counted as a failed attempt. Given back as at a stop, it ran again at once for ever."""
+    store = Gated(stores())
+    store.gate("dead").set()  # open: only to be told the letter is stored
+    runs: list[int] = []
+    too_many = asyncio.Event()
+
+    async def cancelled_inside(job: Job) -> None:
+        runs.append(job.attempts)
+        if len(runs) > 2:
+            too_many.set()
+        raise asyncio.CancelledError
+
+    await store.push(Q, Job.new(Q, "f", 1))
+    consumer = consumer_on(store, cancelled_inside, max_retries=2, backoff_ms=0)
+    consumer.start()
+    dead = asyncio.create_task(store.finished["dead"].wait())
+    spinning = asyncio.create_task(too_many.wait())
+    await asyncio.wait({dead, spinning}, timeout=WAIT, return_when=asyncio.FIRST_COMPLETED)
+    await consumer.stop()
+    dead.cancel()
+    spinning.cancel()
+    assert runs == [0, 1]
+    assert await stores().counts(Q) == QueueCounts(0, 0, 0, 1)
