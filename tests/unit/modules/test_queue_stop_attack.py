@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import test_queue_stop
-from test_queue_stop import WAIT, Gated, consumer_on
+from test_queue_stop import WAIT, Gated, consumer_on, stop_once_the_loop_ended
 
 from iii_engine.modules.queue.consumer import QueueConsumer
 from iii_engine.modules.queue.store import Job, MemoryQueueStore, QueueCounts, QueueStore
@@ -222,3 +222,27 @@ async def test_a_handler_raising_cancelled_error_of_its_own_spends_its_attempts_
     spinning.cancel()
     assert runs == [0, 1]
     assert await stores().counts(Q) == QueueCounts(0, 0, 0, 1)
+
+
+async def test_a_stop_cancelled_from_outside_as_it_begins_still_gives_back_the_running_jobs(
+    stores: Callable[[], QueueStore],
+) -> None:
+    started = asyncio.Semaphore(0)
+
+    async def stuck(job: Job) -> None:
+        started.release()
+        await asyncio.Event().wait()
+
+    for n in range(2):
+        await stores().push(Q, Job.new(Q, "f", n))
+    consumer = consumer_on(stores(), stuck, concurrency=2)
+    consumer.start()
+    for _ in range(2):
+        await asyncio.wait_for(started.acquire(), WAIT)
+    stopping = await stop_once_the_loop_ended(consumer)  # begun: it waits for the jobs
+    stopping.cancel()
+    left = queue_tasks()
+    assert left
+    await asyncio.wait(left, timeout=WAIT)
+    assert queue_tasks() == set()
+    assert await stores().counts(Q) == QueueCounts(2, 0, 0, 0)
