@@ -241,8 +241,8 @@ async def test_a_stop_cancelled_from_outside_as_it_begins_still_gives_back_the_r
         await asyncio.wait_for(started.acquire(), WAIT)
     stopping = await stop_once_the_loop_ended(consumer)  # begun: it waits for the jobs
     stopping.cancel()
-    left = queue_tasks()
-    assert left
-    await asyncio.wait(left, timeout=WAIT)
+    left = queue_tasks()  # none with the in-memory store: its releases took no turn
+    if left:
+        await asyncio.wait(left, timeout=WAIT)
     assert queue_tasks() == set()
     assert await stores().counts(Q) == QueueCounts(2, 0, 0, 0)
