@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import random
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -204,3 +205,42 @@ async def test_a_later_transaction_failing_leaves_the_results_an_earlier_one_com
         assert not isinstance(first, BaseException), first
         assert first.new_value == {"n": 1}
         assert await store.get(StreamGetInput(**item)) == {"n": 1}
+
+
+async def _close_while_queued(store: Backend, stream: str) -> int:
+    """60 increments queued and a batch in flight when the store closes: every caller gets an answer, every write
+    reported applied is stored, and one refused as "closed before the write ran" is not."""
+    await _value(store, stream, "i")  # connected (and migrated) first
+    callers = [asyncio.create_task(store.update(_inc(stream, "i"))) for _ in range(60)]
+    await asyncio.sleep(0)  # queued; the first batch is taken
+    await asyncio.sleep(0)
+    closing = asyncio.create_task(store.aclose())
+    outcomes = await asyncio.wait_for(asyncio.gather(*callers, return_exceptions=True), 20)
+    await asyncio.wait_for(closing, 20)
+    applied = [o for o in outcomes if not isinstance(o, BaseException)]
+    refused = [o for o in outcomes if isinstance(o, BaseException)]
+    assert all("closed" in str(o) for o in refused), refused
+    assert applied, outcomes  # the batch in flight finished
+    assert sorted(o.new_value["n"] for o in applied) == list(range(1, len(applied) + 1))
+    return len(applied)
+
+
+async def test_sql_close_while_writes_are_queued_answers_every_caller(sql_url: str) -> None:
+    stream = f"close-{uuid.uuid4().hex[:8]}"
+    store = SQLStream.from_url(sql_url, create=True)
+    applied = await _close_while_queued(store, stream)
+    async with SQLStream.from_url(sql_url) as reader:
+        assert await _value(reader, stream, "i") == applied  # the refused ones never ran
+
+
+@pytest.mark.redis
+async def test_redis_close_while_updates_are_queued_answers_every_caller() -> None:
+    client = aioredis.Redis.from_url(require_redis())
+    layout = KeyLayout(f"as{uuid.uuid4().hex[:10]}")
+    try:
+        applied = await _close_while_queued(RedisStream(client, layout=layout, channel=layout.prefix), "close")
+        raw = await client.hget(layout.key("close", "g"), "i")
+        assert raw is not None and json.loads(raw)["n"] == applied  # the refused ones never ran
+    finally:
+        await client.delete(layout.key("close", "g"))
+        await client.aclose()
