@@ -5,11 +5,11 @@ group, and the stopped engine leaves no queue task behind."""
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+import test_queue_stop_engine
 from module_worker import ModuleWorker
 
 from iii_engine import Engine, EngineConfig, ModuleSpec
@@ -24,19 +24,7 @@ JOBS = "__fn_queue::jobs"
 WAIT = 10.0
 GROUPS = "ABC"
 PER_GROUP = 5
-
-
-@pytest.fixture
-async def prefix() -> AsyncIterator[str]:
-    chosen = f"test-{uuid.uuid4()}:"
-    yield chosen
-    from redis.asyncio import Redis
-
-    client = Redis.from_url(REDIS_URL)
-    keys = [k async for k in client.scan_iter(match=f"{chosen}*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
+prefix = test_queue_stop_engine.prefix  # the fixture: a Redis key prefix of this test's own, dropped after
 
 
 def engine_on(prefix: str) -> Engine:

@@ -9,29 +9,23 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis.exceptions import ResponseError
+from test_queue_stop import REDIS_URL, _drop_keys
 
 from iii_engine.modules.queue.redis_store import RedisQueueStore
 from iii_engine.modules.queue.store import DeadLetter, Job, QueueCounts
 
 pytestmark = pytest.mark.redis
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 Q = "__fn_queue::q"
 
 
 @pytest.fixture
 async def store() -> AsyncIterator[RedisQueueStore]:
-    from redis.asyncio import Redis
-
     prefix = f"test-{uuid.uuid4()}:"
     opened = RedisQueueStore(REDIS_URL, key_prefix=prefix)
     yield opened
     await opened.close()
-    client = Redis.from_url(REDIS_URL)
-    keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
+    await _drop_keys(prefix)
 
 
 async def test_a_dead_letter_move_short_of_an_argument_changes_nothing(store: RedisQueueStore) -> None:
