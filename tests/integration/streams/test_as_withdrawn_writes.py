@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from sqlalchemy import text
 
 from iii.stream import StreamGetInput, StreamSetInput, StreamUpdateInput, UpdateIncrement
-from iii_streams import RedisStream, SQLStream, StreamBackendError, StreamTimeoutError
+from iii_streams import RedisStream, SQLStream, StreamBackendError, StreamError, StreamTimeoutError
 from iii_streams.base import Backend
 from iii_streams.redis import KeyLayout
 from tests.integration.streams.pg_database import scratch_database
@@ -244,3 +244,35 @@ async def test_redis_close_while_updates_are_queued_answers_every_caller() -> No
     finally:
         await client.delete(layout.key("close", "g"))
         await client.aclose()
+
+
+async def test_a_server_error_in_the_rerun_after_a_withdrawal_applies_nothing(sql_store: SQLStream) -> None:
+    """A caller times out while its batch's statements run (withdrawn: the batch rolls back and runs again without
+    it); the re-run meets a server error. The one that timed out is told "withdrawn and not applied", the other
+    caller gets the error, and the database has neither write."""
+    store = sql_store
+    stream = f"rerun-error-{uuid.uuid4().hex[:8]}"
+    await store.get(StreamGetInput(stream_name=stream, group_id="g", item_id="x"))  # schema ready
+    original = store._apply_writes
+    runs = 0
+    quitter: asyncio.Task[Any] | None = None
+
+    async def quit_then_fail(conn: Any, writes: Any) -> Any:
+        nonlocal runs
+        runs += 1
+        if runs == 2:
+            await conn.execute(text("SELECT * FROM as_no_such_table"))  # a server error in the re-run
+        step = await original(conn, writes)
+        assert quitter is not None
+        await asyncio.wait({quitter})  # its timeout passes while the statements ran
+        return step
+
+    store._apply_writes = quit_then_fail  # type: ignore[method-assign]
+    quitter = asyncio.create_task(store.update(_inc(stream, "i"), timeout=0.2))
+    stayer = asyncio.create_task(store.update(_inc(stream, "i")))
+    quit_outcome, stay_outcome = await asyncio.gather(quitter, stayer, return_exceptions=True)
+    assert runs == 2
+    assert isinstance(quit_outcome, StreamTimeoutError) and quit_outcome.applied is False, quit_outcome
+    assert isinstance(stay_outcome, StreamError) and "as_no_such_table" in str(stay_outcome), stay_outcome
+    store._apply_writes = original  # type: ignore[method-assign]
+    assert await _value(store, stream, "i") == 0
