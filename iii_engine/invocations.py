@@ -31,7 +31,7 @@ from iii.protocol.codec import is_uuid
 from iii.protocol.ids import InvocationIds, new_invocation_id
 from iii.wire import loads
 
-from .limits import TOO_MANY_CALLS, FiredCalls, WorkerCalls
+from .limits import TOO_MANY_CALLS, FiredCalls, HeldTasks, WorkerCalls
 from .modules.base import EncodedResult, EngineError, InvocationContext, InvocationObserver, NamedQueues
 from .registry import FunctionEntry, Registry
 from .workers import WorkerConnection, frame_bytes
@@ -123,8 +123,8 @@ class Invocations:
         self.observer: InvocationObserver | None = None
         # Every task the engine runs for a call, with what it holds until it ends: a worker's max_calls_per_worker
         # count, a max_fired_calls slot, or nothing. The task gives it back itself when it ends; close() gives back
-        # what tasks it cancelled before they ever ran hold (their ``finally`` never runs).
-        self._tasks: dict[asyncio.Task[Any], WorkerConnection | FiredCalls | None] = {}
+        # what tasks cancelled before they ever ran hold (their ``finally`` never runs).
+        self._tasks = HeldTasks()
 
     # -- worker-initiated calls ------------------------------------------------------------------------------
 
@@ -324,8 +324,8 @@ class Invocations:
             # replies fill its byte-bounded queue until it overflows and the caller is disconnected.
             await caller.outbox.send(text, flush=False)
         finally:
-            # The task leaves ``_tasks`` itself; one cancelled before it ever ran skips this: close(), the only
-            # one to cancel these tasks, gives back what it holds.
+            # The task leaves ``_tasks`` itself; one cancelled before it ever ran skips this, and HeldTasks.close()
+            # gives back what it holds.
             caller.calls -= 1
             del self._tasks[asyncio.current_task()]  # type: ignore[arg-type]
 
@@ -433,9 +433,7 @@ class Invocations:
         entry = self._entry(function_id)
         if entry.builtin is not None:
             ctx = InvocationContext(None, None, traceparent, baggage)
-            task = asyncio.get_running_loop().create_task(self._run_builtin_plain(entry, data, ctx))
-            self._tasks[task] = None
-            task.add_done_callback(self._forget_task)
+            task = self._tasks.spawn(self._run_builtin_plain(entry, data, ctx), None)
             return Started(task, task.cancel)
         pending = await self._start_routed(entry, data, traceparent, baggage)
         assert pending.future is not None
@@ -478,30 +476,13 @@ class Invocations:
         except EngineError as exc:
             log.info("trigger-fired call of %s failed: %s: %s", function_id, exc.code, exc.message)
         finally:
-            # One cancelled before it ever ran skips this: close(), the only one to cancel these tasks, gives its
-            # slot back (the count outlives a stop: an engine started again keeps its FiredCalls).
+            # One cancelled before it ever ran skips this: HeldTasks.close() gives its slot back (the count
+            # outlives a stop: an engine started again keeps its FiredCalls).
             self.fired.release()
             del self._tasks[asyncio.current_task()]  # type: ignore[arg-type]
-
-    def _forget_task(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.pop(task, None)
 
     async def close(self) -> None:
         """Engine shutdown: stop pending calls and built-in tasks."""
         for invocation_id in list(self.pending):
             self._finish(invocation_id, None, STOPPED)
-        # Until none is left: a built-in call may start while we wait for the cancelled ones (a frame read meanwhile).
-        # Each round removes exactly the tasks it cancelled and awaited: one cancelled before it ever ran does not
-        # remove itself, and a later one must stay tracked (a blanket clear() would leave it running, unawaited).
-        while self._tasks:
-            tasks = list(self._tasks)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            for task in tasks:
-                if task in self._tasks:  # cancelled before it ever ran: what it holds is given back here
-                    held = self._tasks.pop(task)
-                    if isinstance(held, FiredCalls):
-                        held.release()
-                    elif held is not None:
-                        held.calls -= 1
+        await self._tasks.close()

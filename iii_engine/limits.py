@@ -30,13 +30,15 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any
 
 from .config import DEFAULT_FIRE_WAIT_TIMEOUT_MS, DEFAULT_MAX_CALLS_PER_WORKER, DEFAULT_MAX_FIRED_CALLS, EngineConfig
-from .modules.base import EngineError
+from .modules.base import EngineError, FiredCallLimit
 from .registry import Registry
 from .workers import WorkerConnection
 
@@ -429,3 +431,74 @@ class WorkerCalls:
     def close(self) -> None:
         """Engine shutdown: a pending warning is logged now."""
         self._losses.close()
+
+
+Held = WorkerConnection | FiredCallLimit | tuple[FiredCallLimit, int] | None
+"""What a task of :class:`HeldTasks` holds until it ends: one call of a worker's ``max_calls_per_worker`` count
+(its connection), one ``max_fired_calls`` slot (the bound), several (the bound and how many), or nothing."""
+
+
+def _give_back(held: Held) -> None:
+    if isinstance(held, WorkerConnection):
+        held.calls -= 1
+    elif isinstance(held, tuple):
+        held[0].release(held[1])
+    elif held is not None:
+        held.release()
+
+
+def _never_ran(task: asyncio.Task[Any]) -> bool:
+    coro = task.get_coro()
+    return inspect.iscoroutine(coro) and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED
+
+
+class HeldTasks(dict[asyncio.Task[Any], Held]):
+    """Tasks that each hold part of a count bound until they end, mapped to what they hold.
+
+    A task gives back what it holds itself, in a ``finally``, and leaves the map: by its own ``del`` (the call
+    path: no done callback to schedule per call) or by :meth:`spawn`'s done callback. Why this class: a coroutine
+    cancelled before its first step never enters its ``try``, so that ``finally`` never runs; :meth:`close`
+    cancels every task and gives back what such ones hold (before, a stop leaked them: a restarted engine had
+    that many ``max_fired_calls`` slots fewer, for good). A dict, so the call path adds and removes its tasks by
+    plain item assignment.
+
+    Example:
+        >>> async def demo() -> int:
+        ...     fired = FiredCalls(2)
+        ...     tasks = HeldTasks()
+        ...     fired.try_take()
+        ...     tasks.spawn(asyncio.sleep(1), fired)  # cancelled before it ever ran: its slot comes back
+        ...     await tasks.close()
+        ...     return fired.in_flight
+        >>> asyncio.run(demo())
+        0
+    """
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], held: Held, name: str | None = None) -> asyncio.Task[Any]:
+        """Run ``coro`` in a task (named ``name``) holding ``held``, which ``coro`` gives back itself when it
+        ends; it leaves the map when it is done."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self[task] = held
+        task.add_done_callback(self._forget)
+        return task
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        self.pop(task, None)
+
+    async def close(self) -> None:
+        """Cancel every task and wait for them; gives back what those that never ran hold."""
+        # Until none is left: a task may be added while we wait for the cancelled ones (a frame read meanwhile).
+        # Each round removes exactly the tasks it cancelled: a later one must stay tracked (a blanket clear()
+        # would leave it running, unawaited).
+        while self:
+            tasks = list(self.items())
+            # Checked before the cancel: one whose coroutine never started skips its ``finally`` (any cancel
+            # before its first step, this one or an earlier one, e.g. an abandoned call's).
+            unstarted = [held for task, held in tasks if held is not None and _never_ran(task)]
+            for task, _ in tasks:
+                task.cancel()
+            await asyncio.gather(*(task for task, _ in tasks), return_exceptions=True)
+            for task, _ in tasks:
+                self.pop(task, None)
+            for held in unstarted:
+                _give_back(held)

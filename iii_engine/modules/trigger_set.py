@@ -21,13 +21,13 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from iii.iii_types import TriggerInfo
 
+from ..limits import HeldTasks
 from .base import EngineError, EngineServices
 
 log = logging.getLogger(__name__)
@@ -58,20 +58,16 @@ class TriggerRunner:
 
     def __init__(self, services: EngineServices) -> None:
         self.services = services
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = HeldTasks()
 
-    def spawn(self, coro: Any) -> None:
-        """Run ``coro`` in a task that :meth:`close` cancels."""
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def spawn(self, coro: Coroutine[Any, Any, None], slots: int = 0) -> None:
+        """Run ``coro`` in a task that :meth:`close` cancels. ``slots``: the ``max_fired_calls`` slots it was
+        handed, which it gives back itself as it goes (and :meth:`close` if it is cancelled before it ever ran)."""
+        self._tasks.spawn(coro, (self.services.fired_calls, slots) if slots else None)
 
     async def close(self) -> None:
-        """Cancel the running trigger tasks."""
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Cancel the running trigger tasks; what those that never ran held is given back."""
+        await self._tasks.close()
 
     async def call(self, trigger: TriggerInfo, payload: Any) -> Any:
         """Run one handler if its condition passes; ``None`` when skipped or failed (logged)."""
@@ -135,7 +131,7 @@ class TriggerSet(TriggerRunner):
         if matching:
             fired = self.services.fired_calls
             if fired.try_take(len(matching)):
-                self.spawn(self._run_each(matching, payload))
+                self.spawn(self._run_each(matching, payload), len(matching))
             else:
                 fired.skip(f"{self.kind} handlers", len(matching))
 
@@ -152,7 +148,7 @@ class TriggerSet(TriggerRunner):
             fired = self.services.fired_calls
             if not fired.try_take(len(matching)):
                 await fired.take(len(matching), what, f"{self.kind} handlers")
-            self.spawn(self._run_each(matching, payload))
+            self.spawn(self._run_each(matching, payload), len(matching))
 
     async def _run_each(self, triggers: list[TriggerInfo], payload: Mapping[str, Any]) -> None:
         fired = self.services.fired_calls

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 from iii.iii_types import TriggerInfo
 
+from ...limits import HeldTasks
 from ..base import EngineError, EngineModule, EngineServices
 from .expr import CronExpression, CronSyntaxError, rfc3339
 from .locks import CronLock, open_cron_lock
@@ -64,7 +65,8 @@ class CronModule(EngineModule):
         self.settings = CronSettings.parse(self.config)
         self._lock: CronLock | None = None
         self._schedules: dict[str, asyncio.Task[None]] = {}
-        self._firings: set[asyncio.Task[None]] = set()
+        # ticks being fired, each holding its max_fired_calls slot until the call has it
+        self._firings = HeldTasks()
 
     async def start(self) -> None:
         """Open the lock store and register the trigger type."""
@@ -73,10 +75,11 @@ class CronModule(EngineModule):
 
     async def stop(self) -> None:
         """Cancel every schedule and close the lock store."""
-        tasks = [*self._schedules.values(), *self._firings]
+        tasks = list(self._schedules.values())
         self._schedules.clear()
         for task in tasks:
-            task.cancel()
+            task.cancel()  # a cancelled schedule starts no tick from here on
+        await self._firings.close()  # ticks not yet run give their slots back
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -105,9 +108,8 @@ class CronModule(EngineModule):
         while tick is not None:
             await _sleep_until(tick)
             if self.services.fired_calls.try_take():
-                task = asyncio.create_task(self._fire(trigger, tick), name=f"cron-fire:{trigger.id}")
-                self._firings.add(task)
-                task.add_done_callback(self._firings.discard)
+                self._firings.spawn(self._fire(trigger, tick), self.services.fired_calls,
+                                   name=f"cron-fire:{trigger.id}")
             else:
                 self.services.fired_calls.skip(f"cron {trigger.id} tick {rfc3339(tick)}")
             now = datetime.now(UTC)

@@ -19,13 +19,13 @@ Example (engine configuration):
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from iii.iii_types import TriggerInfo
 
+from ...limits import HeldTasks
 from ..base import BuiltinFunction, EngineError, EngineModule, EngineServices, InvocationContext
 from .bus import LocalBus, PubSubBus, open_bus
 from .settings import PubSubSettings
@@ -50,7 +50,8 @@ class PubSubModule(EngineModule):
         self._bus: PubSubBus = LocalBus()
         self._subscribers: dict[str, dict[str, TriggerInfo]] = {}
         self._topic_of_trigger: dict[str, str] = {}
-        self._checks: set[asyncio.Task[None]] = set()
+        # condition checks, each holding its subscriber's max_fired_calls slot
+        self._checks = HeldTasks()
 
     async def start(self) -> None:
         """Open the bus and register ``publish`` and ``subscribe``."""
@@ -71,10 +72,9 @@ class PubSubModule(EngineModule):
         self.services.register_trigger_type("subscribe", "Receive every message published to a topic", self)
 
     async def stop(self) -> None:
-        """Close the bus and drop pending condition checks."""
-        for task in list(self._checks):
-            task.cancel()
-        await self._bus.close()
+        """Close the bus and drop pending condition checks (their slots are given back)."""
+        await self._bus.close()  # first: no message from it starts a check once they are being closed
+        await self._checks.close()
 
     async def register(self, trigger: TriggerInfo) -> None:
         """Subscribe ``trigger.function_id`` to the topic of its config (empty topic: warning only)."""
@@ -126,9 +126,7 @@ class PubSubModule(EngineModule):
             if condition is None:
                 self.services.fire(trigger.function_id, data, taken=True)
                 continue
-            task = asyncio.create_task(self._fire_if(condition, trigger.function_id, data))
-            self._checks.add(task)
-            task.add_done_callback(self._checks.discard)
+            self._checks.spawn(self._fire_if(condition, trigger.function_id, data), fired)
 
     async def _fire_if(self, condition: str, function_id: str, data: Any) -> None:
         # the slot taken for this subscriber covers its condition too, and goes with the call when it passes

@@ -1,0 +1,122 @@
+"""Attack A-E: max_fired_calls slots held by module tasks that a stop cancels before they ever ran.
+
+A coroutine cancelled before its first step never enters its ``try``, so its ``finally`` (which gives the slots
+back) never runs. Invocations.close() already gave back what its own such tasks hold; the pub/sub condition checks
+(``_fire_if``), a trigger set's dispatch task (``_run_each``: one slot per matching trigger) and a cron tick's
+task (``_fire``) kept theirs past the stop: an engine started again had that many slots fewer, for good (with
+``max_fired_calls`` 1, it fired nothing any more). Each test stops the engine in the very turn the task was made,
+then starts the same Engine object again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from iii.iii_types import TriggerInfo
+from iii_engine import Engine, EngineConfig, ModuleSpec
+from iii_engine.modules.base import BuiltinFunction, InvocationContext
+from iii_engine.modules.cron import module as cron_module
+from iii_engine.modules.cron.module import CronModule
+from iii_engine.modules.pubsub.module import PubSubModule
+from iii_engine.modules.state.module import StateModule
+
+pytestmark = [pytest.mark.timeout(20), pytest.mark.our_engine("engine-core test: our max_fired_calls bound")]
+
+
+def _engine(module: str, max_fired_calls: int = 10) -> Engine:
+    return Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[ModuleSpec(module)],
+                                      max_fired_calls=max_fired_calls))
+
+
+async def _restart_keeps_every_slot(engine: Engine) -> None:
+    await engine.stop()
+    assert engine.fired_calls.stats()["in_flight"] == 0
+    await engine.start()
+    assert engine.fired_calls.stats()["in_flight"] == 0
+    assert engine.fired_calls.try_take(engine.fired_calls.limit)  # every slot free on the restarted engine
+    engine.fired_calls.release(engine.fired_calls.limit)
+
+
+async def test_pubsub_condition_checks_cancelled_at_stop_before_they_ran_give_their_slots_back() -> None:
+    engine = _engine("modules::pubsub::PubSubModule")
+    await engine.start()
+    try:
+        pubsub = engine.module("pubsub")
+        assert isinstance(pubsub, PubSubModule)
+        checked: list[Any] = []
+
+        async def condition(data: Any, ctx: InvocationContext) -> bool:
+            checked.append(data)
+            return True
+
+        engine.register_function(BuiltinFunction("sub::cond", condition))
+        for n in range(3):
+            await pubsub.register(TriggerInfo(id=f"t{n}", trigger_type="subscribe", function_id="sub::f",
+                                              config={"topic": "news", "condition_function_id": "sub::cond"}))
+        # the publish takes a slot per subscriber and starts their condition checks, and the engine stops in
+        # the same turn (nothing in between yields to them)
+        await engine.invoke("publish", {"topic": "news", "data": 1})
+        assert engine.fired_calls.stats()["in_flight"] == 3
+        await _restart_keeps_every_slot(engine)
+        assert checked == []  # the checks never ran: the case under test
+    finally:
+        await engine.stop()
+
+
+async def test_state_trigger_dispatch_cancelled_at_stop_before_it_ran_gives_every_slot_back() -> None:
+    engine = _engine("modules::state::StateModule")
+    await engine.start()
+    try:
+        state = engine.module("state")
+        assert isinstance(state, StateModule)
+        handled: list[Any] = []
+
+        async def on_change(data: Any, ctx: InvocationContext) -> None:
+            handled.append(data)
+
+        engine.register_function(BuiltinFunction("on::change", on_change))
+        for n in range(4):
+            await state.triggers.register(TriggerInfo(id=f"t{n}", trigger_type="state", function_id="on::change",
+                                                      config={}))
+        await engine.invoke("state::set", {"scope": "s", "key": "k", "value": 1})
+        assert engine.fired_calls.stats()["in_flight"] == 4  # one task holding the four slots, not yet run
+        await _restart_keeps_every_slot(engine)
+        assert handled == []  # the dispatch task never ran: the case under test
+    finally:
+        await engine.stop()
+
+
+async def test_a_cron_tick_cancelled_at_stop_before_it_ran_gives_its_slot_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    ticks: asyncio.Queue[None] = asyncio.Queue()
+
+    async def next_tick(moment: Any) -> None:  # the schedule's clock, driven by the test
+        await ticks.get()
+
+    monkeypatch.setattr(cron_module, "_sleep_until", next_tick)
+    engine = _engine("modules::cron::CronModule", max_fired_calls=1)
+    await engine.start()
+    try:
+        cron = engine.module("cron")
+        assert isinstance(cron, CronModule)
+        await cron.register(TriggerInfo(id="every", trigger_type="cron", function_id="on::tick",
+                                        config={"expression": "* * * * * *"}))
+        locked: list[str] = []
+        assert cron._lock is not None
+
+        async def try_fire(job_id: str, tick_ms: int) -> bool:
+            locked.append(job_id)
+            return True
+
+        monkeypatch.setattr(cron._lock, "try_fire", try_fire)
+        ticks.put_nowait(None)
+        # One turn: the schedule wakes first and makes the tick's task; this test resumes right after, before
+        # that task's first step.
+        await asyncio.sleep(0)
+        assert engine.fired_calls.stats()["in_flight"] == 1
+        await _restart_keeps_every_slot(engine)
+        assert locked == []  # the tick's task never ran: the case under test
+    finally:
+        await engine.stop()
