@@ -45,6 +45,8 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import DEFAULT_TRACE_STATE, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 from opentelemetry.util.types import Attributes, AttributeValue
 
+from .telemetry_exporters import EngineSpanExporter, span_text
+
 __all__ = ["HandlerSpans", "LightSpan", "OwnTracerProvider", "span_context"]
 
 log = logging.getLogger(__name__)
@@ -136,7 +138,7 @@ class HandlerSpans:
         assert processor is not None  # usable() was checked
         hooks = self._hooks
         if hooks is None or hooks[0] is not processor:
-            hooks = self._hooks = (processor, _batch_emit(processor))
+            hooks = self._hooks = (processor, _batch_emit(processor, self._resource, self._scope))
         emit = hooks[1]
         if emit is not None and not _hooks_intact(processor):
             emit = None
@@ -187,12 +189,38 @@ def _hooks_intact(processor: SpanProcessor) -> bool:
             and "on_end" not in own and "on_start" not in own)
 
 
-def _batch_emit(processor: SpanProcessor) -> Callable[[Any], None] | None:
-    """``processor``'s batch emit when ``on_start``/``on_end`` may be skipped for a LightSpan (see above)."""
+def _batch_emit(processor: SpanProcessor, resource: Any, scope: InstrumentationScope) -> Callable[[Any], None] | None:
+    """What an ended LightSpan of ``resource`` and ``scope`` is handed to when ``processor``'s ``on_start``/``on_end``
+    may be skipped (see above): its batch emit, or :func:`_text_emit` of it when the batch's exporter is ours."""
     if not _BATCH_HOOKS_KNOWN or type(processor) is not BatchSpanProcessor:
         return None
-    emit: Callable[[Any], None] | None = getattr(getattr(processor, "_batch_processor", None), "emit", None)
+    batch = getattr(processor, "_batch_processor", None)
+    emit: Callable[[Any], None] | None = getattr(batch, "emit", None)
+    exporter = getattr(batch, "_exporter", None)
+    if emit is not None and type(exporter) is EngineSpanExporter and exporter.take_texts(resource, scope):
+        return _text_emit(batch, exporter, emit)
     return emit
+
+
+def _text_emit(batch: Any, exporter: EngineSpanExporter, emit: Callable[[Any], None]) -> Callable[[Any], None]:
+    """``emit`` of a span's text instead of the span, while ``batch`` (the processor's batch, whose ``emit`` this
+    is) still exports to ``exporter``, which takes texts of these spans (:meth:`EngineSpanExporter.take_texts`).
+
+    Why (issue 10): a batch holds up to 512 ended spans; as spans they were several objects each for the garbage
+    collector to walk over and over (its collections cost the callee about as much as ending the spans), as texts
+    they are none. The text is what the exporter would write for the span (:func:`span_text`, the same function),
+    and an ended span never changes, so the frame is the same byte for byte."""
+
+    def emit_text(span: Any) -> None:
+        item = span
+        if batch._exporter is exporter:
+            try:
+                item = span_text(span)
+            except Exception:  # the span itself goes: the exporter fails on it as before (and logs it)
+                item = span
+        emit(item)
+
+    return emit_text
 
 
 def _child_flags(sampled: bool, random_trace_id: bool) -> TraceFlags:

@@ -40,6 +40,7 @@ __all__ = [
     "EngineSpanExporter",
     "FrameSink",
     "SharedEngineConnection",
+    "span_text",
 ]
 
 log = logging.getLogger(__name__)
@@ -391,30 +392,59 @@ def _remember_pieces(name: Any, kind: Any, status: Any) -> None:
                                       f'{_enum_value(status.status_code)},"message":{_EMPTY_STRING}}}')
 
 
-def _one_source(spans: Sequence[Any]) -> bool:
-    """Whether every span has the first one's resource and instrumentation scope (the same objects)."""
-    first = spans[0]
-    resource = first.resource
-    scope = first.instrumentation_scope
+def span_text(span: Any) -> str:
+    """One span's OTLP-JSON text, exactly as :func:`serialize_spans` writes it into a batch.
+
+    Example:
+        >>> from opentelemetry.sdk.trace import TracerProvider
+        >>> span = TracerProvider().get_tracer("t").start_span("job")
+        >>> span.end()
+        >>> span_text(span).startswith('{"traceId":"')
+        True
+    """
+    return _span_text(span)
+
+
+def _source_of(span: Any, texts: tuple[Any, Any] | None) -> tuple[Any, Any]:
+    """``(resource, instrumentation scope)`` of a batch item: a span's own, or ``texts`` for a span's text."""
+    if type(span) is str:
+        if texts is None:
+            raise TypeError("a span's text in a batch whose exporter was told of no text source")
+        return texts
+    return span.resource, span.instrumentation_scope
+
+
+def _one_source(spans: Sequence[Any], texts: tuple[Any, Any] | None) -> tuple[Any, Any] | None:
+    """The ``(resource, scope)`` every item has (the same objects), or ``None`` when they differ."""
+    first = _source_of(spans[0], texts)
+    resource, scope = first
     for span in spans:
-        if span.resource is not resource or span.instrumentation_scope is not scope:
-            return False
-    return True
+        if type(span) is str:
+            if texts is None or texts[0] is not resource or texts[1] is not scope:
+                return None
+        elif span.resource is not resource or span.instrumentation_scope is not scope:
+            return None
+    return first
 
 
-def serialize_spans(spans: Sequence[Any]) -> bytes:
+def serialize_spans(spans: Sequence[Any], texts: tuple[Any, Any] | None = None) -> bytes:
     """OTLP-JSON ``ExportTraceServiceRequest`` for SDK ``ReadableSpan`` objects: the text ``dumps`` writes for
     ``{"resourceSpans": [{"resource": ..., "scopeSpans": [{"scope": ..., "spans": [_span_json(span), ...]}]}]}``.
+
+    An item may also be a span's text already (:func:`span_text`, made when it ended); ``texts`` is then the
+    ``(resource, instrumentation scope)`` those spans had (:meth:`EngineSpanExporter.take_texts`).
     """
     resource_spans: list[str] = []
     groups: Sequence[tuple[Any, Sequence[tuple[Any, Sequence[Any]]]]]
-    if spans and _one_source(spans):  # the usual batch: every span from our tracer, in one resource and scope
-        groups = [(spans[0].resource, [(spans[0].instrumentation_scope, spans)])]  # what _group returns then
+    source = _one_source(spans, texts) if spans else None
+    if source is not None:  # the usual batch: every span from our tracer, in one resource and scope
+        groups = [(source[0], [(source[1], spans)])]  # what _group returns then
     else:
-        groups = _group(spans, lambda s: s.resource, lambda s: s.instrumentation_scope)
+        groups = _group(spans, lambda s: _source_of(s, texts)[0], lambda s: _source_of(s, texts)[1])
     for resource, scopes in groups:
         scope_spans = ",".join(
-            f'{{"scope":{dumps(_scope_json(scope))},"spans":[{",".join([_span_text(span) for span in members])}]}}'
+            f'{{"scope":{dumps(_scope_json(scope))},"spans":['
+            f'{",".join([span if type(span) is str else _span_text(span) for span in members])}]}}'
             for scope, members in scopes
         )
         attributes = dumps(_key_values(resource.attributes if resource else None))
@@ -557,13 +587,33 @@ class EngineSpanExporter:
 
     def __init__(self, connection: SharedEngineConnection) -> None:
         self._connection = connection
+        self._texts: tuple[Any, Any] | None = None  # (resource, scope) of the spans handed over as text
+        self._texts_lock = threading.Lock()
+
+    def take_texts(self, resource: Any, scope: Any) -> bool:
+        """Whether spans of ``resource`` and ``scope`` may be handed to :meth:`export` as their :func:`span_text`
+        instead of themselves (ours, used by :mod:`iii.light_span`): yes for the first source that asks (and
+        again for it), no for any other, whose spans must come as spans.
+
+        Why: a queued text is no object for the garbage collector to walk, a queued span is several (a batch
+        holds up to 512), and written when it ended a span needs no reading back later.
+
+        Example:
+            >>> exporter = EngineSpanExporter(SharedEngineConnection())
+            >>> exporter.take_texts("r", "s"), exporter.take_texts("r", "s"), exporter.take_texts("r", "other")
+            (True, True, False)
+        """
+        with self._texts_lock:
+            if self._texts is None:
+                self._texts = (resource, scope)
+            return self._texts[0] is resource and self._texts[1] is scope
 
     def export(self, spans: Sequence[Any]) -> Any:
         """Send one frame for the batch; ``SpanExportResult``."""
         from opentelemetry.sdk.trace.export import SpanExportResult
 
         try:
-            self._connection.send_threadsafe(PREFIX_SPANS, serialize_spans(spans))
+            self._connection.send_threadsafe(PREFIX_SPANS, serialize_spans(spans, self._texts))
         except Exception:
             log.exception("span export failed")
             return SpanExportResult.FAILURE
