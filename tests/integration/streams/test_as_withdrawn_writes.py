@@ -19,17 +19,18 @@ from sqlalchemy import text
 
 from iii.stream import StreamGetInput, StreamSetInput, StreamUpdateInput, UpdateIncrement
 from iii_streams import RedisStream, SQLStream, StreamBackendError, StreamError, StreamTimeoutError
-from iii_streams.base import Backend
 from iii_streams.redis import KeyLayout
 from tests.integration.streams.pg_database import scratch_database
 from tests.services import require_postgres, require_redis
+
+Store = SQLStream | RedisStream
 
 
 def _inc(stream: str, item: str) -> StreamUpdateInput:
     return StreamUpdateInput(stream_name=stream, group_id="g", item_id=item, ops=[UpdateIncrement(path="n", by=1)])
 
 
-async def _value(store: Backend, stream: str, item: str) -> int:
+async def _value(store: Store, stream: str, item: str) -> int:
     value = await store.get(StreamGetInput(stream_name=stream, group_id="g", item_id=item), timeout=30)
     return 0 if value is None else int(value["n"])
 
@@ -103,7 +104,7 @@ async def redis_store() -> AsyncIterator[RedisStream]:
         await client.aclose()
 
 
-async def _race(store: Backend, seed: int, *, items: int, callers: int, known: bool) -> collections.Counter[str]:
+async def _race(store: Store, seed: int, *, items: int, callers: int, known: bool) -> collections.Counter[str]:
     """``callers`` increments over ``items`` items with tiny timeouts and random cancels; checks every caller's
     view against the stored values and returns how the callers ended."""
     rnd = random.Random(seed)
@@ -113,9 +114,10 @@ async def _race(store: Backend, seed: int, *, items: int, callers: int, known: b
         await _value(store, stream, name)  # connected and migrated before the race
         if known:  # the single-statement path (SQL) and the no-read path (Redis)
             await store.set(StreamSetInput(stream_name=stream, group_id="g", item_id=name, data={"n": 0}))
-    views: dict[str, list[tuple[str, Any]]] = collections.defaultdict(list)
+    views: dict[str, list[tuple[Any, ...]]] = collections.defaultdict(list)
+    order: dict[str, list[tuple[int, int]]] = collections.defaultdict(list)  # (submitted as, new value)
 
-    async def one(name: str, limit: float | None) -> None:
+    async def one(index: int, name: str, limit: float | None) -> None:
         try:
             result = await store.update(_inc(stream, name), timeout=limit)
         except StreamTimeoutError as exc:
@@ -126,11 +128,12 @@ async def _race(store: Backend, seed: int, *, items: int, callers: int, known: b
             raise
         else:
             views[name].append(("applied", (result.old_value or {}).get("n", 0), result.new_value["n"]))
+            order[name].append((index, result.new_value["n"]))
 
     loop = asyncio.get_running_loop()
     tasks = []
     for i in range(callers):
-        task = asyncio.ensure_future(one(names[i % items], rnd.choice([None, 0.001, 0.003, 0.01, 0.03, 0.1])))
+        task = asyncio.ensure_future(one(i, names[i % items], rnd.choice([None, 0.001, 0.003, 0.01, 0.03, 0.1])))
         tasks.append(task)
         if rnd.random() < 0.2:
             loop.call_later(rnd.choice([0, 0.0005, 0.002, 0.01]), task.cancel)
@@ -149,6 +152,9 @@ async def _race(store: Backend, seed: int, *, items: int, callers: int, known: b
         assert all(new == old + 1 for _, old, new in applied), applied
         assert len(set(news)) == len(news), f"{name}: two callers saw the same new value: {sorted(news)}"
         assert max(news, default=0) <= final
+        # one process's writes of an item apply in the order they were submitted, whoever gave up among them
+        by_submission = [new for _, new in sorted(order[name])]
+        assert by_submission == sorted(by_submission), f"{name}: applied out of order: {by_submission}"
         # every write reported applied is there; a withdrawn one never is; an unknown one may be
         assert len(applied) <= final <= len(applied) + unknown, (name, final, len(applied), unknown, len(view))
     return ends
@@ -197,6 +203,8 @@ async def test_a_later_transaction_failing_leaves_the_results_an_earlier_one_com
             return await original(writes)
 
         store._swap = second_step_fails  # type: ignore[method-assign]
+        first: Any
+        second: Any
         first, second = await asyncio.gather(store.set(StreamSetInput(**item, data={"n": 1})),
                                              store.set(StreamSetInput(**item, data={"n": 1})),
                                              return_exceptions=True)
@@ -207,7 +215,7 @@ async def test_a_later_transaction_failing_leaves_the_results_an_earlier_one_com
         assert await store.get(StreamGetInput(**item)) == {"n": 1}
 
 
-async def _close_while_queued(store: Backend, stream: str) -> int:
+async def _close_while_queued(store: Store, stream: str) -> int:
     """60 increments queued and a batch in flight when the store closes: every caller gets an answer, every write
     reported applied is stored, and one refused as "closed before the write ran" is not."""
     await _value(store, stream, "i")  # connected (and migrated) first
@@ -276,3 +284,31 @@ async def test_a_server_error_in_the_rerun_after_a_withdrawal_applies_nothing(sq
     assert isinstance(stay_outcome, StreamError) and "as_no_such_table" in str(stay_outcome), stay_outcome
     store._apply_writes = original  # type: ignore[method-assign]
     assert await _value(store, stream, "i") == 0
+
+
+async def _cancel_the_runner(store: Store, runners: set[asyncio.Task[None]], stream: str) -> None:
+    """Cancel the batch runner task itself while 40 increments wait on it: every caller gets an answer (a result
+    or "closed"), none applied beyond what was reported or in flight, and the store works on afterwards."""
+    await _value(store, stream, "i")  # connected (and migrated) first
+    callers = [asyncio.create_task(store.update(_inc(stream, "i"))) for _ in range(40)]
+    await asyncio.sleep(0)  # the callers queued their writes and started the runner
+    await asyncio.sleep(0)  # the runner took its first batch and is awaiting the backend
+    assert runners
+    for runner in tuple(runners):
+        runner.cancel()
+    outcomes = await asyncio.wait_for(asyncio.gather(*callers, return_exceptions=True), 20)
+    applied = sum(1 for o in outcomes if not isinstance(o, BaseException))
+    in_flight = [o for o in outcomes if isinstance(o, BaseException) and "in flight" in str(o)]
+    assert all(isinstance(o, StreamError) and "closed" in str(o) for o in outcomes if isinstance(o, BaseException))
+    assert applied <= await _value(store, stream, "i") <= applied + len(in_flight)
+    after = await store.update(_inc(stream, "i"))  # a new runner serves the next write
+    assert after.new_value["n"] == (after.old_value or {}).get("n", 0) + 1
+
+
+async def test_sql_batch_runner_cancelled_answers_every_caller(sql_store: SQLStream) -> None:
+    await _cancel_the_runner(sql_store, sql_store._writes._runners, f"runner-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.mark.redis
+async def test_redis_batch_runner_cancelled_answers_every_caller(redis_store: RedisStream) -> None:
+    await _cancel_the_runner(redis_store, redis_store._updates._runners, "runner")
