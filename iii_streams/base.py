@@ -112,7 +112,10 @@ class StoreDeadline:
 
     def _timed_out(self, expired: TimeoutError) -> BaseException:
         """The exception to raise when the limit passed (``expired`` is the plain ``TimeoutError``)."""
-        return expired
+        # named, for the callers whose own guards wrap it (``SQLStream.set: timed out: a batch of writes …``)
+        error = TimeoutError(f"a batch of writes did not finish within {self._limit:g} s (the store's timeout)")
+        error.__cause__ = expired.__cause__
+        return error
 
     def _wrapped(self, exc: BaseException) -> BaseException | None:
         """The exception to raise (``from exc``) for one the body raised, or ``None`` to let it pass."""

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import redis.asyncio as aioredis
 from sqlalchemy import text
@@ -20,6 +21,7 @@ from sqlalchemy import text
 from iii.stream import StreamGetInput, StreamSetInput, StreamUpdateInput, UpdateIncrement
 from iii_streams import RedisStream, SQLStream, StreamBackendError, StreamError, StreamTimeoutError
 from iii_streams.redis import KeyLayout
+from iii_streams.schema import TABLE_NAME, item_key
 from tests.integration.streams.pg_database import scratch_database
 from tests.services import require_postgres, require_redis
 
@@ -312,3 +314,28 @@ async def test_sql_batch_runner_cancelled_answers_every_caller(sql_store: SQLStr
 @pytest.mark.redis
 async def test_redis_batch_runner_cancelled_answers_every_caller(redis_store: RedisStream) -> None:
     await _cancel_the_runner(redis_store, redis_store._updates._runners, "runner")
+
+
+@pytest.mark.postgres
+async def test_the_store_timeout_ending_a_batch_is_named_in_the_callers_error(pg_url: str) -> None:
+    """A caller whose own timeout is longer than the store's: the batch's deadline ends the batch (another session
+    holds the row), and the caller's error says so. Before it read "SQLStream.set: timed out: ; the write was
+    withdrawn and not applied" (the batch's TimeoutError had no text)."""
+    name = f"store-limit-{uuid.uuid4().hex[:8]}"
+    item = {"stream_name": name, "group_id": "g", "item_id": "i"}
+    async with SQLStream.from_url(pg_url) as other:
+        await other.set(StreamSetInput(**item, data={"n": 1}))
+    locker = await asyncpg.connect(pg_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        async with SQLStream.from_url(pg_url, timeout=0.3) as store:
+            async with locker.transaction():
+                await locker.execute(f"SELECT 1 FROM {TABLE_NAME} WHERE item_key = $1 FOR UPDATE",
+                                     item_key(name, "g", "i"))
+                with pytest.raises(StreamTimeoutError) as caught:
+                    await store.set(StreamSetInput(**item, data={"n": 2}), timeout=30)
+            assert str(caught.value) == ("SQLStream.set: timed out: a batch of writes did not finish within 0.3 s "
+                                         "(the store's timeout); the write was withdrawn and not applied")
+            assert caught.value.applied is False
+            assert await store.get(StreamGetInput(**item)) == {"n": 1}
+    finally:
+        await locker.close()
