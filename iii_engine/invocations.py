@@ -53,6 +53,14 @@ def not_found(function_id: str) -> dict[str, str]:
     return error_body("function_not_found", f"Function {function_id} not found")
 
 
+def _cancelled_itself() -> bool:
+    """Whether the running task is being cancelled, as opposed to a CancelledError out of something it awaited
+    that someone else cancelled (an inner future or task). Why: the second ended a worker's built-in call or
+    enqueue with no answer at all (and its id left in the worker's in-flight set); it is a failure to report."""
+    task = asyncio.current_task()
+    return task is None or task.cancelling() > 0
+
+
 STOPPED = error_body("invocation_stopped", "Invocation stopped")
 
 
@@ -355,9 +363,13 @@ class Invocations:
             return None, exc.body()
         except Exception as exc:
             return None, self._failure(entry, exc)
+        except asyncio.CancelledError as exc:
+            if _cancelled_itself():
+                raise
+            return None, self._failure(entry, exc)
 
     @staticmethod
-    def _failure(entry: FunctionEntry, exc: Exception) -> dict[str, str]:
+    def _failure(entry: FunctionEntry, exc: BaseException) -> dict[str, str]:
         """The ``internal_error`` body for a built-in that raised (logged with its traceback)."""
         log.error("built-in function %s failed", entry.id, exc_info=exc)
         body = error_body("internal_error", f"Built-in function {entry.id} failed: {exc!r}")
@@ -378,6 +390,10 @@ class Invocations:
                     error = exc.body()
                 except Exception as exc:
                     error = error_body("enqueue_error", str(exc))
+                except asyncio.CancelledError as exc:
+                    if _cancelled_itself():
+                        raise
+                    error = error_body("enqueue_error", repr(exc))
             if error is not None:
                 log.warning("enqueue of %s on queue %r for worker %s failed: %s", function_id, queue, caller.id,
                             error["message"])
