@@ -244,7 +244,8 @@ def _check_encoding(client: aioredis.Redis) -> None:
         ValueError: RedisStream needs a Redis client with encoding='utf-8' ... got encoding='latin-1'; ...
     """
     pool = getattr(client, "connection_pool", None)
-    encoding = getattr(pool, "connection_kwargs", {}).get("encoding", "utf-8")
+    options = getattr(pool, "connection_kwargs", {})
+    encoding = options.get("encoding", "utf-8")
     try:
         utf8 = codecs.lookup(encoding).name == "utf-8"
     except (LookupError, TypeError):
@@ -252,6 +253,12 @@ def _check_encoding(client: aioredis.Redis) -> None:
     if not utf8:
         raise ValueError(f"RedisStream needs a Redis client with encoding='utf-8' (stored values are UTF-8 JSON "
                          f"text), got encoding={encoding!r}; leave the client's encoding at its default")
+    errors = options.get("encoding_errors", "strict")
+    if options.get("decode_responses") and errors != "strict":
+        # 'replace' or 'ignore' would read a value that is not UTF-8 as other text: returned mangled, written
+        # back mangled by an update, and an update's compare-and-set would never match what is stored
+        raise ValueError(f"RedisStream needs a Redis client that decodes responses with encoding_errors='strict', "
+                         f"got encoding_errors={errors!r}; leave the client's encoding_errors at its default")
 
 
 def _glob_escape(text: str) -> str:
@@ -530,6 +537,8 @@ class RedisStream(FieldUpdates):
             return StreamUnavailableError(f"{where}: Redis unreachable: {exc}")
         if isinstance(exc, RedisError):
             return StreamBackendError(f"{where}: Redis refused the command: {exc}")
+        if isinstance(exc, UnicodeDecodeError):  # a client with decode_responses=True read a stored value
+            return StreamDataError(f"{where}: a stored value is not UTF-8 text (written by something else): {exc}")
         return super()._wrap_error(exc, where)
 
     def _parse(self, raw: bytes | str, key: str, field: str) -> Any:
@@ -710,9 +719,14 @@ class RedisStream(FieldUpdates):
         self, key: str, batch: Sequence[_Update], raws: dict[str, bytes | str | None]
     ) -> tuple[builtins.list[StreamUpdateResult[Any] | BaseException], dict[Any, str], builtins.list[str]]:
         """Apply ``batch`` in order to the stored texts: each caller's result, the texts to write, the events."""
-        current: dict[str, str | None] = {}
+        current: dict[str, str | bytes | None] = {}
         for name, raw in raws.items():
-            current[name] = None if raw is None else raw.decode() if isinstance(raw, bytes) else raw
+            if isinstance(raw, bytes):
+                try:
+                    raw = raw.decode()
+                except UnicodeDecodeError:
+                    pass  # not UTF-8 (written by something else): parsing it fails for that item's callers alone
+            current[name] = raw
         results: builtins.list[StreamUpdateResult[Any] | BaseException] = []
         texts: dict[Any, str] = {}
         events: builtins.list[str] = []
