@@ -108,9 +108,15 @@ async def redis_store() -> AsyncIterator[RedisStream]:
 
 async def _race(store: Store, seed: int, *, items: int, callers: int, known: bool) -> collections.Counter[str]:
     """``callers`` increments over ``items`` items with tiny timeouts and random cancels; checks every caller's
-    view against the stored values and returns how the callers ended."""
-    rnd = random.Random(seed)
+    view against the stored values and the change events, and returns how the callers ended."""
     stream = f"race-{uuid.uuid4().hex[:8]}"
+    async with store.watch(stream_name=stream) as events:
+        return await _race_watched(store, stream, events, seed, items=items, callers=callers, known=known)
+
+
+async def _race_watched(store: Store, stream: str, events: Any, seed: int, *, items: int, callers: int,
+                        known: bool) -> collections.Counter[str]:
+    rnd = random.Random(seed)
     names = [f"i{i}" for i in range(items)]
     for name in names:
         await _value(store, stream, name)  # connected and migrated before the race
@@ -159,6 +165,18 @@ async def _race(store: Store, seed: int, *, items: int, callers: int, known: boo
         assert by_submission == sorted(by_submission), f"{name}: applied out of order: {by_submission}"
         # every write reported applied is there; a withdrawn one never is; an unknown one may be
         assert len(applied) <= final <= len(applied) + unknown, (name, final, len(applied), unknown, len(view))
+    # events: each applied increment published once, in order; none for a withdrawn one. A sentinel write ends them.
+    await store.set(StreamSetInput(stream_name=stream, group_id="g", item_id="sentinel", data={"n": -1}))
+    published: dict[str, list[int]] = collections.defaultdict(list)
+    while True:
+        event = await asyncio.wait_for(anext(events), 20)
+        if event["id"] == "sentinel":
+            break
+        published[event["id"]].append(event["event"]["data"]["n"])
+    for name in names:
+        final = await _value(store, stream, name)
+        increments = [n for n in published[name] if not (known and n == 0)]  # the set before the race
+        assert increments == list(range(1, final + 1)), f"{name}: events {increments} for final value {final}"
     return ends
 
 
