@@ -9,7 +9,7 @@ import collections
 import json
 import random
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,28 +106,34 @@ async def redis_store() -> AsyncIterator[RedisStream]:
         await client.aclose()
 
 
-async def _race(store: Store, seed: int, *, items: int, callers: int, known: bool) -> collections.Counter[str]:
+async def _race(stores: Sequence[Store], seed: int, *, items: int, callers: int, known: bool,
+                events_seen: bool = True) -> collections.Counter[str]:
     """``callers`` increments over ``items`` items with tiny timeouts and random cancels; checks every caller's
     view against the stored values and the change events, and returns how the callers ended."""
     stream = f"race-{uuid.uuid4().hex[:8]}"
-    async with store.watch(stream_name=stream) as events:
-        return await _race_watched(store, stream, events, seed, items=items, callers=callers, known=known)
+    async with stores[0].watch(stream_name=stream) as events:
+        return await _race_watched(stores, stream, events if events_seen else None, seed, items=items,
+                                   callers=callers, known=known)
 
 
-async def _race_watched(store: Store, stream: str, events: Any, seed: int, *, items: int, callers: int,
+async def _race_watched(stores: Sequence[Store], stream: str, events: Any, seed: int, *, items: int, callers: int,
                         known: bool) -> collections.Counter[str]:
     rnd = random.Random(seed)
     names = [f"i{i}" for i in range(items)]
+    store = stores[0]
     for name in names:
-        await _value(store, stream, name)  # connected and migrated before the race
-        if known:  # the single-statement path (SQL) and the no-read path (Redis)
-            await store.set(StreamSetInput(stream_name=stream, group_id="g", item_id=name, data={"n": 0}))
+        for each in stores:
+            await _value(each, stream, name)  # connected and migrated before the race
+            if known:  # the single-statement path (SQL) and the no-read path (Redis)
+                await each.set(StreamSetInput(stream_name=stream, group_id="g", item_id=name, data={"n": 0}))
     views: dict[str, list[tuple[Any, ...]]] = collections.defaultdict(list)
     order: dict[str, list[tuple[int, int]]] = collections.defaultdict(list)  # (submitted as, new value)
 
     async def one(index: int, name: str, limit: float | None) -> None:
         try:
-            result = await store.update(_inc(stream, name), timeout=limit)
+            # two stores (two processes) make each other's known values stale: single statements and
+            # compare-and-set scripts miss, and their writes are run again (or withdrawn) after that
+            result = await stores[index % len(stores)].update(_inc(stream, name), timeout=limit)
         except StreamTimeoutError as exc:
             views[name].append(("withdrawn" if exc.applied is False else "unknown", None))
             assert exc.applied in (False, None)
@@ -161,10 +167,13 @@ async def _race_watched(store: Store, stream: str, events: Any, seed: int, *, it
         assert len(set(news)) == len(news), f"{name}: two callers saw the same new value: {sorted(news)}"
         assert max(news, default=0) <= final
         # one process's writes of an item apply in the order they were submitted, whoever gave up among them
-        by_submission = [new for _, new in sorted(order[name])]
-        assert by_submission == sorted(by_submission), f"{name}: applied out of order: {by_submission}"
+        for first in range(len(stores)):
+            by_submission = [new for index, new in sorted(order[name]) if index % len(stores) == first]
+            assert by_submission == sorted(by_submission), f"{name}: applied out of order: {by_submission}"
         # every write reported applied is there; a withdrawn one never is; an unknown one may be
         assert len(applied) <= final <= len(applied) + unknown, (name, final, len(applied), unknown, len(view))
+    if events is None:
+        return ends
     # events: each applied increment published once, in order; none for a withdrawn one. A sentinel write ends them.
     await store.set(StreamSetInput(stream_name=stream, group_id="g", item_id="sentinel", data={"n": -1}))
     published: dict[str, list[int]] = collections.defaultdict(list)
@@ -186,7 +195,7 @@ async def test_racing_callers_with_tiny_timeouts_and_cancels_sql(sql_store: SQLS
     random cancels: no write reported applied is missing, none reported withdrawn is there, none applied twice."""
     ends: collections.Counter[str] = collections.Counter()
     for seed in range(3):
-        ends += await _race(sql_store, seed, items=3, callers=200, known=known)
+        ends += await _race([sql_store], seed, items=3, callers=200, known=known)
     assert ends["applied"] and ends["withdrawn"], ends  # the race reached both outcomes
 
 
@@ -196,7 +205,7 @@ async def test_racing_callers_with_tiny_timeouts_and_cancels_redis(redis_store: 
     """The same race on one Redis hash (one batch queue for its items)."""
     ends: collections.Counter[str] = collections.Counter()
     for seed in range(3):
-        ends += await _race(redis_store, seed, items=3, callers=200, known=known)
+        ends += await _race([redis_store], seed, items=3, callers=200, known=known)
     assert ends["applied"] and ends["withdrawn"], ends
 
 
@@ -357,3 +366,33 @@ async def test_the_store_timeout_ending_a_batch_is_named_in_the_callers_error(pg
             assert await store.get(StreamGetInput(**item)) == {"n": 1}
     finally:
         await locker.close()
+
+
+@pytest.mark.parametrize("known", [False, True], ids=["read", "known"])
+async def test_two_stores_racing_with_tiny_timeouts_and_cancels_sql(sql_url: str, known: bool) -> None:
+    """The race from two stores on one database (two processes): each one's known values go stale, its single
+    statements miss and its writes go through the locking transaction, withdrawn or not as their callers go."""
+    async with SQLStream.from_url(sql_url, create=True) as first, SQLStream.from_url(sql_url) as second:
+        ends: collections.Counter[str] = collections.Counter()
+        for seed in range(3):
+            # SQLite stores publish events in their own process only: the watcher would see half of them
+            ends += await _race([first, second], seed, items=1, callers=200, known=known,
+                                events_seen=first._pg)
+        assert ends["applied"] and ends["withdrawn"], ends
+        if known:  # the path under attack was taken
+            assert first.swap_misses + second.swap_misses
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("known", [False, True], ids=["read", "known"])
+async def test_two_stores_racing_with_tiny_timeouts_and_cancels_redis(redis_store: RedisStream, known: bool) -> None:
+    """The race from two RedisStreams on one hash: compare-and-set scripts lose to the other store's writes and
+    their batches are read and run again, leaving out the updates whose callers gave up meanwhile."""
+    other = RedisStream(aioredis.Redis.from_url(require_redis()), layout=redis_store.layout,
+                        channel=redis_store.channel, owns_client=True)
+    async with other:
+        ends: collections.Counter[str] = collections.Counter()
+        for seed in range(3):
+            ends += await _race([redis_store, other], seed, items=1, callers=200, known=known)
+        assert ends["applied"] and ends["withdrawn"], ends
+        assert redis_store.update_conflicts + redis_store.known_misses + other.update_conflicts + other.known_misses
