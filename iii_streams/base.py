@@ -159,9 +159,10 @@ class OperationGuard(StoreDeadline):
 class WriteProgress:
     """How far one caller's queued write got, shared by the caller and the batch that runs it: a batch leaves out
     a write whose caller ``abandoned`` it (timed out or was cancelled) and, just before sending the commit (or the
-    single statement, or script) that applies it, marks it ``sent``; a caller giving up after that cannot
-    withdraw it. Both sides run on one event loop and each checks and sets without awaiting in between, so every
-    write is either withdrawn (never applied) or sent (its outcome unknown to a caller that stopped waiting).
+    single statement, or script) that applies it, marks it ``sent`` (or earlier: an SQL batch that already ran
+    again twice for withdrawals); a caller giving up after that cannot withdraw it. Both sides run on one event
+    loop and each checks and sets without awaiting in between, so every write is either withdrawn (never
+    applied) or sent (its outcome unknown to a caller that stopped waiting).
     """
 
     __slots__ = ("abandoned", "sent")

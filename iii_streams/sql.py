@@ -397,7 +397,9 @@ class SQLStream(FieldUpdates):
         A caller that stops waiting (its timeout, a cancel) before the write's commit was sent withdraws it: the
         batch leaves it out (rolling back and running again if it already ran its statements), so a timed-out
         write is not applied later behind the caller's back; after that its outcome is unknown, and the
-        ``StreamTimeoutError`` says which (``applied``).
+        ``StreamTimeoutError`` says which (``applied``). A batch runs again for withdrawals at most twice
+        (``_WITHDRAWAL_RERUNS``); then its writes count as sent from the start of the next run, so callers that
+        keep giving up cannot keep the others from being served.
         """
         key = item_key(stream_name, group_id, item_id)
         write = _Write(stream_name, group_id, item_id, key, compute)
