@@ -11,17 +11,19 @@ then starts the same Engine object again.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from iii.iii_types import TriggerInfo
 from iii_engine import Engine, EngineConfig, ModuleSpec
-from iii_engine.modules.base import BuiltinFunction, InvocationContext
+from iii_engine.modules.base import BuiltinFunction, EngineModule, InvocationContext
 from iii_engine.modules.cron import module as cron_module
 from iii_engine.modules.cron.module import CronModule
 from iii_engine.modules.pubsub.module import PubSubModule
 from iii_engine.modules.state.module import StateModule
+
+M = TypeVar("M", bound=EngineModule)
 
 pytestmark = [pytest.mark.timeout(20), pytest.mark.our_engine("engine-core test: our max_fired_calls bound")]
 
@@ -40,19 +42,28 @@ async def _restart_keeps_every_slot(engine: Engine) -> None:
     engine.fired_calls.release(engine.fired_calls.limit)
 
 
+def _module(engine: Engine, cls: type[M]) -> M:
+    module = engine.module(cls.name)
+    assert isinstance(module, cls)
+    return module
+
+
+def _recorder(engine: Engine, function_id: str) -> list[Any]:
+    """Register a built-in ``function_id`` that returns ``True``; the list of the data it was called with."""
+    calls: list[Any] = []
+
+    async def record(data: Any, ctx: InvocationContext) -> bool:
+        calls.append(data)
+        return True
+
+    engine.register_function(BuiltinFunction(function_id, record))
+    return calls
+
+
 async def test_pubsub_condition_checks_cancelled_at_stop_before_they_ran_give_their_slots_back() -> None:
-    engine = _engine("modules::pubsub::PubSubModule")
-    await engine.start()
-    try:
-        pubsub = engine.module("pubsub")
-        assert isinstance(pubsub, PubSubModule)
-        checked: list[Any] = []
-
-        async def condition(data: Any, ctx: InvocationContext) -> bool:
-            checked.append(data)
-            return True
-
-        engine.register_function(BuiltinFunction("sub::cond", condition))
+    async with _engine("modules::pubsub::PubSubModule") as engine:
+        pubsub = _module(engine, PubSubModule)
+        checked = _recorder(engine, "sub::cond")
         for n in range(3):
             await pubsub.register(TriggerInfo(id=f"t{n}", trigger_type="subscribe", function_id="sub::f",
                                               config={"topic": "news", "condition_function_id": "sub::cond"}))
@@ -62,22 +73,12 @@ async def test_pubsub_condition_checks_cancelled_at_stop_before_they_ran_give_th
         assert engine.fired_calls.stats()["in_flight"] == 3
         await _restart_keeps_every_slot(engine)
         assert checked == []  # the checks never ran: the case under test
-    finally:
-        await engine.stop()
 
 
 async def test_state_trigger_dispatch_cancelled_at_stop_before_it_ran_gives_every_slot_back() -> None:
-    engine = _engine("modules::state::StateModule")
-    await engine.start()
-    try:
-        state = engine.module("state")
-        assert isinstance(state, StateModule)
-        handled: list[Any] = []
-
-        async def on_change(data: Any, ctx: InvocationContext) -> None:
-            handled.append(data)
-
-        engine.register_function(BuiltinFunction("on::change", on_change))
+    async with _engine("modules::state::StateModule") as engine:
+        state = _module(engine, StateModule)
+        handled = _recorder(engine, "on::change")
         for n in range(4):
             await state.triggers.register(TriggerInfo(id=f"t{n}", trigger_type="state", function_id="on::change",
                                                       config={}))
@@ -85,8 +86,6 @@ async def test_state_trigger_dispatch_cancelled_at_stop_before_it_ran_gives_ever
         assert engine.fired_calls.stats()["in_flight"] == 4  # one task holding the four slots, not yet run
         await _restart_keeps_every_slot(engine)
         assert handled == []  # the dispatch task never ran: the case under test
-    finally:
-        await engine.stop()
 
 
 async def test_a_cron_tick_cancelled_at_stop_before_it_ran_gives_its_slot_back(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -96,11 +95,8 @@ async def test_a_cron_tick_cancelled_at_stop_before_it_ran_gives_its_slot_back(m
         await ticks.get()
 
     monkeypatch.setattr(cron_module, "_sleep_until", next_tick)
-    engine = _engine("modules::cron::CronModule", max_fired_calls=1)
-    await engine.start()
-    try:
-        cron = engine.module("cron")
-        assert isinstance(cron, CronModule)
+    async with _engine("modules::cron::CronModule", max_fired_calls=1) as engine:
+        cron = _module(engine, CronModule)
         await cron.register(TriggerInfo(id="every", trigger_type="cron", function_id="on::tick",
                                         config={"expression": "* * * * * *"}))
         locked: list[str] = []
@@ -118,5 +114,3 @@ async def test_a_cron_tick_cancelled_at_stop_before_it_ran_gives_its_slot_back(m
         assert engine.fired_calls.stats()["in_flight"] == 1
         await _restart_keeps_every_slot(engine)
         assert locked == []  # the tick's task never ran: the case under test
-    finally:
-        await engine.stop()
