@@ -460,7 +460,8 @@ class HeldTasks(dict[asyncio.Task[Any], Held]):
     cancelled before its first step never enters its ``try``, so that ``finally`` never runs; :meth:`close`
     cancels every task and gives back what such ones hold (before, a stop leaked them: a restarted engine had
     that many ``max_fired_calls`` slots fewer, for good). A dict, so the call path adds and removes its tasks by
-    plain item assignment.
+    plain item assignment. Only :meth:`close` may cancel a task that holds something: one cancelled elsewhere
+    before it ran would leave the map (done callback) with what it holds.
 
     Example:
         >>> async def demo() -> int:
