@@ -31,7 +31,7 @@ from iii.protocol.codec import is_uuid
 from iii.protocol.ids import InvocationIds, new_invocation_id
 from iii.wire import loads
 
-from .limits import TOO_MANY_CALLS, FiredCalls, HeldTasks, WorkerCalls
+from .limits import TOO_MANY_CALLS, FiredCalls, HeldTasks, LossLog, WorkerCalls
 from .modules.base import EncodedResult, EngineError, InvocationContext, InvocationObserver, NamedQueues
 from .registry import FunctionEntry, Registry
 from .workers import WorkerConnection, frame_bytes
@@ -129,6 +129,10 @@ class Invocations:
         self.pending: dict[str, Pending] = {}
         # Set by the observability module; None keeps the call path free of any telemetry work.
         self.observer: InvocationObserver | None = None
+        #: results that ended no call (:meth:`_stray_result`)
+        self.stray_results = 0
+        self._unlogged_stray = 0
+        self._stray_log = LossLog(self._log_stray)
         # Every task the engine runs for a call, with what it holds until it ends: a worker's max_calls_per_worker
         # count, a max_fired_calls slot, or nothing. The task gives it back itself when it ends; close() gives back
         # what tasks cancelled before they ever ran hold (their ``finally`` never runs).
@@ -202,8 +206,9 @@ class Invocations:
             return None
         pending = Pending(routed_id, function_id, callee, caller if invocation_id is not None else None,
                           holder=caller)
-        if invocation_id is not None:
-            caller.in_flight.add(invocation_id)
+        # A void call too: the caller's disconnect then stops it, so a caller that leaves and comes back cannot pile
+        # up void calls a silent callee never ends (each new connection's count starts at 0).
+        caller.in_flight.add(routed_id)
         return self._route(pending, data, traceparent, baggage)
 
     @staticmethod
@@ -259,14 +264,31 @@ class Invocations:
         pending = self.pending.get(invocation_id)
         if pending is None:
             sender.in_flight.discard(invocation_id)
-            log.warning("invocationresult %s from worker %s: did not find caller", invocation_id, sender.id)
+            self._stray_result(f"invocationresult {invocation_id} from worker {sender.id}: did not find caller")
             return
         if pending.callee is not sender:
-            log.warning("worker %s sent a result for invocation %s routed to worker %s; ignored (E6)",
-                        sender.id, invocation_id, pending.callee.id)
+            self._stray_result(f"worker {sender.id} sent a result for invocation {invocation_id} routed to worker "
+                               f"{pending.callee.id}; ignored (E6)")
             return
         self._finish(invocation_id, msg.get("result"), msg.get("error"), msg.get("traceparent"), msg.get("baggage"),
                      verbatim)
+
+    def _stray_result(self, what: str) -> None:
+        """A result that ends no call: late (its caller left, it timed out or was stopped) or not the sender's.
+        Logged rate-limited: a worker sending such results by the thousand must not flood the log."""
+        self.stray_results += 1
+        self._unlogged_stray += 1
+        self._stray_log.lost(what)
+
+    def _log_stray(self, latest: str | None) -> bool:
+        if not self._unlogged_stray:
+            return False
+        latest_text = f"; latest: {latest}" if latest is not None else ""
+        log.warning("%d invocation result(s) ended no call since the last warning (late: the caller left, the call "
+                    "timed out or was stopped; or not the sender's to answer); %d in all%s", self._unlogged_stray,
+                    self.stray_results, latest_text)
+        self._unlogged_stray = 0
+        return True
 
     def _finish(self, invocation_id: str, result: Any, error: Any, traceparent: str | None = None,
                 baggage: str | None = None, verbatim: str | None = None) -> None:
@@ -275,8 +297,10 @@ class Invocations:
             return
         if pending.timer is not None:
             pending.timer.cancel()
-        if pending.holder is not None:
-            pending.holder.calls -= 1
+        holder = pending.holder
+        if holder is not None:
+            holder.calls -= 1
+            holder.in_flight.discard(invocation_id)  # a void call's (an answered one's goes with its caller below)
         pending.callee.in_flight.discard(invocation_id)
         if pending.watch is not None and self.observer is not None:
             self.observer.call_finished(pending.watch, error, builtin=False)
@@ -501,4 +525,5 @@ class Invocations:
         """Engine shutdown: stop pending calls and built-in tasks."""
         for invocation_id in list(self.pending):
             self._finish(invocation_id, None, STOPPED)
+        self._stray_log.close()
         await self._tasks.close()

@@ -238,7 +238,8 @@ async def test_the_count_is_back_to_zero_after_calls_end_every_way() -> None:
         assert connection.calls == 2
         await _gone(engine, callee)
         assert connection.calls == 0
-        # caller disconnect: the answered calls it made are stopped (its void calls run on until answered)
+        # caller disconnect: every call it made is stopped, void ones too (else leaving and coming back would pile up
+        # void calls a silent callee never ends, each new connection's count starting at 0)
         callee = await RawWorker.connect(engine.url)
         await callee.register("slow::never")
         await callee.sync()
@@ -247,12 +248,13 @@ async def test_the_count_is_back_to_zero_after_calls_end_every_way() -> None:
             await caller.send(frame)
             await callee.expect("invokefunction")
         assert connection.calls == 3
+        void = next(p.invocation_id for p in engine.invocations.pending.values() if p.caller is None)
         await _gone(engine, caller)
-        assert connection.calls == 1
-        void = next(iter(engine.invocations.pending))
+        assert connection.calls == 0 and not engine.invocations.pending
+        # the callee's late answer to the stopped void call finds nothing and changes nothing
         await callee.send({"type": "invocationresult", "invocation_id": void, "function_id": "slow::never"})
         await callee.sync()
-        assert connection.calls == 0
+        assert connection.calls == 0 and not engine.invocations.pending
         # engine stop: calls pending and built-in calls running
         gate = Gate()
         _slow_builtin(engine, gate)
@@ -372,3 +374,21 @@ async def test_health_reports_the_bounds_degraded_while_they_lose_calls(monkeypa
         assert health["status"] == "healthy"
         assert {name: c["status"] for name, c in health["components"].items()
                 if name in ("fired_calls", "worker_calls")} == {"fired_calls": "healthy", "worker_calls": "healthy"}
+
+
+async def test_a_caller_coming_back_cannot_pile_up_void_calls_a_silent_callee_never_ends() -> None:
+    """Before, a caller's void calls outlived its connection: at the bound, leaving and connecting again let it add
+    another ``max_calls_per_worker`` to the pending table each time (it grew without end)."""
+    async with _engine(limit=5) as engine:
+        callee = await RawWorker.connect(engine.url)
+        await callee.register("slow::never")
+        await callee.sync()
+        for _ in range(4):
+            caller = await RawWorker.connect(engine.url)
+            for _ in range(5):
+                await caller.send(_invoke("slow::never", answered=False, action={"type": "void"}))
+                await callee.expect("invokefunction")
+            assert len(engine.invocations.pending) == 5
+            await _gone(engine, caller)
+            assert not engine.invocations.pending
+        assert engine.workers[callee.worker_id].in_flight == set()
