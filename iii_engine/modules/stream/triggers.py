@@ -103,7 +103,7 @@ class JoinLeaveTriggers(TriggerSet):
         if count:
             fired = self.services.fired_calls
             if fired.try_take(count):
-                self.spawn(self._run_holding(count, payload))
+                self.spawn(self._run_holding(count, payload), count)
             else:
                 fired.skip(f"{self.kind} handlers", count)
 
