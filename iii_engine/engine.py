@@ -48,6 +48,7 @@ from iii_streams.messages import error_line
 
 from .allocator import MemoryReleaser
 from .channels import ChannelRelay
+from .closing import close_within
 from .config import EngineConfig
 from .invocations import Invocations, Started
 from .limits import TRY_AGAIN_LATER, CountLimits, FiredCalls, WorkerCalls
@@ -71,24 +72,10 @@ from .workers import OVERFLOW_CLOSE_CODE, Outbox, WorkerConnection
 
 log = logging.getLogger(__name__)
 
-_UNREAD_CLOSE_TIMEOUT_S = 2.0
-
-
 async def _close_unread(ws: ServerConnection, limit: int) -> None:
-    """Close a peer that stopped reading: the close frame waits behind what it has not read (and the library's
-    close waits for its buffer to drain first), so the whole close gets a deadline, after which the connection is
-    reset and its buffers go with it."""
-    await _close_within(ws, OVERFLOW_CLOSE_CODE, f"outbound queue over {limit} bytes: peer not reading")
-
-
-async def _close_within(ws: ServerConnection, code: int, reason: str) -> None:
-    """Close ``ws`` with ``code``, resetting it if the close handshake is not over within
-    ``_UNREAD_CLOSE_TIMEOUT_S`` (a peer that never answers would otherwise hold it for websockets' 10 s)."""
-    ws.close_timeout = _UNREAD_CLOSE_TIMEOUT_S
-    try:
-        await asyncio.wait_for(ws.close(code, reason), _UNREAD_CLOSE_TIMEOUT_S)
-    except Exception:  # the deadline, or a transport already broken: either way the peer is dropped
-        ws_fastpath.reset(ws)
+    """Close a peer that stopped reading (the close frame waits behind what it has not read): within
+    :data:`~iii_engine.closing.CLOSE_TIMEOUT_S`, then reset."""
+    await close_within(ws, OVERFLOW_CLOSE_CODE, f"outbound queue over {limit} bytes: peer not reading")
 
 
 def _trigger_frame(worker: WorkerConnection, entry: TriggerEntry) -> str:
@@ -397,7 +384,7 @@ class Engine:
             log.warning("refused a worker from %s: %s; closed with %d", remote, refusal, TRY_AGAIN_LATER)
             # refused connections are not counted: each must go quickly, or a flood of peers that never answer
             # the close would pile up past max_workers for the close timeout
-            await _close_within(ws, TRY_AGAIN_LATER, refusal)
+            await close_within(ws, TRY_AGAIN_LATER, refusal)
             return
         limit = self.config.max_outbox_bytes
         closing: list[asyncio.Task[None]] = []

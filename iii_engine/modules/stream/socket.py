@@ -44,6 +44,7 @@ from iii.ws_fastpath import send_server_frame
 from iii_streams import Backend, StreamLagError, Watch
 from iii_streams.events import StreamEvent, now_ms
 
+from ...closing import CLOSE_TIMEOUT_S, close_within
 from ..base import EngineError, EngineServices
 from .api import StreamFunctions
 from .settings import SocketSettings
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 
 _MAX_CLIENT_FRAME = 1024 * 1024
 _SLOW_CLIENT = 1013
+_TOO_SLOW = "too slow: events were queued faster than read; reconnect and join"
 
 _GroupKey = tuple[str, str]
 
@@ -105,8 +107,9 @@ class _Client:
             self.overflowed = True
             log.warning("stream client %s fell %d frames behind; closing it with 1013", self.ws.remote_address,
                         self.queue.maxsize)
+            # A client that stopped reading never takes the close frame: bounded, then reset.
             self.closer = asyncio.get_running_loop().create_task(
-                self.ws.close(_SLOW_CLIENT, "too slow: events were queued faster than read; reconnect and join"))
+                close_within(self.ws, _SLOW_CLIENT, _TOO_SLOW))
 
     async def write(self) -> None:
         while True:
@@ -182,6 +185,8 @@ class StreamSocketServer:
         self._server = await serve(
             self._serve, self.settings.host, self.settings.port, compression=None, max_size=_MAX_CLIENT_FRAME,
             process_request=self._process_request, select_subprotocol=self._select_subprotocol,
+            # the module's stop closes every client (1001): one peer that never answers must not hold it for 10 s
+            close_timeout=CLOSE_TIMEOUT_S,
             logger=logging.getLogger(f"{__name__}.websockets"))
 
     async def close(self) -> None:
@@ -273,7 +278,7 @@ class StreamSocketServer:
         context = self._contexts.pop(ws, None)
         if len(self._clients) >= self.settings.max_clients:  # upgrades that passed the check together
             log.warning("stream client %s refused: %s", ws.remote_address, self._too_many())
-            await ws.close(_SLOW_CLIENT, self._too_many())
+            await close_within(ws, _SLOW_CLIENT, self._too_many())
             return
         client = _Client(ws, context, self.settings.client_queue_size)
         self._clients.add(client)

@@ -10,7 +10,7 @@ import contextlib
 import json
 import random
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -21,19 +21,12 @@ from websockets.exceptions import ConnectionClosed
 from iii_engine import Engine, EngineConfig
 from iii_engine.modules.base import BuiltinFunction, EngineError, InvocationContext
 from iii_engine.workers import WorkerConnection
+from tests.polling import until
 
 from .raw import RawWorker
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.our_engine("engine-core test: our max_calls_per_worker bound")]
 
-
-async def until(condition: Callable[[], bool], seconds: float = 10) -> None:
-    """Wait until ``condition()`` holds (engine-side counters that no frame reports)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while not condition():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 async def _inner_cancelled(data: Any, ctx: InvocationContext) -> Any:

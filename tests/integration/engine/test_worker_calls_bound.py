@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,6 +19,7 @@ import pytest
 from iii_engine import Engine, EngineConfig, ModuleSpec, limits
 from iii_engine.config import ConfigError
 from iii_engine.modules.base import BuiltinFunction, InvocationContext
+from tests.polling import until
 
 from .raw import RawWorker
 from .raw import disconnect as _gone
@@ -69,13 +70,6 @@ def _invoke(function_id: str, *, answered: bool = True, action: dict[str, Any] |
         frame["action"] = action
     return frame
 
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Wait until ``condition()`` holds (engine-side counters that no frame reports)."""
-    deadline = asyncio.get_running_loop().time() + 10
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 async def _fill(engine: Engine, caller: RawWorker, callee: RawWorker) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Subprotocol
 
 from iii_engine import Engine
+from tests.polling import until
 
 from .helpers import Recorder, SocketClient, Worker, engine_config, registered, stream_module, trigger_active
 
@@ -202,3 +203,24 @@ async def test_slow_client_is_closed_with_1013() -> None:
                 await client.recv()
         assert info.value.rcvd is not None and info.value.rcvd.code == 1013
         await worker.close()
+
+
+@pytest.mark.our_engine("configures the stream socket's send limits")
+async def test_a_slow_client_that_never_reads_again_is_dropped_not_held() -> None:
+    """A client that stops reading altogether never takes the 1013 close frame (it waits behind the bytes it did not
+    read): before, the engine's close waited on it for as long as the peer kept the connection open, holding the
+    client and its queue. Now the close has a deadline, after which the connection is reset."""
+    async with Engine(config=engine_config(client_queue_size=4)) as engine:
+        socket = stream_module(engine).socket
+        assert socket is not None
+        worker = await Worker.connect(engine.url)
+        # max_queue=1: the client library stops reading its socket once one message waits unread
+        client = await SocketClient.connect(engine, max_queue=1, max_size=None)
+        await client.join("slow", "s", "g")
+        await until(lambda: len(socket._clients) == 1)
+        blob = "x" * 256 * 1024
+        for n in range(80):  # ~20 MiB: far more than socket buffers plus 4 queued frames
+            await worker.result("stream::set", item(str(n), data=blob))
+        await until(lambda: not socket._clients, within=8.0)  # the close's deadline is 2 s
+        await worker.close()
+        await client.ws.close()

@@ -11,13 +11,14 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from module_worker import ModuleWorker
 
 from iii_engine import Engine, EngineConfig, ModuleSpec
+from tests.polling import until
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.our_engine("our max_fired_calls bound")]
 
@@ -31,14 +32,6 @@ def engine_with(*modules: ModuleSpec, limit: int, wait_ms: int = 10_000) -> Engi
     return Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=list(modules), max_fired_calls=limit,
                                       fire_wait_timeout_ms=wait_ms))
 
-
-async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
-    """Wait until ``condition()`` holds: engine-side counters that no frame reports."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.005)
 
 
 class Slow:
