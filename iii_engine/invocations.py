@@ -453,6 +453,9 @@ class Invocations:
                 self._finish(pending.invocation_id, None, None)
                 raise EngineError("invocation_timeout",
                                   f"Invocation of {function_id} timed out after {timeout_s} s") from None
+            except asyncio.CancelledError:  # nobody waits any more: the call leaves the pending table now
+                self._finish(pending.invocation_id, None, None)
+                raise
         if error is not None:
             raise error_of(error)
         return result
