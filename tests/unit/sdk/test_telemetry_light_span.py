@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,17 +19,6 @@ from iii.trace_scope import TraceScope
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 SAMPLED = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
 NOT_SAMPLED = f"00-{TRACE_ID}-00f067aa0ba902b7-00"
-
-
-@pytest.fixture
-def frames() -> Iterator[list[bytes]]:
-    sink: list[bytes] = []
-    telemetry.shutdown_otel()
-    telemetry.init_otel(OtelConfig(enabled=True, service_name="light", service_instance_id="i1",
-                                   fetch_instrumentation_enabled=False, metrics_enabled=False, logs_enabled=False),
-                        frame_sink=sink.append)
-    yield sink
-    telemetry.shutdown_otel()
 
 
 class _Oops(RuntimeError):

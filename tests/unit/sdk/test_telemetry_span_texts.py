@@ -6,29 +6,17 @@ from __future__ import annotations
 import gc
 import json
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from iii import OtelConfig, light_span, telemetry
+from iii import light_span, telemetry
 from iii.telemetry_exporters import serialize_spans, span_text
 from iii.trace_scope import TraceScope
 
 SAMPLED = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-
-
-@pytest.fixture
-def frames() -> Iterator[list[bytes]]:
-    sink: list[bytes] = []
-    telemetry.shutdown_otel()
-    telemetry.init_otel(OtelConfig(enabled=True, service_name="texts", service_instance_id="i1",
-                                   fetch_instrumentation_enabled=False, metrics_enabled=False, logs_enabled=False),
-                        frame_sink=sink.append)
-    yield sink
-    telemetry.shutdown_otel()
 
 
 def _batch() -> Any:
