@@ -6,6 +6,8 @@ Stream module keys (unknown keys refused, as production does):
   ``auth_function`` (a function id), ``adapter {class, config}`` (see :mod:`iii_engine.modules.stream.store`);
 - ours: ``store_url`` (any ``iii_streams`` URL, wins over ``adapter``), ``auth_reject`` (ST5, default false),
   ``client_queue_size`` (frames a client may fall behind before it is closed with 1013; default 1024),
+  ``slow_close_timeout_ms`` (how long that close may wait for a client that stopped reading to take the close
+  frame before the connection is reset; default 10,000),
   ``max_clients`` (connected socket clients, default 10,000; one more gets HTTP 503 naming the setting),
   ``custom_stream_fallback`` (default false: a stream a worker served through ``create_stream`` fails with
   ``stream_unavailable`` while no worker serves it; true: production's silent fall back to the engine's store),
@@ -102,6 +104,9 @@ class SocketSettings(Settings):
     auth_function: str | None = None
     auth_reject: bool = False
     client_queue_size: int = Field(1024, ge=1)
+    #: ours: a slow client's 1013 close waits this long for it to read up to the close frame, then resets it (a
+    #: client that resumes reading within it still learns why it was closed; one that never does is not held)
+    slow_close_timeout_ms: int = Field(10_000, ge=1)
     #: ours: joins past this many live subscriptions on one socket are refused with an ``error`` event
     max_subscriptions_per_client: int = Field(1000, ge=1)
     #: ours: connected clients; one more is refused (HTTP 503 at the upgrade, or closed with 1013 once upgraded)

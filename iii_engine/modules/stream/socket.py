@@ -83,8 +83,9 @@ class Subscription:
 class _Client:
     """One socket: its auth context, subscriptions and bounded outbound queue."""
 
-    def __init__(self, ws: ServerConnection, context: Any, queue_size: int) -> None:
+    def __init__(self, ws: ServerConnection, context: Any, queue_size: int, close_timeout_s: float) -> None:
         self.ws = ws
+        self.close_timeout_s = close_timeout_s
         self.context = context
         self.subscriptions: dict[str, Subscription] = {}
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(queue_size)
@@ -109,7 +110,7 @@ class _Client:
                         self.queue.maxsize)
             # A client that stopped reading never takes the close frame: bounded, then reset.
             self.closer = asyncio.get_running_loop().create_task(
-                close_within(self.ws, _SLOW_CLIENT, _TOO_SLOW))
+                close_within(self.ws, _SLOW_CLIENT, _TOO_SLOW, self.close_timeout_s))
 
     async def write(self) -> None:
         while True:
@@ -280,7 +281,7 @@ class StreamSocketServer:
             log.warning("stream client %s refused: %s", ws.remote_address, self._too_many())
             await close_within(ws, _SLOW_CLIENT, self._too_many())
             return
-        client = _Client(ws, context, self.settings.client_queue_size)
+        client = _Client(ws, context, self.settings.client_queue_size, self.settings.slow_close_timeout_ms / 1000)
         self._clients.add(client)
         writer = asyncio.get_running_loop().create_task(client.write())
         try:

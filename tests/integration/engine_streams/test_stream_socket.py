@@ -209,8 +209,9 @@ async def test_slow_client_is_closed_with_1013() -> None:
 async def test_a_slow_client_that_never_reads_again_is_dropped_not_held() -> None:
     """A client that stops reading altogether never takes the 1013 close frame (it waits behind the bytes it did not
     read): before, the engine's close waited on it for as long as the peer kept the connection open, holding the
-    client and its queue. Now the close has a deadline, after which the connection is reset."""
-    async with Engine(config=engine_config(client_queue_size=4)) as engine:
+    client and its queue. Now the close has a deadline (``slow_close_timeout_ms``), after which the connection is
+    reset."""
+    async with Engine(config=engine_config(client_queue_size=4, slow_close_timeout_ms=200)) as engine:
         socket = stream_module(engine).socket
         assert socket is not None
         worker = await Worker.connect(engine.url)
@@ -221,6 +222,6 @@ async def test_a_slow_client_that_never_reads_again_is_dropped_not_held() -> Non
         blob = "x" * 256 * 1024
         for n in range(80):  # ~20 MiB: far more than socket buffers plus 4 queued frames
             await worker.result("stream::set", item(str(n), data=blob))
-        await until(lambda: not socket._clients, within=8.0)  # the close's deadline is 2 s
+        await until(lambda: not socket._clients, within=8.0)  # the close's deadline is 0.2 s
         await worker.close()
         await client.ws.close()
