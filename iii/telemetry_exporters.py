@@ -304,11 +304,20 @@ def _json_name(name: Any) -> str:
 _EMPTY_STRING: Final = '""'
 
 
-def _span_text(span: Any) -> str:
-    """``dumps(_span_json(span))``, written directly (issue 10: building the dicts cost more CPU than the rest of
+def span_text(span: Any) -> str:
+    """One span's OTLP-JSON text, as :func:`serialize_spans` writes it into a batch: ``dumps(_span_json(span))``,
+    written directly (issue 10: building the dicts cost more CPU than the rest of
     a handler span's life). Keys, their order and the compact separators are what dumps writes for the dict; every
     string that needs escaping (name, status message) and every non-empty list goes through dumps itself, so the
-    text is the same byte for byte and the same values fail the same way."""
+    text is the same byte for byte and the same values fail the same way.
+
+    Example:
+        >>> from opentelemetry.sdk.trace import TracerProvider
+        >>> span = TracerProvider().get_tracer("t").start_span("job")
+        >>> span.end()
+        >>> span_text(span).startswith('{"traceId":"')
+        True
+    """
     status = span.status
     attributes = span.attributes
     events = span.events
@@ -380,7 +389,7 @@ _PIECES_MAX: Final = 256
 
 
 def _remember_pieces(name: Any, kind: Any, status: Any) -> None:
-    """Cache the pieces :func:`_span_text` reuses for spans of ``name``, ``kind`` and ``status`` (those it can)."""
+    """Cache the pieces :func:`span_text` reuses for spans of ``name``, ``kind`` and ``status`` (those it can)."""
     if type(name) is str and len(name) <= _NAME_CACHED_LEN:
         if len(_heads) >= _PIECES_MAX:
             _heads.clear()
@@ -390,19 +399,6 @@ def _remember_pieces(name: Any, kind: Any, status: Any) -> None:
             _tails.clear()
         _tails[id(status)] = (status, f'"attributes":[],"events":[],"links":[],"status":{{"code":'
                                       f'{_enum_value(status.status_code)},"message":{_EMPTY_STRING}}}')
-
-
-def span_text(span: Any) -> str:
-    """One span's OTLP-JSON text, exactly as :func:`serialize_spans` writes it into a batch.
-
-    Example:
-        >>> from opentelemetry.sdk.trace import TracerProvider
-        >>> span = TracerProvider().get_tracer("t").start_span("job")
-        >>> span.end()
-        >>> span_text(span).startswith('{"traceId":"')
-        True
-    """
-    return _span_text(span)
 
 
 def _source_of(span: Any, texts: tuple[Any, Any] | None) -> tuple[Any, Any]:
@@ -444,7 +440,7 @@ def serialize_spans(spans: Sequence[Any], texts: tuple[Any, Any] | None = None) 
     for resource, scopes in groups:
         scope_spans = ",".join(
             f'{{"scope":{dumps(_scope_json(scope))},"spans":['
-            f'{",".join([span if type(span) is str else _span_text(span) for span in members])}]}}'
+            f'{",".join([span if type(span) is str else span_text(span) for span in members])}]}}'
             for scope, members in scopes
         )
         attributes = dumps(_key_values(resource.attributes if resource else None))

@@ -1,4 +1,4 @@
-"""Issue 10, the callee's per-call telemetry: the cached middle pieces of a span's text (``_span_text``), one group
+"""Issue 10, the callee's per-call telemetry: the cached middle pieces of a span's text (``span_text``), one group
 for a batch from one resource and scope (``serialize_spans``), ``trace_headers`` on the empty context, and the
 handler span's status set in place (``TraceScope.start``) change no byte and no header."""
 
