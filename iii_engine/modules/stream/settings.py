@@ -96,6 +96,10 @@ class StateSettings(StoreSettings):
     label: ClassVar[str] = "state settings"
 
 
+DEFAULT_SLOW_CLOSE_TIMEOUT_MS = 10_000
+"""How long a slow stream client's 1013 close waits for it by default (``slow_close_timeout_ms``)."""
+
+
 class SocketSettings(Settings):
     """Listener settings of the client stream socket."""
 
@@ -106,7 +110,7 @@ class SocketSettings(Settings):
     client_queue_size: int = Field(1024, ge=1)
     #: ours: a slow client's 1013 close waits this long for it to read up to the close frame, then resets it (a
     #: client that resumes reading within it still learns why it was closed; one that never does is not held)
-    slow_close_timeout_ms: int = Field(10_000, ge=1)
+    slow_close_timeout_ms: int = Field(DEFAULT_SLOW_CLOSE_TIMEOUT_MS, ge=1)
     #: ours: joins past this many live subscriptions on one socket are refused with an ``error`` event
     max_subscriptions_per_client: int = Field(1000, ge=1)
     #: ours: connected clients; one more is refused (HTTP 503 at the upgrade, or closed with 1013 once upgraded)

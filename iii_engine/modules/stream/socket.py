@@ -47,7 +47,7 @@ from iii_streams.events import StreamEvent, now_ms
 from ...closing import CLOSE_TIMEOUT_S, close_within
 from ..base import EngineError, EngineServices
 from .api import StreamFunctions
-from .settings import SocketSettings
+from .settings import DEFAULT_SLOW_CLOSE_TIMEOUT_MS, SocketSettings
 from .triggers import JoinLeaveTriggers
 
 __all__ = ["StreamSocketServer", "Subscription"]
@@ -83,7 +83,8 @@ class Subscription:
 class _Client:
     """One socket: its auth context, subscriptions and bounded outbound queue."""
 
-    def __init__(self, ws: ServerConnection, context: Any, queue_size: int, close_timeout_s: float) -> None:
+    def __init__(self, ws: ServerConnection, context: Any, queue_size: int,
+                 close_timeout_s: float = DEFAULT_SLOW_CLOSE_TIMEOUT_MS / 1000) -> None:
         self.ws = ws
         self.close_timeout_s = close_timeout_s
         self.context = context
