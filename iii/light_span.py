@@ -470,10 +470,19 @@ class LightSpan(trace.Span):
 
     def end(self, end_time: int | None = None) -> None:
         """End the span and hand it to the span processor (a warning if it already ended)."""
+        # The clock is read before the check: a thread switch can come in that call, but not between the check and
+        # the store below (plain attribute reads and writes), so a span ended from two threads at once is handed
+        # over once (the SDK's span takes a lock for this).
+        now = end_time if end_time is not None else _time_ns()
         if self.end_time is not None:
             log.warning("Calling end() on an ended span.")
             return
-        self.end_time = end_time if end_time is not None else _time_ns()
+        self.end_time = now
+        attributes = self._attributes
+        if attributes is not None:
+            # As the SDK's span: what ended is what is exported (its text is written now), so a later write to the
+            # mapping fails instead of being lost unseen.
+            attributes._immutable = True
         on_end = self._on_end
         if on_end is not None:
             on_end(self)
