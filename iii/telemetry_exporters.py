@@ -585,6 +585,7 @@ class EngineSpanExporter:
         self._connection = connection
         self._texts: tuple[Any, Any] | None = None  # (resource, scope) of the spans handed over as text
         self._texts_lock = threading.Lock()
+        self.unwritable = 0  # spans dropped from their batch's frame: no OTLP-JSON text could be written for them
 
     def take_texts(self, resource: Any, scope: Any) -> bool:
         """Whether spans of ``resource`` and ``scope`` may be handed to :meth:`export` as their :func:`span_text`
@@ -609,11 +610,37 @@ class EngineSpanExporter:
         from opentelemetry.sdk.trace.export import SpanExportResult
 
         try:
-            self._connection.send_threadsafe(PREFIX_SPANS, serialize_spans(spans, self._texts))
+            payload: bytes | None
+            try:
+                payload = serialize_spans(spans, self._texts)
+            except (TypeError, ValueError, OverflowError):  # UnicodeEncodeError is a ValueError (a lone surrogate)
+                payload = self._without_unwritable(spans)
+                if payload is None:
+                    return SpanExportResult.FAILURE
+            self._connection.send_threadsafe(PREFIX_SPANS, payload)
         except Exception:
             log.exception("span export failed")
             return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
+
+    def _without_unwritable(self, spans: Sequence[Any]) -> bytes | None:
+        """The batch's frame without the spans that have no OTLP-JSON text (a NaN attribute, a lone surrogate, a
+        name that is no string), each counted in :attr:`unwritable` and logged; ``None`` when no span is left.
+        Why: one such span used to take the whole batch (up to 512 other calls' spans) down with it."""
+        texts = self._texts
+        kept: list[Any] = []
+        first: Exception | None = None
+        for span in spans:
+            try:
+                serialize_spans([span], texts)
+            except (TypeError, ValueError, OverflowError) as exc:
+                first = first or exc
+                self.unwritable += 1
+                continue
+            kept.append(span)
+        log.error("span export failed for %d of %d span(s), dropped: no OTLP-JSON text for them (%d so far): %r",
+                  len(spans) - len(kept), len(spans), self.unwritable, first)
+        return serialize_spans(kept, texts) if kept else None
 
     def shutdown(self) -> None:
         """Nothing to release: the sink belongs to the client."""

@@ -1,0 +1,56 @@
+"""Attack A-T: a span no OTLP-JSON text can be written for (a NaN attribute, a lone surrogate, a name that is no
+string) is dropped from its batch's frame alone, counted and logged; the other spans of the batch are sent."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+
+from iii import telemetry
+from iii.trace_scope import TraceScope
+
+
+async def _plain() -> None:
+    return None
+
+
+async def _nan() -> None:
+    trace.get_current_span().set_attribute("ratio", float("nan"))
+
+
+async def _surrogate() -> None:
+    trace.get_current_span().set_attribute("text", "\ud800")
+
+
+async def _object_name() -> None:
+    trace.get_current_span().update_name(object())  # type: ignore[arg-type]
+
+
+async def _sdk_span_with_nan() -> None:
+    with telemetry.get_tracer().start_as_current_span("inner") as inner:
+        inner.set_attribute("ratio", float("inf"))
+
+
+def _names(frames: list[bytes]) -> list[str]:
+    return [span["name"] for frame in frames if frame.startswith(b"OTLP")
+            for rs in json.loads(frame[4:])["resourceSpans"] for ss in rs["scopeSpans"] for span in ss["spans"]]
+
+
+async def test_one_unwritable_span_does_not_take_its_batch_down(frames: list[bytes],
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    scope = TraceScope(telemetry)
+    calls: list[tuple[str, Any]] = [("call a", _plain), ("call nan", _nan), ("call b", _plain),
+                                    ("call sur", _surrogate), ("call obj", _object_name), ("call c", _plain),
+                                    ("call sdk", _sdk_span_with_nan)]
+    for name, call in calls:
+        await scope.run(name, call, None, None)
+    with caplog.at_level(logging.ERROR, logger="iii.telemetry_exporters"):
+        assert telemetry.force_flush()
+    assert sorted(_names(frames)) == ["call a", "call b", "call c", "call sdk"]
+    exporter = telemetry.runtime().tracer_provider.own_processor._batch_processor._exporter
+    assert exporter.unwritable == 4  # nan, surrogate, object name, the SDK span's inf
+    assert "span(s), dropped: no OTLP-JSON text" in caplog.text  # (the batch timer may have split the spans)
