@@ -215,12 +215,22 @@ def _text_emit(batch: Any, exporter: EngineSpanExporter, emit: Callable[[Any], N
         item = span
         if batch._exporter is exporter:
             try:
-                item = span_text(span)
-            except Exception:  # the span itself goes: the exporter fails on it as before (and logs it)
-                item = span
+                text = span_text(span)
+            except Exception:  # the span itself goes: the exporter drops it alone (and logs it)
+                pass
+            else:
+                if len(text) <= _TEXT_QUEUED_MAX:
+                    item = text
         emit(item)
 
     return emit_text
+
+
+# A longer text waits as its span instead: a text copies the span's strings, escaped (up to 6 characters for one) and
+# at the widest character's width, while the span shares them (a 100 kB string set on every span was held once by
+# the queue's spans, once per span as texts). Handler spans' texts are well under 1 kB; this bounds what one queued
+# text holds beyond the span's own strings.
+_TEXT_QUEUED_MAX: Final = 16_384
 
 
 def _child_flags(sampled: bool, random_trace_id: bool) -> TraceFlags:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
+import tracemalloc
 from typing import Any
 
 import pytest
 from opentelemetry import trace
 
 from iii import telemetry
+from iii.telemetry_exporters import serialize_spans
 from iii.trace_scope import TraceScope
 
 
@@ -54,3 +56,35 @@ async def test_one_unwritable_span_does_not_take_its_batch_down(frames: list[byt
     exporter = telemetry.runtime().tracer_provider.own_processor._batch_processor._exporter
     assert exporter.unwritable == 4  # nan, surrogate, object name, the SDK span's inf
     assert "span(s), dropped: no OTLP-JSON text" in caplog.text  # (the batch timer may have split the spans)
+
+
+async def test_a_long_span_text_waits_as_its_span_and_is_sent_the_same(frames: list[bytes]) -> None:
+    shared = "\x01" * 100_000  # one string on every span; 6 characters each in JSON
+    ended: list[Any] = []
+
+    async def big() -> None:
+        span = trace.get_current_span()
+        span.set_attribute("payload", shared)
+        ended.append(span)
+
+    batch = telemetry.runtime().tracer_provider.own_processor._batch_processor
+    scope = TraceScope(telemetry)
+    await scope.run("call warm", _plain, None, None)
+    telemetry.force_flush()
+    frames.clear()
+    with batch._export_lock:  # nothing leaves the queue while it is measured
+        tracemalloc.start()
+        try:
+            for _ in range(20):
+                await scope.run("call big", big, None, None)
+            held = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
+        assert held < 20 * 100_000  # as texts: 20 x 600 kB
+    telemetry.force_flush()
+    start = 0
+    for body in [frame[4:] for frame in frames if frame.startswith(b"OTLP")]:  # the batch timer may split them
+        count = len(json.loads(body)["resourceSpans"][0]["scopeSpans"][0]["spans"])
+        assert body == serialize_spans(ended[start:start + count])
+        start += count
+    assert start == 20
