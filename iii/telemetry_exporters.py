@@ -581,11 +581,16 @@ class EngineSpanExporter:
         [b'OTLP{"resourceSpans":[]}']
     """
 
+    #: Largest frame sent (prefix included). The engine closes a worker's connection (1009) on a message over its
+    #: ``max_message_size`` (4 MiB by default): one batch of big spans would cost the worker every call in flight.
+    max_frame_bytes: int = 4 * 1024 * 1024
+
     def __init__(self, connection: SharedEngineConnection) -> None:
         self._connection = connection
         self._texts: tuple[Any, Any] | None = None  # (resource, scope) of the spans handed over as text
         self._texts_lock = threading.Lock()
         self.unwritable = 0  # spans dropped from their batch's frame: no OTLP-JSON text could be written for them
+        self.oversized = 0  # spans dropped: one alone made a frame over max_frame_bytes
 
     def take_texts(self, resource: Any, scope: Any) -> bool:
         """Whether spans of ``resource`` and ``scope`` may be handed to :meth:`export` as their :func:`span_text`
@@ -606,27 +611,29 @@ class EngineSpanExporter:
             return self._texts[0] is resource and self._texts[1] is scope
 
     def export(self, spans: Sequence[Any]) -> Any:
-        """Send one frame for the batch; ``SpanExportResult``."""
+        """Send the batch in one frame, or in several when one would be over :attr:`max_frame_bytes`;
+        ``SpanExportResult`` (``FAILURE`` when a span was dropped)."""
         from opentelemetry.sdk.trace.export import SpanExportResult
 
         try:
-            payload: bytes | None
+            items = spans
             try:
-                payload = serialize_spans(spans, self._texts)
+                payload = serialize_spans(items, self._texts)
             except (TypeError, ValueError, OverflowError):  # UnicodeEncodeError is a ValueError (a lone surrogate)
-                payload = self._without_unwritable(spans)
-                if payload is None:
+                items = self._writable(spans)
+                if not items:
                     return SpanExportResult.FAILURE
-            self._connection.send_threadsafe(PREFIX_SPANS, payload)
+                payload = serialize_spans(items, self._texts)
+            if self._send(items, payload) and items is spans:
+                return SpanExportResult.SUCCESS
         except Exception:
             log.exception("span export failed")
-            return SpanExportResult.FAILURE
-        return SpanExportResult.SUCCESS
+        return SpanExportResult.FAILURE
 
-    def _without_unwritable(self, spans: Sequence[Any]) -> bytes | None:
-        """The batch's frame without the spans that have no OTLP-JSON text (a NaN attribute, a lone surrogate, a
-        name that is no string), each counted in :attr:`unwritable` and logged; ``None`` when no span is left.
-        Why: one such span used to take the whole batch (up to 512 other calls' spans) down with it."""
+    def _writable(self, spans: Sequence[Any]) -> list[Any]:
+        """The batch without the spans that have no OTLP-JSON text (a NaN attribute, a lone surrogate, a name that
+        is no string), each counted in :attr:`unwritable` and logged. Why: one such span used to take the whole
+        batch (up to 512 other calls' spans) down with it."""
         texts = self._texts
         kept: list[Any] = []
         first: Exception | None = None
@@ -640,7 +647,23 @@ class EngineSpanExporter:
             kept.append(span)
         log.error("span export failed for %d of %d span(s), dropped: no OTLP-JSON text for them (%d so far): %r",
                   len(spans) - len(kept), len(spans), self.unwritable, first)
-        return serialize_spans(kept, texts) if kept else None
+        return kept
+
+    def _send(self, spans: Sequence[Any], payload: bytes) -> bool:
+        """Send ``payload`` (the frame body of ``spans``), split in halves while over :attr:`max_frame_bytes`; a
+        span over it on its own is dropped, counted in :attr:`oversized` and logged. ``False`` if one was."""
+        if len(PREFIX_SPANS) + len(payload) <= self.max_frame_bytes:
+            self._connection.send_threadsafe(PREFIX_SPANS, payload)
+            return True
+        if len(spans) == 1:
+            self.oversized += 1
+            log.error("span export failed for a span of %d bytes, dropped: over max_frame_bytes (%d; %d so far)",
+                      len(payload), self.max_frame_bytes, self.oversized)
+            return False
+        half = len(spans) // 2
+        first, second = spans[:half], spans[half:]
+        sent = self._send(first, serialize_spans(first, self._texts))
+        return self._send(second, serialize_spans(second, self._texts)) and sent
 
     def shutdown(self) -> None:
         """Nothing to release: the sink belongs to the client."""

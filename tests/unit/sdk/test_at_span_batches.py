@@ -88,3 +88,26 @@ async def test_a_long_span_text_waits_as_its_span_and_is_sent_the_same(frames: l
         assert body == serialize_spans(ended[start:start + count])
         start += count
     assert start == 20
+
+
+async def test_a_batch_over_the_frame_limit_is_split_and_a_span_over_it_dropped(
+        frames: list[bytes], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    exporter = telemetry.runtime().tracer_provider.own_processor._batch_processor._exporter
+    monkeypatch.setattr(exporter, "max_frame_bytes", 4000)
+
+    def sized(n: int) -> Any:
+        async def handler() -> None:
+            trace.get_current_span().set_attribute("payload", "p" * n)
+        return handler
+
+    scope = TraceScope(telemetry)
+    sizes = [10, 900, 5000, 1500, 10, 10, 2500, 700, 10]  # 5000: alone over the limit
+    for i, size in enumerate(sizes):
+        await scope.run(f"call {i}", sized(size), None, None)
+    with caplog.at_level(logging.ERROR, logger="iii.telemetry_exporters"):
+        assert telemetry.force_flush()
+    bodies = [frame for frame in frames if frame.startswith(b"OTLP")]
+    assert all(len(frame) <= 4000 for frame in bodies)
+    assert _names(frames) == [f"call {i}" for i, size in enumerate(sizes) if size != 5000]
+    assert exporter.oversized == 1
+    assert "over max_frame_bytes" in caplog.text
