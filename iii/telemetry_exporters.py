@@ -32,6 +32,7 @@ from typing import Any, Final
 from .wire import dumps
 
 __all__ = [
+    "MAX_FRAME_BYTES",
     "PREFIX_LOGS",
     "PREFIX_METRICS",
     "PREFIX_SPANS",
@@ -569,6 +570,29 @@ def serialize_metrics(metrics_data: Any) -> bytes:
 
 # ---------------------------------------------------------------------------------------------- exporters
 
+#: Largest telemetry frame sent (prefix included). The engine closes a worker's connection (1009) on a message over
+#: its ``max_message_size`` (4 MiB by default): one frame of big spans or log records would cost the worker every
+#: call in flight.
+MAX_FRAME_BYTES: Final = 4 * 1024 * 1024
+
+
+def _send_split(connection: SharedEngineConnection, prefix: bytes, items: Sequence[Any], payload: bytes,
+                serialize: Callable[[Sequence[Any]], bytes], limit: int, what: str) -> int:
+    """Send ``payload`` (``serialize(items)``), split in halves while ``prefix`` and it are over ``limit`` bytes;
+    an item over it on its own is dropped and logged. Returns how many were dropped."""
+    if len(prefix) + len(payload) <= limit:
+        connection.send_threadsafe(prefix, payload)
+        return 0
+    if len(items) == 1:
+        log.error("%s export failed for one of %d bytes, dropped: over the %d-byte frame limit",
+                  what, len(payload), limit)
+        return 1
+    half = len(items) // 2
+    first, second = items[:half], items[half:]
+    dropped = _send_split(connection, prefix, first, serialize(first), serialize, limit, what)
+    return dropped + _send_split(connection, prefix, second, serialize(second), serialize, limit, what)
+
+
 
 class EngineSpanExporter:
     """Span exporter writing ``OTLP`` frames to a :class:`SharedEngineConnection`.
@@ -581,9 +605,8 @@ class EngineSpanExporter:
         [b'OTLP{"resourceSpans":[]}']
     """
 
-    #: Largest frame sent (prefix included). The engine closes a worker's connection (1009) on a message over its
-    #: ``max_message_size`` (4 MiB by default): one batch of big spans would cost the worker every call in flight.
-    max_frame_bytes: int = 4 * 1024 * 1024
+    #: Largest frame sent (prefix included): see :data:`MAX_FRAME_BYTES`.
+    max_frame_bytes: int = MAX_FRAME_BYTES
 
     def __init__(self, connection: SharedEngineConnection) -> None:
         self._connection = connection
@@ -650,20 +673,12 @@ class EngineSpanExporter:
         return kept
 
     def _send(self, spans: Sequence[Any], payload: bytes) -> bool:
-        """Send ``payload`` (the frame body of ``spans``), split in halves while over :attr:`max_frame_bytes`; a
-        span over it on its own is dropped, counted in :attr:`oversized` and logged. ``False`` if one was."""
-        if len(PREFIX_SPANS) + len(payload) <= self.max_frame_bytes:
-            self._connection.send_threadsafe(PREFIX_SPANS, payload)
-            return True
-        if len(spans) == 1:
-            self.oversized += 1
-            log.error("span export failed for a span of %d bytes, dropped: over max_frame_bytes (%d; %d so far)",
-                      len(payload), self.max_frame_bytes, self.oversized)
-            return False
-        half = len(spans) // 2
-        first, second = spans[:half], spans[half:]
-        sent = self._send(first, serialize_spans(first, self._texts))
-        return self._send(second, serialize_spans(second, self._texts)) and sent
+        """Send ``payload`` (the frame body of ``spans``) in frames of at most :attr:`max_frame_bytes`; a span over
+        it alone is dropped (counted in :attr:`oversized`). ``False`` if one was."""
+        dropped = _send_split(self._connection, PREFIX_SPANS, spans, payload,
+                              lambda part: serialize_spans(part, self._texts), self.max_frame_bytes, "span")
+        self.oversized += dropped
+        return not dropped
 
     def shutdown(self) -> None:
         """Nothing to release: the sink belongs to the client."""
@@ -682,19 +697,26 @@ class EngineLogExporter:
         'SUCCESS'
     """
 
+    #: Largest frame sent (prefix included): see :data:`MAX_FRAME_BYTES`.
+    max_frame_bytes: int = MAX_FRAME_BYTES
+
     def __init__(self, connection: SharedEngineConnection) -> None:
         self._connection = connection
+        self.oversized = 0  # log records dropped: one alone made a frame over max_frame_bytes
 
     def export(self, batch: Sequence[Any]) -> Any:
-        """Send one frame for the batch; ``LogExportResult``."""
+        """Send the batch in one frame, or in several when one would be over :attr:`max_frame_bytes` (a record
+        over it alone is dropped, counted in :attr:`oversized`); ``LogExportResult``."""
         from opentelemetry.sdk._logs.export import LogExportResult
 
         try:
-            self._connection.send_threadsafe(PREFIX_LOGS, serialize_logs(batch))
+            dropped = _send_split(self._connection, PREFIX_LOGS, batch, serialize_logs(batch), serialize_logs,
+                                  self.max_frame_bytes, "log record")
         except Exception:
             log.exception("log export failed")
             return LogExportResult.FAILURE
-        return LogExportResult.SUCCESS
+        self.oversized += dropped
+        return LogExportResult.FAILURE if dropped else LogExportResult.SUCCESS
 
     def shutdown(self) -> None:
         """Nothing to release: the sink belongs to the client."""

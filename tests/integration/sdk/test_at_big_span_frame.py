@@ -11,6 +11,7 @@ import pytest
 from opentelemetry import trace
 
 from iii import OtelConfig, telemetry
+from iii.logger import Logger
 
 from .conftest import MakeWorker, RealEngineThread, workers_of
 
@@ -47,3 +48,25 @@ def test_big_span_batches_leave_the_worker_connected(make_worker: MakeWorker) ->
     for _ in range(3):
         assert caller.trigger({"function_id": "t::echo", "payload": {"n": 1}}) == 1
     assert exporter.oversized == 1
+
+
+def test_a_log_record_over_the_frame_limit_leaves_the_worker_connected(make_worker: MakeWorker) -> None:
+    logs_on = OtelConfig(enabled=True, service_name="big-log", fetch_instrumentation_enabled=False,
+                         metrics_enabled=False, logs_enabled=True)
+    callee = make_worker("callee", otel=logs_on)
+    caller = make_worker("caller", otel=logs_on)
+    exporter = telemetry.runtime().log_provider._multi_log_record_processor._log_record_processors[0]
+    logger = Logger()
+
+    async def echo(data: Any) -> Any:
+        logger.info("payload", {"blob": "x" * data["n"]})
+        return data["n"]
+
+    callee.register_function("t::echo", echo)
+    callee.list_functions()
+    assert caller.trigger({"function_id": "t::echo", "payload": {"n": 5_000_000}}) == 5_000_000
+    assert telemetry.force_flush()
+    for _ in range(3):
+        assert caller.trigger({"function_id": "t::echo", "payload": {"n": 1}}) == 1
+    assert telemetry.force_flush()
+    assert exporter._batch_processor._exporter.oversized == 1

@@ -110,4 +110,4 @@ async def test_a_batch_over_the_frame_limit_is_split_and_a_span_over_it_dropped(
     assert all(len(frame) <= 4000 for frame in bodies)
     assert _names(frames) == [f"call {i}" for i, size in enumerate(sizes) if size != 5000]
     assert exporter.oversized == 1
-    assert "over max_frame_bytes" in caplog.text
+    assert "over the 4000-byte frame limit" in caplog.text
