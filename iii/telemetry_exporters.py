@@ -58,7 +58,7 @@ class SharedEngineConnection:
 
     The name is the reference SDK's (there it owned a second WebSocket); here it is a thin object over the
     sink. ``send_threadsafe`` may be called from any thread. Before a sink is attached, up to ``MAX_QUEUE``
-    frames are kept (oldest dropped) and delivered on :meth:`attach`.
+    frames of at most ``MAX_QUEUE_BYTES`` in all are kept (oldest dropped) and delivered on :meth:`attach`.
 
     Example:
         >>> connection = SharedEngineConnection()
@@ -70,6 +70,8 @@ class SharedEngineConnection:
     """
 
     MAX_QUEUE: int = 1000
+    #: A frame may be up to MAX_FRAME_BYTES: 1000 of them would be 4 GiB.
+    MAX_QUEUE_BYTES: int = 16 * 1024 * 1024
 
     def __init__(self, sink: FrameSink | str | None = None) -> None:
         # A string is the reference's engine URL; we never open a socket for it, so it only leaves frames
@@ -77,7 +79,8 @@ class SharedEngineConnection:
         self.url = sink if isinstance(sink, str) else None
         self._sink: FrameSink | None = None if isinstance(sink, str) else sink
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._buffer: deque[bytes] = deque(maxlen=self.MAX_QUEUE)
+        self._buffer: deque[bytes] = deque()  # bounded by _keep
+        self._buffered_bytes = 0
         self._lock = threading.Lock()
         self._dropped = 0
         self._started = False
@@ -111,12 +114,24 @@ class SharedEngineConnection:
         frame = prefix + payload
         with self._lock:
             if self._sink is None:
-                if len(self._buffer) == self._buffer.maxlen:
-                    self._dropped += 1
-                    log.warning("telemetry buffer full (%d frames): dropping the oldest frame", self.MAX_QUEUE)
-                self._buffer.append(frame)
+                self._keep([frame])
                 return
         self._deliver([frame])
+
+    def _keep(self, frames: list[bytes]) -> None:
+        """Buffer ``frames`` (the lock held), dropping the oldest past ``MAX_QUEUE`` frames or ``MAX_QUEUE_BYTES``."""
+        buffer = self._buffer
+        for frame in frames:
+            buffer.append(frame)
+            self._buffered_bytes += len(frame)
+        dropped = 0
+        while len(buffer) > self.MAX_QUEUE or self._buffered_bytes > self.MAX_QUEUE_BYTES:
+            self._buffered_bytes -= len(buffer.popleft())
+            dropped += 1
+        if dropped:
+            self._dropped += dropped
+            log.warning("telemetry buffer full (%d frames, %d bytes): dropped the %d oldest frame(s)",
+                        self.MAX_QUEUE, self.MAX_QUEUE_BYTES, dropped)
 
     async def shutdown(self) -> None:
         """Detach the sink; later frames are buffered (and eventually dropped)."""
@@ -128,6 +143,7 @@ class SharedEngineConnection:
                 return
             frames = list(self._buffer)
             self._buffer.clear()
+            self._buffered_bytes = 0
         self._deliver(frames)
 
     def _deliver(self, frames: list[bytes]) -> None:
@@ -144,7 +160,7 @@ class SharedEngineConnection:
         sink = self._sink
         if sink is None:
             with self._lock:
-                self._buffer.extend(frames)
+                self._keep(frames)
             return
         for frame in frames:
             try:
