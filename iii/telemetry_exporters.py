@@ -549,9 +549,8 @@ def _temporality(data: Any) -> int:
     return int(getattr(temporality, "value", temporality))
 
 
-def _metric_json(metric: Any) -> dict[str, Any]:
+def _metric_json(metric: Any, points: list[dict[str, Any]]) -> dict[str, Any]:
     data = metric.data
-    points = [_point_json(point) for point in data.data_points]
     out: dict[str, Any] = {"name": metric.name, "description": metric.description or "", "unit": metric.unit or ""}
     kind = type(data).__name__
     if kind == "ExponentialHistogram":
@@ -569,19 +568,59 @@ def _metric_json(metric: Any) -> dict[str, Any]:
     return out
 
 
-def serialize_metrics(metrics_data: Any) -> bytes:
-    """OTLP-JSON ``ExportMetricsServiceRequest`` for SDK ``MetricsData``."""
+# One data point of a metric with what holds it (resource metrics, scope metrics, metric; ``None`` past an empty
+# one): the pieces a metrics frame over the size limit is split into.
+_MetricUnit = tuple[Any, Any, Any, "dict[str, Any] | None"]
+
+
+def _metric_units(metrics_data: Any) -> list[_MetricUnit]:
+    units: list[_MetricUnit] = []
+    for rm in metrics_data.resource_metrics:
+        if not rm.scope_metrics:
+            units.append((rm, None, None, None))
+        for sm in rm.scope_metrics:
+            if not sm.metrics:
+                units.append((rm, sm, None, None))
+            for metric in sm.metrics:
+                points = [_point_json(point) for point in metric.data.data_points]
+                units.extend([(rm, sm, metric, point) for point in points] or [(rm, sm, metric, None)])
+    return units
+
+
+def _serialize_metric_units(units: Sequence[_MetricUnit]) -> bytes:
+    """The request for ``units`` (in order, consecutive ones of one metric, scope or resource together)."""
+    resources: list[tuple[Any, list[tuple[Any, list[tuple[Any, list[dict[str, Any]]]]]]]] = []
+    for rm, sm, metric, point in units:
+        if not resources or resources[-1][0] is not rm:
+            resources.append((rm, []))
+        scopes = resources[-1][1]
+        if sm is None:
+            continue
+        if not scopes or scopes[-1][0] is not sm:
+            scopes.append((sm, []))
+        metrics = scopes[-1][1]
+        if metric is None:
+            continue
+        if not metrics or metrics[-1][0] is not metric:
+            metrics.append((metric, []))
+        if point is not None:
+            metrics[-1][1].append(point)
     resource_metrics = [
         {
             "resource": {"attributes": _key_values(rm.resource.attributes if rm.resource else None)},
             "scopeMetrics": [
-                {"scope": _scope_json(sm.scope), "metrics": [_metric_json(metric) for metric in sm.metrics]}
-                for sm in rm.scope_metrics
+                {"scope": _scope_json(sm.scope), "metrics": [_metric_json(m, points) for m, points in metrics]}
+                for sm, metrics in scopes
             ],
         }
-        for rm in metrics_data.resource_metrics
+        for rm, scopes in resources
     ]
     return dumps({"resourceMetrics": resource_metrics}).encode()
+
+
+def serialize_metrics(metrics_data: Any) -> bytes:
+    """OTLP-JSON ``ExportMetricsServiceRequest`` for SDK ``MetricsData``."""
+    return _serialize_metric_units(_metric_units(metrics_data))
 
 
 # ---------------------------------------------------------------------------------------------- exporters
@@ -751,22 +790,31 @@ class EngineMetricsExporter:
         True
     """
 
+    #: Largest frame sent (prefix included): see :data:`MAX_FRAME_BYTES`.
+    max_frame_bytes: int = MAX_FRAME_BYTES
+
     def __init__(self, connection: SharedEngineConnection) -> None:
         self._connection = connection
+        self.oversized = 0  # data points dropped: one alone made a frame over max_frame_bytes
         # PeriodicExportingMetricReader reads these two attributes of any exporter it is given.
         self._preferred_temporality: dict[Any, Any] = {}
         self._preferred_aggregation: dict[Any, Any] = {}
 
     def export(self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any) -> Any:
-        """Send one frame for the collected metrics; ``MetricExportResult``."""
+        """Send the collected metrics in one frame, or in several when one would be over :attr:`max_frame_bytes`
+        (split between data points; one over it alone is dropped, counted in :attr:`oversized`);
+        ``MetricExportResult``."""
         from opentelemetry.sdk.metrics.export import MetricExportResult
 
         try:
-            self._connection.send_threadsafe(PREFIX_METRICS, serialize_metrics(metrics_data))
+            units = _metric_units(metrics_data)
+            dropped = _send_split(self._connection, PREFIX_METRICS, units, _serialize_metric_units(units),
+                                  _serialize_metric_units, self.max_frame_bytes, "metric data point")
         except Exception:
             log.exception("metrics export failed")
             return MetricExportResult.FAILURE
-        return MetricExportResult.SUCCESS
+        self.oversized += dropped
+        return MetricExportResult.FAILURE if dropped else MetricExportResult.SUCCESS
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         """Nothing to release: the sink belongs to the client."""

@@ -4,6 +4,7 @@ is split under EngineSpanExporter.max_frame_bytes and a span over it alone is dr
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,10 +30,20 @@ def make_worker() -> Iterator[MakeWorker]:
     telemetry.shutdown_otel()
 
 
-def test_big_span_batches_leave_the_worker_connected(make_worker: MakeWorker) -> None:
+def test_big_span_batches_leave_the_worker_connected(make_worker: MakeWorker, monkeypatch: pytest.MonkeyPatch) -> None:
     callee = make_worker("callee", otel=ON)
     caller = make_worker("caller", otel=ON)
-    exporter = telemetry.runtime().tracer_provider.own_processor._batch_processor._exporter
+    batch = telemetry.runtime().tracer_provider.own_processor._batch_processor
+    exporter = batch._exporter
+    handler_spans = threading.Semaphore(0)  # released as each handler span reaches the batch (after the answer)
+    emit = batch.emit
+
+    def counting(item: Any) -> None:
+        emit(item)
+        if '"name":"call t::echo"' in item if type(item) is str else item.name == "call t::echo":
+            handler_spans.release()
+
+    monkeypatch.setattr(batch, "emit", counting)  # before the first handler span binds the batch's emit
 
     async def echo(data: Any) -> Any:
         trace.get_current_span().set_attribute("payload", "x" * data["n"])
@@ -42,8 +53,11 @@ def test_big_span_batches_leave_the_worker_connected(make_worker: MakeWorker) ->
     callee.list_functions()
     for _ in range(50):  # 5 MB of spans in one batch: split into frames the engine takes
         assert caller.trigger({"function_id": "t::echo", "payload": {"n": 100_000}}) == 100_000
+    for _ in range(50):
+        assert handler_spans.acquire(timeout=10)
     assert telemetry.force_flush()
     assert caller.trigger({"function_id": "t::echo", "payload": {"n": 5_000_000}}) == 5_000_000
+    assert handler_spans.acquire(timeout=10)
     assert telemetry.force_flush()  # one span over the limit alone: dropped
     for _ in range(3):
         assert caller.trigger({"function_id": "t::echo", "payload": {"n": 1}}) == 1
@@ -70,3 +84,24 @@ def test_a_log_record_over_the_frame_limit_leaves_the_worker_connected(make_work
         assert caller.trigger({"function_id": "t::echo", "payload": {"n": 1}}) == 1
     assert telemetry.force_flush()
     assert exporter._batch_processor._exporter.oversized == 1
+
+
+def test_a_metrics_collection_over_the_frame_limit_leaves_the_worker_connected(make_worker: MakeWorker) -> None:
+    metrics_on = OtelConfig(enabled=True, service_name="big-metrics", fetch_instrumentation_enabled=False,
+                            metrics_enabled=True, logs_enabled=False, metrics_export_interval_ms=3_600_000)
+    callee = make_worker("callee", otel=metrics_on)
+    caller = make_worker("caller", otel=metrics_on)
+
+    async def echo(data: Any) -> Any:
+        return data
+
+    callee.register_function("t::echo", echo)
+    callee.list_functions()
+    meter = telemetry.get_meter()
+    for n in range(15):  # 15 metrics of 1,999 series (under the SDK's 2,000 per metric): about 5 MB of OTLP JSON
+        counter = meter.create_counter(f"at.series.{n}")
+        for i in range(1_999):
+            counter.add(1, {"series": f"s{i:06d}", "function": "t::echo"})
+    assert telemetry.force_flush()
+    for _ in range(3):
+        assert caller.trigger({"function_id": "t::echo", "payload": 1}) == 1

@@ -1,13 +1,22 @@
-"""Attack A-T: telemetry frames waiting for a sink are bounded in bytes, not only in count (a frame may be up to
-MAX_FRAME_BYTES, so 1000 of them could be 4 GiB)."""
+"""Attack A-T: telemetry frames are bounded in bytes: waiting for a sink (not only in count: a frame may be up to
+MAX_FRAME_BYTES, so 1000 of them could be 4 GiB), and a metrics collection over the frame limit is split."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from iii.telemetry_exporters import PREFIX_SPANS, SharedEngineConnection
+from iii.telemetry_exporters import (
+    PREFIX_METRICS,
+    PREFIX_SPANS,
+    EngineMetricsExporter,
+    SharedEngineConnection,
+    serialize_metrics,
+)
 
 
 def test_buffered_frames_are_bounded_in_bytes_newest_kept(caplog: pytest.LogCaptureFixture) -> None:
@@ -32,3 +41,29 @@ def test_frames_bounced_by_a_detached_sink_count_against_the_bound(monkeypatch: 
     connection.attach(got.append)
     assert got == [b"c", b"d", b"e"]
     assert connection._dropped == 2
+
+
+def _points(body: bytes) -> list[tuple[str, str, str]]:
+    """(scope, metric, the point's text) of every data point of a metrics request."""
+    return [(sm["scope"]["name"], metric["name"], json.dumps(point, sort_keys=True))
+            for rm in json.loads(body)["resourceMetrics"] for sm in rm["scopeMetrics"] for metric in sm["metrics"]
+            for kind in ("sum", "histogram", "gauge") if kind in metric for point in metric[kind]["dataPoints"]]
+
+
+def test_a_metrics_frame_over_the_limit_is_split_between_data_points() -> None:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    counter = provider.get_meter("a").create_counter("calls")
+    histogram = provider.get_meter("b", "1.0").create_histogram("ms")
+    for i in range(300):
+        counter.add(i, {"series": f"s{i}"})
+        histogram.record(i / 3, {"series": f"s{i % 40}"})
+    data = reader.get_metrics_data()
+    frames: list[bytes] = []
+    exporter = EngineMetricsExporter(SharedEngineConnection(frames.append))
+    exporter.max_frame_bytes = 5_000
+    assert exporter.export(data).name == "SUCCESS"
+    whole = serialize_metrics(data)
+    assert len(whole) > 10 * 5_000 and len(frames) > 10
+    assert all(len(frame) <= 5_000 and frame.startswith(PREFIX_METRICS) for frame in frames)
+    assert [point for frame in frames for point in _points(frame[4:])] == _points(whole)
