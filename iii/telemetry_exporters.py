@@ -665,8 +665,9 @@ class EngineSpanExporter:
 
     def __init__(self, connection: SharedEngineConnection) -> None:
         self._connection = connection
-        self._texts: tuple[Any, Any] | None = None  # (resource, scope) of the spans handed over as text
-        self._texts_lock = threading.Lock()
+        # {"source": (resource, scope)} of the spans handed over as text, set once with dict.setdefault (atomic: no
+        # lock a fork could leave held)
+        self._texts: dict[str, tuple[Any, Any]] = {}
         self.unwritable = 0  # spans dropped from their batch's frame: no OTLP-JSON text could be written for them
         self.oversized = 0  # spans dropped: one alone made a frame over max_frame_bytes
 
@@ -683,10 +684,8 @@ class EngineSpanExporter:
             >>> exporter.take_texts("r", "s"), exporter.take_texts("r", "s"), exporter.take_texts("r", "other")
             (True, True, False)
         """
-        with self._texts_lock:
-            if self._texts is None:
-                self._texts = (resource, scope)
-            return self._texts[0] is resource and self._texts[1] is scope
+        first = self._texts.setdefault("source", (resource, scope))
+        return first[0] is resource and first[1] is scope
 
     def export(self, spans: Sequence[Any]) -> Any:
         """Send the batch in one frame, or in several when one would be over :attr:`max_frame_bytes`;
@@ -696,12 +695,12 @@ class EngineSpanExporter:
         try:
             items = spans
             try:
-                payload = serialize_spans(items, self._texts)
+                payload = serialize_spans(items, self._texts.get("source"))
             except (TypeError, ValueError, OverflowError):  # UnicodeEncodeError is a ValueError (a lone surrogate)
                 items = self._writable(spans)
                 if not items:
                     return SpanExportResult.FAILURE
-                payload = serialize_spans(items, self._texts)
+                payload = serialize_spans(items, self._texts.get("source"))
             if self._send(items, payload) and items is spans:
                 return SpanExportResult.SUCCESS
         except Exception:
@@ -712,7 +711,7 @@ class EngineSpanExporter:
         """The batch without the spans that have no OTLP-JSON text (a NaN attribute, a lone surrogate, a name that
         is no string), each counted in :attr:`unwritable` and logged. Why: one such span used to take the whole
         batch (up to 512 other calls' spans) down with it."""
-        texts = self._texts
+        texts = self._texts.get("source")
         kept: list[Any] = []
         first: Exception | None = None
         for span in spans:
@@ -730,8 +729,9 @@ class EngineSpanExporter:
     def _send(self, spans: Sequence[Any], payload: bytes) -> bool:
         """Send ``payload`` (the frame body of ``spans``) in frames of at most :attr:`max_frame_bytes`; a span over
         it alone is dropped (counted in :attr:`oversized`). ``False`` if one was."""
+        source = self._texts.get("source")
         dropped = _send_split(self._connection, PREFIX_SPANS, spans, payload,
-                              lambda part: serialize_spans(part, self._texts), self.max_frame_bytes, "span")
+                              lambda part: serialize_spans(part, source), self.max_frame_bytes, "span")
         self.oversized += dropped
         return not dropped
 
