@@ -300,13 +300,13 @@ class Invocations:
         holder = pending.holder
         if holder is not None:
             holder.calls -= 1
-            holder.in_flight.discard(invocation_id)  # a void call's (an answered one's goes with its caller below)
+            # the calling worker's (answered or void: a call with a caller always has it as its holder)
+            holder.in_flight.discard(invocation_id)
         pending.callee.in_flight.discard(invocation_id)
         if pending.watch is not None and self.observer is not None:
             self.observer.call_finished(pending.watch, error, builtin=False)
         caller = pending.caller
         if caller is not None:
-            caller.in_flight.discard(invocation_id)
             caller.post(verbatim if verbatim is not None else
                         caller.session.result(invocation_id, pending.function_id, result, error, traceparent, baggage))
         if pending.future is not None and not pending.future.done():
