@@ -648,7 +648,6 @@ def _send_split(connection: SharedEngineConnection, prefix: bytes, items: Sequen
     return dropped + _send_split(connection, prefix, second, serialize(second), serialize, limit, what)
 
 
-
 class EngineSpanExporter:
     """Span exporter writing ``OTLP`` frames to a :class:`SharedEngineConnection`.
 
