@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,7 +131,6 @@ class Invocations:
         self.observer: InvocationObserver | None = None
         #: results that ended no call (:meth:`_stray_result`)
         self.stray_results = 0
-        self._unlogged_stray = 0
         self._stray_log = LossLog(self._log_stray)
         # Every task the engine runs for a call, with what it holds until it ends: a worker's max_calls_per_worker
         # count, a max_fired_calls slot, or nothing. The task gives it back itself when it ends; close() gives back
@@ -277,18 +276,13 @@ class Invocations:
         """A result that ends no call: late (its caller left, it timed out or was stopped) or not the sender's.
         Logged rate-limited: a worker sending such results by the thousand must not flood the log."""
         self.stray_results += 1
-        self._unlogged_stray += 1
-        self._stray_log.lost(what)
+        self._stray_log.lost("stray", what)
 
-    def _log_stray(self, latest: str | None) -> bool:
-        if not self._unlogged_stray:
-            return False
+    def _log_stray(self, counts: Mapping[str, int], latest: str | None) -> None:
         latest_text = f"; latest: {latest}" if latest is not None else ""
         log.warning("%d invocation result(s) ended no call since the last warning (late: the caller left, the call "
-                    "timed out or was stopped; or not the sender's to answer); %d in all%s", self._unlogged_stray,
+                    "timed out or was stopped; or not the sender's to answer); %d in all%s", counts["stray"],
                     self.stray_results, latest_text)
-        self._unlogged_stray = 0
-        return True
 
     def _finish(self, invocation_id: str, result: Any, error: Any, traceparent: str | None = None,
                 baggage: str | None = None, verbatim: str | None = None) -> None:

@@ -34,7 +34,7 @@ import inspect
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
 from .config import DEFAULT_FIRE_WAIT_TIMEOUT_MS, DEFAULT_MAX_CALLS_PER_WORKER, DEFAULT_MAX_FIRED_CALLS, EngineConfig
@@ -61,23 +61,37 @@ DEGRADED_WINDOW_S = 60.0
 
 
 class LossLog:
-    """Rate-limited warnings about calls lost to a bound: the first loss is logged at once, later ones at most every
-    :data:`SKIP_LOG_INTERVAL_S` (a burst's count is logged when the interval is over, even if nothing more is lost
-    then). Remembers when the latest loss was, for :meth:`recent`.
+    """Rate-limited warnings about calls lost to a bound, with their counts by kind: the first loss is logged at
+    once, later ones at most every :data:`SKIP_LOG_INTERVAL_S` (a burst's counts are logged when the interval is
+    over, even if nothing more is lost then). Remembers when the latest loss was, for :meth:`recent`.
 
-    ``write(latest)`` logs the counts its owner kept since the last warning, naming ``latest`` (the newest loss;
-    ``None`` when the warning is the end of a burst), and returns ``False`` when there was nothing to log.
+    ``write(counts, latest)`` logs the losses since the last warning (``counts`` by kind, never empty), naming
+    ``latest`` (the newest loss; ``None`` when the warning is the end of a burst).
+
+    Example:
+        >>> seen = []
+        >>> losses = LossLog(lambda counts, latest: seen.append((dict(counts), latest)))
+        >>> losses.flush(None)  # nothing lost: nothing logged
+        >>> losses.count("void", 2); losses.flush("a void call")
+        >>> seen
+        [({'void': 2}, 'a void call')]
     """
 
-    def __init__(self, write: Callable[[str | None], bool]) -> None:
+    def __init__(self, write: Callable[[Mapping[str, int], str | None], object]) -> None:
         self._write = write
+        self._unlogged: dict[str, int] = {}  # losses by kind since the last warning
         self._logged_at = float("-inf")
         self._timer: asyncio.TimerHandle | None = None
         #: ``time.monotonic()`` of the latest loss
         self.lost_at = float("-inf")
 
-    def lost(self, what: str) -> None:
-        """A loss (``what`` names it): log now, or arm the end-of-interval warning."""
+    def count(self, kind: str, n: int = 1) -> None:
+        """Count ``n`` losses of ``kind`` for the next warning, without logging (see :meth:`lost`)."""
+        self._unlogged[kind] = self._unlogged.get(kind, 0) + n
+
+    def lost(self, kind: str, what: str, n: int = 1) -> None:
+        """``n`` losses of ``kind`` (``what`` names the newest): log now, or arm the end-of-interval warning."""
+        self.count(kind, n)
         now = time.monotonic()
         self.lost_at = now
         if now - self._logged_at >= SKIP_LOG_INTERVAL_S:
@@ -91,7 +105,9 @@ class LossLog:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._write(what):
+        if self._unlogged:
+            counts, self._unlogged = self._unlogged, {}
+            self._write(counts, what)
             self._logged_at = time.monotonic()
 
     def recent(self) -> bool:
@@ -207,8 +223,6 @@ class FiredCalls:
         self._waiters: OrderedDict[asyncio.Future[None], tuple[int, float]] = OrderedDict()
         self._deadline_timer: asyncio.TimerHandle | None = None  # for the oldest waiter (see _expire)
         self._waiting = 0  # slots the waiters ask for
-        self._unlogged_skipped = 0  # since the last warning
-        self._unlogged_refused = 0
         self._losses = LossLog(self._log_lost)
 
     @property
@@ -332,30 +346,21 @@ class FiredCalls:
     def skip(self, what: str, n: int = 1) -> None:
         """Count ``n`` calls of ``what`` skipped for want of room, and warn (rate-limited, never silent)."""
         self.skipped += n
-        self._unlogged_skipped += n
-        self._lost(what)
+        self._losses.lost("skipped", what, n)
 
     def _refuse(self, n: int, message: str) -> EngineError:
         """Count ``n`` calls refused to a waiting producer and warn (rate-limited: a void call's producer hears of
         it from nobody else); the error for the producer."""
         self.refused += n
-        self._unlogged_refused += n
-        self._lost(message)
+        self._losses.lost("refused", message, n)
         return EngineError(FIRE_LIMIT, message)
 
-    def _lost(self, what: str) -> None:
-        self._losses.lost(what)
-
-    def _log_lost(self, what: str | None) -> bool:
-        if not (self._unlogged_skipped or self._unlogged_refused):
-            return False
+    def _log_lost(self, counts: Mapping[str, int], what: str | None) -> None:
         latest = f"; latest: {what}" if what is not None else ""
         log.warning("trigger-fired calls not made, no room under max_fired_calls %d: %d skipped (nobody to wait), "
                     "%d refused (their producer failed with fire_limit) since the last warning; %d skipped, "
-                    "%d refused in all, %d in flight%s", self.limit, self._unlogged_skipped, self._unlogged_refused,
-                    self.skipped, self.refused, self.in_flight, latest)
-        self._unlogged_skipped = self._unlogged_refused = 0
-        return True
+                    "%d refused in all, %d in flight%s", self.limit, counts.get("skipped", 0),
+                    counts.get("refused", 0), self.skipped, self.refused, self.in_flight, latest)
 
     def close(self) -> None:
         """Engine shutdown: stop the deadline timer (an engine started again arms a new one on its loop) and the
@@ -390,8 +395,6 @@ class WorkerCalls:
         self.refused = 0
         #: void calls (no reply asked for) not made
         self.refused_void = 0
-        self._unlogged_refused = 0
-        self._unlogged_void = 0
         self._losses = LossLog(self._log_refused)
 
     def refuse(self, worker: WorkerConnection, function_id: str, answered: bool) -> str:
@@ -400,11 +403,10 @@ class WorkerCalls:
         message = f"worker {worker.id} has {worker.calls} calls in flight (max_calls_per_worker {self.limit})"
         if answered:
             self.refused += 1
-            self._unlogged_refused += 1
         else:
             self.refused_void += 1
-            self._unlogged_void += 1
-        self._losses.lost(f"{'call' if answered else 'void call'} of {function_id}: {message}")
+        self._losses.lost("answered" if answered else "void",
+                          f"{'call' if answered else 'void call'} of {function_id}: {message}")
         return message
 
     def stats(self, workers: Iterable[WorkerConnection]) -> dict[str, int]:
@@ -418,15 +420,11 @@ class WorkerCalls:
         """Whether a call was refused within the last :data:`DEGRADED_WINDOW_S`."""
         return self._losses.recent()
 
-    def _log_refused(self, what: str | None) -> bool:
-        if not (self._unlogged_refused or self._unlogged_void):
-            return False
+    def _log_refused(self, counts: Mapping[str, int], what: str | None) -> None:
         latest = f"; latest: {what}" if what is not None else ""
         log.warning("worker calls refused over max_calls_per_worker %d: %d answered with too_many_calls, %d void "
                     "(no reply asked for, dropped) since the last warning; %d and %d in all%s", self.limit,
-                    self._unlogged_refused, self._unlogged_void, self.refused, self.refused_void, latest)
-        self._unlogged_refused = self._unlogged_void = 0
-        return True
+                    counts.get("answered", 0), counts.get("void", 0), self.refused, self.refused_void, latest)
 
     def close(self) -> None:
         """Engine shutdown: a pending warning is logged now."""

@@ -62,3 +62,20 @@ async def test_a_redis_message_refused_with_fire_limit_is_counted_by_the_bus_but
         assert warnings == ["1 pubsub messages from Redis not delivered (2 in all); latest on topic 't': store down"]
     finally:
         await bus._redis.aclose()
+
+
+async def test_a_burst_of_refusals_of_two_kinds_ends_in_one_warning_with_both_counts(
+        caplog: pytest.LogCaptureFixture) -> None:
+    calls = WorkerCalls(1)
+    worker = WorkerConnection.__new__(WorkerConnection)
+    worker.id, worker.calls = "w1", 1
+    with caplog.at_level(logging.WARNING, logger="iii_engine.limits"):
+        calls.refuse(worker, "f", answered=True)  # the first loss is logged at once
+        for _ in range(3):
+            calls.refuse(worker, "f", answered=False)
+        calls.refuse(worker, "g", answered=True)
+        calls.close()  # the end of the burst: its counts are logged now, not at the interval's end
+    warnings = [r.getMessage() for r in caplog.records if r.name == "iii_engine.limits"]
+    assert len(warnings) == 2
+    assert "1 answered with too_many_calls, 0 void" in warnings[0]
+    assert "1 answered with too_many_calls, 3 void" in warnings[1] and "2 and 3 in all" in warnings[1]
