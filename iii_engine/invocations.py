@@ -253,6 +253,10 @@ class Invocations:
         outbox = callee.outbox
         size = frame_bytes(text)
         await outbox.wait_for_room(size)
+        if self.pending.get(pending.invocation_id) is not pending:
+            # ended while it waited for room (timed out, its caller left, the callee was halted): its caller was told
+            # so, and the callee must not run a call whose outcome nobody will take
+            return
         # The invoke path already waits for the callee (production's back-pressure): write from this task.
         if not await outbox.send(text, size, flush=False):
             self._finish(pending.invocation_id, None, error_body("channel_send_failed", "worker connection closed"))
