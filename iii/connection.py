@@ -330,6 +330,22 @@ class Connection:
             return True
         return False
 
+    def discard_queued(self, unwanted: Callable[[Frame], bool]) -> int:
+        """Take every queued unkeyed frame of the loop's own (:meth:`send_soon`) for which ``unwanted(frame)`` is
+        true out of the queue, unsent; how many. Loop thread only. Frames of :meth:`send` callers waiting for room
+        are never touched (their callers were told nothing yet)."""
+        kept = [(frame, key) for frame, key in self._backlog if key is not None or not unwanted(frame)]
+        dropped = len(self._backlog) - len(kept)
+        if dropped:
+            self._backlog.clear()
+            self._backlog.extend(kept)
+        for entry in [e for e in self._waiting if e.admitted is None and unwanted(e.frame)]:
+            del self._waiting[entry]
+            dropped += 1
+        if self._waiting:
+            self._admit_waiting()
+        return dropped
+
     async def _wait_for_room(self, frame: Frame) -> None:
         if self._gave_up:
             raise OutboundQueueFullError(self._max_queue, None)

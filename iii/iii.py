@@ -166,7 +166,7 @@ class III:
     def _send_registration(self, frame: str) -> None:
         """Send a registration change now if a socket is up; otherwise the replay on connect covers it."""
         if self._conn.state == "connected":
-            self._conn.send_soon(frame)
+            self._conn.send_soon(_RegistrationFrame(frame))
 
     def _register(self, frame: str) -> None:
         self._bridge.soon(self._send_registration, frame)
@@ -321,6 +321,12 @@ class III:
         self._notify_state()
 
     async def _on_open(self, write: Write) -> None:
+        # Registration frames still queued from before (never written to the socket that died) are out of date: the
+        # replay below is the book as it is now. Sent after it, a stale one undid a change made during the outage
+        # (an unregistered trigger came back, and a cron one fired on with nobody to unregister it).
+        stale = self._conn.discard_queued(_is_registration)
+        if stale:
+            log.debug("Dropped %d queued registration frames; the replay covers them", stale)
         for frame in self._session.connection_opened():
             await write(frame)
 
@@ -358,11 +364,11 @@ class III:
             listed = await self._call("engine::functions::list", {"include_internal": True}, None)
             for frame in self._session.missing_functions(f.get("function_id") for f in listed.get("functions", [])):
                 log.info("Re-registering a function lost in the old connection's cleanup: %.120s", frame)
-                await self._conn.send(frame)
+                await self._conn.send(_RegistrationFrame(frame))
             listed = await self._call("engine::triggers::list", {"include_internal": True}, None)
             for frame in self._session.missing_triggers(t.get("id") for t in listed.get("triggers", [])):
                 log.info("Re-registering a trigger lost in the old connection's cleanup: %.120s", frame)
-                await self._conn.send(frame)
+                await self._conn.send(_RegistrationFrame(frame))
         except (InvocationError, TimeoutError, ShuttingDownError, AttributeError) as exc:
             log.debug("Registration check after reconnect stopped: %s", exc)
 
@@ -882,6 +888,23 @@ def _checked_timeout_ms(value: Any, name: str) -> float:
     if not 0 <= value < math.inf:
         raise ValueError(f"{name} must be a finite number of milliseconds >= 0, got {value!r}")
     return _LONGEST_TIMEOUT_MS if value > _LONGEST_TIMEOUT_MS else value
+
+
+class _RegistrationFrame(str):
+    """A registration change frame (function, trigger, trigger type, service) handed to the connection: marked so
+    that, still queued when a new socket opens, it can be told apart and dropped (the replay supersedes it)."""
+
+    __slots__ = ()
+
+
+def _is_registration(frame: Frame) -> bool:
+    """Whether ``frame`` was queued as a :class:`_RegistrationFrame`.
+
+    Example:
+        >>> _is_registration(_RegistrationFrame('{"type":"unregistertrigger","id":"t1"}')), _is_registration("{}")
+        (True, False)
+    """
+    return type(frame) is _RegistrationFrame
 
 
 def _unpack_request(request: dict[str, Any] | TriggerRequest) -> tuple[str, Any, Any, float | None]:
