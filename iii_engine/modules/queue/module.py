@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 NAMED_PREFIX = "__fn_queue::"
 TOPIC_PREFIX = "__topic::"
+_STOPPED = "invocation_stopped"  # a stats or dead-letter read refused once the module is stopping
 
 
 def open_store(settings: QueueModuleSettings) -> QueueStore:
@@ -139,9 +140,9 @@ class QueueModule(EngineModule):
         # Set when the stop begins: enqueues, redrives, discards and new topics are refused from then on, and the
         # stop waits for those under way (bounded) before it closes the store, so none is cut short by the close.
         self._stopping = False
-        self._writes = 0
-        self._no_writes = asyncio.Event()
-        self._no_writes.set()
+        self._store_ops = 0
+        self._no_store_ops = asyncio.Event()
+        self._no_store_ops.set()
 
     async def start(self) -> None:
         """Open the store, start one consumer per configured queue, register functions and ``queue``."""
@@ -181,29 +182,31 @@ class QueueModule(EngineModule):
             await asyncio.wait({self._sweep}, timeout=bound)
         consumers = [*self._named.values(), *(t.consumer for t in self._topics.values())]
         await asyncio.gather(*(consumer.stop() for consumer in consumers))
-        if self._writes:
+        if self._store_ops:
             try:
-                await asyncio.wait_for(self._no_writes.wait(), bound)
+                await asyncio.wait_for(self._no_store_ops.wait(), bound)
             except TimeoutError:
-                log.warning("queue module: %d store write(s) (enqueue, redrive, discard) still under way after the "
-                            "stop's %d ms; closing the store under them", self._writes, self.settings.stop_timeout_ms)
+                log.warning("queue module: %d store operation(s) (enqueue, redrive, discard, stats) still under way "
+                            "after the stop's %d ms; closing the store under them", self._store_ops,
+                            self.settings.stop_timeout_ms)
         if self.bridge is not None:
             await self.bridge.close()
         await self.store.close()
 
     @contextmanager
-    def _writing(self, code: str, what: str) -> Iterator[None]:
-        """Count a store write the stop must let end; refused with ``code`` once the stop has begun."""
+    def _store_op(self, code: str, what: str) -> Iterator[None]:
+        """Count a store operation (a write, or a read for the stats and dead-letter functions) the stop must let
+        end; refused with ``code`` once the stop has begun (a read after the close would open the store again)."""
         if self._stopping:
             raise EngineError(code, f"{what}: the queue module is stopping")
-        self._writes += 1
-        self._no_writes.clear()
+        self._store_ops += 1
+        self._no_store_ops.clear()
         try:
             yield
         finally:
-            self._writes -= 1
-            if not self._writes:
-                self._no_writes.set()
+            self._store_ops -= 1
+            if not self._store_ops:
+                self._no_store_ops.set()
 
     async def enqueue(self, queue_name: str, function_id: str, data: Any) -> str:
         """Accept a job for named queue ``queue_name``; returns its receipt id (also its job id).
@@ -238,7 +241,7 @@ class QueueModule(EngineModule):
         job = Job.new(consumer.queue, function_id, data, group)
         limit = consumer.settings.max_jobs
         try:
-            with self._writing("enqueue_error", f"Queue '{queue_name}'"):
+            with self._store_op("enqueue_error", f"Queue '{queue_name}'"):
                 stored = await self.store.push(consumer.queue, job, max_jobs=limit)
         except EngineError:
             raise
@@ -421,7 +424,7 @@ class QueueModule(EngineModule):
         entry.pushing += 1
         entry.pushes += 1
         try:
-            with self._writing("enqueue_error", f"Topic '{topic}'"):
+            with self._store_op("enqueue_error", f"Topic '{topic}'"):
                 stored = await self.store.push(entry.consumer.queue, job, max_jobs=limit)
         finally:
             entry.pushing -= 1
@@ -435,7 +438,7 @@ class QueueModule(EngineModule):
         limit = consumer.settings.max_jobs
         what = "redrive DLQ" if function_id == "iii::queue::redrive" else "handle DLQ message"
         try:
-            with self._writing("redrive_failed", f"Failed to {what} for queue '{name}'"):
+            with self._store_op("redrive_failed", f"Failed to {what} for queue '{name}'"):
                 return await self.store.redrive(consumer.queue, message_id, max_jobs=limit)
         except QueueFull as full:
             kind = "queue" if self._named.get(name) is consumer else "topic"
@@ -473,7 +476,7 @@ class QueueModule(EngineModule):
         """``{queue, message_id}`` → ``{queue, message_id, redriven: 0|1}`` (the count of discarded letters)."""
         name, consumer = self._resolve("iii::queue::discard_message", data, "queue")
         message_id = _text_arg("iii::queue::discard_message", data, "message_id")
-        with self._writing("redrive_failed", f"Failed to handle DLQ message for queue '{name}'"):
+        with self._store_op("redrive_failed", f"Failed to handle DLQ message for queue '{name}'"):
             discarded = await self.store.discard(consumer.queue, message_id)
         entry = self._topics.get(name)
         if discarded and entry is not None and entry.consumer is consumer:
@@ -501,7 +504,8 @@ class QueueModule(EngineModule):
     async def _topic_stats(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
         """``{topic}`` → ``{topic, waiting, active, delayed, dlq}``."""
         name, consumer = self._resolve("engine::queue::topic_stats", data, "topic")
-        counts = await self.store.counts(consumer.queue)
+        with self._store_op(_STOPPED, f"Topic stats for '{name}'"):
+            counts = await self.store.counts(consumer.queue)
         return {
             "topic": name,
             "waiting": counts.waiting,
@@ -513,10 +517,11 @@ class QueueModule(EngineModule):
     async def _dlq_topics(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
         """→ ``{"topics": [{"topic", "count"}]}`` for every queue or topic with dead letters."""
         out = []
-        for name, _, consumer in self._all():
-            count = (await self.store.counts(consumer.queue)).dlq
-            if count:
-                out.append({"topic": name, "count": count})
+        with self._store_op(_STOPPED, "Dead-letter topics"):
+            for name, _, consumer in self._all():
+                count = (await self.store.counts(consumer.queue)).dlq
+                if count:
+                    out.append({"topic": name, "count": count})
         return {"topics": out}
 
     async def _dlq_messages(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
@@ -527,7 +532,8 @@ class QueueModule(EngineModule):
         function_id = "engine::queue::dlq_messages"
         name, consumer = self._resolve(function_id, data, "topic")
         offset, limit = _int_arg(function_id, data, "offset", 0), _int_arg(function_id, data, "limit", 50)
-        letters = await self.store.dlq_page(consumer.queue, offset, limit)
-        total = (await self.store.counts(consumer.queue)).dlq
+        with self._store_op(_STOPPED, f"Dead letters of '{name}'"):
+            letters = await self.store.dlq_page(consumer.queue, offset, limit)
+            total = (await self.store.counts(consumer.queue)).dlq
         messages = [{"id": letter.job.id, **letter.as_dict()} for letter in letters]
         return {"topic": name, "total": total, "offset": offset, "limit": limit, "messages": messages}

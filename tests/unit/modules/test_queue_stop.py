@@ -266,6 +266,30 @@ async def test_enqueues_after_the_stop_began_are_refused_not_stored_in_a_closed_
     assert "new" not in module._topics  # no consumer outlives the stop
 
 
+@pytest.mark.parametrize(("function_id", "data"), [
+    ("engine::queue::topic_stats", {"topic": "default"}),
+    ("engine::queue::dlq_topics", {}),
+    ("engine::queue::dlq_messages", {"topic": "default"}),
+])
+async def test_stats_and_dead_letter_reads_after_the_stop_are_refused_not_sent_to_a_closed_store(
+    monkeypatch: pytest.MonkeyPatch, function_id: str, data: dict[str, Any],
+) -> None:
+    # Before: they went to the closed store, and the Redis store opened a new connection that nobody closed.
+    store = Gated(MemoryQueueStore())
+    monkeypatch.setattr(queue_module, "open_store", lambda settings: store)
+    services = FakeServices()
+    module = queue_module.QueueModule(services, {"queue_configs": {"default": {}}})
+    await module.start()
+    await module.stop()
+    used: list[str] = []
+    for name in ("counts", "dlq_page"):
+        monkeypatch.setattr(store.inner, name, lambda *args, name=name: used.append(name))
+    with pytest.raises(EngineError, match="the queue module is stopping") as refused:
+        await services.call(function_id, data)
+    assert refused.value.code == "invocation_stopped"
+    assert used == []
+
+
 @pytest.mark.parametrize(
     ("write", "call"),
     [
@@ -276,8 +300,12 @@ async def test_enqueues_after_the_stop_began_are_refused_not_stored_in_a_closed_
                                                    {"queue": "default", "message_id": LETTER.id})),
         ("discard", lambda services: services.call("iii::queue::discard_message",
                                                    {"queue": "default", "message_id": LETTER.id})),
+        ("counts", lambda services: services.call("engine::queue::topic_stats", {"topic": "default"})),
+        ("counts", lambda services: services.call("engine::queue::dlq_topics", {})),
+        ("dlq_page", lambda services: services.call("engine::queue::dlq_messages", {"topic": "default"})),
     ],
-    ids=["enqueue", "enqueue_action", "redrive", "redrive_message", "discard_message"],
+    ids=["enqueue", "enqueue_action", "redrive", "redrive_message", "discard_message", "topic_stats", "dlq_topics",
+         "dlq_messages"],
 )
 async def test_a_store_write_under_way_at_the_stop_ends_before_the_store_closes(
     monkeypatch: pytest.MonkeyPatch, write: str, call: Callable[[FakeServices], Awaitable[Any]],
@@ -307,7 +335,7 @@ async def test_a_store_write_under_way_at_the_stop_ends_before_the_store_closes(
     gate.set()
     await asyncio.wait_for(stopping, WAIT)
     await writing
-    assert closed == [[write]]
+    assert len(closed) == 1 and closed[0] and set(closed[0]) == {write}  # dlq_topics reads every queue's counts
 
 
 async def test_a_store_write_that_hangs_does_not_hold_the_module_stop(
@@ -324,8 +352,8 @@ async def test_a_store_write_that_hangs_does_not_hold_the_module_stop(
     with caplog.at_level(logging.WARNING, logger="iii_engine.modules.queue.module"):
         await asyncio.wait_for(module.stop(), WAIT)
     assert [r.getMessage() for r in caplog.records if r.name == "iii_engine.modules.queue.module"] == [
-        "queue module: 1 store write(s) (enqueue, redrive, discard) still under way after the stop's 100 ms; "
-        "closing the store under them"]
+        "queue module: 1 store operation(s) (enqueue, redrive, discard, stats) still under way after the stop's "
+        "100 ms; closing the store under them"]
     enqueue.cancel()
 
 
