@@ -36,6 +36,12 @@ _WARN_INTERVAL_S = 10.0
 # rest (a message may be as large as a control frame, so the count alone would not bound the memory)
 _READ_AHEAD_MESSAGES = 1024
 _READ_AHEAD_BYTES = 16 * 1024 * 1024
+# Pauses between attempts to reach Redis again after the subscriber connection broke: the first retry is quick
+# (a killed connection or a restart), later ones back off so an outage costs a connection attempt per 2 s at most
+_RECONNECT_FIRST_S = 0.05
+_RECONNECT_MAX_S = 2.0
+# How long subscribe() waits for Redis to confirm a SUBSCRIBE
+_SUBSCRIBE_TIMEOUT_S = 10.0
 
 __all__ = ["Deliver", "LocalBus", "PubSubBus", "RedisBus", "open_bus"]
 
@@ -100,7 +106,11 @@ class RedisBus:
 
     def __init__(self, redis_url: str) -> None:
         from redis.asyncio import Redis
+        from redis.exceptions import RedisError
 
+        # what a broken or refused connection raises (redis is an optional package: imported here, not above)
+        self._broken: tuple[type[Exception], ...] = (RedisError, OSError)
+        self._not_subscribed: tuple[type[Exception], ...] = (*self._broken, TimeoutError)
         self._redis: Redis = Redis.from_url(redis_url)
         self._pubsub: PubSub = self._redis.pubsub()
         self._reader: asyncio.Task[None] | None = None
@@ -116,6 +126,9 @@ class RedisBus:
         # Futures completed when Redis confirms a SUBSCRIBE, so subscribe() returns only once it is live.
         self._confirm: dict[str, list[asyncio.Future[None]]] = {}
         self._closing = False
+        #: times the subscriber connection broke (messages published while it is down never reach this engine)
+        self.connection_losses = 0
+        self._lost_at: float | None = None
         #: messages received that reached no subscriber (the engine had no room for them in time)
         self.undelivered = 0
         self._unlogged = 0
@@ -134,15 +147,36 @@ class RedisBus:
         await self._redis.publish(topic, dumps(data))
 
     async def subscribe(self, topic: str) -> None:
-        """See :class:`PubSubBus`."""
+        """See :class:`PubSubBus`.
+
+        Raises:
+            EngineError: ``subscribe_failed`` naming the topic when Redis refused the subscription or did not
+                confirm it within 10 s.
+        """
         confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._confirm.setdefault(topic, []).append(confirmed)
-        await self._pubsub.subscribe(topic)
-        await asyncio.wait_for(confirmed, timeout=10)
+        waiters = self._confirm.setdefault(topic, [])
+        waiters.append(confirmed)
+        try:
+            await self._pubsub.subscribe(topic)
+            await asyncio.wait_for(confirmed, timeout=_SUBSCRIBE_TIMEOUT_S)
+        except self._not_subscribed as exc:
+            raise EngineError("subscribe_failed", f"Redis did not subscribe to topic {topic!r:.200}: "
+                              f"{type(exc).__name__}: {exc}") from None
+        finally:
+            # a confirmation that never came must not keep its future (one per failed subscribe otherwise)
+            if confirmed in waiters:
+                waiters.remove(confirmed)
+            if not waiters and self._confirm.get(topic) is waiters:
+                del self._confirm[topic]
 
     async def unsubscribe(self, topic: str) -> None:
-        """See :class:`PubSubBus`."""
-        await self._pubsub.unsubscribe(topic)
+        """See :class:`PubSubBus`. A broken connection is not an error here: the topic has no subscriber left in
+        this engine, so what Redis still sends on it is dropped on arrival."""
+        try:
+            await self._pubsub.unsubscribe(topic)
+        except self._broken as exc:
+            log.warning("pubsub: Redis UNSUBSCRIBE of topic %r failed (%s); its messages are dropped here",
+                        topic[:200], exc)
 
     async def close(self) -> None:
         """Stop the reader and close both connections."""
@@ -157,8 +191,22 @@ class RedisBus:
         await self._redis.aclose()
 
     async def _read(self) -> None:
+        pause = _RECONNECT_FIRST_S
         while not self._closing:
-            message = await self._pubsub.get_message(timeout=1.0)
+            try:
+                # after a broken connection this reconnects and subscribes again to every topic (redis-py)
+                message = await self._pubsub.get_message(timeout=1.0)
+            except self._broken as exc:
+                # before: the reader ended here and every later message was lost without a word
+                self._connection_lost(exc)
+                await asyncio.sleep(pause)  # a pause between connection attempts, not synchronisation
+                pause = min(pause * 2, _RECONNECT_MAX_S)
+                continue
+            if self._lost_at is not None:
+                log.warning("pubsub: Redis subscriber connection back after %.1f s (subscriptions renewed)",
+                            time.monotonic() - self._lost_at)
+                self._lost_at = None
+            pause = _RECONNECT_FIRST_S
             if message is None:
                 continue
             channel = message["channel"]
@@ -199,6 +247,14 @@ class RedisBus:
                 await self._deliver(topic, data)
             except Exception as exc:  # one message not delivered must not end the delivery
                 self._not_delivered(topic, exc)
+
+    def _connection_lost(self, exc: Exception) -> None:
+        """Log the start of an outage once (messages published during it are lost: Redis pub/sub keeps nothing)."""
+        if self._lost_at is None:
+            self._lost_at = time.monotonic()
+            self.connection_losses += 1
+            log.warning("pubsub: Redis subscriber connection lost (%s: %s); reconnecting; messages published until "
+                        "it is back do not reach this engine", type(exc).__name__, exc)
 
     def _not_delivered(self, topic: str, exc: Exception) -> None:
         """Count a message that reached no subscriber; warn the first time, then at most every 10 s (not about

@@ -87,7 +87,18 @@ class PubSubModule(EngineModule):
         subscribers[trigger.id] = trigger
         self._topic_of_trigger[trigger.id] = topic
         if len(subscribers) == 1:
-            await self._bus.subscribe(topic)
+            try:
+                await self._bus.subscribe(topic)
+            except BaseException:
+                # The engine does not keep a trigger whose register failed, so neither may we: kept, it would
+                # get messages no listing shows, never be unregistered, and make the next subscriber of the
+                # topic skip the SUBSCRIBE (the topic looked subscribed already), so that one would get nothing.
+                if self._topic_of_trigger.get(trigger.id) == topic and subscribers.get(trigger.id) is trigger:
+                    del self._topic_of_trigger[trigger.id]
+                    del subscribers[trigger.id]
+                    if not subscribers and self._subscribers.get(topic) is subscribers:
+                        del self._subscribers[topic]
+                raise
 
     async def unregister(self, trigger: TriggerInfo) -> None:
         """Remove the subscription of ``trigger.id``."""
