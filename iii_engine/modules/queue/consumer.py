@@ -83,14 +83,16 @@ class QueueConsumer:
         """Start the consumer loop."""
         self._loop_task = asyncio.create_task(self._loop(), name=f"queue-consumer:{self.queue}")
 
-    async def stop(self) -> None:
+    async def stop(self, deadline: float | None = None) -> None:
         """Stop claiming; store the outcome of every job whose handler has finished (done, retry or dead letter)
-        and give back those still running, waiting at most ``stop_timeout_ms`` for the store. A job the store has
-        not finished or taken back by then stays active and runs again once its lease runs out (logged)."""
+        and give back those still running, waiting at most ``stop_timeout_ms`` for the store (or until ``deadline``,
+        loop time, when the stop is part of a longer one with a single bound). A job the store has not finished or
+        taken back by then stays active and runs again once its lease runs out (logged)."""
         self._stopped = True
         self._wake.set()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._stop_timeout_ms / 1000
+        if deadline is None:
+            deadline = loop.time() + self._stop_timeout_ms / 1000
         # A turn later: a handler whose answer came in this turn (its task's wake-up is queued) ends as done, not
         # cancelled and given back to run a second time.
         loop.call_soon(self._cancel_handlers)

@@ -173,18 +173,20 @@ class QueueModule(EngineModule):
 
     async def stop(self) -> None:
         """Stop every consumer (jobs whose handler finished are stored as done, retried or dead; those still running
-        go back to the store), let store writes under way end, then close the store; each wait is bounded by
-        ``stop_timeout_ms``."""
+        go back to the store), let store operations under way end, then close the store; the whole stop waits at
+        most ``stop_timeout_ms``."""
         self._stopping = True
         self.services.serve_named_queues(None)
-        bound = self.settings.stop_timeout_ms / 1000
+        loop = asyncio.get_running_loop()
+        # one bound for the whole stop, not one per step: the sweep, the consumers and the store operations share it
+        deadline = loop.time() + self.settings.stop_timeout_ms / 1000
         if self._sweep is not None:  # it stops the consumers of the topics it forgets
-            await asyncio.wait({self._sweep}, timeout=bound)
+            await asyncio.wait({self._sweep}, timeout=max(0.0, deadline - loop.time()))
         consumers = [*self._named.values(), *(t.consumer for t in self._topics.values())]
-        await asyncio.gather(*(consumer.stop() for consumer in consumers))
+        await asyncio.gather(*(consumer.stop(deadline) for consumer in consumers))
         if self._store_ops:
             try:
-                await asyncio.wait_for(self._no_store_ops.wait(), bound)
+                await asyncio.wait_for(self._no_store_ops.wait(), max(0.0, deadline - loop.time()))
             except TimeoutError:
                 log.warning("queue module: %d store operation(s) (enqueue, redrive, discard, stats) still under way "
                             "after the stop's %d ms; closing the store under them", self._store_ops,

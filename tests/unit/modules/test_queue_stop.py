@@ -357,6 +357,27 @@ async def test_a_store_write_that_hangs_does_not_hold_the_module_stop(
     enqueue.cancel()
 
 
+async def test_the_module_stop_is_bounded_once_by_stop_timeout_ms_not_once_per_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before: the consumers' wait and the store operations' wait each had the whole bound, one after the other.
+    store = Gated(MemoryQueueStore())
+    store.gate("claim")  # never opened: the consumer loop never ends its store call
+    store.gate("push")  # never opened: an enqueue stays under way
+    monkeypatch.setattr(queue_module, "open_store", lambda settings: store)
+    services = FakeServices()
+    module = queue_module.QueueModule(services, {"queue_configs": {"default": {}}, "stop_timeout_ms": 1000})
+    await module.start()
+    await asyncio.wait_for(store.entered["claim"].wait(), WAIT)
+    enqueue = asyncio.create_task(module.enqueue("default", "f", {}))
+    await asyncio.wait_for(store.entered["push"].wait(), WAIT)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await asyncio.wait_for(module.stop(), WAIT)
+    assert 0.9 <= loop.time() - began < 1.7  # one bound (1 s), with room for a busy machine; two would be 2 s
+    enqueue.cancel()
+
+
 # -- a dead-letter move cut short ------------------------------------------------------------------------------
 
 
