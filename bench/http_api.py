@@ -7,7 +7,10 @@ Baselines, measured in the same run with the same client:
     WebSocket and answers with its result (no routing, channels or bounds): the ceiling of any design that runs
     the handler in a worker, since that worker shares this process and its CPU is counted too.
   * download: a bare aiohttp server streaming the same bytes in 64 KiB chunks; the engine path carries them
-    worker -> channel relay -> REST API -> client.
+    worker -> channel relay -> REST API -> client. The worker writes the same 64 KiB chunks twice over: as a raw
+    ``websockets`` client (what the reference SDK does: the issue's row) and through our SDK's ``ChannelWriter``
+    ("download, SDK writer": its fast send path; the 64 KiB writes stay 64 KiB frames, since the SDK splits
+    writes at the engine's invited frame size but never joins them). The raw server's work is the same for both.
 
 Each round measures raw, then engine, for both workloads; the ratios are per round, reported as median and spread,
 by wall-clock rate and by CPU time per request / per 64 KiB chunk (the whole process: client, server and worker
@@ -47,6 +50,7 @@ from aiohttp import web
 sys.path.insert(0, str(Path(sys.argv[sys.argv.index("--checkout") + 1]).resolve() if "--checkout" in sys.argv
                        else Path(__file__).resolve().parents[1]))
 
+from iii.channels import ChannelWriter
 from iii.wire import dumps, loads
 from iii_engine import Engine, EngineConfig, ModuleSpec
 from iii_engine.modules.http.channels import channel_url
@@ -122,7 +126,7 @@ async def worker(engine_url: str, size: int) -> asyncio.Task[None]:
     """A raw worker: answers ``bench.json`` with JSON and ``bench.download`` by streaming ``size`` bytes."""
     ws = await websockets.connect(engine_url, compression=None, max_size=None)
     await ws.recv()
-    for fid, path in (("bench.json", "json"), ("bench.download", "download")):
+    for fid, path in (("bench.json", "json"), ("bench.download", "download"), ("bench.download_sdk", "download_sdk")):
         await ws.send(dumps({"type": "registerfunction", "id": fid}))
         await ws.send(dumps({"type": "registertrigger", "id": f"t-{fid}", "trigger_type": "http",
                              "function_id": fid, "config": {"api_path": path}}))
@@ -132,9 +136,16 @@ async def worker(engine_url: str, size: int) -> asyncio.Task[None]:
     block = b"x" * CHUNK
 
     async def stream(frame: dict[str, Any]) -> None:
-        async with websockets.connect(channel_url(engine_url, frame["data"]["response"]), compression=None) as out:
-            for start in range(0, size, CHUNK):
-                await out.send(block[: min(CHUNK, size - start)])
+        if frame["function_id"] == "bench.download_sdk":
+            # Our SDK's writer: the same 64 KiB writes, sent through its fast path (iii.ws_fastpath).
+            async with ChannelWriter(engine_url, frame["data"]["response"]) as writer:
+                for start in range(0, size, CHUNK):
+                    await writer.write(block[: min(CHUNK, size - start)])
+        else:
+            async with websockets.connect(channel_url(engine_url, frame["data"]["response"]),
+                                          compression=None) as out:
+                for start in range(0, size, CHUNK):
+                    await out.send(block[: min(CHUNK, size - start)])
         await ws.send(dumps({"type": "invocationresult", "invocation_id": frame["invocation_id"],
                              "function_id": frame["function_id"]}))
 
@@ -259,6 +270,8 @@ async def one_round(session: aiohttp.ClientSession, urls: dict[str, str], rows: 
     rows.setdefault("raw_dl", []).append(await timed(download_mb_s(session, f"{urls['raw']}/download", size), chunks))
     rows.setdefault("engine_dl", []).append(
         await timed(download_mb_s(session, f"{urls['api']}/download", size), chunks))
+    rows.setdefault("engine_dl_sdk", []).append(
+        await timed(download_mb_s(session, f"{urls['api']}/download_sdk", size), chunks))
 
 
 async def serve_rounds(total: int, concurrency: int, mib: int, tuned_gc: bool) -> None:
@@ -336,6 +349,7 @@ async def main(total: int, concurrency: int, mib: int, rounds: int, tuned_gc: bo
     print(summary("JSON, bare relay (floor)", rows["raw_json"], rows["relay_json"], "/s"))
     print(summary("JSON, engine / floor", rows["relay_json"], rows["engine_json"], "/s"))
     print(summary(f"download {mib} MiB", rows["raw_dl"], rows["engine_dl"], " MB/s"))
+    print(summary("download, SDK writer", rows["raw_dl"], rows["engine_dl_sdk"], " MB/s"))
     if tuned_gc:
         print(summary("JSON, both tuned GC", rows["raw_gc"], rows["engine_gc"], "/s"))
         print(summary("JSON, engine tuned/not", rows["engine_json"], rows["engine_gc"], "/s"))
@@ -344,12 +358,14 @@ async def main(total: int, concurrency: int, mib: int, rounds: int, tuned_gc: bo
         print(f"--before {before} (its own process, rounds interleaved with the above):")
         print(summary("  JSON requests", theirs["raw_json"], theirs["engine_json"], "/s"))
         print(summary(f"  download {mib} MiB", theirs["raw_dl"], theirs["engine_dl"], " MB/s"))
+        print(summary("  download, SDK writer", theirs["raw_dl"], theirs["engine_dl_sdk"], " MB/s"))
         if tuned_gc:
             print(summary("  JSON, both tuned GC", theirs["raw_gc"], theirs["engine_gc"], "/s"))
         print("  new / before, engine alone (raw of each process as the yardstick: ratio of the ratios above is "
               "the fair one; these compare the engines' own numbers):")
         print(summary("  JSON, before -> new", theirs["engine_json"], rows["engine_json"], "/s"))
         print(summary("  download, before -> new", theirs["engine_dl"], rows["engine_dl"], " MB/s"))
+        print(summary("  SDK writer, before -> new", theirs["engine_dl_sdk"], rows["engine_dl_sdk"], " MB/s"))
     print(f"max RSS grew {growth:.0f} MB over the rounds; channels still held by the relay after the run: "
           f"{urls.get('lingering')}")
 
