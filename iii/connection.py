@@ -25,6 +25,11 @@ queue unannounced. When it is full:
   leave a function unregistered or a caller waiting out its timeout. Only a frame sent with ``droppable=True``
   (telemetry) is dropped with a warning.
 
+Once reconnection gave up (``max_retries``, state ``failed``) nothing queued can leave until :meth:`Connection.start`
+runs again: every queued keyed frame, and each new one, has its ``on_dropped(key)`` told at once, and an unkeyed
+:meth:`Connection.send` raises :class:`~iii.errors.ConnectionLostError` instead of being queued (its sender would
+take the silence for success).
+
 Example:
     >>> conn = Connection("ws://127.0.0.1:1", on_frame=print)
     >>> conn.state
@@ -47,7 +52,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from . import ws_fastpath
-from .errors import OutboundQueueFullError
+from .errors import ConnectionLostError, OutboundQueueFullError
 from .iii_constants import DEFAULT_RECONNECTION_CONFIG, MAX_QUEUE_SIZE, IIIConnectionState, ReconnectionConfig
 
 __all__ = ["Connection", "backoff_delay_ms", "check_url"]
@@ -56,6 +61,9 @@ log = logging.getLogger(__name__)
 
 Frame = str | bytes
 Write = Callable[[Frame], Awaitable[None]]
+
+
+_GAVE_UP = "never sent: reconnection to the engine gave up (max_retries); connect_async() starts it again"
 
 
 def backoff_delay_ms(config: ReconnectionConfig, attempt: int, rand: Callable[[], float] = random.random) -> float:
@@ -202,6 +210,11 @@ class Connection:
         return self._ready
 
     @property
+    def gave_up(self) -> bool:
+        """True once reconnection gave up (``max_retries``), until :meth:`start` again: nothing queued leaves."""
+        return self._gave_up
+
+    @property
     def failed_attempts(self) -> int:
         """Connection attempts that failed since the last successful one."""
         return self._failures
@@ -264,6 +277,10 @@ class Connection:
             except ConnectionClosed:
                 # The receive side notices the loss and runs on_lost; the frame counts as sent and lost.
                 return True
+        if key is None and self._gave_up and len(self._backlog) < self._max_queue and not self._waiting:
+            # Queued, it would wait for a connection nothing will make; its sender, told nothing later, would take
+            # the silence for success. (A full queue says so: OutboundQueueFullError below.)
+            raise ConnectionLostError("connection_lost", _GAVE_UP)
         if not self._enqueue(frame, key):
             await self._wait_for_room(frame)
         return False
@@ -306,6 +323,9 @@ class Connection:
     def _enqueue(self, frame: Frame, key: str | None) -> bool:
         """Queue ``frame``; False when the queue is full and ``frame``, unkeyed, was not queued."""
         backlog = self._backlog
+        if key is not None and self._gave_up:  # nothing will send it: its caller fails now, not at its timeout
+            self._on_dropped(key)
+            return True
         if len(backlog) < self._max_queue and not self._waiting:
             backlog.append((frame, key))
             if key is not None:
@@ -394,6 +414,18 @@ class Connection:
             if admitted is not None and not admitted.done():
                 admitted.set_exception(OutboundQueueFullError(self._max_queue, None))
 
+    def _drop_keyed(self) -> None:
+        """Reconnection gave up: every queued call fails now (never sent) instead of waiting out its timeout."""
+        if not self._keyed:
+            return
+        dropped = [key for _, key in self._backlog if key is not None]
+        kept = [(frame, key) for frame, key in self._backlog if key is None]
+        self._backlog.clear()
+        self._backlog.extend(kept)
+        self._keyed = 0
+        for key in dropped:
+            self._on_dropped(key)
+
     def _kick(self) -> None:
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush_backlog())
@@ -438,6 +470,7 @@ class Connection:
             self._running = False
             self._gave_up = True
             self._fail_waiting()
+            self._drop_keyed()
             self._set_state("failed")
             return False
         delay = backoff_delay_ms(config, self._attempt)

@@ -339,8 +339,12 @@ class III:
             self._bridge.spawn(self._recover_registrations(lost_worker_id))
 
     def _on_call_dropped(self, invocation_id: str) -> None:
-        failure = self._session.call_dropped(
-            invocation_id, f"the outbound queue was full ({MAX_QUEUE_SIZE} frames waiting for the engine)")
+        if self._conn.gave_up:
+            retries = (self._options.reconnection_config or DEFAULT_RECONNECTION_CONFIG).max_retries
+            why = self._unreachable(f": reconnection gave up (max_retries={retries})")
+        else:
+            why = f"the outbound queue was full ({MAX_QUEUE_SIZE} frames waiting for the engine)"
+        failure = self._session.call_dropped(invocation_id, why)
         if failure is not None:
             self._calls.fail(failure.invocation_id, failure.error)
 

@@ -6,16 +6,19 @@ the code before its fix.
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from iii import InitOptions, TriggerAction
+from iii import ConnectionLostError, InitOptions, ReconnectionConfig, TriggerAction
 from iii.iii import III, register_worker
 
 from .conftest import FAST_RECONNECT, EngineThread, reconnected, wait_until
+from .test_reconnect import _in_thread
 
 
 @pytest.fixture
@@ -76,3 +79,33 @@ def test_a_trigger_unregistered_during_an_outage_stays_unregistered(fake: Engine
     client.list_functions()  # a round trip after the replay: anything queued before it has been handled
     assert fake.worker_triggers() == []
     assert [f["id"] for f in fake.worker(client).frames if f["type"] == "registerfunction"] == ["f"]
+
+
+def test_calls_fail_at_once_when_reconnection_gave_up(fake: EngineThread) -> None:
+    # Before: a call queued when reconnection gave up (max_retries), or made after, waited out its whole timeout for
+    # a connection nothing would make, and a fire-and-forget call returned None as if it had been sent.
+    retries = ReconnectionConfig(initial_delay_ms=20, max_delay_ms=50, jitter_factor=0.0, max_retries=2)
+    client = register_worker(fake.url, InitOptions(worker_name="a", reconnection_config=retries))
+    try:
+        client.register_function("f", lambda data: data)
+        fake.wait_registered("f")
+        fake.stop()
+        wait_until(lambda: client.get_connection_state() != "connected")
+        queued = _in_thread(lambda: client.trigger({"function_id": "f", "payload": 1, "timeout_ms": 60_000}))
+        wait_until(lambda: client.get_connection_state() == "failed")
+        with pytest.raises(ConnectionLostError, match=r"never sent: cannot reach the engine .*max_retries=2"):
+            queued.result(5)
+        started = time.monotonic()
+        with pytest.raises(ConnectionLostError, match="never sent"):
+            client.trigger({"function_id": "f", "payload": 2, "timeout_ms": 60_000})
+        with pytest.raises(ConnectionLostError, match="never sent"):
+            asyncio.run(client.trigger_async({"function_id": "f", "payload": 3, "timeout_ms": 60_000}))
+        with pytest.raises(ConnectionLostError, match="reconnection to the engine gave up"):
+            client.trigger({"function_id": "f", "payload": 4, "action": TriggerAction.Void()})
+        assert time.monotonic() - started < 5
+        # connect_async starts reconnecting again, and calls go through once connected.
+        fake.start()
+        asyncio.run(client.connect_async())
+        assert client.trigger({"function_id": "f", "payload": 5}) == 5
+    finally:
+        client.shutdown()
