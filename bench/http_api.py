@@ -7,7 +7,10 @@ Baselines, measured in the same run with the same client:
     WebSocket and answers with its result (no routing, channels or bounds): the ceiling of any design that runs
     the handler in a worker, since that worker shares this process and its CPU is counted too.
   * download: a bare aiohttp server streaming the same bytes in 64 KiB chunks; the engine path carries them
-    worker -> channel relay -> REST API -> client. The worker writes the same 64 KiB chunks twice over: as a raw
+    worker -> channel relay -> REST API -> client. Through the bare relay, the worker streams over a WebSocket of
+    its own whose frames the handler writes to the response as they come: the floor of any design in which the
+    bytes cross a worker's WebSocket (the second TCP hop, masking and frame handling are most of the cost).
+    The engine's worker writes the same 64 KiB chunks twice over: as a raw
     ``websockets`` client (what the reference SDK does: the issue's row) and through our SDK's ``ChannelWriter``
     ("download, SDK writer": its fast send path; the 64 KiB writes stay 64 KiB frames, since the SDK splits
     writes at the engine's invited frame size but never joins them). The raw server's work is the same for both.
@@ -83,13 +86,21 @@ async def raw_server(size: int) -> tuple[web.AppRunner, str]:
 
 
 async def bare_relay() -> tuple[web.BaseRunner, Any, str, str]:
-    """An aiohttp server whose one route forwards each request to a worker over one WebSocket and answers with its
-    result: the least work an HTTP-to-worker design can do (the floor of the engine's JSON path)."""
+    """An aiohttp server that forwards each request to a worker over one WebSocket and answers with its result: the
+    least work an HTTP-to-worker design can do (the floor of the engine's JSON path); ``/download`` has the worker
+    stream over a WebSocket of its own, each frame written to the response as it comes (the floor of the
+    download)."""
     waiting: dict[str, asyncio.Future[Any]] = {}
+    streams: dict[str, tuple[asyncio.Future[Any], asyncio.Future[None]]] = {}
     sockets: list[Any] = []
     counter = iter(range(1 << 62))
 
     async def control(ws: Any) -> None:
+        if ws.request.path.startswith("/ws/channels/"):  # the worker streaming a download: hand the socket over
+            attached, done = streams.pop(ws.request.path.split("/")[3].split("?")[0])
+            attached.set_result(ws)
+            await done
+            return
         sockets.append(ws)
         await ws.send(dumps({"type": "workerregistered", "worker_id": "bench"}))
         async for raw in ws:
@@ -102,7 +113,30 @@ async def bare_relay() -> tuple[web.BaseRunner, Any, str, str]:
                 if future is not None:
                     future.set_result(frame.get("result"))
 
-    async def handle(request: web.BaseRequest) -> web.Response:
+    async def download(request: web.BaseRequest) -> web.StreamResponse:
+        # The worker's frames go straight from its socket to the response: no relay, queue or bounds.
+        channel_id = f"c{next(counter)}"
+        loop = asyncio.get_running_loop()
+        attached: asyncio.Future[Any] = loop.create_future()
+        done: asyncio.Future[None] = loop.create_future()
+        streams[channel_id] = (attached, done)
+        ref = {"channel_id": channel_id, "access_key": "k", "direction": "write"}
+        await sockets[0].send(dumps({"type": "invokefunction", "invocation_id": f"i{next(counter)}",
+                                     "function_id": "bench.download", "data": {"response": ref}}))
+        ws = await attached
+        response = web.StreamResponse()
+        await response.prepare(request)
+        try:
+            async for message in ws:
+                await response.write(message)
+        finally:
+            done.set_result(None)
+        await response.write_eof()
+        return response
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        if request.path == "/download":
+            return await download(request)
         invocation_id = f"i{next(counter)}"
         future = asyncio.get_running_loop().create_future()
         waiting[invocation_id] = future
@@ -272,6 +306,9 @@ async def one_round(session: aiohttp.ClientSession, urls: dict[str, str], rows: 
         await timed(download_mb_s(session, f"{urls['api']}/download", size), chunks))
     rows.setdefault("engine_dl_sdk", []).append(
         await timed(download_mb_s(session, f"{urls['api']}/download_sdk", size), chunks))
+    if "relay" in urls:
+        rows.setdefault("relay_dl", []).append(
+            await timed(download_mb_s(session, f"{urls['relay']}/download", size), chunks))
 
 
 async def serve_rounds(total: int, concurrency: int, mib: int, tuned_gc: bool) -> None:
@@ -350,6 +387,8 @@ async def main(total: int, concurrency: int, mib: int, rounds: int, tuned_gc: bo
     print(summary("JSON, engine / floor", rows["relay_json"], rows["engine_json"], "/s"))
     print(summary(f"download {mib} MiB", rows["raw_dl"], rows["engine_dl"], " MB/s"))
     print(summary("download, SDK writer", rows["raw_dl"], rows["engine_dl_sdk"], " MB/s"))
+    print(summary("download, bare relay (floor)", rows["raw_dl"], rows["relay_dl"], " MB/s"))
+    print(summary("download, engine / floor", rows["relay_dl"], rows["engine_dl"], " MB/s"))
     if tuned_gc:
         print(summary("JSON, both tuned GC", rows["raw_gc"], rows["engine_gc"], "/s"))
         print(summary("JSON, engine tuned/not", rows["engine_json"], rows["engine_gc"], "/s"))
