@@ -25,6 +25,9 @@ return 1
 """
 
 
+_PRUNE_FLOOR = 64
+
+
 class CronLock(Protocol):
     """Decides which engine fires a tick."""
 
@@ -47,7 +50,12 @@ class KvCronLock:
 
     def __init__(self, ttl_ms: int = DEFAULT_LOCK_TTL_MS) -> None:
         self._ttl_ms = ttl_ms
+        # trigger id -> (last tick fired, when that entry expires); expired entries are never consulted
         self._last: dict[str, tuple[int, float]] = {}
+        self._prune_at = _PRUNE_FLOOR
+
+    def __len__(self) -> int:
+        return len(self._last)
 
     async def try_fire(self, job_id: str, tick_ms: int) -> bool:
         """See :class:`CronLock`."""
@@ -56,7 +64,16 @@ class KvCronLock:
         if last is not None and last[1] > now and last[0] >= tick_ms:
             return False
         self._last[job_id] = (tick_ms, now + self._ttl_ms / 1000)
+        if len(self._last) >= self._prune_at:
+            self._prune(now)
         return True
+
+    def _prune(self, now: float) -> None:
+        """Forget expired entries: trigger ids come and go (a restarted worker registers new ones), and before,
+        each id ever fired stayed here for good. Runs when the table doubled since the last prune: amortised
+        O(1) per tick."""
+        self._last = {job: entry for job, entry in self._last.items() if entry[1] > now}
+        self._prune_at = max(_PRUNE_FLOOR, 2 * len(self._last))
 
     async def close(self) -> None:
         """Nothing to release."""

@@ -51,7 +51,8 @@ def parse_trigger_expression(config: Any) -> CronExpression:
     try:
         return CronExpression.parse(expression)
     except CronSyntaxError as exc:
-        raise EngineError("invalid_cron_expression", f"Invalid cron expression {expression!r}: {exc}") from exc
+        raise EngineError("invalid_cron_expression",
+                          f"Invalid cron expression {expression!r:.100}: {exc}") from exc
 
 
 class CronModule(EngineModule):
