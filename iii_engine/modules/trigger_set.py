@@ -32,7 +32,7 @@ from .base import EngineError, EngineServices
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TriggerRunner", "TriggerSet", "trigger_config"]
+__all__ = ["TriggerRunner", "TriggerSet", "check_trigger_config", "trigger_config"]
 
 
 def trigger_config(trigger: TriggerInfo) -> Mapping[str, Any]:
@@ -43,6 +43,36 @@ def trigger_config(trigger: TriggerInfo) -> Mapping[str, Any]:
         {}
     """
     return trigger.config if isinstance(trigger.config, Mapping) else {}
+
+
+def check_trigger_config(trigger: TriggerInfo, kind: str, text_fields: tuple[str, ...]) -> Mapping[str, Any]:
+    """``trigger.config``, refused when it is neither an object nor null, or when one of ``text_fields`` is present
+    (not null) but not a string: before, such a filter was read as absent (``{"scope": 0}`` got every change) or as
+    one matching nothing, and a mistyped ``condition_function_id`` was ignored, all without a word.
+
+    Raises:
+        EngineError: ``invalid_trigger_config`` naming the trigger, the field and what it was.
+
+    Example:
+        >>> check_trigger_config(TriggerInfo(id="t", trigger_type="state", function_id="f", config={"scope": 0}),
+        ...                      "state trigger", ("scope",))
+        Traceback (most recent call last):
+        ...
+        iii_engine.modules.base.EngineError: invalid_trigger_config: state trigger t: 'scope' must be a string, \
+got int 0
+    """
+    config = trigger.config
+    if config is None:
+        return {}
+    if not isinstance(config, Mapping):
+        raise EngineError("invalid_trigger_config", f"{kind} {trigger.id}: config must be an object, got "
+                          f"{type(config).__name__}")
+    for field in text_fields:
+        value = config.get(field)
+        if value is not None and not isinstance(value, str):
+            raise EngineError("invalid_trigger_config", f"{kind} {trigger.id}: {field!r} must be a string, got "
+                              f"{type(value).__name__} {value!r:.100}")
+    return config
 
 
 class TriggerRunner:

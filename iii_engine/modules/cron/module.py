@@ -23,6 +23,7 @@ from iii.iii_types import TriggerInfo
 
 from ...limits import HeldTasks
 from ..base import EngineError, EngineModule, EngineServices
+from ..trigger_set import check_trigger_config
 from .expr import CronExpression, CronSyntaxError, rfc3339
 from .locks import CronLock, open_cron_lock
 from .settings import CronSettings
@@ -89,7 +90,9 @@ class CronModule(EngineModule):
             self._lock = None
 
     async def register(self, trigger: TriggerInfo) -> None:
-        """Start the schedule; a missing or malformed expression rejects the trigger."""
+        """Start the schedule; a missing or malformed expression, or a condition that is not a string, rejects
+        the trigger."""
+        check_trigger_config(trigger, "cron trigger", ("condition_function_id",))
         expression = parse_trigger_expression(trigger.config)
         await self.unregister(trigger)
         self._schedules[trigger.id] = asyncio.create_task(

@@ -27,6 +27,7 @@ from iii.iii_types import TriggerInfo
 
 from ...limits import HeldTasks
 from ..base import BuiltinFunction, EngineError, EngineModule, EngineServices, InvocationContext
+from ..trigger_set import check_trigger_config
 from .bus import LocalBus, PubSubBus, open_bus
 from .settings import PubSubSettings
 
@@ -77,7 +78,9 @@ class PubSubModule(EngineModule):
         await self._checks.close()
 
     async def register(self, trigger: TriggerInfo) -> None:
-        """Subscribe ``trigger.function_id`` to the topic of its config (empty topic: warning only)."""
+        """Subscribe ``trigger.function_id`` to the topic of its config (no or empty topic: warning only; a topic
+        or condition that is not a string: refused)."""
+        check_trigger_config(trigger, "subscribe trigger", ("topic", "condition_function_id"))
         topic = _topic_of(trigger.config)
         await self.unregister(trigger)
         if not topic:

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 
+from iii.iii_types import TriggerInfo
 from iii.stream import (
     StreamDeleteInput,
     StreamGetInput,
@@ -36,7 +37,7 @@ from ..stream.inputs import Fields
 from ..stream.locks import KeyedLocks
 from ..stream.settings import StateSettings
 from ..stream.store import open_module_store
-from ..trigger_set import TriggerSet
+from ..trigger_set import TriggerSet, check_trigger_config
 
 __all__ = ["STATE_STREAM", "StateModule", "StateTriggers", "state_event"]
 
@@ -65,6 +66,11 @@ class StateTriggers(TriggerSet):
         config = config if isinstance(config, Mapping) else {}
         scope, key = config.get("scope"), config.get("key")
         return (not scope or scope == payload["scope"]) and (not key or key == payload["key"])
+
+    async def register(self, trigger: TriggerInfo) -> None:
+        """Store ``trigger``; a config whose filters or condition are not strings is refused."""
+        check_trigger_config(trigger, self.kind, ("scope", "key", "condition_function_id"))
+        await super().register(trigger)
 
 
 def _changed(old: Any) -> str:
