@@ -20,7 +20,9 @@ that invites large frames (the default, docs/protocol.md#frame-size-extension) a
 engine, and what it sent everywhere before the extension. Rows of the second are marked ``@64k``.
 
 Run: .venv/bin/python bench/channels_throughput.py [--rounds 5] [--size-mib 128] [--mem-size-mib 1024] [--slow-ms 1]
-     [--frames invited[,64k]]
+     [--frames invited[,64k]] [--compare DIR]
+``--compare DIR`` (e.g. a ``git worktree add /tmp/base HEAD``) runs each round twice, once with this checkout's code
+and once with DIR's (fresh processes, alternating which goes first), and prints this/DIR ratios of every median.
 Goals (issue #10): ours in-process >= 1.5x raw; ours >= 2x the reference (processes); our reader and writer each
 <= 60% of the reference's CPU per GiB; the relay <= 500 ms CPU per GiB; engine growth < 64 MiB.
 """
@@ -41,7 +43,8 @@ from pathlib import Path
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
 
-ROOT = Path(__file__).resolve().parents[1]
+# III_BENCH_ROOT: the checkout whose code this run measures (set by --compare for its child runs).
+ROOT = Path(os.environ.get("III_BENCH_ROOT") or Path(__file__).resolve().parents[1]).resolve()
 sys.path.insert(0, str(ROOT))
 
 from iii.channels import ChannelReader, ChannelWriter  # noqa: E402
@@ -49,6 +52,7 @@ from iii.iii import III  # noqa: E402
 from iii_engine import Engine  # noqa: E402
 from iii_engine.config import ChannelSettings, EngineConfig  # noqa: E402
 
+SCRIPT = str(Path(__file__).resolve())
 REF_PYTHON = os.environ.get("III_REF_PYTHON", str(ROOT / ".ref-venv" / "bin" / "python"))
 FRAME = 64 * 1024
 OPTS = {"compression": None, "max_size": None, "ping_interval": None}
@@ -416,7 +420,7 @@ def _summary(values: list[float]) -> str:
     return f"median {statistics.median(values):7.0f}   spread {min(values):5.0f}-{max(values):<5.0f}"
 
 
-async def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size-mib", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=5)
@@ -429,31 +433,56 @@ async def main() -> None:
     parser.add_argument("--frames", default="invited",
                         help="comma-separated frame sizes our writer runs with: invited (the engine's invitation), "
                              "64k (an engine inviting 64 KiB frames, as before the extension)")
-    args = parser.parse_args()
-    size = args.size_mib << 20
+    parser.add_argument("--compare", metavar="DIR",
+                        help="another checkout (e.g. a git worktree of the base commit): each round runs this "
+                             "checkout's code and DIR's, each in a fresh process, in alternating order, and prints "
+                             "both reports and this/DIR ratios of the medians with per-round spread (no memory run)")
+    parser.add_argument("--warmup-mib", type=int, default=0,
+                        help="run every contender once on this many MiB before measuring (not counted); "
+                             "--compare's fresh child processes use 16 unless given")
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # a --compare child's output
+    return parser
+
+
+def _wanted(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
     frames = [name for name in args.frames.split(",") if name]
     if not set(frames) <= {"invited", "64k"}:
         parser.error(f"--frames takes invited and/or 64k, got {args.frames!r}")
     base = [name for name in args.only.split(",") if name]
-    if not os.path.exists(REF_PYTHON):  # noqa: ASYNC240 - one stat in a benchmark
+    if not os.path.exists(REF_PYTHON):
         base = [name for name in base if name != "ref_proc"]
-    wanted = [f"{name}@64k" if frame == "64k" else name for name in base
-              for frame in (frames if name in ("ours", "ours_proc") else ["invited"])]
+    return [f"{name}@64k" if frame == "64k" else name for name in base
+            for frame in (frames if name in ("ours", "ours_proc") else ["invited"])]
+
+
+async def _run_rounds(args: argparse.Namespace, wanted: list[str]) -> dict[str, list[float]]:
+    """MB/s per contender per round (CPU per GiB goes to :data:`CPU`)."""
+    size = args.size_mib << 20
     results: dict[str, list[float]] = {name: [] for name in wanted}
     config = EngineConfig(host="127.0.0.1", port=0, modules=[])
     config_64k = EngineConfig(host="127.0.0.1", port=0, modules=[],
                               channels=ChannelSettings(max_message_size=64 * 1024))
     async with Engine(config=config) as engine, Engine(config=config_64k) as engine_64k:
-        runs: dict[str, Callable[[], Awaitable[float | None]]] = {
-            "raw": lambda: raw_relay(size),
-            "ours": lambda: ours(engine, size),
-            "ours@64k": lambda: ours(engine_64k, size, "ours@64k"),
-            "ours_proc": lambda: reference(engine, size, sys.executable),
-            "ours_proc@64k": lambda: reference(engine_64k, size, sys.executable, "ours@64k"),
-            "ref_proc": lambda: reference(engine, size),
-            "floor_bytes": lambda: floor("bytes", size),
-            "floor_frames": lambda: floor("frames", size),
-        }
+        def contenders(size: int) -> dict[str, Callable[[], Awaitable[float | None]]]:
+            return {
+                "raw": lambda: raw_relay(size),
+                "ours": lambda: ours(engine, size),
+                "ours@64k": lambda: ours(engine_64k, size, "ours@64k"),
+                "ours_proc": lambda: reference(engine, size, sys.executable),
+                "ours_proc@64k": lambda: reference(engine_64k, size, sys.executable, "ours@64k"),
+                "ref_proc": lambda: reference(engine, size),
+                "floor_bytes": lambda: floor("bytes", size),
+                "floor_frames": lambda: floor("frames", size),
+            }
+
+        if args.warmup_mib:
+            # A fresh process's first run pays for lazy imports, the allocator's first pages and cold caches.
+            warm = contenders(args.warmup_mib << 20)
+            for name in wanted:
+                await warm[name]()
+            for values in CPU.values():
+                values.clear()
+        runs = contenders(size)
         # Short runs of every contender, interleaved and rotated each round, so that load from other work on
         # the machine hits all of them alike; the medians (and per-round ratios) are then stable.
         for round_no in range(args.rounds):
@@ -462,11 +491,18 @@ async def main() -> None:
                 value = await runs[name]()
                 assert value is not None
                 results[name].append(value)
-            print(f"round {round_no + 1}: " + "  ".join(f"{n} {results[n][-1]:.0f}" for n in wanted), flush=True)
+            if not args.json:
+                print(f"round {round_no + 1}: " + "  ".join(f"{n} {results[n][-1]:.0f}" for n in wanted),
+                      flush=True)
+    return results
+
+
+def _report(args: argparse.Namespace, wanted: list[str], results: dict[str, list[float]],
+            cpu: dict[str, list[float]]) -> None:
     labels = {"raw": "raw two-hop relay", "ours": "ours in-process", "ours_proc": "ours, processes",
               "ref_proc": "reference, processes", "floor_bytes": "floor: byte forwarder",
               "floor_frames": "floor: frame forwarder"}
-    print(f"{args.rounds} rounds x {args.size_mib} MiB, MB/s:")
+    print(f"{len(next(iter(results.values()), []))} rounds x {args.size_mib} MiB, MB/s:")
     for name in wanted:
         label = labels[name.split("@")[0]] + (" @64k" if name.endswith("@64k") else "")
         print(f"  {label:<28}{_summary(results[name])}")
@@ -491,20 +527,81 @@ async def main() -> None:
                   "inproc": "in-process run (writer + relay + reader)",
                   "bytes": "bare byte forwarder (BufferedProtocol)", "frames": "frame forwarder (C unmask)"}
     print("CPU per GiB (ms; medians, spread):")
-    for key, values in CPU.items():
+    for key, values in cpu.items():
         if values:
             sdk, what = key.split("_")
             print(f"  {sdk:<9}{labels_cpu[what]:<42}{_summary(values)}")
     for sdk in ("ours", "ours@64k"):
         for end in ("write", "read"):
-            if CPU[f"{sdk}_{end}"] and CPU[f"ref_{end}"]:
-                ratio = statistics.median(CPU[f"{sdk}_{end}"]) / statistics.median(CPU[f"ref_{end}"])
+            if cpu.get(f"{sdk}_{end}") and cpu.get(f"ref_{end}"):
+                ratio = statistics.median(cpu[f"{sdk}_{end}"]) / statistics.median(cpu[f"ref_{end}"])
                 print(f"  {sdk} / reference CPU per GiB, {end} end: {ratio:.2f} (goal <= 0.60)")
+
+
+async def _compare(args: argparse.Namespace, wanted: list[str], other: Path) -> None:
+    """Rounds alternating this checkout's code and ``other``'s, each a fresh child process of this script
+    (``III_BENCH_ROOT`` picks the code), then both reports and this/other ratios of every median."""
+    trees = {"this": ROOT, "other": other}
+    data: dict[str, dict[str, dict[str, list[float]]]] = {
+        label: {"results": {}, "cpu": {}} for label in trees}
+    child_args = ["--rounds", "1", "--size-mib", str(args.size_mib), "--only", args.only, "--frames", args.frames,
+                  "--warmup-mib", str(args.warmup_mib or 16), "--skip-memory", "--json"]
+    for round_no in range(args.rounds):
+        order = list(trees) if round_no % 2 == 0 else list(reversed(trees))
+        line = []
+        for label in order:
+            env = {**os.environ, "III_BENCH_ROOT": str(trees[label])}
+            child = await asyncio.create_subprocess_exec(
+                sys.executable, SCRIPT, *child_args, stdout=asyncio.subprocess.PIPE, env=env)
+            out, _ = await child.communicate()
+            if child.returncode:
+                raise SystemExit(f"round {round_no + 1} of {trees[label]} failed (exit {child.returncode})")
+            got = json.loads(out.decode().strip().splitlines()[-1])
+            for kind in ("results", "cpu"):
+                for key, values in got[kind].items():
+                    data[label][kind].setdefault(key, []).extend(values)
+            line.append(f"{label}: " + " ".join(f"{k} {v[-1]:.0f}" for k, v in got["cpu"].items() if v))
+        print(f"round {round_no + 1} (CPU ms/GiB)  " + "  |  ".join(line), flush=True)
+    for label, tree in trees.items():
+        print(f"\n=== {label}: {tree}")
+        _report(args, wanted, data[label]["results"], data[label]["cpu"])
+    print("\n=== this / other (medians; per-round ratios of rounds run side by side in brackets):")
+    for kind, unit in (("cpu", "CPU per GiB"), ("results", "MB/s")):
+        for key, mine in data["this"][kind].items():
+            theirs = data["other"][kind].get(key)
+            if not mine or not theirs:
+                continue
+            rounds = [a / b for a, b in zip(mine, theirs, strict=False)]
+            print(f"  {unit:<12}{key:<16}{statistics.median(mine) / statistics.median(theirs):6.3f}   "
+                  f"[{min(rounds):.3f}-{max(rounds):.3f}]")
+
+
+async def run(args: argparse.Namespace, wanted: list[str], other: Path | None) -> None:
+    if other is not None:
+        await _compare(args, wanted, other)
+        return
+    results = await _run_rounds(args, wanted)
+    if args.json:
+        print(json.dumps({"results": results, "cpu": CPU}))
+        return
+    _report(args, wanted, results, CPU)
     if not args.skip_memory:
         mem = await memory(args.mem_size_mib << 20, args.slow_ms)
         print(f"slow reader, {args.mem_size_mib} MiB: engine base {mem['engine_base_mib']:.0f} MiB, "
               f"growth {mem['engine_growth_mib']:.1f} MiB (goal < 64), writer peak {mem['writer_peak_mib']:.0f} MiB")
 
 
+def main() -> None:
+    parser = _parser()
+    args = parser.parse_args()
+    wanted = _wanted(args, parser)
+    other = None
+    if args.compare:
+        other = Path(args.compare).resolve()
+        if not (other / "iii" / "ws_fastpath.py").is_file():
+            parser.error(f"--compare {args.compare}: not a checkout of this project (no iii/ws_fastpath.py)")
+    asyncio.run(run(args, wanted, other))
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    main()
