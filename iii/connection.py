@@ -162,6 +162,7 @@ class Connection:
         max_waiting: int | None = None,
         max_size: int | None = None,
         open_timeout: float = 10.0,
+        close_timeout: float = 2.0,
     ) -> None:
         self.url = url
         self._on_frame = on_frame
@@ -177,6 +178,7 @@ class Connection:
         self._max_waiting = max_queue if max_waiting is None else max_waiting
         self._max_size = max_size
         self._open_timeout = open_timeout
+        self._close_timeout = close_timeout
         self._ws: ClientConnection | None = None
         self._ready = False  # True once the backlog is flushed: sends may go straight to the socket
         self._running = False
@@ -240,7 +242,8 @@ class Connection:
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
 
     async def close(self) -> None:
-        """Stop reconnecting and close the socket; queued frames are discarded."""
+        """Stop reconnecting and close the socket (the close handshake bounded by ``close_timeout`` seconds, then
+        the socket is dropped); queued frames are discarded."""
         self._running = False
         self._ready = False
         ws, self._ws = self._ws, None
@@ -252,7 +255,15 @@ class Connection:
                 except (asyncio.CancelledError, Exception):
                     pass
         if ws is not None:
-            await ws.close()
+            # An engine that stopped reading (stalled, SIGSTOP) never answers the close, nor takes the close frame
+            # once the socket's buffers are full: websockets waited 10 s for each, so shutdown() took up to 20 s.
+            try:
+                async with asyncio.timeout(self._close_timeout):
+                    await ws.close()
+            except TimeoutError:
+                log.info("The engine at %s did not answer the close within %g s; connection dropped", self.url,
+                         self._close_timeout)
+                ws.transport.abort()
         self._backlog.clear()
         self._keyed = 0
         while self._waiting:  # frames waiting for room are discarded with the queue
@@ -449,6 +460,7 @@ class Connection:
                     max_size=self._max_size,
                     compression=None,
                     open_timeout=self._open_timeout,
+                    close_timeout=self._close_timeout,
                     create_connection=ws_fastpath.direct_client_factory(),
                 )
             except (OSError, TimeoutError, InvalidHandshake, ValueError) as exc:

@@ -109,3 +109,31 @@ def test_calls_fail_at_once_when_reconnection_gave_up(fake: EngineThread) -> Non
         assert client.trigger({"function_id": "f", "payload": 5}) == 5
     finally:
         client.shutdown()
+
+
+@pytest.mark.parametrize("backed_up", [False, True], ids=["idle", "backed-up"])
+def test_shutdown_is_bounded_when_the_engine_stalls(fake: EngineThread, backed_up: bool) -> None:
+    # Before: the engine stopped reading (stalled, as under SIGSTOP), so it never answered the close: shutdown()
+    # waited websockets' 10 s close timeout, twice (about 20 s) when the socket's buffers were full too.
+    client = register_worker(fake.url, InitOptions(worker_name="a", reconnection_config=FAST_RECONNECT))
+    worker = fake.worker(client)
+    try:
+        if backed_up:
+            _stall_then_cut(fake, client)
+        else:
+
+            async def pause() -> None:
+                worker.ws.transport.pause_reading()
+
+            fake.run(pause())
+        started = time.monotonic()
+        client.shutdown()
+        assert time.monotonic() - started < 5
+        assert client.get_connection_state() == "disconnected"
+    finally:
+        client.shutdown()
+
+        async def resume() -> None:  # the engine reads again, so it sees the connection gone and can stop
+            worker.ws.transport.resume_reading()
+
+        fake.run(resume())
