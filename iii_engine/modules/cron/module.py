@@ -30,6 +30,9 @@ from .settings import CronSettings
 
 log = logging.getLogger(__name__)
 
+MISSED_COUNT_CAP = 1_000
+"""Ticks skipped after a stall are counted up to this many (an every-second schedule after a long stall)"""
+
 
 async def _sleep_until(moment: datetime) -> None:
     # A timed sleep, not synchronisation: wall-clock target, monotonic loop clock, so re-check and repeat.
@@ -69,6 +72,8 @@ class CronModule(EngineModule):
         self._schedules: dict[str, asyncio.Task[None]] = {}
         # ticks being fired, each holding its max_fired_calls slot until the call has it
         self._firings = HeldTasks()
+        #: ticks not fired because the engine's loop stalled past them (each stall logged)
+        self.missed_ticks = 0
 
     async def start(self) -> None:
         """Open the lock store and register the trigger type."""
@@ -117,8 +122,24 @@ class CronModule(EngineModule):
             else:
                 self.services.fired_calls.skip(f"cron {trigger.id} tick {rfc3339(tick)}")
             now = datetime.now(UTC)
-            # After a long stall, skip missed ticks rather than firing a burst of them.
-            tick = expression.next_after(tick if (now - tick).total_seconds() < 1 else now)
+            if (now - tick).total_seconds() < 1:
+                tick = expression.next_after(tick)
+            else:  # after a long stall, skip the missed ticks rather than firing a burst of them; never silently
+                self._skip_missed(trigger, expression, tick, now)
+                tick = expression.next_after(now)
+
+    def _skip_missed(self, trigger: TriggerInfo, expression: CronExpression, last: datetime, now: datetime) -> None:
+        """Count and log the ticks of ``expression`` after ``last`` up to ``now``, which a stall made late."""
+        missed = 0
+        tick = expression.next_after(last)
+        while tick is not None and tick <= now and missed < MISSED_COUNT_CAP:
+            missed += 1
+            tick = expression.next_after(tick)
+        if missed:
+            self.missed_ticks += missed
+            more = "at least " if missed == MISSED_COUNT_CAP else ""
+            log.warning("cron %s: the engine was %.1f s late for tick %s; %s%d tick(s) up to %s skipped", trigger.id,
+                        (now - last).total_seconds(), rfc3339(last), more, missed, rfc3339(now))
 
     async def _fire(self, trigger: TriggerInfo, tick: datetime) -> None:
         """Fire one tick, holding the slot taken for it until the call has it (or the tick is not fired)."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -133,5 +135,31 @@ async def test_every_second_schedule_fires_with_the_production_payload() -> None
         assert (t2 - t1).total_seconds() == 1
         assert second["job_id"] == "every-second"  # the skipped trigger never fired
         await module.unregister(trigger)
+    finally:
+        await module.stop()
+
+
+async def test_ticks_a_stall_made_late_are_skipped_counted_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    # Before: the ticks an engine stall passed over were dropped without a count or a word.
+    services = FakeServices()
+    module = CronModule(services, {})
+    await module.start()
+    fired: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def handler(data: Any) -> None:
+        if fired.empty() and not module.missed_ticks:
+            time.sleep(2.5)  # the engine's loop stalls: the next tick fires 1.5 s late, the one after is passed over
+        await fired.put(data)
+
+    services.add("tick", handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="iii_engine.modules.cron.module"):
+            await services.trigger("cron", "stalled", "tick", {"expression": "* * * * * *"})
+            ticks = [datetime.fromisoformat((await asyncio.wait_for(fired.get(), 6))["scheduled_time"])
+                     for _ in range(3)]
+        assert module.missed_ticks >= 1
+        assert max((b - a).total_seconds() for a, b in zip(ticks, ticks[1:], strict=False)) >= 2  # a gap, no burst
+        warnings = [r.getMessage() for r in caplog.records if r.name == "iii_engine.modules.cron.module"]
+        assert any(w.startswith("cron stalled: the engine was") and "tick(s) up to" in w for w in warnings)
     finally:
         await module.stop()
