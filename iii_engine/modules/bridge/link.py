@@ -28,7 +28,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
 from iii.connection import check_url
-from iii.errors import ConnectionLostError, InvocationError, ShuttingDownError
+from iii.errors import ConnectionLostError, InvocationError, OutboundQueueFullError, ShuttingDownError
 from iii.iii import III
 from iii.iii_constants import InitOptions, ReconnectionConfig
 from iii.iii_types import TriggerActionEnqueue, TriggerActionVoid
@@ -124,6 +124,8 @@ class BridgeLink:
         except TimeoutError:
             raise BridgeCallError(f"invocation timed out after {wait_ms} ms (remote engine {self.url}, "
                                   f"function {function_id})") from None
+        except OutboundQueueFullError as exc:  # a ConnectionLostError too, but the connection may be fine
+            raise BridgeCallError(self._not_sent(function_id, exc)) from None
         except ConnectionLostError:
             raise BridgeCallError(f"connection to remote engine {self.url} lost during the call of "
                                   f"{function_id}") from None
@@ -167,6 +169,11 @@ class BridgeLink:
             await client.trigger_async({"function_id": function_id, "payload": data, "action": TriggerActionVoid()})
         except ShuttingDownError:
             raise BridgeCallError(f"bridge to remote engine {self.url} is shut down") from None
+        except InvocationError as exc:  # not sent: the outbound queue stayed full, or the client gave up connecting
+            raise BridgeCallError(self._not_sent(function_id, exc)) from None
+
+    def _not_sent(self, function_id: str, exc: InvocationError) -> str:
+        return f"call of {function_id} not sent to remote engine {self.url}: {exc.message}"
 
     def register_function(self, function_id: str, handler: Handler) -> Callable[[], None]:
         """Offer ``function_id`` to the remote; ``handler`` runs on the caller's (the engine's) event loop.

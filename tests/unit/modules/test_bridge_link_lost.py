@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from iii.errors import OutboundQueueFullError
 from iii_engine.modules.bridge.link import BridgeCallError, BridgeLink
 
 
@@ -38,3 +39,28 @@ async def test_a_call_pending_on_a_dropped_link_fails_within_the_grace() -> None
     assert time.monotonic() - began < 2.0
     await asyncio.sleep(0)
     assert client.cancelled
+
+
+class _FullLink:
+    """A connected client whose outbound queue stays full: every call fails before it is sent."""
+
+    def get_connection_state(self) -> str:
+        return "connected"
+
+    async def trigger_async(self, request: Any) -> Any:
+        raise OutboundQueueFullError(1000, 30.0)
+
+
+@pytest.mark.parametrize("void", [True, False], ids=["void", "answered"])
+async def test_a_call_the_full_outbound_queue_refused_fails_as_not_sent_naming_the_remote(void: bool) -> None:
+    # Before: a void call raised the SDK's own OutboundQueueFullError through the bridge, and an answered one
+    # said "connection ... lost", though the link was up and the call had simply not been sent.
+    link = BridgeLink("ws://127.0.0.1:9", role="state", connect_grace_s=0.3)
+    link._client = _FullLink()  # type: ignore[assignment]
+    with pytest.raises(BridgeCallError) as failed:
+        if void:
+            await link.fire("state::set", {"k": 1})
+        else:
+            await link.call("state::set", {"k": 1})
+    assert str(failed.value).startswith("call of state::set not sent to remote engine ws://127.0.0.1:9: ")
+    assert "outbound queue" in str(failed.value)
