@@ -415,8 +415,12 @@ class III:
             frame = self._session.answer(event.invocation_id, event.function_id, result=result, error=error,
                                          traceparent=traceparent or None, generation=event.generation)
             if frame is None or not self._conn.is_ready:
-                # The engine halted this invocation when the old connection dropped; nobody wants the answer.
-                log.debug("Dropping the result of %s: its connection is gone", event.invocation_id)
+                # The engine halted this invocation when the old connection dropped (its caller got
+                # invocation_stopped), so nobody wants the answer; but the work was done, and whoever runs the worker
+                # should hear that its outcome went nowhere (a retried call may do it again).
+                log.warning("The result of '%s' (invocation %s) was dropped: the engine connection it came on is "
+                            "gone, and the engine told its caller the invocation stopped", event.function_id,
+                            event.invocation_id)
                 return
             # With other invocations running, answers finished in the same turn leave in one write.
             await self._conn.send(frame, batch=self._invoking > 1)

@@ -7,6 +7,7 @@ the code before its fix.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from iii import ConnectionLostError, InitOptions, ReconnectionConfig, TriggerAction
+from iii import ConnectionLostError, InitOptions, InvocationError, ReconnectionConfig, TriggerAction
 from iii.iii import III, register_worker
 
 from .conftest import FAST_RECONNECT, EngineThread, reconnected, wait_until
@@ -137,3 +138,32 @@ def test_shutdown_is_bounded_when_the_engine_stalls(fake: EngineThread, backed_u
             worker.ws.transport.resume_reading()
 
         fake.run(resume())
+
+
+def test_a_result_computed_after_its_connection_died_is_dropped_with_a_warning(
+        fake: EngineThread, client: III, caplog: pytest.LogCaptureFixture) -> None:
+    # Before: only a debug record said that a handler's finished work went nowhere.
+    release = threading.Event()
+    client.register_function("hold", lambda data: release.wait(10) and "done")
+    fake.wait_registered("hold")
+    caller = register_worker(fake.url, InitOptions(worker_name="caller", reconnection_config=FAST_RECONNECT))
+    try:
+        call = _in_thread(lambda: caller.trigger({"function_id": "hold", "payload": {}}))
+        fake.wait_for(lambda: "hold" in {route.function_id for route in fake.engine.routes.values()})
+        worker = fake.worker(client)
+        old = client.worker_id
+
+        async def cut() -> None:
+            worker.ws.transport.abort()
+
+        with caplog.at_level(logging.WARNING, logger="iii.iii"):
+            fake.run(cut())
+            with pytest.raises(InvocationError, match="invocation_stopped"):
+                call.result(5)
+            wait_until(lambda: reconnected(client, old))
+            release.set()
+            wait_until(lambda: any("was dropped" in r.getMessage() for r in caplog.records))
+        [record] = [r for r in caplog.records if "was dropped" in r.getMessage()]
+        assert record.levelno == logging.WARNING and "'hold'" in record.getMessage()
+    finally:
+        caller.shutdown()
