@@ -22,7 +22,7 @@ from typing import Any
 from iii.iii_types import TriggerInfo
 
 from ..base import EngineError
-from ..trigger_set import TriggerRunner, TriggerSet, trigger_config
+from ..trigger_set import TriggerRunner, TriggerSet, check_trigger_config
 
 __all__ = ["JoinLeaveTriggers", "StreamTriggers", "TriggerRunner", "matches_stream_trigger"]
 
@@ -60,8 +60,11 @@ class StreamTriggers(TriggerSet):
         return matches_stream_trigger(config, payload)
 
     async def register(self, trigger: TriggerInfo) -> None:
-        """Store ``trigger``; a config without a string ``stream_name`` is refused (ST8)."""
-        name = trigger_config(trigger).get("stream_name")
+        """Store ``trigger``; a config without a string ``stream_name`` is refused (ST8), and so is a filter that is
+        not a string (a numeric ``group_id`` read as absent got every group's changes)."""
+        config = check_trigger_config(trigger, self.kind,
+                                      ("stream_name", "group_id", "item_id", "condition_function_id"))
+        name = config.get("stream_name")
         if not isinstance(name, str) or not name:
             raise EngineError("invalid_trigger_config",
                               f"stream trigger {trigger.id} needs a non-empty string 'stream_name' in its config")
@@ -88,6 +91,11 @@ class JoinLeaveTriggers(TriggerSet):
         """Whether a join/leave config selects ``payload`` (absent or empty ``stream_name``/``group_id`` = any)."""
         name, group = config.get("stream_name"), config.get("group_id")
         return (not name or name == payload.get("stream_name")) and (not group or group == payload.get("group_id"))
+
+    async def register(self, trigger: TriggerInfo) -> None:
+        """Store ``trigger``; a filter that is not a string is refused, naming it."""
+        check_trigger_config(trigger, self.kind, ("stream_name", "group_id", "condition_function_id"))
+        await super().register(trigger)
 
     async def run(self, payload: Mapping[str, Any]) -> bool:
         """Call the matching handlers in order; ``False`` as soon as one refuses (join), else ``True``."""

@@ -1,4 +1,4 @@
-"""Attack Q-E: state, subscribe and cron triggers whose config fields have the wrong JSON type."""
+"""Attack Q-E: state, subscribe, cron and stream triggers whose config fields have the wrong JSON type."""
 
 from __future__ import annotations
 
@@ -23,6 +23,10 @@ BAD = {
     "qe-topic-int": ("subscribe", {"topic": 5}, "'topic' must be a string, got int 5"),
     "qe-cron-condition": ("cron", {"expression": "* * * * * *", "condition_function_id": ["x"]},
                           "'condition_function_id' must be a string, got list"),
+    "qe-stream-group-int": ("stream", {"stream_name": "st", "group_id": 0}, "'group_id' must be a string, got int 0"),
+    "qe-stream-item-list": ("stream", {"stream_name": "st", "item_id": ["i"]}, "'item_id' must be a string, got list"),
+    "qe-join-group-int": ("stream:join", {"group_id": 3}, "'group_id' must be a string, got int 3"),
+    "qe-leave-config-text": ("stream:leave", "st", "config must be an object, got str"),
 }
 
 
@@ -31,7 +35,7 @@ async def test_mistyped_filters_are_refused_naming_the_field(caplog: pytest.LogC
     # as one matching nothing, a number condition was ignored, and all of them were listed as registered
     caplog.set_level(logging.WARNING, logger="iii_engine")
     modules = [ModuleSpec(f"modules::{name}", {}) for name in
-               ("state::StateModule", "pubsub::PubSubModule", "cron::CronModule")]
+               ("state::StateModule", "pubsub::PubSubModule", "cron::CronModule", "stream::StreamModule")]
     got: asyncio.Queue[Any] = asyncio.Queue()
     async with Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=modules)) as engine, \
             ModuleWorker(engine.url) as worker:
