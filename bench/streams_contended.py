@@ -22,6 +22,8 @@ Run: ``.venv/bin/python bench/streams_contended.py [--n 2000] [--rounds 3] [--pr
 ``--before DIR`` adds the path ``engine-before``: an engine from another checkout (``git worktree add DIR <commit>``)
 in the same rounds; both engines then run in processes of their own (CPU read from ``/proc``), and it prints
 engine / engine-before per kind (rate and engine CPU per update, each ratio within one round).
+Engines run with the collector settings the ``iii-engine`` command applies (iii_engine.gc_policy; ``III_GC_TUNING=0``
+turns them off), as shipped.
 Goal (issue #10): contended >= seq on Redis, 0 lost updates; PostgreSQL engine >= 0.8 of direct.
 """
 
@@ -189,7 +191,18 @@ async def _start_engine(store_url: str) -> Any:
                           {"host": "127.0.0.1", "port": 0, "store_url": store_url})]
     engine = Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=modules))
     await engine.__aenter__()
+    _tune_gc()
     return engine
+
+
+def _tune_gc() -> None:
+    """The collector settings the ``iii-engine`` command applies once started (the engine as shipped); a checkout
+    from before iii_engine.gc_policy runs without them. ``III_GC_TUNING=0`` turns them off."""
+    try:
+        from iii_engine.gc_policy import tune_gc
+    except ImportError:
+        return
+    tune_gc()
 
 
 _ENGINE_CHILD = """
@@ -201,6 +214,12 @@ async def main() -> None:
     modules = [ModuleSpec("modules::stream::StreamModule", {"host": "127.0.0.1", "port": 0, "store_url": sys.argv[2]})]
     engine = Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=modules))
     await engine.__aenter__()
+    try:  # the collector settings the iii-engine command applies (absent from older checkouts)
+        from iii_engine.gc_policy import tune_gc
+    except ImportError:
+        pass
+    else:
+        tune_gc()
     print(engine.url, flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     await engine.__aexit__(None, None, None)
