@@ -116,6 +116,9 @@ class III:
         self._functions_available_callbacks: list[Callable[[list[FunctionInfo]], None]] = []
         self._functions_available_trigger: Trigger | None = None
         self._functions_available_function_id: str | None = None
+        # Subscribing and unsubscribing from several threads at once registered one trigger each (every callback
+        # then ran once per trigger on each change, and the extra triggers outlived the last unsubscribe).
+        self._functions_available_lock = threading.Lock()
         self._connection_state: IIIConnectionState = "disconnected"
         self._closed = False
         self._invoking = 0  # handler runs started and not yet answered
@@ -783,34 +786,40 @@ class III:
         Example:
             >>> # unsubscribe = iii.on_functions_available(lambda fns: print(len(fns)))
         """
-        self._functions_available_callbacks.append(callback)
-        if self._functions_available_trigger is None:
-            if self._functions_available_function_id is None:
-                self._functions_available_function_id = f"iii.on_functions_available.{uuid.uuid4()}"
-            function_id = self._functions_available_function_id
-            if not self._session.has_function(function_id):
-
-                async def handler(data: dict[str, Any]) -> None:
-                    functions = [FunctionInfo(**f) for f in data.get("functions", [])]
-                    for cb in list(self._functions_available_callbacks):
-                        try:
-                            cb(functions)
-                        except Exception:
-                            log.exception("functions-available callback failed")
-
-                self.register_function({"id": function_id}, handler)
-            self._functions_available_trigger = self.register_trigger(
-                {"type": "engine::functions-available", "function_id": function_id, "config": {}}
-            )
+        with self._functions_available_lock:
+            self._functions_available_callbacks.append(callback)
+            if self._functions_available_trigger is None:
+                self._functions_available_trigger = self._subscribe_functions_available()
 
         def unsubscribe() -> None:
-            if callback in self._functions_available_callbacks:
-                self._functions_available_callbacks.remove(callback)
-            if not self._functions_available_callbacks and self._functions_available_trigger is not None:
-                self._functions_available_trigger.unregister()
-                self._functions_available_trigger = None
+            with self._functions_available_lock:
+                if callback in self._functions_available_callbacks:
+                    self._functions_available_callbacks.remove(callback)
+                if not self._functions_available_callbacks and self._functions_available_trigger is not None:
+                    self._functions_available_trigger.unregister()
+                    self._functions_available_trigger = None
 
         return unsubscribe
+
+    def _subscribe_functions_available(self) -> Trigger:
+        """Register the one ``engine::functions-available`` trigger (and, the first time, its function) that runs
+        every callback (under ``_functions_available_lock``)."""
+        if self._functions_available_function_id is None:
+            self._functions_available_function_id = f"iii.on_functions_available.{uuid.uuid4()}"
+        function_id = self._functions_available_function_id
+        if not self._session.has_function(function_id):
+
+            async def handler(data: dict[str, Any]) -> None:
+                functions = [FunctionInfo(**f) for f in data.get("functions", [])]
+                for cb in list(self._functions_available_callbacks):
+                    try:
+                        cb(functions)
+                    except Exception:
+                        log.exception("functions-available callback failed")
+
+            self.register_function({"id": function_id}, handler)
+        return self.register_trigger({"type": "engine::functions-available", "function_id": function_id,
+                                      "config": {}})
 
     def create_stream(self, stream_name: str, stream: IStream[Any]) -> None:
         """Serve stream ``stream_name`` from ``stream``: get, set, delete, list, list_groups and update.

@@ -167,3 +167,36 @@ def test_a_result_computed_after_its_connection_died_is_dropped_with_a_warning(
         assert record.levelno == logging.WARNING and "'hold'" in record.getMessage()
     finally:
         caller.shutdown()
+
+
+def _at_once(count: int, fn: Any) -> list[Any]:
+    """Run ``fn()`` in ``count`` threads released together; their results."""
+    barrier = threading.Barrier(count)
+    results: list[Any] = []
+
+    def run() -> None:
+        barrier.wait(5)
+        results.append(fn())
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(results) == count
+    return results
+
+
+def test_on_functions_available_from_many_threads_keeps_one_trigger(fake: EngineThread, client: III) -> None:
+    # Before: threads subscribing at once each registered a trigger (each callback then ran once per trigger on every
+    # change), and the extra ones stayed after the last unsubscribe.
+    def available() -> list[dict[str, Any]]:
+        return [t for t in fake.worker_triggers() if t["trigger_type"] == "engine::functions-available"]
+
+    for _ in range(5):
+        unsubscribes = _at_once(8, lambda: client.on_functions_available(lambda functions: None))
+        client.list_functions()  # a round trip: every registration sent before it has been handled
+        assert len(available()) == 1
+        _at_once(8, lambda pending=unsubscribes: pending.pop()())
+        client.list_functions()
+        assert available() == []
