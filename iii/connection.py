@@ -254,6 +254,10 @@ class Connection:
                     await task
                 except (asyncio.CancelledError, Exception):
                     pass
+        unsent = sum(1 for frame, key in self._backlog if key is None)
+        if unsent:  # (queued calls, keyed, fail with the client's shutdown; these frames' senders hear nothing)
+            log.warning("Closing with %d frames never sent to %s (fire-and-forget calls and answers among them); "
+                        "discarded", unsent, self.url)
         if ws is not None:
             # An engine that stopped reading (stalled, SIGSTOP) never answers the close, nor takes the close frame
             # once the socket's buffers are full: websockets waited 10 s for each, so shutdown() took up to 20 s.

@@ -580,7 +580,7 @@ class III:
         """
         function_id, invocation_id, frame, timeout = self._prepare_call(request)
         if invocation_id is None:  # void: nothing to wait for but the write
-            self._run_on_loop(self._conn.send(frame))
+            self._run_on_loop(self._send_void(frame))
             return None
         waiter = ThreadWaiter()
         bridge = self._bridge
@@ -649,6 +649,12 @@ class III:
             if not waiter.done():
                 raise
 
+    async def _send_void(self, frame: str) -> None:
+        """Send a fire-and-forget call's frame, written or queued; ``ShuttingDownError`` when shutdown discarded it
+        (a send waiting for room in a full queue is ended by the shutdown, and would otherwise look sent)."""
+        if not await self._conn.send(frame) and self._closed:
+            raise ShuttingDownError()
+
     def _drop_call(self, invocation_id: str) -> None:
         """The caller stopped waiting (cancelled): forget the call; a late result is ignored."""
         self._calls.discard(invocation_id)
@@ -668,7 +674,7 @@ class III:
             return await self._call(function_id, payload, action, timeout_ms, self._telemetry.trace.headers())
         function_id, invocation_id, frame, timeout = self._prepare_call(request)
         if invocation_id is None:
-            await self._bridge.run_async(self._conn.send(frame))
+            await self._bridge.run_async(self._send_void(frame))
             return None
         future: asyncio.Future[Any] = running.create_future()
         waiter = LoopWaiter(running, future)
@@ -703,7 +709,7 @@ class III:
             function_id, payload, action=action_to_wire(action), traceparent=tp or None, baggage=bg or None
         )
         if invocation_id is None:
-            await self._conn.send(frame)
+            await self._send_void(frame)
             return None
         timeout = timeout_ms or self._timeout_ms
         future = self._calls.add(invocation_id, function_id, timeout_ms=timeout, on_expire=self._session.forget)

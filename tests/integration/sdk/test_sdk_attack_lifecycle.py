@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from iii import ConnectionLostError, InitOptions, InvocationError, ReconnectionConfig, TriggerAction
-from iii.iii import III, register_worker
+from iii.errors import ShuttingDownError
+from iii.iii import III, MAX_QUEUE_SIZE, register_worker
 
 from .conftest import FAST_RECONNECT, EngineThread, reconnected, wait_until
 from .test_reconnect import _in_thread
@@ -200,3 +201,22 @@ def test_on_functions_available_from_many_threads_keeps_one_trigger(fake: Engine
         _at_once(8, lambda pending=unsubscribes: pending.pop()())
         client.list_functions()
         assert available() == []
+
+
+def test_a_fire_and_forget_call_waiting_for_room_fails_when_shutdown_discards_it(fake: EngineThread) -> None:
+    # Before: shutdown ended the wait for room of a fire-and-forget call and discarded its frame, and the call
+    # returned None as if sent.
+    client = register_worker(fake.url, InitOptions(worker_name="a", reconnection_config=FAST_RECONNECT))
+    try:
+        fake.stop()
+        wait_until(lambda: client.get_connection_state() != "connected")
+        void = {"function_id": "f", "payload": 0, "action": TriggerAction.Void()}
+        for _ in range(MAX_QUEUE_SIZE):  # fills the outbound queue
+            client.trigger(void)
+        waiting = _in_thread(lambda: client.trigger(void))
+        wait_until(lambda: len(client._conn._waiting) == 1)
+        client.shutdown()
+        with pytest.raises(ShuttingDownError):
+            waiting.result(5)
+    finally:
+        client.shutdown()
