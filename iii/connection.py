@@ -42,6 +42,7 @@ import asyncio
 import logging
 import os
 import random
+import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -58,6 +59,10 @@ from .iii_constants import DEFAULT_RECONNECTION_CONFIG, MAX_QUEUE_SIZE, IIIConne
 __all__ = ["Connection", "backoff_delay_ms", "check_url"]
 
 log = logging.getLogger(__name__)
+
+DROP_LOG_INTERVAL_S = 10.0
+"""Best-effort frames (telemetry, pongs) dropped at a full queue: the first drop is logged at once, later ones with
+their count at most this often (a peer flooding pings must not flood the log)."""
 
 Frame = str | bytes
 Write = Callable[[Frame], Awaitable[None]]
@@ -186,6 +191,11 @@ class Connection:
         # Connection attempts that failed since the last successful one, and why the last one failed.
         self._failures = 0
         self._last_error: str | None = None
+        #: best-effort frames (telemetry, pongs) dropped because the queue was full
+        self.dropped = 0
+        self._dropped_unlogged = 0
+        self._dropped_logged_at = float("-inf")
+        self._drop_timer: asyncio.TimerHandle | None = None
         self._state: IIIConnectionState = "disconnected"
         # Frames waiting for the socket: (frame, key). Filled while down, and when a sync caller must not await.
         self._backlog: deque[tuple[Frame, str | None]] = deque()
@@ -254,6 +264,7 @@ class Connection:
                     await task
                 except (asyncio.CancelledError, Exception):
                     pass
+        self._log_dropped(None)  # a burst's count not logged yet is logged now (its timer belongs to this loop)
         unsent = sum(1 for frame, key in self._backlog if key is None)
         if unsent:  # (queued calls, keyed, fail with the client's shutdown; these frames' senders hear nothing)
             log.warning("Closing with %d frames never sent to %s (fire-and-forget calls and answers among them); "
@@ -326,14 +337,37 @@ class Connection:
         """
         if not self._enqueue(frame, key):
             if droppable:
-                log.warning("Outbound queue full (%d frames waiting for the engine), dropping: %.80r",
-                            self._max_queue, frame)
+                self._drop(frame)
             elif self._waiting:
                 self._waiting[_Waiter(frame, None)] = None  # in order, behind the sends waiting for room
             else:
                 self._backlog.append((frame, None))
         if self._ready:
             self._kick()
+
+    def _drop(self, frame: Frame) -> None:
+        """Count a best-effort frame dropped at a full queue; warn now, or arm the end-of-interval warning."""
+        self.dropped += 1
+        self._dropped_unlogged += 1
+        now = time.monotonic()
+        if now - self._dropped_logged_at >= DROP_LOG_INTERVAL_S:
+            self._log_dropped(frame)
+        elif self._drop_timer is None:
+            self._drop_timer = asyncio.get_running_loop().call_later(
+                self._dropped_logged_at + DROP_LOG_INTERVAL_S - now, self._log_dropped, None)
+
+    def _log_dropped(self, latest: Frame | None) -> None:
+        if self._drop_timer is not None:
+            self._drop_timer.cancel()
+            self._drop_timer = None
+        if not self._dropped_unlogged:
+            return
+        latest_text = f"; latest: {latest!r:.80}" if latest is not None else ""
+        log.warning("Outbound queue full (%d frames waiting for the engine): %d best-effort frame(s) (telemetry, "
+                    "pongs) dropped since the last warning, %d in all%s", self._max_queue, self._dropped_unlogged,
+                    self.dropped, latest_text)
+        self._dropped_unlogged = 0
+        self._dropped_logged_at = time.monotonic()
 
     def _enqueue(self, frame: Frame, key: str | None) -> bool:
         """Queue ``frame``; False when the queue is full and ``frame``, unkeyed, was not queued."""

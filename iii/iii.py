@@ -395,7 +395,7 @@ class III:
         elif isinstance(event, CallFailed):
             self._calls.fail(event.invocation_id, event.error)
         elif isinstance(event, Send):
-            self._conn.send_soon(event.frame)
+            self._conn.send_soon(event.frame, droppable=event.droppable)
         elif isinstance(event, WorkerRegistered):
             self._notify_state()
         elif isinstance(event, TriggerRequested):

@@ -24,7 +24,7 @@ Example:
     >>> session.receive('{"type":"workerregistered","worker_id":"w1"}')
     [WorkerRegistered(worker_id='w1')]
     >>> session.receive('{"type":"ping"}')
-    [Send(frame='{"type":"pong"}')]
+    [Send(frame='{"type":"pong"}', droppable=True)]
 """
 
 from __future__ import annotations
@@ -60,9 +60,12 @@ REGISTER_WORKER_FUNCTION: Final = "engine::workers::register"
 
 @dataclass(frozen=True, slots=True)
 class Send:
-    """Write ``frame`` now (a pong, or an answer the session could give without running anything)."""
+    """Write ``frame`` now (a pong, or an answer the session could give without running anything); a
+    ``droppable`` one (a pong: the engine asks again) may be dropped when the outbound queue is full, so a peer
+    flooding pings while it does not read cannot grow the queue without end."""
 
     frame: str
+    droppable: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,6 +415,11 @@ class ClientSession:
             return self._on_invoke(msg, type(raw) is str and "channel_id" not in raw and "\\u" not in raw)
         if kind == "workerregistered":
             worker_id = msg.get("worker_id")
+            if not isinstance(worker_id, str) and self.worker_id is not None:
+                # a later one without a usable id must not erase the connection's: the recovery of registrations
+                # lost in the engine's cleanup after the next reconnect looks for that id
+                return [FrameSkipped(_WARNING, f"Skipping a workerregistered frame without a string worker_id (this "
+                                               f"connection is {self.worker_id!r}): {raw!r:.200}")]
             self.worker_id = worker_id if isinstance(worker_id, str) else None
             return [WorkerRegistered(self.worker_id)]
         if kind == "registertrigger":
@@ -419,7 +427,7 @@ class ClientSession:
         if kind == "unregistertrigger":
             return self._on_unregister_trigger(msg)
         if kind == "ping":
-            return [Send(frames.PONG)]
+            return [Send(frames.PONG, droppable=True)]
         if kind == "pong":
             return []
         return [FrameSkipped(_DEBUG, f"Ignoring message of type {kind!r}")]

@@ -108,7 +108,7 @@ async def test_a_full_queue_pushes_out_calls_only_and_tells_each(
         conn.send_soon("registration")  # the loop's own frame, which must not be lost: kept past the bound
     assert sum("a call makes way" in r.getMessage() for r in caplog.records) == 2
     assert sum("a call is refused" in r.getMessage() for r in caplog.records) == 1
-    assert sum("dropping" in r.getMessage() for r in caplog.records) == 1
+    assert sum("best-effort frame(s)" in r.getMessage() for r in caplog.records) == 1 and conn.dropped == 1
     try:
         await conn.start()
         await recorder.wait_for(lambda: len(recorder.frames) >= 4)
@@ -331,3 +331,20 @@ async def test_messages_are_delivered_from_the_socket_callback_in_order() -> Non
     direct = dict(got)
     assert direct["a"] and direct["e"]  # nothing queued ahead of them: no task involved
     assert not direct["b1b2"]
+
+
+async def test_a_burst_of_dropped_best_effort_frames_is_logged_once_then_counted(
+    recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Before: one warning per dropped frame, so a peer flooding pings (one pong each) flooded the log.
+    conn = Connection(recorder.url, on_frame=lambda raw: None, max_queue=1)
+    conn.send_soon("registration")
+    with caplog.at_level(logging.WARNING, logger="iii.connection"):
+        for _ in range(500):
+            conn.send_soon('{"type":"pong"}', droppable=True)
+        assert conn.dropped == 500
+        warnings = [r.getMessage() for r in caplog.records if "best-effort" in r.getMessage()]
+        assert len(warnings) == 1 and "1 best-effort frame(s)" in warnings[0]
+        await conn.close()  # the rest of the burst is logged with its count, not lost from the log
+    warnings = [r.getMessage() for r in caplog.records if "best-effort" in r.getMessage()]
+    assert len(warnings) == 2 and "499 best-effort frame(s)" in warnings[1] and "500 in all" in warnings[1]

@@ -174,6 +174,36 @@ async def test_telemetry_is_the_only_frame_a_full_outbound_queue_may_drop() -> N
             await client.shutdown_async()
 
 
+async def test_a_pong_is_the_other_frame_a_full_outbound_queue_may_drop() -> None:
+    """An engine flooding pings while it does not read must not grow the queue without end: pongs go droppable."""
+    async def handle(ws: Any) -> None:
+        async for raw in ws:
+            if "pong::f" in str(raw):  # registered after the recording below is in place
+                await ws.send('{"type":"ping"}')
+
+    async with websockets.serve(handle, "127.0.0.1", 0) as server:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        client = await asyncio.to_thread(register_worker, url, InitOptions(worker_name="pong"))
+        sent: list[tuple[object, bool]] = []
+        original = client._conn.send_soon
+        answered = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def recording(frame: str | bytes, key: str | None = None, *, droppable: bool = False) -> None:
+            sent.append((frame, droppable))
+            original(frame, key, droppable=droppable)
+            if frame == '{"type":"pong"}':
+                loop.call_soon_threadsafe(answered.set)
+
+        client._conn.send_soon = recording  # type: ignore[method-assign]
+        try:
+            client.register_function("pong::f", lambda data: data)
+            await asyncio.wait_for(answered.wait(), 10)
+            assert [droppable for frame, droppable in sent if frame == '{"type":"pong"}'] == [True]
+        finally:
+            await client.shutdown_async()
+
+
 def test_unregister_trigger_type_is_not_replayed(served: Harness, make_worker: MakeWorker) -> None:
     a = make_worker("a")
     a.register_trigger_type({"id": "gone::type", "description": "short-lived"}, _Quiet())

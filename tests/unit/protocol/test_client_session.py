@@ -226,5 +226,17 @@ def test_frames_that_need_nothing_say_why(raw: str, words: str) -> None:
 
 def test_ping_is_answered_and_pong_needs_nothing() -> None:
     session = ClientSession()
-    assert session.receive(b'{"type":"ping"}') == [Send(frames.PONG)]
+    # droppable: a peer flooding pings while it does not read must not grow the outbound queue without end
+    assert session.receive(b'{"type":"ping"}') == [Send(frames.PONG, droppable=True)]
     assert session.receive('{"type":"pong"}') == []
+
+
+@pytest.mark.parametrize("bad", [None, 7, ["w2"]])
+def test_a_later_workerregistered_without_a_string_id_keeps_the_connections_id(bad: Any) -> None:
+    # Before: it set worker_id to None, and the next reconnect's recovery of lost registrations found no old id.
+    session = ClientSession()
+    connected(session, "w1")
+    events = session.receive(frame(type="workerregistered", worker_id=bad))
+    assert len(events) == 1 and isinstance(events[0], FrameSkipped) and "without a string worker_id" in events[0].reason
+    assert session.worker_id == "w1"
+    assert session.receive(frame(type="workerregistered", worker_id="w2")) == [WorkerRegistered("w2")]
