@@ -45,7 +45,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import DEFAULT_TRACE_STATE, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 from opentelemetry.util.types import Attributes, AttributeValue
 
-from .telemetry_exporters import EngineSpanExporter, span_text
+from .telemetry_exporters import EngineSpanExporter, plain_span_text, span_text
 
 __all__ = ["HandlerSpans", "LightSpan", "OwnTracerProvider", "span_context"]
 
@@ -114,7 +114,8 @@ class HandlerSpans:
         """:meth:`start` given the parent's span context itself; ``parent`` (the context holding it) only goes to
         the span processor's ``on_start``."""
         ids = self._ids
-        if parent_context.is_valid:
+        # is_valid is a Python-level property; a plain SpanContext holds it at position 5 (layout checked below)
+        if parent_context[5] if type(parent_context) is SpanContext and _TUPLE_LAYOUT else parent_context.is_valid:
             trace_id = parent_context.trace_id
             parent_flags = parent_context.trace_flags
             # Only TraceFlags are looked up (a plain int equal to a cached one must fail on .sampled as the SDK's
@@ -124,14 +125,13 @@ class HandlerSpans:
                 flags = _child_flags(parent_flags.sampled, parent_flags.random_trace_id)
                 if type(parent_flags) is TraceFlags and 0 <= parent_flags <= 0xFF:
                     self._child_flags[parent_flags] = flags
-            trace_state = parent_context.trace_state
+            context = span_context(trace_id, ids.generate_span_id(), False, flags, parent_context.trace_state)
             parent_or_none: SpanContext | None = parent_context
         else:
+            parent_or_none = None
             trace_id = ids.generate_trace_id()
             flags = _ROOT_FLAGS[1] if ids.is_trace_id_random() else _ROOT_FLAGS[0]  # ParentBased(root=ALWAYS_ON)
-            trace_state = None
-            parent_or_none = None
-        context = span_context(trace_id, ids.generate_span_id(), False, flags, trace_state)
+            context = span_context(trace_id, ids.generate_span_id(), False, flags)
         if not flags & TraceFlags.SAMPLED:  # ParentBased: follow the parent
             return trace.NonRecordingSpan(context)
         processor = self._provider.own_processor
@@ -208,22 +208,107 @@ def _text_emit(batch: Any, exporter: EngineSpanExporter, emit: Callable[[Any], N
 
     Why (issue 10): a batch holds up to 512 ended spans; as spans they were several objects each for the garbage
     collector to walk over and over (its collections cost the callee about as much as ending the spans), as texts
-    they are none. The text is what the exporter would write for the span (:func:`span_text`, the same function),
-    and an ended span never changes, so the frame is the same byte for byte."""
+    they are none. The text is what the exporter would write for the span (:func:`span_text`, the same function,
+    or :func:`light_text`, the same bytes), and an ended span never changes, so the frame is the same byte for
+    byte.
+
+    While ``emit`` is the SDK's own ``BatchProcessor.emit`` as this module was written against (:data:`_EMIT_KNOWN`),
+    its usual case (running, same process, queue not full) is done here: the text goes on the batch's queue and
+    the batch's worker is woken at a full batch, exactly as there, without its ``os.getpid()`` system call and its
+    Python-level call per span; anything else goes to ``emit`` itself (which drops, warns, re-initialises)."""
+    inline = _EMIT_KNOWN and getattr(emit, "__func__", None) is _EMIT and getattr(emit, "__self__", None) is batch
 
     def emit_text(span: Any) -> None:
         item = span
         if batch._exporter is exporter:
             try:
-                text = span_text(span)
+                text = light_text(span) if type(span) is LightSpan else span_text(span)
             except Exception:  # the span itself goes: the exporter drops it alone (and logs it)
                 pass
             else:
                 if len(text) <= _TEXT_QUEUED_MAX:
                     item = text
+        if inline:
+            queue = batch._queue
+            if not batch._shutdown and batch._pid == _PID[0] and len(queue) < batch._max_queue_size:
+                queue.appendleft(item)
+                if len(queue) >= batch._max_export_batch_size and not batch._worker_awaken.is_set():
+                    batch._worker_awaken.set()
+                return
         emit(item)
 
     return emit_text
+
+
+# BatchProcessor.emit as the inline copy in _text_emit was written against; any other SDK's is called as it is.
+_EMIT_SOURCE: Final = """    def emit(self, data: Telemetry) -> None:
+        if self._shutdown:
+            _logger.info("Shutdown called, ignoring %s.", self._exporting)
+            self._metrics.drop_items(1, "already_shutdown")
+            return
+        if self._pid != os.getpid():
+            self._bsp_reset_once.do_once(self._at_fork_reinit)
+        if len(self._queue) == self._max_queue_size:
+            _logger.warning("Queue full, dropping %s.", self._exporting)
+            self._metrics.drop_items(1)
+        # This will drop a log from the right side if the queue is at _max_queue_size.
+        self._queue.appendleft(data)
+        if len(self._queue) >= self._max_export_batch_size and not self._worker_awaken.is_set():
+            self._worker_awaken.set()
+"""
+
+
+def _probe_emit() -> tuple[bool, Any]:
+    try:
+        from opentelemetry.sdk._shared_internal import BatchProcessor
+    except ImportError:  # pragma: no cover - another SDK layout
+        return False, None
+    try:
+        return inspect.getsource(BatchProcessor.emit) == _EMIT_SOURCE, BatchProcessor.emit
+    except (OSError, TypeError):  # pragma: no cover - sources not shipped
+        return False, None
+
+
+_EMIT_KNOWN, _EMIT = _probe_emit()
+# This process's id, as BatchProcessor.emit compares it with the batch's: os.getpid() is a system call per span.
+# Kept current in a forked child (the batch's own fork hook re-initialises it there as well).
+_PID: Final = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
+
+
+def light_text(span: LightSpan) -> str:
+    """:func:`span_text` of a :class:`LightSpan`, the same text: for the usual handler span (no attributes, events
+    or links; plain int times; its traceparent already written, see :func:`plain_traceparent`) from that
+    traceparent's ids and the exporter's cached pieces (:func:`plain_span_text`), otherwise :func:`span_text`.
+
+    Example:
+        >>> from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        >>> from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        >>> provider = OwnTracerProvider()
+        >>> provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+        >>> span = HandlerSpans(provider, "demo").start("call f", None)
+        >>> span._traceparent = plain_traceparent(span.get_span_context())
+        >>> span.end_time = span.start_time
+        >>> span_text(span) == light_text(span)  # the first fills the cached pieces the second uses
+        True
+    """
+    traceparent = span._traceparent
+    start = span.start_time
+    end = span.end_time
+    if traceparent is None or type(start) is not int or type(end) is not int or (
+            span._attributes or span._events or span._links):
+        return span_text(span)
+    parent = span.parent
+    if parent is None:
+        parent_text = "}"
+    else:
+        parent_id = parent[1] if type(parent) is SpanContext and _TUPLE_LAYOUT else None
+        if type(parent_id) is not int or not 0 <= parent_id <= _SPAN_ID_MAX:
+            return span_text(span)
+        parent_text = f',"parentSpanId":"{parent_id.to_bytes(8, "big").hex()}"}}'
+    text = plain_span_text(traceparent[3:35], traceparent[36:52], span._name, span.kind, span._status, start, end,
+                           parent_text)
+    return span_text(span) if text is None else text
 
 
 # A longer text waits as its span instead: a text copies the span's strings, escaped (up to 6 characters for one) and
@@ -280,13 +365,38 @@ def traceparent_text(context: SpanContext) -> str:
         >>> traceparent_text(SpanContext(1, 2, False, TraceFlags(1)))
         '00-00000000000000000000000000000001-0000000000000002-01'
     """
+    text = plain_traceparent(context)
+    if text is not None:
+        return text
     if type(context) is SpanContext and _TUPLE_LAYOUT:
-        # (trace_id, span_id, is_remote, trace_flags, ...): the fields without three Python-level property calls
         trace_id, span_id, _, trace_flags = context[:4]
     else:
         trace_id, span_id, trace_flags = context.trace_id, context.span_id, context.trace_flags
     # %-formatting: the same text as the propagator's f-string with format specs, in half the time.
     return "00-%032x-%016x-%02x" % (trace_id, span_id, trace_flags)  # noqa: UP031 - see the comment above
+
+
+def plain_traceparent(context: SpanContext) -> str | None:
+    """:func:`traceparent_text` of a plain ``SpanContext`` whose ids are ints in range and whose flags are
+    ``TraceFlags`` of one byte, written from their bytes (a third of the time of the %-format); ``None`` for any
+    other, whose text :func:`traceparent_text` writes. Its ids are then exactly the 32 and 16 hex digits an export
+    text writes for them (``traceparent[3:35]``, ``traceparent[36:52]``)."""
+    if type(context) is not SpanContext or not _TUPLE_LAYOUT:
+        return None
+    trace_id, span_id, _, trace_flags = context[:4]
+    if type(trace_id) is not int or type(span_id) is not int or type(trace_flags) is not TraceFlags:
+        return None
+    flags = _FLAGS_TEXT.get(trace_flags)
+    if flags is None:
+        return None
+    try:
+        return f"00-{trace_id.to_bytes(16, 'big').hex()}-{span_id.to_bytes(8, 'big').hex()}-{flags}"
+    except OverflowError:  # negative or too large: the %-format writes those
+        return None
+
+
+# A traceparent's flags field by the flags' value (a TraceFlags is an int: hashed and compared as one).
+_FLAGS_TEXT: Final = {value: "%02x" % value for value in range(256)}  # noqa: UP031 - the propagator's format
 
 
 _new_tuple = tuple.__new__
@@ -311,6 +421,17 @@ class LightSpan(trace.Span):
     ``update_name``, warnings on use after ``end``.
     """
 
+    # What every span starts with, kept on the class: a handler span is made per handled call and most keep these.
+    _on_end: Callable[[Any], None] | None = None  # what end() hands the span to, if not processor.on_end
+    _attributes: BoundedAttributes | None = None
+    _events: BoundedList[Event] | None = None
+    _links: BoundedList[trace.Link] | None = None
+    _status: Status = _UNSET
+    end_time: int | None = None
+    # Its traceparent text once asked for (see plain_traceparent): the response header of a handler run, whose
+    # ids the span's export text copies instead of writing them again.
+    _traceparent: str | None = None
+
     def __init__(
         self,
         name: str,
@@ -330,13 +451,7 @@ class LightSpan(trace.Span):
         self.resource = resource
         self.instrumentation_scope = scope
         self._processor = processor
-        self._on_end: Callable[[Any], None] | None = None  # what end() hands the span to, if not processor.on_end
-        self._attributes: BoundedAttributes | None = None
-        self._events: BoundedList[Event] | None = None
-        self._links: BoundedList[trace.Link] | None = None
-        self._status = _UNSET
         self.start_time: int = _time_ns()
-        self.end_time: int | None = None
 
     # ------------------------------------------------------------ what the exporter and processors read
 

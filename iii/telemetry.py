@@ -768,9 +768,11 @@ class _W3C:
         from opentelemetry.propagators.composite import CompositePropagator
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-        from .light_span import span_context, traceparent_text
+        from .light_span import LightSpan, plain_traceparent, span_context, traceparent_text
 
         self._traceparent_text = traceparent_text
+        self._plain_traceparent = plain_traceparent
+        self._light_span = LightSpan
         self.context = context
         self.trace = trace
         self.span_context = span_context
@@ -803,6 +805,22 @@ class _W3C:
             return None
         # light_span owns the SpanContext layout this reads (checked there at import, with a fallback)
         return self._traceparent_text(span_context)
+
+    def span_traceparent(self, span: Any) -> str | None:
+        """:meth:`traceparent` of ``span``'s context; a :class:`~iii.light_span.LightSpan` keeps a plain one
+        (its export text then copies the ids from it, see :func:`iii.light_span.light_text`)."""
+        if type(span) is not self._light_span:
+            return self.traceparent(span.get_span_context())
+        text: str | None = span._traceparent
+        if text is None:
+            context = span._context
+            if context == self.invalid:
+                return None
+            text = self._plain_traceparent(context)
+            if text is None:
+                return self._traceparent_text(context)
+            span._traceparent = text
+        return text
 
     def extract(self, traceparent: str | None, baggage: str | None) -> Any:
         """The context the default propagators extract from these headers, or ``None`` for a ``traceparent``
@@ -917,7 +935,7 @@ def span_traceparent(span: Any) -> str | None:
     api = _w3c()
     if api is None:
         return _inject().get("traceparent")
-    return api.traceparent(span.get_span_context())
+    return api.span_traceparent(span)
 
 
 def inject_traceparent() -> str | None:

@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import contextvars
 import traceback
 from collections.abc import Callable, Coroutine
 from types import ModuleType
@@ -54,6 +55,10 @@ class TraceScope:
         # iii.light_span's LightSpan and its UNSET status (loaded with OpenTelemetry, by _load_otel).
         self._light: Any = None
         self._unset: Any = None
+        # OpenTelemetry's default runtime context and its context variable, which context.attach and detach set and
+        # reset (two Python-level calls each, per handled call); None for any other runtime context.
+        self._runtime: Any = None
+        self._variable: Any = None
 
     def headers(self) -> tuple[str | None, str | None]:
         """``(traceparent, baggage)`` to put on an outgoing invocation."""
@@ -109,7 +114,9 @@ class TraceScope:
             ctx = trace.set_span_in_context(span, parent)
         # Only BaseExceptions (cancellation) get through, on which use_span would just end the span too.
         try:
-            token = context.attach(ctx)
+            # context.attach/detach, on the runtime context's variable itself while it is the default one
+            variable = self._variable if context._RUNTIME_CONTEXT is self._runtime else None
+            token = context.attach(ctx) if variable is None else variable.set(ctx)
             try:
                 # What _plain does, inline: one coroutine less per handled call.
                 result = await call()
@@ -117,7 +124,13 @@ class TraceScope:
             except Exception as exc:
                 result, error, stack = None, exc, traceback.format_exc()
             finally:
-                context.detach(token)
+                if variable is None:
+                    context.detach(token)
+                else:
+                    try:
+                        variable.reset(token)
+                    except Exception:
+                        context.detach(token)  # fails again, and logs it as OpenTelemetry's detach does
             if error is not None:
                 span.record_exception(error)
                 span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
@@ -140,6 +153,15 @@ class TraceScope:
             pass
         else:
             self._light, self._unset = LightSpan, _UNSET
+        runtime = getattr(context, "_RUNTIME_CONTEXT", None)
+        try:
+            from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+        except ImportError:  # pragma: no cover - another API layout
+            pass
+        else:
+            variable = getattr(runtime, "_current_context", None)
+            if type(runtime) is ContextVarsRuntimeContext and type(variable) is contextvars.ContextVar:
+                self._runtime, self._variable = runtime, variable
         self._otel = (context, trace, trace.Status(trace.StatusCode.OK))
         return self._otel
 

@@ -65,13 +65,24 @@ async def test_queued_handler_spans_are_texts_no_collector_tracks(queued: list[A
 async def test_frames_are_what_the_span_objects_make(queued: list[Any], frames: list[bytes],
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     texts_of: list[Any] = []  # the LightSpans whose texts were queued, in order
-    real = span_text
+    real, real_light = span_text, light_span.light_text
+    inside: list[Any] = []  # light_text falls back on span_text: one span, one entry
 
     def keep(span: Any) -> str:
-        texts_of.append(span)
+        if not inside:
+            texts_of.append(span)
         return real(span)
 
+    def keep_light(span: Any) -> str:
+        texts_of.append(span)
+        inside.append(span)
+        try:
+            return real_light(span)
+        finally:
+            inside.pop()
+
     monkeypatch.setattr(light_span, "span_text", keep)
+    monkeypatch.setattr(light_span, "light_text", keep_light)
     scope = TraceScope(telemetry)
     for call, traceparent, baggage in [(_plain, None, None), (_busy, SAMPLED, "k=v"), (_fails, SAMPLED, None),
                                        (_busy, None, None), (_plain, SAMPLED, None)]:
