@@ -160,6 +160,9 @@ class RedisBus:
             await self._pubsub.subscribe(topic)
             await asyncio.wait_for(confirmed, timeout=_SUBSCRIBE_TIMEOUT_S)
         except self._not_subscribed as exc:
+            # The SUBSCRIBE may have gone out (a stalled connection): without this, Redis would confirm it later
+            # and every reconnection would renew it, for a topic this engine no longer wants.
+            await self.unsubscribe(topic)
             raise EngineError("subscribe_failed", f"Redis did not subscribe to topic {topic!r:.200}: "
                               f"{type(exc).__name__}: {exc}") from None
         finally:
@@ -177,6 +180,11 @@ class RedisBus:
         except self._broken as exc:
             log.warning("pubsub: Redis UNSUBSCRIBE of topic %r failed (%s); its messages are dropped here",
                         topic[:200], exc)
+        finally:
+            # Forgotten now, not when Redis confirms: redis-py renews every channel it still lists when it
+            # reconnects, so an UNSUBSCRIBE lost with the connection had the topic subscribed again for good.
+            encoder = self._pubsub.encoder
+            self._pubsub.channels.pop(encoder.decode(encoder.encode(topic)), None)
 
     async def close(self) -> None:
         """Stop the reader and close both connections."""

@@ -19,6 +19,7 @@ Example (engine configuration):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any, ClassVar
@@ -51,6 +52,8 @@ class PubSubModule(EngineModule):
         self._bus: PubSubBus = LocalBus()
         self._subscribers: dict[str, dict[str, TriggerInfo]] = {}
         self._topic_of_trigger: dict[str, str] = {}
+        # per topic with subscribers: the outcome of its SUBSCRIBE (pending while Redis has not confirmed it)
+        self._subscribed: dict[str, asyncio.Future[None]] = {}
         # condition checks, each holding its subscriber's max_fired_calls slot
         self._checks = HeldTasks()
 
@@ -89,19 +92,34 @@ class PubSubModule(EngineModule):
         subscribers = self._subscribers.setdefault(topic, {})
         subscribers[trigger.id] = trigger
         self._topic_of_trigger[trigger.id] = topic
-        if len(subscribers) == 1:
+        live = self._subscribed.get(topic)
+        try:
+            if live is not None:
+                # Subscribed, or being subscribed for another trigger: this one stands or falls with it. Before,
+                # it was registered at once, and kept with no subscription at all when that SUBSCRIBE failed.
+                await asyncio.shield(live)
+                return
+            live = self._subscribed[topic] = asyncio.get_running_loop().create_future()
             try:
                 await self._bus.subscribe(topic)
-            except BaseException:
-                # The engine does not keep a trigger whose register failed, so neither may we: kept, it would
-                # get messages no listing shows, never be unregistered, and make the next subscriber of the
-                # topic skip the SUBSCRIBE (the topic looked subscribed already), so that one would get nothing.
-                if self._topic_of_trigger.get(trigger.id) == topic and subscribers.get(trigger.id) is trigger:
-                    del self._topic_of_trigger[trigger.id]
-                    del subscribers[trigger.id]
-                    if not subscribers and self._subscribers.get(topic) is subscribers:
-                        del self._subscribers[topic]
+            except BaseException as exc:
+                if self._subscribed.get(topic) is live:
+                    del self._subscribed[topic]  # the next register of the topic tries again
+                live.set_exception(exc if isinstance(exc, EngineError) else EngineError(
+                    "subscribe_failed", f"Subscribing to topic {topic!r:.200} failed: {exc!r:.200}"))
+                live.exception()  # retrieved: no waiter is a normal case, not an "exception never retrieved"
                 raise
+            live.set_result(None)
+        except BaseException:
+            # The engine does not keep a trigger whose register failed, so neither may we: kept, it would get
+            # messages no listing shows, never be unregistered, and make the next subscriber of the topic skip
+            # the SUBSCRIBE (the topic looked subscribed already), so that one would get nothing.
+            if self._topic_of_trigger.get(trigger.id) == topic and subscribers.get(trigger.id) is trigger:
+                del self._topic_of_trigger[trigger.id]
+                del subscribers[trigger.id]
+                if not subscribers and self._subscribers.get(topic) is subscribers:
+                    del self._subscribers[topic]
+            raise
 
     async def unregister(self, trigger: TriggerInfo) -> None:
         """Remove the subscription of ``trigger.id``."""
@@ -112,6 +130,7 @@ class PubSubModule(EngineModule):
         subscribers.pop(trigger.id, None)
         if not subscribers:
             self._subscribers.pop(topic, None)
+            self._subscribed.pop(topic, None)
             await self._bus.unsubscribe(topic)
 
     async def _publish(self, data: Any, ctx: InvocationContext) -> None:

@@ -1,0 +1,84 @@
+"""Attack E2 on the pubsub Redis adapter's reconnection: what it renews when the connection comes back.
+
+redis-py renews, on every reconnection, each channel it still lists. Before: a topic whose UNSUBSCRIBE failed
+during an outage (the last trigger of it unregistered meanwhile) was subscribed again once Redis was back, for the
+engine's life (every message on it read and dropped), and so was a topic whose SUBSCRIBE was sent but not confirmed
+in time (the trigger refused with subscribe_failed; Redis confirmed it later).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+from module_worker import ModuleWorker
+from redis.asyncio import Redis
+from test_engine_attack_pubsub import REDIS_HOST, REDIS_PORT, RedisProxy, engine_on, listen, publish_until_received
+
+from iii_engine.modules.pubsub import bus as pubsub_bus
+from tests.polling import until
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(30),
+              pytest.mark.our_engine("configures the pubsub Redis adapter through a proxy")]
+
+
+class DownableProxy(RedisProxy):
+    """A :class:`RedisProxy` that can also refuse connections (:meth:`down`) and accept them again (:meth:`up`)."""
+
+    async def down(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+        self.cut()
+
+    async def up(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+
+
+async def subscribers_in_redis(redis: Redis, topic: str) -> int:
+    return int((await redis.pubsub_numsub(topic))[0][1])
+
+
+async def test_a_topic_unsubscribed_while_redis_was_down_is_not_renewed_when_it_is_back() -> None:
+    topic = f"ae2-{uuid.uuid4()}"
+    redis = Redis.from_url(f"redis://{REDIS_HOST}:{REDIS_PORT}/0")
+    try:
+        async with DownableProxy() as proxy, engine_on(proxy.url) as engine, ModuleWorker(engine.url) as worker:
+            bus: Any = engine.module("pubsub")._bus
+            got = await listen(worker, "ae2::on", "ae2-sub", topic)
+            await publish_until_received(redis, topic, got)
+            assert await subscribers_in_redis(redis, topic) == 1
+            await proxy.down()
+            await until(lambda: bus._lost_at is not None)
+            await worker.send({"type": "unregistertrigger", "id": "ae2-sub", "trigger_type": "subscribe"})
+            await worker.sync()
+            await proxy.up()
+            await until(lambda: bus._lost_at is None)  # back, its subscriptions renewed
+            # a topic still wanted, subscribed after the renewal: once it is live, the renewal is over
+            await publish_until_received(redis, f"{topic}-2", await listen(worker, "ae2::on2", "ae2-sub2",
+                                                                          f"{topic}-2"))
+            assert await subscribers_in_redis(redis, topic) == 0
+    finally:
+        await redis.aclose()
+
+
+async def test_a_subscribe_not_confirmed_in_time_leaves_no_subscription_in_redis(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pubsub_bus, "_SUBSCRIBE_TIMEOUT_S", 0.5)
+    topic = f"ae2-{uuid.uuid4()}"
+    redis = Redis.from_url(f"redis://{REDIS_HOST}:{REDIS_PORT}/0")
+    try:
+        async with DownableProxy() as proxy, engine_on(proxy.url) as engine, ModuleWorker(engine.url) as worker:
+            await worker.function("ae2::late", lambda data: None)
+            proxy.hold()  # the SUBSCRIBE waits in the proxy past the confirmation's deadline
+            await worker.send({"type": "registertrigger", "id": "ae2-late", "trigger_type": "subscribe",
+                               "function_id": "ae2::late", "config": {"topic": topic}})
+            await worker.sync()  # answered once the register failed
+            proxy.release()  # Redis now gets the SUBSCRIBE (and, since the fix, the UNSUBSCRIBE after it)
+            other = f"{topic}-2"
+            await publish_until_received(redis, other, await listen(worker, "ae2::on2", "ae2-sub2", other))
+            assert await subscribers_in_redis(redis, topic) == 0
+    finally:
+        await redis.aclose()
