@@ -167,6 +167,8 @@ CPU: dict[str, list[float]] = {f"{sdk}_{end}": [] for sdk in ("ours", "ours@64k"
 del CPU["ref_inproc"]
 CPU["floor_bytes"] = []
 CPU["floor_frames"] = []
+CPU["recv_1m"] = []
+CPU["recv_64k"] = []
 
 
 async def reference(engine: Engine, size: int, python: str = REF_PYTHON, label: str = "ours") -> float | None:
@@ -372,6 +374,70 @@ async def floor(kind: str, size: int) -> float:
     return size / seconds / 1e6
 
 
+# ---------------------------------------------------------------------------------------------- receive alone
+# The relay's receive half by itself: a writer process that does the WebSocket upgrade by hand, then blasts
+# pre-masked binary frames (64 KiB, or 1 MiB like an invited writer) as fast as the socket takes them; this process
+# receives them through our fast server connection (iii.ws_fastpath: FrameReader, unmasking, the inbox) and only
+# counts them. CPU per GiB of this process, from the first message to the last: "recv" (1 MiB frames) and
+# "recv@64k".
+
+RECV_WRITER = r"""
+import os, socket, struct, sys
+port, size, frame = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+s = socket.create_connection(("127.0.0.1", port))
+s.sendall(b"GET /recv HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+          b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+head = b""
+while b"\r\n\r\n" not in head:
+    head += s.recv(4096)
+assert head.startswith(b"HTTP/1.1 101"), head
+from websockets.speedups import apply_mask
+per = max(1, (1 << 20) // frame)
+block = b"".join(struct.pack("!BBQ", 0x82, 0x80 | 127, frame) + key + apply_mask(b"v" * frame, key)
+                 for key in (os.urandom(4) for _ in range(per)))
+for _ in range(size // (per * frame)):
+    s.sendall(block)
+s.sendall(b"\x88\x80" + os.urandom(4))
+s.recv(16)
+s.close()
+"""
+
+
+async def receive_only(size: int, frame: int, key: str) -> float:
+    """MB/s of ``size`` bytes in ``frame``-byte frames received (and dropped) by this process; CPU per GiB to
+    ``CPU[key]``."""
+    from iii import ws_fastpath
+
+    done: asyncio.Future[tuple[int, float, float]] = asyncio.get_running_loop().create_future()
+
+    def fast(connection: ServerConnection, request: object) -> None:
+        ws_fastpath.enable_fast_receive(connection)
+
+    async def handler(ws: ServerConnection) -> None:
+        n, start, cpu = 0, 0.0, 0.0
+        receive = ws_fastpath.receiver(ws)
+        try:
+            while True:
+                _, payload = await receive()
+                if not n:
+                    start, cpu = time.perf_counter(), time.process_time()
+                n += len(payload)
+        except websockets.ConnectionClosed:
+            pass
+        done.set_result((n, time.perf_counter() - start, time.process_time() - cpu))
+
+    async with serve(handler, "127.0.0.1", 0, create_connection=ws_fastpath.server_factory(),
+                     process_request=fast, **OPTS) as server:  # type: ignore[arg-type]
+        port = server.sockets[0].getsockname()[1]
+        writer = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", RECV_WRITER, str(port), str(size), str(frame))
+        n, seconds, cpu = await done
+        await writer.wait()
+    assert n == size, (n, size)
+    CPU[key].append(cpu * 1000 * (1 << 30) / size)
+    return size / seconds / 1e6
+
+
 def rss_kib(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -429,7 +495,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--only", default="raw,ours,ours_proc,ref_proc,floor_bytes,floor_frames",
                         help="comma-separated contenders among raw, ours, ours_proc, ref_proc, floor_bytes, "
-                             "floor_frames")
+                             "floor_frames, recv (the relay's receive half alone; with --frames 64k, "
+                             "recv@64k: 64 KiB frames)")
     parser.add_argument("--frames", default="invited",
                         help="comma-separated frame sizes our writer runs with: invited (the engine's invitation), "
                              "64k (an engine inviting 64 KiB frames, as before the extension)")
@@ -452,7 +519,7 @@ def _wanted(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[s
     if not os.path.exists(REF_PYTHON):
         base = [name for name in base if name != "ref_proc"]
     return [f"{name}@64k" if frame == "64k" else name for name in base
-            for frame in (frames if name in ("ours", "ours_proc") else ["invited"])]
+            for frame in (frames if name in ("ours", "ours_proc", "recv") else ["invited"])]
 
 
 async def _run_rounds(args: argparse.Namespace, wanted: list[str]) -> dict[str, list[float]]:
@@ -473,6 +540,8 @@ async def _run_rounds(args: argparse.Namespace, wanted: list[str]) -> dict[str, 
                 "ref_proc": lambda: reference(engine, size),
                 "floor_bytes": lambda: floor("bytes", size),
                 "floor_frames": lambda: floor("frames", size),
+                "recv": lambda: receive_only(size, 1 << 20, "recv_1m"),
+                "recv@64k": lambda: receive_only(size, 64 << 10, "recv_64k"),
             }
 
         if args.warmup_mib:
@@ -501,7 +570,7 @@ def _report(args: argparse.Namespace, wanted: list[str], results: dict[str, list
             cpu: dict[str, list[float]]) -> None:
     labels = {"raw": "raw two-hop relay", "ours": "ours in-process", "ours_proc": "ours, processes",
               "ref_proc": "reference, processes", "floor_bytes": "floor: byte forwarder",
-              "floor_frames": "floor: frame forwarder"}
+              "floor_frames": "floor: frame forwarder", "recv": "receive alone"}
     print(f"{len(next(iter(results.values()), []))} rounds x {args.size_mib} MiB, MB/s:")
     for name in wanted:
         label = labels[name.split("@")[0]] + (" @64k" if name.endswith("@64k") else "")
@@ -525,7 +594,8 @@ def _report(args: argparse.Namespace, wanted: list[str], results: dict[str, list
               f"(rounds {min(ratios):.2f}-{max(ratios):.2f})")
     labels_cpu = {"write": "writer process", "read": "reader process", "relay": "engine (relay) process",
                   "inproc": "in-process run (writer + relay + reader)",
-                  "bytes": "bare byte forwarder (BufferedProtocol)", "frames": "frame forwarder (C unmask)"}
+                  "bytes": "bare byte forwarder (BufferedProtocol)", "frames": "frame forwarder (C unmask)",
+                  "1m": "receive alone, 1 MiB frames", "64k": "receive alone, 64 KiB frames"}
     print("CPU per GiB (ms; medians, spread):")
     for key, values in cpu.items():
         if values:
