@@ -42,6 +42,9 @@ _RECONNECT_FIRST_S = 0.05
 _RECONNECT_MAX_S = 2.0
 # How long subscribe() waits for Redis to confirm a SUBSCRIBE
 _SUBSCRIBE_TIMEOUT_S = 10.0
+# How long a connection attempt, or a command's reply (a PUBLISH), may take: without it a Redis that stalls (accepts
+# and never answers) held every publish for good, each holding its caller's call count
+_REDIS_TIMEOUT_S = 10.0
 
 __all__ = ["Deliver", "LocalBus", "PubSubBus", "RedisBus", "open_bus"]
 
@@ -111,7 +114,8 @@ class RedisBus:
         # what a broken or refused connection raises (redis is an optional package: imported here, not above)
         self._broken: tuple[type[Exception], ...] = (RedisError, OSError)
         self._not_subscribed: tuple[type[Exception], ...] = (*self._broken, TimeoutError)
-        self._redis: Redis = Redis.from_url(redis_url)
+        self._redis: Redis = Redis.from_url(redis_url, socket_timeout=_REDIS_TIMEOUT_S,
+                                            socket_connect_timeout=_REDIS_TIMEOUT_S)
         self._pubsub: PubSub = self._redis.pubsub()
         self._reader: asyncio.Task[None] | None = None
         # Messages wait for room in the engine (max_fired_calls) in a task of their own, in order: the reader
@@ -143,8 +147,17 @@ class RedisBus:
         self._delivery = asyncio.create_task(self._deliver_received(), name="pubsub-redis-delivery")
 
     async def publish(self, topic: str, data: Any) -> None:
-        """See :class:`PubSubBus`."""
-        await self._redis.publish(topic, dumps(data))
+        """See :class:`PubSubBus`.
+
+        Raises:
+            EngineError: ``publish_failed`` naming the topic when Redis is unreachable or did not answer in 10 s.
+        """
+        text = dumps(data)
+        try:
+            await self._redis.publish(topic, text)
+        except self._broken as exc:
+            raise EngineError("publish_failed", f"Redis did not take the publish to topic {topic!r:.200}: "
+                              f"{type(exc).__name__}: {exc}") from None
 
     async def subscribe(self, topic: str) -> None:
         """See :class:`PubSubBus`.

@@ -82,3 +82,18 @@ async def test_a_subscribe_not_confirmed_in_time_leaves_no_subscription_in_redis
             assert await subscribers_in_redis(redis, topic) == 0
     finally:
         await redis.aclose()
+
+
+async def test_a_publish_to_a_stalled_redis_fails_in_bounded_time_naming_the_topic(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # before: the PUBLISH waited for Redis's reply for good (no socket timeout), holding its caller's call count
+    monkeypatch.setattr(pubsub_bus, "_REDIS_TIMEOUT_S", 0.5, raising=False)
+    topic = f"ae2-{uuid.uuid4()}"
+    async with DownableProxy() as proxy, engine_on(proxy.url) as engine, ModuleWorker(engine.url) as worker:
+        assert (await worker.call("publish", {"topic": topic, "data": 1})).get("error") is None
+        proxy.hold()  # Redis stalls: takes the connection's bytes, never answers
+        answer = await asyncio.wait_for(worker.call("publish", {"topic": topic, "data": 2}), 5)
+        assert answer["error"]["code"] == "publish_failed"
+        assert topic in answer["error"]["message"]
+        proxy.release()
+        assert (await worker.call("publish", {"topic": topic, "data": 3})).get("error") is None
