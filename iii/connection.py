@@ -509,7 +509,13 @@ class Connection:
                 if not await self._wait_before_retry():
                     return
                 continue
-            await self._serve(ws)
+            try:
+                await self._serve(ws)
+            except Exception:
+                # A callback's bug (on_open, on_ready, on_lost) must not end the supervisor: the client would stay
+                # disconnected for good with nothing retrying. The socket is dropped and a new one made as usual.
+                log.exception("Serving the connection to %s failed; dropping it and reconnecting", self.url)
+                ws.transport.abort()
             if self._running and not await self._wait_before_retry():
                 return
 

@@ -228,23 +228,28 @@ class ClientSession:
         return frame
 
     def replay(self) -> list[str]:
-        """Every registration, in the order the engine needs them: trigger types, services, functions, triggers."""
+        """Every registration, in the order the engine needs them: trigger types, services, functions, triggers.
+
+        The book is changed from the caller's threads (``register_*``) while the loop reads it here: each table is
+        copied in one C-level step (``list(d.values())``) before any Python code walks it; a generator over the
+        live dict raised "dictionary changed size during iteration" when a thread registered meanwhile.
+        """
         return [
-            *self._trigger_types.values(),
-            *self._services.values(),
-            *(f.frame for f in self._functions.values()),
-            *self._triggers.values(),
+            *list(self._trigger_types.values()),
+            *list(self._services.values()),
+            *[f.frame for f in list(self._functions.values())],
+            *list(self._triggers.values()),
         ]
 
     def missing_functions(self, present: Iterable[Any]) -> list[str]:
         """Frames of our functions absent from ``present`` (ids the engine listed), for the T7 recovery."""
         listed = set(present)
-        return [f.frame for fid, f in self._functions.items() if fid not in listed]
+        return [f.frame for fid, f in list(self._functions.items()) if fid not in listed]
 
     def missing_triggers(self, present: Iterable[Any]) -> list[str]:
         """Frames of our triggers absent from ``present`` (ids the engine listed), for the T7 recovery."""
         listed = set(present)
-        return [frame for tid, frame in self._triggers.items() if tid not in listed]
+        return [frame for tid, frame in list(self._triggers.items()) if tid not in listed]
 
     # ------------------------------------------------------------ connection changes
 

@@ -1,0 +1,107 @@
+"""Attack A-S2: today's SDK life-cycle fixes (queued registrations dropped on open, reconnection that gave up,
+bounded shutdown, on_functions_available's lock, droppable pongs) attacked with flapping and stalled connections.
+
+Each test reproduces one fault found by the attack and failed on the code before its fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from iii import InitOptions
+from iii.connection import Connection, Write
+from iii.iii import III, register_worker
+
+from .conftest import FAST_RECONNECT, EngineThread, reconnected, wait_until
+from .test_connection import Recorder
+
+
+@pytest.fixture
+async def recorder() -> AsyncIterator[Recorder]:
+    from websockets.asyncio.server import serve
+
+    rec = Recorder()
+    async with serve(rec.handle, "127.0.0.1", 0) as server:
+        rec.server = server
+        yield rec
+
+
+async def test_a_callback_that_raises_on_open_does_not_end_reconnection(
+        recorder: Recorder, caplog: pytest.LogCaptureFixture) -> None:
+    # Before: an exception out of on_open (the replay raised "dictionary changed size during iteration" when a
+    # thread registered meanwhile) ended the supervisor task: the socket stayed open, unused, and nothing ever
+    # reconnected; the client sat "disconnected" for good.
+    opened = 0
+
+    async def on_open(write: Write) -> None:
+        nonlocal opened
+        opened += 1
+        if opened == 1:
+            raise RuntimeError("dictionary changed size during iteration")
+        await write("replayed")
+
+    conn = Connection(recorder.url, on_frame=lambda _raw: None, on_open=on_open, reconnection=FAST_RECONNECT)
+    with caplog.at_level(logging.ERROR, logger="iii.connection"):
+        await conn.start()
+        try:
+            await recorder.wait_for(lambda: "replayed" in recorder.frames)
+            assert recorder.connections == 2 and conn.state == "connected"
+        finally:
+            await conn.close()
+    assert any("dropping it and reconnecting" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+@pytest.fixture
+def client(fake: EngineThread) -> Iterator[III]:
+    worker = register_worker(fake.url, InitOptions(worker_name="a", reconnection_config=FAST_RECONNECT))
+    yield worker
+    worker.shutdown()
+
+
+def _cut(fake: EngineThread, client: III) -> None:
+    """Cut ``client``'s socket as a killed engine would (no close handshake) and wait for its next connection."""
+    old = client.worker_id
+    assert old is not None
+    worker = fake.engine.workers[old]
+
+    async def abort() -> None:
+        worker.ws.transport.abort()
+
+    fake.run(abort())
+    wait_until(lambda: reconnected(client, old), 10)
+
+
+def test_functions_registered_from_a_thread_while_the_connection_flaps_all_reach_the_engine(
+        fake: EngineThread, client: III) -> None:
+    # Before: the replay walked the book while this thread wrote to it; the loop's replay raised, its supervisor
+    # ended, and the client never reconnected (and the functions registered meanwhile never reached the engine).
+    for n in range(3000):  # a replay long enough to be interrupted by the registering thread
+        client.register_function(f"base{n}", lambda data: data)
+    registered: list[str] = []
+    stop = threading.Event()
+
+    def register() -> None:
+        while not stop.is_set() and len(registered) < 20_000:
+            function_id = f"late{len(registered)}"
+            client.register_function(function_id, lambda data: data)
+            registered.append(function_id)
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    writer = threading.Thread(target=register, daemon=True)
+    writer.start()
+    try:
+        for _ in range(4):
+            _cut(fake, client)
+    finally:
+        stop.set()
+        writer.join(10)
+        sys.setswitchinterval(previous)
+    fake.wait_registered(*registered[-100:], "base0")
+    client.list_functions()  # a round trip: every registration sent before it was handled
+    assert {f"base{n}" for n in range(3000)} | set(registered) <= fake.function_ids()

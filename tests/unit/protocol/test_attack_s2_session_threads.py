@@ -1,0 +1,72 @@
+"""Attack A-S2: the registration book is written from the caller's threads while the loop reads it.
+
+``register_function`` and ``register_trigger`` change the :class:`ClientSession` book on the caller's thread; the
+loop reads it for the replay on every new connection and for the T7 recovery. A read that walked the live dict in
+Python code raised "dictionary changed size during iteration" when a thread registered meanwhile; raised in the
+replay it ended the connection's supervisor, and the client stayed disconnected for good.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from iii.iii_types import RegisterFunctionMessage
+from iii.protocol.client import ClientSession
+
+
+@pytest.fixture
+def busy_switching() -> Iterator[None]:
+    """Threads switch as often as the interpreter allows, so a walk of a dict is interrupted within a few items."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(before)
+
+
+def _read_while_registering(session: ClientSession, read: Callable[[], Any], rounds: int = 40) -> None:
+    """Call ``read()`` ``rounds`` times while another thread registers functions and triggers without pause."""
+    stop = threading.Event()
+
+    def register() -> None:
+        n = 0
+        while not stop.is_set():
+            session.register_function(RegisterFunctionMessage(id=f"late{n}"), invokable=True)
+            session.register_trigger("cron", f"late{n}", {"expression": "* * * * * *"})
+            n += 1
+
+    writer = threading.Thread(target=register, daemon=True)
+    writer.start()
+    try:
+        for _ in range(rounds):
+            read()  # raised RuntimeError: dictionary changed size during iteration
+    finally:
+        stop.set()
+        writer.join(10)
+
+
+def _book(functions: int) -> ClientSession:
+    session = ClientSession()
+    for n in range(functions):
+        session.register_function(RegisterFunctionMessage(id=f"f{n}"), invokable=True)
+        session.register_trigger("cron", f"f{n}", {"expression": "* * * * * *"})
+    return session
+
+
+@pytest.mark.usefixtures("busy_switching")
+def test_the_replay_reads_the_book_while_threads_register() -> None:
+    session = _book(1000)
+    _read_while_registering(session, session.connection_opened)
+    replay = session.replay()
+    assert sum('"registerfunction"' in frame for frame in replay) >= 1000
+
+
+@pytest.mark.usefixtures("busy_switching")
+def test_the_recovery_reads_the_book_while_threads_register() -> None:
+    session = _book(1000)
+    _read_while_registering(session, lambda: (session.missing_functions([]), session.missing_triggers([])))
+    assert len(session.missing_functions(["f0"])) == len(session.missing_functions([])) - 1
