@@ -29,6 +29,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import random
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -40,12 +41,13 @@ from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import Event, SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import DEFAULT_TRACE_STATE, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 from opentelemetry.util.types import Attributes, AttributeValue
 
-from .telemetry_exporters import EngineSpanExporter, plain_span_text, span_text
+from .telemetry_exporters import EngineSpanExporter, span_text, span_text_pieces
 
 __all__ = ["HandlerSpans", "LightSpan", "OwnTracerProvider", "span_context"]
 
@@ -129,9 +131,28 @@ class HandlerSpans:
             parent_or_none: SpanContext | None = parent_context
         else:
             parent_or_none = None
-            trace_id = ids.generate_trace_id()
-            flags = _ROOT_FLAGS[1] if ids.is_trace_id_random() else _ROOT_FLAGS[0]  # ParentBased(root=ALWAYS_ON)
-            context = span_context(trace_id, ids.generate_span_id(), False, flags)
+            # _plain_random_ids(ids), inline (a Python-level call less per root span)
+            if type(ids) is RandomIdGenerator and _RANDOM_KNOWN and not ids.__dict__ and (
+                    RandomIdGenerator.generate_trace_id is _RANDOM_METHODS[0]
+                    and RandomIdGenerator.generate_span_id is _RANDOM_METHODS[1]
+                    and RandomIdGenerator.is_trace_id_random is _RANDOM_METHODS[2]):
+                # What the generator's three methods return (their known source): the same draws, in the same order
+                # (the SDK's tracer asks for the trace id first), without three Python-level calls per root span.
+                getrandbits = random.getrandbits
+                trace_id = getrandbits(128)
+                while not trace_id:
+                    trace_id = getrandbits(128)
+                span_id = getrandbits(64)
+                while not span_id:
+                    span_id = getrandbits(64)
+                flags = _ROOT_FLAGS[1]
+                # Both ids are in range and not zero: valid, without span_context's checks.
+                context = _new_tuple(SpanContext, (trace_id, span_id, False, flags, _DEFAULT_TRACE_STATE, True)) \
+                    if _TUPLE_LAYOUT else SpanContext(trace_id, span_id, False, flags)
+            else:
+                trace_id = ids.generate_trace_id()
+                flags = _ROOT_FLAGS[1] if ids.is_trace_id_random() else _ROOT_FLAGS[0]  # ParentBased(root=ALWAYS_ON)
+                context = span_context(trace_id, ids.generate_span_id(), False, flags)
         if not flags & TraceFlags.SAMPLED:  # ParentBased: follow the parent
             return trace.NonRecordingSpan(context)
         processor = self._provider.own_processor
@@ -140,7 +161,9 @@ class HandlerSpans:
         if hooks is None or hooks[0] is not processor:
             hooks = self._hooks = (processor, _batch_emit(processor, self._resource, self._scope))
         emit = hooks[1]
-        if emit is not None and not _hooks_intact(processor):
+        # _hooks_intact(processor), inline (a Python-level call less per span)
+        if emit is not None and not (BatchSpanProcessor.on_end is _ON_END and BatchSpanProcessor.on_start is _ON_START
+                                     and "on_end" not in (own := processor.__dict__) and "on_start" not in own):
             emit = None
         span = LightSpan(name, context, parent_or_none, kind, self._limits, self._resource, self._scope, processor)
         if emit is None:
@@ -148,6 +171,39 @@ class HandlerSpans:
         else:
             span._on_end = emit
         return span
+
+
+# RandomIdGenerator's methods as the root-span draws in HandlerSpans.start_child were written against.
+_RANDOM_SOURCES: Final = (
+    "    def generate_trace_id(self) -> int:\n        trace_id = random.getrandbits(128)\n"
+    "        while trace_id == trace.INVALID_TRACE_ID:\n            trace_id = random.getrandbits(128)\n"
+    "        return trace_id\n",
+    "    def generate_span_id(self) -> int:\n        span_id = random.getrandbits(64)\n"
+    "        while span_id == trace.INVALID_SPAN_ID:\n            span_id = random.getrandbits(64)\n"
+    "        return span_id\n",
+    "    def is_trace_id_random(self) -> bool:\n        return True\n",
+)
+_RANDOM_METHODS: Final = (RandomIdGenerator.generate_trace_id, RandomIdGenerator.generate_span_id,
+                          RandomIdGenerator.is_trace_id_random)
+
+
+def _probe_random_ids() -> bool:
+    try:
+        return tuple(inspect.getsource(method) for method in _RANDOM_METHODS) == _RANDOM_SOURCES \
+            and trace.INVALID_TRACE_ID == 0 and trace.INVALID_SPAN_ID == 0
+    except (OSError, TypeError):  # pragma: no cover - sources not shipped
+        return False
+
+
+_RANDOM_KNOWN: Final = _probe_random_ids()
+
+
+def _plain_random_ids(ids: RandomIdGenerator) -> bool:
+    """Whether ``ids`` (a ``RandomIdGenerator``) would run the methods of the known source: checked per span, as
+    :func:`_hooks_intact` is, so a method patched later (on the class or the instance) is called again."""
+    return _RANDOM_KNOWN and not ids.__dict__ and (
+        RandomIdGenerator.generate_trace_id, RandomIdGenerator.generate_span_id, RandomIdGenerator.is_trace_id_random
+    ) == _RANDOM_METHODS
 
 
 # BatchSpanProcessor's on_start and on_end as this module was written against: on_start does nothing, and on_end of a
@@ -279,7 +335,7 @@ os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
 def light_text(span: LightSpan) -> str:
     """:func:`span_text` of a :class:`LightSpan`, the same text: for the usual handler span (no attributes, events
     or links; plain int times; its traceparent already written, see :func:`plain_traceparent`) from that
-    traceparent's ids and the exporter's cached pieces (:func:`plain_span_text`), otherwise :func:`span_text`.
+    traceparent's ids and the exporter's cached pieces (:func:`span_text_pieces`), otherwise :func:`span_text`.
 
     Example:
         >>> from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -306,9 +362,25 @@ def light_text(span: LightSpan) -> str:
         if type(parent_id) is not int or not 0 <= parent_id <= _SPAN_ID_MAX:
             return span_text(span)
         parent_text = f',"parentSpanId":"{parent_id.to_bytes(8, "big").hex()}"}}'
-    text = plain_span_text(traceparent[3:35], traceparent[36:52], span._name, span.kind, span._status, start, end,
-                           parent_text)
-    return span_text(span) if text is None else text
+    name = span._name
+    kind = span.kind
+    status = span._status
+    pieces = _LIGHT_PIECES.get(name) if type(name) is str else None
+    if pieces is None or pieces[0] is not kind or pieces[1] is not status:
+        known = span_text_pieces(name, kind, status)
+        if known is None:
+            return span_text(span)  # which caches them for the next span
+        if len(_LIGHT_PIECES) >= _LIGHT_PIECES_MAX:
+            _LIGHT_PIECES.clear()
+        pieces = _LIGHT_PIECES[name] = (kind, status, *known)
+    return (f'{{"traceId":"{traceparent[3:35]}","spanId":"{traceparent[36:52]}",{pieces[2]},'
+            f'"startTimeUnixNano":"{start}","endTimeUnixNano":"{end}",{pieces[3]}{parent_text}')
+
+
+# span_text_pieces by span name (one str lookup, not two keyed by identities), for the kind and status objects kept
+# with them (the text of a kind and of a status without description never changes). Cleared when full.
+_LIGHT_PIECES: dict[str, tuple[Any, Any, str, str]] = {}
+_LIGHT_PIECES_MAX: Final = 256
 
 
 # A longer text waits as its span instead: a text copies the span's strings, escaped (up to 6 characters for one) and

@@ -899,6 +899,9 @@ def _w3c() -> _W3C | None:
             api = _w3c_api = _W3C()
         except ImportError:
             return None
+    checked, is_default = api._checked
+    if api._get_textmap() is checked:  # default_propagation's cached answer, one call less (twice per handled call)
+        return api if is_default else None
     return api if api.default_propagation() else None
 
 

@@ -41,8 +41,8 @@ __all__ = [
     "EngineSpanExporter",
     "FrameSink",
     "SharedEngineConnection",
-    "plain_span_text",
     "span_text",
+    "span_text_pieces",
 ]
 
 log = logging.getLogger(__name__)
@@ -419,20 +419,19 @@ def _remember_pieces(name: Any, kind: Any, status: Any) -> None:
                                       f'{_enum_value(status.status_code)},"message":{_EMPTY_STRING}}}')
 
 
-def plain_span_text(hex_trace: str, hex_span: str, name: Any, kind: Any, status: Any, start: int, end: int,
-                    parent_text: str) -> str | None:
-    """:func:`span_text` of a span without attributes, events and links, from its parts already written (ids as
-    32 and 16 hex digits, int times, ``parent_text`` the text's end: ``}`` or ``,"parentSpanId":"<hex>"}``) and
-    the pieces cached for its name, kind and status; ``None`` while they are not cached (the span's
-    :func:`span_text` caches them). Ours (issue 10): a handler span's text from its traceparent's digits."""
+def span_text_pieces(name: Any, kind: Any, status: Any) -> tuple[str, str] | None:
+    """The two cached middle pieces :func:`span_text` writes a span of ``name``, ``kind`` and ``status`` without
+    attributes, events and links from, ``(head, tail)``:
+    ``{"traceId":"<32 hex>","spanId":"<16 hex>",<head>,"startTimeUnixNano":"<int>","endTimeUnixNano":"<int>",<tail>``
+    then ``}`` or ``,"parentSpanId":"<16 hex>"}``. ``None`` while not cached (that span's :func:`span_text` caches
+    them). Ours (issue 10): a handler span's text is written from them and its traceparent's digits."""
     if type(name) is not str:
         return None
     head = _heads.get((name, id(kind)))
     tail = _tails.get(id(status))
     if head is None or tail is None or head[0] is not kind or tail[0] is not status:
         return None
-    return (f'{{"traceId":"{hex_trace}","spanId":"{hex_span}",{head[1]},"startTimeUnixNano":"{start}",'
-            f'"endTimeUnixNano":"{end}",{tail[1]}{parent_text}')
+    return head[1], tail[1]
 
 
 def _source_of(span: Any, texts: tuple[Any, Any] | None) -> tuple[Any, Any]:

@@ -124,9 +124,59 @@ def test_light_text_is_span_text_for_every_shape() -> None:
         if cold:
             telemetry_exporters._heads.clear()
             telemetry_exporters._tails.clear()
+            light_span._LIGHT_PIECES.clear()
         for span in spans:
             assert _text_or_error(light_text, span) == _text_or_error(span_text, span)
     provider.shutdown()
+
+
+def test_the_light_pieces_are_bounded() -> None:
+    provider = OwnTracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(EngineSpanExporter(SharedEngineConnection(lambda frame: None))))  # type: ignore[arg-type]
+    spans = HandlerSpans(provider, "emit")
+    for n in range(light_span._LIGHT_PIECES_MAX + 10):
+        span = spans.start(f"call f{n}", None)
+        span._traceparent = plain_traceparent(span.get_span_context())  # type: ignore[attr-defined]
+        span.end_time = time.time_ns()  # type: ignore[attr-defined]
+        for _ in range(2):
+            assert light_text(span) == span_text(span)  # type: ignore[arg-type]
+        assert len(light_span._LIGHT_PIECES) <= light_span._LIGHT_PIECES_MAX
+    provider.shutdown()
+
+
+def _root_ids(provider: OwnTracerProvider) -> tuple[int, int]:
+    span = HandlerSpans(provider, "emit").start("call f", None)
+    context = span.get_span_context()
+    assert context.is_valid and context.trace_flags == TraceFlags(3)  # sampled, random trace id
+    return context.trace_id, context.span_id
+
+
+def test_root_ids_are_the_generators_draws(monkeypatch: pytest.MonkeyPatch) -> None:
+    import random
+
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+
+    provider = OwnTracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(EngineSpanExporter(SharedEngineConnection(lambda frame: None))))  # type: ignore[arg-type]
+    random.seed(7)
+    drawn = _root_ids(provider)
+    random.seed(7)
+    generator = RandomIdGenerator()
+    assert drawn == (generator.generate_trace_id(), generator.generate_span_id())
+    zeros = iter([0, 0, 5, 0, 6])  # a zero draw is drawn again, as the generator does
+    monkeypatch.setattr(random, "getrandbits", lambda bits: next(zeros))
+    assert _root_ids(provider) == (5, 6)
+    monkeypatch.undo()
+    monkeypatch.setattr(RandomIdGenerator, "generate_span_id", lambda self: 99)  # patched later: called again
+    assert _root_ids(provider)[1] == 99
+    monkeypatch.undo()
+    monkeypatch.setattr(provider.id_generator, "generate_trace_id", lambda: 42)  # on the instance too
+    assert _root_ids(provider)[0] == 42
+    provider.shutdown()
+
+
+def test_the_id_generator_of_the_installed_sdk_is_the_known_one() -> None:
+    assert light_span._RANDOM_KNOWN
 
 
 def test_light_text_of_ids_the_bytes_cannot_write() -> None:
