@@ -108,6 +108,7 @@ class Pending:
     timer: asyncio.TimerHandle | None = None
     watch: Any = None  # the invocation observer's token, handed back when the result arrives
     holder: WorkerConnection | None = None  # the worker whose max_calls_per_worker count the call holds
+    ended: bool = False  # set by _finish: a wait for room in the callee's queue stops at once
 
 
 class Invocations:
@@ -252,10 +253,11 @@ class Invocations:
             pending.timer = loop.call_later(self.timeout_ms / 1000, self._expire, pending.invocation_id)
         outbox = callee.outbox
         size = frame_bytes(text)
-        await outbox.wait_for_room(size)
-        if self.pending.get(pending.invocation_id) is not pending:
+        await outbox.wait_for_room(size, pending)
+        if pending.ended:
             # ended while it waited for room (timed out, its caller left, the callee was halted): its caller was told
-            # so, and the callee must not run a call whose outcome nobody will take
+            # so, and the callee must not run a call whose outcome nobody will take; the wait stopped when it ended,
+            # so the caller's connection, whose frames wait behind this call, is read again at once
             return
         # The invoke path already waits for the callee (production's back-pressure): write from this task.
         if not await outbox.send(text, size, flush=False):
@@ -293,8 +295,12 @@ class Invocations:
         pending = self.pending.pop(invocation_id, None)
         if pending is None:
             return
+        pending.ended = True
         if pending.timer is not None:
             pending.timer.cancel()
+        outbox = pending.callee.outbox
+        if outbox.waiting:  # a call may be waiting for room there: this one, if so, stops waiting
+            outbox.wake_waiters()
         holder = pending.holder
         if holder is not None:
             holder.calls -= 1

@@ -28,7 +28,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from iii.protocol.worker_session import WorkerSession
 
@@ -45,6 +45,12 @@ OVERFLOW_CLOSE_CODE = 1008
 def frame_bytes(text: str) -> int:
     """The UTF-8 size of a text frame (ASCII, the common case, without encoding it)."""
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+class Ending(Protocol):
+    """A call whose wait for room :meth:`Outbox.wait_for_room` gives up once it has ended."""
+
+    ended: bool
 
 
 class Outbox:
@@ -72,6 +78,8 @@ class Outbox:
         self._ready = asyncio.Event()
         self._room = asyncio.Event()
         self._room.set()
+        #: tasks in :meth:`wait_for_room` now
+        self.waiting = 0
         self._closed = False
         self.overflowed = False
         self._task = asyncio.get_running_loop().create_task(self._drain())
@@ -118,11 +126,22 @@ class Outbox:
     def _full(self, size: int) -> bool:
         return len(self._items) >= self._limit or (self._bytes > 0 and self._bytes + size > self._max_bytes)
 
-    async def wait_for_room(self, size: int = 0) -> None:
-        """Wait while ``limit`` frames are queued or a ``size``-byte frame would not fit (at once when closed)."""
-        while not self._closed and self._full(size):
-            self._room.clear()
-            await self._room.wait()
+    async def wait_for_room(self, size: int = 0, call: Ending | None = None) -> None:
+        """Wait while ``limit`` frames are queued or a ``size``-byte frame would not fit (at once when closed, or
+        once ``call`` has ended: its owner calls :meth:`wake_waiters` when it ends one)."""
+        if self._closed or not self._full(size):
+            return
+        self.waiting += 1
+        try:
+            while not self._closed and self._full(size) and not (call is not None and call.ended):
+                self._room.clear()
+                await self._room.wait()
+        finally:
+            self.waiting -= 1
+
+    def wake_waiters(self) -> None:
+        """Wake every :meth:`wait_for_room` to check again (those still without room wait on)."""
+        self._room.set()
 
     async def send(self, text: str, size: int | None = None, *, flush: bool = True) -> bool:
         """Write ``text`` from the calling task when nothing is queued or being written (no wake-up of the sender

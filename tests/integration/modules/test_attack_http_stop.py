@@ -33,7 +33,7 @@ async def test_stop_answers_a_request_waiting_for_room_in_the_workers_queue() ->
         waiting = asyncio.Event()
         never = asyncio.Event()
 
-        async def full(size: int = 0) -> None:
+        async def full(size: int = 0, call: object = None) -> None:
             waiting.set()
             await never.wait()
 

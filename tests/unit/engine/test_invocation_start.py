@@ -115,7 +115,7 @@ async def test_start_cancelled_while_waiting_for_room_leaves_no_pending_call(eng
         room = asyncio.Event()  # never set: the worker's queue stays full
         waiting = asyncio.Event()
 
-        async def wait_for_room(size: int = 0) -> None:
+        async def wait_for_room(size: int = 0, call: object = None) -> None:
             waiting.set()
             await room.wait()
 

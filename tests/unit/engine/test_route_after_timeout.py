@@ -8,7 +8,7 @@ twice.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.timeout(20)
 
 @pytest.fixture
 async def engine() -> AsyncIterator[Engine]:
-    config = EngineConfig(host="127.0.0.1", port=0, modules=[], invocation_timeout_ms=200)
+    config = EngineConfig(host="127.0.0.1", port=0, modules=[], invocation_timeout_ms=300)
     async with Engine(config=config) as started:
         yield started
 
@@ -43,33 +43,37 @@ async def _sync(ws: Any) -> list[dict[str, Any]]:
     return seen
 
 
-async def _full_callee(engine: Engine) -> tuple[Any, asyncio.Event, asyncio.Event]:
+async def _full_callee(engine: Engine) -> tuple[Any, Any, Callable[[], None]]:
+    """A callee whose queue is full (as when it stops reading) until the returned callable makes room."""
     callee = await _connect(engine)
     await callee.send(dumps({"type": "registerfunction", "id": "w.full"}))
     await _sync(callee)
-    worker = next(iter(engine.workers.values()))
-    room, waiting = asyncio.Event(), asyncio.Event()
-    real_wait = worker.outbox.wait_for_room
+    outbox = next(iter(engine.workers.values())).outbox
+    room = asyncio.Event()
+    real_full = outbox._full
+    outbox._full = lambda size: not room.is_set() or real_full(size)  # type: ignore[method-assign]
 
-    async def wait_for_room(size: int = 0) -> None:  # the callee's queue is full until `room` is set
-        waiting.set()
-        await room.wait()
-        await real_wait(size)
+    def make_room() -> None:
+        room.set()
+        outbox.wake_waiters()
 
-    worker.outbox.wait_for_room = wait_for_room  # type: ignore[method-assign]
-    return callee, room, waiting
+    return callee, outbox, make_room
 
 
 async def test_a_call_that_timed_out_waiting_for_room_is_never_sent(engine: Engine) -> None:
-    callee, room, waiting = await _full_callee(engine)
+    callee, outbox, make_room = await _full_callee(engine)
     caller = await _connect(engine)
     try:
         await caller.send(dumps({"type": "invokefunction", "invocation_id": "7d9f0a4e-0000-4000-8000-000000000001",
                                  "function_id": "w.full", "data": {"n": 1}}))
-        await asyncio.wait_for(waiting.wait(), 5)
+        await until(lambda: outbox.waiting == 1)
         answer = loads(await asyncio.wait_for(caller.recv(), 5))
         assert answer["type"] == "invocationresult" and answer["error"]["code"] == "invocation_timeout"
-        room.set()
+        # The call's wait for room ended with it: the caller's connection is read again while the queue is full
+        # (before, its ping waited until room came).
+        assert await _sync(caller) == []
+        assert outbox.waiting == 0
+        make_room()
         assert [f for f in await _sync(callee) if f["type"] == "invokefunction"] == []
         assert not engine.invocations.pending
     finally:
@@ -77,16 +81,43 @@ async def test_a_call_that_timed_out_waiting_for_room_is_never_sent(engine: Engi
         await callee.close()
 
 
-async def test_a_call_whose_caller_left_while_it_waited_for_room_is_never_sent(engine: Engine) -> None:
-    callee, room, waiting = await _full_callee(engine)
+async def test_a_caller_that_left_while_its_call_waited_for_room_is_cleaned_up_when_the_call_times_out(
+        engine: Engine) -> None:
+    # The caller's read loop waits on its call (production's back-pressure), so its leaving is seen once the call
+    # ends. Before, that was only once room came: the worker, its count and its connection stayed until then.
+    callee, outbox, make_room = await _full_callee(engine)
     caller = await _connect(engine)
     await caller.send(dumps({"type": "invokefunction", "invocation_id": "7d9f0a4e-0000-4000-8000-000000000002",
                              "function_id": "w.full", "data": {"n": 2}}))
-    await asyncio.wait_for(waiting.wait(), 5)
+    await until(lambda: outbox.waiting == 1)
     await caller.close()
     try:
-        await until(lambda: not engine.invocations.pending)  # the caller's leaving stops its call
-        room.set()
+        await until(lambda: len(engine.workers) == 1)  # only the callee is left; the queue is still full
+        assert not engine.invocations.pending and not outbox.waiting
+        make_room()
         assert [f for f in await _sync(callee) if f["type"] == "invokefunction"] == []
     finally:
+        await callee.close()
+
+
+async def test_a_call_still_live_keeps_waiting_and_is_sent_once_room_comes() -> None:
+    async with Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[])) as engine:  # no call times out
+        await _one_call_of_two_ends(engine)
+
+
+async def _one_call_of_two_ends(engine: Engine) -> None:
+    callee, outbox, make_room = await _full_callee(engine)
+    caller = await _connect(engine)
+    try:
+        first = asyncio.ensure_future(engine.start_invocation("w.full", {"n": 0}))  # an engine-internal call
+        await caller.send(dumps({"type": "invokefunction", "function_id": "w.full", "data": {"n": 1},
+                                 "invocation_id": "7d9f0a4e-0000-4000-8000-000000000011"}))
+        await until(lambda: outbox.waiting == 2)
+        first.cancel()  # ends the first call: both waits wake, the second's call is live and waits on
+        await until(lambda: outbox.waiting == 1)
+        make_room()
+        sent = [f for f in await _sync(callee) if f["type"] == "invokefunction"]
+        assert [f["data"]["n"] for f in sent] == [1]
+    finally:
+        await caller.close()
         await callee.close()

@@ -44,7 +44,9 @@ async def test_an_engine_call_whose_caller_is_cancelled_leaves_the_pending_table
     sent = asyncio.Event()
 
     class _Outbox:
-        async def wait_for_room(self, size: int) -> None:
+        waiting = 0
+
+        async def wait_for_room(self, size: int, call: object = None) -> None:
             return None
 
         async def send(self, text: str, size: int, *, flush: bool) -> bool:
