@@ -286,12 +286,14 @@ class Connection:
             self._backlog.clear()
         self._set_state("disconnected")
 
-    async def send(self, frame: Frame, key: str | None = None, *, batch: bool = False) -> bool:
+    async def send(self, frame: Frame, key: str | None = None, *, batch: bool = False, own: bool = False) -> bool:
         """Send ``frame`` now if possible, else queue it; True when it was written to the socket.
 
         Order is kept: a frame never overtakes one handed over earlier. ``batch``: more frames are likely to be
         sent in this turn of the loop (many calls in flight), so this one may wait for the end of the turn and go
-        out with them in one write.
+        out with them in one write. ``own``: a frame of the loop's own (an invocation result, a registration):
+        a full queue keeps it past the bound, as :meth:`send_soon` does, instead of making it wait for room and
+        fail after ``queue_wait`` (a handler's result was lost so, and its caller waited out its timeout).
         """
         ws = self._ws
         if self._ready and ws is not None and not self._backlog:
@@ -308,7 +310,12 @@ class Connection:
             # the silence for success. (A full queue says so: OutboundQueueFullError below.)
             raise ConnectionLostError("connection_lost", _GAVE_UP)
         if not self._enqueue(frame, key):
-            await self._wait_for_room(frame)
+            if own:
+                self._keep_past_bound(frame)
+                if self._ready:
+                    self._kick()
+            else:
+                await self._wait_for_room(frame)
         return False
 
     def send_now(self, frame: Frame, key: str | None = None) -> None:
@@ -338,12 +345,17 @@ class Connection:
         if not self._enqueue(frame, key):
             if droppable:
                 self._drop(frame)
-            elif self._waiting:
-                self._waiting[_Waiter(frame, None)] = None  # in order, behind the sends waiting for room
             else:
-                self._backlog.append((frame, None))
+                self._keep_past_bound(frame)
         if self._ready:
             self._kick()
+
+    def _keep_past_bound(self, frame: Frame) -> None:
+        """Queue an unkeyed frame of the loop's own although the queue is full (its senders bound their number)."""
+        if self._waiting:
+            self._waiting[_Waiter(frame, None)] = None  # in order, behind the sends waiting for room
+        else:
+            self._backlog.append((frame, None))
 
     def _drop(self, frame: Frame) -> None:
         """Count a best-effort frame dropped at a full queue; warn now, or arm the end-of-interval warning."""

@@ -371,11 +371,11 @@ class III:
             listed = await self._call("engine::functions::list", {"include_internal": True}, None)
             for frame in self._session.missing_functions(f.get("function_id") for f in listed.get("functions", [])):
                 log.info("Re-registering a function lost in the old connection's cleanup: %.120s", frame)
-                await self._conn.send(_RegistrationFrame(frame))
+                await self._conn.send(_RegistrationFrame(frame), own=True)
             listed = await self._call("engine::triggers::list", {"include_internal": True}, None)
             for frame in self._session.missing_triggers(t.get("id") for t in listed.get("triggers", [])):
                 log.info("Re-registering a trigger lost in the old connection's cleanup: %.120s", frame)
-                await self._conn.send(_RegistrationFrame(frame))
+                await self._conn.send(_RegistrationFrame(frame), own=True)
         except (InvocationError, TimeoutError, ShuttingDownError, AttributeError) as exc:
             log.debug("Registration check after reconnect stopped: %s", exc)
 
@@ -426,7 +426,7 @@ class III:
                             event.invocation_id)
                 return
             # With other invocations running, answers finished in the same turn leave in one write.
-            await self._conn.send(frame, batch=self._invoking > 1)
+            await self._conn.send(frame, batch=self._invoking > 1, own=True)
         finally:
             self._invoking -= 1
             if end_span is not None:
@@ -437,7 +437,7 @@ class III:
                                                   event.config)
         frame = self._session.trigger_registered(event, error)
         if frame is not None and self._conn.is_ready:
-            await self._conn.send(frame)
+            await self._conn.send(frame, own=True)
 
     # ---------------------------------------------------------------- registrations
 

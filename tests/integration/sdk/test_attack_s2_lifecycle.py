@@ -10,10 +10,11 @@ import logging
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from iii import InitOptions
+from iii import InitOptions, TriggerAction
 from iii.connection import Connection, Write
 from iii.iii import III, register_worker
 
@@ -105,3 +106,48 @@ def test_functions_registered_from_a_thread_while_the_connection_flaps_all_reach
     fake.wait_registered(*registered[-100:], "base0")
     client.list_functions()  # a round trip: every registration sent before it was handled
     assert {f"base{n}" for n in range(3000)} | set(registered) <= fake.function_ids()
+
+
+def test_a_result_finished_while_the_queue_is_full_reaches_its_caller(fake: EngineThread, client: III) -> None:
+    # Before: a handler's result met a full outbound queue (the engine stalled; telemetry, pongs and registrations
+    # filled it), waited for room like a fire-and-forget call, and after queue_wait (30 s) the wait failed inside the
+    # invocation's task: the result was lost with no word, and its caller waited out its timeout. The queue's bound
+    # and wait are cut to 3 frames and 0.2 s here.
+    release = threading.Event()
+    client.register_function("hold", lambda data: release.wait(10) and "done")
+    fake.wait_registered("hold")
+    caller = register_worker(fake.url, InitOptions(worker_name="caller", reconnection_config=FAST_RECONNECT))
+    pool = ThreadPoolExecutor(2)
+    try:
+        call = pool.submit(caller.trigger, {"function_id": "hold", "payload": {}, "timeout_ms": 5_000})
+        fake.wait_for(lambda: "hold" in {route.function_id for route in fake.engine.routes.values()})
+        worker = fake.worker(client)
+        conn = client._conn
+        conn._max_queue, conn._queue_wait = 3, 0.2
+
+        async def pause() -> None:
+            worker.ws.transport.pause_reading()
+
+        fake.run(pause())
+
+        def fill() -> None:  # fire-and-forget calls until the socket's buffers are full
+            while conn._ws is not None and conn._ws.transport.get_write_buffer_size() == 0:
+                client.trigger({"function_id": "nobody", "payload": "x" * (256 << 10), "action": TriggerAction.Void()})
+
+        pool.submit(fill).result(10)
+        while len(conn._backlog) < 3:
+            client.send_telemetry(b"OTLP{}")
+            wait_until(lambda: conn._flusher is not None)
+        release.set()
+        wait_until(lambda: client._invoking == 0)  # the result was handed to the connection (or lost)
+        assert any(b"invocationresult" in (f if isinstance(f, bytes) else f.encode()) for f, _ in conn._backlog)
+
+        async def resume() -> None:
+            worker.ws.transport.resume_reading()
+
+        fake.run(resume())
+        assert call.result(10) == "done"
+    finally:
+        release.set()
+        pool.shutdown(wait=False)
+        caller.shutdown()
