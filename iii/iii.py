@@ -368,14 +368,18 @@ class III:
                 await asyncio.sleep(_RECOVERY_POLL_S)
             else:
                 return
+            # Each send may wait (a socket backed up): a frame is re-checked against the book just before it goes,
+            # or one unregistered meanwhile came back (its unregister had already left).
             listed = await self._call("engine::functions::list", {"include_internal": True}, None)
             for frame in self._session.missing_functions(f.get("function_id") for f in listed.get("functions", [])):
-                log.info("Re-registering a function lost in the old connection's cleanup: %.120s", frame)
-                await self._conn.send(_RegistrationFrame(frame), own=True)
+                if self._session.holds(frame):
+                    log.info("Re-registering a function lost in the old connection's cleanup: %.120s", frame)
+                    await self._conn.send(_RegistrationFrame(frame), own=True)
             listed = await self._call("engine::triggers::list", {"include_internal": True}, None)
             for frame in self._session.missing_triggers(t.get("id") for t in listed.get("triggers", [])):
-                log.info("Re-registering a trigger lost in the old connection's cleanup: %.120s", frame)
-                await self._conn.send(_RegistrationFrame(frame), own=True)
+                if self._session.holds(frame):
+                    log.info("Re-registering a trigger lost in the old connection's cleanup: %.120s", frame)
+                    await self._conn.send(_RegistrationFrame(frame), own=True)
         except (InvocationError, TimeoutError, ShuttingDownError, AttributeError) as exc:
             log.debug("Registration check after reconnect stopped: %s", exc)
 

@@ -251,6 +251,31 @@ class ClientSession:
         listed = set(present)
         return [frame for tid, frame in list(self._triggers.items()) if tid not in listed]
 
+    def holds(self, frame: str) -> bool:
+        """Whether ``frame``, a function or trigger registration of :meth:`missing_functions` /
+        :meth:`missing_triggers`, is still the book's entry for its id (it was not unregistered or replaced since).
+
+        Example:
+            >>> session = ClientSession()
+            >>> trigger_id, frame = session.register_trigger("cron", "f", {})
+            >>> before = session.holds(frame)
+            >>> before, session.holds(session.unregister_trigger(trigger_id, "cron")), session.holds(frame)
+            (True, False, False)
+        """
+        try:
+            msg = loads(frame)
+        except (ValueError, UnicodeDecodeError):
+            return False
+        if not isinstance(msg, dict):
+            return False
+        kind, entry_id = msg.get("type"), msg.get("id")
+        if not isinstance(entry_id, str):
+            return False
+        if kind == "registerfunction":
+            function = self._functions.get(entry_id)
+            return function is not None and function.frame == frame
+        return kind == "registertrigger" and self._triggers.get(entry_id) == frame
+
     # ------------------------------------------------------------ connection changes
 
     def connection_opened(self) -> list[str]:

@@ -6,11 +6,13 @@ Each test reproduces one fault found by the attack and failed on the code before
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -151,3 +153,43 @@ def test_a_result_finished_while_the_queue_is_full_reaches_its_caller(fake: Engi
         release.set()
         pool.shutdown(wait=False)
         caller.shutdown()
+
+
+def test_a_trigger_unregistered_while_the_recovery_sends_stays_unregistered(fake: EngineThread, client: III) -> None:
+    # Before: after a reconnect, the recovery of registrations lost in the old connection's cleanup (T7) listed the
+    # missing ones once and sent them one by one; a send that waited (a backed-up socket) let an unregister go out
+    # first, and the stale registration sent after it brought the trigger back (a cron one fired on).
+    client.register_function("f", lambda data: data)
+    cron = {"type": "cron", "function_id": "f", "config": {"expression": "* * * * * *"}}
+    client.register_trigger(cron)
+    second = client.register_trigger(cron)
+    fake.wait_for(lambda: len(fake.worker_triggers()) == 2)
+    engine = fake.engine
+    builtin = engine._builtin
+
+    def cleanup_lost_them(worker: Any, function_id: str, data: Any) -> Any:
+        # The old connection's cleanup deleted both triggers after the replay registered them again (T7).
+        if function_id == "engine::triggers::list":
+            engine.triggers.clear()
+        return builtin(worker, function_id, data)
+
+    engine._builtin = cleanup_lost_them  # type: ignore[method-assign]
+    send = client._conn.send
+    first_resent, go_on = threading.Event(), asyncio.Event()
+
+    async def backed_up(frame: Any, key: str | None = None, **kw: Any) -> bool:
+        if "registertrigger" in str(frame) and not first_resent.is_set():
+            first_resent.set()
+            await go_on.wait()  # as a write to a socket whose buffers are full
+        return await send(frame, key, **kw)
+
+    client._conn.send = backed_up  # type: ignore[method-assign]
+    _cut(fake, client)
+    assert first_resent.wait(10)
+    engine._builtin = builtin  # type: ignore[method-assign]
+    second.unregister()
+    client._loop.call_soon_threadsafe(go_on.set)
+    client.list_functions()  # a round trip: anything the recovery sent before it has been handled
+    fake.wait_for(lambda: len(fake.worker_triggers()) >= 1)
+    client.list_functions()
+    assert len(fake.worker_triggers()) == 1
