@@ -172,7 +172,21 @@ class III:
             self._conn.send_soon(_RegistrationFrame(frame))
 
     def _register(self, frame: str) -> None:
-        self._bridge.soon(self._send_registration, frame)
+        if self._closed:
+            # Shut down: no connection to tell and no replay to come. An unregister here is the usual clean-up after
+            # a `with` block; handing it to the closed loop raised "Event loop is closed".
+            return
+        try:
+            self._bridge.soon(self._send_registration, frame)
+        except RuntimeError:  # the loop closed after the check above: shut down meanwhile
+            if not self._closed:
+                raise
+
+    def _refuse_if_closed(self) -> None:
+        """``ShuttingDownError`` for a registration on a client that was shut down (it would never reach an
+        engine); it raised "Event loop is closed" once the private loop was gone, and nothing after shutdown_async."""
+        if self._closed:
+            raise ShuttingDownError()
 
     # ---------------------------------------------------------------- connection lifecycle
 
@@ -463,6 +477,7 @@ class III:
             >>> # ref = iii.register_function("greet", lambda data: f"hi {data['name']}")
             >>> # ref.unregister()
         """
+        self._refuse_if_closed()
         if isinstance(func_or_id, str):
             if callable(handler_or_invocation):
                 from .format_utils import extract_request_format, extract_response_format
@@ -523,6 +538,7 @@ class III:
         Example:
             >>> # t = iii.register_trigger({"type": "cron", "function_id": "tick", "config": {"expression": "* * *"}})
         """
+        self._refuse_if_closed()
         if isinstance(trigger, dict):
             trigger = RegisterTriggerInput(**trigger)
         trigger_type = trigger.type
@@ -542,6 +558,7 @@ class III:
         Example:
             >>> # iii.register_trigger_type({"id": "webhook", "description": "Webhooks"}, WebhookHandler())
         """
+        self._refuse_if_closed()
         if isinstance(trigger_type, dict):
             trigger_type = RegisterTriggerTypeInput(**trigger_type)
         self._trigger_host.add(trigger_type.id, handler)
@@ -563,6 +580,7 @@ class III:
         Example:
             >>> # iii.register_service({"id": "payments", "description": "Payment processing"})
         """
+        self._refuse_if_closed()
         if isinstance(service, dict):
             service = RegisterServiceInput(**service)
         self._register(self._session.register_service(RegisterServiceMessage(
@@ -796,6 +814,7 @@ class III:
         Example:
             >>> # unsubscribe = iii.on_functions_available(lambda fns: print(len(fns)))
         """
+        self._refuse_if_closed()
         with self._functions_available_lock:
             self._functions_available_callbacks.append(callback)
             if self._functions_available_trigger is None:

@@ -18,6 +18,7 @@ import pytest
 
 from iii import InitOptions, TriggerAction
 from iii.connection import Connection, Write
+from iii.errors import ShuttingDownError
 from iii.iii import III, register_worker
 
 from .conftest import FAST_RECONNECT, EngineThread, reconnected, wait_until
@@ -193,3 +194,22 @@ def test_a_trigger_unregistered_while_the_recovery_sends_stays_unregistered(fake
     fake.wait_for(lambda: len(fake.worker_triggers()) >= 1)
     client.list_functions()
     assert len(fake.worker_triggers()) == 1
+
+
+def test_after_shutdown_unregistering_is_quiet_and_registering_says_shutting_down(fake: EngineThread) -> None:
+    # Before: once shutdown() had closed the private loop, an unregister (the usual clean-up after a `with` block,
+    # or the last on_functions_available unsubscribe) raised RuntimeError "Event loop is closed", and so did a
+    # registration, whose error did not say the client was shut down.
+    with register_worker(fake.url, InitOptions(worker_name="a", reconnection_config=FAST_RECONNECT)) as client:
+        client.register_function("f", lambda data: data)
+        trigger = client.register_trigger({"type": "cron", "function_id": "f", "config": {"expression": "* * *"}})
+        unsubscribe = client.on_functions_available(lambda functions: None)
+    assert not client._bridge.alive
+    trigger.unregister()
+    unsubscribe()
+    with pytest.raises(ShuttingDownError):
+        client.register_function("g", lambda data: data)
+    with pytest.raises(ShuttingDownError):
+        client.register_trigger({"type": "cron", "function_id": "f", "config": {"expression": "* * *"}})
+    with pytest.raises(ShuttingDownError):
+        client.on_functions_available(lambda functions: None)
