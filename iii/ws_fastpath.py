@@ -76,6 +76,7 @@ _PACK_B2H = struct.Struct("!BBH").pack
 _PACK_B2Q = struct.Struct("!BBQ").pack
 _UNPACK_H = struct.Struct("!H").unpack_from
 _UNPACK_Q = struct.Struct("!Q").unpack_from
+_ANY_SIZE: Final = 1 << 64  # a max_size of None: larger than any frame's length field
 
 WRITE_BUFFER: Final = (1024 * 1024, 256 * 1024)
 """(high, low) write-buffer marks of the engine's channel sockets (:func:`enable_fast_receive`) and of the SDK's
@@ -540,16 +541,54 @@ class FrameReader:
             if not complete:
                 return messages, control, None
             self._take_pending(messages, control)
-        while offset < size:
-            need = self._frame_size(data, offset)
-            if need < 0:
-                return self._handover(messages, control, data[offset:])
-            if need == 0 or size - offset < need:
-                self._start(memoryview(data)[offset:], need)
-                break
-            offset = self._take(data, offset, need, messages, control)
-            if self._probe:
-                self._probe -= 1
+        masked = self._masked
+        mask_bit = 0x80 if masked else 0
+        max_size = self.max_size if self.max_size is not None else _ANY_SIZE
+        append = messages.append
+        with memoryview(data) as view:
+            while offset < size:
+                # The common frame inline: a complete text or binary frame with FIN, no reserved bits, the expected
+                # mask bit and within max_size, whose whole header (at most 14 bytes) is here. For a small frame the
+                # two method calls of the general path below cost more than the frame itself.
+                if size - offset >= 14:
+                    b0 = data[offset]
+                    b1 = data[offset + 1]
+                    if (b0 == 0x82 or b0 == 0x81) and b1 & 0x80 == mask_bit:
+                        length = b1 & 0x7F
+                        if length < 126:
+                            at = offset + 2
+                        elif length == 126:
+                            length = _UNPACK_H(data, offset + 2)[0]
+                            at = offset + 4
+                        else:
+                            length = _UNPACK_Q(data, offset + 2)[0]
+                            at = offset + 10
+                        if masked:
+                            end = at + 4 + length
+                            if length <= max_size and end <= size:
+                                append((b0 == 0x81, apply_mask(view[at + 4 : end], bytes(view[at : at + 4]))))
+                                offset = end
+                                if self._probe:
+                                    self._probe -= 1
+                                continue
+                        else:
+                            end = at + length
+                            if length <= max_size and end <= size:
+                                append((b0 == 0x81, bytes(view[at:end])))
+                                offset = end
+                                if self._probe:
+                                    self._probe -= 1
+                                continue
+                # Everything else: control frames, a frame to hand over, an incomplete one.
+                need = self._frame_size(data, offset)
+                if need < 0:
+                    return self._handover(messages, control, data[offset:])
+                if need == 0 or size - offset < need:
+                    self._start(view[offset:], need)
+                    break
+                offset = self._take(data, offset, need, messages, control)
+                if self._probe:
+                    self._probe -= 1
         return messages, control, None
 
     def read_limit(self) -> int:
