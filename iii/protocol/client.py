@@ -491,7 +491,9 @@ class ClientSession:
                      "message": "Function is HTTP-invoked and cannot be invoked locally"}
         events: list[Event] = [FrameSkipped(_WARNING, error["message"])]
         if iid is not None:
-            events.append(Send(frames.invocation_result(iid, function_id, error=error)))
+            # droppable at a full outbound queue, like a pong: made 1:1 from the engine's frames, so an engine that
+            # calls unknown functions while it does not read could otherwise grow the queue without end
+            events.append(Send(frames.invocation_result(iid, function_id, error=error), droppable=True))
         return events
 
     def _on_register_trigger(self, msg: dict[str, Any]) -> list[Event]:

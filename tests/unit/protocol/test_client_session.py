@@ -183,6 +183,7 @@ def test_invocations_the_session_answers_itself(invokable: bool | None, code: st
     skipped, send = session.receive(frame(type="invokefunction", invocation_id="i1", function_id="f", data=None))
     assert isinstance(skipped, FrameSkipped) and isinstance(send, Send)
     assert json.loads(send.frame)["error"]["code"] == code
+    assert send.droppable  # made 1:1 from the engine's frames: best effort at a full queue, as a pong is
     # Fire and forget: nobody to answer.
     assert [type(e) for e in session.receive(frame(type="invokefunction", function_id="f"))] == [FrameSkipped]
 
