@@ -249,7 +249,9 @@ async def _store(reader: ChannelReader, data: dict[str, Any], out: str, progress
     size = data.get("size") if isinstance(data.get("size"), int) else None
     if out == "-":
         bar: Progress = ProgressBar(label=_safe_name(data.get("name")), stream=sys.stderr) if progress else None
-        source = ChannelSource(reader, progress=bar, total=size)
+        # `iii-channel send` always ends with a trailer: without one the sender died (an engine that cannot signal
+        # aborts ends the stream normally), and what reached stdout is short.
+        source = ChannelSource(reader, progress=bar, total=size, require_trailer=True, text_limit=0)
         count = await to_fd(source, sys.stdout.fileno())
         return {"path": "-", "bytes": count, "sha256": source.sha256, "verified": source.verified}
     target = Path(out)
@@ -260,7 +262,7 @@ async def _store(reader: ChannelReader, data: dict[str, Any], out: str, progress
             # Refused before reading: release the sender now instead of leaving it blocked on backpressure.
             await asyncio.shield(release_writer(reader))
             raise
-    receipt = await receive_file(reader, target, progress=progress)
+    receipt = await receive_file(reader, target, progress=progress, require_trailer=True)
     return {"path": str(receipt.path), "bytes": receipt.size, "sha256": receipt.sha256,
             "verified": receipt.verified}
 

@@ -56,10 +56,10 @@ class IncompleteReadError(ChannelError):
 
 
 class LimitExceededError(ChannelError):
-    """Reading would buffer more than the caller's ``limit`` bytes."""
+    """Reading would hold more than the caller's ``limit`` (bytes, unless the message names another unit)."""
 
-    def __init__(self, limit: int, what: str = "stream") -> None:
-        super().__init__(f"{what} exceeds the limit of {limit} bytes")
+    def __init__(self, limit: int, what: str = "stream", unit: str = "bytes") -> None:
+        super().__init__(f"{what} exceeds the limit of {limit} {unit}")
         self.limit = limit
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from iii.channels import ChannelReader, ChannelWriter
 
+from .errors import IntegrityError
 from .integrity import Digest
 from .progress import Progress
 from .sink import ChannelSink
@@ -337,7 +338,9 @@ async def receive_file(
     that name is kept, raising ``FileExistsError``, unless ``overwrite=True``. An explicit file ``path`` is
     always replaced. A path ending in ``/`` must be an existing directory, and a file path's directory must
     exist (``FileNotFoundError`` / ``NotADirectoryError`` before anything is read). Either way the channel is
-    closed and nothing is left behind when receiving fails. Stale parts of dead receivers in the directory
+    closed and nothing is left behind when receiving fails. A stream without a verified trailer whose length
+    differs from the size in the sender's header raises :class:`IntegrityError` (a sender that died mid-file,
+    against an engine that cannot signal the abort). Stale parts of dead receivers in the directory
     are removed first (:func:`reclaim_stale_parts`).
 
     Example:
@@ -353,7 +356,7 @@ async def receive_file(
 
     loop = asyncio.get_running_loop()
     source = ChannelSource(reader, require_trailer=require_trailer, progress=progress, on_text=on_text,
-                           label=target.name)
+                           label=target.name, text_limit=0)
     try:
         is_dir, directory = await loop.run_in_executor(None, check_receive_target, path)
         await loop.run_in_executor(None, reclaim_stale_parts, directory)
@@ -384,6 +387,7 @@ async def receive_file(
                     pending, pending_size = [], 0
             if pending:
                 await loop.run_in_executor(None, out.writelines, pending)
+            _check_announced_size(source, name_holder, digest.count)
             await loop.run_in_executor(None, out.flush)
             await loop.run_in_executor(None, os.fsync, out.fileno())
             if is_dir:
@@ -405,6 +409,17 @@ async def receive_file(
     return FileReceipt(target, digest.count, digest.hexdigest(), source.verified,
                        name_holder[0][0] if name_holder else None)
 
+
+
+def _check_announced_size(source: ChannelSource, header: list[tuple[str, int | None]], received: int) -> None:
+    """Without a verified trailer, the header's size is the only word on how much was sent: against the production
+    engine a sender that died mid-file ends the stream like one that finished. A trailer that verified wins (the
+    file may have changed size while it was sent)."""
+    if source.verified or not header or header[0][1] is None or header[0][1] == received:
+        return
+    channel_id = source.reader.ref.channel_id
+    raise IntegrityError(f"channel {channel_id} ended after {received} of the {header[0][1]} bytes the sender "
+                         f"announced for {header[0][0]!r}, without an integrity trailer", channel_id=channel_id)
 
 
 def _directory_target(directory: Path, name: str, overwrite: bool) -> Path:

@@ -11,6 +11,10 @@ Example:
     True
     >>> parse_trailer('{"other": 1}') is None
     True
+    >>> parse_trailer('{"iii_channels_trailer": 1, "bytes": 5')
+    Traceback (most recent call last):
+    ...
+    ValueError: malformed integrity trailer: '{"iii_channels_trailer": 1, "bytes": 5'
 """
 
 from __future__ import annotations
@@ -49,11 +53,16 @@ def is_trailer(text: str) -> bool:
 
 
 def parse_trailer(text: str) -> tuple[int, str] | None:
-    """``(byte_count, sha256_hex)`` of a trailer message, or ``None`` if ``text`` is not one."""
+    """``(byte_count, sha256_hex)`` of a trailer message, ``None`` if ``text`` is not one, ``ValueError`` if it
+    starts as one but is not a whole, well-formed trailer (cut short or altered: it must not read as "none")."""
     if not is_trailer(text):
         return None
     try:
         body = json.loads(text)
-        return int(body["bytes"]), str(body["sha256"])
+        count, sha = body["bytes"], body["sha256"]
     except (ValueError, KeyError, TypeError):
-        return None
+        count = sha = None
+    # Any other string for the digest is left to the comparison, which fails it as a mismatch.
+    if type(count) is not int or count < 0 or not isinstance(sha, str):
+        raise ValueError(f"malformed integrity trailer: {text[:200]!r}")
+    return count, sha

@@ -19,6 +19,7 @@ from typing import Any
 from iii.channels import ChannelReader, ChannelWriter
 
 from .errors import ChannelError, ProcessError
+from .files import release_writer
 from .progress import Progress
 from .sink import ChannelSink
 from .source import ChannelSource
@@ -56,10 +57,15 @@ async def to_stream(
     require_trailer: bool = False, close: bool = True,
 ) -> int:
     """Copy a channel into an ``asyncio.StreamWriter``, awaiting ``drain()`` so memory stays bounded."""
-    source = ChannelSource(reader, require_trailer=require_trailer, progress=progress)
-    async for chunk in source.chunks():
-        stream.write(chunk)
-        await stream.drain()
+    source = ChannelSource(reader, require_trailer=require_trailer, progress=progress, text_limit=0)
+    try:
+        async for chunk in source.chunks():
+            stream.write(chunk)
+            await stream.drain()
+    except BaseException:
+        # The peer went away (or we were cancelled): tell the writer now, not after its backpressure wait.
+        await asyncio.shield(release_writer(reader))
+        raise
     if close:
         stream.close()
         with contextlib.suppress(ConnectionError):
@@ -91,15 +97,20 @@ async def to_fd(
     """
     loop = asyncio.get_running_loop()
     source = reader if isinstance(reader, ChannelSource) else ChannelSource(
-        reader, require_trailer=require_trailer, progress=progress, total=total)
+        reader, require_trailer=require_trailer, progress=progress, total=total, text_limit=0)
 
     def write_all(data: bytes) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
 
-    async for chunk in source.chunks():
-        await loop.run_in_executor(None, write_all, chunk)
+    try:
+        async for chunk in source.chunks():
+            await loop.run_in_executor(None, write_all, chunk)
+    except BaseException:
+        # A full disk, a closed pipe, a cancellation: tell the writer now, not after its backpressure wait.
+        await asyncio.shield(release_writer(source.reader))
+        raise
     return source.bytes_read
 
 
@@ -157,7 +168,7 @@ async def to_process(
         *argv, stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, **popen)
     assert proc.stdin is not None
     stderr_task = asyncio.ensure_future(_tail(proc.stderr))
-    source = ChannelSource(reader, require_trailer=require_trailer, progress=progress, label=argv[0])
+    source = ChannelSource(reader, require_trailer=require_trailer, progress=progress, label=argv[0], text_limit=0)
     try:
         try:
             async for chunk in source.chunks():
@@ -175,6 +186,7 @@ async def to_process(
             proc.kill()
             await proc.wait()
         stderr_task.cancel()
+        await asyncio.shield(release_writer(reader))
         raise
     if returncode != 0 or not source.at_eof:
         raise ProcessError(argv, returncode, stderr)
@@ -184,7 +196,8 @@ async def to_process(
 async def copy(reader: ChannelReader, writer: ChannelWriter) -> int:
     """Relay one channel into another, messages verbatim (text, binary and any trailer), then EOF.
 
-    An error on the reading side aborts the writing side with the error's text, then propagates.
+    An error on either side (or a cancellation) aborts the writing side with the error's text and closes the
+    reading side, so both peers hear of it at once; then it propagates.
     """
     sent = 0
     try:
@@ -196,7 +209,8 @@ async def copy(reader: ChannelReader, writer: ChannelWriter) -> int:
                 sent += len(message)
     except BaseException as exc:
         with contextlib.suppress(ChannelError):
-            await writer.abort(f"upstream failed: {exc}")
+            await asyncio.shield(writer.abort(f"copy failed: {exc}"))
+        await asyncio.shield(release_writer(reader))
         raise
     await writer.close_async()
     return sent

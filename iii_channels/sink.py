@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from types import TracebackType
 
@@ -25,6 +26,8 @@ from .integrity import Digest
 from .progress import Progress, make_progress
 
 DEFAULT_SINK_HIGH_WATER_MARK = 4 * 1024 * 1024
+
+log = logging.getLogger("iii_channels.sink")
 
 
 class ChannelSink:
@@ -78,9 +81,11 @@ class ChannelSink:
             await self._wait_progress()
 
     async def send_text(self, message: str) -> None:
-        """Queue a text message, ordered with the bytes."""
+        """Queue a text message, ordered with the bytes; waits like ``write`` (a message counts its characters)."""
         self._check()
         self._push(message)
+        while self._queued_bytes > self.high_water_mark:
+            await self._wait_progress()
 
     async def drain(self) -> None:
         """Wait until everything queued was handed to the socket; raises what stopped the socket's feed."""
@@ -89,14 +94,23 @@ class ChannelSink:
         self._check_error()
 
     async def close(self) -> None:
-        """Flush, send the trailer if enabled, then end the stream (the reader sees EOF)."""
+        """Flush, send the trailer if enabled, then end the stream (the reader sees EOF).
+
+        If it cannot get that far (the feed failed, or the caller was cancelled meanwhile) the stream is aborted
+        before the error propagates: left open, the reader would wait for an end that never comes.
+        """
         if self._closed:
             return
-        await self.drain()
-        self._closed = True
         try:
+            await self.drain()
+            self._closed = True
             if self._digest is not None:
                 await self.writer.send_message_async(self._digest.trailer())
+        except BaseException as exc:
+            await asyncio.shield(self._abort_quietly(f"closing failed: {exc!r}"))
+            raise
+        try:
+            # close_async shields its own closing handshake: a cancellation here still ends the stream normally.
             await self.writer.close_async()
         finally:
             if self._progress is not None:
@@ -112,6 +126,13 @@ class ChannelSink:
         await self.writer.abort(reason)
         if self._progress is not None:
             self._progress.close()
+
+    async def _abort_quietly(self, reason: str) -> None:
+        """``abort`` on a failure path: the error that got us here is the one to report."""
+        try:
+            await self.abort(reason)
+        except Exception as exc:  # the caller re-raises the error that got it here
+            log.debug("abort of channel %s after a failed close: %r", self.writer.ref.channel_id, exc)
 
     async def __aenter__(self) -> ChannelSink:
         return self

@@ -22,6 +22,9 @@ from .integrity import Digest, is_trailer, parse_trailer
 from .progress import Progress, make_progress
 
 DEFAULT_LINE_LIMIT = 64 * 1024 * 1024
+# Text messages set aside for messages()/next_message() while the caller reads bytes: a consumer that never asks
+# for them must not hold a sender's every text message (each up to the engine's 64 MiB message size).
+DEFAULT_TEXT_LIMIT = 16 * 1024 * 1024
 
 
 class ChannelSource:
@@ -35,6 +38,9 @@ class ChannelSource:
         progress: ``True`` for a terminal bar or a ``callback(done, total)``.
         total: expected size, for progress reporting.
         on_text: called with each text message (other than the trailer) as it arrives.
+        text_limit: most characters of text messages held for ``messages()`` / ``next_message()`` while bytes are
+            read; more raises :class:`LimitExceededError`. ``0`` holds none (they still reach ``on_text`` and the
+            reader's callbacks): for consumers of bytes only.
     """
 
     def __init__(
@@ -47,12 +53,17 @@ class ChannelSource:
         total: int | None = None,
         label: str = "",
         on_text: Callable[[str], Any] | None = None,
+        text_limit: int = DEFAULT_TEXT_LIMIT,
     ) -> None:
+        if text_limit < 0:
+            raise ValueError(f"text_limit must be 0 or more, got {text_limit}")
         self.reader = reader
         self.require_trailer = require_trailer
         self._digest = Digest() if verify or require_trailer else None
         self._buffer = bytearray()
         self._texts: deque[str] = deque()
+        self._text_held = 0
+        self._text_limit = text_limit
         self._eof = False
         self._trailer: tuple[int, str] | None = None
         self._progress = make_progress(progress, total, label)
@@ -106,10 +117,21 @@ class ChannelSource:
 
     async def _on_text_message(self, text: str) -> None:
         if is_trailer(text):
-            self._trailer = parse_trailer(text)
+            channel_id = self.reader.ref.channel_id
+            if self._trailer is not None:
+                raise IntegrityError(f"channel {channel_id}: a second integrity trailer", channel_id=channel_id)
+            try:
+                self._trailer = parse_trailer(text)
+            except ValueError as exc:
+                # Read as "no trailer", a cut-short one would pass a stream unchecked unless require_trailer.
+                raise IntegrityError(f"channel {channel_id}: {exc}", channel_id=channel_id) from None
             return
-        # Kept for messages()/next_message(); a consumer that never asks for them holds them in memory.
-        self._texts.append(text)
+        if self._text_limit:
+            # Kept for messages()/next_message(), up to the limit: beyond it the caller is not reading them.
+            if self._text_held + len(text) > self._text_limit:
+                raise LimitExceededError(self._text_limit, "the text held unread for messages()", "characters")
+            self._texts.append(text)
+            self._text_held += len(text)
         if self._on_text is not None:
             self._on_text(text)
         await self.reader._dispatch(text)
@@ -246,10 +268,10 @@ class ChannelSource:
         """Text messages (not the trailer). Binary data arriving meanwhile is kept for later reads."""
         while True:
             while self._texts:
-                yield self._texts.popleft()
+                yield self._pop_text()
             if self._eof or not await self._fill():
                 while self._texts:
-                    yield self._texts.popleft()
+                    yield self._pop_text()
                 return
 
     async def next_message(self) -> str | None:
@@ -257,7 +279,12 @@ class ChannelSource:
         while not self._texts:
             if self._eof or not await self._fill():
                 return None
-        return self._texts.popleft()
+        return self._pop_text()
+
+    def _pop_text(self) -> str:
+        text = self._texts.popleft()
+        self._text_held -= len(text)
+        return text
 
 
 def source(reader: ChannelReader, **options: Any) -> ChannelSource:

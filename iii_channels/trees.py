@@ -35,7 +35,7 @@ from typing import Any, BinaryIO
 
 from iii.channels import ChannelReader, ChannelWriter
 
-from .errors import IntegrityError
+from .errors import IntegrityError, LimitExceededError
 from .files import (
     DEFAULT_CHUNK,
     PART_PREFIX,
@@ -53,6 +53,8 @@ from .source import ChannelSource
 
 ENTRY_KEY = "iii_channels_entry"
 END_KEY = "iii_channels_entry_end"
+# Each entry costs the receiver its name in memory and an inode on disk: a peer may not ask for unlimited ones.
+DEFAULT_MAX_ENTRIES = 1_000_000
 
 FileSpec = str | os.PathLike[str] | tuple[str, str | os.PathLike[str]]
 """A file to send: a path (sent under its basename) or ``(name_in_stream, path)``."""
@@ -192,9 +194,10 @@ async def send_files(
 class _Receiver:
     """Writes the entries of one stream into a staging directory, one file at a time."""
 
-    def __init__(self, staging: Path, channel_id: str) -> None:
+    def __init__(self, staging: Path, channel_id: str, max_entries: int | None) -> None:
         self.staging = staging
         self.channel_id = channel_id
+        self.max_entries = max_entries
         self.files: list[tuple[str, int, str]] = []
         self.dirs: list[str] = []
         self._seen: set[str] = set()
@@ -215,6 +218,8 @@ class _Receiver:
         key = rel.as_posix()
         if key in self._seen:
             raise self._error(f"{key!r} appears twice in the stream")
+        if self.max_entries is not None and len(self._seen) >= self.max_entries:
+            raise LimitExceededError(self.max_entries, f"channel {self.channel_id}: the tree", "entries")
         self._seen.add(key)
         return key, self.staging.joinpath(*rel.parts)
 
@@ -226,8 +231,13 @@ class _Receiver:
         if kind == ENTRY_KEY:
             if self._fh is not None:
                 raise self._error(f"a new entry began inside {self._name!r}")
+            entry_type = body.get("type")
+            if entry_type not in ("file", "dir"):
+                # Only regular files and directories are ever created: never a symlink or a device a peer asks for.
+                raise self._error(f"entry {body.get('path')!r} has type {entry_type!r}; only 'file' and 'dir' are "
+                                  "stored")
             name, target = self._claim(body.get("path"))
-            if body.get("type") == "dir":
+            if entry_type == "dir":
                 await asyncio.to_thread(target.mkdir, parents=True, exist_ok=True)
                 self.dirs.append(name)
                 return
@@ -293,10 +303,16 @@ def _prepare(destination: Path) -> tuple[Path, int]:
 
 async def receive_dir(
     reader: ChannelReader, destination: str | os.PathLike[str], *, progress: Progress = None,
-    require_trailer: bool = True,
+    require_trailer: bool = True, max_entries: int | None = DEFAULT_MAX_ENTRIES,
 ) -> TreeReceipt:
     """Store a ``send_dir`` / ``send_files`` stream as the directory ``destination`` (which must not exist, or
-    be empty). Everything is verified before the directory appears; on failure nothing is left behind."""
+    be empty). Everything is verified before the directory appears; on failure nothing is left behind.
+
+    A stream of more than ``max_entries`` files and directories raises :class:`LimitExceededError` (``None``: no
+    limit); only entries of type ``file`` and ``dir`` are accepted.
+    """
+    if max_entries is not None and max_entries < 1:
+        raise ValueError(f"max_entries must be at least 1 (or None), got {max_entries}")
     final = Path(destination)
     try:
         staging, lock = await asyncio.to_thread(_prepare, final)
@@ -305,7 +321,7 @@ async def receive_dir(
         await asyncio.shield(release_writer(reader))
         raise
     source = ChannelSource(reader, require_trailer=require_trailer, progress=progress, label=final.name)
-    receiver = _Receiver(staging, reader.ref.channel_id)
+    receiver = _Receiver(staging, reader.ref.channel_id, max_entries)
     try:
         async for item in source.items():
             if isinstance(item, str):
