@@ -14,7 +14,8 @@ ChannelInUseError         that end of the channel is already attached elsewhere 
 ChannelClosedError        this end was already closed or aborted locally
 IntegrityError            the trailer's byte count or SHA-256 did not match, or a required trailer is missing
 IncompleteReadError       end of stream before ``readexactly(n)`` / ``readuntil(sep)`` completed
-LimitExceededError        ``read_all(limit=…)`` / ``readuntil`` would hold more than ``limit`` bytes
+LimitExceededError        ``read_all(limit=…)`` / ``readuntil`` / unread text (``text_limit``) / a tree's
+                          ``max_entries``: more than the limit would be held
 ProcessError              a piped subprocess exited non-zero; ``.returncode``, ``.stderr`` (its tail)
 ========================= ============================================================================
 

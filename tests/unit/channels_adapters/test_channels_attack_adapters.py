@@ -325,3 +325,57 @@ async def test_receive_dir_bounds_the_entry_count(relay: tuple[str, ChannelRelay
                                    return_exceptions=True)
     assert isinstance(results[1], iii_channels.LimitExceededError) and "100 entries" in str(results[1])
     assert os.listdir(tmp_path) == []
+
+
+# ------------------------------------------------------------------------------------------- the command and the disk
+
+
+@pytest.mark.parametrize("out", ["dir", "-"])
+async def test_serve_refuses_a_stream_without_its_trailer(prod_relay: tuple[str, ChannelRelay], tmp_path: Path,
+                                                          out: str, capfd: pytest.CaptureFixture[str]) -> None:
+    """`iii-channel send` always ends with a trailer; `serve` stored a stdin upload whose sender died (EOF on the
+    production engine, no header size to compare) as a complete file, or wrote it to stdout as a success."""
+    from iii_channels.cli import _store
+
+    writer, reader = ends(*prod_relay)
+    storing = asyncio.ensure_future(
+        _store(reader, {"name": "stdin", "size": None}, str(tmp_path) if out == "dir" else "-", None))
+    await writer.write(b"half of it")
+    await writer.close_async()  # what the production engine makes of a sender that died
+    with pytest.raises(IntegrityError, match="without an integrity trailer"):
+        await asyncio.wait_for(storing, 10)
+    assert os.listdir(tmp_path) == []
+
+
+async def test_receive_file_on_a_full_disk_leaves_nothing_and_releases_the_writer(
+        relay: tuple[str, ChannelRelay], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Guard (held before): a disk that fills up mid-file raises ENOSPC, removes the part file and tells the
+    writer at once."""
+    import errno
+
+    from iii_channels import files
+
+    class Full:
+        def __init__(self, raw: object) -> None:
+            self.raw = raw
+
+        def __enter__(self) -> Full:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.raw.close()  # type: ignore[attr-defined]
+
+        def writelines(self, _: object) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.raw, name)
+
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(files.os, "fdopen", lambda fd, mode: Full(real_fdopen(fd, mode)))
+    writer, reader = ends(*relay, buffer_size=2)
+    producing = asyncio.ensure_future(flood(writer))
+    with pytest.raises(OSError, match="No space left"):
+        await iii_channels.receive_file(reader, tmp_path / "big.bin")
+    assert os.listdir(tmp_path) == []
+    assert isinstance(await writer_hears(producing, reader), ReaderGoneError)
