@@ -202,7 +202,11 @@ class ChannelSource:
         while True:
             index = self._buffer.find(separator, start)
             if index >= 0:
-                return self._take(index + len(separator))
+                end = index + len(separator)
+                if end > limit:
+                    # One chunk can carry a line far past the limit and its separator: still too long.
+                    raise LimitExceededError(limit, "line")
+                return self._take(end)
             if len(self._buffer) > limit:
                 raise LimitExceededError(limit, "line")
             start = max(0, len(self._buffer) - len(separator) + 1)
@@ -259,10 +263,17 @@ class ChannelSource:
             yield line
 
     async def json_records(self, limit: int = DEFAULT_LINE_LIMIT) -> AsyncIterator[Any]:
-        """One JSON value per line (NDJSON); blank lines are skipped."""
+        """One JSON value per line (NDJSON); blank lines are skipped; ``ValueError`` names a line that is not JSON."""
+        number = 0
         async for line in self.lines(limit):
+            number += 1
             if line.strip():
-                yield json.loads(line)
+                try:
+                    record = json.loads(line)
+                except ValueError as exc:
+                    raise ValueError(f"channel {self.reader.ref.channel_id}: line {number} is not JSON ({exc}): "
+                                     f"{line[:80]!r}") from None
+                yield record
 
     async def messages(self) -> AsyncIterator[str]:
         """Text messages (not the trailer). Binary data arriving meanwhile is kept for later reads."""

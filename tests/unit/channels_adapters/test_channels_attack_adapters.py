@@ -379,3 +379,27 @@ async def test_receive_file_on_a_full_disk_leaves_nothing_and_releases_the_write
         await iii_channels.receive_file(reader, tmp_path / "big.bin")
     assert os.listdir(tmp_path) == []
     assert isinstance(await writer_hears(producing, reader), ReaderGoneError)
+
+
+# ------------------------------------------------------------------------------------------------------ records
+
+
+async def test_a_line_past_the_limit_in_one_chunk_is_refused(relay: tuple[str, ChannelRelay]) -> None:
+    """readline(limit) returned a line of any length when its separator came in the same chunk."""
+    writer, reader = ends(*relay)
+    await writer.write(b"x" * 50_000 + b"\nshort\n")
+    await writer.close_async()
+    source = ChannelSource(reader)
+    with pytest.raises(iii_channels.LimitExceededError, match="line exceeds the limit of 1000 bytes"):
+        await source.readline(limit=1000)
+
+
+async def test_a_bad_json_record_names_its_line(relay: tuple[str, ChannelRelay]) -> None:
+    writer, reader = ends(*relay)
+    await writer.write(b'{"a": 1}\n\n{"b": 2}\n{oops\n')
+    await writer.close_async()
+    seen = []
+    with pytest.raises(ValueError, match=r"line 4 is not JSON .*\{oops"):
+        async for record in ChannelSource(reader).json_records():
+            seen.append(record)
+    assert seen == [{"a": 1}, {"b": 2}]
