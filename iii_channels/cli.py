@@ -33,6 +33,7 @@ import os
 import signal
 import stat
 import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -243,16 +244,27 @@ async def _send(args: argparse.Namespace) -> int:
         await client.shutdown_async()
 
 
+_STDOUT_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _stdout_lock() -> asyncio.Lock:
+    """The running loop's lock on stdout (an ``asyncio.Lock`` belongs to one loop; tests run several)."""
+    return _STDOUT_LOCKS.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+
+
 async def _store(reader: ChannelReader, data: dict[str, Any], out: str, progress: Progress,
                  overwrite: bool = False) -> dict[str, Any]:
     """Write one incoming stream to ``out`` (directory, file or ``-``) and describe what was stored."""
     size = data.get("size") if isinstance(data.get("size"), int) else None
     if out == "-":
-        bar: Progress = ProgressBar(label=_safe_name(data.get("name")), stream=sys.stderr) if progress else None
-        # `iii-channel send` always ends with a trailer: without one the sender died (an engine that cannot signal
-        # aborts ends the stream normally), and what reached stdout is short.
-        source = ChannelSource(reader, progress=bar, total=size, require_trailer=True, text_limit=0)
-        count = await to_fd(source, sys.stdout.fileno())
+        # One transfer at a time: two senders served at once would interleave their chunks on stdout. The next
+        # one waits on backpressure meanwhile.
+        async with _stdout_lock():
+            bar: Progress = ProgressBar(label=_safe_name(data.get("name")), stream=sys.stderr) if progress else None
+            # `iii-channel send` always ends with a trailer: without one the sender died (an engine that cannot
+            # signal aborts ends the stream normally), and what reached stdout is short.
+            source = ChannelSource(reader, progress=bar, total=size, require_trailer=True, text_limit=0)
+            count = await to_fd(source, sys.stdout.fileno())
         return {"path": "-", "bytes": count, "sha256": source.sha256, "verified": source.verified}
     target = Path(out)
     if await asyncio.to_thread(target.is_dir):

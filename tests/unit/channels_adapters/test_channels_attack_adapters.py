@@ -403,3 +403,22 @@ async def test_a_bad_json_record_names_its_line(relay: tuple[str, ChannelRelay])
         async for record in ChannelSource(reader).json_records():
             seen.append(record)
     assert seen == [{"a": 1}, {"b": 2}]
+
+
+async def test_serve_to_stdout_never_interleaves_two_senders(relay: tuple[str, ChannelRelay],
+                                                             capfd: pytest.CaptureFixture[bytes]) -> None:
+    """`serve --out -` without --once runs a transfer per call: two at once wrote their chunks to stdout in turn."""
+    from iii_channels.cli import _store
+
+    async def send(writer: ChannelWriter, byte: bytes) -> None:
+        async with ChannelSink(writer, high_water_mark=64 * 1024) as sink:
+            for _ in range(32):
+                await sink.write(byte * 65_536)
+
+    (w1, r1), (w2, r2) = ends(*relay, buffer_size=2), ends(*relay, buffer_size=2)
+    await asyncio.wait_for(asyncio.gather(
+        send(w1, b"a"), send(w2, b"b"),
+        _store(r1, {"name": "a", "size": None}, "-", None), _store(r2, {"name": "b", "size": None}, "-", None)), 20)
+    out = capfd.readouterr().out
+    assert out.count("a") == out.count("b") == 32 << 16 and len(out) == 64 << 16
+    assert out in ("a" * (32 << 16) + "b" * (32 << 16), "b" * (32 << 16) + "a" * (32 << 16)), "interleaved"
