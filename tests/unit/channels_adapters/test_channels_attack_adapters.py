@@ -422,3 +422,44 @@ async def test_serve_to_stdout_never_interleaves_two_senders(relay: tuple[str, C
     out = capfd.readouterr().out
     assert out.count("a") == out.count("b") == 32 << 16 and len(out) == 64 << 16
     assert out in ("a" * (32 << 16) + "b" * (32 << 16), "b" * (32 << 16) + "a" * (32 << 16)), "interleaved"
+
+
+# ------------------------------------------------------------------------------------------ guards (held before)
+
+
+async def test_cancelled_from_process_kills_it_and_aborts_the_stream(relay: tuple[str, ChannelRelay]) -> None:
+    """Guard: a process that writes a little and then hangs; cancelling from_process kills it and aborts."""
+    writer, reader = ends(*relay)
+    script = "import sys, time; sys.stdout.write('x' * 1000); sys.stdout.flush(); time.sleep(60)"
+    producing = asyncio.ensure_future(iii_channels.from_process(writer, [sys.executable, "-c", script]))
+    source = ChannelSource(reader)
+    assert len(await asyncio.wait_for(source.readexactly(1000), 10)) == 1000
+    producing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(producing, 10)
+    with pytest.raises(iii_channels.ChannelAbortedError):
+        await asyncio.wait_for(source.read_all(), 10)
+
+
+async def test_cancelled_receive_dir_leaves_nothing_and_releases_the_writer(relay: tuple[str, ChannelRelay],
+                                                                            tmp_path: Path) -> None:
+    """Guard: receive_dir cancelled mid-file removes its staging directory and the writer hears it."""
+    from iii_channels.trees import ENTRY_KEY
+
+    writer, reader = ends(*relay, buffer_size=2)
+
+    async def endless_file() -> None:
+        async with ChannelSink(writer, high_water_mark=1 << 20) as sink:
+            await sink.send_text(json.dumps({ENTRY_KEY: {"path": "big", "type": "file"}}))
+            for _ in range(FLOOD):
+                await sink.write(bytes(1 << 20))
+
+    producing = asyncio.ensure_future(endless_file())
+    receiving = asyncio.ensure_future(iii_channels.receive_dir(reader, tmp_path / "d"))
+    await asyncio.wait({receiving}, timeout=0.5)
+    assert not receiving.done()
+    receiving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(receiving, 10)
+    assert os.listdir(tmp_path) == []
+    assert isinstance(await writer_hears(producing, reader), ReaderGoneError)
