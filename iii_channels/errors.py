@@ -67,11 +67,12 @@ class LimitExceededError(ChannelError):
 class ProcessError(ChannelError):
     """A subprocess used as a pipe end failed; ``str()`` names the command, exit status and stderr tail."""
 
-    def __init__(self, argv: Sequence[str], returncode: int | None, stderr: bytes) -> None:
+    def __init__(self, argv: Sequence[str], returncode: int | None, stderr: bytes, reason: str | None = None) -> None:
         tail = stderr.decode(errors="replace").strip()
         status = f"exit status {returncode}" if returncode is not None else "no exit status"
         detail = f": {tail[-500:]}" if tail else ""
-        super().__init__(f"command {' '.join(argv)!r} failed with {status}{detail}")
+        what = reason if reason is not None else f"failed with {status}"
+        super().__init__(f"command {' '.join(argv)!r} {what}{detail}")
         self.argv = list(argv)
         self.returncode = returncode
         self.stderr = stderr

@@ -114,60 +114,118 @@ async def to_fd(
     return source.bytes_read
 
 
-async def _tail(stream: asyncio.StreamReader | None) -> bytes:
-    if stream is None:
-        return b""
-    tail = bytearray()
-    while chunk := await stream.read(PIPE_CHUNK):
-        tail += chunk
-        del tail[:-STDERR_TAIL]
-    return bytes(tail)
+STDERR_GRACE_S = 1.0
+"""Once the process has exited, how long its stderr may stay open (a background child of it can hold it) before
+the tail read so far is used."""
+
+
+class _StderrTail:
+    """The last :data:`STDERR_TAIL` bytes of a process's stderr, read in a task of its own."""
+
+    def __init__(self, stream: asyncio.StreamReader | None) -> None:
+        self._tail = bytearray()
+        self._task = asyncio.ensure_future(self._read(stream))
+
+    async def _read(self, stream: asyncio.StreamReader | None) -> None:
+        if stream is None:
+            return
+        while chunk := await stream.read(PIPE_CHUNK):
+            self._tail += chunk
+            del self._tail[:-STDERR_TAIL]
+
+    async def result(self) -> bytes:
+        """The tail, once stderr ends or :data:`STDERR_GRACE_S` has passed (the process has exited by then)."""
+        await asyncio.wait({self._task}, timeout=STDERR_GRACE_S)
+        self._task.cancel()
+        return bytes(self._tail)
+
+    def cancel(self) -> None:
+        self._task.cancel()
+
+
+EXIT_POLL_S = 0.05
+"""How often the exit status is looked at while ``Process.wait()`` cannot return (see :func:`_exit_status`)."""
+
+
+async def _exit_status(proc: asyncio.subprocess.Process, argv: Sequence[str], exit_timeout: float | None,
+                       stderr: _StderrTail, after: str) -> int:
+    """The exit status, waited for at most ``exit_timeout`` seconds (``None``: as long as it takes); past it the
+    process is killed and :class:`ProcessError` names the wait.
+
+    asyncio's ``Process.wait()`` returns only once the process has exited *and* its pipes are closed, which a
+    background child of the process holding stderr keeps from happening for as long as that child runs; the
+    documented ``returncode`` is set at the exit itself, so it is looked at too (there is no event for it)."""
+    loop = asyncio.get_running_loop()
+    deadline = None if exit_timeout is None else loop.time() + exit_timeout
+    waiting = asyncio.ensure_future(proc.wait())
+    try:
+        while proc.returncode is None:
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                await _kill(proc)
+                raise ProcessError(argv, None, await stderr.result(),
+                                   f"did not exit within {exit_timeout:g} s of {after}; killed")
+            await asyncio.wait({waiting}, timeout=EXIT_POLL_S if left is None else min(EXIT_POLL_S, left))
+        return proc.returncode
+    finally:
+        waiting.cancel()
+
+
+async def _kill(proc: asyncio.subprocess.Process) -> None:
+    """Kill the process (if it still runs) and wait for its exit, not for its pipes (see :func:`_exit_status`)."""
+    if proc.returncode is None:
+        proc.kill()
+    waiting = asyncio.ensure_future(proc.wait())
+    try:
+        while proc.returncode is None:
+            await asyncio.wait({waiting}, timeout=EXIT_POLL_S)
+    finally:
+        waiting.cancel()
 
 
 async def from_process(
     writer: ChannelWriter, argv: Sequence[str], *, progress: Progress = None, trailer: bool = True,
-    **popen: Any,
+    exit_timeout: float | None = 60.0, **popen: Any,
 ) -> int:
     """Run ``argv`` and stream its stdout into the channel. A non-zero exit aborts the channel and raises
-    :class:`ProcessError` carrying the exit status and the tail of stderr."""
+    :class:`ProcessError` carrying the exit status and the tail of stderr; so does a process that has not exited
+    ``exit_timeout`` seconds after closing its stdout (it is killed; ``None`` waits as long as it takes)."""
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, **popen)
     assert proc.stdout is not None
     sink = ChannelSink(writer, trailer=trailer, progress=progress, label=argv[0])
-    stderr_task = asyncio.ensure_future(_tail(proc.stderr))
+    stderr = _StderrTail(proc.stderr)
     try:
         while chunk := await proc.stdout.read(PIPE_CHUNK):
             await sink.write(chunk)
-        returncode = await proc.wait()
-        stderr = await stderr_task
+        returncode = await _exit_status(proc, argv, exit_timeout, stderr, "closing its stdout")
         if returncode != 0:
-            error = ProcessError(argv, returncode, stderr)
-            await sink.abort(str(error))
-            raise error
+            raise ProcessError(argv, returncode, await stderr.result())
         await sink.close()
     except BaseException as exc:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        stderr_task.cancel()
-        if not isinstance(exc, ProcessError):
-            with contextlib.suppress(ChannelError):
-                await sink.abort(f"from_process failed: {exc!r}")
+        await _kill(proc)
+        stderr.cancel()
+        with contextlib.suppress(ChannelError):
+            await sink.abort(str(exc) if isinstance(exc, ProcessError) else f"from_process failed: {exc!r}")
         raise
+    stderr.cancel()
     return sink.bytes_written
 
 
 async def to_process(
     reader: ChannelReader, argv: Sequence[str], *, progress: Progress = None, require_trailer: bool = False,
-    **popen: Any,
+    exit_timeout: float | None = None, **popen: Any,
 ) -> int:
     """Run ``argv`` with the channel as its stdin. Raises :class:`ProcessError` on a non-zero exit (or if it
-    stops reading early); channel errors propagate after the process is killed. Returns the bytes fed."""
+    stops reading early); channel errors propagate after the process is killed. Returns the bytes fed.
+    ``exit_timeout``: how long the process may run after its stdin is closed (``None``, the default: as long as
+    it takes, since a command like ``sort`` does its work only then); past it the process is killed and
+    :class:`ProcessError` says so."""
     popen.setdefault("stdout", None)
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, **popen)
     assert proc.stdin is not None
-    stderr_task = asyncio.ensure_future(_tail(proc.stderr))
+    stderr = _StderrTail(proc.stderr)
     source = ChannelSource(reader, require_trailer=require_trailer, progress=progress, label=argv[0], text_limit=0)
     try:
         try:
@@ -179,17 +237,15 @@ async def to_process(
                 await proc.stdin.wait_closed()
         except (BrokenPipeError, ConnectionResetError):
             await reader.close_async()
-        returncode = await proc.wait()
-        stderr = await stderr_task
+        returncode = await _exit_status(proc, argv, exit_timeout, stderr, "the end of its input")
+        tail = await stderr.result()
     except BaseException:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        stderr_task.cancel()
+        await _kill(proc)
+        stderr.cancel()
         await asyncio.shield(release_writer(reader))
         raise
     if returncode != 0 or not source.at_eof:
-        raise ProcessError(argv, returncode, stderr)
+        raise ProcessError(argv, returncode, tail)
     return source.bytes_read
 
 
