@@ -258,13 +258,23 @@ async def _store(reader: ChannelReader, data: dict[str, Any], out: str, progress
     size = data.get("size") if isinstance(data.get("size"), int) else None
     if out == "-":
         # One transfer at a time: two senders served at once would interleave their chunks on stdout. The next
-        # one waits on backpressure meanwhile.
-        async with _stdout_lock():
+        # one waits on backpressure meanwhile, its reader attached first: unattached, its channel would expire at
+        # the engine's attach deadline (300 s on ours) behind a longer transfer.
+        lock = _stdout_lock()
+        try:
+            await reader._ensure_connected()
+            await lock.acquire()
+        except BaseException:
+            await asyncio.shield(release_writer(reader))
+            raise
+        try:
             bar: Progress = ProgressBar(label=_safe_name(data.get("name")), stream=sys.stderr) if progress else None
             # `iii-channel send` always ends with a trailer: without one the sender died (an engine that cannot
             # signal aborts ends the stream normally), and what reached stdout is short.
             source = ChannelSource(reader, progress=bar, total=size, require_trailer=True, text_limit=0)
             count = await to_fd(source, sys.stdout.fileno())
+        finally:
+            lock.release()
         return {"path": "-", "bytes": count, "sha256": source.sha256, "verified": source.verified}
     target = Path(out)
     if await asyncio.to_thread(target.is_dir):
