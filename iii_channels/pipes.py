@@ -183,6 +183,18 @@ async def _kill(proc: asyncio.subprocess.Process) -> None:
         waiting.cancel()
 
 
+def _close_pipes(proc: asyncio.subprocess.Process) -> None:
+    """Close our ends of the process's pipes once it has exited (or was killed) and we are done with it.
+
+    A child it left behind (the other commands of a pipeline, ``cmd &``) can hold them: once asyncio's buffer is
+    full it would block for ever writing into a pipe nobody reads, and we would hold the pipes for as long as it
+    lived. With our ends closed it gets EPIPE (SIGPIPE), as under a shell whose reader went away. asyncio's
+    ``Process`` has no public close: its transport's ``close`` is the one that does this."""
+    transport = getattr(proc, "_transport", None)
+    if transport is not None:
+        transport.close()
+
+
 async def from_process(
     writer: ChannelWriter, argv: Sequence[str], *, progress: Progress = None, trailer: bool = True,
     exit_timeout: float | None = 60.0, **popen: Any,
@@ -205,10 +217,12 @@ async def from_process(
     except BaseException as exc:
         await _kill(proc)
         stderr.cancel()
+        _close_pipes(proc)
         with contextlib.suppress(ChannelError):
             await sink.abort(str(exc) if isinstance(exc, ProcessError) else f"from_process failed: {exc!r}")
         raise
     stderr.cancel()
+    _close_pipes(proc)
     return sink.bytes_written
 
 
@@ -242,8 +256,10 @@ async def to_process(
     except BaseException:
         await _kill(proc)
         stderr.cancel()
+        _close_pipes(proc)
         await asyncio.shield(release_writer(reader))
         raise
+    _close_pipes(proc)
     if returncode != 0 or not source.at_eof:
         raise ProcessError(argv, returncode, tail)
     return source.bytes_read

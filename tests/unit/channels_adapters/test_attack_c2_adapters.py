@@ -8,7 +8,9 @@ subprocess exit handling, leaks over many runs).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -278,3 +280,48 @@ async def test_kill_of_an_already_reaped_process_returns() -> None:
     assert await asyncio.wait_for(proc.wait(), 10) == 0
     await asyncio.wait_for(_kill(proc), 5)
     assert proc.returncode == 0
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie has exited: in a container nobody may reap an orphan)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("how", ["cancelled", "exit_timeout", "failed"])
+async def test_a_stopped_process_leaves_no_child_blocked_on_our_pipes(
+        relay: tuple[str, ChannelRelay], tmp_path: Path, how: str) -> None:
+    """A shell whose background child writes to stdout (a pipeline, ``cmd &``): killing the shell left the child
+    writing into a pipe nobody read once asyncio's buffer filled, so it blocked for ever and our end of its pipes
+    stayed open (before: the child ran on, two fds held, per run; now our ends are closed and it gets SIGPIPE)."""
+    pidfile = tmp_path / "child.pid"
+    # Cancelled mid-stream, its child writes to stdout; otherwise the shell closes stdout and its child writes to
+    # stderr while the shell waits for ever (killed at exit_timeout) or exits 3.
+    start = "yes &" if how == "cancelled" else "exec >&-; yes >&2 &"
+    stop = "exit 3" if how == "failed" else "wait"
+    script = f"{start} echo $! > {pidfile}; {stop}"
+    writer, reader = ends(*relay)
+    baseline = _open_fds()
+    producing = asyncio.ensure_future(iii_channels.from_process(writer, ["sh", "-c", script], exit_timeout=0.2))
+    try:
+        if how == "cancelled":
+            await asyncio.wait_for(ChannelSource(reader).readexactly(100_000), 10)
+            producing.cancel()
+        results = await asyncio.wait_for(asyncio.gather(
+            producing, ChannelSource(reader).read_all(), return_exceptions=True), 10)
+        assert isinstance(results[0], asyncio.CancelledError if how == "cancelled" else ProcessError), results[0]
+        await until(lambda: pidfile.exists() and pidfile.read_text().strip() != "")
+        pid = int(pidfile.read_text())
+        await until(lambda: not _alive(pid), 5)
+        await until(lambda: _open_fds() <= baseline, 5)
+    finally:
+        if pidfile.exists() and pidfile.read_text().strip():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
