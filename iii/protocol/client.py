@@ -244,12 +244,14 @@ class ClientSession:
     def missing_functions(self, present: Iterable[Any]) -> list[str]:
         """Frames of our functions absent from ``present`` (ids the engine listed), for the T7 recovery."""
         listed = set(present)
-        return [f.frame for fid, f in list(self._functions.items()) if fid not in listed]
+        # dict.copy() runs in C without allocating per entry, so no collection (and no switch to a thread that
+        # registers) can come in the middle; list(items()) makes a tuple per entry, and a collection there could
+        return [f.frame for fid, f in self._functions.copy().items() if fid not in listed]
 
     def missing_triggers(self, present: Iterable[Any]) -> list[str]:
         """Frames of our triggers absent from ``present`` (ids the engine listed), for the T7 recovery."""
         listed = set(present)
-        return [frame for tid, frame in list(self._triggers.items()) if tid not in listed]
+        return [frame for tid, frame in self._triggers.copy().items() if tid not in listed]  # see missing_functions
 
     def holds(self, frame: str) -> bool:
         """Whether ``frame``, a function or trigger registration of :meth:`missing_functions` /

@@ -8,6 +8,7 @@ replay it ended the connection's supervisor, and the client stayed disconnected 
 
 from __future__ import annotations
 
+import gc
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -70,3 +71,42 @@ def test_the_recovery_reads_the_book_while_threads_register() -> None:
     session = _book(1000)
     _read_while_registering(session, lambda: (session.missing_functions([]), session.missing_triggers([])))
     assert len(session.missing_functions(["f0"])) == len(session.missing_functions([])) - 1
+
+
+class _Cycle:
+    """Garbage the collector must find, with a finaliser: Python code it runs where a collection happens."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+    def __del__(self) -> None:
+        sum(range(50))
+
+
+@pytest.mark.usefixtures("busy_switching")
+def test_the_recovery_reads_the_book_whole_even_when_a_collection_runs_python_code_midway() -> None:
+    # The floors run of CI caught this: list(d.items()) makes a tuple per entry, a collection can start there and
+    # run a finaliser, and the thread that registers runs in the middle of the walk. dict.copy() allocates no
+    # tracked object per entry. Before: RuntimeError in about 286 of 300 reads.
+    session = _book(1000)
+    stop = threading.Event()
+
+    def register() -> None:
+        n = 0
+        while not stop.is_set():
+            session.register_function(RegisterFunctionMessage(id=f"late{n}"), invokable=True)
+            _Cycle()
+            n += 1
+
+    writer = threading.Thread(target=register, daemon=True)
+    threshold = gc.get_threshold()
+    gc.set_threshold(50)
+    writer.start()
+    try:
+        for _ in range(300):
+            session.missing_functions([])
+            session.missing_triggers([])
+    finally:
+        stop.set()
+        writer.join(10)
+        gc.set_threshold(*threshold)
