@@ -42,9 +42,8 @@ import asyncio
 import logging
 import os
 import random
-import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -55,6 +54,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from . import ws_fastpath
 from .errors import ConnectionLostError, OutboundQueueFullError
 from .iii_constants import DEFAULT_RECONNECTION_CONFIG, MAX_QUEUE_SIZE, IIIConnectionState, ReconnectionConfig
+from .loss_log import LossLog
 
 __all__ = ["Connection", "backoff_delay_ms", "check_url"]
 
@@ -193,9 +193,7 @@ class Connection:
         self._last_error: str | None = None
         #: best-effort frames (telemetry, pongs) dropped because the queue was full
         self.dropped = 0
-        self._dropped_unlogged = 0
-        self._dropped_logged_at = float("-inf")
-        self._drop_timer: asyncio.TimerHandle | None = None
+        self._drops = LossLog(self._log_dropped, DROP_LOG_INTERVAL_S)
         self._state: IIIConnectionState = "disconnected"
         # Frames waiting for the socket: (frame, key). Filled while down, and when a sync caller must not await.
         self._backlog: deque[tuple[Frame, str | None]] = deque()
@@ -264,7 +262,7 @@ class Connection:
                     await task
                 except (asyncio.CancelledError, Exception):
                     pass
-        self._log_dropped(None)  # a burst's count not logged yet is logged now (its timer belongs to this loop)
+        self._drops.close()  # a burst's count not logged yet is logged now (its timer belongs to this loop)
         unsent = sum(1 for frame, key in self._backlog if key is None)
         if unsent:  # (queued calls, keyed, fail with the client's shutdown; these frames' senders hear nothing)
             log.warning("Closing with %d frames never sent to %s (fire-and-forget calls and answers among them); "
@@ -358,28 +356,15 @@ class Connection:
             self._backlog.append((frame, None))
 
     def _drop(self, frame: Frame) -> None:
-        """Count a best-effort frame dropped at a full queue; warn now, or arm the end-of-interval warning."""
+        """Count a best-effort frame dropped at a full queue; warn now, or at the end of the interval."""
         self.dropped += 1
-        self._dropped_unlogged += 1
-        now = time.monotonic()
-        if now - self._dropped_logged_at >= DROP_LOG_INTERVAL_S:
-            self._log_dropped(frame)
-        elif self._drop_timer is None:
-            self._drop_timer = asyncio.get_running_loop().call_later(
-                self._dropped_logged_at + DROP_LOG_INTERVAL_S - now, self._log_dropped, None)
+        self._drops.lost("dropped", f"{frame!r:.80}")
 
-    def _log_dropped(self, latest: Frame | None) -> None:
-        if self._drop_timer is not None:
-            self._drop_timer.cancel()
-            self._drop_timer = None
-        if not self._dropped_unlogged:
-            return
-        latest_text = f"; latest: {latest!r:.80}" if latest is not None else ""
+    def _log_dropped(self, counts: Mapping[str, int], latest: str | None) -> None:
+        latest_text = f"; latest: {latest}" if latest is not None else ""
         log.warning("Outbound queue full (%d frames waiting for the engine): %d best-effort frame(s) (telemetry, "
-                    "pongs) dropped since the last warning, %d in all%s", self._max_queue, self._dropped_unlogged,
+                    "pongs) dropped since the last warning, %d in all%s", self._max_queue, counts["dropped"],
                     self.dropped, latest_text)
-        self._dropped_unlogged = 0
-        self._dropped_logged_at = time.monotonic()
 
     def _enqueue(self, frame: Frame, key: str | None) -> bool:
         """Queue ``frame``; False when the queue is full and ``frame``, unkeyed, was not queued."""

@@ -27,11 +27,12 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from iii.loss_log import LossLog
 from iii.protocol.codec import is_uuid
 from iii.protocol.ids import InvocationIds, new_invocation_id
 from iii.wire import loads
 
-from .limits import TOO_MANY_CALLS, FiredCalls, HeldTasks, LossLog, WorkerCalls
+from .limits import SKIP_LOG_INTERVAL_S, TOO_MANY_CALLS, FiredCalls, HeldTasks, WorkerCalls
 from .modules.base import EncodedResult, EngineError, InvocationContext, InvocationObserver, NamedQueues
 from .registry import FunctionEntry, Registry
 from .workers import WorkerConnection, frame_bytes
@@ -132,7 +133,7 @@ class Invocations:
         self.observer: InvocationObserver | None = None
         #: results that ended no call (:meth:`_stray_result`)
         self.stray_results = 0
-        self._stray_log = LossLog(self._log_stray)
+        self._stray_log = LossLog(self._log_stray, SKIP_LOG_INTERVAL_S)
         # Every task the engine runs for a call, with what it holds until it ends: a worker's max_calls_per_worker
         # count, a max_fired_calls slot, or nothing. The task gives it back itself when it ends; close() gives back
         # what tasks cancelled before they ever ran hold (their ``finally`` never runs).

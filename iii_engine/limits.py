@@ -32,10 +32,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from typing import Any
+
+from iii.loss_log import LossLog
 
 from .config import DEFAULT_FIRE_WAIT_TIMEOUT_MS, DEFAULT_MAX_CALLS_PER_WORKER, DEFAULT_MAX_FIRED_CALLS, EngineConfig
 from .modules.base import EngineError, FiredCallLimit
@@ -58,66 +59,6 @@ SKIP_LOG_INTERVAL_S = 10.0
 
 DEGRADED_WINDOW_S = 60.0
 """``engine::health::check`` reports a bound degraded while it skipped or refused a call this recently."""
-
-
-class LossLog:
-    """Rate-limited warnings about calls lost to a bound, with their counts by kind: the first loss is logged at
-    once, later ones at most every :data:`SKIP_LOG_INTERVAL_S` (a burst's counts are logged when the interval is
-    over, even if nothing more is lost then). Remembers when the latest loss was, for :meth:`recent`.
-
-    ``write(counts, latest)`` logs the losses since the last warning (``counts`` by kind, never empty), naming
-    ``latest`` (the newest loss; ``None`` when the warning is the end of a burst).
-
-    Example:
-        >>> seen = []
-        >>> losses = LossLog(lambda counts, latest: seen.append((dict(counts), latest)))
-        >>> losses.flush(None)  # nothing lost: nothing logged
-        >>> losses.count("void", 2); losses.flush("a void call")
-        >>> seen
-        [({'void': 2}, 'a void call')]
-    """
-
-    def __init__(self, write: Callable[[Mapping[str, int], str | None], object]) -> None:
-        self._write = write
-        self._unlogged: dict[str, int] = {}  # losses by kind since the last warning
-        self._logged_at = float("-inf")
-        self._timer: asyncio.TimerHandle | None = None
-        #: ``time.monotonic()`` of the latest loss
-        self.lost_at = float("-inf")
-
-    def count(self, kind: str, n: int = 1) -> None:
-        """Count ``n`` losses of ``kind`` for the next warning, without logging (see :meth:`lost`)."""
-        self._unlogged[kind] = self._unlogged.get(kind, 0) + n
-
-    def lost(self, kind: str, what: str, n: int = 1) -> None:
-        """``n`` losses of ``kind`` (``what`` names the newest): log now, or arm the end-of-interval warning."""
-        self.count(kind, n)
-        now = time.monotonic()
-        self.lost_at = now
-        if now - self._logged_at >= SKIP_LOG_INTERVAL_S:
-            self.flush(what)
-        elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._logged_at + SKIP_LOG_INTERVAL_S - now,
-                                                                self.flush, None)
-
-    def flush(self, what: str | None) -> None:
-        """Log what is not logged yet (now)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._unlogged:
-            counts, self._unlogged = self._unlogged, {}
-            self._write(counts, what)
-            self._logged_at = time.monotonic()
-
-    def recent(self) -> bool:
-        """Whether a loss happened within the last :data:`DEGRADED_WINDOW_S`."""
-        return time.monotonic() - self.lost_at < DEGRADED_WINDOW_S
-
-    def close(self) -> None:
-        """Engine shutdown: a pending end-of-interval warning is logged now (its timer belongs to this loop)."""
-        if self._timer is not None:
-            self.flush(None)
 
 
 class CountLimits:
@@ -223,7 +164,7 @@ class FiredCalls:
         self._waiters: OrderedDict[asyncio.Future[None], tuple[int, float]] = OrderedDict()
         self._deadline_timer: asyncio.TimerHandle | None = None  # for the oldest waiter (see _expire)
         self._waiting = 0  # slots the waiters ask for
-        self._losses = LossLog(self._log_lost)
+        self._losses = LossLog(self._log_lost, SKIP_LOG_INTERVAL_S)
 
     @property
     def waiting(self) -> int:
@@ -237,7 +178,7 @@ class FiredCalls:
 
     def degraded(self) -> bool:
         """Whether a call was skipped or refused within the last :data:`DEGRADED_WINDOW_S`."""
-        return self._losses.recent()
+        return self._losses.recent(DEGRADED_WINDOW_S)
 
     def try_take(self, n: int = 1) -> bool:
         """Take ``n`` slots if they are free now and nobody waits; ``False`` (nothing taken) otherwise."""
@@ -395,7 +336,7 @@ class WorkerCalls:
         self.refused = 0
         #: void calls (no reply asked for) not made
         self.refused_void = 0
-        self._losses = LossLog(self._log_refused)
+        self._losses = LossLog(self._log_refused, SKIP_LOG_INTERVAL_S)
 
     def refuse(self, worker: WorkerConnection, function_id: str, answered: bool) -> str:
         """Count a call of ``function_id`` by ``worker`` refused at the bound (``answered``: it gets the error);
@@ -418,7 +359,7 @@ class WorkerCalls:
 
     def degraded(self) -> bool:
         """Whether a call was refused within the last :data:`DEGRADED_WINDOW_S`."""
-        return self._losses.recent()
+        return self._losses.recent(DEGRADED_WINDOW_S)
 
     def _log_refused(self, counts: Mapping[str, int], what: str | None) -> None:
         latest = f"; latest: {what}" if what is not None else ""
