@@ -10,7 +10,7 @@ import asyncio
 import logging
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -22,17 +22,9 @@ from iii.errors import ShuttingDownError
 from iii.iii import III, register_worker
 
 from .conftest import FAST_RECONNECT, EngineThread, reconnected, wait_until
-from .test_connection import Recorder
+from .test_connection import Recorder, recorder
 
-
-@pytest.fixture
-async def recorder() -> AsyncIterator[Recorder]:
-    from websockets.asyncio.server import serve
-
-    rec = Recorder()
-    async with serve(rec.handle, "127.0.0.1", 0) as server:
-        rec.server = server
-        yield rec
+__all__ = ["recorder"]  # the fixture, imported for pytest
 
 
 async def test_a_callback_that_raises_on_open_does_not_end_reconnection(

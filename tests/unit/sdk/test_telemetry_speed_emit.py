@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,24 +17,13 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from iii import OtelConfig, light_span, telemetry, telemetry_exporters
+from iii import light_span, telemetry, telemetry_exporters
 from iii.light_span import HandlerSpans, LightSpan, OwnTracerProvider, light_text, plain_traceparent, traceparent_text
 from iii.telemetry_exporters import EngineSpanExporter, SharedEngineConnection, span_text
 from iii.trace_scope import TraceScope
 from tests.polling import until
 
 REMOTE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-
-
-@pytest.fixture
-def on() -> Iterator[list[bytes]]:
-    sink: list[bytes] = []
-    telemetry.shutdown_otel()
-    telemetry.init_otel(OtelConfig(enabled=True, service_name="emit", service_instance_id="i1",
-                                   fetch_instrumentation_enabled=False, metrics_enabled=False, logs_enabled=False),
-                        frame_sink=sink.append)
-    yield sink
-    telemetry.shutdown_otel()
 
 
 class _Ids(IdGenerator):
@@ -192,7 +180,7 @@ def test_light_text_of_ids_the_bytes_cannot_write() -> None:
     provider.shutdown()
 
 
-async def test_response_traceparent_and_frames_of_handler_runs(on: list[bytes]) -> None:
+async def test_response_traceparent_and_frames_of_handler_runs(frames: list[bytes]) -> None:
     scope = TraceScope(telemetry)
     seen = []
 
@@ -210,7 +198,7 @@ async def test_response_traceparent_and_frames_of_handler_runs(on: list[bytes]) 
         TraceContextTextMapPropagator().inject(carrier, trace.set_span_in_context(span))
         assert response == carrier["traceparent"] == span._traceparent
     telemetry.force_flush()
-    body = b"".join(frame[4:] for frame in frames_of(on))
+    body = b"".join(frame[4:] for frame in frames_of(frames))
     assert body == telemetry_exporters.serialize_spans(seen, None)
 
 
@@ -222,7 +210,7 @@ def _batch() -> Any:
     return telemetry.runtime().tracer_provider.own_processor._batch_processor
 
 
-async def test_the_usual_emit_needs_no_getpid(on: list[bytes], monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_the_usual_emit_needs_no_getpid(frames: list[bytes], monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
     real = os.getpid
 
@@ -243,7 +231,7 @@ async def _ok() -> str:
     return "ok"
 
 
-async def test_a_full_queue_drops_and_warns_as_the_sdks_emit(on: list[bytes], caplog: pytest.LogCaptureFixture,
+async def test_a_full_queue_drops_and_warns_as_the_sdks_emit(frames: list[bytes], caplog: pytest.LogCaptureFixture,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     batch = _batch()
     monkeypatch.setattr(batch, "_max_export_batch_size", 10**6)  # the worker is never woken: the queue fills
@@ -255,7 +243,7 @@ async def test_a_full_queue_drops_and_warns_as_the_sdks_emit(on: list[bytes], ca
     assert "Queue full, dropping Span." in caplog.text
 
 
-async def test_a_full_batch_wakes_the_worker(on: list[bytes], monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_full_batch_wakes_the_worker(frames: list[bytes], monkeypatch: pytest.MonkeyPatch) -> None:
     batch = _batch()
     monkeypatch.setattr(batch, "_max_export_batch_size", 3)
     monkeypatch.setattr(batch, "_schedule_delay", 3600)  # only a wake-up makes the worker export before the test ends
@@ -266,11 +254,11 @@ async def test_a_full_batch_wakes_the_worker(on: list[bytes], monkeypatch: pytes
         await scope.run("call f", _ok, None, None)
     assert not batch._worker_awaken.is_set() and len(batch._queue) == 2
     await scope.run("call f", _ok, None, None)
-    await until(lambda: len(b"".join(frames_of(on)).split(b'"spanId"')) == 4)  # the three spans, exported
+    await until(lambda: len(b"".join(frames_of(frames)).split(b'"spanId"')) == 4)  # the three spans, exported
     assert not batch._queue
 
 
-async def test_after_shutdown_and_in_another_process_the_sdks_emit_decides(on: list[bytes],
+async def test_after_shutdown_and_in_another_process_the_sdks_emit_decides(frames: list[bytes],
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
     real = os.getpid
@@ -297,7 +285,7 @@ def test_the_emit_of_the_installed_sdk_is_the_known_one() -> None:
     assert light_span._EMIT_KNOWN
 
 
-async def test_handler_context_on_another_runtime_context(on: list[bytes], monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_handler_context_on_another_runtime_context(frames: list[bytes], monkeypatch: pytest.MonkeyPatch) -> None:
     runtime = context._RUNTIME_CONTEXT
     used: list[str] = []
 
