@@ -154,6 +154,12 @@ class PubSubModule(EngineModule):
         fired = self.services.fired_calls
         if not fired.try_take(len(triggers)):
             await fired.take(len(triggers), f"publish to topic {topic!r}", "subscribers")
+            # The wait can be long: a subscriber that left meanwhile gets nothing, and its slot goes back.
+            current = self._subscribers.get(topic) or {}
+            staying = [trigger for trigger in triggers if current.get(trigger.id) is trigger]
+            if len(staying) < len(triggers):
+                fired.release(len(triggers) - len(staying))
+                triggers = staying
         for trigger in triggers:
             condition = trigger.config.get("condition_function_id") if isinstance(trigger.config, dict) else None
             if condition is None:

@@ -108,6 +108,30 @@ async def test_a_publish_waits_for_room_for_all_its_subscribers_then_reaches_the
         await later.let_go()
 
 
+async def test_a_subscriber_that_leaves_while_a_publish_waits_for_room_gets_nothing() -> None:
+    # Before: the publish fired every subscriber it had seen before its wait, the departed one included.
+    held, later = Slow(), Slow()
+    async with engine_with(PUBSUB, limit=3) as engine, ModuleWorker(engine.url) as worker:
+        await worker.function("held::on", held)
+        await worker.trigger("held", "subscribe", "held::on", {"topic": "busy"})
+        await worker.trigger("held2", "subscribe", "held::on", {"topic": "busy"})
+        for name in ("a", "b"):
+            await worker.function(f"{name}::on", later)
+            await worker.trigger(name, "subscribe", f"{name}::on", {"topic": "quiet"})
+        assert "error" not in await worker.call("publish", {"topic": "busy", "data": "first"})
+        assert [await held.next(), await held.next()] == ["first", "first"]
+        waiting = asyncio.create_task(worker.call("publish", {"topic": "quiet", "data": "second"}))
+        await until(lambda: engine.fired_calls.waiting == 2)
+        await worker.send({"type": "unregistertrigger", "id": "b", "trigger_type": "subscribe"})
+        await worker.sync()
+        await held.let_go()
+        assert "error" not in await waiting
+        assert await later.next() == "second"
+        await until(lambda: engine.fired_calls.in_flight == 1)  # a's delivery; b's slot went back
+        assert later.started.empty()
+        await later.let_go()
+
+
 async def test_a_publish_whose_wait_runs_out_fails_with_fire_limit_reaching_nobody() -> None:
     held = Slow()
     async with engine_with(PUBSUB, limit=1, wait_ms=200) as engine, ModuleWorker(engine.url) as worker:
