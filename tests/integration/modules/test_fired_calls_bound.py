@@ -8,6 +8,7 @@ fails with ``fire_limit`` when the wait runs out, reaching nobody), and producer
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -87,7 +88,10 @@ async def test_a_fast_publisher_and_a_slow_subscriber_stay_within_max_fired_call
                                              "skipped": 0, "refused": 180}
 
 
-async def test_a_publish_waits_for_room_for_all_its_subscribers_then_reaches_them() -> None:
+@contextlib.asynccontextmanager
+async def a_publish_waiting_for_room() -> AsyncIterator[tuple[Engine, ModuleWorker, Slow, Slow, asyncio.Task[Any]]]:
+    """max_fired_calls 3, two of them held by deliveries on topic "busy" (``held``); a publish to topic "quiet",
+    whose two subscribers ("a", "b") both run ``later``, waiting for room for both."""
     held, later = Slow(), Slow()
     async with engine_with(PUBSUB, limit=3) as engine, ModuleWorker(engine.url) as worker:
         await worker.function("held::on", held)
@@ -100,6 +104,11 @@ async def test_a_publish_waits_for_room_for_all_its_subscribers_then_reaches_the
         assert [await held.next(), await held.next()] == ["first", "first"]
         waiting = asyncio.create_task(worker.call("publish", {"topic": "quiet", "data": "second"}))
         await until(lambda: engine.fired_calls.waiting == 2)
+        yield engine, worker, held, later, waiting
+
+
+async def test_a_publish_waits_for_room_for_all_its_subscribers_then_reaches_them() -> None:
+    async with a_publish_waiting_for_room() as (_, _, held, later, waiting):
         # one slot is free but the publish needs two: it is not half-delivered
         assert later.started.empty() and not waiting.done()
         await held.let_go()
@@ -110,18 +119,7 @@ async def test_a_publish_waits_for_room_for_all_its_subscribers_then_reaches_the
 
 async def test_a_subscriber_that_leaves_while_a_publish_waits_for_room_gets_nothing() -> None:
     # Before: the publish fired every subscriber it had seen before its wait, the departed one included.
-    held, later = Slow(), Slow()
-    async with engine_with(PUBSUB, limit=3) as engine, ModuleWorker(engine.url) as worker:
-        await worker.function("held::on", held)
-        await worker.trigger("held", "subscribe", "held::on", {"topic": "busy"})
-        await worker.trigger("held2", "subscribe", "held::on", {"topic": "busy"})
-        for name in ("a", "b"):
-            await worker.function(f"{name}::on", later)
-            await worker.trigger(name, "subscribe", f"{name}::on", {"topic": "quiet"})
-        assert "error" not in await worker.call("publish", {"topic": "busy", "data": "first"})
-        assert [await held.next(), await held.next()] == ["first", "first"]
-        waiting = asyncio.create_task(worker.call("publish", {"topic": "quiet", "data": "second"}))
-        await until(lambda: engine.fired_calls.waiting == 2)
+    async with a_publish_waiting_for_room() as (engine, worker, held, later, waiting):
         await worker.send({"type": "unregistertrigger", "id": "b", "trigger_type": "subscribe"})
         await worker.sync()
         await held.let_go()

@@ -298,6 +298,14 @@ def fake() -> Iterator[EngineThread]:
 
 
 @pytest.fixture
+def client(fake: EngineThread) -> Iterator[III]:
+    """One client of :func:`fake` that reconnects fast (the life-cycle attack tests cut and stall its socket)."""
+    worker = register_worker(fake.url, InitOptions(worker_name="a", reconnection_config=FAST_RECONNECT))
+    yield worker
+    worker.shutdown()
+
+
+@pytest.fixture
 def make_fake_worker(fake: EngineThread) -> Iterator[MakeWorker]:
     """Workers on :func:`fake`."""
     yield from workers_of(fake.url)

@@ -10,7 +10,6 @@ import asyncio
 import logging
 import sys
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -50,13 +49,6 @@ async def test_a_callback_that_raises_on_open_does_not_end_reconnection(
         finally:
             await conn.close()
     assert any("dropping it and reconnecting" in r.getMessage() and r.exc_info for r in caplog.records)
-
-
-@pytest.fixture
-def client(fake: EngineThread) -> Iterator[III]:
-    worker = register_worker(fake.url, InitOptions(worker_name="a", reconnection_config=FAST_RECONNECT))
-    yield worker
-    worker.shutdown()
 
 
 def _cut(fake: EngineThread, client: III) -> None:

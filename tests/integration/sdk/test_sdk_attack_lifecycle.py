@@ -10,7 +10,6 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,13 +20,6 @@ from iii.iii import III, MAX_QUEUE_SIZE, register_worker
 
 from .conftest import FAST_RECONNECT, EngineThread, reconnected, wait_until
 from .test_reconnect import _in_thread
-
-
-@pytest.fixture
-def client(fake: EngineThread) -> Iterator[III]:
-    worker = register_worker(fake.url, InitOptions(worker_name="a", reconnection_config=FAST_RECONNECT))
-    yield worker
-    worker.shutdown()
 
 
 def _stall_then_cut(fake: EngineThread, client: III) -> Any:
