@@ -404,7 +404,8 @@ class Engine:
 
         worker = WorkerConnection(outbox=Outbox(send, max_bytes=limit, on_overflow=overflow,
                                                 flush=lambda: flush_frames(ws)),
-                                  ip_address=str(remote[0]) if remote else None, id=worker_id)
+                                  ip_address=str(remote[0]) if remote else None, id=worker_id,
+                                  wait_closed=ws.wait_closed)
         self.workers[worker.id] = worker
         worker.post(worker.session.registered())
         log.info("worker %s connected from %s", worker.id, worker.ip_address)

@@ -254,15 +254,42 @@ class Invocations:
             pending.timer = loop.call_later(self.timeout_ms / 1000, self._expire, pending.invocation_id)
         outbox = callee.outbox
         size = frame_bytes(text)
-        await outbox.wait_for_room(size, pending)
-        if pending.ended:
-            # ended while it waited for room (timed out, its caller left, the callee was halted): its caller was told
-            # so, and the callee must not run a call whose outcome nobody will take; the wait stopped when it ended,
-            # so the caller's connection, whose frames wait behind this call, is read again at once
-            return
+        if outbox.must_wait(size):
+            await self._wait_for_room(pending, size)
+            if pending.ended:
+                # ended while it waited for room (timed out, its caller left, the callee was halted): its caller was
+                # told so, and the callee must not run a call whose outcome nobody will take; the wait stopped when
+                # it ended, so the caller's connection, whose frames wait behind this call, is read again at once
+                return
         # The invoke path already waits for the callee (production's back-pressure): write from this task.
         if not await outbox.send(text, size, flush=False):
             self._finish(pending.invocation_id, None, error_body("channel_send_failed", "worker connection closed"))
+
+    async def _wait_for_room(self, pending: Pending, size: int) -> None:
+        """Wait for room for ``pending``'s frame in its callee's queue; the loss of the calling worker's connection
+        ends the call. Why watch it here: that connection's frames are not read while its call waits (production's
+        back-pressure), so its reader would see the loss only once the call ended, and with no
+        ``invocation_timeout_ms`` against a callee that never reads, that is when the callee leaves; the worker
+        that left stayed listed until then, its functions still routed to. Only the waiting path pays the task."""
+        holder = pending.holder
+        wait_closed = holder.wait_closed if holder is not None else None
+        watch: asyncio.Task[None] | None = None
+        if wait_closed is not None:
+            watch = asyncio.ensure_future(wait_closed())
+            watch.add_done_callback(lambda done: self._caller_left(pending, done))
+        try:
+            await pending.callee.outbox.wait_for_room(size, pending)
+        finally:
+            if watch is not None:
+                watch.cancel()
+
+    def _caller_left(self, pending: Pending, watch: asyncio.Future[None]) -> None:
+        if watch.cancelled() or pending.ended:
+            return
+        log.info("worker %s left while its call %s of %s waited for room; the call is stopped, never sent",
+                 pending.holder.id if pending.holder is not None else "?", pending.invocation_id, pending.function_id)
+        pending.caller = None  # nobody left to answer
+        self._finish(pending.invocation_id, None, STOPPED)
 
     def handle_result(self, sender: WorkerConnection, msg: dict[str, Any], verbatim: str | None = None) -> None:
         """A worker's ``invocationresult`` (already validated); ``verbatim``: the frame to forward as is."""

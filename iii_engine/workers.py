@@ -126,6 +126,10 @@ class Outbox:
     def _full(self, size: int) -> bool:
         return len(self._items) >= self._limit or (self._bytes > 0 and self._bytes + size > self._max_bytes)
 
+    def must_wait(self, size: int = 0) -> bool:
+        """Whether :meth:`wait_for_room` for a ``size``-byte frame would wait now."""
+        return not self._closed and self._full(size)
+
     async def wait_for_room(self, size: int = 0, call: Ending | None = None) -> None:
         """Wait while ``limit`` frames are queued or a ``size``-byte frame would not fit (at once when closed, or
         once ``call`` has ended: its owner calls :meth:`wake_waiters` when it ends one)."""
@@ -237,6 +241,9 @@ class WorkerConnection:
     calls: int = 0
     #: registrations refused over the engine's count limits (iii_engine.limits)
     refused_registrations: int = 0
+    #: awaits the loss of this worker's connection, even while its frames are not read (set by the engine's
+    #: server; ``None``: not watched)
+    wait_closed: Callable[[], Awaitable[None]] | None = None
     session: WorkerSession = field(init=False)
 
     def __post_init__(self) -> None:

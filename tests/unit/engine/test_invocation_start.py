@@ -120,6 +120,7 @@ async def test_start_cancelled_while_waiting_for_room_leaves_no_pending_call(eng
             await room.wait()
 
         worker.outbox.wait_for_room = wait_for_room  # type: ignore[method-assign]
+        worker.outbox.must_wait = lambda size=0: True  # type: ignore[method-assign]
         call = asyncio.ensure_future(engine.start_invocation("w.full", None))
         await asyncio.wait_for(waiting.wait(), 5)
         assert engine.invocations.pending

@@ -81,23 +81,31 @@ async def test_a_call_that_timed_out_waiting_for_room_is_never_sent(engine: Engi
         await callee.close()
 
 
-async def test_a_caller_that_left_while_its_call_waited_for_room_is_cleaned_up_when_the_call_times_out(
-        engine: Engine) -> None:
-    # The caller's read loop waits on its call (production's back-pressure), so its leaving is seen once the call
-    # ends. Before, that was only once room came: the worker, its count and its connection stayed until then.
-    callee, outbox, make_room = await _full_callee(engine)
-    caller = await _connect(engine)
-    await caller.send(dumps({"type": "invokefunction", "invocation_id": "7d9f0a4e-0000-4000-8000-000000000002",
-                             "function_id": "w.full", "data": {"n": 2}}))
-    await until(lambda: outbox.waiting == 1)
-    await caller.close()
-    try:
-        await until(lambda: len(engine.workers) == 1)  # only the callee is left; the queue is still full
-        assert not engine.invocations.pending and not outbox.waiting
-        make_room()
-        assert [f for f in await _sync(callee) if f["type"] == "invokefunction"] == []
-    finally:
-        await callee.close()
+@pytest.mark.parametrize("leave", ["close", "abort"])
+async def test_a_caller_that_leaves_while_its_call_waits_for_room_is_cleaned_up_at_once(leave: str) -> None:
+    # The caller's frames are not read while its call waits (production's back-pressure). Before, its leaving was
+    # seen only once the call ended: with no invocation_timeout_ms, when the callee made room or left, and the worker
+    # that left stayed listed (its functions routed to) until then. Now the loss of its connection ends the call.
+    async with Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[])) as engine:  # no call times out
+        callee, outbox, make_room = await _full_callee(engine)
+        caller = await _connect(engine)
+        await caller.send(dumps({"type": "registerfunction", "id": "w.leaving"}))
+        await _sync(caller)
+        await caller.send(dumps({"type": "invokefunction", "invocation_id": "7d9f0a4e-0000-4000-8000-000000000002",
+                                 "function_id": "w.full", "data": {"n": 2}}))
+        await until(lambda: outbox.waiting == 1)
+        if leave == "close":
+            await caller.close()
+        else:  # no Close frame: the TCP connection just goes
+            caller.transport.abort()
+        try:
+            await until(lambda: len(engine.workers) == 1)  # only the callee is left; its queue is still full
+            assert "w.leaving" not in engine.registry.functions
+            assert not engine.invocations.pending and not outbox.waiting
+            make_room()
+            assert [f for f in await _sync(callee) if f["type"] == "invokefunction"] == []
+        finally:
+            await callee.close()
 
 
 async def test_a_call_still_live_keeps_waiting_and_is_sent_once_room_comes() -> None:

@@ -46,6 +46,10 @@ async def test_an_engine_call_whose_caller_is_cancelled_leaves_the_pending_table
     class _Outbox:
         waiting = 0
 
+        @staticmethod
+        def must_wait(size: int = 0) -> bool:
+            return False
+
         async def wait_for_room(self, size: int, call: object = None) -> None:
             return None
 
