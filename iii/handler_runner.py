@@ -36,11 +36,12 @@ class HandlerRunner:
 
     def __init__(self, address: str) -> None:
         self._address = address  # channel refs in payloads are opened against this engine
-        self._handlers: dict[str, tuple[Callable[[Any], Any], bool]] = {}
+        # function id -> (handler, whether it is async, its span's name: one string per function, not per call)
+        self._handlers: dict[str, tuple[Callable[[Any], Any], bool, str]] = {}
 
     def add(self, function_id: str, handler: Callable[[Any], Any]) -> None:
         """Serve ``function_id`` with ``handler`` (sync or async)."""
-        self._handlers[function_id] = (handler, is_async_callable(handler))
+        self._handlers[function_id] = (handler, is_async_callable(handler), f"call {function_id}")
 
     def remove(self, function_id: str) -> None:
         """Stop serving ``function_id``."""
@@ -65,7 +66,7 @@ class HandlerRunner:
         if entry is None:  # unregistered while the frame was on its way
             return (None, {"code": "function_not_found", "message": f"Function '{function_id}' not found"},
                     None), _nothing
-        handler, is_async = entry
+        handler, is_async, span_name = entry
         try:
             if not no_channel_refs:
                 data = resolve_channels(data, self._address)
@@ -73,9 +74,12 @@ class HandlerRunner:
             log.exception("Failed to resolve channel refs for %s", function_id)
             return (None, {"code": "invocation_failed", "message": str(exc), "stacktrace": traceback.format_exc()},
                     None), _nothing
-        call = _bind(handler, is_async, data)
-        (result, error, stack, response_tp), end = await trace.start(f"call {function_id}", call, traceparent,
-                                                                     baggage)
+        # An async handler is called with data by the scope itself: no closure per call
+        if is_async:
+            started = trace.start(span_name, handler, traceparent, baggage, data)
+        else:
+            started = trace.start(span_name, _bind_sync(handler, data), traceparent, baggage)
+        (result, error, stack, response_tp), end = await started
         if error is not None:
             log.error("Error in handler %s: %s", function_id, error)
             return (None, {"code": "invocation_failed", "message": str(error), "stacktrace": stack},
@@ -87,10 +91,7 @@ def _nothing() -> None:
     """The ``end`` of a run that opened no span."""
 
 
-def _bind(handler: Callable[[Any], Any], is_async: bool, data: Any) -> Callable[[], Coroutine[Any, Any, Any]]:
-    if is_async:
-        return lambda: handler(data)
-
+def _bind_sync(handler: Callable[[Any], Any], data: Any) -> Callable[[], Coroutine[Any, Any, Any]]:
     async def run_sync() -> Any:
         # copy_context carries the trace context into the executor thread (run_in_executor does not).
         ctx = contextvars.copy_context()

@@ -30,10 +30,12 @@ import inspect
 import logging
 import os
 import random
+import re
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from types import MappingProxyType, TracebackType
+from contextvars import ContextVar
+from types import MappingProxyType, ModuleType, TracebackType
 from typing import Any, Final
 
 from opentelemetry import trace
@@ -49,7 +51,7 @@ from opentelemetry.util.types import Attributes, AttributeValue
 
 from .telemetry_exporters import EngineSpanExporter, span_text, span_text_pieces
 
-__all__ = ["HandlerSpans", "LightSpan", "OwnTracerProvider", "span_context"]
+__all__ = ["HandlerSpans", "LightSpan", "OwnTracerProvider", "context_variable", "span_context"]
 
 log = logging.getLogger(__name__)
 
@@ -131,20 +133,8 @@ class HandlerSpans:
             parent_or_none: SpanContext | None = parent_context
         else:
             parent_or_none = None
-            # _plain_random_ids(ids), inline (a Python-level call less per root span)
-            if type(ids) is RandomIdGenerator and _RANDOM_KNOWN and not ids.__dict__ and (
-                    RandomIdGenerator.generate_trace_id is _RANDOM_METHODS[0]
-                    and RandomIdGenerator.generate_span_id is _RANDOM_METHODS[1]
-                    and RandomIdGenerator.is_trace_id_random is _RANDOM_METHODS[2]):
-                # What the generator's three methods return (their known source): the same draws, in the same order
-                # (the SDK's tracer asks for the trace id first), without three Python-level calls per root span.
-                getrandbits = random.getrandbits
-                trace_id = getrandbits(128)
-                while not trace_id:
-                    trace_id = getrandbits(128)
-                span_id = getrandbits(64)
-                while not span_id:
-                    span_id = getrandbits(64)
+            if type(ids) is RandomIdGenerator and _plain_random_ids(ids):
+                trace_id, span_id = _random_root_ids()
                 flags = _ROOT_FLAGS[1]
                 # Both ids are in range and not zero: valid, without span_context's checks.
                 context = _new_tuple(SpanContext, (trace_id, span_id, False, flags, _DEFAULT_TRACE_STATE, True)) \
@@ -155,6 +145,74 @@ class HandlerSpans:
                 context = span_context(trace_id, ids.generate_span_id(), False, flags)
         if not flags & TraceFlags.SAMPLED:  # ParentBased: follow the parent
             return trace.NonRecordingSpan(context)
+        return self._open(name, context, parent_or_none, kind, parent)
+
+    def begin(self, name: str, traceparent: str | None) -> LightSpan | None:
+        """The SERVER span of one handled call whose caller sent ``traceparent`` (``None`` or empty: none), its
+        response ``traceparent`` already in ``_traceparent``: what ``start_child(name, <the remote parent>, None)``
+        returns, without the ten or so Python-level calls of parsing the header and starting the span in steps
+        (issue 10). ``None`` where only that path can say: not :meth:`usable`, another ``SpanContext`` layout, an
+        id generator other than the SDK's plain random one, a ``traceparent`` not in the plain
+        ``00-<trace>-<span>-<flags>`` form or naming a zero id, a parent not sampled (its span does not record).
+
+        Example:
+            >>> from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+            >>> from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+            >>> provider = OwnTracerProvider()
+            >>> provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+            >>> span = HandlerSpans(provider, "demo").begin("call f", "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01")
+            >>> span._traceparent[:36] == "00-" + "ab" * 16 + "-", span.parent.span_id == 0xCDCDCDCDCDCDCDCD
+            (True, True)
+        """
+        provider = self._provider
+        if not (self._environment_ok and not provider.shared and provider.own_processor is not None
+                and _TUPLE_LAYOUT):
+            return None
+        ids = self._ids
+        # _plain_random_ids(ids), inline: the generator's draws are made here (see _random_root_ids) while it holds;
+        # any other generator is asked by start_child, exactly as the SDK's tracer asks it
+        if not (type(ids) is RandomIdGenerator and _RANDOM_KNOWN and not ids.__dict__ and (
+                RandomIdGenerator.generate_trace_id is _RANDOM_METHODS[0]
+                and RandomIdGenerator.generate_span_id is _RANDOM_METHODS[1]
+                and RandomIdGenerator.is_trace_id_random is _RANDOM_METHODS[2])):
+            return None
+        if traceparent:
+            match = _PLAIN_TRACEPARENT.fullmatch(traceparent)
+            if match is None:
+                return None
+            trace_hex, parent_hex, flags_hex = match.groups()
+            if trace_hex == _ZERO_TRACE or parent_hex == _ZERO_SPAN:
+                return None  # invalid: the general path ignores it
+            parent_flags, flags, flags_text = _REMOTE_FLAGS[flags_hex]
+            if flags_text is None:
+                return None  # not sampled: a NonRecordingSpan, made by start_child
+            trace_id = int(trace_hex, 16)
+            # What the W3C propagator extracts (remote, default trace state) and the child's, both valid by the checks
+            # above (32 and 16 hex digits, not zero).
+            parent: SpanContext | None = _new_tuple(
+                SpanContext, (trace_id, int(parent_hex, 16), True, parent_flags, _DEFAULT_TRACE_STATE, True))
+            getrandbits = random.getrandbits
+            span_id = getrandbits(64)
+            while not span_id:
+                span_id = getrandbits(64)
+        else:
+            parent = None
+            trace_id, span_id = _random_root_ids()
+            flags = _ROOT_FLAGS[1]
+            flags_text = _FLAGS_TEXT[flags]
+            trace_hex = trace_id.to_bytes(16, "big").hex()
+        context = _new_tuple(SpanContext, (trace_id, span_id, False, flags, _DEFAULT_TRACE_STATE, True))
+        span = self._open(name, context, parent, SpanKind.SERVER, None)
+        # plain_traceparent(context), from the pieces at hand: the trace id's digits are the caller's (lower case,
+        # 32 of them, as to_bytes(16).hex() writes the same int)
+        span._traceparent = f"00-{trace_hex}-{span_id.to_bytes(8, 'big').hex()}-{flags_text}"
+        return span
+
+    def _open(
+        self, name: str, context: SpanContext, parent: SpanContext | None, kind: SpanKind, parent_ctx: Context | None
+    ) -> LightSpan:
+        """A recording span with ``context``, started and handed to the span processor's ``on_start`` (or set up to
+        go straight to its batch at the end, see :func:`_batch_emit`)."""
         processor = self._provider.own_processor
         assert processor is not None  # usable() was checked
         hooks = self._hooks
@@ -165,9 +223,9 @@ class HandlerSpans:
         if emit is not None and not (BatchSpanProcessor.on_end is _ON_END and BatchSpanProcessor.on_start is _ON_START
                                      and "on_end" not in (own := processor.__dict__) and "on_start" not in own):
             emit = None
-        span = LightSpan(name, context, parent_or_none, kind, self._limits, self._resource, self._scope, processor)
+        span = LightSpan(name, context, parent, kind, self._limits, self._resource, self._scope, processor)
         if emit is None:
-            processor.on_start(span, parent_context=parent)  # type: ignore[arg-type]  # duck-typed like an SDK Span
+            processor.on_start(span, parent_context=parent_ctx)  # type: ignore[arg-type]  # duck-typed like an SDK Span
         else:
             span._on_end = emit
         return span
@@ -196,6 +254,20 @@ def _probe_random_ids() -> bool:
 
 
 _RANDOM_KNOWN: Final = _probe_random_ids()
+
+
+def _random_root_ids() -> tuple[int, int]:
+    """``(trace id, span id)`` of a root span, as RandomIdGenerator's methods of the known source draw them: the same
+    draws in the same order (the SDK's tracer asks for the trace id first), without their three Python-level calls.
+    Only while :func:`_plain_random_ids` holds."""
+    getrandbits = random.getrandbits
+    trace_id = getrandbits(128)
+    while not trace_id:
+        trace_id = getrandbits(128)
+    span_id = getrandbits(64)
+    while not span_id:
+        span_id = getrandbits(64)
+    return trace_id, span_id
 
 
 def _plain_random_ids(ids: RandomIdGenerator) -> bool:
@@ -470,6 +542,18 @@ def plain_traceparent(context: SpanContext) -> str | None:
 # A traceparent's flags field by the flags' value (a TraceFlags is an int: hashed and compared as one).
 _FLAGS_TEXT: Final = {value: "%02x" % value for value in range(256)}  # noqa: UP031 - the propagator's format
 
+# A version-00 traceparent exactly as our SDK and the reference write it; anything else goes the generic way.
+_PLAIN_TRACEPARENT: Final = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_ZERO_TRACE: Final = "0" * 32
+_ZERO_SPAN: Final = "0" * 16
+# A plain traceparent's flags field -> (the remote parent's TraceFlags, its child's, the child's flags field or None
+# when the parent is not sampled): what remote_parent, _child_flags and plain_traceparent make of it, made once.
+_REMOTE_FLAGS: Final = {
+    text: (TraceFlags(value), child, _FLAGS_TEXT[child] if child & TraceFlags.SAMPLED else None)
+    for text, value in ((text, int(text, 16)) for text in _FLAGS_TEXT.values())
+    for child in (_child_flags(TraceFlags(value).sampled, TraceFlags(value).random_trace_id),)
+}
+
 
 _new_tuple = tuple.__new__
 _DEFAULT_TRACE_STATE = DEFAULT_TRACE_STATE
@@ -697,6 +781,29 @@ class LightSpan(trace.Span):
 
     def __repr__(self) -> str:
         return f'{type(self).__name__}(name="{self._name}", context={self._context})'
+
+
+def context_variable(context: ModuleType) -> tuple[Any, ContextVar[Any] | None]:
+    """``(runtime context, its context variable)`` of the ``opentelemetry.context`` module while its runtime context
+    is the default ``ContextVarsRuntimeContext``, whose ``attach``/``detach``/``get_current`` are that variable's
+    ``set``/``reset``/``get`` (two Python-level calls less each); ``(None, None)`` for any other. Use the variable
+    only while ``context._RUNTIME_CONTEXT`` is still the runtime context returned.
+
+    Example:
+        >>> from opentelemetry import context
+        >>> runtime, variable = context_variable(context)
+        >>> variable is None or variable.get() is context.get_current()
+        True
+    """
+    runtime = getattr(context, "_RUNTIME_CONTEXT", None)
+    try:
+        from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+    except ImportError:  # pragma: no cover - another API layout
+        return None, None
+    variable = getattr(runtime, "_current_context", None)
+    if type(runtime) is ContextVarsRuntimeContext and type(variable) is ContextVar:
+        return runtime, variable
+    return None, None
 
 
 # The SDK stamps spans with time.time_ns (through opentelemetry.util._time, private): the same clock.

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import threading
 import uuid
 from collections.abc import Awaitable, Callable
@@ -43,6 +42,7 @@ __all__ = [
     "OtelConfig",
     "attach_event_loop",
     "attach_frame_sink",
+    "begin_handler",
     "client_count",
     "current_span_id",
     "current_trace_id",
@@ -660,6 +660,35 @@ def start_handler(tracer: Any, name: str, traceparent: str | None, baggage: str 
     return api.handler_span(spans, name, traceparent, baggage)
 
 
+def begin_handler(name: str, traceparent: str | None, baggage: str | None) -> tuple[Any, Any, str] | None:
+    """``(span, context, response traceparent)`` for one handler run of the process's telemetry (ours): what
+    :func:`start_handler` with :func:`get_tracer` returns, and :func:`span_traceparent` of its span, in one
+    straight path (issue 10: a handled call made about twenty Python-level calls for these). ``None`` wherever
+    :func:`start_handler` must decide (telemetry off included).
+
+    The response ``traceparent`` is written when the span starts: it names the span, whose context never changes.
+
+    Example:
+        >>> begin_handler("call f", None, None) is None  # telemetry off
+        True
+    """
+    spans = _runtime.handler_spans
+    api = _w3c_api
+    if spans is None or api is None:
+        return None  # off, or _W3C not made yet: start_handler makes it
+    checked, is_default = api._checked
+    if api._get_textmap() is not checked:
+        is_default = api.default_propagation()
+    if not is_default:
+        return None
+    span = spans.begin(name, traceparent)
+    if span is None:
+        return None
+    if baggage:
+        return span, api.handler_context(span, traceparent, baggage), span._traceparent
+    return span, api.context.Context({api._span_key: span}), span._traceparent
+
+
 def get_logger(name: str = _SCOPE) -> Any:
     """An OpenTelemetry logger of the SDK's provider, or ``None`` when logs are not initialised."""
     return _runtime.get_logger(name)
@@ -735,13 +764,14 @@ async def with_span(
     return await _runtime.with_span(name, fn, kind=kind, traceparent=traceparent)
 
 
-def _inject() -> dict[str, str]:
+def _inject(context: Any = None) -> dict[str, str]:
+    """What the global propagator writes for ``context`` (``None``: the current one)."""
     try:
         from opentelemetry.propagate import inject
     except ImportError:
         return {}
     carrier: dict[str, str] = {}
-    inject(carrier)
+    inject(carrier, context=context)
     return carrier
 
 
@@ -768,12 +798,24 @@ class _W3C:
         from opentelemetry.propagators.composite import CompositePropagator
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-        from .light_span import LightSpan, plain_traceparent, span_context, traceparent_text
+        from .light_span import (
+            _PLAIN_TRACEPARENT,
+            _ZERO_SPAN,
+            _ZERO_TRACE,
+            LightSpan,
+            context_variable,
+            plain_traceparent,
+            span_context,
+            traceparent_text,
+        )
 
+        self._plain_form = _PLAIN_TRACEPARENT
+        self._zero_ids = (_ZERO_TRACE, _ZERO_SPAN)
         self._traceparent_text = traceparent_text
         self._plain_traceparent = plain_traceparent
         self._light_span = LightSpan
         self.context = context
+        self.runtime, self.variable = context_variable(context)
         self.trace = trace
         self.span_context = span_context
         self.get_all_baggage = baggage.get_all
@@ -841,11 +883,11 @@ class _W3C:
 
     def remote_parent(self, traceparent: str) -> Any:
         """The remote span context a plain, valid version-00 ``traceparent`` names; ``None`` for any other."""
-        match = _PLAIN_TRACEPARENT.fullmatch(traceparent)
+        match = self._plain_form.fullmatch(traceparent)
         if match is None:
             return None
         trace_id, span_id, flags = match.groups()
-        if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
+        if trace_id == self._zero_ids[0] or span_id == self._zero_ids[1]:
             return None  # invalid: the generic path ignores it (and says so where it would)
         trace_flags = self._flags.get(flags)
         if trace_flags is None:  # at most 256 of them: two hex digits
@@ -865,13 +907,18 @@ class _W3C:
         # The span processor's on_start is told no parent context: ours (the only one while light spans are
         # used) ignores it, and building it is what this path saves.
         span = spans.start_child(name, parent, None)
+        return span, self.handler_context(span, traceparent, baggage)
+
+    def handler_context(self, span: Any, traceparent: str | None, baggage: str | None) -> Any:
+        """The context a handler runs in: ``set_span_in_context(span, extract(traceparent, baggage))``, made
+        without the parent's own context and non-recording span."""
         if not traceparent and baggage:  # the keys in the general path's order: the parent's span comes first
             ctx = self.baggage_propagator.extract({"baggage": baggage}, self.context.Context())
-            return span, self.trace.set_span_in_context(span, ctx)
+            return self.trace.set_span_in_context(span, ctx)
         ctx = self.context.Context({self._span_key: span})  # what set_span_in_context(span, Context()) makes
         if baggage:
             ctx = self.baggage_propagator.extract({"baggage": baggage}, ctx)
-        return span, ctx
+        return ctx
 
     def baggage(self, ctx: Any) -> str | None:
         """The ``baggage`` header of ``ctx`` (``None`` without entries), as ``W3CBaggagePropagator`` writes it."""
@@ -883,11 +930,6 @@ class _W3C:
 
 
 _w3c_api: _W3C | None = None
-
-# A version-00 traceparent exactly as our SDK and the reference write it; anything else goes the generic way.
-_PLAIN_TRACEPARENT: Final = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
-_ZERO_TRACE: Final = "0" * 32
-_ZERO_SPAN: Final = "0" * 16
 
 
 def _w3c() -> _W3C | None:
@@ -915,11 +957,18 @@ def trace_headers() -> tuple[str | None, str | None]:
         >>> trace_headers()
         (None, None)
     """
-    api = _w3c()
-    if api is None:
-        carrier = _inject()
-        return carrier.get("traceparent"), carrier.get("baggage")
-    ctx = api.context.get_current()
+    api = _w3c_api
+    if api is not None and api._checked[1] and api._get_textmap() is api._checked[0]:
+        pass  # _w3c(), inline (a call less per outgoing call)
+    else:
+        api = _w3c()
+        if api is None:
+            carrier = _inject()
+            return carrier.get("traceparent"), carrier.get("baggage")
+    # context.get_current(), on its variable while the runtime context is the default one (two calls less)
+    variable = api.variable
+    ctx = variable.get() if variable is not None and api.context._RUNTIME_CONTEXT is api.runtime \
+        else api.context.get_current()
     if not ctx:  # the empty context (a call made outside any span, no baggage): what the propagators write for it
         return None, None
     return api.traceparent(api.trace.get_current_span(ctx).get_span_context()), api.baggage(ctx)
@@ -937,7 +986,13 @@ def span_traceparent(span: Any) -> str | None:
         return None
     api = _w3c()
     if api is None:
-        return _inject().get("traceparent")
+        # The global propagator's header with span current: a handler's context is detached when its answer's
+        # header is written, so the current context alone would name the caller's span (or none).
+        try:
+            from opentelemetry.trace import set_span_in_context
+        except ImportError:
+            return None
+        return _inject(set_span_in_context(span)).get("traceparent")
     return api.span_traceparent(span)
 
 

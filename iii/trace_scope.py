@@ -12,15 +12,17 @@ Example:
 
 from __future__ import annotations
 
-import contextvars
 import traceback
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from types import ModuleType
-from typing import Any
+from typing import Any, Final
 
-__all__ = ["TraceScope", "load_telemetry"]
+__all__ = ["NO_DATA", "TraceScope", "load_telemetry"]
 
-HandlerCall = Callable[[], Coroutine[Any, Any, Any]]
+#: The ``data`` of :meth:`TraceScope.start` when ``call`` takes no argument.
+NO_DATA: Final[Any] = object()
+
+HandlerCall = Callable[..., Awaitable[Any]]
 Outcome = tuple[Any, BaseException | None, str | None, str | None]
 
 
@@ -71,52 +73,70 @@ class TraceScope:
         headers: tuple[str | None, str | None] = tel.trace_headers()
         return headers
 
-    async def run(self, name: str, call: HandlerCall, traceparent: str | None, baggage: str | None) -> Outcome:
-        """``(result, error, formatted traceback, response traceparent)``.
+    async def run(
+        self, name: str, call: HandlerCall, traceparent: str | None, baggage: str | None, data: Any = NO_DATA
+    ) -> Outcome:
+        """``(result, error, formatted traceback, response traceparent)`` of ``await call()`` (``call(data)`` when
+        ``data`` is given).
 
         The caller's context (trace parent *and* baggage) is made current for the whole run, so the handler
         sees the baggage and its nested calls forward both headers.
         """
-        outcome, end = await self.start(name, call, traceparent, baggage)
+        outcome, end = await self.start(name, call, traceparent, baggage, data)
         end()
         return outcome
 
     async def start(
-        self, name: str, call: HandlerCall, traceparent: str | None, baggage: str | None
+        self, name: str, call: HandlerCall, traceparent: str | None, baggage: str | None, data: Any = NO_DATA
     ) -> tuple[Outcome, Callable[[], None]]:
         """Like :meth:`run`, but the handler's span is left open: ``(outcome, end)``, and ``end()`` must follow.
 
         Why: ending a span (the OpenTelemetry SDK's end and its span processor) is work nobody waits for, so the
         invocation's answer goes out first and the span ends right after. Its status is already set and the
         response ``traceparent`` is known when this returns; the handler's context is no longer current.
+
+        ``data``: passed to ``call`` (a closure per call binding it would cost a call and an object more).
+
+        Example:
+            >>> import asyncio
+            >>> async def double(x: int) -> int: return 2 * x
+            >>> (outcome, end) = asyncio.run(TraceScope(None).start("call f", double, None, None, 21)); end()
+            >>> outcome
+            (42, None, None, None)
         """
         tel = self._tel
         if tel is None:
-            return await self._plain(call), _nothing
+            return await self._plain(call, data), _nothing
         # the runtime's tracer as get_tracer() returns it, two Python-level calls less per handled call
         runtime = self._state
         tracer = tel.get_tracer() if runtime is None else runtime.tracer
         if tracer is None and not traceparent and not baggage:
-            return await self._plain(call), _nothing
+            return await self._plain(call, data), _nothing
         context, trace, ok = self._otel or self._load_otel()
-        started = None if tracer is None else tel.start_handler(tracer, name, traceparent, baggage)
-        if started is not None:
-            span, ctx = started  # the usual case, in one step: see telemetry.start_handler
+        # The usual case in one straight path (telemetry.begin_handler), else in steps.
+        begun = None if tracer is None or runtime is None else tel.begin_handler(name, traceparent, baggage)
+        if begun is not None:
+            span, ctx, response = begun
         else:
-            parent = tel.extract_context(traceparent, baggage)
-            if tracer is None:
-                # Telemetry is off: no span, but nested calls still carry the caller's trace context.
-                token = context.attach(parent)
-                try:
-                    return await self._plain(call), _nothing
-                finally:
-                    context.detach(token)
-            # What start_as_current_span(name, kind=SERVER, record_exception=False) does, without its two generator
-            # context managers per call. The span's context is built on the extracted one (not only the span, as
-            # start_as_current_span(context=parent) would do), so the handler sees the caller's baggage too; one
-            # attach makes both current.
-            span = tel.start_handler_span(tracer, name, parent)
-            ctx = trace.set_span_in_context(span, parent)
+            response = None
+            started = None if tracer is None else tel.start_handler(tracer, name, traceparent, baggage)
+            if started is not None:
+                span, ctx = started  # see telemetry.start_handler
+            else:
+                parent = tel.extract_context(traceparent, baggage)
+                if tracer is None:
+                    # Telemetry is off: no span, but nested calls still carry the caller's trace context.
+                    token = context.attach(parent)
+                    try:
+                        return await self._plain(call, data), _nothing
+                    finally:
+                        context.detach(token)
+                # What start_as_current_span(name, kind=SERVER, record_exception=False) does, without its two
+                # generator context managers per call. The span's context is built on the extracted one (not only
+                # the span, as start_as_current_span(context=parent) would do), so the handler sees the caller's
+                # baggage too; one attach makes both current.
+                span = tel.start_handler_span(tracer, name, parent)
+                ctx = trace.set_span_in_context(span, parent)
         # Only BaseExceptions (cancellation) get through, on which use_span would just end the span too.
         try:
             # context.attach/detach, on the runtime context's variable itself while it is the default one
@@ -124,7 +144,7 @@ class TraceScope:
             token = context.attach(ctx) if variable is None else variable.set(ctx)
             try:
                 # What _plain does, inline: one coroutine less per handled call.
-                result = await call()
+                result = await (call() if data is NO_DATA else call(data))
                 error = stack = None
             except Exception as exc:
                 result, error, stack = None, exc, traceback.format_exc()
@@ -143,7 +163,7 @@ class TraceScope:
                 span._status = ok  # what LightSpan.set_status(ok) does to a span still UNSET and open
             else:
                 span.set_status(ok)
-            return (result, error, stack, tel.span_traceparent(span)), span.end
+            return (result, error, stack, tel.span_traceparent(span) if response is None else response), span.end
         except BaseException:
             span.end()
             raise
@@ -153,27 +173,19 @@ class TraceScope:
         from opentelemetry import context, trace
 
         try:
-            from .light_span import _UNSET, LightSpan
-        except ImportError:  # the OpenTelemetry API without its SDK: no light spans either
+            from .light_span import _UNSET, LightSpan, context_variable
+        except ImportError:  # the OpenTelemetry API without its SDK: no light spans (nor spans at all) either
             pass
         else:
             self._light, self._unset = LightSpan, _UNSET
-        runtime = getattr(context, "_RUNTIME_CONTEXT", None)
-        try:
-            from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
-        except ImportError:  # pragma: no cover - another API layout
-            pass
-        else:
-            variable = getattr(runtime, "_current_context", None)
-            if type(runtime) is ContextVarsRuntimeContext and type(variable) is contextvars.ContextVar:
-                self._runtime, self._variable = runtime, variable
+            self._runtime, self._variable = context_variable(context)
         self._otel = (context, trace, trace.Status(trace.StatusCode.OK))
         return self._otel
 
     @staticmethod
-    async def _plain(call: HandlerCall) -> Outcome:
+    async def _plain(call: HandlerCall, data: Any) -> Outcome:
         try:
-            return await call(), None, None, None
+            return await (call() if data is NO_DATA else call(data)), None, None, None
         except Exception as exc:
             return None, exc, traceback.format_exc(), None
 
