@@ -219,6 +219,22 @@ class StreamFunctions:
 
     # -- reads --------------------------------------------------------------------------------------------------
 
+    def sync_source(self, stream_name: str, item_id: str | None) -> str:
+        """What a socket join's sync read of ``stream_name`` calls (for its error messages): a worker's function
+        id, else the engine's store.
+
+        Example:
+            >>> class NoWorkers:
+            ...     def has_function(self, function_id: str) -> bool:
+            ...         return False
+            >>> api = StreamFunctions.__new__(StreamFunctions)
+            >>> api.services = NoWorkers()  # type: ignore[assignment]
+            >>> api.sync_source("s", None)
+            "the engine's store"
+        """
+        function_id = _custom_id("list" if item_id is None else "get", stream_name)
+        return function_id if self.services.has_function(function_id) else "the engine's store"
+
     async def read_item(self, stream_name: str, group_id: str, item_id: str) -> Any:
         """``stream::get`` without input parsing (custom-aware)."""
         custom = self._custom("get", stream_name)

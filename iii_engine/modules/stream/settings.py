@@ -9,6 +9,8 @@ Stream module keys (unknown keys refused, as production does):
   ``slow_close_timeout_ms`` (how long that close may wait for a client that stopped reading to take the close
   frame before the connection is reset; default 10,000),
   ``max_clients`` (connected socket clients, default 10,000; one more gets HTTP 503 naming the setting),
+  ``join_timeout_ms`` (how long one socket join, its ``stream:join`` handlers and its sync read, may take; default
+  10,000; past it the client gets an ``error`` event with code ``join_timeout``),
   ``custom_stream_fallback`` (default false: a stream a worker served through ``create_stream`` fails with
   ``stream_unavailable`` while no worker serves it; true: production's silent fall back to the engine's store),
   ``custom_streams`` (names served by workers, known as such from start-up, before any worker registers them).
@@ -99,6 +101,9 @@ class StateSettings(StoreSettings):
 DEFAULT_SLOW_CLOSE_TIMEOUT_MS = 10_000
 """How long a slow stream client's 1013 close waits for it by default (``slow_close_timeout_ms``)."""
 
+DEFAULT_JOIN_TIMEOUT_MS = 10_000
+"""How long a stream socket join (its handlers and its sync read) may take by default (``join_timeout_ms``)."""
+
 
 class SocketSettings(Settings):
     """Listener settings of the client stream socket."""
@@ -115,6 +120,9 @@ class SocketSettings(Settings):
     max_subscriptions_per_client: int = Field(1000, ge=1)
     #: ours: connected clients; one more is refused (HTTP 503 at the upgrade, or closed with 1013 once upgraded)
     max_clients: int = Field(10_000, ge=1)
+    #: ours: how long one join may take, its ``stream:join`` handlers and its sync read together; past it the
+    #: client gets an ``error`` event (code ``join_timeout``) and the socket goes on with its next message
+    join_timeout_ms: int = Field(DEFAULT_JOIN_TIMEOUT_MS, ge=1)
 
     @field_validator("auth_function")
     @classmethod

@@ -138,6 +138,11 @@ def _frame(stream: str, group: str, item: str | None, event: dict[str, Any]) -> 
                   "event": event}).encode()
 
 
+def _error(sub: Subscription, code: str, message: str) -> bytes:
+    """The ``error`` event a client gets for a join that did not go through (or lost its sync)."""
+    return _frame(sub.stream_name, sub.group_id, sub.item_id, {"type": "error", "code": code, "message": message})
+
+
 class StreamSocketServer:
     """The listener on ``settings.port`` (0 = a free port; :attr:`port` is the bound one)."""
 
@@ -352,25 +357,48 @@ class StreamSocketServer:
             # every join costs an entry here and in the group index for as long as the socket lives
             log.info("stream client %s passed max_subscriptions_per_client (%d); join refused",
                      client.ws.remote_address, limit)
-            client.offer(_frame(sub.stream_name, sub.group_id, sub.item_id, {
-                "type": "error", "code": "too_many_subscriptions",
-                "message": f"at most {limit} subscriptions per connection; leave one first"}))
+            client.offer(_error(sub, "too_many_subscriptions", f"at most {limit} subscriptions per connection; "
+                                "leave one first"))
             return
-        if not await self.join_triggers.run(self._payload(client, sub_id, sub)):
+        # The socket reads its next message only once this join is done: a join handler or a custom sync read
+        # that never answers would hold the socket (and its slot of max_clients, even after the client left) for
+        # as long as the worker lives.
+        timeout_ms = self.settings.join_timeout_ms
+        deadline = asyncio.get_running_loop().time() + timeout_ms / 1000
+        try:
+            async with asyncio.timeout_at(deadline):
+                allowed = await self.join_triggers.run(self._payload(client, sub_id, sub))
+        except TimeoutError:
+            self._join_failed(client, sub, "join_timeout", f"the stream:join handlers did not answer within "
+                              f"{timeout_ms} ms (join_timeout_ms); join refused")
+            return
+        if not allowed:
             client.offer(_frame(sub.stream_name, sub.group_id, sub.item_id, {"type": "unauthorized"}))
             return
         self._subscribe(client, sub_id, sub)
         await self._open_feed()  # before the sync read: no change falls between the two
         try:
-            if sub.item_id is None:
-                data = await self.functions.read_group(sub.stream_name, sub.group_id)
-            else:
-                data = await self.functions.read_item(sub.stream_name, sub.group_id, sub.item_id)
+            async with asyncio.timeout_at(deadline):
+                if sub.item_id is None:
+                    data = await self.functions.read_group(sub.stream_name, sub.group_id)
+                else:
+                    data = await self.functions.read_item(sub.stream_name, sub.group_id, sub.item_id)
+        except TimeoutError:
+            source = self.functions.sync_source(sub.stream_name, sub.item_id)
+            self._join_failed(client, sub, "join_timeout", f"the sync read ({source}) did not answer within "
+                              f"{timeout_ms} ms (join_timeout_ms); joined: live events follow, without a sync")
+            return
         except EngineError as exc:
-            log.warning("no sync for %s/%s/%s: %s: %s", sub.stream_name, sub.group_id, sub.item_id, exc.code,
-                        exc.message)
+            self._join_failed(client, sub, "sync_failed", f"the sync read failed: {exc.code}: {exc.message}; "
+                              "joined: live events follow, without a sync")
             return
         client.offer(_frame(sub.stream_name, sub.group_id, sub.item_id, {"type": "sync", "data": data}))
+
+    @staticmethod
+    def _join_failed(client: _Client, sub: Subscription, code: str, message: str) -> None:
+        log.warning("stream client %s, join of %s/%s/%s: %s: %s", client.ws.remote_address, sub.stream_name,
+                    sub.group_id, sub.item_id, code, message)
+        client.offer(_error(sub, code, message))
 
     # -- events --------------------------------------------------------------------------------------------
 

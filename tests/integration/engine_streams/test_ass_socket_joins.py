@@ -1,0 +1,98 @@
+"""Attacks on the stream socket's join: a custom stream whose sync read hangs or fails, and join handlers that hang.
+
+A join runs the ``stream:join`` handlers, then the custom-aware sync read (``stream::list(NAME)`` /
+``stream::get(NAME)`` of a worker). Both are bounded by ``join_timeout_ms``; a join that fails or runs out of time
+tells the client with an ``error`` event, and a client that disconnects meanwhile is let go at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from iii_engine import Engine
+from tests.polling import until
+
+from .helpers import SocketClient, Worker, WorkerError, engine_config, registered, stream_module, trigger_active
+
+pytestmark = pytest.mark.our_engine("bounds the stream socket's joins with its own settings")
+
+
+async def _forever(_: Any) -> Any:
+    await asyncio.Event().wait()
+
+
+async def test_a_hanging_custom_sync_read_is_bounded_and_reported() -> None:
+    async with Engine(config=engine_config(join_timeout_ms=300)) as engine:
+        worker = await Worker.connect(engine.url)
+        await worker.register("stream::list(hang)", _forever)
+        await registered(engine, "stream::list(hang)")
+        client = await SocketClient.connect(engine)
+        await client.join("h", "hang", "g")
+        frame = await client.recv()
+        assert frame["event"]["type"] == "error", frame
+        assert frame["event"]["code"] == "join_timeout"
+        assert "300 ms" in frame["event"]["message"] and "stream::list(hang)" in frame["event"]["message"]
+        # the socket still serves its other joins
+        await client.join("ok", "plain", "g")
+        assert (await client.recv())["event"] == {"type": "sync", "data": []}
+        await client.close()
+        await worker.close()
+
+
+async def test_a_client_gone_during_a_hanging_sync_read_is_let_go() -> None:
+    """Before, the handler waited on the sync read for as long as the serving worker lived: the closed client kept
+    its slot of ``max_clients`` and the store's event feed stayed open. Now only until ``join_timeout_ms``."""
+    async with Engine(config=engine_config(join_timeout_ms=500)) as engine:
+        socket = stream_module(engine).socket
+        assert socket is not None
+        worker = await Worker.connect(engine.url)
+        await worker.register("stream::get(hang)", _forever)
+        await registered(engine, "stream::get(hang)")
+        client = await SocketClient.connect(engine)
+        await client.join("h", "hang", "g", "item")
+        await until(lambda: len(worker.calls.get("stream::get(hang)", [])) == 1)
+        await client.close()
+        await until(lambda: not socket._clients and not socket.following)
+        await worker.close()
+
+
+async def test_a_failing_custom_sync_read_is_reported_to_the_client() -> None:
+    """Before, a failed sync read was only logged: the client stayed subscribed, waiting for a sync that never
+    came."""
+    async with Engine(config=engine_config()) as engine:
+        worker = await Worker.connect(engine.url)
+
+        async def broken(_: Any) -> Any:
+            raise WorkerError("disk_on_fire", "the backend is down")
+
+        await worker.register("stream::list(broken)", broken)
+        await registered(engine, "stream::list(broken)")
+        client = await SocketClient.connect(engine)
+        await client.join("b", "broken", "g")
+        frame = await client.recv()
+        assert (frame["streamName"], frame["groupId"], frame["id"]) == ("broken", "g", None)
+        assert frame["event"]["type"] == "error" and frame["event"]["code"] == "sync_failed", frame
+        assert "disk_on_fire" in frame["event"]["message"] and "the backend is down" in frame["event"]["message"]
+        await client.close()
+        await worker.close()
+
+
+async def test_a_hanging_join_handler_is_bounded_and_refuses_the_join() -> None:
+    async with Engine(config=engine_config(join_timeout_ms=300)) as engine:
+        socket = stream_module(engine).socket
+        assert socket is not None
+        worker = await Worker.connect(engine.url)
+        await worker.register("slow_gate", _forever)
+        await trigger_active(engine, await worker.trigger("stream:join", "slow_gate", {"stream_name": "gated"}))
+        client = await SocketClient.connect(engine)
+        await client.join("g", "gated", "g")
+        frame = await client.recv()
+        assert frame["event"]["type"] == "error" and frame["event"]["code"] == "join_timeout", frame
+        assert not any(c.subscriptions for c in socket._clients)  # not joined: its handlers never said yes
+        await worker.result("stream::set", {"stream_name": "gated", "group_id": "g", "item_id": "i", "data": 1})
+        await client.nothing_for(0.3)
+        await client.close()
+        await worker.close()
