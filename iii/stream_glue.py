@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from .stream import (
@@ -27,7 +27,7 @@ from .stream import (
     StreamSetInput,
     StreamUpdateInput,
 )
-from .stream_ops import apply_ops
+from .stream_ops import apply_ops, ops_to_wire
 from .wire import jsonable
 
 __all__ = ["StreamFunctions", "stream_functions"]
@@ -74,7 +74,7 @@ class StreamFunctions:
 
     async def update(self, data: Any) -> Any:
         """``stream::update``: the backend's own update, else the composed one."""
-        request = StreamUpdateInput.model_validate(data)
+        request = StreamUpdateInput.model_validate(_wire_ops(data))
         try:
             result = await self._stream.update(request)
         except NotImplementedError:
@@ -108,6 +108,15 @@ class StreamFunctions:
         finally:
             if not lock.locked() and not getattr(lock, "_waiters", None):
                 self._locks.pop(key, None)
+
+
+def _wire_ops(data: Any) -> Any:
+    """``data`` with its ops validated and in their wire form. A root ``merge`` may come without ``path`` (or with
+    ``null``), as the engine accepts it from its caller; the models require a string, and refused it with one
+    pydantic error per union member instead of applying it."""
+    if isinstance(data, Mapping) and isinstance(data.get("ops"), list):
+        return {**data, "ops": ops_to_wire(data["ops"])}
+    return data
 
 
 def stream_functions(stream_name: str, stream: IStream[Any]) -> dict[str, StreamHandler]:

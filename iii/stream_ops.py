@@ -31,6 +31,7 @@ __all__ = [
     "apply_ops",
     "apply_update",
     "op_to_wire",
+    "ops_to_wire",
     "parse_op",
     "parse_ops",
     "to_model",
@@ -234,6 +235,16 @@ def op_to_wire(op: UpdateOp | Mapping[str, Any] | Op) -> dict[str, Any]:
         return {"type": "remove", "path": parsed.path}
     path = "" if parsed.path is None else parsed.path
     return {"type": parsed.type, "path": path, "value": parsed.value}
+
+
+def ops_to_wire(ops: Sequence[UpdateOp | Mapping[str, Any] | Op], *, strict: bool = False) -> list[dict[str, Any]]:
+    """The wire dicts of a whole op list after validation (see :func:`parse_ops`; errors name the op's position).
+
+    Example:
+        >>> ops_to_wire([{"type": "remove", "path": "a", "extra": 1}, {"type": "merge", "value": {}}])
+        [{'type': 'remove', 'path': 'a'}, {'type': 'merge', 'path': '', 'value': {}}]
+    """
+    return [op_to_wire(op) for op in parse_ops(ops, strict=strict)]
 
 
 def to_model(op: UpdateOp | Mapping[str, Any] | Op) -> UpdateOp:

@@ -35,7 +35,7 @@ from iii.stream import (
     StreamListInput,
     StreamSetInput,
 )
-from iii.stream_ops import Op, apply_update
+from iii.stream_ops import Op, apply_update, op_to_wire
 from iii_streams import Backend
 from iii_streams.events import StreamEvent, custom_event, make_event
 
@@ -341,7 +341,9 @@ class StreamFunctions:
         if self._maybe_served(s):
             custom = self._custom("update", s)
             if custom is not None:
-                payload = {"stream_name": s, "group_id": g, "item_id": i, "ops": f.value("ops")}
+                # the ops as validated, in their wire form: a root merge without ``path`` (accepted here) must
+                # reach the worker with ``path: ""``, which SDK models require
+                payload = {"stream_name": s, "group_id": g, "item_id": i, "ops": [op_to_wire(op) for op in ops]}
                 answer = self._result(custom, await self._invoke(custom, payload, "STREAM_UPDATE_ERROR", "update"),
                                       "STREAM_UPDATE_ERROR", required="new_value")
                 return await self._changed("stream::update", s, g, i, answer.get("old_value"), answer["new_value"])
