@@ -16,8 +16,13 @@ With ``--caller-thread`` the sequential rows also run with the caller's calls ma
 one (as a web server's request threads make them): only there does a sync call start from the calling thread while
 the SDK's loop is idle (the main thread, which runs signal handlers, always hands the call to the loop).
 
+With ``--handler-cpu`` it measures only the callee's own CPU per handled call, in process, without engine or
+sockets: a ``HandlerRunner`` running an async echo handler through the client's ``TraceScope`` (span started, status
+set, span ended and queued for export) ``--calls`` times, thread CPU per call, the best of 5 repetitions per round,
+rounds interleaved between this checkout and ``--compare``. It wanders far less than rates do on a shared machine.
+
 Usage: .venv/bin/python bench/sdk_calls.py [--calls N] [--rounds R] [--only 1|64] [--compare CHECKOUT] [--caller-thread]
-       [--ref-python .ref-venv/bin/python]
+       [--ref-python .ref-venv/bin/python] [--handler-cpu]
 """
 
 from __future__ import annotations
@@ -104,6 +109,68 @@ def sdk_rate(python: str, url: str, n: int, concurrency: int, telemetry: bool,
 
 FLOOR_NAME = "floor: raw clients in processes"
 
+# One in-process measurement of --handler-cpu: argv = calls, traceparent ("" for none); prints µs of thread CPU per
+# handled call (the best of 5 repetitions). Telemetry as the client sets it up (OTEL_ENABLED decides), spans only.
+_HANDLER_CPU = """
+import asyncio, sys, time
+from iii import OtelConfig, telemetry
+from iii.handler_runner import HandlerRunner
+from iii.trace_scope import TraceScope
+
+calls, traceparent = int(sys.argv[1]), sys.argv[2] or None
+telemetry.init_otel(OtelConfig(fetch_instrumentation_enabled=False, metrics_enabled=False, logs_enabled=False),
+                    frame_sink=lambda frame: None)
+scope = TraceScope(telemetry)
+runner = HandlerRunner("ws://127.0.0.1:1")
+
+async def echo(data):
+    return data
+
+runner.add("bench::echo", echo)
+
+async def main():
+    data = {"n": 1, "s": "hello"}
+    best = float("inf")
+    for repetition in range(6):  # the first warms up
+        start = time.thread_time()
+        for _ in range(calls):
+            _, end = await runner.start("bench::echo", data, traceparent, None, scope, True)
+            end()
+        if repetition:
+            best = min(best, time.thread_time() - start)
+    print(1e6 * best / calls)
+
+asyncio.run(main())
+telemetry.shutdown_otel()
+"""
+_CALLER_TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def handler_cpu(root: Path, calls: int, telemetry: bool, traceparent: str) -> float:
+    """µs of CPU per handled call of ``root``'s SDK, in process (see the module docstring)."""
+    env = dict(os.environ, PYTHONPATH=str(root))
+    env.pop("OTEL_ENABLED", None)
+    if not telemetry:
+        env["OTEL_ENABLED"] = "false"
+    out = subprocess.run([sys.executable, "-c", _HANDLER_CPU, str(calls), traceparent], capture_output=True,
+                         text=True, env=env, cwd="/tmp", check=True, timeout=300)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def handler_cpu_table(calls: int, rounds: int, compare: Path | None) -> None:
+    """Print ``--handler-cpu``'s table: median (min-max) over ``rounds`` interleaved rounds."""
+    roots = [("ours", ROOT)] + ([("compared", compare)] if compare is not None else [])
+    cases = [(f"{name}, telemetry {'on' if on else 'off'}, {'caller span' if tp else 'no caller span'}", root, on, tp)
+             for name, root in roots for on in (True, False) for tp in (_CALLER_TRACEPARENT, "") if on or not tp]
+    results: dict[str, list[float]] = {case[0]: [] for case in cases}
+    for _ in range(rounds):
+        for label, root, on, tp in cases:
+            results[label].append(handler_cpu(root, calls, on, tp))
+    print(f"\ncallee CPU per handled call, in process, {calls} calls x 5 (best) x {rounds} rounds")
+    print(f"  {'variant':<46} {'µs/call median (spread)':>24}")
+    for label, values in results.items():
+        print(f"  {label:<46} {_spread(values):>24}")
+
 
 def _spread(values: list[float]) -> str:
     return f"{statistics.median(values):5.2f} ({min(values):.2f}-{max(values):.2f})"
@@ -119,7 +186,12 @@ async def main() -> None:
                         help="also run the SDK of another checkout (e.g. a `git worktree` of the commit before)")
     parser.add_argument("--caller-thread", action="store_true",
                         help="at 1 in flight, also call from a thread other than the caller's main thread")
+    parser.add_argument("--handler-cpu", action="store_true",
+                        help="only the callee's CPU per handled call, in process (see the module docstring)")
     args = parser.parse_args()
+    if args.handler_cpu:
+        handler_cpu_table(args.calls, args.rounds, args.compare)
+        return
     have_ref = os.path.exists(args.ref_python)  # noqa: ASYNC240 - once, before anything runs
     variants: list[tuple[str, str, bool, Path | None, str]] = [
         ("ours, telemetry on", sys.executable, True, ROOT, ""),
