@@ -50,7 +50,7 @@ from .api import StreamFunctions
 from .settings import DEFAULT_SLOW_CLOSE_TIMEOUT_MS, SocketSettings
 from .triggers import JoinLeaveTriggers
 
-__all__ = ["StreamSocketServer", "Subscription"]
+__all__ = ["MAX_JOIN_NAME", "StreamSocketServer", "Subscription"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,9 @@ _SLOW_CLIENT = 1013
 _TOO_SLOW = "too slow: events were queued faster than read; reconnect and join"
 
 _GroupKey = tuple[str, str]
+
+MAX_JOIN_NAME = 1024
+"""The longest ``subscriptionId``, ``streamName``, ``groupId`` or ``id`` a join may carry (characters)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,6 +355,17 @@ class StreamSocketServer:
         await self._join(client, sub_id, sub)
 
     async def _join(self, client: _Client, sub_id: str, sub: Subscription) -> None:
+        longest = max(len(sub_id), len(sub.stream_name), len(sub.group_id), len(sub.item_id or ""))
+        if longest > MAX_JOIN_NAME:
+            # a socket keeps its subscriptions for as long as it lives: 1 MiB names (one frame's worth) held 1 GiB
+            # per socket at max_subscriptions_per_client
+            log.info("stream client %s sent a join with a name of %d characters; refused", client.ws.remote_address,
+                     longest)
+            cut = Subscription(sub.stream_name[:MAX_JOIN_NAME], sub.group_id[:MAX_JOIN_NAME],
+                               None if sub.item_id is None else sub.item_id[:MAX_JOIN_NAME])
+            client.offer(_error(cut, "name_too_long", f"subscriptionId, streamName, groupId and id are at most "
+                                f"{MAX_JOIN_NAME} characters each (got {longest}); join refused"))
+            return
         limit = self.settings.max_subscriptions_per_client
         if sub_id not in client.subscriptions and len(client.subscriptions) >= limit:
             # every join costs an entry here and in the group index for as long as the socket lives
