@@ -15,9 +15,10 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
+from iii.loss_log import LossLog
 from iii.wire import dumps, loads
 
 from ...limits import FIRE_LIMIT
@@ -135,8 +136,7 @@ class RedisBus:
         self._lost_at: float | None = None
         #: messages received that reached no subscriber (the engine had no room for them in time)
         self.undelivered = 0
-        self._unlogged = 0
-        self._warned_at = float("-inf")
+        self._undelivered_log = LossLog(self._log_undelivered, _WARN_INTERVAL_S)
 
     async def start(self, deliver: Deliver) -> None:
         """See :class:`PubSubBus`."""
@@ -208,6 +208,8 @@ class RedisBus:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        # a burst's count still unlogged (its end-of-interval timer belongs to this loop) is logged now
+        self._undelivered_log.close()
         await self._pubsub.aclose()  # type: ignore[no-untyped-call]
         await self._redis.aclose()
 
@@ -278,19 +280,18 @@ class RedisBus:
                         "it is back do not reach this engine", type(exc).__name__, exc)
 
     def _not_delivered(self, topic: str, exc: Exception) -> None:
-        """Count a message that reached no subscriber; warn the first time, then at most every 10 s (not about
-        ``fire_limit``: the engine's max_fired_calls bound logs those itself, rate-limited)."""
+        """Count a message that reached no subscriber; warn the first time, then at most every 10 s with the count
+        since the last warning, a burst's count at its end (not about ``fire_limit``: the engine's
+        max_fired_calls bound logs those itself, rate-limited)."""
         self.undelivered += 1
         if isinstance(exc, EngineError) and exc.code == FIRE_LIMIT:
             return
-        self._unlogged += 1
-        now = time.monotonic()
-        if now - self._warned_at >= _WARN_INTERVAL_S:
-            log.warning("%d pubsub messages from Redis not delivered (%d in all); latest on topic %r: %s",
-                        self._unlogged, self.undelivered, topic, exc)
-            self._unlogged = 0
-            self._warned_at = now
+        self._undelivered_log.lost("undelivered", f"topic {topic!r:.200}: {exc}")
 
+    def _log_undelivered(self, counts: Mapping[str, int], latest: str | None) -> None:
+        latest_text = f"; latest on {latest}" if latest is not None else ""
+        log.warning("%d pubsub messages from Redis not delivered (%d in all)%s", counts["undelivered"],
+                    self.undelivered, latest_text)
 
 def open_bus(settings: PubSubSettings) -> PubSubBus:
     """The bus the settings' ``adapter`` names."""

@@ -1,0 +1,64 @@
+"""The Redis bus's undelivered-message warnings go through ``LossLog``: a burst's count is logged at its end.
+
+Before: the bus kept its own copy of the rate-limited counters; the messages lost after the first warning of a
+burst were logged only if another one was lost 10 s later, so a burst that ended was never reported in full.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import pytest
+from polling import until
+
+from iii_engine.modules.pubsub import bus as bus_module
+from iii_engine.modules.pubsub.bus import RedisBus
+
+pytestmark = pytest.mark.timeout(10)
+
+
+@pytest.fixture
+async def bus() -> AsyncIterator[RedisBus]:
+    redis_bus = RedisBus("redis://127.0.0.1:6379/0")  # never connects: only its accounting is used
+    yield redis_bus
+    await redis_bus.close()
+
+
+def bus_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == bus_module.__name__]
+
+
+async def test_the_end_of_a_burst_is_logged_when_its_interval_is_over(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(bus_module, "_WARN_INTERVAL_S", 0.1)
+    redis_bus = RedisBus("redis://127.0.0.1:6379/0")
+    try:
+        with caplog.at_level(logging.WARNING, logger=bus_module.__name__):
+            for n in range(3):
+                redis_bus._not_delivered("t", RuntimeError(f"store down {n}"))
+            await until(lambda: len(bus_warnings(caplog)) == 2, within=5)
+        assert bus_warnings(caplog) == [
+            "1 pubsub messages from Redis not delivered (1 in all); latest on topic 't': store down 0",
+            "2 pubsub messages from Redis not delivered (3 in all)",
+        ]
+    finally:
+        await redis_bus.close()
+
+
+async def test_closing_the_bus_logs_the_burst_not_logged_yet(
+        bus: RedisBus, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger=bus_module.__name__):
+        bus._not_delivered("a", RuntimeError("x"))
+        bus._not_delivered("b", RuntimeError("y"))
+        assert len(bus_warnings(caplog)) == 1  # rate-limited: the second waits for the interval's end
+        await bus.close()
+    assert bus.undelivered == 2
+    assert bus_warnings(caplog)[1:] == ["1 pubsub messages from Redis not delivered (2 in all)"]
+
+
+async def test_a_long_topic_is_cut_in_the_warning(bus: RedisBus, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger=bus_module.__name__):
+        bus._not_delivered("t" * 100_000, RuntimeError("x"))
+    (warning,) = bus_warnings(caplog)
+    assert len(warning) < 400
