@@ -6,6 +6,7 @@ Stream module keys (unknown keys refused, as production does):
   ``auth_function`` (a function id), ``adapter {class, config}`` (see :mod:`iii_engine.modules.stream.store`);
 - ours: ``store_url`` (any ``iii_streams`` URL, wins over ``adapter``), ``auth_reject`` (ST5, default false),
   ``client_queue_size`` (frames a client may fall behind before it is closed with 1013; default 1024),
+  ``client_queue_bytes`` (the same in bytes of queued frames; default 32 MiB),
   ``slow_close_timeout_ms`` (how long that close may wait for a client that stopped reading to take the close
   frame before the connection is reset; default 10,000),
   ``max_clients`` (connected socket clients, default 10,000; one more gets HTTP 503 naming the setting),
@@ -101,6 +102,9 @@ class StateSettings(StoreSettings):
 DEFAULT_SLOW_CLOSE_TIMEOUT_MS = 10_000
 """How long a slow stream client's 1013 close waits for it by default (``slow_close_timeout_ms``)."""
 
+DEFAULT_CLIENT_QUEUE_BYTES = 32 * 1024 * 1024
+"""How many bytes of frames a stream client may fall behind by default (``client_queue_bytes``)."""
+
 DEFAULT_JOIN_TIMEOUT_MS = 10_000
 """How long a stream socket join (its handlers and its sync read) may take by default (``join_timeout_ms``)."""
 
@@ -113,6 +117,9 @@ class SocketSettings(Settings):
     auth_function: str | None = None
     auth_reject: bool = False
     client_queue_size: int = Field(1024, ge=1)
+    #: ours: bytes of queued frames a client may fall behind before it is closed with 1013 (events of big items
+    #: reach the frame count late: 1024 frames of 4 MiB items are 4 GiB held for one client that stopped reading)
+    client_queue_bytes: int = Field(DEFAULT_CLIENT_QUEUE_BYTES, ge=1)
     #: ours: a slow client's 1013 close waits this long for it to read up to the close frame, then resets it (a
     #: client that resumes reading within it still learns why it was closed; one that never does is not held)
     slow_close_timeout_ms: int = Field(DEFAULT_SLOW_CLOSE_TIMEOUT_MS, ge=1)

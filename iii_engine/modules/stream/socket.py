@@ -47,7 +47,7 @@ from iii_streams.events import StreamEvent, now_ms
 from ...closing import CLOSE_TIMEOUT_S, close_within
 from ..base import EngineError, EngineServices
 from .api import StreamFunctions
-from .settings import DEFAULT_SLOW_CLOSE_TIMEOUT_MS, SocketSettings
+from .settings import DEFAULT_CLIENT_QUEUE_BYTES, DEFAULT_SLOW_CLOSE_TIMEOUT_MS, SocketSettings
 from .triggers import JoinLeaveTriggers
 
 __all__ = ["MAX_JOIN_NAME", "StreamSocketServer", "Subscription"]
@@ -87,12 +87,15 @@ class _Client:
     """One socket: its auth context, subscriptions and bounded outbound queue."""
 
     def __init__(self, ws: ServerConnection, context: Any, queue_size: int,
-                 close_timeout_s: float = DEFAULT_SLOW_CLOSE_TIMEOUT_MS / 1000) -> None:
+                 close_timeout_s: float = DEFAULT_SLOW_CLOSE_TIMEOUT_MS / 1000,
+                 queue_bytes: int = DEFAULT_CLIENT_QUEUE_BYTES) -> None:
         self.ws = ws
         self.close_timeout_s = close_timeout_s
         self.context = context
         self.subscriptions: dict[str, Subscription] = {}
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(queue_size)
+        self.queue_bytes = queue_bytes
+        self.queued_bytes = 0  # of the frames in the queue and the one being written
         self.overflowed = False
         self.closer: asyncio.Task[None] | None = None
 
@@ -107,11 +110,17 @@ class _Client:
         if self.overflowed:
             return
         try:
+            if self.queued_bytes + len(frame) > self.queue_bytes and self.queued_bytes:
+                # frames are shared between sockets, but one a slow client has yet to take stays alive for it: a
+                # count alone let 1024 events of 4 MiB items hold 4 GiB. One frame over the budget still goes to a
+                # client that is not behind at all.
+                raise asyncio.QueueFull
             self.queue.put_nowait(frame)
+            self.queued_bytes += len(frame)
         except asyncio.QueueFull:
             self.overflowed = True
-            log.warning("stream client %s fell %d frames behind; closing it with 1013", self.ws.remote_address,
-                        self.queue.maxsize)
+            log.warning("stream client %s fell %d frames (%d bytes) behind; closing it with 1013",
+                        self.ws.remote_address, self.queue.qsize(), self.queued_bytes)
             # A client that stopped reading never takes the close frame: bounded, then reset.
             self.closer = asyncio.get_running_loop().create_task(
                 close_within(self.ws, _SLOW_CLIENT, _TOO_SLOW, self.close_timeout_s))
@@ -121,6 +130,7 @@ class _Client:
             frame = await self.queue.get()
             # the payload is already UTF-8: no per-socket encoding or websockets message machinery
             await send_server_frame(self.ws, True, frame)
+            self.queued_bytes -= len(frame)
 
 
 def _join_data(message: Any) -> tuple[str, str, str, str | None] | None:
@@ -290,7 +300,8 @@ class StreamSocketServer:
             log.warning("stream client %s refused: %s", ws.remote_address, self._too_many())
             await close_within(ws, _SLOW_CLIENT, self._too_many())
             return
-        client = _Client(ws, context, self.settings.client_queue_size, self.settings.slow_close_timeout_ms / 1000)
+        client = _Client(ws, context, self.settings.client_queue_size, self.settings.slow_close_timeout_ms / 1000,
+                         self.settings.client_queue_bytes)
         self._clients.add(client)
         writer = asyncio.get_running_loop().create_task(client.write())
         try:
