@@ -78,8 +78,11 @@ class StreamFunctions:
     """The stream built-ins over one store; also the custom-aware reads the client socket's ``sync`` needs."""
 
     def __init__(self, services: EngineServices, store: Backend, triggers: StreamTriggers, *,
-                 fallback: bool = False, served: Iterable[str] = ()) -> None:
+                 fallback: bool = False, served: Iterable[str] = (), call_timeout_s: float | None = None) -> None:
         self.services = services
+        # bounds every call to a worker's stream::<op>(NAME): a composed update holds the item's lock across two
+        # of them, and the engine's own wait for an answer outlives its caller's deadline
+        self.call_timeout_s = call_timeout_s
         self.store = store
         self.triggers = triggers
         self.fallback = fallback
@@ -170,9 +173,13 @@ class StreamFunctions:
         self._served.add(stream_name)  # also for engines without a registration listener
         return function_id
 
+    async def _call(self, function_id: str, payload: Any) -> Any:
+        """A worker's custom stream function's answer, within ``custom_call_timeout_ms``."""
+        return await self.services.invoke(function_id, payload, timeout_s=self.call_timeout_s)
+
     async def _invoke(self, function_id: str, payload: Any, code: str, action: str) -> Any:
         try:
-            return await self.services.invoke(function_id, payload)
+            return await self._call(function_id, payload)
         except EngineError as exc:
             raise EngineError(code, f"Failed to {action} value: Failed to invoke function: {exc.message}") from None
 
@@ -239,7 +246,7 @@ class StreamFunctions:
         """``stream::get`` without input parsing (custom-aware)."""
         custom = self._custom("get", stream_name)
         if custom is not None:
-            return await self.services.invoke(
+            return await self._call(
                 custom, {"stream_name": stream_name, "group_id": group_id, "item_id": item_id})
         self._no_fallback(stream_name)
         try:
@@ -251,7 +258,7 @@ class StreamFunctions:
         """``stream::list`` without input parsing (custom-aware)."""
         custom = self._custom("list", stream_name)
         if custom is not None:
-            return await self.services.invoke(custom, {"stream_name": stream_name, "group_id": group_id})
+            return await self._call(custom, {"stream_name": stream_name, "group_id": group_id})
         self._no_fallback(stream_name)
         try:
             return await self.store.list(StreamListInput(stream_name=stream_name, group_id=group_id))
@@ -273,7 +280,7 @@ class StreamFunctions:
         name = Fields("stream::list_groups", data).text("stream_name")
         custom = self._custom("list_groups", name)
         if custom is not None:
-            return await self.services.invoke(custom, {"stream_name": name})
+            return await self._call(custom, {"stream_name": name})
         self._no_fallback(name)
         try:
             return await self.store.list_groups(StreamListGroupsInput(stream_name=name))

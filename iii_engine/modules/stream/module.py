@@ -68,7 +68,8 @@ class StreamModule(EngineModule):
         self._triggers = [changes, join, leave]
         self.functions = StreamFunctions(self.services, self.store, changes,
                                          fallback=self.settings.custom_stream_fallback,
-                                         served=self.settings.custom_streams)
+                                         served=self.settings.custom_streams,
+                                         call_timeout_s=self.settings.custom_call_timeout_ms / 1000)
         self.socket = StreamSocketServer(self.services, self.settings, self.functions, self.store, join, leave)
         try:
             await self.socket.start()

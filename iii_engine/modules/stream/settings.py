@@ -14,7 +14,8 @@ Stream module keys (unknown keys refused, as production does):
   10,000; past it the client gets an ``error`` event with code ``join_timeout``),
   ``custom_stream_fallback`` (default false: a stream a worker served through ``create_stream`` fails with
   ``stream_unavailable`` while no worker serves it; true: production's silent fall back to the engine's store),
-  ``custom_streams`` (names served by workers, known as such from start-up, before any worker registers them).
+  ``custom_streams`` (names served by workers, known as such from start-up, before any worker registers them),
+  ``custom_call_timeout_ms`` (how long the module waits for a worker's ``stream::<op>(NAME)``; default 30,000).
 
 Example:
     >>> StreamSettings.parse({"port": 0, "store_url": "memory://"}).port
@@ -144,3 +145,6 @@ class StreamSettings(SocketSettings, StoreSettings):
 
     custom_stream_fallback: bool = False
     custom_streams: frozenset[NonEmpty] = Field(frozenset(), strict=False)
+    #: ours: how long the module waits for a worker's stream::<op>(NAME) (a composed update holds the item's lock
+    #: across its get and set); past it the call fails with the invocation's timeout
+    custom_call_timeout_ms: int = Field(30_000, ge=1)
