@@ -30,10 +30,6 @@ from .settings import CronSettings
 
 log = logging.getLogger(__name__)
 
-MISSED_COUNT_CAP = 1_000
-"""Ticks skipped after a stall are counted up to this many (an every-second schedule after a long stall)"""
-
-
 async def _sleep_until(moment: datetime) -> None:
     # A timed sleep, not synchronisation: wall-clock target, monotonic loop clock, so re-check and repeat.
     delay = (moment - datetime.now(UTC)).total_seconds()
@@ -129,17 +125,14 @@ class CronModule(EngineModule):
                 tick = expression.next_after(now)
 
     def _skip_missed(self, trigger: TriggerInfo, expression: CronExpression, last: datetime, now: datetime) -> None:
-        """Count and log the ticks of ``expression`` after ``last`` up to ``now``, which a stall made late."""
-        missed = 0
-        tick = expression.next_after(last)
-        while tick is not None and tick <= now and missed < MISSED_COUNT_CAP:
-            missed += 1
-            tick = expression.next_after(tick)
+        """Count and log the ticks of ``expression`` after ``last`` up to ``now``, which a stall made late: exactly,
+        by arithmetic (:meth:`CronExpression.count_between`), not by walking them (counted up to 1,000 before, so a
+        long stall of an every-second schedule was reported as "at least 1000")."""
+        missed = expression.count_between(last, now)
         if missed:
             self.missed_ticks += missed
-            more = "at least " if missed == MISSED_COUNT_CAP else ""
-            log.warning("cron %s: the engine was %.1f s late for tick %s; %s%d tick(s) up to %s skipped", trigger.id,
-                        (now - last).total_seconds(), rfc3339(last), more, missed, rfc3339(now))
+            log.warning("cron %s: the engine was %.1f s late for tick %s; %d tick(s) up to %s skipped", trigger.id,
+                        (now - last).total_seconds(), rfc3339(last), missed, rfc3339(now))
 
     async def _fire(self, trigger: TriggerInfo, tick: datetime) -> None:
         """Fire one tick, holding the slot taken for it until the call has it (or the tick is not fired)."""
