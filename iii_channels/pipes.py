@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 from collections.abc import AsyncIterable, Sequence
 from typing import Any
 
@@ -114,6 +115,9 @@ async def to_fd(
     return source.bytes_read
 
 
+_TRANSPORT_ATTRIBUTE = "_transport"
+"""Where asyncio's ``Process`` keeps its ``SubprocessTransport`` (private: read only by :func:`_close_pipes`)."""
+
 STDERR_GRACE_S = 1.0
 """Once the process has exited, how long its stderr may stay open (a background child of it can hold it) before
 the tail read so far is used."""
@@ -198,34 +202,66 @@ async def _until_exited(proc: asyncio.subprocess.Process, within: float | None) 
 
 
 async def _exit_status(proc: asyncio.subprocess.Process, argv: Sequence[str], exit_timeout: float | None,
-                       stderr: _StderrTail, after: str) -> int:
+                       stderr: _StderrTail, after: str, group: bool) -> int:
     """The exit status, waited for at most ``exit_timeout`` seconds (``None``: as long as it takes); past it the
-    process is killed and :class:`ProcessError` names the wait (see :func:`_until_exited` for how)."""
+    process (its group when ``group``) is killed and :class:`ProcessError` names the wait (see
+    :func:`_until_exited` for how)."""
     await _until_exited(proc, exit_timeout)
     if proc.returncode is None:
-        await _kill(proc)
+        await _kill(proc, group)
         raise ProcessError(argv, None, await stderr.result(),
                            f"did not exit within {exit_timeout:g} s of {after}; killed")
     return proc.returncode
 
 
-async def _kill(proc: asyncio.subprocess.Process) -> None:
-    """Kill the process (if it still runs) and wait for its exit, not for its pipes (see :func:`_until_exited`)."""
+def _own_group(popen: dict[str, Any]) -> bool:
+    """Start the command as the leader of a new session (so of a process group of its own) unless the caller
+    chose (``start_new_session`` / ``process_group`` in ``popen``, which is then left alone); ``True`` when the
+    command leads its own group, which is then ours to kill.
+
+    Why a session, not just a group: a command in a background group of our terminal stops (SIGTTIN) when it
+    reads the terminal; one without a controlling terminal reads an inherited tty fd like any other.
+
+    Example:
+        >>> _own_group({}), _own_group({"start_new_session": False}), _own_group({"process_group": 0})
+        (True, False, True)
+    """
+    if "process_group" in popen:
+        return popen["process_group"] == 0 and not popen.get("start_new_session")
+    return bool(popen.setdefault("start_new_session", True))
+
+
+async def _kill(proc: asyncio.subprocess.Process, group: bool = False) -> None:
+    """Kill the process -- with ``group``, every process of its group, which it leads: the rest of a pipeline or
+    a ``cmd &`` of a shell would live on otherwise -- and wait for its exit, not for its pipes (see
+    :func:`_until_exited`). The group is killed even once the leader has exited: what it left behind goes too.
+    A group's id is not reused while any process of it lives; an empty one is ignored (its id could only have
+    gone to a new group if the pids wrapped around in the moment since the leader's exit)."""
+    if group:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
     if proc.returncode is None:
-        proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
     await _until_exited(proc, None)
 
 
 def _close_pipes(proc: asyncio.subprocess.Process) -> None:
     """Close our ends of the process's pipes once it has exited (or was killed) and we are done with it.
 
-    A child it left behind (the other commands of a pipeline, ``cmd &``) can hold them: once asyncio's buffer is
-    full it would block for ever writing into a pipe nobody reads, and we would hold the pipes for as long as it
-    lived. With our ends closed it gets EPIPE (SIGPIPE), as under a shell whose reader went away. asyncio's
-    ``Process`` has no public close: its transport's ``close`` is the one that does this."""
-    transport = getattr(proc, "_transport", None)
-    if transport is not None:
+    A child it left behind outside its group (a ``setsid`` daemon, or any child when the caller kept the
+    command in our group) can hold them: once asyncio's buffer is full it would block for ever writing into a
+    pipe nobody reads, and we would hold the pipes for as long as it lived. With our ends closed it gets EPIPE
+    (SIGPIPE), as under a shell whose reader went away.
+
+    asyncio's ``Process`` has no public close; its private transport's ``close`` is the one that does this. It is
+    used only here, and only when it is what this was written against (a ``SubprocessTransport``); otherwise
+    the public part is done (stdin closed) and the read ends close when the last process holding them exits."""
+    transport = getattr(proc, _TRANSPORT_ATTRIBUTE, None)
+    if isinstance(transport, asyncio.SubprocessTransport):
         transport.close()
+    elif proc.stdin is not None:
+        proc.stdin.close()
 
 
 async def from_process(
@@ -234,28 +270,41 @@ async def from_process(
 ) -> int:
     """Run ``argv`` and stream its stdout into the channel. A non-zero exit aborts the channel and raises
     :class:`ProcessError` carrying the exit status and the tail of stderr; so does a process that has not exited
-    ``exit_timeout`` seconds after closing its stdout (it is killed; ``None`` waits as long as it takes)."""
+    ``exit_timeout`` seconds after closing its stdout (it is killed; ``None`` waits as long as it takes).
+
+    The command runs in a session and process group of its own; when this fails or is cancelled the whole group
+    is killed (``sh -c 'a | b'`` leaves no ``a`` behind). ``start_new_session=False`` (or a ``process_group``)
+    in ``popen`` keeps it where the caller says, and then only the command itself is killed.
+
+    Example:
+        >>> async def archive(writer) -> int:
+        ...     return await from_process(writer, ["sh", "-c", "tar c data/ | gzip"], exit_timeout=10)
+    """
+    group = _own_group(popen)
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, **popen)
     assert proc.stdout is not None
     sink = ChannelSink(writer, trailer=trailer, progress=progress, label=argv[0])
     stderr = _StderrTail(proc.stderr)
     try:
-        while chunk := await proc.stdout.read(PIPE_CHUNK):
-            await sink.write(chunk)
-        returncode = await _exit_status(proc, argv, exit_timeout, stderr, "closing its stdout")
-        if returncode != 0:
-            raise ProcessError(argv, returncode, await stderr.result())
-        await sink.close()
+        try:
+            while chunk := await proc.stdout.read(PIPE_CHUNK):
+                await sink.write(chunk)
+            returncode = await _exit_status(proc, argv, exit_timeout, stderr, "closing its stdout", group)
+            if returncode != 0:
+                raise ProcessError(argv, returncode, await stderr.result())
+            await sink.close()
+        except BaseException:
+            await _kill(proc, group)
+            raise
+        finally:
+            stderr.cancel()
+            _close_pipes(proc)
     except BaseException as exc:
-        await _kill(proc)
-        stderr.cancel()
-        _close_pipes(proc)
+        # After the pipes are closed, as before: a child still writing to them gets SIGPIPE without waiting on us.
         with contextlib.suppress(ChannelError):
             await sink.abort(str(exc) if isinstance(exc, ProcessError) else f"from_process failed: {exc!r}")
         raise
-    stderr.cancel()
-    _close_pipes(proc)
     return sink.bytes_written
 
 
@@ -267,8 +316,15 @@ async def to_process(
     stops reading early); channel errors propagate after the process is killed. Returns the bytes fed.
     ``exit_timeout``: how long the process may run after its stdin is closed (``None``, the default: as long as
     it takes, since a command like ``sort`` does its work only then); past it the process is killed and
-    :class:`ProcessError` says so."""
+    :class:`ProcessError` says so. Its process group is handled as in :func:`from_process`: killed whole when
+    this raises.
+
+    Example:
+        >>> async def unpack(reader) -> int:
+        ...     return await to_process(reader, ["tar", "x", "-C", "out/"], require_trailer=True)
+    """
     popen.setdefault("stdout", None)
+    group = _own_group(popen)
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, **popen)
     assert proc.stdin is not None
@@ -284,17 +340,17 @@ async def to_process(
                 await proc.stdin.wait_closed()
         except (BrokenPipeError, ConnectionResetError):
             await reader.close_async()
-        returncode = await _exit_status(proc, argv, exit_timeout, stderr, "the end of its input")
+        returncode = await _exit_status(proc, argv, exit_timeout, stderr, "the end of its input", group)
         tail = await stderr.result()
+        if returncode != 0 or not source.at_eof:
+            raise ProcessError(argv, returncode, tail)
     except BaseException:
-        await _kill(proc)
+        await _kill(proc, group)
         stderr.cancel()
         _close_pipes(proc)
         await asyncio.shield(release_writer(reader))
         raise
     _close_pipes(proc)
-    if returncode != 0 or not source.at_eof:
-        raise ProcessError(argv, returncode, tail)
     return source.bytes_read
 
 

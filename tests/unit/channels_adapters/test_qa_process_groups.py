@@ -1,0 +1,178 @@
+"""Subprocess adapters kill what they started, not only the process they started.
+
+Before: a failed, timed-out or cancelled ``from_process`` / ``to_process`` killed the command alone; the rest of
+its pipeline (``sh -c 'sleep 100 | cat'``) or its background child (``cmd &``) lived on, holding the pipes.
+Now the command leads a session of its own and the whole group is killed; ``start_new_session=False`` opts out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+import iii_channels
+from iii_channels import ChannelSink, ChannelSource, ProcessError, pipes
+from iii_engine.channels import ChannelRelay
+from tests.polling import until
+from tests.unit.channels_adapters.test_attack_c2_adapters import _alive, _open_fds
+from tests.unit.channels_adapters.test_channels_attack_adapters import ends
+from tests.unit.channels_adapters.test_channels_attack_adapters import relay as _relay
+
+pytestmark = pytest.mark.timeout(30)
+relay = _relay  # the fixture, shared
+
+
+def _children(pid: int) -> list[int]:
+    """The pids whose parent is ``pid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError), open(f"/proc/{entry}/stat", encoding="ascii") as stat:
+                if int(stat.read().rpartition(")")[2].split()[1]) == pid:
+                    found.append(int(entry))
+    return found
+
+
+class Started:
+    """The pids a test's command wrote to ``pidfile`` (one per line); every one still running is killed at the
+    end, so a failing test leaves nothing behind."""
+
+    def __init__(self, pidfile: Path) -> None:
+        self.pidfile = pidfile
+        self.extra: list[int] = []
+
+    def pids(self) -> list[int]:
+        text = self.pidfile.read_text() if self.pidfile.exists() else ""
+        return [int(line) for line in text.split()] if text.endswith("\n") else []
+
+    def reap(self) -> None:
+        for pid in self.pids() + self.extra:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def started(tmp_path: Path) -> Iterator[Started]:
+    pids = Started(tmp_path / "pids")
+    yield pids
+    pids.reap()
+
+
+@pytest.fixture
+async def feeder() -> AsyncIterator[list[asyncio.Future[None]]]:
+    """Writers a test starts; cancelled and awaited at its end."""
+    tasks: list[asyncio.Future[None]] = []
+    yield tasks
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_cancelled_pipeline_is_killed_whole(relay: tuple[str, ChannelRelay], started: Started) -> None:
+    """``sh -c 'sleep 100 | cat'`` cancelled mid-stream: the shell, sleep and cat all go, and the command had a
+    session of its own (before: sleep and cat lived on, cat holding our stdout pipe)."""
+    writer, reader = ends(*relay)
+    script = f"echo $$ > {started.pidfile}; echo started; sleep 100 | cat"
+    producing = asyncio.ensure_future(iii_channels.from_process(writer, ["sh", "-c", script]))
+    source = ChannelSource(reader)
+    assert await asyncio.wait_for(source.readline(), 10) == b"started\n"
+    shell = started.pids()[0]
+    await until(lambda: len(_children(shell)) == 2)
+    pipeline = _children(shell)
+    started.extra += pipeline
+    sessions = {os.getsid(pid) for pid in pipeline}
+    producing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(producing, 10)
+    await until(lambda: not any(_alive(pid) for pid in [shell, *pipeline]), 5)
+    assert sessions == {shell}, "the command did not lead a session of its own"
+    with pytest.raises(iii_channels.ChannelAbortedError):
+        await asyncio.wait_for(source.read_all(), 10)
+
+
+@pytest.mark.parametrize("how", ["exit_timeout", "failed"])
+async def test_a_failed_command_leaves_no_background_child(relay: tuple[str, ChannelRelay], started: Started,
+                                                          how: str) -> None:
+    """The shell closes stdout and starts ``sleep 100 &``, then waits (killed at exit_timeout) or exits 3: sleep
+    goes with it, at once (before: it lived its 100 s)."""
+    writer, reader = ends(*relay)
+    stop = "wait" if how == "exit_timeout" else "exit 3"
+    script = f"exec >&-; sleep 100 & echo $! > {started.pidfile}; {stop}"
+    results = await asyncio.wait_for(asyncio.gather(
+        iii_channels.from_process(writer, ["sh", "-c", script], exit_timeout=0.3),
+        ChannelSource(reader).read_all(), return_exceptions=True), 10)
+    assert isinstance(results[0], ProcessError), results[0]
+    assert ("killed" in str(results[0])) if how == "exit_timeout" else results[0].returncode == 3
+    assert isinstance(results[1], iii_channels.ChannelAbortedError)
+    (sleeper,) = started.pids()
+    await until(lambda: not _alive(sleeper), 5)
+
+
+async def test_to_process_kills_the_group_of_a_command_that_outlives_its_timeout(
+        relay: tuple[str, ChannelRelay], started: Started, feeder: list[asyncio.Future[None]]) -> None:
+    writer, reader = ends(*relay)
+
+    async def feed() -> None:
+        async with ChannelSink(writer) as sink:
+            await sink.write(b"data")
+
+    feeder.append(asyncio.ensure_future(feed()))
+    script = f"sleep 100 & echo $! > {started.pidfile}; cat > /dev/null; wait"
+    with pytest.raises(ProcessError, match=r"did not exit within 0\.3 s"):
+        await asyncio.wait_for(iii_channels.to_process(reader, ["sh", "-c", script], exit_timeout=0.3), 10)
+    (sleeper,) = started.pids()
+    await until(lambda: not _alive(sleeper), 5)
+
+
+async def test_start_new_session_false_keeps_the_command_in_our_group_and_kills_only_it(
+        relay: tuple[str, ChannelRelay], started: Started) -> None:
+    """The opt-out: the command shares our session and group (a group kill would hit us), so only the command
+    itself is killed; its background child is the caller's business."""
+    writer, reader = ends(*relay)
+    script = f"sleep 100 & echo $$ $! > {started.pidfile}; echo started; wait"
+    producing = asyncio.ensure_future(iii_channels.from_process(
+        writer, ["sh", "-c", script], start_new_session=False))
+    source = ChannelSource(reader)
+    assert await asyncio.wait_for(source.readline(), 10) == b"started\n"
+    await until(lambda: len(started.pids()) == 2)
+    shell, sleeper = started.pids()
+    assert os.getsid(shell) == os.getsid(0) and os.getpgid(shell) == os.getpgid(0)
+    producing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(producing, 10)
+    await until(lambda: not _alive(shell), 5)
+    assert _alive(sleeper)
+
+
+@pytest.mark.parametrize("popen, owned", [
+    ({}, True), ({"start_new_session": True}, True), ({"start_new_session": False}, False),
+    ({"process_group": 0}, True), ({"process_group": 1}, False),
+])
+def test_who_owns_the_group(popen: dict[str, object], owned: bool) -> None:
+    assert pipes._own_group(popen) is owned
+    assert popen.get("start_new_session", False) is (owned and "process_group" not in popen)
+
+
+async def test_without_asyncios_private_transport_the_group_kill_still_frees_the_pipes(
+        relay: tuple[str, ChannelRelay], started: Started, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fallback of _close_pipes (asyncio's Process without the private transport this was written against):
+    only the public stdin close is done, and the group kill ends the background child holding our pipes, so
+    the run still ends promptly and holds no fd afterwards."""
+    monkeypatch.setattr(pipes, "_TRANSPORT_ATTRIBUTE", "_no_such_attribute")
+    writer, reader = ends(*relay)
+    baseline = _open_fds()
+    script = f"exec >&-; yes >&2 & echo $! > {started.pidfile}; exit 3"
+    results = await asyncio.wait_for(asyncio.gather(
+        iii_channels.from_process(writer, ["sh", "-c", script]), ChannelSource(reader).read_all(),
+        return_exceptions=True), 10)
+    assert isinstance(results[0], ProcessError) and results[0].returncode == 3
+    (child,) = started.pids()
+    await until(lambda: not _alive(child), 5)
+    await until(lambda: _open_fds() <= baseline, 5)
+
