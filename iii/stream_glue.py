@@ -2,7 +2,9 @@
 
 Beyond the reference SDK (docs/protocol.md#sdk-improvements S7, S8): ``update`` is served too, composed from get →
 apply ops → set
-under a per-item lock when the backend's ``update`` returns ``None`` or raises ``NotImplementedError``; a
+under a per-item lock when the backend's ``update`` returns ``None`` or raises ``NotImplementedError`` (a missing
+item starts as ``{}``; a set or delete of an item waits for its composed update in flight, which would otherwise
+overwrite it); a
 ``None`` from ``delete`` becomes ``{"old_value": null}`` and from ``set`` ``{"new_value": <input data>}``;
 pydantic results keep their ``None`` fields.
 
@@ -15,7 +17,8 @@ Example:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from .stream import (
@@ -27,7 +30,7 @@ from .stream import (
     StreamSetInput,
     StreamUpdateInput,
 )
-from .stream_ops import apply_ops, ops_to_wire
+from .stream_ops import apply_update, ops_to_wire
 from .wire import jsonable
 
 __all__ = ["StreamFunctions", "stream_functions"]
@@ -54,14 +57,17 @@ class StreamFunctions:
     async def set(self, data: Any) -> Any:
         """``stream::set``: ``{old_value, new_value}``; a backend answering ``None`` reports a create."""
         request = StreamSetInput.model_validate(data)
-        result = await self._stream.set(request)
+        async with self._after_update((request.group_id, request.item_id)):
+            result = await self._stream.set(request)
         if result is None:
             return {"new_value": jsonable(request.data)}
         return jsonable(result)
 
     async def delete(self, data: Any) -> Any:
         """``stream::delete``: ``{old_value}``, ``null`` when the backend answers ``None``."""
-        result = await self._stream.delete(StreamDeleteInput.model_validate(data))
+        request = StreamDeleteInput.model_validate(data)
+        async with self._after_update((request.group_id, request.item_id)):
+            result = await self._stream.delete(request)
         return {"old_value": None} if result is None else jsonable(result)
 
     async def list(self, data: Any) -> Any:
@@ -95,7 +101,7 @@ class StreamFunctions:
                         )
                     )
                 )
-                new = apply_ops(old, request.ops)
+                old, new = apply_update(old, request.ops)  # a missing item starts as {}, as in every store
                 await self._stream.set(
                     StreamSetInput(
                         stream_name=request.stream_name,
@@ -106,8 +112,26 @@ class StreamFunctions:
                 )
                 return {"old_value": old, "new_value": new}
         finally:
-            if not lock.locked() and not getattr(lock, "_waiters", None):
-                self._locks.pop(key, None)
+            self._forget_if_free(key, lock)
+
+    @contextlib.asynccontextmanager
+    async def _after_update(self, key: tuple[str, str]) -> AsyncIterator[None]:
+        """Hold ``key``'s lock if a composed update of that item is in flight: a set or delete that landed between
+        its get and its set was overwritten by it, lost though it had succeeded."""
+        lock = self._locks.get(key)
+        if lock is None:  # the usual case: no composed update of this item right now
+            yield
+            return
+        try:
+            async with lock:
+                yield
+        finally:
+            self._forget_if_free(key, lock)
+
+    def _forget_if_free(self, key: tuple[str, str], lock: asyncio.Lock) -> None:
+        # checked right after the release, with no await in between: only the last user sees it free
+        if not lock.locked() and not getattr(lock, "_waiters", None) and self._locks.get(key) is lock:
+            del self._locks[key]
 
 
 def _wire_ops(data: Any) -> Any:

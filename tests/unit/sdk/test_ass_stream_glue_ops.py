@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 
+from iii.stream import StreamGetInput
 from iii.stream_glue import StreamFunctions
 from tests.unit.sdk.test_stream_glue import KEY, LazyStream
 
@@ -26,3 +30,47 @@ async def test_a_bad_op_is_named_by_its_position() -> None:
     with pytest.raises(TypeError, match=r"update op #1 \(increment\): 'by' must be an integer, got str '1'"):
         await StreamFunctions(stream).update({**KEY, "ops": ops})
     assert stream.items == {}  # nothing applied
+
+
+async def test_a_composed_update_of_a_missing_item_starts_from_an_empty_object() -> None:
+    """Before, the ops were applied to ``None`` (ops other than a root set leave a non-object alone): the item was
+    stored as ``null`` and ``new_value`` was ``null``, where the engine's store answers ``{"n": 1}``."""
+    stream = LazyStream()
+    result = await StreamFunctions(stream).update({**KEY, "ops": [{"type": "increment", "path": "n", "by": 1}]})
+    assert result == {"old_value": None, "new_value": {"n": 1}}
+    assert stream.items == {"1": {"n": 1}}
+
+
+class GatedGet(LazyStream):
+    """``get`` reads the item, then waits at a gate before answering (a slow backend)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def get(self, input: StreamGetInput) -> Any:
+        value = self.items.get(input.item_id)
+        self.read.set()
+        await self.gate.wait()
+        return value
+
+
+@pytest.mark.parametrize("write", ["set", "delete"])
+async def test_a_write_during_a_composed_update_is_not_overwritten_by_it(write: str) -> None:
+    """Before, a set (or delete) that landed between a composed update's get and its set succeeded and was then
+    overwritten by the update's result computed from the older value: lost, though it had been acknowledged."""
+    stream = GatedGet()
+    stream.items["1"] = {"n": 1}
+    handlers = StreamFunctions(stream)
+    update = asyncio.create_task(handlers.update({**KEY, "ops": [{"type": "increment", "path": "n", "by": 1}]}))
+    await stream.read.wait()  # the update read {"n": 1} and waits at the gate
+    if write == "set":
+        other = asyncio.create_task(handlers.set({**KEY, "data": {"n": 100}}))
+    else:
+        other = asyncio.create_task(handlers.delete(KEY))
+    stream.gate.set()  # the write's task was scheduled first: it runs as far as it can before the update goes on
+    assert (await update)["new_value"] == {"n": 2}
+    await other
+    assert stream.items.get("1") == ({"n": 100} if write == "set" else None)  # the later write stands
+    assert handlers._locks == {}
