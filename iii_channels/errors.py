@@ -12,6 +12,7 @@ ChannelExpiredError       the other end never attached before the channel's dead
 ReaderGoneError           the reader left before the end; stop writing (4002 or a dropped socket)
 ChannelInUseError         that end of the channel is already attached elsewhere (4009)
 ChannelClosedError        this end was already closed or aborted locally
+ChannelIdleError          the writer sent nothing for a source's ``idle_timeout`` (also a ``TimeoutError``)
 IntegrityError            the trailer's byte count or SHA-256 did not match, or a required trailer is missing
 IncompleteReadError       end of stream before ``readexactly(n)`` / ``readuntil(sep)`` completed
 LimitExceededError        ``read_all(limit=…)`` / ``readuntil`` / unread text (``text_limit``) / a tree's
@@ -44,6 +45,11 @@ from iii.channels import (
 
 class IntegrityError(ChannelError):
     """The received stream does not match its integrity trailer (truncated, corrupted, or trailer missing)."""
+
+
+class ChannelIdleError(ChannelError, TimeoutError):
+    """The writer sent nothing for the reading side's ``idle_timeout``; the message names the wait and the bytes
+    read so far (a stalled sender must not hold a reader, and what waits behind it, for good)."""
 
 
 class IncompleteReadError(ChannelError):
@@ -84,6 +90,7 @@ __all__ = [
     "ChannelConnectionError",
     "ChannelError",
     "ChannelExpiredError",
+    "ChannelIdleError",
     "ChannelInUseError",
     "ChannelNotFoundError",
     "IncompleteReadError",

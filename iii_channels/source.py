@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -17,7 +18,7 @@ from typing import Any
 
 from iii.channels import ChannelReader
 
-from .errors import IncompleteReadError, IntegrityError, LimitExceededError
+from .errors import ChannelIdleError, IncompleteReadError, IntegrityError, LimitExceededError
 from .integrity import Digest, is_trailer, parse_trailer
 from .progress import Progress, make_progress
 
@@ -32,7 +33,10 @@ class ChannelSource:
 
     Args:
         reader: the channel's reading end.
-        verify: check an integrity trailer when one arrives (byte count and SHA-256).
+        verify: check an integrity trailer when one arrives (byte count and SHA-256). ``False`` (without
+            ``require_trailer``) does not look at trailers at all: they are consumed, never handed on as text,
+            and neither their form, their counts nor their place in the stream can raise :class:`IntegrityError`
+            (``verified`` stays false). ``require_trailer`` turns every check back on.
         require_trailer: raise :class:`IntegrityError` at EOF if no trailer arrived (use it when the writer is
             known to send one: it turns a silent truncation on the production engine into an error).
         progress: ``True`` for a terminal bar or a ``callback(done, total)``.
@@ -41,6 +45,9 @@ class ChannelSource:
         text_limit: most characters of text messages held for ``messages()`` / ``next_message()`` while bytes are
             read; more raises :class:`LimitExceededError`. ``0`` holds none (they still reach ``on_text`` and the
             reader's callbacks): for consumers of bytes only.
+        idle_timeout: most seconds to wait for the writer's next message (``None``: no limit); past it
+            :class:`ChannelIdleError` (a ``TimeoutError``) names the wait and the bytes read so far. The channel
+            is left open: close the reader (or let the adapter that made this source do it) to tell the writer.
     """
 
     def __init__(
@@ -54,12 +61,18 @@ class ChannelSource:
         label: str = "",
         on_text: Callable[[str], Any] | None = None,
         text_limit: int = DEFAULT_TEXT_LIMIT,
+        idle_timeout: float | None = None,
     ) -> None:
         if text_limit < 0:
             raise ValueError(f"text_limit must be 0 or more, got {text_limit}")
+        if idle_timeout is not None and not idle_timeout > 0:
+            raise ValueError(f"idle_timeout must be more than 0 seconds or None, got {idle_timeout}")
         self.reader = reader
         self.require_trailer = require_trailer
-        self._digest = Digest() if verify or require_trailer else None
+        # Off, trailers are skipped unread: a malformed one must not fail a reader that asked for no checks.
+        self._checking = verify or require_trailer
+        self._digest = Digest() if self._checking else None
+        self._idle_timeout = idle_timeout
         self._buffer = bytearray()
         self._texts: deque[str] = deque()
         self._text_held = 0
@@ -87,7 +100,7 @@ class ChannelSource:
         """The next binary message, or text message when ``keep_text`` is false (text is then handed back
         instead of being set aside), or ``None`` at EOF (after the trailer check). The trailer is consumed."""
         while not self._eof:
-            message = await self.reader.recv()
+            message = await self._recv()
             if message is None:
                 self._finish()
                 return None
@@ -109,6 +122,20 @@ class ChannelSource:
             return message
         return None
 
+    async def _recv(self) -> bytes | str | None:
+        if self._idle_timeout is None:
+            return await self.reader.recv()
+        # asyncio.timeout, not wait_for: no task per message on the hot path.
+        try:
+            async with asyncio.timeout(self._idle_timeout) as waited:
+                return await self.reader.recv()
+        except TimeoutError:
+            if not waited.expired():
+                raise
+        channel_id = self.reader.ref.channel_id
+        raise ChannelIdleError(f"channel {channel_id}: nothing from the writer for {self._idle_timeout:g} s "
+                               f"(after {self.bytes_read} bytes); stopped waiting", channel_id=channel_id)
+
     async def _next_chunk(self) -> bytes | None:
         """The next binary message, or ``None`` at EOF. Text messages are set aside for ``messages()``."""
         item = await self._next_item(True)
@@ -117,6 +144,8 @@ class ChannelSource:
 
     async def _on_text_message(self, text: str) -> None:
         if is_trailer(text):
+            if not self._checking:
+                return
             channel_id = self.reader.ref.channel_id
             if self._trailer is not None:
                 raise IntegrityError(f"channel {channel_id}: a second integrity trailer", channel_id=channel_id)
@@ -195,26 +224,37 @@ class ChannelSource:
         return self._take(n)
 
     async def readuntil(self, separator: bytes = b"\n", limit: int = DEFAULT_LINE_LIMIT) -> bytes:
-        """Bytes up to and including ``separator``; :class:`IncompleteReadError` if EOF comes first."""
+        """Bytes up to and including ``separator``; :class:`IncompleteReadError` if EOF comes first.
+
+        ``limit`` bounds the bytes before the separator, as ``asyncio.StreamReader``'s limit does: a line of
+        exactly ``limit`` bytes and its separator is returned, one byte more raises :class:`LimitExceededError`.
+
+        Example:
+            >>> async def header(source: ChannelSource) -> bytes:
+            ...     return await source.readuntil(b"\\r\\n\\r\\n", limit=16 * 1024)
+        """
         if not separator:
             raise ValueError("separator must not be empty")
+        if limit < 0:
+            raise ValueError(f"limit must be 0 or more, got {limit}")
         start = 0
         while True:
             index = self._buffer.find(separator, start)
             if index >= 0:
-                end = index + len(separator)
-                if end > limit:
+                if index > limit:
                     # One chunk can carry a line far past the limit and its separator: still too long.
                     raise LimitExceededError(limit, "line")
-                return self._take(end)
-            if len(self._buffer) > limit:
+                return self._take(index + len(separator))
+            # The buffer's last len(separator) - 1 bytes may be the start of the separator, not of the line.
+            if len(self._buffer) - len(separator) + 1 > limit:
                 raise LimitExceededError(limit, "line")
             start = max(0, len(self._buffer) - len(separator) + 1)
             if not await self._fill():
                 raise IncompleteReadError(self._take(len(self._buffer)), None)
 
     async def readline(self, limit: int = DEFAULT_LINE_LIMIT) -> bytes:
-        """One line including ``\\n``; the last line may lack it; ``b""`` at EOF."""
+        """One line including ``\\n``; the last line may lack it; ``b""`` at EOF. ``limit``: most bytes before
+        the ``\\n`` (see :meth:`readuntil`)."""
         try:
             return await self.readuntil(b"\n", limit)
         except IncompleteReadError as exc:
