@@ -305,8 +305,9 @@ class StreamFunctions:
         custom = self._custom("set", s)
         if custom is not None:
             payload = {"stream_name": s, "group_id": g, "item_id": i, "data": value}
-            answer = self._result(custom, await self._invoke(custom, payload, "STREAM_SET_ERROR", "set"),
-                                  "STREAM_SET_ERROR", required="new_value")
+            async with self._locks.join((s, g, i)):  # after a composed update in flight, not inside it
+                answer = self._result(custom, await self._invoke(custom, payload, "STREAM_SET_ERROR", "set"),
+                                      "STREAM_SET_ERROR", required="new_value")
             return await self._changed("stream::set", s, g, i, answer.get("old_value"), answer["new_value"])
         self._no_fallback(s)
         try:
@@ -322,8 +323,9 @@ class StreamFunctions:
         s, g, i = f.text("stream_name"), f.text("group_id"), f.text("item_id")
         custom = self._custom("delete", s)
         if custom is not None:
-            answer = await self._invoke(custom, {"stream_name": s, "group_id": g, "item_id": i},
-                                        "STREAM_DELETE_ERROR", "delete")
+            async with self._locks.join((s, g, i)):  # after a composed update in flight, not inside it
+                answer = await self._invoke(custom, {"stream_name": s, "group_id": g, "item_id": i},
+                                            "STREAM_DELETE_ERROR", "delete")
             old = None if answer is None else self._result(custom, answer, "STREAM_DELETE_ERROR",
                                                            required=None).get("old_value")
         else:
