@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from iii_engine import Engine
-
 from tests.polling import until
 
 from .helpers import Worker, registered, stream_module
