@@ -360,8 +360,15 @@ class StreamSocketServer:
         sub_id, stream, group, item = parsed
         sub = Subscription(stream, group, item)
         if kind == "leave":
+            joined = client.subscriptions.get(sub_id)
+            if joined is None:
+                # nothing to leave: firing the leave handlers anyway let one client call them (and take slots of
+                # max_fired_calls from every other trigger) once per frame, naming groups it never joined
+                log.info("stream client %s left subscription %.200r, which it does not have; ignored",
+                         client.ws.remote_address, sub_id)
+                return
             self._subscribe(client, sub_id, None)
-            self.leave_triggers.run_detached(self._payload(client, sub_id, sub))
+            self.leave_triggers.run_detached(self._payload(client, sub_id, joined))
             return
         await self._join(client, sub_id, sub)
 

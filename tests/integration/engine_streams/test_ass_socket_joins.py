@@ -16,7 +16,16 @@ import pytest
 from iii_engine import Engine
 from tests.polling import until
 
-from .helpers import SocketClient, Worker, WorkerError, engine_config, registered, stream_module, trigger_active
+from .helpers import (
+    Recorder,
+    SocketClient,
+    Worker,
+    WorkerError,
+    engine_config,
+    registered,
+    stream_module,
+    trigger_active,
+)
 
 pytestmark = pytest.mark.our_engine("bounds the stream socket's joins with its own settings")
 
@@ -121,3 +130,25 @@ async def test_a_join_with_an_overlong_name_is_refused_and_not_held(field: str) 
         await client.ws.send(json.dumps({"type": "join", "data": data}))
         assert (await client.recv())["event"] == {"type": "sync", "data": None}
         await client.close()
+
+
+async def test_leave_handlers_fire_only_for_a_subscription_the_client_has(engine: Engine) -> None:
+    """Before, every leave frame fired the ``stream:leave`` handlers with whatever names it carried: one client could
+    call them once per frame (each call holding a slot of ``max_fired_calls``) for groups it never joined."""
+    worker = await Worker.connect(engine.url)
+    leaves = Recorder()
+    await worker.register("left", leaves)
+    await trigger_active(engine, await worker.trigger("stream:leave", "left", {}))
+    client = await SocketClient.connect(engine)
+    for n in range(50):
+        await client.leave(f"ghost-{n}", "s", f"never-joined-{n}")
+    await client.join("real", "s", "g")
+    assert (await client.recv())["event"]["type"] == "sync"
+    await client.leave("real", "s", "other-group")  # the names of the subscription left, not of the frame
+    assert await leaves.wait_for(1) == [{"subscription_id": "real", "stream_name": "s", "group_id": "g", "id": None,
+                                         "context": None}]
+    await client.join("probe", "s", "probe")  # handled after every leave above
+    assert (await client.recv())["event"]["type"] == "sync"
+    assert len(leaves.payloads) == 1
+    await client.close()
+    await worker.close()
