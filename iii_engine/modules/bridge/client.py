@@ -10,7 +10,8 @@ Settings:
   on the remote with the input unchanged (timeout default 30 000 ms).
 
 Functions: ``bridge.invoke {function_id, data?, timeout_ms?}`` (the remote result itself) and
-``bridge.invoke_async {function_id, data?}`` (fire and forget, ``null`` at once). Failures of the link answer
+``bridge.invoke_async {function_id, data?}`` (fire and forget, ``null`` once sent: at most once, never kept for a
+later connection; ``bridge_error`` "not sent" when the link dropped before it went). Failures of the link answer
 ``bridge_error`` with the reason (it names the remote URL when unreachable); a malformed input answers
 ``deserialization_error`` ``Failed to parse invoke input: …``. A malformed setting stops the engine start.
 

@@ -7,8 +7,9 @@ after every reconnect. Creating a link never waits, so the front starts while th
 Ours, where production queues without bound and lets late writes run on the remote: a call made while the link is
 down waits at most ``connect_grace_s`` (2 s) for it to come up, then fails with :class:`BridgeCallError` naming the
 remote URL; a call that was queued and timed out is dropped before it is ever sent (the SDK only flushes frames
-whose caller still waits), so a write that failed never executes later. The SDK's outbox is bounded by its
-``MAX_QUEUE_SIZE``.
+whose caller still waits), so a write that failed never executes later. A void call (:meth:`BridgeLink.fire`) is
+sent at most once, on the connection up when it is made, or fails "not sent"; it is never kept for the next
+connection. The SDK's outbox is bounded by its ``MAX_QUEUE_SIZE``.
 
 Example:
     >>> link = BridgeLink("ws://127.0.0.1:1", role="docs")
@@ -161,16 +162,23 @@ class BridgeLink:
     async def fire(self, function_id: str, data: Any) -> None:
         """Invoke ``function_id`` on the remote without waiting for a result (action ``void``).
 
-        Sent only while connected (after the connect grace): a fire-and-forget message is never parked to run
-        much later.
+        At most once, on the connection that is up when it is made: a link that is down is waited for at most
+        ``connect_grace_s``; a connection that dropped before the call reached it (a drop racing the call) fails
+        the call with :class:`BridgeCallError` "not sent", and it is never parked for the next connection, so a
+        caller who retries cannot make it run twice. Written to the socket counts as sent: a connection that dies
+        with it in flight may lose it, as with any fire-and-forget message.
         """
         client = await self._up()
+        request = {"function_id": function_id, "payload": data, "action": TriggerActionVoid()}
         try:
-            await client.trigger_async({"function_id": function_id, "payload": data, "action": TriggerActionVoid()})
+            sent = await client._bridge.run_async(_send_on_this_connection(client, request))
         except ShuttingDownError:
             raise BridgeCallError(f"bridge to remote engine {self.url} is shut down") from None
         except InvocationError as exc:  # not sent: the outbound queue stayed full, or the client gave up connecting
             raise BridgeCallError(self._not_sent(function_id, exc)) from None
+        if not sent:
+            raise BridgeCallError(f"call of {function_id} not sent to remote engine {self.url}: the connection "
+                                  "dropped before it was written (it is not sent later)")
 
     def _not_sent(self, function_id: str, exc: InvocationError) -> str:
         return f"call of {function_id} not sent to remote engine {self.url}: {exc.message}"
@@ -201,3 +209,14 @@ class BridgeLink:
         client, self._client = self._client, None
         if client is not None:
             await asyncio.to_thread(client.shutdown)
+
+
+async def _send_on_this_connection(client: III, request: dict[str, Any]) -> bool:
+    """Send a void call on the client's current connection; ``False`` (nothing sent, nothing queued) when there is
+    none. Runs on the client's loop, where the connection state changes: the state the caller saw from its own
+    thread may be out of date by now, and the SDK queues what it cannot write for the next connection, where a void
+    call would run long after its caller was told it was sent."""
+    if client.get_connection_state() != "connected":
+        return False
+    await client.trigger_async(request)
+    return True
