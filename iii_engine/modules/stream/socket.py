@@ -407,7 +407,12 @@ class StreamSocketServer:
         if not allowed:
             client.offer(_frame(sub.stream_name, sub.group_id, sub.item_id, {"type": "unauthorized"}))
             return
+        replaced = client.subscriptions.get(sub_id)
         self._subscribe(client, sub_id, sub)
+        if replaced is not None and replaced != sub:
+            # the subscription it had under this id is gone: its leave handlers hear of it now, not never (at
+            # disconnect they get the new one only)
+            self.leave_triggers.run_detached(self._payload(client, sub_id, replaced))
         await self._open_feed()  # before the sync read: no change falls between the two
         try:
             async with asyncio.timeout_at(deadline):

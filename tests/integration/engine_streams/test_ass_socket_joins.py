@@ -152,3 +152,23 @@ async def test_leave_handlers_fire_only_for_a_subscription_the_client_has(engine
     assert len(leaves.payloads) == 1
     await client.close()
     await worker.close()
+
+
+async def test_a_join_that_replaces_a_subscription_fires_the_leave_of_the_replaced_one(engine: Engine) -> None:
+    """Before, re-using a subscription id for another group dropped the first group silently: its leave handlers
+    never heard of it (presence kept the client in that group), and at disconnect they got the second only."""
+    worker = await Worker.connect(engine.url)
+    leaves = Recorder()
+    await worker.register("left", leaves)
+    await trigger_active(engine, await worker.trigger("stream:leave", "left", {}))
+    client = await SocketClient.connect(engine)
+    await client.join("a", "s", "room-1")
+    assert (await client.recv())["event"]["type"] == "sync"
+    await client.join("a", "s", "room-1")  # the same subscription again: nothing left
+    assert (await client.recv())["event"]["type"] == "sync"
+    await client.join("a", "s", "room-2")
+    assert (await client.recv())["event"]["type"] == "sync"
+    assert [p["group_id"] for p in await leaves.wait_for(1)] == ["room-1"]
+    await client.close()
+    assert [p["group_id"] for p in await leaves.wait_for(2)] == ["room-1", "room-2"]
+    await worker.close()
