@@ -9,7 +9,8 @@ overwrite it); a
 pydantic results keep their ``None`` fields.
 
 Example:
-    >>> sorted(stream_functions("todos", object()))  # doctest: +NORMALIZE_WHITESPACE
+    >>> from iii_streams import MemoryStream
+    >>> sorted(stream_functions("todos", MemoryStream()))  # doctest: +NORMALIZE_WHITESPACE
     ['stream::delete(todos)', 'stream::get(todos)', 'stream::list(todos)', 'stream::list_groups(todos)',
      'stream::set(todos)', 'stream::update(todos)']
 """
@@ -146,17 +147,24 @@ def _wire_ops(data: Any) -> Any:
 def stream_functions(stream_name: str, stream: IStream[Any]) -> dict[str, StreamHandler]:
     """Function id → handler for every operation of stream ``stream_name``.
 
+    Raises ``TypeError`` when ``stream_name`` is not a string or ``stream`` lacks one of the six operations (found
+    here, not at the first call of the missing one).
+
     Example:
-        >>> list(stream_functions("s", object()))[0]
+        >>> from iii_streams import MemoryStream
+        >>> list(stream_functions("s", MemoryStream()))[0]
         'stream::get(s)'
+        >>> stream_functions("s", object())
+        Traceback (most recent call last):
+        ...
+        TypeError: create_stream('s'): object is not a stream: no callable get, set, delete, list, list_groups, update
     """
+    ops = ("get", "set", "delete", "list", "list_groups", "update")
+    if not isinstance(stream_name, str):
+        raise TypeError(f"create_stream: the stream name must be a string, got {type(stream_name).__name__}")
+    missing = [op for op in ops if not callable(getattr(stream, op, None))]
+    if missing:
+        raise TypeError(f"create_stream({stream_name!r}): {type(stream).__name__} is not a stream: no callable "
+                        f"{', '.join(missing)}")
     handlers = StreamFunctions(stream)
-    ops: tuple[tuple[str, StreamHandler], ...] = (
-        ("get", handlers.get),
-        ("set", handlers.set),
-        ("delete", handlers.delete),
-        ("list", handlers.list),
-        ("list_groups", handlers.list_groups),
-        ("update", handlers.update),
-    )
-    return {f"stream::{op}({stream_name})": handler for op, handler in ops}
+    return {f"stream::{op}({stream_name})": getattr(handlers, op) for op in ops}

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from iii.stream import StreamGetInput
-from iii.stream_glue import StreamFunctions
+from iii.stream_glue import StreamFunctions, stream_functions
 from tests.unit.sdk.test_stream_glue import KEY, LazyStream
 
 
@@ -74,3 +74,20 @@ async def test_a_write_during_a_composed_update_is_not_overwritten_by_it(write: 
     await other
     assert stream.items.get("1") == ({"n": 100} if write == "set" else None)  # the later write stands
     assert handlers._locks == {}
+
+
+class HalfStream:
+    async def get(self, input: Any) -> Any:
+        return None
+
+    list = None  # not callable
+
+
+def test_an_object_that_is_not_a_stream_is_refused_when_served_naming_what_it_lacks() -> None:
+    """Before, ``create_stream`` registered all six functions and each missing operation failed only when called,
+    as an ``AttributeError`` in the caller's error."""
+    with pytest.raises(TypeError, match=r"create_stream\('s'\): HalfStream is not a stream: no callable set, delete, "
+                                        r"list, list_groups, update"):
+        stream_functions("s", HalfStream())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="the stream name must be a string, got int"):
+        stream_functions(7, LazyStream())  # type: ignore[arg-type]
