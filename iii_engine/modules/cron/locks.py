@@ -26,6 +26,10 @@ return 1
 
 
 _PRUNE_FLOOR = 64
+# How long connecting to Redis, or its answer to a lock, may take. Without it a Redis that stopped answering (accepts,
+# never replies) held every tick for good, each holding a max_fired_calls slot: one trigger every second took the
+# whole bound, and with it every other trigger-fired call of the engine. A tick is worth little once late.
+_REDIS_TIMEOUT_S = 5.0
 
 
 class CronLock(Protocol):
@@ -89,13 +93,14 @@ class RedisCronLock:
     def __init__(self, redis_url: str, *, ttl_ms: int = DEFAULT_LOCK_TTL_MS, key_prefix: str = "") -> None:
         from redis.asyncio import Redis
 
-        self._redis: Redis = Redis.from_url(redis_url)
+        self._redis: Redis = Redis.from_url(redis_url, socket_timeout=_REDIS_TIMEOUT_S,
+                                            socket_connect_timeout=_REDIS_TIMEOUT_S)
         self._ttl_ms = ttl_ms
         self._prefix = key_prefix
         self._script = self._redis.register_script(_TRY_FIRE_LUA)
 
     async def try_fire(self, job_id: str, tick_ms: int) -> bool:
-        """See :class:`CronLock`."""
+        """See :class:`CronLock`; raises (a ``redis`` error) when Redis did not answer within 5 s."""
         won = await self._script(keys=[f"{self._prefix}cron_lock:{job_id}"], args=[tick_ms, self._ttl_ms])
         return bool(won)
 

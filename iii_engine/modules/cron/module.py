@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from iii.iii_types import TriggerInfo
+from iii.loss_log import LossLog
 
 from ...limits import HeldTasks
 from ..base import EngineError, EngineModule, EngineServices
@@ -29,6 +30,10 @@ from .locks import CronLock, open_cron_lock
 from .settings import CronSettings
 
 log = logging.getLogger(__name__)
+
+# Ticks skipped because the lock store failed are logged at most this often (a Redis that is down fails every tick
+# of every trigger: a traceback per tick before)
+LOCK_FAILURE_LOG_INTERVAL_S = 10.0
 
 async def _sleep_until(moment: datetime) -> None:
     # A timed sleep, not synchronisation: wall-clock target, monotonic loop clock, so re-check and repeat.
@@ -70,6 +75,9 @@ class CronModule(EngineModule):
         self._firings = HeldTasks()
         #: ticks not fired because the engine's loop stalled past them (each stall logged)
         self.missed_ticks = 0
+        #: ticks not fired because the lock store failed or did not answer (logged rate-limited)
+        self.lock_failures = 0
+        self._lock_failure_log = LossLog(self._log_lock_failures, LOCK_FAILURE_LOG_INTERVAL_S)
 
     async def start(self) -> None:
         """Open the lock store and register the trigger type."""
@@ -86,6 +94,7 @@ class CronModule(EngineModule):
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._lock_failure_log.close()
         if self._lock is not None:
             await self._lock.close()
             self._lock = None
@@ -134,6 +143,11 @@ class CronModule(EngineModule):
             log.warning("cron %s: the engine was %.1f s late for tick %s; %d tick(s) up to %s skipped", trigger.id,
                         (now - last).total_seconds(), rfc3339(last), missed, rfc3339(now))
 
+    def _log_lock_failures(self, counts: Mapping[str, int], latest: str | None) -> None:
+        latest_text = f"; latest: {latest}" if latest is not None else ""
+        log.warning("cron: %d tick(s) skipped since the last warning because the lock store failed (%d in all)%s",
+                    counts["lock"], self.lock_failures, latest_text)
+
     async def _fire(self, trigger: TriggerInfo, tick: datetime) -> None:
         """Fire one tick, holding the slot taken for it until the call has it (or the tick is not fired)."""
         fired = False
@@ -150,8 +164,10 @@ class CronModule(EngineModule):
         try:
             if not await lock.try_fire(trigger.id, int(tick.timestamp() * 1000)):
                 return False
-        except Exception:
-            log.exception("cron %s: lock store failed; tick %s skipped", trigger.id, tick)
+        except Exception as exc:
+            self.lock_failures += 1
+            self._lock_failure_log.lost("lock", f"cron {trigger.id} tick {rfc3339(tick)}: {type(exc).__name__}: "
+                                        f"{exc}"[:500])
             return False
         payload = {
             "trigger": "cron",
