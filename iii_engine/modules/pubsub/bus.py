@@ -134,7 +134,7 @@ class RedisBus:
         #: times the subscriber connection broke (messages published while it is down never reach this engine)
         self.connection_losses = 0
         self._lost_at: float | None = None
-        #: messages received that reached no subscriber (the engine had no room for them in time)
+        #: messages received that reached no subscriber (the engine had no room for them in time, or not JSON)
         self.undelivered = 0
         self._undelivered_log = LossLog(self._log_undelivered, _WARN_INTERVAL_S)
 
@@ -264,7 +264,9 @@ class RedisBus:
                 continue
             try:
                 data = loads(raw)
-            except ValueError:
+            except ValueError as exc:  # published by something else than an engine: counted, not dropped silently
+                self.undelivered += 1
+                self._undelivered_log.lost("undelivered", f"topic {topic!r:.200}: not JSON ({exc}): {raw!r:.100}")
                 continue
             try:
                 await self._deliver(topic, data)
