@@ -173,6 +173,7 @@ class StreamSocketServer:
         self._watchers: dict[_GroupKey, set[_Client]] = {}
         # weak: a handshake that fails after the auth call never reaches _serve to pop its entry
         self._contexts: weakref.WeakKeyDictionary[ServerConnection, Any] = weakref.WeakKeyDictionary()
+        self._authenticating = 0  # upgrades whose auth call is in flight
         # The store's event feed, open only while a client is connected (see _open_feed): the engine's own
         # writes go to triggers directly, so with no socket client reading events back costs CPU per write
         # (decoding every notification of the engine's own updates) for nothing.
@@ -265,11 +266,22 @@ class StreamSocketServer:
         parts = urlsplit(request.path)
         if parts.path != "/":
             return connection.respond(404, "Not Found\n")
-        if len(self._clients) >= self.settings.max_clients:  # cheap refusal before the upgrade (and the auth call)
+        # cheap refusal before the upgrade and the auth call; upgrades still waiting for their auth call count too,
+        # or a burst of connections made as many concurrent auth calls (each up to the 10 s handshake timeout)
+        if len(self._clients) + self._authenticating >= self.settings.max_clients:
             return connection.respond(503, f"{self._too_many()}\n")
         function_id = self.settings.auth_function
         if not function_id:
             return None
+        self._authenticating += 1
+        try:
+            return await self._authenticate(connection, request, function_id)
+        finally:
+            self._authenticating -= 1
+
+    async def _authenticate(self, connection: ServerConnection, request: Request,
+                            function_id: str) -> Response | None:
+        parts = urlsplit(request.path)
         remote = connection.remote_address
         auth_input = {
             "headers": {name.lower(): value for name, value in request.headers.raw_items()},

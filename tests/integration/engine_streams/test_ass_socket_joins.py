@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 import pytest
+from websockets.exceptions import InvalidStatus
 
 from iii_engine import Engine
 from tests.polling import until
@@ -172,3 +173,34 @@ async def test_a_join_that_replaces_a_subscription_fires_the_leave_of_the_replac
     await client.close()
     assert [p["group_id"] for p in await leaves.wait_for(2)] == ["room-1", "room-2"]
     await worker.close()
+
+
+async def test_upgrades_waiting_for_the_auth_function_count_against_max_clients() -> None:
+    """Before, only connected clients counted: a burst of connections made as many concurrent auth calls as it had
+    connections (each held until the 10 s handshake timeout when the auth function was slow)."""
+    async with Engine(config=engine_config(auth_function="auth", max_clients=2)) as engine:
+        worker = await Worker.connect(engine.url)
+        calls = 0
+        gate = asyncio.Event()
+
+        async def auth(_: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            await gate.wait()
+            return {"context": None}
+
+        await worker.register("auth", auth)
+        await registered(engine, "auth")
+        waiting = [asyncio.ensure_future(SocketClient.connect(engine)) for _ in range(2)]
+        await until(lambda: calls == 2)
+        with pytest.raises(InvalidStatus) as refused:
+            await asyncio.wait_for(SocketClient.connect(engine), 5)
+        assert refused.value.response.status_code == 503
+        assert b"max_clients 2" in refused.value.response.body
+        assert calls == 2  # no auth call for the refused one
+        gate.set()
+        for client in await asyncio.gather(*waiting):  # the two waiting ones get in
+            await client.join("j", "s", "g")
+            assert (await client.recv())["event"]["type"] == "sync"
+            await client.close()
+        await worker.close()
