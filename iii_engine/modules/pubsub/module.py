@@ -153,7 +153,7 @@ class PubSubModule(EngineModule):
         triggers = list(subscribers.values())
         fired = self.services.fired_calls
         if not fired.try_take(len(triggers)):
-            await fired.take(len(triggers), f"publish to topic {topic!r}", "subscribers")
+            await fired.take(len(triggers), f"publish to topic {topic!r:.200}", "subscribers")
             # The wait can be long: a subscriber that left meanwhile gets nothing, and its slot goes back.
             current = self._subscribers.get(topic) or {}
             staying = [trigger for trigger in triggers if current.get(trigger.id) is trigger]

@@ -1,4 +1,5 @@
-"""The Redis bus's undelivered-message warnings go through ``LossLog``: a burst's count is logged at its end.
+"""The Redis bus's undelivered-message warnings go through ``LossLog``: a burst's count is logged at its end; a huge
+topic is cut in warnings and errors.
 
 Before: the bus kept its own copy of the rate-limited counters; the messages lost after the first warning of a
 burst were logged only if another one was lost 10 s later, so a burst that ended was never reported in full.
@@ -10,8 +11,12 @@ import logging
 from collections.abc import AsyncIterator
 
 import pytest
+from fake_services import FakeServices
 from polling import until
 
+from iii_engine.limits import FIRE_LIMIT, FiredCalls
+from iii_engine.modules.base import EngineError
+from iii_engine.modules.pubsub import PubSubModule
 from iii_engine.modules.pubsub import bus as bus_module
 from iii_engine.modules.pubsub.bus import RedisBus
 
@@ -62,3 +67,23 @@ async def test_a_long_topic_is_cut_in_the_warning(bus: RedisBus, caplog: pytest.
         bus._not_delivered("t" * 100_000, RuntimeError("x"))
     (warning,) = bus_warnings(caplog)
     assert len(warning) < 400
+
+
+async def test_a_publish_refused_for_want_of_room_names_a_huge_topic_cut(caplog: pytest.LogCaptureFixture) -> None:
+    # before: the fire_limit error (answered to the publisher) and the engine's warning quoted the whole topic
+    services = FakeServices()
+    services.fired_calls = FiredCalls(1, 50)  # one slot, a 50 ms wait for it
+    module = PubSubModule(services, {})
+    await module.start()
+    topic = "t" * 1_000_000
+    try:
+        await services.trigger("subscribe", "s", "f", {"topic": topic})
+        assert services.fired_calls.try_take()  # the engine is full
+        with caplog.at_level(logging.WARNING, logger="iii_engine.limits"), pytest.raises(EngineError) as refused:
+            await services.call("publish", {"topic": topic, "data": 1})
+        assert refused.value.code == FIRE_LIMIT
+        assert len(str(refused.value)) < 1_000
+        assert [len(r.getMessage()) < 2_000 for r in caplog.records if r.name == "iii_engine.limits"] == [True]
+    finally:
+        await module.stop()
+        services.fired_calls.close()
