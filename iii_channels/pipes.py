@@ -74,9 +74,37 @@ async def to_stream(
     return source.bytes_read
 
 
-async def _fd_chunks(fd: int) -> AsyncIterable[bytes]:
+async def _readable(fd: int) -> bool:
+    """Wait until ``fd`` has data or its end; ``False`` at once when the loop cannot watch it (a regular file,
+    whose reads never wait for a writer; a loop without ``add_reader``)."""
     loop = asyncio.get_running_loop()
-    while chunk := await loop.run_in_executor(None, os.read, fd, PIPE_CHUNK):
+    ready: asyncio.Future[None] = loop.create_future()
+    try:
+        loop.add_reader(fd, lambda: None if ready.done() else ready.set_result(None))
+    except (OSError, ValueError, NotImplementedError):
+        return False
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+    return True
+
+
+async def _fd_chunks(fd: int) -> AsyncIterable[bytes]:
+    """The fd's data until its end. A pipe, tty or socket is read once the loop says it is readable, not in a
+    thread: a read blocked in a thread cannot be cancelled, and ``asyncio.run`` waits for it at exit, so a
+    ``send -`` whose stdin went quiet could not exit after its transfer failed."""
+    loop = asyncio.get_running_loop()
+    while True:
+        if await _readable(fd):
+            try:
+                chunk = os.read(fd, PIPE_CHUNK)
+            except BlockingIOError:  # an O_NONBLOCK fd drained by another reader meanwhile
+                continue
+        else:
+            chunk = await loop.run_in_executor(None, os.read, fd, PIPE_CHUNK)
+        if not chunk:
+            return
         yield chunk
 
 

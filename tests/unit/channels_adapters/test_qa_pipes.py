@@ -1,4 +1,4 @@
-"""Subprocess adapters kill what they started, not only the process they started.
+"""Subprocess and fd adapters: they kill what they started, and leave nothing blocked once stopped.
 
 Before: a failed, timed-out or cancelled ``from_process`` / ``to_process`` killed the command alone; the rest of
 its pipeline (``sh -c 'sleep 100 | cat'``) or its background child (``cmd &``) lived on, holding the pipes.
@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -176,3 +178,55 @@ async def test_without_asyncios_private_transport_the_group_kill_still_frees_the
     await until(lambda: not _alive(child), 5)
     await until(lambda: _open_fds() <= baseline, 5)
 
+
+
+# A process that copies its stdin into a channel with from_fd, stops the copy after the first bytes (as `send -`
+# does when the receiving function fails) and returns from asyncio.run.
+STOPS_READING_STDIN = """
+import asyncio, json, sys
+import iii_channels
+from iii.channels import ChannelWriter
+
+async def main() -> None:
+    writer = ChannelWriter(sys.argv[1], json.loads(sys.argv[2]))
+    copying = asyncio.ensure_future(iii_channels.from_fd(writer, 0, progress=lambda done, total: copying.cancel()))
+    await asyncio.wait({copying})
+    print("stopped", flush=True)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_stopped_from_fd_on_a_quiet_pipe_lets_the_process_exit(relay: tuple[str, ChannelRelay]) -> None:
+    """(before: the read of the quiet pipe blocked in a thread, which cancelling did not stop, and asyncio.run
+    waited for it at exit: a ``send -`` whose function failed did not exit until its stdin ended.)"""
+    base, served = relay
+    refs = served.create(None, owner="w")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", STOPS_READING_STDIN, base, json.dumps(refs["writer"]),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write(b"first")
+        await proc.stdin.drain()
+        assert await asyncio.wait_for(proc.stdout.readline(), 10) == b"stopped\n"
+        assert await asyncio.wait_for(proc.wait(), 5) == 0  # its stdin still open, and quiet
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        proc.stdin.close()
+        await proc.wait()
+
+
+async def test_from_fd_still_reads_a_regular_file(relay: tuple[str, ChannelRelay], tmp_path: Path) -> None:
+    """A regular file cannot be watched by the loop: it is read in a thread, as before, to its end."""
+    src = tmp_path / "data.bin"
+    src.write_bytes(bytes(range(256)) * 4000)
+    writer, reader = ends(*relay)
+    fd = os.open(src, os.O_RDONLY)
+    try:
+        sent, data = await asyncio.wait_for(asyncio.gather(
+            iii_channels.from_fd(writer, fd), ChannelSource(reader, require_trailer=True).read_all()), 10)
+    finally:
+        os.close(fd)
+    assert sent == len(data) == 1_024_000 and data == src.read_bytes()
