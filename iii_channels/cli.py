@@ -4,11 +4,14 @@ Usage::
 
     iii-channel serve --function files::receive --out DIR|FILE|-   # a worker that stores what it receives
                       [--overwrite]                              # replace existing files in DIR (default: refuse)
+                      [--idle-timeout SECONDS]                   # fail a sender silent this long (default: 300)
     iii-channel send FILE|- --to files::receive                    # sends, prints the receipt as JSON
 
 The sender creates a channel, calls the function with ``{"reader": <ref>, "name": …, "size": …}`` and streams
 the bytes (with an integrity trailer); the serving worker writes them with ``receive_file`` (temporary name,
-renamed when verified) or to its stdout, and returns ``{"path", "bytes", "sha256", "verified"}``.
+renamed when verified) or to its stdout, and returns ``{"path", "bytes", "sha256", "verified"}``. A transfer
+whose sender sends nothing for ``--idle-timeout`` seconds fails (its sender hears why): with ``--out -`` one
+transfer at a time has stdout, and a stalled one must not keep the others waiting for good.
 
 Progress bars go to stderr only: ``--progress auto`` (default) draws one when stderr is a terminal, ``always``
 also prints plain progress lines when it is not, ``never`` is silent. Stdout carries only data (``serve --out
@@ -60,6 +63,7 @@ DEFAULT_CONNECT_TIMEOUT_S = 10.0
 _ERROR_GRACE_S = 5.0
 # serve --once: how long the final round trip may take that makes sure the transfer's result reached the engine.
 _RESULT_FLUSH_S = 5.0
+DEFAULT_IDLE_TIMEOUT_S = 300.0
 
 
 class _Refused(Exception):
@@ -101,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--once", action="store_true", help="exit after the first transfer")
     serve.add_argument("--overwrite", action="store_true",
                        help="with a directory --out, replace an existing file of the same name (default: refuse)")
+    serve.add_argument("--idle-timeout", type=_seconds, default=DEFAULT_IDLE_TIMEOUT_S, metavar="SECONDS",
+                       help="fail a transfer whose sender sends nothing this long; with --out - the next sender "
+                            f"waits at most this long behind a stalled one (default {DEFAULT_IDLE_TIMEOUT_S:g})")
     return parser
 
 
@@ -253,8 +260,9 @@ def _stdout_lock() -> asyncio.Lock:
 
 
 async def _store(reader: ChannelReader, data: dict[str, Any], out: str, progress: Progress,
-                 overwrite: bool = False) -> dict[str, Any]:
-    """Write one incoming stream to ``out`` (directory, file or ``-``) and describe what was stored."""
+                 overwrite: bool = False, idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S) -> dict[str, Any]:
+    """Write one incoming stream to ``out`` (directory, file or ``-``) and describe what was stored; a sender
+    silent for ``idle_timeout`` seconds fails it with :class:`~iii_channels.errors.ChannelIdleError`."""
     size = data.get("size") if isinstance(data.get("size"), int) else None
     if out == "-":
         # One transfer at a time: two senders served at once would interleave their chunks on stdout. The next
@@ -271,7 +279,10 @@ async def _store(reader: ChannelReader, data: dict[str, Any], out: str, progress
             bar: Progress = ProgressBar(label=_safe_name(data.get("name")), stream=sys.stderr) if progress else None
             # `iii-channel send` always ends with a trailer: without one the sender died (an engine that cannot
             # signal aborts ends the stream normally), and what reached stdout is short.
-            source = ChannelSource(reader, progress=bar, total=size, require_trailer=True, text_limit=0)
+            # The idle bound frees stdout from a stalled sender; what it wrote stays there, and the error (to
+            # its sender, and serve's own stderr) names the byte count.
+            source = ChannelSource(reader, progress=bar, total=size, require_trailer=True, text_limit=0,
+                                   idle_timeout=idle_timeout)
             count = await to_fd(source, sys.stdout.fileno())
         finally:
             lock.release()
@@ -284,7 +295,7 @@ async def _store(reader: ChannelReader, data: dict[str, Any], out: str, progress
             # Refused before reading: release the sender now instead of leaving it blocked on backpressure.
             await asyncio.shield(release_writer(reader))
             raise
-    receipt = await receive_file(reader, target, progress=progress, require_trailer=True)
+    receipt = await receive_file(reader, target, progress=progress, require_trailer=True, idle_timeout=idle_timeout)
     return {"path": str(receipt.path), "bytes": receipt.size, "sha256": receipt.sha256,
             "verified": receipt.verified}
 
@@ -314,7 +325,7 @@ async def _serve(args: argparse.Namespace) -> int:
         if not isinstance(reader, ChannelReader):
             raise ValueError(f"{args.function} expects {{'reader': <channel ref>, ...}}, got keys {sorted(data)}")
         try:
-            return await _store(reader, data, args.out, progress, args.overwrite)
+            return await _store(reader, data, args.out, progress, args.overwrite, args.idle_timeout)
         except BaseException as exc:
             failures.append(_why(exc))
             raise

@@ -330,6 +330,7 @@ async def receive_file(
     progress: Progress = None,
     require_trailer: bool = False,
     overwrite: bool = False,
+    idle_timeout: float | None = None,
 ) -> FileReceipt:
     """Stream ``reader`` into ``path`` (temporary name, then atomic rename).
 
@@ -341,7 +342,8 @@ async def receive_file(
     closed and nothing is left behind when receiving fails. A stream without a verified trailer whose length
     differs from the size in the sender's header raises :class:`IntegrityError` (a sender that died mid-file,
     against an engine that cannot signal the abort). Stale parts of dead receivers in the directory
-    are removed first (:func:`reclaim_stale_parts`).
+    are removed first (:func:`reclaim_stale_parts`). ``idle_timeout``: most seconds to wait for the sender's next
+    message, then :class:`~iii_channels.errors.ChannelIdleError` (``None``, the default: no limit).
 
     Example:
         >>> receipt = await receive_file(reader, "inbox/", require_trailer=True)  # doctest: +SKIP
@@ -356,7 +358,7 @@ async def receive_file(
 
     loop = asyncio.get_running_loop()
     source = ChannelSource(reader, require_trailer=require_trailer, progress=progress, on_text=on_text,
-                           label=target.name, text_limit=0)
+                           label=target.name, text_limit=0, idle_timeout=idle_timeout)
     try:
         is_dir, directory = await loop.run_in_executor(None, check_receive_target, path)
         await loop.run_in_executor(None, reclaim_stale_parts, directory)
