@@ -40,6 +40,8 @@ __all__ = [
     "StreamTimeoutError",
     "StreamUnavailableError",
     "UpdateConflictError",
+    "check_names",
+    "check_text",
     "check_timeout",
 ]
 
@@ -99,3 +101,46 @@ def check_timeout(timeout: float | None, name: str = "timeout") -> float | None:
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
         raise ValueError(f"{name} must be a positive number of seconds or None, got {timeout!r}")
     return float(timeout)
+
+
+def check_text(text: str, what: str) -> str:
+    """``text`` if UTF-8 can encode it; a ``ValueError`` naming ``what`` and the first unpaired surrogate otherwise.
+
+    Python strings (and JSON's ``\\ud800`` escapes) can hold an unpaired surrogate that no store can encode: refused
+    before a write is queued, such a text fails its own caller alone instead of the batch it would share.
+
+    Example:
+        >>> check_text("héllo", "data")
+        'héllo'
+        >>> check_text("a\\ud800", "item")
+        Traceback (most recent call last):
+        ...
+        ValueError: item holds an unpaired surrogate '\\ud800' (character 1): not valid Unicode, no store can encode it
+    """
+    if text.isascii():  # O(1) in CPython: the common case costs nothing
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{what} holds an unpaired surrogate {text[exc.start]!r} (character {exc.start}): not valid "
+                         "Unicode, no store can encode it") from None
+    return text
+
+
+def check_names(stream_name: str, group_id: str, item_id: str | None = None, *, nul: bool = True) -> None:
+    """Refuse names no store can hold (unpaired surrogates; NUL too when ``nul`` is false): a ``ValueError``
+    naming the field.
+
+    Example:
+        >>> check_names("s", "g\\x00", "i", nul=False)
+        Traceback (most recent call last):
+        ...
+        ValueError: group_id 'g\\x00' holds a NUL character, which PostgreSQL text cannot store
+    """
+    for what, name in (("stream_name", stream_name), ("group_id", group_id), ("item_id", item_id)):
+        if name is None:
+            continue
+        if not name.isascii():
+            check_text(name, what)
+        if not nul and "\x00" in name:
+            raise ValueError(f"{what} {name[:200]!r} holds a NUL character, which PostgreSQL text cannot store")

@@ -37,7 +37,7 @@ from iii.stream_ops import Op, apply_update
 from iii.wire import dumps, loads
 
 from .base import DEFAULT_TIMEOUT, FieldUpdates, SetResult, UpdateResult
-from .errors import check_timeout
+from .errors import check_names, check_text, check_timeout
 from .events import EventHub, StreamEvent, Subscription, Watch, custom_event, make_event
 
 __all__ = ["MemoryStream"]
@@ -77,12 +77,14 @@ class MemoryStream(FieldUpdates):
 
     async def get(self, input: StreamGetInput, *, timeout: float | None = None) -> Any:
         self._limit(timeout)  # checked only: a memory operation never waits
+        check_names(input.stream_name, input.group_id, input.item_id)  # as every other store refuses them
         text = self._streams.get(input.stream_name, {}).get(input.group_id, {}).get(input.item_id)
         return None if text is None else loads(text)
 
     async def set(self, input: StreamSetInput, *, timeout: float | None = None) -> StreamSetResult[Any]:
         self._limit(timeout)  # checked only: a memory operation never waits
-        text = dumps(input.data)
+        check_names(input.stream_name, input.group_id, input.item_id)
+        text = check_text(dumps(input.data), "data")
         group = self._streams.setdefault(input.stream_name, {}).setdefault(input.group_id, {})
         old_text = group.get(input.item_id)
         group[input.item_id] = text
@@ -92,6 +94,7 @@ class MemoryStream(FieldUpdates):
 
     async def delete(self, input: StreamDeleteInput, *, timeout: float | None = None) -> StreamDeleteResult:
         self._limit(timeout)  # checked only: a memory operation never waits
+        check_names(input.stream_name, input.group_id, input.item_id)
         groups = self._streams.get(input.stream_name, {})
         group = groups.get(input.group_id, {})
         if input.item_id not in group:
@@ -106,27 +109,30 @@ class MemoryStream(FieldUpdates):
 
     async def list(self, input: StreamListInput, *, timeout: float | None = None) -> builtins.list[Any]:
         self._limit(timeout)  # checked only: a memory operation never waits
+        check_names(input.stream_name, input.group_id)
         group = self._streams.get(input.stream_name, {}).get(input.group_id, {})
         return [loads(text) for text in group.values()]
 
     async def list_groups(self, input: StreamListGroupsInput, *, timeout: float | None = None) -> builtins.list[str]:
         self._limit(timeout)  # checked only: a memory operation never waits
+        check_names(input.stream_name, "")
         return builtins.list(self._streams.get(input.stream_name, {}))
 
     async def _update(self, stream_name: str, group_id: str, item_id: str, ops: builtins.list[Op],
                       timeout: float | None) -> StreamUpdateResult[Any]:
         self._limit(timeout)  # checked only: a memory operation never waits
+        check_names(stream_name, group_id, item_id)
         group = self._streams.get(stream_name, {}).get(group_id, {})
         old_text = group.get(item_id)
         old, new = apply_update(None if old_text is None else loads(old_text), ops)
-        text = dumps(new)
+        text = check_text(dumps(new), "the updated value")
         # the group is looked up again: apply_update may raise, and a failed update must not create a group
         self._streams.setdefault(stream_name, {}).setdefault(group_id, {})[item_id] = text
         self._emit(stream_name, group_id, item_id, "create" if old is None else "update", text)
         return UpdateResult(old_value=old, new_value=new)
 
     async def send(self, stream_name: str, group_id: str, id: str | None, type: str, data: Any) -> None:
-        dumps(data)  # refuse what no other backend could publish either
+        check_text(dumps(data), "data")  # refuse what no other backend could publish either
         self._hub.publish(custom_event(stream_name, group_id, id, type, data))
 
     async def publish(self, event: StreamEvent) -> None:

@@ -84,6 +84,8 @@ from .errors import (
     StreamTimeoutError,
     StreamUnavailableError,
     UpdateConflictError,
+    check_names,
+    check_text,
     check_timeout,
 )
 from .events import StreamEvent, Watch, custom_event, event_json_parts
@@ -554,20 +556,23 @@ class RedisStream(FieldUpdates):
         return [self.channel, head, tail]
 
     async def get(self, input: StreamGetInput, *, timeout: float | None = None) -> Any:
+        check_names(input.stream_name, input.group_id, input.item_id)
         key = self.layout.key(input.stream_name, input.group_id)
         async with self._guard("get", timeout):
             raw = await self._client.hget(key, input.item_id)
         return None if raw is None else self._parse(raw, key, input.item_id)
 
     async def set(self, input: StreamSetInput, *, timeout: float | None = None) -> StreamSetResult[Any]:
+        check_names(input.stream_name, input.group_id, input.item_id)
         key = self.layout.key(input.stream_name, input.group_id)
-        text = dumps(input.data)
+        text = check_text(dumps(input.data), "data")
         args = [input.item_id, text, *self._channel_args(input.stream_name, input.group_id, input.item_id)]
         raw = await self._write_item("set", timeout, self._set_script, key, input.item_id, args)
         old = None if raw is None else self._parse(raw, key, input.item_id)
         return SetResult(old_value=old, new_value=input.data)
 
     async def delete(self, input: StreamDeleteInput, *, timeout: float | None = None) -> StreamDeleteResult:
+        check_names(input.stream_name, input.group_id, input.item_id)
         key = self.layout.key(input.stream_name, input.group_id)
         args = [input.item_id, *self._channel_args(input.stream_name, input.group_id, input.item_id)]
         raw = await self._write_item("delete", timeout, self._delete_script, key, input.item_id, args)
@@ -586,6 +591,7 @@ class RedisStream(FieldUpdates):
             raise progress.timeout_error(exc) from exc
 
     async def list(self, input: StreamListInput, *, timeout: float | None = None) -> builtins.list[Any]:
+        check_names(input.stream_name, input.group_id)
         key = self.layout.key(input.stream_name, input.group_id)
         async with self._guard("list", timeout):
             values: Sequence[bytes | str] = await self._client.hvals(key)
@@ -594,6 +600,7 @@ class RedisStream(FieldUpdates):
     async def list_groups(
         self, input: StreamListGroupsInput, *, timeout: float | None = None
     ) -> builtins.list[str]:
+        check_names(input.stream_name, "")
         prefix = self.layout.group_prefix(input.stream_name)
         skip = len(prefix)
         seen: dict[str, None] = {}  # SCAN may repeat keys; keep first-seen order
@@ -605,6 +612,8 @@ class RedisStream(FieldUpdates):
 
     async def _update(self, stream_name: str, group_id: str, item_id: str, ops: builtins.list[Op],
                       timeout: float | None) -> StreamUpdateResult[Any]:
+        # refused before queuing: a name Redis cannot be sent would fail every update of the hash's batch
+        check_names(stream_name, group_id, item_id)
         key = self.layout.key(stream_name, group_id)
         update = _Update(stream_name, group_id, item_id, ops)
         try:
@@ -742,7 +751,7 @@ class RedisStream(FieldUpdates):
                 # parsed per caller, so no two callers share (and could mutate) one value object
                 old = None if old_text is None else self._parse(old_text, key, update.item_id)
                 _, new = apply_update(old, update.ops)
-                text = dumps(new)
+                text = check_text(dumps(new), "the updated value")  # else it would fail the whole script
             except Exception as exc:  # this caller's own failure (stored non-JSON, a value dumps refuses)
                 results.append(exc)
                 continue
@@ -761,7 +770,7 @@ class RedisStream(FieldUpdates):
         await self.publish(custom_event(stream_name, group_id, id, type, data))
 
     async def publish(self, event: StreamEvent) -> None:
-        text = dumps(event)
+        text = check_text(dumps(event), "the event")
         async with self._guard("publish", None):
             await self._client.publish(self.channel or EVENTS_CHANNEL, text)
 

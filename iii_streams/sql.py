@@ -85,6 +85,8 @@ from .errors import (
     StreamError,
     StreamTimeoutError,
     StreamUnavailableError,
+    check_names,
+    check_text,
     check_timeout,
 )
 from .events import EventHub, StreamEvent, Subscription, Watch, custom_event, event_json_parts, make_event
@@ -401,6 +403,8 @@ class SQLStream(FieldUpdates):
         (``_WITHDRAWAL_RERUNS``); then its writes count as sent from the start of the next run, so callers that
         keep giving up cannot keep the others from being served.
         """
+        # refused before queuing: a name the driver cannot encode would fail the whole batch it joined
+        check_names(stream_name, group_id, item_id, nul=not self._pg)
         key = item_key(stream_name, group_id, item_id)
         write = _Write(stream_name, group_id, item_id, key, compute)
         try:
@@ -609,13 +613,14 @@ class SQLStream(FieldUpdates):
     # -- IStream -----------------------------------------------------------------------------------------------
 
     async def get(self, input: StreamGetInput, *, timeout: float | None = None) -> Any:
+        check_names(input.stream_name, input.group_id, input.item_id, nul=not self._pg)
         key = item_key(input.stream_name, input.group_id, input.item_id)
         async with self._guard("get", timeout), self._read() as conn:
             text = (await conn.execute(select(items.c.value).where(items.c.item_key == key))).scalar_one_or_none()
         return None if text is None else loads(text)
 
     async def set(self, input: StreamSetInput, *, timeout: float | None = None) -> StreamSetResult[Any]:
-        text = dumps(input.data)  # refused before anything is queued
+        text = check_text(dumps(input.data), "data")  # refused before anything is queued
         old, _ = await self._write("set", timeout, input.stream_name, input.group_id, input.item_id,
                                    lambda _old: (input.data, text))
         return SetResult(old_value=old, new_value=input.data)
@@ -624,7 +629,8 @@ class SQLStream(FieldUpdates):
                       timeout: float | None) -> StreamUpdateResult[Any]:
         def compute(old: Any) -> tuple[Any, str]:
             new = apply_update(old, ops)[1]
-            return new, dumps(new)
+            # refused here, inside the batch, fails this caller alone (the plan catches it per write)
+            return new, check_text(dumps(new), "the updated value")
 
         old, new = await self._write("update", timeout, stream_name, group_id, item_id, compute)
         return UpdateResult(old_value=old, new_value=new)
@@ -634,6 +640,7 @@ class SQLStream(FieldUpdates):
         return StreamDeleteResult(old_value=old)
 
     async def list(self, input: StreamListInput, *, timeout: float | None = None) -> builtins.list[Any]:
+        check_names(input.stream_name, input.group_id, nul=not self._pg)
         query = (
             select(items.c.value)
             .where(items.c.group_key == group_key(input.stream_name, input.group_id))
@@ -646,6 +653,7 @@ class SQLStream(FieldUpdates):
     async def list_groups(
         self, input: StreamListGroupsInput, *, timeout: float | None = None
     ) -> builtins.list[str]:
+        check_names(input.stream_name, "", nul=not self._pg)
         query = (
             select(items.c.group_id)
             .where(items.c.stream_key == stream_key(input.stream_name))
@@ -670,7 +678,8 @@ class SQLStream(FieldUpdates):
         await self.publish(custom_event(stream_name, group_id, id, type, data))
 
     async def publish(self, event: StreamEvent) -> None:
-        payload = dumps(event)  # refuse what could not be sent over PostgreSQL, on SQLite too
+        # refuse what could not be sent over PostgreSQL, on SQLite too
+        payload = check_text(dumps(event), "the event")
         if not self._pg:
             self._hub.publish(event)
             return

@@ -1,0 +1,116 @@
+"""Attack A-St on text no store can encode: an unpaired surrogate (``"\\ud800"``, which JSON can carry as an escape)
+in a name or a value, and NUL in a PostgreSQL name. Before, such a write reached the driver inside a shared batch:
+on SQLite (one queue per database) it failed every other caller's write of the batch with a raw
+UnicodeEncodeError; on PostgreSQL and Redis it failed the other writes of the same item or hash. Now it is a
+ValueError naming the field, raised for its own caller alone, and the other writes land. Real SQLite, PostgreSQL
+and Redis (keys under a prefix of the test's own)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from iii.stream import (
+    StreamGetInput,
+    StreamListGroupsInput,
+    StreamListInput,
+    StreamSetInput,
+    StreamUpdateInput,
+    UpdateIncrement,
+    UpdateSet,
+)
+from iii_streams import MemoryStream, RedisStream, SQLStream
+from iii_streams.base import Backend
+from iii_streams.redis import KeyLayout
+from tests.integration.streams.pg_database import scratch_database
+from tests.services import require_postgres, require_redis
+
+SURROGATE = "\ud800"
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    with scratch_database(require_postgres()) as url:
+        yield url
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres", "redis"])
+def kind(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """The backend and its URL (the scratch PostgreSQL database is made here: its fixture runs its own loop)."""
+    url = {"memory": "", "sqlite": "sqlite+aiosqlite://"}.get(request.param)
+    if url is None:
+        url = request.getfixturevalue("pg_url") if request.param == "postgres" else require_redis()
+    return request.param, url
+
+
+@pytest.fixture
+async def store(kind: tuple[str, str]) -> AsyncIterator[Backend]:
+    backend: Backend
+    name, url = kind
+    if name == "memory":
+        backend = MemoryStream()
+    elif name in ("sqlite", "postgres"):
+        backend = SQLStream.from_url(url)
+    else:
+        client = aioredis.Redis.from_url(url)
+        backend = RedisStream(client, layout=KeyLayout(f"ast{uuid.uuid4().hex[:10]}"), owns_client=True)
+    async with backend:
+        yield backend
+
+
+async def _outcome(call: Any) -> str:
+    try:
+        await call
+    except ValueError as exc:
+        return str(exc)
+    return "ok"
+
+
+async def test_a_bad_name_or_value_fails_its_own_write_alone(store: Backend) -> None:
+    stream = f"s{uuid.uuid4().hex[:8]}"
+
+    def put(group: str, item: str, data: Any) -> Any:
+        return store.set(StreamSetInput(stream_name=stream, group_id=group, item_id=item, data=data))
+
+    outcomes = await asyncio.gather(
+        _outcome(put("good", "1", 1)),
+        _outcome(put("bad" + SURROGATE, "2", 2)),
+        _outcome(put("good", "3", {"t": "a" + SURROGATE})),
+        _outcome(put("good", "4" + SURROGATE, 4)),
+        _outcome(put("good", "5", "héllo")),
+    )
+    assert outcomes[0] == outcomes[4] == "ok"
+    assert outcomes[1].startswith("group_id holds an unpaired surrogate '\\ud800' (character 3)")
+    assert outcomes[2].startswith("data holds an unpaired surrogate '\\ud800'")
+    assert outcomes[3].startswith("item_id holds an unpaired surrogate '\\ud800' (character 1)")
+    assert await store.list(StreamListInput(stream_name=stream, group_id="good")) == [1, "héllo"]
+    assert await store.list_groups(StreamListGroupsInput(stream_name=stream)) == ["good"]
+    with pytest.raises(ValueError, match="group_id holds an unpaired surrogate"):
+        await store.get(StreamGetInput(stream_name=stream, group_id="bad" + SURROGATE, item_id="2"))
+
+
+async def test_an_update_to_an_unencodable_value_fails_alone_in_its_batch(store: Backend) -> None:
+    item = {"stream_name": f"s{uuid.uuid4().hex[:8]}", "group_id": "g", "item_id": "i"}
+    increment = StreamUpdateInput(**item, ops=[UpdateIncrement(path="n", by=1)])
+    poisoned = StreamUpdateInput(**item, ops=[UpdateSet(path="t", value=SURROGATE)])
+    outcomes = await asyncio.gather(*(_outcome(store.update(increment)) for _ in range(5)),
+                                    _outcome(store.update(poisoned)),
+                                    *(_outcome(store.update(increment)) for _ in range(5)))
+    assert outcomes[5].startswith("the updated value holds an unpaired surrogate")
+    assert outcomes[:5] + outcomes[6:] == ["ok"] * 10
+    assert await store.get(StreamGetInput(**item)) == {"n": 10}
+
+
+async def test_a_nul_in_a_postgresql_name_is_refused_naming_it(pg_url: str) -> None:
+    async with SQLStream.from_url(pg_url) as store:
+        ok = StreamSetInput(stream_name="s", group_id="g", item_id="ok", data=1)
+        nul = StreamSetInput(stream_name="s", group_id="g", item_id="a\x00b", data=2)
+        outcomes = await asyncio.gather(_outcome(store.set(ok)), _outcome(store.set(nul)))
+        assert outcomes == ["ok", "item_id 'a\\x00b' holds a NUL character, which PostgreSQL text cannot store"]
+        with pytest.raises(ValueError, match="stream_name 's\\\\x00' holds a NUL"):
+            await store.list(StreamListInput(stream_name="s\x00", group_id="g"))
