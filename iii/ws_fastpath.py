@@ -453,6 +453,25 @@ LENT_BYTES: Final = 4 * FRAME_BUFFER
 of the frame in progress: what frame headers alone can make a thread allocate, however many connections send one."""
 
 
+GUESS_MIN_BYTES: Final = 16 * 1024
+"""The smallest frame a :class:`FrameReader` reads into a guessed buffer (:meth:`FrameReader.receive_buffer`):
+below it a header's own read costs little next to the frame."""
+
+
+def _keep_spare(buffer: bytearray) -> None:
+    """Keep a frame buffer a reader finished with for this thread's next frame of its size (see :data:`_SPARE`)."""
+    size = len(buffer)
+    if size < FLUSH_BYTES:
+        _SPARE.small = buffer
+    elif size <= FRAME_BUFFER:  # a larger one (grown as its bytes came) is never kept
+        spares: list[bytearray] | None = getattr(_SPARE, "buffers", None)
+        if spares is None:
+            spares = _SPARE.buffers = []
+        elif len(spares) >= SPARE_BUFFERS:
+            del spares[0]
+        spares.append(buffer)
+
+
 def _spare_of(size: int) -> bytearray | None:
     """Take this thread's spare frame buffer of exactly ``size`` bytes, if there is one."""
     if size < FLUSH_BYTES:
@@ -493,7 +512,8 @@ class FrameReader:
         True
     """
 
-    __slots__ = ("__weakref__", "_filled", "_lent", "_masked", "_need", "_pending", "_probe", "done", "max_size")
+    __slots__ = ("__weakref__", "_filled", "_guess", "_lent", "_masked", "_need", "_pending", "_probe", "_sizes",
+                 "done", "max_size")
 
     def __init__(self, *, masked: bool, max_size: int | None = None) -> None:
         self._masked = masked
@@ -511,6 +531,11 @@ class FrameReader:
         self._lent: weakref.WeakSet[FrameReader] | None = None  # the set this reader is in while it holds a loan
         # Frames still read one at a time (read_limit): 2 after a large frame, one less after each small one.
         self._probe = 0
+        # Whole sizes of the last two frames that ended in a frame buffer (the older first), and the spare buffer
+        # lent for the next frame on that guess (receive_buffer): writes of one size come as a repeating pattern
+        # of frames (960 KiB then a 64 KiB tail), so the frame before the last predicts the next.
+        self._sizes = (0, 0)
+        self._guess: bytearray | None = None
         self.done = False
 
     def feed(self, data: bytes | memoryview) -> tuple[list[tuple[bool, bytes]], list[bytes], bytes | None]:
@@ -610,9 +635,13 @@ class FrameReader:
         """Where the next bytes may be received straight into: the rest of a large frame in progress (of at least
         :data:`FLUSH_BYTES`, in a buffer of its exact size), saving the copy :meth:`feed` would make; ``None``
         otherwise. Report what was written there with :meth:`received`. Its tail too, however short: a read past
-        it would land the next frame's start in the receive buffer, to be copied (see :meth:`read_limit`)."""
+        it would land the next frame's start in the receive buffer, to be copied (see :meth:`read_limit`). Between
+        frames while large ones flow: a whole buffer for the next frame, header included, on a guess of its size
+        (:meth:`_guess_buffer`)."""
         need = self._need
         filled = self._filled
+        if not filled:
+            return self._guess_buffer() if self._probe else None
         if need < FLUSH_BYTES:
             return None
         if len(self._pending) != need:  # growing with its bytes (no spare of its size was left)
@@ -625,12 +654,54 @@ class FrameReader:
 
     def received(self, nbytes: int) -> tuple[list[tuple[bool, bytes]], list[bytes], bytes | None]:
         """``nbytes`` were written into the view :meth:`receive_buffer` gave: what :meth:`feed` would return."""
+        guess = self._guess
+        if guess is not None:
+            self._guess = None
+            return self._received_guess(guess, nbytes)
         messages: list[tuple[bool, bytes]] = []
         control: list[bytes] = []
         self._filled += nbytes
         if self._filled == self._need:
             self._take_pending(messages, control)
         return messages, control, None
+
+    def _guess_buffer(self) -> memoryview | None:
+        """Between frames while large ones flow: this thread's spare buffer of the size the next frame is likely
+        to have (that of the frame before the last), so that its header and payload come in one read straight
+        into it, instead of a read of the header alone first (:meth:`read_limit`): one system call and one
+        event-loop turn less per frame. ``None`` when there is no such spare (never allocated for a guess)."""
+        guess = self._guess
+        if guess is None:
+            size = self._sizes[0]
+            if size < GUESS_MIN_BYTES:
+                return None
+            guess = self._guess = _spare_of(size)
+            if guess is None:
+                return None
+        return memoryview(guess)
+
+    def _received_guess(self, guess: bytearray, nbytes: int) -> tuple[list[tuple[bool, bytes]], list[bytes],
+                                                                        bytes | None]:
+        """``nbytes`` were read into the guessed buffer: the start of a frame of exactly its size keeps it as its
+        frame buffer; anything else is split like any read (:meth:`feed` copies out what it keeps), and the
+        buffer goes back to the spares."""
+        with memoryview(guess) as whole, whole[:nbytes] as view:
+            need = self._frame_size(view, 0)
+        if need == len(guess):
+            self._pending = guess
+            self._filled = 0
+            self._need = need
+            return self.received(nbytes)
+        try:
+            with memoryview(guess) as whole, whole[:nbytes] as view:
+                return self.feed(view)
+        finally:
+            _keep_spare(guess)
+
+    def _drop_guess(self) -> None:
+        if self._guess is not None:
+            _keep_spare(self._guess)
+            self._guess = None
 
     def _start(self, head: bytes | bytearray | memoryview, need: int) -> None:
         """Keep ``head``, the start of a frame of ``need`` bytes (0: its size is not known yet)."""
@@ -680,15 +751,8 @@ class FrameReader:
         pending = self._pending
         self._take(pending, 0, self._need, messages, control)  # copies the payload out
         self._probe = 2 if self._need >= FLUSH_BYTES else max(0, self._probe - 1)
-        if self._need < FLUSH_BYTES:
-            _SPARE.small = pending
-        elif self._need <= FRAME_BUFFER:  # a larger one grew as its bytes came: never kept
-            spares: list[bytearray] | None = getattr(_SPARE, "buffers", None)
-            if spares is None:
-                spares = _SPARE.buffers = []
-            elif len(spares) >= SPARE_BUFFERS:
-                del spares[0]
-            spares.append(pending)
+        self._sizes = (self._sizes[1], self._need)
+        _keep_spare(pending)
         self._pending = bytearray()
         self._filled = self._need = 0
 
@@ -696,6 +760,7 @@ class FrameReader:
                   rest: bytes | memoryview) -> tuple[list[tuple[bool, bytes]], list[bytes], bytes | None]:
         self.done = True
         self._repay()
+        self._drop_guess()
         self._pending = bytearray()
         self._filled = self._need = 0
         return messages, control, bytes(rest)
