@@ -53,7 +53,10 @@ from iii_engine import Engine  # noqa: E402
 from iii_engine.config import ChannelSettings, EngineConfig  # noqa: E402
 
 SCRIPT = str(Path(__file__).resolve())
-REF_PYTHON = os.environ.get("III_REF_PYTHON", str(ROOT / ".ref-venv" / "bin" / "python"))
+# The reference SDK is not code under test: --compare's children of a worktree (which has no .ref-venv) use this
+# script's checkout's, so both sides run the same contenders.
+REF_PYTHON = os.environ.get("III_REF_PYTHON",
+                            str(Path(__file__).resolve().parents[1] / ".ref-venv" / "bin" / "python"))
 FRAME = 64 * 1024
 OPTS = {"compression": None, "max_size": None, "ping_interval": None}
 
@@ -573,6 +576,8 @@ def _report(args: argparse.Namespace, wanted: list[str], results: dict[str, list
               "floor_frames": "floor: frame forwarder", "recv": "receive alone"}
     print(f"{len(next(iter(results.values()), []))} rounds x {args.size_mib} MiB, MB/s:")
     for name in wanted:
+        if name not in results:  # a contender the other checkout could not run (--compare)
+            continue
         label = labels[name.split("@")[0]] + (" @64k" if name.endswith("@64k") else "")
         print(f"  {label:<28}{_summary(results[name])}")
 
