@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, Self
 
-from ...settings import EngineUrl, Field, NonEmpty, Settings, UnknownKeys
+from pydantic import model_validator
+
+from ...settings import ConfigError, EngineUrl, Field, NonEmpty, Settings, UnknownKeys
 from .link import DEFAULT_TIMEOUT_MS
 
 __all__ = ["DEFAULT_BRIDGE_URL", "MAX_TIMEOUT_MS", "BridgeAdapterSettings", "BridgeClientSettings", "Exposed",
@@ -28,6 +30,8 @@ __all__ = ["DEFAULT_BRIDGE_URL", "MAX_TIMEOUT_MS", "BridgeAdapterSettings", "Bri
 DEFAULT_BRIDGE_URL: Final = "ws://localhost:49134"
 DEFAULT_CLIENT_URL: Final = "ws://0.0.0.0:49134"
 MAX_TIMEOUT_MS: Final = 24 * 3600 * 1000
+# the functions the bridge client module registers itself: a forward of the same id replaced them silently
+OWN_FUNCTIONS: Final = ("bridge.invoke", "bridge.invoke_async")
 
 
 class BridgeAdapterSettings(Settings):
@@ -71,8 +75,16 @@ class BridgeClientSettings(Settings):
 
     @classmethod
     def from_config(cls, raw: Mapping[str, Any] | None, env: Mapping[str, str] | None = None) -> BridgeClientSettings:
-        """Validate ``raw``; without a ``url`` the remote is ``$III_URL`` (``env`` defaults to ``os.environ``)."""
+        """Validate ``raw``; without a ``url`` the remote is ``$III_URL`` (``env`` defaults to ``os.environ``).
+
+        Raises:
+            ConfigError: naming the key at fault; also for a forward that would replace another forward or the
+                module's own ``bridge.invoke`` / ``bridge.invoke_async``, and for two functions exposed under one
+                remote id (the later one replaced the earlier without a word).
+        """
         env = os.environ if env is None else env
+        if raw is not None and not isinstance(raw, Mapping):
+            raise ConfigError(f"must be a mapping, got {raw!r:.100}", cls.label)
         raw = dict(raw or {})
         if raw.get("url") is None:
             raw["url"] = env.get("III_URL") or DEFAULT_CLIENT_URL
@@ -82,3 +94,22 @@ class BridgeClientSettings(Settings):
             if raw.get(key) is None:
                 raw.pop(key, None)
         return cls.parse(raw)
+
+    @model_validator(mode="after")
+    def _one_function_per_id(self) -> Self:
+        forwarded: dict[str, int] = {}
+        for index, forward in enumerate(self.forward):
+            where = f"forward[{index}].local_function"
+            if forward.local_function in OWN_FUNCTIONS:
+                raise ConfigError(f"{forward.local_function!r} is a function of the bridge client module itself", where)
+            if forward.local_function in forwarded:
+                raise ConfigError(f"{forward.local_function!r:.200} is forwarded already by "
+                                  f"forward[{forwarded[forward.local_function]}]", where)
+            forwarded[forward.local_function] = index
+        exposed: dict[str, int] = {}
+        for index, expose in enumerate(self.expose):
+            if expose.remote_function in exposed:
+                raise ConfigError(f"{expose.remote_function!r:.200} is exposed already by "
+                                  f"expose[{exposed[expose.remote_function]}]", f"expose[{index}].remote_function")
+            exposed[expose.remote_function] = index
+        return self

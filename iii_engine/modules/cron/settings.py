@@ -18,10 +18,13 @@ from pydantic import model_validator
 
 from ...settings import AdapterSpec, Field, RedisAdapterSettings, Settings, UnknownKeys, pick_adapter
 
-__all__ = ["DEFAULT_LOCK_TTL_MS", "KV_ADAPTER", "REDIS_ADAPTER", "CronSettings", "KvCronSettings",
+__all__ = ["DEFAULT_LOCK_TTL_MS", "KV_ADAPTER", "MAX_LOCK_TTL_MS", "REDIS_ADAPTER", "CronSettings", "KvCronSettings",
            "RedisCronSettings"]
 
 DEFAULT_LOCK_TTL_MS = 30_000
+#: longest lock TTL accepted (~31 years): Redis refuses a ``SET … PX`` past its integer range, so a larger one
+#: failed every tick of every trigger at run time instead of at start
+MAX_LOCK_TTL_MS = 10**12
 KV_ADAPTER = "modules::cron::KvCronAdapter"
 REDIS_ADAPTER = "modules::cron::RedisCronAdapter"
 
@@ -32,14 +35,14 @@ class KvCronSettings(Settings):
     unknown_keys: ClassVar[UnknownKeys] = "warn"
     label: ClassVar[str] = "cron adapter.config"
 
-    lock_ttl_ms: int = Field(DEFAULT_LOCK_TTL_MS, ge=1)
+    lock_ttl_ms: int = Field(DEFAULT_LOCK_TTL_MS, ge=1, le=MAX_LOCK_TTL_MS)
     lock_index: str | None = None  # production's key space for the lock; one process needs none
 
 
 class RedisCronSettings(RedisAdapterSettings):
     """``RedisCronAdapter``: engines sharing the Redis fire each tick once."""
 
-    lock_ttl_ms: int = Field(DEFAULT_LOCK_TTL_MS, ge=1)
+    lock_ttl_ms: int = Field(DEFAULT_LOCK_TTL_MS, ge=1, le=MAX_LOCK_TTL_MS)
 
 
 class CronSettings(Settings):
