@@ -104,10 +104,16 @@ class CronModule(EngineModule):
         the trigger."""
         check_trigger_config(trigger, "cron trigger", ("condition_function_id",))
         expression = parse_trigger_expression(trigger.config)
-        await self.unregister(trigger)
+        # Replaced before waiting for the old schedule to end: a register of the same id arriving meanwhile
+        # stored its schedule, which this one then overwrote and nothing could cancel (it fired for good).
+        old = self._schedules.pop(trigger.id, None)
         self._schedules[trigger.id] = asyncio.create_task(
             self._schedule(trigger, expression), name=f"cron:{trigger.id}"
         )
+        if old is not None:
+            old.cancel()  # asked before the new schedule first runs: the two never both fire a tick
+            with contextlib.suppress(asyncio.CancelledError):
+                await old
 
     async def unregister(self, trigger: TriggerInfo) -> None:
         """Stop the schedule of ``trigger.id`` (no-op if none)."""

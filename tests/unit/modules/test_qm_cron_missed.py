@@ -113,3 +113,20 @@ async def test_the_module_counts_a_day_missed_by_a_minute_schedule_exactly() -> 
 
 def a_trigger() -> TriggerInfo:
     return TriggerInfo(id="c", trigger_type="cron", function_id="f", config={})
+
+
+async def test_two_registers_of_one_trigger_at_once_leave_one_schedule_that_stop_ends() -> None:
+    # before: each register waited for the old schedule's end and then stored its own; the first to store was
+    # overwritten by the second, and its schedule ran on, firing every tick, past unregister and stop
+    services = FakeServices()
+    module = CronModule(services, {})
+    await module.start()
+    info = TriggerInfo(id="c", trigger_type="cron", function_id="f", config={"expression": "0 0 0 1 1 *"})
+    try:
+        await module.register(info)
+        await asyncio.gather(module.register(info), module.register(info), module.register(info))
+        running = [t for t in asyncio.all_tasks() if t.get_name() == "cron:c" and not t.done()]
+        assert running == [module._schedules["c"]]
+    finally:
+        await module.stop()
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "cron:c" and not t.done()]
