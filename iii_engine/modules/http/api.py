@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Coroutine, Mapping
 from typing import Any, TypeVar
@@ -68,6 +69,12 @@ log = logging.getLogger(__name__)
 # only reads the answer once it has sent everything still gets it; longer would also hold up shutdown.
 LINGER_S = 2.0
 _STREAM_HEADER_SKIP = frozenset({"transfer-encoding", "connection", "keep-alive"})
+# Headers that frame the body on the wire. A JSON or empty response's body is the engine's own, so only the engine
+# may state its length: a handler's Content-Length that disagrees (or a Transfer-Encoding the body does not follow)
+# desynchronises the connection, the rest of the body being read as the next response.
+_FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
+_HEADER_VALUE_FORBIDDEN = re.compile(r"[\r\n\x00]")
 # A handler's response head: control frames (set_status / set_headers) and empty binary frames before the first body
 # chunk, and the bytes of the headers they set. Past either, the response channel is closed (the handler's writer
 # hears 4002, its reader left) and the client gets 502; without a bound a handler could send them until
@@ -158,21 +165,68 @@ def _status_of(result: Mapping[str, Any]) -> int:
     return 200
 
 
+def head_problem(status: int, headers: Mapping[str, str]) -> str | None:
+    """Why a handler's status and headers cannot be sent as an HTTP response head, or ``None`` if they can.
+
+    A 1xx status is not a final answer (the client would wait for one that never comes); a header name that is
+    not a token, or a value with CR, LF or NUL, would be refused by the HTTP writer mid-response (or, unchecked,
+    inject headers).
+
+    Example:
+        >>> head_problem(200, {"x-a": "1"}) is None
+        True
+        >>> head_problem(101, {})
+        'status 101 is informational, not a final response status'
+        >>> head_problem(200, {"x-a": "1\\r\\nset-cookie: s=1"})
+        "header 'x-a' has a CR, LF or NUL in its value"
+    """
+    if status < 200:
+        return f"status {status} is informational, not a final response status"
+    for name, value in headers.items():
+        if not _HEADER_NAME.fullmatch(name):
+            return f"header name {name[:64]!r} is not a valid HTTP header name"
+        if _HEADER_VALUE_FORBIDDEN.search(value):
+            return f"header {name[:64]!r} has a CR, LF or NUL in its value"
+    return None
+
+
+def _unframed(headers: Mapping[str, str]) -> dict[str, str]:
+    """A handler's headers for a body the engine writes: without the ones that frame it (the engine sets them)."""
+    return {k: v for k, v in headers.items() if k.lower() not in _FRAMING_HEADERS}
+
+
 def result_response(result: Any) -> web.Response:
-    """The JSON response for a handler's non-null result (docs/guides/engine.md#modules, with M4 and M5).
+    """The JSON response for a handler's non-null result (docs/guides/engine.md#modules, with M4 and M5); 502 when
+    its status or headers cannot be sent (:func:`head_problem`). Content-Length and Transfer-Encoding are the
+    engine's: a handler's are dropped.
 
     Example:
         >>> r = result_response({"statusCode": 201, "body": {"ok": True}, "headers": {"x-a": "1"}})
         >>> r.status, r.headers["x-a"], r.body
         (201, '1', b'{"ok":true}')
+        >>> sorted(result_response({"body": "x", "headers": {"Content-Length": "0", "x-b": "2"}}).headers)
+        ['Content-Type', 'x-b']
     """
     if type(result) is not dict and not isinstance(result, Mapping):  # a decoded result is a dict: no ABC check
         return _json_response(200, {})
     body = result.get("body")
     raw_headers = result.get("headers")
-    headers = ({str(k): str(v) for k, v in raw_headers.items()}
+    headers = (_unframed({str(k): str(v) for k, v in raw_headers.items()})
                if raw_headers is not None and isinstance(raw_headers, Mapping) else None)
-    return _json_response(_status_of(result), {} if body is None else body, headers)
+    status = _status_of(result)
+    problem = head_problem(status, headers or {})
+    if problem is not None:
+        return _bad_gateway(problem)
+    return _json_response(status, {} if body is None else body, headers)
+
+
+def _empty_response(status: int, headers: Mapping[str, str]) -> web.Response:
+    """The response of a handler that closed its response channel without a body chunk (and returned null)."""
+    headers = _unframed(headers)
+    problem = head_problem(status, headers)
+    if problem is not None:
+        return _bad_gateway(problem)
+    return web.Response(status=status, headers=headers)
 
 
 def _bad_gateway(message: str) -> web.Response:
@@ -617,7 +671,7 @@ class RestApiModule(EngineModule):
             return result_response(result)
         if aborted is not None:
             return _error_response(str(aborted))
-        return web.Response(status=reader.status, headers=reader.headers)
+        return _empty_response(reader.status, reader.headers)
 
     async def _outcome_of(self, race: _Race, outcome: asyncio.Future[tuple[Any, Any]],
                           reader: ResponseChannel | None = None) -> None:
@@ -723,26 +777,56 @@ class RestApiModule(EngineModule):
             race.interrupt(_DEADLINE)
 
     async def _stream(self, request: web.BaseRequest, reader: ResponseChannel, first: bytes) -> web.StreamResponse:
+        """Send a streamed response. A Content-Length the handler set is kept (a download's size) and held to:
+        a body that goes past it or ends short of it cuts the connection, so the client sees an incomplete
+        response rather than a silently truncated one, or one it waits for until the connection times out."""
         headers = {k: v for k, v in reader.headers.items() if k.lower() not in _STREAM_HEADER_SKIP}
+        problem = head_problem(reader.status, headers)
+        declared: int | None = None
+        for name, value in headers.items():
+            if name.lower() == "content-length":
+                text = value.strip()
+                if not (text.isascii() and text.isdigit()):
+                    problem = f"Content-Length {value[:64]!r} is not a number of bytes"
+                elif declared is not None and int(text) != declared:
+                    problem = "two different Content-Length headers"
+                else:
+                    declared = int(text)
+        if problem is not None:
+            return _bad_gateway(problem)
         response = web.StreamResponse(status=reader.status, headers=headers)
         cors = self.settings.cors.headers(request.headers.get("Origin"), False, None)
         response.headers.update(cors)
         await response.prepare(request)
-        await response.write(first)
+        sent = 0
         next_chunk, write = reader.next_chunk, response.write
         self._streaming[reader] = request
         try:
-            while (chunk := await next_chunk()) is not None:
+            chunk: bytes | None = first
+            while chunk is not None:
+                sent += len(chunk)
+                if declared is not None and sent > declared:
+                    return self._cut(request, response, f"the handler sent more than the {declared} bytes its "
+                                                        f"Content-Length states")
                 await write(chunk)
+                chunk = await next_chunk()
         except ChannelAborted as exc:
             # Finishing the chunked body would make a truncated download look complete; cut the connection.
-            log.warning("HTTP %s %s: %s; aborting the response", request.method, request.path, exc)
-            if request.transport is not None:
-                request.transport.abort()
-            return response
+            return self._cut(request, response, str(exc))
         finally:
             del self._streaming[reader]
+        if declared is not None and sent < declared:
+            return self._cut(request, response, f"the handler closed its body after {sent} of the {declared} bytes "
+                                                f"its Content-Length states")
         await response.write_eof()
+        return response
+
+    @staticmethod
+    def _cut(request: web.BaseRequest, response: web.StreamResponse, why: str) -> web.StreamResponse:
+        """End a streamed response that cannot be completed as stated: the connection is cut, not the body ended."""
+        log.warning("HTTP %s %s: %s; aborting the response", request.method, request.path, why)
+        if request.transport is not None:
+            request.transport.abort()
         return response
 
     # -- engine plumbing -------------------------------------------------------------------------------------
