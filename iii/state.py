@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from .stream import UpdateOp
+from .stream import TaggedUpdateOp, UpdateOp  # noqa: F401 - UpdateOp: the reference SDK exports it here too
 
 __all__ = [
     "DeleteResult",
@@ -72,7 +72,7 @@ class StateUpdateInput(BaseModel):
 
     scope: str
     key: str
-    ops: list[UpdateOp]
+    ops: list[TaggedUpdateOp]
 
 
 class StateSetResult(BaseModel, Generic[TData]):

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import builtins
 from abc import ABC, abstractmethod
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Discriminator, Tag
 
 TData = TypeVar("TData")
 
@@ -122,11 +122,29 @@ class UpdateMerge(BaseModel):
 UpdateOp = UpdateSet | UpdateIncrement | UpdateDecrement | UpdateRemove | UpdateMerge
 
 
+
+def _op_type(op: Any) -> Any:
+    return op.get("type") if isinstance(op, dict) else getattr(op, "type", None)
+
+
+# How input models hold ops: the class named by ``type``. Left to pydantic's smart union, a merge became an
+# UpdateSet and a decrement an UpdateIncrement (same fields), so a backend that told ops apart by class decremented
+# where asked to increment. ``type`` stays a plain string on the models themselves, as in the reference SDK.
+TaggedUpdateOp = Annotated[
+    Annotated[UpdateSet, Tag("set")]
+    | Annotated[UpdateIncrement, Tag("increment")]
+    | Annotated[UpdateDecrement, Tag("decrement")]
+    | Annotated[UpdateRemove, Tag("remove")]
+    | Annotated[UpdateMerge, Tag("merge")],
+    Discriminator(_op_type),
+]
+
+
 class StreamUpdateInput(BaseModel):
     stream_name: str
     group_id: str
     item_id: str
-    ops: list[UpdateOp]
+    ops: list[TaggedUpdateOp]
 
 
 class StreamSetResult(BaseModel, Generic[TData]):

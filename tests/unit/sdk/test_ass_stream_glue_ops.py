@@ -6,8 +6,19 @@ import asyncio
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
-from iii.stream import StreamGetInput
+from iii.state import StateUpdateInput
+from iii.stream import (
+    StreamGetInput,
+    StreamUpdateInput,
+    StreamUpdateResult,
+    UpdateDecrement,
+    UpdateIncrement,
+    UpdateMerge,
+    UpdateRemove,
+    UpdateSet,
+)
 from iii.stream_glue import StreamFunctions, stream_functions
 from tests.unit.sdk.test_stream_glue import KEY, LazyStream
 
@@ -91,3 +102,32 @@ def test_an_object_that_is_not_a_stream_is_refused_when_served_naming_what_it_la
         stream_functions("s", HalfStream())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="the stream name must be a string, got int"):
         stream_functions(7, LazyStream())  # type: ignore[arg-type]
+
+
+class Recording(LazyStream):
+    """A native update that tells ops apart by class, as a backend may."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[type] = []
+
+    async def update(self, input: StreamUpdateInput) -> StreamUpdateResult[Any] | None:
+        self.seen = [type(op) for op in input.ops]
+        return StreamUpdateResult(old_value=None, new_value={})
+
+
+ALL_OPS = [{"type": "set", "path": "a", "value": 1}, {"type": "merge", "path": "", "value": {"b": 2}},
+           {"type": "increment", "path": "n", "by": 1}, {"type": "decrement", "path": "n", "by": 1},
+           {"type": "remove", "path": "a"}]
+ALL_CLASSES = [UpdateSet, UpdateMerge, UpdateIncrement, UpdateDecrement, UpdateRemove]
+
+
+async def test_a_backend_gets_each_op_as_the_model_of_its_type() -> None:
+    """Before, pydantic's smart union gave a merge as an ``UpdateSet`` and a decrement as an ``UpdateIncrement``
+    (same fields): a backend dispatching on the class incremented where it was asked to decrement."""
+    stream = Recording()
+    await StreamFunctions(stream).update({**KEY, "ops": ALL_OPS})
+    assert stream.seen == ALL_CLASSES
+    assert [type(op) for op in StateUpdateInput(scope="s", key="k", ops=ALL_OPS).ops] == ALL_CLASSES  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="does not match any of the expected tags"):
+        StreamUpdateInput.model_validate({**KEY, "ops": [{"type": "wat", "path": "a"}]})
