@@ -85,13 +85,20 @@ class PubSubModule(EngineModule):
         or condition that is not a string: refused)."""
         check_trigger_config(trigger, "subscribe trigger", ("topic", "condition_function_id"))
         topic = _topic_of(trigger.config)
-        await self.unregister(trigger)
+        # The old subscription is replaced before anything waits: a register of the same id arriving during a wait
+        # (an UNSUBSCRIBE on Redis) stored the trigger under its topic, and this one then under another; unregister
+        # removed one of them, and the other got every message of its topic for good.
+        gone = self._forget(trigger.id)
         if not topic:
             log.warning("subscribe trigger %s has no topic; nothing subscribed", trigger.id)
+            if gone is not None:
+                await self._bus.unsubscribe(gone)
             return
         subscribers = self._subscribers.setdefault(topic, {})
         subscribers[trigger.id] = trigger
         self._topic_of_trigger[trigger.id] = topic
+        if gone is not None and gone != topic:
+            await self._bus.unsubscribe(gone)
         live = self._subscribed.get(topic)
         try:
             if live is not None:
@@ -123,15 +130,23 @@ class PubSubModule(EngineModule):
 
     async def unregister(self, trigger: TriggerInfo) -> None:
         """Remove the subscription of ``trigger.id``."""
-        topic = self._topic_of_trigger.pop(trigger.id, None)
-        if topic is None:
-            return
-        subscribers = self._subscribers.get(topic, {})
-        subscribers.pop(trigger.id, None)
-        if not subscribers:
-            self._subscribers.pop(topic, None)
-            self._subscribed.pop(topic, None)
+        topic = self._forget(trigger.id)
+        if topic is not None:
             await self._bus.unsubscribe(topic)
+
+    def _forget(self, trigger_id: str) -> str | None:
+        """Remove the subscription of ``trigger_id`` here (nothing waits); its topic if no subscriber is left (for
+        the bus to unsubscribe)."""
+        topic = self._topic_of_trigger.pop(trigger_id, None)
+        if topic is None:
+            return None
+        subscribers = self._subscribers.get(topic, {})
+        subscribers.pop(trigger_id, None)
+        if subscribers:
+            return None
+        self._subscribers.pop(topic, None)
+        self._subscribed.pop(topic, None)
+        return topic
 
     async def _publish(self, data: Any, ctx: InvocationContext) -> None:
         if not isinstance(data, dict):

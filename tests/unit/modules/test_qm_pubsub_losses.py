@@ -7,13 +7,16 @@ burst were logged only if another one was lost 10 s later, so a burst that ended
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 from fake_services import FakeServices
 from polling import until
 
+from iii.iii_types import TriggerInfo
 from iii_engine.limits import FIRE_LIMIT, FiredCalls
 from iii_engine.modules.base import EngineError
 from iii_engine.modules.pubsub import PubSubModule
@@ -87,3 +90,26 @@ async def test_a_publish_refused_for_want_of_room_names_a_huge_topic_cut(caplog:
     finally:
         await module.stop()
         services.fired_calls.close()
+
+
+@pytest.mark.redis
+async def test_registers_of_one_trigger_at_once_on_other_topics_leave_no_ghost_subscriber() -> None:
+    # before: the first register, waiting on Redis for the old topic's UNSUBSCRIBE, then stored the trigger under
+    # its own topic while the second had stored it under another: unregister removed one, the other got every
+    # message of its topic for the engine's life
+    services = FakeServices()
+    module = PubSubModule(services, {"adapter": {"class": "modules::pubsub::RedisAdapter",
+                                                 "config": {"redis_url": "redis://127.0.0.1:6379/0"}}})
+    await module.start()
+    prefix = f"qm-{uuid.uuid4()}"
+
+    def info(topic: str) -> TriggerInfo:
+        return TriggerInfo(id="s", trigger_type="subscribe", function_id="f", config={"topic": f"{prefix}-{topic}"})
+
+    try:
+        await module.register(info("a"))
+        await asyncio.gather(module.register(info("b")), module.register(info("c")))
+        await module.unregister(info("c"))
+        assert module._subscribers == {} and module._topic_of_trigger == {}
+    finally:
+        await module.stop()
