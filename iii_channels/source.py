@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -65,14 +66,21 @@ class ChannelSource:
     ) -> None:
         if text_limit < 0:
             raise ValueError(f"text_limit must be 0 or more, got {text_limit}")
-        if idle_timeout is not None and not idle_timeout > 0:
-            raise ValueError(f"idle_timeout must be more than 0 seconds or None, got {idle_timeout}")
+        if idle_timeout is not None:
+            if isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float)):
+                raise TypeError(f"idle_timeout must be a number of seconds or None, got {idle_timeout!r}")
+            if not 0 < idle_timeout < math.inf:
+                raise ValueError(f"idle_timeout must be more than 0 seconds (and finite) or None, got {idle_timeout}")
         self.reader = reader
         self.require_trailer = require_trailer
         # Off, trailers are skipped unread: a malformed one must not fail a reader that asked for no checks.
         self._checking = verify or require_trailer
         self._digest = Digest() if self._checking else None
         self._idle_timeout = idle_timeout
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._waiting: asyncio.Task[Any] | None = None
+        self._wait_began = 0.0
+        self._idle_expired = False
         self._buffer = bytearray()
         self._texts: deque[str] = deque()
         self._text_held = 0
@@ -125,16 +133,51 @@ class ChannelSource:
     async def _recv(self) -> bytes | str | None:
         if self._idle_timeout is None:
             return await self.reader.recv()
-        # asyncio.timeout, not wait_for: no task per message on the hot path.
+        # One watchdog timer for the whole stream, checked against when the current wait began, not a timer per
+        # message: asyncio.timeout cost ~20 us a message, several % of a transfer's CPU.
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiting = task
+        self._wait_began = loop.time()
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(self._wait_began + self._idle_timeout, self._on_watchdog)
         try:
-            async with asyncio.timeout(self._idle_timeout) as waited:
-                return await self.reader.recv()
-        except TimeoutError:
-            if not waited.expired():
-                raise
-        channel_id = self.reader.ref.channel_id
-        raise ChannelIdleError(f"channel {channel_id}: nothing from the writer for {self._idle_timeout:g} s "
-                               f"(after {self.bytes_read} bytes); stopped waiting", channel_id=channel_id)
+            message = await self.reader.recv()
+        except BaseException as exc:
+            self._stop_watchdog()
+            expired, self._idle_expired = self._idle_expired, False
+            # Ours only when nobody else cancelled the task too (as asyncio.timeout decides it).
+            if expired and isinstance(exc, asyncio.CancelledError) and task.uncancel() == 0:
+                channel_id = self.reader.ref.channel_id
+                raise ChannelIdleError(
+                    f"channel {channel_id}: nothing from the writer for {self._idle_timeout:g} s (after "
+                    f"{self.bytes_read} bytes); stopped waiting", channel_id=channel_id) from None
+            raise
+        finally:
+            self._waiting = None
+        if message is None:
+            self._stop_watchdog()
+        return message
+
+    def _on_watchdog(self) -> None:
+        self._watchdog = None
+        if self._waiting is None:
+            return  # not reading now: the next read arms it again
+        assert self._idle_timeout is not None
+        loop = asyncio.get_running_loop()
+        due = self._wait_began + self._idle_timeout
+        if loop.time() < due:
+            self._watchdog = loop.call_at(due, self._on_watchdog)
+            return
+        self._idle_expired = True
+        self._waiting.cancel()
+
+    def _stop_watchdog(self) -> None:
+        # Else the timer keeps this source (and its buffer) alive until it fires, up to idle_timeout later.
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
     async def _next_chunk(self) -> bytes | None:
         """The next binary message, or ``None`` at EOF. Text messages are set aside for ``messages()``."""

@@ -9,7 +9,9 @@ accepts; nothing bounded the wait for a writer that stalled.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import weakref
 from collections.abc import AsyncIterator
 
 import pytest
@@ -179,11 +181,56 @@ async def test_idle_timeout_lets_a_writer_that_keeps_sending_finish(relay: tuple
     assert data == b"y" * (32 * 65_536) and source.verified
 
 
-@pytest.mark.parametrize("bad", [0, -1.0, float("nan")])
-async def test_a_bad_idle_timeout_is_refused_by_name(relay: tuple[str, ChannelRelay], bad: float) -> None:
+async def test_idle_timeout_reading_again_after_it_and_cancelling(relay: tuple[str, ChannelRelay]) -> None:
+    """After ChannelIdleError a read may be tried again (the bound applies afresh: here the writer goes on); a
+    cancellation from outside stays a cancellation, not an idle error; a finished source is not kept alive by
+    its timer."""
+    writer, reader = ends(*relay)
+    go_on, finish = asyncio.Event(), asyncio.Event()
+
+    async def pause_then_finish() -> None:
+        async with ChannelSink(writer) as sink:
+            await sink.write(b"1")
+            await sink.drain()
+            await go_on.wait()
+            await sink.write(b"2")
+            await sink.drain()
+            await finish.wait()
+
+    sending = asyncio.ensure_future(pause_then_finish())
+    source = ChannelSource(reader, idle_timeout=0.3)
+    try:
+        assert await asyncio.wait_for(source.read(1), 10) == b"1"
+        with pytest.raises(ChannelIdleError):
+            await asyncio.wait_for(source.read(1), 10)
+        go_on.set()
+        assert await asyncio.wait_for(source.read(1), 10) == b"2"
+        reading = asyncio.ensure_future(source.read(1))
+        await asyncio.wait({reading}, timeout=0.05)
+        reading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await reading
+        finish.set()
+        assert await asyncio.wait_for(source.read(), 10) == b""
+    finally:
+        go_on.set()
+        finish.set()
+        await asyncio.gather(sending, return_exceptions=True)
+    alive = weakref.ref(source)
+    del source
+    gc.collect()
+    assert alive() is None, "the idle timer kept the finished source alive"
+
+
+@pytest.mark.parametrize("bad, error", [
+    (0, ValueError), (-1.0, ValueError), (float("nan"), ValueError), (float("inf"), ValueError),
+    (True, TypeError), ("5", TypeError),
+])
+async def test_a_bad_idle_timeout_is_refused_by_name(relay: tuple[str, ChannelRelay], bad: object,
+                                                     error: type[Exception]) -> None:
     _, reader = ends(*relay)
-    with pytest.raises(ValueError, match="idle_timeout must be more than 0 seconds or None"):
-        ChannelSource(reader, idle_timeout=bad)
+    with pytest.raises(error, match="idle_timeout must be "):
+        ChannelSource(reader, idle_timeout=bad)  # type: ignore[arg-type]
 
 
 def test_json_trailer_key_is_the_one_checked() -> None:
