@@ -65,6 +65,12 @@ DEFAULT_MAX_FIRED_CALLS = 10_000
 DEFAULT_FIRE_WAIT_TIMEOUT_MS = 10_000
 DEFAULT_MAX_CALLS_PER_WORKER = 10_000
 DEFAULT_ATTACH_TIMEOUT_MS = 300_000
+# A configuration is a few kilobytes; these bound what a wrong file (a log, a dump) or a hostile one costs to read.
+# YAML aliases let a small file name a huge tree (each alias of an alias multiplies it), so the values are counted
+# as expanded, and nesting is bounded (a self-referencing alias is infinitely deep).
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_CONFIG_DEPTH = 64
+MAX_CONFIG_VALUES = 100_000
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([^}]*))?\}")
 
@@ -182,7 +188,19 @@ def expand_env(value: Any, env: Mapping[str, str] | None = None) -> Any:
         >>> expand_env({"p": "${X:3112}", "u": "redis://${H:localhost}/0"}, env={"H": "db"})
         {'p': 3112, 'u': 'redis://db/0'}
     """
-    source = os.environ if env is None else env
+    return _expand(value, os.environ if env is None else env, 0, [MAX_CONFIG_VALUES])
+
+
+def _expand(value: Any, source: Mapping[str, str], depth: int, left: list[int]) -> Any:
+    """:func:`expand_env` within :data:`MAX_CONFIG_DEPTH` levels and :data:`MAX_CONFIG_VALUES` values in all
+    (``left`` counts down the values still allowed)."""
+    left[0] -= 1
+    if left[0] < 0:
+        raise ConfigError(f"the configuration has more than {MAX_CONFIG_VALUES} values (counting every value a "
+                          f"YAML alias repeats)")
+    if depth > MAX_CONFIG_DEPTH:
+        raise ConfigError(f"the configuration is nested deeper than {MAX_CONFIG_DEPTH} levels (or a YAML alias "
+                          f"refers to itself)")
     if isinstance(value, str):
         whole = _VAR.fullmatch(value)
 
@@ -201,9 +219,9 @@ def expand_env(value: Any, env: Mapping[str, str] | None = None) -> Any:
                 return parsed
         return expanded
     if isinstance(value, list):
-        return [expand_env(v, source) for v in value]
+        return [_expand(v, source, depth + 1, left) for v in value]
     if isinstance(value, dict):
-        return {k: expand_env(v, source) for k, v in value.items()}
+        return {k: _expand(v, source, depth + 1, left) for k, v in value.items()}
     return value
 
 
@@ -218,11 +236,23 @@ def config_from_mapping(raw: Mapping[str, Any]) -> EngineConfig:
 
 
 def parse_config(text: str, env: Mapping[str, str] | None = None) -> EngineConfig:
-    """Parse YAML text (an empty document is the default configuration)."""
+    """Parse YAML text (an empty document is the default configuration).
+
+    Example:
+        >>> parse_config("port: [1\\n", env={})
+        Traceback (most recent call last):
+        ...
+        iii_engine.settings.ConfigError: invalid YAML: while parsing a flow sequence in "<unicode string>", \
+line 1, column 7: port: [1 ^ expected ',' or ']', but got '<stream end>' in "<unicode string>", line 2, column 1: ^
+    """
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"the configuration is larger than {MAX_CONFIG_BYTES} bytes")
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {exc}") from None
+        raise ConfigError(f"invalid YAML: {' '.join(str(exc).split())}") from None  # one line
+    except RecursionError:  # the YAML parser recurses once per level of nesting
+        raise ConfigError(f"the configuration is nested deeper than {MAX_CONFIG_DEPTH} levels") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -240,7 +270,14 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Engin
         iii_engine.settings.ConfigError: cannot read configuration file /nonexistent.yaml: No such file or directory
     """
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with Path(path).open("rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)  # never more: the file may be huge, or endless (a pipe)
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"configuration file {path} is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"configuration file {path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     return parse_config(text, env)

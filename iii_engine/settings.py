@@ -136,6 +136,28 @@ def error_from(exc: ValidationError) -> ConfigError:
     return ConfigError(_problem(first), _path(first["loc"]))
 
 
+# Deeper than any settings document goes; a deeper (or self-containing) one is refused rather than walked.
+_MAX_KEY_DEPTH = 64
+
+
+def _check_string_keys(value: Any, path: str, depth: int) -> None:
+    """:class:`ConfigError` naming the first mapping key that is not a string (YAML allows ``1: x``).
+
+    Why: a settings model receives its document as keyword arguments (its ``__init__`` is ours), and Python
+    refuses a keyword that is not a string with a bare ``TypeError: keywords must be strings``.
+    """
+    if depth > _MAX_KEY_DEPTH:
+        raise ConfigError(f"nested deeper than {_MAX_KEY_DEPTH} levels", path)
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ConfigError(f"key {_shown(key)} is not a string", path)
+            _check_string_keys(item, join_path(path, key), depth + 1)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_string_keys(item, join_path(path, index), depth + 1)
+
+
 class Settings(BaseModel):
     """Base of every settings model: strict, frozen, one error type, a per-model unknown-key policy.
 
@@ -167,7 +189,10 @@ class Settings(BaseModel):
         """Validate ``raw`` (``None`` means all defaults); errors are :class:`ConfigError` under path ``at``."""
         token = _validating.set(True)
         try:
+            _check_string_keys(raw, "", 0)
             return cls.model_validate({} if raw is None else raw)
+        except ConfigError as bad_key:
+            raise (bad_key.under(at) if at else bad_key) from None
         except ValidationError as exc:
             error = error_from(exc)
             raise (error.under(at) if at else error) from None
