@@ -89,7 +89,16 @@ from .errors import (
     check_text,
     check_timeout,
 )
-from .events import EventHub, StreamEvent, Subscription, Watch, custom_event, event_json_parts, make_event
+from .events import (
+    EventHub,
+    StreamEvent,
+    StreamLagError,
+    Subscription,
+    Watch,
+    custom_event,
+    event_json_parts,
+    make_event,
+)
 from .known_texts import KnownTexts
 from .messages import error_line
 from .migrate import migrate_with, normalize_url
@@ -154,47 +163,101 @@ class _Plan:
 
 
 class _ListenSubscription:
-    """One ``LISTEN`` connection feeding a queue (PostgreSQL)."""
+    """One ``LISTEN`` connection feeding a queue (PostgreSQL).
+
+    A consumer more than ``maxsize`` events behind gets :class:`~iii_streams.events.StreamLagError` (as from the
+    in-process hub), not a silent gap. A connection the server ended is replaced (retrying with backoff, as the
+    Redis watch re-subscribes); notifications sent while none listened are lost, and a warning says so.
+    """
 
     def __init__(self, store: SQLStream, maxsize: int) -> None:
         self._store = store
-        self._queue: asyncio.Queue[StreamEvent] = asyncio.Queue(maxsize)
+        # None wakes the reader: after a lag (``_lagged``) or a lost connection (``_lost``)
+        self._queue: asyncio.Queue[StreamEvent | None] = asyncio.Queue(maxsize)
         self._conn: AsyncConnection | None = None
         self._driver: Any = None
+        self._lagged = False
+        self._lost = False
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        if not payload:
+        if not payload or self._lagged:
             return
         try:
             event = loads(payload)
         except ValueError:
             log.warning("stream watch: ignoring a non-JSON notification")
             return
-        with contextlib.suppress(asyncio.QueueFull):
+        try:
             self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self._lagged = True
+            # make room for the wake-up so a waiting reader learns about the lag at once
+            self._queue.get_nowait()
+            self._queue.put_nowait(None)
+
+    def _on_terminate(self, conn: Any) -> None:
+        if conn is not self._driver:  # our own close(), or a connection already replaced
+            return
+        self._lost = True
+        with contextlib.suppress(asyncio.QueueFull):  # a full queue: the reader finds _lost once it is drained
+            self._queue.put_nowait(None)
 
     async def start(self) -> _ListenSubscription:
-        self._conn = await self._store.engine.connect()
-        raw = await self._conn.get_raw_connection()
-        self._driver = raw.driver_connection
-        await self._driver.add_listener(NOTIFY_CHANNEL, self._on_notify)
+        conn = await self._store.engine.connect()
+        try:
+            raw = await conn.get_raw_connection()
+            driver: Any = raw.driver_connection
+            await driver.add_listener(NOTIFY_CHANNEL, self._on_notify)
+        except BaseException:
+            await conn.close()
+            raise
+        self._conn, self._driver, self._lost = conn, driver, False
+        driver.add_termination_listener(self._on_terminate)
         return self
+
+    async def _reconnect(self) -> None:
+        await self._release()
+        delay = 0.05
+        while True:
+            try:
+                await self.start()
+                log.warning("stream watch: LISTEN connection replaced; notifications sent meanwhile were lost")
+                return
+            except (SQLAlchemyError, OSError) as exc:
+                log.warning("stream watch: PostgreSQL unreachable (%s); retrying in %.2fs", error_line(exc), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def get(self) -> StreamEvent:
         while True:
+            if self._lost and self._queue.empty():
+                log.warning("stream watch: the server ended the LISTEN connection; reconnecting")
+                await self._reconnect()
+                continue
             event = await self._queue.get()
+            if event is None:
+                if self._lagged:
+                    raise StreamLagError(
+                        f"watcher fell more than {self._queue.maxsize} events behind; events were dropped")
+                continue  # the wake-up of a lost connection
             if not event.pop("truncated", False) or await self._store._fill_truncated(event):
                 # keep the wrapper's key order for events rebuilt from a reference
                 order = ("type", "timestamp", "streamName", "groupId", "id", "event")
                 return {k: event[k] for k in order if k in event}
 
-    async def close(self) -> None:
-        conn, self._conn = self._conn, None
+    async def _release(self) -> None:
+        conn, driver = self._conn, self._driver
+        self._conn = self._driver = None
         if conn is None:
             return
         with contextlib.suppress(Exception):
-            await self._driver.remove_listener(NOTIFY_CHANNEL, self._on_notify)
-        await conn.close()
+            driver.remove_termination_listener(self._on_terminate)
+            await driver.remove_listener(NOTIFY_CHANNEL, self._on_notify)
+        with contextlib.suppress(Exception):  # a connection the server ended fails its reset; the pool drops it
+            await conn.close()
+
+    async def close(self) -> None:
+        await self._release()
 
 
 def _install_sqlite_hooks(engine: AsyncEngine, file_backed: bool) -> None:
@@ -215,6 +278,17 @@ def _install_sqlite_hooks(engine: AsyncEngine, file_backed: bool) -> None:
     def _on_begin(conn: Connection) -> None:
         if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
             conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _install_postgresql_hooks(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+        # A server that ended an idle pooled connection (restart, failover, pg_terminate_backend, an idle timeout)
+        # has closed its socket, which asyncpg saw: the pool replaces it now (this raise) at no round trip's cost,
+        # instead of the next operation failing on it although the database is up.
+        driver = getattr(dbapi_connection, "_connection", None)
+        if driver is not None and driver.is_closed():
+            raise DisconnectionError("the server closed this pooled connection while it was idle")
 
 
 class SQLStream(FieldUpdates):
@@ -254,6 +328,8 @@ class SQLStream(FieldUpdates):
         in_memory = not self._pg and (database in (None, "", ":memory:") or "mode=memory" in str(engine.url))
         if not self._pg:
             _install_sqlite_hooks(engine, file_backed=not in_memory)
+        elif engine.dialect.driver == "asyncpg":
+            _install_postgresql_hooks(engine)
         # SQLite: one writer at a time anyway; an in-memory database is a single shared connection, so reads
         # must queue too or they would run inside (and end) another task's transaction
         self._write_lock: asyncio.Lock | None = None if self._pg else asyncio.Lock()
