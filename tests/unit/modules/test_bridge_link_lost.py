@@ -41,8 +41,15 @@ async def test_a_call_pending_on_a_dropped_link_fails_within_the_grace() -> None
     assert client.cancelled
 
 
+class _SameLoop:
+    async def run_async(self, coro: Any) -> Any:
+        return await coro
+
+
 class _FullLink:
     """A connected client whose outbound queue stays full: every call fails before it is sent."""
+
+    _bridge = _SameLoop()  # the client's loop bridge: here, the caller's loop
 
     def get_connection_state(self) -> str:
         return "connected"
