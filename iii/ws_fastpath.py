@@ -1002,6 +1002,8 @@ class _Corked:
         out = self._out
         for part in parts:
             if len(part) >= FLUSH_BYTES:
+                if out and self._send_with_corked(part):
+                    continue
                 self.flush_out()
                 if not self.transport.is_closing():
                     self.transport.write(memoryview(part))  # a partial send's rest is then copied once, not twice
@@ -1014,6 +1016,38 @@ class _Corked:
             self.flush_out()
         elif self._flush is None:
             self._flush = asyncio.get_running_loop().call_soon(self.flush_out)
+
+    def _send_with_corked(self, part: bytes) -> bool:
+        """Send what is corked (a large frame's header, at least) and the large ``part`` after it in one
+        ``sendmsg``, when the transport holds nothing (its own ``write`` would then send at once as well); what the
+        socket does not take goes to the transport as views, in order. False (nothing done) when the transport is
+        not a plain socket one with an empty buffer. Why: written apart, the header leaves in a system call and a
+        TCP segment of its own, and the peer wakes up to read it alone."""
+        transport = self.transport
+        sock = getattr(transport, "_sock", None)  # asyncio's selector transports; TLS and other loops: none
+        if (not isinstance(sock, socket.socket) or transport.is_closing()
+                or transport.get_write_buffer_size()):
+            return False
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        out = self._out
+        corked = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        self._out_bytes = 0
+        try:
+            sent = sock.sendmsg((corked, part))
+        except OSError:  # full (BlockingIOError) or failed: the transport's write meets the same and handles it
+            sent = 0
+        for piece in (corked, part):
+            if sent >= len(piece):
+                sent -= len(piece)
+                continue
+            if transport.is_closing():  # the write before failed the connection
+                break
+            transport.write(memoryview(piece)[sent:])
+            sent = 0
+        return True
 
     def flush_out(self) -> None:
         """Write the corked frames. They were corked while the connection was open, so they precede any Close

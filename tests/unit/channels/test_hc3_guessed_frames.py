@@ -1,11 +1,14 @@
 """A fast channel socket reads the next frame, header and payload, in one read straight into a spare buffer of the
 size the frame before the last had (iii.ws_fastpath.FrameReader.receive_buffer): one system call per frame, not
-two, while writes of one size flow; a wrong guess loses, reorders and keeps nothing, and a guess never allocates."""
+two, while writes of one size flow; a wrong guess loses, reorders and keeps nothing, and a guess never allocates.
+A large frame the relay sends leaves with its header in one system call."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
+import socket
 
 import pytest
 
@@ -115,3 +118,64 @@ def test_a_guess_takes_only_a_spare_and_gives_it_back_when_wrong() -> None:
     # No spare of the guessed size: no guess (a header alone never makes the reader allocate a frame).
     spares.clear()
     assert reader.receive_buffer() is None
+
+
+class _Corked(ws_fastpath._Corked):
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self._cork_setup()
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    got = bytearray()
+    while len(got) < size:
+        chunk = sock.recv(size - len(got))
+        assert chunk, "the peer closed early"
+        got += chunk
+    return bytes(got)
+
+
+@pytest.mark.parametrize("small_first", [False, True])
+async def test_a_large_frame_leaves_with_its_header_and_what_was_corked_in_one_send(small_first: bool) -> None:
+    # The relay's large frames: before, the corked header went out in a send of its own (and a TCP segment the
+    # reader woke up for), then the payload. Now one sendmsg carries both; what the socket does not take goes to
+    # the transport as views of the payload, in order.
+    loop = asyncio.get_running_loop()
+    ours, peer = socket.socketpair()
+    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, sock=ours)
+    writes: list[object] = []
+    write = transport.write
+
+    def spy(data: bytes | memoryview) -> None:
+        writes.append(data)
+        write(data)
+
+    transport.write = spy  # type: ignore[method-assign]
+    conn = _Corked(transport)  # type: ignore[arg-type]
+    big = os.urandom(4 * ws_fastpath.FLUSH_BYTES)  # more than the socket takes at once: a partial send
+    if small_first:
+        conn.cork((b"h1", b"small"))
+    conn.cork((b"h2", big))
+    expected = (b"h1small" if small_first else b"") + b"h2" + big
+    got = await asyncio.to_thread(_read_exactly, peer, len(expected))
+    assert got == expected
+    assert writes and all(isinstance(w, memoryview) and w.obj is big for w in writes)
+    transport.close()
+    peer.close()
+
+
+async def test_a_transport_still_sending_keeps_its_order() -> None:
+    # With bytes waiting in the transport, the frame goes behind them through the transport as before.
+    loop = asyncio.get_running_loop()
+    ours, peer = socket.socketpair()
+    transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, sock=ours)
+    conn = _Corked(transport)  # type: ignore[arg-type]
+    first = os.urandom(4 * ws_fastpath.FLUSH_BYTES)
+    transport.write(first)
+    assert transport.get_write_buffer_size()
+    big = os.urandom(ws_fastpath.FLUSH_BYTES)
+    conn.cork((b"hx", big))
+    got = await asyncio.to_thread(_read_exactly, peer, len(first) + 2 + len(big))
+    assert got == first + b"hx" + big
+    transport.close()
+    peer.close()
