@@ -193,13 +193,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         config = load_config(args.config) if args.config else EngineConfig()
+        # flags are checked as the file is: a bad one (``--host ""``) is a usage error, not a traceback
+        config = config.with_overrides(host=args.host, port=args.port, allow_degraded=args.allow_degraded,
+                                       event_loop=args.event_loop)
+        if args.stream_store:
+            config = with_stream_store(config, args.stream_store)
     except ConfigError as exc:
         print(f"{PROG}: {mask_passwords(str(exc))}", file=sys.stderr)
         return 2
-    config = config.with_overrides(host=args.host, port=args.port, allow_degraded=args.allow_degraded,
-                                   event_loop=args.event_loop)
-    if args.stream_store:
-        config = with_stream_store(config, args.stream_store)
     log = _StartupLog(args.log_level, args.log_format)
     try:
         run_on_loop(run(config, on_started=log.started), config.event_loop)
