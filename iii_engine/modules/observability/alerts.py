@@ -91,12 +91,12 @@ def _metric_value(metric: str, window_s: float, entries: Sequence[dict[str, Any]
     if not named:
         return None
     if window_s <= 0:
-        points = [p["value"] for p in named[-1]["data_points"] if "value" in p]
+        points = [p["value"] for p in named[-1]["data_points"] if p.get("value") is not None]
         return float(points[0]) if points else None
     recent = [e for e in named if e["timestamp_unix_nano"] >= now_ns - int(window_s * 1e9)]
     if not recent:
         return None
-    values = [float(p["value"]) for e in recent for p in e["data_points"] if "value" in p]
+    values = [float(p["value"]) for e in recent for p in e["data_points"] if p.get("value") is not None]
     if not values:
         return None
     if recent[0]["metric_type"] == "gauge":

@@ -221,6 +221,12 @@ class OtelModule(EngineModule):
             except (TelemetryFormatError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
                 self.malformed_frames += 1
                 log.warning("dropped a malformed %s telemetry frame: %s", kind, str(exc)[:200])
+            except Exception as exc:
+                # Whatever a frame does, this task must live on: before, one OverflowError ended it and every later
+                # frame of every worker sat in the queue until the queue was full, then was dropped.
+                self.malformed_frames += 1
+                log.error("dropped a %s telemetry frame that failed to store: %s: %s", kind, type(exc).__name__,
+                          str(exc)[:200])
             # one frame at a time, then let calls run: a flood of frames cannot hold the loop
             await asyncio.sleep(0)
 

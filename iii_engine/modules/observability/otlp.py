@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from iii.wire import dumps
@@ -52,17 +53,30 @@ def _number_text(value: float) -> str:
     return text
 
 
-def _int(value: Any, what: str = "integer") -> int:
-    """A non-negative OTLP integer given as a JSON number or a decimal string."""
+_DECIMAL = re.compile(r"-?[0-9]{1,20}")
+_UINT64 = (0, 2**64 - 1)
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _int(value: Any, what: str = "integer", bounds: tuple[int, int] = _UINT64) -> int:
+    """An OTLP integer given as a JSON number or a decimal string, within ``bounds`` (``fixed64`` unless told).
+
+    The range is checked because a worker's 400-digit "timestamp" used to be stored as is: converting it to a float
+    later (a duration, a metric value) raised OverflowError in every ``engine::traces::list`` and
+    ``engine::metrics::list`` call, and in the ingest task itself.
+    """
     if isinstance(value, bool):
         raise TelemetryFormatError(f"{what} must be an integer, got a boolean")
-    if isinstance(value, int):
-        return value
     if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    raise TelemetryFormatError(f"{what} must be an integer or a decimal string, got {type(value).__name__}")
+        value = int(value)
+    if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+        value = int(value)
+    if not isinstance(value, int):
+        shown = repr(value[:40]) if isinstance(value, str) else type(value).__name__
+        raise TelemetryFormatError(f"{what} must be an integer or a decimal string, got {shown}")
+    if not bounds[0] <= value <= bounds[1]:
+        raise TelemetryFormatError(f"{what} {value} is out of range [{bounds[0]}, {bounds[1]}]")
+    return value
 
 
 def _opt_int(value: Any, what: str) -> int:
@@ -81,7 +95,7 @@ def any_value_text(value: Any) -> str:
     if "stringValue" in value:
         return str(value["stringValue"])
     if "intValue" in value:
-        return str(_int(value["intValue"], "intValue"))
+        return str(_int(value["intValue"], "intValue", _INT64))
     if "doubleValue" in value:
         raw = value["doubleValue"]
         return _number_text(float(raw)) if isinstance(raw, int | float) and not isinstance(raw, bool) else str(raw)
@@ -104,7 +118,7 @@ def any_value_json(value: Any) -> Any:
     if "stringValue" in value:
         return str(value["stringValue"])
     if "intValue" in value:
-        return _int(value["intValue"], "intValue")
+        return _int(value["intValue"], "intValue", _INT64)
     if "doubleValue" in value:
         raw = value["doubleValue"]
         if not isinstance(raw, int | float) or isinstance(raw, bool) or not math.isfinite(raw):
@@ -264,12 +278,25 @@ def logs_from_otlp(frame: Any) -> list[dict[str, Any]]:
 
 
 def _number_point(point: dict[str, Any]) -> dict[str, Any]:
+    value: float | None
     if "asDouble" in point and point["asDouble"] is not None:
         raw = point["asDouble"]
-        value: float = float(raw) if isinstance(raw, int | float | str) and not isinstance(raw, bool) else 0.0
+        parsed: float | None
+        if isinstance(raw, str):
+            try:
+                parsed = float(raw)
+            except ValueError:
+                raise TelemetryFormatError(f"asDouble must be a number, got {raw[:40]!r}") from None
+        elif isinstance(raw, int | float) and not isinstance(raw, bool):
+            parsed = _float_or_none(raw)
+        else:
+            raise TelemetryFormatError(f"asDouble must be a number, got {type(raw).__name__}")
+        # "NaN"/"Infinity" are valid protobuf JSON but not JSON: stored as null (what production answers), never as
+        # a float that makes every engine::metrics::list answer fail to serialise.
+        value = parsed if parsed is not None and math.isfinite(parsed) else None
     elif "asInt" in point and point["asInt"] is not None:
         # Production accepts only a JSON number here; SDKs (ours and the reference) quote int64, so both are read.
-        value = float(_int(point["asInt"], "asInt"))
+        value = float(_int(point["asInt"], "asInt", _INT64))
     else:
         value = 0.0
     return {"value": value, "attributes": _attributes_pairs(point.get("attributes")),
@@ -277,7 +304,12 @@ def _number_point(point: dict[str, Any]) -> dict[str, Any]:
 
 
 def _float_or_none(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond the float range
+        return None
 
 
 def _histogram_point(point: dict[str, Any]) -> dict[str, Any]:
@@ -285,8 +317,7 @@ def _histogram_point(point: dict[str, Any]) -> dict[str, Any]:
         "count": _opt_int(point.get("count"), "count"),
         "sum": _float_or_none(point.get("sum")) or 0.0,
         "bucket_counts": [_int(c, "bucketCounts") for c in _list(point, "bucketCounts")],
-        "explicit_bounds": [float(b) for b in _list(point, "explicitBounds")
-                            if isinstance(b, int | float) and not isinstance(b, bool)],
+        "explicit_bounds": [b for b in map(_float_or_none, _list(point, "explicitBounds")) if b is not None],
         "min": _float_or_none(point.get("min")),
         "max": _float_or_none(point.get("max")),
         "attributes": _attributes_pairs(point.get("attributes")),

@@ -176,7 +176,7 @@ def aggregate(metrics: Sequence[dict[str, Any]], interval_s: float) -> list[dict
     buckets: dict[tuple[str, int], list[float]] = {}
     for metric in metrics:
         start = metric["timestamp_unix_nano"] // width * width
-        values = [p["value"] for p in metric["data_points"] if "value" in p]
+        values = [p["value"] for p in metric["data_points"] if p.get("value") is not None]  # null: NaN sent
         if values:
             buckets.setdefault((metric["name"], start), []).extend(values)
     out: list[dict[str, Any]] = []
