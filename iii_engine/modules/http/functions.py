@@ -172,12 +172,24 @@ def _rejected(exc: UrlRejected) -> EngineError:
     return EngineError("url_validation_failed", f"{exc}: {exc.detail}" if exc.detail else str(exc))
 
 
+# Each part of an error chain, at most: a parser's message can quote what it choked on (8 KiB of a header line).
+_CHAIN_PART_CHARS = 200
+
+
 def _chain(exc: BaseException) -> str:
-    """``outer: inner: …`` like production's error-chain messages."""
+    """``outer: inner: …`` like production's error-chain messages, on one line and bounded (each part within
+    ``_CHAIN_PART_CHARS``): the client's parser errors span lines and quote the bytes they refused.
+
+    Example:
+        >>> _chain(ValueError("Bad status line:\\n  b'garbage'\\n    ^"))
+        "Bad status line: b'garbage' ^"
+    """
     parts: list[str] = []
     seen: BaseException | None = exc
     while seen is not None and len(parts) < 8:
-        text = str(seen) or type(seen).__name__
+        text = " ".join((str(seen) or type(seen).__name__).split())
+        if len(text) > _CHAIN_PART_CHARS:
+            text = f"{text[:_CHAIN_PART_CHARS]}…"
         if not parts or text not in parts[-1]:
             parts.append(text)
         seen = seen.__cause__ or seen.__context__
@@ -295,7 +307,11 @@ class HttpFunctionsModule(EngineModule):
                     timeout=aiohttp.ClientTimeout(total=function.timeout_ms / 1000)) as response:
                 try:
                     raw = await self._read_bounded(function, response)
-                except (aiohttp.ClientError, TimeoutError) as exc:
+                except TimeoutError:
+                    raise EngineError("http_response_failed",
+                                      f"the response of {function.url} did not arrive whole within "
+                                      f"{function.timeout_ms} ms") from None
+                except aiohttp.ClientError as exc:
                     raise EngineError("http_response_failed",
                                       f"reading the response of {function.url} failed: {_chain(exc)}") from None
                 return self._result(function, response.status, response.reason, raw)
