@@ -22,6 +22,11 @@ Example:
     >>> s = ApiSettings.parse({"port": 0, "cors": {"allowed_origins": ["https://app.example"]}})
     >>> s.port, s.default_timeout_ms, s.cors.allowed_origins
     (0, 30000, ('https://app.example',))
+    >>> ApiSettings.parse({"cors": {"allowed_origins": ["https://app.example/"]}})
+    Traceback (most recent call last):
+    ...
+    iii_engine.settings.ConfigError: cors.allowed_origins: 'https://app.example/' is not an origin as browsers \
+send it: scheme://host[:port] with nothing after it (or '*')
     >>> ApiSettings.parse({"prot": 1})
     Traceback (most recent call last):
     ...
@@ -31,6 +36,7 @@ default_timeout, header_timeout, host, max_body_bytes, max_buffered_bytes, port,
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 from pydantic import ValidationInfo, field_validator
@@ -43,6 +49,10 @@ DEFAULT_PORT = 3111
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_BUFFERED_BYTES = 256 * 1024 * 1024
+_METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Z]+")  # an RFC 9110 token (upper-cased)
+# What a browser sends as Origin: scheme://host[:port], nothing after it (or "null"); a listed origin that is not
+# of this form (a trailing slash, a path, a space) can never equal one, so CORS would fail without a word.
+_ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[\x21-\x2e\x30-\x7e]+")
 
 
 class CorsSettings(Settings):
@@ -56,7 +66,22 @@ class CorsSettings(Settings):
     @field_validator("allowed_methods")
     @classmethod
     def _upper(cls, methods: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        return None if methods is None else tuple(method.upper() for method in methods)
+        if methods is None:
+            return None
+        upper = tuple(method.upper() for method in methods)
+        for method in upper:
+            if not _METHOD.fullmatch(method):
+                raise ValueError(f"{method!r} is not an HTTP method name (a token such as GET)")
+        return upper
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, origins: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for origin in origins or ():
+            if origin not in ("*", "null") and not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not an origin as browsers send it: scheme://host[:port] with "
+                                 f"nothing after it (or '*')")
+        return origins
 
     def headers(self, origin: str | None, preflight: bool, request_headers: str | None) -> dict[str, str]:
         """CORS response headers for a request from ``origin`` (none when the origin is absent or refused).
