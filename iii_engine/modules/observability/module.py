@@ -39,6 +39,8 @@ __all__ = ["OtelModule"]
 log = logging.getLogger(__name__)
 
 ENGINE_VERSION = "0.10.0"
+# How long one alert webhook delivery may take, all attempts and pauses included.
+WEBHOOK_BUDGET_S = 30.0
 _SEVERITIES = {"trace": (1, "TRACE"), "debug": (5, "DEBUG"), "info": (9, "INFO"), "warn": (13, "WARN"),
                "error": (17, "ERROR")}
 _NOT_ENABLED = EngineError(
@@ -146,6 +148,12 @@ class OtelModule(EngineModule):
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self.forwarder: OtlpForwarder | None = None
+        # Webhook deliveries: at most one per rule at a time, each given up after webhook_budget_s in all.
+        self.webhook_budget_s = WEBHOOK_BUDGET_S
+        self._webhooks: dict[str, asyncio.Task[None]] = {}
+        self.webhook_sent = 0
+        self.webhook_failed = 0
+        self.webhook_skipped = 0
         self.dropped_frames = 0
         self.malformed_frames = 0
         self.ingested_frames = 0
@@ -195,11 +203,6 @@ class OtelModule(EngineModule):
 
     def _register(self, function_id: str, handler: Any, description: str) -> None:
         self.services.register_function(BuiltinFunction(function_id, handler, description))
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     # -- ingestion -------------------------------------------------------------------------------------------
 
@@ -480,6 +483,9 @@ class OtelModule(EngineModule):
             spans = {"status": "healthy", "details": {"stored_spans": len(self.spans), "evicted": self.spans.evicted}}
         telemetry = {"ingested_frames": self.ingested_frames, "dropped_frames": self.dropped_frames,
                      "malformed_frames": self.malformed_frames}
+        if self.alerts is not None:
+            telemetry.update(webhook_sent=self.webhook_sent, webhook_failed=self.webhook_failed,
+                             webhook_skipped=self.webhook_skipped)
         if self.forwarder is not None:
             telemetry.update(exported=self.forwarder.sent, export_dropped=self.forwarder.dropped,
                              export_failed=self.forwarder.failed)
@@ -536,23 +542,46 @@ class OtelModule(EngineModule):
             if action.get("type") == "function":
                 self.services.fire(str(action["path"]), {**fields, "firing": True})
             elif action.get("type") == "webhook":
-                self._spawn(self._webhook(str(action["url"]), fields))
+                self._deliver(event["name"], str(action["url"]), fields)
             log.warning("Alert triggered: %s", fields)
         return events
+
+    def _deliver(self, rule: str, url: str, body: dict[str, Any]) -> None:
+        # A webhook that hangs while alerts keep triggering (cooldown 0, or engine::alerts::evaluate called in a
+        # loop) used to start one more delivery each time, without limit; now the event is skipped and counted.
+        running = self._webhooks.get(rule)
+        if running is not None and not running.done():
+            self.webhook_skipped += 1
+            log.warning("alert %s: webhook %s still busy with an earlier delivery; this one is skipped", rule, url)
+            return
+        task = asyncio.get_running_loop().create_task(self._webhook(url, body), name=f"alert-webhook-{rule}")
+        self._webhooks[rule] = task
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _webhook(self, url: str, body: dict[str, Any]) -> None:
         import aiohttp
 
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-            for attempt, pause in enumerate((1, 2, 4, 0)):
-                try:
-                    async with session.post(url, json=body) as response:
-                        if response.status < 300:
-                            return
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    log.warning("alert webhook %s failed (attempt %d): %s", url, attempt + 1, exc)
-                if pause:
-                    await asyncio.sleep(pause)
+        problem = "no attempt finished"
+        try:
+            async with asyncio.timeout(self.webhook_budget_s), aiohttp.ClientSession(
+                    timeout=aiohttp.ClientTimeout(total=self.webhook_budget_s)) as session:
+                for attempt, pause in enumerate((1, 2, 4, 0)):
+                    try:
+                        async with session.post(url, json=body) as response:
+                            if response.status < 300:
+                                self.webhook_sent += 1
+                                return
+                            problem = f"answered HTTP {response.status}"
+                    except aiohttp.ClientError as exc:
+                        problem = f"{type(exc).__name__}: {exc}"
+                    log.warning("alert webhook %s failed (attempt %d): %s", url, attempt + 1, problem)
+                    if pause:
+                        await asyncio.sleep(pause)
+        except TimeoutError:
+            problem = f"no success within {self.webhook_budget_s:g} s ({problem})"
+        self.webhook_failed += 1
+        log.error("alert webhook %s not delivered: %s", url, problem)
 
     async def _alerts_list(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
         if self.alerts is None:

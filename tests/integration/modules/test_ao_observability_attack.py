@@ -4,14 +4,18 @@ stop ingestion for everyone nor poison the ``engine::*`` queries, and alert webh
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
 
 import pytest
+from aiohttp import web
 from module_worker import ModuleWorker
 
+from iii_engine.modules.observability import module as observability_module
 from tests.integration.modules.test_observability import engine_with, eventually
+from tests.polling import until
 
 pytestmark = pytest.mark.our_engine("configures the observability module")
 
@@ -102,3 +106,46 @@ async def test_non_finite_metric_values_do_not_poison_metrics_list() -> None:
         assert bucket["count"] == 1 and bucket["max"] == 42.0
         evaluated = await worker.result("engine::alerts::evaluate", {})
         assert [e["value"] for e in evaluated["triggered_alerts"]] == [42.0]
+
+
+async def test_a_hanging_alert_webhook_is_bounded_in_count_and_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: every triggering evaluation started one more delivery to the hanging webhook (20 evaluations, 20
+    # requests held open), and one delivery could last 4 attempts x 30 s plus pauses.
+    arrived: list[web.Request] = []
+    release = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        arrived.append(request)
+        await release.wait()
+        return web.Response(text="late")
+
+    app = web.Application()
+    app.router.add_post("/hook", hang)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    rules = [{"name": "ao-storm", "metric": "iii.invocations.total", "threshold": 0, "operator": ">=",
+              "cooldown_seconds": 0, "action": {"type": "webhook", "url": f"http://127.0.0.1:{port}/hook"}}]
+    monkeypatch.setattr(observability_module, "WEBHOOK_BUDGET_S", 1.0, raising=False)
+    try:
+        async with engine_with({"alerts": rules}) as engine, ModuleWorker(engine.url) as worker:
+            module: Any = engine.module("observability")
+            for _ in range(20):
+                evaluated = await worker.result("engine::alerts::evaluate", {})
+                assert [e["name"] for e in evaluated["triggered_alerts"]] == ["ao-storm"]
+            await until(lambda: len(arrived) >= 1)
+            assert len(module._background) == 1  # one delivery in flight, not one per evaluation
+            details = await telemetry(worker)
+            # (the alert task's own first evaluation may have started the delivery: then all 20 were skipped)
+            assert details["webhook_skipped"] >= 19
+            # the delivery gives up within its budget, and the next event is delivered again
+            await until(lambda: not module._background, within=5)
+            assert (await telemetry(worker))["webhook_failed"] == 1 and len(arrived) == 1
+            release.set()
+            await worker.result("engine::alerts::evaluate", {})
+            await until(lambda: module.webhook_sent == 1, within=5)
+    finally:
+        release.set()
+        await runner.cleanup()
