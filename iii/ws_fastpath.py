@@ -454,7 +454,7 @@ of the frame in progress: what frame headers alone can make a thread allocate, h
 
 
 GUESS_MIN_BYTES: Final = 16 * 1024
-"""The smallest frame a :class:`FrameReader` reads into a guessed buffer (:meth:`FrameReader.receive_buffer`):
+"""The smallest frame a :class:`FrameReader` reads into a guessed buffer (:meth:`FrameReader.next_frame_buffer`):
 below it a header's own read costs little next to the frame."""
 
 
@@ -532,7 +532,7 @@ class FrameReader:
         # Frames still read one at a time (read_limit): 2 after a large frame, one less after each small one.
         self._probe = 0
         # Whole sizes of the last two frames that ended in a frame buffer (the older first), and the spare buffer
-        # lent for the next frame on that guess (receive_buffer): writes of one size come as a repeating pattern
+        # lent for the next frame on that guess (next_frame_buffer): writes of one size come as a repeating pattern
         # of frames (960 KiB then a 64 KiB tail), so the frame before the last predicts the next.
         self._sizes = (0, 0)
         self._guess: bytearray | None = None
@@ -635,13 +635,9 @@ class FrameReader:
         """Where the next bytes may be received straight into: the rest of a large frame in progress (of at least
         :data:`FLUSH_BYTES`, in a buffer of its exact size), saving the copy :meth:`feed` would make; ``None``
         otherwise. Report what was written there with :meth:`received`. Its tail too, however short: a read past
-        it would land the next frame's start in the receive buffer, to be copied (see :meth:`read_limit`). Between
-        frames while large ones flow: a whole buffer for the next frame, header included, on a guess of its size
-        (:meth:`_guess_buffer`)."""
+        it would land the next frame's start in the receive buffer, to be copied (see :meth:`read_limit`)."""
         need = self._need
         filled = self._filled
-        if not filled:
-            return self._guess_buffer() if self._probe else None
         if need < FLUSH_BYTES:
             return None
         if len(self._pending) != need:  # growing with its bytes (no spare of its size was left)
@@ -653,7 +649,8 @@ class FrameReader:
         return memoryview(self._pending)[filled:]
 
     def received(self, nbytes: int) -> tuple[list[tuple[bool, bytes]], list[bytes], bytes | None]:
-        """``nbytes`` were written into the view :meth:`receive_buffer` gave: what :meth:`feed` would return."""
+        """``nbytes`` were written into the view :meth:`receive_buffer` or :meth:`next_frame_buffer` gave: what
+        :meth:`feed` would return."""
         guess = self._guess
         if guess is not None:
             self._guess = None
@@ -665,11 +662,19 @@ class FrameReader:
             self._take_pending(messages, control)
         return messages, control, None
 
-    def _guess_buffer(self) -> memoryview | None:
+    def next_frame_buffer(self) -> memoryview | None:
         """Between frames while large ones flow: this thread's spare buffer of the size the next frame is likely
         to have (that of the frame before the last), so that its header and payload come in one read straight
         into it, instead of a read of the header alone first (:meth:`read_limit`): one system call and one
-        event-loop turn less per frame. ``None`` when there is no such spare (never allocated for a guess)."""
+        event-loop turn less per frame. Report what was written there with :meth:`received`. ``None`` in a frame,
+        after small frames, or when there is no such spare (never allocated for a guess).
+
+        Example:
+            >>> FrameReader(masked=False).next_frame_buffer() is None  # no large frame came yet
+            True
+        """
+        if self._filled or not self._probe:
+            return None
         guess = self._guess
         if guess is None:
             size = self._sizes[0]
@@ -919,6 +924,8 @@ class _BufferedFeed(asyncio.BufferedProtocol):
         if frames is None:
             return _receive_view()
         direct = frames.receive_buffer()
+        if direct is None:
+            direct = frames.next_frame_buffer()
         self._direct = direct is not None
         if direct is not None:
             return direct
@@ -1193,7 +1200,8 @@ class _FastReceive(_Corked):
         self._deliver(*frames.feed(data))
 
     def _feed_direct(self, nbytes: int) -> None:
-        """``nbytes`` were read straight into the frame in progress (:meth:`FrameReader.receive_buffer`)."""
+        """``nbytes`` were read straight into the frame in progress (:meth:`FrameReader.receive_buffer`) or the
+        next one (:meth:`FrameReader.next_frame_buffer`)."""
         frames = self._frames
         assert frames is not None
         self._deliver(*frames.received(nbytes))

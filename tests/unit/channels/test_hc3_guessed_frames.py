@@ -1,6 +1,6 @@
 """A fast channel socket reads the next frame, header and payload, in one read straight into a spare buffer of the
-size the frame before the last had (iii.ws_fastpath.FrameReader.receive_buffer): one system call per frame, not
-two, while writes of one size flow; a wrong guess loses, reorders and keeps nothing, and a guess never allocates.
+size the frame before the last had (iii.ws_fastpath.FrameReader.next_frame_buffer): one system call per frame,
+not two, while writes of one size flow; a wrong guess loses, reorders and keeps nothing, and a guess never allocates.
 A large frame the relay sends leaves with its header in one system call."""
 
 from __future__ import annotations
@@ -105,19 +105,19 @@ def test_a_guess_takes_only_a_spare_and_gives_it_back_when_wrong() -> None:
     payload = os.urandom(INVITED)
     conn, _ = _read(True, _frames(True, [payload, payload, payload]))
     reader = conn.frames
-    assert reader.receive_buffer() is not None  # between frames: the spare of the frame before the last
+    assert reader.next_frame_buffer() is not None  # between frames: the spare of the frame before the last
     spares = ws_fastpath._SPARE.buffers
     assert spares == []  # it took the thread's only one
     # A frame of another size comes instead: split like any read, and the buffer goes back to the spares.
     other = client_frame(False, b"x" * 70_000, KEY)
-    guess = reader.receive_buffer()
+    guess = reader.next_frame_buffer()
     assert guess is not None
     guess[: len(other)] = other
     assert reader.received(len(other)) == ([(False, b"x" * 70_000)], [], None)
     assert [len(b) for b in spares] == [len(_frames(True, [payload]))]
     # No spare of the guessed size: no guess (a header alone never makes the reader allocate a frame).
     spares.clear()
-    assert reader.receive_buffer() is None
+    assert reader.next_frame_buffer() is None
 
 
 class _Corked(ws_fastpath._Corked):
