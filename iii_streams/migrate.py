@@ -9,11 +9,12 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -24,6 +25,10 @@ __all__ = ["HEAD", "MIGRATIONS_DIR", "SQL_SCHEMES", "current_revision", "migrate
            "upgrade_connection"]
 
 HEAD: Final = "head"
+# PostgreSQL advisory lock key ("iiistr") held by each migration transaction: concurrent migrations (replicas
+# starting at once) run one after the other, the later ones finding the schema done, instead of failing on a
+# duplicate CREATE TABLE
+_MIGRATION_LOCK: Final = 0x69_69_69_73_74_72
 
 # accepted URL schemes -> the async-driver scheme SQLAlchemy is given
 SQL_SCHEMES: Final[dict[str, str]] = {
@@ -75,8 +80,35 @@ def _config(connection: Connection) -> Config:
     return cfg
 
 
+def _serialize(connection: Connection) -> None:
+    """Wait for any other migration of this PostgreSQL database to commit (the lock ends with the transaction)."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+
+
+def _lock_sqlite_writes(engine: AsyncEngine) -> None:
+    """Make every transaction of ``engine`` (SQLite) ``BEGIN IMMEDIATE``: it takes the database's write lock before
+    the version is read, so concurrent migrations run one after the other. The driver's own transaction handling
+    would leave ``CREATE TABLE`` outside any transaction."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout = 30000")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def upgrade_connection(connection: Connection, revision: str = HEAD) -> str | None:
-    """Upgrade through a sync connection (e.g. inside ``AsyncConnection.run_sync``); returns the new revision."""
+    """Upgrade through a sync connection (e.g. inside ``AsyncConnection.run_sync``); returns the new revision.
+
+    On PostgreSQL it first waits for any other migration of the database to commit (an advisory lock held until
+    the transaction ends)."""
+    _serialize(connection)
     command.upgrade(_config(connection), revision)
     return current_revision(connection)
 
@@ -105,10 +137,13 @@ async def upgrade(url: str, revision: str = HEAD) -> tuple[str | None, str | Non
     """
 
     def run(connection: Connection) -> tuple[str | None, str | None]:
+        _serialize(connection)  # before the version is read: it may be another migration's to write
         before = current_revision(connection)
         return before, upgrade_connection(connection, revision)
 
     engine = create_async_engine(normalize_url(url))
+    if engine.dialect.name == "sqlite":
+        _lock_sqlite_writes(engine)
     try:
         async with engine.begin() as conn:
             return await conn.run_sync(run)
