@@ -1,8 +1,8 @@
 """Forwards telemetry to an OTLP/HTTP collector as OTLP/JSON (``/v1/traces``, ``/v1/metrics``, ``/v1/logs``).
 
 Workers already send OTLP/JSON, so their frames are forwarded as they came; engine log entries are batched into
-one ``ExportLogsServiceRequest``. The queue is bounded: when the collector is slow or down, the newest payloads
-are dropped and counted (reported by ``engine::health::check``), never held without limit.
+one ``ExportLogsServiceRequest``. The queue is bounded in payloads and bytes: when the collector is slow or down, the
+newest payloads are dropped, counted (reported by ``engine::health::check``) and logged, never held without limit.
 
 Example:
     >>> collector_url("http://localhost:4317", "logs")
@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
 from iii_streams.messages import needs_package
@@ -23,6 +24,9 @@ from iii_streams.messages import needs_package
 __all__ = ["OtlpForwarder", "collector_url"]
 
 log = logging.getLogger(__name__)
+
+# Seconds between two log lines about dropped payloads.
+DROP_LOG_INTERVAL_S = 10.0
 
 
 def collector_url(endpoint: str, signal: str) -> str:
@@ -38,7 +42,8 @@ def collector_url(endpoint: str, signal: str) -> str:
 class OtlpForwarder:
     """A background task posting queued payloads; :meth:`submit` never blocks."""
 
-    def __init__(self, endpoint: str, *, max_queued: int = 1024, timeout_s: float = 10.0) -> None:
+    def __init__(self, endpoint: str, *, max_queued: int = 1024, max_queued_bytes: int = 64 * 1024 * 1024,
+                 timeout_s: float = 10.0) -> None:
         try:
             import aiohttp
         except ImportError as exc:  # pragma: no cover - depends on the installed extras
@@ -46,6 +51,10 @@ class OtlpForwarder:
         self._aiohttp = aiohttp
         self.endpoint = endpoint
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(max_queued)
+        # Bodies are up to max_frame_bytes each: a count alone let a stalled collector hold 1024 x 8 MiB.
+        self.max_queued_bytes = max_queued_bytes
+        self._queued_bytes = 0
+        self._drop_logged_at = -DROP_LOG_INTERVAL_S
         self._timeout = timeout_s
         self._task: asyncio.Task[None] | None = None
         self.sent = 0
@@ -58,10 +67,16 @@ class OtlpForwarder:
 
     def submit(self, signal: str, body: bytes) -> None:
         """Queue one OTLP/JSON body for ``signal`` (``traces``, ``metrics`` or ``logs``); dropped when full."""
-        try:
-            self._queue.put_nowait((signal, body))
-        except asyncio.QueueFull:
+        if self._queued_bytes + len(body) > self.max_queued_bytes or self._queue.full():
             self.dropped += 1
+            now = time.monotonic()
+            if now - self._drop_logged_at >= DROP_LOG_INTERVAL_S:  # one line per interval, not one per payload
+                self._drop_logged_at = now
+                log.warning("OTLP export queue full (%d payloads, %d bytes): dropped %d payloads so far",
+                            self._queue.qsize(), self._queued_bytes, self.dropped)
+            return
+        self._queue.put_nowait((signal, body))
+        self._queued_bytes += len(body)
 
     async def close(self) -> None:
         """Post what is queued (bounded by the timeout), then stop."""
@@ -79,6 +94,7 @@ class OtlpForwarder:
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
                 signal, body = await self._queue.get()
+                self._queued_bytes -= len(body)
                 try:
                     async with session.post(collector_url(self.endpoint, signal), data=body,
                                             headers={"Content-Type": "application/json"}) as response:
