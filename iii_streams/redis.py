@@ -285,6 +285,25 @@ def unescape_name(text: str) -> str:
 class _WaitingPool(aioredis.BlockingConnectionPool):
     """A blocking pool whose timeout says what happened (redis-py reports "No connection available.")."""
 
+    async def ensure_connection(self, connection: Any) -> None:
+        """Connect ``connection``, or reconnect it when the server closed it (or it holds unread data) while idle.
+
+        redis-py skips that check while maintenance notifications are enabled (``"auto"``, its default), and then
+        hands out a pooled connection the server ended (a restart, ``CLIENT KILL``, a ``timeout`` setting): the
+        next command on it failed with "Connection closed by server" although Redis was up. The check reads no
+        socket (a buffered EOF or bytes), and this store uses no notification an idle connection could hold.
+        """
+        await connection.connect()
+        try:
+            stale = await connection.can_read()
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            stale = True
+        if stale:
+            await connection.disconnect()
+            await connection.connect()
+            if await connection.can_read():
+                raise RedisConnectionError("a new Redis connection had data before any command was sent")
+
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
