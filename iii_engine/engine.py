@@ -478,6 +478,8 @@ class Engine:
             self.memory.note()
             if event.reply is not None:
                 worker.post(event.reply)
+            if event.result_id is not None:
+                self.invocations.reject_result(worker, event.result_id, event.reason)
         elif isinstance(event, RegisterFunction):
             await self._register_function(worker, event)
         elif isinstance(event, UnregisterFunction):

@@ -30,6 +30,7 @@ from typing import Any
 from iii.loss_log import LossLog
 from iii.protocol.codec import is_uuid
 from iii.protocol.ids import InvocationIds, new_invocation_id
+from iii.protocol.worker_session import REPLY_REASON_CLIP, clip_text
 from iii.wire import loads
 
 from .limits import SKIP_LOG_INTERVAL_S, TOO_MANY_CALLS, FiredCalls, HeldTasks, WorkerCalls
@@ -305,6 +306,17 @@ class Invocations:
             return
         self._finish(invocation_id, msg.get("result"), msg.get("error"), msg.get("traceparent"), msg.get("baggage"),
                      verbatim)
+
+    def reject_result(self, sender: WorkerConnection, invocation_id: str, reason: str) -> None:
+        """A worker's ``invocationresult`` for ``invocation_id`` that could not be decoded: the call it answers ends
+        with ``invalid_result`` naming why. Before, it was dropped and the call stayed pending: its caller waited
+        with no ``invocation_timeout_ms`` for good, holding a ``max_calls_per_worker`` count."""
+        pending = self.pending.get(invocation_id)
+        if pending is None or pending.callee is not sender:
+            return  # not the sender's call to answer (or over): the warning about the frame says enough
+        self._finish(invocation_id, None, error_body(
+            "invalid_result", f"worker {sender.id} answered invocation {invocation_id} of {pending.function_id} with "
+                              f"a frame that could not be decoded: {clip_text(reason, REPLY_REASON_CLIP)}"))
 
     def _stray_result(self, what: str) -> None:
         """A result that ends no call: late (its caller left, it timed out or was stopped) or not the sender's.

@@ -37,7 +37,7 @@ from typing import Any, Final
 
 from ..errors import ConnectionLostError, InvocationError, ShuttingDownError
 from . import frames
-from .codec import loads
+from .codec import loads, salvage_invocation
 from .ids import InvocationIds, new_invocation_id
 
 __all__ = [
@@ -435,7 +435,7 @@ class ClientSession:
         try:
             msg = loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
-            return [FrameSkipped(_WARNING, f"Skipping a frame that is not JSON ({exc}): {raw!r:.200}")]
+            return self._not_json(raw, exc)
         if not isinstance(msg, dict):
             return [FrameSkipped(_WARNING, f"Skipping a frame that is not a JSON object: {raw!r:.200}")]
         kind = msg.get("type")
@@ -463,6 +463,18 @@ class ClientSession:
         if kind == "pong":
             return []
         return [FrameSkipped(_DEBUG, f"Ignoring message of type {kind!r}")]
+
+    def _not_json(self, raw: str | bytes, exc: Exception) -> list[Event]:
+        """A frame that is not JSON; one that plainly answers a call of ours fails that call at once (before, it
+        waited out its whole timeout for an answer that had come)."""
+        events: list[Event] = [FrameSkipped(_WARNING, f"Skipping a frame that is not JSON ({exc}): {raw!r:.200}")]
+        salvaged = salvage_invocation(raw)
+        invocation_id = salvaged["invocation_id"]
+        if (salvaged["message_type"] == "invocationresult" and invocation_id is not None
+                and self._pending.pop(invocation_id, None) is not None):
+            events.append(CallFailed(invocation_id, InvocationError(
+                "invalid_result", f"the answer to invocation {invocation_id} could not be decoded: {exc}")))
+        return events
 
     def _on_result(self, msg: dict[str, Any]) -> list[Event]:
         invocation_id = msg.get("invocation_id")

@@ -471,20 +471,24 @@ def _describe(error: ValidationError) -> str:
 # Where an unparseable frame may still say who is waiting for an answer: the ends of the frame, since senders put
 # the envelope keys before or after the payload.
 _SALVAGE_WINDOW: Final = 64 * 1024
-_SALVAGE_TYPE: Final = re.compile(r'"type"\s*:\s*"invokefunction"')
+_SALVAGE_TYPE: Final = re.compile(r'"type"\s*:\s*"(invokefunction|invocationresult)"')
 _SALVAGE_ID: Final = re.compile(r'"invocation_id"\s*:\s*"([0-9a-fA-F-]{32,36})"')
 _SALVAGE_FUNCTION: Final = re.compile(r'"function_id"\s*:\s*"((?:[^"\\]|\\.){0,512})"')
 
 
 def salvage_invocation(raw: str | bytes) -> dict[str, str | None]:
     """For a frame that is not valid JSON: ``message_type``/``invocation_id``/``function_id`` when it plainly is an
-    ``invokefunction`` with one UUID ``invocation_id`` (read from its first and last 64 KiB), so the caller can be
-    answered instead of hanging; all ``None`` otherwise.
+    ``invokefunction`` or an ``invocationresult`` with one UUID ``invocation_id`` (read from its first and last
+    64 KiB), so the call's caller can be answered instead of hanging; all ``None`` otherwise (and when the frame
+    names both types: a payload may quote another frame).
 
     Example:
         >>> salvage_invocation('{"type":"invokefunction","invocation_id":"8d1c3b4e-0f6a-4c39-9c55-2f1f3f0f5a11",'
         ...                    '"function_id":"f","data":NaN}')["invocation_id"]
         '8d1c3b4e-0f6a-4c39-9c55-2f1f3f0f5a11'
+        >>> salvage_invocation('{"type":"invocationresult","invocation_id":"8d1c3b4e-0f6a-4c39-9c55-2f1f3f0f5a11",'
+        ...                    '"result":NaN}')["message_type"]
+        'invocationresult'
     """
     none: dict[str, str | None] = {"message_type": None, "invocation_id": None, "function_id": None}
     if isinstance(raw, str):
@@ -493,7 +497,10 @@ def salvage_invocation(raw: str | bytes) -> dict[str, str | None]:
         data = bytes(raw)
         parts = [data] if len(data) <= 2 * _SALVAGE_WINDOW else [data[:_SALVAGE_WINDOW], data[-_SALVAGE_WINDOW:]]
         windows = [part.decode("utf-8", "replace") for part in parts]
-    if not windows[0].lstrip().startswith("{") or not any(_SALVAGE_TYPE.search(w) for w in windows):
+    if not windows[0].lstrip().startswith("{"):
+        return none
+    kinds = {m.group(1) for w in windows for m in _SALVAGE_TYPE.finditer(w)}
+    if len(kinds) != 1:
         return none
     ids = {m.group(1) for w in windows for m in _SALVAGE_ID.finditer(w) if is_uuid(m.group(1))}
     if len(ids) != 1:
@@ -503,7 +510,7 @@ def salvage_invocation(raw: str | bytes) -> dict[str, str | None]:
         function_id = json.loads(f'"{function}"')
     except ValueError:
         function_id = function
-    return {"message_type": "invokefunction", "invocation_id": ids.pop(), "function_id": function_id}
+    return {"message_type": kinds.pop(), "invocation_id": ids.pop(), "function_id": function_id}
 
 
 def decode(raw: str | bytes, *, strict: bool = False) -> Decoded | None:

@@ -108,10 +108,13 @@ class TelemetryReceived:
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    """An undecodable frame: ``reason`` says why; ``reply`` is the ``invalid_message`` result to send, if any."""
+    """An undecodable frame: ``reason`` says why; ``reply`` is the ``invalid_message`` result to send, if any;
+    ``result_id``: the invocation an undecodable ``invocationresult`` plainly answers (its caller must hear that the
+    answer was lost, or it waits for good: production's calls have no engine-side timeout)."""
 
     reason: str
     reply: str | None
+    result_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +257,8 @@ def _rejected(err: WireError) -> Rejected:
     if err.message_type == "invokefunction" and err.invocation_id is not None:
         reply = frames.invocation_result(err.invocation_id, err.function_id or "", error={
             "code": "invalid_message", "message": clip_text(err.reason, REPLY_REASON_CLIP)})
+    elif err.message_type == "invocationresult" and err.invocation_id is not None:
+        return Rejected(err.reason, None, err.invocation_id)
     return Rejected(err.reason, reply)
 
 

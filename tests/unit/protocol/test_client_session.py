@@ -241,3 +241,21 @@ def test_a_later_workerregistered_without_a_string_id_keeps_the_connections_id(b
     assert len(events) == 1 and isinstance(events[0], FrameSkipped) and "without a string worker_id" in events[0].reason
     assert session.worker_id == "w1"
     assert session.receive(frame(type="workerregistered", worker_id="w2")) == [WorkerRegistered("w2")]
+
+
+@pytest.mark.parametrize("body", ['"result":NaN', '"result":"\\ud800"'], ids=["nan", "lone-surrogate"])
+def test_an_answer_that_is_not_json_fails_its_call_at_once(body: str) -> None:
+    # Before: the frame was skipped and the call waited out its whole timeout for an answer that had come.
+    session = ClientSession()
+    call_id, _ = session.start_call("f", None)
+    other_id, _ = session.start_call("g", None)
+    assert call_id is not None and other_id is not None
+    bad = '{"type":"invocationresult","invocation_id":"' + call_id + '",' + body + "}"
+    skipped, failed = session.receive(bad)
+    assert isinstance(skipped, FrameSkipped) and "not JSON" in skipped.reason
+    assert isinstance(failed, CallFailed) and failed.invocation_id == call_id
+    assert isinstance(failed.error, InvocationError) and failed.error.code == "invalid_result"
+    # Only that call: the other is still pending, and a second copy of the bad answer ends nothing.
+    assert [type(e) for e in session.receive(bad)] == [FrameSkipped]
+    assert session.receive(frame(type="invocationresult", invocation_id=other_id, result=1)) == [
+        CallSucceeded(other_id, 1)]
