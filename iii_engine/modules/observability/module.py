@@ -2,7 +2,7 @@
 own call spans, and serves it all back through production's ``engine::*`` functions and the ``log`` trigger.
 
 Telemetry frames reach :meth:`OtelModule.ingest` from the worker socket; they are queued (bounded in frames and
-refused above ``max_frame_bytes``) and parsed by a background task, so a worker that floods telemetry cannot
+bytes, and refused above ``max_frame_bytes``) and parsed by a background task, so a worker that floods telemetry cannot
 grow the engine or delay calls: what does not fit is dropped and counted in ``engine::health::check``.
 
 Example (engine configuration):
@@ -27,7 +27,7 @@ from iii.wire import dumps, loads
 
 from ..base import BuiltinFunction, EngineError, EngineModule, EngineServices, InvocationContext
 from .alerts import AlertManager
-from .exporter import OtlpForwarder
+from .exporter import DROP_LOG_INTERVAL_S, OtlpForwarder
 from .otlp import TelemetryFormatError, logs_from_otlp, metrics_from_otlp, spans_from_otlp
 from .queries import aggregate, list_logs, list_traces, percentile, trace_tree
 from .settings import ObservabilitySettings
@@ -155,6 +155,8 @@ class OtelModule(EngineModule):
         self.webhook_failed = 0
         self.webhook_skipped = 0
         self.dropped_frames = 0
+        self._queued_bytes = 0
+        self._drop_logged_at = self._malformed_logged_at = -DROP_LOG_INTERVAL_S
         self.malformed_frames = 0
         self.ingested_frames = 0
 
@@ -208,22 +210,33 @@ class OtelModule(EngineModule):
 
     def ingest(self, kind: str, body: bytes) -> None:
         """A telemetry frame from a worker (``OTLP``, ``MTRC`` or ``LOGS`` prefix stripped); never blocks."""
-        if len(body) > self.settings.max_frame_bytes:
+        s = self.settings
+        # Bytes as well as frames: ingest_queue_frames x max_frame_bytes alone allowed 8 GiB to wait.
+        if (len(body) > s.max_frame_bytes or self._queued_bytes + len(body) > s.ingest_queue_bytes
+                or self._queue.full()):
             self.dropped_frames += 1
+            now = time.monotonic()
+            if now - self._drop_logged_at >= DROP_LOG_INTERVAL_S:  # one line per interval, not one per frame
+                self._drop_logged_at = now
+                log.warning("telemetry frame of %d bytes dropped (queue: %d frames, %d bytes); %d dropped so far",
+                            len(body), self._queue.qsize(), self._queued_bytes, self.dropped_frames)
             return
-        try:
-            self._queue.put_nowait((kind, body))
-        except asyncio.QueueFull:
-            self.dropped_frames += 1
+        self._queue.put_nowait((kind, body))
+        self._queued_bytes += len(body)
 
     async def _ingest_loop(self) -> None:
         while True:
             kind, body = await self._queue.get()
+            self._queued_bytes -= len(body)
             try:
                 self._store_frame(kind, body)
             except (TelemetryFormatError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
                 self.malformed_frames += 1
-                log.warning("dropped a malformed %s telemetry frame: %s", kind, str(exc)[:200])
+                now = time.monotonic()
+                if now - self._malformed_logged_at >= DROP_LOG_INTERVAL_S:  # a flood of garbage is not a log flood
+                    self._malformed_logged_at = now
+                    log.warning("dropped a malformed %s telemetry frame (%d so far): %s", kind, self.malformed_frames,
+                                str(exc)[:200])
             except Exception as exc:
                 # Whatever a frame does, this task must live on: before, one OverflowError ended it and every later
                 # frame of every worker sat in the queue until the queue was full, then was dropped.

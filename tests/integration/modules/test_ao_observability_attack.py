@@ -149,3 +149,35 @@ async def test_a_hanging_alert_webhook_is_bounded_in_count_and_time(monkeypatch:
     finally:
         release.set()
         await runner.cleanup()
+
+
+async def test_the_ingest_queue_is_bounded_in_bytes() -> None:
+    # Before: only ingest_queue_frames (1024) x max_frame_bytes (8 MiB) bounded what waited, 8 GiB.
+    async with engine_with({"ingest_queue_bytes": 100_000}) as engine, ModuleWorker(engine.url) as worker:
+        module: Any = engine.module("observability")
+        frame = log_frame("ao " + "y" * 10_000)[4:]
+        for _ in range(20):  # no await between: nothing is taken off the queue meanwhile
+            module.ingest("LOGS", frame)
+        assert module.dropped_frames == 20 - 100_000 // len(frame)
+
+        async def all_stored() -> bool:
+            details = await telemetry(worker)
+            return bool(details["ingested_frames"] == 100_000 // len(frame))
+
+        assert await eventually(all_stored, within=5)
+        module.ingest("LOGS", frame)  # room again once ingested
+        assert module.dropped_frames == 20 - 100_000 // len(frame)
+
+
+async def test_a_flood_of_garbage_frames_is_not_a_flood_of_log_lines(caplog: pytest.LogCaptureFixture) -> None:
+    # Before: one warning per malformed frame, so a worker could write the engine's log as fast as it sent.
+    async with engine_with({}) as engine, ModuleWorker(engine.url) as worker:
+        for _ in range(200):
+            await send(worker, b"LOGS{not json")
+
+        async def all_refused() -> bool:
+            return bool((await telemetry(worker))["malformed_frames"] == 200)
+
+        assert await eventually(all_refused, within=5)
+    lines = [r for r in caplog.records if "malformed" in r.getMessage()]
+    assert 1 <= len(lines) <= 2, len(lines)
