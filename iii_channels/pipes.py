@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import select
 import signal
 from collections.abc import AsyncIterable, Sequence
 from typing import Any
@@ -74,19 +75,21 @@ async def to_stream(
     return source.bytes_read
 
 
-async def _readable(fd: int) -> bool:
-    """Wait until ``fd`` has data or its end; ``False`` at once when the loop cannot watch it (a regular file,
-    whose reads never wait for a writer; a loop without ``add_reader``)."""
+async def _ready(fd: int, writing: bool) -> bool:
+    """Wait until ``fd`` can be read (data or its end) or, ``writing``, written; ``False`` at once when the loop
+    cannot watch it (a regular file, whose reads and writes never wait for a peer; a loop without
+    ``add_reader``)."""
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[None] = loop.create_future()
+    add, remove = (loop.add_writer, loop.remove_writer) if writing else (loop.add_reader, loop.remove_reader)
     try:
-        loop.add_reader(fd, lambda: None if ready.done() else ready.set_result(None))
+        add(fd, lambda: None if ready.done() else ready.set_result(None))
     except (OSError, ValueError, NotImplementedError):
         return False
     try:
         await ready
     finally:
-        loop.remove_reader(fd)
+        remove(fd)
     return True
 
 
@@ -96,7 +99,7 @@ async def _fd_chunks(fd: int) -> AsyncIterable[bytes]:
     ``send -`` whose stdin went quiet could not exit after its transfer failed."""
     loop = asyncio.get_running_loop()
     while True:
-        if await _readable(fd):
+        if await _ready(fd, writing=False):
             try:
                 chunk = os.read(fd, PIPE_CHUNK)
             except BlockingIOError:  # an O_NONBLOCK fd drained by another reader meanwhile
@@ -124,23 +127,51 @@ async def to_fd(
     Pass a :class:`ChannelSource` instead of a reader to inspect it afterwards (``verified``, ``sha256``); the
     ``progress`` / ``require_trailer`` / ``total`` arguments then do not apply.
     """
-    loop = asyncio.get_running_loop()
     source = reader if isinstance(reader, ChannelSource) else ChannelSource(
         reader, require_trailer=require_trailer, progress=progress, total=total, text_limit=0)
-
-    def write_all(data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-
     try:
         async for chunk in source.chunks():
-            await loop.run_in_executor(None, write_all, chunk)
+            await _write_fd(fd, chunk)
     except BaseException:
         # A full disk, a closed pipe, a cancellation: tell the writer now, not after its backpressure wait.
         await asyncio.shield(release_writer(source.reader))
         raise
     return source.bytes_read
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _write_while_ready(fd: int, view: memoryview, poller: select.poll) -> int:
+    """Write ``view`` in slices of ``PIPE_BUF`` bytes while ``fd`` says it has room; the bytes written.
+
+    A pipe with room takes ``PIPE_BUF`` bytes without blocking, more may block; the fd's mode is not ours to
+    change (it may be shared: a terminal, a shell's pipe)."""
+    written = 0
+    while written < len(view):
+        written += os.write(fd, view[written:written + select.PIPE_BUF])
+        if written < len(view) and not poller.poll(0):
+            break
+    return written
+
+
+async def _write_fd(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd``. A pipe, tty or socket is written when the loop says it has room, not in a
+    thread: a write blocked in a thread on a reader that stalled cannot be cancelled, and the interpreter waits
+    for it at exit (``iii-channel serve --out -`` ignored SIGTERM while its stdout was not read)."""
+    view = memoryview(data)
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    while view:
+        if not await _ready(fd, writing=True):
+            await asyncio.get_running_loop().run_in_executor(None, _write_all, fd, view)
+            return
+        try:
+            view = view[_write_while_ready(fd, view, poller):]
+        except BlockingIOError:  # an O_NONBLOCK fd filled by another writer meanwhile
+            continue
 
 
 _TRANSPORT_ATTRIBUTE = "_transport"

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 import iii_channels
+from iii.channels import ChannelWriter
 from iii_channels import ChannelSink, ChannelSource, ProcessError, pipes
 from iii_engine.channels import ChannelRelay
 from tests.polling import until
@@ -217,6 +218,84 @@ async def test_a_stopped_from_fd_on_a_quiet_pipe_lets_the_process_exit(relay: tu
         proc.stdin.close()
         await proc.wait()
 
+
+
+# A process that copies a channel with to_fd into a pipe it filled itself and never reads, stops the copy once the
+# first chunk is in hand (as `serve --out -` on SIGTERM) and returns from asyncio.run.
+STOPS_WRITING_A_FULL_PIPE = """
+import asyncio, json, os, sys
+import iii_channels
+from iii.channels import ChannelReader
+
+async def main() -> None:
+    reader = ChannelReader(sys.argv[1], json.loads(sys.argv[2]))
+    _, full = os.pipe()
+    os.set_blocking(full, False)
+    try:
+        while True:
+            os.write(full, bytes(65536))
+    except BlockingIOError:
+        pass
+    os.set_blocking(full, True)
+    copying = asyncio.ensure_future(iii_channels.to_fd(reader, full, progress=lambda done, total: copying.cancel()))
+    await asyncio.wait({copying})
+    print("stopped", flush=True)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_stopped_to_fd_on_a_full_pipe_lets_the_process_exit(relay: tuple[str, ChannelRelay]) -> None:
+    """(before: the write blocked in a thread, which cancelling did not stop, and asyncio.run waited for it at
+    exit: ``iii-channel serve --out -`` whose stdout was not read ignored SIGTERM.)"""
+    base, served = relay
+    refs = served.create(None, owner="w")
+    writer = ChannelWriter(base, refs["writer"])
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", STOPS_WRITING_A_FULL_PIPE, base, json.dumps(refs["reader"]),
+        stdout=asyncio.subprocess.PIPE)
+    assert proc.stdout is not None
+    sending = asyncio.ensure_future(writer.write(b"x" * 1000))
+    try:
+        assert await asyncio.wait_for(proc.stdout.readline(), 10) == b"stopped\n"
+        assert await asyncio.wait_for(proc.wait(), 5) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        sending.cancel()
+        await asyncio.gather(sending, return_exceptions=True)
+        await writer.abort()
+
+
+@pytest.mark.parametrize("reader_pace", ["fast", "slow"])
+async def test_to_fd_writes_every_byte_in_order_to_a_pipe(relay: tuple[str, ChannelRelay], reader_pace: str) -> None:
+    """The writes in PIPE_BUF slices lose, repeat and reorder nothing, whether the pipe's reader keeps up or
+    lets it fill (4 MiB through a 64 KiB pipe)."""
+    writer, reader = ends(*relay)
+    payload = os.urandom(4 << 20)
+    read_fd, write_fd = os.pipe()
+    loop = asyncio.get_running_loop()
+
+    def drain() -> bytes:
+        parts = []
+        while chunk := os.read(read_fd, 1 << 20 if reader_pace == "fast" else 1000):
+            parts.append(chunk)
+        return b"".join(parts)
+
+    collected = loop.run_in_executor(None, drain)
+    try:
+        _, count = await asyncio.wait_for(asyncio.gather(
+            _send_all(writer, payload), iii_channels.to_fd(reader, write_fd, require_trailer=True)), 20)
+    finally:
+        os.close(write_fd)
+    assert count == len(payload) and await collected == payload
+    os.close(read_fd)
+
+
+async def _send_all(writer: ChannelWriter, data: bytes) -> None:
+    async with ChannelSink(writer) as sink:
+        await sink.write(data)
 
 async def test_from_fd_still_reads_a_regular_file(relay: tuple[str, ChannelRelay], tmp_path: Path) -> None:
     """A regular file cannot be watched by the loop: it is read in a thread, as before, to its end."""
