@@ -39,6 +39,9 @@ __all__ = ["OtelModule"]
 log = logging.getLogger(__name__)
 
 ENGINE_VERSION = "0.10.0"
+# What the stores charge for an engine call span, and for an engine log entry besides its message and data.
+_CALL_SPAN_BYTES = 1024
+_LOG_ENTRY_BYTES = 512
 # How long one alert webhook delivery may take, all attempts and pauses included.
 WEBHOOK_BUDGET_S = 30.0
 _SEVERITIES = {"trace": (1, "TRACE"), "debug": (5, "DEBUG"), "info": (9, "INFO"), "warn": (13, "WARN"),
@@ -136,10 +139,11 @@ class OtelModule(EngineModule):
         super().__init__(services, config)
         self.settings = ObservabilitySettings.from_config(self.config)
         self.rules = list(self.settings.alerts)
-        self.logs = LogStore(self.settings.logs_max_count)
-        self.spans: SpanStore | None = SpanStore(self.settings.memory_max_spans) if self.settings.keeps_spans else None
-        self.metrics = MetricStore(max_entries=self.settings.metrics_max_count,
-                                   retention_s=self.settings.metrics_retention_seconds)
+        s = self.settings
+        self.logs = LogStore(s.logs_max_count, s.logs_max_bytes)
+        self.spans: SpanStore | None = SpanStore(s.memory_max_spans, s.memory_max_bytes) if s.keeps_spans else None
+        self.metrics = MetricStore(max_entries=s.metrics_max_count, retention_s=s.metrics_retention_seconds,
+                                   max_bytes=s.metrics_max_bytes)
         self.counters = Counters()
         self.alerts: AlertManager | None = AlertManager(self.rules) if self.rules else None
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(self.settings.ingest_queue_frames)
@@ -251,23 +255,26 @@ class OtelModule(EngineModule):
         if self.forwarder is not None and ((kind == "LOGS" and self.settings.exports_logs)
                                            or (kind != "LOGS" and self.settings.exports)):
             self.forwarder.submit(_SIGNALS[kind], body)
+        # Each entry is charged its share of the frame's bytes: the stores' byte bounds need no second encoding.
         if kind == "OTLP":
             spans = spans_from_otlp(frame)
             if self.spans is not None:
                 for span in spans:
-                    self.spans.add(span)
+                    self.spans.add(span, len(body) // len(spans))
         elif kind == "MTRC":
-            self.metrics.add(metrics_from_otlp(frame, _now_ns()))
+            metrics = metrics_from_otlp(frame, _now_ns())
+            self.metrics.add(metrics, len(body) // max(1, len(metrics)))
         elif kind == "LOGS":
-            for entry in logs_from_otlp(frame):
+            entries = logs_from_otlp(frame)
+            for entry in entries:
                 if self.settings.logs_console_output:
                     log.log(_console_level(entry["severity_number"]), "[%s] %s", entry["service_name"],
                             entry["body"][:1000])
-                self._add_log(entry)
+                self._add_log(entry, len(body) // len(entries))
         self.ingested_frames += 1
 
-    def _add_log(self, entry: dict[str, Any]) -> None:
-        self.logs.add(entry)
+    def _add_log(self, entry: dict[str, Any], size: int) -> None:
+        self.logs.add(entry, size)
         if not self._log_triggers:
             return
         text = entry["severity_text"].lower()
@@ -313,7 +320,7 @@ class OtelModule(EngineModule):
         if isinstance(error, dict) and error.get("message"):
             span["status_description"] = str(error["message"])
         if self.spans is not None:
-            self.spans.add(span)
+            self.spans.add(span, _CALL_SPAN_BYTES)
         if self.forwarder is not None and self.settings.exports:
             self.forwarder.submit("traces", dumps(self._span_request(span)).encode())
 
@@ -383,7 +390,7 @@ class OtelModule(EngineModule):
                 "instrumentation_scope_name": "iii", "instrumentation_scope_version": ENGINE_VERSION,
             }
             log.log(_console_level(number), "%s", message[:1000])
-            self._add_log(entry)
+            self._add_log(entry, _LOG_ENTRY_BYTES + len(message) + (len(dumps(extra)) if entry["attributes"] else 0))
             if self.forwarder is not None and self.settings.exports_logs:
                 self.forwarder.submit("logs", dumps(self._log_request(entry)).encode())
             return None
@@ -493,7 +500,8 @@ class OtelModule(EngineModule):
                 "exporter": f"Some({s.exporter.capitalize()})" if s.exporter_set else "None"}}
         spans: dict[str, Any] = {"status": "disabled", "details": None}
         if self.spans is not None:
-            spans = {"status": "healthy", "details": {"stored_spans": len(self.spans), "evicted": self.spans.evicted}}
+            spans = {"status": "healthy", "details": {"stored_spans": len(self.spans), "stored_bytes": self.spans.bytes,
+                                                      "evicted": self.spans.evicted}}
         telemetry = {"ingested_frames": self.ingested_frames, "dropped_frames": self.dropped_frames,
                      "malformed_frames": self.malformed_frames}
         if self.alerts is not None:
@@ -509,9 +517,11 @@ class OtelModule(EngineModule):
             "components": {
                 "otel": otel,
                 "metrics": {"status": "healthy", "details": {"stored_metrics": len(self.metrics),
+                                                             "stored_bytes": self.metrics.bytes,
                                                              "evicted": self.metrics.evicted,
                                                              "refused_names": self.metrics.refused_names}},
                 "logs": {"status": "healthy", "details": {"stored_logs": len(self.logs),
+                                                          "stored_bytes": self.logs.bytes,
                                                           "evicted": self.logs.evicted}},
                 "spans": spans,
                 "telemetry": {"status": "healthy", "details": telemetry},

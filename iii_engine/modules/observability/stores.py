@@ -18,27 +18,41 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Counters", "LogStore", "MetricStore", "SpanStore"]
+__all__ = ["DEFAULT_MAX_BYTES", "Counters", "LogStore", "MetricStore", "SpanStore"]
+
+
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
 
 class _Ring:
-    """A FIFO of at most ``capacity`` entries that counts what it evicts."""
+    """A FIFO of at most ``capacity`` entries and ``max_bytes`` (as reported by :meth:`add`) that counts what it
+    evicts; the newest entry is always kept, so one entry may exceed ``max_bytes`` (the frame bound caps it)."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
+        if max_bytes < 1:
+            raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
         self.capacity = capacity
-        self._items: deque[dict[str, Any]] = deque(maxlen=capacity)
+        self.max_bytes = max_bytes
+        self._items: deque[dict[str, Any]] = deque()
+        self._sizes: deque[int] = deque()
+        self.bytes = 0
         self.evicted = 0
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def add(self, entry: dict[str, Any]) -> None:
-        """Append ``entry``, evicting the oldest one when full."""
-        if len(self._items) == self.capacity:
-            self.evicted += 1
+    def add(self, entry: dict[str, Any], size: int = 0) -> None:
+        """Append ``entry`` (about ``size`` bytes of JSON), evicting the oldest ones past either bound."""
         self._items.append(entry)
+        self._sizes.append(size)
+        self.bytes += size
+        # A count alone let 1000 entries of 8 MiB each (a worker's largest frame) stay: bytes bound the store too.
+        while len(self._items) > self.capacity or (self.bytes > self.max_bytes and len(self._items) > 1):
+            self._items.popleft()
+            self.bytes -= self._sizes.popleft()
+            self.evicted += 1
 
     def entries(self) -> list[dict[str, Any]]:
         """Oldest first."""
@@ -47,6 +61,8 @@ class _Ring:
     def clear(self) -> None:
         """Drop everything."""
         self._items.clear()
+        self._sizes.clear()
+        self.bytes = 0
 
 
 class LogStore(_Ring):
@@ -72,11 +88,15 @@ class MetricStore:
         (1, 1)
     """
 
-    def __init__(self, *, max_entries: int = 10_000, max_names: int = 10_000, retention_s: float = 3600.0) -> None:
+    def __init__(self, *, max_entries: int = 10_000, max_names: int = 10_000, retention_s: float = 3600.0,
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.max_entries = max_entries
         self.max_names = max_names
+        self.max_bytes = max_bytes
         self.retention_ns = int(retention_s * 1e9)
         self._entries: deque[dict[str, Any]] = deque()
+        self._sizes: deque[int] = deque()
+        self.bytes = 0
         self._names: OrderedDict[str, int] = OrderedDict()  # name -> entries held
         self.evicted = 0
         self.refused_names = 0
@@ -84,9 +104,9 @@ class MetricStore:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def add(self, metrics: Iterable[dict[str, Any]]) -> None:
-        """Store metrics, evicting the oldest entries beyond ``max_entries``; new names past ``max_names`` are
-        refused (counted)."""
+    def add(self, metrics: Iterable[dict[str, Any]], size_each: int = 0) -> None:
+        """Store metrics (about ``size_each`` bytes of JSON each), evicting the oldest entries beyond
+        ``max_entries`` or ``max_bytes``; new names past ``max_names`` are refused (counted)."""
         for metric in metrics:
             name = metric["name"]
             if name not in self._names and len(self._names) >= self.max_names:
@@ -94,9 +114,15 @@ class MetricStore:
                 continue
             self._names[name] = self._names.get(name, 0) + 1
             self._entries.append(metric)
-            while len(self._entries) > self.max_entries:
-                self._forget(self._entries.popleft())
+            self._sizes.append(size_each)
+            self.bytes += size_each
+            while len(self._entries) > self.max_entries or (self.bytes > self.max_bytes and len(self._entries) > 1):
+                self._pop_oldest()
                 self.evicted += 1
+
+    def _pop_oldest(self) -> None:
+        self._forget(self._entries.popleft())
+        self.bytes -= self._sizes.popleft()
 
     def _forget(self, metric: dict[str, Any]) -> None:
         left = self._names[metric["name"]] - 1
@@ -108,7 +134,7 @@ class MetricStore:
     def prune(self, now_ns: int) -> None:
         """Drop entries older than the retention."""
         while self._entries and self._entries[0]["timestamp_unix_nano"] < now_ns - self.retention_ns:
-            self._forget(self._entries.popleft())
+            self._pop_oldest()
 
     def entries(self) -> list[dict[str, Any]]:
         """Oldest ingestion first."""
@@ -117,7 +143,9 @@ class MetricStore:
     def clear(self) -> None:
         """Drop everything."""
         self._entries.clear()
+        self._sizes.clear()
         self._names.clear()
+        self.bytes = 0
 
 
 @dataclass

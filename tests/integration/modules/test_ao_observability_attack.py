@@ -181,3 +181,35 @@ async def test_a_flood_of_garbage_frames_is_not_a_flood_of_log_lines(caplog: pyt
         assert await eventually(all_refused, within=5)
     lines = [r for r in caplog.records if "malformed" in r.getMessage()]
     assert 1 <= len(lines) <= 2, len(lines)
+
+
+async def test_the_stores_are_bounded_in_bytes() -> None:
+    # Before: only counts bounded the stores, so 1000 logs (or spans) of a worker's largest frame each, 8 MiB,
+    # stayed: 8 GiB. Now each store also keeps at most its *_max_bytes of JSON as received.
+    settings = {"enabled": True, "exporter": "memory", "logs_max_bytes": 100_000, "memory_max_bytes": 100_000,
+                "metrics_max_bytes": 100_000, "logs_console_output": False}
+    async with engine_with(settings) as engine, ModuleWorker(engine.url) as worker:
+        big = "z" * 10_000
+        span = {"traceId": "ab" * 16, "spanId": "cd" * 8, "name": "ao-" + big}
+        spans_frame = b"OTLP" + json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}).encode()
+        for _ in range(30):
+            await send(worker, log_frame(big))
+            await send(worker, spans_frame)
+            await send(worker, metric_frame("ao." + big, {"asDouble": 1.0}))
+            await worker.result("engine::log::info", {"message": big, "data": {"more": big}})
+
+        async def all_in() -> dict[str, Any] | None:
+            health = await worker.result("engine::health::check", {})
+            done = health["components"]["telemetry"]["details"]["ingested_frames"] == 90
+            return health["components"] if done else None
+
+        components = await eventually(all_in, within=10)
+        assert components["logs"]["details"]["stored_logs"] <= 100_000 // 10_000
+        assert components["metrics"]["details"]["stored_metrics"] <= 100_000 // 10_000
+        # (the engine's own small call spans share the span store)
+        assert (await worker.result("engine::traces::list", {"name": "ao-"}))["total"] <= 100_000 // 10_000
+        for store in ("logs", "spans", "metrics"):
+            details = components[store]["details"]
+            assert details["stored_bytes"] <= 100_000 and details["evicted"] >= 20, (store, details)
+        newest = (await worker.result("engine::logs::list", {"limit": 1}))["logs"][0]
+        assert newest["body"] == big and newest["attributes"] == {"more": big}
