@@ -70,6 +70,18 @@ def _object(data: Any, function_id: str) -> dict[str, Any]:
     return data
 
 
+def _check_query(function_id: str, start: Any, end: Any, name: Any) -> None:
+    """Refuse a metrics query whose times are not numbers >= 0 or whose metric name is not a string (before, a
+    number as metric_name silently matched nothing)."""
+    for key, value in (("start_time", start), ("end_time", end)):
+        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value < 0):
+            raise EngineError("deserialization_error",
+                              f"Failed to deserialize input for {function_id}: {key} must be a number >= 0")
+    if name is not None and not isinstance(name, str):
+        raise EngineError("deserialization_error",
+                          f"Failed to deserialize input for {function_id}: metric_name must be a string")
+
+
 def _console_level(severity_number: int) -> int:
     if 1 <= severity_number <= 8:
         return logging.DEBUG
@@ -457,10 +469,12 @@ class OtelModule(EngineModule):
         data = _object(data, "engine::metrics::list")
         start, end = data.get("start_time"), data.get("end_time")
         name, interval = data.get("metric_name"), data.get("aggregate_interval")
-        for key, value in (("start_time", start), ("end_time", end), ("aggregate_interval", interval)):
-            if value is not None and (not isinstance(value, int | float) or isinstance(value, bool) or value < 0):
-                raise EngineError("deserialization_error",
-                                  f"Failed to deserialize input for engine::metrics::list: {key} must be a number")
+        _check_query("engine::metrics::list", start, end, name)
+        if interval is not None and (not isinstance(interval, int | float) or isinstance(interval, bool)
+                                     or interval < 0):
+            raise EngineError("deserialization_error",
+                              "Failed to deserialize input for engine::metrics::list: aggregate_interval must be a "
+                              "number >= 0")
         entries = self.metrics.entries()
         if start is not None and end is not None:
             in_range = [e for e in entries if start * 1_000_000 <= e["timestamp_unix_nano"] <= end * 1_000_000]
@@ -487,6 +501,11 @@ class OtelModule(EngineModule):
     async def _rollups_list(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
         data = _object(data, "engine::rollups::list")
         level = data.get("level", 0)
+        # Checked rather than echoed: before, any JSON given as level (or times) came back in the answer.
+        if not isinstance(level, int) or isinstance(level, bool) or not 0 <= level <= 255:
+            raise EngineError("deserialization_error",
+                              "Failed to deserialize input for engine::rollups::list: level must be an integer 0..255")
+        _check_query("engine::rollups::list", data.get("start_time"), data.get("end_time"), data.get("metric_name"))
         return {"rollups": [], "histogram_rollups": [], "level": level,
                 "query": {"start_time": data.get("start_time"), "end_time": data.get("end_time"),
                           "metric_name": data.get("metric_name")}, "timestamp": _now_ms()}

@@ -172,7 +172,8 @@ def percentile(sorted_values: Sequence[float], pct: int) -> float:
 
 def aggregate(metrics: Sequence[dict[str, Any]], interval_s: float) -> list[dict[str, Any]]:
     """AggregatedMetric entries: number points bucketed by ``floor(ingestion time / interval)``."""
-    width = max(1, int(interval_s * 1e9))
+    # Capped at 2**63 ns (292 years, one bucket): 1e300 s used to overflow to infinity and fail the call.
+    width = max(1, int(min(interval_s * 1e9, 2.0**63)))
     buckets: dict[tuple[str, int], list[float]] = {}
     for metric in metrics:
         start = metric["timestamp_unix_nano"] // width * width

@@ -213,3 +213,28 @@ async def test_the_stores_are_bounded_in_bytes() -> None:
             assert details["stored_bytes"] <= 100_000 and details["evicted"] >= 20, (store, details)
         newest = (await worker.result("engine::logs::list", {"limit": 1}))["logs"][0]
         assert newest["body"] == big and newest["attributes"] == {"more": big}
+
+
+async def test_metric_queries_refuse_bad_arguments_by_name() -> None:
+    async with engine_with({}) as engine, ModuleWorker(engine.url) as worker:
+        await send(worker, metric_frame("ao.q", {"asDouble": 2.0}))
+
+        async def stored() -> bool:
+            return bool((await worker.result("engine::metrics::list", {"metric_name": "ao.q"}))["sdk_metrics"])
+
+        assert await eventually(stored, within=5)
+        # Before: an interval of 1e300 s overflowed to infinity and the call failed with an internal OverflowError.
+        now_ms = time.time_ns() // 1_000_000
+        listed = await worker.result("engine::metrics::list", {"start_time": 0, "end_time": now_ms + 60_000,
+                                                                "aggregate_interval": 1e300})
+        assert [(b["name"], b["count"]) for b in listed["aggregated_metrics"]] == [("ao.q", 1)]
+        # Before: a number as metric_name silently matched nothing, and any JSON given as level was echoed back.
+        for function_id, data, named in (("engine::metrics::list", {"metric_name": 5}, "metric_name"),
+                                         ("engine::metrics::list", {"start_time": "0"}, "start_time"),
+                                         ("engine::rollups::list", {"level": {"x": [1] * 1000}}, "level"),
+                                         ("engine::rollups::list", {"level": -1}, "level"),
+                                         ("engine::rollups::list", {"metric_name": ["a"]}, "metric_name")):
+            answer = await worker.call(function_id, data)
+            assert answer["error"]["code"] == "deserialization_error", answer
+            assert named in answer["error"]["message"], answer
+        assert (await worker.result("engine::rollups::list", {"level": 2}))["level"] == 2
