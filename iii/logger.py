@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import time
 from functools import cache
 from typing import Any, Final
@@ -36,7 +37,6 @@ _STDLIB_LEVEL: Final[dict[str, int]] = {
     "warn": logging.WARNING,
     "error": logging.ERROR,
 }
-_SCALARS: Final = (str, bool, int, float)
 
 
 def is_initialized() -> bool:
@@ -52,14 +52,43 @@ def _log_record_takes_context() -> bool:
     return "context" in inspect.signature(LogRecord.__init__).parameters
 
 
-def _attribute_value(value: Any) -> Any:
-    """``value`` as an OpenTelemetry attribute value: nested JSON-like data is kept, anything else stringified."""
-    if value is None or isinstance(value, _SCALARS):
+_MAX_DEPTH: Final = 32
+_INT64: Final = (-(2**63), 2**63 - 1)
+
+
+def _attribute_value(value: Any, depth: int = 0, ancestors: frozenset[int] = frozenset()) -> Any:
+    """``value`` as an OpenTelemetry attribute value: nested JSON-like data is kept, anything else stringified.
+
+    What JSON or OTLP cannot carry is turned into text here, because the record would otherwise be lost whole (with
+    the rest of its export batch): a non-finite float (not JSON), an integer beyond int64 (refused by the engine),
+    a container that holds itself, or nesting past ``_MAX_DEPTH`` levels (beyond the wire's depth bound).
+
+    Example:
+        >>> _attribute_value({"ratio": float("nan"), "big": 2**64, "ok": [1, "a"]})
+        {'ratio': 'NaN', 'big': '18446744073709551616', 'ok': [1, 'a']}
+    """
+    if value is None or isinstance(value, str | bool):
         return value
-    if isinstance(value, dict):
-        return {str(key): _attribute_value(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_attribute_value(item) for item in value]
+    if isinstance(value, int):
+        if _INT64[0] <= value <= _INT64[1]:
+            return value
+        try:
+            return str(value)
+        except ValueError:  # more digits than int -> str allows
+            return f"<integer of {value.bit_length()} bits>"
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict | list | tuple):
+        if id(value) in ancestors:
+            return "<cycle>"
+        if depth >= _MAX_DEPTH:
+            return f"<nested deeper than {_MAX_DEPTH} levels>"
+        inner = ancestors | {id(value)}
+        if isinstance(value, dict):
+            return {str(key): _attribute_value(item, depth + 1, inner) for key, item in value.items()}
+        return [_attribute_value(item, depth + 1, inner) for item in value]
     from .utils import safe_stringify
 
     return safe_stringify(value)
