@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import sys
 import time
@@ -97,8 +98,10 @@ class EventLoopLagMonitor:
     """
 
     def __init__(self, interval: float = 0.5) -> None:
-        if interval <= 0:
-            raise ValueError(f"interval must be positive, got {interval}")
+        # NaN passed a plain `<= 0` check and then scheduled the first sample at NaN; a string failed the comparison
+        # with a TypeError that did not name the argument.
+        if isinstance(interval, bool) or not isinstance(interval, int | float) or not 0 < interval < math.inf:
+            raise ValueError(f"interval must be positive and a finite number of seconds, got {interval!r}")
         self.interval = interval
         self.lag_ms = 0.0
         self.max_lag_ms = 0.0
