@@ -53,6 +53,7 @@ from collections.abc import Awaitable, Coroutine, Mapping
 from typing import Any, TypeVar
 
 from aiohttp import HttpVersion11, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from iii.iii_types import TriggerInfo
 from iii.wire import dumps, loads
@@ -64,6 +65,31 @@ from .routes import RouteMatch, RouteTable, parse_http_trigger
 from .settings import ApiSettings
 
 log = logging.getLogger(__name__)
+
+
+class _ClientErrors(logging.Filter):
+    """Turns aiohttp's ERROR-with-traceback for a request it could not parse (a line over 8190 bytes, a bad chunk
+    size, too many headers) into one INFO line.
+
+    Why: the client is at fault, not the engine, and any client can send such requests as fast as it likes; a
+    traceback of some 20 lines each at ERROR would let it fill the engine's log and bury real errors.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError) or not 400 <= exc.code < 500:
+            return True
+        remote = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.msg = "HTTP request from %s refused with %d: %s"
+        record.args = (remote, exc.code, " ".join(str(exc.message).split())[:200])
+        record.exc_info, record.exc_text = None, None
+        return _server_log.isEnabledFor(logging.INFO)
+
+
+# aiohttp's own server messages, under ours; requests it cannot parse are one INFO line (see _ClientErrors)
+_server_log = logging.getLogger(f"{__name__}.server")
+_server_log.addFilter(_ClientErrors())
 
 # After refusing a body (413/408/503) the rest of it is read and dropped for at most this long, so a client that
 # only reads the answer once it has sent everything still gets it; longer would also hold up shutdown.
@@ -396,7 +422,7 @@ class RestApiModule(EngineModule):
         # aiohttp's keep-alive timer also runs from the moment a connection opens and closes it if the request
         # headers are still incomplete when it fires: exactly a header deadline.
         server = web.Server(self._handle, access_log=None, keepalive_timeout=self.settings.header_timeout_ms / 1000,
-                            lingering_time=LINGER_S)
+                            lingering_time=LINGER_S, logger=_server_log)
         runner = web.ServerRunner(server, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.host, self.settings.port)
