@@ -273,6 +273,22 @@ async def _exit_status(proc: asyncio.subprocess.Process, argv: Sequence[str], ex
     return proc.returncode
 
 
+def _check_argv(argv: Sequence[str]) -> None:
+    """Refuse a command line given as one string (each character would be an argument) or an empty one.
+
+    Example:
+        >>> _check_argv("ls -l")
+        Traceback (most recent call last):
+        ...
+        TypeError: argv must be a sequence of arguments, not one string: 'ls -l' (use ["sh", "-c", ...] for a shell)
+    """
+    if isinstance(argv, str | bytes):
+        raise TypeError(f"argv must be a sequence of arguments, not one string: {argv!r} "
+                        '(use ["sh", "-c", ...] for a shell)')
+    if not argv:
+        raise ValueError("argv must name a command, got an empty sequence")
+
+
 def _own_group(popen: dict[str, Any]) -> bool:
     """Start the command as the leader of a new session (so of a process group of its own) unless the caller
     chose (``start_new_session`` / ``process_group`` in ``popen``, which is then left alone); ``True`` when the
@@ -339,11 +355,19 @@ async def from_process(
         >>> async def archive(writer) -> int:
         ...     return await from_process(writer, ["sh", "-c", "tar c data/ | gzip"], exit_timeout=10)
     """
+    _check_argv(argv)
     group = _own_group(popen)
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, **popen)
-    assert proc.stdout is not None
     sink = ChannelSink(writer, trailer=trailer, progress=progress, label=argv[0])
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, **popen)
+    except BaseException as exc:
+        # Not started (no such command, a bad popen argument): the reader hears now, not at the attach deadline.
+        # The command's base name first: a WebSocket close reason is cut at 123 bytes.
+        await sink._abort_quietly(
+            f"from_process could not start {os.path.basename(argv[0])!r}: {type(exc).__name__}: {exc}")
+        raise
+    assert proc.stdout is not None
     stderr = _StderrTail(proc.stderr)
     try:
         try:
@@ -382,10 +406,16 @@ async def to_process(
         >>> async def unpack(reader) -> int:
         ...     return await to_process(reader, ["tar", "x", "-C", "out/"], require_trailer=True)
     """
+    _check_argv(argv)
     popen.setdefault("stdout", None)
     group = _own_group(popen)
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, **popen)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, **popen)
+    except BaseException:
+        # Not started: the writer hears now, not at the attach deadline.
+        await asyncio.shield(release_writer(reader))
+        raise
     assert proc.stdin is not None
     stderr = _StderrTail(proc.stderr)
     source = ChannelSource(reader, require_trailer=require_trailer, progress=progress, label=argv[0], text_limit=0)

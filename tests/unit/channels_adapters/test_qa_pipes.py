@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -24,7 +25,7 @@ from iii_channels import ChannelSink, ChannelSource, ProcessError, pipes
 from iii_engine.channels import ChannelRelay
 from tests.polling import until
 from tests.unit.channels_adapters.test_attack_c2_adapters import _alive, _open_fds
-from tests.unit.channels_adapters.test_channels_attack_adapters import ends
+from tests.unit.channels_adapters.test_channels_attack_adapters import ends, flood, writer_hears
 from tests.unit.channels_adapters.test_channels_attack_adapters import relay as _relay
 
 pytestmark = pytest.mark.timeout(30)
@@ -309,3 +310,36 @@ async def test_from_fd_still_reads_a_regular_file(relay: tuple[str, ChannelRelay
     finally:
         os.close(fd)
     assert sent == len(data) == 1_024_000 and data == src.read_bytes()
+
+
+async def test_a_command_that_cannot_start_releases_the_other_end_at_once(relay: tuple[str, ChannelRelay],
+                                                                         tmp_path: Path) -> None:
+    """(before: FileNotFoundError to the caller, but from_process's reader and to_process's writer waited for the
+    channel's attach deadline -- 300 s on our engine -- and then got ChannelExpiredError.)"""
+    missing = str(tmp_path / "no-such-command")
+    writer, reader = ends(*relay)
+    with pytest.raises(FileNotFoundError):
+        await iii_channels.from_process(writer, [missing])
+    with pytest.raises(iii_channels.ChannelAbortedError) as aborted:
+        await asyncio.wait_for(ChannelSource(reader).read_all(), 2)
+    assert "from_process could not start 'no-such-command': FileNotFoundError" in aborted.value.reason
+
+    writer, reader = ends(*relay, buffer_size=2)
+    feeding = asyncio.ensure_future(flood(writer))
+    with pytest.raises(FileNotFoundError):
+        await iii_channels.to_process(reader, [missing])
+    assert isinstance(await writer_hears(feeding, reader, within=2), iii_channels.ReaderGoneError)
+
+
+@pytest.mark.parametrize("argv, error, message", [
+    ("ls -l", TypeError, "argv must be a sequence of arguments, not one string: 'ls -l'"),
+    (b"ls", TypeError, "not one string"),
+    ([], ValueError, "argv must name a command, got an empty sequence"),
+])
+async def test_a_command_line_that_is_not_one_is_refused_by_name(
+        relay: tuple[str, ChannelRelay], argv: object, error: type[Exception], message: str) -> None:
+    writer, reader = ends(*relay)
+    with pytest.raises(error, match=re.escape(message)):
+        await iii_channels.from_process(writer, argv)  # type: ignore[arg-type]
+    with pytest.raises(error, match=re.escape(message)):
+        await iii_channels.to_process(reader, argv)  # type: ignore[arg-type]
