@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final, Literal
+from urllib.parse import urlsplit
 
 from pydantic import field_validator
 
@@ -52,11 +53,12 @@ class ObservabilitySettings(Settings):
     service_version: str = "unknown"
     service_namespace: str | None = None
     exporter: Exporter = "otlp"
-    endpoint: str = "http://localhost:4317"
     sampling_ratio: float = Field(1.0, ge=0.0, le=1.0)
     sampling: dict[str, Any] = Field(default_factory=dict)
     memory_max_spans: int = Field(1000, ge=1, le=10_000_000)
     logs_exporter: Exporter = "memory"
+    # After the exporters: checked only when something is exported to it (an unused endpoint stays unchecked).
+    endpoint: str = "http://localhost:4317"
     logs_max_count: int = Field(1000, ge=1, le=10_000_000)
     logs_sampling_ratio: float = Field(1.0, ge=0.0, le=1.0)
     logs_console_output: bool = True
@@ -103,6 +105,24 @@ class ObservabilitySettings(Settings):
             return kind(value.strip())
         except ValueError:
             return value  # reported by the field's own check, naming the key
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str, info: Any) -> str:
+        # Before, "localhost:4317" or "collector" was accepted and every export failed, one warning per payload.
+        data = info.data
+        exports = (data.get("enabled") and data.get("exporter") in ("otlp", "both")) or data.get(
+            "logs_exporter") in ("otlp", "both")
+        if not exports:
+            return value
+        try:
+            parts = urlsplit(value.strip())
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number 0..65535
+        except ValueError as exc:
+            raise ValueError(f"not a URL: {value!r} ({exc})") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http:// or https:// URL with a host, got {value!r}")
+        return value
 
     @field_validator("sampling", mode="before")
     @classmethod
