@@ -54,7 +54,7 @@ class OtlpForwarder:
         # Bodies are up to max_frame_bytes each: a count alone let a stalled collector hold 1024 x 8 MiB.
         self.max_queued_bytes = max_queued_bytes
         self._queued_bytes = 0
-        self._drop_logged_at = -DROP_LOG_INTERVAL_S
+        self._drop_logged_at = self._failure_logged_at = -DROP_LOG_INTERVAL_S
         self._timeout = timeout_s
         self._task: asyncio.Task[None] | None = None
         self.sent = 0
@@ -88,6 +88,14 @@ class OtlpForwarder:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
 
+    def _failure(self, problem: str) -> None:
+        self.failed += 1
+        now = time.monotonic()
+        # A collector that is down fails every payload: one line per interval, not one per payload.
+        if now - self._failure_logged_at >= DROP_LOG_INTERVAL_S:
+            self._failure_logged_at = now
+            log.warning("OTLP collector at %s %s (%d failed so far)", self.endpoint, problem, self.failed)
+
     async def _run(self) -> None:
         aiohttp: Any = self._aiohttp
         timeout = aiohttp.ClientTimeout(total=self._timeout)
@@ -99,12 +107,10 @@ class OtlpForwarder:
                     async with session.post(collector_url(self.endpoint, signal), data=body,
                                             headers={"Content-Type": "application/json"}) as response:
                         if response.status >= 300:
-                            self.failed += 1
-                            log.warning("OTLP collector answered %s for %s", response.status, signal)
+                            self._failure(f"answered HTTP {response.status} for {signal}")
                         else:
                             self.sent += 1
                 except (aiohttp.ClientError, TimeoutError) as exc:
-                    self.failed += 1
-                    log.warning("OTLP collector at %s unreachable: %s", self.endpoint, exc)
+                    self._failure(f"unreachable: {type(exc).__name__}: {exc}")
                 finally:
                     self._queue.task_done()

@@ -4,8 +4,10 @@ what does not fit is counted, and closing it is bounded in time."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
+import pytest
 from aiohttp import web
 
 from iii_engine.modules.observability.exporter import OtlpForwarder
@@ -47,3 +49,18 @@ async def test_a_stalled_collector_holds_a_bounded_number_of_bytes() -> None:
     finally:
         release.set()
         await runner.cleanup()
+
+
+async def test_a_collector_that_is_gone_is_not_a_flood_of_log_lines(caplog: pytest.LogCaptureFixture) -> None:
+    # Before: one warning per payload, so a collector that is down wrote the engine's log as fast as telemetry came.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]  # bound, never listening: connections are refused
+        forwarder = OtlpForwarder(f"http://127.0.0.1:{port}", timeout_s=2)
+        forwarder.start()
+        for _ in range(50):
+            forwarder.submit("logs", b"{}")
+        await until(lambda: forwarder.failed == 50)
+        await forwarder.close()
+    lines = [r for r in caplog.records if "OTLP collector" in r.getMessage()]
+    assert len(lines) == 1 and "(1 failed so far)" in lines[0].getMessage()
