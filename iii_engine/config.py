@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import yaml
+from pydantic import field_validator
 
 from .channels import (
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -166,6 +167,19 @@ class EngineConfig(Settings):
     #: the event loop ``iii-engine`` runs on (ours); an embedded engine runs on its caller's loop
     #: (``iii_engine.event_loop.run`` picks one)
     event_loop: EventLoopName = DEFAULT_EVENT_LOOP
+
+    @field_validator("modules")
+    @classmethod
+    def _each_class_once(cls, modules: list[ModuleSpec] | None) -> list[ModuleSpec] | None:
+        # The engine keeps one module per name: a second entry of a class replaced the first, which then ran on
+        # unseen (its port still open after the engine stopped) while its triggers went to the second.
+        first: dict[str, int] = {}
+        for index, spec in enumerate(modules or ()):
+            if spec.class_name in first:
+                raise ValueError(f"{spec.class_name} is configured twice (modules[{first[spec.class_name]}] and "
+                                 f"modules[{index}]); merge the two entries")
+            first[spec.class_name] = index
+        return modules
 
     def with_overrides(self, *, host: str | None = None, port: int | None = None,
                        allow_degraded: bool | None = None, modules: list[ModuleSpec] | None = None,
