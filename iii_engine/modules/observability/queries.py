@@ -150,10 +150,15 @@ def trace_tree(spans: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if span["parent_span_id"] is not None:
             children.setdefault(span["parent_span_id"], []).append(span)
 
+    placed: set[int] = set()
+
     def node(span: dict[str, Any], depth: int) -> dict[str, Any]:
-        # A hostile trace may link spans in a cycle or very deep; the depth bound keeps this finite.
+        # A hostile trace may link spans in a cycle or very deep; the depth bound keeps this finite, and placing
+        # each stored span once keeps it small: before, three spans sharing their own id as span and parent id
+        # made 2**256 nodes, and one engine::traces::tree call held the engine's event loop for good.
+        placed.add(id(span))
         kids = children.get(span["span_id"], []) if depth < 256 else []
-        return {**span, "children": [node(kid, depth + 1) for kid in kids if kid is not span]}
+        return {**span, "children": [node(kid, depth + 1) for kid in kids if id(kid) not in placed]}
 
     return {"roots": [node(span, 0) for span in spans if span["parent_span_id"] is None]}
 

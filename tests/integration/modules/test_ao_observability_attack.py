@@ -238,3 +238,27 @@ async def test_metric_queries_refuse_bad_arguments_by_name() -> None:
             assert answer["error"]["code"] == "deserialization_error", answer
             assert named in answer["error"]["message"], answer
         assert (await worker.result("engine::rollups::list", {"level": 2}))["level"] == 2
+
+
+async def test_spans_sharing_one_id_do_not_hold_the_engine() -> None:
+    # Before: engine::traces::tree over these spans built 2**256 nodes on the engine's event loop (see
+    # tests/unit/engine/test_ao_trace_tree.py for the proof that does not hang the test run).
+    async with engine_with({"enabled": True, "exporter": "memory"}) as engine, ModuleWorker(engine.url) as worker:
+        shared = "ab" * 8
+        spans = [{"traceId": "cd" * 16, "spanId": shared, "name": "root"}]
+        spans += [{"traceId": "cd" * 16, "spanId": shared, "parentSpanId": shared, "name": f"s{i}"} for i in range(3)]
+        await send(worker, b"OTLP" + json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": spans}]}]}).encode())
+
+        async def stored() -> bool:
+            return bool((await telemetry(worker))["ingested_frames"] == 1)
+
+        assert await eventually(stored, within=5)
+        tree = await asyncio.wait_for(worker.result("engine::traces::tree", {"trace_id": "cd" * 16}), 10)
+        [root] = tree["roots"]
+        names = [root["name"]]
+        level = root["children"]
+        while level:
+            names += [n["name"] for n in level]
+            level = [c for n in level for c in n["children"]]
+        assert sorted(names) == ["root", "s0", "s1", "s2"]
+        assert await worker.result("engine::sampling::rules", {})  # the engine still answers
