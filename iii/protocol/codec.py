@@ -199,7 +199,19 @@ def dumps(value: Any) -> str:
         raise
     if _bracket_count(text) > MAX_JSON_DEPTH:
         _check_tree(plain)
+    if not text.isascii():
+        _check_surrogates(text)
     return text
+
+
+def _check_surrogates(text: str) -> None:
+    """Refuse text holding an unpaired surrogate: it has no UTF-8 form, and no engine parses it as a ``\\u``
+    escape either (ours and production's refuse a lone surrogate), so the frame would be dropped on the way."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"text holds an unpaired surrogate {text[exc.start]!r} (character {exc.start}), "
+                         "which JSON on the wire cannot carry") from None
 
 
 def _has_long_digits(raw: str | bytes) -> bool:
@@ -379,7 +391,7 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json", by_alias=True)
     if isinstance(value, dict):
-        return {k if isinstance(k, str) else str(k): jsonable(v) for k, v in value.items()}
+        return {k if type(k) is str else _key(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [jsonable(v) for v in value]
     if hasattr(value, "__dataclass_fields__"):
@@ -387,6 +399,25 @@ def jsonable(value: Any) -> Any:
 
         return jsonable(dataclasses.asdict(value))
     return value
+
+
+def _key(key: Any) -> str:
+    """A non-string object key as :func:`json.dumps` writes it (the reference SDK's encoder): ``True`` as
+    ``"true"``, ``None`` as ``"null"``, numbers in JSON form; any other key is a :class:`TypeError`. Before, every
+    key went through ``str()``: ``{True: 1}`` went out as ``{"True":1}`` and a tuple key was accepted."""
+    if isinstance(key, str):  # a subclass (a str enum): its text, as json.dumps writes it
+        return str.__str__(key)
+    if key is True or key is False:
+        return "true" if key else "false"
+    if key is None:
+        return "null"
+    if isinstance(key, int):
+        return int.__repr__(key)
+    if isinstance(key, float):
+        if not math.isfinite(key):
+            raise ValueError(_NON_FINITE)
+        return float.__repr__(key)
+    raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
 
 
 # Optional envelope keys are omitted when None, as the production engine does; these are always sent.

@@ -1,0 +1,59 @@
+"""``dumps`` writes object keys as ``json.dumps`` (the reference SDK's encoder) does, and refuses unpaired
+surrogates by name.
+
+Before: every non-string key went through ``str()`` (``{True: 1}`` went out as ``{"True":1}``, ``{None: 1}`` as
+``{"None":1}``, a NaN key as ``"nan"``, and a tuple key was accepted), and a lone surrogate was written raw into the
+text, which has no UTF-8 form: the frame failed later, far from its cause, or an engine dropped it.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from typing import Any
+
+import pytest
+
+from iii.protocol.client import ClientSession
+from iii.protocol.codec import dumps
+
+
+class Colour(str, enum.Enum):
+    RED = "red"
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
+@pytest.mark.parametrize("value", [
+    {True: 1, False: 2}, {None: 1}, {1: 1, -7: 2}, {1.5: 2, 1e300: 3}, {2**70: 1}, {Colour.RED: 1}, {Level.HIGH: 1},
+    {"a": {None: [{True: "x"}]}},
+], ids=repr)
+def test_non_string_keys_are_written_as_json_dumps_writes_them(value: dict[Any, Any]) -> None:
+    assert dumps(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def test_a_key_json_cannot_write_is_refused_by_type() -> None:
+    with pytest.raises(TypeError, match="keys must be str, int, float, bool or None, not tuple"):
+        dumps({(1, 2): 1})
+    with pytest.raises(ValueError, match="NaN and Infinity"):
+        dumps({float("nan"): 1})
+
+
+@pytest.mark.parametrize("value", ["\ud800", {"k": "ok \udfff"}, {"\ud83d": 1}, ["é", "\ud800x"]], ids=repr)
+def test_an_unpaired_surrogate_is_refused_naming_it(value: Any) -> None:
+    with pytest.raises(ValueError, match="unpaired surrogate"):
+        dumps(value)
+
+
+def test_a_paired_surrogate_text_is_fine() -> None:
+    assert dumps({"k": "😀 é"}) == '{"k":"😀 é"}'
+
+
+def test_a_handler_result_with_an_unpaired_surrogate_is_answered_as_an_error() -> None:
+    answer = ClientSession().answer("i1", "f", result={"text": "\ud800"}, generation=0)
+    assert answer is not None
+    body = json.loads(answer)
+    assert body["error"]["code"] == "invocation_failed" and "unpaired surrogate" in body["error"]["message"]
+    answer.encode("utf-8")  # the answer itself can go on the wire
