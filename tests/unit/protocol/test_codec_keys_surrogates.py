@@ -18,7 +18,7 @@ from iii.protocol.client import ClientSession
 from iii.protocol.codec import dumps
 
 
-class Colour(str, enum.Enum):
+class Colour(str, enum.Enum):  # noqa: UP042 - the mixin whose str() is "Colour.RED", not its text
     RED = "red"
 
 
