@@ -28,7 +28,7 @@ from iii.wire import dumps, loads
 from ..base import BuiltinFunction, EngineError, EngineModule, EngineServices, InvocationContext
 from .alerts import AlertManager
 from .exporter import DROP_LOG_INTERVAL_S, OtlpForwarder
-from .otlp import TelemetryFormatError, logs_from_otlp, metrics_from_otlp, spans_from_otlp
+from .otlp import TelemetryFormatError, count_entries, logs_from_otlp, metrics_from_otlp, spans_from_otlp
 from .queries import aggregate, list_logs, list_traces, percentile, trace_tree
 from .settings import ObservabilitySettings
 from .stores import Counters, LogStore, MetricStore, SpanStore
@@ -172,7 +172,8 @@ class OtelModule(EngineModule):
         self.webhook_skipped = 0
         self.dropped_frames = 0
         self._queued_bytes = 0
-        self._drop_logged_at = self._malformed_logged_at = -DROP_LOG_INTERVAL_S
+        self._drop_logged_at = self._malformed_logged_at = self._cut_logged_at = -DROP_LOG_INTERVAL_S
+        self.dropped_entries = 0
         self.malformed_frames = 0
         self.ingested_frames = 0
 
@@ -268,22 +269,41 @@ class OtelModule(EngineModule):
                                            or (kind != "LOGS" and self.settings.exports)):
             self.forwarder.submit(_SIGNALS[kind], body)
         # Each entry is charged its share of the frame's bytes: the stores' byte bounds need no second encoding.
+        limit = self.settings.max_frame_entries
         if kind == "OTLP":
-            spans = spans_from_otlp(frame)
+            spans = spans_from_otlp(frame, limit)
+            self._count_cut(frame, kind, len(spans))
             if self.spans is not None:
                 for span in spans:
                     self.spans.add(span, len(body) // len(spans))
         elif kind == "MTRC":
-            metrics = metrics_from_otlp(frame, _now_ns())
+            metrics = metrics_from_otlp(frame, _now_ns(), limit)
+            self._count_cut(frame, kind, len(metrics))
             self.metrics.add(metrics, len(body) // max(1, len(metrics)))
         elif kind == "LOGS":
-            entries = logs_from_otlp(frame)
+            entries = logs_from_otlp(frame, limit)
+            self._count_cut(frame, kind, len(entries))
             for entry in entries:
                 if self.settings.logs_console_output:
                     log.log(_console_level(entry["severity_number"]), "[%s] %s", entry["service_name"],
                             entry["body"][:1000])
                 self._add_log(entry, len(body) // len(entries))
         self.ingested_frames += 1
+
+    def _count_cut(self, frame: Any, kind: str, kept: int) -> None:
+        # Only max_frame_entries of a frame are converted: 8 MiB of "{}" records are 2 million entries, which took
+        # ~9 s on the event loop and over a gigabyte before the store kept its last 1000.
+        if kept < self.settings.max_frame_entries:
+            return
+        cut = count_entries(frame, kind) - kept
+        if cut <= 0:
+            return
+        self.dropped_entries += cut
+        now = time.monotonic()
+        if now - self._cut_logged_at >= DROP_LOG_INTERVAL_S:
+            self._cut_logged_at = now
+            log.warning("a %s telemetry frame held more than max_frame_entries (%d): %d entries dropped (%d so far)",
+                        kind, self.settings.max_frame_entries, cut, self.dropped_entries)
 
     def _add_log(self, entry: dict[str, Any], size: int) -> None:
         self.logs.add(entry, size)
@@ -522,7 +542,7 @@ class OtelModule(EngineModule):
             spans = {"status": "healthy", "details": {"stored_spans": len(self.spans), "stored_bytes": self.spans.bytes,
                                                       "evicted": self.spans.evicted}}
         telemetry = {"ingested_frames": self.ingested_frames, "dropped_frames": self.dropped_frames,
-                     "malformed_frames": self.malformed_frames}
+                     "malformed_frames": self.malformed_frames, "dropped_entries": self.dropped_entries}
         if self.alerts is not None:
             telemetry.update(webhook_sent=self.webhook_sent, webhook_failed=self.webhook_failed,
                              webhook_skipped=self.webhook_skipped)

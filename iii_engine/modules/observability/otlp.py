@@ -28,6 +28,7 @@ __all__ = [
     "TelemetryFormatError",
     "any_value_json",
     "any_value_text",
+    "count_entries",
     "logs_from_otlp",
     "metrics_from_otlp",
     "spans_from_otlp",
@@ -195,7 +196,7 @@ def _required_str(obj: dict[str, Any], key: str, what: str) -> str:
 _STATUS: dict[Any, str] = {1: "ok", 2: "error"}
 
 
-def spans_from_otlp(frame: Any) -> list[dict[str, Any]]:
+def spans_from_otlp(frame: Any, limit: int | None = None) -> list[dict[str, Any]]:
     """StoredSpan dicts from an ``ExportTraceServiceRequest``.
 
     Example:
@@ -209,6 +210,8 @@ def spans_from_otlp(frame: Any) -> list[dict[str, Any]]:
         for scope_entry in _list(resource_entry, "scopeSpans"):
             scope = _scope(scope_entry)
             for span in _list(scope_entry, "spans"):
+                if limit is not None and len(out) >= limit:
+                    return out
                 if not isinstance(span, dict):
                     raise TelemetryFormatError("a span must be an object")
                 parent = span.get("parentSpanId") or None
@@ -246,11 +249,31 @@ def spans_from_otlp(frame: Any) -> list[dict[str, Any]]:
     return out
 
 
+_LISTS = {"OTLP": ("resourceSpans", "scopeSpans", "spans"), "LOGS": ("resourceLogs", "scopeLogs", "logRecords"),
+          "MTRC": ("resourceMetrics", "scopeMetrics", "metrics")}
+
+
+def count_entries(frame: Any, kind: str) -> int:
+    """How many spans, log records or metrics (``kind`` ``OTLP``, ``LOGS`` or ``MTRC``) a frame holds, without
+    converting them (what a ``limit`` left out is counted with this).
+
+    Example:
+        >>> count_entries({"resourceLogs": [{"scopeLogs": [{"logRecords": [{}, {}]}, {"logRecords": [{}]}]}]}, "LOGS")
+        3
+    """
+    resources, scopes, entries = _LISTS[kind]
+    total = 0
+    for resource_entry in _list(frame, resources):
+        for scope_entry in _list(resource_entry, scopes):
+            total += len(_list(scope_entry, entries))
+    return total
+
+
 def _id_or_none(value: Any, zero: str) -> str | None:
     return value if isinstance(value, str) and value and value != zero else None
 
 
-def logs_from_otlp(frame: Any) -> list[dict[str, Any]]:
+def logs_from_otlp(frame: Any, limit: int | None = None) -> list[dict[str, Any]]:
     """StoredLog dicts from an ``ExportLogsServiceRequest`` (every record field optional)."""
     out: list[dict[str, Any]] = []
     for resource_entry in _list(frame, "resourceLogs"):
@@ -258,6 +281,8 @@ def logs_from_otlp(frame: Any) -> list[dict[str, Any]]:
         for scope_entry in _list(resource_entry, "scopeLogs"):
             scope = _scope(scope_entry)
             for record in _list(scope_entry, "logRecords"):
+                if limit is not None and len(out) >= limit:
+                    return out
                 if not isinstance(record, dict):
                     raise TelemetryFormatError("a log record must be an object")
                 stored: dict[str, Any] = {
@@ -325,7 +350,7 @@ def _histogram_point(point: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def metrics_from_otlp(frame: Any, ingested_ns: int) -> list[dict[str, Any]]:
+def metrics_from_otlp(frame: Any, ingested_ns: int, limit: int | None = None) -> list[dict[str, Any]]:
     """StoredMetric dicts from an ``ExportMetricsServiceRequest``, stamped with the ingestion time.
 
     Example:
@@ -340,6 +365,8 @@ def metrics_from_otlp(frame: Any, ingested_ns: int) -> list[dict[str, Any]]:
         for scope_entry in _list(resource_entry, "scopeMetrics"):
             scope = _scope(scope_entry)
             for metric in _list(scope_entry, "metrics"):
+                if limit is not None and len(out) >= limit:
+                    return out
                 if not isinstance(metric, dict):
                     raise TelemetryFormatError("a metric must be an object")
                 name = _required_str(metric, "name", "a metric")

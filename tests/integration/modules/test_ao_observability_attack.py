@@ -262,3 +262,21 @@ async def test_spans_sharing_one_id_do_not_hold_the_engine() -> None:
             level = [c for n in level for c in n["children"]]
         assert sorted(names) == ["root", "s0", "s1", "s2"]
         assert await worker.result("engine::sampling::rules", {})  # the engine still answers
+
+
+async def test_a_frame_of_many_tiny_records_is_cut_and_counted() -> None:
+    # Before: every record of a frame was converted: 1.2 MB of "{}" records (300,000 entries) held the engine's
+    # event loop for over a second and 180 MB, 8 MiB about 9 s and over a gigabyte, to keep the last 1000.
+    async with engine_with({"max_frame_entries": 500, "logs_console_output": False}) as engine, \
+            ModuleWorker(engine.url) as worker:
+        many = b"LOGS" + json.dumps({"resourceLogs": [{"scopeLogs": [{"logRecords": [{}] * 300_000}]}]}).encode()
+        await send(worker, many)
+
+        async def handled() -> dict[str, Any] | None:
+            details = await telemetry(worker)
+            return details if details["ingested_frames"] == 1 else None
+
+        details = await eventually(handled, within=10)
+        health = await worker.result("engine::health::check", {})
+        assert health["components"]["logs"]["details"]["stored_logs"] == 500
+        assert details["dropped_entries"] == 300_000 - 500
