@@ -826,6 +826,8 @@ class RestApiModule(EngineModule):
         await response.prepare(request)
         sent = 0
         next_chunk, write = reader.next_chunk, response.write
+        transport = request.transport
+        send_timeout = self.settings.send_timeout_ms / 1000
         self._streaming[reader] = request
         try:
             chunk: bytes | None = first
@@ -834,7 +836,17 @@ class RestApiModule(EngineModule):
                 if declared is not None and sent > declared:
                     return self._cut(request, response, f"the handler sent more than the {declared} bytes its "
                                                         f"Content-Length states")
-                await write(chunk)
+                if transport is not None and transport.get_write_buffer_size():
+                    # The client is behind: this write may wait for it to read. Only then a timer (per-chunk
+                    # cost); a client that stopped reading would otherwise hold its slot as long as the stream runs.
+                    try:
+                        async with asyncio.timeout(send_timeout):
+                            await write(chunk)
+                    except TimeoutError:
+                        return self._cut(request, response, f"the client read nothing for "
+                                                            f"{self.settings.send_timeout_ms} ms (send_timeout)")
+                else:
+                    await write(chunk)
                 chunk = await next_chunk()
         except ChannelAborted as exc:
             # Finishing the chunked body would make a truncated download look complete; cut the connection.

@@ -17,6 +17,9 @@ clients that send too much or too slowly:
   requests; a body that would go over it is refused with 503 at once rather than waited for.
 - ``slot_timeout`` (ms, 10 000): how long a request (body already received) may wait for one of the
   ``concurrency_request_limit`` slots; then it is answered 503 with ``Retry-After: 1`` and the handler never runs.
+- ``send_timeout`` (ms, 30 000): how long a client may leave a streamed response unread (the connection's send
+  buffer full) before the connection is cut; a client that stops reading would otherwise hold its request slot,
+  and its handler, for as long as the stream runs.
 
 Example:
     >>> s = ApiSettings.parse({"port": 0, "cors": {"allowed_origins": ["https://app.example"]}})
@@ -31,7 +34,7 @@ send it: scheme://host[:port] with nothing after it (or '*')
     Traceback (most recent call last):
     ...
     iii_engine.settings.ConfigError: unknown key 'prot' (allowed: body_timeout, concurrency_request_limit, cors, \
-default_timeout, header_timeout, host, max_body_bytes, max_buffered_bytes, port, slot_timeout)
+default_timeout, header_timeout, host, max_body_bytes, max_buffered_bytes, port, send_timeout, slot_timeout)
 """
 
 from __future__ import annotations
@@ -130,6 +133,7 @@ class ApiSettings(Settings):
     body_timeout_ms: int = Field(30_000, ge=1, alias="body_timeout")
     header_timeout_ms: int = Field(30_000, ge=1, alias="header_timeout")
     slot_timeout_ms: int = Field(10_000, ge=1, alias="slot_timeout")
+    send_timeout_ms: int = Field(30_000, ge=1, alias="send_timeout")
     # None: the default budget, which grows with a larger body limit so raising only max_body_bytes stays valid
     max_buffered_bytes_setting: int | None = Field(None, ge=1, alias="max_buffered_bytes")
 
