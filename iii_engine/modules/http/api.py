@@ -246,9 +246,12 @@ def result_response(result: Any) -> web.Response:
     return _json_response(status, {} if body is None else body, headers)
 
 
-def _empty_response(status: int, headers: Mapping[str, str]) -> web.Response:
-    """The response of a handler that closed its response channel without a body chunk (and returned null)."""
-    headers = _unframed(headers)
+def _empty_response(status: int, headers: Mapping[str, str], head_request: bool) -> web.Response:
+    """The response of a handler that closed its response channel without a body chunk (and returned null).
+
+    Its Content-Length is kept only for a HEAD request, where it states the size of a body never sent."""
+    if not head_request:
+        headers = _unframed(headers)
     problem = head_problem(status, headers)
     if problem is not None:
         return _bad_gateway(problem)
@@ -644,7 +647,7 @@ class RestApiModule(EngineModule):
             raise _reason_to_refusal(exc.reason) from None
         outcome = started.future
         try:
-            head = await self._respond(race, reader, outcome)
+            head = await self._respond(race, reader, outcome, request.method == "HEAD")
         except BaseException:  # timed out or cancelled: nobody waits for the result any more
             started.abandon()
             raise
@@ -664,8 +667,8 @@ class RestApiModule(EngineModule):
             outcome.add_done_callback(lambda _: timer.cancel())
         return response
 
-    async def _respond(self, race: _Race, reader: ResponseChannel,
-                       outcome: asyncio.Future[tuple[Any, Any]]) -> web.StreamResponse | bytes:
+    async def _respond(self, race: _Race, reader: ResponseChannel, outcome: asyncio.Future[tuple[Any, Any]],
+                       head_request: bool) -> web.StreamResponse | bytes:
         """The race of docs/guides/engine.md#modules: the first body chunk or the function's return, whichever comes
         first; the response, or the first chunk of a streamed one. A null result does not decide it: the response
         then comes from the channel."""
@@ -697,7 +700,7 @@ class RestApiModule(EngineModule):
             return result_response(result)
         if aborted is not None:
             return _error_response(str(aborted))
-        return _empty_response(reader.status, reader.headers)
+        return _empty_response(reader.status, reader.headers, head_request)
 
     async def _outcome_of(self, race: _Race, outcome: asyncio.Future[tuple[Any, Any]],
                           reader: ResponseChannel | None = None) -> None:

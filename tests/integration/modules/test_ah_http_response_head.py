@@ -101,3 +101,19 @@ async def test_a_bodiless_stream_keeps_its_headers_but_not_their_framing(api: St
     # client waiting for 100 bytes
     response = await _stream(api, {"Content-Length": "100", "x-kept": "1"}, [])
     assert response.status_code == 200 and response.content == b"" and response.headers["x-kept"] == "1"
+
+
+async def test_a_head_answer_keeps_the_content_length_it_states(api: Start) -> None:
+    engine, _module, client = await api(default_timeout=10_000)
+    worker = await _route(engine, "size", "size")
+    await worker.send({"type": "registertrigger", "id": "t-size-head", "trigger_type": "http", "function_id": "size",
+                       "config": {"api_path": "size", "http_method": "HEAD"}})
+    await worker.sync()
+    waiting = asyncio.ensure_future(client.head("/size", timeout=5))
+    request = await worker.expect("invokefunction")
+    async with websockets.connect(channel_url(engine.url, request["data"]["response"]), compression=None) as out:
+        await out.send(json.dumps({"type": "set_headers", "headers": {"Content-Length": "100"}}))
+    await worker.send({"type": "invocationresult", "invocation_id": request["invocation_id"], "function_id": "size"})
+    response = await waiting
+    # the size of the body a GET would send; no body follows a HEAD answer
+    assert response.status_code == 200 and response.headers["content-length"] == "100" and response.content == b""
