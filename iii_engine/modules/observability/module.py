@@ -28,7 +28,14 @@ from iii.wire import dumps, loads
 from ..base import BuiltinFunction, EngineError, EngineModule, EngineServices, InvocationContext
 from .alerts import AlertManager
 from .exporter import DROP_LOG_INTERVAL_S, OtlpForwarder
-from .otlp import TelemetryFormatError, count_entries, logs_from_otlp, metrics_from_otlp, spans_from_otlp
+from .otlp import (
+    TelemetryFormatError,
+    count_entries,
+    item_budget,
+    logs_from_otlp,
+    metrics_from_otlp,
+    spans_from_otlp,
+)
 from .queries import aggregate, list_logs, list_traces, percentile, trace_tree
 from .settings import ObservabilitySettings
 from .stores import Counters, LogStore, MetricStore, SpanStore
@@ -174,6 +181,7 @@ class OtelModule(EngineModule):
         self._queued_bytes = 0
         self._drop_logged_at = self._malformed_logged_at = self._cut_logged_at = -DROP_LOG_INTERVAL_S
         self.dropped_entries = 0
+        self.dropped_items = 0
         self.malformed_frames = 0
         self.ingested_frames = 0
 
@@ -265,6 +273,19 @@ class OtelModule(EngineModule):
 
     def _store_frame(self, kind: str, body: bytes) -> None:
         frame = loads(body)
+        with item_budget(self.settings.max_frame_items) as counts:
+            self._convert(kind, body, frame)
+        if counts[1]:
+            self.dropped_items += counts[1]
+            now = time.monotonic()
+            if now - self._cut_logged_at >= DROP_LOG_INTERVAL_S:
+                self._cut_logged_at = now
+                log.warning("a %s telemetry frame held more than max_frame_items (%d): %d items (attributes, "
+                            "events, links, points) dropped (%d so far)", kind, self.settings.max_frame_items,
+                            counts[1], self.dropped_items)
+        self.ingested_frames += 1
+
+    def _convert(self, kind: str, body: bytes, frame: Any) -> None:
         if self.forwarder is not None and ((kind == "LOGS" and self.settings.exports_logs)
                                            or (kind != "LOGS" and self.settings.exports)):
             self.forwarder.submit(_SIGNALS[kind], body)
@@ -288,7 +309,6 @@ class OtelModule(EngineModule):
                     log.log(_console_level(entry["severity_number"]), "[%s] %s", entry["service_name"],
                             entry["body"][:1000])
                 self._add_log(entry, len(body) // len(entries))
-        self.ingested_frames += 1
 
     def _count_cut(self, frame: Any, kind: str, kept: int) -> None:
         # Only max_frame_entries of a frame are converted: 8 MiB of "{}" records are 2 million entries, which took
@@ -542,7 +562,8 @@ class OtelModule(EngineModule):
             spans = {"status": "healthy", "details": {"stored_spans": len(self.spans), "stored_bytes": self.spans.bytes,
                                                       "evicted": self.spans.evicted}}
         telemetry = {"ingested_frames": self.ingested_frames, "dropped_frames": self.dropped_frames,
-                     "malformed_frames": self.malformed_frames, "dropped_entries": self.dropped_entries}
+                     "malformed_frames": self.malformed_frames, "dropped_entries": self.dropped_entries,
+                     "dropped_items": self.dropped_items}
         if self.alerts is not None:
             telemetry.update(webhook_sent=self.webhook_sent, webhook_failed=self.webhook_failed,
                              webhook_skipped=self.webhook_skipped)

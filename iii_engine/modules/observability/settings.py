@@ -72,6 +72,7 @@ class ObservabilitySettings(Settings):
     max_frame_bytes: int = Field(8 * 1024 * 1024, ge=1, le=1 << 31)
     ingest_queue_bytes: int = Field(64 * 1024 * 1024, ge=1, le=1 << 36)
     max_frame_entries: int = Field(10_000, ge=1, le=10_000_000)
+    max_frame_items: int = Field(100_000, ge=1, le=100_000_000)
     # Ours: the stores' bounds in bytes of JSON as received, besides production's counts.
     memory_max_bytes: int = Field(64 * 1024 * 1024, ge=1, le=1 << 36)
     logs_max_bytes: int = Field(64 * 1024 * 1024, ge=1, le=1 << 36)
@@ -96,7 +97,7 @@ class ObservabilitySettings(Settings):
     @field_validator("sampling_ratio", "logs_sampling_ratio", "memory_max_spans", "logs_max_count",
                      "logs_batch_size", "logs_flush_interval_ms", "metrics_max_count", "metrics_retention_seconds",
                      "ingest_queue_frames", "max_frame_bytes", "ingest_queue_bytes", "max_frame_entries",
-                     "memory_max_bytes", "logs_max_bytes", "metrics_max_bytes", mode="before")
+                     "max_frame_items", "memory_max_bytes", "logs_max_bytes", "metrics_max_bytes", mode="before")
     @classmethod
     def _number(cls, value: Any, info: Any) -> Any:
         if not isinstance(value, str):
