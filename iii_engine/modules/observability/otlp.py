@@ -197,10 +197,10 @@ def item_budget(items: int) -> Iterator[list[int]]:
     Example:
         >>> frame = {"resourceLogs": [{"scopeLogs": [{"logRecords": [{"attributes": [
         ...     {"key": str(i), "value": {"intValue": i}} for i in range(10)]}]}]}]}
-        >>> with item_budget(6) as counts:
+        >>> with item_budget(6) as counts:  # resourceLogs and scopeLogs take one each; the records do not count
         ...     attributes = logs_from_otlp(frame)[0]["attributes"]
         >>> sorted(attributes, key=int), counts
-        (['0', '1', '2'], [0, 7])
+        (['0', '1', '2', '3'], [0, 6])
     """
     token = _BUDGET.set(budget := [items, 0])
     try:
