@@ -61,7 +61,7 @@ from iii.wire import dumps, loads
 from ...channels import TooManyChannels
 from ..base import EngineError, EngineModule, EngineServices
 from .channels import CHUNK_SIZE, ChannelAborted, ResponseChannel, ResponseHeadersTooLarge
-from .routes import RouteMatch, RouteTable, parse_http_trigger
+from .routes import BadPath, RouteMatch, RouteTable, parse_http_trigger
 from .settings import ApiSettings
 
 log = logging.getLogger(__name__)
@@ -472,7 +472,10 @@ class RestApiModule(EngineModule):
                 return web.Response(status=403, text="CORS request not allowed")
             return web.Response(status=200, headers=headers)
         cors_headers = cors.headers(origin, False, None)
-        match = self.routes.match(request.method, request.raw_path.split("?", 1)[0])
+        try:
+            match = self.routes.match(request.method, request.raw_path.split("?", 1)[0])
+        except BadPath as exc:
+            return _json_response(400, {"error": str(exc)}, cors_headers)
         if match is None:
             return web.Response(status=404, text="Not Found", headers=cors_headers)
         assert self._limit is not None

@@ -90,9 +90,18 @@ def _is_param(segment: str) -> bool:
     return segment.startswith(":") and len(segment) > 1
 
 
+class BadPath(ValueError):
+    """A request path whose percent-escapes do not decode to UTF-8 text."""
+
+
 def _split(url_path: str) -> list[str]:
     path = url_path[1:] if url_path.startswith("/") else url_path
-    return [unquote(part) for part in path.split("/")]
+    try:
+        # strict: the default replaces undecodable bytes with U+FFFD, so /items/%FF and /items/%FE would both
+        # reach the handler as the same id
+        return [unquote(part, errors="strict") for part in path.split("/")]
+    except UnicodeDecodeError as exc:
+        raise BadPath(f"request path {url_path[:200]!r} is not UTF-8 once percent-decoded ({exc.reason})") from None
 
 
 class RouteTable:
@@ -134,7 +143,20 @@ class RouteTable:
         self._static[method] = {r.api_path: r for r in routes if not any(seg.startswith(":") for seg in r.segments)}
 
     def match(self, method: str, url_path: str) -> RouteMatch | None:
-        """The best route for ``method`` and the concrete ``url_path``, or ``None``."""
+        """The best route for ``method`` and the concrete ``url_path``, or ``None``; :class:`BadPath` when its
+        escapes do not decode to UTF-8.
+
+        Example:
+            >>> table = RouteTable()
+            >>> _ = table.add(parse_http_trigger("t", "f", {"api_path": "items/:id"}))
+            >>> table.match("GET", "/items/caf%C3%A9").path_params
+            {'id': 'café'}
+            >>> table.match("GET", "/items/%FF")
+            Traceback (most recent call last):
+            ...
+            iii_engine.modules.http.routes.BadPath: request path '/items/%FF' is not UTF-8 once percent-decoded \
+(invalid start byte)
+        """
         method = method.upper()
         if "%" not in url_path:
             static = self._static.get(method)
