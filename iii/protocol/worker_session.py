@@ -258,7 +258,9 @@ def _rejected(err: WireError) -> Rejected:
         reply = frames.invocation_result(err.invocation_id, err.function_id or "", error={
             "code": "invalid_message", "message": clip_text(err.reason, REPLY_REASON_CLIP)})
     elif err.message_type == "invocationresult" and err.invocation_id is not None:
-        return Rejected(err.reason, None, err.invocation_id)
+        # in canonical form, as a good result's id is matched: the call's id written in upper case or without
+        # dashes (a form the engine accepts) ended nothing, and its caller waited for good
+        return Rejected(err.reason, None, str(uuid.UUID(err.invocation_id)))
     return Rejected(err.reason, reply)
 
 
