@@ -485,20 +485,27 @@ class Invocations:
                 async with asyncio.timeout(timeout_s):  # inline: no task per call, as wait_for would make
                     result, error = await self._run_builtin_plain(entry, data, ctx)
         else:
-            pending = await self._start_routed(entry, data, traceparent, baggage)
-            assert pending.future is not None
+            pending: Pending | None = None
             try:
                 if timeout_s is None:  # the engine's invocation_timeout_ms timer (if set) still bounds the wait
+                    pending = await self._start_routed(entry, data, traceparent, baggage)
+                    assert pending.future is not None
                     result, error = await pending.future
                 else:
+                    # the wait for room in the callee's queue too: a callee that stopped reading held the call
+                    # (and, say, a composed stream update's item lock) past its deadline, for good
                     async with asyncio.timeout(timeout_s):
+                        pending = await self._start_routed(entry, data, traceparent, baggage)
+                        assert pending.future is not None
                         result, error = await pending.future
             except TimeoutError:
-                self._finish(pending.invocation_id, None, None)
+                if pending is not None:  # else _start_routed took it out of the table itself
+                    self._finish(pending.invocation_id, None, None)
                 raise EngineError("invocation_timeout",
                                   f"Invocation of {function_id} timed out after {timeout_s} s") from None
             except asyncio.CancelledError:  # nobody waits any more: the call leaves the pending table now
-                self._finish(pending.invocation_id, None, None)
+                if pending is not None:
+                    self._finish(pending.invocation_id, None, None)
                 raise
         if error is not None:
             raise error_of(error)
