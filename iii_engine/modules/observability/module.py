@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from iii.iii_types import TriggerInfo
+from iii.protocol.worker_session import OFFLOOP_PARSE_BYTES
 from iii.wire import dumps, loads
 
 from ..base import BuiltinFunction, EngineError, EngineModule, EngineServices, InvocationContext
@@ -254,7 +255,10 @@ class OtelModule(EngineModule):
             kind, body = await self._queue.get()
             self._queued_bytes -= len(body)
             try:
-                self._store_frame(kind, body)
+                # A big frame is parsed in a thread: the parse (orjson plus the one JSON policy's depth and digit
+                # scans) of a few MiB held the engine's loop for a second or more; in a thread it yields the GIL.
+                frame = loads(body) if len(body) <= OFFLOOP_PARSE_BYTES else await asyncio.to_thread(loads, body)
+                self._store_frame(kind, body, frame)
             except (TelemetryFormatError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
                 self.malformed_frames += 1
                 now = time.monotonic()
@@ -271,8 +275,7 @@ class OtelModule(EngineModule):
             # one frame at a time, then let calls run: a flood of frames cannot hold the loop
             await asyncio.sleep(0)
 
-    def _store_frame(self, kind: str, body: bytes) -> None:
-        frame = loads(body)
+    def _store_frame(self, kind: str, body: bytes, frame: Any) -> None:
         with item_budget(self.settings.max_frame_items) as counts:
             self._convert(kind, body, frame)
         if counts[1]:
