@@ -15,8 +15,10 @@ import contextlib
 import os
 import select
 import signal
+import socket
+import stat
 from collections.abc import AsyncIterable, Sequence
-from typing import Any
+from typing import Any, Final
 
 from iii.channels import ChannelReader, ChannelWriter
 
@@ -129,13 +131,16 @@ async def to_fd(
     """
     source = reader if isinstance(reader, ChannelSource) else ChannelSource(
         reader, require_trailer=require_trailer, progress=progress, total=total, text_limit=0)
+    out = _FdOut(fd)
     try:
         async for chunk in source.chunks():
-            await _write_fd(fd, chunk)
+            await _write_fd(out, chunk)
     except BaseException:
         # A full disk, a closed pipe, a cancellation: tell the writer now, not after its backpressure wait.
         await asyncio.shield(release_writer(source.reader))
         raise
+    finally:
+        out.close()
     return source.bytes_read
 
 
@@ -148,7 +153,8 @@ def _write_while_ready(fd: int, view: memoryview, poller: select.poll) -> int:
     """Write ``view`` in slices of ``PIPE_BUF`` bytes while ``fd`` says it has room; the bytes written.
 
     A pipe with room takes ``PIPE_BUF`` bytes without blocking, more may block; the fd's mode is not ours to
-    change (it may be shared: a terminal, a shell's pipe)."""
+    change (it may be shared: a terminal, a shell's pipe). Only where no non-blocking twin could be had
+    (:class:`_FdOut`): a terminal with a byte of room says it is writable too, and blocks such a write."""
     written = 0
     while written < len(view):
         written += os.write(fd, view[written:written + select.PIPE_BUF])
@@ -157,21 +163,80 @@ def _write_while_ready(fd: int, view: memoryview, poller: select.poll) -> int:
     return written
 
 
-async def _write_fd(fd: int, data: bytes) -> None:
-    """Write all of ``data`` to ``fd``. A pipe, tty or socket is written when the loop says it has room, not in a
-    thread: a write blocked in a thread on a reader that stalled cannot be cancelled, and the interpreter waits
-    for it at exit (``iii-channel serve --out -`` ignored SIGTERM while its stdout was not read)."""
+FULL_BACKOFF_S = 0.01
+"""How long to wait before writing again when the loop said the fd had room and it took nothing (a terminal
+with one byte of room refuses a ``\\n`` that becomes ``\\r\\n``): the loop would say so again at once, for as
+long as nobody reads the terminal."""
+
+_PTMX: Final = (5, 2)
+"""The pseudo-terminal multiplexer's device number: opening it again makes a new terminal, not a twin."""
+
+
+class _FdOut:
+    """Non-blocking writes to an fd that is not ours to change (:func:`to_fd`): its mode is shared with whoever
+    else holds it, so a twin takes the writes. A socket is sent to with ``MSG_DONTWAIT`` (through a duplicate); a
+    pipe or terminal is opened again (``/proc/self/fd``) with ``O_NONBLOCK``: the same pipe or terminal, another
+    open file, whose mode is ours. Why: the loop says a terminal is writable with one byte of room, and a
+    blocking write of more then holds the whole event loop until someone reads the terminal. Without a twin (no
+    ``/proc``, another kind of fd), ``fd`` itself is written in ``PIPE_BUF`` slices as before."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._sock: socket.socket | None = None
+        self._twin: int | None = None
+        with contextlib.suppress(OSError):
+            mode = os.fstat(fd)
+            if stat.S_ISSOCK(mode.st_mode):
+                self._sock = socket.socket(fileno=os.dup(fd))
+            elif stat.S_ISFIFO(mode.st_mode) or (
+                    stat.S_ISCHR(mode.st_mode) and os.isatty(fd)
+                    and (os.major(mode.st_rdev), os.minor(mode.st_rdev)) != _PTMX):
+                twin = os.open(f"/proc/self/fd/{fd}",
+                               os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+                again = os.fstat(twin)
+                if (again.st_dev, again.st_ino, again.st_rdev) == (mode.st_dev, mode.st_ino, mode.st_rdev):
+                    self._twin = twin
+                else:  # not the same file after all
+                    os.close(twin)
+
+    def watched(self) -> int:
+        """The fd whose room the loop is asked about (the twin's: a registration of the caller's fd stays)."""
+        if self._sock is not None:
+            return self._sock.fileno()
+        return self._twin if self._twin is not None else self.fd
+
+    def write(self, view: memoryview, poller: select.poll) -> int:
+        """Write what the fd takes now of ``view``; the bytes written (``BlockingIOError`` for none)."""
+        if self._sock is not None:
+            return self._sock.send(view, socket.MSG_DONTWAIT)
+        if self._twin is not None:
+            return os.write(self._twin, view)
+        return _write_while_ready(self.fd, view, poller)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+        if self._twin is not None:
+            os.close(self._twin)
+
+
+async def _write_fd(out: _FdOut, data: bytes) -> None:
+    """Write all of ``data`` to ``out``. A pipe, tty or socket is written when the loop says it has room, never
+    blocking, not in a thread: a write blocked in a thread on a reader that stalled cannot be cancelled, and the
+    interpreter waits for it at exit (``iii-channel serve --out -`` ignored SIGTERM while its stdout was not read);
+    a blocking write on the loop holds every task (see :class:`_FdOut`)."""
     view = memoryview(data)
+    fd = out.watched()
     poller = select.poll()
     poller.register(fd, select.POLLOUT)
     while view:
         if not await _ready(fd, writing=True):
-            await asyncio.get_running_loop().run_in_executor(None, _write_all, fd, view)
+            await asyncio.get_running_loop().run_in_executor(None, _write_all, out.fd, view)
             return
         try:
-            view = view[_write_while_ready(fd, view, poller):]
-        except BlockingIOError:  # an O_NONBLOCK fd filled by another writer meanwhile
-            continue
+            view = view[out.write(view, poller):]
+        except BlockingIOError:  # no room after all (a terminal's last byte, another writer of a shared fd)
+            await asyncio.sleep(FULL_BACKOFF_S)
 
 
 _TRANSPORT_ATTRIBUTE = "_transport"
