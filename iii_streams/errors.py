@@ -29,6 +29,10 @@ Example:
 from __future__ import annotations
 
 import math
+from typing import Any
+
+from iii.protocol.codec import UnpairedSurrogateError
+from iii.wire import dumps
 
 __all__ = [
     "PoolExhaustedError",
@@ -125,6 +129,26 @@ def check_text(text: str, what: str) -> str:
         raise ValueError(f"{what} holds an unpaired surrogate {text[exc.start]!r} (character {exc.start}): not valid "
                          "Unicode, no store can encode it") from None
     return text
+
+
+def json_text(value: Any, what: str) -> str:
+    """``value`` as JSON text (:func:`iii.wire.dumps`); an unpaired surrogate in it is a ``ValueError`` naming
+    ``what``, as :func:`check_text` words it (``dumps`` refuses such text without knowing the field).
+
+    Example:
+        >>> json_text({"a": "é"}, "data")
+        '{"a":"é"}'
+        >>> try:
+        ...     json_text({"a": "\\ud800"}, "data")
+        ... except ValueError as exc:
+        ...     print(str(exc)[:57])
+        data holds an unpaired surrogate '\\ud800' (character 6 of
+    """
+    try:
+        return dumps(value)
+    except UnpairedSurrogateError as exc:
+        raise ValueError(f"{what} holds an unpaired surrogate {exc.char!r} (character {exc.position} of its JSON "
+                         "text): not valid Unicode, no store can encode it") from None
 
 
 def check_names(stream_name: str, group_id: str, item_id: str | None = None, *, nul: bool = True) -> None:

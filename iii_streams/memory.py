@@ -34,10 +34,10 @@ from iii.stream import (
     StreamUpdateResult,
 )
 from iii.stream_ops import Op, apply_update
-from iii.wire import dumps, loads
+from iii.wire import loads
 
 from .base import DEFAULT_TIMEOUT, FieldUpdates, SetResult, UpdateResult
-from .errors import check_names, check_text, check_timeout
+from .errors import check_names, check_timeout, json_text
 from .events import EventHub, StreamEvent, Subscription, Watch, custom_event, make_event
 
 __all__ = ["MemoryStream"]
@@ -84,7 +84,7 @@ class MemoryStream(FieldUpdates):
     async def set(self, input: StreamSetInput, *, timeout: float | None = None) -> StreamSetResult[Any]:
         self._limit(timeout)  # checked only: a memory operation never waits
         check_names(input.stream_name, input.group_id, input.item_id)
-        text = check_text(dumps(input.data), "data")
+        text = json_text(input.data, "data")
         group = self._streams.setdefault(input.stream_name, {}).setdefault(input.group_id, {})
         old_text = group.get(input.item_id)
         group[input.item_id] = text
@@ -125,14 +125,14 @@ class MemoryStream(FieldUpdates):
         group = self._streams.get(stream_name, {}).get(group_id, {})
         old_text = group.get(item_id)
         old, new = apply_update(None if old_text is None else loads(old_text), ops)
-        text = check_text(dumps(new), "the updated value")
+        text = json_text(new, "the updated value")
         # the group is looked up again: apply_update may raise, and a failed update must not create a group
         self._streams.setdefault(stream_name, {}).setdefault(group_id, {})[item_id] = text
         self._emit(stream_name, group_id, item_id, "create" if old is None else "update", text)
         return UpdateResult(old_value=old, new_value=new)
 
     async def send(self, stream_name: str, group_id: str, id: str | None, type: str, data: Any) -> None:
-        check_text(dumps(data), "data")  # refuse what no other backend could publish either
+        json_text(data, "data")  # refuse what no other backend could publish either
         self._hub.publish(custom_event(stream_name, group_id, id, type, data))
 
     async def publish(self, event: StreamEvent) -> None:

@@ -71,7 +71,7 @@ from iii.stream import (
     StreamUpdateResult,
 )
 from iii.stream_ops import Op, apply_update
-from iii.wire import dumps, loads
+from iii.wire import loads
 
 from .base import DEFAULT_TIMEOUT, FieldUpdates, SetResult, UpdateResult, WriteProgress
 from .batching import KeyedBatcher
@@ -85,8 +85,8 @@ from .errors import (
     StreamUnavailableError,
     UpdateConflictError,
     check_names,
-    check_text,
     check_timeout,
+    json_text,
 )
 from .events import StreamEvent, Watch, custom_event, event_json_parts
 from .known_texts import KnownTexts
@@ -584,7 +584,7 @@ class RedisStream(FieldUpdates):
     async def set(self, input: StreamSetInput, *, timeout: float | None = None) -> StreamSetResult[Any]:
         check_names(input.stream_name, input.group_id, input.item_id)
         key = self.layout.key(input.stream_name, input.group_id)
-        text = check_text(dumps(input.data), "data")
+        text = json_text(input.data, "data")
         args = [input.item_id, text, *self._channel_args(input.stream_name, input.group_id, input.item_id)]
         raw = await self._write_item("set", timeout, self._set_script, key, input.item_id, args)
         old = None if raw is None else self._parse(raw, key, input.item_id)
@@ -770,7 +770,7 @@ class RedisStream(FieldUpdates):
                 # parsed per caller, so no two callers share (and could mutate) one value object
                 old = None if old_text is None else self._parse(old_text, key, update.item_id)
                 _, new = apply_update(old, update.ops)
-                text = check_text(dumps(new), "the updated value")  # else it would fail the whole script
+                text = json_text(new, "the updated value")  # else it would fail the whole script
             except Exception as exc:  # this caller's own failure (stored non-JSON, a value dumps refuses)
                 results.append(exc)
                 continue
@@ -789,7 +789,7 @@ class RedisStream(FieldUpdates):
         await self.publish(custom_event(stream_name, group_id, id, type, data))
 
     async def publish(self, event: StreamEvent) -> None:
-        text = check_text(dumps(event), "the event")
+        text = json_text(event, "the event")
         async with self._guard("publish", None):
             await self._client.publish(self.channel or EVENTS_CHANNEL, text)
 

@@ -86,8 +86,8 @@ from .errors import (
     StreamTimeoutError,
     StreamUnavailableError,
     check_names,
-    check_text,
     check_timeout,
+    json_text,
 )
 from .events import (
     EventHub,
@@ -696,7 +696,7 @@ class SQLStream(FieldUpdates):
         return None if text is None else loads(text)
 
     async def set(self, input: StreamSetInput, *, timeout: float | None = None) -> StreamSetResult[Any]:
-        text = check_text(dumps(input.data), "data")  # refused before anything is queued
+        text = json_text(input.data, "data")  # refused before anything is queued
         old, _ = await self._write("set", timeout, input.stream_name, input.group_id, input.item_id,
                                    lambda _old: (input.data, text))
         return SetResult(old_value=old, new_value=input.data)
@@ -706,7 +706,7 @@ class SQLStream(FieldUpdates):
         def compute(old: Any) -> tuple[Any, str]:
             new = apply_update(old, ops)[1]
             # refused here, inside the batch, fails this caller alone (the plan catches it per write)
-            return new, check_text(dumps(new), "the updated value")
+            return new, json_text(new, "the updated value")
 
         old, new = await self._write("update", timeout, stream_name, group_id, item_id, compute)
         return UpdateResult(old_value=old, new_value=new)
@@ -755,7 +755,7 @@ class SQLStream(FieldUpdates):
 
     async def publish(self, event: StreamEvent) -> None:
         # refuse what could not be sent over PostgreSQL, on SQLite too
-        payload = check_text(dumps(event), "the event")
+        payload = json_text(event, "the event")
         if not self._pg:
             self._hub.publish(event)
             return

@@ -204,14 +204,23 @@ def dumps(value: Any) -> str:
     return text
 
 
+class UnpairedSurrogateError(ValueError):
+    """:func:`dumps` met an unpaired surrogate: ``char``, at ``position`` in the JSON text it would have written."""
+
+    def __init__(self, char: str, position: int) -> None:
+        super().__init__(f"text holds an unpaired surrogate {char!r} (character {position}), which JSON on the wire "
+                         "cannot carry")
+        self.char = char
+        self.position = position
+
+
 def _check_surrogates(text: str) -> None:
     """Refuse text holding an unpaired surrogate: it has no UTF-8 form, and no engine parses it as a ``\\u``
     escape either (ours and production's refuse a lone surrogate), so the frame would be dropped on the way."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise ValueError(f"text holds an unpaired surrogate {text[exc.start]!r} (character {exc.start}), "
-                         "which JSON on the wire cannot carry") from None
+        raise UnpairedSurrogateError(text[exc.start], exc.start) from None
 
 
 def _has_long_digits(raw: str | bytes) -> bool:
