@@ -51,8 +51,9 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
 @pytest.mark.parametrize(("class_name", "settings", "problem"), BAD, ids=[f"{c}-{p[:30]}" for c, _, p in BAD])
 async def test_a_bad_module_setting_stops_the_start_naming_module_and_path(class_name: str, settings: dict[str, Any],
                                                                            problem: str) -> None:
-    # a good module first, so the path has to carry the right index
-    config = EngineConfig(port=0, modules=[ModuleSpec(PUBSUB), ModuleSpec(class_name, settings)])
+    # a good module first (another class: one configured twice is refused), so the path has to carry the right index
+    first = "modules::queue::QueueModule" if class_name == PUBSUB else PUBSUB
+    config = EngineConfig(port=0, modules=[ModuleSpec(first), ModuleSpec(class_name, settings)])
     with pytest.raises(ModuleStartError) as failure:
         async with Engine(config=config):
             pass
