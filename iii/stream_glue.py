@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
 from typing import Any
 
 from .stream import (
@@ -34,7 +34,7 @@ from .stream import (
 from .stream_ops import apply_update, ops_to_wire
 from .wire import jsonable
 
-__all__ = ["StreamFunctions", "stream_functions"]
+__all__ = ["PlainWrites", "StreamFunctions", "stream_functions"]
 
 StreamHandler = Callable[[Any], Awaitable[Any]]
 
@@ -50,6 +50,7 @@ class StreamFunctions:
         self._stream = stream
         # Only items with an update in flight have a lock; the last one out removes it.
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._writes = PlainWrites()  # sets and deletes that began with no update of their item in flight
 
     async def get(self, data: Any) -> Any:
         """``stream::get``: the item, or ``None``."""
@@ -95,6 +96,8 @@ class StreamFunctions:
         lock = self._locks.setdefault(key, asyncio.Lock())
         try:
             async with lock:
+                if self._writes:  # a set or delete that began before this lock was taken lands before the read
+                    await self._writes.drained(key)
                 old = jsonable(
                     await self._stream.get(
                         StreamGetInput(
@@ -121,7 +124,12 @@ class StreamFunctions:
         its get and its set was overwritten by it, lost though it had succeeded."""
         lock = self._locks.get(key)
         if lock is None:  # the usual case: no composed update of this item right now
-            yield
+            # one that starts meanwhile reads only after this write: it would overwrite it otherwise
+            writes = self._writes.begin(key)
+            try:
+                yield
+            finally:
+                self._writes.end(key, writes)
             return
         try:
             async with lock:
@@ -133,6 +141,63 @@ class StreamFunctions:
         # checked right after the release, with no await in between: only the last user sees it free
         if not lock.locked() and not getattr(lock, "_waiters", None) and self._locks.get(key) is lock:
             del self._locks[key]
+
+
+class PlainWrites:
+    """Per key, the writes running without the key's lock: what a composed update must wait for before its read.
+
+    Why: a write that began before the update took the lock (its backend call still running) landed between the
+    update's get and set and was overwritten by it, lost though acknowledged.
+
+    Example:
+        >>> async def demo() -> list[str]:
+        ...     writes, seen = PlainWrites(), []
+        ...     entry = writes.begin("k")
+        ...     async def update() -> None:
+        ...         await writes.drained("k")
+        ...         seen.append("update")
+        ...     task = asyncio.ensure_future(update())
+        ...     await asyncio.sleep(0)
+        ...     seen.append("write")
+        ...     writes.end("k", entry)
+        ...     await task
+        ...     return seen
+        >>> asyncio.run(demo())
+        ['write', 'update']
+    """
+
+    __slots__ = ("_running",)
+
+    def __init__(self) -> None:
+        # key -> [writes running, the event set when the last ends (made only once an update waits)]
+        self._running: dict[Hashable, list[Any]] = {}
+
+    def __len__(self) -> int:
+        return len(self._running)
+
+    def begin(self, key: Hashable) -> list[Any]:
+        """Count a write of ``key`` in; hand what this returns to :meth:`end` when it is over."""
+        entry = self._running.get(key)
+        if entry is None:
+            entry = self._running[key] = [0, None]
+        entry[0] += 1
+        return entry
+
+    def end(self, key: Hashable, entry: list[Any]) -> None:
+        """Count a write of ``key`` out (``entry``: what :meth:`begin` returned)."""
+        entry[0] -= 1
+        if not entry[0]:
+            if self._running.get(key) is entry:
+                del self._running[key]
+            if entry[1] is not None:
+                entry[1].set()
+
+    async def drained(self, key: Hashable) -> None:
+        """Return once no write of ``key`` counted in is running (at once when none is)."""
+        while (entry := self._running.get(key)) is not None:
+            if entry[1] is None:
+                entry[1] = asyncio.Event()
+            await entry[1].wait()
 
 
 def _wire_ops(data: Any) -> Any:

@@ -19,6 +19,7 @@ import contextlib
 from collections.abc import AsyncIterator, Hashable
 from typing import Any
 
+from iii.stream_glue import PlainWrites
 from iii.stream_ops import Op
 
 __all__ = ["KeyedLocks", "store_updates_atomically"]
@@ -29,6 +30,7 @@ class KeyedLocks:
 
     def __init__(self) -> None:
         self._locks: dict[Hashable, tuple[asyncio.Lock, int]] = {}
+        self._writes = PlainWrites()  # bodies of join() that run without the lock
 
     def __len__(self) -> int:
         return len(self._locks)
@@ -42,6 +44,8 @@ class KeyedLocks:
         self._locks[key] = (lock, users + 1)
         try:
             async with lock:
+                if self._writes:  # a join() body that began before this lock was taken must not land inside it
+                    await self._writes.drained(key)
                 yield
         finally:
             lock, users = self._locks[key]
@@ -52,7 +56,8 @@ class KeyedLocks:
 
     @contextlib.asynccontextmanager
     async def join(self, key: Hashable) -> AsyncIterator[None]:
-        """Hold the lock of ``key`` only if it is held or waited for now; else run the body at once, no lock made.
+        """Hold the lock of ``key`` only if it is held or waited for now; else run the body at once, no lock made
+        (a :meth:`hold` of ``key`` that begins meanwhile waits for the body to end).
 
         Why: a custom stream's set or delete that landed inside a composed update of its item (between that
         update's get and set) was overwritten by it, lost though acknowledged; with no update in flight it needs
@@ -67,7 +72,12 @@ class KeyedLocks:
             0
         """
         if key not in self._locks:
-            yield
+            # a hold() that starts meanwhile waits for this body: it would run inside it otherwise
+            entry = self._writes.begin(key)
+            try:
+                yield
+            finally:
+                self._writes.end(key, entry)
             return
         async with self.hold(key):
             yield
