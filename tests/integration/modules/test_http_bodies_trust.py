@@ -31,6 +31,7 @@ from iii_engine.modules.http.channels import channel_url
 from iii_engine.modules.http.settings import ApiSettings
 from iii_engine.settings import ConfigError
 from tests.integration.engine.raw import RawWorker
+from tests.polling import until
 
 pytestmark = pytest.mark.our_engine("configures the REST API module's body limits")
 
@@ -413,18 +414,19 @@ async def test_a_silent_connection_is_closed_by_the_header_deadline(site: Start)
 
 
 async def test_bodies_in_memory_are_bounded_and_overflow_fails_fast(site: Start) -> None:
-    """Two bodies that together exceed ``max_buffered_bytes``: the second is 503 at once, the first arrives."""
+    """Bodies that together exceed ``max_buffered_bytes``: the one that would cross it is 503, the first arrives."""
     _, module, sink = await site(max_body_bytes=1000, max_buffered_bytes=1500, body_timeout=5000)
     first_reader, first = await raw_request(module, expect_continue(head(1000, "/sink?tag=first")))
     assert (await asyncio.wait_for(first_reader.readline(), 5)).startswith(b"HTTP/1.1 100")
-    assert module.buffered_bytes == 1000  # a stated length is claimed up front
+    assert module.buffered_bytes == 0  # claimed as bytes arrive, not as stated
     first.write(b"a" * 600)
+    await until(lambda: module.buffered_bytes == 600)
     async with httpx.AsyncClient(timeout=10) as hc:
         second = await hc.post(f"{module.base_url}/sink?tag=second", content=b"b" * 1000)
-        assert second.status_code == 503 and "1500" in second.text
+        assert second.status_code == 503 and "1500" in second.text  # 600 + 1000 > 1500
         assert second.headers["retry-after"] == "1"
-        chunked = await hc.post(f"{module.base_url}/sink?tag=chunked", content=_apieces(b"c" * 900))
-        assert chunked.status_code == 503  # counted as it arrives: 1000 + 900 > 1500
+        chunked = await hc.post(f"{module.base_url}/sink?tag=chunked", content=_apieces(b"c" * 950))
+        assert chunked.status_code == 503  # counted as it arrives: 600 + 950 > 1500
         first.write(b"a" * 400)
         assert await asyncio.wait_for(first_reader.readline(), 5) == b"\r\n"
         assert (await asyncio.wait_for(first_reader.readline(), 5)).startswith(b"HTTP/1.1 200")
@@ -433,6 +435,19 @@ async def test_bodies_in_memory_are_bounded_and_overflow_fails_fast(site: Start)
         assert again.status_code == 200 and again.json()["n"] == 1000
     assert sink.invoked == ["first", "again"]
     assert module.buffered_bytes == 0
+
+
+async def test_stated_lengths_without_bytes_do_not_hold_the_budget(site: Start) -> None:
+    """Before: a stated Content-Length was claimed up front, so four connections stating the largest body and
+    sending nothing made every other request with a body a 503 for ``body_timeout``."""
+    _, module, sink = await site(max_body_bytes=1000, max_buffered_bytes=1500, body_timeout=5000)
+    silent = [await raw_request(module, head(1000, f"/sink?tag=silent{n}")) for n in range(4)]
+    async with httpx.AsyncClient(timeout=10) as hc:
+        answer = await hc.post(f"{module.base_url}/sink?tag=real", content=b"r" * 1000)
+        assert answer.status_code == 200, answer.text
+    assert sink.invoked == ["real"]
+    for _, writer in silent:
+        writer.close()
 
 
 # -- settings ------------------------------------------------------------------------------------------------------
