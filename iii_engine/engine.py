@@ -15,7 +15,7 @@ import asyncio
 import logging
 import os
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed
 
 from iii import ws_fastpath
 from iii.iii_types import TriggerInfo
+from iii.loss_log import LossLog
 from iii.protocol.worker_session import (
     Event,
     Invoke,
@@ -51,7 +52,7 @@ from .channels import ChannelRelay
 from .closing import close_within
 from .config import EngineConfig
 from .invocations import Invocations, Started
-from .limits import TRY_AGAIN_LATER, CountLimits, FiredCalls, WorkerCalls
+from .limits import SKIP_LOG_INTERVAL_S, TRY_AGAIN_LATER, CountLimits, FiredCalls, WorkerCalls
 from .modules.base import (
     BuiltinFunction,
     EngineError,
@@ -128,6 +129,10 @@ class Engine:
         # back once such a burst is over (never on the call path).
         self.memory = MemoryReleaser()
         self._worker_listeners: list[Callable[[str, str], None]] = []
+        #: workers' frames that could not be decoded (dropped), since start
+        self.undecodable_frames = 0
+        # rate-limited: a worker sending garbage by the thousand wrote one warning line per frame
+        self._undecodable_log = LossLog(self._log_undecodable, SKIP_LOG_INTERVAL_S)
         self._seen_version = 0
         self._started = False
         self._stopping: asyncio.Event | None = None
@@ -251,8 +256,14 @@ class Engine:
         self.worker_calls.close()
         await self.channels.close()
         self.memory.close()
+        self._undecodable_log.close()
         if self._stopping is not None:
             self._stopping.set()
+
+    def _log_undecodable(self, counts: Mapping[str, int], latest: str | None) -> None:
+        latest_text = f"; latest: {latest}" if latest is not None else ""
+        log.warning("dropped %d undecodable worker frame(s) since the last warning, %d in all%s",
+                    counts["undecodable"], self.undecodable_frames, latest_text)
 
     async def serve_forever(self) -> None:
         """Start (if needed) and run until :meth:`stop` is called or the task is cancelled."""
@@ -473,8 +484,9 @@ class Engine:
             for listener in self._telemetry_listeners:
                 listener(event.kind, event.body)
         elif isinstance(event, Rejected):
-            # The reason may quote the sender's input: cap it so one frame cannot flood the log.
-            log.warning("worker %s: dropped undecodable frame: %s", worker.id, clip_text(event.reason))
+            # The reason may quote the sender's input: capped, and the warnings rate-limited
+            self.undecodable_frames += 1
+            self._undecodable_log.lost("undecodable", f"worker {worker.id}: {clip_text(event.reason)}")
             self.memory.note()
             if event.reply is not None:
                 worker.post(event.reply)
