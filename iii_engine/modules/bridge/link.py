@@ -24,8 +24,10 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, Final
 
 from iii.connection import check_url
@@ -77,12 +79,12 @@ class BridgeLink:
         self.role = role
         self.connect_grace_s = connect_grace_s
         self._client: III | None = None
-        # One watcher per link looks at the connection while calls are pending, not one poll per call (1,000
-        # pending calls were 10,000 wake-ups a second); it resolves the current outage future once the link has
-        # been down for connect_grace_s, which fails every call that was pending then.
-        self._pending_calls = 0
-        self._outage: asyncio.Future[None] | None = None
-        self._watcher: asyncio.Task[None] | None = None
+        # One watcher per link and event loop looks at the connection while calls are pending, not one poll per
+        # call (1,000 pending calls were 10,000 wake-ups a second); it resolves the current outage future once the
+        # link has been down for connect_grace_s, which fails every call that was pending then. Per loop: a future
+        # or task serves only its own loop, and a loop that ended (an engine stopped, asyncio.run over) must not
+        # leave one behind for the calls of the next.
+        self._watches: dict[asyncio.AbstractEventLoop, _LoopWatch] = {}
 
     def start(self) -> None:
         """Start connecting in the background; returns at once (idempotent)."""
@@ -147,7 +149,7 @@ class BridgeLink:
         give up with a clear error. A call that never left the client's queue would otherwise wait for the
         remote's return (or its own timeout); giving up drops it, so it can never run on the remote later."""
         call = asyncio.ensure_future(request)
-        outage = self._watch()
+        watch, outage = self._watch()
         try:
             await asyncio.wait({call, outage}, return_when=asyncio.FIRST_COMPLETED)
             if call.done():
@@ -155,34 +157,49 @@ class BridgeLink:
             raise BridgeCallError(f"remote engine {self.url} unreachable (the connection dropped during the call of "
                                   f"{function_id})")
         finally:
-            self._pending_calls -= 1
+            watch.pending -= 1
             if not call.done():
                 call.cancel()
 
-    def _watch(self) -> asyncio.Future[None]:
-        """Count one more pending call and hand it the current outage future (the watcher runs while any is)."""
-        loop = asyncio.get_running_loop()
-        if self._outage is None or self._outage.done():
-            self._outage = loop.create_future()
-        self._pending_calls += 1
-        if self._watcher is None or self._watcher.done():
-            self._watcher = loop.create_task(self._watch_link())
-        return self._outage
+    @property
+    def _pending_calls(self) -> int:
+        """Calls waiting on the remote, on all loops."""
+        return sum(watch.pending for watch in list(self._watches.values()))
 
-    async def _watch_link(self) -> None:
+    def _watch(self) -> tuple[_LoopWatch, asyncio.Future[None]]:
+        """Count one more pending call on this loop and hand it this loop's current outage future (the loop's
+        watcher runs while any is)."""
         loop = asyncio.get_running_loop()
+        watch = self._watches.get(loop)
+        if watch is None:
+            for closed in [other for other in self._watches if other.is_closed()]:  # closed with its tasks pending
+                self._watches.pop(closed, None)
+            watch = self._watches[loop] = _LoopWatch()
+        if watch.outage is None or watch.outage.done():
+            watch.outage = loop.create_future()
+        watch.pending += 1
+        if watch.watcher is None or watch.watcher.done():
+            watch.watcher = loop.create_task(self._watch_link(loop, watch))
+        return watch, watch.outage
+
+    async def _watch_link(self, loop: asyncio.AbstractEventLoop, watch: _LoopWatch) -> None:
         lost_since: float | None = None
-        while self._pending_calls > 0:
-            await asyncio.sleep(_LINK_CHECK_S)
-            if self.connected:
-                lost_since = None
-            elif lost_since is None:
-                lost_since = loop.time()
-            elif loop.time() - lost_since >= self.connect_grace_s:
-                lost_since = None
-                outage, self._outage = self._outage, None
-                if outage is not None and not outage.done():
-                    outage.set_result(None)
+        try:
+            while watch.pending > 0:
+                await asyncio.sleep(_LINK_CHECK_S)
+                if self.connected:
+                    lost_since = None
+                elif lost_since is None:
+                    lost_since = loop.time()
+                elif loop.time() - lost_since >= self.connect_grace_s:
+                    lost_since = None
+                    outage, watch.outage = watch.outage, None
+                    if outage is not None and not outage.done():
+                        outage.set_result(None)
+        finally:
+            # no await between the last look at the count and this: a call of this loop cannot slip in between
+            if self._watches.get(loop) is watch:
+                del self._watches[loop]
 
     async def fire(self, function_id: str, data: Any) -> None:
         """Invoke ``function_id`` on the remote without waiting for a result (action ``void``).
@@ -232,11 +249,27 @@ class BridgeLink:
     async def close(self) -> None:
         """Disconnect and stop the link's thread (idempotent)."""
         client, self._client = self._client, None
-        watcher, self._watcher = self._watcher, None
-        if watcher is not None:
-            watcher.cancel()
+        watches = list(self._watches.values())
+        current = asyncio.get_running_loop()
+        for watch in watches:
+            if watch.watcher is None:
+                continue
+            if watch.watcher.get_loop() is current:
+                watch.watcher.cancel()
+            else:  # a task is cancelled on its own loop's thread; a loop that is closed has none to cancel
+                with contextlib.suppress(RuntimeError):
+                    watch.watcher.get_loop().call_soon_threadsafe(watch.watcher.cancel)
         if client is not None:
             await asyncio.to_thread(client.shutdown)
+
+
+@dataclass(eq=False)
+class _LoopWatch:
+    """One event loop's calls pending on the link, the future their outage resolves, the task that watches."""
+
+    pending: int = 0
+    outage: asyncio.Future[None] | None = None
+    watcher: asyncio.Task[None] | None = None
 
 
 async def _send_on_this_connection(client: III, request: dict[str, Any]) -> bool:
