@@ -172,6 +172,31 @@ _PTMX: Final = (5, 2)
 """The pseudo-terminal multiplexer's device number: opening it again makes a new terminal, not a twin."""
 
 
+def _socket_of(fd: int) -> socket.socket:
+    """A socket object on a duplicate of the socket ``fd`` (closing it leaves ``fd`` open)."""
+    dup = os.dup(fd)
+    try:
+        return socket.socket(fileno=dup)
+    except BaseException:
+        os.close(dup)
+        raise
+
+
+def _reopened(fd: int, mode: os.stat_result) -> int | None:
+    """The pipe or terminal of ``fd`` opened again for non-blocking writes, or ``None`` when that opens another
+    file (checked, not assumed)."""
+    twin = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        again = os.fstat(twin)
+        if (again.st_dev, again.st_ino, again.st_rdev) == (mode.st_dev, mode.st_ino, mode.st_rdev):
+            return twin
+    except BaseException:
+        os.close(twin)
+        raise
+    os.close(twin)
+    return None
+
+
 class _FdOut:
     """Non-blocking writes to an fd that is not ours to change (:func:`to_fd`): its mode is shared with whoever
     else holds it, so a twin takes the writes. A socket is sent to with ``MSG_DONTWAIT`` (through a duplicate); a
@@ -184,20 +209,16 @@ class _FdOut:
         self.fd = fd
         self._sock: socket.socket | None = None
         self._twin: int | None = None
-        with contextlib.suppress(OSError):
+        try:
             mode = os.fstat(fd)
             if stat.S_ISSOCK(mode.st_mode):
-                self._sock = socket.socket(fileno=os.dup(fd))
+                self._sock = _socket_of(fd)
             elif stat.S_ISFIFO(mode.st_mode) or (
                     stat.S_ISCHR(mode.st_mode) and os.isatty(fd)
                     and (os.major(mode.st_rdev), os.minor(mode.st_rdev)) != _PTMX):
-                twin = os.open(f"/proc/self/fd/{fd}",
-                               os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-                again = os.fstat(twin)
-                if (again.st_dev, again.st_ino, again.st_rdev) == (mode.st_dev, mode.st_ino, mode.st_rdev):
-                    self._twin = twin
-                else:  # not the same file after all
-                    os.close(twin)
+                self._twin = _reopened(fd, mode)
+        except OSError:  # no twin to be had (no /proc, no fds left, not ours to open): the fd itself, as before
+            pass
 
     def watched(self) -> int:
         """The fd whose room the loop is asked about (the twin's: a registration of the caller's fd stays)."""

@@ -142,10 +142,21 @@ async def test_to_fd_writes_every_byte_to_a_terminal(relay: tuple[str, ChannelRe
         return b"".join(parts)
 
     collected = loop.run_in_executor(None, drain)
+    opened = _opened(os.ttyname(slave))
     _, count = await asyncio.wait_for(asyncio.gather(
         _send(writer, payload), iii_channels.to_fd(reader, slave, require_trailer=True)), 20)
     assert count == len(payload)
     assert await asyncio.wait_for(collected, 10) == payload
+    assert _opened(os.ttyname(slave)) == opened  # the twin is closed
+
+
+def _opened(path: str) -> int:
+    """How many of this process's fds are open on ``path``."""
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{name}") == path
+    return count
 
 
 @pytest.mark.parametrize("blocking", [True, False], ids=["blocking", "nonblocking"])
