@@ -129,39 +129,59 @@ class Subscription(Protocol):
     """A live source of events behind one :class:`Watch` (a queue, a Redis pub/sub, a LISTEN connection)."""
 
     async def get(self) -> StreamEvent:
-        """The next event (waits)."""
+        """The next event (waits); ``StopAsyncIteration`` once the subscription is closed."""
         ...
 
     async def close(self) -> None:
-        """Stop receiving; idempotent."""
+        """Stop receiving and end a ``get`` waiting meanwhile; idempotent."""
         ...
 
 
 class _QueueSubscription:
     def __init__(self, hub: EventHub, maxsize: int) -> None:
         self._hub = hub
+        # None wakes the reader: after a lag, or a close (a reader waiting on a closed watch would wait for good)
         self.queue: asyncio.Queue[StreamEvent | None] = asyncio.Queue(maxsize)
         self.lagged = False
+        self.closed = False
 
     def offer(self, event: StreamEvent) -> None:
-        if self.lagged:
+        if self.lagged or self.closed:
             return
         try:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:
             self.lagged = True
-            # make room for the wake-up marker so a waiting reader learns about the lag at once
-            self.queue.get_nowait()
-            self.queue.put_nowait(None)
+            wake(self.queue)
 
     async def get(self) -> StreamEvent:
+        if self.closed:
+            raise StopAsyncIteration
         event = await self.queue.get()
         if event is None:
+            if self.closed:
+                raise StopAsyncIteration
             raise StreamLagError(f"watcher fell more than {self.queue.maxsize} events behind; events were dropped")
         return event
 
     async def close(self) -> None:
         self._hub.discard(self)
+        if not self.closed:
+            self.closed = True
+            wake(self.queue)
+
+
+def wake(queue: asyncio.Queue[Any]) -> None:
+    """Put a ``None`` wake-up in ``queue``, making room for it when full, so a reader waiting on it returns now.
+
+    Example:
+        >>> q: asyncio.Queue[int | None] = asyncio.Queue(1)
+        >>> q.put_nowait(1); wake(q); q.get_nowait() is None
+        True
+    """
+    if queue.full():
+        queue.get_nowait()
+    queue.put_nowait(None)
 
 
 class EventHub:

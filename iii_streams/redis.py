@@ -393,6 +393,10 @@ class _PubSubSubscription:
         self._client = client
         self._channel = channel
         self._pubsub: PubSub | None = None
+        # set by close(): a reader waiting or reconnecting meanwhile stops (StopAsyncIteration) instead of
+        # subscribing again, a subscriber nobody would ever close
+        self._closed = False
+        self._closing = asyncio.Event()
 
     async def start(self) -> _PubSubSubscription:
         pubsub = self._client.pubsub(ignore_subscribe_messages=True)
@@ -411,24 +415,34 @@ class _PubSubSubscription:
             with contextlib.suppress(Exception):
                 await old.aclose()  # type: ignore[no-untyped-call]
         delay = 0.05
-        while True:
+        while not self._closed:
             try:
                 await self.start()
-                log.info("stream watch: re-subscribed to %s", self._channel)
-                return
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 log.warning("stream watch: Redis unreachable (%s); retrying in %.2fs", exc, delay)
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), delay)
                 delay = min(delay * 2, 2.0)
+                continue
+            if self._closed:  # closed while this subscribed: nobody will close it later
+                await self.close()
+                return
+            log.info("stream watch: re-subscribed to %s", self._channel)
+            return
 
     async def get(self) -> StreamEvent:
         while True:
-            if self._pubsub is None:
+            if self._closed:
+                raise StopAsyncIteration
+            pubsub = self._pubsub
+            if pubsub is None:
                 await self._reconnect()
-            assert self._pubsub is not None
+                continue
             try:
-                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                if self._closed:  # close() ended the connection under this read
+                    raise StopAsyncIteration from None
                 # events published while disconnected are lost (Redis pub/sub keeps nothing)
                 log.warning("stream watch: Redis connection lost (%s); re-subscribing", exc)
                 await self._reconnect()
@@ -444,6 +458,8 @@ class _PubSubSubscription:
                 return event
 
     async def close(self) -> None:
+        self._closed = True
+        self._closing.set()
         pubsub, self._pubsub = self._pubsub, None
         if pubsub is not None:
             await pubsub.aclose()  # type: ignore[no-untyped-call]

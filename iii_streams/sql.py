@@ -98,6 +98,7 @@ from .events import (
     custom_event,
     event_json_parts,
     make_event,
+    wake,
 )
 from .known_texts import KnownTexts
 from .messages import error_line
@@ -178,6 +179,10 @@ class _ListenSubscription:
         self._driver: Any = None
         self._lagged = False
         self._lost = False
+        # set by close(): a reader waiting or reconnecting meanwhile stops (StopAsyncIteration) and keeps no
+        # connection; before, it waited for good, or reconnected once the server was back and held that for good
+        self._closed = False
+        self._closing = asyncio.Event()
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         if not payload or self._lagged:
@@ -191,9 +196,7 @@ class _ListenSubscription:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
             self._lagged = True
-            # make room for the wake-up so a waiting reader learns about the lag at once
-            self._queue.get_nowait()
-            self._queue.put_nowait(None)
+            wake(self._queue)  # a waiting reader learns about the lag at once
 
     def _on_terminate(self, conn: Any) -> None:
         if conn is not self._driver:  # our own close(), or a connection already replaced
@@ -218,24 +221,33 @@ class _ListenSubscription:
     async def _reconnect(self) -> None:
         await self._release()
         delay = 0.05
-        while True:
+        while not self._closed:
             try:
                 await self.start()
-                log.warning("stream watch: LISTEN connection replaced; notifications sent meanwhile were lost")
-                return
             except (SQLAlchemyError, OSError) as exc:
                 log.warning("stream watch: PostgreSQL unreachable (%s); retrying in %.2fs", error_line(exc), delay)
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), delay)
                 delay = min(delay * 2, 2.0)
+                continue
+            if self._closed:  # closed while this connected: nobody will close it later
+                await self._release()
+                return
+            log.warning("stream watch: LISTEN connection replaced; notifications sent meanwhile were lost")
+            return
 
     async def get(self) -> StreamEvent:
         while True:
+            if self._closed:
+                raise StopAsyncIteration
             if self._lost and self._queue.empty():
                 log.warning("stream watch: the server ended the LISTEN connection; reconnecting")
                 await self._reconnect()
                 continue
             event = await self._queue.get()
             if event is None:
+                if self._closed:
+                    raise StopAsyncIteration
                 if self._lagged:
                     raise StreamLagError(
                         f"watcher fell more than {self._queue.maxsize} events behind; events were dropped")
@@ -257,6 +269,10 @@ class _ListenSubscription:
             await conn.close()
 
     async def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._closing.set()
+            wake(self._queue)
         await self._release()
 
 
