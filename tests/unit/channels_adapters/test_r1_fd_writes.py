@@ -18,7 +18,7 @@ import select
 import socket
 import threading
 import tty
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -130,24 +130,23 @@ async def test_to_fd_writes_every_byte_to_a_terminal(relay: tuple[str, ChannelRe
     tty.setraw(slave)
     payload = os.urandom(2 << 20)
     writer, reader = ends(*relay)
-    loop = asyncio.get_running_loop()
-
-    def drain() -> bytes:
-        parts: list[bytes] = []
-        size = 0
-        while size < len(payload):
-            chunk = os.read(master, 1000)
-            parts.append(chunk)
-            size += len(chunk)
-        return b"".join(parts)
-
-    collected = loop.run_in_executor(None, drain)
+    collected = asyncio.get_running_loop().run_in_executor(None, _drain, lambda: os.read(master, 1000), len(payload))
     opened = _opened(os.ttyname(slave))
     _, count = await asyncio.wait_for(asyncio.gather(
         _send(writer, payload), iii_channels.to_fd(reader, slave, require_trailer=True)), 20)
     assert count == len(payload)
     assert await asyncio.wait_for(collected, 10) == payload
     assert _opened(os.ttyname(slave)) == opened  # the twin is closed
+
+
+def _drain(read: Callable[[], bytes], size: int) -> bytes:
+    """What ``read`` gives, in a thread, until ``size`` bytes or its end."""
+    parts: list[bytes] = []
+    got = 0
+    while got < size and (chunk := read()):
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
 
 
 def _opened(path: str) -> int:
@@ -167,15 +166,7 @@ async def test_to_fd_writes_every_byte_to_a_socket_with_a_small_send_buffer(rela
     ours.setblocking(blocking)
     payload = os.urandom(2 << 20)
     writer, reader = ends(*relay)
-    loop = asyncio.get_running_loop()
-
-    def drain() -> bytes:
-        parts: list[bytes] = []
-        while chunk := peer.recv(777):
-            parts.append(chunk)
-        return b"".join(parts)
-
-    collected = loop.run_in_executor(None, drain)
+    collected = asyncio.get_running_loop().run_in_executor(None, _drain, lambda: peer.recv(777), len(payload))
     try:
         _, count = await asyncio.wait_for(asyncio.gather(
             _send(writer, payload), iii_channels.to_fd(reader, ours.fileno(), require_trailer=True)), 20)
