@@ -16,6 +16,7 @@ Stream module keys (unknown keys refused, as production does):
   ``stream_unavailable`` while no worker serves it; true: production's silent fall back to the engine's store),
   ``custom_streams`` (names served by workers, known as such from start-up, before any worker registers them),
   ``custom_call_timeout_ms`` (how long the module waits for a worker's ``stream::<op>(NAME)``; default 30,000).
+  Every ``*_timeout_ms`` is at most 10**12 (:data:`MAX_TIMEOUT_MS`).
 
 Example:
     >>> StreamSettings.parse({"port": 0, "store_url": "memory://"}).port
@@ -38,8 +39,8 @@ from pydantic import field_validator, model_validator
 from ...settings import AdapterSpec, Field, NonEmpty, Port, Settings, UnknownKeys, pick_adapter
 from ..bridge.settings import BridgeAdapterSettings
 
-__all__ = ["KvStoreSettings", "RedisStoreSettings", "SocketSettings", "StateSettings", "StoreSettings",
-           "StreamSettings"]
+__all__ = ["MAX_TIMEOUT_MS", "KvStoreSettings", "RedisStoreSettings", "SocketSettings", "StateSettings",
+           "StoreSettings", "StreamSettings"]
 
 DEFAULT_REDIS_URL = "redis://localhost:6379"
 _REDIS_PREFIXES = ("redis://", "rediss://", "unix://")
@@ -103,6 +104,10 @@ class StateSettings(StoreSettings):
 DEFAULT_SLOW_CLOSE_TIMEOUT_MS = 10_000
 """How long a slow stream client's 1013 close waits for it by default (``slow_close_timeout_ms``)."""
 
+MAX_TIMEOUT_MS = 10**12
+"""The longest ``*_timeout_ms`` of the stream module (about 31 years): each becomes seconds as a float where used,
+and a larger integer (10**400) raised OverflowError there, at start, per join or per connection."""
+
 DEFAULT_CLIENT_QUEUE_BYTES = 32 * 1024 * 1024
 """How many bytes of frames a stream client may fall behind by default (``client_queue_bytes``)."""
 
@@ -123,14 +128,14 @@ class SocketSettings(Settings):
     client_queue_bytes: int = Field(DEFAULT_CLIENT_QUEUE_BYTES, ge=1)
     #: ours: a slow client's 1013 close waits this long for it to read up to the close frame, then resets it (a
     #: client that resumes reading within it still learns why it was closed; one that never does is not held)
-    slow_close_timeout_ms: int = Field(DEFAULT_SLOW_CLOSE_TIMEOUT_MS, ge=1)
+    slow_close_timeout_ms: int = Field(DEFAULT_SLOW_CLOSE_TIMEOUT_MS, ge=1, le=MAX_TIMEOUT_MS)
     #: ours: joins past this many live subscriptions on one socket are refused with an ``error`` event
     max_subscriptions_per_client: int = Field(1000, ge=1)
     #: ours: connected clients; one more is refused (HTTP 503 at the upgrade, or closed with 1013 once upgraded)
     max_clients: int = Field(10_000, ge=1)
     #: ours: how long one join may take, its ``stream:join`` handlers and its sync read together; past it the
     #: client gets an ``error`` event (code ``join_timeout``) and the socket goes on with its next message
-    join_timeout_ms: int = Field(DEFAULT_JOIN_TIMEOUT_MS, ge=1)
+    join_timeout_ms: int = Field(DEFAULT_JOIN_TIMEOUT_MS, ge=1, le=MAX_TIMEOUT_MS)
 
     @field_validator("auth_function")
     @classmethod
@@ -147,4 +152,4 @@ class StreamSettings(SocketSettings, StoreSettings):
     custom_streams: frozenset[NonEmpty] = Field(frozenset(), strict=False)
     #: ours: how long the module waits for a worker's stream::<op>(NAME) (a composed update holds the item's lock
     #: across its get and set); past it the call fails with the invocation's timeout
-    custom_call_timeout_ms: int = Field(30_000, ge=1)
+    custom_call_timeout_ms: int = Field(30_000, ge=1, le=MAX_TIMEOUT_MS)
