@@ -157,11 +157,15 @@ class _QueueSubscription:
     async def get(self) -> StreamEvent:
         if self.closed:
             raise StopAsyncIteration
+        # once reported, a lag is reported again on every read: the subscription drops every later event, and a
+        # read that waited instead would wait for good
+        if self.lagged and self.queue.empty():
+            raise lag_error(self.queue.maxsize)
         event = await self.queue.get()
         if event is None:
             if self.closed:
                 raise StopAsyncIteration
-            raise StreamLagError(f"watcher fell more than {self.queue.maxsize} events behind; events were dropped")
+            raise lag_error(self.queue.maxsize)
         return event
 
     async def close(self) -> None:
@@ -169,6 +173,17 @@ class _QueueSubscription:
         if not self.closed:
             self.closed = True
             wake(self.queue)
+
+
+def lag_error(maxsize: int) -> StreamLagError:
+    """The error of a watcher that fell more than ``maxsize`` events behind.
+
+    Example:
+        >>> str(lag_error(3))
+        'watcher fell more than 3 events behind; events were dropped (re-read state and watch again)'
+    """
+    return StreamLagError(f"watcher fell more than {maxsize} events behind; events were dropped (re-read state and "
+                          "watch again)")
 
 
 def wake(queue: asyncio.Queue[Any]) -> None:

@@ -92,11 +92,11 @@ from .errors import (
 from .events import (
     EventHub,
     StreamEvent,
-    StreamLagError,
     Subscription,
     Watch,
     custom_event,
     event_json_parts,
+    lag_error,
     make_event,
     wake,
 )
@@ -240,6 +240,8 @@ class _ListenSubscription:
         while True:
             if self._closed:
                 raise StopAsyncIteration
+            if self._lagged and self._queue.empty():  # reported again on every read: every later event is dropped
+                raise lag_error(self._queue.maxsize)
             if self._lost and self._queue.empty():
                 log.warning("stream watch: the server ended the LISTEN connection; reconnecting")
                 await self._reconnect()
@@ -249,8 +251,7 @@ class _ListenSubscription:
                 if self._closed:
                     raise StopAsyncIteration
                 if self._lagged:
-                    raise StreamLagError(
-                        f"watcher fell more than {self._queue.maxsize} events behind; events were dropped")
+                    raise lag_error(self._queue.maxsize)
                 continue  # the wake-up of a lost connection
             if not event.pop("truncated", False) or await self._store._fill_truncated(event):
                 # keep the wrapper's key order for events rebuilt from a reference

@@ -1,4 +1,5 @@
-"""A watch closed by one task while another waits on it ends that wait (StopAsyncIteration), on every store.
+"""A watch closed by one task while another waits on it ends that wait (StopAsyncIteration), on every store; a
+watch that lagged says so on every later read.
 
 Before: the waiting task stayed blocked for good (its subscription's queue was never woken), and on PostgreSQL a
 watcher that was reconnecting when its watch was closed reconnected anyway once the server took connections
@@ -16,7 +17,8 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from iii_streams import MemoryStream, RedisStream, SQLStream
+from iii.stream import StreamSetInput
+from iii_streams import MemoryStream, RedisStream, SQLStream, StreamLagError
 from iii_streams.events import Watch
 from iii_streams.redis import KeyLayout
 from tests.integration.streams.pg_database import admin, scratch_database
@@ -93,3 +95,27 @@ async def test_a_postgresql_watch_closed_while_reconnecting_does_not_reconnect(p
         assert reader in done, "the reader of a closed watch still retries"
         assert isinstance(reader.exception(), StopAsyncIteration)
         assert await _listening(pg_url) == 0
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "postgresql"])
+async def test_a_watch_that_lagged_keeps_saying_so(kind: str, pg_url: str) -> None:
+    """Before: after its one StreamLagError a watch's next read waited for good, every later event dropped
+    unseen, so a consumer that logged the error and read on was silently deaf."""
+    if kind == "memory":
+        store: Any = MemoryStream(watch_queue_size=3)
+    else:
+        store = SQLStream.from_url(pg_url if kind == "postgresql" else "sqlite+aiosqlite://", watch_queue_size=3)
+    async with store, store.watch(stream_name="r3lag") as events:
+        for n in range(6):
+            await store.set(StreamSetInput(stream_name="r3lag", group_id="g", item_id=str(n), data=n))
+        subscription: Any = events._sub
+        await until(lambda: subscription._lagged if kind == "postgresql" else subscription.lagged)
+        with pytest.raises(StreamLagError):
+            async with asyncio.timeout(5):
+                while True:
+                    await anext(events)
+        await store.set(StreamSetInput(stream_name="r3lag", group_id="g", item_id="later", data=7))
+        for _ in range(2):
+            with pytest.raises(StreamLagError):
+                async with asyncio.timeout(5):
+                    await anext(events)
