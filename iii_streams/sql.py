@@ -45,7 +45,7 @@ import asyncio
 import builtins
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -62,6 +62,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from iii.loss_log import LossLog
 from iii.stream import (
     StreamDeleteInput,
     StreamDeleteResult,
@@ -225,7 +226,7 @@ class _ListenSubscription:
             try:
                 await self.start()
             except (SQLAlchemyError, OSError) as exc:
-                log.warning("stream watch: PostgreSQL unreachable (%s); retrying in %.2fs", error_line(exc), delay)
+                self._store._watch_retries.lost("failed", error_line(exc))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._closing.wait(), delay)
                 delay = min(delay * 2, 2.0)
@@ -297,6 +298,15 @@ def _install_sqlite_hooks(engine: AsyncEngine, file_backed: bool) -> None:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+_WATCH_RETRY_LOG_S: Final = 10.0
+
+
+def _log_watch_retries(counts: Mapping[str, int], latest: str | None) -> None:
+    latest_text = f"; latest: {latest}" if latest is not None else ""
+    log.warning("stream watch: PostgreSQL unreachable: %d reconnect attempt(s) of watchers failed since the last "
+                "warning%s; retrying (every 2 s at most)", counts["failed"], latest_text)
+
+
 def _install_postgresql_hooks(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "checkout")
     def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
@@ -341,6 +351,9 @@ class SQLStream(FieldUpdates):
         self._reader = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._hub = EventHub(watch_queue_size)
         self._watch_queue_size = watch_queue_size
+        # failed reconnects of this store's watchers, logged at most every 10 s with their count: a warning per
+        # attempt was about N/2 lines a second for N watchers while the database stayed away
+        self._watch_retries = LossLog(_log_watch_retries, _WATCH_RETRY_LOG_S)
         database = engine.url.database
         in_memory = not self._pg and (database in (None, "", ":memory:") or "mode=memory" in str(engine.url))
         if not self._pg:
@@ -796,6 +809,7 @@ class SQLStream(FieldUpdates):
         if self._closed:
             return
         self._closed = True
+        self._watch_retries.close()
         await self._writes.aclose()
         if self._owns_engine:
             await self.engine.dispose()
