@@ -16,7 +16,7 @@ KEYS = ["custom_call_timeout_ms", "join_timeout_ms", "slow_close_timeout_ms"]
 
 
 @pytest.mark.parametrize("key", KEYS)
-@pytest.mark.parametrize("value", [10**400, MAX_TIMEOUT_MS + 1])
+@pytest.mark.parametrize("value", [10**400, MAX_TIMEOUT_MS + 1], ids=["10**400", "bound+1"])
 def test_a_timeout_past_the_bound_is_refused_by_name(key: str, value: int) -> None:
     with pytest.raises(ConfigError, match=key):
         StreamSettings.parse({"port": 0, "store_url": "memory://", key: value})
