@@ -124,12 +124,8 @@ class StreamFunctions:
         its get and its set was overwritten by it, lost though it had succeeded."""
         lock = self._locks.get(key)
         if lock is None:  # the usual case: no composed update of this item right now
-            # one that starts meanwhile reads only after this write: it would overwrite it otherwise
-            writes = self._writes.begin(key)
-            try:
+            with self._writes.running(key):  # one that starts meanwhile reads after this write, not before
                 yield
-            finally:
-                self._writes.end(key, writes)
             return
         try:
             async with lock:
@@ -152,14 +148,13 @@ class PlainWrites:
     Example:
         >>> async def demo() -> list[str]:
         ...     writes, seen = PlainWrites(), []
-        ...     entry = writes.begin("k")
         ...     async def update() -> None:
         ...         await writes.drained("k")
         ...         seen.append("update")
-        ...     task = asyncio.ensure_future(update())
-        ...     await asyncio.sleep(0)
-        ...     seen.append("write")
-        ...     writes.end("k", entry)
+        ...     with writes.running("k"):
+        ...         task = asyncio.ensure_future(update())
+        ...         await asyncio.sleep(0)
+        ...         seen.append("write")
         ...     await task
         ...     return seen
         >>> asyncio.run(demo())
@@ -169,35 +164,47 @@ class PlainWrites:
     __slots__ = ("_running",)
 
     def __init__(self) -> None:
-        # key -> [writes running, the event set when the last ends (made only once an update waits)]
-        self._running: dict[Hashable, list[Any]] = {}
+        self._running: dict[Hashable, _Running] = {}
 
     def __len__(self) -> int:
         return len(self._running)
 
-    def begin(self, key: Hashable) -> list[Any]:
-        """Count a write of ``key`` in; hand what this returns to :meth:`end` when it is over."""
+    def running(self, key: Hashable) -> _Running:
+        """A context manager counting one write of ``key`` in, for its body (a plain object: no generator)."""
         entry = self._running.get(key)
         if entry is None:
-            entry = self._running[key] = [0, None]
-        entry[0] += 1
+            entry = self._running[key] = _Running(self._running, key)
         return entry
-
-    def end(self, key: Hashable, entry: list[Any]) -> None:
-        """Count a write of ``key`` out (``entry``: what :meth:`begin` returned)."""
-        entry[0] -= 1
-        if not entry[0]:
-            if self._running.get(key) is entry:
-                del self._running[key]
-            if entry[1] is not None:
-                entry[1].set()
 
     async def drained(self, key: Hashable) -> None:
         """Return once no write of ``key`` counted in is running (at once when none is)."""
         while (entry := self._running.get(key)) is not None:
-            if entry[1] is None:
-                entry[1] = asyncio.Event()
-            await entry[1].wait()
+            if entry.done is None:
+                entry.done = asyncio.Event()
+            await entry.done.wait()
+
+
+class _Running:
+    """The writes of one key running now (see :class:`PlainWrites`); each ``with`` counts one in and out."""
+
+    __slots__ = ("count", "done", "key", "table")
+
+    def __init__(self, table: dict[Hashable, _Running], key: Hashable) -> None:
+        self.table = table
+        self.key = key
+        self.count = 0
+        self.done: asyncio.Event | None = None  # made only once an update waits
+
+    def __enter__(self) -> None:
+        self.count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self.count -= 1
+        if not self.count:
+            if self.table.get(self.key) is self:
+                del self.table[self.key]
+            if self.done is not None:
+                self.done.set()
 
 
 def _wire_ops(data: Any) -> Any:

@@ -72,12 +72,8 @@ class KeyedLocks:
             0
         """
         if key not in self._locks:
-            # a hold() that starts meanwhile waits for this body: it would run inside it otherwise
-            entry = self._writes.begin(key)
-            try:
+            with self._writes.running(key):  # a hold() that starts meanwhile waits for this body
                 yield
-            finally:
-                self._writes.end(key, entry)
             return
         async with self.hold(key):
             yield
