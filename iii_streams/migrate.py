@@ -8,6 +8,10 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -118,12 +122,55 @@ def current_revision(connection: Connection) -> str | None:
     return MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_revision()
 
 
+# Alembic keeps the running migration's context in module globals, and a migration run through an async driver
+# awaits its database in the middle of it: two at once in one process (two stores opened together, on one database
+# or two) ran in one another's context, one failing with KeyError('config') and the other given the wrong
+# connection. So migrations in one process take turns, whatever their loop or thread.
+_ALEMBIC_TURN: Final = threading.Lock()
+_ALEMBIC_WAIT_S: Final = 600.0
+_ALEMBIC_POLL_S: Final = 0.01
+
+
+@contextlib.asynccontextmanager
+async def _alembic_turn() -> AsyncIterator[None]:
+    """Hold this process's migration turn, waiting at most ``_ALEMBIC_WAIT_S`` for it.
+
+    Polled, not waited for in a thread: a thread still waiting when its caller is cancelled would take the turn
+    later with nobody to give it back. Only migrations at once wait, and they are rare (a process's start).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _ALEMBIC_WAIT_S
+    while not _ALEMBIC_TURN.acquire(blocking=False):
+        if loop.time() >= deadline:
+            raise TimeoutError(f"another migration of this process ran for more than {_ALEMBIC_WAIT_S:.0f} s")
+        await asyncio.sleep(_ALEMBIC_POLL_S)
+    try:
+        yield
+    finally:
+        _ALEMBIC_TURN.release()
+
+
 async def migrate_with(target: AsyncEngine | AsyncConnection, revision: str = HEAD) -> str | None:
-    """Upgrade the database behind ``target`` to ``revision`` in one transaction; returns the new revision."""
-    if isinstance(target, AsyncConnection):
-        return await target.run_sync(upgrade_connection, revision)
-    async with target.begin() as conn:
-        return await conn.run_sync(upgrade_connection, revision)
+    """Upgrade the database behind ``target`` to ``revision`` in one transaction; returns the new revision.
+
+    Migrations of one process run one at a time (Alembic's context is global to the process).
+
+    Example:
+        >>> import asyncio
+        >>> async def demo():
+        ...     engine = create_async_engine("sqlite+aiosqlite://")
+        ...     try:
+        ...         return await migrate_with(engine)
+        ...     finally:
+        ...         await engine.dispose()
+        >>> asyncio.run(demo())
+        '0001_stream_items'
+    """
+    async with _alembic_turn():
+        if isinstance(target, AsyncConnection):
+            return await target.run_sync(upgrade_connection, revision)
+        async with target.begin() as conn:
+            return await conn.run_sync(upgrade_connection, revision)
 
 
 async def upgrade(url: str, revision: str = HEAD) -> tuple[str | None, str | None]:
@@ -145,7 +192,7 @@ async def upgrade(url: str, revision: str = HEAD) -> tuple[str | None, str | Non
     if engine.dialect.name == "sqlite":
         _lock_sqlite_writes(engine)
     try:
-        async with engine.begin() as conn:
+        async with _alembic_turn(), engine.begin() as conn:
             return await conn.run_sync(run)
     finally:
         await engine.dispose()
