@@ -39,12 +39,14 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
+from iii.loss_log import LossLog
 from iii.wire import dumps, loads
 from iii.ws_fastpath import send_server_frame
 from iii_streams import Backend, StreamLagError, Watch
 from iii_streams.events import StreamEvent, now_ms
 
 from ...closing import CLOSE_TIMEOUT_S, close_within
+from ...limits import SKIP_LOG_INTERVAL_S
 from ..base import EngineError, EngineServices
 from .api import StreamFunctions
 from .settings import DEFAULT_CLIENT_QUEUE_BYTES, DEFAULT_SLOW_CLOSE_TIMEOUT_MS, SocketSettings
@@ -174,6 +176,10 @@ class StreamSocketServer:
         # weak: a handshake that fails after the auth call never reaches _serve to pop its entry
         self._contexts: weakref.WeakKeyDictionary[ServerConnection, Any] = weakref.WeakKeyDictionary()
         self._authenticating = 0  # upgrades whose auth call is in flight
+        #: joins that failed (sync read failed or timed out, handlers timed out), since start
+        self.failed_joins = 0
+        # rate-limited: any client of this public socket could write one warning per join it sent
+        self._failed_joins_log = LossLog(self._log_failed_joins, SKIP_LOG_INTERVAL_S)
         # The store's event feed, open only while a client is connected (see _open_feed): the engine's own
         # writes go to triggers directly, so with no socket client reading events back costs CPU per write
         # (decoding every notification of the engine's own updates) for nothing.
@@ -216,6 +222,7 @@ class StreamSocketServer:
             self._server.close()
             await self._server.wait_closed()
         await self._close_feed(force=True)
+        self._failed_joins_log.close()
 
     @property
     def following(self) -> bool:
@@ -443,11 +450,17 @@ class StreamSocketServer:
             return
         client.offer(_frame(sub.stream_name, sub.group_id, sub.item_id, {"type": "sync", "data": data}))
 
-    @staticmethod
-    def _join_failed(client: _Client, sub: Subscription, code: str, message: str) -> None:
-        log.warning("stream client %s, join of %s/%s/%s: %s: %s", client.ws.remote_address, sub.stream_name,
-                    sub.group_id, sub.item_id, code, message)
+    def _join_failed(self, client: _Client, sub: Subscription, code: str, message: str) -> None:
+        self.failed_joins += 1
+        self._failed_joins_log.lost(code, f"stream client {client.ws.remote_address}, join of {sub.stream_name:.200}/"
+                                          f"{sub.group_id:.200}/{sub.item_id!s:.200}: {code}: {message:.500}")
         client.offer(_error(sub, code, message))
+
+    def _log_failed_joins(self, counts: Mapping[str, int], latest: str | None) -> None:
+        by_code = ", ".join(f"{count} {code}" for code, count in sorted(counts.items()))
+        latest_text = f"; latest: {latest}" if latest is not None else ""
+        log.warning("%d stream socket join(s) failed since the last warning (%s), %d in all%s",
+                    sum(counts.values()), by_code, self.failed_joins, latest_text)
 
     # -- events --------------------------------------------------------------------------------------------
 
