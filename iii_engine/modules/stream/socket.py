@@ -180,6 +180,10 @@ class StreamSocketServer:
         self.failed_joins = 0
         # rate-limited: any client of this public socket could write one warning per join it sent
         self._failed_joins_log = LossLog(self._log_failed_joins, SKIP_LOG_INTERVAL_S)
+        #: clients' messages ignored or refused (not JSON, malformed, a leave of nothing, a join refused for its
+        #: names' length or the subscription count), since start; logged rate-limited like the failed joins
+        self.ignored_messages = 0
+        self._ignored_log = LossLog(self._log_ignored, SKIP_LOG_INTERVAL_S)
         # The store's event feed, open only while a client is connected (see _open_feed): the engine's own
         # writes go to triggers directly, so with no socket client reading events back costs CPU per write
         # (decoding every notification of the engine's own updates) for nothing.
@@ -223,6 +227,7 @@ class StreamSocketServer:
             await self._server.wait_closed()
         await self._close_feed(force=True)
         self._failed_joins_log.close()
+        self._ignored_log.close()
 
     @property
     def following(self) -> bool:
@@ -368,13 +373,13 @@ class StreamSocketServer:
         try:
             message = loads(raw)
         except ValueError:
-            log.info("stream client %s sent a frame that is not JSON; ignored", client.ws.remote_address)
+            self._ignored("not JSON", f"stream client {client.ws.remote_address} sent a frame that is not JSON")
             return
         kind = message.get("type") if isinstance(message, Mapping) else None
         parsed = _join_data(message)
         if kind not in ("join", "leave") or parsed is None:
-            log.info("stream client %s sent an unknown or malformed message; ignored: %.200s",
-                     client.ws.remote_address, raw)
+            self._ignored("malformed", f"stream client {client.ws.remote_address} sent an unknown or malformed "
+                                       f"message: {raw!s:.200}")
             return
         sub_id, stream, group, item = parsed
         sub = Subscription(stream, group, item)
@@ -383,8 +388,8 @@ class StreamSocketServer:
             if joined is None:
                 # nothing to leave: firing the leave handlers anyway let one client call them (and take slots of
                 # max_fired_calls from every other trigger) once per frame, naming groups it never joined
-                log.info("stream client %s left subscription %.200r, which it does not have; ignored",
-                         client.ws.remote_address, sub_id)
+                self._ignored("leave of nothing", f"stream client {client.ws.remote_address} left subscription "
+                                                  f"{sub_id!r:.200}, which it does not have")
                 return
             self._subscribe(client, sub_id, None)
             self.leave_triggers.run_detached(self._payload(client, sub_id, joined))
@@ -396,8 +401,8 @@ class StreamSocketServer:
         if longest > MAX_JOIN_NAME:
             # a socket keeps its subscriptions for as long as it lives: 1 MiB names (one frame's worth) held 1 GiB
             # per socket at max_subscriptions_per_client
-            log.info("stream client %s sent a join with a name of %d characters; refused", client.ws.remote_address,
-                     longest)
+            self._ignored("name too long", f"stream client {client.ws.remote_address} sent a join with a name of "
+                                           f"{longest} characters")
             cut = Subscription(sub.stream_name[:MAX_JOIN_NAME], sub.group_id[:MAX_JOIN_NAME],
                                None if sub.item_id is None else sub.item_id[:MAX_JOIN_NAME])
             client.offer(_error(cut, "name_too_long", f"subscriptionId, streamName, groupId and id are at most "
@@ -406,8 +411,8 @@ class StreamSocketServer:
         limit = self.settings.max_subscriptions_per_client
         if sub_id not in client.subscriptions and len(client.subscriptions) >= limit:
             # every join costs an entry here and in the group index for as long as the socket lives
-            log.info("stream client %s passed max_subscriptions_per_client (%d); join refused",
-                     client.ws.remote_address, limit)
+            self._ignored("too many subscriptions", f"stream client {client.ws.remote_address} passed "
+                                                    f"max_subscriptions_per_client ({limit})")
             client.offer(_error(sub, "too_many_subscriptions", f"at most {limit} subscriptions per connection; "
                                 "leave one first"))
             return
@@ -455,6 +460,16 @@ class StreamSocketServer:
         self._failed_joins_log.lost(code, f"stream client {client.ws.remote_address}, join of {sub.stream_name:.200}/"
                                           f"{sub.group_id:.200}/{sub.item_id!s:.200}: {code}: {message:.500}")
         client.offer(_error(sub, code, message))
+
+    def _ignored(self, kind: str, what: str) -> None:
+        self.ignored_messages += 1
+        self._ignored_log.lost(kind, what)
+
+    def _log_ignored(self, counts: Mapping[str, int], latest: str | None) -> None:
+        by_kind = ", ".join(f"{count} {kind}" for kind, count in sorted(counts.items()))
+        latest_text = f"; latest: {latest}" if latest is not None else ""
+        log.info("%d stream client message(s) ignored or refused since the last report (%s), %d in all%s",
+                 sum(counts.values()), by_kind, self.ignored_messages, latest_text)
 
     def _log_failed_joins(self, counts: Mapping[str, int], latest: str | None) -> None:
         by_code = ", ".join(f"{count} {code}" for code, count in sorted(counts.items()))

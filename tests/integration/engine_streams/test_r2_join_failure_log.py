@@ -44,3 +44,33 @@ async def test_failing_joins_by_the_hundred_make_one_warning(caplog: pytest.LogC
         await engine.stop()  # the burst's count is logged by then
     warnings = _join_warnings(caplog)
     assert len(warnings) == 1 and f"{JOINS - 1} " in warnings[0] and f"{JOINS} in all" in warnings[0], warnings
+
+
+def _ignored_reports(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name.startswith("iii_engine.modules.stream")
+            and r.levelno == logging.INFO and "stream client" in r.getMessage()]
+
+
+async def test_ignored_messages_by_the_hundred_make_one_report(caplog: pytest.LogCaptureFixture) -> None:
+    # Before: one INFO line per frame (not JSON, malformed, a leave of a subscription the client does not have).
+    caplog.set_level(logging.INFO, "iii_engine.modules.stream")
+    engine = Engine(config=engine_config())
+    await engine.start()
+    try:
+        client = await SocketClient.connect(engine)
+        for n in range(JOINS):
+            await client.ws.send("{nope" if n % 3 == 0 else '{"type":"hello"}' if n % 3 == 1 else
+                                 '{"type":"leave","data":{"subscriptionId":"x","streamName":"s","groupId":"g"}}')
+        await client.join("ok", "r2plain", "g")
+        assert (await client.recv())["event"] == {"type": "sync", "data": []}  # every frame before it was handled
+        reports = _ignored_reports(caplog)
+        assert len(reports) == 1, reports[:3]
+        assert "not JSON" in reports[0]
+        await client.close()
+        caplog.clear()
+    finally:
+        await engine.stop()
+    reports = _ignored_reports(caplog)
+    assert len(reports) == 1, reports
+    assert f"{JOINS - 1} stream client message(s)" in reports[0] and f"{JOINS} in all" in reports[0]
+    assert "100 leave of nothing" in reports[0] and "100 malformed" in reports[0]
