@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -184,6 +185,39 @@ def lag_error(maxsize: int) -> StreamLagError:
     """
     return StreamLagError(f"watcher fell more than {maxsize} events behind; events were dropped (re-read state and "
                           "watch again)")
+
+
+async def retry_until_closed(start: Callable[[], Awaitable[object]], closing: asyncio.Event,
+                             failures: tuple[type[BaseException], ...],
+                             failed: Callable[[BaseException], None]) -> bool:
+    """Await ``start()`` until it succeeds (``True``), pausing 0.05 s doubling to 2 s after each of ``failures``
+    (told to ``failed``); ``False`` once ``closing`` is set, which also ends a pause at once.
+
+    Example:
+        >>> async def demo():
+        ...     tries = []
+        ...     async def start():
+        ...         tries.append(1)
+        ...         if len(tries) < 3:
+        ...             raise OSError("down")
+        ...     return await retry_until_closed(start, asyncio.Event(), (OSError,), print), len(tries)
+        >>> asyncio.run(demo())
+        down
+        down
+        (True, 3)
+    """
+    delay = 0.05
+    while not closing.is_set():
+        try:
+            await start()
+        except failures as exc:
+            failed(exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(closing.wait(), delay)
+            delay = min(delay * 2, 2.0)
+            continue
+        return True
+    return False
 
 
 def wake(queue: asyncio.Queue[Any]) -> None:

@@ -88,7 +88,7 @@ from .errors import (
     check_timeout,
     json_text,
 )
-from .events import StreamEvent, Watch, custom_event, event_json_parts
+from .events import StreamEvent, Watch, custom_event, event_json_parts, retry_until_closed
 from .known_texts import KnownTexts
 
 __all__ = [
@@ -414,21 +414,13 @@ class _PubSubSubscription:
         if old is not None:
             with contextlib.suppress(Exception):
                 await old.aclose()  # type: ignore[no-untyped-call]
-        delay = 0.05
-        while not self._closed:
-            try:
-                await self.start()
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                log.warning("stream watch: Redis unreachable (%s); retrying in %.2fs", exc, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._closing.wait(), delay)
-                delay = min(delay * 2, 2.0)
-                continue
-            if self._closed:  # closed while this subscribed: nobody will close it later
-                await self.close()
-                return
-            log.info("stream watch: re-subscribed to %s", self._channel)
+        if not await retry_until_closed(self.start, self._closing, (RedisConnectionError, RedisTimeoutError, OSError),
+                                        lambda exc: log.warning("stream watch: Redis unreachable (%s); retrying", exc)):
             return
+        if self._closed:  # closed while this subscribed: nobody will close it later
+            await self.close()
+            return
+        log.info("stream watch: re-subscribed to %s", self._channel)
 
     async def get(self) -> StreamEvent:
         while True:

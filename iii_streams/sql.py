@@ -99,6 +99,7 @@ from .events import (
     event_json_parts,
     lag_error,
     make_event,
+    retry_until_closed,
     wake,
 )
 from .known_texts import KnownTexts
@@ -221,21 +222,13 @@ class _ListenSubscription:
 
     async def _reconnect(self) -> None:
         await self._release()
-        delay = 0.05
-        while not self._closed:
-            try:
-                await self.start()
-            except (SQLAlchemyError, OSError) as exc:
-                self._store._watch_retries.lost("failed", error_line(exc))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._closing.wait(), delay)
-                delay = min(delay * 2, 2.0)
-                continue
-            if self._closed:  # closed while this connected: nobody will close it later
-                await self._release()
-                return
-            log.warning("stream watch: LISTEN connection replaced; notifications sent meanwhile were lost")
+        if not await retry_until_closed(self.start, self._closing, (SQLAlchemyError, OSError),
+                                        lambda exc: self._store._watch_retries.lost("failed", error_line(exc))):
             return
+        if self._closed:  # closed while this connected: nobody will close it later
+            await self._release()
+            return
+        log.warning("stream watch: LISTEN connection replaced; notifications sent meanwhile were lost")
 
     async def get(self) -> StreamEvent:
         while True:
