@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable, Collection, Mapping
 from types import TracebackType
@@ -73,6 +74,9 @@ from .workers import OVERFLOW_CLOSE_CODE, Outbox, WorkerConnection
 
 log = logging.getLogger(__name__)
 
+UNDECODABLE_LOG_BURST = 10
+"""Workers' undecodable frames logged one line each per 10 s; past it they are counted and logged together."""
+
 async def _close_unread(ws: ServerConnection, limit: int) -> None:
     """Close a peer that stopped reading (the close frame waits behind what it has not read): within
     :data:`~iii_engine.closing.CLOSE_TIMEOUT_S`, then reset."""
@@ -131,8 +135,11 @@ class Engine:
         self._worker_listeners: list[Callable[[str, str], None]] = []
         #: workers' frames that could not be decoded (dropped), since start
         self.undecodable_frames = 0
-        # rate-limited: a worker sending garbage by the thousand wrote one warning line per frame
+        # rate-limited: a worker sending garbage by the thousand wrote one warning line per frame. The first
+        # UNDECODABLE_LOG_BURST of each interval still get a line of their own (with their reasons: what one
+        # misbehaving worker does wrong), the rest are counted
         self._undecodable_log = LossLog(self._log_undecodable, SKIP_LOG_INTERVAL_S)
+        self._undecodable_window = (float("-inf"), 0)  # (when the interval began, lines logged in it)
         self._seen_version = 0
         self._started = False
         self._stopping: asyncio.Event | None = None
@@ -260,10 +267,24 @@ class Engine:
         if self._stopping is not None:
             self._stopping.set()
 
+    def _undecodable(self, worker: WorkerConnection, reason: str) -> None:
+        self.undecodable_frames += 1
+        began, logged = self._undecodable_window
+        now = time.monotonic()
+        if now - began >= SKIP_LOG_INTERVAL_S:
+            began, logged = now, 0
+        if logged < UNDECODABLE_LOG_BURST:
+            self._undecodable_window = (began, logged + 1)
+            # the reason may quote the sender's input: capped
+            log.warning("worker %s: dropped undecodable frame: %s", worker.id, clip_text(reason))
+        else:
+            self._undecodable_log.lost("undecodable", f"worker {worker.id}: {clip_text(reason)}")
+
     def _log_undecodable(self, counts: Mapping[str, int], latest: str | None) -> None:
         latest_text = f"; latest: {latest}" if latest is not None else ""
-        log.warning("dropped %d undecodable worker frame(s) since the last warning, %d in all%s",
-                    counts["undecodable"], self.undecodable_frames, latest_text)
+        log.warning("dropped %d more undecodable worker frame(s) (past %d logged per %g s), %d in all%s",
+                    counts["undecodable"], UNDECODABLE_LOG_BURST, SKIP_LOG_INTERVAL_S, self.undecodable_frames,
+                    latest_text)
 
     async def serve_forever(self) -> None:
         """Start (if needed) and run until :meth:`stop` is called or the task is cancelled."""
@@ -485,8 +506,7 @@ class Engine:
                 listener(event.kind, event.body)
         elif isinstance(event, Rejected):
             # The reason may quote the sender's input: capped, and the warnings rate-limited
-            self.undecodable_frames += 1
-            self._undecodable_log.lost("undecodable", f"worker {worker.id}: {clip_text(event.reason)}")
+            self._undecodable(worker, event.reason)
             self.memory.note()
             if event.reply is not None:
                 worker.post(event.reply)
