@@ -47,7 +47,7 @@ import contextlib
 import logging
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -60,6 +60,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from iii.loss_log import LossLog
 from iii.stream import (
     StreamDeleteInput,
     StreamDeleteResult,
@@ -388,10 +389,20 @@ def default_retry() -> Retry:
     return Retry(NoBackoff(), 0)
 
 
+_WATCH_RETRY_LOG_S: Final = 10.0
+
+
+def _log_watch_retries(counts: Mapping[str, int], latest: str | None) -> None:
+    latest_text = f"; latest: {latest}" if latest is not None else ""
+    log.warning("stream watch: Redis unreachable: %d re-subscribe attempt(s) of watchers failed since the last "
+                "warning%s; retrying (every 2 s at most)", counts["failed"], latest_text)
+
+
 class _PubSubSubscription:
-    def __init__(self, client: aioredis.Redis, channel: str) -> None:
+    def __init__(self, client: aioredis.Redis, channel: str, retries: LossLog) -> None:
         self._client = client
         self._channel = channel
+        self._retries = retries
         self._pubsub: PubSub | None = None
         # set by close(): a reader waiting or reconnecting meanwhile stops (StopAsyncIteration) instead of
         # subscribing again, a subscriber nobody would ever close
@@ -403,7 +414,10 @@ class _PubSubSubscription:
         try:
             await pubsub.subscribe(self._channel)
         except BaseException:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            # a failure to close must not replace what is raised: a cancellation turned into a connection error
+            # was taken for one more failed attempt, and the cancelled watcher went on re-subscribing
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
             raise
         self._pubsub = pubsub
         return self
@@ -415,7 +429,7 @@ class _PubSubSubscription:
             with contextlib.suppress(Exception):
                 await old.aclose()  # type: ignore[no-untyped-call]
         if not await retry_until_closed(self.start, self._closing, (RedisConnectionError, RedisTimeoutError, OSError),
-                                        lambda exc: log.warning("stream watch: Redis unreachable (%s); retrying", exc)):
+                                        lambda exc: self._retries.lost("failed", f"{exc}"[:500])):
             return
         if self._closed:  # closed while this subscribed: nobody will close it later
             await self.close()
@@ -505,6 +519,9 @@ class RedisStream(FieldUpdates):
         self.layout = layout
         self.publish_events = publish_events and bool(channel)
         self.channel = channel
+        # failed re-subscribes of this store's watchers, logged at most every 10 s with their count: a warning per
+        # attempt was about N/2 lines a second for N watchers while Redis stayed away
+        self._watch_retries = LossLog(_log_watch_retries, _WATCH_RETRY_LOG_S)
         self.max_update_attempts = max_update_attempts
         self.timeout = check_timeout(timeout)
         self.update_conflicts = 0
@@ -806,7 +823,8 @@ class RedisStream(FieldUpdates):
     ) -> Watch:
         async def opener() -> _PubSubSubscription:
             async with self._guard("watch", None):
-                return await _PubSubSubscription(self._client, self.channel or EVENTS_CHANNEL).start()
+                return await _PubSubSubscription(self._client, self.channel or EVENTS_CHANNEL,
+                                                 self._watch_retries).start()
 
         return Watch(opener, self._filter(stream_name, group_id, item_id))
 
@@ -823,6 +841,7 @@ class RedisStream(FieldUpdates):
         if self._closed:
             return
         self._closed = True
+        self._watch_retries.close()
         await self._updates.aclose()
         if self._owns_client:
             await self._client.aclose()

@@ -214,7 +214,8 @@ class _ListenSubscription:
             driver: Any = raw.driver_connection
             await driver.add_listener(NOTIFY_CHANNEL, self._on_notify)
         except BaseException:
-            await conn.close()
+            with contextlib.suppress(Exception):  # must not replace what is raised (a cancellation, say)
+                await conn.close()
             raise
         self._conn, self._driver, self._lost = conn, driver, False
         driver.add_termination_listener(self._on_terminate)
