@@ -47,7 +47,7 @@ from .channels import (
 )
 from .event_loop import DEFAULT_EVENT_LOOP, EventLoopName
 from .modules.base import ModuleSpec
-from .settings import ConfigError, Field, Settings, UnknownKeys
+from .settings import MAX_TIMEOUT_MS, ConfigError, Field, Settings, UnknownKeys
 
 __all__ = ["ChannelSettings", "ConfigError", "EngineConfig", "config_from_mapping", "expand_env", "load_config",
            "parse_config"]
@@ -147,7 +147,7 @@ class EngineConfig(Settings):
     host: str = Field(DEFAULT_HOST, min_length=1)
     port: int = Field(DEFAULT_PORT, ge=0, le=MAX_PORT)
     modules: list[ModuleSpec] | None = None
-    invocation_timeout_ms: int | None = Field(None, ge=0)
+    invocation_timeout_ms: int | None = Field(None, ge=0, le=MAX_TIMEOUT_MS)
     max_message_size: int = Field(DEFAULT_CONTROL_MAX_MESSAGE_SIZE, ge=1)
     max_outbox_bytes: int = Field(DEFAULT_MAX_OUTBOX_BYTES, ge=1)
     #: count bounds (see :mod:`iii_engine.limits`): connected workers, what one worker may register, services kept
@@ -157,7 +157,7 @@ class EngineConfig(Settings):
     #: trigger-fired calls in flight engine-wide, and how long a producer that can wait does (see
     #: :class:`iii_engine.limits.FiredCalls`)
     max_fired_calls: int = Field(DEFAULT_MAX_FIRED_CALLS, ge=1)
-    fire_wait_timeout_ms: int = Field(DEFAULT_FIRE_WAIT_TIMEOUT_MS, ge=1)
+    fire_wait_timeout_ms: int = Field(DEFAULT_FIRE_WAIT_TIMEOUT_MS, ge=1, le=MAX_TIMEOUT_MS)
     #: calls one worker has started through the engine and that are not over (see
     #: :class:`iii_engine.limits.WorkerCalls`)
     max_calls_per_worker: int = Field(DEFAULT_MAX_CALLS_PER_WORKER, ge=1)

@@ -274,14 +274,21 @@ class Invocations:
         that left stayed listed until then, its functions still routed to. Only the waiting path pays the task."""
         holder = pending.holder
         wait_closed = holder.wait_closed if holder is not None else None
-        watch: asyncio.Task[None] | None = None
+        watch: asyncio.Future[None] | None = None
+
+        def caller_left(done: asyncio.Future[None]) -> None:
+            self._caller_left(pending, done)
+
         if wait_closed is not None:
             watch = asyncio.ensure_future(wait_closed())
-            watch.add_done_callback(lambda done: self._caller_left(pending, done))
+            watch.add_done_callback(caller_left)
         try:
             await pending.callee.outbox.wait_for_room(size, pending)
         finally:
             if watch is not None:
+                # Room came: a loss seen in this same turn must not stop the call now being sent (the caller's
+                # disconnect ends it the ordinary way, its log not claiming "never sent").
+                watch.remove_done_callback(caller_left)
                 watch.cancel()
 
     def _caller_left(self, pending: Pending, watch: asyncio.Future[None]) -> None:

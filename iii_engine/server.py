@@ -12,6 +12,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from iii.ws_fastpath import bound_frame_queue, enable_fast_receive, server_facto
 
 from .allocator import MMAP_THRESHOLD_BYTES
 from .channels import CHANNEL_SOCKET_QUEUE, SOCKET_QUEUE_BYTES, ChannelRelay
+from .closing import close_within
 
 log = logging.getLogger(__name__)
 
@@ -162,5 +164,10 @@ class Listener:
     async def close(self) -> None:
         """Stop accepting and close every connection (close code 1001)."""
         if self._server is not None:
+            # A peer that stopped reading, with megabytes queued to it, held the stop for about 50 s: websockets'
+            # close first waits for the socket to drain, with no deadline. At the stop each connection gets
+            # close_within's (normal closes keep waiting for a slow reader to take what was sent before the close).
+            await asyncio.gather(*(close_within(connection, 1001, "going away")
+                                   for connection in list(self._server.connections)))
             self._server.close()
             await self._server.wait_closed()

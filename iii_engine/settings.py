@@ -32,8 +32,12 @@ from pydantic_core import ErrorDetails
 
 from iii.connection import check_url
 
-__all__ = ["AdapterSpec", "ConfigError", "EngineUrl", "Field", "Names", "NoSettings", "NonEmpty", "Port",
-           "RedisAdapterSettings", "Settings", "UnknownKeys", "join_path", "pick_adapter"]
+__all__ = ["MAX_TIMEOUT_MS", "AdapterSpec", "ConfigError", "EngineUrl", "Field", "Names", "NoSettings", "NonEmpty",
+           "Port", "RedisAdapterSettings", "Settings", "UnknownKeys", "join_path", "pick_adapter"]
+
+MAX_TIMEOUT_MS = 10**12
+"""The longest duration in milliseconds a setting takes (about 31 years): each becomes seconds as a float where
+used, and a larger integer (10**400) raised OverflowError there, at start, on every call or per connection."""
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from typing import ClassVar, Literal, Self
 
 from pydantic import field_validator, model_validator
 
-from ...settings import AdapterSpec, Field, NonEmpty, Port, Settings, UnknownKeys, pick_adapter
+from ...settings import MAX_TIMEOUT_MS, AdapterSpec, Field, NonEmpty, Port, Settings, UnknownKeys, pick_adapter
 from ..bridge.settings import BridgeAdapterSettings
 
 __all__ = ["MAX_TIMEOUT_MS", "KvStoreSettings", "RedisStoreSettings", "SocketSettings", "StateSettings",
@@ -104,9 +104,6 @@ class StateSettings(StoreSettings):
 DEFAULT_SLOW_CLOSE_TIMEOUT_MS = 10_000
 """How long a slow stream client's 1013 close waits for it by default (``slow_close_timeout_ms``)."""
 
-MAX_TIMEOUT_MS = 10**12
-"""The longest ``*_timeout_ms`` of the stream module (about 31 years): each becomes seconds as a float where used,
-and a larger integer (10**400) raised OverflowError there, at start, per join or per connection."""
 
 DEFAULT_CLIENT_QUEUE_BYTES = 32 * 1024 * 1024
 """How many bytes of frames a stream client may fall behind by default (``client_queue_bytes``)."""
