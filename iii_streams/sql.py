@@ -165,6 +165,15 @@ class _Plan:
     applied: builtins.list[_Write] = field(default_factory=builtins.list)  # writes in the prefix not abandoned
 
 
+class _ConnectFailed(Exception):
+    """A watch's LISTEN connection could not be made again (the reason, one line): retried."""
+
+
+def _is_driver_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a database driver's own error, which SQLAlchemy did not wrap."""
+    return type(exc).__module__.partition(".")[0] in ("asyncpg", "aiosqlite", "sqlite3")
+
+
 class _ListenSubscription:
     """One ``LISTEN`` connection feeding a queue (PostgreSQL).
 
@@ -207,6 +216,17 @@ class _ListenSubscription:
         with contextlib.suppress(asyncio.QueueFull):  # a full queue: the reader finds _lost once it is drained
             self._queue.put_nowait(None)
 
+    async def _start_again(self) -> None:
+        """:meth:`start`, with every failure to reach the database as :class:`_ConnectFailed` (to retry): SQLAlchemy
+        2.0.0 lets some driver errors through unwrapped (asyncpg's 'database is not currently accepting
+        connections', say)."""
+        try:
+            await self.start()
+        except Exception as exc:
+            if isinstance(exc, SQLAlchemyError | OSError) or _is_driver_error(exc):
+                raise _ConnectFailed(error_line(exc)) from exc
+            raise
+
     async def start(self) -> _ListenSubscription:
         conn = await self._store.engine.connect()
         try:
@@ -223,8 +243,8 @@ class _ListenSubscription:
 
     async def _reconnect(self) -> None:
         await self._release()
-        if not await retry_until_closed(self.start, self._closing, (SQLAlchemyError, OSError),
-                                        lambda exc: self._store._watch_retries.lost("failed", error_line(exc))):
+        if not await retry_until_closed(self._start_again, self._closing, (_ConnectFailed,),
+                                        lambda exc: self._store._watch_retries.lost("failed", str(exc))):
             return
         if self._closed:  # closed while this connected: nobody will close it later
             await self._release()
@@ -488,7 +508,7 @@ class SQLStream(FieldUpdates):
             return StreamUnavailableError(f"{where}: database unreachable: {error_line(exc)}")
         if isinstance(exc, SQLAlchemyError):
             return StreamBackendError(f"{where}: the database refused the statement: {error_line(exc)}")
-        if type(exc).__module__.partition(".")[0] in ("asyncpg", "aiosqlite", "sqlite3"):
+        if _is_driver_error(exc):
             return StreamBackendError(f"{where}: {type(exc).__name__}: {exc}")
         return super()._wrap_error(exc, where)
 
