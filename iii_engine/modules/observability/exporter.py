@@ -43,7 +43,7 @@ class OtlpForwarder:
     """A background task posting queued payloads; :meth:`submit` never blocks."""
 
     def __init__(self, endpoint: str, *, max_queued: int = 1024, max_queued_bytes: int = 64 * 1024 * 1024,
-                 timeout_s: float = 10.0) -> None:
+                 timeout_s: float = 10.0, stop_timeout_s: float = 3.0) -> None:
         try:
             import aiohttp
         except ImportError as exc:  # pragma: no cover - depends on the installed extras
@@ -56,6 +56,9 @@ class OtlpForwarder:
         self._queued_bytes = 0
         self._drop_logged_at = self._failure_logged_at = -DROP_LOG_INTERVAL_S
         self._timeout = timeout_s
+        # The stop's own bound: a stalled collector held the engine's stop for the whole post timeout (10 s).
+        self._stop_timeout = stop_timeout_s
+        self._in_flight: int | None = None  # bytes of the payload being posted
         self._task: asyncio.Task[None] | None = None
         self.sent = 0
         self.dropped = 0
@@ -79,14 +82,33 @@ class OtlpForwarder:
         self._queued_bytes += len(body)
 
     async def close(self) -> None:
-        """Post what is queued (bounded by the timeout), then stop."""
-        if self._task is None:
+        """Post what is queued within ``stop_timeout_s``, then stop; what is left is counted as dropped and logged.
+
+        Example:
+            >>> async def main() -> int:
+            ...     forwarder = OtlpForwarder("http://127.0.0.1:9", stop_timeout_s=0)
+            ...     forwarder.start()
+            ...     forwarder.submit("logs", b"{}")
+            ...     await forwarder.close()
+            ...     return forwarder.dropped
+            >>> asyncio.run(main())
+            1
+        """
+        task, self._task = self._task, None
+        if task is None:
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._queue.join(), self._timeout)
-        self._task.cancel()
+            await asyncio.wait_for(self._queue.join(), self._stop_timeout)
+        in_flight = self._in_flight  # read before the cancellation ends the post
+        task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+            await task
+        left = self._queue.qsize() + (in_flight is not None)
+        if left:
+            left_bytes = self._queued_bytes + (in_flight or 0)
+            self.dropped += left
+            log.warning("OTLP export stopped with %d payload(s) (%d bytes) not delivered to %s within %g s",
+                        left, left_bytes, self.endpoint, self._stop_timeout)
 
     def _failure(self, problem: str) -> None:
         self.failed += 1
@@ -103,6 +125,7 @@ class OtlpForwarder:
             while True:
                 signal, body = await self._queue.get()
                 self._queued_bytes -= len(body)
+                self._in_flight = len(body)
                 try:
                     async with session.post(collector_url(self.endpoint, signal), data=body,
                                             headers={"Content-Type": "application/json"}) as response:
@@ -113,4 +136,5 @@ class OtlpForwarder:
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     self._failure(f"unreachable: {type(exc).__name__}: {exc}")
                 finally:
+                    self._in_flight = None
                     self._queue.task_done()

@@ -192,7 +192,7 @@ class OtelModule(EngineModule):
         """Register the functions and the ``log`` trigger type; start ingestion, retention and alerts."""
         s = self.settings
         if s.exports or s.exports_logs:
-            self.forwarder = OtlpForwarder(s.endpoint)
+            self.forwarder = OtlpForwarder(s.endpoint, stop_timeout_s=s.export_stop_timeout_ms / 1000)
             self.forwarder.start()
         for level in _SEVERITIES:
             self._register(f"engine::log::{level}", self._make_log(level), f"Store a {level} log entry")

@@ -77,6 +77,8 @@ class ObservabilitySettings(Settings):
     memory_max_bytes: int = Field(64 * 1024 * 1024, ge=1, le=1 << 36)
     logs_max_bytes: int = Field(64 * 1024 * 1024, ge=1, le=1 << 36)
     metrics_max_bytes: int = Field(64 * 1024 * 1024, ge=1, le=1 << 36)
+    # Ours: how long the engine's stop waits for queued exports to reach the collector (then they are dropped).
+    export_stop_timeout_ms: int = Field(3000, ge=0, le=600_000)
     # Whether the file itself named these (production reports them so in its health output).
     service_name_set: bool = False
     exporter_set: bool = False
@@ -97,7 +99,8 @@ class ObservabilitySettings(Settings):
     @field_validator("sampling_ratio", "logs_sampling_ratio", "memory_max_spans", "logs_max_count",
                      "logs_batch_size", "logs_flush_interval_ms", "metrics_max_count", "metrics_retention_seconds",
                      "ingest_queue_frames", "max_frame_bytes", "ingest_queue_bytes", "max_frame_entries",
-                     "max_frame_items", "memory_max_bytes", "logs_max_bytes", "metrics_max_bytes", mode="before")
+                     "max_frame_items", "memory_max_bytes", "logs_max_bytes", "metrics_max_bytes",
+                     "export_stop_timeout_ms", mode="before")
     @classmethod
     def _number(cls, value: Any, info: Any) -> Any:
         if not isinstance(value, str):

@@ -31,7 +31,7 @@ async def test_a_stalled_collector_holds_a_bounded_number_of_bytes() -> None:
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        forwarder = OtlpForwarder(f"http://127.0.0.1:{port}", timeout_s=0.5)
+        forwarder = OtlpForwarder(f"http://127.0.0.1:{port}", timeout_s=0.5, stop_timeout_s=0.5)
         forwarder.start()
         body = b"x" * (8 * 1024 * 1024)  # one object queued many times: the test itself stays small
         # Before: 1024 payloads of up to max_frame_bytes (8 MiB) each could wait, 8 GiB; now 64 MiB by default.

@@ -1,0 +1,118 @@
+"""The engine's stop against an OTLP collector that never answers: bounded by ``export_stop_timeout_ms``, and what
+was not delivered is counted and logged, not dropped without a word."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+from iii_engine import Engine, EngineConfig, ModuleSpec
+from iii_engine.modules.observability.exporter import OtlpForwarder
+
+OTEL = "modules::observability::OtelModule"
+
+
+@pytest.fixture
+async def stalled_collector() -> AsyncIterator[tuple[int, asyncio.Event]]:
+    """A collector that takes each POST and never answers; yields (port, set once a POST arrived)."""
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def stall(request: web.Request) -> web.Response:
+        arrived.set()
+        await release.wait()
+        return web.Response(text="{}")
+
+    app = web.Application()
+    app.router.add_post("/v1/{signal}", stall)
+    runner = web.AppRunner(app, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield port, arrived
+    finally:
+        release.set()
+        await runner.cleanup()
+
+
+async def test_close_is_bounded_and_counts_what_it_could_not_deliver(
+        stalled_collector: tuple[int, asyncio.Event], caplog: pytest.LogCaptureFixture) -> None:
+    port, arrived = stalled_collector
+    forwarder = OtlpForwarder(f"http://127.0.0.1:{port}", timeout_s=30, stop_timeout_s=0.2)
+    forwarder.start()
+    for _ in range(3):
+        forwarder.submit("traces", b"{}")
+    await asyncio.wait_for(arrived.wait(), 5)
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING):
+        await forwarder.close()
+    # Before: close waited out the post timeout (30 s here, 10 s by default) and said nothing of what was left.
+    assert time.monotonic() - started < 2.0
+    assert forwarder.dropped == 3 and forwarder.sent == 0
+    lines = [r.getMessage() for r in caplog.records if "not delivered" in r.getMessage()]
+    assert lines == [f"OTLP export stopped with 3 payload(s) (6 bytes) not delivered to http://127.0.0.1:{port} "
+                     "within 0.2 s"]
+    await forwarder.close()  # twice: nothing more to do
+    assert forwarder.dropped == 3
+
+
+async def test_a_delivered_queue_closes_without_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    received: list[bytes] = []
+
+    async def take(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        return web.Response(text="{}")
+
+    app = web.Application()
+    app.router.add_post("/v1/{signal}", take)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        forwarder = OtlpForwarder(f"http://127.0.0.1:{port}", stop_timeout_s=5)
+        forwarder.start()
+        for n in range(5):
+            forwarder.submit("logs", b'{"n":%d}' % n)
+        with caplog.at_level(logging.WARNING):
+            await forwarder.close()  # flushes all five before it stops
+        assert received == [b'{"n":%d}' % n for n in range(5)]
+        assert forwarder.sent == 5 and forwarder.dropped == 0
+        assert not [r for r in caplog.records if "not delivered" in r.getMessage()]
+    finally:
+        await runner.cleanup()
+
+
+async def test_engine_stop_waits_export_stop_timeout_ms_at_most(
+        stalled_collector: tuple[int, asyncio.Event]) -> None:
+    port, arrived = stalled_collector
+    settings = {"enabled": True, "exporter": "otlp", "endpoint": f"http://127.0.0.1:{port}",
+                "logs_exporter": "memory", "export_stop_timeout_ms": 300}
+    engine = Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[ModuleSpec(OTEL, settings)]))
+    await engine.start()
+    module = engine.modules["observability"]
+    forwarder = module.forwarder  # type: ignore[attr-defined]
+    assert forwarder is not None
+    forwarder.submit("traces", b"{}")
+    await asyncio.wait_for(arrived.wait(), 5)
+    started = time.monotonic()
+    await engine.stop()
+    # Before: the stop waited the forwarder's 10 s post timeout.
+    assert time.monotonic() - started < 3.0
+    assert forwarder.dropped == 1
+
+
+def test_export_stop_timeout_ms_is_checked() -> None:
+    from iii_engine.modules.observability.settings import ObservabilitySettings
+    from iii_engine.settings import ConfigError
+
+    assert ObservabilitySettings.parse({"export_stop_timeout_ms": "250"}).export_stop_timeout_ms == 250
+    with pytest.raises(ConfigError, match="export_stop_timeout_ms"):
+        ObservabilitySettings.parse({"export_stop_timeout_ms": -1})
