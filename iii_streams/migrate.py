@@ -85,9 +85,22 @@ def _config(connection: Connection) -> Config:
 
 
 def _serialize(connection: Connection) -> None:
-    """Wait for any other migration of this PostgreSQL database to commit (the lock ends with the transaction)."""
+    """Wait for any other migration of this database to commit: a PostgreSQL advisory lock, or SQLite's write lock
+    (both end with the transaction)."""
     if connection.dialect.name == "postgresql":
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK})
+    elif connection.dialect.name == "sqlite" and _driver_in_transaction(connection) is False:
+        # A caller's own engine with the driver's default transaction handling: nothing is begun yet, and the driver
+        # would run CREATE TABLE outside any transaction, so processes migrating at once both created the table and
+        # the later failed with "already exists". Begun here, the write lock comes before the version is read.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _driver_in_transaction(connection: Connection) -> bool | None:
+    """Whether the SQLite driver connection has a transaction open (``None``: the driver does not say)."""
+    driver = connection.connection.driver_connection
+    state = getattr(driver, "in_transaction", None)
+    return state if isinstance(state, bool) else None
 
 
 def _lock_sqlite_writes(engine: AsyncEngine) -> None:
