@@ -23,14 +23,20 @@ from iii_streams.redis import escape_name
 
 from .store import DeadLetter, Job, QueueCounts, QueueFull
 
+# A push already stored answers "stored" again: a client retrying the script after its reply was lost (a redis_url
+# with retry_on_timeout) put the id in its lane twice, and once the job was done the lane's head named a job that
+# was gone, holding a FIFO group for good.
 # KEYS: jobs, ready · ARGV: lane prefix, job id, job, lane, most jobs the queue may hold (0: no limit)
 _PUSH = """
+if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then return 1 end
 if tonumber(ARGV[5]) > 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[5]) then return 0 end
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 if redis.call('RPUSH', ARGV[1] .. ARGV[4], ARGV[2]) == 1 then redis.call('RPUSH', KEYS[2], ARGV[4]) end
 return 1
 """
 
+# A lane's head id without its job (left by a push an older version stored twice) is dropped, not claimed: it
+# answered "no job" and held the lane, and every job behind it, for good.
 # KEYS: jobs, ready, active, delayed · ARGV: lane prefix, now, lease
 _CLAIM = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', ARGV[2])
@@ -41,11 +47,20 @@ end
 while true do
   local lane = redis.call('LPOP', KEYS[2])
   if not lane then return false end
-  local id = redis.call('LINDEX', ARGV[1] .. lane, 0)
-  if id then
-    redis.call('ZADD', KEYS[3], tonumber(ARGV[2]) + tonumber(ARGV[3]), lane)
-    return redis.call('HGET', KEYS[1], id)
+  local lane_key = ARGV[1] .. lane
+  local id = redis.call('LINDEX', lane_key, 0)
+  local job = id and redis.call('HGET', KEYS[1], id)
+  while id and not job do
+    redis.call('LPOP', lane_key)
+    id = redis.call('LINDEX', lane_key, 0)
+    job = id and redis.call('HGET', KEYS[1], id)
   end
+  if job then
+    redis.call('ZADD', KEYS[3], tonumber(ARGV[2]) + tonumber(ARGV[3]), lane)
+    return job
+  end
+  redis.call('ZREM', KEYS[3], lane)
+  redis.call('ZREM', KEYS[4], lane)
 end
 """
 
