@@ -39,7 +39,7 @@ from ..base import BuiltinFunction, BuiltinHandler, EngineError, EngineModule, E
 from ..bridge.queue import NO_DLQ, BridgeQueue
 from .consumer import JobNotReady, QueueConsumer
 from .settings import QueueModuleSettings, QueueSettings
-from .store import Job, MemoryQueueStore, QueueFull, QueueStore
+from .store import Job, MemoryQueueStore, QueueFull, QueueStore, StoreFull
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def open_store(settings: QueueModuleSettings) -> QueueStore:
         from .redis_store import RedisQueueStore
 
         return RedisQueueStore(adapter.redis_url, key_prefix=adapter.key_prefix)
-    return MemoryQueueStore()
+    return MemoryQueueStore(max_bytes=settings.max_memory_bytes)
 
 
 RECLAIM_INTERVAL_S = 1.0
@@ -101,6 +101,14 @@ def _full(name: str, kind: str, limit: int) -> str:
         return f"Queue '{name}' is full: it holds {limit} jobs waiting, delayed or running " \
                f"(queue_configs.{name}.max_jobs)"
     return f"Topic '{name}' is full: it holds {limit} jobs waiting, delayed or running (max_topic_jobs)"
+
+
+def _no_room(name: str, kind: str, full: StoreFull) -> EngineError:
+    """Why an enqueue to ``name`` was refused by the in-memory store's byte bound, naming the setting."""
+    what = "Queue" if kind == "queue" else "Topic"
+    return EngineError("enqueue_error", f"{what} '{name}': a job of {full.size} bytes does not fit: the in-memory "
+                                        f"queue store holds {full.used} of its {full.limit} bytes of jobs and dead "
+                                        "letters (max_memory_bytes)")
 
 
 def _int_arg(function_id: str, data: dict[str, Any], key: str, default: int) -> int:
@@ -247,6 +255,8 @@ class QueueModule(EngineModule):
                 stored = await self.store.push(consumer.queue, job, max_jobs=limit)
         except EngineError:
             raise
+        except StoreFull as full:
+            raise _no_room(queue_name, "queue", full) from None
         except Exception as exc:
             raise EngineError("enqueue_error", f"Queue '{queue_name}': could not store the job: {exc}") from exc
         if not stored:
@@ -428,6 +438,8 @@ class QueueModule(EngineModule):
         try:
             with self._store_op("enqueue_error", f"Topic '{topic}'"):
                 stored = await self.store.push(entry.consumer.queue, job, max_jobs=limit)
+        except StoreFull as full:
+            raise _no_room(topic, "topic", full) from None
         finally:
             entry.pushing -= 1
         if not stored:

@@ -41,6 +41,7 @@ __all__ = ["BRIDGE_ADAPTER", "BUILTIN_ADAPTER", "REDIS_ADAPTER", "QueueModuleSet
 
 BUILTIN_ADAPTER = "modules::queue::BuiltinQueueAdapter"
 DEFAULT_MAX_JOBS = 100_000
+DEFAULT_MAX_MEMORY_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_TOPICS = 10_000
 DEFAULT_STOP_TIMEOUT_MS = 5000
 REDIS_ADAPTER = "modules::queue::RedisAdapter"
@@ -108,6 +109,10 @@ class QueueModuleSettings(Settings):
     max_topics: int = Field(DEFAULT_MAX_TOPICS, ge=1)
     #: ``max_jobs`` of every topic (a topic has no ``queue_configs`` entry, and its subscribers may not raise it)
     max_topic_jobs: int = Field(DEFAULT_MAX_JOBS, ge=1)
+    #: UTF-8 bytes of JSON the in-memory store (``BuiltinQueueAdapter``) keeps for the jobs and dead letters of every
+    #: queue and topic together; an enqueue past it fails with ``enqueue_error`` naming it (``max_jobs`` counts
+    #: jobs, and 100,000 jobs of up to 4 MiB each are 400 GB). Redis keeps its own jobs: its ``maxmemory`` bounds them
+    max_memory_bytes: int = Field(DEFAULT_MAX_MEMORY_BYTES, ge=1)
     #: how long a stop waits for the store to finish (done, retry, dead letter) the jobs whose handler ended and to
     #: take back those still running; a job it has not by then stays active until its ``lease_ms`` runs out
     stop_timeout_ms: int = Field(DEFAULT_STOP_TIMEOUT_MS, ge=1)

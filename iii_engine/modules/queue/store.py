@@ -113,6 +113,27 @@ class QueueFull(Exception):
         self.moved = moved
 
 
+class StoreFull(Exception):
+    """A push refused because the in-memory store holds its ``max_bytes`` of jobs and dead letters."""
+
+    def __init__(self, size: int, used: int, limit: int) -> None:
+        super().__init__(f"a job of {size} bytes does not fit: the store holds {used} of its {limit} bytes")
+        self.size = size
+        self.used = used
+        self.limit = limit
+
+
+def json_bytes(job: Job) -> int:
+    """Bytes of ``job``'s stored form in UTF-8 (what the in-memory store's ``max_bytes`` counts).
+
+    Example:
+        >>> json_bytes(Job("i", "q", None, "é", "i")) - json_bytes(Job("i", "q", None, "e", "i"))
+        1
+    """
+    text = job.to_json()
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
 @dataclass(frozen=True)
 class QueueCounts:
     """Sizes of one queue's parts."""
@@ -184,6 +205,8 @@ class _MemoryQueue:
     active: dict[str, int] = field(default_factory=dict)
     delayed: list[tuple[int, int, str]] = field(default_factory=list)
     dlq: dict[str, DeadLetter] = field(default_factory=dict)
+    #: job id → bytes it counts against the store's ``max_bytes``, while it is a job or a dead letter
+    sizes: dict[str, int] = field(default_factory=dict)
     seq: int = 0
 
     def is_head(self, job: Job) -> bool:
@@ -209,22 +232,49 @@ class _MemoryQueue:
 class MemoryQueueStore:
     """Jobs in this process's memory (production's default ``BuiltinQueueAdapter``); lost on exit.
 
+    ``max_bytes`` bounds the JSON bytes of the jobs and dead letters of every queue together: a push past it
+    raises :class:`StoreFull` (``max_jobs`` alone let 100,000 jobs of up to a message's 4 MiB each in).
+
     Example:
-        >>> MemoryQueueStore().__class__.__name__
-        'MemoryQueueStore'
+        >>> import asyncio
+        >>> store = MemoryQueueStore(max_bytes=200)
+        >>> asyncio.run(store.push("q", Job.new("q", "fn", "x" * 300)))
+        Traceback (most recent call last):
+        ...
+        iii_engine.modules.queue.store.StoreFull: a job of 472 bytes does not fit: the store holds 0 of its 200 bytes
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_bytes: int | None = None) -> None:
         self._queues: dict[str, _MemoryQueue] = {}
+        self._max_bytes = max_bytes
+        self._bytes = 0
+
+    @property
+    def used_bytes(self) -> int:
+        """Bytes the jobs and dead letters of every queue count against ``max_bytes``."""
+        return self._bytes
 
     def _q(self, queue: str) -> _MemoryQueue:
         return self._queues.setdefault(queue, _MemoryQueue())
 
+    def _free(self, q: _MemoryQueue, job_id: str) -> None:
+        self._bytes -= q.sizes.pop(job_id, 0)
+
     async def push(self, queue: str, job: Job, *, max_jobs: int | None = None) -> bool:
-        """See :class:`QueueStore`."""
+        """See :class:`QueueStore`; raises :class:`StoreFull` when the job's bytes do not fit under ``max_bytes``."""
         q = self._q(queue)
         if max_jobs is not None and len(q.jobs) >= max_jobs:
             return False
+        size = json_bytes(job)
+        if self._max_bytes is not None and self._bytes + size > self._max_bytes:
+            raise StoreFull(size, self._bytes, self._max_bytes)
+        self._bytes += size
+        q.sizes[job.id] = size
+        self._put(q, job)
+        return True
+
+    @staticmethod
+    def _put(q: _MemoryQueue, job: Job) -> None:
         q.jobs[job.id] = job
         lane = q.lanes.get(job.lane)
         if lane is None:
@@ -232,7 +282,6 @@ class MemoryQueueStore:
             q.ready.append(job.lane)
         else:
             lane.append(job.id)
-        return True
 
     async def claim(self, queue: str, *, now_ms: int, lease_ms: int) -> Job | None:
         """See :class:`QueueStore`."""
@@ -254,6 +303,7 @@ class MemoryQueueStore:
         q = self._q(queue)
         if q.is_head(job):
             q.pop_head(job.lane)
+            self._free(q, job.id)
 
     async def retry(self, queue: str, job: Job, *, due_ms: int) -> None:
         """See :class:`QueueStore`."""
@@ -317,12 +367,17 @@ class MemoryQueueStore:
         for moved, one in enumerate(ids):
             if max_jobs is not None and len(q.jobs) >= max_jobs:
                 raise QueueFull(moved)
-            await self.push(queue, q.dlq.pop(one).job.restarted())
+            # its bytes are counted already, as a dead letter: a redrive never needs room under max_bytes
+            self._put(q, q.dlq.pop(one).job.restarted())
         return len(ids)
 
     async def discard(self, queue: str, job_id: str) -> int:
         """See :class:`QueueStore`."""
-        return 1 if self._q(queue).dlq.pop(job_id, None) is not None else 0
+        q = self._q(queue)
+        if q.dlq.pop(job_id, None) is None:
+            return 0
+        self._free(q, job_id)
+        return 1
 
     async def forget(self, queue: str) -> None:
         """See :class:`QueueStore`."""
