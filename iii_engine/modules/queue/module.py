@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from iii.iii_types import TriggerInfo
-from iii.wire import dumps
+from iii.wire import LOG_CLIP, clip, dumps
 
 from ...settings import RedisAdapterSettings
 from ..base import BuiltinFunction, BuiltinHandler, EngineError, EngineModule, EngineServices, InvocationContext
@@ -95,6 +95,12 @@ def _text_arg(function_id: str, data: Any, key: str) -> str:
     return value
 
 
+def _name(name: str) -> str:
+    """``'name'`` for an error naming a queue the caller gave; a name past ``LOG_CLIP`` is cut (a 4 MiB name came
+    back whole in the error, and in the engine's warning log)."""
+    return f"'{name}'" if len(name) <= LOG_CLIP else clip(name)
+
+
 def _full(name: str, kind: str, limit: int) -> str:
     """Why an enqueue (or a redrive) to the full queue or topic ``name`` was refused, naming the setting."""
     if kind == "queue":
@@ -111,11 +117,16 @@ def _no_room(name: str, kind: str, full: StoreFull) -> EngineError:
                                         "letters (max_memory_bytes)")
 
 
+MAX_PAGE_ARG = 2**53 - 1
+"""Largest ``offset`` or ``limit`` of a dead-letter page: Redis takes 64-bit indexes only, and a larger one failed
+there with Redis's own error instead of naming the argument."""
+
+
 def _int_arg(function_id: str, data: dict[str, Any], key: str, default: int) -> int:
     value = data.get(key, default)
     if value is None:
         return default
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_PAGE_ARG:
         raise EngineError("deserialization_error", f"Failed to deserialize input for {function_id}: bad {key}")
     return value
 
@@ -228,7 +239,7 @@ class QueueModule(EngineModule):
         """
         consumer = self._named.get(queue_name)
         if consumer is None:
-            raise EngineError("enqueue_error", f"Queue '{queue_name}' not found")
+            raise EngineError("enqueue_error", f"Queue {_name(queue_name)} not found")
         if self._stopping:
             raise EngineError("enqueue_error", f"Queue '{queue_name}': the queue module is stopping")
         group: str | None = None
@@ -470,7 +481,7 @@ class QueueModule(EngineModule):
         if consumer is None and name in self._topics:
             consumer = self._topics[name].consumer
         if consumer is None:
-            raise EngineError("queue_not_found", f"Queue '{name}' not found")
+            raise EngineError("queue_not_found", f"Queue {_name(name)} not found")
         return name, consumer
 
     async def _redrive(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
