@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from iii.loss_log import LossLog
-from iii.protocol.codec import is_uuid
+from iii.protocol.codec import clip, is_uuid
 from iii.protocol.ids import InvocationIds, new_invocation_id
 from iii.protocol.worker_session import REPLY_REASON_CLIP, clip_text
 from iii.wire import loads
@@ -135,6 +135,8 @@ class Invocations:
         #: results that ended no call (:meth:`_stray_result`)
         self.stray_results = 0
         self._stray_log = LossLog(self._log_stray, SKIP_LOG_INTERVAL_S)
+        # A producer retrying into a full queue fails thousands of enqueues a second: one line per interval.
+        self._enqueue_log = LossLog(self._log_enqueue_failed, SKIP_LOG_INTERVAL_S)
         # Every task the engine runs for a call, with what it holds until it ends: a worker's max_calls_per_worker
         # count, a max_fired_calls slot, or nothing. The task gives it back itself when it ends; close() gives back
         # what tasks cancelled before they ever ran hold (their ``finally`` never runs).
@@ -337,6 +339,10 @@ class Invocations:
                     "timed out or was stopped; or not the sender's to answer); %d in all%s", counts["stray"],
                     self.stray_results, latest_text)
 
+    def _log_enqueue_failed(self, counts: Mapping[str, int], latest: str | None) -> None:
+        latest_text = f"; latest: {latest}" if latest is not None else ""
+        log.warning("%d enqueue(s) failed since the last warning%s", counts["failed"], latest_text)
+
     def _finish(self, invocation_id: str, result: Any, error: Any, traceparent: str | None = None,
                 baggage: str | None = None, verbatim: str | None = None) -> None:
         pending = self.pending.pop(invocation_id, None)
@@ -470,8 +476,9 @@ class Invocations:
                         raise
                     error = error_body("enqueue_error", repr(exc))
             if error is not None:
-                log.warning("enqueue of %s on queue %r for worker %s failed: %s", function_id, queue, caller.id,
-                            error["message"])
+                # the names and the message may quote the sender's input: clipped
+                self._enqueue_log.lost("failed", f"enqueue of {clip(function_id)} on queue {clip(queue)} for "
+                                                 f"worker {caller.id}: {clip_text(str(error['message']))}")
             if invocation_id is not None:
                 caller.post(caller.session.result(invocation_id, function_id, result, error))
         finally:
@@ -587,4 +594,5 @@ class Invocations:
         for invocation_id in list(self.pending):
             self._finish(invocation_id, None, STOPPED)
         self._stray_log.close()
+        self._enqueue_log.close()
         await self._tasks.close()
