@@ -30,6 +30,13 @@ runs again: every queued keyed frame, and each new one, has its ``on_dropped(key
 :meth:`Connection.send` raises :class:`~iii.errors.ConnectionLostError` instead of being queued (its sender would
 take the silence for success).
 
+A frame handed to :meth:`Connection.send` while the socket is up but frames are still queued ahead of it (a backlog
+draining, an engine that stopped reading) waits behind them and, if that socket is lost first, goes out on the next
+one: the reference SDK's behaviour, kept for ``trigger`` with a void action. :meth:`Connection.send_on_this_connection`
+is for a sender that must not have that (a void call whose caller may retry it): its frame waits in the same order,
+but leaves only on the socket that was up when it was handed over; if that socket is lost first, the frame is dropped
+and its sender told False.
+
 Example:
     >>> conn = Connection("ws://127.0.0.1:1", on_frame=print)
     >>> conn.state
@@ -50,6 +57,7 @@ from urllib.parse import urlsplit
 import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.protocol import State
 
 from . import ws_fastpath
 from .errors import ConnectionLostError, OutboundQueueFullError
@@ -143,6 +151,26 @@ class _Waiter:
         self.admitted = admitted  # None: a frame of the loop's own, which nobody awaits and nothing times out
 
 
+class _Pinned:
+    """The key of a queued frame of :meth:`Connection.send_on_this_connection`: it may leave only on ``ws``;
+    ``written`` tells its sender whether it did (False: dropped unsent). Its sender's ``cancel`` takes it back."""
+
+    __slots__ = ("written", "ws")
+
+    def __init__(self, ws: ClientConnection, written: asyncio.Future[bool]) -> None:
+        self.ws = ws
+        self.written = written
+
+
+# A queued frame's key: a call's invocation id (its caller waits for the answer), a pinned frame's _Pinned, or None.
+_Key = str | _Pinned | None
+
+
+def _open(ws: ClientConnection) -> bool:
+    # What websockets' send needs to hand a frame to the socket at once (else it raises ConnectionClosed unwritten).
+    return ws.state is State.OPEN and not ws.transport.is_closing()
+
+
 class Connection:
     """One engine WebSocket with reconnection and an ordered send path; lives on one event loop.
 
@@ -196,10 +224,12 @@ class Connection:
         self._drops = LossLog(self._log_dropped, DROP_LOG_INTERVAL_S)
         self._state: IIIConnectionState = "disconnected"
         # Frames waiting for the socket: (frame, key). Filled while down, and when a sync caller must not await.
-        self._backlog: deque[tuple[Frame, str | None]] = deque()
+        self._backlog: deque[tuple[Frame, _Key]] = deque()
         # Keyed frames in the backlog: a full queue looks for the oldest of them only when there is one (a burst
         # of fire-and-forget frames offline would otherwise scan max_queue frames per send).
         self._keyed = 0
+        # Pinned frames in the backlog (send_on_this_connection): a lost socket looks for them only when there are.
+        self._pinned = 0
         # Unkeyed frames from send() waiting for room in a full backlog, first come first in: each slot the
         # backlog frees goes to the first of them in the same step, so no later frame overtakes them.
         # An ordered dict, not a deque: a caller that stops waiting leaves it in O(1) wherever it stands (a mass
@@ -236,7 +266,7 @@ class Connection:
 
     def queued_keys(self) -> set[str]:
         """Keys of frames queued and not yet written to any socket."""
-        return {key for _, key in self._backlog if key is not None}
+        return {key for _, key in self._backlog if isinstance(key, str)}
 
     async def start(self) -> None:
         """Start connecting in the background (returns at once)."""
@@ -263,6 +293,7 @@ class Connection:
                 except (asyncio.CancelledError, Exception):
                     pass
         self._drops.close()  # a burst's count not logged yet is logged now (its timer belongs to this loop)
+        self._drop_pinned()
         unsent = sum(1 for frame, key in self._backlog if key is None)
         if unsent:  # (queued calls, keyed, fail with the client's shutdown; these frames' senders hear nothing)
             log.warning("Closing with %d frames never sent to %s (fire-and-forget calls and answers among them); "
@@ -279,6 +310,7 @@ class Connection:
                 ws.transport.abort()
         self._backlog.clear()
         self._keyed = 0
+        self._pinned = 0
         while self._waiting:  # frames waiting for room are discarded with the queue
             self._admit_waiting()
             self._backlog.clear()
@@ -315,6 +347,72 @@ class Connection:
             else:
                 await self._wait_for_room(frame)
         return False
+
+    async def send_on_this_connection(self, frame: Frame) -> bool:
+        """Send ``frame`` on the socket that is up now, in order behind the frames handed over before it; True once
+        it is written to that socket, False when no socket is up or it is lost before the frame's turn. Never kept
+        for a later socket, so False means never sent (safe to retry).
+
+        Raises :class:`~iii.errors.ConnectionLostError` (never sent) when the queue is full. Cancelling the wait
+        takes the frame back unless it has already been written. Loop thread only.
+        """
+        ws = self._ws
+        if ws is None or not _open(ws):
+            return False
+        if self._ready and not self._backlog:
+            await self._send_open(ws, frame)
+            return True
+        if len(self._backlog) >= self._max_queue or self._waiting:
+            # Refused, not waited for: its sender can be told, and room made later could be on another socket.
+            raise ConnectionLostError("connection_lost", f"never sent: the outbound queue is full ({self._max_queue} "
+                                                         "frames waiting for the engine)")
+        written: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._backlog.append((frame, _Pinned(ws, written)))
+        self._pinned += 1
+        if self._ready:
+            self._kick()
+        return await written
+
+    async def _send_open(self, ws: ClientConnection, frame: Frame) -> None:
+        """Write ``frame`` to ``ws``, which is open (:func:`_open`): handed to the socket by the time this returns or
+        is cancelled (in the drain that follows the write)."""
+        if self._write_now(ws, frame, False):
+            return
+        try:
+            await ws.send(frame)
+        except ConnectionClosed:
+            pass  # handed to the socket before the loss was seen: in flight, like any frame written then
+
+    async def _send_queued_pinned(self, ws: ClientConnection, frame: Frame, pinned: _Pinned) -> None:
+        """A pinned frame's turn on ``ws``: written if ``ws`` is still its socket and open, else dropped; its sender
+        is told which (one that stopped waiting has taken it back)."""
+        written = pinned.written
+        if written.done():
+            return
+        if pinned.ws is not ws or not _open(ws):
+            written.set_result(False)
+            return
+        try:
+            await self._send_open(ws, frame)
+        finally:  # (a flusher cancelled by close() in the drain after the write: written all the same)
+            if not written.done():
+                written.set_result(True)
+
+    def _drop_pinned(self) -> None:
+        """The socket is lost (or closed): every pinned frame still queued is dropped and its sender told False,
+        so none is written on the next socket."""
+        if not self._pinned:
+            return
+        pinned = [key for _, key in self._backlog if isinstance(key, _Pinned)]
+        kept = [(frame, key) for frame, key in self._backlog if not isinstance(key, _Pinned)]
+        self._backlog.clear()
+        self._backlog.extend(kept)
+        self._pinned = 0
+        for key in pinned:
+            if not key.written.done():
+                key.written.set_result(False)
+        if self._waiting:  # (room was made)
+            self._admit_waiting()
 
     def send_now(self, frame: Frame, key: str | None = None) -> None:
         """Write ``frame`` at once when nothing waits ahead of it and the socket takes it without waiting, else
@@ -380,7 +478,7 @@ class Connection:
         # Full. A keyed frame's caller can be told it was never sent; an unkeyed one's cannot, so the oldest keyed
         # frame makes way (a scan, only when there is one to find).
         for index, (old, old_key) in enumerate(backlog if self._keyed else ()):
-            if old_key is not None:
+            if isinstance(old_key, str):
                 del backlog[index]
                 backlog.append((frame, key))
                 if key is None:
@@ -433,10 +531,13 @@ class Connection:
             if admitted.cancelled():
                 self._waiting.pop(entry, None)
 
-    def _popleft(self) -> tuple[Frame, str | None]:
+    def _popleft(self) -> tuple[Frame, _Key]:
         item = self._backlog.popleft()
-        if item[1] is not None:
+        key = item[1]
+        if isinstance(key, str):
             self._keyed -= 1
+        elif key is not None:
+            self._pinned -= 1
         if self._waiting:
             self._admit_waiting()
         return item
@@ -464,8 +565,8 @@ class Connection:
         """Reconnection gave up: every queued call fails now (never sent) instead of waiting out its timeout."""
         if not self._keyed:
             return
-        dropped = [key for _, key in self._backlog if key is not None]
-        kept = [(frame, key) for frame, key in self._backlog if key is None]
+        dropped = [key for _, key in self._backlog if isinstance(key, str)]
+        kept = [(frame, key) for frame, key in self._backlog if not isinstance(key, str)]
         self._backlog.clear()
         self._backlog.extend(kept)
         self._keyed = 0
@@ -480,6 +581,9 @@ class Connection:
         ws = self._ws
         while self._backlog and self._ready and ws is not None and ws is self._ws:
             frame, key = self._popleft()
+            if isinstance(key, _Pinned):
+                await self._send_queued_pinned(ws, frame, key)
+                continue
             if key is not None and not self._keep(key):
                 continue
             try:
@@ -543,7 +647,9 @@ class Connection:
             await self._on_open(ws.send)
             while self._backlog:
                 frame, key = self._popleft()
-                if key is None or self._keep(key):
+                if isinstance(key, _Pinned):
+                    await self._send_queued_pinned(ws, frame, key)
+                elif key is None or self._keep(key):
                     await ws.send(frame)
             self._ready = True
             self._on_ready()
@@ -558,6 +664,7 @@ class Connection:
                 ws.deliver = None
             self._ready = False
             self._ws = None
+            self._drop_pinned()
             if self._running:
                 self._set_state("disconnected")
                 self._on_lost()

@@ -205,20 +205,27 @@ class BridgeLink:
         """Invoke ``function_id`` on the remote without waiting for a result (action ``void``).
 
         At most once, on the connection that is up when it is made: a link that is down is waited for at most
-        ``connect_grace_s``; a connection that dropped before the call reached it (a drop racing the call) fails
-        the call with :class:`BridgeCallError` "not sent", and it is never parked for the next connection, so a
-        caller who retries cannot make it run twice. Written to the socket counts as sent: a connection that dies
-        with it in flight may lose it, as with any fire-and-forget message.
+        ``connect_grace_s``; the call then waits its turn behind the frames already queued for that connection
+        and returns once written to it. A connection that drops before that (a drop racing the call, or one that
+        stalled with frames queued) fails the call with :class:`BridgeCallError` "not sent", and it is never kept
+        for the next connection, so a caller who retries cannot make it run twice. Written to the socket counts
+        as sent: a connection that dies with it in flight may lose it, as with any fire-and-forget message.
         """
         client = await self._up()
-        request = {"function_id": function_id, "payload": data, "action": TriggerActionVoid()}
         try:
-            sent = await client._bridge.run_async(_send_on_this_connection(client, request))
+            # The frame is built here, in the caller's trace context, as the SDK's trigger does from another thread.
+            frame = client._prepare_call({"function_id": function_id, "payload": data,
+                                          "action": TriggerActionVoid()})[2]
+            # On the client's loop, where the connection changes: the state read on this thread may be out of date.
+            sent = await client._bridge.run_async(client._conn.send_on_this_connection(frame))
         except ShuttingDownError:
             raise BridgeCallError(f"bridge to remote engine {self.url} is shut down") from None
-        except InvocationError as exc:  # not sent: the outbound queue stayed full, or the client gave up connecting
+        except InvocationError as exc:  # not sent: the outbound queue is full
             raise BridgeCallError(self._not_sent(function_id, exc)) from None
         if not sent:
+            if client._closed:
+                raise BridgeCallError(f"bridge to remote engine {self.url} is shut down")
+            # The SDK's trigger would have queued it for the next connection, to run there however much later.
             raise BridgeCallError(f"call of {function_id} not sent to remote engine {self.url}: the connection "
                                   "dropped before it was written (it is not sent later)")
 
@@ -271,13 +278,3 @@ class _LoopWatch:
     outage: asyncio.Future[None] | None = None
     watcher: asyncio.Task[None] | None = None
 
-
-async def _send_on_this_connection(client: III, request: dict[str, Any]) -> bool:
-    """Send a void call on the client's current connection; ``False`` (nothing sent, nothing queued) when there is
-    none. Runs on the client's loop, where the connection state changes: the state the caller saw from its own
-    thread may be out of date by now, and the SDK queues what it cannot write for the next connection, where a void
-    call would run long after its caller was told it was sent."""
-    if client.get_connection_state() != "connected":
-        return False
-    await client.trigger_async(request)
-    return True

@@ -1,0 +1,233 @@
+"""A void call through the bridge (``BridgeLink.fire``) queued behind a backlog is sent on the connection it was made
+for, or fails "not sent"; it never runs on the remote after a reconnect.
+
+Before: ``fire`` checked that the link was connected and handed the call to the SDK, which queues a frame behind
+frames still waiting for the socket (here: a remote that stopped reading). When that connection dropped before the
+backlog drained, the call stayed queued and was written on the NEXT connection: ``fire`` had returned as if sent,
+and the call ran on the remote after the reconnect, however much later (twice, for a caller that retried after an
+error meanwhile).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from polling import until
+
+from iii.iii import III
+from iii.protocol.client import ClientSession
+from iii_engine import Engine, EngineConfig, ModuleSpec
+from iii_engine.modules.bridge.link import BridgeCallError, BridgeLink
+
+pytestmark = pytest.mark.timeout(30)
+
+SCOPE = "hbr-bridge-fire-backlog"
+SMALL_BUFFER = 4096  # socket buffers of a few KiB: the stalled relay backs the link up after ~100 KiB, not MBs
+
+
+class Relay:
+    """A TCP relay in front of the remote engine that can stop reading what the link sends (a remote that stalled)
+    and cut every connection at once."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+        self.transports: list[asyncio.WriteTransport] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def start(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)  # inherited by accepted sockets
+        listener.bind(("127.0.0.1", 0))
+        self.server = await asyncio.start_server(self._accept, sock=listener, limit=SMALL_BUFFER)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.transports += [writer.transport, up_writer.transport]
+        for pump in (self._pump(reader, up_writer, gated=True), self._pump(up_reader, writer, gated=False)):
+            task = asyncio.ensure_future(pump)
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, gated: bool) -> None:
+        try:
+            while True:
+                if gated:
+                    await self.flowing.wait()
+                data = await reader.read(SMALL_BUFFER)
+                if not data:
+                    break
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.transport.abort()
+
+    def cut(self) -> None:
+        """Drop every connection (a reset both ways)."""
+        for transport in self.transports:
+            transport.abort()
+        self.transports.clear()
+
+    async def close(self) -> None:
+        self.cut()
+        for task in list(self.tasks):
+            task.cancel()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+def state_engine() -> Engine:
+    return Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[ModuleSpec("modules::state::StateModule")]))
+
+
+@pytest.fixture
+async def remote() -> AsyncIterator[Engine]:
+    async with state_engine() as engine:
+        yield engine
+
+
+@pytest.fixture
+async def relay(remote: Engine) -> AsyncIterator[Relay]:
+    relay = Relay(remote.port)
+    await relay.start()
+    try:
+        yield relay
+    finally:
+        await relay.close()
+
+
+async def on_client_loop(client: III, coro: Any) -> Any:
+    return await client._bridge.run_async(coro)
+
+
+async def back_up(client: III) -> None:
+    """On the client's loop: frames of the loop's own (here void calls of a harmless write) are queued until the
+    connection's backlog stays non-empty (its flusher waits for the stalled socket to drain)."""
+    conn = client._conn
+    ws = conn._ws
+    assert ws is not None
+    ws.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
+    filler = ClientSession.new_call("state::set", {"scope": SCOPE, "key": "filler", "value": "x" * 8192},
+                                    action={"type": "void"})[1]
+    for _ in range(2000):
+        conn.send_soon(filler)
+        await asyncio.sleep(0.001)
+        if len(conn._backlog) >= 2:
+            return
+    raise AssertionError("the link's backlog never backed up behind the stalled relay")
+
+
+async def holds_on_client(client: III, condition: Callable[[], bool]) -> bool:
+    """``condition()``, read on the client's loop (where its connection changes)."""
+    async def check() -> bool:
+        return condition()
+
+    return bool(await on_client_loop(client, check()))
+
+
+async def until_on_client(client: III, condition: Callable[[], bool]) -> None:
+    """Poll ``condition`` on the client's loop until it holds, at most 10 s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while not await holds_on_client(client, condition):
+        assert loop.time() < deadline, "condition not met within 10 s"
+        await asyncio.sleep(0.005)
+
+
+def queued(client: III, text: str) -> Callable[[], bool]:
+    return lambda: any(text in str(frame) for frame, _ in client._conn._backlog)
+
+
+async def stored(link: BridgeLink, key: str) -> Any:
+    return await link.call("state::get", {"scope": SCOPE, "key": key})
+
+
+async def test_a_void_call_queued_behind_a_backlog_fails_not_sent_when_the_connection_drops_and_never_runs_after(
+        relay: Relay) -> None:
+    link = BridgeLink(relay.url, role="hbr", connect_grace_s=0.5)
+    link.start()
+    try:
+        await until(lambda: link.connected)
+        client = link._client
+        assert client is not None
+        relay.flowing.clear()  # the remote stops reading what the link sends
+        await on_client_loop(client, back_up(client))
+        racing = asyncio.ensure_future(link.fire("state::set", {"scope": SCOPE, "key": "racing", "value": 2}))
+        await until_on_client(client, queued(client, '"racing"'))
+        relay.cut()  # the connection drops before the backlog drained
+        relay.flowing.set()
+
+        await until(lambda: not link.connected)
+        await until(lambda: link.connected, within=10)  # the link retries every 2 s
+        await link.fire("state::set", {"scope": SCOPE, "key": "after", "value": 3})
+        assert await stored(link, "after") == 3  # same connection, sent in order: "racing" would be in by now
+        assert await stored(link, "racing") is None  # it did not run on the next connection
+        with pytest.raises(BridgeCallError, match=r"call of state::set not sent to remote engine ws://127\.0\.0\.1:"
+                                                  r"\d+: the connection dropped before it was written"):
+            await racing
+    finally:
+        await link.close()
+
+
+async def test_a_void_call_queued_behind_a_backlog_is_sent_once_the_remote_reads_again(relay: Relay) -> None:
+    link = BridgeLink(relay.url, role="hbr", connect_grace_s=0.5)
+    link.start()
+    try:
+        await until(lambda: link.connected)
+        client = link._client
+        assert client is not None
+        relay.flowing.clear()
+        await on_client_loop(client, back_up(client))
+        waiting = asyncio.ensure_future(link.fire("state::set", {"scope": SCOPE, "key": "waiting", "value": 4}))
+        await until_on_client(client, queued(client, '"waiting"'))
+        assert not waiting.done()  # it waits its turn, written or not: it has not returned as sent
+        relay.flowing.set()
+        await asyncio.wait_for(waiting, 10)
+        assert await stored(link, "waiting") == 4
+    finally:
+        await link.close()
+
+
+async def test_a_void_call_the_full_queue_refuses_fails_at_once_as_not_sent(relay: Relay) -> None:
+    # (what tests/unit/modules/test_bridge_link_lost.py checks with a fake client, on a real link)
+    link = BridgeLink(relay.url, role="hbr", connect_grace_s=0.5)
+    link.start()
+    try:
+        await until(lambda: link.connected)
+        client = link._client
+        assert client is not None
+        client._conn._max_queue = 3
+        relay.flowing.clear()
+        await on_client_loop(client, back_up(client))
+
+        async def fill() -> None:
+            while len(client._conn._backlog) < 3:
+                client._conn.send_soon("{}")
+
+        await on_client_loop(client, fill())
+        with pytest.raises(BridgeCallError, match=r"call of state::set not sent to remote engine ws://127\.0\.0\.1:"
+                                                  r"\d+: never sent: the outbound queue is full \(3 frames"):
+            await asyncio.wait_for(link.fire("state::set", {"scope": SCOPE, "key": "full", "value": 5}), 5)
+        assert not await holds_on_client(client, queued(client, '"full"'))
+        relay.flowing.set()
+        await until_on_client(client, lambda: not client._conn._backlog)
+        await link.fire("state::set", {"scope": SCOPE, "key": "later", "value": 6})
+        assert await stored(link, "later") == 6
+        assert await stored(link, "full") is None
+    finally:
+        relay.flowing.set()
+        await link.close()
