@@ -11,10 +11,19 @@ Our improvements (docs/protocol.md#stream-improvements): each event goes **once 
 subscriptions matches (ST6), encoded once for all of them and looked up by its group, so a change costs the
 sockets that watch its group, not every socket;
 an auth function can reject the upgrade with HTTP 401 when ``auth_reject`` is on (ST5); every connection has a
-bounded outbound queue and a client that lets it overflow is closed with 1013 (ST9); a client offering
-subprotocols gets the first one echoed back (ST10). The store's event feed is open only while a client is connected
-(the engine's own writes reach triggers without it), so writes with no socket client do not pay for reading their
-events back; a join opens it before its sync read, so no change falls between sync and feed.
+bounded outbound queue and a client that lets it overflow is closed with 1013 (ST9: it is behind once
+``client_queue_size`` frames or ``client_queue_bytes`` bytes wait for it, the frame being written not counted; a
+frame's own size never closes it, so a sync bigger than the budget reaches a client that keeps reading); a client
+offering subprotocols gets the first one echoed back (ST10). The store's event feed is open only while a client is
+connected (the engine's own writes reach triggers without it), so writes with no socket client do not pay for reading
+their events back; a join opens it before its sync read, so no change falls between sync and feed.
+
+Join/leave contract: every join the ``stream:join`` handlers heard of and did not refuse gets exactly one
+``stream:leave``, when the client leaves it or goes, when a later join replaces it under its id, or at once when
+the handlers did not answer within ``join_timeout_ms`` or the client went before they did (a handler may have
+acted on it; its late answer is dropped, and the leave may reach a worker before that answer). A refused join
+(``unauthorized``) gets none, as in production; a join repeating the subscription live under its id is that
+subscription. A client that goes during a join is let go at once: the join is cancelled.
 
 Example:
     >>> Subscription("s", "g", None).matches({"streamName": "s", "groupId": "g", "id": "7"})
@@ -97,9 +106,25 @@ class _Client:
         self.subscriptions: dict[str, Subscription] = {}
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(queue_size)
         self.queue_bytes = queue_bytes
-        self.queued_bytes = 0  # of the frames in the queue and the one being written
+        # of the frames waiting in the queue; not the one being written, which a big sync can hold for seconds
+        # while the client reads it as fast as it can
+        self.queued_bytes = 0
         self.overflowed = False
         self.closer: asyncio.Task[None] | None = None
+        # done once the connection is closed (made at the first join); it cancels the join in flight
+        self.gone: asyncio.Task[None] | None = None
+        self.joining: asyncio.Task[None] | None = None
+
+    def watch_gone(self) -> bool:
+        """Follow the connection's end from now on (once); whether it is still open."""
+        if self.gone is None:
+            self.gone = asyncio.get_running_loop().create_task(self.ws.wait_closed())
+            self.gone.add_done_callback(self._went)
+        return not self.gone.done()
+
+    def _went(self, _: asyncio.Task[None]) -> None:
+        if self.joining is not None:  # the join in flight is for nobody now
+            self.joining.cancel()
 
     def wants(self, event: Mapping[str, Any]) -> bool:
         return any(sub.matches(event) for sub in self.subscriptions.values())
@@ -108,14 +133,21 @@ class _Client:
         return any(sub.group == group for sub in self.subscriptions.values())
 
     def offer(self, frame: bytes) -> None:
-        """Queue one text frame's UTF-8 payload (shared by every socket the event goes to)."""
+        """Queue one text frame's UTF-8 payload (shared by every socket the event goes to).
+
+        The client is behind, and closed with 1013, when ``client_queue_bytes`` or more of frames already wait for
+        it (or ``client_queue_size`` frames): the budget bounds what waits ahead of a frame, never the frame
+        itself, so one client holds at most the budget plus the frame that tips it over plus the one being
+        written.
+        """
         if self.overflowed:
             return
         try:
-            if self.queued_bytes + len(frame) > self.queue_bytes and self.queued_bytes:
+            if self.queued_bytes >= self.queue_bytes:
                 # frames are shared between sockets, but one a slow client has yet to take stays alive for it: a
-                # count alone let 1024 events of 4 MiB items hold 4 GiB. One frame over the budget still goes to a
-                # client that is not behind at all.
+                # count alone let 1024 events of 4 MiB items hold 4 GiB. Checking the new frame's own size too
+                # closed a client that was not behind at all when a sync bigger than the budget came in just
+                # after a few small events, yet let the same sync through to an empty queue.
                 raise asyncio.QueueFull
             self.queue.put_nowait(frame)
             self.queued_bytes += len(frame)
@@ -130,9 +162,9 @@ class _Client:
     async def write(self) -> None:
         while True:
             frame = await self.queue.get()
+            self.queued_bytes -= len(frame)
             # the payload is already UTF-8: no per-socket encoding or websockets message machinery
             await send_server_frame(self.ws, True, frame)
-            self.queued_bytes -= len(frame)
 
 
 def _join_data(message: Any) -> tuple[str, str, str, str | None] | None:
@@ -331,9 +363,13 @@ class StreamSocketServer:
         try:
             async for raw in ws:
                 await self._on_message(client, raw)
+                if client.gone is not None and client.gone.done():
+                    break  # messages it sent before it went are still buffered: joins for nobody
         except ConnectionClosed:
             pass
         finally:
+            if client.gone is not None:
+                client.gone.cancel()
             self._clients.discard(client)
             for group in {sub.group for sub in client.subscriptions.values()}:
                 self._unwatch(client, group)
@@ -416,18 +452,38 @@ class StreamSocketServer:
             client.offer(_error(sub, "too_many_subscriptions", f"at most {limit} subscriptions per connection; "
                                 "leave one first"))
             return
-        # The socket reads its next message only once this join is done: a join handler or a custom sync read
-        # that never answers would hold the socket (and its slot of max_clients, even after the client left) for
-        # as long as the worker lives.
+        # The socket reads its next message only once a join is done, so it sees no disconnect meanwhile: a gone
+        # client's join handler or sync read that never answered held its slot of max_clients, its queue and its
+        # task until join_timeout_ms. The join runs in a task that the disconnect cancels (its calls leave the
+        # engine's pending table: their late answers are dropped).
+        if not client.watch_gone():
+            return  # sent before it went: nobody to join for
+        client.joining = task = asyncio.get_running_loop().create_task(self._run_join(client, sub_id, sub))
+        try:
+            await task  # a cancel of the socket's own task (the engine stops) cancels the join too
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+        finally:
+            client.joining = None
+
+    async def _run_join(self, client: _Client, sub_id: str, sub: Subscription) -> None:
+        # A join handler or a custom sync read that never answers would hold the socket (its next messages wait)
+        # for as long as the worker lives.
         timeout_ms = self.settings.join_timeout_ms
         deadline = asyncio.get_running_loop().time() + timeout_ms / 1000
         try:
             async with asyncio.timeout_at(deadline):
                 allowed = await self.join_triggers.run(self._payload(client, sub_id, sub))
         except TimeoutError:
+            self._not_joined(client, sub_id, sub)
             self._join_failed(client, sub, "join_timeout", f"the stream:join handlers did not answer within "
                               f"{timeout_ms} ms (join_timeout_ms); join refused")
             return
+        except asyncio.CancelledError:  # the client went (or the engine stops) while the handlers ran
+            self._not_joined(client, sub_id, sub)
+            raise
         if not allowed:
             client.offer(_frame(sub.stream_name, sub.group_id, sub.item_id, {"type": "unauthorized"}))
             return
@@ -437,7 +493,10 @@ class StreamSocketServer:
             # the subscription it had under this id is gone: its leave handlers hear of it now, not never (at
             # disconnect they get the new one only)
             self.leave_triggers.run_detached(self._payload(client, sub_id, replaced))
-        await self._open_feed()  # before the sync read: no change falls between the two
+        if self._pump is None:
+            # before the sync read: no change falls between the two. Shielded: a join cancelled by its client's
+            # disconnect must not leave a half-opened store subscription behind (or one other joins wait on).
+            await asyncio.shield(self._open_feed())
         try:
             async with asyncio.timeout_at(deadline):
                 if sub.item_id is None:
@@ -454,6 +513,14 @@ class StreamSocketServer:
                               "joined: live events follow, without a sync")
             return
         client.offer(_frame(sub.stream_name, sub.group_id, sub.item_id, {"type": "sync", "data": data}))
+
+    def _not_joined(self, client: _Client, sub_id: str, sub: Subscription) -> None:
+        """The ``stream:join`` handlers heard of this join but gave no answer (timed out, or the client went):
+        the subscription never came to be, yet a handler may have acted on it (presence), so the leave handlers
+        hear of its end now, as they do for every join not refused. Not when it repeats the subscription the
+        client has under that id: that one is still live and gets its leave when it ends."""
+        if client.subscriptions.get(sub_id) != sub:
+            self.leave_triggers.run_detached(self._payload(client, sub_id, sub))
 
     def _join_failed(self, client: _Client, sub: Subscription, code: str, message: str) -> None:
         self.failed_joins += 1
