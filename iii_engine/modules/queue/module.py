@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from iii.iii_types import TriggerInfo
+from iii.protocol.worker_session import clip_text
 from iii.wire import LOG_CLIP, clip, dumps
 
 from ...settings import RedisAdapterSettings
@@ -46,6 +47,13 @@ log = logging.getLogger(__name__)
 NAMED_PREFIX = "__fn_queue::"
 TOPIC_PREFIX = "__topic::"
 _STOPPED = "invocation_stopped"  # a stats or dead-letter read refused once the module is stopping
+
+
+def _unconfirmed(what: str, job_id: str, exc: Exception) -> EngineError:
+    """A push whose outcome is unknown: a connection lost after it was sent may have stored the job, and then it
+    runs; the caller is told so, with the job id (its receipt), not that it failed."""
+    return EngineError("enqueue_error", f"{what}: the store did not confirm job {job_id}: {clip_text(str(exc))} "
+                                        "(if it reached the store, it will run)")
 
 
 def open_store(settings: QueueModuleSettings) -> QueueStore:
@@ -155,6 +163,7 @@ class QueueModule(EngineModule):
         self._forgotten_fifo: OrderedDict[str, QueueSettings] = OrderedDict()
         # The sweep under way, if any: a call needing room meanwhile waits for the room it makes.
         self._sweep: asyncio.Future[None] | None = None
+        self._eviction_check: asyncio.Task[None] | None = None
         self.bridge: BridgeQueue | None = None
         # Set when the stop begins: enqueues, redrives, discards and new topics are refused from then on, and the
         # stop waits for those under way (bounded) before it closes the store, so none is cut short by the close.
@@ -166,6 +175,9 @@ class QueueModule(EngineModule):
     async def start(self) -> None:
         """Open the store, start one consumer per configured queue, register functions and ``queue``."""
         self.store = open_store(self.settings)
+        if isinstance(self.settings.store_adapter[1], RedisAdapterSettings):
+            self._eviction_check = asyncio.get_running_loop().create_task(self._warn_if_evicting(),
+                                                                          name="queue-eviction-check")
         bridge_url = self.settings.bridge_url
         if bridge_url is not None:
             self.bridge = BridgeQueue(self.services, bridge_url)
@@ -196,6 +208,8 @@ class QueueModule(EngineModule):
         most ``stop_timeout_ms``."""
         self._stopping = True
         self.services.serve_named_queues(None)
+        if self._eviction_check is not None:
+            self._eviction_check.cancel()
         loop = asyncio.get_running_loop()
         # one bound for the whole stop, not one per step: the sweep, the consumers and the store operations share it
         deadline = loop.time() + self.settings.stop_timeout_ms / 1000
@@ -213,6 +227,16 @@ class QueueModule(EngineModule):
         if self.bridge is not None:
             await self.bridge.close()
         await self.store.close()
+
+    async def _warn_if_evicting(self) -> None:
+        """Say at start when Redis may evict keys: an evicting ``maxmemory-policy`` deletes queued jobs without a
+        word to anyone, the one loss the module cannot see or report."""
+        from .redis_store import RedisQueueStore
+
+        if isinstance(self.store, RedisQueueStore) and (policy := await self.store.eviction_policy()) is not None:
+            log.warning("queue module: Redis's maxmemory-policy is %r: when Redis reaches maxmemory it may delete "
+                        "queued jobs silently; set maxmemory-policy noeviction (then a full Redis fails the enqueue "
+                        "with enqueue_error)", policy)
 
     @contextmanager
     def _store_op(self, code: str, what: str) -> Iterator[None]:
@@ -269,7 +293,7 @@ class QueueModule(EngineModule):
         except StoreFull as full:
             raise _no_room(queue_name, "queue", full) from None
         except Exception as exc:
-            raise EngineError("enqueue_error", f"Queue '{queue_name}': could not store the job: {exc}") from exc
+            raise _unconfirmed(f"Queue '{queue_name}'", job.id, exc) from exc
         if not stored:
             raise EngineError("enqueue_error", _full(queue_name, "queue", limit))
         consumer.wake()
@@ -451,6 +475,10 @@ class QueueModule(EngineModule):
                 stored = await self.store.push(entry.consumer.queue, job, max_jobs=limit)
         except StoreFull as full:
             raise _no_room(topic, "topic", full) from None
+        except EngineError:
+            raise
+        except Exception as exc:
+            raise _unconfirmed(f"Topic '{topic}'", job.id, exc) from exc
         finally:
             entry.pushing -= 1
         if not stored:

@@ -14,6 +14,8 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 from redis.asyncio import Redis
@@ -22,6 +24,11 @@ from iii.wire import dumps, loads
 from iii_streams.redis import escape_name
 
 from .store import DeadLetter, Job, QueueCounts, QueueFull
+
+log = logging.getLogger(__name__)
+
+EVICTION_CHECK_S = 2.0
+"""How long the start-up look at Redis's eviction policy may take (a Redis that is down is not waited for)."""
 
 # A push already stored answers "stored" again: a client retrying the script after its reply was lost (a redis_url
 # with retry_on_timeout) put the id in its lane twice, and once the job was done the lane's head named a job that
@@ -272,6 +279,22 @@ class RedisQueueStore:
 
     async def forget(self, queue: str) -> None:
         """See :class:`~iii_engine.modules.queue.store.QueueStore`: nothing to do, Redis drops an empty key."""
+
+    async def eviction_policy(self) -> str | None:
+        """Redis's ``maxmemory-policy`` when it may evict keys (anything but ``noeviction``), else ``None``; also
+        ``None`` when Redis does not answer within :data:`EVICTION_CHECK_S` or refuses ``CONFIG`` (managed
+        services often rename it), so the check never holds up or stops a start."""
+        try:
+            async with asyncio.timeout(EVICTION_CHECK_S):
+                answer = await self._redis.config_get("maxmemory-policy")
+        except Exception as exc:  # a Redis that is down is met again, and reported, by the consumers
+            log.debug("queue store: could not read Redis's maxmemory-policy: %s", exc)
+            return None
+        raw: dict[Any, Any] = dict(answer)
+        policy = raw.get(b"maxmemory-policy", raw.get("maxmemory-policy"))
+        if isinstance(policy, bytes):
+            policy = policy.decode()
+        return policy if isinstance(policy, str) and policy != "noeviction" else None
 
     async def close(self) -> None:
         """Close the connection pool."""
