@@ -49,7 +49,7 @@ import random
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
@@ -89,7 +89,7 @@ from .errors import (
     check_timeout,
     json_text,
 )
-from .events import StreamEvent, Watch, custom_event, event_json_parts, retry_until_closed
+from .events import StreamEvent, StreamLagError, Watch, custom_event, event_json_parts, retry_until_closed
 from .known_texts import KnownTexts
 
 __all__ = [
@@ -100,6 +100,7 @@ __all__ = [
     "PoolExhaustedError",
     "RedisStream",
     "StreamDataError",
+    "StreamGapError",
     "UpdateConflictError",
 ]
 
@@ -167,7 +168,7 @@ end
 return old
 """
 
-_OWN_OPTIONS: Final = ("publish_events", "channel", "max_update_attempts", "layout", "timeout")
+_OWN_OPTIONS: Final = ("publish_events", "channel", "max_update_attempts", "layout", "timeout", "report_watch_gaps")
 _GLOB_SPECIAL: Final = re.compile(r"([\\*?\[\]])")
 _ESCAPED: Final = re.compile(r"%(25|3A)")
 DEFAULT_MAX_CONNECTIONS: Final = 50
@@ -398,21 +399,84 @@ def _log_watch_retries(counts: Mapping[str, int], latest: str | None) -> None:
                 "warning%s; retrying (every 2 s at most)", counts["failed"], latest_text)
 
 
+class _OneShotPubSub(PubSub):
+    """A ``PubSub`` that never reconnects its connection itself: a failed send or read raises to the watch's
+    loop, which closes this one and subscribes a fresh one.
+
+    redis-py's ``_execute`` reconnects the connection and re-subscribes it when a read fails, even with no
+    retries configured (the failure callback runs first), and a client that retries then reads on. In that
+    reconnect Python 3.11's ``asyncio.wait_for`` returns normally when a cancellation arrives as the awaited send
+    completes (python/cpython#86296): a cancelled watcher was subscribed again and read on for good. ``ended``
+    (set by a ``close()`` from another task) stops ``parse_response`` from connecting again a connection closed
+    under the health check's ``PING``: it would read on for good, on a connection back in the pool.
+    """
+
+    ended = False
+
+    async def _execute(self, conn: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
+        return await command(*args, **kwargs)
+
+    async def check_health(self) -> None:
+        await super().check_health()  # type: ignore[no-untyped-call]
+        if self.ended:
+            raise RedisConnectionError("the watch was closed")
+
+
+def _cancel_requests() -> int:
+    """How many cancellations of the current task are pending (``Task.cancelling()``; 0 outside a task)."""
+    task = asyncio.current_task()
+    return 0 if task is None else task.cancelling()
+
+
+def _raise_if_cancelled(requests: int) -> None:
+    """Raise ``CancelledError`` when the current task was cancelled since it had ``requests`` pending but the
+    cancellation never arrived: a library swallowed it (redis-py's connect and send wait in Python 3.11's
+    ``asyncio.wait_for``, which does, python/cpython#86296). A code path that converts a cancellation calls
+    ``uncancel()``, so a count above ``requests`` is a lost one."""
+    if _cancel_requests() > requests:
+        raise asyncio.CancelledError
+
+
+class StreamGapError(StreamLagError):
+    """A Redis watch lost its connection and subscribed again: events published in between were not delivered
+    (Redis pub/sub keeps nothing). Raised once, by the first read after the watch is subscribed again, and only
+    by a store made with ``report_watch_gaps=True``; the watch goes on delivering later events. Re-read the state
+    the watch follows, then read on."""
+
+
+def gap_error(channel: str) -> StreamGapError:
+    """The error of a watch of ``channel`` that re-subscribed after losing its connection.
+
+    Example:
+        >>> str(gap_error("stream::events"))  # doctest: +ELLIPSIS
+        'Redis watch of stream::events lost its connection and subscribed again: events published in between ...'
+    """
+    return StreamGapError(f"Redis watch of {channel} lost its connection and subscribed again: events published in "
+                          "between were lost (re-read state, then read on)")
+
+
 class _PubSubSubscription:
-    def __init__(self, client: aioredis.Redis, channel: str, retries: LossLog) -> None:
+    def __init__(self, client: aioredis.Redis, channel: str, retries: LossLog, report_gaps: bool) -> None:
         self._client = client
         self._channel = channel
         self._retries = retries
-        self._pubsub: PubSub | None = None
+        self._report_gaps = report_gaps
+        self._pubsub: _OneShotPubSub | None = None
         # set by close(): a reader waiting or reconnecting meanwhile stops (StopAsyncIteration) instead of
         # subscribing again, a subscriber nobody would ever close
         self._closed = False
         self._closing = asyncio.Event()
+        self._readers = 0  # tasks inside a read of _pubsub: close() leaves handing its connection back to them
+        self._gap = False  # the connection was lost: the first read once subscribed again raises StreamGapError
 
     async def start(self) -> _PubSubSubscription:
-        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        requests = _cancel_requests()
+        # made by the client (its pool, encoder, event dispatcher), then run our way
+        pubsub = cast(_OneShotPubSub, self._client.pubsub(ignore_subscribe_messages=True))
+        pubsub.__class__ = _OneShotPubSub
         try:
             await pubsub.subscribe(self._channel)
+            _raise_if_cancelled(requests)
         except BaseException:
             # a failure to close must not replace what is raised: a cancellation turned into a connection error
             # was taken for one more failed attempt, and the cancelled watcher went on re-subscribing
@@ -437,20 +501,29 @@ class _PubSubSubscription:
         log.info("stream watch: re-subscribed to %s", self._channel)
 
     async def get(self) -> StreamEvent:
+        requests = _cancel_requests()
         while True:
             if self._closed:
                 raise StopAsyncIteration
+            _raise_if_cancelled(requests)  # lost in redis-py (see _raise_if_cancelled): stop, do not read on
             pubsub = self._pubsub
             if pubsub is None:
                 await self._reconnect()
                 continue
+            if self._gap:  # reported once subscribed again: state re-read from now on misses nothing later
+                self._gap = False
+                raise gap_error(self._channel)
             try:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                if self._closed:  # close() ended the connection under this read
+                message = await self._read(pubsub)
+            except Exception as exc:
+                if self._closed:  # close() ended the connection under this read, which redis-py fails in many ways
                     raise StopAsyncIteration from None
+                if not isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
+                    raise
                 # events published while disconnected are lost (Redis pub/sub keeps nothing)
-                log.warning("stream watch: Redis connection lost (%s); re-subscribing", exc)
+                self._gap = self._report_gaps
+                log.warning("stream watch: Redis connection lost (%s); re-subscribing%s", exc,
+                            "" if self._report_gaps else "; events published meanwhile are lost")
                 await self._reconnect()
                 continue
             if message is None or message.get("type") != "message":
@@ -461,14 +534,39 @@ class _PubSubSubscription:
                 log.warning("stream watch: ignoring a non-JSON message on %s", self._channel)
                 continue
             if isinstance(event, dict):
+                _raise_if_cancelled(requests)
                 return event
+
+    async def _read(self, pubsub: _OneShotPubSub) -> Any:
+        """The next message of ``pubsub``; hands its connection back to the pool if the watch was closed meanwhile
+        and this was its last reader."""
+        self._readers += 1
+        try:
+            return await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+        finally:
+            self._readers -= 1
+            if self._closed and not self._readers and self._pubsub is pubsub:
+                self._pubsub = None
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
         self._closed = True
         self._closing.set()
-        pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+        pubsub = self._pubsub
+        if pubsub is None:
+            return
+        if self._readers:
+            # A task reads on this connection: end it under that read (which fails at once) and let the reader
+            # hand it back to the pool. Handed back now, the pool could give it to another caller while that
+            # read still used it: each would read the other's replies.
+            pubsub.ended = True
+            conn = pubsub.connection
+            if conn is not None:
+                await conn.disconnect(nowait=True)
+            return
+        self._pubsub = None
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
 
 
 class _Update(WriteProgress):
@@ -492,7 +590,9 @@ class RedisStream(FieldUpdates):
     ``channel`` is where events go (``""`` disables them, like ``publish_events=False``);
     ``max_update_attempts`` bounds the optimistic retries of one update transaction; ``layout`` names the
     hashes (default :data:`STREAM_LAYOUT`, the production stream layout); ``timeout`` bounds each operation
-    called without one (seconds, ``None`` for no limit).
+    called without one (seconds, ``None`` for no limit); ``report_watch_gaps=True`` makes a watch that lost its
+    connection raise :class:`StreamGapError` (a :class:`~iii_streams.events.StreamLagError`) once it subscribed
+    again, instead of only logging that the events published meanwhile were lost.
 
     Example:
         >>> s = RedisStream.from_url("redis://127.0.0.1:6379/0")
@@ -510,6 +610,7 @@ class RedisStream(FieldUpdates):
         owns_client: bool = False,
         layout: KeyLayout = STREAM_LAYOUT,
         timeout: float | None = DEFAULT_TIMEOUT,
+        report_watch_gaps: bool = False,
     ) -> None:
         attempts = max_update_attempts
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
@@ -524,6 +625,9 @@ class RedisStream(FieldUpdates):
         self._watch_retries = LossLog(_log_watch_retries, _WATCH_RETRY_LOG_S)
         self.max_update_attempts = max_update_attempts
         self.timeout = check_timeout(timeout)
+        if not isinstance(report_watch_gaps, bool):
+            raise ValueError(f"RedisStream: report_watch_gaps must be True or False, got {report_watch_gaps!r}")
+        self.report_watch_gaps = report_watch_gaps
         self.update_conflicts = 0
         """Lost races so far: an item written by another process between a batch's read and its write (each one
         cost a fresh read and a retry of the whole batch)."""
@@ -546,9 +650,9 @@ class RedisStream(FieldUpdates):
         """Open a pooled client for ``redis://``, ``rediss://`` or ``unix://`` URLs; closed by :meth:`aclose`.
 
         Options for this class (``publish_events``, ``channel``, ``max_update_attempts``, ``layout``,
-        ``timeout``) are taken out. The pool blocks: at most ``max_connections`` (default 50) connections,
-        callers beyond that wait up to ``pool_timeout`` seconds (default 30) for one and then fail with
-        :class:`~iii_streams.errors.PoolExhaustedError`. The other options go to the connections (e.g.
+        ``timeout``, ``report_watch_gaps``) are taken out. The pool blocks: at most ``max_connections`` (default
+        50) connections, callers beyond that wait up to ``pool_timeout`` seconds (default 30) for one and then fail
+        with :class:`~iii_streams.errors.PoolExhaustedError`. The other options go to the connections (e.g.
         ``socket_timeout``).
 
         Example:
@@ -824,7 +928,7 @@ class RedisStream(FieldUpdates):
         async def opener() -> _PubSubSubscription:
             async with self._guard("watch", None):
                 return await _PubSubSubscription(self._client, self.channel or EVENTS_CHANNEL,
-                                                 self._watch_retries).start()
+                                                 self._watch_retries, self.report_watch_gaps).start()
 
         return Watch(opener, self._filter(stream_name, group_id, item_id))
 
