@@ -33,7 +33,7 @@ from .errors import (
     StreamUnavailableError,
     UpdateConflictError,
 )
-from .events import EventFilter, StreamEvent, StreamLagError, Watch
+from .events import EventFilter, StreamEvent, StreamGapError, StreamLagError, Watch
 from .memory import MemoryStream
 from .messages import missing_extra
 from .ops import apply_ops, apply_update
@@ -57,6 +57,7 @@ __all__ = [
     "StreamDataError",
     "StreamError",
     "StreamEvent",
+    "StreamGapError",
     "StreamLagError",
     "StreamTimeoutError",
     "StreamUnavailableError",

@@ -31,6 +31,7 @@ __all__ = [
     "EventFilter",
     "EventHub",
     "StreamEvent",
+    "StreamGapError",
     "StreamLagError",
     "Subscription",
     "Watch",
@@ -46,6 +47,13 @@ StreamEvent = dict[str, Any]
 
 class StreamLagError(StreamError, RuntimeError):
     """A ``watch()`` consumer fell so far behind that events were dropped; re-read state and watch again."""
+
+
+class StreamGapError(StreamLagError):
+    """A watch lost its connection and subscribed again: events published in between were not delivered (Redis
+    pub/sub and PostgreSQL ``NOTIFY`` keep nothing). Raised once, by the first read after the watch is subscribed
+    again, and only by a store made with ``report_watch_gaps=True``; the watch goes on delivering later events.
+    Re-read the state the watch follows, then read on (the same watch)."""
 
 
 def now_ms() -> int:
@@ -294,7 +302,13 @@ class Watch:
         if self._closed:
             raise RuntimeError("this watch() was closed; call watch() again")
         if self._sub is None:
-            self._sub = await self._opener()
+            sub = await self._opener()
+            if self._closed or self._sub is not None:
+                # closed, or opened by another task, while this one subscribed: nobody else would close it (a
+                # PostgreSQL watch leaked its LISTEN connection so)
+                await sub.close()
+            else:
+                self._sub = sub
         return self
 
     async def aclose(self) -> None:
@@ -319,8 +333,10 @@ class Watch:
         if self._closed:
             raise StopAsyncIteration
         await self.open()
-        assert self._sub is not None
+        sub = self._sub
+        if sub is None:  # closed while it subscribed
+            raise StopAsyncIteration
         while True:
-            event = await self._sub.get()
+            event = await sub.get()
             if self._filter.matches(event):
                 return event

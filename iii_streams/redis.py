@@ -89,7 +89,7 @@ from .errors import (
     check_timeout,
     json_text,
 )
-from .events import StreamEvent, StreamLagError, Watch, custom_event, event_json_parts, retry_until_closed
+from .events import StreamEvent, StreamGapError, Watch, custom_event, event_json_parts, retry_until_closed
 from .known_texts import KnownTexts
 
 __all__ = [
@@ -435,13 +435,6 @@ def _raise_if_cancelled(requests: int) -> None:
     ``uncancel()``, so a count above ``requests`` is a lost one."""
     if _cancel_requests() > requests:
         raise asyncio.CancelledError
-
-
-class StreamGapError(StreamLagError):
-    """A Redis watch lost its connection and subscribed again: events published in between were not delivered
-    (Redis pub/sub keeps nothing). Raised once, by the first read after the watch is subscribed again, and only
-    by a store made with ``report_watch_gaps=True``; the watch goes on delivering later events. Re-read the state
-    the watch follows, then read on."""
 
 
 def gap_error(channel: str) -> StreamGapError:
