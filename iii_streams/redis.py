@@ -49,7 +49,7 @@ import random
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
@@ -91,6 +91,7 @@ from .errors import (
 )
 from .events import StreamEvent, StreamGapError, Watch, custom_event, event_json_parts, retry_until_closed
 from .known_texts import KnownTexts
+from .redis_internals import end, one_shot
 
 __all__ = [
     "EVENTS_CHANNEL",
@@ -399,29 +400,6 @@ def _log_watch_retries(counts: Mapping[str, int], latest: str | None) -> None:
                 "warning%s; retrying (every 2 s at most)", counts["failed"], latest_text)
 
 
-class _OneShotPubSub(PubSub):
-    """A ``PubSub`` that never reconnects its connection itself: a failed send or read raises to the watch's
-    loop, which closes this one and subscribes a fresh one.
-
-    redis-py's ``_execute`` reconnects the connection and re-subscribes it when a read fails, even with no
-    retries configured (the failure callback runs first), and a client that retries then reads on. In that
-    reconnect Python 3.11's ``asyncio.wait_for`` returns normally when a cancellation arrives as the awaited send
-    completes (python/cpython#86296): a cancelled watcher was subscribed again and read on for good. ``ended``
-    (set by a ``close()`` from another task) stops ``parse_response`` from connecting again a connection closed
-    under the health check's ``PING``: it would read on for good, on a connection back in the pool.
-    """
-
-    ended = False
-
-    async def _execute(self, conn: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
-        return await command(*args, **kwargs)
-
-    async def check_health(self) -> None:
-        await super().check_health()  # type: ignore[no-untyped-call]
-        if self.ended:
-            raise RedisConnectionError("the watch was closed")
-
-
 def _cancel_requests() -> int:
     """How many cancellations of the current task are pending (``Task.cancelling()``; 0 outside a task)."""
     task = asyncio.current_task()
@@ -454,7 +432,7 @@ class _PubSubSubscription:
         self._channel = channel
         self._retries = retries
         self._report_gaps = report_gaps
-        self._pubsub: _OneShotPubSub | None = None
+        self._pubsub: PubSub | None = None
         # set by close(): a reader waiting or reconnecting meanwhile stops (StopAsyncIteration) instead of
         # subscribing again, a subscriber nobody would ever close
         self._closed = False
@@ -465,8 +443,7 @@ class _PubSubSubscription:
     async def start(self) -> _PubSubSubscription:
         requests = _cancel_requests()
         # made by the client (its pool, encoder, event dispatcher), then run our way
-        pubsub = cast(_OneShotPubSub, self._client.pubsub(ignore_subscribe_messages=True))
-        pubsub.__class__ = _OneShotPubSub
+        pubsub = one_shot(self._client.pubsub(ignore_subscribe_messages=True))
         try:
             await pubsub.subscribe(self._channel)
             _raise_if_cancelled(requests)
@@ -530,7 +507,7 @@ class _PubSubSubscription:
                 _raise_if_cancelled(requests)
                 return event
 
-    async def _read(self, pubsub: _OneShotPubSub) -> Any:
+    async def _read(self, pubsub: PubSub) -> Any:
         """The next message of ``pubsub``; hands its connection back to the pool if the watch was closed meanwhile
         and this was its last reader."""
         self._readers += 1
@@ -553,7 +530,7 @@ class _PubSubSubscription:
             # A task reads on this connection: end it under that read (which fails at once) and let the reader
             # hand it back to the pool. Handed back now, the pool could give it to another caller while that
             # read still used it: each would read the other's replies.
-            pubsub.ended = True
+            end(pubsub)
             conn = pubsub.connection
             if conn is not None:
                 await conn.disconnect(nowait=True)
