@@ -25,8 +25,9 @@ locking transaction.
 Errors of SQLAlchemy and the drivers surface as :class:`~iii_streams.errors.StreamError` subclasses with the
 original as ``__cause__``; every operation accepts ``timeout=`` (seconds).
 
-``watch()`` uses ``LISTEN`` on PostgreSQL (sees writes from every process) and an in-process hub on SQLite
-(sees this object's writes only). PostgreSQL limits a notification to 8000 bytes: larger events are sent
+``watch()`` uses ``LISTEN`` on PostgreSQL (sees writes from every process): one connection per store, shared by
+its watchers and made outside the pool, so watches never take a connection writes need. SQLite uses an in-process
+hub (sees this object's writes only). PostgreSQL limits a notification to 8000 bytes: larger events are sent
 without ``data`` and with ``"truncated": true``, and the watcher reads create/update values back.
 
 Example:
@@ -61,6 +62,8 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import Pool
+from sqlalchemy.util import greenlet_spawn
 
 from iii.loss_log import LossLog
 from iii.stream import (
@@ -166,7 +169,7 @@ class _Plan:
 
 
 class _ConnectFailed(Exception):
-    """A watch's LISTEN connection could not be made again (the reason, one line): retried."""
+    """The shared LISTEN connection could not be made again (the reason, one line): retried."""
 
 
 def _is_driver_error(exc: BaseException) -> bool:
@@ -174,82 +177,206 @@ def _is_driver_error(exc: BaseException) -> bool:
     return type(exc).__module__.partition(".")[0] in ("asyncpg", "aiosqlite", "sqlite3")
 
 
-class _ListenSubscription:
-    """One ``LISTEN`` connection feeding a queue (PostgreSQL).
+_CLOSE_S: Final = 2.0  # a LISTEN connection's orderly close at most; then it is cut
 
-    A consumer more than ``maxsize`` events behind gets :class:`~iii_streams.events.StreamLagError` (as from the
-    in-process hub), not a silent gap. A connection the server ended is replaced (retrying with backoff, as the
-    Redis watch re-subscribes); notifications sent while none listened are lost, and a warning says so.
+
+def _detached(pool: Pool) -> Any:
+    """The driver's connection of a new connection from ``pool``, which lets it go at once (run in a greenlet:
+    the driver's connect awaits)."""
+    fairy = pool.connect()
+    driver: Any = fairy.driver_connection
+    dbapi: Any = fairy.dbapi_connection
+    fairy.detach()  # the pool forgets it: closing it is ours, and the pool's finalizer never touches it
+    try:
+        # as the pool's reset would: a transaction a connect hook began would hold every notification back
+        dbapi.rollback()
+    except BaseException:
+        driver.terminate()
+        raise
+    return driver
+
+
+def _cut_if_made(attempt: asyncio.Future[Any]) -> None:
+    """Done callback of a connection attempt nobody waits for any more: cut the connection it made."""
+    if not attempt.cancelled() and attempt.exception() is None:
+        attempt.result().terminate()
+
+
+class _Listener:
+    """The one ``LISTEN`` connection of a PostgreSQL store, shared by all its watchers.
+
+    Made on the first watch outside the store's pool: a copy of the pool (``Pool.recreate``: the engine's URL,
+    connect arguments and connect events) makes it and lets it go, so an open watch never holds a connection that
+    writes wait for. Every notification goes to each watcher's own bounded queue (a slow watcher lags alone). A
+    connection the server ended is replaced in the background, with backoff, and a warning says that notifications
+    sent meanwhile were lost. Closed when its last watcher closes, and with the store.
     """
 
-    def __init__(self, store: SQLStream, maxsize: int) -> None:
-        self._store = store
-        # None wakes the reader: after a lag (``_lagged``) or a lost connection (``_lost``)
-        self._queue: asyncio.Queue[StreamEvent | None] = asyncio.Queue(maxsize)
-        self._conn: AsyncConnection | None = None
-        self._driver: Any = None
-        self._lagged = False
-        self._lost = False
-        # set by close(): a reader waiting or reconnecting meanwhile stops (StopAsyncIteration) and keeps no
-        # connection; before, it waited for good, or reconnected once the server was back and held that for good
-        self._closed = False
-        self._closing = asyncio.Event()
+    def __init__(self, store: SQLStream) -> None:
+        self.store = store
+        self.subscribers: set[_ListenSubscription] = set()
+        self.driver: Any = None  # the asyncpg connection while it listens
+        self._lock = asyncio.Lock()  # one connection attempt at a time
+        self._stopping = asyncio.Event()
+        self._reconnecting: asyncio.Task[None] | None = None
 
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        if not payload or self._lagged:
+    async def subscribe(self, maxsize: int) -> _ListenSubscription:
+        """A new watcher; connects first when nothing listens (one attempt: its failure is raised)."""
+        sub = _ListenSubscription(self, maxsize)
+        # added before any await: the last other watcher leaving meanwhile must not close the connection
+        self.subscribers.add(sub)
+        try:
+            if self.driver is None:
+                async with self._lock:
+                    if self.driver is None:
+                        self._listen(await self._open())
+        except BaseException:
+            await self.discard(sub)
+            raise
+        return sub
+
+    async def discard(self, sub: _ListenSubscription) -> None:
+        """Forget ``sub``; the last watcher gone closes the connection."""
+        self.subscribers.discard(sub)
+        if not self.subscribers and not self._stopping.is_set():
+            await self.stop()
+
+    async def stop(self) -> None:
+        """Stop listening and reconnecting, and end every watcher's reads (StopAsyncIteration); idempotent."""
+        if self.store._listener is self:
+            self.store._listener = None  # a later watch makes a new listener
+        self._stopping.set()  # also ends a reconnect's pause at once
+        subscribers, self.subscribers = self.subscribers, set()
+        for sub in subscribers:
+            sub.end()
+        driver, self.driver = self.driver, None
+        if driver is not None:
+            await self._close(driver)
+        task, self._reconnecting = self._reconnecting, None
+        if task is not None:
+            # a pause ends at once; an attempt in flight closes what it made (a hung one is left to, cut loose)
+            done, _ = await asyncio.wait({task}, timeout=_CLOSE_S)
+            if not done:
+                task.cancel()
+                await asyncio.wait({task})
+
+    async def _open(self) -> Any:
+        """A new asyncpg connection that LISTENs, within the store's timeout; ``StreamClosedError`` once stopping."""
+        if self.store.engine.dialect.driver != "asyncpg":
+            raise StreamBackendError(f"SQLStream.watch on PostgreSQL needs the asyncpg driver "
+                                     f"(postgresql+asyncpg://…), not {self.store.engine.dialect.driver!r}")
+        attempt = asyncio.ensure_future(self._connect())
+        try:
+            async with asyncio.timeout(self.store.timeout):
+                # shielded: a cancellation must not strand a connection half made inside the pool's connect
+                driver = await asyncio.shield(attempt)
+        except BaseException:
+            attempt.add_done_callback(_cut_if_made)
+            raise
+        if self._stopping.is_set():  # the store closed meanwhile: nobody would close this one
+            await self._close(driver)
+            raise StreamClosedError("SQLStream is closed")
+        return driver
+
+    async def _connect(self) -> Any:
+        driver = await greenlet_spawn(_detached, self.store.engine.sync_engine.pool.recreate())
+        try:
+            await driver.add_listener(NOTIFY_CHANNEL, self._on_notify)
+        except BaseException:
+            driver.terminate()
+            raise
+        return driver
+
+    def _listen(self, driver: Any) -> None:
+        self.driver = driver
+        driver.add_termination_listener(self._on_terminate)
+
+    async def _close(self, driver: Any) -> None:
+        driver.remove_termination_listener(self._on_terminate)
+        try:
+            await driver.close(timeout=_CLOSE_S)  # ends LISTEN too: no UNLISTEN round trip
+        except BaseException as exc:
+            driver.terminate()  # a connection the server ended, a hung server, or a cancellation
+            if not isinstance(exc, Exception):
+                raise
+
+    def _on_notify(self, conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        if conn is not self.driver or not payload:  # an attempt cut meanwhile; a bare NOTIFY
+            return
+        if not payload.startswith("{"):  # checked once here: each watcher would warn about it
+            log.warning("stream watch: ignoring a notification that is not a JSON object")
+            return
+        for sub in self.subscribers:
+            sub.offer(payload)
+
+    def _on_terminate(self, conn: Any) -> None:
+        if conn is not self.driver:
+            return
+        self.driver = None
+        if self._stopping.is_set():
+            return
+        log.warning("stream watch: the server ended the LISTEN connection; reconnecting")
+        if self._reconnecting is None or self._reconnecting.done():
+            self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        await retry_until_closed(self._connect_again, self._stopping, (_ConnectFailed,),
+                                 lambda exc: self.store._watch_retries.lost("failed", str(exc)))
+        if self.driver is not None and not self._stopping.is_set():
+            log.warning("stream watch: LISTEN connection replaced; notifications sent meanwhile were lost "
+                        "(%d watcher(s))", len(self.subscribers))
+
+    async def _connect_again(self) -> None:
+        """One attempt of the background reconnect: every failure is :class:`_ConnectFailed` and retried (a
+        reconnect that gave up would leave every watcher deaf; SQLAlchemy 2.0.0 lets some driver errors through
+        unwrapped, asyncpg's 'database is not currently accepting connections' for one)."""
+        async with self._lock:
+            if self.driver is not None or self._stopping.is_set():
+                return  # a new watcher connected meanwhile, or the listener stopped
+            try:
+                driver = await self._open()
+            except StreamClosedError:
+                return
+            except Exception as exc:
+                raise _ConnectFailed(error_line(exc)) from exc
+            self._listen(driver)
+
+
+class _ListenSubscription:
+    """One watcher of a store's shared ``LISTEN`` connection (PostgreSQL): a bounded queue of notifications.
+
+    A consumer more than ``maxsize`` events behind gets :class:`~iii_streams.events.StreamLagError` (as from the
+    in-process hub), not a silent gap; the other watchers are unaffected.
+    """
+
+    def __init__(self, listener: _Listener, maxsize: int) -> None:
+        self._listener = listener
+        # payloads, parsed by each reader (no two watchers share one event object); None wakes the reader after a
+        # lag or a close
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize)
+        self._lagged = False
+        self._closed = False
+
+    @property
+    def _driver(self) -> Any:
+        """The shared connection while it listens; ``None`` while it is being replaced."""
+        return self._listener.driver
+
+    def offer(self, payload: str) -> None:
+        """Queue one notification; never blocks (a full queue marks the lag)."""
+        if self._lagged or self._closed:
             return
         try:
-            event = loads(payload)
-        except ValueError:
-            log.warning("stream watch: ignoring a non-JSON notification")
-            return
-        try:
-            self._queue.put_nowait(event)
+            self._queue.put_nowait(payload)
         except asyncio.QueueFull:
             self._lagged = True
             wake(self._queue)  # a waiting reader learns about the lag at once
 
-    def _on_terminate(self, conn: Any) -> None:
-        if conn is not self._driver:  # our own close(), or a connection already replaced
-            return
-        self._lost = True
-        with contextlib.suppress(asyncio.QueueFull):  # a full queue: the reader finds _lost once it is drained
-            self._queue.put_nowait(None)
-
-    async def _start_again(self) -> None:
-        """:meth:`start`, with every failure to reach the database as :class:`_ConnectFailed` (to retry): SQLAlchemy
-        2.0.0 lets some driver errors through unwrapped (asyncpg's 'database is not currently accepting
-        connections', say)."""
-        try:
-            await self.start()
-        except Exception as exc:
-            if isinstance(exc, SQLAlchemyError | OSError) or _is_driver_error(exc):
-                raise _ConnectFailed(error_line(exc)) from exc
-            raise
-
-    async def start(self) -> _ListenSubscription:
-        conn = await self._store.engine.connect()
-        try:
-            raw = await conn.get_raw_connection()
-            driver: Any = raw.driver_connection
-            await driver.add_listener(NOTIFY_CHANNEL, self._on_notify)
-        except BaseException:
-            with contextlib.suppress(Exception):  # must not replace what is raised (a cancellation, say)
-                await conn.close()
-            raise
-        self._conn, self._driver, self._lost = conn, driver, False
-        driver.add_termination_listener(self._on_terminate)
-        return self
-
-    async def _reconnect(self) -> None:
-        await self._release()
-        if not await retry_until_closed(self._start_again, self._closing, (_ConnectFailed,),
-                                        lambda exc: self._store._watch_retries.lost("failed", str(exc))):
-            return
-        if self._closed:  # closed while this connected: nobody will close it later
-            await self._release()
-            return
-        log.warning("stream watch: LISTEN connection replaced; notifications sent meanwhile were lost")
+    def end(self) -> None:
+        """The listener stopped (the store closed): reads end."""
+        if not self._closed:
+            self._closed = True
+            wake(self._queue)
 
     async def get(self) -> StreamEvent:
         while True:
@@ -257,39 +384,22 @@ class _ListenSubscription:
                 raise StopAsyncIteration
             if self._lagged and self._queue.empty():  # reported again on every read: every later event is dropped
                 raise lag_error(self._queue.maxsize)
-            if self._lost and self._queue.empty():
-                log.warning("stream watch: the server ended the LISTEN connection; reconnecting")
-                await self._reconnect()
+            payload = await self._queue.get()
+            if payload is None:
+                continue  # a wake-up: the checks above say why
+            try:
+                event = loads(payload)
+            except ValueError:
+                log.warning("stream watch: ignoring a non-JSON notification")
                 continue
-            event = await self._queue.get()
-            if event is None:
-                if self._closed:
-                    raise StopAsyncIteration
-                if self._lagged:
-                    raise lag_error(self._queue.maxsize)
-                continue  # the wake-up of a lost connection
-            if not event.pop("truncated", False) or await self._store._fill_truncated(event):
+            if not event.pop("truncated", False) or await self._listener.store._fill_truncated(event):
                 # keep the wrapper's key order for events rebuilt from a reference
                 order = ("type", "timestamp", "streamName", "groupId", "id", "event")
                 return {k: event[k] for k in order if k in event}
 
-    async def _release(self) -> None:
-        conn, driver = self._conn, self._driver
-        self._conn = self._driver = None
-        if conn is None:
-            return
-        with contextlib.suppress(Exception):
-            driver.remove_termination_listener(self._on_terminate)
-            await driver.remove_listener(NOTIFY_CHANNEL, self._on_notify)
-        with contextlib.suppress(Exception):  # a connection the server ended fails its reset; the pool drops it
-            await conn.close()
-
     async def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._closing.set()
-            wake(self._queue)
-        await self._release()
+        self.end()
+        await self._listener.discard(self)
 
 
 def _install_sqlite_hooks(engine: AsyncEngine, file_backed: bool) -> None:
@@ -317,8 +427,8 @@ _WATCH_RETRY_LOG_S: Final = 10.0
 
 def _log_watch_retries(counts: Mapping[str, int], latest: str | None) -> None:
     latest_text = f"; latest: {latest}" if latest is not None else ""
-    log.warning("stream watch: PostgreSQL unreachable: %d reconnect attempt(s) of watchers failed since the last "
-                "warning%s; retrying (every 2 s at most)", counts["failed"], latest_text)
+    log.warning("stream watch: PostgreSQL unreachable: %d attempt(s) to reconnect the LISTEN connection failed "
+                "since the last warning%s; retrying (every 2 s at most)", counts["failed"], latest_text)
 
 
 def _install_postgresql_hooks(engine: AsyncEngine) -> None:
@@ -365,6 +475,7 @@ class SQLStream(FieldUpdates):
         self._reader = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._hub = EventHub(watch_queue_size)
         self._watch_queue_size = watch_queue_size
+        self._listener: _Listener | None = None  # PostgreSQL: the LISTEN connection its watchers share
         # failed reconnects of this store's watchers, logged at most every 10 s with their count: a warning per
         # attempt was about N/2 lines a second for N watchers while the database stayed away
         self._watch_retries = LossLog(_log_watch_retries, _WATCH_RETRY_LOG_S)
@@ -508,6 +619,11 @@ class SQLStream(FieldUpdates):
             return StreamUnavailableError(f"{where}: database unreachable: {error_line(exc)}")
         if isinstance(exc, SQLAlchemyError):
             return StreamBackendError(f"{where}: the database refused the statement: {error_line(exc)}")
+        dbapi_error, cause = getattr(self.engine.dialect.dbapi, "Error", None), exc.__cause__
+        if isinstance(dbapi_error, type) and isinstance(exc, dbapi_error) and isinstance(cause, Exception):
+            # the DBAPI's own error, which SQLAlchemy did not wrap (2.1 raises asyncpg's connect errors as it, from
+            # a pool's connect): name the driver's error it carries
+            exc = cause
         if _is_driver_error(exc):
             return StreamBackendError(f"{where}: {type(exc).__name__}: {exc}")
         return super()._wrap_error(exc, where)
@@ -814,7 +930,11 @@ class SQLStream(FieldUpdates):
         async def opener() -> Subscription:
             if self._pg:
                 async with self._guard("watch", None):
-                    return await _ListenSubscription(self, self._watch_queue_size).start()
+                    if self._closed:
+                        raise StreamClosedError("SQLStream is closed")
+                    if self._listener is None:
+                        self._listener = _Listener(self)
+                    return await self._listener.subscribe(self._watch_queue_size)
             return self._hub.subscribe()
 
         return Watch(opener, self._filter(stream_name, group_id, item_id))
@@ -823,6 +943,8 @@ class SQLStream(FieldUpdates):
         if self._closed:
             return
         self._closed = True
+        if self._listener is not None:
+            await self._listener.stop()
         self._watch_retries.close()
         await self._writes.aclose()
         if self._owns_engine:
