@@ -37,6 +37,11 @@ is for a sender that must not have that (a void call whose caller may retry it):
 but leaves only on the socket that was up when it was handed over; if that socket is lost first, the frame is dropped
 and its sender told False.
 
+A write that waits more than ``send_timeout`` seconds (default 30) for the socket to take it means the engine stopped
+reading (frozen, stalled): the socket is dropped and a new one made, as for any lost connection. Without the bound
+every send, and websockets' own keep-alive ping (which waits for the same drain before its pong timeout starts),
+waited for as long as the engine's TCP stack kept the window shut: for ever, the connection still "connected".
+
 Example:
     >>> conn = Connection("ws://127.0.0.1:1", on_frame=print)
     >>> conn.state
@@ -67,6 +72,9 @@ from .loss_log import LossLog
 __all__ = ["Connection", "backoff_delay_ms", "check_url"]
 
 log = logging.getLogger(__name__)
+
+DEFAULT_SEND_TIMEOUT_S = 30.0
+"""How long a write may wait for the socket to take it before the engine is taken as gone (it stopped reading)."""
 
 DROP_LOG_INTERVAL_S = 10.0
 """Best-effort frames (telemetry, pongs) dropped at a full queue: the first drop is logged at once, later ones with
@@ -196,7 +204,10 @@ class Connection:
         max_size: int | None = None,
         open_timeout: float = 10.0,
         close_timeout: float = 2.0,
+        send_timeout: float = DEFAULT_SEND_TIMEOUT_S,
     ) -> None:
+        if not 0 < send_timeout < float("inf"):  # (NaN fails this too)
+            raise ValueError(f"send_timeout must be a finite number of seconds > 0, got {send_timeout!r}")
         self.url = url
         self._on_frame = on_frame
         self._on_open = on_open
@@ -212,6 +223,7 @@ class Connection:
         self._max_size = max_size
         self._open_timeout = open_timeout
         self._close_timeout = close_timeout
+        self._send_timeout = send_timeout
         self._ws: ClientConnection | None = None
         self._ready = False  # True once the backlog is flushed: sends may go straight to the socket
         self._running = False
@@ -330,7 +342,7 @@ class Connection:
             if self._write_now(ws, frame, batch):
                 return True
             try:
-                await ws.send(frame)
+                await self._send_bounded(ws, frame)
                 return True
             except ConnectionClosed:
                 # The receive side notices the loss and runs on_lost; the frame counts as sent and lost.
@@ -379,9 +391,26 @@ class Connection:
         if self._write_now(ws, frame, False):
             return
         try:
-            await ws.send(frame)
+            await self._send_bounded(ws, frame)
         except ConnectionClosed:
             pass  # handed to the socket before the loss was seen: in flight, like any frame written then
+
+    async def _send_bounded(self, ws: ClientConnection, frame: Frame) -> None:
+        """``ws.send(frame)``, its wait for the socket to drain bounded by ``send_timeout``: past it the socket is
+        dropped (the engine stopped reading) and ``ConnectionClosed`` raised; the frame is lost with the socket.
+
+        websockets' send writes first and then waits, so the bound never leaves a frame half written."""
+        try:
+            async with asyncio.timeout(self._send_timeout):
+                await ws.send(frame)
+                return
+        except TimeoutError:
+            pass
+        if not ws.transport.is_closing():  # (the first of the sends that waited says it)
+            log.warning("The engine at %s took nothing sent to it for %g s (send_timeout): it stopped reading; "
+                        "dropping the connection and reconnecting", self.url, self._send_timeout)
+            ws.transport.abort()
+        raise ConnectionClosed(None, None)
 
     async def _send_queued_pinned(self, ws: ClientConnection, frame: Frame, pinned: _Pinned) -> None:
         """A pinned frame's turn on ``ws``: written if ``ws`` is still its socket and open, else dropped; its sender
@@ -587,7 +616,7 @@ class Connection:
             if key is not None and not self._keep(key):
                 continue
             try:
-                await ws.send(frame)
+                await self._send_bounded(ws, frame)
             except ConnectionClosed:
                 return
 
@@ -644,13 +673,13 @@ class Connection:
         log.info("Connected to %s", self.url)
         self._set_state("connected")
         try:
-            await self._on_open(ws.send)
+            await self._on_open(lambda frame: self._send_bounded(ws, frame))
             while self._backlog:
                 frame, key = self._popleft()
                 if isinstance(key, _Pinned):
                     await self._send_queued_pinned(ws, frame, key)
                 elif key is None or self._keep(key):
-                    await ws.send(frame)
+                    await self._send_bounded(ws, frame)
             self._ready = True
             self._on_ready()
             if isinstance(ws, ws_fastpath.DirectClientConnection):

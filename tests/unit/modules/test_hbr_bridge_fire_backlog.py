@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from polling import until
+from stall_relay import SMALL_BUFFER, Relay
 
 from iii.iii import III
 from iii.protocol.client import ClientSession
@@ -26,68 +27,6 @@ from iii_engine.modules.bridge.link import BridgeCallError, BridgeLink
 pytestmark = pytest.mark.timeout(30)
 
 SCOPE = "hbr-bridge-fire-backlog"
-SMALL_BUFFER = 4096  # socket buffers of a few KiB: the stalled relay backs the link up after ~100 KiB, not MBs
-
-
-class Relay:
-    """A TCP relay in front of the remote engine that can stop reading what the link sends (a remote that stalled)
-    and cut every connection at once."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.flowing = asyncio.Event()
-        self.flowing.set()
-        self.transports: list[asyncio.WriteTransport] = []
-        self.tasks: set[asyncio.Task[None]] = set()
-        self.server: asyncio.Server | None = None
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
-
-    async def start(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)  # inherited by accepted sockets
-        listener.bind(("127.0.0.1", 0))
-        self.server = await asyncio.start_server(self._accept, sock=listener, limit=SMALL_BUFFER)
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        self.transports += [writer.transport, up_writer.transport]
-        for pump in (self._pump(reader, up_writer, gated=True), self._pump(up_reader, writer, gated=False)):
-            task = asyncio.ensure_future(pump)
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, gated: bool) -> None:
-        try:
-            while True:
-                if gated:
-                    await self.flowing.wait()
-                data = await reader.read(SMALL_BUFFER)
-                if not data:
-                    break
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            writer.transport.abort()
-
-    def cut(self) -> None:
-        """Drop every connection (a reset both ways)."""
-        for transport in self.transports:
-            transport.abort()
-        self.transports.clear()
-
-    async def close(self) -> None:
-        self.cut()
-        for task in list(self.tasks):
-            task.cancel()
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
 
 
 def state_engine() -> Engine:
