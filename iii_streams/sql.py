@@ -96,6 +96,7 @@ from .errors import (
 from .events import (
     EventHub,
     StreamEvent,
+    StreamGapError,
     Subscription,
     Watch,
     custom_event,
@@ -219,6 +220,9 @@ class _Listener:
         self._lock = asyncio.Lock()  # one connection attempt at a time
         self._stopping = asyncio.Event()
         self._reconnecting: asyncio.Task[None] | None = None
+        # watchers that were listening when the server ended the connection: they missed what was sent until the
+        # next connection listens (told so then, when the store reports gaps)
+        self._deaf: set[_ListenSubscription] = set()
 
     async def subscribe(self, maxsize: int) -> _ListenSubscription:
         """A new watcher; connects first when nothing listens (one attempt: its failure is raised)."""
@@ -290,6 +294,11 @@ class _Listener:
     def _listen(self, driver: Any) -> None:
         self.driver = driver
         driver.add_termination_listener(self._on_terminate)
+        deaf, self._deaf = self._deaf, set()
+        if self.store.report_watch_gaps:
+            # no await since the connection listens: the gap comes before anything it delivers
+            for sub in deaf & self.subscribers:
+                sub.offer_gap()
 
     async def _close(self, driver: Any) -> None:
         driver.remove_termination_listener(self._on_terminate)
@@ -315,6 +324,7 @@ class _Listener:
         self.driver = None
         if self._stopping.is_set():
             return
+        self._deaf |= self.subscribers
         log.warning("stream watch: the server ended the LISTEN connection; reconnecting")
         if self._reconnecting is None or self._reconnecting.done():
             self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
@@ -342,6 +352,20 @@ class _Listener:
             self._listen(driver)
 
 
+_GAP: Final = object()
+
+
+def gap_error() -> StreamGapError:
+    """The error of a PostgreSQL watch whose LISTEN connection was replaced.
+
+    Example:
+        >>> str(gap_error())  # doctest: +ELLIPSIS
+        'PostgreSQL watch lost its LISTEN connection and listens again: notifications sent in between were lost ...'
+    """
+    return StreamGapError("PostgreSQL watch lost its LISTEN connection and listens again: notifications sent in "
+                          "between were lost (re-read state, then read on)")
+
+
 class _ListenSubscription:
     """One watcher of a store's shared ``LISTEN`` connection (PostgreSQL): a bounded queue of notifications.
 
@@ -352,8 +376,8 @@ class _ListenSubscription:
     def __init__(self, listener: _Listener, maxsize: int) -> None:
         self._listener = listener
         # payloads, parsed by each reader (no two watchers share one event object); None wakes the reader after a
-        # lag or a close
-        self._queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize)
+        # lag or a close; _GAP marks where a lost connection's notifications are missing
+        self._queue: asyncio.Queue[str | object | None] = asyncio.Queue(maxsize)
         self._lagged = False
         self._closed = False
 
@@ -372,6 +396,16 @@ class _ListenSubscription:
             self._lagged = True
             wake(self._queue)  # a waiting reader learns about the lag at once
 
+    def offer_gap(self) -> None:
+        """Mark where notifications were lost (the connection was replaced); a full queue marks the lag instead."""
+        if self._lagged or self._closed:
+            return
+        try:
+            self._queue.put_nowait(_GAP)
+        except asyncio.QueueFull:
+            self._lagged = True
+            wake(self._queue)
+
     def end(self) -> None:
         """The listener stopped (the store closed): reads end."""
         if not self._closed:
@@ -387,6 +421,9 @@ class _ListenSubscription:
             payload = await self._queue.get()
             if payload is None:
                 continue  # a wake-up: the checks above say why
+            if payload is _GAP:
+                raise gap_error()
+            assert isinstance(payload, str)
             try:
                 event = loads(payload)
             except ValueError:
@@ -462,8 +499,13 @@ class SQLStream(FieldUpdates):
         owns_engine: bool = False,
         watch_queue_size: int = 10_000,
         timeout: float | None = DEFAULT_TIMEOUT,
+        report_watch_gaps: bool = False,
     ) -> None:
         self.timeout = check_timeout(timeout)
+        if not isinstance(report_watch_gaps, bool):
+            raise ValueError(f"SQLStream: report_watch_gaps must be True or False, got {report_watch_gaps!r}")
+        #: PostgreSQL: a watch whose LISTEN connection was replaced raises StreamGapError once (else only a warning)
+        self.report_watch_gaps = report_watch_gaps
         self.engine = engine
         self.dialect = engine.dialect.name
         if self.dialect not in ("sqlite", "postgresql"):
@@ -502,8 +544,8 @@ class SQLStream(FieldUpdates):
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SQLStream:
         """Open ``sqlite+aiosqlite:///path.db`` (``sqlite://`` works too; no path = in memory) or
-        ``postgresql+asyncpg://user@host/db``. ``create``, ``publish_events``, ``watch_queue_size`` and ``timeout``
-        are for this class; other options go to ``create_async_engine`` (e.g. ``pool_size``).
+        ``postgresql+asyncpg://user@host/db``. ``create``, ``publish_events``, ``watch_queue_size``, ``timeout`` and
+        ``report_watch_gaps`` are for this class; other options go to ``create_async_engine`` (e.g. ``pool_size``).
 
         asyncpg connects with TLS whenever the server offers it (``sslmode=prefer``), on 127.0.0.1 too. For a
         server on the same host or a trusted private network, ``?ssl=disable`` in the URL turns it off (measured
@@ -513,7 +555,8 @@ class SQLStream(FieldUpdates):
             >>> SQLStream.from_url("postgresql://app@db/app").dialect
             'postgresql'
         """
-        own = {k: options.pop(k) for k in ("create", "publish_events", "watch_queue_size", "timeout") if k in options}
+        own = {k: options.pop(k) for k in ("create", "publish_events", "watch_queue_size", "timeout",
+                                           "report_watch_gaps") if k in options}
         sa_url = make_url(normalize_url(url))
         if sa_url.get_backend_name() == "sqlite":
             options.setdefault("connect_args", {}).setdefault("timeout", 30)
