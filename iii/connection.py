@@ -338,7 +338,9 @@ class Connection:
         fail after ``queue_wait`` (a handler's result was lost so, and its caller waited out its timeout).
         """
         ws = self._ws
-        if self._ready and ws is not None and not self._backlog:
+        # A socket already closed whose loss is not handled yet is down: the frame waits for the next one (sent to
+        # it, websockets raised ConnectionClosed without writing, and the frame was lost without a word).
+        if self._ready and ws is not None and not self._backlog and _open(ws):
             if self._write_now(ws, frame, batch):
                 return True
             try:
@@ -608,8 +610,8 @@ class Connection:
 
     async def _flush_backlog(self) -> None:
         ws = self._ws
-        while self._backlog and self._ready and ws is not None and ws is self._ws:
-            frame, key = self._popleft()
+        while self._backlog and self._ready and ws is not None and ws is self._ws and _open(ws):
+            frame, key = self._popleft()  # (taken from a closed socket, it was lost unwritten: left queued now)
             if isinstance(key, _Pinned):
                 await self._send_queued_pinned(ws, frame, key)
                 continue
@@ -674,7 +676,7 @@ class Connection:
         self._set_state("connected")
         try:
             await self._on_open(lambda frame: self._send_bounded(ws, frame))
-            while self._backlog:
+            while self._backlog and _open(ws):
                 frame, key = self._popleft()
                 if isinstance(key, _Pinned):
                     await self._send_queued_pinned(ws, frame, key)

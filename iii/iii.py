@@ -109,6 +109,9 @@ class III:
         self._options = options or InitOptions()
         # The timeout of calls that give none, checked like theirs (a NaN or negative default broke every call).
         self._timeout_ms = _checked_timeout_ms(self._options.invocation_timeout_ms, "invocation_timeout_ms")
+        send_timeout_ms = _checked_timeout_ms(self._options.send_timeout_ms, "send_timeout_ms")
+        if not send_timeout_ms:
+            raise ValueError("send_timeout_ms must be a number of milliseconds > 0, got 0")
         self._session = ClientSession()
         self._runner = HandlerRunner(self._address)
         self._trigger_host = TriggerTypeHost()
@@ -139,6 +142,7 @@ class III:
             reconnection=self._options.reconnection_config,
             keep=self._session.is_pending,
             on_dropped=self._on_call_dropped,
+            send_timeout=send_timeout_ms / 1000,
         )
         self._bridge.submit(self._start_async())
 

@@ -63,3 +63,6 @@ class InitOptions:
     reconnection_config: ReconnectionConfig | None = None
     otel: OtelConfig | dict[str, Any] | None = None
     telemetry: TelemetryOptions | None = None
+    #: Ours: how long a write may wait for the engine to take it before the connection counts as dead and is
+    #: replaced (an engine that stopped reading; nothing else bounds that wait). Milliseconds, > 0.
+    send_timeout_ms: int = 30_000
