@@ -183,8 +183,17 @@ _CLOSE_S: Final = 2.0  # a LISTEN connection's orderly close at most; then it is
 
 def _detached(pool: Pool) -> Any:
     """The driver's connection of a new connection from ``pool``, which lets it go at once (run in a greenlet:
-    the driver's connect awaits)."""
-    fairy = pool.connect()
+    the driver's connect awaits). Cancelled at any await, it leaves no connection open."""
+    made: list[Any] = []
+    # first of the connect hooks: a cancellation (or failure) in a later one would strand the connection, which
+    # SQLAlchemy 2.0 does not close
+    event.listen(pool, "connect", lambda dbapi_connection, _record: made.append(dbapi_connection), insert=True)
+    try:
+        fairy = pool.connect()
+    except BaseException:
+        for dbapi_connection in made:
+            dbapi_connection.driver_connection.terminate()
+        raise
     driver: Any = fairy.driver_connection
     dbapi: Any = fairy.dbapi_connection
     fairy.detach()  # the pool forgets it: closing it is ours, and the pool's finalizer never touches it
@@ -258,28 +267,36 @@ class _Listener:
             await self._close(driver)
         task, self._reconnecting = self._reconnecting, None
         if task is not None:
-            # a pause ends at once; an attempt in flight closes what it made (a hung one is left to, cut loose)
-            done, _ = await asyncio.wait({task}, timeout=_CLOSE_S)
-            if not done:
-                task.cancel()
-                await asyncio.wait({task})
+            # cancelled at once: an attempt in flight cuts what it made (_open); waiting for it held a watcher's
+            # close (or the store's) for 2 s while the database hung
+            task.cancel()
+            await asyncio.wait({task})
 
     async def _open(self) -> Any:
         """A new asyncpg connection that LISTENs, within the store's timeout; ``StreamClosedError`` once stopping."""
         if self.store.engine.dialect.driver != "asyncpg":
             raise StreamBackendError(f"SQLStream.watch on PostgreSQL needs the asyncpg driver "
                                      f"(postgresql+asyncpg://…), not {self.store.engine.dialect.driver!r}")
+        if self._stopping.is_set():  # a watcher that waited for another's attempt: no connection to make
+            raise StreamClosedError("SQLStream is closed")
         attempt = asyncio.ensure_future(self._connect())
         try:
             async with asyncio.timeout(self.store.timeout):
-                # shielded: a cancellation must not strand a connection half made inside the pool's connect
+                # shielded, then cancelled here: an attempt that finished as we gave up is cut, not lost
                 driver = await asyncio.shield(attempt)
         except BaseException:
+            # a hung connect ends now (it left sockets open until the driver's own timeout, 60 s by default);
+            # cancelled, it closes what it made (_detached, _connect)
+            attempt.cancel()
             attempt.add_done_callback(_cut_if_made)
             raise
         if self._stopping.is_set():  # the store closed meanwhile: nobody would close this one
             await self._close(driver)
             raise StreamClosedError("SQLStream is closed")
+        if driver.is_closed():
+            # ended by the server before it was ours: its termination listener was never called, and taking it
+            # would leave every watcher deaf for good
+            raise StreamUnavailableError("SQLStream.watch: the server ended the LISTEN connection as it was made")
         return driver
 
     async def _connect(self) -> Any:
@@ -315,8 +332,10 @@ class _Listener:
         if not payload.startswith("{"):  # checked once here: each watcher would warn about it
             log.warning("stream watch: ignoring a notification that is not a JSON object")
             return
+        # one shared object per event sent without its data: its watchers share one read of the row, not one each
+        item: str | _Refill = _Refill(payload) if _TRUNCATED in payload else payload
         for sub in self.subscribers:
-            sub.offer(payload)
+            sub.offer(item)
 
     def _on_terminate(self, conn: Any) -> None:
         if conn is not self.driver:
@@ -353,6 +372,29 @@ class _Listener:
 
 
 _GAP: Final = object()
+# in every payload sent without its data (_notify_payload); in others only as a hint, checked after parsing
+_TRUNCATED: Final = '"truncated":true'
+
+
+class _Refill:
+    """A notification sent without its data (or names), queued to each watcher of a store: the first watcher that
+    needs the row starts one read of it, later ones take that read's outcome (one query per event, not one per
+    watcher; and the value read nearest to the event)."""
+
+    __slots__ = ("_read", "payload")
+
+    def __init__(self, payload: str) -> None:
+        self.payload = payload
+        self._read: asyncio.Future[Any] | None = None
+
+    async def row(self, store: SQLStream, key: bytes) -> Any:
+        """The row of ``key`` (``None`` once deleted), read once for every watcher."""
+        if self._read is None:
+            self._read = asyncio.ensure_future(store._read_back(key))
+            # retrieved, so a failure whose first reader was cancelled is not reported as never retrieved
+            self._read.add_done_callback(lambda read: read.cancelled() or read.exception())
+        # shielded: one reader's cancellation must not fail the others' read
+        return await asyncio.shield(self._read)
 
 
 def gap_error() -> StreamGapError:
@@ -386,25 +428,23 @@ class _ListenSubscription:
         """The shared connection while it listens; ``None`` while it is being replaced."""
         return self._listener.driver
 
-    def offer(self, payload: str) -> None:
+    def offer(self, item: str | _Refill) -> None:
         """Queue one notification; never blocks (a full queue marks the lag)."""
-        if self._lagged or self._closed:
-            return
-        try:
-            self._queue.put_nowait(payload)
-        except asyncio.QueueFull:
-            self._lagged = True
-            wake(self._queue)  # a waiting reader learns about the lag at once
+        self._put(item)
 
     def offer_gap(self) -> None:
         """Mark where notifications were lost (the connection was replaced); a full queue marks the lag instead."""
+        self._put(_GAP)
+
+    def _put(self, item: object) -> None:
         if self._lagged or self._closed:
             return
         try:
-            self._queue.put_nowait(_GAP)
+            self._queue.put_nowait(item)
         except asyncio.QueueFull:
+            # no wake-up: a full queue has no reader waiting, and making room for one dropped the oldest event,
+            # which the reader then never saw although the lag came after it
             self._lagged = True
-            wake(self._queue)
 
     def end(self) -> None:
         """The listener stopped (the store closed): reads end."""
@@ -418,18 +458,21 @@ class _ListenSubscription:
                 raise StopAsyncIteration
             if self._lagged and self._queue.empty():  # reported again on every read: every later event is dropped
                 raise lag_error(self._queue.maxsize)
-            payload = await self._queue.get()
-            if payload is None:
+            item = await self._queue.get()
+            if item is None:
                 continue  # a wake-up: the checks above say why
-            if payload is _GAP:
+            if item is _GAP:
                 raise gap_error()
-            assert isinstance(payload, str)
+            assert isinstance(item, str | _Refill)
+            payload = item.payload if isinstance(item, _Refill) else item
             try:
                 event = loads(payload)
             except ValueError:
                 log.warning("stream watch: ignoring a non-JSON notification")
                 continue
-            if not event.pop("truncated", False) or await self._listener.store._fill_truncated(event):
+            truncated = event.pop("truncated", False)
+            if not truncated or await self._listener.store._fill_truncated(
+                    event, item if isinstance(item, _Refill) else _Refill(payload)):
                 # keep the wrapper's key order for events rebuilt from a reference
                 order = ("type", "timestamp", "streamName", "groupId", "id", "event")
                 return {k: event[k] for k in order if k in event}
@@ -628,16 +671,23 @@ class SQLStream(FieldUpdates):
                 payload = ""
         return payload
 
-    async def _fill_truncated(self, event: StreamEvent) -> bool:
-        """Complete an event sent without its data (or names); ``False`` if it can no longer be resolved."""
+    async def _fill_truncated(self, event: StreamEvent, refill: _Refill) -> bool:
+        """Complete an event sent without its data (or names) from the row ``refill`` reads once for every
+        watcher; ``False`` if it can no longer be resolved (or the notification is malformed: logged)."""
         inner = event.get("event", {})
         ref = event.pop("ref", None)
+        try:
+            if ref is not None:
+                key = bytes.fromhex(ref)
+            elif inner.get("type") in ("create", "update") and event.get("id") is not None:
+                key = item_key(event["streamName"], event["groupId"], event["id"])
+            else:
+                return True  # a delete's or a custom event's data cannot be read back
+        except (AttributeError, KeyError, TypeError, ValueError):
+            log.warning("stream watch: ignoring a malformed notification sent without its data")
+            return False
+        row = await refill.row(self, key)
         if ref is not None:
-            query = select(items.c.stream_name, items.c.group_id, items.c.item_id, items.c.value).where(
-                items.c.item_key == bytes.fromhex(ref)
-            )
-            async with self._read() as conn:
-                row = (await conn.execute(query)).first()
             if row is None:
                 return False  # deleted meanwhile: the names are gone with the row
             event.update(streamName=row.stream_name, groupId=row.group_id, id=row.item_id)
@@ -645,11 +695,15 @@ class SQLStream(FieldUpdates):
             if inner.get("type") in ("create", "update"):
                 inner["data"] = loads(row.value)
             return True
-        if inner.get("type") in ("create", "update") and event.get("id") is not None:
-            inner["data"] = await self.get(
-                StreamGetInput(stream_name=event["streamName"], group_id=event["groupId"], item_id=event["id"])
-            )
+        inner["data"] = None if row is None else loads(row.value)  # parsed per watcher: no shared value object
         return True
+
+    async def _read_back(self, key: bytes) -> Any:
+        """The names and value of item ``key`` (``None`` once deleted), within the store's timeout."""
+        query = select(items.c.stream_name, items.c.group_id, items.c.item_id, items.c.value).where(
+            items.c.item_key == key)
+        async with self._guard("watch", None), self._read() as conn:
+            return (await conn.execute(query)).first()
 
     def _wrap_error(self, exc: Exception, where: str) -> StreamError | None:
         if isinstance(exc, PoolTimeoutError):
