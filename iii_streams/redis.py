@@ -21,7 +21,8 @@ SCAN patterns escape the glob characters of names.
 
 :meth:`RedisStream.from_url` opens a blocking pool (``max_connections``, default 50; ``pool_timeout`` seconds,
 default 30): more callers than connections wait for one, and only a wait longer than ``pool_timeout`` fails, with
-:class:`~iii_streams.errors.PoolExhaustedError`. Each ``watch()`` holds one connection while it is open. Redis
+:class:`~iii_streams.errors.PoolExhaustedError`. A store's watches share one pub/sub connection of that pool,
+held while any of them is open, read by one task into each watcher's bounded queue. Redis
 errors surface as :class:`~iii_streams.errors.StreamError` subclasses (``StreamUnavailableError`` while the
 server is unreachable), the redis-py exception kept as ``__cause__``.
 
@@ -89,9 +90,18 @@ from .errors import (
     check_timeout,
     json_text,
 )
-from .events import StreamEvent, StreamGapError, Watch, custom_event, event_json_parts, retry_until_closed
+from .events import (
+    StreamEvent,
+    StreamGapError,
+    StreamLagError,
+    Watch,
+    custom_event,
+    event_json_parts,
+    retry_until_closed,
+    wake,
+)
 from .known_texts import KnownTexts
-from .redis_internals import end, one_shot
+from .redis_internals import one_shot
 
 __all__ = [
     "EVENTS_CHANNEL",
@@ -169,7 +179,8 @@ end
 return old
 """
 
-_OWN_OPTIONS: Final = ("publish_events", "channel", "max_update_attempts", "layout", "timeout", "report_watch_gaps")
+_OWN_OPTIONS: Final = ("publish_events", "channel", "max_update_attempts", "layout", "timeout", "report_watch_gaps",
+                       "watch_queue_size")
 _GLOB_SPECIAL: Final = re.compile(r"([\\*?\[\]])")
 _ESCAPED: Final = re.compile(r"%(25|3A)")
 DEFAULT_MAX_CONNECTIONS: Final = 50
@@ -235,6 +246,18 @@ async def _send(conn: Any, packed: bytes, bounded: bool) -> None:
     finally:
         if conn.socket_timeout is None:  # unless something set a timeout of its own meanwhile
             conn.socket_timeout = timeout
+
+
+async def _script_load(conn: Any, text: Any) -> str:
+    """``SCRIPT LOAD text`` on ``conn``, a connection the caller holds: the script's SHA1.
+
+    Not ``client.script_load``: that takes a second connection of the pool, and after a Redis restart every
+    writer holding one met ``NOSCRIPT`` at once, so ``max_connections`` concurrent writes each waited for a
+    connection the others held, and all failed with ``PoolExhaustedError`` after ``pool_timeout``.
+    """
+    await conn.send_command("SCRIPT", "LOAD", text)
+    sha = await conn.read_response()
+    return sha.decode() if isinstance(sha, bytes) else str(sha)
 
 
 def _check_encoding(client: aioredis.Redis) -> None:
@@ -396,8 +419,8 @@ _WATCH_RETRY_LOG_S: Final = 10.0
 
 def _log_watch_retries(counts: Mapping[str, int], latest: str | None) -> None:
     latest_text = f"; latest: {latest}" if latest is not None else ""
-    log.warning("stream watch: Redis unreachable: %d re-subscribe attempt(s) of watchers failed since the last "
-                "warning%s; retrying (every 2 s at most)", counts["failed"], latest_text)
+    log.warning("stream watch: Redis unreachable: %d attempt(s) to re-subscribe the watchers' connection failed since "
+                "the last warning%s; retrying (every 2 s at most)", counts["failed"], latest_text)
 
 
 def _cancel_requests() -> int:
@@ -426,117 +449,259 @@ def gap_error(channel: str) -> StreamGapError:
                           "between were lost (re-read state, then read on)")
 
 
-class _PubSubSubscription:
-    def __init__(self, client: aioredis.Redis, channel: str, retries: LossLog, report_gaps: bool) -> None:
-        self._client = client
-        self._channel = channel
-        self._retries = retries
-        self._report_gaps = report_gaps
-        self._pubsub: PubSub | None = None
-        # set by close(): a reader waiting or reconnecting meanwhile stops (StopAsyncIteration) instead of
-        # subscribing again, a subscriber nobody would ever close
-        self._closed = False
-        self._closing = asyncio.Event()
-        self._readers = 0  # tasks inside a read of _pubsub: close() leaves handing its connection back to them
-        self._gap = False  # the connection was lost: the first read once subscribed again raises StreamGapError
+_WATCH_QUEUE_BYTES: Final = 32 * 1024 * 1024
+"""A watcher further behind than this many bytes of events lags (Redis's own bound on a pub/sub client's output,
+``client-output-buffer-limit pubsub 32mb``). Every watcher queues the same message objects, so the store's
+watchers hold no more than about this much (plus ``watch_queue_size`` messages) between them."""
+_READ_S: Final = 1.0  # one read of the shared pub/sub at most: redis-py 8.0.0 ended a longer one at socket_timeout
+_STOP_S: Final = 2.0  # the reader task's own exit when stopped, at most; then it is cancelled again
+_GAP: Final = object()
 
-    async def start(self) -> _PubSubSubscription:
-        requests = _cancel_requests()
-        # made by the client (its pool, encoder, event dispatcher), then run our way
-        pubsub = one_shot(self._client.pubsub(ignore_subscribe_messages=True))
+
+def _lost(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
+class _Subscriber:
+    """The one pub/sub connection of a :class:`RedisStream`, shared by all its watchers.
+
+    Made by the first watch (a connection of the store's pool, held while any watch is open), it is read by one
+    task that puts each message in every watcher's bounded queue: a slow watcher lags alone, and Redis never
+    holds output back for it. A lost connection is closed and a fresh one subscribed, in that task, with backoff
+    (failures logged rate-limited); watchers that were subscribed get :data:`_GAP` once the new one is. Stopped
+    with its last watcher and with the store, which ends every watcher's reads.
+    """
+
+    def __init__(self, store: RedisStream) -> None:
+        self.store = store
+        self._channel = store.channel or EVENTS_CHANNEL
+        self.subscribers: set[_RedisWatcher] = set()
+        self._pubsub: PubSub | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()  # one first subscribe at a time
+        self._live = asyncio.Event()  # the pub/sub is subscribed (its confirmation read): events reach watchers
+        self._stopping = asyncio.Event()
+
+    async def subscribe(self) -> _RedisWatcher:
+        """A new watcher, once the shared connection is subscribed: the first one subscribes it (its failure is
+        raised); one opened while the connection is being replaced waits for that."""
+        if self._stopping.is_set():
+            raise StreamClosedError("RedisStream is closed")
+        sub = _RedisWatcher(self)
+        # added before any await: the last other watcher leaving meanwhile must not stop the subscriber
+        self.subscribers.add(sub)
         try:
-            await pubsub.subscribe(self._channel)
-            _raise_if_cancelled(requests)
+            if self._reader is None:
+                async with self._lock:
+                    if self._reader is None:
+                        pubsub = await self._open()
+                        self._pubsub = pubsub
+                        self._live.set()
+                        self._reader = asyncio.get_running_loop().create_task(self._run(pubsub))
+            await self._live.wait()  # bounded by the watch's guard (the store's timeout)
+            if self._stopping.is_set():
+                raise StreamClosedError("RedisStream is closed")
         except BaseException:
-            # a failure to close must not replace what is raised: a cancellation turned into a connection error
-            # was taken for one more failed attempt, and the cancelled watcher went on re-subscribing
+            await self.discard(sub)
+            raise
+        return sub
+
+    async def discard(self, sub: _RedisWatcher) -> None:
+        """Forget ``sub``; the last watcher gone stops the subscriber."""
+        self.subscribers.discard(sub)
+        if not self.subscribers:
+            await self.stop()
+
+    async def stop(self) -> None:
+        """Stop reading and re-subscribing, and end every watcher's reads (StopAsyncIteration); idempotent."""
+        if self.store._subscriber is self:
+            self.store._subscriber = None  # a later watch makes a new subscriber
+        self._stopping.set()  # also ends a re-subscribe's pause at once
+        self._live.set()  # a watcher waiting for the connection learns that it stopped
+        subscribers, self.subscribers = self.subscribers, set()
+        for sub in subscribers:
+            sub.end()
+        task, self._reader = self._reader, None
+        if task is not None:
+            # The task closes its pub/sub itself (nobody else reads it: no connection goes back to the pool
+            # under a read). Cancelled again if a library swallowed the cancellation (python/cpython#86296)
+            # where _stopping is not checked.
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=_STOP_S)
+            if not done:
+                task.cancel()
+                await asyncio.wait({task})
+
+    async def _open(self) -> PubSub:
+        """A new pub/sub subscribed to the store's channel, its confirmation read (so every event published
+        after this returns reaches it), within the store's timeout; ``StreamClosedError`` once stopping."""
+        requests = _cancel_requests()
+        pubsub = one_shot(self.store._client.pubsub(ignore_subscribe_messages=False))
+        try:
+            async with asyncio.timeout(self.store.timeout):
+                await pubsub.subscribe(self._channel)
+                while True:
+                    _raise_if_cancelled(requests)  # inside the timeout: a swallowed expiry still ends the wait
+                    message = await pubsub.get_message(timeout=_READ_S)
+                    if message is not None and message.get("type") == "subscribe":
+                        break
+            _raise_if_cancelled(requests)
+            if self._stopping.is_set():  # stopped meanwhile: nobody would close this one
+                raise StreamClosedError("RedisStream is closed")
+        except BaseException:
+            # a failure to close must not replace what is raised (a cancellation turned into a connection error)
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
             raise
-        self._pubsub = pubsub
-        return self
+        return pubsub
 
-    async def _reconnect(self) -> None:
-        # a fresh pub/sub per attempt: a broken one can keep failing on its dead socket
-        old, self._pubsub = self._pubsub, None
-        if old is not None:
+    async def _run(self, pubsub: PubSub) -> None:
+        """Read the shared pub/sub into every watcher's queue; replace it when its connection is lost."""
+        failure: BaseException | None = None
+        try:
+            while not self._stopping.is_set():
+                try:
+                    # a bounded read: redis-py 8.0.0 ends a blocking one at socket_timeout, as if the connection
+                    # were lost; an idle connection's health check (a PING when due) is sent before each read
+                    message = await pubsub.get_message(timeout=_READ_S)
+                except Exception as exc:  # lost, or a reply this reader cannot take: a fresh connection either way
+                    if self._stopping.is_set():
+                        break
+                    replaced = await self._replace(pubsub, exc)
+                    if replaced is None:
+                        break
+                    pubsub = replaced
+                    continue
+                if message is None or message.get("type") != "message":
+                    continue
+                data = message["data"]
+                if data[:1] not in (b"{", "{"):  # checked once here: each watcher would warn about it
+                    log.warning("stream watch: ignoring a message on %s that is not a JSON object", self._channel)
+                    continue
+                for sub in self.subscribers:
+                    sub.offer(data)
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            self._live.clear()
+            self._pubsub = None
             with contextlib.suppress(Exception):
-                await old.aclose()  # type: ignore[no-untyped-call]
-        if not await retry_until_closed(self.start, self._closing, (RedisConnectionError, RedisTimeoutError, OSError),
-                                        lambda exc: self._retries.lost("failed", f"{exc}"[:500])):
-            return
-        if self._closed:  # closed while this subscribed: nobody will close it later
-            await self.close()
-            return
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            if not self._stopping.is_set():
+                # cancelled from outside (the loop shutting down), or a bug: watchers left waiting would miss every
+                # later event silently
+                if isinstance(failure, Exception):
+                    log.error("stream watch: the reader of %s failed: %r", self._channel, failure)
+                self._reader = None  # this task: stop() must not wait for itself
+                await self.stop()
+
+    async def _replace(self, pubsub: PubSub, exc: BaseException) -> PubSub | None:
+        """Close ``pubsub`` (its connection lost) and subscribe a fresh one, retried with backoff; ``None`` once
+        stopping. Watchers subscribed meanwhile get the gap once the new one is subscribed."""
+        self._live.clear()
+        self._pubsub = None
+        deaf = set(self.subscribers)  # events published from now until the new SUBSCRIBE are lost to them
+        report = self.store.report_watch_gaps
+        log.warning("stream watch: Redis connection lost (%s); re-subscribing%s", _lost(exc),
+                    "" if report else "; events published meanwhile are lost")
+        with contextlib.suppress(Exception):
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
+        fresh: list[PubSub] = []
+
+        async def attempt() -> None:
+            fresh.append(await self._open())
+
+        # every failure is retried: one that gave up would leave every watcher waiting for good
+        if not await retry_until_closed(attempt, self._stopping, (Exception,),
+                                        lambda e: self.store._watch_retries.lost("failed", _lost(e))):
+            return None
+        self._pubsub = fresh[-1]
+        self._live.set()
+        if report:
+            # no await since the new pub/sub was subscribed: the gap comes before anything it delivers
+            for sub in deaf & self.subscribers:
+                sub.offer_gap()
         log.info("stream watch: re-subscribed to %s", self._channel)
+        return fresh[-1]
+
+
+class _RedisWatcher:
+    """One watcher of a store's shared pub/sub: a queue bounded in messages (``watch_queue_size``) and bytes
+    (:data:`_WATCH_QUEUE_BYTES`). A consumer further behind gets :class:`~iii_streams.events.StreamLagError` (as
+    from the other stores), on every later read; the other watchers are unaffected."""
+
+    def __init__(self, subscriber: _Subscriber) -> None:
+        self._subscriber = subscriber
+        # messages, parsed by each reader (no two watchers share one event object); None wakes the reader after a
+        # lag or a close; _GAP marks where a lost connection's events are missing
+        self._queue: asyncio.Queue[bytes | str | object | None] = asyncio.Queue(subscriber.store.watch_queue_size)
+        self._bytes = 0
+        self._lagged = False
+        self._closed = False
+
+    def offer(self, data: bytes | str) -> None:
+        """Queue one message; never blocks (a full queue marks the lag)."""
+        if self._lagged or self._closed:
+            return
+        if self._bytes + len(data) > _WATCH_QUEUE_BYTES or self._queue.full():
+            self._lagged = True
+            wake(self._queue)  # a waiting reader learns about the lag at once
+            return
+        self._queue.put_nowait(data)
+        self._bytes += len(data)
+
+    def offer_gap(self) -> None:
+        """Mark where events were lost (the connection was replaced); a full queue marks the lag instead."""
+        if self._lagged or self._closed:
+            return
+        if self._queue.full():
+            self._lagged = True
+            wake(self._queue)
+            return
+        self._queue.put_nowait(_GAP)
+
+    def end(self) -> None:
+        """The subscriber stopped (the store closed, or this watch did): reads end."""
+        if not self._closed:
+            self._closed = True
+            wake(self._queue)
 
     async def get(self) -> StreamEvent:
-        requests = _cancel_requests()
         while True:
             if self._closed:
                 raise StopAsyncIteration
-            _raise_if_cancelled(requests)  # lost in redis-py (see _raise_if_cancelled): stop, do not read on
-            pubsub = self._pubsub
-            if pubsub is None:
-                await self._reconnect()
-                continue
-            if self._gap:  # reported once subscribed again: state re-read from now on misses nothing later
-                self._gap = False
-                raise gap_error(self._channel)
+            if self._lagged and self._queue.empty():  # reported again on every read: every later event is dropped
+                raise _lag_error(self._queue.maxsize)
+            item = await self._queue.get()
+            if item is None:
+                continue  # a wake-up: the checks above say why
+            if item is _GAP:
+                raise gap_error(self._subscriber._channel)
+            assert isinstance(item, bytes | str)
+            self._bytes -= len(item)
             try:
-                message = await self._read(pubsub)
-            except Exception as exc:
-                if self._closed:  # close() ended the connection under this read, which redis-py fails in many ways
-                    raise StopAsyncIteration from None
-                if not isinstance(exc, RedisConnectionError | RedisTimeoutError | OSError):
-                    raise
-                # events published while disconnected are lost (Redis pub/sub keeps nothing)
-                self._gap = self._report_gaps
-                log.warning("stream watch: Redis connection lost (%s); re-subscribing%s", exc,
-                            "" if self._report_gaps else "; events published meanwhile are lost")
-                await self._reconnect()
-                continue
-            if message is None or message.get("type") != "message":
-                continue
-            try:
-                event = loads(message["data"])
+                event = loads(item)
             except ValueError:
-                log.warning("stream watch: ignoring a non-JSON message on %s", self._channel)
+                log.warning("stream watch: ignoring a non-JSON message on %s", self._subscriber._channel)
                 continue
             if isinstance(event, dict):
-                _raise_if_cancelled(requests)
                 return event
 
-    async def _read(self, pubsub: PubSub) -> Any:
-        """The next message of ``pubsub``; hands its connection back to the pool if the watch was closed meanwhile
-        and this was its last reader."""
-        self._readers += 1
-        try:
-            return await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
-        finally:
-            self._readers -= 1
-            if self._closed and not self._readers and self._pubsub is pubsub:
-                self._pubsub = None
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-
     async def close(self) -> None:
-        self._closed = True
-        self._closing.set()
-        pubsub = self._pubsub
-        if pubsub is None:
-            return
-        if self._readers:
-            # A task reads on this connection: end it under that read (which fails at once) and let the reader
-            # hand it back to the pool. Handed back now, the pool could give it to another caller while that
-            # read still used it: each would read the other's replies.
-            end(pubsub)
-            conn = pubsub.connection
-            if conn is not None:
-                await conn.disconnect(nowait=True)
-            return
-        self._pubsub = None
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        self.end()
+        await self._subscriber.discard(self)
+
+
+def _lag_error(maxsize: int) -> StreamLagError:
+    """The error of a Redis watcher that fell behind (events or bytes).
+
+    Example:
+        >>> str(_lag_error(3))  # doctest: +ELLIPSIS
+        'watcher fell more than 3 events (or 32 MiB of events) behind; events were dropped (re-read state and ...'
+    """
+    return StreamLagError(f"watcher fell more than {maxsize} events (or {_WATCH_QUEUE_BYTES >> 20} MiB of events) "
+                          "behind; events were dropped (re-read state and watch again)")
 
 
 class _Update(WriteProgress):
@@ -562,7 +727,9 @@ class RedisStream(FieldUpdates):
     hashes (default :data:`STREAM_LAYOUT`, the production stream layout); ``timeout`` bounds each operation
     called without one (seconds, ``None`` for no limit); ``report_watch_gaps=True`` makes a watch that lost its
     connection raise :class:`StreamGapError` (a :class:`~iii_streams.events.StreamLagError`) once it subscribed
-    again, instead of only logging that the events published meanwhile were lost.
+    again, instead of only logging that the events published meanwhile were lost; ``watch_queue_size`` bounds the
+    events each watcher may fall behind (default 10,000, and 32 MiB of them) before it gets
+    :class:`~iii_streams.events.StreamLagError`.
 
     Example:
         >>> s = RedisStream.from_url("redis://127.0.0.1:6379/0")
@@ -581,6 +748,7 @@ class RedisStream(FieldUpdates):
         layout: KeyLayout = STREAM_LAYOUT,
         timeout: float | None = DEFAULT_TIMEOUT,
         report_watch_gaps: bool = False,
+        watch_queue_size: int = 10_000,
     ) -> None:
         attempts = max_update_attempts
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
@@ -598,6 +766,10 @@ class RedisStream(FieldUpdates):
         if not isinstance(report_watch_gaps, bool):
             raise ValueError(f"RedisStream: report_watch_gaps must be True or False, got {report_watch_gaps!r}")
         self.report_watch_gaps = report_watch_gaps
+        if isinstance(watch_queue_size, bool) or not isinstance(watch_queue_size, int) or watch_queue_size < 1:
+            raise ValueError(f"RedisStream: watch_queue_size must be a positive integer, got {watch_queue_size!r}")
+        self.watch_queue_size = watch_queue_size
+        self._subscriber: _Subscriber | None = None  # the watchers' shared pub/sub, while any watch is open
         self.update_conflicts = 0
         """Lost races so far: an item written by another process between a batch's read and its write (each one
         cost a fresh read and a retry of the whole batch)."""
@@ -620,10 +792,10 @@ class RedisStream(FieldUpdates):
         """Open a pooled client for ``redis://``, ``rediss://`` or ``unix://`` URLs; closed by :meth:`aclose`.
 
         Options for this class (``publish_events``, ``channel``, ``max_update_attempts``, ``layout``,
-        ``timeout``, ``report_watch_gaps``) are taken out. The pool blocks: at most ``max_connections`` (default
-        50) connections, callers beyond that wait up to ``pool_timeout`` seconds (default 30) for one and then fail
-        with :class:`~iii_streams.errors.PoolExhaustedError`. The other options go to the connections (e.g.
-        ``socket_timeout``).
+        ``timeout``, ``report_watch_gaps``, ``watch_queue_size``) are taken out. The pool blocks: at most
+        ``max_connections`` (default 50) connections, callers beyond that wait up to ``pool_timeout`` seconds
+        (default 30) for one and then fail with :class:`~iii_streams.errors.PoolExhaustedError`. The other options
+        go to the connections (e.g. ``socket_timeout``).
 
         Example:
             >>> RedisStream.from_url("redis://localhost:6379/0", max_connections=8).max_update_attempts
@@ -826,7 +998,7 @@ class RedisStream(FieldUpdates):
                 await _send(conn, packed, bounded)
                 return await conn.read_response()
             except NoScriptError:  # Redis ran nothing (restarted, or SCRIPT FLUSH): load it and send it again
-                script.sha = await self._client.script_load(script.script)
+                script.sha = await _script_load(conn, script.script)
                 await _send(conn, _pack_evalsha(conn, script.sha, key, args), bounded)
                 return await conn.read_response()
         finally:
@@ -895,10 +1067,13 @@ class RedisStream(FieldUpdates):
     def watch(
         self, stream_name: str | None = None, group_id: str | None = None, item_id: str | None = None
     ) -> Watch:
-        async def opener() -> _PubSubSubscription:
+        async def opener() -> _RedisWatcher:
             async with self._guard("watch", None):
-                return await _PubSubSubscription(self._client, self.channel or EVENTS_CHANNEL,
-                                                 self._watch_retries, self.report_watch_gaps).start()
+                if self._closed:
+                    raise StreamClosedError("RedisStream is closed")
+                if self._subscriber is None:
+                    self._subscriber = _Subscriber(self)
+                return await self._subscriber.subscribe()
 
         return Watch(opener, self._filter(stream_name, group_id, item_id))
 
@@ -915,6 +1090,8 @@ class RedisStream(FieldUpdates):
         if self._closed:
             return
         self._closed = True
+        if self._subscriber is not None:
+            await self._subscriber.stop()  # before the client: its readers would take that for a lost connection
         self._watch_retries.close()
         await self._updates.aclose()
         if self._owns_client:
