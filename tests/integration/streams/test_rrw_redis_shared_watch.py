@@ -229,3 +229,35 @@ async def test_writes_after_a_script_flush_with_every_connection_busy_do_not_wai
             await store.client.script_flush()
             await asyncio.gather(*(_set(store, str(n)) for n in range(40)))
             assert await store.client.hlen(f"{name}:s:g") == 41
+
+
+async def test_open_and_close_cancelled_at_every_turn_leave_no_connection_or_task(
+        name: str, admin: aioredis.Redis) -> None:
+    """The first watch's open (which subscribes the shared connection) and the last watch's close (which stops
+    it) cancelled after 0..40 loop turns: afterwards nothing is subscribed and no task of the store runs, and the
+    next watch still works."""
+    async with _store(require_redis(), name) as store:
+        before = asyncio.all_tasks()
+        for turns in range(40):
+            watch = store.watch(stream_name="s")
+            opening = asyncio.ensure_future(watch.open())
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            opening.cancel()
+            await asyncio.gather(opening, return_exceptions=True)
+            closing = asyncio.ensure_future(watch.aclose())
+            for _ in range(turns % 5):
+                await asyncio.sleep(0)
+            closing.cancel()
+            await asyncio.gather(closing, return_exceptions=True)
+            await watch.aclose()  # a cancelled close is finished by the next one
+            await until(lambda: store._subscriber is None, within=2)
+            assert asyncio.all_tasks() - before == set(), f"after {turns} turns"
+        for _ in range(200):  # the server drops a closed connection's subscription once it reads the hang-up
+            if not await _subscribed(admin, name):
+                break
+            await asyncio.sleep(0.01)
+        assert await _subscribed(admin, name) == 0
+        async with store.watch(stream_name="s") as watch:
+            await _set(store, "works")
+            assert await asyncio.wait_for(_ids(watch, 1), 5) == ["works"]
