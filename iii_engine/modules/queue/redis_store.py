@@ -2,11 +2,12 @@
 
 Layout per store queue ``Q`` (``<prefix>`` is the optional ``key_prefix``): ``<prefix>queue:Q:jobs`` (hash job id →
 job JSON), ``…:lane:<lane>`` (list of job ids), ``…:ready`` (list of lanes), ``…:active`` (sorted set lane →
-lease deadline), ``…:delayed`` (sorted set lane → due time), ``…:dlq`` (sorted set job id → failed_at) and
-``…:dlq_entries`` (hash job id → entry JSON). ``Q`` is escaped (``%`` → ``%25``, ``:`` → ``%3A``), so no queue's
-keys meet another's whatever the names and lanes (issue #8); names without those characters are unchanged. Every
-state change is one Lua script, so engines sharing the store never see half a move. A lane whose lease expires
-(its engine died mid-job) goes back to *ready*.
+lease deadline), ``…:delayed`` (sorted set lane → due time), ``…:dlq`` (sorted set job id → failed_at),
+``…:dlq_entries`` (hash job id → entry JSON) and ``…:done`` (sorted set job id → when it left the queue, for
+:data:`DONE_KEPT_MS`, so a push repeated late stores nothing). ``Q`` is escaped (``%`` → ``%25``, ``:`` →
+``%3A``), so no queue's keys meet another's whatever the names and lanes (issue #8); names without those characters
+are unchanged. Every state change is one Lua script, so engines sharing the store never see half a move. A lane
+whose lease expires (its engine died mid-job) goes back to *ready*.
 
 Example:
     >>> store = RedisQueueStore("redis://127.0.0.1:6379/0", key_prefix="demo:")  # doctest: +SKIP
@@ -30,12 +31,23 @@ log = logging.getLogger(__name__)
 EVICTION_CHECK_S = 2.0
 """How long the start-up look at Redis's eviction policy may take (a Redis that is down is not waited for)."""
 
-# A push already stored answers "stored" again: a client retrying the script after its reply was lost (a redis_url
-# with retry_on_timeout) put the id in its lane twice, and once the job was done the lane's head named a job that
-# was gone, holding a FIFO group for good.
-# KEYS: jobs, ready · ARGV: lane prefix, job id, job, lane, most jobs the queue may hold (0: no limit)
+DONE_KEPT_MS = 120_000
+"""How long a queue remembers the id of a job that left it (done or dead letter): a push of that id again within
+it (redis-py retrying a push whose reply was lost, by default up to 10 times with ≤ 1 s between) stores nothing.
+Costs Redis about 130 bytes per job finished in the window (16 MB at 1,000 jobs a second)."""
+
+MAX_DONE_KEPT_MS = 86_400_000
+"""Largest ``done_kept_ms``: a day of finished ids is already far more than any client's retries need."""
+
+# A push already stored answers "stored" again: a client retrying the script after its reply was lost (redis-py 6+
+# by default, or a redis_url with retry_on_timeout) put the id in its lane twice, and once the job was done the
+# lane's head named a job that was gone, holding a FIFO group for good. A job that already ran (its id in ``done``)
+# or died (a dead letter) is not stored again either: the retry came after another engine finished it, and the job
+# ran twice.
+# KEYS: jobs, ready, dlq, done · ARGV: lane prefix, job id, job, lane, most jobs the queue may hold (0: no limit)
 _PUSH = """
 if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then return 1 end
+if redis.call('ZSCORE', KEYS[3], ARGV[2]) or redis.call('ZSCORE', KEYS[4], ARGV[2]) then return 1 end
 if tonumber(ARGV[5]) > 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[5]) then return 0 end
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 if redis.call('RPUSH', ARGV[1] .. ARGV[4], ARGV[2]) == 1 then redis.call('RPUSH', KEYS[2], ARGV[4]) end
@@ -43,7 +55,8 @@ return 1
 """
 
 # A lane's head id without its job (left by a push an older version stored twice) is dropped, not claimed: it
-# answered "no job" and held the lane, and every job behind it, for good.
+# answered "no job" and held the lane, and every job behind it, for good. A lane listed in ready while it is held or
+# delayed (an older version listed it twice) is skipped: claimed, its head ran twice at once.
 # KEYS: jobs, ready, active, delayed · ARGV: lane prefix, now, lease
 _CLAIM = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', ARGV[2])
@@ -54,20 +67,20 @@ end
 while true do
   local lane = redis.call('LPOP', KEYS[2])
   if not lane then return false end
-  local lane_key = ARGV[1] .. lane
-  local id = redis.call('LINDEX', lane_key, 0)
-  local job = id and redis.call('HGET', KEYS[1], id)
-  while id and not job do
-    redis.call('LPOP', lane_key)
-    id = redis.call('LINDEX', lane_key, 0)
-    job = id and redis.call('HGET', KEYS[1], id)
+  if not (redis.call('ZSCORE', KEYS[3], lane) or redis.call('ZSCORE', KEYS[4], lane)) then
+    local lane_key = ARGV[1] .. lane
+    local id = redis.call('LINDEX', lane_key, 0)
+    local job = id and redis.call('HGET', KEYS[1], id)
+    while id and not job do
+      redis.call('LPOP', lane_key)
+      id = redis.call('LINDEX', lane_key, 0)
+      job = id and redis.call('HGET', KEYS[1], id)
+    end
+    if job then
+      redis.call('ZADD', KEYS[3], tonumber(ARGV[2]) + tonumber(ARGV[3]), lane)
+      return job
+    end
   end
-  if job then
-    redis.call('ZADD', KEYS[3], tonumber(ARGV[2]) + tonumber(ARGV[3]), lane)
-    return job
-  end
-  redis.call('ZREM', KEYS[3], lane)
-  redis.call('ZREM', KEYS[4], lane)
 end
 """
 
@@ -80,14 +93,29 @@ local lane_key = ARGV[1] .. ARGV[2]
 if redis.call('LINDEX', lane_key, 0) ~= ARGV[3] then return 0 end
 """
 
-# Remove the lane's head; requeue the lane only if it was active (held by an engine), forget it once empty.
+# Remove the lane's head; requeue the lane only if it was active (held by an engine), forget it once empty. A late
+# step (the lease ran out) that empties a lane waiting in ready takes it out of ready too: left there, the next push
+# to the lane (a FIFO group's next message) listed it a second time, and two claims ran that message at once. The
+# job id is kept in ``done`` (the ``jobs`` key's sibling) for KEPT_MS, the store's ``done_kept_ms`` (see _PUSH); the
+# key expires with the last of them.
+# Redis's clock, not the caller's: engines sharing the queue keep one window whatever their clocks say.
 # KEYS: jobs, ready, active, delayed
 _POP_HEAD = """
+local done = string.sub(KEYS[1], 1, -5) .. 'done'
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 redis.call('HDEL', KEYS[1], ARGV[3])
 redis.call('LPOP', lane_key)
 local rest = redis.call('LLEN', lane_key)
-if redis.call('ZREM', KEYS[3], ARGV[2]) == 1 and rest > 0 then redis.call('RPUSH', KEYS[2], ARGV[2]) end
-if rest == 0 then redis.call('ZREM', KEYS[4], ARGV[2]) end
+local held = redis.call('ZREM', KEYS[3], ARGV[2]) == 1
+if held and rest > 0 then redis.call('RPUSH', KEYS[2], ARGV[2]) end
+if rest == 0 and not held then
+  redis.call('ZREM', KEYS[4], ARGV[2])
+  redis.call('LREM', KEYS[2], 0, ARGV[2])
+end
+redis.call('ZADD', done, now, ARGV[3])
+redis.call('ZREMRANGEBYSCORE', done, '-inf', now - KEPT_MS)
+redis.call('PEXPIRE', done, KEPT_MS)
 return 1
 """
 
@@ -154,6 +182,7 @@ class _Keys:
         self.delayed = base + "delayed"
         self.dlq = base + "dlq"
         self.dlq_entries = base + "dlq_entries"
+        self.done = base + "done"
         self.lane = base + "lane:"
 
 
@@ -165,13 +194,17 @@ class RedisQueueStore:
         'RedisQueueStore'
     """
 
-    def __init__(self, redis_url: str, *, key_prefix: str = "") -> None:
+    def __init__(self, redis_url: str, *, key_prefix: str = "", done_kept_ms: int = DONE_KEPT_MS) -> None:
         self._redis: Redis = Redis.from_url(redis_url)
         self._prefix = key_prefix
+        if not 1 <= done_kept_ms <= MAX_DONE_KEPT_MS:
+            raise ValueError(f"done_kept_ms must be 1..{MAX_DONE_KEPT_MS}, got {done_kept_ms}")
         register = self._redis.register_script
-        self._push, self._claim, self._finish = register(_PUSH), register(_CLAIM), register(_FINISH)
+        kept = str(done_kept_ms)
+        self._push, self._claim = register(_PUSH), register(_CLAIM)
+        self._finish, self._dead = register(_FINISH.replace("KEPT_MS", kept)), register(_DEAD.replace("KEPT_MS", kept))
         self._retry, self._release, self._recover = register(_RETRY), register(_RELEASE), register(_RECOVER)
-        self._redrive, self._dead = register(_REDRIVE), register(_DEAD)
+        self._redrive = register(_REDRIVE)
 
     def _k(self, queue: str) -> _Keys:
         return _Keys(self._prefix, queue)
@@ -179,7 +212,8 @@ class RedisQueueStore:
     async def push(self, queue: str, job: Job, *, max_jobs: int | None = None) -> bool:
         """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
         k = self._k(queue)
-        stored = await self._push(keys=[k.jobs, k.ready], args=[k.lane, job.id, job.to_json(), job.lane, max_jobs or 0])
+        stored = await self._push(keys=[k.jobs, k.ready, k.dlq, k.done],
+                                  args=[k.lane, job.id, job.to_json(), job.lane, max_jobs or 0])
         return bool(stored)
 
     async def claim(self, queue: str, *, now_ms: int, lease_ms: int) -> Job | None:

@@ -123,15 +123,29 @@ class StoreFull(Exception):
         self.limit = limit
 
 
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
 def json_bytes(job: Job) -> int:
-    """Bytes of ``job``'s stored form in UTF-8 (what the in-memory store's ``max_bytes`` counts).
+    """Bytes of ``job``'s stored form in UTF-8 (what the in-memory store's ``max_bytes`` counts for a job).
 
     Example:
         >>> json_bytes(Job("i", "q", None, "é", "i")) - json_bytes(Job("i", "q", None, "e", "i"))
         1
     """
-    text = job.to_json()
-    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+    return _utf8_len(job.to_json())
+
+
+def letter_bytes(letter: DeadLetter) -> int:
+    """Bytes of a dead-letter entry's JSON in UTF-8 (what ``max_bytes`` counts for it: its job, error and time).
+
+    Example:
+        >>> job = Job("i", "q", None, "e", "i")
+        >>> letter_bytes(DeadLetter(job, "é", 1)) - json_bytes(job)
+        35
+    """
+    return _utf8_len(dumps(letter.as_dict()))
 
 
 @dataclass(frozen=True)
@@ -224,7 +238,13 @@ class _MemoryQueue:
                 self.ready.append(lane)
             return
         del self.lanes[lane]
-        if not held and self.delayed:  # a late step emptied a delayed lane: no lane waits on nothing
+        if held:
+            return
+        # A late step emptied a lane that waits in ready or delayed: it leaves both. Left in ready, the next push to
+        # the lane (a FIFO group's next message) listed it twice, and two claims took that message at once.
+        if lane in self.ready:
+            self.ready = deque(waiting for waiting in self.ready if waiting != lane)
+        if self.delayed:
             self.delayed = [entry for entry in self.delayed if entry[2] != lane]
             heapq.heapify(self.delayed)
 
@@ -233,7 +253,10 @@ class MemoryQueueStore:
     """Jobs in this process's memory (production's default ``BuiltinQueueAdapter``); lost on exit.
 
     ``max_bytes`` bounds the JSON bytes of the jobs and dead letters of every queue together: a push past it
-    raises :class:`StoreFull` (``max_jobs`` alone let 100,000 jobs of up to a message's 4 MiB each in).
+    raises :class:`StoreFull` (``max_jobs`` alone let 100,000 jobs of up to a message's 4 MiB each in). A job's
+    count follows it (a retry's new ``attempts``, its dead letter's error and ``failed_at``); those steps are never
+    refused, so they may pass ``max_bytes`` by their growth (about 60 bytes for the consumer's dead letter), and
+    pushes are refused until it is back under.
 
     Example:
         >>> import asyncio
@@ -260,9 +283,18 @@ class MemoryQueueStore:
     def _free(self, q: _MemoryQueue, job_id: str) -> None:
         self._bytes -= q.sizes.pop(job_id, 0)
 
+    def _recount(self, q: _MemoryQueue, job_id: str, size: int) -> None:
+        """``job_id`` now takes ``size`` bytes. Never refused, even past ``max_bytes``: a retry or a dead letter
+        the store turned down would leave its job active, to run again once its lease ran out."""
+        self._bytes += size - q.sizes.get(job_id, 0)
+        q.sizes[job_id] = size
+
     async def push(self, queue: str, job: Job, *, max_jobs: int | None = None) -> bool:
-        """See :class:`QueueStore`; raises :class:`StoreFull` when the job's bytes do not fit under ``max_bytes``."""
+        """See :class:`QueueStore`; raises :class:`StoreFull` when the job's bytes do not fit under ``max_bytes``.
+        A job already held (a job or a dead letter with its id) is not stored or counted again, as by Redis."""
         q = self._q(queue)
+        if job.id in q.sizes:
+            return True
         if max_jobs is not None and len(q.jobs) >= max_jobs:
             return False
         size = json_bytes(job)
@@ -293,7 +325,9 @@ class MemoryQueueStore:
         while q.ready:
             lane = q.ready.popleft()
             jobs = q.lanes.get(lane)
-            if jobs:  # else emptied while it waited (a late step finished its last job): skipped, as by Redis
+            # else emptied while it waited (a late step finished its last job), or held already (listed twice):
+            # skipped, as by Redis
+            if jobs and lane not in q.active:
                 q.active[lane] = now_ms + lease_ms
                 return q.jobs[jobs[0]]
         return None
@@ -311,6 +345,7 @@ class MemoryQueueStore:
         if not q.is_head(job):
             return
         q.jobs[job.id] = job
+        self._recount(q, job.id, json_bytes(job))  # attempts 9 → 10 is a byte more; the payload may change too
         if q.active.pop(job.lane, None) is not None:  # as Redis: a lane not held stays where it is
             q.seq += 1
             heapq.heappush(q.delayed, (due_ms, q.seq, job.lane))
@@ -321,6 +356,7 @@ class MemoryQueueStore:
         if q.is_head(letter.job):
             q.dlq[letter.job.id] = letter
             q.pop_head(letter.job.lane)
+            self._recount(q, letter.job.id, letter_bytes(letter))
 
     async def release(self, queue: str, job: Job) -> None:
         """See :class:`QueueStore`."""
@@ -367,8 +403,10 @@ class MemoryQueueStore:
         for moved, one in enumerate(ids):
             if max_jobs is not None and len(q.jobs) >= max_jobs:
                 raise QueueFull(moved)
-            # its bytes are counted already, as a dead letter: a redrive never needs room under max_bytes
-            self._put(q, q.dlq.pop(one).job.restarted())
+            # a job is smaller than its dead letter (no error, no failed_at, attempts 0): it never needs more room
+            job = q.dlq.pop(one).job.restarted()
+            self._put(q, job)
+            self._recount(q, job.id, json_bytes(job))
         return len(ids)
 
     async def discard(self, queue: str, job_id: str) -> int:
