@@ -35,12 +35,15 @@ draining, an engine that stopped reading) waits behind them and, if that socket 
 one: the reference SDK's behaviour, kept for ``trigger`` with a void action. :meth:`Connection.send_on_this_connection`
 is for a sender that must not have that (a void call whose caller may retry it): its frame waits in the same order,
 but leaves only on the socket that was up when it was handed over; if that socket is lost first, the frame is dropped
-and its sender told False.
+and its sender told False. It waits unwritten until the socket takes it at once (not in the socket's own buffer,
+where a socket dropped for ``send_timeout`` would throw it away after its sender had heard True).
 
-A write that waits more than ``send_timeout`` seconds (default 30) for the socket to take it means the engine stopped
-reading (frozen, stalled): the socket is dropped and a new one made, as for any lost connection. Without the bound
-every send, and websockets' own keep-alive ping (which waits for the same drain before its pong timeout starts),
-waited for as long as the engine's TCP stack kept the window shut: for ever, the connection still "connected".
+A write whose socket takes no bytes for ``send_timeout`` seconds (default 30) means the engine stopped reading
+(frozen, stalled): the socket is dropped and a new one made, as for any lost connection. The bound is on time without
+progress, not on the whole wait: an engine that keeps taking bytes, however slowly (a 50 MB frame at 100 KB/s takes
+500 s), is alive. Without the bound every send, and websockets' own keep-alive ping (which waits for the same drain
+before its pong timeout starts), waited for as long as the engine's TCP stack kept the window shut: for ever, the
+connection still "connected".
 
 Example:
     >>> conn = Connection("ws://127.0.0.1:1", on_frame=print)
@@ -74,7 +77,8 @@ __all__ = ["Connection", "backoff_delay_ms", "check_url"]
 log = logging.getLogger(__name__)
 
 DEFAULT_SEND_TIMEOUT_S = 30.0
-"""How long a write may wait for the socket to take it before the engine is taken as gone (it stopped reading)."""
+"""How long a write may wait with its socket taking no bytes before the engine is taken as gone (it stopped
+reading)."""
 
 DROP_LOG_INTERVAL_S = 10.0
 """Best-effort frames (telemetry, pongs) dropped at a full queue: the first drop is logged at once, later ones with
@@ -170,6 +174,65 @@ class _Pinned:
         self.written = written
 
 
+class _Outflow:
+    """The bytes :meth:`Connection._send_bounded` handed to one socket, counted low (a text frame's characters, no
+    headers), to tell whether the engine took any of what the socket holds (:meth:`level`)."""
+
+    __slots__ = ("handed", "transport", "ws")
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.transport = ws.transport
+        self.handed = 0
+
+    def level(self) -> int:
+        """Bytes the socket holds less those handed to it: it falls only when the engine takes bytes (a frame handed
+        over raises what the socket holds at least as much as ``handed``; a write not counted raises it)."""
+        return self.transport.get_write_buffer_size() - self.handed
+
+    def resumed(self) -> bool:
+        """Down to the low mark: writing resumed, so no send waits on this socket (one woken may not have run)."""
+        return self.transport.get_write_buffer_size() <= self.transport.get_write_buffer_limits()[0]
+
+
+_LOOKS = 4
+"""Looks at a waiting send's socket per ``send_timeout``: a socket is dropped once it took nothing for between 1 and
+1 + 1/_LOOKS times ``send_timeout``."""
+
+
+class _DrainWatch:
+    """One send waiting for its socket to drain: every ``limit / _LOOKS`` seconds it looks whether the engine took
+    bytes since the last look, and expires ``bound`` (the send's timeout) once it took none for ``limit`` seconds.
+    A bound on time without progress, not on the whole wait: a 50 MB frame takes 500 s at 100 KB/s."""
+
+    __slots__ = ("bound", "handle", "level", "limit", "loop", "moved_at", "outflow")
+
+    def __init__(self, outflow: _Outflow, level: int, bound: asyncio.Timeout, limit: float) -> None:
+        self.outflow = outflow
+        self.level = level
+        self.bound = bound
+        self.limit = limit
+        self.loop = asyncio.get_running_loop()
+        self.moved_at = self.loop.time()
+        self.handle = self.loop.call_later(limit / _LOOKS, self._look)
+
+    def _look(self) -> None:
+        now = self.loop.time()
+        level = self.outflow.level()
+        if level < self.level or self.outflow.resumed():
+            self.moved_at = now
+        self.level = level
+        idle = now - self.moved_at
+        if idle >= self.limit:
+            self.bound.reschedule(now)  # expires: the send is cancelled and its wait ends with TimeoutError
+        else:
+            self.handle = self.loop.call_later(min(self.limit / _LOOKS, self.limit - idle), self._look)
+
+    def stop(self) -> None:
+        """The send's wait ended: no more looks."""
+        self.handle.cancel()
+
+
 # A queued frame's key: a call's invocation id (its caller waits for the answer), a pinned frame's _Pinned, or None.
 _Key = str | _Pinned | None
 
@@ -250,6 +313,7 @@ class Connection:
         self._gave_up = False  # reconnection gave up (max_retries): nothing will make room any more
         self._supervisor: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._outflow: _Outflow | None = None  # what the current socket's waiting sends know of its progress
 
     @property
     def state(self) -> IIIConnectionState:
@@ -373,9 +437,11 @@ class Connection:
         ws = self._ws
         if ws is None or not _open(ws):
             return False
-        if self._ready and not self._backlog:
-            await self._send_open(ws, frame)
+        if self._ready and not self._backlog and self._write_now(ws, frame, False):
             return True
+        # Else it waits in the queue, unwritten, until the socket takes it at once (_pinned_turn): written into a
+        # socket's full buffer, it would be thrown away with the socket if the engine stopped reading, after its
+        # sender had heard True.
         if len(self._backlog) >= self._max_queue or self._waiting:
             # Refused, not waited for: its sender can be told, and room made later could be on another socket.
             raise ConnectionLostError("connection_lost", f"never sent: the outbound queue is full ({self._max_queue} "
@@ -398,13 +464,43 @@ class Connection:
             pass  # handed to the socket before the loss was seen: in flight, like any frame written then
 
     async def _send_bounded(self, ws: ClientConnection, frame: Frame) -> None:
-        """``ws.send(frame)``, its wait for the socket to drain bounded by ``send_timeout``: past it the socket is
-        dropped (the engine stopped reading) and ``ConnectionClosed`` raised; the frame is lost with the socket.
+        """``ws.send(frame)``, its wait for the socket to drain bounded by ``send_timeout`` seconds without progress:
+        while the engine takes bytes, however slowly (a large frame on a slow link), the wait goes on; once it took
+        none for ``send_timeout``, the socket is dropped (the engine stopped reading) and ``ConnectionClosed``
+        raised; the frame is lost with the socket.
 
         websockets' send writes first and then waits, so the bound never leaves a frame half written."""
+        outflow = self._outflow_of(ws)
+        level = outflow.level()  # before this frame is handed over
+        outflow.handed += len(frame)
+        await self._bounded(ws, ws.send(frame), outflow, level)
+
+    async def _drained(self, ws: ClientConnection) -> bool:
+        """Wait until ``ws`` takes writes without waiting (its buffer drained to the low mark), bounded as
+        :meth:`_send_bounded` is; False when ``ws`` is lost or dropped meanwhile."""
+        outflow = self._outflow_of(ws)
         try:
-            async with asyncio.timeout(self._send_timeout):
-                await ws.send(frame)
+            await self._bounded(ws, ws_fastpath.drain_or_close(ws), outflow, outflow.level())
+        except ConnectionClosed:
+            return False
+        return _open(ws)
+
+    def _outflow_of(self, ws: ClientConnection) -> _Outflow:
+        outflow = self._outflow
+        if outflow is None or outflow.ws is not ws:
+            outflow = self._outflow = _Outflow(ws)
+        return outflow
+
+    async def _bounded(self, ws: ClientConnection, wait: Awaitable[None], outflow: _Outflow, level: int) -> None:
+        """Await ``wait`` (a wait for ``ws`` to drain); once ``ws`` took no bytes for ``send_timeout`` (``level``:
+        :meth:`_Outflow.level` when the wait began), drop ``ws`` and raise ``ConnectionClosed``."""
+        try:
+            async with asyncio.timeout(None) as bound:
+                watch = _DrainWatch(outflow, level, bound, self._send_timeout)
+                try:
+                    await wait
+                finally:
+                    watch.stop()
                 return
         except TimeoutError:
             pass
@@ -413,6 +509,28 @@ class Connection:
                         "dropping the connection and reconnecting", self.url, self._send_timeout)
             ws.transport.abort()
         raise ConnectionClosed(None, None)
+
+    async def _pinned_turn(self, ws: ClientConnection, frame: Frame, pinned: _Pinned) -> bool:
+        """The queue's head is ``pinned``'s ``frame`` and ``ws`` the socket being flushed: it is written once ``ws``
+        takes it at once, or dropped unsent, and taken out of the queue; False (left queued, to be dropped with
+        ``ws``) when ``ws`` was lost or dropped while the frame waited for it to drain.
+
+        It waits unwritten at the head of the queue (the frames behind it wait too, in order): written into the
+        socket's full buffer instead, it was thrown away with the socket when the engine had stopped reading, and
+        its sender had been told True."""
+        if not pinned.written.done() and pinned.ws is ws and _open(ws):
+            if self._write_now(ws, frame, False):
+                self._popleft()
+                pinned.written.set_result(True)
+                return True
+            if ws_fastpath.AVAILABLE:  # (else nothing is written at once: _send_open below sends it)
+                if not await self._drained(ws):
+                    return False
+                if not self._backlog or self._backlog[0][1] is not pinned:  # (taken out meanwhile: lost, closed)
+                    return True
+        self._popleft()
+        await self._send_queued_pinned(ws, frame, pinned)
+        return True
 
     async def _send_queued_pinned(self, ws: ClientConnection, frame: Frame, pinned: _Pinned) -> None:
         """A pinned frame's turn on ``ws``: written if ``ws`` is still its socket and open, else dropped; its sender
@@ -449,7 +567,8 @@ class Connection:
         """Write ``frame`` at once when nothing waits ahead of it and the socket takes it without waiting, else
         queue it like :meth:`send_soon` (loop thread only; never suspends, so callbacks can send)."""
         ws = self._ws
-        if self._ready and ws is not None and not self._backlog and self._write_now(ws, frame, False):
+        # (a socket already closed, its loss not handled yet, drops what it is given: the frame waits for the next)
+        if self._ready and ws is not None and not self._backlog and _open(ws) and self._write_now(ws, frame, False):
             return
         self.send_soon(frame, key)
 
@@ -457,7 +576,7 @@ class Connection:
         """Write ``frame`` at once if nothing waits ahead of it and the socket takes it without waiting; False (and
         nothing done) otherwise. Loop thread, or a thread holding the loop parked (:meth:`LoopBridge.park`)."""
         ws = self._ws
-        return self._ready and ws is not None and not self._backlog and self._write_now(ws, frame, False)
+        return self._ready and ws is not None and not self._backlog and _open(ws) and self._write_now(ws, frame, False)
 
     def _write_now(self, ws: ClientConnection, frame: Frame, batch: bool) -> bool:
         # A batch frame waits for the end of this turn in the socket's cork (ws_fastpath), with the frames written
@@ -611,10 +730,12 @@ class Connection:
     async def _flush_backlog(self) -> None:
         ws = self._ws
         while self._backlog and self._ready and ws is not None and ws is self._ws and _open(ws):
-            frame, key = self._popleft()  # (taken from a closed socket, it was lost unwritten: left queued now)
+            frame, key = self._backlog[0]  # (taken from a closed socket, it was lost unwritten: left queued now)
             if isinstance(key, _Pinned):
-                await self._send_queued_pinned(ws, frame, key)
+                if not await self._pinned_turn(ws, frame, key):
+                    return
                 continue
+            self._popleft()
             if key is not None and not self._keep(key):
                 continue
             try:
@@ -677,11 +798,17 @@ class Connection:
         try:
             await self._on_open(lambda frame: self._send_bounded(ws, frame))
             while self._backlog and _open(ws):
-                frame, key = self._popleft()
+                frame, key = self._backlog[0]
                 if isinstance(key, _Pinned):
-                    await self._send_queued_pinned(ws, frame, key)
-                elif key is None or self._keep(key):
+                    await self._pinned_turn(ws, frame, key)
+                    continue
+                self._popleft()
+                if key is None or self._keep(key):
                     await self._send_bounded(ws, frame)
+            if not _open(ws):
+                # Lost during the replay or the flush without a write failing: not ready. The frames on_ready
+                # sends (the worker's registration) would wait for the next socket, and go out there twice.
+                raise ConnectionClosed(None, None)
             self._ready = True
             self._on_ready()
             if isinstance(ws, ws_fastpath.DirectClientConnection):

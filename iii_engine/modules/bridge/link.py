@@ -206,8 +206,9 @@ class BridgeLink:
 
         At most once, on the connection that is up when it is made: a link that is down is waited for at most
         ``connect_grace_s``; the call then waits its turn behind the frames already queued for that connection
-        and returns once written to it. A connection that drops before that (a drop racing the call, or one that
-        stalled with frames queued) fails the call with :class:`BridgeCallError` "not sent", and it is never kept
+        and returns once written to it (once the socket takes it at once: it never waits in the client's own
+        buffer). A connection that drops before that (a drop racing the call, or a remote that took nothing for the
+        SDK's ``send_timeout``, 30 s) fails the call with :class:`BridgeCallError` "not sent", and it is never kept
         for the next connection, so a caller who retries cannot make it run twice. Written to the socket counts
         as sent: a connection that dies with it in flight may lose it, as with any fire-and-forget message.
         """
