@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+from polling import until
 from stall_relay import SMALL_BUFFER, Relay
 
 from iii.connection import Connection
@@ -114,4 +115,24 @@ async def test_small_frames_queued_behind_a_large_one_on_a_slow_live_link_are_no
         assert recorder.frames == [big] + [f"small-{i}" for i in range(20)]
         assert len(recorder.connections) == 1
     finally:
+        await conn.close()
+
+
+async def test_a_slow_link_that_then_stops_is_dropped_after_send_timeout_without_progress(
+        recorder: Recorder, slow: SlowRelay) -> None:
+    conn = await slow_connection(slow)
+    try:
+        first = conn._ws
+        assert await conn.send("b" * (RATE * 4)) is True  # ~4 s on the link
+        waiting = asyncio.ensure_future(conn.send("next"))
+        await until(lambda: slow.carried > RATE // 2)  # bytes are moving
+        slow.flowing.clear()  # the link stops: nothing taken from now on
+        stopped = time.monotonic()
+        await until(lambda: conn._ws is not first)
+        idle = time.monotonic() - stopped
+        # (the relay's and the kernel's buffers take a little more first, so up to ~0.3 s of slack)
+        assert SEND_TIMEOUT_S <= idle < SEND_TIMEOUT_S * 1.25 + 0.5
+        assert await asyncio.wait_for(waiting, 5) is True  # written before the drop: lost with the socket
+    finally:
+        slow.flowing.set()
         await conn.close()
