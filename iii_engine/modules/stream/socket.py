@@ -23,7 +23,8 @@ Join/leave contract: every join the ``stream:join`` handlers heard of and did no
 the handlers did not answer within ``join_timeout_ms`` or the client went before they did (a handler may have
 acted on it; its late answer is dropped, and the leave may reach a worker before that answer). A refused join
 (``unauthorized``) gets none, as in production; a join repeating the subscription live under its id is that
-subscription. A client that goes during a join is let go at once: the join is cancelled.
+subscription. A client that goes during a join is let go at once: the join is cancelled (once its close is read:
+behind more than one waiting message of its own, when that join ends).
 
 Example:
     >>> Subscription("s", "g", None).matches({"streamName": "s", "groupId": "g", "id": "7"})
@@ -66,6 +67,13 @@ __all__ = ["MAX_JOIN_NAME", "StreamSocketServer", "Subscription"]
 log = logging.getLogger(__name__)
 
 _MAX_CLIENT_FRAME = 1024 * 1024
+# Client messages received and not yet handled before the socket stops reading (websockets' max_queue): the socket
+# handles them one at a time and a join may take join_timeout_ms, so websockets' default of 16 let each client park
+# 17 MiB of messages in the engine behind one slow join (170 GB at max_clients). Joins and leaves are small and
+# rare: one waiting message keeps a client's next join ready (5,000 joins in a burst took as long as with 16). The
+# price: a client that goes with more than one message waiting behind a hung join is seen gone when that join ends
+# (join_timeout_ms at most), its close being unread behind them; with 16 it was so past 16 messages.
+_CLIENT_MESSAGES_QUEUED = 1
 _SLOW_CLIENT = 1013
 _TOO_SLOW = "too slow: events were queued faster than read; reconnect and join"
 
@@ -165,6 +173,9 @@ class _Client:
             self.queued_bytes -= len(frame)
             # the payload is already UTF-8: no per-socket encoding or websockets message machinery
             await send_server_frame(self.ws, True, frame)
+            # not kept while waiting for the next one: an idle client held its last frame (its sync, say) for as
+            # long as nothing else came for it
+            del frame
 
 
 def _join_data(message: Any) -> tuple[str, str, str, str | None] | None:
@@ -247,15 +258,22 @@ class StreamSocketServer:
         await probe.aclose()
         self._server = await serve(
             self._serve, self.settings.host, self.settings.port, compression=None, max_size=_MAX_CLIENT_FRAME,
+            max_queue=_CLIENT_MESSAGES_QUEUED,
             process_request=self._process_request, select_subprotocol=self._select_subprotocol,
             # the module's stop closes every client (1001): one peer that never answers must not hold it for 10 s
             close_timeout=CLOSE_TIMEOUT_S,
             logger=logging.getLogger(f"{__name__}.websockets"))
 
     async def close(self) -> None:
-        """Stop listening, close every client (1001) and the event subscription."""
+        """Stop listening, close every client (1001; reset past ``CLOSE_TIMEOUT_S``) and the event subscription."""
         if self._server is not None:
-            self._server.close()
+            # websockets' own close first waits, with no deadline, for a client to take what it was sent: one that
+            # stopped reading held the stop until the keep-alive gave up (20 s), one already being closed as too
+            # slow for slow_close_timeout_ms. Taken before server.close(), whose own close of each takes it out of
+            # .connections (open ones only).
+            peers = {client.ws for client in self._clients} | self._server.connections
+            self._server.close()  # stops listening; upgrades in progress get a 503
+            await asyncio.gather(*(close_within(ws, 1001, "") for ws in peers))
             await self._server.wait_closed()
         await self._close_feed(force=True)
         self._failed_joins_log.close()
@@ -319,9 +337,26 @@ class StreamSocketServer:
             return None
         self._authenticating += 1
         try:
-            return await self._authenticate(connection, request, function_id)
+            return await self._authenticate_while_connected(connection, request, function_id)
         finally:
             self._authenticating -= 1
+
+    async def _authenticate_while_connected(self, connection: ServerConnection, request: Request,
+                                            function_id: str) -> Response | None:
+        """:meth:`_authenticate`, given up once the client goes: websockets would wait for the auth call (up to
+        its 10 s handshake timeout) with the client's place under ``max_clients`` taken, for nobody."""
+        auth = asyncio.ensure_future(self._authenticate(connection, request, function_id))
+        gone = asyncio.ensure_future(connection.wait_closed())
+        try:
+            await asyncio.wait((auth, gone), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not auth.done():  # the client went (or the handshake timed out): its call leaves the pending table
+                auth.cancel()
+        if not auth.done():
+            # never sent: websockets answers no request whose connection is closed
+            return connection.respond(400, "the client went during the auth call\n")
+        return auth.result()
 
     async def _authenticate(self, connection: ServerConnection, request: Request,
                             function_id: str) -> Response | None:
