@@ -63,6 +63,7 @@ class InitOptions:
     reconnection_config: ReconnectionConfig | None = None
     otel: OtelConfig | dict[str, Any] | None = None
     telemetry: TelemetryOptions | None = None
-    #: Ours: how long a write may wait for the engine to take it before the connection counts as dead and is
-    #: replaced (an engine that stopped reading; nothing else bounds that wait). Milliseconds, > 0.
+    #: Ours: how long a write may go without the engine taking any of its bytes before the connection counts as
+    #: dead and is replaced (an engine that stopped reading; nothing else bounds that wait). A big frame crossing a
+    #: slow but live link is never cut. Milliseconds, > 0.
     send_timeout_ms: int = 30_000

@@ -160,8 +160,9 @@ class _QueueSubscription:
         try:
             self.queue.put_nowait(event)
         except asyncio.QueueFull:
+            # no wake-up: a full queue has no reader waiting, and making room for one would drop the oldest event,
+            # which the reader then never saw although the lag came after it
             self.lagged = True
-            wake(self.queue)
 
     async def get(self) -> StreamEvent:
         if self.closed:

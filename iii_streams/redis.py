@@ -646,7 +646,9 @@ class _RedisWatcher:
             return
         if self._bytes + len(data) > _WATCH_QUEUE_BYTES or self._queue.full():
             self._lagged = True
-            wake(self._queue)  # a waiting reader learns about the lag at once
+            if not self._queue.full():  # a reader may be waiting: it learns about the lag at once
+                self._queue.put_nowait(None)
+            # (a full queue has no reader waiting; making room would drop the oldest event before the lag)
             return
         self._queue.put_nowait(data)
         self._bytes += len(data)
@@ -656,8 +658,7 @@ class _RedisWatcher:
         if self._lagged or self._closed:
             return
         if self._queue.full():
-            self._lagged = True
-            wake(self._queue)
+            self._lagged = True  # read after every queued event, as in offer()
             return
         self._queue.put_nowait(_GAP)
 
