@@ -531,6 +531,12 @@ class _Subscriber:
             if not done:
                 task.cancel()
                 await asyncio.wait({task})
+        # A task cancelled before its first step never runs its finally: a watch closed right after its open
+        # (the engine's start-up probe) left the connection subscribed, out of the pool, for good.
+        leftover, self._pubsub = self._pubsub, None
+        if leftover is not None:
+            with contextlib.suppress(Exception):
+                await leftover.aclose()  # type: ignore[no-untyped-call]
 
     async def _open(self) -> PubSub:
         """A new pub/sub subscribed to the store's channel, its confirmation read (so every event published

@@ -52,7 +52,7 @@ from websockets.typing import Subprotocol
 from iii.loss_log import LossLog
 from iii.wire import dumps, loads
 from iii.ws_fastpath import send_server_frame
-from iii_streams import Backend, StreamLagError, Watch
+from iii_streams import Backend, StreamGapError, StreamLagError, Watch
 from iii_streams.events import StreamEvent, now_ms
 
 from ...closing import CLOSE_TIMEOUT_S, close_within
@@ -76,6 +76,7 @@ _MAX_CLIENT_FRAME = 1024 * 1024
 _CLIENT_MESSAGES_QUEUED = 1
 _SLOW_CLIENT = 1013
 _TOO_SLOW = "too slow: events were queued faster than read; reconnect and join"
+_MISSED = "the engine missed the store's events; reconnect and join"
 
 _GroupKey = tuple[str, str]
 
@@ -160,12 +161,18 @@ class _Client:
             self.queue.put_nowait(frame)
             self.queued_bytes += len(frame)
         except asyncio.QueueFull:
-            self.overflowed = True
             log.warning("stream client %s fell %d frames (%d bytes) behind; closing it with 1013",
                         self.ws.remote_address, self.queue.qsize(), self.queued_bytes)
-            # A client that stopped reading never takes the close frame: bounded, then reset.
-            self.closer = asyncio.get_running_loop().create_task(
-                close_within(self.ws, _SLOW_CLIENT, _TOO_SLOW, self.close_timeout_s))
+            self.fall_behind(_TOO_SLOW)
+
+    def fall_behind(self, reason: str) -> None:
+        """Close with 1013 (once): the client missed events and must reconnect and join again to re-sync."""
+        if self.overflowed:
+            return
+        self.overflowed = True
+        # A client that stopped reading never takes the close frame: bounded, then reset.
+        self.closer = asyncio.get_running_loop().create_task(
+            close_within(self.ws, _SLOW_CLIENT, reason, self.close_timeout_s))
 
     async def write(self) -> None:
         while True:
@@ -581,6 +588,15 @@ class StreamSocketServer:
 
     # -- events --------------------------------------------------------------------------------------------
 
+    def _missed(self, what: str) -> None:
+        """Events may be lost for every client now connected: each is closed with 1013, to re-sync."""
+        # a client with no subscription and no join under way has nothing to re-sync
+        clients = [client for client in self._clients if not client.overflowed
+                   and (client.subscriptions or (client.joining is not None and not client.joining.done()))]
+        log.warning("%s; closing %d stream client(s) with 1013 so they re-join and re-sync", what, len(clients))
+        for client in clients:
+            client.fall_behind(_MISSED)
+
     def _fan_out(self, event: StreamEvent) -> None:
         stream, group = event.get("streamName"), event.get("groupId")
         if not (isinstance(stream, str) and isinstance(group, str)):
@@ -600,17 +616,25 @@ class StreamSocketServer:
                 client.offer(frame)
 
     async def _forward(self, watch: Watch) -> None:
-        """Fan the feed's events out until cancelled; resubscribes after a lag or a lost feed."""
+        """Fan the feed's events out until cancelled; resubscribes after a lag or a lost feed.
+
+        Whenever events may have been missed (the feed lagged, lost its connection, failed), every connected
+        client is closed with 1013 so it reconnects and joins again, getting a fresh sync: before, clients just
+        stopped seeing the missed changes, with a warning in the engine's log only.
+        """
         try:
             while True:
                 try:
                     async for event in watch:
                         self._fan_out(event)
                     return
+                except StreamGapError as exc:  # the store subscribed again by itself; the same watch reads on
+                    self._missed(f"the store's event feed lost its connection ({exc})")
+                    continue
                 except StreamLagError as exc:
-                    log.warning("stream socket fell behind the store's events (%s); resubscribing", exc)
-                except Exception as exc:  # e.g. Redis went away: keep trying, clients re-join on reconnect anyway
-                    log.warning("stream socket lost the store's event feed (%r); resubscribing", exc)
+                    self._missed(f"the stream socket fell behind the store's events ({exc}); resubscribing")
+                except Exception as exc:  # e.g. Redis went away: keep trying
+                    self._missed(f"the stream socket lost the store's event feed ({exc!r}); resubscribing")
                     await asyncio.sleep(0.5)
                 await watch.aclose()
                 watch = self._watch = self.store.watch()

@@ -68,6 +68,10 @@ def _kv_store(kind: Kind, settings: KvStoreSettings, events: bool) -> Backend:
 
 def _open_url(kind: Kind, url: str, publish_events: bool) -> Backend:
     options: dict[str, Any] = {"publish_events": publish_events}
+    if publish_events and scheme_of(url) != "memory":
+        # the stream socket follows this store's events for its clients: a lost Redis or LISTEN connection must
+        # be reported to it (it closes its clients so they re-sync), not only logged
+        options["report_watch_gaps"] = True
     if kind == "state" and scheme_of(url) in _REDIS_SCHEMES:
         from iii_streams.redis import STATE_LAYOUT  # imported here: redis is only needed for Redis stores
 

@@ -261,3 +261,19 @@ async def test_open_and_close_cancelled_at_every_turn_leave_no_connection_or_tas
         async with store.watch(stream_name="s") as watch:
             await _set(store, "works")
             assert await asyncio.wait_for(_ids(watch, 1), 5) == ["works"]
+
+
+async def test_a_watch_closed_right_after_its_open_leaves_no_subscribed_connection(
+        name: str, admin: aioredis.Redis) -> None:
+    """The engine's start-up probe opens a watch and closes it at once: the shared reader task, cancelled before
+    its first step, never ran the code that closes its pub/sub, so the connection stayed subscribed and out of the
+    pool for good (every engine start with a Redis stream store leaked one)."""
+    async with _store(require_redis(), name) as store:
+        for _ in range(3):
+            watch = store.watch()
+            await watch.open()
+            await watch.aclose()
+        assert await _subscribed(admin, name) == 0
+        async with store.watch(stream_name="s") as events:  # the store still watches afterwards
+            await _set(store, "x")
+            assert (await asyncio.wait_for(anext(events), 5))["id"] == "x"
