@@ -24,9 +24,8 @@ import logging
 from typing import Any, Final
 
 from redis.asyncio.client import PubSub
-from redis.exceptions import ConnectionError as RedisConnectionError
 
-__all__ = ["MISSING", "OneShotPubSub", "end", "one_shot"]
+__all__ = ["MISSING", "OneShotPubSub", "one_shot"]
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +37,6 @@ def _missing() -> tuple[str, ...]:
     if not inspect.iscoroutinefunction(execute) or list(inspect.signature(execute).parameters)[:3] != [
             "self", "conn", "command"]:
         lacking.append("PubSub._execute(self, conn, command, *args, **kwargs)")
-    if not inspect.iscoroutinefunction(getattr(PubSub, "check_health", None)):
-        lacking.append("PubSub.check_health()")
     return tuple(lacking)
 
 
@@ -50,22 +47,11 @@ _warned = False
 
 
 class OneShotPubSub(PubSub):
-    """A ``PubSub`` that never reconnects its connection itself: a failed send or read raises to its caller.
-
-    ``ended`` (set by :func:`end`, from a ``close()`` in another task) stops ``parse_response`` from connecting
-    again a connection closed under the health check's ``PING``: it would read on for good, on a connection back
-    in the pool.
-    """
-
-    ended = False
+    """A ``PubSub`` that never reconnects its connection itself: a failed send or read raises to its caller (the
+    store's one reader task, the only one that reads or closes it, then subscribes a fresh one)."""
 
     async def _execute(self, conn: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
         return await command(*args, **kwargs)
-
-    async def check_health(self) -> None:
-        await super().check_health()  # type: ignore[no-untyped-call]
-        if self.ended:
-            raise RedisConnectionError("the watch was closed")
 
 
 def one_shot(pubsub: PubSub) -> PubSub:
@@ -79,12 +65,6 @@ def one_shot(pubsub: PubSub) -> PubSub:
         log.warning("redis-py %s lacks %s: Redis watches use its own reconnect (a watch cancelled during it may keep "
                     "its subscription until the connection fails)", _version(), ", ".join(MISSING))
     return pubsub
-
-
-def end(pubsub: PubSub) -> None:
-    """Mark ``pubsub`` closed by another task, before its connection is closed under a read."""
-    if isinstance(pubsub, OneShotPubSub):
-        pubsub.ended = True
 
 
 def _version() -> str:
