@@ -455,6 +455,11 @@ _WATCH_QUEUE_BYTES: Final = 32 * 1024 * 1024
 watchers hold no more than about this much (plus ``watch_queue_size`` messages) between them."""
 _READ_S: Final = 1.0  # one read of the shared pub/sub at most: redis-py 8.0.0 ended a longer one at socket_timeout
 _STOP_S: Final = 2.0  # the reader task's own exit when stopped, at most; then it is cancelled again
+# A connection made half-open (a NAT or firewall that forgot it, a failover with no reset) never fails a read: the
+# shared pub/sub would wait for good while every event went elsewhere. After this long with nothing heard it is
+# PINGed, and with nothing heard _PONG_S later it counts as lost (replaced, a gap reported).
+_QUIET_S: Final = 10.0
+_PONG_S: Final = 5.0
 _GAP: Final = object()
 
 
@@ -564,9 +569,18 @@ class _Subscriber:
     async def _run(self, pubsub: PubSub) -> None:
         """Read the shared pub/sub into every watcher's queue; replace it when its connection is lost."""
         failure: BaseException | None = None
+        loop = asyncio.get_running_loop()
+        heard, pinged = loop.time(), False
         try:
             while not self._stopping.is_set():
                 try:
+                    quiet = loop.time() - heard
+                    if quiet > _QUIET_S + _PONG_S:
+                        raise RedisConnectionError(f"no reply to PING within {_PONG_S:g} s (a half-open connection)")
+                    if quiet > _QUIET_S and not pinged:
+                        async with asyncio.timeout(_PONG_S):  # a send into a full socket buffer waits too
+                            await pubsub.ping()
+                        pinged = True
                     # a bounded read: redis-py 8.0.0 ends a blocking one at socket_timeout, as if the connection
                     # were lost; an idle connection's health check (a PING when due) is sent before each read
                     message = await pubsub.get_message(timeout=_READ_S)
@@ -577,8 +591,12 @@ class _Subscriber:
                     if replaced is None:
                         break
                     pubsub = replaced
+                    heard, pinged = loop.time(), False
                     continue
-                if message is None or message.get("type") != "message":
+                if message is None:
+                    continue
+                heard, pinged = loop.time(), False  # anything at all, our PING's pong included, proves it alive
+                if message.get("type") != "message":
                     continue
                 data = message["data"]
                 if data[:1] not in (b"{", "{"):  # checked once here: each watcher would warn about it

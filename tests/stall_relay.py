@@ -10,6 +10,8 @@ Example::
     await relay.start()            # then connect to relay.url
     relay.flowing.clear()          # stop reading; relay.flowing.set() reads again
     relay.cut()                    # reset every connection, both ways
+    relay.blackhole()              # connections made so far go silent both ways, still open (half-open);
+                                   # new ones flow
     await relay.close()
 """
 
@@ -33,11 +35,17 @@ class Relay:
         self.transports: list[asyncio.WriteTransport] = []
         self.tasks: set[asyncio.Task[None]] = set()
         self.server: asyncio.Server | None = None
+        self._silenced: set[asyncio.BaseTransport] = set()  # writers of blackholed connections
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        port: int = self.server.sockets[0].getsockname()[1]
+        return port
 
     @property
     def url(self) -> str:
-        assert self.server is not None
-        return f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return f"ws://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
         listener = socket.socket()
@@ -61,12 +69,19 @@ class Relay:
                 data = await reader.read(SMALL_BUFFER)
                 if not data:
                     break
+                if writer.transport in self._silenced:
+                    continue  # blackholed: taken and thrown away, the connection left open
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):
             pass
         finally:
             writer.transport.abort()
+
+    def blackhole(self) -> None:
+        """Connections made so far go silent both ways and stay open, as a half-open TCP connection (a NAT or a
+        firewall that forgot it); later connections flow."""
+        self._silenced.update(self.transports)
 
     def cut(self) -> None:
         """Drop every connection (a reset both ways)."""

@@ -13,22 +13,26 @@ each watcher's bounded queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import redis.asyncio as aioredis
 
 from iii.stream import StreamSetInput
 from iii_streams import RedisStream, StreamGapError, StreamLagError, redis_internals
+from iii_streams import redis as redis_module
 from iii_streams.events import Watch
 from iii_streams.redis import KeyLayout
 from tests.integration.streams.private_redis import PrivateRedis
 from tests.polling import until
 from tests.services import require_redis
+from tests.stall_relay import Relay
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(30)]
 
@@ -277,3 +281,35 @@ async def test_a_watch_closed_right_after_its_open_leaves_no_subscribed_connecti
         async with store.watch(stream_name="s") as events:  # the store still watches afterwards
             await _set(store, "x")
             assert (await asyncio.wait_for(anext(events), 5))["id"] == "x"
+
+
+async def test_a_half_open_watch_connection_is_found_by_ping_and_replaced(
+        name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection that went silent without a reset (a NAT that forgot it) never fails a read: the shared pub/sub
+    waited on it for good and every later event was lost without a word. Now a quiet connection is PINGed and,
+    with no answer, replaced; the gap is reported and later events arrive."""
+    monkeypatch.setattr(redis_module, "_QUIET_S", 0.3)
+    monkeypatch.setattr(redis_module, "_PONG_S", 0.3)
+    target = urlsplit(require_redis())
+    assert target.hostname == "127.0.0.1" and target.port is not None
+    relay = Relay(target.port)
+    await relay.start()
+    store = _store(f"redis://127.0.0.1:{relay.port}/0", name, report_watch_gaps=True)
+    try:
+        async with store.watch(stream_name="s") as events:
+            await _set(store, "before")
+            assert (await asyncio.wait_for(anext(events), 5))["id"] == "before"
+            relay.blackhole()  # the watch's connection (and the pool's) go silent, still open
+            with pytest.raises(StreamGapError):
+                await asyncio.wait_for(anext(events), 10)
+            writer = _store(require_redis(), name)  # around the relay: the pool's own connections are dead too
+            try:
+                await _set(writer, "after")
+            finally:
+                await writer.aclose()
+            assert (await asyncio.wait_for(anext(events), 5))["id"] == "after"
+    finally:
+        relay.cut()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(store.aclose(), 5)
+        await relay.close()
