@@ -106,14 +106,22 @@ class JoinLeaveTriggers(TriggerSet):
 
     def run_detached(self, payload: Mapping[str, Any]) -> None:
         """:meth:`run` in a task of its own (leave on disconnect: nobody waits for it); its handlers hold slots of
-        ``max_fired_calls`` until it ends, and are skipped and counted when there is no room."""
+        ``max_fired_calls`` until it ends. With no room now it waits for some, in turn, at most
+        ``fire_wait_timeout_ms`` (then it is refused, counted and logged): skipping it at once broke "every join
+        heard gets exactly one leave" whenever the engine was merely busy."""
         count = len(self.matching(payload))
         if count:
-            fired = self.services.fired_calls
-            if fired.try_take(count):
+            if self.services.fired_calls.try_take(count):
                 self.spawn(self._run_holding(count, payload), count)
             else:
-                fired.skip(f"{self.kind} handlers", count)
+                self.spawn(self._run_when_room(count, payload))
+
+    async def _run_when_room(self, count: int, payload: Mapping[str, Any]) -> None:
+        try:
+            await self.services.fired_calls.take(count, f"{self.kind} handlers", "handlers")
+        except EngineError:
+            return  # refused: FiredCalls counted and logged it
+        await self._run_holding(count, payload)  # at once: no await between taking the slots and holding them
 
     async def _run_holding(self, count: int, payload: Mapping[str, Any]) -> None:
         try:
