@@ -35,6 +35,7 @@ __all__ = [
     "StreamLagError",
     "Subscription",
     "Watch",
+    "check_queue_size",
     "custom_event",
     "event_json_parts",
     "make_event",
@@ -242,8 +243,26 @@ def wake(queue: asyncio.Queue[Any]) -> None:
     queue.put_nowait(None)
 
 
+def check_queue_size(size: object, what: str) -> int:
+    """``size`` if it is a positive integer (a bool is not); else a ``ValueError`` naming ``what``. A watcher's
+    queue of size 0 or less would be unbounded (``asyncio.Queue``), never reporting a lag.
+
+    Example:
+        >>> check_queue_size(5, "RedisStream: watch_queue_size")
+        5
+        >>> try:
+        ...     check_queue_size(0, "RedisStream: watch_queue_size")
+        ... except ValueError as exc:
+        ...     print(exc)
+        RedisStream: watch_queue_size must be a positive integer, got 0
+    """
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"{what} must be a positive integer, got {size!r}")
+    return size
+
+
 class EventHub:
-    """In-process fan-out of events to watchers, each with a bounded queue.
+    """In-process fan-out of events to watchers, each with a bounded queue (``maxsize`` events, at least 1).
 
     Example:
         >>> hub = EventHub()
@@ -251,7 +270,7 @@ class EventHub:
     """
 
     def __init__(self, maxsize: int = 10_000) -> None:
-        self._maxsize = maxsize
+        self._maxsize = check_queue_size(maxsize, "EventHub: maxsize")
         self._subscribers: set[_QueueSubscription] = set()
 
     @property

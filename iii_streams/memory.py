@@ -38,7 +38,7 @@ from iii.wire import loads
 
 from .base import DEFAULT_TIMEOUT, FieldUpdates, SetResult, UpdateResult
 from .errors import check_names, check_timeout, json_text
-from .events import EventHub, StreamEvent, Subscription, Watch, custom_event, make_event
+from .events import EventHub, StreamEvent, Subscription, Watch, check_queue_size, custom_event, make_event
 
 __all__ = ["MemoryStream"]
 
@@ -57,7 +57,7 @@ class MemoryStream(FieldUpdates):
         self.publish_events = publish_events
         self.timeout = check_timeout(timeout)
         self._streams: dict[str, dict[str, dict[str, str]]] = {}
-        self._hub = EventHub(watch_queue_size)
+        self._hub = EventHub(check_queue_size(watch_queue_size, "MemoryStream: watch_queue_size"))
 
     @classmethod
     def from_url(cls, url: str = "memory://", **options: Any) -> MemoryStream:

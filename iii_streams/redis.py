@@ -95,6 +95,7 @@ from .events import (
     StreamGapError,
     StreamLagError,
     Watch,
+    check_queue_size,
     custom_event,
     event_json_parts,
     retry_until_closed,
@@ -791,9 +792,7 @@ class RedisStream(FieldUpdates):
         if not isinstance(report_watch_gaps, bool):
             raise ValueError(f"RedisStream: report_watch_gaps must be True or False, got {report_watch_gaps!r}")
         self.report_watch_gaps = report_watch_gaps
-        if isinstance(watch_queue_size, bool) or not isinstance(watch_queue_size, int) or watch_queue_size < 1:
-            raise ValueError(f"RedisStream: watch_queue_size must be a positive integer, got {watch_queue_size!r}")
-        self.watch_queue_size = watch_queue_size
+        self.watch_queue_size = check_queue_size(watch_queue_size, "RedisStream: watch_queue_size")
         self._subscriber: _Subscriber | None = None  # the watchers' shared pub/sub, while any watch is open
         self.update_conflicts = 0
         """Lost races so far: an item written by another process between a batch's read and its write (each one

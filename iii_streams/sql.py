@@ -27,8 +27,12 @@ original as ``__cause__``; every operation accepts ``timeout=`` (seconds).
 
 ``watch()`` uses ``LISTEN`` on PostgreSQL (sees writes from every process): one connection per store, shared by
 its watchers and made outside the pool, so watches never take a connection writes need. SQLite uses an in-process
-hub (sees this object's writes only). PostgreSQL limits a notification to 8000 bytes: larger events are sent
-without ``data`` and with ``"truncated": true``, and the watcher reads create/update values back.
+hub (sees this object's writes only). PostgreSQL limits a notification to 8000 bytes. A larger create or update
+is sent without its ``data`` (``"truncated": true``) and the store's watchers read the row back once; any other
+larger event (a delete, whose data is the old value, or a ``send``) is sent in parts in one transaction, which
+PostgreSQL delivers together and in order, and the LISTEN connection joins them once for all its watchers. An event
+that cannot be delivered exactly (a row deleted before it was read back, a broken run of parts) is a
+:class:`~iii_streams.events.StreamGapError` for its watchers, never an event with ``data: None``.
 
 Example:
     >>> import asyncio
@@ -46,6 +50,7 @@ import asyncio
 import builtins
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -99,6 +104,7 @@ from .events import (
     StreamGapError,
     Subscription,
     Watch,
+    check_queue_size,
     custom_event,
     event_json_parts,
     lag_error,
@@ -117,6 +123,9 @@ log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL: Final = "iii_streams_events"
 _NOTIFY_LIMIT: Final = 7999  # PostgreSQL refuses payloads of 8000 bytes or more
+# a part of an event too large for one notification: "~<tag>.<index>.<count>|<text>" (never starts with "{")
+_PART_MARK: Final = "~"
+_PART_HEAD_MAX: Final = 64  # bytes of a part's head at most: "~", 16 hex digits, two counts, separators
 
 _MAX_BATCH: Final = 256  # writes per transaction (also keeps SELECT … IN well under parameter limits)
 _WITHDRAWAL_RERUNS: Final = 2  # re-runs of one batch to leave out writes whose callers gave up meanwhile
@@ -232,6 +241,9 @@ class _Listener:
         # watchers that were listening when the server ended the connection: they missed what was sent until the
         # next connection listens (told so then, when the store reports gaps)
         self._deaf: set[_ListenSubscription] = set()
+        # the parts of an event sent in parts, joined here once for every watcher: (tag, count, texts so far)
+        self._parts: tuple[str, int, builtins.list[str]] | None = None
+        self._dropping: str | None = None  # the tag of a broken run of parts, whose later parts are skipped
 
     async def subscribe(self, maxsize: int) -> _ListenSubscription:
         """A new watcher; connects first when nothing listens (one attempt: its failure is raised)."""
@@ -310,6 +322,8 @@ class _Listener:
 
     def _listen(self, driver: Any) -> None:
         self.driver = driver
+        # parts the previous connection left unfinished belong to the outage's gap, not to what comes now
+        self._parts = self._dropping = None
         driver.add_termination_listener(self._on_terminate)
         deaf, self._deaf = self._deaf, set()
         if self.store.report_watch_gaps:
@@ -329,6 +343,11 @@ class _Listener:
     def _on_notify(self, conn: Any, _pid: int, _channel: str, payload: str) -> None:
         if conn is not self.driver or not payload:  # an attempt cut meanwhile; a bare NOTIFY
             return
+        if payload.startswith(_PART_MARK):
+            joined = self._join(payload)
+            if joined is None:
+                return
+            payload = joined
         if not payload.startswith("{"):  # checked once here: each watcher would warn about it
             log.warning("stream watch: ignoring a notification that is not a JSON object")
             return
@@ -336,6 +355,45 @@ class _Listener:
         item: str | _Refill = _Refill(payload) if _TRUNCATED in payload else payload
         for sub in self.subscribers:
             sub.offer(item)
+
+    def _join(self, part: str) -> str | None:
+        """The whole payload once ``part`` is the last of its event, else ``None``.
+
+        PostgreSQL delivers one transaction's notifications together and in order, so the parts of an event come
+        one after the other: anything else (a part missing, out of order, alone; only a foreign sender or a
+        malformed one makes that) loses that event, which every watcher is told (``StreamGapError``).
+        """
+        head, _, text = part.partition("|")
+        try:
+            tag, index_text, count_text = head[len(_PART_MARK):].split(".")
+            index, count = int(index_text), int(count_text)
+        except ValueError:
+            tag, index, count = head, -1, 0
+        if tag == self._dropping:
+            return None  # the rest of a run already reported broken
+        parts = self._parts
+        if index == 0 and count > 0 and parts is None:
+            parts = self._parts = (tag, count, [])
+        elif parts is None or parts[0] != tag or index != len(parts[2]) or count != parts[1]:
+            # the run in progress (if any) ends here, and so does the run this part belongs to
+            self._parts = None
+            self._dropping = tag
+            self._lose_event()
+            if index == 0 and count > 0:  # a new run: the broken one is reported, this one may still be whole
+                self._dropping = None
+                parts = self._parts = (tag, count, [])
+            else:
+                return None
+        parts[2].append(text)
+        if len(parts[2]) < count:
+            return None
+        self._parts = None
+        return "".join(parts[2])
+
+    def _lose_event(self) -> None:
+        log.warning("stream watch: an event sent in parts arrived incomplete; its watchers are told")
+        for sub in self.subscribers:
+            sub.offer_lost()
 
     def _on_terminate(self, conn: Any) -> None:
         if conn is not self.driver:
@@ -372,7 +430,8 @@ class _Listener:
 
 
 _GAP: Final = object()
-# in every payload sent without its data (_notify_payload); in others only as a hint, checked after parsing
+_LOST: Final = object()  # in a watcher's queue where an event sent in parts arrived incomplete
+# in every payload sent without its data (_notify_payloads); in others only as a hint, checked after parsing
 _TRUNCATED: Final = '"truncated":true'
 
 
@@ -408,6 +467,41 @@ def gap_error() -> StreamGapError:
                           "between were lost (re-read state, then read on)")
 
 
+def lost_event_error(why: str) -> StreamGapError:
+    """The error of a PostgreSQL watch in place of one event it cannot deliver exactly (``why``); the watch reads
+    on.
+
+    Example:
+        >>> str(lost_event_error("an event sent in parts arrived incomplete"))  # doctest: +ELLIPSIS
+        'PostgreSQL watch could not deliver an event: an event sent in parts arrived incomplete (re-read state, ...'
+    """
+    return StreamGapError(f"PostgreSQL watch could not deliver an event: {why} (re-read state, then read on)")
+
+
+def split_payload(payload: str, tag: str | None = None) -> builtins.list[str]:
+    """``payload`` as notifications of at most 7999 UTF-8 bytes each: ``~<tag>.<index>.<count>|<text>``, cut
+    between characters (``tag``: random unless given). Sent in one transaction, they reach a listener together
+    and in order.
+
+    Example:
+        >>> parts = split_payload("é" * 5000, tag="t")
+        >>> [p[:8] for p in parts], "".join(p.partition("|")[2] for p in parts) == "é" * 5000
+        (['~t.0.2|é', '~t.1.2|é'], True)
+    """
+    raw = payload.encode()
+    budget = _NOTIFY_LIMIT - _PART_HEAD_MAX
+    texts: builtins.list[str] = []
+    start = 0
+    while start < len(raw):
+        end = min(start + budget, len(raw))
+        while end < len(raw) and raw[end] & 0xC0 == 0x80:  # inside a character: cut before it
+            end -= 1
+        texts.append(raw[start:end].decode())
+        start = end
+    tag = os.urandom(8).hex() if tag is None else tag  # unique: PostgreSQL drops a repeated payload in a transaction
+    return [f"{_PART_MARK}{tag}.{index}.{len(texts)}|{text}" for index, text in enumerate(texts)]
+
+
 class _ListenSubscription:
     """One watcher of a store's shared ``LISTEN`` connection (PostgreSQL): a bounded queue of notifications.
 
@@ -436,6 +530,10 @@ class _ListenSubscription:
         """Mark where notifications were lost (the connection was replaced); a full queue marks the lag instead."""
         self._put(_GAP)
 
+    def offer_lost(self) -> None:
+        """Mark where an event sent in parts was lost; a full queue marks the lag instead."""
+        self._put(_LOST)
+
     def _put(self, item: object) -> None:
         if self._lagged or self._closed:
             return
@@ -463,6 +561,8 @@ class _ListenSubscription:
                 continue  # a wake-up: the checks above say why
             if item is _GAP:
                 raise gap_error()
+            if item is _LOST:
+                raise lost_event_error("an event sent in parts arrived incomplete")
             assert isinstance(item, str | _Refill)
             payload = item.payload if isinstance(item, _Refill) else item
             try:
@@ -558,8 +658,8 @@ class SQLStream(FieldUpdates):
         self._create = (not self._pg) if create is None else create
         self._owns_engine = owns_engine
         self._reader = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._watch_queue_size = check_queue_size(watch_queue_size, "SQLStream: watch_queue_size")
         self._hub = EventHub(watch_queue_size)
-        self._watch_queue_size = watch_queue_size
         self._listener: _Listener | None = None  # PostgreSQL: the LISTEN connection its watchers share
         # failed reconnects of this store's watchers, logged at most every 10 s with their count: a warning per
         # attempt was about N/2 lines a second for N watchers while the database stayed away
@@ -650,52 +750,49 @@ class SQLStream(FieldUpdates):
                 "run `iii-streams migrate URL` or open the store with create=True"
             ) from exc
 
-    def _notify_payload(self, payload: str, event: StreamEvent | None = None) -> str:
-        """``payload`` made to fit a notification (data left out, then names), ``""`` when nothing fits."""
+    def _notify_payloads(self, payload: str, event: StreamEvent | None = None, *, readable: bool) -> builtins.list[str]:
+        """The notifications that carry ``payload``: itself when it fits; else, for a create or update whose row the
+        watchers can read back (``readable``), one without its data (or names); else its parts."""
         # a character is at most 4 UTF-8 bytes: a short payload fits without encoding it to count
-        if len(payload) * 4 > _NOTIFY_LIMIT and len(payload.encode()) > _NOTIFY_LIMIT:
-            if event is None:
-                event = loads(payload)
-            assert event is not None
-            slim = {**event, "event": {**event["event"], "data": None}, "truncated": True}
-            if "event" in event["event"]:  # a custom event: its data lives one level down
-                slim["event"]["event"] = {**event["event"]["event"], "data": None}
-            payload = dumps(slim)
-            if len(payload.encode()) > _NOTIFY_LIMIT and event.get("id") is not None:
-                # the names alone are too long: send the row's key, the watcher reads names and value back
-                key = item_key(event["streamName"], event["groupId"], event["id"])
-                ref = {"type": "stream", "timestamp": event["timestamp"], "ref": key.hex(), "truncated": True}
-                payload = dumps({**ref, "event": slim["event"]})
-            if len(payload.encode()) > _NOTIFY_LIMIT:
-                log.warning("stream event for %.80r… too large for NOTIFY; not sent", event.get("streamName"))
-                payload = ""
-        return payload
+        if len(payload) * 4 <= _NOTIFY_LIMIT or len(payload.encode()) <= _NOTIFY_LIMIT:
+            return [payload]
+        if not readable:
+            return split_payload(payload)
+        if event is None:
+            event = loads(payload)
+        assert event is not None
+        slim = {**event, "event": {**event["event"], "data": None}, "truncated": True}
+        short = dumps(slim)
+        if len(short.encode()) > _NOTIFY_LIMIT:
+            # the names alone are too long: send the row's key, the watcher reads names and value back
+            key = item_key(event["streamName"], event["groupId"], event["id"])
+            ref = {"type": "stream", "timestamp": event["timestamp"], "ref": key.hex(), "truncated": True}
+            short = dumps({**ref, "event": slim["event"]})
+        return [short]
 
     async def _fill_truncated(self, event: StreamEvent, refill: _Refill) -> bool:
-        """Complete an event sent without its data (or names) from the row ``refill`` reads once for every
-        watcher; ``False`` if it can no longer be resolved (or the notification is malformed: logged)."""
+        """Complete a create or update sent without its data (or names) from the row ``refill`` reads once for
+        every watcher; ``False`` for a malformed notification (logged). ``StreamGapError`` when the row is gone,
+        or for another event sent without its data (by an older version of this store): never data ``None``."""
         inner = event.get("event", {})
         ref = event.pop("ref", None)
         try:
-            if ref is not None:
-                key = bytes.fromhex(ref)
-            elif inner.get("type") in ("create", "update") and event.get("id") is not None:
-                key = item_key(event["streamName"], event["groupId"], event["id"])
-            else:
-                return True  # a delete's or a custom event's data cannot be read back
+            kind = inner["type"]
+            key = bytes.fromhex(ref) if ref is not None else item_key(event["streamName"], event["groupId"],
+                                                                      event["id"])
         except (AttributeError, KeyError, TypeError, ValueError):
             log.warning("stream watch: ignoring a malformed notification sent without its data")
             return False
+        if kind not in ("create", "update"):
+            raise lost_event_error(f"a {kind!r} event was sent without its data (by an older version of the store), "
+                                   "which cannot be read back")
         row = await refill.row(self, key)
+        if row is None:
+            raise lost_event_error(f"the item of a {kind} too large for a notification was deleted before its "
+                                   "value could be read back")
         if ref is not None:
-            if row is None:
-                return False  # deleted meanwhile: the names are gone with the row
             event.update(streamName=row.stream_name, groupId=row.group_id, id=row.item_id)
-            event["event"] = inner
-            if inner.get("type") in ("create", "update"):
-                inner["data"] = loads(row.value)
-            return True
-        inner["data"] = None if row is None else loads(row.value)  # parsed per watcher: no shared value object
+        inner["data"] = loads(row.value)  # parsed per watcher: no shared value object
         return True
 
     async def _read_back(self, key: bytes) -> Any:
@@ -837,12 +934,11 @@ class SQLStream(FieldUpdates):
                 if parts is None:
                     parts = heads[w.key] = event_json_parts(w.stream_name, w.group_id, w.item_id)
                 head, tail = parts
-                payload = self._notify_payload(f'{head}{kind}","data":{event_text}{tail}')
-                if payload and payload in plan.sent:
+                payloads = self._notify_payloads(f'{head}{kind}","data":{event_text}{tail}', readable=kind != "delete")
+                if payloads[0] in plan.sent:
                     break  # PostgreSQL would deliver it once: this write and the rest go into the next transaction
-                if payload:
-                    plan.notify.append(payload)
-                    plan.sent.add(payload)
+                plan.notify.extend(payloads)
+                plan.sent.add(payloads[0])  # a part's tag is new each time: only a whole payload can repeat
             elif self.publish_events and self._hub.active:
                 plan.events.append(make_event(w.stream_name, w.group_id, w.item_id, kind, loads(event_text)))
             if new_text is None:
@@ -1016,10 +1112,13 @@ class SQLStream(FieldUpdates):
         if not self._pg:
             self._hub.publish(event)
             return
-        payload = self._notify_payload(payload, event)
-        if payload:
-            async with self._guard("publish", None), self._read() as conn:
-                await conn.execute(select(func.pg_notify(NOTIFY_CHANNEL, payload)))
+        # exact, whatever its kind: a published event need not be any row's value
+        payloads = self._notify_payloads(payload, event, readable=False)
+        async with self._guard("publish", None), self._read() as conn:
+            if len(payloads) == 1:
+                await conn.execute(select(func.pg_notify(NOTIFY_CHANNEL, payloads[0])))
+            else:  # one statement, so one transaction: its notifications arrive together and in order
+                await conn.execute(_NOTIFY_MANY, {"channel": NOTIFY_CHANNEL, "payloads": payloads})
 
     def watch(
         self, stream_name: str | None = None, group_id: str | None = None, item_id: str | None = None
