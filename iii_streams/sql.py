@@ -188,6 +188,11 @@ def _is_driver_error(exc: BaseException) -> bool:
 
 
 _CLOSE_S: Final = 2.0  # a LISTEN connection's orderly close at most; then it is cut
+# A LISTEN connection made half-open (a NAT or firewall that forgot it, a failover with no reset) is never ended by
+# the driver: every later notification would be lost without a word. After this long with no notification it is
+# asked a `SELECT 1`, and cut (then replaced, the gap reported) when no answer comes within _PONG_S.
+_QUIET_S: Final = 10.0
+_PONG_S: Final = 5.0
 
 
 def _detached(pool: Pool) -> Any:
@@ -244,6 +249,8 @@ class _Listener:
         # the parts of an event sent in parts, joined here once for every watcher: (tag, count, texts so far)
         self._parts: tuple[str, int, builtins.list[str]] | None = None
         self._dropping: str | None = None  # the tag of a broken run of parts, whose later parts are skipped
+        self._heard = 0.0  # loop time of the listening connection's last notification (or answered probe)
+        self._probe: asyncio.Task[None] | None = None  # the listening connection's keep-alive (_keep_alive)
 
     async def subscribe(self, maxsize: int) -> _ListenSubscription:
         """A new watcher; connects first when nothing listens (one attempt: its failure is raised)."""
@@ -275,6 +282,10 @@ class _Listener:
         for sub in subscribers:
             sub.end()
         driver, self.driver = self.driver, None
+        probe, self._probe = self._probe, None
+        if probe is not None:  # first: a probe's query under way would hold the connection's close
+            probe.cancel()
+            await asyncio.wait({probe})
         if driver is not None:
             await self._close(driver)
         task, self._reconnecting = self._reconnecting, None
@@ -325,6 +336,11 @@ class _Listener:
         # parts the previous connection left unfinished belong to the outage's gap, not to what comes now
         self._parts = self._dropping = None
         driver.add_termination_listener(self._on_terminate)
+        loop = asyncio.get_running_loop()
+        self._heard = loop.time()
+        if self._probe is not None:
+            self._probe.cancel()  # the previous connection's, ended by now
+        self._probe = loop.create_task(self._keep_alive(driver))
         deaf, self._deaf = self._deaf, set()
         if self.store.report_watch_gaps:
             # no await since the connection listens: the gap comes before anything it delivers
@@ -340,9 +356,29 @@ class _Listener:
             if not isinstance(exc, Exception):
                 raise
 
+    async def _keep_alive(self, driver: Any) -> None:
+        """Probe ``driver`` whenever it was quiet for ``_QUIET_S``; cut it when a probe gets no answer."""
+        loop = asyncio.get_running_loop()
+        while driver is self.driver:
+            wait = self._heard + _QUIET_S - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)  # a timer: until the connection has been quiet long enough
+                continue
+            try:
+                async with asyncio.timeout(_PONG_S):
+                    await driver.fetchval("SELECT 1")
+            except Exception as exc:  # no answer in time, or the connection failed under the probe
+                if driver is self.driver:
+                    log.warning("stream watch: the LISTEN connection did not answer a probe within %g s (%s); "
+                                "replacing it", _PONG_S, error_line(exc))
+                    driver.terminate()  # its termination listener replaces it and marks the gap
+                return
+            self._heard = loop.time()
+
     def _on_notify(self, conn: Any, _pid: int, _channel: str, payload: str) -> None:
         if conn is not self.driver or not payload:  # an attempt cut meanwhile; a bare NOTIFY
             return
+        self._heard = asyncio.get_running_loop().time()
         if payload.startswith(_PART_MARK):
             joined = self._join(payload)
             if joined is None:

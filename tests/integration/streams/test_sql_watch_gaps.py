@@ -6,19 +6,23 @@ Without the option only the warning says so (the default, unchanged)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from iii.stream import StreamSetInput
 from iii_streams import SQLStream, StreamGapError, StreamLagError
+from iii_streams import sql as sql_module
 from tests.integration.streams.pg_database import scratch_database
 from tests.integration.streams.test_sql_watch_shared import _terminate_listen
 from tests.polling import until
 from tests.services import require_postgres
+from tests.stall_relay import Relay
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -83,3 +87,32 @@ async def test_without_the_option_the_watch_reads_on_without_an_error(pg_url: st
 def test_the_option_must_be_a_bool() -> None:
     with pytest.raises(ValueError, match="report_watch_gaps must be True or False, got 'yes'"):
         SQLStream.from_url("sqlite://", report_watch_gaps="yes")
+
+
+async def test_a_half_open_listen_connection_is_probed_cut_and_replaced(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A LISTEN connection gone silent without a reset (a NAT that forgot it) is never ended by the driver: before,
+    every later notification was lost without a word, for good. Now a quiet connection is probed (``SELECT 1``)
+    and, with no answer, cut and replaced: the gap is reported and later notifications arrive."""
+    monkeypatch.setattr(sql_module, "_QUIET_S", 0.3)
+    monkeypatch.setattr(sql_module, "_PONG_S", 0.3)
+    target = make_url(pg_url)
+    assert target.host == "127.0.0.1" and target.port is not None
+    relay = Relay(target.port)
+    await relay.start()
+    app = f"gap{uuid.uuid4().hex[:12]}"
+    store = _store(target.set(port=relay.port).render_as_string(hide_password=False), app, report_watch_gaps=True)
+    try:
+        async with _store(pg_url, f"w{app}") as writer, store.watch(stream_name="gaps") as watch:
+            await writer.set(_set(1))
+            assert await _read(watch) == 1
+            relay.blackhole()  # the LISTEN connection goes silent, still open; new connections flow
+            with pytest.raises(StreamGapError):
+                await _read(watch)
+            await writer.set(_set(2))
+            assert await _read(watch) == 2
+    finally:
+        relay.cut()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(store.aclose(), 5)
+        await relay.close()
