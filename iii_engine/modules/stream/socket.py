@@ -303,12 +303,15 @@ class StreamSocketServer:
             if self._pump is not None:
                 return
             watch = self.store.watch()
+            subscribed = True
             try:
                 await watch.open()
             except Exception as exc:  # e.g. the store is down: the pump keeps trying, as after losing the feed
                 log.warning("stream socket cannot subscribe to the store's events yet (%r)", exc)
+                subscribed = False
             self._watch = watch
-            self._pump = asyncio.get_running_loop().create_task(self._forward(watch), name="stream-socket-events")
+            self._pump = asyncio.get_running_loop().create_task(self._forward(watch, subscribed),
+                                                                name="stream-socket-events")
 
     async def _close_feed(self, *, force: bool = False) -> None:
         """Close the feed once no client is connected (``force``: at shutdown)."""
@@ -588,11 +591,13 @@ class StreamSocketServer:
 
     # -- events --------------------------------------------------------------------------------------------
 
-    def _missed(self, what: str) -> None:
+    def _missed(self, what: str, *, quiet_if_none: bool = False) -> None:
         """Events may be lost for every client now connected: each is closed with 1013, to re-sync."""
         # a client with no subscription and no join under way has nothing to re-sync
         clients = [client for client in self._clients if not client.overflowed
                    and (client.subscriptions or (client.joining is not None and not client.joining.done()))]
+        if quiet_if_none and not clients:
+            return
         log.warning("%s; closing %d stream client(s) with 1013 so they re-join and re-sync", what, len(clients))
         for client in clients:
             client.fall_behind(_MISSED)
@@ -615,8 +620,9 @@ class StreamSocketServer:
                         return
                 client.offer(frame)
 
-    async def _forward(self, watch: Watch) -> None:
-        """Fan the feed's events out until cancelled; resubscribes after a lag or a lost feed.
+    async def _forward(self, watch: Watch, subscribed: bool = True) -> None:
+        """Fan the feed's events out until cancelled; resubscribes after a lag or a lost feed (``subscribed``
+        False: ``watch`` is not subscribed yet).
 
         Whenever events may have been missed (the feed lagged, lost its connection, failed), every connected
         client is closed with 1013 so it reconnects and joins again, getting a fresh sync: before, clients just
@@ -624,6 +630,18 @@ class StreamSocketServer:
         """
         try:
             while True:
+                if not subscribed:
+                    try:
+                        await watch.open()
+                    except Exception as exc:  # e.g. Redis is down: keep trying
+                        self._missed(f"the stream socket cannot subscribe to the store's events ({exc!r})")
+                        await asyncio.sleep(0.5)
+                        continue
+                    subscribed = True
+                    # A client that joined while the feed was not subscribed (the pump's pause, the re-open) read
+                    # its sync before the subscription: the changes in between reach it through neither. Closing
+                    # clients only when the feed failed let one that joined in that window miss them silently.
+                    self._missed("the stream socket subscribed to the store's events again", quiet_if_none=True)
                 try:
                     async for event in watch:
                         self._fan_out(event)
@@ -638,9 +656,6 @@ class StreamSocketServer:
                     await asyncio.sleep(0.5)
                 await watch.aclose()
                 watch = self._watch = self.store.watch()
-                try:
-                    await watch.open()
-                except Exception as exc:
-                    log.warning("stream socket cannot resubscribe yet (%r)", exc)
+                subscribed = False
         finally:
             await watch.aclose()  # also when cancelled by _close_feed: the store's subscription goes with it
