@@ -77,6 +77,10 @@ _CLIENT_MESSAGES_QUEUED = 1
 _SLOW_CLIENT = 1013
 _TOO_SLOW = "too slow: events were queued faster than read; reconnect and join"
 _MISSED = "the engine missed the store's events; reconnect and join"
+# between attempts to subscribe to the store's events while they fail: doubled up to the maximum, so a store whose
+# events stay unavailable does not close (and re-sync) every client twice a second
+_FEED_RETRY_S = 0.5
+_FEED_RETRY_MAX_S = 5.0
 
 _GroupKey = tuple[str, str]
 
@@ -628,16 +632,19 @@ class StreamSocketServer:
         client is closed with 1013 so it reconnects and joins again, getting a fresh sync: before, clients just
         stopped seeing the missed changes, with a warning in the engine's log only.
         """
+        pause = _FEED_RETRY_S
         try:
             while True:
                 if not subscribed:
                     try:
                         await watch.open()
-                    except Exception as exc:  # e.g. Redis is down: keep trying
-                        self._missed(f"the stream socket cannot subscribe to the store's events ({exc!r})")
-                        await asyncio.sleep(0.5)
+                    except Exception as exc:  # e.g. Redis is down: keep trying, less often the longer it lasts
+                        self._missed(f"the stream socket cannot subscribe to the store's events ({exc!r}); "
+                                     f"next attempt in {pause:g} s")
+                        await asyncio.sleep(pause)
+                        pause = min(pause * 2, _FEED_RETRY_MAX_S)
                         continue
-                    subscribed = True
+                    subscribed, pause = True, _FEED_RETRY_S
                     # A client that joined while the feed was not subscribed (the pump's pause, the re-open) read
                     # its sync before the subscription: the changes in between reach it through neither. Closing
                     # clients only when the feed failed let one that joined in that window miss them silently.
@@ -645,7 +652,10 @@ class StreamSocketServer:
                 try:
                     async for event in watch:
                         self._fan_out(event)
-                    return
+                    # ended without an error (its store's reader stopped): returning would leave the feed marked
+                    # open and every client without events, silently, until the last one left
+                    self._missed("the store's event feed ended; resubscribing")
+                    await asyncio.sleep(pause)
                 except StreamGapError as exc:  # the store subscribed again by itself; the same watch reads on
                     self._missed(f"the store's event feed lost its connection ({exc})")
                     continue

@@ -97,3 +97,30 @@ async def test_a_feed_that_fell_behind_closes_joined_clients_and_resubscribes() 
         assert closed.value.rcvd is not None and (closed.value.rcvd.code, closed.value.rcvd.reason) == (1013, _MISSED)
         assert seen == ["0", "1", "2"]  # every event queued before the lag, then the close
         await until(lambda: socket._watch is not first)  # the feed subscribed again
+
+
+async def test_a_feed_that_ends_without_an_error_closes_joined_clients_and_resubscribes() -> None:
+    """A feed whose subscription just ends (its store's reader stopped) made the pump return while the feed stayed
+    marked open: every client then got no events, with no error, until the last one left."""
+    async with Engine(config=engine_config()) as engine:
+        socket = stream_module(engine).socket
+        assert socket is not None
+        client = await SocketClient.connect(engine)
+        await client.join("sub", "s", "g")
+        assert (await client.recv())["event"]["type"] == "sync"
+        await until(lambda: socket._watch is not None and socket._watch._sub is not None)
+        first = socket._watch
+        assert first is not None and first._sub is not None
+        await first._sub.close()  # the subscription ends under the pump's read
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                await client.recv()
+        assert closed.value.rcvd is not None and (closed.value.rcvd.code, closed.value.rcvd.reason) == (1013, _MISSED)
+        again = await SocketClient.connect(engine)
+        await again.join("sub", "s", "g")
+        assert (await again.recv())["event"]["type"] == "sync"
+        worker = await Worker.connect(engine.url)
+        await worker.result("stream::set", {"stream_name": "s", "group_id": "g", "item_id": "i", "data": 1})
+        assert (await again.recv())["event"] == {"type": "create", "data": 1}
+        await again.close()
+        await worker.close()
