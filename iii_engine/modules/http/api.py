@@ -160,6 +160,8 @@ class BodyBudget:
 class _Claim:
     """One request's share of the :class:`BodyBudget`, returned in one go when the request ends."""
 
+    __slots__ = ("_budget", "size")
+
     def __init__(self, budget: BodyBudget) -> None:
         self._budget = budget
         self.size = 0
@@ -171,14 +173,16 @@ class _Claim:
         self.size += size
 
     def release(self) -> None:
-        self._budget.give(self.size)
-        self.size = 0
+        if self.size:  # most requests have no body
+            self._budget.give(self.size)
+            self.size = 0
 
 
 def _json_response(status: int, body: Any, headers: Mapping[str, str] | None = None) -> web.Response:
+    if not headers:  # the usual answer: no dict to merge into
+        return web.Response(status=status, body=dumps(body).encode(), content_type="application/json")
     merged = {"Content-Type": "application/json"}
-    if headers:
-        merged.update(headers)
+    merged.update(headers)
     return web.Response(status=status, body=dumps(body).encode(), headers=merged)
 
 
@@ -237,6 +241,10 @@ def result_response(result: Any) -> web.Response:
         return _json_response(200, {})
     body = result.get("body")
     raw_headers = result.get("headers")
+    if raw_headers is None:  # the usual answer: only the status to check
+        status = _status_of(result)
+        if status >= 200:
+            return _json_response(status, {} if body is None else body)
     headers = (_unframed({str(k): str(v) for k, v in raw_headers.items()})
                if raw_headers is not None and isinstance(raw_headers, Mapping) else None)
     status = _status_of(result)
@@ -323,14 +331,28 @@ class _Race:
     :meth:`RestApiModule._open_race`).
     """
 
-    __slots__ = ("armed", "deadline", "reason", "task", "timer")
+    __slots__ = ("armed", "deadline", "open", "reason", "task", "timer")
 
     def __init__(self, task: asyncio.Task[Any], deadline: float) -> None:
         self.task = task
         self.deadline = deadline
+        self.open = True  # in the module's table of races (RestApiModule._close_race takes it out)
         self.armed = False  # the task is inside a wait; cleared before it leaves it
         self.reason: str | None = None
         self.timer: asyncio.TimerHandle | None = None
+
+    def arm(self) -> int:
+        """The task enters a wait (the caller checked :attr:`reason` first and clears :attr:`armed` as it leaves);
+        the task's cancellation count to give :meth:`withdraw`."""
+        self.armed = True
+        return self.task.cancelling()
+
+    def withdraw(self, cancelling: int) -> str | None:
+        """The :attr:`reason` of the cancellation that ended the wait when it was this race's own (now withdrawn);
+        ``None``: someone else's too (a shutdown), to let through."""
+        if self.reason is None or self.task.uncancel() > cancelling:
+            return None
+        return self.reason
 
     def interrupt(self, reason: str) -> None:
         if self.reason is None:
@@ -344,6 +366,24 @@ class _Race:
         if self.armed and self.reason is None and _decides(outcome):
             self.reason = _OUTCOME
             self.task.cancel()
+
+
+def _take_free_slot(limit: asyncio.Semaphore) -> bool:
+    """Take one of ``limit``'s slots now if one is free and nobody waits for one (``asyncio.Semaphore.acquire``'s
+    own fast path, without its coroutine and its two scans of the waiters); ``False``: take it by waiting.
+
+    Why: ``acquire`` on a free semaphore cost about 1 % of a whole JSON request's CPU (bench/http_api.py). A
+    waiter, even a cancelled one, sends the request the long way, so a request never passes one that waits.
+
+    Example:
+        >>> limit = asyncio.Semaphore(1)
+        >>> _take_free_slot(limit), _take_free_slot(limit), limit.locked()
+        (True, False, True)
+    """
+    if limit._value > 0 and not limit._waiters:
+        limit._value -= 1
+        return True
+    return False
 
 
 def _reason_to_refusal(reason: str) -> Exception:
@@ -471,7 +511,7 @@ class RestApiModule(EngineModule):
             if not headers or not cors.allows_method(wanted):
                 return web.Response(status=403, text="CORS request not allowed")
             return web.Response(status=200, headers=headers)
-        cors_headers = cors.headers(origin, False, None)
+        cors_headers = cors.headers(origin, False, None) if origin is not None else {}
         try:
             match = self.routes.match(request.method, request.raw_path.split("?", 1)[0])
         except BadPath as exc:
@@ -486,7 +526,8 @@ class RestApiModule(EngineModule):
                 raw = await self._receive(request, claim)
             finally:
                 self.receiving -= 1
-            await self._take_slot()  # only now: a slow client's wait for its body holds no slot
+            if not _take_free_slot(self._limit):
+                await self._take_slot()  # only now: a slow client's wait for its body holds no slot
             self.in_flight += 1
             try:
                 if request.transport is None or request.transport.is_closing():
@@ -572,22 +613,9 @@ class RestApiModule(EngineModule):
             response = _json_response(504, {"error": "Request timed out"})
             log.warning("HTTP %s %s timed out after %d ms", request.method, request.path,
                         self.settings.default_timeout_ms)
-        if not response.prepared:
+        if cors and not response.prepared:
             response.headers.update(cors)
         return response
-
-    def _request_object(self, request: web.BaseRequest, match: RouteMatch, body: Any) -> dict[str, Any]:
-        route = match.route
-        return {
-            "path_params": match.path_params,
-            # repeated keys: last wins; no query string, nothing to parse
-            "query_params": {k: v for k, v in request.query.items()} if request.query_string else {},
-            "headers": {k.lower(): v for k, v in request.headers.items()},
-            "path": route.registered_path,
-            "method": route.method,
-            "body": body,
-            "trigger": {"type": "http", "path": route.registered_path, "method": route.method},
-        }
 
     async def _run(self, request: web.BaseRequest, match: RouteMatch, raw: bytearray,
                    deadline: float) -> web.StreamResponse:
@@ -595,11 +623,22 @@ class RestApiModule(EngineModule):
         race = self._open_race(deadline)
         try:
             route = match.route
+            headers = request.headers
             body: Any = None
-            if raw and "application/json" in request.headers.get("Content-Type", "").lower():
+            if raw and "application/json" in headers.get("Content-Type", "").lower():
                 with contextlib.suppress(ValueError):
                     body = loads(bytes(raw))
-            payload = self._request_object(request, match, body)
+            path, method = route.registered_path, route.method
+            payload = {
+                "path_params": match.path_params,
+                # repeated keys: last wins; no query string, nothing to parse
+                "query_params": {k: v for k, v in request.query.items()} if request.query_string else {},
+                "headers": {k.lower(): v for k, v in headers.items()},
+                "path": path,
+                "method": method,
+                "body": body,
+                "trigger": {"type": "http", "path": path, "method": method},
+            }
             if route.condition_function_id is not None:
                 try:
                     passed = await self._interruptible(race, self.services.condition_passes(
@@ -621,17 +660,18 @@ class RestApiModule(EngineModule):
             relay.fill(body_ref["channel_id"], body_ref["access_key"], raw, CHUNK_SIZE)
             # The channel holds its own copy now; the body is claimed once against max_buffered_bytes: hold it once.
             raw.clear()
-            reader = ResponseChannel("", response_channel["reader"], relay,
-                                     max_control_frames=MAX_CONTROL_FRAMES, max_header_bytes=MAX_HEADER_BYTES)
+            reader = ResponseChannel("", response_channel["reader"], relay, MAX_CONTROL_FRAMES, MAX_HEADER_BYTES)
             try:
                 return await self._call_and_respond(request, route.function_id, payload, reader, race)
             finally:
                 if reader.local:  # nothing to wait for: drop both channels now
-                    self._discard(request_channel, response_channel)
+                    relay.discard(body_ref["channel_id"])
+                    relay.discard(reader.channel_id)
                 else:
                     self._spawn(self._finish(reader, request_channel, response_channel))
         finally:
-            self._close_race(race)
+            if race.open:  # not closed yet by the response's start
+                self._close_race(race)
 
     async def _call_and_respond(self, request: web.BaseRequest, function_id: str, payload: dict[str, Any],
                                 reader: ResponseChannel, race: _Race) -> web.StreamResponse:
@@ -640,14 +680,23 @@ class RestApiModule(EngineModule):
         Every wait before the response starts (room in the worker's queue included) ends at the request's
         deadline; a streamed body, once started, runs until the handler closes its writer.
         """
+        # Interruptible (_interruptible's wait, written out: it runs on every request): a worker that stopped
+        # reading keeps its queue full until the deadline, and the module's stop must not wait for that. A call
+        # cut short this way left the pending table as it was cancelled.
+        if race.reason is not None:
+            raise _reason_to_refusal(race.reason)
+        cancelling = race.arm()
         try:
-            # interruptible: a worker that stopped reading keeps its queue full until the deadline, and the
-            # module's stop must not wait for that
-            started = await self._interruptible(race, self.services.start_invocation(function_id, payload), None)
+            started = await self.services.start_invocation(function_id, payload)
         except EngineError as exc:
             return _error_response(exc.message)
-        except _Interrupted as exc:  # the call left the pending table as it was cancelled
-            raise _reason_to_refusal(exc.reason) from None
+        except asyncio.CancelledError:
+            reason = race.withdraw(cancelling)
+            if reason is None:
+                raise
+            raise _reason_to_refusal(reason) from None
+        finally:
+            race.armed = False
         outcome = started.future
         try:
             head = await self._respond(race, reader, outcome, request.method == "HEAD")
@@ -681,16 +730,21 @@ class RestApiModule(EngineModule):
             # Usually nobody attached to the response channel yet: wait for the outcome, or for the handler to
             # attach (then the first-chunk race below starts) without opening our end (see ResponseChannel.watch)
             await self._outcome_of(race, outcome, reader)
-        if not _decides(outcome):
-            try:
-                chunk = await self._first_chunk(race, reader, outcome)
-            except _Interrupted as exc:
-                if exc.reason is not _OUTCOME:
-                    raise _reason_to_refusal(exc.reason) from None
-            except ResponseHeadersTooLarge as exc:
-                return _bad_gateway(str(exc))
-            except ChannelAborted as exc:
-                aborted = exc
+        if outcome.done():  # read once: the usual answer is decided here
+            result, error = _outcome(outcome)
+            if error is not None:
+                return _failure(error)
+            if result is not None:
+                return result_response(result)
+        try:
+            chunk = await self._first_chunk(race, reader, outcome)
+        except _Interrupted as exc:
+            if exc.reason is not _OUTCOME:
+                raise _reason_to_refusal(exc.reason) from None
+        except ResponseHeadersTooLarge as exc:
+            return _bad_gateway(str(exc))
+        except ChannelAborted as exc:
+            aborted = exc
         if chunk is not None:
             return chunk
         # no body chunk came first: the function's outcome decides
@@ -710,7 +764,9 @@ class RestApiModule(EngineModule):
         """Wait until ``outcome`` is done (whether it failed or was cancelled: :func:`_outcome` reads that), within
         the request's deadline and the module's stop; with ``reader``, also until the handler attaches to the
         response channel (at once if that cannot be watched)."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if race.reason is not None:  # the stop or the deadline came while the task was between waits
+            raise _reason_to_refusal(race.reason)
+        done: asyncio.Future[None] = race.task.get_loop().create_future()
 
         def wake(_: object = None) -> None:
             if not done.done():
@@ -719,11 +775,16 @@ class RestApiModule(EngineModule):
         if reader is not None and not reader.watch(wake):
             return
         outcome.add_done_callback(wake)
+        cancelling = race.arm()  # _interruptible's wait, written out: one coroutine less on every request
         try:
-            await self._interruptible(race, done, None)
-        except _Interrupted as exc:
-            raise _reason_to_refusal(exc.reason) from None
+            await done
+        except asyncio.CancelledError:
+            reason = race.withdraw(cancelling)
+            if reason is None:
+                raise
+            raise _reason_to_refusal(reason) from None
         finally:
+            race.armed = False
             outcome.remove_done_callback(wake)
 
     async def _first_chunk(self, race: _Race, reader: ResponseChannel,
@@ -746,18 +807,17 @@ class RestApiModule(EngineModule):
             if isinstance(wait, Coroutine):
                 wait.close()
             raise _Interrupted(race.reason)
-        task = race.task
         if outcome is not None:
             outcome.add_done_callback(race.outcome_done)
-        cancelling = task.cancelling()
-        race.armed = True
+        cancelling = race.arm()
         try:
             return await wait
         except asyncio.CancelledError:
             # ours alone: withdraw it; anyone else's (a shutdown) too: let it through
-            if race.reason is None or task.uncancel() > cancelling:
+            reason = race.withdraw(cancelling)
+            if reason is None:
                 raise
-            raise _Interrupted(race.reason) from None
+            raise _Interrupted(reason) from None
         finally:
             race.armed = False
             if outcome is not None:
@@ -786,6 +846,7 @@ class RestApiModule(EngineModule):
 
     def _close_race(self, race: _Race) -> None:
         """The request's response started or it ended: its deadline and the module's stop no longer cut it."""
+        race.open = False
         self._races.pop(race, None)
         if race.timer is not None:
             race.timer.cancel()

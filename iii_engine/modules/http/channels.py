@@ -158,7 +158,10 @@ class ResponseChannel:
         (206, {'content-type': 'text/plain'})
     """
 
-    def __init__(self, engine_url: str, ref: Mapping[str, Any], relay: ChannelService | None = None, *,
+    __slots__ = ("_control_frames", "_engine_url", "_failed", "_max_control_frames", "_max_header_bytes", "_ref",
+                 "_relay", "_wake", "_ws", "channel_id", "headers", "status")
+
+    def __init__(self, engine_url: str, ref: Mapping[str, Any], relay: ChannelService | None = None,
                  max_control_frames: int | None = None, max_header_bytes: int | None = None) -> None:
         self._engine_url = engine_url
         self._max_control_frames = max_control_frames

@@ -46,9 +46,13 @@ class Route:
         return f"{self.method}{self.api_path}"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RouteMatch:
-    """A route together with the path parameters taken from the URL."""
+    """A route together with the path parameters taken from the URL.
+
+    Not frozen: one is made per request, and a frozen dataclass's ``__init__`` (``object.__setattr__`` per field)
+    cost twice a plain one's; nothing keeps or hashes a match.
+    """
 
     route: Route
     path_params: dict[str, str]
