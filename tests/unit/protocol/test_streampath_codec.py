@@ -21,7 +21,7 @@ def _refuse(*args: object) -> object:
 @pytest.mark.parametrize("as_str", [True, False])
 def test_one_window_document_takes_one_pass(monkeypatch: pytest.MonkeyPatch, as_str: bool) -> None:
     monkeypatch.setattr(codec, "_has_long_digits", _refuse)
-    monkeypatch.setattr(codec, "_bracket_count", _refuse)
+    monkeypatch.setattr(codec, "_more_brackets_than", _refuse)
     for doc in (FRAME, '{"n":1,"s":"x"}', '[' * 20 + ']' * 20):
         raw = doc if as_str else doc.encode()
         assert codec.loads(raw) == codec._DECODER.decode(doc)
@@ -55,7 +55,7 @@ def test_policy_at_the_boundaries(as_str: bool) -> None:
 
 
 def test_dumps_of_a_short_document_counts_no_brackets(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(codec, "_bracket_count", _refuse)
+    monkeypatch.setattr(codec, "_more_brackets_than", _refuse)
     assert codec.dumps({"old_value": {"n": 1}, "new_value": {"n": 2}}) == '{"old_value":{"n":1},"new_value":{"n":2}}'
     with pytest.raises(ValueError, match="NaN"):
         codec.dumps({"x": [float("inf")]})
