@@ -27,8 +27,15 @@ With ``--before DIR`` (an earlier checkout, e.g. ``git worktree add /tmp/wt 7c33
 same rounds with that checkout's code, one round right after each of ours; each process measures its own CPU
 against its own raw server, and the report adds its ratios and the engines' own numbers side by side.
 
+With ``--instructions`` the JSON rows are measured instead by the instructions executed per request (valgrind's
+cachegrind, no cache simulation: a run of ``--requests`` requests less one of none, each after the same set-up
+and warm-up, divided by ``--requests``), for raw aiohttp, the engine and the bare relay, and with ``--before`` for
+that checkout too. It is slow (about a minute per run, two runs at a time) but repeats to within about 0.3 %,
+where CPU time on this shared machine wanders by 30 % from round to round: use it to tell a few per cent apart.
+Needs ``valgrind`` (Debian's package).
+
 Usage: .venv/bin/python bench/http_api.py [--requests N] [--concurrency C] [--mib M] [--rounds R] [--gc]
-       [--before DIR]
+       [--before DIR] [--instructions]
 """
 
 from __future__ import annotations
@@ -37,11 +44,15 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import os
+import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -409,6 +420,56 @@ async def main(total: int, concurrency: int, mib: int, rounds: int, tuned_gc: bo
           f"{urls.get('lingering')}")
 
 
+async def load(target: str, total: int, concurrency: int) -> None:
+    """The ``--instructions`` child: set up, warm up, then ``total`` JSON requests to ``target`` and exit."""
+    async with contextlib.AsyncExitStack() as stack:
+        urls = await setup(stack, CHUNK, relay=target == "relay")
+        async with aiohttp.ClientSession() as session:
+            await requests_per_s(session, f"{urls[target]}/json", 300, concurrency)
+            if total:
+                await requests_per_s(session, f"{urls[target]}/json", total, concurrency)
+
+
+def instructions(checkout: Path, target: str, total: int, concurrency: int) -> float:
+    """Instructions executed per JSON request to ``target`` by ``checkout``'s code (see ``--instructions``)."""
+
+    def run(count: int) -> int:
+        command = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+                   sys.executable, __file__, "--load", target, "--requests", str(count), "--concurrency",
+                   str(concurrency), "--checkout", str(checkout)]
+        # a fixed hash seed: dict and set layouts, hence the work, repeat from run to run
+        out = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"},
+                             check=True).stderr
+        found = re.search(r"I\s+refs:\s+([\d,]+)", out)
+        if found is None:
+            raise RuntimeError(f"no instruction count from valgrind: {out[-500:]}")
+        return int(found.group(1).replace(",", ""))
+
+    return (run(total) - run(0)) / total
+
+
+def count_instructions(total: int, concurrency: int, before: Path | None) -> None:
+    """The ``--instructions`` report: instructions per JSON request, and the ratios they give."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
+    checkouts = {"new": Path(__file__).resolve().parents[1]}
+    if before is not None:
+        checkouts["before"] = before.resolve()
+    jobs = [(name, target) for name in checkouts for target in ("raw", "api", "relay")]
+    with ThreadPoolExecutor(2) as pool:  # one valgrind per core
+        counts = dict(zip(jobs, pool.map(lambda job: instructions(checkouts[job[0]], job[1], total, concurrency),
+                                         jobs), strict=True))
+    print(f"JSON requests at concurrency {concurrency}: instructions per request (a run of {total} less one of "
+          f"none); ratio = raw / engine, as CPU time gives it")
+    for name in checkouts:
+        raw, api, relay = (counts[name, target] for target in ("raw", "api", "relay"))
+        print(f"{name:<7} raw {raw:9.0f}  engine {api:9.0f}  floor {relay:9.0f}  engine ratio {raw / api:.3f}  "
+              f"floor ratio {raw / relay:.3f}  engine / floor {relay / api:.3f}")
+    if before is not None:
+        print(f"engine, before -> new: {counts['before', 'api']:.0f} -> {counts['new', 'api']:.0f} "
+              f"({counts['new', 'api'] / counts['before', 'api'] - 1:+.1%})")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=2000)
@@ -418,10 +479,17 @@ if __name__ == "__main__":
     parser.add_argument("--gc", action="store_true", help="also measure JSON requests under iii-engine's GC settings")
     parser.add_argument("--before", type=Path, help="also run this earlier checkout's code (e.g. a `git worktree`) "
                                                     "in a child process, its rounds interleaved with ours")
+    parser.add_argument("--instructions", action="store_true",
+                        help="count instructions per JSON request under valgrind instead (slow, but repeatable)")
     parser.add_argument("--checkout", type=Path, help=argparse.SUPPRESS)  # read before the imports (_checkout)
     parser.add_argument("--serve-rounds", action="store_true", help=argparse.SUPPRESS)  # the --before child
+    parser.add_argument("--load", choices=("raw", "api", "relay"), help=argparse.SUPPRESS)  # --instructions' child
     args = parser.parse_args()
-    if args.serve_rounds:
+    if args.load:
+        asyncio.run(load(args.load, args.requests, args.concurrency))
+    elif args.instructions:
+        count_instructions(args.requests, args.concurrency, args.before)
+    elif args.serve_rounds:
         asyncio.run(serve_rounds(args.requests, args.concurrency, args.mib, args.gc))
     else:
         asyncio.run(main(args.requests, args.concurrency, args.mib, args.rounds, args.gc, args.before))
