@@ -30,9 +30,10 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Coroutine, Iterable, Mapping
 from typing import Any
 
@@ -442,3 +443,62 @@ class HeldTasks(dict[asyncio.Task[Any], Held]):
                 self.pop(task, None)
             for held in unstarted:
                 _give_back(held)
+
+
+class Slots:
+    """``n`` slots taken first come, first served; a free one is taken without a coroutine (:meth:`try_take`).
+
+    Why not ``asyncio.Semaphore``: its ``acquire`` on a free semaphore cost about 1 % of a whole REST request's CPU
+    (a coroutine and two scans of its waiters), and taking its fast path by hand means reading its private fields.
+
+    Example:
+        >>> slots = Slots(1)
+        >>> slots.try_take(), slots.try_take(), slots.free
+        (True, False, 0)
+        >>> slots.release(); slots.free
+        1
+    """
+
+    __slots__ = ("_waiters", "free")
+
+    def __init__(self, n: int) -> None:
+        self.free = n
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def locked(self) -> bool:
+        """Whether a taker would wait now."""
+        return self.free <= 0 or bool(self._waiters)
+
+    def try_take(self) -> bool:
+        """Take a slot now if one is free and nobody waits (a request never passes one that waits)."""
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        """Take a slot, waiting in turn; a cancelled wait takes nothing (a slot handed over as it was cancelled
+        goes to the next waiter)."""
+        if self.try_take():
+            return
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(granted)
+        try:
+            await granted
+        except BaseException:
+            if granted.done() and not granted.cancelled():
+                self.release()  # handed over in the turn it was cancelled: passed on
+            else:
+                granted.cancel()
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(granted)
+            raise
+
+    def release(self) -> None:
+        """Give a slot back: to the oldest waiter, else to the free count."""
+        while self._waiters:
+            granted = self._waiters.popleft()
+            if not granted.done():
+                granted.set_result(None)
+                return
+        self.free += 1

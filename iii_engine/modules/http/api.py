@@ -59,6 +59,7 @@ from iii.iii_types import TriggerInfo
 from iii.wire import dumps, loads
 
 from ...channels import TooManyChannels
+from ...limits import Slots
 from ..base import EngineError, EngineModule, EngineServices
 from .channels import CHUNK_SIZE, ChannelAborted, ResponseChannel, ResponseHeadersTooLarge
 from .routes import BadPath, RouteMatch, RouteTable, parse_http_trigger
@@ -368,24 +369,6 @@ class _Race:
             self.task.cancel()
 
 
-def _take_free_slot(limit: asyncio.Semaphore) -> bool:
-    """Take one of ``limit``'s slots now if one is free and nobody waits for one (``asyncio.Semaphore.acquire``'s
-    own fast path, without its coroutine and its two scans of the waiters); ``False``: take it by waiting.
-
-    Why: ``acquire`` on a free semaphore cost about 1 % of a whole JSON request's CPU (bench/http_api.py). A
-    waiter, even a cancelled one, sends the request the long way, so a request never passes one that waits.
-
-    Example:
-        >>> limit = asyncio.Semaphore(1)
-        >>> _take_free_slot(limit), _take_free_slot(limit), limit.locked()
-        (True, False, True)
-    """
-    if limit._value > 0 and not limit._waiters:
-        limit._value -= 1
-        return True
-    return False
-
-
 def _reason_to_refusal(reason: str) -> Exception:
     """What a request whose wait was cut short by the module's stop or by its deadline raises."""
     return _engine_stopping() if reason is _STOPPING else _Timeout()
@@ -427,7 +410,7 @@ class RestApiModule(EngineModule):
         self.settings = ApiSettings.parse(config)
         self.routes = RouteTable()
         self._runner: web.ServerRunner | None = None
-        self._limit: asyncio.Semaphore | None = None
+        self._limit: Slots | None = None
         # Set when the module stops: every request still waiting for its handler's answer is told at once.
         self._stopping: asyncio.Future[None] | None = None
         # Requests before their response starts (stop interrupts them), in deadline order: every request's deadline
@@ -458,7 +441,7 @@ class RestApiModule(EngineModule):
 
     async def start(self) -> None:
         """Register the ``http`` trigger type and open the HTTP listener."""
-        self._limit = asyncio.Semaphore(self.settings.concurrency_request_limit)
+        self._limit = Slots(self.settings.concurrency_request_limit)
         self._stopping = asyncio.get_running_loop().create_future()
         self._latest_deadline = float("-inf")  # deadlines are this loop's clock
         self.services.register_trigger_type("http", "HTTP API trigger", _HttpTriggers(self.routes))
@@ -526,7 +509,7 @@ class RestApiModule(EngineModule):
                 raw = await self._receive(request, claim)
             finally:
                 self.receiving -= 1
-            if not _take_free_slot(self._limit):
+            if not self._limit.try_take():
                 await self._take_slot()  # only now: a slow client's wait for its body holds no slot
             self.in_flight += 1
             try:
@@ -555,12 +538,12 @@ class RestApiModule(EngineModule):
         """One of the ``concurrency_request_limit`` slots, within ``slot_timeout``; else 503 (retry later)."""
         assert self._limit is not None
         if not self._limit.locked():  # the usual case: no timer
-            await self._limit.acquire()
+            await self._limit.take()
             return
         timeout_ms = self.settings.slot_timeout_ms
         try:
             async with asyncio.timeout(timeout_ms / 1000):
-                await self._limit.acquire()
+                await self._limit.take()
         except TimeoutError:
             raise _Refused(503, f"all {self.settings.concurrency_request_limit} request slots stayed busy for "
                                 f"{timeout_ms} ms (slot_timeout); retry later", {"Retry-After": "1"}) from None

@@ -44,7 +44,7 @@ async def _settled(engine: Engine, module: RestApiModule, limit: int) -> None:
         await asyncio.wait_for(asyncio.gather(*module._background, return_exceptions=True), 5)
     assert len(engine.channels) == 0
     assert module.in_flight == 0 and module.receiving == 0 and module.buffered_bytes == 0
-    assert module._limit is not None and module._limit._value == limit
+    assert module._limit is not None and module._limit.free == limit
     assert _our_tasks() == []
 
 

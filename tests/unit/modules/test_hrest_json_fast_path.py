@@ -1,6 +1,6 @@
 """The REST API's plain JSON request path does less work per request (H-REST) and keeps its guarantees.
 
-A free concurrency slot is taken without ``asyncio.Semaphore.acquire`` (its coroutine and two scans of the waiters),
+A free concurrency slot is taken without a coroutine (``iii_engine.limits.Slots``, not ``asyncio.Semaphore``),
 yet a request never passes one that waits; the waits written out for the invocation's start and for the outcome
 still end at the deadline (504) and at the module's stop (503) and leave the task uncancelled, while anyone else's
 cancellation still goes through; a header-less answer skips the head checks but keeps its status rules.
@@ -19,6 +19,7 @@ from aiohttp.test_utils import make_mocked_request
 from aiohttp.web import BaseRequest
 
 from iii_engine.channels import ChannelRelay
+from iii_engine.limits import Slots
 from iii_engine.modules.http.api import RestApiModule, _Timeout, result_response
 from iii_engine.modules.http.routes import parse_http_trigger
 from tests.polling import until
@@ -73,7 +74,7 @@ class _Services:
 
 async def _module(services: _Services, config: dict[str, Any] | None = None, slots: int = 8) -> RestApiModule:
     module = RestApiModule(services, {"port": 0, **(config or {})})  # type: ignore[arg-type]
-    module._limit = asyncio.Semaphore(slots)
+    module._limit = Slots(slots)
     module._stopping = asyncio.get_running_loop().create_future()
     module.routes.add(parse_http_trigger("t", "f", {"api_path": "json"}))
     return module
@@ -86,32 +87,32 @@ def _request(name: str = "", origin: str | None = None) -> BaseRequest:
     return make_mocked_request("GET", "/json", headers=headers, transport=_Transport())
 
 
-async def test_a_free_slot_is_taken_without_the_semaphore_coroutine(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_free_slot_is_taken_without_a_coroutine(monkeypatch: pytest.MonkeyPatch) -> None:
     services = _Services()
     module = await _module(services, slots=3)
     assert module._limit is not None
     acquired: list[int] = []
-    acquire = module._limit.acquire
+    take = Slots.take
 
-    async def counting_acquire() -> bool:
+    async def counting_take(self: Slots) -> None:
         acquired.append(1)
-        return await acquire()
+        await take(self)
 
-    monkeypatch.setattr(module._limit, "acquire", counting_acquire)
+    monkeypatch.setattr(Slots, "take", counting_take)
     seen: list[tuple[int, int]] = []
     start = services.start_invocation
 
     async def watching_start(function_id: str, payload: dict[str, Any]) -> _Started:
         assert module._limit is not None
-        seen.append((module._limit._value, module.in_flight))
+        seen.append((module._limit.free, module.in_flight))
         return await start(function_id, payload)
 
     monkeypatch.setattr(services, "start_invocation", watching_start)
     responses = [await module._handle(_request()) for _ in range(3)]
     assert [r.status for r in responses] == [200, 200, 200]
-    assert acquired == []  # before: one acquire coroutine per request
+    assert acquired == []  # before: one Semaphore.acquire coroutine per request
     assert seen == [(2, 1)] * 3  # the slot was held while the call ran ...
-    assert module._limit._value == 3 and module.in_flight == 0  # ... and given back
+    assert module._limit.free == 3 and module.in_flight == 0  # ... and given back
 
 
 async def test_a_request_never_passes_one_waiting_for_a_slot() -> None:
@@ -127,7 +128,7 @@ async def test_a_request_never_passes_one_waiting_for_a_slot() -> None:
     responses = await asyncio.wait_for(asyncio.gather(first, second, third), 5)
     assert [r.status for r in responses] == [200, 200, 200]
     assert services.started == ["first", "second", "third"]
-    assert module._limit._value == 1 and not module._races and len(services.channels) == 0
+    assert module._limit.free == 1 and not module._races and len(services.channels) == 0
 
 
 async def test_a_deadline_or_a_stop_ends_a_start_that_waits_for_room() -> None:
