@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -34,11 +35,11 @@ def _read_while_registering(session: ClientSession, read: Callable[[], Any], rou
     stop = threading.Event()
 
     def register() -> None:
-        n = 0
-        while not stop.is_set():
-            session.register_function(RegisterFunctionMessage(id=f"late{n}"), invokable=True)
-            session.register_trigger("cron", f"late{n}", {"expression": "* * * * * *"})
-            n += 1
+        triggers: deque[str] = deque()
+        for n in _churn(session, stop):
+            triggers.append(session.register_trigger("cron", f"late{n}", {"expression": "* * * * * *"})[0])
+            if len(triggers) > _LATE:
+                session.unregister_trigger(triggers.popleft(), "cron")
 
     writer = threading.Thread(target=register, daemon=True)
     writer.start()
@@ -48,6 +49,24 @@ def _read_while_registering(session: ClientSession, read: Callable[[], Any], rou
     finally:
         stop.set()
         writer.join(10)
+
+
+_LATE = 500
+"""Late registrations live at once: the writer keeps the book's size changing without growing it, so every read
+walks about the same book (before, an unbounded writer grew it for as long as the reads took, and on a loaded
+machine each read took longer than the one before it: over 30 s)."""
+
+
+def _churn(session: ClientSession, stop: threading.Event) -> Iterator[int]:
+    """Register ``late<n>`` functions without pause until ``stop``, dropping the oldest past :data:`_LATE`; yields
+    each ``n`` just registered."""
+    n = 0
+    while not stop.is_set():
+        session.register_function(RegisterFunctionMessage(id=f"late{n}"), invokable=True)
+        yield n
+        if n >= _LATE:
+            session.unregister_function(f"late{n - _LATE}")
+        n += 1
 
 
 def _book(functions: int) -> ClientSession:
@@ -92,11 +111,8 @@ def test_the_recovery_reads_the_book_whole_even_when_a_collection_runs_python_co
     stop = threading.Event()
 
     def register() -> None:
-        n = 0
-        while not stop.is_set():
-            session.register_function(RegisterFunctionMessage(id=f"late{n}"), invokable=True)
+        for _ in _churn(session, stop):
             _Cycle()
-            n += 1
 
     writer = threading.Thread(target=register, daemon=True)
     threshold = gc.get_threshold()
