@@ -545,7 +545,15 @@ class StreamSocketServer:
         if self._pump is None:
             # before the sync read: no change falls between the two. Shielded: a join cancelled by its client's
             # disconnect must not leave a half-opened store subscription behind (or one other joins wait on).
-            await asyncio.shield(self._open_feed())
+            # Within the join's deadline: a store that does not answer held every join for its own timeout (60 s).
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await asyncio.shield(self._open_feed())
+            except TimeoutError:
+                self._join_failed(client, sub, "join_timeout", f"the store's event feed did not open within "
+                                  f"{timeout_ms} ms (join_timeout_ms); joined: live events follow once it opens, "
+                                  "without a sync")
+                return
         try:
             async with asyncio.timeout_at(deadline):
                 if sub.item_id is None:
@@ -632,7 +640,9 @@ class StreamSocketServer:
         client is closed with 1013 so it reconnects and joins again, getting a fresh sync: before, clients just
         stopped seeing the missed changes, with a warning in the engine's log only.
         """
+        loop = asyncio.get_running_loop()
         pause = _FEED_RETRY_S
+        opened_at = loop.time()
         try:
             while True:
                 if not subscribed:
@@ -644,26 +654,35 @@ class StreamSocketServer:
                         await asyncio.sleep(pause)
                         pause = min(pause * 2, _FEED_RETRY_MAX_S)
                         continue
-                    subscribed, pause = True, _FEED_RETRY_S
+                    subscribed, opened_at = True, loop.time()
                     # A client that joined while the feed was not subscribed (the pump's pause, the re-open) read
                     # its sync before the subscription: the changes in between reach it through neither. Closing
                     # clients only when the feed failed let one that joined in that window miss them silently.
                     self._missed("the stream socket subscribed to the store's events again", quiet_if_none=True)
+                delivered = False
                 try:
                     async for event in watch:
+                        delivered = True
                         self._fan_out(event)
                     # ended without an error (its store's reader stopped): returning would leave the feed marked
                     # open and every client without events, silently, until the last one left
-                    self._missed("the store's event feed ended; resubscribing")
-                    await asyncio.sleep(pause)
+                    what = "the store's event feed ended; resubscribing"
                 except StreamGapError as exc:  # the store subscribed again by itself; the same watch reads on
                     self._missed(f"the store's event feed lost its connection ({exc})")
                     continue
-                except StreamLagError as exc:
+                except StreamLagError as exc:  # a slow reader, not a failing store: at once
                     self._missed(f"the stream socket fell behind the store's events ({exc}); resubscribing")
+                    what = ""
                 except Exception as exc:  # e.g. Redis went away: keep trying
-                    self._missed(f"the stream socket lost the store's event feed ({exc!r}); resubscribing")
-                    await asyncio.sleep(0.5)
+                    what = f"the stream socket lost the store's event feed ({exc!r}); resubscribing"
+                if what:
+                    # A feed that opens and then fails at once, again and again, closed every client each time at
+                    # a fixed 0.5 s (a reconnect storm): the pause grows until a feed delivers or stays up.
+                    if delivered or loop.time() - opened_at >= _FEED_RETRY_MAX_S:
+                        pause = _FEED_RETRY_S
+                    self._missed(f"{what} in {pause:g} s")
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, _FEED_RETRY_MAX_S)
                 await watch.aclose()
                 watch = self._watch = self.store.watch()
                 subscribed = False
