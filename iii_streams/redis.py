@@ -21,8 +21,9 @@ SCAN patterns escape the glob characters of names.
 
 :meth:`RedisStream.from_url` opens a blocking pool (``max_connections``, default 50; ``pool_timeout`` seconds,
 default 30): more callers than connections wait for one, and only a wait longer than ``pool_timeout`` fails, with
-:class:`~iii_streams.errors.PoolExhaustedError`. A store's watches share one pub/sub connection of that pool,
-held while any of them is open, read by one task into each watcher's bounded queue. Redis
+:class:`~iii_streams.errors.PoolExhaustedError`. ``max_connections`` bounds the command connections alone: a
+store's watches share one pub/sub connection made outside that pool (a pool of its own, same URL and options,
+closed with the store), held while any of them is open, read by one task into each watcher's bounded queue. Redis
 errors surface as :class:`~iii_streams.errors.StreamError` subclasses (``StreamUnavailableError`` while the
 server is unreachable), the redis-py exception kept as ``__cause__``.
 
@@ -471,11 +472,12 @@ def _lost(exc: BaseException) -> str:
 class _Subscriber:
     """The one pub/sub connection of a :class:`RedisStream`, shared by all its watchers.
 
-    Made by the first watch (a connection of the store's pool, held while any watch is open), it is read by one
-    task that puts each message in every watcher's bounded queue: a slow watcher lags alone, and Redis never
-    holds output back for it. A lost connection is closed and a fresh one subscribed, in that task, with backoff
-    (failures logged rate-limited); watchers that were subscribed get :data:`_GAP` once the new one is. Stopped
-    with its last watcher and with the store, which ends every watcher's reads.
+    Made by the first watch (a connection of the store's ``_watch_client``, outside the command pool of
+    :meth:`RedisStream.from_url`; held while any watch is open), it is read by one task that puts each message in
+    every watcher's bounded queue: a slow watcher lags alone, and Redis never holds output back for it. A lost
+    connection is closed and a fresh one subscribed (from the same pool), in that task, with backoff (failures
+    logged rate-limited); watchers that were subscribed get :data:`_GAP` once the new one is. Stopped with its last
+    watcher and with the store, which ends every watcher's reads.
     """
 
     def __init__(self, store: RedisStream) -> None:
@@ -548,7 +550,7 @@ class _Subscriber:
         """A new pub/sub subscribed to the store's channel, its confirmation read (so every event published
         after this returns reaches it), within the store's timeout; ``StreamClosedError`` once stopping."""
         requests = _cancel_requests()
-        pubsub = one_shot(self.store._client.pubsub(ignore_subscribe_messages=False))
+        pubsub = one_shot(self.store._watch_client.pubsub(ignore_subscribe_messages=False))
         try:
             async with asyncio.timeout(self.store.timeout):
                 await pubsub.subscribe(self._channel)
@@ -748,6 +750,9 @@ class _Update(WriteProgress):
 class RedisStream(FieldUpdates):
     """An ``IStream`` on Redis; pass a ``redis.asyncio.Redis`` (closed by you) or use :meth:`from_url`.
 
+    With a client you pass, the watches' one shared pub/sub connection is taken from that client's pool while any
+    watch is open (size a bounded pool one larger); :meth:`from_url` makes it outside the command pool.
+
     ``channel`` is where events go (``""`` disables them, like ``publish_events=False``);
     ``max_update_attempts`` bounds the optimistic retries of one update transaction; ``layout`` names the
     hashes (default :data:`STREAM_LAYOUT`, the production stream layout); ``timeout`` bounds each operation
@@ -794,6 +799,9 @@ class RedisStream(FieldUpdates):
         self.report_watch_gaps = report_watch_gaps
         self.watch_queue_size = check_queue_size(watch_queue_size, "RedisStream: watch_queue_size")
         self._subscriber: _Subscriber | None = None  # the watchers' shared pub/sub, while any watch is open
+        # Whose pool the pub/sub connection comes from: the client's own unless from_url gives the store a pool of
+        # its own for it (closed with the store), so a watch never holds a connection the writes wait for.
+        self._watch_client: aioredis.Redis = client
         self.update_conflicts = 0
         """Lost races so far: an item written by another process between a batch's read and its write (each one
         cost a fresh read and a retry of the whole batch)."""
@@ -817,9 +825,11 @@ class RedisStream(FieldUpdates):
 
         Options for this class (``publish_events``, ``channel``, ``max_update_attempts``, ``layout``,
         ``timeout``, ``report_watch_gaps``, ``watch_queue_size``) are taken out. The pool blocks: at most
-        ``max_connections`` (default 50) connections, callers beyond that wait up to ``pool_timeout`` seconds
-        (default 30) for one and then fail with :class:`~iii_streams.errors.PoolExhaustedError`. The other options
-        go to the connections (e.g. ``socket_timeout``).
+        ``max_connections`` (default 50) command connections, callers beyond that wait up to ``pool_timeout``
+        seconds (default 30) for one and then fail with :class:`~iii_streams.errors.PoolExhaustedError`. The
+        watches' one pub/sub connection is not one of them: it comes from a second pool (same URL and options),
+        closed by :meth:`aclose` too. The other options go to the connections (e.g. ``socket_timeout``,
+        ``client_name``).
 
         Example:
             >>> RedisStream.from_url("redis://localhost:6379/0", max_connections=8).max_update_attempts
@@ -839,7 +849,15 @@ class RedisStream(FieldUpdates):
         options.setdefault("health_check_interval", 30)
         pool = _WaitingPool.from_url(url, max_connections=size, timeout=float(wait), decode_responses=False,
                                      **options)
-        return cls(aioredis.Redis.from_pool(pool), owns_client=True, **own)
+        store = cls(aioredis.Redis.from_pool(pool), owns_client=True, **own)
+        # The watches' pub/sub connection (and its replacements) from a pool of its own, as the SQL stores' LISTEN
+        # connection is made outside theirs: taken from the blocking pool it held one of the max_connections for as
+        # long as a watch was open (with max_connections=1 every write waited pool_timeout and failed), and a
+        # re-subscribe waited for writes to give one back. No bound of ours: it holds one connection at a time
+        # (two while a stopped subscriber closes its own as a new one subscribes).
+        watch_pool = aioredis.ConnectionPool.from_url(url, decode_responses=False, **options)
+        store._watch_client = aioredis.Redis.from_pool(watch_pool)
+        return store
 
     @property
     def client(self) -> aioredis.Redis:
@@ -1116,6 +1134,8 @@ class RedisStream(FieldUpdates):
         self._closed = True
         if self._subscriber is not None:
             await self._subscriber.stop()  # before the client: its readers would take that for a lost connection
+        if self._watch_client is not self._client:  # from_url's pub/sub pool, the store's own
+            await self._watch_client.aclose()
         self._watch_retries.close()
         await self._updates.aclose()
         if self._owns_client:
