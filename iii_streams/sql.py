@@ -27,11 +27,13 @@ original as ``__cause__``; every operation accepts ``timeout=`` (seconds).
 
 ``watch()`` uses ``LISTEN`` on PostgreSQL (sees writes from every process): one connection per store, shared by
 its watchers and made outside the pool, so watches never take a connection writes need. SQLite uses an in-process
-hub (sees this object's writes only). PostgreSQL limits a notification to 8000 bytes. A larger create or update
-is sent without its ``data`` (``"truncated": true``) and the store's watchers read the row back once; any other
-larger event (a delete, whose data is the old value, or a ``send``) is sent in parts in one transaction, which
-PostgreSQL delivers together and in order, and the LISTEN connection joins them once for all its watchers. An event
-that cannot be delivered exactly (a row deleted before it was read back, a broken run of parts) is a
+hub (sees this object's writes only). PostgreSQL limits a notification to 8000 bytes. A larger event (a create or
+update with the value written, a delete with the old value, a ``send``) is sent in parts by the statement or
+transaction that writes it, so only if that commits; PostgreSQL delivers one transaction's notifications together
+and in order, and the LISTEN connection joins them once for all its watchers: each gets exactly the value written,
+with no query. A create or update that an older version of this store sent without its ``data``
+(``"truncated": true``) is still read back from its row, once for all watchers. An event that cannot be delivered
+exactly (such a row deleted before it was read back, a broken run of parts) is a
 :class:`~iii_streams.events.StreamGapError` for its watchers, never an event with ``data: None``.
 
 Example:
@@ -82,7 +84,7 @@ from iii.stream import (
     StreamUpdateResult,
 )
 from iii.stream_ops import Op, apply_update
-from iii.wire import dumps, loads
+from iii.wire import loads
 
 from .base import DEFAULT_TIMEOUT, FieldUpdates, SetResult, UpdateResult, WriteProgress
 from .batching import KeyedBatcher
@@ -131,6 +133,9 @@ _MAX_BATCH: Final = 256  # writes per transaction (also keeps SELECT … IN well
 _WITHDRAWAL_RERUNS: Final = 2  # re-runs of one batch to leave out writes whose callers gave up meanwhile
 _ONE_QUEUE: Final = b""  # SQLite's batcher key: every write of the database shares one queue
 _NOTIFY_MANY: Final = text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p")
+# notifications per statement at most (each under 8000 bytes: 16 MB at most): PostgreSQL refuses a statement's
+# parameters over 1 GB, which a batch of big values sent in parts would otherwise reach
+_NOTIFY_CHUNK: Final = 2048
 # built once: statement construction is a measurable share of a small write's CPU
 _READ_ROWS: Final = select(items.c.item_key, items.c.value)
 # PostgreSQL, one item whose committed value this process knows: the whole batch in one autocommitted statement
@@ -467,14 +472,15 @@ class _Listener:
 
 _GAP: Final = object()
 _LOST: Final = object()  # in a watcher's queue where an event sent in parts arrived incomplete
-# in every payload sent without its data (_notify_payloads); in others only as a hint, checked after parsing
+# in every payload an older version of this store sent without its data (a create or update over 8000 bytes,
+# which it left its watchers to read back); in others only as a hint, checked after parsing
 _TRUNCATED: Final = '"truncated":true'
 
 
 class _Refill:
-    """A notification sent without its data (or names), queued to each watcher of a store: the first watcher that
-    needs the row starts one read of it, later ones take that read's outcome (one query per event, not one per
-    watcher; and the value read nearest to the event)."""
+    """A notification sent without its data (or names) by an older version of this store, queued to each watcher of
+    a store: the first watcher that needs the row starts one read of it, later ones take that read's outcome (one
+    query per event, not one per watcher; and the value read nearest to the event)."""
 
     __slots__ = ("_read", "payload")
 
@@ -514,6 +520,14 @@ def lost_event_error(why: str) -> StreamGapError:
     return StreamGapError(f"PostgreSQL watch could not deliver an event: {why} (re-read state, then read on)")
 
 
+def _notify_payloads(payload: str) -> builtins.list[str]:
+    """The notifications that carry ``payload``, whatever its kind: itself when it fits, else its parts."""
+    # a character is at most 4 UTF-8 bytes: a short payload fits without encoding it to count
+    if len(payload) * 4 <= _NOTIFY_LIMIT or len(payload.encode()) <= _NOTIFY_LIMIT:
+        return [payload]
+    return split_payload(payload)
+
+
 def split_payload(payload: str, tag: str | None = None) -> builtins.list[str]:
     """``payload`` as notifications of at most 7999 UTF-8 bytes each: ``~<tag>.<index>.<count>|<text>``, cut
     between characters (``tag``: random unless given). Sent in one transaction, they reach a listener together
@@ -524,16 +538,19 @@ def split_payload(payload: str, tag: str | None = None) -> builtins.list[str]:
         >>> [p[:8] for p in parts], "".join(p.partition("|")[2] for p in parts) == "é" * 5000
         (['~t.0.2|é', '~t.1.2|é'], True)
     """
-    raw = payload.encode()
     budget = _NOTIFY_LIMIT - _PART_HEAD_MAX
-    texts: builtins.list[str] = []
-    start = 0
-    while start < len(raw):
-        end = min(start + budget, len(raw))
-        while end < len(raw) and raw[end] & 0xC0 == 0x80:  # inside a character: cut before it
-            end -= 1
-        texts.append(raw[start:end].decode())
-        start = end
+    if payload.isascii():  # one byte per character: cut the text itself, with no encoding and decoding
+        texts = [payload[start:start + budget] for start in range(0, len(payload), budget)]
+    else:
+        raw = payload.encode()
+        texts = []
+        start = 0
+        while start < len(raw):
+            end = min(start + budget, len(raw))
+            while end < len(raw) and raw[end] & 0xC0 == 0x80:  # inside a character: cut before it
+                end -= 1
+            texts.append(raw[start:end].decode())
+            start = end
     tag = os.urandom(8).hex() if tag is None else tag  # unique: PostgreSQL drops a repeated payload in a transaction
     return [f"{_PART_MARK}{tag}.{index}.{len(texts)}|{text}" for index, text in enumerate(texts)]
 
@@ -786,30 +803,10 @@ class SQLStream(FieldUpdates):
                 "run `iii-streams migrate URL` or open the store with create=True"
             ) from exc
 
-    def _notify_payloads(self, payload: str, event: StreamEvent | None = None, *, readable: bool) -> builtins.list[str]:
-        """The notifications that carry ``payload``: itself when it fits; else, for a create or update whose row the
-        watchers can read back (``readable``), one without its data (or names); else its parts."""
-        # a character is at most 4 UTF-8 bytes: a short payload fits without encoding it to count
-        if len(payload) * 4 <= _NOTIFY_LIMIT or len(payload.encode()) <= _NOTIFY_LIMIT:
-            return [payload]
-        if not readable:
-            return split_payload(payload)
-        if event is None:
-            event = loads(payload)
-        assert event is not None
-        slim = {**event, "event": {**event["event"], "data": None}, "truncated": True}
-        short = dumps(slim)
-        if len(short.encode()) > _NOTIFY_LIMIT:
-            # the names alone are too long: send the row's key, the watcher reads names and value back
-            key = item_key(event["streamName"], event["groupId"], event["id"])
-            ref = {"type": "stream", "timestamp": event["timestamp"], "ref": key.hex(), "truncated": True}
-            short = dumps({**ref, "event": slim["event"]})
-        return [short]
-
     async def _fill_truncated(self, event: StreamEvent, refill: _Refill) -> bool:
-        """Complete a create or update sent without its data (or names) from the row ``refill`` reads once for
-        every watcher; ``False`` for a malformed notification (logged). ``StreamGapError`` when the row is gone,
-        or for another event sent without its data (by an older version of this store): never data ``None``."""
+        """Complete a create or update an older version of this store sent without its data (or names) from the
+        row ``refill`` reads once for every watcher; ``False`` for a malformed notification (logged).
+        ``StreamGapError`` when the row is gone, or for another event sent without its data: never data ``None``."""
         inner = event.get("event", {})
         ref = event.pop("ref", None)
         try:
@@ -970,11 +967,12 @@ class SQLStream(FieldUpdates):
                 if parts is None:
                     parts = heads[w.key] = event_json_parts(w.stream_name, w.group_id, w.item_id)
                 head, tail = parts
-                payloads = self._notify_payloads(f'{head}{kind}","data":{event_text}{tail}', readable=kind != "delete")
-                if payloads[0] in plan.sent:
-                    break  # PostgreSQL would deliver it once: this write and the rest go into the next transaction
+                payloads = _notify_payloads(f'{head}{kind}","data":{event_text}{tail}')
+                if len(payloads) == 1:  # a part's tag is new each time: only a whole payload can repeat
+                    if payloads[0] in plan.sent:
+                        break  # PostgreSQL would deliver it once: this write and the rest go into the next transaction
+                    plan.sent.add(payloads[0])
                 plan.notify.extend(payloads)
-                plan.sent.add(payloads[0])  # a part's tag is new each time: only a whole payload can repeat
             elif self.publish_events and self._hub.active:
                 plan.events.append(make_event(w.stream_name, w.group_id, w.item_id, kind, loads(event_text)))
             if new_text is None:
@@ -1021,8 +1019,10 @@ class SQLStream(FieldUpdates):
         elif rows:
             # BEGIN IMMEDIATE holds the database: no one else can have created them
             await conn.execute(insert(items), rows[0] if len(rows) == 1 else rows)
-        if plan.notify:
-            await conn.execute(_NOTIFY_MANY, {"channel": NOTIFY_CHANNEL, "payloads": plan.notify})
+        # in this transaction, after the writes: sent at its commit, only if it commits, in the writes' order
+        for start in range(0, len(plan.notify), _NOTIFY_CHUNK):
+            chunk = plan.notify[start:start + _NOTIFY_CHUNK]
+            await conn.execute(_NOTIFY_MANY, {"channel": NOTIFY_CHANNEL, "payloads": chunk})
         return len(plan.results), plan.results, plan.events, current, plan.applied
 
     async def _swap(
@@ -1045,6 +1045,8 @@ class SQLStream(FieldUpdates):
             new_text = plan.current[key]
             if new_text is None:  # pragma: no cover - only a delete removes a row, and deletes took the other path
                 return None
+            if len(plan.notify) > _NOTIFY_CHUNK:
+                return None  # too big for one statement's parameters (with the value): the transaction chunks them
             for w in plan.applied:
                 w.sent = True
             params: dict[str, Any] = {"new": new_text, "k": key, "old": old_text}
@@ -1148,8 +1150,14 @@ class SQLStream(FieldUpdates):
         if not self._pg:
             self._hub.publish(event)
             return
-        # exact, whatever its kind: a published event need not be any row's value
-        payloads = self._notify_payloads(payload, event, readable=False)
+        payloads = _notify_payloads(payload)
+        if len(payloads) > _NOTIFY_CHUNK:
+            # one transaction all the same (its notifications arrive together and in order), in bounded statements
+            async with self._guard("publish", None), self._transaction() as conn:
+                for start in range(0, len(payloads), _NOTIFY_CHUNK):
+                    chunk = payloads[start:start + _NOTIFY_CHUNK]
+                    await conn.execute(_NOTIFY_MANY, {"channel": NOTIFY_CHANNEL, "payloads": chunk})
+            return
         async with self._guard("publish", None), self._read() as conn:
             if len(payloads) == 1:
                 await conn.execute(select(func.pg_notify(NOTIFY_CHANNEL, payloads[0])))
