@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import random
 from collections import OrderedDict, deque
@@ -97,8 +98,16 @@ def backoff_delay_ms(config: ReconnectionConfig, attempt: int, rand: Callable[[]
     Example:
         >>> backoff_delay_ms(ReconnectionConfig(initial_delay_ms=100, jitter_factor=0.0), 3)
         800.0
+        >>> backoff_delay_ms(ReconnectionConfig(jitter_factor=0.0), 5000)  # hours into an outage: still the cap
+        30000.0
     """
-    capped = min(config.initial_delay_ms * (config.backoff_multiplier**attempt), config.max_delay_ms)
+    try:
+        grown = config.initial_delay_ms * (config.backoff_multiplier**attempt)
+    except OverflowError:
+        # After about 1,000 attempts (8.5 h of an engine down, at the default 30 s cap) the power has no float; the
+        # exception ended the supervisor and the client never reconnected. Past any float is past any cap.
+        grown = math.inf if config.initial_delay_ms > 0 else 0.0
+    capped = min(grown, config.max_delay_ms)
     jitter = capped * config.jitter_factor * (2 * rand() - 1)
     return float(max(0.0, capped + jitter))
 

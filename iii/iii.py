@@ -51,7 +51,7 @@ from .iii_types import (
     TriggerRequest,
     WorkerInfo,
 )
-from .loop_bridge import LoopBridge
+from .loop_bridge import LoopBridge, LoopStoppedError
 from .payloads import action_to_wire, format_dict, resolve_channels
 from .pending_calls import LoopWaiter, PendingCalls, Settle, ThreadWaiter
 from .protocol.client import (
@@ -124,6 +124,7 @@ class III:
         self._functions_available_lock = threading.Lock()
         self._connection_state: IIIConnectionState = "disconnected"
         self._closed = False
+        self._shut: asyncio.Future[None] | None = None  # done once shutdown_async() has run to its end
         self._invoking = 0  # handler runs started and not yet answered
         # Woken (on the client's loop) whenever the connection state or the worker id changes; one per waiting
         # caller, each removed when its wait ends.
@@ -283,7 +284,13 @@ class III:
         """
         if not self._bridge.alive:
             return
-        self._run_on_loop(self.shutdown_async())
+        try:
+            self._run_on_loop(self.shutdown_async())
+        except LoopStoppedError:
+            pass  # another thread's shutdown() stopped the loop once the shutdown was done: nothing left to do
+        except RuntimeError:
+            if not self._bridge.loop.is_closed():  # (a call from the loop's own thread, say)
+                raise
         self._bridge.stop()
 
     async def shutdown_async(self) -> None:
@@ -296,13 +303,22 @@ class III:
             if self._bridge.alive:
                 await self._bridge.run_async(self.shutdown_async())
             return
+        if self._shut is not None:
+            # Shutting down already (another thread, loop or handler): wait for that one. Run again alongside it,
+            # this one closed the connection under it, and shutdown() callers raced to stop the loop.
+            await asyncio.shield(self._shut)
+            return
+        self._shut = self._loop.create_future()
         self._closed = True
-        await self._telemetry.release(self)
-        await self._conn.close()
-        for failure in self._session.close():
-            self._calls.fail(failure.invocation_id, failure.error)
-        await self._bridge.cancel_tasks()
-        self._set_connection_state("disconnected")
+        try:
+            await self._telemetry.release(self)
+            await self._conn.close()
+            for failure in self._session.close():
+                self._calls.fail(failure.invocation_id, failure.error)
+            await self._bridge.cancel_tasks()
+            self._set_connection_state("disconnected")
+        finally:
+            self._shut.set_result(None)
 
     def get_connection_state(self) -> IIIConnectionState:
         """``disconnected``, ``connecting``, ``connected``, ``reconnecting`` or ``failed``.

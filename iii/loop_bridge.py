@@ -95,6 +95,7 @@ class LoopBridge:
         self._held: set[Settle] = set()
         self._held_lock = threading.Lock()
         self._ended = False
+        self._stop_lock = threading.Lock()  # stop() from several threads at once: one stops, the others wait for it
         self.thread = threading.Thread(target=self._run_loop, name=name, daemon=True)
         self.thread.start()
 
@@ -184,7 +185,11 @@ class LoopBridge:
         if self.on_loop_thread():
             coro.close()
             raise RuntimeError(_SYNC_FROM_LOOP)
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        except RuntimeError:  # the loop is closed: the coroutine will never run (no "never awaited" warning)
+            coro.close()
+            raise
         self.hold(future)
         try:
             return future.result()
@@ -254,12 +259,16 @@ class LoopBridge:
 
     def stop(self, join_timeout: float = 5.0) -> None:
         """Stop the loop and join its thread (``join_timeout`` seconds); the loop is closed once the thread ended."""
-        if not self.thread.is_alive():
-            return
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=join_timeout)
-        if not self.thread.is_alive():
-            self.loop.close()
+        with self._stop_lock:
+            if not self.thread.is_alive():
+                return
+            try:
+                self.loop.call_soon_threadsafe(self.loop.stop)
+            except RuntimeError:  # (closed: the thread is on its way out)
+                pass
+            self.thread.join(timeout=join_timeout)
+            if not self.thread.is_alive():
+                self.loop.close()
 
 
 def _plain_standard_loop(loop: asyncio.AbstractEventLoop) -> bool:
