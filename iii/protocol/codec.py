@@ -644,6 +644,10 @@ def _check_tree(value: Any) -> None:
             children = item
         elif hasattr(item, "__dataclass_fields__") and not isinstance(item, type):
             children = [getattr(item, name) for name in item.__dataclass_fields__]
+        elif isinstance(item, enum.Enum):
+            # orjson writes an enum as its value, in place: a NaN there came out as null (the standard path refused it)
+            stack.append((item.value, depth))
+            continue
         else:
             continue
         if depth > MAX_JSON_DEPTH:
