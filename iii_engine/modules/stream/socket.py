@@ -244,6 +244,9 @@ class StreamSocketServer:
         self._pump: asyncio.Task[None] | None = None
         self._watch: Watch | None = None  # the pump's current subscription
         self._feed_lock = asyncio.Lock()
+        # The one opening of the feed under way, shared by every join waiting for it: a join that timed out or
+        # whose client went left its own waiter behind, one task per connect-join-disconnect while the store hung.
+        self._opening: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -299,26 +302,55 @@ class StreamSocketServer:
         """Open the store's event feed unless it is open; returns once it is subscribed.
 
         Awaited by a join before its sync read, so every change after that read reaches the client: a change
-        before the subscription is in the sync data, one after it comes through the feed (possibly both).
+        before the subscription is in the sync data, one after it comes through the feed (possibly both). The
+        opening runs in one task that every waiting join shares (shielded: a join cancelled by its client's
+        disconnect or its deadline leaves no half-opened store subscription behind, and no task of its own).
         """
         if self._pump is not None:
             return  # the usual case: set and cleared only under the lock, together with the clients check
+        opening = self._opening
+        if opening is None or opening.done():
+            opening = self._opening = asyncio.get_running_loop().create_task(
+                self._start_feed(), name="stream-socket-feed-open")
+        await asyncio.shield(opening)
+
+    async def _start_feed(self) -> None:
         async with self._feed_lock:
-            if self._pump is not None:
-                return
-            watch = self.store.watch()
-            subscribed = True
             try:
-                await watch.open()
-            except Exception as exc:  # e.g. the store is down: the pump keeps trying, as after losing the feed
-                log.warning("stream socket cannot subscribe to the store's events yet (%r)", exc)
-                subscribed = False
-            self._watch = watch
-            self._pump = asyncio.get_running_loop().create_task(self._forward(watch, subscribed),
-                                                                name="stream-socket-events")
+                if self._pump is not None:
+                    return
+                watch = self.store.watch()
+                subscribed = True
+                try:
+                    await watch.open()
+                except asyncio.CancelledError:  # the engine stops (see _close_feed)
+                    await watch.aclose()
+                    raise
+                except Exception as exc:  # e.g. the store is down: the pump keeps trying, as after losing the feed
+                    log.warning("stream socket cannot subscribe to the store's events yet (%r)", exc)
+                    subscribed = False
+                if not self._clients:
+                    # every client went while the store answered: their _close_feed left the closing to us
+                    await watch.aclose()
+                    return
+                self._watch = watch
+                self._pump = asyncio.get_running_loop().create_task(self._forward(watch, subscribed),
+                                                                    name="stream-socket-events")
+            finally:
+                if self._opening is asyncio.current_task():
+                    self._opening = None
 
     async def _close_feed(self, *, force: bool = False) -> None:
         """Close the feed once no client is connected (``force``: at shutdown)."""
+        opening = self._opening
+        if opening is not None and not opening.done():
+            if not force:
+                # the opening closes what it opened if no client is left then; waiting for the lock here held
+                # each leaving client's handler (and the engine's stop) for as long as the store did not answer
+                return
+            opening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await opening
         async with self._feed_lock:
             # checked under the lock: a client that connects after this check opens a fresh feed at its join
             if self._pump is None or (self._clients and not force):
@@ -543,12 +575,11 @@ class StreamSocketServer:
             # disconnect they get the new one only)
             self.leave_triggers.run_detached(self._payload(client, sub_id, replaced))
         if self._pump is None:
-            # before the sync read: no change falls between the two. Shielded: a join cancelled by its client's
-            # disconnect must not leave a half-opened store subscription behind (or one other joins wait on).
-            # Within the join's deadline: a store that does not answer held every join for its own timeout (60 s).
+            # before the sync read: no change falls between the two. Within the join's deadline: a store that does
+            # not answer held every join for its own timeout (60 s).
             try:
                 async with asyncio.timeout_at(deadline):
-                    await asyncio.shield(self._open_feed())
+                    await self._open_feed()
             except TimeoutError:
                 self._join_failed(client, sub, "join_timeout", f"the store's event feed did not open within "
                                   f"{timeout_ms} ms (join_timeout_ms); joined: live events follow once it opens, "
