@@ -310,6 +310,18 @@ def unescape_name(text: str) -> str:
     return _ESCAPED.sub(lambda m: "%" if m.group(1) == "25" else ":", text) if "%" in text else text
 
 
+class _WatchPool(aioredis.ConnectionPool):
+    """The pool of a :meth:`RedisStream.from_url` store's watch connection: the URL's connection options, not its
+    pool options (``?max_connections=``, ``?timeout=``), which are the command pool's. Taken as its own, a URL's
+    ``timeout`` (the blocking pool's wait) went to every connection, and each watch failed with a TypeError; its
+    ``max_connections=1`` failed a watch opened while the last one closed ("Too many connections")."""
+
+    def __init__(self, *, max_connections: int | None = None, timeout: float | None = None,
+                 **connection_kwargs: Any) -> None:
+        del max_connections, timeout
+        super().__init__(**connection_kwargs)
+
+
 class _WaitingPool(aioredis.BlockingConnectionPool):
     """A blocking pool whose timeout says what happened (redis-py reports "No connection available.")."""
 
@@ -855,7 +867,7 @@ class RedisStream(FieldUpdates):
         # long as a watch was open (with max_connections=1 every write waited pool_timeout and failed), and a
         # re-subscribe waited for writes to give one back. No bound of ours: it holds one connection at a time
         # (two while a stopped subscriber closes its own as a new one subscribes).
-        watch_pool = aioredis.ConnectionPool.from_url(url, decode_responses=False, **options)
+        watch_pool = _WatchPool.from_url(url, decode_responses=False, **options)
         store._watch_client = aioredis.Redis.from_pool(watch_pool)
         return store
 
