@@ -1,5 +1,5 @@
-"""Runs the worker's function handlers for incoming invocations: async ones on the loop, sync ones in the
-default executor with the caller's context, each inside the caller's trace context.
+"""Runs the worker's function handlers for incoming invocations: async ones on the loop, sync ones on the runner's
+:class:`~iii.handler_threads.HandlerThreads` with the caller's context, each inside the caller's trace context.
 
 Example:
     >>> import asyncio
@@ -20,6 +20,7 @@ import traceback
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from .handler_threads import HandlerThreads
 from .payloads import resolve_channels
 from .trace_scope import TraceScope
 
@@ -38,6 +39,12 @@ class HandlerRunner:
         self._address = address  # channel refs in payloads are opened against this engine
         # function id -> (handler, whether it is async, its span's name: one string per function, not per call)
         self._handlers: dict[str, tuple[Callable[[Any], Any], bool, str]] = {}
+        # Not the loop's default executor: sync handlers calling back into sync handlers of this process starved it.
+        self.threads = HandlerThreads()
+
+    def close(self) -> None:
+        """No more sync handler runs: queued ones are cancelled, idle threads end."""
+        self.threads.shutdown(wait=False, cancel_futures=True)
 
     def add(self, function_id: str, handler: Callable[[Any], Any]) -> None:
         """Serve ``function_id`` with ``handler`` (sync or async)."""
@@ -78,7 +85,7 @@ class HandlerRunner:
         if is_async:
             started = trace.start(span_name, handler, traceparent, baggage, data)
         else:
-            started = trace.start(span_name, _bind_sync(handler, data), traceparent, baggage)
+            started = trace.start(span_name, _bind_sync(handler, data, self.threads), traceparent, baggage)
         (result, error, stack, response_tp), end = await started
         if error is not None:
             log.error("Error in handler %s: %s", function_id, error)
@@ -91,11 +98,12 @@ def _nothing() -> None:
     """The ``end`` of a run that opened no span."""
 
 
-def _bind_sync(handler: Callable[[Any], Any], data: Any) -> Callable[[], Coroutine[Any, Any, Any]]:
+def _bind_sync(handler: Callable[[Any], Any], data: Any,
+               threads: HandlerThreads) -> Callable[[], Coroutine[Any, Any, Any]]:
     async def run_sync() -> Any:
-        # copy_context carries the trace context into the executor thread (run_in_executor does not).
+        # copy_context carries the trace context into the handler thread (run_in_executor does not).
         ctx = contextvars.copy_context()
-        result = await asyncio.get_running_loop().run_in_executor(None, ctx.run, handler, data)
+        result = await asyncio.get_running_loop().run_in_executor(threads, ctx.run, handler, data)
         if inspect.isawaitable(result):
             result = await result
         return result

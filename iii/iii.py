@@ -31,6 +31,7 @@ from .channels import ChannelReader, ChannelWriter
 from .connection import Connection, Frame, Write, check_url
 from .errors import InvocationError, ShuttingDownError
 from .handler_runner import HandlerRunner
+from .handler_threads import blocked as handler_blocked
 from .iii_constants import DEFAULT_RECONNECTION_CONFIG as DEFAULT_RECONNECTION_CONFIG  # reference re-export
 from .iii_constants import MAX_QUEUE_SIZE as MAX_QUEUE_SIZE  # reference re-export
 from .iii_constants import FunctionRef, IIIConnectionState, InitOptions
@@ -316,6 +317,7 @@ class III:
             for failure in self._session.close():
                 self._calls.fail(failure.invocation_id, failure.error)
             await self._bridge.cancel_tasks()
+            self._runner.close()
             self._set_connection_state("disconnected")
         finally:
             self._shut.set_result(None)
@@ -629,7 +631,8 @@ class III:
         bridge.hold(waiter)  # a loop thread dying mid-call fails the wait at once (LoopStoppedError)
         try:
             self._start_from_outside(bridge.post_blocking, invocation_id, function_id, frame, timeout, waiter)
-            return waiter.wait(timeout / 1000.0 + 1.0, lambda: bridge.alive)
+            with handler_blocked():  # a sync handler waiting here frees its slot (its answer may need one)
+                return waiter.wait(timeout / 1000.0 + 1.0, lambda: bridge.alive)
         finally:
             bridge.release(waiter)
 

@@ -195,6 +195,15 @@ class LoopBridge:
             return future.result()
         finally:
             self.release(future)
+            self._close_unstarted(coro, future)
+
+    def _close_unstarted(self, coro: Coroutine[Any, Any, Any], future: concurrent.futures.Future[Any]) -> None:
+        """Close ``coro`` when it can never run (its hand-over was cancelled, or the loop stopped first): no "never
+        awaited" warning. One that ran is left alone (closed here, its clean-up would run on this thread), and so
+        is one the loop may still be starting."""
+        if ((future.cancelled() or not self.loop.is_running())
+                and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED):
+            coro.close()
 
     def post_blocking(self, fn: Callable[..., Any], *args: Any) -> None:
         """Schedule ``fn(*args)`` on the loop for a caller about to block until it answers; ``RuntimeError`` from
@@ -221,6 +230,7 @@ class LoopBridge:
             return await asyncio.wrap_future(future)
         finally:
             self.release(future)
+            self._close_unstarted(coro, future)
 
     def soon(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` on the loop, in call order, from any thread (at once on the loop thread)."""

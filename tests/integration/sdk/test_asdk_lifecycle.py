@@ -4,14 +4,18 @@ sync handlers calling back into their own worker."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from iii import InitOptions, ReconnectionConfig
 from iii.connection import backoff_delay_ms
-from iii.iii import III
+from iii.handler_threads import default_limit
+from iii.iii import III, register_worker
 from iii_engine import Engine
 from tests.conftest import engine_test_config
 from tests.polling import until
@@ -49,12 +53,21 @@ async def test_client_reconnects_after_more_attempts_than_the_backoff_power_hold
         client._bridge.stop()
 
 
-def test_shutdown_from_several_threads_at_once_is_quiet(engine_url: str) -> None:
+async def test_shutdown_from_several_threads_at_once_is_quiet(engine_url: str) -> None:
     # The first caller to stop the loop ended every other caller's shutdown with LoopStoppedError (or "Event loop
-    # is closed"): an atexit hook racing a signal handler's shutdown raised.
+    # is closed"): an atexit hook racing a signal handler's shutdown raised. (Threads: the engine runs on this loop.)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        await asyncio.to_thread(_shut_down_from_threads, engine_url)
+        gc.collect()
+    # A shutdown handed to a loop that stopped before running it was a coroutine never awaited.
+    assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []
+
+
+def _shut_down_from_threads(engine_url: str) -> None:
     errors: list[BaseException] = []
-    for _ in range(10):
-        client = III(engine_url, InitOptions(worker_name="shut"))
+    for _ in range(20):
+        client = register_worker(engine_url, InitOptions(worker_name="shut"))
         barrier = threading.Barrier(4)
 
         def shut(client: III = client, barrier: threading.Barrier = barrier) -> None:
@@ -71,3 +84,25 @@ def test_shutdown_from_several_threads_at_once_is_quiet(engine_url: str) -> None
             thread.join(10)
         assert not client._bridge.alive
     assert errors == []
+
+
+async def test_sync_handlers_calling_sync_handlers_of_their_own_worker_never_starve(engine_url: str) -> None:
+    # On the loop's default executor (min(32, cpu + 4) threads) this many outer calls held every thread while they
+    # waited for inner invocations queued behind them: every call failed after its timeout.
+    await asyncio.to_thread(_nested_sync_calls, engine_url)
+
+
+def _nested_sync_calls(engine_url: str) -> None:
+    calls = 3 * default_limit()
+    options = InitOptions(worker_name="nest")
+    with register_worker(engine_url, options) as server, register_worker(engine_url, options) as caller:
+        server.register_function("asdk.inner", lambda data: {"inner": data})
+        server.register_function(
+            "asdk.outer", lambda data: server.trigger({"function_id": "asdk.inner", "payload": data,
+                                                       "timeout_ms": 3000}))
+        server.trigger({"function_id": "asdk.outer", "payload": -1, "timeout_ms": 3000})  # (both registered)
+        with ThreadPoolExecutor(calls) as pool:
+            results = list(pool.map(
+                lambda i: caller.trigger({"function_id": "asdk.outer", "payload": i, "timeout_ms": 4000}),
+                range(calls)))
+        assert results == [{"inner": i} for i in range(calls)]

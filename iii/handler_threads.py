@@ -1,0 +1,100 @@
+"""The threads sync function handlers run on: a bounded pool that does not count threads blocked in a sync SDK call.
+
+A sync handler that calls ``iii.trigger(...)`` blocks its thread until the answer comes. When the function it calls
+is served by sync handlers of the same process, that answer needs a free thread too. On the event loop's default
+executor (``min(32, cpu + 4)`` threads: 6 on two cores) six such calls at once took every thread, the inner
+invocations queued behind them, and every call failed after its timeout: a deadlock that only timeouts broke.
+
+Here, as in a fork-join pool's managed blocking, a thread inside :func:`blocked` (a sync ``trigger`` waiting for its
+answer) does not count against the bound, so a queued handler gets a thread while it waits. Otherwise it is the
+standard :class:`~concurrent.futures.ThreadPoolExecutor` (same bound, same speed); threads started for a burst of
+blocked handlers stay, idle, like the executor's own. On a Python whose executor lacks the internals this relies on
+(:data:`BLOCKING_MISSING` not empty) :func:`blocked` changes nothing.
+
+Example:
+    >>> pool = HandlerThreads(limit=2)
+    >>> pool.submit(sum, [1, 2]).result(5)
+    3
+    >>> pool.shutdown()
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+__all__ = ["BLOCKING_MISSING", "HandlerThreads", "blocked", "default_limit"]
+
+_local = threading.local()  # .pool: the HandlerThreads whose thread this is
+
+
+def default_limit() -> int:
+    """The default executor's bound, ``min(32, cpu + 4)``: sync handlers get as many threads as they had there."""
+    return min(32, (os.cpu_count() or 1) + 4)
+
+
+def _probe() -> tuple[str, ...]:
+    """The :class:`ThreadPoolExecutor` internals :func:`blocked` uses that this Python lacks."""
+    probe = ThreadPoolExecutor(max_workers=1)
+    try:
+        names = ("_max_workers", "_shutdown_lock", "_work_queue", "_adjust_thread_count")
+        return tuple(name for name in names if not hasattr(probe, name))
+    finally:
+        probe.shutdown(wait=False)
+
+
+BLOCKING_MISSING: tuple[str, ...] = _probe()
+"""What :func:`_probe` found missing (empty: :func:`blocked` frees a slot)."""
+
+
+def _mark(pool: HandlerThreads) -> None:
+    _local.pool = pool
+
+
+class HandlerThreads(ThreadPoolExecutor):
+    """Threads for sync handlers; see the module docstring."""
+
+    def __init__(self, limit: int | None = None, name: str = "iii-handler") -> None:
+        limit = default_limit() if limit is None else limit
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        super().__init__(max_workers=limit, thread_name_prefix=name, initializer=_mark, initargs=(self,))
+
+    @property
+    def threads(self) -> int:
+        """Threads started so far."""
+        return len(self._threads)
+
+    @contextmanager
+    def _blocked(self) -> Iterator[None]:
+        pool: Any = self  # (the executor's internals are untyped)
+        with pool._shutdown_lock:  # (what submit holds while it counts threads)
+            pool._max_workers += 1
+            if not pool._work_queue.empty():  # a queued handler may be what this thread waits for: a thread now
+                pool._adjust_thread_count()
+        try:
+            yield
+        finally:
+            with pool._shutdown_lock:
+                pool._max_workers -= 1
+
+
+@contextmanager
+def blocked() -> Iterator[None]:
+    """Around a sync SDK wait (a ``trigger`` waiting for its answer): on a handler thread, that thread does not count
+    against its pool's bound meanwhile; elsewhere a no-op.
+
+    Example:
+        >>> with blocked():
+        ...     pass
+    """
+    pool: HandlerThreads | None = getattr(_local, "pool", None)
+    if pool is None or BLOCKING_MISSING:
+        yield
+        return
+    with pool._blocked():
+        yield
