@@ -690,10 +690,8 @@ class StreamSocketServer:
                     # its sync before the subscription: the changes in between reach it through neither. Closing
                     # clients only when the feed failed let one that joined in that window miss them silently.
                     self._missed("the stream socket subscribed to the store's events again", quiet_if_none=True)
-                delivered = False
                 try:
                     async for event in watch:
-                        delivered = True
                         self._fan_out(event)
                     # ended without an error (its store's reader stopped): returning would leave the feed marked
                     # open and every client without events, silently, until the last one left
@@ -708,8 +706,9 @@ class StreamSocketServer:
                     what = f"the stream socket lost the store's event feed ({exc!r}); resubscribing"
                 if what:
                     # A feed that opens and then fails at once, again and again, closed every client each time at
-                    # a fixed 0.5 s (a reconnect storm): the pause grows until a feed delivers or stays up.
-                    if delivered or loop.time() - opened_at >= _FEED_RETRY_MAX_S:
+                    # a fixed 0.5 s (a reconnect storm): the pause grows until a feed stays up. Not "until it
+                    # delivers": one that passes one event and fails would still close every client twice a second.
+                    if loop.time() - opened_at >= _FEED_RETRY_MAX_S:
                         pause = _FEED_RETRY_S
                     self._missed(f"{what} in {pause:g} s")
                     await asyncio.sleep(pause)

@@ -23,14 +23,16 @@ pytestmark = [pytest.mark.our_engine("replaces the stream socket's store"), pyte
 
 
 class _FailingRead:
-    """A subscription that delivers what it is given, then fails its next read."""
+    """A subscription that delivers what it is given, stays up ``hold`` seconds, then fails its next read."""
 
-    def __init__(self, events: list[StreamEvent]) -> None:
+    def __init__(self, events: list[StreamEvent], hold: float) -> None:
         self.events = events
+        self.hold = hold
 
     async def get(self) -> StreamEvent:
         if self.events:
             return self.events.pop(0)
+        await asyncio.sleep(self.hold)  # the feed's uptime, the subject of the test: not a synchronisation
         raise RuntimeError("the store's connection broke")
 
     async def close(self) -> None:
@@ -38,19 +40,20 @@ class _FailingRead:
 
 
 class _FlakyFeedStore(MemoryStream):
-    """Each watch opens at once and fails on its first read; :attr:`opened` holds the loop time of each open."""
+    """Each watch opens at once and fails on its first read, unless :attr:`plan` says otherwise for that open (events
+    to deliver first, seconds to stay up); :attr:`opened` holds the loop time of each open."""
 
     def __init__(self) -> None:
         super().__init__(publish_events=True)
         self.opened: list[float] = []
-        self.deliver_next: list[StreamEvent] = []
+        self.plan: dict[int, tuple[list[StreamEvent], float]] = {}
 
     def watch(self, stream_name: str | None = None, group_id: str | None = None,
               item_id: str | None = None) -> Watch:
         async def opener() -> Subscription:
+            events, hold = self.plan.get(len(self.opened), ([], 0.0))
             self.opened.append(asyncio.get_running_loop().time())
-            events, self.deliver_next = self.deliver_next, []
-            return _FailingRead(events)
+            return _FailingRead(list(events), hold)
 
         return Watch(opener, self._filter(stream_name, group_id, item_id))
 
@@ -63,21 +66,23 @@ async def test_a_feed_failing_right_after_each_open_is_retried_less_and_less_oft
         socket = stream_module(engine).socket
         assert socket is not None
         store = _FlakyFeedStore()
+        event: StreamEvent = {"type": "stream", "streamName": "s", "groupId": "g", "id": "i", "timestamp": 1,
+                              "event": {"type": "create", "data": 1}}
+        store.plan = {5: ([event], 0.0),  # delivers, then fails at once: not up
+                      6: ([], 1.05)}  # stays up _FEED_RETRY_MAX_S: up
         socket.store = store
         idle = await SocketClient.connect(engine)  # keeps the feed open after the joined client is closed
         joined = await SocketClient.connect(engine)
         await joined.join("sub", "s", "g")
-        await until(lambda: len(store.opened) >= 5, within=15)
+        await until(lambda: len(store.opened) >= 8, within=20)
         gaps = [later - earlier for earlier, later in zip(store.opened, store.opened[1:], strict=False)]
         # 0.05, 0.1, 0.2, 0.4 s: before, 0.5 s each time, for as long as the store kept failing
         assert gaps[0] < 0.3, gaps
         assert gaps[3] >= 0.4, gaps
-        # a feed that delivers counts as up: the next failure is retried after the first pause again
-        store.deliver_next = [{"type": "stream", "streamName": "s", "groupId": "g", "id": "i", "timestamp": 1,
-                               "event": {"type": "create", "data": 1}}]
-        seen = len(store.opened)
-        await until(lambda: len(store.opened) >= seen + 2, within=15)
-        assert store.opened[seen + 1] - store.opened[seen] < 0.4, store.opened
+        # a feed that passed an event and failed at once is not taken as up: 1 s (the cap), not the first pause
+        assert gaps[5] >= 1.0, gaps
+        # one that stayed up is: the first pause again after its 1.05 s
+        assert gaps[6] < 1.05 + 0.4, gaps
         await idle.close()
 
 
