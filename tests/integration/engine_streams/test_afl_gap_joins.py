@@ -11,7 +11,7 @@ import asyncio
 import json
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -21,7 +21,6 @@ from websockets.exceptions import ConnectionClosed
 
 from iii_engine import Engine
 from iii_engine.modules.stream.socket import _MISSED
-from tests.integration.streams.pg_database import scratch_database
 from tests.polling import until
 from tests.services import require_postgres, require_redis
 
@@ -31,12 +30,6 @@ pytestmark = [pytest.mark.our_engine("cuts our engine's store event connection")
 
 CLIENTS = 30
 CUTS = 6
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    with scratch_database(require_postgres()) as url:
-        yield url
 
 
 @dataclass

@@ -9,7 +9,7 @@ import collections
 import json
 import random
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,7 @@ from iii.stream import StreamGetInput, StreamSetInput, StreamUpdateInput, Update
 from iii_streams import RedisStream, SQLStream, StreamBackendError, StreamError, StreamTimeoutError
 from iii_streams.redis import KeyLayout
 from iii_streams.schema import TABLE_NAME, item_key
-from tests.integration.streams.pg_database import scratch_database
-from tests.services import require_postgres, require_redis
+from tests.services import require_redis
 
 Store = SQLStream | RedisStream
 
@@ -35,12 +34,6 @@ def _inc(stream: str, item: str) -> StreamUpdateInput:
 async def _value(store: Store, stream: str, item: str) -> int:
     value = await store.get(StreamGetInput(stream_name=stream, group_id="g", item_id=item), timeout=30)
     return 0 if value is None else int(value["n"])
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    with scratch_database(require_postgres()) as url:
-        yield url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

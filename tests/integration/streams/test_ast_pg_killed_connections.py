@@ -12,7 +12,6 @@ a failover or an idle-session timeout does), and a watcher falls behind.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -21,17 +20,10 @@ from sqlalchemy.engine import make_url
 
 from iii.stream import StreamGetInput, StreamListInput, StreamSetInput, StreamUpdateInput, UpdateIncrement
 from iii_streams import SQLStream, StreamLagError
-from tests.integration.streams.pg_database import scratch_database
 from tests.polling import until
 from tests.services import require_postgres
 
 POOL = 3
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    with scratch_database(require_postgres()) as url:
-        yield url
 
 
 async def _pooled_drivers(store: SQLStream) -> list[Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -27,16 +27,9 @@ from iii.stream import (
 from iii_streams import MemoryStream, RedisStream, SQLStream
 from iii_streams.base import Backend
 from iii_streams.redis import KeyLayout
-from tests.integration.streams.pg_database import scratch_database
-from tests.services import require_postgres, require_redis
+from tests.services import require_redis
 
 SURROGATE = "\ud800"
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    with scratch_database(require_postgres()) as url:
-        yield url
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgres", "redis"])

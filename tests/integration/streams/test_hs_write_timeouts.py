@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -18,9 +18,7 @@ from sqlalchemy import text
 from iii.stream import StreamGetInput, StreamSetInput, StreamUpdateInput, UpdateIncrement
 from iii_streams import RedisStream, SQLStream, StreamTimeoutError
 from iii_streams.schema import TABLE_NAME, item_key
-from tests.integration.streams.pg_database import scratch_database
 from tests.integration.streams.private_redis import PrivateRedis
-from tests.services import require_postgres
 
 NOT_APPLIED = r"did not finish within 0\.3 s; the write was withdrawn and not applied$"
 MAYBE = r"did not finish within [0-9.]+ s; the write had been sent and may have been applied \(outcome unknown\)$"
@@ -32,12 +30,6 @@ def _item(stream: str) -> dict[str, str]:
 
 def _inc(stream: str) -> StreamUpdateInput:
     return StreamUpdateInput(**_item(stream), ops=[UpdateIncrement(path="n", by=1)])
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    with scratch_database(require_postgres()) as url:
-        yield url
 
 
 def _raw(url: str) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -27,22 +26,14 @@ from iii.wire import dumps
 from iii_streams import MemoryStream, SQLStream, StreamGapError
 from iii_streams.events import Watch, make_event, now_ms
 from iii_streams.schema import item_key
-from tests.integration.streams.pg_database import scratch_database
 from tests.integration.streams.test_sql_watch_shared import _terminate_listen
 from tests.polling import until
-from tests.services import require_postgres
 
 pytestmark = pytest.mark.timeout(30)
 
 BIG: Any = {"blob": "x" * 100_000, "order": [3, 2, 1], "big": 2**70}
 # multi-byte characters across every part boundary (2, 3 and 4 UTF-8 bytes)
 WIDE: Any = {"text": "é" * 5000 + "€" * 3000 + "😀" * 3000 + "z"}
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    with scratch_database(require_postgres()) as url:
-        yield url
 
 
 @pytest.fixture

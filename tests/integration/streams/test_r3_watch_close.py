@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -21,18 +21,12 @@ from iii.stream import StreamSetInput
 from iii_streams import MemoryStream, RedisStream, SQLStream, StreamLagError
 from iii_streams.events import Watch
 from iii_streams.redis import KeyLayout
-from tests.integration.streams.pg_database import admin, scratch_database
+from tests.integration.streams.pg_database import admin
 from tests.integration.streams.test_ast_pg_killed_connections import _terminate
 from tests.polling import until
 from tests.services import require_postgres, require_redis
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    with scratch_database(require_postgres()) as url:
-        yield url
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgresql", "redis"])

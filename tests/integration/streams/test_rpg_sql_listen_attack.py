@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -33,7 +33,7 @@ from iii_streams import sql as sql_module
 from iii_streams.errors import StreamUnavailableError
 from iii_streams.events import Watch
 from iii_streams.schema import TABLE_NAME
-from tests.integration.streams.pg_database import admin, scratch_database
+from tests.integration.streams.pg_database import admin
 from tests.integration.streams.test_hsb_sql_big_events import _notify, older_notification, older_writer
 from tests.integration.streams.test_sql_watch_shared import _backends, _terminate_listen, until_backends
 from tests.polling import until
@@ -41,12 +41,6 @@ from tests.services import require_postgres
 from tests.stall_relay import Relay
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    with scratch_database(require_postgres()) as url:
-        yield url
 
 
 @pytest.fixture

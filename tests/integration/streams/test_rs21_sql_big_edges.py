@@ -7,24 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from iii.stream import StreamGetInput, StreamSetInput, StreamUpdateInput, UpdateSet
 from iii_streams.events import event_json_parts
-from tests.integration.streams.pg_database import scratch_database
 from tests.integration.streams.test_hsb_sql_big_events import _next, _store
-from tests.services import require_postgres
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    with scratch_database(require_postgres()) as url:
-        yield url
 
 
 def _sized(name: str, total: int, fill: str) -> str:

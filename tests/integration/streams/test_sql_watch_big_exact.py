@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,7 +20,6 @@ from sqlalchemy import event
 from iii.stream import StreamDeleteInput, StreamGetInput, StreamSetInput
 from iii_streams import SQLStream
 from iii_streams import sql as sql_module
-from tests.integration.streams.pg_database import scratch_database
 from tests.integration.streams.test_hsb_sql_big_events import (
     BIG,
     WIDE,
@@ -32,15 +30,8 @@ from tests.integration.streams.test_hsb_sql_big_events import (
     _untimed,
     _watches,
 )
-from tests.services import require_postgres
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    with scratch_database(require_postgres()) as url:
-        yield url
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,19 +17,11 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from iii.stream import StreamSetInput
 from iii_streams import SQLStream, StreamGapError, StreamLagError
 from iii_streams import sql as sql_module
-from tests.integration.streams.pg_database import scratch_database
 from tests.integration.streams.test_sql_watch_shared import _terminate_listen
 from tests.polling import until
-from tests.services import require_postgres
 from tests.stall_relay import Relay
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    with scratch_database(require_postgres()) as url:
-        yield url
 
 
 def _store(pg_url: str, app: str, **options: Any) -> SQLStream:

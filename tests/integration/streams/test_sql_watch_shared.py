@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -26,17 +26,11 @@ from sqlalchemy.pool import NullPool
 from iii.stream import StreamSetInput
 from iii_streams import SQLStream, StreamBackendError, StreamLagError
 from iii_streams.events import Watch
-from tests.integration.streams.pg_database import admin, scratch_database
+from tests.integration.streams.pg_database import admin
 from tests.polling import until
 from tests.services import require_postgres
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    with scratch_database(require_postgres()) as url:
-        yield url
 
 
 @pytest.fixture

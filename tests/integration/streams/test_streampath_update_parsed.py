@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,18 +15,11 @@ import pytest
 from iii.stream import StreamGetInput, StreamUpdateInput
 from iii.stream_ops import parse_ops
 from iii_streams import Backend, MemoryStream, open_stream
-from tests.integration.streams.pg_database import scratch_database
-from tests.services import require_postgres, require_redis
+from tests.services import require_redis
 
 OPS: list[dict[str, Any]] = [
     {"type": "increment", "path": "n", "by": 2}, {"type": "set", "path": "big", "value": 2**70},
     {"type": "merge", "path": "", "value": {"m": [1, {"x": None}]}}, {"type": "decrement", "path": "d", "by": 1}]
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    with scratch_database(require_postgres()) as url:
-        yield url
 
 
 @pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])

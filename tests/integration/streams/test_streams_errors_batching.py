@@ -10,7 +10,7 @@ import sqlite3
 import sys
 import textwrap
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +32,7 @@ from iii_streams import (
     StreamTimeoutError,
     StreamUnavailableError,
 )
-from tests.integration.streams.pg_database import scratch_database
-from tests.services import require_postgres, require_redis
+from tests.services import require_redis
 
 ROOT = Path(__file__).resolve().parents[3]
 INCREMENT = [UpdateIncrement(path="n", by=1)]
@@ -175,12 +174,6 @@ async def test_sqlite_writes_to_an_item_it_knows_take_one_statement_until_anothe
         assert await b.get(StreamGetInput(**_item("s"))) == {"n": 11}
     assert seen == [{"type": "create", "data": {"n": 1}}] + [
         {"type": "update", "data": {"n": n}} for n in (2, 3, 4, 11)]  # this store's writes, each once
-
-
-@pytest.fixture(scope="module")
-def pg_url() -> Iterator[str]:
-    with scratch_database(require_postgres()) as url:
-        yield url
 
 
 async def test_postgres_concurrent_updates_share_transactions_and_lose_nothing(pg_url: str) -> None:
