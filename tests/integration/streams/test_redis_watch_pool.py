@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -35,31 +34,22 @@ def name() -> str:
     return f"hrwp{uuid.uuid4().hex[:10]}"
 
 
-@pytest.fixture
-async def admin() -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(require_redis())
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
 def _store(name: str, **options: Any) -> RedisStream:
     return RedisStream.from_url(require_redis(), layout=KeyLayout(name), channel=name, client_name=name,
                                 max_connections=1, pool_timeout=POOL_TIMEOUT, **options)
 
 
-async def _ours(admin: aioredis.Redis, name: str) -> list[dict[str, Any]]:
-    return [c for c in await admin.client_list() if c.get("name") == name]
+async def _ours(redis_admin: aioredis.Redis, name: str) -> list[dict[str, Any]]:
+    return [c for c in await redis_admin.client_list() if c.get("name") == name]
 
 
-async def _settles(admin: aioredis.Redis, name: str, count: int, within: float = 5.0) -> list[dict[str, Any]]:
+async def _settles(redis_admin: aioredis.Redis, name: str, count: int, within: float = 5.0) -> list[dict[str, Any]]:
     """Our connections once there are ``count`` of them: the server drops a closed one when it reads the hang-up,
     which no event of ours reports, so ``CLIENT LIST`` is polled; the test fails if it never gets there."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while True:
-        conns = await _ours(admin, name)
+        conns = await _ours(redis_admin, name)
         if len(conns) == count or loop.time() > deadline:
             assert len(conns) == count, f"{len(conns)} connection(s) named {name}, expected {count}: {conns}"
             return conns
@@ -75,7 +65,7 @@ async def _next_id(watch: Watch) -> str:
 
 
 async def test_a_write_with_one_command_connection_and_an_open_watch_completes_and_is_seen(
-        name: str, admin: aioredis.Redis) -> None:
+        name: str, redis_admin: aioredis.Redis) -> None:
     """Before: the set waited pool_timeout for the connection the watch held and failed with PoolExhaustedError."""
     async with _store(name) as store, store.watch(stream_name="s") as watch:
         loop = asyncio.get_running_loop()
@@ -91,7 +81,7 @@ async def test_a_write_with_one_command_connection_and_an_open_watch_completes_a
         assert results[0] == {"n": 1}
         assert await store.get(StreamGetInput(**key)) == {"n": 6}
         assert [await _next_id(watch) for _ in range(5)] == ["a"] * 5
-        conns = await _ours(admin, name)
+        conns = await _ours(redis_admin, name)
         # one command connection (max_connections=1) and the watch's own, subscribed one
         assert len(conns) == 2 and len(_subscribed(conns)) == 1
 
@@ -118,7 +108,8 @@ async def _publish(conn: Any, channel: str, item: str) -> None:
     assert await conn.read_response() == 1  # one subscriber: the store's shared pub/sub
 
 
-async def test_a_lost_watch_connection_is_replaced_outside_the_command_pool(name: str, admin: aioredis.Redis) -> None:
+async def test_a_lost_watch_connection_is_replaced_outside_the_command_pool(
+        name: str, redis_admin: aioredis.Redis) -> None:
     """The replacement after a lost connection (here killed by the server) is made while the writes hold the only
     command connection: before, it waited for that connection, and the watch stayed deaf."""
     async with _store(name, report_watch_gaps=True) as store:
@@ -126,8 +117,8 @@ async def test_a_lost_watch_connection_is_replaced_outside_the_command_pool(name
         async with store.watch(stream_name="s") as watch:
             held = await pool.get_connection()  # type: ignore[no-untyped-call]
             try:
-                for conn in _subscribed(await _ours(admin, name)):
-                    await admin.client_kill_filter(_id=str(conn["id"]))
+                for conn in _subscribed(await _ours(redis_admin, name)):
+                    await redis_admin.client_kill_filter(_id=str(conn["id"]))
                 with pytest.raises(StreamGapError):
                     await _next_id(watch)
                 await _publish(held, name, "after")
@@ -139,34 +130,35 @@ async def test_a_lost_watch_connection_is_replaced_outside_the_command_pool(name
 
 
 @pytest.mark.parametrize("watch_open", [True, False])
-async def test_aclose_leaves_no_connection_of_the_store(name: str, admin: aioredis.Redis, watch_open: bool) -> None:
+async def test_aclose_leaves_no_connection_of_the_store(
+        name: str, redis_admin: aioredis.Redis, watch_open: bool) -> None:
     """``aclose()`` closes the command connections and the watch's own, whether a watch is still open or not."""
     store = _store(name)
     watch = store.watch(stream_name="s")
     await watch.open()
     await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="x", data=1))
     assert await _next_id(watch) == "x"
-    assert len(await _settles(admin, name, 2)) == 2
+    assert len(await _settles(redis_admin, name, 2)) == 2
     if not watch_open:
         await watch.aclose()
     await store.aclose()
-    await _settles(admin, name, 0)
+    await _settles(redis_admin, name, 0)
     with pytest.raises(StopAsyncIteration):
         await asyncio.wait_for(anext(watch), 5)  # a watch left open ends with its store
     await watch.aclose()
 
 
-async def test_aclose_after_a_replaced_watch_connection_leaves_none(name: str, admin: aioredis.Redis) -> None:
+async def test_aclose_after_a_replaced_watch_connection_leaves_none(name: str, redis_admin: aioredis.Redis) -> None:
     store = _store(name, report_watch_gaps=True)
     try:
         async with store.watch(stream_name="s") as watch:
-            for conn in _subscribed(await _ours(admin, name)):
-                await admin.client_kill_filter(_id=str(conn["id"]))
+            for conn in _subscribed(await _ours(redis_admin, name)):
+                await redis_admin.client_kill_filter(_id=str(conn["id"]))
             with pytest.raises(StreamGapError):
                 await _next_id(watch)
             await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="y", data=1))
             assert await _next_id(watch) == "y"
-            assert len(_subscribed(await _settles(admin, name, 2))) == 1
+            assert len(_subscribed(await _settles(redis_admin, name, 2))) == 1
     finally:
         await store.aclose()
-    await _settles(admin, name, 0)
+    await _settles(redis_admin, name, 0)

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,9 +40,9 @@ def _store(url: str, name: str, **options: Any) -> RedisStream:
     return RedisStream.from_url(url, layout=KeyLayout(name), channel=name, client_name=name, **options)
 
 
-async def _subscribed(admin: aioredis.Redis, name: str) -> int:
+async def _subscribed(redis_admin: aioredis.Redis, name: str) -> int:
     """Connections of ours (``client_name``) subscribed to something."""
-    return sum(1 for c in await admin.client_list() if c.get("name") == name and str(c.get("sub", "0")) != "0")
+    return sum(1 for c in await redis_admin.client_list() if c.get("name") == name and str(c.get("sub", "0")) != "0")
 
 
 async def _set(store: RedisStream, item: str, data: Any = 1) -> None:
@@ -59,17 +58,8 @@ def name() -> str:
     return f"rrw{uuid.uuid4().hex[:10]}"
 
 
-@pytest.fixture
-async def admin() -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(require_redis())
-    try:
-        yield client
-    finally:
-        await client.aclose()
-
-
 async def test_watchers_past_max_connections_share_one_connection_and_writes_go_on(
-        name: str, admin: aioredis.Redis) -> None:
+        name: str, redis_admin: aioredis.Redis) -> None:
     """Before: the 3rd watch of a 3-connection pool held the last connection; the write after it failed with
     PoolExhaustedError after pool_timeout (and a 4th watch would have)."""
     async with _store(require_redis(), name, max_connections=3, pool_timeout=1) as store:
@@ -79,17 +69,18 @@ async def test_watchers_past_max_connections_share_one_connection_and_writes_go_
         await _set(store, "a")
         for watch in watches:
             assert await asyncio.wait_for(_ids(watch, 1), 5) == ["a"]
-        assert await _subscribed(admin, name) == 1
+        assert await _subscribed(redis_admin, name) == 1
         for watch in watches:
             await watch.aclose()
         await until(lambda: store._subscriber is None)  # the last watcher gone: the connection goes too
 
 
-async def test_500_watchers_cost_one_connection_and_each_gets_every_event(name: str, admin: aioredis.Redis) -> None:
+async def test_500_watchers_cost_one_connection_and_each_gets_every_event(
+        name: str, redis_admin: aioredis.Redis) -> None:
     async with _store(require_redis(), name) as store:
         watches = [store.watch(stream_name="s") for _ in range(500)]
         await asyncio.gather(*(watch.open() for watch in watches))
-        assert await _subscribed(admin, name) == 1
+        assert await _subscribed(redis_admin, name) == 1
         for n in range(10):
             await _set(store, str(n))
         got = await asyncio.wait_for(asyncio.gather(*(_ids(watch, 10) for watch in watches)), 10)
@@ -99,7 +90,7 @@ async def test_500_watchers_cost_one_connection_and_each_gets_every_event(name: 
 
 
 async def test_closing_the_store_ends_its_watches_reads_without_re_subscribing(
-        name: str, admin: aioredis.Redis, caplog: pytest.LogCaptureFixture) -> None:
+        name: str, redis_admin: aioredis.Redis, caplog: pytest.LogCaptureFixture) -> None:
     """Before: the readers took the closed client's dropped connection for a lost one and re-subscribed (a
     connection nobody would close), reading on for good."""
     store = _store(require_redis(), name)
@@ -116,7 +107,7 @@ async def test_closing_the_store_ends_its_watches_reads_without_re_subscribing(
     assert len(done) == 3, "readers of a closed store still read"
     assert all(isinstance(r.exception(), StopAsyncIteration) for r in readers)
     assert not [r.getMessage() for r in caplog.records if "subscrib" in r.getMessage()]
-    assert await _subscribed(admin, name) == 0
+    assert await _subscribed(redis_admin, name) == 0
     with pytest.raises(RuntimeError, match="closed"):  # a new watch of a closed store is refused
         await store.watch().open()
 
@@ -183,7 +174,7 @@ async def test_redis_restarts_every_watcher_reports_one_gap_per_outage_and_misse
 
 @pytest.mark.parametrize("options", [{"health_check_interval": 0.01}, {"socket_timeout": 0.2}],
                          ids=["health_check_10ms", "socket_timeout_200ms"])
-async def test_an_idle_watch_reports_no_gap(name: str, admin: aioredis.Redis, options: dict[str, float]) -> None:
+async def test_an_idle_watch_reports_no_gap(name: str, redis_admin: aioredis.Redis, options: dict[str, float]) -> None:
     """Idle for longer than the health-check interval or the socket timeout: no gap and no lost connection. Before,
     at redis-py 8.0.0 a blocking pub/sub read ended after socket_timeout: a StreamGapError with nothing lost."""
     async with _store(require_redis(), name, report_watch_gaps=True, **options) as store:
@@ -196,7 +187,7 @@ async def test_an_idle_watch_reports_no_gap(name: str, admin: aioredis.Redis, op
                 await _set(store, str(n))
                 await asyncio.sleep(0.005)
             assert await asyncio.wait_for(_ids(watch, 50), 5) == [str(n) for n in range(50)]
-            assert await _subscribed(admin, name) == 1
+            assert await _subscribed(redis_admin, name) == 1
 
 
 async def test_a_watch_opened_while_the_connection_is_replaced_waits_until_it_is_subscribed(
@@ -236,7 +227,7 @@ async def test_writes_after_a_script_flush_with_every_connection_busy_do_not_wai
 
 
 async def test_open_and_close_cancelled_at_every_turn_leave_no_connection_or_task(
-        name: str, admin: aioredis.Redis) -> None:
+        name: str, redis_admin: aioredis.Redis) -> None:
     """The first watch's open (which subscribes the shared connection) and the last watch's close (which stops
     it) cancelled after 0..40 loop turns: afterwards nothing is subscribed and no task of the store runs, and the
     next watch still works."""
@@ -258,17 +249,17 @@ async def test_open_and_close_cancelled_at_every_turn_leave_no_connection_or_tas
             await until(lambda: store._subscriber is None, within=2)
             assert asyncio.all_tasks() - before == set(), f"after {turns} turns"
         for _ in range(200):  # the server drops a closed connection's subscription once it reads the hang-up
-            if not await _subscribed(admin, name):
+            if not await _subscribed(redis_admin, name):
                 break
             await asyncio.sleep(0.01)
-        assert await _subscribed(admin, name) == 0
+        assert await _subscribed(redis_admin, name) == 0
         async with store.watch(stream_name="s") as watch:
             await _set(store, "works")
             assert await asyncio.wait_for(_ids(watch, 1), 5) == ["works"]
 
 
 async def test_a_watch_closed_right_after_its_open_leaves_no_subscribed_connection(
-        name: str, admin: aioredis.Redis) -> None:
+        name: str, redis_admin: aioredis.Redis) -> None:
     """The engine's start-up probe opens a watch and closes it at once: the shared reader task, cancelled before
     its first step, never ran the code that closes its pub/sub, so the connection stayed subscribed and out of the
     pool for good (every engine start with a Redis stream store leaked one)."""
@@ -277,7 +268,7 @@ async def test_a_watch_closed_right_after_its_open_leaves_no_subscribed_connecti
             watch = store.watch()
             await watch.open()
             await watch.aclose()
-        assert await _subscribed(admin, name) == 0
+        assert await _subscribed(redis_admin, name) == 0
         async with store.watch(stream_name="s") as events:  # the store still watches afterwards
             await _set(store, "x")
             assert (await asyncio.wait_for(anext(events), 5))["id"] == "x"
