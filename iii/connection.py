@@ -38,6 +38,14 @@ but leaves only on the socket that was up when it was handed over; if that socke
 and its sender told False. It waits unwritten until the socket takes it at once (not in the socket's own buffer,
 where a socket dropped for ``send_timeout`` would throw it away after its sender had heard True).
 
+The engine's message size limit: our engine names it in its upgrade response (:data:`MAX_MESSAGE_SIZE_HEADER`,
+docs/protocol.md#message-size-extension), read on every connection into :attr:`Connection.max_message_size` (``None``:
+no header, no limit known, as with the production engine). Callers check their frames against it before handing them
+over (:meth:`Connection.oversize`); a frame queued while no socket was up is checked when a new socket flushes it:
+one over the new socket's limit is never written (a keyed one's ``on_oversized(key, size, limit)`` is told; an
+unkeyed one is dropped with a warning), since the engine would close the connection with 1009 and fail every other
+call on it.
+
 A write whose socket takes no bytes for ``send_timeout`` seconds (default 30) means the engine stopped reading
 (frozen, stalled): the socket is dropped and a new one made, as for any lost connection. The bound is on time without
 progress, not on the whole wait: an engine that keeps taking bytes, however slowly (a 50 MB frame at 100 KB/s takes
@@ -58,9 +66,11 @@ import logging
 import math
 import os
 import random
+import re
+import sys
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import websockets
@@ -73,7 +83,8 @@ from .errors import ConnectionLostError, OutboundQueueFullError
 from .iii_constants import DEFAULT_RECONNECTION_CONFIG, MAX_QUEUE_SIZE, IIIConnectionState, ReconnectionConfig
 from .loss_log import LossLog
 
-__all__ = ["Connection", "backoff_delay_ms", "check_url"]
+__all__ = ["MAX_MESSAGE_SIZE_HEADER", "MESSAGE_TOO_BIG", "Connection", "announced_limit", "backoff_delay_ms",
+           "check_url"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +97,29 @@ DROP_LOG_INTERVAL_S = 10.0
 their count at most this often (a peer flooding pings must not flood the log)."""
 
 Frame = str | bytes
+
+MAX_MESSAGE_SIZE_HEADER: Final = "X-III-Max-Message-Size"
+"""Response header of our engine's control-socket upgrade (docs/protocol.md#message-size-extension): the largest
+message, in bytes, it accepts from a worker (over it, it closes the connection with 1009). The production engine
+sends none."""
+
+MESSAGE_TOO_BIG: Final = 1009
+"""The close code of a peer that received a message over its size limit."""
+
+_DIGITS = re.compile(r"[0-9]{1,15}")
+
+
+def announced_limit(values: list[str]) -> int | None:
+    """The engine's message size limit from the :data:`MAX_MESSAGE_SIZE_HEADER` values of its upgrade response:
+    the one plain decimal integer > 0; ``None`` (no limit known) for none, several or a malformed one.
+
+    Example:
+        >>> announced_limit(["4194304"]), announced_limit([]), announced_limit(["1e6"]), announced_limit(["0"])
+        (4194304, None, None, None)
+    """
+    if len(values) != 1 or not _DIGITS.fullmatch(values[0].strip()):
+        return None
+    return int(values[0]) or None
 Write = Callable[[Frame], Awaitable[None]]
 
 
@@ -270,6 +304,7 @@ class Connection:
         reconnection: ReconnectionConfig | None = None,
         keep: Callable[[str], bool] = lambda _key: True,
         on_dropped: Callable[[str], None] = _noop,
+        on_oversized: Callable[[str, int, int], None] = _noop,
         max_queue: int = MAX_QUEUE_SIZE,
         queue_wait: float = 30.0,
         max_waiting: int | None = None,
@@ -289,6 +324,14 @@ class Connection:
         self._config = reconnection or DEFAULT_RECONNECTION_CONFIG
         self._keep = keep
         self._on_dropped = on_dropped
+        self._on_oversized = on_oversized
+        #: The engine's message size limit in bytes, from the last upgrade response (``None``: it named none).
+        self.max_message_size: int | None = None
+        #: Frames of at most this many characters are within :attr:`max_message_size` without counting their bytes
+        #: (a character is at most 4 UTF-8 bytes): one ``len()`` comparison per frame on the hot path.
+        self.check_above = sys.maxsize
+        #: The last socket was closed by the engine with 1009 (a message of ours over its size limit).
+        self.closed_too_big = False
         self._max_queue = max_queue
         self._queue_wait = queue_wait
         self._max_waiting = max_queue if max_waiting is None else max_waiting
@@ -348,6 +391,25 @@ class Connection:
     def last_error(self) -> str | None:
         """Why the last connection attempt failed (``None`` before any failure)."""
         return self._last_error
+
+    def oversize(self, frame: Frame) -> int | None:
+        """``frame``'s size in bytes when it is over :attr:`max_message_size`, else ``None``.
+
+        Example:
+            >>> conn = Connection("ws://127.0.0.1:1", on_frame=print)
+            >>> conn._set_limit(8)
+            >>> conn.oversize("12345678"), conn.oversize("123456789"), conn.oversize("\u00e9" * 5)
+            (None, 9, 10)
+        """
+        limit = self.max_message_size
+        if limit is None or len(frame) <= self.check_above:
+            return None
+        size = len(frame) if isinstance(frame, bytes) or frame.isascii() else len(frame.encode("utf-8", "replace"))
+        return size if size > limit else None
+
+    def _set_limit(self, limit: int | None) -> None:
+        self.max_message_size = limit
+        self.check_above = sys.maxsize if limit is None else limit // 4
 
     def queued_keys(self) -> set[str]:
         """Keys of frames queued and not yet written to any socket."""
@@ -771,6 +833,8 @@ class Connection:
                 if not await self._wait_before_retry():
                     return
                 continue
+            response = ws.response
+            self._set_limit(announced_limit(response.headers.get_all(MAX_MESSAGE_SIZE_HEADER) if response else []))
             try:
                 await self._serve(ws)
             except Exception:
@@ -802,6 +866,7 @@ class Connection:
         self._ws = ws
         self._attempt = 0
         self._failures = 0
+        self.closed_too_big = False
         log.info("Connected to %s", self.url)
         self._set_state("connected")
         try:
@@ -812,7 +877,7 @@ class Connection:
                     await self._pinned_turn(ws, frame, key)
                     continue
                 self._popleft()
-                if key is None or self._keep(key):
+                if (key is None or self._keep(key)) and not self._refused(frame, key):
                     await self._send_bounded(ws, frame)
             if not _open(ws):
                 # Lost during the replay or the flush without a write failing: not ready. The frames on_ready
@@ -831,10 +896,29 @@ class Connection:
                 ws.deliver = None
             self._ready = False
             self._ws = None
+            # Only a 1009 the engine sent first: one we sent (a message of the engine's over our own max_size) is
+            # not the engine refusing ours.
+            close = ws.protocol.close_rcvd
+            self.closed_too_big = (close is not None and close.code == MESSAGE_TOO_BIG
+                                   and ws.protocol.close_rcvd_then_sent is not False)
             self._drop_pinned()
             if self._running:
                 self._set_state("disconnected")
                 self._on_lost()
+
+    def _refused(self, frame: Frame, key: _Key) -> bool:
+        """A frame queued while no socket was up, about to be flushed to a new one: True (not to be written) when
+        it is over this socket's limit; its sender hears of it, or a warning says it was dropped."""
+        size = self.oversize(frame)
+        if size is None:
+            return False
+        limit = self.max_message_size or 0
+        if isinstance(key, str):
+            self._on_oversized(key, size, limit)
+        else:
+            log.warning("A queued frame of %d bytes is over the engine's message size limit (%d bytes) and was "
+                        "dropped unsent (sent, it would close the connection with 1009): %.80r", size, limit, frame)
+        return True
 
     def _deliver(self, raw: Frame) -> None:
         try:

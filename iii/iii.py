@@ -66,6 +66,8 @@ from .protocol.client import (
     TriggerDropped,
     TriggerRequested,
     WorkerRegistered,
+    message_too_large,
+    result_too_large,
 )
 from .stream import IStream
 from .stream_glue import stream_functions
@@ -144,6 +146,7 @@ class III:
             reconnection=self._options.reconnection_config,
             keep=self._session.is_pending,
             on_dropped=self._on_call_dropped,
+            on_oversized=self._on_call_oversized,
             send_timeout=send_timeout_ms / 1000,
         )
         self._bridge.submit(self._start_async())
@@ -387,8 +390,13 @@ class III:
         if failure is not None:
             self._calls.fail(failure.invocation_id, failure.error)
 
+    def _on_call_oversized(self, invocation_id: str, size: int, limit: int) -> None:
+        failure = self._session.call_too_big(invocation_id, size, limit)
+        if failure is not None:
+            self._calls.fail(failure.invocation_id, failure.error)
+
     def _on_lost(self) -> None:
-        for failure in self._session.connection_lost(self._conn.queued_keys()):
+        for failure in self._session.connection_lost(self._conn.queued_keys(), too_big=self._conn.closed_too_big):
             self._calls.fail(failure.invocation_id, failure.error)
 
     async def _recover_registrations(self, old_worker_id: str) -> None:
@@ -457,6 +465,8 @@ class III:
                 return  # fire-and-forget: nobody waits for an answer
             frame = self._session.answer(event.invocation_id, event.function_id, result=result, error=error,
                                          traceparent=traceparent or None, generation=event.generation)
+            if frame is not None and len(frame) > self._conn.check_above:
+                frame = self._answer_within_limit(event, frame, traceparent or None)
             if frame is None or not self._conn.is_ready:
                 # The engine halted this invocation when the old connection dropped (its caller got
                 # invocation_stopped), so nobody wants the answer; but the work was done, and whoever runs the worker
@@ -471,6 +481,28 @@ class III:
             self._invoking -= 1
             if end_span is not None:
                 end_span()  # after the answer left: the caller never waits for the span's end and export
+
+    def _answer_within_limit(self, event: InvocationRequested, frame: str, traceparent: str | None) -> str | None:
+        """``frame`` (the answer to ``event``), or an error answer in its place when it is over the engine's message
+        size limit: sent, the engine would close the connection with 1009 and every call on it would fail."""
+        size = self._conn.oversize(frame)
+        limit = self._conn.max_message_size
+        if size is None or limit is None or event.invocation_id is None:
+            return frame
+        log.warning("The result of '%s' (invocation %s) is %d bytes as a message, over the engine's limit of %d "
+                    "bytes: its caller gets an invocation_failed error instead", event.function_id,
+                    event.invocation_id, size, limit)
+        return self._session.answer(event.invocation_id, event.function_id,
+                                    error=result_too_large(event.function_id, size, limit), traceparent=traceparent,
+                                    generation=event.generation)
+
+    def _refuse_oversized(self, function_id: str, frame: str) -> None:
+        """Raise :func:`~iii.protocol.client.message_too_large` when ``frame`` is over the engine's message size
+        limit (callers check ``len(frame) > check_above`` first, so most frames cost one comparison)."""
+        size = self._conn.oversize(frame)
+        limit = self._conn.max_message_size
+        if size is not None and limit is not None:
+            raise message_too_large(function_id, size, limit)
 
     async def _register_owned_trigger(self, event: TriggerRequested) -> None:
         error = await self._trigger_host.register(event.trigger_type, event.trigger_id, event.function_id,
@@ -650,6 +682,8 @@ class III:
         invocation_id, frame = self._session.new_call(
             function_id, payload, action=action_to_wire(action), traceparent=tp or None, baggage=bg or None
         )
+        if len(frame) > self._conn.check_above:
+            self._refuse_oversized(function_id, frame)
         return function_id, invocation_id, frame, timeout_ms or self._timeout_ms
 
     def _start_call(self, invocation_id: str, function_id: str, frame: str, timeout_ms: float,
@@ -750,12 +784,15 @@ class III:
         if self._closed:
             raise ShuttingDownError()
         tp, bg = headers if headers is not None else self._telemetry.trace.headers()
-        invocation_id, frame = self._session.start_call(
+        invocation_id, frame = self._session.new_call(
             function_id, payload, action=action_to_wire(action), traceparent=tp or None, baggage=bg or None
         )
+        if len(frame) > self._conn.check_above:
+            self._refuse_oversized(function_id, frame)
         if invocation_id is None:
             await self._send_void(frame)
             return None
+        self._session.track_call(invocation_id, function_id)
         timeout = timeout_ms or self._timeout_ms
         future = self._calls.add(invocation_id, function_id, timeout_ms=timeout, on_expire=self._session.forget)
         try:

@@ -23,6 +23,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from iii.channel_end import FRAME_SIZE_HEADER, INVITED_FRAME_SIZES
+from iii.connection import MAX_MESSAGE_SIZE_HEADER
 from iii.ws_fastpath import bound_frame_queue, enable_fast_receive, server_factory, set_max_message_size
 
 from .allocator import MMAP_THRESHOLD_BYTES
@@ -140,12 +141,15 @@ class Listener:
         return connection.respond(status, body)
 
     def _process_response(self, connection: ServerConnection, request: Request, response: Response) -> None:
-        """A writer's accepted upgrade carries the frame size the engine invites (our extension; the production
-        engine, and so ``production_mode``, sends none and writers keep 64 KiB frames)."""
+        """A writer's accepted upgrade carries the frame size the engine invites, a worker's the largest message it
+        takes (our extensions, docs/protocol.md#frame-size-extension and #message-size-extension; the production
+        engine, and so ``production_mode``, sends neither: writers keep 64 KiB frames, workers check nothing)."""
         if response.status_code != 101 or self.relay.production_mode:
             return
         route = route_request(request.path)
-        if isinstance(route, ChannelRoute) and route.direction == "write":
+        if route is None:
+            response.headers[MAX_MESSAGE_SIZE_HEADER] = str(self.max_message_size)
+        elif isinstance(route, ChannelRoute) and route.direction == "write":
             response.headers[FRAME_SIZE_HEADER] = str(frame_invitation(self.relay.max_message_size))
 
     async def _handle(self, connection: ServerConnection) -> None:

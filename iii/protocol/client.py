@@ -52,6 +52,8 @@ __all__ = [
     "TriggerDropped",
     "TriggerRequested",
     "WorkerRegistered",
+    "message_too_large",
+    "result_too_large",
 ]
 
 #: The function every worker calls once its connection is ready, with its metadata.
@@ -140,6 +142,30 @@ class FrameSkipped:
 
 Event = Send | WorkerRegistered | CallSucceeded | CallFailed | InvocationRequested | TriggerRequested | \
     TriggerDropped | FrameSkipped
+
+_CHANNEL_ADVICE: Final = "send bulk data through a channel (create_channel) and pass its ref instead"
+
+
+def message_too_large(function_id: str, size: int, limit: int) -> InvocationError:
+    """The error of a call never sent because its message is over the engine's size limit (sent, the engine would
+    close the connection with 1009 and every other call on it would fail).
+
+    Example:
+        >>> message_too_large("f", 5_000_100, 4_194_304).message[:70]
+        "The call to 'f' was not sent: its message is 5,000,100 bytes, over the"
+    """
+    return InvocationError("message_too_large", f"The call to '{function_id}' was not sent: its message is {size:,} "
+                                                f"bytes, over the engine's limit of {limit:,} bytes "
+                                                f"(max_message_size); {_CHANNEL_ADVICE}")
+
+
+def result_too_large(function_id: str, size: int, limit: int) -> dict[str, Any]:
+    """The error body answering an invocation whose result's message is over the engine's size limit."""
+    return {"code": "invocation_failed",
+            "message": f"The result of '{function_id}' was not sent: its message is {size:,} bytes, over the "
+                       f"engine's limit of {limit:,} bytes (max_message_size); return bulk data through a channel "
+                       "(create_channel) and its ref instead"}
+
 
 _WARNING: Final = 30
 _DEBUG: Final = 10
@@ -297,17 +323,26 @@ class ClientSession:
         old, self._lost_worker_id = self._lost_worker_id, None
         return frame, old
 
-    def connection_lost(self, queued: Iterable[str]) -> list[CallFailed]:
+    def connection_lost(self, queued: Iterable[str], *, too_big: bool = False) -> list[CallFailed]:
         """The socket went away. Calls whose frame is still ``queued`` (never written) stay pending and go out
         on the next connection; the others fail: the engine halts every call of a vanished worker
-        (docs/protocol.md#sdk-improvements S5)."""
+        (docs/protocol.md#sdk-improvements S5). ``too_big``: the engine closed it with 1009, which their
+        errors say.
+
+        Example:
+            >>> session = ClientSession()
+            >>> iid, _ = session.start_call("f", {})
+            >>> session.connection_lost([], too_big=True)[0].error.message.partition(": ")[2]
+            'the engine closed the connection: a message over its size limit (1009)'
+        """
         self._lost_worker_id = self.worker_id or self._lost_worker_id
         self.worker_id = None
         keep = set(queued)
+        why = ": the engine closed the connection: a message over its size limit (1009)" if too_big else ""
         failed = []
         for iid in [iid for iid in self._pending if iid not in keep]:
             function_id = self._pending.pop(iid)
-            message = f"Connection to the engine was lost while invoking '{function_id}'"
+            message = f"Connection to the engine was lost while invoking '{function_id}'{why}"
             failed.append(CallFailed(iid, ConnectionLostError("connection_lost", message)))
         return failed
 
@@ -326,6 +361,14 @@ class ClientSession:
             return None
         message = f"The call to '{function_id}' was never sent: {reason}"
         return CallFailed(invocation_id, ConnectionLostError("connection_lost", message))
+
+    def call_too_big(self, invocation_id: str, size: int, limit: int) -> CallFailed | None:
+        """A pending call whose frame, queued, turned out over the size limit of the socket it was to go out on:
+        it fails with :func:`message_too_large` (never sent)."""
+        function_id = self._pending.pop(invocation_id, None)
+        if function_id is None:
+            return None
+        return CallFailed(invocation_id, message_too_large(function_id, size, limit))
 
     def close(self) -> list[CallFailed]:
         """Shutting down: every pending call fails with :class:`~iii.errors.ShuttingDownError`."""
