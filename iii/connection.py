@@ -41,10 +41,14 @@ where a socket dropped for ``send_timeout`` would throw it away after its sender
 The engine's message size limit: our engine names it in its upgrade response (:data:`MAX_MESSAGE_SIZE_HEADER`,
 docs/protocol.md#message-size-extension), read on every connection into :attr:`Connection.max_message_size` (``None``:
 no header, no limit known, as with the production engine). Callers check their frames against it before handing them
-over (:meth:`Connection.oversize`); a frame queued while no socket was up is checked when a new socket flushes it:
-one over the new socket's limit is never written (a keyed one's ``on_oversized(key, size, limit)`` is told; an
-unkeyed one is dropped with a warning), since the engine would close the connection with 1009 and fail every other
-call on it.
+over (:meth:`Connection.oversize`), and every frame is checked again when it is written, against the limit of the
+socket it is written to (a frame built before the socket was replaced, or queued while none was up, may meet a smaller
+one): one over it is never written, since the engine would close the connection with 1009 and fail every other call
+on it (and a frame sent again on every connect, a registration, would do so for ever). A keyed one's
+``on_oversized(key, size, limit)`` is told; an unkeyed one handed to :meth:`Connection.send` or
+:meth:`Connection.send_on_this_connection` raises :class:`MessageTooLargeError` (its sender hears nothing later),
+unless it is the loop's own (``own``); any other is dropped with a warning. The check costs one ``len()`` comparison
+for a frame under a quarter of the limit.
 
 A write whose socket takes no bytes for ``send_timeout`` seconds (default 30) means the engine stopped reading
 (frozen, stalled): the socket is dropped and a new one made, as for any lost connection. The bound is on time without
@@ -83,8 +87,8 @@ from .errors import ConnectionLostError, OutboundQueueFullError
 from .iii_constants import DEFAULT_RECONNECTION_CONFIG, MAX_QUEUE_SIZE, IIIConnectionState, ReconnectionConfig
 from .loss_log import LossLog
 
-__all__ = ["MAX_MESSAGE_SIZE_HEADER", "MESSAGE_TOO_BIG", "Connection", "announced_limit", "backoff_delay_ms",
-           "check_url"]
+__all__ = ["MAX_MESSAGE_SIZE_HEADER", "MESSAGE_TOO_BIG", "Connection", "MessageTooLargeError", "announced_limit",
+           "backoff_delay_ms", "check_url"]
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +111,17 @@ MESSAGE_TOO_BIG: Final = 1009
 """The close code of a peer that received a message over its size limit."""
 
 _DIGITS = re.compile(r"[0-9]{1,15}")
+
+
+class MessageTooLargeError(ValueError):
+    """A frame not written: it is ``size`` bytes, over the ``limit`` its socket's engine named (written, the engine
+    would close the connection with 1009)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"a message of {size:,} bytes, over the engine's limit of {limit:,} bytes "
+                         "(max_message_size), was not sent")
+        self.size = size
+        self.limit = limit
 
 
 def announced_limit(values: list[str]) -> int | None:
@@ -476,6 +491,8 @@ class Connection:
         # A socket already closed whose loss is not handled yet is down: the frame waits for the next one (sent to
         # it, websockets raised ConnectionClosed without writing, and the frame was lost without a word).
         if self._ready and ws is not None and not self._backlog and _open(ws):
+            if len(frame) > self.check_above and self._too_big(frame, key, own):
+                return False
             if self._write_now(ws, frame, batch):
                 return True
             try:
@@ -508,6 +525,8 @@ class Connection:
         ws = self._ws
         if ws is None or not _open(ws):
             return False
+        if len(frame) > self.check_above:  # (pinned to this socket: its limit is the one that counts)
+            self._too_big(frame, None, False)
         if self._ready and not self._backlog and self._write_now(ws, frame, False):
             return True
         # Else it waits in the queue, unwritten, until the socket takes it at once (_pinned_turn): written into a
@@ -639,15 +658,21 @@ class Connection:
         queue it like :meth:`send_soon` (loop thread only; never suspends, so callbacks can send)."""
         ws = self._ws
         # (a socket already closed, its loss not handled yet, drops what it is given: the frame waits for the next)
-        if self._ready and ws is not None and not self._backlog and _open(ws) and self._write_now(ws, frame, False):
-            return
+        if self._ready and ws is not None and not self._backlog and _open(ws):
+            if len(frame) > self.check_above and self._refused(frame, key):
+                return
+            if self._write_now(ws, frame, False):
+                return
         self.send_soon(frame, key)
 
     def write_now(self, frame: Frame) -> bool:
         """Write ``frame`` at once if nothing waits ahead of it and the socket takes it without waiting; False (and
-        nothing done) otherwise. Loop thread, or a thread holding the loop parked (:meth:`LoopBridge.park`)."""
+        nothing done) otherwise, and for a frame over the socket's size limit (queued by its sender, the loop's
+        flush refuses it). Loop thread, or a thread holding the loop parked (:meth:`LoopBridge.park`)."""
         ws = self._ws
-        return self._ready and ws is not None and not self._backlog and _open(ws) and self._write_now(ws, frame, False)
+        return (self._ready and ws is not None and not self._backlog and _open(ws)
+                and (len(frame) <= self.check_above or self.oversize(frame) is None)
+                and self._write_now(ws, frame, False))
 
     def _write_now(self, ws: ClientConnection, frame: Frame, batch: bool) -> bool:
         # A batch frame waits for the end of this turn in the socket's cork (ws_fastpath), with the frames written
@@ -809,6 +834,8 @@ class Connection:
             self._popleft()
             if key is not None and not self._keep(key):
                 continue
+            if len(frame) > self.check_above and self._refused(frame, key):
+                continue
             try:
                 await self._send_bounded(ws, frame)
             except ConnectionClosed:
@@ -870,14 +897,15 @@ class Connection:
         log.info("Connected to %s", self.url)
         self._set_state("connected")
         try:
-            await self._on_open(lambda frame: self._send_bounded(ws, frame))
+            await self._on_open(lambda frame: self._send_replayed(ws, frame))
             while self._backlog and _open(ws):
                 frame, key = self._backlog[0]
                 if isinstance(key, _Pinned):
                     await self._pinned_turn(ws, frame, key)
                     continue
                 self._popleft()
-                if (key is None or self._keep(key)) and not self._refused(frame, key):
+                if (key is None or self._keep(key)) and (len(frame) <= self.check_above
+                                                          or not self._refused(frame, key)):
                     await self._send_bounded(ws, frame)
             if not _open(ws):
                 # Lost during the replay or the flush without a write failing: not ready. The frames on_ready
@@ -906,9 +934,26 @@ class Connection:
                 self._set_state("disconnected")
                 self._on_lost()
 
+    async def _send_replayed(self, ws: ClientConnection, frame: Frame) -> None:
+        """``on_open``'s write: ``frame`` to ``ws`` unless it is over ``ws``'s limit (dropped with a warning; sent, it
+        would close the connection at every connect). Its sender checks first and says what it drops."""
+        if len(frame) <= self.check_above or not self._refused(frame, None):
+            await self._send_bounded(ws, frame)
+
+    def _too_big(self, frame: Frame, key: _Key, own: bool) -> bool:
+        """:meth:`_refused` for a frame about to be written straight to the socket; an unkeyed one that is not the
+        loop's ``own`` raises :class:`MessageTooLargeError` instead (its sender must hear it was not sent)."""
+        if key is None and not own:
+            size = self.oversize(frame)
+            if size is not None:
+                raise MessageTooLargeError(size, self.max_message_size or 0)
+            return False
+        return self._refused(frame, key)
+
     def _refused(self, frame: Frame, key: _Key) -> bool:
-        """A frame queued while no socket was up, about to be flushed to a new one: True (not to be written) when
-        it is over this socket's limit; its sender hears of it, or a warning says it was dropped."""
+        """A frame about to be written to the current socket (queued while no socket was up, or built before this
+        socket replaced the last): True (not to be written) when it is over this socket's limit; its sender hears of
+        it, or a warning says it was dropped."""
         size = self.oversize(frame)
         if size is None:
             return False
@@ -916,8 +961,8 @@ class Connection:
         if isinstance(key, str):
             self._on_oversized(key, size, limit)
         else:
-            log.warning("A queued frame of %d bytes is over the engine's message size limit (%d bytes) and was "
-                        "dropped unsent (sent, it would close the connection with 1009): %.80r", size, limit, frame)
+            log.warning("A frame of %d bytes is over the engine's message size limit (%d bytes) and was dropped "
+                        "unsent (sent, it would close the connection with 1009): %.80r", size, limit, frame)
         return True
 
     def _deliver(self, raw: Frame) -> None:

@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import Any, Final, TypeVar
 
 from .channels import ChannelReader, ChannelWriter
-from .connection import Connection, Frame, Write, check_url
+from .connection import Connection, Frame, MessageTooLargeError, Write, check_url
 from .errors import InvocationError, ShuttingDownError
 from .handler_runner import HandlerRunner
 from .handler_threads import blocked as handler_blocked
@@ -66,7 +66,9 @@ from .protocol.client import (
     TriggerDropped,
     TriggerRequested,
     WorkerRegistered,
+    describe_registration,
     message_too_large,
+    registration_too_large,
     result_too_large,
 )
 from .stream import IStream
@@ -149,6 +151,8 @@ class III:
             on_oversized=self._on_call_oversized,
             send_timeout=send_timeout_ms / 1000,
         )
+        # The telemetry exporters read the engine's limit from it, to split their frames under it.
+        self._telemetry_sink = _TelemetrySink(self.send_telemetry, self._conn)
         self._bridge.submit(self._start_async())
 
     # ---------------------------------------------------------------- context manager (issue #11)
@@ -177,8 +181,31 @@ class III:
 
     def _send_registration(self, frame: str) -> None:
         """Send a registration change now if a socket is up; otherwise the replay on connect covers it."""
-        if self._conn.state == "connected":
+        if self._conn.state == "connected" and self._fits(frame):
             self._conn.send_soon(_RegistrationFrame(frame))
+
+    def _fits(self, registration: str) -> bool:
+        """Whether ``registration`` is within the current socket's size limit; if not, an error names it: it is not
+        sent (the engine would close the connection with 1009, and again at every connect as it is replayed)."""
+        if len(registration) <= self._conn.check_above:
+            return True
+        size, limit = self._conn.oversize(registration), self._conn.max_message_size
+        if size is None or limit is None:
+            return True
+        log.error("%s", registration_too_large(describe_registration(registration), size, limit))
+        return False
+
+    def _registration_check(self, what: str) -> Callable[[str], None]:
+        """The check of a new registration (``what``: ``function 'f'``, ...) against the engine's known size limit:
+        ``ValueError`` (:func:`~iii.protocol.client.registration_too_large`) for one over it."""
+
+        def check(frame: str) -> None:
+            if len(frame) > self._conn.check_above:
+                size, limit = self._conn.oversize(frame), self._conn.max_message_size
+                if size is not None and limit is not None:
+                    raise registration_too_large(what, size, limit)
+
+        return check
 
     def _register(self, frame: str) -> None:
         if self._closed:
@@ -277,7 +304,7 @@ class III:
         if asyncio.get_running_loop() is not self._loop:
             await self._bridge.run_async(self._start_async())
             return
-        self._telemetry.start(self, self._options.otel, self._loop, self.send_telemetry)
+        self._telemetry.start(self, self._options.otel, self._loop, self._telemetry_sink)
         await self._conn.start()
 
     def shutdown(self) -> None:
@@ -370,7 +397,10 @@ class III:
         if stale:
             log.debug("Dropped %d queued registration frames; the replay covers them", stale)
         for frame in self._session.connection_opened():
-            await write(frame)
+            # One made before this socket's limit was known (while disconnected, or on a socket with a larger one)
+            # is left out: replayed, it closed the connection with 1009 at every connect, for ever.
+            if self._fits(frame):
+                await write(frame)
 
     def _on_ready(self) -> None:
         tp, bg = self._telemetry.trace.headers()
@@ -416,12 +446,12 @@ class III:
             # or one unregistered meanwhile came back (its unregister had already left).
             listed = await self._call("engine::functions::list", {"include_internal": True}, None)
             for frame in self._session.missing_functions(f.get("function_id") for f in listed.get("functions", [])):
-                if self._session.holds(frame):
+                if self._session.holds(frame) and self._fits(frame):
                     log.info("Re-registering a function lost in the old connection's cleanup: %.120s", frame)
                     await self._conn.send(_RegistrationFrame(frame), own=True)
             listed = await self._call("engine::triggers::list", {"include_internal": True}, None)
             for frame in self._session.missing_triggers(t.get("id") for t in listed.get("triggers", [])):
-                if self._session.holds(frame):
+                if self._session.holds(frame) and self._fits(frame):
                     log.info("Re-registering a trigger lost in the old connection's cleanup: %.120s", frame)
                     await self._conn.send(_RegistrationFrame(frame), own=True)
         except (InvocationError, TimeoutError, ShuttingDownError, AttributeError) as exc:
@@ -508,8 +538,32 @@ class III:
         error = await self._trigger_host.register(event.trigger_type, event.trigger_id, event.function_id,
                                                   event.config)
         frame = self._session.trigger_registered(event, error)
+        if frame is not None and len(frame) > self._conn.check_above:
+            frame = self._trigger_answer_within_limit(event, frame, error)
         if frame is not None and self._conn.is_ready:
             await self._conn.send(frame, own=True)
+
+    def _trigger_answer_within_limit(self, event: TriggerRequested, frame: str, error: Any) -> str | None:
+        """``frame`` (the answer to ``event``), or, over the engine's size limit, an answer with a short error in its
+        place (a refusal's message may be any size); ``None`` (logged) when even that is over it."""
+        size, limit = self._conn.oversize(frame), self._conn.max_message_size
+        if size is None or limit is None:
+            return frame
+        answer = None
+        if error is not None:  # (an accepted one's answer holds only the engine's own ids: nothing to shorten)
+            code = error.get("code") if isinstance(error, dict) else None
+            answer = self._session.trigger_registered(event, {
+                "code": code if isinstance(code, str) and len(code) <= 100 else "trigger_registration_failed",
+                "message": f"the trigger type owner's refusal was {size:,} bytes as a message, over the engine's "
+                           f"limit of {limit:,} bytes (max_message_size)"})
+        if answer is not None and self._conn.oversize(answer) is None:
+            log.warning("The answer to the registration of trigger %s (type %s) is %d bytes, over the engine's limit "
+                        "of %d bytes: a short error was sent in its place", event.trigger_id, event.trigger_type,
+                        size, limit)
+            return answer
+        log.error("The answer to the registration of trigger %.200r (type %.100r) is %d bytes, over the engine's "
+                  "limit of %d bytes: not sent", event.trigger_id, event.trigger_type, size, limit)
+        return None
 
     # ---------------------------------------------------------------- registrations
 
@@ -578,7 +632,13 @@ class III:
         function_id = func.id
         if handler is not None:
             self._runner.add(function_id, handler)
-        self._register(self._session.register_function(message, invokable=handler is not None))
+        try:
+            frame = self._session.register_function(message, invokable=handler is not None,
+                                                    check=self._registration_check(f"function {function_id!r}"))
+        except ValueError:
+            self._runner.remove(function_id)
+            raise
+        self._register(frame)
 
         def unregister() -> None:
             self._runner.remove(function_id)
@@ -596,7 +656,9 @@ class III:
         if isinstance(trigger, dict):
             trigger = RegisterTriggerInput(**trigger)
         trigger_type = trigger.type
-        trigger_id, frame = self._session.register_trigger(trigger_type, trigger.function_id, trigger.config)
+        trigger_id, frame = self._session.register_trigger(
+            trigger_type, trigger.function_id, trigger.config,
+            self._registration_check(f"the trigger of type {trigger_type!r} on function {trigger.function_id!r}"))
         self._register(frame)
 
         def unregister() -> None:
@@ -615,8 +677,16 @@ class III:
         self._refuse_if_closed()
         if isinstance(trigger_type, dict):
             trigger_type = RegisterTriggerTypeInput(**trigger_type)
+        owned = self._session.owns_trigger_type(trigger_type.id)
         self._trigger_host.add(trigger_type.id, handler)
-        self._register(self._session.register_trigger_type(trigger_type.id, trigger_type.description))
+        try:
+            frame = self._session.register_trigger_type(trigger_type.id, trigger_type.description,
+                                                        self._registration_check(f"trigger type {trigger_type.id!r}"))
+        except ValueError:
+            if not owned:
+                self._trigger_host.remove(trigger_type.id)
+            raise
+        self._register(frame)
 
     def unregister_trigger_type(self, trigger_type: RegisterTriggerTypeInput | dict[str, Any]) -> None:
         """Stop owning a trigger type (the production engine ignores the message; ours removes the type).
@@ -642,7 +712,7 @@ class III:
             name=service.name or service.id,
             description=service.description,
             parent_service_id=service.parent_service_id,
-        )))
+        ), self._registration_check(f"service {service.id!r}")))
 
     # ---------------------------------------------------------------- calls
 
@@ -656,7 +726,7 @@ class III:
         """
         function_id, invocation_id, frame, timeout = self._prepare_call(request)
         if invocation_id is None:  # void: nothing to wait for but the write
-            self._run_on_loop(self._send_void(frame))
+            self._run_on_loop(self._send_void(frame, function_id))
             return None
         waiter = ThreadWaiter()
         bridge = self._bridge
@@ -728,10 +798,16 @@ class III:
             if not waiter.done():
                 raise
 
-    async def _send_void(self, frame: str) -> None:
+    async def _send_void(self, frame: str, function_id: str) -> None:
         """Send a fire-and-forget call's frame, written or queued; ``ShuttingDownError`` when shutdown discarded it
-        (a send waiting for room in a full queue is ended by the shutdown, and would otherwise look sent)."""
-        if not await self._conn.send(frame) and self._closed:
+        (a send waiting for room in a full queue is ended by the shutdown, and would otherwise look sent);
+        :func:`~iii.protocol.client.message_too_large` when it is over the limit of the socket it was to be written
+        to (checked when it was built against the socket up then, which may since have been replaced)."""
+        try:
+            written = await self._conn.send(frame)
+        except MessageTooLargeError as exc:
+            raise message_too_large(function_id, exc.size, exc.limit) from None
+        if not written and self._closed:
             raise ShuttingDownError()
 
     def _drop_call(self, invocation_id: str) -> None:
@@ -753,7 +829,7 @@ class III:
             return await self._call(function_id, payload, action, timeout_ms, self._telemetry.trace.headers())
         function_id, invocation_id, frame, timeout = self._prepare_call(request)
         if invocation_id is None:
-            await self._bridge.run_async(self._send_void(frame))
+            await self._bridge.run_async(self._send_void(frame, function_id))
             return None
         future: asyncio.Future[Any] = running.create_future()
         waiter = LoopWaiter(running, future)
@@ -790,7 +866,7 @@ class III:
         if len(frame) > self._conn.check_above:
             self._refuse_oversized(function_id, frame)
         if invocation_id is None:
-            await self._send_void(frame)
+            await self._send_void(frame, function_id)
             return None
         self._session.track_call(invocation_id, function_id)
         timeout = timeout_ms or self._timeout_ms
@@ -994,6 +1070,25 @@ def _checked_timeout_ms(value: Any, name: str) -> float:
     if not 0 <= value < math.inf:
         raise ValueError(f"{name} must be a finite number of milliseconds >= 0, got {value!r}")
     return _LONGEST_TIMEOUT_MS if value > _LONGEST_TIMEOUT_MS else value
+
+
+class _TelemetrySink:
+    """A client's telemetry sink (:meth:`III.send_telemetry`) that also tells the exporters the engine's message
+    size limit (:attr:`max_message_size`, ``None`` when it named none), so they split their frames under it."""
+
+    __slots__ = ("_conn", "_send")
+
+    def __init__(self, send: Callable[[bytes], None], conn: Connection) -> None:
+        self._send = send
+        self._conn = conn
+
+    def __call__(self, frame: bytes) -> None:
+        self._send(frame)
+
+    @property
+    def max_message_size(self) -> int | None:
+        """The engine's message size limit in bytes, from the current (or last) connection."""
+        return self._conn.max_message_size
 
 
 class _RegistrationFrame(str):

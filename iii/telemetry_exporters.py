@@ -91,6 +91,21 @@ class SharedEngineConnection:
         """The current sink, ``None`` while frames are being buffered."""
         return self._sink
 
+    @property
+    def engine_limit(self) -> int | None:
+        """The message size limit of the engine the sink writes to, when the sink names it (the SDK client's does,
+        as ``max_message_size``, once its engine named one); ``None`` otherwise.
+
+        Example:
+            >>> class Sink:
+            ...     max_message_size = 65536
+            ...     def __call__(self, frame: bytes) -> None: ...
+            >>> SharedEngineConnection(Sink()).engine_limit, SharedEngineConnection(print).engine_limit
+            (65536, None)
+        """
+        limit = getattr(self._sink, "max_message_size", None)
+        return limit if isinstance(limit, int) and limit > 0 else None
+
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Deliver frames on ``loop``'s thread from now on (the sink need not be thread-safe)."""
         self._loop = loop
@@ -643,8 +658,15 @@ def serialize_metrics(metrics_data: Any) -> bytes:
 
 #: Largest telemetry frame sent (prefix included). The engine closes a worker's connection (1009) on a message over
 #: its ``max_message_size`` (4 MiB by default): one frame of big spans or log records would cost the worker every
-#: call in flight.
+#: call in flight. An engine that names a smaller limit (ours, docs/protocol.md#message-size-extension) gets frames
+#: under that one (:attr:`SharedEngineConnection.engine_limit`).
 MAX_FRAME_BYTES: Final = 4 * 1024 * 1024
+
+
+def _frame_limit(max_frame_bytes: int, connection: SharedEngineConnection) -> int:
+    """The largest frame to send: ``max_frame_bytes``, or the engine's limit when it named a smaller one."""
+    engine = connection.engine_limit
+    return max_frame_bytes if engine is None else min(max_frame_bytes, engine)
 
 
 def _send_split(connection: SharedEngineConnection, prefix: bytes, items: Sequence[Any], payload: bytes,
@@ -746,7 +768,8 @@ class EngineSpanExporter:
         it alone is dropped (counted in :attr:`oversized`). ``False`` if one was."""
         source = self._texts.get("source")
         dropped = _send_split(self._connection, PREFIX_SPANS, spans, payload,
-                              lambda part: serialize_spans(part, source), self.max_frame_bytes, "span")
+                              lambda part: serialize_spans(part, source),
+                              _frame_limit(self.max_frame_bytes, self._connection), "span")
         self.oversized += dropped
         return not dropped
 
@@ -781,7 +804,7 @@ class EngineLogExporter:
 
         try:
             dropped = _send_split(self._connection, PREFIX_LOGS, batch, serialize_logs(batch), serialize_logs,
-                                  self.max_frame_bytes, "log record")
+                                  _frame_limit(self.max_frame_bytes, self._connection), "log record")
         except Exception:
             log.exception("log export failed")
             return LogExportResult.FAILURE
@@ -824,7 +847,8 @@ class EngineMetricsExporter:
         try:
             units = _metric_units(metrics_data)
             dropped = _send_split(self._connection, PREFIX_METRICS, units, _serialize_metric_units(units),
-                                  _serialize_metric_units, self.max_frame_bytes, "metric data point")
+                                  _serialize_metric_units, _frame_limit(self.max_frame_bytes, self._connection),
+                                  "metric data point")
         except Exception:
             log.exception("metrics export failed")
             return MetricExportResult.FAILURE

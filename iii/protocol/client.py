@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import traceback
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -52,7 +52,9 @@ __all__ = [
     "TriggerDropped",
     "TriggerRequested",
     "WorkerRegistered",
+    "describe_registration",
     "message_too_large",
+    "registration_too_large",
     "result_too_large",
 ]
 
@@ -167,6 +169,51 @@ def result_too_large(function_id: str, size: int, limit: int) -> dict[str, Any]:
                        "(create_channel) and its ref instead"}
 
 
+def registration_too_large(what: str, size: int, limit: int) -> ValueError:
+    """The error of a registration refused because its message is over the engine's size limit: registrations are
+    sent again on every connect, so sent, it would close the connection with 1009 at every connect, for ever.
+
+    Example:
+        >>> str(registration_too_large("function 'f'", 70_000, 65_536))[:72]
+        "function 'f' was not registered: its registration message is 70,000 byte"
+    """
+    return ValueError(f"{what} was not registered: its registration message is {size:,} bytes, over the engine's "
+                      f"limit of {limit:,} bytes (max_message_size); make its description, metadata, formats or "
+                      "config smaller")
+
+
+_KINDS: Final = {"registerfunction": "function", "registertrigger": "trigger", "registertriggertype": "trigger type",
+                 "registerservice": "service"}
+
+
+def describe_registration(frame: str) -> str:
+    """What a registration frame registers, for messages: ``function 'f'``, ``trigger 't1' (type 'cron', function
+    'f')``, ``trigger type 'hook'``, ``service 's'``.
+
+    Example:
+        >>> describe_registration('{"type":"registertrigger","id":"t1","trigger_type":"cron","function_id":"f"}')
+        "trigger 't1' (type 'cron', function 'f')"
+    """
+    try:
+        msg = loads(frame)
+    except (ValueError, UnicodeDecodeError):
+        msg = None
+    if not isinstance(msg, dict):
+        return f"a registration {frame!r:.60}"
+    kind = _KINDS.get(str(msg.get("type")), f"{msg.get('type')!r:.40}")
+    what = f"{kind} {str(msg.get('id'))!r:.200}"
+    if msg.get("type") == "registertrigger":
+        what += f" (type {str(msg.get('trigger_type'))!r:.100}, function {str(msg.get('function_id'))!r:.200})"
+    return what
+
+
+Check = Callable[[str], None]
+
+
+def _unchecked(_frame: str) -> None:
+    return None
+
+
 _WARNING: Final = 30
 _DEBUG: Final = 10
 
@@ -202,12 +249,14 @@ class ClientSession:
 
     # ------------------------------------------------------------ registration book
 
-    def register_function(self, message: Any, *, invokable: bool) -> str:
+    def register_function(self, message: Any, *, invokable: bool, check: Check = _unchecked) -> str:
         """Remember function ``message.id`` (a :class:`~iii.iii_types.RegisterFunctionMessage`) for replay and
-        return its frame; ``ValueError`` if the id is taken."""
+        return its frame; ``ValueError`` if the id is taken. ``check(frame)`` may refuse it (raise): nothing is
+        remembered then. (So are the other ``register_*``'s.)"""
         if message.id in self._functions:
             raise ValueError(f"function id '{message.id}' already registered")
         frame = frames.register_function(message)
+        check(frame)
         self._functions[message.id] = _Function(frame, invokable)
         return frame
 
@@ -220,10 +269,12 @@ class ClientSession:
         self._functions.pop(function_id, None)
         return frames.unregister_function(function_id)
 
-    def register_trigger(self, trigger_type: str, function_id: str, config: Any) -> tuple[str, str]:
+    def register_trigger(self, trigger_type: str, function_id: str, config: Any,
+                         check: Check = _unchecked) -> tuple[str, str]:
         """Remember a new trigger (its id is made here); ``(trigger_id, frame)``."""
         trigger_id = str(uuid.uuid4())
         frame = frames.register_trigger(trigger_id, trigger_type, function_id, config)
+        check(frame)
         self._triggers[trigger_id] = frame
         return trigger_id, frame
 
@@ -232,9 +283,10 @@ class ClientSession:
         self._triggers.pop(trigger_id, None)
         return frames.unregister_trigger(trigger_id, trigger_type)
 
-    def register_trigger_type(self, type_id: str, description: str) -> str:
+    def register_trigger_type(self, type_id: str, description: str, check: Check = _unchecked) -> str:
         """Own trigger type ``type_id`` (replayed on reconnect); its frame."""
         frame = frames.register_trigger_type(type_id, description)
+        check(frame)
         self._trigger_types[type_id] = frame
         return frame
 
@@ -247,9 +299,10 @@ class ClientSession:
         self._trigger_types.pop(type_id, None)
         return frames.unregister_trigger_type(type_id)
 
-    def register_service(self, message: Any) -> str:
+    def register_service(self, message: Any, check: Check = _unchecked) -> str:
         """Remember service ``message.id`` (a :class:`~iii.iii_types.RegisterServiceMessage`); its frame."""
         frame = frames.register_service(message)
+        check(frame)
         self._services[message.id] = frame
         return frame
 
