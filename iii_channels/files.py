@@ -134,6 +134,33 @@ async def release_writer(reader: ChannelReader) -> None:
         await reader.close_async()
 
 
+async def abort_writer(writer: ChannelWriter, reason: str) -> None:
+    """Abort a channel whose sender fails before it wrote anything, so the reader hears now: a writer that never
+    attached reaches it only at the channel's attach deadline (300 s on our engine) as ``ChannelExpiredError``.
+    Errors are swallowed: this runs on a failure path, and the error that got it here is the one to report."""
+    with contextlib.suppress(Exception):
+        await asyncio.shield(writer.abort(reason))
+
+
+def check_chunk_size(chunk_size: object) -> int:
+    """``chunk_size`` if it is a positive ``int``; ``TypeError`` / ``ValueError`` naming it otherwise.
+
+    ``0`` would read nothing and send every file as empty, under a trailer that verifies; a negative size would
+    read each file whole into memory.
+
+    Example:
+        >>> check_chunk_size(0)
+        Traceback (most recent call last):
+        ...
+        ValueError: chunk_size must be at least 1 byte, got 0
+    """
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int):
+        raise TypeError(f"chunk_size must be a number of bytes (int), got {chunk_size!r}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1 byte, got {chunk_size}")
+    return chunk_size
+
+
 def create_part_file(directory: str | os.PathLike[str]) -> tuple[int, str]:
     """A new, locked ``.iii-part-<pid>-…`` file in ``directory``: ``(fd, path)``; the lock lives with the fd."""
     fd, name = tempfile.mkstemp(prefix=f"{PART_PREFIX}{os.getpid()}-", dir=directory)
@@ -301,9 +328,19 @@ async def send_file(
     header: bool = True,
     close: bool = True,
 ) -> int:
-    """Stream the file at ``path`` into ``writer``; returns the bytes sent. Aborts the channel on failure."""
+    """Stream the file at ``path`` into ``writer``; returns the bytes sent. Aborts the channel on failure, also
+    when the file cannot be sent at all (missing, a directory, unreadable) or ``chunk_size`` is not a positive
+    ``int``."""
     path = Path(path)
-    size = os.stat(path).st_size
+    try:
+        check_chunk_size(chunk_size)
+        info = os.stat(path)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(f"send_file: {path} is a directory (send_dir sends a tree)")
+    except BaseException as exc:
+        await abort_writer(writer, f"send_file could not start: {exc!r}")
+        raise
+    size = info.st_size
     sink = ChannelSink(writer, trailer=trailer, progress=progress, total=size, label=path.name)
     loop = asyncio.get_running_loop()
     try:

@@ -23,7 +23,7 @@ from typing import Any, Final
 from iii.channels import ChannelReader, ChannelWriter
 
 from .errors import ChannelError, ProcessError
-from .files import release_writer
+from .files import abort_writer, release_writer
 from .progress import Progress
 from .sink import ChannelSink
 from .source import ChannelSource
@@ -441,7 +441,12 @@ async def from_process(
         >>> async def archive(writer) -> int:
         ...     return await from_process(writer, ["sh", "-c", "tar c data/ | gzip"], exit_timeout=10)
     """
-    _check_argv(argv)
+    try:
+        _check_argv(argv)
+    except BaseException as exc:
+        # Refused before starting, like a command that cannot start: the reader hears now.
+        await abort_writer(writer, f"from_process refused its argv: {exc}")
+        raise
     group = _own_group(popen)
     sink = ChannelSink(writer, trailer=trailer, progress=progress, label=argv[0])
     try:
@@ -492,7 +497,11 @@ async def to_process(
         >>> async def unpack(reader) -> int:
         ...     return await to_process(reader, ["tar", "x", "-C", "out/"], require_trailer=True)
     """
-    _check_argv(argv)
+    try:
+        _check_argv(argv)
+    except BaseException:
+        await asyncio.shield(release_writer(reader))
+        raise
     popen.setdefault("stdout", None)
     group = _own_group(popen)
     try:

@@ -51,6 +51,11 @@ class ChannelSink:
         total: int | None = None,
         label: str = "",
     ) -> None:
+        if isinstance(high_water_mark, bool) or not isinstance(high_water_mark, int):
+            raise TypeError(f"high_water_mark must be a number of bytes (int), got {high_water_mark!r}")
+        if high_water_mark < 0:
+            # A negative mark can never be met: write() would loop on an empty queue without ever yielding.
+            raise ValueError(f"high_water_mark must be 0 or more bytes, got {high_water_mark}")
         self.writer = writer
         self.high_water_mark = high_water_mark
         self._digest = Digest() if trailer else None
@@ -71,9 +76,17 @@ class ChannelSink:
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         """Queue ``data``; waits while more than ``high_water_mark`` bytes are queued."""
         self._check()
-        if not data:
+        if type(data) is bytes:
+            chunk = data
+        else:
+            try:
+                # memoryview first: bytes(5) is five zero bytes and bytes([1, 2]) a list's, both silently sent.
+                chunk = bytes(memoryview(data))
+            except TypeError:
+                raise TypeError(f"ChannelSink.write takes bytes-like data, not {type(data).__name__} "
+                                "(use send_text for text messages)") from None
+        if not chunk:
             return
-        chunk = bytes(data)
         if self._digest is not None:
             self._digest.update(chunk)
         self._push(chunk)
@@ -83,6 +96,9 @@ class ChannelSink:
     async def send_text(self, message: str) -> None:
         """Queue a text message, ordered with the bytes; waits like ``write`` (a message counts its characters)."""
         self._check()
+        if not isinstance(message, str):
+            # Bytes queued here would go out as binary data the trailer does not count: an IntegrityError later.
+            raise TypeError(f"ChannelSink.send_text takes a str, not {type(message).__name__} (use write for bytes)")
         self._push(message)
         while self._queued_bytes > self.high_water_mark:
             await self._wait_progress()

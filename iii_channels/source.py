@@ -83,6 +83,7 @@ class ChannelSource:
         self._idle_expired = False
         self._buffer = bytearray()
         self._texts: deque[str] = deque()
+        self._text_at: deque[int] = deque()  # for each held text: the binary bytes that came before it
         self._text_held = 0
         self._text_limit = text_limit
         self._eof = False
@@ -203,6 +204,7 @@ class ChannelSource:
             if self._text_held + len(text) > self._text_limit:
                 raise LimitExceededError(self._text_limit, "the text held unread for messages()", "characters")
             self._texts.append(text)
+            self._text_at.append(self.bytes_read)
             self._text_held += len(text)
         if self._on_text is not None:
             self._on_text(text)
@@ -261,6 +263,9 @@ class ChannelSource:
 
     async def readexactly(self, n: int) -> bytes:
         """Exactly ``n`` bytes, or :class:`IncompleteReadError` at an early EOF."""
+        if n < 0:
+            # Taken as a slice end, -1 would hand back all but the last buffered byte.
+            raise ValueError(f"readexactly needs 0 or more bytes, got {n}")
         while len(self._buffer) < n:
             if not await self._fill():
                 raise IncompleteReadError(self._take(len(self._buffer)), n)
@@ -328,13 +333,23 @@ class ChannelSource:
 
     async def items(self) -> AsyncIterator[bytes | str]:
         """Binary chunks and text messages interleaved, in the order they were written (the trailer is
-        checked, not yielded). Text goes only here: not to ``messages()`` nor the reader's callbacks.
+        checked, not yielded). Text goes only here: not to ``messages()`` nor the reader's callbacks. Text
+        messages an earlier byte read set aside (and ``messages()`` did not take) come first, each before the
+        buffered bytes that followed it.
 
         Example:
             >>> async def dump(source: ChannelSource) -> None:
             ...     async for item in source.items():
             ...         print("text" if isinstance(item, str) else len(item))
         """
+        # Set aside by readline() & co: dropped here, they would be lost to a caller that reads only items().
+        start = self.bytes_read - len(self._buffer)  # the stream offset of the buffer's first byte
+        while self._texts:
+            at = self._text_at[0]
+            if at > start:
+                yield self._take(at - start)
+                start = at
+            yield self._pop_text()
         if self._buffer:
             yield self._take(len(self._buffer))
         while (item := await self._next_item(False)) is not None:
@@ -377,6 +392,7 @@ class ChannelSource:
 
     def _pop_text(self) -> str:
         text = self._texts.popleft()
+        self._text_at.popleft()
         self._text_held -= len(text)
         return text
 

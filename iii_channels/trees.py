@@ -40,6 +40,8 @@ from .files import (
     DEFAULT_CHUNK,
     PART_PREFIX,
     FileReceipt,
+    abort_writer,
+    check_chunk_size,
     lock_part_dir,
     new_dir_mode,
     new_file_mode,
@@ -167,9 +169,14 @@ async def send_dir(
     Any failure aborts the channel.
     """
     root = Path(directory)
-    if not await asyncio.to_thread(root.is_dir):
-        raise NotADirectoryError(f"send_dir: {root} is not a directory")
-    dirs, files = await asyncio.to_thread(_walk, root)
+    try:
+        check_chunk_size(chunk_size)
+        if not await asyncio.to_thread(root.is_dir):
+            raise NotADirectoryError(f"send_dir: {root} is not a directory")
+        dirs, files = await asyncio.to_thread(_walk, root)
+    except BaseException as exc:
+        await abort_writer(writer, f"send_dir could not start: {exc!r}")
+        raise
     return await _send(writer, dirs, files, progress, root.name, chunk_size)
 
 
@@ -181,10 +188,15 @@ async def send_files(
     Each item is a path (sent under its basename) or ``(name_in_stream, path)``; names may contain ``/``.
     """
     entries: list[tuple[str, Path, int]] = []
-    for spec in files:
-        name, path = (spec[0], Path(spec[1])) if isinstance(spec, tuple) else (Path(spec).name, Path(spec))
-        check_entry_path(name)
-        entries.append((name, path, (await asyncio.to_thread(os.stat, path)).st_size))
+    try:
+        check_chunk_size(chunk_size)
+        for spec in files:
+            name, path = (spec[0], Path(spec[1])) if isinstance(spec, tuple) else (Path(spec).name, Path(spec))
+            check_entry_path(name)
+            entries.append((name, path, (await asyncio.to_thread(os.stat, path)).st_size))
+    except BaseException as exc:
+        await abort_writer(writer, f"send_files could not start: {exc!r}")
+        raise
     return await _send(writer, [], entries, progress, "files", chunk_size)
 
 
