@@ -62,6 +62,11 @@ unless the engine invites larger ones (our engine: docs/protocol.md#frame-size-e
 DEFAULT_HIGH_WATER_MARK: Final = 1024 * 1024
 """Bytes queued through the sync API before ``WritableStream.write`` returns ``False``."""
 
+# How long an abort waits for its Close frame to be written. websockets' close first waits, with no deadline, for
+# the socket to drain: behind a reader that stopped reading, abort() never returned. Past this the TCP connection
+# is dropped, which the engine takes as an abort too.
+_ABORT_CLOSE_S = 2.0
+
 # Options for every channel socket: no ping timeout (T19), no compression (throughput), no size limit (T27).
 _CONNECT_OPTIONS: Final[dict[str, Any]] = {
     "ping_interval": None,
@@ -342,7 +347,13 @@ class ChannelWriter:
         try:
             if end is None:
                 end = self._end = await _connect(self._url, self._channel_id)
-            await end.aclose(ChannelCloseCode.WRITER_ABORTED, reason or "aborted by writer")
+            try:
+                async with asyncio.timeout(_ABORT_CLOSE_S):
+                    await end.aclose(ChannelCloseCode.WRITER_ABORTED, reason or "aborted by writer")
+            except TimeoutError:
+                log.debug("abort of channel %s: its Close frame was not written within %g s; connection dropped",
+                          self._channel_id, _ABORT_CLOSE_S)
+                end.abort()
         except ChannelError as exc:
             log.debug("abort of channel %s: %s", self._channel_id, exc)
 
