@@ -8,8 +8,12 @@ invocations queued behind them, and every call failed after its timeout: a deadl
 Here, as in a fork-join pool's managed blocking, a thread inside :func:`blocked` (a sync ``trigger`` waiting for its
 answer) does not count against the bound, so a queued handler gets a thread while it waits. Otherwise it is the
 standard :class:`~concurrent.futures.ThreadPoolExecutor` (same bound, same speed); threads started for a burst of
-blocked handlers stay, idle, like the executor's own. On a Python whose executor lacks the internals this relies on
-(:data:`BLOCKING_MISSING` not empty) :func:`blocked` changes nothing.
+blocked handlers stay, idle, like the executor's own. Blocked threads free slots only up to ``max_threads`` threads in
+all (:data:`DEFAULT_MAX_THREADS`): a handler that triggers itself, directly or around a cycle, started a thread per
+level without one (about 4,500 in 4 s, ~30,000 before the default 30 s timeout, all kept idle afterwards); past it a
+blocked thread keeps its slot, as on the default executor, and the caller's timeout ends the cycle. On a Python
+whose executor lacks the internals this relies on (:data:`BLOCKING_MISSING` not empty) :func:`blocked` changes
+nothing.
 
 Example:
     >>> pool = HandlerThreads(limit=2)
@@ -25,9 +29,9 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Final
 
-__all__ = ["BLOCKING_MISSING", "HandlerThreads", "blocked", "default_limit"]
+__all__ = ["BLOCKING_MISSING", "DEFAULT_MAX_THREADS", "HandlerThreads", "blocked", "default_limit"]
 
 _local = threading.local()  # .pool: the HandlerThreads whose thread this is
 
@@ -41,7 +45,7 @@ def _probe() -> tuple[str, ...]:
     """The :class:`ThreadPoolExecutor` internals :func:`blocked` uses that this Python lacks."""
     probe = ThreadPoolExecutor(max_workers=1)
     try:
-        names = ("_max_workers", "_shutdown_lock", "_work_queue", "_adjust_thread_count")
+        names = ("_max_workers", "_shutdown_lock", "_work_queue", "_adjust_thread_count", "_shutdown")
         return tuple(name for name in names if not hasattr(probe, name))
     finally:
         probe.shutdown(wait=False)
@@ -51,6 +55,11 @@ BLOCKING_MISSING: tuple[str, ...] = _probe()
 """What :func:`_probe` found missing (empty: :func:`blocked` frees a slot)."""
 
 
+DEFAULT_MAX_THREADS: Final = 256
+"""The most threads a :class:`HandlerThreads` starts, blocked ones included (nested sync calls deeper than this wait
+for their timeout, as they all did on the default executor)."""
+
+
 def _mark(pool: HandlerThreads) -> None:
     _local.pool = pool
 
@@ -58,10 +67,14 @@ def _mark(pool: HandlerThreads) -> None:
 class HandlerThreads(ThreadPoolExecutor):
     """Threads for sync handlers; see the module docstring."""
 
-    def __init__(self, limit: int | None = None, name: str = "iii-handler") -> None:
+    def __init__(self, limit: int | None = None, name: str = "iii-handler",
+                 max_threads: int = DEFAULT_MAX_THREADS) -> None:
         limit = default_limit() if limit is None else limit
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
+        if max_threads < limit:
+            raise ValueError(f"max_threads must be >= limit ({limit}), got {max_threads}")
+        self._ceiling = max_threads
         super().__init__(max_workers=limit, thread_name_prefix=name, initializer=_mark, initargs=(self,))
 
     @property
@@ -73,14 +86,19 @@ class HandlerThreads(ThreadPoolExecutor):
     def _blocked(self) -> Iterator[None]:
         pool: Any = self  # (the executor's internals are untyped)
         with pool._shutdown_lock:  # (what submit holds while it counts threads)
-            pool._max_workers += 1
-            if not pool._work_queue.empty():  # a queued handler may be what this thread waits for: a thread now
-                pool._adjust_thread_count()
+            freed = pool._max_workers < self._ceiling
+            if freed:
+                pool._max_workers += 1
+                # A queued handler may be what this thread waits for: a thread now. (Shut down, the queue holds the
+                # workers' end marker: a thread started for it would only end again.)
+                if not pool._shutdown and not pool._work_queue.empty():
+                    pool._adjust_thread_count()
         try:
             yield
         finally:
-            with pool._shutdown_lock:
-                pool._max_workers -= 1
+            if freed:
+                with pool._shutdown_lock:
+                    pool._max_workers -= 1
 
 
 @contextmanager
