@@ -677,14 +677,18 @@ class III:
         self._refuse_if_closed()
         if isinstance(trigger_type, dict):
             trigger_type = RegisterTriggerTypeInput(**trigger_type)
-        owned = self._session.owns_trigger_type(trigger_type.id)
+        # In place before its frame can go out (the engine may bind a trigger at once); a refused update puts the
+        # one in place back: the type stays as it was, description and handler.
+        previous = self._trigger_host.get(trigger_type.id)
         self._trigger_host.add(trigger_type.id, handler)
         try:
             frame = self._session.register_trigger_type(trigger_type.id, trigger_type.description,
                                                         self._registration_check(f"trigger type {trigger_type.id!r}"))
         except ValueError:
-            if not owned:
+            if previous is None:
                 self._trigger_host.remove(trigger_type.id)
+            else:
+                self._trigger_host.add(trigger_type.id, previous)
             raise
         self._register(frame)
 

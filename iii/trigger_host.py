@@ -34,6 +34,10 @@ class TriggerTypeHost:
         """Own ``type_id`` with ``handler``."""
         self._handlers[type_id] = handler
 
+    def get(self, type_id: str) -> TriggerHandler[Any] | None:
+        """The handler owning ``type_id`` (``None``: not owned)."""
+        return self._handlers.get(type_id)
+
     def remove(self, type_id: str) -> None:
         """Stop owning ``type_id``."""
         self._handlers.pop(type_id, None)
