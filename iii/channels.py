@@ -264,6 +264,10 @@ class ChannelWriter:
         self._channel_id = self.ref.channel_id
         self._url = build_channel_url(engine_ws_base, self.ref.channel_id, self.ref.access_key, "write")
         self._end: WebSocketEnd | None = None
+        # The one connect of this writer, shared: an abort() while a write connects closes that write's socket (with
+        # a socket of its own, refused as a second writer, the abort was lost, the write went through, and the
+        # reader waited for an end that never came).
+        self._connecting: asyncio.Future[WebSocketEnd] | None = None
         self._send_lock = asyncio.Lock()
         self._queue: deque[tuple[bytes | str, asyncio.Future[None] | None]] = deque()
         self._pending_bytes = 0
@@ -346,7 +350,7 @@ class ChannelWriter:
         end = self._end
         try:
             if end is None:
-                end = self._end = await _connect(self._url, self._channel_id)
+                end = await self._ensure_connected()
             try:
                 async with asyncio.timeout(_ABORT_CLOSE_S):
                     await end.aclose(ChannelCloseCode.WRITER_ABORTED, reason or "aborted by writer")
@@ -382,8 +386,21 @@ class ChannelWriter:
 
     async def _ensure_connected(self) -> WebSocketEnd:
         if self._end is None:
-            self._end = await _connect(self._url, self._channel_id)
+            if self._connecting is None:
+                self._connecting = asyncio.ensure_future(_connect(self._url, self._channel_id))
+                self._connecting.add_done_callback(self._connected)
+            # (shielded: a caller cancelled while connecting leaves the socket to the next one, or to close/abort)
+            end = await asyncio.shield(self._connecting)
+            if self._end is None:
+                self._end = end
         return self._end
+
+    def _connected(self, connecting: asyncio.Future[WebSocketEnd]) -> None:
+        if connecting.cancelled() or connecting.exception() is not None:
+            if self._connecting is connecting:
+                self._connecting = None  # failed: the next write tries again
+        elif self._end is None:
+            self._end = connecting.result()
 
     async def _send(self, data: bytes | bytearray | memoryview | str) -> None:
         # One lock around connect + all frames of one write, so concurrent writers never interleave frames.
@@ -401,7 +418,9 @@ class ChannelWriter:
                     await end.send(view)
                     self.bytes_written += len(view)
             except ChannelEndClosed as exc:
-                error = _closed_error(exc, self._channel_id, "write")
+                # An error already set is why the socket closed under this write (this writer's abort, say): the
+                # socket's own account (a dropped connection looks like a reader gone) would mislead.
+                error = self._error or _closed_error(exc, self._channel_id, "write")
                 assert error is not None  # the write side never maps a close to "no error"
                 self._error = error
                 raise error from exc
@@ -464,6 +483,8 @@ class ChannelWriter:
         if self._error is not None:
             raise self._error
         async with self._send_lock:
+            if self._error is not None:  # aborted, or a write failed, while this waited for the writes ahead
+                raise self._error
             # Connect even if nothing was written, so the reader gets end-of-stream promptly (T24).
             end = await self._ensure_connected()
             await end.aclose(ChannelCloseCode.NORMAL)
