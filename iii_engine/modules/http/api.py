@@ -25,14 +25,14 @@ may send at most ``MAX_CONTROL_FRAMES`` (100) control frames (an empty binary fr
 Stopping the engine answers every request still waiting for its handler (or for its condition function) with 503 at
 once (it does not wait out ``default_timeout``); streamed responses in progress are cut.
 
-Per request the module creates both channels on the relay, where they stay reserved (ids and keys only) until
-the handler attaches to one; its own ends are in-process: the body is queued whole at once (``ChannelRelay.fill``,
-no task) and the response end, opened only once the handler attaches to the response channel (a handler that
-just returns a result never does), reads straight from the channel's queue. The invocation is started without a
-task (``EngineServices.start_invocation``); until the handler attaches, the request's task waits for its outcome
-alone, and from then on the race between the result and the first body chunk runs in the same task (see
-``RestApiModule._first_chunk``). The waits before the response starts end at the request's deadline through one
-timer shared by all requests (``_open_race``).
+Per request the module creates both channels on the relay in one call (``ChannelRelay.reserve_pair``), where they
+stay reserved (ids and keys only) until the handler attaches to one; its own ends are in-process: the body is queued
+whole at once (no task) and the response end, opened only once the handler attaches to the response channel (a
+handler that just returns a result never does), reads straight from the channel's queue. The invocation is started
+without a task (``EngineServices.start_invocation``); until the handler attaches, the request's task waits for its
+outcome alone (and a result decides the answer there, without the race's coroutines), and from then on the race
+between the result and the first body chunk runs in the same task (see ``RestApiModule._first_chunk``). The waits
+before the response starts end at the request's deadline through one timer shared by all requests (``_open_race``).
 
 ``engine.module("http_api").port`` is the bound port (useful with ``port: 0``).
 
@@ -49,7 +49,7 @@ import contextlib
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
 from aiohttp import HttpVersion11, web
@@ -58,7 +58,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from iii.iii_types import TriggerInfo
 from iii.wire import dumps, loads
 
-from ...channels import TooManyChannels
+from ...channels import ChannelRelay, TooManyChannels
 from ...limits import Slots
 from ..base import EngineError, EngineModule, EngineServices
 from .channels import CHUNK_SIZE, ChannelAborted, ResponseChannel, ResponseHeadersTooLarge
@@ -243,7 +243,9 @@ def result_response(result: Any) -> web.Response:
     body = result.get("body")
     raw_headers = result.get("headers")
     if raw_headers is None:  # the usual answer: only the status to check
-        status = _status_of(result)
+        status = result.get("status_code")
+        if type(status) is not int or not 200 <= status <= 599:  # else _status_of's answer, without its call
+            status = _status_of(result)
         if status >= 200:
             return _json_response(status, {} if body is None else body)
     headers = (_unframed({str(k): str(v) for k, v in raw_headers.items()})
@@ -286,6 +288,18 @@ def _outcome(future: asyncio.Future[tuple[Any, Any]]) -> tuple[Any, Any]:
     if exc is not None:
         return None, {"code": "internal_error", "message": repr(exc)}
     return future.result()
+
+
+def _decided(outcome: asyncio.Future[tuple[Any, Any]]) -> web.Response | None:
+    """The response when the (done) function's outcome alone makes it: its error, or its result unless null."""
+    if outcome.cancelled() or outcome.exception() is not None:
+        return _failure(_outcome(outcome)[1])
+    result, error = outcome.result()
+    if error is not None:
+        return _failure(error)
+    if result is not None:
+        return result_response(result)
+    return None
 
 
 def _failure(error: Any) -> web.Response:
@@ -344,16 +358,22 @@ class _Race:
 
     def arm(self) -> int:
         """The task enters a wait (the caller checked :attr:`reason` first and clears :attr:`armed` as it leaves);
-        the task's cancellation count to give :meth:`withdraw`."""
+        the task's cancellation count to give :meth:`refusal`."""
         self.armed = True
         return self.task.cancelling()
 
-    def withdraw(self, cancelling: int) -> str | None:
-        """The :attr:`reason` of the cancellation that ended the wait when it was this race's own (now withdrawn);
-        ``None``: someone else's too (a shutdown), to let through."""
-        if self.reason is None or self.task.uncancel() > cancelling:
-            return None
-        return self.reason
+    def refusal(self, cancelling: int, cancelled: asyncio.CancelledError,
+                make: Callable[[str], Exception] | None = None) -> BaseException:
+        """What a wait that ``cancelled`` ended raises (``cancelling``: what :meth:`arm` returned): when the
+        cancellation was this race's own, it is withdrawn and the request is refused for the :attr:`reason`
+        (:func:`_reason_to_refusal`, or ``make`` of it); when it was someone else's too (a shutdown), ``cancelled``
+        itself, to let through.
+
+        Only called from a wait's ``except CancelledError``: a wait that is not cut short pays nothing for it."""
+        reason = self.reason
+        if reason is None or self.task.uncancel() > cancelling:
+            return cancelled
+        return _reason_to_refusal(reason) if make is None else make(reason)
 
     def interrupt(self, reason: str) -> None:
         if self.reason is None:
@@ -488,7 +508,8 @@ class RestApiModule(EngineModule):
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         origin = request.headers.get("Origin")
         cors = self.settings.cors
-        if request.method == "OPTIONS" and origin is not None and "Access-Control-Request-Method" in request.headers:
+        method = request.method
+        if method == "OPTIONS" and origin is not None and "Access-Control-Request-Method" in request.headers:
             wanted = request.headers["Access-Control-Request-Method"]
             headers = cors.headers(origin, True, request.headers.get("Access-Control-Request-Headers"))
             if not headers or not cors.allows_method(wanted):
@@ -496,13 +517,14 @@ class RestApiModule(EngineModule):
             return web.Response(status=200, headers=headers)
         cors_headers = cors.headers(origin, False, None) if origin is not None else {}
         try:
-            match = self.routes.match(request.method, request.raw_path.split("?", 1)[0])
+            match = self.routes.match(method, request.raw_path.split("?", 1)[0])
         except BadPath as exc:
             return _json_response(400, {"error": str(exc)}, cors_headers)
         if match is None:
             return web.Response(status=404, text="Not Found", headers=cors_headers)
         assert self._limit is not None
-        claim = _Claim(self._budget)
+        # most requests have no body: nothing to claim, no claim to make
+        claim = _Claim(self._budget) if request.body_exists else None
         try:
             self.receiving += 1
             try:
@@ -513,7 +535,8 @@ class RestApiModule(EngineModule):
                 await self._take_slot()  # only now: a slow client's wait for its body holds no slot
             self.in_flight += 1
             try:
-                if request.transport is None or request.transport.is_closing():
+                transport = request.transport
+                if transport is None or transport.is_closing():
                     # The client left while it waited for the slot: nobody would read the answer, so the handler
                     # is not invoked (the response returned here is never sent).
                     log.info("HTTP %s %s: client gone before a slot freed; not invoked", request.method,
@@ -532,7 +555,8 @@ class RestApiModule(EngineModule):
             response.force_close()  # the rest of the body (if any) is not wanted; do not reuse the connection
             return response
         finally:
-            claim.release()
+            if claim is not None:
+                claim.release()
 
     async def _take_slot(self) -> None:
         """One of the ``concurrency_request_limit`` slots, within ``slot_timeout``; else 503 (retry later)."""
@@ -548,7 +572,7 @@ class RestApiModule(EngineModule):
             raise _Refused(503, f"all {self.settings.concurrency_request_limit} request slots stayed busy for "
                                 f"{timeout_ms} ms (slot_timeout); retry later", {"Retry-After": "1"}) from None
 
-    async def _receive(self, request: web.BaseRequest, claim: _Claim) -> bytearray:
+    async def _receive(self, request: web.BaseRequest, claim: _Claim | None) -> bytearray:
         """The whole request body, within ``max_body_bytes``, ``body_timeout`` and the memory budget.
 
         A stated Content-Length over the limit is refused before one body byte is read; every body is claimed
@@ -557,7 +581,7 @@ class RestApiModule(EngineModule):
         ``body_timeout``, and every other request with a body got 503, again and again, for the price of four
         request heads; now holding the budget costs its bytes.
         """
-        if not request.body_exists:  # no Content-Length or Transfer-Encoding: nothing to read or to wait for
+        if claim is None or not request.body_exists:  # no Content-Length or Transfer-Encoding: nothing to read
             return bytearray()
         limit = self.settings.max_body_bytes
         length = request.content_length
@@ -613,7 +637,7 @@ class RestApiModule(EngineModule):
                     body = loads(bytes(raw))
             path, method = route.registered_path, route.method
             payload = {
-                "path_params": match.path_params,
+                "path_params": match.path_params or {},  # a static route's match is shared: never hand on its dict
                 # repeated keys: last wins; no query string, nothing to parse
                 "query_params": {k: v for k, v in request.query.items()} if request.query_string else {},
                 "headers": {k.lower(): v for k, v in headers.items()},
@@ -634,91 +658,109 @@ class RestApiModule(EngineModule):
             # handler attaches to one over its own socket; this module's ends are in-process, and its response end
             # opens only then (see ResponseChannel.watch).
             relay = self.services.channels
-            request_channel = self._new_channel(None)
-            response_channel = self._new_channel(request_channel)
-            payload["request_body"] = request_channel["reader"]
-            payload["response"] = response_channel["writer"]
-            body_ref = request_channel["writer"]
-            # the whole body is in hand: queue it at once, no task
-            relay.fill(body_ref["channel_id"], body_ref["access_key"], raw, CHUNK_SIZE)
+            if isinstance(relay, ChannelRelay):  # the engine's own relay: both at once, the body queued with them
+                try:
+                    (body_id, _, body_key), (response_id, writer_key, reader_key) = relay.reserve_pair(
+                        raw, CHUNK_SIZE)
+                except TooManyChannels as exc:
+                    raise _Refused(503, f"{exc}; retry later", {"Retry-After": "1"}) from None
+            else:
+                body_id, _, body_key = self._new_channel(raw, None)
+                response_id, writer_key, reader_key = self._new_channel(None, body_id)
             # The channel holds its own copy now; the body is claimed once against max_buffered_bytes: hold it once.
             raw.clear()
-            reader = ResponseChannel("", response_channel["reader"], relay, MAX_CONTROL_FRAMES, MAX_HEADER_BYTES)
+            payload["request_body"] = {"channel_id": body_id, "access_key": body_key, "direction": "read"}
+            payload["response"] = {"channel_id": response_id, "access_key": writer_key, "direction": "write"}
+            reader = ResponseChannel("", {"channel_id": response_id, "access_key": reader_key, "direction": "read"},
+                                     relay, MAX_CONTROL_FRAMES, MAX_HEADER_BYTES)
             try:
-                return await self._call_and_respond(request, route.function_id, payload, reader, race)
+                # Start the invocation (no task: its pending future is raced directly), answer, and settle the
+                # call, in this coroutine (one level less per request). Every wait before the response starts
+                # (room in the worker's queue included) ends at the request's deadline; a streamed body, once
+                # started, runs until the handler closes its writer.
+                # Interruptible (_interruptible's wait, written out: it runs on every request): a worker that
+                # stopped reading keeps its queue full until the deadline, and the module's stop must not wait for
+                # that. A call cut short this way left the pending table as it was cancelled.
+                if race.reason is not None:
+                    raise _reason_to_refusal(race.reason)
+                race.armed = True  # race.arm(), written out
+                cancelling = race.task.cancelling()
+                try:
+                    started = await self.services.start_invocation(route.function_id, payload)
+                except EngineError as exc:
+                    return _error_response(exc.message)
+                except asyncio.CancelledError as cancelled:
+                    raise race.refusal(cancelling, cancelled) from None
+                finally:
+                    race.armed = False
+                outcome = started.future
+                try:
+                    if not outcome.done():
+                        # Usually nobody attached to the response channel yet: wait for the outcome, or for the
+                        # handler to attach (then _respond's first-chunk race starts) without opening our end (see
+                        # ResponseChannel.watch). _outcome_of's wait, written out: one coroutine less per request.
+                        if race.reason is not None:  # the stop or the deadline came between waits
+                            raise _reason_to_refusal(race.reason)
+                        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+                        def wake(_: object = None) -> None:
+                            if not done.done():
+                                done.set_result(None)
+
+                        if reader.watch(wake):
+                            outcome.add_done_callback(wake)
+                            race.armed = True  # race.arm(), written out
+                            cancelling = race.task.cancelling()
+                            try:
+                                await done
+                            except asyncio.CancelledError as cancelled:
+                                raise race.refusal(cancelling, cancelled) from None
+                            finally:
+                                race.armed = False
+                                outcome.remove_done_callback(wake)
+                    # the usual answer is decided here, without _respond's coroutine
+                    head: web.StreamResponse | bytes | None = _decided(outcome) if outcome.done() else None
+                    if head is None:
+                        head = await self._respond(race, reader, outcome, request.method == "HEAD")
+                except BaseException:  # timed out or cancelled: nobody waits for the result any more
+                    started.abandon()
+                    raise
+                finally:
+                    self._close_race(race)
+                if isinstance(head, web.StreamResponse):
+                    return head
+                try:
+                    response = await self._stream(request, reader, head)
+                except BaseException:
+                    started.abandon()
+                    raise
+                if not outcome.done():
+                    # A streamed answer can end before the function returns: its result is still awaited until
+                    # the deadline (so it is not logged as a result without a caller), then the call is dropped.
+                    timer = asyncio.get_running_loop().call_at(race.deadline, started.abandon)
+                    outcome.add_done_callback(lambda _: timer.cancel())
+                return response
             finally:
                 if reader.local:  # nothing to wait for: drop both channels now
-                    relay.discard(body_ref["channel_id"])
-                    relay.discard(reader.channel_id)
+                    relay.discard(body_id)
+                    relay.discard(response_id)
                 else:
-                    self._spawn(self._finish(reader, request_channel, response_channel))
+                    self._spawn(self._finish(reader, body_id, response_id))
         finally:
             if race.open:  # not closed yet by the response's start
                 self._close_race(race)
-
-    async def _call_and_respond(self, request: web.BaseRequest, function_id: str, payload: dict[str, Any],
-                                reader: ResponseChannel, race: _Race) -> web.StreamResponse:
-        """Start the invocation (no task: its pending future is raced directly), answer, and settle the call.
-
-        Every wait before the response starts (room in the worker's queue included) ends at the request's
-        deadline; a streamed body, once started, runs until the handler closes its writer.
-        """
-        # Interruptible (_interruptible's wait, written out: it runs on every request): a worker that stopped
-        # reading keeps its queue full until the deadline, and the module's stop must not wait for that. A call
-        # cut short this way left the pending table as it was cancelled.
-        if race.reason is not None:
-            raise _reason_to_refusal(race.reason)
-        cancelling = race.arm()
-        try:
-            started = await self.services.start_invocation(function_id, payload)
-        except EngineError as exc:
-            return _error_response(exc.message)
-        except asyncio.CancelledError:
-            reason = race.withdraw(cancelling)
-            if reason is None:
-                raise
-            raise _reason_to_refusal(reason) from None
-        finally:
-            race.armed = False
-        outcome = started.future
-        try:
-            head = await self._respond(race, reader, outcome, request.method == "HEAD")
-        except BaseException:  # timed out or cancelled: nobody waits for the result any more
-            started.abandon()
-            raise
-        finally:
-            self._close_race(race)
-        if isinstance(head, web.StreamResponse):
-            return head
-        try:
-            response = await self._stream(request, reader, head)
-        except BaseException:
-            started.abandon()
-            raise
-        if not outcome.done():
-            # A streamed answer can end before the function returns: its result is still awaited until the
-            # deadline (so it is not logged as a result without a caller), then the call is dropped.
-            timer = asyncio.get_running_loop().call_at(race.deadline, started.abandon)
-            outcome.add_done_callback(lambda _: timer.cancel())
-        return response
 
     async def _respond(self, race: _Race, reader: ResponseChannel, outcome: asyncio.Future[tuple[Any, Any]],
                        head_request: bool) -> web.StreamResponse | bytes:
         """The race of docs/guides/engine.md#modules: the first body chunk or the function's return, whichever comes
         first; the response, or the first chunk of a streamed one. A null result does not decide it: the response
-        then comes from the channel."""
+        then comes from the channel.
+
+        Called once the outcome alone did not decide (:func:`_decided`): the handler attached to the response
+        channel before its function returned, or the function returned null.
+        """
         chunk: bytes | None = None
         aborted: ChannelAborted | None = None
-        if not outcome.done():
-            # Usually nobody attached to the response channel yet: wait for the outcome, or for the handler to
-            # attach (then the first-chunk race below starts) without opening our end (see ResponseChannel.watch)
-            await self._outcome_of(race, outcome, reader)
-        if outcome.done():  # read once: the usual answer is decided here
-            result, error = _outcome(outcome)
-            if error is not None:
-                return _failure(error)
-            if result is not None:
-                return result_response(result)
         try:
             chunk = await self._first_chunk(race, reader, outcome)
         except _Interrupted as exc:
@@ -742,11 +784,9 @@ class RestApiModule(EngineModule):
             return _error_response(str(aborted))
         return _empty_response(reader.status, reader.headers, head_request)
 
-    async def _outcome_of(self, race: _Race, outcome: asyncio.Future[tuple[Any, Any]],
-                          reader: ResponseChannel | None = None) -> None:
+    async def _outcome_of(self, race: _Race, outcome: asyncio.Future[tuple[Any, Any]]) -> None:
         """Wait until ``outcome`` is done (whether it failed or was cancelled: :func:`_outcome` reads that), within
-        the request's deadline and the module's stop; with ``reader``, also until the handler attaches to the
-        response channel (at once if that cannot be watched)."""
+        the request's deadline and the module's stop."""
         if race.reason is not None:  # the stop or the deadline came while the task was between waits
             raise _reason_to_refusal(race.reason)
         done: asyncio.Future[None] = race.task.get_loop().create_future()
@@ -755,17 +795,12 @@ class RestApiModule(EngineModule):
             if not done.done():
                 done.set_result(None)
 
-        if reader is not None and not reader.watch(wake):
-            return
         outcome.add_done_callback(wake)
-        cancelling = race.arm()  # _interruptible's wait, written out: one coroutine less on every request
+        cancelling = race.arm()  # _interruptible's wait, written out
         try:
             await done
-        except asyncio.CancelledError:
-            reason = race.withdraw(cancelling)
-            if reason is None:
-                raise
-            raise _reason_to_refusal(reason) from None
+        except asyncio.CancelledError as cancelled:
+            raise race.refusal(cancelling, cancelled) from None
         finally:
             race.armed = False
             outcome.remove_done_callback(wake)
@@ -795,12 +830,8 @@ class RestApiModule(EngineModule):
         cancelling = race.arm()
         try:
             return await wait
-        except asyncio.CancelledError:
-            # ours alone: withdraw it; anyone else's (a shutdown) too: let it through
-            reason = race.withdraw(cancelling)
-            if reason is None:
-                raise
-            raise _Interrupted(reason) from None
+        except asyncio.CancelledError as cancelled:
+            raise race.refusal(cancelling, cancelled, _Interrupted) from None
         finally:
             race.armed = False
             if outcome is not None:
@@ -919,7 +950,7 @@ class RestApiModule(EngineModule):
 
     # -- engine plumbing -------------------------------------------------------------------------------------
 
-    async def _finish(self, reader: ResponseChannel, *channels: dict[str, Any]) -> None:
+    async def _finish(self, reader: ResponseChannel, *channel_ids: str) -> None:
         """After the response: let go of our response end, then drop both per-request channels.
 
         Production deletes its per-request channels too (docs/protocol.md#channels). Ends the handler never attached
@@ -927,20 +958,25 @@ class RestApiModule(EngineModule):
         otherwise wait for the relay's attach timeout.
         """
         await reader.aclose()
-        self._discard(*channels)
+        for channel_id in channel_ids:
+            self.services.channels.discard(channel_id)
 
-    def _new_channel(self, made: dict[str, Any] | None) -> dict[str, Any]:
-        """One of a request's two channels; past ``channels.max_open`` a 503 (``made``, the first, is dropped)."""
+    def _new_channel(self, body: bytearray | None, made: str | None) -> tuple[str, str, str]:
+        """One of a request's two channels on a relay other than the engine's own (``ChannelRelay.reserve_pair``
+        makes both there): ``(channel_id, our key, the handler's key)``, the request body's (``body``) written in
+        whole at once, no task. Past ``channels.max_open`` a 503 (``made``, the first, is dropped)."""
+        relay = self.services.channels
         try:
-            return self.services.channels.create(None, owner=None)  # engine::channels::create's default buffer
+            refs = relay.create(None, owner=None)  # engine::channels::create's default buffer
         except TooManyChannels as exc:
             if made is not None:
-                self._discard(made)
+                relay.discard(made)
             raise _Refused(503, f"{exc}; retry later", {"Retry-After": "1"}) from None
-
-    def _discard(self, *channels: dict[str, Any]) -> None:
-        for refs in channels:
-            self.services.channels.discard(refs["reader"]["channel_id"])
+        writer, reader = refs["writer"], refs["reader"]
+        if body is None:
+            return writer["channel_id"], writer["access_key"], reader["access_key"]
+        relay.fill(writer["channel_id"], writer["access_key"], body, CHUNK_SIZE)
+        return writer["channel_id"], writer["access_key"], reader["access_key"]
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)

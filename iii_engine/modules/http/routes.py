@@ -50,8 +50,9 @@ class Route:
 class RouteMatch:
     """A route together with the path parameters taken from the URL.
 
-    Not frozen: one is made per request, and a frozen dataclass's ``__init__`` (``object.__setattr__`` per field)
-    cost twice a plain one's; nothing keeps or hashes a match.
+    Not frozen: a frozen dataclass's ``__init__`` (``object.__setattr__`` per field) cost twice a plain one's. A
+    route without parameters is matched by one match made ahead and shared by its requests (its ``path_params``
+    is empty, and nobody must change it: take a copy to hand on).
     """
 
     route: Route
@@ -116,7 +117,8 @@ class RouteTable:
         self._by_method: dict[str, list[Route]] = {}
         # Routes without parameters by method and exact path: such a route beats every parameterised sibling, so
         # a URL that names one needs no scan (nor per-segment unquoting: only a URL without escapes is looked up).
-        self._static: dict[str, dict[str, Route]] = {}
+        # Each is held as its match, made once (one object less per request).
+        self._static: dict[str, dict[str, RouteMatch]] = {}
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -144,7 +146,8 @@ class RouteTable:
         self._by_method[method] = routes
         # Only routes that sort first (no segment starting with ":", not even a literal lone ":"), so that no
         # other route could have won the scan.
-        self._static[method] = {r.api_path: r for r in routes if not any(seg.startswith(":") for seg in r.segments)}
+        self._static[method] = {r.api_path: RouteMatch(r, {}) for r in routes
+                                if not any(seg.startswith(":") for seg in r.segments)}
 
     def match(self, method: str, url_path: str) -> RouteMatch | None:
         """The best route for ``method`` and the concrete ``url_path``, or ``None``; :class:`BadPath` when its
@@ -165,9 +168,9 @@ class RouteTable:
         if "%" not in url_path:
             static = self._static.get(method)
             if static:
-                route = static.get(url_path[1:] if url_path.startswith("/") else url_path)
-                if route is not None:
-                    return RouteMatch(route, {})
+                found = static.get(url_path[1:] if url_path.startswith("/") else url_path)
+                if found is not None:
+                    return found
         parts = _split(url_path)
         for route in self._by_method.get(method, ()):
             if len(route.segments) != len(parts):
