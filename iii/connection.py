@@ -161,6 +161,36 @@ def backoff_delay_ms(config: ReconnectionConfig, attempt: int, rand: Callable[[]
     return float(max(0.0, capped + jitter))
 
 
+def check_reconnection(config: ReconnectionConfig | None) -> ReconnectionConfig:
+    """``config`` (the default when ``None``) if its backoff can work, else a ``ValueError`` naming the field: a zero
+    or NaN delay, or a multiplier below 1, made a reconnection loop with no pause against an engine that was down,
+    and an infinite cap a sleep that never ended.
+
+    Example:
+        >>> check_reconnection(ReconnectionConfig(initial_delay_ms=250)).initial_delay_ms
+        250
+        >>> check_reconnection(ReconnectionConfig(backoff_multiplier=0.5))
+        Traceback (most recent call last):
+        ...
+        ValueError: reconnection_config.backoff_multiplier must be a finite number >= 1, got 0.5
+    """
+    config = config or DEFAULT_RECONNECTION_CONFIG
+    rules: tuple[tuple[str, Callable[[float], bool], str], ...] = (
+        ("initial_delay_ms", lambda v: v > 0, "> 0"),
+        ("max_delay_ms", lambda v: v > 0, "> 0"),
+        ("backoff_multiplier", lambda v: v >= 1, ">= 1"),
+        ("jitter_factor", lambda v: 0 <= v <= 1, "between 0 and 1"),
+    )
+    for name, ok, wanted in rules:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or not ok(value):
+            raise ValueError(f"reconnection_config.{name} must be a finite number {wanted}, got {value!r}")
+    retries = config.max_retries
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < -1:
+        raise ValueError(f"reconnection_config.max_retries must be an int >= -1 (-1: for ever), got {retries!r}")
+    return config
+
+
 def check_url(url: object) -> str:
     """``url`` if it can name an engine (``ws``/``wss``, a host, a port in 1-65535 if given), else a
     ``ValueError`` (``TypeError`` for a non-string) naming the part that is wrong.

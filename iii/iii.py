@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import Any, Final, TypeVar
 
 from .channels import ChannelReader, ChannelWriter
-from .connection import Connection, Frame, MessageTooLargeError, Write, check_url
+from .connection import Connection, Frame, MessageTooLargeError, Write, check_reconnection, check_url
 from .errors import InvocationError, ShuttingDownError
 from .handler_runner import HandlerRunner
 from .handler_threads import blocked as handler_blocked
@@ -112,6 +112,7 @@ class III:
         # A URL that can never work fails here, before a thread starts (ValueError naming the bad part).
         self._address = check_url(address)
         self._options = options or InitOptions()
+        check_reconnection(self._options.reconnection_config)
         # The timeout of calls that give none, checked like theirs (a NaN or negative default broke every call).
         self._timeout_ms = _checked_timeout_ms(self._options.invocation_timeout_ms, "invocation_timeout_ms")
         send_timeout_ms = _checked_timeout_ms(self._options.send_timeout_ms, "send_timeout_ms")
