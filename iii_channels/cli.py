@@ -46,11 +46,11 @@ from iii.connection import check_url
 from iii.iii import III
 
 from .files import (
+    _release_writer,
     check_receive_target,
     checked_file_name,
     receive_file,
     reclaim_stale_parts,
-    release_writer,
     send_file,
 )
 from .pipes import from_fd, to_fd
@@ -79,7 +79,14 @@ class _QuietUntilConnected(logging.Filter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``iii-channel``."""
+    """The argument parser of ``iii-channel``.
+
+    Example:
+        >>> args = build_parser().parse_args(["serve", "--function", "files::receive", "--out", "inbox/",
+        ...                                   "--idle-timeout", "30"])
+        >>> args.command, args.function, args.out, args.idle_timeout
+        ('serve', 'files::receive', 'inbox/', 30.0)
+    """
     common = OneLineParser(add_help=False)
     # SUPPRESS keeps a subcommand's missing --engine from overwriting one given before the subcommand.
     common.add_argument("--engine", default=argparse.SUPPRESS,
@@ -273,7 +280,7 @@ async def _store(reader: ChannelReader, data: dict[str, Any], out: str, progress
             await reader._ensure_connected()
             await lock.acquire()
         except BaseException:
-            await asyncio.shield(release_writer(reader))
+            await asyncio.shield(_release_writer(reader))
             raise
         try:
             bar: Progress = ProgressBar(label=_safe_name(data.get("name")), stream=sys.stderr) if progress else None
@@ -293,7 +300,7 @@ async def _store(reader: ChannelReader, data: dict[str, Any], out: str, progress
             target = await asyncio.to_thread(_directory_target, target, data.get("name"), overwrite)
         except BaseException:
             # Refused before reading: release the sender now instead of leaving it blocked on backpressure.
-            await asyncio.shield(release_writer(reader))
+            await asyncio.shield(_release_writer(reader))
             raise
     receipt = await receive_file(reader, target, progress=progress, require_trailer=True, idle_timeout=idle_timeout)
     return {"path": str(receipt.path), "bytes": receipt.size, "sha256": receipt.sha256,
@@ -371,7 +378,13 @@ def _reclaim_report(directory: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``iii-channel`` console script."""
+    """Entry point of the ``iii-channel`` console script; returns the exit status. Paths are checked before
+    connecting, so a missing file fails at once (one line on stderr, status 1).
+
+    Example:
+        >>> main(["send", "/nonexistent/x.bin", "--to", "files::receive", "--engine", "ws://127.0.0.1:49134"])
+        1
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -62,7 +62,7 @@ def new_file_mode() -> int:
     return 0o666 & ~_umask_value()
 
 
-def new_dir_mode() -> int:
+def _new_dir_mode() -> int:
     """``0o777`` minus the process umask: the mode ``mkdir()`` would give (``mkdtemp`` uses 0700)."""
     return new_file_mode() | (0o111 & ~_umask_value())
 
@@ -121,7 +121,7 @@ def check_receive_target(path: str | os.PathLike[str]) -> tuple[bool, Path]:
     return is_dir, directory
 
 
-async def release_writer(reader: ChannelReader) -> None:
+async def _release_writer(reader: ChannelReader) -> None:
     """Tell the writer at once that nothing (more) will be read: attach the reader if it never did, then close.
 
     Closing a reader that never attached reaches nobody, and its writer would wait on backpressure until the
@@ -134,7 +134,7 @@ async def release_writer(reader: ChannelReader) -> None:
         await reader.close_async()
 
 
-async def abort_writer(writer: ChannelWriter, reason: str) -> None:
+async def _abort_writer(writer: ChannelWriter, reason: str) -> None:
     """Abort a channel whose sender fails before it wrote anything, so the reader hears now: a writer that never
     attached reaches it only at the channel's attach deadline (300 s on our engine) as ``ChannelExpiredError``.
     Errors are swallowed: this runs on a failure path, and the error that got it here is the one to report."""
@@ -161,7 +161,7 @@ def check_chunk_size(chunk_size: object) -> int:
     return chunk_size
 
 
-def create_part_file(directory: str | os.PathLike[str]) -> tuple[int, str]:
+def _create_part_file(directory: str | os.PathLike[str]) -> tuple[int, str]:
     """A new, locked ``.iii-part-<pid>-…`` file in ``directory``: ``(fd, path)``; the lock lives with the fd."""
     fd, name = tempfile.mkstemp(prefix=f"{PART_PREFIX}{os.getpid()}-", dir=directory)
     try:
@@ -175,7 +175,7 @@ def create_part_file(directory: str | os.PathLike[str]) -> tuple[int, str]:
     return fd, name
 
 
-def lock_part_dir(path: str | os.PathLike[str]) -> int:
+def _lock_part_dir(path: str | os.PathLike[str]) -> int:
     """Lock the ``.iii-part-<pid>-…`` staging directory ``path`` as live; close the returned fd to release."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -277,7 +277,7 @@ def file_header(name: str, size: int | None) -> str:
     """The header text message ``send_file`` sends first.
 
     Example:
-        >>> parse_file_header(file_header("a.txt", 3))
+        >>> _parse_file_header(file_header("a.txt", 3))
         ('a.txt', 3)
     """
     return json.dumps({FILE_HEADER_KEY: {"name": name, "size": size}})
@@ -306,7 +306,7 @@ def checked_file_name(name: str) -> str:
     return name
 
 
-def parse_file_header(text: str) -> tuple[str, int | None] | None:
+def _parse_file_header(text: str) -> tuple[str, int | None] | None:
     """``(name, size)`` from a header message, or ``None`` if ``text`` is not one."""
     if not text.startswith('{"' + FILE_HEADER_KEY + '"'):
         return None
@@ -330,7 +330,28 @@ async def send_file(
 ) -> int:
     """Stream the file at ``path`` into ``writer``; returns the bytes sent. Aborts the channel on failure, also
     when the file cannot be sent at all (missing, a directory, unreadable) or ``chunk_size`` is not a positive
-    ``int``."""
+    ``int``.
+
+    Example:
+        >>> import asyncio, tempfile
+        >>> from iii import III
+        >>> from iii_engine import Engine, EngineConfig
+        >>> async def demo() -> tuple[int, str | None, bytes]:
+        ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+        ...         iii = III(engine.url)
+        ...         await iii.connect_async()
+        ...         ch = await iii.create_channel_async()
+        ...         with tempfile.TemporaryDirectory() as tmp:
+        ...             Path(tmp, "report.csv").write_bytes(b"a,b\\n1,2\\n")
+        ...             (Path(tmp) / "inbox").mkdir()
+        ...             sending = send_file(ch.writer, Path(tmp, "report.csv"), chunk_size=4)
+        ...             sent, receipt = await asyncio.gather(sending, receive_file(ch.reader, Path(tmp, "inbox")))
+        ...             data = receipt.path.read_bytes()
+        ...         await iii.shutdown_async()
+        ...         return sent, receipt.name, data
+        >>> asyncio.run(demo())
+        (8, 'report.csv', b'a,b\\n1,2\\n')
+    """
     path = Path(path)
     try:
         check_chunk_size(chunk_size)
@@ -338,7 +359,7 @@ async def send_file(
         if stat.S_ISDIR(info.st_mode):
             raise IsADirectoryError(f"send_file: {path} is a directory (send_dir sends a tree)")
     except BaseException as exc:
-        await abort_writer(writer, f"send_file could not start: {exc!r}")
+        await _abort_writer(writer, f"send_file could not start: {exc!r}")
         raise
     size = info.st_size
     sink = ChannelSink(writer, trailer=trailer, progress=progress, total=size, label=path.name)
@@ -383,13 +404,29 @@ async def receive_file(
     message, then :class:`~iii_channels.errors.ChannelIdleError` (``None``, the default: no limit).
 
     Example:
-        >>> receipt = await receive_file(reader, "inbox/", require_trailer=True)  # doctest: +SKIP
+        >>> import asyncio, tempfile
+        >>> from iii import III
+        >>> from iii_engine import Engine, EngineConfig
+        >>> async def demo() -> tuple[str, int, bool]:
+        ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+        ...         iii = III(engine.url)
+        ...         await iii.connect_async()
+        ...         ch = await iii.create_channel_async()
+        ...         with tempfile.TemporaryDirectory() as tmp:
+        ...             Path(tmp, "notes.txt").write_text("hello")
+        ...             receiving = receive_file(ch.reader, f"{tmp}/copy.txt", require_trailer=True)
+        ...             _, receipt = await asyncio.gather(send_file(ch.writer, Path(tmp, "notes.txt")), receiving)
+        ...             result = receipt.path.read_text(), receipt.size, receipt.verified
+        ...         await iii.shutdown_async()
+        ...         return result
+        >>> asyncio.run(demo())
+        ('hello', 5, True)
     """
     target = Path(path)
     name_holder: list[tuple[str, int | None]] = []
 
     def on_text(text: str) -> None:
-        parsed = parse_file_header(text)
+        parsed = _parse_file_header(text)
         if parsed is not None and not name_holder:
             name_holder.append(parsed)
 
@@ -399,10 +436,10 @@ async def receive_file(
     try:
         is_dir, directory = await loop.run_in_executor(None, check_receive_target, path)
         await loop.run_in_executor(None, reclaim_stale_parts, directory)
-        fd, tmp_name = await loop.run_in_executor(None, create_part_file, directory)
+        fd, tmp_name = await loop.run_in_executor(None, _create_part_file, directory)
     except BaseException:
         # Refused before reading: release the writer now instead of leaving it blocked on backpressure.
-        await asyncio.shield(release_writer(reader))
+        await asyncio.shield(_release_writer(reader))
         raise
     digest = Digest()
     final: Path | None = None
@@ -443,7 +480,7 @@ async def receive_file(
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
         # Tell the writer at once (our engine: 4002 "reader gone") instead of leaving it blocked on backpressure.
-        await asyncio.shield(release_writer(reader))
+        await asyncio.shield(_release_writer(reader))
         raise
     return FileReceipt(target, digest.count, digest.hexdigest(), source.verified,
                        name_holder[0][0] if name_holder else None)

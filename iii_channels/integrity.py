@@ -7,11 +7,11 @@ Example:
     >>> digest = Digest()
     >>> digest.update(b"hello")
     >>> text = digest.trailer()
-    >>> parse_trailer(text) == (5, digest.hexdigest())
+    >>> _parse_trailer(text) == (5, digest.hexdigest())
     True
-    >>> parse_trailer('{"other": 1}') is None
+    >>> _parse_trailer('{"other": 1}') is None
     True
-    >>> parse_trailer('{"iii_channels_trailer": 1, "bytes": 5')
+    >>> _parse_trailer('{"iii_channels_trailer": 1, "bytes": 5')
     Traceback (most recent call last):
     ...
     ValueError: malformed integrity trailer: '{"iii_channels_trailer": 1, "bytes": 5'
@@ -27,32 +27,67 @@ _PREFIX = '{"' + TRAILER_KEY + '"'
 
 
 class Digest:
-    """Running byte count and SHA-256 of a stream."""
+    """Running byte count and SHA-256 of a stream.
+
+    Example:
+        >>> digest = Digest()
+        >>> for chunk in (b"hel", b"lo"):
+        ...     digest.update(chunk)
+        >>> digest.count, digest.hexdigest()[:12]
+        (5, '2cf24dba5fb0')
+    """
 
     def __init__(self) -> None:
         self._sha = hashlib.sha256()
         self.count = 0
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
-        """Account for ``data``."""
+        """Account for ``data``.
+
+        Example:
+            >>> digest = Digest()
+            >>> digest.update(memoryview(b"abc")[1:])
+            >>> digest.count
+            2
+        """
         self._sha.update(data)
         self.count += len(data)
 
     def hexdigest(self) -> str:
-        """SHA-256 of everything so far, in hex."""
+        """SHA-256 of everything so far, in hex.
+
+        Example:
+            >>> import hashlib
+            >>> digest = Digest()
+            >>> digest.update(b"data")
+            >>> digest.hexdigest() == hashlib.sha256(b"data").hexdigest()
+            True
+        """
         return self._sha.hexdigest()
 
     def trailer(self) -> str:
-        """The trailer text message for everything so far."""
+        """The trailer text message for everything so far.
+
+        Example:
+            >>> digest = Digest()
+            >>> digest.update(b"hello")
+            >>> digest.trailer()[:48]
+            '{"iii_channels_trailer": 1, "bytes": 5, "sha256"'
+        """
         return json.dumps({TRAILER_KEY: 1, "bytes": self.count, "sha256": self.hexdigest()})
 
 
 def is_trailer(text: str) -> bool:
-    """Whether a text message is a trailer (cheap prefix test)."""
+    """Whether a text message is a trailer (cheap prefix test).
+
+    Example:
+        >>> is_trailer(Digest().trailer()), is_trailer('{"iii_channels_file": {"name": "a.txt"}}')
+        (True, False)
+    """
     return text.startswith(_PREFIX)
 
 
-def parse_trailer(text: str) -> tuple[int, str] | None:
+def _parse_trailer(text: str) -> tuple[int, str] | None:
     """``(byte_count, sha256_hex)`` of a trailer message, ``None`` if ``text`` is not one, ``ValueError`` if it
     starts as one but is not a whole, well-formed trailer (cut short or altered: it must not read as "none")."""
     if not is_trailer(text):

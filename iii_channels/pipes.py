@@ -23,7 +23,7 @@ from typing import Any, Final
 from iii.channels import ChannelReader, ChannelWriter
 
 from .errors import ChannelError, ProcessError
-from .files import abort_writer, release_writer
+from .files import _abort_writer, _release_writer
 from .progress import Progress
 from .sink import ChannelSink
 from .source import ChannelSource
@@ -36,7 +36,27 @@ async def from_iterable(
     writer: ChannelWriter, chunks: AsyncIterable[bytes], *, progress: Progress = None, trailer: bool = True,
     total: int | None = None, label: str = "",
 ) -> int:
-    """Write every chunk of an async iterable, then EOF. An exception aborts the channel and propagates."""
+    """Write every chunk of an async iterable, then EOF. An exception aborts the channel and propagates.
+
+    Example:
+        >>> import asyncio, json
+        >>> from iii import III
+        >>> from iii_engine import Engine, EngineConfig
+        >>> async def demo() -> list[object]:
+        ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+        ...         iii = III(engine.url)
+        ...         await iii.connect_async()
+        ...         ch = await iii.create_channel_async()
+        ...         async def rows() -> AsyncIterable[bytes]:
+        ...             for n in range(3):
+        ...                 yield (json.dumps({"row": n}) + "\\n").encode()
+        ...         result = await asyncio.gather(from_iterable(ch.writer, rows()),
+        ...                                       ChannelSource(ch.reader, require_trailer=True).read_all())
+        ...         await iii.shutdown_async()
+        ...         return result
+        >>> asyncio.run(demo())
+        [33, b'{"row": 0}\\n{"row": 1}\\n{"row": 2}\\n']
+    """
     sink = ChannelSink(writer, trailer=trailer, progress=progress, total=total, label=label)
     async with sink:
         async for chunk in chunks:
@@ -52,7 +72,26 @@ async def _stream_chunks(stream: asyncio.StreamReader) -> AsyncIterable[bytes]:
 async def from_stream(
     writer: ChannelWriter, stream: asyncio.StreamReader, *, progress: Progress = None, trailer: bool = True,
 ) -> int:
-    """Copy an ``asyncio.StreamReader`` (e.g. a socket) into a channel until its EOF."""
+    """Copy an ``asyncio.StreamReader`` (e.g. a socket) into a channel until its EOF.
+
+    Example:
+        >>> import asyncio
+        >>> from iii import III
+        >>> from iii_engine import Engine, EngineConfig
+        >>> async def demo() -> list[object]:
+        ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+        ...         iii = III(engine.url)
+        ...         await iii.connect_async()
+        ...         ch = await iii.create_channel_async()
+        ...         stream = asyncio.StreamReader()  # what asyncio.open_connection returns first
+        ...         stream.feed_data(b"GET / HTTP/1.0\\r\\n\\r\\n")
+        ...         stream.feed_eof()
+        ...         result = await asyncio.gather(from_stream(ch.writer, stream), ChannelSource(ch.reader).read_all())
+        ...         await iii.shutdown_async()
+        ...         return result
+        >>> asyncio.run(demo())
+        [18, b'GET / HTTP/1.0\\r\\n\\r\\n']
+    """
     return await from_iterable(writer, _stream_chunks(stream), progress=progress, trailer=trailer)
 
 
@@ -60,7 +99,29 @@ async def to_stream(
     reader: ChannelReader, stream: asyncio.StreamWriter, *, progress: Progress = None,
     require_trailer: bool = False, close: bool = True,
 ) -> int:
-    """Copy a channel into an ``asyncio.StreamWriter``, awaiting ``drain()`` so memory stays bounded."""
+    """Copy a channel into an ``asyncio.StreamWriter``, awaiting ``drain()`` so memory stays bounded.
+
+    Example:
+        >>> import asyncio, socket
+        >>> from iii import III
+        >>> from iii_engine import Engine, EngineConfig
+        >>> async def demo() -> tuple[int, bytes]:
+        ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+        ...         iii = III(engine.url)
+        ...         await iii.connect_async()
+        ...         ch = await iii.create_channel_async()
+        ...         async def one(data: bytes) -> AsyncIterable[bytes]:  # any async iterable
+        ...             yield data
+        ...         ours, theirs = socket.socketpair()  # a connected socket: the stream's peer reads from ``theirs``
+        ...         _, stream = await asyncio.open_connection(sock=ours)
+        ...         sent, _ = await asyncio.gather(to_stream(ch.reader, stream), from_iterable(ch.writer, one(b"ping")))
+        ...         received = theirs.recv(100)
+        ...         theirs.close()
+        ...         await iii.shutdown_async()
+        ...         return sent, received
+        >>> asyncio.run(demo())
+        (4, b'ping')
+    """
     source = ChannelSource(reader, require_trailer=require_trailer, progress=progress, text_limit=0)
     try:
         async for chunk in source.chunks():
@@ -68,7 +129,7 @@ async def to_stream(
             await stream.drain()
     except BaseException:
         # The peer went away (or we were cancelled): tell the writer now, not after its backpressure wait.
-        await asyncio.shield(release_writer(reader))
+        await asyncio.shield(_release_writer(reader))
         raise
     if close:
         stream.close()
@@ -116,7 +177,29 @@ async def _fd_chunks(fd: int) -> AsyncIterable[bytes]:
 async def from_fd(
     writer: ChannelWriter, fd: int, *, progress: Progress = None, trailer: bool = True, label: str = "",
 ) -> int:
-    """Copy an OS file descriptor (pipe, file, tty) into a channel until EOF. The fd is not closed."""
+    """Copy an OS file descriptor (pipe, file, tty) into a channel until EOF. The fd is not closed.
+
+    Example:
+        >>> import asyncio, os
+        >>> from iii import III
+        >>> from iii_engine import Engine, EngineConfig
+        >>> async def demo() -> list[object]:
+        ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+        ...         iii = III(engine.url)
+        ...         await iii.connect_async()
+        ...         ch = await iii.create_channel_async()
+        ...         read_end, write_end = os.pipe()
+        ...         os.write(write_end, b"from a pipe")
+        ...         os.close(write_end)
+        ...         try:
+        ...             result = await asyncio.gather(from_fd(ch.writer, read_end), ChannelSource(ch.reader).read_all())
+        ...         finally:
+        ...             os.close(read_end)
+        ...         await iii.shutdown_async()
+        ...         return result
+        >>> asyncio.run(demo())
+        [11, b'from a pipe']
+    """
     return await from_iterable(writer, _fd_chunks(fd), progress=progress, trailer=trailer, label=label)
 
 
@@ -128,6 +211,28 @@ async def to_fd(
 
     Pass a :class:`ChannelSource` instead of a reader to inspect it afterwards (``verified``, ``sha256``); the
     ``progress`` / ``require_trailer`` / ``total`` arguments then do not apply.
+
+    Example:
+        >>> import asyncio, tempfile
+        >>> from iii import III
+        >>> from iii_engine import Engine, EngineConfig
+        >>> async def demo() -> tuple[int, bytes, bool]:
+        ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+        ...         iii = III(engine.url)
+        ...         await iii.connect_async()
+        ...         ch = await iii.create_channel_async()
+        ...         async def one(data: bytes) -> AsyncIterable[bytes]:  # any async iterable
+        ...             yield data
+        ...         source = ChannelSource(ch.reader, require_trailer=True)
+        ...         with tempfile.TemporaryFile() as out:
+        ...             writing = from_iterable(ch.writer, one(b"abc"))
+        ...             written, _ = await asyncio.gather(to_fd(source, out.fileno()), writing)
+        ...             out.seek(0)
+        ...             result = written, out.read(), source.verified
+        ...         await iii.shutdown_async()
+        ...         return result
+        >>> asyncio.run(demo())
+        (3, b'abc', True)
     """
     source = reader if isinstance(reader, ChannelSource) else ChannelSource(
         reader, require_trailer=require_trailer, progress=progress, total=total, text_limit=0)
@@ -137,7 +242,7 @@ async def to_fd(
             await _write_fd(out, chunk)
     except BaseException:
         # A full disk, a closed pipe, a cancellation: tell the writer now, not after its backpressure wait.
-        await asyncio.shield(release_writer(source.reader))
+        await asyncio.shield(_release_writer(source.reader))
         raise
     finally:
         out.close()
@@ -445,7 +550,7 @@ async def from_process(
         _check_argv(argv)
     except BaseException as exc:
         # Refused before starting, like a command that cannot start: the reader hears now.
-        await abort_writer(writer, f"from_process refused its argv: {exc}")
+        await _abort_writer(writer, f"from_process refused its argv: {exc}")
         raise
     group = _own_group(popen)
     sink = ChannelSink(writer, trailer=trailer, progress=progress, label=argv[0])
@@ -500,7 +605,7 @@ async def to_process(
     try:
         _check_argv(argv)
     except BaseException:
-        await asyncio.shield(release_writer(reader))
+        await asyncio.shield(_release_writer(reader))
         raise
     popen.setdefault("stdout", None)
     group = _own_group(popen)
@@ -509,7 +614,7 @@ async def to_process(
             *argv, stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, **popen)
     except BaseException:
         # Not started: the writer hears now, not at the attach deadline.
-        await asyncio.shield(release_writer(reader))
+        await asyncio.shield(_release_writer(reader))
         raise
     assert proc.stdin is not None
     stderr = _StderrTail(proc.stderr)
@@ -532,7 +637,7 @@ async def to_process(
         await _kill(proc, group)
         stderr.cancel()
         _close_pipes(proc)
-        await asyncio.shield(release_writer(reader))
+        await asyncio.shield(_release_writer(reader))
         raise
     _close_pipes(proc)
     return source.bytes_read
@@ -543,6 +648,26 @@ async def copy(reader: ChannelReader, writer: ChannelWriter) -> int:
 
     An error on either side (or a cancellation) aborts the writing side with the error's text and closes the
     reading side, so both peers hear of it at once; then it propagates.
+
+    Example:
+        >>> import asyncio
+        >>> from iii import III
+        >>> from iii_engine import Engine, EngineConfig
+        >>> async def demo() -> list[object]:
+        ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+        ...         iii = III(engine.url)
+        ...         await iii.connect_async()
+        ...         ch = await iii.create_channel_async()
+        ...         async def one(data: bytes) -> AsyncIterable[bytes]:  # any async iterable
+        ...             yield data
+        ...         onward = await iii.create_channel_async()  # e.g. toward another worker
+        ...         relaying = copy(ch.reader, onward.writer)
+        ...         result = await asyncio.gather(from_iterable(ch.writer, one(b"relayed")), relaying,
+        ...                                       ChannelSource(onward.reader, require_trailer=True).read_all())
+        ...         await iii.shutdown_async()
+        ...         return result
+        >>> asyncio.run(demo())
+        [7, 7, b'relayed']
     """
     sent = 0
     try:
@@ -555,7 +680,7 @@ async def copy(reader: ChannelReader, writer: ChannelWriter) -> int:
     except BaseException as exc:
         with contextlib.suppress(ChannelError):
             await asyncio.shield(writer.abort(f"copy failed: {exc}"))
-        await asyncio.shield(release_writer(reader))
+        await asyncio.shield(_release_writer(reader))
         raise
     await writer.close_async()
     return sent

@@ -4,7 +4,7 @@ Every adapter takes ``progress=``: ``None`` (off), ``True`` (a :class:`ProgressB
 
 Example:
     >>> seen = []
-    >>> report = make_progress(lambda done, total: seen.append((done, total)), total=10)
+    >>> report = _make_progress(lambda done, total: seen.append((done, total)), total=10)
     >>> report is not None and report(4) is None and seen
     [(4, 10)]
 """
@@ -92,7 +92,17 @@ class ProgressBar:
         self.stream.flush()
 
     def close(self) -> None:
-        """Draw the final state and end the line (once; later calls do nothing)."""
+        """Draw the final state and end the line (once; later calls do nothing).
+
+        Example:
+            >>> import io
+            >>> out = io.StringIO()
+            >>> bar = ProgressBar(label="copy", stream=out, interval=60, tty=True)
+            >>> bar(512, 1024); bar(1024, 1024)  # the first is drawn, the second is within the interval
+            >>> bar.close(); bar.close()
+            >>> out.getvalue().count("100%"), out.getvalue().endswith("\\n")
+            (1, True)
+        """
         if self._closed:
             return
         self._closed = True
@@ -123,7 +133,7 @@ class _Reporter:
             self.bar.close()
 
 
-def make_progress(progress: Progress, total: int | None = None, label: str = "") -> _Reporter | None:
+def _make_progress(progress: Progress, total: int | None = None, label: str = "") -> _Reporter | None:
     """Normalise a ``progress=`` argument into a reporter taking ``done`` bytes, or ``None`` when off."""
     if progress is None or progress is False:
         return None

@@ -23,7 +23,7 @@ from iii.waiters import Signal
 
 from .errors import ChannelClosedError
 from .integrity import Digest
-from .progress import Progress, make_progress
+from .progress import Progress, _make_progress
 
 DEFAULT_SINK_HIGH_WATER_MARK = 4 * 1024 * 1024
 
@@ -39,6 +39,32 @@ class ChannelSink:
         trailer: send the integrity trailer (byte count + SHA-256) before closing.
         progress: ``True`` for a terminal bar or a ``callback(done, total)``.
         total: expected size, for progress reporting.
+
+    Example:
+        >>> import asyncio
+        >>> from iii import III
+        >>> from iii_channels import ChannelSource
+        >>> from iii_engine import Engine, EngineConfig
+        >>> async def demo() -> tuple[int, str | None, bytes]:
+        ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+        ...         iii = III(engine.url)
+        ...         await iii.connect_async()
+        ...         ch = await iii.create_channel_async()
+        ...         src = ChannelSource(ch.reader, require_trailer=True)
+        ...         out = ChannelSink(ch.writer, high_water_mark=64 << 10)
+        ...         async def read() -> tuple[str | None, bytes]:
+        ...             return await src.next_message(), await src.read_all()
+        ...         reading = asyncio.ensure_future(read())
+        ...         await out.send_text('{"name": "log.txt"}')  # text and bytes keep their order
+        ...         await out.write(b"line 1\\n")
+        ...         await out.drain()  # everything queued is handed to the socket
+        ...         queued = out.queued_bytes
+        ...         await out.close()  # the trailer, then EOF (out.abort(reason) would fail the reader)
+        ...         header, data = await reading
+        ...         await iii.shutdown_async()
+        ...         return queued, header, data
+        >>> asyncio.run(demo())
+        (0, '{"name": "log.txt"}', b'line 1\\n')
     """
 
     def __init__(
@@ -65,7 +91,7 @@ class ChannelSink:
         self._progress_made = Signal()  # the pump handed an item to the socket, or stopped
         self._error: BaseException | None = None
         self._closed = False
-        self._progress = make_progress(progress, total, label)
+        self._progress = _make_progress(progress, total, label)
         self.bytes_written = 0
 
     @property
@@ -214,5 +240,28 @@ class ChannelSink:
 
 
 def sink(writer: ChannelWriter, **options: object) -> ChannelSink:
-    """Shorthand for :class:`ChannelSink` (``async with iii_channels.sink(writer) as s: ...``)."""
+    """Shorthand for :class:`ChannelSink` (``async with iii_channels.sink(writer) as s: ...``).
+
+    Example:
+        >>> import asyncio
+        >>> from iii_channels import source
+        >>> from iii import III
+        >>> from iii_engine import Engine, EngineConfig
+        >>> async def demo() -> list[object]:
+        ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+        ...         iii = III(engine.url)
+        ...         await iii.connect_async()
+        ...         ch = await iii.create_channel_async()
+        ...         async def write() -> int:
+        ...             async with sink(ch.writer, high_water_mark=1 << 20) as out:  # exit: trailer, then EOF
+        ...                 await out.write(b"hello ")
+        ...                 await out.write(b"world")
+        ...             return out.bytes_written
+        ...         src = source(ch.reader, require_trailer=True)
+        ...         result = await asyncio.gather(write(), src.read_all())
+        ...         await iii.shutdown_async()
+        ...         return result
+        >>> asyncio.run(demo())
+        [11, b'hello world']
+    """
     return ChannelSink(writer, **options)  # type: ignore[arg-type]

@@ -20,8 +20,8 @@ from typing import Any
 from iii.channels import ChannelReader
 
 from .errors import ChannelIdleError, IncompleteReadError, IntegrityError, LimitExceededError
-from .integrity import Digest, is_trailer, parse_trailer
-from .progress import Progress, make_progress
+from .integrity import Digest, _parse_trailer, is_trailer
+from .progress import Progress, _make_progress
 
 DEFAULT_LINE_LIMIT = 64 * 1024 * 1024
 # Text messages set aside for messages()/next_message() while the caller reads bytes: a consumer that never asks
@@ -49,6 +49,30 @@ class ChannelSource:
         idle_timeout: most seconds to wait for the writer's next message (``None``: no limit); past it
             :class:`ChannelIdleError` (a ``TimeoutError``) names the wait and the bytes read so far. The channel
             is left open: close the reader (or let the adapter that made this source do it) to tell the writer.
+
+    Example:
+        >>> import asyncio
+        >>> from iii import III
+        >>> from iii_channels import sink
+        >>> from iii_engine import Engine, EngineConfig
+        >>> async def demo() -> tuple[object, ...]:
+        ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+        ...         iii = III(engine.url)
+        ...         await iii.connect_async()
+        ...         ch = await iii.create_channel_async()
+        ...         async def write() -> None:
+        ...             async with sink(ch.writer) as out:
+        ...                 await out.write(b"v1\\nHEAD" + bytes(4) + b"a\\nb\\n")
+        ...         writing = asyncio.ensure_future(write())
+        ...         src = ChannelSource(ch.reader, require_trailer=True)
+        ...         version = await src.readline()
+        ...         magic, size = await src.read(4), await src.readexactly(4)
+        ...         lines = [line async for line in src.lines()]
+        ...         await writing
+        ...         await iii.shutdown_async()
+        ...         return version, magic, size, lines, src.at_eof, src.verified, len(src.sha256 or "")
+        >>> asyncio.run(demo())
+        (b'v1\\n', b'HEAD', b'\\x00\\x00\\x00\\x00', [b'a\\n', b'b\\n'], True, True, 64)
     """
 
     def __init__(
@@ -88,7 +112,7 @@ class ChannelSource:
         self._text_limit = text_limit
         self._eof = False
         self._trailer: tuple[int, str] | None = None
-        self._progress = make_progress(progress, total, label)
+        self._progress = _make_progress(progress, total, label)
         self._on_text = on_text
         self.bytes_read = 0
         self.verified = False
@@ -194,7 +218,7 @@ class ChannelSource:
             if self._trailer is not None:
                 raise IntegrityError(f"channel {channel_id}: a second integrity trailer", channel_id=channel_id)
             try:
-                self._trailer = parse_trailer(text)
+                self._trailer = _parse_trailer(text)
             except ValueError as exc:
                 # Read as "no trailer", a cut-short one would pass a stream unchecked unless require_trailer.
                 raise IntegrityError(f"channel {channel_id}: {exc}", channel_id=channel_id) from None
@@ -398,5 +422,26 @@ class ChannelSource:
 
 
 def source(reader: ChannelReader, **options: Any) -> ChannelSource:
-    """Shorthand for :class:`ChannelSource`."""
+    """Shorthand for :class:`ChannelSource`.
+
+    Example:
+        >>> import asyncio, json
+        >>> from iii_channels import sink
+        >>> from iii import III
+        >>> from iii_engine import Engine, EngineConfig
+        >>> async def demo() -> list[Any]:
+        ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+        ...         iii = III(engine.url)
+        ...         await iii.connect_async()
+        ...         ch = await iii.create_channel_async()
+        ...         async def write() -> None:
+        ...             async with sink(ch.writer) as out:
+        ...                 await out.write(b'{"n": 1}\\n{"n": 2}\\n')
+        ...         src = source(ch.reader, require_trailer=True)
+        ...         _, records = await asyncio.gather(write(), src.read_all())
+        ...         await iii.shutdown_async()
+        ...         return [json.loads(line) for line in records.splitlines()] + [src.verified]
+        >>> asyncio.run(demo())
+        [{'n': 1}, {'n': 2}, True]
+    """
     return ChannelSource(reader, **options)

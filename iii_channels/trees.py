@@ -40,13 +40,13 @@ from .files import (
     DEFAULT_CHUNK,
     PART_PREFIX,
     FileReceipt,
-    abort_writer,
+    _abort_writer,
+    _lock_part_dir,
+    _new_dir_mode,
+    _release_writer,
     check_chunk_size,
-    lock_part_dir,
-    new_dir_mode,
     new_file_mode,
     reclaim_stale_parts,
-    release_writer,
 )
 from .integrity import Digest
 from .progress import Progress
@@ -72,7 +72,14 @@ class TreeReceipt:
 
     @property
     def bytes(self) -> int:
-        """Total bytes of all files."""
+        """Total bytes of all files.
+
+        Example:
+            >>> from iii_channels.files import FileReceipt
+            >>> files = [FileReceipt(Path(f"out/{n}"), size, "", True) for n, size in (("a", 3), ("b", 4))]
+            >>> TreeReceipt(Path("out"), files).bytes
+            7
+        """
         return sum(f.size for f in self.files)
 
 
@@ -167,6 +174,27 @@ async def send_dir(
 
     Symlinks to files are followed, symlinked directories are not; FIFOs, sockets and devices are skipped.
     Any failure aborts the channel.
+
+    Example:
+        >>> import asyncio, tempfile
+        >>> from iii import III
+        >>> from iii_engine import Engine, EngineConfig
+        >>> async def demo() -> tuple[int, list[str]]:
+        ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+        ...         iii = III(engine.url)
+        ...         await iii.connect_async()
+        ...         ch = await iii.create_channel_async()
+        ...         with tempfile.TemporaryDirectory() as tmp:
+        ...             Path(tmp, "site", "css").mkdir(parents=True)
+        ...             Path(tmp, "site", "index.html").write_text("<h1>hi</h1>")
+        ...             Path(tmp, "site", "css", "a.css").write_text("h1{}")
+        ...             sent, receipt = await asyncio.gather(send_dir(ch.writer, Path(tmp, "site")),
+        ...                                                  receive_dir(ch.reader, Path(tmp, "copy")))
+        ...             names = sorted(str(p.relative_to(receipt.path)) for p in receipt.path.rglob("*"))
+        ...         await iii.shutdown_async()
+        ...         return sent, names
+        >>> asyncio.run(demo())
+        (15, ['css', 'css/a.css', 'index.html'])
     """
     root = Path(directory)
     try:
@@ -175,7 +203,7 @@ async def send_dir(
             raise NotADirectoryError(f"send_dir: {root} is not a directory")
         dirs, files = await asyncio.to_thread(_walk, root)
     except BaseException as exc:
-        await abort_writer(writer, f"send_dir could not start: {exc!r}")
+        await _abort_writer(writer, f"send_dir could not start: {exc!r}")
         raise
     return await _send(writer, dirs, files, progress, root.name, chunk_size)
 
@@ -186,6 +214,26 @@ async def send_files(
     """Send several files as one stream ``receive_dir`` can store; returns the file bytes sent.
 
     Each item is a path (sent under its basename) or ``(name_in_stream, path)``; names may contain ``/``.
+
+    Example:
+        >>> import asyncio, tempfile
+        >>> from iii import III
+        >>> from iii_engine import Engine, EngineConfig
+        >>> async def demo() -> tuple[int, str]:
+        ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+        ...         iii = III(engine.url)
+        ...         await iii.connect_async()
+        ...         ch = await iii.create_channel_async()
+        ...         with tempfile.TemporaryDirectory() as tmp:
+        ...             Path(tmp, "log.txt").write_text("started")
+        ...             specs = [Path(tmp, "log.txt"), ("logs/old.txt", Path(tmp, "log.txt"))]
+        ...             receiving = receive_dir(ch.reader, f"{tmp}/out")
+        ...             sent, receipt = await asyncio.gather(send_files(ch.writer, specs), receiving)
+        ...             text = (receipt.path / "logs" / "old.txt").read_text()
+        ...         await iii.shutdown_async()
+        ...         return sent, text
+        >>> asyncio.run(demo())
+        (14, 'started')
     """
     entries: list[tuple[str, Path, int]] = []
     try:
@@ -195,7 +243,7 @@ async def send_files(
             check_entry_path(name)
             entries.append((name, path, (await asyncio.to_thread(os.stat, path)).st_size))
     except BaseException as exc:
-        await abort_writer(writer, f"send_files could not start: {exc!r}")
+        await _abort_writer(writer, f"send_files could not start: {exc!r}")
         raise
     return await _send(writer, [], entries, progress, "files", chunk_size)
 
@@ -305,8 +353,8 @@ def _prepare(destination: Path) -> tuple[Path, int]:
     reclaim_stale_parts(destination.parent)
     staging = Path(tempfile.mkdtemp(prefix=f"{PART_PREFIX}{os.getpid()}-", dir=destination.parent))
     try:
-        lock = lock_part_dir(staging)
-        staging.chmod(new_dir_mode())
+        lock = _lock_part_dir(staging)
+        staging.chmod(_new_dir_mode())
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -322,6 +370,28 @@ async def receive_dir(
 
     A stream of more than ``max_entries`` files and directories raises :class:`LimitExceededError` (``None``: no
     limit); only entries of type ``file`` and ``dir`` are accepted.
+
+    Example:
+        >>> import asyncio, tempfile
+        >>> from iii import III
+        >>> from iii_engine import Engine, EngineConfig
+        >>> async def demo() -> tuple[list[str], int, bool]:
+        ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+        ...         iii = III(engine.url)
+        ...         await iii.connect_async()
+        ...         ch = await iii.create_channel_async()
+        ...         with tempfile.TemporaryDirectory() as tmp:
+        ...             Path(tmp, "a.txt").write_text("abc")
+        ...             Path(tmp, "b.txt").write_text("defg")
+        ...             specs = [Path(tmp, "a.txt"), Path(tmp, "b.txt")]
+        ...             receiving = receive_dir(ch.reader, f"{tmp}/out")
+        ...             _, receipt = await asyncio.gather(send_files(ch.writer, specs), receiving)
+        ...             names = [f.path.name for f in receipt.files]
+        ...             result = names, receipt.bytes, all(f.verified for f in receipt.files)
+        ...         await iii.shutdown_async()
+        ...         return result
+        >>> asyncio.run(demo())
+        (['a.txt', 'b.txt'], 7, True)
     """
     if max_entries is not None and max_entries < 1:
         raise ValueError(f"max_entries must be at least 1 (or None), got {max_entries}")
@@ -330,7 +400,7 @@ async def receive_dir(
         staging, lock = await asyncio.to_thread(_prepare, final)
     except BaseException:
         # Refused before reading: release the writer now instead of leaving it blocked on backpressure.
-        await asyncio.shield(release_writer(reader))
+        await asyncio.shield(_release_writer(reader))
         raise
     source = ChannelSource(reader, require_trailer=require_trailer, progress=progress, label=final.name)
     receiver = _Receiver(staging, reader.ref.channel_id, max_entries)

@@ -245,25 +245,88 @@ class Backend(IStream[Any]):
 
     @abstractmethod
     async def send(self, stream_name: str, group_id: str, id: str | None, type: str, data: Any) -> None:
-        """Publish a custom event ``{"type": "event", "event": {"type": type, "data": data}}``; stores nothing."""
+        """Publish a custom event ``{"type": "event", "event": {"type": type, "data": data}}``; stores nothing.
+
+        Example:
+            >>> import asyncio
+            >>> from iii_streams import MemoryStream
+            >>> async def demo() -> Any:
+            ...     async with MemoryStream() as store, store.watch("chat") as events:
+            ...         await store.send("chat", "room-1", None, "typing", {"user": "ada"})
+            ...         return (await anext(events))["event"], await store.list_all()
+            >>> asyncio.run(demo())
+            ({'type': 'event', 'event': {'type': 'typing', 'data': {'user': 'ada'}}}, [])
+        """
 
     @abstractmethod
     async def publish(self, event: StreamEvent) -> None:
-        """Publish an already built event wrapper to this store's watchers (and pub/sub, where it has one)."""
+        """Publish an already built event wrapper to this store's watchers (and pub/sub, where it has one).
+
+        Example:
+            >>> import asyncio
+            >>> from iii_streams import MemoryStream
+            >>> from iii_streams.events import make_event
+            >>> async def demo() -> Any:
+            ...     async with MemoryStream() as store, store.watch("s") as events:
+            ...         await store.publish(make_event("s", "g", "i", "update", {"n": 1}))
+            ...         return (await anext(events))["event"]
+            >>> asyncio.run(demo())
+            {'type': 'update', 'data': {'n': 1}}
+        """
 
     @abstractmethod
     def watch(
         self, stream_name: str | None = None, group_id: str | None = None, item_id: str | None = None
     ) -> Watch:
-        """Change events, optionally filtered; use as ``async with store.watch(...) as events``."""
+        """Change events, optionally filtered; use as ``async with store.watch(...) as events``.
+
+        Example:
+            >>> import asyncio
+            >>> from iii.stream import StreamSetInput
+            >>> from iii_streams import MemoryStream
+            >>> async def demo() -> Any:
+            ...     async with MemoryStream() as store, store.watch("todos", group_id="work") as events:
+            ...         await store.set(StreamSetInput(stream_name="todos", group_id="home", item_id="1", data="x"))
+            ...         await store.set(StreamSetInput(stream_name="todos", group_id="work", item_id="2", data="y"))
+            ...         event = await anext(events)  # the "home" write was filtered out
+            ...         return event["id"], event["event"]
+            >>> asyncio.run(demo())
+            ('2', {'type': 'create', 'data': 'y'})
+        """
 
     @abstractmethod
     async def list_all(self) -> builtins.list[tuple[str, builtins.list[str]]]:
-        """Every stream with its non-empty groups, both sorted: ``[(stream_name, [group_id, …]), …]``."""
+        """Every stream with its non-empty groups, both sorted: ``[(stream_name, [group_id, …]), …]``.
+
+        Example:
+            >>> import asyncio
+            >>> from iii.stream import StreamSetInput
+            >>> from iii_streams import MemoryStream
+            >>> async def demo() -> Any:
+            ...     store = MemoryStream()
+            ...     for stream, group in [("b", "y"), ("a", "z"), ("a", "x")]:
+            ...         await store.set(StreamSetInput(stream_name=stream, group_id=group, item_id="1", data=1))
+            ...     return await store.list_all()
+            >>> asyncio.run(demo())
+            [('a', ['x', 'z']), ('b', ['y'])]
+        """
 
     @abstractmethod
     async def aclose(self) -> None:
-        """Release connections; idempotent."""
+        """Release connections; idempotent.
+
+        Example:
+            >>> import asyncio
+            >>> from iii_streams import open_stream
+            >>> async def demo() -> None:
+            ...     store = open_stream("memory://")
+            ...     try:
+            ...         await store.list_all()
+            ...     finally:
+            ...         await store.aclose()
+            ...     await store.aclose()  # again: nothing happens
+            >>> asyncio.run(demo())
+        """
 
     async def __aenter__(self) -> Self:
         return self

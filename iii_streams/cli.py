@@ -82,7 +82,13 @@ def _run(command: str, url: str, revision: str, shown: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``iii-streams`` console script; returns the exit status."""
+    """Entry point of the ``iii-streams`` console script; returns the exit status.
+
+    Example:
+        >>> main(["current", "sqlite+aiosqlite://"])  # an in-memory database, never migrated
+        none
+        0
+    """
     parser = _parser()
     args = parser.parse_args(argv)
     try:

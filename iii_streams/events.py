@@ -58,7 +58,13 @@ class StreamGapError(StreamLagError):
 
 
 def now_ms() -> int:
-    """Epoch milliseconds, the wrapper's ``timestamp``."""
+    """Epoch milliseconds, the wrapper's ``timestamp``.
+
+    Example:
+        >>> before = now_ms()
+        >>> before <= make_event("s", "g", "i", "create", {})["timestamp"] <= now_ms()
+        True
+    """
     return time.time_ns() // 1_000_000
 
 
@@ -127,7 +133,14 @@ class EventFilter:
     item_id: str | None = None
 
     def matches(self, event: StreamEvent) -> bool:
-        """Whether ``event`` passes every set field."""
+        """Whether ``event`` passes every set field.
+
+        Example:
+            >>> wanted = EventFilter(stream_name="todos", item_id="")  # "" is any item, as in a trigger config
+            >>> wanted.matches(make_event("todos", "g", "7", "create", 1)), wanted.matches(make_event("x", "g", "7",
+            ...                                                                                       "create", 1))
+            (True, False)
+        """
         if self.stream_name and event.get("streamName") != self.stream_name:
             return False
         if self.group_id and event.get("groupId") != self.group_id:
@@ -318,7 +331,23 @@ class Watch:
         self._closed = False
 
     async def open(self) -> Watch:
-        """Subscribe now (idempotent)."""
+        """Subscribe now (idempotent): events written from here on are delivered, even before the first read.
+
+        Example:
+            >>> import asyncio
+            >>> from iii.stream import StreamSetInput
+            >>> from iii_streams import MemoryStream
+            >>> async def demo() -> Any:
+            ...     store = MemoryStream()
+            ...     events = await store.watch("s").open()
+            ...     await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data=1))
+            ...     try:
+            ...         return (await anext(events))["event"]
+            ...     finally:
+            ...         await events.aclose()
+            >>> asyncio.run(demo())
+            {'type': 'create', 'data': 1}
+        """
         if self._closed:
             raise RuntimeError("this watch() was closed; call watch() again")
         if self._sub is None:
@@ -332,7 +361,18 @@ class Watch:
         return self
 
     async def aclose(self) -> None:
-        """Unsubscribe; iteration then stops."""
+        """Unsubscribe; iteration then stops.
+
+        Example:
+            >>> import asyncio
+            >>> from iii_streams import MemoryStream
+            >>> async def demo() -> list[StreamEvent]:
+            ...     events = await MemoryStream().watch().open()
+            ...     await events.aclose()
+            ...     return [event async for event in events]
+            >>> asyncio.run(demo())
+            []
+        """
         self._closed = True
         sub, self._sub = self._sub, None
         if sub is not None:

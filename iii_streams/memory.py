@@ -76,12 +76,37 @@ class MemoryStream(FieldUpdates):
             self._hub.publish(make_event(stream_name, group_id, item_id, kind, loads(text)))
 
     async def get(self, input: StreamGetInput, *, timeout: float | None = None) -> Any:
+        """The item (a fresh copy), or ``None`` when missing.
+
+        Example:
+            >>> import asyncio
+            >>> async def demo() -> Any:
+            ...     store = MemoryStream()
+            ...     await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data={"n": 1}))
+            ...     item = await store.get(StreamGetInput(stream_name="s", group_id="g", item_id="i"))
+            ...     item["n"] = 2  # a copy: the stored item is unchanged
+            ...     return await store.get(StreamGetInput(stream_name="s", group_id="g", item_id="i"))
+            >>> asyncio.run(demo())
+            {'n': 1}
+        """
         self._limit(timeout)  # checked only: a memory operation never waits
         check_names(input.stream_name, input.group_id, input.item_id)  # as every other store refuses them
         text = self._streams.get(input.stream_name, {}).get(input.group_id, {}).get(input.item_id)
         return None if text is None else loads(text)
 
     async def set(self, input: StreamSetInput, *, timeout: float | None = None) -> StreamSetResult[Any]:
+        """Store the item; returns the old and new value. Data that is not JSON is refused here, as every store does.
+
+        Example:
+            >>> import asyncio
+            >>> async def demo() -> Any:
+            ...     store = MemoryStream()
+            ...     first = await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data=1))
+            ...     second = await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data=2))
+            ...     return (first.old_value, first.new_value), (second.old_value, second.new_value)
+            >>> asyncio.run(demo())
+            ((None, 1), (1, 2))
+        """
         self._limit(timeout)  # checked only: a memory operation never waits
         check_names(input.stream_name, input.group_id, input.item_id)
         text = json_text(input.data, "data")
@@ -93,6 +118,18 @@ class MemoryStream(FieldUpdates):
         return SetResult(old_value=old, new_value=input.data)
 
     async def delete(self, input: StreamDeleteInput, *, timeout: float | None = None) -> StreamDeleteResult:
+        """Remove the item; returns its old value (``None`` when it was missing). An emptied group disappears.
+
+        Example:
+            >>> import asyncio
+            >>> async def demo() -> Any:
+            ...     store = MemoryStream()
+            ...     await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data="x"))
+            ...     gone = await store.delete(StreamDeleteInput(stream_name="s", group_id="g", item_id="i"))
+            ...     return gone.old_value, await store.list_groups(StreamListGroupsInput(stream_name="s"))
+            >>> asyncio.run(demo())
+            ('x', [])
+        """
         self._limit(timeout)  # checked only: a memory operation never waits
         check_names(input.stream_name, input.group_id, input.item_id)
         groups = self._streams.get(input.stream_name, {})
@@ -108,12 +145,36 @@ class MemoryStream(FieldUpdates):
         return StreamDeleteResult(old_value=loads(old_text))
 
     async def list(self, input: StreamListInput, *, timeout: float | None = None) -> builtins.list[Any]:
+        """Every item value of a group, in insertion order.
+
+        Example:
+            >>> import asyncio
+            >>> async def demo() -> Any:
+            ...     store = MemoryStream()
+            ...     for item_id in ("b", "a"):
+            ...         await store.set(StreamSetInput(stream_name="s", group_id="g", item_id=item_id, data=item_id))
+            ...     return await store.list(StreamListInput(stream_name="s", group_id="g"))
+            >>> asyncio.run(demo())
+            ['b', 'a']
+        """
         self._limit(timeout)  # checked only: a memory operation never waits
         check_names(input.stream_name, input.group_id)
         group = self._streams.get(input.stream_name, {}).get(input.group_id, {})
         return [loads(text) for text in group.values()]
 
     async def list_groups(self, input: StreamListGroupsInput, *, timeout: float | None = None) -> builtins.list[str]:
+        """Every non-empty group of a stream, in insertion order.
+
+        Example:
+            >>> import asyncio
+            >>> async def demo() -> Any:
+            ...     store = MemoryStream()
+            ...     for group_id in ("work", "home"):
+            ...         await store.set(StreamSetInput(stream_name="todos", group_id=group_id, item_id="1", data=1))
+            ...     return await store.list_groups(StreamListGroupsInput(stream_name="todos"))
+            >>> asyncio.run(demo())
+            ['work', 'home']
+        """
         self._limit(timeout)  # checked only: a memory operation never waits
         check_names(input.stream_name, "")
         return builtins.list(self._streams.get(input.stream_name, {}))

@@ -80,7 +80,14 @@ def missing_extra(part: str) -> Iterator[None]:
 
 def error_line(exc: BaseException) -> str:
     """One line describing ``exc``: its first message line (the type name when it has none), passwords masked;
-    a missing optional package names the extra that installs it."""
+    a missing optional package names the extra that installs it.
+
+    Example:
+        >>> error_line(RuntimeError("cannot reach postgresql://app:s3cret@db/app\\n[SQL: SELECT 1]"))
+        'cannot reach postgresql://app:***@db/app'
+        >>> error_line(ConnectionRefusedError(111, "Connection refused")), error_line(TimeoutError())
+        ('Connection refused', 'TimeoutError')
+    """
     if isinstance(exc, ModuleNotFoundError) and exc.name:
         root, extra = _missing_package(exc)
         hint = f" (pip install 'iii-toolkit[{extra}]')" if extra else ""

@@ -124,14 +124,38 @@ def upgrade_connection(connection: Connection, revision: str = HEAD) -> str | No
     """Upgrade through a sync connection (e.g. inside ``AsyncConnection.run_sync``); returns the new revision.
 
     On PostgreSQL it first waits for any other migration of the database to commit (an advisory lock held until
-    the transaction ends)."""
+    the transaction ends).
+
+    Example:
+        >>> from sqlalchemy import create_engine
+        >>> engine = create_engine("sqlite://")  # sync code: an in-memory database
+        >>> with engine.begin() as connection:
+        ...     upgrade_connection(connection), current_revision(connection)
+        ('0001_stream_items', '0001_stream_items')
+        >>> engine.dispose()
+    """
     _serialize(connection)
     command.upgrade(_config(connection), revision)
     return current_revision(connection)
 
 
 def current_revision(connection: Connection) -> str | None:
-    """The applied revision, or ``None`` for a database never migrated."""
+    """The applied revision, or ``None`` for a database never migrated.
+
+    Example:
+        >>> import asyncio
+        >>> async def demo() -> tuple[str | None, str | None]:
+        ...     engine = create_async_engine("sqlite+aiosqlite://")
+        ...     try:
+        ...         async with engine.begin() as conn:
+        ...             before = await conn.run_sync(current_revision)
+        ...             await conn.run_sync(upgrade_connection)
+        ...             return before, await conn.run_sync(current_revision)
+        ...     finally:
+        ...         await engine.dispose()
+        >>> asyncio.run(demo())
+        (None, '0001_stream_items')
+    """
     return MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_revision()
 
 
@@ -213,5 +237,13 @@ async def upgrade(url: str, revision: str = HEAD) -> tuple[str | None, str | Non
 
 async def migrate(url: str, revision: str = HEAD) -> str | None:
     """Upgrade the database at ``url`` (``sqlite+aiosqlite:///…``, ``postgresql+asyncpg://…``); returns the new
-    revision."""
+    revision.
+
+    Example:
+        >>> import asyncio, tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     url = f"sqlite+aiosqlite:///{tmp}/streams.db"
+        ...     asyncio.run(migrate(url)), asyncio.run(migrate(url))  # the second finds nothing to do
+        ('0001_stream_items', '0001_stream_items')
+    """
     return (await upgrade(url, revision))[1]

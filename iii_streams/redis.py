@@ -305,8 +305,13 @@ def escape_name(text: str) -> str:
     return text.replace("%", "%25").replace(":", "%3A")  # '%' first, so the escapes' own '%' stays
 
 
-def unescape_name(text: str) -> str:
-    """The inverse of :func:`escape_name`; a ``%`` that starts no escape is kept literally (foreign keys)."""
+def _unescape_name(text: str) -> str:
+    """The inverse of :func:`escape_name`; a ``%`` that starts no escape is kept literally (foreign keys).
+
+    Example:
+        >>> _unescape_name(escape_name("a:50%")), _unescape_name("100%off")
+        ('a:50%', '100%off')
+    """
     return _ESCAPED.sub(lambda m: "%" if m.group(1) == "25" else ":", text) if "%" in text else text
 
 
@@ -402,7 +407,7 @@ class KeyLayout:
             return self.prefix, rest
         # the escaped stream name holds no ':', so the first one ends it
         name, sep, group = rest.partition(":")
-        return (unescape_name(name), group) if sep else None
+        return (_unescape_name(name), group) if sep else None
 
 
 STREAM_LAYOUT: Final = KeyLayout()

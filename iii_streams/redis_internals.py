@@ -56,7 +56,15 @@ class OneShotPubSub(PubSub):
 
 def one_shot(pubsub: PubSub) -> PubSub:
     """``pubsub`` (made by its client: its pool, encoder and event dispatcher) run the :class:`OneShotPubSub` way
-    when this redis-py has what that needs; as it is otherwise."""
+    when this redis-py has what that needs; as it is otherwise.
+
+    Example:
+        >>> import redis.asyncio as aioredis
+        >>> client = aioredis.Redis()  # nothing connects until the first command
+        >>> pubsub = one_shot(client.pubsub(ignore_subscribe_messages=False))
+        >>> pubsub.connection_pool is client.connection_pool, pubsub.ignore_subscribe_messages
+        (True, False)
+    """
     global _warned
     if not MISSING:
         pubsub.__class__ = OneShotPubSub

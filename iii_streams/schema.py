@@ -52,17 +52,34 @@ def _digest(*parts: str) -> bytes:
 
 
 def stream_key(stream_name: str) -> bytes:
-    """16-byte key of a stream."""
+    """16-byte key of a stream.
+
+    Example:
+        >>> len(stream_key("orders")), stream_key("orders") == stream_key("orders"), stream_key("a") == stream_key("b")
+        (16, True, False)
+    """
     return _digest(stream_name)
 
 
 def group_key(stream_name: str, group_id: str) -> bytes:
-    """16-byte key of a group."""
+    """16-byte key of a group.
+
+    Example:
+        >>> group_key("orders", "eu") == group_key("orders", "eu"), group_key("a:b", "c") == group_key("a", "b:c")
+        (True, False)
+    """
     return _digest(stream_name, group_id)
 
 
 def item_key(stream_name: str, group_id: str, item_id: str) -> bytes:
-    """16-byte key of an item."""
+    """16-byte key of an item (the table's unique lookup key).
+
+    Example:
+        >>> from sqlalchemy import select
+        >>> query = select(items.c.value).where(items.c.item_key == item_key("orders", "eu", "o-1"))
+        >>> len(item_key("orders", "eu", "o-1")), item_key("s", "g", "i") == group_key("s", "g")
+        (16, False)
+    """
     if len(stream_name) + len(group_id) + len(item_id) <= _CACHED_NAME_CHARS:
         return _cached_item_key(stream_name, group_id, item_id)
     return _digest(stream_name, group_id, item_id)

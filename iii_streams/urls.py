@@ -30,7 +30,16 @@ _SQL_SCHEMES: Final = ("sqlite", "sqlite+aiosqlite", "postgresql", "postgresql+a
 
 
 def scheme_of(url: str) -> str:
-    """The lower-cased scheme of ``url`` (before ``://`` or ``:``)."""
+    """The lower-cased scheme of ``url`` (before ``://`` or ``:``).
+
+    Example:
+        >>> scheme_of("Redis://cache:6379/0"), scheme_of("postgresql+asyncpg://db/app"), scheme_of("memory:")
+        ('redis', 'postgresql+asyncpg', 'memory')
+        >>> scheme_of("localhost")
+        Traceback (most recent call last):
+        ...
+        ValueError: not a URL (no scheme): 'localhost'
+    """
     head, sep, _ = url.partition(":")
     if not sep or not head:
         raise ValueError(f"not a URL (no scheme): {url!r}")
