@@ -3,9 +3,9 @@
 Every ``from_*`` function writes into a channel writer (EOF with trailer on success, abort on failure) and
 returns the bytes sent; every ``to_*`` function reads a channel into something and returns the bytes received.
 
-Example:
-    >>> async def archive(writer) -> None:
-    ...     await from_process(writer, ["tar", "c", "data/"], progress=True)
+Example (each function's own example runs one end to end):
+    >>> async def archive(writer: ChannelWriter) -> int:  # a tar stream of data/ into the channel
+    ...     return await from_process(writer, ["tar", "c", "data/"], progress=True)
 """
 
 from __future__ import annotations
@@ -543,8 +543,21 @@ async def from_process(
     in ``popen`` keeps it where the caller says, and then only the command itself is killed.
 
     Example:
-        >>> async def archive(writer) -> int:
-        ...     return await from_process(writer, ["sh", "-c", "tar c data/ | gzip"], exit_timeout=10)
+        >>> import asyncio
+        >>> from iii import III
+        >>> from iii_engine import Engine, EngineConfig
+        >>> async def demo() -> tuple[int, bytes]:
+        ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+        ...         iii = III(engine.url)
+        ...         await iii.connect_async()
+        ...         ch = await iii.create_channel_async()
+        ...         command = ["sh", "-c", "printf hello | tr a-z A-Z"]  # e.g. ["tar", "c", "data/"]
+        ...         sent, got = await asyncio.gather(from_process(ch.writer, command, exit_timeout=10),
+        ...                                          ChannelSource(ch.reader, require_trailer=True).read_all())
+        ...         await iii.shutdown_async()
+        ...         return sent, got
+        >>> asyncio.run(demo())
+        (5, b'HELLO')
     """
     try:
         _check_argv(argv)
@@ -599,8 +612,27 @@ async def to_process(
     this raises.
 
     Example:
-        >>> async def unpack(reader) -> int:
-        ...     return await to_process(reader, ["tar", "x", "-C", "out/"], require_trailer=True)
+        >>> import asyncio, tempfile
+        >>> from pathlib import Path
+        >>> from iii import III
+        >>> from iii_engine import Engine, EngineConfig
+        >>> async def demo() -> tuple[int, bytes]:
+        ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+        ...         iii = III(engine.url)
+        ...         await iii.connect_async()
+        ...         ch = await iii.create_channel_async()
+        ...         async def lines() -> AsyncIterable[bytes]:
+        ...             yield b"b a c"
+        ...         with tempfile.TemporaryDirectory() as tmp:
+        ...             out = Path(tmp, "sorted")
+        ...             command = ["sh", "-c", f"tr ' ' '\\n' | sort | tr -d '\\n' > {out}"]  # e.g. ["tar", "x"]
+        ...             fed, _ = await asyncio.gather(to_process(ch.reader, command, require_trailer=True),
+        ...                                           from_iterable(ch.writer, lines()))
+        ...             data = out.read_bytes()
+        ...         await iii.shutdown_async()
+        ...         return fed, data
+        >>> asyncio.run(demo())
+        (5, b'abc')
     """
     try:
         _check_argv(argv)
