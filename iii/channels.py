@@ -268,6 +268,7 @@ class ChannelWriter:
         # a socket of its own, refused as a second writer, the abort was lost, the write went through, and the
         # reader waited for an end that never came).
         self._connecting: asyncio.Future[WebSocketEnd] | None = None
+        self._connect_waiters = 0  # callers waiting for _connecting
         self._send_lock = asyncio.Lock()
         self._queue: deque[tuple[bytes | str, asyncio.Future[None] | None]] = deque()
         self._pending_bytes = 0
@@ -385,12 +386,29 @@ class ChannelWriter:
             raise ChannelClosedError(f"channel {self._channel_id} writer is closed", channel_id=self._channel_id)
 
     async def _ensure_connected(self) -> WebSocketEnd:
-        if self._end is None:
+        while self._end is None:
             if self._connecting is None:
                 self._connecting = asyncio.ensure_future(_connect(self._url, self._channel_id))
                 self._connecting.add_done_callback(self._connected)
-            # (shielded: a caller cancelled while connecting leaves the socket to the next one, or to close/abort)
-            end = await asyncio.shield(self._connecting)
+            # Shielded: a caller cancelled while connecting leaves the socket to another one waiting for it (an
+            # abort). When nobody else waits, the connect goes with its caller: a socket left attached and never
+            # closed held the reader for good (a cancelled connect lets the channel expire at the attach deadline).
+            connecting = self._connecting
+            self._connect_waiters += 1
+            try:
+                end = await asyncio.shield(connecting)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if connecting.cancelled() and (task is None or not task.cancelling()):
+                    # the connect went with an earlier caller, not this one: connect afresh
+                    if self._connecting is connecting:
+                        self._connecting = None
+                    continue
+                if self._connect_waiters == 1 and not connecting.done():
+                    connecting.cancel()
+                raise
+            finally:
+                self._connect_waiters -= 1
             if self._end is None:
                 self._end = end
         return self._end

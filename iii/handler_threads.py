@@ -45,7 +45,7 @@ def _probe() -> tuple[str, ...]:
     """The :class:`ThreadPoolExecutor` internals :func:`blocked` uses that this Python lacks."""
     probe = ThreadPoolExecutor(max_workers=1)
     try:
-        names = ("_max_workers", "_shutdown_lock", "_work_queue", "_adjust_thread_count", "_shutdown")
+        names = ("_max_workers", "_shutdown_lock", "_work_queue", "_adjust_thread_count", "_shutdown", "_threads")
         return tuple(name for name in names if not hasattr(probe, name))
     finally:
         probe.shutdown(wait=False)
@@ -80,7 +80,7 @@ class HandlerThreads(ThreadPoolExecutor):
     @property
     def threads(self) -> int:
         """Threads started so far."""
-        return len(self._threads)
+        return len(getattr(self, "_threads", ()))
 
     @contextmanager
     def _blocked(self) -> Iterator[None]:

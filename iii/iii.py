@@ -348,9 +348,9 @@ class III:
             for failure in self._session.close():
                 self._calls.fail(failure.invocation_id, failure.error)
             await self._bridge.cancel_tasks()
-            self._runner.close()
             self._set_connection_state("disconnected")
         finally:
+            self._runner.close()  # also when a step above failed: the handler threads never outlive the client
             self._shut.set_result(None)
 
     def get_connection_state(self) -> IIIConnectionState:

@@ -63,9 +63,9 @@ def _make_ids() -> None:
     """Make :data:`_ID_BATCH` channels' ids and keys from one ``os.urandom`` call, in a fixed number of C-level
     passes over the whole batch and none per channel.
 
-    Why: formatting each UUID in Python (slices and an f-string) and base64-encoding the keys cost ~13k
-    instructions per channel, the largest part of the REST API's per-request channel cost (two channels per
-    request); this costs ~2k. Each character comes from its own random byte (:data:`_HEX_DIGITS`,
+    Why: formatting each UUID in Python (slices and an f-string) and base64-encoding the keys made ids and keys the
+    largest part of the REST API's per-request channel cost (two channels per request): a channel cost ~5.2k
+    instructions in all, ~3.6k with this. Each character comes from its own random byte (:data:`_HEX_DIGITS`,
     :data:`_KEY_CHARS`); the dashes, the version digit (4) and the spaces that ``split`` cuts at are written over
     whole columns of the batch at once.
     """
