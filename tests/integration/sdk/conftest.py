@@ -18,9 +18,10 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import Any, Generic, Protocol, Self, TypeVar
 
 import pytest
@@ -38,6 +39,7 @@ T = TypeVar("T")
 
 FAST_RECONNECT = ReconnectionConfig(initial_delay_ms=20, max_delay_ms=200, jitter_factor=0.0)
 MakeWorker = Callable[..., III]
+MakeWorkerAt = Callable[..., III]  # make(url, name="w", **options)
 
 _OWN_PORT_MODULES = ("modules::stream::StreamModule", "modules::api::RestApiModule")
 
@@ -275,11 +277,12 @@ def reconnected(client: III, old_worker_id: str | None) -> bool:
     return client.worker_id not in (None, old_worker_id)
 
 
-def workers_of(url: str) -> Iterator[MakeWorker]:
-    """Fixture body: yield ``make(name="w", **options)`` registering workers on ``url``; shut them all down after."""
+def workers_at() -> Iterator[MakeWorkerAt]:
+    """Fixture body: yield ``make(url, name="w", **options)`` registering workers on any URL (tests that restart an
+    engine on another port); shut them all down after."""
     made: list[III] = []
 
-    def make(name: str = "w", **options: Any) -> III:
+    def make(url: str, name: str = "w", **options: Any) -> III:
         options.setdefault("reconnection_config", FAST_RECONNECT)
         client = register_worker(url, InitOptions(worker_name=name, **options))
         made.append(client)
@@ -288,6 +291,12 @@ def workers_of(url: str) -> Iterator[MakeWorker]:
     yield make
     for client in made:
         client.shutdown()
+
+
+def workers_of(url: str) -> Iterator[MakeWorker]:
+    """Fixture body: yield ``make(name="w", **options)`` registering workers on ``url``; shut them all down after."""
+    for make in workers_at():
+        yield functools.partial(make, url)
 
 
 @pytest.fixture
@@ -325,3 +334,22 @@ def served(request: pytest.FixtureRequest) -> Iterator[Harness]:
 def make_worker(served: Harness) -> Iterator[MakeWorker]:
     """Workers on :func:`served`."""
     yield from workers_of(served.url)
+
+
+@pytest.fixture
+def workers() -> Iterator[MakeWorkerAt]:
+    """Workers on whichever engine URL each is given (see :func:`workers_at`)."""
+    yield from workers_at()
+
+
+@pytest.fixture
+async def worker() -> AsyncIterator[III]:
+    """One client, connected on the test's loop, of our engine (default configuration) embedded in that same loop:
+    tests can patch and gate both sides without threads. The client is shut down before the engine stops."""
+    async with Engine(port=0) as engine:
+        client = III(engine.url)
+        await client.connect_async()
+        try:
+            yield client
+        finally:
+            await client.shutdown_async()

@@ -14,22 +14,22 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pytest
 import websockets
 
-from iii import InitOptions, TriggerAction
+from iii import TriggerAction
 from iii.connection import Connection
 from iii.errors import ConnectionLostError, InvocationError
-from iii.iii import III, register_worker
+from iii.iii import III
 from iii_engine import Engine, EngineConfig
 from iii_engine.config import ChannelSettings
 from tests.services import skip_on_external_engine
 
-from .conftest import FAST_RECONNECT, ServedOnThread, wait_until
+from .conftest import MakeWorkerAt, ServedOnThread, wait_until
 
 LIMIT = 64 * 1024
 MAX_MESSAGE_SIZE_HEADER = "X-III-Max-Message-Size"  # (spelled out: it is the wire's, not a name of ours to follow)
@@ -54,20 +54,6 @@ def ours() -> Iterator[ServedOnThread[Engine]]:
         yield engine
 
 
-@pytest.fixture
-def workers() -> Iterator[Callable[[str, str], III]]:
-    made: list[III] = []
-
-    def make(url: str, name: str) -> III:
-        client = register_worker(url, InitOptions(worker_name=name, reconnection_config=FAST_RECONNECT))
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.shutdown()
-
-
 class Slow:
     """A handler that holds its invocation until released: a call in flight while something else happens."""
 
@@ -81,7 +67,7 @@ class Slow:
         return {"slow": data}
 
 
-def _setup(served: ServedOnThread[Engine], workers: Callable[[str, str], III]) -> tuple[III, III, Slow]:
+def _setup(served: ServedOnThread[Engine], workers: MakeWorkerAt) -> tuple[III, III, Slow]:
     callee, caller = workers(served.url, "callee"), workers(served.url, "caller")
     slow = Slow()
     callee.register_function("slow", slow)
@@ -111,7 +97,7 @@ def test_our_engine_names_its_limit_on_the_control_socket_only_outside_productio
 
 
 def test_an_oversized_call_fails_alone_with_the_size_the_limit_and_the_advice(
-        ours: ServedOnThread[Engine], workers: Callable[[str, str], III]) -> None:
+        ours: ServedOnThread[Engine], workers: MakeWorkerAt) -> None:
     _, caller, slow = _setup(ours, workers)
     worker_id = caller.worker_id
     with ThreadPoolExecutor(1) as pool:
@@ -140,7 +126,7 @@ def test_an_oversized_call_fails_alone_with_the_size_the_limit_and_the_advice(
 
 
 def test_an_oversized_call_on_the_clients_own_loop_is_refused(
-        ours: ServedOnThread[Engine], workers: Callable[[str, str], III]) -> None:
+        ours: ServedOnThread[Engine], workers: MakeWorkerAt) -> None:
     callee, caller, _ = _setup(ours, workers)
 
     async def relay(data: Any) -> Any:  # runs on the callee's loop: trigger_async takes the loop's own path
@@ -158,7 +144,7 @@ def test_an_oversized_call_on_the_clients_own_loop_is_refused(
 
 
 def test_an_oversized_result_is_answered_with_an_error_and_the_callee_stays_connected(
-        ours: ServedOnThread[Engine], workers: Callable[[str, str], III]) -> None:
+        ours: ServedOnThread[Engine], workers: MakeWorkerAt) -> None:
     callee, caller, slow = _setup(ours, workers)
     worker_id = callee.worker_id
     with ThreadPoolExecutor(1) as pool:
@@ -173,7 +159,7 @@ def test_an_oversized_result_is_answered_with_an_error_and_the_callee_stays_conn
 
 
 def test_without_a_named_limit_nothing_is_refused_and_the_1009_close_is_named(
-        workers: Callable[[str, str], III]) -> None:
+        workers: MakeWorkerAt) -> None:
     skip_on_external_engine("needs our engine with a small max_message_size")
     with ServedOnThread(lambda: _engine(production_mode=True)) as served:
         _, caller, slow = _setup(served, workers)

@@ -24,14 +24,14 @@ from opentelemetry import trace
 from iii import InitOptions, OtelConfig, telemetry
 from iii.connection import Connection
 from iii.errors import InvocationError
-from iii.iii import III, register_worker
+from iii.iii import III
 from iii.pending_calls import ThreadWaiter
 from iii.triggers import TriggerConfig, TriggerHandler
 from iii_engine import Engine, EngineConfig
 from iii_engine.config import ChannelSettings
 from tests.services import skip_on_external_engine
 
-from .conftest import FAST_RECONNECT, ServedOnThread, wait_until
+from .conftest import FAST_RECONNECT, MakeWorkerAt, ServedOnThread, wait_until
 
 LIMIT = 64 * 1024
 BIG = "x" * LIMIT
@@ -47,20 +47,6 @@ def ours() -> Iterator[ServedOnThread[Engine]]:
     skip_on_external_engine("needs our engine with a small max_message_size")
     with ServedOnThread(_engine) as engine:
         yield engine
-
-
-@pytest.fixture
-def workers() -> Iterator[Callable[..., III]]:
-    made: list[III] = []
-
-    def make(url: str, name: str, **options: Any) -> III:
-        client = register_worker(url, InitOptions(worker_name=name, reconnection_config=FAST_RECONNECT, **options))
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.shutdown()
 
 
 @pytest.fixture
@@ -106,7 +92,7 @@ REGISTRATIONS: dict[str, tuple[str, Callable[[III], Any]]] = {
 
 @pytest.mark.parametrize("kind", list(REGISTRATIONS))
 def test_an_oversized_registration_raises_at_once_and_is_never_sent_or_replayed(
-        kind: str, ours: ServedOnThread[Engine], workers: Callable[..., III], connects: Callable[[], int]) -> None:
+        kind: str, ours: ServedOnThread[Engine], workers: MakeWorkerAt, connects: Callable[[], int]) -> None:
     client = workers(ours.url, "w")
     client.register_function("echo", lambda d: d)
     wait_until(lambda: "echo" in ours.engine.registry.functions)
@@ -164,7 +150,7 @@ def test_a_registration_made_before_the_limit_was_known_is_left_out_of_the_repla
 
 
 def test_an_oversized_trigger_registration_answer_is_not_sent(
-        ours: ServedOnThread[Engine], workers: Callable[..., III], connects: Callable[[], int]) -> None:
+        ours: ServedOnThread[Engine], workers: MakeWorkerAt, connects: Callable[[], int]) -> None:
     owner, other = workers(ours.url, "owner"), workers(ours.url, "other")
     refusing = Owner(refusal=BIG)
     owner.register_trigger_type({"id": "hook", "description": "hooks"}, refusing)
@@ -178,7 +164,7 @@ def test_an_oversized_trigger_registration_answer_is_not_sent(
 
 
 def test_an_oversized_telemetry_frame_is_not_sent(
-        ours: ServedOnThread[Engine], workers: Callable[..., III], connects: Callable[[], int]) -> None:
+        ours: ServedOnThread[Engine], workers: MakeWorkerAt, connects: Callable[[], int]) -> None:
     client = workers(ours.url, "w")
     worker_id = client.worker_id
     client.send_telemetry(b"LOGS" + b'{"resourceLogs":[],"x":"%s"}' % BIG.encode())
@@ -187,7 +173,7 @@ def test_an_oversized_telemetry_frame_is_not_sent(
 
 
 def test_span_batches_are_split_under_a_smaller_engine_limit(
-        ours: ServedOnThread[Engine], workers: Callable[..., III], connects: Callable[[], int]) -> None:
+        ours: ServedOnThread[Engine], workers: MakeWorkerAt, connects: Callable[[], int]) -> None:
     telemetry.shutdown_otel()
     on = OtelConfig(enabled=True, service_name="hbig2", fetch_instrumentation_enabled=False, metrics_enabled=False,
                     logs_enabled=False)
@@ -257,7 +243,7 @@ async def test_every_frame_is_checked_against_the_limit_of_the_socket_it_is_writ
 
 
 def test_a_call_built_against_no_limit_is_checked_against_the_new_socket(
-        workers: Callable[..., III], connects: Callable[[], int]) -> None:
+        workers: MakeWorkerAt, connects: Callable[[], int]) -> None:
     """The race at reconnect, made deterministic: a call's frame is built while the socket has no limit (the engine
     names none), and started once a socket with a limit replaced it."""
     skip_on_external_engine("needs our engine with a small max_message_size")

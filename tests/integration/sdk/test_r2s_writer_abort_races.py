@@ -12,7 +12,6 @@ a socket of its own: refused as a second writer, the abort was lost and the read
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -20,22 +19,10 @@ from iii import channels as channels_module
 from iii.channels import ChannelAbortedError, ChannelClosedError, ChannelError, ReaderGoneError
 from iii.iii import III
 from iii.types import Channel
-from iii_engine import Engine
 
 pytestmark = [pytest.mark.our_engine("reads the abort through our relay"), pytest.mark.timeout(30)]
 
 BIG = 64 << 20  # far over what the engine and the kernel buffer for a reader that stopped reading
-
-
-@pytest.fixture
-async def worker() -> AsyncIterator[III]:
-    async with Engine(port=0) as engine:
-        client = III(engine.url)
-        await client.connect_async()
-        try:
-            yield client
-        finally:
-            await client.shutdown_async()
 
 
 async def _reader_outcome(channel: Channel) -> BaseException | str:

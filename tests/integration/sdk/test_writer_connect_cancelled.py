@@ -6,27 +6,14 @@ connect lets the channel expire at the attach deadline."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from iii import channels as channels_module
 from iii.iii import III
-from iii_engine import Engine
 
 pytestmark = [pytest.mark.our_engine("gates the writer's connect"), pytest.mark.timeout(30)]
-
-
-@pytest.fixture
-async def worker() -> AsyncIterator[III]:
-    async with Engine(port=0) as engine:
-        client = III(engine.url)
-        await client.connect_async()
-        try:
-            yield client
-        finally:
-            await client.shutdown_async()
 
 
 class _GatedConnect:
