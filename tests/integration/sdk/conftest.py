@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import threading
 import time
@@ -30,6 +31,7 @@ from iii import InitOptions, ReconnectionConfig
 from iii.iii import III, register_worker
 from iii.wire import dumps
 from iii_engine import Engine, EngineConfig, ModuleSpec
+from iii_engine.config import ChannelSettings
 from iii_engine.modules.catalogue import DEFAULT_MODULES
 from tests.services import skip_on_external_engine
 
@@ -260,6 +262,24 @@ class RealEngineThread(ServedOnThread[Engine], _Views):
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+SMALL_LIMIT = 64 * 1024
+
+
+def small_limit_engine(port: int = 0, production_mode: bool = False) -> Engine:
+    """Our engine without modules, its ``max_message_size`` :data:`SMALL_LIMIT` (frames over it are cheap to build);
+    ``port`` brings it back on the URL a stopped one had."""
+    return Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[], max_message_size=SMALL_LIMIT,
+                                      channels=ChannelSettings(production_mode=production_mode)), port=port)
+
+
+@contextlib.contextmanager
+def small_limit_served(production_mode: bool = False) -> Iterator[ServedOnThread[Engine]]:
+    """:func:`small_limit_engine` on a background loop (skips the test against an external engine)."""
+    skip_on_external_engine("needs our engine with a small max_message_size")
+    with ServedOnThread(lambda: small_limit_engine(production_mode=production_mode)) as served:
+        yield served
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:

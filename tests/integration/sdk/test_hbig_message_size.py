@@ -25,32 +25,24 @@ from iii import TriggerAction
 from iii.connection import Connection
 from iii.errors import ConnectionLostError, InvocationError
 from iii.iii import III
-from iii_engine import Engine, EngineConfig
-from iii_engine.config import ChannelSettings
+from iii_engine import Engine
 from tests.services import skip_on_external_engine
 
-from .conftest import MakeWorkerAt, ServedOnThread, wait_until
+from .conftest import SMALL_LIMIT, MakeWorkerAt, ServedOnThread, small_limit_engine, small_limit_served, wait_until
 
-LIMIT = 64 * 1024
+LIMIT = SMALL_LIMIT
 MAX_MESSAGE_SIZE_HEADER = "X-III-Max-Message-Size"  # (spelled out: it is the wire's, not a name of ours to follow)
-
-
-def _engine(production_mode: bool = False) -> Engine:
-    return Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[], max_message_size=LIMIT,
-                                      channels=ChannelSettings(production_mode=production_mode)))
 
 
 @pytest.fixture(params=[False, True], ids=["ours", "production_mode"])
 def served(request: pytest.FixtureRequest) -> Iterator[ServedOnThread[Engine]]:
-    skip_on_external_engine("needs our engine with a small max_message_size")
-    with ServedOnThread(lambda: _engine(request.param)) as engine:
+    with small_limit_served(request.param) as engine:
         yield engine
 
 
 @pytest.fixture
 def ours() -> Iterator[ServedOnThread[Engine]]:
-    skip_on_external_engine("needs our engine with a small max_message_size")
-    with ServedOnThread(_engine) as engine:
+    with small_limit_served() as engine:
         yield engine
 
 
@@ -160,8 +152,7 @@ def test_an_oversized_result_is_answered_with_an_error_and_the_callee_stays_conn
 
 def test_without_a_named_limit_nothing_is_refused_and_the_1009_close_is_named(
         workers: MakeWorkerAt) -> None:
-    skip_on_external_engine("needs our engine with a small max_message_size")
-    with ServedOnThread(lambda: _engine(production_mode=True)) as served:
+    with small_limit_served(production_mode=True) as served:
         _, caller, slow = _setup(served, workers)
         with ThreadPoolExecutor(1) as pool:
             call = _in_flight(pool, caller, slow)
@@ -176,7 +167,7 @@ def test_without_a_named_limit_nothing_is_refused_and_the_1009_close_is_named(
 
 async def test_a_call_queued_before_the_limit_was_known_fails_when_a_socket_with_a_smaller_one_flushes_it() -> None:
     skip_on_external_engine("needs our engine with a small max_message_size")
-    engine = _engine()
+    engine = small_limit_engine()
     await engine.start()
     refused: asyncio.Future[tuple[str, int, int]] = asyncio.get_running_loop().create_future()
     ready = asyncio.Event()

@@ -27,25 +27,26 @@ from iii.errors import InvocationError
 from iii.iii import III
 from iii.pending_calls import ThreadWaiter
 from iii.triggers import TriggerConfig, TriggerHandler
-from iii_engine import Engine, EngineConfig
-from iii_engine.config import ChannelSettings
+from iii_engine import Engine
 from tests.services import skip_on_external_engine
 
-from .conftest import FAST_RECONNECT, MakeWorkerAt, ServedOnThread, wait_until
+from .conftest import (
+    FAST_RECONNECT,
+    SMALL_LIMIT,
+    MakeWorkerAt,
+    ServedOnThread,
+    small_limit_engine,
+    small_limit_served,
+    wait_until,
+)
 
-LIMIT = 64 * 1024
+LIMIT = SMALL_LIMIT
 BIG = "x" * LIMIT
-
-
-def _engine(port: int = 0, production_mode: bool = False) -> Engine:
-    return Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[], max_message_size=LIMIT,
-                                      channels=ChannelSettings(production_mode=production_mode)), port=port)
 
 
 @pytest.fixture
 def ours() -> Iterator[ServedOnThread[Engine]]:
-    skip_on_external_engine("needs our engine with a small max_message_size")
-    with ServedOnThread(_engine) as engine:
+    with small_limit_served() as engine:
         yield engine
 
 
@@ -113,7 +114,7 @@ def test_an_oversized_registration_raises_at_once_and_is_never_sent_or_replayed(
     # The book holds nothing over the limit: a new connection replays cleanly.
     port = int(ours.url.rsplit(":", 1)[1])
     ours.run(ours.engine.stop())
-    ours.engine = _engine(port)
+    ours.engine = small_limit_engine(port)
     ours.run(ours.engine.start())
     wait_until(lambda: client.worker_id not in (None, worker_id))
     _still_on(client, client.worker_id)
@@ -132,7 +133,7 @@ def test_a_registration_made_before_the_limit_was_known_is_left_out_of_the_repla
         client.register_service({"id": "bigservice", "description": BIG})
         client.register_trigger({"type": "engine::functions-available", "function_id": "small",
                                  "config": {"topic": BIG}})
-        ours.engine = _engine(int(url.rsplit(":", 1)[1]))
+        ours.engine = small_limit_engine(int(url.rsplit(":", 1)[1]))
         ours.run(ours.engine.start())
         wait_until(lambda: client.worker_id is not None)
         worker_id = client.worker_id
@@ -197,7 +198,7 @@ async def test_every_frame_is_checked_against_the_limit_of_the_socket_it_is_writ
     """A frame built before the connection changed (a call made on another thread while the socket was replaced)
     reaches the socket through any of the send paths: each checks it against the socket's own limit."""
     skip_on_external_engine("needs our engine with a small max_message_size")
-    engine = _engine()
+    engine = small_limit_engine()
     await engine.start()
     loop = asyncio.get_running_loop()
     refused: list[tuple[str, int, int]] = []
@@ -246,14 +247,13 @@ def test_a_call_built_against_no_limit_is_checked_against_the_new_socket(
         workers: MakeWorkerAt, connects: Callable[[], int]) -> None:
     """The race at reconnect, made deterministic: a call's frame is built while the socket has no limit (the engine
     names none), and started once a socket with a limit replaced it."""
-    skip_on_external_engine("needs our engine with a small max_message_size")
-    with ServedOnThread(lambda: _engine(production_mode=True)) as served:
+    with small_limit_served(production_mode=True) as served:
         client = workers(served.url, "w")
         client.register_function("echo", lambda d: d)
         port = int(served.url.rsplit(":", 1)[1])
         function_id, invocation_id, frame, timeout = client._prepare_call({"function_id": "echo", "payload": BIG})
         served.run(served.engine.stop())
-        served.engine = _engine(port)
+        served.engine = small_limit_engine(port)
         served.run(served.engine.start())
         wait_until(lambda: client.worker_id is not None and client.get_connection_state() == "connected")
         worker_id = client.worker_id
