@@ -27,7 +27,7 @@ from typing import Any, Generic, Protocol, Self, TypeVar
 
 import pytest
 
-from iii import InitOptions, ReconnectionConfig
+from iii import InitOptions, ReconnectionConfig, telemetry
 from iii.iii import III, register_worker
 from iii.wire import dumps
 from iii_engine import Engine, EngineConfig, ModuleSpec
@@ -354,6 +354,22 @@ def served(request: pytest.FixtureRequest) -> Iterator[Harness]:
 def make_worker(served: Harness) -> Iterator[MakeWorker]:
     """Workers on :func:`served`."""
     yield from workers_of(served.url)
+
+
+@pytest.fixture
+def real() -> Iterator[RealEngineThread]:
+    """Our real engine alone (tests that read what it counted or restart it)."""
+    with RealEngineThread() as served:
+        yield served
+
+
+@pytest.fixture
+def fresh_telemetry() -> Iterator[None]:
+    """Telemetry is process-wide: start and end the test from "not initialised". Ask for it with
+    ``pytest.mark.usefixtures`` so it is set up before, and torn down after, the engine and workers of the test."""
+    telemetry.shutdown_otel()
+    yield
+    telemetry.shutdown_otel()
 
 
 @pytest.fixture

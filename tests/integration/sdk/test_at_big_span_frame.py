@@ -16,18 +16,16 @@ from iii.logger import Logger
 
 from .conftest import MakeWorker, RealEngineThread, workers_of
 
-pytestmark = pytest.mark.our_engine("calls between two workers of this process on our engine")
+pytestmark = [pytest.mark.our_engine("calls between two workers of this process on our engine"),
+              pytest.mark.usefixtures("fresh_telemetry")]
 
 ON = OtelConfig(enabled=True, service_name="big-span", fetch_instrumentation_enabled=False,
                 metrics_enabled=False, logs_enabled=False)
 
 
 @pytest.fixture
-def make_worker() -> Iterator[MakeWorker]:
-    telemetry.shutdown_otel()
-    with RealEngineThread() as real:
-        yield from workers_of(real.url)
-    telemetry.shutdown_otel()
+def make_worker(real: RealEngineThread) -> Iterator[MakeWorker]:
+    yield from workers_of(real.url)
 
 
 def test_big_span_batches_leave_the_worker_connected(make_worker: MakeWorker, monkeypatch: pytest.MonkeyPatch) -> None:

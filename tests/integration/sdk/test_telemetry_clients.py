@@ -16,19 +16,11 @@ from iii.logger import Logger
 
 from .conftest import MakeWorker, RealEngineThread, workers_of
 
-pytestmark = pytest.mark.our_engine("reads the telemetry frames our engine counted per connection")
+pytestmark = [pytest.mark.our_engine("reads the telemetry frames our engine counted per connection"),
+              pytest.mark.usefixtures("fresh_telemetry")]
 
 ON = OtelConfig(enabled=True, service_name="telemetry-clients", fetch_instrumentation_enabled=False,
                 metrics_enabled=False, logs_enabled=True)
-
-
-@pytest.fixture
-def real() -> Iterator[RealEngineThread]:
-    # Telemetry is process-wide: start and end every test from "not initialised".
-    telemetry.shutdown_otel()
-    with RealEngineThread() as served:
-        yield served
-    telemetry.shutdown_otel()
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ from iii.iii import III
 
 from .conftest import MakeWorker, RealEngineThread, workers_of
 
-pytestmark = pytest.mark.our_engine("runs the chain on our engine on a background loop")
+pytestmark = [pytest.mark.our_engine("runs the chain on our engine on a background loop"),
+              pytest.mark.usefixtures("fresh_telemetry")]
 
 ON = OtelConfig(enabled=True, service_name="trace-e2e", fetch_instrumentation_enabled=False,
                 metrics_enabled=False, logs_enabled=False)
@@ -27,15 +28,6 @@ REMOTE_TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 REMOTE_TRACEPARENT = f"00-{REMOTE_TRACE_ID}-00f067aa0ba902b7-01"
 
 Seen = dict[str, tuple[str | None, dict[str, str]]]
-
-
-@pytest.fixture
-def real() -> Iterator[RealEngineThread]:
-    # Telemetry is process-wide: start and end every test from "not initialised".
-    telemetry.shutdown_otel()
-    with RealEngineThread() as served:
-        yield served
-    telemetry.shutdown_otel()
 
 
 @pytest.fixture
