@@ -12,6 +12,7 @@ import pytest
 
 from iii import channels as channels_module
 from iii.iii import III
+from iii.types import Channel
 
 pytestmark = [pytest.mark.our_engine("gates the writer's connect"), pytest.mark.timeout(30)]
 
@@ -36,13 +37,20 @@ class _GatedConnect:
         return await self.real(*args)
 
 
-async def test_a_write_cancelled_while_connecting_takes_its_connect_with_it(
-        worker: III, monkeypatch: pytest.MonkeyPatch) -> None:
+async def _first_write_connecting(
+        worker: III, monkeypatch: pytest.MonkeyPatch) -> tuple[_GatedConnect, Channel, asyncio.Future[None]]:
+    """A new channel whose writer's first write is held in its connect (at the gate)."""
     gated = _GatedConnect()
     monkeypatch.setattr(channels_module, "_connect", gated)
     channel = await worker.create_channel_async()
     write = asyncio.ensure_future(channel.writer.write(b"first"))
     await gated.started.wait()
+    return gated, channel, write
+
+
+async def test_a_write_cancelled_while_connecting_takes_its_connect_with_it(
+        worker: III, monkeypatch: pytest.MonkeyPatch) -> None:
+    gated, channel, write = await _first_write_connecting(worker, monkeypatch)
     write.cancel()
     with pytest.raises(asyncio.CancelledError):
         await write
@@ -56,11 +64,7 @@ async def test_a_write_cancelled_while_connecting_takes_its_connect_with_it(
 
 async def test_a_connect_an_abort_waits_for_survives_the_write_that_started_it(
         worker: III, monkeypatch: pytest.MonkeyPatch) -> None:
-    gated = _GatedConnect()
-    monkeypatch.setattr(channels_module, "_connect", gated)
-    channel = await worker.create_channel_async()
-    write = asyncio.ensure_future(channel.writer.write(b"first"))
-    await gated.started.wait()
+    gated, channel, write = await _first_write_connecting(worker, monkeypatch)
     abort = asyncio.ensure_future(channel.writer.abort("gave up"))
     await asyncio.sleep(0)  # (lets the abort reach its wait for the connect)
     write.cancel()
