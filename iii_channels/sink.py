@@ -100,7 +100,27 @@ class ChannelSink:
         return self._queued_bytes
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Queue ``data``; waits while more than ``high_water_mark`` bytes are queued."""
+        """Queue ``data``; waits while more than ``high_water_mark`` bytes are queued.
+
+        Example:
+            >>> import asyncio
+            >>> from iii import III
+            >>> from iii_channels import ChannelSource
+            >>> from iii_engine import Engine, EngineConfig
+            >>> async def demo() -> bytes:
+            ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+            ...         iii = III(engine.url)
+            ...         await iii.connect_async()
+            ...         ch = await iii.create_channel_async()
+            ...         async with ChannelSink(ch.writer, high_water_mark=1024) as out:
+            ...             await out.write(b"header")
+            ...             await out.write(memoryview(b"--body")[2:])
+            ...         result = await ChannelSource(ch.reader).read_all()
+            ...         await iii.shutdown_async()
+            ...         return result
+            >>> asyncio.run(demo())
+            b'headerbody'
+        """
         self._check()
         if type(data) is bytes:
             chunk = data
@@ -120,7 +140,28 @@ class ChannelSink:
             await self._wait_progress()
 
     async def send_text(self, message: str) -> None:
-        """Queue a text message, ordered with the bytes; waits like ``write`` (a message counts its characters)."""
+        """Queue a text message, ordered with the bytes; waits like ``write`` (a message counts its characters).
+
+        Example:
+            >>> import asyncio
+            >>> from iii import III
+            >>> from iii_channels import ChannelSource
+            >>> from iii_engine import Engine, EngineConfig
+            >>> async def demo() -> tuple[str | None, bytes]:
+            ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+            ...         iii = III(engine.url)
+            ...         await iii.connect_async()
+            ...         ch = await iii.create_channel_async()
+            ...         async with ChannelSink(ch.writer) as out:
+            ...             await out.send_text('{"name": "log.txt"}')
+            ...             await out.write(b"line 1\\n")
+            ...         source = ChannelSource(ch.reader)
+            ...         result = await source.next_message(), await source.read_all()
+            ...         await iii.shutdown_async()
+            ...         return result
+            >>> asyncio.run(demo())
+            ('{"name": "log.txt"}', b'line 1\\n')
+        """
         self._check()
         if not isinstance(message, str):
             # Bytes queued here would go out as binary data the trailer does not count: an IntegrityError later.
@@ -130,7 +171,27 @@ class ChannelSink:
             await self._wait_progress()
 
     async def drain(self) -> None:
-        """Wait until everything queued was handed to the socket; raises what stopped the socket's feed."""
+        """Wait until everything queued was handed to the socket; raises what stopped the socket's feed.
+
+        Example:
+            >>> import asyncio
+            >>> from iii import III
+            >>> from iii_channels import ChannelSource
+            >>> from iii_engine import Engine, EngineConfig
+            >>> async def demo() -> tuple[int, int]:
+            ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+            ...         iii = III(engine.url)
+            ...         await iii.connect_async()
+            ...         ch = await iii.create_channel_async()
+            ...         async with ChannelSink(ch.writer) as out:
+            ...             await out.write(b"x" * 1000)
+            ...             await out.drain()
+            ...             result = out.queued_bytes, out.bytes_written
+            ...         await iii.shutdown_async()
+            ...         return result
+            >>> asyncio.run(demo())
+            (0, 1000)
+        """
         while self._queue:
             await self._wait_progress()
         self._check_error()
@@ -140,6 +201,26 @@ class ChannelSink:
 
         If it cannot get that far (the feed failed, or the caller was cancelled meanwhile) the stream is aborted
         before the error propagates: left open, the reader would wait for an end that never comes.
+
+        Example:
+            >>> import asyncio
+            >>> from iii import III
+            >>> from iii_channels import ChannelSource
+            >>> from iii_engine import Engine, EngineConfig
+            >>> async def demo() -> tuple[bytes, bool]:
+            ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+            ...         iii = III(engine.url)
+            ...         await iii.connect_async()
+            ...         ch = await iii.create_channel_async()
+            ...         out = ChannelSink(ch.writer)
+            ...         await out.write(b"all of it")
+            ...         await out.close()  # the trailer, then EOF
+            ...         source = ChannelSource(ch.reader, require_trailer=True)
+            ...         result = await source.read_all(), source.verified
+            ...         await iii.shutdown_async()
+            ...         return result
+            >>> asyncio.run(demo())
+            (b'all of it', True)
         """
         if self._closed:
             return
@@ -159,7 +240,30 @@ class ChannelSink:
                 self._progress.close()
 
     async def abort(self, reason: str = "aborted") -> None:
-        """Drop what is queued and abort the stream (the reader gets ``ChannelAbortedError`` from our engine)."""
+        """Drop what is queued and abort the stream (the reader gets ``ChannelAbortedError`` from our engine).
+
+        Example:
+            >>> import asyncio
+            >>> from iii import III
+            >>> from iii_channels import ChannelAbortedError, ChannelSource
+            >>> from iii_engine import Engine, EngineConfig
+            >>> async def demo() -> str:
+            ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+            ...         iii = III(engine.url)
+            ...         await iii.connect_async()
+            ...         ch = await iii.create_channel_async()
+            ...         out = ChannelSink(ch.writer)
+            ...         await out.write(b"partial")
+            ...         await out.abort("disk full")
+            ...         try:
+            ...             await ChannelSource(ch.reader).read_all()
+            ...         except ChannelAbortedError as exc:
+            ...             result = type(exc).__name__
+            ...         await iii.shutdown_async()
+            ...         return result
+            >>> asyncio.run(demo())
+            'ChannelAbortedError'
+        """
         self._closed = True
         if self._pump is not None:
             self._pump.cancel()

@@ -271,7 +271,27 @@ class ChannelSource:
     # ---- stream-style reads
 
     async def read(self, n: int = -1) -> bytes:
-        """Up to ``n`` bytes (``b""`` at EOF); ``n < 0`` reads to the end."""
+        """Up to ``n`` bytes (``b""`` at EOF); ``n < 0`` reads to the end.
+
+        Example:
+            >>> import asyncio
+            >>> from iii import III
+            >>> from iii_channels import sink
+            >>> from iii_engine import Engine, EngineConfig
+            >>> async def demo() -> tuple[bytes, ...]:
+            ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+            ...         iii = III(engine.url)
+            ...         await iii.connect_async()
+            ...         ch = await iii.create_channel_async()
+            ...         async with sink(ch.writer) as out:
+            ...             await out.write(b"v1\\nHEAD")
+            ...         source = ChannelSource(ch.reader)
+            ...         result = await source.read(3), await source.read(), await source.read(3)
+            ...         await iii.shutdown_async()
+            ...         return result
+            >>> asyncio.run(demo())
+            (b'v1\\n', b'HEAD', b'')
+        """
         if n < 0:
             return await self.read_all()
         if n == 0:
@@ -286,7 +306,31 @@ class ChannelSource:
         return self._take(n)
 
     async def readexactly(self, n: int) -> bytes:
-        """Exactly ``n`` bytes, or :class:`IncompleteReadError` at an early EOF."""
+        """Exactly ``n`` bytes, or :class:`IncompleteReadError` at an early EOF.
+
+        Example:
+            >>> import asyncio
+            >>> from iii import III
+            >>> from iii_channels import sink
+            >>> from iii_engine import Engine, EngineConfig
+            >>> async def demo() -> tuple[object, ...]:
+            ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+            ...         iii = III(engine.url)
+            ...         await iii.connect_async()
+            ...         ch = await iii.create_channel_async()
+            ...         async with sink(ch.writer) as out:
+            ...             await out.write(b"HEAD" + (7).to_bytes(4, "big"))
+            ...         source = ChannelSource(ch.reader)
+            ...         magic, size = await source.readexactly(4), int.from_bytes(await source.readexactly(4), "big")
+            ...         try:
+            ...             await source.readexactly(1)
+            ...         except IncompleteReadError as exc:
+            ...             result = magic, size, exc.partial
+            ...         await iii.shutdown_async()
+            ...         return result
+            >>> asyncio.run(demo())
+            (b'HEAD', 7, b'')
+        """
         if n < 0:
             # Taken as a slice end, -1 would hand back all but the last buffered byte.
             raise ValueError(f"readexactly needs 0 or more bytes, got {n}")
@@ -326,14 +370,54 @@ class ChannelSource:
 
     async def readline(self, limit: int = DEFAULT_LINE_LIMIT) -> bytes:
         """One line including ``\\n``; the last line may lack it; ``b""`` at EOF. ``limit``: most bytes before
-        the ``\\n`` (see :meth:`readuntil`)."""
+        the ``\\n`` (see :meth:`readuntil`).
+
+        Example:
+            >>> import asyncio
+            >>> from iii import III
+            >>> from iii_channels import sink
+            >>> from iii_engine import Engine, EngineConfig
+            >>> async def demo() -> list[bytes]:
+            ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+            ...         iii = III(engine.url)
+            ...         await iii.connect_async()
+            ...         ch = await iii.create_channel_async()
+            ...         async with sink(ch.writer) as out:
+            ...             await out.write(b"v1\\nrest")
+            ...         source = ChannelSource(ch.reader)
+            ...         result = [await source.readline(), await source.readline(), await source.readline()]
+            ...         await iii.shutdown_async()
+            ...         return result
+            >>> asyncio.run(demo())
+            [b'v1\\n', b'rest', b'']
+        """
         try:
             return await self.readuntil(b"\n", limit)
         except IncompleteReadError as exc:
             return exc.partial
 
     async def read_all(self, limit: int | None = None) -> bytes:
-        """Everything to the end; :class:`LimitExceededError` once more than ``limit`` bytes arrived."""
+        """Everything to the end; :class:`LimitExceededError` once more than ``limit`` bytes arrived.
+
+        Example:
+            >>> import asyncio
+            >>> from iii import III
+            >>> from iii_channels import sink
+            >>> from iii_engine import Engine, EngineConfig
+            >>> async def demo() -> bytes:
+            ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+            ...         iii = III(engine.url)
+            ...         await iii.connect_async()
+            ...         ch = await iii.create_channel_async()
+            ...         async with sink(ch.writer) as out:
+            ...             await out.write(b"a" * 3)
+            ...             await out.write(b"b" * 3)
+            ...         result = await ChannelSource(ch.reader).read_all(limit=1 << 20)
+            ...         await iii.shutdown_async()
+            ...         return result
+            >>> asyncio.run(demo())
+            b'aaabbb'
+        """
         parts = [self._take(len(self._buffer))] if self._buffer else []
         size = len(parts[0]) if parts else 0
         while (chunk := await self._next_chunk()) is not None:
@@ -346,7 +430,27 @@ class ChannelSource:
     # ---- iterators
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """Binary chunks as they arrive (message boundaries of the writer, at most 64 KiB each)."""
+        """Binary chunks as they arrive: the writer's messages, a large one in frames of the connection's size.
+
+        Example:
+            >>> import asyncio
+            >>> from iii import III
+            >>> from iii_channels import sink
+            >>> from iii_engine import Engine, EngineConfig
+            >>> async def demo() -> list[bytes]:
+            ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+            ...         iii = III(engine.url)
+            ...         await iii.connect_async()
+            ...         ch = await iii.create_channel_async()
+            ...         async with sink(ch.writer) as out:
+            ...             await out.write(b"ab")
+            ...             await out.write(b"cd")
+            ...         result = [chunk async for chunk in ChannelSource(ch.reader).chunks()]
+            ...         await iii.shutdown_async()
+            ...         return result
+            >>> asyncio.run(demo())
+            [b'ab', b'cd']
+        """
         if self._buffer:
             yield self._take(len(self._buffer))
         while (chunk := await self._next_chunk()) is not None:
@@ -380,12 +484,50 @@ class ChannelSource:
             yield item
 
     async def lines(self, limit: int = DEFAULT_LINE_LIMIT) -> AsyncIterator[bytes]:
-        """Lines including their ``\\n`` (the last one may lack it)."""
+        """Lines including their ``\\n`` (the last one may lack it).
+
+        Example:
+            >>> import asyncio
+            >>> from iii import III
+            >>> from iii_channels import sink
+            >>> from iii_engine import Engine, EngineConfig
+            >>> async def demo() -> list[bytes]:
+            ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+            ...         iii = III(engine.url)
+            ...         await iii.connect_async()
+            ...         ch = await iii.create_channel_async()
+            ...         async with sink(ch.writer) as out:
+            ...             await out.write(b"a\\nb\\nlast")
+            ...         result = [line async for line in ChannelSource(ch.reader).lines()]
+            ...         await iii.shutdown_async()
+            ...         return result
+            >>> asyncio.run(demo())
+            [b'a\\n', b'b\\n', b'last']
+        """
         while line := await self.readline(limit):
             yield line
 
     async def json_records(self, limit: int = DEFAULT_LINE_LIMIT) -> AsyncIterator[Any]:
-        """One JSON value per line (NDJSON); blank lines are skipped; ``ValueError`` names a line that is not JSON."""
+        """One JSON value per line (NDJSON); blank lines are skipped; ``ValueError`` names a line that is not JSON.
+
+        Example:
+            >>> import asyncio
+            >>> from iii import III
+            >>> from iii_channels import sink
+            >>> from iii_engine import Engine, EngineConfig
+            >>> async def demo() -> list[Any]:
+            ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+            ...         iii = III(engine.url)
+            ...         await iii.connect_async()
+            ...         ch = await iii.create_channel_async()
+            ...         async with sink(ch.writer) as out:
+            ...             await out.write(b'{"n": 1}\\n\\n[2]\\n')
+            ...         result = [record async for record in ChannelSource(ch.reader).json_records()]
+            ...         await iii.shutdown_async()
+            ...         return result
+            >>> asyncio.run(demo())
+            [{'n': 1}, [2]]
+        """
         number = 0
         async for line in self.lines(limit):
             number += 1
@@ -398,7 +540,29 @@ class ChannelSource:
                 yield record
 
     async def messages(self) -> AsyncIterator[str]:
-        """Text messages (not the trailer). Binary data arriving meanwhile is kept for later reads."""
+        """Text messages (not the trailer). Binary data arriving meanwhile is kept for later reads.
+
+        Example:
+            >>> import asyncio
+            >>> from iii import III
+            >>> from iii_channels import sink
+            >>> from iii_engine import Engine, EngineConfig
+            >>> async def demo() -> tuple[list[str], bytes]:
+            ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+            ...         iii = III(engine.url)
+            ...         await iii.connect_async()
+            ...         ch = await iii.create_channel_async()
+            ...         async with sink(ch.writer) as out:
+            ...             await out.send_text("a")
+            ...             await out.write(b"data")
+            ...             await out.send_text("b")
+            ...         source = ChannelSource(ch.reader)
+            ...         result = [text async for text in source.messages()], await source.read_all()
+            ...         await iii.shutdown_async()
+            ...         return result
+            >>> asyncio.run(demo())
+            (['a', 'b'], b'data')
+        """
         while True:
             while self._texts:
                 yield self._pop_text()
@@ -408,7 +572,28 @@ class ChannelSource:
                 return
 
     async def next_message(self) -> str | None:
-        """The next text message, or ``None`` at EOF (binary data meanwhile is buffered)."""
+        """The next text message, or ``None`` at EOF (binary data meanwhile is buffered).
+
+        Example:
+            >>> import asyncio
+            >>> from iii import III
+            >>> from iii_channels import sink
+            >>> from iii_engine import Engine, EngineConfig
+            >>> async def demo() -> tuple[object, ...]:
+            ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+            ...         iii = III(engine.url)
+            ...         await iii.connect_async()
+            ...         ch = await iii.create_channel_async()
+            ...         async with sink(ch.writer) as out:
+            ...             await out.send_text('{"name": "a.txt"}')
+            ...             await out.write(b"data")
+            ...         source = ChannelSource(ch.reader)
+            ...         result = await source.next_message(), await source.read_all(), await source.next_message()
+            ...         await iii.shutdown_async()
+            ...         return result
+            >>> asyncio.run(demo())
+            ('{"name": "a.txt"}', b'data', None)
+        """
         while not self._texts:
             if self._eof or not await self._fill():
                 return None

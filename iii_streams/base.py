@@ -172,7 +172,14 @@ class WriteProgress:
         self.sent = False
 
     def give_up(self) -> bool:
-        """The caller stops waiting: withdraw the write unless it was sent; ``True`` when it was withdrawn."""
+        """The caller stops waiting: withdraw the write unless it was sent; ``True`` when it was withdrawn.
+
+        Example:
+            >>> queued, sent = WriteProgress(), WriteProgress()
+            >>> sent.sent = True  # the batch already sent its commit
+            >>> queued.give_up(), sent.give_up()
+            (True, False)
+        """
         self.abandoned = not self.sent
         return self.abandoned
 
@@ -387,11 +394,32 @@ class FieldUpdates(Backend):
     """
 
     async def update(self, input: StreamUpdateInput, *, timeout: float | None = None) -> StreamUpdateResult[Any]:
+        """Apply ``input.ops`` in order to one item (created as ``{}`` when missing), within ``timeout`` seconds.
+
+        Example:
+            >>> import asyncio
+            >>> from iii.stream import StreamUpdateInput
+            >>> from iii_streams import MemoryStream
+            >>> ops = [{"type": "set", "path": "n", "value": 1}, {"type": "increment", "path": "n", "by": 2}]
+            >>> request = StreamUpdateInput(stream_name="s", group_id="g", item_id="i", ops=ops)
+            >>> asyncio.run(MemoryStream().update(request)).new_value
+            {'n': 3}
+        """
         ops = parse_ops(input.ops)  # invalid ops fail before the store is touched
         return await self._update(input.stream_name, input.group_id, input.item_id, ops, timeout)
 
     async def update_parsed(self, stream_name: str, group_id: str, item_id: str,
                             ops: builtins.list[Op]) -> StreamUpdateResult[Any]:
+        """:meth:`update` with ops already parsed (no validation on the way, no time limit of its own).
+
+        Example:
+            >>> import asyncio
+            >>> from iii.stream_ops import parse_ops
+            >>> from iii_streams import MemoryStream
+            >>> ops = parse_ops([{"type": "increment", "path": "n", "by": 2}])
+            >>> asyncio.run(MemoryStream().update_parsed("s", "g", "i", ops)).old_value is None
+            True
+        """
         if "update" in self.__dict__:  # an update() set on this very object (a wrapper, a test double) sees it all
             return await Backend.update_parsed(self, stream_name, group_id, item_id, ops)  # type: ignore[return-value]
         return await self._update(stream_name, group_id, item_id, ops, None)

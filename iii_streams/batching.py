@@ -68,7 +68,18 @@ class KeyedBatcher(Generic[K, R, T]):
         return sum(len(queue) for queue in self._pending.values())
 
     async def submit(self, key: K, request: R) -> T:
-        """Queue ``request`` under ``key`` and wait for its own result."""
+        """Queue ``request`` under ``key`` and wait for its own result.
+
+        Example:
+            >>> import asyncio
+            >>> async def double(key, requests):
+            ...     return [r * 2 for r in requests]
+            >>> async def demo():
+            ...     batcher = KeyedBatcher(double, name="doubler")
+            ...     return await batcher.submit("k", 21)
+            >>> asyncio.run(demo())
+            42
+        """
         if self._closed:
             raise StreamClosedError(f"{self._name} is closed")
         loop = asyncio.get_running_loop()
@@ -124,7 +135,20 @@ class KeyedBatcher(Generic[K, R, T]):
             queue.clear()
 
     async def aclose(self) -> None:
-        """Refuse new requests, let running batches finish, and fail what never started. Idempotent."""
+        """Refuse new requests, let running batches finish, and fail what never started. Idempotent.
+
+        Example:
+            >>> import asyncio
+            >>> async def echo(key, requests):
+            ...     return list(requests)
+            >>> async def demo():
+            ...     batcher = KeyedBatcher(echo, name="echo")
+            ...     await batcher.aclose()
+            ...     await batcher.submit("k", 1)
+            >>> asyncio.run(demo())
+            Traceback (most recent call last):
+            iii_streams.errors.StreamClosedError: echo is closed
+        """
         self._closed = True
         for queue in self._pending.values():
             _fail(list(queue), StreamClosedError(f"{self._name} was closed before the write ran"))

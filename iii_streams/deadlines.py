@@ -86,7 +86,17 @@ class SharedDeadlines:
 
     def enter(self) -> _Entry | None:
         """Start bounding the current task; ``None`` when there is no task (the caller then uses
-        ``asyncio.timeout``)."""
+        ``asyncio.timeout``).
+
+        Example:
+            >>> import asyncio
+            >>> async def demo():
+            ...     deadlines = SharedDeadlines(5.0)
+            ...     entry = deadlines.enter()
+            ...     return len(deadlines), deadlines.leave(entry, False), len(deadlines)
+            >>> asyncio.run(demo())
+            (1, False, 0)
+        """
         loop = asyncio.get_running_loop()
         lane = self._lane
         if lane is None or lane.loop is not loop:
@@ -118,7 +128,20 @@ class SharedDeadlines:
 
     def leave(self, entry: _Entry, cancelled: bool) -> bool:
         """Stop bounding ``entry``'s task; ``True`` when its deadline passed and the operation should fail with a
-        timeout (``cancelled``: the operation ended in ``CancelledError``)."""
+        timeout (``cancelled``: the operation ended in ``CancelledError``).
+
+        Example:
+            >>> import asyncio
+            >>> async def demo():
+            ...     deadlines = SharedDeadlines(0.01)
+            ...     entry = deadlines.enter()
+            ...     try:
+            ...         await asyncio.sleep(1)  # outlives the deadline: cancelled by the shared timer
+            ...     except asyncio.CancelledError:
+            ...         return deadlines.leave(entry, True)
+            >>> asyncio.run(demo())
+            True
+        """
         entry.done = True
         lane = entry.lane
         lane.live -= 1

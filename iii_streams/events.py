@@ -152,11 +152,35 @@ class Subscription(Protocol):
     """A live source of events behind one :class:`Watch` (a queue, a Redis pub/sub, a LISTEN connection)."""
 
     async def get(self) -> StreamEvent:
-        """The next event (waits); ``StopAsyncIteration`` once the subscription is closed."""
+        """The next event (waits); ``StopAsyncIteration`` once the subscription is closed.
+
+        Example:
+            >>> import asyncio
+            >>> async def demo() -> Any:
+            ...     hub = EventHub()
+            ...     sub = hub.subscribe()
+            ...     hub.publish(make_event("s", "g", "i", "create", 1))
+            ...     return (await sub.get())["event"]
+            >>> asyncio.run(demo())
+            {'type': 'create', 'data': 1}
+        """
         ...
 
     async def close(self) -> None:
-        """Stop receiving and end a ``get`` waiting meanwhile; idempotent."""
+        """Stop receiving and end a ``get`` waiting meanwhile; idempotent.
+
+        Example:
+            >>> import asyncio
+            >>> async def demo() -> str:
+            ...     sub = EventHub().subscribe()
+            ...     waiting = asyncio.ensure_future(sub.get())
+            ...     await asyncio.sleep(0)  # let get() start waiting
+            ...     await sub.close()
+            ...     await asyncio.wait([waiting])
+            ...     return type(waiting.exception()).__name__
+            >>> asyncio.run(demo())
+            'StopAsyncIteration'
+        """
         ...
 
 
@@ -292,17 +316,50 @@ class EventHub:
         return bool(self._subscribers)
 
     def subscribe(self) -> Subscription:
-        """A new subscription that sees every event published from now on."""
+        """A new subscription that sees every event published from now on.
+
+        Example:
+            >>> import asyncio
+            >>> async def demo() -> Any:
+            ...     hub = EventHub()
+            ...     hub.publish(make_event("s", "g", "i", "create", 1))  # before: not seen
+            ...     sub = hub.subscribe()
+            ...     hub.publish(make_event("s", "g", "i", "update", 2))
+            ...     return (await sub.get())["event"], hub.active
+            >>> asyncio.run(demo())
+            ({'type': 'update', 'data': 2}, True)
+        """
         sub = _QueueSubscription(self, self._maxsize)
         self._subscribers.add(sub)
         return sub
 
     def discard(self, sub: _QueueSubscription) -> None:
-        """Forget ``sub`` (called by its ``close``)."""
+        """Forget ``sub`` (called by its ``close``).
+
+        Example:
+            >>> import asyncio
+            >>> async def demo() -> bool:
+            ...     hub = EventHub()
+            ...     await hub.subscribe().close()  # close() discards it
+            ...     return hub.active
+            >>> asyncio.run(demo())
+            False
+        """
         self._subscribers.discard(sub)
 
     def publish(self, event: StreamEvent) -> None:
-        """Queue ``event`` for every subscriber; never blocks."""
+        """Queue ``event`` for every subscriber; never blocks.
+
+        Example:
+            >>> import asyncio
+            >>> async def demo() -> Any:
+            ...     hub = EventHub()
+            ...     first, second = hub.subscribe(), hub.subscribe()
+            ...     hub.publish(make_event("s", "g", "i", "delete", 3))
+            ...     return [(await sub.get())["event"]["type"] for sub in (first, second)]
+            >>> asyncio.run(demo())
+            ['delete', 'delete']
+        """
         for sub in tuple(self._subscribers):
             sub.offer(event)
 

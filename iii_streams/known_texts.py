@@ -47,13 +47,29 @@ class KnownTexts(Generic[K]):
         self._items: dict[K, tuple[str | None, float]] = {}
 
     def get(self, key: K) -> str | None:
-        """The text this process last wrote of ``key``; ``None`` when unknown or distrusted (read it first)."""
+        """The text this process last wrote of ``key``; ``None`` when unknown or distrusted (read it first).
+
+        Example:
+            >>> KnownTexts[str]().get("never-written") is None
+            True
+        """
         text, _ = self._items.get(key, (None, 0.0))
         return text
 
     def wrote(self, key: K, text: str | None) -> None:
         """This process wrote ``text`` to ``key`` (``None``: deleted it): remembered unless the item is distrusted
-        or the text too long."""
+        or the text too long.
+
+        Example:
+            >>> import asyncio
+            >>> async def demo():
+            ...     known = KnownTexts[str](max_chars=8)
+            ...     known.wrote("short", "[1]")
+            ...     known.wrote("long", "[1, 2, 3, 4]")
+            ...     return known.get("short"), known.get("long")
+            >>> asyncio.run(demo())
+            ('[1]', None)
+        """
         old = self._items.pop(key, None)
         if old is not None and old[1] > asyncio.get_running_loop().time():
             self._items[key] = (None, old[1])
@@ -62,13 +78,36 @@ class KnownTexts(Generic[K]):
         self._bound()
 
     def distrust(self, key: K) -> None:
-        """Another process wrote ``key``: unknown for ``distrust_s`` seconds."""
+        """Another process wrote ``key``: unknown for ``distrust_s`` seconds.
+
+        Example:
+            >>> import asyncio
+            >>> async def demo():
+            ...     known = KnownTexts[str](distrust_s=60)
+            ...     known.distrust("a")
+            ...     known.wrote("a", "1")  # within the minute: not remembered
+            ...     return known.get("a")
+            >>> asyncio.run(demo()) is None
+            True
+        """
         self._items.pop(key, None)
         self._items[key] = (None, asyncio.get_running_loop().time() + self.distrust_s)
         self._bound()
 
     def forget(self, key: K) -> None:
-        """Nothing is known of ``key`` any more (not even that it is distrusted)."""
+        """Nothing is known of ``key`` any more (not even that it is distrusted).
+
+        Example:
+            >>> import asyncio
+            >>> async def demo():
+            ...     known = KnownTexts[str](distrust_s=60)
+            ...     known.distrust("a")
+            ...     known.forget("a")
+            ...     known.wrote("a", "1")  # no longer distrusted: remembered
+            ...     return known.get("a")
+            >>> asyncio.run(demo())
+            '1'
+        """
         self._items.pop(key, None)
 
     def __len__(self) -> int:

@@ -193,22 +193,78 @@ class MemoryStream(FieldUpdates):
         return UpdateResult(old_value=old, new_value=new)
 
     async def send(self, stream_name: str, group_id: str, id: str | None, type: str, data: Any) -> None:
+        """Publish a custom event to this store's watchers; stores nothing, refuses data that is not JSON.
+
+        Example:
+            >>> import asyncio
+            >>> async def demo() -> Any:
+            ...     async with MemoryStream() as store, store.watch("chat") as events:
+            ...         await store.send("chat", "room-1", None, "typing", {"user": "ada"})
+            ...         return (await anext(events))["event"]
+            >>> asyncio.run(demo())
+            {'type': 'event', 'event': {'type': 'typing', 'data': {'user': 'ada'}}}
+        """
         json_text(data, "data")  # refuse what no other backend could publish either
         self._hub.publish(custom_event(stream_name, group_id, id, type, data))
 
     async def publish(self, event: StreamEvent) -> None:
+        """Hand an already built event to this store's watchers.
+
+        Example:
+            >>> import asyncio
+            >>> async def demo() -> Any:
+            ...     async with MemoryStream() as store, store.watch("s") as events:
+            ...         await store.publish(make_event("s", "g", "i", "delete", {"n": 1}))
+            ...         return (await anext(events))["event"]
+            >>> asyncio.run(demo())
+            {'type': 'delete', 'data': {'n': 1}}
+        """
         self._hub.publish(event)
 
     def watch(
         self, stream_name: str | None = None, group_id: str | None = None, item_id: str | None = None
     ) -> Watch:
+        """Change events of this store, optionally filtered by stream, group and item.
+
+        Example:
+            >>> import asyncio
+            >>> async def demo() -> Any:
+            ...     async with MemoryStream() as store, store.watch("todos", item_id="2") as events:
+            ...         for item_id in ("1", "2"):
+            ...             await store.set(StreamSetInput(stream_name="todos", group_id="g", item_id=item_id, data=1))
+            ...         return (await anext(events))["id"]
+            >>> asyncio.run(demo())
+            '2'
+        """
         async def opener() -> Subscription:
             return self._hub.subscribe()
 
         return Watch(opener, self._filter(stream_name, group_id, item_id))
 
     async def list_all(self) -> builtins.list[tuple[str, builtins.list[str]]]:
+        """Every stream with its non-empty groups, both sorted.
+
+        Example:
+            >>> import asyncio
+            >>> async def demo() -> Any:
+            ...     store = MemoryStream()
+            ...     await store.set(StreamSetInput(stream_name="todos", group_id="work", item_id="1", data=1))
+            ...     return await store.list_all()
+            >>> asyncio.run(demo())
+            [('todos', ['work'])]
+        """
         return [(name, sorted(groups)) for name, groups in sorted(self._streams.items())]
 
     async def aclose(self) -> None:
-        """Nothing to release; the data stays readable."""
+        """Nothing to release; the data stays readable.
+
+        Example:
+            >>> import asyncio
+            >>> async def demo() -> Any:
+            ...     store = MemoryStream()
+            ...     await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data=1))
+            ...     await store.aclose()
+            ...     return await store.get(StreamGetInput(stream_name="s", group_id="g", item_id="i"))
+            >>> asyncio.run(demo())
+            1
+        """

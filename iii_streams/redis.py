@@ -383,13 +383,23 @@ class KeyLayout:
             raise ValueError("KeyLayout.prefix must be a non-empty string")
 
     def key(self, stream_name: str, group_id: str) -> str:
-        """The hash holding the items of one group."""
+        """The hash holding the items of one group.
+
+        Example:
+            >>> KeyLayout().key("todos", "work"), KeyLayout(prefix="state", per_stream=False).key("todos", "work")
+            ('stream:todos:work', 'state:work')
+        """
         if self.per_stream:
             return f"{self.prefix}:{escape_name(stream_name)}:{group_id}"
         return f"{self.prefix}:{group_id}"
 
     def group_prefix(self, stream_name: str) -> str:
-        """The text every hash of ``stream_name`` starts with; the group id follows it."""
+        """The text every hash of ``stream_name`` starts with; the group id follows it.
+
+        Example:
+            >>> STREAM_LAYOUT.group_prefix("a:b"), STATE_LAYOUT.group_prefix("ignored")
+            ('stream:a%3Ab:', 'state:')
+        """
         return self.key(stream_name, "")
 
     def split(self, key: str) -> tuple[str, str] | None:
@@ -905,6 +915,16 @@ class RedisStream(FieldUpdates):
         return [self.channel, head, tail]
 
     async def get(self, input: StreamGetInput, *, timeout: float | None = None) -> Any:
+        """The item's value (one ``HGET``), ``None`` when it is missing.
+
+        Example:
+            >>> import asyncio, fakeredis
+            >>> async def demo() -> Any:
+            ...     async with RedisStream(fakeredis.FakeAsyncRedis()) as s:
+            ...         return await s.get(StreamGetInput(stream_name="s", group_id="g", item_id="missing"))
+            >>> asyncio.run(demo()) is None
+            True
+        """
         check_names(input.stream_name, input.group_id, input.item_id)
         key = self.layout.key(input.stream_name, input.group_id)
         async with self._guard("get", timeout):
@@ -912,6 +932,18 @@ class RedisStream(FieldUpdates):
         return None if raw is None else self._parse(raw, key, input.item_id)
 
     async def set(self, input: StreamSetInput, *, timeout: float | None = None) -> StreamSetResult[Any]:
+        """Write the item and publish its event in one script; returns the old and the new value.
+
+        Example:
+            >>> import asyncio, fakeredis
+            >>> async def demo() -> Any:
+            ...     async with RedisStream(fakeredis.FakeAsyncRedis()) as s:
+            ...         await s.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data=1))
+            ...         r = await s.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data=2))
+            ...         return r.old_value, r.new_value
+            >>> asyncio.run(demo())
+            (1, 2)
+        """
         check_names(input.stream_name, input.group_id, input.item_id)
         key = self.layout.key(input.stream_name, input.group_id)
         text = json_text(input.data, "data")
@@ -921,6 +953,18 @@ class RedisStream(FieldUpdates):
         return SetResult(old_value=old, new_value=input.data)
 
     async def delete(self, input: StreamDeleteInput, *, timeout: float | None = None) -> StreamDeleteResult:
+        """Remove the item (and its group's hash with its last item); returns its old value.
+
+        Example:
+            >>> import asyncio, fakeredis
+            >>> async def demo() -> Any:
+            ...     async with RedisStream(fakeredis.FakeAsyncRedis()) as s:
+            ...         await s.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data=[1]))
+            ...         r = await s.delete(StreamDeleteInput(stream_name="s", group_id="g", item_id="i"))
+            ...         return r.old_value, await s.list_groups(StreamListGroupsInput(stream_name="s"))
+            >>> asyncio.run(demo())
+            ([1], [])
+        """
         check_names(input.stream_name, input.group_id, input.item_id)
         key = self.layout.key(input.stream_name, input.group_id)
         args = [input.item_id, *self._channel_args(input.stream_name, input.group_id, input.item_id)]
@@ -940,6 +984,18 @@ class RedisStream(FieldUpdates):
             raise progress.timeout_error(exc) from exc
 
     async def list(self, input: StreamListInput, *, timeout: float | None = None) -> builtins.list[Any]:
+        """Every item value of a group (one ``HVALS``; Redis decides the order).
+
+        Example:
+            >>> import asyncio, fakeredis
+            >>> async def demo() -> Any:
+            ...     async with RedisStream(fakeredis.FakeAsyncRedis()) as s:
+            ...         for item_id in ("a", "b"):
+            ...             await s.set(StreamSetInput(stream_name="s", group_id="g", item_id=item_id, data=item_id))
+            ...         return sorted(await s.list(StreamListInput(stream_name="s", group_id="g")))
+            >>> asyncio.run(demo())
+            ['a', 'b']
+        """
         check_names(input.stream_name, input.group_id)
         key = self.layout.key(input.stream_name, input.group_id)
         async with self._guard("list", timeout):
@@ -949,6 +1005,17 @@ class RedisStream(FieldUpdates):
     async def list_groups(
         self, input: StreamListGroupsInput, *, timeout: float | None = None
     ) -> builtins.list[str]:
+        """Every non-empty group of a stream (a ``SCAN`` of its hashes).
+
+        Example:
+            >>> import asyncio, fakeredis
+            >>> async def demo() -> Any:
+            ...     async with RedisStream(fakeredis.FakeAsyncRedis()) as s:
+            ...         await s.set(StreamSetInput(stream_name="todos", group_id="user:1", item_id="1", data=1))
+            ...         return await s.list_groups(StreamListGroupsInput(stream_name="todos"))
+            >>> asyncio.run(demo())
+            ['user:1']
+        """
         check_names(input.stream_name, "")
         prefix = self.layout.group_prefix(input.stream_name)
         skip = len(prefix)
@@ -1116,9 +1183,32 @@ class RedisStream(FieldUpdates):
         return results, texts, events
 
     async def send(self, stream_name: str, group_id: str, id: str | None, type: str, data: Any) -> None:
+        """Publish a custom event on the store's channel; stores nothing.
+
+        Example:
+            >>> import asyncio, fakeredis
+            >>> async def demo() -> Any:
+            ...     async with RedisStream(fakeredis.FakeAsyncRedis()) as s, s.watch("chat") as events:
+            ...         await s.send("chat", "room-1", None, "typing", {"user": "ada"})
+            ...         return (await anext(events))["event"]
+            >>> asyncio.run(demo())
+            {'type': 'event', 'event': {'type': 'typing', 'data': {'user': 'ada'}}}
+        """
         await self.publish(custom_event(stream_name, group_id, id, type, data))
 
     async def publish(self, event: StreamEvent) -> None:
+        """Publish an already built event on the store's channel, to the watchers of every process.
+
+        Example:
+            >>> import asyncio, fakeredis
+            >>> from iii_streams.events import make_event
+            >>> async def demo() -> Any:
+            ...     async with RedisStream(fakeredis.FakeAsyncRedis()) as s, s.watch("s") as events:
+            ...         await s.publish(make_event("s", "g", "i", "update", {"n": 1}))
+            ...         return (await anext(events))["event"]
+            >>> asyncio.run(demo())
+            {'type': 'update', 'data': {'n': 1}}
+        """
         text = json_text(event, "the event")
         async with self._guard("publish", None):
             await self._client.publish(self.channel or EVENTS_CHANNEL, text)
@@ -1126,6 +1216,19 @@ class RedisStream(FieldUpdates):
     def watch(
         self, stream_name: str | None = None, group_id: str | None = None, item_id: str | None = None
     ) -> Watch:
+        """Change events from the store's pub/sub channel, optionally filtered by stream, group and item.
+
+        Example:
+            >>> import asyncio, fakeredis
+            >>> async def demo() -> Any:
+            ...     async with RedisStream(fakeredis.FakeAsyncRedis()) as s, s.watch("todos", group_id="w") as events:
+            ...         await s.set(StreamSetInput(stream_name="todos", group_id="h", item_id="1", data="x"))
+            ...         await s.set(StreamSetInput(stream_name="todos", group_id="w", item_id="2", data="y"))
+            ...         event = await anext(events)  # the "h" write was filtered out
+            ...         return event["id"], event["event"]
+            >>> asyncio.run(demo())
+            ('2', {'type': 'create', 'data': 'y'})
+        """
         async def opener() -> _RedisWatcher:
             async with self._guard("watch", None):
                 if self._closed:
@@ -1137,6 +1240,18 @@ class RedisStream(FieldUpdates):
         return Watch(opener, self._filter(stream_name, group_id, item_id))
 
     async def list_all(self) -> builtins.list[tuple[str, builtins.list[str]]]:
+        """Every stream of this layout with its non-empty groups, both sorted (a ``SCAN`` of the prefix).
+
+        Example:
+            >>> import asyncio, fakeredis
+            >>> async def demo() -> Any:
+            ...     async with RedisStream(fakeredis.FakeAsyncRedis()) as s:
+            ...         for stream, group in [("b", "y"), ("a", "z"), ("a", "x")]:
+            ...             await s.set(StreamSetInput(stream_name=stream, group_id=group, item_id="1", data=1))
+            ...         return await s.list_all()
+            >>> asyncio.run(demo())
+            [('a', ['x', 'z']), ('b', ['y'])]
+        """
         streams: dict[str, set[str]] = {}
         async with self._guard("list_all", None):
             async for raw in self._client.scan_iter(match=_glob_escape(self.layout.prefix) + ":*", count=1000):
@@ -1146,6 +1261,17 @@ class RedisStream(FieldUpdates):
         return [(name, sorted(groups)) for name, groups in sorted(streams.items())]
 
     async def aclose(self) -> None:
+        """End the watches and the batches, and close the clients this store made; idempotent.
+
+        Example:
+            >>> import asyncio, fakeredis
+            >>> async def demo() -> Any:
+            ...     client = fakeredis.FakeAsyncRedis()
+            ...     await RedisStream(client).aclose()  # a client you pass stays open
+            ...     return await client.ping()
+            >>> asyncio.run(demo())
+            True
+        """
         if self._closed:
             return
         self._closed = True

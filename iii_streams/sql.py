@@ -1080,6 +1080,17 @@ class SQLStream(FieldUpdates):
     # -- IStream -----------------------------------------------------------------------------------------------
 
     async def get(self, input: StreamGetInput, *, timeout: float | None = None) -> Any:
+        """The item's value (one ``SELECT`` by its key), ``None`` when it is missing.
+
+        Example:
+            >>> import asyncio
+            >>> async def demo() -> Any:
+            ...     async with SQLStream.from_url("sqlite+aiosqlite://") as s:
+            ...         await s.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data={"big": 2**70}))
+            ...         return await s.get(StreamGetInput(stream_name="s", group_id="g", item_id="i"))
+            >>> asyncio.run(demo())
+            {'big': 1180591620717411303424}
+        """
         check_names(input.stream_name, input.group_id, input.item_id, nul=not self._pg)
         key = item_key(input.stream_name, input.group_id, input.item_id)
         async with self._guard("get", timeout), self._read() as conn:
@@ -1087,6 +1098,18 @@ class SQLStream(FieldUpdates):
         return None if text is None else loads(text)
 
     async def set(self, input: StreamSetInput, *, timeout: float | None = None) -> StreamSetResult[Any]:
+        """Write the item (batched with concurrent writes of its group); returns the old and the new value.
+
+        Example:
+            >>> import asyncio
+            >>> async def demo() -> Any:
+            ...     async with SQLStream.from_url("sqlite+aiosqlite://") as s:
+            ...         await s.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data=1))
+            ...         r = await s.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data=2))
+            ...         return r.old_value, r.new_value
+            >>> asyncio.run(demo())
+            (1, 2)
+        """
         text = json_text(input.data, "data")  # refused before anything is queued
         old, _ = await self._write("set", timeout, input.stream_name, input.group_id, input.item_id,
                                    lambda _old: (input.data, text))
@@ -1103,10 +1126,34 @@ class SQLStream(FieldUpdates):
         return UpdateResult(old_value=old, new_value=new)
 
     async def delete(self, input: StreamDeleteInput, *, timeout: float | None = None) -> StreamDeleteResult:
+        """Remove the item; returns its old value (``None`` when it was missing).
+
+        Example:
+            >>> import asyncio
+            >>> async def demo() -> Any:
+            ...     async with SQLStream.from_url("sqlite+aiosqlite://") as s:
+            ...         await s.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data=[1]))
+            ...         r = await s.delete(StreamDeleteInput(stream_name="s", group_id="g", item_id="i"))
+            ...         return r.old_value, await s.list_groups(StreamListGroupsInput(stream_name="s"))
+            >>> asyncio.run(demo())
+            ([1], [])
+        """
         old, _ = await self._write("delete", timeout, input.stream_name, input.group_id, input.item_id, None)
         return StreamDeleteResult(old_value=old)
 
     async def list(self, input: StreamListInput, *, timeout: float | None = None) -> builtins.list[Any]:
+        """Every item value of a group, in the order the items were created.
+
+        Example:
+            >>> import asyncio
+            >>> async def demo() -> Any:
+            ...     async with SQLStream.from_url("sqlite+aiosqlite://") as s:
+            ...         for item_id in ("b", "a"):
+            ...             await s.set(StreamSetInput(stream_name="s", group_id="g", item_id=item_id, data=item_id))
+            ...         return await s.list(StreamListInput(stream_name="s", group_id="g"))
+            >>> asyncio.run(demo())
+            ['b', 'a']
+        """
         check_names(input.stream_name, input.group_id, nul=not self._pg)
         query = (
             select(items.c.value)
@@ -1120,6 +1167,18 @@ class SQLStream(FieldUpdates):
     async def list_groups(
         self, input: StreamListGroupsInput, *, timeout: float | None = None
     ) -> builtins.list[str]:
+        """Every non-empty group of a stream, in the order the groups were created.
+
+        Example:
+            >>> import asyncio
+            >>> async def demo() -> Any:
+            ...     async with SQLStream.from_url("sqlite+aiosqlite://") as s:
+            ...         for group_id in ("work", "home"):
+            ...             await s.set(StreamSetInput(stream_name="todos", group_id=group_id, item_id="1", data=1))
+            ...         return await s.list_groups(StreamListGroupsInput(stream_name="todos"))
+            >>> asyncio.run(demo())
+            ['work', 'home']
+        """
         check_names(input.stream_name, "", nul=not self._pg)
         query = (
             select(items.c.group_id)
@@ -1133,6 +1192,18 @@ class SQLStream(FieldUpdates):
     # -- Backend extras ------------------------------------------------------------------------------------------
 
     async def list_all(self) -> builtins.list[tuple[str, builtins.list[str]]]:
+        """Every stream with its non-empty groups, both sorted.
+
+        Example:
+            >>> import asyncio
+            >>> async def demo() -> Any:
+            ...     async with SQLStream.from_url("sqlite+aiosqlite://") as s:
+            ...         for stream, group in [("b", "y"), ("a", "z"), ("a", "x")]:
+            ...             await s.set(StreamSetInput(stream_name=stream, group_id=group, item_id="1", data=1))
+            ...         return await s.list_all()
+            >>> asyncio.run(demo())
+            [('a', ['x', 'z']), ('b', ['y'])]
+        """
         query = select(items.c.stream_name, items.c.group_id).distinct()
         async with self._guard("list_all", None), self._read() as conn:
             rows = (await conn.execute(query)).all()
@@ -1142,9 +1213,31 @@ class SQLStream(FieldUpdates):
         return [(name, sorted(groups)) for name, groups in sorted(streams.items())]
 
     async def send(self, stream_name: str, group_id: str, id: str | None, type: str, data: Any) -> None:
+        """Publish a custom event to the watchers (``NOTIFY`` on PostgreSQL); stores nothing.
+
+        Example:
+            >>> import asyncio
+            >>> async def demo() -> Any:
+            ...     async with SQLStream.from_url("sqlite+aiosqlite://") as s, s.watch("chat") as events:
+            ...         await s.send("chat", "room-1", None, "typing", {"user": "ada"})
+            ...         return (await anext(events))["event"]
+            >>> asyncio.run(demo())
+            {'type': 'event', 'event': {'type': 'typing', 'data': {'user': 'ada'}}}
+        """
         await self.publish(custom_event(stream_name, group_id, id, type, data))
 
     async def publish(self, event: StreamEvent) -> None:
+        """Publish an already built event: to this object's watchers on SQLite, to every LISTEN on PostgreSQL.
+
+        Example:
+            >>> import asyncio
+            >>> async def demo() -> Any:
+            ...     async with SQLStream.from_url("sqlite+aiosqlite://") as s, s.watch("s") as events:
+            ...         await s.publish(make_event("s", "g", "i", "update", {"n": 1}))
+            ...         return (await anext(events))["event"]
+            >>> asyncio.run(demo())
+            {'type': 'update', 'data': {'n': 1}}
+        """
         # refuse what could not be sent over PostgreSQL, on SQLite too
         payload = json_text(event, "the event")
         if not self._pg:
@@ -1167,6 +1260,19 @@ class SQLStream(FieldUpdates):
     def watch(
         self, stream_name: str | None = None, group_id: str | None = None, item_id: str | None = None
     ) -> Watch:
+        """Change events, optionally filtered by stream, group and item (a LISTEN connection on PostgreSQL).
+
+        Example:
+            >>> import asyncio
+            >>> async def demo() -> Any:
+            ...     async with SQLStream.from_url("sqlite+aiosqlite://") as s, s.watch("todos", "work") as events:
+            ...         await s.set(StreamSetInput(stream_name="todos", group_id="home", item_id="1", data="x"))
+            ...         await s.set(StreamSetInput(stream_name="todos", group_id="work", item_id="2", data="y"))
+            ...         event = await anext(events)  # the "home" write was filtered out
+            ...         return event["id"], event["event"]
+            >>> asyncio.run(demo())
+            ('2', {'type': 'create', 'data': 'y'})
+        """
         async def opener() -> Subscription:
             if self._pg:
                 async with self._guard("watch", None):
@@ -1180,6 +1286,19 @@ class SQLStream(FieldUpdates):
         return Watch(opener, self._filter(stream_name, group_id, item_id))
 
     async def aclose(self) -> None:
+        """End the watches and the write batches, and dispose of the engine this store made; idempotent.
+
+        Example:
+            >>> import asyncio
+            >>> async def demo() -> Any:
+            ...     s = SQLStream.from_url("sqlite+aiosqlite://")
+            ...     await s.aclose()
+            ...     await s.aclose()  # idempotent
+            ...     await s.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data=1))
+            >>> asyncio.run(demo())
+            Traceback (most recent call last):
+            iii_streams.errors.StreamClosedError: SQLStream writes is closed
+        """
         if self._closed:
             return
         self._closed = True

@@ -108,7 +108,13 @@ class Names:
         self.used: list[str] = []
 
     def stream(self, label: str = "s") -> str:
-        """A stream name unique to this test, containing ``label``."""
+        """A stream name unique to this test, containing ``label``.
+
+        Example:
+            >>> names = Names("run7")
+            >>> names.stream("todos"), names.stream(), names.used
+            ('todos-run7', 's-run7', ['todos-run7', 's-run7'])
+        """
         name = f"{label}-{self.run_id}"
         self.used.append(name)
         return name
