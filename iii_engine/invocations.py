@@ -87,15 +87,32 @@ class Started:
     the outcome is in.
     """
 
-    __slots__ = ("_abandon", "future")
+    __slots__ = ("_abandon", "_pending", "future")
 
-    def __init__(self, future: asyncio.Future[tuple[Any, Any]], abandon: Callable[[], Any]) -> None:
+    def __init__(self, future: asyncio.Future[tuple[Any, Any]], abandon: Callable[[], Any],
+                 pending: Pending | None = None) -> None:
         self.future = future
         self._abandon = abandon
+        self._pending = pending
 
     def abandon(self) -> None:
         """Stop waiting for the outcome (see the class)."""
         self._abandon()
+
+    def hook(self, callback: Callable[[], object] | None) -> bool:
+        """Have ``callback`` called, with no argument, as soon as :attr:`future` is settled (``None``: no longer);
+        ``False`` (nothing arranged: use the future's done callbacks) for a built-in's call.
+
+        Why: a done callback runs one pass of the event loop after the result is set; a waiter that only has to
+        settle a future of its own (the REST API module's) saves that pass, its handle and its context switch per
+        call. ``callback`` runs inside the code that settles the call (a worker's reader, a timer, a disconnect),
+        after the future is set: it must be quick and must not raise.
+        """
+        pending = self._pending
+        if pending is None:
+            return False
+        pending.hook = callback
+        return True
 
 
 @dataclass(slots=True)
@@ -111,6 +128,7 @@ class Pending:
     watch: Any = None  # the invocation observer's token, handed back when the result arrives
     holder: WorkerConnection | None = None  # the worker whose max_calls_per_worker count the call holds
     ended: bool = False  # set by _finish: a wait for room in the callee's queue stops at once
+    hook: Callable[[], object] | None = None  # called once the future is settled (Started.hook)
 
 
 class Invocations:
@@ -368,6 +386,8 @@ class Invocations:
                         caller.session.result(invocation_id, pending.function_id, result, error, traceparent, baggage))
         if pending.future is not None and not pending.future.done():
             pending.future.set_result((result, error))
+            if pending.hook is not None:
+                pending.hook()
 
     def _expire(self, invocation_id: str) -> None:
         pending = self.pending.get(invocation_id)
@@ -545,7 +565,7 @@ class Invocations:
             return Started(task, task.cancel)
         pending = await self._start_routed(entry, data, traceparent, baggage)
         assert pending.future is not None
-        return Started(pending.future, lambda: self._finish(pending.invocation_id, None, None))
+        return Started(pending.future, lambda: self._finish(pending.invocation_id, None, None), pending)
 
     def _entry(self, function_id: str) -> FunctionEntry:
         entry = self.registry.functions.get(function_id)

@@ -631,30 +631,38 @@ _REFERENTS_OK: Final = _referents_ok()
 def _check_tree(value: Any) -> None:
     """Refuse non-finite floats and nesting deeper than :data:`MAX_JSON_DEPTH` (iteratively: no recursion)."""
     stack: list[tuple[Any, int]] = [(value, 1)]
+    pop, push = stack.pop, stack.append
     while stack:
-        item, depth = stack.pop()
+        item, depth = pop()
         kind = type(item)
-        if kind is float or isinstance(item, float):
+        # Plain containers first: most of what is walked, and no float (no type derives from both), so they skip
+        # the isinstance calls below (the walk runs on every frame holding a null: the REST API's body, say).
+        if kind is dict:
+            children: Any = item.values()
+        elif kind is list or kind is tuple:
+            children = item
+        elif kind is float or isinstance(item, float):
             if not math.isfinite(item):
                 raise ValueError(_NON_FINITE)
             continue
-        if kind is dict or isinstance(item, dict):
-            children: Any = item.values()
-        elif kind is list or kind is tuple or isinstance(item, list | tuple):
+        elif isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list | tuple):
             children = item
         elif hasattr(item, "__dataclass_fields__") and not isinstance(item, type):
             children = [getattr(item, name) for name in item.__dataclass_fields__]
         elif isinstance(item, enum.Enum):
             # orjson writes an enum as its value, in place: a NaN there came out as null (the standard path refused it)
-            stack.append((item.value, depth))
+            push((item.value, depth))
             continue
         else:
             continue
         if depth > MAX_JSON_DEPTH:
             raise ValueError(_TOO_DEEP)
+        depth += 1
         for child in children:
             if type(child) not in _LEAVES:
-                stack.append((child, depth + 1))
+                push((child, depth))
 
 
 def _decode_error(raw: str | bytes, exc: ValueError) -> ValueError:

@@ -7,14 +7,16 @@ from __future__ import annotations
 import asyncio
 import warnings
 from typing import Any
+from unittest import mock
 from urllib.parse import unquote
 
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
 from iii_engine.channels import ChannelRelay
+from iii_engine.limits import Slots
 from iii_engine.modules.http import routes as routes_module
-from iii_engine.modules.http.api import _STOPPING, RestApiModule, _Interrupted, _Refused, _Timeout
+from iii_engine.modules.http.api import _STOPPING, RestApiModule, _Interrupted, _Timeout
 from iii_engine.modules.http.routes import RouteTable, parse_http_trigger
 from tests.unit.modules.test_http_race import _Started
 
@@ -43,17 +45,18 @@ class _Services:
 async def _module(config: dict[str, Any] | None = None, answer: bool = True) -> tuple[RestApiModule, _Services]:
     services = _Services(answer)
     module = RestApiModule(services, {"port": 0, **(config or {})})  # type: ignore[arg-type]
-    module._limit = asyncio.Semaphore(64)
+    module._limit = Slots(64)
     module._stopping = asyncio.get_running_loop().create_future()
     module.routes.add(parse_http_trigger("t", "f", {"api_path": "json"}))
     return module, services
 
 
 async def _dispatch(module: RestApiModule) -> Any:
-    request = make_mocked_request("GET", "/json", headers={"Host": "x"})
-    match = module.routes.match("GET", "/json")
-    assert match is not None
-    return await module._dispatch(request, match, bytearray(), {})
+    """One GET /json through the module's entry point (its client still connected)."""
+    transport = mock.Mock()
+    transport.is_closing.return_value = False
+    request = make_mocked_request("GET", "/json", headers={"Host": "x"}, transport=transport)
+    return await module._handle(request)
 
 
 async def test_requests_schedule_no_timer_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,9 +102,8 @@ async def test_a_deadline_earlier_than_one_queued_still_ends_on_time() -> None:
         await asyncio.wait_for(module._run(request, match, bytearray(), asyncio.get_running_loop().time() + 0.05), 5)
     assert not slow.done()
     await module.stop()
-    with pytest.raises(_Refused) as refused:
-        await asyncio.wait_for(slow, 5)
-    assert refused.value.status == 503 and not module._races
+    refused = await asyncio.wait_for(slow, 5)
+    assert refused.status == 503 and refused.headers["Retry-After"] == "1" and not module._races
 
 
 async def test_a_stop_between_waits_ends_the_next_wait_at_once() -> None:

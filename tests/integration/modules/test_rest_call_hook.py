@@ -1,0 +1,99 @@
+"""A REST request waiting for its worker's result is woken by the call itself as it ends (``Started.hook``), and a
+built-in's call through its future: every way a call ends still answers the request as it did, and leaves nothing
+behind (no pending call, no race, no channel)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from typing import Any
+
+import httpx
+import pytest
+
+from iii_engine import Engine, EngineConfig, ModuleSpec
+from iii_engine.modules.base import BuiltinFunction, InvocationContext
+from iii_engine.modules.http.api import RestApiModule
+from iii_engine.registry import FunctionEntry
+from tests.integration.modules.test_http_api import answer, worker_with_route
+
+pytestmark = pytest.mark.our_engine("configures the REST API module and reads our relay")
+
+
+@pytest.fixture
+async def stack() -> AsyncIterator[AsyncExitStack]:
+    async with AsyncExitStack() as stack:
+        yield stack
+
+
+async def _start(stack: AsyncExitStack, invocation_timeout_ms: int | None = None,
+                 default_timeout: int = 20_000) -> tuple[Engine, RestApiModule, httpx.AsyncClient]:
+    spec = ModuleSpec("modules::api::RestApiModule", {"host": "127.0.0.1", "port": 0,
+                                                      "default_timeout": default_timeout})
+    config = EngineConfig(host="127.0.0.1", port=0, modules=[spec], invocation_timeout_ms=invocation_timeout_ms)
+    engine = await stack.enter_async_context(Engine(config=config))
+    module = engine.module("http_api")
+    assert isinstance(module, RestApiModule), engine.unavailable_modules
+    client = await stack.enter_async_context(httpx.AsyncClient(base_url=module.base_url, timeout=20))
+    return engine, module, client
+
+
+def _nothing_left(engine: Engine, module: RestApiModule) -> None:
+    assert engine.invocations.pending == {}
+    assert not module._races and module.in_flight == 0
+    assert len(engine.channels) == 0
+
+
+async def test_a_worker_s_result_answers_the_request(stack: AsyncExitStack) -> None:
+    engine, module, client = await _start(stack)
+    worker = await worker_with_route(engine, "json", "json")
+    for n in range(3):  # the hook of one call must not answer the next
+        pending = asyncio.ensure_future(client.get("/json", params={"n": str(n)}))
+        invoked = await worker.expect("invokefunction")
+        assert invoked["data"]["query_params"] == {"n": str(n)}
+        await answer(worker, invoked, {"status_code": 201, "body": {"n": n}})
+        response = await pending
+        assert (response.status_code, response.json()) == (201, {"n": n})
+    _nothing_left(engine, module)
+
+
+async def test_the_engine_s_invocation_timeout_is_the_request_s_504(stack: AsyncExitStack) -> None:
+    engine, module, client = await _start(stack, invocation_timeout_ms=200)
+    worker = await worker_with_route(engine, "silent", "silent")
+    started = time.monotonic()
+    response = await client.get("/silent")  # the worker never answers; default_timeout is 20 s
+    assert (response.status_code, response.json()) == (504, {"error": "Request timed out"})
+    assert time.monotonic() - started < 10
+    assert (await worker.expect("invokefunction"))["function_id"] == "silent"
+    _nothing_left(engine, module)
+
+
+async def test_a_worker_leaving_mid_call_is_500_invocation_stopped(stack: AsyncExitStack) -> None:
+    engine, module, client = await _start(stack)
+    worker = await worker_with_route(engine, "leaver", "leaver")
+    pending = asyncio.ensure_future(client.get("/leaver"))
+    await worker.expect("invokefunction")
+    await worker.close()
+    response = await asyncio.wait_for(pending, 10)
+    assert response.status_code == 500
+    assert response.json()["error"] == "Invocation stopped"
+    _nothing_left(engine, module)
+
+
+async def test_a_route_to_a_built_in_is_answered_through_its_task(stack: AsyncExitStack) -> None:
+    engine, module, client = await _start(stack)
+
+    async def built_in(data: Any, ctx: InvocationContext) -> Any:
+        return {"status_code": 202, "body": {"path": data["path"], "method": data["method"]}}
+
+    engine.registry.add_function(FunctionEntry("test::built_in", builtin=BuiltinFunction("test::built_in", built_in)))
+    worker = await worker_with_route(engine, "unused", "placeholder")  # a connection to register the trigger with
+    await worker.send({"type": "registertrigger", "id": "t-built-in", "trigger_type": "http",
+                       "function_id": "test::built_in", "config": {"api_path": "built-in"}})
+    await worker.sync()
+    for _ in range(2):
+        response = await client.get("/built-in")
+        assert (response.status_code, response.json()) == (202, {"path": "built-in", "method": "GET"})
+    _nothing_left(engine, module)
