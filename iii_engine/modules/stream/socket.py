@@ -81,6 +81,11 @@ _MISSED = "the engine missed the store's events; reconnect and join"
 # events stay unavailable does not close (and re-sync) every client twice a second
 _FEED_RETRY_S = 0.5
 _FEED_RETRY_MAX_S = 5.0
+# How long the socket waits for the store to end one subscription to its events (a Redis UNSUBSCRIBE, a PostgreSQL
+# LISTEN connection's close) before it lets it go: a store that never answered held the engine's stop forever, and
+# when the last client left, the feed's lock with it, so no later join's feed opened either. The bound, not the
+# unsubscribe itself, is what a client or the stop may have to wait for.
+_WATCH_CLOSE_TIMEOUT_S = 5.0
 
 _GroupKey = tuple[str, str]
 
@@ -187,6 +192,27 @@ class _Client:
             # not kept while waiting for the next one: an idle client held its last frame (its sync, say) for as
             # long as nothing else came for it
             del frame
+
+
+async def _close_watch(watch: Watch) -> None:
+    """Unsubscribe ``watch`` within ``_WATCH_CLOSE_TIMEOUT_S``, never raising but for a cancel of the caller: a
+    failure is logged, and past the deadline the unsubscribe is cancelled and let go (whatever it still holds is
+    the store's; the feed opens a fresh subscription)."""
+    closing = asyncio.get_running_loop().create_task(watch.aclose(), name="stream-socket-feed-close")
+    closing.add_done_callback(_log_close_failure)
+    try:
+        done, _ = await asyncio.wait((closing,), timeout=_WATCH_CLOSE_TIMEOUT_S)
+    finally:
+        if not closing.done():  # past the deadline, or the caller is cancelled: nothing waits for it any more
+            closing.cancel()
+    if not done:
+        log.warning("the store did not close its event subscription within %g s; letting it go",
+                    _WATCH_CLOSE_TIMEOUT_S)
+
+
+def _log_close_failure(closing: asyncio.Task[None]) -> None:
+    if not closing.cancelled() and (exc := closing.exception()) is not None:
+        log.warning("the store failed to close its event subscription (%r)", exc)
 
 
 def _join_data(message: Any) -> tuple[str, str, str, str | None] | None:
@@ -324,14 +350,14 @@ class StreamSocketServer:
                 try:
                     await watch.open()
                 except asyncio.CancelledError:  # the engine stops (see _close_feed)
-                    await watch.aclose()
+                    await _close_watch(watch)
                     raise
                 except Exception as exc:  # e.g. the store is down: the pump keeps trying, as after losing the feed
                     log.warning("stream socket cannot subscribe to the store's events yet (%r)", exc)
                     subscribed = False
                 if not self._clients:
                     # every client went while the store answered: their _close_feed left the closing to us
-                    await watch.aclose()
+                    await _close_watch(watch)
                     return
                 self._watch = watch
                 self._pump = asyncio.get_running_loop().create_task(self._forward(watch, subscribed),
@@ -362,7 +388,7 @@ class StreamSocketServer:
             # also when the pump was cancelled before its first step (its finally never ran); idempotent
             watch, self._watch = self._watch, None
             if watch is not None:
-                await watch.aclose()
+                await _close_watch(watch)
 
     # -- handshake -----------------------------------------------------------------------------------------
 
@@ -713,8 +739,8 @@ class StreamSocketServer:
                     self._missed(f"{what} in {pause:g} s")
                     await asyncio.sleep(pause)
                     pause = min(pause * 2, _FEED_RETRY_MAX_S)
-                await watch.aclose()
+                await _close_watch(watch)
                 watch = self._watch = self.store.watch()
                 subscribed = False
         finally:
-            await watch.aclose()  # also when cancelled by _close_feed: the store's subscription goes with it
+            await _close_watch(watch)  # also when cancelled by _close_feed: the store's subscription goes with it
