@@ -128,6 +128,9 @@ class III:
         # Subscribing and unsubscribing from several threads at once registered one trigger each (every callback
         # then ran once per trigger on each change, and the extra triggers outlived the last unsubscribe).
         self._functions_available_lock = threading.Lock()
+        # Two threads registering one function id at once both passed the id check: both registrations went to the
+        # engine, or the refused one took the winner's handler away with it.
+        self._registering = threading.Lock()
         self._connection_state: IIIConnectionState = "disconnected"
         self._closed = False
         self._shut: asyncio.Future[None] | None = None  # done once shutdown_async() has run to its end
@@ -609,8 +612,6 @@ class III:
 
         if not func.id or not func.id.strip():
             raise ValueError("id is required")
-        if self._session.has_function(func.id):
-            raise ValueError(f"function id '{func.id}' already registered")
 
         invocation: HttpInvocationConfig | None = None
         handler: Callable[[Any], Any] | None = None
@@ -631,14 +632,17 @@ class III:
             invocation=invocation,
         )
         function_id = func.id
-        if handler is not None:
-            self._runner.add(function_id, handler)
-        try:
-            frame = self._session.register_function(message, invokable=handler is not None,
-                                                    check=self._registration_check(f"function {function_id!r}"))
-        except ValueError:
-            self._runner.remove(function_id)
-            raise
+        with self._registering:
+            if self._session.has_function(function_id):
+                raise ValueError(f"function id '{function_id}' already registered")
+            if handler is not None:
+                self._runner.add(function_id, handler)
+            try:
+                frame = self._session.register_function(message, invokable=handler is not None,
+                                                        check=self._registration_check(f"function {function_id!r}"))
+            except ValueError:
+                self._runner.remove(function_id)
+                raise
         self._register(frame)
 
         def unregister() -> None:
