@@ -956,9 +956,8 @@ class Connection:
             self._ws = None
             # Only a 1009 the engine sent first: one we sent (a message of the engine's over our own max_size) is
             # not the engine refusing ours.
-            close = ws.protocol.close_rcvd
-            self.closed_too_big = (close is not None and close.code == MESSAGE_TOO_BIG
-                                   and ws.protocol.close_rcvd_then_sent is not False)
+            close = ws_fastpath.close_sent_by_peer(ws)
+            self.closed_too_big = close is not None and close.code == MESSAGE_TOO_BIG
             self._drop_pinned()
             if self._running:
                 self._set_state("disconnected")

@@ -98,8 +98,8 @@ def _probe() -> tuple[str, ...]:
     """Names of the ``websockets`` internals this module needs and the installed version lacks."""
     missing: list[str] = []
     protocol = Protocol(Side.SERVER)
-    for name in ("state", "extensions", "close_rcvd", "close_sent", "max_message_size", "reader", "side",
-                 "expect_continuation_frame", "debug"):
+    for name in ("state", "extensions", "close_rcvd", "close_sent", "close_rcvd_then_sent", "max_message_size",
+                 "reader", "side", "expect_continuation_frame", "debug"):
         if not hasattr(protocol, name):
             missing.append(f"Protocol.{name}")
     if not isinstance(getattr(getattr(protocol, "reader", None), "buffer", None), bytearray):
@@ -409,6 +409,15 @@ def close_frames(ws: Connection) -> tuple[Close | None, Close | None]:
     """``(received, sent)`` Close frames of ``ws`` (``None`` where there was none)."""
     protocol = ws.protocol
     return protocol.close_rcvd, protocol.close_sent
+
+
+def close_sent_by_peer(ws: Connection) -> Close | None:
+    """The Close frame the peer sent of its own accord: ``None`` when none came, or when it only answered ours."""
+    protocol = ws.protocol
+    close = protocol.close_rcvd
+    if close is None or getattr(protocol, "close_rcvd_then_sent", None) is False:
+        return None
+    return close
 
 
 def abort(ws: Connection) -> None:
