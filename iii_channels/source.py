@@ -595,9 +595,10 @@ class ChannelSource:
             ('{"name": "a.txt"}', b'data', None)
         """
         while not self._texts:
+            # The fill that meets the end may set a text aside on its way: it is the answer, not the end.
             if self._eof or not await self._fill():
-                return None
-        return self._pop_text()
+                break
+        return self._pop_text() if self._texts else None
 
     def _pop_text(self) -> str:
         text = self._texts.popleft()
