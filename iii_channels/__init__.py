@@ -1,11 +1,24 @@
 """The channel layer: byte streams, files, pipes and progress on top of :mod:`iii.channels`.
 
 Example:
+    >>> import asyncio
     >>> import iii_channels
-    >>> async def main(iii) -> None:
+    >>> from iii import III
+    >>> from iii_engine import Engine, EngineConfig
+    >>> async def main(iii) -> bytes:
     ...     ch = await iii.create_channel_async()
     ...     async with iii_channels.sink(ch.writer) as out:   # close = EOF + trailer; exception = abort
     ...         await out.write(b"hello\\n")
+    ...     return await iii_channels.source(ch.reader, require_trailer=True).read_all()
+    >>> async def demo() -> bytes:
+    ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+    ...         iii = III(engine.url)
+    ...         await iii.connect_async()
+    ...         data = await main(iii)
+    ...         await iii.shutdown_async()
+    ...         return data
+    >>> asyncio.run(demo())
+    b'hello\\n'
 """
 
 from __future__ import annotations

@@ -5,10 +5,25 @@ are queued; a background task feeds the socket (which itself waits on TCP backpr
 producer runs ahead of its reader by at most the high-water mark plus the channel's buffer.
 
 Example:
+    >>> import asyncio
+    >>> from iii import III
+    >>> from iii_channels import source
+    >>> from iii_engine import Engine, EngineConfig
     >>> async def upload(writer, blocks) -> None:
     ...     async with ChannelSink(writer) as sink:   # close = EOF (+ trailer); an exception = abort
     ...         for block in blocks:
     ...             await sink.write(block)
+    >>> async def demo() -> bytes:
+    ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+    ...         iii = III(engine.url)
+    ...         await iii.connect_async()
+    ...         ch = await iii.create_channel_async()
+    ...         reading = source(ch.reader, require_trailer=True).read_all()
+    ...         _, data = await asyncio.gather(upload(ch.writer, [b"ab", b"cd"]), reading)
+    ...         await iii.shutdown_async()
+    ...         return data
+    >>> asyncio.run(demo())
+    b'abcd'
 """
 
 from __future__ import annotations

@@ -1,11 +1,26 @@
 """Byte source over a :class:`~iii.channels.ChannelReader`: stream-style reads, iterators, trailer checks.
 
 Example:
+    >>> import asyncio
+    >>> from iii import III
+    >>> from iii_channels import sink
+    >>> from iii_engine import Engine, EngineConfig
     >>> async def consume(reader) -> None:
     ...     source = ChannelSource(reader)
     ...     header = await source.readline()           # b"name,size\\n"
     ...     async for record in source.json_records(): # one JSON value per line
     ...         print(record)
+    >>> async def demo() -> None:
+    ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+    ...         iii = III(engine.url)
+    ...         await iii.connect_async()
+    ...         ch = await iii.create_channel_async()
+    ...         async with sink(ch.writer) as out:
+    ...             await out.write(b'name,size\\n["a.txt", 3]\\n')
+    ...         await consume(ch.reader)
+    ...         await iii.shutdown_async()
+    >>> asyncio.run(demo())
+    ['a.txt', 3]
 """
 
 from __future__ import annotations
@@ -346,8 +361,23 @@ class ChannelSource:
         exactly ``limit`` bytes and its separator is returned, one byte more raises :class:`LimitExceededError`.
 
         Example:
-            >>> async def header(source: ChannelSource) -> bytes:
-            ...     return await source.readuntil(b"\\r\\n\\r\\n", limit=16 * 1024)
+            >>> import asyncio
+            >>> from iii import III
+            >>> from iii_channels import sink
+            >>> from iii_engine import Engine, EngineConfig
+            >>> async def demo() -> tuple[bytes, bytes]:
+            ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+            ...         iii = III(engine.url)
+            ...         await iii.connect_async()
+            ...         ch = await iii.create_channel_async()
+            ...         async with sink(ch.writer) as out:
+            ...             await out.write(b"Host: a\\r\\n\\r\\nbody")
+            ...         source = ChannelSource(ch.reader)
+            ...         result = await source.readuntil(b"\\r\\n\\r\\n", limit=16 * 1024), await source.read_all()
+            ...         await iii.shutdown_async()
+            ...         return result
+            >>> asyncio.run(demo())
+            (b'Host: a\\r\\n\\r\\n', b'body')
         """
         if not separator:
             raise ValueError("separator must not be empty")
@@ -466,9 +496,25 @@ class ChannelSource:
         buffered bytes that followed it.
 
         Example:
-            >>> async def dump(source: ChannelSource) -> None:
-            ...     async for item in source.items():
-            ...         print("text" if isinstance(item, str) else len(item))
+            >>> import asyncio
+            >>> from iii import III
+            >>> from iii_channels import sink
+            >>> from iii_engine import Engine, EngineConfig
+            >>> async def demo() -> tuple[list[bytes | str], bool]:
+            ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+            ...         iii = III(engine.url)
+            ...         await iii.connect_async()
+            ...         ch = await iii.create_channel_async()
+            ...         async with sink(ch.writer) as out:  # its trailer is checked, not yielded
+            ...             await out.send_text("header")
+            ...             await out.write(b"data")
+            ...             await out.send_text("footer")
+            ...         source = ChannelSource(ch.reader, require_trailer=True)
+            ...         result = [item async for item in source.items()], source.verified
+            ...         await iii.shutdown_async()
+            ...         return result
+            >>> asyncio.run(demo())
+            (['header', b'data', 'footer'], True)
         """
         # Set aside by readline() & co: dropped here, they would be lost to a caller that reads only items().
         start = self.bytes_read - len(self._buffer)  # the stream offset of the buffer's first byte
