@@ -645,10 +645,14 @@ def _check_tree(value: Any) -> None:
             if not math.isfinite(item):
                 raise ValueError(_NON_FINITE)
             continue
+        # A subclass's contents are read as orjson reads them, from the dict's or the list's own storage: an
+        # overridden values() or __iter__ hid a NaN from the walk while orjson wrote it as null.
         elif isinstance(item, dict):
-            children = item.values()
-        elif isinstance(item, list | tuple):
-            children = item
+            children = dict.values(item)
+        elif isinstance(item, list):
+            children = list.__iter__(item)
+        elif isinstance(item, tuple):
+            children = tuple.__iter__(item)
         elif hasattr(item, "__dataclass_fields__") and not isinstance(item, type):
             children = [getattr(item, name) for name in item.__dataclass_fields__]
         elif isinstance(item, enum.Enum):
