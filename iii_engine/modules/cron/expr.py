@@ -74,7 +74,8 @@ def _value(spec: _Field, text: str) -> int:
         raise CronSyntaxError(f"{spec.name}: {text!r:.{_QUOTE}} is not a number")
     number = int(text)
     if not spec.low <= number <= spec.high:
-        raise CronSyntaxError(f"{spec.name}: {number} is outside {spec.low}-{spec.high}")
+        # quoted short like every other text here: the number may have thousands of digits
+        raise CronSyntaxError(f"{spec.name}: {text:.{_QUOTE}} is outside {spec.low}-{spec.high}")
     return number
 
 

@@ -30,6 +30,10 @@ _PRUNE_FLOOR = 64
 # never replies) held every tick for good, each holding a max_fired_calls slot: one trigger every second took the
 # whole bound, and with it every other trigger-fired call of the engine. A tick is worth little once late.
 _REDIS_TIMEOUT_S = 5.0
+# Shortest time a fired tick is remembered in Redis. The key lived lock_ttl_ms from the firing, so with a short one
+# (1 ms) each engine that tried a tick a moment after another found no key and fired it too: every tick on every
+# engine. One integer per trigger id: a minute costs nothing and covers an engine's short stall.
+_MIN_MEMORY_MS = 60_000
 
 
 class CronLock(Protocol):
@@ -95,13 +99,14 @@ class RedisCronLock:
 
         self._redis: Redis = Redis.from_url(redis_url, socket_timeout=_REDIS_TIMEOUT_S,
                                             socket_connect_timeout=_REDIS_TIMEOUT_S)
-        self._ttl_ms = ttl_ms
+        self._key_ms = max(ttl_ms, _MIN_MEMORY_MS)
         self._prefix = key_prefix
         self._script = self._redis.register_script(_TRY_FIRE_LUA)
 
     async def try_fire(self, job_id: str, tick_ms: int) -> bool:
-        """See :class:`CronLock`; raises (a ``redis`` error) when Redis did not answer within 5 s."""
-        won = await self._script(keys=[f"{self._prefix}cron_lock:{job_id}"], args=[tick_ms, self._ttl_ms])
+        """See :class:`CronLock`; raises (a ``redis`` error) when Redis did not answer within 5 s. A fired tick is
+        remembered ``max(lock_ttl_ms, 60 s)``: an engine later than that for it may fire it again."""
+        won = await self._script(keys=[f"{self._prefix}cron_lock:{job_id}"], args=[tick_ms, self._key_ms])
         return bool(won)
 
     async def close(self) -> None:
