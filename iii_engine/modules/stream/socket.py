@@ -86,6 +86,14 @@ _FEED_RETRY_MAX_S = 5.0
 # when the last client left, the feed's lock with it, so no later join's feed opened either. The bound, not the
 # unsubscribe itself, is what a client or the stop may have to wait for.
 _WATCH_CLOSE_TIMEOUT_S = 5.0
+# The unsubscribes let go past that bound and not ended yet. The loop keeps only a weak reference to a task: one
+# whose store swallowed the cancel and waits on a future nothing else holds was garbage collected mid-run ("Task was
+# destroyed but it is pending!", its finally clauses never run).
+_LET_GO: set[asyncio.Task[None]] = set()
+# How long the start-up probe may take to subscribe to the store's events. A store that never answers held the
+# engine's start for the store's own timeout (a silent PostgreSQL: 60 s) or, with none, for good; a subscribe is a
+# round trip or a connection, so a store slower than this at start is taken as down: one error line, no engine.
+_START_PROBE_TIMEOUT_S = 10.0
 
 _GroupKey = tuple[str, str]
 
@@ -205,9 +213,11 @@ async def _close_watch(watch: Watch) -> None:
     finally:
         if not closing.done():  # past the deadline, or the caller is cancelled: nothing waits for it any more
             closing.cancel()
+            _LET_GO.add(closing)
+            closing.add_done_callback(_LET_GO.discard)
     if not done:
-        log.warning("the store did not close its event subscription within %g s; letting it go",
-                    _WATCH_CLOSE_TIMEOUT_S)
+        log.warning("the store did not close its event subscription within %g s; letting it go (%d let go and not "
+                    "ended yet)", _WATCH_CLOSE_TIMEOUT_S, len(_LET_GO))
 
 
 def _log_close_failure(closing: asyncio.Task[None]) -> None:
@@ -294,8 +304,16 @@ class StreamSocketServer:
         # A store that is down or misconfigured must stop the engine's start with one line, not surface at the
         # first client: subscribing once (then letting go) reaches the store the way the feed will.
         probe = self.store.watch()
-        await probe.open()
-        await probe.aclose()
+        try:
+            async with asyncio.timeout(_START_PROBE_TIMEOUT_S) as deadline:
+                await probe.open()
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # the store's own timeout, with its own message
+            raise ConnectionError(f"the store did not answer a subscription to its events within "
+                                  f"{_START_PROBE_TIMEOUT_S:g} s") from None
+        finally:
+            await _close_watch(probe)
         self._server = await serve(
             self._serve, self.settings.host, self.settings.port, compression=None, max_size=_MAX_CLIENT_FRAME,
             max_queue=_CLIENT_MESSAGES_QUEUED,

@@ -1,0 +1,166 @@
+"""Attacks on the stream socket's bounds around the store's event subscription: the start-up probe against a store
+that never answers (a custom store, a silent PostgreSQL server), and an unsubscribe that swallows its cancel after
+the close's deadline let it go (kept alive, not garbage collected mid-run)."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from iii.stream import StreamSetInput
+from iii_engine import Engine
+from iii_engine.modules.base import ModuleStartError
+from iii_engine.modules.stream import module as stream_module_file
+from iii_engine.modules.stream import socket as socket_module
+from iii_streams import MemoryStream
+from iii_streams.events import StreamEvent, Subscription, Watch
+from tests.polling import until
+
+from .helpers import SocketClient, engine_config, stream_module
+
+pytestmark = [pytest.mark.our_engine("replaces the stream socket's store"), pytest.mark.timeout(30)]
+
+
+class _SilentStore(MemoryStream):
+    """A memory store whose subscribes never answer (a custom store with no timeout of its own)."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(publish_events=True)
+
+    def watch(self, stream_name: str | None = None, group_id: str | None = None,
+              item_id: str | None = None) -> Watch:
+        async def opener() -> Subscription:
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+
+        return Watch(opener, self._filter(stream_name, group_id, item_id))
+
+
+async def _start_fails(engine: Engine, within: float) -> tuple[ModuleStartError, float]:
+    began = time.monotonic()
+    # before: the start waited for the subscribe for good (a custom store) or the store's own 60 s (PostgreSQL)
+    with pytest.raises(ModuleStartError) as failed:
+        await asyncio.wait_for(engine.start(), within)
+    return failed.value, time.monotonic() - began
+
+
+async def test_a_store_that_never_answers_the_probe_stops_the_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket_module, "_START_PROBE_TIMEOUT_S", 0.3, raising=False)
+    monkeypatch.setattr(stream_module_file, "open_module_store", lambda *_, **__: _SilentStore())
+    engine = Engine(config=engine_config())
+    failure, took = await _start_fails(engine, 10)
+    assert "did not answer a subscription to its events within 0.3 s" in str(failure), failure
+    assert "\n" not in str(failure)
+    assert took < 5, took
+    assert not engine.modules  # no half-started engine: every module stopped, none handed out
+
+
+@pytest.fixture
+async def silent_server() -> AsyncIterator[int]:
+    """A TCP server that takes connections and reads, and never answers."""
+    readers: set[asyncio.Task[Any]] = set()
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        readers.add(asyncio.current_task())  # type: ignore[arg-type]
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        for task in readers:
+            task.cancel()
+
+
+async def test_a_silent_postgresql_server_stops_the_start_within_the_bound(
+        monkeypatch: pytest.MonkeyPatch, silent_server: int) -> None:
+    monkeypatch.setattr(socket_module, "_START_PROBE_TIMEOUT_S", 1.0, raising=False)
+    engine = Engine(config=engine_config(store_url=f"postgresql+asyncpg://postgres@127.0.0.1:{silent_server}/test"))
+    failure, took = await _start_fails(engine, 20)
+    assert "did not answer a subscription to its events within 1 s" in str(failure), failure
+    assert took < 15, took
+
+
+class _SwallowingSub:
+    """A memory subscription whose close, once :attr:`_SwallowingStore.hang` is set, waits on futures nothing else
+    holds and swallows every cancel (until :attr:`_SwallowingStore.hang` is cleared)."""
+
+    def __init__(self, store: _SwallowingStore, inner: Subscription) -> None:
+        self.store = store
+        self.inner = inner
+
+    async def get(self) -> StreamEvent:
+        return await self.inner.get()
+
+    async def close(self) -> None:
+        await self.inner.close()
+        self.store.closes += 1
+        while self.store.hang:
+            try:
+                await asyncio.get_running_loop().create_future()
+            except asyncio.CancelledError:
+                self.store.swallowed += 1
+        self.store.ended += 1
+
+
+class _SwallowingStore(MemoryStream):
+    def __init__(self) -> None:
+        super().__init__(publish_events=True)
+        self.hang = True
+        self.closes = self.swallowed = self.ended = 0
+
+    def watch(self, stream_name: str | None = None, group_id: str | None = None,
+              item_id: str | None = None) -> Watch:
+        async def opener() -> Subscription:
+            return _SwallowingSub(self, self._hub.subscribe())
+
+        return Watch(opener, self._filter(stream_name, group_id, item_id))
+
+
+def _let_go_after(store: _SwallowingStore, socket: socket_module.StreamSocketServer,
+                  rounds: int) -> Callable[[], bool]:
+    return lambda: store.swallowed >= rounds and not socket.following
+
+
+async def test_an_unsubscribe_that_swallows_its_cancel_is_not_destroyed_pending(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(socket_module, "_WATCH_CLOSE_TIMEOUT_S", 0.2)
+    loop = asyncio.get_running_loop()
+    unhandled: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: unhandled.append(context))
+    store = _SwallowingStore()
+    try:
+        async with Engine(config=engine_config(join_timeout_ms=3000)) as engine:
+            socket = stream_module(engine).socket
+            assert socket is not None
+            socket.store = store
+            for round_ in range(1, 4):  # each round's hung unsubscribe is let go while the next feed opens
+                client = await SocketClient.connect(engine)
+                await client.join("sub", "s", "g")
+                assert (await client.recv())["event"]["type"] == "sync"
+                await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data=round_))
+                assert (await client.recv())["event"]["data"] == round_
+                await client.close()
+                await until(_let_go_after(store, socket, round_))
+                gc.collect()
+                # before: "Task was destroyed but it is pending!" (only the loop's weak reference held it)
+                assert not unhandled, unhandled
+            assert "3 let go and not ended yet" in caplog.text
+            assert len(socket_module._LET_GO) == 3
+    finally:
+        store.hang = False
+        let_go: set[asyncio.Task[None]] = getattr(socket_module, "_LET_GO", set())
+        for task in tuple(let_go):
+            task.cancel()
+        await until(lambda: not let_go)
+        loop.set_exception_handler(previous)
+    assert store.ended == store.closes == 3
+    assert not unhandled, unhandled
