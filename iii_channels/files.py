@@ -11,10 +11,29 @@ owner holds an exclusive ``flock`` on it while writing, so the next receive in t
 ``send_file`` first sends a text header ``{"iii_channels_file": {"name": …, "size": …}}`` so the receiver knows
 the size for its progress bar, then the bytes, then the integrity trailer.
 
-Example:
-    >>> async def transfer(writer, reader) -> None:
-    ...     await asyncio.gather(send_file(writer, "big.iso", progress=True),
-    ...                          receive_file(reader, "copy.iso"))
+Example (the receiver's progress knows the total from the header; no part file is left behind):
+    >>> import asyncio, tempfile
+    >>> from iii import III
+    >>> from iii_engine import Engine, EngineConfig
+    >>> async def transfer(writer, reader, tmp: str, seen: list[tuple[int, int | None]]) -> FileReceipt:
+    ...     _, receipt = await asyncio.gather(
+    ...         send_file(writer, f"{tmp}/big.iso", chunk_size=40_000),
+    ...         receive_file(reader, f"{tmp}/copy.iso", progress=lambda done, total: seen.append((done, total))))
+    ...     return receipt
+    >>> async def demo() -> tuple[int, bool, tuple[int, int | None], list[str]]:
+    ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+    ...         iii = III(engine.url)
+    ...         await iii.connect_async()
+    ...         ch = await iii.create_channel_async()
+    ...         seen: list[tuple[int, int | None]] = []
+    ...         with tempfile.TemporaryDirectory() as tmp:
+    ...             Path(tmp, "big.iso").write_bytes(bytes(100_000))
+    ...             receipt = await transfer(ch.writer, ch.reader, tmp, seen)
+    ...             names = sorted(os.listdir(tmp))
+    ...         await iii.shutdown_async()
+    ...         return receipt.size, receipt.verified, seen[-1], names
+    >>> asyncio.run(demo())
+    (100000, True, (100000, 100000), ['big.iso', 'copy.iso'])
 """
 
 from __future__ import annotations

@@ -3,9 +3,28 @@
 Every ``from_*`` function writes into a channel writer (EOF with trailer on success, abort on failure) and
 returns the bytes sent; every ``to_*`` function reads a channel into something and returns the bytes received.
 
-Example (each function's own example runs one end to end):
-    >>> async def archive(writer: ChannelWriter) -> int:  # a tar stream of data/ into the channel
-    ...     return await from_process(writer, ["tar", "c", "data/"], progress=True)
+Example (a tar stream of data/ through a channel into another tar; each function's own example runs one too):
+    >>> import asyncio, tempfile
+    >>> from pathlib import Path
+    >>> from iii import III
+    >>> from iii_engine import Engine, EngineConfig
+    >>> async def archive(writer: ChannelWriter, root: str) -> int:  # a tar stream of root/data/ into the channel
+    ...     return await from_process(writer, ["tar", "c", "-C", root, "data/"])
+    >>> async def demo() -> tuple[bool, str]:
+    ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+    ...         iii = III(engine.url)
+    ...         await iii.connect_async()
+    ...         ch = await iii.create_channel_async()
+    ...         with tempfile.TemporaryDirectory() as src, tempfile.TemporaryDirectory() as dst:
+    ...             Path(src, "data").mkdir()
+    ...             Path(src, "data", "a.txt").write_text("hello")
+    ...             extract = to_process(ch.reader, ["tar", "x", "-C", dst], require_trailer=True)
+    ...             sent, fed = await asyncio.gather(archive(ch.writer, src), extract)
+    ...             text = Path(dst, "data", "a.txt").read_text()
+    ...         await iii.shutdown_async()
+    ...         return sent == fed, text
+    >>> asyncio.run(demo())
+    (True, 'hello')
 """
 
 from __future__ import annotations

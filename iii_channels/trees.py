@@ -14,9 +14,30 @@ nothing appears under the final name and the staging directory is removed. The s
 ``.iii-part-<pid>-…`` and locked while in use, so one left by a killed receiver is removed by the next
 ``receive_dir`` / ``receive_file`` next to it (:func:`iii_channels.files.reclaim_stale_parts`).
 
-Example:
-    >>> async def mirror(writer, reader) -> None:
-    ...     await asyncio.gather(send_dir(writer, "photos/"), receive_dir(reader, "/backup/photos"))
+Example (the staging directory is gone once the destination appears):
+    >>> import asyncio, tempfile
+    >>> from iii import III
+    >>> from iii_engine import Engine, EngineConfig
+    >>> async def mirror(writer, reader, tmp: str) -> TreeReceipt:
+    ...     _, receipt = await asyncio.gather(send_dir(writer, f"{tmp}/photos/"),
+    ...                                       receive_dir(reader, f"{tmp}/backup/photos"))
+    ...     return receipt
+    >>> async def demo() -> tuple[list[str], list[str], list[str]]:
+    ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
+    ...         iii = III(engine.url)
+    ...         await iii.connect_async()
+    ...         ch = await iii.create_channel_async()
+    ...         with tempfile.TemporaryDirectory() as tmp:
+    ...             Path(tmp, "photos", "2026").mkdir(parents=True)
+    ...             Path(tmp, "photos", "2026", "a.jpg").write_bytes(bytes(300))
+    ...             Path(tmp, "photos", "empty").mkdir()
+    ...             receipt = await mirror(ch.writer, ch.reader, tmp)
+    ...             files = [str(f.path.relative_to(receipt.path)) for f in receipt.files if f.verified]
+    ...             backup = os.listdir(Path(tmp, "backup"))
+    ...         await iii.shutdown_async()
+    ...         return files, sorted(receipt.directories), backup
+    >>> asyncio.run(demo())
+    (['2026/a.jpg'], ['2026', 'empty'], ['photos'])
 """
 
 from __future__ import annotations
