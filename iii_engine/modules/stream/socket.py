@@ -283,6 +283,11 @@ class StreamSocketServer:
         # The one opening of the feed under way, shared by every join waiting for it: a join that timed out or
         # whose client went left its own waiter behind, one task per connect-join-disconnect while the store hung.
         self._opening: asyncio.Task[None] | None = None
+        # Unsubscribes of feeds that ended (the last client left, the engine stops), each within
+        # _WATCH_CLOSE_TIMEOUT_S: awaited under the feed's lock, a store slow to unsubscribe held the next join's
+        # feed for that long (a join_timeout_ms under 5 s: no sync). Nothing reads an ended feed, so a new one may
+        # open meanwhile; the engine's stop waits for them.
+        self._unsubscribing: set[asyncio.Task[None]] = set()
 
     @property
     def port(self) -> int:
@@ -334,6 +339,8 @@ class StreamSocketServer:
             await asyncio.gather(*(close_within(ws, 1001, "") for ws in peers))
             await self._server.wait_closed()
         await self._close_feed(force=True)
+        if self._unsubscribing:
+            await asyncio.wait(tuple(self._unsubscribing))  # each bounded by _WATCH_CLOSE_TIMEOUT_S
         self._failed_joins_log.close()
         self._ignored_log.close()
 
@@ -368,21 +375,22 @@ class StreamSocketServer:
                 try:
                     await watch.open()
                 except asyncio.CancelledError:  # the engine stops (see _close_feed)
-                    await _close_watch(watch)
+                    self._unsubscribe(watch)
                     raise
                 except Exception as exc:  # e.g. the store is down: the pump keeps trying, as after losing the feed
                     log.warning("stream socket cannot subscribe to the store's events yet (%r)", exc)
                     subscribed = False
-                if not self._clients:
-                    # every client went while the store answered: their _close_feed left the closing to us
-                    await _close_watch(watch)
+                if self._clients:
+                    self._watch = watch
+                    self._pump = asyncio.get_running_loop().create_task(self._forward(watch, subscribed),
+                                                                        name="stream-socket-events")
                     return
-                self._watch = watch
-                self._pump = asyncio.get_running_loop().create_task(self._forward(watch, subscribed),
-                                                                    name="stream-socket-events")
             finally:
                 if self._opening is asyncio.current_task():
                     self._opening = None
+        # every client went while the store answered: their _close_feed left the closing to us. Out of the lock and
+        # no longer the shared opening: a join coming now opens its own feed instead of waiting for this close.
+        await _close_watch(watch)
 
     async def _close_feed(self, *, force: bool = False) -> None:
         """Close the feed once no client is connected (``force``: at shutdown)."""
@@ -406,7 +414,13 @@ class StreamSocketServer:
             # also when the pump was cancelled before its first step (its finally never ran); idempotent
             watch, self._watch = self._watch, None
             if watch is not None:
-                await _close_watch(watch)
+                self._unsubscribe(watch)
+
+    def _unsubscribe(self, watch: Watch) -> None:
+        """Close ``watch`` (an ended feed's) in the background, within ``_WATCH_CLOSE_TIMEOUT_S``."""
+        task = asyncio.get_running_loop().create_task(_close_watch(watch), name="stream-socket-feed-unsubscribe")
+        self._unsubscribing.add(task)
+        task.add_done_callback(self._unsubscribing.discard)
 
     # -- handshake -----------------------------------------------------------------------------------------
 
@@ -761,4 +775,4 @@ class StreamSocketServer:
                 watch = self._watch = self.store.watch()
                 subscribed = False
         finally:
-            await _close_watch(watch)  # also when cancelled by _close_feed: the store's subscription goes with it
+            self._unsubscribe(watch)  # also when cancelled by _close_feed: the store's subscription goes with it

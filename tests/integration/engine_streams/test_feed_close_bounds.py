@@ -1,6 +1,7 @@
 """Attacks on the stream socket's bounds around the store's event subscription: the start-up probe against a store
 that never answers (a custom store, a silent PostgreSQL server), and an unsubscribe that swallows its cancel after
-the close's deadline let it go (kept alive, not garbage collected mid-run)."""
+the close's deadline let it go (kept alive, not garbage collected mid-run), and a join while the last feed's
+unsubscribe hangs."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from iii_streams.events import StreamEvent, Subscription, Watch
 from tests.polling import until
 
 from .helpers import SocketClient, engine_config, stream_module
+from .test_feed_lifecycle import _socket as _hanging_socket
+from .test_feed_lifecycle import _Store as _HangingStore
 
 pytestmark = [pytest.mark.our_engine("replaces the stream socket's store"), pytest.mark.timeout(30)]
 
@@ -164,3 +167,31 @@ async def test_an_unsubscribe_that_swallows_its_cancel_is_not_destroyed_pending(
         loop.set_exception_handler(previous)
     assert store.ended == store.closes == 3
     assert not unhandled, unhandled
+
+
+async def test_a_join_after_a_hung_unsubscribe_gets_its_sync_and_each_change_once() -> None:
+    # the close's bound (5 s) left as it is: longer than this join's join_timeout_ms
+    async with Engine(config=engine_config(join_timeout_ms=2000)) as engine:
+        store = _HangingStore()
+        store.close_hangs = True
+        socket = _hanging_socket(engine, store)
+        try:
+            client = await SocketClient.connect(engine)
+            await client.join("sub", "s", "g")
+            assert (await client.recv())["event"]["type"] == "sync"
+            await client.close()
+            await until(lambda: store.closes == 1)  # the last client left: its feed's unsubscribe hangs
+            client = await SocketClient.connect(engine)
+            await client.join("sub", "s", "g")
+            answer = (await client.recv())["event"]
+            # before: "the store's event feed did not open within 2000 ms (join_timeout_ms)": the hung unsubscribe
+            # held the feed's lock for its 5 s
+            assert answer["type"] == "sync", answer
+            await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data=1))
+            await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data=2))
+            assert (await client.recv())["event"] == {"type": "create", "data": 1}
+            assert (await client.recv())["event"] == {"type": "update", "data": 2}  # not the create again
+            await client.close()
+            await until(lambda: not socket.following)
+        finally:
+            store.unhang.set()
