@@ -174,8 +174,11 @@ class RedisBus:
             await asyncio.wait_for(confirmed, timeout=_SUBSCRIBE_TIMEOUT_S)
         except self._not_subscribed as exc:
             # The SUBSCRIBE may have gone out (a stalled connection): without this, Redis would confirm it later
-            # and every reconnection would renew it, for a topic this engine no longer wants.
-            await self.unsubscribe(topic)
+            # and every reconnection would renew it, for a topic this engine no longer wants. Unless a later
+            # subscribe of the topic still waits: the confirmation it shares would pass it, and the UNSUBSCRIBE,
+            # sent after its SUBSCRIBE, leave the topic unsubscribed for good; that one decides instead.
+            if all(waiter is confirmed for waiter in waiters):
+                await self.unsubscribe(topic)
             raise EngineError("subscribe_failed", f"Redis did not subscribe to topic {topic!r:.200}: "
                               f"{type(exc).__name__}: {exc}") from None
         finally:

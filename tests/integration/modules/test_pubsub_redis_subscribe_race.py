@@ -1,0 +1,67 @@
+"""The pubsub Redis bus: two subscribes of one topic waiting on the same confirmation, the first giving up."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from test_engine_attack_pubsub import RedisProxy
+
+from iii_engine.modules.base import EngineError
+from iii_engine.modules.pubsub import bus as bus_module
+from tests.polling import until
+
+pytestmark = [pytest.mark.redis, pytest.mark.our_engine("drives the pubsub Redis bus through a proxy")]
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def waits_for_confirmation(task: asyncio.Task[None]) -> bool:
+    """The subscribe in ``task`` sent its SUBSCRIBE and waits for Redis to confirm it (its timeout is running)."""
+    awaited: Any = task.get_coro()
+    while awaited is not None:
+        if getattr(awaited, "__name__", "") == "wait_for":
+            return True
+        awaited = getattr(awaited, "cr_await", None)
+    return False
+
+
+async def test_a_subscribe_that_gives_up_leaves_the_topic_to_one_still_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The module subscribes a topic again when its last trigger left while the first SUBSCRIBE was unconfirmed
+    # (unregistered, or registered again elsewhere). Before: the first subscribe, giving up, sent an UNSUBSCRIBE
+    # after the second's SUBSCRIBE; the second then returned confirmed, and the topic was unsubscribed in Redis and
+    # forgotten for reconnections: that trigger got nothing, for good.
+    topic = f"race-{uuid.uuid4()}"
+    got: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def deliver(delivered_topic: str, data: Any) -> None:
+        await got.put((delivered_topic, data))
+
+    redis = Redis.from_url(REDIS_URL)
+    async with RedisProxy() as proxy:
+        bus = bus_module.RedisBus(proxy.url)
+        await bus.start(deliver)
+        try:
+            proxy.hold()  # Redis stalls: the SUBSCRIBEs wait in the proxy
+            monkeypatch.setattr(bus_module, "_SUBSCRIBE_TIMEOUT_S", 0.3)
+            first = asyncio.create_task(bus.subscribe(topic))
+            await until(lambda: waits_for_confirmation(first))
+            monkeypatch.setattr(bus_module, "_SUBSCRIBE_TIMEOUT_S", 10.0)
+            second = asyncio.create_task(bus.subscribe(topic))
+            await until(lambda: waits_for_confirmation(second))
+            with pytest.raises(EngineError, match="subscribe_failed"):
+                await first
+            proxy.release()
+            await asyncio.wait_for(second, 5)
+            # a later SUBSCRIBE's confirmation: every command sent before it has been done by Redis
+            await bus.subscribe(f"{topic}-after")
+            assert (await redis.pubsub_numsub(topic))[0][1] == 1, "the topic the second subscribe confirmed is gone"
+            await redis.publish(topic, json.dumps("hello"))
+            assert await asyncio.wait_for(got.get(), 5) == (topic, "hello")
+        finally:
+            await bus.close()
+            await redis.aclose()
