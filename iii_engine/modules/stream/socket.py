@@ -94,6 +94,11 @@ _LET_GO: set[asyncio.Task[None]] = set()
 # engine's start for the store's own timeout (a silent PostgreSQL: 60 s) or, with none, for good; a subscribe is a
 # round trip or a connection, so a store slower than this at start is taken as down: one error line, no engine.
 _START_PROBE_TIMEOUT_S = 10.0
+# Ended feeds' unsubscribes under way at most before the next feed's opening waits for one to end: each may hold a
+# store subscription (a PostgreSQL LISTEN connection) for up to _WATCH_CLOSE_TIMEOUT_S, and one client's
+# connect-join-leave loop against a store slow to unsubscribe left 200 of them under way within 1.5 s. A store that
+# unsubscribes at once never has more than one.
+_UNSUBSCRIBING_MAX = 8
 
 _GroupKey = tuple[str, str]
 
@@ -370,6 +375,8 @@ class StreamSocketServer:
             try:
                 if self._pump is not None:
                     return
+                while len(self._unsubscribing) >= _UNSUBSCRIBING_MAX:
+                    await asyncio.wait(tuple(self._unsubscribing), return_when=asyncio.FIRST_COMPLETED)
                 watch = self.store.watch()
                 subscribed = True
                 try:

@@ -195,3 +195,27 @@ async def test_a_join_after_a_hung_unsubscribe_gets_its_sync_and_each_change_onc
             await until(lambda: not socket.following)
         finally:
             store.unhang.set()
+
+
+async def test_hung_unsubscribes_under_way_are_bounded_in_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket_module, "_WATCH_CLOSE_TIMEOUT_S", 0.2)
+    limit: int = getattr(socket_module, "_UNSUBSCRIBING_MAX", 8)
+    async with Engine(config=engine_config(join_timeout_ms=3000)) as engine:
+        store = _HangingStore()
+        store.close_hangs = True
+        socket = _hanging_socket(engine, store)
+        under_way: list[int] = []
+        try:
+            for _ in range(5 * limit):  # one client's connect-join-leave loop
+                client = await SocketClient.connect(engine)
+                await client.join("sub", "s", "g")
+                assert (await client.recv())["event"]["type"] == "sync"
+                await client.close()
+                await until(lambda: not socket.following)
+                under_way.append(sum(1 for task in asyncio.all_tasks()
+                                     if task.get_name() == "stream-socket-feed-close"))
+            # before: one more with every cycle (40 here, 200 within 1.5 s with the 5 s bound), each holding a
+            # store subscription
+            assert max(under_way) <= limit, under_way
+        finally:
+            store.unhang.set()
