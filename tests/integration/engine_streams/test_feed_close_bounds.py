@@ -219,3 +219,17 @@ async def test_hung_unsubscribes_under_way_are_bounded_in_count(monkeypatch: pyt
             assert max(under_way) <= limit, under_way
         finally:
             store.unhang.set()
+
+
+async def test_a_cancel_of_the_close_s_caller_cancels_the_unsubscribe_and_goes_through() -> None:
+    store = _HangingStore()
+    store.close_hangs = True
+    watch = await store.watch().open()
+    caller = asyncio.get_running_loop().create_task(socket_module._close_watch(watch))
+    await until(lambda: store.closes == 1)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller  # within the 5 s bound: the cancel is not held until the unsubscribe gives up
+    # the unsubscribe was cancelled with it (a hung close holds nothing past its caller), and let go once it ended
+    await until(lambda: not socket_module._LET_GO)
+    assert not [task for task in asyncio.all_tasks() if task.get_name() == "stream-socket-feed-close"]
