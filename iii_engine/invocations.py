@@ -101,15 +101,23 @@ class Started:
 
     def hook(self, callback: Callable[[], object] | None) -> bool:
         """Have ``callback`` called, with no argument, as soon as :attr:`future` is settled (``None``: no longer);
-        ``False`` (nothing arranged: use the future's done callbacks) for a built-in's call.
+        ``False`` (nothing arranged: use the future's done callbacks) for a built-in's call or one already ended.
 
         Why: a done callback runs one pass of the event loop after the result is set; a waiter that only has to
         settle a future of its own (the REST API module's) saves that pass, its handle and its context switch per
         call. ``callback`` runs inside the code that settles the call (a worker's reader, a timer, a disconnect),
-        after the future is set: it must be quick and must not raise.
+        after the future is set: it must be quick and should not raise (an exception is logged, not passed on).
+
+        Example:
+            >>> loop = asyncio.new_event_loop()
+            >>> ended = Started(loop.create_future(), lambda: None, None)
+            >>> ended.hook(print)  # a built-in's call: use the future's done callbacks
+            False
+            >>> loop.close()
         """
         pending = self._pending
-        if pending is None:
+        # An ended call never calls its hook again: True here left its waiter waiting for good.
+        if pending is None or (callback is not None and self.future.done()):
             return False
         pending.hook = callback
         return True
@@ -387,7 +395,12 @@ class Invocations:
         if pending.future is not None and not pending.future.done():
             pending.future.set_result((result, error))
             if pending.hook is not None:
-                pending.hook()
+                try:
+                    pending.hook()
+                except Exception:
+                    # As the loop does for a done callback: the settling code (a disconnect's halt_worker among
+                    # them) must go on, or the worker's other calls and its clean-up were left undone.
+                    log.exception("the hook of invocation %s of %s raised", invocation_id, pending.function_id)
 
     def _expire(self, invocation_id: str) -> None:
         pending = self.pending.get(invocation_id)
