@@ -17,7 +17,7 @@ import contextlib
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from iii.iii_types import TriggerInfo
 from iii.loss_log import LossLog
@@ -35,12 +35,21 @@ log = logging.getLogger(__name__)
 # of every trigger: a traceback per tick before)
 LOCK_FAILURE_LOG_INTERVAL_S = 10.0
 
-async def _sleep_until(moment: datetime) -> None:
+_CLOCK_BACK_S: Final = 1.0
+"""Seconds still left before a tick after sleeping all of them: past this, the wall clock was set back."""
+
+
+async def _sleep_until(moment: datetime) -> bool:
+    """Sleep until the wall clock reads ``moment``: True then; False when, on waking, the clock was found set back
+    (waiting out the jump would silence an every-second schedule for as long as the clock went back)."""
     # A timed sleep, not synchronisation: wall-clock target, monotonic loop clock, so re-check and repeat.
     delay = (moment - datetime.now(UTC)).total_seconds()
     while delay > 0:
         await asyncio.sleep(delay)
         delay = (moment - datetime.now(UTC)).total_seconds()
+        if delay > _CLOCK_BACK_S:
+            return False
+    return True
 
 
 def parse_trigger_expression(config: Any) -> CronExpression:
@@ -124,11 +133,17 @@ class CronModule(EngineModule):
                 await task
 
     async def _schedule(self, trigger: TriggerInfo, expression: CronExpression) -> None:
+        schedule = asyncio.current_task()
         tick = expression.next_after(datetime.now(UTC))
         while tick is not None:
-            await _sleep_until(tick)
+            if not await _sleep_until(tick):
+                now = datetime.now(UTC)
+                log.warning("cron %s: the wall clock went back (now %s, before tick %s); scheduling from now",
+                            trigger.id, rfc3339(now), rfc3339(tick))
+                tick = expression.next_after(now)
+                continue
             if self.services.fired_calls.try_take():
-                self._firings.spawn(self._fire(trigger, tick), self.services.fired_calls,
+                self._firings.spawn(self._fire(trigger, tick, schedule), self.services.fired_calls,
                                    name=f"cron-fire:{trigger.id}")
             else:
                 self.services.fired_calls.skip(f"cron {trigger.id} tick {rfc3339(tick)}")
@@ -154,16 +169,16 @@ class CronModule(EngineModule):
         log.warning("cron: %d tick(s) skipped since the last warning because the lock store failed (%d in all)%s",
                     counts["lock"], self.lock_failures, latest_text)
 
-    async def _fire(self, trigger: TriggerInfo, tick: datetime) -> None:
+    async def _fire(self, trigger: TriggerInfo, tick: datetime, schedule: asyncio.Task[Any] | None) -> None:
         """Fire one tick, holding the slot taken for it until the call has it (or the tick is not fired)."""
         fired = False
         try:
-            fired = await self._fire_taken(trigger, tick)
+            fired = await self._fire_taken(trigger, tick, schedule)
         finally:
             if not fired:
                 self.services.fired_calls.release()
 
-    async def _fire_taken(self, trigger: TriggerInfo, tick: datetime) -> bool:
+    async def _fire_taken(self, trigger: TriggerInfo, tick: datetime, schedule: asyncio.Task[Any] | None) -> bool:
         lock = self._lock
         if lock is None:
             return False
@@ -184,4 +199,6 @@ class CronModule(EngineModule):
         condition = trigger.config.get("condition_function_id") if isinstance(trigger.config, dict) else None
         if not await self.services.condition_passes(condition, payload):
             return False
+        if self._schedules.get(trigger.id) is not schedule:
+            return False  # unregistered (or replaced) while its lock or condition was awaited: its unregister returned
         return self.services.fire(trigger.function_id, payload, taken=True)

@@ -180,15 +180,17 @@ class PubSubModule(EngineModule):
             if condition is None:
                 self.services.fire(trigger.function_id, data, taken=True)
                 continue
-            self._checks.spawn(self._fire_if(condition, trigger.function_id, data), fired)
+            self._checks.spawn(self._fire_if(condition, topic, trigger, data), fired)
 
-    async def _fire_if(self, condition: str, function_id: str, data: Any) -> None:
+    async def _fire_if(self, condition: str, topic: str, trigger: TriggerInfo, data: Any) -> None:
         # the slot taken for this subscriber covers its condition too, and goes with the call when it passes
         passed = False
         try:
             passed = await self.services.condition_passes(condition, data)
+            # A subscriber unregistered while its condition ran gets nothing: its unregister has returned.
+            passed = passed and (self._subscribers.get(topic) or {}).get(trigger.id) is trigger
         finally:
             if passed:
-                self.services.fire(function_id, data, taken=True)
+                self.services.fire(trigger.function_id, data, taken=True)
             else:
                 self.services.fired_calls.release()

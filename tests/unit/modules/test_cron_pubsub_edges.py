@@ -50,9 +50,6 @@ async def test_a_short_lock_ttl_still_fires_each_tick_on_one_engine_only() -> No
         await b.close()
 
 
-@pytest.mark.xfail(strict=True, reason="cron/module.py fires a tick whose trigger was unregistered while its lock or "
-                   "condition was in flight; fix: _fire_taken checks self._schedules.get(trigger.id) is still the "
-                   "schedule that took the tick before services.fire")
 async def test_a_cron_tick_in_flight_when_its_trigger_is_unregistered_is_not_fired() -> None:
     services = FakeServices()
     module = CronModule(services, {})
@@ -82,9 +79,6 @@ async def test_a_cron_tick_in_flight_when_its_trigger_is_unregistered_is_not_fir
         await module.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="pubsub/module.py delivers to a subscriber unregistered while its condition "
-                   "was in flight; fix: _fire_if checks the trigger is still in self._subscribers[topic] (the same "
-                   "object) before services.fire, as _deliver does after waiting for room")
 async def test_a_delivery_in_flight_when_its_subscriber_is_unregistered_is_not_made() -> None:
     services = FakeServices()
     module = PubSubModule(services, {})
@@ -125,10 +119,6 @@ class _ShiftedClock(datetime):
         return cls.fromtimestamp(real.timestamp(), tz)
 
 
-@pytest.mark.xfail(strict=True, reason="cron/module.py sleeps until the next tick by the wall clock, so a clock set "
-                   "back an hour silences an every-second schedule for that hour; fix: in _schedule, when the wall "
-                   "clock is behind the last tick (now < tick - 1 s after waking), take the next tick after now "
-                   "instead (the lock then refuses the ticks it remembers, at most lock_ttl_ms)")
 async def test_a_wall_clock_set_back_does_not_silence_a_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cron_module, "datetime", _ShiftedClock)
     monkeypatch.setattr(_ShiftedClock, "offset", timedelta(0))
