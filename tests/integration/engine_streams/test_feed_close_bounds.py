@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ from iii_engine.modules.stream import socket as socket_module
 from iii_streams import MemoryStream
 from iii_streams.events import StreamEvent, Subscription, Watch
 from tests.polling import until
+from tests.stall_relay import Relay
 
 from .helpers import SocketClient, engine_config, stream_module
 from .test_feed_lifecycle import _socket as _hanging_socket
@@ -233,3 +235,35 @@ async def test_a_cancel_of_the_close_s_caller_cancels_the_unsubscribe_and_goes_t
     # the unsubscribe was cancelled with it (a hung close holds nothing past its caller), and let go once it ended
     await until(lambda: not socket_module._LET_GO)
     assert not [task for task in asyncio.all_tasks() if task.get_name() == "stream-socket-feed-close"]
+
+
+@pytest.mark.redis
+async def test_joins_after_the_last_leave_on_a_stalled_redis_get_live_events_within_their_join_timeout() -> None:
+    relay = Relay(6379)  # the real Redis, through connections that can go half-open
+    await relay.start()
+    stream = f"feed-close-bounds-{uuid.uuid4().hex}"
+    try:
+        async with Engine(config=engine_config(store_url=f"redis://127.0.0.1:{relay.port}/0",
+                                               join_timeout_ms=10_000)) as engine:
+            module = stream_module(engine)
+            socket, store = module.socket, module.store
+            assert socket is not None and store is not None
+            client = await SocketClient.connect(engine)
+            await client.join("sub", stream, "g")
+            assert (await client.recv())["event"]["type"] == "sync"
+            relay.blackhole()  # every connection made so far (the feed's pub/sub, the pooled ones) goes silent
+            await client.close()
+            await until(lambda: not socket.following, 1.0)  # the stalled unsubscribe holds nothing
+            began = time.monotonic()
+            client = await SocketClient.connect(engine)
+            await client.join("sub", stream, "g")
+            # the feed opens on a fresh connection; the sync read may take a silent pooled one (the store's
+            # socket timeout, 5 s): then the join is answered sync_failed, live events following
+            answer = (await client.recv(12))["event"]
+            assert answer["type"] == "sync" or answer.get("code") == "sync_failed", answer
+            await store.set(StreamSetInput(stream_name=stream, group_id="g", item_id="i", data=1))
+            assert (await client.recv(12))["event"] == {"type": "create", "data": 1}
+            assert time.monotonic() - began < 10, time.monotonic() - began
+            await client.close()
+    finally:
+        await relay.close()
