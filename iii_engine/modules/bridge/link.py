@@ -245,6 +245,22 @@ class BridgeLink:
 
         return client.register_function({"id": function_id}, on_link_loop).unregister
 
+    def on_ready(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the caller's (the engine's) event loop each time a connection to the remote is up
+        and this link's registrations were replayed on it: after every reconnect, and after the first connection
+        unless that one came before this call. What the remote sent meanwhile (a pub/sub message) never reached
+        this engine; a remote that restarted may hold other data altogether."""
+        conn = self._running()._conn
+        engine_loop = asyncio.get_running_loop()
+        replayed = conn._on_ready
+
+        def ready() -> None:  # on the link's thread
+            replayed()
+            with contextlib.suppress(RuntimeError):  # the engine's loop is closed: nobody left to tell
+                engine_loop.call_soon_threadsafe(callback)
+
+        conn._on_ready = ready
+
     def register_trigger(self, trigger_type: str, function_id: str, config: Any) -> Trigger:
         """Bind a remote trigger to a function of this link; re-sent after every reconnect."""
         return self._running().register_trigger({"type": trigger_type, "function_id": function_id,

@@ -43,7 +43,7 @@ from iii.stream import (
     StreamUpdateResult,
 )
 from iii.stream_ops import op_to_wire
-from iii_streams import Backend
+from iii_streams import Backend, StreamGapError
 from iii_streams.events import EventHub, StreamEvent, Subscription, Watch, custom_event, make_event
 
 from .link import BridgeCallError, BridgeLink
@@ -72,6 +72,32 @@ def open_bridge_store(kind: str, url: str) -> Backend:
 
 def _describe(value: Any) -> str:
     return "null" if value is None else type(value).__name__
+
+
+class _Gap(dict[str, Any]):
+    """Not an event: where it is queued, a watch's reader learns that events were missed (``reason``)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
+
+
+class _GapAware:
+    """A hub subscription whose read raises :class:`StreamGapError` where the store queued a :class:`_Gap`, in
+    order with the events around it; the subscription reads on after it (the stream socket then re-syncs its
+    clients)."""
+
+    def __init__(self, sub: Subscription) -> None:
+        self._sub = sub
+
+    async def get(self) -> StreamEvent:
+        event = await self._sub.get()
+        if isinstance(event, _Gap):
+            raise StreamGapError(event.reason)
+        return event
+
+    async def close(self) -> None:
+        await self._sub.close()
 
 
 class _BridgeStore(Backend):
@@ -105,7 +131,7 @@ class _BridgeStore(Backend):
     def watch(self, stream_name: str | None = None, group_id: str | None = None,
               item_id: str | None = None) -> Watch:
         async def opener() -> Subscription:
-            return self._hub.subscribe()
+            return _GapAware(self._hub.subscribe())
 
         return Watch(opener, self._filter(stream_name, group_id, item_id))
 
@@ -193,6 +219,11 @@ class BridgeStreamStore(_BridgeStore):
         super().start()
         self.link.register_function(self.subscriber_id, self._delivered)
         self.link.register_trigger("subscribe", self.subscriber_id, {"topic": BRIDGE_EVENTS_TOPIC})
+        # pub/sub keeps nothing for a subscriber that is away, and a restarted remote may hold other data: without
+        # this a socket client kept a view that had silently stopped following the store
+        self.link.on_ready(lambda: self._hub.publish(_Gap(
+            f"the connection to remote engine {self.link.url} was made again: {BRIDGE_EVENTS_TOPIC} messages sent "
+            "while it was down were not delivered")))
 
     async def _delivered(self, data: Any) -> None:
         self._hub.publish(_event(data))
@@ -205,6 +236,9 @@ class BridgeStreamStore(_BridgeStore):
         except BridgeStoreError as exc:  # the write itself succeeded; production only logs a lost event too
             log.warning("stream event for %s/%s/%s not published: %s", event["streamName"], event["groupId"],
                         event["id"], exc)
+            # this engine's own socket clients would never see that change: they re-sync instead
+            self._hub.publish(_Gap(f"the event of a change to {event['streamName']}/{event['groupId']}/"
+                                   f"{event['id']} was not published ({exc})"))
 
     @staticmethod
     def _key(input: StreamGetInput | StreamSetInput | StreamDeleteInput | StreamUpdateInput) -> dict[str, Any]:
