@@ -14,10 +14,12 @@ from typing import Any
 
 import httpx
 import pytest
+import websockets
 
 from iii_engine import Engine, EngineConfig, ModuleSpec
 from iii_engine.invocations import Started
-from iii_engine.modules.http.api import RestApiModule
+from iii_engine.modules.http.api import _DEADLINE, RestApiModule
+from iii_engine.modules.http.channels import channel_url
 from tests.integration.engine.raw import RawWorker
 from tests.integration.modules.test_http_api import answer, worker_with_route
 
@@ -291,3 +293,77 @@ async def test_a_raising_hook_does_not_stop_the_worker_s_other_calls_ending(stac
     await _until(lambda: worker_id not in engine.workers, "the worker's clean-up stopped at a raising hook")
     assert not engine.invocations.pending
 
+
+
+# -- the answers _handle makes itself now (before: _dispatch's) carry the origin's CORS headers -------------------
+
+
+async def test_every_answer_of_a_routed_call_carries_the_cors_headers(stack: AsyncExitStack) -> None:
+    spec = ModuleSpec("modules::api::RestApiModule", {"host": "127.0.0.1", "port": 0, "default_timeout": 300,
+                                                      "cors": {"allowed_origins": ["https://app.example"]}})
+    engine = await stack.enter_async_context(Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[spec])))
+    module = engine.module("http_api")
+    assert isinstance(module, RestApiModule), engine.unavailable_modules
+    worker = await worker_with_route(engine, "cors", "cors")
+    client = await stack.enter_async_context(httpx.AsyncClient(
+        base_url=module.base_url, timeout=20, headers={"Origin": "https://app.example"}))
+
+    async def through(method: str, reply: Callable[[dict[str, Any]], Any] | None) -> httpx.Response:
+        call = asyncio.ensure_future(client.request(method, "/cors"))
+        invoked = await worker.expect("invokefunction")
+        if reply is not None:
+            await reply(invoked)
+        return await asyncio.wait_for(call, 10)
+
+    async def streamed(invoked: dict[str, Any]) -> None:
+        async with websockets.connect(channel_url(engine.url, invoked["data"]["response"])) as writer:
+            await writer.send(json.dumps({"type": "set_status", "status_code": 206}))
+            await writer.send(b"part")
+        await answer(worker, invoked)
+
+    seen = {
+        "result": await through("GET", lambda f: answer(worker, f, {"status_code": 201, "body": {"a": 1}})),
+        "error": await through("GET", lambda f: answer(worker, f, error={"code": "bad", "message": "no"})),
+        "deadline": await through("GET", None),  # 504 after default_timeout
+        "streamed": await through("GET", streamed),
+    }
+    seen["unknown path"] = await client.get("/nowhere")
+    seen["wrong method"] = await client.delete("/cors")
+    statuses = {name: response.status_code for name, response in seen.items()}
+    assert statuses == {"result": 201, "error": 500, "deadline": 504, "streamed": 206, "unknown path": 404,
+                        "wrong method": 404}
+    missing = [name for name, response in seen.items()
+               if response.headers.get("Access-Control-Allow-Origin") not in ("*", "https://app.example")]
+    assert missing == [], missing
+    await _nothing_left(engine, module)
+
+
+@pytest.mark.parametrize("order", ["result-then-deadline", "deadline-then-result", "result-then-stop"])
+async def test_a_result_and_the_deadline_in_the_same_loop_pass_answer_once(stack: AsyncExitStack,
+                                                                             order: str) -> None:
+    engine, module = await _start(stack)
+    worker = await worker_with_route(engine, "same", "same")
+    client = await stack.enter_async_context(httpx.AsyncClient(base_url=module.base_url, timeout=20))
+    call = asyncio.ensure_future(client.get("/same"))
+    invoked = await worker.expect("invokefunction")
+    (race,) = module._races
+    result = {"status_code": 200, "body": {"won": "result"}}
+    # Both in one callback: nothing runs between them, as when the sweep and the worker's frame share a pass.
+    if order == "result-then-deadline":
+        engine.invocations._finish(invoked["invocation_id"], result, None)
+        race.interrupt(_DEADLINE)
+    elif order == "deadline-then-result":
+        race.interrupt(_DEADLINE)
+        engine.invocations._finish(invoked["invocation_id"], result, None)
+    else:
+        engine.invocations._finish(invoked["invocation_id"], result, None)
+        stopping = asyncio.ensure_future(module.stop())
+    response = await asyncio.wait_for(call, 10)
+    # One answer, whichever won (a result in before the stop's pass is answered: 200 since the hook, 503 before)
+    expected = {"result-then-deadline": {200, 504}, "deadline-then-result": {504}, "result-then-stop": {200, 503}}
+    assert response.status_code in expected[order], response.text
+    if response.status_code == 200:
+        assert response.json() == {"won": "result"}
+    if order == "result-then-stop":
+        await asyncio.wait_for(stopping, 10)
+    await _nothing_left(engine, module)
