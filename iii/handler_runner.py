@@ -24,7 +24,7 @@ from .handler_threads import HandlerThreads
 from .payloads import resolve_channels
 from .trace_scope import TraceScope
 
-__all__ = ["HandlerRunner", "is_async_callable"]
+__all__ = ["HandlerAbortedError", "HandlerRunner", "describe_base_exception", "handler_raised", "is_async_callable"]
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,16 @@ class HandlerRunner:
             started = trace.start(span_name, handler, traceparent, baggage, data)
         else:
             started = trace.start(span_name, _bind_sync(handler, data, self.threads), traceparent, baggage)
-        (result, error, stack, response_tp), end = await started
+        try:
+            (result, error, stack, response_tp), end = await started
+        except BaseException as exc:
+            if not handler_raised(exc):
+                raise
+            # KeyboardInterrupt, SystemExit, GeneratorExit or CancelledError out of the handler itself: let through,
+            # it ended the client's loop thread, so the caller and every later call to this worker timed out.
+            log.error("Handler %s raised %s", function_id, type(exc).__name__, exc_info=exc)
+            return (None, {"code": "invocation_failed", "message": describe_base_exception(exc),
+                           "stacktrace": traceback.format_exc()}, None), _nothing
         if error is not None:
             log.error("Error in handler %s: %s", function_id, error)
             return (None, {"code": "invocation_failed", "message": str(error), "stacktrace": stack},
@@ -98,17 +107,61 @@ def _nothing() -> None:
     """The ``end`` of a run that opened no span."""
 
 
+def handler_raised(exc: BaseException) -> bool:
+    """Whether ``exc``, a ``BaseException`` out of user code awaited in the current task, came from that code rather
+    than from a cancellation of the task itself (shutdown), which must go on.
+
+    Example:
+        >>> handler_raised(KeyboardInterrupt())
+        True
+    """
+    if not isinstance(exc, asyncio.CancelledError):
+        return True
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no running loop: nothing to cancel
+        return True
+    return task is None or not task.cancelling()
+
+
+def describe_base_exception(exc: BaseException) -> str:
+    """The error message for a ``BaseException`` out of a handler: its type, as ``str()`` is often empty.
+
+    Example:
+        >>> describe_base_exception(SystemExit(2))
+        'the handler raised SystemExit: 2'
+    """
+    text = str(exc)
+    return f"the handler raised {type(exc).__name__}" + (f": {text}" if text else "")
+
+
+class HandlerAbortedError(Exception):
+    """A sync handler raised a ``BaseException`` (``KeyboardInterrupt``, ``SystemExit``, ...): its caller's error."""
+
+
 def _bind_sync(handler: Callable[[Any], Any], data: Any,
                threads: HandlerThreads) -> Callable[[], Coroutine[Any, Any, Any]]:
     async def run_sync() -> Any:
         # copy_context carries the trace context into the handler thread (run_in_executor does not).
         ctx = contextvars.copy_context()
-        result = await asyncio.get_running_loop().run_in_executor(threads, ctx.run, handler, data)
+        result = await asyncio.get_running_loop().run_in_executor(threads, _run_guarded, ctx, handler, data)
         if inspect.isawaitable(result):
             result = await result
         return result
 
     return run_sync
+
+
+def _run_guarded(ctx: contextvars.Context, handler: Callable[[Any], Any], data: Any) -> Any:
+    """``handler(data)`` in ``ctx`` on a handler thread, a ``BaseException`` it raises turned into
+    :class:`HandlerAbortedError` there: carried to the loop by the executor's future, a ``GeneratorExit`` came back
+    out of coroutines that had caught it and returned, and ended the loop thread."""
+    try:
+        return ctx.run(handler, data)
+    except Exception:
+        raise
+    except BaseException as exc:
+        raise HandlerAbortedError(describe_base_exception(exc)) from exc
 
 
 def is_async_callable(handler: Callable[..., Any] | None) -> bool:
