@@ -397,7 +397,7 @@ class StreamSocketServer:
                     self._opening = None
         # every client went while the store answered: their _close_feed left the closing to us. Out of the lock and
         # no longer the shared opening: a join coming now opens its own feed instead of waiting for this close.
-        await _close_watch(watch)
+        await self._unsubscribe(watch)
 
     async def _close_feed(self, *, force: bool = False) -> None:
         """Close the feed once no client is connected (``force``: at shutdown)."""
@@ -423,11 +423,13 @@ class StreamSocketServer:
             if watch is not None:
                 self._unsubscribe(watch)
 
-    def _unsubscribe(self, watch: Watch) -> None:
-        """Close ``watch`` (an ended feed's) in the background, within ``_WATCH_CLOSE_TIMEOUT_S``."""
+    def _unsubscribe(self, watch: Watch) -> asyncio.Task[None]:
+        """Close ``watch`` (an ended feed's) in the background, within ``_WATCH_CLOSE_TIMEOUT_S``; counted
+        against ``_UNSUBSCRIBING_MAX`` and waited for by the engine's stop."""
         task = asyncio.get_running_loop().create_task(_close_watch(watch), name="stream-socket-feed-unsubscribe")
         self._unsubscribing.add(task)
         task.add_done_callback(self._unsubscribing.discard)
+        return task
 
     # -- handshake -----------------------------------------------------------------------------------------
 

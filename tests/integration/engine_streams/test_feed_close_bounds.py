@@ -267,3 +267,38 @@ async def test_joins_after_the_last_leave_on_a_stalled_redis_get_live_events_wit
             await client.close()
     finally:
         await relay.close()
+
+
+async def test_openings_that_find_no_client_left_count_against_the_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket_module, "_WATCH_CLOSE_TIMEOUT_S", 0.5)
+    limit: int = getattr(socket_module, "_UNSUBSCRIBING_MAX", 8)
+    async with Engine(config=engine_config(join_timeout_ms=100)) as engine:
+        store = _HangingStore()
+        store.close_hangs = True
+        socket = _hanging_socket(engine, store)
+        under_way: list[int] = []
+        try:
+            for cycle in range(2 * limit):  # each client goes before the store answers its feed's subscribe
+                store.release.clear()
+                client = await SocketClient.connect(engine)
+                await client.join("sub", "s", "g")
+                await until(_opened(store, cycle + 1))
+                await client.close()
+                await until(lambda: not socket._clients)
+                store.release.set()  # the opening finds nobody left and unsubscribes: that hangs
+                await until(_closed(store, cycle + 1))
+                under_way.append(sum(1 for task in asyncio.all_tasks()
+                                     if task.get_name() == "stream-socket-feed-close"))
+            # before: one more per cycle, the opening's own unsubscribes not counted
+            assert max(under_way) <= limit, under_way
+        finally:
+            store.unhang.set()
+            store.release.set()
+
+
+def _opened(store: _HangingStore, count: int) -> Callable[[], bool]:
+    return lambda: store.opens >= count
+
+
+def _closed(store: _HangingStore, count: int) -> Callable[[], bool]:
+    return lambda: store.closes >= count
