@@ -102,6 +102,7 @@ async def _raw_response(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
 async def test_a_thousand_concurrent_requests_each_get_their_own_answer(stack: AsyncExitStack) -> None:
     engine, module = await _start(stack)
     worker = await worker_with_route(engine, "echo", "echo")
+    baseline = len(asyncio.all_tasks())
     connections = await asyncio.gather(*(_raw_get(module.port, f"/echo?n={n}") for n in range(1000)))
     invoked = [await worker.expect("invokefunction", wait=20) for _ in range(1000)]
     assert len(engine.invocations.pending) == 1000 and module.in_flight == 1000  # all of them at once
@@ -111,6 +112,8 @@ async def test_a_thousand_concurrent_requests_each_get_their_own_answer(stack: A
     assert responses == [(200, {"n": str(n)}) for n in range(1000)]
     assert engine.invocations.stray_results == 0
     await _nothing_left(engine, module)
+    await _until(lambda: len(asyncio.all_tasks()) <= baseline,
+                 f"tasks: {len(asyncio.all_tasks())} after, {baseline} before")
 
 
 async def test_a_deadline_as_the_result_comes_answers_once_either_way(stack: AsyncExitStack) -> None:
