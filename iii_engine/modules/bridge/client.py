@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from ...settings import ConfigError
 from ..base import BuiltinFunction, EngineError, EngineModule, EngineServices, InvocationContext
 from .link import DEFAULT_TIMEOUT_MS, BridgeCallError, BridgeLink
 from .settings import MAX_TIMEOUT_MS, BridgeClientSettings, Forwarded
@@ -74,7 +75,14 @@ class BridgeClientModule(EngineModule):
         self.link = BridgeLink(self.settings.url, role="Bridge Client")
 
     async def start(self) -> None:
-        """Register the functions here and the exposed ones on the remote; start connecting (never waits)."""
+        """Register the functions here and the exposed ones on the remote; start connecting (never waits).
+
+        A forward of a function id this engine already has (another module's) stops the start with a
+        :class:`ConfigError` naming it: registering it again replaced that function without a word."""
+        for index, forwarded in enumerate(self.settings.forward):
+            if self.services.has_function(forwarded.local_function):
+                raise ConfigError(f"{forwarded.local_function!r:.200} is a function of this engine already",
+                                  f"forward[{index}].local_function")
         self.link.start()
         if self.settings.service_id is not None:
             self.link.register_service(self.settings.service_id, self.settings.service_name or "")
