@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, Final, Literal, TypeVar, get_args
 
@@ -33,6 +34,7 @@ __all__ = ["DEFAULT_EVENT_LOOP", "EVENT_LOOPS", "EventLoopName", "EventLoopUnava
            "use"]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 #: The event loops the engine can run on.
 EventLoopName = Literal["asyncio", "uvloop"]
@@ -95,8 +97,56 @@ def run(main: Coroutine[Any, Any, T], event_loop: str = DEFAULT_EVENT_LOOP, *, d
     except BaseException:
         main.close()  # never awaited: close it so no "coroutine was never awaited" warning follows the error
         raise
-    with asyncio.Runner(debug=debug, loop_factory=factory) as runner:
+    runner = asyncio.Runner(debug=debug, loop_factory=factory)
+    try:
         return runner.run(main)
+    finally:
+        loop = runner.get_loop()
+        if _end_remaining_tasks(loop, EXIT_WAIT_S):
+            runner.close()
+        else:
+            # Runner.close would wait, with no bound, for the tasks that ignored their cancel: close the loop without
+            # them (they were named in the warning).
+            _wait_bounded(loop, loop.shutdown_asyncgens(), EXIT_WAIT_S)
+            loop.close()
+
+
+EXIT_WAIT_S: Final = 5.0
+"""Seconds :func:`run` gives the tasks still running when ``main`` ends to finish after their cancel."""
+
+
+def _wait_bounded(loop: asyncio.AbstractEventLoop, aw: Coroutine[Any, Any, Any], seconds: float) -> bool:
+    """Run ``aw`` on ``loop`` for at most ``seconds``; whether it ended."""
+    task = loop.create_task(aw)
+    loop.run_until_complete(asyncio.wait({task}, timeout=seconds))
+    if not task.done():
+        task.cancel()
+        return False
+    if not task.cancelled() and task.exception() is not None:
+        loop.call_exception_handler({"message": "an exit step of the event loop failed", "exception": task.exception(),
+                                     "task": task})
+    return True
+
+
+def _end_remaining_tasks(loop: asyncio.AbstractEventLoop, seconds: float) -> bool:
+    """Cancel the tasks ``main`` left running and wait at most ``seconds`` for them: whether they all ended. A task
+    that ignores its cancel (a store's close that never returns, say) is logged by name, not waited for: before, it
+    kept the process from exiting after the engine had stopped."""
+    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+    if not pending:
+        return True
+    for task in pending:
+        task.cancel()
+    loop.run_until_complete(asyncio.wait(pending, timeout=seconds))
+    for task in pending:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            loop.call_exception_handler({"message": "a task failed while the event loop was closing",
+                                         "exception": task.exception(), "task": task})
+    left = [task for task in pending if not task.done()]
+    if left:
+        log.warning("%d task(s) did not end within %g s of their cancel at exit and were left: %s", len(left),
+                    seconds, ", ".join(sorted(task.get_name() for task in left))[:1000])
+    return not left
 
 
 def use(name: str = DEFAULT_EVENT_LOOP) -> None:
