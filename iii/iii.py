@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import math
 import numbers
@@ -128,6 +129,11 @@ class III:
         # Subscribing and unsubscribing from several threads at once registered one trigger each (every callback
         # then ran once per trigger on each change, and the extra triggers outlived the last unsubscribe).
         self._functions_available_lock = threading.Lock()
+        # Function lists waiting for the callbacks, in arrival order, and whether a handler thread is delivering them
+        # (under _functions_available_delivery).
+        self._functions_available_queue: collections.deque[list[FunctionInfo]] = collections.deque()
+        self._functions_available_delivering = False
+        self._functions_available_delivery = threading.Lock()
         # Two threads registering one function id at once both passed the id check: both registrations went to the
         # engine, or the refused one took the winner's handler away with it.
         self._registering = threading.Lock()
@@ -984,16 +990,43 @@ class III:
         if not self._session.has_function(function_id):
 
             async def handler(data: dict[str, Any]) -> None:
-                functions = [FunctionInfo(**f) for f in data.get("functions", [])]
-                for cb in list(self._functions_available_callbacks):
-                    try:
-                        cb(functions)
-                    except Exception:
-                        log.exception("functions-available callback failed")
+                self._queue_functions_available([FunctionInfo(**f) for f in data.get("functions", [])])
 
             self.register_function({"id": function_id}, handler)
         return self.register_trigger({"type": "engine::functions-available", "function_id": function_id,
                                       "config": {}})
+
+    def _queue_functions_available(self, functions: list[FunctionInfo]) -> None:
+        """Hand ``functions`` to the callbacks on a handler thread, after the lists before it (loop thread).
+
+        Not on the loop: a callback that blocked stopped the worker (its calls timed out, its heartbeat with
+        them), and one calling the sync API (``list_functions``, ``trigger``) got a ``RuntimeError``.
+        """
+        with self._functions_available_delivery:
+            self._functions_available_queue.append(functions)
+            if self._functions_available_delivering:
+                return
+            self._functions_available_delivering = True
+        try:
+            self._runner.threads.submit(self._deliver_functions_available)
+        except RuntimeError:  # the handler threads were shut down: so is the client
+            with self._functions_available_delivery:
+                self._functions_available_queue.clear()
+                self._functions_available_delivering = False
+
+    def _deliver_functions_available(self) -> None:
+        """Run every callback on each queued function list in turn, until none is left (a handler thread)."""
+        while True:
+            with self._functions_available_delivery:
+                if not self._functions_available_queue:
+                    self._functions_available_delivering = False
+                    return
+                functions = self._functions_available_queue.popleft()
+            for cb in list(self._functions_available_callbacks):
+                try:
+                    cb(functions)
+                except BaseException:  # the other callbacks still run; nothing is cancelled on a handler thread
+                    log.exception("functions-available callback failed")
 
     def create_stream(self, stream_name: str, stream: IStream[Any]) -> None:
         """Serve stream ``stream_name`` from ``stream``: get, set, delete, list, list_groups and update.

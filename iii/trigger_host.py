@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .handler_runner import describe_base_exception, handler_raised
 from .triggers import TriggerConfig, TriggerHandler
 
 __all__ = ["TriggerTypeHost"]
@@ -52,6 +53,12 @@ class TriggerTypeHost:
         except Exception as exc:
             log.exception("Error registering trigger %s", trigger_id)
             return {"code": "trigger_registration_failed", "message": str(exc)}
+        except BaseException as exc:
+            if not handler_raised(exc):
+                raise
+            # Let through, a KeyboardInterrupt or SystemExit from the handler ended the client's loop thread.
+            log.exception("Error registering trigger %s", trigger_id)
+            return {"code": "trigger_registration_failed", "message": describe_base_exception(exc)}
         return None
 
     async def unregister(self, type_id: str, trigger_id: str, function_id: str, config: Any) -> None:
@@ -62,4 +69,8 @@ class TriggerTypeHost:
         try:
             await handler.unregister_trigger(TriggerConfig(id=trigger_id, function_id=function_id, config=config))
         except Exception:
+            log.exception("Error unregistering trigger %s", trigger_id)
+        except BaseException as exc:
+            if not handler_raised(exc):
+                raise
             log.exception("Error unregistering trigger %s", trigger_id)

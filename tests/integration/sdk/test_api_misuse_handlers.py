@@ -4,14 +4,16 @@ keeps serving."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from iii.errors import InvocationError
+from iii.triggers import TriggerConfig, TriggerHandler
 
-from .conftest import Harness, MakeWorker
+from .conftest import Harness, MakeWorker, wait_until
 
 BASE_EXCEPTIONS: list[Callable[[], BaseException]] = [
     KeyboardInterrupt, lambda: SystemExit(2), GeneratorExit, asyncio.CancelledError,
@@ -51,3 +53,82 @@ def test_a_handler_raising_a_base_exception_fails_the_call_and_the_worker_serves
         assert caller.trigger({"function_id": "echo", "payload": 7, "timeout_ms": 2000}) == 7
     # the owner's own loop still runs: its calls are answered
     assert owner.trigger({"function_id": "echo", "payload": 8, "timeout_ms": 2000}) == 8
+
+
+class _Hooks(TriggerHandler[Any]):
+    """A trigger type owner whose register_trigger and unregister_trigger raise what it is given."""
+
+    def __init__(self, on_register: BaseException | None, on_unregister: BaseException | None) -> None:
+        self.on_register, self.on_unregister = on_register, on_unregister
+        self.seen = threading.Condition()
+        self.calls: list[str] = []
+
+    def _note(self, what: str, exc: BaseException | None) -> None:
+        with self.seen:
+            self.calls.append(what)
+            self.seen.notify_all()
+        if exc is not None:
+            raise exc
+
+    async def register_trigger(self, config: TriggerConfig[Any]) -> None:
+        self._note("register", self.on_register)
+
+    async def unregister_trigger(self, config: TriggerConfig[Any]) -> None:
+        self._note("unregister", self.on_unregister)
+
+
+@pytest.mark.parametrize("make", BASE_EXCEPTIONS, ids=lambda make: type(make()).__name__)
+def test_a_trigger_type_owner_raising_a_base_exception_serves_on(
+        served: Harness, make_worker: MakeWorker, make: Callable[[], BaseException]) -> None:
+    owner, user = make_worker("owner"), make_worker("user")
+    refusing, failing_unbind = _Hooks(make(), None), _Hooks(None, make())
+    owner.register_trigger_type({"id": "refuses", "description": "register_trigger raises"}, refusing)
+    owner.register_trigger_type({"id": "unbinds", "description": "unregister_trigger raises"}, failing_unbind)
+    owner.register_function("echo", lambda d: d)
+    user.register_function("target", lambda d: d)
+    served.wait_registered("echo", "target")
+    served.wait_for(lambda: {"refuses", "unbinds"} <= served.worker_trigger_types())
+    user.register_trigger({"type": "refuses", "function_id": "target", "config": {}})
+    with refusing.seen:
+        assert refusing.seen.wait_for(lambda: refusing.calls == ["register"], 5)
+    assert user.trigger({"function_id": "echo", "payload": 1, "timeout_ms": 2000}) == 1
+    bound = user.register_trigger({"type": "unbinds", "function_id": "target", "config": {}})
+    with failing_unbind.seen:
+        assert failing_unbind.seen.wait_for(lambda: failing_unbind.calls == ["register"], 5)
+    bound.unregister()
+    with failing_unbind.seen:
+        assert failing_unbind.seen.wait_for(lambda: failing_unbind.calls == ["register", "unregister"], 5)
+    assert user.trigger({"function_id": "echo", "payload": 2, "timeout_ms": 2000}) == 2
+
+
+def test_functions_available_callbacks_may_block_raise_and_call_the_sync_api(
+        served: Harness, make_worker: MakeWorker) -> None:
+    watcher, other = make_worker("watcher"), make_worker("other")
+    watcher.register_function("echo", lambda d: d)
+    release = threading.Event()
+    listed: list[int] = []
+    after_raise: list[int] = []
+
+    def blocks(functions: list[Any]) -> None:
+        listed.append(len(watcher.list_functions()))  # the sync API, from the callback
+        release.wait(10)
+
+    def raises(functions: list[Any]) -> None:
+        raise KeyboardInterrupt
+
+    def runs_after(functions: list[Any]) -> None:
+        after_raise.append(len(functions))
+
+    for callback in (blocks, raises, runs_after):
+        watcher.on_functions_available(callback)
+    served.wait_for(lambda: any(t["trigger_type"] == "engine::functions-available"
+                                for t in served.worker_triggers()))
+    other.register_function("new::fn", lambda d: d)
+    wait_until(lambda: bool(listed), 5)
+    try:
+        # the callback blocks: the watcher still answers calls
+        assert other.trigger({"function_id": "echo", "payload": 3, "timeout_ms": 2000}) == 3
+    finally:
+        release.set()
+    wait_until(lambda: bool(after_raise), 5)
+    assert listed[0] > 0
