@@ -1161,13 +1161,23 @@ def _unpack_request(request: dict[str, Any] | TriggerRequest) -> tuple[str, Any,
         ValueError: timeout_ms must be a finite number of milliseconds >= 0, got nan
         >>> _unpack_request({"function_id": "f", "timeout_ms": 10**400})[3] == _LONGEST_TIMEOUT_MS
         True
+        >>> _unpack_request({"function_id": None})
+        Traceback (most recent call last):
+        ...
+        TypeError: function_id must be a string, got None
     """
     if isinstance(request, TriggerRequest):
         function_id, payload, action, timeout_ms = (request.function_id, request.payload, request.action,
                                                      request.timeout_ms)
-    else:
+    elif isinstance(request, dict):
         function_id, payload, action = request["function_id"], request.get("payload"), request.get("action")
         timeout_ms = request.get("timeout_ms")
+    else:  # None or a list failed with "'NoneType' object is not subscriptable"
+        raise TypeError(f"a trigger request is a dict or a TriggerRequest, got {type(request).__name__}")
+    if not isinstance(function_id, str):
+        # Sent, a None waited out the whole timeout (the engine answers nothing to it), an int came back as
+        # invalid_message.
+        raise TypeError(f"function_id must be a string, got {function_id!r:.100}")
     if timeout_ms is None:
         return function_id, payload, action, None
     return function_id, payload, action, _checked_timeout_ms(timeout_ms, "timeout_ms")

@@ -132,3 +132,26 @@ def test_functions_available_callbacks_may_block_raise_and_call_the_sync_api(
         release.set()
     wait_until(lambda: bool(after_raise), 5)
     assert listed[0] > 0
+
+
+@pytest.mark.parametrize("function_id", [None, 5, b"echo", ["echo"]], ids=repr)
+async def test_a_function_id_that_is_not_a_string_is_refused_before_sending(
+        served: Harness, make_worker: MakeWorker, function_id: Any) -> None:
+    caller = make_worker("caller")
+    caller.register_function("echo", lambda d: d)
+    served.wait_registered("echo")
+    with pytest.raises(TypeError, match="function_id must be a string, got"):
+        caller.trigger({"function_id": function_id, "payload": 1, "timeout_ms": 2000})
+    with pytest.raises(TypeError, match="function_id must be a string, got"):
+        await caller.trigger_async({"function_id": function_id, "payload": 1, "timeout_ms": 2000})
+    assert served.calls_in_flight() == set()
+    assert caller.trigger({"function_id": "echo", "payload": 4, "timeout_ms": 2000}) == 4
+
+
+@pytest.mark.parametrize("request_", [None, ["echo"], "echo"], ids=repr)
+def test_a_request_that_is_not_a_dict_names_what_it_was(served: Harness, make_worker: MakeWorker,
+                                                         request_: Any) -> None:
+    caller = make_worker("caller")
+    expected = f"a trigger request is a dict or a TriggerRequest, got {type(request_).__name__}"
+    with pytest.raises(TypeError, match=expected):
+        caller.trigger(request_)
