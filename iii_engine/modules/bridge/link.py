@@ -123,7 +123,8 @@ class BridgeLink:
         """Invoke ``function_id`` on the remote and return its result (``None`` when it has none).
 
         Raises :class:`BridgeCallError` when the remote is unreachable, the call times out (default 30 s), the
-        connection drops during the call, or the remote answers with an error.
+        connection drops during the call, or the remote answers with an error. Unreachable: the call never left
+        and never runs later; dropped during the call, or timed out: the remote may have run it.
         """
         client = await self._up()
         wait_ms = timeout_ms or DEFAULT_TIMEOUT_MS
@@ -136,8 +137,10 @@ class BridgeLink:
         except OutboundQueueFullError as exc:  # a ConnectionLostError too, but the connection may be fine
             raise BridgeCallError(self._not_sent(function_id, exc)) from None
         except ConnectionLostError:
-            raise BridgeCallError(f"connection to remote engine {self.url} lost during the call of "
-                                  f"{function_id}") from None
+            # the SDK fails only calls already written to the socket so: the remote may have run it (a caller who
+            # read "lost" as "not done" and retried ran a write, or an enqueue, twice)
+            raise BridgeCallError(f"connection to remote engine {self.url} lost during the call of {function_id}; "
+                                  "it may have run there (its answer never came)") from None
         except InvocationError as exc:
             raise BridgeCallError(f"remote error ({exc.code}): {exc.message}", code=exc.code, message=exc.message,
                                   stacktrace=exc.stacktrace) from None
