@@ -201,8 +201,16 @@ def _event(data: Any) -> StreamEvent:
     for key in ("streamName", "groupId"):
         if not isinstance(data.get(key), str):
             raise ValueError(f"Failed to deserialize stream message: missing or non-string field `{key}`")
-    if not isinstance(data.get("event"), Mapping):
+    item_id = data.get("id")
+    if item_id is not None and not isinstance(item_id, str):
+        # production's wrapper has ``id: Option<String>``; passed on, a socket client got an object for an item id
+        raise ValueError(f"Failed to deserialize stream message: field `id` must be a string or null, got "
+                         f"{_describe(item_id)}")
+    event = data.get("event")
+    if not isinstance(event, Mapping):
         raise ValueError("Failed to deserialize stream message: missing field `event`")
+    if not isinstance(event.get("type"), str):
+        raise ValueError("Failed to deserialize stream message: missing or non-string field `event.type`")
     return dict(data)
 
 

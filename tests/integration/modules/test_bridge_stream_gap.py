@@ -87,3 +87,24 @@ async def test_a_socket_client_is_told_to_resync_when_its_own_change_event_was_n
         assert "not published" in front_engine.log()
     finally:
         await front.shutdown_async()
+
+
+async def test_a_stream_message_with_a_malformed_id_or_event_type_is_refused(topology: Topology) -> None:  # noqa: F811
+    front, back = await our_client(topology.front_url), await our_client(topology.back_url)
+    try:
+        await until_bridged(front)
+        async with websockets.connect(f"ws://127.0.0.1:{topology.front_streams}/") as ws:
+            await ws.send(json.dumps({"type": "join", "data": {"subscriptionId": "s", "streamName": "bad",
+                                                               "groupId": "g"}}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["event"]["type"] == "sync"
+            wrapper = {"type": "stream", "timestamp": 1, "streamName": "bad", "groupId": "g"}
+            for bad in ({"id": {"a": 1}, "event": {"type": "create", "data": 1}}, {"id": "1", "event": {"data": 1}},
+                        {"id": "1", "event": {"type": 5, "data": 1}}):
+                await call(back, "publish", {"topic": "stream.events", "data": {**wrapper, **bad}})
+            await call(back, "publish", {"topic": "stream.events", "data": {
+                **wrapper, "id": "2", "event": {"type": "create", "data": 2}}})
+            first = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert (first["id"], first["event"]) == ("2", {"type": "create", "data": 2}), first
+    finally:
+        await front.shutdown_async()
+        await back.shutdown_async()
