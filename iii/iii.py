@@ -28,6 +28,8 @@ from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
+from pydantic import BaseModel
+
 from .channels import ChannelReader, ChannelWriter
 from .connection import Connection, Frame, MessageTooLargeError, Write, check_reconnection, check_url
 from .errors import InvocationError, ShuttingDownError
@@ -89,6 +91,7 @@ __all__ = ["III", "TriggerAction", "register_worker"]
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 
 # The bound on waiting for the FIRST connection (register_worker, connect_async): the reference SDK's 30 s.
 # ReconnectionConfig.max_retries can end it sooner; once connected, a lost engine is retried as configured
@@ -611,10 +614,8 @@ class III:
                 request_format=request_format,
                 response_format=response_format,
             )
-        elif isinstance(func_or_id, dict):
-            func = RegisterFunctionInput(**func_or_id)
         else:
-            func = func_or_id
+            func = _as_model(func_or_id, RegisterFunctionInput, "register_function's first argument", "an id, ")
 
         if not func.id or not func.id.strip():
             raise ValueError("id is required")
@@ -664,8 +665,7 @@ class III:
             >>> # t = iii.register_trigger({"type": "cron", "function_id": "tick", "config": {"expression": "* * *"}})
         """
         self._refuse_if_closed()
-        if isinstance(trigger, dict):
-            trigger = RegisterTriggerInput(**trigger)
+        trigger = _as_model(trigger, RegisterTriggerInput, "register_trigger's trigger")
         trigger_type = trigger.type
         trigger_id, frame = self._session.register_trigger(
             trigger_type, trigger.function_id, trigger.config,
@@ -686,8 +686,12 @@ class III:
             >>> # iii.register_trigger_type({"id": "webhook", "description": "Webhooks"}, WebhookHandler())
         """
         self._refuse_if_closed()
-        if isinstance(trigger_type, dict):
-            trigger_type = RegisterTriggerTypeInput(**trigger_type)
+        trigger_type = _as_model(trigger_type, RegisterTriggerTypeInput, "register_trigger_type's trigger_type")
+        missing = [hook for hook in ("register_trigger", "unregister_trigger")
+                   if not callable(getattr(handler, hook, None))]
+        if missing:  # (else refused only when the engine binds a trigger, with an AttributeError in a log line)
+            raise TypeError(f"register_trigger_type({trigger_type.id!r}): {type(handler).__name__} is not a "
+                            f"TriggerHandler: no callable {', '.join(missing)}")
         # In place before its frame can go out (the engine may bind a trigger at once); a refused update puts the
         # one in place back: the type stays as it was, description and handler.
         previous = self._trigger_host.get(trigger_type.id)
@@ -709,7 +713,10 @@ class III:
         Example:
             >>> # iii.unregister_trigger_type({"id": "webhook"})
         """
-        type_id = trigger_type["id"] if isinstance(trigger_type, dict) else trigger_type.id
+        if isinstance(trigger_type, dict):  # only its id is read: {"id": ...} without a description is enough
+            type_id = trigger_type["id"]
+        else:
+            type_id = _as_model(trigger_type, RegisterTriggerTypeInput, "unregister_trigger_type's trigger_type").id
         self._trigger_host.remove(type_id)
         self._register(self._session.unregister_trigger_type(type_id))
 
@@ -720,8 +727,7 @@ class III:
             >>> # iii.register_service({"id": "payments", "description": "Payment processing"})
         """
         self._refuse_if_closed()
-        if isinstance(service, dict):
-            service = RegisterServiceInput(**service)
+        service = _as_model(service, RegisterServiceInput, "register_service's service")
         self._register(self._session.register_service(RegisterServiceMessage(
             id=service.id,
             name=service.name or service.id,
@@ -1148,6 +1154,23 @@ def _is_registration(frame: Frame) -> bool:
         (True, False)
     """
     return type(frame) is _RegistrationFrame
+
+
+def _as_model(value: Any, model: type[M], what: str, also: str = "") -> M:
+    """``value`` as ``model``: an instance as it is, a dict validated into one; anything else a ``TypeError`` naming
+    ``what`` (``None`` or a string failed with "'NoneType' object has no attribute 'id'").
+
+    Example:
+        >>> _as_model(None, RegisterServiceInput, "register_service's service")
+        Traceback (most recent call last):
+        ...
+        TypeError: register_service's service must be a RegisterServiceInput or a dict, got NoneType
+    """
+    if isinstance(value, model):
+        return value
+    if isinstance(value, dict):
+        return model(**value)
+    raise TypeError(f"{what} must be {also}a {model.__name__} or a dict, got {type(value).__name__}")
 
 
 def _unpack_request(request: dict[str, Any] | TriggerRequest) -> tuple[str, Any, Any, float | None]:

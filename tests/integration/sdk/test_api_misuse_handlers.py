@@ -155,3 +155,30 @@ def test_a_request_that_is_not_a_dict_names_what_it_was(served: Harness, make_wo
     expected = f"a trigger request is a dict or a TriggerRequest, got {type(request_).__name__}"
     with pytest.raises(TypeError, match=expected):
         caller.trigger(request_)
+
+
+def test_registrations_of_the_wrong_type_are_named(served: Harness, make_worker: MakeWorker) -> None:
+    worker = make_worker("w")
+    cases: list[tuple[Callable[[], Any], str]] = [
+        (lambda: worker.register_function(None, lambda d: d),  # type: ignore[arg-type]
+         "register_function's first argument must be an id, a RegisterFunctionInput or a dict, got NoneType"),
+        (lambda: worker.register_trigger(None),  # type: ignore[arg-type]
+         "register_trigger's trigger must be a RegisterTriggerInput or a dict, got NoneType"),
+        (lambda: worker.register_service("payments"),  # type: ignore[arg-type]
+         "register_service's service must be a RegisterServiceInput or a dict, got str"),
+        (lambda: worker.register_trigger_type("hook", _Hooks(None, None)),  # type: ignore[arg-type]
+         "register_trigger_type's trigger_type must be a RegisterTriggerTypeInput or a dict, got str"),
+        (lambda: worker.unregister_trigger_type(None),  # type: ignore[arg-type]
+         "unregister_trigger_type's trigger_type must be a RegisterTriggerTypeInput or a dict, got NoneType"),
+        (lambda: worker.register_trigger_type({"id": "hook", "description": "d"}, None),  # type: ignore[arg-type]
+         "register_trigger_type('hook'): NoneType is not a TriggerHandler: no callable register_trigger, "
+         "unregister_trigger"),
+    ]
+    for register, message in cases:
+        with pytest.raises(TypeError) as caught:
+            register()
+        assert str(caught.value) == message
+    worker.register_function("after", lambda d: d)
+    served.wait_registered("after")
+    assert "hook" not in served.worker_trigger_types()
+    worker.unregister_trigger_type({"id": "hook"})  # a dict needs only the id
