@@ -464,15 +464,16 @@ class ClientSession:
             >>> ClientSession.new_call("f", 1, action={"type": "void"})
             (None, '{"type":"invokefunction","function_id":"f","data":1,"action":{"type":"void"}}')
         """
-        if action is not None and action.get("type") == "void":
-            return None, frames.invoke_function(
-                function_id, payload, traceparent=traceparent, baggage=baggage, action=action
+        invocation_id = None if action is not None and action.get("type") == "void" else new_invocation_id()
+        try:
+            frame = frames.invoke_function(
+                function_id, payload, invocation_id=invocation_id, traceparent=traceparent, baggage=baggage,
+                action=action,
             )
-        invocation_id = new_invocation_id()
-        frame = frames.invoke_function(
-            function_id, payload, invocation_id=invocation_id, traceparent=traceparent, baggage=baggage,
-            action=action,
-        )
+        except (TypeError, ValueError) as exc:
+            # The type and text stay the reference SDK's (json.dumps's); the note says which call it was.
+            exc.add_note(f"the call to {function_id!r:.100} was not sent: it cannot be written as JSON")
+            raise
         return invocation_id, frame
 
     def track_call(self, invocation_id: str, function_id: str) -> None:

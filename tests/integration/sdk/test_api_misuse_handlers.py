@@ -182,3 +182,33 @@ def test_registrations_of_the_wrong_type_are_named(served: Harness, make_worker:
     served.wait_registered("after")
     assert "hook" not in served.worker_trigger_types()
     worker.unregister_trigger_type({"id": "hook"})  # a dict needs only the id
+
+
+def _deep(levels: int) -> list[Any]:
+    outer: list[Any] = []
+    inner = outer
+    for _ in range(levels):
+        inner.append([])
+        inner = inner[0]
+    return outer
+
+
+@pytest.mark.parametrize(("payload", "error"), [
+    ({1, 2}, TypeError), (b"x", TypeError), ({(1, 2): 3}, TypeError), (float("nan"), ValueError),
+    (_deep(1_000_000), ValueError),
+], ids=["set", "bytes", "tuple key", "nan", "1e6 deep"])
+async def test_a_payload_with_no_json_form_names_the_call_and_nothing_is_sent(
+        served: Harness, make_worker: MakeWorker, payload: Any, error: type[Exception]) -> None:
+    caller = make_worker("caller")
+    caller.register_function("echo", lambda d: d)
+    served.wait_registered("echo")
+    note = "the call to 'echo' was not sent: it cannot be written as JSON"
+    for action in (None, {"type": "void"}):
+        with pytest.raises(error) as caught:
+            caller.trigger({"function_id": "echo", "payload": payload, "action": action})
+        assert note in getattr(caught.value, "__notes__", [])
+        with pytest.raises(error) as caught:
+            await caller.trigger_async({"function_id": "echo", "payload": payload, "action": action})
+        assert note in getattr(caught.value, "__notes__", [])
+    assert served.calls_in_flight() == set()
+    assert caller.trigger({"function_id": "echo", "payload": 5, "timeout_ms": 2000}) == 5
