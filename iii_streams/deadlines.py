@@ -19,18 +19,80 @@ Example:
     ...         return deadlines.leave(entry, True)
     >>> asyncio.run(demo())
     True
+
+:func:`finish_within` bounds one wait on a peer (a store's close, a reader task's end): past its limit the work is
+cancelled and let go, so a peer that is silent or gone never hangs a stop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
-from typing import Final
+from collections.abc import Awaitable
+from typing import Any, Final
 
-__all__ = ["SharedDeadlines"]
+__all__ = ["SharedDeadlines", "finish_within", "let_go_count"]
+
+log = logging.getLogger(__name__)
 
 _COMPACT_MIN: Final = 64  # entries before a FIFO mostly made of finished ones is rebuilt
 _LANES_KEPT: Final = 8  # lanes kept per store before those of closed loops and idle ones are dropped
+
+
+# Work that outlived its bound in finish_within and has not ended yet. The loop keeps only a weak reference to a task:
+# one whose library swallowed the cancel and waits on a future nothing else holds would be garbage collected mid-run
+# ("Task was destroyed but it is pending!", its finally clauses never run).
+_LET_GO: set[asyncio.Future[Any]] = set()
+
+
+def let_go_count() -> int:
+    """How many works :func:`finish_within` let go are still running.
+
+    Example:
+        >>> let_go_count()
+        0
+    """
+    return len(_LET_GO)
+
+
+async def finish_within(work: Awaitable[Any], timeout: float, what: str,
+                        logger: logging.Logger | None = None) -> bool:
+    """Await ``work`` (a coroutine or a task) for at most ``timeout`` seconds; ``True`` when it ended in time (its
+    exception raised, a cancelled task counts as ended), ``False`` when it did not: it is then cancelled and let go,
+    and a warning naming ``what`` is logged. A cancel of the caller cancels ``work`` too and lets it go.
+
+    Example:
+        >>> import asyncio
+        >>> async def demo():
+        ...     quick = await finish_within(asyncio.sleep(0), 1.0, "a quick close")
+        ...     silent = await finish_within(asyncio.Event().wait(), 0.01, "a silent peer's close")
+        ...     return quick, silent
+        >>> asyncio.run(demo())
+        (True, False)
+    """
+    task = asyncio.ensure_future(work)
+    try:
+        done, _ = await asyncio.wait((task,), timeout=timeout)
+    finally:
+        if not task.done():  # past the bound, or the caller is cancelled: nothing waits for it any more
+            task.cancel()
+            _LET_GO.add(task)
+            task.add_done_callback(_LET_GO.discard)
+            task.add_done_callback(_ended_late)
+    if not done:
+        (logger or log).warning("%s did not end within %g s; cancelled and let go (%d let go and not ended yet)",
+                                what, timeout, len(_LET_GO))
+        return False
+    if not task.cancelled():
+        task.result()
+    return True
+
+
+def _ended_late(task: asyncio.Future[Any]) -> None:
+    # retrieved, so a let-go work's failure is not reported as "exception was never retrieved" at garbage collection
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.debug("a work let go past its bound failed later: %r", exc)
 
 
 class _Entry:

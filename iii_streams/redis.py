@@ -78,6 +78,7 @@ from iii.wire import loads
 
 from .base import DEFAULT_TIMEOUT, FieldUpdates, SetResult, UpdateResult, WriteProgress
 from .batching import KeyedBatcher
+from .deadlines import finish_within
 from .errors import (
     PoolExhaustedError,
     StreamBackendError,
@@ -564,14 +565,18 @@ class _Subscriber:
             task.cancel()
             done, _ = await asyncio.wait({task}, timeout=_STOP_S)
             if not done:
+                # one that swallows this one too (or a connection whose close never answers) is let go after
+                # _STOP_S more: it held the store's close, and every watcher's end, for good
                 task.cancel()
-                await asyncio.wait({task})
+                with contextlib.suppress(Exception):  # its failure is not the stop's (the first wait ignored it too)
+                    await finish_within(task, _STOP_S, f"the Redis watch reader of {self._channel}", log)
         # A task cancelled before its first step never runs its finally: a watch closed right after its open
         # (the engine's start-up probe) left the connection subscribed, out of the pool, for good.
         leftover, self._pubsub = self._pubsub, None
         if leftover is not None:
             with contextlib.suppress(Exception):
-                await leftover.aclose()  # type: ignore[no-untyped-call]
+                await finish_within(leftover.aclose(),  # type: ignore[no-untyped-call]
+                                    _STOP_S, f"the close of the Redis watch connection of {self._channel}", log)
 
     async def _open(self) -> PubSub:
         """A new pub/sub subscribed to the store's channel, its confirmation read (so every event published

@@ -88,6 +88,7 @@ from iii.wire import loads
 
 from .base import DEFAULT_TIMEOUT, FieldUpdates, SetResult, UpdateResult, WriteProgress
 from .batching import KeyedBatcher
+from .deadlines import finish_within
 from .errors import (
     PoolExhaustedError,
     SchemaMissingError,
@@ -193,6 +194,10 @@ def _is_driver_error(exc: BaseException) -> bool:
 
 
 _CLOSE_S: Final = 2.0  # a LISTEN connection's orderly close at most; then it is cut
+# A cancelled probe or reconnect of the LISTEN connection ends at once unless the driver swallowed the cancel (Python
+# 3.11's asyncio.wait_for, python/cpython#86296) or waits on a silent server: past this it is let go, since waiting
+# for it held the store's close, and the last watcher's end, for good.
+_STOP_S: Final = 2.0
 # A LISTEN connection made half-open (a NAT or firewall that forgot it, a failover with no reset) is never ended by
 # the driver: every later notification would be lost without a word. After this long with no notification it is
 # asked a `SELECT 1`, and cut (then replaced, the gap reported) when no answer comes within _PONG_S.
@@ -290,7 +295,8 @@ class _Listener:
         probe, self._probe = self._probe, None
         if probe is not None:  # first: a probe's query under way would hold the connection's close
             probe.cancel()
-            await asyncio.wait({probe})
+            with contextlib.suppress(Exception):  # a probe's failure is its own to log, not the stop's
+                await finish_within(probe, _STOP_S, "the PostgreSQL LISTEN connection's probe", log)
         if driver is not None:
             await self._close(driver)
         task, self._reconnecting = self._reconnecting, None
@@ -298,7 +304,8 @@ class _Listener:
             # cancelled at once: an attempt in flight cuts what it made (_open); waiting for it held a watcher's
             # close (or the store's) for 2 s while the database hung
             task.cancel()
-            await asyncio.wait({task})
+            with contextlib.suppress(Exception):
+                await finish_within(task, _STOP_S, "the PostgreSQL LISTEN connection's reconnect", log)
 
     async def _open(self) -> Any:
         """A new asyncpg connection that LISTENs, within the store's timeout; ``StreamClosedError`` once stopping."""

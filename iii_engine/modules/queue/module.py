@@ -35,6 +35,7 @@ from iii.iii_types import TriggerInfo
 from iii.protocol.worker_session import clip_text
 from iii.wire import LOG_CLIP, clip, dumps
 
+from ...closing import close_store
 from ...settings import RedisAdapterSettings
 from ..base import BuiltinFunction, BuiltinHandler, EngineError, EngineModule, EngineServices, InvocationContext
 from ..bridge.queue import NO_DLQ, BridgeQueue
@@ -225,8 +226,8 @@ class QueueModule(EngineModule):
                             "after the stop's %d ms; closing the store under them", self._store_ops,
                             self.settings.stop_timeout_ms)
         if self.bridge is not None:
-            await self.bridge.close()
-        await self.store.close()
+            await close_store(self.bridge.close(), "the queue module's bridge link")
+        await close_store(self.store.close(), f"the queue module's store ({type(self.store).__name__})")
 
     async def _warn_if_evicting(self) -> None:
         """Say at start when Redis may evict keys: an evicting ``maxmemory-policy`` deletes queued jobs without a

@@ -32,6 +32,7 @@ from iii.stream import (
 )
 from iii_streams import Backend
 
+from ...closing import close_store
 from ..base import BuiltinFunction, EngineError, EngineModule, EngineServices, InvocationContext
 from ..stream.inputs import Fields
 from ..stream.locks import KeyedLocks
@@ -126,7 +127,7 @@ class StateModule(EngineModule):
         """Cancel trigger tasks and close the store."""
         await self.triggers.close()
         if self.store is not None:
-            await self.store.aclose()
+            await close_store(self.store.aclose(), f"the state module's store ({type(self.store).__name__})")
 
     async def _set(self, data: Any, ctx: InvocationContext) -> Any:
         f = Fields("state::set", data)

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from iii_streams import Backend
 
+from ...closing import close_store
 from ..base import EngineModule, EngineServices
 from .api import StreamFunctions
 from .settings import StreamSettings
@@ -74,7 +75,8 @@ class StreamModule(EngineModule):
         try:
             await self.socket.start()
         except BaseException:
-            await self.store.aclose()
+            store, self.store = self.store, None  # closed here: the stop after a failed start need not wait again
+            await close_store(store.aclose(), f"the stream module's store ({type(store).__name__})")
             raise
         for function in self.functions.builtins():
             self.services.register_function(function)
@@ -90,4 +92,4 @@ class StreamModule(EngineModule):
         for triggers in self._triggers:
             await triggers.close()
         if self.store is not None:
-            await self.store.aclose()
+            await close_store(self.store.aclose(), f"the stream module's store ({type(self.store).__name__})")
