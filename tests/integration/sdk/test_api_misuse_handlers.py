@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
+from iii import InitOptions, TriggerAction
 from iii.errors import InvocationError
+from iii.iii import register_worker
 from iii.triggers import TriggerConfig, TriggerHandler
 
 from .conftest import Harness, MakeWorker, wait_until
@@ -212,3 +214,33 @@ async def test_a_payload_with_no_json_form_names_the_call_and_nothing_is_sent(
         assert note in getattr(caught.value, "__notes__", [])
     assert served.calls_in_flight() == set()
     assert caller.trigger({"function_id": "echo", "payload": 5, "timeout_ms": 2000}) == 5
+
+
+@pytest.mark.xfail(strict=True, reason="LoopBridge.cancel_tasks waits for every cancelled task with no bound: a "
+                                      "handler that catches CancelledError and goes on holds shutdown() for good "
+                                      "(the fix belongs in iii/loop_bridge.py)")
+def test_shutdown_is_bounded_when_a_handler_swallows_its_cancel(served: Harness, make_worker: MakeWorker) -> None:
+    caller = make_worker("caller")
+    stubborn = register_worker(served.url, InitOptions(worker_name="stubborn"))
+    started, release = threading.Event(), threading.Event()
+
+    async def swallows_cancel(_: Any) -> None:
+        started.set()
+        while not release.is_set():
+            try:
+                await asyncio.sleep(0.05)
+            except asyncio.CancelledError:
+                pass
+
+    stubborn.register_function("swallows", swallows_cancel)
+    served.wait_registered("swallows")
+    caller.trigger({"function_id": "swallows", "payload": 1, "action": TriggerAction.Void()})
+    assert started.wait(5)
+    closing = threading.Thread(target=stubborn.shutdown, daemon=True)
+    closing.start()
+    try:
+        closing.join(8)
+        assert not closing.is_alive(), "shutdown() still waits for the handler 8 s after it was cancelled"
+    finally:
+        release.set()
+        closing.join(5)
