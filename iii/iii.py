@@ -126,7 +126,8 @@ class III:
         self._runner = HandlerRunner(self._address)
         self._trigger_host = TriggerTypeHost()
         self._telemetry = TelemetryWiring()
-        self._functions_available_callbacks: list[Callable[[list[FunctionInfo]], None]] = []
+        # A set in the order subscribed, as the reference's set: one callback subscribed twice runs once per change.
+        self._functions_available_callbacks: dict[Callable[[list[FunctionInfo]], None], None] = {}
         self._functions_available_trigger: Trigger | None = None
         self._functions_available_function_id: str | None = None
         # Subscribing and unsubscribing from several threads at once registered one trigger each (every callback
@@ -972,15 +973,16 @@ class III:
             >>> # unsubscribe = iii.on_functions_available(lambda fns: print(len(fns)))
         """
         self._refuse_if_closed()
+        if not callable(callback):  # (else a TypeError logged at every change, far from this call)
+            raise TypeError(f"on_functions_available: the callback must be callable, got {type(callback).__name__}")
         with self._functions_available_lock:
-            self._functions_available_callbacks.append(callback)
+            self._functions_available_callbacks[callback] = None
             if self._functions_available_trigger is None:
                 self._functions_available_trigger = self._subscribe_functions_available()
 
         def unsubscribe() -> None:
             with self._functions_available_lock:
-                if callback in self._functions_available_callbacks:
-                    self._functions_available_callbacks.remove(callback)
+                self._functions_available_callbacks.pop(callback, None)
                 if not self._functions_available_callbacks and self._functions_available_trigger is not None:
                     self._functions_available_trigger.unregister()
                     self._functions_available_trigger = None

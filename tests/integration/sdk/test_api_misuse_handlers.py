@@ -244,3 +244,36 @@ def test_shutdown_is_bounded_when_a_handler_swallows_its_cancel(served: Harness,
     finally:
         release.set()
         closing.join(5)
+
+
+def test_one_callback_subscribed_twice_runs_once_per_change_as_in_the_reference(
+        served: Harness, make_worker: MakeWorker) -> None:
+    watcher, other = make_worker("watcher"), make_worker("other")
+    runs: list[int] = []
+    changes: list[int] = []
+    done = threading.Event()
+
+    def twice(functions: list[Any]) -> None:
+        runs.append(len(functions))
+
+    def control(functions: list[Any]) -> None:  # subscribed last: runs after ``twice`` on each change
+        changes.append(len(functions))
+        if any(f.function_id == "second" for f in functions):
+            done.set()
+
+    with pytest.raises(TypeError, match="on_functions_available: the callback must be callable, got NoneType"):
+        watcher.on_functions_available(None)  # type: ignore[arg-type]
+    unsubscribe = watcher.on_functions_available(twice)
+    watcher.on_functions_available(twice)
+    unsubscribe_control = watcher.on_functions_available(control)
+    served.wait_for(lambda: any(t["trigger_type"] == "engine::functions-available"
+                                for t in served.worker_triggers()))
+    other.register_function("first", lambda d: d)
+    served.wait_registered("first")
+    other.register_function("second", lambda d: d)
+    assert done.wait(5)
+    assert runs == changes
+    unsubscribe()
+    unsubscribe_control()  # no subscription left: the trigger goes with it
+    served.wait_for(lambda: not any(t["trigger_type"] == "engine::functions-available"
+                                    for t in served.worker_triggers()))
