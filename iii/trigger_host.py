@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
@@ -49,7 +50,8 @@ class TriggerTypeHost:
         if handler is None:
             return {"code": "trigger_type_not_found", "message": "Trigger type not found"}
         try:
-            await handler.register_trigger(TriggerConfig(id=trigger_id, function_id=function_id, config=config))
+            await _settled(handler.register_trigger(TriggerConfig(id=trigger_id, function_id=function_id,
+                                                                  config=config)))
         except Exception as exc:
             log.exception("Error registering trigger %s", trigger_id)
             return {"code": "trigger_registration_failed", "message": str(exc)}
@@ -67,10 +69,18 @@ class TriggerTypeHost:
         if handler is None:
             return
         try:
-            await handler.unregister_trigger(TriggerConfig(id=trigger_id, function_id=function_id, config=config))
+            await _settled(handler.unregister_trigger(TriggerConfig(id=trigger_id, function_id=function_id,
+                                                                    config=config)))
         except Exception:
             log.exception("Error unregistering trigger %s", trigger_id)
         except BaseException as exc:
             if not handler_raised(exc):
                 raise
             log.exception("Error unregistering trigger %s", trigger_id)
+
+
+async def _settled(outcome: Any) -> None:
+    """Await ``outcome`` when it is awaitable: a handler whose hooks are plain methods is served as well (awaiting
+    their ``None`` refused every trigger with "object NoneType can't be used in 'await' expression")."""
+    if inspect.isawaitable(outcome):
+        await outcome

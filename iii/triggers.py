@@ -33,7 +33,8 @@ class TriggerHandler(ABC, Generic[TConfig]):
     """Owner side of a custom trigger type.
 
     ``register_trigger`` may be called again for an id it already knows (the engine replays stored triggers
-    whenever the type is registered): treat a repeated id as a replacement.
+    whenever the type is registered): treat a repeated id as a replacement. Plain (not ``async``) methods are
+    served too, on the client's event loop: they must not block.
     """
 
     @abstractmethod

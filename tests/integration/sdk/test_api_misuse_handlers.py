@@ -277,3 +277,37 @@ def test_one_callback_subscribed_twice_runs_once_per_change_as_in_the_reference(
     unsubscribe_control()  # no subscription left: the trigger goes with it
     served.wait_for(lambda: not any(t["trigger_type"] == "engine::functions-available"
                                     for t in served.worker_triggers()))
+
+
+class _PlainHooks:
+    """A trigger type owner whose hooks are plain methods (the reference awaits their None and refuses every
+    trigger)."""
+
+    def __init__(self) -> None:
+        self.seen = threading.Condition()
+        self.calls: list[str] = []
+
+    def _note(self, what: str) -> None:
+        with self.seen:
+            self.calls.append(what)
+            self.seen.notify_all()
+
+    def register_trigger(self, config: TriggerConfig[Any]) -> None:
+        self._note(f"register {config.config['k']}")
+
+    def unregister_trigger(self, config: TriggerConfig[Any]) -> None:
+        self._note(f"unregister {config.config['k']}")
+
+
+def test_a_trigger_type_owner_with_plain_methods_binds_and_unbinds(served: Harness, make_worker: MakeWorker) -> None:
+    owner, user = make_worker("owner"), make_worker("user")
+    hooks = _PlainHooks()
+    owner.register_trigger_type({"id": "plain", "description": "plain hooks"}, hooks)  # type: ignore[arg-type]
+    user.register_function("target", lambda d: d)
+    served.wait_registered("target")
+    served.wait_for(lambda: "plain" in served.worker_trigger_types())
+    trigger = user.register_trigger({"type": "plain", "function_id": "target", "config": {"k": 1}})
+    served.wait_for(lambda: any(t["trigger_type"] == "plain" for t in served.worker_triggers()))
+    trigger.unregister()
+    with hooks.seen:
+        assert hooks.seen.wait_for(lambda: hooks.calls == ["register 1", "unregister 1"], 5), hooks.calls
