@@ -53,6 +53,7 @@ from iii.loss_log import LossLog
 from iii.wire import dumps, loads
 from iii.ws_fastpath import send_server_frame
 from iii_streams import Backend, StreamGapError, StreamLagError, Watch
+from iii_streams.deadlines import finish_within
 from iii_streams.events import StreamEvent, now_ms
 
 from ...closing import CLOSE_TIMEOUT_S, close_within
@@ -86,10 +87,6 @@ _FEED_RETRY_MAX_S = 5.0
 # when the last client left, the feed's lock with it, so no later join's feed opened either. The bound, not the
 # unsubscribe itself, is what a client or the stop may have to wait for.
 _WATCH_CLOSE_TIMEOUT_S = 5.0
-# The unsubscribes let go past that bound and not ended yet. The loop keeps only a weak reference to a task: one
-# whose store swallowed the cancel and waits on a future nothing else holds was garbage collected mid-run ("Task was
-# destroyed but it is pending!", its finally clauses never run).
-_LET_GO: set[asyncio.Task[None]] = set()
 # How long the start-up probe may take to subscribe to the store's events. A store that never answers held the
 # engine's start for the store's own timeout (a silent PostgreSQL: 60 s) or, with none, for good; a subscribe is a
 # round trip or a connection, so a store slower than this at start is taken as down: one error line, no engine.
@@ -213,16 +210,8 @@ async def _close_watch(watch: Watch) -> None:
     the store's; the feed opens a fresh subscription)."""
     closing = asyncio.get_running_loop().create_task(watch.aclose(), name="stream-socket-feed-close")
     closing.add_done_callback(_log_close_failure)
-    try:
-        done, _ = await asyncio.wait((closing,), timeout=_WATCH_CLOSE_TIMEOUT_S)
-    finally:
-        if not closing.done():  # past the deadline, or the caller is cancelled: nothing waits for it any more
-            closing.cancel()
-            _LET_GO.add(closing)
-            closing.add_done_callback(_LET_GO.discard)
-    if not done:
-        log.warning("the store did not close its event subscription within %g s; letting it go (%d let go and not "
-                    "ended yet)", _WATCH_CLOSE_TIMEOUT_S, len(_LET_GO))
+    with contextlib.suppress(Exception):  # logged by _log_close_failure, in time or not
+        await finish_within(closing, _WATCH_CLOSE_TIMEOUT_S, "the store's close of its event subscription", log)
 
 
 def _log_close_failure(closing: asyncio.Task[None]) -> None:

@@ -19,7 +19,7 @@ from iii_engine import Engine
 from iii_engine.modules.base import ModuleStartError
 from iii_engine.modules.stream import module as stream_module_file
 from iii_engine.modules.stream import socket as socket_module
-from iii_streams import MemoryStream
+from iii_streams import MemoryStream, deadlines
 from iii_streams.events import StreamEvent, Subscription, Watch
 from tests.polling import until
 from tests.stall_relay import Relay
@@ -53,6 +53,11 @@ async def _start_fails(engine: Engine, within: float) -> tuple[ModuleStartError,
         await asyncio.wait_for(engine.start(), within)
     return failed.value, time.monotonic() - began
 
+
+
+def _feed_closes() -> list[asyncio.Task[Any]]:
+    """The store unsubscribes the socket started and that have not ended (let go ones included)."""
+    return [task for task in asyncio.all_tasks() if task.get_name() == "stream-socket-feed-close" and not task.done()]
 
 async def test_a_store_that_never_answers_the_probe_stops_the_start(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket_module, "_START_PROBE_TIMEOUT_S", 0.3, raising=False)
@@ -159,13 +164,12 @@ async def test_an_unsubscribe_that_swallows_its_cancel_is_not_destroyed_pending(
                 # before: "Task was destroyed but it is pending!" (only the loop's weak reference held it)
                 assert not unhandled, unhandled
             assert "3 let go and not ended yet" in caplog.text
-            assert len(socket_module._LET_GO) == 3
+            assert len(_feed_closes()) == deadlines.let_go_count() == 3
     finally:
         store.hang = False
-        let_go: set[asyncio.Task[None]] = getattr(socket_module, "_LET_GO", set())
-        for task in tuple(let_go):
+        for task in _feed_closes():
             task.cancel()
-        await until(lambda: not let_go)
+        await until(lambda: not _feed_closes())
         loop.set_exception_handler(previous)
     assert store.ended == store.closes == 3
     assert not unhandled, unhandled
@@ -233,7 +237,7 @@ async def test_a_cancel_of_the_close_s_caller_cancels_the_unsubscribe_and_goes_t
     with pytest.raises(asyncio.CancelledError):
         await caller  # within the 5 s bound: the cancel is not held until the unsubscribe gives up
     # the unsubscribe was cancelled with it (a hung close holds nothing past its caller), and let go once it ended
-    await until(lambda: not socket_module._LET_GO)
+    await until(lambda: deadlines.let_go_count() == 0)
     assert not [task for task in asyncio.all_tasks() if task.get_name() == "stream-socket-feed-close"]
 
 
