@@ -202,6 +202,17 @@ async def engine_process(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitabl
 
 
 @pytest.fixture
+def fast_switching() -> Iterator[None]:
+    """Threads switch as often as the interpreter lets them, so a race between threads shows within a few rounds."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+
+
+@pytest.fixture
 def urandom_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The sizes of every ``os.urandom`` read made while the test runs (the reads still return random bytes)."""
     reads: list[int] = []

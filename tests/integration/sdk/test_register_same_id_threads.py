@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 import threading
-from collections.abc import Iterator
-
-import pytest
 
 from .conftest import Harness, MakeWorker
 
 ROUNDS = 60
 
 
-@pytest.fixture
-def fine_thread_switching() -> Iterator[None]:
-    # Switch threads as often as the interpreter allows, so the two registrations interleave inside the SDK.
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(before)
-
-
 def test_the_winner_of_a_same_id_race_keeps_its_handler(
-    served: Harness, make_worker: MakeWorker, fine_thread_switching: None
+    served: Harness, make_worker: MakeWorker, fast_switching: None
 ) -> None:
     owner, caller = make_worker("owner"), make_worker("caller")
     winners: dict[str, str] = {}

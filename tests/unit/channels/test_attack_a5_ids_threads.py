@@ -4,25 +4,10 @@ between its check and its take (``IndexError: pop from empty list`` failed the c
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
-from collections.abc import Iterator
-
-import pytest
 
 from iii_engine.channels.registry import _new_ids
-
-
-@pytest.fixture
-def fast_switching() -> Iterator[None]:
-    """Threads switch as often as the interpreter lets them: the interleaving that loses the race comes quickly."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(before)
 
 
 def test_threads_drawing_ids_at_once_never_fail_and_never_share_one(fast_switching: None) -> None:

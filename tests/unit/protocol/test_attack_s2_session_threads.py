@@ -9,7 +9,6 @@ replay it ended the connection's supervisor, and the client stayed disconnected 
 from __future__ import annotations
 
 import gc
-import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -19,15 +18,6 @@ import pytest
 
 from iii.iii_types import RegisterFunctionMessage
 from iii.protocol.client import ClientSession
-
-
-@pytest.fixture
-def busy_switching() -> Iterator[None]:
-    """Threads switch as often as the interpreter allows, so a walk of a dict is interrupted within a few items."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    yield
-    sys.setswitchinterval(before)
 
 
 def _read_while_registering(session: ClientSession, read: Callable[[], Any], rounds: int = 40) -> None:
@@ -77,7 +67,7 @@ def _book(functions: int) -> ClientSession:
     return session
 
 
-@pytest.mark.usefixtures("busy_switching")
+@pytest.mark.usefixtures("fast_switching")
 def test_the_replay_reads_the_book_while_threads_register() -> None:
     session = _book(1000)
     _read_while_registering(session, session.connection_opened)
@@ -85,7 +75,7 @@ def test_the_replay_reads_the_book_while_threads_register() -> None:
     assert sum('"registerfunction"' in frame for frame in replay) >= 1000
 
 
-@pytest.mark.usefixtures("busy_switching")
+@pytest.mark.usefixtures("fast_switching")
 def test_the_recovery_reads_the_book_while_threads_register() -> None:
     session = _book(1000)
     _read_while_registering(session, lambda: (session.missing_functions([]), session.missing_triggers([])))
@@ -102,7 +92,7 @@ class _Cycle:
         sum(range(50))
 
 
-@pytest.mark.usefixtures("busy_switching")
+@pytest.mark.usefixtures("fast_switching")
 def test_the_recovery_reads_the_book_whole_even_when_a_collection_runs_python_code_midway() -> None:
     # The floors run of CI caught this: list(d.items()) makes a tuple per entry, a collection can start there and
     # run a finaliser, and the thread that registers runs in the middle of the walk. dict.copy() allocates no
