@@ -14,11 +14,12 @@ import asyncio
 import asyncio.base_events
 import concurrent.futures
 import inspect
+import logging
 import selectors
 import sys
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from .errors import IIIError, ShuttingDownError
 from .pending_calls import Settle
@@ -26,6 +27,10 @@ from .pending_calls import Settle
 __all__ = ["PARK_MISSING", "LoopBridge", "LoopStoppedError"]
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+CANCEL_WAIT_S: Final = 3.0
+"""Seconds :meth:`LoopBridge.cancel_tasks` waits for the cancelled tasks (handlers in flight at shutdown) to end."""
 
 
 def _probe_park() -> tuple[str, ...]:
@@ -260,11 +265,17 @@ class LoopBridge:
         for task in tasks.values():
             task.cancel()
         if tasks:
-            await asyncio.gather(*tasks.values(), return_exceptions=True)
-        for coro in tasks:
+            await asyncio.wait(tasks.values(), timeout=CANCEL_WAIT_S)
+        left = [task for task in tasks.values() if not task.done()]
+        if left:
+            # A handler that catches its cancel and goes on held shutdown() for good; it is left running on a loop
+            # about to stop (its thread ends with the client's).
+            log.warning("%d task(s) did not end within %g s of their cancel at shutdown and were left: %s", len(left),
+                        CANCEL_WAIT_S, ", ".join(sorted(task.get_name() for task in left))[:1000])
+        for coro, task in tasks.items():
             # A task cancelled before its first step never ran _tracked: forget it, and close the coroutine it never
             # awaited (no "never awaited" warning; a no-op for one that ran).
-            if self._tasks.pop(coro, None) is not None:
+            if task.done() and self._tasks.pop(coro, None) is not None:
                 coro.close()
 
     def stop(self, join_timeout: float = 5.0) -> None:

@@ -216,9 +216,6 @@ async def test_a_payload_with_no_json_form_names_the_call_and_nothing_is_sent(
     assert caller.trigger({"function_id": "echo", "payload": 5, "timeout_ms": 2000}) == 5
 
 
-@pytest.mark.xfail(strict=True, reason="LoopBridge.cancel_tasks waits for every cancelled task with no bound: a "
-                                      "handler that catches CancelledError and goes on holds shutdown() for good "
-                                      "(the fix belongs in iii/loop_bridge.py)")
 def test_shutdown_is_bounded_when_a_handler_swallows_its_cancel(served: Harness, make_worker: MakeWorker) -> None:
     caller = make_worker("caller")
     stubborn = register_worker(served.url, InitOptions(worker_name="stubborn"))
