@@ -74,13 +74,11 @@ async def finish_within(work: Awaitable[Any], timeout: float, what: str,
     task = asyncio.ensure_future(work)
     try:
         done, _ = await asyncio.wait((task,), timeout=timeout)
-    finally:
-        if not task.done():  # past the bound, or the caller is cancelled: nothing waits for it any more
-            task.cancel()
-            _LET_GO.add(task)
-            task.add_done_callback(_LET_GO.discard)
-            task.add_done_callback(_ended_late)
+    except BaseException:
+        _let_go(task)  # the caller is cancelled: nothing waits for the work any more
+        raise
     if not done:
+        _let_go(task)
         (logger or log).warning("%s did not end within %g s; cancelled and let go (%d let go and not ended yet)",
                                 what, timeout, len(_LET_GO))
         return False
@@ -89,10 +87,21 @@ async def finish_within(work: Awaitable[Any], timeout: float, what: str,
     return True
 
 
+def _let_go(task: asyncio.Future[Any]) -> None:
+    if task.done():
+        # it ended as the caller was cancelled, before the caller could look: its failure still counts as seen
+        _ended_late(task)
+        return
+    task.cancel()
+    _LET_GO.add(task)
+    task.add_done_callback(_LET_GO.discard)
+    task.add_done_callback(_ended_late)
+
+
 def _ended_late(task: asyncio.Future[Any]) -> None:
     # retrieved, so a let-go work's failure is not reported as "exception was never retrieved" at garbage collection
     if not task.cancelled() and (exc := task.exception()) is not None:
-        log.debug("a work let go past its bound failed later: %r", exc)
+        log.debug("a work let go (past its bound, or its caller cancelled) failed: %r", exc)
 
 
 class _Entry:
