@@ -102,13 +102,16 @@ def run(main: Coroutine[Any, Any, T], event_loop: str = DEFAULT_EVENT_LOOP, *, d
         return runner.run(main)
     finally:
         loop = runner.get_loop()
-        if _end_remaining_tasks(loop, EXIT_WAIT_S):
+        ended = _end_remaining_tasks(loop, EXIT_WAIT_S)
+        # Runner.close closes the async generators main left open, and waits for any task, with no bound: a
+        # generator's finally that never returns held the exit as a task ignoring its cancel did
+        if not _wait_bounded(loop, loop.shutdown_asyncgens(), EXIT_WAIT_S):
+            log.warning("the async generators left open did not close within %g s at exit and were left", EXIT_WAIT_S)
+            ended = False
+        if ended and not asyncio.all_tasks(loop):
             runner.close()
         else:
-            # Runner.close would wait, with no bound, for the tasks that ignored their cancel: close the loop without
-            # them (they were named in the warning).
-            _wait_bounded(loop, loop.shutdown_asyncgens(), EXIT_WAIT_S)
-            loop.close()
+            loop.close()  # without the tasks left (named in the warning)
 
 
 EXIT_WAIT_S: Final = 5.0
@@ -132,17 +135,20 @@ def _end_remaining_tasks(loop: asyncio.AbstractEventLoop, seconds: float) -> boo
     """Cancel the tasks ``main`` left running and wait at most ``seconds`` for them: whether they all ended. A task
     that ignores its cancel (a store's close that never returns, say) is logged by name, not waited for: before, it
     kept the process from exiting after the engine had stopped."""
-    pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
-    if not pending:
-        return True
-    for task in pending:
-        task.cancel()
-    loop.run_until_complete(asyncio.wait(pending, timeout=seconds))
-    for task in pending:
+    cancelled: set[asyncio.Task[Any]] = set()
+    deadline = loop.time() + seconds
+    # again until none is left: a task ending on its cancel may start another (a bounded close's own task, a
+    # finally's cleanup), which Runner.close would then wait for with no bound
+    while (pending := asyncio.all_tasks(loop)) and (remaining := deadline - loop.time()) > 0:
+        for task in pending - cancelled:
+            task.cancel()
+        cancelled |= pending
+        loop.run_until_complete(asyncio.wait(pending, timeout=remaining))
+    for task in cancelled:
         if task.done() and not task.cancelled() and task.exception() is not None:
             loop.call_exception_handler({"message": "a task failed while the event loop was closing",
                                          "exception": task.exception(), "task": task})
-    left = [task for task in pending if not task.done()]
+    left = [task for task in cancelled if not task.done()]
     if left:
         log.warning("%d task(s) did not end within %g s of their cancel at exit and were left: %s", len(left),
                     seconds, ", ".join(sorted(task.get_name() for task in left))[:1000])
