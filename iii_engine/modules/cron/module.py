@@ -39,17 +39,23 @@ _CLOCK_BACK_S: Final = 1.0
 """Seconds still left before a tick after sleeping all of them: past this, the wall clock was set back."""
 
 
-async def _sleep_until(moment: datetime) -> bool:
-    """Sleep until the wall clock reads ``moment``: True then; False when, on waking, the clock was found set back
-    (waiting out the jump would silence an every-second schedule for as long as the clock went back)."""
+async def _sleep_until(moment: datetime) -> float | None:
+    """Sleep until the wall clock reads ``moment``: then the seconds the event loop woke later than asked (0.0 when
+    no sleep was needed), a stall measured on the loop's monotonic clock, which a wall clock stepped a little either
+    way does not move; None when, on waking, the clock was found set back (waiting out the jump would silence an
+    every-second schedule for as long as the clock went back)."""
     # A timed sleep, not synchronisation: wall-clock target, monotonic loop clock, so re-check and repeat.
+    loop = asyncio.get_running_loop()
+    overrun = 0.0
     delay = (moment - datetime.now(UTC)).total_seconds()
     while delay > 0:
+        wake_at = loop.time() + delay
         await asyncio.sleep(delay)
+        overrun = loop.time() - wake_at
         delay = (moment - datetime.now(UTC)).total_seconds()
         if delay > _CLOCK_BACK_S:
-            return False
-    return True
+            return None
+    return overrun
 
 
 def parse_trigger_expression(config: Any) -> CronExpression:
@@ -136,7 +142,8 @@ class CronModule(EngineModule):
         schedule = asyncio.current_task()
         tick = expression.next_after(datetime.now(UTC))
         while tick is not None:
-            if not await _sleep_until(tick):
+            overrun = await _sleep_until(tick)
+            if overrun is None:
                 now = datetime.now(UTC)
                 log.warning("cron %s: the wall clock went back (now %s, before tick %s); scheduling from now",
                             trigger.id, rfc3339(now), rfc3339(tick))
@@ -148,8 +155,13 @@ class CronModule(EngineModule):
             else:
                 self.services.fired_calls.skip(f"cron {trigger.id} tick {rfc3339(tick)}")
             now = datetime.now(UTC)
-            if (now - tick).total_seconds() < 1:
-                tick = expression.next_after(tick)
+            following = expression.next_after(tick)
+            # A stall is the loop waking late, on its own clock; a wall clock set forward shows as a following tick
+            # already a second late. Not this tick's lateness by the wall clock: a step forward of ±0.5 s jitter
+            # (1 s) just as this tick woke on time made it look a second late, and the following tick, due that
+            # very moment, was skipped as missed.
+            if following is None or (overrun < 1 and (now - following).total_seconds() < 1):
+                tick = following
             else:  # after a long stall, skip the missed ticks rather than firing a burst of them; never silently
                 self._skip_missed(trigger, expression, tick, now)
                 tick = expression.next_after(now)
