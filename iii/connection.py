@@ -23,7 +23,11 @@ queue unannounced. When it is full:
 - an unkeyed frame from :meth:`Connection.send_soon` (the loop's own frames: registrations, invocation results,
   pongs) is kept in order behind those, past the bound: its senders bound their own number, and losing one would
   leave a function unregistered or a caller waiting out its timeout. Only a frame sent with ``droppable=True``
-  (telemetry) is dropped with a warning.
+  (telemetry, pongs) is dropped, counted in :attr:`Connection.dropped` with a rate-limited warning.
+
+Best-effort (``droppable``) frames never hold more than half of the queue (:data:`BEST_EFFORT_SHARE`), and at a full
+queue the oldest of them is the first to make way for any other frame, before a call is pushed out or a send waits:
+a flood of log records behind a slow engine refused the next call ("never sent: the outbound queue was full").
 
 Once reconnection gave up (``max_retries``, state ``failed``) nothing queued can leave until :meth:`Connection.start`
 runs again: every queued keyed frame, and each new one, has its ``on_dropped(key)`` told at once, and an unkeyed
@@ -99,6 +103,10 @@ reading)."""
 DROP_LOG_INTERVAL_S = 10.0
 """Best-effort frames (telemetry, pongs) dropped at a full queue: the first drop is logged at once, later ones with
 their count at most this often (a peer flooding pings must not flood the log)."""
+
+BEST_EFFORT_SHARE = 0.5
+"""The share of ``max_queue`` that best-effort frames (telemetry, pongs) may hold; past it they are dropped, so
+calls always find room without pushing anything out."""
 
 Frame = str | bytes
 
@@ -321,8 +329,17 @@ class _DrainWatch:
         self.handle.cancel()
 
 
-# A queued frame's key: a call's invocation id (its caller waits for the answer), a pinned frame's _Pinned, or None.
-_Key = str | _Pinned | None
+class _BestEffort:
+    """The key of a queued best-effort frame (``droppable``): the first to make way at a full queue."""
+
+    __slots__ = ()
+
+
+_BEST_EFFORT: Final = _BestEffort()
+
+# A queued frame's key: a call's invocation id (its caller waits for the answer), a pinned frame's _Pinned,
+# _BEST_EFFORT, or None.
+_Key = str | _Pinned | _BestEffort | None
 
 
 def _open(ws: ClientConnection) -> bool:
@@ -402,6 +419,9 @@ class Connection:
         self._keyed = 0
         # Pinned frames in the backlog (send_on_this_connection): a lost socket looks for them only when there are.
         self._pinned = 0
+        # Best-effort frames in the backlog, and how many it may hold (at least one, for a queue of one).
+        self._best_effort = 0
+        self._best_effort_cap = max(1, int(max_queue * BEST_EFFORT_SHARE))
         # Unkeyed frames from send() waiting for room in a full backlog, first come first in: each slot the
         # backlog frees goes to the first of them in the same step, so no later frame overtakes them.
         # An ordered dict, not a deque: a caller that stops waiting leaves it in O(1) wherever it stands (a mass
@@ -503,6 +523,7 @@ class Connection:
         self._backlog.clear()
         self._keyed = 0
         self._pinned = 0
+        self._best_effort = 0
         while self._waiting:  # frames waiting for room are discarded with the queue
             self._admit_waiting()
             self._backlog.clear()
@@ -712,13 +733,14 @@ class Connection:
     def send_soon(self, frame: Frame, key: str | None = None, *, droppable: bool = False) -> None:
         """Queue ``frame`` behind earlier ones and write it as soon as the socket allows (loop thread only).
 
-        A full queue keeps it anyway, past the bound, unless it is ``droppable`` (then it is dropped with a warning).
+        A full queue keeps it anyway, past the bound, unless it is ``droppable`` (then it is dropped, counted, with
+        a rate-limited warning; so is one past the best-effort share of the queue).
         """
-        if not self._enqueue(frame, key):
-            if droppable:
+        if droppable and key is None:
+            if not self._enqueue_best_effort(frame):
                 self._drop(frame)
-            else:
-                self._keep_past_bound(frame)
+        elif not self._enqueue(frame, key):
+            self._keep_past_bound(frame)
         if self._ready:
             self._kick()
 
@@ -736,9 +758,30 @@ class Connection:
 
     def _log_dropped(self, counts: Mapping[str, int], latest: str | None) -> None:
         latest_text = f"; latest: {latest}" if latest is not None else ""
-        log.warning("Outbound queue full (%d frames waiting for the engine): %d best-effort frame(s) (telemetry, "
-                    "pongs) dropped since the last warning, %d in all%s", self._max_queue, counts["dropped"],
-                    self.dropped, latest_text)
+        log.warning("Outbound queue full (%d frames waiting for the engine, at most %d of them best-effort): %d "
+                    "best-effort frame(s) (telemetry, pongs) dropped since the last warning, %d in all%s",
+                    self._max_queue, self._best_effort_cap, counts["dropped"], self.dropped, latest_text)
+
+    def _enqueue_best_effort(self, frame: Frame) -> bool:
+        """Queue a best-effort frame; False (not queued) when the queue is full or holds its share of them."""
+        if len(self._backlog) >= self._max_queue or self._waiting or self._best_effort >= self._best_effort_cap:
+            return False
+        self._backlog.append((frame, _BEST_EFFORT))
+        self._best_effort += 1
+        return True
+
+    def _make_way(self) -> bool:
+        """Drop the oldest queued best-effort frame (counted, as one refused is); False when none is queued."""
+        if not self._best_effort:
+            return False
+        backlog = self._backlog
+        for index, (old, old_key) in enumerate(backlog):
+            if old_key is _BEST_EFFORT:
+                del backlog[index]
+                self._best_effort -= 1
+                self._drop(old)
+                return True
+        return False
 
     def _enqueue(self, frame: Frame, key: str | None) -> bool:
         """Queue ``frame``; False when the queue is full and ``frame``, unkeyed, was not queued."""
@@ -746,7 +789,9 @@ class Connection:
         if key is not None and self._gave_up:  # nothing will send it: its caller fails now, not at its timeout
             self._on_dropped(key)
             return True
-        if len(backlog) < self._max_queue and not self._waiting:
+        # (A full queue with sends waiting for room holds no best-effort frame: each would have made way for them,
+        # and none is queued while they wait, so one making way here never lets a frame overtake them.)
+        if (len(backlog) < self._max_queue and not self._waiting) or self._make_way():
             backlog.append((frame, key))
             if key is not None:
                 self._keyed += 1
@@ -812,6 +857,8 @@ class Connection:
         key = item[1]
         if isinstance(key, str):
             self._keyed -= 1
+        elif key is _BEST_EFFORT:
+            self._best_effort -= 1
         elif key is not None:
             self._pinned -= 1
         if self._waiting:
@@ -862,7 +909,7 @@ class Connection:
                     return
                 continue
             self._popleft()
-            if key is not None and not self._keep(key):
+            if isinstance(key, str) and not self._keep(key):
                 continue
             if len(frame) > self.check_above and self._refused(frame, key):
                 continue
@@ -934,7 +981,7 @@ class Connection:
                     await self._pinned_turn(ws, frame, key)
                     continue
                 self._popleft()
-                if (key is None or self._keep(key)) and (len(frame) <= self.check_above
+                if (not isinstance(key, str) or self._keep(key)) and (len(frame) <= self.check_above
                                                           or not self._refused(frame, key)):
                     await self._send_bounded(ws, frame)
             if not _open(ws):
