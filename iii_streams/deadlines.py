@@ -71,7 +71,9 @@ async def finish_within(work: Awaitable[Any], timeout: float, what: str,
         >>> asyncio.run(demo())
         (True, False)
     """
-    task = asyncio.ensure_future(work)
+    # named after what it is: a let-go work still running at the process's exit is named in its warning by that
+    task = (asyncio.get_running_loop().create_task(work, name=what) if asyncio.iscoroutine(work)
+            else asyncio.ensure_future(work))
     try:
         done, _ = await asyncio.wait((task,), timeout=timeout)
     except BaseException:
