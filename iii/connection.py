@@ -570,7 +570,8 @@ class Connection:
         it is written to that socket, False when no socket is up or it is lost before the frame's turn. Never kept
         for a later socket, so False means never sent (safe to retry).
 
-        Raises :class:`~iii.errors.ConnectionLostError` (never sent) when the queue is full. Cancelling the wait
+        Raises :class:`~iii.errors.ConnectionLostError` (never sent) when the queue is full (once no best-effort
+        frame is left to make way for it). Cancelling the wait
         takes the frame back unless it has already been written. Loop thread only.
         """
         ws = self._ws
@@ -583,7 +584,9 @@ class Connection:
         # Else it waits in the queue, unwritten, until the socket takes it at once (_pinned_turn): written into a
         # socket's full buffer, it would be thrown away with the socket if the engine stopped reading, after its
         # sender had heard True.
-        if len(self._backlog) >= self._max_queue or self._waiting:
+        # (Best-effort frames make way for it, as for a call: else it was refused while telemetry held
+        # half of the queue.)
+        if self._waiting or (len(self._backlog) >= self._max_queue and not self._make_way()):
             # Refused, not waited for: its sender can be told, and room made later could be on another socket.
             raise ConnectionLostError("connection_lost", f"never sent: the outbound queue is full ({self._max_queue} "
                                                          "frames waiting for the engine)")
@@ -790,8 +793,10 @@ class Connection:
             self._on_dropped(key)
             return True
         # (A full queue with sends waiting for room holds no best-effort frame: each would have made way for them,
-        # and none is queued while they wait, so one making way here never lets a frame overtake them.)
-        if (len(backlog) < self._max_queue and not self._waiting) or self._make_way():
+        # and none is queued while they wait, so one making way here never lets a frame overtake them. Once
+        # reconnection gave up, none makes way: the frame would wait for a connection nothing will make, and its
+        # sender, refused below, hears it was never sent.)
+        if (len(backlog) < self._max_queue and not self._waiting) or (not self._gave_up and self._make_way()):
             backlog.append((frame, key))
             if key is not None:
                 self._keyed += 1
