@@ -91,8 +91,9 @@ async def test_state_trigger_dispatch_cancelled_at_stop_before_it_ran_gives_ever
 async def test_a_cron_tick_cancelled_at_stop_before_it_ran_gives_its_slot_back(monkeypatch: pytest.MonkeyPatch) -> None:
     ticks: asyncio.Queue[None] = asyncio.Queue()
 
-    async def next_tick(moment: Any) -> None:  # the schedule's clock, driven by the test
+    async def next_tick(moment: Any) -> float:  # the schedule's clock, driven by the test: each tick on time
         await ticks.get()
+        return 0.0
 
     monkeypatch.setattr(cron_module, "_sleep_until", next_tick)
     async with _engine("modules::cron::CronModule", max_fired_calls=1) as engine:
