@@ -563,13 +563,11 @@ class _Subscriber:
             # under a read). Cancelled again if a library swallowed the cancellation (python/cpython#86296)
             # where _stopping is not checked.
             task.cancel()
-            done, _ = await asyncio.wait({task}, timeout=_STOP_S)
-            if not done:
-                # one that swallows this one too (or a connection whose close never answers) is let go after
-                # _STOP_S more: it held the store's close, and every watcher's end, for good
-                task.cancel()
-                with contextlib.suppress(Exception):  # its failure is not the stop's (the first wait ignored it too)
-                    await finish_within(task, _STOP_S, f"the Redis watch reader of {self._channel}", log)
+            # One that swallows the cancel (or a connection whose close never answers) is cancelled again and let
+            # go after _STOP_S: it held the store's close, and every watcher's end, for good. Let go, it stays
+            # referenced until it ends, also when this stop is cancelled meanwhile.
+            with contextlib.suppress(Exception):  # its failure is not the stop's
+                await finish_within(task, _STOP_S, f"the Redis watch reader of {self._channel}", log)
         # A task cancelled before its first step never runs its finally: a watch closed right after its open
         # (the engine's start-up probe) left the connection subscribed, out of the pool, for good.
         leftover, self._pubsub = self._pubsub, None
