@@ -35,8 +35,8 @@ CLOSE_TIMEOUT_S = 2.0
 STORE_CLOSE_TIMEOUT_S = 10.0
 """How long a module's stop waits for its store to close before it lets the close go. A store's close that hung on a
 silent server held the engine's stop for good. Above the stores' own bounds on their parts (a Redis watch
-connection's reader: 2 s after its cancel, then its leftover connection's close: 2 s), so those end first and name
-what hung."""
+connection's reader: 2 s after its cancel and 2 s after a second one, then its leftover connection's close: 2 s),
+so those end first and name what hung."""
 
 
 async def close_within(ws: ServerConnection, code: int, reason: str,

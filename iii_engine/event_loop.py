@@ -115,7 +115,9 @@ def run(main: Coroutine[Any, Any, T], event_loop: str = DEFAULT_EVENT_LOOP, *, d
 
 
 EXIT_WAIT_S: Final = 5.0
-"""Seconds :func:`run` gives the tasks still running when ``main`` ends to finish after their cancel."""
+"""Seconds :func:`run` gives the tasks still running when ``main`` ends to finish after their cancel (and as much to
+the async generators left open). Work already handed to a thread (``asyncio.to_thread``, ``run_in_executor``) is not
+cut short: a thread cannot be cancelled, and the process exits once it returns."""
 
 
 def _wait_bounded(loop: asyncio.AbstractEventLoop, aw: Coroutine[Any, Any, Any], seconds: float) -> bool:

@@ -560,14 +560,15 @@ class _Subscriber:
         task, self._reader = self._reader, None
         if task is not None:
             # The task closes its pub/sub itself (nobody else reads it: no connection goes back to the pool
-            # under a read). Cancelled again if a library swallowed the cancellation (python/cpython#86296)
-            # where _stopping is not checked.
+            # under a read).
             task.cancel()
-            # One that swallows the cancel (or a connection whose close never answers) is cancelled again and let
-            # go after _STOP_S: it held the store's close, and every watcher's end, for good. Let go, it stays
-            # referenced until it ends, also when this stop is cancelled meanwhile.
+            # A library that swallowed the cancel (python/cpython#86296) where _stopping is not checked: past _STOP_S
+            # the reader is cancelled again, kept referenced until it ends (also when this stop is cancelled), and
+            # given _STOP_S more; one that swallows that too (or a connection whose close never answers) is let go:
+            # it held the store's close, and every watcher's end, for good.
             with contextlib.suppress(Exception):  # its failure is not the stop's
-                await finish_within(task, _STOP_S, f"the Redis watch reader of {self._channel}", log)
+                if not await finish_within(task, _STOP_S, f"the Redis watch reader of {self._channel}", log):
+                    await asyncio.wait({task}, timeout=_STOP_S)
         # A task cancelled before its first step never runs its finally: a watch closed right after its open
         # (the engine's start-up probe) left the connection subscribed, out of the pool, for good.
         leftover, self._pubsub = self._pubsub, None

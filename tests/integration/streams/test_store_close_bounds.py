@@ -109,7 +109,7 @@ async def test_redis_store_close_ends_when_the_watch_reader_never_does(
         with caplog.at_level(logging.WARNING):
             await asyncio.wait_for(store.aclose(), 10)  # before: never returned
         took = loop.time() - began
-        assert took < 2.0, took
+        assert took < 2.5, took  # the reader: 0.2 s, cancelled again, 0.2 s more; the connection's close 0.2 s
         await asyncio.sleep(0)
         assert stubborn.cancels >= 1  # the first cancel ends the reader's read; the close is cancelled again
         assert f"the Redis watch reader of {name} did not end within 0.2 s; cancelled and let go" in caplog.text
