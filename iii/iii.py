@@ -133,9 +133,10 @@ class III:
         # Subscribing and unsubscribing from several threads at once registered one trigger each (every callback
         # then ran once per trigger on each change, and the extra triggers outlived the last unsubscribe).
         self._functions_available_lock = threading.Lock()
-        # Function lists waiting for the callbacks, in arrival order, and whether a handler thread is delivering them
-        # (under _functions_available_delivery).
-        self._functions_available_queue: collections.deque[list[FunctionInfo]] = collections.deque()
+        # The function list waiting for the callbacks, and whether a handler thread is delivering (under
+        # _functions_available_delivery). Each list is the whole set, so only the newest waiting one is kept: while a
+        # callback blocked, every change added a full list and the queue grew without a bound.
+        self._functions_available_queue: collections.deque[list[FunctionInfo]] = collections.deque(maxlen=1)
         self._functions_available_delivering = False
         self._functions_available_delivery = threading.Lock()
         # Two threads registering one function id at once both passed the id check: both registrations went to the
@@ -1005,7 +1006,8 @@ class III:
                                       "config": {}})
 
     def _queue_functions_available(self, functions: list[FunctionInfo]) -> None:
-        """Hand ``functions`` to the callbacks on a handler thread, after the lists before it (loop thread).
+        """Hand ``functions`` to the callbacks on a handler thread, after the list being delivered (loop thread); a
+        list still waiting is replaced, as ``functions`` is the newer whole set.
 
         Not on the loop: a callback that blocked stopped the worker (its calls timed out, its heartbeat with
         them), and one calling the sync API (``list_functions``, ``trigger``) got a ``RuntimeError``.
