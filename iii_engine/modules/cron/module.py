@@ -88,7 +88,7 @@ class CronModule(EngineModule):
         self._schedules: dict[str, asyncio.Task[None]] = {}
         # ticks being fired, each holding its max_fired_calls slot until the call has it
         self._firings = HeldTasks()
-        #: ticks not fired because the engine's loop stalled past them (each stall logged)
+        #: ticks not fired because the engine's loop stalled past them or the wall clock jumped forward (each logged)
         self.missed_ticks = 0
         #: ticks not fired because the lock store failed or did not answer (logged rate-limited)
         self.lock_failures = 0
@@ -163,17 +163,21 @@ class CronModule(EngineModule):
             if following is None or (overrun < 1 and (now - following).total_seconds() < 1):
                 tick = following
             else:  # after a long stall, skip the missed ticks rather than firing a burst of them; never silently
-                self._skip_missed(trigger, expression, tick, now)
+                self._skip_missed(trigger, expression, tick, now, stalled=overrun >= 1)
                 tick = expression.next_after(now)
 
-    def _skip_missed(self, trigger: TriggerInfo, expression: CronExpression, last: datetime, now: datetime) -> None:
-        """Count and log the ticks of ``expression`` after ``last`` up to ``now``, which a stall made late: exactly,
-        by arithmetic (:meth:`CronExpression.count_between`), not by walking them (counted up to 1,000 before, so a
-        long stall of an every-second schedule was reported as "at least 1000")."""
+    def _skip_missed(self, trigger: TriggerInfo, expression: CronExpression, last: datetime, now: datetime, *,
+                     stalled: bool = True) -> None:
+        """Count and log the ticks of ``expression`` after ``last`` up to ``now``, which a stall (``stalled``) or a
+        wall clock set forward made late: exactly, by arithmetic (:meth:`CronExpression.count_between`), not by
+        walking them (counted up to 1,000 before, so a long stall of an every-second schedule was reported as "at
+        least 1000")."""
         missed = expression.count_between(last, now)
         if missed:
             self.missed_ticks += missed
-            log.warning("cron %s: the engine was %.1f s late for tick %s; %d tick(s) up to %s skipped", trigger.id,
+            # The log says which: an operator chasing a stall that was a clock step looks for the wrong cause.
+            cause = "the engine stalled" if stalled else "the wall clock went forward (the engine did not stall)"
+            log.warning("cron %s: %s: %.1f s late for tick %s; %d tick(s) up to %s skipped", trigger.id, cause,
                         (now - last).total_seconds(), rfc3339(last), missed, rfc3339(now))
 
     def _log_lock_failures(self, counts: Mapping[str, int], latest: str | None) -> None:
