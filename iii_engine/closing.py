@@ -11,21 +11,25 @@ Example (a connection already closed is reset at once, which does nothing)::
 
 A store whose connection went silent (a Redis or PostgreSQL server that stopped answering, a half-open connection)
 may never finish its close: :func:`close_store` bounds it, so the module's stop, and the engine's, ends anyway.
+During an engine's stop (:class:`StoreCloses`) the closes of all its modules' stores run side by side and share one
+deadline, so stores that all went silent hold the stop for one bound, not one each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 
 from iii import ws_fastpath
-from iii_streams.deadlines import finish_within
+from iii_streams.deadlines import finish_within, let_go
 
-__all__ = ["CLOSE_TIMEOUT_S", "STORE_CLOSE_TIMEOUT_S", "close_store", "close_within"]
+__all__ = ["CLOSE_TIMEOUT_S", "STORE_CLOSE_TIMEOUT_S", "StoreCloses", "close_store", "close_within"]
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +40,11 @@ STORE_CLOSE_TIMEOUT_S = 10.0
 """How long a module's stop waits for its store to close before it lets the close go. A store's close that hung on a
 silent server held the engine's stop for good. Above the stores' own bounds on their parts (a Redis watch
 connection's reader: 2 s after its cancel and 2 s after a second one, then its leftover connection's close: 2 s),
-so those end first and name what hung."""
+so those end first and name what hung. In an engine's stop it is one deadline for every store together
+(:class:`StoreCloses`)."""
+
+# The engine's stop in progress in this context: its modules' store closes are started and handed to it
+_STOPPING: ContextVar[StoreCloses | None] = ContextVar("iii_engine_store_closes", default=None)
 
 
 async def close_within(ws: ServerConnection, code: int, reason: str,
@@ -52,10 +60,87 @@ async def close_within(ws: ServerConnection, code: int, reason: str,
 
 async def close_store(close: Awaitable[Any], what: str) -> None:
     """Await a store's ``close`` for at most :data:`STORE_CLOSE_TIMEOUT_S`; past it the close is cancelled and let
-    go with a warning naming ``what``. A close that fails in time raises its error.
+    go with a warning naming ``what``. A close that fails in time raises its error. Inside
+    :meth:`StoreCloses.collecting` (an engine's stop) the close is started and handed to that stop, which waits for
+    it with the other stores' closes, and this returns at once.
 
     Example (a memory store closes at once)::
 
         await close_store(MemoryStream().aclose(), "the stream module's store")
     """
+    closes = _STOPPING.get()
+    if closes is not None and closes.take(close, what):
+        return
     await finish_within(close, STORE_CLOSE_TIMEOUT_S, what, log)
+
+
+class StoreCloses:
+    """The store closes of one engine stop. Each starts as soon as its module reaches it (after the module stopped
+    taking work, as before), so they run side by side; :meth:`wait` then gives them all ONE deadline,
+    :data:`STORE_CLOSE_TIMEOUT_S` from its call. Every close thus gets at least the whole bound (a healthy store
+    next to silent ones flushes its acknowledged writes), and any number of silent stores hold the stop for one
+    bound, not one each.
+
+    Example (a memory store closes at once)::
+
+        closes = StoreCloses()
+        with closes.collecting():
+            await close_store(MemoryStream().aclose(), "the stream module's store")  # started, not awaited
+        await closes.wait()
+    """
+
+    def __init__(self) -> None:
+        self._closes: list[tuple[asyncio.Task[Any], str]] = []
+        self._taking = True
+
+    @contextmanager
+    def collecting(self) -> Iterator[None]:
+        """While inside, :func:`close_store` in this context (and tasks started from it) hands its close here."""
+        token = _STOPPING.set(self)
+        try:
+            yield
+        finally:
+            _STOPPING.reset(token)
+
+    def take(self, close: Awaitable[Any], what: str) -> bool:
+        """Start ``close`` now and keep it for :meth:`wait`; ``False`` once the wait began (the caller then waits
+        for it itself)."""
+        if not self._taking:
+            return False
+        # named after what it is: a close let go and still running at the process's exit is named by that
+        task = (asyncio.get_running_loop().create_task(close, name=what) if asyncio.iscoroutine(close)
+                else asyncio.ensure_future(close))
+        self._closes.append((task, what))
+        return True
+
+    async def wait(self) -> None:
+        """Wait for every close taken, all under one deadline :data:`STORE_CLOSE_TIMEOUT_S` from now; those still
+        running then are cancelled and let go with a warning naming each. A close that failed is logged with its
+        error. Cancelled, it lets every close go."""
+        self._taking = False
+        closes, self._closes = self._closes, []
+        if not closes:
+            return
+        bound = STORE_CLOSE_TIMEOUT_S
+        try:
+            # each close's own finish_within, all started together: one shared deadline
+            ended = await asyncio.gather(*(finish_within(task, bound, what, log) for task, what in closes),
+                                         return_exceptions=True)
+        except BaseException:
+            self._let_go(closes)  # gather cancelled them already; a close not yet handed to finish_within too
+            raise
+        for (_, what), outcome in zip(closes, ended, strict=True):
+            if isinstance(outcome, BaseException):
+                log.error("%s failed to close: %r", what, outcome, exc_info=outcome)
+
+    def let_go(self) -> None:
+        """Cancel every close taken and let it go (a stop that ends before its :meth:`wait`, by an error or a
+        cancel): each stays referenced until it ends."""
+        self._taking = False
+        closes, self._closes = self._closes, []
+        self._let_go(closes)
+
+    @staticmethod
+    def _let_go(closes: list[tuple[asyncio.Task[Any], str]]) -> None:
+        for task, _ in closes:
+            let_go(task)

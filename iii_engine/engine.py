@@ -50,7 +50,7 @@ from iii_streams.messages import error_line
 
 from .allocator import MemoryReleaser
 from .channels import ChannelRelay
-from .closing import close_within
+from .closing import StoreCloses, close_within
 from .config import EngineConfig
 from .invocations import Invocations, Started
 from .limits import SKIP_LOG_INTERVAL_S, TRY_AGAIN_LATER, CountLimits, FiredCalls, WorkerCalls
@@ -245,18 +245,34 @@ class Engine:
         self.modules[module.name] = module
 
     async def stop(self) -> None:
-        """Stop modules (in reverse order), then close every connection and the channel relay."""
+        """Stop modules (in reverse order), then close every connection and the channel relay.
+
+        The modules' stores (stream, state, queue, and the queue module's bridge link) close side by side: each
+        close starts once its module stopped taking work, and after the last module's stop they all share ONE
+        deadline, :data:`iii_engine.closing.STORE_CLOSE_TIMEOUT_S` (10 s) from then; a close still running at it
+        is cancelled and let go with a warning naming it. So silent stores (a Redis or PostgreSQL server that
+        stopped answering) hold the stop about 10 s however many there are, instead of 10 s each, and a healthy
+        store next to them still gets the whole 10 s to flush. The rest of the stop has bounds of its own (the
+        queue module's ``stop_timeout_ms``, 5 s by default, before its store's close; 2 s per peer's socket).
+        """
         if not self._started:
             return
         self._started = False
         self.ready.clear()
         # Modules stop first, while workers are still connected: a queue hands unfinished jobs back instead of
         # seeing them fail with invocation_stopped and spending a retry on the shutdown.
-        for module in reversed(list(self.modules.values())):
-            try:
-                await module.stop()
-            except Exception:
-                log.exception("module %s failed to stop", module.name)
+        closes = StoreCloses()
+        try:
+            with closes.collecting():
+                for module in reversed(list(self.modules.values())):
+                    try:
+                        await module.stop()
+                    except Exception:
+                        log.exception("module %s failed to stop", module.name)
+        except BaseException:
+            closes.let_go()
+            raise
+        await closes.wait()
         await self._listener.close()
         await self.invocations.close()
         self.fired_calls.close()

@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Awaitable
 from typing import Any, Final
 
-__all__ = ["SharedDeadlines", "finish_within", "let_go_count"]
+__all__ = ["SharedDeadlines", "finish_within", "let_go", "let_go_count"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,24 @@ async def finish_within(work: Awaitable[Any], timeout: float, what: str,
     if not task.cancelled():
         task.result()
     return True
+
+
+def let_go(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` and keep it referenced until it ends (counted by :func:`let_go_count`), as
+    :func:`finish_within` does with work past its bound; a task already done or already let go is left as it is.
+
+    Example:
+        >>> import asyncio
+        >>> async def demo():
+        ...     task = asyncio.get_running_loop().create_task(asyncio.Event().wait())
+        ...     let_go(task)
+        ...     await asyncio.sleep(0)
+        ...     return task.cancelled()
+        >>> asyncio.run(demo())
+        True
+    """
+    if task not in _LET_GO:
+        _let_go(task)
 
 
 def _let_go(task: asyncio.Future[Any]) -> None:
