@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import math
 import numbers
@@ -30,6 +29,7 @@ from typing import Any, Final, TypeVar
 
 from pydantic import BaseModel
 
+from .callback_set import CallbackSet
 from .channels import ChannelReader, ChannelWriter
 from .connection import Connection, Frame, MessageTooLargeError, Write, check_reconnection, check_url
 from .errors import InvocationError, ShuttingDownError
@@ -126,19 +126,18 @@ class III:
         self._runner = HandlerRunner(self._address)
         self._trigger_host = TriggerTypeHost()
         self._telemetry = TelemetryWiring()
-        # A set in the order subscribed, as the reference's set: one callback subscribed twice runs once per change.
-        self._functions_available_callbacks: dict[Callable[[list[FunctionInfo]], None], None] = {}
+        # Run on the handler threads, only the newest list waiting (each is the whole set): see iii.callback_set.
+        self._functions_available: CallbackSet[[list[FunctionInfo]]] = CallbackSet(
+            lambda: self._runner.threads, "functions-available")
+        self._functions_available_callbacks = self._functions_available.callbacks
+        self._functions_available_queue = self._functions_available.waiting
         self._functions_available_trigger: Trigger | None = None
         self._functions_available_function_id: str | None = None
         # Subscribing and unsubscribing from several threads at once registered one trigger each (every callback
         # then ran once per trigger on each change, and the extra triggers outlived the last unsubscribe).
         self._functions_available_lock = threading.Lock()
-        # The function list waiting for the callbacks, and whether a handler thread is delivering (under
-        # _functions_available_delivery). Each list is the whole set, so only the newest waiting one is kept: while a
-        # callback blocked, every change added a full list and the queue grew without a bound.
-        self._functions_available_queue: collections.deque[list[FunctionInfo]] = collections.deque(maxlen=1)
-        self._functions_available_delivering = False
-        self._functions_available_delivery = threading.Lock()
+        self._registrations_ready: CallbackSet[[]] = CallbackSet(lambda: self._runner.threads,
+                                                                 "registrations-ready")
         # Two threads registering one function id at once both passed the id check: both registrations went to the
         # engine, or the refused one took the winner's handler away with it.
         self._registering = threading.Lock()
@@ -422,8 +421,17 @@ class III:
         frame, lost_worker_id = self._session.connection_ready(worker_metadata(self._options), tp or None,
                                                                bg or None)
         self._conn.send_soon(frame)
-        if lost_worker_id is not None:
-            self._bridge.spawn(self._recover_registrations(lost_worker_id))
+        if lost_worker_id is None:
+            self._registrations_ready.push()  # the replay, written before this, is all there is to wait for
+        else:
+            self._bridge.spawn(self._recover_then_ready(lost_worker_id, self._session.generation))
+
+    async def _recover_then_ready(self, lost_worker_id: str, generation: int) -> None:
+        """:meth:`_recover_registrations`, then the :meth:`on_registrations_ready` callbacks if the connection it
+        checked is still the one up (a newer one runs them after its own check)."""
+        await self._recover_registrations(lost_worker_id)
+        if self._conn.is_ready and self._session.generation == generation and not self._closed:
+            self._registrations_ready.push()
 
     def _on_call_dropped(self, invocation_id: str) -> None:
         if self._conn.gave_up:
@@ -465,10 +473,17 @@ class III:
                     log.info("Re-registering a function lost in the old connection's cleanup: %.120s", frame)
                     await self._conn.send(_RegistrationFrame(frame), own=True)
             listed = await self._call("engine::triggers::list", {"include_internal": True}, None)
+            resent = False
             for frame in self._session.missing_triggers(t.get("id") for t in listed.get("triggers", [])):
                 if self._session.holds(frame) and self._fits(frame):
                     log.info("Re-registering a trigger lost in the old connection's cleanup: %.120s", frame)
                     await self._conn.send(_RegistrationFrame(frame), own=True)
+                    resent = True
+            if resent:
+                # A round trip: the engine handles a connection's frames in order, so once it answers, the triggers
+                # re-sent above are in place (on_registrations_ready promises that). The functions' were already,
+                # before the trigger list was answered.
+                await self._call("engine::workers::list", {}, None)
         except (InvocationError, TimeoutError, ShuttingDownError, AttributeError) as exc:
             log.debug("Registration check after reconnect stopped: %s", exc)
 
@@ -1006,37 +1021,38 @@ class III:
                                       "config": {}})
 
     def _queue_functions_available(self, functions: list[FunctionInfo]) -> None:
-        """Hand ``functions`` to the callbacks on a handler thread, after the list being delivered (loop thread); a
-        list still waiting is replaced, as ``functions`` is the newer whole set.
+        """Hand ``functions`` to the callbacks on a handler thread (a list still waiting is replaced: this one is the
+        newer whole set)."""
+        self._functions_available.push(functions)
 
-        Not on the loop: a callback that blocked stopped the worker (its calls timed out, its heartbeat with
-        them), and one calling the sync API (``list_functions``, ``trigger``) got a ``RuntimeError``.
+    def on_registrations_ready(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` each time a connection is up and this worker's registrations are in place on the
+        engine; returns the callable that removes it. Ours: the reference SDK has no such hook.
+
+        When it runs: after the replay of every registration on a new connection, and after a reconnect once the
+        check for registrations the old connection's cleanup deleted (docs/protocol.md, production behaviour T7)
+        has re-sent them and the engine has handled them, or has given up. A worker that subscribes to events
+        (a ``subscribe`` trigger, say) may re-read the state it follows from here on without missing an event; what
+        was published while it was away never reaches it. Only connections that become ready after this call count.
+
+        On a handler thread, never the client's loop: it may block or call the sync API (``list_functions``,
+        ``trigger``) without stopping the worker, and an exception is logged. The callbacks run one call at a time;
+        connections that became ready meanwhile add one more call, not one each. By the time it runs the connection
+        may have dropped again: a later connection calls it again.
+
+        Example:
+            >>> # remove = iii.on_registrations_ready(lambda: print("in place"))
+            >>> # remove()
         """
-        with self._functions_available_delivery:
-            self._functions_available_queue.append(functions)
-            if self._functions_available_delivering:
-                return
-            self._functions_available_delivering = True
-        try:
-            self._runner.threads.submit(self._deliver_functions_available)
-        except RuntimeError:  # the handler threads were shut down: so is the client
-            with self._functions_available_delivery:
-                self._functions_available_queue.clear()
-                self._functions_available_delivering = False
+        self._refuse_if_closed()
+        if not callable(callback):
+            raise TypeError(f"on_registrations_ready: the callback must be callable, got {type(callback).__name__}")
+        self._registrations_ready.callbacks[callback] = None
 
-    def _deliver_functions_available(self) -> None:
-        """Run every callback on each queued function list in turn, until none is left (a handler thread)."""
-        while True:
-            with self._functions_available_delivery:
-                if not self._functions_available_queue:
-                    self._functions_available_delivering = False
-                    return
-                functions = self._functions_available_queue.popleft()
-            for cb in list(self._functions_available_callbacks):
-                try:
-                    cb(functions)
-                except BaseException:  # the other callbacks still run; nothing is cancelled on a handler thread
-                    log.exception("functions-available callback failed")
+        def remove() -> None:
+            self._registrations_ready.callbacks.pop(callback, None)
+
+        return remove
 
     def create_stream(self, stream_name: str, stream: IStream[Any]) -> None:
         """Serve stream ``stream_name`` from ``stream``: get, set, delete, list, list_groups and update.

@@ -248,21 +248,20 @@ class BridgeLink:
 
         return client.register_function({"id": function_id}, on_link_loop).unregister
 
-    def on_ready(self, callback: Callable[[], None]) -> None:
+    def on_ready(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Run ``callback`` on the caller's (the engine's) event loop each time a connection to the remote is up
-        and this link's registrations were replayed on it: after every reconnect, and after the first connection
-        unless that one came before this call. What the remote sent meanwhile (a pub/sub message) never reached
-        this engine; a remote that restarted may hold other data altogether."""
-        conn = self._running()._conn
+        and this link's registrations are in place there (the SDK's ``on_registrations_ready``): after every
+        reconnect, once those the remote's cleanup of the old connection deleted were sent again, and after the first
+        connection unless that one came before this call. What the remote sent meanwhile (a pub/sub message) never
+        reached this engine; a remote that restarted may hold other data altogether. Returns the callable that
+        stops it."""
         engine_loop = asyncio.get_running_loop()
-        replayed = conn._on_ready
 
-        def ready() -> None:  # on the link's thread
-            replayed()
+        def ready() -> None:  # on one of the link's handler threads
             with contextlib.suppress(RuntimeError):  # the engine's loop is closed: nobody left to tell
                 engine_loop.call_soon_threadsafe(callback)
 
-        conn._on_ready = ready
+        return self._running().on_registrations_ready(ready)
 
     def register_trigger(self, trigger_type: str, function_id: str, config: Any) -> Trigger:
         """Bind a remote trigger to a function of this link; re-sent after every reconnect."""

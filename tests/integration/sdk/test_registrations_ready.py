@@ -1,0 +1,75 @@
+"""``III.on_registrations_ready``: a callback each time a connection is up with this worker's registrations in place
+on the engine, also after those the old connection's late cleanup deleted (T7) were sent again."""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import pytest
+
+from iii.iii import III
+
+from .conftest import EngineThread
+from .late_cleanup import LateCleanup
+from .test_attack_s2_lifecycle import _cut
+
+
+def test_after_a_reconnect_the_hook_waits_until_the_lost_registrations_are_back(
+        fake: EngineThread, client: III) -> None:
+    client.register_function("f", lambda data: data)
+    client.register_trigger({"type": "subscribe", "function_id": "f", "config": {"topic": "t"}})
+    fake.wait_for(lambda: "f" in fake.engine.functions and len(fake.engine.triggers) == 1)
+    late = LateCleanup(fake)
+    old = client.worker_id
+    assert old is not None
+    seen: queue.Queue[tuple[bool, bool, bool]] = queue.Queue()
+    client.on_registrations_ready(lambda: seen.put(late.snapshot(old, "f")))
+    try:
+        _cut(fake, client)
+        # The replay is in and the worker registered; the recovery polls while the engine still knows the old worker.
+        fake.wait_for(lambda: late.workers_listed >= 2)
+        assert seen.empty(), "ready before the old connection's cleanup was even done"
+    finally:
+        late.release()  # the cleanup deletes f and its trigger (T7); the recovery sends both again
+    # (old worker known, f registered, its trigger bound)
+    assert seen.get(timeout=10) == (False, True, True)
+    assert seen.empty()
+
+
+def test_ready_callbacks_run_on_a_handler_thread_and_may_raise_block_and_call_the_sync_api(
+        fake: EngineThread, client: III, caplog: pytest.LogCaptureFixture) -> None:
+    client.register_function("echo", lambda data: data)
+    release, blocked, after = threading.Event(), threading.Event(), threading.Event()
+    listed: list[list[str]] = []
+    calls: list[str] = []
+
+    def raises() -> None:
+        calls.append("raises")
+        raise RuntimeError("boom")
+
+    def blocks() -> None:
+        assert not client._bridge.on_loop_thread()
+        listed.append([f.function_id for f in client.list_functions()])  # the sync API, from the callback
+        blocked.set()
+        release.wait(10)
+
+    client.on_registrations_ready(raises)
+    remove_blocks = client.on_registrations_ready(blocks)
+    client.on_registrations_ready(after.set)
+    try:
+        _cut(fake, client)
+        assert blocked.wait(10)
+        # the callback blocks: the worker still answers calls
+        assert client.trigger({"function_id": "echo", "payload": 3, "timeout_ms": 5000}) == 3
+    finally:
+        release.set()
+    assert after.wait(10)
+    assert calls == ["raises"] and listed == [["echo"]]
+    assert any("registrations-ready callback failed" in r.getMessage() and r.exc_info for r in caplog.records)
+
+    remove_blocks()
+    after.clear()
+    _cut(fake, client)
+    assert after.wait(10)
+    assert calls == ["raises", "raises"] and len(listed) == 1
