@@ -138,6 +138,9 @@ class III:
         self._functions_available_lock = threading.Lock()
         self._registrations_ready: CallbackSet[[]] = CallbackSet(lambda: self._runner.threads,
                                                                  "registrations-ready")
+        # Which register_function call owns each id now: a FunctionRef of an earlier registration of that id must not
+        # unregister the later one.
+        self._function_owners: dict[str, object] = {}
         # Two threads registering one function id at once both passed the id check: both registrations went to the
         # engine, or the refused one took the winner's handler away with it.
         self._registering = threading.Lock()
@@ -656,6 +659,7 @@ class III:
             invocation=invocation,
         )
         function_id = func.id
+        owner = object()
         with self._registering:
             if self._session.has_function(function_id):
                 raise ValueError(f"function id '{function_id}' already registered")
@@ -667,11 +671,21 @@ class III:
             except ValueError:
                 self._runner.remove(function_id)
                 raise
-        self._register(frame)
+            self._function_owners[function_id] = owner
+            # Handed to the loop under the lock: an unregister on another thread cannot overtake this frame.
+            self._register(frame)
 
         def unregister() -> None:
-            self._runner.remove(function_id)
-            self._register(self._session.unregister_function(function_id))
+            with self._registering:
+                current = self._function_owners.get(function_id)
+                if current is not owner and self._session.has_function(function_id):
+                    # Ours: the reference SDK removed the newer registration of the id here.
+                    log.debug("FunctionRef(%r).unregister(): the id was registered again since; the newer "
+                              "registration stays", function_id)
+                    return
+                self._function_owners.pop(function_id, None)
+                self._runner.remove(function_id)
+                self._register(self._session.unregister_function(function_id))
 
         return FunctionRef(id=function_id, unregister=unregister)
 
