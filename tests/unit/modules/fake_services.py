@@ -1,11 +1,20 @@
-"""A small in-memory :class:`EngineServices` for module unit tests: functions are Python callables."""
+"""A small in-memory :class:`EngineServices` for module unit tests (functions are Python callables), and the other
+fakes those tests share: a condition that answers when the test lets it, a wall clock the test sets.
+
+Example::
+
+    services = FakeServices()
+    seen = services.collect("handler")  # the data of every call of "handler", in order
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Collection
-from typing import Any
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, tzinfo
+from typing import Any, ClassVar
 
 from iii.iii_types import TriggerInfo
 from iii_engine.channels import ChannelRelay
@@ -42,6 +51,16 @@ class FakeServices:
 
     def add(self, function_id: str, handler: Handler) -> None:
         self.handlers[function_id] = handler
+
+    def collect(self, function_id: str) -> list[Any]:
+        """Add ``function_id`` as a handler that keeps the data of each call: the list it returns, in call order."""
+        calls: list[Any] = []
+
+        async def keep(data: Any) -> None:
+            calls.append(data)
+
+        self.add(function_id, keep)
+        return calls
 
     async def call(self, function_id: str, data: Any = None) -> Any:
         """Call a built-in the way a worker would."""
@@ -132,3 +151,44 @@ class FakeServices:
 
     def serve_external_functions(self, host: ExternalFunctions | None) -> None:
         self.external_functions = host
+
+
+@dataclass
+class SlowCondition:
+    """A condition function that answers ``True`` only once the test sets :attr:`answer`; :attr:`asked` is set as
+    soon as it is called, so the test knows a tick or a message is in flight, held by it.
+
+    Example::
+
+        gate = SlowCondition()
+        services.add("slow", gate)
+        ...  # a trigger with "condition_function_id": "slow" fires
+        await gate.asked.wait()
+        gate.answer.set()
+    """
+
+    asked: asyncio.Event = field(default_factory=asyncio.Event)
+    answer: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def __call__(self, data: Any) -> bool:
+        self.asked.set()
+        await self.answer.wait()
+        return True
+
+
+class ShiftedClock(datetime):
+    """``datetime`` whose ``now`` is the real one plus :attr:`offset`: a wall clock set back or forward (an NTP
+    step, an operator, a suspend) without the test waiting for it.
+
+    Example::
+
+        monkeypatch.setattr(cron_module, "datetime", ShiftedClock)
+        ShiftedClock.offset = timedelta(hours=-1)  # the cron module now reads a clock an hour back
+    """
+
+    offset: ClassVar[timedelta] = timedelta(0)
+
+    @classmethod
+    def now(cls, tz: tzinfo | None = None) -> ShiftedClock:
+        real = datetime.now(tz) + cls.offset
+        return cls.fromtimestamp(real.timestamp(), tz)

@@ -7,34 +7,20 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from fake_services import FakeServices
+from fake_services import FakeServices, ShiftedClock, SlowCondition
 
 from iii_engine.modules.cron import CronModule
 from iii_engine.modules.cron import module as cron_module
 
 
-class _WanderingClock(datetime):
-    """``datetime`` whose ``now`` is the real one plus :attr:`offset`."""
-
-    offset = timedelta(0)
-
-    @classmethod
-    def now(cls, tz: tzinfo | None = None) -> _WanderingClock:
-        real = datetime.now(tz) + cls.offset
-        return cls.fromtimestamp(real.timestamp(), tz)
-
-
 async def test_a_clock_stepping_within_half_a_second_skips_no_tick(
-        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(cron_module, "datetime", _WanderingClock)
-    monkeypatch.setattr(_WanderingClock, "offset", timedelta(seconds=-0.5))
-    services = FakeServices()
-    module = CronModule(services, {})
-    await module.start()
+        services: FakeServices, cron: CronModule, wall_clock: type[ShiftedClock],
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    wall_clock.offset = timedelta(seconds=-0.5)
     fired: asyncio.Queue[Any] = asyncio.Queue()
     services.add("tick", fired.put)
     take = services.fired_calls.try_take
@@ -45,52 +31,32 @@ async def test_a_clock_stepping_within_half_a_second_skips_no_tick(
         # back) just then, as a jittery NTP source makes it do at any moment
         nonlocal woken
         woken += 1
-        _WanderingClock.offset = timedelta(seconds=0.5 if woken % 2 else -0.5)
+        wall_clock.offset = timedelta(seconds=0.5 if woken % 2 else -0.5)
         return take(n)
 
     monkeypatch.setattr(services.fired_calls, "try_take", step_on_waking)
-    try:
-        with caplog.at_level(logging.WARNING, logger=cron_module.__name__):
-            await services.trigger("cron", "jittery", "tick", {"expression": "* * * * * *"})
-            ticks = [datetime.fromisoformat((await asyncio.wait_for(fired.get(), 4))["scheduled_time"])
-                     for _ in range(4)]
-        # before: each step forward right after a tick made the following one 1 ms late, and it was skipped
-        assert [(b - a).total_seconds() for a, b in itertools.pairwise(ticks)] == [1, 1, 1], ticks
-        assert module.missed_ticks == 0
-        assert [r.getMessage() for r in caplog.records if r.name == cron_module.__name__] == []
-    finally:
-        await module.stop()
+    with caplog.at_level(logging.WARNING, logger=cron_module.__name__):
+        await services.trigger("cron", "jittery", "tick", {"expression": "* * * * * *"})
+        ticks = [datetime.fromisoformat((await asyncio.wait_for(fired.get(), 4))["scheduled_time"])
+                 for _ in range(4)]
+    # before: each step forward right after a tick made the following one 1 ms late, and it was skipped
+    assert [(b - a).total_seconds() for a, b in itertools.pairwise(ticks)] == [1, 1, 1], ticks
+    assert cron.missed_ticks == 0
+    assert [r.getMessage() for r in caplog.records if r.name == cron_module.__name__] == []
 
 
-async def test_a_trigger_replaced_while_its_tick_awaits_the_condition_fires_the_new_schedule_only() -> None:
-    services = FakeServices()
-    module = CronModule(services, {})
-    await module.start()
-    asked, answer = asyncio.Event(), asyncio.Event()
-    old: list[Any] = []
+async def test_a_trigger_replaced_while_its_tick_awaits_the_condition_fires_the_new_schedule_only(
+        services: FakeServices, cron: CronModule, slow_condition: SlowCondition) -> None:
+    old = services.collect("old")
     new: asyncio.Queue[Any] = asyncio.Queue()
-
-    async def slow_condition(data: Any) -> bool:
-        asked.set()
-        await answer.wait()
-        return True
-
-    async def old_handler(data: Any) -> None:
-        old.append(data)
-
-    services.add("slow", slow_condition)
-    services.add("old", old_handler)
     services.add("new", new.put)
-    try:
-        await services.trigger("cron", "job", "old", {"expression": "* * * * * *", "condition_function_id": "slow"})
-        await asyncio.wait_for(asked.wait(), 3)
-        await services.trigger("cron", "job", "new", {"expression": "* * * * * *"})
-        answer.set()
-        first = await asyncio.wait_for(new.get(), 3)
-        second = await asyncio.wait_for(new.get(), 3)
-        assert (datetime.fromisoformat(second["scheduled_time"])
-                - datetime.fromisoformat(first["scheduled_time"])) == timedelta(seconds=1)
-        assert old == [], "the replaced schedule's tick fired after the register that replaced it returned"
-        assert datetime.fromisoformat(first["scheduled_time"]) > datetime.now(UTC) - timedelta(seconds=3)
-    finally:
-        await module.stop()
+    await services.trigger("cron", "job", "old", {"expression": "* * * * * *", "condition_function_id": "slow"})
+    await asyncio.wait_for(slow_condition.asked.wait(), 3)
+    await services.trigger("cron", "job", "new", {"expression": "* * * * * *"})
+    slow_condition.answer.set()
+    first = await asyncio.wait_for(new.get(), 3)
+    second = await asyncio.wait_for(new.get(), 3)
+    assert (datetime.fromisoformat(second["scheduled_time"])
+            - datetime.fromisoformat(first["scheduled_time"])) == timedelta(seconds=1)
+    assert old == [], "the replaced schedule's tick fired after the register that replaced it returned"
+    assert datetime.fromisoformat(first["scheduled_time"]) > datetime.now(UTC) - timedelta(seconds=3)

@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from fake_services import FakeServices
+from fake_services import FakeServices, ShiftedClock, SlowCondition
 
 from iii_engine.modules.cron import CronModule
-from iii_engine.modules.cron import module as cron_module
 from iii_engine.modules.cron.expr import CronExpression, CronSyntaxError
 from iii_engine.modules.cron.locks import RedisCronLock
 from iii_engine.modules.pubsub import PubSubModule
@@ -50,79 +49,32 @@ async def test_a_short_lock_ttl_still_fires_each_tick_on_one_engine_only() -> No
         await b.close()
 
 
-async def test_a_cron_tick_in_flight_when_its_trigger_is_unregistered_is_not_fired() -> None:
-    services = FakeServices()
-    module = CronModule(services, {})
-    await module.start()
-    asked, answer = asyncio.Event(), asyncio.Event()
-    fired: list[Any] = []
-
-    async def condition(data: Any) -> bool:
-        asked.set()
-        await answer.wait()
-        return True
-
-    async def handler(data: Any) -> None:
-        fired.append(data)
-
-    services.add("cond", condition)
-    services.add("tick", handler)
-    try:
-        trigger = await services.trigger("cron", "gone", "tick",
-                                         {"expression": "* * * * * *", "condition_function_id": "cond"})
-        await asyncio.wait_for(asked.wait(), 3)
-        await module.unregister(trigger)
-        answer.set()
-        await until(lambda: services.fired_calls.in_flight == 0, within=5)
-        assert fired == [], "a tick fired after its trigger's unregister returned"
-    finally:
-        await module.stop()
+async def test_a_cron_tick_in_flight_when_its_trigger_is_unregistered_is_not_fired(
+        services: FakeServices, cron: CronModule, slow_condition: SlowCondition) -> None:
+    fired = services.collect("tick")
+    trigger = await services.trigger("cron", "gone", "tick",
+                                     {"expression": "* * * * * *", "condition_function_id": "slow"})
+    await asyncio.wait_for(slow_condition.asked.wait(), 3)
+    await cron.unregister(trigger)
+    slow_condition.answer.set()
+    await until(lambda: services.fired_calls.in_flight == 0, within=5)
+    assert fired == [], "a tick fired after its trigger's unregister returned"
 
 
-async def test_a_delivery_in_flight_when_its_subscriber_is_unregistered_is_not_made() -> None:
-    services = FakeServices()
-    module = PubSubModule(services, {})
-    await module.start()
-    asked, answer = asyncio.Event(), asyncio.Event()
-    delivered: list[Any] = []
-
-    async def condition(data: Any) -> bool:
-        asked.set()
-        await answer.wait()
-        return True
-
-    async def handler(data: Any) -> None:
-        delivered.append(data)
-
-    services.add("cond", condition)
-    services.add("sub", handler)
-    try:
-        trigger = await services.trigger("subscribe", "leaving", "sub", {"topic": "t", "condition_function_id": "cond"})
-        await services.call("publish", {"topic": "t", "data": 1})
-        await asyncio.wait_for(asked.wait(), 3)
-        await module.unregister(trigger)
-        answer.set()
-        await until(lambda: services.fired_calls.in_flight == 0, within=5)
-        assert delivered == [], "a message reached a subscriber after its unregister returned"
-    finally:
-        await module.stop()
+async def test_a_delivery_in_flight_when_its_subscriber_is_unregistered_is_not_made(
+        services: FakeServices, pubsub: PubSubModule, slow_condition: SlowCondition) -> None:
+    delivered = services.collect("sub")
+    trigger = await services.trigger("subscribe", "leaving", "sub", {"topic": "t", "condition_function_id": "slow"})
+    await services.call("publish", {"topic": "t", "data": 1})
+    await asyncio.wait_for(slow_condition.asked.wait(), 3)
+    await pubsub.unregister(trigger)
+    slow_condition.answer.set()
+    await until(lambda: services.fired_calls.in_flight == 0, within=5)
+    assert delivered == [], "a message reached a subscriber after its unregister returned"
 
 
-class _ShiftedClock(datetime):
-    """``datetime`` whose ``now`` is the real one plus :attr:`offset`: a wall clock set back or forward."""
-
-    offset = timedelta(0)
-
-    @classmethod
-    def now(cls, tz: tzinfo | None = None) -> _ShiftedClock:
-        real = datetime.now(tz) + cls.offset
-        return cls.fromtimestamp(real.timestamp(), tz)
-
-
-async def test_a_wall_clock_set_back_does_not_silence_a_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cron_module, "datetime", _ShiftedClock)
-    monkeypatch.setattr(_ShiftedClock, "offset", timedelta(0))
-    services = FakeServices()
+async def test_a_wall_clock_set_back_does_not_silence_a_schedule(
+        services: FakeServices, wall_clock: type[ShiftedClock]) -> None:
     # a lock that forgets at once: what is measured is the schedule's silence, not the lock's memory
     module = CronModule(services, {"adapter": {"class": "modules::cron::KvCronAdapter", "config": {"lock_ttl_ms": 1}}})
     await module.start()
@@ -132,11 +84,11 @@ async def test_a_wall_clock_set_back_does_not_silence_a_schedule(monkeypatch: py
         await services.trigger("cron", "every-second", "tick", {"expression": "* * * * * *"})
         await asyncio.wait_for(fired.get(), 3)
         # an NTP step or an operator sets the clock back an hour
-        _ShiftedClock.offset = timedelta(hours=-1)
+        wall_clock.offset = timedelta(hours=-1)
         # a tick scheduled by the old clock, already asleep, may still come: skip it, then expect ticks by the new one
         late = await asyncio.wait_for(fired.get(), 5)
-        if datetime.fromisoformat(late["scheduled_time"]) > _ShiftedClock.now(UTC) + timedelta(minutes=1):
+        if datetime.fromisoformat(late["scheduled_time"]) > wall_clock.now(UTC) + timedelta(minutes=1):
             late = await asyncio.wait_for(fired.get(), 5)
-        assert abs(datetime.fromisoformat(late["scheduled_time"]) - _ShiftedClock.now(UTC)) < timedelta(seconds=5)
+        assert abs(datetime.fromisoformat(late["scheduled_time"]) - wall_clock.now(UTC)) < timedelta(seconds=5)
     finally:
         await module.stop()
