@@ -20,11 +20,11 @@ def test_after_a_reconnect_the_hook_waits_until_the_lost_registrations_are_back(
     client.register_function("f", lambda data: data)
     client.register_trigger({"type": "subscribe", "function_id": "f", "config": {"topic": "t"}})
     fake.wait_for(lambda: "f" in fake.engine.functions and len(fake.engine.triggers) == 1)
-    late = LateCleanup(fake)
     old = client.worker_id
     assert old is not None
     seen: queue.Queue[tuple[bool, bool, bool]] = queue.Queue()
     client.on_registrations_ready(lambda: seen.put(late.snapshot(old, "f")))
+    late = LateCleanup(fake)
     try:
         _cut(fake, client)
         # The replay is in and the worker registered; the recovery polls while the engine still knows the old worker.
