@@ -21,7 +21,6 @@ from stall_relay import SMALL_BUFFER, Relay
 
 from iii.iii import III
 from iii.protocol.client import ClientSession
-from iii_engine import Engine, EngineConfig, ModuleSpec
 from iii_engine.modules.bridge.link import BridgeCallError, BridgeLink
 
 pytestmark = pytest.mark.timeout(30)
@@ -29,24 +28,24 @@ pytestmark = pytest.mark.timeout(30)
 SCOPE = "hbr-bridge-fire-backlog"
 
 
-def state_engine() -> Engine:
-    return Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[ModuleSpec("modules::state::StateModule")]))
-
-
 @pytest.fixture
-async def remote() -> AsyncIterator[Engine]:
-    async with state_engine() as engine:
-        yield engine
-
-
-@pytest.fixture
-async def relay(remote: Engine) -> AsyncIterator[Relay]:
-    relay = Relay(remote.port)
-    await relay.start()
+async def link(relay: Relay) -> AsyncIterator[BridgeLink]:
+    """A bridge link through ``relay``, connected; the relay flows again before the link is closed."""
+    link = BridgeLink(relay.url, role="hbr", connect_grace_s=0.5)
+    link.start()
     try:
-        yield relay
+        await until(lambda: link.connected)
+        yield link
     finally:
-        await relay.close()
+        relay.flowing.set()
+        await link.close()
+
+
+def client_of(link: BridgeLink) -> III:
+    """The link's SDK client (it has one once connected)."""
+    client = link._client
+    assert client is not None
+    return client
 
 
 async def on_client_loop(client: III, coro: Any) -> Any:
@@ -68,6 +67,12 @@ async def back_up(client: III) -> None:
         if len(conn._backlog) >= 2:
             return
     raise AssertionError("the link's backlog never backed up behind the stalled relay")
+
+
+async def stall(relay: Relay, client: III) -> None:
+    """The remote stops reading what the link sends, and the client's backlog backs up behind it."""
+    relay.flowing.clear()
+    await on_client_loop(client, back_up(client))
 
 
 async def holds_on_client(client: III, condition: Callable[[], bool]) -> bool:
@@ -96,77 +101,53 @@ async def stored(link: BridgeLink, key: str) -> Any:
 
 
 async def test_a_void_call_queued_behind_a_backlog_fails_not_sent_when_the_connection_drops_and_never_runs_after(
-        relay: Relay) -> None:
-    link = BridgeLink(relay.url, role="hbr", connect_grace_s=0.5)
-    link.start()
-    try:
-        await until(lambda: link.connected)
-        client = link._client
-        assert client is not None
-        relay.flowing.clear()  # the remote stops reading what the link sends
-        await on_client_loop(client, back_up(client))
-        racing = asyncio.ensure_future(link.fire("state::set", {"scope": SCOPE, "key": "racing", "value": 2}))
-        await until_on_client(client, queued(client, '"racing"'))
-        relay.cut()  # the connection drops before the backlog drained
-        relay.flowing.set()
+        relay: Relay, link: BridgeLink) -> None:
+    client = client_of(link)
+    await stall(relay, client)
+    racing = asyncio.ensure_future(link.fire("state::set", {"scope": SCOPE, "key": "racing", "value": 2}))
+    await until_on_client(client, queued(client, '"racing"'))
+    relay.cut()  # the connection drops before the backlog drained
+    relay.flowing.set()
 
-        await until(lambda: not link.connected)
-        await until(lambda: link.connected, within=10)  # the link retries every 2 s
-        await link.fire("state::set", {"scope": SCOPE, "key": "after", "value": 3})
-        assert await stored(link, "after") == 3  # same connection, sent in order: "racing" would be in by now
-        assert await stored(link, "racing") is None  # it did not run on the next connection
-        with pytest.raises(BridgeCallError, match=r"call of state::set not sent to remote engine ws://127\.0\.0\.1:"
-                                                  r"\d+: the connection dropped before it was written"):
-            await racing
-    finally:
-        await link.close()
+    await until(lambda: not link.connected)
+    await until(lambda: link.connected, within=10)  # the link retries every 2 s
+    await link.fire("state::set", {"scope": SCOPE, "key": "after", "value": 3})
+    assert await stored(link, "after") == 3  # same connection, sent in order: "racing" would be in by now
+    assert await stored(link, "racing") is None  # it did not run on the next connection
+    with pytest.raises(BridgeCallError, match=r"call of state::set not sent to remote engine ws://127\.0\.0\.1:"
+                                              r"\d+: the connection dropped before it was written"):
+        await racing
 
 
-async def test_a_void_call_queued_behind_a_backlog_is_sent_once_the_remote_reads_again(relay: Relay) -> None:
-    link = BridgeLink(relay.url, role="hbr", connect_grace_s=0.5)
-    link.start()
-    try:
-        await until(lambda: link.connected)
-        client = link._client
-        assert client is not None
-        relay.flowing.clear()
-        await on_client_loop(client, back_up(client))
-        waiting = asyncio.ensure_future(link.fire("state::set", {"scope": SCOPE, "key": "waiting", "value": 4}))
-        await until_on_client(client, queued(client, '"waiting"'))
-        assert not waiting.done()  # it waits its turn, written or not: it has not returned as sent
-        relay.flowing.set()
-        await asyncio.wait_for(waiting, 10)
-        assert await stored(link, "waiting") == 4
-    finally:
-        await link.close()
+async def test_a_void_call_queued_behind_a_backlog_is_sent_once_the_remote_reads_again(
+        relay: Relay, link: BridgeLink) -> None:
+    client = client_of(link)
+    await stall(relay, client)
+    waiting = asyncio.ensure_future(link.fire("state::set", {"scope": SCOPE, "key": "waiting", "value": 4}))
+    await until_on_client(client, queued(client, '"waiting"'))
+    assert not waiting.done()  # it waits its turn, written or not: it has not returned as sent
+    relay.flowing.set()
+    await asyncio.wait_for(waiting, 10)
+    assert await stored(link, "waiting") == 4
 
 
-async def test_a_void_call_the_full_queue_refuses_fails_at_once_as_not_sent(relay: Relay) -> None:
+async def test_a_void_call_the_full_queue_refuses_fails_at_once_as_not_sent(relay: Relay, link: BridgeLink) -> None:
     # (what tests/unit/modules/test_bridge_link_lost.py checks with a fake client, on a real link)
-    link = BridgeLink(relay.url, role="hbr", connect_grace_s=0.5)
-    link.start()
-    try:
-        await until(lambda: link.connected)
-        client = link._client
-        assert client is not None
-        client._conn._max_queue = 3
-        relay.flowing.clear()
-        await on_client_loop(client, back_up(client))
+    client = client_of(link)
+    client._conn._max_queue = 3
+    await stall(relay, client)
 
-        async def fill() -> None:
-            while len(client._conn._backlog) < 3:
-                client._conn.send_soon("{}")
+    async def fill() -> None:
+        while len(client._conn._backlog) < 3:
+            client._conn.send_soon("{}")
 
-        await on_client_loop(client, fill())
-        with pytest.raises(BridgeCallError, match=r"call of state::set not sent to remote engine ws://127\.0\.0\.1:"
-                                                  r"\d+: never sent: the outbound queue is full \(3 frames"):
-            await asyncio.wait_for(link.fire("state::set", {"scope": SCOPE, "key": "full", "value": 5}), 5)
-        assert not await holds_on_client(client, queued(client, '"full"'))
-        relay.flowing.set()
-        await until_on_client(client, lambda: not client._conn._backlog)
-        await link.fire("state::set", {"scope": SCOPE, "key": "later", "value": 6})
-        assert await stored(link, "later") == 6
-        assert await stored(link, "full") is None
-    finally:
-        relay.flowing.set()
-        await link.close()
+    await on_client_loop(client, fill())
+    with pytest.raises(BridgeCallError, match=r"call of state::set not sent to remote engine ws://127\.0\.0\.1:"
+                                              r"\d+: never sent: the outbound queue is full \(3 frames"):
+        await asyncio.wait_for(link.fire("state::set", {"scope": SCOPE, "key": "full", "value": 5}), 5)
+    assert not await holds_on_client(client, queued(client, '"full"'))
+    relay.flowing.set()
+    await until_on_client(client, lambda: not client._conn._backlog)
+    await link.fire("state::set", {"scope": SCOPE, "key": "later", "value": 6})
+    assert await stored(link, "later") == 6
+    assert await stored(link, "full") is None

@@ -8,28 +8,17 @@ told nothing failed had no reason to think it late, and one that retried on a la
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from polling import until
 
-from iii_engine import Engine, EngineConfig, ModuleSpec
+from iii_engine import Engine
 from iii_engine.modules.bridge.link import BridgeCallError, BridgeLink
 
 pytestmark = pytest.mark.timeout(30)
 
 SCOPE = "qm-bridge-void"
-
-
-def state_engine(port: int = 0) -> Engine:
-    return Engine(config=EngineConfig(host="127.0.0.1", port=port, modules=[ModuleSpec("modules::state::StateModule")]))
-
-
-@pytest.fixture
-async def remote() -> AsyncIterator[Engine]:
-    async with state_engine() as engine:
-        yield engine
 
 
 async def stored(link: BridgeLink, key: str) -> Any:
@@ -58,7 +47,7 @@ async def test_a_void_call_racing_a_drop_fails_as_not_sent_and_never_runs_after_
                                                       rf"ws://127\.0\.0\.1:{port}: the connection dropped"):
                 await link.fire("state::set", {"scope": SCOPE, "key": "racing", "value": 2})
 
-        async with state_engine(port):
+        async with Engine(config=remote.config, port=port):  # the remote back on its port
             await until(lambda: link.connected, within=10)  # the link retries every 2 s
             await link.fire("state::set", {"scope": SCOPE, "key": "after", "value": 3})
             assert await stored(link, "after") == 3  # same connection, sent in order: "racing" would be in by now

@@ -8,7 +8,6 @@ import asyncio
 import random
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -20,33 +19,16 @@ from iii.iii import III, register_worker
 from iii.iii_constants import ReconnectionConfig
 from iii.protocol.client import ClientSession
 from iii.telemetry_types import OtelConfig
-from iii_engine import Engine, EngineConfig, ModuleSpec
+from iii_engine import Engine
 from iii_engine.modules.bridge import link as link_module
 from iii_engine.modules.bridge.link import BridgeCallError, BridgeLink
-from tests.unit.modules.test_hbr_bridge_fire_backlog import SCOPE, on_client_loop, stored
+from tests.unit.modules.test_hbr_bridge_fire_backlog import SCOPE, client_of, on_client_loop, stored
 
 pytestmark = pytest.mark.timeout(30)
 
 SEND_TIMEOUT_S = 0.3
 FAST_RETRY = ReconnectionConfig(initial_delay_ms=20, max_delay_ms=20, backoff_multiplier=1.0, jitter_factor=0.0,
                                 max_retries=-1)
-
-
-@pytest.fixture
-async def remote() -> AsyncIterator[Engine]:
-    config = EngineConfig(host="127.0.0.1", port=0, modules=[ModuleSpec("modules::state::StateModule")])
-    async with Engine(config=config) as engine:
-        yield engine
-
-
-@pytest.fixture
-async def relay(remote: Engine) -> AsyncIterator[Relay]:
-    relay = Relay(remote.port)
-    await relay.start()
-    try:
-        yield relay
-    finally:
-        await relay.close()
 
 
 async def linked(relay: Relay, monkeypatch: pytest.MonkeyPatch) -> BridgeLink:
@@ -81,8 +63,7 @@ async def test_a_fire_into_a_stalled_socket_with_nothing_queued_is_not_reported_
     # returned as if sent. The frame never left the client: a silent loss.
     link = await linked(relay, monkeypatch)
     try:
-        client = link._client
-        assert client is not None
+        client = client_of(link)
         client._conn._send_timeout = SEND_TIMEOUT_S
         relay.flowing.clear()  # the remote stops reading
         await on_client_loop(client, stuck_with_nothing_queued(client))
@@ -164,8 +145,7 @@ async def test_many_fires_during_a_reconnection_storm_run_at_most_once_and_not_s
 
 async def test_fire_after_close_is_refused_as_shut_down(relay: Relay, monkeypatch: pytest.MonkeyPatch) -> None:
     link = await linked(relay, monkeypatch)
-    client = link._client
-    assert client is not None
+    assert link._client is not None
     await link.close()
     with pytest.raises(BridgeCallError, match=r"not started|shut down"):
         await link.fire("state::set", {"scope": SCOPE, "key": "closed", "value": 1})
