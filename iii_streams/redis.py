@@ -49,7 +49,7 @@ import contextlib
 import logging
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -1279,11 +1279,30 @@ class RedisStream(FieldUpdates):
         if self._closed:
             return
         self._closed = True
+        self._watch_retries.close()
+        # Each part against a silent server (a batch waiting for its reply, a pool's close) is bounded by _STOP_S and
+        # let go past it; the watch side and the command side close side by side, so the whole close takes at most
+        # the subscriber's own bound plus 2 * _STOP_S (8 s), under the engine's 10 s for a store's close.
+        separate = self._watch_client is not self._client  # from_url's pub/sub pool, the store's own
+        outcomes = await asyncio.gather(self._close_watches(separate), self._close_commands(separate),
+                                        return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        if self._owns_client and not separate:  # after the subscriber: its readers use this client too
+            await self._close_part(self._client.aclose(), "the close of the Redis command pool")
+
+    async def _close_watches(self, separate: bool) -> None:
         if self._subscriber is not None:
             await self._subscriber.stop()  # before the client: its readers would take that for a lost connection
-        if self._watch_client is not self._client:  # from_url's pub/sub pool, the store's own
-            await self._watch_client.aclose()
-        self._watch_retries.close()
-        await self._updates.aclose()
-        if self._owns_client:
-            await self._client.aclose()
+        if separate:
+            await self._close_part(self._watch_client.aclose(), "the close of the Redis watch pool")
+
+    async def _close_commands(self, separate: bool) -> None:
+        # a batch in flight waits for its reply: on a silent server up to the socket timeout, or the store's timeout
+        await self._close_part(self._updates.aclose(), "the end of the RedisStream update batches")
+        if self._owns_client and separate:
+            await self._close_part(self._client.aclose(), "the close of the Redis command pool")
+
+    async def _close_part(self, close: Awaitable[Any], what: str) -> None:
+        await finish_within(close, _STOP_S, f"{what} (RedisStream {self.layout.prefix!r})", log)
