@@ -47,30 +47,25 @@ class RefusingBus:
         pass
 
 
-async def test_a_register_riding_on_a_subscribe_that_fails_fails_too_and_leaves_nothing() -> None:
-    services = FakeServices()
-    module = PubSubModule(services, {})
-    await module.start()
+async def test_a_register_riding_on_a_subscribe_that_fails_fails_too_and_leaves_nothing(
+        services: FakeServices, pubsub: PubSubModule) -> None:
     bus = RefusingBus()
-    module._bus = bus
-    try:
-        first = asyncio.create_task(services.trigger("subscribe", "t1", "f1", {"topic": "orders"}))
-        await until(lambda: bus.subscribes == ["orders"])
-        second = asyncio.create_task(services.trigger("subscribe", "t2", "f2", {"topic": "orders"}))
-        await until(lambda: "t2" in module._topic_of_trigger)
-        assert not second.done(), "registered before the topic's SUBSCRIBE was confirmed"
-        bus.answer.set()
-        for register in (first, second):
-            with pytest.raises(EngineError) as failed:
-                await register
-            assert failed.value.code == "subscribe_failed"
-        assert module._subscribers == {} and module._topic_of_trigger == {}
-        # the next trigger of the topic subscribes it again, and stays once Redis confirms
-        bus.refuse = False
-        await services.trigger("subscribe", "t3", "f3", {"topic": "orders"})
-        assert bus.subscribes == ["orders", "orders"]
-        assert list(module._subscribers["orders"]) == ["t3"]
-        await services.trigger("subscribe", "t4", "f4", {"topic": "orders"})  # subscribed: no second SUBSCRIBE
-        assert bus.subscribes == ["orders", "orders"]
-    finally:
-        await module.stop()
+    pubsub._bus = bus
+    first = asyncio.create_task(services.trigger("subscribe", "t1", "f1", {"topic": "orders"}))
+    await until(lambda: bus.subscribes == ["orders"])
+    second = asyncio.create_task(services.trigger("subscribe", "t2", "f2", {"topic": "orders"}))
+    await until(lambda: "t2" in pubsub._topic_of_trigger)
+    assert not second.done(), "registered before the topic's SUBSCRIBE was confirmed"
+    bus.answer.set()
+    for register in (first, second):
+        with pytest.raises(EngineError) as failed:
+            await register
+        assert failed.value.code == "subscribe_failed"
+    assert pubsub._subscribers == {} and pubsub._topic_of_trigger == {}
+    # the next trigger of the topic subscribes it again, and stays once Redis confirms
+    bus.refuse = False
+    await services.trigger("subscribe", "t3", "f3", {"topic": "orders"})
+    assert bus.subscribes == ["orders", "orders"]
+    assert list(pubsub._subscribers["orders"]) == ["t3"]
+    await services.trigger("subscribe", "t4", "f4", {"topic": "orders"})  # subscribed: no second SUBSCRIBE
+    assert bus.subscribes == ["orders", "orders"]

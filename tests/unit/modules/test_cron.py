@@ -92,52 +92,36 @@ async def test_redis_lock_shared_by_two_engines_fires_once() -> None:
         await b.close()
 
 
-async def test_module_rejects_bad_trigger_configs() -> None:
-    services = FakeServices()
-    module = CronModule(services, {})
-    await module.start()
-    try:
-        for config in ({}, {"expression": ""}, {"expression": "* * *"}, None):
-            with pytest.raises(EngineError) as rejected:
-                await services.trigger("cron", "c", "f", config)
-            assert rejected.value.code == "invalid_cron_expression"
-    finally:
-        await module.stop()
+async def test_module_rejects_bad_trigger_configs(services: FakeServices, cron: CronModule) -> None:
+    for config in ({}, {"expression": ""}, {"expression": "* * *"}, None):
+        with pytest.raises(EngineError) as rejected:
+            await services.trigger("cron", "c", "f", config)
+        assert rejected.value.code == "invalid_cron_expression"
 
 
-async def test_every_second_schedule_fires_with_the_production_payload() -> None:
-    services = FakeServices()
-    module = CronModule(services, {})
-    await module.start()
+async def test_every_second_schedule_fires_with_the_production_payload(
+        services: FakeServices, cron: CronModule) -> None:
     fired: asyncio.Queue[Any] = asyncio.Queue()
-
-    async def handler(data: Any) -> None:
-        await fired.put(data)
 
     async def skip_all(data: Any) -> bool:
         return False
 
-    services.add("tick", handler)
+    services.add("tick", fired.put)
     services.add("never", skip_all)
-    try:
-        trigger = await services.trigger("cron", "every-second", "tick", {"expression": "* * * * * *"})
-        await services.trigger(
-            "cron", "skipped", "tick", {"expression": "* * * * * *", "condition_function_id": "never"}
-        )
-        first = await asyncio.wait_for(fired.get(), 3)
-        second = await asyncio.wait_for(fired.get(), 3)
-        assert set(first) == {"trigger", "job_id", "scheduled_time", "actual_time"}
-        assert first["trigger"] == "cron" and first["job_id"] == "every-second"
-        assert RFC3339.match(first["scheduled_time"]) and RFC3339.match(first["actual_time"])
-        assert "." not in first["scheduled_time"]  # ticks are whole seconds
-        assert first["actual_time"] >= first["scheduled_time"]
-        t1 = datetime.fromisoformat(first["scheduled_time"])
-        t2 = datetime.fromisoformat(second["scheduled_time"])
-        assert (t2 - t1).total_seconds() == 1
-        assert second["job_id"] == "every-second"  # the skipped trigger never fired
-        await module.unregister(trigger)
-    finally:
-        await module.stop()
+    trigger = await services.trigger("cron", "every-second", "tick", {"expression": "* * * * * *"})
+    await services.trigger("cron", "skipped", "tick", {"expression": "* * * * * *", "condition_function_id": "never"})
+    first = await asyncio.wait_for(fired.get(), 3)
+    second = await asyncio.wait_for(fired.get(), 3)
+    assert set(first) == {"trigger", "job_id", "scheduled_time", "actual_time"}
+    assert first["trigger"] == "cron" and first["job_id"] == "every-second"
+    assert RFC3339.match(first["scheduled_time"]) and RFC3339.match(first["actual_time"])
+    assert "." not in first["scheduled_time"]  # ticks are whole seconds
+    assert first["actual_time"] >= first["scheduled_time"]
+    t1 = datetime.fromisoformat(first["scheduled_time"])
+    t2 = datetime.fromisoformat(second["scheduled_time"])
+    assert (t2 - t1).total_seconds() == 1
+    assert second["job_id"] == "every-second"  # the skipped trigger never fired
+    await cron.unregister(trigger)
 
 
 async def test_ticks_a_stall_made_late_are_skipped_counted_and_logged(caplog: pytest.LogCaptureFixture) -> None:

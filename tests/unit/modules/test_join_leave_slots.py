@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fake_services import FakeServices
 
 from iii.iii_types import TriggerInfo
 from iii_engine.modules.stream.triggers import JoinLeaveTriggers
 
 
-async def test_a_leave_dispatch_cancelled_before_it_ran_gives_every_slot_back() -> None:
+async def test_a_leave_dispatch_cancelled_before_it_ran_gives_every_slot_back(services: FakeServices) -> None:
     """Before, ``run_detached`` handed its task no slot count, so a close() in the same turn (the stream module's
     stop) cancelled it before its ``finally`` could give the slots back: two slots fewer, for good."""
-    services = FakeServices()
-    called: list[Any] = []
-
-    async def handler(data: Any) -> None:
-        called.append(data)
-
-    services.add("on::leave", handler)
+    called = services.collect("on::leave")
     leave = JoinLeaveTriggers(services)  # type: ignore[arg-type]
     for n in range(2):
         await leave.register(TriggerInfo(id=f"t{n}", trigger_type="stream:leave", function_id="on::leave",

@@ -49,10 +49,7 @@ async def test_publish_fans_out_to_every_subscriber_of_the_topic(config: dict[st
         await module.stop()
 
 
-async def test_empty_topic_and_conditions() -> None:
-    services = FakeServices()
-    module = PubSubModule(services, {})
-    await module.start()
+async def test_empty_topic_and_conditions(services: FakeServices, pubsub: PubSubModule) -> None:
     got: asyncio.Queue[Any] = asyncio.Queue()
     collector(services, "h", got)
 
@@ -60,14 +57,11 @@ async def test_empty_topic_and_conditions() -> None:
         return bool(data > 0)
 
     services.add("positive", positive)
-    try:
-        with pytest.raises(EngineError) as empty:
-            await services.call("publish", {"topic": "", "data": 1})
-        assert empty.value.code == "topic_not_set"
-        await services.trigger("subscribe", "nothing", "h", {})  # warning only, not an error
-        await services.trigger("subscribe", "c", "h", {"topic": "n", "condition_function_id": "positive"})
-        await services.call("publish", {"topic": "n", "data": -1})
-        await services.call("publish", {"topic": "n", "data": 2})
-        assert await asyncio.wait_for(got.get(), 5) == ("h", 2)
-    finally:
-        await module.stop()
+    with pytest.raises(EngineError) as empty:
+        await services.call("publish", {"topic": "", "data": 1})
+    assert empty.value.code == "topic_not_set"
+    await services.trigger("subscribe", "nothing", "h", {})  # warning only, not an error
+    await services.trigger("subscribe", "c", "h", {"topic": "n", "condition_function_id": "positive"})
+    await services.call("publish", {"topic": "n", "data": -1})
+    await services.call("publish", {"topic": "n", "data": 2})
+    assert await asyncio.wait_for(got.get(), 5) == ("h", 2)

@@ -12,10 +12,10 @@ import random
 import re
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
-from fake_services import FakeServices
+from fake_services import FakeServices, ShiftedClock
 
 from iii.iii_types import TriggerInfo
 from iii_engine.modules.cron import CronModule
@@ -62,45 +62,27 @@ def test_a_130_year_span_of_an_every_second_schedule_is_counted_at_once() -> Non
     assert count == int((datetime(2101, 1, 1, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds()) - 1
 
 
-class _JumpingClock(datetime):
-    """``datetime`` whose ``now`` is the real one plus ``ahead``: the wall clock the cron module sees jumps like
-    after a suspend or a stall of the engine's loop, without the test waiting hours."""
-
-    ahead: ClassVar[timedelta] = timedelta()
-
-    @classmethod
-    def now(cls, tz: Any = None) -> Any:
-        return datetime.now(tz) + cls.ahead
-
-
 async def test_a_stall_past_more_than_1000_ticks_counts_every_one(
-        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(cron_module, "datetime", _JumpingClock)
-    monkeypatch.setattr(_JumpingClock, "ahead", timedelta())
-    services = FakeServices()
-    module = CronModule(services, {})
-    await module.start()
+        services: FakeServices, cron: CronModule, wall_clock: type[ShiftedClock],
+        caplog: pytest.LogCaptureFixture) -> None:
     fired: asyncio.Queue[Any] = asyncio.Queue()
 
     async def handler(data: Any) -> None:
         if fired.empty():
-            _JumpingClock.ahead = timedelta(hours=2)  # two hours pass between this tick and the next
+            wall_clock.offset = timedelta(hours=2)  # two hours pass between this tick and the next
         await fired.put(data)
 
     services.add("tick", handler)
-    try:
-        with caplog.at_level(logging.WARNING, logger=cron_module.__name__):
-            await services.trigger("cron", "stalled", "tick", {"expression": "* * * * * *"})
-            for _ in range(3):
-                await asyncio.wait_for(fired.get(), 6)
-        (warning,) = [r.getMessage() for r in caplog.records if r.name == cron_module.__name__]
-        late = re.search(r"late for tick (\S+); (\d+) tick\(s\) up to (\S+) skipped", warning)
-        assert late is not None, warning
-        last, now = datetime.fromisoformat(late[1]), datetime.fromisoformat(late[3])
-        assert int(late[2]) == module.missed_ticks == int((now.replace(microsecond=0) - last).total_seconds())
-        assert module.missed_ticks > 7_000
-    finally:
-        await module.stop()
+    with caplog.at_level(logging.WARNING, logger=cron_module.__name__):
+        await services.trigger("cron", "stalled", "tick", {"expression": "* * * * * *"})
+        for _ in range(3):
+            await asyncio.wait_for(fired.get(), 6)
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == cron_module.__name__]
+    late = re.search(r"late for tick (\S+); (\d+) tick\(s\) up to (\S+) skipped", warning)
+    assert late is not None, warning
+    last, now = datetime.fromisoformat(late[1]), datetime.fromisoformat(late[3])
+    assert int(late[2]) == cron.missed_ticks == int((now.replace(microsecond=0) - last).total_seconds())
+    assert cron.missed_ticks > 7_000
 
 
 async def test_the_module_counts_a_day_missed_by_a_minute_schedule_exactly() -> None:

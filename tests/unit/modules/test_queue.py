@@ -38,11 +38,6 @@ class Recorder:
 
 
 @pytest.fixture
-def services() -> FakeServices:
-    return FakeServices()
-
-
-@pytest.fixture
 async def make_module(services: FakeServices) -> AsyncIterator[Callable[[dict[str, Any]], Any]]:
     started: list[QueueModule] = []
 
