@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
-from fake_services import FakeServices, ShiftedClock, SlowCondition
+from fake_services import FakeServices, ShiftedClock, SlowCondition, started
 from stall_relay import Relay
 
 from iii_engine import Engine, EngineConfig, ModuleSpec
@@ -34,23 +34,15 @@ def services() -> FakeServices:
 @pytest.fixture
 async def cron(services: FakeServices) -> AsyncIterator[CronModule]:
     """The cron module with its default (in-process) lock, started on ``services``."""
-    module = CronModule(services, {})
-    await module.start()
-    try:
+    async with started(CronModule(services, {})) as module:
         yield module
-    finally:
-        await module.stop()
 
 
 @pytest.fixture
 async def pubsub(services: FakeServices) -> AsyncIterator[PubSubModule]:
     """The pubsub module with its default (in-process) bus, started on ``services``."""
-    module = PubSubModule(services, {})
-    await module.start()
-    try:
+    async with started(PubSubModule(services, {})) as module:
         yield module
-    finally:
-        await module.stop()
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""A small in-memory :class:`EngineServices` for module unit tests (functions are Python callables), and the other
-fakes those tests share: a condition that answers when the test lets it, a wall clock the test sets.
+"""A small in-memory :class:`EngineServices` for module unit tests (functions are Python callables), and what else
+those tests share: a module started for a block, a condition that answers when the test lets it, a wall clock the test
+sets.
 
 Example::
 
@@ -11,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from iii.iii_types import TriggerInfo
 from iii_engine.channels import ChannelRelay
@@ -30,6 +32,23 @@ from iii_engine.modules.base import (
 )
 
 Handler = Callable[[Any], Awaitable[Any]]
+ModuleT = TypeVar("ModuleT", bound=EngineModule)
+
+
+@asynccontextmanager
+async def started(module: ModuleT) -> AsyncIterator[ModuleT]:
+    """``module``, started for the block and stopped at its end (also when it fails).
+
+    Example::
+
+        async with started(PubSubModule(FakeServices(), {})) as pubsub:
+            ...
+    """
+    await module.start()
+    try:
+        yield module
+    finally:
+        await module.stop()
 
 
 class FakeServices:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from fake_services import FakeServices, ShiftedClock, SlowCondition
+from fake_services import FakeServices, ShiftedClock, SlowCondition, started
 
 from iii_engine.modules.cron import CronModule
 from iii_engine.modules.cron.expr import CronExpression, CronSyntaxError
@@ -75,12 +75,11 @@ async def test_a_delivery_in_flight_when_its_subscriber_is_unregistered_is_not_m
 
 async def test_a_wall_clock_set_back_does_not_silence_a_schedule(
         services: FakeServices, wall_clock: type[ShiftedClock]) -> None:
-    # a lock that forgets at once: what is measured is the schedule's silence, not the lock's memory
-    module = CronModule(services, {"adapter": {"class": "modules::cron::KvCronAdapter", "config": {"lock_ttl_ms": 1}}})
-    await module.start()
     fired: asyncio.Queue[Any] = asyncio.Queue()
     services.add("tick", fired.put)
-    try:
+    # a lock that forgets at once: what is measured is the schedule's silence, not the lock's memory
+    forgetting = {"adapter": {"class": "modules::cron::KvCronAdapter", "config": {"lock_ttl_ms": 1}}}
+    async with started(CronModule(services, forgetting)):
         await services.trigger("cron", "every-second", "tick", {"expression": "* * * * * *"})
         await asyncio.wait_for(fired.get(), 3)
         # an NTP step or an operator sets the clock back an hour
@@ -90,5 +89,3 @@ async def test_a_wall_clock_set_back_does_not_silence_a_schedule(
         if datetime.fromisoformat(late["scheduled_time"]) > wall_clock.now(UTC) + timedelta(minutes=1):
             late = await asyncio.wait_for(fired.get(), 5)
         assert abs(datetime.fromisoformat(late["scheduled_time"]) - wall_clock.now(UTC)) < timedelta(seconds=5)
-    finally:
-        await module.stop()

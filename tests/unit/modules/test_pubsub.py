@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 import pytest
-from fake_services import FakeServices
+from fake_services import FakeServices, started
 
 from iii_engine.modules.base import EngineError
 from iii_engine.modules.pubsub import PubSubModule
@@ -25,15 +25,13 @@ def collector(services: FakeServices, function_id: str, into: asyncio.Queue[Any]
 
 
 @pytest.mark.parametrize("config", [{}, pytest.param(REDIS_CONFIG, marks=pytest.mark.redis)], ids=["local", "redis"])
-async def test_publish_fans_out_to_every_subscriber_of_the_topic(config: dict[str, Any]) -> None:
-    services = FakeServices()
-    module = PubSubModule(services, config)
-    await module.start()
+async def test_publish_fans_out_to_every_subscriber_of_the_topic(
+        services: FakeServices, config: dict[str, Any]) -> None:
     got: asyncio.Queue[Any] = asyncio.Queue()
     for fid in ("a", "b", "other"):
         collector(services, fid, got)
     topic = f"orders-{uuid.uuid4()}"
-    try:
+    async with started(PubSubModule(services, config)) as module:
         await services.trigger("subscribe", "t1", "a", {"topic": topic})
         await services.trigger("subscribe", "t2", "b", {"topic": topic})
         await services.trigger("subscribe", "t3", "other", {"topic": f"{topic}-other"})
@@ -45,8 +43,6 @@ async def test_publish_fans_out_to_every_subscriber_of_the_topic(config: dict[st
         await services.call("publish", {"topic": topic, "data": "second"})
         assert await asyncio.wait_for(got.get(), 5) == ("a", "second")
         assert got.empty()
-    finally:
-        await module.stop()
 
 
 async def test_empty_topic_and_conditions(services: FakeServices, pubsub: PubSubModule) -> None:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from fake_services import FakeServices, ShiftedClock
+from fake_services import FakeServices, ShiftedClock, started
 
 from iii.iii_types import TriggerInfo
 from iii_engine.modules.cron import CronModule
@@ -97,18 +97,13 @@ def a_trigger() -> TriggerInfo:
     return TriggerInfo(id="c", trigger_type="cron", function_id="f", config={})
 
 
-async def test_two_registers_of_one_trigger_at_once_leave_one_schedule_that_stop_ends() -> None:
+async def test_two_registers_of_one_trigger_at_once_leave_one_schedule_that_stop_ends(services: FakeServices) -> None:
     # before: each register waited for the old schedule's end and then stored its own; the first to store was
     # overwritten by the second, and its schedule ran on, firing every tick, past unregister and stop
-    services = FakeServices()
-    module = CronModule(services, {})
-    await module.start()
     info = TriggerInfo(id="c", trigger_type="cron", function_id="f", config={"expression": "0 0 0 1 1 *"})
-    try:
+    async with started(CronModule(services, {})) as module:
         await module.register(info)
         await asyncio.gather(module.register(info), module.register(info), module.register(info))
         running = [t for t in asyncio.all_tasks() if t.get_name() == "cron:c" and not t.done()]
         assert running == [module._schedules["c"]]
-    finally:
-        await module.stop()
     assert not [t for t in asyncio.all_tasks() if t.get_name() == "cron:c" and not t.done()]

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from fake_services import FakeServices
+from fake_services import FakeServices, started
 from polling import until
 
 from iii.iii_types import TriggerInfo
@@ -93,23 +93,19 @@ async def test_a_publish_refused_for_want_of_room_names_a_huge_topic_cut(caplog:
 
 
 @pytest.mark.redis
-async def test_registers_of_one_trigger_at_once_on_other_topics_leave_no_ghost_subscriber() -> None:
+async def test_registers_of_one_trigger_at_once_on_other_topics_leave_no_ghost_subscriber(
+        services: FakeServices) -> None:
     # before: the first register, waiting on Redis for the old topic's UNSUBSCRIBE, then stored the trigger under
     # its own topic while the second had stored it under another: unregister removed one, the other got every
     # message of its topic for the engine's life
-    services = FakeServices()
-    module = PubSubModule(services, {"adapter": {"class": "modules::pubsub::RedisAdapter",
-                                                 "config": {"redis_url": "redis://127.0.0.1:6379/0"}}})
-    await module.start()
     prefix = f"qm-{uuid.uuid4()}"
 
     def info(topic: str) -> TriggerInfo:
         return TriggerInfo(id="s", trigger_type="subscribe", function_id="f", config={"topic": f"{prefix}-{topic}"})
 
-    try:
+    redis = {"adapter": {"class": "modules::pubsub::RedisAdapter", "config": {"redis_url": "redis://127.0.0.1:6379/0"}}}
+    async with started(PubSubModule(services, redis)) as module:
         await module.register(info("a"))
         await asyncio.gather(module.register(info("b")), module.register(info("c")))
         await module.unregister(info("c"))
         assert module._subscribers == {} and module._topic_of_trigger == {}
-    finally:
-        await module.stop()
