@@ -431,10 +431,13 @@ class III:
 
     async def _recover_then_ready(self, lost_worker_id: str, generation: int) -> None:
         """:meth:`_recover_registrations`, then the :meth:`on_registrations_ready` callbacks if the connection it
-        checked is still the one up (a newer one runs them after its own check)."""
-        await self._recover_registrations(lost_worker_id)
-        if self._conn.is_ready and self._session.generation == generation and not self._closed:
-            self._registrations_ready.push()
+        checked is still the one up (a newer one runs them after its own check). Also after the check failed in an
+        unforeseen way: a callback that never came would leave a bridge's stream clients unaware of the outage."""
+        try:
+            await self._recover_registrations(lost_worker_id)
+        finally:
+            if self._conn.is_ready and self._session.generation == generation and not self._closed:
+                self._registrations_ready.push()
 
     def _on_call_dropped(self, invocation_id: str) -> None:
         if self._conn.gave_up:

@@ -73,3 +73,17 @@ def test_ready_callbacks_run_on_a_handler_thread_and_may_raise_block_and_call_th
     _cut(fake, client)
     assert after.wait(10)
     assert calls == ["raises", "raises"] and len(listed) == 1
+
+
+def test_the_hook_still_runs_when_the_registration_check_fails_unexpectedly(
+        fake: EngineThread, client: III, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: the check raising anything but the errors it expects (a bug) meant no callback for that connection: a
+    # bridge's stream clients were never told to re-sync after the outage.
+    async def broken(old_worker_id: str) -> None:
+        raise RuntimeError("a bug in the check")
+
+    monkeypatch.setattr(client, "_recover_registrations", broken)
+    ready = threading.Event()
+    client.on_registrations_ready(ready.set)
+    _cut(fake, client)
+    assert ready.wait(10)
