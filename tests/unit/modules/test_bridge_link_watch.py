@@ -41,12 +41,18 @@ def _link(client: _Client, grace_s: float = 0.3) -> BridgeLink:
     return link
 
 
+async def _pending_calls(link: BridgeLink, client: _Client, n: int) -> list[asyncio.Future[Any]]:
+    """``n`` calls through the link that never get an answer, each already waiting."""
+    calls = [asyncio.ensure_future(link._unless_lost(client, client.pending_forever(), "f"))  # type: ignore[arg-type]
+             for _ in range(n)]
+    await asyncio.sleep(0)
+    return calls
+
+
 async def test_many_pending_calls_share_one_look_at_the_link() -> None:
     client = _Client()
     link = _link(client)
-    calls = [asyncio.ensure_future(link._unless_lost(client, client.pending_forever(), "f"))  # type: ignore[arg-type]
-             for _ in range(200)]
-    await asyncio.sleep(0)
+    calls = await _pending_calls(link, client, 200)
     start = client.reads
     await until(lambda: client.reads - start >= 3)  # the watcher has looked three times (about 0.3 s)
     await asyncio.sleep(0.2)  # a window in which 200 polling calls would have read the state ~400 times more
@@ -61,9 +67,7 @@ async def test_many_pending_calls_share_one_look_at_the_link() -> None:
 async def test_an_outage_fails_every_call_pending_then_and_not_later_ones() -> None:
     client = _Client()
     link = _link(client)
-    calls = [asyncio.ensure_future(link._unless_lost(client, client.pending_forever(), "f"))  # type: ignore[arg-type]
-             for _ in range(50)]
-    await asyncio.sleep(0)
+    calls = await _pending_calls(link, client, 50)
     client.state = "reconnecting"
     done, _ = await asyncio.wait(calls, timeout=5)
     assert len(done) == 50

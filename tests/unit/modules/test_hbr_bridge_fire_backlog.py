@@ -19,6 +19,7 @@ import pytest
 from polling import until
 from stall_relay import SMALL_BUFFER, Relay
 
+from iii.connection import Connection
 from iii.iii import III
 from iii.protocol.client import ClientSession
 from iii_engine.modules.bridge.link import BridgeCallError, BridgeLink
@@ -52,9 +53,9 @@ async def on_client_loop(client: III, coro: Any) -> Any:
     return await client._bridge.run_async(coro)
 
 
-async def back_up(client: III) -> None:
-    """On the client's loop: frames of the loop's own (here void calls of a harmless write) are queued until the
-    connection's backlog stays non-empty (its flusher waits for the stalled socket to drain)."""
+async def send_fillers_until(client: III, enough: Callable[[Connection], bool], pause_s: float) -> bool:
+    """On the client's loop, its socket's send buffer made small: void calls of a harmless 8 KiB write are sent, one
+    per ``pause_s``, until ``enough(connection)`` holds; ``False`` when it still does not after 2,000 of them."""
     conn = client._conn
     ws = conn._ws
     assert ws is not None
@@ -63,10 +64,17 @@ async def back_up(client: III) -> None:
                                     action={"type": "void"})[1]
     for _ in range(2000):
         conn.send_soon(filler)
-        await asyncio.sleep(0.001)
-        if len(conn._backlog) >= 2:
-            return
-    raise AssertionError("the link's backlog never backed up behind the stalled relay")
+        await asyncio.sleep(pause_s)
+        if enough(conn):
+            return True
+    return False
+
+
+async def back_up(client: III) -> None:
+    """On the client's loop: frames of the loop's own (here void calls of a harmless write) are queued until the
+    connection's backlog stays non-empty (its flusher waits for the stalled socket to drain)."""
+    if not await send_fillers_until(client, lambda conn: len(conn._backlog) >= 2, 0.001):
+        raise AssertionError("the link's backlog never backed up behind the stalled relay")
 
 
 async def stall(relay: Relay, client: III) -> None:
@@ -100,12 +108,18 @@ async def stored(link: BridgeLink, key: str) -> Any:
     return await link.call("state::get", {"scope": SCOPE, "key": key})
 
 
+async def fired_behind_the_backlog(link: BridgeLink, key: str, value: int) -> asyncio.Future[None]:
+    """A void ``state::set`` of ``key`` fired through the link, once its frame waits in the client's backlog."""
+    fired = asyncio.ensure_future(link.fire("state::set", {"scope": SCOPE, "key": key, "value": value}))
+    client = client_of(link)
+    await until_on_client(client, queued(client, f'"{key}"'))
+    return fired
+
+
 async def test_a_void_call_queued_behind_a_backlog_fails_not_sent_when_the_connection_drops_and_never_runs_after(
         relay: Relay, link: BridgeLink) -> None:
-    client = client_of(link)
-    await stall(relay, client)
-    racing = asyncio.ensure_future(link.fire("state::set", {"scope": SCOPE, "key": "racing", "value": 2}))
-    await until_on_client(client, queued(client, '"racing"'))
+    await stall(relay, client_of(link))
+    racing = await fired_behind_the_backlog(link, "racing", 2)
     relay.cut()  # the connection drops before the backlog drained
     relay.flowing.set()
 
@@ -121,10 +135,8 @@ async def test_a_void_call_queued_behind_a_backlog_fails_not_sent_when_the_conne
 
 async def test_a_void_call_queued_behind_a_backlog_is_sent_once_the_remote_reads_again(
         relay: Relay, link: BridgeLink) -> None:
-    client = client_of(link)
-    await stall(relay, client)
-    waiting = asyncio.ensure_future(link.fire("state::set", {"scope": SCOPE, "key": "waiting", "value": 4}))
-    await until_on_client(client, queued(client, '"waiting"'))
+    await stall(relay, client_of(link))
+    waiting = await fired_behind_the_backlog(link, "waiting", 4)
     assert not waiting.done()  # it waits its turn, written or not: it has not returned as sent
     relay.flowing.set()
     await asyncio.wait_for(waiting, 10)

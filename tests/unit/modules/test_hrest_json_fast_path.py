@@ -23,6 +23,7 @@ from iii_engine.limits import Slots
 from iii_engine.modules.http.api import RestApiModule, _Timeout, result_response
 from iii_engine.modules.http.routes import parse_http_trigger
 from tests.polling import until
+from tests.unit.modules.test_http_race import _Started
 
 ANSWER = ({"status_code": 200, "body": {"ok": True}}, None)
 
@@ -38,15 +39,6 @@ class _Transport:
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return default
-
-
-class _Started:
-    def __init__(self, future: asyncio.Future[tuple[Any, Any]]) -> None:
-        self.future = future
-        self.abandoned = 0
-
-    def abandon(self) -> None:
-        self.abandoned += 1
 
 
 class _Services:

@@ -15,6 +15,8 @@ from iii_engine.modules.http.routes import parse_http_trigger
 
 
 class _Started:
+    """A started invocation whose outcome the test settles through :attr:`future`; counts its abandons."""
+
     def __init__(self, future: asyncio.Future[tuple[Any, Any]]) -> None:
         self.future = future
         self.abandoned = 0

@@ -6,23 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 from collections import Counter
 from typing import Any
 
 import pytest
 from polling import until
-from stall_relay import SMALL_BUFFER, Relay
+from stall_relay import Relay
 
 from iii import InitOptions
+from iii.connection import Connection
 from iii.iii import III, register_worker
 from iii.iii_constants import ReconnectionConfig
-from iii.protocol.client import ClientSession
 from iii.telemetry_types import OtelConfig
 from iii_engine import Engine
 from iii_engine.modules.bridge import link as link_module
 from iii_engine.modules.bridge.link import BridgeCallError, BridgeLink
-from tests.unit.modules.test_hbr_bridge_fire_backlog import SCOPE, client_of, on_client_loop, stored
+from tests.unit.modules.test_hbr_bridge_fire_backlog import SCOPE, client_of, on_client_loop, send_fillers_until, stored
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -42,18 +41,11 @@ async def linked(relay: Relay, monkeypatch: pytest.MonkeyPatch) -> BridgeLink:
 async def stuck_with_nothing_queued(client: III) -> None:
     """On the client's loop: frames are sent until the socket's buffer is over its limit and the flusher waits for
     it to drain with the backlog empty (the next frame sent goes straight to the stalled socket's buffer)."""
-    conn = client._conn
-    ws = conn._ws
-    assert ws is not None
-    ws.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)
-    filler = ClientSession.new_call("state::set", {"scope": SCOPE, "key": "filler", "value": "x" * 8192},
-                                    action={"type": "void"})[1]
-    for _ in range(2000):
-        conn.send_soon(filler)
-        await asyncio.sleep(0.002)
-        if not conn._backlog and conn._flusher is not None and not conn._flusher.done():
-            return
-    raise AssertionError("the link's socket never backed up behind the stalled relay")
+    def stuck(conn: Connection) -> bool:
+        return not conn._backlog and conn._flusher is not None and not conn._flusher.done()
+
+    if not await send_fillers_until(client, stuck, 0.002):
+        raise AssertionError("the link's socket never backed up behind the stalled relay")
 
 
 async def test_a_fire_into_a_stalled_socket_with_nothing_queued_is_not_reported_sent_when_the_socket_is_dropped(
