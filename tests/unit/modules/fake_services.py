@@ -81,6 +81,12 @@ class FakeServices:
         self.add(function_id, keep)
         return calls
 
+    def queue_calls(self, function_id: str) -> asyncio.Queue[Any]:
+        """Add ``function_id`` as a handler that puts the data of each call on the queue it returns, to be awaited."""
+        calls: asyncio.Queue[Any] = asyncio.Queue()
+        self.add(function_id, calls.put)
+        return calls
+
     async def call(self, function_id: str, data: Any = None) -> Any:
         """Call a built-in the way a worker would."""
         return await self.builtins[function_id].handler(data, InvocationContext())

@@ -101,12 +101,11 @@ async def test_module_rejects_bad_trigger_configs(services: FakeServices, cron: 
 
 async def test_every_second_schedule_fires_with_the_production_payload(
         services: FakeServices, cron: CronModule) -> None:
-    fired: asyncio.Queue[Any] = asyncio.Queue()
+    fired = services.queue_calls("tick")
 
     async def skip_all(data: Any) -> bool:
         return False
 
-    services.add("tick", fired.put)
     services.add("never", skip_all)
     trigger = await services.trigger("cron", "every-second", "tick", {"expression": "* * * * * *"})
     await services.trigger("cron", "skipped", "tick", {"expression": "* * * * * *", "condition_function_id": "never"})

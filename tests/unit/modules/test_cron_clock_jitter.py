@@ -8,7 +8,6 @@ import asyncio
 import itertools
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from fake_services import FakeServices, ShiftedClock, SlowCondition
@@ -21,8 +20,7 @@ async def test_a_clock_stepping_within_half_a_second_skips_no_tick(
         services: FakeServices, cron: CronModule, wall_clock: type[ShiftedClock],
         caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     wall_clock.offset = timedelta(seconds=-0.5)
-    fired: asyncio.Queue[Any] = asyncio.Queue()
-    services.add("tick", fired.put)
+    fired = services.queue_calls("tick")
     take = services.fired_calls.try_take
     woken = 0
 
@@ -48,8 +46,7 @@ async def test_a_clock_stepping_within_half_a_second_skips_no_tick(
 async def test_a_trigger_replaced_while_its_tick_awaits_the_condition_fires_the_new_schedule_only(
         services: FakeServices, cron: CronModule, slow_condition: SlowCondition) -> None:
     old = services.collect("old")
-    new: asyncio.Queue[Any] = asyncio.Queue()
-    services.add("new", new.put)
+    new = services.queue_calls("new")
     await services.trigger("cron", "job", "old", {"expression": "* * * * * *", "condition_function_id": "slow"})
     await asyncio.wait_for(slow_condition.asked.wait(), 3)
     await services.trigger("cron", "job", "new", {"expression": "* * * * * *"})

@@ -7,7 +7,6 @@ import asyncio
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from fake_services import FakeServices, ShiftedClock, SlowCondition, started
@@ -75,8 +74,7 @@ async def test_a_delivery_in_flight_when_its_subscriber_is_unregistered_is_not_m
 
 async def test_a_wall_clock_set_back_does_not_silence_a_schedule(
         services: FakeServices, wall_clock: type[ShiftedClock]) -> None:
-    fired: asyncio.Queue[Any] = asyncio.Queue()
-    services.add("tick", fired.put)
+    fired = services.queue_calls("tick")
     # a lock that forgets at once: what is measured is the schedule's silence, not the lock's memory
     forgetting = {"adapter": {"class": "modules::cron::KvCronAdapter", "config": {"lock_ttl_ms": 1}}}
     async with started(CronModule(services, forgetting)):

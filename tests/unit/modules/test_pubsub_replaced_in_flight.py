@@ -5,7 +5,6 @@ was published; the next message reaches the new one only."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from fake_services import FakeServices, SlowCondition
 
@@ -16,8 +15,7 @@ from tests.polling import until
 async def test_a_message_in_flight_when_its_subscriber_is_replaced_reaches_neither(
         services: FakeServices, pubsub: PubSubModule, slow_condition: SlowCondition) -> None:
     old = services.collect("old")
-    new: asyncio.Queue[Any] = asyncio.Queue()
-    services.add("new", new.put)
+    new = services.queue_calls("new")
     await services.trigger("subscribe", "sub", "old", {"topic": "t", "condition_function_id": "slow"})
     await services.call("publish", {"topic": "t", "data": 1})
     await asyncio.wait_for(slow_condition.asked.wait(), 3)
