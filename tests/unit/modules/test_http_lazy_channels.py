@@ -16,9 +16,8 @@ from tests.unit.modules.test_http_race import _module, _request
 async def test_a_result_answers_without_making_either_channel_live() -> None:
     module, services, match = await _module()
     running = asyncio.ensure_future(_request(module, match))
-    await asyncio.wait_for(services.called.wait(), 5)
+    started, payload = await services.first_call()
     relay = services.channels
-    started, payload = services.calls[0]
     assert len(relay) == 2 and not relay._channels and not relay._tasks  # both only reserved
     assert set(payload["request_body"]) == {"channel_id", "access_key", "direction"}  # refs as ever
     started.future.set_result(({"status_code": 200, "body": {"ok": True}}, None))
@@ -30,8 +29,7 @@ async def test_a_result_answers_without_making_either_channel_live() -> None:
 async def test_a_handler_attaching_before_its_result_is_answered_from_the_channel() -> None:
     module, services, match = await _module()
     running = asyncio.ensure_future(_request(module, match))
-    await asyncio.wait_for(services.called.wait(), 5)
-    started, payload = services.calls[0]
+    started, payload = await services.first_call()
     ref = payload["response"]
     writer = services.channels.open_local(ref["channel_id"], ref["access_key"], "write")
     await writer.send('{"type":"set_status","status_code":202}')
@@ -51,8 +49,7 @@ async def test_the_request_body_is_there_when_the_handler_attaches_late() -> Non
     assert post is not None
     running = asyncio.ensure_future(module._run(request, post, bytearray(b"a" * 100_000),
                                                 asyncio.get_running_loop().time() + 10))
-    await asyncio.wait_for(services.called.wait(), 5)
-    started, payload = services.calls[0]
+    started, payload = await services.first_call()
     ref = payload["request_body"]
     reader = services.channels.open_local(ref["channel_id"], ref["access_key"], "read")
     body = b"".join([message async for message in reader])  # type: ignore[misc]

@@ -39,6 +39,11 @@ class _Services:
         self.called.set()
         return started
 
+    async def first_call(self) -> tuple[_Started, dict[str, Any]]:
+        """The first invocation started and its payload, once there is one (at most 5 s)."""
+        await asyncio.wait_for(self.called.wait(), 5)
+        return self.calls[0]
+
 
 async def _module() -> tuple[RestApiModule, _Services, Any]:
     services = _Services()
@@ -65,8 +70,7 @@ async def test_a_result_interrupts_the_wait_and_leaves_the_task_uncancelled() ->
         return response, task.cancelling()
 
     running = asyncio.ensure_future(run())
-    await asyncio.wait_for(services.called.wait(), 5)
-    started, _ = services.calls[0]
+    started, _ = await services.first_call()
     started.future.set_result(({"status_code": 201, "body": {"ok": True}}, None))
     response, cancelling = await asyncio.wait_for(running, 5)
     assert response.status == 201 and response.body == b'{"ok":true}' and cancelling == 0
@@ -76,8 +80,7 @@ async def test_a_result_interrupts_the_wait_and_leaves_the_task_uncancelled() ->
 async def test_a_null_result_keeps_waiting_for_the_channel() -> None:
     module, services, match = await _module()
     running = asyncio.ensure_future(_request(module, match))
-    await asyncio.wait_for(services.called.wait(), 5)
-    started, payload = services.calls[0]
+    started, payload = await services.first_call()
     started.future.set_result((None, None))
     ref = payload["response"]
     writer = services.channels.open_local(ref["channel_id"], ref["access_key"], "write")
@@ -90,8 +93,7 @@ async def test_a_null_result_keeps_waiting_for_the_channel() -> None:
 async def test_an_outside_cancellation_still_propagates() -> None:
     module, services, match = await _module()
     running = asyncio.ensure_future(_request(module, match))
-    await asyncio.wait_for(services.called.wait(), 5)
-    started, _ = services.calls[0]
+    started, _ = await services.first_call()
     running.cancel()
     started.future.set_result(({"body": 1}, None))  # the outcome lands in the same loop turn
     with pytest.raises(asyncio.CancelledError):
@@ -102,7 +104,7 @@ async def test_an_outside_cancellation_still_propagates() -> None:
 async def test_stop_interrupts_a_waiting_request_with_503() -> None:
     module, services, match = await _module()
     running = asyncio.ensure_future(_request(module, match))
-    await asyncio.wait_for(services.called.wait(), 5)
+    await services.first_call()
     await module.stop()
     from iii_engine.modules.http.api import _Refused
 

@@ -33,8 +33,7 @@ async def test_a_json_answer_needs_neither_the_first_chunk_race_nor_its_wait(
     monkeypatch.setattr(module, "_respond", _tripwire("_respond"))
     monkeypatch.setattr(module, "_outcome_of", _tripwire("_outcome_of"))
     running = asyncio.ensure_future(_request(module, match))
-    await asyncio.wait_for(services.called.wait(), 5)
-    started, _ = services.calls[0]
+    started, _ = await services.first_call()
     started.future.set_result(({"status_code": 201, "body": {"ok": True}}, None))
     response = await asyncio.wait_for(running, 5)
     assert response.status == 201 and response.body == b'{"ok":true}'
@@ -44,8 +43,7 @@ async def test_a_json_answer_needs_neither_the_first_chunk_race_nor_its_wait(
 async def test_a_null_result_still_answers_from_the_response_channel() -> None:
     module, services, match = await _module()
     running = asyncio.ensure_future(_request(module, match))
-    await asyncio.wait_for(services.called.wait(), 5)
-    started, payload = services.calls[0]
+    started, payload = await services.first_call()
     started.future.set_result((None, None))  # decides nothing: the channel does
     ref = payload["response"]
     writer = services.channels.open_local(ref["channel_id"], ref["access_key"], "write")
@@ -122,8 +120,8 @@ async def test_a_bodiless_request_makes_no_claim_on_the_body_budget(monkeypatch:
 
     monkeypatch.setattr(api, "_Claim", counting_claim)
     running = asyncio.ensure_future(module._handle(_mocked("GET", "/json", headers={"Host": "x"})))
-    await asyncio.wait_for(services.called.wait(), 5)
-    services.calls[0][0].future.set_result(({"body": 1}, None))
+    started, _ = await services.first_call()
+    started.future.set_result(({"body": 1}, None))
     response = await asyncio.wait_for(running, 5)
     assert response.status == 200 and made == [] and module.buffered_bytes == 0 and module.in_flight == 0
 
@@ -151,8 +149,7 @@ async def test_headers_reach_the_handler_lower_cased_the_last_of_a_repeated_one_
                                                           ("X-Mixed-Case", "v")])
     running = asyncio.ensure_future(module._run(request, match, bytearray(),
                                                 asyncio.get_running_loop().time() + 10))
-    await asyncio.wait_for(services.called.wait(), 5)
-    started, payload = services.calls[0]
+    started, payload = await services.first_call()
     assert payload["headers"] == {"host": "x", "x-twice": "2", "x-mixed-case": "v"}
     started.future.set_result(({"body": 1}, None))
     await asyncio.wait_for(running, 5)
@@ -181,8 +178,7 @@ async def test_on_another_relay_the_channels_are_made_one_by_one_and_the_body_is
     request = make_mocked_request("POST", "/json", headers={"Host": "x"})
     running = asyncio.ensure_future(module._run(request, match, bytearray(b"body"),
                                                 asyncio.get_running_loop().time() + 10))
-    await asyncio.wait_for(services.called.wait(), 5)
-    started, payload = services.calls[0]
+    started, payload = await services.first_call()
     assert other.created == 2 and len(other.relay) == 2
     ref = payload["request_body"]
     reader = other.relay.open_local(ref["channel_id"], ref["access_key"], "read")
@@ -199,8 +195,7 @@ async def test_the_engines_relay_makes_both_channels_in_one_call(monkeypatch: py
     monkeypatch.setattr(services.channels, "create", lambda *a, **k: calls.append("create"))
     monkeypatch.setattr(services.channels, "fill", lambda *a, **k: calls.append("fill"))
     running = asyncio.ensure_future(_request(module, match))
-    await asyncio.wait_for(services.called.wait(), 5)
-    started, payload = services.calls[0]
+    started, payload = await services.first_call()
     assert calls == [] and len(services.channels) == 2
     assert payload["request_body"]["direction"] == "read" and payload["response"]["direction"] == "write"
     started.future.set_result(({"body": 1}, None))
