@@ -1,5 +1,8 @@
 """The channel layer: byte streams, files, pipes and progress on top of :mod:`iii.channels`.
 
+Examples and tests get the set-up below (an engine in this process, a client, a channel) in one line from
+:func:`iii_channels.testing.local_channel`.
+
 Example:
     >>> import asyncio
     >>> import iii_channels
@@ -10,13 +13,10 @@ Example:
     ...     async with iii_channels.sink(ch.writer) as out:   # close = EOF + trailer; exception = abort
     ...         await out.write(b"hello\\n")
     ...     return await iii_channels.source(ch.reader, require_trailer=True).read_all()
-    >>> async def demo() -> bytes:
-    ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-    ...         iii = III(engine.url)
+    >>> async def demo() -> bytes:  # on exit the client shuts down (its thread joined), then the engine stops
+    ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine, III(engine.url) as iii:
     ...         await iii.connect_async()
-    ...         data = await main(iii)
-    ...         await iii.shutdown_async()
-    ...         return data
+    ...         return await main(iii)
     >>> asyncio.run(demo())
     b'hello\\n'
 """

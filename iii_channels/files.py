@@ -13,24 +13,19 @@ the size for its progress bar, then the bytes, then the integrity trailer.
 
 Example (the receiver's progress knows the total from the header; no part file is left behind):
     >>> import asyncio, tempfile
-    >>> from iii import III
-    >>> from iii_engine import Engine, EngineConfig
+    >>> from iii_channels.testing import local_channel
     >>> async def transfer(writer, reader, tmp: str, seen: list[tuple[int, int | None]]) -> FileReceipt:
     ...     _, receipt = await asyncio.gather(
     ...         send_file(writer, f"{tmp}/big.iso", chunk_size=40_000),
     ...         receive_file(reader, f"{tmp}/copy.iso", progress=lambda done, total: seen.append((done, total))))
     ...     return receipt
     >>> async def demo() -> tuple[int, bool, tuple[int, int | None], list[str]]:
-    ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-    ...         iii = III(engine.url)
-    ...         await iii.connect_async()
-    ...         ch = await iii.create_channel_async()
+    ...     async with local_channel() as ch:
     ...         seen: list[tuple[int, int | None]] = []
     ...         with tempfile.TemporaryDirectory() as tmp:
     ...             Path(tmp, "big.iso").write_bytes(bytes(100_000))
     ...             receipt = await transfer(ch.writer, ch.reader, tmp, seen)
     ...             names = sorted(os.listdir(tmp))
-    ...         await iii.shutdown_async()
     ...         return receipt.size, receipt.verified, seen[-1], names
     >>> asyncio.run(demo())
     (100000, True, (100000, 100000), ['big.iso', 'copy.iso'])
@@ -353,20 +348,15 @@ async def send_file(
 
     Example:
         >>> import asyncio, tempfile
-        >>> from iii import III
-        >>> from iii_engine import Engine, EngineConfig
+        >>> from iii_channels.testing import local_channel
         >>> async def demo() -> tuple[int, str | None, bytes]:
-        ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-        ...         iii = III(engine.url)
-        ...         await iii.connect_async()
-        ...         ch = await iii.create_channel_async()
+        ...     async with local_channel() as ch:
         ...         with tempfile.TemporaryDirectory() as tmp:
         ...             Path(tmp, "report.csv").write_bytes(b"a,b\\n1,2\\n")
         ...             (Path(tmp) / "inbox").mkdir()
         ...             sending = send_file(ch.writer, Path(tmp, "report.csv"), chunk_size=4)
         ...             sent, receipt = await asyncio.gather(sending, receive_file(ch.reader, Path(tmp, "inbox")))
         ...             data = receipt.path.read_bytes()
-        ...         await iii.shutdown_async()
         ...         return sent, receipt.name, data
         >>> asyncio.run(demo())
         (8, 'report.csv', b'a,b\\n1,2\\n')
@@ -424,20 +414,14 @@ async def receive_file(
 
     Example:
         >>> import asyncio, tempfile
-        >>> from iii import III
-        >>> from iii_engine import Engine, EngineConfig
+        >>> from iii_channels.testing import local_channel
         >>> async def demo() -> tuple[str, int, bool]:
-        ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-        ...         iii = III(engine.url)
-        ...         await iii.connect_async()
-        ...         ch = await iii.create_channel_async()
+        ...     async with local_channel() as ch:
         ...         with tempfile.TemporaryDirectory() as tmp:
         ...             Path(tmp, "notes.txt").write_text("hello")
         ...             receiving = receive_file(ch.reader, f"{tmp}/copy.txt", require_trailer=True)
         ...             _, receipt = await asyncio.gather(send_file(ch.writer, Path(tmp, "notes.txt")), receiving)
-        ...             result = receipt.path.read_text(), receipt.size, receipt.verified
-        ...         await iii.shutdown_async()
-        ...         return result
+        ...             return receipt.path.read_text(), receipt.size, receipt.verified
         >>> asyncio.run(demo())
         ('hello', 5, True)
     """

@@ -6,22 +6,17 @@ returns the bytes sent; every ``to_*`` function reads a channel into something a
 Example (a tar stream of data/ through a channel into another tar; each function's own example runs one too):
     >>> import asyncio, tempfile
     >>> from pathlib import Path
-    >>> from iii import III
-    >>> from iii_engine import Engine, EngineConfig
+    >>> from iii_channels.testing import local_channel
     >>> async def archive(writer: ChannelWriter, root: str) -> int:  # a tar stream of root/data/ into the channel
     ...     return await from_process(writer, ["tar", "c", "-C", root, "data/"])
     >>> async def demo() -> tuple[bool, str]:
-    ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-    ...         iii = III(engine.url)
-    ...         await iii.connect_async()
-    ...         ch = await iii.create_channel_async()
+    ...     async with local_channel() as ch:
     ...         with tempfile.TemporaryDirectory() as src, tempfile.TemporaryDirectory() as dst:
     ...             Path(src, "data").mkdir()
     ...             Path(src, "data", "a.txt").write_text("hello")
     ...             extract = to_process(ch.reader, ["tar", "x", "-C", dst], require_trailer=True)
     ...             sent, fed = await asyncio.gather(archive(ch.writer, src), extract)
     ...             text = Path(dst, "data", "a.txt").read_text()
-    ...         await iii.shutdown_async()
     ...         return sent == fed, text
     >>> asyncio.run(demo())
     (True, 'hello')
@@ -59,20 +54,14 @@ async def from_iterable(
 
     Example:
         >>> import asyncio, json
-        >>> from iii import III
-        >>> from iii_engine import Engine, EngineConfig
+        >>> from iii_channels.testing import local_channel
         >>> async def demo() -> list[object]:
-        ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-        ...         iii = III(engine.url)
-        ...         await iii.connect_async()
-        ...         ch = await iii.create_channel_async()
+        ...     async with local_channel() as ch:
         ...         async def rows() -> AsyncIterable[bytes]:
         ...             for n in range(3):
         ...                 yield (json.dumps({"row": n}) + "\\n").encode()
-        ...         result = await asyncio.gather(from_iterable(ch.writer, rows()),
-        ...                                       ChannelSource(ch.reader, require_trailer=True).read_all())
-        ...         await iii.shutdown_async()
-        ...         return result
+        ...         return await asyncio.gather(from_iterable(ch.writer, rows()),
+        ...                                     ChannelSource(ch.reader, require_trailer=True).read_all())
         >>> asyncio.run(demo())
         [33, b'{"row": 0}\\n{"row": 1}\\n{"row": 2}\\n']
     """
@@ -95,19 +84,13 @@ async def from_stream(
 
     Example:
         >>> import asyncio
-        >>> from iii import III
-        >>> from iii_engine import Engine, EngineConfig
+        >>> from iii_channels.testing import local_channel
         >>> async def demo() -> list[object]:
-        ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-        ...         iii = III(engine.url)
-        ...         await iii.connect_async()
-        ...         ch = await iii.create_channel_async()
+        ...     async with local_channel() as ch:
         ...         stream = asyncio.StreamReader()  # what asyncio.open_connection returns first
         ...         stream.feed_data(b"GET / HTTP/1.0\\r\\n\\r\\n")
         ...         stream.feed_eof()
-        ...         result = await asyncio.gather(from_stream(ch.writer, stream), ChannelSource(ch.reader).read_all())
-        ...         await iii.shutdown_async()
-        ...         return result
+        ...         return await asyncio.gather(from_stream(ch.writer, stream), ChannelSource(ch.reader).read_all())
         >>> asyncio.run(demo())
         [18, b'GET / HTTP/1.0\\r\\n\\r\\n']
     """
@@ -122,13 +105,9 @@ async def to_stream(
 
     Example:
         >>> import asyncio, socket
-        >>> from iii import III
-        >>> from iii_engine import Engine, EngineConfig
+        >>> from iii_channels.testing import local_channel
         >>> async def demo() -> tuple[int, bytes]:
-        ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-        ...         iii = III(engine.url)
-        ...         await iii.connect_async()
-        ...         ch = await iii.create_channel_async()
+        ...     async with local_channel() as ch:
         ...         async def one(data: bytes) -> AsyncIterable[bytes]:  # any async iterable
         ...             yield data
         ...         ours, theirs = socket.socketpair()  # a connected socket: the stream's peer reads from ``theirs``
@@ -136,7 +115,6 @@ async def to_stream(
         ...         sent, _ = await asyncio.gather(to_stream(ch.reader, stream), from_iterable(ch.writer, one(b"ping")))
         ...         received = theirs.recv(100)
         ...         theirs.close()
-        ...         await iii.shutdown_async()
         ...         return sent, received
         >>> asyncio.run(demo())
         (4, b'ping')
@@ -200,13 +178,9 @@ async def from_fd(
 
     Example:
         >>> import asyncio, os
-        >>> from iii import III
-        >>> from iii_engine import Engine, EngineConfig
+        >>> from iii_channels.testing import local_channel
         >>> async def demo() -> list[object]:
-        ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-        ...         iii = III(engine.url)
-        ...         await iii.connect_async()
-        ...         ch = await iii.create_channel_async()
+        ...     async with local_channel() as ch:
         ...         read_end, write_end = os.pipe()
         ...         os.write(write_end, b"from a pipe")
         ...         os.close(write_end)
@@ -214,7 +188,6 @@ async def from_fd(
         ...             result = await asyncio.gather(from_fd(ch.writer, read_end), ChannelSource(ch.reader).read_all())
         ...         finally:
         ...             os.close(read_end)
-        ...         await iii.shutdown_async()
         ...         return result
         >>> asyncio.run(demo())
         [11, b'from a pipe']
@@ -233,13 +206,9 @@ async def to_fd(
 
     Example:
         >>> import asyncio, tempfile
-        >>> from iii import III
-        >>> from iii_engine import Engine, EngineConfig
+        >>> from iii_channels.testing import local_channel
         >>> async def demo() -> tuple[int, bytes, bool]:
-        ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-        ...         iii = III(engine.url)
-        ...         await iii.connect_async()
-        ...         ch = await iii.create_channel_async()
+        ...     async with local_channel() as ch:
         ...         async def one(data: bytes) -> AsyncIterable[bytes]:  # any async iterable
         ...             yield data
         ...         source = ChannelSource(ch.reader, require_trailer=True)
@@ -247,9 +216,7 @@ async def to_fd(
         ...             writing = from_iterable(ch.writer, one(b"abc"))
         ...             written, _ = await asyncio.gather(to_fd(source, out.fileno()), writing)
         ...             out.seek(0)
-        ...             result = written, out.read(), source.verified
-        ...         await iii.shutdown_async()
-        ...         return result
+        ...             return written, out.read(), source.verified
         >>> asyncio.run(demo())
         (3, b'abc', True)
     """
@@ -563,17 +530,12 @@ async def from_process(
 
     Example:
         >>> import asyncio
-        >>> from iii import III
-        >>> from iii_engine import Engine, EngineConfig
+        >>> from iii_channels.testing import local_channel
         >>> async def demo() -> tuple[int, bytes]:
-        ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-        ...         iii = III(engine.url)
-        ...         await iii.connect_async()
-        ...         ch = await iii.create_channel_async()
+        ...     async with local_channel() as ch:
         ...         command = ["sh", "-c", "printf hello | tr a-z A-Z"]  # e.g. ["tar", "c", "data/"]
         ...         sent, got = await asyncio.gather(from_process(ch.writer, command, exit_timeout=10),
         ...                                          ChannelSource(ch.reader, require_trailer=True).read_all())
-        ...         await iii.shutdown_async()
         ...         return sent, got
         >>> asyncio.run(demo())
         (5, b'HELLO')
@@ -633,13 +595,9 @@ async def to_process(
     Example:
         >>> import asyncio, tempfile
         >>> from pathlib import Path
-        >>> from iii import III
-        >>> from iii_engine import Engine, EngineConfig
+        >>> from iii_channels.testing import local_channel
         >>> async def demo() -> tuple[int, bytes]:
-        ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-        ...         iii = III(engine.url)
-        ...         await iii.connect_async()
-        ...         ch = await iii.create_channel_async()
+        ...     async with local_channel() as ch:
         ...         async def lines() -> AsyncIterable[bytes]:
         ...             yield b"b a c"
         ...         with tempfile.TemporaryDirectory() as tmp:
@@ -648,7 +606,6 @@ async def to_process(
         ...             fed, _ = await asyncio.gather(to_process(ch.reader, command, require_trailer=True),
         ...                                           from_iterable(ch.writer, lines()))
         ...             data = out.read_bytes()
-        ...         await iii.shutdown_async()
         ...         return fed, data
         >>> asyncio.run(demo())
         (5, b'abc')
@@ -702,21 +659,15 @@ async def copy(reader: ChannelReader, writer: ChannelWriter) -> int:
 
     Example:
         >>> import asyncio
-        >>> from iii import III
-        >>> from iii_engine import Engine, EngineConfig
+        >>> from iii_channels.testing import local_channel
         >>> async def demo() -> list[object]:
-        ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-        ...         iii = III(engine.url)
-        ...         await iii.connect_async()
-        ...         ch = await iii.create_channel_async()
+        ...     async with local_channel() as ch:
         ...         async def one(data: bytes) -> AsyncIterable[bytes]:  # any async iterable
         ...             yield data
-        ...         onward = await iii.create_channel_async()  # e.g. toward another worker
+        ...         onward = await ch.iii.create_channel_async()  # e.g. toward another worker
         ...         relaying = copy(ch.reader, onward.writer)
-        ...         result = await asyncio.gather(from_iterable(ch.writer, one(b"relayed")), relaying,
-        ...                                       ChannelSource(onward.reader, require_trailer=True).read_all())
-        ...         await iii.shutdown_async()
-        ...         return result
+        ...         return await asyncio.gather(from_iterable(ch.writer, one(b"relayed")), relaying,
+        ...                                     ChannelSource(onward.reader, require_trailer=True).read_all())
         >>> asyncio.run(demo())
         [7, 7, b'relayed']
     """

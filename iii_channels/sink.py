@@ -6,21 +6,16 @@ producer runs ahead of its reader by at most the high-water mark plus the channe
 
 Example:
     >>> import asyncio
-    >>> from iii import III
     >>> from iii_channels import source
-    >>> from iii_engine import Engine, EngineConfig
+    >>> from iii_channels.testing import local_channel
     >>> async def upload(writer, blocks) -> None:
     ...     async with ChannelSink(writer) as sink:   # close = EOF (+ trailer); an exception = abort
     ...         for block in blocks:
     ...             await sink.write(block)
     >>> async def demo() -> bytes:
-    ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-    ...         iii = III(engine.url)
-    ...         await iii.connect_async()
-    ...         ch = await iii.create_channel_async()
+    ...     async with local_channel() as ch:
     ...         reading = source(ch.reader, require_trailer=True).read_all()
     ...         _, data = await asyncio.gather(upload(ch.writer, [b"ab", b"cd"]), reading)
-    ...         await iii.shutdown_async()
     ...         return data
     >>> asyncio.run(demo())
     b'abcd'
@@ -57,14 +52,10 @@ class ChannelSink:
 
     Example:
         >>> import asyncio
-        >>> from iii import III
         >>> from iii_channels import ChannelSource
-        >>> from iii_engine import Engine, EngineConfig
+        >>> from iii_channels.testing import local_channel
         >>> async def demo() -> tuple[int, str | None, bytes]:
-        ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-        ...         iii = III(engine.url)
-        ...         await iii.connect_async()
-        ...         ch = await iii.create_channel_async()
+        ...     async with local_channel() as ch:
         ...         src = ChannelSource(ch.reader, require_trailer=True)
         ...         out = ChannelSink(ch.writer, high_water_mark=64 << 10)
         ...         async def read() -> tuple[str | None, bytes]:
@@ -76,7 +67,6 @@ class ChannelSink:
         ...         queued = out.queued_bytes
         ...         await out.close()  # the trailer, then EOF (out.abort(reason) would fail the reader)
         ...         header, data = await reading
-        ...         await iii.shutdown_async()
         ...         return queued, header, data
         >>> asyncio.run(demo())
         (0, '{"name": "log.txt"}', b'line 1\\n')
@@ -119,20 +109,14 @@ class ChannelSink:
 
         Example:
             >>> import asyncio
-            >>> from iii import III
             >>> from iii_channels import ChannelSource
-            >>> from iii_engine import Engine, EngineConfig
+            >>> from iii_channels.testing import local_channel
             >>> async def demo() -> bytes:
-            ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-            ...         iii = III(engine.url)
-            ...         await iii.connect_async()
-            ...         ch = await iii.create_channel_async()
+            ...     async with local_channel() as ch:
             ...         async with ChannelSink(ch.writer, high_water_mark=1024) as out:
             ...             await out.write(b"header")
             ...             await out.write(memoryview(b"--body")[2:])
-            ...         result = await ChannelSource(ch.reader).read_all()
-            ...         await iii.shutdown_async()
-            ...         return result
+            ...         return await ChannelSource(ch.reader).read_all()
             >>> asyncio.run(demo())
             b'headerbody'
         """
@@ -159,21 +143,15 @@ class ChannelSink:
 
         Example:
             >>> import asyncio
-            >>> from iii import III
             >>> from iii_channels import ChannelSource
-            >>> from iii_engine import Engine, EngineConfig
+            >>> from iii_channels.testing import local_channel
             >>> async def demo() -> tuple[str | None, bytes]:
-            ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-            ...         iii = III(engine.url)
-            ...         await iii.connect_async()
-            ...         ch = await iii.create_channel_async()
+            ...     async with local_channel() as ch:
             ...         async with ChannelSink(ch.writer) as out:
             ...             await out.send_text('{"name": "log.txt"}')
             ...             await out.write(b"line 1\\n")
             ...         source = ChannelSource(ch.reader)
-            ...         result = await source.next_message(), await source.read_all()
-            ...         await iii.shutdown_async()
-            ...         return result
+            ...         return await source.next_message(), await source.read_all()
             >>> asyncio.run(demo())
             ('{"name": "log.txt"}', b'line 1\\n')
         """
@@ -190,20 +168,14 @@ class ChannelSink:
 
         Example:
             >>> import asyncio
-            >>> from iii import III
             >>> from iii_channels import ChannelSource
-            >>> from iii_engine import Engine, EngineConfig
+            >>> from iii_channels.testing import local_channel
             >>> async def demo() -> tuple[int, int]:
-            ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-            ...         iii = III(engine.url)
-            ...         await iii.connect_async()
-            ...         ch = await iii.create_channel_async()
+            ...     async with local_channel() as ch:
             ...         async with ChannelSink(ch.writer) as out:
             ...             await out.write(b"x" * 1000)
             ...             await out.drain()
-            ...             result = out.queued_bytes, out.bytes_written
-            ...         await iii.shutdown_async()
-            ...         return result
+            ...             return out.queued_bytes, out.bytes_written
             >>> asyncio.run(demo())
             (0, 1000)
         """
@@ -219,21 +191,15 @@ class ChannelSink:
 
         Example:
             >>> import asyncio
-            >>> from iii import III
             >>> from iii_channels import ChannelSource
-            >>> from iii_engine import Engine, EngineConfig
+            >>> from iii_channels.testing import local_channel
             >>> async def demo() -> tuple[bytes, bool]:
-            ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-            ...         iii = III(engine.url)
-            ...         await iii.connect_async()
-            ...         ch = await iii.create_channel_async()
+            ...     async with local_channel() as ch:
             ...         out = ChannelSink(ch.writer)
             ...         await out.write(b"all of it")
             ...         await out.close()  # the trailer, then EOF
             ...         source = ChannelSource(ch.reader, require_trailer=True)
-            ...         result = await source.read_all(), source.verified
-            ...         await iii.shutdown_async()
-            ...         return result
+            ...         return await source.read_all(), source.verified
             >>> asyncio.run(demo())
             (b'all of it', True)
         """
@@ -259,14 +225,10 @@ class ChannelSink:
 
         Example:
             >>> import asyncio
-            >>> from iii import III
             >>> from iii_channels import ChannelAbortedError, ChannelSource
-            >>> from iii_engine import Engine, EngineConfig
+            >>> from iii_channels.testing import local_channel
             >>> async def demo() -> str:
-            ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-            ...         iii = III(engine.url)
-            ...         await iii.connect_async()
-            ...         ch = await iii.create_channel_async()
+            ...     async with local_channel() as ch:
             ...         out = ChannelSink(ch.writer)
             ...         await out.write(b"partial")
             ...         await out.abort("disk full")
@@ -274,7 +236,6 @@ class ChannelSink:
             ...             await ChannelSource(ch.reader).read_all()
             ...         except ChannelAbortedError as exc:
             ...             result = type(exc).__name__
-            ...         await iii.shutdown_async()
             ...         return result
             >>> asyncio.run(demo())
             'ChannelAbortedError'
@@ -364,22 +325,16 @@ def sink(writer: ChannelWriter, **options: object) -> ChannelSink:
     Example:
         >>> import asyncio
         >>> from iii_channels import source
-        >>> from iii import III
-        >>> from iii_engine import Engine, EngineConfig
+        >>> from iii_channels.testing import local_channel
         >>> async def demo() -> list[object]:
-        ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-        ...         iii = III(engine.url)
-        ...         await iii.connect_async()
-        ...         ch = await iii.create_channel_async()
+        ...     async with local_channel() as ch:
         ...         async def write() -> int:
         ...             async with sink(ch.writer, high_water_mark=1 << 20) as out:  # exit: trailer, then EOF
         ...                 await out.write(b"hello ")
         ...                 await out.write(b"world")
         ...             return out.bytes_written
         ...         src = source(ch.reader, require_trailer=True)
-        ...         result = await asyncio.gather(write(), src.read_all())
-        ...         await iii.shutdown_async()
-        ...         return result
+        ...         return await asyncio.gather(write(), src.read_all())
         >>> asyncio.run(demo())
         [11, b'hello world']
     """

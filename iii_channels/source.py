@@ -2,23 +2,18 @@
 
 Example:
     >>> import asyncio
-    >>> from iii import III
     >>> from iii_channels import sink
-    >>> from iii_engine import Engine, EngineConfig
+    >>> from iii_channels.testing import local_channel
     >>> async def consume(reader) -> None:
     ...     source = ChannelSource(reader)
     ...     header = await source.readline()           # b"name,size\\n"
     ...     async for record in source.json_records(): # one JSON value per line
     ...         print(record)
     >>> async def demo() -> None:
-    ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-    ...         iii = III(engine.url)
-    ...         await iii.connect_async()
-    ...         ch = await iii.create_channel_async()
+    ...     async with local_channel() as ch:
     ...         async with sink(ch.writer) as out:
     ...             await out.write(b'name,size\\n["a.txt", 3]\\n')
     ...         await consume(ch.reader)
-    ...         await iii.shutdown_async()
     >>> asyncio.run(demo())
     ['a.txt', 3]
 """
@@ -67,14 +62,10 @@ class ChannelSource:
 
     Example:
         >>> import asyncio
-        >>> from iii import III
         >>> from iii_channels import sink
-        >>> from iii_engine import Engine, EngineConfig
+        >>> from iii_channels.testing import local_channel
         >>> async def demo() -> tuple[object, ...]:
-        ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-        ...         iii = III(engine.url)
-        ...         await iii.connect_async()
-        ...         ch = await iii.create_channel_async()
+        ...     async with local_channel() as ch:
         ...         async def write() -> None:
         ...             async with sink(ch.writer) as out:
         ...                 await out.write(b"v1\\nHEAD" + bytes(4) + b"a\\nb\\n")
@@ -84,7 +75,6 @@ class ChannelSource:
         ...         magic, size = await src.read(4), await src.readexactly(4)
         ...         lines = [line async for line in src.lines()]
         ...         await writing
-        ...         await iii.shutdown_async()
         ...         return version, magic, size, lines, src.at_eof, src.verified, len(src.sha256 or "")
         >>> asyncio.run(demo())
         (b'v1\\n', b'HEAD', b'\\x00\\x00\\x00\\x00', [b'a\\n', b'b\\n'], True, True, 64)
@@ -290,20 +280,14 @@ class ChannelSource:
 
         Example:
             >>> import asyncio
-            >>> from iii import III
             >>> from iii_channels import sink
-            >>> from iii_engine import Engine, EngineConfig
+            >>> from iii_channels.testing import local_channel
             >>> async def demo() -> tuple[bytes, ...]:
-            ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-            ...         iii = III(engine.url)
-            ...         await iii.connect_async()
-            ...         ch = await iii.create_channel_async()
+            ...     async with local_channel() as ch:
             ...         async with sink(ch.writer) as out:
             ...             await out.write(b"v1\\nHEAD")
             ...         source = ChannelSource(ch.reader)
-            ...         result = await source.read(3), await source.read(), await source.read(3)
-            ...         await iii.shutdown_async()
-            ...         return result
+            ...         return await source.read(3), await source.read(), await source.read(3)
             >>> asyncio.run(demo())
             (b'v1\\n', b'HEAD', b'')
         """
@@ -325,14 +309,10 @@ class ChannelSource:
 
         Example:
             >>> import asyncio
-            >>> from iii import III
             >>> from iii_channels import sink
-            >>> from iii_engine import Engine, EngineConfig
+            >>> from iii_channels.testing import local_channel
             >>> async def demo() -> tuple[object, ...]:
-            ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-            ...         iii = III(engine.url)
-            ...         await iii.connect_async()
-            ...         ch = await iii.create_channel_async()
+            ...     async with local_channel() as ch:
             ...         async with sink(ch.writer) as out:
             ...             await out.write(b"HEAD" + (7).to_bytes(4, "big"))
             ...         source = ChannelSource(ch.reader)
@@ -341,7 +321,6 @@ class ChannelSource:
             ...             await source.readexactly(1)
             ...         except IncompleteReadError as exc:
             ...             result = magic, size, exc.partial
-            ...         await iii.shutdown_async()
             ...         return result
             >>> asyncio.run(demo())
             (b'HEAD', 7, b'')
@@ -362,20 +341,14 @@ class ChannelSource:
 
         Example:
             >>> import asyncio
-            >>> from iii import III
             >>> from iii_channels import sink
-            >>> from iii_engine import Engine, EngineConfig
+            >>> from iii_channels.testing import local_channel
             >>> async def demo() -> tuple[bytes, bytes]:
-            ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-            ...         iii = III(engine.url)
-            ...         await iii.connect_async()
-            ...         ch = await iii.create_channel_async()
+            ...     async with local_channel() as ch:
             ...         async with sink(ch.writer) as out:
             ...             await out.write(b"Host: a\\r\\n\\r\\nbody")
             ...         source = ChannelSource(ch.reader)
-            ...         result = await source.readuntil(b"\\r\\n\\r\\n", limit=16 * 1024), await source.read_all()
-            ...         await iii.shutdown_async()
-            ...         return result
+            ...         return await source.readuntil(b"\\r\\n\\r\\n", limit=16 * 1024), await source.read_all()
             >>> asyncio.run(demo())
             (b'Host: a\\r\\n\\r\\n', b'body')
         """
@@ -404,20 +377,14 @@ class ChannelSource:
 
         Example:
             >>> import asyncio
-            >>> from iii import III
             >>> from iii_channels import sink
-            >>> from iii_engine import Engine, EngineConfig
+            >>> from iii_channels.testing import local_channel
             >>> async def demo() -> list[bytes]:
-            ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-            ...         iii = III(engine.url)
-            ...         await iii.connect_async()
-            ...         ch = await iii.create_channel_async()
+            ...     async with local_channel() as ch:
             ...         async with sink(ch.writer) as out:
             ...             await out.write(b"v1\\nrest")
             ...         source = ChannelSource(ch.reader)
-            ...         result = [await source.readline(), await source.readline(), await source.readline()]
-            ...         await iii.shutdown_async()
-            ...         return result
+            ...         return [await source.readline(), await source.readline(), await source.readline()]
             >>> asyncio.run(demo())
             [b'v1\\n', b'rest', b'']
         """
@@ -431,20 +398,14 @@ class ChannelSource:
 
         Example:
             >>> import asyncio
-            >>> from iii import III
             >>> from iii_channels import sink
-            >>> from iii_engine import Engine, EngineConfig
+            >>> from iii_channels.testing import local_channel
             >>> async def demo() -> bytes:
-            ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-            ...         iii = III(engine.url)
-            ...         await iii.connect_async()
-            ...         ch = await iii.create_channel_async()
+            ...     async with local_channel() as ch:
             ...         async with sink(ch.writer) as out:
             ...             await out.write(b"a" * 3)
             ...             await out.write(b"b" * 3)
-            ...         result = await ChannelSource(ch.reader).read_all(limit=1 << 20)
-            ...         await iii.shutdown_async()
-            ...         return result
+            ...         return await ChannelSource(ch.reader).read_all(limit=1 << 20)
             >>> asyncio.run(demo())
             b'aaabbb'
         """
@@ -464,20 +425,14 @@ class ChannelSource:
 
         Example:
             >>> import asyncio
-            >>> from iii import III
             >>> from iii_channels import sink
-            >>> from iii_engine import Engine, EngineConfig
+            >>> from iii_channels.testing import local_channel
             >>> async def demo() -> list[bytes]:
-            ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-            ...         iii = III(engine.url)
-            ...         await iii.connect_async()
-            ...         ch = await iii.create_channel_async()
+            ...     async with local_channel() as ch:
             ...         async with sink(ch.writer) as out:
             ...             await out.write(b"ab")
             ...             await out.write(b"cd")
-            ...         result = [chunk async for chunk in ChannelSource(ch.reader).chunks()]
-            ...         await iii.shutdown_async()
-            ...         return result
+            ...         return [chunk async for chunk in ChannelSource(ch.reader).chunks()]
             >>> asyncio.run(demo())
             [b'ab', b'cd']
         """
@@ -497,22 +452,16 @@ class ChannelSource:
 
         Example:
             >>> import asyncio
-            >>> from iii import III
             >>> from iii_channels import sink
-            >>> from iii_engine import Engine, EngineConfig
+            >>> from iii_channels.testing import local_channel
             >>> async def demo() -> tuple[list[bytes | str], bool]:
-            ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-            ...         iii = III(engine.url)
-            ...         await iii.connect_async()
-            ...         ch = await iii.create_channel_async()
+            ...     async with local_channel() as ch:
             ...         async with sink(ch.writer) as out:  # its trailer is checked, not yielded
             ...             await out.send_text("header")
             ...             await out.write(b"data")
             ...             await out.send_text("footer")
             ...         source = ChannelSource(ch.reader, require_trailer=True)
-            ...         result = [item async for item in source.items()], source.verified
-            ...         await iii.shutdown_async()
-            ...         return result
+            ...         return [item async for item in source.items()], source.verified
             >>> asyncio.run(demo())
             (['header', b'data', 'footer'], True)
         """
@@ -534,19 +483,13 @@ class ChannelSource:
 
         Example:
             >>> import asyncio
-            >>> from iii import III
             >>> from iii_channels import sink
-            >>> from iii_engine import Engine, EngineConfig
+            >>> from iii_channels.testing import local_channel
             >>> async def demo() -> list[bytes]:
-            ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-            ...         iii = III(engine.url)
-            ...         await iii.connect_async()
-            ...         ch = await iii.create_channel_async()
+            ...     async with local_channel() as ch:
             ...         async with sink(ch.writer) as out:
             ...             await out.write(b"a\\nb\\nlast")
-            ...         result = [line async for line in ChannelSource(ch.reader).lines()]
-            ...         await iii.shutdown_async()
-            ...         return result
+            ...         return [line async for line in ChannelSource(ch.reader).lines()]
             >>> asyncio.run(demo())
             [b'a\\n', b'b\\n', b'last']
         """
@@ -558,19 +501,13 @@ class ChannelSource:
 
         Example:
             >>> import asyncio
-            >>> from iii import III
             >>> from iii_channels import sink
-            >>> from iii_engine import Engine, EngineConfig
+            >>> from iii_channels.testing import local_channel
             >>> async def demo() -> list[Any]:
-            ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-            ...         iii = III(engine.url)
-            ...         await iii.connect_async()
-            ...         ch = await iii.create_channel_async()
+            ...     async with local_channel() as ch:
             ...         async with sink(ch.writer) as out:
             ...             await out.write(b'{"n": 1}\\n\\n[2]\\n')
-            ...         result = [record async for record in ChannelSource(ch.reader).json_records()]
-            ...         await iii.shutdown_async()
-            ...         return result
+            ...         return [record async for record in ChannelSource(ch.reader).json_records()]
             >>> asyncio.run(demo())
             [{'n': 1}, [2]]
         """
@@ -590,22 +527,16 @@ class ChannelSource:
 
         Example:
             >>> import asyncio
-            >>> from iii import III
             >>> from iii_channels import sink
-            >>> from iii_engine import Engine, EngineConfig
+            >>> from iii_channels.testing import local_channel
             >>> async def demo() -> tuple[list[str], bytes]:
-            ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-            ...         iii = III(engine.url)
-            ...         await iii.connect_async()
-            ...         ch = await iii.create_channel_async()
+            ...     async with local_channel() as ch:
             ...         async with sink(ch.writer) as out:
             ...             await out.send_text("a")
             ...             await out.write(b"data")
             ...             await out.send_text("b")
             ...         source = ChannelSource(ch.reader)
-            ...         result = [text async for text in source.messages()], await source.read_all()
-            ...         await iii.shutdown_async()
-            ...         return result
+            ...         return [text async for text in source.messages()], await source.read_all()
             >>> asyncio.run(demo())
             (['a', 'b'], b'data')
         """
@@ -622,21 +553,15 @@ class ChannelSource:
 
         Example:
             >>> import asyncio
-            >>> from iii import III
             >>> from iii_channels import sink
-            >>> from iii_engine import Engine, EngineConfig
+            >>> from iii_channels.testing import local_channel
             >>> async def demo() -> tuple[object, ...]:
-            ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-            ...         iii = III(engine.url)
-            ...         await iii.connect_async()
-            ...         ch = await iii.create_channel_async()
+            ...     async with local_channel() as ch:
             ...         async with sink(ch.writer) as out:
             ...             await out.send_text('{"name": "a.txt"}')
             ...             await out.write(b"data")
             ...         source = ChannelSource(ch.reader)
-            ...         result = await source.next_message(), await source.read_all(), await source.next_message()
-            ...         await iii.shutdown_async()
-            ...         return result
+            ...         return await source.next_message(), await source.read_all(), await source.next_message()
             >>> asyncio.run(demo())
             ('{"name": "a.txt"}', b'data', None)
         """
@@ -659,19 +584,14 @@ def source(reader: ChannelReader, **options: Any) -> ChannelSource:
     Example:
         >>> import asyncio, json
         >>> from iii_channels import sink
-        >>> from iii import III
-        >>> from iii_engine import Engine, EngineConfig
+        >>> from iii_channels.testing import local_channel
         >>> async def demo() -> list[Any]:
-        ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-        ...         iii = III(engine.url)
-        ...         await iii.connect_async()
-        ...         ch = await iii.create_channel_async()
+        ...     async with local_channel() as ch:
         ...         async def write() -> None:
         ...             async with sink(ch.writer) as out:
         ...                 await out.write(b'{"n": 1}\\n{"n": 2}\\n')
         ...         src = source(ch.reader, require_trailer=True)
         ...         _, records = await asyncio.gather(write(), src.read_all())
-        ...         await iii.shutdown_async()
         ...         return [json.loads(line) for line in records.splitlines()] + [src.verified]
         >>> asyncio.run(demo())
         [{'n': 1}, {'n': 2}, True]

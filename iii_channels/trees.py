@@ -16,17 +16,13 @@ nothing appears under the final name and the staging directory is removed. The s
 
 Example (the staging directory is gone once the destination appears):
     >>> import asyncio, tempfile
-    >>> from iii import III
-    >>> from iii_engine import Engine, EngineConfig
+    >>> from iii_channels.testing import local_channel
     >>> async def mirror(writer, reader, tmp: str) -> TreeReceipt:
     ...     _, receipt = await asyncio.gather(send_dir(writer, f"{tmp}/photos/"),
     ...                                       receive_dir(reader, f"{tmp}/backup/photos"))
     ...     return receipt
     >>> async def demo() -> tuple[list[str], list[str], list[str]]:
-    ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-    ...         iii = III(engine.url)
-    ...         await iii.connect_async()
-    ...         ch = await iii.create_channel_async()
+    ...     async with local_channel() as ch:
     ...         with tempfile.TemporaryDirectory() as tmp:
     ...             Path(tmp, "photos", "2026").mkdir(parents=True)
     ...             Path(tmp, "photos", "2026", "a.jpg").write_bytes(bytes(300))
@@ -34,7 +30,6 @@ Example (the staging directory is gone once the destination appears):
     ...             receipt = await mirror(ch.writer, ch.reader, tmp)
     ...             files = [str(f.path.relative_to(receipt.path)) for f in receipt.files if f.verified]
     ...             backup = os.listdir(Path(tmp, "backup"))
-    ...         await iii.shutdown_async()
     ...         return files, sorted(receipt.directories), backup
     >>> asyncio.run(demo())
     (['2026/a.jpg'], ['2026', 'empty'], ['photos'])
@@ -198,13 +193,9 @@ async def send_dir(
 
     Example:
         >>> import asyncio, tempfile
-        >>> from iii import III
-        >>> from iii_engine import Engine, EngineConfig
+        >>> from iii_channels.testing import local_channel
         >>> async def demo() -> tuple[int, list[str]]:
-        ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-        ...         iii = III(engine.url)
-        ...         await iii.connect_async()
-        ...         ch = await iii.create_channel_async()
+        ...     async with local_channel() as ch:
         ...         with tempfile.TemporaryDirectory() as tmp:
         ...             Path(tmp, "site", "css").mkdir(parents=True)
         ...             Path(tmp, "site", "index.html").write_text("<h1>hi</h1>")
@@ -212,7 +203,6 @@ async def send_dir(
         ...             sent, receipt = await asyncio.gather(send_dir(ch.writer, Path(tmp, "site")),
         ...                                                  receive_dir(ch.reader, Path(tmp, "copy")))
         ...             names = sorted(str(p.relative_to(receipt.path)) for p in receipt.path.rglob("*"))
-        ...         await iii.shutdown_async()
         ...         return sent, names
         >>> asyncio.run(demo())
         (15, ['css', 'css/a.css', 'index.html'])
@@ -238,20 +228,15 @@ async def send_files(
 
     Example:
         >>> import asyncio, tempfile
-        >>> from iii import III
-        >>> from iii_engine import Engine, EngineConfig
+        >>> from iii_channels.testing import local_channel
         >>> async def demo() -> tuple[int, str]:
-        ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-        ...         iii = III(engine.url)
-        ...         await iii.connect_async()
-        ...         ch = await iii.create_channel_async()
+        ...     async with local_channel() as ch:
         ...         with tempfile.TemporaryDirectory() as tmp:
         ...             Path(tmp, "log.txt").write_text("started")
         ...             specs = [Path(tmp, "log.txt"), ("logs/old.txt", Path(tmp, "log.txt"))]
         ...             receiving = receive_dir(ch.reader, f"{tmp}/out")
         ...             sent, receipt = await asyncio.gather(send_files(ch.writer, specs), receiving)
         ...             text = (receipt.path / "logs" / "old.txt").read_text()
-        ...         await iii.shutdown_async()
         ...         return sent, text
         >>> asyncio.run(demo())
         (14, 'started')
@@ -394,13 +379,9 @@ async def receive_dir(
 
     Example:
         >>> import asyncio, tempfile
-        >>> from iii import III
-        >>> from iii_engine import Engine, EngineConfig
+        >>> from iii_channels.testing import local_channel
         >>> async def demo() -> tuple[list[str], int, bool]:
-        ...     async with Engine(port=0, config=EngineConfig(modules=[])) as engine:
-        ...         iii = III(engine.url)
-        ...         await iii.connect_async()
-        ...         ch = await iii.create_channel_async()
+        ...     async with local_channel() as ch:
         ...         with tempfile.TemporaryDirectory() as tmp:
         ...             Path(tmp, "a.txt").write_text("abc")
         ...             Path(tmp, "b.txt").write_text("defg")
@@ -408,9 +389,7 @@ async def receive_dir(
         ...             receiving = receive_dir(ch.reader, f"{tmp}/out")
         ...             _, receipt = await asyncio.gather(send_files(ch.writer, specs), receiving)
         ...             names = [f.path.name for f in receipt.files]
-        ...             result = names, receipt.bytes, all(f.verified for f in receipt.files)
-        ...         await iii.shutdown_async()
-        ...         return result
+        ...             return names, receipt.bytes, all(f.verified for f in receipt.files)
         >>> asyncio.run(demo())
         (['a.txt', 'b.txt'], 7, True)
     """
