@@ -38,10 +38,11 @@ CLOSE_TIMEOUT_S = 2.0
 
 STORE_CLOSE_TIMEOUT_S = 10.0
 """How long a module's stop waits for its store to close before it lets the close go. A store's close that hung on a
-silent server held the engine's stop for good. Above the stores' own bounds on their parts (a Redis watch
-connection's reader: 2 s after its cancel and 2 s after a second one, then its leftover connection's close: 2 s),
-so those end first and name what hung. In an engine's stop it is one deadline for every store together
-(:class:`StoreCloses`)."""
+silent server held the engine's stop for good. Above the stores' own bounds on their parts, so those end first and
+name what hung: a ``RedisStream``'s close takes at most 8 s (its watch reader: 2 s after its cancel and 2 s after a
+second one, then its leftover connection's close: 2 s, then its watch pool's close: 2 s; side by side with the end
+of its update batches and its command pool's close, 2 s each). In an engine's stop it is one deadline for every
+store together (:class:`StoreCloses`)."""
 
 # The engine's stop in progress in this context: its modules' store closes are started and handed to it
 _STOPPING: ContextVar[StoreCloses | None] = ContextVar("iii_engine_store_closes", default=None)

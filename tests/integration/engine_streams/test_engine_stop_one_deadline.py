@@ -17,6 +17,7 @@ import pytest
 from iii.stream import StreamGetInput, StreamSetInput
 from iii_engine import Engine, closing
 from iii_streams import SQLStream, StreamClosedError
+from iii_streams.deadlines import let_go_count
 
 from .helpers import engine_config
 
@@ -98,3 +99,55 @@ async def test_a_healthy_sqlite_store_next_to_a_silent_one_closes_fully(
     async with SQLStream.from_url(url) as reopened:
         for n in acknowledged:
             assert await reopened.get(StreamGetInput(stream_name="s", group_id="g", item_id=f"i{n}")) == n
+
+
+async def test_a_store_close_that_fails_is_logged_naming_it_and_the_others_still_close(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(closing, "STORE_CLOSE_TIMEOUT_S", BOUND_S)
+    engine = Engine(config=engine_config())
+    await engine.start()
+    state_store = engine.module("state").store  # type: ignore[attr-defined]
+    stream_store = engine.module("stream").store  # type: ignore[attr-defined]
+    real_close = stream_store.aclose
+    stream_closed = asyncio.Event()
+
+    async def broken_close() -> None:
+        raise RuntimeError("the disk is gone")
+
+    async def tracked_close() -> None:
+        await real_close()
+        stream_closed.set()
+
+    monkeypatch.setattr(state_store, "aclose", broken_close)
+    monkeypatch.setattr(stream_store, "aclose", tracked_close)
+    with caplog.at_level(logging.ERROR, logger="iii_engine.closing"):
+        await asyncio.wait_for(engine.stop(), 20)
+    assert stream_closed.is_set()
+    # before: "module state failed to stop", the store unnamed
+    assert "the state module's store (MemoryStream) failed to close: RuntimeError('the disk is gone')" in caplog.text
+
+
+async def test_a_stop_cancelled_between_modules_lets_the_closes_under_way_go(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = Engine(config=engine_config())
+    await engine.start()
+    silent = _SilentClose()
+    monkeypatch.setattr(engine.module("queue").store, "close", silent)  # type: ignore[attr-defined]
+    state_stopping = asyncio.Event()
+
+    async def stuck_stop() -> None:  # the state module stops after the queue module, whose close is under way
+        state_stopping.set()
+        await asyncio.get_running_loop().create_future()
+
+    monkeypatch.setattr(engine.module("state"), "stop", stuck_stop)
+    before = let_go_count()
+    stop = asyncio.create_task(engine.stop())
+    await asyncio.wait_for(state_stopping.wait(), 5)
+    assert silent.started is not None and silent.cancelled is None
+    stop.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stop
+    await asyncio.sleep(0)  # the close's cancel is delivered on the next turn
+    assert silent.cancelled is not None  # not left running unreferenced
+    assert let_go_count() == before
+    await engine._listener.close()  # the rest of the cancelled stop: the worker port
