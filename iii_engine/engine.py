@@ -253,7 +253,8 @@ class Engine:
         is cancelled and let go with a warning naming it. So silent stores (a Redis or PostgreSQL server that
         stopped answering) hold the stop about 10 s however many there are, instead of 10 s each, and a healthy
         store next to them still gets the whole 10 s to flush. The rest of the stop has bounds of its own (the
-        queue module's ``stop_timeout_ms``, 5 s by default, before its store's close; 2 s per peer's socket).
+        queue module's ``stop_timeout_ms``, 5 s by default, before its store's close; then the workers' sockets, closed
+        side by side within 2 s).
         """
         if not self._started:
             return
