@@ -146,6 +146,6 @@ async def test_ticks_a_stall_made_late_are_skipped_counted_and_logged(caplog: py
         assert module.missed_ticks >= 1
         assert max((b - a).total_seconds() for a, b in itertools.pairwise(ticks)) >= 2  # a gap, no burst
         warnings = [r.getMessage() for r in caplog.records if r.name == "iii_engine.modules.cron.module"]
-        assert any(w.startswith("cron stalled: the engine was") and "tick(s) up to" in w for w in warnings)
+        assert any(w.startswith("cron stalled: the engine stalled: ") and "tick(s) up to" in w for w in warnings)
     finally:
         await module.stop()
