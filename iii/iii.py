@@ -32,7 +32,7 @@ from pydantic import BaseModel
 from .callback_set import CallbackSet
 from .channels import ChannelReader, ChannelWriter
 from .connection import Connection, Frame, MessageTooLargeError, Write, check_reconnection, check_url
-from .errors import InvocationError, ShuttingDownError
+from .errors import ConnectionLostError, InvocationError, ShuttingDownError
 from .handler_runner import HandlerRunner
 from .handler_threads import blocked as handler_blocked
 from .iii_constants import DEFAULT_RECONNECTION_CONFIG as DEFAULT_RECONNECTION_CONFIG  # reference re-export
@@ -101,6 +101,8 @@ _REFERENCE_CONNECT_WAIT_S = 30.0
 _RECOVERY_WINDOW_S = 30.0
 _RECOVERY_POLL_S = 0.25
 _WORKER_ID_WAIT_S = 2.0
+# The most old connections' worker ids a registration check after a reconnect waits for (the newest).
+_UNCHECKED_WORKERS_KEPT = 64
 
 
 class III:
@@ -138,6 +140,11 @@ class III:
         self._functions_available_lock = threading.Lock()
         self._registrations_ready: CallbackSet[[]] = CallbackSet(lambda: self._runner.threads,
                                                                  "registrations-ready")
+        # The worker ids of old connections whose late cleanup (T7) no registration check has seen the end of yet,
+        # oldest first. The session names only the last one lost: a connection lost while the check for an older one
+        # still waited made the next check wait for its own worker only, and the older cleanup then deleted what
+        # had been re-sent (after "ready" was said).
+        self._unchecked_workers: dict[str, None] = {}
         # Which register_function call owns each id now: a FunctionRef of an earlier registration of that id must not
         # unregister the later one.
         self._function_owners: dict[str, object] = {}
@@ -424,17 +431,21 @@ class III:
         frame, lost_worker_id = self._session.connection_ready(worker_metadata(self._options), tp or None,
                                                                bg or None)
         self._conn.send_soon(frame)
-        if lost_worker_id is None:
+        if lost_worker_id is not None:
+            self._unchecked_workers[lost_worker_id] = None
+            while len(self._unchecked_workers) > _UNCHECKED_WORKERS_KEPT:  # (a connection that flaps for ever)
+                del self._unchecked_workers[next(iter(self._unchecked_workers))]
+        if not self._unchecked_workers:
             self._registrations_ready.push()  # the replay, written before this, is all there is to wait for
         else:
-            self._bridge.spawn(self._recover_then_ready(lost_worker_id, self._session.generation))
+            self._bridge.spawn(self._recover_then_ready(tuple(self._unchecked_workers), self._session.generation))
 
-    async def _recover_then_ready(self, lost_worker_id: str, generation: int) -> None:
+    async def _recover_then_ready(self, lost_worker_ids: tuple[str, ...], generation: int) -> None:
         """:meth:`_recover_registrations`, then the :meth:`on_registrations_ready` callbacks if the connection it
         checked is still the one up (a newer one runs them after its own check). Also after the check failed in an
         unforeseen way: a callback that never came would leave a bridge's stream clients unaware of the outage."""
         try:
-            await self._recover_registrations(lost_worker_id)
+            await self._recover_registrations(lost_worker_ids)
         finally:
             if self._conn.is_ready and self._session.generation == generation and not self._closed:
                 self._registrations_ready.push()
@@ -458,18 +469,19 @@ class III:
         for failure in self._session.connection_lost(self._conn.queued_keys(), too_big=self._conn.closed_too_big):
             self._calls.fail(failure.invocation_id, failure.error)
 
-    async def _recover_registrations(self, old_worker_id: str) -> None:
-        """Re-send registrations an old connection's cleanup deleted
-        (docs/protocol.md#production-behaviour-our-sdk-copes-with T7)."""
+    async def _recover_registrations(self, old_worker_ids: tuple[str, ...]) -> None:
+        """Re-send registrations the cleanup of old connections (``old_worker_ids``) deleted, once the engine knows
+        none of them (docs/protocol.md#production-behaviour-our-sdk-copes-with T7)."""
         loop = self._loop
         deadline = loop.time() + _RECOVERY_WINDOW_S
         try:
             while loop.time() < deadline:
                 workers = await self._call("engine::workers::list", {}, None)
-                if not any(w.get("id") == old_worker_id for w in workers.get("workers", [])):
+                if not any(w.get("id") in old_worker_ids for w in workers.get("workers", [])):
                     break
                 await asyncio.sleep(_RECOVERY_POLL_S)
             else:
+                self._checked(old_worker_ids)  # given up on: later checks do not wait for them again
                 return
             # Each send may wait (a socket backed up): a frame is re-checked against the book just before it goes,
             # or one unregistered meanwhile came back (its unregister had already left).
@@ -490,8 +502,18 @@ class III:
                 # re-sent above are in place (on_registrations_ready promises that). The functions' were already,
                 # before the trigger list was answered.
                 await self._call("engine::workers::list", {}, None)
+            self._checked(old_worker_ids)
+        except ConnectionLostError as exc:
+            # The connection dropped under the check: the next connection's check waits for these workers too.
+            log.debug("Registration check after reconnect stopped: %s", exc)
         except (InvocationError, TimeoutError, ShuttingDownError, AttributeError) as exc:
             log.debug("Registration check after reconnect stopped: %s", exc)
+            self._checked(old_worker_ids)
+
+    def _checked(self, old_worker_ids: tuple[str, ...]) -> None:
+        """Registration checks no longer wait for the cleanup of ``old_worker_ids``."""
+        for worker_id in old_worker_ids:
+            self._unchecked_workers.pop(worker_id, None)
 
     # ---------------------------------------------------------------- incoming frames
 

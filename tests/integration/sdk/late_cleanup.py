@@ -25,7 +25,8 @@ class LateCleanup:
     what that connection registered (T7). ``workers_listed`` counts the ``engine::workers::list`` calls answered
     since (a reconnected SDK polls it until the old worker is gone)."""
 
-    def __init__(self, fake: EngineThread) -> None:
+    def __init__(self, fake: EngineThread, *, only: Callable[[str], bool] | None = None) -> None:
+        """``only``: hold the cleanups of the worker ids it accepts; the others run at once, as usual."""
         self._fake = fake
         engine = fake.engine
         self._released = fake.run(_new_event())
@@ -34,6 +35,9 @@ class LateCleanup:
         builtin = engine._builtin
 
         async def late(worker: FakeWorker) -> None:
+            if only is not None and not only(worker.id):
+                await cleanup(worker)
+                return
             await self._released.wait()
             for frame in worker.frames:  # T7: by id, whoever registered it since
                 if frame.get("type") == "registerfunction":
