@@ -38,7 +38,8 @@ P = ParamSpec("P")
 class CallbackSet(Generic[P]):
     """Callbacks (in the order added; one added twice runs once) that :meth:`push` runs on ``executor()``'s threads.
 
-    A callback's exception is logged (``what`` names the set) and the others still run.
+    A callback's exception is logged (``what`` names the set) and the others still run. One removed from
+    :attr:`callbacks` is not called after that (one already running finishes).
     """
 
     def __init__(self, executor: Callable[[], Executor], what: str) -> None:
@@ -75,6 +76,8 @@ class CallbackSet(Generic[P]):
                     return
                 args, kwargs = self.waiting.popleft()
             for callback in list(self.callbacks):
+                if callback not in self.callbacks:
+                    continue  # removed while an earlier one ran: its remover has returned, so it is not called
                 try:
                     callback(*args, **kwargs)
                 except BaseException:  # the other callbacks still run; nothing is cancelled on a handler thread
