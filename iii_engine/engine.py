@@ -143,6 +143,7 @@ class Engine:
         self._seen_version = 0
         self._started = False
         self._stopping: asyncio.Event | None = None
+        self._stop_ended: asyncio.Event | None = None  # set when the latest stop ended (done, failed or cancelled)
         self.ready = asyncio.Event()  # set once the listener accepts workers
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -172,12 +173,17 @@ class Engine:
             return
         self._started = True
         self._stopping = asyncio.Event()
+        # A module that fails to start closes its store (in its start, or in the stop after it): that close shares
+        # the deadline of the other modules' closes when the start fails, instead of a bound of its own before theirs
+        closes = StoreCloses()
         try:
-            await self._start_everything()
+            with closes.collecting():
+                await self._start_everything()
         except BaseException:
-            await self.stop()
+            await self._stop(closes)
             self.modules.clear()  # none of them runs: engine.module(...) must not hand out a stopped one
             raise
+        await closes.wait()  # the stores of modules left out by allow_degraded
         log.info("iii engine listening on %s", self.url)
 
     async def _start_everything(self) -> None:
@@ -254,15 +260,28 @@ class Engine:
         stopped answering) hold the stop about 10 s however many there are, instead of 10 s each, and a healthy
         store next to them still gets the whole 10 s to flush. The rest of the stop has bounds of its own (the
         queue module's ``stop_timeout_ms``, 5 s by default, before its store's close; then the workers' sockets, closed
-        side by side within 2 s).
+        side by side within 2 s). A call while a stop is under way returns once that stop ended (its stores closed
+        or let go). A start that fails stops what it started the same way, the failing module's store close sharing
+        that one deadline.
         """
+        await self._stop(StoreCloses())
+
+    async def _stop(self, closes: StoreCloses) -> None:
         if not self._started:
+            if self._stop_ended is not None:  # a stop under way: its callers learn that the engine stopped with it
+                await self._stop_ended.wait()
             return
         self._started = False
         self.ready.clear()
+        self._stop_ended = ended = asyncio.Event()
+        try:
+            await self._stop_all(closes)
+        finally:
+            ended.set()
+
+    async def _stop_all(self, closes: StoreCloses) -> None:
         # Modules stop first, while workers are still connected: a queue hands unfinished jobs back instead of
         # seeing them fail with invocation_stopped and spending a retry on the shutdown.
-        closes = StoreCloses()
         try:
             with closes.collecting():
                 for module in reversed(list(self.modules.values())):

@@ -1,0 +1,83 @@
+"""Edges of ``Engine.stop()``'s one deadline for its modules' store closes.
+
+* A start that fails after store-backed modules started: the failing module's own store close (made in its start
+  or in the stop after it) shares the deadline of the other modules' closes. Before: it was awaited on its own bound
+  first, then the others got theirs: two bounds.
+* ``stop()`` called while a stop is under way returns once that stop ended. Before: it returned at once, the stores
+  still closing (``async with engine`` around a ``serve_forever`` stopped elsewhere left with its SQLite store open).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from iii_engine import Engine, EngineConfig, ModuleSpec, closing
+from iii_engine.modules.base import ModuleStartError
+from iii_streams import MemoryStream
+
+from .test_engine_stop_one_deadline import BOUND_S, _SilentClose
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A loopback port held (listening) for the test."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+async def test_a_failed_start_closes_every_store_under_one_deadline(
+        taken_port: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(closing, "STORE_CLOSE_TIMEOUT_S", BOUND_S)
+    silent = _SilentClose()
+    monkeypatch.setattr(MemoryStream, "aclose", lambda self: silent())  # the state and the stream module's stores
+    # the stream module opens its store, then fails to bind: its store's close and the state module's are both silent
+    config = EngineConfig(host="127.0.0.1", port=0, modules=[
+        ModuleSpec("modules::state::StateModule", {}),
+        ModuleSpec("modules::stream::StreamModule", {"host": "127.0.0.1", "port": taken_port}),
+    ])
+    engine = Engine(config=config)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    with caplog.at_level(logging.WARNING, logger="iii_engine.closing"), pytest.raises(ModuleStartError) as failed:
+        await asyncio.wait_for(engine.start(), 20)
+    took = loop.time() - began
+    assert "modules::stream::StreamModule" in str(failed.value)
+    for name in ("state", "stream"):
+        assert f"the {name} module's store (MemoryStream) did not end within" in caplog.text
+    assert took < 1.6 * BOUND_S, took  # before: about 2 * BOUND_S (the stream store's bound, then the state one's)
+
+
+async def test_a_second_stop_returns_once_the_stop_under_way_ended(monkeypatch: pytest.MonkeyPatch) -> None:
+    from .helpers import engine_config
+
+    engine = Engine(config=engine_config())
+    await engine.start()
+    store = engine.module("state").store  # type: ignore[attr-defined]
+    real_close = store.aclose
+    closing_began, may_close, closed = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def held_close() -> None:  # a store still flushing when the second stop comes
+        closing_began.set()
+        await may_close.wait()
+        await real_close()
+        closed.set()
+
+    monkeypatch.setattr(store, "aclose", held_close)
+    first = asyncio.create_task(engine.stop())
+    await asyncio.wait_for(closing_began.wait(), 10)
+    second = asyncio.create_task(engine.stop())
+    done, _ = await asyncio.wait({second}, timeout=0.2)  # a wait for something that must NOT happen
+    assert not done, "the second stop returned while the first was still closing the stores"
+    may_close.set()
+    await asyncio.wait_for(second, 10)
+    assert closed.is_set()
+    assert first.done() or await asyncio.wait_for(first, 10) is None
