@@ -849,6 +849,7 @@ class RedisStream(FieldUpdates):
         self._updates: KeyedBatcher[str, _Update, StreamUpdateResult[Any]] = KeyedBatcher(
             self._update_batch, name="RedisStream updates", max_batch=_MAX_BATCH)
         self._closed = False
+        self._close_ended: asyncio.Event | None = None  # set once the close under way ended
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStream:
@@ -1265,7 +1266,8 @@ class RedisStream(FieldUpdates):
         return [(name, sorted(groups)) for name, groups in sorted(streams.items())]
 
     async def aclose(self) -> None:
-        """End the watches and the batches, and close the clients this store made; idempotent.
+        """End the watches and the batches, and close the clients this store made; idempotent (a call while a close
+        is under way returns once that close ended).
 
         Example:
             >>> import asyncio, fakeredis
@@ -1277,8 +1279,17 @@ class RedisStream(FieldUpdates):
             True
         """
         if self._closed:
+            if self._close_ended is not None:  # a close under way: every caller returns once the store is closed
+                await self._close_ended.wait()
             return
         self._closed = True
+        self._close_ended = ended = asyncio.Event()
+        try:
+            await self._close_all()
+        finally:
+            ended.set()
+
+    async def _close_all(self) -> None:
         self._watch_retries.close()
         # Each part against a silent server (a batch waiting for its reply, a pool's close) is bounded by _STOP_S and
         # let go past it; the watch side and the command side close side by side, so the whole close takes at most
