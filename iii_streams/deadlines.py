@@ -113,6 +113,11 @@ def _let_go(task: asyncio.Future[Any]) -> None:
         _ended_late(task)
         return
     task.cancel()
+    # Held here until it ends, it is destroyed pending only when the interpreter ends first: it was named then (a
+    # warning at its let-go, and iii_engine.event_loop's at exit), so asyncio's "Task was destroyed but it is
+    # pending!" with its repr, four lines per task after a failed start's one-line error, says nothing new.
+    if isinstance(task, asyncio.Task):
+        task._log_destroy_pending = False  # type: ignore[attr-defined]
     _LET_GO.add(task)
     task.add_done_callback(_LET_GO.discard)
     task.add_done_callback(_ended_late)
