@@ -148,6 +148,12 @@ _SWAP: Final = text(
     "SELECT (SELECT count(*) FROM u) AS written, (SELECT count(*) FROM n) AS sent"
 )
 _SWAP_SQLITE: Final = text(f"UPDATE {TABLE_NAME} SET value = :new WHERE item_key = :k AND value = :old")
+# SQLite: the execution option of this store's autocommitted reads and compare-and-set writes. Every connection is
+# already in autocommit (the connect hook; a transaction is only the BEGIN IMMEDIATE below), so the option only
+# keeps that BEGIN out. SQLAlchemy's isolation_level="AUTOCOMMIT" did the same but set the level at each checkout
+# and reset it at each return ("PRAGMA read_uncommitted = 0" and a rollback): four more trips to aiosqlite's
+# thread per read or single-statement write, about half of their CPU.
+_SQLITE_AUTOCOMMIT: Final = "iii_streams_autocommit"
 _WRITE_VALUE: Final = update(items).where(items.c.item_key == bindparam("k")).values(value=bindparam("v"))
 
 Compute = Callable[[Any], tuple[Any, str]]
@@ -658,7 +664,8 @@ def _install_sqlite_hooks(engine: AsyncEngine, file_backed: bool) -> None:
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        if conn.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
+        options = conn.get_execution_options()
+        if not options.get(_SQLITE_AUTOCOMMIT) and options.get("isolation_level") != "AUTOCOMMIT":
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
@@ -717,7 +724,8 @@ class SQLStream(FieldUpdates):
         self._pg = self.dialect == "postgresql"
         self._create = (not self._pg) if create is None else create
         self._owns_engine = owns_engine
-        self._reader = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._reader = engine.execution_options(
+            **({"isolation_level": "AUTOCOMMIT"} if self._pg else {_SQLITE_AUTOCOMMIT: True}))
         self._watch_queue_size = check_queue_size(watch_queue_size, "SQLStream: watch_queue_size")
         self._hub = EventHub(watch_queue_size)
         self._listener: _Listener | None = None  # PostgreSQL: the LISTEN connection its watchers share

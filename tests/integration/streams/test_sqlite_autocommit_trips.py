@@ -1,0 +1,69 @@
+"""SQLite: the store's autocommitted statements (reads, single-caller compare-and-set updates) leave the connection's
+isolation alone: no ``PRAGMA read_uncommitted`` and no isolation change per checkout, so a lone update costs one
+statement's trips to aiosqlite's thread, and the driver never gets transaction control back between writes."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiosqlite.core
+import aiosqlite.cursor
+import pytest
+
+from iii.stream import StreamGetInput, StreamSetInput, StreamUpdateInput, UpdateIncrement
+from iii_streams import SQLStream
+
+_KEY = {"stream_name": "s", "group_id": "g", "item_id": "i"}
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLStream]:
+    async with SQLStream.from_url(f"sqlite+aiosqlite:///{tmp_path / 'trips.db'}") as s:
+        yield s
+
+
+@pytest.fixture
+def trips(monkeypatch: pytest.MonkeyPatch) -> Iterator[collections.Counter[str]]:
+    """Every call aiosqlite hands to its thread (by name) and every statement text, counted."""
+    seen: collections.Counter[str] = collections.Counter()
+    run, execute = aiosqlite.core.Connection._execute, aiosqlite.cursor.Cursor.execute
+
+    async def counted_run(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        seen[getattr(fn, "__name__", repr(fn))] += 1
+        return await run(self, fn, *args, **kwargs)
+
+    async def counted_execute(self: Any, sql: str, parameters: Any = None) -> Any:
+        seen[sql.split(" ", 2)[0] + " " + sql.split(" ", 2)[1]] += 1
+        return await execute(self, sql, parameters)
+
+    monkeypatch.setattr(aiosqlite.core.Connection, "_execute", counted_run)
+    monkeypatch.setattr(aiosqlite.cursor.Cursor, "execute", counted_execute)
+    yield seen
+
+
+async def test_lone_updates_send_one_statement_each(store: SQLStream, trips: collections.Counter[str]) -> None:
+    request = StreamUpdateInput(**_KEY, ops=[UpdateIncrement(path="n", by=1)])
+    await store.set(StreamSetInput(**_KEY, data={"n": 0}))
+    await store.update(request)  # the store now knows the committed value: the next ones are compare-and-set
+    trips.clear()
+    for _ in range(10):
+        await store.update(request)
+    assert await store.get(StreamGetInput(**_KEY)) == {"n": 11}
+    assert trips["PRAGMA read_uncommitted"] == 0, trips
+    assert trips["UPDATE iii_stream_items"] == 10, trips
+    # per update: cursor, execute, cursor close, the connection's end-of-use rollback (was 7, plus an isolation set)
+    assert sum(trips[name] for name in ("cursor", "execute", "close", "rollback")) <= 4 * 10 + 4, trips
+
+
+async def test_pooled_connections_stay_in_autocommit(store: SQLStream) -> None:
+    """A connection back from an autocommitted read is still in the driver's autocommit mode (isolation_level
+    None), the mode the store's connect hook sets so that only its BEGIN IMMEDIATE begins a transaction."""
+    await store.set(StreamSetInput(**_KEY, data=1))
+    assert await store.get(StreamGetInput(**_KEY)) == 1
+    async with store.engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        assert raw.driver_connection is not None
+        assert raw.driver_connection.isolation_level is None
