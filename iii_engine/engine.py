@@ -144,6 +144,8 @@ class Engine:
         self._started = False
         self._stopping: asyncio.Event | None = None
         self._stop_ended: asyncio.Event | None = None  # set when the latest stop ended (done, failed or cancelled)
+        self._start_ended: asyncio.Event | None = None  # set when the latest start ended (done or failed)
+        self._stop_asked = False  # stop() was called during the start under way
         self.ready = asyncio.Event()  # set once the listener accepts workers
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -167,12 +169,16 @@ class Engine:
         Fails fast: a port that cannot be bound raises :class:`EngineStartError`, a configured module that cannot
         start raises :class:`ModuleStartError` (unless ``allow_degraded``: then it is logged and listed in
         :attr:`unavailable_modules`). Before either propagates, everything already started is stopped and every
-        port released; the worker port refuses connections until start-up is complete.
+        port released; the worker port refuses connections until start-up is complete. A :meth:`stop` called
+        during the start ends it before the next module (:class:`EngineStartError`), and returns once everything
+        the start had started is stopped.
         """
         if self._started:
             return
         self._started = True
         self._stopping = asyncio.Event()
+        self._stop_asked = False
+        self._start_ended = start_ended = asyncio.Event()
         # A module that fails to start closes its store (in its start, or in the stop after it): that close shares
         # the deadline of the other modules' closes when the start fails, instead of a bound of its own before theirs
         closes = StoreCloses()
@@ -183,6 +189,8 @@ class Engine:
             await self._stop(closes)
             self.modules.clear()  # none of them runs: engine.module(...) must not hand out a stopped one
             raise
+        finally:
+            start_ended.set()
         await closes.wait()  # the stores of modules left out by allow_degraded
         log.info("iii engine listening on %s", self.url)
 
@@ -201,6 +209,7 @@ class Engine:
             raise ModuleStartError(WORKER_MODULE, exc) from exc
         specs = self.config.modules if self.config.modules is not None else default_specs()
         for index, spec in enumerate(specs):
+            self._raise_if_stop_asked()
             try:
                 cls = resolve(spec.class_name)
                 await self._start_module(cls(self, self._listener_defaults(cls, spec.config)))
@@ -214,6 +223,7 @@ class Engine:
                 log.warning("module %s not available: %s", spec.class_name, failure.reason)
                 if not isinstance(exc, ModuleUnavailable):
                     log.debug("module %s failed to start", spec.class_name, exc_info=exc)
+        self._raise_if_stop_asked()
         try:
             await self._listener.start_serving()
         except OSError as exc:
@@ -221,6 +231,11 @@ class Engine:
         self._seen_version = self.registry.version
         worker_module.ready()
         self.ready.set()
+
+    def _raise_if_stop_asked(self) -> None:
+        # a stop() during the start: the start ends at the next module and its failure stops what it started
+        if self._stop_asked:
+            raise EngineStartError("the engine was stopped during its start")
 
     def _cannot_listen(self, exc: OSError) -> EngineStartError:
         # asyncio repeats the address inside its message; the address is already in ours
@@ -264,6 +279,10 @@ class Engine:
         or let go). A start that fails stops what it started the same way, the failing module's store close sharing
         that one deadline.
         """
+        if self._start_ended is not None and not self._start_ended.is_set():
+            # a start under way: stopped now, its later modules would start after the stop and run on for good
+            self._stop_asked = True
+            await self._start_ended.wait()
         await self._stop(StoreCloses())
 
     async def _stop(self, closes: StoreCloses) -> None:

@@ -81,3 +81,40 @@ async def test_a_second_stop_returns_once_the_stop_under_way_ended(monkeypatch: 
     await asyncio.wait_for(second, 10)
     assert closed.is_set()
     assert first.done() or await asyncio.wait_for(first, 10) is None
+
+
+async def test_a_stop_during_the_start_stops_every_module_the_start_started(monkeypatch: pytest.MonkeyPatch) -> None:
+    from iii_engine import EngineStartError
+    from iii_engine.modules.state.module import StateModule
+
+    from .helpers import engine_config
+
+    entered, may_start, state_store_closed = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    real_start = StateModule.start
+
+    async def gated_start(self: StateModule) -> None:  # the stop comes while this module starts
+        entered.set()
+        await may_start.wait()
+        await real_start(self)
+        real_close = self.store.aclose
+
+        async def tracked_close() -> None:
+            state_store_closed.set()
+            await real_close()
+
+        self.store.aclose = tracked_close  # type: ignore[method-assign]
+
+    monkeypatch.setattr(StateModule, "start", gated_start)
+    engine = Engine(config=engine_config())
+    start = asyncio.create_task(engine.start())
+    await asyncio.wait_for(entered.wait(), 10)
+    stop = asyncio.create_task(engine.stop())
+    done, _ = await asyncio.wait({stop}, timeout=0.2)  # a wait for something that must NOT happen
+    assert not done, "the stop returned while the start was still starting modules"
+    may_start.set()
+    await asyncio.wait_for(stop, 20)
+    with pytest.raises(EngineStartError, match="stopped during its start"):
+        await start  # before: TypeError from the worker port closed under the start
+    # before: the state module (and the queue, REST, pubsub and cron ones after it) ran on, their stores open
+    assert state_store_closed.is_set()
+    assert not engine.ready.is_set() and not engine.modules
