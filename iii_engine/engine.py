@@ -146,6 +146,9 @@ class Engine:
         self._stop_ended: asyncio.Event | None = None  # set when the latest stop ended (done, failed or cancelled)
         self._start_ended: asyncio.Event | None = None  # set when the latest start ended (done or failed)
         self._stop_asked = False  # stop() was called during the start under way
+        # the modules the latest stop has yet to stop, None once a stop ended: a stop() after a cancelled one
+        # finishes it (the modules it had not reached, the worker port, the calls in flight)
+        self._not_stopped: list[EngineModule] | None = None
         self.ready = asyncio.Event()  # set once the listener accepts workers
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -276,8 +279,9 @@ class Engine:
         store next to them still gets the whole 10 s to flush. The rest of the stop has bounds of its own (the
         queue module's ``stop_timeout_ms``, 5 s by default, before its store's close; then the workers' sockets, closed
         side by side within 2 s). A call while a stop is under way returns once that stop ended (its stores closed
-        or let go). A start that fails stops what it started the same way, the failing module's store close sharing
-        that one deadline.
+        or let go); a call after a stop that was cancelled finishes it (the modules it had not reached, then the
+        worker port and the rest). A start that fails stops what it started the same way, the failing module's
+        store close sharing that one deadline.
         """
         if self._start_ended is not None and not self._start_ended.is_set():
             # a start under way: stopped now, its later modules would start after the stop and run on for good
@@ -286,24 +290,30 @@ class Engine:
         await self._stop(StoreCloses())
 
     async def _stop(self, closes: StoreCloses) -> None:
-        if not self._started:
-            if self._stop_ended is not None:  # a stop under way: its callers learn that the engine stopped with it
-                await self._stop_ended.wait()
+        while self._stop_ended is not None and not self._stop_ended.is_set():
+            # a stop under way: its callers learn that the engine stopped with it (or take over if it is cancelled)
+            await self._stop_ended.wait()
+        if self._started:
+            self._started = False
+            self.ready.clear()
+            self._not_stopped = list(reversed(self.modules.values()))
+        elif self._not_stopped is None:
             return
-        self._started = False
-        self.ready.clear()
         self._stop_ended = ended = asyncio.Event()
         try:
             await self._stop_all(closes)
+            self._not_stopped = None
         finally:
             ended.set()
 
     async def _stop_all(self, closes: StoreCloses) -> None:
         # Modules stop first, while workers are still connected: a queue hands unfinished jobs back instead of
         # seeing them fail with invocation_stopped and spending a retry on the shutdown.
+        modules = self._not_stopped or []
         try:
             with closes.collecting():
-                for module in reversed(list(self.modules.values())):
+                while modules:
+                    module = modules.pop(0)  # stopped once: a stop cancelled in it does not stop it again
                     try:
                         await module.stop()
                     except Exception:

@@ -118,3 +118,36 @@ async def test_a_stop_during_the_start_stops_every_module_the_start_started(monk
     # before: the state module (and the queue, REST, pubsub and cron ones after it) ran on, their stores open
     assert state_store_closed.is_set()
     assert not engine.ready.is_set() and not engine.modules
+
+
+async def test_a_stop_after_a_cancelled_one_finishes_it() -> None:
+    from .helpers import engine_config
+
+    engine = Engine(config=engine_config())
+    await engine.start()
+    port = engine.port
+    state_stopping = asyncio.Event()
+    stream_stopped = asyncio.Event()
+    stream = engine.module("stream")
+    real_stream_stop = stream.stop
+
+    async def stuck_stop() -> None:  # the state module's stop never ends: the caller gives up on the stop
+        state_stopping.set()
+        await asyncio.get_running_loop().create_future()
+
+    async def tracked_stop() -> None:
+        await real_stream_stop()
+        stream_stopped.set()
+
+    engine.module("state").stop = stuck_stop  # type: ignore[method-assign]
+    stream.stop = tracked_stop  # type: ignore[method-assign]
+    stop = asyncio.create_task(engine.stop())
+    await asyncio.wait_for(state_stopping.wait(), 10)
+    stop.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stop
+    assert not stream_stopped.is_set()
+    await asyncio.wait_for(engine.stop(), 20)  # before: returned at once, the rest of the stop never done
+    assert stream_stopped.is_set()  # the modules the cancelled stop had not reached yet
+    with pytest.raises(OSError):  # the worker port is closed
+        await asyncio.open_connection("127.0.0.1", port)
