@@ -20,9 +20,16 @@ from iii_engine import Engine, EngineConfig, ModuleSpec, closing
 from iii_engine.modules.base import ModuleStartError
 from iii_streams import MemoryStream
 
+from .helpers import engine_config
 from .test_engine_stop_one_deadline import BOUND_S, _SilentClose
 
 pytestmark = pytest.mark.timeout(30)
+
+
+async def _still_running(task: asyncio.Task[None], failure: str) -> None:
+    """Fail with ``failure`` if ``task`` ends within a short while (a wait for something that must NOT happen)."""
+    done, _ = await asyncio.wait({task}, timeout=0.2)
+    assert not done, failure
 
 
 @pytest.fixture
@@ -57,8 +64,6 @@ async def test_a_failed_start_closes_every_store_under_one_deadline(
 
 
 async def test_a_second_stop_returns_once_the_stop_under_way_ended(monkeypatch: pytest.MonkeyPatch) -> None:
-    from .helpers import engine_config
-
     engine = Engine(config=engine_config())
     await engine.start()
     store = engine.module("state").store  # type: ignore[attr-defined]
@@ -75,8 +80,7 @@ async def test_a_second_stop_returns_once_the_stop_under_way_ended(monkeypatch: 
     first = asyncio.create_task(engine.stop())
     await asyncio.wait_for(closing_began.wait(), 10)
     second = asyncio.create_task(engine.stop())
-    done, _ = await asyncio.wait({second}, timeout=0.2)  # a wait for something that must NOT happen
-    assert not done, "the second stop returned while the first was still closing the stores"
+    await _still_running(second, "the second stop returned while the first was still closing the stores")
     may_close.set()
     await asyncio.wait_for(second, 10)
     assert closed.is_set()
@@ -86,8 +90,6 @@ async def test_a_second_stop_returns_once_the_stop_under_way_ended(monkeypatch: 
 async def test_a_stop_during_the_start_stops_every_module_the_start_started(monkeypatch: pytest.MonkeyPatch) -> None:
     from iii_engine import EngineStartError
     from iii_engine.modules.state.module import StateModule
-
-    from .helpers import engine_config
 
     entered, may_start, state_store_closed = asyncio.Event(), asyncio.Event(), asyncio.Event()
     real_start = StateModule.start
@@ -109,8 +111,7 @@ async def test_a_stop_during_the_start_stops_every_module_the_start_started(monk
     start = asyncio.create_task(engine.start())
     await asyncio.wait_for(entered.wait(), 10)
     stop = asyncio.create_task(engine.stop())
-    done, _ = await asyncio.wait({stop}, timeout=0.2)  # a wait for something that must NOT happen
-    assert not done, "the stop returned while the start was still starting modules"
+    await _still_running(stop, "the stop returned while the start was still starting modules")
     may_start.set()
     await asyncio.wait_for(stop, 20)
     with pytest.raises(EngineStartError, match="stopped during its start"):
@@ -121,8 +122,6 @@ async def test_a_stop_during_the_start_stops_every_module_the_start_started(monk
 
 
 async def test_a_stop_after_a_cancelled_one_finishes_it() -> None:
-    from .helpers import engine_config
-
     engine = Engine(config=engine_config())
     await engine.start()
     port = engine.port

@@ -17,24 +17,12 @@ from pathlib import Path
 
 import pytest
 
-_SCRIPT = textwrap.dedent("""
-    import asyncio, sys
-    import iii_streams
-    from iii_engine import cli, closing, event_loop
+from tests.unit.engine import test_cli_exit_hung_stores as hung_stores
 
-    closing.STORE_CLOSE_TIMEOUT_S = 0.5
-    event_loop.EXIT_WAIT_S = 0.5
-
-    async def stubborn_close(self) -> None:
-        while True:
-            try:
-                await asyncio.sleep(3600)
-            except asyncio.CancelledError:
-                pass
-
-    iii_streams.MemoryStream.aclose = stubborn_close
-    sys.exit(cli.main(["--port", "0", "--config", sys.argv[1], "--event-loop", sys.argv[2]]))
-""")
+# the hung-stores engine script of the SIGTERM test, given a configuration file too (its third argument)
+_SCRIPT = hung_stores._SCRIPT.replace('"--event-loop", sys.argv[1]]',
+                                                  '"--event-loop", sys.argv[1], "--config", sys.argv[2]]')
+assert "--config" in _SCRIPT
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
@@ -50,7 +38,7 @@ def test_a_failed_start_with_hung_store_closes_exits_1_with_the_error_last(loop:
                 config: {{host: 127.0.0.1, port: {taken.getsockname()[1]}}}
         """))
         began = time.monotonic()
-        ended = subprocess.run([sys.executable, "-c", _SCRIPT, str(config), loop], capture_output=True, text=True,
+        ended = subprocess.run([sys.executable, "-c", _SCRIPT, loop, str(config)], capture_output=True, text=True,
                                timeout=20)
         took = time.monotonic() - began
     assert ended.returncode == 1, ended.stderr
