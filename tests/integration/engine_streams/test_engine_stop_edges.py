@@ -26,10 +26,15 @@ from .test_engine_stop_one_deadline import BOUND_S, _SilentClose
 pytestmark = pytest.mark.timeout(30)
 
 
-async def _still_running(task: asyncio.Task[None], failure: str) -> None:
-    """Fail with ``failure`` if ``task`` ends within a short while (a wait for something that must NOT happen)."""
-    done, _ = await asyncio.wait({task}, timeout=0.2)
+async def _stop_once_released(engine: Engine, began: asyncio.Event, release: asyncio.Event, failure: str) -> None:
+    """Once ``began`` is set (what is under way holds there until ``release``) call ``engine.stop()``: it must not
+    return before the release (else fail with ``failure``), and must return after it."""
+    await asyncio.wait_for(began.wait(), 10)
+    stop = asyncio.create_task(engine.stop())
+    done, _ = await asyncio.wait({stop}, timeout=0.2)  # a wait for something that must NOT happen
     assert not done, failure
+    release.set()
+    await asyncio.wait_for(stop, 20)
 
 
 @pytest.fixture
@@ -78,11 +83,8 @@ async def test_a_second_stop_returns_once_the_stop_under_way_ended(monkeypatch: 
 
     monkeypatch.setattr(store, "aclose", held_close)
     first = asyncio.create_task(engine.stop())
-    await asyncio.wait_for(closing_began.wait(), 10)
-    second = asyncio.create_task(engine.stop())
-    await _still_running(second, "the second stop returned while the first was still closing the stores")
-    may_close.set()
-    await asyncio.wait_for(second, 10)
+    await _stop_once_released(engine, closing_began, may_close,
+                              "the second stop returned while the first was still closing the stores")
     assert closed.is_set()
     assert first.done() or await asyncio.wait_for(first, 10) is None
 
@@ -109,11 +111,7 @@ async def test_a_stop_during_the_start_stops_every_module_the_start_started(monk
     monkeypatch.setattr(StateModule, "start", gated_start)
     engine = Engine(config=engine_config())
     start = asyncio.create_task(engine.start())
-    await asyncio.wait_for(entered.wait(), 10)
-    stop = asyncio.create_task(engine.stop())
-    await _still_running(stop, "the stop returned while the start was still starting modules")
-    may_start.set()
-    await asyncio.wait_for(stop, 20)
+    await _stop_once_released(engine, entered, may_start, "the stop returned while the start still started modules")
     with pytest.raises(EngineStartError, match="stopped during its start"):
         await start  # before: TypeError from the worker port closed under the start
     # before: the state module (and the queue, REST, pubsub and cron ones after it) ran on, their stores open
