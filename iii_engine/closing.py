@@ -29,7 +29,8 @@ from websockets.asyncio.server import ServerConnection
 from iii import ws_fastpath
 from iii_streams.deadlines import finish_within, let_go
 
-__all__ = ["CLOSE_TIMEOUT_S", "STORE_CLOSE_TIMEOUT_S", "StoreCloses", "close_store", "close_within"]
+__all__ = ["CLOSE_TIMEOUT_S", "MODULE_START_WAIT_S", "STORE_CLOSE_TIMEOUT_S", "StoreCloses", "close_store",
+           "close_within"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,11 @@ name what hung: a ``RedisStream``'s close takes at most 8 s (its watch reader: 2
 second one, then its leftover connection's close: 2 s, then its watch pool's close: 2 s; side by side with the end
 of its update batches and its command pool's close, 2 s each). In an engine's stop it is one deadline for every
 store together (:class:`StoreCloses`)."""
+
+MODULE_START_WAIT_S = 5.0
+"""How long a stop called during the engine's start waits for the module start under way (a store's open, a
+subscription) before it cancels it: a start waiting on a silent peer never holds the stop for good, and one about
+to end ends and is then stopped as usual."""
 
 # The engine's stop in progress in this context: its modules' store closes are started and handed to it
 _STOPPING: ContextVar[StoreCloses | None] = ContextVar("iii_engine_store_closes", default=None)

@@ -48,6 +48,7 @@ from iii.ws_fastpath import flush as flush_frames
 from iii.ws_fastpath import send_server_frame
 from iii_streams.messages import error_line
 
+from . import closing
 from .allocator import MemoryReleaser
 from .channels import ChannelRelay
 from .closing import StoreCloses, close_within
@@ -81,6 +82,12 @@ async def _close_unread(ws: ServerConnection, limit: int) -> None:
     """Close a peer that stopped reading (the close frame waits behind what it has not read): within
     :data:`~iii_engine.closing.CLOSE_TIMEOUT_S`, then reset."""
     await close_within(ws, OVERFLOW_CLOSE_CODE, f"outbound queue over {limit} bytes: peer not reading")
+
+
+def _cancelling() -> int:
+    """The current task's pending cancel requests (0 outside a task)."""
+    task = asyncio.current_task()
+    return task.cancelling() if task is not None else 0
 
 
 def _trigger_frame(worker: WorkerConnection, entry: TriggerEntry) -> str:
@@ -149,6 +156,8 @@ class Engine:
         # the modules the latest stop has yet to stop, None once a stop ended: a stop() after a cancelled one
         # finishes it (the modules it had not reached, the worker port, the calls in flight)
         self._not_stopped: list[EngineModule] | None = None
+        # the module start the start under way awaits, and its module
+        self._module_starting: tuple[asyncio.Future[None], EngineModule] | None = None
         self.ready = asyncio.Event()  # set once the listener accepts workers
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -173,11 +182,27 @@ class Engine:
         start raises :class:`ModuleStartError` (unless ``allow_degraded``: then it is logged and listed in
         :attr:`unavailable_modules`). Before either propagates, everything already started is stopped and every
         port released; the worker port refuses connections until start-up is complete. A :meth:`stop` called
-        during the start ends it before the next module (:class:`EngineStartError`), and returns once everything
-        the start had started is stopped.
+        during the start ends it before the next module (:class:`EngineStartError`; a module start under way gets
+        :data:`~iii_engine.closing.MODULE_START_WAIT_S`, then is cancelled), and returns once everything the start
+        had started is stopped. A call while a start is under way returns when that start did (or raises
+        :class:`EngineStartError` if it did not start the engine); a call during a stop, or after a stop that was
+        cancelled, first lets that stop end (or finishes it). An engine stopped may be started again.
         """
-        if self._started:
-            return
+        while True:
+            if self._start_ended is not None and not self._start_ended.is_set():
+                await self._start_ended.wait()
+                if not self.ready.is_set():
+                    raise EngineStartError("the start under way when this start was called did not start the engine")
+                return
+            if self._started:
+                return
+            if self._not_stopped is None:
+                break
+            # a stop under way, or one cancelled half-way: it would close what this start opens (the worker port)
+            # and forget what it had not stopped yet
+            await self._stop(StoreCloses())
+        self.modules.clear()  # the previous run's modules are all stopped: none is handed out any more
+        self.unavailable_modules.clear()
         self._started = True
         self._stopping = asyncio.Event()
         self._stop_asked = False
@@ -188,9 +213,12 @@ class Engine:
         try:
             with closes.collecting():
                 await self._start_everything()
-        except BaseException:
+        except BaseException as exc:
             await self._stop(closes)
             self.modules.clear()  # none of them runs: engine.module(...) must not hand out a stopped one
+            if isinstance(exc, asyncio.CancelledError) and self._stop_asked and not _cancelling():
+                # the module start that stop() cancelled, not this start's caller
+                raise self._stopped_during_start() from None
             raise
         finally:
             start_ended.set()
@@ -238,7 +266,11 @@ class Engine:
     def _raise_if_stop_asked(self) -> None:
         # a stop() during the start: the start ends at the next module and its failure stops what it started
         if self._stop_asked:
-            raise EngineStartError("the engine was stopped during its start")
+            raise self._stopped_during_start()
+
+    @staticmethod
+    def _stopped_during_start() -> EngineStartError:
+        return EngineStartError("the engine was stopped during its start")
 
     def _cannot_listen(self, exc: OSError) -> EngineStartError:
         # asyncio repeats the address inside its message; the address is already in ours
@@ -257,15 +289,21 @@ class Engine:
         return merged
 
     async def _start_module(self, module: EngineModule) -> None:
+        # in a task of its own (this context, so its store closes are collected too): a stop() during the start
+        # cancels it, a store that never answers its open does not hold the stop
+        starting = asyncio.ensure_future(module.start())
+        self._module_starting = (starting, module)
         try:
-            await module.start()
+            await starting
         except BaseException:
+            self._module_starting = None
             # A module that failed half-way may already hold a port or a connection: give it a chance to let go.
             try:
                 await module.stop()
             except Exception:
                 log.debug("module %s: stop after a failed start raised", module.name, exc_info=True)
             raise
+        self._module_starting = None
         self.modules[module.name] = module
 
     async def stop(self) -> None:
@@ -286,8 +324,21 @@ class Engine:
         if self._start_ended is not None and not self._start_ended.is_set():
             # a start under way: stopped now, its later modules would start after the stop and run on for good
             self._stop_asked = True
+            await self._end_module_start()
             await self._start_ended.wait()
         await self._stop(StoreCloses())
+
+    async def _end_module_start(self) -> None:
+        """Give the module start under way (if any) :data:`~iii_engine.closing.MODULE_START_WAIT_S` to end, then
+        cancel it: one waiting on a silent peer (a store's open) would hold the stop for good."""
+        if self._module_starting is None:
+            return
+        starting, module = self._module_starting
+        await asyncio.wait((starting,), timeout=closing.MODULE_START_WAIT_S)
+        if not starting.done():
+            log.warning("module %s did not start within %g s of the engine's stop; its start is cancelled",
+                        module.name, closing.MODULE_START_WAIT_S)
+            starting.cancel()
 
     async def _stop(self, closes: StoreCloses) -> None:
         while self._stop_ended is not None and not self._stop_ended.is_set():

@@ -1,0 +1,193 @@
+"""``Engine.start()`` against a stop under way, an unfinished (cancelled) stop, a start under way, and a module
+whose start hangs.
+
+* ``start()`` while a stop is under way: before, the start went ahead on top of the stop, which then closed the
+  worker port the start had just bound: ``ready`` set, nothing listening.
+* ``start()`` after a cancelled stop: before, the old worker port (and the modules the cancelled stop had not
+  reached) were forgotten, never closed: the port kept accepting after the next stop too.
+* ``start()`` while a start is under way: before, it returned at once, the engine not accepting workers yet (and
+  returned normally even when that start failed).
+* ``stop()`` while a module's start hangs (a store that never answers its open): before, the stop waited for good;
+  now the module start gets ``MODULE_START_WAIT_S``, then is cancelled.
+* ``start()`` again after a stop, a module left out (``allow_degraded``) this time: before, ``engine.module()``
+  handed out the previous run's stopped module, and the next stop stopped it a second time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+import pytest
+
+from iii_engine import Engine, EngineConfig, EngineStartError, ModuleSpec, closing
+from iii_engine.modules.state.module import StateModule
+
+from .helpers import Worker, engine_config
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def _accepts(port: int) -> bool:
+    """Whether something accepts TCP connections on loopback ``port``."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5)
+    except OSError:
+        return False
+    writer.close()
+    await writer.wait_closed()
+    return True
+
+
+def _hold_state_stop(engine: Engine) -> tuple[asyncio.Event, asyncio.Event]:
+    """The state module's stop holds (after the modules before it stopped) until the second event is set; the
+    first is set once it holds."""
+    state = engine.module("state")
+    assert state is not None
+    real_stop = state.stop
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def held_stop() -> None:
+        holding.set()
+        await release.wait()
+        await real_stop()
+
+    state.stop = held_stop  # type: ignore[method-assign]
+    return holding, release
+
+
+async def test_a_start_during_a_stop_starts_once_the_stop_ended() -> None:
+    engine = Engine(config=engine_config())
+    await engine.start()
+    holding, release = _hold_state_stop(engine)
+    stop = asyncio.create_task(engine.stop())
+    await asyncio.wait_for(holding.wait(), 10)
+    start = asyncio.create_task(engine.start())
+    done, _ = await asyncio.wait({start}, timeout=0.2)  # a wait for something that must NOT happen
+    assert not done, "the start returned while the stop was still under way"
+    release.set()
+    await asyncio.wait_for(stop, 20)
+    await asyncio.wait_for(start, 20)
+    try:
+        assert engine.ready.is_set()
+        worker = await asyncio.wait_for(Worker.connect(engine.url), 10)  # before: the stop closed the new port
+        await worker.ws.close()
+    finally:
+        await asyncio.wait_for(engine.stop(), 20)
+
+
+async def test_a_start_after_a_cancelled_stop_finishes_that_stop_first() -> None:
+    engine = Engine(config=engine_config())
+    await engine.start()
+    old_port = engine.port
+    stream = engine.module("stream")
+    assert stream is not None
+    real_stream_stop, stream_stopped = stream.stop, asyncio.Event()
+
+    async def tracked_stop() -> None:
+        await real_stream_stop()
+        stream_stopped.set()
+
+    stream.stop = tracked_stop  # type: ignore[method-assign]
+    holding, release = _hold_state_stop(engine)  # stopped before the stream module (reverse order)
+    stop = asyncio.create_task(engine.stop())
+    await asyncio.wait_for(holding.wait(), 10)
+    stop.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stop
+    release.set()
+    await asyncio.wait_for(engine.start(), 20)
+    try:
+        assert stream_stopped.is_set()  # the module the cancelled stop had not reached
+        assert not await _accepts(old_port)  # before: the old worker port, forgotten, accepted for good
+        assert engine.port != old_port and await _accepts(engine.port)
+    finally:
+        await asyncio.wait_for(engine.stop(), 20)
+    assert not await _accepts(old_port)
+
+
+async def test_a_second_start_returns_once_the_engine_accepts_workers() -> None:
+    engine = Engine(config=engine_config())
+    first = asyncio.create_task(engine.start())
+    await asyncio.sleep(0)  # the first start is under way
+    try:
+        await asyncio.wait_for(engine.start(), 20)
+        assert engine.ready.is_set()  # before: returned at once, nothing accepting yet
+        await asyncio.wait_for(first, 20)
+    finally:
+        await asyncio.wait_for(engine.stop(), 20)
+
+
+async def test_a_second_start_fails_with_the_start_under_way() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        engine = Engine(config=EngineConfig(host="127.0.0.1", port=taken.getsockname()[1], modules=[]))
+        first = asyncio.create_task(engine.start())
+        await asyncio.sleep(0)
+        with pytest.raises(EngineStartError):  # before: returned normally, the engine never started
+            await asyncio.wait_for(engine.start(), 20)
+        with pytest.raises(EngineStartError, match="cannot listen"):
+            await first
+
+
+async def test_a_stop_while_a_module_start_hangs_ends_the_start(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(closing, "MODULE_START_WAIT_S", 0.3)
+    entered, cancelled, stopped = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def hung_start(self: StateModule) -> None:  # a store open that never gets an answer
+        entered.set()
+        try:
+            await asyncio.get_running_loop().create_future()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async def tracked_stop(self: StateModule) -> None:
+        stopped.set()
+
+    monkeypatch.setattr(StateModule, "start", hung_start)
+    monkeypatch.setattr(StateModule, "stop", tracked_stop)
+    engine = Engine(config=EngineConfig(host="127.0.0.1", port=0,
+                                        modules=[ModuleSpec("modules::state::StateModule", {})]))
+    start = asyncio.create_task(engine.start())
+    await asyncio.wait_for(entered.wait(), 10)
+    port = engine.port
+    with caplog.at_level(logging.WARNING, logger="iii_engine.engine"):
+        await asyncio.wait_for(engine.stop(), 10)  # before: waited for the hung start for good
+    assert "module state did not start within 0.3 s of the engine's stop; its start is cancelled" in caplog.text
+    with pytest.raises(EngineStartError, match="stopped during its start"):
+        await asyncio.wait_for(start, 10)
+    assert cancelled.is_set() and stopped.is_set()  # the module's start was ended and its stop called
+    assert not await _accepts(port)
+    assert not engine.modules
+
+
+async def test_a_restart_forgets_the_modules_of_the_previous_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = EngineConfig(host="127.0.0.1", port=0, allow_degraded=True,
+                          modules=[ModuleSpec("modules::state::StateModule", {})])
+    engine = Engine(config=config)
+    await engine.start()
+    await engine.stop()
+    stops = 0
+    real_stop = StateModule.stop
+
+    async def failing_start(self: StateModule) -> None:
+        raise RuntimeError("the store is gone")
+
+    async def counted_stop(self: StateModule) -> None:
+        nonlocal stops
+        stops += 1
+        await real_stop(self)
+
+    monkeypatch.setattr(StateModule, "start", failing_start)
+    monkeypatch.setattr(StateModule, "stop", counted_stop)
+    await engine.start()  # degraded: the state module is left out this time
+    try:
+        assert "modules::state::StateModule" in engine.unavailable_modules
+        assert engine.module("state") is None  # before: the previous run's stopped module
+    finally:
+        await engine.stop()
+    assert stops == 1  # its stop after its failed start; before: the old one was stopped a second time too
