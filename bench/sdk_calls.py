@@ -21,8 +21,12 @@ sockets: a ``HandlerRunner`` running an async echo handler through the client's 
 set, span ended and queued for export) ``--calls`` times, thread CPU per call, the best of 5 repetitions per round,
 rounds interleaved between this checkout and ``--compare``. It wanders far less than rates do on a shared machine.
 
+With ``--caller-cpu`` it measures only the caller's CPU per ``trigger_async`` call at 64 in flight: our SDK's caller
+process (all threads, telemetry on and off) against a raw callee answering in this process, rounds interleaved
+between this checkout and ``--compare``.
+
 Usage: .venv/bin/python bench/sdk_calls.py [--calls N] [--rounds R] [--only 1|64] [--compare CHECKOUT] [--caller-thread]
-       [--ref-python .ref-venv/bin/python] [--handler-cpu]
+       [--ref-python .ref-venv/bin/python] [--handler-cpu] [--caller-cpu]
 """
 
 from __future__ import annotations
@@ -172,6 +176,39 @@ def handler_cpu_table(calls: int, rounds: int, compare: Path | None) -> None:
         print(f"  {label:<46} {_spread(values):>24}")
 
 
+def caller_cpu(root: Path, url: str, calls: int, telemetry: bool) -> float:
+    """µs of process CPU (all threads) per ``trigger_async`` call, 64 in flight, of ``root``'s SDK as the caller."""
+    env = dict(os.environ, PYTHONPATH=str(root))
+    env.pop("OTEL_ENABLED", None)
+    if not telemetry:
+        env["OTEL_ENABLED"] = "false"
+    out = subprocess.run([sys.executable, str(HERE / "sdk_worker.py"), url, "call", str(calls), "64"],
+                         capture_output=True, text=True, env=env, cwd="/tmp", check=True, timeout=300)
+    return 1e6 * float(json.loads(out.stdout.strip().splitlines()[-1])["cpu"]) / calls
+
+
+async def caller_cpu_table(calls: int, rounds: int, compare: Path | None) -> None:
+    """Print ``--caller-cpu``'s table: the caller's CPU per call against a raw callee in this process, median
+    (min-max) over ``rounds`` interleaved rounds."""
+    roots = [("ours", ROOT)] + ([("compared", compare)] if compare is not None else [])
+    cases = [(f"{name}, telemetry {'on' if on else 'off'}", root, on) for name, root in roots for on in (True, False)]
+    results: dict[str, list[float]] = {case[0]: [] for case in cases}
+    async with Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[])) as engine, \
+            websockets.connect(engine.url, compression=None) as callee:
+        # raw_worker's echo answers any function id; the SDK caller calls bench::echo
+        await callee.send(json.dumps({"type": "registerfunction", "id": "bench::echo"}))
+        await callee.send(json.dumps({"type": "ping"}))
+        server = asyncio.create_task(answer(callee))
+        for _ in range(rounds):
+            for label, root, on in cases:
+                results[label].append(await asyncio.to_thread(caller_cpu, root, engine.url, calls, on))
+        server.cancel()
+    print(f"\ncaller CPU per trigger_async call, 64 in flight, raw callee, {calls} calls x {rounds} rounds")
+    print(f"  {'variant':<46} {'µs/call median (spread)':>24}")
+    for label, values in results.items():
+        print(f"  {label:<46} {_spread(values):>24}")
+
+
 def _spread(values: list[float]) -> str:
     return f"{statistics.median(values):5.2f} ({min(values):.2f}-{max(values):.2f})"
 
@@ -188,9 +225,14 @@ async def main() -> None:
                         help="at 1 in flight, also call from a thread other than the caller's main thread")
     parser.add_argument("--handler-cpu", action="store_true",
                         help="only the callee's CPU per handled call, in process (see the module docstring)")
+    parser.add_argument("--caller-cpu", action="store_true",
+                        help="only the caller's CPU per trigger_async call, 64 in flight (see the module docstring)")
     args = parser.parse_args()
     if args.handler_cpu:
         handler_cpu_table(args.calls, args.rounds, args.compare)
+        return
+    if args.caller_cpu:
+        await caller_cpu_table(args.calls, args.rounds, args.compare)
         return
     have_ref = os.path.exists(args.ref_python)  # noqa: ASYNC240 - once, before anything runs
     variants: list[tuple[str, str, bool, Path | None, str]] = [

@@ -544,7 +544,11 @@ def _orjson_dumps(value: Any) -> str | None:
                 looked = _refuse_non_finite(value, out, null.end(), end)
         if looked is not None and 0 < looked <= MAX_JSON_DEPTH:
             proven = True
-    if not proven and size >= _DEEP_MIN_LEN and _more_brackets_than(out, MAX_JSON_DEPTH):
+    # Under _LOOK_TEXT (every frame of the call paths: a traceparent takes an answer past _DEEP_MIN_LEN) two C-speed
+    # counts answer without _more_brackets_than's Python-level call and find loop.
+    if not proven and size >= _DEEP_MIN_LEN and (
+            out.count(b"[") + out.count(b"{") > MAX_JSON_DEPTH if size < _LOOK_TEXT
+            else _more_brackets_than(out, MAX_JSON_DEPTH)):
         _WrapAhead.on = size >= _BIG_TEXT
         if not _shallow(value):
             _check_tree(value)
