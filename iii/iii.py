@@ -154,6 +154,7 @@ class III:
         self._connection_state: IIIConnectionState = "disconnected"
         self._closed = False
         self._shut: asyncio.Future[None] | None = None  # done once shutdown_async() has run to its end
+        self._outside_shutdowns: set[asyncio.Future[None]] = set()  # shutdown_async() tasks on callers' loops
         self._invoking = 0  # handler runs started and not yet answered
         # Woken (on the client's loop) whenever the connection state or the worker id changes; one per waiting
         # caller, each removed when its wait ends.
@@ -194,9 +195,6 @@ class III:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.shutdown_async()
-        if not self._bridge.on_loop_thread():
-            # The private loop and its thread go too, without blocking the caller's loop on the join.
-            await asyncio.get_running_loop().run_in_executor(None, self._bridge.stop)
 
     # ---------------------------------------------------------------- small helpers
 
@@ -249,6 +247,32 @@ class III:
             raise ShuttingDownError()
 
     # ---------------------------------------------------------------- connection lifecycle
+
+    async def wait_until_connected_async(self, within: float | None = None) -> None:
+        """Return once the client is connected, waiting at most ``within`` seconds (``None``: 30 s, the bound of
+        :meth:`connect_async`); usable from any loop, a handler's too. Ours: the reference SDK has no such call.
+
+        Raises ``ConnectionError`` ("cannot reach the engine at … within 2 s (3 attempts; last error: …)") when no
+        connection came in time (the client keeps trying in the background), or at once when
+        ``ReconnectionConfig.max_retries`` ran out; :class:`~iii.errors.ShuttingDownError` when the client is (or
+        gets) shut down.
+        ``ValueError`` for a ``within`` that is not a finite number of seconds >= 0. Connected, it also waits
+        (briefly, without an error) for the engine to name the worker (:attr:`worker_id`). It wakes on every change
+        of the connection state: no polling.
+
+        Example:
+            >>> # try:
+            >>> #     await iii.wait_until_connected_async(2)
+            >>> # except ConnectionError:
+            >>> #     ...  # the engine is down: answer "unavailable" now rather than queue the request
+        """
+        if within is None:
+            within = _REFERENCE_CONNECT_WAIT_S
+        elif isinstance(within, bool) or not isinstance(within, int | float) or not 0 <= within < math.inf:
+            raise ValueError(f"within must be a finite number of seconds >= 0, got {within!r}")
+        if self._closed:
+            raise ShuttingDownError()
+        await self._connected_within(within)
 
     def _wait_until_connected(self, timeout: float | None = None) -> None:
         """Block until connected; ``ConnectionError`` when that did not happen within ``timeout`` seconds
@@ -340,7 +364,7 @@ class III:
         if not self._bridge.alive:
             return
         try:
-            self._run_on_loop(self.shutdown_async())
+            self._run_on_loop(self._shutdown_on_loop())
         except LoopStoppedError:
             pass  # another thread's shutdown() stopped the loop once the shutdown was done: nothing left to do
         except RuntimeError:
@@ -349,15 +373,46 @@ class III:
         self._bridge.stop()
 
     async def shutdown_async(self) -> None:
-        """Disconnect and fail pending calls with ``iii is shutting down``; usable from any loop.
+        """Disconnect, fail pending calls with ``iii is shutting down``, stop the private loop and join its thread.
+
+        From any loop but the client's own, it returns once the loop thread has ended (5 s at most), never blocking
+        the caller's loop on the join; cancelling the caller does not cut the shutdown short. From the client's own
+        loop (an async handler of this client), it returns once disconnected, and the loop thread ends as soon as
+        the calling task (the handler's run) has ended: its answer, if it has one, goes nowhere (the connection is
+        closed). Safe to call again, from anywhere: a second call waits for the first.
 
         Example:
             >>> # await iii.shutdown_async()
         """
-        if asyncio.get_running_loop() is not self._loop:
-            if self._bridge.alive:
-                await self._bridge.run_async(self.shutdown_async())
+        if asyncio.get_running_loop() is self._loop:
+            await self._shutdown_on_loop()
+            task = asyncio.current_task()
+            # (Not when the loop's thread has already ended and someone else runs the loop to close the socket.)
+            if task is not None and self._bridge.on_loop_thread():
+                self._bridge.stop_after(task)
             return
+        if not self._bridge.alive:
+            return
+        # A task of its own, shielded: a caller cancelled half-way (a deadline) left a client shut down and its
+        # loop thread running for good. Kept referenced until it ends (the loop holds tasks only weakly).
+        task = asyncio.ensure_future(self._shutdown_from_outside())
+        self._outside_shutdowns.add(task)
+        task.add_done_callback(self._outside_shutdowns.discard)
+        await asyncio.shield(task)
+
+    async def _shutdown_from_outside(self) -> None:
+        """:meth:`shutdown_async` from another loop: the shutdown on the client's loop, then the loop's end."""
+        try:
+            await self._bridge.run_async(self._shutdown_on_loop())
+        except LoopStoppedError:
+            pass  # another thread's shutdown() stopped the loop once the shutdown was done
+        except RuntimeError:
+            if not self._bridge.loop.is_closed():  # (closed: stopped meanwhile, by a handler's shutdown_async)
+                raise
+        await self._bridge.stop_async()
+
+    async def _shutdown_on_loop(self) -> None:
+        """Disconnect and fail pending calls (on the client's loop); the loop and its thread are left running."""
         if self._shut is not None:
             # Shutting down already (another thread, loop or handler): wait for that one. Run again alongside it,
             # this one closed the connection under it, and shutdown() callers raced to stop the loop.
@@ -435,20 +490,35 @@ class III:
             self._unchecked_workers[lost_worker_id] = None
             while len(self._unchecked_workers) > _UNCHECKED_WORKERS_KEPT:  # (a connection that flaps for ever)
                 del self._unchecked_workers[next(iter(self._unchecked_workers))]
-        if not self._unchecked_workers:
-            self._registrations_ready.push()  # the replay, written before this, is all there is to wait for
-        else:
+        if self._unchecked_workers or self._registrations_ready.callbacks:
+            # (With no old connection to check and nobody to tell, there is nothing to do: no round trip.)
             self._bridge.spawn(self._recover_then_ready(tuple(self._unchecked_workers), self._session.generation))
 
     async def _recover_then_ready(self, lost_worker_ids: tuple[str, ...], generation: int) -> None:
-        """:meth:`_recover_registrations`, then the :meth:`on_registrations_ready` callbacks if the connection it
-        checked is still the one up (a newer one runs them after its own check). Also after the check failed in an
-        unforeseen way: a callback that never came would leave a bridge's stream clients unaware of the outage."""
+        """:meth:`_recover_registrations` (none lost: one round trip, so the replay written before is handled, not
+        only written), then the :meth:`on_registrations_ready` callbacks if the connection it checked is still the one
+        up (a newer one runs them after its own check). Also after the check failed in an unforeseen way (logged
+        here, not left in the task): a callback that never came would leave a bridge's stream clients unaware of the
+        outage."""
         try:
-            await self._recover_registrations(lost_worker_ids)
-        finally:
-            if self._conn.is_ready and self._session.generation == generation and not self._closed:
-                self._registrations_ready.push()
+            if lost_worker_ids:
+                await self._recover_registrations(lost_worker_ids)
+            else:
+                await self._round_trip()
+        except Exception:
+            log.exception("The registration check of a new connection failed unexpectedly; the registrations-ready "
+                          "callbacks run all the same")
+        if self._conn.is_ready and self._session.generation == generation and not self._closed:
+            self._registrations_ready.push()
+
+    async def _round_trip(self) -> None:
+        """One call the engine answers once it has handled every frame this connection sent before it (it handles a
+        connection's frames in order); a failure is logged, not raised (the connection may be gone: a newer one
+        runs its own)."""
+        try:
+            await self._call("engine::workers::list", {}, None)
+        except (InvocationError, TimeoutError, ShuttingDownError) as exc:
+            log.debug("Round trip after the registration replay stopped: %s", exc)
 
     def _on_call_dropped(self, invocation_id: str) -> None:
         if self._conn.gave_up:
@@ -822,7 +892,11 @@ class III:
         frame, so what travels never depends on how a hop between threads treats context variables); the loop
         then gets one callback, :meth:`_start_call`, and settles the caller's waiter with no hop back.
         """
-        function_id, payload, action, timeout_ms = _unpack_request(request)
+        return self._build_call(*_unpack_request(request))
+
+    def _build_call(self, function_id: str, payload: Any, action: Any,
+                    timeout_ms: float | None) -> tuple[str, str | None, str, float]:
+        """:meth:`_prepare_call` of an unpacked request."""
         tp, bg = self._telemetry.trace.headers()
         if self._closed:  # the private loop may be gone: say why before handing it anything
             raise ShuttingDownError()
@@ -886,6 +960,45 @@ class III:
             raise message_too_large(function_id, exc.size, exc.limit) from None
         if not written and self._closed:
             raise ShuttingDownError()
+
+    async def trigger_once_async(self, request: dict[str, Any] | TriggerRequest) -> bool:
+        """Fire and forget, at most once: send a void call on the connection up now and never on a later one; True
+        once it is written to that connection's socket. Ours: the reference SDK has no such call.
+
+        False means never sent, so safe to retry: no connection was up, or it dropped before the call's turn (it
+        waits behind the frames queued before it, unwritten until the socket takes it at once, so a socket dropped
+        for ``send_timeout`` does not take it along). :meth:`trigger` with a void action would instead keep it
+        for the next connection and send it there, however much later. Written counts as sent: a connection that
+        dies with it in flight may lose it, as any fire-and-forget message. Usable from any loop.
+
+        The request is :meth:`trigger`'s; its ``action`` must be ``None`` or :meth:`TriggerAction.Void` and its
+        ``timeout_ms`` is not used. Raises :class:`~iii.errors.ConnectionLostError` (never sent) when the outbound
+        queue is full, :class:`~iii.errors.InvocationError` ``message_too_large`` (never sent) when the call is over
+        the engine's message size limit, ``ValueError`` for another action, and
+        :class:`~iii.errors.ShuttingDownError` once the client is shut down.
+
+        Example:
+            >>> # if not await iii.trigger_once_async({"function_id": "audit::log", "payload": {"event": "login"}}):
+            >>> #     ...  # not sent: the engine is unreachable right now; retrying cannot log it twice
+        """
+        function_id, payload, action, _ = _unpack_request(request)
+        if action is not None and action_to_wire(action) != {"type": "void"}:
+            raise ValueError(f"trigger_once_async sends a void call: its action must be None or TriggerAction.Void(), "
+                             f"got {action!r:.100}")
+        frame = self._build_call(function_id, payload, TriggerActionVoid(), None)[2]
+        return await self._bridge.run_async(self._send_once(frame, function_id))
+
+    async def _send_once(self, frame: str, function_id: str) -> bool:
+        """On the client's loop: :meth:`trigger_once_async`'s send (the connection is read where it changes)."""
+        if self._closed:
+            raise ShuttingDownError()
+        try:
+            written = await self._conn.send_on_this_connection(frame)
+        except MessageTooLargeError as exc:
+            raise message_too_large(function_id, exc.size, exc.limit) from None
+        if not written and self._closed:
+            raise ShuttingDownError()
+        return written
 
     def _drop_call(self, invocation_id: str) -> None:
         """The caller stopped waiting (cancelled): forget the call; a late result is ignored."""
@@ -1068,11 +1181,13 @@ class III:
         """Call ``callback()`` each time a connection is up and this worker's registrations are in place on the
         engine; returns the callable that removes it. Ours: the reference SDK has no such hook.
 
-        When it runs: after the replay of every registration on a new connection, and after a reconnect once the
-        check for registrations the old connection's cleanup deleted (docs/protocol.md, production behaviour T7)
-        has re-sent them and the engine has handled them, or has given up. A worker that subscribes to events
-        (a ``subscribe`` trigger, say) may re-read the state it follows from here on without missing an event; what
-        was published while it was away never reaches it. Only connections that become ready after this call count.
+        When it runs: once the engine has handled the replay of every registration on a new connection (one
+        ``engine::workers::list`` round trip after it, made only while a callback is registered), and after a
+        reconnect once the check for registrations the old connection's cleanup deleted (docs/protocol.md,
+        production behaviour T7) has re-sent them and the engine has handled them, or has given up. A worker that
+        subscribes to events (a ``subscribe`` trigger, say) may re-read the state it follows from here on without
+        missing an event; what was published while it was away never reaches it. Only connections that become ready
+        after this call count.
 
         On a handler thread, never the client's loop: it may block or call the sync API (``list_functions``,
         ``trigger``) without stopping the worker, and an exception is logged. The callbacks run one call at a time;

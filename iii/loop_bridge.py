@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import asyncio.base_events
 import concurrent.futures
+import contextlib
 import inspect
 import logging
 import selectors
@@ -101,6 +102,11 @@ class LoopBridge:
         self._held_lock = threading.Lock()
         self._ended = False
         self._stop_lock = threading.Lock()  # stop() from several threads at once: one stops, the others wait for it
+        # Done once the loop thread has left its loop: another loop awaits it (stop_async) instead of blocking on a
+        # join. Running from the start, so a waiter that gives up cannot cancel it for the others.
+        self._thread_ended: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread_ended.set_running_or_notify_cancel()
+        self._close_at_end = False  # set by stop_after(): nobody joins the thread, so it closes its loop itself
         self.thread = threading.Thread(target=self._run_loop, name=name, daemon=True)
         self.thread.start()
 
@@ -109,6 +115,9 @@ class LoopBridge:
             self.loop.run_forever()
         finally:
             self._fail_held()
+            if self._close_at_end:
+                self.loop.close()
+            self._thread_ended.set_result(None)
 
     def _fail_held(self) -> None:
         """On the loop thread, as it ends: fail every held waiter (none can be settled by this loop any more)."""
@@ -290,6 +299,41 @@ class LoopBridge:
             self.thread.join(timeout=join_timeout)
             if not self.thread.is_alive():
                 self.loop.close()
+
+    async def stop_async(self, join_timeout: float = 5.0) -> None:
+        """:meth:`stop` from another event loop, without blocking it while the loop thread finishes: the wait for
+        the thread's end (``join_timeout`` seconds at most) is awaited, and the join that follows returns at once.
+        ``RuntimeError`` on the loop's own thread (it cannot wait for itself: see :meth:`stop_after`).
+
+        Example:
+            >>> import asyncio
+            >>> bridge = LoopBridge()
+            >>> asyncio.run(bridge.stop_async()); bridge.alive, bridge.loop.is_closed()
+            (False, True)
+        """
+        if self.on_loop_thread():
+            raise RuntimeError("stop_async() on the loop's own thread would wait for itself; use stop_after()")
+        if self.thread.is_alive():
+            with contextlib.suppress(RuntimeError):  # (closed: the thread is on its way out)
+                self.loop.call_soon_threadsafe(self.loop.stop)
+            try:
+                async with asyncio.timeout(join_timeout):
+                    await asyncio.wrap_future(self._thread_ended)
+            except TimeoutError:
+                return  # a callback that never returns holds the thread, as stop()'s join would find: left
+        with self._stop_lock:
+            self.thread.join(join_timeout)  # (it has left its loop: this returns at once)
+            if not self.thread.is_alive():
+                self.loop.close()
+
+    def stop_after(self, task: asyncio.Task[Any]) -> None:
+        """On the loop thread: stop the loop once ``task`` (the caller's, usually) has ended; the thread then closes
+        the loop itself as it ends (nobody joins it). A :meth:`stop` or :meth:`stop_async` meanwhile still works."""
+        def stop(_: asyncio.Task[Any]) -> None:
+            self._close_at_end = True
+            self.loop.stop()
+
+        task.add_done_callback(stop)
 
 
 def _plain_standard_loop(loop: asyncio.AbstractEventLoop) -> bool:

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import queue
 import threading
+from typing import Any
 
 import pytest
 
+from iii import InitOptions
 from iii.iii import III
 
-from .conftest import EngineThread
-from .late_cleanup import LateCleanup
+from .conftest import FAST_RECONNECT, EngineThread, wait_until
+from .fake_engine import FakeWorker
+from .late_cleanup import LateCleanup, _new_event
 from .test_attack_s2_lifecycle import _cut
 
 
@@ -76,7 +79,7 @@ def test_ready_callbacks_run_on_a_handler_thread_and_may_raise_block_and_call_th
 
 
 def test_the_hook_still_runs_when_the_registration_check_fails_unexpectedly(
-        fake: EngineThread, client: III, monkeypatch: pytest.MonkeyPatch) -> None:
+        fake: EngineThread, client: III, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     # Before: the check raising anything but the errors it expects (a bug) meant no callback for that connection: a
     # bridge's stream clients were never told to re-sync after the outage.
     async def broken(old_worker_id: str) -> None:
@@ -87,3 +90,46 @@ def test_the_hook_still_runs_when_the_registration_check_fails_unexpectedly(
     client.on_registrations_ready(ready.set)
     _cut(fake, client)
     assert ready.wait(10)
+    # Logged where it happened; before, it stayed in the task ("Task exception was never retrieved", at some GC).
+    assert any("registration check of a new connection failed" in r.getMessage() and r.exc_info is not None
+               and "a bug in the check" in str(r.exc_info[1]) for r in caplog.records)
+
+
+def test_on_the_first_connection_the_hook_waits_until_the_engine_has_handled_the_replay(fake: EngineThread) -> None:
+    # Before: it ran once the replay was written to the socket; the engine might not have handled any of it yet.
+    gate = fake.run(_new_event())
+    reached = threading.Event()
+    dispatch = fake.engine._dispatch
+
+    async def held(worker: FakeWorker, msg: dict[str, Any]) -> None:
+        if msg.get("type") == "registerfunction" and msg.get("id") == "held":
+            reached.set()
+            await gate.wait()  # the engine reads nothing more from this connection meanwhile
+        await dispatch(worker, msg)
+
+    fake.engine._dispatch = held  # type: ignore[method-assign]
+    fake.stop()  # the client's first connection comes after its registration and its callback
+    client = III(fake.url, InitOptions(worker_name="first", reconnection_config=FAST_RECONNECT))
+    try:
+        client.register_function("held", lambda data: data)
+        seen: queue.Queue[bool] = queue.Queue()
+        client.on_registrations_ready(lambda: seen.put(fake.run(_has_function(fake, "held"))))
+        fake.start()
+        assert reached.wait(10)
+        # the callback ran (before the fix), or the client waits for its round trip's answer (after it)
+        wait_until(lambda: not seen.empty() or len(client._calls) > 0)
+        fake.loop.call_soon_threadsafe(gate.set)
+        assert seen.get(timeout=10) is True  # "held" was in place on the engine when the callback ran
+    finally:
+        fake.loop.call_soon_threadsafe(gate.set)
+        client.shutdown()
+
+
+def test_without_a_callback_a_new_connection_costs_no_round_trip(fake: EngineThread, client: III) -> None:
+    worker = fake.worker(client)  # (after one round trip of the test's own)
+    listed = [f for f in worker.frames if f.get("function_id") == "engine::workers::list"]
+    assert listed == []
+
+
+async def _has_function(fake: EngineThread, function_id: str) -> bool:
+    return function_id in fake.engine.functions
