@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -46,6 +47,7 @@ from iii.protocol.worker_session import (
 )
 from iii.ws_fastpath import flush as flush_frames
 from iii.ws_fastpath import send_server_frame
+from iii_streams.deadlines import finish_within
 from iii_streams.messages import error_line
 
 from . import closing
@@ -290,13 +292,20 @@ class Engine:
 
     async def _start_module(self, module: EngineModule) -> None:
         # in a task of its own (this context, so its store closes are collected too): a stop() during the start
-        # cancels it, a store that never answers its open does not hold the stop
+        # cancels it, so a store that never answers its open does not hold the stop
         starting = asyncio.ensure_future(module.start())
-        self._module_starting = (starting, module)
+        waiting = asyncio.shield(starting)  # stop() cancels this wait: the start goes on at once, whatever the module
+        self._module_starting = (waiting, module)
         try:
-            await starting
-        except BaseException:
+            await waiting
+        except BaseException as exc:
             self._module_starting = None
+            if isinstance(exc, asyncio.CancelledError):
+                # cancelled by stop() or with the start's caller: the module's start too, its end awaited bounded
+                # (a library that swallows the cancel would hold the start, and the stop waiting for it, for good)
+                starting.cancel()
+                with contextlib.suppress(Exception):
+                    await finish_within(starting, closing.MODULE_START_WAIT_S, f"module {module.name}'s start", log)
             # A module that failed half-way may already hold a port or a connection: give it a chance to let go.
             try:
                 await module.stop()
@@ -333,12 +342,12 @@ class Engine:
         cancel it: one waiting on a silent peer (a store's open) would hold the stop for good."""
         if self._module_starting is None:
             return
-        starting, module = self._module_starting
-        await asyncio.wait((starting,), timeout=closing.MODULE_START_WAIT_S)
-        if not starting.done():
+        waiting, module = self._module_starting
+        await asyncio.wait((waiting,), timeout=closing.MODULE_START_WAIT_S)
+        if not waiting.done():
             log.warning("module %s did not start within %g s of the engine's stop; its start is cancelled",
                         module.name, closing.MODULE_START_WAIT_S)
-            starting.cancel()
+            waiting.cancel()
 
     async def _stop(self, closes: StoreCloses) -> None:
         while self._stop_ended is not None and not self._stop_ended.is_set():

@@ -16,6 +16,7 @@ whose start hangs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 
@@ -163,6 +164,35 @@ async def test_a_stop_while_a_module_start_hangs_ends_the_start(
     assert cancelled.is_set() and stopped.is_set()  # the module's start was ended and its stop called
     assert not await _accepts(port)
     assert not engine.modules
+
+
+async def test_a_stop_while_a_module_start_swallows_its_cancel_lets_it_go(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(closing, "MODULE_START_WAIT_S", 0.3)
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def stubborn_start(self: StateModule) -> None:  # its library swallows the cancel
+        entered.set()
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await release.wait()
+
+    monkeypatch.setattr(StateModule, "start", stubborn_start)
+    engine = Engine(config=EngineConfig(host="127.0.0.1", port=0,
+                                        modules=[ModuleSpec("modules::state::StateModule", {})]))
+    start = asyncio.create_task(engine.start())
+    await asyncio.wait_for(entered.wait(), 10)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    try:
+        with caplog.at_level(logging.WARNING):
+            await asyncio.wait_for(engine.stop(), 10)  # before the bound on its end: waited for good
+            with pytest.raises(EngineStartError, match="stopped during its start"):
+                await asyncio.wait_for(start, 10)
+        assert loop.time() - began < 2, loop.time() - began  # two bounds of 0.3 s
+        assert "module state's start did not end within 0.3 s; cancelled and let go" in caplog.text
+    finally:
+        release.set()  # the start let go ends
 
 
 async def test_a_restart_forgets_the_modules_of_the_previous_run(monkeypatch: pytest.MonkeyPatch) -> None:
