@@ -88,6 +88,8 @@ _resolve_channels = resolve_channels
 
 __all__ = ["III", "TriggerAction", "register_worker"]
 
+_VOID: Final = TriggerActionVoid()
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -892,11 +894,7 @@ class III:
         frame, so what travels never depends on how a hop between threads treats context variables); the loop
         then gets one callback, :meth:`_start_call`, and settles the caller's waiter with no hop back.
         """
-        return self._build_call(*_unpack_request(request))
-
-    def _build_call(self, function_id: str, payload: Any, action: Any,
-                    timeout_ms: float | None) -> tuple[str, str | None, str, float]:
-        """:meth:`_prepare_call` of an unpacked request."""
+        function_id, payload, action, timeout_ms = _unpack_request(request)
         tp, bg = self._telemetry.trace.headers()
         if self._closed:  # the private loop may be gone: say why before handing it anything
             raise ShuttingDownError()
@@ -985,7 +983,7 @@ class III:
         if action is not None and action_to_wire(action) != {"type": "void"}:
             raise ValueError(f"trigger_once_async sends a void call: its action must be None or TriggerAction.Void(), "
                              f"got {action!r:.100}")
-        frame = self._build_call(function_id, payload, TriggerActionVoid(), None)[2]
+        frame = self._prepare_call({"function_id": function_id, "payload": payload, "action": _VOID})[2]
         return await self._bridge.run_async(self._send_once(frame, function_id))
 
     async def _send_once(self, frame: str, function_id: str) -> bool:
