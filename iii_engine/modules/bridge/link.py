@@ -34,7 +34,7 @@ from iii.connection import check_url
 from iii.errors import ConnectionLostError, InvocationError, OutboundQueueFullError, ShuttingDownError
 from iii.iii import III
 from iii.iii_constants import InitOptions, ReconnectionConfig
-from iii.iii_types import TriggerActionEnqueue, TriggerActionVoid
+from iii.iii_types import TriggerActionEnqueue
 from iii.telemetry_types import OtelConfig
 from iii.triggers import Trigger
 
@@ -110,8 +110,7 @@ class BridgeLink:
         if client.get_connection_state() == "connected":
             return client
         try:
-            # our own SDK's bounded wait for a connection (it wakes on every state change, no polling)
-            await client._connected_within(self.connect_grace_s)
+            await client.wait_until_connected_async(self.connect_grace_s)
         except ShuttingDownError:
             raise BridgeCallError(f"bridge to remote engine {self.url} is shut down") from None
         except ConnectionError as exc:
@@ -217,19 +216,13 @@ class BridgeLink:
         """
         client = await self._up()
         try:
-            # The frame is built here, in the caller's trace context, as the SDK's trigger does from another thread.
-            frame = client._prepare_call({"function_id": function_id, "payload": data,
-                                          "action": TriggerActionVoid()})[2]
-            # On the client's loop, where the connection changes: the state read on this thread may be out of date.
-            sent = await client._bridge.run_async(client._conn.send_on_this_connection(frame))
+            # (the SDK's trigger would have queued it for the next connection, to run there however much later)
+            sent = await client.trigger_once_async({"function_id": function_id, "payload": data})
         except ShuttingDownError:
             raise BridgeCallError(f"bridge to remote engine {self.url} is shut down") from None
-        except InvocationError as exc:  # not sent: the outbound queue is full
+        except InvocationError as exc:  # not sent: the outbound queue is full, or the call is over the size limit
             raise BridgeCallError(self._not_sent(function_id, exc)) from None
         if not sent:
-            if client._closed:
-                raise BridgeCallError(f"bridge to remote engine {self.url} is shut down")
-            # The SDK's trigger would have queued it for the next connection, to run there however much later.
             raise BridgeCallError(f"call of {function_id} not sent to remote engine {self.url}: the connection "
                                   "dropped before it was written (it is not sent later)")
 
@@ -286,7 +279,7 @@ class BridgeLink:
                 with contextlib.suppress(RuntimeError):
                     watch.watcher.get_loop().call_soon_threadsafe(watch.watcher.cancel)
         if client is not None:
-            await asyncio.to_thread(client.shutdown)
+            await client.shutdown_async()  # its loop thread joined too, this loop never blocked on it
 
 
 @dataclass(eq=False)

@@ -28,7 +28,7 @@ import asyncio
 import builtins
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from iii.stream import (
@@ -221,17 +221,28 @@ class BridgeStreamStore(_BridgeStore):
         super().__init__(url, "stream")
         self.publish_events = True
         self.subscriber_id = f"stream::bridge::on_pub::{uuid.uuid4()}"
+        self._stop_telling: Callable[[], None] | None = None  # set while started: removes the on_ready callback
 
     def start(self) -> None:
-        """Connect and subscribe to the remote's ``stream.events`` (both replayed after every reconnect)."""
+        """Connect and subscribe to the remote's ``stream.events`` (both replayed after every reconnect); a store
+        already started is left as it is (its clients are told of a reconnect once, not once per start)."""
+        if self._stop_telling is not None:
+            return
         super().start()
         self.link.register_function(self.subscriber_id, self._delivered)
         self.link.register_trigger("subscribe", self.subscriber_id, {"topic": BRIDGE_EVENTS_TOPIC})
         # pub/sub keeps nothing for a subscriber that is away, and a restarted remote may hold other data: without
         # this a socket client kept a view that had silently stopped following the store
-        self.link.on_ready(lambda: self._hub.publish(_Gap(
+        self._stop_telling = self.link.on_ready(lambda: self._hub.publish(_Gap(
             f"the connection to remote engine {self.link.url} was made again: {BRIDGE_EVENTS_TOPIC} messages sent "
             "while it was down were not delivered")))
+
+    async def aclose(self) -> None:
+        """Stop telling the clients of reconnects, then close the link."""
+        stop_telling, self._stop_telling = self._stop_telling, None
+        if stop_telling is not None:
+            stop_telling()
+        await super().aclose()
 
     async def _delivered(self, data: Any) -> None:
         self._hub.publish(_event(data))

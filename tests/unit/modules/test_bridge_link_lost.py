@@ -41,30 +41,14 @@ async def test_a_call_pending_on_a_dropped_link_fails_within_the_grace() -> None
     assert client.cancelled
 
 
-class _SameLoop:
-    async def run_async(self, coro: Any) -> Any:
-        return await coro
-
-
-class _FullConnection:
-    """The connection of :class:`_FullLink`: a void call (fire) is refused as the full queue refuses it."""
-
-    async def send_on_this_connection(self, frame: Any) -> bool:
-        raise OutboundQueueFullError(1000, 30.0)
-
-
 class _FullLink:
     """A connected client whose outbound queue stays full: every call fails before it is sent."""
-
-    _bridge = _SameLoop()  # the client's loop bridge: here, the caller's loop
-    _conn = _FullConnection()
-    _closed = False
 
     def get_connection_state(self) -> str:
         return "connected"
 
-    def _prepare_call(self, request: Any) -> tuple[str, None, str, float]:
-        return request["function_id"], None, "{}", 30_000.0
+    async def trigger_once_async(self, request: Any) -> bool:
+        raise OutboundQueueFullError(1000, 30.0)
 
     async def trigger_async(self, request: Any) -> Any:
         raise OutboundQueueFullError(1000, 30.0)

@@ -31,7 +31,7 @@ class _Client:
     async def pending_forever(self) -> Any:
         await asyncio.Event().wait()
 
-    def shutdown(self) -> None:
+    async def shutdown_async(self) -> None:
         self.state = "disconnected"
 
 
