@@ -947,17 +947,19 @@ class III:
             if not waiter.done():
                 raise
 
-    async def _send_void(self, frame: str, function_id: str) -> None:
-        """Send a fire-and-forget call's frame, written or queued; ``ShuttingDownError`` when shutdown discarded it
-        (a send waiting for room in a full queue is ended by the shutdown, and would otherwise look sent);
+    async def _send_void(self, frame: str, function_id: str, once: bool = False) -> bool:
+        """Send a fire-and-forget call's frame, written or queued (``once``: written on the socket up now, or False:
+        :meth:`trigger_once_async`); ``ShuttingDownError`` when shutdown discarded it (a send waiting for room in a
+        full queue is ended by the shutdown, and would otherwise look sent);
         :func:`~iii.protocol.client.message_too_large` when it is over the limit of the socket it was to be written
         to (checked when it was built against the socket up then, which may since have been replaced)."""
         try:
-            written = await self._conn.send(frame)
+            written = await (self._conn.send_on_this_connection(frame) if once else self._conn.send(frame))
         except MessageTooLargeError as exc:
             raise message_too_large(function_id, exc.size, exc.limit) from None
         if not written and self._closed:
             raise ShuttingDownError()
+        return written
 
     async def trigger_once_async(self, request: dict[str, Any] | TriggerRequest) -> bool:
         """Fire and forget, at most once: send a void call on the connection up now and never on a later one; True
@@ -984,19 +986,8 @@ class III:
             raise ValueError(f"trigger_once_async sends a void call: its action must be None or TriggerAction.Void(), "
                              f"got {action!r:.100}")
         frame = self._prepare_call({"function_id": function_id, "payload": payload, "action": _VOID})[2]
-        return await self._bridge.run_async(self._send_once(frame, function_id))
-
-    async def _send_once(self, frame: str, function_id: str) -> bool:
-        """On the client's loop: :meth:`trigger_once_async`'s send (the connection is read where it changes)."""
-        if self._closed:
-            raise ShuttingDownError()
-        try:
-            written = await self._conn.send_on_this_connection(frame)
-        except MessageTooLargeError as exc:
-            raise message_too_large(function_id, exc.size, exc.limit) from None
-        if not written and self._closed:
-            raise ShuttingDownError()
-        return written
+        # on the client's loop, where the connection changes: read from here, its state may be out of date
+        return await self._bridge.run_async(self._send_void(frame, function_id, once=True))
 
     def _drop_call(self, invocation_id: str) -> None:
         """The caller stopped waiting (cancelled): forget the call; a late result is ignored."""
