@@ -357,6 +357,43 @@ async def send_server_frames(ws: Connection, messages: list[tuple[bool, bytes]])
     await drain_or_close(ws)
 
 
+def writable_now(ws: Connection) -> bool:
+    """Whether :func:`write_server_frames` would write to ``ws`` now: a fast server connection, open, under its
+    write-buffer high mark.
+
+    Example:
+        >>> writable_now(object())  # type: ignore[arg-type]  # not a fast connection
+        False
+    """
+    return (isinstance(ws, FastServerConnection) and not ws.paused and _writable(ws)
+            and not ws.transport.is_closing())
+
+
+def write_server_frames(ws: Connection, messages: list[tuple[bool, bytes]]) -> bool:
+    """Write complete messages from the server side now, without waiting, when the socket may take them: open,
+    on the fast path and not over its write-buffer high mark (``False``, nothing written, otherwise: send them
+    with :func:`send_server_frames`, which waits on flow control). The bytes on the wire are those of
+    :func:`send_server_frames`. What this adds to the transport's buffer is bounded by the caller: the socket's
+    next write waits in :func:`drain_or_close` once the buffer is over its mark.
+
+    Example:
+        >>> write_server_frames(object(), [(False, b"x")])  # type: ignore[arg-type]  # not a fast connection
+        False
+    """
+    if not writable_now(ws):
+        return False
+    if len(messages) == 1:
+        text, payload = messages[0]
+        _write(ws, _frame_header(text, len(payload)), payload)
+        return True
+    parts: list[bytes] = []
+    for text, payload in messages:
+        parts.append(_frame_header(text, len(payload)))
+        parts.append(payload)
+    _write(ws, *parts)
+    return True
+
+
 async def drain_or_close(ws: Connection) -> None:
     """Wait while the socket's write buffer is over its limit; a failed socket becomes ``ConnectionClosed``."""
     try:
@@ -1105,6 +1142,10 @@ class _FastReceive(_Corked):
     _deferred: bytes | None
     close_guard: Callable[[deque[tuple[bool, bytes]]], bool] | None = None
     """Set by the relay (:func:`guard_close`): whether the unread messages hold one it will refuse."""
+    take_now: Callable[[deque[tuple[bool, bytes]]], bool] | None = None
+    """Set by the relay (:func:`take_on_arrival`): called with the unread messages as soon as data messages
+    arrive, from the transport's callback; it takes what it may with :meth:`take_ready` and returns whether it
+    took any. Whatever is left wakes the reader of :meth:`receive_message` / :meth:`wait_ready`, as always."""
 
     def _fast_setup(self, phase: int) -> None:
         self._phase = phase
@@ -1221,10 +1262,14 @@ class _FastReceive(_Corked):
             for message in messages:
                 inbox.append(message)
                 self._inbox_bytes += len(message[1])
-            if self._inbox_bytes > self._high and not self._paused:
-                self._paused = True
-                self.transport.pause_reading()
-            self._signal.set()
+            take = self.take_now
+            # The relay takes what it can right here (no task switch per message); the reader of
+            # receive_message is woken only for what is left.
+            if take is None or not take(inbox) or inbox:
+                if self._inbox_bytes > self._high and not self._paused:
+                    self._paused = True
+                    self.transport.pause_reading()
+                self._signal.set()
         for frame in control:
             self._super_data(frame)
         if rest is not None:
@@ -1299,6 +1344,16 @@ class _FastReceive(_Corked):
                 data = await super().recv()  # type: ignore[misc]
                 return (True, data.encode()) if isinstance(data, str) else (False, data)
             await self._signal.wait()
+
+    async def wait_ready(self) -> bool:
+        """Wait, taking nothing, until :meth:`take_ready` has messages (``False``) or, with none unread,
+        :meth:`receive_message` has something else to do: the peer's Close, the public API after a handover
+        (``True``)."""
+        while not self._inbox:
+            if self._deferred is not None or self._phase == _OFF:
+                return True
+            await self._signal.wait()
+        return False
 
     def unread_bytes(self) -> int:
         """Payload bytes received and not read yet (the inbox plus websockets' queue)."""
@@ -1387,6 +1442,24 @@ def guard_close(ws: Connection, guard: Callable[[deque[tuple[bool, bytes]]], boo
     refused (see :meth:`_FastReceive._feed`); no-op without the fast receive path."""
     if isinstance(ws, _FastReceive):
         ws.close_guard = guard
+
+
+def take_on_arrival(ws: Connection, take: Callable[[deque[tuple[bool, bytes]]], bool] | None) -> bool:
+    """Have ``take(unread)`` called as soon as data messages arrive on ``ws``, in the transport's callback (see
+    :attr:`_FastReceive.take_now`; ``None`` stops it). ``False`` (and nothing set) without the fast receive path.
+    Why: the relay then queues a frame without a task switch per message (issue 10)."""
+    if isinstance(ws, _FastReceive):
+        ws.take_now = take
+        return True
+    return False
+
+
+async def wait_ready(ws: Connection) -> bool:
+    """Wait until :func:`take_ready` has messages for ``ws`` (``False``) or :func:`receive` has something else to
+    do (``True``; see :meth:`_FastReceive.wait_ready`); ``True`` at once without the fast receive path."""
+    if isinstance(ws, _FastReceive):
+        return await ws.wait_ready()
+    return True
 
 
 def take_ready(ws: Connection, max_count: int, max_bytes: int) -> list[tuple[bool, bytes]]:
@@ -1577,7 +1650,11 @@ __all__ = [
     "server_factory",
     "server_frame",
     "set_max_message_size",
+    "take_on_arrival",
     "take_ready",
     "tune_allocator",
     "unread_bytes",
+    "wait_ready",
+    "writable_now",
+    "write_server_frames",
 ]

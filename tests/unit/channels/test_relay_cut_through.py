@@ -1,0 +1,100 @@
+"""The relay moves a message from an idle writer socket to an idle reader socket in the callback that received it:
+no wake-up of its loops per message (issue 10), with the same order, bounds and close codes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from iii.channel_end import WebSocketEnd
+from iii.channels import build_channel_url
+from iii_engine.channels import ChannelRelay
+from iii_engine.channels.driver import LiveChannel
+
+OPTS: dict[str, Any] = {"ping_interval": None, "compression": None, "max_size": None}
+
+
+async def connect(base: str, ref: dict[str, str]) -> ClientConnection:
+    return await websockets.connect(
+        build_channel_url(base, ref["channel_id"], ref["access_key"], ref["direction"]), **OPTS)
+
+
+@pytest.fixture
+def loop_turns(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """How often the relay's reader loop asked for its next step and its ends were read through ``receive``."""
+    counts = {"reader_next": 0, "receive": 0}
+    reader_next = LiveChannel.reader_next
+    receive = WebSocketEnd.receive
+
+    async def counted_next(self: LiveChannel) -> Any:
+        counts["reader_next"] += 1
+        return await reader_next(self)
+
+    async def counted_receive(self: WebSocketEnd) -> Any:
+        counts["receive"] += 1
+        return await receive(self)
+
+    monkeypatch.setattr(LiveChannel, "reader_next", counted_next)
+    monkeypatch.setattr(WebSocketEnd, "receive", counted_receive)
+    return counts
+
+
+@pytest.fixture
+async def pair(relay: tuple[str, ChannelRelay]) -> AsyncIterator[tuple[ClientConnection, ClientConnection, str]]:
+    """A writer and a reader socket on one channel of ``buffer_size`` 3, and its id."""
+    base, r = relay
+    refs = r.create(3, owner="w")
+    reader = await connect(base, refs["reader"])
+    writer = await connect(base, refs["writer"])
+    yield writer, reader, refs["writer"]["channel_id"]
+    await writer.close()
+    await reader.close()
+
+
+async def test_one_message_at_a_time_wakes_no_relay_loop(
+        loop_turns: dict[str, int], pair: tuple[ClientConnection, ClientConnection, str]) -> None:
+    # (loop_turns first: the relay's loops look their methods up once, as the ends attach)
+    writer, reader, _ = pair
+    await writer.send(b"first")
+    assert await asyncio.wait_for(reader.recv(), 5) == b"first"  # both ends attached and idle from here on
+    before = dict(loop_turns)
+    for i in range(20):
+        payload = i.to_bytes(2, "big") * (1 + 5000 * i)  # up to ~190 KiB: small and corked, and larger
+        await writer.send(payload)
+        assert await asyncio.wait_for(reader.recv(), 5) == payload
+    # Before: the writer loop received each message and woke the reader loop, 20 turns of each.
+    assert loop_turns["reader_next"] - before["reader_next"] == 0
+    assert loop_turns["receive"] - before["receive"] == 0
+    await writer.close()
+    with pytest.raises(websockets.ConnectionClosedOK):
+        await asyncio.wait_for(reader.recv(), 5)
+    assert reader.protocol.close_rcvd is not None and reader.protocol.close_rcvd.code == 1000
+
+
+async def test_a_stalled_reader_still_bounds_the_queue_and_gets_everything_in_order(
+        relay: tuple[str, ChannelRelay], pair: tuple[ClientConnection, ClientConnection, str]) -> None:
+    _, r = relay
+    writer, reader, channel_id = pair
+    reader.transport.pause_reading()  # the reader process stops reading: its socket and the relay's fill up
+    count = 400
+
+    async def write_many() -> None:
+        for i in range(count):
+            await writer.send(i.to_bytes(4, "big") * 16384)
+
+    task = asyncio.create_task(write_many())
+    # Written straight to the reader socket while it took them, then queued: the queue fills and the relay stops
+    # reading the writer, also when messages were queued from the socket's callback (the reader loop may then
+    # move the queue into its socket's buffer and wait there, as before).
+    await asyncio.wait_for(r.wait_full(channel_id), 10)
+    assert not task.done()
+    reader.transport.resume_reading()
+    for i in range(count):
+        assert await asyncio.wait_for(reader.recv(), 10) == i.to_bytes(4, "big") * 16384
+    assert r.stats(channel_id)["peak"] == 3  # the deepest the queue ever got
+    await task
