@@ -751,6 +751,7 @@ class SQLStream(FieldUpdates):
         self._writes: KeyedBatcher[bytes, _Write, tuple[Any, Any]] = KeyedBatcher(
             self._write_batch, name="SQLStream writes", max_batch=_MAX_BATCH)
         self._closed = False
+        self._close_ended: asyncio.Event | None = None  # set once the close under way ended
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SQLStream:
@@ -1301,7 +1302,8 @@ class SQLStream(FieldUpdates):
         return Watch(opener, self._filter(stream_name, group_id, item_id))
 
     async def aclose(self) -> None:
-        """End the watches and the write batches, and dispose of the engine this store made; idempotent.
+        """End the watches and the write batches, and dispose of the engine this store made; idempotent (a call while a
+        close is under way returns once that close ended).
 
         Example:
             >>> import asyncio
@@ -1315,11 +1317,19 @@ class SQLStream(FieldUpdates):
             iii_streams.errors.StreamClosedError: SQLStream writes is closed
         """
         if self._closed:
+            # A close under way: every caller returns once the store is closed (one that went on to remove the
+            # database file or drop the schema did it under the first close's last writes and its pool).
+            if self._close_ended is not None:
+                await self._close_ended.wait()
             return
         self._closed = True
-        if self._listener is not None:
-            await self._listener.stop()
-        self._watch_retries.close()
-        await self._writes.aclose()
-        if self._owns_engine:
-            await self.engine.dispose()
+        self._close_ended = ended = asyncio.Event()
+        try:
+            if self._listener is not None:
+                await self._listener.stop()
+            self._watch_retries.close()
+            await self._writes.aclose()
+            if self._owns_engine:
+                await self.engine.dispose()
+        finally:
+            ended.set()
