@@ -163,7 +163,7 @@ async def _connect(client: III, args: argparse.Namespace) -> None:
     quiet = _QuietUntilConnected()
     sdk_log.addFilter(quiet)
     try:
-        await client._connected_within(_connect_timeout(args))
+        await client.wait_until_connected_async(_connect_timeout(args))
     except BaseException:
         # Its reconnection attempts go on until it is shut down: stop them while their messages are still hidden,
         # or one that fails just after the filter goes adds a second line to the CLI's one-line error.
