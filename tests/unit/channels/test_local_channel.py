@@ -28,8 +28,8 @@ THREADS_END_WITHIN_S = 5.0
 async def nothing_left_running() -> AsyncIterator[None]:
     """Fail unless the threads and the tasks of this loop after the block are the ones from before it."""
     loop = asyncio.get_running_loop()
-    # The client's exit joins its thread through the default executor: start that executor's thread beforehand,
-    # else it would be the one thread "left" (it is the loop's, and goes with it).
+    # This loop's default executor thread, should anything in the block start it, is the loop's and goes with it:
+    # started beforehand, it is not counted as left behind.
     await loop.run_in_executor(None, lambda: None)
     threads = set(threading.enumerate())
     tasks = asyncio.all_tasks()
