@@ -325,9 +325,10 @@ class Engine:
         stopped answering) hold the stop about 10 s however many there are, instead of 10 s each, and a healthy
         store next to them still gets the whole 10 s to flush. The rest of the stop has bounds of its own (the
         queue module's ``stop_timeout_ms``, 5 s by default, before its store's close; then the workers' sockets, closed
-        side by side within 2 s). A call while a stop is under way returns once that stop ended (its stores closed
-        or let go); a call after a stop that was cancelled finishes it (the modules it had not reached, then the
-        worker port and the rest). A start that fails stops what it started the same way, the failing module's
+        side by side within 2 s; then the calls in flight, cancelled and given 2 s to end). A call while a stop is
+        under way returns once that stop ended (its stores closed or let go); a call after a stop that was cancelled
+        finishes it (the modules it had not reached, then the worker port and the rest). A call during the start
+        ends it (see :meth:`start`). A start that fails stops what it started the same way, the failing module's
         store close sharing that one deadline.
         """
         if self._start_ended is not None and not self._start_ended.is_set():
@@ -383,7 +384,9 @@ class Engine:
             raise
         await closes.wait()
         await self._listener.close()
-        await self.invocations.close()
+        # a call's task that swallows its cancel (its library's doing) held the stop, and the stop's own cancel,
+        # for good: the calls in flight get CLOSE_TIMEOUT_S after their cancel, then are let go
+        await finish_within(self.invocations.close(), closing.CLOSE_TIMEOUT_S, "the calls in flight", log)
         self.fired_calls.close()
         self.worker_calls.close()
         await self.channels.close()

@@ -9,6 +9,8 @@ whose start hangs.
   returned normally even when that start failed).
 * ``stop()`` while a module's start hangs (a store that never answers its open): before, the stop waited for good;
   now the module start gets ``MODULE_START_WAIT_S``, then is cancelled.
+* ``stop()`` while a worker's call of a built-in function runs that swallows its cancel (its library): before, the
+  stop waited for it for good, its own cancel too; now the calls in flight get ``CLOSE_TIMEOUT_S`` after their cancel.
 * ``start()`` again after a stop, a module left out (``allow_degraded``) this time: before, ``engine.module()``
   handed out the previous run's stopped module, and the next stop stopped it a second time.
 """
@@ -19,10 +21,13 @@ import asyncio
 import contextlib
 import logging
 import socket
+from typing import Any
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from iii_engine import Engine, EngineConfig, EngineStartError, ModuleSpec, closing
+from iii_engine.modules.base import BuiltinFunction
 from iii_engine.modules.state.module import StateModule
 
 from .helpers import Worker, engine_config
@@ -221,3 +226,32 @@ async def test_a_restart_forgets_the_modules_of_the_previous_run(monkeypatch: py
     finally:
         await engine.stop()
     assert stops == 1  # its stop after its failed start; before: the old one was stopped a second time too
+
+
+async def test_a_stop_with_a_call_in_flight_that_swallows_its_cancel_ends_in_bounds(
+        caplog: pytest.LogCaptureFixture) -> None:
+    engine = Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[]))
+    await engine.start()
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def stubborn(data: Any, context: Any) -> None:  # a built-in whose library swallows the cancel
+        entered.set()
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await release.wait()
+
+    engine.register_function(BuiltinFunction("test::stubborn", stubborn, "never ends"))
+    worker = await asyncio.wait_for(Worker.connect(engine.url), 10)
+    call = asyncio.create_task(worker.call("test::stubborn"))
+    await asyncio.wait_for(entered.wait(), 10)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    try:
+        with caplog.at_level(logging.WARNING, logger="iii_engine.engine"):
+            await asyncio.wait_for(engine.stop(), 10)  # before: held for good (its cancel too)
+        assert loop.time() - began < closing.CLOSE_TIMEOUT_S + 2, loop.time() - began
+        assert f"the calls in flight did not end within {closing.CLOSE_TIMEOUT_S:g} s" in caplog.text
+        with pytest.raises((ConnectionClosed, TimeoutError)):  # the caller's connection is closed: not answered
+            await call
+    finally:
+        release.set()
