@@ -331,11 +331,17 @@ class Engine:
         ends it (see :meth:`start`). A start that fails stops what it started the same way, the failing module's
         store close sharing that one deadline.
         """
-        if self._start_ended is not None and not self._start_ended.is_set():
-            # a start under way: stopped now, its later modules would start after the stop and run on for good
-            self._stop_asked = True
-            await self._end_module_start()
-            await self._start_ended.wait()
+        while True:
+            if self._start_ended is not None and not self._start_ended.is_set():
+                # a start under way: stopped now, its later modules would start after the stop and run on for good
+                self._stop_asked = True
+                await self._end_module_start()
+                await self._start_ended.wait()
+            elif self._stop_ended is not None and not self._stop_ended.is_set():
+                # a stop under way; a start waiting for it may begin when it ends, and is then stopped as above
+                await self._stop_ended.wait()
+            else:
+                break
         await self._stop(StoreCloses())
 
     async def _end_module_start(self) -> None:

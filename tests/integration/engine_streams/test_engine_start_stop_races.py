@@ -255,3 +255,23 @@ async def test_a_stop_with_a_call_in_flight_that_swallows_its_cancel_ends_in_bou
             await call
     finally:
         release.set()
+
+
+async def test_a_stop_called_while_a_start_waits_for_a_stop_ends_that_start() -> None:
+    engine = Engine(config=engine_config())
+    await engine.start()
+    holding, release = _hold_state_stop(engine)
+    first_stop = asyncio.create_task(engine.stop())
+    await asyncio.wait_for(holding.wait(), 10)
+    start = asyncio.create_task(engine.start())  # waits for the first stop
+    await asyncio.sleep(0)
+    second_stop = asyncio.create_task(engine.stop())  # called after the start: the engine ends stopped
+    await asyncio.sleep(0)
+    release.set()
+    await asyncio.wait_for(first_stop, 20)
+    await asyncio.wait_for(second_stop, 20)
+    # before: the second stop stopped the engine under the start that had just begun (its worker port closed
+    # under it), which went on starting modules and failed with a TypeError
+    with pytest.raises(EngineStartError, match="stopped during its start"):
+        await asyncio.wait_for(start, 20)
+    assert not engine.ready.is_set() and not engine.modules
