@@ -270,8 +270,7 @@ async def test_a_stop_called_while_a_start_waits_for_a_stop_ends_that_start() ->
     release.set()
     await asyncio.wait_for(first_stop, 20)
     await asyncio.wait_for(second_stop, 20)
-    # before: the second stop stopped the engine under the start that had just begun (its worker port closed
-    # under it), which went on starting modules and failed with a TypeError
+    # before: the second stop returned with the first, before the start began: the engine then ran on
     with pytest.raises(EngineStartError, match="stopped during its start"):
         await asyncio.wait_for(start, 20)
     assert not engine.ready.is_set() and not engine.modules
