@@ -92,6 +92,12 @@ def _cancelling() -> int:
     return task.cancelling() if task is not None else 0
 
 
+def _module_failure(exc: BaseException) -> bool:
+    """Whether ``exc``, out of a module's start or stop, is that module's failure: an ``Exception``, or a
+    ``CancelledError`` nobody asked the current task for (the module awaited a task it had cancelled itself)."""
+    return isinstance(exc, Exception) or (isinstance(exc, asyncio.CancelledError) and not _cancelling())
+
+
 def _trigger_frame(worker: WorkerConnection, entry: TriggerEntry) -> str:
     return worker.session.register_trigger(entry.id, entry.trigger_type, entry.function_id, entry.config)
 
@@ -309,8 +315,14 @@ class Engine:
             # A module that failed half-way may already hold a port or a connection: give it a chance to let go.
             try:
                 await module.stop()
-            except Exception:
+            except BaseException as stop_exc:
+                if not _module_failure(stop_exc):
+                    raise
                 log.debug("module %s: stop after a failed start raised", module.name, exc_info=True)
+            if isinstance(exc, asyncio.CancelledError) and not self._stop_asked and not _cancelling():
+                # not a cancel of this start: a failure of the module (a CancelledError out of start() would end
+                # the CLI with a traceback instead of its one-line start error)
+                raise RuntimeError("its start raised CancelledError without a cancel of the engine's start") from exc
             raise
         self._module_starting = None
         self.modules[module.name] = module
@@ -383,7 +395,9 @@ class Engine:
                     module = modules.pop(0)  # stopped once: a stop cancelled in it does not stop it again
                     try:
                         await module.stop()
-                    except Exception:
+                    except BaseException as exc:
+                        if not _module_failure(exc):
+                            raise
                         log.exception("module %s failed to stop", module.name)
         except BaseException:
             closes.let_go()

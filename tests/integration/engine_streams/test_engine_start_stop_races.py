@@ -27,7 +27,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from iii_engine import Engine, EngineConfig, EngineStartError, ModuleSpec, closing
-from iii_engine.modules.base import BuiltinFunction
+from iii_engine.modules.base import BuiltinFunction, ModuleStartError
 from iii_engine.modules.state.module import StateModule
 
 from .helpers import Worker, engine_config
@@ -274,3 +274,42 @@ async def test_a_stop_called_while_a_start_waits_for_a_stop_ends_that_start() ->
     with pytest.raises(EngineStartError, match="stopped during its start"):
         await asyncio.wait_for(start, 20)
     assert not engine.ready.is_set() and not engine.modules
+
+
+async def test_a_module_stop_raising_cancelled_error_does_not_end_the_stop() -> None:
+    engine = Engine(config=engine_config())
+    await engine.start()
+    port = engine.port
+    stream = engine.module("stream")
+    assert stream is not None
+    real_stream_stop, stream_stopped = stream.stop, asyncio.Event()
+
+    async def tracked_stop() -> None:
+        await real_stream_stop()
+        stream_stopped.set()
+
+    async def cancelled_stop() -> None:  # awaits a task of its own it cancelled, without catching the cancel
+        task = asyncio.get_running_loop().create_task(asyncio.sleep(3600))
+        task.cancel()
+        await task
+
+    stream.stop = tracked_stop  # type: ignore[method-assign]
+    engine.module("state").stop = cancelled_stop  # type: ignore[method-assign, union-attr]
+    await asyncio.wait_for(engine.stop(), 20)  # before: raised CancelledError, the stop ended there
+    assert stream_stopped.is_set()  # stopped after the state module
+    assert not await _accepts(port)
+
+
+async def test_a_module_start_raising_cancelled_error_is_a_start_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def cancelled_start(self: StateModule) -> None:
+        task = asyncio.get_running_loop().create_task(asyncio.sleep(3600))
+        task.cancel()
+        await task
+
+    monkeypatch.setattr(StateModule, "start", cancelled_start)
+    engine = Engine(config=EngineConfig(host="127.0.0.1", port=0,
+                                        modules=[ModuleSpec("modules::state::StateModule", {})]))
+    # before: CancelledError out of start() (the CLI died with a traceback instead of its one-line error)
+    with pytest.raises(ModuleStartError, match="modules::state::StateModule"):
+        await asyncio.wait_for(engine.start(), 20)
+    assert not engine.modules
