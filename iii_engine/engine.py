@@ -164,8 +164,11 @@ class Engine:
         # the modules the latest stop has yet to stop, None once a stop ended: a stop() after a cancelled one
         # finishes it (the modules it had not reached, the worker port, the calls in flight)
         self._not_stopped: list[EngineModule] | None = None
-        # the module start the start under way awaits, and its module
-        self._module_starting: tuple[asyncio.Future[None], EngineModule] | None = None
+        # the module start the start under way awaits (the wait on it, its task) and its module
+        self._module_starting: tuple[asyncio.Future[None], asyncio.Future[None], EngineModule] | None = None
+        # the listeners the modules' starts added: dropped at the stop, so an engine started again does not call
+        # the previous run's modules too (the worker module's fired each workers-available trigger once per run)
+        self._module_listeners: list[tuple[list[Any], Any]] = []
         self.ready = asyncio.Event()  # set once the listener accepts workers
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -301,7 +304,7 @@ class Engine:
         # cancels it, so a store that never answers its open does not hold the stop
         starting = asyncio.ensure_future(module.start())
         waiting = asyncio.shield(starting)  # stop() cancels this wait: the start goes on at once, whatever the module
-        self._module_starting = (waiting, module)
+        self._module_starting = (waiting, starting, module)
         try:
             await waiting
         except BaseException as exc:
@@ -361,7 +364,7 @@ class Engine:
         cancel it: one waiting on a silent peer (a store's open) would hold the stop for good."""
         if self._module_starting is None:
             return
-        waiting, module = self._module_starting
+        waiting, _, module = self._module_starting
         await asyncio.wait((waiting,), timeout=closing.MODULE_START_WAIT_S)
         if not waiting.done():
             log.warning("module %s did not start within %g s of the engine's stop; its start is cancelled",
@@ -412,6 +415,10 @@ class Engine:
         await self.channels.close()
         self.memory.close()
         self._undecodable_log.close()
+        for listeners, listener in self._module_listeners:
+            with contextlib.suppress(ValueError):
+                listeners.remove(listener)
+        self._module_listeners.clear()
         if self._stopping is not None:
             self._stopping.set()
 
@@ -528,7 +535,7 @@ class Engine:
 
     def add_telemetry_listener(self, listener: TelemetryListener) -> None:
         """Hand every telemetry frame to ``listener(kind, body)``."""
-        self._telemetry_listeners.append(listener)
+        self._add_listener(self._telemetry_listeners, listener)
 
     def set_invocation_observer(self, observer: InvocationObserver | None) -> None:
         """Watch every function execution (the observability module)."""
@@ -538,11 +545,16 @@ class Engine:
 
     def add_functions_listener(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` whenever the set of function ids may have changed."""
-        self._function_listeners.append(listener)
+        self._add_listener(self._function_listeners, listener)
 
     def add_worker_listener(self, listener: Callable[[str, str], None]) -> None:
         """Call ``listener(event, worker_id)`` on connect, disconnect and metadata updates."""
-        self._worker_listeners.append(listener)
+        self._add_listener(self._worker_listeners, listener)
+
+    def _add_listener(self, listeners: list[Any], listener: Any) -> None:
+        listeners.append(listener)
+        if self._module_starting is not None and asyncio.current_task() is self._module_starting[1]:
+            self._module_listeners.append((listeners, listener))
 
     def emit_worker_event(self, event: str, worker_id: str) -> None:
         """Tell listeners about a worker event (``worker_connected`` …)."""

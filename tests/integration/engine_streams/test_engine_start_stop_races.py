@@ -313,3 +313,38 @@ async def test_a_module_start_raising_cancelled_error_is_a_start_failure(monkeyp
     with pytest.raises(ModuleStartError, match="modules::state::StateModule"):
         await asyncio.wait_for(engine.start(), 20)
     assert not engine.modules
+
+
+async def test_a_restarted_engine_tells_of_each_worker_once() -> None:
+    engine = Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[]))
+    await engine.start()
+    await engine.stop()
+    await engine.start()  # its worker module listens for workers again; the previous run's must not
+    try:
+        watcher = await asyncio.wait_for(Worker.connect(engine.url), 10)
+        seen: list[tuple[str, str]] = []
+        changed = asyncio.Condition()
+
+        async def record(payload: dict[str, str]) -> None:
+            async with changed:
+                seen.append((payload["event"], payload["worker_id"]))
+                changed.notify_all()
+
+        async def told_of(event: str, worker: Worker) -> None:
+            async with changed:
+                await asyncio.wait_for(changed.wait_for(lambda: (event, worker.worker_id) in seen), 10)
+
+        await watcher.register("test::workers", record)
+        await watcher.trigger("engine::workers-available", "test::workers", {})
+        await watcher.call("engine::workers::list")  # answered after the frames before it: the trigger is in
+        first = await asyncio.wait_for(Worker.connect(engine.url), 10)
+        await first.close()
+        await told_of("worker_disconnected", first)
+        marker = await asyncio.wait_for(Worker.connect(engine.url), 10)
+        # the calls are fired in order: once the marker's is in, any copy of the first worker's events is too
+        await told_of("worker_connected", marker)
+        told = [event for event, worker_id in seen if worker_id == first.worker_id]
+        assert told == ["worker_connected", "worker_disconnected"]  # before: each twice (both runs' modules)
+        await marker.close()
+    finally:
+        await asyncio.wait_for(engine.stop(), 20)
