@@ -155,7 +155,9 @@ class III:
         self._registering = threading.Lock()
         self._connection_state: IIIConnectionState = "disconnected"
         self._closed = False
-        self._shut: asyncio.Future[None] | None = None  # done once shutdown_async() has run to its end
+        # The shutdown's own task on the client's loop, done once it has run to its end: a task, so a caller cancelled
+        # half-way (a handler's deadline, a caller's loop at its end) does not leave it half done.
+        self._shut: asyncio.Task[None] | None = None
         self._outside_shutdowns: set[asyncio.Future[None]] = set()  # shutdown_async() tasks on callers' loops
         self._invoking = 0  # handler runs started and not yet answered
         # Woken (on the client's loop) whenever the connection state or the worker id changes; one per waiting
@@ -387,11 +389,7 @@ class III:
             >>> # await iii.shutdown_async()
         """
         if asyncio.get_running_loop() is self._loop:
-            await self._shutdown_on_loop()
-            task = asyncio.current_task()
-            # (Not when the loop's thread has already ended and someone else runs the loop to close the socket.)
-            if task is not None and self._bridge.on_loop_thread():
-                self._bridge.stop_after(task)
+            await self._shutdown_then_end()
             return
         if not self._bridge.alive:
             return
@@ -405,33 +403,44 @@ class III:
     async def _shutdown_from_outside(self) -> None:
         """:meth:`shutdown_async` from another loop: the shutdown on the client's loop, then the loop's end."""
         try:
-            await self._bridge.run_async(self._shutdown_on_loop())
+            await self._bridge.run_async(self._shutdown_then_end(), to_its_end=True)
         except LoopStoppedError:
-            pass  # another thread's shutdown() stopped the loop once the shutdown was done
-        except RuntimeError:
-            if not self._bridge.loop.is_closed():  # (closed: stopped meanwhile, by a handler's shutdown_async)
-                raise
+            pass  # another thread's shutdown() stopped the loop once the shutdown was done (or closed it)
         await self._bridge.stop_async()
 
+    async def _shutdown_then_end(self) -> None:
+        """On the client's loop: :meth:`_shutdown_on_loop`, then the loop's end once the calling task has ended and
+        the shutdown has run to its end, even when the caller is cancelled half-way (a handler's deadline, the end of
+        an ``asyncio.run`` on another loop, whose cancel reaches this task): nobody may be left to stop the loop."""
+        try:
+            await self._shutdown_on_loop()
+        finally:
+            task = asyncio.current_task()
+            # (Not when the loop's thread has already ended and someone else runs the loop to close the socket.)
+            if task is not None and self._shut is not None and self._bridge.on_loop_thread():
+                self._bridge.stop_after(task, self._shut)
+
     async def _shutdown_on_loop(self) -> None:
-        """Disconnect and fail pending calls (on the client's loop); the loop and its thread are left running."""
-        if self._shut is not None:
-            # Shutting down already (another thread, loop or handler): wait for that one. Run again alongside it,
-            # this one closed the connection under it, and shutdown() callers raced to stop the loop.
-            await asyncio.shield(self._shut)
-            return
-        self._shut = self._loop.create_future()
-        self._closed = True
+        """Disconnect and fail pending calls (on the client's loop); the loop and its thread are left running. The
+        work is a task of its own, run to its end whoever stops waiting for it; a second call waits for the first
+        (run again alongside it, it closed the connection under it, and shutdown() callers raced to stop the loop).
+        """
+        if self._shut is None:
+            self._closed = True
+            self._shut = self._loop.create_task(self._shut_down(asyncio.current_task()))
+        await asyncio.shield(self._shut)
+
+    async def _shut_down(self, caller: asyncio.Task[Any] | None) -> None:
+        """:meth:`_shutdown_on_loop`'s work; ``caller`` (an async handler calling it, say) is not cancelled."""
         try:
             await self._telemetry.release(self)
             await self._conn.close()
             for failure in self._session.close():
                 self._calls.fail(failure.invocation_id, failure.error)
-            await self._bridge.cancel_tasks()
+            await self._bridge.cancel_tasks(spare=caller)
             self._set_connection_state("disconnected")
         finally:
             self._runner.close()  # also when a step above failed: the handler threads never outlive the client
-            self._shut.set_result(None)
 
     def get_connection_state(self) -> IIIConnectionState:
         """``disconnected``, ``connecting``, ``connected``, ``reconnecting`` or ``failed``.

@@ -230,18 +230,29 @@ class LoopBridge:
         """Start ``coro`` on the loop from another thread without waiting for it."""
         asyncio.run_coroutine_threadsafe(coro, self.loop)
 
-    async def run_async(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Await ``coro`` on the bridge's loop, whichever loop the caller runs on."""
+    async def run_async(self, coro: Coroutine[Any, Any, T], *, to_its_end: bool = False) -> T:
+        """Await ``coro`` on the bridge's loop, whichever loop the caller runs on; ``to_its_end``: a caller
+        cancelled meanwhile (before ``coro`` even started, too) stops waiting, and ``coro`` still runs to its end."""
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is self.loop:
             return await coro
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        except RuntimeError:
+            # Closed: a call racing the shutdown that closed the loop after the caller's own check. What a stopped
+            # loop says (a ShuttingDownError), not asyncio's "Event loop is closed" and a "never awaited" warning.
+            coro.close()
+            if not self.loop.is_closed():
+                raise
+            raise LoopStoppedError(self.thread.name) from None
         self.hold(future)
         try:
-            return await asyncio.wrap_future(future)
+            # (shielded, the caller's cancel stops at the wrapper: it would cancel ``future``, and so ``coro``)
+            waited = asyncio.wrap_future(future)
+            return await (asyncio.shield(waited) if to_its_end else waited)
         finally:
             self.release(future)
             self._close_unstarted(coro, future)
@@ -267,10 +278,10 @@ class LoopBridge:
         finally:
             self._tasks.pop(coro, None)
 
-    async def cancel_tasks(self) -> None:
-        """Cancel every tracked task but the caller's, and wait for them to end (on the loop)."""
+    async def cancel_tasks(self, spare: asyncio.Future[Any] | None = None) -> None:
+        """Cancel every tracked task but the caller's and ``spare``, and wait for them to end (on the loop)."""
         current = asyncio.current_task()
-        tasks = {coro: task for coro, task in self._tasks.items() if task is not current}
+        tasks = {coro: task for coro, task in self._tasks.items() if task is not current and task is not spare}
         for task in tasks.values():
             task.cancel()
         if tasks:
@@ -314,6 +325,9 @@ class LoopBridge:
         if self.on_loop_thread():
             raise RuntimeError("stop_async() on the loop's own thread would wait for itself; use stop_after()")
         if self.thread.is_alive():
+            # The thread closes its loop itself as it ends: this waiter may be cancelled before it could (the end of
+            # asyncio.run cancels every task left), and the loop was then left unclosed.
+            self._close_at_end = True
             with contextlib.suppress(RuntimeError):  # (closed: the thread is on its way out)
                 self.loop.call_soon_threadsafe(self.loop.stop)
             try:
@@ -326,14 +340,30 @@ class LoopBridge:
             if not self.thread.is_alive():
                 self.loop.close()
 
-    def stop_after(self, task: asyncio.Task[Any]) -> None:
-        """On the loop thread: stop the loop once ``task`` (the caller's, usually) has ended; the thread then closes
-        the loop itself as it ends (nobody joins it). A :meth:`stop` or :meth:`stop_async` meanwhile still works."""
-        def stop(_: asyncio.Task[Any]) -> None:
-            self._close_at_end = True
-            self.loop.stop()
+    def stop_after(self, *tasks: asyncio.Future[Any]) -> None:
+        """On the loop thread: stop the loop once every one of ``tasks`` (the caller's, usually) has ended; the
+        thread then closes the loop itself as it ends (nobody joins it). A :meth:`stop` or :meth:`stop_async`
+        meanwhile still works.
 
-        task.add_done_callback(stop)
+        Example:
+            >>> bridge = LoopBridge()
+            >>> async def last_step() -> None:
+            ...     task = asyncio.current_task()
+            ...     assert task is not None
+            ...     bridge.stop_after(task)
+            >>> bridge.submit(last_step()); bridge.thread.join(5); bridge.alive, bridge.loop.is_closed()
+            (False, True)
+        """
+        left = set(tasks)
+
+        def ended(task: asyncio.Future[Any]) -> None:
+            left.discard(task)
+            if not left:
+                self._close_at_end = True
+                self.loop.stop()
+
+        for task in tuple(left):
+            task.add_done_callback(ended)
 
 
 def _plain_standard_loop(loop: asyncio.AbstractEventLoop) -> bool:
