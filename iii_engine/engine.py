@@ -166,9 +166,10 @@ class Engine:
         self._not_stopped: list[EngineModule] | None = None
         # the module start the start under way awaits (the wait on it, its task) and its module
         self._module_starting: tuple[asyncio.Future[None], asyncio.Future[None], EngineModule] | None = None
-        # the listeners the modules' starts added: dropped at the stop, so an engine started again does not call
-        # the previous run's modules too (the worker module's fired each workers-available trigger once per run)
-        self._module_listeners: list[tuple[list[Any], Any]] = []
+        # what the modules' starts added to the engine (listeners, functions, trigger types, the observer), undone
+        # at the stop: an engine started again called the previous run's stopped modules too (the worker module's
+        # listener fired each workers-available trigger once per run; a module left out kept its functions)
+        self._module_undos: list[Callable[[], None]] = []
         self.ready = asyncio.Event()  # set once the listener accepts workers
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -415,10 +416,9 @@ class Engine:
         await self.channels.close()
         self.memory.close()
         self._undecodable_log.close()
-        for listeners, listener in self._module_listeners:
-            with contextlib.suppress(ValueError):
-                listeners.remove(listener)
-        self._module_listeners.clear()
+        undos, self._module_undos = self._module_undos, []
+        for undo in reversed(undos):
+            undo()
         if self._stopping is not None:
             self._stopping.set()
 
@@ -467,6 +467,12 @@ class Engine:
         self.registry.add_function(entry)
         self._functions_maybe_changed()
 
+        def remove() -> None:
+            if self.registry.functions.get(entry.id) is entry:
+                self.registry.remove_function(entry.id)
+
+        self._undo_at_stop(remove)
+
     def unregister_function(self, function_id: str) -> None:
         """Remove a built-in function."""
         self.registry.remove_function(function_id)
@@ -474,7 +480,13 @@ class Engine:
 
     def register_trigger_type(self, trigger_type: str, description: str, handler: TriggerTypeHandler) -> None:
         """Add a built-in trigger type; workers cannot replace it (E4)."""
-        self.registry.trigger_types[trigger_type] = TriggerTypeEntry(trigger_type, description, None, handler)
+        entry = self.registry.trigger_types[trigger_type] = TriggerTypeEntry(trigger_type, description, None, handler)
+
+        def remove() -> None:
+            if self.registry.trigger_types.get(trigger_type) is entry:
+                del self.registry.trigger_types[trigger_type]
+
+        self._undo_at_stop(remove)
 
     def has_function(self, function_id: str) -> bool:
         """Whether ``function_id`` is registered."""
@@ -541,6 +553,12 @@ class Engine:
         """Watch every function execution (the observability module)."""
         self.invocations.observer = observer
 
+        def remove() -> None:
+            if self.invocations.observer is observer:
+                self.invocations.observer = None
+
+        self._undo_at_stop(remove)
+
     # -- hooks for the worker module -------------------------------------------------------------------------
 
     def add_functions_listener(self, listener: Callable[[], None]) -> None:
@@ -553,8 +571,17 @@ class Engine:
 
     def _add_listener(self, listeners: list[Any], listener: Any) -> None:
         listeners.append(listener)
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                listeners.remove(listener)
+
+        self._undo_at_stop(remove)
+
+    def _undo_at_stop(self, undo: Callable[[], None]) -> None:
+        """Keep ``undo`` for the end of the stop when called from a module's start (what that start added)."""
         if self._module_starting is not None and asyncio.current_task() is self._module_starting[1]:
-            self._module_listeners.append((listeners, listener))
+            self._module_undos.append(undo)
 
     def emit_worker_event(self, event: str, worker_id: str) -> None:
         """Tell listeners about a worker event (``worker_connected`` …)."""

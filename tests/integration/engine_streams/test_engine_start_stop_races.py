@@ -223,6 +223,8 @@ async def test_a_restart_forgets_the_modules_of_the_previous_run(monkeypatch: py
     try:
         assert "modules::state::StateModule" in engine.unavailable_modules
         assert engine.module("state") is None  # before: the previous run's stopped module
+        # before: its functions and trigger type too, answering from a closed store instead of function_not_found
+        assert not engine.has_function("state::get") and "state" not in engine.registry.trigger_types
     finally:
         await engine.stop()
     assert stops == 1  # its stop after its failed start; before: the old one was stopped a second time too
