@@ -217,7 +217,11 @@ class Driver:
                                machine.max_queued_bytes - machine.queued_bytes)
         on_message = machine.writer_message
         for text, payload in batch:
-            on_message(text, payload)  # None: would_refuse checked exactly what it refuses
+            refusal = on_message(text, payload)
+            if refusal is not None:  # would_refuse checks what writer_message refuses: only if they ever differ
+                ch.writer_idle = False  # nothing more is taken from this writer
+                self._spawn(perform(end, refusal))
+                break
         if machine.full and ch.full_waiters:
             ch.notify_full()
         ch.hand_to_reader()
@@ -231,6 +235,7 @@ class Driver:
         space = ch.space
         ws = end.ws
         on_message = machine.writer_message
+        socket_queue = frame_queue_high(ws) or DEFAULT_SOCKET_QUEUE
         while True:
             # Not reading the writer while the queue is full is what gives it TCP backpressure.
             while machine.full and not machine.stopped:
@@ -266,6 +271,10 @@ class Driver:
             if refusal is not None:
                 await perform(end, refusal)
                 return
+            # Handed over to websockets (a fragmented message): its own frame queue is sized as on the slow path.
+            wanted = frame_queue_for(len(payload))
+            if wanted != socket_queue and bound_frame_queue(ws, wanted, wanted // 4):
+                socket_queue = wanted
             ch.hand_to_reader()
 
     async def _pump_slow_writer(self, ch: LiveChannel, end: ChannelEnd) -> None:
