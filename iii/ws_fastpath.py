@@ -357,6 +357,10 @@ async def send_server_frames(ws: Connection, messages: list[tuple[bool, bytes]])
     await drain_or_close(ws)
 
 
+_SENDMSG_PARTS: Final = 512
+"""Most buffers handed to one ``sendmsg`` (Linux takes 1024): more frames than that are corked and joined."""
+
+
 def writable_now(ws: Connection) -> bool:
     """Whether :func:`write_server_frames` would write to ``ws`` now: a fast server connection, open, under its
     write-buffer high mark.
@@ -382,15 +386,12 @@ def write_server_frames(ws: Connection, messages: list[tuple[bool, bytes]]) -> b
     """
     if not writable_now(ws):
         return False
-    if len(messages) == 1:
-        text, payload = messages[0]
-        _write(ws, _frame_header(text, len(payload)), payload)
-        return True
     parts: list[bytes] = []
     for text, payload in messages:
         parts.append(_frame_header(text, len(payload)))
         parts.append(payload)
-    _write(ws, *parts)
+    if len(parts) > _SENDMSG_PARTS or not (isinstance(ws, _Corked) and ws.send_now(parts)):
+        _write(ws, *parts)
     return True
 
 
@@ -1076,10 +1077,8 @@ class _Corked:
         socket does not take goes to the transport as views, in order. False (nothing done) when the transport is
         not a plain socket one with an empty buffer. Why: written apart, the header leaves in a system call and a
         TCP segment of its own, and the peer wakes up to read it alone."""
-        transport = self.transport
-        sock = getattr(transport, "_sock", None)  # asyncio's selector transports; TLS and other loops: none
-        if (not isinstance(sock, socket.socket) or transport.is_closing()
-                or transport.get_write_buffer_size()):
+        sock = self._idle_socket()
+        if sock is None:
             return False
         if self._flush is not None:
             self._flush.cancel()
@@ -1088,11 +1087,39 @@ class _Corked:
         corked = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
         self._out_bytes = 0
+        self._sendmsg(sock, (corked, part))
+        return True
+
+    def send_now(self, parts: tuple[bytes, ...] | list[bytes]) -> bool:
+        """Send ``parts`` (whole frames) in one ``sendmsg`` now, when nothing is corked and the transport holds
+        nothing; what the socket does not take goes to the transport as views, in order. False (nothing done)
+        otherwise: cork them. Why: corked, a frame costs an event-loop callback and a join (a copy of its payload)
+        at the end of the turn; the relay's frames already come in batches (one per read)."""
+        if self._out:
+            return False
+        sock = self._idle_socket()
+        if sock is None:
+            return False
+        self._sendmsg(sock, parts)
+        return True
+
+    def _idle_socket(self) -> socket.socket | None:
+        """The transport's socket when it is a plain one with an empty buffer (its own ``write`` would send at once
+        too); ``None`` otherwise."""
+        transport = self.transport
+        sock = getattr(transport, "_sock", None)  # asyncio's selector transports; TLS and other loops: none
+        if (not isinstance(sock, socket.socket) or transport.is_closing()
+                or transport.get_write_buffer_size()):
+            return None
+        return sock
+
+    def _sendmsg(self, sock: socket.socket, parts: tuple[bytes, ...] | list[bytes]) -> None:
+        transport = self.transport
         try:
-            sent = sock.sendmsg((corked, part))
+            sent = sock.sendmsg(parts)
         except OSError:  # full (BlockingIOError) or failed: the transport's write meets the same and handles it
             sent = 0
-        for piece in (corked, part):
+        for piece in parts:
             if sent >= len(piece):
                 sent -= len(piece)
                 continue
@@ -1100,7 +1127,6 @@ class _Corked:
                 break
             transport.write(memoryview(piece)[sent:])
             sent = 0
-        return True
 
     def flush_out(self) -> None:
         """Write the corked frames. They were corked while the connection was open, so they precede any Close
