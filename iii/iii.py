@@ -272,8 +272,11 @@ class III:
         """
         if within is None:
             within = _REFERENCE_CONNECT_WAIT_S
-        elif isinstance(within, bool) or not isinstance(within, int | float) or not 0 <= within < math.inf:
-            raise ValueError(f"within must be a finite number of seconds >= 0, got {within!r}")
+        else:
+            try:  # (the checks of a call's timeout: a huge int, 10**400, has no float and failed with OverflowError)
+                within = _checked_timeout_ms(within, "within")
+            except ValueError:
+                raise ValueError(f"within must be a finite number of seconds >= 0, got {within!r}") from None
         if self._closed:
             raise ShuttingDownError()
         await self._connected_within(within)
