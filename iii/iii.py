@@ -980,8 +980,14 @@ class III:
         False means never sent, so safe to retry: no connection was up, or it dropped before the call's turn (it
         waits behind the frames queued before it, unwritten until the socket takes it at once, so a socket dropped
         for ``send_timeout`` does not take it along). :meth:`trigger` with a void action would instead keep it
-        for the next connection and send it there, however much later. Written counts as sent: a connection that
-        dies with it in flight may lose it, as any fire-and-forget message. Usable from any loop.
+        for the next connection and send it there, however much later. Usable from any loop.
+
+        True means handed to the operating system's socket buffer, not received: the engine may never read it. A
+        connection that dies with it in flight loses it, as any fire-and-forget message; so does one dropped for
+        ``send_timeout`` (an engine that stopped reading): every call said True while the engine was not reading,
+        as many as the kernel's buffer holds (megabytes), is lost with it. True never hides a duplicate, and False
+        never hides a call that ran. A caller cancelled while the call waits its turn takes it back, unless it was
+        written meanwhile.
 
         The request is :meth:`trigger`'s; its ``action`` must be ``None`` or :meth:`TriggerAction.Void` and its
         ``timeout_ms`` is not used. Raises :class:`~iii.errors.ConnectionLostError` (never sent) when the outbound
