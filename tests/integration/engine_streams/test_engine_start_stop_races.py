@@ -63,6 +63,20 @@ def _hold_state_stop(engine: Engine) -> tuple[asyncio.Event, asyncio.Event]:
     return holding, release
 
 
+def _track_stream_stop(engine: Engine) -> asyncio.Event:
+    """An event set once the stream module's stop ended (the state module stops just before it)."""
+    stream = engine.module("stream")
+    assert stream is not None
+    real_stop, stopped = stream.stop, asyncio.Event()
+
+    async def tracked_stop() -> None:
+        await real_stop()
+        stopped.set()
+
+    stream.stop = tracked_stop  # type: ignore[method-assign]
+    return stopped
+
+
 async def test_a_start_during_a_stop_starts_once_the_stop_ended() -> None:
     engine = Engine(config=engine_config())
     await engine.start()
@@ -87,15 +101,7 @@ async def test_a_start_after_a_cancelled_stop_finishes_that_stop_first() -> None
     engine = Engine(config=engine_config())
     await engine.start()
     old_port = engine.port
-    stream = engine.module("stream")
-    assert stream is not None
-    real_stream_stop, stream_stopped = stream.stop, asyncio.Event()
-
-    async def tracked_stop() -> None:
-        await real_stream_stop()
-        stream_stopped.set()
-
-    stream.stop = tracked_stop  # type: ignore[method-assign]
+    stream_stopped = _track_stream_stop(engine)
     holding, release = _hold_state_stop(engine)  # stopped before the stream module (reverse order)
     stop = asyncio.create_task(engine.stop())
     await asyncio.wait_for(holding.wait(), 10)
@@ -282,20 +288,13 @@ async def test_a_module_stop_raising_cancelled_error_does_not_end_the_stop() -> 
     engine = Engine(config=engine_config())
     await engine.start()
     port = engine.port
-    stream = engine.module("stream")
-    assert stream is not None
-    real_stream_stop, stream_stopped = stream.stop, asyncio.Event()
-
-    async def tracked_stop() -> None:
-        await real_stream_stop()
-        stream_stopped.set()
+    stream_stopped = _track_stream_stop(engine)
 
     async def cancelled_stop() -> None:  # awaits a task of its own it cancelled, without catching the cancel
         task = asyncio.get_running_loop().create_task(asyncio.sleep(3600))
         task.cancel()
         await task
 
-    stream.stop = tracked_stop  # type: ignore[method-assign]
     engine.module("state").stop = cancelled_stop  # type: ignore[method-assign, union-attr]
     await asyncio.wait_for(engine.stop(), 20)  # before: raised CancelledError, the stop ended there
     assert stream_stopped.is_set()  # stopped after the state module
