@@ -1,7 +1,7 @@
 """The channel layer: byte streams, files, pipes and progress on top of :mod:`iii.channels`.
 
 Examples and tests get the set-up below (an engine in this process, a client, a channel) in one line from
-:func:`iii_channels.testing.local_channel`.
+:func:`iii_engine.testing.local_channel`.
 
 Example:
     >>> import asyncio

@@ -13,7 +13,7 @@ the size for its progress bar, then the bytes, then the integrity trailer.
 
 Example (the receiver's progress knows the total from the header; no part file is left behind):
     >>> import asyncio, tempfile
-    >>> from iii_channels.testing import local_channel
+    >>> from iii_engine.testing import local_channel
     >>> async def transfer(writer, reader, tmp: str, seen: list[tuple[int, int | None]]) -> FileReceipt:
     ...     _, receipt = await asyncio.gather(
     ...         send_file(writer, f"{tmp}/big.iso", chunk_size=40_000),
@@ -348,7 +348,7 @@ async def send_file(
 
     Example:
         >>> import asyncio, tempfile
-        >>> from iii_channels.testing import local_channel
+        >>> from iii_engine.testing import local_channel
         >>> async def demo() -> tuple[int, str | None, bytes]:
         ...     async with local_channel() as ch:
         ...         with tempfile.TemporaryDirectory() as tmp:
@@ -414,7 +414,7 @@ async def receive_file(
 
     Example:
         >>> import asyncio, tempfile
-        >>> from iii_channels.testing import local_channel
+        >>> from iii_engine.testing import local_channel
         >>> async def demo() -> tuple[str, int, bool]:
         ...     async with local_channel() as ch:
         ...         with tempfile.TemporaryDirectory() as tmp:

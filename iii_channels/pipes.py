@@ -6,7 +6,7 @@ returns the bytes sent; every ``to_*`` function reads a channel into something a
 Example (a tar stream of data/ through a channel into another tar; each function's own example runs one too):
     >>> import asyncio, tempfile
     >>> from pathlib import Path
-    >>> from iii_channels.testing import local_channel
+    >>> from iii_engine.testing import local_channel
     >>> async def archive(writer: ChannelWriter, root: str) -> int:  # a tar stream of root/data/ into the channel
     ...     return await from_process(writer, ["tar", "c", "-C", root, "data/"])
     >>> async def demo() -> tuple[bool, str]:
@@ -54,7 +54,7 @@ async def from_iterable(
 
     Example:
         >>> import asyncio, json
-        >>> from iii_channels.testing import local_channel
+        >>> from iii_engine.testing import local_channel
         >>> async def demo() -> list[object]:
         ...     async with local_channel() as ch:
         ...         async def rows() -> AsyncIterable[bytes]:
@@ -84,7 +84,7 @@ async def from_stream(
 
     Example:
         >>> import asyncio
-        >>> from iii_channels.testing import local_channel
+        >>> from iii_engine.testing import local_channel
         >>> async def demo() -> list[object]:
         ...     async with local_channel() as ch:
         ...         stream = asyncio.StreamReader()  # what asyncio.open_connection returns first
@@ -105,7 +105,7 @@ async def to_stream(
 
     Example:
         >>> import asyncio, socket
-        >>> from iii_channels.testing import local_channel
+        >>> from iii_engine.testing import local_channel
         >>> async def demo() -> tuple[int, bytes]:
         ...     async with local_channel() as ch:
         ...         async def one(data: bytes) -> AsyncIterable[bytes]:  # any async iterable
@@ -178,7 +178,7 @@ async def from_fd(
 
     Example:
         >>> import asyncio, os
-        >>> from iii_channels.testing import local_channel
+        >>> from iii_engine.testing import local_channel
         >>> async def demo() -> list[object]:
         ...     async with local_channel() as ch:
         ...         read_end, write_end = os.pipe()
@@ -206,7 +206,7 @@ async def to_fd(
 
     Example:
         >>> import asyncio, tempfile
-        >>> from iii_channels.testing import local_channel
+        >>> from iii_engine.testing import local_channel
         >>> async def demo() -> tuple[int, bytes, bool]:
         ...     async with local_channel() as ch:
         ...         async def one(data: bytes) -> AsyncIterable[bytes]:  # any async iterable
@@ -530,7 +530,7 @@ async def from_process(
 
     Example:
         >>> import asyncio
-        >>> from iii_channels.testing import local_channel
+        >>> from iii_engine.testing import local_channel
         >>> async def demo() -> tuple[int, bytes]:
         ...     async with local_channel() as ch:
         ...         command = ["sh", "-c", "printf hello | tr a-z A-Z"]  # e.g. ["tar", "c", "data/"]
@@ -595,7 +595,7 @@ async def to_process(
     Example:
         >>> import asyncio, tempfile
         >>> from pathlib import Path
-        >>> from iii_channels.testing import local_channel
+        >>> from iii_engine.testing import local_channel
         >>> async def demo() -> tuple[int, bytes]:
         ...     async with local_channel() as ch:
         ...         async def lines() -> AsyncIterable[bytes]:
@@ -659,7 +659,7 @@ async def copy(reader: ChannelReader, writer: ChannelWriter) -> int:
 
     Example:
         >>> import asyncio
-        >>> from iii_channels.testing import local_channel
+        >>> from iii_engine.testing import local_channel
         >>> async def demo() -> list[object]:
         ...     async with local_channel() as ch:
         ...         async def one(data: bytes) -> AsyncIterable[bytes]:  # any async iterable

@@ -7,7 +7,7 @@ producer runs ahead of its reader by at most the high-water mark plus the channe
 Example:
     >>> import asyncio
     >>> from iii_channels import source
-    >>> from iii_channels.testing import local_channel
+    >>> from iii_engine.testing import local_channel
     >>> async def upload(writer, blocks) -> None:
     ...     async with ChannelSink(writer) as sink:   # close = EOF (+ trailer); an exception = abort
     ...         for block in blocks:
@@ -53,7 +53,7 @@ class ChannelSink:
     Example:
         >>> import asyncio
         >>> from iii_channels import ChannelSource
-        >>> from iii_channels.testing import local_channel
+        >>> from iii_engine.testing import local_channel
         >>> async def demo() -> tuple[int, str | None, bytes]:
         ...     async with local_channel() as ch:
         ...         src = ChannelSource(ch.reader, require_trailer=True)
@@ -110,7 +110,7 @@ class ChannelSink:
         Example:
             >>> import asyncio
             >>> from iii_channels import ChannelSource
-            >>> from iii_channels.testing import local_channel
+            >>> from iii_engine.testing import local_channel
             >>> async def demo() -> bytes:
             ...     async with local_channel() as ch:
             ...         async with ChannelSink(ch.writer, high_water_mark=1024) as out:
@@ -144,7 +144,7 @@ class ChannelSink:
         Example:
             >>> import asyncio
             >>> from iii_channels import ChannelSource
-            >>> from iii_channels.testing import local_channel
+            >>> from iii_engine.testing import local_channel
             >>> async def demo() -> tuple[str | None, bytes]:
             ...     async with local_channel() as ch:
             ...         async with ChannelSink(ch.writer) as out:
@@ -169,7 +169,7 @@ class ChannelSink:
         Example:
             >>> import asyncio
             >>> from iii_channels import ChannelSource
-            >>> from iii_channels.testing import local_channel
+            >>> from iii_engine.testing import local_channel
             >>> async def demo() -> tuple[int, int]:
             ...     async with local_channel() as ch:
             ...         async with ChannelSink(ch.writer) as out:
@@ -192,7 +192,7 @@ class ChannelSink:
         Example:
             >>> import asyncio
             >>> from iii_channels import ChannelSource
-            >>> from iii_channels.testing import local_channel
+            >>> from iii_engine.testing import local_channel
             >>> async def demo() -> tuple[bytes, bool]:
             ...     async with local_channel() as ch:
             ...         out = ChannelSink(ch.writer)
@@ -226,7 +226,7 @@ class ChannelSink:
         Example:
             >>> import asyncio
             >>> from iii_channels import ChannelAbortedError, ChannelSource
-            >>> from iii_channels.testing import local_channel
+            >>> from iii_engine.testing import local_channel
             >>> async def demo() -> str:
             ...     async with local_channel() as ch:
             ...         out = ChannelSink(ch.writer)
@@ -325,7 +325,7 @@ def sink(writer: ChannelWriter, **options: object) -> ChannelSink:
     Example:
         >>> import asyncio
         >>> from iii_channels import source
-        >>> from iii_channels.testing import local_channel
+        >>> from iii_engine.testing import local_channel
         >>> async def demo() -> list[object]:
         ...     async with local_channel() as ch:
         ...         async def write() -> int:

@@ -3,7 +3,7 @@
 Example:
     >>> import asyncio
     >>> from iii_channels import sink
-    >>> from iii_channels.testing import local_channel
+    >>> from iii_engine.testing import local_channel
     >>> async def consume(reader) -> None:
     ...     source = ChannelSource(reader)
     ...     header = await source.readline()           # b"name,size\\n"
@@ -63,7 +63,7 @@ class ChannelSource:
     Example:
         >>> import asyncio
         >>> from iii_channels import sink
-        >>> from iii_channels.testing import local_channel
+        >>> from iii_engine.testing import local_channel
         >>> async def demo() -> tuple[object, ...]:
         ...     async with local_channel() as ch:
         ...         async def write() -> None:
@@ -281,7 +281,7 @@ class ChannelSource:
         Example:
             >>> import asyncio
             >>> from iii_channels import sink
-            >>> from iii_channels.testing import local_channel
+            >>> from iii_engine.testing import local_channel
             >>> async def demo() -> tuple[bytes, ...]:
             ...     async with local_channel() as ch:
             ...         async with sink(ch.writer) as out:
@@ -310,7 +310,7 @@ class ChannelSource:
         Example:
             >>> import asyncio
             >>> from iii_channels import sink
-            >>> from iii_channels.testing import local_channel
+            >>> from iii_engine.testing import local_channel
             >>> async def demo() -> tuple[object, ...]:
             ...     async with local_channel() as ch:
             ...         async with sink(ch.writer) as out:
@@ -342,7 +342,7 @@ class ChannelSource:
         Example:
             >>> import asyncio
             >>> from iii_channels import sink
-            >>> from iii_channels.testing import local_channel
+            >>> from iii_engine.testing import local_channel
             >>> async def demo() -> tuple[bytes, bytes]:
             ...     async with local_channel() as ch:
             ...         async with sink(ch.writer) as out:
@@ -378,7 +378,7 @@ class ChannelSource:
         Example:
             >>> import asyncio
             >>> from iii_channels import sink
-            >>> from iii_channels.testing import local_channel
+            >>> from iii_engine.testing import local_channel
             >>> async def demo() -> list[bytes]:
             ...     async with local_channel() as ch:
             ...         async with sink(ch.writer) as out:
@@ -399,7 +399,7 @@ class ChannelSource:
         Example:
             >>> import asyncio
             >>> from iii_channels import sink
-            >>> from iii_channels.testing import local_channel
+            >>> from iii_engine.testing import local_channel
             >>> async def demo() -> bytes:
             ...     async with local_channel() as ch:
             ...         async with sink(ch.writer) as out:
@@ -426,7 +426,7 @@ class ChannelSource:
         Example:
             >>> import asyncio
             >>> from iii_channels import sink
-            >>> from iii_channels.testing import local_channel
+            >>> from iii_engine.testing import local_channel
             >>> async def demo() -> list[bytes]:
             ...     async with local_channel() as ch:
             ...         async with sink(ch.writer) as out:
@@ -453,7 +453,7 @@ class ChannelSource:
         Example:
             >>> import asyncio
             >>> from iii_channels import sink
-            >>> from iii_channels.testing import local_channel
+            >>> from iii_engine.testing import local_channel
             >>> async def demo() -> tuple[list[bytes | str], bool]:
             ...     async with local_channel() as ch:
             ...         async with sink(ch.writer) as out:  # its trailer is checked, not yielded
@@ -484,7 +484,7 @@ class ChannelSource:
         Example:
             >>> import asyncio
             >>> from iii_channels import sink
-            >>> from iii_channels.testing import local_channel
+            >>> from iii_engine.testing import local_channel
             >>> async def demo() -> list[bytes]:
             ...     async with local_channel() as ch:
             ...         async with sink(ch.writer) as out:
@@ -502,7 +502,7 @@ class ChannelSource:
         Example:
             >>> import asyncio
             >>> from iii_channels import sink
-            >>> from iii_channels.testing import local_channel
+            >>> from iii_engine.testing import local_channel
             >>> async def demo() -> list[Any]:
             ...     async with local_channel() as ch:
             ...         async with sink(ch.writer) as out:
@@ -528,7 +528,7 @@ class ChannelSource:
         Example:
             >>> import asyncio
             >>> from iii_channels import sink
-            >>> from iii_channels.testing import local_channel
+            >>> from iii_engine.testing import local_channel
             >>> async def demo() -> tuple[list[str], bytes]:
             ...     async with local_channel() as ch:
             ...         async with sink(ch.writer) as out:
@@ -554,7 +554,7 @@ class ChannelSource:
         Example:
             >>> import asyncio
             >>> from iii_channels import sink
-            >>> from iii_channels.testing import local_channel
+            >>> from iii_engine.testing import local_channel
             >>> async def demo() -> tuple[object, ...]:
             ...     async with local_channel() as ch:
             ...         async with sink(ch.writer) as out:
@@ -584,7 +584,7 @@ def source(reader: ChannelReader, **options: Any) -> ChannelSource:
     Example:
         >>> import asyncio, json
         >>> from iii_channels import sink
-        >>> from iii_channels.testing import local_channel
+        >>> from iii_engine.testing import local_channel
         >>> async def demo() -> list[Any]:
         ...     async with local_channel() as ch:
         ...         async def write() -> None:

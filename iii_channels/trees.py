@@ -16,7 +16,7 @@ nothing appears under the final name and the staging directory is removed. The s
 
 Example (the staging directory is gone once the destination appears):
     >>> import asyncio, tempfile
-    >>> from iii_channels.testing import local_channel
+    >>> from iii_engine.testing import local_channel
     >>> async def mirror(writer, reader, tmp: str) -> TreeReceipt:
     ...     _, receipt = await asyncio.gather(send_dir(writer, f"{tmp}/photos/"),
     ...                                       receive_dir(reader, f"{tmp}/backup/photos"))
@@ -193,7 +193,7 @@ async def send_dir(
 
     Example:
         >>> import asyncio, tempfile
-        >>> from iii_channels.testing import local_channel
+        >>> from iii_engine.testing import local_channel
         >>> async def demo() -> tuple[int, list[str]]:
         ...     async with local_channel() as ch:
         ...         with tempfile.TemporaryDirectory() as tmp:
@@ -228,7 +228,7 @@ async def send_files(
 
     Example:
         >>> import asyncio, tempfile
-        >>> from iii_channels.testing import local_channel
+        >>> from iii_engine.testing import local_channel
         >>> async def demo() -> tuple[int, str]:
         ...     async with local_channel() as ch:
         ...         with tempfile.TemporaryDirectory() as tmp:
@@ -379,7 +379,7 @@ async def receive_dir(
 
     Example:
         >>> import asyncio, tempfile
-        >>> from iii_channels.testing import local_channel
+        >>> from iii_engine.testing import local_channel
         >>> async def demo() -> tuple[list[str], int, bool]:
         ...     async with local_channel() as ch:
         ...         with tempfile.TemporaryDirectory() as tmp:

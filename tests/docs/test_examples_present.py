@@ -82,8 +82,7 @@ def test_walk_finds_the_api() -> None:
     found = {name for package in PACKAGES for name in public_callables(package)}
     for expected in ("iii_streams.memory.MemoryStream.aclose", "iii_streams.sql.SQLStream.get",
                      "iii_streams.redis.RedisStream.watch", "iii_channels.source.ChannelSource.read",
-                     "iii_channels.sink.ChannelSink.write", "iii_channels.pipes.copy", "iii_streams.urls.open_stream",
-                     "iii_channels.testing.local_channel"):
+                     "iii_channels.sink.ChannelSink.write", "iii_channels.pipes.copy", "iii_streams.urls.open_stream"):
         assert expected in found
     assert len(found) > 100
 

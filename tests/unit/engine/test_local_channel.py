@@ -1,4 +1,4 @@
-"""iii_channels.testing.local_channel: a working channel pair, and nothing left running afterwards whatever the body
+"""iii_engine.testing.local_channel: a working channel pair, and nothing left running afterwards whatever the body
 or the start-up did (engine stopped, client shut down, tasks and threads back to what they were)."""
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import pytest
 from iii import III
 from iii.types import Channel
 from iii_channels import ChannelSource, sink
-from iii_channels.testing import LocalChannel, local_channel
 from iii_engine import EngineConfig, EngineStartError
 from iii_engine.modules.worker.module import WorkerModule
 from iii_engine.server import Listener
+from iii_engine.testing import LocalChannel, local_channel
 
 THREADS_END_WITHIN_S = 5.0
 

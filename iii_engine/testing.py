@@ -9,7 +9,7 @@ test run.
 Example:
     >>> import asyncio
     >>> from iii_channels import sink, source
-    >>> from iii_channels.testing import local_channel
+    >>> from iii_engine.testing import local_channel
     >>> async def demo() -> bytes:
     ...     async with local_channel() as ch:
     ...         async with sink(ch.writer) as out:
@@ -60,7 +60,7 @@ async def local_channel(buffer_size: int | None = None, *, config: EngineConfig 
     Example:
         >>> import asyncio
         >>> from iii_channels import ChannelSource, copy, sink
-        >>> from iii_channels.testing import local_channel
+        >>> from iii_engine.testing import local_channel
         >>> async def demo() -> tuple[bytes, bool]:
         ...     async with local_channel() as ch:
         ...         onward = await ch.iii.create_channel_async()  # more channels on the same engine
