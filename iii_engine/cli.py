@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -118,7 +119,8 @@ async def run(config: EngineConfig, on_started: Callable[[], None] | None = None
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await engine.start()
+    if not await _started_unless_stopped(engine, stop):
+        return
     tune_gc()  # the process is the engine's: its start-up objects never become garbage (iii_engine.gc_policy)
     try:
         if on_started is not None:
@@ -127,6 +129,35 @@ async def run(config: EngineConfig, on_started: Callable[[], None] | None = None
         await stop.wait()
     finally:
         await engine.stop()
+
+
+async def _started_unless_stopped(engine: Engine, stop: asyncio.Event) -> bool:
+    """Start ``engine``; False when ``stop`` was set first (the engine then stopped, its start ended by the stop).
+
+    A signal during the start ends it rather than waiting for it: a module start waiting on a silent peer (a store
+    that never answers its open) held a SIGTERM for as long as it waited, for good if it never ended."""
+    starting = asyncio.ensure_future(engine.start())
+    signalled = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this run cancelled: nothing may be left starting
+        await _stop_during_start(engine, starting)
+        raise
+    finally:
+        signalled.cancel()
+    if not starting.done():
+        await _stop_during_start(engine, starting)
+        return False
+    starting.result()  # EngineStartError when it could not start
+    return True
+
+
+async def _stop_during_start(engine: Engine, starting: asyncio.Future[None]) -> None:
+    """Stop ``engine`` while ``starting`` runs: the stop ends the start (``Engine.stop`` gives the module start under
+    way its bound, then cancels it), whose "stopped during its start" error is expected here."""
+    await engine.stop()
+    with contextlib.suppress(EngineStartError):
+        await starting
 
 
 class JsonLogFormatter(logging.Formatter):

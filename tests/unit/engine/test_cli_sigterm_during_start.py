@@ -2,9 +2,9 @@
 that is never confirmed): it should end the start (``Engine.stop()`` during the start gives the module start under
 way ``MODULE_START_WAIT_S``, then cancels it) and exit within the stop's bounds.
 
-Today the CLI's signal handler only sets an event that is awaited once ``engine.start()`` returned: a SIGTERM during
-the start waits for the whole start (each module's own bounds, e.g. a pubsub Redis subscription's 10 s, one module
-after another; for good when a start never ends), and only then stops.
+Before: the CLI's signal handler only set an event that was awaited once ``engine.start()`` returned: a SIGTERM
+during the start waited for the whole start (each module's own bounds, e.g. a pubsub Redis subscription's 10 s,
+one module after another; for good when a start never ends), and only then stopped.
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ _SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.xfail(strict=True, reason="iii_engine/cli.py's run() does not stop the engine on SIGTERM until "
-                                       "engine.start() returned: a start waiting on a silent peer holds the exit")
 def test_sigterm_while_a_module_start_hangs_exits_within_the_bounds() -> None:
     engine = subprocess.Popen([sys.executable, "-c", _SCRIPT], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True)
