@@ -249,22 +249,22 @@ def config_from_mapping(raw: Mapping[str, Any]) -> EngineConfig:
     return EngineConfig.parse(raw)
 
 
-def parse_config(text: str, env: Mapping[str, str] | None = None) -> EngineConfig:
-    """Parse YAML text (an empty document is the default configuration).
+def parse_config(text: str, env: Mapping[str, str] | None = None, *, source: str = "the configuration") -> EngineConfig:
+    """Parse YAML text (an empty document is the default configuration); ``source`` names it in errors.
 
     Example:
         >>> parse_config("port: [1\\n", env={})
         Traceback (most recent call last):
         ...
-        iii_engine.settings.ConfigError: invalid YAML: while parsing a flow sequence in "<unicode string>", \
-line 1, column 7: port: [1 ^ expected ',' or ']', but got '<stream end>' in "<unicode string>", line 2, column 1: ^
+        iii_engine.settings.ConfigError: invalid YAML in the configuration, line 2, column 1: expected ',' or ']', \
+but got '<stream end>' (while parsing a flow sequence, line 1, column 7)
     """
     if len(text) > MAX_CONFIG_BYTES:
         raise ConfigError(f"the configuration is larger than {MAX_CONFIG_BYTES} bytes")
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {' '.join(str(exc).split())}") from None  # one line
+        raise ConfigError(_yaml_error(exc, source)) from None
     except RecursionError:  # the YAML parser recurses once per level of nesting
         raise ConfigError(f"the configuration is nested deeper than {MAX_CONFIG_DEPTH} levels") from None
     if raw is None:
@@ -272,6 +272,17 @@ line 1, column 7: port: [1 ^ expected ',' or ']', but got '<stream end>' in "<un
     if not isinstance(raw, dict):
         raise ConfigError(f"the configuration must be a mapping, got {type(raw).__name__}")
     return config_from_mapping(expand_env(raw, env))
+
+
+def _yaml_error(exc: yaml.YAMLError, source: str) -> str:
+    """One line naming the file and the place (PyYAML's own text names a "<unicode string>" over several lines)."""
+    def where(mark: Any) -> str:
+        return f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem:
+        context = f" ({exc.context}{where(exc.context_mark)})" if exc.context else ""
+        return f"invalid YAML in {source}{where(exc.problem_mark)}: {exc.problem}{context}"
+    return f"invalid YAML in {source}: {' '.join(str(exc).split())}"
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> EngineConfig:
@@ -294,4 +305,4 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Engin
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"configuration file {path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
-    return parse_config(text, env)
+    return parse_config(text, env, source=f"configuration file {path}")

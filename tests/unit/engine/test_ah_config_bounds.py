@@ -61,7 +61,17 @@ def test_a_module_settings_key_that_is_not_a_string_names_its_path() -> None:
 def test_invalid_yaml_is_one_line() -> None:
     # before: PyYAML's message, with its marks on lines of their own
     message = _refused("port: [1\n")
-    assert message.startswith("invalid YAML: ") and "line 1, column 7" in message
+    assert message.startswith("invalid YAML in the configuration, line 2, column 1: ") and "line 1, column 7" in message
+    assert "\n" not in message and "<unicode string>" not in message
+
+
+def test_invalid_yaml_in_a_file_names_the_file(tmp_path: Path) -> None:
+    # before: 'invalid YAML: while parsing a flow sequence in "<unicode string>", ...' (no file named)
+    path = tmp_path / "engine.yaml"
+    path.write_text("port: 1\nmodules: [\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert str(refused.value).startswith(f"invalid YAML in configuration file {path}, line 3, column 1: ")
 
 
 def test_a_file_larger_than_the_limit_is_refused_without_parsing(tmp_path: Path) -> None:
