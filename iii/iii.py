@@ -412,26 +412,29 @@ class III:
         await self._bridge.stop_async()
 
     async def _shutdown_then_end(self) -> None:
-        """On the client's loop: :meth:`_shutdown_on_loop`, then the loop's end once the calling task has ended and
-        the shutdown has run to its end, even when the caller is cancelled half-way (a handler's deadline, the end of
-        an ``asyncio.run`` on another loop, whose cancel reaches this task): nobody may be left to stop the loop."""
-        try:
-            await self._shutdown_on_loop()
-        finally:
-            task = asyncio.current_task()
-            # (Not when the loop's thread has already ended and someone else runs the loop to close the socket.)
-            if task is not None and self._shut is not None and self._bridge.on_loop_thread():
-                self._bridge.stop_after(task, self._shut)
+        """On the client's loop: :meth:`_shutdown_on_loop`, then the loop's end once the shutdown has run to its end
+        and every task that called this has ended (a handler goes on after its shutdown_async returns), even when a
+        caller is cancelled half-way (a handler's deadline, the end of an ``asyncio.run`` on another loop, whose
+        cancel reaches this task): nobody may be left to stop the loop."""
+        shut = self._start_shutdown()
+        task = asyncio.current_task()
+        # (Not when the loop's thread has already ended and someone else runs the loop to close the socket.)
+        if task is not None and self._bridge.on_loop_thread():
+            self._bridge.stop_after(task, shut)
+        await asyncio.shield(shut)
 
     async def _shutdown_on_loop(self) -> None:
-        """Disconnect and fail pending calls (on the client's loop); the loop and its thread are left running. The
-        work is a task of its own, run to its end whoever stops waiting for it; a second call waits for the first
-        (run again alongside it, it closed the connection under it, and shutdown() callers raced to stop the loop).
-        """
+        """Disconnect and fail pending calls (on the client's loop); the loop and its thread are left running."""
+        await asyncio.shield(self._start_shutdown())
+
+    def _start_shutdown(self) -> asyncio.Task[None]:
+        """The shutdown's task, started by the first call: a task of its own, run to its end whoever stops waiting
+        for it; a second call waits for the first (run again alongside it, it closed the connection under it, and
+        shutdown() callers raced to stop the loop)."""
         if self._shut is None:
             self._closed = True
             self._shut = self._loop.create_task(self._shut_down(asyncio.current_task()))
-        await asyncio.shield(self._shut)
+        return self._shut
 
     async def _shut_down(self, caller: asyncio.Task[Any] | None) -> None:
         """:meth:`_shutdown_on_loop`'s work; ``caller`` (an async handler calling it, say) is not cancelled."""

@@ -107,6 +107,9 @@ class LoopBridge:
         self._thread_ended: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._thread_ended.set_running_or_notify_cancel()
         self._close_at_end = False  # set by stop_after(): nobody joins the thread, so it closes its loop itself
+        # The tasks whose end stop_after() waits for (one shutdown's callers: a handler's, another loop's hop), so
+        # the loop never stops with one of them still pending ("Task was destroyed but it is pending!").
+        self._stop_waits: set[asyncio.Future[Any]] = set()
         self.thread = threading.Thread(target=self._run_loop, name=name, daemon=True)
         self.thread.start()
 
@@ -314,6 +317,8 @@ class LoopBridge:
     async def stop_async(self, join_timeout: float = 5.0) -> None:
         """:meth:`stop` from another event loop, without blocking it while the loop thread finishes: the wait for
         the thread's end (``join_timeout`` seconds at most) is awaited, and the join that follows returns at once.
+        While tasks given to :meth:`stop_after` still run (a handler going on after its client's shutdown), the loop
+        is left to stop once they have ended instead of being stopped under them.
         ``RuntimeError`` on the loop's own thread (it cannot wait for itself: see :meth:`stop_after`).
 
         Example:
@@ -328,8 +333,9 @@ class LoopBridge:
             # The thread closes its loop itself as it ends: this waiter may be cancelled before it could (the end of
             # asyncio.run cancels every task left), and the loop was then left unclosed.
             self._close_at_end = True
-            with contextlib.suppress(RuntimeError):  # (closed: the thread is on its way out)
-                self.loop.call_soon_threadsafe(self.loop.stop)
+            if not self._stop_waits:  # (else the loop stops once the tasks stop_after() waits for have ended)
+                with contextlib.suppress(RuntimeError):  # (closed: the thread is on its way out)
+                    self.loop.call_soon_threadsafe(self.loop.stop)
             try:
                 async with asyncio.timeout(join_timeout):
                     await asyncio.wrap_future(self._thread_ended)
@@ -341,9 +347,10 @@ class LoopBridge:
                 self.loop.close()
 
     def stop_after(self, *tasks: asyncio.Future[Any]) -> None:
-        """On the loop thread: stop the loop once every one of ``tasks`` (the caller's, usually) has ended; the
-        thread then closes the loop itself as it ends (nobody joins it). A :meth:`stop` or :meth:`stop_async`
-        meanwhile still works.
+        """On the loop thread: stop the loop once every task given to this call and to every earlier one (the
+        callers', usually) has ended; the thread then closes the loop itself as it ends (nobody joins it). A task
+        given later, while the loop still runs, holds the stop too. A :meth:`stop` or :meth:`stop_async` meanwhile
+        still works.
 
         Example:
             >>> bridge = LoopBridge()
@@ -354,16 +361,17 @@ class LoopBridge:
             >>> bridge.submit(last_step()); bridge.thread.join(5); bridge.alive, bridge.loop.is_closed()
             (False, True)
         """
-        left = set(tasks)
+        for task in tasks:
+            if task not in self._stop_waits:
+                self._stop_waits.add(task)
+                task.add_done_callback(self._stop_wait_ended)
 
-        def ended(task: asyncio.Future[Any]) -> None:
-            left.discard(task)
-            if not left:
-                self._close_at_end = True
-                self.loop.stop()
-
-        for task in tuple(left):
-            task.add_done_callback(ended)
+    def _stop_wait_ended(self, task: asyncio.Future[Any]) -> None:
+        """A task :meth:`stop_after` waits for has ended: the loop stops with the last one."""
+        self._stop_waits.discard(task)
+        if not self._stop_waits:
+            self._close_at_end = True
+            self.loop.stop()
 
 
 def _plain_standard_loop(loop: asyncio.AbstractEventLoop) -> bool:

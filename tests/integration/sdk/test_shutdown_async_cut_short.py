@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 import warnings
 from typing import Any
 
@@ -84,3 +85,25 @@ async def test_run_async_on_a_closed_loop_says_the_loop_stopped() -> None:
         gc.collect()
     assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []
     assert issubclass(LoopStoppedError, ShuttingDownError)
+
+
+async def test_a_shutdown_from_another_loop_lets_a_handler_that_shut_the_client_down_finish(
+        fake: EngineThread, caplog: pytest.LogCaptureFixture) -> None:
+    client = III(fake.url, InitOptions(worker_name="cut", reconnection_config=FAST_RECONNECT))
+    await client.connect_async()
+    shut = threading.Event()
+    finished = threading.Event()
+
+    async def stop(data: Any) -> None:
+        await client.shutdown_async()
+        shut.set()
+        await asyncio.sleep(0.2)  # the handler's remaining work, after its client's shutdown
+        finished.set()
+
+    client.register_function("stop", stop)
+    await client.trigger_async({"function_id": "stop", "payload": {}, "action": TriggerAction.Void()})
+    assert await asyncio.to_thread(shut.wait, THREAD_ENDS_WITHIN_S)
+    await client.shutdown_async()  # from this loop, while the handler still runs
+    assert finished.is_set(), "the loop was stopped under the handler"
+    assert not client._bridge.alive
+    assert "Task was destroyed but it is pending" not in caplog.text
