@@ -13,6 +13,8 @@ import logging
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
+from websockets.asyncio.connection import Connection
+
 from iii.channel_end import ChannelEnd, ChannelEndClosed, Message, WebSocketEnd, close_draining
 from iii.waiters import Signal
 from iii.ws_fastpath import (
@@ -115,6 +117,15 @@ class LiveChannel:
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+
+def _size_frame_queue(ws: Connection, message_size: int, current: int) -> int:
+    """Size websockets' own frame queue of ``ws`` (used where the fast receive path is off) for messages of
+    ``message_size`` bytes; the queue's high mark now."""
+    wanted = frame_queue_for(message_size)
+    if wanted != current and bound_frame_queue(ws, wanted, wanted // 4):
+        return wanted
+    return current
 
 
 async def perform(end: ChannelEnd, action: Action) -> None:
@@ -232,19 +243,10 @@ class Driver:
         as they arrive; this loop takes what that left (the queue was full, or a message will be refused), waits
         for room, and ends the writer."""
         machine = ch.machine
-        space = ch.space
         ws = end.ws
         on_message = machine.writer_message
         socket_queue = frame_queue_high(ws) or DEFAULT_SOCKET_QUEUE
-        while True:
-            # Not reading the writer while the queue is full is what gives it TCP backpressure.
-            while machine.full and not machine.stopped:
-                if ch.full_waiters:
-                    ch.notify_full()
-                await space.wait()
-            if machine.stopped:
-                await self._stop_writer(ch, end)
-                return
+        while await self._room(ch, end):
             batch = take_ready(ws, machine.capacity - len(machine.items),
                                machine.max_queued_bytes - machine.queued_bytes)
             if batch:
@@ -262,69 +264,53 @@ class Driver:
                 ch.writer_idle = False
             if not ended:
                 continue
-            try:
-                text, payload = await end.receive()  # the peer's Close, or the public API after a handover
-            except ChannelEndClosed as exc:
-                machine.writer_closed(exc.code, exc.reason)
-                return
-            refusal = on_message(text, payload)
-            if refusal is not None:
-                await perform(end, refusal)
+            size = await self._receive_one(ch, end)  # the peer's Close, or the public API after a handover
+            if size is None:
                 return
             # Handed over to websockets (a fragmented message): its own frame queue is sized as on the slow path.
-            wanted = frame_queue_for(len(payload))
-            if wanted != socket_queue and bound_frame_queue(ws, wanted, wanted // 4):
-                socket_queue = wanted
+            socket_queue = _size_frame_queue(ws, size, socket_queue)
             ch.hand_to_reader()
 
     async def _pump_slow_writer(self, ch: LiveChannel, end: ChannelEnd) -> None:
-        machine = ch.machine
-        space = ch.space
-        data_ready = ch.data
-        receive = end.receive
-        on_message = machine.writer_message
+        """The writer loop of any other end (no fast receive path): one message per ``receive``."""
         # Where the fast receive path is off, websockets' own frame queue is sized from the message sizes seen.
         ws = end.ws if isinstance(end, WebSocketEnd) else None
         socket_queue = (frame_queue_high(ws) if ws is not None else None) or DEFAULT_SOCKET_QUEUE
-        # Messages a fast socket already received are taken as many at a time as the queue has room for (one
-        # wake-up of the reader loop per batch instead of one per message); the bounds stay exact: never more
-        # than ``capacity`` messages, and the byte bound passed by at most one message, as one at a time.
-        take_ready = end.take_ready if isinstance(end, WebSocketEnd) else None
-        if isinstance(end, WebSocketEnd):
-            end.guard_close(machine.would_refuse)
-        while True:
-            # Not reading the writer while the queue is full is what gives it TCP backpressure.
-            while machine.full and not machine.stopped:
-                if ch.full_waiters:
-                    ch.notify_full()
-                await space.wait()
-            if machine.stopped:
-                await self._stop_writer(ch, end)
-                return
-            batch = (take_ready(machine.capacity - len(machine.items),
-                                machine.max_queued_bytes - machine.queued_bytes) if take_ready is not None else None)
-            if batch:
-                for text, payload in batch:
-                    refusal = on_message(text, payload)
-                    if refusal is not None:
-                        await perform(end, refusal)
-                        return
-                data_ready.set()
-                continue
-            try:
-                text, payload = await receive()
-            except ChannelEndClosed as exc:
-                machine.writer_closed(exc.code, exc.reason)
-                return
-            refusal = on_message(text, payload)
-            if refusal is not None:
-                await perform(end, refusal)
+        while await self._room(ch, end):
+            size = await self._receive_one(ch, end)
+            if size is None:
                 return
             if ws is not None:
-                wanted = frame_queue_for(len(payload))
-                if wanted != socket_queue and bound_frame_queue(ws, wanted, wanted // 4):
-                    socket_queue = wanted
-            data_ready.set()
+                socket_queue = _size_frame_queue(ws, size, socket_queue)
+            ch.data.set()
+
+    @staticmethod
+    async def _receive_one(ch: LiveChannel, end: ChannelEnd) -> int | None:
+        """Receive one message from the writer and queue it: its size, or ``None`` once the writer is done (it
+        closed, or the message was refused and the writer closed for it)."""
+        try:
+            text, payload = await end.receive()
+        except ChannelEndClosed as exc:
+            ch.machine.writer_closed(exc.code, exc.reason)
+            return None
+        refusal = ch.machine.writer_message(text, payload)
+        if refusal is not None:
+            await perform(end, refusal)
+            return None
+        return len(payload)
+
+    async def _room(self, ch: LiveChannel, end: ChannelEnd) -> bool:
+        """Wait while the queue is full (not reading the writer then is what gives it TCP backpressure); ``False``
+        once the writer was ended because the reader left or the channel expired."""
+        machine = ch.machine
+        while machine.full and not machine.stopped:
+            if ch.full_waiters:
+                ch.notify_full()
+            await ch.space.wait()
+        if machine.stopped:
+            await self._stop_writer(ch, end)
+            return False
+        return True
 
     async def _stop_writer(self, ch: LiveChannel, end: ChannelEnd) -> None:
         """The reader left or the channel expired while the writer was still attached."""
