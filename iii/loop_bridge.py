@@ -302,14 +302,14 @@ class LoopBridge:
                 coro.close()
 
     def stop(self, join_timeout: float = 5.0) -> None:
-        """Stop the loop and join its thread (``join_timeout`` seconds); the loop is closed once the thread ended."""
+        """Stop the loop and join its thread (``join_timeout`` seconds); the loop is closed once the thread ended.
+        While tasks given to :meth:`stop_after` still run, it only joins: the loop stops once they have ended."""
         with self._stop_lock:
             if not self.thread.is_alive():
                 return
-            try:
-                self.loop.call_soon_threadsafe(self.loop.stop)
-            except RuntimeError:  # (closed: the thread is on its way out)
-                pass
+            if not self._stop_waits:
+                with contextlib.suppress(RuntimeError):  # (closed: the thread is on its way out)
+                    self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(timeout=join_timeout)
             if not self.thread.is_alive():
                 self.loop.close()

@@ -87,8 +87,9 @@ async def test_run_async_on_a_closed_loop_says_the_loop_stopped() -> None:
     assert issubclass(LoopStoppedError, ShuttingDownError)
 
 
-async def test_a_shutdown_from_another_loop_lets_a_handler_that_shut_the_client_down_finish(
-        fake: EngineThread, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("outside", ["shutdown_async", "shutdown"])
+async def test_a_shutdown_from_elsewhere_lets_a_handler_that_shut_the_client_down_finish(
+        fake: EngineThread, caplog: pytest.LogCaptureFixture, outside: str) -> None:
     client = III(fake.url, InitOptions(worker_name="cut", reconnection_config=FAST_RECONNECT))
     await client.connect_async()
     shut = threading.Event()
@@ -103,7 +104,10 @@ async def test_a_shutdown_from_another_loop_lets_a_handler_that_shut_the_client_
     client.register_function("stop", stop)
     await client.trigger_async({"function_id": "stop", "payload": {}, "action": TriggerAction.Void()})
     assert await asyncio.to_thread(shut.wait, THREAD_ENDS_WITHIN_S)
-    await client.shutdown_async()  # from this loop, while the handler still runs
+    if outside == "shutdown_async":
+        await client.shutdown_async()  # from this loop, while the handler still runs
+    else:
+        await asyncio.to_thread(client.shutdown)  # from another thread, the same
     assert finished.is_set(), "the loop was stopped under the handler"
     assert not client._bridge.alive
     assert "Task was destroyed but it is pending" not in caplog.text
