@@ -350,7 +350,7 @@ class LoopBridge:
         """On the loop thread: stop the loop once every task given to this call and to every earlier one (the
         callers', usually) has ended; the thread then closes the loop itself as it ends (nobody joins it). A task
         given later, while the loop still runs, holds the stop too. A :meth:`stop` or :meth:`stop_async` meanwhile
-        still works.
+        joins the thread as the last of them ends, within its ``join_timeout``, instead of stopping the loop under them.
 
         Example:
             >>> bridge = LoopBridge()
