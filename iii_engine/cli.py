@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from logging.handlers import MemoryHandler
 
 from iii_streams.messages import OneLineParser, mask_passwords
+from iii_streams.urls import check_scheme
 
 from .allocator import tune_allocator
 from .config import DEFAULT_HOST, DEFAULT_PORT, MAX_PORT, ConfigError, EngineConfig, load_config
@@ -73,7 +74,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                                       "use 0.0.0.0 for all interfaces)")
     parser.add_argument("--port", type=_port, default=None, help=f"worker port (default {DEFAULT_PORT}; 0 = any)")
     parser.add_argument("--config", default=None, help="production-format YAML configuration file")
-    parser.add_argument("--stream-store", default=None, metavar="URL",
+    parser.add_argument("--stream-store", default=None, metavar="URL", type=_stream_url,
                         help="the stream module's own store: memory://, redis://…, sqlite+aiosqlite:///…, "
                              "postgresql+asyncpg://… (default: the configured adapter, in memory)")
     parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
@@ -88,6 +89,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help=f"the asyncio event loop to run on: {' or '.join(EVENT_LOOPS)} (default: the config "
                              f"file's event_loop, else {DEFAULT_EVENT_LOOP}; uvloop needs the uvloop extra)")
     return parser.parse_args(argv)
+
+
+def _stream_url(url: str) -> str:
+    """A ``--stream-store`` whose scheme no store serves is a usage error naming the flag (it was found only at the
+    stream module's start, named as the config path ``modules[0].config.store_url`` the flag becomes)."""
+    try:
+        check_scheme(url)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(mask_passwords(str(exc))) from None
+    return url
 
 
 def with_stream_store(config: EngineConfig, url: str) -> EngineConfig:

@@ -23,7 +23,7 @@ from typing import Any, Final
 from .base import Backend
 from .messages import missing_extra
 
-__all__ = ["SCHEMES", "open_stream"]
+__all__ = ["SCHEMES", "check_scheme", "open_stream"]
 
 SCHEMES: Final = ("memory", "redis", "rediss", "unix", "sqlite+aiosqlite", "postgresql+asyncpg")
 _SQL_SCHEMES: Final = ("sqlite", "sqlite+aiosqlite", "postgresql", "postgresql+asyncpg", "postgres")
@@ -46,6 +46,24 @@ def scheme_of(url: str) -> str:
     return head.lower()
 
 
+def check_scheme(url: str) -> str:
+    """The scheme of ``url`` if :func:`open_stream` knows it, else the ``ValueError`` it would raise; nothing opens.
+
+    Example:
+        >>> check_scheme("postgres://db/app")
+        'postgres'
+        >>> check_scheme("ftp://x")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: unsupported stream URL scheme 'ftp' in 'ftp://x' (use memory://, redis://, ...)
+    """
+    scheme = scheme_of(url)
+    if scheme != "memory" and scheme not in ("redis", "rediss", "unix") and scheme not in _SQL_SCHEMES:
+        supported = ", ".join(f"{s}://" for s in SCHEMES)
+        raise ValueError(f"unsupported stream URL scheme {scheme!r} in {url!r} (use {supported})")
+    return scheme
+
+
 def open_stream(url: str, **options: Any) -> Backend:
     """The store for ``url``; ``options`` go to the backend's ``from_url``. Nothing connects until first use.
 
@@ -53,7 +71,7 @@ def open_stream(url: str, **options: Any) -> Backend:
         >>> open_stream("memory://", publish_events=False).publish_events
         False
     """
-    scheme = scheme_of(url)
+    scheme = check_scheme(url)
     if scheme == "memory":
         from .memory import MemoryStream
 
@@ -64,10 +82,7 @@ def open_stream(url: str, **options: Any) -> Backend:
             from .redis import RedisStream
 
             return RedisStream.from_url(url, **options)
-    if scheme in _SQL_SCHEMES:
-        with missing_extra(f"a {scheme}:// stream store"):
-            from .sql import SQLStream
+    with missing_extra(f"a {scheme}:// stream store"):  # the rest check_scheme passes: the SQL ones
+        from .sql import SQLStream
 
-            return SQLStream.from_url(url, **options)
-    supported = ", ".join(f"{s}://" for s in SCHEMES)
-    raise ValueError(f"unsupported stream URL scheme {scheme!r} in {url!r} (use {supported})")
+        return SQLStream.from_url(url, **options)

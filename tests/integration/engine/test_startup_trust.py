@@ -102,9 +102,19 @@ def listener_config(tmp_path: Path, *, api_port: int, stream_port: int, stream_s
 # -- the command line ------------------------------------------------------------------------------------------
 
 
-def test_bad_stream_store_scheme_stops_the_engine_with_one_line() -> None:
-    line = one_error_line(engine_cli("--port", "0", "--stream-store", "bad://x"), 1)
-    assert line.startswith(f"iii-engine: module {STREAM} cannot start: ")
+def test_bad_stream_store_scheme_is_a_usage_error_naming_the_flag() -> None:
+    # before: exit 1 at the stream module's start, named as "modules[0].config.store_url", a path the user never wrote
+    line = one_error_line(engine_cli("--port", "0", "--stream-store", "bad://u:secret@x"), 2)
+    assert line.startswith("iii-engine: argument --stream-store: unsupported stream URL scheme 'bad'"), line
+    assert "secret" not in line and "modules[" not in line
+
+
+def test_bad_store_url_in_the_config_stops_the_engine_with_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "engine.yaml"
+    config.write_text(f"modules:\n  - class: {STREAM}\n"
+                      f"    config: {{host: 127.0.0.1, port: {free_port()}, store_url: 'bad://x'}}\n")
+    line = one_error_line(engine_cli("--port", "0", "--config", str(config)), 1)
+    assert line.startswith(f"iii-engine: module {STREAM} cannot start: modules[0].config.store_url: ")
     assert "unsupported stream URL scheme 'bad'" in line and "--allow-degraded" in line
 
 
@@ -182,8 +192,11 @@ def test_unusable_host_is_one_line_with_status_1(host: str, reason: str) -> None
 
 
 async def test_allow_degraded_flag_starts_without_the_broken_module(
-        engine_process: Any) -> None:
-    proc = await engine_process("--stream-store", "bad://x", "--allow-degraded")
+        engine_process: Any, tmp_path: Path) -> None:
+    config = tmp_path / "broken.yaml"
+    config.write_text(f"modules:\n  - class: {STREAM}\n"
+                      f"    config: {{host: 127.0.0.1, port: {free_port()}, store_url: 'bad://x'}}\n")
+    proc = await engine_process("--config", str(config), "--allow-degraded")
     assert refused(proc.port) is False
     log = proc.log()
     assert log.count(f"module {STREAM} not available: modules[0].config.store_url: unsupported stream URL scheme "
