@@ -6,17 +6,22 @@ Usage::
                       [--overwrite]                              # replace existing files in DIR (default: refuse)
                       [--idle-timeout SECONDS]                   # fail a sender silent this long (default: 300)
     iii-channel send FILE|- --to files::receive                    # sends, prints the receipt as JSON
+                     [--allow-unverified]                        # accept an answer without "verified": true
 
 The sender creates a channel, calls the function with ``{"reader": <ref>, "name": …, "size": …}`` and streams
 the bytes (with an integrity trailer); the serving worker writes them with ``receive_file`` (temporary name,
-renamed when verified) or to its stdout, and returns ``{"path", "bytes", "sha256", "verified"}``. A transfer
+renamed when verified) or to its stdout, and returns ``{"path", "bytes", "sha256", "verified"}``. ``send``
+exits 0 only when that answer confirms the transfer (``"verified": true`` and, if named, the bytes sent), unless
+``--allow-unverified``; a function that answers while nobody takes the upload fails the send within seconds
+(``… answered without reading the channel: {answer}``), not at the channel's attach deadline. A transfer
 whose sender sends nothing for ``--idle-timeout`` seconds fails (its sender hears why): with ``--out -`` one
 transfer at a time has stdout, and a stalled one must not keep the others waiting for good.
 
 Progress bars go to stderr only: ``--progress auto`` (default) draws one when stderr is a terminal, ``always``
 also prints plain progress lines when it is not, ``never`` is silent. Stdout carries only data (``serve --out
 -``) or the final JSON receipt (``send``). Exit status: 0 on success (and for ``serve`` stopped by SIGTERM or
-SIGINT), 1 on a failed transfer or an engine that cannot be reached within ``--connect-timeout`` (one line
+SIGINT), 130 for ``send`` interrupted by SIGINT (one line ``iii-channel: send: interrupted``), 1 on a failed
+transfer (an unconfirmed one included) or an engine that cannot be reached within ``--connect-timeout`` (one line
 ``iii-channel: error: cannot reach the engine at URL …``), 2 on bad usage. Paths are checked before connecting:
 ``send`` of a directory or a missing file and ``serve --out`` into a missing directory fail at once.
 
@@ -36,12 +41,14 @@ import os
 import signal
 import stat
 import sys
+import time
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from iii._cli import OneLineParser
-from iii.channels import ChannelReader
+from iii.channels import ChannelReader, ChannelWriter
 from iii.connection import check_url
 from iii.iii import III
 
@@ -54,13 +61,18 @@ from .files import (
     send_file,
 )
 from .pipes import from_fd, to_fd
-from .progress import Progress, ProgressBar
+from .progress import Progress, ProgressBar, human_bytes
 from .source import ChannelSource
 
 DEFAULT_ENGINE = "ws://localhost:49134"
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 # How long a failed upload waits for the function's own error, which says more than "reader gone".
 _ERROR_GRACE_S = 5.0
+# After the function answered: how long one write may wait for the socket before send gives up on the upload. The
+# relay takes what it buffers at once, so a reader that never attached shows as a write waiting this long.
+_ANSWERED_STALL_S = 5.0
+# How much of a function's answer an error line quotes.
+_SHOWN_CHARS = 200
 # serve --once: how long the final round trip may take that makes sure the transfer's result reached the engine.
 _RESULT_FLUSH_S = 5.0
 DEFAULT_IDLE_TIMEOUT_S = 300.0
@@ -106,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--to", required=True, help="function id that receives {reader, name, size}")
     send.add_argument("--name", help="name to announce (default: the file's basename, or 'stdin')")
     send.add_argument("--timeout-ms", type=int, default=24 * 3600 * 1000, help="call timeout (default: 1 day)")
+    send.add_argument("--allow-unverified", action="store_true",
+                      help='exit 0 also when the answer does not confirm the transfer with "verified": true '
+                           "(a function of your own that answers something else)")
     serve = sub.add_parser("serve", help="register a function that stores what it receives", parents=[common])
     serve.add_argument("--function", required=True, help="function id to register")
     serve.add_argument("--out", required=True, help="directory to store files in, a file path, or - for stdout")
@@ -219,43 +234,147 @@ def _fail(message: str, status: int = 1) -> int:
     return status
 
 
+class _WatchedWriter(ChannelWriter):
+    """A channel writer that says how long its write under way has waited for the socket.
+
+    Once the called function has answered, a write that waits on means nobody takes the bytes: the relay
+    buffers some, then stops reading, and without a reader the upload would wait for the attach deadline.
+
+    Example:
+        >>> _WatchedWriter("ws://localhost:49134", {"channel_id": "c", "access_key": "k",
+        ...                                         "direction": "write"}).waited()
+        0.0
+    """
+
+    _waiting_since: float | None = None
+
+    def waited(self) -> float:
+        """Seconds the write, text message or close under way has waited (0.0 when none is under way)."""
+        since = self._waiting_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        with self._waiting():
+            await super().write(data)
+
+    async def send_message_async(self, msg: str) -> None:
+        with self._waiting():
+            await super().send_message_async(msg)
+
+    async def close_async(self) -> None:
+        with self._waiting():
+            await super().close_async()
+
+    @contextlib.contextmanager
+    def _waiting(self) -> Iterator[None]:
+        self._waiting_since = time.monotonic()
+        try:
+            yield
+        finally:
+            self._waiting_since = None
+
+
+def _shown(answer: object) -> str:
+    """A function's answer as compact JSON, cut to a length that fits an error line.
+
+    Example:
+        >>> _shown({"ignored": True}), len(_shown({"x": "y" * 1000}))
+        ('{"ignored": true}', 201)
+    """
+    text = json.dumps(answer, default=repr, ensure_ascii=False, separators=(", ", ": "))
+    return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "…"
+
+
+def _unconfirmed(answer: object, sent: int) -> str | None:
+    """Why ``answer`` does not confirm that the ``sent`` bytes arrived intact, or ``None`` when it does:
+    ``"verified": true`` (the receiver checked the integrity trailer) and, if it names them, the same byte count.
+
+    Example:
+        >>> _unconfirmed({"bytes": 3, "verified": True}, 3) is None
+        True
+        >>> _unconfirmed({"ignored": True}, 3)
+        'did not confirm the transfer (its answer has no "verified": true)'
+    """
+    if not isinstance(answer, dict) or "verified" not in answer:
+        return 'did not confirm the transfer (its answer has no "verified": true)'
+    if answer["verified"] is not True:
+        return f'did not verify the transfer ("verified": {_shown(answer["verified"])})'
+    stored = answer.get("bytes")
+    if isinstance(stored, int) and not isinstance(stored, bool) and stored != sent:
+        return f"verified {stored} bytes, but {sent} were sent"
+    return None
+
+
+async def _ended(transfer: asyncio.Future[int], writer: _WatchedWriter) -> bool:
+    """Wait for ``transfer`` while it moves: ``True`` once it is done, ``False`` when one of its socket operations
+    has waited ``_ANSWERED_STALL_S``. A source that is slow (stdin) is not a stall: nothing waits on the socket."""
+    while True:
+        left = _ANSWERED_STALL_S - writer.waited()
+        if left <= 0:
+            return False
+        done, _ = await asyncio.wait({transfer}, timeout=left)
+        if done:
+            return True
+
+
 async def _send(args: argparse.Namespace) -> int:
     size = _check_source(args.file)
-    client = III(_engine(args))
+    url = _engine(args)
+    client = III(url)
+    tasks: list[asyncio.Future[Any]] = []
     try:
         await _connect(client, args)
         channel = await client.create_channel_async()
+        writer = _WatchedWriter(url, channel.writer_ref)
         progress = _progress(args)
         if args.file == "-":
             name = args.name or "stdin"
-            upload = from_fd(channel.writer, sys.stdin.fileno(), progress=progress, label=name)
+            upload = from_fd(writer, sys.stdin.fileno(), progress=progress, label=name)
         else:
             path = Path(args.file)
             name = args.name or path.name
-            upload = send_file(channel.writer, path, progress=progress)
+            upload = send_file(writer, path, progress=progress)
         payload = {"reader": channel.reader_ref, "name": name, "size": size}
-        transfer = asyncio.ensure_future(upload)
+        transfer: asyncio.Future[int] = asyncio.ensure_future(upload)
         call = asyncio.ensure_future(
             client.trigger_async({"function_id": args.to, "payload": payload, "timeout_ms": args.timeout_ms}))
-        await asyncio.wait({transfer, call}, return_when=asyncio.FIRST_EXCEPTION)
-        if call.done() and call.exception() is not None:
-            # The function failed (or does not exist): nobody will read the rest, so stop uploading.
-            transfer.cancel()
-            with contextlib.suppress(BaseException):
-                await transfer
+        tasks += [transfer, call]
+        await asyncio.wait({transfer, call}, return_when=asyncio.FIRST_COMPLETED)
+        if not call.done() and transfer.exception() is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.wait({call}), _ERROR_GRACE_S)
+            if not call.done() or call.exception() is None:
+                return _fail(f"sending {args.file} failed: {_why(transfer.exception())}")
+        await asyncio.wait({call})
+        if call.exception() is not None:
+            # The function failed (or does not exist): nobody reads the rest; the finally stops the upload.
             return _fail(f"{args.to} failed: {_why(call.exception())}")
+        answer = call.result()
+        if not await _ended(transfer, writer):
+            # Answered, and the bytes go nowhere: the reader never attached (or stopped reading for good).
+            await writer.abort(f"{args.to} answered without reading the channel")
+            total = "" if size is None else f" of {human_bytes(size)}"
+            return _fail(f"{args.to} answered without reading the channel: {_shown(answer)} "
+                         f"({human_bytes(writer.bytes_written)}{total} went out, then none for "
+                         f"{_ANSWERED_STALL_S:g} s)")
         if transfer.exception() is not None:
-            with contextlib.suppress(BaseException):
-                await asyncio.wait_for(asyncio.shield(call), _ERROR_GRACE_S)
-            if call.done() and not call.cancelled() and call.exception() is not None:
-                return _fail(f"{args.to} failed: {_why(call.exception())}")
-            call.cancel()
-            return _fail(f"sending {args.file} failed: {_why(transfer.exception())}")
-        result = await call
-        print(json.dumps({"sent": transfer.result(), "result": result}), flush=True)
+            return _fail(f"sending {args.file} failed after {args.to} answered {_shown(answer)}: "
+                         f"{_why(transfer.exception())}")
+        sent = transfer.result()
+        problem = None if args.allow_unverified else _unconfirmed(answer, sent)
+        if problem is not None:
+            return _fail(f"{args.to} {problem}: {_shown(answer)} (--allow-unverified accepts such an answer)")
+        print(json.dumps({"sent": sent, "result": answer}), flush=True)
         return 0
     finally:
-        await client.shutdown_async()
+        # Cancelled and awaited before the shutdown: a call the shutdown fails, left unread, is printed as
+        # "Task exception was never retrieved" with a traceback when the loop ends (Ctrl-C mid-transfer).
+        for task in tasks:
+            task.cancel()
+        try:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            await client.shutdown_async()
 
 
 _STDOUT_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
@@ -395,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return asyncio.run(runner(args))
     except KeyboardInterrupt:
+        # serve ends on SIGINT itself (exit 0); an interrupted send says so, in one line like every failure.
+        print(f"iii-channel: {args.command}: interrupted", file=sys.stderr)
         return 130
     except _Refused as exc:
         return _fail(str(exc))

@@ -13,16 +13,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from iii import III
 from iii.channels import ChannelReader
 from iii_engine import Engine
 from tests.integration.channels.test_cli import _finish, _start
 
 
-@pytest.mark.xfail(strict=True, reason="send waits for the upload after the call returned; with no reader it "
-                                       "waits for the channel's attach deadline (300 s)")
 async def test_send_to_a_function_that_ignores_the_stream_ends(engine: Engine, tmp_path: Path) -> None:
     worker = III(engine.url)
     await worker.connect_async()
