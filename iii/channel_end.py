@@ -257,6 +257,16 @@ class WebSocketEnd:
         with contextlib.suppress(ConnectionClosed):
             await self.ws.close(code, reason[:120])
 
+    async def drain(self) -> None:
+        """Wait until what was sent left this end's buffers (the transport's down to its low-water mark: empty
+        for the SDK's plain channel sockets). Never raises: a closed connection shows at the next send or close.
+
+        Between two sync calls of a channel end no loop runs to write out what the transport kept, so a sync
+        write waits here before it returns."""
+        ws_fastpath.flush(self.ws)
+        with contextlib.suppress(Exception):
+            await self.ws.drain()
+
     def abort(self) -> None:
         """Drop the TCP connection without a Close frame."""
         ws_fastpath.abort(self.ws)

@@ -9,6 +9,10 @@ Same API as the reference SDK's ``iii.channels`` (``ChannelWriter``, ``ChannelRe
   connects to deliver end-of-stream;
 * the sync ``.stream`` API and ``send_message`` go through one ordered queue; ``WritableStream.write`` returns
   ``False`` once more than ``high_water_mark`` bytes are queued (``await stream.drain()`` then waits);
+* the sync API works in any sequence from code with no running loop (``write``, ``write``, ``end``; ``write``,
+  ``close``): the reference ran each call in an ``asyncio.run`` of its own, so the socket the first call opened
+  belonged to a closed loop at the second (``RuntimeError: ... attached to a different loop``, and no end of
+  stream for the reader). See "Event loops" below;
 * text messages reach ``on_message`` callbacks during any read (iteration, ``read_all``, ``recv``);
 * abnormal closes raise precise errors (below) instead of ending the stream silently;
 * channel objects inside payloads serialise as their refs (``__iii_json__``).
@@ -24,7 +28,24 @@ ReaderGoneError          writer side: the reader left before the end (4002; or t
                          how the production engine signals it)
 ChannelInUseError        this end of the channel is already attached to another connection (4009)
 ChannelClosedError       this end was already closed locally
+ChannelLoopError         this end was used from an event loop other than the one it belongs to (also a
+                         ``RuntimeError``)
 ======================== =================================================================================
+
+Event loops: a channel end belongs to the first event loop that uses it (its socket, tasks and futures live
+there). Async methods must be awaited on that loop. The sync methods (``stream.write``, ``stream.end``,
+``send_message``, ``close``) work from anywhere:
+
+* where no loop runs (a script, a sync handler's thread): the call blocks until its work is done, written out to
+  the socket, or raises. An end first used this way runs on a private loop of its own, in the calling thread,
+  kept from one sync call to the next and closed once the end is closed (no thread, no loop per call). An end
+  that belongs to a loop running in another thread has the call run there (``asyncio.to_thread`` from async code);
+* on the end's own running loop: the call queues its work and returns at once (fire-and-forget, as in the
+  reference); ``close`` logs its errors, ``await close_async()`` raises them.
+
+Anything else (a sync call from another running loop, an async method awaited on another loop, an end whose loop
+is closed, e.g. by an ``asyncio.run`` that returned) raises :class:`ChannelLoopError` saying so, instead of
+asyncio's "attached to a different loop" or a wait for good.
 
 Example:
     >>> ref = StreamChannelRef(channel_id="c1", access_key="k", direction="write")
@@ -36,12 +57,15 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import inspect
 import logging
+import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from types import TracebackType
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 from urllib.parse import quote
 
 import websockets
@@ -54,6 +78,11 @@ from .iii_types import StreamChannelRef
 from .waiters import Signal
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# The C accessor: ``None`` where no loop runs, without the exception get_running_loop raises there.
+_running_loop = asyncio._get_running_loop
 
 MAX_FRAME_SIZE: Final = ws_fastpath.MAX_FRAME_SIZE
 """Binary writes are split into frames of at most this many bytes (same as the reference, so any peer reads them),
@@ -131,6 +160,16 @@ class ChannelClosedError(ChannelError):
     """This channel end was already closed locally."""
 
 
+class ChannelLoopError(ChannelError, RuntimeError):
+    """This channel end was used from an event loop it does not belong to, or its loop is gone (module docstring,
+    "Event loops"). A ``RuntimeError`` too, like asyncio's own "attached to a different loop" it replaces.
+
+    Example:
+        >>> issubclass(ChannelLoopError, RuntimeError)
+        True
+    """
+
+
 def build_channel_url(engine_ws_base: str, channel_id: str, access_key: str, direction: str) -> str:
     """``ws://host:port/ws/channels/<id>?key=<key>&dir=<direction>`` (docs/protocol.md#channels).
 
@@ -190,9 +229,103 @@ def _closed_error(exc: ChannelEndClosed, channel_id: str, side: Literal["read", 
     return ChannelConnectionError(f"channel {channel_id}: closed abnormally with code {code}{detail}", **kw)
 
 
-def _run_sync(coro: Any) -> None:
-    """Run ``coro`` now when no loop is running (the reference's fallback for the sync API)."""
-    asyncio.run(coro)
+class _Home:
+    """The one event loop a channel end belongs to, and how its sync calls reach it (module docstring, "Event
+    loops").
+
+    An end is bound to the first loop that uses it: async code binds it to its running loop (:meth:`bind`); a sync
+    call where no loop runs (:meth:`run`) binds it to a private loop of its own, created then, run in the calling
+    thread for each such call and closed by :meth:`release` once the end is done. The private loop is what the
+    reference's ``asyncio.run`` per call lacked: the socket one call opens is still on a live loop at the next.
+
+    Example:
+        >>> home = _Home("c1", "writer")
+        >>> async def where() -> bool:
+        ...     return asyncio.get_running_loop() is home.loop
+        >>> home.run(where), home.run(where)  # the same private loop for both calls
+        (True, True)
+        >>> home.release(); home.loop.is_closed()
+        True
+    """
+
+    __slots__ = ("_lock", "_private", "channel_id", "loop", "side")
+
+    def __init__(self, channel_id: str, side: Literal["reader", "writer"]) -> None:
+        self.channel_id = channel_id
+        self.side = side
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._private: asyncio.AbstractEventLoop | None = None
+        # Binding, and every run of the private loop (one thread at a time: a loop runs in one thread).
+        self._lock = threading.Lock()
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Bind to ``loop``, the loop running this call, or raise :class:`ChannelLoopError` if the end belongs to
+        another one."""
+        if self.loop is loop:
+            return
+        with self._lock:
+            if self.loop is None:
+                self.loop = loop
+                return
+        raise self._error("was called from an event loop other than the one it belongs to (the first loop that "
+                          "used it: its socket and tasks live there); await it on that loop, or call its sync "
+                          "methods from a thread with no loop running")
+
+    def run(self, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        """``work()`` run to its end for a sync call made where no loop runs in this thread (see the class)."""
+        with self._lock:
+            if self.loop is None:
+                self.loop = self._private = asyncio.new_event_loop()
+            if self.loop is self._private:
+                return self._run_private(self.loop, work)
+        loop = self.loop
+        if loop.is_closed():
+            raise self._error("belongs to an event loop that is closed now (an asyncio.run() that returned?): its "
+                              "socket went with that loop")
+        if not loop.is_running():
+            raise self._error("belongs to an event loop that is not running: a sync call can only run on it "
+                              "while it runs in another thread")
+        future = asyncio.run_coroutine_threadsafe(work(), loop)
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError as exc:
+            raise self._error("had this call cancelled on the event loop it belongs to (that loop shutting "
+                              "down?)") from exc
+
+    def _run_private(self, loop: asyncio.AbstractEventLoop, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        if loop.is_closed():
+            raise ChannelClosedError(f"channel {self.channel_id} {self.side} is closed", channel_id=self.channel_id)
+        task = loop.create_task(work())
+        try:
+            return loop.run_until_complete(task)
+        finally:
+            if not task.done():
+                # KeyboardInterrupt (or SystemExit) out of the loop: the call ends with it, as in asyncio.run,
+                # instead of going on at the next sync call.
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    loop.run_until_complete(task)
+
+    def release(self) -> None:
+        """Close the private loop, if any (the end is done): what is left on it is cancelled first."""
+        with self._lock:
+            loop = self._private
+            if loop is None or loop.is_closed():
+                return
+            try:
+                tasks = asyncio.all_tasks(loop)
+                for task in tasks:
+                    task.cancel()
+                if tasks:
+                    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                # the connect's getaddrinfo may have started the loop's default executor: its threads end here
+                loop.run_until_complete(loop.shutdown_default_executor())
+            finally:
+                loop.close()
+
+    def _error(self, what: str) -> ChannelLoopError:
+        return ChannelLoopError(f"channel {self.channel_id} {self.side} {what}", channel_id=self.channel_id)
 
 
 # ---------------------------------------------------------------------------------------------------- writer
@@ -203,6 +336,8 @@ class WritableStream:
 
     ``write`` queues the bytes in order and returns ``False`` once more than ``high_water_mark`` bytes are
     queued; ``await drain()`` waits until the queue is back under it. ``end`` closes after every queued write.
+    Where no event loop runs, ``write`` and ``end`` block until their bytes are written out (``write`` then returns
+    ``True``) and raise the writer's errors; any sequence of them works (module docstring, "Event loops").
 
     Example:
         >>> async def produce(writer: ChannelWriter) -> None:
@@ -218,32 +353,41 @@ class WritableStream:
 
     def write(self, data: bytes | bytearray | memoryview) -> bool:
         """Queue ``data``; ``False`` means "wait for :meth:`drain` before writing more"."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            _run_sync(self._writer.write(bytes(data)))
+        writer = self._writer
+        loop = _running_loop()
+        if loop is None:
+            payload = bytes(data)
+            writer._check_open()
+            writer._run_sync(lambda: writer._write_out(payload))
             return True
-        self._writer._enqueue(bytes(data))
-        return self._writer.pending_bytes < self.high_water_mark
+        writer._home.bind(loop)
+        writer._enqueue(bytes(data))
+        return writer.pending_bytes < self.high_water_mark
 
     def end(self, data: bytes | bytearray | memoryview | None = None) -> None:
         """Queue optional final ``data``, then close once everything queued was sent."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            _run_sync(self._end_async(data))
+        writer = self._writer
+        loop = _running_loop()
+        if loop is None:
+            if data is None:
+                writer.close()
+                return
+            payload = bytes(data)
+            writer._check_open()
+            writer._run_sync(lambda: self._end_async(payload))
             return
+        writer._home.bind(loop)
         if data is not None:
-            self._writer._enqueue(bytes(data))
-        self._writer.close()
+            writer._enqueue(bytes(data))
+        writer.close()
 
-    async def _end_async(self, data: bytes | bytearray | memoryview | None) -> None:
-        if data is not None:
-            await self._writer.write(data)
+    async def _end_async(self, data: bytes) -> None:
+        await self._writer.write(data)
         await self._writer.close_async()
 
     async def drain(self) -> None:
         """Wait until fewer than ``high_water_mark`` bytes are queued (ours; raises the writer's error)."""
+        self._writer._home.bind(asyncio.get_running_loop())
         await self._writer._wait_pending_below(self.high_water_mark)
 
 
@@ -251,6 +395,8 @@ class ChannelWriter:
     """The writing end of a channel: binary ``write`` and text ``send_message``, then ``close``.
 
     Connects lazily on first use. ``async with writer:`` closes on success and aborts on an exception (ours).
+    The sync methods (``send_message``, ``close``, ``stream``) work in any sequence from code with no running loop
+    (module docstring, "Event loops").
 
     Example:
         >>> async def send(writer: ChannelWriter, data: bytes) -> None:
@@ -277,6 +423,7 @@ class ChannelWriter:
         self._error: BaseException | None = None
         self._closing: asyncio.Task[None] | None = None
         self._closed = False
+        self._home = _Home(self._channel_id, "writer")
         self.bytes_written = 0
         self.stream = WritableStream(self)
 
@@ -296,36 +443,45 @@ class ChannelWriter:
         """Send ``data`` as binary frames (65 536 bytes, or what the engine invites), after anything queued before
         it."""
         self._check_open()
+        if self._home.loop is not _running_loop():
+            self._home.bind(asyncio.get_running_loop())
         if self._queue or self._pump is not None:
             await self._enqueue_and_wait(bytes(data))
         else:
             await self._send(data)
 
     def send_message(self, msg: str) -> None:
-        """Queue a text message (fire-and-forget; ordered with every other write)."""
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            _run_sync(self.send_message_async(msg))
-            return
+        """Queue a text message (fire-and-forget; ordered with every other write). Where no loop runs: sent
+        before it returns."""
         self._check_open()
+        loop = _running_loop()
+        if loop is None:
+            self._run_sync(lambda: self._write_out(msg))
+            return
+        self._home.bind(loop)
         self._enqueue(msg)
 
     async def send_message_async(self, msg: str) -> None:
         """Send a text message (never split) after anything queued before it."""
         self._check_open()
+        self._home.bind(asyncio.get_running_loop())
         if self._queue or self._pump is not None:
             await self._enqueue_and_wait(msg)
         else:
             await self._send(msg)
 
     def close(self) -> None:
-        """Close after every queued write (fire-and-forget; errors are logged)."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            _run_sync(self.close_async())
+        """Close after every queued write (fire-and-forget; errors are logged). Where no loop runs: closed when it
+        returns, raising if the stream did not get through."""
+        loop = _running_loop()
+        if loop is None:
+            closing = self._closing
+            if closing is not None and closing.done():
+                closing.result()  # closed already (its loop may be gone): the outcome again, as close_async does
+                return
+            self._run_sync(self.close_async)
             return
+        self._home.bind(loop)
         if self._closing is None:
             self._closed = True
             self._closing = loop.create_task(self._close_impl())
@@ -333,6 +489,11 @@ class ChannelWriter:
 
     async def close_async(self) -> None:
         """Send end-of-stream once every queued write was sent; raises if the stream did not get through."""
+        closing = self._closing
+        if closing is not None and closing.done():
+            closing.result()
+            return
+        self._home.bind(asyncio.get_running_loop())
         if self._closing is None:
             self._closed = True
             self._closing = asyncio.ensure_future(self._close_impl())
@@ -344,6 +505,9 @@ class ChannelWriter:
         Against the production engine an abort looks like end-of-stream to the reader; use an integrity trailer
         (``iii_channels``) to detect it there.
         """
+        closing = self._closing
+        if closing is None or not closing.done():  # after the close there is nothing left to abort, on any loop
+            self._home.bind(asyncio.get_running_loop())
         self._closed = True
         if self._pump is not None:
             self._pump.cancel()
@@ -384,6 +548,27 @@ class ChannelWriter:
             raise self._error
         if self._closed:
             raise ChannelClosedError(f"channel {self._channel_id} writer is closed", channel_id=self._channel_id)
+
+    def _run_sync(self, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """A sync call made where no loop runs: ``work()`` on the writer's loop (:class:`_Home`); the private
+        loop, if that is it, goes once the writer is closed."""
+        try:
+            self._home.run(work)
+        finally:
+            closing = self._closing
+            if closing is not None and closing.done():
+                self._home.release()
+
+    async def _write_out(self, data: bytes | str) -> None:
+        """A sync call's write: sent, and out of the transport's buffer before the call returns (until the next
+        sync call no loop runs to write out what the transport kept)."""
+        if isinstance(data, str):
+            await self.send_message_async(data)
+        else:
+            await self.write(data)
+        end = self._end
+        if end is not None:
+            await end.drain()
 
     async def _ensure_connected(self) -> WebSocketEnd:
         while self._end is None:
@@ -543,7 +728,9 @@ class ReadableStream:
 class ChannelReader:
     """The reading end of a channel: iterate binary chunks; text messages go to ``on_message`` callbacks.
 
-    End of stream ends iteration; an aborted or broken stream raises a :class:`ChannelError` subclass.
+    End of stream ends iteration; an aborted or broken stream raises a :class:`ChannelError` subclass. All of
+    its reads belong to one event loop: the same reader read under two ``asyncio.run`` calls raises
+    :class:`ChannelLoopError` at the second (its socket went with the first loop).
 
     Example:
         >>> async def receive(reader: ChannelReader) -> bytes:
@@ -560,6 +747,7 @@ class ChannelReader:
         self._message_callbacks: list[Callable[[str], Any]] = []
         self._eof = False
         self._closed = False
+        self._home = _Home(self._channel_id, "reader")
         self.bytes_read = 0
         self.stream = ReadableStream(self)
 
@@ -578,6 +766,8 @@ class ChannelReader:
             return None
         if self._closed:
             raise ChannelClosedError(f"channel {self._channel_id} reader is closed", channel_id=self._channel_id)
+        if self._home.loop is not _running_loop():
+            self._home.bind(asyncio.get_running_loop())
         end = self._end
         if end is None:
             end = await self._ensure_connected()
@@ -629,6 +819,8 @@ class ChannelReader:
         end = self._end
         if end is None:
             return
+        if end.is_open:  # a socket still open needs its own loop to close; one closed already, none
+            self._home.bind(asyncio.get_running_loop())
         await close_draining(end, end.aclose(ChannelCloseCode.NORMAL))
 
     def __iii_json__(self) -> dict[str, Any]:
@@ -668,6 +860,7 @@ __all__ = [
     "ChannelError",
     "ChannelExpiredError",
     "ChannelInUseError",
+    "ChannelLoopError",
     "ChannelNotFoundError",
     "ChannelReader",
     "ChannelWriter",

@@ -47,8 +47,6 @@ def _write_write_close(writer: ChannelWriter) -> None:
     writer.close()
 
 
-@pytest.mark.xfail(strict=True, reason="each sync call runs asyncio.run of its own: the socket the first call "
-                                       "connected belongs to a closed loop, so close() raises and no EOF is sent")
 @pytest.mark.parametrize("produce", [_write_then_end, _write_write_close], ids=["write-end", "write-write-close"])
 async def test_sync_writes_from_a_thread_without_a_loop_reach_the_reader(
         relay: tuple[str, ChannelRelay], produce: Callable[[ChannelWriter], None]) -> None:
