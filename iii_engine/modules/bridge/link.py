@@ -79,6 +79,7 @@ class BridgeLink:
         self.role = role
         self.connect_grace_s = connect_grace_s
         self._client: III | None = None
+        self._closed_client: III | None = None  # the client of the last close (a close under way included)
         # One watcher per link and event loop looks at the connection while calls are pending, not one poll per
         # call (1,000 pending calls were 10,000 wake-ups a second); it resolves the current outage future once the
         # link has been down for connect_grace_s, which fails every call that was pending then. Per loop: a future
@@ -266,8 +267,12 @@ class BridgeLink:
         self._running().register_service({"id": service_id, "name": name})
 
     async def close(self) -> None:
-        """Disconnect and stop the link's thread (idempotent)."""
-        client, self._client = self._client, None
+        """Disconnect and stop the link's thread (idempotent: a call while a close is under way returns once the
+        link's thread has ended)."""
+        # The client stays known after its close: a second close waits on its shutdown (which waits for the one
+        # under way) instead of returning while the first still disconnects.
+        client = self._client or self._closed_client
+        self._client, self._closed_client = None, client
         watches = list(self._watches.values())
         current = asyncio.get_running_loop()
         for watch in watches:
