@@ -267,6 +267,8 @@ class _Home:
             if self.loop is None:
                 self.loop = loop
                 return
+        if self.loop.is_closed():
+            raise self._gone()
         raise self._error("was called from an event loop other than the one it belongs to (the first loop that "
                           "used it: its socket and tasks live there); await it on that loop, or call its sync "
                           "methods from a thread with no loop running")
@@ -280,8 +282,7 @@ class _Home:
                 return self._run_private(self.loop, work)
         loop = self.loop
         if loop.is_closed():
-            raise self._error("belongs to an event loop that is closed now (an asyncio.run() that returned?): its "
-                              "socket went with that loop")
+            raise self._gone()
         if not loop.is_running():
             raise self._error("belongs to an event loop that is not running: a sync call can only run on it "
                               "while it runs in another thread")
@@ -323,6 +324,10 @@ class _Home:
                 loop.run_until_complete(loop.shutdown_default_executor())
             finally:
                 loop.close()
+
+    def _gone(self) -> ChannelLoopError:
+        return self._error("belongs to an event loop that is closed now (an asyncio.run() that returned?): its "
+                           "socket went with that loop; use a channel end within one loop, or only from sync code")
 
     def _error(self, what: str) -> ChannelLoopError:
         return ChannelLoopError(f"channel {self.channel_id} {self.side} {what}", channel_id=self.channel_id)

@@ -26,10 +26,10 @@ def _ends(base: str, relay: ChannelRelay) -> tuple[ChannelWriter, ChannelReader]
     return ChannelWriter(base, refs["writer"]), ChannelReader(base, refs["reader"])
 
 
-def _drop_socket(writer: ChannelWriter) -> None:
-    """Shut the writer's socket down by hand: one connected by a loop that is closed now can no longer close itself,
+def _drop_socket(channel_end: ChannelWriter | ChannelReader) -> None:
+    """Shut an end's socket down by hand: one connected by a loop that is closed now can no longer close itself,
     and the relay server's stop would wait for it past the test's time limit."""
-    end = writer._end
+    end = channel_end._end
     sock = None if end is None else end.ws.transport.get_extra_info("socket")
     if sock is not None:
         with contextlib.suppress(OSError):
