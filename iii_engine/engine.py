@@ -407,6 +407,8 @@ class Engine:
             closes.let_go()
             raise
         await closes.wait()
+        # a channel's loop waiting on its other end (a full queue, no reader) would hold the listener's close
+        self.channels.stopping()
         await self._listener.close()
         # a call's task that swallows its cancel (its library's doing) held the stop, and the stop's own cancel,
         # for good: the calls in flight get CLOSE_TIMEOUT_S after their cancel, then are let go

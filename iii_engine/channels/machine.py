@@ -113,6 +113,7 @@ class ChannelMachine:
         self.reader_gone = False
         self.expired = False
         self.discarded = False
+        self.shutting_down = False  # the engine stops: both ends get 1001, whatever else happened
 
     # ------------------------------------------------------------------ queries
 
@@ -173,6 +174,8 @@ class ChannelMachine:
 
     def stop_writer(self) -> Action:
         """How to end an attached writer once :attr:`stopped` (the reader left or the channel expired)."""
+        if self.shutting_down:  # the listener closes every socket at the stop anyway: the same code
+            return self._close(Side.WRITER, ChannelCloseCode.GOING_AWAY, "engine shutting down")
         if not self.policy.tell_writer:
             return Drop(Side.WRITER)  # production drops the writer without a Close frame
         if self.expired:
@@ -260,6 +263,12 @@ class ChannelMachine:
 
     def reader_step(self) -> Message | Close | Step:
         """What the reader loop does next: send a message, close the reader (the end), stop, or wait."""
+        if self.shutting_down:
+            if self.reader_gone:
+                return Step.STOP
+            self.items.clear()
+            self.queued_bytes = 0
+            return self._close(Side.READER, ChannelCloseCode.GOING_AWAY, "engine shutting down")
         if self.failure is not None and self.policy.writer_abort_visible:
             code, reason = self.failure
             self.items.clear()
@@ -326,7 +335,7 @@ class ChannelMachine:
 
     def expire(self) -> tuple[bool, Action | None]:
         """The attach deadline passed: ``(expired, action for an attached writer)``."""
-        if self.both_attached:
+        if self.both_attached or self.shutting_down:
             return False, None
         self.expired = True
         if self.writer_state is EndState.ATTACHED and self.policy.tell_writer:
@@ -350,7 +359,18 @@ class ChannelMachine:
         return actions
 
     def shutdown(self) -> list[Action]:
-        """The engine stops: close every attached end with 1001."""
+        """The engine stops: close every attached end with 1001 (an end attached later, or whose loop looks next,
+        gets the same); the queue is dropped and the attach deadline no longer applies.
+
+        Example:
+            >>> m = ChannelMachine("c", capacity=1)
+            >>> _ = m.attach(Side.WRITER); _ = m.writer_message(False, b"x")
+            >>> [(a.side.value, int(a.code or 0), a.reason) for a in m.shutdown()]
+            [('write', 1001, 'engine shutting down')]
+            >>> m.stopped, m.stop_writer().code == 1001, m.reader_step().code == 1001, m.queued_bytes
+            (True, True, True, 0)
+        """
+        self.shutting_down = True
         self.expired = True
         return [self._close(side, ChannelCloseCode.GOING_AWAY, "engine shutting down")
                 for side, state in ((Side.WRITER, self.writer_state), (Side.READER, self.reader_state))

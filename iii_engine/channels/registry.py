@@ -209,6 +209,7 @@ class ChannelRelay:
         self._reserved: dict[str, _Reserved] = {}
         self._sweep: asyncio.TimerHandle | None = None
         self._driver = Driver(self._spawn, self._finished)
+        self._stopping = False  # the engine's stop began (stopping()): an end that attaches now is closed at once
 
     # ------------------------------------------------------------------ creation and lookup
 
@@ -547,6 +548,10 @@ class ChannelRelay:
         self._driver.writer_detached(ch)
 
     async def _serve_end(self, end: ChannelEnd, channel_id: str, key: str, direction: str) -> None:
+        if self._stopping:
+            await perform(end, Close(Side(direction), self.policy.wire_code(ChannelCloseCode.GOING_AWAY),
+                                     "engine shutting down"))
+            return
         refused = self.check(channel_id, key, direction)  # a reserved channel passes as a live one would
         channel = self._channels.get(channel_id)
         if channel is None and refused is None and channel_id in self._reserved:
@@ -646,8 +651,30 @@ class ChannelRelay:
                 ch.cancel_deadline()
                 self._forget(ch.id)
 
+    def stopping(self) -> None:
+        """The engine's stop begins, before its listener closes the sockets: every channel ends now, its attached
+        ends closed with 1001 (no code in ``production_mode``) in the background, its queue dropped, and an end
+        that attaches from now on is closed the same way. Why: a loop waiting on the other end (a writer on a full
+        queue whose reader never came, a reader with no writer) never noticed the listener's close of its socket
+        and held the listener's close, so the engine's stop, until the channel's attach deadline (300 s).
+
+        Example:
+            >>> relay = ChannelRelay()
+            >>> channel_id = relay.create(4, owner="w")["writer"]["channel_id"]
+            >>> relay.stopping(); relay._channels[channel_id].machine.stopped
+            True
+        """
+        self._stopping = True
+        driver = self._driver
+        for ch in list(self._channels.values()):
+            ch.cancel_deadline()
+            for action in ch.machine.shutdown():
+                driver.act_later(ch, action)
+            ch.wake()
+
     async def close(self) -> None:
-        """Engine shutdown: close every channel socket and forget every channel."""
+        """Engine shutdown: close every channel socket and forget every channel (see :meth:`stopping`, which
+        the engine calls first)."""
         closing = []
         for ch in list(self._channels.values()):
             ch.cancel_deadline()
@@ -669,6 +696,7 @@ class ChannelRelay:
         await asyncio.gather(*closing, return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
+        self._stopping = False  # an engine started again serves channels again
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)

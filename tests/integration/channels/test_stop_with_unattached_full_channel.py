@@ -1,37 +1,64 @@
-"""The engine's stop while a channel's writer waits on a full queue whose reader never attached.
+"""The engine's stop while a channel's loop waits on its other end.
 
 The relay stops reading a writer while the channel's queue is full: that is its backpressure. With no reader, nothing
-ever makes room, and the engine's stop does not wake that writer loop: the websockets server's close waits for the
-connection's handler, so ``Engine.stop()`` (and ``iii-engine`` on SIGTERM) waits for the channel's attach deadline,
-300 s by default. A writer that streams into a function that never reads its reader is enough to get there. The README
-promises that every wait on a peer during a stop is bounded.
+ever makes room; a reader with no writer waits for a first message that never comes. The listener's close of their
+sockets did not wake those loops, so the websockets server's close waited for their handlers and ``Engine.stop()``
+(and ``iii-engine`` on SIGTERM) for the channel's attach deadline, 300 s by default. The README promises that every
+wait on a peer during a stop is bounded; the stop now ends every channel first, each attached end closed with 1001
+(a Close without a code in ``production_mode``, as the production engine sends).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from typing import Any
 
 import pytest
+import websockets
+from websockets.asyncio.client import ClientConnection
 
 from iii import III
+from iii.channels import build_channel_url
 from iii_engine import Engine
+from iii_engine.channels.driver import Driver, LiveChannel
+from iii_engine.channels.machine import Close, Side
 from iii_engine.config import ChannelSettings
 from tests.conftest import engine_test_config
 
 STOP_BOUND_S = 5.0  # the stop closes every socket within 2 s; this engine has no store that could hang
-ATTACH_DEADLINE_S = 12.0  # the channel expires then, which ends the stop's wait today: keeps a failing run short
+ATTACH_DEADLINE_S = 12.0  # the channel expires then, which ended the stop's wait before: keeps a failing run short
+OPTS: dict[str, Any] = {"ping_interval": None, "compression": None, "max_size": None}
+
+pytestmark = pytest.mark.our_engine("stops an engine of its own")
 
 
-@pytest.mark.our_engine("stops an engine of its own")
-@pytest.mark.xfail(strict=True, reason="the relay's writer loop waits for room that never comes; the stop does not "
-                                       "wake it, so the server's close waits for the channel's attach deadline")
+def _engine(production_mode: bool = False) -> Engine:
+    return Engine(config=engine_test_config(channels=ChannelSettings(
+        attach_timeout_ms=int(ATTACH_DEADLINE_S * 1000), production_mode=production_mode)))
+
+
+async def _stop_within_bound(engine: Engine) -> None:
+    """Stop ``engine``, failing when that takes over :data:`STOP_BOUND_S` (the stop is then awaited to its end)."""
+    stop = asyncio.ensure_future(engine.stop())
+    done, _ = await asyncio.wait({stop}, timeout=STOP_BOUND_S)
+    # The attach deadline ends a stop still waiting, so the failing case leaves nothing running either.
+    await asyncio.wait_for(stop, ATTACH_DEADLINE_S + 5)
+    assert stop in done, f"Engine.stop() still running {STOP_BOUND_S:g} s later"
+
+
+async def _close_code(ws: ClientConnection) -> int | None:
+    """The code of the Close the engine sent ``ws`` (1005: one without a code), once the connection ended."""
+    await asyncio.wait_for(ws.wait_closed(), 5)
+    close = ws.protocol.close_rcvd
+    return None if close is None else close.code
+
+
 async def test_stop_is_bounded_with_a_writer_blocked_on_an_unattached_channel() -> None:
-    config = engine_test_config(channels=ChannelSettings(attach_timeout_ms=int(ATTACH_DEADLINE_S * 1000)))
-    engine = Engine(config=config)
+    engine = _engine()
     await engine.start()
     client = III(engine.url)
-    stop: asyncio.Future[None] | None = None
     writing: asyncio.Future[None] | None = None
     try:
         await client.connect_async()
@@ -44,13 +71,71 @@ async def test_stop_is_bounded_with_a_writer_blocked_on_an_unattached_channel() 
 
         writing = asyncio.ensure_future(write_forever())
         await asyncio.wait_for(engine.channels.wait_full(channel.writer.ref.channel_id), 10)
-        stop = asyncio.ensure_future(engine.stop())
-        done, _ = await asyncio.wait({stop}, timeout=STOP_BOUND_S)
-        assert stop in done, f"Engine.stop() still running {STOP_BOUND_S:g} s later"
+        await _stop_within_bound(engine)
     finally:
         if writing is not None:
             writing.cancel()
             await asyncio.gather(writing, return_exceptions=True)
         await client.shutdown_async()
-        # The attach deadline ends a stop still waiting, so the failing case leaves nothing running either.
-        await asyncio.wait_for(stop if stop is not None else engine.stop(), ATTACH_DEADLINE_S + 5)
+        await engine.stop()
+
+
+@pytest.mark.parametrize("production_mode", [False, True], ids=["ours", "production"])
+async def test_a_writer_blocked_on_a_full_unattached_channel_is_told_the_engine_stops(production_mode: bool) -> None:
+    engine = _engine(production_mode)
+    await engine.start()
+    writer: ClientConnection | None = None
+    writing: asyncio.Future[None] | None = None
+    try:
+        ref = engine.channels.create(4, owner=None)["writer"]
+        writer = await websockets.connect(
+            build_channel_url(engine.url, ref["channel_id"], ref["access_key"], "write"), **OPTS)
+        block = os.urandom(256 * 1024)
+
+        async def write_forever(ws: ClientConnection) -> None:
+            with contextlib.suppress(websockets.ConnectionClosed):
+                while True:
+                    await ws.send(block)
+
+        writing = asyncio.ensure_future(write_forever(writer))
+        await asyncio.wait_for(engine.channels.wait_full(ref["channel_id"]), 10)
+        await _stop_within_bound(engine)
+        # The relay's own close goes first: 1001 as the listener's, none in production mode (production sends none).
+        assert await _close_code(writer) == (1005 if production_mode else 1001)
+    finally:
+        if writing is not None:
+            writing.cancel()
+            await asyncio.gather(writing, return_exceptions=True)
+        if writer is not None:
+            await writer.close()
+        await engine.stop()
+
+
+@pytest.mark.parametrize("production_mode", [False, True], ids=["ours", "production"])
+async def test_stop_is_bounded_with_a_reader_whose_writer_never_attached(
+        production_mode: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ours watches the reader socket and saw the listener's close; production_mode reads no reader socket, and its
+    # reader loop waited for a first message until the attach deadline.
+    engine = _engine(production_mode)
+    await engine.start()
+    reader: ClientConnection | None = None
+    attached = asyncio.Event()  # the upgrade's answer comes before the relay's handler attaches the end
+    attach = Driver.attach
+
+    def noted_attach(ch: LiveChannel, side: Side) -> Close | None:
+        refusal = attach(ch, side)
+        attached.set()
+        return refusal
+
+    monkeypatch.setattr(Driver, "attach", staticmethod(noted_attach))
+    try:
+        ref = engine.channels.create(4, owner=None)["reader"]
+        reader = await websockets.connect(
+            build_channel_url(engine.url, ref["channel_id"], ref["access_key"], "read"), **OPTS)
+        await asyncio.wait_for(attached.wait(), 5)
+        await _stop_within_bound(engine)
+        assert await _close_code(reader) == (1005 if production_mode else 1001)
+    finally:
+        if reader is not None:
+            await reader.close()
+        await engine.stop()
