@@ -139,3 +139,53 @@ async def test_stop_is_bounded_with_a_reader_whose_writer_never_attached(
         if reader is not None:
             await reader.close()
         await engine.stop()
+
+
+@pytest.mark.parametrize("production_mode", [False, True], ids=["ours", "production"])
+async def test_a_stop_mid_transfer_ends_both_ends_with_a_prefix_of_the_stream_delivered(production_mode: bool) -> None:
+    engine = _engine(production_mode)
+    await engine.start()
+    writer: ClientConnection | None = None
+    reader: ClientConnection | None = None
+    tasks: list[asyncio.Future[Any]] = []
+    try:
+        refs = engine.channels.create(8, owner=None)
+        reader = await websockets.connect(build_channel_url(
+            engine.url, refs["reader"]["channel_id"], refs["reader"]["access_key"], "read"), **OPTS)
+        writer = await websockets.connect(build_channel_url(
+            engine.url, refs["writer"]["channel_id"], refs["writer"]["access_key"], "write"), **OPTS)
+        sent: list[bytes] = []
+        got: list[bytes] = []
+        flowing = asyncio.Event()
+
+        async def write(ws: ClientConnection) -> None:
+            with contextlib.suppress(websockets.ConnectionClosed):
+                for i in range(1_000_000):
+                    message = i.to_bytes(4, "big") * (1 + i % 5000)
+                    sent.append(message)
+                    await ws.send(message)
+
+        async def read(ws: ClientConnection) -> None:
+            with contextlib.suppress(websockets.ConnectionClosed):
+                while True:
+                    message = await ws.recv()
+                    assert isinstance(message, bytes)
+                    got.append(message)
+                    if len(got) == 200:
+                        flowing.set()
+
+        tasks = [asyncio.ensure_future(write(writer)), asyncio.ensure_future(read(reader))]
+        await asyncio.wait_for(flowing.wait(), 10)
+        await _stop_within_bound(engine)
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        assert got == sent[:len(got)]  # in order, none lost before the cut, none made up
+        code = 1005 if production_mode else 1001
+        assert (await _close_code(writer), await _close_code(reader)) == (code, code)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for ws in (writer, reader):
+            if ws is not None:
+                await ws.close()
+        await engine.stop()
