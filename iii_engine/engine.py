@@ -234,7 +234,13 @@ class Engine:
             raise
         finally:
             start_ended.set()
-        await closes.wait()  # the stores of modules left out by allow_degraded
+        try:
+            await closes.wait()  # the stores of modules left out by allow_degraded
+        except BaseException:
+            # cancelled here, the start fails for its caller (an `async with` never reaches its exit): a ready engine
+            # left behind would accept workers for good
+            await self.stop()
+            raise
         log.info("iii engine listening on %s", self.url)
 
     async def _start_everything(self) -> None:

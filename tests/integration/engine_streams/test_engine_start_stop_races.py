@@ -349,3 +349,34 @@ async def test_a_restarted_engine_tells_of_each_worker_once() -> None:
         await marker.close()
     finally:
         await asyncio.wait_for(engine.stop(), 20)
+
+
+async def test_a_start_cancelled_while_a_left_out_modules_store_closes_stops_the_engine(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The start waits for the store closes of the modules ``allow_degraded`` left out after the engine is ready: a
+    cancel there stops the engine (before: ``start()`` raised CancelledError, the worker port accepting for good)."""
+    closing_began, never = asyncio.Event(), asyncio.Event()
+
+    async def held_close() -> None:
+        closing_began.set()
+        await never.wait()
+
+    async def failing_start(self: StateModule) -> None:
+        await closing.close_store(held_close(), "a left-out module's store")  # handed to the start's closes
+        raise RuntimeError("the store is gone")
+
+    monkeypatch.setattr(StateModule, "start", failing_start)
+    engine = Engine(config=EngineConfig(host="127.0.0.1", port=0, allow_degraded=True,
+                                        modules=[ModuleSpec("modules::state::StateModule", {})]))
+    start = asyncio.create_task(engine.start())
+    try:
+        await asyncio.wait_for(closing_began.wait(), 5)
+        await asyncio.wait_for(engine.ready.wait(), 5)
+        port = engine.port
+        start.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(start, 5)
+        assert not engine.ready.is_set()
+        assert not await _accepts(port)  # before: the cancelled start's engine went on accepting workers
+    finally:
+        await engine.stop()
