@@ -39,7 +39,8 @@ class CallbackSet(Generic[P]):
     """Callbacks (in the order added; one added twice runs once) that :meth:`push` runs on ``executor()``'s threads.
 
     A callback's exception is logged (``what`` names the set) and the others still run. One removed from
-    :attr:`callbacks` is not called after that (one already running finishes).
+    :attr:`callbacks` is not called after that (one already running finishes), except once when the removal, made
+    on another thread, lands between the check and the call (nothing is locked around a user callback).
     """
 
     def __init__(self, executor: Callable[[], Executor], what: str) -> None:
