@@ -16,19 +16,25 @@ from iii_streams import SQLStream
 pytestmark = pytest.mark.timeout(30)
 
 
-async def test_a_second_aclose_returns_once_the_first_ended(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 's.db'}"
-    store = SQLStream.from_url(url)
-    await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data=1))
+def held_close(store: SQLStream) -> tuple[asyncio.Event, asyncio.Event]:
+    """Hold the end of ``store``'s write batches in its close: set ``flushing`` once there, go on once ``may_end``."""
     flushing, may_end = asyncio.Event(), asyncio.Event()
     real_close = store._writes.aclose
 
-    async def held_close() -> None:  # the batches' end, held until the test lets it go
+    async def held() -> None:
         flushing.set()
         await may_end.wait()
         await real_close()
 
-    store._writes.aclose = held_close  # type: ignore[method-assign]
+    store._writes.aclose = held  # type: ignore[method-assign]
+    return flushing, may_end
+
+
+async def test_a_second_aclose_returns_once_the_first_ended(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 's.db'}"
+    store = SQLStream.from_url(url)
+    await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data=1))
+    flushing, may_end = held_close(store)
     first = asyncio.create_task(store.aclose())
     await asyncio.wait_for(flushing.wait(), 5)
     second = asyncio.create_task(store.aclose())
@@ -45,15 +51,7 @@ async def test_a_second_aclose_returns_once_the_first_ended(tmp_path: Path) -> N
 
 async def test_a_cancelled_second_aclose_leaves_the_first_running() -> None:
     store = SQLStream.from_url("sqlite+aiosqlite://")
-    flushing, may_end = asyncio.Event(), asyncio.Event()
-    real_close = store._writes.aclose
-
-    async def held_close() -> None:
-        flushing.set()
-        await may_end.wait()
-        await real_close()
-
-    store._writes.aclose = held_close  # type: ignore[method-assign]
+    flushing, may_end = held_close(store)
     first = asyncio.create_task(store.aclose())
     await asyncio.wait_for(flushing.wait(), 5)
     second = asyncio.create_task(store.aclose())
