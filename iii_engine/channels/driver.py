@@ -9,6 +9,7 @@ Sockets and in-process ends look the same from here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
@@ -136,6 +137,29 @@ async def perform(end: ChannelEnd, action: Action) -> None:
         end.abort()
 
 
+async def _refuse(end: ChannelEnd, refusal: Close) -> None:
+    """Close a writer for a message refused (too big, not UTF-8, over quota) while reading and dropping what it
+    still sends. Why: it may be streaming; its unread messages fill the socket's receive buffer, the relay stops
+    reading it, and its Close reply waited behind them for websockets' close_timeout (10 s), the writer blocked in
+    its write and hearing the refusal only then. The reading starts once our Close is out (the close writes it
+    before its first wait): the peer's Close held behind the refused message (:func:`iii.ws_fastpath.guard_close`)
+    is read only after, so the writer hears the refusal rather than its own close answered with 1000."""
+    draining = asyncio.ensure_future(_drop_all(end))
+    try:
+        await perform(end, refusal)
+    finally:
+        if not draining.done():
+            draining.cancel()
+        await asyncio.gather(draining, return_exceptions=True)
+
+
+async def _drop_all(end: ChannelEnd) -> None:
+    """Read and drop messages until ``end`` is closed."""
+    with contextlib.suppress(ChannelEndClosed):
+        while True:
+            await end.receive()
+
+
 class Driver:
     """Runs the loops of attached ends.
 
@@ -231,7 +255,7 @@ class Driver:
             refusal = on_message(text, payload)
             if refusal is not None:  # would_refuse checks what writer_message refuses: only if they ever differ
                 ch.writer_idle = False  # nothing more is taken from this writer
-                self._spawn(perform(end, refusal))
+                self._spawn(_refuse(end, refusal))
                 break
         if machine.full and ch.full_waiters:
             ch.notify_full()
@@ -253,7 +277,7 @@ class Driver:
                 for text, payload in batch:
                     refusal = on_message(text, payload)
                     if refusal is not None:
-                        await perform(end, refusal)
+                        await _refuse(end, refusal)
                         return
                 ch.hand_to_reader()
                 continue
@@ -295,7 +319,7 @@ class Driver:
             return None
         refusal = ch.machine.writer_message(text, payload)
         if refusal is not None:
-            await perform(end, refusal)
+            await _refuse(end, refusal)
             return None
         return len(payload)
 

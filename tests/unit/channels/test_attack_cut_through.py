@@ -128,10 +128,10 @@ async def test_a_close_right_after_cut_through_messages_loses_none(relay: tuple[
         assert close is not None and close.code == 1000
 
 
-async def _refused(base: str, r: ChannelRelay, bad: str | bytes | Frame,
-                   max_bytes: int | None = None) -> tuple[list[Sent], int | None, int | None]:
-    """Good messages then ``bad`` (a :class:`Frame`: written as it is) in one write, both relay loops idle: what
-    the reader got, its close code, the writer's."""
+async def _refused(base: str, r: ChannelRelay, bad: str | bytes | Frame, max_bytes: int | None = None,
+                   then_close: bool = False) -> tuple[list[Sent], int | None, int | None]:
+    """Good messages then ``bad`` (a :class:`Frame`: written as it is; with ``then_close`` a Close 1000 right
+    behind it) in one write, both relay loops idle: what the reader got, its close code, the writer's."""
     writer, reader, _ = await open_pair(base, r, max_bytes=max_bytes)
     await writer.send(b"warm-up")
     assert await asyncio.wait_for(reader.recv(), 5) == b"warm-up"  # both loops idle from here on
@@ -144,6 +144,9 @@ async def _refused(base: str, r: ChannelRelay, bad: str | bytes | Frame,
         writer.send_data()
     else:
         await writer.send(bad)
+    if then_close:
+        writer.protocol.send_close(1000)
+        writer.send_data()
     writer.transport.resume_reading()
     await asyncio.wait_for(writer.wait_closed(), 5)
     got = await asyncio.wait_for(reading, 5)
@@ -168,6 +171,22 @@ async def test_refusals_on_the_callback_path_keep_their_close_codes(relay: tuple
     got, reader_code, writer_code = await _refused(base, r, b"y" * 200, max_bytes=7 + 300 + 100)  # over the quota
     assert (writer_code, reader_code) == (1009, 4001)
     assert got == good[:len(got)]
+
+
+@pytest.mark.parametrize("bad", ["not utf-8", "over quota"])
+async def test_a_close_right_behind_a_refused_message_still_hears_the_refusal(
+        relay: tuple[str, ChannelRelay], bad: str) -> None:
+    # The writer's Close waits behind the refused message: answered at once, the writer would hear 1000.
+    base, r = relay
+    if bad == "not utf-8":
+        result = await _refused(base, r, Frame(Opcode.TEXT, b"\xff"), then_close=True)
+        expected = 1007
+    else:
+        result = await _refused(base, r, b"y" * 200, max_bytes=7 + 300 + 100, then_close=True)
+        expected = 1009
+    got, reader_code, writer_code = result
+    assert (writer_code, reader_code) == (expected, 4001)
+    assert got == [digest(bytes([i]) * 100) for i in range(3)][:len(got)]
 
 
 async def test_a_reader_that_aborts_while_messages_cut_through(
@@ -211,3 +230,25 @@ async def test_a_reader_with_a_tiny_receive_window_gets_every_byte_in_order(rela
         sent.append(digest(message))
     await writer.close()
     assert await asyncio.wait_for(reading, 25) == sent
+
+
+async def test_a_writer_still_streaming_past_its_quota_hears_1009_at_once(relay: tuple[str, ChannelRelay]) -> None:
+    # The relay stops reading a writer whose unread messages pass its receive buffer; after its Close the writer's
+    # reply could wait behind them, unread, and the close for websockets' close_timeout (10 s): the writer, blocked
+    # in its write, heard the refusal only then. Timing decides whether the reply is stuck: a few rounds.
+    base, r = relay
+    block = random.Random(5).randbytes(256 * 1024)
+    loop = asyncio.get_running_loop()
+    for _ in range(6):
+        writer, reader, channel_id = await open_pair(base, r, max_bytes=8 << 20)
+        started = loop.time()
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            for _ in range(10_000):
+                await writer.send(block)  # (in a wait_for, the extra task per write hid the fault)
+        took = loop.time() - started
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+        assert took < 3, f"the writer heard its refusal {took:.1f} s later"
+        await read_all(reader)  # a start of the stream, then 4001
+        assert reader.protocol.close_rcvd is not None and reader.protocol.close_rcvd.code == 4001
+        await asyncio.wait_for(r.wait_idle(), 5)
+        assert channel_id not in r
