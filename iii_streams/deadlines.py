@@ -54,12 +54,15 @@ _LET_GO: set[asyncio.Future[Any]] = set()
 
 
 def let_go_count() -> int:
-    """How many works :func:`finish_within` let go are still running.
+    """How many works :func:`finish_within` let go are still running (those of an event loop closed since are not:
+    they never run again, and are dropped here rather than held for the life of the process).
 
     Example:
         >>> let_go_count()
         0
     """
+    for task in [task for task in _LET_GO if task.get_loop().is_closed()]:
+        _LET_GO.discard(task)
     return len(_LET_GO)
 
 
@@ -89,7 +92,7 @@ async def finish_within(work: Awaitable[Any], timeout: float, what: str,
     if not done:
         _let_go(task)
         (logger or log).warning("%s did not end within %g s; cancelled and let go (%d let go and not ended yet)",
-                                what, timeout, len(_LET_GO))
+                                what, timeout, let_go_count())
         return False
     if not task.cancelled():
         task.result()

@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from sqlalchemy import bindparam, delete, event, func, insert, select, text, update
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import (
     DBAPIError,
     DisconnectionError,
@@ -69,7 +69,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
-from sqlalchemy.pool import Pool
+from sqlalchemy.pool import AsyncAdaptedQueuePool, Pool
 from sqlalchemy.util import greenlet_spawn
 
 from iii.loss_log import LossLog
@@ -689,6 +689,12 @@ def _install_postgresql_hooks(engine: AsyncEngine) -> None:
             raise DisconnectionError("the server closed this pooled connection while it was idle")
 
 
+
+def _is_file_database(url: URL) -> bool:
+    """Whether a SQLite URL names a file (not ``:memory:``, an empty path, or a ``mode=memory`` URI)."""
+    database = url.database or ""
+    return database not in ("", ":memory:") and url.query.get("mode") != "memory" and "mode=memory" not in database
+
 class SQLStream(FieldUpdates):
     """An ``IStream`` in a SQL database; build it with :meth:`from_url` or from an ``AsyncEngine``.
 
@@ -772,6 +778,11 @@ class SQLStream(FieldUpdates):
         sa_url = make_url(normalize_url(url))
         if sa_url.get_backend_name() == "sqlite":
             options.setdefault("connect_args", {}).setdefault("timeout", 30)
+            if _is_file_database(sa_url):
+                # SQLAlchemy 2.0.0 (our floor) gave aiosqlite file databases a NullPool: a new connection, its PRAGMAs
+                # and functions per checkout (14 trips to aiosqlite's thread per lone update instead of 4). Later 2.x
+                # pool them; ask for that on every version our floor allows.
+                options.setdefault("poolclass", AsyncAdaptedQueuePool)
         engine = create_async_engine(sa_url, **options)
         return cls(engine, owns_engine=True, **own)
 
