@@ -286,7 +286,12 @@ class _Home:
         if not loop.is_running():
             raise self._error("belongs to an event loop that is not running: a sync call can only run on it "
                               "while it runs in another thread")
-        future = asyncio.run_coroutine_threadsafe(work(), loop)
+        coro = work()
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, loop)
+        except RuntimeError:  # closed since the check above
+            coro.close()
+            raise self._gone() from None
         try:
             return future.result()
         except concurrent.futures.CancelledError as exc:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from iii.channels import ChannelClosedError, ChannelLoopError, ChannelReader, ChannelWriter, ReaderGoneError
+from iii.channels import ChannelClosedError, ChannelLoopError, ChannelReader, ChannelWriter, ReaderGoneError, _Home
 from iii_engine.channels import ChannelRelay
 
 from .relay_server import relay_server
@@ -296,3 +296,44 @@ async def test_an_end_whose_loop_is_closed_says_so(relay: tuple[str, ChannelRela
         await reader.read_all()  # this loop is another one too: same answer
     _drop_socket(writer)
     _drop_socket(reader)
+
+
+def test_an_interrupt_ends_its_sync_call_on_the_private_loop_and_the_next_call_runs() -> None:
+    """Ctrl-C reaches a sync call as KeyboardInterrupt out of the private loop: the call's task is cancelled then
+    (as asyncio.run does) instead of going on at the next sync call, and the loop still serves the next one."""
+    home = _Home("c1", "writer")
+    cancelled = []
+
+    async def interrupted() -> None:
+        def interrupt() -> None:
+            raise KeyboardInterrupt
+
+        asyncio.get_running_loop().call_soon(interrupt)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    async def next_call() -> int:
+        return len(asyncio.all_tasks())
+
+    with pytest.raises(KeyboardInterrupt):
+        home.run(interrupted)
+    assert cancelled == [True]
+    assert home.run(next_call) == 1  # only its own task: the interrupted one is gone
+    home.release()
+    assert home.loop is not None and home.loop.is_closed()
+
+
+def test_a_home_loop_closed_under_a_sync_call_is_named() -> None:
+    loop = asyncio.new_event_loop()
+    home = _Home("c1", "reader")
+    home.loop = loop
+    loop.close()
+
+    async def never() -> None:
+        raise AssertionError("not run")
+
+    with pytest.raises(ChannelLoopError, match="channel c1 reader belongs to an event loop that is closed now"):
+        home.run(never)
