@@ -392,7 +392,7 @@ class WritableStream:
         writer.close()
 
     async def _end_async(self, data: bytes) -> None:
-        await self._writer.write(data)
+        await self._writer._write_out(data)
         await self._writer.close_async()
 
     async def drain(self) -> None:
@@ -566,16 +566,22 @@ class ChannelWriter:
             self._home.run(work)
         finally:
             closing = self._closing
-            if closing is not None and closing.done():
+            if (closing.done() if closing is not None else self._closed):  # closed, or aborted
                 self._home.release()
 
     async def _write_out(self, data: bytes | str) -> None:
         """A sync call's write: sent, and out of the transport's buffer before the call returns (until the next
         sync call no loop runs to write out what the transport kept)."""
-        if isinstance(data, str):
-            await self.send_message_async(data)
-        else:
-            await self.write(data)
+        try:
+            if isinstance(data, str):
+                await self.send_message_async(data)
+            else:
+                await self.write(data)
+        except asyncio.CancelledError:
+            # Interrupted part-way (Ctrl-C, or the end's loop shutting down): what went out is a short stream, and
+            # a close after it would hand it to the reader as a whole one.
+            await self.abort("a sync write was interrupted")
+            raise
         end = self._end
         if end is not None:
             await end.drain()

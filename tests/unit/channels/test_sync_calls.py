@@ -16,7 +16,15 @@ from typing import Any
 
 import pytest
 
-from iii.channels import ChannelClosedError, ChannelLoopError, ChannelReader, ChannelWriter, ReaderGoneError, _Home
+from iii.channels import (
+    ChannelAbortedError,
+    ChannelClosedError,
+    ChannelLoopError,
+    ChannelReader,
+    ChannelWriter,
+    ReaderGoneError,
+    _Home,
+)
 from iii_engine.channels import ChannelRelay
 
 from .relay_server import relay_server
@@ -296,6 +304,34 @@ async def test_an_end_whose_loop_is_closed_says_so(relay: tuple[str, ChannelRela
         await reader.read_all()  # this loop is another one too: same answer
     _drop_socket(writer)
     _drop_socket(reader)
+
+
+async def test_a_sync_write_interrupted_part_way_aborts_the_stream() -> None:
+    """Ctrl-C while a sync write waits on a full channel: the reader gets an abort, not a short stream that looks
+    whole, and the writer's private loop is closed with it."""
+    async with relay_server(ChannelRelay(max_queued_bytes=MIB, max_message_size=4 * MIB)) as (base, r):
+        writer, reader = _ends(base, r)
+
+        def produce() -> str:
+            with pytest.raises(KeyboardInterrupt):
+                writer.stream.write(bytes(64 * MIB))  # far more than the buffers on the way hold
+            with pytest.raises(ChannelClosedError) as late:
+                writer.stream.write(b"more")
+            return str(late.value)
+
+        producing = asyncio.ensure_future(_in_thread(produce))
+        await asyncio.wait_for(r.wait_full(writer.ref.channel_id), 20)
+        private = writer._home.loop
+        assert private is not None and not producing.done()
+
+        def interrupt() -> None:
+            raise KeyboardInterrupt
+
+        private.call_soon_threadsafe(interrupt)  # as a signal handler's exception surfaces in the loop
+        assert await producing == f"channel {writer.ref.channel_id} aborted"
+        with pytest.raises(ChannelAbortedError, match="a sync write was interrupted"):
+            await asyncio.wait_for(reader.read_all(), 10)
+        assert writer.closed and private.is_closed()
 
 
 def test_an_interrupt_ends_its_sync_call_on_the_private_loop_and_the_next_call_runs() -> None:
