@@ -248,22 +248,22 @@ class _Home:
         True
     """
 
-    __slots__ = ("_lock", "_private", "channel_id", "loop", "side")
+    __slots__ = ("_bind_lock", "_private", "_run_lock", "channel_id", "loop", "side")
 
     def __init__(self, channel_id: str, side: Literal["reader", "writer"]) -> None:
         self.channel_id = channel_id
         self.side = side
         self.loop: asyncio.AbstractEventLoop | None = None
         self._private: asyncio.AbstractEventLoop | None = None
-        # Binding, and every run of the private loop (one thread at a time: a loop runs in one thread).
-        self._lock = threading.Lock()
+        self._bind_lock = threading.Lock()  # held only to set ``loop``: never while a loop runs
+        self._run_lock = threading.Lock()  # around each run of the private loop: it runs in one thread at a time
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Bind to ``loop``, the loop running this call, or raise :class:`ChannelLoopError` if the end belongs to
         another one."""
         if self.loop is loop:
             return
-        with self._lock:
+        with self._bind_lock:
             if self.loop is None:
                 self.loop = loop
                 return
@@ -275,12 +275,13 @@ class _Home:
 
     def run(self, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """``work()`` run to its end for a sync call made where no loop runs in this thread (see the class)."""
-        with self._lock:
+        with self._bind_lock:
             if self.loop is None:
                 self.loop = self._private = asyncio.new_event_loop()
-            if self.loop is self._private:
-                return self._run_private(self.loop, work)
         loop = self.loop
+        if loop is self._private:
+            with self._run_lock:
+                return self._run_private(loop, work)
         if loop.is_closed():
             raise self._gone()
         if not loop.is_running():
@@ -314,7 +315,7 @@ class _Home:
 
     def release(self) -> None:
         """Close the private loop, if any (the end is done): what is left on it is cancelled first."""
-        with self._lock:
+        with self._run_lock:
             loop = self._private
             if loop is None or loop.is_closed():
                 return

@@ -323,6 +323,8 @@ async def test_a_sync_write_interrupted_part_way_aborts_the_stream() -> None:
         await asyncio.wait_for(r.wait_full(writer.ref.channel_id), 20)
         private = writer._home.loop
         assert private is not None and not producing.done()
+        with pytest.raises(ChannelLoopError, match="other than the one it belongs to"):
+            writer.stream.write(b"x")  # refused at once from this loop, while the writer's runs in that thread
 
         def interrupt() -> None:
             raise KeyboardInterrupt
