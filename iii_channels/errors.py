@@ -11,6 +11,7 @@ ChannelAbortedError       the writer aborted; what was received is incomplete (c
 ChannelExpiredError       the other end never attached before the channel's deadline (4003)
 ReaderGoneError           the reader left before the end; stop writing (4002 or a dropped socket)
 ChannelInUseError         that end of the channel is already attached elsewhere (4009)
+ChannelLoopError          this end used from an event loop it does not belong to, or its loop is closed
 ChannelClosedError        this end was already closed or aborted locally
 ChannelIdleError          the writer sent nothing for a source's ``idle_timeout`` (also a ``TimeoutError``)
 IntegrityError            the trailer's byte count or SHA-256 did not match, or a required trailer is missing
@@ -38,6 +39,7 @@ from iii.channels import (
     ChannelError,
     ChannelExpiredError,
     ChannelInUseError,
+    ChannelLoopError,
     ChannelNotFoundError,
     ReaderGoneError,
 )
@@ -92,6 +94,7 @@ __all__ = [
     "ChannelExpiredError",
     "ChannelIdleError",
     "ChannelInUseError",
+    "ChannelLoopError",
     "ChannelNotFoundError",
     "IncompleteReadError",
     "IntegrityError",
