@@ -95,6 +95,8 @@ DEFAULT_HIGH_WATER_MARK: Final = 1024 * 1024
 # the socket to drain: behind a reader that stopped reading, abort() never returned. Past this the TCP connection
 # is dropped, which the engine takes as an abort too.
 _ABORT_CLOSE_S = 2.0
+# How often a sync call handed to its end's loop in another thread checks that the loop still runs.
+_LOOP_CHECK_S = 0.25
 
 # Options for every channel socket: no ping timeout (T19), no compression (throughput), no size limit (T27).
 _CONNECT_OPTIONS: Final[dict[str, Any]] = {
@@ -294,10 +296,30 @@ class _Home:
             coro.close()
             raise self._gone() from None
         try:
-            return future.result()
+            return self._result_while_running(loop, future)
         except concurrent.futures.CancelledError as exc:
             raise self._error("had this call cancelled on the event loop it belongs to (that loop shutting "
                               "down?)") from exc
+
+    def _result_while_running(self, loop: asyncio.AbstractEventLoop, future: concurrent.futures.Future[T]) -> T:
+        """The call's outcome, waited for in slices: a loop stopped or closed without cancelling its tasks (as the
+        SDK client's shutdown leaves it) never settles the call, whose caller then waited for good and kept the
+        process from exiting. A ``KeyboardInterrupt`` (any ``BaseException``) here cancels the call on its loop, so
+        a write cut off part-way aborts the stream there too (it went on without its caller, and a retry sent the
+        bytes twice)."""
+        try:
+            while True:
+                try:
+                    return future.result(timeout=_LOOP_CHECK_S)
+                except TimeoutError:
+                    if not loop.is_closed() and loop.is_running():
+                        continue
+                    _cancel_on(loop, future)
+                    raise self._error("lost the event loop it belongs to during this call (stopped or closed "
+                                      "before the call ended): what it wrote may be incomplete") from None
+        except BaseException:
+            _cancel_on(loop, future)  # the task on the loop is cancelled: a write cut off part-way aborts there
+            raise
 
     def _run_private(self, loop: asyncio.AbstractEventLoop, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
         if loop.is_closed():
@@ -337,6 +359,13 @@ class _Home:
 
     def _error(self, what: str) -> ChannelLoopError:
         return ChannelLoopError(f"channel {self.channel_id} {self.side} {what}", channel_id=self.channel_id)
+
+
+def _cancel_on(loop: asyncio.AbstractEventLoop, future: concurrent.futures.Future[Any]) -> None:
+    """Cancel a call handed to ``loop`` (a no-op once it is done); not on a closed loop, where its cancel could not
+    be delivered (asyncio logs the RuntimeError of that hand-over as a traceback)."""
+    if not loop.is_closed():
+        future.cancel()
 
 
 # ---------------------------------------------------------------------------------------------------- writer
@@ -490,7 +519,14 @@ class ChannelWriter:
             if closing is not None and closing.done():
                 closing.result()  # closed already (its loop may be gone): the outcome again, as close_async does
                 return
-            self._run_sync(self.close_async)
+            try:
+                self._run_sync(self.close_async)
+            except ChannelClosedError:
+                # Another thread's close won the race and released the private loop meanwhile: its outcome is ours.
+                closing = self._closing
+                if closing is None or not closing.done():
+                    raise
+                closing.result()
             return
         self._home.bind(loop)
         if self._closing is None:
