@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
 
 import pytest
-import websockets
 
 from tests.integration.modules.test_bridge_topology import (
     Topology,
     call,
+    joined,
     our_client,
     topology,  # noqa: F401  (a fixture, used by its name)
     until_bridged,
@@ -22,32 +21,13 @@ from tests.integration.modules.test_bridge_topology import (
 pytestmark = pytest.mark.our_engine("starts two engine processes from config files and restarts one")
 
 
-async def _joined(url: str) -> tuple[websockets.ClientConnection, Any]:
-    """Join as a client told to re-sync does: a join closed with 1013 is made again (at most three times). The
-    front also sends 1013 to a client that joined before the link's first connection was ready and its subscription
-    in place (it may have missed events too), which a client joining just after start-up can meet."""
-    for attempt in range(3):
-        ws = await websockets.connect(url)
-        await ws.send(json.dumps({"type": "join", "data": {"subscriptionId": "s", "streamName": "resync",
-                                                           "groupId": "g"}}))
-        try:
-            first = json.loads(await asyncio.wait_for(ws.recv(), 10))
-        except websockets.ConnectionClosed as closed:
-            if closed.rcvd is None or closed.rcvd.code != 1013 or attempt == 2:
-                raise
-            continue
-        assert first["event"]["type"] == "sync", first
-        return ws, first["event"].get("data")
-    raise AssertionError("unreachable")
-
-
 async def test_a_client_that_rejoins_after_the_1013_gets_the_next_change(topology: Topology) -> None:  # noqa: F811
     front = await our_client(topology.front_url)
     url = f"ws://127.0.0.1:{topology.front_streams}/"
     item = {"stream_name": "resync", "group_id": "g", "item_id": "1"}
     try:
         await until_bridged(front)
-        ws, _ = await _joined(url)
+        ws, _ = await joined(url, "resync")
         try:
             await topology.kill_back()
             await topology.start_back()
@@ -55,7 +35,7 @@ async def test_a_client_that_rejoins_after_the_1013_gets_the_next_change(topolog
             assert ws.close_code == 1013, (ws.close_code, ws.close_reason)
         finally:
             await ws.close()
-        ws, synced = await _joined(url)  # at once, as a client told to re-sync does
+        ws, synced = await joined(url, "resync")  # at once, as a client told to re-sync does
         try:
             assert synced == []
             await call(front, "stream::set", {**item, "data": 2})

@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import pytest
-import websockets
 from websockets.exceptions import ConnectionClosed
 
 from tests.integration.modules.test_bridge_topology import (
@@ -20,6 +19,7 @@ from tests.integration.modules.test_bridge_topology import (
     StartEngine,
     Topology,
     call,
+    joined,
     our_client,
     topology,  # noqa: F401  (a fixture, used by its name)
     until_bridged,
@@ -34,10 +34,8 @@ async def test_a_socket_client_is_told_to_resync_after_the_back_restarts(topolog
     try:
         await until_bridged(front)
         item = {"stream_name": "gap", "group_id": "g", "item_id": "1"}
-        async with websockets.connect(f"ws://127.0.0.1:{topology.front_streams}/") as ws:
-            await ws.send(json.dumps({"type": "join", "data": {"subscriptionId": "s", "streamName": "gap",
-                                                               "groupId": "g"}}))
-            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["event"]["type"] == "sync"
+        ws, _ = await joined(f"ws://127.0.0.1:{topology.front_streams}/", "gap")
+        async with ws:
             await call(front, "stream::set", {**item, "data": 1})
             assert json.loads(await asyncio.wait_for(ws.recv(), 10))["event"] == {"type": "create", "data": 1}
 
@@ -74,10 +72,8 @@ async def test_a_socket_client_is_told_to_resync_when_its_own_change_event_was_n
     front = await our_client(front_engine.url)
     try:
         await until_bridged(front)
-        async with websockets.connect(f"ws://127.0.0.1:{front_streams}/") as ws:
-            await ws.send(json.dumps({"type": "join", "data": {"subscriptionId": "s", "streamName": "np",
-                                                               "groupId": "g"}}))
-            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["event"]["type"] == "sync"
+        ws, _ = await joined(f"ws://127.0.0.1:{front_streams}/", "np")
+        async with ws:
             assert await call(front, "stream::set", {"stream_name": "np", "group_id": "g", "item_id": "1",
                                                      "data": 1}) == {"old_value": None, "new_value": 1}
             with pytest.raises(ConnectionClosed) as closed:
@@ -93,10 +89,8 @@ async def test_a_stream_message_with_a_malformed_id_or_event_type_is_refused(top
     front, back = await our_client(topology.front_url), await our_client(topology.back_url)
     try:
         await until_bridged(front)
-        async with websockets.connect(f"ws://127.0.0.1:{topology.front_streams}/") as ws:
-            await ws.send(json.dumps({"type": "join", "data": {"subscriptionId": "s", "streamName": "bad",
-                                                               "groupId": "g"}}))
-            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["event"]["type"] == "sync"
+        ws, _ = await joined(f"ws://127.0.0.1:{topology.front_streams}/", "bad")
+        async with ws:
             wrapper = {"type": "stream", "timestamp": 1, "streamName": "bad", "groupId": "g"}
             for bad in ({"id": {"a": 1}, "event": {"type": "create", "data": 1}}, {"id": "1", "event": {"data": 1}},
                         {"id": "1", "event": {"type": 5, "data": 1}}):
