@@ -9,7 +9,7 @@ bash scripts/services.sh
 export III_REF_PYTHON="$PWD/.ref-venv/bin/python"
 echo "== ruff";  .venv/bin/ruff check iii iii_engine iii_streams iii_channels tests bench examples
 echo "== mypy --strict"; .venv/bin/mypy
-echo "== pytest"; .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+echo "== pytest"; .venv/bin/python -m pytest -q -p no:cacheprovider --durations=10 "$@"
 echo "== doctests"; .venv/bin/python -m pytest -q -p no:cacheprovider --doctest-modules iii iii_engine iii_streams iii_channels
 echo "== docs (mkdocs build --strict)"; bash scripts/docs.sh
 echo "== wheel (sdist and wheel, installed into a clean venv)"; bash scripts/test-wheel.sh
