@@ -83,7 +83,7 @@ from urllib.parse import urlsplit
 
 import websockets
 from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidStatus
 from websockets.protocol import State
 
 from . import ws_fastpath
@@ -91,8 +91,8 @@ from .errors import ConnectionLostError, OutboundQueueFullError
 from .iii_constants import DEFAULT_RECONNECTION_CONFIG, MAX_QUEUE_SIZE, IIIConnectionState, ReconnectionConfig
 from .loss_log import LossLog
 
-__all__ = ["MAX_MESSAGE_SIZE_HEADER", "MESSAGE_TOO_BIG", "Connection", "MessageTooLargeError", "announced_limit",
-           "backoff_delay_ms", "check_url"]
+__all__ = ["MAX_MESSAGE_SIZE_HEADER", "MESSAGE_TOO_BIG", "NOT_AN_ENGINE_TRIES", "Connection", "MessageTooLargeError",
+           "announced_limit", "backoff_delay_ms", "check_url", "not_an_engine"]
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,12 @@ MESSAGE_TOO_BIG: Final = 1009
 """The close code of a peer that received a message over its size limit."""
 
 _DIGITS = re.compile(r"[0-9]{1,15}")
+
+NOT_AN_ENGINE_TRIES: Final = 3
+"""Answers in a row that are not HTTP at all (a server that closes the connection at once, or speaks another
+protocol) after which a client that never connected gives up: nothing listening is refused, and is retried for as
+long as configured, but such a server answers the same way every time. An HTTP status an engine never gives (see
+:func:`not_an_engine`) gives up at the first answer."""
 
 
 class MessageTooLargeError(ValueError):
@@ -232,6 +238,29 @@ def check_url(url: object) -> str:
     if port is not None and not 1 <= port <= 65535:
         raise ValueError(f"engine URL {url!r} has port {port}; expected 1-65535")
     return url
+
+
+def not_an_engine(exc: BaseException) -> str | None:
+    """Why a failed connection attempt shows the server is not an iii engine, or ``None`` when it may be one that is
+    not ready (refused, timed out, a 5xx or 429 from the engine or a proxy in front of it).
+
+    Example:
+        >>> from websockets.http11 import Response
+        >>> from websockets.datastructures import Headers
+        >>> not_an_engine(InvalidStatus(Response(404, "Not Found", Headers())))
+        'HTTP 404 on the WebSocket upgrade (an engine answers 101 Switching Protocols)'
+        >>> not_an_engine(InvalidStatus(Response(503, "Service Unavailable", Headers()))) is None
+        True
+    """
+    if isinstance(exc, InvalidStatus):
+        status = exc.response.status_code
+        if status >= 500 or status == 429:
+            return None
+        return f"HTTP {status} on the WebSocket upgrade (an engine answers 101 Switching Protocols)"
+    if isinstance(exc, InvalidMessage):
+        cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
+        return f"no HTTP answer to the WebSocket upgrade ({exc}{cause})"
+    return None
 
 
 def _describe(exc: BaseException) -> str:
@@ -428,6 +457,9 @@ class Connection:
         # cancel of a deque's newest waiters was quadratic).
         self._waiting: OrderedDict[_Waiter, None] = OrderedDict()
         self._gave_up = False  # reconnection gave up (max_retries): nothing will make room any more
+        self._ever_connected = False  # a socket was up once since start(): the URL names an engine
+        self._not_engine_in_a_row = 0  # attempts in a row answered by something that is not an engine
+        self._not_an_engine: str | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._outflow: _Outflow | None = None  # what the current socket's waiting sends know of its progress
@@ -446,6 +478,13 @@ class Connection:
     def gave_up(self) -> bool:
         """True once reconnection gave up (``max_retries``), until :meth:`start` again: nothing queued leaves."""
         return self._gave_up
+
+    @property
+    def not_an_engine(self) -> str | None:
+        """Why reconnection gave up on a URL whose server is not an iii engine (``None`` when it did not): a client
+        that never connected stops at an HTTP status no engine gives, or after :data:`NOT_AN_ENGINE_TRIES` answers
+        in a row that are not HTTP, instead of retrying for as long as an engine that is down is waited for."""
+        return self._not_an_engine
 
     @property
     def failed_attempts(self) -> int:
@@ -488,6 +527,9 @@ class Connection:
         self._gave_up = False
         self._attempt = 0
         self._failures = 0
+        self._ever_connected = False
+        self._not_engine_in_a_row = 0
+        self._not_an_engine = None
         self._set_state("connecting")
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
 
@@ -935,10 +977,26 @@ class Connection:
                     create_connection=ws_fastpath.direct_client_factory(),
                 )
             except (OSError, TimeoutError, InvalidHandshake, ValueError) as exc:
-                # A refused handshake is retried like any other failure (docs/protocol.md#sdk-improvements S3).
-                log.warning("Connection to %s failed: %s", self.url, exc)
+                # A refused handshake is retried like any other failure (docs/protocol.md#sdk-improvements S3), but
+                # for an answer no engine gives at a URL that never had one: register_worker then retried it for its
+                # whole 30 s wait and said only "cannot reach the engine".
                 self._failures += 1
                 self._last_error = _describe(exc)
+                why = not_an_engine(exc)
+                if why is None:
+                    self._not_engine_in_a_row = 0
+                    log.warning("Connection to %s failed: %s", self.url, exc)
+                else:
+                    self._not_engine_in_a_row += 1
+                    self._last_error = why
+                    tries = 1 if isinstance(exc, InvalidStatus) else NOT_AN_ENGINE_TRIES
+                    if not self._ever_connected and self._not_engine_in_a_row >= tries:
+                        self._not_an_engine = f"{self.url} is not an iii engine: {why}"
+                        log.error("%s; not retrying", self._not_an_engine)
+                        self._give_up()
+                        return
+                    log.warning("Connection to %s failed: the server is not an iii engine, or not one now: %s",
+                                self.url, why)
                 if not await self._wait_before_retry():
                     return
                 continue
@@ -958,11 +1016,7 @@ class Connection:
         config = self._config
         if config.max_retries != -1 and self._attempt >= config.max_retries:
             log.error("Max reconnection retries (%d) reached, giving up on %s", config.max_retries, self.url)
-            self._running = False
-            self._gave_up = True
-            self._fail_waiting()
-            self._drop_keyed()
-            self._set_state("failed")
+            self._give_up()
             return False
         delay = backoff_delay_ms(config, self._attempt)
         self._set_state("reconnecting")
@@ -971,10 +1025,20 @@ class Connection:
         self._attempt += 1
         return self._running
 
+    def _give_up(self) -> None:
+        """No more connection attempts until :meth:`start`: whatever waits for one fails now (state ``failed``)."""
+        self._running = False
+        self._gave_up = True
+        self._fail_waiting()
+        self._drop_keyed()
+        self._set_state("failed")
+
     async def _serve(self, ws: ClientConnection) -> None:
         self._ws = ws
         self._attempt = 0
         self._failures = 0
+        self._ever_connected = True
+        self._not_engine_in_a_row = 0
         self.closed_too_big = False
         log.info("Connected to %s", self.url)
         self._set_state("connected")

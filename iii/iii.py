@@ -299,6 +299,8 @@ class III:
             if self._closed:
                 raise ShuttingDownError()
             if self._connection_state == "failed":
+                if self._conn.not_an_engine is not None:
+                    raise ConnectionError(self._conn.not_an_engine)
                 retries = (self._options.reconnection_config or DEFAULT_RECONNECTION_CONFIG).max_retries
                 # "failed after max retries": the reference's wording, for code that matched on it.
                 raise ConnectionError(self._unreachable(": failed after max retries", f"max_retries={retries}"))
@@ -538,7 +540,9 @@ class III:
             log.debug("Round trip after the registration replay stopped: %s", exc)
 
     def _on_call_dropped(self, invocation_id: str) -> None:
-        if self._conn.gave_up:
+        if self._conn.not_an_engine is not None:
+            why = f"{self._conn.not_an_engine}; reconnection gave up"
+        elif self._conn.gave_up:
             retries = (self._options.reconnection_config or DEFAULT_RECONNECTION_CONFIG).max_retries
             why = self._unreachable(f": reconnection gave up (max_retries={retries})")
         else:
@@ -1258,7 +1262,9 @@ def register_worker(address: str, options: InitOptions | None = None) -> III:
 
     ``ValueError`` at once for a URL that cannot work (scheme not ws/wss, no host, port outside 1-65535).
     ``ConnectionError`` ("cannot reach the engine at …") when no connection came within 30 s, or sooner when
-    ``ReconnectionConfig.max_retries`` ran out; that client is shut down. Once connected, a lost engine is
+    ``ReconnectionConfig.max_retries`` ran out; ``ConnectionError`` ("ws://… is not an iii engine: HTTP 404 on the
+    WebSocket upgrade …") at the first answer with an HTTP status no engine gives (a 5xx or 429 is retried), or after
+    3 answers in a row that are not HTTP at all; that client is shut down. Once connected, a lost engine is
     retried as configured (forever by default).
 
     Example:
