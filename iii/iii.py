@@ -105,6 +105,8 @@ _RECOVERY_POLL_S = 0.25
 _WORKER_ID_WAIT_S = 2.0
 # The most old connections' worker ids a registration check after a reconnect waits for (the newest).
 _UNCHECKED_WORKERS_KEPT = 64
+# A worker id no engine gives (they are random UUIDs): a worker list filtered on it is empty, whatever the engine holds.
+_NO_WORKER: Final = "00000000-0000-0000-0000-000000000000"
 
 
 class III:
@@ -531,13 +533,19 @@ class III:
             self._registrations_ready.push()
 
     async def _round_trip(self) -> None:
-        """One call the engine answers once it has handled every frame this connection sent before it (it handles a
-        connection's frames in order); a failure is logged, not raised (the connection may be gone: a newer one
-        runs its own)."""
+        """:meth:`_handled_so_far`, a failure logged, not raised (the connection may be gone: a newer one runs its
+        own; an error answer is an answer all the same)."""
         try:
-            await self._call("engine::workers::list", {}, None)
+            await self._handled_so_far()
         except (InvocationError, TimeoutError, ShuttingDownError) as exc:
             log.debug("Round trip after the registration replay stopped: %s", exc)
+
+    async def _handled_so_far(self) -> None:
+        """Return once the engine has handled every frame this connection sent before (it handles a connection's
+        frames in order, docs/protocol.md#framing): the cheapest call it answers, a worker list filtered on an id
+        no worker has. Unfiltered, the answer listed every worker with its functions (tens of KB on a busy
+        engine), once per connection of every worker with a registrations-ready callback."""
+        await self._call("engine::workers::list", {"worker_id": _NO_WORKER}, None)
 
     def _on_call_dropped(self, invocation_id: str) -> None:
         if self._conn.not_an_engine is not None:
@@ -592,7 +600,7 @@ class III:
                 # A round trip: the engine handles a connection's frames in order, so once it answers, the triggers
                 # re-sent above are in place (on_registrations_ready promises that). The functions' were already,
                 # before the trigger list was answered.
-                await self._call("engine::workers::list", {}, None)
+                await self._handled_so_far()
             self._checked(old_worker_ids)
         except ConnectionLostError as exc:
             # The connection dropped under the check: the next connection's check waits for these workers too.
@@ -1196,7 +1204,8 @@ class III:
         engine; returns the callable that removes it. Ours: the reference SDK has no such hook.
 
         When it runs: once the engine has handled the replay of every registration on a new connection (one
-        ``engine::workers::list`` round trip after it, made only while a callback is registered), and after a
+        round trip after it, an ``engine::workers::list`` filtered to no worker, made only while a callback is
+        registered), and after a
         reconnect once the check for registrations the old connection's cleanup deleted (docs/protocol.md,
         production behaviour T7) has re-sent them and the engine has handled them, or has given up. A worker that
         subscribes to events (a ``subscribe`` trigger, say) may re-read the state it follows from here on without
