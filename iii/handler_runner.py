@@ -16,6 +16,7 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import threading
 import traceback
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -41,10 +42,19 @@ class HandlerRunner:
         self._handlers: dict[str, tuple[Callable[[Any], Any], bool, str]] = {}
         # Not the loop's default executor: sync handlers calling back into sync handlers of this process starved it.
         self.threads = HandlerThreads()
+        self._running = _Running()
 
     def close(self) -> None:
-        """No more sync handler runs: queued ones are cancelled, idle threads end."""
+        """No more sync handler runs: queued ones are cancelled, idle threads end. A sync handler still running is
+        named in a warning: nothing can stop a thread, and the interpreter waits for it at exit (no bound), so the
+        process stayed up after the client's shutdown without a word."""
         self.threads.shutdown(wait=False, cancel_futures=True)
+        running = self._running.now()
+        if running:
+            log.warning("Shut down with %d sync handler run(s) still going on the handler threads (%s); they run on "
+                        "(a thread cannot be stopped) and the process waits for them to return before it exits, "
+                        "with no time limit", sum(running.values()),
+                        ", ".join(f"{fid} x{n}" if n > 1 else fid for fid, n in sorted(running.items()))[:1000])
 
     def add(self, function_id: str, handler: Callable[[Any], Any]) -> None:
         """Serve ``function_id`` with ``handler`` (sync or async)."""
@@ -85,7 +95,8 @@ class HandlerRunner:
         if is_async:
             started = trace.start(span_name, handler, traceparent, baggage, data)
         else:
-            started = trace.start(span_name, _bind_sync(handler, data, self.threads), traceparent, baggage)
+            started = trace.start(span_name, _bind_sync(handler, data, self.threads, function_id, self._running),
+                                  traceparent, baggage)
         try:
             (result, error, stack, response_tp), end = await started
         except BaseException as exc:
@@ -139,12 +150,39 @@ class HandlerAbortedError(Exception):
     """A sync handler raised a ``BaseException`` (``KeyboardInterrupt``, ``SystemExit``, ...): its caller's error."""
 
 
-def _bind_sync(handler: Callable[[Any], Any], data: Any,
-               threads: HandlerThreads) -> Callable[[], Coroutine[Any, Any, Any]]:
+class _Running:
+    """The function ids whose sync handlers run on a handler thread now, with how many runs each (any thread)."""
+
+    __slots__ = ("_counts", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+
+    def enter(self, function_id: str) -> None:
+        with self._lock:
+            self._counts[function_id] = self._counts.get(function_id, 0) + 1
+
+    def leave(self, function_id: str) -> None:
+        with self._lock:
+            left = self._counts[function_id] - 1
+            if left:
+                self._counts[function_id] = left
+            else:
+                del self._counts[function_id]
+
+    def now(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
+def _bind_sync(handler: Callable[[Any], Any], data: Any, threads: HandlerThreads, function_id: str,
+               running: _Running) -> Callable[[], Coroutine[Any, Any, Any]]:
     async def run_sync() -> Any:
         # copy_context carries the trace context into the handler thread (run_in_executor does not).
         ctx = contextvars.copy_context()
-        result = await asyncio.get_running_loop().run_in_executor(threads, _run_guarded, ctx, handler, data)
+        result = await asyncio.get_running_loop().run_in_executor(threads, _run_guarded, ctx, handler, data,
+                                                                  function_id, running)
         if inspect.isawaitable(result):
             result = await result
         return result
@@ -152,16 +190,20 @@ def _bind_sync(handler: Callable[[Any], Any], data: Any,
     return run_sync
 
 
-def _run_guarded(ctx: contextvars.Context, handler: Callable[[Any], Any], data: Any) -> Any:
-    """``handler(data)`` in ``ctx`` on a handler thread, a ``BaseException`` it raises turned into
-    :class:`HandlerAbortedError` there: carried to the loop by the executor's future, a ``GeneratorExit`` came back
-    out of coroutines that had caught it and returned, and ended the loop thread."""
+def _run_guarded(ctx: contextvars.Context, handler: Callable[[Any], Any], data: Any, function_id: str,
+                 running: _Running) -> Any:
+    """``handler(data)`` in ``ctx`` on a handler thread, counted in ``running`` meanwhile, a ``BaseException`` it
+    raises turned into :class:`HandlerAbortedError` there: carried to the loop by the executor's future, a
+    ``GeneratorExit`` came back out of coroutines that had caught it and returned, and ended the loop thread."""
+    running.enter(function_id)
     try:
         return ctx.run(handler, data)
     except Exception:
         raise
     except BaseException as exc:
         raise HandlerAbortedError(describe_base_exception(exc)) from exc
+    finally:
+        running.leave(function_id)
 
 
 def is_async_callable(handler: Callable[..., Any] | None) -> bool:
