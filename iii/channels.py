@@ -61,7 +61,9 @@ import concurrent.futures
 import contextlib
 import inspect
 import logging
+import socket
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine
 from types import TracebackType
@@ -97,6 +99,9 @@ DEFAULT_HIGH_WATER_MARK: Final = 1024 * 1024
 _ABORT_CLOSE_S = 2.0
 # How often a sync call handed to its end's loop in another thread checks that the loop still runs.
 _LOOP_CHECK_S = 0.25
+# The most an abort made on a loop its writer does not belong to waits for the writer's own loop to carry it out:
+# the connect of a writer that never connected (open_timeout, 10 s), then its Close frame (_ABORT_CLOSE_S).
+_ABORT_ELSEWHERE_S = 15.0
 
 # Options for every channel socket: no ping timeout (T19), no compression (throughput), no size limit (T27).
 _CONNECT_OPTIONS: Final[dict[str, Any]] = {
@@ -321,6 +326,54 @@ class _Home:
             _cancel_on(loop, future)  # the task on the loop is cancelled: a write cut off part-way aborts there
             raise
 
+    def run_elsewhere(self, work: Callable[[], Coroutine[Any, Any, T]], timeout: float) -> T:
+        """``work()`` run to its end on this end's loop, from a thread where no loop runs, within ``timeout``
+        seconds (:class:`TimeoutError` past it; the work is cancelled then), whatever that loop is doing.
+
+        Unlike :meth:`run`, which is a sync call's, this never waits on a sync call running the private loop in
+        another thread: the work is handed to that call's running loop (an abort then cuts that call's write
+        short). Raises :class:`ChannelLoopError` if the loop is closed, or neither private nor running (nobody
+        could run the work on it)."""
+        loop = self.loop
+        if loop is None:
+            raise self._error("has no event loop yet")
+        deadline = time.monotonic() + timeout
+        handed: concurrent.futures.Future[T] | None = None
+        try:
+            while True:
+                if handed is not None:
+                    with contextlib.suppress(TimeoutError):
+                        return handed.result(timeout=min(_LOOP_CHECK_S, max(0.0, deadline - time.monotonic())))
+                if loop is self._private and self._run_lock.acquire(timeout=0 if handed else _LOOP_CHECK_S):
+                    # the private loop is free: run the work here (or what is left of one handed to a sync call
+                    # whose loop stopped before running it)
+                    try:
+                        if loop.is_closed():
+                            raise self._gone()
+                        if handed is None:
+                            return self._run_private(loop, work)
+                        return loop.run_until_complete(asyncio.wrap_future(handed, loop=loop))
+                    finally:
+                        self._run_lock.release()
+                if loop.is_closed():
+                    raise self._gone()
+                if handed is None and loop.is_running():
+                    coro = work()
+                    try:
+                        handed = asyncio.run_coroutine_threadsafe(coro, loop)
+                    except RuntimeError:  # closed since the check above
+                        coro.close()
+                        raise self._gone() from None
+                elif handed is None and loop is not self._private:
+                    raise self._error("belongs to an event loop that is not running: nothing can run this there")
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"channel {self.channel_id} {self.side}: its event loop did not carry this "
+                                       f"out within {timeout:g} s")
+        except BaseException:
+            if handed is not None:
+                _cancel_on(loop, handed)
+            raise
+
     def _run_private(self, loop: asyncio.AbstractEventLoop, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
         if loop.is_closed():
             raise ChannelClosedError(f"channel {self.channel_id} {self.side} is closed", channel_id=self.channel_id)
@@ -335,9 +388,12 @@ class _Home:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     loop.run_until_complete(task)
 
-    def release(self) -> None:
-        """Close the private loop, if any (the end is done): what is left on it is cancelled first."""
-        with self._run_lock:
+    def release(self, timeout: float | None = None) -> None:
+        """Close the private loop, if any (the end is done): what is left on it is cancelled first. With
+        ``timeout``: not if a sync call keeps the loop that long (that call releases it as it ends)."""
+        if not self._run_lock.acquire(timeout=-1 if timeout is None else timeout):
+            return
+        try:
             loop = self._private
             if loop is None or loop.is_closed():
                 return
@@ -352,6 +408,8 @@ class _Home:
                 loop.run_until_complete(loop.shutdown_default_executor())
             finally:
                 loop.close()
+        finally:
+            self._run_lock.release()
 
     def _gone(self) -> ChannelLoopError:
         return self._error("belongs to an event loop that is closed now (an asyncio.run() that returned?): its "
@@ -519,6 +577,8 @@ class ChannelWriter:
             if closing is not None and closing.done():
                 closing.result()  # closed already (its loop may be gone): the outcome again, as close_async does
                 return
+            if closing is None and self._closed and self._error is not None:
+                raise self._error  # aborted (maybe from another loop, its private loop closed since)
             try:
                 self._run_sync(self.close_async)
             except ChannelClosedError:
@@ -551,10 +611,22 @@ class ChannelWriter:
 
         Against the production engine an abort looks like end-of-stream to the reader; use an integrity trailer
         (``iii_channels``) to detect it there.
+
+        From any event loop, and never raises: awaited on a loop the writer does not belong to, the writer is
+        aborted at once (any later write or close raises) and the abort is carried out on the writer's own loop
+        (its private loop, or its loop running in another thread; bounded). If that loop is closed or stopped
+        for good, the socket is dropped instead: the reader sees an abnormal close, an abort too.
         """
         closing = self._closing
         if closing is None or not closing.done():  # after the close there is nothing left to abort, on any loop
-            self._home.bind(asyncio.get_running_loop())
+            try:
+                self._home.bind(asyncio.get_running_loop())
+            except ChannelLoopError:
+                await self._abort_elsewhere(reason)
+                return
+        await self._abort_here(reason)
+
+    async def _abort_here(self, reason: str) -> None:
         self._closed = True
         if self._pump is not None:
             self._pump.cancel()
@@ -572,6 +644,26 @@ class ChannelWriter:
                 end.abort()
         except ChannelError as exc:
             log.debug("abort of channel %s: %s", self._channel_id, exc)
+
+    async def _abort_elsewhere(self, reason: str) -> None:
+        """abort() awaited on a loop this writer does not belong to (a writer used from sync code, then in an
+        ``async with`` whose body raised): a ChannelLoopError there lost the abort, and a later close delivered
+        the bytes written so far to the reader as a whole stream."""
+        self._closed = True  # at once, from here: no later write or close can deliver
+        if self._error is None:
+            self._error = ChannelClosedError(f"channel {self._channel_id} aborted", channel_id=self._channel_id)
+        await asyncio.to_thread(self._abort_from_thread, reason)
+
+    def _abort_from_thread(self, reason: str) -> None:
+        try:
+            self._home.run_elsewhere(lambda: self._abort_here(reason), _ABORT_ELSEWHERE_S)
+        except (ChannelLoopError, TimeoutError) as exc:
+            # Nobody runs the writer's loop (closed: an asyncio.run that returned), or it did not get to the abort:
+            # drop the TCP connection from here, which the engine takes as an abort too.
+            log.debug("abort of channel %s: %s; connection dropped", self._channel_id, exc)
+            _drop_connection(self._end)
+        finally:
+            self._home.release(timeout=0)  # a sync call still running the private loop releases it as it ends
 
     def __iii_json__(self) -> dict[str, Any]:
         """The ref, so a writer placed in a payload travels as plain JSON (S11)."""
@@ -752,6 +844,15 @@ class ChannelWriter:
             if error is not None:
                 self._error = error
                 raise error
+
+
+def _drop_connection(end: WebSocketEnd | None) -> None:
+    """Shut an end's TCP connection down from any thread, without its loop (closed, or not running): the peer sees
+    the connection drop. Through the socket object, so never another socket that reused its descriptor."""
+    sock = None if end is None else end.ws.transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _log_task_error(task: asyncio.Task[Any]) -> None:
