@@ -12,7 +12,9 @@ The sender creates a channel, calls the function with ``{"reader": <ref>, "name"
 the bytes (with an integrity trailer); the serving worker writes them with ``receive_file`` (temporary name,
 renamed when verified) or to its stdout, and returns ``{"path", "bytes", "sha256", "verified"}``. ``send``
 exits 0 only when that answer confirms the transfer (``"verified": true`` and, if named, the bytes sent), unless
-``--allow-unverified``; a function that answers while nobody takes the upload fails the send within seconds
+``--allow-unverified``; an answer that cannot confirm it fails the send as soon as it arrives. A failed send aborts
+its upload and closes the channel's read end if nobody took it, so the engine frees the channel and what it buffered
+at once. A function that answers while nobody takes the upload fails the send within seconds
 (``… answered without reading the channel: {answer}``), not at the channel's attach deadline. A transfer
 whose sender sends nothing for ``--idle-timeout`` seconds fails (its sender hears why): with ``--out -`` one
 transfer at a time has stdout, and a stalled one must not keep the others waiting for good.
@@ -71,6 +73,8 @@ _ERROR_GRACE_S = 5.0
 # After the function answered: how long one write may wait for the socket before send gives up on the upload. The
 # relay takes what it buffers at once, so a reader that never attached shows as a write waiting this long.
 _ANSWERED_STALL_S = 5.0
+# A failed send's clean-up: how long the abort, then the release of a read end nobody took, may take each.
+_GIVE_UP_S = 3.0
 # How much of a function's answer an error line quotes.
 _SHOWN_CHARS = 200
 # serve --once: how long the final round trip may take that makes sure the transfer's result reached the engine.
@@ -285,22 +289,25 @@ def _shown(answer: object) -> str:
     return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "…"
 
 
-def _unconfirmed(answer: object, sent: int) -> str | None:
+def _unconfirmed(answer: object, sent: int | None) -> str | None:
     """Why ``answer`` does not confirm that the ``sent`` bytes arrived intact, or ``None`` when it does:
     ``"verified": true`` (the receiver checked the integrity trailer) and, if it names them, the same byte count.
+    With ``sent`` ``None`` (the upload still under way) only what the answer alone decides is judged.
 
     Example:
         >>> _unconfirmed({"bytes": 3, "verified": True}, 3) is None
         True
-        >>> _unconfirmed({"ignored": True}, 3)
+        >>> _unconfirmed({"ignored": True}, None)
         'did not confirm the transfer (its answer has no "verified": true)'
+        >>> _unconfirmed({"bytes": 2, "verified": True}, None) is None
+        True
     """
     if not isinstance(answer, dict) or "verified" not in answer:
         return 'did not confirm the transfer (its answer has no "verified": true)'
     if answer["verified"] is not True:
         return f'did not verify the transfer ("verified": {_shown(answer["verified"])})'
     stored = answer.get("bytes")
-    if isinstance(stored, int) and not isinstance(stored, bool) and stored != sent:
+    if sent is not None and isinstance(stored, int) and not isinstance(stored, bool) and stored != sent:
         return f"verified {stored} bytes, but {sent} were sent"
     return None
 
@@ -317,15 +324,33 @@ async def _ended(transfer: asyncio.Future[int], writer: _WatchedWriter) -> bool:
             return True
 
 
+async def _give_up(writer: ChannelWriter, reader: ChannelReader, reason: str) -> None:
+    """End a failed send's channel in the engine now: abort the upload (a reader attached hears ``reason``), then
+    take the read end if nobody did and close it. An aborted channel whose reader never attached, or a small
+    upload the relay took whole, stays in the engine with its buffered bytes until the attach deadline (300 s on
+    ours); a read end closed frees it. Bounded; errors are swallowed (the failure being reported is the one to
+    tell)."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(_GIVE_UP_S):
+            await writer.abort(reason)
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(_GIVE_UP_S):
+            await _release_writer(reader)
+
+
 async def _send(args: argparse.Namespace) -> int:
     size = _check_source(args.file)
     url = _engine(args)
     client = III(url)
     tasks: list[asyncio.Future[Any]] = []
+    ends: tuple[_WatchedWriter, ChannelReader] | None = None
+    why = "iii-channel send stopped before the end"  # the abort's reason, when a failure leaves none of its own
+    succeeded = False
     try:
         await _connect(client, args)
         channel = await client.create_channel_async()
         writer = _WatchedWriter(url, channel.writer_ref)
+        ends = writer, ChannelReader(url, channel.reader_ref)
         progress = _progress(args)
         if args.file == "-":
             name = args.name or "stdin"
@@ -344,29 +369,39 @@ async def _send(args: argparse.Namespace) -> int:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.wait({call}), _ERROR_GRACE_S)
             if not call.done() or call.exception() is None:
-                return _fail(f"sending {args.file} failed: {_why(transfer.exception())}")
+                why = f"sending {args.file} failed: {_why(transfer.exception())}"
+                return _fail(why)
         await asyncio.wait({call})
         if call.exception() is not None:
             # The function failed (or does not exist): nobody reads the rest; the finally stops the upload.
-            return _fail(f"{args.to} failed: {_why(call.exception())}")
+            why = f"{args.to} failed: {_why(call.exception())}"
+            return _fail(why)
         answer = call.result()
+        problem = None if args.allow_unverified else _unconfirmed(answer, None)
+        if problem is not None and not transfer.done():
+            # The answer alone fails the send: waiting for the upload would only keep the engine holding it.
+            why = f"{args.to} {problem}"
+            return _fail(f"{why}: {_shown(answer)} (--allow-unverified accepts such an answer)")
         if not await _ended(transfer, writer):
             # Answered, and the bytes go nowhere: the reader never attached (or stopped reading for good).
-            await writer.abort(f"{args.to} answered without reading the channel")
+            why = f"{args.to} answered without reading the channel"
             total = "" if size is None else f" of {human_bytes(size)}"
-            return _fail(f"{args.to} answered without reading the channel: {_shown(answer)} "
-                         f"({human_bytes(writer.bytes_written)}{total} went out, then none for "
-                         f"{_ANSWERED_STALL_S:g} s)")
+            return _fail(f"{why}: {_shown(answer)} ({human_bytes(writer.bytes_written)}{total} went out, then "
+                         f"none for {_ANSWERED_STALL_S:g} s)")
         if transfer.exception() is not None:
-            return _fail(f"sending {args.file} failed after {args.to} answered {_shown(answer)}: "
-                         f"{_why(transfer.exception())}")
+            why = f"sending {args.file} failed after {args.to} answered"
+            return _fail(f"{why} {_shown(answer)}: {_why(transfer.exception())}")
         sent = transfer.result()
         problem = None if args.allow_unverified else _unconfirmed(answer, sent)
         if problem is not None:
-            return _fail(f"{args.to} {problem}: {_shown(answer)} (--allow-unverified accepts such an answer)")
+            why = f"{args.to} {problem}"
+            return _fail(f"{why}: {_shown(answer)} (--allow-unverified accepts such an answer)")
         print(json.dumps({"sent": sent, "result": answer}), flush=True)
+        succeeded = True
         return 0
     finally:
+        if ends is not None and not succeeded:
+            await _give_up(*ends, why)
         # Cancelled and awaited before the shutdown: a call the shutdown fails, left unread, is printed as
         # "Task exception was never retrieved" with a traceback when the loop ends (Ctrl-C mid-transfer).
         for task in tasks:

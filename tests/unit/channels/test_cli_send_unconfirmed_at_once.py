@@ -1,0 +1,53 @@
+"""``iii-channel send`` fails at once when the function's answer already decides that it fails.
+
+An answer without ``"verified": true`` fails the send (unless ``--allow-unverified``) whatever the upload does next,
+yet ``send`` went on waiting for the upload to end or stall (5 s after the answer), and it left the channel in the
+engine: a function that never reads leaves the bytes buffered there until the channel's attach deadline (300 s on
+our engine). Now the answer ends the send: the writer is aborted and the channel's read end, never taken, is
+claimed and closed, so the engine drops the channel and what it buffered at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from iii_engine import Engine
+from tests.integration.channels.test_cli import _finish, _start
+from tests.integration.channels.test_cli_send_confirmation import (
+    Handler,
+    worker,  # noqa: F401  (a fixture, used by its name)
+)
+
+NOT_CONFIRMED = ('iii-channel: error: files::ignores did not confirm the transfer (its answer has no "verified": '
+                 'true): {"ignored": true} (--allow-unverified accepts such an answer)\n')
+
+
+@pytest.mark.parametrize("size", [3, 48 << 20], ids=["small", "more-than-the-engine-buffers"])
+async def test_an_unconfirming_answer_ends_the_send_and_frees_the_channel(
+        engine: Engine, worker: Callable[[str, Handler], None], tmp_path: Path, size: int) -> None:  # noqa: F811
+    answered: list[float] = []
+
+    def ignores(data: dict[str, Any]) -> dict[str, bool]:
+        answered.append(time.monotonic())
+        return {"ignored": True}
+
+    worker("files::ignores", ignores)
+    src = tmp_path / "data.bin"
+    src.write_bytes(os.urandom(size))
+    done = await _finish(await _start("send", str(src), "--to", "files::ignores", "--engine", engine.url))
+    took = time.monotonic() - answered[0]
+    assert done.rc == 1, done.stderr
+    assert done.stderr == NOT_CONFIRMED
+    # Before: 5 s for the upload nobody takes to count as stalled; the abort of a writer whose socket is backed
+    # up takes up to 2 s (its Close frame waits behind the unsent bytes), the rest well under one.
+    assert took < (1.5 if size < 1 << 20 else 3.5), f"exited {took:.2f} s after the answer"
+    # Before: the channel stayed, its bytes buffered, until the attach deadline.
+    await asyncio.wait_for(engine.channels.wait_idle(), 2)
+    assert len(engine.channels) == 0
