@@ -65,6 +65,7 @@ from .modules.base import (
     ExternalFunctions,
     InvocationObserver,
     ModuleStartError,
+    ModuleStoppedError,
     NamedQueues,
     TelemetryListener,
     TriggerTypeHandler,
@@ -100,6 +101,105 @@ def _module_failure(exc: BaseException) -> bool:
 
 def _trigger_frame(worker: WorkerConnection, entry: TriggerEntry) -> str:
     return worker.session.register_trigger(entry.id, entry.trigger_type, entry.function_id, entry.config)
+
+
+Undo = Callable[[], None]
+
+
+class _ModuleServices:
+    """The engine as one module sees it (that module's ``services``). What the module adds through it is the
+    module's, whenever and from whichever task it adds it (its start, a task its start spawned, a start let go after
+    :data:`~iii_engine.closing.MODULE_START_WAIT_S`, one of its built-ins): :meth:`release`, at the module's stop,
+    takes it all away, and what the module adds after that is refused with :class:`ModuleStoppedError` (nothing would
+    take it away again: a function of a stopped module was routed to it for good). Anything else is the engine's.
+
+    Example:
+        >>> async def demo() -> list[bool]:
+        ...     engine = Engine(port=0, config=EngineConfig(modules=[]))
+        ...     services = _ModuleServices(engine, "hello")
+        ...     services.register_function(BuiltinFunction("hello::greet", greet))
+        ...     seen = [engine.has_function("hello::greet")]
+        ...     services.release()
+        ...     return [*seen, engine.has_function("hello::greet")]
+        >>> async def greet(data: object, ctx: object) -> object:
+        ...     return data
+        >>> asyncio.run(demo())
+        [True, False]
+    """
+
+    def __init__(self, engine: Engine, module: str) -> None:
+        self._engine = engine
+        self._module = module
+        self._undos: list[Undo] | None = []  # None once released
+
+    def __getattr__(self, name: str) -> Any:
+        # looked up on each use: what is patched on the engine (a test's spy) is what the module gets
+        return getattr(self._engine, name)
+
+    def _admit(self, what: str) -> list[Undo]:
+        if self._undos is None:
+            error = ModuleStoppedError(self._module, what)
+            log.warning("%s", error)  # also when its raiser is a task nobody awaits
+            raise error
+        return self._undos
+
+    def release(self) -> None:
+        """Take away everything the module added (latest first); refuse what it adds from now on."""
+        undos, self._undos = self._undos or [], None
+        for undo in reversed(undos):
+            undo()
+
+    def register_function(self, function: BuiltinFunction) -> None:
+        """Add (or replace) a built-in function of this module."""
+        self._admit(f"function {function.id}").append(self._engine._add_builtin(function))
+
+    def unregister_function(self, function_id: str) -> None:
+        """Remove a built-in function (nothing once released: the id may be another module's by then)."""
+        if self._undos is not None:
+            self._engine.unregister_function(function_id)
+
+    def register_trigger_type(self, trigger_type: str, description: str, handler: TriggerTypeHandler) -> None:
+        """Add a built-in trigger type of this module."""
+        self._admit(f"trigger type {trigger_type}").append(
+            self._engine._add_trigger_type(trigger_type, description, handler))
+
+    def add_functions_listener(self, listener: Callable[[], None]) -> None:
+        """Be told whenever the set of function ids may have changed (until the module's stop)."""
+        self._admit("functions listener").append(self._engine._add_listener(self._engine._function_listeners,
+                                                                           listener))
+
+    def add_worker_listener(self, listener: Callable[[str, str], None]) -> None:
+        """Be told about worker events (until the module's stop)."""
+        self._admit("worker listener").append(self._engine._add_listener(self._engine._worker_listeners, listener))
+
+    def add_telemetry_listener(self, listener: TelemetryListener) -> None:
+        """Receive the workers' telemetry frames (until the module's stop)."""
+        self._admit("telemetry listener").append(self._engine._add_listener(self._engine._telemetry_listeners,
+                                                                           listener))
+
+    def set_invocation_observer(self, observer: InvocationObserver | None) -> None:
+        """Watch every function execution (until the module's stop)."""
+        if observer is None:
+            if self._undos is not None:
+                self._engine.set_invocation_observer(None)
+            return
+        self._admit("invocation observer").append(self._engine._observe(observer))
+
+    def serve_named_queues(self, queues: NamedQueues | None) -> None:
+        """Route enqueue actions to ``queues`` (until the module's stop)."""
+        if queues is None:
+            if self._undos is not None:
+                self._engine.serve_named_queues(None)
+            return
+        self._admit("named queues").append(self._engine._serve_queues(queues))
+
+    def serve_external_functions(self, host: ExternalFunctions | None) -> None:
+        """Route HTTP-invoked function registrations to ``host`` (until the module's stop)."""
+        if host is None:
+            if self._undos is not None:
+                self._engine.serve_external_functions(None)
+            return
+        self._admit("external functions").append(self._engine._serve_external(host))
 
 
 class Engine:
@@ -166,10 +266,6 @@ class Engine:
         self._not_stopped: list[EngineModule] | None = None
         # the module start the start under way awaits (the wait on it, its task) and its module
         self._module_starting: tuple[asyncio.Future[None], asyncio.Future[None], EngineModule] | None = None
-        # what the modules' starts added to the engine (listeners, functions, trigger types, the observer), undone
-        # at the stop: an engine started again called the previous run's stopped modules too (the worker module's
-        # listener fired each workers-available trigger once per run; a module left out kept its functions)
-        self._module_undos: list[Callable[[], None]] = []
         self.ready = asyncio.Event()  # set once the listener accepts workers
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -251,7 +347,7 @@ class Engine:
             raise self._cannot_listen(exc) from exc
         from .modules.worker.module import WorkerModule
 
-        worker_module = WorkerModule(self)
+        worker_module = WorkerModule(self._services_for(WorkerModule))
         try:
             await self._start_module(worker_module)
         except Exception as exc:
@@ -261,7 +357,7 @@ class Engine:
             self._raise_if_stop_asked()
             try:
                 cls = resolve(spec.class_name)
-                await self._start_module(cls(self, self._listener_defaults(cls, spec.config)))
+                await self._start_module(cls(self._services_for(cls), self._listener_defaults(cls, spec.config)))
             except Exception as exc:
                 # a settings error names the path from the top of the configuration file
                 cause = exc.under(f"modules[{index}].config") if isinstance(exc, ConfigError) else exc
@@ -306,6 +402,19 @@ class Engine:
             merged.setdefault("port", 0)
         return merged
 
+    def _services_for(self, cls: type[EngineModule]) -> _ModuleServices:
+        """The services a module of class ``cls`` gets: what it adds to the engine through them is taken away at its
+        stop (an engine started again called the previous run's stopped modules: the worker module's listener fired
+        each workers-available trigger once per run, a module left out kept its functions, and what a module added
+        outside its start's own task survived its stop)."""
+        return _ModuleServices(self, cls.name)
+
+    @staticmethod
+    def _release(module: EngineModule) -> None:
+        """Take away what ``module`` added to the engine, once it is stopped (see :class:`_ModuleServices`)."""
+        if isinstance(module.services, _ModuleServices):
+            module.services.release()
+
     async def _start_module(self, module: EngineModule) -> None:
         # in a task of its own (this context, so its store closes are collected too): a stop() during the start
         # cancels it, so a store that never answers its open does not hold the stop
@@ -329,6 +438,8 @@ class Engine:
                 if not _module_failure(stop_exc):
                     raise
                 log.debug("module %s: stop after a failed start raised", module.name, exc_info=True)
+            finally:
+                self._release(module)  # a module left out (allow_degraded) kept its functions for the whole run
             if isinstance(exc, asyncio.CancelledError) and not self._stop_asked and not _cancelling():
                 # not a cancel of this start: a failure of the module (a CancelledError out of start() would end
                 # the CLI with a traceback instead of its one-line start error)
@@ -409,6 +520,8 @@ class Engine:
                         if not _module_failure(exc):
                             raise
                         log.exception("module %s failed to stop", module.name)
+                    finally:
+                        self._release(module)
         except BaseException:
             closes.let_go()
             raise
@@ -424,9 +537,6 @@ class Engine:
         await self.channels.close()
         self.memory.close()
         self._undecodable_log.close()
-        undos, self._module_undos = self._module_undos, []
-        for undo in reversed(undos):
-            undo()
         if self._stopping is not None:
             self._stopping.set()
 
@@ -469,7 +579,10 @@ class Engine:
     # -- EngineServices --------------------------------------------------------------------------------------
 
     def register_function(self, function: BuiltinFunction) -> None:
-        """Add (or replace) a built-in function."""
+        """Add (or replace) a built-in function (one a module registers is taken away at its stop)."""
+        self._add_builtin(function)
+
+    def _add_builtin(self, function: BuiltinFunction) -> Undo:
         entry = FunctionEntry(function.id, None, function.description, function.request_format,
                               function.response_format, function.metadata, builtin=function)
         self.registry.add_function(entry)
@@ -479,7 +592,7 @@ class Engine:
             if self.registry.functions.get(entry.id) is entry:
                 self.registry.remove_function(entry.id)
 
-        self._undo_at_stop(remove)
+        return remove
 
     def unregister_function(self, function_id: str) -> None:
         """Remove a built-in function."""
@@ -488,13 +601,16 @@ class Engine:
 
     def register_trigger_type(self, trigger_type: str, description: str, handler: TriggerTypeHandler) -> None:
         """Add a built-in trigger type; workers cannot replace it (E4)."""
+        self._add_trigger_type(trigger_type, description, handler)
+
+    def _add_trigger_type(self, trigger_type: str, description: str, handler: TriggerTypeHandler) -> Undo:
         entry = self.registry.trigger_types[trigger_type] = TriggerTypeEntry(trigger_type, description, None, handler)
 
         def remove() -> None:
             if self.registry.trigger_types.get(trigger_type) is entry:
                 del self.registry.trigger_types[trigger_type]
 
-        self._undo_at_stop(remove)
+        return remove
 
     def has_function(self, function_id: str) -> bool:
         """Whether ``function_id`` is registered."""
@@ -549,9 +665,27 @@ class Engine:
         """Route enqueue actions to ``queues`` (the queue module)."""
         self.invocations.named_queues = queues
 
+    def _serve_queues(self, queues: NamedQueues) -> Undo:
+        self.invocations.named_queues = queues
+
+        def remove() -> None:
+            if self.invocations.named_queues is queues:
+                self.invocations.named_queues = None
+
+        return remove
+
     def serve_external_functions(self, host: ExternalFunctions | None) -> None:
         """Route HTTP-invoked function registrations to ``host`` (the HTTP functions module)."""
         self._external = host
+
+    def _serve_external(self, host: ExternalFunctions) -> Undo:
+        self._external = host
+
+        def remove() -> None:
+            if self._external is host:
+                self._external = None
+
+        return remove
 
     def add_telemetry_listener(self, listener: TelemetryListener) -> None:
         """Hand every telemetry frame to ``listener(kind, body)``."""
@@ -561,11 +695,14 @@ class Engine:
         """Watch every function execution (the observability module)."""
         self.invocations.observer = observer
 
+    def _observe(self, observer: InvocationObserver) -> Undo:
+        self.invocations.observer = observer
+
         def remove() -> None:
             if self.invocations.observer is observer:
                 self.invocations.observer = None
 
-        self._undo_at_stop(remove)
+        return remove
 
     # -- hooks for the worker module -------------------------------------------------------------------------
 
@@ -577,19 +714,14 @@ class Engine:
         """Call ``listener(event, worker_id)`` on connect, disconnect and metadata updates."""
         self._add_listener(self._worker_listeners, listener)
 
-    def _add_listener(self, listeners: list[Any], listener: Any) -> None:
+    def _add_listener(self, listeners: list[Any], listener: Any) -> Undo:
         listeners.append(listener)
 
         def remove() -> None:
             with contextlib.suppress(ValueError):
                 listeners.remove(listener)
 
-        self._undo_at_stop(remove)
-
-    def _undo_at_stop(self, undo: Callable[[], None]) -> None:
-        """Keep ``undo`` for the end of the stop when called from a module's start (what that start added)."""
-        if self._module_starting is not None and asyncio.current_task() is self._module_starting[1]:
-            self._module_undos.append(undo)
+        return remove
 
     def emit_worker_event(self, event: str, worker_id: str) -> None:
         """Tell listeners about a worker event (``worker_connected`` …)."""

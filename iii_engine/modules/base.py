@@ -71,6 +71,20 @@ class ModuleStartError(EngineStartError):
         super().__init__(f"module {module} cannot start: {self.reason}")
 
 
+class ModuleStoppedError(RuntimeError):
+    """A module the engine stopped tried to add something to it (a function, a trigger type, a listener, …): refused,
+    as nothing would take it away again (a function of a stopped module was routed to it for good).
+
+    Example:
+        >>> str(ModuleStoppedError("state", "function state::get"))
+        'module state is stopped: its function state::get is refused'
+    """
+
+    def __init__(self, module: str, what: str) -> None:
+        self.module = module
+        super().__init__(f"module {module} is stopped: its {what} is refused")
+
+
 class InvocationContext(NamedTuple):
     """Who called a built-in function and with which trace context (immutable).
 
@@ -242,7 +256,13 @@ class FiredCallLimit(Protocol):
 
 class EngineServices(Protocol):
     """The engine as a module sees it: everything a module may use of the engine or of another module is
-    declared here (modules never look each other up by name)."""
+    declared here (modules never look each other up by name).
+
+    What a module adds through its ``services`` (functions, trigger types, listeners, the invocation observer, the
+    queues or external functions it serves) is that module's, whenever and from whichever task it adds it: the
+    engine takes it away at the module's stop (or when its start failed), and refuses anything more from it after
+    that with :class:`ModuleStoppedError`; what it takes away after that (``unregister_function``, serving
+    ``None``) is then a no-op."""
 
     @property
     def channels(self) -> ChannelService:
