@@ -520,6 +520,7 @@ class ChannelWriter:
         self._space = Signal()  # set whenever pending bytes drop or an error arrives (WritableStream.drain)
         self._error: BaseException | None = None
         self._closing: asyncio.Task[None] | None = None
+        self._aborting: asyncio.Future[None] | None = None  # an abort under way that no caller waits for
         self._closed = False
         self._home = _Home(self._channel_id, "writer")
         self.bytes_written = 0
@@ -539,14 +540,23 @@ class ChannelWriter:
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         """Send ``data`` as binary frames (65 536 bytes, or what the engine invites), after anything queued before
-        it."""
+        it.
+
+        Cancelled while its frames go out, a write of more than one frame aborts the stream (some of its frames
+        may be on their way: a close would hand the reader a short stream as a whole one); the writer raises
+        :class:`ChannelClosedError` from then on. Cancelled before its first frame (waiting for the writes ahead
+        of it, or to connect), nothing of it was sent and the writer goes on.
+        """
+        await self._write(data, "a write was cancelled part-way")
+
+    async def _write(self, data: bytes | bytearray | memoryview, cut_off: str) -> None:
         self._check_open()
         if self._home.loop is not _running_loop():
             self._home.bind(asyncio.get_running_loop())
         if self._queue or self._pump is not None:
             await self._enqueue_and_wait(bytes(data))
         else:
-            await self._send(data)
+            await self._send(data, cut_off)
 
     def send_message(self, msg: str) -> None:
         """Queue a text message (fire-and-forget; ordered with every other write). Where no loop runs: sent
@@ -645,6 +655,16 @@ class ChannelWriter:
         except ChannelError as exc:
             log.debug("abort of channel %s: %s", self._channel_id, exc)
 
+    async def _abort_cut_off(self, what: str) -> None:
+        """Abort the stream as a write cut off part-way returns: the writer fails at once (a later write or close
+        raises), and the abort goes on if its caller is cancelled again."""
+        self._closed = True
+        if self._error is None:
+            self._error = ChannelClosedError(f"channel {self._channel_id} aborted", channel_id=self._channel_id)
+        self._aborting = asyncio.ensure_future(self._abort_here(what))
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(self._aborting)
+
     async def _abort_elsewhere(self, reason: str) -> None:
         """abort() awaited on a loop this writer does not belong to (a writer used from sync code, then in an
         ``async with`` whose body raised): a ChannelLoopError there lost the abort, and a later close delivered
@@ -705,7 +725,7 @@ class ChannelWriter:
             if isinstance(data, str):
                 await self.send_message_async(data)
             else:
-                await self.write(data)
+                await self._write(data, "a sync write was interrupted")
         except asyncio.CancelledError:
             # Interrupted part-way (Ctrl-C, or the end's loop shutting down): what went out is a short stream, and
             # a close after it would hand it to the reader as a whole one.
@@ -750,12 +770,15 @@ class ChannelWriter:
         elif self._end is None:
             self._end = connecting.result()
 
-    async def _send(self, data: bytes | bytearray | memoryview | str) -> None:
+    async def _send(self, data: bytes | bytearray | memoryview | str, cut_off: str | None = None) -> None:
+        """One write's frames; cancelled part-way, the stream is aborted with ``cut_off`` as its reason (the
+        queue's pump passes none: it is cancelled by an abort, or with its loop)."""
         # One lock around connect + all frames of one write, so concurrent writers never interleave frames.
         async with self._send_lock:
             if self._error is not None:
                 raise self._error
             end = await self._ensure_connected()
+            several_frames = False
             try:
                 if isinstance(data, str):
                     await end.send(data.encode(), text=True)
@@ -763,8 +786,17 @@ class ChannelWriter:
                     view = memoryview(data)
                     if view.ndim != 1 or view.itemsize != 1:
                         view = view.cast("B")
+                    several_frames = len(view) > end.frame_size
                     await end.send(view)
                     self.bytes_written += len(view)
+            except asyncio.CancelledError:
+                # A write of one frame (a text message, a short binary write) is on its way whole or not at all. A
+                # write of several frames cut off here may have sent some of them: a close after it would hand the
+                # reader a short stream as a whole one. (Cancelled before this, nothing of it was sent: the writer
+                # goes on.)
+                if several_frames and cut_off is not None:
+                    await self._abort_cut_off(cut_off)
+                raise
             except ChannelEndClosed as exc:
                 # An error already set is why the socket closed under this write (this writer's abort, say): the
                 # socket's own account (a dropped connection looks like a reader gone) would mislead.
