@@ -78,6 +78,7 @@ from iii.wire import loads
 
 from .base import DEFAULT_TIMEOUT, FieldUpdates, SetResult, UpdateResult, WriteProgress
 from .batching import KeyedBatcher
+from .close_once import CloseOnce
 from .deadlines import finish_within
 from .errors import (
     PoolExhaustedError,
@@ -848,8 +849,7 @@ class RedisStream(FieldUpdates):
         self._loaded: set[str] = set()  # scripts this store loaded (SCRIPT LOAD) before its first EVALSHA of them
         self._updates: KeyedBatcher[str, _Update, StreamUpdateResult[Any]] = KeyedBatcher(
             self._update_batch, name="RedisStream updates", max_batch=_MAX_BATCH)
-        self._closed = False
-        self._close_ended: asyncio.Event | None = None  # set once the close under way ended
+        self._close_once = CloseOnce()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStream:
@@ -1236,7 +1236,7 @@ class RedisStream(FieldUpdates):
         """
         async def opener() -> _RedisWatcher:
             async with self._guard("watch", None):
-                if self._closed:
+                if self._close_once.closing:
                     raise StreamClosedError("RedisStream is closed")
                 if self._subscriber is None:
                     self._subscriber = _Subscriber(self)
@@ -1267,7 +1267,7 @@ class RedisStream(FieldUpdates):
 
     async def aclose(self) -> None:
         """End the watches and the batches, and close the clients this store made; idempotent (a call while a close
-        is under way returns once that close ended).
+        is under way returns once that close ended, however it ended: :class:`~iii_streams.close_once.CloseOnce`).
 
         Example:
             >>> import asyncio, fakeredis
@@ -1278,16 +1278,7 @@ class RedisStream(FieldUpdates):
             >>> asyncio.run(demo())
             True
         """
-        if self._closed:
-            if self._close_ended is not None:  # a close under way: every caller returns once the store is closed
-                await self._close_ended.wait()
-            return
-        self._closed = True
-        self._close_ended = ended = asyncio.Event()
-        try:
-            await self._close_all()
-        finally:
-            ended.set()
+        await self._close_once.run(self._close_all)
 
     async def _close_all(self) -> None:
         self._watch_retries.close()

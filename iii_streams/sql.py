@@ -88,6 +88,7 @@ from iii.wire import loads
 
 from .base import DEFAULT_TIMEOUT, FieldUpdates, SetResult, UpdateResult, WriteProgress
 from .batching import KeyedBatcher
+from .close_once import CloseOnce
 from .deadlines import finish_within
 from .errors import (
     PoolExhaustedError,
@@ -756,8 +757,7 @@ class SQLStream(FieldUpdates):
         self.swap_misses = 0  # single-statement writes that found the item changed by another process
         self._writes: KeyedBatcher[bytes, _Write, tuple[Any, Any]] = KeyedBatcher(
             self._write_batch, name="SQLStream writes", max_batch=_MAX_BATCH)
-        self._closed = False
-        self._close_ended: asyncio.Event | None = None  # set once the close under way ended
+        self._close_once = CloseOnce()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SQLStream:
@@ -792,7 +792,7 @@ class SQLStream(FieldUpdates):
         async with self._ready_lock:
             if self._ready:
                 return
-            if self._closed:
+            if self._close_once.closing:
                 raise StreamClosedError("SQLStream is closed")
             if self._create:
                 async with self._write_lock if self._write_lock is not None else contextlib.nullcontext():
@@ -1303,7 +1303,7 @@ class SQLStream(FieldUpdates):
         async def opener() -> Subscription:
             if self._pg:
                 async with self._guard("watch", None):
-                    if self._closed:
+                    if self._close_once.closing:
                         raise StreamClosedError("SQLStream is closed")
                     if self._listener is None:
                         self._listener = _Listener(self)
@@ -1314,7 +1314,7 @@ class SQLStream(FieldUpdates):
 
     async def aclose(self) -> None:
         """End the watches and the write batches, and dispose of the engine this store made; idempotent (a call while a
-        close is under way returns once that close ended).
+        close is under way returns once that close ended, however it ended: :class:`~iii_streams.close_once.CloseOnce`).
 
         Example:
             >>> import asyncio
@@ -1327,20 +1327,12 @@ class SQLStream(FieldUpdates):
             Traceback (most recent call last):
             iii_streams.errors.StreamClosedError: SQLStream writes is closed
         """
-        if self._closed:
-            # A close under way: every caller returns once the store is closed (one that went on to remove the
-            # database file or drop the schema did it under the first close's last writes and its pool).
-            if self._close_ended is not None:
-                await self._close_ended.wait()
-            return
-        self._closed = True
-        self._close_ended = ended = asyncio.Event()
-        try:
-            if self._listener is not None:
-                await self._listener.stop()
-            self._watch_retries.close()
-            await self._writes.aclose()
-            if self._owns_engine:
-                await self.engine.dispose()
-        finally:
-            ended.set()
+        await self._close_once.run(self._close_all)
+
+    async def _close_all(self) -> None:
+        if self._listener is not None:
+            await self._listener.stop()
+        self._watch_retries.close()
+        await self._writes.aclose()
+        if self._owns_engine:
+            await self.engine.dispose()

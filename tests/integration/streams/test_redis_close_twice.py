@@ -2,7 +2,8 @@
 
 Before: the second call saw ``_closed`` set and returned at once, while the first was still waiting (up to its
 bounds) for the update batch in flight on a silent server and before the pools were closed: a caller that then
-reads ``let_go_count()``, ends its event loop or reuses the connection count saw a store still closing.
+reads ``let_go_count()``, ends its event loop or reuses the connection count saw a store still closing. A second
+close from another event loop raises (it waited for good).
 """
 
 from __future__ import annotations
@@ -10,11 +11,17 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import fakeredis
 import pytest
 
 from iii.stream import StreamSetInput, StreamUpdateInput, UpdateIncrement
 from iii_streams import RedisStream
 from iii_streams import redis as redis_module
+from tests.integration.streams.held_close import (
+    HeldClose,
+    a_cancelled_second_aclose_leaves_the_first_running,
+    an_aclose_from_another_loop_raises_while_the_first_runs,
+)
 from tests.integration.streams.private_redis import PrivateRedis
 from tests.integration.streams.test_attack_a3_redis_send import stopped
 from tests.polling import until
@@ -48,25 +55,12 @@ async def test_a_second_aclose_returns_once_the_first_ended(
                 await update
 
 
-async def test_a_cancelled_second_aclose_leaves_the_first_running(monkeypatch: pytest.MonkeyPatch) -> None:
-    import fakeredis
-
+async def test_a_cancelled_second_aclose_leaves_the_first_running() -> None:
     store = RedisStream(fakeredis.FakeAsyncRedis())
-    may_end = asyncio.Event()
-    real_close = store._updates.aclose
+    await a_cancelled_second_aclose_leaves_the_first_running(store, HeldClose(store._updates))
 
-    async def held_close() -> None:
-        await may_end.wait()
-        await real_close()
 
-    monkeypatch.setattr(store._updates, "aclose", held_close)
-    first = asyncio.create_task(store.aclose())
-    await asyncio.sleep(0)
-    second = asyncio.create_task(store.aclose())
-    await asyncio.sleep(0)
-    second.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await second
-    assert not first.done()
-    may_end.set()
-    await asyncio.wait_for(first, 5)
+async def test_an_aclose_from_another_loop_raises_while_the_first_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(redis_module, "_STOP_S", 20.0)  # the held batches' end is not let go during the test
+    store = RedisStream(fakeredis.FakeAsyncRedis())
+    await an_aclose_from_another_loop_raises_while_the_first_runs(store, HeldClose(store._updates))
