@@ -106,6 +106,10 @@ def _trigger_frame(worker: WorkerConnection, entry: TriggerEntry) -> str:
 Undo = Callable[[], None]
 
 
+class _StoppedDuringStart(EngineStartError):
+    """A start ended by a :meth:`Engine.stop` called during it: no failure of the start (``serve_forever`` returns)."""
+
+
 class _ModuleServices:
     """The engine as one module sees it (that module's ``services``). What the module adds through it is the
     module's, whenever and from whichever task it adds it (its start, a task its start spawned, a start let go after
@@ -337,7 +341,8 @@ class Engine:
             if self._start_ended is not None and not self._start_ended.is_set():
                 await self._start_ended.wait()
                 if not self.ready.is_set():
-                    raise EngineStartError("the start under way when this start was called did not start the engine")
+                    failure = _StoppedDuringStart if self._stop_asked else EngineStartError
+                    raise failure("the start under way when this start was called did not start the engine")
                 return
             if self._started:
                 return
@@ -421,7 +426,7 @@ class Engine:
 
     @staticmethod
     def _stopped_during_start() -> EngineStartError:
-        return EngineStartError("the engine was stopped during its start")
+        return _StoppedDuringStart("the engine was stopped during its start")
 
     def _cannot_listen(self, exc: OSError) -> EngineStartError:
         # asyncio repeats the address inside its message; the address is already in ours
@@ -597,8 +602,15 @@ class Engine:
                     latest_text)
 
     async def serve_forever(self) -> None:
-        """Start (if needed) and run until :meth:`stop` is called or the task is cancelled."""
-        await self.start()
+        """Start (if needed) and run until :meth:`stop` is called or the task is cancelled.
+
+        A :meth:`stop` during the start ends it and this returns (it raised :class:`EngineStartError`, as a start
+        that failed does); a start that fails raises :class:`EngineStartError`.
+        """
+        try:
+            await self.start()
+        except _StoppedDuringStart:
+            return
         assert self._stopping is not None
         try:
             await self._stopping.wait()
