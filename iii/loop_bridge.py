@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 CANCEL_WAIT_S: Final = 3.0
 """Seconds :meth:`LoopBridge.cancel_tasks` waits for the cancelled tasks (handlers in flight at shutdown) to end."""
 
+_LAST_CANCEL_WAIT_S: Final = 0.5
+"""Seconds the loop's end gives the tasks still left after :data:`CANCEL_WAIT_S` once cancelled again (within the 5 s
+a :meth:`LoopBridge.stop` waits for the thread)."""
+
 
 def _probe_park() -> tuple[str, ...]:
     """The asyncio internals :meth:`LoopBridge.park` relies on that this Python lacks: the loop's queue of callbacks
@@ -98,7 +102,8 @@ class LoopBridge:
             self._selector = _ParkingSelector()
             self.loop = asyncio.SelectorEventLoop(self._selector)
         self._tasks: dict[Coroutine[Any, Any, Any], asyncio.Task[Any]] = {}  # by the coroutine each one runs
-        self._held: set[Settle] = set()
+        # Callers waiting from elsewhere, each with the coroutine it handed to the loop (None: a callback's work)
+        self._held: dict[Settle, Coroutine[Any, Any, Any] | None] = {}
         self._held_lock = threading.Lock()
         self._ended = False
         self._stop_lock = threading.Lock()  # stop() from several threads at once: one stops, the others wait for it
@@ -110,12 +115,20 @@ class LoopBridge:
         # The tasks whose end stop_after() waits for (one shutdown's callers: a handler's, another loop's hop), so
         # the loop never stops with one of them still pending ("Task was destroyed but it is pending!").
         self._stop_waits: set[asyncio.Future[Any]] = set()
+        # Tasks that went on after cancel_tasks() cancelled them and waited for them: the loop's end does not wait
+        # for them again.
+        self._abandoned: set[asyncio.Task[Any]] = set()
+        # Set by this bridge's own stops (a shutdown): only then does the loop's end cancel what is left on it. A loop
+        # stopped or killed otherwise leaves its tasks as they are, and its waiting callers get LoopStoppedError.
+        self._stopping = False
         self.thread = threading.Thread(target=self._run_loop, name=name, daemon=True)
         self.thread.start()
 
     def _run_loop(self) -> None:
         try:
             self.loop.run_forever()
+            if self._stopping:
+                self._end_leftovers()
         finally:
             self._fail_held()
             if self._close_at_end:
@@ -126,23 +139,71 @@ class LoopBridge:
         """On the loop thread, as it ends: fail every held waiter (none can be settled by this loop any more)."""
         with self._held_lock:
             self._ended = True
-            held, self._held = self._held, set()
+            held, self._held = self._held, {}
         for waiter in held:
             _fail(waiter, LoopStoppedError(self.thread.name))
 
-    def hold(self, waiter: Settle) -> None:
+    def _end_leftovers(self) -> None:
+        """On the loop thread, once the loop has stopped: cancel the tasks still on it and run it until they have
+        ended (:data:`CANCEL_WAIT_S` at most), as ``asyncio.run`` does before it closes its loop. A task nobody
+        tracks (a channel writer's pump on this loop, a write pending there) stayed pending, and asyncio logged
+        "Task was destroyed but it is pending!" once the closed loop's tasks were collected. Tasks whose callers
+        wait from elsewhere (:meth:`run`, :meth:`run_async`) are left: those callers get :class:`LoopStoppedError`
+        as the thread ends, not a cancel they did not ask for."""
+        loop = self.loop
+        with self._held_lock:
+            awaited = {id(coro) for coro in self._held.values() if coro is not None}
+
+        waits: set[asyncio.Future[Any]] = set()  # the sweep's own
+
+        def left() -> set[asyncio.Task[Any]]:
+            return {task for task in asyncio.all_tasks(loop)
+                    if task not in waits and task not in self._abandoned and id(task.get_coro()) not in awaited}
+
+        def wait(tasks: set[asyncio.Task[Any]], seconds: float) -> None:
+            waited = loop.create_task(asyncio.wait(tasks, timeout=seconds))
+            waits.add(waited)
+            while not waited.done():
+                # A stop() or stop_async() from another thread lands here too (the loop stopped once already; the
+                # second stop is theirs): it ends run_until_complete early, not the sweep.
+                with contextlib.suppress(RuntimeError):
+                    loop.run_until_complete(waited)
+
+        tasks = left()
+        if not tasks:
+            return
+        for task in tasks:
+            task.cancel()
+        # A cancelled task's clean-up may start tasks of its own (a channel writer's abort, bounded): they are given
+        # what is left of the time, then cancelled too.
+        deadline = loop.time() + CANCEL_WAIT_S
+        while tasks and loop.time() < deadline:
+            wait(tasks, deadline - loop.time())
+            tasks = left()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            wait(tasks, _LAST_CANCEL_WAIT_S)
+        stuck = [task for task in tasks if not task.done()]
+        if stuck:
+            log.warning("%d task(s) left on the SDK client's loop did not end within %g s of their cancel as it "
+                        "stopped: %s", len(stuck), CANCEL_WAIT_S + _LAST_CANCEL_WAIT_S,
+                        ", ".join(sorted(repr(task.get_coro()) for task in stuck))[:1000])
+
+    def hold(self, waiter: Settle, coro: Coroutine[Any, Any, Any] | None = None) -> None:
         """Fail ``waiter`` with :class:`LoopStoppedError` if the loop thread ends before :meth:`release`
-        (at once when it already has). Call before handing the loop the work that settles ``waiter``."""
+        (at once when it already has). Call before handing the loop the work that settles ``waiter`` (``coro``,
+        when it is a coroutine run there as a task of its own: not cancelled as the loop ends)."""
         with self._held_lock:
             if not self._ended:
-                self._held.add(waiter)
+                self._held[waiter] = coro
                 return
         _fail(waiter, LoopStoppedError(self.thread.name))
 
     def release(self, waiter: Settle) -> None:
         """Stop holding ``waiter`` (it was settled or its caller stopped waiting)."""
         with self._held_lock:
-            self._held.discard(waiter)
+            self._held.pop(waiter, None)
 
     def park(self) -> bool:
         """From another thread: hold the loop where it waits for I/O, with no callback due, if it is there now;
@@ -207,7 +268,7 @@ class LoopBridge:
         except RuntimeError:  # the loop is closed: the coroutine will never run (no "never awaited" warning)
             coro.close()
             raise
-        self.hold(future)
+        self.hold(future, coro)
         try:
             return future.result()
         finally:
@@ -251,7 +312,7 @@ class LoopBridge:
             if not self.loop.is_closed():
                 raise
             raise LoopStoppedError(self.thread.name) from None
-        self.hold(future)
+        self.hold(future, coro)
         try:
             # (shielded, the caller's cancel stops at the wrapper: it would cancel ``future``, and so ``coro``)
             waited = asyncio.wrap_future(future)
@@ -290,6 +351,7 @@ class LoopBridge:
         if tasks:
             await asyncio.wait(tasks.values(), timeout=CANCEL_WAIT_S)
         left = [task for task in tasks.values() if not task.done()]
+        self._abandoned.update(left)
         if left:
             # A handler that catches its cancel and goes on held shutdown() for good; it is left running on a loop
             # about to stop (its thread ends with the client's).
@@ -307,6 +369,7 @@ class LoopBridge:
         with self._stop_lock:
             if not self.thread.is_alive():
                 return
+            self._stopping = True
             if not self._stop_waits:
                 with contextlib.suppress(RuntimeError):  # (closed: the thread is on its way out)
                     self.loop.call_soon_threadsafe(self.loop.stop)
@@ -333,6 +396,7 @@ class LoopBridge:
             # The thread closes its loop itself as it ends: this waiter may be cancelled before it could (the end of
             # asyncio.run cancels every task left), and the loop was then left unclosed.
             self._close_at_end = True
+            self._stopping = True
             if not self._stop_waits:  # (else the loop stops once the tasks stop_after() waits for have ended)
                 with contextlib.suppress(RuntimeError):  # (closed: the thread is on its way out)
                     self.loop.call_soon_threadsafe(self.loop.stop)
@@ -371,6 +435,7 @@ class LoopBridge:
         self._stop_waits.discard(task)
         if not self._stop_waits:
             self._close_at_end = True
+            self._stopping = True
             self.loop.stop()
 
 
