@@ -7,17 +7,20 @@ Usage::
                       [--idle-timeout SECONDS]                   # fail a sender silent this long (default: 300)
     iii-channel send FILE|- --to files::receive                    # sends, prints the receipt as JSON
                      [--allow-unverified]                        # accept an answer without "verified": true
+                     [--stall-timeout SECONDS]                   # fail an upload that stops moving (default: 60)
 
 The sender creates a channel, calls the function with ``{"reader": <ref>, "name": …, "size": …}`` and streams
 the bytes (with an integrity trailer); the serving worker writes them with ``receive_file`` (temporary name,
 renamed when verified) or to its stdout, and returns ``{"path", "bytes", "sha256", "verified"}``. ``send``
 exits 0 only when that answer confirms the transfer (``"verified": true`` and, if named, the bytes sent), unless
 ``--allow-unverified``; an answer that cannot confirm it fails the send as soon as it arrives. A failed send aborts
-its upload and closes the channel's read end if nobody took it, so the engine frees the channel and what it buffered
-at once. A function that answers while nobody takes the upload fails the send within seconds
-(``… answered without reading the channel: {answer}``), not at the channel's attach deadline. A transfer
-whose sender sends nothing for ``--idle-timeout`` seconds fails (its sender hears why): with ``--out -`` one
-transfer at a time has stdout, and a stalled one must not keep the others waiting for good.
+its upload and closes the channel's read end if nobody took it, so the engine frees the channel and what it
+buffered at once. After the answer, an upload that waits while none of its bytes move for ``--stall-timeout``
+seconds (default 60) fails the send (``… answered without reading the channel: {answer} (… went out, then none
+for 60 s)``): a function that answered while nobody takes the upload ends it then, not at the channel's attach
+deadline, and one that reads slowly goes on as long as its bytes move. A transfer whose sender sends nothing for
+``--idle-timeout`` seconds fails (its sender hears why): with ``--out -`` one transfer at a time has stdout, and a
+stalled one must not keep the others waiting for good.
 
 Progress bars go to stderr only: ``--progress auto`` (default) draws one when stderr is a terminal, ``always``
 also prints plain progress lines when it is not, ``never`` is silent. Stdout carries only data (``serve --out
@@ -45,7 +48,7 @@ import stat
 import sys
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +73,16 @@ DEFAULT_ENGINE = "ws://localhost:49134"
 DEFAULT_CONNECT_TIMEOUT_S = 10.0
 # How long a failed upload waits for the function's own error, which says more than "reader gone".
 _ERROR_GRACE_S = 5.0
-# After the function answered: how long one write may wait for the socket before send gives up on the upload. The
-# relay takes what it buffers at once, so a reader that never attached shows as a write waiting this long.
-_ANSWERED_STALL_S = 5.0
+# After the function answered: how long the upload may wait on the socket with no byte moving before send gives up
+# (--stall-timeout). The relay takes what it buffers at once, so a reader that never attached shows as a write
+# waiting while nothing moves. A reader that reads moves bytes, but in bursts: the relay reads its writer again only
+# once its buffers drained well below full, about 9 MB of the reader's progress on our engine (gaps of 2.3 s at
+# 4 MB/s). 60 s lets a reader of ~150 kB/s go on (a send cut off is lost work; only --allow-unverified sends, of
+# functions that answer first and read on their own, meet this rule) and still ends a wrong --to five times
+# sooner than the channel's attach deadline (300 s on ours).
+DEFAULT_STALL_TIMEOUT_S = 60.0
+# How often, at most, send looks whether the upload's bytes moved while it waits for the upload after the answer.
+_STALL_POLL_S = 0.5
 # A failed send's clean-up: how long the abort, then the release of a read end nobody took, may take each.
 _GIVE_UP_S = 3.0
 # How much of a function's answer an error line quotes.
@@ -125,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--allow-unverified", action="store_true",
                       help='exit 0 also when the answer does not confirm the transfer with "verified": true '
                            "(a function of your own that answers something else)")
+    send.add_argument("--stall-timeout", type=_seconds, default=DEFAULT_STALL_TIMEOUT_S, metavar="SECONDS",
+                      help="once the function answered, fail when the upload waits and no byte of it moves this "
+                           "long: nobody reads it (default "
+                           f"{DEFAULT_STALL_TIMEOUT_S:g}; more for a function that reads very slowly)")
     serve = sub.add_parser("serve", help="register a function that stores what it receives", parents=[common])
     serve.add_argument("--function", required=True, help="function id to register")
     serve.add_argument("--out", required=True, help="directory to store files in, a file path, or - for stdout")
@@ -239,15 +253,17 @@ def _fail(message: str, status: int = 1) -> int:
 
 
 class _WatchedWriter(ChannelWriter):
-    """A channel writer that says how long its write under way has waited for the socket.
+    """A channel writer that says since when its write under way waits for the socket, and whether bytes moved.
 
-    Once the called function has answered, a write that waits on means nobody takes the bytes: the relay
-    buffers some, then stops reading, and without a reader the upload would wait for the attach deadline.
+    Once the called function has answered, an upload that waits while none of its bytes move means nobody takes
+    them: the relay buffers some, then stops reading, and without a reader the upload would wait for the attach
+    deadline.
 
     Example:
-        >>> _WatchedWriter("ws://localhost:49134", {"channel_id": "c", "access_key": "k",
-        ...                                         "direction": "write"}).waited()
-        0.0
+        >>> writer = _WatchedWriter("ws://localhost:49134", {"channel_id": "c", "access_key": "k",
+        ...                                                  "direction": "write"})
+        >>> writer.waited(), writer.waiting_since(), writer.moved()
+        (0.0, None, (0, 0))
     """
 
     _waiting_since: float | None = None
@@ -256,6 +272,17 @@ class _WatchedWriter(ChannelWriter):
         """Seconds the write, text message or close under way has waited (0.0 when none is under way)."""
         since = self._waiting_since
         return 0.0 if since is None else time.monotonic() - since
+
+    def waiting_since(self) -> float | None:
+        """When (``time.monotonic()``) the write, text message or close under way started; ``None``: none is."""
+        return self._waiting_since
+
+    def moved(self) -> tuple[int, int]:
+        """A mark that changes whenever bytes of this upload move: those written (counted per write) and those the
+        socket's transport still holds (which shrink as the peer takes them, in the middle of a long write)."""
+        end = self._end
+        transport = None if end is None else end.ws.transport
+        return self.bytes_written, 0 if transport is None else transport.get_write_buffer_size()
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         with self._waiting():
@@ -312,30 +339,49 @@ def _unconfirmed(answer: object, sent: int | None) -> str | None:
     return None
 
 
-async def _ended(transfer: asyncio.Future[int], writer: _WatchedWriter) -> bool:
-    """Wait for ``transfer`` while it moves: ``True`` once it is done, ``False`` when one of its socket operations
-    has waited ``_ANSWERED_STALL_S``. A source that is slow (stdin) is not a stall: nothing waits on the socket."""
+async def _ended(transfer: asyncio.Future[int], writer: _WatchedWriter, stall_s: float) -> bool:
+    """Wait for ``transfer`` while its bytes move: ``True`` once it is done, ``False`` when one of its socket
+    operations has waited ``stall_s`` seconds with no byte moving meanwhile (:meth:`_WatchedWriter.moved`). A slow
+    source (stdin) is no stall, nothing waits on the socket; nor is a slow reader, whose progress moves bytes even
+    while one long write waits.
+
+    Example:
+        >>> async def demo() -> bool:
+        ...     done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        ...     done.set_result(0)
+        ...     return await _ended(done, _WatchedWriter("ws://h:1", {"channel_id": "c", "access_key": "k",
+        ...                                                             "direction": "write"}), 1.0)
+        >>> asyncio.run(demo())
+        True
+    """
+    poll = min(_STALL_POLL_S, stall_s / 10)
+    mark, moved_at = writer.moved(), time.monotonic()
     while True:
-        left = _ANSWERED_STALL_S - writer.waited()
-        if left <= 0:
-            return False
-        done, _ = await asyncio.wait({transfer}, timeout=left)
+        done, _ = await asyncio.wait({transfer}, timeout=poll)
         if done:
             return True
+        now, seen = time.monotonic(), writer.moved()
+        if seen != mark:
+            mark, moved_at = seen, now
+        since = writer.waiting_since()
+        if since is not None and now - max(since, moved_at) >= stall_s:
+            return False
 
 
 async def _give_up(writer: ChannelWriter, reader: ChannelReader, reason: str) -> None:
-    """End a failed send's channel in the engine now: abort the upload (a reader attached hears ``reason``), then
-    take the read end if nobody did and close it. An aborted channel whose reader never attached, or a small
+    """End a failed send's channel in the engine now: abort the upload (a reader attached hears ``reason``) and
+    take the read end if nobody did, and close it. An aborted channel whose reader never attached, or a small
     upload the relay took whole, stays in the engine with its buffered bytes until the attach deadline (300 s on
-    ours); a read end closed frees it. Bounded; errors are swallowed (the failure being reported is the one to
-    tell)."""
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(_GIVE_UP_S):
-            await writer.abort(reason)
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(_GIVE_UP_S):
-            await _release_writer(reader)
+    ours); a read end closed frees it. Both at once: the abort's Close waits behind what the socket still holds
+    (up to 2 s), while the read end closed ends the writer's connection from the engine's side. Bounded; errors
+    are swallowed (the failure being reported is the one to tell)."""
+
+    async def bounded(step: Awaitable[None]) -> None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(_GIVE_UP_S):
+                await step
+
+    await asyncio.gather(bounded(writer.abort(reason)), bounded(_release_writer(reader)))
 
 
 async def _send(args: argparse.Namespace) -> int:
@@ -382,12 +428,12 @@ async def _send(args: argparse.Namespace) -> int:
             # The answer alone fails the send: waiting for the upload would only keep the engine holding it.
             why = f"{args.to} {problem}"
             return _fail(f"{why}: {_shown(answer)} (--allow-unverified accepts such an answer)")
-        if not await _ended(transfer, writer):
+        if not await _ended(transfer, writer, args.stall_timeout):
             # Answered, and the bytes go nowhere: the reader never attached (or stopped reading for good).
             why = f"{args.to} answered without reading the channel"
             total = "" if size is None else f" of {human_bytes(size)}"
             return _fail(f"{why}: {_shown(answer)} ({human_bytes(writer.bytes_written)}{total} went out, then "
-                         f"none for {_ANSWERED_STALL_S:g} s)")
+                         f"none for {args.stall_timeout:g} s)")
         if transfer.exception() is not None:
             why = f"sending {args.file} failed after {args.to} answered"
             return _fail(f"{why} {_shown(answer)}: {_why(transfer.exception())}")

@@ -1,25 +1,21 @@
-"""``iii-channel send`` after the function answered: an upload that stops moving is given up, a slow source is not.
+"""``iii-channel send`` after the function answered: an upload whose bytes stop moving is given up, a slow source
+or a slow reader is not.
 
-The stall window is shortened here; ``test_cli_send_to_non_reader`` runs the real one end to end.
+The stall window is shortened here; ``test_cli_send_stall`` runs ``--stall-timeout`` end to end.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 
-import pytest
-
+from iii.channels import ChannelReader
 from iii_channels import cli
 from iii_engine.channels import ChannelRelay
 
 from .relay_server import relay_server
 
 WINDOW_S = 0.2
-
-
-@pytest.fixture(autouse=True)
-def short_window(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "_ANSWERED_STALL_S", WINDOW_S)
 
 
 async def test_a_write_nobody_takes_is_a_stall() -> None:
@@ -33,7 +29,7 @@ async def test_a_write_nobody_takes_is_a_stall() -> None:
 
         transfer = asyncio.ensure_future(upload())
         try:
-            assert await asyncio.wait_for(cli._ended(transfer, writer), 20) is False
+            assert await asyncio.wait_for(cli._ended(transfer, writer, WINDOW_S), 20) is False
             assert not transfer.done()
             assert writer.waited() >= WINDOW_S
             assert writer.bytes_written > 0  # it did move before it stopped
@@ -50,5 +46,45 @@ async def test_a_silent_source_is_not_a_stall() -> None:
     loop = asyncio.get_running_loop()
     transfer: asyncio.Future[int] = loop.create_future()
     loop.call_later(5 * WINDOW_S, transfer.set_result, 7)  # the source's next bytes, then its end
-    assert await asyncio.wait_for(cli._ended(transfer, writer), 10) is True
+    assert await asyncio.wait_for(cli._ended(transfer, writer, WINDOW_S), 10) is True
     assert transfer.result() == 7
+
+
+async def test_a_reader_that_moves_slower_than_one_write_is_not_a_stall() -> None:
+    """Each write waits longer than the window for a reader that reads steadily but slowly: the bytes move all the
+    while, so the upload goes on (the rule "one write waited the window" gave it up)."""
+    window_s, rate, block, blocks = 0.5, 32_000_000, 32 << 20, 3
+    async with relay_server(ChannelRelay(attach_timeout_s=20.0)) as (base, relay):
+        refs = relay.create(None, owner=None)
+        writer = cli._WatchedWriter(base, refs["writer"])
+        reader = ChannelReader(base, refs["reader"])
+        waits: list[float] = []
+
+        async def upload() -> int:
+            for _ in range(blocks):
+                started = time.monotonic()
+                await writer.write(bytes(block))
+                waits.append(time.monotonic() - started)
+            await writer.close_async()
+            return writer.bytes_written
+
+        async def read_slowly() -> int:
+            started, count = time.monotonic(), 0
+            while (chunk := await reader.read_chunk()) is not None:
+                count += len(chunk)
+                ahead = count / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)  # the reader's pace, not a synchronisation
+            return count
+
+        reading = asyncio.ensure_future(read_slowly())
+        transfer = asyncio.ensure_future(upload())
+        try:
+            assert await asyncio.wait_for(cli._ended(transfer, writer, window_s), 25) is True
+            assert transfer.result() == blocks * block
+            assert await asyncio.wait_for(reading, 10) == blocks * block
+        finally:
+            for task in (transfer, reading):
+                task.cancel()
+            await asyncio.gather(transfer, reading, return_exceptions=True)
+        assert max(waits) > window_s, waits  # a write did wait longer than the window: the case under test

@@ -1,0 +1,91 @@
+"""``iii-channel send --stall-timeout``: after the function answered, the upload is given up only when no byte of
+it moves for that long, not when one write waits.
+
+With ``--allow-unverified`` (a function of one's own that answers first and reads on its own), the send used to
+fail once any write had waited 5 s after the answer, though a reader slower than what the relay buffers in 5 s was
+reading all the while. A reader that never attached must still fail the send, with one line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from iii.channels import ChannelReader
+from iii_engine import Engine
+from tests.integration.channels.test_cli import _finish, _start
+from tests.integration.channels.test_cli_send_confirmation import (
+    Handler,
+    worker,  # noqa: F401  (a fixture, used by its name)
+)
+
+SIZE = 48 << 20  # more than the relay and both sockets buffer: most of it goes out after the answer
+
+
+async def _send(engine: Engine, src: Path, function_id: str, *extra: str) -> Any:
+    return await _finish(await _start("send", str(src), "--to", function_id, "--engine", engine.url,
+                                      "--allow-unverified", *extra))
+
+
+async def test_a_reader_that_never_attached_fails_the_send_once_nothing_moves(
+        engine: Engine, worker: Callable[[str, Handler], None], tmp_path: Path) -> None:  # noqa: F811
+    answered: list[float] = []
+
+    def ignores(data: dict[str, Any]) -> dict[str, bool]:
+        answered.append(time.monotonic())
+        return {"ignored": True}
+
+    worker("files::ignores", ignores)
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(SIZE))
+    done = await _send(engine, src, "files::ignores", "--stall-timeout", "1")
+    took = time.monotonic() - answered[0]
+    assert done.rc == 1, done.stderr
+    assert done.stderr.startswith('iii-channel: error: files::ignores answered without reading the channel: '
+                                  '{"ignored": true} ('), done.stderr
+    assert done.stderr.endswith(" of 48.0 MiB went out, then none for 1 s)\n"), done.stderr
+    assert done.stderr.count("\n") == 1
+    assert took < 4, f"exited {took:.2f} s after the answer"  # the buffers fill, 1 s, then the clean-up
+    await asyncio.wait_for(engine.channels.wait_idle(), 2)  # the channel nobody read is gone with it
+
+
+async def test_a_reader_slower_than_the_buffers_goes_on_to_the_end(
+        engine: Engine, worker: Callable[[str, Handler], None], tmp_path: Path) -> None:  # noqa: F811
+    """Answered at once, then read at 12 MB/s: writes wait for seconds while bytes keep moving."""
+    rate = 12_000_000
+    received: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    test_loop = asyncio.get_running_loop()
+    tasks: list[asyncio.Task[None]] = []
+
+    async def read_slowly(reader: ChannelReader) -> None:
+        started, count = time.monotonic(), 0
+        try:
+            while (chunk := await reader.read_chunk()) is not None:
+                count += len(chunk)
+                ahead = count / rate - (time.monotonic() - started)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)  # the reader's pace, not a synchronisation
+        except BaseException as exc:
+            test_loop.call_soon_threadsafe(received.set_exception, exc)
+            raise
+        test_loop.call_soon_threadsafe(received.set_result, count)
+
+    async def accepts(data: dict[str, Any]) -> dict[str, bool]:
+        tasks.append(asyncio.get_running_loop().create_task(read_slowly(data["reader"])))
+        return {"accepted": True}
+
+    worker("files::slow", accepts)
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(SIZE))
+    started = time.monotonic()
+    done = await _send(engine, src, "files::slow", "--stall-timeout", "2")
+    took = time.monotonic() - started
+    assert done.rc == 0, done.stderr
+    assert json.loads(done.stdout) == {"sent": SIZE, "result": {"accepted": True}}
+    assert await asyncio.wait_for(received, 10) == SIZE
+    assert took > 2, f"the upload took {took:.2f} s: too fast to have waited on the reader"
