@@ -84,6 +84,7 @@ async def test_a_reader_that_moves_slower_than_one_write_is_not_a_stall() -> Non
             assert transfer.result() == blocks * block
             assert await asyncio.wait_for(reading, 10) == blocks * block
         finally:
+            relay.discard(refs["writer"]["channel_id"])  # a failure must not leave the relay waiting for the ends
             for task in (transfer, reading):
                 task.cancel()
             await asyncio.gather(transfer, reading, return_exceptions=True)
