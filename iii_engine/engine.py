@@ -99,6 +99,12 @@ def _module_failure(exc: BaseException) -> bool:
     return isinstance(exc, Exception) or (isinstance(exc, asyncio.CancelledError) and not _cancelling())
 
 
+def _log_stop_failure(stopping: asyncio.Future[None]) -> None:
+    """The outcome of a stop nobody waits for any more (its caller was cancelled): a failure is logged."""
+    if not stopping.cancelled() and stopping.exception() is not None:
+        log.error("the engine's stop failed", exc_info=stopping.exception())
+
+
 def _trigger_frame(worker: WorkerConnection, entry: TriggerEntry) -> str:
     return worker.session.register_trigger(entry.id, entry.trigger_type, entry.function_id, entry.config)
 
@@ -220,27 +226,31 @@ class _ModuleServices:
 
     def set_invocation_observer(self, observer: InvocationObserver | None) -> None:
         """Watch every function execution (until the module's stop)."""
-        if observer is None:
-            if self._undos is not None:
-                self._engine.set_invocation_observer(None)
-            return
-        self._admit("invocation observer").append(self._engine._observe(observer))
+        self._put("invocation observer", self._engine.invocations, "observer", observer)
 
     def serve_named_queues(self, queues: NamedQueues | None) -> None:
         """Route enqueue actions to ``queues`` (until the module's stop)."""
-        if queues is None:
-            if self._undos is not None:
-                self._engine.serve_named_queues(None)
-            return
-        self._admit("named queues").append(self._engine._serve_queues(queues))
+        self._put("named queues", self._engine.invocations, "named_queues", queues)
 
     def serve_external_functions(self, host: ExternalFunctions | None) -> None:
         """Route HTTP-invoked function registrations to ``host`` (until the module's stop)."""
-        if host is None:
+        self._put("external functions", self._engine, "_external", host)
+
+    def _put(self, what: str, holder: object, slot: str, value: object) -> None:
+        """Put ``value`` in the engine's one ``slot`` of ``holder`` until the module's stop; ``None`` empties the
+        slot (nothing once released: it may be another module's by then)."""
+        if value is None:
             if self._undos is not None:
-                self._engine.serve_external_functions(None)
+                setattr(holder, slot, None)
             return
-        self._admit("external functions").append(self._engine._serve_external(host))
+        undos = self._admit(what)
+        setattr(holder, slot, value)
+
+        def remove() -> None:
+            if getattr(holder, slot) is value:
+                setattr(holder, slot, None)
+
+        undos.append(remove)
 
 
 class Engine:
@@ -302,6 +312,8 @@ class Engine:
         self._stop_ended: asyncio.Event | None = None  # set when the latest stop ended (done, failed or cancelled)
         self._start_ended: asyncio.Event | None = None  # set when the latest start ended (done or failed)
         self._stop_asked = False  # stop() was called during the start under way
+        self._stop_task: asyncio.Future[None] | None = None  # the latest stop's task (see _stop_apart)
+        self._cancelling_calls = False  # the stop under way is cancelling the calls in flight
         # the modules the latest stop has yet to stop, None once a stop ended: a stop() after a cancelled one
         # finishes it (the modules it had not reached, the worker port, the calls in flight)
         self._not_stopped: list[EngineModule] | None = None
@@ -504,7 +516,8 @@ class Engine:
         under way returns once that stop ended (its stores closed or let go); a call after a stop that was cancelled
         finishes it (the modules it had not reached, then the worker port and the rest). A call during the start
         ends it (see :meth:`start`). A start that fails stops what it started the same way, the failing module's
-        store close sharing that one deadline.
+        store close sharing that one deadline. Called from a call in flight (a built-in function stopping the
+        engine), the stop's cancel of the calls in flight cancels that call, not the stop: the stop goes on to its end.
         """
         while True:
             if self._start_ended is not None and not self._start_ended.is_set():
@@ -517,7 +530,29 @@ class Engine:
                 await self._stop_ended.wait()
             else:
                 break
-        await self._stop(StoreCloses())
+        await self._stop_apart()
+
+    async def _stop_apart(self) -> None:
+        """:meth:`_stop` in a task of its own: a caller that is a call in flight is cancelled by the stop's own
+        cancel of the calls, which cancelled the stop half-way when it ran in the caller's task (the stop never
+        ended). Any other cancel of the caller cancels the stop, as before (a later stop() finishes it)."""
+        stopping = asyncio.ensure_future(self._stop(StoreCloses()))
+        self._stop_task = stopping  # referenced until it ends, whoever still waits for it
+        try:
+            await asyncio.shield(stopping)
+        except asyncio.CancelledError:
+            if self._cancelling_calls and not stopping.done():
+                # the stop is cancelling the calls in flight, this one among them: it goes on without this caller
+                stopping.add_done_callback(_log_stop_failure)
+                raise
+            stopping.cancel()
+            # as long as it took when the stop ran in the caller's task, bounded: past it, let go as finish_within does
+            await asyncio.wait((stopping,), timeout=closing.CLOSE_TIMEOUT_S)
+            if not stopping.done():
+                log.warning("the engine's stop did not end within %g s of its cancel; let go",
+                            closing.CLOSE_TIMEOUT_S)
+                stopping.add_done_callback(_log_stop_failure)
+            raise
 
     async def _end_module_start(self) -> None:
         """Give the module start under way (if any) :data:`~iii_engine.closing.MODULE_START_WAIT_S` to end, then
@@ -573,7 +608,11 @@ class Engine:
         await self._listener.close()
         # a call's task that swallows its cancel (its library's doing) held the stop, and the stop's own cancel,
         # for good: the calls in flight get CLOSE_TIMEOUT_S after their cancel, then are let go
-        await finish_within(self.invocations.close(), closing.CLOSE_TIMEOUT_S, "the calls in flight", log)
+        self._cancelling_calls = True  # a stop() called from one of them is not cancelled with it (_stop_apart)
+        try:
+            await finish_within(self.invocations.close(), closing.CLOSE_TIMEOUT_S, "the calls in flight", log)
+        finally:
+            self._cancelling_calls = False
         self.fired_calls.close()
         self.worker_calls.close()
         await self.channels.close()
@@ -714,27 +753,10 @@ class Engine:
         """Route enqueue actions to ``queues`` (the queue module)."""
         self.invocations.named_queues = queues
 
-    def _serve_queues(self, queues: NamedQueues) -> Undo:
-        self.invocations.named_queues = queues
-
-        def remove() -> None:
-            if self.invocations.named_queues is queues:
-                self.invocations.named_queues = None
-
-        return remove
-
     def serve_external_functions(self, host: ExternalFunctions | None) -> None:
         """Route HTTP-invoked function registrations to ``host`` (the HTTP functions module)."""
         self._external = host
 
-    def _serve_external(self, host: ExternalFunctions) -> Undo:
-        self._external = host
-
-        def remove() -> None:
-            if self._external is host:
-                self._external = None
-
-        return remove
 
     def add_telemetry_listener(self, listener: TelemetryListener) -> None:
         """Hand every telemetry frame to ``listener(kind, body)``."""
@@ -744,14 +766,6 @@ class Engine:
         """Watch every function execution (the observability module)."""
         self.invocations.observer = observer
 
-    def _observe(self, observer: InvocationObserver) -> Undo:
-        self.invocations.observer = observer
-
-        def remove() -> None:
-            if self.invocations.observer is observer:
-                self.invocations.observer = None
-
-        return remove
 
     # -- hooks for the worker module -------------------------------------------------------------------------
 
