@@ -64,6 +64,7 @@ import logging
 import socket
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine
 from types import TracebackType
@@ -255,7 +256,7 @@ class _Home:
         True
     """
 
-    __slots__ = ("_bind_lock", "_private", "_run_lock", "channel_id", "loop", "side")
+    __slots__ = ("_bind_lock", "_private", "_run_lock", "channel_id", "end", "loop", "side")
 
     def __init__(self, channel_id: str, side: Literal["reader", "writer"]) -> None:
         self.channel_id = channel_id
@@ -264,6 +265,7 @@ class _Home:
         self._private: asyncio.AbstractEventLoop | None = None
         self._bind_lock = threading.Lock()  # held only to set ``loop``: never while a loop runs
         self._run_lock = threading.Lock()  # around each run of the private loop: it runs in one thread at a time
+        self.end: WebSocketEnd | None = None  # the end's socket, for :meth:`abandon` (which cannot reach the end)
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Bind to ``loop``, the loop running this call, or raise :class:`ChannelLoopError` if the end belongs to
@@ -411,6 +413,26 @@ class _Home:
         finally:
             self._run_lock.release()
 
+    def abandon(self) -> None:
+        """The end was collected without being closed (its ``weakref.finalize``): drop its socket and close the
+        private loop, if it has one, which it kept until now (asyncio's "unclosed event loop" and socket
+        ResourceWarnings). The peer sees the connection drop, not an end of stream.
+
+        A loop cannot run where another one runs: collected there (a garbage collection on any running loop),
+        this is done in a thread of its own.
+        """
+        loop = self._private
+        if loop is None or loop.is_closed():
+            return
+        if _running_loop() is not None:
+            threading.Thread(target=self.abandon, name=f"iii-channel-{self.side}-release", daemon=True).start()
+            return
+        end = self.end
+        if end is not None:
+            with contextlib.suppress(Exception):
+                end.abort()  # its socket is closed as the loop runs below
+        self.release()
+
     def _gone(self) -> ChannelLoopError:
         return self._error("belongs to an event loop that is closed now (an asyncio.run() that returned?): its "
                            "socket went with that loop; use a channel end within one loop, or only from sync code")
@@ -523,6 +545,8 @@ class ChannelWriter:
         self._aborting: asyncio.Future[None] | None = None  # an abort under way that no caller waits for
         self._closed = False
         self._home = _Home(self._channel_id, "writer")
+        # A writer left unclosed keeps its private loop (sync use) and socket until it is collected: then they go.
+        weakref.finalize(self, self._home.abandon)
         self.bytes_written = 0
         self.stream = WritableStream(self)
 
@@ -549,7 +573,7 @@ class ChannelWriter:
         """
         await self._write(data, "a write was cancelled part-way")
 
-    async def _write(self, data: bytes | bytearray | memoryview, cut_off: str) -> None:
+    async def _write(self, data: bytes | bytearray | memoryview, cut_off: str | None) -> None:
         self._check_open()
         if self._home.loop is not _running_loop():
             self._home.bind(asyncio.get_running_loop())
@@ -725,7 +749,7 @@ class ChannelWriter:
             if isinstance(data, str):
                 await self.send_message_async(data)
             else:
-                await self._write(data, "a sync write was interrupted")
+                await self._write(data, None)  # cut off, it is aborted below
         except asyncio.CancelledError:
             # Interrupted part-way (Ctrl-C, or the end's loop shutting down): what went out is a short stream, and
             # a close after it would hand it to the reader as a whole one.
@@ -760,7 +784,7 @@ class ChannelWriter:
             finally:
                 self._connect_waiters -= 1
             if self._end is None:
-                self._end = end
+                self._end = self._home.end = end
         return self._end
 
     def _connected(self, connecting: asyncio.Future[WebSocketEnd]) -> None:
@@ -768,7 +792,7 @@ class ChannelWriter:
             if self._connecting is connecting:
                 self._connecting = None  # failed: the next write tries again
         elif self._end is None:
-            self._end = connecting.result()
+            self._end = self._home.end = connecting.result()
 
     async def _send(self, data: bytes | bytearray | memoryview | str, cut_off: str | None = None) -> None:
         """One write's frames; cancelled part-way, the stream is aborted with ``cut_off`` as its reason (the
