@@ -25,10 +25,13 @@ stalled one must not keep the others waiting for good.
 Progress bars go to stderr only: ``--progress auto`` (default) draws one when stderr is a terminal, ``always``
 also prints plain progress lines when it is not, ``never`` is silent. Stdout carries only data (``serve --out
 -``) or the final JSON receipt (``send``). Exit status: 0 on success (and for ``serve`` stopped by SIGTERM or
-SIGINT), 130 for ``send`` interrupted by SIGINT (one line ``iii-channel: send: interrupted``), 1 on a failed
-transfer (an unconfirmed one included) or an engine that cannot be reached within ``--connect-timeout`` (one line
-``iii-channel: error: cannot reach the engine at URL …``), 2 on bad usage. Paths are checked before connecting:
-``send`` of a directory or a missing file and ``serve --out`` into a missing directory fail at once.
+SIGINT), 130 for ``send`` interrupted by SIGINT (one line ``iii-channel: send: interrupted``), 143 for ``send``
+stopped by SIGTERM (handled as SIGINT is: the upload aborted, so a reader hears ``ChannelAbortedError`` on our
+engine, and the client shut down; one line ``iii-channel: send: terminated``; a second SIGTERM ends it at once),
+1 on a failed transfer (an unconfirmed one included) or an engine that cannot be reached within
+``--connect-timeout`` (one line ``iii-channel: error: cannot reach the engine at URL …``), 2 on bad usage. Paths
+are checked before connecting: ``send`` of a directory or a missing file and ``serve --out`` into a missing
+directory fail at once.
 
 Example:
     >>> build_parser().parse_args(["send", "-", "--to", "x", "--engine", "ws://h:1"]).engine
@@ -384,13 +387,51 @@ async def _give_up(writer: ChannelWriter, reader: ChannelReader, reason: str) ->
     await asyncio.gather(bounded(writer.abort(reason)), bounded(_release_writer(reader)))
 
 
+class _Termination:
+    """What ``send``'s SIGTERM handler and the transfer tell each other: whether the signal came, and whether the
+    outcome was already decided (its line printed; the clean-up under way is bounded and left to finish)."""
+
+    def __init__(self) -> None:
+        self.signalled = False
+        self.decided = False
+
+
 async def _send(args: argparse.Namespace) -> int:
+    """``send``, with SIGTERM handled as Ctrl-C is: the transfer is cancelled and cleaned up (upload aborted, client
+    shut down), then one line ``iii-channel: send: terminated`` and exit status 143 (128 + SIGTERM)."""
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    term = _Termination()
+
+    def terminate() -> None:
+        term.signalled = True
+        # Once: a second SIGTERM meets the default action again and ends the process at once.
+        loop.remove_signal_handler(signal.SIGTERM)
+        if main is not None and not term.decided:
+            main.cancel()
+
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals off the main thread
+        loop.add_signal_handler(signal.SIGTERM, terminate)
+    try:
+        return await _transfer(args, term)
+    except asyncio.CancelledError:
+        if not term.signalled or main is None:
+            raise
+        main.uncancel()
+        print("iii-channel: send: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def _transfer(args: argparse.Namespace, term: _Termination) -> int:
     size = _check_source(args.file)
     url = _engine(args)
     client = III(url)
     tasks: list[asyncio.Future[Any]] = []
     ends: tuple[_WatchedWriter, ChannelReader] | None = None
-    why = "iii-channel send stopped before the end"  # the abort's reason, when a failure leaves none of its own
+    why: str | None = None  # the failure, the abort's reason
     succeeded = False
     try:
         await _connect(client, args)
@@ -446,8 +487,9 @@ async def _send(args: argparse.Namespace) -> int:
         succeeded = True
         return 0
     finally:
+        term.decided = why is not None or succeeded
         if ends is not None and not succeeded:
-            await _give_up(*ends, why)
+            await _give_up(*ends, why or f"iii-channel send {'terminated' if term.signalled else 'stopped'}")
         # Cancelled and awaited before the shutdown: a call the shutdown fails, left unread, is printed as
         # "Task exception was never retrieved" with a traceback when the loop ends (Ctrl-C mid-transfer).
         for task in tasks:
