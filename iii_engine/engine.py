@@ -677,8 +677,13 @@ class Engine:
         self._functions_maybe_changed()
 
         def remove() -> None:
-            if self.registry.functions.get(entry.id) is entry:
-                self.registry.remove_function(entry.id)
+            # current, or overwritten by a worker and kept to be restored (its disconnect brought back a stopped
+            # module's function); an earlier worker registration it overwrote comes back
+            if self.registry.functions.get(entry.id) is entry or \
+                    any(kept is entry for kept in self.registry.shadowed_entries(owner=None, function_id=entry.id)):
+                restored = self.registry.drop_owned_function(entry.id, None)
+                if restored is not None:
+                    self._adopt(restored)
 
         return remove
 

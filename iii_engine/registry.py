@@ -163,8 +163,8 @@ class Registry:
             self._service_remove(function_id)
         return entry
 
-    def drop_owned_function(self, function_id: str, owner: str) -> FunctionEntry | None:
-        """``owner`` is gone: remove its registration of ``function_id`` (E5).
+    def drop_owned_function(self, function_id: str, owner: str | None) -> FunctionEntry | None:
+        """``owner`` is gone (``None``: the engine's built-in goes): remove its registration of ``function_id`` (E5).
 
         Returns the restored earlier registration when there is one, else ``None``.
         """

@@ -15,11 +15,14 @@ import contextlib
 from typing import Any, ClassVar
 
 import pytest
+import websockets
 
+from iii.wire import dumps, loads
 from iii_engine import Engine, EngineConfig, EngineStartError, ModuleSpec, closing
 from iii_engine import engine as engine_module
 from iii_engine.modules.base import BuiltinFunction, EngineModule, InvocationContext, ModuleStoppedError
 from iii_engine.modules.catalogue import resolve
+from tests.polling import until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -189,3 +192,19 @@ async def test_a_start_let_go_registers_nothing(spawner: type[_Spawner], monkeyp
         spawner.go.set()  # the start let go goes on and registers
     assert isinstance(await asyncio.wait_for(spawner.outcome, 5), ModuleStoppedError)  # before: None, accepted
     assert not engine.has_function(_LATE)
+
+
+async def test_a_stopped_modules_function_a_worker_overwrote_never_comes_back(spawner: type[_Spawner]) -> None:
+    engine = _engine()
+    await engine.start()
+    try:
+        async with websockets.connect(engine.url, compression=None) as worker:
+            assert loads(await worker.recv())["type"] == "workerregistered"
+            await worker.send(dumps({"type": "registerfunction", "id": "spawner::add"}))
+            await until(lambda: engine.registry.functions["spawner::add"].owner is not None)
+            await engine.stop()  # the worker's connection is closed after the module's stop
+        # before: its disconnect restored the stopped module's built-in it had overwritten
+        assert not engine.has_function("spawner::add")
+    finally:
+        await _stop_tasks(spawner.tasks)
+
