@@ -208,3 +208,23 @@ async def test_a_stopped_modules_function_a_worker_overwrote_never_comes_back(sp
     finally:
         await _stop_tasks(spawner.tasks)
 
+
+
+async def test_a_worker_function_a_module_overwrote_comes_back_at_its_release(spawner: type[_Spawner]) -> None:
+    engine = _engine()
+    await engine.start()
+    try:
+        async with websockets.connect(engine.url, compression=None) as worker:
+            worker_id = loads(await worker.recv())["worker_id"]
+            await worker.send(dumps({"type": "registerfunction", "id": _LATE}))
+            await until(lambda: engine.has_function(_LATE))
+            spawner.go.set()  # the module's task overwrites it
+            assert await asyncio.wait_for(spawner.outcome, 5) is None
+            assert engine.registry.functions[_LATE].owner is None
+            module = engine.module("spawner")
+            assert module is not None
+            module.services.release()  # type: ignore[attr-defined]  # what the module's stop does
+            assert engine.registry.functions[_LATE].owner == worker_id  # before: gone, the worker's forgotten
+            await engine.stop()
+    finally:
+        await _stop_tasks(spawner.tasks)
