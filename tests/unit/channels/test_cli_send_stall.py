@@ -18,29 +18,25 @@ from typing import Any
 
 from iii.channels import ChannelReader
 from iii_engine import Engine
-from tests.integration.channels.test_cli import _finish, _start
+from tests.integration.channels.test_cli import Done, _finish, _start
 from tests.integration.channels.test_cli_send_confirmation import (
     Handler,
     worker,  # noqa: F401  (a fixture, used by its name)
 )
 
+from .test_cli_send_unconfirmed_at_once import register_ignores
+
 SIZE = 48 << 20  # more than the relay and both sockets buffer: most of it goes out after the answer
 
 
-async def _send(engine: Engine, src: Path, function_id: str, *extra: str) -> Any:
+async def _send(engine: Engine, src: Path, function_id: str, *extra: str) -> Done:
     return await _finish(await _start("send", str(src), "--to", function_id, "--engine", engine.url,
                                       "--allow-unverified", *extra))
 
 
 async def test_a_reader_that_never_attached_fails_the_send_once_nothing_moves(
         engine: Engine, worker: Callable[[str, Handler], None], tmp_path: Path) -> None:  # noqa: F811
-    answered: list[float] = []
-
-    def ignores(data: dict[str, Any]) -> dict[str, bool]:
-        answered.append(time.monotonic())
-        return {"ignored": True}
-
-    worker("files::ignores", ignores)
+    answered = register_ignores(worker)
     src = tmp_path / "big.bin"
     src.write_bytes(os.urandom(SIZE))
     done = await _send(engine, src, "files::ignores", "--stall-timeout", "1")

@@ -29,16 +29,23 @@ NOT_CONFIRMED = ('iii-channel: error: files::ignores did not confirm the transfe
                  'true): {"ignored": true} (--allow-unverified accepts such an answer)\n')
 
 
-@pytest.mark.parametrize("size", [3, 48 << 20], ids=["small", "more-than-the-engine-buffers"])
-async def test_an_unconfirming_answer_ends_the_send_and_frees_the_channel(
-        engine: Engine, worker: Callable[[str, Handler], None], tmp_path: Path, size: int) -> None:  # noqa: F811
+def register_ignores(register: Callable[[str, Handler], None]) -> list[float]:
+    """Registers ``files::ignores`` with ``register`` (the ``worker`` fixture): it answers ``{"ignored": true}``
+    without reading. Returns the times it answered."""
     answered: list[float] = []
 
     def ignores(data: dict[str, Any]) -> dict[str, bool]:
         answered.append(time.monotonic())
         return {"ignored": True}
 
-    worker("files::ignores", ignores)
+    register("files::ignores", ignores)
+    return answered
+
+
+@pytest.mark.parametrize("size", [3, 48 << 20], ids=["small", "more-than-the-engine-buffers"])
+async def test_an_unconfirming_answer_ends_the_send_and_frees_the_channel(
+        engine: Engine, worker: Callable[[str, Handler], None], tmp_path: Path, size: int) -> None:  # noqa: F811
+    answered = register_ignores(worker)
     src = tmp_path / "data.bin"
     src.write_bytes(os.urandom(size))
     done = await _finish(await _start("send", str(src), "--to", "files::ignores", "--engine", engine.url))
