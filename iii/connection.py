@@ -121,9 +121,10 @@ MESSAGE_TOO_BIG: Final = 1009
 _DIGITS = re.compile(r"[0-9]{1,15}")
 
 NOT_AN_ENGINE_TRIES: Final = 3
-"""Answers in a row that are not HTTP at all (a server that closes the connection at once, or speaks another
-protocol) after which a client that never connected gives up: nothing listening is refused, and is retried for as
-long as configured, but such a server answers the same way every time. An HTTP status an engine never gives (see
+"""Answers in a row that are not HTTP at all (a server that speaks another protocol: it answers the same way every
+time) after which a client that never connected gives up. Nothing listening (refused) is retried for as long as
+configured, and so is a connection closed before any answer: a TCP forwarder in front of an engine not up yet does
+that. An HTTP status an engine never gives (see
 :func:`not_an_engine`) gives up at the first answer."""
 
 
@@ -242,7 +243,7 @@ def check_url(url: object) -> str:
 
 def not_an_engine(exc: BaseException) -> str | None:
     """Why a failed connection attempt shows the server is not an iii engine, or ``None`` when it may be one that is
-    not ready (refused, timed out, a 5xx or 429 from the engine or a proxy in front of it).
+    not ready (refused, timed out, closed before any answer, a 5xx or 429 from the engine or a proxy in front of it).
 
     Example:
         >>> from websockets.http11 import Response
@@ -258,6 +259,10 @@ def not_an_engine(exc: BaseException) -> str | None:
             return None
         return f"HTTP {status} on the WebSocket upgrade (an engine answers 101 Switching Protocols)"
     if isinstance(exc, InvalidMessage):
+        if isinstance(exc.__cause__, EOFError):
+            # Closed before any answer: what a TCP forwarder with nothing listening behind it does (docker's
+            # published ports, kubectl port-forward, ssh -L) while the engine starts; websockets retries it too.
+            return None
         cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
         return f"no HTTP answer to the WebSocket upgrade ({exc}{cause})"
     return None

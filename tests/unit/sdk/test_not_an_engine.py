@@ -51,8 +51,9 @@ def _http(status: str) -> Callable[[socketserver.BaseRequestHandler], None]:
     return answer
 
 
-def _close_at_once(handler: socketserver.BaseRequestHandler) -> None:
-    handler.request.close()
+def _another_protocol(handler: socketserver.BaseRequestHandler) -> None:
+    handler.request.recv(65536)
+    handler.request.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
 
 
 @pytest.fixture
@@ -86,8 +87,8 @@ def test_an_http_status_no_engine_gives_fails_at_the_first_answer_naming_url_and
     assert server.connections == 1
 
 
-def test_a_server_that_closes_at_once_fails_after_a_few_tries(serve: Callable[..., _Server]) -> None:
-    server = serve(_close_at_once)
+def test_a_server_speaking_another_protocol_fails_after_a_few_tries(serve: Callable[..., _Server]) -> None:
+    server = serve(_another_protocol)
     with pytest.raises(ConnectionError, match="is not an iii engine: no HTTP answer to the WebSocket upgrade"):
         register_worker(server.url, InitOptions(reconnection_config=FAST))
     assert server.connections == NOT_AN_ENGINE_TRIES
