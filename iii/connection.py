@@ -124,8 +124,8 @@ NOT_AN_ENGINE_TRIES: Final = 3
 """Answers in a row that are not HTTP at all (a server that speaks another protocol: it answers the same way every
 time) after which a client that never connected gives up. Nothing listening (refused) is retried for as long as
 configured, and so is a connection closed before any answer: a TCP forwarder in front of an engine not up yet does
-that. An HTTP status an engine never gives (see
-:func:`not_an_engine`) gives up at the first answer."""
+that. So does an HTTP 404 (a reverse proxy's before its route to an engine that is starting is up); any other HTTP
+status an engine never gives (see :func:`not_an_engine`) gives up at the first answer."""
 
 
 class MessageTooLargeError(ValueError):
@@ -488,7 +488,8 @@ class Connection:
     def not_an_engine(self) -> str | None:
         """Why reconnection gave up on a URL whose server is not an iii engine (``None`` when it did not): a client
         that never connected stops at an HTTP status no engine gives, or after :data:`NOT_AN_ENGINE_TRIES` answers
-        in a row that are not HTTP, instead of retrying for as long as an engine that is down is waited for."""
+        in a row that are not HTTP or HTTP 404, instead of retrying for as long as an engine that is down is waited
+        for."""
         return self._not_an_engine
 
     @property
@@ -994,7 +995,10 @@ class Connection:
                 else:
                     self._not_engine_in_a_row += 1
                     self._last_error = why
-                    tries = 1 if isinstance(exc, InvalidStatus) else NOT_AN_ENGINE_TRIES
+                    # A 404 may be a reverse proxy's before its route to an engine that is starting is up (Traefik,
+                    # an ingress's default backend): given the tries a garbled answer gets.
+                    tries = (1 if isinstance(exc, InvalidStatus) and exc.response.status_code != 404
+                             else NOT_AN_ENGINE_TRIES)
                     if not self._ever_connected and self._not_engine_in_a_row >= tries:
                         self._not_an_engine = f"{self.url} is not an iii engine: {why}"
                         log.error("%s; not retrying", self._not_an_engine)

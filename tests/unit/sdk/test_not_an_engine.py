@@ -72,7 +72,7 @@ def serve() -> Iterator[Callable[[Callable[[socketserver.BaseRequestHandler], No
         server.server_close()
 
 
-@pytest.mark.parametrize("status", ["404 Not Found", "200 OK", "426 Upgrade Required"])
+@pytest.mark.parametrize("status", ["200 OK", "426 Upgrade Required", "403 Forbidden"])
 def test_an_http_status_no_engine_gives_fails_at_the_first_answer_naming_url_and_status(
         serve: Callable[..., _Server], status: str) -> None:
     server = serve(_http(status))
@@ -85,6 +85,14 @@ def test_an_http_status_no_engine_gives_fails_at_the_first_answer_naming_url_and
     assert str(raised.value).startswith(f"{server.url} is not an iii engine: HTTP {code} on the WebSocket upgrade")
     assert took < 5, took
     assert server.connections == 1
+
+
+def test_a_404_fails_after_a_few_tries_as_a_proxy_without_a_route_yet_answers_it(serve: Callable[..., _Server]) -> None:
+    server = serve(_http("404 Not Found"))
+    with pytest.raises(ConnectionError) as raised:
+        register_worker(server.url, InitOptions(reconnection_config=FAST))
+    assert str(raised.value).startswith(f"{server.url} is not an iii engine: HTTP 404 on the WebSocket upgrade")
+    assert server.connections == NOT_AN_ENGINE_TRIES
 
 
 def test_a_server_speaking_another_protocol_fails_after_a_few_tries(serve: Callable[..., _Server]) -> None:

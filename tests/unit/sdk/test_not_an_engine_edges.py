@@ -1,6 +1,7 @@
 """What ``register_worker``'s "not an iii engine" check must not take for a server that is not one: an engine not up
 yet behind a TCP forwarder (docker's published ports, ``kubectl port-forward``, ``ssh -L``), which accepts the
-connection and closes it without a word while nothing listens behind it."""
+connection and closes it without a word while nothing listens behind it, or behind a reverse proxy that answers 404
+until its route to the engine is up."""
 
 from __future__ import annotations
 
@@ -23,6 +24,14 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(OSError):
+        while chunk := await reader.read(65536):
+            writer.write(chunk)
+            await writer.drain()
+    writer.close()
+
+
 class _Forwarder:
     """A TCP forwarder to ``backend``: a connection it cannot pass on (refused there) is closed at once."""
 
@@ -32,13 +41,6 @@ class _Forwarder:
         self.changed = asyncio.Event()
         self.port = 0
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError):
-            while chunk := await reader.read(65536):
-                writer.write(chunk)
-                await writer.drain()
-        writer.close()
-
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             back_reader, back_writer = await asyncio.open_connection("127.0.0.1", self.backend)
@@ -47,7 +49,7 @@ class _Forwarder:
             self.closed_unanswered += 1
             self.changed.set()
             return
-        await asyncio.gather(self._pipe(reader, back_writer), self._pipe(back_reader, writer))
+        await asyncio.gather(_pipe(reader, back_writer), _pipe(back_reader, writer))
 
 
 @pytest.fixture
@@ -83,3 +85,34 @@ async def test_an_engine_not_up_yet_behind_a_forwarder_is_waited_for(engine_url:
             forwarder.backend = int(engine_url.rsplit(":", 1)[1])
             with contextlib.suppress(Exception):
                 (await registering).shutdown()
+
+
+async def test_a_proxy_answering_404_before_its_route_to_the_engine_is_up_is_retried(engine_url: str) -> None:
+    """A reverse proxy answers 404 until it has a route to a container that is starting (Traefik, an ingress
+    controller's default backend), then passes the upgrade on."""
+    engine_port = int(engine_url.rsplit(":", 1)[1])
+    answered_404 = 0
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal answered_404
+        request = await reader.readuntil(b"\r\n\r\n")
+        if answered_404 < NOT_AN_ENGINE_TRIES - 1:
+            answered_404 += 1
+            writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 19\r\nConnection: close\r\n\r\n"
+                         b"404 page not found\n")
+            await writer.drain()
+            writer.close()
+            return
+        back_reader, back_writer = await asyncio.open_connection("127.0.0.1", engine_port)
+        back_writer.write(request)
+        await asyncio.gather(_pipe(reader, back_writer), _pipe(back_reader, writer))
+
+    async with await asyncio.start_server(proxy, "127.0.0.1", 0) as server:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        # before: ConnectionError "ws://... is not an iii engine: HTTP 404 on the WebSocket upgrade (...)"
+        client = await asyncio.to_thread(register_worker, url, InitOptions(reconnection_config=FAST))
+        try:
+            assert client.get_connection_state() == "connected"
+            assert answered_404 == NOT_AN_ENGINE_TRIES - 1
+        finally:
+            await client.shutdown_async()
