@@ -46,6 +46,8 @@ there). Async methods must be awaited on that loop. The sync methods (``stream.w
 Anything else (a sync call from another running loop, an async method awaited on another loop, an end whose loop
 is closed, e.g. by an ``asyncio.run`` that returned) raises :class:`ChannelLoopError` saying so, instead of
 asyncio's "attached to a different loop" or a wait for good.
+An end that has nothing on its loop (no socket, no call under way: a read or write cancelled before it
+connected), when that loop is closed or not running, moves to the loop that uses it next instead.
 
 Example:
     >>> ref = StreamChannelRef(channel_id="c1", access_key="k", direction="write")
@@ -267,17 +269,27 @@ class _Home:
         self._run_lock = threading.Lock()  # around each run of the private loop: it runs in one thread at a time
         self.end: WebSocketEnd | None = None  # the end's socket, for :meth:`abandon` (which cannot reach the end)
 
-    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+    def bind(self, loop: asyncio.AbstractEventLoop, held: Callable[[], str] | None = None) -> bool:
         """Bind to ``loop``, the loop running this call, or raise :class:`ChannelLoopError` if the end belongs to
-        another one."""
+        another one. ``True`` if the end moved to ``loop`` (its own loop-bound state is the caller's to renew).
+
+        ``held()`` says what the end has on its loop ("" for nothing: no socket, no call under way; ``None``
+        stands for "its socket"). An end that has nothing there moves to ``loop`` when its loop is closed or not
+        running (a recv cancelled before it connected, under an ``asyncio.run`` that returned): nothing went with
+        that loop."""
         if self.loop is loop:
-            return
+            return False
         with self._bind_lock:
-            if self.loop is None:
+            old = self.loop
+            if old is None:
                 self.loop = loop
-                return
-        if self.loop.is_closed():
-            raise self._gone()
+                return False
+            what = "its socket" if held is None else held()
+            if not what and not old.is_running() and self._leave(old):
+                self.loop = loop
+                return True
+        if old.is_closed():
+            raise self._gone(what or "a sync call under way")
         raise self._error("was called from an event loop other than the one it belongs to (the first loop that "
                           "used it: its socket and tasks live there); await it on that loop, or call its sync "
                           "methods from a thread with no loop running")
@@ -397,21 +409,25 @@ class _Home:
             return
         try:
             loop = self._private
-            if loop is None or loop.is_closed():
-                return
-            try:
-                tasks = asyncio.all_tasks(loop)
-                for task in tasks:
-                    task.cancel()
-                if tasks:
-                    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-                loop.run_until_complete(loop.shutdown_asyncgens())
-                # the connect's getaddrinfo may have started the loop's default executor: its threads end here
-                loop.run_until_complete(loop.shutdown_default_executor())
-            finally:
-                loop.close()
+            if loop is not None and not loop.is_closed():
+                self._close_private(loop)
         finally:
             self._run_lock.release()
+
+    @staticmethod
+    def _close_private(loop: asyncio.AbstractEventLoop) -> None:
+        """Close the private loop (the run lock held): what is left on it is cancelled first."""
+        try:
+            tasks = asyncio.all_tasks(loop)
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            # the connect's getaddrinfo may have started the loop's default executor: its threads end here
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            loop.close()
 
     def abandon(self) -> None:
         """The end was collected without being closed (its ``weakref.finalize``): drop its socket and close the
@@ -433,9 +449,26 @@ class _Home:
                 end.abort()  # its socket is closed as the loop runs below
         self.release()
 
-    def _gone(self) -> ChannelLoopError:
-        return self._error("belongs to an event loop that is closed now (an asyncio.run() that returned?): its "
-                           "socket went with that loop; use a channel end within one loop, or only from sync code")
+    def _leave(self, old: asyncio.AbstractEventLoop) -> bool:
+        """Whether the end can leave ``old``, a loop not running now: the private loop is closed then, unless a
+        sync call is about to run it. (A loop runs here, so the private one cannot: with nothing left on it, it
+        is closed as it is; otherwise in a thread of its own.)"""
+        if old is not self._private or old.is_closed():
+            return True
+        if not self._run_lock.acquire(blocking=False):
+            return False
+        try:
+            if not asyncio.all_tasks(old):
+                old.close()  # its default executor's threads, if any, end on their own (no wait)
+                return True
+        finally:
+            self._run_lock.release()
+        threading.Thread(target=self.release, name=f"iii-channel-{self.side}-release", daemon=True).start()
+        return True
+
+    def _gone(self, what: str = "its socket") -> ChannelLoopError:
+        return self._error(f"belongs to an event loop that is closed now (an asyncio.run() that returned?): {what} "
+                           "went with that loop; use a channel end within one loop, or only from sync code")
 
     def _error(self, what: str) -> ChannelLoopError:
         return ChannelLoopError(f"channel {self.channel_id} {self.side} {what}", channel_id=self.channel_id)
@@ -480,7 +513,7 @@ class WritableStream:
             writer._check_open()
             writer._run_sync(lambda: writer._write_out(payload))
             return True
-        writer._home.bind(loop)
+        writer._bind(loop)
         writer._enqueue(bytes(data))
         return writer.pending_bytes < self.high_water_mark
 
@@ -496,7 +529,7 @@ class WritableStream:
             writer._check_open()
             writer._run_sync(lambda: self._end_async(payload))
             return
-        writer._home.bind(loop)
+        writer._bind(loop)
         if data is not None:
             writer._enqueue(bytes(data))
         writer.close()
@@ -507,7 +540,7 @@ class WritableStream:
 
     async def drain(self) -> None:
         """Wait until fewer than ``high_water_mark`` bytes are queued (ours; raises the writer's error)."""
-        self._writer._home.bind(asyncio.get_running_loop())
+        self._writer._bind(asyncio.get_running_loop())
         await self._writer._wait_pending_below(self.high_water_mark)
 
 
@@ -576,7 +609,7 @@ class ChannelWriter:
     async def _write(self, data: bytes | bytearray | memoryview, cut_off: str | None) -> None:
         self._check_open()
         if self._home.loop is not _running_loop():
-            self._home.bind(asyncio.get_running_loop())
+            self._bind(asyncio.get_running_loop())
         if self._queue or self._pump is not None:
             await self._enqueue_and_wait(bytes(data))
         else:
@@ -590,13 +623,13 @@ class ChannelWriter:
         if loop is None:
             self._run_sync(lambda: self._write_out(msg))
             return
-        self._home.bind(loop)
+        self._bind(loop)
         self._enqueue(msg)
 
     async def send_message_async(self, msg: str) -> None:
         """Send a text message (never split) after anything queued before it."""
         self._check_open()
-        self._home.bind(asyncio.get_running_loop())
+        self._bind(asyncio.get_running_loop())
         if self._queue or self._pump is not None:
             await self._enqueue_and_wait(msg)
         else:
@@ -622,7 +655,7 @@ class ChannelWriter:
                     raise
                 closing.result()
             return
-        self._home.bind(loop)
+        self._bind(loop)
         if self._closing is None:
             self._closed = True
             self._closing = loop.create_task(self._close_impl())
@@ -634,7 +667,7 @@ class ChannelWriter:
         if closing is not None and closing.done():
             closing.result()
             return
-        self._home.bind(asyncio.get_running_loop())
+        self._bind(asyncio.get_running_loop())
         if self._closing is None:
             self._closed = True
             self._closing = asyncio.ensure_future(self._close_impl())
@@ -654,7 +687,7 @@ class ChannelWriter:
         closing = self._closing
         if closing is None or not closing.done():  # after the close there is nothing left to abort, on any loop
             try:
-                self._home.bind(asyncio.get_running_loop())
+                self._bind(asyncio.get_running_loop())
             except ChannelLoopError:
                 await self._abort_elsewhere(reason)
                 return
@@ -725,6 +758,19 @@ class ChannelWriter:
             await self.abort(f"{exc_type.__name__ if exc_type else 'error'}: {exc}")
 
     # ---- internals
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._home.bind(loop, self._held):
+            self._send_lock = asyncio.Lock()  # one that ever waited is bound to the loop the writer left
+
+    def _held(self) -> str:
+        """What this writer has on its loop ("" for nothing: it can move to another, see :meth:`_Home.bind`)."""
+        if self._end is not None:
+            return "its socket"
+        if (self._connecting is not None or self._send_lock.locked() or self._queue or self._pump is not None
+                or self._closing is not None or self._aborting is not None):
+            return "a call under way"
+        return ""
 
     def _check_open(self) -> None:
         if self._error is not None:
@@ -940,7 +986,8 @@ class ChannelReader:
 
     End of stream ends iteration; an aborted or broken stream raises a :class:`ChannelError` subclass. All of
     its reads belong to one event loop: the same reader read under two ``asyncio.run`` calls raises
-    :class:`ChannelLoopError` at the second (its socket went with the first loop).
+    :class:`ChannelLoopError` at the second (its socket went with the first loop). A reader that never got its
+    socket there (a read cancelled before it connected) moves to the next loop that reads it instead.
 
     Example:
         >>> async def receive(reader: ChannelReader) -> bytes:
@@ -977,7 +1024,7 @@ class ChannelReader:
         if self._closed:
             raise ChannelClosedError(f"channel {self._channel_id} reader is closed", channel_id=self._channel_id)
         if self._home.loop is not _running_loop():
-            self._home.bind(asyncio.get_running_loop())
+            self._bind(asyncio.get_running_loop())
         end = self._end
         if end is None:
             end = await self._ensure_connected()
@@ -1032,6 +1079,16 @@ class ChannelReader:
         if end.is_open:  # a socket still open needs its own loop to close; one closed already, none
             self._home.bind(asyncio.get_running_loop())
         await close_draining(end, end.aclose(ChannelCloseCode.NORMAL))
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._home.bind(loop, self._held):
+            self._connect_lock = asyncio.Lock()  # one that ever waited is bound to the loop the reader left
+
+    def _held(self) -> str:
+        """What this reader has on its loop ("" for nothing: it can move to another, see :meth:`_Home.bind`)."""
+        if self._end is not None:
+            return "its socket"
+        return "its connect under way" if self._connect_lock.locked() else ""
 
     def __iii_json__(self) -> dict[str, Any]:
         """The ref, so a reader placed in a payload travels as plain JSON (S11)."""
