@@ -86,8 +86,29 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# The C accessor: ``None`` where no loop runs, without the exception get_running_loop raises there.
-_running_loop = asyncio._get_running_loop
+
+def _running_loop_or_none() -> asyncio.AbstractEventLoop | None:
+    """The running loop, or ``None`` where no loop runs (public API only)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _running_loop_accessor() -> Callable[[], asyncio.AbstractEventLoop | None]:
+    """asyncio's C accessor ``_get_running_loop`` (``None`` where no loop runs, without the exception
+    ``get_running_loop`` raises and this catches there; it is on every hot path of the sync API), or the public
+    API where a Python lacks that private name.
+
+    Example:
+        >>> _running_loop_accessor()() is None
+        True
+    """
+    accessor = getattr(asyncio, "_get_running_loop", None)
+    return accessor if callable(accessor) else _running_loop_or_none
+
+
+_running_loop = _running_loop_accessor()
 
 MAX_FRAME_SIZE: Final = ws_fastpath.MAX_FRAME_SIZE
 """Binary writes are split into frames of at most this many bytes (same as the reference, so any peer reads them),
