@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 import pytest
@@ -53,7 +54,7 @@ class _Spawner(EngineModule):
     def reset(cls, *, fail: bool = False, stubborn: bool = False) -> None:
         cls.go, cls.entered = asyncio.Event(), asyncio.Event()
         cls.outcome = asyncio.get_running_loop().create_future()
-        cls.fail, cls.stubborn, cls.tasks = fail, stubborn, []
+        cls.fail, cls.stubborn = fail, stubborn
 
     def _register_late(self) -> None:
         try:
@@ -100,28 +101,33 @@ def _resolve(name: str) -> type[EngineModule]:
 
 
 @pytest.fixture
-async def spawner(monkeypatch: pytest.MonkeyPatch) -> type[_Spawner]:
+async def spawner(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[type[_Spawner]]:
+    """The spawner module, configured as ``modules::spawner::SpawnerModule``; its tasks are ended at the end."""
     monkeypatch.setattr(engine_module, "resolve", _resolve)
     _Spawner.reset()
-    return _Spawner
+    _Spawner.tasks = []
+    try:
+        yield _Spawner
+    finally:
+        for task in _Spawner.tasks:
+            task.cancel()
+        await asyncio.gather(*_Spawner.tasks, return_exceptions=True)
 
 
-def _engine(*, allow_degraded: bool = False) -> Engine:
-    return Engine(config=EngineConfig(host="127.0.0.1", port=0, allow_degraded=allow_degraded,
-                                      modules=[ModuleSpec(_CLASS)]))
-
-
-async def _stop_tasks(tasks: list[asyncio.Task[None]]) -> None:
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+@contextlib.asynccontextmanager
+async def _running(*, allow_degraded: bool = False) -> AsyncIterator[Engine]:
+    """An engine with the spawner module, started; stopped (again) at the end."""
+    engine = Engine(config=EngineConfig(host="127.0.0.1", port=0, allow_degraded=allow_degraded,
+                                        modules=[ModuleSpec(_CLASS)]))
+    await engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.stop()
 
 
 async def test_what_a_task_of_the_start_registers_goes_at_the_stop(spawner: type[_Spawner]) -> None:
-    engine = _engine()
-    await engine.start()
-    first_run_tasks = spawner.tasks
-    try:
+    async with _running() as engine:
         spawner.go.set()
         assert await asyncio.wait_for(spawner.outcome, 5) is None
         assert engine.has_function(_LATE) and "spawner" in engine.registry.trigger_types
@@ -132,56 +138,40 @@ async def test_what_a_task_of_the_start_registers_goes_at_the_stop(spawner: type
         await engine.start()
         assert engine.has_function("spawner::add")
         assert not engine.has_function(_LATE)  # before: the previous run's, through the restart
-        await engine.stop()
-    finally:
-        await _stop_tasks(first_run_tasks + spawner.tasks)
 
 
 async def test_what_a_modules_built_in_registers_goes_at_the_stop(spawner: type[_Spawner]) -> None:
-    engine = _engine()
-    await engine.start()
-    try:
+    async with _running() as engine:
         assert await engine.invoke("spawner::add", {}) is True  # runs in this test's task, not the start's
         assert engine.has_function(_LATE)
         await engine.stop()
         assert not engine.has_function(_LATE)  # before: kept
-    finally:
-        await _stop_tasks(spawner.tasks)
 
 
 async def test_a_stopped_module_may_register_nothing_more(spawner: type[_Spawner]) -> None:
-    engine = _engine()
-    await engine.start()
-    try:
+    async with _running() as engine:
         await engine.stop()
         spawner.go.set()  # its task, still running, registers after the module's stop
         refused = await asyncio.wait_for(spawner.outcome, 5)
         assert isinstance(refused, ModuleStoppedError), refused  # before: None, accepted
         assert str(refused) == "module spawner is stopped: its function spawner::late is refused"
         assert not engine.has_function(_LATE)
-    finally:
-        await _stop_tasks(spawner.tasks)
 
 
 async def test_a_module_left_out_takes_its_registrations_with_it(spawner: type[_Spawner]) -> None:
     spawner.reset(fail=True)
-    engine = _engine(allow_degraded=True)
-    await engine.start()
-    try:
+    async with _running(allow_degraded=True) as engine:
         assert _CLASS in engine.unavailable_modules
         assert not engine.has_function("spawner::add")  # before: registered for the whole run
         spawner.go.set()
         assert isinstance(await asyncio.wait_for(spawner.outcome, 5), ModuleStoppedError)
         assert not engine.has_function(_LATE)
-    finally:
-        await engine.stop()
-        await _stop_tasks(spawner.tasks)
 
 
 async def test_a_start_let_go_registers_nothing(spawner: type[_Spawner], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(closing, "MODULE_START_WAIT_S", 0.1)
     spawner.reset(stubborn=True)
-    engine = _engine()
+    engine = Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[ModuleSpec(_CLASS)]))
     starting = asyncio.create_task(engine.start())
     try:
         await asyncio.wait_for(spawner.entered.wait(), 5)
@@ -195,36 +185,24 @@ async def test_a_start_let_go_registers_nothing(spawner: type[_Spawner], monkeyp
 
 
 async def test_a_stopped_modules_function_a_worker_overwrote_never_comes_back(spawner: type[_Spawner]) -> None:
-    engine = _engine()
-    await engine.start()
-    try:
-        async with websockets.connect(engine.url, compression=None) as worker:
-            assert loads(await worker.recv())["type"] == "workerregistered"
-            await worker.send(dumps({"type": "registerfunction", "id": "spawner::add"}))
-            await until(lambda: engine.registry.functions["spawner::add"].owner is not None)
-            await engine.stop()  # the worker's connection is closed after the module's stop
+    async with _running() as engine, websockets.connect(engine.url, compression=None) as worker:
+        assert loads(await worker.recv())["type"] == "workerregistered"
+        await worker.send(dumps({"type": "registerfunction", "id": "spawner::add"}))
+        await until(lambda: engine.registry.functions["spawner::add"].owner is not None)
+        await engine.stop()  # the worker's connection is closed after the module's stop
         # before: its disconnect restored the stopped module's built-in it had overwritten
         assert not engine.has_function("spawner::add")
-    finally:
-        await _stop_tasks(spawner.tasks)
-
 
 
 async def test_a_worker_function_a_module_overwrote_comes_back_at_its_release(spawner: type[_Spawner]) -> None:
-    engine = _engine()
-    await engine.start()
-    try:
-        async with websockets.connect(engine.url, compression=None) as worker:
-            worker_id = loads(await worker.recv())["worker_id"]
-            await worker.send(dumps({"type": "registerfunction", "id": _LATE}))
-            await until(lambda: engine.has_function(_LATE))
-            spawner.go.set()  # the module's task overwrites it
-            assert await asyncio.wait_for(spawner.outcome, 5) is None
-            assert engine.registry.functions[_LATE].owner is None
-            module = engine.module("spawner")
-            assert module is not None
-            module.services.release()  # type: ignore[attr-defined]  # what the module's stop does
-            assert engine.registry.functions[_LATE].owner == worker_id  # before: gone, the worker's forgotten
-            await engine.stop()
-    finally:
-        await _stop_tasks(spawner.tasks)
+    async with _running() as engine, websockets.connect(engine.url, compression=None) as worker:
+        worker_id = loads(await worker.recv())["worker_id"]
+        await worker.send(dumps({"type": "registerfunction", "id": _LATE}))
+        await until(lambda: engine.has_function(_LATE))
+        spawner.go.set()  # the module's task overwrites it
+        assert await asyncio.wait_for(spawner.outcome, 5) is None
+        assert engine.registry.functions[_LATE].owner is None
+        module = engine.module("spawner")
+        assert module is not None
+        module.services.release()  # type: ignore[attr-defined]  # what the module's stop does
+        assert engine.registry.functions[_LATE].owner == worker_id  # before: gone, the worker's forgotten
