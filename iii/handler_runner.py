@@ -44,12 +44,13 @@ class HandlerRunner:
         self.threads = HandlerThreads()
         self._running = _Running()
 
-    def close(self) -> None:
+    def close(self, spare_thread: int | None = None) -> None:
         """No more sync handler runs: queued ones are cancelled, idle threads end. A sync handler still running is
         named in a warning: nothing can stop a thread, and the interpreter waits for it at exit (no bound), so the
-        process stayed up after the client's shutdown without a word."""
+        process stayed up after the client's shutdown without a word. The run on thread ``spare_thread`` (the
+        shutdown's caller: a handler shutting its client down returns as the shutdown does) is not named."""
         self.threads.shutdown(wait=False, cancel_futures=True)
-        running = self._running.now()
+        running = self._running.now(spare_thread)
         if running:
             log.warning("Shut down with %d sync handler run(s) still going on the handler threads (%s); they run on "
                         "(a thread cannot be stopped) and the process waits for them to return before it exits, "
@@ -151,29 +152,30 @@ class HandlerAbortedError(Exception):
 
 
 class _Running:
-    """The function ids whose sync handlers run on a handler thread now, with how many runs each (any thread)."""
+    """The function ids whose sync handlers run on a handler thread now, by thread (one run at a time on each)."""
 
-    __slots__ = ("_counts", "_lock")
+    __slots__ = ("_by_thread", "_lock")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._counts: dict[str, int] = {}
+        self._by_thread: dict[int, str] = {}
 
     def enter(self, function_id: str) -> None:
         with self._lock:
-            self._counts[function_id] = self._counts.get(function_id, 0) + 1
+            self._by_thread[threading.get_ident()] = function_id
 
-    def leave(self, function_id: str) -> None:
+    def leave(self) -> None:
         with self._lock:
-            left = self._counts[function_id] - 1
-            if left:
-                self._counts[function_id] = left
-            else:
-                del self._counts[function_id]
+            self._by_thread.pop(threading.get_ident(), None)
 
-    def now(self) -> dict[str, int]:
+    def now(self, spare_thread: int | None = None) -> dict[str, int]:
+        """How many runs of each function id are going, but the one on ``spare_thread``."""
+        counts: dict[str, int] = {}
         with self._lock:
-            return dict(self._counts)
+            for thread, function_id in self._by_thread.items():
+                if thread != spare_thread:
+                    counts[function_id] = counts.get(function_id, 0) + 1
+        return counts
 
 
 def _bind_sync(handler: Callable[[Any], Any], data: Any, threads: HandlerThreads, function_id: str,
@@ -203,7 +205,7 @@ def _run_guarded(ctx: contextvars.Context, handler: Callable[[Any], Any], data: 
     except BaseException as exc:
         raise HandlerAbortedError(describe_base_exception(exc)) from exc
     finally:
-        running.leave(function_id)
+        running.leave()
 
 
 def is_async_callable(handler: Callable[..., Any] | None) -> bool:

@@ -160,6 +160,9 @@ class III:
         # The shutdown's own task on the client's loop, done once it has run to its end: a task, so a caller cancelled
         # half-way (a handler's deadline, a caller's loop at its end) does not leave it half done.
         self._shut: asyncio.Task[None] | None = None
+        # The thread of the first shutdown from outside the loop: a sync handler shutting its client down returns as
+        # the shutdown does, and is not named among the handlers the process waits for.
+        self._shutdown_thread: int | None = None
         self._outside_shutdowns: set[asyncio.Future[None]] = set()  # shutdown_async() tasks on callers' loops
         self._invoking = 0  # handler runs started and not yet answered
         # Woken (on the client's loop) whenever the connection state or the worker id changes; one per waiting
@@ -374,6 +377,8 @@ class III:
         """
         if not self._bridge.alive:
             return
+        if self._shutdown_thread is None:
+            self._shutdown_thread = threading.get_ident()
         try:
             self._run_on_loop(self._shutdown_on_loop())
         except LoopStoppedError:
@@ -400,6 +405,8 @@ class III:
             return
         if not self._bridge.alive:
             return
+        if self._shutdown_thread is None:
+            self._shutdown_thread = threading.get_ident()
         # A task of its own, shielded: a caller cancelled half-way (a deadline) left a client shut down and its
         # loop thread running for good. Kept referenced until it ends (the loop holds tasks only weakly).
         task = asyncio.ensure_future(self._shutdown_from_outside())
@@ -450,7 +457,8 @@ class III:
             await self._bridge.cancel_tasks(spare=caller)
             self._set_connection_state("disconnected")
         finally:
-            self._runner.close()  # also when a step above failed: the handler threads never outlive the client
+            # (also when a step above failed: the handler threads never outlive the client)
+            self._runner.close(spare_thread=self._shutdown_thread)
 
     def get_connection_state(self) -> IIIConnectionState:
         """``disconnected``, ``connecting``, ``connected``, ``reconnecting`` or ``failed``.
