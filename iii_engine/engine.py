@@ -667,7 +667,8 @@ class Engine:
     # -- EngineServices --------------------------------------------------------------------------------------
 
     def register_function(self, function: BuiltinFunction) -> None:
-        """Add (or replace) a built-in function (one a module registers is taken away at its stop)."""
+        """Add (or replace) a built-in function, kept across stops (a module's own, added through its ``services``,
+        goes at the module's stop)."""
         self._add_builtin(function)
 
     def _add_builtin(self, function: BuiltinFunction) -> Undo:
