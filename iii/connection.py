@@ -1000,7 +1000,7 @@ class Connection:
                     tries = (1 if isinstance(exc, InvalidStatus) and exc.response.status_code != 404
                              else NOT_AN_ENGINE_TRIES)
                     if not self._ever_connected and self._not_engine_in_a_row >= tries:
-                        self._not_an_engine = f"{self.url} is not an iii engine: {why}"
+                        self._not_an_engine = f"{self.url} did not answer as an iii engine: {why}"
                         log.error("%s; not retrying", self._not_an_engine)
                         self._give_up()
                         return
