@@ -82,7 +82,8 @@ def test_an_http_status_no_engine_gives_fails_at_the_first_answer_naming_url_and
         register_worker(server.url)
     took = time.monotonic() - started
     code = status.split()[0]
-    assert str(raised.value).startswith(f"{server.url} did not answer as an iii engine: HTTP {code} on the WebSocket upgrade")
+    assert str(raised.value).startswith(
+        f"{server.url} did not answer as an iii engine: HTTP {code} on the WebSocket upgrade")
     assert took < 5, took
     assert server.connections == 1
 
@@ -91,13 +92,15 @@ def test_a_404_fails_after_a_few_tries_as_a_proxy_without_a_route_yet_answers_it
     server = serve(_http("404 Not Found"))
     with pytest.raises(ConnectionError) as raised:
         register_worker(server.url, InitOptions(reconnection_config=FAST))
-    assert str(raised.value).startswith(f"{server.url} did not answer as an iii engine: HTTP 404 on the WebSocket upgrade")
+    assert str(raised.value).startswith(
+        f"{server.url} did not answer as an iii engine: HTTP 404 on the WebSocket upgrade")
     assert server.connections == NOT_AN_ENGINE_TRIES
 
 
 def test_a_server_speaking_another_protocol_fails_after_a_few_tries(serve: Callable[..., _Server]) -> None:
     server = serve(_another_protocol)
-    with pytest.raises(ConnectionError, match="did not answer as an iii engine: no HTTP answer to the WebSocket upgrade"):
+    with pytest.raises(ConnectionError,
+                       match="did not answer as an iii engine: no HTTP answer to the WebSocket upgrade"):
         register_worker(server.url, InitOptions(reconnection_config=FAST))
     assert server.connections == NOT_AN_ENGINE_TRIES
 

@@ -73,7 +73,7 @@ async def test_an_engine_not_up_yet_behind_a_forwarder_is_waited_for(engine_url:
                     forwarder.changed.clear()
                     await forwarder.changed.wait()
         forwarder.backend = int(engine_url.rsplit(":", 1)[1])  # the engine is up behind it now
-        # before: ConnectionError "ws://... did not answer as an iii engine: no HTTP answer to the WebSocket upgrade (...)"
+        # before: ConnectionError "ws://... is not an iii engine: no HTTP answer to the WebSocket upgrade (...)"
         client = await registering
         try:
             assert client.get_connection_state() == "connected"
@@ -109,7 +109,7 @@ async def test_a_proxy_answering_404_before_its_route_to_the_engine_is_up_is_ret
 
     async with await asyncio.start_server(proxy, "127.0.0.1", 0) as server:
         url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-        # before: ConnectionError "ws://... did not answer as an iii engine: HTTP 404 on the WebSocket upgrade (...)"
+        # before: ConnectionError "ws://... is not an iii engine: HTTP 404 on the WebSocket upgrade (...)"
         client = await asyncio.to_thread(register_worker, url, InitOptions(reconnection_config=FAST))
         try:
             assert client.get_connection_state() == "connected"
