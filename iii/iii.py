@@ -1281,9 +1281,9 @@ def register_worker(address: str, options: InitOptions | None = None) -> III:
     ``ConnectionError`` ("cannot reach the engine at …") when no connection came within 30 s, or sooner when
     ``ReconnectionConfig.max_retries`` ran out; ``ConnectionError`` ("ws://… did not answer as an iii engine: HTTP
     426 on the WebSocket upgrade …") at the first answer with an HTTP status no engine gives (a 5xx or 429 is
-    retried), or after 3 answers in a row that are HTTP 404 (a proxy's before its route to the engine is up) or not HTTP at all (a
-    connection closed before any answer is retried: a forwarder in front of an engine not up yet); that client is
-    shut down. Once connected, a lost engine is
+    retried), or after 3 answers in a row that are HTTP 404 (a proxy's before its route to the engine is up) or not
+    HTTP at all (a connection closed before any answer is retried: a forwarder in front of an engine not up yet);
+    that client is shut down. Once connected, a lost engine is
     retried as configured (forever by default).
 
     Example:
