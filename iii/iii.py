@@ -581,10 +581,16 @@ class III:
         none of them (docs/protocol.md#production-behaviour-our-sdk-copes-with T7)."""
         loop = self._loop
         deadline = loop.time() + _RECOVERY_WINDOW_S
+        waiting = list(old_worker_ids)
         try:
             while loop.time() < deadline:
-                workers = await self._call("engine::workers::list", {}, None)
-                if not any(w.get("id") in old_worker_ids for w in workers.get("workers", [])):
+                # Asked one id at a time, filtered: an unfiltered list grows with every worker on the engine, and
+                # this polls every _RECOVERY_POLL_S after each reconnect.
+                for worker_id in list(waiting):
+                    workers = await self._call("engine::workers::list", {"worker_id": worker_id}, None)
+                    if not any(w.get("id") == worker_id for w in workers.get("workers", [])):
+                        waiting.remove(worker_id)
+                if not waiting:
                     break
                 await asyncio.sleep(_RECOVERY_POLL_S)
             else:

@@ -37,3 +37,30 @@ def test_a_second_cut_during_the_check_still_waits_for_the_first_connections_cle
     # (first worker known, f registered, its trigger bound)
     assert seen.get(timeout=10) == (False, True, True)
     fake.wait_for(lambda: "f" in fake.engine.functions and len(fake.engine.triggers) == 1)
+
+
+def test_the_check_asks_the_engine_only_about_the_old_workers(fake: EngineThread, client: III) -> None:
+    # The check polls every 0.25 s for up to 30 s after each reconnect: an unfiltered engine::workers::list answer
+    # grows with every worker on the engine (each with its functions). Before: the payload was {}.
+    client.register_function("f", lambda data: data)
+    fake.wait_for(lambda: "f" in fake.engine.functions)
+    first = client.worker_id
+    assert first is not None
+    late = LateCleanup(fake, only=lambda worker_id: worker_id == first)
+    asked: list[object] = []  # the worker_id each engine::workers::list asked about (None: unfiltered)
+    builtin = fake.engine._builtin
+
+    def recording(worker: object, function_id: str, data: object) -> object:
+        if function_id == "engine::workers::list":
+            asked.append(data.get("worker_id") if isinstance(data, dict) else data)
+        return builtin(worker, function_id, data)  # type: ignore[arg-type]
+
+    fake.engine._builtin = recording  # type: ignore[method-assign]
+    try:
+        _cut(fake, client)
+        fake.wait_for(lambda: late.workers_listed >= 2)  # polled at least twice while the old worker stays
+    finally:
+        late.release()
+    fake.wait_for(lambda: "f" in fake.engine.functions)
+    polls = [worker_id for worker_id in asked if worker_id != "00000000-0000-0000-0000-000000000000"]
+    assert polls and all(worker_id == first for worker_id in polls), asked
