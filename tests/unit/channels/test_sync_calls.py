@@ -331,7 +331,9 @@ async def test_a_sync_write_interrupted_part_way_aborts_the_stream() -> None:
 
         private.call_soon_threadsafe(interrupt)  # as a signal handler's exception surfaces in the loop
         assert await producing == f"channel {writer.ref.channel_id} aborted"
-        with pytest.raises(ChannelAbortedError, match="a sync write was interrupted"):
+        # The abort's Close frame may sit behind bytes the full socket has not taken; past the abort's 2 s the
+        # connection is dropped with it, which the relay reports to the reader as an abort too (another reason).
+        with pytest.raises(ChannelAbortedError, match=r"a sync write was interrupted|writer connection dropped"):
             await asyncio.wait_for(reader.read_all(), 10)
         assert writer.closed and private.is_closed()
 
