@@ -368,6 +368,20 @@ class ChannelRelay:
                 "max_queued_bytes": self.max_queued_bytes, "socket_bytes": socket_bytes,
                 "bytes_in": m.bytes_in, "max_bytes": m.max_bytes}
 
+    def held_bytes(self) -> int:
+        """Payload bytes the relay holds for all its channels: their queues and the reserved channels' filled
+        streams (ours; for tests and monitoring). Costs O(channels).
+
+        Example:
+            >>> relay = ChannelRelay()
+            >>> ref = relay.create(None, owner=None)["writer"]
+            >>> relay.fill(ref["channel_id"], ref["access_key"], b"abc", chunk_size=2)
+            >>> relay.held_bytes()
+            3
+        """
+        held = sum(ch.machine.queued_bytes for ch in self._channels.values())
+        return held + sum(len(reserved.fill) for reserved in self._reserved.values() if reserved.fill is not None)
+
     def discard(self, channel_id: str) -> None:
         """Drop a channel now, whatever its state (ours; the REST API module calls it after each request).
 
