@@ -86,6 +86,8 @@ _ERROR_GRACE_S = 5.0
 DEFAULT_STALL_TIMEOUT_S = 60.0
 # How often, at most, send looks whether the upload's bytes moved while it waits for the upload after the answer.
 _STALL_POLL_S = 0.5
+# A --stall-timeout of 1e-300 is accepted (any wait then counts as a stall): the polling still pauses.
+_STALL_POLL_MIN_S = 0.01
 # A failed send's clean-up: how long the abort, then the release of a read end nobody took, may take each.
 _GIVE_UP_S = 3.0
 # How much of a function's answer an error line quotes.
@@ -357,7 +359,7 @@ async def _ended(transfer: asyncio.Future[int], writer: _WatchedWriter, stall_s:
         >>> asyncio.run(demo())
         True
     """
-    poll = min(_STALL_POLL_S, stall_s / 10)
+    poll = max(_STALL_POLL_MIN_S, min(_STALL_POLL_S, stall_s / 10))
     mark, moved_at = writer.moved(), time.monotonic()
     while True:
         done, _ = await asyncio.wait({transfer}, timeout=poll)

@@ -89,3 +89,21 @@ async def test_a_reader_that_moves_slower_than_one_write_is_not_a_stall() -> Non
                 task.cancel()
             await asyncio.gather(transfer, reading, return_exceptions=True)
         assert max(waits) > window_s, waits  # a write did wait longer than the window: the case under test
+
+
+async def test_a_tiny_stall_timeout_does_not_spin() -> None:
+    # --stall-timeout 1e-300 passes the flag's check; the watch then polled every 1e-301 s: a busy loop on a core
+    # for the whole transfer.
+    writer = cli._WatchedWriter("ws://127.0.0.1:1", {"channel_id": "c", "access_key": "k", "direction": "write"})
+    looks = 0
+    moved = writer.moved
+
+    def counting() -> object:
+        nonlocal looks
+        looks += 1
+        return moved()
+
+    writer.moved = counting  # type: ignore[method-assign]
+    transfer = asyncio.ensure_future(asyncio.sleep(0.2, result=0))  # a slow source: nothing waits on the socket
+    assert await asyncio.wait_for(cli._ended(transfer, writer, 1e-300), 5) is True
+    assert looks <= 30, looks  # a look every 10 ms at most
