@@ -23,7 +23,8 @@ SCAN patterns escape the glob characters of names.
 default 30): more callers than connections wait for one, and only a wait longer than ``pool_timeout`` fails, with
 :class:`~iii_streams.errors.PoolExhaustedError`. ``max_connections`` bounds the command connections alone: a
 store's watches share one pub/sub connection made outside that pool (a pool of its own, same URL and options,
-closed with the store), held while any of them is open, read by one task into each watcher's bounded queue. Redis
+closed with the store), held while any of them is open, read by one task into each watcher's bounded queue. A store
+on a client you pass makes it the same way, like that client's connections, never from that client's pool. Redis
 errors surface as :class:`~iii_streams.errors.StreamError` subclasses (``StreamUnavailableError`` while the
 server is unreachable), the redis-py exception kept as ``__cause__``.
 
@@ -317,16 +318,63 @@ def _unescape_name(text: str) -> str:
     return _ESCAPED.sub(lambda m: "%" if m.group(1) == "25" else ":", text) if "%" in text else text
 
 
-class _WatchPool(aioredis.ConnectionPool):
-    """The pool of a :meth:`RedisStream.from_url` store's watch connection: the URL's connection options, not its
-    pool options (``?max_connections=``, ``?timeout=``), which are the command pool's. Taken as its own, a URL's
-    ``timeout`` (the blocking pool's wait) went to every connection, and each watch failed with a TypeError; its
-    ``max_connections=1`` failed a watch opened while the last one closed ("Too many connections")."""
+_WATCH_CONNECTIONS: Final = 2
+"""A store's watch pool: the shared pub/sub connection, and its successor subscribing while a stopped subscriber
+still closes its own. A third caller waits for one of them (a reader that never ended holds one for good)."""
+_WATCH_POOL_TIMEOUT: Final = DEFAULT_POOL_TIMEOUT  # the longest such a wait; then PoolExhaustedError
+# What a pool adds to its own connection_kwargs for its connections (its maintenance handler, the address it
+# started from, a shared registry): copied, the caller's pool's handler would act on our connections.
+_POOL_INJECTED: Final = ("maint_notifications_pool_handler", "oss_cluster_maint_notifications_handler",
+                         "orig_host_address", "orig_socket_timeout", "orig_socket_connect_timeout", "himport_registry")
+
+
+class _WatchPool(aioredis.BlockingConnectionPool):
+    """The pool of a store's watch connection, the store's own (closed by its ``aclose()``): the connection options
+    of the URL or of the client passed, never their pool options (``?max_connections=``, ``?timeout=``). Taken as
+    its own, a URL's ``timeout`` (the blocking pool's wait) went to every connection, and each watch failed with a
+    TypeError. At most :data:`_WATCH_CONNECTIONS`; one more caller waits up to :data:`_WATCH_POOL_TIMEOUT` s, then
+    gets :class:`~iii_streams.errors.PoolExhaustedError` (a plain pool of 1 failed a watch opened while the last
+    one closed at once: "Too many connections").
+
+    Example:
+        >>> pool = _WatchPool.from_url("redis://localhost:6379/0?max_connections=7&timeout=3", client_name="w")
+        >>> pool.max_connections, pool.timeout, pool.connection_kwargs["client_name"]
+        (2, 30.0, 'w')
+    """
 
     def __init__(self, *, max_connections: int | None = None, timeout: float | None = None,
                  **connection_kwargs: Any) -> None:
         del max_connections, timeout
-        super().__init__(**connection_kwargs)
+        super().__init__(max_connections=_WATCH_CONNECTIONS, timeout=_WATCH_POOL_TIMEOUT, **connection_kwargs)
+
+    @classmethod
+    def like(cls, client: aioredis.Redis) -> _WatchPool | None:
+        """A pool making connections as ``client``'s pool makes them (its connection class and options: address,
+        TLS, credentials, ``client_name``, ``decode_responses``), or ``None`` for a client without one (a cluster
+        client).
+
+        Example:
+            >>> pool = _WatchPool.like(aioredis.Redis(host="example.invalid", client_name="app", max_connections=10))
+            >>> pool.max_connections, pool.connection_kwargs["host"], pool.connection_kwargs["client_name"]
+            (2, 'example.invalid', 'app')
+        """
+        pool = getattr(client, "connection_pool", None)
+        connection_class = getattr(pool, "connection_class", None)
+        options = getattr(pool, "connection_kwargs", None)
+        if connection_class is None or not isinstance(options, dict):
+            return None
+        return cls(connection_class=connection_class,
+                   **{k: v for k, v in options.items() if k not in _POOL_INJECTED})
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except RedisConnectionError as exc:
+            if not isinstance(exc.__cause__, asyncio.TimeoutError | TimeoutError):
+                raise
+            raise PoolExhaustedError(
+                f"Redis watch connections exhausted: the store's {self.max_connections} watch connections stayed "
+                f"busy for {self.timeout:g} s (a watch reader that never ended holds one: see the log)") from None
 
 
 class _WaitingPool(aioredis.BlockingConnectionPool):
@@ -501,9 +549,10 @@ def _lost(exc: BaseException) -> str:
 class _Subscriber:
     """The one pub/sub connection of a :class:`RedisStream`, shared by all its watchers.
 
-    Made by the first watch (a connection of the store's ``_watch_client``, outside the command pool of
-    :meth:`RedisStream.from_url`; held while any watch is open), it is read by one task that puts each message in
-    every watcher's bounded queue: a slow watcher lags alone, and Redis never holds output back for it. A lost
+    Made by the first watch (a connection of the store's ``_watch_client``, a :class:`_WatchPool` of its own,
+    outside the command pool and the pool of a client passed in; held while any watch is open), it is read by one
+    task that puts each message in every watcher's bounded queue: a slow watcher lags alone, and Redis never holds
+    output back for it. A lost
     connection is closed and a fresh one subscribed (from the same pool), in that task, with backoff (failures
     logged rate-limited); watchers that were subscribed get :data:`_GAP` once the new one is. Stopped with its last
     watcher and with the store, which ends every watcher's reads.
@@ -782,8 +831,11 @@ class _Update(WriteProgress):
 class RedisStream(FieldUpdates):
     """An ``IStream`` on Redis; pass a ``redis.asyncio.Redis`` (closed by you) or use :meth:`from_url`.
 
-    With a client you pass, the watches' one shared pub/sub connection is taken from that client's pool while any
-    watch is open (size a bounded pool one larger); :meth:`from_url` makes it outside the command pool.
+    The watches' one shared pub/sub connection, held while any watch is open, is never one of the client's pool:
+    it comes from a small pool of the store's own (at most 2 connections: the next watch waits up to 30 s for one,
+    then gets :class:`~iii_streams.errors.PoolExhaustedError`), made with that client's connection class and options
+    (address, TLS, credentials, ``client_name``) and closed by :meth:`aclose`. So a caller's ``max_connections``
+    bound their commands and the store's alone.
 
     ``channel`` is where events go (``""`` disables them, like ``publish_events=False``);
     ``max_update_attempts`` bounds the optimistic retries of one update transaction; ``layout`` names the
@@ -831,9 +883,13 @@ class RedisStream(FieldUpdates):
         self.report_watch_gaps = report_watch_gaps
         self.watch_queue_size = check_queue_size(watch_queue_size, "RedisStream: watch_queue_size")
         self._subscriber: _Subscriber | None = None  # the watchers' shared pub/sub, while any watch is open
-        # Whose pool the pub/sub connection comes from: the client's own unless from_url gives the store a pool of
-        # its own for it (closed with the store), so a watch never holds a connection the writes wait for.
-        self._watch_client: aioredis.Redis = client
+        # The pub/sub connection (and its replacements) comes from a small pool of the store's own, made like the
+        # client's connections and closed with the store, as the SQL stores' LISTEN connection is made outside their
+        # engine's pool. Taken from the client's pool, it held one of its max_connections while any watch was open:
+        # with 1, every command of the store and of the caller's own app failed ("Too many connections") or waited,
+        # and a watch opened, or re-subscribed, while the app held them all failed or waited in turn.
+        watch_pool = _WatchPool.like(client)
+        self._watch_client: aioredis.Redis = client if watch_pool is None else aioredis.Redis.from_pool(watch_pool)
         self.update_conflicts = 0
         """Lost races so far: an item written by another process between a batch's read and its write (each one
         cost a fresh read and a retry of the whole batch)."""
@@ -859,9 +915,9 @@ class RedisStream(FieldUpdates):
         ``timeout``, ``report_watch_gaps``, ``watch_queue_size``) are taken out. The pool blocks: at most
         ``max_connections`` (default 50) command connections, callers beyond that wait up to ``pool_timeout``
         seconds (default 30) for one and then fail with :class:`~iii_streams.errors.PoolExhaustedError`. The
-        watches' one pub/sub connection is not one of them: it comes from a second pool (same URL and options),
-        closed by :meth:`aclose` too. The other options go to the connections (e.g. ``socket_timeout``,
-        ``client_name``).
+        watches' one pub/sub connection is not one of them: it comes from the store's watch pool (same URL and
+        options, see the class), closed by :meth:`aclose` too. The other options go to the connections (e.g.
+        ``socket_timeout``, ``client_name``).
 
         Example:
             >>> RedisStream.from_url("redis://localhost:6379/0", max_connections=8).max_update_attempts
@@ -881,15 +937,8 @@ class RedisStream(FieldUpdates):
         options.setdefault("health_check_interval", 30)
         pool = _WaitingPool.from_url(url, max_connections=size, timeout=float(wait), decode_responses=False,
                                      **options)
-        store = cls(aioredis.Redis.from_pool(pool), owns_client=True, **own)
-        # The watches' pub/sub connection (and its replacements) from a pool of its own, as the SQL stores' LISTEN
-        # connection is made outside theirs: taken from the blocking pool it held one of the max_connections for as
-        # long as a watch was open (with max_connections=1 every write waited pool_timeout and failed), and a
-        # re-subscribe waited for writes to give one back. No bound of ours: it holds one connection at a time
-        # (two while a stopped subscriber closes its own as a new one subscribes).
-        watch_pool = _WatchPool.from_url(url, decode_responses=False, **options)
-        store._watch_client = aioredis.Redis.from_pool(watch_pool)
-        return store
+        # the watches' connection is not one of the max_connections: __init__ gives it a pool of its own
+        return cls(aioredis.Redis.from_pool(pool), owns_client=True, **own)
 
     @property
     def client(self) -> aioredis.Redis:
