@@ -116,11 +116,20 @@ async def test_a_lost_watch_connection_is_replaced_while_the_caller_holds_its_on
             await pool.release(held)
 
 
+def _either(made: str, app: aioredis.Redis, name: str) -> RedisStream:
+    """A store on the caller's client, or one of ``from_url`` (its watch pool is the same kind)."""
+    if made == "given":
+        return _store(app, name)
+    return RedisStream.from_url(require_redis(), layout=KeyLayout(name), channel=name, client_name=name)
+
+
+@pytest.mark.parametrize("made", ["given", "from_url"])
 async def test_a_watch_waits_for_the_stores_watch_pool_and_opens_when_one_is_freed(
-        name: str, app: aioredis.Redis) -> None:
-    """Exhausting the store's own bound makes a watch wait, not fail. Before, the watch pool was the caller's, and
-    with every connection held the watch failed at once (StreamUnavailableError: Too many connections)."""
-    async with _store(app, name) as store:
+        name: str, app: aioredis.Redis, made: str) -> None:
+    """Exhausting the store's own bound makes a watch wait, not fail. Before, a given client's watch pool was the
+    caller's, and with every connection held the watch failed at once (StreamUnavailableError: Too many
+    connections); from_url's was a plain pool of 100, which failed the same way."""
+    async with _either(made, app, name) as store:
         pool = store._watch_client.connection_pool
         held = [await pool.get_connection() for _ in range(pool.max_connections)]  # type: ignore[no-untyped-call]
         try:
@@ -137,12 +146,13 @@ async def test_a_watch_waits_for_the_stores_watch_pool_and_opens_when_one_is_fre
             assert await _next_id(watch) == "freed"
 
 
+@pytest.mark.parametrize("made", ["given", "from_url"])
 async def test_a_watch_past_the_watch_pools_wait_gets_pool_exhausted(
-        name: str, app: aioredis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Past its bound the wait ends with PoolExhaustedError naming the watch connections. Before: the caller's
-    pool's "Too many connections" at once, as a StreamUnavailableError that said Redis was unreachable."""
-    monkeypatch.setattr("iii_streams.redis._WATCH_POOL_TIMEOUT", 0.3)
-    async with _store(app, name) as store:
+        name: str, app: aioredis.Redis, made: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past its bound the wait ends with PoolExhaustedError naming the watch connections. Before: "Too many
+    connections" at once, as a StreamUnavailableError that said Redis was unreachable."""
+    monkeypatch.setattr("iii_streams.redis._WATCH_POOL_TIMEOUT", 0.3, raising=False)
+    async with _either(made, app, name) as store:
         pool = store._watch_client.connection_pool
         held = [await pool.get_connection() for _ in range(pool.max_connections)]  # type: ignore[no-untyped-call]
         try:

@@ -10,7 +10,7 @@ import fakeredis
 
 from iii.stream import StreamSetInput
 from iii_streams import RedisStream
-from iii_streams.redis import _POOL_INJECTED, _WATCH_CONNECTIONS, _WatchPool
+from iii_streams.redis import _WatchPool
 
 
 async def test_a_watch_takes_nothing_of_the_callers_pool_of_one() -> None:
@@ -26,6 +26,8 @@ async def test_a_watch_takes_nothing_of_the_callers_pool_of_one() -> None:
 
 
 def test_the_watch_pool_is_made_like_the_clients_without_its_pool_handlers() -> None:
+    from iii_streams.redis import _POOL_INJECTED, _WATCH_CONNECTIONS
+
     client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), max_connections=1, client_name="app")
     theirs = client.connection_pool
     pool = _WatchPool.like(client)
