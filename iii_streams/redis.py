@@ -60,7 +60,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import MaxConnectionsError, NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from iii.loss_log import LossLog
@@ -948,6 +948,10 @@ class RedisStream(FieldUpdates):
     def _wrap_error(self, exc: Exception, where: str) -> StreamError | None:
         if isinstance(exc, RedisTimeoutError):
             return StreamTimeoutError(f"{where}: Redis did not answer in time: {exc}")
+        if isinstance(exc, MaxConnectionsError):  # a client passed in, with a plain pool: Redis itself is fine
+            return PoolExhaustedError(f"{where}: the Redis client's connection pool is exhausted (every one of its "
+                                      f"max_connections in use): {exc}; a redis.asyncio.BlockingConnectionPool "
+                                      "makes callers wait for one instead")
         if isinstance(exc, RedisConnectionError):
             return StreamUnavailableError(f"{where}: Redis unreachable: {exc}")
         if isinstance(exc, RedisError):

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from iii.stream import StreamSetInput
+from iii.stream import StreamGetInput, StreamSetInput
 from iii_streams import RedisStream, StreamGapError
 from iii_streams.errors import PoolExhaustedError
 from iii_streams.redis import KeyLayout
@@ -193,3 +193,17 @@ async def test_a_decoding_callers_client_gives_its_options_to_the_watch_connecti
             assert store._watch_client.connection_pool.connection_kwargs["decode_responses"] is True
     finally:
         await client.aclose()
+
+
+async def test_a_command_on_the_callers_exhausted_plain_pool_says_so(name: str, app: aioredis.Redis) -> None:
+    """The caller's plain pool fails a command at once when every connection is in use (its choice: a blocking
+    pool waits). Before, that was a StreamUnavailableError saying Redis was unreachable."""
+    async with _store(app, name) as store:
+        pool = app.connection_pool
+        held = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            with pytest.raises(PoolExhaustedError, match="client's connection pool is exhausted"):
+                await store.get(StreamGetInput(stream_name="s", group_id="g", item_id="x"))
+        finally:
+            await pool.release(held)
+        assert await store.get(StreamGetInput(stream_name="s", group_id="g", item_id="x")) is None

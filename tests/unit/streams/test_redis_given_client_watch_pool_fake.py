@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import fakeredis
+import pytest
 
 from iii.stream import StreamSetInput
 from iii_streams import RedisStream
@@ -59,3 +60,17 @@ async def test_a_watch_waits_for_the_watch_pool_then_opens() -> None:
             await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="freed", data=1))
             assert (await asyncio.wait_for(anext(watch), 5))["id"] == "freed"
         await pool.release(held.pop())
+
+
+async def test_a_command_on_the_callers_exhausted_plain_pool_is_pool_exhausted() -> None:
+    """Before: StreamUnavailableError, "Redis unreachable: Too many connections"."""
+    from iii_streams.errors import PoolExhaustedError
+
+    client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), max_connections=1)
+    async with RedisStream(client) as store:
+        held = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            with pytest.raises(PoolExhaustedError, match="BlockingConnectionPool"):
+                await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="1", data=1))
+        finally:
+            await client.connection_pool.release(held)
