@@ -456,7 +456,9 @@ class _Home:
         ResourceWarnings). The peer sees the connection drop, not an end of stream.
 
         A loop cannot run where another one runs: collected there (a garbage collection on any running loop),
-        this is done in a thread of its own.
+        this is done in a thread of its own. A sync call running the private loop in another thread is left alone:
+        at the interpreter's exit ``weakref.finalize`` calls this for every end still alive, and a wait for a call
+        stuck in a daemon thread (a write to a full channel) kept the process from exiting.
         """
         loop = self._private
         if loop is None or loop.is_closed():
@@ -464,11 +466,18 @@ class _Home:
         if _running_loop() is not None:
             threading.Thread(target=self.abandon, name=f"iii-channel-{self.side}-release", daemon=True).start()
             return
-        end = self.end
-        if end is not None:
-            with contextlib.suppress(Exception):
-                end.abort()  # its socket is closed as the loop runs below
-        self.release()
+        if not self._run_lock.acquire(blocking=False):
+            return
+        try:
+            if loop.is_closed():
+                return
+            end = self.end
+            if end is not None:
+                with contextlib.suppress(Exception):
+                    end.abort()  # its socket is closed as the loop runs below
+            self._close_private(loop)
+        finally:
+            self._run_lock.release()
 
     def _leave(self, old: asyncio.AbstractEventLoop) -> bool:
         """Whether the end can leave ``old``, a loop not running now: the private loop is closed then, unless a
