@@ -435,15 +435,20 @@ class _Home:
         finally:
             self._run_lock.release()
 
-    @staticmethod
-    def _close_private(loop: asyncio.AbstractEventLoop) -> None:
-        """Close the private loop (the run lock held): what is left on it is cancelled first."""
+    def _close_private(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Close the private loop (the run lock held): what is left on it is cancelled first, then the end's
+        socket, if still open, is dropped. (An abort from another loop, handed to a sync write running this loop,
+        had its close handshake cancelled here as that write ended: its socket stayed open, with the loop closed
+        no one could close it, until it was collected.)"""
         try:
             tasks = asyncio.all_tasks(loop)
             for task in tasks:
                 task.cancel()
             if tasks:
                 loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            if self.end is not None:
+                with contextlib.suppress(Exception):
+                    self.end.abort()  # a no-op on a connection closed already; else closed as the loop runs below
             loop.run_until_complete(loop.shutdown_asyncgens())
             # the connect's getaddrinfo may have started the loop's default executor: its threads end here
             loop.run_until_complete(loop.shutdown_default_executor())
