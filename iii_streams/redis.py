@@ -318,6 +318,41 @@ def _unescape_name(text: str) -> str:
     return _ESCAPED.sub(lambda m: "%" if m.group(1) == "25" else ":", text) if "%" in text else text
 
 
+class _WaitingPool(aioredis.BlockingConnectionPool):
+    """A blocking pool whose timeout says what happened (redis-py reports "No connection available.")."""
+
+    async def ensure_connection(self, connection: Any) -> None:
+        """Connect ``connection``, or reconnect it when the server closed it (or it holds unread data) while idle.
+
+        redis-py skips that check while maintenance notifications are enabled (``"auto"``, its default), and then
+        hands out a pooled connection the server ended (a restart, ``CLIENT KILL``, a ``timeout`` setting): the
+        next command on it failed with "Connection closed by server" although Redis was up. The check reads no
+        socket (a buffered EOF or bytes), and this store uses no notification an idle connection could hold.
+        """
+        await connection.connect()
+        try:
+            stale = await connection.can_read()
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            stale = True
+        if stale:
+            await connection.disconnect()
+            await connection.connect()
+            if await connection.can_read():
+                raise RedisConnectionError("a new Redis connection had data before any command was sent")
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except RedisConnectionError as exc:
+            if not isinstance(exc.__cause__, asyncio.TimeoutError | TimeoutError):
+                raise
+            raise PoolExhaustedError(self._exhausted()) from None
+
+    def _exhausted(self) -> str:
+        return (f"Redis connection pool exhausted: all {self.max_connections} connections stayed busy for "
+                f"{self.timeout:g} s (raise max_connections or pool_timeout, or find what holds them)")
+
+
 _WATCH_CONNECTIONS: Final = 2
 """A store's watch pool: the shared pub/sub connection, and its successor subscribing while a stopped subscriber
 still closes its own. A third caller waits for one of them (a reader that never ended holds one for good)."""
@@ -328,7 +363,7 @@ _POOL_INJECTED: Final = ("maint_notifications_pool_handler", "oss_cluster_maint_
                          "orig_host_address", "orig_socket_timeout", "orig_socket_connect_timeout", "himport_registry")
 
 
-class _WatchPool(aioredis.BlockingConnectionPool):
+class _WatchPool(_WaitingPool):
     """The pool of a store's watch connection, the store's own (closed by its ``aclose()``): the connection options
     of the URL or of the client passed, never their pool options (``?max_connections=``, ``?timeout=``). Taken as
     its own, a URL's ``timeout`` (the blocking pool's wait) went to every connection, and each watch failed with a
@@ -366,49 +401,9 @@ class _WatchPool(aioredis.BlockingConnectionPool):
         return cls(connection_class=connection_class,
                    **{k: v for k, v in options.items() if k not in _POOL_INJECTED})
 
-    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
-        except RedisConnectionError as exc:
-            if not isinstance(exc.__cause__, asyncio.TimeoutError | TimeoutError):
-                raise
-            raise PoolExhaustedError(
-                f"Redis watch connections exhausted: the store's {self.max_connections} watch connections stayed "
-                f"busy for {self.timeout:g} s (a watch reader that never ended holds one: see the log)") from None
-
-
-class _WaitingPool(aioredis.BlockingConnectionPool):
-    """A blocking pool whose timeout says what happened (redis-py reports "No connection available.")."""
-
-    async def ensure_connection(self, connection: Any) -> None:
-        """Connect ``connection``, or reconnect it when the server closed it (or it holds unread data) while idle.
-
-        redis-py skips that check while maintenance notifications are enabled (``"auto"``, its default), and then
-        hands out a pooled connection the server ended (a restart, ``CLIENT KILL``, a ``timeout`` setting): the
-        next command on it failed with "Connection closed by server" although Redis was up. The check reads no
-        socket (a buffered EOF or bytes), and this store uses no notification an idle connection could hold.
-        """
-        await connection.connect()
-        try:
-            stale = await connection.can_read()
-        except (RedisConnectionError, RedisTimeoutError, OSError):
-            stale = True
-        if stale:
-            await connection.disconnect()
-            await connection.connect()
-            if await connection.can_read():
-                raise RedisConnectionError("a new Redis connection had data before any command was sent")
-
-    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
-        except RedisConnectionError as exc:
-            if not isinstance(exc.__cause__, asyncio.TimeoutError | TimeoutError):
-                raise
-            raise PoolExhaustedError(
-                f"Redis connection pool exhausted: all {self.max_connections} connections stayed busy for "
-                f"{self.timeout:g} s (raise max_connections or pool_timeout, or find what holds them)"
-            ) from None
+    def _exhausted(self) -> str:
+        return (f"Redis watch connections exhausted: the store's {self.max_connections} watch connections stayed busy "
+                f"for {self.timeout:g} s (a watch reader that never ended holds one: see the log)")
 
 
 @dataclass(frozen=True, slots=True)

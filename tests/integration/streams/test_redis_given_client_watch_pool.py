@@ -106,10 +106,12 @@ async def test_a_lost_watch_connection_is_replaced_while_the_caller_holds_its_on
         pool = app.connection_pool
         held = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            for conn in _subscribed(await _ours(redis_admin, name)):
-                await redis_admin.client_kill_filter(_id=str(conn["id"]))
+            [subscribed] = _subscribed(await _ours(redis_admin, name))
+            assert await redis_admin.client_kill_filter(_id=str(subscribed["id"])) == 1
             with pytest.raises(StreamGapError):
                 await _next_id(watch)
+            [replacement] = _subscribed(await _ours(redis_admin, name))  # subscribed again, as the caller's held
+            assert replacement["id"] != subscribed["id"]
             await _publish(held, name, "after")
             assert await _next_id(watch) == "after"
         finally:
