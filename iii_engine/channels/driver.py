@@ -29,7 +29,7 @@ from iii.ws_fastpath import (
 )
 
 from .limits import DEFAULT_SOCKET_QUEUE, frame_queue_for
-from .machine import Action, ChannelMachine, Close, Side, Step
+from .machine import Action, ChannelMachine, Close, EndState, Side, Step
 
 log = logging.getLogger(__name__)
 
@@ -166,12 +166,16 @@ class Driver:
     Args:
         spawn: run a coroutine in the background (tracked by the registry).
         finished: called once both ends of a channel are done.
+        ended_early: called once one end is done and the other, not attached yet, can only be told so: with what
+            that end gets when it attaches (:meth:`~.machine.ChannelMachine.late_end`).
     """
 
     def __init__(self, spawn: Callable[[Coroutine[Any, Any, None]], None],
-                 finished: Callable[[LiveChannel], None]) -> None:
+                 finished: Callable[[LiveChannel], None],
+                 ended_early: Callable[[LiveChannel, Action], None]) -> None:
         self._spawn = spawn
         self._finished = finished
+        self._ended_early = ended_early
 
     def act_later(self, ch: LiveChannel, action: Action | None) -> None:
         """Carry out ``action`` on its end in the background (the end's own loop may be busy waiting)."""
@@ -192,10 +196,15 @@ class Driver:
 
     def writer_detached(self, ch: LiveChannel) -> None:
         """The writer end is done (its loop ended, or an in-process writer wrote its whole stream)."""
-        ch.machine.writer_done()
+        machine = ch.machine
+        machine.writer_done()
         ch.data.set()
-        if ch.machine.finished:
+        if machine.finished:
             self._finished(ch)
+        elif machine.reader_state is EndState.NEW:
+            late = machine.late_end()
+            if late is not None:
+                self._ended_early(ch, late)
 
     def reader_detached(self, ch: LiveChannel) -> None:
         """The reader end is done (its loop ended, or an in-process reader left): the writer hears of it."""
@@ -206,6 +215,10 @@ class Driver:
         self.act_later(ch, action)
         if machine.finished:
             self._finished(ch)
+        elif machine.writer_state is EndState.NEW:
+            late = machine.late_end()
+            if late is not None:
+                self._ended_early(ch, late)
 
     async def serve(self, ch: LiveChannel, end: ChannelEnd, side: Side) -> None:
         """Run an accepted end until it is done (a second connection for the same end is refused with 4009)."""

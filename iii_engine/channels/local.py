@@ -232,7 +232,8 @@ class LocalReader(LocalChannelEnd):
 
     @classmethod
     def refused(cls, code: int | None, reason: str) -> LocalReader:
-        """An end the relay closed as it attached (a second reader: 4009)."""
+        """An end the relay closed as it attached (a second reader: 4009; a channel whose writer failed before any
+        reader came: 4001 and the writer's reason)."""
         end = cls(None, lambda: None)
         end._end(Close(ChannelCloseCode.NO_STATUS if code is None else code, reason), None)
         return end

@@ -202,7 +202,7 @@ class ChannelMachine:
             self.bytes_in += size
             if self.bytes_in > quota:
                 why = f"channel byte quota of {quota} exceeded"
-                self.failure = (ChannelCloseCode.WRITER_ABORTED, f"writer aborted: {why}")
+                self._abort_stream(f"writer aborted: {why}")
                 return Close(Side.WRITER, ChannelCloseCode.TOO_BIG, why)
         if self.reader_gone or self.expired:
             return None  # dropped: the writer is being stopped
@@ -237,7 +237,7 @@ class ChannelMachine:
 
     def _writer_fault(self, code: int, close_reason: str, failure: str) -> Close:
         if self.policy.writer_abort_visible:
-            self.failure = (ChannelCloseCode.WRITER_ABORTED, failure)
+            self._abort_stream(failure)
         else:
             self.eof = True
         # Sent with its code in both behaviours: the writer needs to know why.
@@ -251,13 +251,23 @@ class ChannelMachine:
             self.eof = True
             return
         what = f"writer closed with code {code}" if code is not None else "writer connection dropped"
-        self.failure = (ChannelCloseCode.WRITER_ABORTED, f"{what}: {reason}" if reason else what)
+        self._abort_stream(f"{what}: {reason}" if reason else what)
 
     def writer_done(self) -> None:
         """The writer's loop ended, for whatever reason."""
         self.writer_state = EndState.DONE
         if not self.eof and self.failure is None and not self.stopped:
-            self.failure = (ChannelCloseCode.WRITER_ABORTED, "writer ended unexpectedly")
+            self._abort_stream("writer ended unexpectedly")
+
+    def _abort_stream(self, reason: str) -> None:
+        """The stream failed (the writer aborted, dropped, sent a refused message or ran out of quota): the reader
+        gets 4001 with ``reason``. Where it is told so (the policy's ``writer_abort_visible``), it never gets the
+        queued messages, so they go now rather than on its first look, which may be at the attach deadline (300 s)
+        or never; elsewhere they are delivered, then a normal end."""
+        self.failure = (ChannelCloseCode.WRITER_ABORTED, reason)
+        if self.policy.writer_abort_visible:
+            self.items.clear()
+            self.queued_bytes = 0
 
     # ------------------------------------------------------------------ the reader
 
@@ -332,6 +342,29 @@ class ChannelMachine:
         return None
 
     # ------------------------------------------------------------------ lifetime
+
+    def late_end(self) -> Action | None:
+        """What the end not attached yet will get whenever it attaches, once the other end is done and nothing can
+        reach it any more: the reader of a writer that failed before any reader came (4001 and the writer's
+        reason), the writer of a reader that left before any writer came (4002); ``None`` while the channel may
+        still carry something (a stream ended normally waits for its reader with its bytes).
+
+        Example:
+            >>> m = ChannelMachine("c", capacity=4)
+            >>> _ = m.attach(Side.WRITER); _ = m.writer_message(False, b"half")
+            >>> m.writer_closed(4400, "wrong function"); m.writer_done()
+            >>> late = m.late_end()
+            >>> m.queued_bytes, late.side.value, int(late.code), late.reason
+            (0, 'read', 4001, 'writer closed with code 4400: wrong function')
+        """
+        if self.shutting_down or self.expired or self.discarded:
+            return None
+        if self.writer_state is EndState.DONE and self.reader_state is EndState.NEW:
+            if self.failure is not None and self.policy.writer_abort_visible:
+                return self._close(Side.READER, *self.failure)
+        elif self.reader_state is EndState.DONE and self.writer_state is EndState.NEW and self.reader_gone:
+            return self.stop_writer()
+        return None
 
     def expire(self) -> tuple[bool, Action | None]:
         """The attach deadline passed: ``(expired, action for an attached writer)``."""

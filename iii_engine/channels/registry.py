@@ -23,7 +23,7 @@ from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 
-from iii.channel_end import ChannelCloseCode, ChannelEnd, WebSocketEnd
+from iii.channel_end import ChannelCloseCode, ChannelEnd, WebSocketEnd, close_draining
 
 from .driver import Driver, LiveChannel, perform
 from .limits import (
@@ -37,7 +37,7 @@ from .limits import (
     clamp_buffer_size,
 )
 from .local import ChannelRefused, LocalChannelEnd, LocalReader, LocalRelayEnd, Pipe
-from .machine import ChannelMachine, Close, Side
+from .machine import Action, ChannelMachine, Close, Side
 from .policy import policy_for
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,25 @@ class _Reserved:
         self.on_live: Callable[[], None] | None = None
 
 
+class _Ended:
+    """What is left of a channel whose stream ended before one of its ends attached: the writer failed (aborted,
+    dropped, over quota) before any reader came, or the reader left before any writer came. Its keys and what that
+    end gets when it attaches (4001 with the writer's reason, 4002), until the channel's attach deadline.
+
+    Why: the live channel kept its queue (up to ``max_queued_bytes``, bytes no reader could ever get whole), its
+    machine and its ``max_open`` slot until that deadline (300 s). This record is a few hundred bytes and holds no
+    slot; the relay keeps at most ``max_open`` of them, the oldest dropped first (:meth:`ChannelRelay._keep_ended`).
+    """
+
+    __slots__ = ("action", "id", "reader_key", "writer_key")
+
+    def __init__(self, channel_id: str, writer_key: str, reader_key: str, action: Action) -> None:
+        self.id = channel_id
+        self.writer_key = writer_key
+        self.reader_key = reader_key
+        self.action = action
+
+
 class ChannelRelay:
     """All channels of one engine.
 
@@ -146,7 +165,9 @@ class ChannelRelay:
         max_queued_bytes: the relay stops reading a writer while this many payload bytes wait for the reader
             (besides ``buffer_size`` messages), so a channel holds at most this plus one message in its queue.
         max_open: channels kept at once; ``create`` past it raises :class:`TooManyChannels` (each channel's
-            queue is bounded in bytes, their number is bounded here).
+            queue is bounded in bytes, their number is bounded here). A channel whose stream ended before one end
+            attached (its writer failed first, or its reader left first) gives its slot back at once; the relay keeps
+            at most ``max_open`` small records of those for the late end, the oldest dropped first.
         max_open_per_worker: channels one ``owner`` (the worker that created them) keeps at once, likewise.
         production_mode: behave like the production engine (see :mod:`iii_engine.channels`).
 
@@ -204,11 +225,13 @@ class ChannelRelay:
         # handle stays in the loop's heap until it surfaces (the REST API discards its two channels per request
         # long before the 300 s deadline). Entries leave with the channel (_forget); a channel whose ends both
         # attached stays until its deadline passes and is then dropped from here, untouched.
-        self._pending: dict[str, tuple[float, LiveChannel | _Reserved]] = {}
-        # Channels created with owner=None that no end attached to yet (see _Reserved); ids are in one of the two.
+        self._pending: dict[str, tuple[float, LiveChannel | _Reserved | _Ended]] = {}
+        # Channels created with owner=None that no end attached to yet (see _Reserved); ids are in one of the three.
         self._reserved: dict[str, _Reserved] = {}
+        # Channels that ended before one end attached (see _Ended), oldest first; not counted as open channels.
+        self._ended: dict[str, _Ended] = {}
         self._sweep: asyncio.TimerHandle | None = None
-        self._driver = Driver(self._spawn, self._finished)
+        self._driver = Driver(self._spawn, self._finished, self._keep_ended)
         self._stopping = False  # the engine's stop began (stopping()): an end that attaches now is closed at once
 
     # ------------------------------------------------------------------ creation and lookup
@@ -325,9 +348,9 @@ class ChannelRelay:
         """``(status, body)`` to refuse the upgrade with, or ``None`` to accept it."""
         if key is None or direction not in ("read", "write"):
             return (400, "Invalid channel request: need key and dir=read|write")
-        channel: LiveChannel | _Reserved | None = self._channels.get(channel_id)
+        channel: LiveChannel | _Reserved | _Ended | None = self._channels.get(channel_id)
         if channel is None:
-            channel = self._reserved.get(channel_id)
+            channel = self._reserved.get(channel_id) or self._ended.get(channel_id)
             if channel is None:
                 return (404, "Channel not found")
         expected = channel.writer_key if direction == "write" else channel.reader_key
@@ -358,7 +381,7 @@ class ChannelRelay:
         ``bytes_in``/``max_bytes``: the lifetime byte count and quota (``bytes_in`` is only counted under a quota).
 
         Raises:
-            KeyError: no such channel.
+            KeyError: no such channel, or it ended before one of its ends attached (nothing is left to count).
         """
         ch = self._live(channel_id)
         m = ch.machine
@@ -399,6 +422,8 @@ class ChannelRelay:
             return
         ch = self._channels.get(channel_id)
         if ch is None:
+            if channel_id in self._ended:
+                self._forget(channel_id)
             return
         ch.cancel_deadline()
         for action in ch.machine.discard():
@@ -411,7 +436,8 @@ class ChannelRelay:
         await self._idle.wait()
 
     def __len__(self) -> int:
-        """Number of live channels (ours; tests use it to check removal)."""
+        """Number of live channels (ours; tests use it to check removal); a channel that ended before one end
+        attached is not one any more."""
         return len(self._channels) + len(self._reserved)
 
     def __contains__(self, channel_id: object) -> bool:
@@ -453,14 +479,16 @@ class ChannelRelay:
             channel_id, capacity=reserved.capacity, max_queued_bytes=self.max_queued_bytes,
             max_message_size=self.max_message_size, max_bytes=reserved.max_bytes, policy=self.policy)
         ch = LiveChannel(machine, reserved.writer_key, reserved.reader_key, None)
+        if reserved.fill is not None:
+            # Before the channel is registered: a stream over quota stays a live channel here (an end is attaching
+            # to it) rather than become an _Ended record under the caller's feet.
+            refusal = self._driver.attach(ch, Side.WRITER)
+            assert refusal is None, "a new channel's write end is free"
+            self._queue_all(ch, reserved.fill, reserved.chunk_size)
         self._channels[channel_id] = ch
         entry = self._pending.get(channel_id)
         if entry is not None:  # same place in the deadline order
             self._pending[channel_id] = (entry[0], ch)
-        if reserved.fill is not None:
-            refusal = self._driver.attach(ch, Side.WRITER)
-            assert refusal is None, "a new channel's write end is free"
-            self._queue_all(ch, reserved.fill, reserved.chunk_size)
         if reserved.on_live is not None:
             reserved.on_live()
         return ch
@@ -490,6 +518,11 @@ class ChannelRelay:
         if refused is not None:
             raise ChannelRefused(*refused)
         if direction == "read":
+            ended = self._ended.get(channel_id)
+            if ended is not None:
+                action = self._attach_ended(ended, Side.READER)
+                return LocalReader.refused(action.code if isinstance(action, Close) else None,
+                                           action.reason if isinstance(action, Close) else "")
             return self._open_reader(self._live(channel_id))
         pipe = Pipe()
         end = LocalRelayEnd(pipe, writes=direction == "write")
@@ -544,6 +577,11 @@ class ChannelRelay:
                 reserved.fill = bytes(data)
             reserved.chunk_size = chunk_size
             return
+        ended = self._ended.get(channel_id)
+        if ended is not None:
+            if self._attach_ended(ended, Side.WRITER) is not None:
+                raise ChannelRefused(409, "channel write end is already attached")
+            return  # its reader left: the stream goes nowhere, as it would on the live channel
         ch = self._channels[channel_id]
         if self._driver.attach(ch, Side.WRITER) is not None:
             raise ChannelRefused(409, "channel write end is already attached")
@@ -568,14 +606,36 @@ class ChannelRelay:
             return
         refused = self.check(channel_id, key, direction)  # a reserved channel passes as a live one would
         channel = self._channels.get(channel_id)
-        if channel is None and refused is None and channel_id in self._reserved:
-            channel = self._live(channel_id)
+        if channel is None and refused is None:
+            if channel_id in self._reserved:
+                channel = self._live(channel_id)
+            elif channel_id in self._ended:
+                await self._serve_ended(self._ended[channel_id], end, Side(direction))
+                return
         if channel is None or refused is not None:
             # The channel expired or was removed between check() and the upgrade.
             await perform(end, Close(Side(direction), self.policy.wire_code(ChannelCloseCode.EXPIRED),
                                      "channel no longer exists"))
             return
         await self._driver.serve(channel, end, Side(direction))
+
+    def _attach_ended(self, ended: _Ended, side: Side) -> Action:
+        """``side`` attaches to a channel that ended before it came: what to do with that end. The end it was kept
+        for is told once, and the record goes (a later connection finds no channel, as after a finished one); the
+        other end is a second connection of an end that was attached (4009)."""
+        if side is not ended.action.side:
+            return Close(side, self.policy.wire_code(ChannelCloseCode.IN_USE),
+                         f"channel {side.value} end is already attached")
+        self._forget(ended.id)
+        return ended.action
+
+    async def _serve_ended(self, ended: _Ended, end: ChannelEnd, side: Side) -> None:
+        action = self._attach_ended(ended, side)
+        if side is Side.WRITER and isinstance(action, Close):
+            # A writer may be streaming already: its messages are read and dropped until its Close reply.
+            await close_draining(end, perform(end, action))
+        else:
+            await perform(end, action)
 
     # ------------------------------------------------------------------ lifetime
 
@@ -605,7 +665,10 @@ class ChannelRelay:
             del pending[channel_id]
             self._expire(ch)
 
-    def _expire(self, ch: LiveChannel | _Reserved) -> None:
+    def _expire(self, ch: LiveChannel | _Reserved | _Ended) -> None:
+        if isinstance(ch, _Ended):  # the late end never came
+            self._forget(ch.id)
+            return
         if isinstance(ch, _Reserved):  # nothing attached: nothing to tell
             log.info("channel %s expired (writer %s, reader new)", ch.id, "new" if ch.fill is None else "done")
             self._forget(ch.id)
@@ -623,26 +686,51 @@ class ChannelRelay:
         ch.cancel_deadline()
         self._forget(ch.id)
 
-    def _forget(self, channel_id: str) -> None:
-        self._pending.pop(channel_id, None)
-        # An id is either reserved (no owner, no creator: channels with an owner are made live) or live.
-        if self._reserved.pop(channel_id, None) is None:
-            ch = self._channels.pop(channel_id, None)
-            creator = self._creator.pop(channel_id, None)
-            if creator is not None:
-                left = self._open_by[creator] - 1
-                if left:
-                    self._open_by[creator] = left
-                else:
-                    del self._open_by[creator]
-            if ch is not None and ch.owner is not None:
-                owned = self._by_owner.get(ch.owner)
-                if owned is not None:
-                    owned.pop(channel_id, None)
-                    if not owned:
-                        del self._by_owner[ch.owner]
+    def _keep_ended(self, ch: LiveChannel, action: Action) -> None:
+        """``ch``'s stream ended before one end attached (the driver's ``ended_early``): replace the live channel
+        with an :class:`_Ended` record at the same place in the deadline order, giving back its slot; past
+        ``max_open`` records, the oldest goes (its late end then finds no channel, as after its deadline)."""
+        channel_id = ch.id
+        if self._channels.get(channel_id) is not ch:  # already discarded or expired, or not registered yet
+            return
+        ch.cancel_deadline()
+        self._drop_live(channel_id)
+        ended = self._ended
+        if len(ended) >= self.max_open:
+            oldest = next(iter(ended))
+            del ended[oldest]
+            self._pending.pop(oldest, None)
+        record = ended[channel_id] = _Ended(channel_id, ch.writer_key, ch.reader_key, action)
+        entry = self._pending.get(channel_id)
+        if entry is not None:  # same key, same place: the deadline order holds
+            self._pending[channel_id] = (entry[0], record)
         if not self._channels and not self._reserved and not self._is_idle:
             self._became_idle()
+
+    def _forget(self, channel_id: str) -> None:
+        self._pending.pop(channel_id, None)
+        # An id is either reserved (no owner, no creator: channels with an owner are made live), live or ended.
+        if self._reserved.pop(channel_id, None) is None and self._ended.pop(channel_id, None) is None:
+            self._drop_live(channel_id)
+        if not self._channels and not self._reserved and not self._is_idle:
+            self._became_idle()
+
+    def _drop_live(self, channel_id: str) -> None:
+        """Remove a live channel from the registry and from its creator's and owner's counts."""
+        ch = self._channels.pop(channel_id, None)
+        creator = self._creator.pop(channel_id, None)
+        if creator is not None:
+            left = self._open_by[creator] - 1
+            if left:
+                self._open_by[creator] = left
+            else:
+                del self._open_by[creator]
+        if ch is not None and ch.owner is not None:
+            owned = self._by_owner.get(ch.owner)
+            if owned is not None:
+                owned.pop(channel_id, None)
+                if not owned:
+                    del self._by_owner[ch.owner]
 
     def _busy(self) -> None:
         self._is_idle = False
@@ -699,6 +787,7 @@ class ChannelRelay:
             ch.wake()
         self._channels.clear()
         self._reserved.clear()
+        self._ended.clear()
         self._by_owner.clear()
         self._creator.clear()
         self._open_by.clear()
