@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import gc
 import sys
 import uuid
 from collections.abc import Iterator
@@ -39,11 +40,18 @@ def _lines_run(function: Any, count: int) -> int:
 
     saved = registry._ID_BATCH
     registry._ID_BATCH = count
+    # A collection during the call would run other objects' finalizers (weakref.finalize callbacks, __del__) under
+    # the tracer, counting their lines: the count then depended on the tests run before.
+    collecting = gc.isenabled()
+    gc.collect()
+    gc.disable()
     sys.settrace(tracer)
     try:
         function()
     finally:
         sys.settrace(None)
+        if collecting:
+            gc.enable()
         registry._ID_BATCH = saved
         registry._ready_ids.clear()
     return lines
