@@ -883,6 +883,8 @@ class ChannelWriter:
             if self._error is not None:
                 raise self._error
             end = await self._ensure_connected()
+            if self._error is not None:  # aborted while this connected: nothing of it goes out
+                raise self._error
             several_frames = False
             try:
                 if isinstance(data, str):
@@ -972,6 +974,8 @@ class ChannelWriter:
                 raise self._error
             # Connect even if nothing was written, so the reader gets end-of-stream promptly (T24).
             end = await self._ensure_connected()
+            if self._error is not None:  # aborted while this connected: its end-of-stream would beat the abort's
+                raise self._error
             await end.aclose(ChannelCloseCode.NORMAL)
         peer = end.peer_close()
         if peer is not None and peer.code not in EOF_CODES:
