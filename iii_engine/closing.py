@@ -13,12 +13,16 @@ A store whose connection went silent (a Redis or PostgreSQL server that stopped 
 may never finish its close: :func:`close_store` bounds it, so the module's stop, and the engine's, ends anyway.
 During an engine's stop (:class:`StoreCloses`) the closes of all its modules' stores run side by side and share one
 deadline, so stores that all went silent hold the stop for one bound, not one each.
+
+A module's stop has a bound too (:data:`MODULE_STOP_TIMEOUT_S`, plus what its settings give it): :func:`stop_within`
+ends a wait on work that may never end (a module's stop), and :func:`awaiting` names where such work is stuck.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -29,8 +33,8 @@ from websockets.asyncio.server import ServerConnection
 from iii import ws_fastpath
 from iii_streams.deadlines import finish_within, let_go
 
-__all__ = ["CLOSE_TIMEOUT_S", "MODULE_START_WAIT_S", "STORE_CLOSE_TIMEOUT_S", "StoreCloses", "close_store",
-           "close_within"]
+__all__ = ["CLOSE_TIMEOUT_S", "MODULE_START_WAIT_S", "MODULE_STOP_TIMEOUT_S",
+           "STORE_CLOSE_TIMEOUT_S", "StoreCloses", "awaiting", "close_store", "close_within", "stop_within"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +54,15 @@ MODULE_START_WAIT_S = 5.0
 subscription) before it cancels it: a start waiting on a silent peer never holds the stop for good, and one about
 to end ends and is then stopped as usual."""
 
+MODULE_STOP_TIMEOUT_S = 10.0
+"""How long the engine waits for a module's stop beyond what the module's own settings give it (a settings field
+named ``*stop_timeout_ms``, e.g. the queue module's ``stop_timeout_ms``): past it the stop is cancelled, given
+:data:`CLOSE_TIMEOUT_S` to end, then let go, and the engine's stop goes on with the next module. A module whose stop
+hung (a silent server, a handler ignoring its cancel) held the engine's stop for good. Store closes are handed to
+the engine's stop (:class:`StoreCloses`), so a module's stop needs no time for them."""
+
+_ASYNCIO_DIR = os.path.dirname(asyncio.__file__)
+
 # The engine's stop in progress in this context: its modules' store closes are started and handed to it
 _STOPPING: ContextVar[StoreCloses | None] = ContextVar("iii_engine_store_closes", default=None)
 
@@ -63,6 +76,82 @@ async def close_within(ws: ServerConnection, code: int, reason: str,
         await asyncio.wait_for(ws.close(code, reason), timeout)
     except Exception:
         ws_fastpath.reset(ws)
+
+
+def awaiting(task: asyncio.Future[Any]) -> str:
+    """Where ``task`` waits: the innermost of its frames outside asyncio, as ``function (file:line)``, and the
+    asyncio call it is in (``""`` for a future that is no task, or a task done).
+
+    Example:
+        >>> async def demo() -> str:
+        ...     async def stuck() -> None:
+        ...         await asyncio.Event().wait()
+        ...     task = asyncio.get_running_loop().create_task(stuck())
+        ...     await asyncio.sleep(0)
+        ...     where = awaiting(task)
+        ...     task.cancel()
+        ...     return where.split(" (")[0] + " ..." + where.split(")")[1]
+        >>> asyncio.run(demo())
+        'demo.<locals>.stuck ... in Event.wait'
+    """
+    if not isinstance(task, asyncio.Task) or task.done():
+        return ""
+    coro: Any = task.get_coro()
+    own = inner = None
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            break
+        inner = frame
+        if not frame.f_code.co_filename.startswith(_ASYNCIO_DIR):
+            own = frame
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    if own is None:
+        return inner.f_code.co_qualname if inner is not None else ""
+    where = f"{own.f_code.co_qualname} ({os.path.basename(own.f_code.co_filename)}:{own.f_lineno})"
+    return where if inner is own or inner is None else f"{where} in {inner.f_code.co_qualname}"
+
+
+async def stop_within(work: Awaitable[Any], timeout: float, what: str,  # noqa: ASYNC109 (the bound is the point)
+                      logger: logging.Logger | None = None) -> bool:
+    """Await ``work`` (a module's stop) for at most ``timeout`` seconds; ``True`` when it ended in time (its
+    exception raised). Past it the work is cancelled and given :data:`CLOSE_TIMEOUT_S` to end (its ``finally``
+    clauses run, a port it holds is closed), then let go; ONE warning names ``what``, where it waited
+    (:func:`awaiting`) and whether it ended after the cancel; ``False``. A cancel of the caller cancels the work the
+    same way (bounded) and propagates.
+
+    Example:
+        >>> async def demo() -> tuple[bool, bool]:
+        ...     quick = await stop_within(asyncio.sleep(0), 1.0, "a quick stop")
+        ...     hung = await stop_within(asyncio.Event().wait(), 0.01, "a hung stop")
+        ...     return quick, hung
+        >>> asyncio.run(demo())
+        (True, False)
+    """
+    task = (asyncio.get_running_loop().create_task(work, name=what) if asyncio.iscoroutine(work)
+            else asyncio.ensure_future(work))
+    try:
+        done, _ = await asyncio.wait((task,), timeout=timeout)
+    except BaseException:
+        # the caller is cancelled: so is the work, given CLOSE_TIMEOUT_S as the cancel always was (not awaited for good)
+        task.cancel()
+        await asyncio.wait((task,), timeout=CLOSE_TIMEOUT_S)
+        let_go(task)
+        raise
+    if done:
+        task.result()
+        return True
+    where = awaiting(task)
+    task.cancel()
+    try:
+        await asyncio.wait((task,), timeout=CLOSE_TIMEOUT_S)
+    finally:
+        ended = task.done()
+        let_go(task)  # referenced until it ends (nothing if it did); its late failure is retrieved there
+        (logger or log).warning(
+            "%s did not end within %g s%s; cancelled, %s", what, timeout, f" (waiting in {where})" if where else "",
+            "it ended after the cancel" if ended else f"still running {CLOSE_TIMEOUT_S:g} s after it: let go")
+    return False
 
 
 async def close_store(close: Awaitable[Any], what: str) -> None:

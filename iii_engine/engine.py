@@ -486,14 +486,7 @@ class Engine:
                 with contextlib.suppress(Exception):
                     await finish_within(starting, closing.MODULE_START_WAIT_S, f"module {module.name}'s start", log)
             # A module that failed half-way may already hold a port or a connection: give it a chance to let go.
-            try:
-                await module.stop()
-            except BaseException as stop_exc:
-                if not _module_failure(stop_exc):
-                    raise
-                log.debug("module %s: stop after a failed start raised", module.name, exc_info=True)
-            finally:
-                self._release(module)  # a module left out (allow_degraded) kept its functions for the whole run
+            await self._stop_module(module, after_failed_start=True)
             if isinstance(exc, asyncio.CancelledError) and not self._stop_asked and not _cancelling():
                 # not a cancel of this start: a failure of the module (a CancelledError out of start() would end
                 # the CLI with a traceback instead of its one-line start error)
@@ -501,6 +494,23 @@ class Engine:
             raise
         self._module_starting = None
         self.modules[module.name] = module
+
+    async def _stop_module(self, module: EngineModule, *, after_failed_start: bool = False) -> None:
+        """Stop ``module`` within its bound (:meth:`~EngineModule.stop_timeout_s`): past it the stop is cancelled,
+        given :data:`~iii_engine.closing.CLOSE_TIMEOUT_S`, then let go with one warning naming the module and where it
+        waited (a stop that hung held the engine's stop, and the other modules' stops and store closes, for good).
+        Either way what the module added to the engine is taken away. A failure of the module is logged."""
+        try:
+            await closing.stop_within(module.stop(), module.stop_timeout_s(), f"module {module.name}'s stop", log)
+        except BaseException as exc:
+            if not _module_failure(exc):
+                raise
+            if after_failed_start:
+                log.debug("module %s: stop after a failed start raised", module.name, exc_info=True)
+            else:
+                log.exception("module %s failed to stop", module.name)
+        finally:
+            self._release(module)  # a module left out (allow_degraded) kept its functions for the whole run
 
     async def stop(self) -> None:
         """Stop modules (in reverse order), then close every connection and the channel relay.
@@ -518,6 +528,10 @@ class Engine:
         ends it (see :meth:`start`). A start that fails stops what it started the same way, the failing module's
         store close sharing that one deadline. Called from a call in flight (a built-in function stopping the
         engine), the stop's cancel of the calls in flight cancels that call, not the stop: the stop goes on to its end.
+        Each module's stop gets :data:`~iii_engine.closing.MODULE_STOP_TIMEOUT_S` (10 s) beyond what its settings give
+        it (:meth:`~EngineModule.stop_timeout_s`: the queue module's ``stop_timeout_ms``); past it the stop is
+        cancelled, given 2 s, then let go with one warning naming the module and where it waited, and the next
+        module stops (what the module added to the engine is taken away all the same).
         """
         while True:
             if self._start_ended is not None and not self._start_ended.is_set():
@@ -591,14 +605,7 @@ class Engine:
             with closes.collecting():
                 while modules:
                     module = modules.pop(0)  # stopped once: a stop cancelled in it does not stop it again
-                    try:
-                        await module.stop()
-                    except BaseException as exc:
-                        if not _module_failure(exc):
-                            raise
-                        log.exception("module %s failed to stop", module.name)
-                    finally:
-                        self._release(module)
+                    await self._stop_module(module)
         except BaseException:
             closes.let_go()
             raise

@@ -25,6 +25,7 @@ from typing import Any, ClassVar, NamedTuple, Protocol
 from iii.iii_types import TriggerInfo
 from iii_streams.messages import error_line, mask_passwords
 
+from .. import closing
 from ..settings import Field, Settings
 
 
@@ -356,6 +357,28 @@ class EngineModule(ABC):
 
     async def stop(self) -> None:  # noqa: B027 - optional hook
         """Close listeners and stores; called once on engine shutdown."""
+
+    def stop_timeout_s(self) -> float:
+        """How long the engine waits for this module's :meth:`stop` before it cancels it and goes on:
+        :data:`~iii_engine.closing.MODULE_STOP_TIMEOUT_S` beyond what its own settings give its stop (each of its
+        settings named ``*stop_timeout_ms``: the queue module's ``stop_timeout_ms``, the observability module's
+        ``export_stop_timeout_ms``), so a stop that legitimately waits that long is never cut.
+
+        Example:
+            >>> class Slow(Settings):
+            ...     stop_timeout_ms: int = 5000
+            >>> class Queue(EngineModule):
+            ...     name, class_names = "queue", ()
+            ...     async def start(self) -> None: ...
+            >>> module = Queue(None)
+            >>> module.settings = Slow()
+            >>> module.stop_timeout_s() - closing.MODULE_STOP_TIMEOUT_S
+            5.0
+        """
+        settings = getattr(self, "settings", None)
+        own = sum(value for key, value in settings if key.endswith("stop_timeout_ms") and type(value) is int) \
+            if isinstance(settings, Settings) else 0
+        return closing.MODULE_STOP_TIMEOUT_S + own / 1000
 
 
 class ModuleSpec(Settings):
