@@ -562,6 +562,10 @@ class _Subscriber:
         self._lock = asyncio.Lock()  # one first subscribe at a time
         self._live = asyncio.Event()  # the pub/sub is subscribed (its confirmation read): events reach watchers
         self._stopping = asyncio.Event()
+        # The deadlines of the subscribes under way; stop() ends them at once. The first one runs in the watch's own
+        # task, which stop() cannot cancel: closed while it waited for the store's full watch pool (or for a server
+        # that never answered), it waited out that bound (30 s, then PoolExhaustedError) or the store's timeout.
+        self._opening: set[asyncio.Timeout] = set()
 
     async def subscribe(self) -> _RedisWatcher:
         """A new watcher, once the shared connection is subscribed: the first one subscribes it (its failure is
@@ -599,6 +603,10 @@ class _Subscriber:
             self.store._subscriber = None  # a later watch makes a new subscriber
         self._stopping.set()  # also ends a re-subscribe's pause at once
         self._live.set()  # a watcher waiting for the connection learns that it stopped
+        now = asyncio.get_running_loop().time()
+        for deadline in self._opening:
+            if not deadline.expired():  # (an expired one raises; its subscribe ends anyway)
+                deadline.reschedule(now)  # _open() turns that expiry into StreamClosedError
         subscribers, self.subscribers = self.subscribers, set()
         for sub in subscribers:
             sub.end()
@@ -625,16 +633,27 @@ class _Subscriber:
     async def _open(self) -> PubSub:
         """A new pub/sub subscribed to the store's channel, its confirmation read (so every event published
         after this returns reaches it), within the store's timeout; ``StreamClosedError`` once stopping."""
+        if self._stopping.is_set():  # a watch that waited for the first one's lock: nobody would close this one
+            raise StreamClosedError("RedisStream is closed")
         requests = _cancel_requests()
         pubsub = one_shot(self.store._watch_client.pubsub(ignore_subscribe_messages=False))
+        deadline = asyncio.timeout(self.store.timeout)
         try:
-            async with asyncio.timeout(self.store.timeout):
-                await pubsub.subscribe(self._channel)
-                while True:
-                    _raise_if_cancelled(requests)  # inside the timeout: a swallowed expiry still ends the wait
-                    message = await pubsub.get_message(timeout=_READ_S)
-                    if message is not None and message.get("type") == "subscribe":
-                        break
+            try:
+                async with deadline:
+                    self._opening.add(deadline)  # entered: stop() may reschedule it
+                    await pubsub.subscribe(self._channel)
+                    while True:
+                        _raise_if_cancelled(requests)  # inside the timeout: a swallowed expiry still ends the wait
+                        message = await pubsub.get_message(timeout=_READ_S)
+                        if message is not None and message.get("type") == "subscribe":
+                            break
+            except TimeoutError:
+                if self._stopping.is_set():  # stop() ended the deadline, or the store closed as it expired
+                    raise StreamClosedError("RedisStream is closed") from None
+                raise
+            finally:
+                self._opening.discard(deadline)
             _raise_if_cancelled(requests)
             if self._stopping.is_set():  # stopped meanwhile: nobody would close this one
                 raise StreamClosedError("RedisStream is closed")
