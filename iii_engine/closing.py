@@ -14,8 +14,9 @@ may never finish its close: :func:`close_store` bounds it, so the module's stop,
 During an engine's stop (:class:`StoreCloses`) the closes of all its modules' stores run side by side and share one
 deadline, so stores that all went silent hold the stop for one bound, not one each.
 
-A module's stop has a bound too (:data:`MODULE_STOP_TIMEOUT_S`, plus what its settings give it): :func:`stop_within`
-ends a wait on work that may never end (a module's stop), and :func:`awaiting` names where such work is stuck.
+A module's start and its stop have bounds too (:data:`MODULE_START_TIMEOUT_S`, :data:`MODULE_STOP_TIMEOUT_S`, or
+what the module states): :func:`stop_within` ends a wait on work that may never end (a module's stop), and
+:func:`awaiting` names where such work is stuck.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from websockets.asyncio.server import ServerConnection
 from iii import ws_fastpath
 from iii_streams.deadlines import finish_within, let_go
 
-__all__ = ["CLOSE_TIMEOUT_S", "MODULE_START_WAIT_S", "MODULE_STOP_TIMEOUT_S",
+__all__ = ["CLOSE_TIMEOUT_S", "MODULE_START_TIMEOUT_S", "MODULE_START_WAIT_S", "MODULE_STOP_TIMEOUT_S",
            "STORE_CLOSE_TIMEOUT_S", "StoreCloses", "awaiting", "close_store", "close_within", "stop_within"]
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,13 @@ MODULE_START_WAIT_S = 5.0
 """How long a stop called during the engine's start waits for the module start under way (a store's open, a
 subscription) before it cancels it: a start waiting on a silent peer never holds the stop for good, and one about
 to end ends and is then stopped as usual."""
+
+MODULE_START_TIMEOUT_S = 60.0
+"""How long the engine waits for a module's start (unless the module states a longer bound, or its entry in the
+configuration file sets ``start_timeout_ms``): a start waiting on a peer that never answers (a store's open, a
+subscription) failed nothing and held the engine's start for good. Past it the start is cancelled and fails as any
+failed start does. Stores migrate their schema at their first use, not in the start, so a migration waiting for
+its turn (up to 600 s) is not cut by it."""
 
 MODULE_STOP_TIMEOUT_S = 10.0
 """How long the engine waits for a module's stop beyond what the module's own settings give it (a settings field

@@ -1,7 +1,9 @@
 """Engine configuration: the production engine's YAML format plus a few keys of our own.
 
 Production keys: top-level ``port`` and a ``modules:`` list of ``{class, config}`` entries naming production
-module classes. Strings may contain ``${VAR}`` or ``${VAR:default}``, expanded from the environment.
+module classes (an entry may also set our ``start_timeout_ms``: how long the engine waits for that module's start,
+see :class:`~iii_engine.modules.base.ModuleSpec`). Strings may contain ``${VAR}`` or ``${VAR:default}``, expanded
+from the environment.
 Our keys (all optional): ``host``, ``invocation_timeout_ms`` (docs/protocol.md#engine-improvements E7),
 ``max_message_size`` (control
 socket, default 4 MiB), ``max_outbox_bytes`` (unread bytes per worker, default 16 MiB), ``max_workers``

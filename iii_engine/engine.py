@@ -348,6 +348,11 @@ class Engine:
         had started is stopped. A call while a start is under way returns when that start did (or raises
         :class:`EngineStartError` if it did not start the engine); a call during a stop, or after a stop that was
         cancelled, first lets that stop end (or finishes it). An engine stopped may be started again.
+
+        Each module's start is bounded: its configuration entry's ``start_timeout_ms``, or what the module states
+        (:meth:`~EngineModule.start_timeout_s`, :data:`~iii_engine.closing.MODULE_START_TIMEOUT_S` = 60 s by
+        default). Past it the start is cancelled and fails as any failed start does, with one line naming the module,
+        its class and the bound (a start waiting on a peer that never answers held the engine's start for good).
         """
         while True:
             if self._start_ended is not None and not self._start_ended.is_set():
@@ -411,7 +416,8 @@ class Engine:
             self._raise_if_stop_asked()
             try:
                 cls = resolve(spec.class_name)
-                await self._start_module(cls(self._services_for(cls), self._listener_defaults(cls, spec.config)))
+                await self._start_module(cls(self._services_for(cls), self._listener_defaults(cls, spec.config)),
+                                         spec.start_timeout_ms)
             except Exception as exc:
                 # a settings error names the path from the top of the configuration file
                 cause = exc.under(f"modules[{index}].config") if isinstance(exc, ConfigError) else exc
@@ -469,24 +475,36 @@ class Engine:
         if isinstance(module.services, _ModuleServices):
             module.services.release()
 
-    async def _start_module(self, module: EngineModule) -> None:
+    async def _start_module(self, module: EngineModule, start_timeout_ms: int | None = None) -> None:
+        """Start ``module`` within its bound (``start_timeout_ms``, the entry's, or the module's
+        :meth:`~EngineModule.start_timeout_s`): a start waiting on a peer that never answers failed nothing and held
+        the engine's start for good. Past the bound it is cancelled and fails with :class:`TimeoutError`."""
+        bound = start_timeout_ms / 1000 if start_timeout_ms is not None else module.start_timeout_s()
         # in a task of its own (this context, so its store closes are collected too): a stop() during the start
         # cancels it, so a store that never answers its open does not hold the stop
         starting = asyncio.ensure_future(module.start())
         waiting = asyncio.shield(starting)  # stop() cancels this wait: the start goes on at once, whatever the module
         self._module_starting = (waiting, starting, module)
+        timer = asyncio.timeout(bound)
         try:
-            await waiting
+            async with timer:
+                await waiting
         except BaseException as exc:
             self._module_starting = None
-            if isinstance(exc, asyncio.CancelledError):
-                # cancelled by stop() or with the start's caller: the module's start too, its end awaited bounded
-                # (a library that swallows the cancel would hold the start, and the stop waiting for it, for good)
+            where = closing.awaiting(starting) if timer.expired() else ""
+            if isinstance(exc, asyncio.CancelledError) or timer.expired():
+                # cancelled by stop() or with the start's caller, or past its bound: the module's start too, its
+                # end awaited bounded (a library that swallows the cancel would hold the start, and the stop
+                # waiting for it, for good)
                 starting.cancel()
                 with contextlib.suppress(Exception):
                     await finish_within(starting, closing.MODULE_START_WAIT_S, f"module {module.name}'s start", log)
             # A module that failed half-way may already hold a port or a connection: give it a chance to let go.
             await self._stop_module(module, after_failed_start=True)
+            if timer.expired():
+                waited = f", waiting in {where}" if where else ""
+                raise TimeoutError(f"its start (module {module.name}) did not end within {bound:g} s{waited}; "
+                                   f"cancelled (a longer bound: start_timeout_ms in its entry)") from exc
             if isinstance(exc, asyncio.CancelledError) and not self._stop_asked and not _cancelling():
                 # not a cancel of this start: a failure of the module (a CancelledError out of start() would end
                 # the CLI with a traceback instead of its one-line start error)

@@ -26,7 +26,7 @@ from iii.iii_types import TriggerInfo
 from iii_streams.messages import error_line, mask_passwords
 
 from .. import closing
-from ..settings import Field, Settings
+from ..settings import MAX_TIMEOUT_MS, Field, Settings
 
 
 class EngineError(Exception):
@@ -358,6 +358,20 @@ class EngineModule(ABC):
     async def stop(self) -> None:  # noqa: B027 - optional hook
         """Close listeners and stores; called once on engine shutdown."""
 
+    def start_timeout_s(self) -> float:
+        """How long the engine waits for this module's :meth:`start` before it cancels it and the start fails
+        (a configuration entry's ``start_timeout_ms`` overrides it): :data:`~iii_engine.closing.MODULE_START_TIMEOUT_S`;
+        a module whose start may legitimately take longer states more here.
+
+        Example:
+            >>> class Quick(EngineModule):
+            ...     name, class_names = "quick", ()
+            ...     async def start(self) -> None: ...
+            >>> Quick(None).start_timeout_s() == closing.MODULE_START_TIMEOUT_S
+            True
+        """
+        return closing.MODULE_START_TIMEOUT_S
+
     def stop_timeout_s(self) -> float:
         """How long the engine waits for this module's :meth:`stop` before it cancels it and goes on:
         :data:`~iii_engine.closing.MODULE_STOP_TIMEOUT_S` beyond what its own settings give its stop (each of its
@@ -382,11 +396,19 @@ class EngineModule(ABC):
 
 
 class ModuleSpec(Settings):
-    """A module entry of the engine configuration: ``{class, config}`` (``config`` is checked by the module).
+    """A module entry of the engine configuration: ``{class, config}`` (``config`` is checked by the module), and
+    optionally ``start_timeout_ms``: how long the engine waits for the module's start (default: what the module
+    states, :data:`~iii_engine.closing.MODULE_START_TIMEOUT_S` for most).
 
     Example:
         >>> ModuleSpec("modules::queue::QueueModule", {"queue_configs": {}}).class_name
         'modules::queue::QueueModule'
+        >>> ModuleSpec.parse({"class": "modules::state::StateModule", "start_timeout_ms": 120000}).start_timeout_ms
+        120000
+        >>> ModuleSpec.parse({"class": "modules::state::StateModule", "start_timeout_ms": 0})
+        Traceback (most recent call last):
+        ...
+        iii_engine.settings.ConfigError: start_timeout_ms: must be >= 1, got 0
         >>> ModuleSpec.parse({"config": {}})
         Traceback (most recent call last):
         ...
@@ -395,6 +417,9 @@ class ModuleSpec(Settings):
 
     class_name: str = Field(alias="class", min_length=1)
     config: dict[str, Any] = Field(default_factory=dict)
+    #: how long the engine waits for the module's start (None: what the module states,
+    #: :meth:`EngineModule.start_timeout_s`)
+    start_timeout_ms: int | None = Field(None, ge=1, le=MAX_TIMEOUT_MS)
 
     def __init__(self, class_name: str | None = None, config: Mapping[str, Any] | None = None, /,
                  **data: Any) -> None:

@@ -4,11 +4,16 @@
   for it for good, and the other modules' stops and the store closes never came. Now it gets
   ``MODULE_STOP_TIMEOUT_S`` (plus what its settings give its stop, ``*stop_timeout_ms``), then is cancelled, given
   ``CLOSE_TIMEOUT_S``, and let go with one warning naming it and where it waited; the engine's stop goes on.
+* A module whose start hangs (a store whose open never answers) with no stop asked: before, ``Engine.start()``
+  waited for good, a half-started engine saying nothing. Now it gets ``MODULE_START_TIMEOUT_S`` (or its entry's
+  ``start_timeout_ms``, or what the module states), then the start fails with one line naming the module, its class
+  and the bound, and everything started before is stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
@@ -23,6 +28,7 @@ from iii_engine.modules.base import (
     EngineModule,
     EngineServices,
     InvocationContext,
+    ModuleStartError,
 )
 from iii_engine.modules.catalogue import resolve
 from iii_engine.settings import Settings
@@ -77,6 +83,10 @@ class _Stuck(EngineModule):
         finally:
             type(self).stop_ended.set()
 
+    def start_timeout_s(self) -> float:
+        longer = type(self).longer_start_s
+        return longer if longer is not None else super().start_timeout_s()
+
 
 class _Recorder(EngineModule):
     """Started before ``stuck``, so stopped after it; its stop hands a store close to the engine's stop."""
@@ -112,6 +122,7 @@ async def _modules(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
     starts and stops let go end (on the test's loop)."""
     monkeypatch.setattr(engine_module, "resolve", _resolve)
     monkeypatch.setattr(closing, "MODULE_STOP_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(closing, "MODULE_START_TIMEOUT_S", 0.2)
     monkeypatch.setattr(closing, "CLOSE_TIMEOUT_S", 0.2)
     monkeypatch.setattr(closing, "MODULE_START_WAIT_S", 0.2)
     _Stuck.hang_start = _Stuck.hang_stop = _Stuck.stubborn = False
@@ -164,3 +175,65 @@ async def test_a_stop_the_module_s_settings_give_time_is_not_cut(caplog: pytest.
             await engine.stop()
     assert _Stuck.stop_ended.is_set() and _Recorder.stopped == 1
     assert _warnings(caplog, "stop") == []
+
+
+async def test_a_hung_module_start_fails_the_start_within_its_bound() -> None:
+    _Stuck.hang_start = True
+    engine = _engine()
+    async with asyncio.timeout(1.5):  # before: the start waited for good (TimeoutError here)
+        with pytest.raises(ModuleStartError) as failure:
+            await engine.start()
+    message = str(failure.value)
+    assert "\n" not in message
+    assert message.startswith(f"module {_STUCK} cannot start: its start (module stuck) did not end within 0.2 s")
+    assert "start_timeout_ms" in message
+    assert _Recorder.stopped == 1 and _Recorder.store_closed == 1  # what started before is stopped
+    assert _Stuck.stop_ended.is_set()  # the timed-out module is asked to let go of what it holds
+    assert engine.modules == {} and not engine.has_function("stuck::f") and not engine.ready.is_set()
+    await engine.stop()  # nothing left to stop
+
+
+async def test_a_hung_start_and_a_hung_stop_after_it_are_both_bounded() -> None:
+    _Stuck.hang_start = _Stuck.hang_stop = True
+    _Stuck.stubborn = True  # neither the start nor the stop after it ends at its cancel
+    engine = _engine()
+    async with asyncio.timeout(1.8):
+        with pytest.raises(ModuleStartError, match=r"did not end within 0\.2 s"):
+            await engine.start()
+    assert _Recorder.stopped == 1 and engine.modules == {}
+
+
+async def test_the_entry_s_start_timeout_ms_bounds_the_start() -> None:
+    _Stuck.hang_start = True
+    _Stuck.longer_start_s = 60.0  # what the module states: the entry's setting wins
+    engine = _engine(ModuleSpec.parse({"class": _STUCK, "start_timeout_ms": 300}))
+    async with asyncio.timeout(1.5):
+        with pytest.raises(ModuleStartError, match=r"\(module stuck\) did not end within 0\.3 s"):
+            await engine.start()
+
+
+async def test_a_module_stating_a_longer_start_is_not_cut() -> None:
+    _Stuck.hang_start = True
+    _Stuck.longer_start_s = 2.0
+    asyncio.get_running_loop().call_later(0.5, _Stuck.go.set)  # a start that takes 0.5 s (> 0.2 s, < 2 s)
+    engine = _engine()
+    async with asyncio.timeout(1.5):
+        await engine.start()
+    try:
+        assert engine.ready.is_set() and engine.has_function("stuck::f")
+    finally:
+        await engine.stop()
+
+
+async def test_allow_degraded_leaves_a_hung_module_out() -> None:
+    _Stuck.hang_start = True
+    engine = Engine(config=EngineConfig(host="127.0.0.1", port=0, allow_degraded=True,
+                                        modules=[ModuleSpec(_RECORDER), ModuleSpec(_STUCK)]))
+    async with asyncio.timeout(1.5):
+        await engine.start()
+    try:
+        assert engine.ready.is_set() and "did not end within 0.2 s" in engine.unavailable_modules[_STUCK]
+        assert not engine.has_function("stuck::f") and engine.module("recorder") is not None
+    finally:
+        with contextlib.suppress(Exception):
+            await engine.stop()
