@@ -90,6 +90,8 @@ _STALL_POLL_S = 0.5
 _STALL_POLL_MIN_S = 0.01
 # A failed send's clean-up: how long the abort, then the release of a read end nobody took, may take each.
 _GIVE_UP_S = 3.0
+# How long a failed send's abort may take before its Close frame counts as stuck behind bytes nobody reads.
+_ABORT_SEEN_S = 0.5
 # How much of a function's answer an error line quotes.
 _SHOWN_CHARS = 200
 # serve --once: how long the final round trip may take that makes sure the transfer's result reached the engine.
@@ -373,12 +375,15 @@ async def _ended(transfer: asyncio.Future[int], writer: _WatchedWriter, stall_s:
             return False
 
 
-async def _give_up(writer: ChannelWriter, reader: ChannelReader, reason: str) -> None:
-    """End a failed send's channel in the engine now: abort the upload (a reader attached hears ``reason``) and
-    take the read end if nobody did, and close it. An aborted channel whose reader never attached, or a small
-    upload the relay took whole, stays in the engine with its buffered bytes until the attach deadline (300 s on
-    ours); a read end closed frees it. Both at once: the abort's Close waits behind what the socket still holds
-    (up to 2 s), while the read end closed ends the writer's connection from the engine's side. Bounded; errors
+async def _give_up(writer: ChannelWriter, reader: ChannelReader, reason: str, delivered: bool) -> None:
+    """End a failed send's channel in the engine now. An upload still going (``delivered`` false) is aborted: the
+    relay drops what it buffered, and a reader attached, or one the function attaches later, gets
+    :class:`~iii.channels.ChannelAbortedError` with ``reason`` (a read end claimed here would tell that late reader
+    only "channel not found"). But an abort whose Close frame still waits after ``_ABORT_SEEN_S`` sits behind bytes
+    the relay stopped reading because nobody reads them: the relay cannot see it, so the read end is claimed and
+    closed, which frees the channel. An upload the relay already holds whole (``delivered``: a small file) can no
+    longer be aborted: the read end is claimed and closed if nobody took it, so the function of a send reported
+    failed never reads it later, and the engine frees it now (not at the 300 s attach deadline). Bounded; errors
     are swallowed (the failure being reported is the one to tell)."""
 
     async def bounded(step: Awaitable[None]) -> None:
@@ -386,7 +391,16 @@ async def _give_up(writer: ChannelWriter, reader: ChannelReader, reason: str) ->
             async with asyncio.timeout(_GIVE_UP_S):
                 await step
 
-    await asyncio.gather(bounded(writer.abort(reason)), bounded(_release_writer(reader)))
+    if delivered:
+        await bounded(_release_writer(reader))
+        return
+    abort = asyncio.ensure_future(bounded(writer.abort(reason)))
+    try:
+        if not (await asyncio.wait({abort}, timeout=_ABORT_SEEN_S))[0]:
+            await bounded(_release_writer(reader))
+        await abort
+    finally:
+        abort.cancel()
 
 
 class _Termination:
@@ -435,6 +449,7 @@ async def _transfer(args: argparse.Namespace, term: _Termination) -> int:
     ends: tuple[_WatchedWriter, ChannelReader] | None = None
     why: str | None = None  # the failure, the abort's reason
     succeeded = False
+    transfer: asyncio.Future[int] | None = None
     try:
         await _connect(client, args)
         channel = await client.create_channel_async()
@@ -449,7 +464,7 @@ async def _transfer(args: argparse.Namespace, term: _Termination) -> int:
             name = args.name or path.name
             upload = send_file(writer, path, progress=progress)
         payload = {"reader": channel.reader_ref, "name": name, "size": size}
-        transfer: asyncio.Future[int] = asyncio.ensure_future(upload)
+        transfer = asyncio.ensure_future(upload)
         call = asyncio.ensure_future(
             client.trigger_async({"function_id": args.to, "payload": payload, "timeout_ms": args.timeout_ms}))
         tasks += [transfer, call]
@@ -491,7 +506,10 @@ async def _transfer(args: argparse.Namespace, term: _Termination) -> int:
     finally:
         term.decided = why is not None or succeeded
         if ends is not None and not succeeded:
-            await _give_up(*ends, why or f"iii-channel send {'terminated' if term.signalled else 'stopped'}")
+            delivered = (transfer is not None and transfer.done() and not transfer.cancelled()
+                         and transfer.exception() is None)
+            await _give_up(*ends, why or f"iii-channel send {'terminated' if term.signalled else 'stopped'}",
+                           delivered)
         # Cancelled and awaited before the shutdown: a call the shutdown fails, left unread, is printed as
         # "Task exception was never retrieved" with a traceback when the loop ends (Ctrl-C mid-transfer).
         for task in tasks:

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from iii.channels import ChannelAbortedError, ChannelReader
 from iii_engine import Engine
 from tests.integration.channels.test_cli import _finish, _start
 from tests.integration.channels.test_cli_send_confirmation import (
@@ -58,3 +59,32 @@ async def test_an_unconfirming_answer_ends_the_send_and_frees_the_channel(
     # Before: the channel stayed, its bytes buffered, until the attach deadline.
     await asyncio.wait_for(engine.channels.wait_idle(), 2)
     assert len(engine.channels) == 0
+
+
+async def test_a_function_that_reads_after_its_unconfirming_answer_hears_why(
+        engine: Engine, worker: Callable[[str, Handler], None], tmp_path: Path) -> None:  # noqa: F811
+    # Before: the failed send claimed and closed the read end, so a function attaching its reader just after
+    # answering got ChannelNotFoundError ("unknown id, wrong key or wrong direction") with nothing read.
+    heard: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+    later: list[asyncio.Task[None]] = []
+
+    async def read_later(reader: ChannelReader) -> None:
+        await asyncio.sleep(0.3)
+        try:
+            await reader.read_all()
+            heard.set_result(None)
+        except Exception as exc:
+            heard.set_result(exc)
+
+    def answers_first(data: dict[str, Any]) -> dict[str, bool]:
+        later.append(asyncio.get_running_loop().create_task(read_later(data["reader"])))
+        return {"accepted": True}
+
+    worker("files::answers_first", answers_first)  # (called on the worker's loop)
+    src = tmp_path / "data.bin"
+    src.write_bytes(os.urandom(48 << 20))  # more than the engine buffers: the upload is still going at the answer
+    done = await _finish(await _start("send", str(src), "--to", "files::answers_first", "--engine", engine.url))
+    assert done.rc == 1, done.stderr
+    exc = await asyncio.wait_for(heard, 10)
+    assert isinstance(exc, ChannelAbortedError), repr(exc)
+    assert "files::answers_first did not confirm the transfer" in str(exc), str(exc)
