@@ -34,7 +34,7 @@ from websockets.utils import apply_mask
 
 from iii import ws_fastpath
 from iii.channel_end import FRAME_SIZE_HEADER
-from iii.channels import ChannelAbortedError, ChannelReader, ChannelWriter, _connect
+from iii.channels import ChannelAbortedError, ChannelClosedError, ChannelReader, ChannelWriter, _connect
 from iii.iii import III
 from iii_engine import Engine, EngineConfig, ModuleSpec
 from iii_engine.config import ChannelSettings
@@ -74,7 +74,8 @@ async def _channel_through(worker: III, seed: int, total: int, cancel: bool) -> 
     """Writes of edge and random sizes, from a buffer scribbled over after each write, to a reader that dawdles;
     with ``cancel``, a 16 MiB write is cancelled once the writer waits for its socket (the reader stalled), its
     buffer scribbled over, and the writer closed. The reader must get exactly what was sent up to some point
-    after the last completed write. (bytes read, writes cancelled)"""
+    after the last completed write; a write cancelled part-way aborts the stream, so the close then raises and the
+    reader ends with ChannelAbortedError instead of an end of stream. (bytes read, writes cancelled)"""
     rng = random.Random(seed)
     channel = await worker.create_channel_async(buffer_size=1 if cancel else None)
     sent = bytearray()
@@ -104,7 +105,10 @@ async def _channel_through(worker: III, seed: int, total: int, cancel: bool) -> 
                 cancelled += 1
                 buffer[:] = bytes(size)
                 reading.set()
-                break
+                # part of it went out: the stream is aborted (a close delivering it would hand over a short stream)
+                with pytest.raises(ChannelClosedError, match="aborted"):
+                    await channel.writer.close_async()
+                return
             await channel.writer.write(buffer if rng.random() < 0.5 else memoryview(buffer))
             done = len(sent)
             buffer[:] = bytes(size)  # the caller reuses its buffer: nothing of it may still be on its way
@@ -117,7 +121,12 @@ async def _channel_through(worker: III, seed: int, total: int, cancel: bool) -> 
         nonlocal count
         while True:
             await reading.wait()
-            chunk = await channel.reader.read_chunk()
+            try:
+                chunk = await channel.reader.read_chunk()
+            except ChannelAbortedError:
+                assert cancel, f"seed {seed}: aborted without a cancelled write"
+                return
+            assert not (chunk is None and cancel), f"seed {seed}: a stream cut by a cancelled write ended normally"
             if chunk is None:
                 return
             digest.update(chunk)
