@@ -1,5 +1,11 @@
 """Edges of a ``RedisStream``'s own watch pool against a real server: ``aclose()`` while the first watch is still
-opening (waiting for the store's full watch pool, or for a server that never answers) ends that open at once.
+opening (waiting for the store's full watch pool, or for a server that never answers) ends that open at once; the
+client shapes callers pass (a database other than 0, RESP3, decoded replies, an ACL user in a URL, a unix socket)
+reach the watch connection; many stores on one client; every pub/sub connection killed, and a server restart,
+under 500 watches.
+
+Connections are told apart with ``CLIENT LIST`` by each test's own ``client_name`` (the server is shared); the tests
+that kill every pub/sub connection or need a unix socket run on a private ``redis-server``.
 """
 
 from __future__ import annotations
@@ -7,15 +13,19 @@ from __future__ import annotations
 import asyncio
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
-from iii_streams import RedisStream
+from iii.stream import StreamSetInput
+from iii_streams import RedisStream, StreamGapError
 from iii_streams.errors import StreamClosedError
 from iii_streams.redis import KeyLayout
+from tests.integration.streams.private_redis import PrivateRedis
+from tests.integration.streams.test_redis_watch_pool import _next_id, _ours, _settles, _subscribed
 from tests.services import require_redis
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(30)]
@@ -81,3 +91,136 @@ async def test_aclose_ends_a_first_watch_whose_server_never_answers(name: str, s
         assert not pool._in_use_connections
     finally:
         await client.aclose()
+
+
+async def _round_trip(store: RedisStream, item_id: str) -> None:
+    """A watch of ``store`` hears a write of ``store``."""
+    async with store.watch("s") as watch:
+        await store.set(StreamSetInput(stream_name="s", group_id="g", item_id=item_id, data={"t": "é"}))
+        assert await _next_id(watch) == item_id
+
+
+@pytest.mark.parametrize("options", [{"db": 3}, {"protocol": 3}, {"protocol": 3, "decode_responses": True},
+                                     {"decode_responses": True, "socket_timeout": 0.3}],
+                         ids=["db3", "resp3", "resp3-decoded", "decoded-short-socket-timeout"])
+async def test_a_callers_client_shape_reaches_the_watch_connection(
+        name: str, options: dict[str, Any], redis_admin: aioredis.Redis) -> None:
+    """The watch connection is made with the caller's options (its database, protocol, decoding, timeouts): on the
+    server it looks like the caller's own connection, and the watch pool holds that one connection alone."""
+    address = redis_admin.connection_pool.connection_kwargs
+    client = aioredis.Redis(host=address["host"], port=address["port"], client_name=name, **options)
+    try:
+        async with _store(client, name) as store:
+            watch_options = store._watch_client.connection_pool.connection_kwargs
+            assert {k: watch_options[k] for k in options} == options
+            await _round_trip(store, "a")
+            async with store.watch("s"):
+                assert await client.ping()  # the caller's own connection, next to the watch's
+                conns = await _settles(redis_admin, name, 2)
+                [subscribed] = _subscribed(conns)
+                [callers] = [c for c in conns if c is not subscribed]
+                assert (subscribed["db"], subscribed["resp"]) == (callers["db"], callers["resp"])
+                assert int(subscribed["db"]) == options.get("db", 0)
+                pool = store._watch_client.connection_pool
+                assert (len(pool._in_use_connections), len(pool._available_connections)) == (1, 0)
+    finally:
+        await client.aclose()
+
+
+async def test_an_acl_user_in_the_callers_url_is_the_watch_connections_user(
+        name: str, redis_admin: aioredis.Redis) -> None:
+    """The watch connection logs in as the URL's user (created here, allowed the store's channel alone; the
+    password has a character the URL escapes)."""
+    user = f"{name}u"
+    await redis_admin.acl_setuser(user, enabled=True, passwords=["+pw:1"], keys=["*"], channels=[name],
+                                  commands=["+@all"])
+    try:
+        client = aioredis.Redis.from_url(f"redis://{user}:pw%3A1@127.0.0.1:6379/0", client_name=name)
+        try:
+            async with _store(client, name) as store:
+                await _round_trip(store, "acl")
+                async with store.watch("s"):
+                    [subscribed] = _subscribed(await _ours(redis_admin, name))
+                    assert subscribed["user"] == user
+        finally:
+            await client.aclose()
+    finally:
+        await redis_admin.acl_deluser(user)
+
+
+async def test_many_stores_on_one_client_hold_one_watch_connection_each_while_watched(
+        name: str, redis_admin: aioredis.Redis) -> None:
+    client = aioredis.Redis.from_url(require_redis(), client_name=name)
+    try:
+        stores = [_store(client, name) for _ in range(10)]
+        assert not await _ours(redis_admin, name)  # a store makes no connection before its first watch
+        watches = [store.watch("s") for store in stores for _ in range(3)]
+        for watch in watches:
+            await watch.open()
+        assert len(_subscribed(await _settles(redis_admin, name, 10))) == 10
+        for watch in watches:
+            await watch.aclose()
+        await _settles(redis_admin, name, 0)  # the last watch's close closes its store's watch connection
+        for store in stores:
+            await store.aclose()
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
+    """A private redis-server that also listens on the unix socket ``tmp_path / "redis.sock"``."""
+    with PrivateRedis(tmp_path) as private:
+        private._cmd += ["--unixsocket", str(tmp_path / "redis.sock"), "--unixsocketperm", "700"]
+        await private.start()
+        yield private
+
+
+async def test_a_unix_socket_clients_watch_connection_uses_the_socket(
+        server: PrivateRedis, name: str, tmp_path: Path) -> None:
+    path = str(tmp_path / "redis.sock")
+    client = aioredis.Redis(unix_socket_path=path, client_name=name)
+    admin = aioredis.Redis.from_url(server.url)
+    try:
+        async with _store(client, name) as store:
+            await _round_trip(store, "unix")
+            async with store.watch("s"):
+                [subscribed] = _subscribed(await _ours(admin, name))
+                assert subscribed["laddr"].startswith(path), subscribed
+    finally:
+        await client.aclose()
+        await admin.aclose()
+
+
+async def test_every_pubsub_connection_killed_under_500_watches_costs_one_gap_each_and_one_connection(
+        server: PrivateRedis, name: str) -> None:
+    """``CLIENT KILL TYPE pubsub``, three times, then a restart of the server: each time every watch gets one gap
+    and the next event, and the store holds one watch connection (the one subscribed)."""
+    client = aioredis.Redis.from_url(server.url, client_name=name)
+    admin = aioredis.Redis.from_url(server.url)
+    try:
+        async with _store(client, name, report_watch_gaps=True) as store:
+            pool = store._watch_client.connection_pool
+            watches = [store.watch("s") for _ in range(500)]
+            for watch in watches:
+                await watch.open()
+            for round_ in range(4):
+                if round_ < 3:
+                    assert await admin.client_kill_filter(_type="pubsub") == 1
+                else:
+                    server.stop()
+                    await server.start()
+                    for stale in (client, admin):  # their idle connections (plain pools) are the old server's
+                        await stale.connection_pool.disconnect()
+                for watch in watches:
+                    with pytest.raises(StreamGapError):
+                        await asyncio.wait_for(anext(watch), 10)
+                await store.set(StreamSetInput(stream_name="s", group_id="g", item_id=f"r{round_}", data=1))
+                assert {await _next_id(watch) for watch in watches} == {f"r{round_}"}
+                assert (len(pool._in_use_connections), len(pool._available_connections)) == (1, 0)
+                assert len(_subscribed(await _ours(admin, name))) == 1
+            for watch in watches:
+                await watch.aclose()
+    finally:
+        await client.aclose()
+        await admin.aclose()
