@@ -75,6 +75,12 @@ _ASYNCIO_DIR = os.path.dirname(asyncio.__file__)
 _STOPPING: ContextVar[StoreCloses | None] = ContextVar("iii_engine_store_closes", default=None)
 
 
+def _task_named(work: Awaitable[Any], what: str) -> asyncio.Future[Any]:
+    """``work`` as a task named after what it is: one let go, still running at the process's exit, is named."""
+    return (asyncio.get_running_loop().create_task(work, name=what) if asyncio.iscoroutine(work)
+            else asyncio.ensure_future(work))
+
+
 async def close_within(ws: ServerConnection, code: int, reason: str,
                        timeout: float = CLOSE_TIMEOUT_S) -> None:  # noqa: ASYNC109 (a deadline for the close alone)
     """Close ``ws`` with ``code`` and ``reason``, resetting it if the close handshake is not over within
@@ -129,15 +135,15 @@ async def stop_within(work: Awaitable[Any], timeout: float, what: str,  # noqa: 
     same way (bounded) and propagates.
 
     Example:
-        >>> async def demo() -> tuple[bool, bool]:
-        ...     quick = await stop_within(asyncio.sleep(0), 1.0, "a quick stop")
-        ...     hung = await stop_within(asyncio.Event().wait(), 0.01, "a hung stop")
-        ...     return quick, hung
+        >>> async def demo() -> list[bool]:
+        ...     async def hung_stop() -> None:
+        ...         await asyncio.Event().wait()
+        ...     return [await stop_within(asyncio.sleep(0), 1.0, "module a's stop"),
+        ...             await stop_within(hung_stop(), 0.01, "module b's stop")]
         >>> asyncio.run(demo())
-        (True, False)
+        [True, False]
     """
-    task = (asyncio.get_running_loop().create_task(work, name=what) if asyncio.iscoroutine(work)
-            else asyncio.ensure_future(work))
+    task = _task_named(work, what)
     try:
         done, _ = await asyncio.wait((task,), timeout=timeout)
     except BaseException:
@@ -194,7 +200,7 @@ class StoreCloses:
     """
 
     def __init__(self) -> None:
-        self._closes: list[tuple[asyncio.Task[Any], str]] = []
+        self._closes: list[tuple[asyncio.Future[Any], str]] = []
         self._taking = True
 
     @contextmanager
@@ -211,9 +217,7 @@ class StoreCloses:
         for it itself)."""
         if not self._taking:
             return False
-        # named after what it is: a close let go and still running at the process's exit is named by that
-        task = (asyncio.get_running_loop().create_task(close, name=what) if asyncio.iscoroutine(close)
-                else asyncio.ensure_future(close))
+        task = _task_named(close, what)
         self._closes.append((task, what))
         return True
 
@@ -245,6 +249,6 @@ class StoreCloses:
         self._let_go(closes)
 
     @staticmethod
-    def _let_go(closes: list[tuple[asyncio.Task[Any], str]]) -> None:
+    def _let_go(closes: list[tuple[asyncio.Future[Any], str]]) -> None:
         for task, _ in closes:
             let_go(task)
