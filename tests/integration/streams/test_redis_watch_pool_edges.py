@@ -1,6 +1,7 @@
 """Edges of a ``RedisStream``'s own watch pool against a real server: ``aclose()`` while the first watch is still
 opening (waiting for the store's full watch pool, or for a server that never answers) ends that open at once; the
-client shapes callers pass (a database other than 0, RESP3, decoded replies, an ACL user in a URL, a unix socket)
+client shapes callers pass (a database other than 0, RESP3, decoded replies, an ACL user in a URL, a unix socket,
+TLS)
 reach the watch connection; many stores on one client; every pub/sub connection killed, and a server restart,
 under 500 watches.
 
@@ -11,7 +12,9 @@ that kill every pub/sub connection or need a unix socket run on a private ``redi
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -174,6 +177,48 @@ async def server(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
         private._cmd += ["--unixsocket", str(tmp_path / "redis.sock"), "--unixsocketperm", "700"]
         await private.start()
         yield private
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """(key, certificate): a throwaway self-signed certificate for 127.0.0.1."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("no openssl command to make a certificate with")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=30)
+    return key, cert
+
+
+@pytest.fixture
+async def tls_server(tmp_path: Path, certificate: tuple[Path, Path]) -> AsyncIterator[tuple[int, Path]]:
+    """A private redis-server that also takes TLS: its TLS port and its certificate."""
+    key, cert = certificate
+    with socket.socket() as spare:
+        spare.bind(("127.0.0.1", 0))
+        tls_port: int = spare.getsockname()[1]
+    with PrivateRedis(tmp_path) as private:
+        private._cmd += ["--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+                         "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"]
+        await private.start()
+        yield tls_port, cert
+
+
+async def test_a_tls_clients_watch_connection_verifies_the_server_as_the_client_does(
+        tls_server: tuple[int, Path], name: str) -> None:
+    """The TLS port takes TLS alone, and the server's certificate verifies only with the caller's CA file: a watch
+    hearing an event there has the caller's connection class and TLS options."""
+    port, cert = tls_server
+    client = aioredis.Redis(host="127.0.0.1", port=port, ssl=True, ssl_ca_certs=str(cert), ssl_cert_reqs="required",
+                            client_name=name)
+    try:
+        async with _store(client, name) as store:
+            assert store._watch_client.connection_pool.connection_class is aioredis.SSLConnection
+            await _round_trip(store, "tls")
+    finally:
+        await client.aclose()
 
 
 async def test_a_unix_socket_clients_watch_connection_uses_the_socket(
