@@ -550,7 +550,8 @@ class _Subscriber:
     output back for it. A lost
     connection is closed and a fresh one subscribed (from the same pool), in that task, with backoff (failures
     logged rate-limited); watchers that were subscribed get :data:`_GAP` once the new one is. Stopped with its last
-    watcher and with the store, which ends every watcher's reads.
+    watcher and with the store, which ends every watcher's reads and fails a first subscribe still under way (waiting
+    for the watch pool or for the server) with :class:`~iii_streams.errors.StreamClosedError` at once.
     """
 
     def __init__(self, store: RedisStream) -> None:
@@ -1335,6 +1336,7 @@ class RedisStream(FieldUpdates):
     async def aclose(self) -> None:
         """End the watches and the batches, and close the clients this store made; idempotent (a call while a close
         is under way returns once that close ended, however it ended: :class:`~iii_streams.close_once.CloseOnce`).
+        A watch still opening gets :class:`~iii_streams.errors.StreamClosedError` at once.
 
         Example:
             >>> import asyncio, fakeredis

@@ -1,12 +1,10 @@
 """Edges of a ``RedisStream``'s own watch pool against a real server: ``aclose()`` while the first watch is still
 opening (waiting for the store's full watch pool, or for a server that never answers) ends that open at once; the
-client shapes callers pass (a database other than 0, RESP3, decoded replies, an ACL user in a URL, a unix socket,
-TLS)
-reach the watch connection; many stores on one client; every pub/sub connection killed, and a server restart,
-under 500 watches.
+client shapes callers pass (database 3, RESP3, decoded replies, an ACL user in a URL, a unix socket, TLS) reach the
+watch connection; many stores on one client; every pub/sub connection killed, and a restart, under 500 watches.
 
 Connections are told apart with ``CLIENT LIST`` by each test's own ``client_name`` (the server is shared); the tests
-that kill every pub/sub connection or need a unix socket run on a private ``redis-server``.
+that kill every pub/sub connection or need a unix socket or TLS run on a private ``redis-server``.
 """
 
 from __future__ import annotations
