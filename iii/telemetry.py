@@ -251,6 +251,9 @@ class TelemetryRuntime:
         # Keys are the client objects themselves (identity), insertion-ordered so a handover picks the oldest.
         self._clients: dict[object, _Client] = {}
         self._clients_lock = threading.Lock()
+        # Clients start on loop threads of their own: two at once both found telemetry off and both set it up (the
+        # second set the process's meter provider again: "Overriding of current MeterProvider is not allowed").
+        self._init_lock = threading.Lock()
 
     def init_otel(
         self,
@@ -260,6 +263,11 @@ class TelemetryRuntime:
         frame_sink: FrameSink | None = None,
     ) -> None:
         """Set up tracing, metrics and logs exporting to ``frame_sink``; later calls only attach what is missing."""
+        with self._init_lock:
+            self._init_otel(config, loop, frame_sink)
+
+    def _init_otel(self, config: OtelConfig | None, loop: asyncio.AbstractEventLoop | None,
+                   frame_sink: FrameSink | None) -> None:
         if self.initialized:
             connection = self.connection
             if connection is not None:
@@ -442,17 +450,18 @@ class TelemetryRuntime:
 
     def _take_state(self) -> list[Any]:
         """Reset the module state and return the providers that still need shutting down."""
-        with self._clients_lock:
-            self._clients.clear()
-        self._uninstrument_urllib()
-        providers = [p for p in (self.tracer_provider, self.meter_provider, self.log_provider) if p is not None]
-        if self.switch is not None:
-            self.switch.target = None
-        self.initialized = False
-        self.tracer_provider = self.tracer = self.meter_provider = self.meter = self.log_provider = None
-        self.handler_spans = None
-        self.connection = None
-        return providers
+        with self._init_lock:  # not half-way through a client's set-up
+            with self._clients_lock:
+                self._clients.clear()
+            self._uninstrument_urllib()
+            providers = [p for p in (self.tracer_provider, self.meter_provider, self.log_provider) if p is not None]
+            if self.switch is not None:
+                self.switch.target = None
+            self.initialized = False
+            self.tracer_provider = self.tracer = self.meter_provider = self.meter = self.log_provider = None
+            self.handler_spans = None
+            self.connection = None
+            return providers
 
     def shutdown_otel(self) -> None:
         """Flush and shut down every provider; telemetry is off until the next ``init_otel``."""
