@@ -54,6 +54,15 @@ TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Log records held back while the engine starts (past this many they are written out as they come).
 STARTUP_LOG_RECORDS = 1000
 
+# The inspection subcommands are dispatched before this parser runs (their flags are their own), so its --help
+# names them here.
+INSPECT_EPILOG = """\
+commands that read a running engine (each has its own --help):
+  logs      the latest log entries of its workers (--follow for new ones)
+  traces    a trace as a tree with durations (--list: the latest root spans)
+  metrics   the metrics its workers reported
+  health    the observability module's health check (exit 1 unless healthy)"""
+
 _log = logging.getLogger(__name__)
 
 
@@ -69,7 +78,8 @@ def _port(text: str) -> int:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the command line (a usage error prints one line and exits with status 2)."""
-    parser = OneLineParser(prog=PROG, description="Run the embedded iii engine.")
+    parser = OneLineParser(prog=PROG, description="Run the embedded iii engine.", epilog=INSPECT_EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default=None, help=f"interface to bind (default {DEFAULT_HOST}; "
                                                       "use 0.0.0.0 for all interfaces)")
     parser.add_argument("--port", type=_port, default=None, help=f"worker port (default {DEFAULT_PORT}; 0 = any)")
