@@ -29,7 +29,7 @@ from examples.channel_demo import pipe_demo
 from iii import InitOptions, register_worker
 from iii.errors import InvocationError
 from iii.iii import III
-from iii_engine import Engine, EngineConfig, ModuleSpec
+from iii_engine import Engine, EngineConfig, EngineStartError, ModuleSpec
 from iii_engine.modules.catalogue import DEFAULT_MODULES
 
 STREAM_MODULE = "modules::stream::StreamModule"
@@ -154,6 +154,10 @@ async def main(argv: list[str] | None = None) -> int:
             print(f"embedded engine at {engine.url}, stream store {store_url}")
             await asyncio.to_thread(functions_and_calls, engine.url)
             await transfer_and_record(engine.url, args.size_mb, args.progress, workdir / "received")
+    except EngineStartError as exc:
+        # a store that cannot be reached is the user's input, not a bug: one line, as iii-engine says it
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     print("done: every step checked out")
