@@ -47,7 +47,7 @@ from iii.protocol.worker_session import (
 )
 from iii.ws_fastpath import flush as flush_frames
 from iii.ws_fastpath import send_server_frame
-from iii_streams.deadlines import finish_within
+from iii_streams.deadlines import finish_within, let_go
 from iii_streams.messages import error_line
 
 from . import closing
@@ -320,6 +320,7 @@ class Engine:
         # the module start the start under way awaits (the wait on it, its task) and its module
         self._module_starting: tuple[asyncio.Future[None], asyncio.Future[None], EngineModule] | None = None
         self.ready = asyncio.Event()  # set once the listener accepts workers
+        self._worker_tasks: set[asyncio.Task[Any]] = set()  # the tasks serving worker connections (_close_listener)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -540,7 +541,8 @@ class Engine:
         stopped answering) hold the stop about 10 s however many there are, instead of 10 s each, and a healthy
         store next to them still gets the whole 10 s to flush. The rest of the stop has bounds of its own (the
         queue module's ``stop_timeout_ms``, 5 s by default, before its store's close; then the workers' sockets, closed
-        side by side within 2 s; then the calls in flight, cancelled and given 2 s to end). A call while a stop is
+        side by side within 2 s, a connection still handling a frame 4 s into the port's close cancelled; then the
+        calls in flight, cancelled and given 2 s to end). A call while a stop is
         under way returns once that stop ended (its stores closed or let go); a call after a stop that was cancelled
         finishes it (the modules it had not reached, then the worker port and the rest). A call during the start
         ends it (see :meth:`start`). A start that fails stops what it started the same way, the failing module's
@@ -630,7 +632,7 @@ class Engine:
         await closes.wait()
         # a channel's loop waiting on its other end (a full queue, no reader) would hold the listener's close
         self.channels.stopping()
-        await self._listener.close()
+        await self._close_listener()
         # a call's task that swallows its cancel (its library's doing) held the stop, and the stop's own cancel,
         # for good: the calls in flight get CLOSE_TIMEOUT_S after their cancel, then are let go
         self._cancelling_calls = True  # a stop() called from one of them is not cancelled with it (_stop_apart)
@@ -645,6 +647,28 @@ class Engine:
         self._undecodable_log.close()
         if self._stopping is not None:
             self._stopping.set()
+
+    async def _close_listener(self) -> None:
+        """Close the worker port, bounded. Its close waits for every connection's handler to return, and a handler
+        still handling a frame (a stopped module's trigger type whose ``register`` never answers) held the engine's
+        stop for good: 2 x :data:`~iii_engine.closing.CLOSE_TIMEOUT_S` into the close (the connections' closes take
+        at most one), the handlers still running are cancelled (their cleanup runs, logged in one warning naming where
+        the first waited), and the close gets CLOSE_TIMEOUT_S more before it is let go."""
+        closing_port = asyncio.ensure_future(self._listener.close())
+        try:
+            done, _ = await asyncio.wait((closing_port,), timeout=2 * closing.CLOSE_TIMEOUT_S)
+        except BaseException:
+            let_go(closing_port)
+            raise
+        if not done:
+            stuck = [task for task in self._worker_tasks if not task.done()]
+            if stuck:
+                log.warning("%d worker connection(s) still handling a frame %g s into the worker port's close "
+                            "(waiting in %s); cancelled", len(stuck), 2 * closing.CLOSE_TIMEOUT_S,
+                            closing.awaiting(stuck[0]) or "?")
+                for task in stuck:
+                    task.cancel()
+        await finish_within(closing_port, closing.CLOSE_TIMEOUT_S, "the worker port's close", log)
 
     def _undecodable(self, worker: WorkerConnection, reason: str) -> None:
         self.undecodable_frames += 1
@@ -860,6 +884,9 @@ class Engine:
                                   ip_address=str(remote[0]) if remote else None, id=worker_id,
                                   wait_closed=ws.wait_closed)
         self.workers[worker.id] = worker
+        serving = asyncio.current_task()
+        if serving is not None:
+            self._worker_tasks.add(serving)
         worker.post(worker.session.registered())
         log.info("worker %s connected from %s", worker.id, worker.ip_address)
         self.emit_worker_event("worker_connected", worker.id)
@@ -897,11 +924,15 @@ class Engine:
             else:
                 log.info("worker %s connection closed (received %s, sent %s)", worker.id, received, sent)
         finally:
-            await worker.outbox.close(flush=False)
-            await self._cleanup(worker)
-            for task in closing:
-                await task
-            self.memory.note()
+            try:
+                await worker.outbox.close(flush=False)
+                await self._cleanup(worker)
+                for task in closing:
+                    await task
+                self.memory.note()
+            finally:
+                if serving is not None:
+                    self._worker_tasks.discard(serving)
 
     async def _parse_big_frame(self, raw: str | bytes) -> Event | None:
         async with self._big_frame_lane:

@@ -4,6 +4,10 @@
   for it for good, and the other modules' stops and the store closes never came. Now it gets
   ``MODULE_STOP_TIMEOUT_S`` (plus what its settings give its stop, ``*stop_timeout_ms``), then is cancelled, given
   ``CLOSE_TIMEOUT_S``, and let go with one warning naming it and where it waited; the engine's stop goes on.
+* A worker connection whose frame is still being handled when the stop closes the worker port (a stopped module's
+  trigger type whose ``register`` never answers): before, the port's close waited for that handler for good. Now the
+  handlers still running ``2 x CLOSE_TIMEOUT_S`` into the close are cancelled, and the close is let go past
+  ``CLOSE_TIMEOUT_S`` more.
 * A module whose start hangs (a store whose open never answers) with no stop asked: before, ``Engine.start()``
   waited for good, a half-started engine saying nothing. Now it gets ``MODULE_START_TIMEOUT_S`` (or its entry's
   ``start_timeout_ms``, or what the module states), then the start fails with one line naming the module, its class
@@ -19,7 +23,10 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
 import pytest
+import websockets
 
+from iii.iii_types import TriggerInfo
+from iii.wire import dumps, loads
 from iii_engine import Engine, EngineConfig, ModuleSpec, closing
 from iii_engine import engine as engine_module
 from iii_engine.closing import close_store
@@ -57,6 +64,7 @@ class _Stuck(EngineModule):
     longer_start_s: ClassVar[float | None] = None
     go: ClassVar[asyncio.Event]
     stop_ended: ClassVar[asyncio.Event]
+    registering: ClassVar[asyncio.Event]
 
     def __init__(self, services: EngineServices, config: Mapping[str, Any] | None = None) -> None:
         super().__init__(services, config)
@@ -73,6 +81,7 @@ class _Stuck(EngineModule):
 
     async def start(self) -> None:
         self.services.register_function(BuiltinFunction("stuck::f", _echo))
+        self.services.register_trigger_type("stuck", "its register waits for go", self)
         if type(self).hang_start:
             await self._wait()
 
@@ -82,6 +91,13 @@ class _Stuck(EngineModule):
                 await self._wait()
         finally:
             type(self).stop_ended.set()
+
+    async def register(self, trigger: TriggerInfo) -> None:
+        type(self).registering.set()
+        await self._wait()
+
+    async def unregister(self, trigger: TriggerInfo) -> None:
+        """Nothing to deactivate."""
 
     def start_timeout_s(self) -> float:
         longer = type(self).longer_start_s
@@ -127,7 +143,7 @@ async def _modules(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[None]:
     monkeypatch.setattr(closing, "MODULE_START_WAIT_S", 0.2)
     _Stuck.hang_start = _Stuck.hang_stop = _Stuck.stubborn = False
     _Stuck.longer_start_s = None
-    _Stuck.go, _Stuck.stop_ended = asyncio.Event(), asyncio.Event()
+    _Stuck.go, _Stuck.stop_ended, _Stuck.registering = asyncio.Event(), asyncio.Event(), asyncio.Event()
     _Recorder.stopped = _Recorder.store_closed = 0
     yield
     _Stuck.go.set()
@@ -237,3 +253,20 @@ async def test_allow_degraded_leaves_a_hung_module_out() -> None:
     finally:
         with contextlib.suppress(Exception):
             await engine.stop()
+
+
+async def test_a_worker_frame_still_handled_does_not_hold_the_port_s_close(caplog: pytest.LogCaptureFixture) -> None:
+    engine = _engine()
+    await engine.start()
+    async with websockets.connect(engine.url) as worker:
+        assert loads(await worker.recv())["type"] == "workerregistered"
+        await worker.send(dumps({"type": "registertrigger", "id": "t1", "trigger_type": "stuck", "function_id": "f",
+                                 "config": {}}))
+        await asyncio.wait_for(_Stuck.registering.wait(), 5)  # its handler now waits on the module for good
+        with caplog.at_level(logging.WARNING, logger="iii_engine"):
+            async with asyncio.timeout(1.5):  # before: the port's close waited for the handler for good
+                await engine.stop()
+    [warning] = _warnings(caplog, "still handling a frame")
+    assert warning.startswith("1 worker connection(s) still handling a frame 0.4 s into the worker port's close")
+    assert "_Stuck._wait" in warning
+    assert engine.workers == {}  # the cancelled handler's cleanup ran
