@@ -133,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{DEFAULT_CONNECT_TIMEOUT_S:g})")
     # usage errors: one line and exit status 2, like every command of the toolkit; --version comes with it
     parser = OneLineParser(prog="iii-channel", description=__doc__.split("\n\n")[0], parents=[common])
-    sub = parser.add_subparsers(dest="command", required=True)
+    # Not required here: argparse reports a missing subcommand before an unknown argument, so ``iii-channel
+    # --bogus`` said "arguments are required: command" without naming --bogus; parse_args checks it afterwards.
+    sub = parser.add_subparsers(dest="command", metavar="{send,serve}")
     send = sub.add_parser("send", help="send FILE (or - for stdin) to a function", parents=[common])
     send.add_argument("file", help="file to send, or - for stdin")
     send.add_argument("--to", required=True, help="function id that receives {reader, name, size}")
@@ -156,6 +158,20 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fail a transfer whose sender sends nothing this long; with --out - the next sender "
                             f"waits at most this long behind a stalled one (default {DEFAULT_IDLE_TIMEOUT_S:g})")
     return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """``argv`` parsed by ``parser`` (:func:`build_parser`), a usage error (one line, exit status 2) naming an
+    unknown argument first, then a missing subcommand.
+
+    Example:
+        >>> parse_args(build_parser(), ["send", "-", "--to", "x"]).command
+        'send'
+    """
+    args = parser.parse_args(argv)  # an unknown argument is named here, before the subcommand is checked
+    if args.command is None:
+        parser.error("the following arguments are required: a command (send or serve)")
+    return args
 
 
 def _seconds(text: str) -> float:
@@ -648,7 +664,7 @@ def main(argv: list[str] | None = None) -> int:
         1
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     try:
         check_url(_engine(args))
     except (TypeError, ValueError) as exc:

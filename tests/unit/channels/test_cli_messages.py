@@ -1,0 +1,22 @@
+"""``iii-channel``'s one-line messages name what the reader of them can act on."""
+
+from __future__ import annotations
+
+import pytest
+
+from iii_channels.cli import main
+
+
+def test_an_unknown_argument_is_named_before_the_missing_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--bogus"])
+    assert exited.value.code == 2
+    # before: "iii-channel: the following arguments are required: command" (--bogus never named)
+    assert capsys.readouterr().err == "iii-channel: unrecognized arguments: --bogus (see iii-channel --help)\n"
+
+
+def test_no_command_is_still_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([])
+    assert exited.value.code == 2
+    assert "required: a command (send or serve)" in capsys.readouterr().err
