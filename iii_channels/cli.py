@@ -260,7 +260,8 @@ def _directory_target(directory: Path, name: object, overwrite: bool) -> Path:
     """
     target = directory / checked_file_name("received" if name is None else str(name))
     if not overwrite and os.path.lexists(target):
-        raise FileExistsError(f"{target} already exists; pass --overwrite to replace it")
+        # the sender reads this too, and cannot pass serve's flag: say whose file it is and where the flag goes
+        raise FileExistsError(f"{target} already exists on the receiver (serve --overwrite replaces files)")
     return target
 
 

@@ -184,8 +184,8 @@ async def test_existing_file_is_refused_unless_overwrite(
     sender, served = await send_once("files::two", second)
     assert sender.rc == 1 and served.rc == 1
     assert sender.stdout == b""
-    assert sender.stderr.strip() == (f"iii-channel: error: files::two failed: {out / 'same.bin'} already exists; "
-                                     "pass --overwrite to replace it")
+    assert sender.stderr.strip() == (f"iii-channel: error: files::two failed: {out / 'same.bin'} already exists "
+                                     "on the receiver (serve --overwrite replaces files)")
     assert "Traceback" not in served.stderr and "already exists" in served.stderr
     assert (out / "same.bin").read_bytes() == first.read_bytes()
     assert sorted(p.name for p in out.iterdir()) == ["same.bin"]
