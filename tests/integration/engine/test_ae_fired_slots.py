@@ -4,8 +4,10 @@ A coroutine cancelled before its first step never enters its ``try``, so its ``f
 back) never runs. Invocations.close() already gave back what its own such tasks hold; the pub/sub condition checks
 (``_fire_if``), a trigger set's dispatch task (``_run_each``: one slot per matching trigger) and a cron tick's
 task (``_fire``) kept theirs past the stop: an engine started again had that many slots fewer, for good (with
-``max_fired_calls`` 1, it fired nothing any more). Each test stops the engine in the very turn the task was made,
-then starts the same Engine object again.
+``max_fired_calls`` 1, it fired nothing any more). Each test stops the module in the very turn the task was made, as
+the engine's stop does (the module's own stop), then stops and starts the same Engine object again. The engine's stop
+itself no longer produces the case: it runs in a task of its own and each module's stop in a task too, so the module's
+tasks, made before them, run first.
 """
 
 from __future__ import annotations
@@ -33,7 +35,11 @@ def _engine(module: str, max_fired_calls: int = 10) -> Engine:
                                       max_fired_calls=max_fired_calls))
 
 
-async def _restart_keeps_every_slot(engine: Engine) -> None:
+async def _restart_keeps_every_slot(engine: Engine, module: EngineModule) -> None:
+    """Stop ``module`` in this turn (its tasks made in this turn are cancelled before their first step), then
+    restart the engine: every slot is free."""
+    await module.stop()  # the module's own stop, as the engine's calls it: nothing in between yields to its tasks
+    assert engine.fired_calls.stats()["in_flight"] == 0
     await engine.stop()
     assert engine.fired_calls.stats()["in_flight"] == 0
     await engine.start()
@@ -67,11 +73,11 @@ async def test_pubsub_condition_checks_cancelled_at_stop_before_they_ran_give_th
         for n in range(3):
             await pubsub.register(TriggerInfo(id=f"t{n}", trigger_type="subscribe", function_id="sub::f",
                                               config={"topic": "news", "condition_function_id": "sub::cond"}))
-        # the publish takes a slot per subscriber and starts their condition checks, and the engine stops in
+        # the publish takes a slot per subscriber and starts their condition checks, and the module stops in
         # the same turn (nothing in between yields to them)
         await engine.invoke("publish", {"topic": "news", "data": 1})
         assert engine.fired_calls.stats()["in_flight"] == 3
-        await _restart_keeps_every_slot(engine)
+        await _restart_keeps_every_slot(engine, pubsub)
         assert checked == []  # the checks never ran: the case under test
 
 
@@ -84,7 +90,7 @@ async def test_state_trigger_dispatch_cancelled_at_stop_before_it_ran_gives_ever
                                                       config={}))
         await engine.invoke("state::set", {"scope": "s", "key": "k", "value": 1})
         assert engine.fired_calls.stats()["in_flight"] == 4  # one task holding the four slots, not yet run
-        await _restart_keeps_every_slot(engine)
+        await _restart_keeps_every_slot(engine, state)
         assert handled == []  # the dispatch task never ran: the case under test
 
 
@@ -113,5 +119,5 @@ async def test_a_cron_tick_cancelled_at_stop_before_it_ran_gives_its_slot_back(m
         # that task's first step.
         await asyncio.sleep(0)
         assert engine.fired_calls.stats()["in_flight"] == 1
-        await _restart_keeps_every_slot(engine)
+        await _restart_keeps_every_slot(engine, cron)
         assert locked == []  # the tick's task never ran: the case under test
