@@ -5,10 +5,13 @@ logs|traces|metrics|health`` read a running engine).
 Prints ``iii engine listening on ws://host:port`` on stdout once it accepts workers (tests wait for that line)
 and stops cleanly on SIGINT/SIGTERM.
 
-When it cannot start it prints one line ``iii-engine: <why>`` on stderr and exits with 2 for a usage error (bad
-flag, bad configuration file) or 1 for a start-up failure (a port taken, a configured module that cannot start);
-nothing it had started is left running. Log records go to stderr, as text for people (``--log-format text``, the
-default) or one JSON object per line for machines (``--log-format json``); logger names are module paths.
+When it cannot start it prints one line ``iii-engine: <why>`` on stderr and exits with 2 for a usage error (a bad
+flag; a bad configuration file, an unknown module class or a setting its module refuses included, with the closest
+known name when there is one) or 1 for a start-up failure (a port taken, a store unreachable, a module not
+implemented here); nothing it had started is left running. ``--allow-degraded`` starts without a configured module
+that cannot start, a misconfigured one included (logged as not available).
+Log records go to stderr, as text for people (``--log-format text``, the default) or one JSON object per line for
+machines (``--log-format json``); logger names are module paths.
 ``--event-loop uvloop`` runs the engine on uvloop (the ``uvloop`` extra; without it the start stops with one line
 naming the extra); the loop in use is logged at INFO (``event loop: uvloop.Loop``).
 Log records of a failed start-up below WARNING are dropped (shown with ``--log-level DEBUG``), so the reason is not
@@ -24,8 +27,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import difflib
 import json
 import logging
+import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -44,7 +49,7 @@ from .gc_policy import tune_gc
 from .inspect_cli import COMMANDS as INSPECT_COMMANDS
 from .inspect_cli import main as inspect_main
 from .modules.base import EngineStartError, ModuleSpec, ModuleStartError
-from .modules.catalogue import default_specs
+from .modules.catalogue import CATALOGUE, ModuleUnavailable, default_specs
 
 PROG = "iii-engine"
 READY_PREFIX = "iii engine listening on "
@@ -181,6 +186,50 @@ async def _stop_during_start(engine: Engine, starting: asyncio.Future[None]) -> 
         await starting
 
 
+def start_failure(exc: EngineStartError) -> tuple[int, str]:
+    """The exit status and the line for an engine that could not start.
+
+    A module entry the configuration got wrong (an unknown class, a setting its module refuses) is a usage error
+    like a bad file, status 2, with the closest name it may have meant (``--allow-degraded`` would only hide the
+    typo); a module that failed to start at run time (store unreachable, port taken, not implemented here) is
+    status 1, with the hint that the engine can start without it.
+
+    Example:
+        >>> bad_key = ConfigError("unknown key 'prot' (allowed: host, port)", "modules[0].config")
+        >>> failure = ModuleStartError("modules::api::RestApiModule", bad_key)
+        >>> failure.__cause__ = bad_key  # as the engine raises it
+        >>> print(*start_failure(failure))
+        2 module modules::api::RestApiModule: modules[0].config: unknown key 'prot' (did you mean 'port'? allowed: \
+host, port)
+        >>> print(*start_failure(ModuleStartError("modules::stream::StreamModule", "Redis unreachable")))
+        1 module modules::stream::StreamModule cannot start: Redis unreachable (to start without it: --allow-degraded)
+    """
+    if not isinstance(exc, ModuleStartError):
+        return 1, str(exc)
+    cause = exc.__cause__
+    if isinstance(cause, ModuleUnavailable) and exc.module not in CATALOGUE:
+        hint = "" if "did you mean" in exc.reason else f" (known: {', '.join(sorted(CATALOGUE))})"
+        return 2, f"{exc.reason}{hint}"
+    if isinstance(cause, ConfigError):
+        return 2, f"module {exc.module}: {_with_closest_key(exc.reason)}"
+    return 1, f"{exc} (to start without it: --allow-degraded)"
+
+
+_UNKNOWN_KEY = re.compile(r"unknown key '(?P<key>[^']*)' \(allowed: (?P<allowed>[^)]*)\)")
+
+
+def _with_closest_key(reason: str) -> str:
+    """``reason`` with the allowed key closest to an unknown one named before the list of every allowed key."""
+    found = _UNKNOWN_KEY.search(reason)
+    if found is None:
+        return reason
+    near = difflib.get_close_matches(found["key"], found["allowed"].split(", "), n=1, cutoff=0.6)
+    if not near:
+        return reason
+    at = found.start("allowed") - len("allowed: ")
+    return f"{reason[:at]}did you mean {near[0]!r}? {reason[at:]}"
+
+
 class JsonLogFormatter(logging.Formatter):
     """One JSON object per record, on one line: ``time`` (UTC, ISO 8601), ``level``, ``logger`` (the module path
     that logged it), ``message``, and ``exception`` when there is one.
@@ -262,9 +311,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except EngineStartError as exc:
         log.failed()
-        hint = " (to start without it: --allow-degraded)" if isinstance(exc, ModuleStartError) else ""
-        print(f"{PROG}: {exc}{hint}", file=sys.stderr)
-        return 1
+        status, line = start_failure(exc)
+        print(f"{PROG}: {line}", file=sys.stderr)
+        return status
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
         log.failed()
         return 130

@@ -113,9 +113,10 @@ def test_bad_store_url_in_the_config_stops_the_engine_with_one_line(tmp_path: Pa
     config = tmp_path / "engine.yaml"
     config.write_text(f"modules:\n  - class: {STREAM}\n"
                       f"    config: {{host: 127.0.0.1, port: {free_port()}, store_url: 'bad://x'}}\n")
-    line = one_error_line(engine_cli("--port", "0", "--config", str(config)), 1)
-    assert line.startswith(f"iii-engine: module {STREAM} cannot start: modules[0].config.store_url: ")
-    assert "unsupported stream URL scheme 'bad'" in line and "--allow-degraded" in line
+    # a setting the module refuses is a usage error, as a bad file is (it was exit 1 with an --allow-degraded hint)
+    line = one_error_line(engine_cli("--port", "0", "--config", str(config)), 2)
+    assert line.startswith(f"iii-engine: module {STREAM}: modules[0].config.store_url: ")
+    assert "unsupported stream URL scheme 'bad'" in line and "--allow-degraded" not in line
 
 
 def test_redis_down_stops_the_engine_and_never_prints_the_password() -> None:
@@ -150,7 +151,7 @@ def test_missing_extra_is_named(tmp_path: Path) -> None:
 def test_unknown_module_class_fails_with_a_suggestion(tmp_path: Path) -> None:
     config = tmp_path / "typo.yaml"
     config.write_text("modules:\n  - class: modules::stream::StreamModul\n")
-    line = one_error_line(engine_cli("--port", "0", "--config", str(config)), 1)
+    line = one_error_line(engine_cli("--port", "0", "--config", str(config)), 2)
     assert "unknown module class 'modules::stream::StreamModul' (did you mean 'modules::stream::StreamModule'?)" \
         in line
 
