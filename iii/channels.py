@@ -753,6 +753,10 @@ class ChannelWriter:
         self._closed = True
         if self._error is None:
             self._error = ChannelClosedError(f"channel {self._channel_id} aborted", channel_id=self._channel_id)
+        if self._pump is asyncio.current_task():
+            # The queue's pump cut off (by its loop's end: an asyncio.run that returns cancels it once): the abort
+            # must not cancel it again, its wait below is what keeps that loop running until the abort is out.
+            self._pump = None
         self._aborting = asyncio.ensure_future(self._abort_here(what))
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.shield(self._aborting)
@@ -876,8 +880,9 @@ class ChannelWriter:
             self._end = self._home.end = connecting.result()
 
     async def _send(self, data: bytes | bytearray | memoryview | str, cut_off: str | None = None) -> None:
-        """One write's frames; cancelled part-way, the stream is aborted with ``cut_off`` as its reason (the
-        queue's pump passes none: it is cancelled by an abort, or with its loop)."""
+        """One write's frames; cancelled part-way, the stream is aborted with ``cut_off`` as its reason, unless
+        it failed already (an abort cancels the queue's pump; a sync call's write, passing none, aborts with its
+        own reason)."""
         # One lock around connect + all frames of one write, so concurrent writers never interleave frames.
         async with self._send_lock:
             if self._error is not None:
@@ -901,7 +906,7 @@ class ChannelWriter:
                 # write of several frames cut off here may have sent some of them: a close after it would hand the
                 # reader a short stream as a whole one. (Cancelled before this, nothing of it was sent: the writer
                 # goes on.)
-                if several_frames and cut_off is not None:
+                if several_frames and cut_off is not None and self._error is None:  # (set: aborted already)
                     await self._abort_cut_off(cut_off)
                 raise
             except ChannelEndClosed as exc:
@@ -930,7 +935,7 @@ class ChannelWriter:
             while self._queue:
                 data, future = self._queue[0]
                 try:
-                    await self._send(data)
+                    await self._send(data, "a queued write was cut off part-way (its event loop ending?)")
                 except BaseException as exc:
                     self._fail_queue(exc if isinstance(exc, ChannelError) else ChannelClosedError(
                         f"channel {self._channel_id}: write cancelled", channel_id=self._channel_id))
