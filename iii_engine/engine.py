@@ -313,7 +313,6 @@ class Engine:
         self._start_ended: asyncio.Event | None = None  # set when the latest start ended (done or failed)
         self._stop_asked = False  # stop() was called during the start under way
         self._stop_task: asyncio.Future[None] | None = None  # the latest stop's task (see _stop_apart)
-        self._cancelling_calls = False  # the stop under way is cancelling the calls in flight
         # the modules the latest stop has yet to stop, None once a stop ended: a stop() after a cancelled one
         # finishes it (the modules it had not reached, the worker port, the calls in flight)
         self._not_stopped: list[EngineModule] | None = None
@@ -542,12 +541,14 @@ class Engine:
         store next to them still gets the whole 10 s to flush. The rest of the stop has bounds of its own (the
         queue module's ``stop_timeout_ms``, 5 s by default, before its store's close; then the workers' sockets, closed
         side by side within 2 s, a connection still handling a frame 4 s into the port's close cancelled; then the
-        calls in flight, cancelled and given 2 s to end). A call while a stop is
-        under way returns once that stop ended (its stores closed or let go); a call after a stop that was cancelled
-        finishes it (the modules it had not reached, then the worker port and the rest). A call during the start
-        ends it (see :meth:`start`). A start that fails stops what it started the same way, the failing module's
-        store close sharing that one deadline. Called from a call in flight (a built-in function stopping the
-        engine), the stop's cancel of the calls in flight cancels that call, not the stop: the stop goes on to its end.
+        calls in flight, cancelled and given 2 s to end). A stop once begun goes on to its end whatever cancels its
+        caller: that cancel (a call deadline, ``asyncio.wait_for``, the REST API module's stop or the stop's own cancel
+        of the calls in flight when a built-in function stops the engine) only ends the caller's wait. A call while a
+        stop is under way returns once that stop ended (its stores closed or let go); a call after a stop that was cut
+        off all the same (the stop of what a start had started, cancelled with the start's caller) finishes it (the
+        modules it had not reached, then the worker port and the rest). A call during the start ends it (see
+        :meth:`start`). A start that fails stops what it started the same way, the failing module's store close
+        sharing that one deadline.
         Each module's stop gets :data:`~iii_engine.closing.MODULE_STOP_TIMEOUT_S` (10 s) beyond what its settings give
         it (:meth:`~EngineModule.stop_timeout_s`: the queue module's ``stop_timeout_ms``); past it the stop is
         cancelled, given 2 s, then let go with one warning naming the module and where it waited, and the next
@@ -567,25 +568,18 @@ class Engine:
         await self._stop_apart()
 
     async def _stop_apart(self) -> None:
-        """:meth:`_stop` in a task of its own: a caller that is a call in flight is cancelled by the stop's own
-        cancel of the calls, which cancelled the stop half-way when it ran in the caller's task (the stop never
-        ended). Any other cancel of the caller cancels the stop, as before (a later stop() finishes it)."""
+        """:meth:`_stop` in a task of its own, which goes on to its end whatever cancels this caller: a cancel of the
+        caller only ends the caller's wait (a later :meth:`stop` waits for this one). Run in the caller's task, or
+        cancelled with it, the stop was cut off half-way by any cancel of a call that stops the engine (a built-in
+        stopping it, whose call the REST API module's stop, a call deadline or the stop's own cancel of the calls in
+        flight cancelled): serve_forever never returned and the rest of the stop was left to a later call."""
         stopping = asyncio.ensure_future(self._stop(StoreCloses()))
         self._stop_task = stopping  # referenced until it ends, whoever still waits for it
         try:
             await asyncio.shield(stopping)
         except asyncio.CancelledError:
-            if self._cancelling_calls and not stopping.done():
-                # the stop is cancelling the calls in flight, this one among them: it goes on without this caller
-                stopping.add_done_callback(_log_stop_failure)
-                raise
-            stopping.cancel()
-            # as long as it took when the stop ran in the caller's task, bounded: past it, let go as finish_within does
-            await asyncio.wait((stopping,), timeout=closing.CLOSE_TIMEOUT_S)
             if not stopping.done():
-                log.warning("the engine's stop did not end within %g s of its cancel; let go",
-                            closing.CLOSE_TIMEOUT_S)
-                stopping.add_done_callback(_log_stop_failure)
+                stopping.add_done_callback(_log_stop_failure)  # nobody waits for its outcome any more
             raise
 
     async def _end_module_start(self) -> None:
@@ -635,11 +629,7 @@ class Engine:
         await self._close_listener()
         # a call's task that swallows its cancel (its library's doing) held the stop, and the stop's own cancel,
         # for good: the calls in flight get CLOSE_TIMEOUT_S after their cancel, then are let go
-        self._cancelling_calls = True  # a stop() called from one of them is not cancelled with it (_stop_apart)
-        try:
-            await finish_within(self.invocations.close(), closing.CLOSE_TIMEOUT_S, "the calls in flight", log)
-        finally:
-            self._cancelling_calls = False
+        await finish_within(self.invocations.close(), closing.CLOSE_TIMEOUT_S, "the calls in flight", log)
         self.fired_calls.close()
         self.worker_calls.close()
         await self.channels.close()

@@ -3,8 +3,9 @@ whose start hangs.
 
 * ``start()`` while a stop is under way: before, the start went ahead on top of the stop, which then closed the
   worker port the start had just bound: ``ready`` set, nothing listening.
-* ``start()`` after a cancelled stop: before, the old worker port (and the modules the cancelled stop had not
-  reached) were forgotten, never closed: the port kept accepting after the next stop too.
+* ``start()`` after a stop whose caller was cancelled (the stop goes on): before, the old worker port (and the modules
+  the stop, then cancelled with its caller, had not reached) were forgotten, never closed: the port kept accepting
+  after the next stop too. Now the start waits for that stop.
 * ``start()`` while a start is under way: before, it returned at once, the engine not accepting workers yet (and
   returned normally even when that start failed).
 * ``stop()`` while a module's start hangs (a store that never answers its open): before, the stop waited for good;
@@ -97,7 +98,7 @@ async def test_a_start_during_a_stop_starts_once_the_stop_ended() -> None:
         await asyncio.wait_for(engine.stop(), 20)
 
 
-async def test_a_start_after_a_cancelled_stop_finishes_that_stop_first() -> None:
+async def test_a_start_after_a_stop_whose_caller_was_cancelled_lets_that_stop_end_first() -> None:
     engine = Engine(config=engine_config())
     await engine.start()
     old_port = engine.port
@@ -111,7 +112,7 @@ async def test_a_start_after_a_cancelled_stop_finishes_that_stop_first() -> None
     release.set()
     await asyncio.wait_for(engine.start(), 20)
     try:
-        assert stream_stopped.is_set()  # the module the cancelled stop had not reached
+        assert stream_stopped.is_set()  # the module the stop had not reached at its caller's cancel
         assert not await _accepts(old_port)  # before: the old worker port, forgotten, accepted for good
         assert engine.port != old_port and await _accepts(engine.port)
     finally:
