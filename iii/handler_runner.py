@@ -36,13 +36,22 @@ Outcome = tuple[Any, dict[str, Any] | None, str | None]
 class HandlerRunner:
     """The local handlers by function id, and how to run one."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, on_exit: Callable[[], None] | None = None) -> None:
+        """``on_exit``: called once when the interpreter's exit starts (see :class:`HandlerThreads`)."""
         self._address = address  # channel refs in payloads are opened against this engine
         # function id -> (handler, whether it is async, its span's name: one string per function, not per call)
         self._handlers: dict[str, tuple[Callable[[Any], Any], bool, str]] = {}
         # Not the loop's default executor: sync handlers calling back into sync handlers of this process starved it.
-        self.threads = HandlerThreads()
+        self.threads = HandlerThreads(on_exit=on_exit)
         self._running = _Running()
+        self._refusing: str | None = None  # why new sync runs are refused (refuse()), if they are
+
+    def refuse(self, why: str) -> None:
+        """From now on a sync handler's run is refused before it starts: its caller gets an ``invocation_failed``
+        error saying ``why``, and nothing is logged per run (one line says it all at :meth:`close`). A run that
+        the handler threads refuse (the interpreter's exit) is answered so too."""
+        if self._refusing is None:
+            self._refusing = why
 
     def close(self, spare_thread: int | None = None) -> None:
         """No more sync handler runs: queued ones are cancelled, idle threads end. A sync handler still running is
@@ -52,9 +61,10 @@ class HandlerRunner:
         self.threads.shutdown(wait=False, cancel_futures=True)
         running = self._running.now(spare_thread)
         if running:
-            log.warning("Shut down with %d sync handler run(s) still going on the handler threads (%s); they run on "
+            why = f"{self._refusing[:1].upper()}{self._refusing[1:]}: shut down" if self._refusing else "Shut down"
+            log.warning("%s with %d sync handler run(s) still going on the handler threads (%s); they run on "
                         "(a thread cannot be stopped) and the process waits for them to return before it exits, "
-                        "with no time limit", sum(running.values()),
+                        "with no time limit", why, sum(running.values()),
                         ", ".join(f"{fid} x{n}" if n > 1 else fid for fid, n in sorted(running.items()))[:1000])
 
     def add(self, function_id: str, handler: Callable[[Any], Any]) -> None:
@@ -85,6 +95,8 @@ class HandlerRunner:
             return (None, {"code": "function_not_found", "message": f"Function '{function_id}' not found"},
                     None), _nothing
         handler, is_async, span_name = entry
+        if not is_async and self._refusing is not None:
+            return (None, {"code": "invocation_failed", "message": _refused(self._refusing)}, None), _nothing
         try:
             if not no_channel_refs:
                 data = resolve_channels(data, self._address)
@@ -108,6 +120,8 @@ class HandlerRunner:
             log.error("Handler %s raised %s", function_id, type(exc).__name__, exc_info=exc)
             return (None, {"code": "invocation_failed", "message": describe_base_exception(exc),
                            "stacktrace": traceback.format_exc()}, None), _nothing
+        if isinstance(error, _RefusedError):  # (no handler ran; the exit is said once, by the client's shutdown)
+            return (None, {"code": "invocation_failed", "message": _refused(str(error))}, None), _nothing
         if error is not None:
             log.error("Error in handler %s: %s", function_id, error)
             return (None, {"code": "invocation_failed", "message": str(error), "stacktrace": stack},
@@ -117,6 +131,14 @@ class HandlerRunner:
 
 def _nothing() -> None:
     """The ``end`` of a run that opened no span."""
+
+
+def _refused(why: str) -> str:
+    return f"the worker is shutting down ({why}): its sync handlers take no new runs"
+
+
+class _RefusedError(Exception):
+    """The handler threads refused a run (the interpreter's exit, or they were shut down): no handler ran."""
 
 
 def handler_raised(exc: BaseException) -> bool:
@@ -183,8 +205,13 @@ def _bind_sync(handler: Callable[[Any], Any], data: Any, threads: HandlerThreads
     async def run_sync() -> Any:
         # copy_context carries the trace context into the handler thread (run_in_executor does not).
         ctx = contextvars.copy_context()
-        result = await asyncio.get_running_loop().run_in_executor(threads, _run_guarded, ctx, handler, data,
-                                                                  function_id, running)
+        try:
+            ran = asyncio.get_running_loop().run_in_executor(threads, _run_guarded, ctx, handler, data, function_id,
+                                                             running)
+        except RuntimeError as exc:  # (the submit's refusal, and only that: nothing ran yet)
+            raise _RefusedError("the client was shut down" if threads.closing else "the interpreter is exiting") \
+                from exc
+        result = await ran
         if inspect.isawaitable(result):
             result = await result
         return result

@@ -15,6 +15,13 @@ blocked thread keeps its slot, as on the default executor, and the caller's time
 whose executor lacks the internals this relies on (:data:`BLOCKING_MISSING` not empty) :func:`blocked` changes
 nothing.
 
+A pool made with ``on_exit`` calls it once when the interpreter starts its exit (the main thread returned, or a
+Ctrl-C's ``KeyboardInterrupt`` left it): from then on the interpreter refuses new runs on every executor and waits,
+with no bound, for the runs going on. The hook is ``threading._register_atexit`` (the one concurrent.futures uses; it
+runs before the interpreter joins the executors' threads); on a Python without it (:data:`EXIT_HOOK_MISSING` not
+empty), the first run the pool refuses while not shut down calls ``on_exit`` instead (the interpreter's refusal: a
+new run coming in, a cron tick say, is what shows it).
+
 Example:
     >>> pool = HandlerThreads(limit=2)
     >>> pool.submit(sum, [1, 2]).result(5)
@@ -24,15 +31,20 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+import weakref
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
-__all__ = ["BLOCKING_MISSING", "DEFAULT_MAX_THREADS", "HandlerThreads", "blocked", "default_limit"]
+__all__ = ["BLOCKING_MISSING", "DEFAULT_MAX_THREADS", "EXIT_HOOK_MISSING", "HandlerThreads", "blocked",
+           "default_limit"]
 
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 _local = threading.local()  # .pool: the HandlerThreads whose thread this is
 
 
@@ -60,6 +72,44 @@ DEFAULT_MAX_THREADS: Final = 256
 for their timeout, as they all did on the default executor)."""
 
 
+def _probe_exit_hook() -> tuple[str, ...]:
+    """The interpreter-exit hook :class:`HandlerThreads` uses for ``on_exit``, if this Python lacks it."""
+    return () if callable(getattr(threading, "_register_atexit", None)) else ("threading._register_atexit",)
+
+
+EXIT_HOOK_MISSING: tuple[str, ...] = _probe_exit_hook()
+"""What :func:`_probe_exit_hook` found missing (empty: ``on_exit`` runs as the interpreter's exit starts; otherwise
+at the first run refused after it)."""
+
+# The pools with an on_exit, told as the interpreter's exit starts (weakly: a client dropped unclosed is not kept).
+_WATCHED: weakref.WeakSet[HandlerThreads] = weakref.WeakSet()
+_watched_lock = threading.Lock()
+_hooked = False
+
+
+def _watch(pool: HandlerThreads) -> None:
+    """Tell ``pool`` (its ``on_exit``) when the interpreter's exit starts; the hook is registered by the first pool.
+    Registered after concurrent.futures' own (imported above), it runs before that one joins the pools' threads."""
+    global _hooked
+    with _watched_lock:
+        _WATCHED.add(pool)
+        if _hooked or EXIT_HOOK_MISSING:
+            return
+        try:
+            threading._register_atexit(_interpreter_exiting)  # type: ignore[attr-defined]
+        except RuntimeError:  # already exiting (a pool made by a thread then): the refusal tells it instead
+            return
+        _hooked = True
+
+
+def _interpreter_exiting() -> None:
+    """The interpreter's exit has started: tell every watched pool."""
+    with _watched_lock:
+        pools = list(_WATCHED)
+    for pool in pools:
+        pool.exiting()
+
+
 def _mark(pool: HandlerThreads) -> None:
     _local.pool = pool
 
@@ -68,7 +118,7 @@ class HandlerThreads(ThreadPoolExecutor):
     """Threads for sync handlers; see the module docstring."""
 
     def __init__(self, limit: int | None = None, name: str = "iii-handler",
-                 max_threads: int = DEFAULT_MAX_THREADS) -> None:
+                 max_threads: int = DEFAULT_MAX_THREADS, on_exit: Callable[[], None] | None = None) -> None:
         limit = default_limit() if limit is None else limit
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
@@ -76,6 +126,49 @@ class HandlerThreads(ThreadPoolExecutor):
             raise ValueError(f"max_threads must be >= limit ({limit}), got {max_threads}")
         self._ceiling = max_threads
         super().__init__(max_workers=limit, thread_name_prefix=name, initializer=_mark, initargs=(self,))
+        self._on_exit = on_exit
+        self._closing = False  # shutdown() was called: a refusal after it is ours, not the interpreter's
+        self._told = threading.Lock()  # held once on_exit has been called: it is called once
+        if on_exit is not None:
+            _watch(self)
+
+    def exiting(self) -> None:
+        """The interpreter's exit has started: call ``on_exit`` (once; not after :meth:`shutdown`). Its exception is
+        logged: the other pools are told still.
+
+        Example:
+            >>> told = []
+            >>> pool = HandlerThreads(on_exit=lambda: told.append(1))
+            >>> pool.exiting(); pool.exiting(); told
+            [1]
+            >>> pool.shutdown()
+        """
+        if self._on_exit is None or self._closing or not self._told.acquire(blocking=False):
+            return
+        try:
+            self._on_exit()
+        except Exception:
+            log.exception("Handler threads %r: their on_exit failed as the interpreter's exit started", self)
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        try:
+            return super().submit(fn, *args, **kwargs)
+        except RuntimeError:
+            # Not shut down by us: the interpreter's exit refused it (without the hook, the first sign of that exit).
+            if not self._closing:
+                self.exiting()
+            raise
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._closing = True
+        with _watched_lock:
+            _WATCHED.discard(self)
+        super().shutdown(wait=wait, cancel_futures=cancel_futures)
+
+    @property
+    def closing(self) -> bool:
+        """Whether :meth:`shutdown` was called."""
+        return self._closing
 
     @property
     def threads(self) -> int:

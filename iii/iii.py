@@ -129,7 +129,10 @@ class III:
         if not send_timeout_ms:
             raise ValueError("send_timeout_ms must be a number of milliseconds > 0, got 0")
         self._session = ClientSession()
-        self._runner = HandlerRunner(self._address)
+        # Told as the interpreter's exit starts: a worker whose main thread ended (or was ended by Ctrl-C) without a
+        # shutdown stayed connected while the interpreter waited for its sync handlers, each invocation meanwhile
+        # refused with an error line of its own.
+        self._runner = HandlerRunner(self._address, on_exit=self._interpreter_exiting)
         self._trigger_host = TriggerTypeHost()
         self._telemetry = TelemetryWiring()
         # Run on the handler threads, only the newest list waiting (each is the whole set): see iii.callback_set.
@@ -413,6 +416,22 @@ class III:
         self._outside_shutdowns.add(task)
         task.add_done_callback(self._outside_shutdowns.discard)
         await asyncio.shield(task)
+
+    def _interpreter_exiting(self) -> None:
+        """The interpreter's exit has started (called once, by the handler threads: see
+        :class:`~iii.handler_threads.HandlerThreads`): from then on it refuses new sync handler runs and waits for
+        those going on. Refuse them here first, each with an error for its caller and no line of its own, and shut
+        down, so the engine routes nothing more here; the shutdown names the runs the process waits for, in one line.
+        On the loop thread (the first refused run, on a Python without the exit hook) the shutdown runs on as a
+        task, the loop ending after it."""
+        self._runner.refuse("the interpreter is exiting")
+        bridge: LoopBridge | None = getattr(self, "_bridge", None)  # (None: the exit started before __init__ ended)
+        if bridge is None or not bridge.alive:
+            return
+        if bridge.on_loop_thread():
+            bridge.spawn(self._shutdown_then_end())
+        else:
+            self.shutdown()
 
     async def _shutdown_from_outside(self) -> None:
         """:meth:`shutdown_async` from another loop: the shutdown on the client's loop, then the loop's end."""
