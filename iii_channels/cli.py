@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -656,6 +657,14 @@ def _reclaim_report(directory: Path) -> str:
     return f"removed {len(removed)} stale partial file(s) ({size} bytes) in {directory}"
 
 
+def _freeze_imports() -> None:
+    """Move what the imports made (modules, classes, functions: alive until the process ends) out of the garbage
+    collector's sight. The interpreter's end collects several times over every object; over these that took
+    0.1 s of CPU, 0.5-0.7 s on a loaded machine, most of the time ``serve`` took to exit on SIGTERM (its own stop
+    takes ~10 ms), and 0.008 s once frozen."""
+    gc.freeze()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``iii-channel`` console script; returns the exit status. Paths are checked before
     connecting, so a missing file fails at once (one line on stderr, status 1).
@@ -664,6 +673,8 @@ def main(argv: list[str] | None = None) -> int:
         >>> main(["send", "/nonexistent/x.bin", "--to", "files::receive", "--engine", "ws://127.0.0.1:49134"])
         1
     """
+    if argv is None:  # the process is this command's (its console script): see _freeze_imports
+        _freeze_imports()
     parser = build_parser()
     args = parse_args(parser, argv)
     try:
