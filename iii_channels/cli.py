@@ -636,6 +636,10 @@ async def _serve(args: argparse.Namespace) -> int:
         if not starting.result():
             return _fail(f"the engine did not accept function {args.function}")
         print(f"serving {args.function} on {url}", file=sys.stderr, flush=True)
+        # The SDK says "Connection to … failed" while the engine is away; say when the function is served again.
+        # Registered only now, so only the connections after this first one count (it runs on a handler thread).
+        client.on_registrations_ready(
+            lambda: print(f"serving {args.function} again", file=sys.stderr, flush=True))
         await stopping
         if args.once and client.get_connection_state() == "connected":
             # Same trick after the last transfer: the handler's result frame was queued before this call.
