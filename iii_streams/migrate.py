@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any, Final
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -25,8 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from .messages import mask_passwords
 from .schema import VERSION_TABLE
 
-__all__ = ["HEAD", "MIGRATIONS_DIR", "SQL_SCHEMES", "current_revision", "migrate", "normalize_url", "upgrade",
-           "upgrade_connection"]
+__all__ = ["HEAD", "MIGRATIONS_DIR", "SQL_SCHEMES", "current_revision", "head_revision", "migrate", "normalize_url",
+           "schema_behind", "upgrade", "upgrade_connection"]
 
 HEAD: Final = "head"
 # PostgreSQL advisory lock key ("iiistr") held by each migration transaction: concurrent migrations (replicas
@@ -157,6 +159,43 @@ def current_revision(connection: Connection) -> str | None:
         (None, '0001_stream_items')
     """
     return MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_revision()
+
+
+@functools.cache
+def _script() -> ScriptDirectory:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return ScriptDirectory.from_config(cfg)
+
+
+def head_revision() -> str:
+    """The revision ``iii-streams migrate`` brings a database to (the newest migration this version ships).
+
+    Example:
+        >>> head_revision()
+        '0001_stream_items'
+    """
+    head = _script().get_current_head()
+    assert head is not None, f"no migration in {MIGRATIONS_DIR}"
+    return head
+
+
+def schema_behind(revision: str | None) -> bool:
+    """Whether a database at ``revision`` (``None``: never migrated) lacks a migration this version ships.
+
+    A revision this version does not know is taken as newer (written by a later version, which keeps the schema
+    readable by the versions before it during a rolling upgrade): not behind.
+
+    Example:
+        >>> schema_behind(None), schema_behind(head_revision()), schema_behind("9999_from_a_later_version")
+        (True, False, False)
+    """
+    if revision is None:
+        return True
+    if revision == head_revision():
+        return False
+    known = {script.revision for script in _script().walk_revisions()}
+    return revision in known
 
 
 # Alembic keeps the running migration's context in module globals, and a migration run through an async driver

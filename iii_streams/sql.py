@@ -53,6 +53,7 @@ import builtins
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -118,7 +119,7 @@ from .events import (
 )
 from .known_texts import KnownTexts
 from .messages import error_line
-from .migrate import migrate_with, normalize_url
+from .migrate import current_revision, head_revision, migrate_with, normalize_url, schema_behind
 from .schema import TABLE_NAME, group_key, item_key, items, stream_key
 
 __all__ = ["NOTIFY_CHANNEL", "SQLStream", "SchemaMissingError"]
@@ -198,6 +199,35 @@ class _ConnectFailed(Exception):
 def _is_driver_error(exc: BaseException) -> bool:
     """Whether ``exc`` is a database driver's own error, which SQLAlchemy did not wrap."""
     return type(exc).__module__.partition(".")[0] in ("asyncpg", "aiosqlite", "sqlite3")
+
+
+# SQLSTATEs (or their classes) of a connection the server would not make: connection exceptions (08), refused
+# credentials (28), a database that does not exist (3D000), a server starting or shutting down (57P03), too many
+# connections (53300). asyncpg raises them from the connect, which is no statement the database refused.
+_CONNECT_SQLSTATES: Final = ("08", "28", "3D000", "57P03", "53300")
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE ``exc`` carries (SQLAlchemy's wrapper, the DBAPI adapter's error or the driver's own)."""
+    orig = getattr(exc, "orig", None)
+    for candidate in (exc, orig, exc.__cause__, getattr(orig, "__cause__", None)):
+        state = getattr(candidate, "sqlstate", None)
+        if isinstance(state, str):
+            return state
+    return None
+
+
+def _not_connected(exc: BaseException) -> bool:
+    """Whether ``exc`` is the server refusing a connection (not a statement).
+
+    Example:
+        >>> class Refused(Exception):
+        ...     sqlstate = "3D000"
+        >>> _not_connected(Refused('database "app" does not exist')), _not_connected(ValueError())
+        (True, False)
+    """
+    state = _sqlstate(exc)
+    return state is not None and state.startswith(_CONNECT_SQLSTATES)
 
 
 _CLOSE_S: Final = 2.0  # a LISTEN connection's orderly close at most; then it is cut
@@ -649,6 +679,28 @@ class _ListenSubscription:
         await self._listener.discard(self)
 
 
+# aiosqlite (0.22) stops the thread of a connection that failed to open by a message it answers on the caller's loop
+# later: a process that closed its loop first (iii-engine exiting on that very failure) printed the thread's
+# "RuntimeError: Event loop is closed" traceback after its one line. A failed open waits this long at most for it.
+_DRIVER_THREAD_S: Final = 1.0
+_DRIVER_THREAD_POLL_S: Final = 0.005
+
+
+def _sqlite_threads() -> set[threading.Thread]:
+    return {thread for thread in threading.enumerate() if "_connection_worker_thread" in thread.name}
+
+
+async def _driver_threads_ended(before: set[threading.Thread]) -> None:
+    """Wait (at most ``_DRIVER_THREAD_S``) until the aiosqlite threads started since ``before`` have ended. Polled:
+    the thread signals nothing we can await, and this runs only when a store failed to open."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _DRIVER_THREAD_S
+    for thread in _sqlite_threads() - before:
+        # a join in an executor thread would outlive a cancelled caller; short sleeps do not
+        while thread.is_alive() and loop.time() < deadline:  # noqa: ASYNC110 - a thread signals nothing awaitable
+            await asyncio.sleep(_DRIVER_THREAD_POLL_S)
+
+
 def _install_sqlite_hooks(engine: AsyncEngine, file_backed: bool) -> None:
     sync_engine = engine.sync_engine
 
@@ -799,6 +851,77 @@ class SQLStream(FieldUpdates):
                     await migrate_with(self.engine)
             self._ready = True
 
+    async def prepare(self, *, timeout: float | None = None) -> None:
+        """Make the store ready now instead of at its first operation, so a store that cannot work fails here:
+        connect once and apply the migrations (``create``), or check the schema is at this version's revision.
+
+        Each failure is one line naming the database (a SQLite path, a PostgreSQL URL with its password masked):
+        :class:`~iii_streams.errors.StreamUnavailableError` when it cannot be reached or does not exist (with a
+        hint for a relative SQLite path whose directory is missing), :class:`SchemaMissingError` when the schema
+        is missing or older (``iii-streams migrate URL`` names the URL), :class:`StreamTimeoutError` past
+        ``timeout`` (default: the store's).
+
+        Example:
+            >>> import asyncio
+            >>> async def demo() -> None:
+            ...     async with SQLStream.from_url("sqlite+aiosqlite:///no/such/dir/s.db") as s:
+            ...         try:
+            ...             await s.prepare()
+            ...         except StreamError as exc:
+            ...             print(type(exc).__name__, *str(exc).split("; "), sep="|")
+            >>> asyncio.run(demo())  # doctest: +NORMALIZE_WHITESPACE
+            StreamUnavailableError|cannot open SQLite database no/such/dir/s.db: unable to open database file
+                (directory no/such/dir does not exist|a relative path: use four slashes for an absolute one,
+                sqlite+aiosqlite:////no/such/dir/s.db)
+        """
+        limit = self._limit(timeout)
+        threads = set() if self._pg else _sqlite_threads()
+        try:
+            async with asyncio.timeout(limit):
+                await self._prepare()
+                if self._create:
+                    return  # migrated just now (or earlier by this store): at the head revision
+                async with self._reader.connect() as conn:
+                    revision = await conn.run_sync(current_revision)
+        except (StreamClosedError, SchemaMissingError):
+            raise
+        except TimeoutError as exc:
+            raise StreamTimeoutError(f"cannot open {self._database()}: no answer within {limit:g} s") from exc
+        except Exception as exc:
+            if not self._pg:
+                await _driver_threads_ended(threads)
+            kind = type(self._wrap_error(exc, "") or StreamBackendError())
+            if kind is StreamTimeoutError:  # SQLite locked by another writer all along
+                kind = StreamUnavailableError
+            raise kind(f"cannot open {self._database()}: {error_line(exc)}{self._path_hint()}") from exc
+        if schema_behind(revision):
+            masked = self.engine.url.render_as_string(hide_password=True)
+            state = "has no stream schema" if revision is None else (
+                f"has the stream schema at revision {revision}, older than this version's {head_revision()}")
+            raise SchemaMissingError(f"{self._database()} {state}: run `iii-streams migrate {masked}`")
+
+    def _database(self) -> str:
+        """The database in words: ``SQLite database PATH`` or the URL, password masked."""
+        if self._pg:
+            return f"PostgreSQL database {self.engine.url.render_as_string(hide_password=True)}"
+        path = self.engine.url.database
+        return f"SQLite database {path}" if _is_file_database(self.engine.url) else "in-memory SQLite database"
+
+    def _path_hint(self) -> str:
+        """For a SQLite file in a directory that does not exist: that, and for a relative path how to write the
+        absolute one (``sqlite:///tmp/x.db`` is ``tmp/x.db``, relative to the working directory)."""
+        path = self.engine.url.database
+        if self._pg or not path or not _is_file_database(self.engine.url):
+            return ""
+        directory = os.path.dirname(path)
+        if not directory or os.path.isdir(directory):
+            return ""
+        if os.path.isabs(path):
+            return f" (directory {directory} does not exist)"
+        absolute = self.engine.url.set(database="/" + path).render_as_string(hide_password=True)
+        return (f" (directory {directory} does not exist; a relative path: use four slashes for an absolute one, "
+                f"{absolute})")
+
     def _read(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
         return self._connection(self._reader.connect, self._read_lock)
 
@@ -863,21 +986,21 @@ class SQLStream(FieldUpdates):
             return (await conn.execute(query)).first()
 
     def _wrap_error(self, exc: Exception, where: str) -> StreamError | None:
+        dbapi_error, cause = getattr(self.engine.dialect.dbapi, "Error", None), exc.__cause__
+        if isinstance(dbapi_error, type) and isinstance(exc, dbapi_error) and isinstance(cause, Exception):
+            # the DBAPI's own error, which SQLAlchemy did not wrap (2.1 raises asyncpg's connect errors as it, from
+            # a pool's connect): name the driver's error it carries
+            exc = cause
         if isinstance(exc, PoolTimeoutError):
             return PoolExhaustedError(f"{where}: no database connection became free in time: {exc}")
         if isinstance(exc, OperationalError) and "database is locked" in str(exc):
             return StreamTimeoutError(f"{where}: SQLite stayed locked by another writer: {exc.orig}")
         if isinstance(exc, OperationalError | InterfaceError | DisconnectionError) or (
             isinstance(exc, DBAPIError) and exc.connection_invalidated
-        ):
+        ) or (isinstance(exc, SQLAlchemyError) and _not_connected(exc)):
             return StreamUnavailableError(f"{where}: database unreachable: {error_line(exc)}")
         if isinstance(exc, SQLAlchemyError):
             return StreamBackendError(f"{where}: the database refused the statement: {error_line(exc)}")
-        dbapi_error, cause = getattr(self.engine.dialect.dbapi, "Error", None), exc.__cause__
-        if isinstance(dbapi_error, type) and isinstance(exc, dbapi_error) and isinstance(cause, Exception):
-            # the DBAPI's own error, which SQLAlchemy did not wrap (2.1 raises asyncpg's connect errors as it, from
-            # a pool's connect): name the driver's error it carries
-            exc = cause
         if _is_driver_error(exc):
             return StreamBackendError(f"{where}: {type(exc).__name__}: {exc}")
         return super()._wrap_error(exc, where)

@@ -37,7 +37,7 @@ from ..base import BuiltinFunction, EngineError, EngineModule, EngineServices, I
 from ..stream.inputs import Fields
 from ..stream.locks import KeyedLocks
 from ..stream.settings import StateSettings
-from ..stream.store import open_module_store
+from ..stream.store import open_module_store, prepare_module_store
 from ..trigger_set import TriggerSet, check_trigger_config
 
 __all__ = ["STATE_STREAM", "StateModule", "StateTriggers", "state_event"]
@@ -108,7 +108,7 @@ class StateModule(EngineModule):
 
     async def start(self) -> None:
         """Open the store and register the functions and the trigger type."""
-        self.store = open_module_store("state", self.settings)
+        self.store = await prepare_module_store("state", open_module_store("state", self.settings))
         scope_key = {"type": "object", "properties": {"scope": {"type": "string"}, "key": {"type": "string"}},
                      "required": ["scope", "key"]}
         for function_id, handler, description in (

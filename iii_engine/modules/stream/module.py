@@ -21,7 +21,7 @@ from ..base import EngineModule, EngineServices
 from .api import StreamFunctions
 from .settings import StreamSettings
 from .socket import StreamSocketServer
-from .store import open_module_store
+from .store import open_module_store, prepare_module_store
 from .triggers import JoinLeaveTriggers, StreamTriggers
 
 __all__ = ["StreamModule"]
@@ -63,7 +63,8 @@ class StreamModule(EngineModule):
 
     async def start(self) -> None:
         """Open the store, register functions and trigger types, then listen for clients."""
-        self.store = open_module_store("stream", self.settings, publish_events=True)
+        self.store = await prepare_module_store(
+            "stream", open_module_store("stream", self.settings, publish_events=True))
         changes, join, leave = (StreamTriggers(self.services), JoinLeaveTriggers(self.services),
                                 JoinLeaveTriggers(self.services))
         self._triggers = [changes, join, leave]

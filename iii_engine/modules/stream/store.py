@@ -35,24 +35,31 @@ The settings are checked by :class:`~iii_engine.modules.stream.settings.StoreSet
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from iii_streams import Backend, MemoryStream, open_stream
 from iii_streams.urls import scheme_of
 
+from ...closing import close_store
 from ...settings import ConfigError
 from ..bridge.settings import BridgeAdapterSettings
 from .settings import KvStoreSettings, RedisStoreSettings, StateSettings, StoreSettings
 
-__all__ = ["open_module_store"]
+if TYPE_CHECKING:
+    from iii_streams.sql import SQLStream
+
+__all__ = ["open_module_store", "prepare_module_store"]
 
 log = logging.getLogger(__name__)
 
 Kind = Literal["stream", "state"]
 
 _REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
+# a SQL store's connect and schema check at a module's start, at most (the module's own start bound is longer)
+_PREPARE_TIMEOUT_S = 10.0
 
 
 def _kv_store(kind: Kind, settings: KvStoreSettings, events: bool) -> Backend:
@@ -104,3 +111,32 @@ def open_module_store(kind: Kind, settings: StoreSettings | Mapping[str, Any], *
     from ..bridge.stores import open_bridge_store  # the data lives on a remote engine
 
     return open_bridge_store(kind, adapter.bridge_url)
+
+
+async def prepare_module_store(kind: Kind, store: Backend) -> Backend:
+    """``store`` (from :func:`open_module_store`) made ready before the module's start goes on: a SQL store connects
+    once and checks its schema (or migrates, for a ``file_based`` KvStore), so a database that is unreachable,
+    missing or not migrated stops the start with one line naming it, instead of failing every call of a started
+    engine. On failure the store is closed. Other stores are returned as they are.
+
+    Example:
+        >>> import asyncio
+        >>> store = open_module_store("state", {"store_url": "sqlite+aiosqlite:////nonexistent/dir/s.db"})
+        >>> asyncio.run(prepare_module_store("state", store))
+        Traceback (most recent call last):
+        ...
+        iii_streams.errors.StreamUnavailableError: cannot open SQLite database /nonexistent/dir/s.db: unable to \
+open database file (directory /nonexistent/dir does not exist)
+    """
+    # only a SQL store can have been opened through iii_streams.sql; looked up here rather than imported, as a
+    # memory-only install has no SQLAlchemy
+    sql = sys.modules.get("iii_streams.sql")
+    if sql is None or not isinstance(store, sql.SQLStream):
+        return store
+    sql_store = cast("SQLStream", store)
+    try:
+        await sql_store.prepare(timeout=_PREPARE_TIMEOUT_S)
+    except BaseException:
+        await close_store(sql_store.aclose(), f"the {kind} module's store (SQLStream)")
+        raise
+    return sql_store
