@@ -56,7 +56,7 @@ from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
-from iii._cli import OneLineParser
+from iii._cli import OneLineParser, mask_passwords
 from iii.channels import ChannelReader, ChannelWriter
 from iii.connection import check_url
 from iii.iii import III
@@ -106,9 +106,32 @@ class _Refused(Exception):
 
 class _QuietUntilConnected(logging.Filter):
     """Hides the SDK's per-attempt connection messages while the CLI waits for the first connection: a failure
-    then is reported by the CLI itself, in one line. Later reconnection warnings of ``serve`` still show."""
+    then is reported by the CLI itself, in one line. Later reconnection warnings of ``serve`` still show.
+
+    ``waiting``: the line said once, when the first attempt fails, so a person does not stare at a silent command
+    for the whole ``--connect-timeout`` (``None``: say nothing, as progress is not shown either).
+
+    Example:
+        >>> quiet = _QuietUntilConnected("iii-channel: waiting up to 10 s for the engine at ws://h:1")
+        >>> failed = logging.LogRecord("iii.connection", logging.WARNING, __file__, 1, "Connection to %s failed: %s",
+        ...                            ("ws://h:1", "refused"), None)
+        >>> import io
+        >>> said = io.StringIO()
+        >>> with contextlib.redirect_stderr(said):
+        ...     hidden = quiet.filter(failed), quiet.filter(failed)
+        >>> hidden, said.getvalue()
+        ((False, False), 'iii-channel: waiting up to 10 s for the engine at ws://h:1 (refused)\\n')
+    """
+
+    def __init__(self, waiting: str | None = None) -> None:
+        super().__init__()
+        self._waiting = waiting
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if self._waiting is not None and record.levelno >= logging.WARNING:
+            why = record.args[-1] if isinstance(record.args, tuple) and record.args else None
+            print(f"{self._waiting}{f' ({why})' if why is not None else ''}", file=sys.stderr, flush=True)
+            self._waiting = None
         return False
 
 
@@ -217,7 +240,11 @@ def _check_out(out: str) -> Path | None:
 async def _connect(client: III, args: argparse.Namespace) -> None:
     """Wait for the first connection; ``ConnectionError`` "cannot reach the engine at …" after the timeout."""
     sdk_log = logging.getLogger("iii.connection")
-    quiet = _QuietUntilConnected()
+    # Said where progress would be drawn (a terminal, or --progress always): a script's stderr keeps its one line.
+    url = mask_passwords(_engine(args))
+    waiting = f"iii-channel: waiting up to {_connect_timeout(args):g} s for the engine at {url}" if _progress(args) \
+        else None
+    quiet = _QuietUntilConnected(waiting)
     sdk_log.addFilter(quiet)
     try:
         await client.wait_until_connected_async(_connect_timeout(args))
