@@ -24,7 +24,9 @@ stalled one must not keep the others waiting for good.
 
 Progress bars go to stderr only: ``--progress auto`` (default) draws one when stderr is a terminal, ``always``
 also prints plain progress lines when it is not, ``never`` is silent. Stdout carries only data (``serve --out
--``) or the final JSON receipt (``send``). Exit status: 0 on success (and for ``serve`` stopped by SIGTERM or
+-``) or the final JSON receipt (``send``). A first connection refused is said at once where progress would be
+(``iii-channel: waiting up to 10 s for the engine at URL (why)``); ``serve`` says ``serving FUNCTION again`` once its
+function is back on an engine that was away. Exit status: 0 on success (and for ``serve`` stopped by SIGTERM or
 SIGINT), 130 for ``send`` interrupted by SIGINT (one line ``iii-channel: send: interrupted``), 143 for ``send``
 stopped by SIGTERM (handled as SIGINT is: the upload aborted, so a reader hears ``ChannelAbortedError`` on our
 engine, and the client shut down; one line ``iii-channel: send: terminated``; a second SIGTERM ends it at once),
