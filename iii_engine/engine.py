@@ -63,6 +63,7 @@ from .modules.base import (
     EngineModule,
     EngineStartError,
     ExternalFunctions,
+    InvocationContext,
     InvocationObserver,
     ModuleStartError,
     ModuleStoppedError,
@@ -198,7 +199,7 @@ class _ModuleServices:
 
     def register_function(self, function: BuiltinFunction) -> None:
         """Add (or replace) a built-in function of this module."""
-        self._admit(f"function {function.id}").append(self._engine._add_builtin(function))
+        self._admit(f"function {function.id}").append(self._engine._add_builtin(function, self._module))
 
     def unregister_function(self, function_id: str) -> None:
         """Remove a built-in function (nothing once released: the id may be another module's by then)."""
@@ -316,6 +317,9 @@ class Engine:
         # the modules the latest stop has yet to stop, None once a stop ended: a stop() after a cancelled one
         # finishes it (the modules it had not reached, the worker port, the calls in flight)
         self._not_stopped: list[EngineModule] | None = None
+        # during a stop, from its first module's stop to the end of the calls in flight: the stopped modules'
+        # functions by id, each answering that the engine is stopping (see _leave_gone); None outside a stop
+        self._gone: dict[str, FunctionEntry] | None = None
         # the module start the start under way awaits (the wait on it, its task) and its module
         self._module_starting: tuple[asyncio.Future[None], asyncio.Future[None], EngineModule] | None = None
         self.ready = asyncio.Event()  # set once the listener accepts workers
@@ -615,6 +619,8 @@ class Engine:
         # Modules stop first, while workers are still connected: a queue hands unfinished jobs back instead of
         # seeing them fail with invocation_stopped and spending a retry on the shutdown.
         modules = self._not_stopped or []
+        if self._gone is None:  # a stop finishing one cut off keeps what that one left
+            self._gone = {}
         try:
             with closes.collecting():
                 while modules:
@@ -630,6 +636,7 @@ class Engine:
         # a call's task that swallows its cancel (its library's doing) held the stop, and the stop's own cancel,
         # for good: the calls in flight get CLOSE_TIMEOUT_S after their cancel, then are let go
         await finish_within(self.invocations.close(), closing.CLOSE_TIMEOUT_S, "the calls in flight", log)
+        self._forget_gone()
         self.fired_calls.close()
         self.worker_calls.close()
         await self.channels.close()
@@ -710,22 +717,55 @@ class Engine:
         goes at the module's stop)."""
         self._add_builtin(function)
 
-    def _add_builtin(self, function: BuiltinFunction) -> Undo:
+    def _add_builtin(self, function: BuiltinFunction, module: str | None = None) -> Undo:
+        """Register ``function`` (``module``'s, or the engine's own); the undo takes it away."""
         entry = FunctionEntry(function.id, None, function.description, function.request_format,
                               function.response_format, function.metadata, builtin=function)
         self.registry.add_function(entry)
         self._functions_maybe_changed()
 
         def remove() -> None:
-            # current, or overwritten by a worker and kept to be restored (its disconnect brought back a stopped
-            # module's function); an earlier worker registration it overwrote comes back
-            if self.registry.functions.get(entry.id) is entry or \
-                    any(kept is entry for kept in self.registry.shadowed_entries(owner=None, function_id=entry.id)):
-                restored = self.registry.drop_owned_function(entry.id, None)
-                if restored is not None:
-                    self._adopt(restored)
+            if self._drop_builtin(entry) and module is not None:
+                self._leave_gone(entry, module)
 
         return remove
+
+    def _drop_builtin(self, entry: FunctionEntry) -> bool:
+        """Take ``entry`` away, current or overwritten by a worker and kept to be restored (its disconnect brought back
+        a stopped module's function); an earlier worker registration it overwrote comes back. ``False``: it was
+        gone already (replaced)."""
+        if self.registry.functions.get(entry.id) is not entry and \
+                not any(kept is entry for kept in self.registry.shadowed_entries(owner=None, function_id=entry.id)):
+            return False
+        restored = self.registry.drop_owned_function(entry.id, None)
+        if restored is not None:
+            self._adopt(restored)
+        return True
+
+    def _leave_gone(self, entry: FunctionEntry, module: str) -> None:
+        """During the engine's stop, a stopped module's function left with nothing in its place answers the calls that
+        still reach it (the rest of the stop, before the calls in flight end) with ``engine_stopping``, which a caller
+        may retry once the engine runs again: ``function_not_found`` looked permanent. It is not listed, and
+        :meth:`has_function` denies it; it goes at the end of the stop."""
+        if self._gone is None or entry.id in self.registry.functions:
+            return
+        message = f"the engine is stopping: {entry.id} is gone with its module ({module})"
+
+        async def stopping(data: Any, ctx: InvocationContext) -> Any:
+            raise EngineError("engine_stopping", message)
+
+        gone = FunctionEntry(entry.id, None, entry.description, entry.request_format, entry.response_format,
+                             entry.metadata, builtin=BuiltinFunction(entry.id, stopping, entry.description),
+                             gone=True)
+        self.registry.add_function(gone)
+        self._gone[entry.id] = gone
+
+    def _forget_gone(self) -> None:
+        """The end of the stop: the stopped modules' functions go for good (function_not_found from now on)."""
+        gone, self._gone = self._gone or {}, None
+        for entry in gone.values():
+            self._drop_builtin(entry)
+        self._functions_maybe_changed()
 
     def unregister_function(self, function_id: str) -> None:
         """Remove a built-in function."""
@@ -746,8 +786,9 @@ class Engine:
         return remove
 
     def has_function(self, function_id: str) -> bool:
-        """Whether ``function_id`` is registered."""
-        return function_id in self.registry.functions
+        """Whether ``function_id`` is registered (a stopped module's, during the rest of the engine's stop, is not)."""
+        entry = self.registry.functions.get(function_id)
+        return entry is not None and not entry.gone
 
     async def invoke(self, function_id: str, data: Any, *, timeout_s: float | None = None) -> Any:
         """Call any function and await its result."""

@@ -36,7 +36,8 @@ INTERNAL_PREFIX = "engine::"
 
 @dataclass
 class FunctionEntry:
-    """One registered function; ``owner`` is a worker id, ``None`` for engine built-ins."""
+    """One registered function; ``owner`` is a worker id, ``None`` for engine built-ins. ``gone``: a stopped module's
+    function for the rest of the engine's stop (its calls fail with a retry-safe error); not listed."""
 
     id: str
     owner: str | None = None
@@ -46,6 +47,7 @@ class FunctionEntry:
     metadata: Any = None
     builtin: BuiltinFunction | None = None
     external: bool = False
+    gone: bool = False
     _info: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def info(self) -> dict[str, Any]:
@@ -184,6 +186,20 @@ class Registry:
         self._service_remove(function_id)
         return None
 
+    def restore_later(self, entry: FunctionEntry) -> None:
+        """Keep ``entry`` as its owner's earlier registration of its id, which another owner holds now: it comes back
+        when that owner goes, as an overwritten registration does (E5).
+
+        Example:
+            >>> reg = Registry()
+            >>> reg.add_function(FunctionEntry("a::f", owner="w1"))
+            >>> reg.restore_later(FunctionEntry("a::f", owner=None, description="the engine's"))
+            >>> reg.drop_owned_function("a::f", "w1").description
+            "the engine's"
+        """
+        self._shadowed.setdefault(entry.id, {})[entry.owner] = entry
+        self._shadowing.setdefault(entry.owner, set()).add(entry.id)
+
     def forget_owner(self, owner: str) -> None:
         """Drop ``owner``'s overwritten registrations everywhere, so they are never restored."""
         for function_id in list(self._shadowing.get(owner, ())):
@@ -226,7 +242,7 @@ class Registry:
         if listing is None:
             listing = self._function_listing[include_internal] = [
                 self.functions[fid].info() for fid in sorted(self.functions)
-                if include_internal or not fid.startswith(INTERNAL_PREFIX)]
+                if (include_internal or not fid.startswith(INTERNAL_PREFIX)) and not self.functions[fid].gone]
         return list(listing)
 
     def function_listing_json(self, include_internal: bool) -> str | None:

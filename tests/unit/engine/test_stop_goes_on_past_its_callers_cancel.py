@@ -4,6 +4,10 @@ Before: only the stop's own cancel of the calls in flight spared it; any other c
 half-way. A REST API route calling a built-in that stops the engine: the REST API module's stop cancelled that call
 (``serve_forever`` never returned, the state and worker modules never stopped); the same through a call deadline,
 or a plain cancel of a task awaiting ``stop()`` (the rest of the stop was left to a later call).
+
+A call that reaches a stopped module's function during the rest of the engine's stop (here while a module stopped
+after it waits) fails with ``engine_stopping``, naming the stop, which a caller may retry once the engine runs again.
+Before: ``function_not_found`` ("Function state::get not found"), which looks permanent.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import pytest
 
 from iii_engine import Engine, EngineConfig, ModuleSpec
 from iii_engine import engine as engine_module
-from iii_engine.modules.base import BuiltinFunction, EngineModule, InvocationContext
+from iii_engine.modules.base import BuiltinFunction, EngineError, EngineModule, InvocationContext
 from iii_engine.modules.catalogue import resolve
 from tests.integration.engine.raw import RawWorker
 from tests.integration.engine.test_startup_trust import refused
@@ -144,3 +148,35 @@ async def test_a_stop_whose_caller_is_cancelled_goes_on_and_a_later_stop_waits_f
     _stopped_fully(engine, port)
     await asyncio.wait_for(engine.start(), 10)  # and it starts again
     await asyncio.wait_for(engine.stop(), 10)
+
+
+async def test_a_call_to_a_stopped_modules_function_during_the_stop_names_the_stop() -> None:
+    # the held module stops after the state module (reverse order): the state module is stopped, the engine not yet
+    engine = Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[
+        ModuleSpec(_HELD), ModuleSpec("modules::state::StateModule")]))
+    await engine.start()
+    worker = await RawWorker.connect(engine.url)
+    assert "error" not in await worker.call("state::get", {"scope": "s", "key": "k"})
+    stopping = asyncio.create_task(engine.stop())
+    await asyncio.wait_for(_HeldStop.entered.wait(), 5)
+    gone = "the engine is stopping: state::get is gone with its module (state)"
+    # before: {'code': 'function_not_found', 'message': 'Function state::get not found'}
+    assert (await worker.call("state::get", {"scope": "s", "key": "k"}))["error"] == {
+        "code": "engine_stopping", "message": gone}
+    with pytest.raises(EngineError, match="is gone with its module") as raised:
+        await engine.invoke("state::set", {"scope": "s", "key": "k", "value": 1})
+    assert raised.value.code == "engine_stopping"
+    assert not engine.has_function("state::get")  # a module asking (the queue's job waits for its function)
+    listed = await worker.call("engine::functions::list", {})
+    assert "state::get" not in {info["function_id"] for info in listed["result"]["functions"]}
+    assert (await worker.call("nobody::f", {}))["error"]["code"] == "function_not_found"  # never there: as before
+    _HeldStop.go.set()
+    await asyncio.wait_for(stopping, 10)
+    assert "state::get" not in engine.registry.functions  # gone for good at the end of the stop
+    with pytest.raises(EngineError, match="Function state::get not found"):
+        await engine.invoke("state::get", {"scope": "s", "key": "k"})
+    await asyncio.wait_for(engine.start(), 10)  # the next run's state module serves it again
+    try:
+        assert await engine.invoke("state::get", {"scope": "s", "key": "k"}) is None
+    finally:
+        await asyncio.wait_for(engine.stop(), 10)
