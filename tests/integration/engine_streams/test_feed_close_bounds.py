@@ -19,6 +19,7 @@ from iii_engine import Engine
 from iii_engine.modules.base import ModuleStartError
 from iii_engine.modules.stream import module as stream_module_file
 from iii_engine.modules.stream import socket as socket_module
+from iii_engine.modules.stream import store as store_module
 from iii_streams import MemoryStream, deadlines
 from iii_streams.events import StreamEvent, Subscription, Watch
 from tests.polling import until
@@ -91,10 +92,12 @@ async def silent_server() -> AsyncIterator[int]:
 
 async def test_a_silent_postgresql_server_stops_the_start_within_the_bound(
         monkeypatch: pytest.MonkeyPatch, silent_server: int) -> None:
+    # The store is opened first (one connection, bounded): a server that never answers fails the start there.
+    monkeypatch.setattr(store_module, "_PREPARE_TIMEOUT_S", 1.0)
     monkeypatch.setattr(socket_module, "_START_PROBE_TIMEOUT_S", 1.0, raising=False)
     engine = Engine(config=engine_config(store_url=f"postgresql+asyncpg://postgres@127.0.0.1:{silent_server}/test"))
     failure, took = await _start_fails(engine, 20)
-    assert "did not answer a subscription to its events within 1 s" in str(failure), failure
+    assert "cannot open PostgreSQL database" in str(failure) and "no answer within 1 s" in str(failure), failure
     assert took < 15, took
 
 
