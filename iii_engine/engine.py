@@ -199,7 +199,7 @@ class _ModuleServices:
 
     def register_function(self, function: BuiltinFunction) -> None:
         """Add (or replace) a built-in function of this module."""
-        self._admit(f"function {function.id}").append(self._engine._add_builtin(function, self._module))
+        self._admit(f"function {function.id}").append(self._engine._add_builtin(function, self._module)[1])
 
     def unregister_function(self, function_id: str) -> None:
         """Remove a built-in function (nothing once released: the id may be another module's by then)."""
@@ -320,6 +320,9 @@ class Engine:
         # during a stop, from its first module's stop to the end of the calls in flight: the stopped modules'
         # functions by id, each answering that the engine is stopping (see _leave_gone); None outside a stop
         self._gone: dict[str, FunctionEntry] | None = None
+        # the functions registered on the engine itself (register_function), by id: kept across stops, also when a
+        # module registers the same id (the engine's comes back at that module's stop)
+        self._engine_functions: dict[str, FunctionEntry] = {}
         # the module start the start under way awaits (the wait on it, its task) and its module
         self._module_starting: tuple[asyncio.Future[None], asyncio.Future[None], EngineModule] | None = None
         self.ready = asyncio.Event()  # set once the listener accepts workers
@@ -714,10 +717,25 @@ class Engine:
 
     def register_function(self, function: BuiltinFunction) -> None:
         """Add (or replace) a built-in function, kept across stops (a module's own, added through its ``services``,
-        goes at the module's stop)."""
-        self._add_builtin(function)
+        goes at the module's stop). A module's function of the same id replaces it while that module runs, and it
+        comes back at the module's stop.
 
-    def _add_builtin(self, function: BuiltinFunction, module: str | None = None) -> Undo:
+        Example:
+            >>> from iii_engine import ModuleSpec
+            >>> async def demo() -> list[object]:
+            ...     async def mine(data: object, ctx: object) -> object:
+            ...         return "mine"
+            ...     engine = Engine(port=0, config=EngineConfig(modules=[ModuleSpec("modules::state::StateModule")]))
+            ...     engine.register_function(BuiltinFunction("state::get", mine))
+            ...     async with engine:  # the state module's state::get in its place while it runs
+            ...         running = await engine.invoke("state::get", {"scope": "s", "key": "k"})
+            ...     return [running, await engine.invoke("state::get", {})]
+            >>> asyncio.run(demo())
+            [None, 'mine']
+        """
+        self._engine_functions[function.id] = self._add_builtin(function)[0]
+
+    def _add_builtin(self, function: BuiltinFunction, module: str | None = None) -> tuple[FunctionEntry, Undo]:
         """Register ``function`` (``module``'s, or the engine's own); the undo takes it away."""
         entry = FunctionEntry(function.id, None, function.description, function.request_format,
                               function.response_format, function.metadata, builtin=function)
@@ -726,9 +744,22 @@ class Engine:
 
         def remove() -> None:
             if self._drop_builtin(entry) and module is not None:
-                self._leave_gone(entry, module)
+                self._put_back(entry, module)
 
-        return remove
+        return entry, remove
+
+    def _put_back(self, entry: FunctionEntry, module: str) -> None:
+        """What serves ``entry``'s id after ``module``'s stop took ``entry`` away: the function registered on the
+        engine itself under that id (kept across stops), in its place or, a worker's registration current, restored
+        at that worker's disconnect; else, during the engine's stop, the answer that the engine is stopping."""
+        kept = self._engine_functions.get(entry.id)
+        if kept is None:
+            self._leave_gone(entry, module)
+        elif entry.id in self.registry.functions:
+            self.registry.restore_later(kept)
+        else:
+            self.registry.add_function(kept)
+            self._functions_maybe_changed()
 
     def _drop_builtin(self, entry: FunctionEntry) -> bool:
         """Take ``entry`` away, current or overwritten by a worker and kept to be restored (its disconnect brought back
@@ -768,7 +799,8 @@ class Engine:
         self._functions_maybe_changed()
 
     def unregister_function(self, function_id: str) -> None:
-        """Remove a built-in function."""
+        """Remove a built-in function (one registered on the engine itself is no longer kept across stops)."""
+        self._engine_functions.pop(function_id, None)
         self.registry.remove_function(function_id)
         self._functions_maybe_changed()
 
