@@ -126,7 +126,8 @@ def upgrade_connection(connection: Connection, revision: str = HEAD) -> str | No
     """Upgrade through a sync connection (e.g. inside ``AsyncConnection.run_sync``); returns the new revision.
 
     On PostgreSQL it first waits for any other migration of the database to commit (an advisory lock held until
-    the transaction ends).
+    the transaction ends). To ``head``, a database at a revision this version does not know (a later version's) is
+    left as it is and its revision returned.
 
     Example:
         >>> from sqlalchemy import create_engine
@@ -137,6 +138,12 @@ def upgrade_connection(connection: Connection, revision: str = HEAD) -> str | No
         >>> engine.dispose()
     """
     _serialize(connection)
+    if revision == HEAD:
+        applied = current_revision(connection)
+        if applied is not None and not _known(applied):
+            # written by a later version (see schema_behind): nothing of ours to apply, and Alembic would fail with
+            # "Can't locate revision", so a store with create (every SQLite one) could not open during a rollout
+            return applied
     command.upgrade(_config(connection), revision)
     return current_revision(connection)
 
@@ -194,8 +201,12 @@ def schema_behind(revision: str | None) -> bool:
         return True
     if revision == head_revision():
         return False
-    known = {script.revision for script in _script().walk_revisions()}
-    return revision in known
+    return _known(revision)
+
+
+def _known(revision: str) -> bool:
+    """Whether ``revision`` is one of the migrations this version ships."""
+    return revision in {script.revision for script in _script().walk_revisions()}
 
 
 # Alembic keeps the running migration's context in module globals, and a migration run through an async driver

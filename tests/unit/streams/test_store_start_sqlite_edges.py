@@ -1,0 +1,54 @@
+"""SQLite stores at a module's start, at their edges: a schema written by a later version, and the engine's start
+on such a file.
+
+Before: a SQLite store (``create``, the default) on a file a later version had migrated failed at ``prepare()``
+with ``StreamBackendError … Can't locate revision identified by '0002_from_a_later_version'`` (and each operation
+with Alembic's bare ``CommandError``), though a store without ``create`` accepts that schema as newer.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from iii.stream import StreamGetInput, StreamSetInput
+from iii_engine import Engine, EngineConfig, ModuleSpec
+from iii_streams.schema import VERSION_TABLE
+from iii_streams.sql import SQLStream
+
+LATER = "0002_from_a_later_version"
+
+
+async def _migrated_by_a_later_version(path: Path) -> str:
+    url = f"sqlite+aiosqlite:///{path}"
+    async with SQLStream.from_url(url) as store:
+        await store.prepare()
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"UPDATE {VERSION_TABLE} SET version_num = ?", (LATER,))
+    conn.close()
+    return url
+
+
+def _revision(path: Path) -> str:
+    conn = sqlite3.connect(path)
+    try:
+        return str(conn.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchone()[0])
+    finally:
+        conn.close()
+
+
+async def test_a_store_with_create_opens_a_schema_from_a_later_version_and_works(tmp_path: Path) -> None:
+    url = await _migrated_by_a_later_version(tmp_path / "s.db")
+    async with SQLStream.from_url(url) as store:  # create: the SQLite default
+        await store.prepare()
+        await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data=1))
+        assert await store.get(StreamGetInput(stream_name="s", group_id="g", item_id="i")) == 1
+    assert _revision(tmp_path / "s.db") == LATER  # left as the later version wrote it
+
+
+async def test_the_engine_starts_on_a_sqlite_file_a_later_version_migrated(tmp_path: Path) -> None:
+    url = await _migrated_by_a_later_version(tmp_path / "s.db")
+    config = EngineConfig(host="127.0.0.1", port=0,
+                          modules=[ModuleSpec("modules::state::StateModule", {"store_url": url})])
+    async with Engine(config=config) as engine:
+        assert engine.module("state") is not None
