@@ -53,6 +53,7 @@ import builtins
 import contextlib
 import logging
 import os
+import shlex
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -895,10 +896,26 @@ class SQLStream(FieldUpdates):
                 kind = StreamUnavailableError
             raise kind(f"cannot open {self._database()}: {error_line(exc)}{self._path_hint()}") from exc
         if schema_behind(revision):
-            masked = self.engine.url.render_as_string(hide_password=True)
             state = "has no stream schema" if revision is None else (
                 f"has the stream schema at revision {revision}, older than this version's {head_revision()}")
-            raise SchemaMissingError(f"{self._database()} {state}: run `iii-streams migrate {masked}`")
+            raise SchemaMissingError(f"{self._database()} {state}: {self._migrate_hint()}")
+
+    def _migrate_hint(self) -> str:
+        """How to bring this store's database to the schema, as a command that works when pasted into a shell.
+
+        Example:
+            >>> SQLStream.from_url("sqlite+aiosqlite:////srv/my data/s.db")._migrate_hint()
+            "run `iii-streams migrate 'sqlite+aiosqlite:////srv/my data/s.db'`"
+        """
+        if not self._pg and not _is_file_database(self.engine.url):
+            # another process's connection would be another, empty, in-memory database
+            return "an in-memory database is new in each store: open it with create=True"
+        shown = self.engine.url.render_as_string(hide_password=True)
+        # quoted when the shell would split or expand it (a path with a space was two arguments); a masked
+        # password's *** alone is left as it is: a glob with a / in it matches nothing and stays as written
+        if shlex.quote(shown.replace("*", "")) != shown.replace("*", ""):
+            shown = shlex.quote(shown)
+        return f"run `iii-streams migrate {shown}`"
 
     def _database(self) -> str:
         """The database in words: ``SQLite database PATH`` or the URL, password masked."""
