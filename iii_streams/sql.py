@@ -915,7 +915,8 @@ class SQLStream(FieldUpdates):
         # password's *** alone is left as it is: a glob with a / in it matches nothing and stays as written
         if shlex.quote(shown.replace("*", "")) != shown.replace("*", ""):
             shown = shlex.quote(shown)
-        return f"run `iii-streams migrate {shown}`"
+        masked = " (with the real password in place of ***)" if self.engine.url.password is not None else ""
+        return f"run `iii-streams migrate {shown}`{masked}"
 
     def _database(self) -> str:
         """The database in words: ``SQLite database PATH`` or the URL, password masked."""

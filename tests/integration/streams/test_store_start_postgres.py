@@ -63,7 +63,7 @@ async def test_a_database_without_the_schema_stops_the_start(unmigrated_url: str
         await engine.start()
     masked = unmigrated_url.replace(":s3cret@", ":***@")
     assert failure.value.reason == (f"PostgreSQL database {masked} has no stream schema: "
-                                    f"run `iii-streams migrate {masked}`")
+                                    f"run `iii-streams migrate {masked}` (with the real password in place of ***)")
     assert "s3cret" not in str(failure.value) and "\n" not in str(failure.value)
     assert engine.modules == {} and not engine.ready.is_set()
 
