@@ -694,6 +694,7 @@ class ChannelWriter:
         if self._closing is None:
             self._closed = True
             self._closing = loop.create_task(self._close_impl())
+            self._closing.add_done_callback(self._close_ended)
             self._closing.add_done_callback(_log_task_error)
 
     async def close_async(self) -> None:
@@ -706,6 +707,7 @@ class ChannelWriter:
         if self._closing is None:
             self._closed = True
             self._closing = asyncio.ensure_future(self._close_impl())
+            self._closing.add_done_callback(self._close_ended)
         await asyncio.shield(self._closing)
 
     async def abort(self, reason: str = "") -> None:
@@ -967,6 +969,15 @@ class ChannelWriter:
             if self._pending_bytes < limit:
                 return
             await self._space.wait()
+
+    def _close_ended(self, closing: asyncio.Future[None]) -> None:
+        """A close cancelled (only its loop's end does that: ``close_async`` shields it) did not get the stream
+        through: the connection is dropped, which the engine takes as an abort. Left open on a loop that is gone,
+        it kept the reader waiting with no end. (A task cancelled before it ran never ran its own code: hence a
+        done callback.) An abort under way ends the connection itself."""
+        end = self._end
+        if closing.cancelled() and end is not None and self._aborting is None:
+            end.abort()
 
     async def _close_impl(self) -> None:
         pump = self._pump
