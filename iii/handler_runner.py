@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from .handler_threads import HandlerThreads
+from .handler_threads import ExitWait, HandlerThreads
 from .payloads import resolve_channels
 from .trace_scope import TraceScope
 
@@ -36,8 +36,9 @@ Outcome = tuple[Any, dict[str, Any] | None, str | None]
 class HandlerRunner:
     """The local handlers by function id, and how to run one."""
 
-    def __init__(self, address: str, on_exit: Callable[[], None] | None = None) -> None:
-        """``on_exit``: called once when the interpreter's exit starts (see :class:`HandlerThreads`)."""
+    def __init__(self, address: str, on_exit: Callable[[], ExitWait | None] | None = None) -> None:
+        """``on_exit``: called once when the interpreter's exit starts, it may return a wait (see
+        :class:`HandlerThreads`)."""
         self._address = address  # channel refs in payloads are opened against this engine
         # function id -> (handler, whether it is async, its span's name: one string per function, not per call)
         self._handlers: dict[str, tuple[Callable[[Any], Any], bool, str]] = {}

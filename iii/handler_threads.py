@@ -20,7 +20,9 @@ Ctrl-C's ``KeyboardInterrupt`` left it): from then on the interpreter refuses ne
 with no bound, for the runs going on. The hook is ``threading._register_atexit`` (the one concurrent.futures uses; it
 runs before the interpreter joins the executors' threads); on a Python without it (:data:`EXIT_HOOK_MISSING` not
 empty), the first run the pool refuses while not shut down calls ``on_exit`` instead (the interpreter's refusal: a
-new run coming in, a cron tick say, is what shows it).
+new run coming in, a cron tick say, is what shows it). What ``on_exit`` returns, if anything, is a wait (for the
+work it started: a client's shutdown); the hook calls every pool's ``on_exit`` first, then their waits, with
+:data:`EXIT_WAIT_S` in all, so that work runs at once in every pool and one stuck pool does not hold the exit.
 
 Example:
     >>> pool = HandlerThreads(limit=2)
@@ -34,14 +36,15 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, Final, TypeVar
 
-__all__ = ["BLOCKING_MISSING", "DEFAULT_MAX_THREADS", "EXIT_HOOK_MISSING", "HandlerThreads", "blocked",
-           "default_limit"]
+__all__ = ["BLOCKING_MISSING", "DEFAULT_MAX_THREADS", "EXIT_HOOK_MISSING", "EXIT_WAIT_S", "ExitWait", "HandlerThreads",
+           "blocked", "default_limit"]
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -77,6 +80,13 @@ def _probe_exit_hook() -> tuple[str, ...]:
     return () if callable(getattr(threading, "_register_atexit", None)) else ("threading._register_atexit",)
 
 
+ExitWait = Callable[[float], None]
+"""What an ``on_exit`` may return: wait (at most the seconds given) for the work it started."""
+
+EXIT_WAIT_S: Final = 5.0
+"""Seconds the interpreter's exit gives, in all, to the waits the pools' ``on_exit`` returned (the clients'
+shutdowns, started all at once); past it the exit goes on without them."""
+
 EXIT_HOOK_MISSING: tuple[str, ...] = _probe_exit_hook()
 """What :func:`_probe_exit_hook` found missing (empty: ``on_exit`` runs as the interpreter's exit starts; otherwise
 at the first run refused after it)."""
@@ -103,11 +113,18 @@ def _watch(pool: HandlerThreads) -> None:
 
 
 def _interpreter_exiting() -> None:
-    """The interpreter's exit has started: tell every watched pool."""
+    """The interpreter's exit has started: tell every watched pool, then wait for what they started,
+    :data:`EXIT_WAIT_S` in all. Told one by one and each waited for in turn, ten clients of a stalled engine held the
+    exit 20 s (2 s each for the close), and a client whose loop a handler blocked held it for as long as that lasted."""
     with _watched_lock:
         pools = list(_WATCHED)
-    for pool in pools:
-        pool.exiting()
+    waits = [wait for pool in pools if (wait := pool.exiting()) is not None]
+    deadline = time.monotonic() + EXIT_WAIT_S
+    for wait in waits:
+        try:
+            wait(max(0.0, deadline - time.monotonic()))
+        except Exception:
+            log.exception("A wait at the interpreter's exit failed")
 
 
 def _mark(pool: HandlerThreads) -> None:
@@ -118,7 +135,8 @@ class HandlerThreads(ThreadPoolExecutor):
     """Threads for sync handlers; see the module docstring."""
 
     def __init__(self, limit: int | None = None, name: str = "iii-handler",
-                 max_threads: int = DEFAULT_MAX_THREADS, on_exit: Callable[[], None] | None = None) -> None:
+                 max_threads: int = DEFAULT_MAX_THREADS,
+                 on_exit: Callable[[], ExitWait | None] | None = None) -> None:
         limit = default_limit() if limit is None else limit
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
@@ -132,9 +150,9 @@ class HandlerThreads(ThreadPoolExecutor):
         if on_exit is not None:
             _watch(self)
 
-    def exiting(self) -> None:
-        """The interpreter's exit has started: call ``on_exit`` (once; not after :meth:`shutdown`). Its exception is
-        logged: the other pools are told still.
+    def exiting(self) -> ExitWait | None:
+        """The interpreter's exit has started: call ``on_exit`` (once; not after :meth:`shutdown`) and return the
+        wait it returned, if any. Its exception is logged: the other pools are told still.
 
         Example:
             >>> told = []
@@ -144,11 +162,12 @@ class HandlerThreads(ThreadPoolExecutor):
             >>> pool.shutdown()
         """
         if self._on_exit is None or self._closing or not self._told.acquire(blocking=False):
-            return
+            return None
         try:
-            self._on_exit()
+            return self._on_exit()
         except Exception:
             log.exception("Handler threads %r: their on_exit failed as the interpreter's exit started", self)
+            return None
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         try:

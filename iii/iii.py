@@ -34,6 +34,7 @@ from .channels import ChannelReader, ChannelWriter
 from .connection import Connection, Frame, MessageTooLargeError, Write, check_reconnection, check_url
 from .errors import ConnectionLostError, InvocationError, ShuttingDownError
 from .handler_runner import HandlerRunner
+from .handler_threads import ExitWait
 from .handler_threads import blocked as handler_blocked
 from .iii_constants import DEFAULT_RECONNECTION_CONFIG as DEFAULT_RECONNECTION_CONFIG  # reference re-export
 from .iii_constants import MAX_QUEUE_SIZE as MAX_QUEUE_SIZE  # reference re-export
@@ -417,21 +418,41 @@ class III:
         task.add_done_callback(self._outside_shutdowns.discard)
         await asyncio.shield(task)
 
-    def _interpreter_exiting(self) -> None:
+    def _interpreter_exiting(self) -> ExitWait | None:
         """The interpreter's exit has started (called once, by the handler threads: see
         :class:`~iii.handler_threads.HandlerThreads`): from then on it refuses new sync handler runs and waits for
         those going on. Refuse them here first, each with an error for its caller and no line of its own, and shut
         down, so the engine routes nothing more here; the shutdown names the runs the process waits for, in one line.
-        On the loop thread (the first refused run, on a Python without the exit hook) the shutdown runs on as a
-        task, the loop ending after it."""
+        The shutdown runs on as a task, the loop ending after it; off the loop thread (the exit hook) the wait for it
+        is returned, so every client's shutdown is under way before the hook waits for any (see
+        :data:`~iii.handler_threads.EXIT_WAIT_S`)."""
         self._runner.refuse("the interpreter is exiting")
         bridge: LoopBridge | None = getattr(self, "_bridge", None)  # (None: the exit started before __init__ ended)
         if bridge is None or not bridge.alive:
-            return
+            return None
         if bridge.on_loop_thread():
             bridge.spawn(self._shutdown_then_end())
-        else:
-            self.shutdown()
+            return None
+        if self._shutdown_thread is None:
+            self._shutdown_thread = threading.get_ident()
+        shutdown = self._shutdown_then_end()
+        try:
+            bridge.submit(shutdown)
+        except RuntimeError:  # the loop closed meanwhile (another thread's shutdown ended it): nothing to wait for
+            shutdown.close()
+            return None
+        return self._exit_wait
+
+    def _exit_wait(self, seconds: float) -> None:
+        """The exit hook's wait for the shutdown :meth:`_interpreter_exiting` started: the loop thread's end, at most
+        ``seconds``. A loop held past it (an async handler blocking it) is left: its thread is a daemon, the exit goes
+        on (waiting on, the exit lasted as long as the handler blocked, for ever for one that never returns)."""
+        bridge = self._bridge
+        bridge.thread.join(seconds)
+        if bridge.alive:
+            log.warning("The shutdown of the client of %s at the interpreter's exit did not end within %g s (its event "
+                        "loop is held: an async handler that blocks it, say); the exit goes on without it",
+                        self._address, seconds)
 
     async def _shutdown_from_outside(self) -> None:
         """:meth:`shutdown_async` from another loop: the shutdown on the client's loop, then the loop's end."""
