@@ -446,9 +446,12 @@ class _Home:
                 task.cancel()
             if tasks:
                 loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-            if self.end is not None:
+            # Only an end of this loop: an end that left it (for a loop of its own, with nothing here) may have a
+            # socket on its new loop by the time this runs in a thread of its own (_leave).
+            end = self.end if self.loop is loop else None
+            if end is not None:
                 with contextlib.suppress(Exception):
-                    self.end.abort()  # a no-op on a connection closed already; else closed as the loop runs below
+                    end.abort()  # a no-op on a connection closed already; else closed as the loop runs below
             loop.run_until_complete(loop.shutdown_asyncgens())
             # the connect's getaddrinfo may have started the loop's default executor: its threads end here
             loop.run_until_complete(loop.shutdown_default_executor())
