@@ -94,6 +94,18 @@ at the first run refused after it)."""
 # The pools with an on_exit, told as the interpreter's exit starts (weakly: a client dropped unclosed is not kept).
 _WATCHED: weakref.WeakSet[HandlerThreads] = weakref.WeakSet()
 _watched_lock = threading.Lock()
+
+
+def _new_watched_lock() -> None:
+    """In a forked child: a lock of its own. The child inherits the pools and the hook (it runs as the child ends, a
+    multiprocessing one's too), and a copy of the lock held at the fork by another thread (one making or shutting
+    down a client), a thread the child does not have, held the child's exit for ever."""
+    global _watched_lock
+    _watched_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # (not on Windows: no fork)
+    os.register_at_fork(after_in_child=_new_watched_lock)
 _hooked = False
 
 
