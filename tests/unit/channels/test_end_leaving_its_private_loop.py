@@ -27,7 +27,7 @@ async def test_closing_the_private_loop_left_behind_keeps_the_new_loops_socket(
         except asyncio.CancelledError:  # its loop's closing waits here until the writer has its new socket
             await private.run_in_executor(None, connected.wait, 10)
 
-    private.create_task(left_on_it())
+    left = private.create_task(left_on_it())
     # started, in a thread (no loop can run where one runs): a task cancelled before it ran would skip its except
     await asyncio.to_thread(private.run_until_complete, asyncio.sleep(0))
     before = set(threading.enumerate())
@@ -36,6 +36,6 @@ async def test_closing_the_private_loop_left_behind_keeps_the_new_loops_socket(
     assert len(releasing) == 1  # the private loop, with a task left on it, is being closed in that thread
     connected.set()
     await asyncio.to_thread(releasing[0].join, 10)
-    assert private.is_closed()
+    assert private.is_closed() and left.done()
     await writer.close_async()
     assert await asyncio.wait_for(read, 10) == b"on the new loop"
