@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from .handler_threads import ExitWait, HandlerThreads
+from .handler_threads import ExitWait, HandlerThreads, exit_refusal
 from .payloads import resolve_channels
 from .trace_scope import TraceScope
 
@@ -209,9 +209,12 @@ def _bind_sync(handler: Callable[[Any], Any], data: Any, threads: HandlerThreads
         try:
             ran = asyncio.get_running_loop().run_in_executor(threads, _run_guarded, ctx, handler, data, function_id,
                                                              running)
-        except RuntimeError as exc:  # (the submit's refusal, and only that: nothing ran yet)
-            raise _RefusedError("the client was shut down" if threads.closing else "the interpreter is exiting") \
-                from exc
+        except RuntimeError as exc:  # the submit's refusal (nothing ran yet), or a thread that could not start
+            if threads.closing:
+                raise _RefusedError("the client was shut down") from exc
+            if exit_refusal(exc):
+                raise _RefusedError("the interpreter is exiting") from exc
+            raise
         result = await ran
         if inspect.isawaitable(result):
             result = await result

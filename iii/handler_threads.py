@@ -40,11 +40,12 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import thread as _futures_thread
 from contextlib import contextmanager
 from typing import Any, Final, TypeVar
 
 __all__ = ["BLOCKING_MISSING", "DEFAULT_MAX_THREADS", "EXIT_HOOK_MISSING", "EXIT_WAIT_S", "ExitWait", "HandlerThreads",
-           "blocked", "default_limit"]
+           "blocked", "default_limit", "exit_refusal"]
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -139,6 +140,21 @@ def _interpreter_exiting() -> None:
             log.exception("A wait at the interpreter's exit failed")
 
 
+def exit_refusal(exc: RuntimeError) -> bool:
+    """Whether ``exc``, out of an executor's ``submit``, is the interpreter's refusal (its exit has started) rather
+    than another failure: a thread that could not start (``can't start new thread``, a process at its thread limit)
+    passed for the exit, and the pool's ``on_exit`` shut a whole worker down for good.
+
+    Example:
+        >>> exit_refusal(RuntimeError("cannot schedule new futures after interpreter shutdown"))
+        True
+        >>> exit_refusal(RuntimeError("can't start new thread"))
+        False
+    """
+    # (the flag concurrent.futures sets as the exit starts, and its message should the flag move)
+    return bool(getattr(_futures_thread, "_shutdown", False)) or "interpreter shutdown" in str(exc)
+
+
 def _mark(pool: HandlerThreads) -> None:
     _local.pool = pool
 
@@ -184,9 +200,9 @@ class HandlerThreads(ThreadPoolExecutor):
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         try:
             return super().submit(fn, *args, **kwargs)
-        except RuntimeError:
-            # Not shut down by us: the interpreter's exit refused it (without the hook, the first sign of that exit).
-            if not self._closing:
+        except RuntimeError as exc:
+            # The interpreter's exit refused it (without the hook, the first sign of that exit), not our shutdown
+            if not self._closing and exit_refusal(exc):
                 self.exiting()
             raise
 
