@@ -198,9 +198,19 @@ class HandlerThreads(ThreadPoolExecutor):
             return None
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        refused: list[RuntimeError] = []
+
+        def run() -> T:
+            # A thread that cannot start ("can't start new thread") fails the submit after the executor queued the
+            # work: its caller was told it was refused, so the next free thread must not run it (a retry ran twice).
+            if refused:
+                raise refused[0]
+            return fn(*args, **kwargs)
+
         try:
-            return super().submit(fn, *args, **kwargs)
+            return super().submit(run)
         except RuntimeError as exc:
+            refused.append(exc)
             # The interpreter's exit refused it (without the hook, the first sign of that exit), not our shutdown
             if not self._closing and exit_refusal(exc):
                 self.exiting()

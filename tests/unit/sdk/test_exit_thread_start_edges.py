@@ -23,14 +23,18 @@ def _cannot_start(self: threading.Thread) -> NoReturn:
 
 def test_a_thread_that_cannot_start_is_not_the_interpreters_exit(monkeypatch: pytest.MonkeyPatch) -> None:
     told: list[int] = []
+    ran: list[str] = []
     pool = HandlerThreads(limit=1, on_exit=lambda: told.append(1))
     try:
         with monkeypatch.context() as patched:
             patched.setattr(threading.Thread, "start", _cannot_start)
             with pytest.raises(RuntimeError, match="can't start new thread"):
-                pool.submit(sum, [1, 2])
+                pool.submit(ran.append, "refused run")
         assert told == []
         assert pool.submit(sum, [1, 2]).result(5) == 3  # once threads start again, it serves on
+        assert pool.submit(ran.append, "next run").result(5) is None
+        # the refused run stays refused: its caller was told (before, the next free thread ran it too)
+        assert ran == ["next run"]
     finally:
         pool.shutdown()
 
