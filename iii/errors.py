@@ -109,10 +109,19 @@ class OutboundQueueFullError(ConnectionLostError):
 
 
 class ShuttingDownError(IIIError):
-    """The client is shutting down; its message matches the reference SDK's."""
+    """The client is shutting down; its message matches the reference SDK's. ``cause``, when known (ours), is added
+    as a note: it shows in the traceback, the message stays the reference's.
 
-    def __init__(self) -> None:
+    Example:
+        >>> error = ShuttingDownError("shut down by the interpreter's exit")
+        >>> str(error), error.__notes__
+        ('iii is shutting down', ["shut down by the interpreter's exit"])
+    """
+
+    def __init__(self, cause: str | None = None) -> None:
         super().__init__("iii is shutting down")
+        if cause is not None:
+            self.add_note(cause)
 
 
 def _body(code: str, message: str, stacktrace: str | None) -> dict[str, Any]:

@@ -130,6 +130,7 @@ class III:
         if not send_timeout_ms:
             raise ValueError("send_timeout_ms must be a number of milliseconds > 0, got 0")
         self._session = ClientSession()
+        self._shutdown_cause: str | None = None  # why it shut down, when not by a call of the user's (a note)
         # Told as the interpreter's exit starts: a worker whose main thread ended (or was ended by Ctrl-C) without a
         # shutdown stayed connected while the interpreter waited for its sync handlers, each invocation meanwhile
         # refused with an error line of its own.
@@ -257,7 +258,7 @@ class III:
         """``ShuttingDownError`` for a registration on a client that was shut down (it would never reach an
         engine); it raised "Event loop is closed" once the private loop was gone, and nothing after shutdown_async."""
         if self._closed:
-            raise ShuttingDownError()
+            raise ShuttingDownError(self._shutdown_cause)
 
     # ---------------------------------------------------------------- connection lifecycle
 
@@ -287,7 +288,7 @@ class III:
             except ValueError:
                 raise ValueError(f"within must be a finite number of seconds >= 0, got {within!r}") from None
         if self._closed:
-            raise ShuttingDownError()
+            raise ShuttingDownError(self._shutdown_cause)
         await self._connected_within(within)
 
     def _wait_until_connected(self, timeout: float | None = None) -> None:
@@ -306,7 +307,7 @@ class III:
         deadline = loop.time() + seconds
         while self._connection_state != "connected":
             if self._closed:
-                raise ShuttingDownError()
+                raise ShuttingDownError(self._shutdown_cause)
             if self._connection_state == "failed":
                 if self._conn.not_an_engine is not None:
                     raise ConnectionError(self._conn.not_an_engine)
@@ -366,7 +367,7 @@ class III:
     async def _start_async(self) -> None:
         """Start connecting in the background (telemetry set up once); returns at once."""
         if self._closed:
-            raise ShuttingDownError()
+            raise ShuttingDownError(self._shutdown_cause)
         if asyncio.get_running_loop() is not self._loop:
             await self._bridge.run_async(self._start_async())
             return
@@ -427,6 +428,10 @@ class III:
         is returned, so every client's shutdown is under way before the hook waits for any (see
         :data:`~iii.handler_threads.EXIT_WAIT_S`)."""
         self._runner.refuse("the interpreter is exiting")
+        # Threads of the user's still running after the main thread ended get ShuttingDownError from here on: say why
+        self._shutdown_cause = ("shut down by the interpreter's exit (the main thread ended without shutdown()): join "
+                                "threads that use the client in the main thread, or use `with register_worker(...)`")
+        log.info("The interpreter is exiting: the client of %s shuts down (it was not shut down)", self._address)
         bridge: LoopBridge | None = getattr(self, "_bridge", None)  # (None: the exit started before __init__ ended)
         if bridge is None or not bridge.alive:
             return None
@@ -978,7 +983,7 @@ class III:
         function_id, payload, action, timeout_ms = _unpack_request(request)
         tp, bg = self._telemetry.trace.headers()
         if self._closed:  # the private loop may be gone: say why before handing it anything
-            raise ShuttingDownError()
+            raise ShuttingDownError(self._shutdown_cause)
         invocation_id, frame = self._session.new_call(
             function_id, payload, action=action_to_wire(action), traceparent=tp or None, baggage=bg or None
         )
@@ -990,7 +995,7 @@ class III:
                     waiter: Settle) -> None:
         """The loop's half of a call from another thread or loop: track it (with its timeout), write its frame."""
         if self._closed:
-            waiter.set_exception(ShuttingDownError())
+            waiter.set_exception(ShuttingDownError(self._shutdown_cause))
             return
         self._session.track_call(invocation_id, function_id)
         self._calls.track(invocation_id, function_id, waiter, timeout_ms=timeout_ms, on_expire=self._session.forget)
@@ -1001,7 +1006,7 @@ class III:
         """:meth:`_start_call` from a thread holding the loop parked (:meth:`LoopBridge.park`): what cannot be done
         without the loop running (a queued write) is handed to it, and a timer it does not know of wakes it."""
         if self._closed:
-            waiter.set_exception(ShuttingDownError())
+            waiter.set_exception(ShuttingDownError(self._shutdown_cause))
             return
         self._session.track_call(invocation_id, function_id)
         if self._calls.track(invocation_id, function_id, waiter, timeout_ms=timeout_ms,
@@ -1039,7 +1044,7 @@ class III:
         except MessageTooLargeError as exc:
             raise message_too_large(function_id, exc.size, exc.limit) from None
         if not written and self._closed:
-            raise ShuttingDownError()
+            raise ShuttingDownError(self._shutdown_cause)
         return written
 
     async def trigger_once_async(self, request: dict[str, Any] | TriggerRequest) -> bool:
@@ -1091,7 +1096,7 @@ class III:
         if running is self._loop:
             function_id, payload, action, timeout_ms = _unpack_request(request)
             if self._closed:
-                raise ShuttingDownError()
+                raise ShuttingDownError(self._shutdown_cause)
             return await self._call(function_id, payload, action, timeout_ms, self._telemetry.trace.headers())
         function_id, invocation_id, frame, timeout = self._prepare_call(request)
         if invocation_id is None:
@@ -1124,7 +1129,7 @@ class III:
     ) -> Any:
         """One invocation, on the client's loop; ``headers`` = ``(traceparent, baggage)`` of the caller."""
         if self._closed:
-            raise ShuttingDownError()
+            raise ShuttingDownError(self._shutdown_cause)
         tp, bg = headers if headers is not None else self._telemetry.trace.headers()
         invocation_id, frame = self._session.new_call(
             function_id, payload, action=action_to_wire(action), traceparent=tp or None, baggage=bg or None

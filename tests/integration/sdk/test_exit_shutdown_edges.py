@@ -97,3 +97,34 @@ async def test_a_loop_blocked_by_an_async_handler_holds_the_exit_no_longer_than_
     assert took < EXIT_WAIT_S + 3, (took, out)
     said = [line for line in out.splitlines() if "at the interpreter's exit did not end within" in line]
     assert len(said) == 1 and engine.url in said[0], out
+
+
+# The main thread returns while a thread of the user's goes on calling the client.
+THREAD_AFTER_MAIN = """
+import sys, threading, traceback
+from iii import register_worker
+from iii.errors import ShuttingDownError
+client = register_worker(sys.argv[1])
+started = threading.Event()
+def calls():
+    started.set()
+    while True:
+        try:
+            client.trigger({"function_id": "engine::workers::list", "payload": {}})
+        except ShuttingDownError:
+            traceback.print_exc()
+            return
+threading.Thread(target=calls).start()
+assert started.wait(10)
+print("READY", flush=True)
+"""
+
+
+async def test_a_thread_left_running_after_the_main_thread_hears_why_the_client_shut_down(
+        engine: Engine, tmp_path: Path) -> None:
+    # Before: only "ShuttingDownError: iii is shutting down", with nothing naming the exit as the cause.
+    proc = await _start(tmp_path, THREAD_AFTER_MAIN, engine.url)
+    out, _ = await _exit_of(proc, 20)
+    assert proc.returncode == 0, out
+    assert "ShuttingDownError: iii is shutting down" in out, out
+    assert "shut down by the interpreter's exit (the main thread ended without shutdown())" in out, out
