@@ -639,8 +639,11 @@ class ChannelWriter:
 
         Cancelled while its frames go out, a write of more than one frame aborts the stream (some of its frames
         may be on their way: a close would hand the reader a short stream as a whole one); the writer raises
-        :class:`ChannelClosedError` from then on. Cancelled before its first frame (waiting for the writes ahead
-        of it, or to connect), nothing of it was sent and the writer goes on.
+        :class:`ChannelClosedError` from then on. Cancelled before its first frame went out (waiting for the
+        writes ahead of it, queued ones included, or to connect), nothing of it is sent, then or later, and the
+        writer goes on: a retry sends it once. A write queued behind others is sent by the writer's queue: if
+        it is cancelled once its frames started, they all go out and then, for more than one frame, the stream
+        is aborted all the same. A write of one frame cancelled as it goes out may have been sent.
         """
         await self._write(data, "a write was cancelled part-way")
 
@@ -884,10 +887,13 @@ class ChannelWriter:
         elif self._end is None:
             self._end = self._home.end = connecting.result()
 
-    async def _send(self, data: bytes | bytearray | memoryview | str, cut_off: str | None = None) -> None:
+    async def _send(self, data: bytes | bytearray | memoryview | str, cut_off: str | None = None,
+                    waiter: asyncio.Future[None] | None = None) -> None:
         """One write's frames; cancelled part-way, the stream is aborted with ``cut_off`` as its reason, unless
         it failed already (an abort cancels the queue's pump; a sync call's write, passing none, aborts with its
-        own reason)."""
+        own reason). ``waiter``: the future a queued write's caller awaits (the pump sends it): cancelled before
+        its first frame, nothing is sent; cancelled while its frames go out, they go out whole and the stream is
+        aborted as a direct write's would be."""
         # One lock around connect + all frames of one write, so concurrent writers never interleave frames.
         async with self._send_lock:
             if self._error is not None:
@@ -895,6 +901,8 @@ class ChannelWriter:
             end = await self._ensure_connected()
             if self._error is not None:  # aborted while this connected: nothing of it goes out
                 raise self._error
+            if waiter is not None and waiter.cancelled():
+                return  # its caller gave up while it waited here: sent later, a retry of it went out twice
             several_frames = False
             try:
                 if isinstance(data, str):
@@ -921,6 +929,11 @@ class ChannelWriter:
                 assert error is not None  # the write side never maps a close to "no error"
                 self._error = error
                 raise error from exc
+            if waiter is not None and waiter.cancelled() and several_frames and cut_off is not None:
+                # Its caller, cancelled as its frames went out, cannot tell how much of it was sent (a direct
+                # write would have been cut off there): the stream is aborted as a direct write's is.
+                await self._abort_cut_off("a queued write was cancelled part-way")
+                raise ChannelClosedError(f"channel {self._channel_id} aborted", channel_id=self._channel_id)
 
     def _enqueue(self, data: bytes | str, future: asyncio.Future[None] | None = None) -> None:
         if self._error is not None:
@@ -939,8 +952,14 @@ class ChannelWriter:
         try:
             while self._queue:
                 data, future = self._queue[0]
+                if future is not None and future.cancelled():
+                    # Its caller gave up before a frame of it went out: dropped, or a retry would send it twice.
+                    self._queue.popleft()
+                    self._pending_bytes -= len(data)
+                    self._space.set()
+                    continue
                 try:
-                    await self._send(data, "a queued write was cut off part-way (its event loop ending?)")
+                    await self._send(data, "a queued write was cut off part-way (its event loop ending?)", future)
                 except BaseException as exc:
                     self._fail_queue(exc if isinstance(exc, ChannelError) else ChannelClosedError(
                         f"channel {self._channel_id}: write cancelled", channel_id=self._channel_id))
