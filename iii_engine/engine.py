@@ -415,7 +415,7 @@ class Engine:
 
         worker_module = WorkerModule(self._services_for(WorkerModule))
         try:
-            await self._start_module(worker_module)
+            await self._start_module(worker_module, in_config=False)
         except Exception as exc:
             raise ModuleStartError(WORKER_MODULE, exc) from exc
         specs = self.config.modules if self.config.modules is not None else default_specs()
@@ -482,10 +482,13 @@ class Engine:
         if isinstance(module.services, _ModuleServices):
             module.services.release()
 
-    async def _start_module(self, module: EngineModule, start_timeout_ms: int | None = None) -> None:
+    async def _start_module(self, module: EngineModule, start_timeout_ms: int | None = None, *,
+                            in_config: bool = True) -> None:
         """Start ``module`` within its bound (``start_timeout_ms``, the entry's, or the module's
         :meth:`~EngineModule.start_timeout_s`): a start waiting on a peer that never answers failed nothing and held
-        the engine's start for good. Past the bound it is cancelled and fails with :class:`TimeoutError`."""
+        the engine's start for good. Past the bound it is cancelled and fails with :class:`TimeoutError`; its message
+        points at the entry's ``start_timeout_ms`` unless the module has no entry (``in_config=False``: the worker
+        module). A cancel of the engine's start propagates, also one landing in the loop turn the bound runs out."""
         bound = start_timeout_ms / 1000 if start_timeout_ms is not None else module.start_timeout_s()
         # in a task of its own (this context, so its store closes are collected too): a stop() during the start
         # cancels it, so a store that never answers its open does not hold the stop
@@ -498,8 +501,12 @@ class Engine:
                 await waiting
         except BaseException as exc:
             self._module_starting = None
-            where = closing.awaiting(starting) if timer.expired() else ""
-            if isinstance(exc, asyncio.CancelledError) or timer.expired():
+            # Past the bound asyncio.timeout turns its own cancel into TimeoutError; a cancel of this start landing
+            # in the same loop turn leaves the CancelledError (and the timer expired): that cancel wins, or the start
+            # of a cancelled engine went on (with allow_degraded, to a ready engine).
+            timed_out = timer.expired() and not isinstance(exc, asyncio.CancelledError)
+            where = closing.awaiting(starting) if timed_out else ""
+            if isinstance(exc, asyncio.CancelledError) or timed_out:
                 # cancelled by stop() or with the start's caller, or past its bound: the module's start too, its
                 # end awaited bounded (a library that swallows the cancel would hold the start, and the stop
                 # waiting for it, for good)
@@ -508,10 +515,12 @@ class Engine:
                     await finish_within(starting, closing.MODULE_START_WAIT_S, f"module {module.name}'s start", log)
             # A module that failed half-way may already hold a port or a connection: give it a chance to let go.
             await self._stop_module(module, after_failed_start=True)
-            if timer.expired():
+            if timed_out:
                 waited = f", waiting in {where}" if where else ""
+                hint = "a longer bound: start_timeout_ms in its entry" if in_config else \
+                    "the engine's own module, which has no entry: its bound is not configurable"
                 raise TimeoutError(f"its start (module {module.name}) did not end within {bound:g} s{waited}; "
-                                   f"cancelled (a longer bound: start_timeout_ms in its entry)") from exc
+                                   f"cancelled ({hint})") from exc
             if isinstance(exc, asyncio.CancelledError) and not self._stop_asked and not _cancelling():
                 # not a cancel of this start: a failure of the module (a CancelledError out of start() would end
                 # the CLI with a traceback instead of its one-line start error)
