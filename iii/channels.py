@@ -63,7 +63,6 @@ import concurrent.futures
 import contextlib
 import inspect
 import logging
-import socket
 import threading
 import time
 import weakref
@@ -785,7 +784,10 @@ class ChannelWriter:
             # Nobody runs the writer's loop (closed: an asyncio.run that returned), or it did not get to the abort:
             # drop the TCP connection from here, which the engine takes as an abort too.
             log.debug("abort of channel %s: %s; connection dropped", self._channel_id, exc)
-            _drop_connection(self._end)
+            try:
+                _drop_connection(self._end)
+            except Exception as drop_exc:  # abort() never raises: the reader sees the drop, or the attach deadline
+                log.debug("abort of channel %s: dropping the connection failed: %r", self._channel_id, drop_exc)
         finally:
             self._home.release(timeout=0)  # a sync call still running the private loop releases it as it ends
 
@@ -1028,10 +1030,8 @@ class ChannelWriter:
 def _drop_connection(end: WebSocketEnd | None) -> None:
     """Shut an end's TCP connection down from any thread, without its loop (closed, or not running): the peer sees
     the connection drop. Through the socket object, so never another socket that reused its descriptor."""
-    sock = None if end is None else end.ws.transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+    if end is not None:
+        ws_fastpath.shutdown(end.ws)
 
 
 def _log_task_error(task: asyncio.Task[Any]) -> None:

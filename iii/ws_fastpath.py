@@ -463,14 +463,59 @@ def abort(ws: Connection) -> None:
     ws.transport.abort()
 
 
+def _socket_of(ws: Connection) -> Any:
+    """The TCP socket under ``ws`` (asyncio's ``TransportSocket`` wrapper of it, with ``shutdown`` and
+    ``setsockopt``), or ``None`` where there is none to reach."""
+    transport = getattr(ws, "transport", None)  # set by connection_made (_probe); absent before it
+    return None if transport is None else transport.get_extra_info("socket")
+
+
 def reset(ws: Connection) -> None:
     """Drop the connection at once and discard what the peer has not read: with ``SO_LINGER`` 0 the kernel throws
     the unsent bytes away and answers with a reset, so a peer that stopped reading learns it is gone."""
-    sock = ws.transport.get_extra_info("socket")
+    sock = _socket_of(ws)
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     ws.transport.abort()
+
+
+def shutdown(ws: Connection) -> None:
+    """Shut ``ws``'s TCP connection down from any thread, without its event loop (closed, or not running): the
+    peer sees the connection drop. Through the socket object, so never another socket that reused its descriptor;
+    never raises (a connection gone already, or with no socket to reach, is left as it is).
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> ours, peer = socket.socketpair()
+        >>> shutdown(SimpleNamespace(transport=SimpleNamespace(get_extra_info=lambda name: ours)))
+        >>> peer.recv(1)  # the peer sees the connection end
+        b''
+        >>> ours.close(); peer.close()
+    """
+    sock = _socket_of(ws)
+    if sock is None:
+        if getattr(ws, "transport", None) is None:
+            _fallback("shutdown: the connection has no transport (websockets internals changed?)")
+        return
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def write_buffer_size(ws: Connection) -> int:
+    """Bytes ``ws``'s transport holds, not yet taken by the socket (0 where it has none): they shrink as the peer
+    takes them, in the middle of a long write.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> write_buffer_size(SimpleNamespace(transport=SimpleNamespace(get_write_buffer_size=lambda: 3)))
+        3
+    """
+    transport = getattr(ws, "transport", None)
+    if transport is None:
+        _fallback("write_buffer_size: the connection has no transport (websockets internals changed?)")
+        return 0
+    return int(transport.get_write_buffer_size())
 
 
 def is_open(ws: Connection) -> bool:
@@ -1676,11 +1721,13 @@ __all__ = [
     "server_factory",
     "server_frame",
     "set_max_message_size",
+    "shutdown",
     "take_on_arrival",
     "take_ready",
     "tune_allocator",
     "unread_bytes",
     "wait_ready",
     "writable_now",
+    "write_buffer_size",
     "write_server_frames",
 ]

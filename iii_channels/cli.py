@@ -58,6 +58,7 @@ from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
+from iii import ws_fastpath
 from iii._cli import OneLineParser, mask_passwords
 from iii.channels import ChannelReader, ChannelWriter
 from iii.connection import check_url
@@ -335,8 +336,7 @@ class _WatchedWriter(ChannelWriter):
         """A mark that changes whenever bytes of this upload move: those written (counted per write) and those the
         socket's transport still holds (which shrink as the peer takes them, in the middle of a long write)."""
         end = self._end
-        transport = None if end is None else end.ws.transport
-        return self.bytes_written, 0 if transport is None else transport.get_write_buffer_size()
+        return self.bytes_written, 0 if end is None else ws_fastpath.write_buffer_size(end.ws)
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         with self._waiting():
