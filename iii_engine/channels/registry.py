@@ -579,9 +579,12 @@ class ChannelRelay:
             return
         ended = self._ended.get(channel_id)
         if ended is not None:
-            if self._attach_ended(ended, Side.WRITER) is not None:
+            if ended.action.side is not Side.WRITER:  # kept for the reader: a write end was attached and failed
                 raise ChannelRefused(409, "channel write end is already attached")
-            return  # its reader left: the stream goes nowhere, as it would on the live channel
+            # Kept for this write end: its reader left. The stream goes nowhere, as on a live channel whose reader
+            # left; the end is told (here: nothing to tell) and the record goes, as _attach_ended does.
+            self._forget(ended.id)
+            return
         ch = self._channels[channel_id]
         if self._driver.attach(ch, Side.WRITER) is not None:
             raise ChannelRefused(409, "channel write end is already attached")
