@@ -27,14 +27,20 @@ pytestmark = pytest.mark.timeout(30)
 
 
 @pytest.fixture
-def channel() -> Iterator[Channel]:
-    """A channel of a client connected to an engine in a thread of its own (a large buffer nobody reads)."""
-    with RealEngineThread() as remote:
-        client = III(remote.url)
-        try:
-            yield client.create_channel(buffer_size=64 * 1024)
-        finally:
-            client.shutdown()
+def remote() -> Iterator[RealEngineThread]:
+    """An engine in a thread of its own."""
+    with RealEngineThread() as served:
+        yield served
+
+
+@pytest.fixture
+def channel(remote: RealEngineThread) -> Iterator[Channel]:
+    """A channel of a client connected to ``remote`` (a large buffer nobody reads)."""
+    client = III(remote.url)
+    try:
+        yield client.create_channel(buffer_size=64 * 1024)
+    finally:
+        client.shutdown()
 
 
 @pytest.fixture
@@ -50,10 +56,10 @@ def home() -> Iterator[asyncio.AbstractEventLoop]:
         loop.close()
 
 
-def _blocked_write(channel: Channel, outcome: dict[str, Any]) -> threading.Thread:
+def _blocked_write(channel: Channel, outcome: dict[str, Any], size: int = 32 * 1024 * 1024) -> threading.Thread:
     def produce() -> None:
         try:
-            channel.writer.stream.write(b"x" * (32 * 1024 * 1024))  # blocks: nobody reads
+            channel.writer.stream.write(b"x" * size)  # blocks: nobody reads
             outcome["result"] = "returned"
         except BaseException as exc:  # (the outcome is what is tested)
             outcome["result"] = exc
@@ -63,14 +69,15 @@ def _blocked_write(channel: Channel, outcome: dict[str, Any]) -> threading.Threa
     return thread
 
 
-def test_a_sync_write_ends_when_its_writers_loop_stops(channel: Channel, home: asyncio.AbstractEventLoop) -> None:
+def test_a_sync_write_ends_when_its_writers_loop_stops(
+        remote: RealEngineThread, channel: Channel, home: asyncio.AbstractEventLoop) -> None:
+    """The write is more than the engine's queue and every socket buffer on the way hold (before: 32 MiB, which
+    those buffers, tuned by the kernel, could take whole: the write returned and the test failed)."""
     asyncio.run_coroutine_threadsafe(channel.writer.write(b"a"), home).result(10)  # the writer's loop: home
     outcome: dict[str, Any] = {}
-    producer = _blocked_write(channel, outcome)
-    deadline = time.monotonic() + 5
-    while channel.writer.bytes_written < 1024 * 1024 and time.monotonic() < deadline:
-        time.sleep(0.01)  # (polling a counter another thread moves; no event to await across the threads)
-    assert producer.is_alive()
+    producer = _blocked_write(channel, outcome, 128 * 1024 * 1024)
+    remote.run(remote.engine.channels.wait_full(channel.writer.ref.channel_id), 20)  # the write waits now
+    assert producer.is_alive(), outcome
     home.call_soon_threadsafe(home.stop)  # stopped and closed by its owner, its tasks never cancelled
     while home.is_running():
         time.sleep(0.01)
