@@ -52,19 +52,30 @@ async def test_a_reader_that_never_attached_fails_the_send_once_nothing_moves(
 
 async def test_a_reader_slower_than_the_buffers_goes_on_to_the_end(
         engine: Engine, worker: Callable[[str, Handler], None], tmp_path: Path) -> None:  # noqa: F811
-    """Answered at once, then read at 12 MB/s: writes wait for seconds while bytes keep moving."""
-    rate = 12_000_000
+    """Answered at once, then read at 12 MB/s for 2.5 s: writes wait for longer than the stall timeout while
+    bytes keep moving.
+
+    The pace starts once the relay's queue is full (the upload waits on the reader from then on) and lasts a
+    fixed amount, then the reader reads at full speed: more is left by then than every buffer on the way can hold
+    (the queue's 16 MiB, and kernel-tuned socket buffers: up to 32 MiB a receive buffer here), so the upload is
+    still writing throughout the pace. Before: paced from the answer to the end of 48 MiB, the upload ended in
+    1.26 s under load (the buffers took most of it); or, its last write out, its close waited behind those
+    buffers with nothing of its own moving for 2 s, and the send failed (the stall the test is not about)."""
+    rate, paced = 12_000_000, 30_000_000
+    size = 128 << 20
     received: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     test_loop = asyncio.get_running_loop()
     tasks: list[asyncio.Task[None]] = []
 
     async def read_slowly(reader: ChannelReader) -> None:
-        started, count = time.monotonic(), 0
         try:
+            full = asyncio.run_coroutine_threadsafe(engine.channels.wait_full(reader.ref.channel_id), test_loop)
+            await asyncio.wait_for(asyncio.wrap_future(full), 20)
+            started, count = time.monotonic(), 0
             while (chunk := await reader.read_chunk()) is not None:
                 count += len(chunk)
                 ahead = count / rate - (time.monotonic() - started)
-                if ahead > 0:
+                if count <= paced and ahead > 0:
                     await asyncio.sleep(ahead)  # the reader's pace, not a synchronisation
         except BaseException as exc:
             test_loop.call_soon_threadsafe(received.set_exception, exc)
@@ -77,11 +88,11 @@ async def test_a_reader_slower_than_the_buffers_goes_on_to_the_end(
 
     worker("files::slow", accepts)
     src = tmp_path / "big.bin"
-    src.write_bytes(os.urandom(SIZE))
+    src.write_bytes(os.urandom(size))
     started = time.monotonic()
     done = await _send(engine, src, "files::slow", "--stall-timeout", "2")
     took = time.monotonic() - started
     assert done.rc == 0, done.stderr
-    assert json.loads(done.stdout) == {"sent": SIZE, "result": {"accepted": True}}
-    assert await asyncio.wait_for(received, 10) == SIZE
+    assert json.loads(done.stdout) == {"sent": size, "result": {"accepted": True}}
+    assert await asyncio.wait_for(received, 10) == size
     assert took > 2, f"the upload took {took:.2f} s: too fast to have waited on the reader"
