@@ -16,7 +16,8 @@ deadline, so stores that all went silent hold the stop for one bound, not one ea
 
 A module's start and its stop have bounds too (:data:`MODULE_START_TIMEOUT_S`, :data:`MODULE_STOP_TIMEOUT_S`, or
 what the module states): :func:`stop_within` ends a wait on work that may never end (a module's stop), and
-:func:`awaiting` names where such work is stuck.
+:func:`awaiting` names where such work is stuck. :func:`start_module_task` runs a module's start knowing its bound
+(:func:`module_start_bound`), so a wait inside it can end first and say what it waited for.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Coroutine, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, NamedTuple
 
 from websockets.asyncio.server import ServerConnection
 
@@ -35,7 +36,8 @@ from iii import ws_fastpath
 from iii_streams.deadlines import finish_within, let_go
 
 __all__ = ["CLOSE_TIMEOUT_S", "MODULE_START_TIMEOUT_S", "MODULE_START_WAIT_S", "MODULE_STOP_TIMEOUT_S",
-           "STORE_CLOSE_TIMEOUT_S", "StoreCloses", "awaiting", "close_store", "close_within", "stop_within"]
+           "STORE_CLOSE_TIMEOUT_S", "ModuleStartBound", "StoreCloses", "awaiting", "close_store", "close_within",
+           "module_start_bound", "start_module_task", "stop_within"]
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +61,10 @@ MODULE_START_TIMEOUT_S = 60.0
 """How long the engine waits for a module's start (unless the module states a longer bound, or its entry in the
 configuration file sets ``start_timeout_ms``): a start waiting on a peer that never answers (a store's open, a
 subscription) failed nothing and held the engine's start for good. Past it the start is cancelled and fails as any
-failed start does. Stores migrate their schema at their first use, not in the start, so a migration waiting for
-its turn (up to 600 s) is not cut by it."""
+failed start does. A SQL store connects, checks its schema and (``create``: a ``file_based`` KvStore's SQLite)
+migrates it in its module's start, within 10 s, or within the entry's ``start_timeout_ms`` when it sets one
+(:func:`~iii_engine.modules.stream.store.prepare_module_store`): a migration waiting longer for its turn (another
+process migrating; it may wait up to 600 s) needs a larger ``start_timeout_ms``."""
 
 MODULE_STOP_TIMEOUT_S = 10.0
 """How long the engine waits for a module's stop beyond what the module's own settings give it (a settings field
@@ -73,6 +77,53 @@ _ASYNCIO_DIR = os.path.dirname(asyncio.__file__)
 
 # The engine's stop in progress in this context: its modules' store closes are started and handed to it
 _STOPPING: ContextVar[StoreCloses | None] = ContextVar("iii_engine_store_closes", default=None)
+
+
+class ModuleStartBound(NamedTuple):
+    """The bound of the module start running in this context (:func:`module_start_bound`)."""
+
+    seconds: float  #: past it the engine cancels the start
+    configured: bool  #: set by the module's configuration entry (``start_timeout_ms``), not the default
+    deadline: float  #: when (the loop's time) the engine cancels the start
+
+    def left(self) -> float:
+        """Seconds until the engine cancels the start (what the start did so far, imports included, took the rest)."""
+        return self.deadline - asyncio.get_running_loop().time()
+
+
+_MODULE_START: ContextVar[ModuleStartBound | None] = ContextVar("iii_engine_module_start", default=None)
+
+
+def start_module_task(start: Coroutine[Any, Any, None], bound: float, *,
+                      configured: bool) -> asyncio.Task[None]:
+    """``start`` (a module's start, which the engine bounds by ``bound`` seconds; ``configured``: by its entry's
+    ``start_timeout_ms``) in a task of its own, in which :func:`module_start_bound` tells that bound.
+
+    Example:
+        >>> async def demo() -> list[object]:
+        ...     async def start() -> None:
+        ...         bound = module_start_bound()
+        ...         assert bound is not None and 2.4 < bound.left() <= 2.5
+        ...         seen.append(bound[:2])
+        ...     seen: list[object] = [module_start_bound()]
+        ...     await start_module_task(start(), 2.5, configured=True)
+        ...     return [*seen, module_start_bound()]
+        >>> asyncio.run(demo())
+        [None, (2.5, True), None]
+    """
+    deadline = asyncio.get_running_loop().time() + bound
+    token = _MODULE_START.set(ModuleStartBound(bound, configured, deadline))
+    try:
+        return asyncio.get_running_loop().create_task(start)  # the task copies this context, bound included
+    finally:
+        _MODULE_START.reset(token)
+
+
+def module_start_bound() -> ModuleStartBound | None:
+    """The bound of the module start running in this context (:func:`start_module_task`), ``None`` outside one: a
+    wait inside the start (a store's connect) ends before it, so its own error, naming what it waited for, is the
+    one the start fails with, not the engine's cut."""
+    return _MODULE_START.get()
 
 
 def _task_named(work: Awaitable[Any], what: str) -> asyncio.Future[Any]:

@@ -492,7 +492,7 @@ class Engine:
         bound = start_timeout_ms / 1000 if start_timeout_ms is not None else module.start_timeout_s()
         # in a task of its own (this context, so its store closes are collected too): a stop() during the start
         # cancels it, so a store that never answers its open does not hold the stop
-        starting = asyncio.ensure_future(module.start())
+        starting = closing.start_module_task(module.start(), bound, configured=start_timeout_ms is not None)
         waiting = asyncio.shield(starting)  # stop() cancels this wait: the start goes on at once, whatever the module
         self._module_starting = (waiting, starting, module)
         timer = asyncio.timeout(bound)

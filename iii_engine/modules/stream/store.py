@@ -35,6 +35,7 @@ The settings are checked by :class:`~iii_engine.modules.stream.settings.StoreSet
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -43,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 from iii_streams import Backend, MemoryStream, open_stream
 from iii_streams.urls import scheme_of
 
-from ...closing import close_store
+from ...closing import close_store, module_start_bound
 from ...settings import ConfigError
 from ..bridge.settings import BridgeAdapterSettings
 from .settings import KvStoreSettings, RedisStoreSettings, StateSettings, StoreSettings
@@ -58,8 +59,40 @@ log = logging.getLogger(__name__)
 Kind = Literal["stream", "state"]
 
 _REDIS_SCHEMES = frozenset({"redis", "rediss", "unix"})
-# a SQL store's connect and schema check at a module's start, at most (the module's own start bound is longer)
+# A SQL store's connect and schema check (or migration) at a module's start, at most, unless the module's entry sets
+# start_timeout_ms: then what is left of that bound, which a user raises for a slow database or migration. Either
+# way it ends _PREPARE_MARGIN of the module's start bound (at most _PREPARE_MARGIN_S) before the engine's cut of the
+# start, so the start fails with the store's error naming the database, not with that cut.
 _PREPARE_TIMEOUT_S = 10.0
+_PREPARE_MARGIN = 0.1
+_PREPARE_MARGIN_S = 1.0
+
+
+def _prepare_timeout() -> float:
+    """How long :func:`prepare_module_store` gives the store (see ``_PREPARE_TIMEOUT_S``).
+
+    Example:
+        >>> import asyncio
+        >>> from iii_engine.closing import start_module_task
+        >>> async def bounds(*starts: tuple[float, bool]) -> list[float]:
+        ...     async def start() -> None:
+        ...         seen.append(_prepare_timeout())
+        ...     seen: list[float] = []
+        ...     for seconds, configured in starts:
+        ...         await start_module_task(start(), seconds, configured=configured)
+        ...     return seen
+        >>> [f"{bound:.1f}" for bound in asyncio.run(bounds((60, False), (120, True), (2, True), (3, False)))]
+        ['10.0', '119.0', '1.8', '2.7']
+        >>> _prepare_timeout()  # outside a module's start
+        10.0
+    """
+    start = module_start_bound()
+    if start is None:
+        return _PREPARE_TIMEOUT_S
+    margin = min(start.seconds * _PREPARE_MARGIN, _PREPARE_MARGIN_S)
+    # down to 10 ms (the number appears in the store's error); past the engine's cut, anything: it cancels the start
+    within = max(math.floor((start.left() - margin) * 100) / 100, 0.01)
+    return within if start.configured else min(_PREPARE_TIMEOUT_S, within)
 
 
 def _kv_store(kind: Kind, settings: KvStoreSettings, events: bool) -> Backend:
@@ -117,7 +150,8 @@ async def prepare_module_store(kind: Kind, store: Backend) -> Backend:
     """``store`` (from :func:`open_module_store`) made ready before the module's start goes on: a SQL store connects
     once and checks its schema (or migrates, for a ``file_based`` KvStore), so a database that is unreachable,
     missing or not migrated stops the start with one line naming it, instead of failing every call of a started
-    engine. On failure the store is closed. Other stores are returned as they are.
+    engine. On failure the store is closed. Other stores are returned as they are. Within 10 s, or the module's entry's
+    ``start_timeout_ms`` (a little less: this fails first, naming the database), never past the module's start bound.
 
     Example:
         >>> import asyncio
@@ -135,7 +169,7 @@ open database file (directory /nonexistent/dir does not exist)
         return store
     sql_store = cast("SQLStream", store)
     try:
-        await sql_store.prepare(timeout=_PREPARE_TIMEOUT_S)
+        await sql_store.prepare(timeout=_prepare_timeout())
     except BaseException:
         await close_store(sql_store.aclose(), f"the {kind} module's store (SQLStream)")
         raise
