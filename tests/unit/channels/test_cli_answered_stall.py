@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from iii.channels import ChannelReader
+import pytest
+
+from iii.channels import ChannelReader, ChannelWriter
 from iii_channels import cli
 from iii_engine.channels import ChannelRelay
 
@@ -107,3 +109,25 @@ async def test_a_tiny_stall_timeout_does_not_spin() -> None:
     transfer = asyncio.ensure_future(asyncio.sleep(0.2, result=0))  # a slow source: nothing waits on the socket
     assert await asyncio.wait_for(cli._ended(transfer, writer, 1e-300), 5) is True
     assert looks <= 30, looks  # a look every 10 ms at most
+
+
+async def test_a_close_waiting_behind_the_buffers_is_not_a_stall(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Every byte written, the close waits while the reader takes what the engine and the sockets buffer (tens of
+    # MiB): none of this writer's bytes move meanwhile. Before, that wait counted: a reader slower than the buffers
+    # per stall time failed the send as "answered without reading the channel … 64.0 MiB of 64.0 MiB went out".
+    closing = asyncio.Event()
+    reader_done = asyncio.Event()
+
+    async def close_behind_the_buffers(self: ChannelWriter) -> None:
+        closing.set()
+        await reader_done.wait()
+
+    monkeypatch.setattr(ChannelWriter, "close_async", close_behind_the_buffers)
+    writer = cli._WatchedWriter("ws://127.0.0.1:1", {"channel_id": "c", "access_key": "k", "direction": "write"})
+    transfer = asyncio.ensure_future(writer.close_async())
+    await closing.wait()
+    watching = asyncio.ensure_future(cli._ended(transfer, writer, WINDOW_S))
+    done, _ = await asyncio.wait({watching}, timeout=WINDOW_S * 3)
+    assert not done, "a close waiting behind the buffers was taken for a stall"
+    reader_done.set()
+    assert await asyncio.wait_for(watching, 5) is True
