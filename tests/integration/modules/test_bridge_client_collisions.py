@@ -31,4 +31,5 @@ async def test_a_bridge_client_function_id_this_engine_has_stops_the_start(tmp_p
     err = await _failed_start(config)
     lines = [line for line in err.splitlines() if line.startswith("iii-engine:")]
     assert len(lines) == 1, err
-    assert "modules::bridge_client::BridgeClientModule cannot start" in lines[0] and expected in lines[0], lines[0]
+    assert lines[0].startswith("iii-engine: module modules::bridge_client::BridgeClientModule: ") and \
+        expected in lines[0], lines[0]
