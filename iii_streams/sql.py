@@ -54,6 +54,7 @@ import contextlib
 import logging
 import os
 import shlex
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -702,6 +703,10 @@ async def _driver_threads_ended(before: set[threading.Thread]) -> None:
             await asyncio.sleep(_DRIVER_THREAD_POLL_S)
 
 
+# How long a SQLite connection waits for another's lock before "database is locked" (its busy_timeout)
+_SQLITE_BUSY_S: Final = 30.0
+
+
 def _install_sqlite_hooks(engine: AsyncEngine, file_backed: bool) -> None:
     sync_engine = engine.sync_engine
 
@@ -710,7 +715,7 @@ def _install_sqlite_hooks(engine: AsyncEngine, file_backed: bool) -> None:
         # take transaction control away from the driver so BEGIN IMMEDIATE below is what runs
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA busy_timeout = 30000")
+        cursor.execute(f"PRAGMA busy_timeout = {int(_SQLITE_BUSY_S * 1000)}")
         if file_backed:
             cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute("PRAGMA synchronous = NORMAL")
@@ -742,6 +747,42 @@ def _install_postgresql_hooks(engine: AsyncEngine) -> None:
         if driver is not None and driver.is_closed():
             raise DisconnectionError("the server closed this pooled connection while it was idle")
 
+
+
+def _sqlite_lock_held(path: str, write: bool, wait_s: float) -> bool:
+    """Whether another connection (another process's writer) holds a lock on the SQLite file ``path`` that a store's
+    ``write`` (else its read) waits for, for all of ``wait_s``. Run in a thread: its wait (SQLite's busy timeout)
+    is the bound. No file yet (no lock on it), or any other failure: ``False`` (the store's own open reports it).
+
+    Example:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "s.db")
+        >>> holder = sqlite3.connect(path, isolation_level=None)
+        >>> _ = holder.execute("BEGIN EXCLUSIVE")
+        >>> _sqlite_lock_held(path, True, 0.05), _sqlite_lock_held(path, False, 0.05)
+        (True, True)
+        >>> holder.rollback()
+        >>> _sqlite_lock_held(path, True, 0.05)
+        False
+    """
+    if not os.path.isfile(path):  # not created here: the store's open decides (create, a missing directory)
+        return False
+    try:
+        probe = sqlite3.connect(path, timeout=wait_s, isolation_level=None, check_same_thread=False)
+    except sqlite3.Error:
+        return False
+    try:
+        # what the store's open takes first: the write lock (create: the migration), or the read lock
+        probe.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        probe.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        probe.rollback()
+    except sqlite3.OperationalError as exc:
+        return exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    except sqlite3.Error:
+        return False
+    finally:
+        probe.close()
+    return False
 
 
 def _is_file_database(url: URL) -> bool:
@@ -879,15 +920,19 @@ class SQLStream(FieldUpdates):
         threads = set() if self._pg else _sqlite_threads()
         try:
             async with asyncio.timeout(limit):
-                await self._prepare()
-                if self._create:
-                    return  # migrated just now (or earlier by this store): at the head revision
-                async with self._reader.connect() as conn:
-                    revision = await conn.run_sync(current_revision)
+                locked = await self._sqlite_locked(limit)
+                if locked is None:
+                    await self._prepare()
+                    if self._create:
+                        return  # migrated just now (or earlier by this store): at the head revision
+                    async with self._reader.connect() as conn:
+                        revision = await conn.run_sync(current_revision)
         except (StreamClosedError, SchemaMissingError):
             raise
         except TimeoutError as exc:
-            raise StreamTimeoutError(f"cannot open {self._database()}: no answer within {limit:g} s") from exc
+            # SQLite's own wait for a lock (busy_timeout) outlasts the bound: a lock the check missed (taken since)
+            suspect = "" if self._pg else " (locked by another writer?)"
+            raise StreamTimeoutError(f"cannot open {self._database()}: no answer within {limit:g} s{suspect}") from exc
         except Exception as exc:
             if not self._pg:
                 await _driver_threads_ended(threads)
@@ -895,10 +940,27 @@ class SQLStream(FieldUpdates):
             if kind is StreamTimeoutError:  # SQLite locked by another writer all along
                 kind = StreamUnavailableError
             raise kind(f"cannot open {self._database()}: {error_line(exc)}{self._path_hint()}") from exc
+        if locked is not None:
+            raise StreamUnavailableError(f"cannot open {self._database()}: locked by another process or writer, "
+                                         f"no answer within {locked:g} s (database is locked)")
         if schema_behind(revision):
             state = "has no stream schema" if revision is None else (
                 f"has the stream schema at revision {revision}, older than this version's {head_revision()}")
             raise SchemaMissingError(f"{self._database()} {state}: {self._migrate_hint()}")
+
+    async def _sqlite_locked(self, limit: float | None) -> float | None:
+        """The prepare's bound when the SQLite file stayed locked by another connection (another process's writer)
+        nearly all of it (``limit``, or SQLite's 30 s), else ``None``. Checked first: the store's open waited for
+        such a lock in a driver thread, past the prepare's bound and deaf to its cancel (SQLite's 30 s), and then
+        said only "no answer within N s"."""
+        path = self.engine.url.database
+        if self._pg or not path or not _is_file_database(self.engine.url):
+            return None
+        bound = limit if limit is not None else _SQLITE_BUSY_S
+        # ends a little before the bound, so its answer, not the bound's cut, is the prepare's; in a thread whose wait
+        # (SQLite's busy timeout) ends by itself whatever cancels this caller
+        wait_s = bound - min(bound * 0.1, 0.5)
+        return bound if await asyncio.to_thread(_sqlite_lock_held, path, self._create, wait_s) else None
 
     def _migrate_hint(self) -> str:
         """How to bring this store's database to the schema, as a command that works when pasted into a shell.
