@@ -200,8 +200,10 @@ async def stop_within(work: Awaitable[Any], timeout: float, what: str,  # noqa: 
     except BaseException:
         # the caller is cancelled: so is the work, given CLOSE_TIMEOUT_S as the cancel always was (not awaited for good)
         task.cancel()
-        await asyncio.wait((task,), timeout=CLOSE_TIMEOUT_S)
-        let_go(task)
+        try:
+            await asyncio.wait((task,), timeout=CLOSE_TIMEOUT_S)
+        finally:
+            let_go(task)  # also when a second cancel ends that wait: referenced until it ends, its failure retrieved
         raise
     if done:
         task.result()
