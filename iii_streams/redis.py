@@ -1354,7 +1354,8 @@ class RedisStream(FieldUpdates):
         # Each part against a silent server (a batch waiting for its reply, a pool's close) is bounded by _STOP_S and
         # let go past it; the watch side and the command side close side by side, so the whole close takes at most
         # the subscriber's own bound plus 2 * _STOP_S (8 s), under the engine's 10 s for a store's close.
-        separate = self._watch_client is not self._client  # from_url's pub/sub pool, the store's own
+        # the pub/sub pool the store made for itself (_WatchPool.like, whoever made the client), closed with it
+        separate = self._watch_client is not self._client
         outcomes = await asyncio.gather(self._close_watches(separate), self._close_commands(separate),
                                         return_exceptions=True)
         for outcome in outcomes:
