@@ -51,10 +51,12 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import importlib
 import logging
 import os
 import shlex
 import sqlite3
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -688,8 +690,33 @@ _DRIVER_THREAD_S: Final = 1.0
 _DRIVER_THREAD_POLL_S: Final = 0.005
 
 
+def _import_or_none(name: str) -> Any:
+    """Module ``name``, or ``None`` when it is not installed (a PostgreSQL-only install has no aiosqlite)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+# aiosqlite's connection thread is known only by its name, which Thread takes from its target, a private function:
+# checked here, the one place it is used (a test fails when an upgrade renames it). Without it no thread is found and
+# a failed open does not wait for one (the traceback at exit may come back; nothing else changes).
+_SQLITE_THREAD_TARGET: Final = "_connection_worker_thread"
+SQLITE_THREAD_MISSING: tuple[str, ...] = () if callable(getattr(
+    sys.modules.get("aiosqlite.core") or _import_or_none("aiosqlite.core"), _SQLITE_THREAD_TARGET, None)) else (
+    f"aiosqlite.core.{_SQLITE_THREAD_TARGET}",)
+
+
 def _sqlite_threads() -> set[threading.Thread]:
-    return {thread for thread in threading.enumerate() if "_connection_worker_thread" in thread.name}
+    """aiosqlite's connection threads running now (none when :data:`SQLITE_THREAD_MISSING` names what is missing).
+
+    Example:
+        >>> _sqlite_threads() == set()
+        True
+    """
+    if SQLITE_THREAD_MISSING:
+        return set()
+    return {thread for thread in threading.enumerate() if f"({_SQLITE_THREAD_TARGET})" in thread.name}
 
 
 async def _driver_threads_ended(before: set[threading.Thread]) -> None:
