@@ -10,19 +10,20 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from iii_engine import Engine, EngineConfig, ModuleSpec
 from iii_engine.modules.base import ModuleStartError
 from iii_engine.modules.stream import store as store_module
+from tests.integration.engine_streams.test_feed_close_bounds import silent_server
 
 pytestmark = pytest.mark.timeout(30)
 
 _STATE = "modules::state::StateModule"
+__all__ = ["silent_server"]  # a TCP server that never answers (a silent PostgreSQL): the fixture
 
 
 @pytest.fixture
@@ -42,27 +43,6 @@ def locked(tmp_path: Path) -> Iterator[tuple[str, sqlite3.Connection]]:
 def _engine(url: str, start_timeout_ms: int) -> Engine:
     return Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[
         ModuleSpec.parse({"class": _STATE, "config": {"store_url": url}, "start_timeout_ms": start_timeout_ms})]))
-
-
-@pytest.fixture
-async def silent_server() -> AsyncIterator[int]:
-    """A TCP server that takes connections and never answers (a PostgreSQL server that went silent); its port."""
-    readers: set[asyncio.Task[Any]] = set()
-
-    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        readers.add(task)
-        await reader.read()
-        writer.close()
-
-    server = await asyncio.start_server(accept, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-        for task in readers:
-            task.cancel()
 
 
 async def test_a_lower_start_timeout_ms_bounds_the_prepare_which_names_the_database(silent_server: int) -> None:
