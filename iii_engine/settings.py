@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -42,6 +43,9 @@ used, and a larger integer (10**400) raised OverflowError there, at start, on ev
 log = logging.getLogger(__name__)
 
 _SHOWN_CHARS = 80
+# How close an unknown key must be to a known one to be taken for its typo (difflib's ratio: 'adaptr' ~ 'adapter'
+# is 0.92) and refused, in a model that otherwise logs and ignores the keys it does not know.
+_TYPO_CUTOFF = 0.8
 
 # Set while a model validates, so nested models leave their errors to the outermost one (which knows the path).
 _validating: ContextVar[bool] = ContextVar("iii_engine_settings_validating", default=False)
@@ -225,8 +229,11 @@ class Settings(BaseModel):
         unknown = sorted(str(key) for key in data if key not in known)
         if not unknown:
             return data
-        if cls.unknown_keys == "forbid":
-            raise ValueError(f"unknown key {unknown[0]!r} (allowed: {', '.join(cls.allowed_keys())})")
+        # A key one letter or two off a known one is a typo, not a production key we do not implement: ignored, an
+        # `adaptr:` left the state or queue module on its in-memory store, its data lost at the next restart.
+        typo = next((key for key in unknown if difflib.get_close_matches(key, known, n=1, cutoff=_TYPO_CUTOFF)), None)
+        if cls.unknown_keys == "forbid" or typo is not None:
+            raise ValueError(f"unknown key {typo or unknown[0]!r} (allowed: {', '.join(cls.allowed_keys())})")
         log.warning("%s: ignoring unknown keys %s", cls.label, ", ".join(unknown))
         return {key: value for key, value in data.items() if key in known}
 

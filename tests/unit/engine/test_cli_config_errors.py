@@ -66,3 +66,15 @@ def test_a_module_that_fails_at_run_time_is_exit_1_with_the_degraded_hint(
         line = _fails(tmp_path, capsys, f"  - class: modules::api::RestApiModule\n    config: {{port: {port}}}\n", 1)
     assert line.startswith("iii-engine: module modules::api::RestApiModule cannot start: "), line
     assert line.endswith(" (to start without it: --allow-degraded)")
+
+
+@pytest.mark.parametrize("module", ["modules::queue::QueueModule", "modules::state::StateModule"])
+def test_a_typo_of_a_known_key_is_refused_where_unknown_keys_are_only_logged(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], module: str) -> None:
+    # before: a warning "ignoring unknown keys adaptr" and a started engine, its data on the in-memory store (lost
+    # at the next restart) instead of the Redis the entry named
+    entry = (f"  - class: {module}\n    config:\n      adaptr:\n        class: {module.rsplit('::', 1)[0]}::adapters::"
+             "RedisAdapter\n        config: {redis_url: 'redis://127.0.0.1:6379'}\n")
+    line = _fails(tmp_path, capsys, entry, 2)
+    assert line.startswith(f"iii-engine: module {module}: modules[0].config: unknown key 'adaptr' (did you mean "
+                           "'adapter'? allowed: "), line
