@@ -264,7 +264,7 @@ def not_an_engine(exc: BaseException) -> str | None:
             # published ports, kubectl port-forward, ssh -L) while the engine starts; websockets retries it too.
             return None
         cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
-        return f"no HTTP answer to the WebSocket upgrade ({exc}{cause})"
+        return f"an answer to the WebSocket upgrade that is not HTTP/1.1 ({exc}{cause})"
     return None
 
 

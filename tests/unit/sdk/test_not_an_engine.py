@@ -100,7 +100,7 @@ def test_a_404_fails_after_a_few_tries_as_a_proxy_without_a_route_yet_answers_it
 def test_a_server_speaking_another_protocol_fails_after_a_few_tries(serve: Callable[..., _Server]) -> None:
     server = serve(_another_protocol)
     with pytest.raises(ConnectionError,
-                       match="did not answer as an iii engine: no HTTP answer to the WebSocket upgrade"):
+                       match="did not answer as an iii engine: an answer to the WebSocket upgrade that is not HTTP"):
         register_worker(server.url, InitOptions(reconnection_config=FAST))
     assert server.connections == NOT_AN_ENGINE_TRIES
 
