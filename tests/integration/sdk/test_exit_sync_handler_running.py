@@ -43,8 +43,8 @@ def tick(data):
     if started.is_set():
         print("SECOND RUN", flush=True)
         return None
+    print("TICK START", flush=True)  # before the main thread may return: its exit's log lines come after it
     started.set()
-    print("TICK START", flush=True)
     time.sleep(hold)
     print("TICK END", flush=True)
 iii.register_function("w::tick", tick)
