@@ -346,13 +346,18 @@ class _WatchedWriter(ChannelWriter):
         with self._waiting():
             await super().send_message_async(msg)
 
+    closing: bool = False  # the close began: once its Close frame is out, no abort can undo the stream's end
+    ended: bool = False  # the close returned: the whole stream is in the engine's hands
+
     async def close_async(self) -> None:
         # Not watched: once every byte is written, the close waits behind what the engine and both sockets buffer for
         # the reader (tens of MiB), while none of this writer's bytes move; a reader slower than that per stall time
         # was failed as "answered without reading". A reader that never attached shows as a write waiting before it
         # (the relay stops reading once its queue is full); a close that still waits on one ends at the channel's
         # attach deadline.
+        self.closing = True
         await super().close_async()
+        self.ended = True
 
     @contextlib.contextmanager
     def _waiting(self) -> Iterator[None]:
@@ -426,16 +431,17 @@ async def _ended(transfer: asyncio.Future[int], writer: _WatchedWriter, stall_s:
             return False
 
 
-async def _give_up(writer: ChannelWriter, reader: ChannelReader, reason: str, delivered: bool) -> None:
+async def _give_up(writer: _WatchedWriter, reader: ChannelReader, reason: str, delivered: bool) -> None:
     """End a failed send's channel in the engine now. An upload still going (``delivered`` false) is aborted: the
     relay drops what it buffered, and a reader attached, or one the function attaches later, gets
     :class:`~iii.channels.ChannelAbortedError` with ``reason`` (a read end claimed here would tell that late reader
     only "channel not found"). But an abort whose Close frame still waits after ``_ABORT_SEEN_S`` sits behind bytes
     the relay stopped reading because nobody reads them: the relay cannot see it, so the read end is claimed and
-    closed, which frees the channel. An upload the relay already holds whole (``delivered``: a small file) can no
-    longer be aborted: the read end is claimed and closed if nobody took it, so the function of a send reported
-    failed never reads it later, and the engine frees it now (not at the 300 s attach deadline). Bounded; errors
-    are swallowed (the failure being reported is the one to tell)."""
+    closed, which frees the channel; so is it when the writer's close had begun (its Close frame may be out: the
+    stream then ended normally, and its bytes would wait for a reader). An upload the relay already holds whole
+    (``delivered``: a small file) can no longer be aborted: the read end is claimed and closed if nobody took it,
+    so the function of a send reported failed never reads it later, and the engine frees it now (not at the 300 s
+    attach deadline). Bounded; errors are swallowed (the failure being reported is the one to tell)."""
 
     async def bounded(step: Awaitable[None]) -> None:
         with contextlib.suppress(Exception):
@@ -447,7 +453,9 @@ async def _give_up(writer: ChannelWriter, reader: ChannelReader, reason: str, de
         return
     abort = asyncio.ensure_future(bounded(writer.abort(reason)))
     try:
-        if not (await asyncio.wait({abort}, timeout=_ABORT_SEEN_S))[0]:
+        if not (await asyncio.wait({abort}, timeout=_ABORT_SEEN_S))[0] or writer.closing:
+            # stuck behind bytes nobody reads, or too late: a close already under way may have ended the stream
+            # normally, which an abort cannot undo (the bytes would wait for a reader until the attach deadline)
             await bounded(_release_writer(reader))
         await abort
     finally:
@@ -557,8 +565,10 @@ async def _transfer(args: argparse.Namespace, term: _Termination) -> int:
     finally:
         term.decided = why is not None or succeeded
         if ends is not None and not succeeded:
-            delivered = (transfer is not None and transfer.done() and not transfer.cancelled()
-                         and transfer.exception() is None)
+            # The close returned (the upload's task may still be ending): the stream is whole in the relay, an abort
+            # now does nothing and the bytes would wait for a reader (CI: the channel held past the send's end).
+            delivered = ends[0].ended or (transfer is not None and transfer.done() and not transfer.cancelled()
+                                          and transfer.exception() is None)
             await _give_up(*ends, why or f"iii-channel send {'terminated' if term.signalled else 'stopped'}",
                            delivered)
         # Cancelled and awaited before the shutdown: a call the shutdown fails, left unread, is printed as
