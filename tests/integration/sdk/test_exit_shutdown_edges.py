@@ -42,6 +42,8 @@ async def block(data):
     blocking.set()
     threading.Event().wait(float(sys.argv[2]))  # the loop is held meanwhile
 worker.register_function("w::block", block)
+worker.list_functions()  # one round trip: the registration is in place before the call (a void call to an id not
+                         # yet registered is dropped by the engine)
 caller.trigger({"function_id": "w::block", "payload": {}, "action": {"type": "void"}})
 assert blocking.wait(10)
 print("READY", flush=True)
