@@ -106,7 +106,11 @@ async def test_mixed_deadlines_each_end_at_their_own_time(seed: int) -> None:
             loop.call_at(max(start, deadline - rng.uniform(0.01, 0.2)), task.cancel)
         if n % 50 == 0:
             await asyncio.sleep(0)  # let some start before others are made (arrival spread over loop turns)
-    await asyncio.wait_for(asyncio.gather(*(j[0] for j in jobs), return_exceptions=True), 10)
+    # Every deadline is at most ~1.1 s from the start: 20 s is a bound for a hang, not for the deadlines. CI met the
+    # 10 s it had twice (seed 1, CancelledError) where 8 local runs took 2.3 s: what was still waiting is named.
+    _, waiting = await asyncio.wait([j[0] for j in jobs], timeout=20)
+    assert not waiting, [(path, round(deadline - start, 3), answer and round(answer - start, 3), cancel)
+                         for task, deadline, answer, path, cancel in jobs if task in waiting][:20]
     for task, deadline, answer, path, cancel in jobs:
         if task.cancelled():
             assert cancel
