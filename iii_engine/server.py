@@ -92,6 +92,8 @@ class Listener:
         self.relay = relay
         self._control = control
         self._server: Server | None = None
+        # every connection whose handler runs, in any state: websockets' ``connections`` holds only OPEN ones
+        self._open: set[ServerConnection] = set()
 
     @property
     def port(self) -> int:
@@ -154,10 +156,14 @@ class Listener:
 
     async def _handle(self, connection: ServerConnection) -> None:
         route = route_request(connection.request.path if connection.request else "/")
-        if isinstance(route, ChannelRoute):
-            await self.relay.serve(connection, route.channel_id, route.key, route.direction)
-        else:
-            await self._control(connection)
+        self._open.add(connection)
+        try:
+            if isinstance(route, ChannelRoute):
+                await self.relay.serve(connection, route.channel_id, route.key, route.direction)
+            else:
+                await self._control(connection)
+        finally:
+            self._open.discard(connection)
 
     async def start_serving(self) -> None:
         """Start accepting connections on the socket :meth:`start` bound."""
@@ -171,7 +177,9 @@ class Listener:
             # A peer that stopped reading, with megabytes queued to it, held the stop for about 50 s: websockets'
             # close first waits for the socket to drain, with no deadline. At the stop each connection gets
             # close_within's (normal closes keep waiting for a slow reader to take what was sent before the close).
-            await asyncio.gather(*(close_within(connection, 1001, "going away")
-                                   for connection in list(self._server.connections)))
+            # Every connection, closing ones too: a channel end the relay began to close as the engine's stop began
+            # waited websockets' close_timeout (10 s) for a peer that never answers, past the stop's bounds, and its
+            # handler was left running on the loop. (A close already under way is reset at the bound as well.)
+            await asyncio.gather(*(close_within(connection, 1001, "going away") for connection in list(self._open)))
             self._server.close()
             await self._server.wait_closed()

@@ -21,7 +21,7 @@ from websockets.asyncio.client import ClientConnection
 
 from iii import III
 from iii.channels import build_channel_url
-from iii_engine import Engine
+from iii_engine import Engine, closing
 from iii_engine.channels.driver import Driver, LiveChannel
 from iii_engine.channels.machine import Close, Side
 from iii_engine.config import ChannelSettings
@@ -188,4 +188,44 @@ async def test_a_stop_mid_transfer_ends_both_ends_with_a_prefix_of_the_stream_de
         for ws in (writer, reader):
             if ws is not None:
                 await ws.close()
+        await engine.stop()
+
+
+async def test_a_stop_drops_a_silent_peer_whose_close_began_and_leaves_no_task(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A writer whose side never answers a Close (its host went silent; its loop was closed): the relay's own close of
+    it, begun as the stop ends every channel, waited websockets' close_timeout (10 s) and the listener's close left it
+    out (websockets lists closing connections nowhere public), so the stop let the port's close go after 6 s with the
+    connection's handler still running on the loop. Before: ``Engine.stop() still running 5 s later``."""
+    engine = _engine()
+    before = asyncio.all_tasks()
+    await engine.start()
+    attached = asyncio.Event()
+    attach = Driver.attach
+
+    def noted_attach(ch: LiveChannel, side: Side) -> Close | None:
+        refusal = attach(ch, side)
+        attached.set()
+        return refusal
+
+    monkeypatch.setattr(Driver, "attach", staticmethod(noted_attach))
+    peer: asyncio.StreamWriter | None = None
+    try:
+        ref = engine.channels.create(4, owner=None)["writer"]
+        host, port = engine.url.removeprefix("ws://").rsplit(":", 1)
+        incoming, peer = await asyncio.open_connection(host, int(port))
+        peer.write((f"GET /ws/channels/{ref['channel_id']}?key={ref['access_key']}&dir=write HTTP/1.1\r\n"
+                    f"Host: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        answer = await asyncio.wait_for(incoming.readuntil(b"\r\n\r\n"), 5)
+        assert answer.startswith(b"HTTP/1.1 101"), answer
+        await asyncio.wait_for(attached.wait(), 5)
+        await _stop_within_bound(engine)  # from here on the peer reads nothing and answers nothing
+        left = {task for task in asyncio.all_tasks() - before if task is not asyncio.current_task()}
+        assert left == set(), [closing.awaiting(task) for task in left]
+        with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):  # dropped, not left waiting
+            await asyncio.wait_for(incoming.readexactly(1 << 20), 5)
+    finally:
+        if peer is not None:
+            peer.close()
         await engine.stop()

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import _thread
 import asyncio
+import contextlib
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -54,6 +56,21 @@ def home() -> Iterator[asyncio.AbstractEventLoop]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
+    # A test closes it with its tasks pending: their coroutines are ended here, where no loop runs, rather than when
+    # they happen to be collected (their clean-up then ran against whatever loop ran there: another test's).
+    for task in asyncio.all_tasks(loop):
+        with contextlib.suppress(Exception):
+            task.get_coro().close()
+
+
+@pytest.fixture
+def ctrl_c() -> Iterator[None]:
+    """Python's own Ctrl-C handler, as an interactive run has it: a process started in the background by a shell
+    without job control has SIGINT ignored, and ``interrupt_main()`` then did nothing (the write hung to the
+    test's timeout)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 def _blocked_write(channel: Channel, outcome: dict[str, Any], size: int = 32 * 1024 * 1024) -> threading.Thread:
@@ -89,7 +106,7 @@ def test_a_sync_write_ends_when_its_writers_loop_stops(
 
 
 def test_ctrl_c_during_a_sync_write_handed_to_another_loop_aborts_the_stream(
-        channel: Channel, home: asyncio.AbstractEventLoop) -> None:
+        channel: Channel, home: asyncio.AbstractEventLoop, ctrl_c: None) -> None:
     asyncio.run_coroutine_threadsafe(channel.writer.write(b"a"), home).result(10)
     timer = threading.Timer(0.5, _thread.interrupt_main)  # Ctrl-C, in this (the main) thread, mid-write
     timer.start()

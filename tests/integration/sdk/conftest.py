@@ -67,6 +67,15 @@ class Servable(Protocol):
 E = TypeVar("E", bound=Servable)
 
 
+async def _end_leftovers() -> None:
+    """Cancel the tasks still on the running loop (but this one) and wait for them to end (5 s at most)."""
+    left = asyncio.all_tasks() - {asyncio.current_task()}
+    for task in left:
+        task.cancel()
+    if left:
+        await asyncio.wait(left, timeout=5)
+
+
 class ServedOnThread(Generic[E]):
     """An engine started on a background loop of its own; ``run(coro)`` executes on that loop and waits.
 
@@ -88,7 +97,14 @@ class ServedOnThread(Generic[E]):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def close(self) -> None:
-        self.run(self.engine.stop())
+        try:
+            self.run(self.engine.stop())
+        finally:
+            # As asyncio.run does before it closes its loop: a task left pending on a closed loop is collected
+            # later, in whatever thread runs the collection, and its clean-up (a websockets close, which asks for
+            # the current task) then ran against that thread's loop: it cancelled another test's task.
+            self.run(_end_leftovers())
+            self.run(self.loop.shutdown_asyncgens())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         self.loop.close()
