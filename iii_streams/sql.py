@@ -698,13 +698,18 @@ def _import_or_none(name: str) -> Any:
         return None
 
 
-# aiosqlite's connection thread is known only by its name, which Thread takes from its target, a private function:
-# checked here, the one place it is used (a test fails when an upgrade renames it). Without it no thread is found and
-# a failed open does not wait for one (the traceback at exit may come back; nothing else changes).
+# aiosqlite's connection thread is found one of two ways, checked here, the one place they are used (a test fails
+# when an upgrade changes both): before 0.22 the public `Connection` is the thread; since 0.22 it starts a plain
+# Thread, known only by its name, which Thread takes from its target, a private function. Without either no thread is
+# found and a failed open does not wait for one (the traceback at exit may come back; nothing else changes).
 _SQLITE_THREAD_TARGET: Final = "_connection_worker_thread"
-SQLITE_THREAD_MISSING: tuple[str, ...] = () if callable(getattr(
-    sys.modules.get("aiosqlite.core") or _import_or_none("aiosqlite.core"), _SQLITE_THREAD_TARGET, None)) else (
-    f"aiosqlite.core.{_SQLITE_THREAD_TARGET}",)
+_sqlite_core = sys.modules.get("aiosqlite.core") or _import_or_none("aiosqlite.core")
+_SQLITE_CONNECTION_THREAD: Final[type[threading.Thread] | None] = (
+    _sqlite_core.Connection if isinstance(getattr(_sqlite_core, "Connection", None), type)
+    and issubclass(_sqlite_core.Connection, threading.Thread) else None)
+SQLITE_THREAD_MISSING: tuple[str, ...] = () if _SQLITE_CONNECTION_THREAD is not None or callable(
+    getattr(_sqlite_core, _SQLITE_THREAD_TARGET, None)) else (f"aiosqlite.core.{_SQLITE_THREAD_TARGET}",)
+del _sqlite_core
 
 
 def _sqlite_threads() -> set[threading.Thread]:
@@ -716,6 +721,8 @@ def _sqlite_threads() -> set[threading.Thread]:
     """
     if SQLITE_THREAD_MISSING:
         return set()
+    if _SQLITE_CONNECTION_THREAD is not None:
+        return {thread for thread in threading.enumerate() if isinstance(thread, _SQLITE_CONNECTION_THREAD)}
     return {thread for thread in threading.enumerate() if f"({_SQLITE_THREAD_TARGET})" in thread.name}
 
 
@@ -1104,7 +1111,8 @@ class SQLStream(FieldUpdates):
             return StreamTimeoutError(f"{where}: SQLite stayed locked by another writer: {exc.orig}")
         if isinstance(exc, OperationalError | InterfaceError | DisconnectionError) or (
             isinstance(exc, DBAPIError) and exc.connection_invalidated
-        ) or (isinstance(exc, SQLAlchemyError) and _not_connected(exc)):
+        ) or ((isinstance(exc, SQLAlchemyError) or _is_driver_error(exc)) and _not_connected(exc)):
+            # (SQLAlchemy 2.0.0 raises asyncpg's connect errors unwrapped)
             return StreamUnavailableError(f"{where}: database unreachable: {error_line(exc)}")
         if isinstance(exc, SQLAlchemyError):
             return StreamBackendError(f"{where}: the database refused the statement: {error_line(exc)}")

@@ -1,6 +1,6 @@
-"""aiosqlite's connection thread, known only by its private target's name, is found behind one probe
-(``SQLITE_THREAD_MISSING``): found while this aiosqlite has it; without it, none is found and a failed open does not
-wait for one."""
+"""aiosqlite's connection thread (before 0.22 the connection itself, since then known only by its private target's
+name) is found behind one probe (``SQLITE_THREAD_MISSING``): found with this aiosqlite (the floors run checks the
+older shape); without it, none is found and a failed open does not wait for one."""
 
 from __future__ import annotations
 
