@@ -1004,8 +1004,11 @@ class Connection:
                         log.error("%s; not retrying", self._not_an_engine)
                         self._give_up()
                         return
-                    log.warning("Connection to %s failed: the server is not an iii engine, or not one now: %s",
-                                self.url, why)
+                    # Before the first connection these tries lead to the one error above: a warning each told the
+                    # same failure up to three times. Once connected, each is a failure of its own.
+                    log.log(logging.WARNING if self._ever_connected else logging.DEBUG,
+                            "Connection to %s failed: the server is not an iii engine, or not one now: %s",
+                            self.url, why)
                 if not await self._wait_before_retry():
                     return
                 continue
