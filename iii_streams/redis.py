@@ -23,10 +23,10 @@ SCAN patterns escape the glob characters of names.
 default 30): more callers than connections wait for one, and only a wait longer than ``pool_timeout`` fails, with
 :class:`~iii_streams.errors.PoolExhaustedError`. ``max_connections`` bounds the command connections alone: a
 store's watches share one pub/sub connection made outside that pool (a pool of its own, same URL and options,
-closed with the store), held while any of them is open, read by one task into each watcher's bounded queue. A store
-on a client you pass makes it the same way, like that client's connections, never from that client's pool. Redis
-errors surface as :class:`~iii_streams.errors.StreamError` subclasses (``StreamUnavailableError`` while the
-server is unreachable), the redis-py exception kept as ``__cause__``.
+made by the first watch and closed with the store), held while any of them is open, read by one task into each
+watcher's bounded queue. A store on a client you pass makes it the same way, like that client's connections, never
+from that client's pool. Redis errors surface as :class:`~iii_streams.errors.StreamError` subclasses
+(``StreamUnavailableError`` while the server is unreachable), the redis-py exception kept as ``__cause__``.
 
 Other key layouts are chosen with a :class:`KeyLayout`: :data:`STATE_LAYOUT` is the production state adapter's
 ``state:<scope>`` (one namespace, the stream name is ignored), which the engine's state module uses.
@@ -847,10 +847,10 @@ class RedisStream(FieldUpdates):
     """An ``IStream`` on Redis; pass a ``redis.asyncio.Redis`` (closed by you) or use :meth:`from_url`.
 
     The watches' one shared pub/sub connection, held while any watch is open, is never one of the client's pool:
-    it comes from a small pool of the store's own (at most 2 connections: the next watch waits up to 30 s for one,
-    then gets :class:`~iii_streams.errors.PoolExhaustedError`), made with that client's connection class and options
-    (address, TLS, credentials, ``client_name``) and closed by :meth:`aclose`. So a caller's ``max_connections``
-    bound their commands and the store's alone.
+    it comes from a small pool of the store's own, made by the first watch (at most 2 connections: the next watch
+    waits up to 30 s for one, then gets :class:`~iii_streams.errors.PoolExhaustedError`), made with that client's
+    connection class and options (address, TLS, credentials, ``client_name``) and closed by :meth:`aclose`. So a
+    caller's ``max_connections`` bound their commands and the store's alone.
 
     ``channel`` is where events go (``""`` disables them, like ``publish_events=False``);
     ``max_update_attempts`` bounds the optimistic retries of one update transaction; ``layout`` names the
@@ -898,13 +898,9 @@ class RedisStream(FieldUpdates):
         self.report_watch_gaps = report_watch_gaps
         self.watch_queue_size = check_queue_size(watch_queue_size, "RedisStream: watch_queue_size")
         self._subscriber: _Subscriber | None = None  # the watchers' shared pub/sub, while any watch is open
-        # The pub/sub connection (and its replacements) comes from a small pool of the store's own, made like the
-        # client's connections and closed with the store, as the SQL stores' LISTEN connection is made outside their
-        # engine's pool. Taken from the client's pool, it held one of its max_connections while any watch was open:
-        # with 1, every command of the store and of the caller's own app failed ("Too many connections") or waited,
-        # and a watch opened, or re-subscribed, while the app held them all failed or waited in turn.
-        watch_pool = _WatchPool.like(client)
-        self._watch_client: aioredis.Redis = client if watch_pool is None else aioredis.Redis.from_pool(watch_pool)
+        # the watches' client (_watch_client), made by the first watch: a store that never watches (most of them:
+        # a worker's, a state module's) pays no pool, 12x the construction's time and memory
+        self._watch_pool_client: aioredis.Redis | None = None
         self.update_conflicts = 0
         """Lost races so far: an item written by another process between a batch's read and its write (each one
         cost a fresh read and a retry of the whole batch)."""
@@ -952,13 +948,32 @@ class RedisStream(FieldUpdates):
         options.setdefault("health_check_interval", 30)
         pool = _WaitingPool.from_url(url, max_connections=size, timeout=float(wait), decode_responses=False,
                                      **options)
-        # the watches' connection is not one of the max_connections: __init__ gives it a pool of its own
+        # the watches' connection is not one of the max_connections: the first watch makes it a pool of its own
         return cls(aioredis.Redis.from_pool(pool), owns_client=True, **own)
 
     @property
     def client(self) -> aioredis.Redis:
         """The underlying ``redis.asyncio.Redis``."""
         return self._client
+
+    @property
+    def _watch_client(self) -> aioredis.Redis:
+        """The client of the watches' pub/sub connection, made at its first use and closed by :meth:`aclose`.
+
+        Its pool is the store's own, made like the client's connections, as the SQL stores' LISTEN connection is
+        made outside their engine's pool. Taken from the client's pool, the pub/sub held one of its
+        max_connections while any watch was open: with 1, every command of the store and of the caller's own app
+        failed ("Too many connections") or waited, and a watch opened, or re-subscribed, while the app held them all
+        failed or waited in turn. A client without a pool (a cluster client) is used as it is.
+        """
+        watch_client = self._watch_pool_client
+        if watch_client is None:
+            if self._close_once.closing:  # made now, nobody would close it
+                raise StreamClosedError("RedisStream is closed")
+            pool = _WatchPool.like(self._client)
+            watch_client = self._client if pool is None else aioredis.Redis.from_pool(pool)
+            self._watch_pool_client = watch_client
+        return watch_client
 
     def _wrap_error(self, exc: Exception, where: str) -> StreamError | None:
         if isinstance(exc, RedisTimeoutError):
@@ -1354,8 +1369,10 @@ class RedisStream(FieldUpdates):
         # Each part against a silent server (a batch waiting for its reply, a pool's close) is bounded by _STOP_S and
         # let go past it; the watch side and the command side close side by side, so the whole close takes at most
         # the subscriber's own bound plus 2 * _STOP_S (8 s), under the engine's 10 s for a store's close.
-        # the pub/sub pool the store made for itself (_WatchPool.like, whoever made the client), closed with it
-        separate = self._watch_client is not self._client
+        # the pub/sub pool the store made for itself at its first watch (_watch_client), closed with it; none made
+        # now (the property refuses once closing)
+        watch_client = self._watch_pool_client
+        separate = watch_client is not None and watch_client is not self._client
         outcomes = await asyncio.gather(self._close_watches(separate), self._close_commands(separate),
                                         return_exceptions=True)
         for outcome in outcomes:
@@ -1367,8 +1384,8 @@ class RedisStream(FieldUpdates):
     async def _close_watches(self, separate: bool) -> None:
         if self._subscriber is not None:
             await self._subscriber.stop()  # before the client: its readers would take that for a lost connection
-        if separate:
-            await self._close_part(self._watch_client.aclose(), "the close of the Redis watch pool")
+        if separate and self._watch_pool_client is not None:
+            await self._close_part(self._watch_pool_client.aclose(), "the close of the Redis watch pool")
 
     async def _close_commands(self, separate: bool) -> None:
         # a batch in flight waits for its reply: on a silent server up to the socket timeout, or the store's timeout
