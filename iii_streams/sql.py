@@ -1021,6 +1021,13 @@ class SQLStream(FieldUpdates):
         path = self.engine.url.database
         return f"SQLite database {path}" if _is_file_database(self.engine.url) else "in-memory SQLite database"
 
+    def _named(self) -> str:
+        """`` (<the database>)``, with :meth:`_path_hint`'s hint in the parentheses: the end of an unreachable
+        database's message, which the driver's text alone often leaves unnamed ("unable to open database file",
+        "Connect call failed")."""
+        hint = self._path_hint()
+        return f" ({self._database()}; {hint[2:-1]})" if hint else f" ({self._database()})"
+
     def _path_hint(self) -> str:
         """For a SQLite file in a directory that does not exist: that, and for a relative path how to write the
         absolute one (``sqlite:///tmp/x.db`` is ``tmp/x.db``, relative to the working directory)."""
@@ -1111,9 +1118,11 @@ class SQLStream(FieldUpdates):
             return StreamTimeoutError(f"{where}: SQLite stayed locked by another writer: {exc.orig}")
         if isinstance(exc, OperationalError | InterfaceError | DisconnectionError) or (
             isinstance(exc, DBAPIError) and exc.connection_invalidated
-        ) or ((isinstance(exc, SQLAlchemyError) or _is_driver_error(exc)) and _not_connected(exc)):
+        ) or ((isinstance(exc, SQLAlchemyError) or _is_driver_error(exc)) and _not_connected(exc)) or (
+            isinstance(exc, OSError) and not isinstance(exc, TimeoutError)  # a refused connect: the server is down
+        ):
             # (SQLAlchemy 2.0.0 raises asyncpg's connect errors unwrapped)
-            return StreamUnavailableError(f"{where}: database unreachable: {error_line(exc)}")
+            return StreamUnavailableError(f"{where}: database unreachable: {error_line(exc)}{self._named()}")
         if isinstance(exc, SQLAlchemyError):
             return StreamBackendError(f"{where}: the database refused the statement: {error_line(exc)}")
         if _is_driver_error(exc):
@@ -1546,6 +1555,11 @@ class SQLStream(FieldUpdates):
                     if self._listener is None:
                         self._listener = _Listener(self)
                     return await self._listener.subscribe(self._watch_queue_size)
+            if not self._ready:
+                # a store that cannot open (a file in a missing directory) fails its watch as its reads and writes
+                # fail, not with a watch that opens and never hears anything
+                async with self._guard("watch", None):
+                    await self._prepare()
             return self._hub.subscribe()
 
         return Watch(opener, self._filter(stream_name, group_id, item_id))

@@ -10,12 +10,13 @@ statement: database "nosuchdb_zz" does not exist``.
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
-from iii.stream import StreamSetInput
+from iii.stream import StreamGetInput, StreamSetInput
 from iii_engine import Engine, EngineConfig, ModuleSpec
 from iii_engine.modules.base import ModuleStartError
 from iii_streams.errors import StreamUnavailableError
@@ -77,6 +78,25 @@ async def test_a_store_told_to_create_migrates_at_prepare(unmigrated_url: str) -
         assert engine.module("state") is not None
 
 
+async def test_a_refused_connection_names_the_database_for_every_operation() -> None:
+    """Before: ``backend unreachable: [Errno 111] Connect call failed ('127.0.0.1', N)``, no database named."""
+    with socket.socket() as bound:  # bound, not listening: connections to it are refused, and no one takes the port
+        bound.bind(("127.0.0.1", 0))
+        url = _with_password(database_url(f"postgresql://postgres@127.0.0.1:{bound.getsockname()[1]}/x", "app"))
+        masked = url.replace(":s3cret@", ":***@")
+        async with SQLStream.from_url(url) as store:
+            with pytest.raises(StreamUnavailableError) as at_call:
+                await store.get(StreamGetInput(stream_name="s", group_id="g", item_id="i"))
+            with pytest.raises(StreamUnavailableError) as at_watch:
+                async with store.watch():
+                    pass
+    for failure, operation in ((at_call, "get"), (at_watch, "watch")):
+        text = str(failure.value)
+        assert text.startswith(f"SQLStream.{operation}: database unreachable: "), text
+        assert text.endswith(f" (PostgreSQL database {masked})"), text
+        assert "s3cret" not in text and "\n" not in text
+
+
 async def test_a_missing_database_is_unreachable_not_a_refused_statement() -> None:
     name = f"test_store_start_missing_{uuid.uuid4().hex[:8]}"
     url = _with_password(database_url(require_postgres(), name))
@@ -84,9 +104,16 @@ async def test_a_missing_database_is_unreachable_not_a_refused_statement() -> No
     async with SQLStream.from_url(url) as store:
         with pytest.raises(StreamUnavailableError) as at_call:
             await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data=1))
+        with pytest.raises(StreamUnavailableError) as at_watch:
+            async with store.watch("s"):
+                pass
         with pytest.raises(StreamUnavailableError) as at_open:
             await store.prepare()
-    assert str(at_call.value) == f'SQLStream.set: database unreachable: database "{name}" does not exist'
+    # named, password masked: the driver's text names no database for a refused connection
+    named = f'database unreachable: database "{name}" does not exist (PostgreSQL database {masked})'
+    assert str(at_call.value) == f"SQLStream.set: {named}"
+    # the watch's own LISTEN connection: before, StreamBackendError "…: InvalidCatalogNameError: database … "
+    assert str(at_watch.value) == f"SQLStream.watch: {named}"
     assert str(at_open.value) == f'cannot open PostgreSQL database {masked}: database "{name}" does not exist'
     engine = _engine(STREAM, url)
     with pytest.raises(ModuleStartError) as failure:
