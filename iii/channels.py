@@ -278,7 +278,7 @@ class _Home:
         True
     """
 
-    __slots__ = ("_bind_lock", "_private", "_run_lock", "channel_id", "end", "loop", "side")
+    __slots__ = ("_bind_lock", "_private", "_run_lock", "channel_id", "end", "lock", "loop", "side")
 
     def __init__(self, channel_id: str, side: Literal["reader", "writer"]) -> None:
         self.channel_id = channel_id
@@ -288,26 +288,30 @@ class _Home:
         self._bind_lock = threading.Lock()  # held only to set ``loop``: never while a loop runs
         self._run_lock = threading.Lock()  # around each run of the private loop: it runs in one thread at a time
         self.end: WebSocketEnd | None = None  # the end's socket, for :meth:`abandon` (which cannot reach the end)
+        # The end's lock on its loop (the writer's sends, the reader's connect), renewed by :meth:`bind` when the
+        # end moves: one that ever waited is bound to the loop the end left.
+        self.lock = asyncio.Lock()
 
-    def bind(self, loop: asyncio.AbstractEventLoop, held: Callable[[], str] | None = None) -> bool:
+    def bind(self, loop: asyncio.AbstractEventLoop, held: Callable[[], str] | None = None) -> None:
         """Bind to ``loop``, the loop running this call, or raise :class:`ChannelLoopError` if the end belongs to
-        another one. ``True`` if the end moved to ``loop`` (its own loop-bound state is the caller's to renew).
+        another one.
 
         ``held()`` says what the end has on its loop ("" for nothing: no socket, no call under way; ``None``
         stands for "its socket"). An end that has nothing there moves to ``loop`` when its loop is closed or not
         running (a recv cancelled before it connected, under an ``asyncio.run`` that returned): nothing went with
         that loop."""
         if self.loop is loop:
-            return False
+            return
         with self._bind_lock:
             old = self.loop
             if old is None:
                 self.loop = loop
-                return False
+                return
             what = "its socket" if held is None else held()
             if not what and not old.is_running() and self._leave(old):
                 self.loop = loop
-                return True
+                self.lock = asyncio.Lock()
+                return
         if old.is_closed():
             raise self._gone(what or "a sync call under way")
         raise self._error("was called from an event loop other than the one it belongs to (the first loop that "
@@ -550,7 +554,7 @@ class WritableStream:
             writer._check_open()
             writer._run_sync(lambda: writer._write_out(payload))
             return True
-        writer._bind(loop)
+        writer._home.bind(loop, writer._held)
         writer._enqueue(bytes(data))
         return writer.pending_bytes < self.high_water_mark
 
@@ -566,7 +570,7 @@ class WritableStream:
             writer._check_open()
             writer._run_sync(lambda: self._end_async(payload))
             return
-        writer._bind(loop)
+        writer._home.bind(loop, writer._held)
         if data is not None:
             writer._enqueue(bytes(data))
         writer.close()
@@ -577,7 +581,7 @@ class WritableStream:
 
     async def drain(self) -> None:
         """Wait until fewer than ``high_water_mark`` bytes are queued (ours; raises the writer's error)."""
-        self._writer._bind(asyncio.get_running_loop())
+        self._writer._home.bind(asyncio.get_running_loop(), self._writer._held)
         await self._writer._wait_pending_below(self.high_water_mark)
 
 
@@ -605,7 +609,6 @@ class ChannelWriter:
         # reader waited for an end that never came).
         self._connecting: asyncio.Future[WebSocketEnd] | None = None
         self._connect_waiters = 0  # callers waiting for _connecting
-        self._send_lock = asyncio.Lock()
         self._queue: deque[tuple[bytes | str, asyncio.Future[None] | None]] = deque()
         self._pending_bytes = 0
         self._pump: asyncio.Task[None] | None = None
@@ -649,7 +652,7 @@ class ChannelWriter:
     async def _write(self, data: bytes | bytearray | memoryview, cut_off: str | None) -> None:
         self._check_open()
         if self._home.loop is not _running_loop():
-            self._bind(asyncio.get_running_loop())
+            self._home.bind(asyncio.get_running_loop(), self._held)
         if self._queue or self._pump is not None:
             await self._enqueue_and_wait(bytes(data))
         else:
@@ -663,13 +666,13 @@ class ChannelWriter:
         if loop is None:
             self._run_sync(lambda: self._write_out(msg))
             return
-        self._bind(loop)
+        self._home.bind(loop, self._held)
         self._enqueue(msg)
 
     async def send_message_async(self, msg: str) -> None:
         """Send a text message (never split) after anything queued before it."""
         self._check_open()
-        self._bind(asyncio.get_running_loop())
+        self._home.bind(asyncio.get_running_loop(), self._held)
         if self._queue or self._pump is not None:
             await self._enqueue_and_wait(msg)
         else:
@@ -695,7 +698,7 @@ class ChannelWriter:
                     raise
                 closing.result()
             return
-        self._bind(loop)
+        self._home.bind(loop, self._held)
         if self._closing is None:
             self._closed = True
             self._closing = loop.create_task(self._close_impl())
@@ -708,7 +711,7 @@ class ChannelWriter:
         if closing is not None and closing.done():
             closing.result()
             return
-        self._bind(asyncio.get_running_loop())
+        self._home.bind(asyncio.get_running_loop(), self._held)
         if self._closing is None:
             self._closed = True
             self._closing = asyncio.ensure_future(self._close_impl())
@@ -729,7 +732,7 @@ class ChannelWriter:
         closing = self._closing
         if closing is None or not closing.done():  # after the close there is nothing left to abort, on any loop
             try:
-                self._bind(asyncio.get_running_loop())
+                self._home.bind(asyncio.get_running_loop(), self._held)
             except ChannelLoopError:
                 await self._abort_elsewhere(reason)
                 return
@@ -808,15 +811,11 @@ class ChannelWriter:
 
     # ---- internals
 
-    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._home.bind(loop, self._held):
-            self._send_lock = asyncio.Lock()  # one that ever waited is bound to the loop the writer left
-
     def _held(self) -> str:
         """What this writer has on its loop ("" for nothing: it can move to another, see :meth:`_Home.bind`)."""
         if self._end is not None:
             return "its socket"
-        if (self._connecting is not None or self._send_lock.locked() or self._queue or self._pump is not None
+        if (self._connecting is not None or self._home.lock.locked() or self._queue or self._pump is not None
                 or self._closing is not None or self._aborting is not None):
             return "a call under way"
         return ""
@@ -897,7 +896,7 @@ class ChannelWriter:
         its first frame, nothing is sent; cancelled while its frames go out, they go out whole and the stream is
         aborted as a direct write's would be."""
         # One lock around connect + all frames of one write, so concurrent writers never interleave frames.
-        async with self._send_lock:
+        async with self._home.lock:
             if self._error is not None:
                 raise self._error
             end = await self._ensure_connected()
@@ -1009,7 +1008,7 @@ class ChannelWriter:
             await asyncio.wait([pump])
         if self._error is not None:
             raise self._error
-        async with self._send_lock:
+        async with self._home.lock:
             if self._error is not None:  # aborted, or a write failed, while this waited for the writes ahead
                 raise self._error
             # Connect even if nothing was written, so the reader gets end-of-stream promptly (T24).
@@ -1077,7 +1076,6 @@ class ChannelReader:
         self._channel_id = self.ref.channel_id
         self._url = build_channel_url(engine_ws_base, self.ref.channel_id, self.ref.access_key, "read")
         self._end: WebSocketEnd | None = None
-        self._connect_lock = asyncio.Lock()
         self._message_callbacks: list[Callable[[str], Any]] = []
         self._eof = False
         self._closed = False
@@ -1101,7 +1099,7 @@ class ChannelReader:
         if self._closed:
             raise ChannelClosedError(f"channel {self._channel_id} reader is closed", channel_id=self._channel_id)
         if self._home.loop is not _running_loop():
-            self._bind(asyncio.get_running_loop())
+            self._home.bind(asyncio.get_running_loop(), self._held)
         end = self._end
         if end is None:
             end = await self._ensure_connected()
@@ -1157,15 +1155,11 @@ class ChannelReader:
             self._home.bind(asyncio.get_running_loop())
         await close_draining(end, end.aclose(ChannelCloseCode.NORMAL))
 
-    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._home.bind(loop, self._held):
-            self._connect_lock = asyncio.Lock()  # one that ever waited is bound to the loop the reader left
-
     def _held(self) -> str:
         """What this reader has on its loop ("" for nothing: it can move to another, see :meth:`_Home.bind`)."""
         if self._end is not None:
             return "its socket"
-        return "its connect under way" if self._connect_lock.locked() else ""
+        return "its connect under way" if self._home.lock.locked() else ""
 
     def __iii_json__(self) -> dict[str, Any]:
         """The ref, so a reader placed in a payload travels as plain JSON (S11)."""
@@ -1180,7 +1174,7 @@ class ChannelReader:
         await self.close_async()
 
     async def _ensure_connected(self) -> WebSocketEnd:
-        async with self._connect_lock:
+        async with self._home.lock:
             if self._end is None:
                 self._end = await _connect(self._url, self._channel_id)
             return self._end
