@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import difflib
 import json
 import logging
 import re
@@ -41,6 +40,7 @@ from iii_streams.messages import OneLineParser, mask_passwords
 from iii_streams.urls import check_scheme
 
 from .allocator import tune_allocator
+from .closing import START_NOTICE
 from .config import DEFAULT_HOST, DEFAULT_PORT, MAX_PORT, ConfigError, EngineConfig, load_config
 from .engine import Engine
 from .event_loop import DEFAULT_EVENT_LOOP, EVENT_LOOPS, EventLoopUnavailable
@@ -50,6 +50,7 @@ from .inspect_cli import COMMANDS as INSPECT_COMMANDS
 from .inspect_cli import main as inspect_main
 from .modules.base import EngineStartError, ModuleSpec, ModuleStartError
 from .modules.catalogue import CATALOGUE, ModuleUnavailable, default_specs
+from .settings import closest_key
 
 PROG = "iii-engine"
 READY_PREFIX = "iii engine listening on "
@@ -223,11 +224,11 @@ def _with_closest_key(reason: str) -> str:
     found = _UNKNOWN_KEY.search(reason)
     if found is None:
         return reason
-    near = difflib.get_close_matches(found["key"], found["allowed"].split(", "), n=1, cutoff=0.6)
-    if not near:
+    near = closest_key(found["key"], found["allowed"].split(", "))
+    if near is None:
         return reason
     at = found.start("allowed") - len("allowed: ")
-    return f"{reason[:at]}did you mean {near[0]!r}? {reason[at:]}"
+    return f"{reason[:at]}did you mean {near!r}? {reason[at:]}"
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -255,6 +256,18 @@ class JsonLogFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class _HeldLog(MemoryHandler):
+    """Holds records back, except a notice that the start is waiting (:data:`~iii_engine.closing.START_NOTICE`):
+    held, it showed only once the wait was over, and a start waiting on a silent store left the terminal silent."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Hold ``record``, or write it out now if it is such a notice."""
+        if getattr(record, START_NOTICE, False) and self.target is not None:
+            self.target.handle(record)
+        else:
+            super().emit(record)
+
+
 class _StartupLog:
     """Holds log records back while the engine starts: written out once it runs, mostly dropped if it fails."""
 
@@ -262,7 +275,7 @@ class _StartupLog:
         self.level = logging.getLevelName(level)
         self.output = logging.StreamHandler(sys.stderr)
         self.output.setFormatter(JsonLogFormatter() if log_format == "json" else logging.Formatter(TEXT_LOG_FORMAT))
-        self.held = MemoryHandler(STARTUP_LOG_RECORDS, flushLevel=logging.CRITICAL + 1, target=self.output)
+        self.held = _HeldLog(STARTUP_LOG_RECORDS, flushLevel=logging.CRITICAL + 1, target=self.output)
         root = logging.getLogger()
         root.setLevel(self.level)
         root.addHandler(self.held)
@@ -292,6 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] in INSPECT_COMMANDS:  # logs / traces / metrics / health against a running engine
         return inspect_main(argv)
     args = parse_args(argv)
+    log = _StartupLog(args.log_level, args.log_format)  # before the file is read: its warnings are start-up records
     try:
         config = load_config(args.config) if args.config else EngineConfig()
         # flags are checked as the file is: a bad one (``--host ""``) is a usage error, not a traceback
@@ -300,9 +314,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.stream_store:
             config = with_stream_store(config, args.stream_store)
     except ConfigError as exc:
-        print(f"{PROG}: {mask_passwords(str(exc))}", file=sys.stderr)
+        # a key of a module entry or of ``channels:`` gets its closest allowed name, as a module's settings do
+        log.failed()
+        print(f"{PROG}: {mask_passwords(_with_closest_key(str(exc)))}", file=sys.stderr)
         return 2
-    log = _StartupLog(args.log_level, args.log_format)
     try:
         run_on_loop(run(config, on_started=log.started), config.event_loop)
     except EventLoopUnavailable as exc:

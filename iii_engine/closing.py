@@ -17,7 +17,8 @@ deadline, so stores that all went silent hold the stop for one bound, not one ea
 A module's start and its stop have bounds too (:data:`MODULE_START_TIMEOUT_S`, :data:`MODULE_STOP_TIMEOUT_S`, or
 what the module states): :func:`stop_within` ends a wait on work that may never end (a module's stop), and
 :func:`awaiting` names where such work is stuck. :func:`start_module_task` runs a module's start knowing its bound
-(:func:`module_start_bound`), so a wait inside it can end first and say what it waited for.
+(:func:`module_start_bound`), so a wait inside it can end first and say what it waited for; a start still waiting
+after :data:`MODULE_START_NOTICE_S` is announced with :func:`start_waits_for` (what it most likely waits for).
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ from websockets.asyncio.server import ServerConnection
 
 from iii import ws_fastpath
 from iii_streams.deadlines import finish_within, let_go
+from iii_streams.messages import mask_passwords
 
-__all__ = ["CLOSE_TIMEOUT_S", "MODULE_START_TIMEOUT_S", "MODULE_START_WAIT_S", "MODULE_STOP_TIMEOUT_S",
-           "STORE_CLOSE_TIMEOUT_S", "ModuleStartBound", "StoreCloses", "awaiting", "close_store", "close_within",
-           "module_start_bound", "start_module_task", "stop_within"]
+__all__ = ["CLOSE_TIMEOUT_S", "MODULE_START_NOTICE_S", "MODULE_START_TIMEOUT_S", "MODULE_START_WAIT_S",
+           "MODULE_STOP_TIMEOUT_S", "START_NOTICE", "STORE_CLOSE_TIMEOUT_S", "ModuleStartBound", "StoreCloses",
+           "awaiting", "close_store", "close_within", "module_start_bound", "start_module_task", "start_waits_for",
+           "stop_within"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,14 @@ failed start does. A SQL store connects, checks its schema and (``create``: a ``
 migrates it in its module's start, within 10 s, or within the entry's ``start_timeout_ms`` when it sets one
 (:func:`~iii_engine.modules.stream.store.prepare_module_store`): a migration waiting longer for its turn (another
 process migrating; it may wait up to 600 s) needs a larger ``start_timeout_ms``."""
+
+MODULE_START_NOTICE_S = 2.0
+"""How long a module's start may wait silently: past it the engine logs once what the start waits for and for how
+long it may (a start waiting on a silent store left the terminal silent for up to its whole bound)."""
+
+START_NOTICE = "iii_start_notice"
+"""The attribute (``extra``) marking that log record: ``iii-engine`` shows it at once, while the other records of
+the start are held back until the start ends."""
 
 MODULE_STOP_TIMEOUT_S = 10.0
 """How long the engine waits for a module's stop beyond what the module's own settings give it (a settings field
@@ -175,6 +186,40 @@ def awaiting(task: asyncio.Future[Any]) -> str:
         return inner.f_code.co_qualname if inner is not None else ""
     where = f"{own.f_code.co_qualname} ({os.path.basename(own.f_code.co_filename)}:{own.f_lineno})"
     return where if inner is own or inner is None else f"{where} in {inner.f_code.co_qualname}"
+
+
+def start_waits_for(module: object, task: asyncio.Future[Any]) -> str:
+    """What a module's start that takes long most likely waits for: the first URL its settings name (a store's, a
+    server's; passwords masked), else where ``task`` (its start) waits (:func:`awaiting`); ``""`` if neither.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> from iii_engine.modules.stream.settings import StateSettings
+        >>> state = SimpleNamespace(settings=StateSettings(store_url="postgresql+asyncpg://app:pw@db/app"))
+        >>> async def demo() -> str:
+        ...     return start_waits_for(state, asyncio.get_running_loop().create_future())
+        >>> asyncio.run(demo())
+        'its store postgresql+asyncpg://app:***@db/app'
+    """
+    dump = getattr(getattr(module, "settings", None), "model_dump", None)
+    found = _first_url(dump()) if callable(dump) else None
+    if found is not None:
+        key, url = found
+        return f"its {'store' if key in ('store_url', 'redis_url') else key} {mask_passwords(url)}"
+    where = awaiting(task)
+    return f"waiting in {where}" if where else ""
+
+
+def _first_url(value: Any) -> tuple[str, str] | None:
+    """The first ``(key, value)`` in a settings dump whose key names a URL and whose value is set."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(item, str) and item and (key == "url" or str(key).endswith("_url")):
+                return str(key), item
+            found = _first_url(item)
+            if found is not None:
+                return found
+    return None
 
 
 async def stop_within(work: Awaitable[Any], timeout: float, what: str,  # noqa: ASYNC109 (the bound is the point)

@@ -14,7 +14,8 @@ that is itself a call waits for room among them, default 10,000), ``max_calls_pe
 in flight through the engine, default 10,000),
 ``functions_available_debounce_ms`` (E8), ``allow_degraded`` (start even when a configured module cannot; see
 :class:`EngineConfig`) and ``channels: {production_mode, attach_timeout_ms, max_message_size, max_channel_bytes,
-max_queued_bytes}`` (see :class:`ChannelSettings`). Unknown top-level keys are ignored, as production does.
+max_queued_bytes}`` (see :class:`ChannelSettings`). Unknown top-level keys are ignored, as production does (a near-miss
+of a known one, ``prot:`` for ``port:``, with a warning naming the closest).
 
 Every value is checked by a typed model (:mod:`iii_engine.settings`); a bad one raises :class:`ConfigError`
 naming its path. Each module's ``config`` is checked by that module's own settings model when the engine starts
@@ -145,6 +146,7 @@ class EngineConfig(Settings):
     """
 
     unknown_keys: ClassVar[UnknownKeys] = "ignore"  # production ignores top-level keys it does not know
+    label: ClassVar[str] = "the configuration's top level"
 
     host: str = Field(DEFAULT_HOST, min_length=1)
     port: int = Field(DEFAULT_PORT, ge=0, le=MAX_PORT)

@@ -490,16 +490,22 @@ class Engine:
         points at the entry's ``start_timeout_ms`` unless the module has no entry (``in_config=False``: the worker
         module). A cancel of the engine's start propagates, also one landing in the loop turn the bound runs out."""
         bound = start_timeout_ms / 1000 if start_timeout_ms is not None else module.start_timeout_s()
+        # the configured bound as the entry gives it: messages name that, not what is left of it
+        entry = "" if start_timeout_ms is None else f" (start_timeout_ms {start_timeout_ms})"
+        bound_text = f"{bound:g} s{entry}"
         # in a task of its own (this context, so its store closes are collected too): a stop() during the start
         # cancels it, so a store that never answers its open does not hold the stop
         starting = closing.start_module_task(module.start(), bound, configured=start_timeout_ms is not None)
         waiting = asyncio.shield(starting)  # stop() cancels this wait: the start goes on at once, whatever the module
         self._module_starting = (waiting, starting, module)
+        notice = asyncio.get_running_loop().call_later(
+            closing.MODULE_START_NOTICE_S, self._log_start_wait, module, starting, bound_text)
         timer = asyncio.timeout(bound)
         try:
             async with timer:
                 await waiting
         except BaseException as exc:
+            notice.cancel()
             self._module_starting = None
             # Past the bound asyncio.timeout turns its own cancel into TimeoutError; a cancel of this start landing
             # in the same loop turn leaves the CancelledError (and the timer expired): that cancel wins, or the start
@@ -519,15 +525,30 @@ class Engine:
                 waited = f", waiting in {where}" if where else ""
                 hint = "a longer bound: start_timeout_ms in its entry" if in_config else \
                     "the engine's own module, which has no entry: its bound is not configurable"
-                raise TimeoutError(f"its start (module {module.name}) did not end within {bound:g} s{waited}; "
+                raise TimeoutError(f"its start (module {module.name}) did not end within {bound_text}{waited}; "
                                    f"cancelled ({hint})") from exc
+            if isinstance(exc, TimeoutError) and start_timeout_ms is not None:
+                # a wait inside the start (a store's check) ended first, naming what is left of the bound: the
+                # entry's own bound is the number the user set and can raise
+                raise TimeoutError(f"did not start within {bound_text}: {error_line(exc)}") from exc
             if isinstance(exc, asyncio.CancelledError) and not self._stop_asked and not _cancelling():
                 # not a cancel of this start: a failure of the module (a CancelledError out of start() would end
                 # the CLI with a traceback instead of its one-line start error)
                 raise RuntimeError("its start raised CancelledError without a cancel of the engine's start") from exc
             raise
+        notice.cancel()
         self._module_starting = None
         self.modules[module.name] = module
+
+    @staticmethod
+    def _log_start_wait(module: EngineModule, starting: asyncio.Future[None], bound_text: str) -> None:
+        """Say once that ``module``'s start is still waiting, for what and how long it may (``iii-engine`` shows it
+        at once, :data:`~iii_engine.closing.START_NOTICE`)."""
+        if starting.done():
+            return
+        what = closing.start_waits_for(module, starting)
+        log.info("waiting for module %s's start%s: up to %s", module.name, f" ({what})" if what else "", bound_text,
+                 extra={closing.START_NOTICE: True})
 
     async def _stop_module(self, module: EngineModule, *, after_failed_start: bool = False) -> None:
         """Stop ``module`` within its bound (:meth:`~EngineModule.stop_timeout_s`): past it the stop is cancelled,

@@ -2,7 +2,8 @@
 raise.
 
 A :class:`Settings` model is strict (``"5"`` is not an integer, ``true`` is not a number), immutable, and decides
-per model what an unknown key means (``unknown_keys``: refuse it, log and ignore it, or ignore it). Whatever is
+per model what an unknown key means (``unknown_keys``: refuse it, log and ignore it, or ignore it; a near-miss of a
+known key is refused in the second case and logged with the closest name in the third). Whatever is
 wrong, :class:`ConfigError` names the path of the bad value and says what was expected, in one line:
 ``modules[3].config.queue_configs.default.max_retries: must be >= 1, got 0``.
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import difflib
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
@@ -34,7 +35,7 @@ from pydantic_core import ErrorDetails
 from iii.connection import check_url
 
 __all__ = ["MAX_TIMEOUT_MS", "AdapterSpec", "ConfigError", "EngineUrl", "Field", "Names", "NoSettings", "NonEmpty",
-           "Port", "RedisAdapterSettings", "Settings", "UnknownKeys", "join_path", "pick_adapter"]
+           "Port", "RedisAdapterSettings", "Settings", "UnknownKeys", "closest_key", "join_path", "pick_adapter"]
 
 MAX_TIMEOUT_MS = 10**12
 """The longest duration in milliseconds a setting takes (about 31 years): each becomes seconds as a float where
@@ -46,6 +47,10 @@ _SHOWN_CHARS = 80
 # How close an unknown key must be to a known one to be taken for its typo (difflib's ratio: 'adaptr' ~ 'adapter'
 # is 0.92) and refused, in a model that otherwise logs and ignores the keys it does not know.
 _TYPO_CUTOFF = 0.8
+
+# How close an unknown key must be to a known one to be named as the one meant (difflib's ratio: 'prot' ~ 'port'
+# is 0.75).
+_NEAR_CUTOFF = 0.6
 
 # Set while a model validates, so nested models leave their errors to the outermost one (which knows the path).
 _validating: ContextVar[bool] = ContextVar("iii_engine_settings_validating", default=False)
@@ -92,6 +97,17 @@ def join_path(prefix: str, path: str | int = "") -> str:
     if not prefix or not path:
         return prefix or path
     return f"{prefix}{path}" if path.startswith("[") else f"{prefix}.{path}"
+
+
+def closest_key(key: str, known: Iterable[str], *, cutoff: float = _NEAR_CUTOFF) -> str | None:
+    """The known key closest to an unknown ``key`` (a typo's intended name), ``None`` when none is close enough.
+
+    Example:
+        >>> closest_key("clas", ["class", "config", "start_timeout_ms"]), closest_key("colour", ["port"])
+        ('class', None)
+    """
+    near = difflib.get_close_matches(key, list(known), n=1, cutoff=cutoff)
+    return near[0] if near else None
 
 
 def _shown(value: Any) -> str:
@@ -170,7 +186,8 @@ class Settings(BaseModel):
     """Base of every settings model: strict, frozen, one error type, a per-model unknown-key policy.
 
     ``unknown_keys``: ``"forbid"`` (a :class:`ConfigError` listing the allowed keys), ``"warn"`` (logged once
-    and ignored) or ``"ignore"``. ``label`` names the settings in that warning. Fields whose key in the file
+    and ignored; a near-miss of a known key refused) or ``"ignore"`` (a near-miss logged with the closest known key).
+    ``label`` names the settings in those warnings. Fields whose key in the file
     differs from the attribute carry the file's key as ``alias``; both spellings are accepted.
     """
 
@@ -223,15 +240,21 @@ class Settings(BaseModel):
         if not isinstance(data, Mapping):
             return data
         data = cls._rename(data)
-        if cls.unknown_keys == "ignore":
-            return data
         known = set(cls.model_fields) | {f.alias for f in cls.model_fields.values() if f.alias}
         unknown = sorted(str(key) for key in data if key not in known)
         if not unknown:
             return data
+        if cls.unknown_keys == "ignore":
+            # still ignored (production ignores it), but a near-miss is said: `prot:` left the engine on its
+            # default port without a word
+            for key in unknown:
+                near = closest_key(key, known)
+                if near is not None:
+                    log.warning("%s: ignoring unknown key %r (did you mean %r?)", cls.label, key, near)
+            return data
         # A key one letter or two off a known one is a typo, not a production key we do not implement: ignored, an
         # `adaptr:` left the state or queue module on its in-memory store, its data lost at the next restart.
-        typo = next((key for key in unknown if difflib.get_close_matches(key, known, n=1, cutoff=_TYPO_CUTOFF)), None)
+        typo = next((key for key in unknown if closest_key(key, known, cutoff=_TYPO_CUTOFF)), None)
         if cls.unknown_keys == "forbid" or typo is not None:
             raise ValueError(f"unknown key {typo or unknown[0]!r} (allowed: {', '.join(cls.allowed_keys())})")
         log.warning("%s: ignoring unknown keys %s", cls.label, ", ".join(unknown))
