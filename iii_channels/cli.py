@@ -131,7 +131,9 @@ class _QuietUntilConnected(logging.Filter):
         self._waiting = waiting
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self._waiting is not None and record.levelno >= logging.WARNING:
+        # a retried attempt's warning only: the final failure (an ERROR, "not retrying") is the CLI's to report,
+        # and "waiting" said as it gives up misled
+        if self._waiting is not None and record.levelno == logging.WARNING:
             why = record.args[-1] if isinstance(record.args, tuple) and record.args else None
             print(f"{self._waiting}{f' ({why})' if why is not None else ''}", file=sys.stderr, flush=True)
             self._waiting = None
@@ -317,16 +319,11 @@ class _WatchedWriter(ChannelWriter):
     Example:
         >>> writer = _WatchedWriter("ws://localhost:49134", {"channel_id": "c", "access_key": "k",
         ...                                                  "direction": "write"})
-        >>> writer.waited(), writer.waiting_since(), writer.moved()
-        (0.0, None, (0, 0))
+        >>> writer.waiting_since(), writer.moved()
+        (None, (0, 0))
     """
 
     _waiting_since: float | None = None
-
-    def waited(self) -> float:
-        """Seconds the write or text message under way has waited (0.0 when none is under way)."""
-        since = self._waiting_since
-        return 0.0 if since is None else time.monotonic() - since
 
     def waiting_since(self) -> float | None:
         """When (``time.monotonic()``) the write or text message under way started; ``None``: none is."""

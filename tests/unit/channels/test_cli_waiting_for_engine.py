@@ -40,3 +40,23 @@ async def test_a_refused_engine_is_said_at_once_with_progress(tmp_path: Path) ->
     _, _, quiet_rc, quiet_stderr = quiet
     assert quiet_rc == 1
     assert len(quiet_stderr.splitlines()) == 1 and "cannot reach the engine" in quiet_stderr, quiet_stderr
+
+
+async def test_a_server_that_is_not_an_engine_is_not_waited_for(tmp_path: Path) -> None:
+    """An HTTP server that answers the upgrade with a page: the send fails at once, with no "waiting" line first
+    (before: "waiting up to 10 s …" printed as the CLI gave up, the error line right after it)."""
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"a")
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        _, first, rc, stderr = await _send(path, port, "10", "--progress", "always")
+    assert rc == 1
+    assert "waiting" not in first and "did not answer as an iii engine" in first, (first, stderr)
