@@ -125,6 +125,10 @@ _LOOP_CHECK_S = 0.25
 # The most an abort made on a loop its writer does not belong to waits for the writer's own loop to carry it out:
 # the connect of a writer that never connected (open_timeout, 10 s), then its Close frame (_ABORT_CLOSE_S).
 _ABORT_ELSEWHERE_S = 15.0
+# How long such an abort's caller waits for the writer's loop to start carrying it out before it returns and leaves
+# the abort to go on without it: a loop held by a sync handler, or stuck in C code, held the caller for all of
+# _ABORT_ELSEWHERE_S. The writer is aborted before this wait all the same: no later write or close delivers.
+_ABORT_START_WAIT_S = 0.25
 
 # Options for every channel socket: no ping timeout (T19), no compression (throughput), no size limit (T27).
 _CONNECT_OPTIONS: Final[dict[str, Any]] = {
@@ -727,7 +731,9 @@ class ChannelWriter:
         From any event loop, and never raises: awaited on a loop the writer does not belong to, the writer is
         aborted at once (any later write or close raises) and the abort is carried out on the writer's own loop
         (its private loop, or its loop running in another thread; bounded). If that loop is closed or stopped
-        for good, the socket is dropped instead: the reader sees an abnormal close, an abort too.
+        for good, the socket is dropped instead: the reader sees an abnormal close, an abort too. If that loop
+        does not get to the abort at once (held by a sync call, or stuck), this returns without waiting for it:
+        the abort is carried out when the loop runs again, or the socket dropped if it does not within 15 s.
         """
         closing = self._closing
         if closing is None or not closing.done():  # after the close there is nothing left to abort, on any loop
@@ -778,11 +784,27 @@ class ChannelWriter:
         self._closed = True  # at once, from here: no later write or close can deliver
         if self._error is None:
             self._error = ChannelClosedError(f"channel {self._channel_id} aborted", channel_id=self._channel_id)
-        await asyncio.to_thread(self._abort_from_thread, reason)
+        started: concurrent.futures.Future[None] = concurrent.futures.Future()
+        finished: concurrent.futures.Future[None] = concurrent.futures.Future()
 
-    def _abort_from_thread(self, reason: str) -> None:
+        async def abort_there() -> None:
+            started.set_result(None)
+            await self._abort_here(reason)
+
+        # A thread of its own, not the caller's executor: asyncio.run's end waits for that executor's threads, so a
+        # caller that returned below was held there instead.
+        threading.Thread(target=self._abort_from_thread, args=(abort_there, finished),
+                         name=f"iii-channel-writer-abort-{self._channel_id}", daemon=True).start()
+        done = asyncio.shield(asyncio.wrap_future(finished))  # a cancelled caller leaves the abort going on
+        await asyncio.wait((asyncio.wrap_future(started), done), timeout=_ABORT_START_WAIT_S,
+                           return_when=asyncio.FIRST_COMPLETED)
+        if started.done() or finished.done():  # its loop runs it (bounded, see _ABORT_ELSEWHERE_S): waited for
+            await done
+
+    def _abort_from_thread(self, abort_there: Callable[[], Coroutine[Any, Any, None]],
+                           finished: concurrent.futures.Future[None]) -> None:
         try:
-            self._home.run_elsewhere(lambda: self._abort_here(reason), _ABORT_ELSEWHERE_S)
+            self._home.run_elsewhere(abort_there, _ABORT_ELSEWHERE_S)
         except (ChannelLoopError, TimeoutError) as exc:
             # Nobody runs the writer's loop (closed: an asyncio.run that returned), or it did not get to the abort:
             # drop the TCP connection from here, which the engine takes as an abort too.
@@ -793,6 +815,7 @@ class ChannelWriter:
                 log.debug("abort of channel %s: dropping the connection failed: %r", self._channel_id, drop_exc)
         finally:
             self._home.release(timeout=0)  # a sync call still running the private loop releases it as it ends
+            finished.set_result(None)
 
     def __iii_json__(self) -> dict[str, Any]:
         """The ref, so a writer placed in a payload travels as plain JSON (S11)."""
