@@ -202,9 +202,12 @@ class _ModuleServices:
         self._admit(f"function {function.id}").append(self._engine._add_builtin(function, self._module)[1])
 
     def unregister_function(self, function_id: str) -> None:
-        """Remove a built-in function (nothing once released: the id may be another module's by then)."""
+        """Remove a built-in function; one registered on the engine itself under that id comes back at the module's
+        stop (nothing once released: the id may be another module's by then)."""
         if self._undos is not None:
-            self._engine.unregister_function(function_id)
+            undo = self._engine._withdraw(function_id)
+            if undo is not None:
+                self._undos.append(undo)
 
     def register_trigger_type(self, trigger_type: str, description: str, handler: TriggerTypeHandler) -> None:
         """Add a built-in trigger type of this module."""
@@ -782,14 +785,22 @@ class Engine:
         """What serves ``entry``'s id after ``module``'s stop took ``entry`` away: the function registered on the
         engine itself under that id (kept across stops), in its place or, a worker's registration current, restored
         at that worker's disconnect; else, during the engine's stop, the answer that the engine is stopping."""
-        kept = self._engine_functions.get(entry.id)
-        if kept is None:
+        if not self._bring_back(entry.id):
             self._leave_gone(entry, module)
-        elif entry.id in self.registry.functions:
-            self.registry.restore_later(kept)
-        else:
+
+    def _bring_back(self, function_id: str) -> bool:
+        """Put the function registered on the engine itself under ``function_id`` back in its place or, another's
+        registration current, keep it to be restored when that goes (E5); ``False``: none is registered."""
+        kept = self._engine_functions.get(function_id)
+        if kept is None:
+            return False
+        current = self.registry.functions.get(function_id)
+        if current is None:
             self.registry.add_function(kept)
             self._functions_maybe_changed()
+        elif current is not kept:
+            self.registry.restore_later(kept)
+        return True
 
     def _drop_builtin(self, entry: FunctionEntry) -> bool:
         """Take ``entry`` away, current or overwritten by a worker and kept to be restored (its disconnect brought back
@@ -831,8 +842,20 @@ class Engine:
     def unregister_function(self, function_id: str) -> None:
         """Remove a built-in function (one registered on the engine itself is no longer kept across stops)."""
         self._engine_functions.pop(function_id, None)
+        self._withdraw(function_id)
+
+    def _withdraw(self, function_id: str) -> Undo | None:
+        """Remove ``function_id`` whoever registered it (a module's withdrawal: what the engine itself registered
+        under it stays kept); the undo (``None``: the engine registered nothing under it) brings that back."""
         self.registry.remove_function(function_id)
         self._functions_maybe_changed()
+        if function_id not in self._engine_functions:
+            return None  # nothing of the engine's to bring back: the module's undos do not grow with its withdrawals
+
+        def bring_back() -> None:
+            self._bring_back(function_id)
+
+        return bring_back
 
     def register_trigger_type(self, trigger_type: str, description: str, handler: TriggerTypeHandler) -> None:
         """Add a built-in trigger type; workers cannot replace it (E4)."""
