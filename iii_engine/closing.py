@@ -102,13 +102,26 @@ class ModuleStartBound(NamedTuple):
         return self.deadline - asyncio.get_running_loop().time()
 
 
-_MODULE_START: ContextVar[ModuleStartBound | None] = ContextVar("iii_engine_module_start", default=None)
+class _Start:
+    """A module start's bound and, once made, its task: the bound holds while that task runs."""
+
+    __slots__ = ("bound", "task")
+
+    def __init__(self, bound: ModuleStartBound) -> None:
+        self.bound = bound
+        self.task: asyncio.Task[None] | None = None
+
+
+# Every task the start spawns copies it with the rest of the context, for its whole life: the start's task tells
+# whether the start is still under way
+_MODULE_START: ContextVar[_Start | None] = ContextVar("iii_engine_module_start", default=None)
 
 
 def start_module_task(start: Coroutine[Any, Any, None], bound: float, *,
                       configured: bool) -> asyncio.Task[None]:
     """``start`` (a module's start, which the engine bounds by ``bound`` seconds; ``configured``: by its entry's
-    ``start_timeout_ms``) in a task of its own, in which :func:`module_start_bound` tells that bound.
+    ``start_timeout_ms``) in a task of its own, in which :func:`module_start_bound` tells that bound (as in the
+    tasks the start spawns, while the start runs).
 
     Example:
         >>> async def demo() -> list[object]:
@@ -122,19 +135,40 @@ def start_module_task(start: Coroutine[Any, Any, None], bound: float, *,
         >>> asyncio.run(demo())
         [None, (2.5, True), None]
     """
-    deadline = asyncio.get_running_loop().time() + bound
-    token = _MODULE_START.set(ModuleStartBound(bound, configured, deadline))
+    loop = asyncio.get_running_loop()
+    under_way = _Start(ModuleStartBound(bound, configured, loop.time() + bound))
+    token = _MODULE_START.set(under_way)
     try:
-        return asyncio.get_running_loop().create_task(start)  # the task copies this context, bound included
+        under_way.task = loop.create_task(start)  # the task copies this context, bound included
     finally:
         _MODULE_START.reset(token)
+    return under_way.task
 
 
 def module_start_bound() -> ModuleStartBound | None:
     """The bound of the module start running in this context (:func:`start_module_task`), ``None`` outside one: a
     wait inside the start (a store's connect) ends before it, so its own error, naming what it waited for, is the
-    one the start fails with, not the engine's cut."""
-    return _MODULE_START.get()
+    one the start fails with, not the engine's cut. A task the start spawned sees it while the start runs, and
+    ``None`` once the start ended (a store it opens later gets no leftover of the start's bound).
+
+    Example:
+        >>> async def demo() -> object:
+        ...     async def start() -> None:  # spawns a task that outlives it
+        ...         spawned.append(asyncio.get_running_loop().create_task(read_later()))
+        ...     async def read_later() -> object:
+        ...         await later.wait()
+        ...         return module_start_bound()
+        ...     later, spawned = asyncio.Event(), []
+        ...     await start_module_task(start(), 2.5, configured=False)
+        ...     later.set()
+        ...     return await spawned[0]
+        >>> print(asyncio.run(demo()))
+        None
+    """
+    start = _MODULE_START.get()
+    if start is None or start.task is None or start.task.done():
+        return None
+    return start.bound
 
 
 def _task_named(work: Awaitable[Any], what: str) -> asyncio.Future[Any]:
