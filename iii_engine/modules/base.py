@@ -273,7 +273,8 @@ class EngineServices(Protocol):
         """Add (or replace) a built-in function."""
 
     def unregister_function(self, function_id: str) -> None:
-        """Remove a built-in function."""
+        """Remove a built-in function while the module runs (one the engine itself registered under that id comes
+        back at the module's stop)."""
 
     def register_trigger_type(self, trigger_type: str, description: str, handler: TriggerTypeHandler) -> None:
         """Add a built-in trigger type; workers cannot replace it (docs/protocol.md#engine-improvements E4)."""
