@@ -16,40 +16,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from iii import III
 from iii.channels import ChannelAbortedError, ChannelClosedError, ChannelWriter
 from iii.types import Channel
-from tests.integration.sdk.conftest import RealEngineThread
+from tests.integration.channels import test_sync_calls_home_elsewhere as elsewhere
 
 pytestmark = pytest.mark.timeout(30)
 
+# Its fixtures: an engine in a thread, a channel of a client of it, and the writer's loop in a thread of its own.
+remote, channel, home = elsewhere.remote, elsewhere.channel, elsewhere.home
+
 # Far below the 15 s the caller was held: the abort neither waits for the blocked loop nor for a deadline.
 _RETURNS_WITHIN_S = 2.0
-
-
-@pytest.fixture
-def channel() -> Iterator[Channel]:
-    with RealEngineThread() as remote:
-        client = III(remote.url)
-        try:
-            yield client.create_channel(buffer_size=64 * 1024)
-        finally:
-            client.shutdown()
-
-
-@pytest.fixture
-def home() -> Iterator[asyncio.AbstractEventLoop]:
-    """The writer's loop, running in a thread of its own."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield loop
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
-    for task in asyncio.all_tasks(loop):
-        with contextlib.suppress(Exception):
-            task.get_coro().close()
-    loop.close()
 
 
 @contextlib.contextmanager
