@@ -923,8 +923,14 @@ class SQLStream(FieldUpdates):
             if self._close_once.closing:
                 raise StreamClosedError("SQLStream is closed")
             if self._create:
-                async with self._write_lock if self._write_lock is not None else contextlib.nullcontext():
-                    await migrate_with(self.engine)
+                threads = set() if self._pg else _sqlite_threads()
+                try:
+                    async with self._write_lock if self._write_lock is not None else contextlib.nullcontext():
+                        await migrate_with(self.engine)
+                except Exception:
+                    if not self._pg:  # (see _DRIVER_THREAD_S: a loop closed right after printed the thread's error)
+                        await _driver_threads_ended(threads)
+                    raise
             self._ready = True
 
     async def prepare(self, *, timeout: float | None = None) -> None:
