@@ -58,6 +58,8 @@ import shlex
 import sqlite3
 import sys
 import threading
+import warnings
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -77,6 +79,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import AsyncAdaptedQueuePool, Pool
 from sqlalchemy.util import greenlet_spawn
 
+from iii.handler_threads import EXIT_HOOK_MISSING
 from iii.loss_log import LossLog
 from iii.stream import (
     StreamDeleteInput,
@@ -737,6 +740,49 @@ async def _driver_threads_ended(before: set[threading.Thread]) -> None:
             await asyncio.sleep(_DRIVER_THREAD_POLL_S)
 
 
+# SQLAlchemy marks aiosqlite's connection thread a daemon, but before 2.0.46 only where the Connection is that thread
+# (aiosqlite before 0.22): with aiosqlite 0.22 and such a SQLAlchemy (both within our floors) the thread is a plain one,
+# which the interpreter's exit joins and which ends only with its connection. A store left open (a script's end, an
+# exception) held the exit for good. Such connections are stopped as the exit starts (threading._register_atexit, the
+# hook concurrent.futures uses), unless their loop still runs: another thread's, which may still use them.
+_STOP_AT_EXIT: weakref.WeakKeyDictionary[Any, asyncio.AbstractEventLoop] = weakref.WeakKeyDictionary()
+_stop_at_exit_lock = threading.Lock()
+_stop_at_exit_hooked = False
+
+
+def _stop_at_exit(driver: Any) -> None:
+    """Stop aiosqlite connection ``driver`` as the interpreter's exit starts when its thread would hold that exit (not
+    a daemon); nothing for the others, and on a Python or aiosqlite without the means (``stop()``, the exit hook)."""
+    global _stop_at_exit_hooked
+    thread = getattr(driver, "_thread", None)  # aiosqlite 0.22+ (before, the Connection is the thread, made a daemon)
+    if not isinstance(thread, threading.Thread) or thread.daemon or not callable(getattr(driver, "stop", None)):
+        return
+    if EXIT_HOOK_MISSING:
+        return
+    with _stop_at_exit_lock:
+        _STOP_AT_EXIT[driver] = asyncio.get_running_loop()
+        if _stop_at_exit_hooked:
+            return
+        try:
+            threading._register_atexit(_stop_left_open)  # type: ignore[attr-defined]
+        except RuntimeError:  # the exit already started (a connection made by another thread then): nothing to do
+            return
+        _stop_at_exit_hooked = True
+
+
+def _stop_left_open() -> None:
+    """At the interpreter's exit: stop the connections :func:`_stop_at_exit` took whose loop no longer runs (their
+    threads close the SQLite connection and end; the exit's join then returns)."""
+    with _stop_at_exit_lock:
+        left = list(_STOP_AT_EXIT.items())
+    for driver, loop in left:
+        if loop.is_running():
+            continue
+        with contextlib.suppress(Exception), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # stop() asks for an event loop there is none of any more
+            driver.stop()
+
+
 # How long a SQLite connection waits for another's lock before "database is locked" (its busy_timeout)
 _SQLITE_BUSY_S: Final = 30.0
 
@@ -754,6 +800,7 @@ def _install_sqlite_hooks(engine: AsyncEngine, file_backed: bool) -> None:
             cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.close()
+        _stop_at_exit(getattr(dbapi_connection, "driver_connection", None))
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
