@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from iii import channels as channels_module
 from iii.channels import ChannelAbortedError, ChannelClosedError, ChannelWriter
 from iii.types import Channel
 from tests.integration.channels import test_sync_calls_home_elsewhere as elsewhere
@@ -93,3 +94,14 @@ def test_a_close_under_way_on_the_blocked_loop_does_not_deliver_the_stream(
         release.set()
     assert took < _RETURNS_WITHIN_S, f"abort() held its caller {took:.2f} s"
     _read_to_the_end(channel)
+
+
+def test_a_loop_blocked_past_the_bound_has_the_connection_dropped_without_the_caller(
+        channel: Channel, home: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(channels_module, "_ABORT_ELSEWHERE_S", 3.0)  # past _RETURNS_WITHIN_S
+    writer = channel.writer
+    asyncio.run_coroutine_threadsafe(writer.write(b"the first half"), home).result(10)
+    with _blocked(home):
+        took = _timed_abort(writer)
+        assert took < _RETURNS_WITHIN_S, f"abort() held its caller {took:.2f} s"
+        _read_to_the_end(channel)  # the loop still held: the abort reaches the reader as the dropped connection
