@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from iii.stream import StreamSetInput
-from iii_streams import SQLStream, StreamBackendError, StreamLagError
+from iii_streams import SQLStream, StreamLagError, StreamUnavailableError
 from iii_streams.events import Watch
 from tests.integration.streams.pg_database import admin
 from tests.polling import until
@@ -285,9 +285,11 @@ async def test_the_listen_connection_is_made_as_the_engine_makes_its_own(pg_url:
 
 
 async def test_a_watch_on_a_database_that_does_not_exist_raises_a_stream_error_naming_it(pg_url: str) -> None:
-    """Before (SQLAlchemy 2.1): the dialect's own ``Error`` came out unwrapped, not a StreamError."""
+    """Before (SQLAlchemy 2.1): the dialect's own ``Error`` came out unwrapped, not a StreamError; then a
+    ``StreamBackendError`` where get/set said "database unreachable"."""
     missing = f"iii_missing_{uuid.uuid4().hex[:8]}"
     url = make_url(pg_url).set(database=missing).render_as_string(hide_password=False)
     async with SQLStream.from_url(url) as store:
-        with pytest.raises(StreamBackendError, match=f'InvalidCatalogNameError: database "{missing}" does not'):
+        with pytest.raises(StreamUnavailableError,
+                           match=f'SQLStream.watch: database unreachable: database "{missing}" does not exist'):
             await store.watch().open()
