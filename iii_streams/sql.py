@@ -1005,8 +1005,9 @@ class SQLStream(FieldUpdates):
         """
         limit = self._limit(timeout)
         threads = set() if self._pg else _sqlite_threads()
+        bound = asyncio.timeout(limit)
         try:
-            async with asyncio.timeout(limit):
+            async with bound:
                 locked = await self._sqlite_locked(limit)
                 if locked is None:
                     await self._prepare()
@@ -1016,17 +1017,24 @@ class SQLStream(FieldUpdates):
                         revision = await conn.run_sync(current_revision)
         except (StreamClosedError, SchemaMissingError):
             raise
-        except TimeoutError as exc:
-            # SQLite's own wait for a lock (busy_timeout) outlasts the bound: a lock the check missed (taken since)
-            suspect = "" if self._pg else " (locked by another writer?)"
-            raise StreamTimeoutError(f"cannot open {self._database()}: no answer within {limit:g} s{suspect}") from exc
         except Exception as exc:
+            if isinstance(exc, TimeoutError) and bound.expired():
+                assert limit is not None  # (no bound never expires)
+                # SQLite's own wait for a lock (busy_timeout) outlasts the bound: a lock the check missed (taken since)
+                suspect = "" if self._pg else " (locked by another writer?)"
+                raise StreamTimeoutError(
+                    f"cannot open {self._database()}: no answer within {limit:g} s{suspect}") from exc
+            # any other TimeoutError is not this bound's: the driver's own (asyncpg's connect timeout, with no
+            # message) or the wait for this process's other migration, which names itself
             if not self._pg:
                 await _driver_threads_ended(threads)
             kind = type(self._wrap_error(exc, "") or StreamBackendError())
-            if kind is StreamTimeoutError:  # SQLite locked by another writer all along
+            if kind is StreamTimeoutError:  # SQLite locked by another writer all along; a driver's own timeout
                 kind = StreamUnavailableError
-            raise kind(f"cannot open {self._database()}: {error_line(exc)}{self._path_hint()}") from exc
+            reason = error_line(exc)
+            if isinstance(exc, TimeoutError) and not str(exc):
+                reason = "no answer within the driver's own timeout (TimeoutError)"
+            raise kind(f"cannot open {self._database()}: {reason}{self._path_hint()}") from exc
         if locked is not None:
             raise StreamUnavailableError(f"cannot open {self._database()}: locked by another process or writer, "
                                          f"no answer within {locked:g} s (database is locked)")

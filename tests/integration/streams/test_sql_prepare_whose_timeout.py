@@ -1,0 +1,75 @@
+"""``SQLStream.prepare()`` says "no answer within N s" only when its own bound ran out. A ``TimeoutError`` from
+inside (asyncpg's connect timeout, this process's wait for another migration) is named as what it is.
+
+Before: every ``TimeoutError`` was relabelled with the prepare's bound: after asyncpg's 0.5 s connect timeout it
+said "no answer within 10 s"; with no bound at all (``timeout=None``) it raised ``TypeError: unsupported format
+string passed to NoneType.__format__``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from iii_streams import migrate
+from iii_streams.errors import StreamTimeoutError, StreamUnavailableError
+from iii_streams.sql import SQLStream
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that accepts connections and never answers (no PostgreSQL greeting)."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        yield server.getsockname()[1]
+
+
+def _store(port: int, store_timeout: float | None, connect_timeout: float) -> SQLStream:
+    return SQLStream.from_url(f"postgresql+asyncpg://postgres@127.0.0.1:{port}/test", timeout=store_timeout,
+                              connect_args={"timeout": connect_timeout})
+
+
+@pytest.mark.parametrize("store_timeout", [None, 10.0])
+async def test_the_drivers_connect_timeout_is_named_as_the_drivers(silent_port: int,
+                                                                   store_timeout: float | None) -> None:
+    store = _store(silent_port, store_timeout, connect_timeout=0.5)
+    started = time.monotonic()
+    try:
+        with pytest.raises(StreamUnavailableError) as caught:
+            await store.prepare()
+    finally:
+        await store.aclose()
+    assert time.monotonic() - started < 5
+    assert "no answer within the driver's own timeout" in str(caught.value)
+    assert "10 s" not in str(caught.value)
+    assert isinstance(caught.value.__cause__, TimeoutError)
+
+
+async def test_the_prepares_own_bound_still_says_its_seconds(silent_port: int) -> None:
+    store = _store(silent_port, None, connect_timeout=20)
+    try:
+        with pytest.raises(StreamTimeoutError, match=r"no answer within 0\.5 s$"):
+            await store.prepare(timeout=0.5)
+    finally:
+        await store.aclose()
+
+
+async def test_a_wait_for_another_migration_of_this_process_names_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(migrate, "_ALEMBIC_WAIT_S", 1.0)
+    store = SQLStream.from_url("sqlite+aiosqlite://")
+    assert migrate._ALEMBIC_TURN.acquire(timeout=5)  # another migration of this process, running
+    try:
+        with pytest.raises(StreamUnavailableError) as caught:
+            await asyncio.wait_for(store.prepare(timeout=10), 8)
+    finally:
+        migrate._ALEMBIC_TURN.release()
+        await store.aclose()
+    assert "another migration of this process ran for more than 1 s" in str(caught.value)
+    assert "10 s" not in str(caught.value)
