@@ -375,7 +375,8 @@ class _Home:
         Unlike :meth:`run`, which is a sync call's, this never waits on a sync call running the private loop in
         another thread: the work is handed to that call's running loop (an abort then cuts that call's write
         short). Raises :class:`ChannelLoopError` if the loop is closed, or neither private nor running (nobody
-        could run the work on it)."""
+        could run the work on it), or if the work was cancelled there part-way (the sync call that ran it ended
+        and closed the private loop, cancelling what was left on it)."""
         loop = self.loop
         if loop is None:
             raise self._error("has no event loop yet")
@@ -411,6 +412,11 @@ class _Home:
                 if time.monotonic() >= deadline:
                     raise TimeoutError(f"channel {self.channel_id} {self.side}: its event loop did not carry this "
                                        f"out within {timeout:g} s")
+        except concurrent.futures.CancelledError as exc:
+            # Not the caller's cancellation (no task runs here): the concurrent.futures one, an Exception that no
+            # caller of this expects.
+            raise self._error("had this call cancelled part-way on the event loop it belongs to (the sync call "
+                              "running that loop ended and closed it)") from exc
         except BaseException:
             if handed is not None:
                 _cancel_on(loop, handed)
@@ -806,8 +812,9 @@ class ChannelWriter:
         try:
             self._home.run_elsewhere(abort_there, _ABORT_ELSEWHERE_S)
         except (ChannelLoopError, TimeoutError) as exc:
-            # Nobody runs the writer's loop (closed: an asyncio.run that returned), or it did not get to the abort:
-            # drop the TCP connection from here, which the engine takes as an abort too.
+            # Nobody runs the writer's loop (closed: an asyncio.run that returned), it did not get to the abort, or
+            # the sync call running it closed it with the abort part-way: drop the TCP connection from here, which
+            # the engine takes as an abort too.
             log.debug("abort of channel %s: %s; connection dropped", self._channel_id, exc)
             try:
                 _drop_connection(self._end)

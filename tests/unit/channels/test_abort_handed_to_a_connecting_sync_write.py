@@ -1,0 +1,84 @@
+"""An abort awaited on another loop while a sync write, in a thread of its own, runs the writer's private loop to
+connect to an engine slow to answer the upgrade: the abort is handed to that loop and joins the connect; once
+connected, the write fails (aborted) and its end releases the private loop, which cancels the abort part-way
+(its close handshake). That cancelled hand-over escaped the abort's thread as concurrent.futures.CancelledError
+(a thread traceback; before the abort moved to a thread, out of ``abort()`` itself). It is treated like an abort
+its loop did not carry out in time: the connection is dropped, nothing raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import threading
+from collections.abc import AsyncIterator
+
+import pytest
+
+from iii.channels import ChannelClosedError, ChannelWriter
+
+from .test_sync_calls import _in_thread
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+class _SlowUpgradeServer:
+    """Answers a WebSocket upgrade after ``delay`` s, then reads to the end and never writes a frame (no Close
+    reply): the client's close handshake can only end by its own cut."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.requested = asyncio.Event()  # an upgrade request arrived
+        self.ended = asyncio.Event()  # its connection reached EOF (dropped or closed by the client)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        self.requested.set()
+        key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"sec-websocket-key"))
+        await asyncio.sleep(self.delay)
+        accept = base64.b64encode(hashlib.sha1(key + _GUID).digest()).decode()
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     + f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode())
+        try:
+            while await reader.read(65536):
+                pass
+        except ConnectionError:
+            pass
+        finally:
+            self.ended.set()
+            writer.close()
+
+
+@pytest.fixture
+async def slow_upgrade() -> AsyncIterator[tuple[str, _SlowUpgradeServer]]:
+    served = _SlowUpgradeServer(delay=1.0)
+    server = await asyncio.start_server(served.handle, "127.0.0.1", 0)
+    try:
+        yield f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}", served
+    finally:
+        server.close()
+
+
+@pytest.mark.timeout(30)
+async def test_an_abort_cancelled_by_the_sync_writes_release_drops_the_connection_without_raising(
+        slow_upgrade: tuple[str, _SlowUpgradeServer], monkeypatch: pytest.MonkeyPatch) -> None:
+    base, served = slow_upgrade
+    escaped: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: escaped.append(args.exc_value))
+    writer = ChannelWriter(base, {"channel_id": "c-slow", "access_key": "k", "direction": "write"})
+    producing = asyncio.ensure_future(_in_thread(lambda: writer.stream.write(b"x" * 10)))
+    await asyncio.wait_for(served.requested.wait(), 10)  # the sync write runs the private loop, connecting
+
+    await asyncio.wait_for(writer.abort("stopped from elsewhere"), 5)  # never raises
+
+    with pytest.raises(ChannelClosedError, match="aborted"):
+        await producing
+    aborting = [t for t in threading.enumerate() if t.name == "iii-channel-writer-abort-c-slow"]
+    for thread in aborting:
+        await asyncio.to_thread(thread.join, 20)
+    assert not any(thread.is_alive() for thread in aborting)
+    assert escaped == []
+    await asyncio.wait_for(served.ended.wait(), 5)  # the connection went: the engine takes it as an abort
+    assert writer._home.loop is not None and writer._home.loop.is_closed()
