@@ -466,8 +466,12 @@ class _Home:
                 with contextlib.suppress(Exception):
                     end.abort()  # a no-op on a connection closed already; else closed as the loop runs below
             loop.run_until_complete(loop.shutdown_asyncgens())
-            # the connect's getaddrinfo may have started the loop's default executor: its threads end here
-            loop.run_until_complete(loop.shutdown_default_executor())
+            # The connect's getaddrinfo may have started the loop's default executor: its threads end here. That
+            # shutdown starts a thread, which Python 3.12+ refuses at the interpreter's exit (an end left unclosed,
+            # abandoned then; sys.is_finalizing() is still False there): the executor's threads were joined by
+            # then, and loop.close() below drops it without a thread.
+            with contextlib.suppress(RuntimeError):
+                loop.run_until_complete(loop.shutdown_default_executor())
         finally:
             loop.close()
 
