@@ -31,10 +31,11 @@ class CloseOnce:
 
     How the close ended does not matter to the other callers: when it raised, the error is its caller's (the others
     return, as they do after it succeeded: it is not run again, so a failure is not repeated on every shutdown
-    path); when its caller was cancelled (a deadline of the engine's, a Ctrl-C), the others return too, and what the
-    cut-off close did not reach stays as it is. Running it again there would put a whole close's bounds (seconds on
-    a silent server) behind a deadline that already ran out, for the parts the close unhooks first (watch readers,
-    LISTEN connections) without getting them back. A call never waits for good behind a close that will not end.
+    path); when its caller was cancelled (a deadline of the engine's, a Ctrl-C), the others waiting for it return
+    too. Running it again for them would put a whole close's bounds (seconds on a silent server) behind a deadline
+    that already ran out. A call made after such a cut-off close ended runs ``close`` again, to finish what the
+    first did not reach (its pools), so ``close`` must be safe to run again: the parts it already closed end at
+    once. A call never waits for good behind a close that will not end.
 
     The close belongs to the event loop of its first call: a call from another loop while it is under way raises
     ``RuntimeError`` (it waited on an ``asyncio.Event`` that the close's thread sets without waking that loop: until
@@ -53,11 +54,12 @@ class CloseOnce:
         (False, True, True)
     """
 
-    __slots__ = ("_ended", "_loop")
+    __slots__ = ("_cut_off", "_ended", "_loop")
 
     def __init__(self) -> None:
-        self._ended: asyncio.Event | None = None  # made by the first run; set once its close ended
-        self._loop: asyncio.AbstractEventLoop | None = None  # the first run's, while its close is under way
+        self._ended: asyncio.Event | None = None  # made by the run under way (or the last); set once its close ended
+        self._loop: asyncio.AbstractEventLoop | None = None  # the running close's, while it is under way
+        self._cut_off = False  # the last close ended cancelled: the next call runs it again
 
     @property
     def closing(self) -> bool:
@@ -71,7 +73,7 @@ class CloseOnce:
 
     @property
     def closed(self) -> bool:
-        """The close ended: it returned, raised or was cancelled.
+        """The close ended: it returned, raised or was cancelled (until a later call runs a cut-off one again).
 
         Example:
             >>> CloseOnce().closed
@@ -80,9 +82,11 @@ class CloseOnce:
         return self._ended is not None and self._ended.is_set()
 
     async def run(self, close: Callable[[], Awaitable[None]]) -> None:
-        """Await ``close()`` on the first call; on any other, return once that close ended.
+        """Await ``close()`` on the first call; on any other, return once that close ended, except that a call after
+        a close whose caller was cancelled runs ``close()`` again (which the calls during it wait for).
 
-        ``close`` is a function, called by the first run alone, so a later call leaves no coroutine never awaited.
+        ``close`` is a function, called by the run that closes alone, so a waiting call leaves no coroutine never
+        awaited.
 
         Example:
             >>> import asyncio
@@ -97,7 +101,7 @@ class CloseOnce:
             OSError("the pool's close failed") None
         """
         ended = self._ended
-        if ended is not None:
+        if ended is not None and not (ended.is_set() and self._cut_off):
             if not ended.is_set():
                 if asyncio.get_running_loop() is not self._loop:
                     raise RuntimeError("a close under way on another event loop cannot be waited for here: close "
@@ -106,8 +110,12 @@ class CloseOnce:
             return
         self._loop = asyncio.get_running_loop()
         self._ended = ended = asyncio.Event()
+        self._cut_off = False
         try:
             await close()
+        except asyncio.CancelledError:
+            self._cut_off = True
+            raise
         finally:
             self._loop = None  # a closed loop is not kept alive by a closed store
             ended.set()

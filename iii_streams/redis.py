@@ -1350,7 +1350,8 @@ class RedisStream(FieldUpdates):
 
     async def aclose(self) -> None:
         """End the watches and the batches, and close the clients this store made; idempotent (a call while a close
-        is under way returns once that close ended, however it ended: :class:`~iii_streams.close_once.CloseOnce`).
+        is under way returns once that close ended, however it ended: :class:`~iii_streams.close_once.CloseOnce`;
+        one after a close whose caller was cancelled finishes it).
         A watch still opening gets :class:`~iii_streams.errors.StreamClosedError` at once.
 
         Example:

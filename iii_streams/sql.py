@@ -337,13 +337,22 @@ class _Listener:
             sub.end()
         driver, self.driver = self.driver, None
         probe, self._probe = self._probe, None
-        if probe is not None:  # first: a probe's query under way would hold the connection's close
-            probe.cancel()
-            with contextlib.suppress(Exception):  # a probe's failure is its own to log, not the stop's
-                await finish_within(probe, _STOP_S, "the PostgreSQL LISTEN connection's probe", log)
-        if driver is not None:
-            await self._close(driver)
         task, self._reconnecting = self._reconnecting, None
+        try:
+            if probe is not None:  # first: a probe's query under way would hold the connection's close
+                probe.cancel()
+                with contextlib.suppress(Exception):  # a probe's failure is its own to log, not the stop's
+                    await finish_within(probe, _STOP_S, "the PostgreSQL LISTEN connection's probe", log)
+            if driver is not None:
+                await self._close(driver)
+        except BaseException:
+            # this stop is cancelled: no later stop reaches the connection or the reconnect, so they are cut now
+            if driver is not None:
+                driver.remove_termination_listener(self._on_terminate)
+                driver.terminate()
+            if task is not None:
+                task.cancel()
+            raise
         if task is not None:
             # cancelled at once: an attempt in flight cuts what it made (_open); waiting for it held a watcher's
             # close (or the store's) for 2 s while the database hung
@@ -1627,7 +1636,8 @@ class SQLStream(FieldUpdates):
 
     async def aclose(self) -> None:
         """End the watches and the write batches, and dispose of the engine this store made; idempotent (a call while a
-        close is under way returns once that close ended, however it ended: :class:`~iii_streams.close_once.CloseOnce`).
+        close is under way returns once that close ended, however it ended: :class:`~iii_streams.close_once.CloseOnce`;
+        one after a close whose caller was cancelled finishes it).
 
         Example:
             >>> import asyncio
