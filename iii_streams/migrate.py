@@ -36,6 +36,10 @@ HEAD: Final = "head"
 # duplicate CREATE TABLE
 _MIGRATION_LOCK: Final = 0x69_69_69_73_74_72
 
+# How long a SQLite connection waits for another's lock before "database is locked" (its busy_timeout), for the
+# stores' connections (iii_streams.sql) and those of a migration run here alike
+SQLITE_BUSY_S: Final = 30.0
+
 # accepted URL schemes -> the async-driver scheme SQLAlchemy is given
 SQL_SCHEMES: Final[dict[str, str]] = {
     "sqlite": "sqlite+aiosqlite", "sqlite+aiosqlite": "sqlite+aiosqlite",
@@ -114,7 +118,7 @@ def _lock_sqlite_writes(engine: AsyncEngine) -> None:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA busy_timeout = 30000")
+        cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_S * 1000)}")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")

@@ -126,7 +126,7 @@ from .events import (
 )
 from .known_texts import KnownTexts
 from .messages import error_line
-from .migrate import current_revision, head_revision, migrate_with, normalize_url, schema_behind
+from .migrate import SQLITE_BUSY_S, current_revision, head_revision, migrate_with, normalize_url, schema_behind
 from .schema import TABLE_NAME, group_key, item_key, items, stream_key
 
 __all__ = ["NOTIFY_CHANNEL", "SQLStream", "SchemaMissingError"]
@@ -792,10 +792,6 @@ def _stop_left_open() -> None:
             driver.stop()
 
 
-# How long a SQLite connection waits for another's lock before "database is locked" (its busy_timeout)
-_SQLITE_BUSY_S: Final = 30.0
-
-
 def _install_sqlite_hooks(engine: AsyncEngine, file_backed: bool) -> None:
     sync_engine = engine.sync_engine
 
@@ -804,7 +800,7 @@ def _install_sqlite_hooks(engine: AsyncEngine, file_backed: bool) -> None:
         # take transaction control away from the driver so BEGIN IMMEDIATE below is what runs
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {int(_SQLITE_BUSY_S * 1000)}")
+        cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_S * 1000)}")
         if file_backed:
             cursor.execute("PRAGMA journal_mode = WAL")
             cursor.execute("PRAGMA synchronous = NORMAL")
@@ -961,7 +957,7 @@ class SQLStream(FieldUpdates):
                                            "report_watch_gaps") if k in options}
         sa_url = make_url(normalize_url(url))
         if sa_url.get_backend_name() == "sqlite":
-            options.setdefault("connect_args", {}).setdefault("timeout", 30)
+            options.setdefault("connect_args", {}).setdefault("timeout", SQLITE_BUSY_S)  # (sqlite3's busy wait)
             if _is_file_database(sa_url):
                 # SQLAlchemy 2.0.0 (our floor) gave aiosqlite file databases a NullPool: a new connection, its PRAGMAs
                 # and functions per checkout (14 trips to aiosqlite's thread per lone update instead of 4). Later 2.x
@@ -1060,7 +1056,7 @@ class SQLStream(FieldUpdates):
         path = self.engine.url.database
         if self._pg or not path or not _is_file_database(self.engine.url):
             return None
-        bound = limit if limit is not None else _SQLITE_BUSY_S
+        bound = limit if limit is not None else SQLITE_BUSY_S
         # ends a little before the bound, so its answer, not the bound's cut, is the prepare's; in a thread whose wait
         # (SQLite's busy timeout) ends by itself whatever cancels this caller
         wait_s = bound - min(bound * 0.1, 0.5)
