@@ -116,9 +116,9 @@ unless the engine invites larger ones (our engine: docs/protocol.md#frame-size-e
 DEFAULT_HIGH_WATER_MARK: Final = 1024 * 1024
 """Bytes queued through the sync API before ``WritableStream.write`` returns ``False``."""
 
-# How long an abort waits for its Close frame to be written. websockets' close first waits, with no deadline, for
-# the socket to drain: behind a reader that stopped reading, abort() never returned. Past this the TCP connection
-# is dropped, which the engine takes as an abort too.
+# How long an abort waits for its close handshake: its Close frame written out, then the peer's reply. websockets'
+# close first waits, with no deadline, for the socket to drain: behind a reader that stopped reading, abort() never
+# returned. Past this the TCP connection is dropped, which the engine takes as an abort too.
 _ABORT_CLOSE_S = 2.0
 # How often a sync call handed to its end's loop in another thread checks that the loop still runs.
 _LOOP_CHECK_S = 0.25
@@ -767,8 +767,7 @@ class ChannelWriter:
                 async with asyncio.timeout(_ABORT_CLOSE_S):
                     await end.aclose(ChannelCloseCode.WRITER_ABORTED, reason or "aborted by writer")
             except TimeoutError:
-                log.debug("abort of channel %s: its Close frame was not written within %g s; connection dropped",
-                          self._channel_id, _ABORT_CLOSE_S)
+                log.debug("abort of channel %s: %s; connection dropped", self._channel_id, _close_stuck(end))
                 end.abort()
         except ChannelError as exc:
             log.debug("abort of channel %s: %s", self._channel_id, exc)
@@ -1065,6 +1064,19 @@ def _drop_connection(end: WebSocketEnd | None) -> None:
     the connection drop. Through the socket object, so never another socket that reused its descriptor."""
     if end is not None:
         ws_fastpath.shutdown(end.ws)
+
+
+def _close_stuck(end: WebSocketEnd) -> str:
+    """What is known of a close handshake that did not end within ``_ABORT_CLOSE_S``: its Close frame still in
+    the transport's buffer behind bytes the peer does not take, or written with no reply."""
+    unsent = ws_fastpath.write_buffer_size(end.ws)
+    if unsent:
+        return (f"its Close frame was not written out within {_ABORT_CLOSE_S:g} s ({unsent} bytes still buffered: "
+                "the peer does not take them)")
+    received, _ = ws_fastpath.close_frames(end.ws)
+    if received is None:
+        return f"its Close frame was written and the peer sent no Close reply within {_ABORT_CLOSE_S:g} s"
+    return f"the peer answered its Close frame but did not end the connection within {_ABORT_CLOSE_S:g} s"
 
 
 def _log_task_error(task: asyncio.Task[Any]) -> None:

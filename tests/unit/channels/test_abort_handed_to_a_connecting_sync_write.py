@@ -9,8 +9,6 @@ its loop did not carry out in time: the connection is dropped, nothing raises.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import threading
 from collections.abc import AsyncIterator
 
@@ -18,52 +16,20 @@ import pytest
 
 from iii.channels import ChannelClosedError, ChannelWriter
 
+from .raw_ws_server import RawPeer, raw_ws_server
 from .test_sync_calls import _in_thread
-
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-
-class _SlowUpgradeServer:
-    """Answers a WebSocket upgrade after ``delay`` s, then reads to the end and never writes a frame (no Close
-    reply): the client's close handshake can only end by its own cut."""
-
-    def __init__(self, delay: float) -> None:
-        self.delay = delay
-        self.requested = asyncio.Event()  # an upgrade request arrived
-        self.ended = asyncio.Event()  # its connection reached EOF (dropped or closed by the client)
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        self.requested.set()
-        key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
-                   if line.lower().startswith(b"sec-websocket-key"))
-        await asyncio.sleep(self.delay)
-        accept = base64.b64encode(hashlib.sha1(key + _GUID).digest()).decode()
-        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     + f"Sec-WebSocket-Accept: {accept}\r\n\r\n".encode())
-        try:
-            while await reader.read(65536):
-                pass
-        except ConnectionError:
-            pass
-        finally:
-            self.ended.set()
-            writer.close()
 
 
 @pytest.fixture
-async def slow_upgrade() -> AsyncIterator[tuple[str, _SlowUpgradeServer]]:
-    served = _SlowUpgradeServer(delay=1.0)
-    server = await asyncio.start_server(served.handle, "127.0.0.1", 0)
-    try:
-        yield f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}", served
-    finally:
-        server.close()
+async def slow_upgrade() -> AsyncIterator[tuple[str, RawPeer]]:
+    """An engine that answers the upgrade after 1 s, then never replies to a Close."""
+    async with raw_ws_server(delay=1.0) as served:
+        yield served
 
 
 @pytest.mark.timeout(30)
 async def test_an_abort_cancelled_by_the_sync_writes_release_drops_the_connection_without_raising(
-        slow_upgrade: tuple[str, _SlowUpgradeServer], monkeypatch: pytest.MonkeyPatch) -> None:
+        slow_upgrade: tuple[str, RawPeer], monkeypatch: pytest.MonkeyPatch) -> None:
     base, served = slow_upgrade
     escaped: list[BaseException | None] = []
     monkeypatch.setattr(threading, "excepthook", lambda args: escaped.append(args.exc_value))
