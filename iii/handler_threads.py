@@ -45,7 +45,7 @@ from contextlib import contextmanager
 from typing import Any, Final, TypeVar
 
 __all__ = ["BLOCKING_MISSING", "DEFAULT_MAX_THREADS", "EXIT_HOOK_MISSING", "EXIT_WAIT_S", "ExitWait", "HandlerThreads",
-           "blocked", "default_limit", "exit_refusal"]
+           "at_exit_start", "blocked", "default_limit", "exit_refusal"]
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -92,6 +92,25 @@ EXIT_HOOK_MISSING: tuple[str, ...] = _probe_exit_hook()
 """What :func:`_probe_exit_hook` found missing (empty: ``on_exit`` runs as the interpreter's exit starts; otherwise
 at the first run refused after it)."""
 
+
+def at_exit_start(callback: Callable[[], None]) -> bool:
+    """Call ``callback`` once the interpreter's exit starts, before it joins the threads that are not daemons (and
+    the executors' threads): ``threading._register_atexit``, the hook concurrent.futures uses. ``True`` when it is
+    registered; ``False`` on a Python without that hook (:data:`EXIT_HOOK_MISSING`) or once the exit has started.
+
+    Example:
+        >>> at_exit_start(lambda: None) == (not EXIT_HOOK_MISSING)
+        True
+    """
+    if EXIT_HOOK_MISSING:
+        return False
+    try:
+        threading._register_atexit(callback)  # type: ignore[attr-defined]
+    except RuntimeError:  # the exit already started (a caller on another thread then)
+        return False
+    return True
+
+
 # The pools with an on_exit, told as the interpreter's exit starts (weakly: a client dropped unclosed is not kept).
 _WATCHED: weakref.WeakSet[HandlerThreads] = weakref.WeakSet()
 _watched_lock = threading.Lock()
@@ -116,13 +135,9 @@ def _watch(pool: HandlerThreads) -> None:
     global _hooked
     with _watched_lock:
         _WATCHED.add(pool)
-        if _hooked or EXIT_HOOK_MISSING:
-            return
-        try:
-            threading._register_atexit(_interpreter_exiting)  # type: ignore[attr-defined]
-        except RuntimeError:  # already exiting (a pool made by a thread then): the refusal tells it instead
-            return
-        _hooked = True
+        if not _hooked:
+            # False once already exiting (a pool made by a thread then): the refusal tells it instead
+            _hooked = at_exit_start(_interpreter_exiting)
 
 
 def _interpreter_exiting() -> None:

@@ -79,7 +79,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import AsyncAdaptedQueuePool, Pool
 from sqlalchemy.util import greenlet_spawn
 
-from iii.handler_threads import EXIT_HOOK_MISSING
+from iii.handler_threads import EXIT_HOOK_MISSING, at_exit_start
 from iii.loss_log import LossLog
 from iii.stream import (
     StreamDeleteInput,
@@ -752,8 +752,8 @@ async def _driver_threads_ended(before: set[threading.Thread]) -> None:
 # SQLAlchemy marks aiosqlite's connection thread a daemon, but before 2.0.46 only where the Connection is that thread
 # (aiosqlite before 0.22): with aiosqlite 0.22 and such a SQLAlchemy (both within our floors) the thread is a plain one,
 # which the interpreter's exit joins and which ends only with its connection. A store left open (a script's end, an
-# exception) held the exit for good. Such connections are stopped as the exit starts (threading._register_atexit, the
-# hook concurrent.futures uses), unless their loop still runs: another thread's, which may still use them.
+# exception) held the exit for good. Such connections are stopped as the exit starts (iii.handler_threads.at_exit_start,
+# the hook concurrent.futures uses), unless their loop still runs: another thread's, which may still use them.
 _STOP_AT_EXIT: weakref.WeakKeyDictionary[Any, asyncio.AbstractEventLoop] = weakref.WeakKeyDictionary()
 _stop_at_exit_lock = threading.Lock()
 _stop_at_exit_hooked = False
@@ -770,13 +770,9 @@ def _stop_at_exit(driver: Any) -> None:
         return
     with _stop_at_exit_lock:
         _STOP_AT_EXIT[driver] = asyncio.get_running_loop()
-        if _stop_at_exit_hooked:
-            return
-        try:
-            threading._register_atexit(_stop_left_open)  # type: ignore[attr-defined]
-        except RuntimeError:  # the exit already started (a connection made by another thread then): nothing to do
-            return
-        _stop_at_exit_hooked = True
+        if not _stop_at_exit_hooked:
+            # False once the exit started (a connection made by another thread then): nothing to do
+            _stop_at_exit_hooked = at_exit_start(_stop_left_open)
 
 
 def _stop_left_open() -> None:
