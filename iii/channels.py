@@ -649,6 +649,21 @@ class ChannelWriter:
         """Bytes queued by the sync API and not yet handed to the socket."""
         return self._pending_bytes
 
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes sent that this writer's connection still holds, not yet taken by its socket (0 when not
+        connected): they shrink as the peer takes them, even in the middle of a long write. With
+        :attr:`bytes_written`, a mark of whether an upload moves (ours).
+
+        Example:
+            >>> writer = ChannelWriter("ws://localhost:49134/", {"channel_id": "c1", "access_key": "k",
+            ...                                                  "direction": "write"})
+            >>> writer.buffered_bytes, writer.bytes_written  # not connected yet
+            (0, 0)
+        """
+        end = self._end
+        return 0 if end is None else ws_fastpath.write_buffer_size(end.ws)
+
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         """Send ``data`` as binary frames (65 536 bytes, or what the engine invites), after anything queued before
         it.
