@@ -17,6 +17,8 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from iii.channels import ChannelWriter
+
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _SMALL_BUFFER = 4096
 
@@ -80,3 +82,14 @@ async def raw_ws_server(delay: float = 0.0, reads: bool = True) -> AsyncIterator
             transport.abort()
         # not cancelled: asyncio's stream server logs a handler's cancellation as an error
         await asyncio.wait_for(asyncio.gather(*handlers, return_exceptions=True), 5)
+
+
+async def write_until_stuck(writer: ChannelWriter) -> asyncio.Future[None]:
+    """Write 64 KiB blocks until one waits (the socket's buffers full before a peer that does not read); that
+    write, still under way."""
+    while True:
+        write = asyncio.ensure_future(writer.write(bytes(1 << 16)))
+        done, _ = await asyncio.wait({write}, timeout=0.3)
+        if not done:
+            return write
+        await write

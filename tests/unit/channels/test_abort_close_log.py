@@ -14,7 +14,7 @@ import pytest
 from iii import channels as channels_module
 from iii.channels import ChannelError, ChannelWriter
 
-from .raw_ws_server import raw_ws_server
+from .raw_ws_server import raw_ws_server, write_until_stuck
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -46,12 +46,7 @@ async def test_a_peer_that_does_not_read_keeps_the_close_frame_unwritten(
     caplog.set_level(logging.DEBUG, logger="iii.channels")
     async with raw_ws_server(reads=False) as (base, _):
         writer = _writer(base)
-        while True:  # until the socket's buffers are full: the last write waits for a peer that does not read
-            write = asyncio.ensure_future(writer.write(bytes(1 << 16)))
-            done, _ = await asyncio.wait({write}, timeout=0.3)
-            if not done:
-                break
-            await write
+        write = await write_until_stuck(writer)
         await asyncio.wait_for(writer.abort("gave up"), 5)
         with contextlib.suppress(ChannelError, asyncio.CancelledError):
             await write

@@ -10,7 +10,7 @@ import pytest
 
 from iii.channels import ChannelError, ChannelWriter
 
-from .raw_ws_server import raw_ws_server
+from .raw_ws_server import raw_ws_server, write_until_stuck
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -19,12 +19,7 @@ async def test_bytes_held_for_a_peer_that_does_not_read_show_until_the_connectio
     async with raw_ws_server(reads=False) as (base, _):
         writer = ChannelWriter(base, {"channel_id": "c-held", "access_key": "k", "direction": "write"})
         assert writer.buffered_bytes == 0  # not connected
-        while True:  # until the socket's buffers are full: the last write waits for a peer that does not read
-            write = asyncio.ensure_future(writer.write(bytes(1 << 16)))
-            done, _ = await asyncio.wait({write}, timeout=0.3)
-            if not done:
-                break
-            await write
+        write = await write_until_stuck(writer)
         held = writer.buffered_bytes
         assert held > 0
         await asyncio.sleep(0)
