@@ -106,7 +106,7 @@ from .events import (
     wake,
 )
 from .known_texts import KnownTexts
-from .redis_internals import one_shot
+from .redis_internals import like_pool_options, one_shot
 
 __all__ = [
     "EVENTS_CHANNEL",
@@ -357,10 +357,6 @@ _WATCH_CONNECTIONS: Final = 2
 """A store's watch pool: the shared pub/sub connection, and its successor subscribing while a stopped subscriber
 still closes its own. A third caller waits for one of them (a reader that never ended holds one for good)."""
 _WATCH_POOL_TIMEOUT: Final = DEFAULT_POOL_TIMEOUT  # the longest such a wait; then PoolExhaustedError
-# What a pool adds to its own connection_kwargs for its connections (its maintenance handler, the address it
-# started from, a shared registry): copied, the caller's pool's handler would act on our connections.
-_POOL_INJECTED: Final = ("maint_notifications_pool_handler", "oss_cluster_maint_notifications_handler",
-                         "orig_host_address", "orig_socket_timeout", "orig_socket_connect_timeout", "himport_registry")
 
 
 class _WatchPool(_WaitingPool):
@@ -386,20 +382,15 @@ class _WatchPool(_WaitingPool):
     def like(cls, client: aioredis.Redis) -> _WatchPool | None:
         """A pool making connections as ``client``'s pool makes them (its connection class and options: address,
         TLS, credentials, ``client_name``, ``decode_responses``), or ``None`` for a client without one (a cluster
-        client).
+        client) or whose connections are bound to its pool (a Sentinel client): ``like_pool_options``.
 
         Example:
             >>> pool = _WatchPool.like(aioredis.Redis(host="example.invalid", client_name="app", max_connections=10))
             >>> pool.max_connections, pool.connection_kwargs["host"], pool.connection_kwargs["client_name"]
             (2, 'example.invalid', 'app')
         """
-        pool = getattr(client, "connection_pool", None)
-        connection_class = getattr(pool, "connection_class", None)
-        options = getattr(pool, "connection_kwargs", None)
-        if connection_class is None or not isinstance(options, dict):
-            return None
-        return cls(connection_class=connection_class,
-                   **{k: v for k, v in options.items() if k not in _POOL_INJECTED})
+        options = like_pool_options(getattr(client, "connection_pool", None))
+        return None if options is None else cls(**options)
 
     def _exhausted(self) -> str:
         return (f"Redis watch connections exhausted: the store's {self.max_connections} watch connections stayed busy "

@@ -1,4 +1,5 @@
-"""Every use of redis-py internals, in one module: the Redis watch's pub/sub that never reconnects by itself.
+"""Every use of redis-py internals, in one module: the Redis watch's pub/sub that never reconnects by itself, and
+the options of a pool made like another (what a pool adds to its own ``connection_kwargs`` left out).
 
 redis-py's ``PubSub._execute`` reconnects the connection and subscribes it again when a read fails, even with no
 retries configured, and a client that retries then reads on. In that reconnect Python 3.11's ``asyncio.wait_for``
@@ -24,8 +25,9 @@ import logging
 from typing import Any, Final
 
 from redis.asyncio.client import PubSub
+from redis.asyncio.connection import ConnectionPool
 
-__all__ = ["MISSING", "OneShotPubSub", "one_shot"]
+__all__ = ["MISSING", "POOL_INJECTED", "OneShotPubSub", "like_pool_options", "one_shot"]
 
 log = logging.getLogger(__name__)
 
@@ -79,3 +81,49 @@ def _version() -> str:
     import redis
 
     return str(getattr(redis, "__version__", "?"))
+
+
+# What redis-py pools add to their own connection_kwargs, as known (the probe below adds what this redis-py adds):
+# the maintenance notifications' handler and its config, the address the pool started from, the HIMPORT registry.
+_KNOWN_INJECTED: Final = frozenset({
+    "maint_notifications_pool_handler", "maint_notifications_config", "oss_cluster_maint_notifications_handler",
+    "orig_host_address", "orig_socket_timeout", "orig_socket_connect_timeout", "himport_registry"})
+
+
+def _pool_injected() -> frozenset[str]:
+    """The ``connection_kwargs`` keys a pool adds itself: those of a pool made (never connected) with RESP3, which
+    enables the maintenance notifications' handler where this redis-py has one, plus :data:`_KNOWN_INJECTED`."""
+    given: dict[str, Any] = {"host": "probe.invalid", "protocol": 3}
+    try:
+        found = set(ConnectionPool(**given).connection_kwargs) - set(given)
+    except Exception:  # a redis-py whose pool refuses these: the known keys alone
+        found = set()
+    return frozenset(found) | _KNOWN_INJECTED
+
+
+POOL_INJECTED: Final = _pool_injected()
+"""``connection_kwargs`` keys a redis-py pool adds for its own connections: copied into another pool, the first
+pool's handler would act on that pool's connections."""
+
+
+def like_pool_options(pool: object) -> dict[str, Any] | None:
+    """The options of a new pool whose connections are made as ``pool``'s (its connection class and the options it
+    was given), or ``None`` for a pool they cannot be copied from: none (a cluster client's), or one whose
+    connections are bound to it (a Sentinel pool's ask it for the master's address, through a ``connection_pool``
+    it adds). Its maintenance notifications' config goes to the new pool as the pool's own option (the new pool
+    makes its own handler), not to its connections.
+
+    Example:
+        >>> pool = ConnectionPool(host="example.invalid", client_name="app", protocol=3)
+        >>> options = like_pool_options(pool)
+        >>> options["client_name"], "maint_notifications_pool_handler" in options, "himport_registry" in options
+        ('app', False, False)
+    """
+    connection_class = getattr(pool, "connection_class", None)
+    given = getattr(pool, "connection_kwargs", None)
+    if connection_class is None or not isinstance(given, dict) or "connection_pool" in given:
+        return None
+    options = {key: value for key, value in given.items() if key not in POOL_INJECTED}
+    if given.get("maint_notifications_config") is not None:
+        options["maint_notifications_config"] = given["maint_notifications_config"]
+    return {"connection_class": connection_class, **options}
