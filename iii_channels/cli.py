@@ -64,11 +64,11 @@ from iii.connection import check_url
 from iii.iii import III
 
 from .files import (
+    _release_writer,
     check_receive_target,
     checked_file_name,
     receive_file,
     reclaim_stale_parts,
-    release_writer,
     send_file,
 )
 from .pipes import from_fd, to_fd
@@ -444,14 +444,14 @@ async def _give_up(writer: _WatchedWriter, reader: ChannelReader, reason: str, d
                 await step
 
     if delivered:
-        await bounded(release_writer(reader))
+        await bounded(_release_writer(reader))
         return
     abort = asyncio.ensure_future(bounded(writer.abort(reason)))
     try:
         if not (await asyncio.wait({abort}, timeout=_ABORT_SEEN_S))[0] or writer.closing:
             # stuck behind bytes nobody reads, or too late: a close already under way may have ended the stream
             # normally, which an abort cannot undo (the bytes would wait for a reader until the attach deadline)
-            await bounded(release_writer(reader))
+            await bounded(_release_writer(reader))
         await abort
     finally:
         abort.cancel()
@@ -598,7 +598,7 @@ async def _store(reader: ChannelReader, data: dict[str, Any], out: str, progress
             await reader._ensure_connected()
             await lock.acquire()
         except BaseException:
-            await asyncio.shield(release_writer(reader))
+            await asyncio.shield(_release_writer(reader))
             raise
         try:
             bar: Progress = ProgressBar(label=_safe_name(data.get("name")), stream=sys.stderr) if progress else None
@@ -618,7 +618,7 @@ async def _store(reader: ChannelReader, data: dict[str, Any], out: str, progress
             target = await asyncio.to_thread(_directory_target, target, data.get("name"), overwrite)
         except BaseException:
             # Refused before reading: release the sender now instead of leaving it blocked on backpressure.
-            await asyncio.shield(release_writer(reader))
+            await asyncio.shield(_release_writer(reader))
             raise
     receipt = await receive_file(reader, target, progress=progress, require_trailer=True, idle_timeout=idle_timeout)
     return {"path": str(receipt.path), "bytes": receipt.size, "sha256": receipt.sha256,

@@ -135,35 +135,17 @@ def check_receive_target(path: str | os.PathLike[str]) -> tuple[bool, Path]:
     return is_dir, directory
 
 
-async def release_writer(reader: ChannelReader) -> None:
+async def _release_writer(reader: ChannelReader) -> None:
     """Tell the writer at once that nothing (more) will be read: attach the reader if it never did, then close.
 
     Closing a reader that never attached reaches nobody, and its writer would wait on backpressure until the
     channel's attach timeout (300 s on our engine). Errors are swallowed: this runs on a failure path.
-
-    Example (a receiver that refuses a stream before reading it: the sender learns at once):
-        >>> from iii.channels import ChannelError
-        >>> from iii_engine.testing import local_channel
-        >>> async def refuse() -> str:
-        ...     async with local_channel() as ch:
-        ...         await release_writer(ch.reader)
-        ...         try:
-        ...             await ch.writer.write(b"unwanted")
-        ...             await ch.writer.close_async()
-        ...         except ChannelError as exc:
-        ...             return type(exc).__name__
-        ...         return "delivered"
-        >>> asyncio.run(refuse())
-        'ReaderGoneError'
     """
     with contextlib.suppress(Exception):
         # The SDK's reader has no public "attach"; reading would block until the writer sends something.
         await asyncio.wait_for(reader._ensure_connected(), _RELEASE_ATTACH_S)
     with contextlib.suppress(Exception):
         await reader.close_async()
-
-
-_release_writer = release_writer  # its name in the package's other modules (trees, pipes)
 
 
 async def _abort_writer(writer: ChannelWriter, reason: str) -> None:
@@ -460,7 +442,7 @@ async def receive_file(
         fd, tmp_name = await loop.run_in_executor(None, _create_part_file, directory)
     except BaseException:
         # Refused before reading: release the writer now instead of leaving it blocked on backpressure.
-        await asyncio.shield(release_writer(reader))
+        await asyncio.shield(_release_writer(reader))
         raise
     digest = Digest()
     final: Path | None = None
@@ -501,7 +483,7 @@ async def receive_file(
         with contextlib.suppress(OSError):
             os.unlink(tmp_name)
         # Tell the writer at once (our engine: 4002 "reader gone") instead of leaving it blocked on backpressure.
-        await asyncio.shield(release_writer(reader))
+        await asyncio.shield(_release_writer(reader))
         raise
     return FileReceipt(target, digest.count, digest.hexdigest(), source.verified,
                        name_holder[0][0] if name_holder else None)
