@@ -31,10 +31,14 @@ groups = {"dependencies": project["dependencies"], **project["optional-dependenc
 floors: dict[str, str] = {}
 for group, requirements in groups.items():
     for requirement in requirements:
-        match = re.fullmatch(r"\s*([A-Za-z0-9_.-]+)\s*(\[[^\]]*\])?\s*(?:(>=|==)\s*([^,;\s]+))?\s*", requirement)
+        # name[extras] >=X (or ==X), then any `,!=Y` exclusions (a release known broken: never the floor itself)
+        match = re.fullmatch(r"\s*([A-Za-z0-9_.-]+)\s*(\[[^\]]*\])?\s*(?:(>=|==)\s*([^,;\s]+))?"
+                             r"((?:\s*,\s*!=\s*[^,;\s]+)*)\s*", requirement)
         if match is None:
             sys.exit(f"test-floors: cannot read requirement {requirement!r} in [{group}]")
-        name, _, op, version = match.groups()
+        name, _, op, version, excluded = match.groups()
+        if version is not None and re.search(rf"!=\s*{re.escape(version)}(?:,|\s|$)", excluded or ""):
+            sys.exit(f"test-floors: {requirement!r} in [{group}] excludes its own floor")
         if name == project["name"]:
             continue  # a self-reference such as iii-toolkit[redis,...]
         if version is None:
