@@ -268,6 +268,24 @@ def not_an_engine(exc: BaseException) -> str | None:
     return None
 
 
+def _path_hint(url: str, exc: BaseException) -> str:
+    """For a 404 at a URL with a path: that an engine's worker port answers at ``/`` (an engine reached at a wrong
+    path answers 404 too, which alone read as "not an engine").
+
+    Example:
+        >>> from websockets.http11 import Response
+        >>> from websockets.datastructures import Headers
+        >>> _path_hint("ws://h:49134/ws", InvalidStatus(Response(404, "Not Found", Headers())))
+        "; an engine's worker port answers at the path /, this URL asks for '/ws'"
+        >>> _path_hint("ws://h:49134", InvalidStatus(Response(404, "Not Found", Headers())))
+        ''
+    """
+    path = urlsplit(url).path
+    if not isinstance(exc, InvalidStatus) or exc.response.status_code != 404 or path in ("", "/"):
+        return ""
+    return f"; an engine's worker port answers at the path /, this URL asks for {path!r}"
+
+
 def _describe(exc: BaseException) -> str:
     # asyncio words a refused connection as "Connect call failed (addr)"; the errno text is what people know.
     if isinstance(exc, OSError) and exc.errno:
@@ -1000,7 +1018,8 @@ class Connection:
                     tries = (1 if isinstance(exc, InvalidStatus) and exc.response.status_code != 404
                              else NOT_AN_ENGINE_TRIES)
                     if not self._ever_connected and self._not_engine_in_a_row >= tries:
-                        self._not_an_engine = f"{self.url} did not answer as an iii engine: {why}"
+                        hint = _path_hint(self.url, exc)
+                        self._not_an_engine = f"{self.url} did not answer as an iii engine: {why}{hint}"
                         log.error("%s; not retrying", self._not_an_engine)
                         self._give_up()
                         return
