@@ -216,6 +216,8 @@ class HandlerSpans:
         # plain_traceparent(context), from the pieces at hand: the trace id's digits are the caller's (lower case,
         # 32 of them, as to_bytes(16).hex() writes the same int)
         span._traceparent = f"00-{trace_hex}-{span_id.to_bytes(8, 'big').hex()}-{flags_text}"
+        if parent is not None:
+            span._parent_hex = (parent, parent_hex)
         return span
 
     def _open(
@@ -440,10 +442,15 @@ def light_text(span: LightSpan) -> str:
     if parent is None:
         parent_text = "}"
     else:
-        parent_id = parent[1] if type(parent) is SpanContext and _TUPLE_LAYOUT else None
-        if type(parent_id) is not int or not 0 <= parent_id <= _SPAN_ID_MAX:
-            return span_text(span)
-        parent_text = f',"parentSpanId":"{parent_id.to_bytes(8, "big").hex()}"}}'
+        known_parent = span._parent_hex
+        if known_parent is not None and known_parent[0] is parent:
+            parent_hex = known_parent[1]
+        else:
+            parent_id = parent[1] if type(parent) is SpanContext and _TUPLE_LAYOUT else None
+            if type(parent_id) is not int or not 0 <= parent_id <= _SPAN_ID_MAX:
+                return span_text(span)
+            parent_hex = parent_id.to_bytes(8, "big").hex()
+        parent_text = f',"parentSpanId":"{parent_hex}"}}'
     name = span._name
     kind = span.kind
     status = span._status
@@ -597,6 +604,10 @@ class LightSpan(trace.Span):
     # Its traceparent text once asked for (see plain_traceparent): the response header of a handler run, whose
     # ids the span's export text copies instead of writing them again.
     _traceparent: str | None = None
+    # (the parent, its span id's 16 hex digits) when begin() read them from the caller's traceparent: the digits an
+    # export text writes for that parent (lower case, as to_bytes(8).hex() writes the same int), kept with the
+    # parent they name so a parent set since is written from its own id.
+    _parent_hex: tuple[SpanContext, str] | None = None
 
     def __init__(
         self,
