@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Awaitable, Callable
 
 __all__ = ["CloseOnce"]
@@ -35,7 +36,9 @@ class CloseOnce:
     too. Running it again for them would put a whole close's bounds (seconds on a silent server) behind a deadline
     that already ran out. A call made after such a cut-off close ended runs ``close`` again, to finish what the
     first did not reach (its pools), so ``close`` must be safe to run again: the parts it already closed end at
-    once. A call never waits for good behind a close that will not end.
+    once; only on the cut-off close's own loop (the pools belong to it: run from another, the close failed with
+    "Event loop is closed" or "attached to a different loop"), a call from another loop returns at once. A call
+    never waits for good behind a close that will not end.
 
     The close belongs to the event loop of its first call: a call from another loop while it is under way raises
     ``RuntimeError`` (it waited on an ``asyncio.Event`` that the close's thread sets without waking that loop: until
@@ -59,7 +62,8 @@ class CloseOnce:
     def __init__(self) -> None:
         self._ended: asyncio.Event | None = None  # made by the run under way (or the last); set once its close ended
         self._loop: asyncio.AbstractEventLoop | None = None  # the running close's, while it is under way
-        self._cut_off = False  # the last close ended cancelled: the next call runs it again
+        # the loop of the last close, when it ended cancelled: the next call there runs it again
+        self._cut_off: weakref.ref[asyncio.AbstractEventLoop] | None = None
 
     @property
     def closing(self) -> bool:
@@ -101,7 +105,9 @@ class CloseOnce:
             OSError("the pool's close failed") None
         """
         ended = self._ended
-        if ended is not None and not (ended.is_set() and self._cut_off):
+        cut_off = self._cut_off
+        again = cut_off is not None and cut_off() is asyncio.get_running_loop()
+        if ended is not None and not (ended.is_set() and again):
             if not ended.is_set():
                 if asyncio.get_running_loop() is not self._loop:
                     raise RuntimeError("a close under way on another event loop cannot be waited for here: close "
@@ -110,11 +116,11 @@ class CloseOnce:
             return
         self._loop = asyncio.get_running_loop()
         self._ended = ended = asyncio.Event()
-        self._cut_off = False
+        self._cut_off = None
         try:
             await close()
         except asyncio.CancelledError:
-            self._cut_off = True
+            self._cut_off = weakref.ref(self._loop)
             raise
         finally:
             self._loop = None  # a closed loop is not kept alive by a closed store

@@ -90,3 +90,33 @@ async def test_a_failed_close_is_not_run_again() -> None:
         await once.run(failing)
     await asyncio.wait_for(once.run(failing), 1)
     assert len(runs) == 1
+
+
+def test_a_call_from_another_loop_after_a_cut_off_close_returns_at_once() -> None:
+    """The cut-off close's pools belong to its loop: a later call on another loop (that loop's ``asyncio.run``
+    ended) returns at once, as before the re-run existed. Before: it ran the close there, which failed with
+    ``RuntimeError: Event loop is closed`` (Redis) or logged "attached to a different loop" (PostgreSQL)."""
+    once = CloseOnce()
+    runs: list[asyncio.AbstractEventLoop] = []
+
+    async def cut() -> None:
+        async def close() -> None:
+            runs.append(asyncio.get_running_loop())
+            await asyncio.get_running_loop().create_future()  # until cancelled
+
+        first = asyncio.ensure_future(once.run(close))
+        await asyncio.sleep(0)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+
+    asyncio.run(cut())
+
+    async def later() -> None:
+        async def close() -> None:
+            runs.append(asyncio.get_running_loop())
+
+        await once.run(close)
+
+    asyncio.run(later())
+    assert len(runs) == 1 and once.closed
