@@ -817,8 +817,15 @@ class ChannelWriter:
 
         # A thread of its own, not the caller's executor: asyncio.run's end waits for that executor's threads, so a
         # caller that returned below was held there instead.
-        threading.Thread(target=self._abort_from_thread, args=(abort_there, finished),
-                         name=f"iii-channel-writer-abort-{self._channel_id}", daemon=True).start()
+        try:
+            threading.Thread(target=self._abort_from_thread, args=(abort_there, finished),
+                             name=f"iii-channel-writer-abort-{self._channel_id}", daemon=True).start()
+        except RuntimeError as exc:  # no thread now: at the interpreter's exit (3.12+), or the process's limit
+            log.debug("abort of channel %s: no thread to carry it out (%s); connection dropped", self._channel_id,
+                      exc)
+            with contextlib.suppress(Exception):  # abort() never raises: the reader sees the drop
+                _drop_connection(self._end)
+            return
         done = asyncio.shield(asyncio.wrap_future(finished))  # a cancelled caller leaves the abort going on
         await asyncio.wait((asyncio.wrap_future(started), done), timeout=_ABORT_START_WAIT_S,
                            return_when=asyncio.FIRST_COMPLETED)

@@ -105,3 +105,22 @@ def test_a_loop_blocked_past_the_bound_has_the_connection_dropped_without_the_ca
         took = _timed_abort(writer)
         assert took < _RETURNS_WITHIN_S, f"abort() held its caller {took:.2f} s"
         _read_to_the_end(channel)  # the loop still held: the abort reaches the reader as the dropped connection
+
+
+def test_an_abort_with_no_thread_to_carry_it_drops_the_connection_and_does_not_raise(
+        channel: Channel, home: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No thread can start (Python 3.12+ refuses new threads at the interpreter's exit; a process at its thread
+    limit): abort() still never raises, and the reader sees the dropped connection as an abort. Before:
+    ``RuntimeError: can't create new thread`` out of abort()."""
+    writer = channel.writer
+    asyncio.run_coroutine_threadsafe(writer.write(b"the first half"), home).result(10)
+
+    def refused(self: threading.Thread) -> None:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(threading.Thread, "start", refused)
+        took = _timed_abort(writer)
+    assert took < _RETURNS_WITHIN_S, f"abort() held its caller {took:.2f} s"
+    assert writer.closed
+    _read_to_the_end(channel)
