@@ -39,6 +39,21 @@ def _engine(production_mode: bool = False) -> Engine:
         attach_timeout_ms=int(ATTACH_DEADLINE_S * 1000), production_mode=production_mode)))
 
 
+@pytest.fixture
+def attached(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Set once the relay's handler attached a channel end (the upgrade's answer comes before that)."""
+    event = asyncio.Event()
+    attach = Driver.attach
+
+    def noted_attach(ch: LiveChannel, side: Side) -> Close | None:
+        refusal = attach(ch, side)
+        event.set()
+        return refusal
+
+    monkeypatch.setattr(Driver, "attach", staticmethod(noted_attach))
+    return event
+
+
 async def _stop_within_bound(engine: Engine) -> None:
     """Stop ``engine``, failing when that takes over :data:`STOP_BOUND_S` (the stop is then awaited to its end)."""
     stop = asyncio.ensure_future(engine.stop())
@@ -113,21 +128,12 @@ async def test_a_writer_blocked_on_a_full_unattached_channel_is_told_the_engine_
 
 @pytest.mark.parametrize("production_mode", [False, True], ids=["ours", "production"])
 async def test_stop_is_bounded_with_a_reader_whose_writer_never_attached(
-        production_mode: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+        production_mode: bool, attached: asyncio.Event) -> None:
     # Ours watches the reader socket and saw the listener's close; production_mode reads no reader socket, and its
     # reader loop waited for a first message until the attach deadline.
     engine = _engine(production_mode)
     await engine.start()
     reader: ClientConnection | None = None
-    attached = asyncio.Event()  # the upgrade's answer comes before the relay's handler attaches the end
-    attach = Driver.attach
-
-    def noted_attach(ch: LiveChannel, side: Side) -> Close | None:
-        refusal = attach(ch, side)
-        attached.set()
-        return refusal
-
-    monkeypatch.setattr(Driver, "attach", staticmethod(noted_attach))
     try:
         ref = engine.channels.create(4, owner=None)["reader"]
         reader = await websockets.connect(
@@ -191,8 +197,7 @@ async def test_a_stop_mid_transfer_ends_both_ends_with_a_prefix_of_the_stream_de
         await engine.stop()
 
 
-async def test_a_stop_drops_a_silent_peer_whose_close_began_and_leaves_no_task(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_stop_drops_a_silent_peer_whose_close_began_and_leaves_no_task(attached: asyncio.Event) -> None:
     """A writer whose side never answers a Close (its host went silent; its loop was closed): the relay's own close of
     it, begun as the stop ends every channel, waited websockets' close_timeout (10 s) and the listener's close left it
     out (websockets lists closing connections nowhere public), so the stop let the port's close go after 6 s with the
@@ -200,15 +205,6 @@ async def test_a_stop_drops_a_silent_peer_whose_close_began_and_leaves_no_task(
     engine = _engine()
     before = asyncio.all_tasks()
     await engine.start()
-    attached = asyncio.Event()
-    attach = Driver.attach
-
-    def noted_attach(ch: LiveChannel, side: Side) -> Close | None:
-        refusal = attach(ch, side)
-        attached.set()
-        return refusal
-
-    monkeypatch.setattr(Driver, "attach", staticmethod(noted_attach))
     peer: asyncio.StreamWriter | None = None
     try:
         ref = engine.channels.create(4, owner=None)["writer"]
