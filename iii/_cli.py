@@ -19,18 +19,28 @@ from ._version import __version__
 
 __all__ = ["OneLineParser", "mask_passwords"]
 
-# scheme://user:password@  (user may be empty, as in redis://:password@host)
-_CREDENTIALS: Final = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*):(?P<password>[^@\s]+)@")
+# scheme://user:password@host: the password runs to the authority's LAST '@' (redis-py's urlparse splits there, so
+# a raw '@' in a password is part of it), and may hold '/' or '?' (SQLAlchemy's reading); it never runs into a
+# next URL. The user may be empty, as in redis://:password@host.
+_CREDENTIALS: Final = re.compile(
+    r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/?#\s]*):(?:(?!://)\S)+?@(?=[^@/?#\s]*(?:[/?#\s]|$))")
+# ?password=... and the like: redis-py and asyncpg take a password from the query too. The value runs to the next
+# '&' or blank, less the quote that closes a URL shown quoted (repr, shlex): one not followed by a letter, digit or %.
+_QUERY_PASSWORD: Final = re.compile(
+    r"(?P<head>[?&;](?:password|sslpassword|passwd|pwd)=)\S*?(?=[&\s]|$|['\"](?![\w%]))", re.IGNORECASE)
 
 
 def mask_passwords(text: str) -> str:
-    """``text`` with the password of every ``scheme://user:password@`` URL in it replaced by ``***``.
+    """``text`` with every URL password in it replaced by ``***``: the ``scheme://user:password@`` one and the
+    values of the query keys ``password``, ``sslpassword``, ``passwd`` and ``pwd`` (any case).
 
     Example:
         >>> mask_passwords("redis://:hunter2@cache/0")
         'redis://:***@cache/0'
+        >>> mask_passwords("redis://app:hun@ter2@cache/0 postgresql://db/app?sslmode=require&Password=hunter2")
+        'redis://app:***@cache/0 postgresql://db/app?sslmode=require&Password=***'
     """
-    return _CREDENTIALS.sub(r"\g<head>:***@", text)
+    return _QUERY_PASSWORD.sub(r"\g<head>***", _CREDENTIALS.sub(r"\g<head>:***@", text))
 
 
 class OneLineParser(argparse.ArgumentParser):

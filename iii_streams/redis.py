@@ -106,6 +106,7 @@ from .events import (
     wake,
 )
 from .known_texts import KnownTexts
+from .messages import mask_passwords
 from .redis_internals import like_pool_options, one_shot
 
 __all__ = [
@@ -926,7 +927,7 @@ class RedisStream(FieldUpdates):
             1000
         """
         if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"RedisStream needs a redis://, rediss:// or unix:// URL, got {url!r}")
+            raise ValueError(f"RedisStream needs a redis://, rediss:// or unix:// URL, got {mask_passwords(url)!r}")
         own = {k: options.pop(k) for k in _OWN_OPTIONS if k in options}
         size = options.pop("max_connections", DEFAULT_MAX_CONNECTIONS)
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:

@@ -125,7 +125,7 @@ from .events import (
     wake,
 )
 from .known_texts import KnownTexts
-from .messages import error_line
+from .messages import error_line, mask_passwords
 from .migrate import SQLITE_BUSY_S, current_revision, head_revision, migrate_with, normalize_url, schema_behind
 from .schema import TABLE_NAME, group_key, item_key, items, stream_key
 
@@ -872,6 +872,13 @@ def _is_file_database(url: URL) -> bool:
     database = url.database or ""
     return database not in ("", ":memory:") and url.query.get("mode") != "memory" and "mode=memory" not in database
 
+
+def _shown(url: URL) -> str:
+    """``url`` for a message: SQLAlchemy hides only ``user:password@``; a query's ``?password=`` (asyncpg reads it)
+    is masked too."""
+    return mask_passwords(url.render_as_string(hide_password=True))
+
+
 class SQLStream(FieldUpdates):
     """An ``IStream`` in a SQL database; build it with :meth:`from_url` or from an ``AsyncEngine``.
 
@@ -1068,18 +1075,20 @@ class SQLStream(FieldUpdates):
         if not self._pg and not _is_file_database(self.engine.url):
             # another process's connection would be another, empty, in-memory database
             return "an in-memory database is new in each store: open it with create=True"
-        shown = self.engine.url.render_as_string(hide_password=True)
+        shown = _shown(self.engine.url)
+        # a password in the query is masked too: the reader puts it back as for one in user:password@
+        hidden = shown != self.engine.url.render_as_string(hide_password=False)
         # quoted when the shell would split or expand it (a path with a space was two arguments); a masked
         # password's *** alone is left as it is: a glob with a / in it matches nothing and stays as written
         if shlex.quote(shown.replace("*", "")) != shown.replace("*", ""):
             shown = shlex.quote(shown)
-        masked = " (with the real password in place of ***)" if self.engine.url.password is not None else ""
+        masked = " (with the real password in place of ***)" if hidden else ""
         return f"run `iii-streams migrate {shown}`{masked}"
 
     def _database(self) -> str:
         """The database in words: ``SQLite database PATH`` or the URL, password masked."""
         if self._pg:
-            return f"PostgreSQL database {self.engine.url.render_as_string(hide_password=True)}"
+            return f"PostgreSQL database {_shown(self.engine.url)}"
         path = self.engine.url.database
         return f"SQLite database {path}" if _is_file_database(self.engine.url) else "in-memory SQLite database"
 
@@ -1101,7 +1110,7 @@ class SQLStream(FieldUpdates):
             return ""
         if os.path.isabs(path):
             return f" (directory {directory} does not exist)"
-        absolute = self.engine.url.set(database="/" + path).render_as_string(hide_password=True)
+        absolute = _shown(self.engine.url.set(database="/" + path))
         return (f" (directory {directory} does not exist; a relative path: use four slashes for an absolute one, "
                 f"{absolute})")
 
@@ -1132,7 +1141,7 @@ class SQLStream(FieldUpdates):
         text = str(exc)
         if TABLE_NAME in text and ("no such table" in text or "does not exist" in text):
             raise SchemaMissingError(
-                f"table {TABLE_NAME} does not exist in {self.engine.url.render_as_string(hide_password=True)}: "
+                f"table {TABLE_NAME} does not exist in {_shown(self.engine.url)}: "
                 "run `iii-streams migrate URL` or open the store with create=True"
             ) from exc
 
