@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from .base import Backend
-from .messages import missing_extra
+from .messages import mask_passwords, missing_extra
 
 __all__ = ["SCHEMES", "check_scheme", "open_stream"]
 
@@ -42,7 +42,7 @@ def scheme_of(url: str) -> str:
     """
     head, sep, _ = url.partition(":")
     if not sep or not head:
-        raise ValueError(f"not a URL (no scheme): {url!r}")
+        raise ValueError(f"not a URL (no scheme): {mask_passwords(url)!r}")
     return head.lower()
 
 
@@ -60,7 +60,7 @@ def check_scheme(url: str) -> str:
     scheme = scheme_of(url)
     if scheme != "memory" and scheme not in ("redis", "rediss", "unix") and scheme not in _SQL_SCHEMES:
         supported = ", ".join(f"{s}://" for s in SCHEMES)
-        raise ValueError(f"unsupported stream URL scheme {scheme!r} in {url!r} (use {supported})")
+        raise ValueError(f"unsupported stream URL scheme {scheme!r} in {mask_passwords(url)!r} (use {supported})")
     return scheme
 
 

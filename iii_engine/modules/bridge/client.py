@@ -30,6 +30,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from iii._cli import mask_passwords
+
 from ...settings import ConfigError
 from ..base import BuiltinFunction, EngineError, EngineModule, EngineServices, InvocationContext
 from .link import DEFAULT_TIMEOUT_MS, BridgeCallError, BridgeLink
@@ -95,7 +97,7 @@ class BridgeClientModule(EngineModule):
         for forwarded in self.settings.forward:
             self.services.register_function(BuiltinFunction(
                 forwarded.local_function, self._forward_handler(forwarded),
-                f"Forwarded to {forwarded.remote_function} on {self.settings.url}"))
+                f"Forwarded to {forwarded.remote_function} on {mask_passwords(self.settings.url)}"))
 
     async def stop(self) -> None:
         """Close the link."""

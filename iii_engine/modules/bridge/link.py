@@ -30,6 +30,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Final
 
+from iii._cli import mask_passwords
 from iii.connection import check_url
 from iii.errors import ConnectionLostError, InvocationError, OutboundQueueFullError, ShuttingDownError
 from iii.iii import III
@@ -76,6 +77,7 @@ class BridgeLink:
 
     def __init__(self, url: str, *, role: str, connect_grace_s: float = DEFAULT_CONNECT_GRACE_S) -> None:
         self.url = check_url(url)
+        self.shown = mask_passwords(self.url)  # in messages and logs: a password in it (user:pw@, ?password=) masked
         self.role = role
         self.connect_grace_s = connect_grace_s
         self._client: III | None = None
@@ -93,7 +95,7 @@ class BridgeLink:
             options = InitOptions(worker_name=f"iii-engine bridge ({self.role})", enable_metrics_reporting=False,
                                   reconnection_config=_RETRY, otel=OtelConfig(enabled=False))
             self._client = III(self.url, options)
-            log.info("bridge %s: connecting to %s (retry every %d ms)", self.role, self.url, RETRY_INTERVAL_MS)
+            log.info("bridge %s: connecting to %s (retry every %d ms)", self.role, self.shown, RETRY_INTERVAL_MS)
 
     @property
     def connected(self) -> bool:
@@ -102,7 +104,7 @@ class BridgeLink:
 
     def _running(self) -> III:
         if self._client is None:
-            raise BridgeCallError(f"bridge to remote engine {self.url} is not started")
+            raise BridgeCallError(f"bridge to remote engine {self.shown} is not started")
         return self._client
 
     async def _up(self) -> III:
@@ -113,9 +115,9 @@ class BridgeLink:
         try:
             await client.wait_until_connected_async(self.connect_grace_s)
         except ShuttingDownError:
-            raise BridgeCallError(f"bridge to remote engine {self.url} is shut down") from None
+            raise BridgeCallError(f"bridge to remote engine {self.shown} is shut down") from None
         except ConnectionError as exc:
-            raise BridgeCallError(f"remote engine {self.url} unreachable ({exc})") from None
+            raise BridgeCallError(f"remote engine {self.shown} unreachable ({exc})") from None
         return client
 
     async def call(self, function_id: str, data: Any, *, timeout_ms: int | None = None,
@@ -132,20 +134,20 @@ class BridgeLink:
             return await self._unless_lost(client, client.trigger_async(
                 {"function_id": function_id, "payload": data, "timeout_ms": wait_ms, "action": action}), function_id)
         except TimeoutError:
-            raise BridgeCallError(f"invocation timed out after {wait_ms} ms (remote engine {self.url}, "
+            raise BridgeCallError(f"invocation timed out after {wait_ms} ms (remote engine {self.shown}, "
                                   f"function {function_id})") from None
         except OutboundQueueFullError as exc:  # a ConnectionLostError too, but the connection may be fine
             raise BridgeCallError(self._not_sent(function_id, exc)) from None
         except ConnectionLostError:
             # the SDK fails only calls already written to the socket so: the remote may have run it (a caller who
             # read "lost" as "not done" and retried ran a write, or an enqueue, twice)
-            raise BridgeCallError(f"connection to remote engine {self.url} lost during the call of {function_id}; "
+            raise BridgeCallError(f"connection to remote engine {self.shown} lost during the call of {function_id}; "
                                   "it may have run there (its answer never came)") from None
         except InvocationError as exc:
             raise BridgeCallError(f"remote error ({exc.code}): {exc.message}", code=exc.code, message=exc.message,
                                   stacktrace=exc.stacktrace) from None
         except ShuttingDownError:
-            raise BridgeCallError(f"bridge to remote engine {self.url} is shut down") from None
+            raise BridgeCallError(f"bridge to remote engine {self.shown} is shut down") from None
 
     async def _unless_lost(self, client: III, request: Coroutine[Any, Any, Any], function_id: str) -> Any:
         """Await ``request``; if the link drops while it is pending and is not back within the connect grace,
@@ -157,7 +159,7 @@ class BridgeLink:
             await asyncio.wait({call, outage}, return_when=asyncio.FIRST_COMPLETED)
             if call.done():
                 return call.result()
-            raise BridgeCallError(f"remote engine {self.url} unreachable (the connection dropped during the call of "
+            raise BridgeCallError(f"remote engine {self.shown} unreachable (the connection dropped during the call of "
                                   f"{function_id})")
         finally:
             watch.pending -= 1
@@ -220,15 +222,15 @@ class BridgeLink:
             # (the SDK's trigger would have queued it for the next connection, to run there however much later)
             sent = await client.trigger_once_async({"function_id": function_id, "payload": data})
         except ShuttingDownError:
-            raise BridgeCallError(f"bridge to remote engine {self.url} is shut down") from None
+            raise BridgeCallError(f"bridge to remote engine {self.shown} is shut down") from None
         except InvocationError as exc:  # not sent: the outbound queue is full, or the call is over the size limit
             raise BridgeCallError(self._not_sent(function_id, exc)) from None
         if not sent:
-            raise BridgeCallError(f"call of {function_id} not sent to remote engine {self.url}: the connection "
+            raise BridgeCallError(f"call of {function_id} not sent to remote engine {self.shown}: the connection "
                                   "dropped before it was written (it is not sent later)")
 
     def _not_sent(self, function_id: str, exc: InvocationError) -> str:
-        return f"call of {function_id} not sent to remote engine {self.url}: {exc.message}"
+        return f"call of {function_id} not sent to remote engine {self.shown}: {exc.message}"
 
     def register_function(self, function_id: str, handler: Handler) -> Callable[[], None]:
         """Offer ``function_id`` to the remote; ``handler`` runs on the caller's (the engine's) event loop.

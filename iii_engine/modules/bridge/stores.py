@@ -234,7 +234,7 @@ class BridgeStreamStore(_BridgeStore):
         # pub/sub keeps nothing for a subscriber that is away, and a restarted remote may hold other data: without
         # this a socket client kept a view that had silently stopped following the store
         self._stop_telling = self.link.on_ready(lambda: self._hub.publish(_Gap(
-            f"the connection to remote engine {self.link.url} was made again: {BRIDGE_EVENTS_TOPIC} messages sent "
+            f"the connection to remote engine {self.link.shown} was made again: {BRIDGE_EVENTS_TOPIC} messages sent "
             "while it was down were not delivered")))
 
     async def aclose(self) -> None:
