@@ -13,22 +13,25 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final, cast
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from iii.channel_end import FRAME_SIZE_HEADER, INVITED_FRAME_SIZES
 from iii.connection import MAX_MESSAGE_SIZE_HEADER
-from iii.ws_fastpath import bound_frame_queue, enable_fast_receive, server_factory, set_max_message_size
+from iii.ws_fastpath import bound_frame_queue, enable_fast_receive, reset, server_factory, set_max_message_size
 
 from .allocator import MMAP_THRESHOLD_BYTES
 from .channels import CHANNEL_SOCKET_QUEUE, SOCKET_QUEUE_BYTES, ChannelRelay
-from .closing import close_within
+from .closing import CLOSE_TIMEOUT_S, close_within
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +95,13 @@ class Listener:
         self.relay = relay
         self._control = control
         self._server: Server | None = None
-        # every connection whose handler runs, in any state: websockets' ``connections`` holds only OPEN ones
-        self._open: set[ServerConnection] = set()
+        self._connection_class = server_factory() or ServerConnection
+        # Every connection from its accept on, opening handshakes included: websockets' ``connections`` holds only
+        # OPEN ones, and the stop must reach a peer stalled in its upgrade request too (weak: the transport and the
+        # handler task keep a live one).
+        self._connections: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
+        # the stop's close of each connection, from close() on: every connection accepted then is closed too
+        self._closes: dict[ServerConnection, asyncio.Task[None]] | None = None
 
     @property
     def port(self) -> int:
@@ -106,19 +114,51 @@ class Listener:
     async def start(self, *, serving: bool = True) -> None:
         """Bind and start accepting connections (with ``serving=False`` only bind: connections are refused until
         :meth:`start_serving`, so the port is taken before anything else starts)."""
+        self._closes = None  # an engine started again serves its workers again
         self._server = await serve(
             self._handle,
             self.host,
             self.requested_port,
             start_serving=serving,
             compression=None,
-            create_connection=server_factory(),  # channel sockets get the fast data path (iii.ws_fastpath)
+            # channel sockets get the fast data path (iii.ws_fastpath); websockets calls the factory as it would the
+            # class, and any callable returning a ServerConnection will do
+            create_connection=cast("type[ServerConnection]", self._connection),
             max_size=max(self.max_message_size, self.relay.max_message_size),  # narrowed per connection
             ping_interval=None,  # production never pings workers; it only answers pings
             process_request=self._process_request,
             process_response=self._process_response,
             logger=logging.getLogger(f"{__name__}.websockets"),
         )
+
+    def _connection(self, *args: Any, **kwargs: Any) -> ServerConnection:
+        connection = self._connection_class(*args, **kwargs)
+        self._connections.add(connection)
+        if self._closes is not None:  # accepted as the port was closing
+            self._close(connection)
+        return connection
+
+    def _close(self, connection: ServerConnection) -> None:
+        """Close ``connection`` for the stop (once), in a task :meth:`close` waits for."""
+        closes = self._closes
+        if closes is None or connection in closes:
+            return
+        if connection.state is State.CONNECTING:
+            task = asyncio.ensure_future(self._end_handshake(connection))
+        else:
+            task = asyncio.ensure_future(close_within(connection, 1001, "going away"))
+        closes[connection] = task
+        task.add_done_callback(lambda _: closes.pop(connection, None))
+
+    @staticmethod
+    async def _end_handshake(connection: ServerConnection) -> None:
+        """An opening handshake under way at the stop: its request, if it comes within ``CLOSE_TIMEOUT_S``, is
+        answered 503 (websockets' answer once the port stopped serving), else the connection is reset. Not
+        websockets' ``close()``: during the handshake it made that answer fail, and the peer was dropped unanswered."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(connection.wait_closed(), CLOSE_TIMEOUT_S)
+        if connection.state is State.CONNECTING:
+            reset(connection)
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         route = route_request(request.path)
@@ -155,15 +195,13 @@ class Listener:
             response.headers[FRAME_SIZE_HEADER] = str(frame_invitation(self.relay.max_message_size))
 
     async def _handle(self, connection: ServerConnection) -> None:
+        # its 101 went out as the port began to close (once it stopped serving, websockets answers 503)
+        self._close(connection)
         route = route_request(connection.request.path if connection.request else "/")
-        self._open.add(connection)
-        try:
-            if isinstance(route, ChannelRoute):
-                await self.relay.serve(connection, route.channel_id, route.key, route.direction)
-            else:
-                await self._control(connection)
-        finally:
-            self._open.discard(connection)
+        if isinstance(route, ChannelRoute):
+            await self.relay.serve(connection, route.channel_id, route.key, route.direction)
+        else:
+            await self._control(connection)
 
     async def start_serving(self) -> None:
         """Start accepting connections on the socket :meth:`start` bound."""
@@ -172,14 +210,25 @@ class Listener:
         await self._server.start_serving()
 
     async def close(self) -> None:
-        """Stop accepting and close every connection (close code 1001)."""
-        if self._server is not None:
+        """Stop accepting and close every connection (close code 1001), each within
+        :data:`~iii_engine.closing.CLOSE_TIMEOUT_S`, then reset."""
+        if self._server is None:
+            return
+        if self._closes is None:
+            self._closes = {}
+            # The port stops accepting first: it took upgrades in until the connections it knew of were closed (up
+            # to 2 s), and websockets' own close of those waited its close_timeout (10 s) for a silent peer. And our
+            # closes, not websockets': it leaves a peer stalled in its upgrade request to its open_timeout (10 s).
+            self._server.close(close_connections=False)
             # A peer that stopped reading, with megabytes queued to it, held the stop for about 50 s: websockets'
             # close first waits for the socket to drain, with no deadline. At the stop each connection gets
             # close_within's (normal closes keep waiting for a slow reader to take what was sent before the close).
             # Every connection, closing ones too: a channel end the relay began to close as the engine's stop began
             # waited websockets' close_timeout (10 s) for a peer that never answers, past the stop's bounds, and its
             # handler was left running on the loop. (A close already under way is reset at the bound as well.)
-            await asyncio.gather(*(close_within(connection, 1001, "going away") for connection in list(self._open)))
-            self._server.close()
-            await self._server.wait_closed()
+            for connection in list(self._connections):
+                if connection.state is not State.CLOSED:
+                    self._close(connection)
+        while self._closes:  # one accepted as the port closed is added by _connection, one let in by _handle
+            await asyncio.wait(list(self._closes.values()))
+        await self._server.wait_closed()
