@@ -71,19 +71,25 @@ async def _dropped(reader: asyncio.StreamReader) -> None:
         await asyncio.wait_for(reader.readexactly(1 << 20), 5)
 
 
-async def test_an_upgrade_accepted_while_the_stop_closes_the_port_is_closed_within_the_bound(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    before = set(asyncio.all_tasks())
-    engine = Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[]))
-    await engine.start()
-    closing_began = asyncio.Event()
+@pytest.fixture
+def closing_began(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Set once the listener begins to close the connections it knows of."""
+    began = asyncio.Event()
     close_within = engine_server.close_within
 
     async def noted_close_within(*args: object, **kwargs: object) -> None:
-        closing_began.set()
+        began.set()
         await close_within(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(engine_server, "close_within", noted_close_within)
+    return began
+
+
+async def test_an_upgrade_accepted_while_the_stop_closes_the_port_is_closed_within_the_bound(
+        closing_began: asyncio.Event) -> None:
+    before = set(asyncio.all_tasks())
+    engine = Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[]))
+    await engine.start()
     try:
         port = engine.port  # the port has no socket once the stop closed it
         async with contextlib.AsyncExitStack() as peers:
@@ -124,20 +130,12 @@ async def test_a_peer_stalled_in_its_upgrade_request_is_reset_within_the_stops_b
         await engine.stop()
 
 
-async def test_an_upgrade_request_sent_during_the_stop_is_refused_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_an_upgrade_request_sent_during_the_stop_is_refused_at_once(closing_began: asyncio.Event) -> None:
     """A worker connected before the stop, its upgrade request sent once the stop began closing the port: answered
     503 (websockets' answer once the port closed), not let in to be waited for."""
     before = set(asyncio.all_tasks())
     engine = Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[]))
     await engine.start()
-    closing_began = asyncio.Event()
-    close_within = engine_server.close_within
-
-    async def noted_close_within(*args: object, **kwargs: object) -> None:
-        closing_began.set()
-        await close_within(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(engine_server, "close_within", noted_close_within)
     try:
         async with contextlib.AsyncExitStack() as peers:
             await _silent_worker(peers, engine.port)  # holds the close of the known connections 2 s
