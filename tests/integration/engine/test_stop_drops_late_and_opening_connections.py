@@ -150,13 +150,17 @@ async def test_an_upgrade_request_sent_during_the_stop_is_refused_at_once(closin
         await engine.stop()
 
 
-async def test_an_engine_started_again_after_a_stop_serves_workers() -> None:
+async def test_an_engine_started_again_after_a_stop_serves_workers_and_stops_within_the_bound() -> None:
+    before = set(asyncio.all_tasks())
     engine = Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[]))
-    for _ in range(2):
-        await engine.start()
-        try:
+    try:
+        for _ in range(2):
+            await engine.start()
             worker = await RawWorker.connect(engine.url)
             assert await worker.result_of("engine::workers::list", {}) is not None
-            await worker.ws.close()
-        finally:
-            await engine.stop()
+            assert await worker.result_of("engine::workers::list", {}) is not None  # not closed on arrival
+            await _stop_within_bound(engine, before)
+            await asyncio.wait_for(worker.ws.wait_closed(), 5)
+            assert worker.ws.close_code == 1001  # the engine's close, not ours
+    finally:
+        await engine.stop()
