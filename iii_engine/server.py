@@ -95,6 +95,7 @@ class Listener:
         self.relay = relay
         self._control = control
         self._server: Server | None = None
+        self._port: int | None = None  # the bound port, from the start on
         self._connection_class = server_factory() or ServerConnection
         # Every connection from its accept on, opening handshakes included: websockets' ``connections`` holds only
         # OPEN ones, and the stop must reach a peer stalled in its upgrade request too (weak: the transport and the
@@ -106,10 +107,9 @@ class Listener:
     @property
     def port(self) -> int:
         """The bound port (useful with port 0)."""
-        if self._server is None:
+        if self._port is None:
             raise RuntimeError("the listener is not started")
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
+        return self._port
 
     async def start(self, *, serving: bool = True) -> None:
         """Bind and start accepting connections (with ``serving=False`` only bind: connections are refused until
@@ -130,6 +130,9 @@ class Listener:
             process_response=self._process_response,
             logger=logging.getLogger(f"{__name__}.websockets"),
         )
+        # kept: the socket list empties once the port closes (the stop's first step), and the engine's url and
+        # port still name where it listened
+        self._port = int(self._server.sockets[0].getsockname()[1])
 
     def _connection(self, *args: Any, **kwargs: Any) -> ServerConnection:
         connection = self._connection_class(*args, **kwargs)
