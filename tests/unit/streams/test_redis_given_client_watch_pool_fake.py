@@ -27,7 +27,8 @@ async def test_a_watch_takes_nothing_of_the_callers_pool_of_one() -> None:
 
 
 def test_the_watch_pool_is_made_like_the_clients_without_its_pool_handlers() -> None:
-    from iii_streams.redis import _POOL_INJECTED, _WATCH_CONNECTIONS
+    from iii_streams.redis import _WATCH_CONNECTIONS
+    from iii_streams.redis_internals import POOL_INJECTED
 
     client = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), max_connections=1, client_name="app")
     theirs = client.connection_pool
@@ -39,7 +40,7 @@ def test_the_watch_pool_is_made_like_the_clients_without_its_pool_handlers() -> 
     # the objects of the caller's pool (its maintenance handler would act on our connections): ours are our own
     # (redis-py 8.0.0, our floor, puts neither in its pools' kwargs)
     for key in ("maint_notifications_pool_handler", "himport_registry"):
-        assert key in _POOL_INJECTED
+        assert key in POOL_INJECTED
         if key in theirs.connection_kwargs:
             assert pool.connection_kwargs.get(key) is not theirs.connection_kwargs[key], key
 
