@@ -975,6 +975,8 @@ class RedisStream(FieldUpdates):
                                       f"max_connections in use): {exc}; a redis.asyncio.BlockingConnectionPool "
                                       "makes callers wait for one instead")
         if isinstance(exc, RedisConnectionError):
+            if self._close_once.closing:  # the store's own close cut the connection under this operation
+                return StreamClosedError(f"{where}: RedisStream is closed ({exc})")
             return StreamUnavailableError(f"{where}: Redis unreachable: {exc}")
         if isinstance(exc, RedisError):
             return StreamBackendError(f"{where}: Redis refused the command: {exc}")
