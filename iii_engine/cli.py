@@ -276,11 +276,12 @@ class _StartupLog:
         self.output = logging.StreamHandler(sys.stderr)
         self.output.setFormatter(JsonLogFormatter() if log_format == "json" else logging.Formatter(TEXT_LOG_FORMAT))
         self.held = _HeldLog(STARTUP_LOG_RECORDS, flushLevel=logging.CRITICAL + 1, target=self.output)
-        root = logging.getLogger()
+        root, alembic = logging.getLogger(), logging.getLogger("alembic")
+        self._before = (root.level, alembic.level)  # given back by failed(): main() may run in a process that goes on
         root.setLevel(self.level)
         root.addHandler(self.held)
         if self.level > logging.DEBUG:
-            logging.getLogger("alembic").setLevel(logging.WARNING)  # plugin set-up chatter on every import
+            alembic.setLevel(logging.WARNING)  # plugin set-up chatter on every import
 
     def started(self) -> None:
         """Write out what was held and log directly from now on."""
@@ -290,8 +291,13 @@ class _StartupLog:
         root.addHandler(self.output)
 
     def failed(self) -> None:
-        """Write out only the warnings and errors of the failed start-up (everything at DEBUG)."""
-        logging.getLogger().removeHandler(self.held)
+        """Write out only the warnings and errors of the failed start-up (everything at DEBUG); the levels it set go
+        back to what they were (a configuration refused in a process that runs on, a test's, left every engine
+        logger at INFO)."""
+        root = logging.getLogger()
+        root.removeHandler(self.held)
+        root.setLevel(self._before[0])
+        logging.getLogger("alembic").setLevel(self._before[1])
         keep = logging.DEBUG if self.level <= logging.DEBUG else logging.WARNING
         for record in self.held.buffer:
             if record.levelno >= keep:
