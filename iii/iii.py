@@ -104,6 +104,10 @@ _REFERENCE_CONNECT_WAIT_S = 30.0
 _RECOVERY_WINDOW_S = 30.0
 _RECOVERY_POLL_S = 0.25
 _WORKER_ID_WAIT_S = 2.0
+# A server that accepts the upgrade and never names the connection (``workerregistered``): the engine's stream socket
+# (3112 by default) or any other WebSocket server. register_worker returned "connected", and every call then waited
+# its whole timeout with no word of why: one warning says it this long after the connection is up.
+_UNNAMED_WARN_S = 5.0
 # The most old connections' worker ids a registration check after a reconnect waits for (the newest).
 _UNCHECKED_WORKERS_KEPT = 64
 # A worker id no engine gives (they are random UUIDs): a worker list filtered on it is empty, whatever the engine holds.
@@ -556,6 +560,7 @@ class III:
                 await write(frame)
 
     def _on_ready(self) -> None:
+        self._loop.call_later(_UNNAMED_WARN_S, self._check_named, self._session.generation)
         tp, bg = self._telemetry.trace.headers()
         frame, lost_worker_id = self._session.connection_ready(worker_metadata(self._options), tp or None,
                                                                bg or None)
@@ -567,6 +572,14 @@ class III:
         if self._unchecked_workers or self._registrations_ready.callbacks:
             # (With no old connection to check and nobody to tell, there is nothing to do: no round trip.)
             self._bridge.spawn(self._recover_then_ready(tuple(self._unchecked_workers), self._session.generation))
+
+    def _check_named(self, generation: int) -> None:
+        """Warn when the connection of ``generation``, still up, was never named by a ``workerregistered``."""
+        if (self._session.worker_id is None and self._session.generation == generation and self._conn.is_ready
+                and not self._closed):
+            log.warning("%s accepted the WebSocket upgrade but has not named this connection (no workerregistered "
+                        "within %g s): is it an iii engine's worker port? The engine's stream socket (3112 by default) "
+                        "accepts the upgrade too, and answers no call", self._address, _UNNAMED_WARN_S)
 
     async def _recover_then_ready(self, lost_worker_ids: tuple[str, ...], generation: int) -> None:
         """:meth:`_recover_registrations` (none lost: one round trip, so the replay written before is handled, not
