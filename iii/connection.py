@@ -75,6 +75,7 @@ import math
 import os
 import random
 import re
+import socket
 import sys
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -287,7 +288,18 @@ def _path_hint(url: str, exc: BaseException) -> str:
 
 
 def _describe(exc: BaseException) -> str:
-    # asyncio words a refused connection as "Connect call failed (addr)"; the errno text is what people know.
+    """What a failed attempt's error says, as people know it.
+
+    Example:
+        >>> _describe(ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 1)"))
+        'Connection refused'
+        >>> _describe(socket.gaierror(-2, "Name or service not known"))
+        'Name or service not known'
+    """
+    # asyncio words a refused connection as "Connect call failed (addr)"; the errno text is what people know. A
+    # resolver's error has its own (negative) codes, which os.strerror calls "Unknown error -2": its own text then.
+    if isinstance(exc, socket.gaierror) and exc.strerror:
+        return exc.strerror
     if isinstance(exc, OSError) and exc.errno:
         return os.strerror(exc.errno)
     return str(exc) or type(exc).__name__
