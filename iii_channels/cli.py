@@ -298,8 +298,18 @@ def _directory_target(directory: Path, name: object, overwrite: bool) -> Path:
 
 
 def _why(exc: BaseException | None) -> str:
-    """The readable part of an error (an ``InvocationError``'s ``message``, not its dict-shaped ``str``)."""
-    return str(getattr(exc, "message", None) or exc)
+    """The readable part of an error (an ``InvocationError``'s ``message``, not its dict-shaped ``str``); an
+    ``invocation_stopped`` says what it means for a transfer.
+
+    Example:
+        >>> from iii.errors import InvocationError
+        >>> print(_why(InvocationError("invocation_stopped", "Invocation stopped")))
+        Invocation stopped (the receiver disconnected or stopped before it answered: nothing is known to be stored)
+    """
+    text = str(getattr(exc, "message", None) or exc)
+    if getattr(exc, "code", None) == "invocation_stopped":
+        text += " (the receiver disconnected or stopped before it answered: nothing is known to be stored)"
+    return text
 
 
 def _fail(message: str, status: int = 1) -> int:
