@@ -76,6 +76,7 @@ import os
 import random
 import re
 import socket
+import ssl
 import sys
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -285,6 +286,21 @@ def _path_hint(url: str, exc: BaseException) -> str:
     if not isinstance(exc, InvalidStatus) or exc.response.status_code != 404 or path in ("", "/"):
         return ""
     return f"; an engine's worker port answers at the path /, this URL asks for {path!r}"
+
+
+def _tls_hint(url: str, exc: BaseException) -> str:
+    """For a ``wss://`` URL whose TLS handshake the server cut or refused: that it may not speak TLS (a server that
+    does not reset the connection at the TLS hello; the error said only "ConnectionResetError", 30 s long).
+
+    Example:
+        >>> _tls_hint("wss://h:49134", ConnectionResetError())
+        ' (a wss:// URL: does the server speak TLS? The engine serves ws:// unless a TLS proxy fronts it)'
+        >>> _tls_hint("ws://h:49134", ConnectionResetError())
+        ''
+    """
+    if not url.lower().startswith("wss://") or not isinstance(exc, ConnectionResetError | ssl.SSLError):
+        return ""
+    return " (a wss:// URL: does the server speak TLS? The engine serves ws:// unless a TLS proxy fronts it)"
 
 
 def _describe(exc: BaseException) -> str:
@@ -1017,11 +1033,12 @@ class Connection:
                 # for an answer no engine gives at a URL that never had one: register_worker then retried it for its
                 # whole 30 s wait and said only "cannot reach the engine".
                 self._failures += 1
-                self._last_error = _describe(exc)
+                hint = _tls_hint(self.url, exc)
+                self._last_error = _describe(exc) + hint
                 why = not_an_engine(exc)
                 if why is None:
                     self._not_engine_in_a_row = 0
-                    log.warning("Connection to %s failed: %s", self.url, exc)
+                    log.warning("Connection to %s failed: %s", self.url, f"{str(exc) or type(exc).__name__}{hint}")
                 else:
                     self._not_engine_in_a_row += 1
                     self._last_error = why
