@@ -731,8 +731,8 @@ class III:
                 # invocation_stopped), so nobody wants the answer; but the work was done, and whoever runs the worker
                 # should hear that its outcome went nowhere (a retried call may do it again).
                 log.warning("The result of '%s' (invocation %s) was dropped: the engine connection it came on is "
-                            "gone, and the engine told its caller the invocation stopped", event.function_id,
-                            event.invocation_id)
+                            "gone, so its caller was told the invocation stopped (or, the engine itself gone, lost "
+                            "the call)", event.function_id, event.invocation_id)
                 return
             # With other invocations running, answers finished in the same turn leave in one write.
             await self._conn.send(frame, batch=self._invoking > 1, own=True)
