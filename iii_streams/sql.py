@@ -1187,6 +1187,9 @@ class SQLStream(FieldUpdates):
             return PoolExhaustedError(f"{where}: no database connection became free in time: {exc}")
         if isinstance(exc, OperationalError) and "database is locked" in str(exc):
             return StreamTimeoutError(f"{where}: SQLite stayed locked by another writer: {exc.orig}")
+        if isinstance(exc, OperationalError) and "database or disk is full" in str(exc):
+            # SQLITE_FULL: the database answered, and refused the write for want of room ("unreachable" misled)
+            return StreamBackendError(f"{where}: the database refused the write: {error_line(exc)}{self._named()}")
         if isinstance(exc, OperationalError | InterfaceError | DisconnectionError) or (
             isinstance(exc, DBAPIError) and exc.connection_invalidated
         ) or ((isinstance(exc, SQLAlchemyError) or _is_driver_error(exc)) and _not_connected(exc)) or (
