@@ -81,6 +81,13 @@ def _run(command: str, url: str, revision: str, shown: str) -> str:
     return f"migrated {shown} from {before or 'none'} to {after}"
 
 
+def _path_hint(url: str) -> str:
+    """The SQL store's hint for a SQLite file in a directory that does not exist (the store's own errors carry it)."""
+    from .sql import missing_directory_hint
+
+    return missing_directory_hint(url)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``iii-streams`` console script; returns the exit status.
 
@@ -112,7 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:  # the command line wants one readable line, not a traceback
         action = "migrate" if args.command == "migrate" else "read the revision of"
-        print(f"{PROG}: cannot {action} {mask_passwords(args.url)}: {error_line(exc)}", file=sys.stderr)
+        print(f"{PROG}: cannot {action} {mask_passwords(args.url)}: {error_line(exc)}{_path_hint(url)}",
+              file=sys.stderr)
         return 1
     return 0
 

@@ -724,6 +724,30 @@ SQLITE_THREAD_MISSING: tuple[str, ...] = () if _SQLITE_CONNECTION_THREAD is not 
 del _sqlite_core
 
 
+def missing_directory_hint(url: URL | str) -> str:
+    """For a SQLite file in a directory that does not exist: that, and for a relative path how to write the absolute
+    one (``sqlite:///tmp/x.db`` is ``tmp/x.db``, relative to the working directory); ``""`` otherwise.
+
+    Example:
+        >>> missing_directory_hint("sqlite+aiosqlite:///no/such/dir/x.db")  # doctest: +NORMALIZE_WHITESPACE
+        ' (directory no/such/dir does not exist; a relative path: use four slashes for an absolute one,
+        sqlite+aiosqlite:////no/such/dir/x.db)'
+        >>> missing_directory_hint("sqlite+aiosqlite://")
+        ''
+    """
+    url = make_url(url)
+    path = url.database
+    if not path or not url.get_backend_name() == "sqlite" or not _is_file_database(url):
+        return ""
+    directory = os.path.dirname(path)
+    if not directory or os.path.isdir(directory):
+        return ""
+    if os.path.isabs(path):
+        return f" (directory {directory} does not exist)"
+    absolute = _shown(url.set(database="/" + path))
+    return f" (directory {directory} does not exist; a relative path: use four slashes for an absolute one, {absolute})"
+
+
 def _sqlite_threads() -> set[threading.Thread]:
     """aiosqlite's connection threads running now (none when :data:`SQLITE_THREAD_MISSING` names what is missing).
 
@@ -1100,19 +1124,7 @@ class SQLStream(FieldUpdates):
         return f" ({self._database()}; {hint[2:-1]})" if hint else f" ({self._database()})"
 
     def _path_hint(self) -> str:
-        """For a SQLite file in a directory that does not exist: that, and for a relative path how to write the
-        absolute one (``sqlite:///tmp/x.db`` is ``tmp/x.db``, relative to the working directory)."""
-        path = self.engine.url.database
-        if self._pg or not path or not _is_file_database(self.engine.url):
-            return ""
-        directory = os.path.dirname(path)
-        if not directory or os.path.isdir(directory):
-            return ""
-        if os.path.isabs(path):
-            return f" (directory {directory} does not exist)"
-        absolute = _shown(self.engine.url.set(database="/" + path))
-        return (f" (directory {directory} does not exist; a relative path: use four slashes for an absolute one, "
-                f"{absolute})")
+        return "" if self._pg else missing_directory_hint(self.engine.url)
 
     def _read(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
         return self._connection(self._reader.connect, self._read_lock)
