@@ -254,6 +254,7 @@ class StreamSocketServer:
         self.join_triggers = join
         self.leave_triggers = leave
         self._server: Server | None = None
+        self._port: int | None = None  # the bound port, from the start on
         self._clients: set[_Client] = set()
         # (stream, group) -> the sockets with a subscription in it: an event is matched against those only
         self._watchers: dict[_GroupKey, set[_Client]] = {}
@@ -286,10 +287,9 @@ class StreamSocketServer:
     @property
     def port(self) -> int:
         """The bound port."""
-        if self._server is None:
+        if self._port is None:
             raise RuntimeError("the stream socket is not started")
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
+        return self._port
 
     @property
     def url(self) -> str:
@@ -320,6 +320,8 @@ class StreamSocketServer:
             # the module's stop closes every client (1001): one peer that never answers must not hold it for 10 s
             close_timeout=CLOSE_TIMEOUT_S,
             logger=logging.getLogger(f"{__name__}.websockets"))
+        # kept: the socket list empties once the server closes, and the module's url still names where it listened
+        self._port = int(self._server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
         """Stop listening, close every client (1001; reset past ``CLOSE_TIMEOUT_S``) and the event subscription."""

@@ -9,6 +9,7 @@ import asyncio
 import pytest
 
 from iii_engine import Engine
+from iii_engine.modules.stream.module import StreamModule
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.our_engine("our engine's own properties")]
 
@@ -24,3 +25,11 @@ async def test_the_url_is_kept_through_the_stop() -> None:
     assert (engine.url, engine.port) == (url, port)
     await stopping
     assert (engine.url, engine.port) == (url, port)
+
+
+async def test_the_stream_sockets_url_is_kept_through_the_stop() -> None:
+    async with Engine(port=0) as engine:
+        stream = engine.module("stream")
+        assert isinstance(stream, StreamModule)
+        url = stream.url
+    assert stream.url == url  # it raised IndexError once its server had closed
