@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from iii_streams import RedisStream, StreamClosedError
+from iii_streams import RedisStream
 from iii_streams.redis import KeyLayout
 from tests.services import require_redis
 
