@@ -518,8 +518,8 @@ class ClientSession:
 
     def trigger_registered(self, event: TriggerRequested, error: Any = None) -> str | None:
         """The answer to ``event`` (``error`` if the handler refused it), or ``None`` for an older connection."""
-        if error is None:
-            self._owned_triggers[event.trigger_id] = (event.function_id, event.config)
+        if error is not None:
+            self._owned_triggers.pop(event.trigger_id, None)  # refused: no unregister hook for it
         if event.generation != self.generation:
             return None
         return frames.trigger_registration_result(event.trigger_id, event.trigger_type, event.function_id,
@@ -612,7 +612,11 @@ class ClientSession:
         trigger_type = msg.get("trigger_type")
         function_id = str(msg.get("function_id", ""))
         if isinstance(trigger_type, str) and trigger_type in self._trigger_types:
-            return [TriggerRequested(trigger_id, trigger_type, function_id, msg.get("config"), self.generation)]
+            config = msg.get("config")
+            # known from the request on: an unregister that comes while the owner's register hook still runs (the
+            # engine lists the trigger before the owner's answer) gets its config, not None
+            self._owned_triggers[trigger_id] = (function_id, config)
+            return [TriggerRequested(trigger_id, trigger_type, function_id, config, self.generation)]
         error = {"code": "trigger_type_not_found", "message": "Trigger type not found"}
         return [Send(frames.trigger_registration_result(trigger_id, trigger_type, function_id, error=error))]
 

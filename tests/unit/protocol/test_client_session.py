@@ -204,6 +204,27 @@ def test_trigger_registration_for_an_owned_type() -> None:
         TriggerDropped("t1", "hook", "", None)]
 
 
+def test_an_unregister_during_the_register_hook_carries_the_config() -> None:
+    """The engine lists a trigger before its owner answers: an unregister then comes while the owner's register hook
+    still runs. Before, it carried no config (the hook got ``config=None``: ``TypeError`` in a hook reading it, CI)."""
+    session = ClientSession()
+    session.register_trigger_type("hook", "hooks")
+    connected(session)
+    [event] = session.receive(frame(type="registertrigger", id="t1", trigger_type="hook", function_id="f",
+                                    config={"k": 1}))
+    assert session.receive(frame(type="unregistertrigger", id="t1", trigger_type="hook")) == [
+        TriggerDropped("t1", "hook", "f", {"k": 1})]
+    session.trigger_registered(event)  # the hook returns after the unregister came: nothing is kept for it
+    assert session.receive(frame(type="unregistertrigger", id="t1", trigger_type="hook")) == [
+        TriggerDropped("t1", "hook", "", None)]
+    # a refused registration leaves nothing behind either
+    [refused] = session.receive(frame(type="registertrigger", id="t2", trigger_type="hook", function_id="f",
+                                      config={"k": 2}))
+    session.trigger_registered(refused, error={"code": "trigger_registration_failed", "message": "no"})
+    assert session.receive(frame(type="unregistertrigger", id="t2", trigger_type="hook")) == [
+        TriggerDropped("t2", "hook", "", None)]
+
+
 def test_trigger_registration_for_a_foreign_type_is_refused_at_once() -> None:
     session = ClientSession()
     [send] = session.receive(frame(type="registertrigger", id="t1", trigger_type="nope", function_id="f"))
