@@ -84,6 +84,33 @@ def route_request(target: str) -> Route:
     return (404, "Not Found\n")
 
 
+class BoundPort:
+    """The port a websockets server bound, from its start on and kept after its stop: the server's socket list
+    empties once it closes, and a url built from the port must still name where it listened.
+
+    Example:
+        >>> BoundPort("the listener").port
+        Traceback (most recent call last):
+        ...
+        RuntimeError: the listener is not started
+    """
+
+    def __init__(self, owner: str) -> None:
+        self._owner = owner
+        self._port: int | None = None
+
+    def take(self, server: Server) -> None:
+        """Record the port ``server`` listens on (the one the system picked, for port 0)."""
+        self._port = int(server.sockets[0].getsockname()[1])
+
+    @property
+    def port(self) -> int:
+        """The bound port; ``RuntimeError`` before the first start."""
+        if self._port is None:
+            raise RuntimeError(f"{self._owner} is not started")
+        return self._port
+
+
 class Listener:
     """Owns the websockets server; hands accepted connections to the control or channel handler."""
 
@@ -95,7 +122,7 @@ class Listener:
         self.relay = relay
         self._control = control
         self._server: Server | None = None
-        self._port: int | None = None  # the bound port, from the start on
+        self._bound = BoundPort("the listener")
         self._connection_class = server_factory() or ServerConnection
         # Every connection from its accept on, opening handshakes included: websockets' ``connections`` holds only
         # OPEN ones, and the stop must reach a peer stalled in its upgrade request too (weak: the transport and the
@@ -107,9 +134,7 @@ class Listener:
     @property
     def port(self) -> int:
         """The bound port (useful with port 0)."""
-        if self._port is None:
-            raise RuntimeError("the listener is not started")
-        return self._port
+        return self._bound.port
 
     async def start(self, *, serving: bool = True) -> None:
         """Bind and start accepting connections (with ``serving=False`` only bind: connections are refused until
@@ -130,9 +155,7 @@ class Listener:
             process_response=self._process_response,
             logger=logging.getLogger(f"{__name__}.websockets"),
         )
-        # kept: the socket list empties once the port closes (the stop's first step), and the engine's url and
-        # port still name where it listened
-        self._port = int(self._server.sockets[0].getsockname()[1])
+        self._bound.take(self._server)  # the engine's url and port still name it during and after the stop
 
     def _connection(self, *args: Any, **kwargs: Any) -> ServerConnection:
         connection = self._connection_class(*args, **kwargs)

@@ -58,6 +58,7 @@ from iii_streams.events import StreamEvent, now_ms
 
 from ...closing import CLOSE_TIMEOUT_S, close_within
 from ...limits import SKIP_LOG_INTERVAL_S
+from ...server import BoundPort
 from ..base import EngineError, EngineServices
 from .api import StreamFunctions
 from .settings import DEFAULT_CLIENT_QUEUE_BYTES, DEFAULT_SLOW_CLOSE_TIMEOUT_MS, SocketSettings
@@ -254,7 +255,7 @@ class StreamSocketServer:
         self.join_triggers = join
         self.leave_triggers = leave
         self._server: Server | None = None
-        self._port: int | None = None  # the bound port, from the start on
+        self._bound = BoundPort("the stream socket")
         self._clients: set[_Client] = set()
         # (stream, group) -> the sockets with a subscription in it: an event is matched against those only
         self._watchers: dict[_GroupKey, set[_Client]] = {}
@@ -287,9 +288,7 @@ class StreamSocketServer:
     @property
     def port(self) -> int:
         """The bound port."""
-        if self._port is None:
-            raise RuntimeError("the stream socket is not started")
-        return self._port
+        return self._bound.port
 
     @property
     def url(self) -> str:
@@ -320,8 +319,7 @@ class StreamSocketServer:
             # the module's stop closes every client (1001): one peer that never answers must not hold it for 10 s
             close_timeout=CLOSE_TIMEOUT_S,
             logger=logging.getLogger(f"{__name__}.websockets"))
-        # kept: the socket list empties once the server closes, and the module's url still names where it listened
-        self._port = int(self._server.sockets[0].getsockname()[1])
+        self._bound.take(self._server)  # the module's url still names it after the stop
 
     async def close(self) -> None:
         """Stop listening, close every client (1001; reset past ``CLOSE_TIMEOUT_S``) and the event subscription."""
