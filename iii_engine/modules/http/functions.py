@@ -24,7 +24,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import aiohttp
@@ -32,6 +32,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from multidict import CIMultiDict
 from yarl import URL
 
+from iii._cli import mask_passwords
 from iii.wire import dumps, loads
 
 from ...channels import DEFAULT_MAX_MESSAGE_SIZE
@@ -66,9 +67,14 @@ class HttpFunctionsSettings(Settings):
 class HttpFunction:
     """A registered HTTP-invoked function, with its secret already resolved.
 
+    ``url`` is where requests go; logs, errors and the repr show :attr:`shown_url`, and never the headers (an API
+    key or a signature often rides in the query, a token in a header).
+
     Example:
         >>> HttpFunction("f", "https://x.example/h").method
         'POST'
+        >>> HttpFunction("f", "https://x.example/h?api_key=s3cret", headers=(("X-Api-Key", "k3y"),))
+        HttpFunction('f', 'https://x.example/h?api_key=***', method='POST', timeout_ms=30000, owner_worker_id=None)
     """
 
     function_id: str
@@ -76,8 +82,17 @@ class HttpFunction:
     method: str = "POST"
     timeout_ms: int = DEFAULT_TIMEOUT_MS
     headers: tuple[tuple[str, str], ...] = ()
-    auth: ResolvedAuth | None = field(default=None, repr=False)
+    auth: ResolvedAuth | None = None
     owner_worker_id: str | None = None
+
+    @property
+    def shown_url(self) -> str:
+        """:attr:`url` with its password and secret-looking query values masked (:func:`mask_passwords`)."""
+        return mask_passwords(self.url)
+
+    def __repr__(self) -> str:
+        return (f"HttpFunction({self.function_id!r}, {self.shown_url!r}, method={self.method!r}, "
+                f"timeout_ms={self.timeout_ms}, owner_worker_id={self.owner_worker_id!r})")
 
 
 def parse_invocation(function_id: str, raw: Any, env: Mapping[str, str], owner: str | None = None) -> HttpFunction:
@@ -167,9 +182,15 @@ def _client_url(rules: UrlRules, url: str) -> URL:
     return target
 
 
+def _failure(code: str, message: str) -> EngineError:
+    """An error whose message may quote the endpoint's URL, itself or inside the HTTP client's text (aiohttp's
+    response errors end with ``url=...``): it travels back to the caller and into logs, so secrets are masked."""
+    return EngineError(code, mask_passwords(message))
+
+
 def _rejected(exc: UrlRejected) -> EngineError:
     """``url_validation_failed`` with production's message first, then what exactly was wrong."""
-    return EngineError("url_validation_failed", f"{exc}: {exc.detail}" if exc.detail else str(exc))
+    return _failure("url_validation_failed", f"{exc}: {exc.detail}" if exc.detail else str(exc))
 
 
 # Each part of an error chain, at most: a parser's message can quote what it choked on (8 KiB of a header line).
@@ -263,7 +284,7 @@ class HttpFunctionsModule(EngineModule):
         except UrlRejected as exc:
             raise _rejected(exc) from None
         self._endpoints[(function_id, owner_worker_id)] = function
-        log.info("HTTP-invoked function %s -> %s %s", function_id, function.method, function.url)
+        log.info("HTTP-invoked function %s -> %s %s", function_id, function.method, function.shown_url)
 
         async def handler(data: Any, ctx: InvocationContext) -> Any:
             # this registration's own endpoint, also once another owner's registration of the id came and went
@@ -271,7 +292,7 @@ class HttpFunctionsModule(EngineModule):
                 raise EngineError("function_not_found", f"Function {function_id} not found")
             return await self._call(function, data)
 
-        return BuiltinFunction(function_id, handler, description=f"HTTP {function.method} {function.url}")
+        return BuiltinFunction(function_id, handler, description=f"HTTP {function.method} {function.shown_url}")
 
     def unregister_external(self, function_id: str, owner_worker_id: str | None) -> None:
         """Forget ``owner_worker_id``'s HTTP-invoked registration of ``function_id`` (its worker left, it was
@@ -308,36 +329,38 @@ class HttpFunctionsModule(EngineModule):
                 try:
                     raw = await self._read_bounded(function, response)
                 except TimeoutError:
-                    raise EngineError("http_response_failed",
-                                      f"the response of {function.url} did not arrive whole within "
-                                      f"{function.timeout_ms} ms") from None
+                    raise _failure("http_response_failed", f"the response of {function.url} did not arrive whole "
+                                                           f"within {function.timeout_ms} ms") from None
                 except aiohttp.ClientError as exc:
-                    raise EngineError("http_response_failed",
-                                      f"reading the response of {function.url} failed: {_chain(exc)}") from None
+                    raise _failure("http_response_failed",
+                                   f"reading the response of {function.url} failed: {_chain(exc)}") from None
                 return self._result(function, response.status, response.reason, raw)
         except TimeoutError:
-            raise EngineError("http_request_failed",
-                              f"request to {function.url} timed out after {function.timeout_ms} ms") from None
+            raise _failure("http_request_failed",
+                           f"request to {function.url} timed out after {function.timeout_ms} ms") from None
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, _Refused):
                 raise _rejected(exc.os_error.rejected) from None
-            raise EngineError("http_request_failed", f"request to {function.url} failed: {_chain(exc)}") from None
+            raise _failure("http_request_failed", f"request to {function.url} failed: {_chain(exc)}") from None
         except aiohttp.ClientError as exc:
-            raise EngineError("http_request_failed", f"request to {function.url} failed: {_chain(exc)}") from None
+            raise _failure("http_request_failed", f"request to {function.url} failed: {_chain(exc)}") from None
 
     async def _read_bounded(self, function: HttpFunction, response: aiohttp.ClientResponse) -> bytes:
         """The whole body, or ``http_response_failed`` as soon as it is known to exceed the bound."""
         limit = self.max_response_bytes
-        too_big = EngineError("http_response_failed",
-                              f"response of {function.url} is larger than {limit} bytes; not read")
+
+        def too_big() -> EngineError:
+            return _failure("http_response_failed",
+                            f"response of {function.url} is larger than {limit} bytes; not read")
+
         declared = response.content_length
         if declared is not None and declared > limit and not response.headers.get("Content-Encoding"):
-            raise too_big
+            raise too_big()
         raw = bytearray()
         async for chunk in response.content.iter_chunked(_READ_CHUNK):
             raw += chunk
             if len(raw) > limit:  # counted after decompression, so a compressed bomb stops here too
-                raise too_big
+                raise too_big()
         return bytes(raw)
 
     def _headers(self, function: HttpFunction, body: bytes) -> CIMultiDict[str]:
@@ -362,8 +385,7 @@ class HttpFunctionsModule(EngineModule):
                 return loads(raw)
             except ValueError:
                 snippet = raw[:80].decode("utf-8", "replace")
-                raise EngineError("invalid_response",
-                                  f"response of {function.url} is not JSON: {snippet!r}") from None
+                raise _failure("invalid_response", f"response of {function.url} is not JSON: {snippet!r}") from None
         try:
             parsed = loads(raw) if raw.strip() else None
         except ValueError:
