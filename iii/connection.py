@@ -270,37 +270,34 @@ def not_an_engine(exc: BaseException) -> str | None:
     return None
 
 
-def _path_hint(url: str, exc: BaseException) -> str:
-    """For a 404 at a URL with a path: that an engine's worker port answers at ``/`` (an engine reached at a wrong
-    path answers 404 too, which alone read as "not an engine").
+def _failure_hint(url: str, exc: BaseException) -> str:
+    """What ``url`` may have wrong, given how an attempt at it failed, or ``""``; each hint is worded for the
+    message its failure ends in.
+
+    - A 404 at a URL with a path (ends the "did not answer as an iii engine" message): an engine's worker port answers
+      at ``/``, and an engine reached at a wrong path answers 404 too, which alone read as "not an engine".
+    - A ``wss://`` URL whose TLS handshake the server cut or refused (ends the retried failure's message): the server
+      may not speak TLS; the error said only "ConnectionResetError", 30 s long.
 
     Example:
         >>> from websockets.http11 import Response
         >>> from websockets.datastructures import Headers
-        >>> _path_hint("ws://h:49134/ws", InvalidStatus(Response(404, "Not Found", Headers())))
+        >>> _failure_hint("ws://h:49134/ws", InvalidStatus(Response(404, "Not Found", Headers())))
         "; an engine's worker port answers at the path /, this URL asks for '/ws'"
-        >>> _path_hint("ws://h:49134", InvalidStatus(Response(404, "Not Found", Headers())))
+        >>> _failure_hint("ws://h:49134", InvalidStatus(Response(404, "Not Found", Headers())))
         ''
-    """
-    path = urlsplit(url).path
-    if not isinstance(exc, InvalidStatus) or exc.response.status_code != 404 or path in ("", "/"):
-        return ""
-    return f"; an engine's worker port answers at the path /, this URL asks for {path!r}"
-
-
-def _tls_hint(url: str, exc: BaseException) -> str:
-    """For a ``wss://`` URL whose TLS handshake the server cut or refused: that it may not speak TLS (a server that
-    does not reset the connection at the TLS hello; the error said only "ConnectionResetError", 30 s long).
-
-    Example:
-        >>> _tls_hint("wss://h:49134", ConnectionResetError())
+        >>> _failure_hint("wss://h:49134", ConnectionResetError())
         ' (a wss:// URL: does the server speak TLS? The engine serves ws:// unless a TLS proxy fronts it)'
-        >>> _tls_hint("ws://h:49134", ConnectionResetError())
+        >>> _failure_hint("ws://h:49134", ConnectionResetError())
         ''
     """
-    if not url.lower().startswith("wss://") or not isinstance(exc, ConnectionResetError | ssl.SSLError):
-        return ""
-    return " (a wss:// URL: does the server speak TLS? The engine serves ws:// unless a TLS proxy fronts it)"
+    if isinstance(exc, InvalidStatus):
+        path = urlsplit(url).path
+        if exc.response.status_code == 404 and path not in ("", "/"):
+            return f"; an engine's worker port answers at the path /, this URL asks for {path!r}"
+    elif url.lower().startswith("wss://") and isinstance(exc, ConnectionResetError | ssl.SSLError):
+        return " (a wss:// URL: does the server speak TLS? The engine serves ws:// unless a TLS proxy fronts it)"
+    return ""
 
 
 def _describe(exc: BaseException) -> str:
@@ -1033,7 +1030,8 @@ class Connection:
                 # for an answer no engine gives at a URL that never had one: register_worker then retried it for its
                 # whole 30 s wait and said only "cannot reach the engine".
                 self._failures += 1
-                hint = _tls_hint(self.url, exc)
+                # one hint serves both messages below: a TLS failure is never not_an_engine, a 404 always is
+                hint = _failure_hint(self.url, exc)
                 self._last_error = _describe(exc) + hint
                 why = not_an_engine(exc)
                 if why is None:
@@ -1047,7 +1045,6 @@ class Connection:
                     tries = (1 if isinstance(exc, InvalidStatus) and exc.response.status_code != 404
                              else NOT_AN_ENGINE_TRIES)
                     if not self._ever_connected and self._not_engine_in_a_row >= tries:
-                        hint = _path_hint(self.url, exc)
                         self._not_an_engine = f"{self.url} did not answer as an iii engine: {why}{hint}"
                         log.error("%s; not retrying", self._not_an_engine)
                         self._give_up()
