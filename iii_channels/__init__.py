@@ -21,33 +21,41 @@ Example:
     b'hello\\n'
 """
 
-from __future__ import annotations
+from importlib import import_module as _import_module
+from sys import modules as _modules
+from types import ModuleType as _ModuleType
 
-from iii._version import __version__ as __version__
+# Each public name is imported on first use (PEP 562): ``iii-channel`` imports this package before it can handle a
+# Ctrl-C, and the channel layer's imports take a few hundred milliseconds. Not ``typing.TYPE_CHECKING``: ``typing``
+# alone takes milliseconds to import; type checkers read this name as that one.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from iii._version import __version__ as __version__
 
-from .errors import (
-    ChannelAbortedError,
-    ChannelClosedError,
-    ChannelConnectionError,
-    ChannelError,
-    ChannelExpiredError,
-    ChannelIdleError,
-    ChannelInUseError,
-    ChannelLoopError,
-    ChannelNotFoundError,
-    IncompleteReadError,
-    IntegrityError,
-    LimitExceededError,
-    ProcessError,
-    ReaderGoneError,
-)
-from .files import FileReceipt, receive_file, send_file
-from .integrity import Digest
-from .pipes import copy, from_fd, from_iterable, from_process, from_stream, to_fd, to_process, to_stream
-from .progress import ProgressBar, ProgressCallback
-from .sink import ChannelSink, sink
-from .source import ChannelSource, source
-from .trees import TreeReceipt, receive_dir, send_dir, send_files
+    from .errors import (
+        ChannelAbortedError,
+        ChannelClosedError,
+        ChannelConnectionError,
+        ChannelError,
+        ChannelExpiredError,
+        ChannelIdleError,
+        ChannelInUseError,
+        ChannelLoopError,
+        ChannelNotFoundError,
+        IncompleteReadError,
+        IntegrityError,
+        LimitExceededError,
+        ProcessError,
+        ReaderGoneError,
+    )
+    from .files import FileReceipt, receive_file, send_file
+    from .integrity import Digest
+    from .pipes import copy, from_fd, from_iterable, from_process, from_stream, to_fd, to_process, to_stream
+    from .progress import ProgressBar, ProgressCallback
+    from .sink import ChannelSink, sink
+    from .source import ChannelSource, source
+    from .trees import TreeReceipt, receive_dir, send_dir, send_files
+del TYPE_CHECKING
 
 __all__ = [
     "ChannelAbortedError",
@@ -87,3 +95,39 @@ __all__ = [
     "to_process",
     "to_stream",
 ]
+
+_FROM = {"__version__": "iii._version", "ChannelAbortedError": ".errors", "ChannelClosedError": ".errors",
+         "ChannelConnectionError": ".errors", "ChannelError": ".errors", "ChannelExpiredError": ".errors",
+         "ChannelIdleError": ".errors", "ChannelInUseError": ".errors", "ChannelLoopError": ".errors",
+         "ChannelNotFoundError": ".errors", "IncompleteReadError": ".errors", "IntegrityError": ".errors",
+         "LimitExceededError": ".errors", "ProcessError": ".errors", "ReaderGoneError": ".errors",
+         "FileReceipt": ".files", "receive_file": ".files", "send_file": ".files", "Digest": ".integrity",
+         "copy": ".pipes", "from_fd": ".pipes", "from_iterable": ".pipes", "from_process": ".pipes",
+         "from_stream": ".pipes", "to_fd": ".pipes", "to_process": ".pipes", "to_stream": ".pipes",
+         "ProgressBar": ".progress", "ProgressCallback": ".progress", "ChannelSink": ".sink", "sink": ".sink",
+         "ChannelSource": ".source", "source": ".source", "TreeReceipt": ".trees", "receive_dir": ".trees",
+         "send_dir": ".trees", "send_files": ".trees"}
+
+
+def __getattr__(name: str) -> object:
+    if name not in _FROM:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = globals()[name] = getattr(_import_module(_FROM[name], __name__), name)
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_FROM})
+
+
+class _Package(_ModuleType):
+    """This package's module type: the import of the submodule ``sink`` or ``source`` binds it here as an attribute,
+    which would hide the function of that name (``iii_channels.sink(writer)``) from then on."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in _FROM and isinstance(value, _ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+_modules[__name__].__class__ = _Package

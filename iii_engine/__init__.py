@@ -6,11 +6,34 @@ Example:
     ...         print(engine.url)
 """
 
-from iii._version import __version__ as __version__
+from importlib import import_module as _import_module
 
-from .config import ConfigError, EngineConfig, load_config, parse_config
-from .engine import Engine
-from .modules.base import EngineStartError, ModuleSpec, ModuleStartError
+# Each public name is imported on first use (PEP 562): ``iii-engine`` imports this package before it can handle a
+# Ctrl-C, and the engine's imports take a few hundred milliseconds. Not ``typing.TYPE_CHECKING``: ``typing`` alone
+# takes milliseconds to import; type checkers read this name as that one.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from iii._version import __version__ as __version__
+
+    from .config import ConfigError, EngineConfig, load_config, parse_config
+    from .engine import Engine
+    from .modules.base import EngineStartError, ModuleSpec, ModuleStartError
+del TYPE_CHECKING
 
 __all__ = ["ConfigError", "Engine", "EngineConfig", "EngineStartError", "ModuleSpec", "ModuleStartError", "load_config",
            "parse_config"]
+
+_FROM = {"__version__": "iii._version", "ConfigError": ".config", "EngineConfig": ".config",
+         "load_config": ".config", "parse_config": ".config", "Engine": ".engine", "EngineStartError": ".modules.base",
+         "ModuleSpec": ".modules.base", "ModuleStartError": ".modules.base"}
+
+
+def __getattr__(name: str) -> object:
+    if name not in _FROM:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = globals()[name] = getattr(_import_module(_FROM[name], __name__), name)
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_FROM})

@@ -15,33 +15,35 @@ Example:
     {'done': False}
 """
 
-from __future__ import annotations
+from importlib import import_module as _import_module
 
-from typing import TYPE_CHECKING, Any
-
-from iii._version import __version__ as __version__
-
-from .base import DEFAULT_TIMEOUT, Backend
-from .errors import (
-    PoolExhaustedError,
-    SchemaMissingError,
-    StreamBackendError,
-    StreamClosedError,
-    StreamDataError,
-    StreamError,
-    StreamTimeoutError,
-    StreamUnavailableError,
-    UpdateConflictError,
-)
-from .events import EventFilter, StreamEvent, StreamGapError, StreamLagError, Watch
-from .memory import MemoryStream
-from .messages import missing_extra
-from .ops import apply_ops, apply_update
-from .urls import open_stream
-
+# Each public name is imported on first use (PEP 562): ``iii-streams`` imports this package before it can handle a
+# Ctrl-C, and the optional dependencies (redis, sqlalchemy) load only when their backend is asked for. Not
+# ``typing.TYPE_CHECKING``: ``typing`` alone takes milliseconds to import; type checkers read this name as that one.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from iii._version import __version__ as __version__
+
+    from .base import DEFAULT_TIMEOUT, Backend
+    from .errors import (
+        PoolExhaustedError,
+        SchemaMissingError,
+        StreamBackendError,
+        StreamClosedError,
+        StreamDataError,
+        StreamError,
+        StreamTimeoutError,
+        StreamUnavailableError,
+        UpdateConflictError,
+    )
+    from .events import EventFilter, StreamEvent, StreamGapError, StreamLagError, Watch
+    from .memory import MemoryStream
+    from .messages import missing_extra as missing_extra
+    from .ops import apply_ops, apply_update
     from .redis import RedisStream
     from .sql import SQLStream
+    from .urls import open_stream
+del TYPE_CHECKING
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -68,17 +70,24 @@ __all__ = [
     "open_stream",
 ]
 
+_FROM = {"__version__": "iii._version", "DEFAULT_TIMEOUT": ".base", "Backend": ".base", "PoolExhaustedError": ".errors",
+         "SchemaMissingError": ".errors", "StreamBackendError": ".errors", "StreamClosedError": ".errors",
+         "StreamDataError": ".errors", "StreamError": ".errors", "StreamTimeoutError": ".errors",
+         "StreamUnavailableError": ".errors", "UpdateConflictError": ".errors", "EventFilter": ".events",
+         "StreamEvent": ".events", "StreamGapError": ".events", "StreamLagError": ".events", "Watch": ".events",
+         "MemoryStream": ".memory", "missing_extra": ".messages", "apply_ops": ".ops", "apply_update": ".ops",
+         "open_stream": ".urls", "RedisStream": ".redis", "SQLStream": ".sql"}
 
-def __getattr__(name: str) -> Any:
-    # optional dependencies (redis, sqlalchemy) load only when their backend is asked for
-    if name == "RedisStream":
-        with missing_extra(name):
-            from .redis import RedisStream
 
-            return RedisStream
-    if name == "SQLStream":
-        with missing_extra(name):
-            from .sql import SQLStream
+def __getattr__(name: str) -> object:
+    if name not in _FROM:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from .messages import missing_extra as missing_extra
 
-            return SQLStream
-    raise AttributeError(f"module 'iii_streams' has no attribute {name!r}")
+    with missing_extra(name):  # a backend whose optional package is missing names the extra that installs it
+        value = globals()[name] = getattr(_import_module(_FROM[name], __name__), name)
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_FROM})

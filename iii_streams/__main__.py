@@ -1,6 +1,16 @@
 """``python -m iii_streams`` = ``iii-streams``."""
 
-from .cli import main
+
+def main() -> int:
+    """Entry point of the ``iii-streams`` console script (:func:`iii_streams.cli.main`): a Ctrl-C before the
+    command handles it, during the imports included, exits with status 130 and no traceback."""
+    try:
+        from .cli import main as run
+
+        return run()
+    except KeyboardInterrupt:
+        return 130
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,0 +1,127 @@
+"""A Ctrl-C at any moment of a console script's start ends it with status 130 (or its usual clean stop, or death by
+SIGINT before the interpreter handles it) and at most one line: never a ``KeyboardInterrupt`` traceback.
+
+Before: the console scripts named ``<package>.cli:main``, so the scripts imported the package and its CLI (a few
+hundred milliseconds) before anything could catch the interrupt, and a Ctrl-C in that time printed a 20-40 line
+traceback through our imports.
+
+Each script runs as ``pyproject.toml`` declares it, in the wrapper pip writes for it. The SIGINT is sent once the
+child's import trace (``PYTHONPROFILEIMPORTTIME``) reports a given module loaded, so every phase is reached however
+loaded the machine, then at fixed delays after the spawn. Two moments are no code of ours and are let pass: the
+interpreter's own start-up (``Fatal Python error: init_…``) and the wrapper's ``import re`` before it imports us.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tests.packaging.helpers import ROOT
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+# pip's console-script wrapper (distlib's template)
+_WRAPPER = """\
+# -*- coding: utf-8 -*-
+import re
+import sys
+from {module} import {function}
+if __name__ == '__main__':
+    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])
+    sys.exit({function}())
+"""
+_PACKAGES = ("iii_engine", "iii_channels", "iii_streams")
+# where the interrupt comes: once these modules are imported (the SDK, a dependency, the CLI), then after delays
+_CHECKPOINTS = {"iii-engine": ("iii", "websockets", "iii_engine.engine", "iii_engine.cli"),
+                "iii-channel": ("iii", "websockets", "iii_channels.cli"),
+                "iii-streams": ("iii", "iii_streams.cli", "sqlalchemy")}
+_DELAYS_S = (0.0, 0.02, 0.05, 0.1, 0.2)
+
+
+def _arguments(name: str, tmp: Path) -> list[str]:
+    if name == "iii-engine":
+        return ["--port", "0"]
+    if name == "iii-channel":  # a serve waiting for an engine that is not there
+        return ["serve", "--function", "ctrl::c", "--out", str(tmp), "--engine", "ws://127.0.0.1:9",
+                "--connect-timeout", "20", "--progress", "never"]
+    return ["migrate", f"sqlite+aiosqlite:///{tmp}/streams.db"]
+
+
+def _wrapper(name: str, tmp: Path) -> Path:
+    entry = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"][name]
+    module, _, function = entry.partition(":")
+    script = tmp / name
+    script.write_text(_WRAPPER.format(module=module, function=function), encoding="utf-8")
+    return script
+
+
+def _default_sigint() -> None:
+    # a parent without job control (a CI shell) may have SIGINT ignored, which its children inherit
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _interrupted(argv: list[str], tmp: Path, *, after_module: str | None = None, delay_s: float = 0.0) -> tuple[
+        int, str]:
+    """Run ``argv``, send SIGINT once ``after_module`` is imported (else ``delay_s`` after the spawn); returns the
+    exit status and stderr without the import trace."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONPROFILEIMPORTTIME": "1"}
+    child = subprocess.Popen(argv, cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, preexec_fn=_default_sigint)
+    assert child.stderr is not None
+    lines: list[bytes] = []
+    try:
+        if after_module is None:
+            time.sleep(delay_s)  # the point is a moment in the child's start that nothing marks
+        else:
+            for line in child.stderr:
+                lines.append(line)
+                if line.rpartition(b"|")[2].strip() == after_module.encode():
+                    break
+            else:
+                pytest.fail(f"{argv[1]} ended before importing {after_module}: {b''.join(lines)[-2000:]!r}")
+        child.send_signal(signal.SIGINT)
+        lines.extend(child.stderr)
+        status = child.wait(timeout=20)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        child.stderr.close()
+    text = b"".join(lines).decode(errors="replace")
+    return status, "".join(line for line in text.splitlines(keepends=True) if not line.startswith("import time:"))
+
+
+def _check(name: str, status: int, stderr: str, moment: str) -> None:
+    where = f"{name}, SIGINT {moment}: status {status}, stderr:\n{stderr[-3000:]}"
+    if stderr.startswith("Fatal Python error: init_") or (
+            "Traceback" in stderr and not any(p in stderr for p in _PACKAGES) and f"{ROOT}{os.sep}iii{os.sep}"
+            not in stderr):
+        return  # the interpreter's start-up or the wrapper's own imports: no code of ours runs yet
+    assert "Traceback" not in stderr, where
+    assert status in (0, 130, -signal.SIGINT), where
+    if status != 0:  # a clean stop may log as usual; an interrupted start says one line at most
+        assert len(stderr.splitlines()) <= 1, where
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("name", ["iii-engine", "iii-channel", "iii-streams"])
+def test_ctrl_c_during_the_start_is_one_line_at_most(name: str, tmp_path: Path) -> None:
+    argv = [sys.executable, str(_wrapper(name, tmp_path))]
+    args = _arguments(name, tmp_path)
+    interrupted_in_our_code = 0
+    for module in _CHECKPOINTS[name]:
+        status, stderr = _interrupted([*argv, *args], tmp_path, after_module=module)
+        _check(name, status, stderr, f"after importing {module}")
+        interrupted_in_our_code += status == 130
+    for delay_s in _DELAYS_S:
+        status, stderr = _interrupted([*argv, *args], tmp_path, delay_s=delay_s)
+        _check(name, status, stderr, f"{delay_s * 1000:.0f} ms after the spawn")
+    # the checkpoints lie inside the start's imports: the interrupt must have ended them, not been missed
+    assert interrupted_in_our_code >= 1
