@@ -219,10 +219,12 @@ def _as_ref(ref: StreamChannelRef | dict[str, Any]) -> StreamChannelRef:
     return ref if isinstance(ref, StreamChannelRef) else StreamChannelRef.model_validate(ref)
 
 
-async def _connect(url: str, channel_id: str) -> WebSocketEnd:
+async def _connect(url: str, channel_id: str, receives_data: bool = True) -> WebSocketEnd:
+    """A channel end's socket; ``receives_data``: false for a writer's (:func:`iii.ws_fastpath.client_factory`)."""
     try:
         options = _TLS_CONNECT_OPTIONS if url[:6].lower() == "wss://" else _CONNECT_OPTIONS
-        return WebSocketEnd(await websockets.connect(url, create_connection=ws_fastpath.client_factory(), **options))
+        factory = ws_fastpath.client_factory(receives_data)
+        return WebSocketEnd(await websockets.connect(url, create_connection=factory, **options))
     except InvalidStatus as exc:
         status = exc.response.status_code
         if status == 404:
@@ -911,7 +913,7 @@ class ChannelWriter:
     async def _ensure_connected(self) -> WebSocketEnd:
         while self._end is None:
             if self._connecting is None:
-                self._connecting = asyncio.ensure_future(_connect(self._url, self._channel_id))
+                self._connecting = asyncio.ensure_future(_connect(self._url, self._channel_id, False))
                 self._connecting.add_done_callback(self._connected)
             # Shielded: a caller cancelled while connecting leaves the socket to another one waiting for it (an
             # abort). When nobody else waits, the connect goes with its caller: a socket left attached and never
