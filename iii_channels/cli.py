@@ -4,6 +4,7 @@ Usage::
 
     iii-channel serve --function files::receive --out DIR|FILE|-   # a worker that stores what it receives
                       [--overwrite]                              # replace existing files in DIR (default: refuse)
+                      [--replace]                                # take the function over from the worker serving it
                       [--idle-timeout SECONDS]                   # fail a sender silent this long (default: 300)
     iii-channel send FILE|- --to files::receive                    # sends, prints the receipt as JSON
                      [--allow-unverified]                        # accept an answer without "verified": true
@@ -26,14 +27,17 @@ Progress bars go to stderr only: ``--progress auto`` (default) draws one when st
 also prints plain progress lines when it is not, ``never`` is silent. Stdout carries only data (``serve --out
 -``) or the final JSON receipt (``send``). A first connection refused is said at once where progress would be
 (``iii-channel: waiting up to 10 s for the engine at URL (why)``); ``serve`` says ``serving FUNCTION again`` once its
-function is back on an engine that was away. Exit status: 0 on success (and for ``serve`` stopped by SIGTERM or
-SIGINT), 130 for ``send`` interrupted by SIGINT (one line ``iii-channel: send: interrupted``), 143 for ``send``
-stopped by SIGTERM (handled as SIGINT is: the upload aborted, so a reader hears ``ChannelAbortedError`` on our
-engine, and the client shut down; one line ``iii-channel: send: terminated``; a second SIGTERM ends it at once),
-1 on a failed transfer (an unconfirmed one included) or an engine that cannot be reached within
-``--connect-timeout`` (one line ``iii-channel: error: cannot reach the engine at URL …``), 2 on bad usage. Paths
-are checked before connecting: ``send`` of a directory or a missing file and ``serve --out`` into a missing
-directory fail at once.
+function is back on an engine that was away. ``serve`` of a function another worker serves refuses to start
+(``iii-channel: error: function F is served by worker ID (NAME); stop it, or pass --replace to take it over``, status
+1): the engine keeps one worker per function id, the last to register it, so a second ``serve`` would take every
+transfer from the first without a word. With ``--replace`` it takes the function over and says from which worker.
+Exit status: 0 on success (and for ``serve`` stopped by SIGTERM or SIGINT), 130 for ``send`` interrupted by SIGINT (one
+line ``iii-channel: send: interrupted``), 143 for ``send`` stopped by SIGTERM (handled as SIGINT is: the upload aborted,
+so a reader hears ``ChannelAbortedError`` on our engine, and the client shut down; one line ``iii-channel: send:
+terminated``; a second SIGTERM ends it at once), 1 on a failed transfer (an unconfirmed one included) or an engine that
+cannot be reached within ``--connect-timeout`` (one line ``iii-channel: error: cannot reach the engine at URL …``), 2 on
+bad usage. Paths are checked before connecting: ``send`` of a directory or a missing file and ``serve --out`` into a
+missing directory fail at once.
 
 Example:
     >>> build_parser().parse_args(["send", "-", "--to", "x", "--engine", "ws://h:1"]).engine
@@ -62,6 +66,7 @@ from iii._cli import OneLineParser, mask_passwords
 from iii.channels import ChannelReader, ChannelWriter
 from iii.connection import check_url
 from iii.iii import III
+from iii.iii_types import WorkerInfo
 
 from .files import (
     _release_writer,
@@ -185,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--idle-timeout", type=_seconds, default=DEFAULT_IDLE_TIMEOUT_S, metavar="SECONDS",
                        help="fail a transfer whose sender sends nothing this long; with --out - the next sender "
                             f"waits at most this long behind a stalled one (default {DEFAULT_IDLE_TIMEOUT_S:g})")
+    serve.add_argument("--replace", action="store_true",
+                       help="take the function over from the worker that serves it (which then gets no more "
+                            "transfers); default: refuse to start, naming that worker")
     return parser
 
 
@@ -635,6 +643,29 @@ async def _store(reader: ChannelReader, data: dict[str, Any], out: str, progress
             "verified": receipt.verified}
 
 
+def _holder(workers: list[WorkerInfo], function_id: str, me: str | None) -> WorkerInfo | None:
+    """The connected worker other than ``me`` that serves ``function_id`` (the engine keeps one per id: the last to
+    register it).
+
+    Example:
+        >>> from iii import WorkerInfo
+        >>> other = WorkerInfo(id="w1", name="host:41", status="connected", connected_at_ms=0, function_count=1,
+        ...                    functions=["files::receive"], active_invocations=0)
+        >>> _holder([other], "files::receive", me="w2").id, _holder([other], "files::receive", me="w1")
+        ('w1', None)
+    """
+    return next((worker for worker in workers
+                 if function_id in worker.functions and worker.id != me and worker.status != "disconnected"), None)
+
+
+def _worker(worker: WorkerInfo) -> str:
+    return f"{worker.id} ({worker.name})" if worker.name else worker.id
+
+
+def _served_by(function_id: str, worker: WorkerInfo) -> str:
+    return f"function {function_id} is served by worker {_worker(worker)}"
+
+
 async def _serve(args: argparse.Namespace) -> int:
     url = _engine(args)
     loop = asyncio.get_running_loop()
@@ -670,10 +701,23 @@ async def _serve(args: argparse.Namespace) -> int:
 
     async def start() -> bool:
         await _connect(client, args)
+        holder = _holder(await client.list_workers_async(), args.function, client.worker_id)
+        if holder is not None and not args.replace:
+            raise _Refused(f"{_served_by(args.function, holder)}; stop it, or pass --replace to take it over")
         client.register_function(args.function, handler)
         # A round trip on the control socket: the engine handles frames in order, so once this answers the
         # registration is live and a sender started now will find the function.
-        return args.function in {f.function_id for f in await client.list_functions_async()}
+        me = client.worker_id
+        if me is None:  # an engine that never named this connection: which worker is this one is unknown
+            return args.function in {f.function_id for f in await client.list_functions_async()}
+        workers = await client.list_workers_async()
+        winner = _holder(workers, args.function, me)
+        if winner is not None:  # another serve registered it since the check above: the engine keeps the last
+            raise _Refused(f"{_served_by(args.function, winner)} (it registered just after this serve)")
+        if holder is not None:
+            print(f"iii-channel: took {args.function} over from worker {_worker(holder)}", file=sys.stderr,
+                  flush=True)
+        return any(args.function in worker.functions for worker in workers if worker.id == me)
 
     starting = asyncio.ensure_future(start())
     stopping = asyncio.ensure_future(stop.wait())

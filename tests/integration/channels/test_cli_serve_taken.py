@@ -1,0 +1,88 @@
+"""A second ``iii-channel serve`` of a function another worker serves refuses to start, in one line naming that
+worker (its id and name, ``host:pid``), and the first one keeps its transfers; with ``--replace`` it takes the
+function over and says from whom.
+
+Before: the second serve registered the function too and the engine, which keeps the last registration of an id,
+sent every later transfer to it: the first serve went on waiting, and only the engine's log said so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.channels.test_cli import SERVING, _finish, _start
+
+pytestmark = pytest.mark.timeout(30)
+
+_FUNCTION = "files::taken"
+
+
+async def _serving(engine_url: str, *args: str) -> tuple[asyncio.subprocess.Process, str]:
+    """``iii-channel serve`` started, once it said it serves (or ended); with what it said."""
+    proc = await _start("serve", "--function", _FUNCTION, "--engine", engine_url, "--no-progress", *args)
+    assert proc.stderr is not None
+    said = ""
+    while SERVING not in said:
+        line = (await asyncio.wait_for(proc.stderr.readline(), 15)).decode()
+        if not line:
+            break
+        said += line
+    return proc, said
+
+
+@pytest.fixture
+async def serves() -> AsyncIterator[list[asyncio.subprocess.Process]]:
+    started: list[asyncio.subprocess.Process] = []
+    yield started
+    for proc in started:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def _send(engine_url: str, tmp_path: Path, name: str) -> None:
+    source = tmp_path / name
+    source.write_bytes(name.encode() * 1000)
+    sent = await _finish(await _start("send", str(source), "--to", _FUNCTION, "--engine", engine_url,
+                                      "--no-progress"))
+    assert sent.rc == 0, sent.stderr
+
+
+async def test_a_second_serve_refuses_unless_told_to_replace(engine_url: str, tmp_path: Path,
+                                                             serves: list[asyncio.subprocess.Process]) -> None:
+    first_out, third_out = tmp_path / "first", tmp_path / "third"
+    first_out.mkdir()
+    third_out.mkdir()
+    first, said = await _serving(engine_url, "--out", str(first_out))
+    serves.append(first)
+    assert f"{SERVING}{_FUNCTION} on " in said, said
+
+    proc, said = await _serving(engine_url, "--out", str(tmp_path))
+    serves.append(proc)
+    second = await _finish(proc, first=said)
+    assert second.rc == 1, second.stderr
+    assert re.fullmatch(rf"iii-channel: error: function {_FUNCTION} is served by worker \S+ \(\S+:{first.pid}\); "
+                        r"stop it, or pass --replace to take it over\n", second.stderr), second.stderr
+    await _send(engine_url, tmp_path, "a.bin")
+    assert [p.name for p in first_out.iterdir()] == ["a.bin"]  # the first serve still gets the transfers
+
+    third, said = await _serving(engine_url, "--out", str(third_out), "--replace")
+    serves.append(third)
+    assert re.fullmatch(rf"iii-channel: took {_FUNCTION} over from worker \S+ \(\S+:{first.pid}\)\n"
+                        rf"{SERVING}{_FUNCTION} on \S+\n", said), said
+    await _send(engine_url, tmp_path, "b.bin")
+    assert [p.name for p in third_out.iterdir()] == ["b.bin"]
+    assert [p.name for p in first_out.iterdir()] == ["a.bin"]
+
+
+def test_the_help_names_replace(capsys: pytest.CaptureFixture[str]) -> None:
+    from iii_channels.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    assert "--replace" in capsys.readouterr().out
