@@ -58,6 +58,33 @@ PARK_MISSING: tuple[str, ...] = _probe_park()
 """What :func:`_probe_park` found missing (empty: park() works); otherwise every loop is made as the policy makes it
 and park() always declines (the hop onto the loop)."""
 
+# BaseSelectorEventLoop._read_from_self as _BridgeLoop's override was written against (the same in 3.11 to 3.13).
+_READ_FROM_SELF: Final = """    def _read_from_self(self):
+        while True:
+            try:
+                data = self._ssock.recv(4096)
+                if not data:
+                    break
+                self._process_self_data(data)
+            except InterruptedError:
+                continue
+            except BlockingIOError:
+                break
+"""
+
+
+def _probe_read_from_self() -> bool:
+    """Whether this Python's loop drains its wake-up socket as :data:`_READ_FROM_SELF` does (then
+    :class:`_BridgeLoop` may read it once instead)."""
+    try:
+        source = inspect.getsource(asyncio.SelectorEventLoop._read_from_self)  # type: ignore[attr-defined]
+    except (AttributeError, OSError, TypeError):  # pragma: no cover - sources not shipped, or the method moved
+        return False
+    return source == _READ_FROM_SELF
+
+
+_READ_ONCE: Final = _probe_read_from_self()
+
 _SYNC_FROM_LOOP = "Cannot call sync SDK methods from the event loop thread. Use async handler methods instead."
 
 
@@ -100,7 +127,7 @@ class LoopBridge:
             # (park()). With any other loop, or one a policy of the user's configured, park() declines.
             self.loop.close()
             self._selector = _ParkingSelector()
-            self.loop = asyncio.SelectorEventLoop(self._selector)
+            self.loop = (_BridgeLoop if _READ_ONCE else asyncio.SelectorEventLoop)(self._selector)
         self._tasks: dict[Coroutine[Any, Any, Any], asyncio.Task[Any]] = {}  # by the coroutine each one runs
         # Callers waiting from elsewhere, each with the coroutine it handed to the loop (None: a callback's work)
         self._held: dict[Settle, Coroutine[Any, Any, Any] | None] = {}
@@ -450,6 +477,24 @@ def _plain_standard_loop(loop: asyncio.AbstractEventLoop) -> bool:
         return False
     return (not loop.get_debug() and loop.get_exception_handler() is None and loop.get_task_factory() is None
             and loop.slow_callback_duration == 0.1)
+
+
+class _BridgeLoop(asyncio.SelectorEventLoop):
+    """asyncio's standard loop, whose wake-up socket is read once per wake-up instead of until it is empty.
+
+    Why: a call handed over from another thread (``call_soon_threadsafe``: every sync ``trigger`` from the main
+    thread) writes one byte there, and asyncio read it, then read again only to get ``BlockingIOError`` raised and
+    caught: a system call and an exception per hand-over, on the path of the call. One read of 4096 bytes takes all
+    the bytes there are (writers of a byte each give up on a full socket long before); any left over keep the socket
+    readable, so the next turn's poll returns at once and reads them, as the loop in asyncio would have."""
+
+    def _read_from_self(self) -> None:
+        try:
+            data = self._ssock.recv(4096)  # type: ignore[attr-defined]
+        except (InterruptedError, BlockingIOError):
+            return
+        if data:
+            self._process_self_data(data)  # type: ignore[attr-defined]
 
 
 class _ParkingSelector(selectors.DefaultSelector):
