@@ -32,7 +32,8 @@ from __future__ import annotations
 import traceback
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from types import MemberDescriptorType
 from typing import Any, Final
 
 from ..errors import ConnectionLostError, InvocationError, ShuttingDownError
@@ -146,6 +147,56 @@ Event = Send | WorkerRegistered | CallSucceeded | CallFailed | InvocationRequest
     TriggerDropped | FrameSkipped
 
 _CHANNEL_ADVICE: Final = "send bulk data through a channel (create_channel) and pass its ref instead"
+
+
+def _slot_setters(cls: type) -> tuple[Callable[[Any, Any], None], ...] | None:
+    """The ``__set__`` of the slot of each of ``cls``'s fields, in field order: what :func:`_call_succeeded` and
+    :func:`_invocation_requested` fill an event with. ``None`` (they call ``cls`` itself) unless every field is a
+    plain slot and nothing runs after ``__init__``."""
+    if hasattr(cls, "__post_init__"):
+        return None
+    setters = []
+    for each in fields(cls):
+        slot = cls.__dict__.get(each.name)
+        if type(slot) is not MemberDescriptorType:
+            return None
+        setters.append(slot.__set__)
+    return tuple(setters)
+
+
+# A frozen dataclass's __init__ sets each field through object.__setattr__ by name, a Python-level call costing twice
+# what the event's slots cost set directly: an event per call made (its answer) and per invocation served.
+_new_object = object.__new__
+_SUCCEEDED: Final = _slot_setters(CallSucceeded)
+_REQUESTED: Final = _slot_setters(InvocationRequested)
+
+
+def _call_succeeded(invocation_id: str, result: Any) -> CallSucceeded:
+    """``CallSucceeded(invocation_id, result)``, its slots set directly (see :data:`_SUCCEEDED`)."""
+    if _SUCCEEDED is None or len(_SUCCEEDED) != 2:
+        return CallSucceeded(invocation_id, result)
+    event = _new_object(CallSucceeded)
+    set_id, set_result = _SUCCEEDED
+    set_id(event, invocation_id)
+    set_result(event, result)
+    return event
+
+
+def _invocation_requested(invocation_id: str | None, function_id: str, data: Any, traceparent: str | None,
+                          baggage: str | None, generation: int, no_channel_refs: bool) -> InvocationRequested:
+    """``InvocationRequested(...)`` of these fields, its slots set directly (see :data:`_SUCCEEDED`)."""
+    if _REQUESTED is None or len(_REQUESTED) != 7:
+        return InvocationRequested(invocation_id, function_id, data, traceparent, baggage, generation, no_channel_refs)
+    event = _new_object(InvocationRequested)
+    set_id, set_function, set_data, set_traceparent, set_baggage, set_generation, set_refs = _REQUESTED
+    set_id(event, invocation_id)
+    set_function(event, function_id)
+    set_data(event, data)
+    set_traceparent(event, traceparent)
+    set_baggage(event, baggage)
+    set_generation(event, generation)
+    set_refs(event, no_channel_refs)
+    return event
 
 
 def message_too_large(function_id: str, size: int, limit: int) -> InvocationError:
@@ -580,7 +631,7 @@ class ClientSession:
         error = msg.get("error")
         if error:
             return [CallFailed(invocation_id, InvocationError.from_wire(error))]
-        return [CallSucceeded(invocation_id, msg.get("result"))]
+        return [_call_succeeded(invocation_id, msg.get("result"))]
 
     def _on_invoke(self, msg: dict[str, Any], no_channel_refs: bool = False) -> list[Event]:
         invocation_id = msg.get("invocation_id")
@@ -591,10 +642,10 @@ class ClientSession:
         function = self._functions.get(function_id)
         if function is not None and function.invokable:
             traceparent, baggage = msg.get("traceparent"), msg.get("baggage")
-            return [InvocationRequested(iid, function_id, msg.get("data"),
-                                        traceparent if isinstance(traceparent, str) else None,
-                                        baggage if isinstance(baggage, str) else None, self.generation,
-                                        no_channel_refs)]
+            return [_invocation_requested(iid, function_id, msg.get("data"),
+                                          traceparent if isinstance(traceparent, str) else None,
+                                          baggage if isinstance(baggage, str) else None, self.generation,
+                                          no_channel_refs)]
         if function is None:
             error = {"code": "function_not_found", "message": f"Function '{function_id}' not found"}
         else:
