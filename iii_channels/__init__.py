@@ -21,7 +21,6 @@ Example:
     b'hello\\n'
 """
 
-from importlib import import_module as _import_module
 from sys import modules as _modules
 from types import ModuleType as _ModuleType
 
@@ -112,7 +111,9 @@ _FROM = {"__version__": "iii._version", "ChannelAbortedError": ".errors", "Chann
 def __getattr__(name: str) -> object:
     if name not in _FROM:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = globals()[name] = getattr(_import_module(_FROM[name], __name__), name)
+    from importlib import import_module  # here: it imports warnings, time in which the CLI cannot catch a Ctrl-C
+
+    value = globals()[name] = getattr(import_module(_FROM[name], __name__), name)
     return value
 
 

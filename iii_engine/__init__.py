@@ -6,7 +6,6 @@ Example:
     ...         print(engine.url)
 """
 
-from importlib import import_module as _import_module
 
 # Each public name is imported on first use (PEP 562): ``iii-engine`` imports this package before it can handle a
 # Ctrl-C, and the engine's imports take a few hundred milliseconds. Not ``typing.TYPE_CHECKING``: ``typing`` alone
@@ -31,7 +30,9 @@ _FROM = {"__version__": "iii._version", "ConfigError": ".config", "EngineConfig"
 def __getattr__(name: str) -> object:
     if name not in _FROM:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = globals()[name] = getattr(_import_module(_FROM[name], __name__), name)
+    from importlib import import_module  # here: it imports warnings, time in which the CLI cannot catch a Ctrl-C
+
+    value = globals()[name] = getattr(import_module(_FROM[name], __name__), name)
     return value
 
 

@@ -15,7 +15,6 @@ Example:
     {'done': False}
 """
 
-from importlib import import_module as _import_module
 
 # Each public name is imported on first use (PEP 562): ``iii-streams`` imports this package before it can handle a
 # Ctrl-C, and the optional dependencies (redis, sqlalchemy) load only when their backend is asked for. Not
@@ -82,10 +81,12 @@ _FROM = {"__version__": "iii._version", "DEFAULT_TIMEOUT": ".base", "Backend": "
 def __getattr__(name: str) -> object:
     if name not in _FROM:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module  # here: it imports warnings, time in which the CLI cannot catch a Ctrl-C
+
     from .messages import missing_extra as missing_extra
 
     with missing_extra(name):  # a backend whose optional package is missing names the extra that installs it
-        value = globals()[name] = getattr(_import_module(_FROM[name], __name__), name)
+        value = globals()[name] = getattr(import_module(_FROM[name], __name__), name)
     return value
 
 
