@@ -97,7 +97,7 @@ from iii.wire import loads
 from .base import DEFAULT_TIMEOUT, FieldUpdates, SetResult, UpdateResult, WriteProgress
 from .batching import KeyedBatcher
 from .close_once import CloseOnce
-from .deadlines import finish_within
+from .deadlines import finish_within, let_go
 from .errors import (
     PoolExhaustedError,
     SchemaMissingError,
@@ -843,6 +843,24 @@ def _log_watch_retries(counts: Mapping[str, int], latest: str | None) -> None:
                 "since the last warning%s; retrying (every 2 s at most)", counts["failed"], latest_text)
 
 
+DISPOSE_TIMEOUT_S: Final = 2.0
+"""How long a store's close waits for the database to answer the orderly close of the store's pooled connections:
+a server gone silent (a half-open connection) never answers, and asyncpg's close waits for it with no bound. Past
+it those connections are cut (one warning) and the close ends."""
+
+
+def _track_connections(engine: AsyncEngine) -> weakref.WeakSet[Any]:
+    """The pool entries of ``engine``'s connections, each for as long as the pool keeps it: a close cuts those
+    whose server left their orderly close unanswered (the one being closed has already left the pool's queue)."""
+    entries: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(_dbapi_connection: Any, entry: Any) -> None:
+        entries.add(entry)
+
+    return entries
+
+
 def _install_postgresql_hooks(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "checkout")
     def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
@@ -938,6 +956,7 @@ class SQLStream(FieldUpdates):
         self._pg = self.dialect == "postgresql"
         self._create = (not self._pg) if create is None else create
         self._owns_engine = owns_engine
+        self._connections = _track_connections(engine) if owns_engine else weakref.WeakSet()
         self._reader = engine.execution_options(
             **({"isolation_level": "AUTOCOMMIT"} if self._pg else {_SQLITE_AUTOCOMMIT: True}))
         self._watch_queue_size = check_queue_size(watch_queue_size, "SQLStream: watch_queue_size")
@@ -1674,4 +1693,31 @@ class SQLStream(FieldUpdates):
         self._watch_retries.close()
         await self._writes.aclose()
         if self._owns_engine:
-            await self.engine.dispose()
+            await self._dispose()
+
+    async def _dispose(self) -> None:
+        """``engine.dispose()`` within :data:`DISPOSE_TIMEOUT_S`; past it the connections still open are cut, so
+        the dispose ends without the server (one warning)."""
+        dispose = asyncio.ensure_future(self.engine.dispose())
+        try:
+            done, _ = await asyncio.wait((dispose,), timeout=DISPOSE_TIMEOUT_S)
+        except BaseException:  # the caller is cancelled: nothing waits for the server any more
+            self._cut_connections()
+            let_go(dispose)
+            raise
+        if done:
+            dispose.result()
+            return
+        log.warning("%s did not answer the close of the store's connections within %g s; cut them",
+                    self._database(), DISPOSE_TIMEOUT_S)
+        self._cut_connections()
+        # cut, each pending close ends at once (its connection is lost); a driver that ignores the cut is let go
+        await finish_within(dispose, DISPOSE_TIMEOUT_S, f"the close of {self._database()}'s connections", log)
+
+    def _cut_connections(self) -> None:
+        """Close every connection of the store's pool at once, without the server (asyncpg: the socket is reset)."""
+        for entry in list(self._connections):
+            connection = entry.dbapi_connection
+            if connection is not None:
+                with contextlib.suppress(Exception):  # one that fails to cut is already closed or closing
+                    self.engine.dialect.do_terminate(connection)
