@@ -215,6 +215,11 @@ os.register_at_fork(after_in_child=_mask_keys.clear)
 FLUSH_BYTES: Final = 256 * 1024
 """Frames written in one event-loop turn are joined into one socket ``send`` up to this many bytes."""
 
+SENDMSG_BYTES: Final = 64 * 1024
+"""Corked frames of this many bytes or more leave in one ``sendmsg`` of their parts when the socket is idle, rather
+than joined into one ``bytes`` first (a copy of every payload byte); smaller ones are joined, which costs less
+than the kernel's walk of many small parts."""
+
 FRAME_BUFFER: Final = 1024 * 1024 + 14
 """The largest frame (header included) a :class:`FrameReader` keeps its buffer of (one per thread) for the next frame
 of the same size, which then gets it as soon as its header is in: a 1 MiB payload, the largest frame a writer is
@@ -242,13 +247,19 @@ def _write_large(ws: Connection, head: bytes, payload: memoryview, key: bytes) -
     may come between its parts). The payload is masked and written :data:`MASK_SEGMENT` bytes at a time, each
     straight from the CPU cache to the socket (segments start at multiples of 4, so the key lines up), and as
     views: what the socket does not take at once is copied into the transport's buffer once (a ``bytes``
-    slice would copy it twice)."""
-    flush(ws)
+    slice would copy it twice). What is corked, the header and the first segment leave in one ``sendmsg``
+    (:meth:`_Corked._send_with_corked`)."""
+    first = apply_mask(payload[:MASK_SEGMENT], key)
     transport = ws.transport
-    if transport.is_closing():
-        return
-    transport.write(head)
-    for at in range(0, len(payload), MASK_SEGMENT):
+    if not (isinstance(ws, _Corked) and ws._send_with_corked(head, first)):
+        flush(ws)
+        if transport.is_closing():
+            return
+        transport.write(head)
+        transport.write(memoryview(first))
+    for at in range(MASK_SEGMENT, len(payload), MASK_SEGMENT):
+        if transport.is_closing():  # failed under this write: the rest would be masked for nothing
+            return
         transport.write(memoryview(apply_mask(payload[at : at + MASK_SEGMENT], key)))
 
 
@@ -1065,6 +1076,9 @@ class _Corked:
     _out: list[bytes]
     _out_bytes: int
     _flush: asyncio.Handle | None
+    _unjoined_flush = True
+    """Whether corked frames of :data:`SENDMSG_BYTES` or more leave unjoined, in one ``sendmsg`` (channel sockets;
+    :meth:`flush_out`, :meth:`_send_with_corked`)."""
 
     def _cork_setup(self) -> None:
         self._out = []
@@ -1116,12 +1130,13 @@ class _Corked:
         elif self._flush is None:
             self._flush = asyncio.get_running_loop().call_soon(self.flush_out)
 
-    def _send_with_corked(self, part: bytes) -> bool:
-        """Send what is corked (a large frame's header, at least) and the large ``part`` after it in one
+    def _send_with_corked(self, *parts: bytes) -> bool:
+        """Send what is corked and then ``parts`` (a large frame's header and payload, or the start of it) in one
         ``sendmsg``, when the transport holds nothing (its own ``write`` would then send at once as well); what the
         socket does not take goes to the transport as views, in order. False (nothing done) when the transport is
         not a plain socket one with an empty buffer. Why: written apart, the header leaves in a system call and a
-        TCP segment of its own, and the peer wakes up to read it alone."""
+        TCP segment of its own, and the peer wakes up to read it alone. Corked frames go unjoined from
+        :data:`SENDMSG_BYTES` on."""
         sock = self._idle_socket()
         if sock is None:
             return False
@@ -1129,10 +1144,14 @@ class _Corked:
             self._flush.cancel()
             self._flush = None
         out = self._out
-        corked = out[0] if len(out) == 1 else b"".join(out)
+        if len(out) > 1 and (not self._unjoined_flush or self._out_bytes < SENDMSG_BYTES
+                             or len(out) + len(parts) > _SENDMSG_PARTS):
+            corked = [b"".join(out)]  # small frames: joined (see SENDMSG_BYTES)
+        else:
+            corked = out[:]
         out.clear()
         self._out_bytes = 0
-        self._sendmsg(sock, (corked, part))
+        self._sendmsg(sock, [*corked, *parts])
         return True
 
     def send_now(self, parts: tuple[bytes, ...] | list[bytes]) -> bool:
@@ -1182,6 +1201,14 @@ class _Corked:
         out = self._out
         if not out:
             return
+        if self._unjoined_flush and self._out_bytes >= SENDMSG_BYTES and len(out) <= _SENDMSG_PARTS:
+            sock = self._idle_socket()
+            if sock is not None:  # large frames (64 KiB ones of a writer not invited to send larger): unjoined
+                parts = out[:]
+                out.clear()
+                self._out_bytes = 0
+                self._sendmsg(sock, parts)
+                return
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
         self._out_bytes = 0
@@ -1636,6 +1663,7 @@ class DirectClientConnection(_FastReceive, ClientConnection):
 
     deliver: Callable[[str | bytes], None] | None = None
     _tunes_allocator = False
+    _unjoined_flush = False  # its frames are small: joined, as measured for it (a frame of 64 KiB is rare)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
