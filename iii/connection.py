@@ -94,7 +94,7 @@ from .iii_constants import DEFAULT_RECONNECTION_CONFIG, MAX_QUEUE_SIZE, IIIConne
 from .loss_log import LossLog
 
 __all__ = ["MAX_MESSAGE_SIZE_HEADER", "MESSAGE_TOO_BIG", "NOT_AN_ENGINE_TRIES", "Connection", "MessageTooLargeError",
-           "announced_limit", "backoff_delay_ms", "check_url", "not_an_engine"]
+           "announced_limit", "backoff_delay_ms", "check_url", "not_an_engine", "shown_url"]
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +268,22 @@ def not_an_engine(exc: BaseException) -> str | None:
         cause = f": {exc.__cause__}" if exc.__cause__ is not None else ""
         return f"an answer to the WebSocket upgrade that is not HTTP/1.1 ({exc}{cause})"
     return None
+
+
+def shown_url(url: str) -> str:
+    """``url`` as messages and logs show it: a password in it (``ws://user:password@host``, ``?token=…``) as ``***``.
+
+    Example:
+        >>> shown_url("ws://bot:s3cret@engine:49134")
+        'ws://bot:***@engine:49134'
+        >>> shown_url("ws://engine:49134")
+        'ws://engine:49134'
+    """
+    if "@" not in url and "?" not in url:
+        return url
+    from ._cli import mask_passwords  # here: it loads argparse, which a plain engine URL never needs
+
+    return mask_passwords(url)
 
 
 def _failure_hint(url: str, exc: BaseException) -> str:
@@ -455,6 +471,7 @@ class Connection:
         if not 0 < send_timeout < float("inf"):  # (NaN fails this too)
             raise ValueError(f"send_timeout must be a finite number of seconds > 0, got {send_timeout!r}")
         self.url = url
+        self._shown_url = shown_url(url)  # for messages: never the password
         self._on_frame = on_frame
         self._on_open = on_open
         self._on_ready = on_ready
@@ -600,7 +617,7 @@ class Connection:
         unsent = sum(1 for frame, key in self._backlog if key is None)
         if unsent:  # (queued calls, keyed, fail with the client's shutdown; these frames' senders hear nothing)
             log.warning("Closing with %d frames never sent to %s (fire-and-forget calls and answers among them); "
-                        "discarded", unsent, self.url)
+                        "discarded", unsent, self._shown_url)
         if ws is not None:
             # An engine that stopped reading (stalled, SIGSTOP) never answers the close, nor takes the close frame
             # once the socket's buffers are full: websockets waited 10 s for each, so shutdown() took up to 20 s.
@@ -608,7 +625,7 @@ class Connection:
                 async with asyncio.timeout(self._close_timeout):
                     await ws.close()
             except TimeoutError:
-                log.info("The engine at %s did not answer the close within %g s; connection dropped", self.url,
+                log.info("The engine at %s did not answer the close within %g s; connection dropped", self._shown_url,
                          self._close_timeout)
                 ws.transport.abort()
         self._backlog.clear()
@@ -741,7 +758,7 @@ class Connection:
             pass
         if not ws.transport.is_closing():  # (the first of the sends that waited says it)
             log.warning("The engine at %s took nothing sent to it for %g s (send_timeout): it stopped reading; "
-                        "dropping the connection and reconnecting", self.url, self._send_timeout)
+                        "dropping the connection and reconnecting", self._shown_url, self._send_timeout)
             ws.transport.abort()
         raise ConnectionClosed(None, None)
 
@@ -1036,7 +1053,8 @@ class Connection:
                 why = not_an_engine(exc)
                 if why is None:
                     self._not_engine_in_a_row = 0
-                    log.warning("Connection to %s failed: %s", self.url, f"{str(exc) or type(exc).__name__}{hint}")
+                    log.warning("Connection to %s failed: %s", self._shown_url,
+                                f"{str(exc) or type(exc).__name__}{hint}")
                 else:
                     self._not_engine_in_a_row += 1
                     self._last_error = why
@@ -1045,7 +1063,7 @@ class Connection:
                     tries = (1 if isinstance(exc, InvalidStatus) and exc.response.status_code != 404
                              else NOT_AN_ENGINE_TRIES)
                     if not self._ever_connected and self._not_engine_in_a_row >= tries:
-                        self._not_an_engine = f"{self.url} did not answer as an iii engine: {why}{hint}"
+                        self._not_an_engine = f"{self._shown_url} did not answer as an iii engine: {why}{hint}"
                         log.error("%s; not retrying", self._not_an_engine)
                         self._give_up()
                         return
@@ -1053,7 +1071,7 @@ class Connection:
                     # same failure up to three times. Once connected, each is a failure of its own.
                     log.log(logging.WARNING if self._ever_connected else logging.DEBUG,
                             "Connection to %s failed: the server is not an iii engine, or not one now: %s",
-                            self.url, why)
+                            self._shown_url, why)
                 if not await self._wait_before_retry():
                     return
                 continue
@@ -1064,7 +1082,7 @@ class Connection:
             except Exception:
                 # A callback's bug (on_open, on_ready, on_lost) must not end the supervisor: the client would stay
                 # disconnected for good with nothing retrying. The socket is dropped and a new one made as usual.
-                log.exception("Serving the connection to %s failed; dropping it and reconnecting", self.url)
+                log.exception("Serving the connection to %s failed; dropping it and reconnecting", self._shown_url)
                 ws.transport.abort()
             if self._running and not await self._wait_before_retry():
                 return
@@ -1072,7 +1090,7 @@ class Connection:
     async def _wait_before_retry(self) -> bool:
         config = self._config
         if config.max_retries != -1 and self._attempt >= config.max_retries:
-            log.error("Max reconnection retries (%d) reached, giving up on %s", config.max_retries, self.url)
+            log.error("Max reconnection retries (%d) reached, giving up on %s", config.max_retries, self._shown_url)
             self._give_up()
             return False
         delay = backoff_delay_ms(config, self._attempt)
@@ -1097,7 +1115,7 @@ class Connection:
         self._ever_connected = True
         self._not_engine_in_a_row = 0
         self.closed_too_big = False
-        log.info("Connected to %s", self.url)
+        log.info("Connected to %s", self._shown_url)
         self._set_state("connected")
         try:
             await self._on_open(lambda frame: self._send_replayed(ws, frame))
@@ -1121,7 +1139,7 @@ class Connection:
             async for raw in ws:
                 self._deliver(raw)
         except ConnectionClosed as exc:
-            log.info("Connection to %s closed: %s", self.url, exc)
+            log.info("Connection to %s closed: %s", self._shown_url, exc)
         finally:
             if isinstance(ws, ws_fastpath.DirectClientConnection):
                 ws.deliver = None

@@ -31,7 +31,7 @@ from pydantic import BaseModel
 
 from .callback_set import CallbackSet
 from .channels import ChannelReader, ChannelWriter
-from .connection import Connection, Frame, MessageTooLargeError, Write, check_reconnection, check_url
+from .connection import Connection, Frame, MessageTooLargeError, Write, check_reconnection, check_url, shown_url
 from .errors import ConnectionLostError, InvocationError, ShuttingDownError
 from .handler_runner import HandlerRunner
 from .handler_threads import ExitWait
@@ -332,7 +332,7 @@ class III:
         detail = f"{attempts} attempt{'s' if attempts != 1 else ''}" + (f", {config}" if config else "")
         if self._conn.last_error:
             detail += f"; last error: {self._conn.last_error}"
-        return f"cannot reach the engine at {self._address}{why} ({detail})"
+        return f"cannot reach the engine at {shown_url(self._address)}{why} ({detail})"
 
     async def _state_change(self, seconds: float) -> bool:
         """Wait (on the client's loop) for the next state or worker-id change; False after ``seconds``."""
@@ -435,7 +435,8 @@ class III:
         # Threads of the user's still running after the main thread ended get ShuttingDownError from here on: say why
         self._shutdown_cause = ("shut down by the interpreter's exit (the main thread ended without shutdown()): join "
                                 "threads that use the client in the main thread, or use `with register_worker(...)`")
-        log.info("The interpreter is exiting: the client of %s shuts down (it was not shut down)", self._address)
+        log.info("The interpreter is exiting: the client of %s shuts down (it was not shut down)",
+                 shown_url(self._address))
         bridge: LoopBridge | None = getattr(self, "_bridge", None)  # (None: the exit started before __init__ ended)
         if bridge is None or not bridge.alive:
             return None
@@ -461,7 +462,7 @@ class III:
         if bridge.alive:
             log.warning("The shutdown of the client of %s at the interpreter's exit did not end within %g s (its event "
                         "loop is held: an async handler that blocks it, say); the exit goes on without it",
-                        self._address, seconds)
+                        shown_url(self._address), seconds)
 
     async def _shutdown_from_outside(self) -> None:
         """:meth:`shutdown_async` from another loop: the shutdown on the client's loop, then the loop's end."""
@@ -579,7 +580,7 @@ class III:
                 and not self._closed):
             log.warning("%s accepted the WebSocket upgrade but has not named this connection (no workerregistered "
                         "within %g s): is it an iii engine's worker port? The engine's stream socket (3112 by default) "
-                        "accepts the upgrade too, and answers no call", self._address, _UNNAMED_WARN_S)
+                        "accepts the upgrade too, and answers no call", shown_url(self._address), _UNNAMED_WARN_S)
 
     async def _recover_then_ready(self, lost_worker_ids: tuple[str, ...], generation: int) -> None:
         """:meth:`_recover_registrations` (none lost: one round trip, so the replay written before is handled, not
@@ -659,13 +660,16 @@ class III:
             listed = await self._call("engine::functions::list", {"include_internal": True}, None)
             for frame in self._session.missing_functions(f.get("function_id") for f in listed.get("functions", [])):
                 if self._session.holds(frame) and self._fits(frame):
-                    log.info("Re-registering a function lost in the old connection's cleanup: %.120s", frame)
+                    # (what it registers, not the frame: an HTTP function's frame holds its URL and headers)
+                    log.info("Re-registering a function lost in the old connection's cleanup: %s",
+                             describe_registration(frame))
                     await self._conn.send(_RegistrationFrame(frame), own=True)
             listed = await self._call("engine::triggers::list", {"include_internal": True}, None)
             resent = False
             for frame in self._session.missing_triggers(t.get("id") for t in listed.get("triggers", [])):
                 if self._session.holds(frame) and self._fits(frame):
-                    log.info("Re-registering a trigger lost in the old connection's cleanup: %.120s", frame)
+                    log.info("Re-registering a trigger lost in the old connection's cleanup: %s",
+                             describe_registration(frame))
                     await self._conn.send(_RegistrationFrame(frame), own=True)
                     resent = True
             if resent:
