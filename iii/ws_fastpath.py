@@ -321,6 +321,8 @@ async def _send_client_binary(ws: ClientConnection, view: memoryview, frame_size
     went out)."""
     size = len(view)
     keys = os.urandom(4 * -(-size // frame_size))
+    if frame_size < FLUSH_BYTES:
+        return await _send_client_batches(ws, view, frame_size, keys)
     # Frame by frame rather than one big buffer: a 64 KiB frame stays in the CPU cache from masking to the socket,
     # and a write holds one masked frame at a time, whatever its size.
     for start in range(0, size, frame_size):
@@ -335,6 +337,29 @@ async def _send_client_binary(ws: ClientConnection, view: memoryview, frame_size
             _write(ws, _client_head(False, len(chunk)) + key, apply_mask(chunk, key))
         else:
             _write_large(ws, _client_head(False, len(chunk)) + key, chunk, key)
+        await drain_or_close(ws)
+    return view[size:]
+
+
+async def _send_client_batches(ws: ClientConnection, view: memoryview, frame_size: int, keys: bytes) -> memoryview:
+    """:func:`_send_client_binary` for frames smaller than :data:`FLUSH_BYTES` (64 KiB ones: a writer the server
+    does not invite to send larger): a batch of them, :data:`FLUSH_BYTES` of payload, goes to the cork in one call
+    and one flow-control wait, and leaves at once (:meth:`_Corked.cork`); per frame, only its header, key and
+    masked payload, corked apart (joining them would copy each payload once more)."""
+    size = len(view)
+    per_batch = max(1, FLUSH_BYTES // frame_size) * frame_size
+    full_head = _client_head(False, frame_size)
+    for first in range(0, size, per_batch):
+        if not _writable(ws):
+            return view[first:]
+        parts: list[bytes] = []
+        for start in range(first, min(size, first + per_batch), frame_size):
+            chunk = view[start : start + frame_size]
+            key_at = start // frame_size * 4
+            key = keys[key_at : key_at + 4]
+            parts.append((full_head if len(chunk) == frame_size else _client_head(False, len(chunk))) + key)
+            parts.append(apply_mask(chunk, key))
+        _write(ws, *parts)
         await drain_or_close(ws)
     return view[size:]
 

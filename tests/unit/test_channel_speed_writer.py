@@ -107,9 +107,10 @@ async def test_a_corked_large_part_goes_to_the_transport_as_a_view() -> None:
     assert isinstance(writes[1], memoryview)
 
 
-async def test_small_frames_are_corked_unjoined_and_flushed_as_one_view(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_small_frames_are_corked_unjoined_a_batch_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
     # 64 KiB frames (a writer the engine does not invite to send larger ones): header and masked payload go to the
-    # cork apart, so its one join is the only copy before the socket (before: each frame was joined first).
+    # cork apart (each frame was once joined first), FLUSH_BYTES of frames per call and flow-control wait (were one
+    # of each per frame; measured, Python per frame besides masking: 1.8 us before, 1.2 after).
     corked: list[int] = []
     cork = ws_fastpath._Corked.cork
 
@@ -137,7 +138,8 @@ async def test_small_frames_are_corked_unjoined_and_flushed_as_one_view(monkeypa
         await ws_fastpath.send_data(ws, data, frame_size=64 * 1024)
         await ws.close()
     assert b"".join(received) == data and len(received) == 17
-    assert corked == [2] * 17
+    assert ws_fastpath.FLUSH_BYTES == 4 * 64 * 1024
+    assert corked == [8, 8, 8, 8, 2]
 
 
 async def test_corked_frames_leave_as_a_view() -> None:
