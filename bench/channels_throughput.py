@@ -8,7 +8,9 @@ Reports:
     peak RSS growth of the engine and peak RSS of the writer;
   * floors: what Python can reach for the relay's job (CPU per GiB of this process forwarding between a writer and
     a reader process): a bare asyncio.BufferedProtocol byte forwarder, and a websocket-frame forwarder unmasking
-    with websockets' C apply_mask (no handshake, limits or close handling: floors, not contenders).
+    with websockets' C apply_mask (no handshake, limits or close handling: floors, not contenders);
+  * floor_writer (only with ``--only``): a bare socket writer process sending frames masked once, through our
+    engine to our reader: the CPU per GiB below which no writer process goes on this machine (the kernel's).
 
 The throughput contenders run interleaved: ``--rounds`` rounds, each running every contender once on ``--size-mib``
 (rotating the order per round); medians, spread and per-round ratios are printed, so that the noise of a busy
@@ -47,7 +49,7 @@ from websockets.asyncio.server import ServerConnection, serve
 ROOT = Path(os.environ.get("III_BENCH_ROOT") or Path(__file__).resolve().parents[1]).resolve()
 sys.path.insert(0, str(ROOT))
 
-from iii.channels import ChannelReader, ChannelWriter  # noqa: E402
+from iii.channels import ChannelReader, ChannelWriter, build_channel_url  # noqa: E402
 from iii.iii import III  # noqa: E402
 from iii_engine import Engine  # noqa: E402
 from iii_engine.config import ChannelSettings, EngineConfig  # noqa: E402
@@ -170,6 +172,7 @@ CPU: dict[str, list[float]] = {f"{sdk}_{end}": [] for sdk in ("ours", "ours@64k"
 del CPU["ref_inproc"]
 CPU["floor_bytes"] = []
 CPU["floor_frames"] = []
+CPU["floor_writer"] = []
 CPU["recv_1m"] = []
 CPU["recv_64k"] = []
 
@@ -377,6 +380,67 @@ async def floor(kind: str, size: int) -> float:
     return size / seconds / 1e6
 
 
+# ---------------------------------------------------------------------------------------- the writer's floor
+# What a channel writer process cannot go below on this machine: a bare socket (no asyncio, no websockets) that
+# does the upgrade by hand and sends frames of the size the engine invites, masked once before the clock starts
+# (so neither masking nor any per-frame Python is in it), then a Close, through our engine to our reader process.
+# CPU of that process from its connect to the end of the closing handshake, as the writers' rows: "floor_writer".
+# The rest of a writer's CPU is the kernel's (on loopback it also runs the engine's side of TCP receive); masking
+# costs ~20 ms per GiB more (websockets' C apply_mask).
+
+FLOOR_CHANNEL_WRITER = r"""
+import json, os, socket, struct, sys, time
+from urllib.parse import urlsplit
+from websockets.speedups import apply_mask
+url, size = urlsplit(sys.argv[1]), int(sys.argv[2])
+c0 = time.process_time()
+s = socket.create_connection((url.hostname, url.port))
+s.sendall(f"GET {url.path}?{url.query} HTTP/1.1\r\nHost: {url.netloc}\r\nUpgrade: websocket\r\n"
+          "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+          "\r\n".encode())
+head = b""
+while b"\r\n\r\n" not in head:
+    head += s.recv(4096)
+assert head.startswith(b"HTTP/1.1 101"), head
+invited = [line.split(b":", 1)[1] for line in head.split(b"\r\n")
+           if line.lower().startswith(b"x-iii-channel-frame-size:")]
+frame_size = int(invited[0]) if invited else 65536
+key = os.urandom(4)
+def frame(n):
+    return struct.pack("!BBQ", 0x82, 0x80 | 127, n) + key + apply_mask(b"f" * n, key)
+c1 = time.process_time()
+full = frame(frame_size)
+masking = time.process_time() - c1
+for _ in range(size // frame_size):
+    s.sendall(full)
+if size % frame_size:
+    s.sendall(frame(size % frame_size))
+s.sendall(b"\x88\x82" + key + apply_mask(b"\x03\xe8", key))
+while s.recv(65536):
+    pass
+s.close()
+print(json.dumps({"cpu": time.process_time() - c0 - masking}))
+"""
+
+
+async def floor_writer(engine: Engine, size: int) -> float:
+    """MB/s of ``size`` bytes from a bare socket writer through ``engine`` to our reader process; the writer's CPU
+    per GiB goes to ``CPU["floor_writer"]``."""
+    refs = engine.channels.create(None, owner=None)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    reader = await asyncio.create_subprocess_exec(
+        sys.executable, "-P", "-c", REF_SCRIPT, "read", engine.url, json.dumps(refs["reader"]), str(size),
+        stdout=asyncio.subprocess.PIPE, env=env)
+    url = build_channel_url(engine.url, refs["writer"]["channel_id"], refs["writer"]["access_key"], "write")
+    writer = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", FLOOR_CHANNEL_WRITER, url, str(size), stdout=asyncio.subprocess.PIPE)
+    (out, _), (writer_out, _) = await asyncio.gather(reader.communicate(), writer.communicate())
+    result = json.loads(out)
+    assert result["bytes"] == size, result
+    CPU["floor_writer"].append(json.loads(writer_out)["cpu"] * 1000 * (1 << 30) / size)
+    return float(size / result["seconds"] / 1e6)
+
+
 # ---------------------------------------------------------------------------------------------- receive alone
 # The relay's receive half by itself: a writer process that does the WebSocket upgrade by hand, then blasts
 # pre-masked binary frames (64 KiB, or 1 MiB like an invited writer) as fast as the socket takes them; this process
@@ -498,8 +562,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--only", default="raw,ours,ours_proc,ref_proc,floor_bytes,floor_frames",
                         help="comma-separated contenders among raw, ours, ours_proc, ref_proc, floor_bytes, "
-                             "floor_frames, recv (the relay's receive half alone; with --frames 64k, "
-                             "recv@64k: 64 KiB frames)")
+                             "floor_frames, floor_writer (a bare socket writer: what a writer process cannot go "
+                             "below), recv (the relay's receive half alone; with --frames 64k, recv@64k: 64 KiB "
+                             "frames)")
     parser.add_argument("--frames", default="invited",
                         help="comma-separated frame sizes our writer runs with: invited (the engine's invitation), "
                              "64k (an engine inviting 64 KiB frames, as before the extension)")
@@ -543,6 +608,7 @@ async def _run_rounds(args: argparse.Namespace, wanted: list[str]) -> dict[str, 
                 "ref_proc": lambda: reference(engine, size),
                 "floor_bytes": lambda: floor("bytes", size),
                 "floor_frames": lambda: floor("frames", size),
+                "floor_writer": lambda: floor_writer(engine, size),
                 "recv": lambda: receive_only(size, 1 << 20, "recv_1m"),
                 "recv@64k": lambda: receive_only(size, 64 << 10, "recv_64k"),
             }
@@ -573,7 +639,8 @@ def _report(args: argparse.Namespace, wanted: list[str], results: dict[str, list
             cpu: dict[str, list[float]]) -> None:
     labels = {"raw": "raw two-hop relay", "ours": "ours in-process", "ours_proc": "ours, processes",
               "ref_proc": "reference, processes", "floor_bytes": "floor: byte forwarder",
-              "floor_frames": "floor: frame forwarder", "recv": "receive alone"}
+              "floor_frames": "floor: frame forwarder", "floor_writer": "floor: bare socket writer",
+              "recv": "receive alone"}
     print(f"{len(next(iter(results.values()), []))} rounds x {args.size_mib} MiB, MB/s:")
     for name in wanted:
         if name not in results:  # a contender the other checkout could not run (--compare)
@@ -600,6 +667,7 @@ def _report(args: argparse.Namespace, wanted: list[str], results: dict[str, list
     labels_cpu = {"write": "writer process", "read": "reader process", "relay": "engine (relay) process",
                   "inproc": "in-process run (writer + relay + reader)",
                   "bytes": "bare byte forwarder (BufferedProtocol)", "frames": "frame forwarder (C unmask)",
+                  "writer": "bare socket writer, pre-masked frames",
                   "1m": "receive alone, 1 MiB frames", "64k": "receive alone, 64 KiB frames"}
     print("CPU per GiB (ms; medians, spread):")
     for key, values in cpu.items():
@@ -611,6 +679,9 @@ def _report(args: argparse.Namespace, wanted: list[str], results: dict[str, list
             if cpu.get(f"{sdk}_{end}") and cpu.get(f"ref_{end}"):
                 ratio = statistics.median(cpu[f"{sdk}_{end}"]) / statistics.median(cpu[f"ref_{end}"])
                 print(f"  {sdk} / reference CPU per GiB, {end} end: {ratio:.2f} (goal <= 0.60)")
+    if cpu.get("floor_writer") and cpu.get("ref_write"):
+        ratio = statistics.median(cpu["floor_writer"]) / statistics.median(cpu["ref_write"])
+        print(f"  floor / reference CPU per GiB, write end: {ratio:.2f} (no writer process goes below)")
 
 
 async def _compare(args: argparse.Namespace, wanted: list[str], other: Path) -> None:
