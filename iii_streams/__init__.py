@@ -16,6 +16,8 @@ Example:
 """
 
 
+from _thread import RLock as _RLock
+
 # Each public name is imported on first use (PEP 562): ``iii-streams`` imports this package before it can handle a
 # Ctrl-C, and the optional dependencies (redis, sqlalchemy) load only when their backend is asked for. Not
 # ``typing.TYPE_CHECKING``: ``typing`` alone takes milliseconds to import; type checkers read this name as that one.
@@ -42,7 +44,6 @@ if TYPE_CHECKING:
     from .redis import RedisStream
     from .sql import SQLStream
     from .urls import open_stream
-del TYPE_CHECKING
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -78,17 +79,40 @@ _FROM = {"__version__": "iii._version", "DEFAULT_TIMEOUT": ".base", "Backend": "
          "open_stream": ".urls", "RedisStream": ".redis", "SQLStream": ".sql"}
 
 
-def __getattr__(name: str) -> object:
-    if name not in _FROM:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from importlib import import_module  # here: it imports warnings, time in which the CLI cannot catch a Ctrl-C
+# Threads that use names for the first time at once import them one at a time: two first imports of the SDK racing
+# each other could each find the other's modules half made ("partially initialized module").
+_IMPORTING = _RLock()
 
-    from .messages import missing_extra as missing_extra
+if not TYPE_CHECKING:  # a type checker reads the imports above; a __getattr__ would tell it that every name exists
 
-    with missing_extra(name):  # a backend whose optional package is missing names the extra that installs it
-        value = globals()[name] = getattr(import_module(_FROM[name], __name__), name)
-    return value
+    def __getattr__(name: str) -> object:
+        module = _FROM.get(name)
+        if module is None:
+            if name.startswith("_"):
+                raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+            module = "." + name  # a submodule, as an attribute: importing the package used to import them all
+        from importlib import import_module  # here: it imports warnings, time in which the CLI cannot catch a Ctrl-C
+
+        from .messages import missing_extra
+
+        with _IMPORTING:
+            try:
+                with missing_extra(name):  # a backend whose optional package is missing names the extra
+                    loaded = import_module(module, __name__)
+            except ModuleNotFoundError as exc:
+                if name in _FROM or exc.name != f"{__name__}.{name}":
+                    raise  # (a missing dependency of a module that exists is named as it is)
+                raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+        if name not in _FROM:
+            return loaded
+        value = globals()[name] = getattr(loaded, name)
+        return value
+
+    def __dir__() -> list[str]:
+        from pkgutil import iter_modules
+
+        submodules = {info.name for info in iter_modules(__path__) if not info.name.startswith("_")}
+        return sorted({*(n for n in globals() if not n.startswith("_") or n.startswith("__")), *_FROM, *submodules})
 
 
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_FROM})
+del TYPE_CHECKING

@@ -59,3 +59,60 @@ def test_the_channel_functions_are_not_hidden_by_their_submodules() -> None:
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=25,
                           check=False)
     assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr
+
+
+@pytest.mark.parametrize(("package", "submodule", "name"),
+                         [("iii_engine", "engine", "Engine"), ("iii_channels", "files", "send_file"),
+                          ("iii_streams", "memory", "MemoryStream")])
+def test_submodules_stay_attributes_and_dir_shows_no_helpers(package: str, submodule: str, name: str) -> None:
+    # Importing the package used to import every submodule, so `import iii_engine; iii_engine.engine` worked.
+    script = textwrap.dedent(f"""
+        import {package} as package
+        assert getattr(package.{submodule}, "{name}") is package.{name}
+        listed = dir(package)
+        assert "{submodule}" in listed and "{name}" in listed, listed
+        assert not [n for n in listed if n.startswith("_") and not n.startswith("__")], listed
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=25,
+                          check=False)
+    assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr
+
+
+def test_threads_using_the_names_for_the_first_time_at_once_all_get_them() -> None:
+    # Before: about 1 run in 10 failed with "cannot import name 'ChannelReader' from partially initialized module
+    # 'iii.channels'" (two threads importing the SDK at once by different routes).
+    script = textwrap.dedent("""
+        import threading
+        import iii_channels as package
+        names = list(package.__all__)
+        errors = []
+        start = threading.Barrier(16)
+        def use(i):
+            start.wait()
+            for name in (names if i % 2 else names[::-1]):
+                try:
+                    getattr(package, name)
+                except Exception as exc:
+                    errors.append(f"{name}: {exc!r}")
+        threads = [threading.Thread(target=use, args=(i,)) for i in range(16)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        print(errors[:2] or "ok")
+    """)
+    for _ in range(12):
+        done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=25,
+                              check=False)
+        assert (done.returncode, done.stdout.strip()) == (0, "ok"), (done.stdout, done.stderr[-2000:])
+
+
+@pytest.mark.parametrize("package", ["iii_engine", "iii_channels", "iii_streams"])
+def test_type_checkers_see_no_module_getattr(package: str) -> None:
+    # A module-level __getattr__ tells mypy that every attribute exists: `from iii_channels import sinkk` passed.
+    import ast
+
+    tree = ast.parse((ROOT / package / "__init__.py").read_text())
+    top = [node.name for node in tree.body if isinstance(node, ast.FunctionDef)]
+    assert "__getattr__" not in top
+    guarded = [node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "not TYPE_CHECKING"]
+    assert any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__" for g in guarded for n in g.body)
