@@ -1,8 +1,10 @@
-"""Shared conventions of the toolkit's command lines (``iii-engine``, ``iii-streams``, ``iii-channel``).
+"""Shared conventions of the toolkit's command lines (``iii-engine``, ``iii-streams``, ``iii-channel``), and the
+masking of secrets in URLs that every message and log line of the toolkit goes through.
 
-Lives in the SDK only because it is the one package all three commands may import; the SDK itself has no
-command line. Usage errors are one line ``<prog>: <what was wrong> (see <prog> --help)`` with exit status 2,
-``--version`` prints ``<prog> <toolkit version>``, and a URL's password (or other secret) never appears in a message.
+Lives in the SDK because it is the one package all of the toolkit may import: the SDK's own connection messages
+(:func:`iii.connection.shown_url`) and the engine's HTTP-invoked functions mask URLs with it too. Usage errors are
+one line ``<prog>: <what was wrong> (see <prog> --help)`` with exit status 2, ``--version`` prints ``<prog>
+<toolkit version>``, and a URL's password (or other secret) never appears in a message.
 
 Example:
     >>> mask_passwords("cannot open postgresql://app:s3cret@db/app and redis://:pw@cache:6379/0")
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import re
 from typing import Final, NoReturn
+from urllib.parse import unquote
 
 from ._version import __version__
 
@@ -26,26 +29,49 @@ __all__ = ["OneLineParser", "mask_passwords"]
 # HTTP-invoked function is a worker's to choose, up to a frame's size).
 _CREDENTIALS: Final = re.compile(
     r"(?P<head>(?<![A-Za-z0-9+.\-])[A-Za-z0-9+.\-]*://[^:/?#\s]*):(?:(?!://)\S)+?@(?=[^@/?#\s]*(?:[/?#\s]|$))")
-# ?password=... and the like: redis-py and asyncpg take a password from the query too, and an HTTP endpoint's URL
-# often carries its API key, token or request signature there. A key is secret when its whole name (any case)
-# - ends in password, passwd, pwd, secret, token or signature (sslpassword, client_secret, access_token,
-#   X-Amz-Security-Token, X-Amz-Signature, X-Goog-Signature), or in credential (X-Amz-Credential), or
+# http(s):// and ws(s):// (git+https:// too) with a user and no password: aiohttp, requests and websockets send it
+# as Basic auth, and a token is often put there alone (https://ghp_…@github.com/…), so the whole user is masked. A
+# database URL's plain user name (postgresql://app@db) is no secret and stays: readers need it.
+_USER_ONLY: Final = re.compile(
+    r"(?P<head>(?<![A-Za-z0-9+.\-])(?:[A-Za-z0-9+.\-]*\+)?(?i:https?|wss?)://)[^:/?#\s]+?:?@"
+    r"(?=[^@/?#\s]*(?:[/?#\s]|$))")
+# key=value after '?', '&', ';' (a path's matrix parameters, ;jsessionid=) or '#' (a fragment: the OAuth implicit
+# flow's #access_token=). Only the key is matched here: a value that is not masked is searched for keys too.
+_QUERY_KEY: Final = re.compile(r"[?&;#](?P<key>[^=&;#?\s]*)=")
+# A key is secret when its name, percent-decoded and with a trailing [] or [name] (array and nested forms) read as
+# names of their own, any case,
+# - ends in password, passwd, pwd, secret(s), token, signature, credential(s), authorization, hmac or session id
+#   (sslpassword, client_secret, access_token, X-Amz-Security-Token, X-Amz-Signature, X-Amz-Credential,
+#   jsessionid, PHPSESSID), or
 # - is key, apikey / api_key / api-key (x- prefixed too), access_key, secret_key, private_key, sig (Azure SAS),
-#   auth or jwt.
-# Not, on purpose: names that only contain such a word (passfile, sslkey, user_password_hint, keyspace), whose
-# values are paths or settings a reader needs to see. The value runs to the next '&' or blank, less the quote that
-# closes a URL shown quoted (repr, shlex, JSON): one not followed by a letter, digit or %.
-_SECRET_QUERY_KEY: Final = (r"[\w.\-]*(?:password|passwd|pwd|secret|token|signature|credential)"
-                            r"|(?:x[_\-])?api[_\-]?key|(?:access|secret|private)[_\-]?key|key|sig|auth|jwt")
-_QUERY_SECRET: Final = re.compile(
-    rf"(?P<head>[?&;](?:{_SECRET_QUERY_KEY})=)\S*?(?=[&\s]|$|['\"](?![\w%]))", re.IGNORECASE)
+#   auth, jwt, bearer, pass, tokens, session, or code: an OAuth authorization code lives a few minutes but is
+#   exchanged for tokens in that time, and its value tells a reader nothing (a ?code= that is a plain setting is
+#   masked too: the cheaper mistake).
+# Not, on purpose: names that only contain such a word (passfile, sslkey, user_password_hint, keyspace, max_tokens),
+# whose values are paths or settings a reader needs to see.
+_SECRET_KEY: Final = re.compile(
+    r".*(?:password|passwd|pwd|secrets?|token|signature|credentials?|authorization|hmac|sess(?:ion[_\-]?)?id)"
+    r"|(?:x[_\-])?api[_\-]?key|(?:access|secret|private)[_\-]?key|key|sig|auth|jwt|bearer|pass|tokens|session|code",
+    re.IGNORECASE | re.DOTALL)
+# Where a secret value ends: at the next '&' or blank. '#' and ';' do not end it (SQLAlchemy reads a query value
+# up to '&', so in ?password=a#b;c all of a#b;c is the password). A quote ends it only where it closes a URL shown
+# quoted (repr, shlex, JSON, Markdown): a run of up to three quotes followed by closing brackets, then perhaps one
+# punctuation mark, then a blank, another quote or the end; a quote inside the value (token=ab'-cd) does not.
+# Every part is bounded, so the search stays linear.
+_VALUE_END: Final = re.compile(r"[&\s]|['\"`]{1,3}(?=[)\]}>]{0,3}[,.:;!?]?(?:[\s'\"`]|\Z))|\Z")
 
 
 def mask_passwords(text: str) -> str:
-    """``text`` with every URL password and secret in it replaced by ``***``: the ``scheme://user:password@`` one
-    and the values of secret-looking query keys (any case): ``password``, ``sslpassword``, ``passwd``, ``pwd``,
-    any key ending in ``secret``, ``token``, ``signature`` or ``credential``, and ``key``, ``api_key`` (``apikey``,
-    ``api-key``), ``access_key``, ``secret_key``, ``private_key``, ``sig``, ``auth``, ``jwt``.
+    """``text`` with every URL password and secret in it replaced by ``***``, in time linear in its length:
+
+    - the password of ``scheme://user:password@host``, and the user of ``http(s)://`` and ``ws(s)://`` URLs that
+      have no password (``https://TOKEN@host``, sent as Basic auth); other schemes' plain user names stay;
+    - the values of secret-looking keys after ``?``, ``&``, ``;`` or ``#`` (any case, percent-encoded or not,
+      ``name[]`` as ``name``): ``password``, ``sslpassword``, ``passwd``, ``pwd``, any key ending in ``secret``,
+      ``token``, ``signature``, ``credential``, ``authorization``, ``hmac`` or ``sessionid``, and ``key``,
+      ``api_key`` (``apikey``, ``api-key``), ``access_key``, ``secret_key``, ``private_key``, ``sig``, ``auth``,
+      ``jwt``, ``bearer``, ``pass``, ``tokens``, ``session`` and ``code`` (OAuth's authorization code). A value
+      runs to the next ``&`` or blank, less the quotes and brackets that close a URL shown quoted.
 
     Example:
         >>> mask_passwords("redis://:hunter2@cache/0")
@@ -58,8 +84,24 @@ def mask_passwords(text: str) -> str:
         'https://b.s3.amazonaws.com/k?X-Amz-Credential=***&X-Amz-Signature=***&x-id=GetObject'
         >>> mask_passwords("postgresql://db/app?sslkey=/etc/app/client.key&passfile=/home/app/.pgpass")
         'postgresql://db/app?sslkey=/etc/app/client.key&passfile=/home/app/.pgpass'
+        >>> mask_passwords("https://ghp_t0k@github.com/o/r.git postgresql://app@db/app")
+        'https://***@github.com/o/r.git postgresql://app@db/app'
+        >>> mask_passwords("got 'https://app.example/cb?state=7#access_token=t0k&token_type=bearer', retrying")
+        "got 'https://app.example/cb?state=7#access_token=***&token_type=bearer', retrying"
+        >>> mask_passwords("https://h/x?api%5Fkey=k3y&password[]=pw&token=ab'-cd")
+        'https://h/x?api%5Fkey=***&password[]=***&token=***'
     """
-    return _QUERY_SECRET.sub(r"\g<head>***", _CREDENTIALS.sub(r"\g<head>:***@", text))
+    text = _USER_ONLY.sub(r"\g<head>***@", _CREDENTIALS.sub(r"\g<head>:***@", text))
+    parts: list[str] = []
+    done = 0  # text before this is in parts; a key found inside a value already masked is skipped
+    for found in _QUERY_KEY.finditer(text):
+        if found.start() < done or not any(
+                _SECRET_KEY.fullmatch(name) for name in unquote(found["key"]).replace("]", "").split("[") if name):
+            continue
+        end = _VALUE_END.search(text, found.end())
+        parts += (text[done:found.end()], "***")
+        done = end.start() if end is not None else len(text)
+    return "".join(parts) + text[done:] if parts else text
 
 
 class OneLineParser(argparse.ArgumentParser):

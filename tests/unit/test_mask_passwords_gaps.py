@@ -1,0 +1,71 @@
+"""Secrets ``mask_passwords`` used to show: a token alone in an http(s)/ws(s) URL's userinfo (sent as Basic auth),
+percent-encoded key names (``?api%5Fkey=``), keys after ``#`` (the OAuth implicit flow's ``#access_token=``), keys
+that were not on the list (``authorization``, ``credentials``, ``secrets``, ``bearer``, ``hmac``, ``code``,
+``password[]``), and the part of a value after a quote (``token=ab'-cd`` was shown as ``token=***'-cd``).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from iii._cli import mask_passwords
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.mark.parametrize(("text", "shown"), [
+    # userinfo without a password, on the schemes whose clients send it as Basic auth
+    ("https://ghp_t0k@github.com/o/r", "https://***@github.com/o/r"),
+    ("fetch git+https://ghp_t0k@github.com/o/r.git", "fetch git+https://***@github.com/o/r.git"),
+    ("HTTP://t0k@h:8080", "HTTP://***@h:8080"),
+    ("wss://t0k@engine:49134/ ws://t0k@engine", "wss://***@engine:49134/ ws://***@engine"),
+    ("https://t0k:@h/x", "https://***@h/x"),
+    ("https://a@t0k@h/x?next=b@c", "https://***@h/x?next=b@c"),
+    # percent-encoded key names, read decoded
+    ("https://h/x?api%5Fkey=s3cret&%74oken=t0k&%70assword=pw", "https://h/x?api%5Fkey=***&%74oken=***&%70assword=***"),
+    # '#' starts key=value pairs too
+    ("https://h/cb#access_token=t0k&token_type=bearer&expires_in=3600",
+     "https://h/cb#access_token=***&token_type=bearer&expires_in=3600"),
+    ("https://h/cb?state=z#id_token=t0k", "https://h/cb?state=z#id_token=***"),
+    # keys that were not on the list, and array forms
+    ("https://h/x?authorization=Bearer%20t0k&credentials=c&secrets=s&bearer=b&hmac=h&x_hmac=h2",
+     "https://h/x?authorization=***&credentials=***&secrets=***&bearer=***&hmac=***&x_hmac=***"),
+    ("https://h/x?code=c0de&state=z&error_code=7", "https://h/x?code=***&state=z&error_code=7"),
+    ("https://h/x?password[]=a&token[0]=b&user[password]=c&tag[]=d",
+     "https://h/x?password[]=***&token[0]=***&user[password]=***&tag[]=d"),
+    ("https://h/x;jsessionid=s1 https://h/y?session=s2&PHPSESSID=s3&tokens=t",
+     "https://h/x;jsessionid=*** https://h/y?session=***&PHPSESSID=***&tokens=***"),
+    # a quote inside the value does not end it; a quote that closes a quoted URL does
+    ("https://h/x?token=ab'-cd&x=1", "https://h/x?token=***&x=1"),
+    ("https://h/x?token=ab\"cd https://h/y?token=ab`cd", "https://h/x?token=*** https://h/y?token=***"),
+    ("https://h/x?token=ab'),cd", "https://h/x?token=***"),
+    ("url='https://h/x?token=t0k': 400, message", "url='https://h/x?token=***': 400, message"),
+    ("url=URL('https://h/x?token=t0k')", "url=URL('https://h/x?token=***')"),
+    ("[('https://h/x?token=t0k', 1)]", "[('https://h/x?token=***', 1)]"),
+    ('{"u":"https://h/x?token=t0k"}', '{"u":"https://h/x?token=***"}'),
+    ("see <'https://h/x?token=t0k'>.", "see <'https://h/x?token=***'>."),
+])
+def test_masked(text: str, shown: str) -> None:
+    assert mask_passwords(text) == shown
+
+
+@pytest.mark.parametrize("text", [
+    "postgresql://app@db/app", "redis://default@cache:6379/0", "ssh://git@github.com/o/r", "mysql://nobody@nowhere/x",
+    "https://h/x?max_tokens=5&country_code=US&api%5Fversion=2&tag[]=a", "https://h/?q=a:b@c#section",
+    "https://h/x#top", "mailto:x@y",
+])
+def test_left_as_it_is(text: str) -> None:
+    assert mask_passwords(text) == text
+
+
+@pytest.mark.parametrize("text", [
+    "https://" + "a@" * 100_000, "git+https://" * 20_000, "a+" * 100_000 + "https://x@h/",
+    "?" + "%" * 200_000 + "=", "?" + "a[" * 100_000 + "=x", "?token=" + "'" * 200_000 + "x",
+    "?token=" + "')" * 100_000, "#token=a" * 25_000, "&token=" * 30_000, "?" + "a" * 200_000 + "password=",
+])
+def test_masking_time_is_linear(text: str) -> None:
+    begin = time.perf_counter()
+    mask_passwords(text)
+    assert time.perf_counter() - begin < 1.0, text[:20]
