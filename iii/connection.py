@@ -219,27 +219,34 @@ def check_url(url: object) -> str:
         Traceback (most recent call last):
         ...
         ValueError: engine URL 'http://localhost:49134' has scheme 'http'; expected ws:// or wss://
+        >>> check_url("http://bot:s3cret@localhost:49134")
+        Traceback (most recent call last):
+        ...
+        ValueError: engine URL 'http://bot:***@localhost:49134' has scheme 'http'; expected ws:// or wss://
     """
     if not isinstance(url, str):
         raise TypeError(f"engine URL must be a str like 'ws://localhost:49134', got {type(url).__name__}")
     if not url.strip():
         raise ValueError(f"engine URL {url!r} is empty; expected e.g. 'ws://localhost:49134'")
+    # Every message below quotes the URL, which may hold a password; one without its scheme (bot:s3cret@engine:1)
+    # is masked as the ws:// URL it was meant to be.
+    shown = shown_url(url) if "://" in url else shown_url(f"ws://{url}")[len("ws://"):]
     try:
         parts = urlsplit(url)
     except ValueError as exc:
-        raise ValueError(f"engine URL {url!r} cannot be parsed: {exc}") from None
+        raise ValueError(f"engine URL {shown!r} cannot be parsed: {exc}") from None
     if "://" not in url or parts.scheme.lower() not in ("ws", "wss"):
         scheme = f"scheme {parts.scheme!r}" if "://" in url else "no scheme"
-        raise ValueError(f"engine URL {url!r} has {scheme}; expected ws:// or wss://")
+        raise ValueError(f"engine URL {shown!r} has {scheme}; expected ws:// or wss://")
     if not parts.hostname:
-        raise ValueError(f"engine URL {url!r} has no host")
+        raise ValueError(f"engine URL {shown!r} has no host")
     try:
         port = parts.port
     except ValueError:
-        port_text = parts.netloc.rpartition(":")[2]
-        raise ValueError(f"engine URL {url!r} has an invalid port {port_text!r}; expected 1-65535") from None
+        port_text = parts.netloc.rpartition("@")[2].rpartition(":")[2]
+        raise ValueError(f"engine URL {shown!r} has an invalid port {port_text!r}; expected 1-65535") from None
     if port is not None and not 1 <= port <= 65535:
-        raise ValueError(f"engine URL {url!r} has port {port}; expected 1-65535")
+        raise ValueError(f"engine URL {shown!r} has port {port}; expected 1-65535")
     return url
 
 
@@ -271,15 +278,18 @@ def not_an_engine(exc: BaseException) -> str | None:
 
 
 def shown_url(url: str) -> str:
-    """``url`` as messages and logs show it: a password in it (``ws://user:password@host``, ``?token=…``) as ``***``.
+    """``url`` as messages and logs show it: a password in it (``ws://user:password@host``, ``ws://token@host``,
+    ``?token=…``, ``#token=…``, ``;token=…``) as ``***``.
 
     Example:
         >>> shown_url("ws://bot:s3cret@engine:49134")
         'ws://bot:***@engine:49134'
+        >>> shown_url("ws://engine:49134/#token=t0k")
+        'ws://engine:49134/#token=***'
         >>> shown_url("ws://engine:49134")
         'ws://engine:49134'
     """
-    if "@" not in url and "?" not in url:
+    if not any(mark in url for mark in "@?#;"):
         return url
     from ._cli import mask_passwords  # here: it loads argparse, which a plain engine URL never needs
 
