@@ -20,12 +20,13 @@ import http
 import ipaddress
 import logging
 import os
+import re
 import socket
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -95,6 +96,12 @@ class HttpFunction:
                 f"timeout_ms={self.timeout_ms}, owner_worker_id={self.owner_worker_id!r})")
 
 
+# A header name is a token (RFC 9110 section 5.1). A value may hold visible characters, SP, HTAB and obs-text (5.5);
+# the client sends a str value as UTF-8, so any character goes but the control ones and lone surrogates.
+_FIELD_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_VALUE_FORBIDDEN: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")
+
+
 def parse_invocation(function_id: str, raw: Any, env: Mapping[str, str], owner: str | None = None) -> HttpFunction:
     """Validate an ``HttpInvocationRef``; :class:`EngineError` ``invalid_invocation`` names the bad key.
 
@@ -102,8 +109,8 @@ def parse_invocation(function_id: str, raw: Any, env: Mapping[str, str], owner: 
         >>> parse_invocation("f", {"url": "https://x.example/h", "method": "put", "timeout_ms": 500}, {}).method
         'PUT'
     """
-    if not isinstance(raw, Mapping):
-        raise EngineError("invalid_invocation", f"{function_id}: invocation must be an object, got {raw!r}")
+    if not isinstance(raw, Mapping):  # a bare URL string is the likely mistake, with its secrets: masked
+        raise _failure("invalid_invocation", f"{function_id}: invocation must be an object, got {raw!r}")
     url = raw.get("url")
     if not isinstance(url, str) or not url:
         raise EngineError("invalid_invocation", f"{function_id}: invocation.url must be a non-empty string")
@@ -121,8 +128,29 @@ def parse_invocation(function_id: str, raw: Any, env: Mapping[str, str], owner: 
     if not isinstance(headers, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
                                                    for k, v in headers.items()):
         raise EngineError("invalid_invocation", f"{function_id}: invocation.headers must map strings to strings")
-    return HttpFunction(function_id, url, method.upper(), timeout_ms, tuple(headers.items()),
-                        resolve_auth(raw.get("auth"), env), owner)
+    auth = resolve_auth(raw.get("auth"), env)
+    for name, value in headers.items():
+        _check_field(function_id, "invocation.headers", name, value)
+    if auth is not None and auth.kind != "hmac":  # an HMAC signature is hex; these send the secret as it is
+        _check_field(function_id, "invocation.auth", *auth.header_for("", b""))
+    return HttpFunction(function_id, url, method.upper(), timeout_ms, tuple(headers.items()), auth, owner)
+
+
+def _check_field(function_id: str, where: str, name: str, value: str) -> None:
+    """``invalid_invocation`` for a header HTTP does not allow, naming it but never quoting its value (often the
+    secret).
+
+    Refused at registration: the HTTP client refuses CR, LF and NUL only as it sends (every call failed), and sends
+    other control characters as they are.
+    """
+    if not _FIELD_NAME.fullmatch(name):
+        raise EngineError("invalid_invocation", f"{function_id}: {where} has a header name HTTP does not allow: "
+                                                f"{name[:_CHAIN_PART_CHARS]!r} (letters, digits and !#$%&'*+-.^_`|~ "
+                                                "only)")
+    if _FIELD_VALUE_FORBIDDEN.search(value):
+        raise EngineError("invalid_invocation", f"{function_id}: {where}: the value of header {name} holds a character "
+                                                "HTTP forbids (CR, LF, NUL or another control character) or a lone "
+                                                "surrogate")
 
 
 class _Refused(OSError):
@@ -342,7 +370,8 @@ class HttpFunctionsModule(EngineModule):
             if isinstance(exc.os_error, _Refused):
                 raise _rejected(exc.os_error.rejected) from None
             raise _failure("http_request_failed", f"request to {function.url} failed: {_chain(exc)}") from None
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, ValueError) as exc:
+            # ValueError: what the client raises for a request it refuses to send (a header it will not write)
             raise _failure("http_request_failed", f"request to {function.url} failed: {_chain(exc)}") from None
 
     async def _read_bounded(self, function: HttpFunction, response: aiohttp.ClientResponse) -> bytes:
