@@ -31,6 +31,8 @@ function is back on an engine that was away. ``serve`` of a function another wor
 (``iii-channel: error: function F is served by worker ID (NAME); stop it, or pass --replace to take it over``, status
 1): the engine keeps one worker per function id, the last to register it, so a second ``serve`` would take every
 transfer from the first without a word. With ``--replace`` it takes the function over and says from which worker.
+While it serves, it checks every 2 s that the engine still has the function with it, and stops with one line
+(status 1) once another worker has taken it.
 Exit status: 0 on success (and for ``serve`` stopped by SIGTERM or SIGINT), 130 for ``send`` interrupted by SIGINT (one
 line ``iii-channel: send: interrupted``), 143 for ``send`` stopped by SIGTERM (handled as SIGINT is: the upload aborted,
 so a reader hears ``ChannelAbortedError`` on our engine, and the client shut down; one line ``iii-channel: send:
@@ -104,6 +106,10 @@ _ABORT_SEEN_S = 0.5
 _SHOWN_CHARS = 200
 # serve --once: how long the final round trip may take that makes sure the transfer's result reached the engine.
 _RESULT_FLUSH_S = 5.0
+# serve: how often it checks that the engine still has its function with it (another worker registering the same id
+# takes it over: the engine keeps the last, and tells nobody), and the bound of one check's call.
+_OWNER_CHECK_S = 2.0
+_CHECK_TIMEOUT_MS = 5000
 DEFAULT_IDLE_TIMEOUT_S = 300.0
 
 
@@ -666,6 +672,45 @@ def _served_by(function_id: str, worker: WorkerInfo) -> str:
     return f"function {function_id} is served by worker {_worker(worker)}"
 
 
+async def _workers(client: III, only: str | None = None) -> list[WorkerInfo]:
+    """The engine's workers (``only``: that one, where the engine can filter), bounded by :data:`_CHECK_TIMEOUT_MS`."""
+    result = await client.trigger_async({"function_id": "engine::workers::list",
+                                         "payload": {} if only is None else {"worker_id": only},
+                                         "timeout_ms": _CHECK_TIMEOUT_MS})
+    return [WorkerInfo(**worker) for worker in result.get("workers", [])]
+
+
+async def _other_holder(client: III, function_id: str) -> WorkerInfo | None:
+    """The other worker serving ``function_id`` now; ``None`` also when the engine could not say (one line on
+    stderr: the check is a courtesy, its failure must not stop a serve)."""
+    try:
+        return _holder(await _workers(client), function_id, client.worker_id)
+    except Exception as exc:  # an error, a timeout, an answer of another shape
+        print(f"iii-channel: could not check whether another worker serves {function_id} ({_why(exc)}); "
+              "going on", file=sys.stderr, flush=True)
+        return None
+
+
+async def _watch_ownership(client: III, function_id: str) -> str:
+    """Return, with the line to stop on, once another worker has taken ``function_id`` over (two serves started
+    together, one given ``--replace``, or one coming back after the engine was away: the engine keeps the last to
+    register, and tells nobody)."""
+    while True:
+        await asyncio.sleep(_OWNER_CHECK_S)
+        me = client.worker_id
+        if me is None or client.get_connection_state() != "connected":
+            continue  # reconnecting: the registration is sent again once connected
+        try:
+            mine = [worker for worker in await _workers(client, me) if worker.id == me]
+            if not mine or function_id in mine[0].functions:
+                continue  # still ours (or this connection is not listed yet)
+            taker = _holder(await _workers(client), function_id, client.worker_id)
+        except Exception:
+            continue  # checked again next time; a serve goes on while the engine cannot answer
+        if taker is not None:
+            return f"{_served_by(function_id, taker)} now: it took the function over from this serve"
+
+
 async def _serve(args: argparse.Namespace) -> int:
     url = _engine(args)
     loop = asyncio.get_running_loop()
@@ -701,7 +746,7 @@ async def _serve(args: argparse.Namespace) -> int:
 
     async def start() -> bool:
         await _connect(client, args)
-        holder = _holder(await client.list_workers_async(), args.function, client.worker_id)
+        holder = await _other_holder(client, args.function)
         if holder is not None and not args.replace:
             raise _Refused(f"{_served_by(args.function, holder)}; stop it, or pass --replace to take it over")
         client.register_function(args.function, handler)
@@ -710,7 +755,10 @@ async def _serve(args: argparse.Namespace) -> int:
         me = client.worker_id
         if me is None:  # an engine that never named this connection: which worker is this one is unknown
             return args.function in {f.function_id for f in await client.list_functions_async()}
-        workers = await client.list_workers_async()
+        try:
+            workers = await _workers(client)
+        except Exception:  # cannot say which worker holds it: ask only whether the engine has it
+            return args.function in {f.function_id for f in await client.list_functions_async()}
         winner = _holder(workers, args.function, me)
         if winner is not None:  # another serve registered it since the check above: the engine keeps the last
             raise _Refused(f"{_served_by(args.function, winner)} (it registered just after this serve)")
@@ -732,7 +780,13 @@ async def _serve(args: argparse.Namespace) -> int:
         # Registered only now, so only the connections after this first one count (it runs on a handler thread).
         client.on_registrations_ready(
             lambda: print(f"serving {args.function} again", file=sys.stderr, flush=True))
-        await stopping
+        watching = asyncio.ensure_future(_watch_ownership(client, args.function))
+        try:
+            await asyncio.wait({stopping, watching}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watching.cancel()
+        if watching.done() and not watching.cancelled() and watching.exception() is None:
+            return _fail(watching.result())
         if args.once and client.get_connection_state() == "connected":
             # Same trick after the last transfer: the handler's result frame was queued before this call.
             with contextlib.suppress(Exception):

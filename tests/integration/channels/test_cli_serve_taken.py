@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from iii import III, InitOptions
 from tests.integration.channels.test_cli import SERVING, _finish, _start
 
 pytestmark = pytest.mark.timeout(30)
@@ -78,6 +79,51 @@ async def test_a_second_serve_refuses_unless_told_to_replace(engine_url: str, tm
     await _send(engine_url, tmp_path, "b.bin")
     assert [p.name for p in third_out.iterdir()] == ["b.bin"]
     assert [p.name for p in first_out.iterdir()] == ["a.bin"]
+
+
+async def test_a_serve_whose_function_another_worker_takes_stops_with_one_line(
+        engine_url: str, tmp_path: Path, serves: list[asyncio.subprocess.Process]) -> None:
+    # Two serves started together can both pass the start's checks, and one coming back after the engine was away
+    # registers again: the engine keeps the last registration and tells nobody. Before: the serve that lost its
+    # function went on "serving", waiting for transfers that never came.
+    first, said = await _serving(engine_url, "--out", str(tmp_path))
+    serves.append(first)
+    assert SERVING in said, said
+    other = III(engine_url, InitOptions(otel={"enabled": False}))
+    try:
+        await other.connect_async()
+        other.register_function(_FUNCTION, lambda data: data)  # any worker, without serve's check
+        ended = await _finish(first, first=said)
+    finally:
+        await other.shutdown_async()
+    assert ended.rc == 1, ended.stderr
+    last = ended.stderr.splitlines()[-1]
+    assert re.fullmatch(rf"iii-channel: error: function {_FUNCTION} is served by worker \S+ \(\S+\) now: it took "
+                        r"the function over from this serve", last), ended.stderr
+
+
+async def test_a_serve_starts_when_the_engine_cannot_list_its_workers(engine_url: str, tmp_path: Path,
+                                                                      serves: list[asyncio.subprocess.Process]) -> None:
+    # The check for another serve is a courtesy: before, an engine::workers::list that failed (or answered another
+    # shape) ended serve with a traceback.
+    broken = III(engine_url, InitOptions(otel={"enabled": False}))
+
+    async def fails(_data: object) -> object:
+        raise RuntimeError("workers list unavailable")
+
+    try:
+        await broken.connect_async()
+        broken.register_function("engine::workers::list", fails)
+        await broken.list_functions_async()  # the registration is in place
+        proc, said = await _serving(engine_url, "--out", str(tmp_path))
+        serves.append(proc)
+    finally:
+        await broken.shutdown_async()
+    lines = said.splitlines()
+    assert lines[0] == (f"iii-channel: could not check whether another worker serves {_FUNCTION} "
+                        "(workers list unavailable); going on"), said
+    assert lines[-1].startswith(f"{SERVING}{_FUNCTION} on "), said
+    assert "Traceback" not in said
 
 
 def test_the_help_names_replace(capsys: pytest.CaptureFixture[str]) -> None:
