@@ -69,7 +69,7 @@ import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine
 from types import TracebackType
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, Generic, Literal, TypeVar
 from urllib.parse import quote
 
 import websockets
@@ -383,12 +383,14 @@ class _Home:
         if loop is None:
             raise self._error("has no event loop yet")
         deadline = time.monotonic() + timeout
-        handed: concurrent.futures.Future[T] | None = None
+        handed: _Handover[T] | None = None
+        stopped_at: float | None = None  # when the loop was first seen stopped with the work handed to it
         try:
             while True:
                 if handed is not None:
                     with contextlib.suppress(TimeoutError):
-                        return handed.result(timeout=min(_LOOP_CHECK_S, max(0.0, deadline - time.monotonic())))
+                        wait = min(_LOOP_CHECK_S, max(0.0, deadline - time.monotonic()))
+                        return handed.future.result(timeout=wait)
                 if loop is self._private and self._run_lock.acquire(timeout=0 if handed else _LOOP_CHECK_S):
                     # the private loop is free: run the work here (or what is left of one handed to a sync call
                     # whose loop stopped before running it)
@@ -397,20 +399,27 @@ class _Home:
                             raise self._gone()
                         if handed is None:
                             return self._run_private(loop, work)
-                        return loop.run_until_complete(asyncio.wrap_future(handed, loop=loop))
+                        return loop.run_until_complete(asyncio.wrap_future(handed.future, loop=loop))
                     finally:
                         self._run_lock.release()
                 if loop.is_closed():
                     raise self._gone()
                 if handed is None and loop.is_running():
-                    coro = work()
                     try:
-                        handed = asyncio.run_coroutine_threadsafe(coro, loop)
+                        handed = _Handover(loop, work)
                     except RuntimeError:  # closed since the check above
-                        coro.close()
                         raise self._gone() from None
                 elif handed is None and loop is not self._private:
                     raise self._error("belongs to an event loop that is not running: nothing can run this there")
+                elif handed is not None and loop is not self._private:
+                    # Stopped by its owner with the work handed to it (not held: a held loop still runs): it may
+                    # never run again, and nothing else can run it, so this does not wait out the deadline for it.
+                    if loop.is_running():
+                        stopped_at = None
+                    elif stopped_at is None:
+                        stopped_at = time.monotonic()
+                    elif time.monotonic() - stopped_at >= _LOOP_CHECK_S:
+                        raise self._error("had its event loop stopped before it carried this out")
                 if time.monotonic() >= deadline:
                     raise TimeoutError(f"channel {self.channel_id} {self.side}: its event loop did not carry this "
                                        f"out within {timeout:g} s")
@@ -421,7 +430,7 @@ class _Home:
                               "running that loop ended and closed it)") from exc
         except BaseException:
             if handed is not None:
-                _cancel_on(loop, handed)
+                handed.give_up()
             raise
 
     def _run_private(self, loop: asyncio.AbstractEventLoop, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -536,6 +545,83 @@ def _cancel_on(loop: asyncio.AbstractEventLoop, future: concurrent.futures.Futur
     be delivered (asyncio logs the RuntimeError of that hand-over as a traceback)."""
     if not loop.is_closed():
         future.cancel()
+
+
+class _Handover(Generic[T]):
+    """``work()`` handed to ``loop``, running in another thread, as ``asyncio.run_coroutine_threadsafe`` does, but
+    one that can be given up for good (:meth:`give_up`): the caller that stops waiting for it has settled its
+    outcome otherwise (dropped the connection). Handed over with ``run_coroutine_threadsafe``, work given up while
+    its loop was held still started once that loop ran again, and a loop stopped then and closed left its task
+    pending ("Task was destroyed but it is pending").
+
+    Example:
+        >>> loop = asyncio.new_event_loop()
+        >>> async def answer() -> int:
+        ...     return 42
+        >>> handed = _Handover(loop, answer)
+        >>> handed.give_up()  # before the loop got to it: never started
+        >>> loop.run_until_complete(asyncio.sleep(0)); handed.future.cancelled(), asyncio.all_tasks(loop)
+        (True, set())
+        >>> loop.close()
+    """
+
+    __slots__ = ("_coro", "_given_up", "_lock", "_started", "future", "loop", "task")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, work: Callable[[], Coroutine[Any, Any, T]]) -> None:
+        self.loop = loop
+        self.future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self.task: asyncio.Task[T] | None = None
+        self._coro: Coroutine[Any, Any, T] | None = None
+        self._given_up = False
+        self._started = False
+        self._lock = threading.Lock()  # between the loop's steps of the work and a give-up in another thread
+        loop.call_soon_threadsafe(self._start, work)  # RuntimeError on a closed loop
+
+    def _start(self, work: Callable[[], Coroutine[Any, Any, T]]) -> None:
+        with self._lock:
+            if self._given_up:
+                return
+            self._coro = coro = self._run(work)
+            self.task = task = self.loop.create_task(coro)
+        task.add_done_callback(self._settle)
+
+    async def _run(self, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        with self._lock:
+            if self._given_up:
+                raise asyncio.CancelledError
+            self._started = True
+        return await work()
+
+    def _settle(self, task: asyncio.Task[T]) -> None:
+        exc = None if task.cancelled() else task.exception()  # retrieved even when nobody waits any more
+        if self.future.done():
+            return
+        if task.cancelled():
+            self.future.cancel()
+        elif exc is not None:
+            self.future.set_exception(exc)
+        else:
+            self.future.set_result(task.result())
+
+    def give_up(self) -> None:
+        """Stop waiting for the work: not started yet, it never starts (its coroutine is closed here, if its task
+        was made); started, it is cancelled when its loop runs again. Its task, if its loop is closed without
+        running it again, goes without asyncio's "destroyed but it is pending" error, as ``run_until_complete``
+        leaves a task its stopped loop did not finish."""
+        with self._lock:
+            self._given_up = True
+            task, coro = self.task, self._coro
+            if coro is not None and not self._started:
+                # Never stepped: ended here ("never awaited" otherwise). A loop stepping it right now waits on the
+                # lock inside it (ValueError: executing), and sees the give-up then.
+                with contextlib.suppress(ValueError):
+                    coro.close()
+        self.future.cancel()
+        if task is None or task.done():
+            return
+        task._log_destroy_pending = False  # type: ignore[attr-defined]  # asyncio's own switch, on both Tasks
+        with contextlib.suppress(RuntimeError):  # closed meanwhile: nothing can run the task any more
+            self.loop.call_soon_threadsafe(task.cancel)
 
 
 # ---------------------------------------------------------------------------------------------------- writer
@@ -757,8 +843,9 @@ class ChannelWriter:
 
         From any event loop, and never raises: awaited on a loop the writer does not belong to, the writer is
         aborted at once (any later write or close raises) and the abort is carried out on the writer's own loop
-        (its private loop, or its loop running in another thread; bounded). If that loop is closed or stopped
-        for good, the socket is dropped instead: the reader sees an abnormal close, an abort too. If that loop
+        (its private loop, or its loop running in another thread; bounded). If that loop is closed, or stopped
+        (for 0.25 s) before it ran the abort, the socket is dropped instead: the reader sees an abnormal close, an
+        abort too (a stopped loop may never run again, and no other thread may run it). If that loop
         does not get to the abort at once (held by a sync call, or stuck), this returns without waiting for it:
         the abort is carried out when the loop runs again, or the socket dropped if it does not within 15 s.
         """
