@@ -35,6 +35,7 @@ from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed
 
 from . import ws_fastpath
+from .errors import PicklesByState
 
 
 class ChannelCloseCode(enum.IntEnum):
@@ -87,7 +88,7 @@ def invited_frame_size(values: list[str]) -> int:
     return max(least, min(most, int(values[0])))
 
 
-class ChannelEndClosed(Exception):
+class ChannelEndClosed(PicklesByState, Exception):
     """Base of the three ways a channel end stops (see the module docstring).
 
     Attributes:

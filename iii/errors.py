@@ -53,7 +53,37 @@ def _refuse_published_sdk() -> None:
 _refuse_published_sdk()
 
 
-class IIIError(Exception):
+def _rebuilt(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any] | None) -> BaseException:
+    """The exception :meth:`PicklesByState.__reduce__` describes, its ``__init__`` not run again."""
+    exc = cls.__new__(cls)
+    exc.args = args
+    for name, value in (state or {}).items():
+        setattr(exc, name, value)  # as BaseException.__setstate__ does (ImportError's name and path too)
+    return exc
+
+
+class PicklesByState(BaseException):
+    """An exception whose pickle round trip (across processes: multiprocessing, ``concurrent.futures``) keeps its
+    type, ``args``, ``str()`` and attributes as they are, whatever its constructor takes.
+
+    Python rebuilds an exception as ``type(exc)(*exc.args)``: one whose constructor takes other parameters than
+    the message it passes on failed to unpickle (``TypeError: missing ... argument``) or came back with its
+    message built twice. This one is rebuilt without calling ``__init__``. Put it first among the bases.
+
+    Example:
+        >>> import pickle
+        >>> back = pickle.loads(pickle.dumps(OutboundQueueFullError(1000, 30.0)))  # takes (max_queue, waited)
+        >>> type(back).__name__, back.code, back.message == OutboundQueueFullError(1000, 30.0).message
+        ('OutboundQueueFullError', 'connection_lost', True)
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        reduced = super().__reduce__()
+        state = reduced[2] if isinstance(reduced, tuple) and len(reduced) > 2 else None
+        return _rebuilt, (type(self), self.args, state)
+
+
+class IIIError(PicklesByState, Exception):
     """Base of the errors this toolkit raises (other than ``TimeoutError``, ``ValueError``, ``TypeError``)."""
 
 

@@ -28,6 +28,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, Final, Literal, TypeVar, get_args
 
+from iii.errors import PicklesByState
 from iii_streams.messages import needs_package
 
 __all__ = ["DEFAULT_EVENT_LOOP", "EVENT_LOOPS", "EventLoopName", "EventLoopUnavailable", "loop_factory", "run",
@@ -42,7 +43,7 @@ EVENT_LOOPS: Final[tuple[str, ...]] = get_args(EventLoopName)
 DEFAULT_EVENT_LOOP: Final = "asyncio"
 
 
-class EventLoopUnavailable(ModuleNotFoundError):
+class EventLoopUnavailable(PicklesByState, ModuleNotFoundError):
     """The chosen event loop's package is not installed; ``str()`` is one line naming the extra to install.
 
     Example:

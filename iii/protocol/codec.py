@@ -27,6 +27,7 @@ from typing import Any, Final
 
 from pydantic import BaseModel, ValidationError
 
+from ..errors import PicklesByState
 from ..iii_types import (
     InvocationResultMessage,
     InvokeFunctionMessage,
@@ -239,7 +240,7 @@ def _json_dumps(value: Any) -> str:
     return text
 
 
-class UnpairedSurrogateError(ValueError):
+class UnpairedSurrogateError(PicklesByState, ValueError):
     """Text holding half a UTF-16 surrogate pair with no other half, which no UTF-8 text can carry: ``char`` (the
     surrogate, or the ``\\uXXXX`` escape that stands for one when ``escape``) at character ``position`` of the JSON
     text. :func:`dumps` raises it for a str holding one; :func:`loads` for a str document holding one and for such

@@ -21,13 +21,14 @@ from websockets.exceptions import ConnectionClosed, ConnectionClosedError, Conne
 from websockets.frames import OK_CLOSE_CODES, Close
 
 from iii.channel_end import BrokenChannel, ChannelCloseCode, ChannelEndClosed, ClosedEnd, Message, closed_from
+from iii.errors import PicklesByState
 from iii.waiters import Signal
 
 from . import machine as m
 from .driver import LiveChannel
 
 
-class ChannelRefused(Exception):
+class ChannelRefused(PicklesByState, Exception):
     """:meth:`ChannelRelay.open_local` refused the end, with the HTTP status a socket upgrade would have got."""
 
     def __init__(self, status: int, message: str) -> None:

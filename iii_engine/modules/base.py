@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, NamedTuple, Protocol
 
+from iii.errors import PicklesByState
 from iii.iii_types import TriggerInfo
 from iii_streams.messages import error_line, mask_passwords
 
@@ -29,7 +30,7 @@ from .. import closing
 from ..settings import MAX_TIMEOUT_MS, Field, Settings
 
 
-class EngineError(Exception):
+class EngineError(PicklesByState, Exception):
     """An error result ``{code, message}`` produced by the engine or a built-in function.
 
     Example:
@@ -51,7 +52,7 @@ class EngineError(Exception):
         return out
 
 
-class EngineStartError(RuntimeError):
+class EngineStartError(PicklesByState, RuntimeError):
     """The engine could not start; everything it had started is stopped again and every port released.
 
     ``str()`` is one line, with URL passwords masked.
@@ -72,7 +73,7 @@ class ModuleStartError(EngineStartError):
         super().__init__(f"module {module} cannot start: {self.reason}")
 
 
-class ModuleStoppedError(RuntimeError):
+class ModuleStoppedError(PicklesByState, RuntimeError):
     """A module the engine stopped tried to add something to it (a function, a trigger type, a listener, …): refused,
     as nothing would take it away again (a function of a stopped module was routed to it for good).
 

@@ -27,6 +27,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from iii.errors import PicklesByState
 from iii.wire import dumps, loads
 
 
@@ -105,7 +106,7 @@ class DeadLetter:
         return {"job": self.job.as_dict(), "error": self.error, "failed_at": self.failed_at}
 
 
-class QueueFull(Exception):
+class QueueFull(PicklesByState, Exception):
     """A redrive stopped because the queue holds ``max_jobs`` jobs; ``moved`` letters went back before that."""
 
     def __init__(self, moved: int) -> None:
@@ -113,7 +114,7 @@ class QueueFull(Exception):
         self.moved = moved
 
 
-class StoreFull(Exception):
+class StoreFull(PicklesByState, Exception):
     """A push refused because the in-memory store holds its ``max_bytes`` of jobs and dead letters."""
 
     def __init__(self, size: int, used: int, limit: int) -> None:
