@@ -12,7 +12,7 @@ write (delivered at commit). Atomicity per item:
   created with ``INSERT … ON CONFLICT DO NOTHING`` and the transaction is run again if another writer created it
   first. PostgreSQL drops a repeated identical notification within one transaction, so a write whose event
   would repeat one already sent goes into the next transaction. (One queue for the store, as on SQLite, made 64
-  writes in flight to distinct items 12× faster, but then a row lock held elsewhere, e.g. a session left in
+  writes in flight to distinct items 12 times faster, but then a row lock held elsewhere, e.g. a session left in
   ``SELECT … FOR UPDATE``, stalled the writes of every item for up to the store's timeout, and two stores' batches
   could deadlock, one inserting a row the other had updated: per item until a batch can give up such a row alone.)
 - SQLite: one queue for the whole database (it has one write lock anyway); ``BEGIN IMMEDIATE`` takes that lock,
