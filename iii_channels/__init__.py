@@ -21,7 +21,6 @@ Example:
     b'hello\\n'
 """
 
-from _thread import RLock as _RLock
 from sys import modules as _modules
 from types import ModuleType as _ModuleType
 
@@ -108,10 +107,6 @@ _FROM = {"__version__": "iii._version", "ChannelAbortedError": ".errors", "Chann
          "send_dir": ".trees", "send_files": ".trees"}
 
 
-# Threads that use names for the first time at once import them one at a time: two first imports of the SDK racing
-# each other could each find the other's modules half made ("partially initialized module").
-_IMPORTING = _RLock()
-
 if not TYPE_CHECKING:  # a type checker reads the imports above; a __getattr__ would tell it that every name exists
 
     def __getattr__(name: str) -> object:
@@ -122,13 +117,16 @@ if not TYPE_CHECKING:  # a type checker reads the imports above; a __getattr__ w
             module = "." + name  # a submodule, as an attribute: importing the package used to import them all
         from importlib import import_module  # here: it imports warnings, time in which the CLI cannot catch a Ctrl-C
 
-        with _IMPORTING:
-            try:
-                loaded = import_module(module, __name__)
-            except ModuleNotFoundError as exc:
-                if name in _FROM or exc.name != f"{__name__}.{name}":
-                    raise  # (a missing dependency of a module that exists is named as it is)
-                raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+        # The SDK first, whole: threads using names for the first time at once otherwise imported it by different
+        # routes and could each find the other's modules half made ("partially initialized module"). No lock of our
+        # own around the imports: the import system's locks detect deadlocks, one of ours would not.
+        import_module("iii")
+        try:
+            loaded = import_module(module, __name__)
+        except ModuleNotFoundError as exc:
+            if name in _FROM or exc.name != f"{__name__}.{name}":
+                raise  # (a missing dependency of a module that exists is named as it is)
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
         if name not in _FROM:
             return loaded
         value = globals()[name] = getattr(loaded, name)

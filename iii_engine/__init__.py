@@ -7,8 +7,6 @@ Example:
 """
 
 
-from _thread import RLock as _RLock
-
 # Each public name is imported on first use (PEP 562): ``iii-engine`` imports this package before it can handle a
 # Ctrl-C, and the engine's imports take a few hundred milliseconds. Not ``typing.TYPE_CHECKING``: ``typing`` alone
 # takes milliseconds to import; type checkers read this name as that one.
@@ -28,10 +26,6 @@ _FROM = {"__version__": "iii._version", "ConfigError": ".config", "EngineConfig"
          "ModuleSpec": ".modules.base", "ModuleStartError": ".modules.base"}
 
 
-# Threads that use names for the first time at once import them one at a time: two first imports of the SDK racing
-# each other could each find the other's modules half made ("partially initialized module").
-_IMPORTING = _RLock()
-
 if not TYPE_CHECKING:  # a type checker reads the imports above; a __getattr__ would tell it that every name exists
 
     def __getattr__(name: str) -> object:
@@ -42,13 +36,16 @@ if not TYPE_CHECKING:  # a type checker reads the imports above; a __getattr__ w
             module = "." + name  # a submodule, as an attribute: importing the package used to import them all
         from importlib import import_module  # here: it imports warnings, time in which the CLI cannot catch a Ctrl-C
 
-        with _IMPORTING:
-            try:
-                loaded = import_module(module, __name__)
-            except ModuleNotFoundError as exc:
-                if name in _FROM or exc.name != f"{__name__}.{name}":
-                    raise  # (a missing dependency of a module that exists is named as it is)
-                raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+        # The SDK first, whole: threads using names for the first time at once otherwise imported it by different
+        # routes and could each find the other's modules half made ("partially initialized module"). No lock of our
+        # own around the imports: the import system's locks detect deadlocks, one of ours would not.
+        import_module("iii")
+        try:
+            loaded = import_module(module, __name__)
+        except ModuleNotFoundError as exc:
+            if name in _FROM or exc.name != f"{__name__}.{name}":
+                raise  # (a missing dependency of a module that exists is named as it is)
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
         if name not in _FROM:
             return loaded
         value = globals()[name] = getattr(loaded, name)

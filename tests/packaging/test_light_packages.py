@@ -116,3 +116,33 @@ def test_type_checkers_see_no_module_getattr(package: str) -> None:
     assert "__getattr__" not in top
     guarded = [node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "not TYPE_CHECKING"]
     assert any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__" for g in guarded for n in g.body)
+
+
+def test_a_thread_importing_a_submodule_and_one_using_the_package_never_wait_for_each_other() -> None:
+    # One package-wide lock around the lazy imports (3b07060) hung this forever: a thread importing iii_engine.engine
+    # (which runs `from . import closing`, through the package's __getattr__) against one asking the package for
+    # Engine (the lock held, waiting for the module the first was importing); the import system's own locks, which
+    # detect deadlocks, serialize it instead.
+    script = textwrap.dedent("""
+        import os, sys, threading, time
+        import iii_engine
+        done = {}
+        def submodule():
+            from iii_engine.engine import Engine  # noqa: F401
+            done["submodule"] = True
+        def package(delay):
+            time.sleep(delay)
+            iii_engine.Engine
+            done["package"] = True
+        delay = float(sys.argv[1])
+        threads = [threading.Thread(target=submodule, daemon=True),
+                   threading.Thread(target=package, args=(delay,), daemon=True)]
+        [t.start() for t in threads]
+        [t.join(8) for t in threads]
+        print("ok" if len(done) == 2 else f"hung: {done}", flush=True)
+        os._exit(0)
+    """)
+    for delay in ("0", "0.01", "0.05"):
+        done = subprocess.run([sys.executable, "-c", script, delay], cwd=ROOT, capture_output=True, text=True,
+                              timeout=25, check=False)
+        assert done.stdout.strip() == "ok", (delay, done.stdout, done.stderr[-2000:])
