@@ -680,15 +680,15 @@ async def _workers(client: III, only: str | None = None) -> list[WorkerInfo]:
     return [WorkerInfo(**worker) for worker in result.get("workers", [])]
 
 
-async def _other_holder(client: III, function_id: str) -> WorkerInfo | None:
-    """The other worker serving ``function_id`` now; ``None`` also when the engine could not say (one line on
-    stderr: the check is a courtesy, its failure must not stop a serve)."""
+async def _other_holder(client: III, function_id: str) -> tuple[WorkerInfo | None, bool]:
+    """``(the other worker serving function_id now, whether the engine could say)``: a failed check is one line on
+    stderr (a courtesy: its failure must not stop a serve)."""
     try:
-        return _holder(await _workers(client), function_id, client.worker_id)
+        return _holder(await _workers(client), function_id, client.worker_id), True
     except Exception as exc:  # an error, a timeout, an answer of another shape
         print(f"iii-channel: could not check whether another worker serves {function_id} ({_why(exc)}); "
               "going on", file=sys.stderr, flush=True)
-        return None
+        return None, False
 
 
 async def _watch_ownership(client: III, function_id: str) -> str:
@@ -746,14 +746,14 @@ async def _serve(args: argparse.Namespace) -> int:
 
     async def start() -> bool:
         await _connect(client, args)
-        holder = await _other_holder(client, args.function)
+        holder, listed = await _other_holder(client, args.function)
         if holder is not None and not args.replace:
             raise _Refused(f"{_served_by(args.function, holder)}; stop it, or pass --replace to take it over")
         client.register_function(args.function, handler)
         # A round trip on the control socket: the engine handles frames in order, so once this answers the
         # registration is live and a sender started now will find the function.
         me = client.worker_id
-        if me is None:  # an engine that never named this connection: which worker is this one is unknown
+        if me is None or not listed:  # which worker is this one is unknown, or the engine cannot list its workers
             return args.function in {f.function_id for f in await client.list_functions_async()}
         try:
             workers = await _workers(client)

@@ -126,6 +126,31 @@ async def test_a_serve_starts_when_the_engine_cannot_list_its_workers(engine_url
     assert "Traceback" not in said
 
 
+async def test_a_serve_waits_out_one_check_only_when_the_engine_never_lists_its_workers(
+        engine_url: str, tmp_path: Path, serves: list[asyncio.subprocess.Process]) -> None:
+    # Before: the check before registering and the one after each waited out the 5 s bound: "serving" after 10.3 s.
+    silent = III(engine_url, InitOptions(otel={"enabled": False}))
+    never = asyncio.Event()
+
+    async def hangs(_data: object) -> object:
+        await never.wait()
+        return {}
+
+    try:
+        await silent.connect_async()
+        silent.register_function("engine::workers::list", hangs)
+        await silent.list_functions_async()
+        start = asyncio.get_running_loop().time()
+        proc, said = await _serving(engine_url, "--out", str(tmp_path))
+        serves.append(proc)
+        took = asyncio.get_running_loop().time() - start
+    finally:
+        await silent.shutdown_async()
+    assert said.splitlines()[-1].startswith(f"{SERVING}{_FUNCTION} on "), said
+    assert "could not check whether another worker serves" in said
+    assert took < 8.0, took
+
+
 def test_the_help_names_replace(capsys: pytest.CaptureFixture[str]) -> None:
     from iii_channels.cli import build_parser
 
