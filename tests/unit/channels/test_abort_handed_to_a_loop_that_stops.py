@@ -73,14 +73,25 @@ async def _written_on(home: _Home, writer: ChannelWriter) -> None:
     await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(writer.write(b"the first half"), home.loop))
 
 
-def _close_quietly(loop: asyncio.AbstractEventLoop, records: list[logging.LogRecord]) -> None:
-    """Close ``loop`` without running it again and collect what was left on it: nothing may complain."""
-    loop.close()
+def _collected_quietly(records: list[logging.LogRecord]) -> None:
+    """Collect what a closed loop left: no "never awaited" warning, no asyncio error about a task."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         gc.collect()
     assert [str(warning.message) for warning in caught if "never awaited" in str(warning.message)] == []
-    assert [record.getMessage() for record in records if record.name == "asyncio"] == []
+    messages = [record.getMessage() for record in records if record.name == "asyncio"]
+    assert [message for message in messages if "Task" in message] == []
+
+
+async def _run_again_and_close(home: _Home, writer: ChannelWriter, records: list[logging.LogRecord]) -> None:
+    """The loop's owner runs it once more, then closes it: nothing of the abort is left on it, and the writer's
+    socket, shut down from another thread, is closed by then (not left to the collector)."""
+    await asyncio.to_thread(home.loop.run_until_complete, asyncio.sleep(0.1))
+    assert [task for task in asyncio.all_tasks(home.loop) if not task.done()] == []
+    assert writer._end is not None
+    assert writer._end.ws.transport.get_extra_info("socket").fileno() == -1
+    home.loop.close()
+    _collected_quietly(records)
 
 
 async def _reader_gets_the_abort(reader: ChannelReader, read: asyncio.Future[bytes], within: float) -> float:
@@ -102,8 +113,8 @@ async def test_an_abort_given_up_never_starts_on_the_loop_later(
     await writer.abort("given up elsewhere")
     await _reader_gets_the_abort(reader, read, 10)  # the bound passed: the connection was dropped from elsewhere
     home.stop_as_released()
-    assert [task for task in asyncio.all_tasks(home.loop) if not task.done()] == []
-    _close_quietly(home.loop, caplog.records)
+    assert [task for task in asyncio.all_tasks(home.loop) if not task.done()] == []  # never started
+    await _run_again_and_close(home, writer, caplog.records)
 
 
 async def test_a_loop_stopped_before_it_ran_the_abort_has_the_reader_told_promptly(
@@ -116,4 +127,28 @@ async def test_a_loop_stopped_before_it_ran_the_abort_has_the_reader_told_prompt
     home.stop_as_released()  # the abort's task made, never run
     took = await _reader_gets_the_abort(reader, read, 10)
     assert took < 3.0, f"the reader waited {took:.2f} s for the abort"
-    _close_quietly(home.loop, caplog.records)  # by its owner: what was left on it goes quietly
+    await _run_again_and_close(home, writer, caplog.records)
+
+
+async def _forever() -> None:
+    await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize("stepped", [False, True], ids=["never-stepped", "started"])
+def test_work_given_up_on_a_loop_closed_without_running_it_again_goes_quietly(
+        stepped: bool, caplog: pytest.LogCaptureFixture) -> None:
+    """The loop's owner stopped it right after it made the work's task (``stepped``: after its first step), then
+    closed it without running it again."""
+    loop = asyncio.new_event_loop()
+    handed = channels_module._Handover(loop, _forever)
+    if stepped:
+        loop.call_soon(lambda: loop.call_soon(loop.stop))  # after the task's first step
+    else:
+        loop.call_soon(loop.stop)  # in the same round as the start: the task never takes a step
+    loop.run_forever()
+    assert handed.task is not None and not handed.task.done()
+    assert handed._started is stepped
+    handed.give_up()
+    loop.close()
+    del handed
+    _collected_quietly(caplog.records)
