@@ -89,7 +89,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMes
 from websockets.protocol import State
 
 from . import ws_fastpath
-from .errors import ConnectionLostError, OutboundQueueFullError
+from .errors import ConnectionLostError, OutboundQueueFullError, PicklesByState
 from .iii_constants import DEFAULT_RECONNECTION_CONFIG, MAX_QUEUE_SIZE, IIIConnectionState, ReconnectionConfig
 from .loss_log import LossLog
 
@@ -130,7 +130,7 @@ that. So does an HTTP 404 (a reverse proxy's before its route to an engine that 
 status an engine never gives (see :func:`not_an_engine`) gives up at the first answer."""
 
 
-class MessageTooLargeError(ValueError):
+class MessageTooLargeError(PicklesByState, ValueError):
     """A frame not written: it is ``size`` bytes, over the ``limit`` its socket's engine named (written, the engine
     would close the connection with 1009)."""
 

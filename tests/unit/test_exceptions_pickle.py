@@ -57,8 +57,7 @@ _BY_ANNOTATION: dict[str, Any] = {
     "Sequence[str]": ["tar", "-x"],
 }
 _BY_NAME: dict[tuple[str, str], Any] = {("EventLoopUnavailable", "name"): "uvloop"}  # a known loop's name
-# Not fixed yet, in a module kept as it is for now: its constructor takes (size, limit).
-_KNOWN_FAILING = {"iii.connection.MessageTooLargeError"}
+_KNOWN_FAILING: set[str] = set()  # classes still failing, each marked xfail(strict): none
 
 
 def _argument(cls: type[BaseException], parameter: inspect.Parameter) -> Any:
