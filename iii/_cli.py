@@ -14,13 +14,16 @@ Example:
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import signal
+import sys
 from typing import Final, NoReturn
 from urllib.parse import unquote
 
 from ._version import __version__
 
-__all__ = ["OneLineParser", "mask_passwords"]
+__all__ = ["OneLineParser", "exit_interrupted", "mask_passwords"]
 
 # scheme://user:password@host: the password runs to the authority's LAST '@' (redis-py's urlparse splits there, so
 # a raw '@' in a password is part of it), and may hold '/' or '?' (SQLAlchemy's reading); it never runs into a
@@ -102,6 +105,27 @@ def mask_passwords(text: str) -> str:
         parts += (text[done:found.end()], "***")
         done = end.start() if end is not None else len(text)
     return "".join(parts) + text[done:] if parts else text
+
+
+def exit_interrupted(own_process: bool) -> int:
+    """The end of a command interrupted by Ctrl-C, after its one line: status 130, or, in a process that is the
+    command's own (its console script, ``python -m``), the end by SIGINT itself, as Python ends on an uncaught
+    KeyboardInterrupt. A shell running the command in a loop stops its loop for a death by SIGINT, and goes on after
+    an exit status of 130; its ``$?`` is 130 either way. Standard output and error are flushed first.
+
+    Example:
+        >>> exit_interrupted(own_process=False)
+        130
+    """
+    if own_process:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe: nothing more can be said on it
+                pass
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    return 130  # where SIGINT did not end the process
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -34,7 +34,8 @@ transfer from the first without a word. With ``--replace`` it takes the function
 While it serves, it checks every 2 s that the engine still has the function with it, and stops with one line
 (status 1) once another worker has taken it.
 Exit status: 0 on success (and for ``serve`` stopped by SIGTERM or SIGINT), 130 for ``send`` interrupted by SIGINT (one
-line ``iii-channel: send: interrupted``), 143 for ``send`` stopped by SIGTERM (handled as SIGINT is: the upload aborted,
+line ``iii-channel: send: interrupted``; run as a command, the process then ends by SIGINT, so a shell loop running it
+stops), 143 for ``send`` stopped by SIGTERM (handled as SIGINT is: the upload aborted,
 so a reader hears ``ChannelAbortedError`` on our engine, and the client shut down; one line ``iii-channel: send:
 terminated``; a second SIGTERM ends it at once), 1 on a failed transfer (an unconfirmed one included) or an engine that
 cannot be reached within ``--connect-timeout`` (one line ``iii-channel: error: cannot reach the engine at URL …``), 2 on
@@ -64,7 +65,7 @@ from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
-from iii._cli import OneLineParser, mask_passwords
+from iii._cli import OneLineParser, exit_interrupted, mask_passwords
 from iii.channels import ChannelReader, ChannelWriter
 from iii.connection import check_url
 from iii.iii import III
@@ -837,7 +838,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         # serve ends on SIGINT itself (exit 0); an interrupted send says so, in one line like every failure.
         print(f"iii-channel: {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return exit_interrupted(own_process=argv is None)
     except _Refused as exc:
         return _fail(str(exc))
     except (OSError, ConnectionError) as exc:

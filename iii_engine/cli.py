@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from logging.handlers import MemoryHandler
 
+from iii._cli import exit_interrupted
 from iii_streams.messages import OneLineParser, mask_passwords
 from iii_streams.urls import check_scheme
 
@@ -337,5 +338,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
     except KeyboardInterrupt:  # Ctrl-C before the signal handlers were installed
         log.failed()
-        return 130
+        return exit_interrupted(own_process=argv is None)
     return 0

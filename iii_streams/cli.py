@@ -20,6 +20,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from iii._cli import exit_interrupted
+
 from .messages import OneLineParser, error_line, mask_passwords
 
 __all__ = ["main"]
@@ -116,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         print(f"{PROG}: {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return exit_interrupted(own_process=argv is None)
     except Exception as exc:  # the command line wants one readable line, not a traceback
         action = "migrate" if args.command == "migrate" else "read the revision of"
         print(f"{PROG}: cannot {action} {mask_passwords(args.url)}: {error_line(exc)}{_path_hint(url)}",
