@@ -69,3 +69,13 @@ def test_masking_time_is_linear(text: str) -> None:
     begin = time.perf_counter()
     mask_passwords(text)
     assert time.perf_counter() - begin < 1.0, text[:20]
+
+
+def test_a_resolved_auth_never_shows_its_secret_in_its_repr() -> None:
+    # The secret read from the engine's environment for an HTTP function's auth: its repr showed it, so any log line
+    # or error quoting the auth would have.
+    from iii_engine.modules.http.security import ResolvedAuth
+
+    auth = ResolvedAuth("bearer", "s3cret-token")
+    assert "s3cret" not in repr(auth) and "bearer" in repr(auth)
+    assert auth.header_for("0", b"") == ("Authorization", "Bearer s3cret-token")

@@ -24,7 +24,7 @@ import hmac
 import ipaddress
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import SplitResult, urlsplit
 
@@ -303,7 +303,7 @@ class ResolvedAuth:
     """Auth with its secret read from the engine's environment at registration."""
 
     kind: str
-    secret: str
+    secret: str = field(repr=False)  # never in a repr, so never in a log line or an error that shows the auth
     header: str | None = None
 
     def header_for(self, timestamp: str, body: bytes) -> tuple[str, str]:
