@@ -582,8 +582,16 @@ class _Handover(Generic[T]):
             if self._given_up:
                 return
             self._coro = coro = self._run(work)
-            self.task = task = self.loop.create_task(coro)
+        # Outside the lock: an eager task factory (Python 3.12+) runs the first step, and so _run's lock, inside
+        # create_task, and the loop thread would wait on itself. A give-up in between closes the coroutine: the task
+        # then ends at its first step (its error retrieved by _settle; nobody waits for it any more).
+        task = self.loop.create_task(coro)
+        with self._lock:
+            self.task = task
+            cancel = self._given_up and self._started and not task.done()
         task.add_done_callback(self._settle)
+        if cancel:
+            task.cancel()  # given up while its first step ran (eagerly): cancelled here, as give_up would
 
     async def _run(self, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
         with self._lock:
@@ -619,7 +627,8 @@ class _Handover(Generic[T]):
         self.future.cancel()
         if task is None or task.done():
             return
-        task._log_destroy_pending = False  # type: ignore[attr-defined]  # asyncio's own switch, on both Tasks
+        with contextlib.suppress(AttributeError):  # asyncio's own switch, on both Tasks (3.11-3.13); else the warning
+            task._log_destroy_pending = False  # type: ignore[attr-defined]
         with contextlib.suppress(RuntimeError):  # closed meanwhile: nothing can run the task any more
             self.loop.call_soon_threadsafe(task.cancel)
 

@@ -16,6 +16,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -152,3 +153,31 @@ def test_work_given_up_on_a_loop_closed_without_running_it_again_goes_quietly(
     loop.close()
     del handed
     _collected_quietly(caplog.records)
+
+
+def test_the_task_is_made_without_the_handover_lock_held() -> None:
+    # An eager task factory (Python 3.12+) runs a task's first step inside create_task; the hand-over made its task
+    # while holding the lock that first step takes, so the loop thread waited on itself for good.
+    from iii.channels import _Handover
+
+    loop = asyncio.new_event_loop()
+    held_at_creation: list[bool] = []
+    handovers: list[_Handover[int]] = []
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any) -> asyncio.Task[Any]:
+        if getattr(coro, "__qualname__", "") == "_Handover._run":
+            held_at_creation.append(handovers[0]._lock.locked())
+        return asyncio.Task(coro, loop=loop)
+
+    async def answer() -> int:
+        return 42
+
+    loop.set_task_factory(factory)
+    try:
+        handovers.append(_Handover(loop, answer))
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.run_until_complete(asyncio.wrap_future(handovers[0].future, loop=loop))
+        assert handovers[0].future.result() == 42
+        assert held_at_creation == [False]
+    finally:
+        loop.close()
