@@ -54,11 +54,16 @@ _refuse_published_sdk()
 
 
 def _rebuilt(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any] | None) -> BaseException:
-    """The exception :meth:`PicklesByState.__reduce__` describes, its ``__init__`` not run again."""
-    exc = cls.__new__(cls)
+    """The exception :meth:`PicklesByState.__reduce__` describes, no ``__init__`` of the toolkit's (or a user's) run
+    again: only the nearest built-in exception's ``__new__`` and ``__init__``, with ``args``, so that the state
+    built-ins keep outside ``__dict__`` comes back too (``OSError.errno``, ``SystemExit.code``, an exception
+    group's exceptions), then ``__setstate__`` (a class's own, where it has one) with the rest."""
+    builtin: Any = next(base for base in cls.__mro__ if base.__module__ == "builtins")
+    exc: BaseException = builtin.__new__(cls, *args)
+    builtin.__init__(exc, *args)
     exc.args = args
-    for name, value in (state or {}).items():
-        setattr(exc, name, value)  # as BaseException.__setstate__ does (ImportError's name and path too)
+    if state:
+        exc.__setstate__(state)
     return exc
 
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from iii.errors import PicklesByState
+
 _PACKAGES = ("iii", "iii_channels", "iii_streams", "iii_engine")
 
 # Every module of the packages is imported in a process of its own (some are command-line entry points, some load
@@ -112,3 +114,41 @@ def test_an_exception_survives_a_pickle_round_trip(module: str, name: str) -> No
     assert str(back) == str(exc)
     assert back.args == exc.args
     assert _attributes(back) == _attributes(exc)
+
+
+class _Unreachable(PicklesByState, ConnectionError):
+    def __init__(self, host: str) -> None:
+        super().__init__(2, f"cannot reach {host}")
+        self.host = host
+
+
+class _Group(PicklesByState, ExceptionGroup):  # type: ignore[type-arg]
+    pass
+
+
+class _Exit(PicklesByState, SystemExit):
+    pass
+
+
+class _OwnState(PicklesByState, Exception):
+    def __init__(self, a: int, b: int) -> None:
+        super().__init__(f"{a}-{b}")
+        self.a = a
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.restored = True
+
+
+def test_user_subclasses_keep_the_state_builtins_keep_outside_their_dict() -> None:
+    # Before: errno/strerror came back None (and str() changed), an exception group failed to unpickle
+    # (BaseExceptionGroup.__new__ takes 2 arguments), SystemExit.code was lost, a class's own __setstate__ skipped.
+    back = pickle.loads(pickle.dumps(_Unreachable("db")))
+    assert (back.errno, back.strerror, back.host) == (2, "cannot reach db", "db")
+    assert str(back) == "[Errno 2] cannot reach db"
+    group = pickle.loads(pickle.dumps(_Group("several", [ValueError(1)])))
+    assert type(group) is _Group and str(group) == "several (1 sub-exception)"
+    assert [repr(e) for e in group.exceptions] == ["ValueError(1)"]
+    assert pickle.loads(pickle.dumps(_Exit(3))).code == 3
+    own = pickle.loads(pickle.dumps(_OwnState(1, 2)))
+    assert (str(own), own.a, own.restored) == ("1-2", 1, True)
