@@ -34,7 +34,9 @@ _CREDENTIALS: Final = re.compile(
     r"(?P<head>(?<![A-Za-z0-9+.\-])[A-Za-z0-9+.\-]*://[^:/?#\s]*):(?:(?!://)\S)+?@(?=[^@/?#\s]*(?:[/?#\s]|$))")
 # http(s):// and ws(s):// (git+https:// too) with a user and no password: aiohttp, requests and websockets send it
 # as Basic auth, and a token is often put there alone (https://ghp_…@github.com/…), so the whole user is masked. A
-# database URL's plain user name (postgresql://app@db) is no secret and stays: readers need it.
+# database URL's plain user name (postgresql://app@db) is no secret and stays: readers need it, as they need the
+# user beside a password (ws://bridge:***@remote); a token put before a password (https://ghp_…:x-oauth-basic@)
+# shows.
 _USER_ONLY: Final = re.compile(
     r"(?P<head>(?<![A-Za-z0-9+.\-])(?:[A-Za-z0-9+.\-]*\+)?(?i:https?|wss?)://)[^:/?#\s]+?:?@"
     r"(?=[^@/?#\s]*(?:[/?#\s]|$))")
@@ -50,11 +52,14 @@ _QUERY_KEY: Final = re.compile(r"[?&;#](?P<key>[^=&;#?\s]*)=")
 #   auth, jwt, bearer, pass, tokens, session, or code: an OAuth authorization code lives a few minutes but is
 #   exchanged for tokens in that time, and its value tells a reader nothing (a ?code= that is a plain setting is
 #   masked too: the cheaper mistake).
+# - or ends in _key or -key (app_key, license_key, consumer_key, subscription-key, dd-api-key), or in accesskey,
+#   secretkey, privatekey, apikey or appkey (secretAccessKey): a setting named so (sort_key) is masked too.
 # Not, on purpose: names that only contain such a word (passfile, sslkey, user_password_hint, keyspace, max_tokens),
 # whose values are paths or settings a reader needs to see.
 _SECRET_KEY: Final = re.compile(
     r".*(?:password|passwd|pwd|secrets?|token|signature|credentials?|authorization|hmac|sess(?:ion[_\-]?)?id)"
-    r"|(?:x[_\-])?api[_\-]?key|(?:access|secret|private)[_\-]?key|key|sig|auth|jwt|bearer|pass|tokens|session|code",
+    r"|(?:x[_\-])?api[_\-]?key|(?:access|secret|private)[_\-]?key|key|sig|auth|jwt|bearer|pass|tokens|session|code"
+    r"|.*[_\-]key|.*(?:access|secret|private|api|app)key",
     re.IGNORECASE | re.DOTALL)
 # Where a secret value ends: at the next '&' or blank. '#' and ';' do not end it (SQLAlchemy reads a query value
 # up to '&', so in ?password=a#b;c all of a#b;c is the password). A quote ends it only where it closes a URL shown
@@ -93,6 +98,8 @@ def mask_passwords(text: str) -> str:
         "got 'https://app.example/cb?state=7#access_token=***&token_type=bearer', retrying"
         >>> mask_passwords("https://h/x?api%5Fkey=k3y&password[]=pw&token=ab'-cd")
         'https://h/x?api%5Fkey=***&password[]=***&token=***'
+        >>> mask_passwords("https://api.example.com/v1?subscription-key=k&secretAccessKey=s&sort=name")
+        'https://api.example.com/v1?subscription-key=***&secretAccessKey=***&sort=name'
     """
     text = _USER_ONLY.sub(r"\g<head>***@", _CREDENTIALS.sub(r"\g<head>:***@", text))
     parts: list[str] = []

@@ -79,3 +79,24 @@ def test_a_resolved_auth_never_shows_its_secret_in_its_repr() -> None:
     auth = ResolvedAuth("bearer", "s3cret-token")
     assert "s3cret" not in repr(auth) and "bearer" in repr(auth)
     assert auth.header_for("0", b"") == ("Authorization", "Bearer s3cret-token")
+
+
+def test_a_header_line_put_in_the_name_is_refused_without_its_value() -> None:
+    # Before: the whole name was quoted, "Authorization: Bearer s3cr3t" and its token with it.
+    import pytest
+
+    from iii_engine.modules.base import EngineError
+    from iii_engine.modules.http.functions import _check_field
+
+    with pytest.raises(EngineError) as info:
+        _check_field("f", "invocation.headers", "Authorization: Bearer s3cr3t", "")
+    assert "s3cr3t" not in str(info.value) and "'Authorization' then ':'" in str(info.value)
+
+
+def test_more_key_names_are_secret() -> None:
+    from iii._cli import mask_passwords
+
+    shown = mask_passwords("https://h/x?subscription-key=a&dd-api-key=b&application_key=c&app_key=d&license_key=e"
+                           "&consumer_key=f&secretAccessKey=g&sslkey=/etc/k&keyspace=ks")
+    assert shown == ("https://h/x?subscription-key=***&dd-api-key=***&application_key=***&app_key=***&license_key=***"
+                     "&consumer_key=***&secretAccessKey=***&sslkey=/etc/k&keyspace=ks")

@@ -99,6 +99,7 @@ class HttpFunction:
 # A header name is a token (RFC 9110 section 5.1). A value may hold visible characters, SP, HTAB and obs-text (5.5);
 # the client sends a str value as UTF-8, so any character goes but the control ones and lone surrogates.
 _FIELD_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_FIELD_NAME_CHAR: Final = re.compile(r"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")  # the first character a name may not hold
 _FIELD_VALUE_FORBIDDEN: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")
 
 
@@ -144,9 +145,13 @@ def _check_field(function_id: str, where: str, name: str, value: str) -> None:
     other control characters as they are.
     """
     if not _FIELD_NAME.fullmatch(name):
+        # quoted up to its first character HTTP does not allow only: a whole header line put in the name by mistake
+        # ("Authorization: Bearer …") holds its value after it
+        bad = _FIELD_NAME_CHAR.search(name)
+        what = (f"{name[:bad.start()][:_CHAIN_PART_CHARS]!r} then {name[bad.start()]!r}" if bad is not None
+                else "an empty one")
         raise EngineError("invalid_invocation", f"{function_id}: {where} has a header name HTTP does not allow: "
-                                                f"{name[:_CHAIN_PART_CHARS]!r} (letters, digits and !#$%&'*+-.^_`|~ "
-                                                "only)")
+                                                f"{what} (letters, digits and !#$%&'*+-.^_`|~ only)")
     if _FIELD_VALUE_FORBIDDEN.search(value):
         raise EngineError("invalid_invocation", f"{function_id}: {where}: the value of header {name} holds a character "
                                                 "HTTP forbids (CR, LF, NUL or another control character) or a lone "
