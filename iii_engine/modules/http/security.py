@@ -328,8 +328,9 @@ def resolve_auth(auth: Any, env: Mapping[str, str]) -> ResolvedAuth | None:
     """Read the secret an ``HttpAuthConfig`` names; :class:`EngineError` with production's code if missing.
 
     Example:
-        >>> resolve_auth({"type": "bearer", "token_key": "TOKEN"}, {"TOKEN": "t0k"})
-        ResolvedAuth(kind='bearer', secret='t0k', header=None)
+        >>> auth = resolve_auth({"type": "bearer", "token_key": "TOKEN"}, {"TOKEN": "t0k"})
+        >>> auth, auth.secret  # (the secret is never in the repr)
+        (ResolvedAuth(kind='bearer', header=None), 't0k')
         >>> resolve_auth({"type": "hmac", "secret_key": "NOPE"}, {})
         Traceback (most recent call last):
         ...
