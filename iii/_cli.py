@@ -23,7 +23,7 @@ from urllib.parse import unquote
 
 from ._version import __version__
 
-__all__ = ["OneLineParser", "exit_interrupted", "mask_passwords"]
+__all__ = ["MAX_SECONDS", "OneLineParser", "exit_interrupted", "mask_passwords", "seconds"]
 
 # scheme://user:password@host: the password runs to the authority's LAST '@' (redis-py's urlparse splits there, so
 # a raw '@' in a password is part of it), and may hold '/' or '?' (SQLAlchemy's reading); it never runs into a
@@ -133,6 +133,30 @@ def exit_interrupted(own_process: bool) -> int:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)
     return 130  # where SIGINT did not end the process
+
+
+MAX_SECONDS: Final = 24 * 3600.0
+"""The longest time a command's ``--…-timeout SECONDS`` option accepts."""
+
+
+def seconds(text: str) -> float:
+    """An argparse ``type=`` for a time limit in seconds: a number more than 0 and at most :data:`MAX_SECONDS`.
+
+    Example:
+        >>> seconds("2.5")
+        2.5
+        >>> seconds("0")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: must be more than 0 and at most 86400 seconds, got 0
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be more than 0 and at most {MAX_SECONDS:g} seconds, got {text}")
+    return value
 
 
 class OneLineParser(argparse.ArgumentParser):

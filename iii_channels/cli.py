@@ -65,7 +65,7 @@ from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
-from iii._cli import OneLineParser, exit_interrupted, mask_passwords
+from iii._cli import OneLineParser, exit_interrupted, mask_passwords, seconds
 from iii.channels import ChannelReader, ChannelWriter
 from iii.connection import check_url
 from iii.iii import III
@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="progress bar on stderr: auto (only on a terminal), always, never")
     common.add_argument("--no-progress", dest="progress", action="store_const", const="never",
                         default=argparse.SUPPRESS, help="same as --progress never")
-    common.add_argument("--connect-timeout", type=_seconds, default=argparse.SUPPRESS, metavar="SECONDS",
+    common.add_argument("--connect-timeout", type=seconds, default=argparse.SUPPRESS, metavar="SECONDS",
                         help=f"give up when the engine cannot be reached this long (default "
                              f"{DEFAULT_CONNECT_TIMEOUT_S:g})")
     # usage errors: one line and exit status 2, like every command of the toolkit; --version comes with it
@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--allow-unverified", action="store_true",
                       help='exit 0 also when the answer does not confirm the transfer with "verified": true '
                            "(a function of your own that answers something else)")
-    send.add_argument("--stall-timeout", type=_seconds, default=DEFAULT_STALL_TIMEOUT_S, metavar="SECONDS",
+    send.add_argument("--stall-timeout", type=seconds, default=DEFAULT_STALL_TIMEOUT_S, metavar="SECONDS",
                       help="once the function answered, fail when the upload waits and no byte of it moves this "
                            "long: nobody reads it (default "
                            f"{DEFAULT_STALL_TIMEOUT_S:g}; more for a function that reads very slowly)")
@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--once", action="store_true", help="exit after the first transfer")
     serve.add_argument("--overwrite", action="store_true",
                        help="with a directory --out, replace an existing file of the same name (default: refuse)")
-    serve.add_argument("--idle-timeout", type=_seconds, default=DEFAULT_IDLE_TIMEOUT_S, metavar="SECONDS",
+    serve.add_argument("--idle-timeout", type=seconds, default=DEFAULT_IDLE_TIMEOUT_S, metavar="SECONDS",
                        help="fail a transfer whose sender sends nothing this long; with --out - the next sender "
                             f"waits at most this long behind a stalled one (default {DEFAULT_IDLE_TIMEOUT_S:g})")
     serve.add_argument("--replace", action="store_true",
@@ -215,16 +215,6 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
     if args.command is None:
         parser.error("the following arguments are required: a command (send or serve)")
     return args
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value <= 24 * 3600:
-        raise argparse.ArgumentTypeError(f"must be more than 0 and at most 86400 seconds, got {text}")
-    return value
 
 
 def _connect_timeout(args: argparse.Namespace) -> float:

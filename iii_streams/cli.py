@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from iii._cli import exit_interrupted
+from iii._cli import exit_interrupted, seconds
 
 from .messages import OneLineParser, error_line, mask_passwords
 
@@ -41,6 +41,10 @@ def _parser() -> OneLineParser:
     migrate.add_argument("--revision", default="head", help="target revision (default: head)")
     current = sub.add_parser("current", help="print the applied schema revision")
     current.add_argument("url", help="database URL")
+    for command in (migrate, current):
+        command.add_argument("--timeout", type=seconds, default=None, metavar="SECONDS",
+                             help="give up when the database has not answered within SECONDS, connecting and "
+                                  "waiting for another migration included (default: 120)")
     return parser
 
 
@@ -54,9 +58,10 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(parsed.database)
 
 
-async def _current(url: str) -> str | None:
+async def _current(url: str, timeout: float) -> str | None:
     from sqlalchemy.ext.asyncio import create_async_engine
 
+    from .engine_bounds import run_then_dispose
     from .migrate import current_revision
 
     file = _sqlite_file(url)
@@ -64,20 +69,30 @@ async def _current(url: str) -> str | None:
         # connecting would create an empty file: a typo in the path must not leave one behind
         raise _Failure(f"database file {file} does not exist")
     engine = create_async_engine(url)
-    try:
+
+    async def read() -> str | None:
         async with engine.connect() as conn:
             return await conn.run_sync(current_revision)
-    finally:
-        await engine.dispose()
+
+    return await run_then_dispose(engine, read(), timeout, f"database {mask_passwords(url)}")
 
 
-def _run(command: str, url: str, revision: str, shown: str) -> str:
-    """Do the work on ``url`` (shown to the user as ``shown``); returns the line to print."""
-    from .migrate import upgrade
+def _run(command: str, url: str, revision: str, shown: str, timeout: float | None) -> str:
+    """Do the work on ``url`` (shown to the user as ``shown``) within ``timeout`` seconds (``None``: the default);
+    returns the line to print."""
+    from .migrate import MIGRATE_TIMEOUT_S, upgrade
 
-    if command == "current":
-        return asyncio.run(_current(url)) or "none"
-    before, after = asyncio.run(upgrade(url, revision))
+    limit = MIGRATE_TIMEOUT_S if timeout is None else timeout
+    try:
+        if command == "current":
+            return asyncio.run(_current(url, limit)) or "none"
+        before, after = asyncio.run(upgrade(url, revision, timeout=limit))
+    except TimeoutError as exc:
+        if not str(exc):  # the driver's own, a connect's (asyncpg's bound: 60 s); ours names the database
+            raise _Failure(f"connecting to {shown} timed out") from None
+        waits = " (or another migration of it is still running)" if command == "migrate" else ""
+        raise _Failure(f"{shown} gave no answer within {limit:g} s{waits}; --timeout SECONDS sets the "
+                       "limit") from None
     if before == after:
         return f"{shown} is already at {after or 'none'}"
     return f"migrated {shown} from {before or 'none'} to {after}"
@@ -112,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         revision = args.revision if args.command == "migrate" else "head"
-        print(_run(args.command, url, revision, shown=mask_passwords(args.url)))
+        print(_run(args.command, url, revision, shown=mask_passwords(args.url), timeout=args.timeout))
     except _Failure as exc:
         print(f"{PROG}: {args.command}: {exc}", file=sys.stderr)
         return 1

@@ -24,17 +24,22 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from .engine_bounds import run_then_dispose
 from .messages import mask_passwords
 from .schema import VERSION_TABLE
 
-__all__ = ["HEAD", "MIGRATIONS_DIR", "SQL_SCHEMES", "current_revision", "head_revision", "migrate", "normalize_url",
-           "schema_behind", "upgrade", "upgrade_connection"]
+__all__ = ["HEAD", "MIGRATE_TIMEOUT_S", "MIGRATIONS_DIR", "SQL_SCHEMES", "current_revision", "head_revision",
+           "migrate", "normalize_url", "schema_behind", "upgrade", "upgrade_connection"]
 
 HEAD: Final = "head"
 # PostgreSQL advisory lock key ("iiistr") held by each migration transaction: concurrent migrations (replicas
 # starting at once) run one after the other, the later ones finding the schema done, instead of failing on a
 # duplicate CREATE TABLE
 _MIGRATION_LOCK: Final = 0x69_69_69_73_74_72
+
+MIGRATE_TIMEOUT_S: Final = 120.0
+"""How long :func:`upgrade` and :func:`migrate` (and ``iii-streams``) wait, by default, for a migration to end,
+connecting and waiting for another migration of the database included."""
 
 # How long a SQLite connection waits for another's lock before "database is locked" (its busy_timeout), for the
 # stores' connections (iii_streams.sql) and those of a migration run here alike
@@ -264,9 +269,14 @@ async def migrate_with(target: AsyncEngine | AsyncConnection, revision: str = HE
             return await conn.run_sync(upgrade_connection, revision)
 
 
-async def upgrade(url: str, revision: str = HEAD) -> tuple[str | None, str | None]:
+async def upgrade(url: str, revision: str = HEAD, *,
+                  timeout: float | None = MIGRATE_TIMEOUT_S) -> tuple[str | None, str | None]:
     """Upgrade the database at ``url`` (``sqlite+aiosqlite:///…``, ``postgresql+asyncpg://…``) in one transaction;
     returns ``(revision before, revision after)``, equal when there was nothing to do.
+
+    ``timeout`` bounds the whole of it (connecting, waiting for another migration of the database, migrating;
+    ``None``: no bound): past it :class:`TimeoutError` names the database, the connections are cut and nothing is
+    committed. A server gone silent would otherwise hold the caller for good.
 
     Example:
         >>> import asyncio
@@ -282,16 +292,17 @@ async def upgrade(url: str, revision: str = HEAD) -> tuple[str | None, str | Non
     engine = create_async_engine(normalize_url(url))
     if engine.dialect.name == "sqlite":
         _lock_sqlite_writes(engine)
-    try:
+
+    async def work() -> tuple[str | None, str | None]:
         async with _alembic_turn(), engine.begin() as conn:
             return await conn.run_sync(run)
-    finally:
-        await engine.dispose()
+
+    return await run_then_dispose(engine, work(), timeout, f"database {mask_passwords(url)}")
 
 
-async def migrate(url: str, revision: str = HEAD) -> str | None:
+async def migrate(url: str, revision: str = HEAD, *, timeout: float | None = MIGRATE_TIMEOUT_S) -> str | None:
     """Upgrade the database at ``url`` (``sqlite+aiosqlite:///…``, ``postgresql+asyncpg://…``); returns the new
-    revision.
+    revision. ``timeout``: as for :func:`upgrade`.
 
     Example:
         >>> import asyncio, tempfile
@@ -300,4 +311,4 @@ async def migrate(url: str, revision: str = HEAD) -> str | None:
         ...     asyncio.run(migrate(url)), asyncio.run(migrate(url))  # the second finds nothing to do
         ('0001_stream_items', '0001_stream_items')
     """
-    return (await upgrade(url, revision))[1]
+    return (await upgrade(url, revision, timeout=timeout))[1]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -103,6 +104,16 @@ def _only_the_engine_under_test(request: pytest.FixtureRequest, monkeypatch: pyt
                     pytrace=False)
 
     monkeypatch.setattr(Engine, "start", refuse)
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port whose kernel completes the TCP handshake (the listen backlog) but where nothing ever answers: a server
+    gone silent (a frozen host, a listener that never speaks). A connection's first request waits for good."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield listener.getsockname()[1]
 
 
 @pytest.fixture

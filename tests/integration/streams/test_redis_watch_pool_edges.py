@@ -14,7 +14,7 @@ import shutil
 import socket
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -39,16 +39,6 @@ def name() -> str:
 
 def _store(client: aioredis.Redis, name: str, **options: Any) -> RedisStream:
     return RedisStream(client, layout=KeyLayout(name), channel=name, **options)
-
-
-@pytest.fixture
-def silent_port() -> Iterator[int]:
-    """A port whose kernel completes the TCP handshake (the listen backlog) but where nothing ever answers: a
-    connection's first command (``CLIENT SETNAME``) waits for good."""
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(8)
-        yield listener.getsockname()[1]
 
 
 async def test_aclose_ends_a_first_watch_waiting_for_the_full_watch_pool(

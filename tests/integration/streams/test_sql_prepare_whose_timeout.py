@@ -9,9 +9,7 @@ string passed to NoneType.__format__``.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -20,15 +18,6 @@ from iii_streams.errors import StreamTimeoutError, StreamUnavailableError
 from iii_streams.sql import SQLStream
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-def silent_port() -> Iterator[int]:
-    """A port that accepts connections and never answers (no PostgreSQL greeting)."""
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        yield server.getsockname()[1]
 
 
 def _store(port: int, store_timeout: float | None, connect_timeout: float) -> SQLStream:

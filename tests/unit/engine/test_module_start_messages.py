@@ -12,7 +12,6 @@ import asyncio
 import logging
 import queue
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -29,15 +28,6 @@ from iii_engine.modules.base import ModuleStartError
 pytestmark = pytest.mark.timeout(30)
 
 _STATE = "modules::state::StateModule"
-
-
-@pytest.fixture
-def silent_port() -> Iterator[int]:
-    """A port whose server takes connections (the kernel's backlog) and never answers: a silent PostgreSQL."""
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen(16)
-        yield server.getsockname()[1]
 
 
 @pytest.fixture(autouse=True)

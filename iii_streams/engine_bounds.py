@@ -1,0 +1,150 @@
+"""Time bounds on a SQLAlchemy async engine whose database server may go silent.
+
+A server that stops answering (a half-open connection behind a NAT or firewall that forgot it, a frozen host, a
+listener that accepts and never speaks) leaves asyncpg waiting with no bound: on a statement, and on the orderly
+close of every pooled connection in ``engine.dispose()``. The tools here bound both: :func:`dispose_within` cuts the
+connections still closing past its limit, and :func:`run_then_dispose` runs one piece of work on a short-lived
+engine (a migration, a revision read) within a limit, then disposes of the engine within its own.
+
+Example:
+    >>> import asyncio
+    >>> from sqlalchemy import text
+    >>> from sqlalchemy.ext.asyncio import create_async_engine
+    >>> async def demo():
+    ...     engine = create_async_engine("sqlite+aiosqlite://")
+    ...     async def one():
+    ...         async with engine.connect() as connection:
+    ...             return (await connection.execute(text("SELECT 1"))).scalar()
+    ...     return await run_then_dispose(engine, one(), 10.0, "an in-memory database")
+    >>> asyncio.run(demo())
+    1
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from collections.abc import Coroutine
+from typing import Any, Final, TypeVar
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .deadlines import finish_within, let_go
+
+__all__ = ["DISPOSE_TIMEOUT_S", "cut_connections", "dispose_within", "run_then_dispose", "track_connections"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DISPOSE_TIMEOUT_S: Final = 2.0
+"""How long a dispose waits for the database to answer the orderly close of the pooled connections: a server gone
+silent never answers, and asyncpg's close waits for it with no bound. Past it those connections are cut (one
+warning) and the dispose ends."""
+
+
+def track_connections(engine: AsyncEngine) -> weakref.WeakSet[Any]:
+    """The pool entries of ``engine``'s connections, each for as long as the pool keeps it: what
+    :func:`cut_connections` cuts. Call it before the engine's first connection.
+
+    Example:
+        >>> from sqlalchemy.ext.asyncio import create_async_engine
+        >>> len(track_connections(create_async_engine("sqlite+aiosqlite://")))
+        0
+    """
+    entries: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(_dbapi_connection: Any, entry: Any) -> None:
+        entries.add(entry)
+
+    return entries
+
+
+def cut_connections(engine: AsyncEngine, entries: weakref.WeakSet[Any]) -> None:
+    """Close every connection of ``entries`` at once, without the server (asyncpg: the socket is reset), so whatever
+    awaits one of them ends (its connection is lost).
+
+    Example:
+        >>> from sqlalchemy.ext.asyncio import create_async_engine
+        >>> engine = create_async_engine("sqlite+aiosqlite://")
+        >>> cut_connections(engine, track_connections(engine))  # none made yet: nothing to cut
+    """
+    for entry in list(entries):
+        connection = entry.dbapi_connection
+        if connection is not None:
+            with contextlib.suppress(Exception):  # one that fails to cut is already closed or closing
+                engine.dialect.do_terminate(connection)
+
+
+async def dispose_within(engine: AsyncEngine, entries: weakref.WeakSet[Any], timeout: float, database: str,
+                         logger: logging.Logger | None = None) -> None:
+    """``engine.dispose()`` within ``timeout`` seconds; past it the connections of ``entries`` (from
+    :func:`track_connections`) still open are cut, with one warning naming ``database`` (in words, password
+    masked), and the dispose ends without the server. A cancel of the caller cuts them too.
+
+    Example:
+        >>> import asyncio
+        >>> from sqlalchemy.ext.asyncio import create_async_engine
+        >>> async def demo():
+        ...     engine = create_async_engine("sqlite+aiosqlite://")
+        ...     await dispose_within(engine, track_connections(engine), 2.0, "an in-memory database")
+        >>> asyncio.run(demo())
+    """
+    dispose = asyncio.ensure_future(engine.dispose())
+    try:
+        done, _ = await asyncio.wait((dispose,), timeout=timeout)
+    except BaseException:  # the caller is cancelled: nothing waits for the server any more
+        cut_connections(engine, entries)
+        let_go(dispose)
+        raise
+    if done:
+        dispose.result()
+        return
+    (logger or log).warning("%s did not answer the close of its connections within %g s; cut them", database,
+                            timeout)
+    cut_connections(engine, entries)
+    # cut, each pending close ends at once (its connection is lost); a driver that ignores the cut is let go
+    await finish_within(dispose, timeout, f"the close of {database}'s connections", logger or log)
+
+
+async def run_then_dispose(engine: AsyncEngine, work: Coroutine[Any, Any, T], timeout: float | None,
+                           database: str, logger: logging.Logger | None = None) -> T:
+    """Run ``work`` (on ``engine``, a short-lived one made for it) for at most ``timeout`` seconds (``None``: no
+    limit), then dispose of ``engine`` within :data:`DISPOSE_TIMEOUT_S` (:func:`dispose_within`).
+
+    Past ``timeout`` the engine's connections are cut, so that whatever ``work`` awaits ends (a cancel alone would
+    leave its clean-up, a rollback, waiting on the silent server), ``work`` is cancelled and let go, and
+    :class:`TimeoutError` names ``database`` (in words, password masked). Call it right after making the engine:
+    the connections are tracked from here.
+
+    Example:
+        >>> import asyncio
+        >>> from sqlalchemy.ext.asyncio import create_async_engine
+        >>> async def demo():
+        ...     engine = create_async_engine("sqlite+aiosqlite://")
+        ...     await run_then_dispose(engine, asyncio.Event().wait(), 0.01, "an in-memory database")
+        >>> asyncio.run(demo())
+        Traceback (most recent call last):
+        ...
+        TimeoutError: an in-memory database gave no result within 0.01 s
+    """
+    entries = track_connections(engine)
+    task = asyncio.ensure_future(work)
+    try:
+        done, _ = await asyncio.wait((task,), timeout=timeout)
+        if not done:
+            cut_connections(engine, entries)
+            let_go(task)
+            raise TimeoutError(f"{database} gave no result within {timeout:g} s")
+        return task.result()
+    except BaseException:
+        if not task.done():  # the caller is cancelled: nothing waits for the work any more
+            cut_connections(engine, entries)
+            let_go(task)
+        raise
+    finally:
+        await dispose_within(engine, entries, DISPOSE_TIMEOUT_S, database, logger)

@@ -1,0 +1,110 @@
+"""Migrations and revision reads are bounded in time: a server that accepts a connection and never answers, or
+another migration holding the database's migration lock, ends ``iii-streams migrate`` / ``current`` and
+``iii_streams.migrate.upgrade`` with one clear failure naming the database, instead of waiting for good.
+
+Before: ``current`` against a silent listener waited for asyncpg's connect bound (60 s), and a migration waiting
+for the lock (or on a server gone silent after the connect) waited forever, its engine's dispose too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+
+from iii_streams import migrate as migrate_module
+from iii_streams.deadlines import let_go_count
+from tests.integration.streams.pg_database import scratch_database
+from tests.integration.streams.test_streams_cli_trust import one_error_line, streams_cli
+from tests.polling import until
+from tests.services import require_postgres
+from tests.stall_relay import Relay
+
+pytestmark = pytest.mark.timeout(30)
+
+
+@pytest.fixture
+def blank_db() -> Iterator[str]:
+    """A fresh PostgreSQL database, never migrated."""
+    with scratch_database(require_postgres(), migrated=False) as url:
+        yield url
+
+
+async def _hold_migration_lock(url: str) -> asyncpg.Connection:
+    """A connection holding the database's migration lock, as a migration still running elsewhere does."""
+    holder = await asyncpg.connect(make_url(url).set(drivername="postgresql").render_as_string(False))
+    await holder.execute("BEGIN")
+    await holder.execute("SELECT pg_advisory_xact_lock($1)", migrate_module._MIGRATION_LOCK)
+    return holder
+
+
+def test_current_against_a_silent_server_ends_at_its_timeout(silent_port: int) -> None:
+    url = f"postgresql://app:s3cret@127.0.0.1:{silent_port}/db"
+    started = time.monotonic()
+    line = one_error_line(streams_cli("current", url, "--timeout", "1"), 1)
+    assert time.monotonic() - started < 15
+    assert line == (f"iii-streams: current: postgresql://app:***@127.0.0.1:{silent_port}/db gave no answer within "
+                    "1 s; --timeout SECONDS sets the limit")
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "100000"])
+def test_a_bad_timeout_is_a_usage_error(value: str) -> None:
+    line = one_error_line(streams_cli("migrate", "sqlite://", "--timeout", value), 2)
+    assert line.startswith("iii-streams: argument --timeout: "), line
+
+
+def test_the_default_timeout_in_the_help_is_the_one_used() -> None:
+    help_text = subprocess.run([sys.executable, "-m", "iii_streams", "migrate", "--help"], capture_output=True,
+                               text=True, timeout=25).stdout
+    assert f"(default: {migrate_module.MIGRATE_TIMEOUT_S:g})" in " ".join(help_text.split())
+
+
+async def test_a_migration_waiting_for_another_gives_up_and_commits_nothing(blank_db: str) -> None:
+    holder = await _hold_migration_lock(blank_db)
+    try:
+        started = time.monotonic()
+        proc = await asyncio.to_thread(streams_cli, "migrate", blank_db, "--timeout", "1")
+        assert time.monotonic() - started < 15
+        line = one_error_line(proc, 1)
+        assert line.endswith("gave no answer within 1 s (or another migration of it is still running); "
+                             "--timeout SECONDS sets the limit"), line
+    finally:
+        await holder.execute("ROLLBACK")
+        await holder.close()
+    assert await migrate_module.upgrade(blank_db, timeout=10) == (None, migrate_module.head_revision())
+
+
+@pytest.fixture
+async def relay() -> AsyncIterator[Relay]:
+    relayed = Relay(make_url(require_postgres()).port or 5432)
+    await relayed.start()
+    yield relayed
+    await relayed.close()
+
+
+async def test_upgrade_on_a_server_gone_silent_mid_migration_ends_at_its_timeout(blank_db: str,
+                                                                               relay: Relay) -> None:
+    holder = await _hold_migration_lock(blank_db)
+    through_relay = make_url(blank_db).set(port=relay.port).render_as_string(False)
+    try:
+        upgrade = asyncio.ensure_future(migrate_module.upgrade(through_relay, timeout=1.5))
+        await until(lambda: len(relay.transports) == 2)  # connected: the migration now waits for the lock
+        relay.blackhole()  # and the server goes silent: neither the cancel nor the rollback will be answered
+        started = time.monotonic()
+        with pytest.raises(TimeoutError) as raised:
+            async with asyncio.timeout(10):  # before: waited for good
+                await upgrade
+        assert time.monotonic() - started < 6  # its 1.5 s, then at most two dispose bounds of 2 s
+    finally:
+        await holder.execute("ROLLBACK")
+        await holder.close()
+    assert str(raised.value) == f"database {make_url(through_relay).render_as_string(True)} gave no result within " \
+                                "1.5 s"
+    await until(lambda: let_go_count() == 0)  # the cut ended the let-go migration: nothing left running
+    assert await migrate_module.upgrade(blank_db, timeout=10) == (None, migrate_module.head_revision())
