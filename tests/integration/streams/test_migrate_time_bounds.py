@@ -12,7 +12,7 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import asyncpg
 import pytest
@@ -80,22 +80,14 @@ async def test_a_migration_waiting_for_another_gives_up_and_commits_nothing(blan
     assert await migrate_module.upgrade(blank_db, timeout=10) == (None, migrate_module.head_revision())
 
 
-@pytest.fixture
-async def relay() -> AsyncIterator[Relay]:
-    relayed = Relay(make_url(require_postgres()).port or 5432)
-    await relayed.start()
-    yield relayed
-    await relayed.close()
-
-
 async def test_upgrade_on_a_server_gone_silent_mid_migration_ends_at_its_timeout(blank_db: str,
-                                                                               relay: Relay) -> None:
+                                                                               pg_relay: Relay) -> None:
     holder = await _hold_migration_lock(blank_db)
-    through_relay = make_url(blank_db).set(port=relay.port).render_as_string(False)
+    through_relay = make_url(blank_db).set(port=pg_relay.port).render_as_string(False)
     try:
         upgrade = asyncio.ensure_future(migrate_module.upgrade(through_relay, timeout=1.5))
-        await until(lambda: len(relay.transports) == 2)  # connected: the migration now waits for the lock
-        relay.blackhole()  # and the server goes silent: neither the cancel nor the rollback will be answered
+        await until(lambda: len(pg_relay.transports) == 2)  # connected: the migration now waits for the lock
+        pg_relay.blackhole()  # and the server goes silent: neither the cancel nor the rollback will be answered
         started = time.monotonic()
         with pytest.raises(TimeoutError) as raised:
             async with asyncio.timeout(10):  # before: waited for good

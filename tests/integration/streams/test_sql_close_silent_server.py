@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import text
@@ -32,31 +32,22 @@ def pg_url() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-async def relay() -> AsyncIterator[Relay]:
-    """A bare TCP listener in front of the server: it relays until told to go silent (blackhole)."""
-    relayed = Relay(make_url(require_postgres()).port or 5432)
-    await relayed.start()
-    yield relayed
-    await relayed.close()
-
-
 def _set(n: int) -> StreamSetInput:
     return StreamSetInput(stream_name="silent", group_id="g", item_id=f"i{n}", data=n)
 
 
 async def test_the_close_cuts_connections_the_silent_server_leaves_unanswered(
-        pg_url: str, relay: Relay, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        pg_url: str, pg_relay: Relay, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(sql_module, "DISPOSE_TIMEOUT_S", 0.5, raising=False)
-    url = make_url(pg_url).set(port=relay.port).render_as_string(False)
+    url = make_url(pg_url).set(port=pg_relay.port).render_as_string(False)
     store = SQLStream.from_url(url, pool_size=3)
     await store.set(_set(0))
     # three pooled connections, each idle in the pool when the server goes silent
     async with store.engine.connect() as a, store.engine.connect() as b, store.engine.connect() as c:
         for connection in (a, b, c):
             await connection.execute(text("SELECT 1"))
-    assert len(relay.transports) == 2 * 3  # both sides of each
-    relay.blackhole()
+    assert len(pg_relay.transports) == 2 * 3  # both sides of each
+    pg_relay.blackhole()
     loop = asyncio.get_running_loop()
     started = loop.time()
     with caplog.at_level(logging.WARNING):
