@@ -47,12 +47,14 @@ import asyncio
 import builtins
 import codecs
 import contextlib
+import dataclasses
 import logging
 import random
 import re
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import unquote_plus
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
@@ -63,6 +65,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError, NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.loss_log import LossLog
 from iii.stream import (
     StreamDeleteInput,
@@ -112,6 +115,7 @@ from .redis_internals import like_pool_options, one_shot
 __all__ = [
     "EVENTS_CHANNEL",
     "STATE_LAYOUT",
+    "STORE_URL_OPTIONS",
     "STREAM_LAYOUT",
     "KeyLayout",
     "PoolExhaustedError",
@@ -119,6 +123,7 @@ __all__ = [
     "StreamDataError",
     "StreamGapError",
     "UpdateConflictError",
+    "store_url_options",
 ]
 
 log = logging.getLogger(__name__)
@@ -462,6 +467,57 @@ STREAM_LAYOUT: Final = KeyLayout()
 
 STATE_LAYOUT: Final = KeyLayout("state", per_stream=False)
 """The production state store's layout, ``state:<scope>`` (docs/reference/payloads.md#state-state)."""
+
+
+STORE_URL_OPTIONS: Final = ("key_prefix", "channel")
+"""Query parameters of a Redis URL that are the store's own, not the connection's (:func:`store_url_options`)."""
+
+
+def store_url_options(url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without the query parameters in :data:`STORE_URL_OPTIONS`, and their values (percent-decoded).
+
+    They let a URL alone (an engine's ``store_url``) say where a store's data and events go: Redis's pub/sub
+    channels are shared by all its databases, so two engines on ``/0`` and ``/1`` of one server see each other's
+    events unless their ``channel`` differs. A parameter given twice, or an empty ``key_prefix``, is a
+    :class:`ValueError` naming it; the other parameters are left exactly as written (they are the connection's).
+
+    Example:
+        >>> store_url_options("redis://cache:6379/1?key_prefix=staging&channel=staging::events&ssl_cert_reqs=none")
+        ('redis://cache:6379/1?ssl_cert_reqs=none', {'key_prefix': 'staging', 'channel': 'staging::events'})
+        >>> store_url_options("redis://cache:6379/0")
+        ('redis://cache:6379/0', {})
+    """
+    base, sep, rest = url.partition("?")
+    if not sep:
+        return url, {}
+    query, hash_sign, fragment = rest.partition("#")
+    kept: builtins.list[str] = []
+    found: dict[str, str] = {}
+    for part in query.split("&"):
+        raw_name, _, raw_value = part.partition("=")
+        name = unquote_plus(raw_name)
+        if name not in STORE_URL_OPTIONS:
+            kept.append(part)
+            continue
+        if name in found:
+            raise ValueError(f"{name} is given twice in {mask_passwords(url)!r}")
+        found[name] = unquote_plus(raw_value)
+    if found.get("key_prefix") == "":
+        raise ValueError(f"key_prefix is empty in {mask_passwords(url)!r}: leave it out for the default")
+    kept_query = "&".join(part for part in kept if part)
+    return base + ("?" + kept_query if kept_query else "") + hash_sign + fragment, found
+
+
+def _merge_url_options(own: dict[str, Any], in_url: Mapping[str, str], url: str) -> None:
+    """Put a URL's store options into the keyword options ``own``: ``key_prefix`` replaces the prefix of the
+    ``layout`` given (or of the default one), ``channel`` must not contradict a ``channel=`` given too."""
+    if "channel" in in_url:
+        given = own.get("channel", in_url["channel"])
+        if given != in_url["channel"]:
+            raise ValueError(f"RedisStream: channel={given!r} contradicts the channel in {mask_passwords(url)!r}")
+        own["channel"] = in_url["channel"]
+    if "key_prefix" in in_url:
+        own["layout"] = dataclasses.replace(own.get("layout", STREAM_LAYOUT), prefix=in_url["key_prefix"])
 
 
 def default_retry() -> Retry:
@@ -915,7 +971,10 @@ class RedisStream(FieldUpdates):
         """Open a pooled client for ``redis://``, ``rediss://`` or ``unix://`` URLs; closed by :meth:`aclose`.
 
         Options for this class (``publish_events``, ``channel``, ``max_update_attempts``, ``layout``,
-        ``timeout``, ``report_watch_gaps``, ``watch_queue_size``) are taken out. The pool blocks: at most
+        ``timeout``, ``report_watch_gaps``, ``watch_queue_size``) are taken out, and so are the URL's query
+        parameters ``key_prefix`` (the hashes' prefix in place of the layout's, e.g. ``stream``) and ``channel``
+        (where events go; empty: none), so that an engine configured by URL alone can keep its data apart from
+        another's on one Redis (:func:`store_url_options`). The pool blocks: at most
         ``max_connections`` (default 50) command connections, callers beyond that wait up to ``pool_timeout``
         seconds (default 30) for one and then fail with :class:`~iii_streams.errors.PoolExhaustedError`. The
         watches' one pub/sub connection is not one of them: it comes from the store's watch pool (same URL and
@@ -928,7 +987,9 @@ class RedisStream(FieldUpdates):
         """
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"RedisStream needs a redis://, rediss:// or unix:// URL, got {mask_passwords(url)!r}")
-        own = {k: options.pop(k) for k in _OWN_OPTIONS if k in options}
+        connection_url, in_url = store_url_options(url)
+        own: dict[str, Any] = {k: options.pop(k) for k in _OWN_OPTIONS if k in options}
+        _merge_url_options(own, in_url, url)
         size = options.pop("max_connections", DEFAULT_MAX_CONNECTIONS)
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"RedisStream: max_connections must be a positive integer, got {size!r}")
@@ -938,7 +999,7 @@ class RedisStream(FieldUpdates):
         options.setdefault("retry", default_retry())
         options.setdefault("socket_connect_timeout", 5)
         options.setdefault("health_check_interval", 30)
-        pool = _WaitingPool.from_url(url, max_connections=size, timeout=float(wait), decode_responses=False,
+        pool = _WaitingPool.from_url(connection_url, max_connections=size, timeout=float(wait), decode_responses=False,
                                      **options)
         # the watches' connection is not one of the max_connections: the first watch makes it a pool of its own
         return cls(aioredis.Redis.from_pool(pool), owns_client=True, **own)
