@@ -35,11 +35,25 @@ _CREDENTIALS: Final = re.compile(
 # http(s):// and ws(s):// (git+https:// too) with a user and no password: aiohttp, requests and websockets send it
 # as Basic auth, and a token is often put there alone (https://ghp_…@github.com/…), so the whole user is masked. A
 # database URL's plain user name (postgresql://app@db) is no secret and stays: readers need it, as they need the
-# user beside a password (ws://bridge:***@remote); a token put before a password (https://ghp_…:x-oauth-basic@)
-# shows.
+# user beside a password (ws://bridge:***@remote), unless that user looks like a token (_TOKEN_USER).
 _USER_ONLY: Final = re.compile(
     r"(?P<head>(?<![A-Za-z0-9+.\-])(?:[A-Za-z0-9+.\-]*\+)?(?i:https?|wss?)://)[^:/?#\s]+?:?@"
     r"(?=[^@/?#\s]*(?:[/?#\s]|$))")
+# http(s)/ws(s) with a user beside a password (already masked), where the user is a token: git hosts take
+# https://TOKEN:x-oauth-basic@ (the password a placeholder). A token is a user with a vendor's token prefix (GitHub,
+# GitLab, Slack, Stripe, OpenAI, AWS access key ids, Google OAuth), or 32 or more letters, digits, '_' and '-' with
+# both letters and digits (40-hex GitHub tokens, API keys); a person's or a service's user name is neither.
+_TOKEN_USER: Final = re.compile(
+    r"(?P<head>(?<![A-Za-z0-9+.\-])(?:[A-Za-z0-9+.\-]*\+)?(?i:https?|wss?)://)(?P<user>[^:/?#\s@]+):\*\*\*@")
+_LOOKS_LIKE_TOKEN: Final = re.compile(
+    r"(?:gh[pousr]_|github_pat_|gl(?:pat|dt|ptt|rt)-|xox[abposr]-|sk-|[sr]k_(?:live|test)_|AKIA|ASIA|ya29\.).*"
+    r"|(?=[^\d]*\d)(?=[^A-Za-z]*[A-Za-z])[A-Za-z0-9_\-]{32,}", re.DOTALL)
+
+
+def _token_user(found: re.Match[str]) -> str:
+    return f"{found['head']}***:***@" if _LOOKS_LIKE_TOKEN.fullmatch(found["user"]) else found[0]
+
+
 # key=value after '?', '&', ';' (a path's matrix parameters, ;jsessionid=) or '#' (a fragment: the OAuth implicit
 # flow's #access_token=). Only the key is matched here: a value that is not masked is searched for keys too.
 _QUERY_KEY: Final = re.compile(r"[?&;#](?P<key>[^=&;#?\s]*)=")
@@ -73,7 +87,9 @@ def mask_passwords(text: str) -> str:
     """``text`` with every URL password and secret in it replaced by ``***``, in time linear in its length:
 
     - the password of ``scheme://user:password@host``, and the user of ``http(s)://`` and ``ws(s)://`` URLs that
-      have no password (``https://TOKEN@host``, sent as Basic auth); other schemes' plain user names stay;
+      have no password (``https://TOKEN@host``, sent as Basic auth) or whose user looks like a token
+      (``https://ghp_…:x-oauth-basic@host``: a vendor's token prefix, or 32 or more letters and digits); other
+      user names stay;
     - the values of secret-looking keys after ``?``, ``&``, ``;`` or ``#`` (any case, percent-encoded or not,
       ``name[]`` as ``name``): ``password``, ``sslpassword``, ``passwd``, ``pwd``, any key ending in ``secret``,
       ``token``, ``signature``, ``credential``, ``authorization``, ``hmac`` or ``sessionid``, and ``key``,
@@ -94,6 +110,8 @@ def mask_passwords(text: str) -> str:
         'postgresql://db/app?sslkey=/etc/app/client.key&passfile=/home/app/.pgpass'
         >>> mask_passwords("https://ghp_t0k@github.com/o/r.git postgresql://app@db/app")
         'https://***@github.com/o/r.git postgresql://app@db/app'
+        >>> mask_passwords("https://ghp_t0k:x-oauth-basic@github.com/o/r.git ws://bridge:pw@remote")
+        'https://***:***@github.com/o/r.git ws://bridge:***@remote'
         >>> mask_passwords("got 'https://app.example/cb?state=7#access_token=t0k&token_type=bearer', retrying")
         "got 'https://app.example/cb?state=7#access_token=***&token_type=bearer', retrying"
         >>> mask_passwords("https://h/x?api%5Fkey=k3y&password[]=pw&token=ab'-cd")
@@ -101,7 +119,8 @@ def mask_passwords(text: str) -> str:
         >>> mask_passwords("https://api.example.com/v1?subscription-key=k&secretAccessKey=s&sort=name")
         'https://api.example.com/v1?subscription-key=***&secretAccessKey=***&sort=name'
     """
-    text = _USER_ONLY.sub(r"\g<head>***@", _CREDENTIALS.sub(r"\g<head>:***@", text))
+    text = _TOKEN_USER.sub(_token_user, _CREDENTIALS.sub(r"\g<head>:***@", text))
+    text = _USER_ONLY.sub(r"\g<head>***@", text)
     parts: list[str] = []
     done = 0  # text before this is in parts; a key found inside a value already masked is skipped
     for found in _QUERY_KEY.finditer(text):

@@ -46,6 +46,11 @@ pytestmark = pytest.mark.timeout(30)
     ("[('https://h/x?token=t0k', 1)]", "[('https://h/x?token=***', 1)]"),
     ('{"u":"https://h/x?token=t0k"}', '{"u":"https://h/x?token=***"}'),
     ("see <'https://h/x?token=t0k'>.", "see <'https://h/x?token=***'>."),
+    # a token in the user part beside a password (a git host's placeholder password): it showed
+    ("https://ghp_t0k:x-oauth-basic@github.com/o/r", "https://***:***@github.com/o/r"),
+    ("clone https://0123456789abcdef0123456789abcdef01234567:x-oauth-basic@github.com/o/r",
+     "clone https://***:***@github.com/o/r"),
+    ("WSS://glpat-t0k:pw@gitlab.example/x git+https://xoxb-1-t0k:x@h", "WSS://***:***@gitlab.example/x git+https://***:***@h"),
 ])
 def test_masked(text: str, shown: str) -> None:
     assert mask_passwords(text) == shown
@@ -54,7 +59,8 @@ def test_masked(text: str, shown: str) -> None:
 @pytest.mark.parametrize("text", [
     "postgresql://app@db/app", "redis://default@cache:6379/0", "ssh://git@github.com/o/r", "mysql://nobody@nowhere/x",
     "https://h/x?max_tokens=5&country_code=US&api%5Fversion=2&tag[]=a", "https://h/?q=a:b@c#section",
-    "https://h/x#top", "mailto:x@y",
+    "https://h/x#top", "mailto:x@y", "ws://bridge:***@remote", "https://deploy-bot:***@h/x",
+    "https://x-access-token:***@github.com/o/r", "redis://ghp_user:***@cache/0",
 ])
 def test_left_as_it_is(text: str) -> None:
     assert mask_passwords(text) == text
@@ -64,6 +70,7 @@ def test_left_as_it_is(text: str) -> None:
     "https://" + "a@" * 100_000, "git+https://" * 20_000, "a+" * 100_000 + "https://x@h/",
     "?" + "%" * 200_000 + "=", "?" + "a[" * 100_000 + "=x", "?token=" + "'" * 200_000 + "x",
     "?token=" + "')" * 100_000, "#token=a" * 25_000, "&token=" * 30_000, "?" + "a" * 200_000 + "password=",
+    "https://" + "a" * 200_000 + ":***@", "https://a:***@" * 20_000, "https://" + "1a" * 100_000 + ":***@h",
 ])
 def test_masking_time_is_linear(text: str) -> None:
     begin = time.perf_counter()
