@@ -297,9 +297,8 @@ class OtelModule(EngineModule):
         if kind == "OTLP":
             spans = spans_from_otlp(frame, limit)
             self._count_cut(frame, kind, len(spans))
-            if self.spans is not None:
-                for span in spans:
-                    self.spans.add(span, len(body) // len(spans))
+            if self.spans is not None and spans:
+                self.spans.add_all(spans, len(body) // len(spans))
         elif kind == "MTRC":
             metrics = metrics_from_otlp(frame, _now_ns(), limit)
             self._count_cut(frame, kind, len(metrics))

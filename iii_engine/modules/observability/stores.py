@@ -14,8 +14,9 @@ Example:
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Any
 
 __all__ = ["DEFAULT_MAX_BYTES", "Counters", "LogStore", "MetricStore", "SpanStore"]
@@ -48,6 +49,25 @@ class _Ring:
         self._items.append(entry)
         self._sizes.append(size)
         self.bytes += size
+        self._evict()
+
+    def add_all(self, entries: Sequence[dict[str, Any]], size_each: int = 0) -> None:
+        """:meth:`add` of each of ``entries`` in turn (about ``size_each`` bytes each), in one step: the same entries
+        kept and the same count evicted (an entry any later one pushes out is pushed out by the last one as well, the
+        sizes being at least 0), without a Python-level call per entry (a frame brings up to 512 spans).
+
+        Example:
+            >>> ring = SpanStore(2)
+            >>> ring.add_all([{"n": 1}, {"n": 2}, {"n": 3}], 10)
+            >>> ring.entries(), ring.bytes, ring.evicted
+            ([{'n': 2}, {'n': 3}], 20, 1)
+        """
+        self._items.extend(entries)
+        self._sizes.extend(repeat(size_each, len(entries)))
+        self.bytes += size_each * len(entries)
+        self._evict()
+
+    def _evict(self) -> None:
         # A count alone let 1000 entries of 8 MiB each (a worker's largest frame) stay: bytes bound the store too.
         while len(self._items) > self.capacity or (self.bytes > self.max_bytes and len(self._items) > 1):
             self._items.popleft()
