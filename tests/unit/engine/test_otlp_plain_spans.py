@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import gc
 import sys
+from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from iii_engine.modules.observability import otlp
 from iii_engine.modules.observability.otlp import TelemetryFormatError, item_budget, spans_from_otlp
 
+T = TypeVar("T")
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 USUAL: dict[str, Any] = {
     "traceId": TRACE, "spanId": "00f067aa0ba902b7", "name": "call f", "kind": 2,
@@ -102,25 +104,32 @@ def test_a_bad_span_is_still_refused() -> None:
         spans_from_otlp(_frame({**USUAL, "events": {}}))
 
 
+def python_calls(run: Callable[[], T]) -> tuple[list[str], T]:
+    """``(the names of the Python-level functions run() calls, what it returns)``; a garbage collection meanwhile
+    (whose finalizers would count) is held off."""
+    called: list[str] = []
+
+    def count(frame: FrameType, event: str, arg: Any) -> None:
+        if event == "call":
+            called.append(frame.f_code.co_name)
+
+    collecting = gc.isenabled()
+    gc.disable()
+    sys.setprofile(count)
+    try:
+        result = run()
+    finally:
+        sys.setprofile(None)
+        if collecting:
+            gc.enable()
+    return called[1:], result  # not the lambda itself
+
+
 def test_the_usual_spans_take_few_python_calls_each() -> None:
     # Before: 21 Python-level calls per usual span (each field through its own helper), the engine's largest cost
     # per handled call with the default module set; now two (the straight step and the scope's).
     spans = [{**USUAL, "spanId": f"{i:016x}", "parentSpanId": "a" * 16 if i % 2 else ""} for i in range(100)]
     frame = {"resourceSpans": [{"scopeSpans": [{"spans": spans}]}]}
-    called: list[str] = []
-
-    def count(frame_: FrameType, event: str, arg: Any) -> None:
-        if event == "call":
-            called.append(frame_.f_code.co_name)
-
-    collecting = gc.isenabled()
-    gc.disable()  # a collection's finalizers would count as calls
-    sys.setprofile(count)
-    try:
-        stored = spans_from_otlp(frame)
-    finally:
-        sys.setprofile(None)
-        if collecting:
-            gc.enable()
+    called, stored = python_calls(lambda: spans_from_otlp(frame))
     assert len(stored) == 100
     assert len(called) <= 2 * len(stored) + 20, sorted(set(called))

@@ -3,17 +3,15 @@ Python-level call per span for it."""
 
 from __future__ import annotations
 
-import gc
 import json
 import random
-import sys
-from types import FrameType
 from typing import Any
 
 import pytest
 
 from iii_engine.modules.observability.module import OtelModule
 from iii_engine.modules.observability.stores import SpanStore
+from tests.unit.engine.test_otlp_plain_spans import python_calls
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -44,21 +42,7 @@ def test_a_frame_of_spans_is_stored_without_a_call_per_span() -> None:
     module = OtelModule(None, {"enabled": True, "exporter": "memory", "memory_max_spans": 150})  # type: ignore[arg-type]
     frame = _frame(200)
     body = json.dumps(frame).encode()
-    called: list[str] = []
-
-    def count(frame_: FrameType, event: str, arg: Any) -> None:
-        if event == "call":
-            called.append(frame_.f_code.co_name)
-
-    collecting = gc.isenabled()
-    gc.disable()  # a collection's finalizers would count as calls
-    sys.setprofile(count)
-    try:
-        module._store_frame("OTLP", body, frame)
-    finally:
-        sys.setprofile(None)
-        if collecting:
-            gc.enable()
+    called, _ = python_calls(lambda: module._store_frame("OTLP", body, frame))
     assert module.spans is not None
     stored = module.spans.entries()
     assert [span["span_id"] for span in stored] == [f"{i:016x}" for i in range(50, 200)]
