@@ -29,6 +29,7 @@ VARIANTS: list[dict[str, Any]] = [
     {"parentSpanId": "0" * 16},
     {"status": {"code": 2, "message": "boom"}},
     {"status": None},
+    {"status": {"code": [1]}},  # unhashable: the same TypeError either way
     {"flags": 769},
     {"startTimeUnixNano": 5, "endTimeUnixNano": 7},
     {"startTimeUnixNano": None, "endTimeUnixNano": None},
