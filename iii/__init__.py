@@ -9,6 +9,10 @@ Example:
 
 # First, so a mix with the published iii-sdk fails with its own clear ImportError (see iii.errors).
 from . import errors as _errors  # noqa: F401
+
+# Second, before any ``iii.protocol.X``: importing one of those while ``iii.protocol`` is not loaded yet holds its lock
+# while waiting for this package to finish, and a thread running this file waits for it (CPython gh-83065).
+from . import protocol as _protocol  # noqa: F401
 from ._version import __version__ as __version__
 from .channels import ChannelReader, ChannelWriter
 from .errors import ConnectionLostError, IIIError, InvocationError, ShuttingDownError

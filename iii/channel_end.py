@@ -28,13 +28,17 @@ import contextlib
 import enum
 import re
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Final, Protocol
+from importlib import import_module
+from typing import TYPE_CHECKING, Final, Protocol
 
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed
 
-from . import ws_fastpath
+if TYPE_CHECKING:
+    from . import ws_fastpath
+else:  # `from . import` waits for the package's __init__ (tests/unit/test_concurrent_first_imports.py)
+    ws_fastpath = import_module(".ws_fastpath", __package__)
 from .errors import PicklesByState
 
 

@@ -68,14 +68,18 @@ import time
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine
+from importlib import import_module
 from types import TracebackType
-from typing import Any, Final, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar
 from urllib.parse import quote
 
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from . import ws_fastpath
+if TYPE_CHECKING:
+    from . import ws_fastpath
+else:  # `from . import` waits for the package's __init__ (tests/unit/test_concurrent_first_imports.py)
+    ws_fastpath = import_module(".ws_fastpath", __package__)
 from .channel_end import EOF_CODES, ChannelCloseCode, ChannelEndClosed, ClosedEnd, WebSocketEnd, close_draining
 from .errors import IIIError
 from .iii_types import StreamChannelRef

@@ -80,7 +80,8 @@ import ssl
 import sys
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Final
+from importlib import import_module
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 import websockets
@@ -88,7 +89,10 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidStatus
 from websockets.protocol import State
 
-from . import ws_fastpath
+if TYPE_CHECKING:
+    from . import ws_fastpath
+else:  # `from . import` waits for the package's __init__ (tests/unit/test_concurrent_first_imports.py)
+    ws_fastpath = import_module(".ws_fastpath", __package__)
 from .errors import ConnectionLostError, OutboundQueueFullError, PicklesByState
 from .iii_constants import DEFAULT_RECONNECTION_CONFIG, MAX_QUEUE_SIZE, IIIConnectionState, ReconnectionConfig
 from .loss_log import LossLog

@@ -16,9 +16,13 @@ import logging
 import math
 import time
 from functools import cache
-from typing import Any, Final
+from importlib import import_module
+from typing import TYPE_CHECKING, Any, Final
 
-from . import telemetry
+if TYPE_CHECKING:
+    from . import telemetry
+else:  # `from . import` waits for the package's __init__ (tests/unit/test_concurrent_first_imports.py)
+    telemetry = import_module(".telemetry", __package__)
 
 __all__ = ["Logger", "is_initialized"]
 

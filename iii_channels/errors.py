@@ -31,7 +31,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import iii.errors  # noqa: F401 - first: refuses a mix with the published iii-sdk (whose iii/ lacks this file)
+import iii  # the package before its modules (CPython gh-83065)
+import iii.errors  # noqa: F401 - refuses a mix with the published iii-sdk (whose iii/ lacks this file)
 from iii.channels import (
     ChannelAbortedError,
     ChannelClosedError,

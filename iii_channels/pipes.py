@@ -34,6 +34,7 @@ import stat
 from collections.abc import AsyncIterable, Sequence
 from typing import Any, Final
 
+import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.channels import ChannelReader, ChannelWriter
 
 from .errors import ChannelError, ProcessError

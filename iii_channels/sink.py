@@ -28,6 +28,7 @@ import logging
 from collections import deque
 from types import TracebackType
 
+import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.channels import ChannelWriter
 from iii.waiters import Signal
 

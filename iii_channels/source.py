@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.channels import ChannelReader
 
 from .errors import ChannelIdleError, IncompleteReadError, IntegrityError, LimitExceededError

@@ -28,6 +28,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, Final, Literal, TypeVar, get_args
 
+import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.errors import PicklesByState
 from iii_streams.messages import needs_package
 

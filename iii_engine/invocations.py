@@ -27,6 +27,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.loss_log import LossLog
 from iii.protocol.codec import clip, is_uuid
 from iii.protocol.ids import InvocationIds, new_invocation_id

@@ -25,6 +25,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
+import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.channel_end import FRAME_SIZE_HEADER, INVITED_FRAME_SIZES
 from iii.connection import MAX_MESSAGE_SIZE_HEADER
 from iii.ws_fastpath import bound_frame_queue, enable_fast_receive, reset, server_factory, set_max_message_size

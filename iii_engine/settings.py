@@ -32,6 +32,7 @@ from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, ValidationError, model_validator
 from pydantic_core import ErrorDetails
 
+import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.connection import check_url
 
 __all__ = ["MAX_TIMEOUT_MS", "AdapterSpec", "ConfigError", "EngineUrl", "Field", "Names", "NoSettings", "NonEmpty",

@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.protocol.worker_session import WorkerSession
 
 log = logging.getLogger(__name__)

@@ -26,6 +26,7 @@ from abc import abstractmethod
 from types import TracebackType
 from typing import Any, ClassVar, Final, Self
 
+import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.stream import (
     IStream,
     StreamGetInput,

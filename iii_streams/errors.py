@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.protocol.codec import UnpairedSurrogateError
 from iii.wire import dumps
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 
+import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.wire import dumps
 
 from .errors import StreamError

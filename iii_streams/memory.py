@@ -23,6 +23,7 @@ from __future__ import annotations
 import builtins
 from typing import Any
 
+import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.stream import (
     StreamDeleteInput,
     StreamDeleteResult,

@@ -40,6 +40,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
+import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.stream import (
     IStream,
     StreamDeleteInput,

@@ -33,11 +33,16 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
+from importlib import import_module
 from types import MemberDescriptorType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ..errors import ConnectionLostError, InvocationError, ShuttingDownError
-from . import frames
+
+if TYPE_CHECKING:
+    from . import frames
+else:  # `from . import` waits for the package's __init__ (tests/unit/test_concurrent_first_imports.py)
+    frames = import_module(".frames", __package__)
 from .codec import loads, salvage_invocation
 from .ids import InvocationIds, new_invocation_id
 

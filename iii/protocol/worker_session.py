@@ -30,9 +30,13 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from importlib import import_module
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from . import frames
+if TYPE_CHECKING:
+    from . import frames
+else:  # `from . import` waits for the package's __init__ (tests/unit/test_concurrent_first_imports.py)
+    frames = import_module(".frames", __package__)
 from .codec import WireError, decode_object, is_uuid, loads, salvage_invocation
 from .messages import (
     TELEMETRY_PREFIXES,

@@ -39,6 +39,7 @@ expiry and extra connections, the reader socket never read, and a writer whose r
 
 from __future__ import annotations
 
+import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.channel_end import ChannelCloseCode
 
 from .limits import (

@@ -16,6 +16,7 @@ from typing import Any
 
 from websockets.asyncio.connection import Connection
 
+import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.channel_end import ChannelEnd, ChannelEndClosed, Message, WebSocketEnd, close_draining
 from iii.waiters import Signal
 from iii.ws_fastpath import (

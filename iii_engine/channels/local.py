@@ -16,15 +16,21 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from importlib import import_module
+from typing import TYPE_CHECKING
 
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
 from websockets.frames import OK_CLOSE_CODES, Close
 
+import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.channel_end import BrokenChannel, ChannelCloseCode, ChannelEndClosed, ClosedEnd, Message, closed_from
 from iii.errors import PicklesByState
 from iii.waiters import Signal
 
-from . import machine as m
+if TYPE_CHECKING:
+    from . import machine as m
+else:  # `from . import` waits for the package's __init__ (tests/unit/test_concurrent_first_imports.py)
+    m = import_module(".machine", __package__)
 from .driver import LiveChannel
 
 

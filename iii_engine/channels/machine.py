@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.channel_end import ChannelCloseCode, Message
 
 from .limits import DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_MAX_QUEUED_BYTES

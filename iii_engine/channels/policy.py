@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.channel_end import EOF_CODES
 
 

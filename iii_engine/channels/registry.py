@@ -23,6 +23,7 @@ from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 
+import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.channel_end import ChannelCloseCode, ChannelEnd, WebSocketEnd, close_draining
 
 from .driver import Driver, LiveChannel, perform

@@ -25,6 +25,7 @@ import logging
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
+import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.iii_types import TriggerInfo
 
 from ..limits import HeldTasks

@@ -30,6 +30,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Final
 
+import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii._cli import mask_passwords
 from iii.connection import check_url
 from iii.errors import ConnectionLostError, InvocationError, OutboundQueueFullError, ShuttingDownError

@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.iii_types import TriggerActionEnqueue, TriggerInfo
 from iii.triggers import Trigger
 

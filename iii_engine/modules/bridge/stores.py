@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.stream import (
     StreamDeleteInput,
     StreamDeleteResult,

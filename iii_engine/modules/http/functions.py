@@ -33,6 +33,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from multidict import CIMultiDict
 from yarl import URL
 
+import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii._cli import mask_passwords
 from iii.wire import dumps, loads
 

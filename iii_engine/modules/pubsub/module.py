@@ -24,6 +24,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.iii_types import TriggerInfo
 
 from ...limits import HeldTasks

@@ -21,6 +21,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.wire import dumps, loads
 from iii_streams.redis import escape_name
 

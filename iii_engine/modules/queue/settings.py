@@ -35,6 +35,7 @@ from ...settings import (
     UnknownKeys,
     pick_adapter,
 )
+from .. import bridge as _bridge  # noqa: F401 - the package before its modules (CPython gh-83065)
 from ..bridge.settings import BridgeAdapterSettings
 
 __all__ = ["BRIDGE_ADAPTER", "BUILTIN_ADAPTER", "REDIS_ADAPTER", "QueueModuleSettings", "QueueSettings"]

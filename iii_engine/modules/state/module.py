@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar, Final
 
+import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.iii_types import TriggerInfo
 from iii.stream import (
     StreamDeleteInput,
@@ -33,6 +34,7 @@ from iii.stream import (
 from iii_streams import Backend
 
 from ...closing import close_store
+from .. import stream as _stream  # noqa: F401 - the package before its modules (CPython gh-83065)
 from ..base import BuiltinFunction, EngineError, EngineModule, EngineServices, InvocationContext
 from ..stream.inputs import Fields
 from ..stream.locks import KeyedLocks

@@ -28,6 +28,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
+import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.stream import (
     StreamDeleteInput,
     StreamGetInput,

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.stream_ops import Op, parse_op, parse_ops
 
 from ..base import EngineError

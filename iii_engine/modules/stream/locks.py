@@ -19,6 +19,7 @@ import contextlib
 from collections.abc import AsyncIterator, Hashable
 from typing import Any
 
+import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.stream_glue import PlainWrites
 from iii.stream_ops import Op
 

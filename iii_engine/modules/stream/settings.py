@@ -37,6 +37,7 @@ from typing import ClassVar, Literal, Self
 from pydantic import field_validator, model_validator
 
 from ...settings import MAX_TIMEOUT_MS, AdapterSpec, Field, NonEmpty, Port, Settings, UnknownKeys, pick_adapter
+from .. import bridge as _bridge  # noqa: F401 - the package before its modules (CPython gh-83065)
 from ..bridge.settings import BridgeAdapterSettings
 
 __all__ = ["MAX_TIMEOUT_MS", "KvStoreSettings", "RedisStoreSettings", "SocketSettings", "StateSettings",

@@ -46,6 +46,7 @@ from iii_streams.urls import scheme_of
 
 from ...closing import close_store, module_start_bound
 from ...settings import ConfigError
+from .. import bridge as _bridge  # noqa: F401 - the package before its modules (CPython gh-83065)
 from ..bridge.settings import BridgeAdapterSettings
 from .settings import KvStoreSettings, RedisStoreSettings, StateSettings, StoreSettings
 
