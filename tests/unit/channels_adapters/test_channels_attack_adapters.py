@@ -230,13 +230,15 @@ async def test_send_text_waits_at_the_high_water_mark(relay: tuple[str, ChannelR
     record = "r" * 1000
 
     async def produce() -> None:
-        for _ in range(10_000):
+        # 100 MB: far more than every buffer on the way can hold (loopback's kernel buffers grow to ~10 MB, which
+        # 10 MB of records, as this test sent before, sometimes fit in whole: it failed 2 runs in 6)
+        for _ in range(100_000):
             await sink.send_text(record)
             assert sink.queued_bytes <= 64 * 1024 + len(record)
 
     producing = asyncio.ensure_future(produce())
     done, _ = await asyncio.wait({producing}, timeout=1.0)
-    assert not done, "10 MB of text queued for a reader that reads nothing"
+    assert not done, "100 MB of text queued for a reader that reads nothing"
     assert sink.queued_bytes <= 64 * 1024 + len(record)
     producing.cancel()
     await sink.abort()
