@@ -12,6 +12,8 @@ is taken is skipped, so the write never happens; a caller that stops waiting lat
 the stores of this package withdraw it while it has not been sent to be committed
 (:class:`~iii_streams.base.WriteProgress`), and let it finish after that.
 Waiting requests per key are bounded by ``max_pending``; past it ``submit`` fails at once.
+A batch may also hand a request on instead of answering it (:class:`Requeue`): it joins the end of another key's
+queue with its caller still waiting, before the next batch of its old key is taken.
 
 Example:
     >>> import asyncio
@@ -37,14 +39,37 @@ from typing import Generic, TypeVar
 
 from .errors import StreamBackendError, StreamClosedError
 
-__all__ = ["BatchRunner", "KeyedBatcher"]
+__all__ = ["BatchRunner", "KeyedBatcher", "Requeue"]
 
 K = TypeVar("K", bound=Hashable)
 R = TypeVar("R")
 T = TypeVar("T")
 
-BatchRunner = Callable[[K, Sequence[R]], Awaitable[Sequence[T | BaseException]]]
-"""``run(key, requests) -> one result or exception per request, in order``; raising fails the whole batch."""
+
+class Requeue(Generic[K]):
+    """A batch's answer for a request it hands to the end of ``key``'s queue instead of answering it: its caller
+    keeps waiting, now for that queue's batch. Requests handed on by one batch join in the batch's order, before
+    the batcher takes its next batch, so no later request of the old queue can pass them.
+
+    Example:
+        >>> import asyncio
+        >>> async def demo():
+        ...     async def run(key, requests):
+        ...         return [Requeue("slow") if key == "fast" else f"{r} via {key}" for r in requests]
+        ...     batcher = KeyedBatcher(run, name="demo")
+        ...     return await batcher.submit("fast", "w")
+        >>> asyncio.run(demo())
+        'w via slow'
+    """
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: K) -> None:
+        self.key = key
+
+
+BatchRunner = Callable[[K, Sequence[R]], Awaitable[Sequence[T | BaseException | Requeue[K]]]]
+"""``run(key, requests) -> one result, exception or Requeue per request, in order``; raising fails the whole batch."""
 
 
 class KeyedBatcher(Generic[K, R, T]):
@@ -67,6 +92,24 @@ class KeyedBatcher(Generic[K, R, T]):
         """Requests waiting to be taken, over every key."""
         return sum(len(queue) for queue in self._pending.values())
 
+    def active(self, key: K) -> bool:
+        """Whether ``key`` has requests waiting or a batch running (a request submitted now runs after them).
+
+        Example:
+            >>> KeyedBatcher(lambda key, requests: None, name="b").active("k")
+            False
+        """
+        return key in self._pending
+
+    def idle(self) -> bool:
+        """Whether no key has requests waiting or a batch running.
+
+        Example:
+            >>> KeyedBatcher(lambda key, requests: None, name="b").idle()
+            True
+        """
+        return not self._pending
+
     async def submit(self, key: K, request: R) -> T:
         """Queue ``request`` under ``key`` and wait for its own result.
 
@@ -82,12 +125,17 @@ class KeyedBatcher(Generic[K, R, T]):
         """
         if self._closed:
             raise StreamClosedError(f"{self._name} is closed")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._enqueue(key, request, future)
+        return await future
+
+    def _enqueue(self, key: K, request: R, future: asyncio.Future[T]) -> None:
+        """Append to ``key``'s queue, starting its runner if it has none (raises past ``max_pending``)."""
         queue = self._pending.get(key)
         if queue is None:
             queue = self._pending[key] = deque()
-            runner = loop.create_task(self._drain(key, queue), name=f"{self._name} batch runner")
+            runner = asyncio.get_running_loop().create_task(self._drain(key, queue),
+                                                            name=f"{self._name} batch runner")
             self._runners.add(runner)
             runner.add_done_callback(self._runners.discard)
         elif len(queue) >= self._max_pending:
@@ -95,7 +143,16 @@ class KeyedBatcher(Generic[K, R, T]):
                 f"{self._name}: {len(queue)} writes already wait for one key (max_pending); try again later"
             )
         queue.append((request, future))
-        return await future
+
+    def _requeue(self, key: K, request: R, future: asyncio.Future[T]) -> None:
+        """Hand a taken request on to ``key``'s queue (:class:`Requeue`); its caller learns a refusal at once."""
+        if self._closed:
+            future.set_exception(StreamClosedError(f"{self._name} was closed before the write ran"))
+            return
+        try:
+            self._enqueue(key, request, future)
+        except StreamBackendError as exc:
+            future.set_exception(exc)
 
     async def _drain(self, key: K, queue: deque[tuple[R, asyncio.Future[T]]]) -> None:
         try:
@@ -121,10 +178,12 @@ class KeyedBatcher(Generic[K, R, T]):
                     _fail(batch, StreamBackendError(f"{self._name}: batch returned {len(results)} results for "
                                                     f"{len(batch)} requests"))
                     continue
-                for (_, future), result in zip(batch, results, strict=True):
+                for (request, future), result in zip(batch, results, strict=True):
                     if future.done():
                         continue
-                    if isinstance(result, BaseException):
+                    if isinstance(result, Requeue):
+                        self._requeue(result.key, request, future)
+                    elif isinstance(result, BaseException):
                         future.set_exception(result)
                     else:
                         future.set_result(result)

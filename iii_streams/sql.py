@@ -8,13 +8,17 @@ transaction reads every row it touches with one ``SELECT … IN``, applies the w
 and writes the final rows with one statement per kind; on PostgreSQL it also sends the ``NOTIFY`` of every
 write (delivered at commit). Atomicity per item:
 
-- PostgreSQL: one queue per item; ``SELECT … FOR UPDATE`` locks the row across processes; a missing row is
-  created with ``INSERT … ON CONFLICT DO NOTHING`` and the transaction is run again if another writer created it
-  first. PostgreSQL drops a repeated identical notification within one transaction, so a write whose event
-  would repeat one already sent goes into the next transaction. (One queue for the store, as on SQLite, made 64
-  writes in flight to distinct items 12 times faster, but then a row lock held elsewhere, e.g. a session left in
-  ``SELECT … FOR UPDATE``, stalled the writes of every item for up to the store's timeout, and two stores' batches
-  could deadlock, one inserting a row the other had updated: per item until a batch can give up such a row alone.)
+- PostgreSQL: ``SELECT … FOR UPDATE`` locks the rows across processes, in key order; a missing row is created
+  with ``INSERT … ON CONFLICT DO NOTHING`` (several in key order too) and the transaction is run again if another
+  writer created it first. PostgreSQL drops a repeated identical notification within one transaction, so a write
+  whose event would repeat one already sent goes into the next transaction. Writes made while others are under
+  way join a queue shared by the store, whose batches of several items run with a 100 ms ``lock_timeout`` (64
+  writes in flight to distinct items: one transaction for many items, not one per item). Such a batch that meets
+  a row locked elsewhere (a session left in ``SELECT … FOR UPDATE``, another process's transaction) or a deadlock
+  rolls back and hands each of its writes to its item's own queue (``lock_requeues`` counts them), which waits for
+  its row alone, up to the store's timeout, as every write of one item does: a locked row stalls only its item,
+  and two stores' batches never fail on each other. An item whose row was found locked keeps to its own queue
+  for 3 s. An item's writes keep their order: while some wait in one queue, its later ones join them there.
 - SQLite: one queue for the whole database (it has one write lock anyway); ``BEGIN IMMEDIATE`` takes that lock,
   also across processes.
 
@@ -98,7 +102,7 @@ from iii.stream_ops import Op, apply_update
 from iii.wire import loads
 
 from .base import DEFAULT_TIMEOUT, FieldUpdates, SetResult, UpdateResult, WriteProgress
-from .batching import KeyedBatcher
+from .batching import KeyedBatcher, Requeue
 from .close_once import CloseOnce
 from .deadlines import finish_within, let_go
 from .errors import (
@@ -144,7 +148,23 @@ _PART_HEAD_MAX: Final = 64  # bytes of a part's head at most: "~", 16 hex digits
 
 _MAX_BATCH: Final = 256  # writes per transaction (also keeps SELECT … IN well under parameter limits)
 _WITHDRAWAL_RERUNS: Final = 2  # re-runs of one batch to leave out writes whose callers gave up meanwhile
-_ONE_QUEUE: Final = b""  # SQLite's batcher key: every write of the database shares one queue
+# the batcher key of the one queue SQLite's writes share, and of PostgreSQL's shared queue (an item's own queue is
+# keyed by its 16-byte key)
+_ONE_QUEUE: Final = b""
+# PostgreSQL, a batch of several items from the shared queue: how long it waits for one row lock before it rolls
+# back and hands its writes to their items' own queues. Far above a batch's own transaction here (a few ms for 256
+# writes, so two stores' batches queueing for the same rows still wait for each other), far below
+# deadlock_timeout (1 s: a circle of two batches ends in 0.1 s, not 1 s), and all that a row locked elsewhere
+# costs the other items of the batch
+_SHARED_LOCK_TIMEOUT: Final = text("SELECT set_config('lock_timeout', '100ms', true)")
+_LOCK_FAILED: Final = ("55P03", "40P01")  # SQLSTATEs of a lock_timeout and of a deadlock
+# the rows of :keys locked by another transaction now (an autocommitted probe after a lock failure)
+_LOCKED_ROWS: Final = text(
+    f"SELECT item_key FROM {TABLE_NAME} WHERE item_key = ANY(:keys) AND item_key NOT IN "
+    f"(SELECT item_key FROM {TABLE_NAME} WHERE item_key = ANY(:keys) FOR UPDATE SKIP LOCKED)")
+_SLOW_S: Final = 3.0  # a row found locked elsewhere: its item's writes skip the shared queue for this long
+_SLOW_MAX: Final = 4096  # such items remembered at most (the oldest forgotten first)
+_PROBE_S: Final = 1.0  # the probe for such rows at most
 _NOTIFY_MANY: Final = text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p")
 # notifications per statement at most (each under 8000 bytes: 16 MB at most): PostgreSQL refuses a statement's
 # parameters over 1 GB, which a batch of big values sent in parts would otherwise reach
@@ -176,7 +196,7 @@ class _Write(WriteProgress):
     """One caller's write waiting for the next transaction; ``compute`` is ``None`` for a delete. A batch leaves it
     out once its caller abandoned it, and marks it sent before the commit that applies it (``WriteProgress``)."""
 
-    __slots__ = ("compute", "group_id", "item_id", "key", "stream_name")
+    __slots__ = ("compute", "group_id", "item_id", "key", "shared", "stream_name")
 
     def __init__(self, stream_name: str, group_id: str, item_id: str, key: bytes, compute: Compute | None) -> None:
         self.stream_name = stream_name
@@ -186,6 +206,7 @@ class _Write(WriteProgress):
         self.compute = compute
         self.abandoned = False
         self.sent = False
+        self.shared = False  # PostgreSQL: counted in the store's writes of its item in the shared queue
 
 
 @dataclass(slots=True)
@@ -984,6 +1005,11 @@ class SQLStream(FieldUpdates):
         # by the database); an item another process wrote goes back to the locking transaction for a while
         self._known: KnownTexts[bytes] = KnownTexts()
         self.swap_misses = 0  # single-statement writes that found the item changed by another process
+        # PostgreSQL: writes of several items' batches handed to their items' own queues after a lock failure
+        self.lock_requeues = 0
+        # PostgreSQL: item key -> its writes in the shared queue (or its running batch); later ones go there too
+        self._shared: dict[bytes, int] = {}
+        self._slow: dict[bytes, float] = {}  # item key -> loop time until which its writes skip the shared queue
         self._writes: KeyedBatcher[bytes, _Write, tuple[Any, Any]] = KeyedBatcher(
             self._write_batch, name="SQLStream writes", max_batch=_MAX_BATCH)
         self._close_once = CloseOnce()
@@ -1254,15 +1280,54 @@ class SQLStream(FieldUpdates):
         write = _Write(stream_name, group_id, item_id, key, compute)
         try:
             async with self._guard(operation, timeout):
-                return await self._writes.submit(key if self._pg else _ONE_QUEUE, write)
+                # the queue chosen and joined with no await between: the next write of the item sees this one
+                return await self._writes.submit(self._queue_of(write), write)
         except StreamTimeoutError as exc:
             raise write.timeout_error(exc) from exc
         except asyncio.CancelledError:
             write.give_up()
             raise
+        finally:
+            if not write.sent:  # withdrawn, refused, or done: it no longer holds its item's later writes back
+                self._leave_shared(write)
 
-    async def _write_batch(self, _queue: bytes, writes: Sequence[_Write]) -> builtins.list[Any]:
-        """Run ``writes`` in as few transactions as possible; one ``(old, new)`` or exception per write."""
+    def _queue_of(self, w: _Write) -> bytes:
+        """The batcher queue ``w`` joins. SQLite: the one queue. PostgreSQL: the shared queue while writes of its
+        item wait there (behind them: the shared batch hands them on in order); else its item's own queue when
+        that has writes (behind them), when the item's row was found locked elsewhere lately, or when no write at
+        all is under way (a lone caller keeps its one-statement path with no hand-over); else the shared queue."""
+        if not self._pg:
+            return _ONE_QUEUE
+        key = w.key
+        if key not in self._shared and (self._writes.idle() or self._writes.active(key) or self._is_slow(key)):
+            return key
+        self._shared[key] = self._shared.get(key, 0) + 1
+        w.shared = True
+        return _ONE_QUEUE
+
+    def _leave_shared(self, w: _Write) -> None:
+        if w.shared:
+            w.shared = False
+            left = self._shared[w.key] - 1
+            if left:
+                self._shared[w.key] = left
+            else:
+                del self._shared[w.key]
+
+    def _is_slow(self, key: bytes) -> bool:
+        until = self._slow.get(key)
+        if until is None:
+            return False
+        if until > asyncio.get_running_loop().time():
+            return True
+        del self._slow[key]
+        return False
+
+    async def _write_batch(self, queue: bytes, writes: Sequence[_Write]) -> builtins.list[Any]:
+        """Run ``writes`` in as few transactions as possible; one ``(old, new)``, exception or ``Requeue`` per
+        write."""
+        if self._pg and queue == _ONE_QUEUE:
+            return await self._shared_batch(writes)
         results: builtins.list[Any] = []
         try:
             await self._write_steps(writes, results)
@@ -1289,33 +1354,105 @@ class SQLStream(FieldUpdates):
                     for change in events:
                         self._hub.publish(change)
                     continue
-                if reruns >= _WITHDRAWAL_RERUNS:
-                    # callers kept giving up while the batch ran, each give-up costing a whole transaction: the
-                    # writes left are committed to now, so the callers still waiting are served (one giving up
-                    # from here on learns an unknown outcome)
+                pending, reruns = await self._locked_step(pending, reruns, results)
+
+    async def _locked_step(self, pending: builtins.list[_Write], reruns: int, results: builtins.list[Any],
+                           shared: bool = False) -> tuple[builtins.list[_Write], int]:
+        """One locking transaction over a prefix of ``pending`` (``shared``: under the shared queue's lock timeout),
+        its results added to ``results`` once committed: the writes still pending, and the withdrawal re-runs so
+        far (the whole of ``pending`` again after a rollback)."""
+        if reruns >= _WITHDRAWAL_RERUNS:
+            # callers kept giving up while the batch ran, each give-up costing a whole transaction: the
+            # writes left are committed to now, so the callers still waiting are served (one giving up
+            # from here on learns an unknown outcome)
+            for w in pending:
+                w.sent = not w.abandoned
+        async with self._transaction() as conn:
+            if shared:
+                await conn.execute(_SHARED_LOCK_TIMEOUT)
+            step = await self._apply_writes(conn, pending)
+            if step is None:
+                await conn.rollback()
+                return pending, reruns  # another writer created a row after our SELECT; now it can be locked
+            applied = step[4]
+            if any(w.abandoned for w in applied):
+                # a caller gave up while the statements ran: run again without its write, never behind
+                # its back (the next plan skips it)
+                await conn.rollback()
+                return pending, reruns + 1
+            for w in applied:
+                w.sent = True  # no await from here to the commit: a caller giving up now cannot withdraw
+        done, step_results, events, current, _ = step
+        for key, value in current.items():
+            self._known.wrote(key, value)
+        results.extend(step_results)
+        for change in events:
+            self._hub.publish(change)
+        return pending[done:], reruns
+
+    async def _shared_batch(self, writes: Sequence[_Write]) -> builtins.list[Any]:
+        """PostgreSQL's shared queue: the writes of several items run together (``_shared_steps``); a write whose
+        item has writes in its own queue or was found locked lately, and the writes of a batch left with one item,
+        are handed to their item's own queue (``Requeue``, in order), which runs them as it always did."""
+        answers: builtins.list[Any] = [Requeue(w.key) for w in writes]
+        try:
+            # decided once per item (a slow mark may expire meanwhile): an item's writes all stay or all go
+            apart = {k for k in dict.fromkeys(w.key for w in writes) if self._writes.active(k) or self._is_slow(k)}
+            together = [i for i, w in enumerate(writes) if w.key not in apart]
+            if len({writes[i].key for i in together}) < 2:
+                return answers
+            batch = [writes[i] for i in together]
+            results: builtins.list[Any] = []
+            try:
+                await self._shared_steps(batch, results)
+            except Exception as exc:
+                # the steps before this one committed: their callers get their results, only the rest this error
+                results += [exc] * (len(batch) - len(results))
+            for i, result in zip(together, results, strict=False):  # the rest: handed on after a lock failure
+                answers[i] = result
+            return answers
+        finally:
+            for w in writes:  # handed on or done: from here on they no longer hold their items' writes here
+                self._leave_shared(w)
+
+    async def _shared_steps(self, writes: Sequence[_Write], results: builtins.list[Any]) -> None:
+        """Commit ``writes`` (several items) in locking transactions that give up a row lock after 100 ms, adding
+        each one's results to ``results``; stops, leaving the rest uncommitted, once one item is left or when a
+        transaction met a lock timeout or deadlock (the items whose rows are locked elsewhere are remembered)."""
+        pending = builtins.list(writes)
+        reruns = 0
+        async with self._store_deadline():  # asyncio.timeout(self.timeout) on the store's shared timer
+            while len({w.key for w in pending}) > 1:
+                try:
+                    pending, reruns = await self._locked_step(pending, reruns, results, shared=True)
+                except Exception as exc:
+                    if _sqlstate(exc) not in _LOCK_FAILED:
+                        raise
+                    # rolled back: nothing of it was sent, so its callers may still withdraw until their item's
+                    # own queue runs it (that queue waits for the row as long as the store's timeout allows)
                     for w in pending:
-                        w.sent = not w.abandoned
-                async with self._transaction() as conn:
-                    step = await self._apply_writes(conn, pending)
-                    if step is None:
-                        await conn.rollback()
-                        continue  # another writer created a row after our SELECT; now it can be locked
-                    applied = step[4]
-                    if any(w.abandoned for w in applied):
-                        # a caller gave up while the statements ran: run again without its write, never behind
-                        # its back (the next plan skips it)
-                        await conn.rollback()
-                        reruns += 1
-                        continue
-                    for w in applied:
-                        w.sent = True  # no await from here to the commit: a caller giving up now cannot withdraw
-                done, step_results, events, current, _ = step
-                for key, value in current.items():
-                    self._known.wrote(key, value)
-                results.extend(step_results)
-                pending = pending[done:]
-                for change in events:
-                    self._hub.publish(change)
+                        w.sent = False
+                    self.lock_requeues += len(pending)
+                    await self._remember_locked(pending)
+                    return
+
+    async def _remember_locked(self, writes: Sequence[_Write]) -> None:
+        """Mark the items of ``writes`` whose rows another transaction holds now as slow for ``_SLOW_S`` (one
+        autocommitted probe; a row held only briefly is free again by then and is not marked)."""
+        keys = builtins.list(dict.fromkeys(w.key for w in writes))
+        try:
+            # bounded: the shared queue waits for it (a pool whose connections all wait for locked rows)
+            async with asyncio.timeout(_PROBE_S), self._read() as conn:
+                locked = (await conn.execute(_LOCKED_ROWS, {"keys": keys})).scalars().all()
+        except Exception as exc:  # only a hint: the writes are handed on either way
+            log.debug("SQLStream: could not probe locked rows: %s", error_line(exc))
+            return
+        until = asyncio.get_running_loop().time() + _SLOW_S
+        for key in locked:
+            self._slow.pop(key, None)  # re-inserted: the dict stays in marking order
+            self._slow[key] = until
+        while len(self._slow) > _SLOW_MAX:
+            del self._slow[next(iter(self._slow))]
 
     def _plan(self, writes: Sequence[_Write], stored: dict[bytes, str]) -> _Plan:
         """Apply a prefix of ``writes`` in Python to the rows ``stored`` (key → JSON text; missing = absent)."""
@@ -1394,6 +1531,9 @@ class SQLStream(FieldUpdates):
         if rows and self._pg:
             from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+            # in key order, as the rows were locked: two batches creating the same items wait for each other in
+            # one order, never in a circle
+            rows.sort(key=lambda row: row["item_key"])
             for row in rows:
                 statement = pg_insert(items).values(row).on_conflict_do_nothing(index_elements=["item_key"])
                 if (await conn.execute(statement.returning(items.c.id))).first() is None:
