@@ -86,6 +86,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import AsyncAdaptedQueuePool, Pool
 from sqlalchemy.util import greenlet_spawn
 
+import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.handler_threads import EXIT_HOOK_MISSING, at_exit_start
 from iii.loss_log import LossLog
 from iii.stream import (
@@ -104,7 +105,9 @@ from iii.wire import loads
 from .base import DEFAULT_TIMEOUT, FieldUpdates, SetResult, UpdateResult, WriteProgress
 from .batching import KeyedBatcher, Requeue
 from .close_once import CloseOnce
-from .deadlines import finish_within, let_go
+from .deadlines import finish_within
+from .engine_bounds import DISPOSE_TIMEOUT_S as _DISPOSE_DEFAULT_S
+from .engine_bounds import dispose_within, track_connections
 from .errors import (
     PoolExhaustedError,
     SchemaMissingError,
@@ -867,22 +870,9 @@ def _log_watch_retries(counts: Mapping[str, int], latest: str | None) -> None:
                 "since the last warning%s; retrying (every 2 s at most)", counts["failed"], latest_text)
 
 
-DISPOSE_TIMEOUT_S: Final = 2.0
-"""How long a store's close waits for the database to answer the orderly close of the store's pooled connections:
-a server gone silent (a half-open connection) never answers, and asyncpg's close waits for it with no bound. Past
-it those connections are cut (one warning) and the close ends."""
-
-
-def _track_connections(engine: AsyncEngine) -> weakref.WeakSet[Any]:
-    """The pool entries of ``engine``'s connections, each for as long as the pool keeps it: a close cuts those
-    whose server left their orderly close unanswered (the one being closed has already left the pool's queue)."""
-    entries: weakref.WeakSet[Any] = weakref.WeakSet()
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _on_connect(_dbapi_connection: Any, entry: Any) -> None:
-        entries.add(entry)
-
-    return entries
+DISPOSE_TIMEOUT_S: Final = _DISPOSE_DEFAULT_S
+"""How long a store's close waits for the database to answer the orderly close of its pooled connections (see
+:func:`iii_streams.engine_bounds.dispose_within`); read at each close."""
 
 
 def _install_postgresql_hooks(engine: AsyncEngine) -> None:
@@ -980,7 +970,7 @@ class SQLStream(FieldUpdates):
         self._pg = self.dialect == "postgresql"
         self._create = (not self._pg) if create is None else create
         self._owns_engine = owns_engine
-        self._connections = _track_connections(engine) if owns_engine else weakref.WeakSet()
+        self._connections = track_connections(engine) if owns_engine else weakref.WeakSet()
         self._reader = engine.execution_options(
             **({"isolation_level": "AUTOCOMMIT"} if self._pg else {_SQLITE_AUTOCOMMIT: True}))
         self._watch_queue_size = check_queue_size(watch_queue_size, "SQLStream: watch_queue_size")
@@ -1841,26 +1831,4 @@ class SQLStream(FieldUpdates):
     async def _dispose(self) -> None:
         """``engine.dispose()`` within :data:`DISPOSE_TIMEOUT_S`; past it the connections still open are cut, so
         the dispose ends without the server (one warning)."""
-        dispose = asyncio.ensure_future(self.engine.dispose())
-        try:
-            done, _ = await asyncio.wait((dispose,), timeout=DISPOSE_TIMEOUT_S)
-        except BaseException:  # the caller is cancelled: nothing waits for the server any more
-            self._cut_connections()
-            let_go(dispose)
-            raise
-        if done:
-            dispose.result()
-            return
-        log.warning("%s did not answer the close of the store's connections within %g s; cut them",
-                    self._database(), DISPOSE_TIMEOUT_S)
-        self._cut_connections()
-        # cut, each pending close ends at once (its connection is lost); a driver that ignores the cut is let go
-        await finish_within(dispose, DISPOSE_TIMEOUT_S, f"the close of {self._database()}'s connections", log)
-
-    def _cut_connections(self) -> None:
-        """Close every connection of the store's pool at once, without the server (asyncpg: the socket is reset)."""
-        for entry in list(self._connections):
-            connection = entry.dbapi_connection
-            if connection is not None:
-                with contextlib.suppress(Exception):  # one that fails to cut is already closed or closing
-                    self.engine.dialect.do_terminate(connection)
+        await dispose_within(self.engine, self._connections, DISPOSE_TIMEOUT_S, self._database(), log)

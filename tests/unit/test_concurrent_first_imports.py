@@ -210,13 +210,8 @@ def _entered_without_their_package(graph: dict[str, list[str]]) -> list[str]:
     return found
 
 
-# Changed at the time of writing elsewhere; each takes `import iii` before its first `from iii.x import`.
-_PENDING = {"iii_streams.sql", "iii_engine.modules.observability.module", "iii_engine.modules.observability.otlp"}
-
-
 def test_modules_import_a_package_before_its_modules() -> None:
-    found = _entered_without_their_package(_graph())
-    assert [entry for entry in found if entry.partition(":")[0] not in _PENDING] == []
+    assert _entered_without_their_package(_graph()) == []
 
 
 def test_the_entry_rule_sees_a_module_imported_before_its_package() -> None:

@@ -56,7 +56,7 @@ async def test_the_close_cuts_connections_the_silent_server_leaves_unanswered(
     took = loop.time() - started
     assert 0.5 <= took < 2.0, took
     gave_up = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert gave_up[0] == (f"PostgreSQL database {url} did not answer the close of the store's connections within "
+    assert gave_up[0] == (f"PostgreSQL database {url} did not answer the close of its connections within "
                           "0.5 s; cut them"), gave_up
     # At the dependency floors (SQLAlchemy 2.0.0) a cut connection's pending close does not end by itself: it is
     # let go after the second bound, said in a second line; the close ends within the bounds either way.
