@@ -13,7 +13,8 @@ the stores of this package withdraw it while it has not been sent to be committe
 (:class:`~iii_streams.base.WriteProgress`), and let it finish after that.
 Waiting requests per key are bounded by ``max_pending``; past it ``submit`` fails at once.
 A batch may also hand a request on instead of answering it (:class:`Requeue`): it joins the end of another key's
-queue with its caller still waiting, before the next batch of its old key is taken.
+queue with its caller still waiting, before the next batch of its old key is taken, whatever that queue holds and
+even after :meth:`~KeyedBatcher.aclose` began (an accepted request is never refused later; the close waits for it).
 
 Example:
     >>> import asyncio
@@ -101,6 +102,16 @@ class KeyedBatcher(Generic[K, R, T]):
         """
         return key in self._pending
 
+    def has_room(self, key: K) -> bool:
+        """Whether ``key``'s queue takes one more request (fewer than ``max_pending`` wait in it).
+
+        Example:
+            >>> KeyedBatcher(lambda key, requests: None, name="b", max_pending=1).has_room("k")
+            True
+        """
+        queue = self._pending.get(key)
+        return queue is None or len(queue) < self._max_pending
+
     def idle(self) -> bool:
         """Whether no key has requests waiting or a batch running.
 
@@ -129,8 +140,9 @@ class KeyedBatcher(Generic[K, R, T]):
         self._enqueue(key, request, future)
         return await future
 
-    def _enqueue(self, key: K, request: R, future: asyncio.Future[T]) -> None:
-        """Append to ``key``'s queue, starting its runner if it has none (raises past ``max_pending``)."""
+    def _enqueue(self, key: K, request: R, future: asyncio.Future[T], bounded: bool = True) -> None:
+        """Append to ``key``'s queue, starting its runner if it has none (``bounded``: raises past
+        ``max_pending``)."""
         queue = self._pending.get(key)
         if queue is None:
             queue = self._pending[key] = deque()
@@ -138,21 +150,16 @@ class KeyedBatcher(Generic[K, R, T]):
                                                             name=f"{self._name} batch runner")
             self._runners.add(runner)
             runner.add_done_callback(self._runners.discard)
-        elif len(queue) >= self._max_pending:
+        elif bounded and len(queue) >= self._max_pending:
             raise StreamBackendError(
-                f"{self._name}: {len(queue)} writes already wait for one key (max_pending); try again later"
+                f"{self._name}: {len(queue)} writes already wait in this queue (max_pending); try again later"
             )
         queue.append((request, future))
 
     def _requeue(self, key: K, request: R, future: asyncio.Future[T]) -> None:
-        """Hand a taken request on to ``key``'s queue (:class:`Requeue`); its caller learns a refusal at once."""
-        if self._closed:
-            future.set_exception(StreamClosedError(f"{self._name} was closed before the write ran"))
-            return
-        try:
-            self._enqueue(key, request, future)
-        except StreamBackendError as exc:
-            future.set_exception(exc)
+        """Hand a taken request on to ``key``'s queue (:class:`Requeue`). It was accepted already: neither
+        ``max_pending`` nor a close since refuses it (:meth:`aclose` waits for it as for a running batch)."""
+        self._enqueue(key, request, future, bounded=False)
 
     async def _drain(self, key: K, queue: deque[tuple[R, asyncio.Future[T]]]) -> None:
         try:
@@ -212,7 +219,7 @@ class KeyedBatcher(Generic[K, R, T]):
         for queue in self._pending.values():
             _fail(list(queue), StreamClosedError(f"{self._name} was closed before the write ran"))
             queue.clear()
-        if self._runners:
+        while self._runners:  # a batch may hand requests on to a queue whose runner starts meanwhile
             await asyncio.gather(*tuple(self._runners), return_exceptions=True)
 
 

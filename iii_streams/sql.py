@@ -887,6 +887,16 @@ def _install_postgresql_hooks(engine: AsyncEngine) -> None:
 
 
 
+def _handing_on(writes: Sequence[_Write], answers: builtins.list[Any]) -> builtins.list[Any]:
+    """``answers``, with every write handed on (:class:`Requeue`) marked not sent: it was not committed (a batch that
+    re-ran for withdrawals marks the writes it keeps as sent), so its caller may still withdraw it until its item's
+    own queue runs it."""
+    for w, answer in zip(writes, answers, strict=True):
+        if isinstance(answer, Requeue):
+            w.sent = False
+    return answers
+
+
 def _sqlite_lock_held(path: str, write: bool, wait_s: float) -> bool:
     """Whether another connection (another process's writer) holds a lock on the SQLite file ``path`` that a store's
     ``write`` (else its read) waits for, for all of ``wait_s``. Run in a thread: its wait (SQLite's busy timeout)
@@ -1284,12 +1294,14 @@ class SQLStream(FieldUpdates):
     def _queue_of(self, w: _Write) -> bytes:
         """The batcher queue ``w`` joins. SQLite: the one queue. PostgreSQL: the shared queue while writes of its
         item wait there (behind them: the shared batch hands them on in order); else its item's own queue when
-        that has writes (behind them), when the item's row was found locked elsewhere lately, or when no write at
-        all is under way (a lone caller keeps its one-statement path with no hand-over); else the shared queue."""
+        that has writes (behind them), when the item's row was found locked elsewhere lately, when no write at
+        all is under way (a lone caller keeps its one-statement path with no hand-over), or when the shared queue is
+        full (``max_pending`` counts per queue); else the shared queue."""
         if not self._pg:
             return _ONE_QUEUE
         key = w.key
-        if key not in self._shared and (self._writes.idle() or self._writes.active(key) or self._is_slow(key)):
+        if key not in self._shared and (self._writes.idle() or self._writes.active(key) or self._is_slow(key)
+                                         or not self._writes.has_room(_ONE_QUEUE)):
             return key
         self._shared[key] = self._shared.get(key, 0) + 1
         w.shared = True
@@ -1390,7 +1402,7 @@ class SQLStream(FieldUpdates):
             apart = {k for k in dict.fromkeys(w.key for w in writes) if self._writes.active(k) or self._is_slow(k)}
             together = [i for i, w in enumerate(writes) if w.key not in apart]
             if len({writes[i].key for i in together}) < 2:
-                return answers
+                return _handing_on(writes, answers)
             batch = [writes[i] for i in together]
             results: builtins.list[Any] = []
             try:
@@ -1400,7 +1412,7 @@ class SQLStream(FieldUpdates):
                 results += [exc] * (len(batch) - len(results))
             for i, result in zip(together, results, strict=False):  # the rest: handed on after a lock failure
                 answers[i] = result
-            return answers
+            return _handing_on(writes, answers)
         finally:
             for w in writes:  # handed on or done: from here on they no longer hold their items' writes here
                 self._leave_shared(w)
@@ -1422,7 +1434,7 @@ class SQLStream(FieldUpdates):
                     # own queue runs it (that queue waits for the row as long as the store's timeout allows)
                     for w in pending:
                         w.sent = False
-                    self.lock_requeues += len(pending)
+                    self.lock_requeues += sum(not w.abandoned for w in pending)  # the abandoned are not handed on
                     await self._remember_locked(pending)
                     return
 

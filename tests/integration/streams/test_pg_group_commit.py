@@ -190,3 +190,84 @@ async def test_an_items_writes_keep_their_order_across_a_hand_over(
         assert (x1.old_value, x2.old_value, x3.old_value) == (0, 1, 2)  # each found the one before it
         assert await other.get(StreamGetInput(stream_name=stream, group_id="g", item_id="x")) == 3
         assert not store._shared
+
+
+async def test_a_close_during_a_hand_over_lets_the_handed_writes_run(pg_url: str) -> None:
+    # before: the close refused every write the batch handed on ("closed before the write ran"), the writes of
+    # rows nobody held among them: accepted writes refused by a graceful close
+    stream = f"cl-{uuid.uuid4().hex[:8]}"
+    async with SQLStream.from_url(pg_url) as other:
+        for item in ("locked", "f0", "f1", "f2"):
+            await other.set(_set(stream, item, 0))
+        session = await asyncpg.connect(_plain(pg_url))
+        try:
+            held = await _lock_row(session, stream, "locked")
+            store = SQLStream.from_url(pg_url, timeout=1)
+            await store.get(StreamGetInput(stream_name=stream, group_id="g", item_id="x"))  # connected
+            writes = [asyncio.ensure_future(store.set(_set(stream, item, 1))) for item in ("f0", "locked", "f1", "f2")]
+            await _lock_waiters(_plain(pg_url), 1)  # the shared batch [locked, f1, f2] waits for the row
+            await store.aclose()  # within the batch's 100 ms lock wait: it hands its writes on as the close runs
+            results = await asyncio.gather(*writes, return_exceptions=True)
+        finally:
+            await held.rollback()
+            await session.close()
+        assert [r.old_value for r in (results[0], results[2], results[3])] == [0, 0, 0], results
+        assert isinstance(results[1], sql_module.StreamTimeoutError)  # its row stayed locked past the timeout
+        for item, value in (("f1", 1), ("f2", 1), ("locked", 0)):
+            assert await other.get(StreamGetInput(stream_name=stream, group_id="g", item_id=item)) == value
+
+
+async def test_a_full_shared_queue_sends_new_items_to_their_own_queues(pg_url: str) -> None:
+    # before: max_pending counted the whole shared queue, so with it full, writes of other items were refused:
+    # "StreamBackendError: ... 5 writes already wait for one key"
+    stream = f"mp-{uuid.uuid4().hex[:8]}"
+    async with SQLStream.from_url(pg_url) as store:
+        store._writes._max_pending = 5
+        results = await asyncio.gather(*(store.set(_set(stream, f"i{n}", n)) for n in range(40)),
+                                       return_exceptions=True)
+        assert [r for r in results if isinstance(r, BaseException)] == []
+        listed = await store.list(StreamListInput(stream_name=stream, group_id="g"))
+        assert sorted(listed) == list(range(40))
+
+
+async def test_a_write_handed_on_after_withdrawal_reruns_can_still_be_withdrawn(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A shared batch re-run twice for callers that gave up marks the writes it keeps as sent; the ones it then
+    # hands to their own queue must arrive there not sent, so their callers may still withdraw them. Here the
+    # second write of X repeats the first's event, so it waits for the next transaction, where X is the only item
+    # left: handed on.
+    stream = f"wd-{uuid.uuid4().hex[:8]}"
+    arrived: list[tuple[str, bool]] = []
+    async with SQLStream.from_url(pg_url, timeout=10) as store:
+        for item in ("A", "B", "C", "X", "Z"):
+            await store.set(_set(stream, item, 0))
+        callers: dict[str, asyncio.Future[Any]] = {}
+        applied = 0
+        apply_writes = SQLStream._apply_writes
+
+        async def apply_and_give_up(self: SQLStream, conn: Any, writes: Any) -> Any:
+            nonlocal applied
+            out = await apply_writes(self, conn, writes)
+            applied += 1
+            if applied in (1, 2):  # a caller gives up while the statements run: the batch runs again without it
+                callers["AB"[applied - 1]].cancel()
+                await asyncio.sleep(0)
+            return out
+
+        swap = SQLStream._swap
+
+        async def seen_on_arrival(self: SQLStream, writes: Any) -> Any:
+            arrived.extend((w.item_id, w.sent) for w in writes)
+            return await swap(self, writes)
+
+        monkeypatch.setattr(SQLStream, "_apply_writes", apply_and_give_up)
+        monkeypatch.setattr(SQLStream, "_swap", seen_on_arrival)
+        order = [("Z", 1), ("A", 1), ("B", 1), ("C", 1), ("X", 5), ("X", 5)]
+        futures = []
+        for item, value in order:
+            future = asyncio.ensure_future(store.set(_set(stream, item, value)))
+            callers.setdefault(item, future)
+            futures.append(future)
+        await asyncio.gather(*futures, return_exceptions=True)
+    handed = [(item, sent) for item, sent in arrived if item == "X"]
+    assert handed and all(not sent for _, sent in handed), arrived  # before: ('X', True)
