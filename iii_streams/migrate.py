@@ -275,8 +275,9 @@ async def upgrade(url: str, revision: str = HEAD, *,
     returns ``(revision before, revision after)``, equal when there was nothing to do.
 
     ``timeout`` bounds the whole of it (connecting, waiting for another migration of the database, migrating;
-    ``None``: no bound): past it :class:`TimeoutError` names the database, the connections are cut and nothing is
-    committed. A server gone silent would otherwise hold the caller for good.
+    ``None``: no bound): past it :class:`TimeoutError` names the database and the connections are cut; nothing is
+    committed unless the time ran out during the commit itself (:func:`current_revision` then tells). A server gone
+    silent would otherwise hold the caller for good.
 
     Example:
         >>> import asyncio

@@ -478,8 +478,9 @@ def store_url_options(url: str) -> tuple[str, dict[str, str]]:
 
     They let a URL alone (an engine's ``store_url``) say where a store's data and events go: Redis's pub/sub
     channels are shared by all its databases, so two engines on ``/0`` and ``/1`` of one server see each other's
-    events unless their ``channel`` differs. A parameter given twice, or an empty ``key_prefix``, is a
-    :class:`ValueError` naming it; the other parameters are left exactly as written (they are the connection's).
+    events unless their ``channel`` differs. A parameter given twice or empty is a :class:`ValueError` naming it (an
+    empty channel would fall back to the shared default); the other parameters are left exactly as written (they
+    are the connection's).
 
     Example:
         >>> store_url_options("redis://cache:6379/1?key_prefix=staging&channel=staging::events&ssl_cert_reqs=none")
@@ -502,22 +503,25 @@ def store_url_options(url: str) -> tuple[str, dict[str, str]]:
         if name in found:
             raise ValueError(f"{name} is given twice in {mask_passwords(url)!r}")
         found[name] = unquote_plus(raw_value)
-    if found.get("key_prefix") == "":
-        raise ValueError(f"key_prefix is empty in {mask_passwords(url)!r}: leave it out for the default")
+    for name, value in found.items():
+        if not value:
+            raise ValueError(f"{name} is empty in {mask_passwords(url)!r}: leave it out for the default")
     kept_query = "&".join(part for part in kept if part)
     return base + ("?" + kept_query if kept_query else "") + hash_sign + fragment, found
 
 
 def _merge_url_options(own: dict[str, Any], in_url: Mapping[str, str], url: str) -> None:
-    """Put a URL's store options into the keyword options ``own``: ``key_prefix`` replaces the prefix of the
-    ``layout`` given (or of the default one), ``channel`` must not contradict a ``channel=`` given too."""
+    """Put a URL's store options into the keyword options ``own``: ``key_prefix`` goes before the prefix of the
+    ``layout`` given (or of the default one), so that a stream store and a state store given one prefix still keep
+    apart (``staging:stream:…``, ``staging:state:…``); ``channel`` must not contradict a ``channel=`` given too."""
     if "channel" in in_url:
         given = own.get("channel", in_url["channel"])
         if given != in_url["channel"]:
             raise ValueError(f"RedisStream: channel={given!r} contradicts the channel in {mask_passwords(url)!r}")
         own["channel"] = in_url["channel"]
     if "key_prefix" in in_url:
-        own["layout"] = dataclasses.replace(own.get("layout", STREAM_LAYOUT), prefix=in_url["key_prefix"])
+        layout = own.get("layout", STREAM_LAYOUT)
+        own["layout"] = dataclasses.replace(layout, prefix=f"{in_url['key_prefix']}:{layout.prefix}")
 
 
 def default_retry() -> Retry:
@@ -972,9 +976,9 @@ class RedisStream(FieldUpdates):
 
         Options for this class (``publish_events``, ``channel``, ``max_update_attempts``, ``layout``,
         ``timeout``, ``report_watch_gaps``, ``watch_queue_size``) are taken out, and so are the URL's query
-        parameters ``key_prefix`` (the hashes' prefix in place of the layout's, e.g. ``stream``) and ``channel``
-        (where events go; empty: none), so that an engine configured by URL alone can keep its data apart from
-        another's on one Redis (:func:`store_url_options`). The pool blocks: at most
+        parameters ``key_prefix`` (a namespace put before the layout's own prefix: ``staging`` makes the hashes
+        ``staging:stream:…``) and ``channel`` (where events go), so that an engine configured by URL alone can
+        keep its data apart from another's on one Redis (:func:`store_url_options`). The pool blocks: at most
         ``max_connections`` (default 50) command connections, callers beyond that wait up to ``pool_timeout``
         seconds (default 30) for one and then fail with :class:`~iii_streams.errors.PoolExhaustedError`. The
         watches' one pub/sub connection is not one of them: it comes from the store's watch pool (same URL and

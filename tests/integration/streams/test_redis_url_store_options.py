@@ -52,7 +52,7 @@ async def test_two_stores_on_one_redis_keep_their_data_and_events_apart(run: str
     raw = aioredis.Redis.from_url(base)
     try:
         assert isinstance(a, RedisStream) and isinstance(b, RedisStream)
-        assert (a.layout, a.channel) == (KeyLayout(f"{run}-a"), f"{run}-a::events")
+        assert (a.layout, a.channel) == (KeyLayout(f"{run}-a:stream"), f"{run}-a::events")
         async with a.watch() as a_events, b.watch() as b_events:
             await a.set(StreamSetInput(**_item("from a")))  # type: ignore[arg-type]
             await b.set(StreamSetInput(**_item("from b")))  # type: ignore[arg-type]
@@ -64,8 +64,8 @@ async def test_two_stores_on_one_redis_keep_their_data_and_events_apart(run: str
             await a.set(StreamSetInput(**_item("a again")))  # type: ignore[arg-type]
             async with asyncio.timeout(5):  # a's next event is its own, not b's
                 assert (await anext(a_events))["event"]["data"] == "a again"
-        assert await raw.hget(f"{run}-a:todos:g", "i") == b'"a again"'
-        assert await raw.hget(f"{run}-b:todos:g", "i") == b'"from b"'
+        assert await raw.hget(f"{run}-a:stream:todos:g", "i") == b'"a again"'
+        assert await raw.hget(f"{run}-b:stream:todos:g", "i") == b'"from b"'
     finally:
         await a.aclose()
         await b.aclose()
@@ -73,10 +73,12 @@ async def test_two_stores_on_one_redis_keep_their_data_and_events_apart(run: str
 
 
 async def test_an_engine_configured_by_url_alone_keeps_its_keys_under_its_prefix(run: str) -> None:
+    # one URL for both modules, as a configuration would have it: the prefix is a namespace before each layout's
+    # own, so the state module's scopes and the stream module's groups stay apart (one prefix in place of both
+    # layouts' made a state scope "todos:g" read the stream's group)
     base = require_redis()
     sep = "&" if "?" in base else "?"
-    stream_url = f"{base}{sep}key_prefix={run}-stream&channel={run}::events"
-    state_url = f"{base}{sep}key_prefix={run}-state"
+    stream_url = state_url = f"{base}{sep}key_prefix={run}&channel={run}::events"
     config = engine_config(store_url=stream_url)
     modules = [ModuleSpec(m.class_name, {"store_url": state_url}) if m.class_name == "modules::state::StateModule"
                else m for m in config.modules or []]
@@ -86,9 +88,10 @@ async def test_an_engine_configured_by_url_alone_keeps_its_keys_under_its_prefix
             worker = await Worker.connect(engine.url)
             await worker.result("stream::set", {**_item(), "data": 1})
             await worker.result("state::set", {"scope": "sc", "key": "k", "value": 2})
+            assert await worker.result("state::list_groups", {}) == {"groups": ["sc"]}
             await worker.close()
-        assert await raw.hget(f"{run}-stream:todos:g", "i") == b"1"
-        assert await raw.hget(f"{run}-state:sc", "k") == b"2"  # the state layout, with the URL's prefix
+        assert await raw.hget(f"{run}:stream:todos:g", "i") == b"1"
+        assert await raw.hget(f"{run}:state:sc", "k") == b"2"  # the state layout's shape, under the URL's prefix
         assert await raw.exists("stream:todos:g", "state:sc") == 0
     finally:
         await raw.aclose()
@@ -97,7 +100,7 @@ async def test_an_engine_configured_by_url_alone_keeps_its_keys_under_its_prefix
 def test_the_state_layout_keeps_its_shape_under_a_prefix_from_the_url() -> None:
     store = open_module_store("state", {"store_url": "redis://127.0.0.1:1/2?key_prefix=tenant-7"})
     assert isinstance(store, RedisStream)
-    assert store.layout == KeyLayout("tenant-7", per_stream=STATE_LAYOUT.per_stream)
+    assert store.layout == KeyLayout("tenant-7:state", per_stream=STATE_LAYOUT.per_stream)
     assert store.channel == "stream::events"  # no channel in the URL: the production default
 
 
@@ -105,6 +108,8 @@ def test_the_state_layout_keeps_its_shape_under_a_prefix_from_the_url() -> None:
     ("redis://h/0?key_prefix=a&key_prefix=b", "key_prefix is given twice in 'redis://h/0?key_prefix=a&key_prefix=b'"),
     ("redis://:pw@h/0?key_prefix=", "key_prefix is empty in 'redis://:***@h/0?key_prefix=': leave it out for the "
                                      "default"),
+    # an empty channel made the store's watches fall back to the shared stream::events
+    ("redis://h/0?channel=", "channel is empty in 'redis://h/0?channel=': leave it out for the default"),
 ])
 def test_a_bad_url_option_is_a_config_error_naming_it(url: str, message: str) -> None:
     with pytest.raises(ConfigError) as raised:
@@ -116,7 +121,6 @@ def test_a_channel_given_twice_must_agree() -> None:
     with pytest.raises(ValueError, match=r"channel='x' contradicts the channel in 'redis://h/0\?channel=y'"):
         RedisStream.from_url("redis://h/0?channel=y", channel="x")
     assert RedisStream.from_url("redis://h/0?channel=y", channel="y").channel == "y"
-    assert not RedisStream.from_url("redis://h/0?channel=").publish_events  # empty: no events, as channel=""
 
 
 def test_other_query_parameters_stay_as_written() -> None:
