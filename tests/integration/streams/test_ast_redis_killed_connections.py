@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from iii.stream import StreamGetInput, StreamListInput, StreamSetInput, StreamUpdateInput, UpdateIncrement
 from iii_streams import RedisStream
 from iii_streams.redis import KeyLayout
+from tests.integration.streams.conftest import delete_redis_keys
 from tests.polling import until
 from tests.services import require_redis
 
@@ -31,11 +32,7 @@ async def store() -> AsyncIterator[RedisStream]:
     layout = KeyLayout(f"astkill{uuid.uuid4().hex[:10]}")
     async with RedisStream.from_url(require_redis(), layout=layout, max_connections=POOL) as backend:
         yield backend
-    raw = aioredis.Redis.from_url(require_redis())
-    keys = [key async for key in raw.scan_iter(match=f"{layout.prefix}:*", count=1000)]
-    if keys:
-        await raw.delete(*keys)
-    await raw.aclose()
+    await delete_redis_keys(f"{layout.prefix}:*")
 
 
 async def _kill_pooled_connections(store: RedisStream) -> list[Any]:

@@ -23,6 +23,7 @@ from iii_engine.settings import ConfigError
 from iii_streams import RedisStream, open_stream
 from iii_streams.redis import STATE_LAYOUT, KeyLayout, store_url_options
 from tests.integration.engine_streams.helpers import Worker, engine_config
+from tests.integration.streams.conftest import delete_redis_keys
 from tests.services import require_redis
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(30)]
@@ -33,11 +34,7 @@ async def run() -> AsyncIterator[str]:
     """A name of this run's own; its keys are deleted afterwards."""
     name = f"iii-url-{uuid.uuid4().hex[:10]}"
     yield name
-    raw = aioredis.Redis.from_url(require_redis())
-    keys = [key async for key in raw.scan_iter(match=f"{name}*", count=1000)]
-    if keys:
-        await raw.delete(*keys)
-    await raw.aclose()
+    await delete_redis_keys(f"{name}*")
 
 
 def _item(data: object = None) -> dict[str, object]:
