@@ -16,9 +16,12 @@ write (delivered at commit). Atomicity per item:
   writes in flight to distinct items: one transaction for many items, not one per item). Such a batch that meets
   a row locked elsewhere (a session left in ``SELECT … FOR UPDATE``, another process's transaction) or a deadlock
   rolls back and hands each of its writes to its item's own queue (``lock_requeues`` counts them), which waits for
-  its row alone, up to the store's timeout, as every write of one item does: a locked row stalls only its item,
+  its row alone, up to the store's timeout, as every write of one item does: a locked row stalls only its item
+  (while the pool has connections to spare: each item waiting for a row locked elsewhere holds one),
   and two stores' batches never fail on each other. An item whose row was found locked keeps to its own queue
-  for 3 s. An item's writes keep their order: while some wait in one queue, its later ones join them there.
+  for 3 s. An item's writes keep their order: while some wait in one queue, its later ones join them there. An item
+  missing at the read that a batch creates and deletes again is still inserted and then deleted: the insert finds a
+  row another writer created meanwhile (the batch runs again on it) and holds such a row off until the commit.
 - SQLite: one queue for the whole database (it has one write lock anyway); ``BEGIN IMMEDIATE`` takes that lock,
   also across processes.
 
@@ -222,6 +225,8 @@ class _Plan:
     sent: set[str] = field(default_factory=set)  # the same, to spot a repeat without scanning the list
     events: builtins.list[StreamEvent] = field(default_factory=builtins.list)  # in-process events (SQLite)
     created: dict[bytes, _Write] = field(default_factory=dict)  # rows to insert, in creation order
+    # rows missing at the read that the prefix creates and then deletes: (the creating write, its value)
+    transient: dict[bytes, tuple[_Write, str]] = field(default_factory=dict)
     deleted: set[bytes] = field(default_factory=set)
     applied: builtins.list[_Write] = field(default_factory=builtins.list)  # writes in the prefix not abandoned
 
@@ -1498,9 +1503,12 @@ class SQLStream(FieldUpdates):
                 plan.events.append(make_event(w.stream_name, w.group_id, w.item_id, kind, loads(event_text)))
             if new_text is None:
                 plan.deleted.add(w.key)
-                plan.created.pop(w.key, None)
+                creator = plan.created.pop(w.key, None)
+                if creator is not None and old_text is not None:  # (a delete of a missing item never gets here)
+                    plan.transient[w.key] = (creator, old_text)
             elif old_text is None:
                 plan.created[w.key] = w
+                plan.transient.pop(w.key, None)
             current[w.key] = new_text
             plan.results.append((old, new))
             plan.applied.append(w)
@@ -1530,16 +1538,22 @@ class SQLStream(FieldUpdates):
             # one row (the usual single caller): a plain execute; several: one executemany
             await conn.execute(_WRITE_VALUE, changed[0] if len(changed) == 1 else changed)
         rows = [self._row(w, current[k]) for k, w in plan.created.items() if current[k] is not None]
-        if rows and self._pg:
+        if (rows or plan.transient) and self._pg:
             from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+            # An item created and deleted again in this prefix is inserted too, then deleted: the insert is what
+            # finds a row another writer created after our read (and run again), and what holds that row off
+            # until we commit. Skipped, watchers got create(theirs), create(ours), delete(ours) and took the item
+            # for gone while the row held theirs.
+            transient = [self._row(w, text) for w, text in plan.transient.values()]
             # in key order, as the rows were locked: two batches creating the same items wait for each other in
             # one order, never in a circle
-            rows.sort(key=lambda row: row["item_key"])
-            for row in rows:
+            for row in sorted(rows + transient, key=lambda row: row["item_key"]):
                 statement = pg_insert(items).values(row).on_conflict_do_nothing(index_elements=["item_key"])
                 if (await conn.execute(statement.returning(items.c.id))).first() is None:
                     return None
+            if transient:
+                await conn.execute(delete(items).where(items.c.item_key.in_(builtins.list(plan.transient))))
         elif rows:
             # BEGIN IMMEDIATE holds the database: no one else can have created them
             await conn.execute(insert(items), rows[0] if len(rows) == 1 else rows)
