@@ -163,6 +163,10 @@ _ONE_QUEUE: Final = b""
 # deadlock_timeout (1 s: a circle of two batches ends in 0.1 s, not 1 s), and all that a row locked elsewhere
 # costs the other items of the batch
 _SHARED_LOCK_TIMEOUT: Final = text("SELECT set_config('lock_timeout', '100ms', true)")
+# ...and no limit for its commit: a transaction that sent notifications takes the database's one notification-queue
+# lock at commit, in turn with every other such commit; timed out there (behind another process's burst of
+# notifications, no row locked), the batch was handed on for nothing and each write then took that lock alone
+_NO_LOCK_TIMEOUT: Final = text("SELECT set_config('lock_timeout', '0', true)")
 _LOCK_FAILED: Final = ("55P03", "40P01")  # SQLSTATEs of a lock_timeout and of a deadlock
 # the rows of :keys locked by another transaction now (an autocommitted probe after a lock failure)
 _LOCKED_ROWS: Final = text(
@@ -1381,6 +1385,8 @@ class SQLStream(FieldUpdates):
             if step is None:
                 await conn.rollback()
                 return pending, reruns  # another writer created a row after our SELECT; now it can be locked
+            if shared and self.publish_events:
+                await conn.execute(_NO_LOCK_TIMEOUT)  # before the give-up check: its await is covered by it
             applied = step[4]
             if any(w.abandoned for w in applied):
                 # a caller gave up while the statements ran: run again without its write, never behind

@@ -271,3 +271,28 @@ async def test_a_write_handed_on_after_withdrawal_reruns_can_still_be_withdrawn(
         await asyncio.gather(*futures, return_exceptions=True)
     handed = [(item, sent) for item, sent in arrived if item == "X"]
     assert handed and all(not sent for _, sent in handed), arrived  # before: ('X', True)
+
+
+async def test_a_shared_batch_commits_without_the_lock_timeout(pg_url: str) -> None:
+    # A commit that sends notifications takes the database's notification-queue lock, in turn with every other
+    # such commit. Under the batch's 100 ms lock timeout, a burst of another session's notifications (no row locked)
+    # made shared batches fail at COMMIT and hand hundreds of writes on; the limit is lifted before the commit.
+    stream = f"nt-{uuid.uuid4().hex[:8]}"
+    async with SQLStream.from_url(pg_url) as store:
+        await store.get(StreamGetInput(stream_name=stream, group_id="g", item_id="x"))  # connected before counting
+        await asyncio.gather(*(store.set(_set(stream, f"i{n}", 0)) for n in range(20)))
+        transactions: list[list[str]] = [[]]
+
+        @event.listens_for(store.engine.sync_engine, "before_cursor_execute")
+        def _on_statement(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            transactions[-1].append(statement)
+
+        @event.listens_for(store.engine.sync_engine, "commit")
+        def _on_commit(_conn: Any) -> None:
+            transactions.append([])
+
+        await asyncio.gather(*(store.set(_set(stream, f"i{n % 20}", n)) for n in range(20, 100)))
+    shared = [statements for statements in transactions if any("'100ms'" in s for s in statements)]
+    assert shared, "no shared batch ran"
+    for statements in shared:
+        assert "set_config('lock_timeout', '0', true)" in statements[-1], statements  # the last before COMMIT
