@@ -59,22 +59,13 @@ def _sqlite_file(url: str) -> Path | None:
 
 
 async def _current(url: str, timeout: float) -> str | None:
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    from .engine_bounds import run_then_dispose
-    from .migrate import current_revision
+    from .migrate import revision_of
 
     file = _sqlite_file(url)
     if file is not None and not file.exists():
         # connecting would create an empty file: a typo in the path must not leave one behind
         raise _Failure(f"database file {file} does not exist")
-    engine = create_async_engine(url)
-
-    async def read() -> str | None:
-        async with engine.connect() as conn:
-            return await conn.run_sync(current_revision)
-
-    return await run_then_dispose(engine, read(), timeout, f"database {mask_passwords(url)}")
+    return await revision_of(url, timeout=timeout)
 
 
 def _run(command: str, url: str, revision: str, shown: str, timeout: float | None) -> str:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import sqlite3
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -22,20 +23,27 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from .engine_bounds import run_then_dispose
+from .errors import check_timeout
 from .messages import mask_passwords
 from .schema import VERSION_TABLE
 
 __all__ = ["HEAD", "MIGRATE_TIMEOUT_S", "MIGRATIONS_DIR", "SQL_SCHEMES", "current_revision", "head_revision",
-           "migrate", "normalize_url", "schema_behind", "upgrade", "upgrade_connection"]
+           "migrate", "normalize_url", "revision_of", "schema_behind", "upgrade", "upgrade_connection"]
 
 HEAD: Final = "head"
 # PostgreSQL advisory lock key ("iiistr") held by each migration transaction: concurrent migrations (replicas
 # starting at once) run one after the other, the later ones finding the schema done, instead of failing on a
 # duplicate CREATE TABLE
 _MIGRATION_LOCK: Final = 0x69_69_69_73_74_72
+
+T = TypeVar("T")
+
+# SQLite result codes of a lock wait that ran out (busy_timeout)
+_SQLITE_WAITED: Final = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 MIGRATE_TIMEOUT_S: Final = 120.0
 """How long :func:`upgrade` and :func:`migrate` (and ``iii-streams``) wait, by default, for a migration to end,
@@ -114,16 +122,16 @@ def _driver_in_transaction(connection: Connection) -> bool | None:
     return state if isinstance(state, bool) else None
 
 
-def _lock_sqlite_writes(engine: AsyncEngine) -> None:
+def _lock_sqlite_writes(engine: AsyncEngine, busy_s: float = SQLITE_BUSY_S) -> None:
     """Make every transaction of ``engine`` (SQLite) ``BEGIN IMMEDIATE``: it takes the database's write lock before
-    the version is read, so concurrent migrations run one after the other. The driver's own transaction handling
-    would leave ``CREATE TABLE`` outside any transaction."""
+    the version is read, so concurrent migrations run one after the other, each waiting at most ``busy_s`` for it.
+    The driver's own transaction handling would leave ``CREATE TABLE`` outside any transaction."""
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_S * 1000)}")
+        cursor.execute(f"PRAGMA busy_timeout = {max(1, int(busy_s * 1000))}")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
@@ -275,9 +283,9 @@ async def upgrade(url: str, revision: str = HEAD, *,
     returns ``(revision before, revision after)``, equal when there was nothing to do.
 
     ``timeout`` bounds the whole of it (connecting, waiting for another migration of the database, migrating;
-    ``None``: no bound): past it :class:`TimeoutError` names the database and the connections are cut; nothing is
-    committed unless the time ran out during the commit itself (:func:`current_revision` then tells). A server gone
-    silent would otherwise hold the caller for good.
+    ``None``: no bound): past it :class:`TimeoutError` names the database. A server gone silent would otherwise
+    hold the caller for good. Nothing is committed unless the time ran out during the commit itself
+    (:func:`revision_of` then tells).
 
     Example:
         >>> import asyncio
@@ -290,15 +298,67 @@ async def upgrade(url: str, revision: str = HEAD, *,
         before = current_revision(connection)
         return before, upgrade_connection(connection, revision)
 
-    engine = create_async_engine(normalize_url(url))
-    if engine.dialect.name == "sqlite":
-        _lock_sqlite_writes(engine)
+    bounded = _Bounded(url, timeout)
+    if bounded.engine.dialect.name == "sqlite":
+        _lock_sqlite_writes(bounded.engine, bounded.busy_s)
 
     async def work() -> tuple[str | None, str | None]:
-        async with _alembic_turn(), engine.begin() as conn:
+        async with _alembic_turn(), bounded.engine.begin() as conn:
             return await conn.run_sync(run)
 
-    return await run_then_dispose(engine, work(), timeout, f"database {mask_passwords(url)}")
+    return await bounded.run(work())
+
+
+async def revision_of(url: str, *, timeout: float | None = MIGRATE_TIMEOUT_S) -> str | None:
+    """The revision applied to the database at ``url`` (``None``: never migrated), read within ``timeout`` seconds
+    (as for :func:`upgrade`). A SQLite file that does not exist is created empty by the read: check first.
+
+    Example:
+        >>> import asyncio
+        >>> asyncio.run(revision_of("sqlite+aiosqlite://"))  # an in-memory database, never migrated
+    """
+    bounded = _Bounded(url, timeout)
+
+    async def read() -> str | None:
+        async with bounded.engine.connect() as conn:
+            return await conn.run_sync(current_revision)
+
+    return await bounded.run(read())
+
+
+class _Bounded:
+    """A short-lived engine for one piece of work on ``url`` within ``timeout`` seconds, however its database behaves.
+
+    PostgreSQL: the work is cut at the bound (:func:`~iii_streams.engine_bounds.run_then_dispose`), and the server is
+    told the bound too (``lock_timeout``, ``statement_timeout``, ``idle_in_transaction_session_timeout``, a second
+    past it), so a session the cut leaves behind, waiting for another migration's lock, ends by itself instead of
+    holding a connection until that lock is free. SQLite: nothing to cut (the driver's thread would keep waiting
+    and hold the work), so its own lock wait is the bound (``busy_timeout``); a wait that ends so is a
+    :class:`TimeoutError` too.
+    """
+
+    def __init__(self, url: str, timeout: float | None) -> None:
+        self.timeout = check_timeout(timeout)
+        self.database = f"database {mask_passwords(url)}"
+        normalized = normalize_url(url)
+        self.sqlite = normalized.startswith("sqlite")
+        self.busy_s = SQLITE_BUSY_S if self.timeout is None else self.timeout
+        connect_args: dict[str, Any] = {}
+        if self.sqlite:
+            connect_args["timeout"] = self.busy_s  # sqlite3's own wait for a lock (a read's, here)
+        elif self.timeout is not None:
+            left_behind_ms = str(int((self.timeout + 1.0) * 1000))
+            connect_args["server_settings"] = {"lock_timeout": left_behind_ms, "statement_timeout": left_behind_ms,
+                                               "idle_in_transaction_session_timeout": left_behind_ms}
+        self.engine = create_async_engine(normalized, connect_args=connect_args)
+
+    async def run(self, work: Coroutine[Any, Any, T]) -> T:
+        try:
+            return await run_then_dispose(self.engine, work, None if self.sqlite else self.timeout, self.database)
+        except OperationalError as exc:
+            if self.sqlite and getattr(exc.orig, "sqlite_errorcode", None) in _SQLITE_WAITED:
+                raise TimeoutError(f"{self.database} gave no result within {self.busy_s:g} s") from None
+            raise
 
 
 async def migrate(url: str, revision: str = HEAD, *, timeout: float | None = MIGRATE_TIMEOUT_S) -> str | None:

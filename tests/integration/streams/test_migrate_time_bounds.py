@@ -9,10 +9,12 @@ for the lock (or on a server gone silent after the connect) waited forever, its 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -100,3 +102,54 @@ async def test_upgrade_on_a_server_gone_silent_mid_migration_ends_at_its_timeout
                                 "1.5 s"
     await until(lambda: let_go_count() == 0)  # the cut ended the let-go migration: nothing left running
     assert await migrate_module.upgrade(blank_db, timeout=10) == (None, migrate_module.head_revision())
+
+
+async def test_a_sqlite_migration_waiting_for_a_lock_gives_up_and_leaves_nothing_running(tmp_path: Path) -> None:
+    # before: the timed-out migration's task stayed for good in the rollback of a connection it could not cut (the
+    # SQLite driver's thread), holding this process's migration turn: every later migration timed out, and opening
+    # another store hung
+    path = tmp_path / "locked.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process's writer
+    url = f"sqlite+aiosqlite:///{path}"
+    try:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match=r"gave no result within 1 s$"):
+            await migrate_module.upgrade(url, timeout=1)
+        assert time.monotonic() - started < 5
+    finally:
+        holder.rollback()
+        holder.close()
+    assert let_go_count() == 0 and not migrate_module._ALEMBIC_TURN.locked()
+    assert await migrate_module.upgrade(url, timeout=10) == (None, migrate_module.head_revision())
+
+
+def test_a_tiny_timeout_on_a_new_sqlite_file_ends_with_one_line(tmp_path: Path) -> None:
+    # before: 4 runs in 6 hung for good in asyncio.run's clean-up, waiting on the driver's uncut connection
+    for attempt in range(3):
+        proc = streams_cli("migrate", f"sqlite:///{tmp_path / f'new-{attempt}.db'}", "--timeout", "0.001")
+        assert proc.returncode in (0, 1), (proc.returncode, proc.stderr)
+        assert len(proc.stderr.splitlines()) == (proc.returncode == 1), proc.stderr
+
+
+async def test_a_postgres_session_left_waiting_ends_by_itself(blank_db: str) -> None:
+    # before: each timed-out migration left a backend waiting for the lock until its holder let go
+    holder = await _hold_migration_lock(blank_db)
+    query = ("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock' "
+             "AND pid <> pg_backend_pid()")
+    try:
+        with pytest.raises(TimeoutError):
+            await migrate_module.upgrade(blank_db, timeout=0.5)
+        async with asyncio.timeout(10):
+            while await holder.fetchval(query) > 0:  # noqa: ASYNC110 - the server tells no one of a wait
+                await asyncio.sleep(0.05)
+    finally:
+        await holder.execute("ROLLBACK")
+        await holder.close()
+
+
+@pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf")])
+async def test_a_timeout_that_bounds_nothing_is_refused(timeout: float) -> None:
+    # before: nan meant no bound at all, and 0 or a negative number failed as if the database had not answered
+    with pytest.raises(ValueError, match=r"^timeout must be a positive number of seconds or None"):
+        await migrate_module.upgrade("sqlite+aiosqlite://", timeout=timeout)
