@@ -40,18 +40,30 @@ _USER_ONLY: Final = re.compile(
     r"(?P<head>(?<![A-Za-z0-9+.\-])(?:[A-Za-z0-9+.\-]*\+)?(?i:https?|wss?)://)[^:/?#\s]+?:?@"
     r"(?=[^@/?#\s]*(?:[/?#\s]|$))")
 # http(s)/ws(s) with a user beside a password (already masked), where the user is a token: git hosts take
-# https://TOKEN:x-oauth-basic@ (the password a placeholder). A token is a user with a vendor's token prefix (GitHub,
-# GitLab, Slack, Stripe, OpenAI, AWS access key ids, Google OAuth), or 32 or more letters, digits, '_' and '-' with
-# both letters and digits (40-hex GitHub tokens, API keys); a person's or a service's user name is neither.
+# https://TOKEN:x-oauth-basic@ (the password a placeholder). The user runs to the password's ':' and may hold a raw
+# '@' (clients split the authority at its last '@'); such a user is masked whole, as a user alone with an '@' in it
+# is by _USER_ONLY: where it ends is anyone's guess, and the part before the '@' may be a token.
 _TOKEN_USER: Final = re.compile(
-    r"(?P<head>(?<![A-Za-z0-9+.\-])(?:[A-Za-z0-9+.\-]*\+)?(?i:https?|wss?)://)(?P<user>[^:/?#\s@]+):\*\*\*@")
+    r"(?P<head>(?<![A-Za-z0-9+.\-])(?:[A-Za-z0-9+.\-]*\+)?(?i:https?|wss?)://)(?P<user>[^:/?#\s]+):\*\*\*@")
+# A token, read percent-decoded (ghp%5F… is ghp_…): a vendor's prefix followed by the shape and length its tokens
+# have, so that a user name that merely starts alike (ASIAPAC-ops, sk-team, ghr_backup) stays: AWS access key ids,
+# GitHub, GitLab, Slack, OpenAI and Anthropic (sk-), Stripe, Google OAuth, Hugging Face, Atlassian API tokens, JWTs.
+# Or 32 or more hex digits, or 32 or more letters, digits, '_' and '-' with a run of 20 or more letters and digits
+# mixing both (random keys, 40-hex GitHub tokens): a UUID's parts and the words of a service's name
+# (svc-payments-reconciliation-2024) are shorter. Every alternative is tried at the start only, and the search for
+# the long run looks into each run once, so the time stays linear.
 _LOOKS_LIKE_TOKEN: Final = re.compile(
-    r"(?:gh[pousr]_|github_pat_|gl(?:pat|dt|ptt|rt)-|xox[abposr]-|sk-|[sr]k_(?:live|test)_|AKIA|ASIA|ya29\.).*"
-    r"|(?=[^\d]*\d)(?=[^A-Za-z]*[A-Za-z])[A-Za-z0-9_\-]{32,}", re.DOTALL)
+    r"(?:AKIA|ASIA)[A-Z0-9]{16}|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{20,}"
+    r"|gl(?:pat|dt|ptt|rt)-[A-Za-z0-9_.\-]{20,}|xox[abposr]-[A-Za-z0-9\-]{10,}|sk-[A-Za-z0-9_\-]{20,}"
+    r"|[sr]k_(?:live|test)_[A-Za-z0-9]{16,}|ya29\.[A-Za-z0-9_.\-]{20,}|hf_[A-Za-z0-9]{30,}|ATATT[A-Za-z0-9_\-=]{20,}"
+    r"|eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*|[0-9A-Fa-f]{32,}"
+    r"|(?=[A-Za-z0-9_\-]*?(?<![A-Za-z0-9])(?=[A-Za-z]*[0-9])(?=[0-9]*[A-Za-z])[A-Za-z0-9]{20})[A-Za-z0-9_\-]{32,}")
 
 
 def _token_user(found: re.Match[str]) -> str:
-    return f"{found['head']}***:***@" if _LOOKS_LIKE_TOKEN.fullmatch(found["user"]) else found[0]
+    user = found["user"]
+    hidden = "@" in user or _LOOKS_LIKE_TOKEN.fullmatch(unquote(user)) is not None
+    return f"{found['head']}***:***@" if hidden else found[0]
 
 
 # key=value after '?', '&', ';' (a path's matrix parameters, ;jsessionid=) or '#' (a fragment: the OAuth implicit
@@ -87,9 +99,10 @@ def mask_passwords(text: str) -> str:
     """``text`` with every URL password and secret in it replaced by ``***``, in time linear in its length:
 
     - the password of ``scheme://user:password@host``, and the user of ``http(s)://`` and ``ws(s)://`` URLs that
-      have no password (``https://TOKEN@host``, sent as Basic auth) or whose user looks like a token
-      (``https://ghp_…:x-oauth-basic@host``: a vendor's token prefix, or 32 or more letters and digits); other
-      user names stay;
+      have no password (``https://TOKEN@host``, sent as Basic auth) or whose user, percent-decoded, looks like a
+      token (``https://ghp_…:x-oauth-basic@host``: a vendor's prefix with the shape and length of its tokens, a
+      JWT, 32 or more hex digits, or 32 or more letters, digits, ``_`` and ``-`` with a run of 20 or more letters
+      and digits mixing both) or holds a raw ``@``; other user names stay (``svc-payments``, a UUID, ``sk-team``);
     - the values of secret-looking keys after ``?``, ``&``, ``;`` or ``#`` (any case, percent-encoded or not,
       ``name[]`` as ``name``): ``password``, ``sslpassword``, ``passwd``, ``pwd``, any key ending in ``secret``,
       ``token``, ``signature``, ``credential``, ``authorization``, ``hmac`` or ``sessionid``, and ``key``,
@@ -110,8 +123,10 @@ def mask_passwords(text: str) -> str:
         'postgresql://db/app?sslkey=/etc/app/client.key&passfile=/home/app/.pgpass'
         >>> mask_passwords("https://ghp_t0k@github.com/o/r.git postgresql://app@db/app")
         'https://***@github.com/o/r.git postgresql://app@db/app'
-        >>> mask_passwords("https://ghp_t0k:x-oauth-basic@github.com/o/r.git ws://bridge:pw@remote")
+        >>> mask_passwords("https://ghp_" + "t0k" * 12 + ":x-oauth-basic@github.com/o/r.git ws://bridge:pw@remote")
         'https://***:***@github.com/o/r.git ws://bridge:***@remote'
+        >>> mask_passwords("https://sk-team:pw@h https://123e4567-e89b-12d3-a456-426614174000:pw@login.example")
+        'https://sk-team:***@h https://123e4567-e89b-12d3-a456-426614174000:***@login.example'
         >>> mask_passwords("got 'https://app.example/cb?state=7#access_token=t0k&token_type=bearer', retrying")
         "got 'https://app.example/cb?state=7#access_token=***&token_type=bearer', retrying"
         >>> mask_passwords("https://h/x?api%5Fkey=k3y&password[]=pw&token=ab'-cd")

@@ -1,7 +1,8 @@
 """Secrets ``mask_passwords`` used to show: a token alone in an http(s)/ws(s) URL's userinfo (sent as Basic auth),
 percent-encoded key names (``?api%5Fkey=``), keys after ``#`` (the OAuth implicit flow's ``#access_token=``), keys
 that were not on the list (``authorization``, ``credentials``, ``secrets``, ``bearer``, ``hmac``, ``code``,
-``password[]``), and the part of a value after a quote (``token=ab'-cd`` was shown as ``token=***'-cd``).
+``password[]``), the part of a value after a quote (``token=ab'-cd`` was shown as ``token=***'-cd``), and tokens in
+the user part beside a password, without hiding user names that only look a little like them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,12 @@ import pytest
 from iii._cli import mask_passwords
 
 pytestmark = pytest.mark.timeout(30)
+
+# Tokens of the shapes their vendors issue (made up, not live).
+GITHUB = "ghp_" + "16C7e42F292c6912E7710c838347Ae178B4a"
+HUGGING_FACE = "hf_" + "AbCdEfGhIjKlMnOpQrStUvWxYzAbCdEfGh"
+ATLASSIAN = "ATATT3xFfGF0T4JNjA1Hj0AZmC-7DQz_jqKlH8YtYk6Dn0Ag3pVwIdEsLnQxVh6f1s5ZtRbk=1A2B3C4D"
+JWT = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"
 
 
 @pytest.mark.parametrize(("text", "shown"), [
@@ -47,10 +54,11 @@ pytestmark = pytest.mark.timeout(30)
     ('{"u":"https://h/x?token=t0k"}', '{"u":"https://h/x?token=***"}'),
     ("see <'https://h/x?token=t0k'>.", "see <'https://h/x?token=***'>."),
     # a token in the user part beside a password (a git host's placeholder password): it showed
-    ("https://ghp_t0k:x-oauth-basic@github.com/o/r", "https://***:***@github.com/o/r"),
+    (f"https://{GITHUB}:x-oauth-basic@github.com/o/r", "https://***:***@github.com/o/r"),
     ("clone https://0123456789abcdef0123456789abcdef01234567:x-oauth-basic@github.com/o/r",
      "clone https://***:***@github.com/o/r"),
-    ("WSS://glpat-t0k:pw@gitlab.example/x git+https://xoxb-1-t0k:x@h", "WSS://***:***@gitlab.example/x git+https://***:***@h"),
+    ("WSS://glpat-xYz12AbC34dEf56GhI78jK:pw@gitlab.example/x git+https://xoxb-123456789012-1234567890123-AbCdEf:x@h",
+     "WSS://***:***@gitlab.example/x git+https://***:***@h"),
 ])
 def test_masked(text: str, shown: str) -> None:
     assert mask_passwords(text) == shown
@@ -66,11 +74,52 @@ def test_left_as_it_is(text: str) -> None:
     assert mask_passwords(text) == text
 
 
+@pytest.mark.parametrize("user", [
+    # vendors' tokens whose prefix was known but whose shape was not: a JWT's dots, Atlassian's '=', letters only
+    JWT, ATLASSIAN, HUGGING_FACE,
+    # percent-encoded, read decoded
+    GITHUB.replace("_", "%5F"), "%67%68%70%5F" + GITHUB[4:],
+    # a raw '@' in the user: clients send all of it before the password as the user
+    "ghp_abc@1", "alice@corp.example",
+    # the other shapes, at their shortest
+    "AKIAIOSFODNN7EXAMPLE", "ASIA" + "Q" * 16, "ghp_" + "x" * 30, "ghs_" + "a1" * 15,
+    "github_pat_11ABCDEFG0123456789_ab", "glpat-" + "x" * 20, "xoxp-12345-6789", "sk-proj-" + "aB3" * 8,
+    "sk-ant-api03-" + "Z" * 12,
+    "sk_live_" + "4eC39HqLyjWDarjt", "rk_test_" + "0" * 16, "ya29." + "a0AfH6SMB" * 3, "hf_" + "1" * 30,
+    "0123456789abcdef" * 2, "0" * 40, "npm_" + "a1B2c3D4e5" * 3 + "F6", "pypi-AgEIcHlwaS5vcmcCJDUw" + "-x9" * 4,
+])
+def test_a_token_beside_a_password_is_masked(user: str) -> None:
+    assert mask_passwords(f"clone https://{user}:x-oauth-basic@h/o/r") == "clone https://***:***@h/o/r"
+
+
+@pytest.mark.parametrize("user", [
+    # a UUID client id, hyphenated or underscored service names, names that start like a vendor's prefix
+    "123e4567-e89b-12d3-a456-426614174000", "svc-payments-reconciliation-2024", "svc_payments_reconciliation_2024",
+    "ASIAPAC-ops", "AKIAN", "sk-team", "ghr_backup", "ghp_t0k", "hf_bot", "eyJohn", "ATATTendance",
+    # one short of each vendor's length (or one over AWS's); 31 hex digits; 32+ letters without digits; a
+    # percent-encoded e-mail address
+    "ghp_" + "x" * 29, "AKIA" + "Q" * 15, "AKIA" + "Q" * 17, "glpat-" + "x" * 19, "xoxb-123456789",
+    "sk_live_" + "a" * 15, ("0123456789abcdef" * 2)[:31], "serviceaccountfornightlybuildsonly",
+    "service-account-for-nightly-builds-2024", "alice%40corp.example",
+])
+def test_a_user_name_beside_a_password_stays(user: str) -> None:
+    text = f"https://{user}:pw@h/x"
+    assert mask_passwords(text) == f"https://{user}:***@h/x"
+
+
 @pytest.mark.parametrize("text", [
     "https://" + "a@" * 100_000, "git+https://" * 20_000, "a+" * 100_000 + "https://x@h/",
     "?" + "%" * 200_000 + "=", "?" + "a[" * 100_000 + "=x", "?token=" + "'" * 200_000 + "x",
     "?token=" + "')" * 100_000, "#token=a" * 25_000, "&token=" * 30_000, "?" + "a" * 200_000 + "password=",
     "https://" + "a" * 200_000 + ":***@", "https://a:***@" * 20_000, "https://" + "1a" * 100_000 + ":***@h",
+    # the token test on long users: runs that almost make a token, dots of a JWT, percent escapes, raw '@'
+    "https://" + "1a" * 100_000 + "!:***@h", "https://" + "a-" * 100_000 + ":***@h",
+    "https://" + ("a" * 19 + "-") * 10_000 + "1:***@h", "https://" + ("a" * 18 + "1-") * 10_000 + ":***@h",
+    "https://" + ("1" * 19 + "_") * 10_000 + ":***@h",
+    "https://eyJ" + "a." * 100_000 + ":***@h", "https://eyJa.b." + "." * 200_000 + ":***@h",
+    "https://" + "%41" * 70_000 + ":***@h", "https://" + "%" * 200_000 + ":***@h", "https://a@" * 20_000 + ":x@h",
+    "https://ghp_" + "a" * 200_000 + "-:***@h", "https://ATATT" + "=" * 200_000 + ".:***@h",
+    "https://AKIA" + "A" * 200_000 + ":***@h",
 ])
 def test_masking_time_is_linear(text: str) -> None:
     begin = time.perf_counter()
