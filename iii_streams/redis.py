@@ -513,7 +513,8 @@ def store_url_options(url: str) -> tuple[str, dict[str, str]]:
 def _merge_url_options(own: dict[str, Any], in_url: Mapping[str, str], url: str) -> None:
     """Put a URL's store options into the keyword options ``own``: ``key_prefix`` goes before the prefix of the
     ``layout`` given (or of the default one), so that a stream store and a state store given one prefix still keep
-    apart (``staging:stream:…``, ``staging:state:…``); ``channel`` must not contradict a ``channel=`` given too."""
+    apart (``staging:stream:…``, ``staging:state:…``), and names the default channel (``staging::stream::events``);
+    ``channel`` must not contradict a ``channel=`` given too."""
     if "channel" in in_url:
         given = own.get("channel", in_url["channel"])
         if given != in_url["channel"]:
@@ -522,6 +523,9 @@ def _merge_url_options(own: dict[str, Any], in_url: Mapping[str, str], url: str)
     if "key_prefix" in in_url:
         layout = own.get("layout", STREAM_LAYOUT)
         own["layout"] = dataclasses.replace(layout, prefix=f"{in_url['key_prefix']}:{layout.prefix}")
+        # the events of keys kept apart stay apart too (pub/sub is server-wide): a watcher of one namespace got the
+        # other's events, data included, for items its own namespace does not hold
+        own.setdefault("channel", f"{in_url['key_prefix']}::{EVENTS_CHANNEL}")
 
 
 def default_retry() -> Retry:
@@ -977,7 +981,8 @@ class RedisStream(FieldUpdates):
         Options for this class (``publish_events``, ``channel``, ``max_update_attempts``, ``layout``,
         ``timeout``, ``report_watch_gaps``, ``watch_queue_size``) are taken out, and so are the URL's query
         parameters ``key_prefix`` (a namespace put before the layout's own prefix: ``staging`` makes the hashes
-        ``staging:stream:…``) and ``channel`` (where events go), so that an engine configured by URL alone can
+        ``staging:stream:…``, and events then go to ``staging::stream::events`` unless ``channel`` says where),
+        so that an engine configured by URL alone can
         keep its data apart from another's on one Redis (:func:`store_url_options`). The pool blocks: at most
         ``max_connections`` (default 50) command connections, callers beyond that wait up to ``pool_timeout``
         seconds (default 30) for one and then fail with :class:`~iii_streams.errors.PoolExhaustedError`. The

@@ -140,7 +140,10 @@ def open_module_store(kind: Kind, settings: StoreSettings | Mapping[str, Any], *
     if isinstance(adapter, KvStoreSettings):
         return _kv_store(kind, adapter, publish_events)
     if isinstance(adapter, RedisStoreSettings):
-        return _open_url(kind, adapter.redis_url, publish_events)
+        try:
+            return _open_url(kind, adapter.redis_url, publish_events)
+        except ValueError as exc:  # the URL's own store options (key_prefix, channel): a configuration error
+            raise ConfigError(str(exc), "adapter.config.redis_url") from None
     assert isinstance(adapter, BridgeAdapterSettings), short
     from ..bridge.stores import open_bridge_store  # the data lives on a remote engine
 

@@ -98,7 +98,7 @@ def test_the_state_layout_keeps_its_shape_under_a_prefix_from_the_url() -> None:
     store = open_module_store("state", {"store_url": "redis://127.0.0.1:1/2?key_prefix=tenant-7"})
     assert isinstance(store, RedisStream)
     assert store.layout == KeyLayout("tenant-7:state", per_stream=STATE_LAYOUT.per_stream)
-    assert store.channel == "stream::events"  # no channel in the URL: the production default
+    assert store.channel == "tenant-7::stream::events"  # no channel in the URL: the prefix's own
 
 
 @pytest.mark.parametrize(("url", "message"), [
@@ -118,6 +118,25 @@ def test_a_channel_given_twice_must_agree() -> None:
     with pytest.raises(ValueError, match=r"channel='x' contradicts the channel in 'redis://h/0\?channel=y'"):
         RedisStream.from_url("redis://h/0?channel=y", channel="x")
     assert RedisStream.from_url("redis://h/0?channel=y", channel="y").channel == "y"
+
+
+def test_a_prefix_without_a_channel_keeps_its_events_apart_too() -> None:
+    # before: a store given only ?key_prefix= published on the server-wide stream::events, so another namespace's
+    # watchers got its events, data included, for items their own namespace does not hold
+    assert RedisStream.from_url("redis://h/0?key_prefix=staging").channel == "staging::stream::events"
+    assert RedisStream.from_url("redis://h/0?key_prefix=staging&channel=c").channel == "c"
+    assert RedisStream.from_url("redis://h/0?key_prefix=staging", channel="c").channel == "c"
+    assert RedisStream.from_url("redis://h/0").channel == "stream::events"  # no prefix: production's channel
+
+
+def test_a_bad_redis_adapter_url_is_a_config_error_naming_it() -> None:
+    # before: a bare ValueError at the module's start ("cannot start ... --allow-degraded"), not a configuration error
+    adapter = {"class": "modules::stream::adapters::RedisAdapter",
+               "config": {"redis_url": "redis://h/0?key_prefix=a&key_prefix=b"}}
+    with pytest.raises(ConfigError) as raised:
+        open_module_store("stream", {"adapter": adapter})
+    assert str(raised.value) == ("adapter.config.redis_url: key_prefix is given twice in "
+                                 "'redis://h/0?key_prefix=a&key_prefix=b'")
 
 
 def test_other_query_parameters_stay_as_written() -> None:
