@@ -10,16 +10,16 @@ imports):
 
 * nothing waits for a package still running its ``__init__`` from a module that ``__init__`` imports (directly or
   not). ``from . import x`` and ``import pkg.x as y`` wait for the package; ``from .x import name`` does not.
-* a module outside a package imports the package whole before any of its modules: ``from iii.x import y`` first
-  takes the lock of ``iii.x`` and then imports ``iii`` while holding it, so a thread running ``iii/__init__``
-  (which imports ``iii.x``) and this one wait for each other (CPython gh-83065). ``import iii`` first, or
-  ``from iii import y``, takes the package's lock before any of its modules'.
+* a module outside a package imports the package whole before any of its modules, where the package's ``__init__``
+  imports modules: ``from pkg.x import y`` first takes the lock of ``pkg.x`` and then imports ``pkg`` while holding
+  it, so a thread running ``pkg/__init__`` (which imports ``pkg.x``) and this one wait for each other (CPython
+  gh-83065). ``import pkg`` first, or ``from pkg import y``, takes the package's lock before any of its modules'.
 
-Code of callers is bound by the second rule too: a thread whose first import is ``iii.connection`` (or any module
-of a package whose ``__init__`` imports it) can meet one importing ``iii`` at that moment, on CPython before the
-fix of gh-83065.
+The four top-level packages (``iii``, ``iii_channels``, ``iii_streams``, ``iii_engine``) import none of their modules
+in their ``__init__`` (each name loads on first use), so code of callers may import any of their modules first
+(``from iii.errors import IIIError`` while another thread runs ``import iii``): the races below start with such
+entries too, by chance (a Barrier) and forced into the window where the two locks cross (a staged start).
 """
-
 from __future__ import annotations
 
 import ast
@@ -57,10 +57,17 @@ _RACE = textwrap.dedent("""
     print(errors or "ok")
 """)
 
-# Entries are packages, names, and modules of the packages whose __init__ imports none of their modules. Not `iii.x`
-# nor `iii_engine.channels.x`: a thread importing one of those first takes its lock, then imports the package, and if
-# another thread is importing that package at that moment (its __init__ imports `x`), CPython (before its gh-83065
-# fix) reports the cycle; only the package first avoids it, which our modules do (the last tests) and callers' must.
+
+def _race(script: str, entries: str) -> tuple[int, str, str]:
+    done = subprocess.run([sys.executable, "-c", script, *entries.split()], cwd=ROOT, capture_output=True, text=True,
+                          timeout=25, check=False)
+    return done.returncode, done.stdout.strip(), done.stderr[-2000:]
+
+
+# Entries are packages, names, and modules. Not `iii_engine.channels.x`: that package's __init__ imports its
+# modules, so a thread importing one of them first holds its lock while importing the package, and CPython (before
+# its gh-83065 fix) reports the cycle with another thread running that __init__; only the package first avoids it,
+# which our modules do (the last tests) and callers' must.
 ENTRY_SETS = [
     # Before: each run failed, each thread with "cannot import name 'Connection' from partially initialized module
     # 'iii.connection'" (iii.connection ran `from . import ws_fastpath`, which waits for the package `iii`).
@@ -79,9 +86,88 @@ ENTRY_SETS = [
 @pytest.mark.parametrize("entries", ENTRY_SETS)
 def test_threads_importing_at_once_by_different_entries_all_succeed(entries: str) -> None:
     for _ in range(4):
-        done = subprocess.run([sys.executable, "-c", _RACE, *entries.split()], cwd=ROOT, capture_output=True,
-                              text=True, timeout=25, check=False)
-        assert (done.returncode, done.stdout.strip()) == (0, "ok"), (entries, done.stdout, done.stderr[-2000:])
+        returncode, stdout, stderr = _race(_RACE, entries)
+        assert (returncode, stdout) == (0, "ok"), (entries, stdout, stderr)
+
+
+# A module of `iii` first, beside another entry that imports `iii` (CPython gh-83065). Before `iii/__init__` loaded
+# its names on first use: the first set failed each run ("cannot import name 'Connection' from partially initialized
+# module 'iii.connection'"), the others now and then ("_DeadlockError: deadlock detected by _ModuleLock('iii.iii')").
+SUBMODULE_FIRST = [
+    "iii.iii_constants iii_channels.cli",
+    "iii.iii:III iii_engine:Engine",
+    "iii.errors:IIIError iii",
+    "iii.channel_end iii_channels:source",
+]
+
+
+@pytest.mark.parametrize("entries", SUBMODULE_FIRST)
+def test_a_thread_importing_a_module_of_iii_first_beside_one_importing_iii(entries: str) -> None:
+    outcomes = [_race(_RACE, entries) for _ in range(10)]
+    assert [outcome[:2] for outcome in outcomes] == [(0, "ok")] * 10, (entries, outcomes)
+
+
+# The same entries, the crossing forced instead of left to chance: the other entries start first; the first of them
+# to import `iii` stops while it holds the package's lock (in its loader's create_module, before `iii/__init__` runs)
+# until the first entry's thread, started then, holds its module's lock and waits for that one.
+_STAGED = textwrap.dedent("""
+    import importlib, importlib._bootstrap as bootstrap, sys, threading, time
+    first, *others = sys.argv[1:]
+    holding = threading.Event()
+    errors = []
+
+    def waits_for(thread, owner):
+        locks = bootstrap._blocking_on.get(thread.ident)  # one lock (3.11) or a list of them (3.12+)
+        locks = locks if isinstance(locks, list) else [locks] if locks else []
+        return any(lock.name == "iii" and lock.owner == owner for lock in locks)
+
+    def hold_the_package(spec):
+        deadline = time.monotonic() + 10
+        while not waits_for(first_thread, threading.get_ident()):
+            if time.monotonic() > deadline:
+                errors.append("staging: the first entry never waited for iii")
+                break
+            time.sleep(0.001)  # polls a condition of the import system's, which offers no event
+        return None  # the default module
+
+    class Gate:
+        # find_spec runs under the import system's global lock, which the first entry would wait for instead; the
+        # loader's create_module runs with only the package's lock held, before the package is in sys.modules.
+        def find_spec(self, name, path=None, target=None):
+            if name != "iii" or threading.current_thread() is first_thread or holding.is_set():
+                return None
+            holding.set()
+            for finder in sys.meta_path[sys.meta_path.index(self) + 1:]:
+                spec = getattr(finder, "find_spec", lambda *args: None)(name, path, target)
+                if spec is not None:
+                    spec.loader.create_module = hold_the_package
+                    return spec
+            return None
+
+    def enter(entry, gate=None):
+        if gate is not None and not gate.wait(10):
+            errors.append("staging: no other entry imported iii")
+        module, _, name = entry.partition(":")
+        try:
+            loaded = importlib.import_module(module)
+            if name:
+                getattr(loaded, name)
+        except BaseException as exc:
+            errors.append(f"{entry}: {exc!r}")
+
+    sys.meta_path.insert(0, Gate())
+    first_thread = threading.Thread(target=enter, args=(first, holding))
+    threads = [first_thread, *(threading.Thread(target=enter, args=(entry,)) for entry in others)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    print(errors or "ok")
+""")
+
+
+@pytest.mark.parametrize("entries", SUBMODULE_FIRST)
+def test_a_module_of_iii_first_while_another_thread_holds_the_package(entries: str) -> None:
+    outcomes = [_race(_STAGED, entries) for _ in range(3)]
+    assert [outcome[:2] for outcome in outcomes] == [(0, "ok")] * 3, (entries, outcomes)
 
 
 # Imports every module of ours in one thread, each package before its modules; a wait for a module this same
@@ -215,12 +301,18 @@ def test_modules_import_a_package_before_its_modules() -> None:
 
 
 def test_the_entry_rule_sees_a_module_imported_before_its_package() -> None:
-    # The check itself: `from iii.channels import X` first holds iii.channels while importing iii, whose
-    # __init__ imports iii.channels; `import iii` first does not.
+    # The check itself: `from iii_engine.channels.machine import X` first holds iii_engine.channels.machine while
+    # importing iii_engine.channels, whose __init__ imports that module; the package first does not, and a module of
+    # `iii` (whose __init__ imports none of them) may come first.
     def found(sink_imports: list[str]) -> list[str]:
         entries = _entered_without_their_package({**_graph(), "iii_channels.sink": sink_imports})
         return [entry for entry in entries if entry.startswith("iii_channels.sink:")]
 
-    assert found(["iii.channels"]) == ["iii_channels.sink: iii.channels before iii"]
-    assert found(["iii._cli", "iii.channels"]) == []  # `import iii` does not import iii._cli: no cycle
-    assert found(["iii", "iii.channels"]) == []
+    channels = "iii_engine.channels"
+    assert found([f"{channels}.machine"]) == [f"iii_channels.sink: {channels}.machine before {channels}"]
+    assert found([channels, f"{channels}.machine"]) == []
+    assert found(["iii.channels", "iii.errors"]) == []
+
+
+def test_the_sdk_package_imports_none_of_its_modules() -> None:
+    assert _graph()["iii"] == []
