@@ -117,10 +117,7 @@ if not TYPE_CHECKING:  # a type checker reads the imports above; a __getattr__ w
             module = "." + name  # a submodule, as an attribute: importing the package used to import them all
         from importlib import import_module  # here: it imports warnings, time in which the CLI cannot catch a Ctrl-C
 
-        # The SDK first, whole: threads using names for the first time at once otherwise imported it by different
-        # routes and could each find the other's modules half made ("partially initialized module"). No lock of our
-        # own around the imports: the import system's locks detect deadlocks, one of ours would not.
-        import_module("iii")
+        # No lock of our own around the import: the import system's locks detect deadlocks, one of ours would not.
         try:
             loaded = import_module(module, __name__)
         except ModuleNotFoundError as exc:

@@ -89,10 +89,7 @@ if not TYPE_CHECKING:  # a type checker reads the imports above; a __getattr__ w
 
         from .messages import missing_extra
 
-        # The SDK first, whole: threads using names for the first time at once otherwise imported it by different
-        # routes and could each find the other's modules half made ("partially initialized module"). No lock of our
-        # own around the imports: the import system's locks detect deadlocks, one of ours would not.
-        import_module("iii")
+        # No lock of our own around the import: the import system's locks detect deadlocks, one of ours would not.
         try:
             with missing_extra(name):  # a backend whose optional package is missing names the extra
                 loaded = import_module(module, __name__)
