@@ -45,6 +45,11 @@ T = TypeVar("T")
 # SQLite result codes of a lock wait that ran out (busy_timeout)
 _SQLITE_WAITED: Final = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
+_PG_MAX_MS: Final = 2_147_483_647  # PostgreSQL's largest lock_timeout / statement_timeout
+_SESSION_LIMITS: Final = text("SELECT set_config('lock_timeout', :ms, true), "
+                              "set_config('statement_timeout', :ms, true), "
+                              "set_config('idle_in_transaction_session_timeout', :ms, true)")
+
 MIGRATE_TIMEOUT_S: Final = 120.0
 """How long :func:`upgrade` and :func:`migrate` (and ``iii-streams``) wait, by default, for a migration to end,
 connecting and waiting for another migration of the database included."""
@@ -282,8 +287,9 @@ async def upgrade(url: str, revision: str = HEAD, *,
     """Upgrade the database at ``url`` (``sqlite+aiosqlite:///…``, ``postgresql+asyncpg://…``) in one transaction;
     returns ``(revision before, revision after)``, equal when there was nothing to do.
 
-    ``timeout`` bounds the whole of it (connecting, waiting for another migration of the database, migrating;
-    ``None``: no bound): past it :class:`TimeoutError` names the database. A server gone silent would otherwise
+    ``timeout`` bounds the whole of it on PostgreSQL (connecting, waiting for another migration of the database,
+    migrating; ``None``: no bound), and on SQLite each wait for another process's lock: past it
+    :class:`TimeoutError` names the database. A server gone silent would otherwise
     hold the caller for good. Nothing is committed unless the time ran out during the commit itself
     (:func:`revision_of` then tells).
 
@@ -294,6 +300,7 @@ async def upgrade(url: str, revision: str = HEAD, *,
     """
 
     def run(connection: Connection) -> tuple[str | None, str | None]:
+        bounded.limit_session(connection)
         _serialize(connection)  # before the version is read: it may be another migration's to write
         before = current_revision(connection)
         return before, upgrade_connection(connection, revision)
@@ -319,9 +326,13 @@ async def revision_of(url: str, *, timeout: float | None = MIGRATE_TIMEOUT_S) ->
     """
     bounded = _Bounded(url, timeout)
 
+    def read_in(connection: Connection) -> str | None:
+        bounded.limit_session(connection)
+        return current_revision(connection)
+
     async def read() -> str | None:
         async with bounded.engine.connect() as conn:
-            return await conn.run_sync(current_revision)
+            return await conn.run_sync(read_in)
 
     return await bounded.run(read())
 
@@ -330,11 +341,12 @@ class _Bounded:
     """A short-lived engine for one piece of work on ``url`` within ``timeout`` seconds, however its database behaves.
 
     PostgreSQL: the work is cut at the bound (:func:`~iii_streams.engine_bounds.run_then_dispose`), and the server is
-    told the bound too (``lock_timeout``, ``statement_timeout``, ``idle_in_transaction_session_timeout``, a second
-    past it), so a session the cut leaves behind, waiting for another migration's lock, ends by itself instead of
-    holding a connection until that lock is free. SQLite: nothing to cut (the driver's thread would keep waiting
-    and hold the work), so its own lock wait is the bound (``busy_timeout``); a wait that ends so is a
-    :class:`TimeoutError` too.
+    told the bound too, a second past it (``lock_timeout``, ``statement_timeout``,
+    ``idle_in_transaction_session_timeout``, set in the work's own transaction by :meth:`limit_session`: poolers
+    such as PgBouncer pass that on, where they refuse such settings at connect), so a session the cut leaves behind,
+    waiting for another migration's lock, ends by itself instead of holding a connection until that lock is free.
+    SQLite: nothing to cut (the driver's thread would keep waiting and hold the work), so its own lock wait is the
+    bound (``busy_timeout``); a wait that ends so is a :class:`TimeoutError` too.
     """
 
     def __init__(self, url: str, timeout: float | None) -> None:
@@ -343,14 +355,17 @@ class _Bounded:
         normalized = normalize_url(url)
         self.sqlite = normalized.startswith("sqlite")
         self.busy_s = SQLITE_BUSY_S if self.timeout is None else self.timeout
-        connect_args: dict[str, Any] = {}
-        if self.sqlite:
-            connect_args["timeout"] = self.busy_s  # sqlite3's own wait for a lock (a read's, here)
-        elif self.timeout is not None:
-            left_behind_ms = str(int((self.timeout + 1.0) * 1000))
-            connect_args["server_settings"] = {"lock_timeout": left_behind_ms, "statement_timeout": left_behind_ms,
-                                               "idle_in_transaction_session_timeout": left_behind_ms}
+        # sqlite3's own wait for a lock (a read's, here)
+        connect_args: dict[str, Any] = {"timeout": self.busy_s} if self.sqlite else {}
         self.engine = create_async_engine(normalized, connect_args=connect_args)
+
+    def limit_session(self, connection: Connection) -> None:
+        """PostgreSQL, a bound given: the server's own limits for the work's transaction, a second past the bound
+        (PostgreSQL takes at most 2,147,483,647 ms: a longer bound gives that)."""
+        if self.sqlite or self.timeout is None:
+            return
+        ms = str(min(_PG_MAX_MS, int((self.timeout + 1.0) * 1000)))
+        connection.execute(_SESSION_LIMITS, {"ms": ms})
 
     async def run(self, work: Coroutine[Any, Any, T]) -> T:
         try:

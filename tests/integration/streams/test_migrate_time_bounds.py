@@ -148,8 +148,25 @@ async def test_a_postgres_session_left_waiting_ends_by_itself(blank_db: str) -> 
         await holder.close()
 
 
-@pytest.mark.parametrize("timeout", [0, -1, float("nan"), float("inf")])
-async def test_a_timeout_that_bounds_nothing_is_refused(timeout: float) -> None:
+@pytest.mark.parametrize("bound", [0, -1, float("nan"), float("inf")])
+async def test_a_timeout_that_bounds_nothing_is_refused(bound: float) -> None:
     # before: nan meant no bound at all, and 0 or a negative number failed as if the database had not answered
     with pytest.raises(ValueError, match=r"^timeout must be a positive number of seconds or None"):
-        await migrate_module.upgrade("sqlite+aiosqlite://", timeout=timeout)
+        await migrate_module.upgrade("sqlite+aiosqlite://", timeout=bound)
+
+
+async def test_the_bound_is_set_in_the_transaction_not_at_connect(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # before: lock_timeout and co. went as start-up parameters, which PgBouncer refuses ("unsupported startup
+    # parameter: lock_timeout"): every bounded migration or revision read through it failed
+    import asyncpg as driver
+
+    connects: list[dict[str, object]] = []
+    real_connect = driver.connect
+
+    async def recording_connect(*args: object, **kwargs: object) -> object:
+        connects.append(kwargs)
+        return await real_connect(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(driver, "connect", recording_connect)
+    assert await migrate_module.revision_of(pg_url, timeout=3e6) == migrate_module.head_revision()  # 3e6 s: capped
+    assert connects and all("server_settings" not in kwargs for kwargs in connects), connects
