@@ -136,15 +136,11 @@ async def run_then_dispose(engine: AsyncEngine, work: Coroutine[Any, Any, T], ti
     task = asyncio.ensure_future(work)
     try:
         done, _ = await asyncio.wait((task,), timeout=timeout)
-        if not done:
-            cut_connections(engine, entries)
-            let_go(task)
-            raise TimeoutError(f"{database} gave no result within {timeout:g} s")
-        return task.result()
-    except BaseException:
-        if not task.done():  # the caller is cancelled: nothing waits for the work any more
-            cut_connections(engine, entries)
-            let_go(task)
-        raise
+        if done:
+            return task.result()
+        raise TimeoutError(f"{database} gave no result within {timeout:g} s")
     finally:
+        if not task.done():  # past the bound, or the caller is cancelled: nothing waits for the work any more
+            cut_connections(engine, entries)
+            let_go(task)
         await dispose_within(engine, entries, DISPOSE_TIMEOUT_S, database, logger)
