@@ -30,6 +30,7 @@ ChannelInUseError        this end of the channel is already attached to another 
 ChannelClosedError       this end was already closed locally
 ChannelLoopError         this end was used from an event loop other than the one it belongs to (also a
                          ``RuntimeError``)
+LimitExceededError       ``read_all(limit=...)``: more than ``limit`` bytes arrived
 ======================== =================================================================================
 
 Event loops: a channel end belongs to the first event loop that uses it (its socket, tasks and futures live
@@ -47,7 +48,9 @@ Anything else (a sync call from another running loop, an async method awaited on
 is closed, e.g. by an ``asyncio.run`` that returned) raises :class:`ChannelLoopError` saying so, instead of
 asyncio's "attached to a different loop" or a wait for good.
 An end that has nothing on its loop (no socket, no call under way: a read or write cancelled before it
-connected), when that loop is closed or not running, moves to the loop that uses it next instead.
+connected), when that loop is closed or not running, moves to the loop that uses it next instead. A writer closed
+for good (its close over, or aborted with its socket closed) has nothing left there either: ``close``,
+``stream.end`` and ``close_async`` on any loop answer as on its own.
 
 Example:
     >>> ref = StreamChannelRef(channel_id="c1", access_key="k", direction="write")
@@ -65,15 +68,17 @@ import inspect
 import logging
 import threading
 import time
+import warnings
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from importlib import import_module
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar, cast
 from urllib.parse import quote
 
 import websockets
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidStatus
 
 if TYPE_CHECKING:
@@ -83,7 +88,7 @@ else:  # `from . import` waits for the package's __init__ (tests/unit/test_concu
 from .channel_end import EOF_CODES, ChannelCloseCode, ChannelEndClosed, ClosedEnd, WebSocketEnd, close_draining
 from .errors import IIIError
 from .iii_types import StreamChannelRef
-from .waiters import Signal
+from .waiters import Broadcast
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +124,11 @@ unless the engine invites larger ones (our engine: docs/protocol.md#frame-size-e
 
 DEFAULT_HIGH_WATER_MARK: Final = 1024 * 1024
 """Bytes queued through the sync API before ``WritableStream.write`` returns ``False``."""
+
+TEXT_PIECE_CHARS: Final = 65_536
+"""A str handed to ``write``, ``stream.write`` or ``stream.end`` goes out as text messages of at most this many
+characters, as the reference SDK's writer cuts it: its reader keeps websockets' 1 MiB message limit, and took a
+longer message's 1009 close for a normal end of stream (a short stream, read as complete)."""
 
 # How long an abort waits for its close handshake: its Close frame written out, then the peer's reply. websockets'
 # close first waits, with no deadline, for the socket to drain: behind a reader that stopped reading, abort() never
@@ -161,13 +171,38 @@ class ChannelError(IIIError):
         channel_id: the channel concerned.
         code: the WebSocket close code that signalled it, if any.
         reason: the close reason text, if any.
+        partial: raised by a ``read_all`` part-way (:meth:`ChannelReader.read_all`,
+            ``iii_channels.ChannelSource.read_all``): the bytes it had read by then, which a note on the error
+            counts; ``None`` otherwise (``IncompleteReadError`` has its own).
     """
+
+    partial: bytes | None = None
 
     def __init__(self, message: str, *, channel_id: str = "", code: int | None = None, reason: str = "") -> None:
         super().__init__(message)
         self.channel_id = channel_id
         self.code = code
         self.reason = reason
+
+
+def keep_partial(error: BaseException, parts: list[bytes], read: str) -> None:
+    """Hand ``error``, raised part-way through ``read`` (a read of a whole stream), the bytes ``parts`` it had read:
+    as its :attr:`ChannelError.partial`, with a note counting them (shown with its traceback). A read that fails
+    returns nothing, yet its caller may want to know, or keep, what arrived. ``parts`` is emptied: the error holds
+    the bytes once. Only a :class:`ChannelError` with no ``partial`` yet takes them (a cancellation, or a
+    callback's own error, is left as it is).
+
+    Example:
+        >>> error = ChannelAbortedError("channel c1: the writer aborted", channel_id="c1")
+        >>> keep_partial(error, [b"ab", b"c"], "read_all")
+        >>> error.partial, error.__notes__
+        (b'abc', ['read_all had read 3 bytes of the stream when this was raised (kept in .partial)'])
+    """
+    if not isinstance(error, ChannelError) or error.partial is not None:
+        return
+    error.partial = b"".join(parts)
+    parts.clear()
+    error.add_note(f"{read} had read {len(error.partial)} bytes of the stream when this was raised (kept in .partial)")
 
 
 class ChannelNotFoundError(ChannelError):
@@ -208,6 +243,77 @@ class ChannelLoopError(ChannelError, RuntimeError):
     """
 
 
+class LimitExceededError(ChannelError):
+    """Reading would hold more than the caller's ``limit`` (bytes, unless the message names another unit):
+    :meth:`ChannelReader.read_all` past its ``limit``, and ``iii_channels``' bounded reads.
+
+    Example:
+        >>> error = LimitExceededError(10)
+        >>> str(error), error.limit
+        ('stream exceeds the limit of 10 bytes', 10)
+    """
+
+    def __init__(self, limit: int, what: str = "stream", unit: str = "bytes", *, channel_id: str = "") -> None:
+        super().__init__(f"{what} exceeds the limit of {limit} {unit}", channel_id=channel_id)
+        self.limit = limit
+
+
+async def read_to_end(next_chunk: Callable[[], Awaitable[bytes | None]], put_back: Callable[[bytes], None],
+                      limit: int | None, read: str, channel_id: str = "") -> bytes:
+    """The chunks ``next_chunk()`` returns until its ``None`` (end of stream), joined: the body of ``read`` (its
+    name, for errors and notes), a read of a whole stream, that returns all of it or raises.
+
+    * More than ``limit`` bytes (``None``: no limit; else an int, 0 or more): :class:`LimitExceededError`. The
+      chunk that crossed it goes to ``put_back``, unread (the first chunk, what an earlier read left, may be it):
+      the error's :attr:`~ChannelError.partial` holds at most ``limit`` bytes, and it followed by the next reads is
+      the whole stream.
+    * Any other :class:`ChannelError` (an abort, a broken stream) holds what was read as its ``partial``
+      (:func:`keep_partial`).
+    * A :class:`ChannelError` that is a ``TimeoutError`` (a wait that ran out, the channel left open), or
+      anything else (a cancellation: an ``asyncio.wait_for`` that timed out), hands what was read to ``put_back``
+      for the next read: a retried read returns the whole stream, not only the rest of it (such an error's
+      ``partial`` is ``b""``: nothing taken).
+
+    Example:
+        >>> chunks, unread = [b"ab", b"cd", b"ef"], []
+        >>> async def next_chunk() -> bytes | None:
+        ...     return chunks.pop(0) if chunks else None
+        >>> async def read() -> bytes:
+        ...     try:
+        ...         return await read_to_end(next_chunk, unread.append, 5, "read_all")
+        ...     except LimitExceededError as exc:
+        ...         return exc.partial or b""
+        >>> asyncio.run(read()), unread
+        (b'abcd', [b'ef'])
+    """
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)):
+        raise TypeError(f"{read}: limit must be an int (a number of bytes) or None, not {type(limit).__name__}")
+    if limit is not None and limit < 0:
+        raise ValueError(f"{read}: limit must be 0 or more (bytes), got {limit}")
+    parts: list[bytes] = []
+    size = 0
+    try:
+        while (chunk := await next_chunk()) is not None:
+            size += len(chunk)
+            if limit is not None and size > limit:
+                put_back(chunk)
+                raise LimitExceededError(limit, channel_id=channel_id)
+            parts.append(chunk)
+    except ChannelError as exc:
+        if not isinstance(exc, TimeoutError):
+            keep_partial(exc, parts, read)
+            raise
+        put_back(b"".join(parts))
+        exc.partial = b""
+        exc.add_note(f"{read} had read {size} bytes of the stream when this was raised (put back for the next "
+                     "read)")
+        raise
+    except BaseException:
+        put_back(b"".join(parts))
+        raise
+    return b"".join(parts)
+
+
 def build_channel_url(engine_ws_base: str, channel_id: str, access_key: str, direction: str) -> str:
     """``ws://host:port/ws/channels/<id>?key=<key>&dir=<direction>`` (docs/protocol.md#channels).
 
@@ -223,11 +329,121 @@ def _as_ref(ref: StreamChannelRef | dict[str, Any]) -> StreamChannelRef:
     return ref if isinstance(ref, StreamChannelRef) else StreamChannelRef.model_validate(ref)
 
 
-async def _connect(url: str, channel_id: str, receives_data: bool = True) -> WebSocketEnd:
-    """A channel end's socket; ``receives_data``: false for a writer's (:func:`iii.ws_fastpath.client_factory`)."""
+def binary_payload(data: object, caller: str, text_call: str | None) -> bytes:
+    """``data``, bytes-like, as the bytes of a binary write; :class:`TypeError` naming ``caller`` otherwise (as the
+    reference raises). ``bytes(data)`` took an int for that many zero bytes and a list of ints for their bytes,
+    sent silently; ``text_call`` is the call that sends text instead (``None``: ``caller`` itself takes a str,
+    as a text message, and the error says so).
+
+    Example:
+        >>> binary_payload(memoryview(b"--ab")[2:], "write", "send_message")
+        b'ab'
+        >>> binary_payload(5, "WritableStream.write", "send_message")
+        Traceback (most recent call last):
+        ...
+        TypeError: WritableStream.write takes bytes-like data, not int (use send_message for text messages)
+        >>> binary_payload(5, "WritableStream.write", None)
+        Traceback (most recent call last):
+        ...
+        TypeError: WritableStream.write takes bytes-like data or a str (sent as a text message), not int
+    """
+    if type(data) is bytes:
+        return data
+    return bytes(binary_view(data, caller, text_call))
+
+
+def binary_view(data: object, caller: str, text_call: str | None) -> memoryview:
+    """``data``, bytes-like, as a view of its bytes, not copied; :class:`TypeError` as :func:`binary_payload`'s
+    otherwise.
+
+    Example:
+        >>> binary_view(bytearray(b"ab"), "write", "send_message").tobytes()
+        b'ab'
+        >>> binary_view([66, 67], "ChannelWriter.write", "send_message_async")
+        Traceback (most recent call last):
+        ...
+        TypeError: ChannelWriter.write takes bytes-like data, not list (use send_message_async for text messages)
+    """
+    try:
+        return memoryview(data)  # type: ignore[arg-type]  # anything else is refused here
+    except TypeError:
+        if text_call is None:
+            raise TypeError(f"{caller} takes bytes-like data or a str (sent as a text message), not "
+                            f"{type(data).__name__}") from None
+        raise TypeError(f"{caller} takes bytes-like data, not {type(data).__name__} "
+                        f"(use {text_call} for text messages)") from None
+
+
+class _Text:
+    """A str to send as text, encoded when the call that sends it is made: its UTF-8 ``pieces``, each a text
+    message of its own (in order, no other write between them), and ``len()`` their bytes (what the queue counts
+    against the high-water mark)."""
+
+    __slots__ = ("pieces", "size")
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = pieces
+        self.size = sum(map(len, pieces))
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def _text_payload(text: str, caller: str, piece_chars: int | None) -> _Text:
+    """``text`` encoded as UTF-8 for ``caller``, cut into text messages of ``piece_chars`` characters at most
+    (``None``: one message). A str that cannot be encoded (a lone surrogate) raises :class:`UnicodeEncodeError`
+    here, at the call, with the position in ``text`` and a note naming ``caller``: found when its message was
+    sent, the writer's queue failed with nothing the reader could see, and the reader waited for good.
+
+    Example:
+        >>> [len(piece) for piece in _text_payload("é" * 5, "write", 2).pieces]
+        [4, 4, 2]
+        >>> _text_payload("ab\\ud800", "write", None)
+        Traceback (most recent call last):
+        ...
+        UnicodeEncodeError: 'utf-8' codec can't encode character '\\ud800' in position 2: surrogates not allowed
+        write: a str sent as text must be UTF-8-encodable (a lone surrogate is not); nothing of it was queued or sent
+    """
+    step = piece_chars or max(1, len(text))
+    pieces: list[bytes] = []
+    for at in range(0, max(1, len(text)), step):
+        try:
+            pieces.append(str.encode(text[at : at + step]))  # str's own: a subclass's encode may say anything
+        except UnicodeEncodeError as exc:
+            error = UnicodeEncodeError(exc.encoding, text, at + exc.start, at + exc.end, exc.reason)
+            error.add_note(f"{caller}: a str sent as text must be UTF-8-encodable (a lone surrogate is not); "
+                           "nothing of it was queued or sent")
+            raise error from None
+    return _Text(pieces)
+
+
+def _payload(data: object, caller: str, piece_chars: int | None) -> bytes | _Text:
+    """What ``caller`` sends of ``data``: a str as text, in pieces of ``piece_chars`` characters (``write``-like
+    callers: :data:`TEXT_PIECE_CHARS`) or as one message never cut (``send_message``-like: ``None``, as the
+    reference's ``ws.send`` sends it); bytes-like data as bytes; :class:`TypeError` (or :class:`UnicodeEncodeError`)
+    otherwise, before anything happens."""
+    if isinstance(data, str):
+        return _text_payload(data, caller, piece_chars)
+    return binary_payload(data, caller, None)
+
+
+async def _connect(url: str, channel_id: str, receives_data: bool = True,
+                   on_connection: Callable[[], None] | None = None) -> WebSocketEnd:
+    """A channel end's socket; ``receives_data``: false for a writer's (:func:`iii.ws_fastpath.client_factory`).
+    ``on_connection()`` is called once the TCP connection is made, before the upgrade request goes out."""
     try:
         options = _TLS_CONNECT_OPTIONS if url[:6].lower() == "wss://" else _CONNECT_OPTIONS
         factory = ws_fastpath.client_factory(receives_data)
+        if on_connection is not None:
+            base = factory or ClientConnection
+            made = on_connection
+
+            def connection(*args: Any, **kwargs: Any) -> ClientConnection:
+                made()
+                return base(*args, **kwargs)
+
+            # websockets calls its create_connection as a factory (a class is what its annotation expects)
+            factory = cast("type[ClientConnection]", connection)
         return WebSocketEnd(await websockets.connect(url, create_connection=factory, **options))
     except InvalidStatus as exc:
         status = exc.response.status_code
@@ -240,6 +456,81 @@ async def _connect(url: str, channel_id: str, receives_data: bool = True) -> Web
         ) from exc
     except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
         raise ChannelConnectionError(f"cannot connect to channel {channel_id}: {exc}", channel_id=channel_id) from exc
+
+
+class _SharedConnect:
+    """The one connect of a channel end, shared by every call that waits for it (a writer's writes, close and
+    abort; a reader's reads); ``on_socket(end)`` is handed its socket as it connects, before any waiter resumes.
+
+    A caller cancelled while it waits leaves the connect to the others (an abort waiting for it reaches the
+    reader). When nobody else waits, the connect goes with its caller only while nothing of it reached the
+    engine (no TCP connection yet): left running then, its socket attached with nobody to close it. Past that
+    point the engine may have attached the end already, and a connect cut there dropped an attached end: the
+    engine took it as the writer aborting or the reader leaving, and the caller's retry got
+    :class:`ChannelInUseError`. It goes on then (``open_timeout``, 10 s, at most) and the end's next call gets its
+    socket. A connect that failed, or went with its caller, is made afresh by the next call.
+
+    Example:
+        >>> connect = _SharedConnect("ws://127.0.0.1:9/ws/channels/c1?key=k&dir=read", "c1", True, print)
+        >>> connect.under_way
+        False
+    """
+
+    __slots__ = ("_channel_id", "_future", "_made", "_on_socket", "_receives_data", "_url", "_waiters")
+
+    def __init__(self, url: str, channel_id: str, receives_data: bool,
+                 on_socket: Callable[[WebSocketEnd], Any]) -> None:
+        self._url = url
+        self._channel_id = channel_id
+        self._receives_data = receives_data
+        self._on_socket = on_socket
+        self._future: asyncio.Future[WebSocketEnd] | None = None
+        self._made = False  # the connect under way has its TCP connection: the engine may attach the end any time
+        self._waiters = 0
+
+    @property
+    def under_way(self) -> bool:
+        """Whether a connect runs now."""
+        return self._future is not None
+
+    @property
+    def waited_for(self) -> bool:
+        """Whether a call waits for the connect under way (it gets the socket)."""
+        return self._waiters > 0
+
+    async def wait(self) -> WebSocketEnd:
+        """The socket of the connect under way, or of one started now."""
+        while True:
+            if self._future is None:
+                self._made = False
+                self._future = asyncio.ensure_future(
+                    _connect(self._url, self._channel_id, self._receives_data, self._connection_made))
+                self._future.add_done_callback(self._done)
+            connecting = self._future
+            self._waiters += 1
+            try:
+                return await asyncio.shield(connecting)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if connecting.cancelled() and (task is None or not task.cancelling()):
+                    # the connect went with an earlier caller, not this one: connect afresh
+                    if self._future is connecting:
+                        self._future = None
+                    continue
+                if self._waiters == 1 and not connecting.done() and not self._made:
+                    connecting.cancel()
+                raise
+            finally:
+                self._waiters -= 1
+
+    def _connection_made(self) -> None:
+        self._made = True
+
+    def _done(self, connecting: asyncio.Future[WebSocketEnd]) -> None:
+        if self._future is connecting:
+            self._future = None
+        if not connecting.cancelled() and connecting.exception() is None:
+            self._on_socket(connecting.result())
 
 
 def _closed_error(exc: ChannelEndClosed, channel_id: str, side: Literal["read", "write"]) -> ChannelError | None:
@@ -298,8 +589,8 @@ class _Home:
         self._bind_lock = threading.Lock()  # held only to set ``loop``: never while a loop runs
         self._run_lock = threading.Lock()  # around each run of the private loop: it runs in one thread at a time
         self.end: WebSocketEnd | None = None  # the end's socket, for :meth:`abandon` (which cannot reach the end)
-        # The end's lock on its loop (the writer's sends, the reader's connect), renewed by :meth:`bind` when the
-        # end moves: one that ever waited is bound to the loop the end left.
+        # The end's lock on its loop (the writer's sends), renewed by :meth:`bind` when the end moves: one that
+        # ever waited is bound to the loop the end left.
         self.lock = asyncio.Lock()
 
     def bind(self, loop: asyncio.AbstractEventLoop, held: Callable[[], str] | None = None) -> None:
@@ -491,22 +782,44 @@ class _Home:
             loop.close()
 
     def abandon(self) -> None:
-        """The end was collected without being closed (its ``weakref.finalize``): drop its socket and close the
-        private loop, if it has one, which it kept until now (asyncio's "unclosed event loop" and socket
-        ResourceWarnings). The peer sees the connection drop, not an end of stream.
+        """The end was collected without being closed (its ``weakref.finalize``): drop its socket, if still open,
+        with a :class:`ResourceWarning` (as asyncio's transports warn of theirs), and close the private loop, if it
+        has one, which it kept until now (asyncio's "unclosed event loop" and socket ResourceWarnings). The engine
+        sees the connection drop, not an end of stream: ours takes it as the writer aborting (its reader gets
+        :class:`ChannelAbortedError`), or the reader leaving (its writer :class:`ReaderGoneError`). The production
+        engine (and ours in ``production_mode``) cannot relay an abort: there a dropped writer's reader sees a
+        clean end of a short stream, as for any abort (an integrity trailer, ``iii_channels``, tells). Before, an
+        end on a loop of the caller's kept its socket, attached, until that loop's transports went (a connect its
+        cancelled read or write left going on included): the other end waited for good.
 
-        A loop cannot run where another one runs: collected there (a garbage collection on any running loop),
-        this is done in a thread of its own. A sync call running the private loop in another thread is left alone:
-        at the interpreter's exit ``weakref.finalize`` calls this for every end still alive, and a wait for a call
-        stuck in a daemon thread (a write to a full channel) kept the process from exiting.
+        Collected on any thread: on a loop of the caller's, still running, the socket is dropped there (its
+        transport is that loop's); on one that is not running, shut down from here (the peer sees it now, the
+        descriptor goes when that loop runs again or is collected). A loop cannot run where another one runs:
+        collected there (a garbage collection on any running loop), the private loop is closed in a thread of its
+        own. A sync call running the private loop in another thread is left alone: at the interpreter's exit
+        ``weakref.finalize`` calls this for every end still alive, and a wait for a call stuck in a daemon thread
+        (a write to a full channel) kept the process from exiting.
         """
+        end = self.end
+        unclosed = end is not None and end.is_open
+        try:
+            loop = self._private
+            if loop is None or loop.is_closed() or self.loop is not loop:
+                if end is not None and unclosed:
+                    _drop_on(self.loop, end)
+            elif _running_loop() is not None:
+                threading.Thread(target=self._abandon_private, name=f"iii-channel-{self.side}-release",
+                                 daemon=True).start()
+            else:
+                self._abandon_private()
+        finally:  # after the drop: a warning filter that raises (-W error) must not keep the socket open
+            if unclosed:
+                warnings.warn(f"unclosed channel {self.side} {self.channel_id}: its connection was dropped as it "
+                              "was collected (close it, or use it in an async with)", ResourceWarning, stacklevel=2)
+
+    def _abandon_private(self) -> None:
         loop = self._private
-        if loop is None or loop.is_closed():
-            return
-        if _running_loop() is not None:
-            threading.Thread(target=self.abandon, name=f"iii-channel-{self.side}-release", daemon=True).start()
-            return
-        if not self._run_lock.acquire(blocking=False):
+        if loop is None or not self._run_lock.acquire(blocking=False):
             return
         try:
             if loop.is_closed():
@@ -660,42 +973,51 @@ class WritableStream:
         self._writer = writer
         self.high_water_mark = high_water_mark
 
-    def write(self, data: bytes | bytearray | memoryview) -> bool:
-        """Queue ``data``; ``False`` means "wait for :meth:`drain` before writing more"."""
+    def write(self, data: bytes | bytearray | memoryview | str) -> bool:
+        """Queue ``data``; ``False`` means "wait for :meth:`drain` before writing more". A str goes out as text,
+        as the reference's ``write`` sends it: in messages of at most 65,536 characters
+        (:data:`TEXT_PIECE_CHARS`), so a longer str arrives as several text messages, one after the other;
+        bytes-like data as binary frames. The queue counts a str's UTF-8 bytes. Anything else raises
+        :class:`TypeError`, a str that is not UTF-8-encodable :class:`UnicodeEncodeError`, before anything is
+        queued; after :meth:`end` (or the writer's close) this raises :class:`ChannelClosedError`."""
         writer = self._writer
+        payload = _payload(data, "WritableStream.write", TEXT_PIECE_CHARS)
         loop = _running_loop()
         if loop is None:
-            payload = bytes(data)
             writer._check_open()
             writer._run_sync(lambda: writer._write_out(payload))
             return True
+        writer._check_open()  # closed: that, not "another loop" (bind's error), from any loop
         writer._home.bind(loop, writer._held)
-        writer._enqueue(bytes(data))
+        writer._enqueue(payload)
         return writer.pending_bytes < self.high_water_mark
 
-    def end(self, data: bytes | bytearray | memoryview | None = None) -> None:
-        """Queue optional final ``data``, then close once everything queued was sent."""
+    def end(self, data: bytes | bytearray | memoryview | str | None = None) -> None:
+        """Queue optional final ``data`` (a str: text, as in :meth:`write`), then close once everything queued was
+        sent. Final data after the writer was closed raises :class:`ChannelClosedError`."""
         writer = self._writer
+        payload = None if data is None else _payload(data, "WritableStream.end", TEXT_PIECE_CHARS)
         loop = _running_loop()
         if loop is None:
-            if data is None:
+            if payload is None:
                 writer.close()
                 return
-            payload = bytes(data)
             writer._check_open()
             writer._run_sync(lambda: self._end_async(payload))
             return
-        writer._home.bind(loop, writer._held)
-        if data is not None:
-            writer._enqueue(bytes(data))
+        if payload is not None:
+            writer._check_open()  # as in write: closed is the error, from any loop
+            writer._home.bind(loop, writer._held)
+            writer._enqueue(payload)
         writer.close()
 
-    async def _end_async(self, data: bytes) -> None:
+    async def _end_async(self, data: bytes | _Text) -> None:
         await self._writer._write_out(data)
         await self._writer.close_async()
 
     async def drain(self) -> None:
-        """Wait until fewer than ``high_water_mark`` bytes are queued (ours; raises the writer's error)."""
+        """Wait until fewer than ``high_water_mark`` bytes are queued (ours; raises the writer's error). Several
+        tasks may wait at once (producers sharing the stream): all of them go on once below the mark."""
         self._writer._home.bind(asyncio.get_running_loop(), self._writer._held)
         await self._writer._wait_pending_below(self.high_water_mark)
 
@@ -722,14 +1044,15 @@ class ChannelWriter:
         # The one connect of this writer, shared: an abort() while a write connects closes that write's socket (with
         # a socket of its own, refused as a second writer, the abort was lost, the write went through, and the
         # reader waited for an end that never came).
-        self._connecting: asyncio.Future[WebSocketEnd] | None = None
-        self._connect_waiters = 0  # callers waiting for _connecting
-        self._queue: deque[tuple[bytes | str, asyncio.Future[None] | None]] = deque()
+        self._connect = _SharedConnect(self._url, self._channel_id, False, self._connected)
+        self._queue: deque[tuple[bytes | _Text, asyncio.Future[None] | None]] = deque()
         self._pending_bytes = 0
         self._pump: asyncio.Task[None] | None = None
-        self._space = Signal()  # set whenever pending bytes drop or an error arrives (WritableStream.drain)
+        # Set whenever pending bytes drop or an error arrives: every task in WritableStream.drain re-checks (several
+        # producers may wait on one stream, as in Node).
+        self._space = Broadcast()
         self._error: BaseException | None = None
-        self._closing: asyncio.Task[None] | None = None
+        self._closing: asyncio.Future[None] | None = None
         self._aborting: asyncio.Future[None] | None = None  # an abort under way that no caller waits for
         self._closed = False
         self._home = _Home(self._channel_id, "writer")
@@ -769,17 +1092,36 @@ class ChannelWriter:
         """Send ``data`` as binary frames (65 536 bytes, or what the engine invites), after anything queued before
         it.
 
+        A str is sent as text, as the reference's ``write`` (annotated ``bytes``, as this one is, for typed code's
+        sake) sends it: in pieces of at most 65,536 characters (:data:`TEXT_PIECE_CHARS`), each a text message of
+        its own, so a longer str arrives as several messages, in order, with no other write between them. (Its
+        reader keeps websockets' 1 MiB limit on a message: one larger message ended its stream early, silently.)
+        Use :meth:`send_message_async` for one message, never cut. A str that is not UTF-8-encodable (a lone
+        surrogate) raises :class:`UnicodeEncodeError` before anything is queued or connected; the writer goes on.
+
         Cancelled while its frames go out, a write of more than one frame aborts the stream (some of its frames
         may be on their way: a close would hand the reader a short stream as a whole one); the writer raises
         :class:`ChannelClosedError` from then on. Cancelled before its first frame went out (waiting for the
         writes ahead of it, queued ones included, or to connect), nothing of it is sent, then or later, and the
         writer goes on: a retry sends it once. A write queued behind others is sent by the writer's queue: if
-        it is cancelled once its frames started, they all go out and then, for more than one frame, the stream
-        is aborted all the same. A write of one frame cancelled as it goes out may have been sent.
+        it is cancelled once its frames started, they all go out and then the stream is aborted all the same,
+        even for one frame, and even when the cancel reaches it only after they all went out (the queue done
+        with it, its caller not yet resumed): its caller, told it was cancelled, must not send it again into a
+        stream that goes on. A direct write of one frame cancelled as it goes out may have been sent.
+
+        ``data`` that is neither bytes-like nor a str (an int, a list) raises :class:`TypeError` before anything
+        is queued or connected; the writer goes on.
         """
+        if isinstance(data, str):  # untyped drop-in code of the reference's
+            await self._write_text(_text_payload(data, "ChannelWriter.write", TEXT_PIECE_CHARS),
+                                   "a write of text was cancelled part-way")
+            return
         await self._write(data, "a write was cancelled part-way")
 
     async def _write(self, data: bytes | bytearray | memoryview, cut_off: str | None) -> None:
+        if type(data) is not bytes:
+            # Refused before anything happens: queued, bytes(5) went out as five zero bytes.
+            data = binary_view(data, "ChannelWriter.write", None)
         self._check_open()
         if self._home.loop is not _running_loop():
             self._home.bind(asyncio.get_running_loop(), self._held)
@@ -789,24 +1131,34 @@ class ChannelWriter:
             await self._send(data, cut_off)
 
     def send_message(self, msg: str) -> None:
-        """Queue a text message (fire-and-forget; ordered with every other write). Where no loop runs: sent
-        before it returns."""
+        """Queue a text message (fire-and-forget; ordered with every other write; never cut). Where no loop runs:
+        sent before it returns. A str that is not UTF-8-encodable raises :class:`UnicodeEncodeError` at once."""
+        payload = _payload(msg, "ChannelWriter.send_message", None)
         self._check_open()
         loop = _running_loop()
         if loop is None:
-            self._run_sync(lambda: self._write_out(msg))
+            self._run_sync(lambda: self._write_out(payload))
             return
         self._home.bind(loop, self._held)
-        self._enqueue(msg)
+        self._enqueue(payload)
 
     async def send_message_async(self, msg: str) -> None:
-        """Send a text message (never split) after anything queued before it."""
-        self._check_open()
-        self._home.bind(asyncio.get_running_loop(), self._held)
-        if self._queue or self._pump is not None:
-            await self._enqueue_and_wait(msg)
+        """Send a text message (never split) after anything queued before it. A str that is not UTF-8-encodable
+        raises :class:`UnicodeEncodeError` before anything is queued or connected."""
+        payload = _payload(msg, "ChannelWriter.send_message_async", None)
+        if isinstance(payload, _Text):
+            await self._write_text(payload, None)
         else:
-            await self._send(msg)
+            await self._write(payload, "a write was cancelled part-way")
+
+    async def _write_text(self, text: _Text, cut_off: str | None) -> None:
+        self._check_open()
+        if self._home.loop is not _running_loop():
+            self._home.bind(asyncio.get_running_loop(), self._held)
+        if self._queue or self._pump is not None:
+            await self._enqueue_and_wait(text)
+        else:
+            await self._send(text, cut_off)
 
     def close(self) -> None:
         """Close after every queued write (fire-and-forget; errors are logged). Where no loop runs: closed when it
@@ -828,6 +1180,10 @@ class ChannelWriter:
                     raise
                 closing.result()
             return
+        if self._home.loop is not loop and self._done_with_its_loop():
+            if self._closing is None:
+                _log_task_error(self._close_aborted(loop))
+            return
         self._home.bind(loop, self._held)
         if self._closing is None:
             self._closed = True
@@ -841,7 +1197,12 @@ class ChannelWriter:
         if closing is not None and closing.done():
             closing.result()
             return
-        self._home.bind(asyncio.get_running_loop(), self._held)
+        loop = asyncio.get_running_loop()
+        if self._home.loop is not loop and self._done_with_its_loop():
+            # Aborted (a writer whose close is over was answered above): raises here what it raises there.
+            self._close_aborted(loop).result()
+            return
+        self._home.bind(loop, self._held)
         if self._closing is None:
             self._closed = True
             self._closing = asyncio.ensure_future(self._close_impl())
@@ -972,10 +1333,32 @@ class ChannelWriter:
         """What this writer has on its loop ("" for nothing: it can move to another, see :meth:`_Home.bind`)."""
         if self._end is not None:
             return "its socket"
-        if (self._connecting is not None or self._home.lock.locked() or self._queue or self._pump is not None
+        if (self._connect.under_way or self._home.lock.locked() or self._queue or self._pump is not None
                 or self._closing is not None or self._aborting is not None):
             return "a call under way"
         return ""
+
+    def _done_with_its_loop(self) -> bool:
+        """Whether this writer is closed and has nothing left on its event loop: its close is over, or it was
+        aborted and its socket is closed, with no call under way. A close of it has nothing to do there then, and
+        is answered on any loop as on its own (:class:`ChannelLoopError` named a fault it did not have)."""
+        closing = self._closing
+        if closing is not None:
+            return closing.done()
+        end, aborting = self._end, self._aborting
+        return (self._closed and self._error is not None and (end is None or not end.is_open)
+                and (aborting is None or aborting.done()) and self._pump is None and not self._connect.under_way
+                and not self._home.lock.locked())
+
+    def _close_aborted(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
+        """The close of this writer, aborted and done with its loop (:meth:`_done_with_its_loop`), settled on
+        ``loop``, any loop: failed with the abort's error, as a close on its own loop fails at once (no socket or
+        task of that loop is touched)."""
+        assert self._error is not None
+        self._closed = True
+        closing = self._closing = loop.create_future()
+        closing.set_exception(self._error)
+        return closing
 
     def _check_open(self) -> None:
         if self._error is not None:
@@ -993,12 +1376,12 @@ class ChannelWriter:
             if (closing.done() if closing is not None else self._closed):  # closed, or aborted
                 self._home.release()
 
-    async def _write_out(self, data: bytes | str) -> None:
+    async def _write_out(self, data: bytes | _Text) -> None:
         """A sync call's write: sent, and out of the transport's buffer before the call returns (until the next
         sync call no loop runs to write out what the transport kept)."""
         try:
-            if isinstance(data, str):
-                await self.send_message_async(data)
+            if isinstance(data, _Text):
+                await self._write_text(data, None)  # cut off, it is aborted below
             else:
                 await self._write(data, None)  # cut off, it is aborted below
         except asyncio.CancelledError:
@@ -1011,41 +1394,21 @@ class ChannelWriter:
             await end.drain()
 
     async def _ensure_connected(self) -> WebSocketEnd:
-        while self._end is None:
-            if self._connecting is None:
-                self._connecting = asyncio.ensure_future(_connect(self._url, self._channel_id, False))
-                self._connecting.add_done_callback(self._connected)
-            # Shielded: a caller cancelled while connecting leaves the socket to another one waiting for it (an
-            # abort). When nobody else waits, the connect goes with its caller: a socket left attached and never
-            # closed held the reader for good (a cancelled connect lets the channel expire at the attach deadline).
-            connecting = self._connecting
-            self._connect_waiters += 1
-            try:
-                end = await asyncio.shield(connecting)
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if connecting.cancelled() and (task is None or not task.cancelling()):
-                    # the connect went with an earlier caller, not this one: connect afresh
-                    if self._connecting is connecting:
-                        self._connecting = None
-                    continue
-                if self._connect_waiters == 1 and not connecting.done():
-                    connecting.cancel()
-                raise
-            finally:
-                self._connect_waiters -= 1
-            if self._end is None:
-                self._end = self._home.end = end
-        return self._end
+        end = self._end
+        return end if end is not None else await self._connect.wait()
 
-    def _connected(self, connecting: asyncio.Future[WebSocketEnd]) -> None:
-        if connecting.cancelled() or connecting.exception() is not None:
-            if self._connecting is connecting:
-                self._connecting = None  # failed: the next write tries again
-        elif self._end is None:
-            self._end = self._home.end = connecting.result()
+    def _connected(self, end: WebSocketEnd) -> None:
+        if self._end is None:
+            self._end = self._home.end = end
+        closing = self._closing
+        if ((self._closed or self._error is not None) and not self._connect.waited_for
+                and (closing is None or closing.done()) and end.is_open):
+            # Aborted (or failed) while a connect its cancelled caller left went on, and no close or abort waits
+            # for it now: kept, the socket stayed attached with nothing to end it and the reader waited for good.
+            # Dropped, the reader sees an abort.
+            end.abort()
 
-    async def _send(self, data: bytes | bytearray | memoryview | str, cut_off: str | None = None,
+    async def _send(self, data: bytes | bytearray | memoryview | _Text, cut_off: str | None = None,
                     waiter: asyncio.Future[None] | None = None) -> None:
         """One write's frames; cancelled part-way, the stream is aborted with ``cut_off`` as its reason, unless
         it failed already (an abort cancels the queue's pump; a sync call's write, passing none, aborts with its
@@ -1063,8 +1426,11 @@ class ChannelWriter:
                 return  # its caller gave up while it waited here: sent later, a retry of it went out twice
             several_frames = False
             try:
-                if isinstance(data, str):
-                    await end.send(data.encode(), text=True)
+                if isinstance(data, _Text):
+                    # Each piece a message of its own, all under the lock: no other write between them.
+                    several_frames = len(data.pieces) > 1
+                    for piece in data.pieces:
+                        await end.send(piece, text=True)
                 else:
                     view = memoryview(data)
                     if view.ndim != 1 or view.itemsize != 1:
@@ -1087,24 +1453,34 @@ class ChannelWriter:
                 assert error is not None  # the write side never maps a close to "no error"
                 self._error = error
                 raise error from exc
-            if waiter is not None and waiter.cancelled() and several_frames and cut_off is not None:
-                # Its caller, cancelled as its frames went out, cannot tell how much of it was sent (a direct
-                # write would have been cut off there): the stream is aborted as a direct write's is.
+            if waiter is not None and waiter.cancelled() and cut_off is not None:
+                # Its caller, cancelled as its frames went out, was told nothing of it went out, yet all of it did
+                # (a retry sent it twice; even one frame): the stream is aborted as a direct write cut off is.
                 await self._abort_cut_off("a queued write was cancelled part-way")
                 raise ChannelClosedError(f"channel {self._channel_id} aborted", channel_id=self._channel_id)
 
-    def _enqueue(self, data: bytes | str, future: asyncio.Future[None] | None = None) -> None:
-        if self._error is not None:
-            raise self._error
+    def _enqueue(self, data: bytes | _Text, future: asyncio.Future[None] | None = None) -> None:
+        # Closed (stream.end, close, close_async) or failed: refused here, as where no loop runs. Queued, it went
+        # out after the end of stream, or was dropped unsent, and the caller was told nothing.
+        self._check_open()
         self._queue.append((data, future))
         self._pending_bytes += len(data)
         if self._pump is None:
             self._pump = asyncio.get_running_loop().create_task(self._run_pump())
 
-    async def _enqueue_and_wait(self, data: bytes | str) -> None:
+    async def _enqueue_and_wait(self, data: bytes | _Text) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._enqueue(data, future)
-        await future
+        try:
+            await future
+        except asyncio.CancelledError:
+            # Cancelled after the pump sent it whole (its result set, this not resumed yet): cancelled once its
+            # frames started, so the stream is aborted, as when the cancel comes while they go out. Let go as if
+            # nothing was sent, a retry sent it twice and the reader saw a clean end.
+            if (future.done() and not future.cancelled() and future.exception() is None
+                    and self._error is None):
+                await self._abort_cut_off("a queued write was cancelled once sent")
+            raise
 
     async def _run_pump(self) -> None:
         try:
@@ -1118,12 +1494,29 @@ class ChannelWriter:
                     continue
                 try:
                     await self._send(data, "a queued write was cut off part-way (its event loop ending?)", future)
-                except BaseException as exc:
-                    self._fail_queue(exc if isinstance(exc, ChannelError) else ChannelClosedError(
-                        f"channel {self._channel_id}: write cancelled", channel_id=self._channel_id))
-                    if not isinstance(exc, ChannelError):
-                        raise
+                except ChannelError as exc:
+                    self._fail_queue(exc)
                     return
+                except Exception as exc:
+                    # Not the socket's doing: a fault of this process. The stream cannot go on, and a writer
+                    # failed with its socket left open kept the reader waiting for good: dropped, the reader
+                    # sees an abort (or an abnormal close).
+                    error = ChannelConnectionError(
+                        f"channel {self._channel_id}: a queued write failed ({exc!r}); the connection was dropped",
+                        channel_id=self._channel_id)
+                    error.__cause__ = exc
+                    self._fail_queue(error)
+                    self._closed = True
+                    end = self._end
+                    if end is not None:
+                        end.abort()
+                    log.error("channel %s: a queued write failed; connection dropped", self._channel_id,
+                              exc_info=exc)
+                    return
+                except BaseException:
+                    self._fail_queue(ChannelClosedError(f"channel {self._channel_id}: write cancelled",
+                                                        channel_id=self._channel_id))
+                    raise
                 self._queue.popleft()
                 self._pending_bytes -= len(data)
                 if future is not None and not future.done():
@@ -1183,6 +1576,19 @@ class ChannelWriter:
                 raise error
 
 
+def _drop_on(loop: asyncio.AbstractEventLoop | None, end: WebSocketEnd) -> None:
+    """Drop ``end``'s connection, from any thread: on ``loop``, its own, if that runs (its transport is not
+    thread-safe); else shut down from here at once (see :func:`_drop_connection`), and aborted on ``loop`` if that
+    runs again (the socket's descriptor goes then). Never raises (a finalizer's)."""
+    running = loop is not None and loop.is_running()
+    if not running:
+        with contextlib.suppress(Exception):
+            _drop_connection(end)
+    if loop is not None and not loop.is_closed():
+        with contextlib.suppress(RuntimeError):  # closed meanwhile: shut down above, or by its loop's end
+            loop.call_soon_threadsafe(end.abort)
+
+
 def _drop_connection(end: WebSocketEnd | None) -> None:
     """Shut an end's TCP connection down from any thread, without its loop (closed, or not running): the peer sees
     the connection drop. Through the socket object, so never another socket that reused its descriptor."""
@@ -1203,7 +1609,7 @@ def _close_stuck(end: WebSocketEnd) -> str:
     return f"the peer answered its Close frame but did not end the connection within {_ABORT_CLOSE_S:g} s"
 
 
-def _log_task_error(task: asyncio.Task[Any]) -> None:
+def _log_task_error(task: asyncio.Future[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.warning("channel close failed: %s", task.exception())
 
@@ -1233,7 +1639,9 @@ class ChannelReader:
     End of stream ends iteration; an aborted or broken stream raises a :class:`ChannelError` subclass. All of
     its reads belong to one event loop: the same reader read under two ``asyncio.run`` calls raises
     :class:`ChannelLoopError` at the second (its socket went with the first loop). A reader that never got its
-    socket there (a read cancelled before it connected) moves to the next loop that reads it instead.
+    socket there (a read cancelled before it connected) moves to the next loop that reads it instead. A read
+    cancelled while it connects (``asyncio.wait_for(reader.recv(), t)`` timing out) leaves the reader usable: its
+    connect goes on once the engine may have attached it, and the next read gets that socket.
 
     Example:
         >>> async def receive(reader: ChannelReader) -> bytes:
@@ -1246,17 +1654,24 @@ class ChannelReader:
         self._channel_id = self.ref.channel_id
         self._url = build_channel_url(engine_ws_base, self.ref.channel_id, self.ref.access_key, "read")
         self._end: WebSocketEnd | None = None
+        # Shared by concurrent reads, and going on past a read cancelled once the engine may have attached this end
+        # (a wait_for(reader.recv(), t) that timed out): cut there, the reader's retry got ChannelInUseError and
+        # the writer ReaderGoneError.
+        self._connect = _SharedConnect(self._url, self._channel_id, True, self._connected)
         self._message_callbacks: list[Callable[[str], Any]] = []
         self._eof = False
         self._closed = False
+        self._unread: bytes | None = None  # what a cancelled read_all had read, for the next read (_put_back)
         self._home = _Home(self._channel_id, "reader")
+        # A reader left unclosed keeps its socket, attached, until it is collected: then it goes (_Home.abandon).
+        weakref.finalize(self, self._home.abandon)
         self.bytes_read = 0
         self.stream = ReadableStream(self)
 
     @property
     def at_eof(self) -> bool:
-        """Whether end-of-stream was received."""
-        return self._eof
+        """Whether end-of-stream was received (and nothing put back by a cancelled ``read_all`` is left)."""
+        return self._eof and self._unread is None
 
     def on_message(self, callback: Callable[[str], Any]) -> None:
         """Call ``callback(text)`` for every text message, during any read. Coroutine results are awaited."""
@@ -1264,6 +1679,10 @@ class ChannelReader:
 
     async def recv(self) -> bytes | str | None:
         """The next message, text or binary, or ``None`` at end of stream (ours; callbacks are not called)."""
+        unread = self._unread
+        if unread is not None:
+            self._unread = None
+            return unread
         if self._eof:
             return None
         if self._closed:
@@ -1308,12 +1727,40 @@ class ChannelReader:
             else:
                 yield message
 
-    async def read_all(self) -> bytes:
-        """Read the entire stream into one ``bytes``."""
-        chunks: list[bytes] = []
-        while (chunk := await self.read_chunk()) is not None:
-            chunks.append(chunk)
-        return b"".join(chunks)
+    async def read_all(self, *, limit: int | None = None) -> bytes:
+        """Read the entire stream into one ``bytes``: all of it, or a :class:`ChannelError` (the stream aborted,
+        broken, ...) whose :attr:`~ChannelError.partial` holds what arrived before it. Cancelled (an
+        ``asyncio.wait_for`` that timed out), it leaves what it had read to the reader's next read: a retried
+        ``read_all`` returns the whole stream, not only the rest of it.
+
+        ``limit`` (ours; ``None``: none, as the reference's): the most bytes to hold. Once more arrived,
+        :class:`LimitExceededError`, whose ``partial`` holds the bytes before the chunk that crossed it (at most
+        ``limit``); that chunk is left to the next read, so ``partial`` followed by the next reads is the whole
+        stream. Bytes a cancelled ``read_all`` left count against it too. A peer that writes for good no longer
+        grows the reader's memory for good.
+
+        Example:
+            >>> from iii_engine.testing import local_channel
+            >>> async def demo() -> tuple[int, bytes, bytes | None]:
+            ...     async with local_channel() as ch:
+            ...         await ch.writer.write(b"header")
+            ...         await ch.writer.write(b"and far too much")
+            ...         await ch.writer.close_async()
+            ...         try:
+            ...             await ch.reader.read_all(limit=10)
+            ...         except LimitExceededError as exc:
+            ...             return exc.limit, exc.partial or b"", await ch.reader.read_chunk()
+            ...         raise AssertionError("no limit")
+            >>> asyncio.run(demo())
+            (10, b'header', b'and far too much')
+        """
+        return await read_to_end(self.read_chunk, self._put_back, limit, "ChannelReader.read_all",
+                                 self._channel_id)
+
+    def _put_back(self, data: bytes) -> None:
+        """Hand ``data``, read and not returned, to the next read first (before anything the socket holds)."""
+        if data:
+            self._unread = data
 
     async def close_async(self) -> None:
         """Stop reading; before end-of-stream this tells the writer that the reader is gone."""
@@ -1329,7 +1776,7 @@ class ChannelReader:
         """What this reader has on its loop ("" for nothing: it can move to another, see :meth:`_Home.bind`)."""
         if self._end is not None:
             return "its socket"
-        return "its connect under way" if self._home.lock.locked() else ""
+        return "its connect under way" if self._connect.under_way else ""
 
     def __iii_json__(self) -> dict[str, Any]:
         """The ref, so a reader placed in a payload travels as plain JSON (S11)."""
@@ -1344,10 +1791,16 @@ class ChannelReader:
         await self.close_async()
 
     async def _ensure_connected(self) -> WebSocketEnd:
-        async with self._home.lock:
-            if self._end is None:
-                self._end = await _connect(self._url, self._channel_id)
-            return self._end
+        end = self._end
+        return end if end is not None else await self._connect.wait()
+
+    def _connected(self, end: WebSocketEnd) -> None:
+        if self._end is None:
+            self._end = self._home.end = end
+        if self._closed and end.is_open:
+            # Closed while its connect went on with no read waiting: nothing will read it, and the writer would
+            # wait on backpressure for a reader that stays attached. Dropped, the writer hears the reader is gone.
+            end.abort()
 
     async def _dispatch(self, text: str) -> None:
         for callback in self._message_callbacks:
@@ -1372,8 +1825,11 @@ __all__ = [
     "ChannelNotFoundError",
     "ChannelReader",
     "ChannelWriter",
+    "LimitExceededError",
     "ReadableStream",
     "ReaderGoneError",
     "WritableStream",
     "build_channel_url",
+    "keep_partial",
+    "read_to_end",
 ]

@@ -107,8 +107,9 @@ DEFAULT_SEND_TIMEOUT_S = 30.0
 reading)."""
 
 DROP_LOG_INTERVAL_S = 10.0
-"""Best-effort frames (telemetry, pongs) dropped at a full queue: the first drop is logged at once, later ones with
-their count at most this often (a peer flooding pings must not flood the log)."""
+"""Best-effort frames (telemetry, pongs) dropped at a full queue, and calls pushed out of it or refused: the first is
+logged at once, later ones with their count at most this often (a peer flooding pings, or a burst of calls while the
+engine is down, must not flood the log: 100k calls made 99,000 warnings)."""
 
 BEST_EFFORT_SHARE = 0.5
 """The share of ``max_queue`` that best-effort frames (telemetry, pongs) may hold; past it they are dropped, so
@@ -158,6 +159,9 @@ def announced_limit(values: list[str]) -> int | None:
     return int(values[0]) or None
 Write = Callable[[Frame], Awaitable[None]]
 
+
+_MADE_WAY: Final = "made way"  # kinds of calls lost at a full queue (Connection._log_calls_lost)
+_REFUSED: Final = "refused"
 
 _GAVE_UP = "never sent: reconnection to the engine gave up (max_retries); connect_async() starts it again"
 
@@ -356,6 +360,20 @@ async def _noop_open(_write: Write) -> None:
     return None
 
 
+def _cancel_requested() -> bool:
+    """Whether the running task was asked to cancel (a function: a task held in a local of the frame that raises
+    would be a cycle with the error it ends with)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _expire(admitted: asyncio.Future[None], expired: list[bool]) -> None:
+    """A wait for room ran out: end it, unless its frame was let in just now."""
+    if not admitted.done():
+        expired.append(True)
+        admitted.cancel()
+
+
 class _Waiter:
     """An unkeyed frame waiting for room in the full backlog; hashed and equal by identity."""
 
@@ -519,6 +537,7 @@ class Connection:
         #: best-effort frames (telemetry, pongs) dropped because the queue was full
         self.dropped = 0
         self._drops = LossLog(self._log_dropped, DROP_LOG_INTERVAL_S)
+        self._calls_lost = LossLog(self._log_calls_lost, DROP_LOG_INTERVAL_S)  # calls pushed out or refused
         self._state: IIIConnectionState = "disconnected"
         # Frames waiting for the socket: (frame, key). Filled while down, and when a sync caller must not await.
         self._backlog: deque[tuple[Frame, _Key]] = deque()
@@ -627,6 +646,7 @@ class Connection:
                 except (asyncio.CancelledError, Exception):
                     pass
         self._drops.close()  # a burst's count not logged yet is logged now (its timer belongs to this loop)
+        self._calls_lost.close()
         self._drop_pinned()
         unsent = sum(1 for frame, key in self._backlog if key is None)
         if unsent:  # (queued calls, keyed, fail with the client's shutdown; these frames' senders hear nothing)
@@ -651,7 +671,8 @@ class Connection:
             self._backlog.clear()
         self._set_state("disconnected")
 
-    async def send(self, frame: Frame, key: str | None = None, *, batch: bool = False, own: bool = False) -> bool:
+    async def send(self, frame: Frame, key: str | None = None, *, batch: bool = False, own: bool = False,
+                   wait: float | None = None) -> bool:
         """Send ``frame`` now if possible, else queue it; True when it was written to the socket.
 
         Order is kept: a frame never overtakes one handed over earlier. ``batch``: more frames are likely to be
@@ -659,6 +680,8 @@ class Connection:
         out with them in one write. ``own``: a frame of the loop's own (an invocation result, a registration):
         a full queue keeps it past the bound, as :meth:`send_soon` does, instead of making it wait for room and
         fail after ``queue_wait`` (a handler's result was lost so, and its caller waited out its timeout).
+        ``wait``: the sender's own bound in seconds (a call's ``timeout_ms``) on a wait for room, when shorter than
+        ``queue_wait``.
         """
         ws = self._ws
         # A socket already closed whose loss is not handled yet is down: the frame waits for the next one (sent to
@@ -684,7 +707,7 @@ class Connection:
                 if self._ready:
                     self._kick()
             else:
-                await self._wait_for_room(frame)
+                await self._wait_for_room(frame, wait)
         return False
 
     async def send_on_this_connection(self, frame: Frame) -> bool:
@@ -887,6 +910,14 @@ class Connection:
                     "best-effort frame(s) (telemetry, pongs) dropped since the last warning, %d in all%s",
                     self._max_queue, self._best_effort_cap, counts["dropped"], self.dropped, latest_text)
 
+    def _log_calls_lost(self, counts: Mapping[str, int], latest: str | None) -> None:
+        """The :class:`LossLog` warning of calls that failed at a full queue, never sent (each caller was told)."""
+        parts = [f"{counts[kind]} {what}" for kind, what in ((_MADE_WAY, "queued call(s) made way for newer frames"),
+                                                             (_REFUSED, "call(s) refused")) if kind in counts]
+        latest_text = f"; latest: {latest}" if latest is not None else ""
+        log.warning("Outbound queue full (%d frames waiting for the engine): %s since the last warning, each failed "
+                    "at once as never sent%s", self._max_queue, " and ".join(parts), latest_text)
+
     def _enqueue_best_effort(self, frame: Frame) -> bool:
         """Queue a best-effort frame; False (not queued) when the queue is full or holds its share of them."""
         if len(self._backlog) >= self._max_queue or self._waiting or self._best_effort >= self._best_effort_cap:
@@ -931,13 +962,11 @@ class Connection:
                 backlog.append((frame, key))
                 if key is None:
                     self._keyed -= 1
-                log.warning("Outbound queue full (%d frames waiting for the engine), a call makes way: %.80r",
-                            self._max_queue, old)
+                self._calls_lost.lost(_MADE_WAY, f"{old[:80]!r:.80}")
                 self._on_dropped(old_key)
                 return True
         if key is not None:
-            log.warning("Outbound queue full (%d frames waiting for the engine), a call is refused: %.80r",
-                        self._max_queue, frame)
+            self._calls_lost.lost(_REFUSED, f"{frame[:80]!r:.80}")
             self._on_dropped(key)
             return True
         return False
@@ -958,26 +987,40 @@ class Connection:
             self._admit_waiting()
         return dropped
 
-    async def _wait_for_room(self, frame: Frame) -> None:
+    async def _wait_for_room(self, frame: Frame, wait: float | None = None) -> None:
+        """Wait until ``frame`` is let into the full backlog, at most ``queue_wait`` seconds or ``wait`` when shorter
+        (the sender's own timeout: a void call with ``timeout_ms=1000`` waited the whole 30 s)."""
+        bound = self._queue_wait if wait is None else min(wait, self._queue_wait)
+        by_call = bound < self._queue_wait
         if self._gave_up:
             raise OutboundQueueFullError(self._max_queue, None)
         if len(self._waiting) >= self._max_waiting:
             raise OutboundQueueFullError(self._max_queue, None, crowded=self._max_waiting)
-        admitted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        admitted: asyncio.Future[None] = loop.create_future()
         entry = _Waiter(frame, admitted)
         self._waiting[entry] = None
+        # A timer of our own, not asyncio.timeout(): on 3.11 its __aexit__ frame, in the TimeoutError's traceback,
+        # keeps the CancelledError, a cycle per wait that ran out (100,000 refused calls held 500 MB until a full
+        # collection).
+        expired: list[bool] = []
+        timer = loop.call_later(bound, _expire, admitted, expired)
         try:
-            async with asyncio.timeout(self._queue_wait):
-                await admitted
-        except TimeoutError:
-            if admitted.cancelled():  # not let in before the time ran out (else it was, just in time)
-                raise OutboundQueueFullError(self._max_queue, self._queue_wait) from None
+            await admitted
+        except asyncio.CancelledError:
+            if not expired or _cancel_requested():
+                raise  # the caller's own cancel (also one that came with the timer)
+            raise OutboundQueueFullError(self._max_queue, bound, by_call=by_call) from None
         finally:
+            timer.cancel()
             # A wait that ends (timed out or cancelled) before its frame got a slot cancels ``admitted`` with it,
             # at once, while this coroutine resumes a turn later: an admission in between has already taken the
             # entry out (and skipped it).
             if admitted.cancelled():
                 self._waiting.pop(entry, None)
+            # The error raised through here keeps this frame (its traceback), and the cancelled future kept the
+            # CancelledError that the error's context holds: a cycle per wait that ran out.
+            del entry, admitted
 
     def _popleft(self) -> tuple[Frame, _Key]:
         item = self._backlog.popleft()

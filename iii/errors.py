@@ -126,19 +126,22 @@ class OutboundQueueFullError(ConnectionLostError):
     """A fire-and-forget frame was never sent: the outbound queue stayed full while the engine was unreachable.
 
     Example:
-        >>> OutboundQueueFullError(1000, 30.0).message
-        'never sent: the outbound queue stayed full (1000 frames waiting for the engine) for 30 s'
+        >>> OutboundQueueFullError(1000, 30.0).message[-65:]
+        ' waiting for the engine) for 30 s, the most a send waits for room'
+        >>> OutboundQueueFullError(1000, 1.0, by_call=True).message
+        "never sent: the outbound queue stayed full (1000 frames waiting for the engine) for 1 s, the call's timeout_ms"
     """
 
-    def __init__(self, max_queue: int, waited: float | None, *, crowded: int = 0) -> None:
+    def __init__(self, max_queue: int, waited: float | None, *, crowded: int = 0, by_call: bool = False) -> None:
         # ``waited`` None: reconnection gave up (max_retries), so the queue would stay full for good. ``crowded``:
-        # that many sends already wait for room (the most allowed), so this one is not let wait too.
+        # that many sends already wait for room (the most allowed), so this one is not let wait too. ``by_call``:
+        # the wait ended at the call's own timeout_ms, shorter than the queue's bound.
         if crowded:
             why = f"and {crowded} more sends already wait for room"
         elif waited is None:
             why = "and reconnection gave up (max_retries)"
         else:
-            why = f"for {waited:g} s"
+            why = f"for {waited:g} s, " + ("the call's timeout_ms" if by_call else "the most a send waits for room")
         super().__init__("connection_lost", f"never sent: the outbound queue stayed full ({max_queue} frames waiting"
                                             f" for the engine) {why}")
 

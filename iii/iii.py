@@ -502,7 +502,7 @@ class III:
         try:
             await self._telemetry.release(self)
             await self._conn.close()
-            for failure in self._session.close():
+            for failure in self._session.close(self._shutdown_cause):  # a call under way says why, as later ones
                 self._calls.fail(failure.invocation_id, failure.error)
             await self._bridge.cancel_tasks(spare=caller)
             self._set_connection_state("disconnected")
@@ -971,14 +971,17 @@ class III:
     def trigger(self, request: dict[str, Any] | TriggerRequest) -> Any:
         """Call a function and wait for its result (``None`` for void, the receipt dict for enqueue).
 
-        The trace context and baggage current in the calling thread travel with the call.
+        The trace context and baggage current in the calling thread travel with the call. A void call returns once
+        its frame is written or queued; while the engine is unreachable and the outbound queue is full it waits for
+        room, at most its ``timeout_ms`` (30 s without one), then raises
+        :class:`~iii.errors.OutboundQueueFullError` (never sent).
 
         Example:
             >>> # iii.trigger({"function_id": "greet", "payload": {"name": "Ada"}})
         """
         function_id, invocation_id, frame, timeout = self._prepare_call(request)
         if invocation_id is None:  # void: nothing to wait for but the write
-            self._run_on_loop(self._send_void(frame, function_id))
+            self._run_on_loop(self._send_void(frame, function_id, timeout_ms=timeout))
             return None
         waiter = ThreadWaiter()
         bridge = self._bridge
@@ -991,7 +994,8 @@ class III:
             bridge.release(waiter)
 
     def _prepare_call(self, request: dict[str, Any] | TriggerRequest) -> tuple[str, str | None, str, float]:
-        """``(function_id, invocation_id, frame, timeout_ms)`` of a call made from outside the client's loop.
+        """``(function_id, invocation_id, frame, timeout_ms)`` of a call made from outside the client's loop;
+        ``timeout_ms`` is the call's own or the client's default, but for a void call only its own (0: none).
 
         The frame is built on the caller's thread, in the caller's trace context (read here and written into the
         frame, so what travels never depends on how a hop between threads treats context variables); the loop
@@ -1006,6 +1010,8 @@ class III:
         )
         if len(frame) > self._conn.check_above:
             self._refuse_oversized(function_id, frame)
+        if invocation_id is None:
+            return function_id, None, frame, timeout_ms or 0.0
         return function_id, invocation_id, frame, timeout_ms or self._timeout_ms
 
     def _start_call(self, invocation_id: str, function_id: str, frame: str, timeout_ms: float,
@@ -1050,14 +1056,16 @@ class III:
             if not waiter.done():
                 raise
 
-    async def _send_void(self, frame: str, function_id: str, once: bool = False) -> bool:
+    async def _send_void(self, frame: str, function_id: str, once: bool = False, timeout_ms: float = 0.0) -> bool:
         """Send a fire-and-forget call's frame, written or queued (``once``: written on the socket up now, or False:
         :meth:`trigger_once_async`); ``ShuttingDownError`` when shutdown discarded it (a send waiting for room in a
-        full queue is ended by the shutdown, and would otherwise look sent);
+        full queue is ended by the shutdown, and would otherwise look sent); ``OutboundQueueFullError`` when the
+        queue stayed full for the call's ``timeout_ms`` (0: none), or the connection's own bound if shorter;
         :func:`~iii.protocol.client.message_too_large` when it is over the limit of the socket it was to be written
         to (checked when it was built against the socket up then, which may since have been replaced)."""
         try:
-            written = await (self._conn.send_on_this_connection(frame) if once else self._conn.send(frame))
+            written = await (self._conn.send_on_this_connection(frame) if once
+                             else self._conn.send(frame, wait=timeout_ms / 1000 if timeout_ms else None))
         except MessageTooLargeError as exc:
             raise message_too_large(function_id, exc.size, exc.limit) from None
         if not written and self._closed:
@@ -1117,7 +1125,7 @@ class III:
             return await self._call(function_id, payload, action, timeout_ms, self._telemetry.trace.headers())
         function_id, invocation_id, frame, timeout = self._prepare_call(request)
         if invocation_id is None:
-            await self._bridge.run_async(self._send_void(frame, function_id))
+            await self._bridge.run_async(self._send_void(frame, function_id, timeout_ms=timeout))
             return None
         future: asyncio.Future[Any] = running.create_future()
         waiter = LoopWaiter(running, future)
@@ -1135,6 +1143,9 @@ class III:
             raise
         finally:
             bridge.release(waiter)
+            # A failed call's error keeps this frame (its traceback), which kept the future holding the error: a
+            # cycle per failed call, freed only by a full collection.
+            del future, waiter
 
     async def _call(
         self,
@@ -1154,7 +1165,7 @@ class III:
         if len(frame) > self._conn.check_above:
             self._refuse_oversized(function_id, frame)
         if invocation_id is None:
-            await self._send_void(frame, function_id)
+            await self._send_void(frame, function_id, timeout_ms=timeout_ms or 0.0)
             return None
         self._session.track_call(invocation_id, function_id)
         timeout = timeout_ms or self._timeout_ms
@@ -1166,6 +1177,7 @@ class III:
         finally:
             self._calls.discard(invocation_id)
             self._session.forget(invocation_id)
+            del future  # (the cycle trigger_async breaks: the error's traceback keeps this frame)
 
     def list_functions(self) -> list[FunctionInfo]:
         """Every function registered with the engine (``engine::*`` left out).

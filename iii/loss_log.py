@@ -64,6 +64,23 @@ class LossLog:
             self._write(counts, what)
             self._logged_at = time.monotonic()
 
+    def reset(self) -> None:
+        """Forget what is not logged yet and when the last warning was: the next loss is logged at once, as the
+        first was (a burst that ended, such as an outage, is over).
+
+        Example:
+            >>> seen = []
+            >>> losses = LossLog(lambda counts, latest: seen.append(dict(counts)), 10.0)
+            >>> losses.count("poll"); losses.reset(); losses.flush(None)
+            >>> seen
+            []
+        """
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._unlogged = {}
+        self._logged_at = float("-inf")
+
     def recent(self, window: float) -> bool:
         """Whether a loss happened within the last ``window`` seconds."""
         return time.monotonic() - self.lost_at < window

@@ -82,8 +82,15 @@ class ThreadWaiter:
         while not self._lock.acquire(timeout=check_every):
             if not alive():
                 raise ShuttingDownError()
-        if self._error is not None:
-            raise self._error
+        error = self._error
+        if error is not None:
+            # Given up, not kept: the error's traceback holds this frame, which holds this waiter; kept here it made
+            # a cycle of each failed call that only a full collection freed.
+            self._error = None
+            try:
+                raise error
+            finally:
+                del error
         return self._result
 
 

@@ -66,4 +66,47 @@ class Signal:
             self._waiter = None
 
 
-__all__ = ["Signal"]
+class Broadcast:
+    """Wake every task waiting in :meth:`wait` (a :class:`Signal` for several waiters: each re-checks its own
+    condition). Like :class:`Signal`, it keeps no memory; a waiter cancelled leaves the others waiting.
+
+    Example:
+        >>> import asyncio
+        >>> async def demo() -> list[str]:
+        ...     broadcast, ready = Broadcast(), []
+        ...     async def consume(name: str) -> str:
+        ...         while not ready:
+        ...             await broadcast.wait()
+        ...         return name
+        ...     tasks = [asyncio.ensure_future(consume(name)) for name in ("a", "b")]
+        ...     await asyncio.sleep(0)
+        ...     ready.append(True); broadcast.set()
+        ...     return list(await asyncio.gather(*tasks))
+        >>> asyncio.run(demo())
+        ['a', 'b']
+    """
+
+    __slots__ = ("_waiters",)
+
+    def __init__(self) -> None:
+        # One future per waiting task (as many as there are tasks waiting, no more): a shared one, cancelled with
+        # one waiter, would fail them all.
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def set(self) -> None:
+        """Wake every waiter (no-op without one)."""
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait(self) -> None:
+        """Wait for the next :meth:`set`."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            self._waiters.remove(waiter)
+
+
+__all__ = ["Broadcast", "Signal"]

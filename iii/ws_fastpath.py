@@ -306,6 +306,7 @@ async def send_data(ws: Connection, data: bytes | memoryview, *, text: bool = Fa
         return
     # The public API: websockets not as expected, an empty message, or a closed connection (``ws.send`` raises
     # the right ConnectionClosed).
+    raise_if_lost(ws)
     if text:
         await ws.send(bytes(data).decode())
         return
@@ -497,8 +498,29 @@ def close_sent_by_peer(ws: Connection) -> Close | None:
 
 
 def abort(ws: Connection) -> None:
-    """Drop the TCP connection without a Close frame (corked frames are dropped with it)."""
-    ws.transport.abort()
+    """Drop the TCP connection without a Close frame (corked frames are dropped with it); a no-op once the
+    connection is lost (see :func:`raise_if_lost`)."""
+    if not _lost(ws):
+        ws.transport.abort()
+
+
+def _lost(ws: Connection) -> bool:
+    waiter = getattr(ws, "connection_lost_waiter", None)
+    return waiter is not None and waiter.done() and ws.protocol.state is State.CLOSED
+
+
+def raise_if_lost(ws: Connection) -> None:
+    """Raise the ``ConnectionClosed`` of ``ws`` if its connection is lost already. websockets' ``send`` on a closed
+    connection aborts its transport first, and asyncio's socket transport, once it lost its connection after
+    writing out its buffer (a close the peer answered, or a peer's 1009), raises ``AttributeError: 'NoneType' object
+    has no attribute 'call_soon'`` from that abort instead.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> raise_if_lost(SimpleNamespace(protocol=SimpleNamespace(state=State.OPEN)))  # open: nothing raised
+    """
+    if _lost(ws):
+        raise ws.protocol.close_exc
 
 
 def _socket_of(ws: Connection) -> Any:
@@ -1785,6 +1807,7 @@ __all__ = [
     "guard_close",
     "is_open",
     "queue_frame",
+    "raise_if_lost",
     "receive",
     "receiver",
     "send_bare_close",

@@ -72,6 +72,7 @@ from iii.iii import III
 from iii.iii_types import WorkerInfo
 
 from .files import (
+    _abort_writer,
     _release_writer,
     check_receive_target,
     checked_file_name,
@@ -297,23 +298,32 @@ def _directory_target(directory: Path, name: object, overwrite: bool) -> Path:
     """
     target = directory / checked_file_name("received" if name is None else str(name))
     if not overwrite and os.path.lexists(target):
-        # the sender reads this too, and cannot pass serve's flag: say whose file it is and where the flag goes
-        raise FileExistsError(f"{target} already exists on the receiver (serve --overwrite replaces files)")
+        raise FileExistsError(_exists(target))
     return target
+
+
+def _exists(target: Path) -> str:
+    # the sender reads this too, and cannot pass serve's flag: say whose file it is and where the flag goes
+    return f"{target} already exists on the receiver (serve --overwrite replaces files)"
 
 
 def _why(exc: BaseException | None) -> str:
     """The readable part of an error (an ``InvocationError``'s ``message``, not its dict-shaped ``str``); an
-    ``invocation_stopped`` says what it means for a transfer.
+    ``invocation_stopped`` says what it means for a transfer, and why it stopped when the engine did not say (an
+    engine that names the cause, "Invocation of X stopped: <cause>", is not contradicted).
 
     Example:
         >>> from iii.errors import InvocationError
         >>> print(_why(InvocationError("invocation_stopped", "Invocation stopped")))
         Invocation stopped (the receiver disconnected or stopped before it answered: nothing is known to be stored)
+        >>> print(_why(InvocationError("invocation_stopped", "Invocation of f::in stopped: the engine is stopping")))
+        Invocation of f::in stopped: the engine is stopping (nothing is known to be stored)
     """
     text = str(getattr(exc, "message", None) or exc)
     if getattr(exc, "code", None) == "invocation_stopped":
-        text += " (the receiver disconnected or stopped before it answered: nothing is known to be stored)"
+        cause = " stopped: " in text
+        text += (" (nothing is known to be stored)" if cause else
+                 " (the receiver disconnected or stopped before it answered: nothing is known to be stored)")
     return text
 
 
@@ -510,6 +520,23 @@ async def _send(args: argparse.Namespace) -> int:
             loop.remove_signal_handler(signal.SIGTERM)
 
 
+async def _send_special(writer: ChannelWriter, name: str, progress: Progress, label: str) -> int:
+    """Send a file that is not a regular one (``<(command)``, a FIFO, a device) as stdin is sent: opened without
+    waiting for a writer and read once the loop says it is readable, never in a thread, which cannot be cancelled
+    and which ``asyncio.run`` waits for at exit (a send stopped by SIGTERM stayed until the producer ended, and one
+    of a FIFO nobody writes to, for good)."""
+    try:
+        # O_NONBLOCK: a FIFO's open returns at once instead of waiting for its writer
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        await _abort_writer(writer, f"cannot open {name}: {exc!r}")
+        raise
+    try:
+        return await from_fd(writer, fd, progress=progress, label=label)
+    finally:
+        os.close(fd)
+
+
 async def _transfer(args: argparse.Namespace, term: _Termination) -> int:
     size = _check_source(args.file)
     url = _engine(args)
@@ -528,6 +555,9 @@ async def _transfer(args: argparse.Namespace, term: _Termination) -> int:
         if args.file == "-":
             name = args.name or "stdin"
             upload = from_fd(writer, sys.stdin.fileno(), progress=progress, label=name)
+        elif size is None:  # a pipe (<(command)), FIFO or device: read as stdin is, see _special_file
+            name = args.name or Path(args.file).name
+            upload = _send_special(writer, args.file, progress, name)
         else:
             path = Path(args.file)
             name = args.name or path.name
@@ -591,6 +621,8 @@ async def _transfer(args: argparse.Namespace, term: _Termination) -> int:
             await client.shutdown_async()
 
 
+# serve --out -: what the sender hears, and serve says as it stops, once whatever read serve's stdout has ended.
+_STDOUT_GONE = "serve's stdout was closed (whatever read it ended): nothing more can be stored, and serve stops"
 _STDOUT_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
@@ -623,19 +655,32 @@ async def _store(reader: ChannelReader, data: dict[str, Any], out: str, progress
             # its sender, and serve's own stderr) names the byte count.
             source = ChannelSource(reader, progress=bar, total=size, require_trailer=True, text_limit=0,
                                    idle_timeout=idle_timeout)
-            count = await to_fd(source, sys.stdout.fileno())
+            try:
+                count = await to_fd(source, sys.stdout.fileno())
+            except BrokenPipeError:
+                raise BrokenPipeError(_STDOUT_GONE) from None
         finally:
             lock.release()
         return {"path": "-", "bytes": count, "sha256": source.sha256, "verified": source.verified}
     target = Path(out)
-    if await asyncio.to_thread(target.is_dir):
+    # Into a directory, an existing file is kept unless --overwrite: checked before reading (a refused sender fails
+    # at once), and again as the file is placed, atomically (two senders of one name at once: one fails).
+    into_directory = await asyncio.to_thread(target.is_dir)
+    exclusive = into_directory and not overwrite
+    if into_directory:
         try:
             target = await asyncio.to_thread(_directory_target, target, data.get("name"), overwrite)
         except BaseException:
             # Refused before reading: release the sender now instead of leaving it blocked on backpressure.
             await asyncio.shield(_release_writer(reader))
             raise
-    receipt = await receive_file(reader, target, progress=progress, require_trailer=True, idle_timeout=idle_timeout)
+    try:
+        receipt = await receive_file(reader, target, progress=progress, require_trailer=True,
+                                     idle_timeout=idle_timeout, exclusive=exclusive)
+    except FileExistsError:
+        if not exclusive:
+            raise
+        raise FileExistsError(_exists(target)) from None
     return {"path": str(receipt.path), "bytes": receipt.size, "sha256": receipt.sha256,
             "verified": receipt.verified}
 
@@ -707,6 +752,7 @@ async def _serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     failures: list[str] = []
+    stdout_gone: list[str] = []
     progress = _progress(args)
     # Signals first: SIGTERM must end serve promptly in every phase, the wait for the engine included.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -730,6 +776,10 @@ async def _serve(args: argparse.Namespace) -> int:
             return await _store(reader, data, args.out, progress, args.overwrite, args.idle_timeout)
         except BaseException as exc:
             failures.append(_why(exc))
+            if isinstance(exc, BrokenPipeError) and args.out == "-":
+                # every later transfer would fail the same way: stop, and say why
+                stdout_gone.append(str(exc))
+                loop.call_soon_threadsafe(stop.set)
             raise
         finally:
             if args.once:
@@ -787,6 +837,8 @@ async def _serve(args: argparse.Namespace) -> int:
             task.cancel()
         await asyncio.gather(starting, stopping, return_exceptions=True)
         await client.shutdown_async()
+    if stdout_gone:
+        return _fail(stdout_gone[0])
     return _fail(f"the transfer failed: {failures[-1]}") if args.once and failures else 0
 
 
@@ -818,6 +870,10 @@ def main(argv: list[str] | None = None) -> int:
         _freeze_imports()
     parser = build_parser()
     args = parse_args(parser, argv)
+    option, function_id = ("--to", args.to) if args.command == "send" else ("--function", args.function)
+    if not function_id.strip():
+        got = "an empty one" if not function_id else f"only whitespace, {function_id!r}"
+        parser.error(f"{option}: a function id is required (got {got})")  # exits with status 2
     try:
         check_url(_engine(args))
     except (TypeError, ValueError) as exc:

@@ -1,10 +1,12 @@
 """Every error the channel layer raises, in one place.
 
 The channel-end errors come from :mod:`iii.channels` (the SDK cannot import this package) and are re-exported
-here; the layer adds its own below. All are subclasses of :class:`ChannelError`, itself an ``iii`` error.
+here (``LimitExceededError`` too: ``ChannelReader.read_all(limit=…)`` raises it); the layer adds its own below.
+All are subclasses of :class:`ChannelError`, itself an ``iii`` error.
 
 ========================= ============================================================================
-ChannelError              base class; ``.channel_id``, ``.code`` (WebSocket close code), ``.reason``
+ChannelError              base class; ``.channel_id``, ``.code`` (WebSocket close code), ``.reason``;
+                          ``.partial``: what a ``read_all`` that raised it had read (else ``None``)
 ChannelNotFoundError      the engine refused the upgrade with 404 (unknown id, wrong key or direction)
 ChannelConnectionError    handshake failure, or the socket closed abnormally (1006, 1009, 1011, …)
 ChannelAbortedError       the writer aborted; what was received is incomplete (close code 4001)
@@ -18,7 +20,8 @@ IntegrityError            the trailer's byte count or SHA-256 did not match, or 
 IncompleteReadError       end of stream before ``readexactly(n)`` / ``readuntil(sep)`` completed
 LimitExceededError        ``read_all(limit=…)`` / ``readuntil`` / unread text (``text_limit``) / a tree's
                           ``max_entries``: more than the limit would be held
-ProcessError              a piped subprocess exited non-zero; ``.returncode``, ``.stderr`` (its tail)
+ProcessError              a piped subprocess exited non-zero, or stopped reading its input early;
+                          ``.returncode``, ``.stderr`` (its tail)
 ========================= ============================================================================
 
 Example:
@@ -42,6 +45,7 @@ from iii.channels import (
     ChannelInUseError,
     ChannelLoopError,
     ChannelNotFoundError,
+    LimitExceededError,
     ReaderGoneError,
 )
 
@@ -58,6 +62,8 @@ class ChannelIdleError(ChannelError, TimeoutError):
 class IncompleteReadError(ChannelError):
     """End of stream arrived before the requested bytes; ``.partial`` holds what was read."""
 
+    partial: bytes  # always set, unlike ChannelError.partial
+
     def __init__(self, partial: bytes, expected: int | None) -> None:
         wanted = f"{expected}" if expected is not None else "a separator within the"
         super().__init__(f"stream ended after {len(partial)} of {wanted} bytes")
@@ -65,16 +71,14 @@ class IncompleteReadError(ChannelError):
         self.expected = expected
 
 
-class LimitExceededError(ChannelError):
-    """Reading would hold more than the caller's ``limit`` (bytes, unless the message names another unit)."""
-
-    def __init__(self, limit: int, what: str = "stream", unit: str = "bytes") -> None:
-        super().__init__(f"{what} exceeds the limit of {limit} {unit}")
-        self.limit = limit
-
-
 class ProcessError(ChannelError):
-    """A subprocess used as a pipe end failed; ``str()`` names the command, exit status and stderr tail."""
+    """A subprocess used as a pipe end failed; ``str()`` names the command, its exit status (or ``reason``, what
+    went wrong when the status does not say) and stderr tail.
+
+    Example:
+        >>> str(ProcessError(["head", "-c", "1"], 0, b"", reason="stopped reading its input"))
+        "command 'head -c 1' stopped reading its input"
+    """
 
     def __init__(self, argv: Sequence[str], returncode: int | None, stderr: bytes, reason: str | None = None) -> None:
         tail = stderr.decode(errors="replace").strip()

@@ -39,6 +39,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -205,6 +206,8 @@ def reclaim_stale_parts(directory: str | os.PathLike[str]) -> dict[Path, int]:
     """Remove the ``.iii-part-*`` files and staging directories in ``directory`` that no live receiver owns;
     returns what was removed, with the bytes each held.
 
+    Only names a receiver gives its parts are looked at (``.iii-part-<pid>-`` and ``tempfile``'s random
+    characters, nothing more): a file stored under another ``.iii-part-…`` name is never touched.
     An entry is live while its owner holds the ``flock`` (taken right after creation, kept until the rename).
     An unlocked entry is removed when the PID in its name is gone, or when it is older than
     :data:`STALE_PART_AGE_S` (no PID in the name, or the PID was reused). Symlinks are never followed.
@@ -215,7 +218,7 @@ def reclaim_stale_parts(directory: str | os.PathLike[str]) -> dict[Path, int]:
     """
     removed: dict[Path, int] = {}
     try:
-        entries = [e for e in os.scandir(directory) if e.name.startswith(PART_PREFIX)]
+        entries = [e for e in os.scandir(directory) if _is_part_name(e.name)]
     except (FileNotFoundError, NotADirectoryError, PermissionError):
         return removed
     for entry in entries:
@@ -257,9 +260,29 @@ def _reclaim(path: Path) -> int | None:
         os.close(fd)
 
 
+# What tempfile.mkstemp / mkdtemp make of PART_PREFIX + "<pid>-" (or of PART_PREFIX alone, before owners were
+# recorded): exactly 8 characters of its alphabet, nothing after (no dot, no dash). Only such names can be our
+# leftovers; any other ".iii-part-…" (a file stored under that name before receivers refused it, a directory a user
+# named ".iii-part-cache", which an older match of any length removed once it was an hour old) stays.
+_PART_NAME = re.compile(re.escape(PART_PREFIX) + r"(?:([0-9]+)-)?[a-z0-9_]{8}")
+
+
+def _is_part_name(name: str) -> bool:
+    """Whether ``name`` is one ``_create_part_file`` or a staging directory could have.
+
+    Example:
+        >>> _is_part_name(".iii-part-4242-k3_9zq0a"), _is_part_name(".iii-part-3999999-report.txt")
+        (True, False)
+        >>> _is_part_name(".iii-part-k3_9zq0a"), _is_part_name(".iii-part-cache"), _is_part_name(".iii-part-notes")
+        (True, False, False)
+    """
+    return _PART_NAME.fullmatch(name) is not None
+
+
 def _owner_pid(name: str) -> int | None:
-    head, sep, _ = name[len(PART_PREFIX):].partition("-")
-    return int(head) if sep and head.isdigit() and int(head) > 0 else None
+    match = _PART_NAME.fullmatch(name)
+    pid = int(match.group(1)) if match is not None and match.group(1) is not None else None
+    return pid if pid else None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -310,6 +333,10 @@ def checked_file_name(name: str) -> str:
         Traceback (most recent call last):
         ...
         ValueError: refusing the sender's file name '../etc/passwd': it contains a path separator
+        >>> checked_file_name(".iii-part-1-x")
+        Traceback (most recent call last):
+        ...
+        ValueError: refusing the sender's file name '.iii-part-1-x': .iii-part-* names are kept for partial transfers
     """
     if name in ("", ".", ".."):
         raise ValueError(f"refusing the sender's file name {name!r}: it is empty, '.' or '..'")
@@ -318,6 +345,10 @@ def checked_file_name(name: str) -> str:
         raise ValueError(f"refusing the sender's file name {name!r}: it contains a path separator")
     if "\0" in name:
         raise ValueError(f"refusing the sender's file name {name!r}: it contains a NUL character")
+    if name.startswith(PART_PREFIX):
+        # such a file would look like a partial transfer to reclaim_stale_parts
+        raise ValueError(f"refusing the sender's file name {name!r}: {PART_PREFIX}* names are kept for partial "
+                         "transfers")
     return name
 
 
@@ -399,15 +430,18 @@ async def receive_file(
     require_trailer: bool = False,
     overwrite: bool = False,
     idle_timeout: float | None = None,
+    exclusive: bool = False,
 ) -> FileReceipt:
     """Stream ``reader`` into ``path`` (temporary name, then atomic rename).
 
     ``path`` may be a directory: the file is then named after the sender's header. That name must be a plain
     file name (``ValueError`` for empty, ``.``, ``..`` or one with a path separator), and an existing file of
     that name is kept, raising ``FileExistsError``, unless ``overwrite=True``. An explicit file ``path`` is
-    always replaced. A path ending in ``/`` must be an existing directory, and a file path's directory must
-    exist (``FileNotFoundError`` / ``NotADirectoryError`` before anything is read). Either way the channel is
-    closed and nothing is left behind when receiving fails. A stream without a verified trailer whose length
+    replaced, unless ``exclusive=True``: the file is then placed only if nothing of that name exists at that
+    moment (atomically: of two receives racing for one name, one fails with ``FileExistsError``). A path ending
+    in ``/`` must be an existing directory, and a file path's directory must exist (``FileNotFoundError`` /
+    ``NotADirectoryError`` before anything is read). Either way the channel is closed and nothing is left behind
+    when receiving fails. A stream without a verified trailer whose length
     differs from the size in the sender's header raises :class:`IntegrityError` (a sender that died mid-file,
     against an engine that cannot signal the abort). Stale parts of dead receivers in the directory
     are removed first (:func:`reclaim_stale_parts`). ``idle_timeout``: most seconds to wait for the sender's next
@@ -478,6 +512,8 @@ async def receive_file(
                     os.replace(tmp_name, target)
                 else:
                     _place_new(tmp_name, target)
+            elif exclusive:
+                _place_new(tmp_name, target)
             else:
                 os.replace(tmp_name, target)
     except BaseException:

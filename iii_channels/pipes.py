@@ -24,13 +24,16 @@ Example (a tar stream of data/ through a channel into another tar; each function
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
+import fcntl
 import os
 import select
 import signal
 import socket
 import stat
+import termios
 from collections.abc import AsyncIterable, Sequence
 from typing import Any, Final
 
@@ -274,10 +277,10 @@ def _socket_of(fd: int) -> socket.socket:
         raise
 
 
-def _reopened(fd: int, mode: os.stat_result) -> int | None:
-    """The pipe or terminal of ``fd`` opened again for non-blocking writes, or ``None`` when that opens another
-    file (checked, not assumed)."""
-    twin = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+def _reopened(fd: int, mode: os.stat_result, access: int = os.O_WRONLY) -> int | None:
+    """The pipe or terminal of ``fd`` opened again, non-blocking, for writes (or ``access``), or ``None`` when that
+    opens another file (checked, not assumed)."""
+    twin = os.open(f"/proc/self/fd/{fd}", access | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     try:
         again = os.fstat(twin)
         if (again.st_dev, again.st_ino, again.st_rdev) == (mode.st_dev, mode.st_ino, mode.st_rdev):
@@ -582,12 +585,56 @@ async def from_process(
     return sink.bytes_written
 
 
+def _watch_unread(stdin: int) -> int | None:
+    """A read end of the pipe whose write end is ``stdin``, opened again (``/proc/self/fd``), for :func:`_unread`
+    to look into after the command exits; ``None`` where none can be had (no ``/proc``).
+
+    Why a read end, opened only once all is written: a write end kept open would keep the command from seeing
+    its input end; held while writing, a read end would let a command that exits early block our writes
+    instead of breaking them (``EPIPE``)."""
+    try:
+        return _reopened(stdin, os.fstat(stdin), os.O_RDONLY)
+    except OSError:
+        return None
+
+
+def _unread(watch: int | None, group: int | None) -> int:
+    """The bytes still in the command's stdin pipe (``watch``, from :func:`_watch_unread`) once it has exited,
+    when they can only have been left unread: 0 when nothing tells (no ``watch``, ``FIONREAD`` refused) or when a
+    process of its ``group`` (the command's own process group, if it is ours) lives on and may read them still."""
+    if watch is None:
+        return 0
+    count = array.array("i", [0])
+    try:
+        fcntl.ioctl(watch, termios.FIONREAD, count, True)
+    except OSError:
+        return 0
+    if not count[0] or group is None:
+        # None: the command shares a group that is not its own (ours, or one the caller chose), so nothing tells
+        # whether a process it started lives on to read them (a background reader was taken for one that stopped)
+        return 0
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return count[0]
+    except PermissionError:  # a process of it lives, under another user
+        pass
+    return 0
+
+
 async def to_process(
     reader: ChannelReader, argv: Sequence[str], *, progress: Progress = None, require_trailer: bool = False,
     exit_timeout: float | None = None, **popen: Any,
 ) -> int:
-    """Run ``argv`` with the channel as its stdin. Raises :class:`ProcessError` on a non-zero exit (or if it
-    stops reading early); channel errors propagate after the process is killed. Returns the bytes fed.
+    """Run ``argv`` with the channel as its stdin. Raises :class:`ProcessError` on a non-zero exit, or when it
+    exits 0 having stopped reading early (the error says so); channel errors propagate after the process is
+    killed. Returns the bytes fed.
+    Stopped reading early: it exited before the stream's end reached its stdin, or it left bytes unread in its
+    stdin pipe (the error says how many). The pipe is looked into through ``/proc/self/fd`` and ``FIONREAD``
+    (Linux); where that cannot be done (another OS, no ``/proc``), input that all fit into the pipe's buffer
+    (64 KiB on Linux) before the command exited is not checked. Bytes left unread while another process of its
+    group lives on (e.g. ``cmd &`` of a shell, which may read them still) are not counted either, nor any when the
+    command has no process group of its own (``start_new_session=False``, a ``process_group`` given).
     ``exit_timeout``: how long the process may run after its stdin is closed (``None``, the default: as long as
     it takes, since a command like ``sort`` does its work only then); past it the process is killed and
     :class:`ProcessError` says so. Its process group is handled as in :func:`from_process`: killed whole when
@@ -618,36 +665,59 @@ async def to_process(
         raise
     popen.setdefault("stdout", None)
     group = _own_group(popen)
+    # Our own pipe, not asyncio's: its transport closes our end as soon as the command's goes, and with it the
+    # bytes the command left in the pipe (and it drops later writes without a word).
+    stdin_read, stdin = os.pipe()
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, **popen)
+        proc = await asyncio.create_subprocess_exec(*argv, stdin=stdin_read, stderr=asyncio.subprocess.PIPE, **popen)
     except BaseException:
+        os.close(stdin)
         # Not started: the writer hears now, not at the attach deadline.
         await asyncio.shield(_release_writer(reader))
         raise
-    assert proc.stdin is not None
+    finally:
+        os.close(stdin_read)
     stderr = _StderrTail(proc.stderr)
     source = ChannelSource(reader, require_trailer=require_trailer, progress=progress, label=argv[0], text_limit=0)
+    out = _FdOut(stdin)
+    watch: int | None = None
+    broken = False
     try:
         try:
             async for chunk in source.chunks():
-                proc.stdin.write(chunk)
-                await proc.stdin.drain()
-            proc.stdin.close()
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                await proc.stdin.wait_closed()
+                await _write_fd(out, chunk)
         except (BrokenPipeError, ConnectionResetError):
+            broken = True  # a write found no reader: bytes went unread, even at the stream's end
             await reader.close_async()
+        else:
+            watch = _watch_unread(stdin)
+        finally:
+            # Closed now, not at its exit: a command that reads to the end (cat, wc, sort) waits for it.
+            out.close()
+            os.close(stdin)
         returncode = await _exit_status(proc, argv, exit_timeout, stderr, "the end of its input", group)
         tail = await stderr.result()
-        if returncode != 0 or not source.at_eof:
+        if returncode != 0:
             raise ProcessError(argv, returncode, tail)
+        if broken or not source.at_eof:
+            # Its exit status alone ("failed with exit status 0") hid why: the rest of the stream went nowhere.
+            raise ProcessError(argv, returncode, tail, reason=(
+                f"stopped reading its input before the end of the stream ({source.bytes_read} bytes had arrived; "
+                "exit status 0)"))
+        if unread := _unread(watch, proc.pid if group else None):
+            # The whole stream fit into the pipe before it exited: no write failed to say it stopped reading.
+            raise ProcessError(argv, returncode, tail, reason=(
+                f"stopped reading its input before the end of the stream ({unread} of the {source.bytes_read} "
+                "bytes fed were left unread; exit status 0)"))
     except BaseException:
         await _kill(proc, group)
         stderr.cancel()
         _close_pipes(proc)
         await asyncio.shield(_release_writer(reader))
         raise
+    finally:
+        if watch is not None:
+            os.close(watch)
     _close_pipes(proc)
     return source.bytes_read
 

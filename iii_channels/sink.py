@@ -29,7 +29,7 @@ from collections import deque
 from types import TracebackType
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
-from iii.channels import ChannelWriter
+from iii.channels import ChannelWriter, binary_payload
 from iii.waiters import Signal
 
 from .errors import ChannelClosedError
@@ -122,15 +122,7 @@ class ChannelSink:
             b'headerbody'
         """
         self._check()
-        if type(data) is bytes:
-            chunk = data
-        else:
-            try:
-                # memoryview first: bytes(5) is five zero bytes and bytes([1, 2]) a list's, both silently sent.
-                chunk = bytes(memoryview(data))
-            except TypeError:
-                raise TypeError(f"ChannelSink.write takes bytes-like data, not {type(data).__name__} "
-                                "(use send_text for text messages)") from None
+        chunk = binary_payload(data, "ChannelSink.write", "send_text")
         if not chunk:
             return
         if self._digest is not None:

@@ -28,9 +28,15 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
-from iii.channels import ChannelReader
+from iii.channels import ChannelReader, read_to_end
 
-from .errors import ChannelIdleError, IncompleteReadError, IntegrityError, LimitExceededError
+from .errors import (
+    ChannelClosedError,
+    ChannelIdleError,
+    IncompleteReadError,
+    IntegrityError,
+    LimitExceededError,
+)
 from .integrity import Digest, _parse_trailer, is_trailer
 from .progress import Progress, _make_progress
 
@@ -38,6 +44,9 @@ DEFAULT_LINE_LIMIT = 64 * 1024 * 1024
 # Text messages set aside for messages()/next_message() while the caller reads bytes: a consumer that never asks
 # for them must not hold a sender's every text message (each up to the engine's 64 MiB message size).
 DEFAULT_TEXT_LIMIT = 16 * 1024 * 1024
+# Binary bytes set aside while next_message()/messages() wait for text: a writer that sends only bytes must not
+# grow a reader that waits for a message without bound (it held 300 MiB for one header that came last).
+DEFAULT_BUFFER_LIMIT = 64 * 1024 * 1024
 
 
 class ChannelSource:
@@ -51,15 +60,22 @@ class ChannelSource:
             (``verified`` stays false). ``require_trailer`` turns every check back on.
         require_trailer: raise :class:`IntegrityError` at EOF if no trailer arrived (use it when the writer is
             known to send one: it turns a silent truncation on the production engine into an error).
-        progress: ``True`` for a terminal bar or a ``callback(done, total)``.
+        progress: ``True`` for a terminal bar or a ``callback(done, total)``. A callback that raises fails the
+            source for good: the read that called it raises its exception, every later read that needs the
+            channel :class:`ChannelClosedError` (the chunk it was called for had been counted and digested; handed
+            out no more, it would leave a stream short, yet verified).
         total: expected size, for progress reporting.
         on_text: called with each text message (other than the trailer) as it arrives.
         text_limit: most characters of text messages held for ``messages()`` / ``next_message()`` while bytes are
             read; more raises :class:`LimitExceededError`. ``0`` holds none (they still reach ``on_text`` and the
             reader's callbacks): for consumers of bytes only.
+        buffer_limit: most bytes of binary data held unread while ``next_message()`` / ``messages()`` wait for a
+            text message; past it they raise :class:`LimitExceededError` naming the limit (the bytes stay held:
+            byte reads get them). ``0``: no bytes may come before the text.
         idle_timeout: most seconds to wait for the writer's next message (``None``: no limit); past it
             :class:`ChannelIdleError` (a ``TimeoutError``) names the wait and the bytes read so far. The channel
             is left open: close the reader (or let the adapter that made this source do it) to tell the writer.
+            A ``read_all`` it stops puts what it had read back, as a cancelled one does (see :meth:`read_all`).
 
     Example:
         >>> import asyncio
@@ -93,9 +109,12 @@ class ChannelSource:
         on_text: Callable[[str], Any] | None = None,
         text_limit: int = DEFAULT_TEXT_LIMIT,
         idle_timeout: float | None = None,
+        buffer_limit: int = DEFAULT_BUFFER_LIMIT,
     ) -> None:
         if text_limit < 0:
             raise ValueError(f"text_limit must be 0 or more, got {text_limit}")
+        if buffer_limit < 0:
+            raise ValueError(f"buffer_limit must be 0 or more, got {buffer_limit}")
         if idle_timeout is not None:
             if isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float)):
                 raise TypeError(f"idle_timeout must be a number of seconds or None, got {idle_timeout!r}")
@@ -116,9 +135,11 @@ class ChannelSource:
         self._text_at: deque[int] = deque()  # for each held text: the binary bytes that came before it
         self._text_held = 0
         self._text_limit = text_limit
+        self._buffer_limit = buffer_limit
         self._eof = False
         self._trailer: tuple[int, str] | None = None
         self._progress = _make_progress(progress, total, label)
+        self._progress_failed: BaseException | None = None
         self._on_text = on_text
         self.bytes_read = 0
         self.verified = False
@@ -135,9 +156,15 @@ class ChannelSource:
 
     # ---- the one place that talks to the reader
 
-    async def _next_item(self, keep_text: bool) -> bytes | str | None:
+    async def _next_item(self, keep_text: bool, text_ends: bool = False) -> bytes | str | None:
         """The next binary message, or text message when ``keep_text`` is false (text is then handed back
-        instead of being set aside), or ``None`` at EOF (after the trailer check). The trailer is consumed."""
+        instead of being set aside), or ``None`` at EOF (after the trailer check). The trailer is consumed.
+        ``text_ends``: ``b""`` once a text message was set aside (for a wait for text: the binary data after it
+        may be long in coming)."""
+        if self._progress_failed is not None:
+            channel_id = self.reader.ref.channel_id
+            raise ChannelClosedError(f"channel {channel_id}: this source failed when its progress callback raised "
+                                     f"{self._progress_failed!r}", channel_id=channel_id) from self._progress_failed
         while not self._eof:
             message = await self._recv()
             if message is None:
@@ -150,6 +177,8 @@ class ChannelSource:
                                              channel_id=self.reader.ref.channel_id)
                     return message
                 await self._on_text_message(message)
+                if text_ends:
+                    return b""
                 continue
             if self._trailer is not None:
                 raise IntegrityError("data arrived after the integrity trailer", channel_id=self.reader.ref.channel_id)
@@ -157,7 +186,7 @@ class ChannelSource:
                 self._digest.update(message)
             self.bytes_read += len(message)
             if self._progress is not None:
-                self._progress(self.bytes_read)
+                self._report(self._progress, self.bytes_read)
             return message
         return None
 
@@ -210,9 +239,10 @@ class ChannelSource:
             self._watchdog.cancel()
             self._watchdog = None
 
-    async def _next_chunk(self) -> bytes | None:
-        """The next binary message, or ``None`` at EOF. Text messages are set aside for ``messages()``."""
-        item = await self._next_item(True)
+    async def _next_chunk(self, text_ends: bool = False) -> bytes | None:
+        """The next binary message, or ``None`` at EOF. Text messages are set aside for ``messages()`` (and end
+        the wait with ``b""`` if ``text_ends``)."""
+        item = await self._next_item(True, text_ends)
         assert not isinstance(item, str)
         return item
 
@@ -240,10 +270,17 @@ class ChannelSource:
             self._on_text(text)
         await self.reader._dispatch(text)
 
+    def _report(self, call: Callable[..., object], *args: int) -> None:
+        try:
+            call(*args)
+        except BaseException as exc:
+            self._progress_failed = exc
+            raise
+
     def _finish(self) -> None:
         self._eof = True
         if self._progress is not None:
-            self._progress.close()
+            self._report(self._progress.close)
         channel_id = self.reader.ref.channel_id
         if self._trailer is None:
             if self.require_trailer:
@@ -262,8 +299,8 @@ class ChannelSource:
             raise IntegrityError(f"channel {channel_id}: SHA-256 mismatch", channel_id=channel_id)
         self.verified = True
 
-    async def _fill(self) -> bool:
-        chunk = await self._next_chunk()
+    async def _fill(self, text_ends: bool = False) -> bool:
+        chunk = await self._next_chunk(text_ends)
         if chunk is None:
             return False
         self._buffer += chunk
@@ -395,7 +432,15 @@ class ChannelSource:
             return exc.partial
 
     async def read_all(self, limit: int | None = None) -> bytes:
-        """Everything to the end; :class:`LimitExceededError` once more than ``limit`` bytes arrived.
+        """Everything to the end; :class:`LimitExceededError` once more than ``limit`` bytes arrived. All of it or
+        an error: a :class:`~iii.channels.ChannelError` part-way (the limit, an abort, a failed integrity check)
+        holds what this had read, at most ``limit`` bytes, as its ``partial`` (more than ``limit`` bytes left
+        buffered by an earlier read raise at once, with none taken). Past ``limit``, the message that crossed it
+        stays buffered, unread: ``partial`` followed by the next reads is the whole stream. Cancelled, or stopped by
+        ``idle_timeout`` (:class:`ChannelIdleError`, whose ``partial`` is then ``b""``: nothing taken), it puts
+        what it had read back for the next read: a retried ``read_all`` returns the whole stream. ``limit`` is an
+        int, 0 or more, or ``None`` (else :class:`TypeError` or :class:`ValueError`), as for
+        ``ChannelReader.read_all``, which reads the same way (:func:`iii.channels.read_to_end`).
 
         Example:
             >>> import asyncio
@@ -410,14 +455,18 @@ class ChannelSource:
             >>> asyncio.run(demo())
             b'aaabbb'
         """
-        parts = [self._take(len(self._buffer))] if self._buffer else []
-        size = len(parts[0]) if parts else 0
-        while (chunk := await self._next_chunk()) is not None:
-            size += len(chunk)
-            if limit is not None and size > limit:
-                raise LimitExceededError(limit)
-            parts.append(chunk)
-        return b"".join(parts)
+        async def next_chunk() -> bytes | None:
+            # Bytes an earlier read left buffered first: they count against the limit too.
+            return self._take(len(self._buffer)) if self._buffer else await self._next_chunk()
+
+        def put_back(data: bytes) -> None:
+            # In front of the buffer, for the next read. The chunk past the limit is kept, unread: dropped, it was
+            # digested all the same (a hole in the stream, and verified at its end). What a cancelled read (or one
+            # stopped by idle_timeout) had read: dropped, a retried read_all returned the rest of the stream as if
+            # it were the whole.
+            self._buffer[:0] = data
+
+        return await read_to_end(next_chunk, put_back, limit, "ChannelSource.read_all", self.reader.ref.channel_id)
 
     # ---- iterators
 
@@ -524,7 +573,8 @@ class ChannelSource:
                 yield record
 
     async def messages(self) -> AsyncIterator[str]:
-        """Text messages (not the trailer). Binary data arriving meanwhile is kept for later reads.
+        """Text messages (not the trailer). Binary data arriving meanwhile is kept for later reads, up to
+        ``buffer_limit`` bytes (then :class:`LimitExceededError`).
 
         Example:
             >>> import asyncio
@@ -544,13 +594,16 @@ class ChannelSource:
         while True:
             while self._texts:
                 yield self._pop_text()
-            if self._eof or not await self._fill():
+            if not self._eof:
+                self._check_held()
+            if self._eof or not await self._fill(text_ends=True):
                 while self._texts:
                     yield self._pop_text()
                 return
 
     async def next_message(self) -> str | None:
-        """The next text message, or ``None`` at EOF (binary data meanwhile is buffered).
+        """The next text message, or ``None`` at EOF (binary data meanwhile is buffered, up to ``buffer_limit``
+        bytes: then :class:`LimitExceededError`).
 
         Example:
             >>> import asyncio
@@ -566,11 +619,19 @@ class ChannelSource:
             >>> asyncio.run(demo())
             ('{"name": "a.txt"}', b'data', None)
         """
-        while not self._texts:
+        while not self._texts and not self._eof:
+            self._check_held()
             # The fill that meets the end may set a text aside on its way: it is the answer, not the end.
-            if self._eof or not await self._fill():
+            if not await self._fill(text_ends=True):
                 break
         return self._pop_text() if self._texts else None
+
+    def _check_held(self) -> None:
+        """Before a wait for text fills the buffer further: over ``buffer_limit`` it stops (checked before each
+        fill, so a caller that goes on after the error does not grow it either; at most one message past it)."""
+        if len(self._buffer) > self._buffer_limit:
+            raise LimitExceededError(self._buffer_limit,
+                                     "the binary data held unread while waiting for a text message (buffer_limit)")
 
     def _pop_text(self) -> str:
         text = self._texts.popleft()

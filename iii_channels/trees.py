@@ -5,7 +5,16 @@ Stream format (text messages framing binary data, all in order on one channel)::
     {"iii_channels_entry": {"path": "a/b.txt", "type": "file", "size": 123}}    then the file's bytes, then
     {"iii_channels_entry_end": {"bytes": 123, "sha256": "…"}}
     {"iii_channels_entry": {"path": "empty", "type": "dir"}}                    (directories: no data)
+    {"iii_channels_tree": {"records": 3, "sha256": "…"}}                       the records above, counted and
+                                                                               hashed (each as its UTF-8 length,
+                                                                               ":", its text)
     … then the stream's own integrity trailer (``ChannelSink``) and end of stream.
+
+The trailer covers the file bytes, the tree record the entry and end records: a name changed on the way, or an
+entry left out (an empty file or directory has no bytes), fails the receive. A ``receive_dir`` that requires the
+trailer (the default) requires the tree record too; senders before it sent none (``require_tree=False`` accepts
+such a stream, checking the tree record only if one comes, and the trailer still), and receivers before it ignore
+it.
 
 Memory stays constant (one file open at a time, bounded chunks). ``receive_dir`` writes into a hidden staging
 directory next to the destination, checks every file against its end record and the whole stream against the
@@ -39,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -72,6 +82,7 @@ from .source import ChannelSource
 
 ENTRY_KEY = "iii_channels_entry"
 END_KEY = "iii_channels_entry_end"
+TREE_KEY = "iii_channels_tree"
 # Each entry costs the receiver its name in memory and an inode on disk: a peer may not ask for unlimited ones.
 DEFAULT_MAX_ENTRIES = 1_000_000
 
@@ -110,12 +121,20 @@ def check_entry_path(name: object) -> PurePosixPath:
         Traceback (most recent call last):
         ...
         ValueError: unsafe path in channel stream: '../etc/passwd'
+        >>> check_entry_path("a/.iii-part-1-x")
+        Traceback (most recent call last):
+        ...
+        ValueError: refusing the sender's path 'a/.iii-part-1-x': .iii-part-* names are kept for partial transfers
     """
     if not isinstance(name, str) or not name or "\x00" in name:
         raise ValueError(f"unsafe path in channel stream: {name!r}")
     path = PurePosixPath(name)
-    if path.is_absolute() or any(part in ("", ".", "..") for part in name.split("/")):
+    parts = name.split("/")
+    if path.is_absolute() or any(part in ("", ".", "..") for part in parts):
         raise ValueError(f"unsafe path in channel stream: {name!r}")
+    if any(part.startswith(PART_PREFIX) for part in parts):
+        # stored, a later receive next to it would take it for a dead receiver's partial transfer and remove it
+        raise ValueError(f"refusing the sender's path {name!r}: {PART_PREFIX}* names are kept for partial transfers")
     return path
 
 
@@ -127,7 +146,7 @@ def _entry(path: str, kind: str, size: int | None = None) -> str:
 
 
 def _parse(text: str) -> tuple[str, dict[str, Any]] | None:
-    for key in (ENTRY_KEY, END_KEY):
+    for key in (ENTRY_KEY, END_KEY, TREE_KEY):
         if text.startswith('{"' + key + '"'):
             try:
                 body = json.loads(text)[key]
@@ -142,21 +161,61 @@ def _parse(text: str) -> tuple[str, dict[str, Any]] | None:
 # ---------------------------------------------------------------------------------------------------- sending
 
 
+def _unreadable(path: str | os.PathLike[str], exc: OSError) -> OSError:
+    return type(exc)(exc.errno, f"send_dir cannot read {os.fspath(path)} ({exc.strerror or exc}); nothing was sent")
+
+
+def _left_out(exc: OSError) -> bool:
+    """Whether an entry that failed so is left out of a tree, not an error: removed meanwhile, a dangling symlink,
+    or a symlink loop (``ln -s loop loop``), as dangling as one that points nowhere."""
+    return isinstance(exc, FileNotFoundError) or exc.errno == errno.ELOOP
+
+
 def _walk(directory: Path) -> tuple[list[str], list[tuple[str, Path, int]]]:
-    """Directories and regular files under ``directory`` (sorted; symlinked directories not followed)."""
+    """Directories and regular files under ``directory`` (sorted; symlinked directories not followed).
+
+    A directory that cannot be listed, or an entry whose type cannot be told, fails the walk (``OSError``
+    naming it): a tree sent without part of it would still verify. Only a dangling symlink (or a symlink loop),
+    or an entry removed meanwhile (a subdirectory too), is left out, and so is a ``.iii-part-*`` entry (a partial
+    transfer left in the tree, with what is under it: every receiver refuses such names).
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     Path(tmp, "d").mkdir()
+        ...     _ = Path(tmp, "d", "f").write_text("x")
+        ...     _walk(Path(tmp))[0], [(name, size) for name, _, size in _walk(Path(tmp))[1]]
+        (['d'], [('d/f', 1)])
+    """
     dirs: list[str] = []
     files: list[tuple[str, Path, int]] = []
-    for root, dirnames, filenames in os.walk(directory):
+    top = os.fspath(directory)
+
+    def unlistable(exc: OSError) -> None:
+        path = exc.filename if exc.filename is not None else "?"
+        if _left_out(exc) and path != top:  # the tree's own root gone is no tree at all, not an empty one
+            gone = Path(path).relative_to(directory).as_posix()
+            if gone in dirs:  # listed in its parent, removed before it was scanned
+                dirs.remove(gone)
+            return
+        raise _unreadable(path, exc) from exc
+
+    for root, dirnames, filenames in os.walk(directory, onerror=unlistable):
         rel_root = Path(root).relative_to(directory)
-        dirnames[:] = sorted(d for d in dirnames if not os.path.islink(os.path.join(root, d)))
+        dirnames[:] = sorted(d for d in dirnames
+                             if not d.startswith(PART_PREFIX) and not os.path.islink(os.path.join(root, d)))
         for d in dirnames:
             dirs.append((rel_root / d).as_posix())
         for name in sorted(filenames):
+            if name.startswith(PART_PREFIX):
+                continue  # sent, it failed the whole receive: "refusing the sender's path"
             full = Path(root) / name
             try:
                 info = os.stat(full)
-            except OSError:
-                continue  # a dangling symlink or a file removed meanwhile
+            except OSError as exc:
+                if _left_out(exc):
+                    continue  # nothing to send
+                raise _unreadable(full, exc) from exc
             if stat.S_ISREG(info.st_mode):  # never FIFOs, sockets or devices: reading them could block forever
                 files.append(((rel_root / name).as_posix(), full, info.st_size))
     return dirs, files
@@ -168,18 +227,28 @@ async def _send(
 ) -> int:
     loop = asyncio.get_running_loop()
     total = sum(size for _, _, size in files)
+    records = Digest()
+    count = 0
+
+    async def record(text: str) -> None:
+        nonlocal count
+        records.update_text(text)
+        count += 1
+        await sink.send_text(text)
+
     async with ChannelSink(writer, trailer=True, progress=progress, total=total, label=label) as sink:
         for name in dirs:
-            await sink.send_text(_entry(name, "dir"))
+            await record(_entry(name, "dir"))
         for name, path, size in files:
-            await sink.send_text(_entry(name, "file", size))
+            await record(_entry(name, "file", size))
             digest = Digest()
             fh: BinaryIO = await loop.run_in_executor(None, open, path, "rb")
             with fh:
                 while chunk := await loop.run_in_executor(None, fh.read, chunk_size):
                     digest.update(chunk)
                     await sink.write(chunk)
-            await sink.send_text(json.dumps({END_KEY: {"bytes": digest.count, "sha256": digest.hexdigest()}}))
+            await record(json.dumps({END_KEY: {"bytes": digest.count, "sha256": digest.hexdigest()}}))
+        await sink.send_text(json.dumps({TREE_KEY: {"records": count, "sha256": records.hexdigest()}}))
     return sink.bytes_written
 
 
@@ -189,8 +258,9 @@ async def send_dir(
 ) -> int:
     """Send every regular file and directory under ``directory``; returns the file bytes sent.
 
-    Symlinks to files are followed, symlinked directories are not; FIFOs, sockets and devices are skipped.
-    Any failure aborts the channel.
+    Symlinks to files are followed, symlinked directories are not; FIFOs, sockets, devices and dangling
+    symlinks are skipped. A directory it cannot list or an entry it cannot look at fails the send before
+    anything is sent (``OSError`` naming the path). Any failure aborts the channel.
 
     Example:
         >>> import asyncio, tempfile
@@ -261,8 +331,13 @@ async def send_files(
 class _Receiver:
     """Writes the entries of one stream into a staging directory, one file at a time."""
 
-    def __init__(self, staging: Path, channel_id: str, max_entries: int | None) -> None:
+    def __init__(self, staging: Path, channel_id: str, max_entries: int | None, require_tree: bool = True) -> None:
         self.staging = staging
+        self.require_tree = require_tree
+        # The entry and end records as they came, and whether the sender's count and hash of them did.
+        self._records = Digest()
+        self._record_count = 0
+        self._tree_checked = False
         self.channel_id = channel_id
         self.max_entries = max_entries
         self.files: list[tuple[str, int, str]] = []
@@ -295,6 +370,13 @@ class _Receiver:
         if parsed is None:
             return  # other text messages are not ours to interpret
         kind, body = parsed
+        if self._tree_checked:
+            raise self._error(f"a {kind} record after the tree's own record")
+        if kind == TREE_KEY:
+            self._check_tree(body)
+            return
+        self._records.update_text(text)
+        self._record_count += 1
         if kind == ENTRY_KEY:
             if self._fh is not None:
                 raise self._error(f"a new entry began inside {self._name!r}")
@@ -304,11 +386,16 @@ class _Receiver:
                 raise self._error(f"entry {body.get('path')!r} has type {entry_type!r}; only 'file' and 'dir' are "
                                   "stored")
             name, target = self._claim(body.get("path"))
-            if entry_type == "dir":
-                await asyncio.to_thread(target.mkdir, parents=True, exist_ok=True)
-                self.dirs.append(name)
-                return
-            self._fh = await asyncio.to_thread(_create, target)
+            try:
+                if entry_type == "dir":
+                    await asyncio.to_thread(target.mkdir, parents=True, exist_ok=True)
+                    self.dirs.append(name)
+                    return
+                self._fh = await asyncio.to_thread(_create, target)
+            except OSError as exc:
+                # named as the sender named it: the staging directory's path means nothing to either side
+                raise type(exc)(exc.errno, f"channel {self.channel_id}: cannot create {entry_type} entry {name!r}: "
+                                f"{exc.strerror or exc}") from exc
             self._name, self._digest = name, Digest()
             return
         if self._fh is None:
@@ -317,8 +404,8 @@ class _Receiver:
         fh, self._fh = self._fh, None
         await asyncio.to_thread(fh.close)
         if body.get("bytes") != self._digest.count or body.get("sha256") != self._digest.hexdigest():
-            raise self._error(f"{self._name!r}: received {self._digest.count} bytes that do not match the "
-                              f"sender's {body.get('bytes')} bytes / SHA-256")
+            raise self._error(f"{self._name!r}: received {_bytes(self._digest.count)}, not matching the sender's "
+                              f"{_bytes(body.get('bytes'))} / SHA-256")
         assert self._name is not None
         self.files.append((self._name, self._digest.count, self._digest.hexdigest()))
 
@@ -336,14 +423,37 @@ class _Receiver:
             await asyncio.to_thread(self._fh.writelines, self._pending)
         self._pending, self._pending_size = [], 0
 
+    def _check_tree(self, body: dict[str, Any]) -> None:
+        if self._fh is not None:
+            raise self._error(f"the tree's record came inside {self._name!r}")
+        if body.get("records") != self._record_count or body.get("sha256") != self._records.hexdigest():
+            raise self._error(f"the entry records received ({self._record_count}) do not match the sender's "
+                              f"({body.get('records')!r}) / SHA-256: names, types or sizes were changed, or entries "
+                              "left out, on the way")
+        self._tree_checked = True
+
     def finish(self) -> None:
         if self._fh is not None:
             self._fh.close()
             raise self._error(f"the stream ended inside {self._name!r}")
+        if self.require_tree and not self._tree_checked:
+            raise self._error(f"the stream ended without the tree's record ({TREE_KEY}): its names, directories "
+                              "and empty files cannot be checked (a sender before this record, or the record was "
+                              "dropped on the way; require_tree=False accepts such a stream)")
 
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()
+
+
+def _bytes(count: object) -> str:
+    """``count`` bytes, in words.
+
+    Example:
+        >>> _bytes(1), _bytes(0), _bytes(None)
+        ('1 byte', '0 bytes', 'None bytes')
+    """
+    return f"{count} byte{'' if count == 1 else 's'}"
 
 
 def _create(target: Path) -> BinaryIO:
@@ -370,10 +480,14 @@ def _prepare(destination: Path) -> tuple[Path, int]:
 
 async def receive_dir(
     reader: ChannelReader, destination: str | os.PathLike[str], *, progress: Progress = None,
-    require_trailer: bool = True, max_entries: int | None = DEFAULT_MAX_ENTRIES,
+    require_trailer: bool = True, max_entries: int | None = DEFAULT_MAX_ENTRIES, require_tree: bool | None = None,
 ) -> TreeReceipt:
     """Store a ``send_dir`` / ``send_files`` stream as the directory ``destination`` (which must not exist, or
     be empty). Everything is verified before the directory appears; on failure nothing is left behind.
+    ``require_trailer`` (default) requires the stream's trailer, over the file bytes; ``require_tree`` its tree
+    record, over the entry records (names, types, sizes); ``None`` (default): as ``require_trailer``. Without
+    either the receive fails (:class:`IntegrityError`). ``require_trailer=True, require_tree=False`` accepts a
+    sender from before the tree record and still requires the trailer (a tree record that comes is checked).
 
     A stream of more than ``max_entries`` files and directories raises :class:`LimitExceededError` (``None``: no
     limit); only entries of type ``file`` and ``dir`` are accepted.
@@ -404,7 +518,8 @@ async def receive_dir(
         await asyncio.shield(_release_writer(reader))
         raise
     source = ChannelSource(reader, require_trailer=require_trailer, progress=progress, label=final.name)
-    receiver = _Receiver(staging, reader.ref.channel_id, max_entries)
+    receiver = _Receiver(staging, reader.ref.channel_id, max_entries,
+                         require_tree=require_trailer if require_tree is None else require_tree)
     try:
         async for item in source.items():
             if isinstance(item, str):

@@ -63,6 +63,7 @@ from .modules.base import (
     EngineModule,
     EngineStartError,
     ExternalFunctions,
+    FiredSlots,
     InvocationContext,
     InvocationObserver,
     ModuleStartError,
@@ -172,7 +173,7 @@ class _ModuleServices:
         """Start a call; await ``started.future`` for its outcome."""
         return self._engine.start_invocation(function_id, data)
 
-    def fire(self, function_id: str, data: Any, *, taken: bool = False) -> bool:
+    def fire(self, function_id: str, data: Any, *, taken: FiredSlots | None = None) -> bool:
         """Call a function without waiting, counted against ``max_fired_calls``."""
         return self._engine.fire(function_id, data, taken=taken)
 
@@ -275,9 +276,10 @@ class Engine:
         self.modules: dict[str, EngineModule] = {}
         self.unavailable_modules: dict[str, str] = {}
         #: the bound on trigger-fired calls in flight (``max_fired_calls``) and its counters
-        self.fired_calls = FiredCalls(self.config.max_fired_calls, self.config.fire_wait_timeout_ms)
+        self.fired_calls = FiredCalls(self.config.max_fired_calls, self.config.fire_wait_timeout_ms,
+                                      self.config.max_fired_bytes, self.config.max_call_bytes_per_worker)
         #: the bound on the calls one worker has in flight (``max_calls_per_worker``) and its counters
-        self.worker_calls = WorkerCalls(self.config.max_calls_per_worker)
+        self.worker_calls = WorkerCalls(self.config.max_calls_per_worker, self.config.max_call_bytes_per_worker)
         self.invocations = Invocations(self.registry, self.workers, timeout_ms=self.config.invocation_timeout_ms,
                                        fired=self.fired_calls, worker_calls=self.worker_calls)
         self.limits = CountLimits(self.config)
@@ -381,6 +383,7 @@ class Engine:
         self.modules.clear()  # the previous run's modules are all stopped: none is handed out any more
         self.unavailable_modules.clear()
         self._started = True
+        self.invocations.engine_stopping = False
         self._stopping = asyncio.Event()
         self._stop_asked = False
         self._start_ended = start_ended = asyncio.Event()
@@ -668,6 +671,8 @@ class Engine:
         await closes.wait()
         # a channel's loop waiting on its other end (a full queue, no reader) would hold the listener's close
         self.channels.stopping()
+        # before the connections close: the calls they end are cut by the stop, not by a worker leaving
+        self.invocations.stopping()
         await self._close_listener()
         # a call's task that swallows its cancel (its library's doing) held the stop, and the stop's own cancel,
         # for good: the calls in flight get CLOSE_TIMEOUT_S after their cancel, then are let go
@@ -883,7 +888,7 @@ class Engine:
         """Start a call; await ``started.future`` for its outcome (no task for a worker's function)."""
         return await self.invocations.start(function_id, data)
 
-    def fire(self, function_id: str, data: Any, *, taken: bool = False) -> bool:
+    def fire(self, function_id: str, data: Any, *, taken: FiredSlots | None = None) -> bool:
         """Call a function without waiting, counted against ``max_fired_calls`` (see
         :meth:`~iii_engine.modules.base.EngineServices.fire`)."""
         return self.invocations.fire(function_id, data, taken=taken)
@@ -1028,7 +1033,7 @@ class Engine:
                     event = session.receive(raw) if not session.parse_off_loop(raw) else \
                         session.accept(await self._parse_big_frame(raw))
                     if event is not None:
-                        await self._on_event(worker, event)
+                        await self._on_event(worker, event, len(payload))
                 except Exception:  # a bug in handling one frame must not take the connection down
                     log.exception("worker %s: failed to handle a frame", worker.id)
         except ConnectionClosed as exc:
@@ -1059,10 +1064,11 @@ class Engine:
         self.memory.note()
         return event
 
-    async def _on_event(self, worker: WorkerConnection, event: Event) -> None:
-        """Run what one event of ``worker``'s session asks for (the session already decided what it means)."""
+    async def _on_event(self, worker: WorkerConnection, event: Event, size: int = 0) -> None:
+        """Run what one event of ``worker``'s session asks for (the session already decided what it means);
+        ``size``: its frame's, which a call holds of ``max_call_bytes_per_worker``."""
         if type(event) is Invoke:  # the call path first; a built-in call starts without a coroutine of its own
-            routed = self.invocations.start_invoke(worker, event.message)
+            routed = self.invocations.start_invoke(worker, event.message, size)
             if routed is not None:
                 await routed
         elif isinstance(event, Result):
@@ -1167,9 +1173,22 @@ class Engine:
         if entry is None:
             log.info("worker %s unregistered unknown function %s", worker.id, function_id)
             return
-        if entry.owner != worker.id:
-            log.warning("worker %s unregistered function %s owned by %s (honoured for compatibility)",
-                        worker.id, function_id, entry.owner or "the engine")
+        mine = entry if entry.owner == worker.id else next(
+            iter(self.registry.shadowed_entries(owner=worker.id, function_id=function_id)), None)
+        if mine is not None:
+            # The worker takes back its own registration, as its disconnect would (E5): the one it overwrote comes
+            # back (another replica's, or an engine built-in a test overrode), and one overwritten by another
+            # worker's goes alone. Dropping every registration of the id left a replica still serving it
+            # unreachable, and a built-in gone until the engine's restart.
+            self._drop_endpoint(mine)
+            restored = self.registry.drop_owned_function(function_id, worker.id)
+            if restored is not None:
+                self._adopt(restored)
+            self._disown(mine)
+            self._functions_maybe_changed()
+            return
+        log.warning("worker %s unregistered function %s owned by %s (honoured for compatibility)",
+                    worker.id, function_id, entry.owner or "the engine")
         for gone in (entry, *self.registry.shadowed_entries(function_id=function_id)):  # all go, kept ones too
             self._drop_endpoint(gone)
         self.registry.remove_function(function_id)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import traceback
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
@@ -34,15 +35,23 @@ from iii.protocol.ids import InvocationIds, new_invocation_id
 from iii.protocol.worker_session import REPLY_REASON_CLIP, clip_text
 from iii.wire import loads
 
-from .limits import SKIP_LOG_INTERVAL_S, TOO_MANY_CALLS, FiredCalls, HeldTasks, WorkerCalls
-from .modules.base import EncodedResult, EngineError, InvocationContext, InvocationObserver, NamedQueues
+from .limits import (
+    CALL_CHARGE,
+    SKIP_LOG_INTERVAL_S,
+    TOO_MANY_CALLS,
+    CallCharge,
+    FiredCalls,
+    HeldTasks,
+    WorkerCalls,
+)
+from .modules.base import EncodedResult, EngineError, FiredSlots, InvocationContext, InvocationObserver, NamedQueues
 from .registry import FunctionEntry, Registry
 from .workers import WorkerConnection, frame_bytes
 
 log = logging.getLogger(__name__)
 
 CALLER_KEY = "_caller_worker_id"
-__all__ = ["CALLER_KEY", "STOPPED", "InvocationIds", "Invocations", "Pending", "Started", "error_body", "error_of",
+__all__ = ["CALLER_KEY", "InvocationIds", "Invocations", "Pending", "Started", "error_body", "error_of",
            "is_uuid", "new_invocation_id", "not_found"]
 
 
@@ -64,7 +73,25 @@ def _cancelled_itself() -> bool:
     return task is None or task.cancelling() > 0
 
 
-STOPPED = error_body("invocation_stopped", "Invocation stopped")
+HELD_BY_REFRESH_S = 1.0
+"""How long the functions holding a worker's calls, as its ``too_many_calls`` refusals name them, are reused."""
+
+CALLEE_LEFT = "its callee's worker disconnected before answering"
+CALLER_LEFT = "its caller disconnected"
+ENGINE_STOPPING = "the engine is stopping"
+
+
+def stopped(function_id: str, why: str) -> dict[str, str]:
+    """The ``invocation_stopped`` body of a call of ``function_id`` ended unanswered, saying ``why``.
+
+    Why say it: a bare "Invocation stopped" named neither the function nor the cause; a caller with several calls
+    out could not tell which callee had died. The code stays as the wire has it.
+
+    Example:
+        >>> stopped("orders::place", ENGINE_STOPPING)
+        {'code': 'invocation_stopped', 'message': 'Invocation of orders::place stopped: the engine is stopping'}
+    """
+    return error_body("invocation_stopped", f"Invocation of {function_id} stopped: {why}")
 
 
 def error_of(error: Any) -> EngineError:
@@ -152,6 +179,9 @@ class Invocations:
         #: the bound on the calls one worker has in flight (:meth:`start_invoke`)
         self.worker_calls = worker_calls if worker_calls is not None else WorkerCalls()
         self._max_calls = self.worker_calls.limit
+        # max_call_bytes_per_worker, checked here before a worker's call, and by FiredCalls (given it as well) for
+        # each fan-out the call sets off
+        self._max_call_bytes = self.worker_calls.byte_limit
         self.workers = workers
         # Set by the queue module (EngineServices.serve_named_queues); None: enqueue actions fail.
         self.named_queues: NamedQueues | None = None
@@ -159,6 +189,9 @@ class Invocations:
         self.pending: dict[str, Pending] = {}
         # Set by the observability module; None keeps the call path free of any telemetry work.
         self.observer: InvocationObserver | None = None
+        #: set by :meth:`stopping` (the engine's stop closing the workers' connections) until the next start: a call a
+        #: disconnect ends says the engine is stopping, the cause, not that its callee's worker or its caller left
+        self.engine_stopping = False
         #: results that ended no call (:meth:`_stray_result`)
         self.stray_results = 0
         self._stray_log = LossLog(self._log_stray, SKIP_LOG_INTERVAL_S)
@@ -171,33 +204,39 @@ class Invocations:
 
     # -- worker-initiated calls ------------------------------------------------------------------------------
 
-    async def handle_invoke(self, caller: WorkerConnection, msg: dict[str, Any]) -> None:
+    async def handle_invoke(self, caller: WorkerConnection, msg: dict[str, Any], size: int = 0) -> None:
         """A worker's ``invokefunction`` (already validated): :meth:`start_invoke`, awaiting what it returns."""
-        routed = self.start_invoke(caller, msg)
+        routed = self.start_invoke(caller, msg, size)
         if routed is not None:
             await routed
 
-    def start_invoke(self, caller: WorkerConnection, msg: dict[str, Any]) -> Coroutine[Any, Any, None] | None:
+    def start_invoke(self, caller: WorkerConnection, msg: dict[str, Any],
+                     size: int = 0) -> Coroutine[Any, Any, None] | None:
         """Start a worker's ``invokefunction`` (already validated); returns the coroutine the connection's reader
         must await before its next frame (a routed call waiting for room in the callee's queue: production's
         back-pressure, and frame order), or ``None`` when nothing is left to wait for (a built-in call runs in a
         task of its own, an answer is queued). Why not a coroutine itself: the reader makes none per built-in call.
-        A caller with ``max_calls_per_worker`` calls in flight is refused before anything else is looked at
-        (:class:`~iii_engine.limits.WorkerCalls`); a call it starts holds one of them until it is over.
+        A caller with ``max_calls_per_worker`` calls of the kind in flight (of worker functions; or built-in calls
+        and enqueue actions), or holding ``max_call_bytes_per_worker`` bytes, is refused before its call is run or
+        routed (:class:`~iii_engine.limits.WorkerCalls`); a call it starts holds one of them until it is over, and a
+        built-in call or enqueue action also its frame's ``size`` bytes (a routed call's frame goes to its callee's
+        byte-bounded queue, its caller's socket unread while it waits). The fan-outs a built-in call sets off are
+        checked against the share again when they are taken (:class:`~iii_engine.limits.FiredCalls`).
         """
         function_id: str = msg["function_id"]
         data = msg["data"]
         invocation_id: str | None = msg.get("invocation_id")
         action = msg.get("action")
-        if caller.calls >= self._max_calls:
-            self._too_many_calls(caller, function_id, invocation_id, action)
-            return None
+        over_bytes = caller.call_bytes >= self._max_call_bytes
         if action is not None:
             if action["type"] == "enqueue":
-                caller.calls += 1
+                if over_bytes or caller.builtin_calls >= self._max_calls:
+                    self._too_many_calls(caller, function_id, invocation_id, builtin=True)
+                    return None
+                charge = self._charge(caller, size)
                 task = asyncio.get_running_loop().create_task(
-                    self._enqueue(caller, invocation_id, function_id, data, action["queue"]))
-                self._tasks[task] = caller
+                    self._enqueue(charge, invocation_id, function_id, data, action["queue"]))
+                self._tasks[task] = charge
                 return None
             invocation_id = None  # void: never answered
         if type(data) is dict:
@@ -211,6 +250,9 @@ class Invocations:
             return None
         traceparent, baggage = msg.get("traceparent"), msg.get("baggage")
         if entry.builtin is not None:
+            if over_bytes or caller.builtin_calls >= self._max_calls:
+                self._too_many_calls(caller, function_id, invocation_id, builtin=True)
+                return None
             if invocation_id is not None:
                 if invocation_id in caller.in_flight:
                     self._id_in_use(caller, function_id, invocation_id)
@@ -219,14 +261,17 @@ class Invocations:
             ctx = InvocationContext(caller.id, invocation_id, traceparent, baggage)
             # One task per call (a slow built-in must not hold up the worker's next frames). The task leaves
             # ``_tasks`` itself when it ends (see _run_builtin_for): no done callback to schedule per call.
-            caller.calls += 1
-            self._tasks[asyncio.get_running_loop().create_task(self._run_builtin_for(caller, entry, data, ctx))] = \
-                caller
+            charge = self._charge(caller, size)
+            self._tasks[asyncio.get_running_loop().create_task(self._run_builtin_for(charge, entry, data, ctx))] = \
+                charge
             return None
         callee = self.workers.get(entry.owner or "")
         if callee is None:
             if invocation_id is not None:
                 caller.post(caller.session.result(invocation_id, function_id, None, not_found(function_id)))
+            return None
+        if over_bytes or caller.calls - caller.builtin_calls >= self._max_calls:
+            self._too_many_calls(caller, function_id, invocation_id, builtin=False)
             return None
         routed_id = invocation_id or new_invocation_id()
         if routed_id in self.pending or routed_id in caller.in_flight:
@@ -243,6 +288,15 @@ class Invocations:
         return self._route(pending, data, traceparent, baggage)
 
     @staticmethod
+    def _charge(caller: WorkerConnection, size: int) -> CallCharge:
+        """Count a call ``caller`` starts in a task of its own (a built-in call or an enqueue action), with its
+        frame's ``size`` bytes."""
+        caller.calls += 1
+        caller.builtin_calls += 1
+        caller.call_bytes += size
+        return CallCharge(caller, size)
+
+    @staticmethod
     def _id_in_use(caller: WorkerConnection, function_id: str, invocation_id: str) -> None:
         """Refuse an answered call whose id belongs to a call not over: one pending (any worker's), or one
         ``caller`` takes part in (:attr:`WorkerConnection.in_flight`, which its disconnect stops).
@@ -256,15 +310,45 @@ class Invocations:
         caller.post(caller.session.result(invocation_id, function_id, None, error_body(
             "invocation_id_in_use", f"Invocation id {invocation_id} belongs to a call still pending")))
 
-    def _too_many_calls(self, caller: WorkerConnection, function_id: str, invocation_id: str | None,
-                        action: Any) -> None:
-        """Refuse a call of ``caller``, which has ``max_calls_per_worker`` in flight: an answered one (an enqueue
-        action's too) gets ``too_many_calls`` at once, a void one is dropped; both counted and logged."""
-        answered = invocation_id is not None and (action is None or action["type"] == "enqueue")
-        message = self.worker_calls.refuse(caller, function_id, answered)
-        if answered:
-            assert invocation_id is not None
+    def _too_many_calls(self, caller: WorkerConnection, function_id: str, invocation_id: str | None, *,
+                        builtin: bool) -> None:
+        """Refuse a call of ``caller``, which has ``max_calls_per_worker`` of its kind in flight (``builtin``: a
+        built-in call or enqueue action) or holds its bytes: one with an ``invocation_id`` (void ones have none
+        by now) gets ``too_many_calls`` at once, a void one is dropped; both counted and logged."""
+        held = "" if builtin else self._held_by(caller)
+        message = self.worker_calls.refuse(caller, function_id, invocation_id is not None, builtin=builtin,
+                                           held=held)
+        if invocation_id is not None:
             caller.post(caller.session.result(invocation_id, function_id, None, error_body(TOO_MANY_CALLS, message)))
+
+    def _held_by(self, caller: WorkerConnection) -> str:
+        """What holds ``caller``'s calls of worker functions, for their refusal: the function with the most of them
+        and how they end. Worked out at most once per :data:`HELD_BY_REFRESH_S` per worker: it reads every call
+        the worker takes part in, and a flood refused at the bound must not pay that per frame."""
+        now = time.monotonic()
+        known = caller.held_by
+        if known is not None and now - known[0] < HELD_BY_REFRESH_S:
+            return known[1]
+        counts: dict[str, int] = {}
+        pending = self.pending
+        for invocation_id in caller.in_flight:
+            call = pending.get(invocation_id)
+            if call is not None and call.holder is caller:
+                counts[call.function_id] = counts.get(call.function_id, 0) + 1
+        held = ""
+        if counts:
+            top, n = max(counts.items(), key=lambda item: item[1])
+            others = len(counts) - 1
+            held = f", {n} of them to {clip_text(top)}"
+            if others:
+                held += f" (the rest to {others} other function{'s' if others > 1 else ''})"
+            # the surprise: a caller's own timeout or cancellation does not end a call (the wire has no cancel)
+            held += (f": a call counts until its callee answers it, a side disconnects or invocation_timeout_ms "
+                     f"{self.timeout_ms} runs out, not when its caller stops waiting" if self.timeout_ms else
+                     ": a call counts until its callee answers it or a side disconnects, not when its caller stops "
+                     "waiting (set invocation_timeout_ms to end calls a callee never answers)")
+        caller.held_by = (now, held)
+        return held
 
     async def _route(self, pending: Pending, data: Any, traceparent: str | None, baggage: str | None) -> None:
         callee = pending.callee
@@ -326,7 +410,7 @@ class Invocations:
         log.info("worker %s left while its call %s of %s waited for room; the call is stopped, never sent",
                  pending.holder.id if pending.holder is not None else "?", pending.invocation_id, pending.function_id)
         pending.caller = None  # nobody left to answer
-        self._finish(pending.invocation_id, None, STOPPED)
+        self._finish(pending.invocation_id, None, stopped(pending.function_id, CALLER_LEFT))
 
     def handle_result(self, sender: WorkerConnection, msg: dict[str, Any], verbatim: str | None = None) -> None:
         """A worker's ``invocationresult`` (already validated); ``verbatim``: the frame to forward as is."""
@@ -417,15 +501,22 @@ class Invocations:
             pending = self.pending.get(invocation_id)
             if pending is None:
                 continue  # a built-in call it made: its task drops the result
-            if pending.caller is worker:
+            why = CALLEE_LEFT
+            if pending.caller is worker or pending.holder is worker:
                 pending.caller = None  # nobody left to answer: the callee's late result finds no caller
-            self._finish(invocation_id, None, STOPPED)
+                why = CALLER_LEFT  # (told to the observer only)
+            if self.engine_stopping:  # the stop closed this worker's connection: the worker did not leave
+                why = ENGINE_STOPPING
+            self._finish(invocation_id, None, stopped(pending.function_id, why))
         worker.in_flight.clear()
 
     # -- built-ins and enqueue -------------------------------------------------------------------------------
 
-    async def _run_builtin_for(self, caller: WorkerConnection, entry: FunctionEntry, data: Any,
+    async def _run_builtin_for(self, charge: CallCharge, entry: FunctionEntry, data: Any,
                                ctx: InvocationContext) -> None:
+        # The fired calls this call sets off (a publish's deliveries) hold its bytes too (FiredCalls reads them here)
+        CALL_CHARGE.set(charge)
+        caller = charge.worker
         try:
             # Without an observer there is nothing for run_builtin to time: one coroutine fewer per built-in call.
             run = self.run_builtin if self.observer is not None else self._run_builtin
@@ -449,7 +540,7 @@ class Invocations:
         finally:
             # The task leaves ``_tasks`` itself; one cancelled before it ever ran skips this, and HeldTasks.close()
             # gives back what it holds.
-            caller.calls -= 1
+            charge.give_back()
             del self._tasks[asyncio.current_task()]  # type: ignore[arg-type]
 
     async def run_builtin(self, entry: FunctionEntry, data: Any, ctx: InvocationContext) -> tuple[Any, Any]:
@@ -491,8 +582,9 @@ class Invocations:
         body["stacktrace"] = "".join(traceback.format_exception(exc))
         return body
 
-    async def _enqueue(self, caller: WorkerConnection, invocation_id: str | None, function_id: str, data: Any,
+    async def _enqueue(self, charge: CallCharge, invocation_id: str | None, function_id: str, data: Any,
                        queue: str) -> None:
+        caller = charge.worker
         try:
             result: Any = None
             error: Any = None
@@ -516,7 +608,7 @@ class Invocations:
             if invocation_id is not None:
                 caller.post(caller.session.result(invocation_id, function_id, result, error))
         finally:
-            caller.calls -= 1  # as in _run_builtin_for
+            charge.give_back()  # as in _run_builtin_for
             del self._tasks[asyncio.current_task()]  # type: ignore[arg-type]
 
     # -- engine-internal calls -------------------------------------------------------------------------------
@@ -527,6 +619,8 @@ class Invocations:
         entry = self._entry(function_id)
         if entry.builtin is not None:
             ctx = InvocationContext(None, None, traceparent, baggage)
+            # Inline, in the caller's task: what the caller holds of max_fired_calls is in the holds its takes
+            # returned, so the built-in's own takes (a chained publish) leave it as it is.
             if timeout_s is None:  # no deadline: no Timeout object (a timer-less context manager) per call
                 result, error = await self._run_builtin_plain(entry, data, ctx)
             else:
@@ -599,17 +693,21 @@ class Invocations:
             raise
         return pending
 
-    def fire(self, function_id: str, data: Any, *, taken: bool = False) -> bool:
+    def fire(self, function_id: str, data: Any, *, taken: FiredSlots | None = None) -> bool:
         """Call without waiting (trigger-fired); the outcome is logged and dropped.
 
-        The call holds a slot of :attr:`fired` until its outcome is in. ``taken``: the caller took the slot;
-        otherwise one is taken if free, else the call is skipped, counted and logged, and ``False`` returned.
+        The call holds a slot of :attr:`fired` until its outcome is in, then gives it back. ``taken``: the slot the
+        caller took for it (one slot, with its bytes), now the call's; otherwise one is taken if free, else the
+        call is skipped, counted and logged, and ``False`` returned.
         """
-        if not taken and not self.fired.try_take():
-            self.fired.skip(f"call of {function_id}")
-            return False
+        if taken is None:
+            taken = self.fired.try_take()
+            if taken is None:
+                self.fired.skip(f"call of {function_id}")
+                return False
         # The task leaves ``_tasks`` itself when it ends (see _fire): no done callback to schedule per call.
-        self._tasks[asyncio.get_running_loop().create_task(self._fire(function_id, data))] = self.fired
+        # It is mapped to its slot, so a stop gives back the slot and bytes of one that never ran too.
+        self._tasks[asyncio.get_running_loop().create_task(self._fire(function_id, data))] = taken
         return True
 
     async def _fire(self, function_id: str, data: Any) -> None:
@@ -619,14 +717,32 @@ class Invocations:
             log.info("trigger-fired call of %s failed: %s: %s", function_id, exc.code, exc.message)
         finally:
             # One cancelled before it ever ran skips this: HeldTasks.close() gives its slot back (the count
-            # outlives a stop: an engine started again keeps its FiredCalls).
-            self.fired.release()
-            del self._tasks[asyncio.current_task()]  # type: ignore[arg-type]
+            # outlives a stop: an engine started again keeps its FiredCalls). The slot fire() was handed goes
+            # back, with exactly the bytes its take charged.
+            self._tasks.leave(asyncio.current_task())  # type: ignore[arg-type]
+
+    def stopping(self) -> None:
+        """The engine's stop is about to close the workers' connections: until :attr:`engine_stopping` is cleared by
+        the next start, a call a disconnect ends fails with ``invocation_stopped`` saying the engine is stopping.
+
+        Why: the stop closes the connections before it ends the calls, and a call pending in a closed callee (a
+        module's call, a fired call, a worker's call) was told "its callee's worker disconnected before answering",
+        blaming a worker the stop had cut off. The calls still end when the connections do, not before: a worker
+        answering as the stop begins still has its answer delivered.
+
+        Example:
+            >>> from iii_engine.registry import Registry
+            >>> calls = Invocations(Registry(), {})
+            >>> calls.stopping()
+            >>> calls.engine_stopping
+            True
+        """
+        self.engine_stopping = True
 
     async def close(self) -> None:
         """Engine shutdown: stop pending calls and built-in tasks."""
-        for invocation_id in list(self.pending):
-            self._finish(invocation_id, None, STOPPED)
+        for invocation_id, pending in list(self.pending.items()):
+            self._finish(invocation_id, None, stopped(pending.function_id, ENGINE_STOPPING))
         self._stray_log.close()
         self._enqueue_log.close()
         await self._tasks.close()

@@ -15,10 +15,15 @@ Why: a control frame is bounded in bytes (``max_message_size``) and a worker's u
   count. A new explicit service past it is refused the same way.
 - ``max_fired_calls``: trigger-fired calls in flight engine-wide (pub/sub deliveries, stream and state triggers,
   cron ticks, log and alert triggers, worker and function events), each counted from dispatch until its
-  handler's outcome is back; see :class:`FiredCalls`.
-- ``max_calls_per_worker``: calls one worker has started through the engine and that are not over (its calls of
-  worker functions, answered or void, its built-in calls and its enqueue actions); past it a call is refused at
-  once (``too_many_calls``, or counted and logged when no reply was asked for); see :class:`WorkerCalls`.
+  handler's outcome is back; see :class:`FiredCalls`. ``max_fired_bytes`` bounds the payload bytes they hold the
+  same way (a fired call set off by a worker's call holds that call's frame size, :class:`CallCharge`).
+- ``max_calls_per_worker``: calls one worker has started through the engine and that are not over, bounded for
+  each kind apart: its calls of worker functions (answered or void), and its built-in calls and enqueue actions;
+  past it a call is refused at once (``too_many_calls``, or counted and logged when no reply was asked for); see
+  :class:`WorkerCalls`.
+  ``max_call_bytes_per_worker`` bounds, the same way, the bytes one worker makes the engine hold: the frames of
+  its built-in calls and enqueue actions while they run, and the trigger-fired calls they set off (a fan-out that
+  would take it past its share fails with ``fire_limit``, none of it made).
 
 Example:
     >>> from iii_engine.config import EngineConfig
@@ -35,13 +40,21 @@ import inspect
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Coroutine, Iterable, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.loss_log import LossLog
 
-from .config import DEFAULT_FIRE_WAIT_TIMEOUT_MS, DEFAULT_MAX_CALLS_PER_WORKER, DEFAULT_MAX_FIRED_CALLS, EngineConfig
-from .modules.base import EngineError, FiredCallLimit
+from .config import (
+    DEFAULT_FIRE_WAIT_TIMEOUT_MS,
+    DEFAULT_MAX_CALL_BYTES_PER_WORKER,
+    DEFAULT_MAX_CALLS_PER_WORKER,
+    DEFAULT_MAX_FIRED_BYTES,
+    DEFAULT_MAX_FIRED_CALLS,
+    EngineConfig,
+)
+from .modules.base import EngineError, FiredSlots
 from .registry import Registry
 from .workers import WorkerConnection
 
@@ -61,6 +74,10 @@ SKIP_LOG_INTERVAL_S = 10.0
 
 DEGRADED_WINDOW_S = 60.0
 """``engine::health::check`` reports a bound degraded while it skipped or refused a call this recently."""
+
+_PLAIN_CACHED = 64
+"""Holds of no bytes of up to this many slots are kept and shared (:meth:`FiredCalls.plain`); larger fan-outs are
+rare enough to allocate theirs."""
 
 
 class CountLimits:
@@ -121,6 +138,116 @@ class CountLimits:
         return False
 
 
+class CallCharge:
+    """What one call a worker started holds of that worker's ``max_calls_per_worker`` and
+    ``max_call_bytes_per_worker``: one call, and ``size`` bytes (its frame's), until it is over.
+
+    Why bytes: a worker's frames are bounded in size, its calls in count, but a built-in call's payload stays in
+    the engine while it runs, and every trigger-fired call it sets off (a ``publish``'s deliveries, a state or
+    stream write's triggers) holds that payload again until its handler's outcome is in. 10,000 fired calls of
+    4 MiB frames is 40 GB: void publishes of 200 KB into a slow subscriber grew the engine by 750 MiB in 15 s.
+
+    A built-in call's task runs with its charge in :data:`CALL_CHARGE`; :class:`FiredCalls` reads it there at the
+    take, so a fired call set off from that task (or a task it spawned) holds ``size`` bytes of ``max_fired_bytes``
+    and of its worker's share until its :class:`FiredHold` is released, after the call itself is over. Only while
+    the call runs: a task it started that outlives it (a queue topic's consumer, made by the first ``enqueue`` on
+    the topic) inherits the charge, and before, every fan-out that task set off later charged that first caller,
+    with its frame's size.
+    Once :meth:`give_back` ran, :attr:`over` is set and the charge takes no more.
+
+    Example:
+        >>> worker = WorkerConnection.__new__(WorkerConnection)
+        >>> worker.calls, worker.builtin_calls, worker.call_bytes = 1, 1, 200_000
+        >>> charge = CallCharge(worker, 200_000)
+        >>> charge.give_back(); worker.calls, worker.builtin_calls, worker.call_bytes, charge.over
+        (0, 0, 0, True)
+    """
+
+    __slots__ = ("over", "size", "worker")
+
+    def __init__(self, worker: WorkerConnection, size: int) -> None:
+        self.worker = worker
+        self.size = size
+        #: the call is over (:meth:`give_back` ran): fired calls taken from here on hold none of its bytes
+        self.over = False
+
+    def give_back(self) -> None:
+        """The call is over: its count and its frame's bytes go back to its worker."""
+        self.over = True
+        worker = self.worker
+        worker.calls -= 1
+        worker.builtin_calls -= 1  # only built-in calls and enqueue actions hold a charge
+        worker.call_bytes -= self.size
+
+
+CALL_CHARGE: ContextVar[CallCharge | None] = ContextVar("iii_engine_call_charge", default=None)
+"""The worker's call the running task serves (``None``: the engine's own work: cron ticks, log records, worker
+events, messages from Redis); see :class:`CallCharge`."""
+
+def _live_charge() -> CallCharge | None:
+    """The charge a fired call taken now holds: the running call's, unless that call is over (:attr:`CallCharge.over`:
+    a task it started outlived it)."""
+    charge = CALL_CHARGE.get()
+    return None if charge is None or charge.over else charge
+
+
+class FiredHold:
+    """``n`` slots of a :class:`FiredCalls` taken for ``charge`` (``None``: no bytes), as a take returned them:
+    whoever holds them gives back exactly these, from any task or context (a fired call's own task, a stop's
+    :meth:`HeldTasks.close` of a task that never ran).
+
+    Why not a record in the context: code run inline in the task holding the slots (a built-in called from a fired
+    call, which takes fired calls of its own) overwrote it, and the release gave back what that later take charged:
+    each chained publish kept its frame's bytes on its worker's share and on ``max_fired_bytes`` for good.
+
+    A hold never changes: one that holds no bytes is shared (:meth:`FiredCalls.try_take` hands out the same one for
+    the same ``n``, up to ``_PLAIN_CACHED`` = 64 slots; a bigger one is new each time), and the holder counts what it
+    gave back of it.
+
+    Example:
+        >>> fired = FiredCalls(4)
+        >>> hold = fired.try_take(3)
+        >>> hold.n, fired.in_flight
+        (3, 3)
+        >>> hold.release(1); hold.one().release(); fired.in_flight
+        1
+        >>> hold.release(1); fired.in_flight
+        0
+    """
+
+    __slots__ = ("_one", "charge", "fired", "n")
+
+    def __init__(self, fired: FiredCalls, n: int, charge: CallCharge | None) -> None:
+        self.fired = fired
+        self.n = n
+        self.charge = charge
+        self._one: FiredHold | None = None
+
+    def release(self, n: int | None = None) -> None:
+        """Give back ``n`` of these slots (all of them by default) and the bytes they hold; waiters that now fit
+        get theirs, in order.
+
+        Raises:
+            ValueError: ``n`` is not between 1 and the slots held.
+        """
+        if n is None:
+            n = self.n
+        elif not 0 < n <= self.n:
+            raise ValueError(f"release of {n} fired-call slots from a hold of {self.n}")
+        self.fired.give(n, self.charge)
+
+    def one(self) -> FiredHold:
+        """A hold of one of these slots, with its bytes: for the call a fan-out hands it to (``fire(...,
+        taken=hold.one())``); the slot is that call's to give back then, not this hold's. The same object each
+        time (holds never change): no allocation per fired call."""
+        if self.n == 1:
+            return self
+        one = self._one
+        if one is None:
+            one = self._one = self.fired.hold_of(1, self.charge)
+        return one
+
+
 class _WaitExpired(Exception):
     """A producer's wait for room ran out (set on its future by :meth:`FiredCalls._expire`)."""
 
@@ -139,34 +266,69 @@ class FiredCalls:
     to wait (cron ticks, log records, worker events) :meth:`try_take` and, when that fails, :meth:`skip`: counted
     in :attr:`skipped`. Skipped and refused calls are logged: the first time, then at most every
     ``SKIP_LOG_INTERVAL_S`` with their counts.
-    Waiting producers are bounded too: at most ``max_fired_calls`` of them wait at once, a further one fails at
-    once. Waiters go first: :meth:`try_take` fails while any producer waits.
+    Waiting producers are bounded too: at most ``max_fired_calls`` of them, asking for at most ``max_fired_bytes``,
+    wait at once; a further one fails at once. Waiters go first: :meth:`try_take` fails while any producer waits.
+
+    Bytes (``max_fired_bytes``) are bounded the same way: a fired call set off by a worker's call holds that call's
+    frame size (:data:`CALL_CHARGE`, while that call runs; the engine's own producers hold none), here and on that
+    worker's ``max_call_bytes_per_worker`` share, from the take to the release of what it returned. A take returns
+    what it took (a :class:`FiredHold`: the slots and the charge), and whoever holds it gives back exactly that
+    (:meth:`FiredHold.release`, in parts as the calls end, or a part of one slot handed on: :meth:`FiredHold.one`),
+    whatever :data:`CALL_CHARGE` says by then and whatever else the holding task took meanwhile. A fan-out bigger
+    than the whole budget gets in alone, once no other fired call holds bytes, rather than never.
+
+    The worker's share bounds its fan-outs too: what it holds (its calls' frames, their fired calls, the bytes
+    its waiting producers ask for) plus the whole new fan-out must fit ``max_call_bytes_per_worker``, or the
+    fan-out is refused at once (:meth:`take`: ``fire_limit`` naming the setting and the bytes; :meth:`try_take`:
+    ``None``), none of it delivered. Why: checked only before the call, one publish of a 3 MB frame to 3
+    subscribers held 9 MB under a 1 MiB share and a 1 MiB ``max_fired_bytes``, and every other worker's publish
+    waited, then failed. Why at once rather than wait: the share is the worker's own, refused as at
+    :class:`WorkerCalls` (a wait would stand in the queue in front of other workers' producers), and a fan-out
+    bigger than the share with nothing else held never fits. A waiting producer's bytes count on its share
+    while it waits (given back when it leaves unserved), so one worker's waiters ask for at most its share.
 
     Example:
         >>> fired = FiredCalls(2, 1000)
-        >>> fired.try_take(2), fired.try_take(), fired.in_flight
-        (True, False, 2)
-        >>> fired.release(2); fired.in_flight
+        >>> hold = fired.try_take(2)
+        >>> hold.n, fired.try_take(), fired.in_flight
+        (2, None, 2)
+        >>> hold.release(); fired.in_flight
         0
     """
 
     def __init__(self, max_fired_calls: int = DEFAULT_MAX_FIRED_CALLS,
-                 wait_timeout_ms: int = DEFAULT_FIRE_WAIT_TIMEOUT_MS) -> None:
+                 wait_timeout_ms: int = DEFAULT_FIRE_WAIT_TIMEOUT_MS,
+                 max_fired_bytes: int = DEFAULT_MAX_FIRED_BYTES,
+                 max_call_bytes_per_worker: int = DEFAULT_MAX_CALL_BYTES_PER_WORKER) -> None:
         self.limit = max_fired_calls
         self.wait_timeout_ms = wait_timeout_ms
+        self.byte_limit = max_fired_bytes
+        #: a worker's share (``max_call_bytes_per_worker``), which its fan-outs must fit as well (see the class)
+        self.worker_byte_limit = max_call_bytes_per_worker
         self.in_flight = 0
+        #: payload bytes the calls in flight hold (see the class)
+        self.bytes_in_flight = 0
         #: the most ever in flight at once (never above ``limit``)
         self.peak = 0
         #: calls skipped while full by producers with nobody to wait
         self.skipped = 0
         #: calls not made because their producer's wait ran out (or too many producers waited): it failed
         self.refused = 0
-        # each waiter's future, the slots it asks for and its deadline (loop time), in arrival order; a dict so
-        # that one leaving (cancelled) is removed in O(1) wherever it stands
-        self._waiters: OrderedDict[asyncio.Future[None], tuple[int, float]] = OrderedDict()
+        # each waiter's future, the slots and bytes it asks for, whose share the bytes are and its deadline (loop
+        # time), in arrival order; a dict so that one leaving (cancelled) is removed in O(1) wherever it stands
+        self._waiters: OrderedDict[asyncio.Future[None], tuple[int, int, CallCharge | None, float]] = OrderedDict()
         self._deadline_timer: asyncio.TimerHandle | None = None  # for the oldest waiter (see _expire)
         self._waiting = 0  # slots the waiters ask for
+        self._waiting_bytes = 0  # and their bytes
         self._losses = LossLog(self._log_lost, SKIP_LOG_INTERVAL_S)
+        # Fan-outs not made for being past their worker's share are logged apart, naming that setting: with the
+        # engine's room free, "no room under max_fired_calls" sent operators after the wrong bound.
+        self._share_losses = LossLog(self._log_over_share, SKIP_LOG_INTERVAL_S)
+        # why the latest try_take failed when it was its worker's share: (n, size, charge) for skip() to name it
+        self._over_share: tuple[int, int, CallCharge] | None = None
+        # the holds of no bytes, one per size up to _PLAIN_CACHED: shared (holds never change), so the engine's
+        # own producers and callers with no charge allocate none per take
+        self._plain: dict[int, FiredHold] = {}
 
     @property
     def waiting(self) -> int:
@@ -176,24 +338,80 @@ class FiredCalls:
     def stats(self) -> dict[str, int]:
         """The counters, as ``engine::metrics::list`` and ``engine::health::check`` report them."""
         return {"in_flight": self.in_flight, "max_fired_calls": self.limit, "peak": self.peak,
-                "waiting": self._waiting, "skipped": self.skipped, "refused": self.refused}
+                "waiting": self._waiting, "skipped": self.skipped, "refused": self.refused,
+                "bytes_in_flight": self.bytes_in_flight, "max_fired_bytes": self.byte_limit}
 
     def degraded(self) -> bool:
         """Whether a call was skipped or refused within the last :data:`DEGRADED_WINDOW_S`."""
-        return self._losses.recent(DEGRADED_WINDOW_S)
+        return self._losses.recent(DEGRADED_WINDOW_S) or self._share_losses.recent(DEGRADED_WINDOW_S)
 
-    def try_take(self, n: int = 1) -> bool:
-        """Take ``n`` slots if they are free now and nobody waits; ``False`` (nothing taken) otherwise."""
-        in_flight = self.in_flight + n
-        if in_flight > self.limit or self._waiters:
+    def try_take(self, n: int = 1) -> FiredHold | None:
+        """Take ``n`` slots (and their bytes) if they are free now and nobody waits: what was taken, for its holder
+        to release; ``None`` (nothing taken) otherwise."""
+        charge = _live_charge()
+        if not self._try_take(n, n * charge.size if charge is not None else 0, charge):
+            return None
+        return self.hold_of(n, charge)
+
+    def hold_of(self, n: int, charge: CallCharge | None) -> FiredHold:
+        """The hold of ``n`` slots taken for ``charge``: the shared one of :meth:`plain` when they hold no bytes."""
+        return self.plain(n) if charge is None else FiredHold(self, n, charge)
+
+    def plain(self, n: int) -> FiredHold:
+        """A hold of ``n`` slots that hold no bytes (not a take: the caller took them).
+
+        Example:
+            >>> fired = FiredCalls(4)
+            >>> fired.plain(2) is fired.plain(2), fired.plain(2).charge, fired.in_flight
+            (True, None, 0)
+        """
+        hold = self._plain.get(n)
+        if hold is None:
+            hold = FiredHold(self, n, None)
+            if n <= _PLAIN_CACHED:
+                self._plain[n] = hold
+        return hold
+
+    def _try_take(self, n: int, size: int, charge: CallCharge | None) -> bool:
+        if self._past_share(size, charge):  # named first: it is refused however much room the engine has
+            assert charge is not None
+            self._over_share = (n, size, charge)
             return False
-        self.in_flight = in_flight
-        if in_flight > self.peak:
-            self.peak = in_flight
+        if self._waiters or not self._fits(n, size):
+            self._over_share = None
+            return False
+        self._hold(n, size)
+        if size:
+            assert charge is not None
+            charge.worker.call_bytes += size
         return True
 
-    async def take(self, n: int, what: str, targets: str = "calls") -> None:
-        """Take ``n`` slots, all at once, waiting in turn for at most ``fire_wait_timeout_ms``.
+    def _past_share(self, size: int, charge: CallCharge | None) -> bool:
+        """Whether ``size`` more bytes would take ``charge``'s worker past its ``max_call_bytes_per_worker``."""
+        return size > 0 and charge is not None and charge.worker.call_bytes + size > self.worker_byte_limit
+
+    def _fits(self, n: int, size: int) -> bool:
+        held = self.bytes_in_flight
+        return self.in_flight + n <= self.limit and (held + size <= self.byte_limit or held == 0)
+
+    def _hold(self, n: int, size: int) -> None:
+        """Count ``n`` calls and ``size`` bytes in flight (their worker's share holds the bytes already)."""
+        in_flight = self.in_flight = self.in_flight + n
+        if in_flight > self.peak:
+            self.peak = in_flight
+        self.bytes_in_flight += size
+
+    def _full(self, size: int) -> str:
+        """What is full, for a refusal: the calls in flight, and their bytes when those are what ``size`` more
+        does not fit."""
+        full = f"{self.in_flight} trigger-fired calls in flight (max_fired_calls {self.limit})"
+        if self.bytes_in_flight + size > self.byte_limit:
+            full += f" holding {self.bytes_in_flight} bytes (max_fired_bytes {self.byte_limit})"
+        return full
+
+    async def take(self, n: int, what: str, targets: str = "calls") -> FiredHold:
+        """Take ``n`` slots, all at once, waiting in turn for at most ``fire_wait_timeout_ms``: what was taken, for
+        its holder to release.
 
         ``what`` names the producer and ``targets`` what it fires (``"subscribers"``) in the error.
 
@@ -201,39 +419,53 @@ class FiredCalls:
             EngineError: ``fire_limit`` when the wait runs out, or when ``n`` could never fit or too many
                 producers wait already; nothing is taken then.
         """
-        if self.try_take(n):
-            return
+        charge = _live_charge()
+        size = n * charge.size if charge is not None else 0
+        if self._try_take(n, size, charge):
+            return self.hold_of(n, charge)
+        if self._past_share(size, charge):
+            assert charge is not None
+            self._over_share = None  # kept for skip() only: it held the charge, and through it the worker, alive
+            raise self._refuse(n, f"{what}: none of its {n} {targets} reached: {self._past(n, size, charge)}",
+                               self._share_losses)
         if n > self.limit:
             raise self._refuse(n, f"{what}: none of its {n} {targets} reached: more than max_fired_calls "
                                f"{self.limit} trigger-fired calls at once")
-        if len(self._waiters) >= self.limit:
-            raise self._refuse(n, f"{what}: none of its {n} {targets} reached: {self.in_flight} trigger-fired "
-                               f"calls in flight (max_fired_calls {self.limit}) and {len(self._waiters)} "
-                               "producers already waiting for room")
+        waiting_bytes = bool(self._waiters) and self._waiting_bytes + size > self.byte_limit
+        if len(self._waiters) >= self.limit or waiting_bytes:
+            # each waiter holds its payload too (its producer's call): they are bounded like those in flight
+            asked = f" for {self._waiting_bytes} bytes (max_fired_bytes {self.byte_limit})" if waiting_bytes else ""
+            raise self._refuse(n, f"{what}: none of its {n} {targets} reached: {self._full(size)} and "
+                               f"{len(self._waiters)} producers already waiting for room{asked}")
         loop = asyncio.get_running_loop()
         granted: asyncio.Future[None] = loop.create_future()
         deadline = loop.time() + self.wait_timeout_ms / 1000
-        self._waiters[granted] = (n, deadline)
+        self._waiters[granted] = (n, size, charge, deadline)
         self._waiting += n
+        self._waiting_bytes += size
+        if size:
+            # on its worker's share while it waits: one worker's waiters ask for at most its share
+            assert charge is not None
+            charge.worker.call_bytes += size
         if self._deadline_timer is None:
             self._deadline_timer = loop.call_at(deadline, self._expire)
         try:
             await granted
         except _WaitExpired:
             raise self._refuse(n, f"{what}: none of its {n} {targets} reached: no room within "
-                               f"{self.wait_timeout_ms} ms (fire_wait_timeout_ms): {self.in_flight} trigger-fired "
-                               f"calls in flight (max_fired_calls {self.limit})") from None
+                               f"{self.wait_timeout_ms} ms (fire_wait_timeout_ms): {self._full(size)}") from None
         except BaseException:
             if granted.done() and not granted.cancelled():
                 if granted.exception() is None:
-                    self.release(n)  # cancelled as they were granted: given back
+                    self.give(n, charge)  # cancelled as they were granted: given back
                 raise  # (or as its deadline came: nothing was taken)
             granted.cancel()
             # still queued unless a release in the turn it was cancelled passed it by (see _grant)
             if self._waiters.pop(granted, None) is not None:
-                self._waiting -= n
+                self._left(n, size, charge)
                 self._grant()  # the head may have left: those behind it may fit now
             raise
+        return self.hold_of(n, charge)
 
     def _expire(self) -> None:
         """The deadline timer: waiters whose ``fire_wait_timeout_ms`` is over leave with :class:`_WaitExpired`.
@@ -248,13 +480,13 @@ class FiredCalls:
         now = loop.time()
         left = False
         while waiters:
-            granted, (n, deadline) = next(iter(waiters.items()))
+            granted, (n, size, charge, deadline) = next(iter(waiters.items()))
             if not granted.done() and deadline > now:
                 self._deadline_timer = loop.call_at(deadline, self._expire)
                 break
             # expired, or cancelled and not yet back to clean up (it finds itself gone and grants nothing)
             del waiters[granted]
-            self._waiting -= n
+            self._left(n, size, charge)
             left = True
             if not granted.done():
                 granted.set_exception(_WaitExpired())
@@ -262,40 +494,72 @@ class FiredCalls:
             self._grant()  # a large head gone: smaller ones behind it may fit now
 
     def release(self, n: int = 1) -> None:
-        """Give back ``n`` slots (their calls' outcomes are in); waiters that now fit get theirs, in order."""
+        """Give back ``n`` slots known to hold no bytes (taken where no worker's call was charged, as a test or a tool
+        outside any call takes them). The engine's producers give back through the :class:`FiredHold` their take
+        returned: only it knows what that take charged."""
+        self.give(n, None)
+
+    def give(self, n: int, charge: CallCharge | None) -> None:
+        """Give back ``n`` slots taken for ``charge`` (``None``: they hold no bytes); waiters that now fit get
+        theirs, in order."""
         self.in_flight -= n
+        if charge is not None and charge.size:
+            size = n * charge.size
+            self.bytes_in_flight -= size
+            charge.worker.call_bytes -= size
         if self._waiters:
             self._grant()
 
     def _grant(self) -> None:
         waiters = self._waiters
         while waiters:
-            granted, (n, _) = next(iter(waiters.items()))
+            granted, (n, size, charge, _) = next(iter(waiters.items()))
             if granted.done():
                 # cancelled (its task was, or its deadline came) and not yet back to clean up: it gets nothing,
                 # the slots go on down the line
                 del waiters[granted]
-                self._waiting -= n
+                self._left(n, size, charge)
                 continue
-            if self.in_flight + n > self.limit:
+            if not self._fits(n, size):
                 return  # FIFO: nobody overtakes the head, so a large fan-out is never starved by small ones
             del waiters[granted]
-            self._waiting -= n
-            self.in_flight += n
-            if self.in_flight > self.peak:
-                self.peak = self.in_flight
+            self._left(n, size)
+            self._hold(n, size)  # its worker's share holds the bytes since it began to wait
             granted.set_result(None)
 
-    def skip(self, what: str, n: int = 1) -> None:
-        """Count ``n`` calls of ``what`` skipped for want of room, and warn (rate-limited, never silent)."""
-        self.skipped += n
-        self._losses.lost("skipped", what, n)
+    def _left(self, n: int, size: int, unserved: CallCharge | None = None) -> None:
+        """A waiter asking for ``n`` slots and ``size`` bytes left the queue; ``unserved``: its charge, when it
+        leaves without them (its bytes go back to its worker's share)."""
+        self._waiting -= n
+        self._waiting_bytes -= size
+        if unserved is not None:
+            unserved.worker.call_bytes -= size
 
-    def _refuse(self, n: int, message: str) -> EngineError:
+    def _past(self, n: int, size: int, charge: CallCharge) -> str:
+        """Why a fan-out of ``n`` calls, ``size`` bytes in all, does not fit ``charge``'s worker's share."""
+        worker, limit = charge.worker, self.worker_byte_limit
+        if charge.size + size > limit:  # not even with nothing else held
+            return (f"they would hold {size} bytes ({charge.size} each, its frame's size), more with the frame "
+                    f"itself than worker {worker.id} may hold (max_call_bytes_per_worker {limit})")
+        return (f"worker {worker.id} holds {worker.call_bytes} bytes in calls in flight and the trigger-fired calls "
+                f"they set off, and these would hold {size} more (max_call_bytes_per_worker {limit})")
+
+    def skip(self, what: str, n: int = 1) -> None:
+        """Count ``n`` calls of ``what`` skipped for want of room (after :meth:`try_take` failed), and warn
+        (rate-limited, never silent), naming the bound that refused them: ``max_fired_calls`` and
+        ``max_fired_bytes``, or the share of the worker whose call set them off."""
+        self.skipped += n
+        over, self._over_share = self._over_share, None
+        if over is not None and over[0] == n:
+            self._share_losses.lost("skipped", f"{what}: {self._past(*over)}", n)
+        else:
+            self._losses.lost("skipped", what, n)
+
+    def _refuse(self, n: int, message: str, losses: LossLog | None = None) -> EngineError:
         """Count ``n`` calls refused to a waiting producer and warn (rate-limited: a void call's producer hears of
-        it from nobody else); the error for the producer."""
+        it from nobody else) in ``losses`` (the engine's room by default); the error for the producer."""
         self.refused += n
-        self._losses.lost("refused", message, n)
+        (losses or self._losses).lost("refused", message, n)
         return EngineError(FIRE_LIMIT, message)
 
     def _log_lost(self, counts: Mapping[str, int], what: str | None) -> None:
@@ -305,6 +569,14 @@ class FiredCalls:
                     "%d refused in all, %d in flight%s", self.limit, counts.get("skipped", 0),
                     counts.get("refused", 0), self.skipped, self.refused, self.in_flight, latest)
 
+    def _log_over_share(self, counts: Mapping[str, int], what: str | None) -> None:
+        latest = f"; latest: {what}" if what is not None else ""
+        log.warning("trigger-fired calls not made, past the share of the worker whose call set them off "
+                    "(max_call_bytes_per_worker %d): %d skipped (nobody to wait), %d refused (their producer failed "
+                    "with fire_limit) since the last warning (counted in skipped and refused); %d in flight%s",
+                    self.worker_byte_limit, counts.get("skipped", 0), counts.get("refused", 0), self.in_flight,
+                    latest)
+
     def close(self) -> None:
         """Engine shutdown: stop the deadline timer (an engine started again arms a new one on its loop) and the
         pending warning timer (its count is logged now)."""
@@ -312,6 +584,7 @@ class FiredCalls:
             self._deadline_timer.cancel()
             self._deadline_timer = None
         self._losses.close()
+        self._share_losses.close()
 
 
 class WorkerCalls:
@@ -322,28 +595,67 @@ class WorkerCalls:
     function (a void one too, until its callee answers). A worker calling faster than its callees answer (or a
     callee that never answers, with no ``invocation_timeout_ms``) grew the engine without end.
 
-    The count lives on the worker (:attr:`WorkerConnection.calls`); :class:`~iii_engine.invocations.Invocations`
-    takes and gives back, and calls :meth:`refuse` for a call past the bound: an answered one gets a
-    ``too_many_calls`` error, a void one is dropped; both are counted and logged (rate-limited, never silent).
+    The same goes for bytes (``max_call_bytes_per_worker``): a worker's count of 10,000 void ``publish`` calls of
+    4 MiB, or the deliveries they left in flight, is 40 GB. A worker's built-in call or enqueue action holds its
+    frame's size while it runs, and each trigger-fired call it sets off holds it again until that one is over
+    (:class:`CallCharge`): a publisher faster than its subscribers is refused before its share is past, long before
+    the engine-wide ``max_fired_bytes``, so the other workers' publishes still get room. A call is refused while
+    the worker holds its share or more (so a frame bigger than the share still gets in alone); a fan-out it sets
+    off that would take the worker past its share is refused at once, none of it delivered (``fire_limit``, see
+    :class:`FiredCalls`): a publish's frame times its subscribers, plus the frame itself, must fit the share.
+
+    The count is bounded for each kind of call apart: calls of worker functions, and built-in calls and enqueue
+    actions (each up to ``max_calls_per_worker``). Why: with no ``invocation_timeout_ms`` a call a callee never
+    answers counts until the callee answers or a side disconnects (the wire has no cancel: a caller's own timeout
+    or cancellation does not end it). Counted together, 10,000 calls of a hung function left the worker unable to
+    list functions, open a channel or call any built-in until it reconnected; the built-ins end on their own.
+    The refusal of a call of a worker function names the function holding the most of them (:meth:`refuse`'s
+    ``held``), so the hung callee shows.
+
+    The counts live on the worker (:attr:`WorkerConnection.calls`, of which :attr:`WorkerConnection.builtin_calls`,
+    and :attr:`WorkerConnection.call_bytes`); :class:`~iii_engine.invocations.Invocations` takes and gives back, and
+    calls :meth:`refuse` for a call past either bound: an answered one gets a ``too_many_calls`` error, a void one
+    is dropped; both are counted and logged (rate-limited, never silent).
 
     Example:
-        >>> calls = WorkerCalls(2)
-        >>> calls.stats([])
-        {'max_calls_per_worker': 2, 'in_flight': 0, 'busiest_worker': 0, 'refused': 0, 'refused_void': 0}
+        >>> calls = WorkerCalls(2, 1024)
+        >>> calls.stats([])  # doctest: +NORMALIZE_WHITESPACE
+        {'max_calls_per_worker': 2, 'in_flight': 0, 'busiest_worker': 0, 'refused': 0, 'refused_void': 0,
+         'max_call_bytes_per_worker': 1024, 'bytes_in_flight': 0, 'busiest_worker_bytes': 0}
     """
 
-    def __init__(self, max_calls_per_worker: int = DEFAULT_MAX_CALLS_PER_WORKER) -> None:
+    def __init__(self, max_calls_per_worker: int = DEFAULT_MAX_CALLS_PER_WORKER,
+                 max_call_bytes_per_worker: int = DEFAULT_MAX_CALL_BYTES_PER_WORKER) -> None:
         self.limit = max_calls_per_worker
+        self.byte_limit = max_call_bytes_per_worker
         #: calls refused with ``too_many_calls``
         self.refused = 0
         #: void calls (no reply asked for) not made
         self.refused_void = 0
         self._losses = LossLog(self._log_refused, SKIP_LOG_INTERVAL_S)
 
-    def refuse(self, worker: WorkerConnection, function_id: str, answered: bool) -> str:
-        """Count a call of ``function_id`` by ``worker`` refused at the bound (``answered``: it gets the error);
-        the error message."""
-        message = f"worker {worker.id} has {worker.calls} calls in flight (max_calls_per_worker {self.limit})"
+    def refuse(self, worker: WorkerConnection, function_id: str, answered: bool, *, builtin: bool = False,
+               held: str = "") -> str:
+        """Count a call of ``function_id`` by ``worker`` refused at the bound (``answered``: it gets the error;
+        ``builtin``: a built-in call or enqueue action, else a call of a worker function; ``held``: what holds
+        the worker's calls of worker functions, appended to their refusal); the error message.
+
+        Example:
+            >>> worker = WorkerConnection.__new__(WorkerConnection)
+            >>> worker.id, worker.calls, worker.builtin_calls = "w1", 3, 1
+            >>> WorkerCalls(2).refuse(worker, "f", True, held=", 2 of them to slow::f")
+            'worker w1 has 2 calls of worker functions in flight (max_calls_per_worker 2), 2 of them to slow::f'
+        """
+        builtin_calls = worker.builtin_calls
+        if builtin and builtin_calls >= self.limit:
+            message = (f"worker {worker.id} has {builtin_calls} built-in calls and enqueue actions in flight "
+                       f"(max_calls_per_worker {self.limit})")
+        elif not builtin and worker.calls - builtin_calls >= self.limit:
+            message = (f"worker {worker.id} has {worker.calls - builtin_calls} calls of worker functions in flight "
+                       f"(max_calls_per_worker {self.limit}){held}")
+        else:
+            message = (f"worker {worker.id} holds {worker.call_bytes} bytes in calls in flight and the "
+                       f"trigger-fired calls they set off (max_call_bytes_per_worker {self.byte_limit})")
         if answered:
             self.refused += 1
         else:
@@ -354,10 +666,15 @@ class WorkerCalls:
 
     def stats(self, workers: Iterable[WorkerConnection]) -> dict[str, int]:
         """The counters, as ``engine::metrics::list`` and ``engine::health::check`` report them: ``in_flight``
-        sums every worker's calls, ``busiest_worker`` is the most one worker has."""
+        sums every worker's calls, ``busiest_worker`` is the most one worker has (of both kinds: up to twice
+        ``max_calls_per_worker``); the same for their bytes."""
+        workers = list(workers)
         counts = [worker.calls for worker in workers]
+        sizes = [worker.call_bytes for worker in workers]
         return {"max_calls_per_worker": self.limit, "in_flight": sum(counts), "busiest_worker": max(counts, default=0),
-                "refused": self.refused, "refused_void": self.refused_void}
+                "refused": self.refused, "refused_void": self.refused_void,
+                "max_call_bytes_per_worker": self.byte_limit, "bytes_in_flight": sum(sizes),
+                "busiest_worker_bytes": max(sizes, default=0)}
 
     def degraded(self) -> bool:
         """Whether a call was refused within the last :data:`DEGRADED_WINDOW_S`."""
@@ -365,25 +682,27 @@ class WorkerCalls:
 
     def _log_refused(self, counts: Mapping[str, int], what: str | None) -> None:
         latest = f"; latest: {what}" if what is not None else ""
-        log.warning("worker calls refused over max_calls_per_worker %d: %d answered with too_many_calls, %d void "
-                    "(no reply asked for, dropped) since the last warning; %d and %d in all%s", self.limit,
-                    counts.get("answered", 0), counts.get("void", 0), self.refused, self.refused_void, latest)
+        log.warning("worker calls refused over max_calls_per_worker %d or max_call_bytes_per_worker %d: %d answered "
+                    "with too_many_calls, %d void (no reply asked for, dropped) since the last warning; %d and %d in "
+                    "all%s", self.limit, self.byte_limit, counts.get("answered", 0), counts.get("void", 0),
+                    self.refused, self.refused_void, latest)
 
     def close(self) -> None:
         """Engine shutdown: a pending warning is logged now."""
         self._losses.close()
 
 
-Held = WorkerConnection | FiredCallLimit | tuple[FiredCallLimit, int] | None
-"""What a task of :class:`HeldTasks` holds until it ends: one call of a worker's ``max_calls_per_worker`` count
-(its connection), one ``max_fired_calls`` slot (the bound), several (the bound and how many), or nothing."""
+Held = CallCharge | FiredSlots | None
+"""What a task of :class:`HeldTasks` holds until it ends: one call of a worker's ``max_calls_per_worker`` count and
+its bytes (a :class:`CallCharge`), slots of ``max_fired_calls`` and the bytes they hold (what the take returned: a
+:class:`FiredHold`), or nothing."""
 
 
 def _give_back(held: Held) -> None:
-    if isinstance(held, WorkerConnection):
-        held.calls -= 1
-    elif isinstance(held, tuple):
-        held[0].release(held[1])
+    if type(held) is FiredHold:  # a fired call's slot, the most frequent: FiredHold.release without its frame
+        held.fired.give(held.n, held.charge)
+    elif isinstance(held, CallCharge):
+        held.give_back()
     elif held is not None:
         held.release()
 
@@ -408,8 +727,8 @@ class HeldTasks(dict[asyncio.Task[Any], Held]):
         >>> async def demo() -> int:
         ...     fired = FiredCalls(2)
         ...     tasks = HeldTasks()
-        ...     fired.try_take()
-        ...     tasks.spawn(asyncio.sleep(1), fired)  # cancelled before it ever ran: its slot comes back
+        ...     hold = fired.try_take()
+        ...     tasks.spawn(asyncio.sleep(1), hold)  # cancelled before it ever ran: its slot comes back
         ...     await tasks.close()
         ...     return fired.in_flight
         >>> asyncio.run(demo())
@@ -418,11 +737,32 @@ class HeldTasks(dict[asyncio.Task[Any], Held]):
 
     def spawn(self, coro: Coroutine[Any, Any, Any], held: Held, name: str | None = None) -> asyncio.Task[Any]:
         """Run ``coro`` in a task (named ``name``) holding ``held``, which ``coro`` gives back itself when it
-        ends; it leaves the map when it is done."""
+        ends; it leaves the map when it is done (:meth:`close` gives back what one that never ran holds)."""
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self[task] = held
         task.add_done_callback(self._forget)
         return task
+
+    def leave(self, task: asyncio.Task[Any]) -> None:
+        """``task`` ends (called from its ``finally``, on the call path that maps it itself: :meth:`spawn`'s done
+        callback would have taken it out): it gives back exactly what it was mapped to and leaves.
+
+        Why what it is mapped to: that is what was taken for it, whatever code the task ran inline took since.
+
+        Example:
+            >>> async def demo() -> tuple[int, int]:
+            ...     fired, tasks = FiredCalls(2), HeldTasks()
+            ...     async def call() -> None:
+            ...         tasks.leave(asyncio.current_task())
+            ...     hold = fired.try_take()
+            ...     task = asyncio.get_running_loop().create_task(call())
+            ...     tasks[task] = hold  # the call path: no done callback
+            ...     await task
+            ...     return fired.in_flight, len(tasks)
+            >>> asyncio.run(demo())
+            (0, 0)
+        """
+        _give_back(self.pop(task))
 
     def _forget(self, task: asyncio.Task[Any]) -> None:
         self.pop(task, None)

@@ -3,7 +3,10 @@ raise.
 
 A :class:`Settings` model is strict (``"5"`` is not an integer, ``true`` is not a number), immutable, and decides
 per model what an unknown key means (``unknown_keys``: refuse it, log and ignore it, or ignore it; a near-miss of a
-known key is refused in the second case and logged with the closest name in the third). Whatever is
+known key is refused in the second case and logged with the closest name in the third). A string that a
+``${VAR}`` placeholder produced (:func:`from_env`) is the one exception to strictness: a field converts it to its
+declared type (decimal digits for an integer, a decimal number for a float, ``true`` / ``false`` for a flag), and a
+string field keeps its text as written. Whatever is
 wrong, :class:`ConfigError` names the path of the bad value and says what was expected, in one line:
 ``modules[3].config.queue_configs.default.max_retries: must be >= 1, got 0``.
 
@@ -25,9 +28,12 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
+import re
+import types
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
-from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar, Union, get_args, get_origin
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr, ValidationError, model_validator
 from pydantic_core import ErrorDetails
@@ -35,8 +41,9 @@ from pydantic_core import ErrorDetails
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.connection import check_url
 
-__all__ = ["MAX_TIMEOUT_MS", "AdapterSpec", "ConfigError", "EngineUrl", "Field", "Names", "NoSettings", "NonEmpty",
-           "Port", "RedisAdapterSettings", "Settings", "UnknownKeys", "closest_key", "join_path", "pick_adapter"]
+__all__ = ["MAX_TIMEOUT_MS", "AdapterSpec", "ConfigError", "EngineUrl", "EnvFloat", "EnvInt", "EnvText", "Field",
+           "Names", "NoSettings", "NonEmpty", "Port", "RedisAdapterSettings", "Settings", "UnknownKeys", "YamlFlag",
+           "YamlFloat", "YamlInt", "closest_key", "env_text", "from_env", "join_path", "pick_adapter"]
 
 MAX_TIMEOUT_MS = 10**12
 """The longest duration in milliseconds a setting takes (about 31 years): each becomes seconds as a float where
@@ -109,6 +116,194 @@ def closest_key(key: str, known: Iterable[str], *, cutoff: float = _NEAR_CUTOFF)
     """
     near = difflib.get_close_matches(key, list(known), n=1, cutoff=cutoff)
     return near[0] if near else None
+
+
+# What an expanded ``${VAR}`` may be read as: ASCII decimal only (YAML 1.1 read 010 as 8, 0x1A as 26, 1:20 as 80).
+_DECIMAL_INT = re.compile(r"[+-]?[0-9]+")
+_DECIMAL_FLOAT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# Past this many characters an expanded value stays text (int() refuses more than 4,300 digits).
+_MAX_NUMBER_CHARS = 400
+_FLAGS = {"true": True, "false": False}
+
+
+class EnvText(str):
+    """A string a ``${VAR}`` placeholder produced; a typed field converts it (see :func:`from_env`)."""
+
+    @property
+    def text(self) -> str:
+        """The expanded text as written."""
+        return str.__str__(self)
+
+
+class EnvInt(int):
+    """An expanded ``${VAR}`` of decimal digits: the number for code that reads the raw configuration, its text
+    (``text``, leading zeros kept) for a string field."""
+
+    text: str
+
+
+class EnvFloat(float):
+    """An expanded ``${VAR}`` that is a decimal number: the number, and its text (``1.10`` stays ``1.10``)."""
+
+    text: str
+
+
+class _WrittenText:
+    """``text`` of a number written in the file, stored only when it differs from the number's own spelling.
+
+    Why: an attribute gives each instance a dictionary, about 260 bytes an integer and 430 a float; most numbers
+    are written as Python spells them (``5``, ``0.5``) and need none.
+    """
+
+    _written: str
+
+    @property
+    def text(self) -> str:
+        """The number as written in the file."""
+        written: str | None = getattr(self, "_written", None)
+        return written if written is not None else repr(self)
+
+    @text.setter
+    def text(self, text: str) -> None:
+        if text != repr(self):
+            self._written = text
+
+
+class YamlInt(_WrittenText, EnvInt):
+    """An integer written in the file (not expanded), with the text it was written as: a string field keeps that
+    text (``010`` stays ``"010"``, ``1:20`` ``"1:20"``); any other field reads it as the number YAML made of it.
+
+    Example:
+        >>> number = YamlInt(8)
+        >>> number.text = "010"
+        >>> number + 0, number.text
+        (8, '010')
+    """
+
+
+class YamlFloat(_WrittenText, EnvFloat):
+    """A float written in the file, with its text: a string field keeps ``1.10`` (YAML made it 1.1).
+
+    Example:
+        >>> number = YamlFloat(1.1)
+        >>> number.text = "1.10"
+        >>> number * 1, number.text
+        (1.1, '1.10')
+    """
+
+
+class YamlFlag(EnvText):
+    """A plain ``yes``, ``no``, ``on`` or ``off`` (``On``, ``ON``...) in the file: YAML 1.1 reads it as a flag,
+    YAML 1.2 (production's) as the text. A flag field reads the flag, as before; a string field keeps the text
+    (``service_version: on`` became "True").
+
+    Example:
+        >>> YamlFlag("On").flag, YamlFlag("no").flag, YamlFlag("On").text
+        (True, False, 'On')
+    """
+
+    @property
+    def flag(self) -> bool:
+        """What YAML 1.1 reads the word as."""
+        return self.text.lower() in ("yes", "on")
+
+
+def from_env(text: str) -> EnvText | EnvInt | EnvFloat:
+    """What a string with ``${VAR}`` in it is once expanded: its text, marked as coming from the environment, as a
+    number when it is one in base 10 (so a raw configuration reads ``port: ${PORT}`` as a number).
+
+    A settings field converts it to its declared type: an integer field takes decimal digits, a float field a
+    decimal number, a flag ``true`` / ``false``, and a string field keeps the text as written.
+
+    Example:
+        >>> from_env("010"), from_env("010").text, from_env("1.10").text, from_env("0x1A")
+        (10, '010', '1.10', '0x1A')
+        >>> class Limits(Settings):
+        ...     port: int = 0
+        ...     prefix: str = ""
+        ...     debug: bool = False
+        >>> Limits(port=from_env("010"), prefix=from_env("12345"), debug=from_env("TRUE"))
+        Limits(port=10, prefix='12345', debug=True)
+        >>> Limits(port=from_env("1:20"))
+        Traceback (most recent call last):
+        ...
+        iii_engine.settings.ConfigError: port: must be an integer, got '1:20'
+    """
+    number: EnvInt | EnvFloat
+    if len(text) <= _MAX_NUMBER_CHARS and _DECIMAL_INT.fullmatch(text):
+        number = EnvInt(int(text))
+    elif len(text) <= _MAX_NUMBER_CHARS and _DECIMAL_FLOAT.fullmatch(text) and math.isfinite(float(text)):
+        number = EnvFloat(float(text))
+    else:
+        return EnvText(text)
+    number.text = text
+    return number
+
+
+def env_text(value: object) -> str | None:
+    """The text of a value :func:`from_env` made, ``None`` for any other value.
+
+    Example:
+        >>> env_text(from_env("1.10")), env_text(1.1)
+        ('1.10', None)
+    """
+    return value.text if isinstance(value, EnvText | EnvInt | EnvFloat) else None
+
+
+def _declared(value: Any, annotation: Any) -> Any:
+    """``value`` with each :func:`from_env` value in it converted to the type ``annotation`` declares for it.
+
+    Why: settings are strict, and an expanded value is text until a field says what it is; the YAML 1.1 reading it
+    had before turned a zero-led port octal, a version ``1.10`` into ``1.1``, and a numeric prefix into a number
+    its string field refused.
+    """
+    if get_origin(annotation) is Annotated:
+        return _declared(value, get_args(annotation)[0])
+    # ``Names | None``: a list type inside its Annotated
+    arms = [_unannotated(arm) for arm in get_args(annotation) if arm is not type(None)] \
+        if get_origin(annotation) in (Union, types.UnionType) else [annotation]
+    text = env_text(value)
+    if text is not None:
+        return _scalar(value, text, arms)
+    for arm in arms:
+        origin, args = get_origin(arm), get_args(arm)
+        if isinstance(value, list | tuple) and origin in (list, tuple, set, frozenset) and args \
+                and (origin is not tuple or args[-1] is Ellipsis):
+            return type(value)(_declared(item, args[0]) for item in value)
+        if isinstance(value, Mapping) and origin in (dict, Mapping) and len(args) == 2:
+            return {key: _declared(item, args[1]) for key, item in value.items()}
+    return value
+
+
+def _unannotated(annotation: Any) -> Any:
+    """``annotation`` without the ``Annotated`` wrappers around it."""
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    return annotation
+
+
+def _scalar(value: Any, text: str, arms: list[Any]) -> Any:
+    """An expanded value for a field whose types are ``arms``: the first of flag, integer, number its text is and
+    the field takes, else the text (which a non-string field refuses, quoting it)."""
+    kinds: set[type] = set()
+    for arm in arms:
+        if arm is Any or arm is object:
+            return value  # checked later by whatever reads it (a module's ``config``, an adapter's)
+        if get_origin(arm) is Literal:
+            kinds.update(type(choice) for choice in get_args(arm))
+        elif arm in (str, int, float, bool):
+            kinds.add(arm)
+    if isinstance(value, YamlFlag):  # the flag for a flag field; any other field gets (or refuses) the word written
+        return value.flag if bool in kinds else text
+    if bool in kinds and text.lower() in _FLAGS:
+        return _FLAGS[text.lower()]
+    if int in kinds and isinstance(value, EnvInt):
+        return int(value)
+    if float in kinds and isinstance(value, EnvInt | EnvFloat):
+        return float(value)
+    if isinstance(value, YamlInt | YamlFloat) and str not in kinds:
+        return value  # the number as written refused as it always was ("must be a mapping, got 3")
+    return text
 
 
 def _shown(value: Any) -> str:
@@ -187,15 +382,31 @@ class Settings(BaseModel):
     """Base of every settings model: strict, frozen, one error type, a per-model unknown-key policy.
 
     ``unknown_keys``: ``"forbid"`` (a :class:`ConfigError` listing the allowed keys), ``"warn"`` (logged once
-    and ignored; a near-miss of a known key refused) or ``"ignore"`` (a near-miss logged with the closest known key).
+    and ignored; a near-miss of a known key refused, naming it) or ``"ignore"`` (a near-miss logged with the closest
+    known key). ``unused_keys``: keys production reads that this engine takes without using them (logged at info,
+    and known to the near-miss check, so one is never refused as the typo of another key).
     ``label`` names the settings in those warnings. Fields whose key in the file
     differs from the attribute carry the file's key as ``alias``; both spellings are accepted.
+
+    Example:
+        >>> class Otel(Settings):
+        ...     unknown_keys: ClassVar[UnknownKeys] = "warn"
+        ...     unused_keys: ClassVar[frozenset[str]] = frozenset({"logs_retention_seconds"})
+        ...     metrics_retention_seconds: int = 3600
+        >>> Otel.parse({"logs_retention_seconds": 60}).metrics_retention_seconds
+        3600
+        >>> Otel.parse({"metrics_retention_second": 60})
+        Traceback (most recent call last):
+        ...
+        iii_engine.settings.ConfigError: unknown key 'metrics_retention_second' (did you mean \
+'metrics_retention_seconds'? allowed: metrics_retention_seconds)
     """
 
     model_config = ConfigDict(strict=True, frozen=True, extra="ignore", validate_by_name=True,
                               validate_by_alias=True)
 
     unknown_keys: ClassVar[UnknownKeys] = "forbid"
+    unused_keys: ClassVar[frozenset[str]] = frozenset()
     label: ClassVar[str] = "settings"
 
     def __init__(self, /, **data: Any) -> None:
@@ -240,11 +451,28 @@ class Settings(BaseModel):
     def _check_keys(cls, data: Any) -> Any:
         if not isinstance(data, Mapping):
             return data
-        data = cls._rename(data)
+        return cls._declared(cls._known_keys_only(cls._rename(data)))
+
+    @classmethod
+    def _declared(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        """``data`` with the values ``${VAR}`` produced converted to their field's type (see :func:`from_env`)."""
+        declared = {key: field.annotation for name, field in cls.model_fields.items()
+                    for key in (name, field.alias) if key}
+        return {key: _declared(value, declared[key]) if key in declared else value for key, value in data.items()}
+
+    @classmethod
+    def _known_keys_only(cls, data: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``data`` past the ``unknown_keys`` policy: refused (:class:`ValueError`), or without the keys it ignores."""
         known = set(cls.model_fields) | {f.alias for f in cls.model_fields.values() if f.alias}
         unknown = sorted(str(key) for key in data if key not in known)
         if not unknown:
             return data
+        unused = [key for key in unknown if key in cls.unused_keys]
+        if unused:
+            log.info("%s: ignoring %s (production's; this engine does not use them)", cls.label, ", ".join(unused))
+            unknown = [key for key in unknown if key not in cls.unused_keys]
+        if not unknown:
+            return {key: value for key, value in data.items() if key not in cls.unused_keys}
         if cls.unknown_keys == "ignore":
             # still ignored (production ignores it), but a near-miss is said: `prot:` left the engine on its
             # default port without a word
@@ -255,9 +483,12 @@ class Settings(BaseModel):
             return data
         # A key one letter or two off a known one is a typo, not a production key we do not implement: ignored, an
         # `adaptr:` left the state or queue module on its in-memory store, its data lost at the next restart.
-        typo = next((key for key in unknown if closest_key(key, known, cutoff=_TYPO_CUTOFF)), None)
+        typos = {key: closest_key(key, known | cls.unused_keys, cutoff=_TYPO_CUTOFF) for key in unknown}
+        typo = next((key for key in unknown if typos[key] is not None), None)
         if cls.unknown_keys == "forbid" or typo is not None:
-            raise ValueError(f"unknown key {typo or unknown[0]!r} (allowed: {', '.join(cls.allowed_keys())})")
+            key = typo or unknown[0]
+            meant = f"did you mean {typos[key]!r}? " if typos[key] else ""
+            raise ValueError(f"unknown key {key!r} ({meant}allowed: {', '.join(cls.allowed_keys())})")
         log.warning("%s: ignoring unknown keys %s", cls.label, ", ".join(unknown))
         return {key: value for key, value in data.items() if key in known}
 

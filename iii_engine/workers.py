@@ -240,6 +240,13 @@ class WorkerConnection:
     in_flight: set[str] = field(default_factory=set)
     #: calls this worker started through the engine that are not over (max_calls_per_worker, iii_engine.limits)
     calls: int = 0
+    #: of those, its built-in calls and enqueue actions: bounded apart from its calls of worker functions, so
+    #: calls a hung callee never answers cannot starve the engine's own functions (listing functions, channels)
+    builtin_calls: int = 0
+    #: when (``time.monotonic()``) the callee functions holding its calls were last named in a refusal, and how
+    held_by: tuple[float, str] | None = None
+    #: bytes those calls, and the trigger-fired calls they set off, hold (max_call_bytes_per_worker)
+    call_bytes: int = 0
     #: registrations refused over the engine's count limits (iii_engine.limits)
     refused_registrations: int = 0
     #: awaits the loss of this worker's connection, even while its frames are not read (set by the engine's

@@ -6,7 +6,7 @@ the matching :class:`StreamError` subclass ``from`` it, so ``exc.__cause__`` is 
 
 - ``StreamError``: base of everything below
 - ``StreamUnavailableError``: the server cannot be reached (connection refused or lost)
-- ``PoolExhaustedError``: every pooled connection stayed busy past the pool's wait limit
+- ``PoolExhaustedError``: every pooled connection stayed busy past the pool's wait limit (the command was not sent)
 - ``StreamTimeoutError``: an operation did not finish within its ``timeout`` (``applied`` tells a write's outcome)
 - ``StreamBackendError``: the backend refused the operation for another reason
 - ``StreamDataError``: a stored value is not JSON (written by something else)
@@ -60,7 +60,11 @@ class StreamUnavailableError(StreamError, ConnectionError):
 
 
 class PoolExhaustedError(StreamUnavailableError):
-    """Every pooled connection stayed busy for longer than the pool's wait limit."""
+    """Every pooled connection stayed busy for longer than the pool's wait limit.
+
+    Raised while waiting for a connection, before the command that waited was sent: that command did nothing. (An
+    operation of several commands may have applied those that got a connection before it.)
+    """
 
 
 class StreamTimeoutError(StreamError, TimeoutError):

@@ -58,11 +58,12 @@ from urllib.parse import unquote_plus
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
+from redis.asyncio.connection import parse_url
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import AuthenticationError, MaxConnectionsError, NoScriptError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MaxConnectionsError, NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
@@ -123,7 +124,10 @@ __all__ = [
     "StreamDataError",
     "StreamGapError",
     "UpdateConflictError",
+    "check_reachable",
+    "redis_address",
     "store_url_options",
+    "waiting_client",
 ]
 
 log = logging.getLogger(__name__)
@@ -355,8 +359,93 @@ class _WaitingPool(aioredis.BlockingConnectionPool):
             raise PoolExhaustedError(self._exhausted()) from None
 
     def _exhausted(self) -> str:
+        # an engine's store URL or redis_url sets them as URL options (redis-py's parser reads ?timeout= as the
+        # pool's wait; ?pool_timeout= would reach every connection as an unknown option); code may pass keywords
         return (f"Redis connection pool exhausted: all {self.max_connections} connections stayed busy for "
-                f"{self.timeout:g} s (raise max_connections or pool_timeout, or find what holds them)")
+                f"{self.timeout:g} s (raise the pool's size or its wait: the URL options ?max_connections=N and "
+                "?timeout=SECONDS, or the keyword arguments max_connections and pool_timeout; or find what holds "
+                "them)")
+
+
+def waiting_client(url: str, *, max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                   pool_timeout: float = DEFAULT_POOL_TIMEOUT, **options: Any) -> aioredis.Redis:
+    """A ``redis.asyncio`` client for ``url`` on a blocking pool: at most ``max_connections`` connections, and a
+    caller finding them all busy waits for one, up to ``pool_timeout`` seconds, then gets
+    :class:`~iii_streams.errors.PoolExhaustedError`. A client of ``Redis.from_url`` fails at once past its pool's
+    size instead ("Too many connections": 1,900 of 2,000 concurrent publishes failed, though Redis was fine).
+
+    The URL's ``?max_connections=`` and ``?timeout=`` (the wait) win over the arguments, as redis-py's URL options
+    do; the other ``options`` go to the connections (``socket_timeout``, ``socket_connect_timeout``, ``retry``).
+    Closing the client closes its pool. :func:`check_reachable` checks the server answers.
+
+    Example:
+        >>> client = waiting_client("redis://localhost:6379/0?max_connections=7", pool_timeout=3.0, socket_timeout=5)
+        >>> pool = client.connection_pool
+        >>> pool.max_connections, pool.timeout, pool.connection_kwargs["socket_timeout"]
+        (7, 3.0, 5)
+        >>> waiting_client("redis://localhost:6379/0?max_connections=0")
+        Traceback (most recent call last):
+        ...
+        ValueError: the Redis pool's max_connections must be a positive integer, got 0
+    """
+    in_url = parse_url(url)  # checked here: redis-py takes a max_connections of 0 for no limit at all
+    size, wait = in_url.get("max_connections", max_connections), in_url.get("timeout", pool_timeout)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"the Redis pool's max_connections must be a positive integer, got {size!r}")
+    if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 < wait < float("inf"):
+        raise ValueError(f"the Redis pool_timeout must be a positive number of seconds (a URL's ?timeout=), "
+                         f"got {wait!r}")
+    return aioredis.Redis.from_pool(_WaitingPool.from_url(url, max_connections=size, timeout=wait, **options))
+
+
+def redis_address(client: aioredis.Redis) -> str:
+    """Where ``client`` connects, as a URL without credentials (for messages: nothing to mask).
+
+    Example:
+        >>> redis_address(aioredis.Redis.from_url("rediss://app:secret@cache:6380/2"))
+        'rediss://cache:6380/2'
+        >>> redis_address(aioredis.Redis.from_url("unix:///run/redis.sock?db=1"))
+        'unix:///run/redis.sock?db=1'
+    """
+    pool = getattr(client, "connection_pool", None)
+    options = getattr(pool, "connection_kwargs", {})
+    db = options.get("db", 0)
+    if "path" in options:
+        return f"unix://{options['path']}?db={db}"
+    scheme = "rediss" if issubclass(getattr(pool, "connection_class", object), aioredis.SSLConnection) else "redis"
+    return f"{scheme}://{options.get('host', 'localhost')}:{options.get('port', 6379)}/{db}"
+
+
+async def check_reachable(client: aioredis.Redis, *, timeout: float) -> None:
+    """A ``PING`` within ``timeout`` seconds, so a module on a Redis that is down fails its start in one line naming
+    the server (:func:`redis_address`), instead of starting and failing every call.
+
+    Raises:
+        StreamUnavailableError: unreachable (or every pooled connection busy); StreamTimeoutError: no answer in
+            time; StreamBackendError: Redis refused the credentials or the ``PING``.
+
+    Example:
+        >>> import asyncio, fakeredis
+        >>> asyncio.run(check_reachable(fakeredis.FakeAsyncRedis(), timeout=1))
+        >>> asyncio.run(check_reachable(aioredis.Redis(port=1), timeout=5))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        iii_streams.errors.StreamUnavailableError: Redis at redis://localhost:1/0 unreachable: Error 111 connecting ...
+    """
+    where = f"Redis at {redis_address(client)}"
+    try:
+        async with asyncio.timeout(timeout):
+            await client.ping()
+    except (TimeoutError, RedisTimeoutError):
+        raise StreamTimeoutError(f"{where}: no answer within {timeout:g} s") from None
+    except PoolExhaustedError:
+        raise
+    except AuthenticationError as exc:  # a ConnectionError to redis-py, but the server answered
+        raise StreamBackendError(f"{where} refused the credentials: {exc}") from None
+    except (RedisConnectionError, OSError) as exc:
+        raise StreamUnavailableError(f"{where} unreachable: {exc}") from None
+    except RedisError as exc:
+        raise StreamBackendError(f"{where} refused a PING: {type(exc).__name__}: {exc}") from None
 
 
 _WATCH_CONNECTIONS: Final = 2
@@ -999,19 +1088,11 @@ class RedisStream(FieldUpdates):
         connection_url, in_url = store_url_options(url)
         own: dict[str, Any] = {k: options.pop(k) for k in _OWN_OPTIONS if k in options}
         _merge_url_options(own, in_url, url)
-        size = options.pop("max_connections", DEFAULT_MAX_CONNECTIONS)
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"RedisStream: max_connections must be a positive integer, got {size!r}")
-        wait = options.pop("pool_timeout", DEFAULT_POOL_TIMEOUT)
-        if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 < wait < float("inf"):
-            raise ValueError(f"RedisStream: pool_timeout must be a positive number of seconds, got {wait!r}")
         options.setdefault("retry", default_retry())
         options.setdefault("socket_connect_timeout", 5)
         options.setdefault("health_check_interval", 30)
-        pool = _WaitingPool.from_url(connection_url, max_connections=size, timeout=float(wait), decode_responses=False,
-                                     **options)
         # the watches' connection is not one of the max_connections: the first watch makes it a pool of its own
-        return cls(aioredis.Redis.from_pool(pool), owns_client=True, **own)
+        return cls(waiting_client(connection_url, decode_responses=False, **options), owns_client=True, **own)
 
     @property
     def client(self) -> aioredis.Redis:
@@ -1042,8 +1123,9 @@ class RedisStream(FieldUpdates):
             return StreamTimeoutError(f"{where}: Redis did not answer in time: {exc}")
         if isinstance(exc, MaxConnectionsError):  # a client passed in, with a plain pool: Redis itself is fine
             return PoolExhaustedError(f"{where}: the Redis client's connection pool is exhausted (every one of its "
-                                      f"max_connections in use): {exc}; a redis.asyncio.BlockingConnectionPool "
-                                      "makes callers wait for one instead")
+                                      f"max_connections in use, the keyword argument or the URL option "
+                                      f"?max_connections=N of the client given): {exc}; a "
+                                      "redis.asyncio.BlockingConnectionPool makes callers wait for one instead")
         if isinstance(exc, RedisConnectionError):
             if self._close_once.closing:  # the store's own close cut the connection under this operation
                 return StreamClosedError(f"{where}: RedisStream is closed ({exc})")

@@ -1,5 +1,6 @@
-"""Every use of redis-py internals, in one module: the Redis watch's pub/sub that never reconnects by itself, and
-the options of a pool made like another (what a pool adds to its own ``connection_kwargs`` left out).
+"""Every use of redis-py internals, in one module: the Redis watch's pub/sub that never reconnects by itself, the
+options of a pool made like another (what a pool adds to its own ``connection_kwargs`` left out), and whether a
+failed command certainly sent nothing (:func:`sent_nothing`, from where in redis-py its error came).
 
 redis-py's ``PubSub._execute`` reconnects the connection and subscribes it again when a read fails, even with no
 retries configured, and a client that retries then reads on. In that reconnect Python 3.11's ``asyncio.wait_for``
@@ -24,10 +25,11 @@ import inspect
 import logging
 from typing import Any, Final
 
-from redis.asyncio.client import PubSub
-from redis.asyncio.connection import ConnectionPool
+from redis.asyncio.client import PubSub, Redis
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
-__all__ = ["MISSING", "POOL_INJECTED", "OneShotPubSub", "like_pool_options", "one_shot"]
+__all__ = ["MISSING", "POOL_INJECTED", "SENT_NOTHING_MISSING", "OneShotPubSub", "like_pool_options", "one_shot",
+           "sent_nothing"]
 
 log = logging.getLogger(__name__)
 
@@ -127,3 +129,52 @@ def like_pool_options(pool: object) -> dict[str, Any] | None:
     if given.get("maint_notifications_config") is not None:
         options["maint_notifications_config"] = given["maint_notifications_config"]
     return {"connection_class": connection_class, **options}
+
+
+# redis-py's functions that write a command: an error raised under one of them may come after the command was sent
+_SENDING: Final = frozenset({"_send_command_parse_response", "send_command", "send_packed_command", "_execute"})
+
+
+def _sent_nothing_missing() -> tuple[str, ...]:
+    """The redis-py functions :func:`sent_nothing` reads tracebacks for that this redis-py lacks."""
+    wanted = [(ConnectionPool, "get_connection"), (Redis, "_send_command_parse_response"),
+              (AbstractConnection, "send_command"), (AbstractConnection, "send_packed_command")]
+    return tuple(f"{owner.__name__}.{name}" for owner, name in wanted if not callable(getattr(owner, name, None)))
+
+
+SENT_NOTHING_MISSING: Final = _sent_nothing_missing()
+"""What this redis-py lacks of what :func:`sent_nothing` relies on (empty when it can tell)."""
+
+
+def sent_nothing(exc: BaseException) -> bool:
+    """Whether ``exc``, raised by a redis-py 8 command, certainly came before the command was written: it came out
+    of the pool handing the command its connection (``get_connection``, which opens it), and out of no function
+    that writes. redis-py opens a connection there before its ``Retry`` sends anything; a retry that reconnects
+    after a first attempt was sent fails under ``send_command`` instead, and that command may have run. ``False``
+    (not certain) whenever this redis-py lacks those functions (:data:`SENT_NOTHING_MISSING`).
+
+    Example:
+        >>> import asyncio
+        >>> from redis.exceptions import ConnectionError as RedisConnectionError
+        >>> async def refused() -> bool:
+        ...     client = Redis(port=1)  # nothing listens there
+        ...     try:
+        ...         await client.ping()
+        ...     except RedisConnectionError as exc:
+        ...         return sent_nothing(exc)
+        ...     finally:
+        ...         await client.aclose()
+        ...     return False
+        >>> asyncio.run(refused()) == (not SENT_NOTHING_MISSING)
+        True
+        >>> sent_nothing(RedisConnectionError("Connection closed by server."))  # not raised: where from is unknown
+        False
+    """
+    if SENT_NOTHING_MISSING:
+        return False
+    names = set()
+    frame = exc.__traceback__
+    while frame is not None:
+        names.add(frame.tb_frame.f_code.co_name)
+        frame = frame.tb_next
+    return "get_connection" in names and not names & _SENDING

@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ __all__ = [
     "ExternalEngine",
     "external_engine_from",
     "in_ci",
+    "logged_port",
     "reference_python",
     "require_postgres",
     "require_redis",
@@ -88,6 +90,36 @@ def external_engine_from(env: Mapping[str, str]) -> ExternalEngine | None:
 
 
 EXTERNAL_ENGINE = external_engine_from(os.environ)
+
+
+# what an engine process logs once a listener of it is bound (its stream socket's line is the websockets server's)
+_LISTENING = {
+    "REST API": re.compile(r"REST API listening on https?://\S+:(\d+)"),
+    "stream socket": re.compile(r"iii_engine\.modules\.stream\.socket\.websockets: server listening on \S+:(\d+)"),
+}
+
+
+def logged_port(log: str, listener: str) -> int:
+    """The port an engine process given port 0 for ``listener`` (``"REST API"`` or ``"stream socket"``) says in
+    ``log`` (its stderr, read once it is ready) that it bound.
+
+    Port 0 and this, not a port picked by binding 0 and closing: under two test processes the other one may take
+    that port before the engine binds it. ``ValueError`` when ``log`` has no such line.
+
+    Example:
+        >>> logged_port("INFO iii_engine.modules.http.api: REST API listening on http://127.0.0.1:35707", "REST API")
+        35707
+        >>> logged_port("", "stream socket")
+        Traceback (most recent call last):
+        ...
+        ValueError: no stream socket listening line in the engine's log ('')
+    """
+    if listener not in _LISTENING:
+        raise ValueError(f"listener must be one of {sorted(_LISTENING)}, got {listener!r}")
+    found = _LISTENING[listener].search(log)
+    if found is None:
+        raise ValueError(f"no {listener} listening line in the engine's log ({log[-2000:]!r})")
+    return int(found.group(1))
 
 
 def skip_on_external_engine(why: str) -> None:

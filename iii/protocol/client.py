@@ -479,9 +479,18 @@ class ClientSession:
             return None
         return CallFailed(invocation_id, message_too_large(function_id, size, limit))
 
-    def close(self) -> list[CallFailed]:
-        """Shutting down: every pending call fails with :class:`~iii.errors.ShuttingDownError`."""
-        failed = [CallFailed(iid, ShuttingDownError()) for iid in self._pending]
+    def close(self, cause: str | None = None) -> list[CallFailed]:
+        """Shutting down: every pending call fails with :class:`~iii.errors.ShuttingDownError`, noting ``cause``
+        (why, when not by a call of the user's) as every later call's error does.
+
+        Example:
+            >>> session = ClientSession()
+            >>> invocation_id, _ = session.start_call("greet", {})
+            >>> [failed] = session.close("the interpreter is exiting")
+            >>> failed.invocation_id == invocation_id, failed.error.__notes__
+            (True, ['the interpreter is exiting'])
+        """
+        failed = [CallFailed(iid, ShuttingDownError(cause)) for iid in self._pending]
         self._pending.clear()
         return failed
 

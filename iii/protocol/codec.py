@@ -670,7 +670,13 @@ def _check_tree(value: Any) -> None:
             raise ValueError(_TOO_DEEP)
         depth += 1
         for child in children:
-            if type(child) not in _LEAVES:
+            kind = type(child)
+            # a float is checked where it is met: pushed, 2 million of them held a tuple each (8 MiB of "1.5,"
+            # peaked 49 MiB over the estimate checked before the parse)
+            if kind is float:
+                if not math.isfinite(child):
+                    raise ValueError(_NON_FINITE)
+            elif kind not in _LEAVES:
                 push((child, depth))
 
 

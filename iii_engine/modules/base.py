@@ -229,23 +229,43 @@ class ExternalFunctions(Protocol):
         """Forget ``owner_worker_id``'s registration of the function."""
 
 
+class FiredSlots(Protocol):
+    """Slots of a :class:`FiredCallLimit` as its take returned them, with the bytes they hold
+    (:class:`iii_engine.limits.FiredHold`): whoever holds them gives back exactly these, wherever it runs.
+
+    Example (three slots: one handed to a call, which gives it back, and the other two given back by the holder):
+        >>> from iii_engine.limits import FiredCalls
+        >>> fired = FiredCalls(4)
+        >>> slots = fired.try_take(3)
+        >>> slots is not None and fired.in_flight
+        3
+        >>> slots.one().release(); slots.release(2); fired.in_flight
+        0
+    """
+
+    def release(self, n: int | None = None) -> None:
+        """Give back ``n`` of these slots (all of them by default) and their bytes."""
+
+    def one(self) -> FiredSlots:
+        """A hold of one of these slots, for the call it is handed to (which then gives it back)."""
+
+
 class FiredCallLimit(Protocol):
     """The engine-wide bound on trigger-fired calls in flight (``max_fired_calls``,
     :class:`iii_engine.limits.FiredCalls`).
 
     A slot is held from dispatch until the fired handler's outcome is back. A producer that is itself a call
     awaits :meth:`take` (all its slots at once, or ``fire_limit`` when the wait runs out); one with nobody to wait
-    uses :meth:`try_take` and, when that fails, :meth:`skip` (counted and logged, never silent).
+    uses :meth:`try_take` and, when that fails, :meth:`skip` (counted and logged, never silent). Either returns
+    what it took (:class:`FiredSlots`); its holder gives exactly that back (:meth:`FiredSlots.release`), or hands
+    a slot of it to the call it fires (``EngineServices.fire(..., taken=slots.one())``).
     """
 
-    def try_take(self, n: int = 1) -> bool:
-        """Take ``n`` slots if free now; ``False`` (nothing taken) otherwise."""
+    def try_take(self, n: int = 1) -> FiredSlots | None:
+        """Take ``n`` slots if free now; ``None`` (nothing taken) otherwise."""
 
-    async def take(self, n: int, what: str, targets: str = "calls") -> None:
+    async def take(self, n: int, what: str, targets: str = "calls") -> FiredSlots:
         """Take ``n`` slots, waiting in turn; raises :class:`EngineError` ``fire_limit`` naming ``what``."""
-
-    def release(self, n: int = 1) -> None:
-        """Give back ``n`` slots."""
 
     def skip(self, what: str, n: int = 1) -> None:
         """Count ``n`` calls of ``what`` skipped for want of room (logged, rate-limited)."""
@@ -310,12 +330,13 @@ class EngineServices(Protocol):
     def worker_calls_degraded(self) -> bool:
         """Whether a worker's call was refused at ``max_calls_per_worker`` recently."""
 
-    def fire(self, function_id: str, data: Any, *, taken: bool = False) -> bool:
+    def fire(self, function_id: str, data: Any, *, taken: FiredSlots | None = None) -> bool:
         """Call a function without waiting; its result or error is logged and dropped.
 
-        The call holds a slot of :attr:`fired_calls` until its outcome is in. ``taken``: the caller took it
-        already (``fired_calls.take``); otherwise one is taken if free, and if none is the call is skipped and
-        counted (``fired_calls.skip``) and ``False`` is returned."""
+        The call holds a slot of :attr:`fired_calls` until its outcome is in, and then gives it back. ``taken``:
+        the slot the caller took for it (one slot: ``hold.one()`` of a fan-out's take), now the call's; otherwise
+        one is taken if free, and if none is the call is skipped and counted (``fired_calls.skip``) and ``False``
+        is returned."""
 
     async def condition_passes(self, condition_function_id: str | None, payload: Any) -> bool:
         """docs/protocol.md#built-in-functions: only a literal ``false`` result skips; an error skips (logged)."""

@@ -29,7 +29,7 @@ import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.iii_types import TriggerInfo
 
 from ..limits import HeldTasks
-from .base import EngineError, EngineServices
+from .base import EngineError, EngineServices, FiredSlots
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +91,10 @@ class TriggerRunner:
         self.services = services
         self._tasks = HeldTasks()
 
-    def spawn(self, coro: Coroutine[Any, Any, None], slots: int = 0) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None], slots: FiredSlots | None = None) -> None:
         """Run ``coro`` in a task that :meth:`close` cancels. ``slots``: the ``max_fired_calls`` slots it was
         handed, which it gives back itself as it goes (and :meth:`close` if it is cancelled before it ever ran)."""
-        self._tasks.spawn(coro, (self.services.fired_calls, slots) if slots else None)
+        self._tasks.spawn(coro, slots)
 
     async def close(self) -> None:
         """Cancel the running trigger tasks; what those that never ran held is given back."""
@@ -161,8 +161,9 @@ class TriggerSet(TriggerRunner):
         matching = self.matching(payload)
         if matching:
             fired = self.services.fired_calls
-            if fired.try_take(len(matching)):
-                self.spawn(self._run_each(matching, payload), len(matching))
+            slots = fired.try_take(len(matching))
+            if slots is not None:
+                self.spawn(self._run_each(matching, payload, slots), slots)
             else:
                 fired.skip(f"{self.kind} handlers", len(matching))
 
@@ -177,18 +178,20 @@ class TriggerSet(TriggerRunner):
         matching = self.matching(payload)
         if matching:
             fired = self.services.fired_calls
-            if not fired.try_take(len(matching)):
-                await fired.take(len(matching), what, f"{self.kind} handlers")
-            self.spawn(self._run_each(matching, payload), len(matching))
+            slots = fired.try_take(len(matching))
+            if slots is None:
+                slots = await fired.take(len(matching), what, f"{self.kind} handlers")
+            self.spawn(self._run_each(matching, payload, slots), slots)
 
-    async def _run_each(self, triggers: list[TriggerInfo], payload: Mapping[str, Any]) -> None:
-        fired = self.services.fired_calls
+    async def _run_each(self, triggers: list[TriggerInfo], payload: Mapping[str, Any], slots: FiredSlots) -> None:
+        # the handlers run inline in this task: whatever they take of max_fired_calls themselves (a built-in that
+        # fires again) is theirs, and this task gives back exactly ``slots``, one as each handler ends
         left = len(triggers)
         try:
             for trigger in triggers:
                 await self.call(trigger, payload)
                 left -= 1
-                fired.release()
+                slots.release(1)
         finally:
             if left:  # cancelled (shutdown): the calls not made give their slots back
-                fired.release(left)
+                slots.release(left)

@@ -102,7 +102,7 @@ def _params() -> list[Any]:
 def test_the_classes_are_found() -> None:
     found = {f"{module}.{name}" for module, name in _public_exception_classes()}
     assert {"iii_channels.errors.IncompleteReadError", "iii_engine.modules.base.ModuleStartError",
-            "iii_channels.errors.LimitExceededError", "iii_streams.errors.StreamClosedError"} <= found
+            "iii.channels.LimitExceededError", "iii_streams.errors.StreamClosedError"} <= found
 
 
 @pytest.mark.parametrize(("module", "name"), _params())

@@ -39,6 +39,9 @@ _MIN_MEMORY_MS = 60_000
 class CronLock(Protocol):
     """Decides which engine fires a tick."""
 
+    async def prepare(self) -> None:
+        """Check the lock store answers, at the module's start (raises when it does not)."""
+
     async def try_fire(self, job_id: str, tick_ms: int) -> bool:
         """True exactly once per ``(job_id, tick_ms)`` among engines sharing this lock store."""
 
@@ -64,6 +67,9 @@ class KvCronLock:
 
     def __len__(self) -> int:
         return len(self._last)
+
+    async def prepare(self) -> None:
+        """Nothing to check: the lock lives in this process."""
 
     async def try_fire(self, job_id: str, tick_ms: int) -> bool:
         """See :class:`CronLock`."""
@@ -97,11 +103,36 @@ class RedisCronLock:
     def __init__(self, redis_url: str, *, ttl_ms: int = DEFAULT_LOCK_TTL_MS, key_prefix: str = "") -> None:
         from redis.asyncio import Redis
 
-        self._redis: Redis = Redis.from_url(redis_url, socket_timeout=_REDIS_TIMEOUT_S,
+        from iii_streams.redis import waiting_client
+
+        # A blocking pool (50 connections, or the URL's ?max_connections=): ticks beyond it wait for one (5 s, or
+        # ?timeout=) where Redis.from_url's pool failed them at once ("Too many connections").
+        self._redis: Redis = waiting_client(redis_url, pool_timeout=_REDIS_TIMEOUT_S, socket_timeout=_REDIS_TIMEOUT_S,
                                             socket_connect_timeout=_REDIS_TIMEOUT_S)
         self._key_ms = max(ttl_ms, _MIN_MEMORY_MS)
         self._prefix = key_prefix
         self._script = self._redis.register_script(_TRY_FIRE_LUA)
+
+    async def prepare(self) -> None:
+        """Check Redis answers (a ``PING`` within 5 s), so a module on a Redis that is down fails its start in one
+        line naming it instead of failing every tick; see :func:`iii_streams.redis.check_reachable`.
+
+        Example:
+            >>> import asyncio
+            >>> async def down() -> None:
+            ...     lock = RedisCronLock("redis://:secret@127.0.0.1:1/0")
+            ...     try:
+            ...         await lock.prepare()
+            ...     finally:
+            ...         await lock.close()
+            >>> asyncio.run(down())  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            iii_streams.errors.StreamUnavailableError: Redis at redis://127.0.0.1:1/0 unreachable: Error 111 ...
+        """
+        from iii_streams.redis import check_reachable
+
+        await check_reachable(self._redis, timeout=_REDIS_TIMEOUT_S)
 
     async def try_fire(self, job_id: str, tick_ms: int) -> bool:
         """See :class:`CronLock`; raises (a ``redis`` error) when Redis did not answer within 5 s. A fired tick is

@@ -24,7 +24,7 @@ from iii.iii_types import TriggerInfo
 from iii.loss_log import LossLog
 
 from ...limits import HeldTasks
-from ..base import EngineError, EngineModule, EngineServices
+from ..base import EngineError, EngineModule, EngineServices, FiredSlots
 from ..trigger_set import check_trigger_config
 from .expr import CronExpression, CronSyntaxError, rfc3339
 from .locks import CronLock, open_cron_lock
@@ -98,6 +98,7 @@ class CronModule(EngineModule):
     async def start(self) -> None:
         """Open the lock store and register the trigger type."""
         self._lock = open_cron_lock(self.settings)
+        await self._lock.prepare()  # a lock store that is down fails the start in one line naming it
         self.services.register_trigger_type("cron", "Run a function on a cron schedule (UTC, seconds)", self)
 
     async def stop(self) -> None:
@@ -150,9 +151,9 @@ class CronModule(EngineModule):
                             trigger.id, rfc3339(now), rfc3339(tick))
                 tick = expression.next_after(now)
                 continue
-            if self.services.fired_calls.try_take():
-                self._firings.spawn(self._fire(trigger, tick, schedule), self.services.fired_calls,
-                                   name=f"cron-fire:{trigger.id}")
+            slot = self.services.fired_calls.try_take()
+            if slot is not None:
+                self._firings.spawn(self._fire(trigger, tick, schedule, slot), slot, name=f"cron-fire:{trigger.id}")
             else:
                 self.services.fired_calls.skip(f"cron {trigger.id} tick {rfc3339(tick)}")
             now = datetime.now(UTC)
@@ -186,16 +187,18 @@ class CronModule(EngineModule):
         log.warning("cron: %d tick(s) skipped since the last warning because the lock store failed (%d in all)%s",
                     counts["lock"], self.lock_failures, latest_text)
 
-    async def _fire(self, trigger: TriggerInfo, tick: datetime, schedule: asyncio.Task[Any] | None) -> None:
+    async def _fire(self, trigger: TriggerInfo, tick: datetime, schedule: asyncio.Task[Any] | None,
+                    slot: FiredSlots) -> None:
         """Fire one tick, holding the slot taken for it until the call has it (or the tick is not fired)."""
         fired = False
         try:
-            fired = await self._fire_taken(trigger, tick, schedule)
+            fired = await self._fire_taken(trigger, tick, schedule, slot)
         finally:
             if not fired:
-                self.services.fired_calls.release()
+                slot.release()
 
-    async def _fire_taken(self, trigger: TriggerInfo, tick: datetime, schedule: asyncio.Task[Any] | None) -> bool:
+    async def _fire_taken(self, trigger: TriggerInfo, tick: datetime, schedule: asyncio.Task[Any] | None,
+                          slot: FiredSlots) -> bool:
         lock = self._lock
         if lock is None:
             return False
@@ -218,4 +221,4 @@ class CronModule(EngineModule):
             return False
         if self._schedules.get(trigger.id) is not schedule:
             return False  # unregistered (or replaced) while its lock or condition was awaited: its unregister returned
-        return self.services.fire(trigger.function_id, payload, taken=True)
+        return self.services.fire(trigger.function_id, payload, taken=slot)

@@ -16,7 +16,10 @@ so a client that sends headers and then nothing (or trickles) holds no slot: it 
 the count crosses the limit) and the handler never sees it. Bodies held in memory across all requests are capped
 by ``max_buffered_bytes``; a body that does not fit is 503 at once. ``header_timeout`` closes connections that do
 not complete their headers in time (slow-header clients, idle keep-alive connections). A request that finds all
-``concurrency_request_limit`` slots busy waits at most ``slot_timeout``, then gets 503 with ``Retry-After``.
+``concurrency_request_limit`` slots busy waits at most ``slot_timeout``, then gets 503 with ``Retry-After``. At
+most ``max_connections`` client connections are open at once; one more is answered 503 and closed before a byte of
+it is read (logged rate-limited). A request header value whose bytes are not UTF-8 reaches the handler read as
+ISO-8859-1 (:func:`header_text`).
 
 A request whose client disconnects while it waits for a slot is not invoked (``abandoned`` counts them). A handler
 may send at most ``MAX_CONTROL_FRAMES`` (100) control frames (an empty binary frame counts as one) and
@@ -54,14 +57,16 @@ from typing import Any, TypeVar
 
 from aiohttp import HttpVersion11, web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.iii_types import TriggerInfo
+from iii.loss_log import LossLog
 from iii.wire import dumps, loads
 
 from ...channels import ChannelRelay, TooManyChannels
-from ...invocations import Started
-from ...limits import Slots
+from ...invocations import ENGINE_STOPPING, Started, stopped
+from ...limits import SKIP_LOG_INTERVAL_S, Slots
 from ..base import EngineError, EngineModule, EngineServices
 from .channels import CHUNK_SIZE, ChannelAborted, ResponseChannel, ResponseHeadersTooLarge
 from .routes import BadPath, RouteMatch, RouteTable, parse_http_trigger
@@ -72,7 +77,8 @@ log = logging.getLogger(__name__)
 
 class _ClientErrors(logging.Filter):
     """Turns aiohttp's ERROR-with-traceback for a request it could not parse (a line over 8190 bytes, a bad chunk
-    size, too many headers) into one INFO line.
+    size, too many headers, a body it cannot decode) into one INFO line, or none when the module already logged the
+    refusal.
 
     Why: the client is at fault, not the engine, and any client can send such requests as fast as it likes; a
     traceback of some 20 lines each at ERROR would let it fill the engine's log and bury real errors.
@@ -80,16 +86,26 @@ class _ClientErrors(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if not isinstance(exc, HttpProcessingError) or not 400 <= exc.code < 500:
+        if isinstance(exc, RequestPayloadError):
+            # A body aiohttp could not decode (Content-Encoding that is not what it says, broken chunks), met again
+            # where aiohttp reads the rest of a body after the response ("Unhandled exception" with a traceback).
+            if getattr(exc, _ANSWERED, False):  # _receive answered it and said so in the log
+                return False
+            record.msg, record.args = "HTTP request body dropped: %s", (" ".join(str(exc).split())[:200],)
+        elif isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else None
+            record.msg = "HTTP request from %s refused with %d: %s"
+            record.args = (remote, exc.code, " ".join(str(exc.message).split())[:200])
+        else:
             return True
-        remote = record.args[0] if isinstance(record.args, tuple) and record.args else None
         record.levelno, record.levelname = logging.INFO, "INFO"
-        record.msg = "HTTP request from %s refused with %d: %s"
-        record.args = (remote, exc.code, " ".join(str(exc.message).split())[:200])
         record.exc_info, record.exc_text = None, None
         return _server_log.isEnabledFor(logging.INFO)
 
 
+# Set on a body error _receive answered (400) and logged: aiohttp meets the same error again when it reads the rest of
+# the body after the response, and _ClientErrors drops that record.
+_ANSWERED = "_iii_answered"
 # aiohttp's own server messages, under ours; requests it cannot parse are one INFO line (see _ClientErrors)
 _server_log = logging.getLogger(f"{__name__}.server")
 _server_log.addFilter(_ClientErrors())
@@ -110,6 +126,50 @@ _HEADER_VALUE_FORBIDDEN = re.compile(r"[\r\n\x00]")
 # default_timeout, each one parsed and merged.
 MAX_CONTROL_FRAMES = 100
 MAX_HEADER_BYTES = 64 * 1024
+
+
+class _Refusal(asyncio.Protocol):
+    """A connection past ``max_connections``: answered 503 and closed, not one byte of it read."""
+
+    def __init__(self, answer: bytes) -> None:
+        self._answer = answer
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if isinstance(transport, asyncio.WriteTransport):
+            transport.write(self._answer)
+        transport.close()
+
+
+class _BoundedServer(web.Server):
+    """aiohttp's server with at most ``max_connections`` client connections open; one more is answered 503 (see
+    :class:`_Refusal`) and ``refused`` is called.
+
+    Why: each connection holds a file descriptor for as long as the client keeps it (up to ``header_timeout`` when
+    idle), for the price of a connect. 600 idle connections under a 512-descriptor limit left none for a worker's
+    WebSocket (its handshake timed out) and made asyncio log thousands of "Too many open files" errors a second.
+    """
+
+    def __init__(self, handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]], *,
+                 max_connections: int, refused: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.max_connections = max_connections
+        self.open_connections = 0  # counted from the protocol's creation: accepts come in batches
+        self._refused = refused
+        body = dumps({"error": f"too many connections (max_connections {max_connections}); retry later"}).encode()
+        self._answer = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+                        b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    # the factory asyncio calls per accepted connection: a refusal is a bare protocol, not a RequestHandler
+    def __call__(self) -> web.RequestHandler | _Refusal:  # type: ignore[override]
+        if self.open_connections >= self.max_connections:
+            self._refused()
+            return _Refusal(self._answer)
+        self.open_connections += 1
+        return super().__call__()
+
+    def connection_lost(self, handler: web.RequestHandler, exc: BaseException | None = None) -> None:
+        self.open_connections -= 1
+        super().connection_lost(handler, exc)
 
 
 class _Timeout(Exception):
@@ -223,6 +283,26 @@ def head_problem(status: int, headers: Mapping[str, str]) -> str | None:
     return None
 
 
+def header_text(value: str) -> str:
+    """A request header value as the handler gets it: as sent when its bytes are UTF-8, else its bytes read as
+    ISO-8859-1 (RFC 9110 5.5: field values beyond ASCII are opaque bytes, historically Latin-1).
+
+    Why: aiohttp hands on bytes that are not UTF-8 as lone surrogates (``surrogateescape``), which no JSON or
+    MessagePack encoder takes; such a request was a 500 with a traceback. Production sends such a value as ``""``;
+    here no byte of it is lost, though a value mixing UTF-8 with stray bytes reads as Latin-1 mojibake
+    (``caf\xc3\xa9\xe9`` arrives as ``cafÃ©é``): the bytes can be had back with ``.encode("latin-1")``.
+
+    Example:
+        >>> header_text("caf\\udce9"), header_text("café"), header_text("plain")
+        ('café', 'café', 'plain')
+    """
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape").decode("latin-1")
+    return value
+
+
 def _unframed(headers: Mapping[str, str]) -> dict[str, str]:
     """A handler's headers for a body the engine writes: without the ones that frame it (the engine sets them)."""
     return {k: v for k, v in headers.items() if k.lower() not in _FRAMING_HEADERS}
@@ -282,20 +362,21 @@ def _error_response(message: str) -> web.Response:
     return _json_response(500, {"error": message, "error_id": error_id})
 
 
-def _outcome(future: asyncio.Future[tuple[Any, Any]]) -> tuple[Any, Any]:
-    """``(result, error_body)`` of a started call; a built-in's task cancelled (engine shutdown) is a stopped call."""
+def _outcome(future: asyncio.Future[tuple[Any, Any]], function_id: str) -> tuple[Any, Any]:
+    """``(result, error_body)`` of a started call of ``function_id``; a built-in's task cancelled (engine shutdown)
+    is a stopped call."""
     if future.cancelled():
-        return None, {"code": "invocation_stopped", "message": "Invocation stopped"}
+        return None, stopped(function_id, ENGINE_STOPPING)
     exc = future.exception()
     if exc is not None:
         return None, {"code": "internal_error", "message": repr(exc)}
     return future.result()
 
 
-def _decided(outcome: asyncio.Future[tuple[Any, Any]]) -> web.Response | None:
+def _decided(outcome: asyncio.Future[tuple[Any, Any]], function_id: str) -> web.Response | None:
     """The response when the (done) function's outcome alone makes it: its error, or its result unless null."""
     if outcome.cancelled() or outcome.exception() is not None:
-        return _failure(_outcome(outcome)[1])
+        return _failure(_outcome(outcome, function_id)[1])
     result, error = outcome.result()
     if error is not None:
         return _failure(error)
@@ -449,11 +530,30 @@ class RestApiModule(EngineModule):
         # Streamed responses in progress: they end only when their handler closes its writer (an SSE stream may
         # never), so stop() cuts them instead of letting aiohttp wait out its two 60 s shutdown phases.
         self._streaming: dict[ResponseChannel, web.BaseRequest] = {}
+        self._server: _BoundedServer | None = None
+        #: connections refused past ``max_connections`` (since start); logged rate-limited: any client can connect
+        #: as fast as it likes
+        self.refused_connections = 0
+        self._refused_log = LossLog(self._log_refused, SKIP_LOG_INTERVAL_S)
 
     @property
     def buffered_bytes(self) -> int:
         """Bytes of request bodies currently held in memory (bounded by ``max_buffered_bytes``)."""
         return self._budget.used
+
+    @property
+    def connections(self) -> int:
+        """Client connections open now (bounded by ``max_connections``)."""
+        return self._server.open_connections if self._server is not None else 0
+
+    def _refuse_connection(self) -> None:
+        self.refused_connections += 1
+        self._refused_log.lost("refused", "")
+
+    def _log_refused(self, counts: Mapping[str, int], _latest: str | None) -> None:
+        log.warning("REST API: %d connections refused with 503 since the last warning (%d in all): %d open, "
+                    "max_connections %d", counts["refused"], self.refused_connections, self.connections,
+                    self.settings.max_connections)
 
     @property
     def base_url(self) -> str:
@@ -469,8 +569,11 @@ class RestApiModule(EngineModule):
         self.services.register_trigger_type("http", "HTTP API trigger", _HttpTriggers(self.routes))
         # aiohttp's keep-alive timer also runs from the moment a connection opens and closes it if the request
         # headers are still incomplete when it fires: exactly a header deadline.
-        server = web.Server(self._handle, access_log=None, keepalive_timeout=self.settings.header_timeout_ms / 1000,
-                            lingering_time=LINGER_S, logger=_server_log)
+        server = _BoundedServer(self._handle, max_connections=self.settings.max_connections,
+                                refused=self._refuse_connection, access_log=None,
+                                keepalive_timeout=self.settings.header_timeout_ms / 1000, lingering_time=LINGER_S,
+                                logger=_server_log)
+        self._server = server
         runner = web.ServerRunner(server, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.host, self.settings.port)
@@ -500,6 +603,7 @@ class RestApiModule(EngineModule):
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        self._refused_log.close()
         for task in list(self._background):
             task.cancel()
         if self._background:
@@ -620,6 +724,8 @@ class RestApiModule(EngineModule):
         except (_Refused, asyncio.CancelledError):
             raise
         except Exception as exc:  # the client dropped or broke the framing: never hand on a partial body
+            if isinstance(exc, RequestPayloadError):
+                setattr(exc, _ANSWERED, True)
             raise _Refused(400, f"request body incomplete after {len(body)} bytes: {exc!r}") from None
         return body
 
@@ -639,7 +745,7 @@ class RestApiModule(EngineModule):
                 "path_params": match.path_params or {},  # a static route's match is shared: never hand on its dict
                 # repeated keys: last wins; no query string, nothing to parse
                 "query_params": {k: v for k, v in request.query.items()} if request.query_string else {},
-                "headers": {k.lower(): v for k, v in headers.items()},
+                "headers": {k.lower(): v if v.isascii() else header_text(v) for k, v in headers.items()},
                 "path": path,
                 "method": method,
                 "body": body,
@@ -725,9 +831,10 @@ class RestApiModule(EngineModule):
                                 else:
                                     outcome.remove_done_callback(wake)
                     # the usual answer is decided here, without _respond's coroutine
-                    head: web.StreamResponse | bytes | None = _decided(outcome) if outcome.done() else None
+                    head: web.StreamResponse | bytes | None = _decided(outcome, route.function_id) if outcome.done() \
+                        else None
                     if head is None:
-                        head = await self._respond(race, reader, outcome, request.method == "HEAD")
+                        head = await self._respond(race, reader, outcome, request.method == "HEAD", route.function_id)
                 except BaseException:  # timed out or cancelled: nobody waits for the result any more
                     started.abandon()
                     raise
@@ -757,7 +864,7 @@ class RestApiModule(EngineModule):
                 self._close_race(race)
 
     async def _respond(self, race: _Race, reader: ResponseChannel, outcome: asyncio.Future[tuple[Any, Any]],
-                       head_request: bool) -> web.StreamResponse | bytes:
+                       head_request: bool, function_id: str) -> web.StreamResponse | bytes:
         """The race of docs/guides/engine.md#modules: the first body chunk or the function's return, whichever comes
         first; the response, or the first chunk of a streamed one. A null result does not decide it: the response
         then comes from the channel.
@@ -781,7 +888,7 @@ class RestApiModule(EngineModule):
         # no body chunk came first: the function's outcome decides
         if not outcome.done():
             await self._outcome_of(race, outcome)
-        result, error = _outcome(outcome)
+        result, error = _outcome(outcome, function_id)
         if error is not None:
             return _failure(error)
         if result is not None:

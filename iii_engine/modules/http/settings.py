@@ -20,6 +20,9 @@ clients that send too much or too slowly:
 - ``send_timeout`` (ms, 30 000): how long a client may leave a streamed response unread (the connection's send
   buffer full) before the connection is cut; a client that stops reading would otherwise hold its request slot,
   and its handler, for as long as the stream runs.
+- ``max_connections`` (half the process's open-file limit, ``RLIMIT_NOFILE``; 10 000 where there is none): open
+  client connections; one more is answered 503 and closed at once. Without a bound, idle connections used up the
+  process's file descriptors and workers could no longer connect.
 
 Example:
     >>> s = ApiSettings.parse({"port": 0, "cors": {"allowed_origins": ["https://app.example"]}})
@@ -34,7 +37,8 @@ send it: scheme://host[:port] with nothing after it (or '*')
     Traceback (most recent call last):
     ...
     iii_engine.settings.ConfigError: unknown key 'prot' (allowed: body_timeout, concurrency_request_limit, cors, \
-default_timeout, header_timeout, host, max_body_bytes, max_buffered_bytes, port, send_timeout, slot_timeout)
+default_timeout, header_timeout, host, max_body_bytes, max_buffered_bytes, max_connections, port, send_timeout, \
+slot_timeout)
 """
 
 from __future__ import annotations
@@ -44,14 +48,17 @@ from typing import ClassVar
 
 from pydantic import ValidationInfo, field_validator
 
+from ...fd_limits import NO_LIMIT_DEFAULT, open_files_share
 from ...settings import Field, Names, NonEmpty, Port, Settings
 
-__all__ = ["ApiSettings", "CorsSettings"]
+__all__ = ["ApiSettings", "CorsSettings", "default_max_connections"]
 
 DEFAULT_PORT = 3111
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_BUFFERED_BYTES = 256 * 1024 * 1024
+# max_connections where the process has no open-file limit to take half of
+UNLIMITED_MAX_CONNECTIONS = NO_LIMIT_DEFAULT
 _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Z]+")  # an RFC 9110 token (upper-cased)
 # What a browser sends as Origin: scheme://host[:port], nothing after it (or "null"); a listed origin that is not
 # of this form (a trailing slash, a path, a space) can never equal one, so CORS would fail without a word.
@@ -136,6 +143,8 @@ class ApiSettings(Settings):
     send_timeout_ms: int = Field(30_000, ge=1, alias="send_timeout")
     # None: the default budget, which grows with a larger body limit so raising only max_body_bytes stays valid
     max_buffered_bytes_setting: int | None = Field(None, ge=1, alias="max_buffered_bytes")
+    # None: derived from the process's open-file limit when read (default_max_connections)
+    max_connections_setting: int | None = Field(None, ge=1, alias="max_connections")
 
     @field_validator("max_buffered_bytes_setting")
     @classmethod
@@ -152,3 +161,23 @@ class ApiSettings(Settings):
         if self.max_buffered_bytes_setting is not None:
             return self.max_buffered_bytes_setting
         return max(DEFAULT_MAX_BUFFERED_BYTES, self.max_body_bytes)
+
+    @property
+    def max_connections(self) -> int:
+        """Open client connections at most; one more is refused (503)."""
+        if self.max_connections_setting is not None:
+            return self.max_connections_setting
+        return default_max_connections()
+
+
+def default_max_connections() -> int:
+    """Half the process's soft open-file limit: REST clients alone cannot use up the descriptors that workers,
+    stream clients and adapters need (the engine's other listeners and files get the other half).
+
+    Example:
+        >>> import resource
+        >>> soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        >>> default_max_connections() == (soft // 2 if soft != resource.RLIM_INFINITY else UNLIMITED_MAX_CONNECTIONS)
+        True
+    """
+    return open_files_share(2)

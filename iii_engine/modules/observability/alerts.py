@@ -38,16 +38,23 @@ _ALIASES = {"greaterthan": ">", "greaterthanorequal": ">=", "lessthan": "<", "le
 
 
 class AlertRule(Settings):
-    """One configured rule (``alerts[i]`` of the module settings; keys it does not use are ignored).
+    """One configured rule (``alerts[i]`` of the module settings; a key it does not know is refused, as production
+    refuses it: ignored, ``operater: "<"`` left the rule on ``>``, firing exactly when it should not).
 
     Example:
         >>> AlertRule.parse({"name": "x", "metric": "m", "threshold": "high"}, at="alerts[0]")
         Traceback (most recent call last):
         ...
         iii_engine.settings.ConfigError: alerts[0].threshold: must be a number, got 'high'
+        >>> AlertRule.parse({"name": "x", "metric": "m", "threshold": 1, "operater": "<"}, at="alerts[0]")
+        Traceback (most recent call last):
+        ...
+        iii_engine.settings.ConfigError: alerts[0]: unknown key 'operater' (did you mean 'operator'? allowed: action, \
+cooldown_seconds, enabled, metric, name, operator, threshold, window_seconds)
     """
 
-    unknown_keys: ClassVar[UnknownKeys] = "ignore"
+    unknown_keys: ClassVar[UnknownKeys] = "forbid"
+    label: ClassVar[str] = "alert rule"
 
     name: NonEmpty
     metric: NonEmpty

@@ -2,8 +2,9 @@
 own call spans, and serves it all back through production's ``engine::*`` functions and the ``log`` trigger.
 
 Telemetry frames reach :meth:`OtelModule.ingest` from the worker socket; they are queued (bounded in frames and
-bytes, and refused above ``max_frame_bytes``) and parsed by a background task, so a worker that floods telemetry cannot
-grow the engine or delay calls: what does not fit is dropped and counted in ``engine::health::check``.
+bytes, and refused above ``max_frame_bytes``) and parsed by a background task (a frame whose parse would hold more than
+``max_frame_parse_bytes`` is not parsed), so a worker that floods telemetry cannot grow the engine or delay calls: what
+does not fit is dropped and counted in ``engine::health::check``.
 
 Example (engine configuration):
     >>> OtelModule.class_names
@@ -31,7 +32,9 @@ from ..base import BuiltinFunction, EngineError, EngineModule, EngineServices, I
 from .alerts import AlertManager
 from .exporter import DROP_LOG_INTERVAL_S, OtlpForwarder
 from .otlp import (
+    CostlyFrameError,
     TelemetryFormatError,
+    check_parse_cost,
     count_entries,
     item_budget,
     logs_from_otlp,
@@ -48,9 +51,6 @@ __all__ = ["OtelModule"]
 log = logging.getLogger(__name__)
 
 ENGINE_VERSION = "0.10.0"
-# What the stores charge for an engine call span, and for an engine log entry besides its message and data.
-_CALL_SPAN_BYTES = 1024
-_LOG_ENTRY_BYTES = 512
 # How long one alert webhook delivery may take, all attempts and pauses included.
 WEBHOOK_BUDGET_S = 30.0
 _SEVERITIES = {"trace": (1, "TRACE"), "debug": (5, "DEBUG"), "info": (9, "INFO"), "warn": (13, "WARN"),
@@ -254,27 +254,49 @@ class OtelModule(EngineModule):
     async def _ingest_loop(self) -> None:
         while True:
             kind, body = await self._queue.get()
-            self._queued_bytes -= len(body)
             try:
-                # A big frame is parsed in a thread: the parse (orjson plus the one JSON policy's depth and digit
-                # scans) of a few MiB held the engine's loop for a second or more; in a thread it yields the GIL.
-                frame = loads(body) if len(body) <= OFFLOOP_PARSE_BYTES else await asyncio.to_thread(loads, body)
-                self._store_frame(kind, body, frame)
-            except (TelemetryFormatError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
-                self.malformed_frames += 1
-                now = time.monotonic()
-                if now - self._malformed_logged_at >= DROP_LOG_INTERVAL_S:  # a flood of garbage is not a log flood
-                    self._malformed_logged_at = now
-                    log.warning("dropped a malformed %s telemetry frame (%d so far): %s", kind, self.malformed_frames,
-                                str(exc)[:200])
-            except Exception as exc:
-                # Whatever a frame does, this task must live on: before, one OverflowError ended it and every later
-                # frame of every worker sat in the queue until the queue was full, then was dropped.
-                self.malformed_frames += 1
-                log.error("dropped a %s telemetry frame that failed to store: %s: %s", kind, type(exc).__name__,
-                          str(exc)[:200])
+                await self._ingest_frame(kind, body)
+            finally:
+                # A frame's bytes count against ingest_queue_bytes until it is stored, and go (with its parsed form,
+                # a local of _ingest_frame) before the next frame is awaited: held until the next one was parsed,
+                # two parsed frames were alive at once (2 x 37 MB for 3.7 MB of log records of 200 attributes).
+                self._queued_bytes -= len(body)
+                del body
             # one frame at a time, then let calls run: a flood of frames cannot hold the loop
             await asyncio.sleep(0)
+
+    async def _ingest_frame(self, kind: str, body: bytes) -> None:
+        try:
+            # A big frame is parsed in a thread: the parse (orjson plus the one JSON policy's depth and digit
+            # scans) of a few MiB held the engine's loop for a second or more; in a thread it yields the GIL.
+            # The structure count that bounds the parse's memory runs with it, in the thread for a big frame.
+            parse = self._parse
+            frame = parse(body) if len(body) <= OFFLOOP_PARSE_BYTES else await asyncio.to_thread(parse, body)
+            self._store_frame(kind, body, frame)
+        except CostlyFrameError as exc:
+            self.dropped_frames += 1
+            now = time.monotonic()
+            if now - self._drop_logged_at >= DROP_LOG_INTERVAL_S:
+                self._drop_logged_at = now
+                log.warning("dropped a %s telemetry frame unparsed (max_frame_parse_bytes): %s; %d dropped so far",
+                            kind, exc, self.dropped_frames)
+        except (TelemetryFormatError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+            self.malformed_frames += 1
+            now = time.monotonic()
+            if now - self._malformed_logged_at >= DROP_LOG_INTERVAL_S:  # a flood of garbage is not a log flood
+                self._malformed_logged_at = now
+                log.warning("dropped a malformed %s telemetry frame (%d so far): %s", kind, self.malformed_frames,
+                            str(exc)[:200])
+        except Exception as exc:
+            # Whatever a frame does, this task must live on: before, one OverflowError ended it and every later
+            # frame of every worker sat in the queue until the queue was full, then was dropped.
+            self.malformed_frames += 1
+            log.error("dropped a %s telemetry frame that failed to store: %s: %s", kind, type(exc).__name__,
+                      str(exc)[:200])
+
+    def _parse(self, body: bytes) -> Any:
+        check_parse_cost(body, self.settings.max_frame_parse_bytes)  # before the parse holds what it estimates
+        return loads(body)
 
     def _store_frame(self, kind: str, body: bytes, frame: Any) -> None:
         with item_budget(self.settings.max_frame_items) as counts:
@@ -293,25 +315,26 @@ class OtelModule(EngineModule):
         if self.forwarder is not None and ((kind == "LOGS" and self.settings.exports_logs)
                                            or (kind != "LOGS" and self.settings.exports)):
             self.forwarder.submit(_SIGNALS[kind], body)
-        # Each entry is charged its share of the frame's bytes: the stores' byte bounds need no second encoding.
+        # The stores charge each entry what it holds in memory: a share of the frame's JSON bytes was a third to a
+        # fifth of it for entries of many small attributes, so the byte bounds held several times themselves.
         limit = self.settings.max_frame_entries
         if kind == "OTLP":
             spans = spans_from_otlp(frame, limit)
             self._count_cut(frame, kind, len(spans))
             if self.spans is not None and spans:
-                self.spans.add_all(spans, len(body) // len(spans))
+                self.spans.add_all(spans)
         elif kind == "MTRC":
             metrics = metrics_from_otlp(frame, _now_ns(), limit)
             self._count_cut(frame, kind, len(metrics))
-            self.metrics.add(metrics, len(body) // max(1, len(metrics)))
+            self.metrics.add(metrics)
         elif kind == "LOGS":
             entries = logs_from_otlp(frame, limit)
             self._count_cut(frame, kind, len(entries))
-            for entry in entries:
+            for entry, size in zip(entries, self.logs.sizes(entries), strict=True):
                 if self.settings.logs_console_output:
                     log.log(_console_level(entry["severity_number"]), "[%s] %s", entry["service_name"],
                             entry["body"][:1000])
-                self._add_log(entry, len(body) // len(entries))
+                self._add_log(entry, size)
 
     def _count_cut(self, frame: Any, kind: str, kept: int) -> None:
         # Only max_frame_entries of a frame are converted: 8 MiB of "{}" records are 2 million entries, which took
@@ -328,7 +351,7 @@ class OtelModule(EngineModule):
             log.warning("a %s telemetry frame held more than max_frame_entries (%d): %d entries dropped (%d so far)",
                         kind, self.settings.max_frame_entries, cut, self.dropped_entries)
 
-    def _add_log(self, entry: dict[str, Any], size: int) -> None:
+    def _add_log(self, entry: dict[str, Any], size: int | None = None) -> None:
         self.logs.add(entry, size)
         if not self._log_triggers:
             return
@@ -375,7 +398,7 @@ class OtelModule(EngineModule):
         if isinstance(error, dict) and error.get("message"):
             span["status_description"] = str(error["message"])
         if self.spans is not None:
-            self.spans.add(span, _CALL_SPAN_BYTES)
+            self.spans.add(span)
         if self.forwarder is not None and self.settings.exports:
             self.forwarder.submit("traces", dumps(self._span_request(span)).encode())
 
@@ -445,7 +468,7 @@ class OtelModule(EngineModule):
                 "instrumentation_scope_name": "iii", "instrumentation_scope_version": ENGINE_VERSION,
             }
             log.log(_console_level(number), "%s", message[:1000])
-            self._add_log(entry, _LOG_ENTRY_BYTES + len(message) + (len(dumps(extra)) if entry["attributes"] else 0))
+            self._add_log(entry)
             if self.forwarder is not None and self.settings.exports_logs:
                 self.forwarder.submit("logs", dumps(self._log_request(entry)).encode())
             return None
@@ -565,6 +588,7 @@ class OtelModule(EngineModule):
             spans = {"status": "healthy", "details": {"stored_spans": len(self.spans), "stored_bytes": self.spans.bytes,
                                                       "evicted": self.spans.evicted}}
         telemetry = {"ingested_frames": self.ingested_frames, "dropped_frames": self.dropped_frames,
+                     "queued_frames": self._queue.qsize(), "queued_bytes": self._queued_bytes,
                      "malformed_frames": self.malformed_frames, "dropped_entries": self.dropped_entries,
                      "dropped_items": self.dropped_items}
         if self.alerts is not None:
@@ -683,11 +707,11 @@ class OtelModule(EngineModule):
 
     async def _sampling_rules(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
         sampling = self.settings.sampling
-        rules = [{"operation": r.get("operation"), "service": r.get("service"), "rate": r.get("rate")}
-                 for r in sampling.get("rules") or [] if isinstance(r, Mapping)]
-        default = sampling.get("default")
+        rules = [{"operation": r.operation, "service": r.service, "rate": r.rate} for r in sampling.rules]
+        default = sampling.default
+        parent_based = True if sampling.parent_based is None else sampling.parent_based
         return {"traces": {"default_ratio": default if default is not None else self.settings.sampling_ratio,
-                           "rules": rules, "parent_based": sampling.get("parent_based", True)},
+                           "rules": rules, "parent_based": parent_based},
                 "logs": {"sampling_ratio": self.settings.logs_sampling_ratio}, "timestamp": _now_ms()}
 
     async def _baggage_get(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:

@@ -29,13 +29,16 @@ import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.wire import dumps
 
 __all__ = [
+    "CostlyFrameError",
     "TelemetryFormatError",
     "any_value_json",
     "any_value_text",
+    "check_parse_cost",
     "count_entries",
     "item_budget",
     "logs_from_otlp",
     "metrics_from_otlp",
+    "parse_cost",
     "spans_from_otlp",
 ]
 
@@ -45,6 +48,180 @@ _ZERO_SPAN = "0" * 16
 
 class TelemetryFormatError(ValueError):
     """A telemetry frame that cannot be stored; the message says what was wrong."""
+
+
+class CostlyFrameError(ValueError):
+    """A telemetry frame whose parse would hold more memory than allowed; it is refused before it is parsed.
+
+    Example:
+        >>> try:
+        ...     check_parse_cost(b'[' + b'[],' * 100_000 + b'[]]', 1 << 20)
+        ... except CostlyFrameError as exc:
+        ...     print(type(exc).__name__, isinstance(exc, ValueError), "over 1048576" in str(exc))
+        CostlyFrameError True True
+    """
+
+
+# What parsing a JSON document takes at its peak (resident memory: orjson's reader, 16 bytes a value and a copy of
+# the text, or the standard decoder's text, plus the Python values) per byte of its text that opens a value. Each
+# is at or above the most measured for it (8 MiB frames of over 50 shapes, VmHWM of a fresh process; tracemalloc
+# also counts the 12 times the text orjson reserves for its reader, most of it never touched): an object (an empty
+# dict 91 bytes, 144 by the standard decoder, a dict of one key 300 with its key, table and reader values), a list
+# (98, 147 by the standard decoder), a comma or colon (a reader value and a list slot, or a dict entry whose table
+# may have just doubled: one object of a million unique keys peaked at 163 bytes a key), a quote (half of a str,
+# 49 bytes and more; keys are shared only when they repeat), a number (an int object of up to 40 bytes, 32 from
+# "-6"), and every byte (the text's copy, a string's characters, the standard decoder's chunks of a string with
+# escapes). Before, keys were taken as shared: one object of 381k unique keys was estimated at 23 MiB, parsed 84.
+_OBJECT_COST, _LIST_COST, _COMMA_COST, _COLON_COST, _QUOTE_COST, _NUMBER_COST, _BYTE_COST = 128, 116, 40, 88, 24, 40, 3
+# Text outside ASCII can widen: a str holds 2 bytes a character when one of its characters is above U+00FF, 4 when
+# one is above U+FFFF (one emoji makes an 8 MiB string 32 MiB), and so does the standard decoder's copy of the whole
+# document when such a character is in it unescaped. Per byte of each string holding one (a byte is at most one
+# character), and per byte of the document; past _MAX_WIDE_STRINGS such strings, per byte of the rest of the
+# document at the widest rate it holds (a bounded number of Python steps, whatever the frame).
+_WIDE_COST, _ASTRAL_COST, _MAX_WIDE_STRINGS = 2, 4, 4096
+_WIDE_TEXT_COST, _ASTRAL_TEXT_COST = 1, 3
+# The most one byte of a document can add to parse_cost: what check_parse_cost's shortcut relies on.
+_MAX_BYTE_COST = max(_OBJECT_COST, _LIST_COST) + _BYTE_COST + _ASTRAL_TEXT_COST + _ASTRAL_COST
+# One C pass maps a document to what the counts read: digits and "-" as "0" (a number's first byte), the structure
+# as is, whitespace dropped (so ", 5" is a number after a comma), anything else as ".".
+_STRUCTURE = bytes(48 if 48 <= i <= 57 or i == 45 else i if i in b'{[,:"' else 46 for i in range(256))
+_WHITESPACE = b" \t\n\r"
+# Then "," ":" and "[" as one mark: a number after any of them is one two-byte count (three took 30 ms for 8 MiB).
+_AFTER = bytes(115 if i in b",:[" else i for i in range(256))
+# A document of at most this many quotes is counted with its strings' contents left out (split at its quotes: at
+# most this many parts): text such as a log body of "rows: [{'n': 0}, ...]" opens no value. With more, a string's
+# "{" or "," counts as if it opened one, an over-estimate that only such documents pay.
+_MAX_SPLIT_QUOTES = 65536
+# UTF-8 lead bytes of characters above U+00FF ("w") and above U+FFFF ("a"); the rest as ".".
+_LEADS = bytes(97 if i >= 0xF0 else 119 if 0xC4 <= i <= 0xEF else 46 for i in range(256))
+# A surrogate's escape, either case: in a valid document a low one only follows a high one, so either means a
+# character above U+FFFF (looked for as is: a lower-cased copy of 8 MiB would be held meanwhile).
+_ASTRAL_ESCAPES = (b"\\ud", b"\\uD")
+
+
+def _unescaped(body: bytes) -> bytes:
+    r"""``body`` with each escaped backslash and escaped quote turned into two underscores (so that every quote left
+    opens or closes a string, and offsets are kept).
+
+    Example:
+        >>> _unescaped(b'["a\\\\", "b\\"c"]')
+        b'["a__", "b__c"]'
+    """
+    if b"\\" not in body:
+        return body
+    return body.replace(b"\\\\", b"__").replace(b'\\"', b"__")
+
+
+def _next_of(finds: list[list[Any]], at: int) -> int:
+    """The first offset at or after ``at`` where one of ``finds`` (each ``[text, needle, where last found]``, -2 at
+    first, kept up to date) occurs, or -1; a needle is looked for again only when ``at`` has passed where it was
+    last found, so calls with ``at`` rising look at each byte once.
+
+    Example:
+        >>> finds = [[b"a.b.a", b"a", -2], [b"a.b.a", b"b", -2]]
+        >>> _next_of(finds, 0), _next_of(finds, 1), _next_of(finds, 3), _next_of(finds, 5)
+        (0, 2, 4, -1)
+    """
+    found = -1
+    for find in finds:
+        if find[2] == -2 or 0 <= find[2] < at:  # -2: not looked for yet
+            find[2] = find[0].find(find[1], at)
+        if find[2] >= 0 and (found < 0 or find[2] < found):
+            found = find[2]
+    return found
+
+
+def _wide_cost(body: bytes, text: bytes | None = None) -> int:
+    """What characters above U+00FF add to :func:`parse_cost` (0 for an ASCII document without ``\\u`` escapes);
+    ``text``: :func:`_unescaped` of ``body``, when the caller has it.
+
+    One string at a time, from its (unescaped) opening quote to its closing one, each found at C speed: the bytes
+    looked at are the document's once, and at most :data:`_MAX_WIDE_STRINGS` strings take a Python step. Before,
+    each wide character took one, and a string's start found by ``rfind`` could be an escaped quote: 800 wide
+    characters in a 1.7 MB log body of JSON text were charged as 800 such bodies (1363 MiB, the parse took 23).
+
+    Example:
+        >>> _wide_cost(b'["abc"]'), _wide_cost(b'["ab\\\\ud83d\\\\ude00", "cd"]'), _wide_cost('["\\u20ac"]'.encode())
+        (0, 64, 17)
+    """
+    ascii_text = body.isascii()
+    if ascii_text and (b"\\" not in body or b"\\u" not in body):  # one byte is found at memchr speed, two not
+        return 0
+    leads = b"" if ascii_text else body.translate(_LEADS)
+    astral_text = b"a" in leads
+    cost = len(body) * (_ASTRAL_TEXT_COST if astral_text else _WIDE_TEXT_COST if b"w" in leads else 0)
+    if text is None:
+        text = _unescaped(body)
+    escapes = _ASTRAL_ESCAPES if b"\\u" in text else ()
+    # what makes a string wide: such a lead byte or a \u escape (taken as wide whatever it escapes); astral: a 4-byte
+    # lead or a surrogate's escape. Each needle is looked for again only once the walk has passed where it was
+    # last found (a regex over 8 MiB took 110 ms, these finds a few).
+    wide = [[leads, b"w", -2], [leads, b"a", -2], [text, b"\\u", -2]]
+    astral_finds = [[leads, b"a", -2]] + [[text, needle, -2] for needle in escapes]
+    astral_any = _next_of(astral_finds, 0) >= 0
+    at, strings = 0, 0
+    while (mark := _next_of(wide, at)) >= 0:
+        start = max(text.rfind(b'"', 0, mark), 0)
+        if strings == _MAX_WIDE_STRINGS:
+            return cost + (len(text) - start) * (_ASTRAL_COST if astral_any else _WIDE_COST)
+        end = text.find(b'"', mark + 1)
+        end = len(text) if end < 0 else end + 1
+        astral = astral_any and 0 <= _next_of(astral_finds, start) < end
+        cost += (end - start) * (_ASTRAL_COST if astral else _WIDE_COST)
+        strings += 1
+        at = end
+    return cost
+
+
+def _outside_strings(body: bytes, text: bytes | None = None) -> bytes:
+    """``body`` with the contents of its strings left out (their quotes kept), or ``body`` itself when it holds more
+    than :data:`_MAX_SPLIT_QUOTES` quotes; ``text``: :func:`_unescaped` of ``body``, when the caller has it.
+
+    Example:
+        >>> _outside_strings(b'{"log": "a {b: [1, 2]} \\\\\\"c\\\\"", "n": [3]}')
+        b'{"": "", "": [3]}'
+    """
+    if body.count(b'"') > _MAX_SPLIT_QUOTES:
+        return body
+    return b'""'.join((_unescaped(body) if text is None else text).split(b'"')[0::2])
+
+
+def parse_cost(body: bytes) -> int:
+    """The bytes parsing the JSON ``body`` may take at its peak, estimated from its structure before it is parsed
+    (one translate and a few ``bytes.count`` scans, about 40 ms for 8 MiB: the parse takes several times longer).
+
+    Why: a frame's bytes alone do not bound its parse: 8 MiB of ``{},`` are 2.8 million dicts, 243 MB at the peak,
+    while 8 MiB of spans with attributes take about 74 MB.
+
+    Example:
+        >>> parse_cost(b'[{}, {}, {}]'), parse_cost(b'{"name": "x"}'), parse_cost(b'[1, 22, 333]')
+        (616, 351, 352)
+    """
+    text = _unescaped(body)  # once for both scans below (each copy of an 8 MiB frame is 8 MiB)
+    marks = _outside_strings(body, text).translate(_STRUCTURE, _WHITESPACE)
+    numbers = marks.translate(_AFTER).count(b"s0") + marks.startswith(b"0")
+    return (marks.count(b"{") * _OBJECT_COST + marks.count(b"[") * _LIST_COST + marks.count(b",") * _COMMA_COST
+            + marks.count(b":") * _COLON_COST + marks.count(b'"') * _QUOTE_COST + numbers * _NUMBER_COST
+            + len(body) * _BYTE_COST + _wide_cost(body, text))
+
+
+def check_parse_cost(body: bytes, max_parse_bytes: int) -> None:
+    """:class:`CostlyFrameError` when :func:`parse_cost` estimates that parsing ``body`` takes more than
+    ``max_parse_bytes`` at its peak (a frame too small to reach it is not scanned); call it before parsing.
+
+    Example:
+        >>> check_parse_cost(b'{"resourceSpans": []}', 1 << 20)
+        >>> try:
+        ...     check_parse_cost(b'[' + b'{},' * 1000 + b'{}]', 100_000)
+        ... except CostlyFrameError as exc:
+        ...     print(exc)
+        a frame of 3004 bytes whose parse would hold about 177256 bytes (over 100000)
+    """
+    if len(body) * _MAX_BYTE_COST > max_parse_bytes:
+        cost = parse_cost(body)
+        if cost > max_parse_bytes:
+            raise CostlyFrameError(f"a frame of {len(body)} bytes whose parse would hold about {cost} bytes "
+                                   f"(over {max_parse_bytes})")
 
 
 def _number_text(value: float) -> str:
@@ -62,6 +239,7 @@ def _number_text(value: float) -> str:
 _DECIMAL = re.compile(r"-?[0-9]{1,20}")
 _UINT64 = (0, 2**64 - 1)
 _INT64 = (-(2**63), 2**63 - 1)
+_UINT32 = (0, 2**32 - 1)  # a span's flags (fixed32)
 
 
 def _int(value: Any, what: str = "integer", bounds: tuple[int, int] = _UINT64) -> int:
@@ -87,6 +265,17 @@ def _int(value: Any, what: str = "integer", bounds: tuple[int, int] = _UINT64) -
 
 def _opt_int(value: Any, what: str) -> int:
     return 0 if value is None else _int(value, what)
+
+
+def _text(value: Any) -> str | None:
+    """An id or trace state of a span link: a string, else nothing (any other JSON value was stored as sent, and
+    the memory bound counted it as a few bytes).
+
+    Example:
+        >>> _text("5b8efff798038103d269b633813fc60c"), _text({"a": [1, 2]})
+        ('5b8efff798038103d269b633813fc60c', None)
+    """
+    return value if isinstance(value, str) else None
 
 
 def any_value_text(value: Any) -> str:
@@ -348,16 +537,17 @@ def spans_from_otlp(frame: Any, limit: int | None = None) -> list[dict[str, Any]
                             for event in _list(span, "events") if isinstance(event, dict)
                         ],
                         "links": [
-                            {"trace_id": link.get("traceId"), "span_id": link.get("spanId"),
-                             "trace_state": link.get("traceState"),
+                            {"trace_id": _text(link.get("traceId")), "span_id": _text(link.get("spanId")),
+                             "trace_state": _text(link.get("traceState")),
                              "attributes": _attributes_pairs(link.get("attributes"))}
                             for link in _list(span, "links") if isinstance(link, dict)
                         ],
                     }
                 if status.get("message"):
                     stored["status_description"] = str(status["message"])
-                if "flags" in span:
-                    stored["flags"] = span["flags"]
+                if span.get("flags") is not None:
+                    # a fixed32: stored as sent, any JSON value (150,000 nested lists) was held and never counted
+                    stored["flags"] = _int(span["flags"], "flags", _UINT32)
                 out.append(_with_scope(stored, scope))
     return out
 
@@ -408,7 +598,7 @@ def logs_from_otlp(frame: Any, limit: int | None = None) -> list[dict[str, Any]]
                     "attributes": _attributes_json(record.get("attributes")),
                     "trace_id": _id_or_none(record.get("traceId"), _ZERO_TRACE),
                     "span_id": _id_or_none(record.get("spanId"), _ZERO_SPAN),
-                    "resource": dict(resource),
+                    "resource": resource,  # one dict for the records of a resource (a copy each cost memory)
                     "service_name": _service(resource),
                 }
                 out.append(_with_scope(stored, scope))

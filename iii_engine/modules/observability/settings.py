@@ -24,10 +24,10 @@ from urllib.parse import urlsplit
 
 from pydantic import field_validator
 
-from ...settings import Field, Settings, UnknownKeys
+from ...settings import Field, Settings, UnknownKeys, env_text
 from .alerts import AlertRule
 
-__all__ = ["ObservabilitySettings"]
+__all__ = ["ObservabilitySettings", "RateLimit", "SamplingRule", "SamplingSettings"]
 
 Exporter = Literal["memory", "otlp", "both"]
 
@@ -43,10 +43,79 @@ _ENV: Final = {
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
 
-class ObservabilitySettings(Settings):
-    """Parsed configuration of ``modules::observability::OtelModule`` (unknown keys are ignored)."""
+class SamplingRule(Settings):
+    """One rule of ``sampling.rules``: the ratio of the traces of an operation and/or service that are kept.
 
-    unknown_keys: ClassVar[UnknownKeys] = "ignore"
+    Example:
+        >>> SamplingRule.parse({"operation": "api.*", "rate": 1.5}, at="sampling.rules[0]")
+        Traceback (most recent call last):
+        ...
+        iii_engine.settings.ConfigError: sampling.rules[0].rate: must be <= 1.0, got 1.5
+    """
+
+    label: ClassVar[str] = "sampling rule"
+
+    operation: str | None = None
+    service: str | None = None
+    rate: float = Field(ge=0.0, le=1.0)
+
+
+class RateLimit(Settings):
+    """``sampling.rate_limit``: the most traces kept per second (production reads it as a 32-bit count)."""
+
+    label: ClassVar[str] = "sampling.rate_limit"
+
+    max_traces_per_second: int = Field(ge=0, le=2**32 - 1)
+
+
+class SamplingSettings(Settings):
+    """``sampling:``, production's advanced trace sampling: ``default`` ratio, ordered ``rules``, ``parent_based``
+    and ``rate_limit``. Each key is checked and an unknown one refused, as production refuses it (unchecked, a
+    ``defualt: 0.1`` was served back by ``engine::sampling::rules`` as if no default were set).
+
+    Example:
+        >>> SamplingSettings.parse({"default": 0.25, "rules": [{"service": "billing", "rate": 1}]}).rules[0].rate
+        1.0
+        >>> SamplingSettings.parse({"defualt": 0.1}, at="sampling")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        iii_engine.settings.ConfigError: sampling: unknown key 'defualt' (did you mean 'default'? allowed: ...)
+    """
+
+    label: ClassVar[str] = "sampling"
+
+    default: float | None = Field(None, ge=0.0, le=1.0)
+    rules: tuple[SamplingRule, ...] = Field((), strict=False)
+    parent_based: bool | None = None
+    rate_limit: RateLimit | None = Field(None, strict=False)
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _no_rules(cls, value: Any) -> Any:
+        return () if value is None else value  # ``rules:`` with nothing under it reads as null in YAML
+
+
+class ObservabilitySettings(Settings):
+    """Parsed configuration of ``modules::observability::OtelModule``.
+
+    The keys production reads and this engine does not use (``metrics_enabled``, ``logs_retention_seconds`` …)
+    are logged at info and ignored, as other unknown keys are with a warning; a near-miss of a known key is refused
+    with the closest name (``exportr`` left the exporter on ``otlp``).
+
+    Example:
+        >>> ObservabilitySettings.from_config({"exportr": "memory"}, env={})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        iii_engine.settings.ConfigError: unknown key 'exportr' (did you mean 'exporter'? allowed: alerts, enabled, ...)
+    """
+
+    # Production refuses every key it does not know; these are its keys this engine has no use for, so a production
+    # file starts here (``logs_retention_seconds`` is also close enough to ``metrics_retention_seconds`` to be taken
+    # for its typo were it not known).
+    unknown_keys: ClassVar[UnknownKeys] = "warn"
+    unused_keys: ClassVar[frozenset[str]] = frozenset({
+        "metrics_enabled", "metrics_exporter", "logs_enabled", "logs_retention_seconds", "level", "format"})
+    label: ClassVar[str] = "observability settings"
 
     enabled: bool = False
     service_name: str = "iii"
@@ -54,7 +123,7 @@ class ObservabilitySettings(Settings):
     service_namespace: str | None = None
     exporter: Exporter = "otlp"
     sampling_ratio: float = Field(1.0, ge=0.0, le=1.0)
-    sampling: dict[str, Any] = Field(default_factory=dict)
+    sampling: SamplingSettings = Field(default_factory=SamplingSettings, strict=False)
     memory_max_spans: int = Field(1000, ge=1, le=10_000_000)
     logs_exporter: Exporter = "memory"
     # After the exporters: checked only when something is exported to it (an unused endpoint stays unchecked).
@@ -73,7 +142,11 @@ class ObservabilitySettings(Settings):
     ingest_queue_bytes: int = Field(64 * 1024 * 1024, ge=1, le=1 << 36)
     max_frame_entries: int = Field(10_000, ge=1, le=10_000_000)
     max_frame_items: int = Field(100_000, ge=1, le=100_000_000)
-    # Ours: the stores' bounds in bytes of JSON as received, besides production's counts.
+    # What one frame's parse may hold at its peak (estimated from its structure before it is parsed): 8 MiB of "{},"
+    # held 243 MB, on top of the queue and the stores. 192 MiB, not 128: the reference SDK caps no frame, and 8 MB of
+    # log records with twenty attributes each (a 109 MiB peak) is estimated at 137 MiB.
+    max_frame_parse_bytes: int = Field(192 * 1024 * 1024, ge=1, le=1 << 36)
+    # Ours: the stores' bounds in bytes of memory their entries hold (estimated), besides production's counts.
     memory_max_bytes: int = Field(64 * 1024 * 1024, ge=1, le=1 << 36)
     logs_max_bytes: int = Field(64 * 1024 * 1024, ge=1, le=1 << 36)
     metrics_max_bytes: int = Field(64 * 1024 * 1024, ge=1, le=1 << 36)
@@ -99,8 +172,8 @@ class ObservabilitySettings(Settings):
     @field_validator("sampling_ratio", "logs_sampling_ratio", "memory_max_spans", "logs_max_count",
                      "logs_batch_size", "logs_flush_interval_ms", "metrics_max_count", "metrics_retention_seconds",
                      "ingest_queue_frames", "max_frame_bytes", "ingest_queue_bytes", "max_frame_entries",
-                     "max_frame_items", "memory_max_bytes", "logs_max_bytes", "metrics_max_bytes",
-                     "export_stop_timeout_ms", mode="before")
+                     "max_frame_items", "max_frame_parse_bytes", "memory_max_bytes", "logs_max_bytes",
+                     "metrics_max_bytes", "export_stop_timeout_ms", mode="before")
     @classmethod
     def _number(cls, value: Any, info: Any) -> Any:
         if not isinstance(value, str):
@@ -161,7 +234,8 @@ class ObservabilitySettings(Settings):
                 raw[key] = env[variable]
         for key in ("service_name", "service_version", "service_namespace", "endpoint"):
             if key in raw and not isinstance(raw[key], str):
-                raw[key] = str(raw[key])  # e.g. a version written as a number
+                # e.g. a version written as a number; one from ${VAR} keeps its text (1.10, not 1.1)
+                raw[key] = env_text(raw[key]) or str(raw[key])
         raw["service_name_set"] = (config or {}).get("service_name") is not None
         raw["exporter_set"] = (config or {}).get("exporter") is not None
         return cls.parse(raw)

@@ -1,7 +1,9 @@
 """Bounded in-memory stores for what workers and the engine report: spans, logs, metrics and call counters.
 
 Every store has a fixed capacity and evicts the oldest entry first, so a worker that floods telemetry costs a
-bounded amount of memory; evictions are counted and reported by ``engine::health::check``.
+bounded amount of memory; evictions are counted and reported by ``engine::health::check``. The byte bounds count
+what an entry holds in memory (its dicts, lists, strings and numbers, see :meth:`_Ring.sizes`), not the JSON it came
+as: many small attributes cost three to five times their JSON, so a bound on JSON bytes held several times itself.
 
 Example:
     >>> logs = LogStore(capacity=2)
@@ -14,20 +16,114 @@ Example:
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import chain, repeat
+from operator import methodcaller
+from sys import getsizeof
 from typing import Any
 
-__all__ = ["DEFAULT_MAX_BYTES", "Counters", "LogStore", "MetricStore", "SpanStore"]
+__all__ = ["DEFAULT_MAX_BYTES", "Counters", "LogStore", "MetricStore", "SpanStore", "value_bytes"]
 
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+# What a store holds per entry besides the entry: its pointer in two deques and its size (an int).
+_SLOT_BYTES = 48
+# An entry's two timestamps (ints past the cached small ones).
+_TIMES_BYTES = 2 * getsizeof(1 << 62)
+# The entries' fields that the entries of one frame share (one resource, one scope): charged to the first entry of a
+# run of entries holding the same objects.
+_SHARED_FIELDS = ("resource", "service_name", "instrumentation_scope_name", "instrumentation_scope_version")
+# The type methods, not sys.getsizeof (which looks __sizeof__ up on each call: several times slower); dicts and lists
+# carry the collector's header on top.
+_str_size, _dict_size, _list_size, _int_size = str.__sizeof__, dict.__sizeof__, list.__sizeof__, int.__sizeof__
+_sizeof: Callable[[Any], int] = methodcaller("__sizeof__")
+_GC_HEADER = getsizeof([]) - [].__sizeof__()
+_EMPTY_LIST = getsizeof([])
+
+
+def value_bytes(value: Any, keys: bool = True) -> int:
+    """Bytes of memory a JSON-like value holds, as :func:`sys.getsizeof` counts them: its dicts and lists with their
+    keys (unless ``keys`` is false: the engine's own names, shared by every entry) and items, strings and numbers;
+    ``None``, booleans and small ints are the interpreter's own (0).
+
+    Example:
+        >>> import sys
+        >>> value_bytes(None), value_bytes(7), value_bytes("ab") == sys.getsizeof("ab")
+        (0, 0, True)
+        >>> value_bytes({"k": [1000]}) == sum(map(sys.getsizeof, ({"k": [1000]}, "k", [1000], 1000)))
+        True
+    """
+    size = 0
+    stack = [value]
+    pop, extend = stack.pop, stack.extend
+    while stack:
+        item = pop()
+        kind = type(item)
+        if kind is str:
+            size += _str_size(item)
+        elif kind is dict:
+            size += _dict_size(item) + _GC_HEADER
+            if keys:
+                extend(item)
+            extend(item.values())
+        elif kind is list:
+            size += _list_size(item) + _GC_HEADER
+            extend(item)
+        elif kind is int:
+            if not -5 <= item <= 256:  # CPython's cached small ints
+                size += _int_size(item)
+        elif item is not None and kind is not bool:
+            size += getsizeof(item)
+    return size
+
+
+def _attributes_bytes(attributes: Any) -> int:
+    """:func:`value_bytes` of a log's attributes, for the usual flat dict of string keys without a Python step per
+    attribute (a small int or ``None`` among its values counts as its object's size: a little more than it costs)."""
+    if type(attributes) is not dict:
+        return value_bytes(attributes)
+    values = attributes.values()
+    kinds = set(map(type, values))
+    try:
+        size = _dict_size(attributes) + _GC_HEADER + sum(map(_str_size, attributes))
+    except TypeError:  # a key that is not a string
+        return value_bytes(attributes)
+    if kinds <= {str}:
+        return size + sum(map(_str_size, values))
+    size += sum(map(_sizeof, values))
+    if list in kinds or dict in kinds:
+        for value in values:
+            if type(value) is list or type(value) is dict:
+                size += value_bytes(value) - _sizeof(value)
+    return size
+
+
+def _pairs_bytes(pairs: Any) -> int:
+    """:func:`value_bytes` of a span's ``[[key, value], ...]`` attributes, without a Python step per pair."""
+    try:
+        return ((len(pairs) + 1) * _GC_HEADER + _list_size(pairs) + sum(map(_list_size, pairs))
+                + sum(map(_str_size, chain.from_iterable(pairs))))
+    except TypeError:  # not a list of lists of strings
+        return value_bytes(pairs)
+
+
+def _shared_bytes(entry: dict[str, Any], last: list[Any]) -> int:
+    """What ``entry``'s :data:`_SHARED_FIELDS` hold where they are not the objects of the entry before it (``last``,
+    updated)."""
+    size = 0
+    for i, key in enumerate(_SHARED_FIELDS):
+        value = entry.get(key)
+        if value is not last[i]:
+            last[i] = value
+            size += value_bytes(value)
+    return size
 
 
 class _Ring:
-    """A FIFO of at most ``capacity`` entries and ``max_bytes`` (as reported by :meth:`add`) that counts what it
-    evicts; the newest entry is always kept, so one entry may exceed ``max_bytes`` (the frame bound caps it)."""
+    """A FIFO of at most ``capacity`` entries and ``max_bytes`` (as :meth:`sizes` estimates them, or as given) that
+    counts what it evicts; the newest entry is always kept, so one entry may exceed ``max_bytes`` (the frame bound
+    caps it)."""
 
     def __init__(self, capacity: int, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         if capacity < 1:
@@ -40,21 +136,32 @@ class _Ring:
         self._sizes: deque[int] = deque()
         self.bytes = 0
         self.evicted = 0
+        # the shared fields (_SHARED_FIELDS) of the entry sized last: an entry holding the same objects is not
+        # charged for them again
+        self._last: list[Any] = [None] * len(_SHARED_FIELDS)
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def add(self, entry: dict[str, Any], size: int = 0) -> None:
-        """Append ``entry`` (about ``size`` bytes of JSON), evicting the oldest ones past either bound."""
+    def sizes(self, entries: Sequence[dict[str, Any]]) -> list[int]:
+        """The bytes each of ``entries`` costs the store (:func:`value_bytes` of it; the stores of one shape count
+        faster)."""
+        return [_SLOT_BYTES + value_bytes(entry) for entry in entries]
+
+    def add(self, entry: dict[str, Any], size: int | None = None) -> None:
+        """Append ``entry`` (``size`` bytes; by default :meth:`sizes`), evicting the oldest ones past either bound."""
+        if size is None:
+            size = self.sizes([entry])[0]
         self._items.append(entry)
         self._sizes.append(size)
         self.bytes += size
         self._evict()
 
-    def add_all(self, entries: Sequence[dict[str, Any]], size_each: int = 0) -> None:
-        """:meth:`add` of each of ``entries`` in turn (about ``size_each`` bytes each), in one step: the same entries
-        kept and the same count evicted (an entry any later one pushes out is pushed out by the last one as well, the
-        sizes being at least 0), without a Python-level call per entry (a frame brings up to 512 spans).
+    def add_all(self, entries: Sequence[dict[str, Any]], sizes: Sequence[int] | int | None = None) -> None:
+        """:meth:`add` of each of ``entries`` in turn (``sizes`` bytes each: one number for all, or one per entry;
+        by default :meth:`sizes`), in one step: the same entries kept and the same count evicted (an entry any later
+        one pushes out is pushed out by the last one as well, the sizes being at least 0), without a Python-level
+        call per entry (a frame brings up to 512 spans).
 
         Example:
             >>> ring = SpanStore(2)
@@ -62,9 +169,13 @@ class _Ring:
             >>> ring.entries(), ring.bytes, ring.evicted
             ([{'n': 2}, {'n': 3}], 20, 1)
         """
+        if sizes is None:
+            sizes = self.sizes(entries)
+        elif isinstance(sizes, int):
+            sizes = list(repeat(sizes, len(entries)))
         self._items.extend(entries)
-        self._sizes.extend(repeat(size_each, len(entries)))
-        self.bytes += size_each * len(entries)
+        self._sizes.extend(sizes)
+        self.bytes += sum(sizes)
         self._evict()
 
     def _evict(self) -> None:
@@ -83,14 +194,91 @@ class _Ring:
         self._items.clear()
         self._sizes.clear()
         self.bytes = 0
+        self._last[:] = [None] * len(_SHARED_FIELDS)
 
 
 class LogStore(_Ring):
     """StoredLog entries (production keeps 1000)."""
 
+    def sizes(self, entries: Sequence[dict[str, Any]]) -> list[int]:
+        """What each StoredLog costs: its dict, strings, timestamps and attributes, and its resource and scope unless
+        the entry sized before it holds the same objects (within 1.5x of what tracemalloc measures).
+
+        Example:
+            >>> entry = {"body": "x" * 1000, "attributes": {"user": "u" * 1000}, "resource": {"service.name": "a"}}
+            >>> first, second = LogStore(10).sizes([entry, {**entry, "body": "y" * 1000}])
+            >>> 2000 < second < first < 3000
+            True
+        """
+        last = self._last
+        out = []
+        for entry in entries:
+            size = (_SLOT_BYTES + _TIMES_BYTES + _dict_size(entry) + _GC_HEADER
+                    + _attributes_bytes(entry.get("attributes")))
+            for key in ("body", "severity_text", "trace_id", "span_id"):
+                value = entry.get(key)
+                if type(value) is str:
+                    size += _str_size(value)
+                elif value is not None:
+                    size += value_bytes(value)
+            out.append(size + _shared_bytes(entry, last))
+        return out
+
 
 class SpanStore(_Ring):
     """StoredSpan entries (capacity ``memory_max_spans``, 1000 by default)."""
+
+    def sizes(self, entries: Sequence[dict[str, Any]]) -> list[int]:
+        """What each StoredSpan costs: its dict, ids, name, times, attributes, events and links, and its service and
+        scope unless the span sized before it holds the same objects; a span without attributes, events or links
+        (every handled call's) without a Python-level call.
+
+        Example:
+            >>> span = {"trace_id": "a" * 32, "span_id": "b" * 16, "name": "work", "attributes": [["k", "v"]],
+            ...         "events": [], "links": []}
+            >>> 400 < SpanStore(10).sizes([span])[0] < 1200
+            True
+        """
+        last = self._last
+        last_service, last_scope, last_version = last[1:]
+        out = []
+        for span in entries:
+            size = _SLOT_BYTES + _TIMES_BYTES + _dict_size(span) + _GC_HEADER
+            parent = span.get("parent_span_id")
+            try:  # the usual span: its ids and name strings (unrolled: a call's span is the engine's hot path)
+                size += _str_size(span["trace_id"]) + _str_size(span["span_id"]) + _str_size(span["name"])
+                if parent is not None:
+                    size += _str_size(parent)
+            except (KeyError, TypeError):
+                size += value_bytes([span.get("trace_id"), span.get("span_id"), span.get("name"), parent])
+            if "status_description" in span:
+                size += value_bytes(span["status_description"])
+            attributes = span.get("attributes")
+            if attributes:
+                size += _pairs_bytes(attributes)
+            elif attributes is not None:
+                size += _EMPTY_LIST
+            for key in ("events", "links"):
+                value = span.get(key)
+                if value:
+                    size += value_bytes(value, keys=False)
+                elif value is not None:
+                    size += _EMPTY_LIST
+            # inline, not _shared_bytes: no Python-level call per span
+            service, scope, version = (span.get("service_name"), span.get("instrumentation_scope_name"),
+                                       span.get("instrumentation_scope_version"))
+            if service is not last_service:
+                last_service = service
+                size += value_bytes(service)
+            if scope is not last_scope:
+                last_scope = scope
+                size += value_bytes(scope)
+            if version is not last_version:
+                last_version = version
+                size += value_bytes(version)
+            out.append(size)
+        last[1:] = last_service, last_scope, last_version
+        return out
 
     def of_trace(self, trace_id: str) -> list[dict[str, Any]]:
         """Every stored span of one trace."""
@@ -118,27 +306,45 @@ class MetricStore:
         self._sizes: deque[int] = deque()
         self.bytes = 0
         self._names: OrderedDict[str, int] = OrderedDict()  # name -> entries held
+        self._last: list[Any] = [None] * len(_SHARED_FIELDS)  # as _Ring's
         self.evicted = 0
         self.refused_names = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def add(self, metrics: Iterable[dict[str, Any]], size_each: int = 0) -> None:
-        """Store metrics (about ``size_each`` bytes of JSON each), evicting the oldest entries beyond
-        ``max_entries`` or ``max_bytes``; new names past ``max_names`` are refused (counted)."""
+    def add(self, metrics: Iterable[dict[str, Any]], size_each: int | None = None) -> None:
+        """Store metrics (``size_each`` bytes each; by default what each costs in memory, see :meth:`size`),
+        evicting the oldest entries beyond ``max_entries`` or ``max_bytes``; new names past ``max_names`` are
+        refused (counted)."""
         for metric in metrics:
             name = metric["name"]
             if name not in self._names and len(self._names) >= self.max_names:
                 self.refused_names += 1
                 continue
+            size = self.size(metric, self._last) if size_each is None else size_each
             self._names[name] = self._names.get(name, 0) + 1
             self._entries.append(metric)
-            self._sizes.append(size_each)
-            self.bytes += size_each
+            self._sizes.append(size)
+            self.bytes += size
             while len(self._entries) > self.max_entries or (self.bytes > self.max_bytes and len(self._entries) > 1):
                 self._pop_oldest()
                 self.evicted += 1
+
+    @staticmethod
+    def size(metric: dict[str, Any], last: list[Any] | None = None) -> int:
+        """What a StoredMetric costs: its dict, strings and data points, and the service and scope it shares with
+        the metric before it (whose shared fields ``last`` holds, updated) only if that one holds other objects.
+
+        Example:
+            >>> metric = {"name": "jobs", "data_points": [{"value": 1.5, "attributes": [["k", "v"]]}]}
+            >>> 400 < MetricStore.size(metric) < 1200
+            True
+        """
+        return (_SLOT_BYTES + _dict_size(metric) + _GC_HEADER
+                + value_bytes([metric.get("name"), metric.get("description"), metric.get("unit")])
+                + value_bytes(metric.get("data_points"), keys=False)
+                + _shared_bytes(metric, [None] * len(_SHARED_FIELDS) if last is None else last))
 
     def _pop_oldest(self) -> None:
         self._forget(self._entries.popleft())
@@ -166,6 +372,7 @@ class MetricStore:
         self._sizes.clear()
         self._names.clear()
         self.bytes = 0
+        self._last[:] = [None] * len(_SHARED_FIELDS)
 
 
 @dataclass

@@ -110,13 +110,18 @@ class RedisBus:
     """
 
     def __init__(self, redis_url: str) -> None:
-        from redis.asyncio import Redis
         from redis.exceptions import RedisError
 
-        # what a broken or refused connection raises (redis is an optional package: imported here, not above)
+        from iii_streams.redis import waiting_client
+
+        # what a broken or refused connection raises (redis is an optional package: imported here, not above); a
+        # publish that waited the whole pool_timeout for a connection raises PoolExhaustedError, an OSError
         self._broken: tuple[type[Exception], ...] = (RedisError, OSError)
         self._not_subscribed: tuple[type[Exception], ...] = (*self._broken, TimeoutError)
-        self._redis: Redis = Redis.from_url(redis_url, socket_timeout=_REDIS_TIMEOUT_S,
+        # A blocking pool (50 connections, or the URL's ?max_connections=): a publish beyond it waits for one (10 s,
+        # or ?timeout=); Redis.from_url's pool failed it at once ("Too many connections", 1,901 of 2,000 concurrent
+        # publishes). The subscriber's connection is one of them, held for good.
+        self._redis: Redis = waiting_client(redis_url, pool_timeout=_REDIS_TIMEOUT_S, socket_timeout=_REDIS_TIMEOUT_S,
                                             socket_connect_timeout=_REDIS_TIMEOUT_S)
         self._pubsub: PubSub = self._redis.pubsub()
         self._reader: asyncio.Task[None] | None = None
@@ -141,7 +146,11 @@ class RedisBus:
 
     async def start(self, deliver: Deliver) -> None:
         """See :class:`PubSubBus`."""
+        from iii_streams.redis import check_reachable
+
         self._deliver = deliver
+        # a Redis that is down fails the module's start in one line naming it
+        await check_reachable(self._redis, timeout=_REDIS_TIMEOUT_S)
         # A private channel opens the connection so the reader can run before any topic is subscribed.
         await self._pubsub.subscribe(f"__iii_pubsub_idle:{uuid.uuid4()}")
         self._reader = asyncio.create_task(self._read(), name="pubsub-redis-reader")

@@ -28,7 +28,7 @@ import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.iii_types import TriggerInfo
 
 from ...limits import HeldTasks
-from ..base import BuiltinFunction, EngineError, EngineModule, EngineServices, InvocationContext
+from ..base import BuiltinFunction, EngineError, EngineModule, EngineServices, FiredSlots, InvocationContext
 from ..trigger_set import check_trigger_config
 from .bus import LocalBus, PubSubBus, open_bus
 from .settings import PubSubSettings
@@ -168,22 +168,25 @@ class PubSubModule(EngineModule):
             return
         triggers = list(subscribers.values())
         fired = self.services.fired_calls
-        if not fired.try_take(len(triggers)):
-            await fired.take(len(triggers), f"publish to topic {topic!r:.200}", "subscribers")
+        hold = fired.try_take(len(triggers))
+        if hold is None:
+            hold = await fired.take(len(triggers), f"publish to topic {topic!r:.200}", "subscribers")
             # The wait can be long: a subscriber that left meanwhile gets nothing, and its slot goes back.
             current = self._subscribers.get(topic) or {}
             staying = [trigger for trigger in triggers if current.get(trigger.id) is trigger]
             if len(staying) < len(triggers):
-                fired.release(len(triggers) - len(staying))
+                hold.release(len(triggers) - len(staying))
                 triggers = staying
+        # each subscriber's call (or its condition check, then its call) gets one slot of the hold, bytes and all
         for trigger in triggers:
             condition = trigger.config.get("condition_function_id") if isinstance(trigger.config, dict) else None
             if condition is None:
-                self.services.fire(trigger.function_id, data, taken=True)
+                self.services.fire(trigger.function_id, data, taken=hold.one())
                 continue
-            self._checks.spawn(self._fire_if(condition, topic, trigger, data), fired)
+            one = hold.one()
+            self._checks.spawn(self._fire_if(condition, topic, trigger, data, one), one)
 
-    async def _fire_if(self, condition: str, topic: str, trigger: TriggerInfo, data: Any) -> None:
+    async def _fire_if(self, condition: str, topic: str, trigger: TriggerInfo, data: Any, slot: FiredSlots) -> None:
         # the slot taken for this subscriber covers its condition too, and goes with the call when it passes
         passed = False
         try:
@@ -192,6 +195,6 @@ class PubSubModule(EngineModule):
             passed = passed and (self._subscribers.get(topic) or {}).get(trigger.id) is trigger
         finally:
             if passed:
-                self.services.fire(trigger.function_id, data, taken=True)
+                self.services.fire(trigger.function_id, data, taken=slot)
             else:
-                self.services.fired_calls.release()
+                slot.release()

@@ -8,18 +8,162 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
-from collections.abc import Awaitable, Callable
+import random
+import time
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import replace
 
+import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
+from iii.loss_log import LossLog
+from iii.protocol.worker_session import clip_text
+
+from ..base import EngineError
 from .settings import DEFAULT_STOP_TIMEOUT_MS, QueueSettings
 from .store import DeadLetter, Job, QueueStore, now_ms
 
-DLQ_ERROR = "function call failed"
+DLQ_ERROR_CHARS = 1000
+"""Characters of the handler's error a dead letter keeps (a longer one is cut, saying how long it was)."""
+
+STORE_FAILURE_LOG_INTERVAL_S = 30.0
+"""While the store keeps failing, one warning per this many seconds sums up the failed polls."""
+
+MAX_WAITING_LANES = 4096
+"""Lanes put off because their job's function is not registered that a consumer remembers, to run them as soon as
+the function registers; past it a lane put off waits for its next planned look (at most 5 s, or ``backoff_ms``). A
+lane is forgotten once its planned look is due (that look runs it, here or on another engine sharing the store)."""
+
+
+def dlq_error(exc: BaseException) -> str:
+    """The ``error`` of a dead letter: the last attempt's error, ``code: message`` for an engine error (a worker's
+    error body), cut to :data:`DLQ_ERROR_CHARS`.
+
+    Example:
+        >>> dlq_error(EngineError("invocation_failed", "card declined"))
+        'invocation_failed: card declined'
+        >>> dlq_error(RuntimeError())
+        'RuntimeError'
+    """
+    text = f"{exc.code}: {exc.message}" if isinstance(exc, EngineError) else str(exc) or type(exc).__name__
+    return clip_text(text, DLQ_ERROR_CHARS)
 
 
 class JobNotReady(Exception):
-    """Raised by a runner when a job cannot run yet (its function is not registered): retried, attempt not counted."""
+    """Raised by a runner when a job cannot run yet (its function is not registered): tried again after
+    ``delay_ms`` (default: the queue's ``backoff_ms``), its attempt not counted. ``waits_for``: the function it
+    waits for; once :meth:`QueueConsumer.functions_changed` finds it registered, the job is tried at once.
+
+    Example:
+        >>> JobNotReady("orders::process", delay_ms=2000).delay_ms
+        2000
+    """
+
+    def __init__(self, *args: object, delay_ms: int | None = None, waits_for: str | None = None) -> None:
+        super().__init__(*args)
+        self.delay_ms = delay_ms
+        self.waits_for = waits_for
+
+
+class Reported(Exception):
+    """Mixin of a failure its runner has already logged once for all the jobs it hits: the consumer logs their
+    attempts and dead letters at debug level only (10,000 jobs of a missing function made 10,000 warnings)."""
+
+
+class StoreFailures:
+    """Rate-limited log of a queue store failing and answering again, shared by the consumers of one store.
+
+    The first failure is one error line (no traceback: that is at debug level); while failures go on, a warning
+    at most every ``interval`` seconds counts them; once every consumer that failed has polled the store
+    successfully again, one line says the store answers again. With Redis down, three queues logged 144 full
+    tracebacks (546 KB) in 6 s.
+
+    Example:
+        >>> failures = StoreFailures(logging.getLogger("doc"))
+        >>> failures.failing
+        False
+    """
+
+    def __init__(self, log: logging.Logger, interval: float = STORE_FAILURE_LOG_INTERVAL_S) -> None:
+        self._log = log
+        self._interval = interval
+        self._losses = LossLog(self._write, interval)
+        self._queues: set[str] = set()  # queues whose latest poll failed
+        self._since = 0.0
+        self._count = 0
+        self._latest = ""
+        self._retry_ms = 0
+        self._retry_max_ms = 0
+
+    @property
+    def failing(self) -> bool:
+        """Whether a consumer's latest poll of the store failed."""
+        return bool(self._queues)
+
+    def failed(self, queue: str, exc: Exception, retry_ms: int, retry_max_ms: int | None = None) -> None:
+        """A poll of ``queue`` failed with ``exc``; polled again in ``retry_ms``, backing off up to ``retry_max_ms``
+        while it fails (``None``: every ``retry_ms``). The first failure of an outage is logged at once, later ones
+        summed up (:data:`STORE_FAILURE_LOG_INTERVAL_S`).
+
+        Example:
+            >>> failures = StoreFailures(logging.getLogger("doc"))
+            >>> failures.failed("q", ConnectionError("Connect call failed"), 100, 5000)
+            >>> failures.failing
+            True
+            >>> failures.answered("q"); failures.failing
+            False
+            >>> failures.close()
+        """
+        self._log.debug("queue %s: store failed", queue, exc_info=exc)
+        if not self._queues:
+            self._since = time.monotonic()
+            self._count = 0
+        self._queues.add(queue)
+        self._count += 1
+        self._latest = f"queue {queue}: {type(exc).__name__}: {clip_text(str(exc))}"
+        self._retry_ms = retry_ms
+        self._retry_max_ms = retry_ms if retry_max_ms is None else retry_max_ms
+        self._losses.lost(queue, self._latest)
+
+    def answered(self, queue: str) -> None:
+        """A poll of ``queue`` succeeded (cheap when nothing failed)."""
+        if not self._queues or queue not in self._queues:
+            return
+        self._queues.discard(queue)
+        if not self._queues:
+            # the failures not summed up yet are in this line's count; a "still failing" line just before it was
+            # wrong, and a new outage is told at once, as the first one was
+            self._losses.reset()
+            self._log.warning("queue store answers again after %d failed poll(s) over %.1f s",
+                              self._count, time.monotonic() - self._since)
+
+    def forget(self, queue: str) -> None:
+        """``queue``'s consumer stopped: its failed poll no longer holds the "answers again" line back (a topic
+        consumer stopped while the store failed would have kept it back for good)."""
+        if queue in self._queues:
+            self._queues.discard(queue)
+            if not self._queues:
+                # the outage is not known to be over: its count so far is said, then the next one starts afresh
+                self._losses.reset()
+                self._log.warning("queue store: the last consumer whose polls failed stopped (%s) after %d failed "
+                                  "poll(s) over %.1f s", queue, self._count, time.monotonic() - self._since)
+
+    def _write(self, counts: Mapping[str, int], latest: str | None) -> None:
+        failed = sum(counts.values())
+        if latest is not None and failed == 1:
+            if self._retry_max_ms > self._retry_ms:
+                retrying = f"retrying in {self._retry_ms} ms, then less often (at most every {self._retry_max_ms} ms)"
+            else:
+                retrying = f"retrying every {self._retry_ms} ms"
+            self._log.error("queue store failed (%s); %s, failures summed up every %.0f s (tracebacks at debug level)",
+                            latest, retrying, self._interval)
+            return
+        self._log.warning("queue store still failing: %d failed poll(s) of %d queue(s) since the last warning; "
+                          "latest: %s", failed, len(counts), latest or self._latest)
+
+    def close(self) -> None:
+        """Stop: failures not logged yet are logged now (their timer belongs to this loop)."""
+        self._losses.close()
 
 
 Runner = Callable[[Job], Awaitable[None]]
@@ -32,6 +176,12 @@ class QueueConsumer:
     dead-letter queue once ``max_retries`` attempts failed. ``can_claim()`` false pauses claiming (a topic
     with no subscriber keeps its jobs). ``on_idle()`` is told when the last job running here has finished
     (stored as done, retried or dead).
+
+    ``skip()`` names functions whose jobs this consumer leaves in the store (another engine sharing it serves them,
+    this one does not); claims move past them.
+
+    ``store_failures`` is where failed polls are told (shared by the consumers of one store, so an outage logs a
+    line, not one per queue and poll); by default the consumer's own.
 
     Example:
         >>> from iii_engine.modules.queue.store import MemoryQueueStore
@@ -50,6 +200,8 @@ class QueueConsumer:
         on_idle: Callable[[], None] = lambda: None,
         log: logging.Logger | None = None,
         stop_timeout_ms: int = DEFAULT_STOP_TIMEOUT_MS,
+        store_failures: StoreFailures | None = None,
+        skip: Callable[[], Collection[str]] = tuple,
     ) -> None:
         if stop_timeout_ms < 1:
             raise ValueError(f"stop_timeout_ms must be >= 1, got {stop_timeout_ms}")
@@ -58,8 +210,11 @@ class QueueConsumer:
         self.settings = settings
         self._run = run
         self._can_claim = can_claim
+        self._skip = skip
         self._on_idle = on_idle
         self._log = log or logging.getLogger(__name__)
+        self._owns_failures = store_failures is None
+        self.store_failures = StoreFailures(self._log) if store_failures is None else store_failures
         self._wake = asyncio.Event()
         self._stop_timeout_ms = stop_timeout_ms
         self._inflight: dict[str, tuple[Job, asyncio.Task[None]]] = {}
@@ -69,6 +224,18 @@ class QueueConsumer:
         self._handling: set[str] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopped = False
+        self._failures = 0  # polls of the store failed in a row: the wait before the next one grows with them
+        # lane -> (the function its job waits for, its planned look: wall-clock ms), for lanes put off with
+        # JobNotReady.waits_for, at most MAX_WAITING_LANES; indexed by function too, so a change costs one look per
+        # function waited for, not one per lane (4 queues of 4,200 lanes and 2,000 registrations took 32 s of CPU)
+        self._waiting: dict[str, tuple[str, int]] = {}
+        self._waiting_for: dict[str, set[str]] = {}
+        # (planned look, lane) of the entries above, with stale pairs skipped as they come out: an entry goes once
+        # its look is due, whoever ran its job (lanes another engine ran stayed for good and filled the bound)
+        self._waiting_looks: list[tuple[int, str]] = []
+        self._registered: Callable[[str], bool] = lambda function_id: False
+        self._changes = 0  # functions_changed calls so far
+        self._look_due = False  # a remembered lane's function is registered: bring its lanes forward
 
     @property
     def running(self) -> int:
@@ -79,6 +246,44 @@ class QueueConsumer:
         """Look for work now (a job was pushed or a subscriber appeared)."""
         self._wake.set()
 
+    def functions_changed(self, registered: Callable[[str], bool]) -> None:
+        """The registered functions changed (``registered(function_id)`` tells which are): jobs put off because
+        their function was missing run now if it is registered, not at their next planned look.
+
+        Example (a job put off for a minute runs as soon as its function registers):
+            >>> import asyncio
+            >>> from iii_engine.modules.queue.store import MemoryQueueStore
+            >>> async def registered_later() -> object:
+            ...     registered: set[str] = set()
+            ...     put_off, ran = asyncio.Event(), asyncio.Queue[object](1)
+            ...     async def run(job: Job) -> None:
+            ...         if job.function_id not in registered:
+            ...             put_off.set()
+            ...             raise JobNotReady(delay_ms=60_000, waits_for=job.function_id)
+            ...         ran.put_nowait(job.data)
+            ...     store = MemoryQueueStore()
+            ...     consumer = QueueConsumer(store, "q", QueueSettings(), run)
+            ...     await store.push("q", Job.new("q", "orders::pay", "paid"))
+            ...     consumer.start()
+            ...     try:
+            ...         await asyncio.wait_for(put_off.wait(), 5)
+            ...         registered.add("orders::pay")
+            ...         consumer.functions_changed(registered.__contains__)
+            ...         return await asyncio.wait_for(ran.get(), 5)
+            ...     finally:
+            ...         await consumer.stop()
+            >>> asyncio.run(registered_later())
+            'paid'
+        """
+        self._registered = registered
+        self._changes += 1
+        self._expire_waiting(now_ms())
+        # one look per function waited for, and a wake-up only when one of them is registered: a change to other
+        # functions costs nothing per lane and no store round trip
+        if any(registered(function_id) for function_id in self._waiting_for):
+            self._look_due = True
+            self._wake.set()
+
     def start(self) -> None:
         """Start the consumer loop."""
         self._loop_task = asyncio.create_task(self._loop(), name=f"queue-consumer:{self.queue}")
@@ -88,6 +293,14 @@ class QueueConsumer:
         and give back those still running, waiting at most ``stop_timeout_ms`` for the store (or until ``deadline``,
         loop time, when the stop is part of a longer one with a single bound). A job the store has not finished or
         taken back by then stays active and runs again once its lease runs out (logged)."""
+        try:
+            await self._stop(deadline)
+        finally:
+            self.store_failures.forget(self.queue)
+            if self._owns_failures:
+                self.store_failures.close()
+
+    async def _stop(self, deadline: float | None) -> None:
         self._stopped = True
         self._wake.set()
         loop = asyncio.get_running_loop()
@@ -130,11 +343,21 @@ class QueueConsumer:
                 if now_ms() >= maintenance_due:
                     await self._maintain()
                     maintenance_due = now_ms() + self.settings.lease_ms // 3
+                self._expire_waiting(now_ms())
+                if self._look_due and self._waiting:
+                    await self._bring_forward()
                 await self._fill()
                 timeout = await self._idle_timeout(maintenance_due)
-            except Exception:
-                self._log.exception("queue %s: store failed; retrying", self.queue)
-                timeout = self.settings.poll_interval_ms / 1000
+            except Exception as exc:
+                self._failures += 1
+                longest = self.settings.store_retry_ms(self._failures)
+                # 50-100 % of it: consumers that failed together (one store for all) do not poll it in step
+                retry_ms = random.uniform(longest / 2, longest)
+                self.store_failures.failed(self.queue, exc, round(retry_ms), self.settings.store_retry_cap_ms)
+                timeout = retry_ms / 1000
+            else:
+                self._failures = 0
+                self.store_failures.answered(self.queue)
             # A timer that sets the wake event; asyncio.wait_for can swallow a cancellation here on 3.11.
             timer = asyncio.get_running_loop().call_later(timeout, self._wake.set)
             try:
@@ -150,11 +373,68 @@ class QueueConsumer:
         if recovered:
             self._log.warning("queue %s: %d job(s) of a lost engine returned to the queue", self.queue, recovered)
 
+    async def _bring_forward(self) -> None:
+        """Make the lanes whose function is now registered due now (a lane whose job is still being put off is
+        left: its own step looks again once the job is stored)."""
+        self._look_due = False
+        held = {job.lane for job, _ in self._inflight.values()}
+        lanes = [lane for function_id, waiting in self._waiting_for.items() if self._registered(function_id)
+                 for lane in waiting if lane not in held]
+        if not lanes:
+            return
+        try:
+            await self.store.bring_forward(self.queue, lanes, due_ms=now_ms())
+        except BaseException:
+            self._look_due = True  # tried again at the next poll
+            raise
+        for lane in lanes:
+            self._forget_waiting(lane)
+
+    def _remember_waiting(self, lane: str, function_id: str, look_ms: int) -> bool:
+        """Remember ``lane`` as waiting for ``function_id`` until ``look_ms``; false past MAX_WAITING_LANES."""
+        self._expire_waiting(now_ms())
+        if lane not in self._waiting and len(self._waiting) >= MAX_WAITING_LANES:
+            return False
+        self._forget_waiting(lane)
+        self._waiting[lane] = (function_id, look_ms)
+        self._waiting_for.setdefault(function_id, set()).add(lane)
+        if len(self._waiting_looks) >= 2 * MAX_WAITING_LANES:
+            # rebuilt from the entries alone: the pairs lanes remembered again left behind stay within the bound
+            self._waiting_looks = [(look, key) for key, (_, look) in self._waiting.items()]
+            heapq.heapify(self._waiting_looks)
+        else:
+            heapq.heappush(self._waiting_looks, (look_ms, lane))
+        return True
+
+    def _forget_waiting(self, lane: str) -> None:
+        entry = self._waiting.pop(lane, None)
+        if entry is not None:
+            lanes = self._waiting_for[entry[0]]
+            lanes.discard(lane)
+            if not lanes:
+                del self._waiting_for[entry[0]]
+
+    def _expire_waiting(self, now: int) -> None:
+        """Forget the lanes whose planned look is due: that look runs their job (a function registered since
+        would move nothing), and the lane may be another engine's to run."""
+        looks = self._waiting_looks
+        while looks and looks[0][0] <= now:
+            look, lane = heapq.heappop(looks)
+            entry = self._waiting.get(lane)
+            if entry is not None and entry[1] == look:
+                self._forget_waiting(lane)
+
     async def _fill(self) -> None:
         while not self._stopped and self._can_claim() and len(self._inflight) < self.settings.concurrency:
-            job = await self.store.claim(self.queue, now_ms=now_ms(), lease_ms=self.settings.lease_ms)
+            skip = self._skip()
+            if skip:  # a store shared with other engines: their functions' jobs are left to them
+                job = await self.store.claim(self.queue, now_ms=now_ms(), lease_ms=self.settings.lease_ms,
+                                             skip_functions=skip)
+            else:
+                job = await self.store.claim(self.queue, now_ms=now_ms(), lease_ms=self.settings.lease_ms)
             if job is None:
                 return
+            self._forget_waiting(job.lane)  # looked at now
             task = asyncio.create_task(self._work(job), name=f"queue-job:{job.id}")
             self._inflight[job.id] = (job, task)
 
@@ -183,8 +463,14 @@ class QueueConsumer:
             # The handler's own (an inner call of its was cancelled), not this task's: a failed attempt. Given back
             # instead, the job was claimed again at once, its attempts never counted: a busy loop for ever.
             await self._guarded(self._failed(job, RuntimeError("the handler raised CancelledError")), job)
-        except JobNotReady:
-            await self._guarded(self.store.retry(self.queue, job, due_ms=now_ms() + self.settings.backoff_ms), job)
+        except JobNotReady as wait:
+            delay = self.settings.backoff_ms if wait.delay_ms is None else wait.delay_ms
+            changes, look_ms = self._changes, now_ms() + delay
+            await self._guarded(self.store.retry(self.queue, job, due_ms=look_ms), job)
+            if wait.waits_for is not None and self._remember_waiting(job.lane, wait.waits_for, look_ms):
+                # a change came while the job was put off, and its function is registered now: look again
+                if self._changes != changes and self._registered(wait.waits_for):
+                    self._look_due = True
         except Exception as exc:
             await self._guarded(self._failed(job, exc), job)
         else:
@@ -205,14 +491,15 @@ class QueueConsumer:
     async def _failed(self, job: Job, exc: Exception) -> None:
         attempts = job.attempts + 1
         tried = replace(job, attempts=attempts)
+        reported = isinstance(exc, Reported)
         if attempts >= self.settings.max_retries:
-            self._log.warning(
-                "queue %s: job %s failed %d time(s), moved to the DLQ: %s", self.queue, job.id, attempts, exc
-            )
-            await self.store.dead(self.queue, DeadLetter(tried, DLQ_ERROR, now_ms()))
+            self._log.log(logging.DEBUG if reported else logging.WARNING,
+                          "queue %s: job %s failed %d time(s), moved to the DLQ: %s", self.queue, job.id, attempts,
+                          exc)
+            await self.store.dead(self.queue, DeadLetter(tried, dlq_error(exc), now_ms()))
             return
         delay = self.settings.backoff_for(attempts)
-        self._log.info(
-            "queue %s: job %s attempt %d failed, retry in %d ms: %s", self.queue, job.id, attempts, delay, exc
-        )
+        self._log.log(logging.DEBUG if reported else logging.INFO,
+                      "queue %s: job %s attempt %d failed, retry in %d ms: %s", self.queue, job.id, attempts, delay,
+                      exc)
         await self.store.retry(self.queue, tried, due_ms=now_ms() + delay)

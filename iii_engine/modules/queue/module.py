@@ -10,9 +10,14 @@ each job goes to **one** subscriber (round robin). Jobs live in memory unless ``
 Our choices where production differs or is unrecorded: the receipt id is the job id
 (docs/protocol.md#module-improvements M2); FIFO order is
 strict per message group while different groups run in parallel up to ``concurrency`` (M3); a job whose function
-is not registered waits for it (checked every ``backoff_ms``) instead of burning its attempts, so jobs survive
-workers reconnecting after an engine restart; the console functions' result shapes are ours (documented on each
-function).
+is not registered waits for it up to the queue's ``missing_function_grace_ms`` (60 s by default) before its attempts
+count, so jobs survive workers reconnecting after an engine restart or starting after the engine (production counts
+the attempts at once), and then fails with ``function_not_found`` naming the function, to end in the dead-letter
+queue (with the Redis adapter, an engine lacking the function leaves the job to another engine sharing the store
+that consumes the queue and whose workers serve it, and its grace runs only while no live engine does:
+``served_functions_ttl_ms``); a dead
+letter keeps the last attempt's error (production's named queues keep "function call failed"); the
+console functions' result shapes are ours (documented on each function).
 
 Example (engine configuration):
     >>> QueueModule.class_names
@@ -22,27 +27,34 @@ Example (engine configuration):
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import time
+import uuid
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.iii_types import TriggerInfo
+from iii.loss_log import LossLog
 from iii.protocol.worker_session import clip_text
 from iii.wire import LOG_CLIP, clip, dumps
+from iii_streams.errors import PoolExhaustedError
 
 from ...closing import close_store
 from ...settings import RedisAdapterSettings
 from ..base import BuiltinFunction, BuiltinHandler, EngineError, EngineModule, EngineServices, InvocationContext
 from ..bridge.queue import NO_DLQ, BridgeQueue
-from .consumer import JobNotReady, QueueConsumer
-from .settings import QueueModuleSettings, QueueSettings
-from .store import Job, MemoryQueueStore, QueueFull, QueueStore, StoreFull
+from .consumer import JobNotReady, QueueConsumer, Reported, StoreFailures
+from .settings import MISSING_FUNCTION_CHECK_MAX_MS, QueueModuleSettings, QueueSettings
+from .store import Job, MemoryQueueStore, NotSent, QueueFull, QueueStore, StoreFull, now_ms
+
+if TYPE_CHECKING:  # redis is an optional dependency: imported only with the Redis adapter
+    from .redis_store import RedisQueueStore
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +63,22 @@ TOPIC_PREFIX = "__topic::"
 _STOPPED = "invocation_stopped"  # a stats or dead-letter read refused once the module is stopping
 
 
-def _unconfirmed(what: str, job_id: str, exc: Exception) -> EngineError:
-    """A push whose outcome is unknown: a connection lost after it was sent may have stored the job, and then it
-    runs; the caller is told so, with the job id (its receipt), not that it failed."""
+def _push_failed(what: str, job_id: str, exc: Exception) -> EngineError:
+    """A push that failed: when no store connection became free in time (:class:`PoolExhaustedError`) or the one
+    it needed could not be opened (:class:`NotSent`: refused, say), both before the push is sent, the job was
+    certainly not enqueued, and the caller is told so; otherwise its outcome is unknown (a connection lost after it
+    was sent may have stored the job, and then it runs), and the caller is told that, with the job id (its
+    receipt), not that it failed.
+
+    Example:
+        >>> _push_failed("Queue 'q'", "j1", PoolExhaustedError("pool exhausted")).message
+        "Queue 'q': the job was not enqueued (it never reached the store): pool exhausted"
+        >>> _push_failed("Queue 'q'", "j1", NotSent("Error 111 connecting to redis:6379.")).message
+        "Queue 'q': the job was not enqueued (it never reached the store): Error 111 connecting to redis:6379."
+    """
+    if isinstance(exc, PoolExhaustedError | NotSent):
+        return EngineError("enqueue_error", f"{what}: the job was not enqueued (it never reached the store): "
+                                            f"{clip_text(str(exc))}")
     return EngineError("enqueue_error", f"{what}: the store did not confirm job {job_id}: {clip_text(str(exc))} "
                                         "(if it reached the store, it will run)")
 
@@ -127,6 +152,285 @@ def _no_room(name: str, kind: str, full: StoreFull) -> EngineError:
                                         "letters (max_memory_bytes)")
 
 
+MAX_MISSING_TRACKED = 1024
+"""(queue, function) pairs with a missing function the module remembers; past it the oldest is forgotten and the
+newcomer's wait counts from the forgotten one's start (never later), so a pair coming back never gets its grace anew:
+enqueues naming made-up functions must not grow the engine, nor keep their jobs waiting for ever."""
+CROWDED_LOG_INTERVAL_S = 10.0
+"""Past :data:`MAX_MISSING_TRACKED` pairs, the lines about them are counted and logged at most this often."""
+
+
+class FunctionNotRegistered(EngineError, Reported):
+    """A named-queue job's function is still not registered after the queue's ``missing_function_grace_ms``: a
+    failed attempt (logged once per function and queue, not per job)."""
+
+
+class MissingFunctions:
+    """Named-queue jobs whose function is not registered: since when, per queue and function, to give them the
+    queue's grace period and to space the looks at them; told once per function and queue (waiting: info; past
+    the grace: a warning; registered: info), never per job or per look.
+
+    Example:
+        >>> missing = MissingFunctions()
+        >>> missing.check("q", "orders::procss", QueueSettings(backoff_ms=100), now=0)
+        Traceback (most recent call last):
+        ...
+        iii_engine.modules.queue.consumer.JobNotReady: orders::procss
+        >>> try:
+        ...     missing.check("q", "orders::procss", QueueSettings(missing_function_grace_ms=50), now=60)
+        ... except FunctionNotRegistered as exc:
+        ...     print(exc.code, exc.message[:43])
+        function_not_found Function 'orders::procss' is not registered
+    """
+
+    def __init__(self, limit: int = MAX_MISSING_TRACKED) -> None:
+        self._limit = limit
+        self._since: OrderedDict[tuple[str, str], int] = OrderedDict()  # wall-clock ms of the first miss
+        self._warned: set[tuple[str, str]] = set()  # past their grace, warned of
+        # function -> the queues in _since waiting for it: a registration looks at each function once, not at
+        # every pair (up to MAX_MISSING_TRACKED of them on every registration)
+        self._queues_of: dict[str, dict[str, None]] = {}
+        # Past the limit, pairs come and go as they are looked at: one line each would be a line per look.
+        self._crowded = LossLog(self._log_crowded, CROWDED_LOG_INTERVAL_S)
+
+    def check(self, queue: str, function_id: str, settings: QueueSettings, now: int) -> NoReturn:
+        """A job of ``queue`` found ``function_id`` not registered: raise :class:`JobNotReady` (with when to look
+        again) within the grace, :class:`FunctionNotRegistered` past it."""
+        key = (queue, function_id)
+        since = self._since.get(key)
+        grace = settings.missing_function_grace_ms
+        crowded = len(self._since) >= self._limit
+        if since is None:
+            since = now
+            if crowded:
+                # the oldest goes; the newcomer (perhaps a pair forgotten earlier, back) waits from its start
+                gone, gone_since = self._since.popitem(last=False)
+                self._unindex(gone)
+                self._warned.discard(gone)
+                since = min(since, gone_since)
+                self._crowded.lost("waiting", f"{_name(queue)}: {_name(function_id)}")
+            else:
+                log.info("queue %s: function %s is not registered; its jobs wait up to %d ms for a worker to "
+                         "register it (missing_function_grace_ms)", _name(queue), _name(function_id), grace)
+            self._since[key] = since
+            self._queues_of.setdefault(function_id, {})[queue] = None
+        waited = now - since
+        if waited >= grace:
+            if key not in self._warned:
+                self._warned.add(key)
+                if crowded:
+                    self._crowded.lost("past_grace", f"{_name(queue)}: {_name(function_id)}")
+                else:
+                    log.warning("queue %s: function %s is still not registered after %d ms "
+                                "(missing_function_grace_ms): its jobs now fail with function_not_found and go to the "
+                                "dead-letter queue after max_retries (%d) attempts", _name(queue), _name(function_id),
+                                grace, settings.max_retries)
+            raise FunctionNotRegistered("function_not_found", f"Function {_name(function_id)} is not registered "
+                                        f"(queue {_name(queue)} waited {grace} ms for a worker to register it: "
+                                        "missing_function_grace_ms)")
+        # Looked at again after as long as it has been missing (1, 2, 4 ... s): many waiting jobs cost little,
+        # and a worker registering late gets its jobs within the cap.
+        longest = max(settings.backoff_ms, MISSING_FUNCTION_CHECK_MAX_MS)
+        delay = min(max(waited, settings.backoff_ms, 1), longest, since + grace - now)
+        raise JobNotReady(function_id, delay_ms=delay, waits_for=function_id)
+
+    def found(self, queue: str, function_id: str) -> None:
+        """``function_id`` is registered: a job of ``queue`` found it."""
+        if self._since and self._since.pop((queue, function_id), None) is not None:
+            self._unindex((queue, function_id))
+            self._gone((queue, function_id))
+
+    def elsewhere(self, queue: str, function_id: str) -> None:
+        """Another engine sharing the store serves ``function_id``: its jobs in ``queue`` are left to it, and the
+        wait for it here (if it began) starts again should that engine go.
+
+        Example:
+            >>> missing = MissingFunctions()
+            >>> missing.elsewhere("q", "orders::pay")  # nothing was waiting: nothing to forget
+        """
+        if self._since and self._since.pop((queue, function_id), None) is not None:
+            self._unindex((queue, function_id))
+            self._warned.discard((queue, function_id))
+            log.info("queue %s: function %s is served by another engine sharing the queue store; its jobs are left "
+                     "to it", _name(queue), _name(function_id))
+
+    def registered(self, has_function: Callable[[str], bool]) -> None:
+        """The set of registered functions changed: forget those now registered (``has_function`` is asked once
+        per function missing, whatever the number of queues waiting for it).
+
+        Example:
+            >>> missing, asked = MissingFunctions(), []
+            >>> for queue in ("a", "b", "c"):
+            ...     try:
+            ...         missing.check(queue, "late::fn", QueueSettings(), now=0)
+            ...     except JobNotReady:
+            ...         pass
+            >>> missing.registered(lambda function_id: asked.append(function_id) is None)
+            >>> asked
+            ['late::fn']
+        """
+        for function_id in [function_id for function_id in self._queues_of if has_function(function_id)]:
+            for queue in self._queues_of.pop(function_id):
+                del self._since[(queue, function_id)]
+                self._gone((queue, function_id))
+
+    def _unindex(self, key: tuple[str, str]) -> None:
+        queues = self._queues_of.get(key[1])
+        if queues is not None:
+            queues.pop(key[0], None)
+            if not queues:
+                del self._queues_of[key[1]]
+
+    def close(self) -> None:
+        """The module stops: a count not logged yet is logged now (its timer belongs to this loop)."""
+        self._crowded.close()
+
+    def _log_crowded(self, counts: Mapping[str, int], latest: str | None) -> None:
+        log.warning("queue module: functions missing for more than %d queue and function pairs at once (their jobs "
+                    "wait from the earliest start the module remembers): %d more began waiting and %d more passed "
+                    "missing_function_grace_ms since the last notice%s", self._limit, counts.get("waiting", 0),
+                    counts.get("past_grace", 0), f" (the latest: {latest})" if latest else "")
+
+    def _gone(self, key: tuple[str, str]) -> None:
+        self._warned.discard(key)
+        log.info("queue %s: function %s is registered; its waiting jobs run", _name(key[0]), _name(key[1]))
+
+
+MAX_LEFT_TO_OTHERS = 64
+"""(Queue, function) pairs an engine remembers as run by other engines sharing its Redis store (its claims in the
+queue move past their jobs, each claim naming the queue's functions); a job of one past it is put off for a while at
+each claim instead."""
+
+MAX_SHARED_ID_CHARS = 256
+"""Longest function id (and queue name) engines sharing a store tell each other about: a job of a longer one waits
+out this engine's grace as with an engine alone."""
+
+ADVERTISE_MAX_MS = 1000
+"""Longest time between two refreshes of what an engine advertises: an engine lacking a function puts its jobs off
+for about this long, the first time it looks, until the engines that run them have said so (two round trips to
+Redis per engine and refresh)."""
+
+SERVED_ELSEWHERE, UNKNOWN_YET = 1, 2  # RedisQueueStore.served_elsewhere's answers (0: no other engine serves it)
+
+
+class OtherEngines:
+    """This engine among the engines sharing a Redis queue store: every third of ``ttl_ms`` it says which of the
+    (named queue, function) pairs some engine found missing it can run, its workers serving the function and it
+    consuming the queue (:meth:`RedisQueueStore.advertise`), and it remembers the pairs it lacks that another live
+    engine runs (:meth:`leave_to_others`), whose jobs its claims in that queue leave to that engine (:meth:`skip`)
+    until no live engine runs them any more. An engine whose worker left counts its own advertisement, like
+    another's, until it expires: the jobs wait at most ``ttl_ms`` more, their attempts not counted, before the grace
+    begins. An engine that serves a function but does not consume the queue is no help: its jobs there wait out the
+    grace as with an engine alone.
+
+    Example:
+        >>> OtherEngines.__name__
+        'OtherEngines'
+    """
+
+    def __init__(self, store: RedisQueueStore, ttl_ms: int, has_function: Callable[[str], bool],
+                 on_lost: Callable[[], None], queues: Collection[str] = ()) -> None:
+        self.id = uuid.uuid4().hex
+        self.store = store
+        self.ttl_ms = ttl_ms
+        self._has_function = has_function
+        self._queues = frozenset(queues)  # the named queues this engine consumes: it runs jobs of no other
+        self._on_lost = on_lost  # a pair left to others is no longer run by any: its jobs are ours again
+        self._left: dict[str, dict[str, None]] = {}  # queue -> functions left to others there
+        self._left_count = 0
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def refresh_ms(self) -> int:
+        """How often the advertisement is refreshed: a third of its TTL (one refresh lost does not end it), at most
+        :data:`ADVERTISE_MAX_MS` (a pair first wanted waits for the engines' next refresh).
+
+        Example:
+            >>> OtherEngines(None, 10_000, bool, lambda: None).refresh_ms
+            1000
+        """
+        return max(min(self.ttl_ms // 3, ADVERTISE_MAX_MS), 1)
+
+    def skip(self, queue: str) -> Collection[str]:
+        """The functions whose jobs in ``queue`` this engine's claims leave to the others.
+
+        Example:
+            >>> OtherEngines(None, 10_000, bool, lambda: None).skip("q")
+            ()
+        """
+        return self._left.get(queue, ())
+
+    async def leave_to_others(self, queue: str, function_id: str) -> int:
+        """Whether another live engine runs ``function_id``'s jobs in ``queue`` (this one lacks the function):
+        ``SERVED_ELSEWHERE`` (then this engine's claims there leave its jobs, within :data:`MAX_LEFT_TO_OTHERS`
+        pairs), ``UNKNOWN_YET`` (one has not looked since the pair was first wanted) or ``0``."""
+        if len(function_id) > MAX_SHARED_ID_CHARS or len(queue) > MAX_SHARED_ID_CHARS:
+            return 0
+        where = await self.store.served_elsewhere(self.id, self.ttl_ms, queue, function_id)
+        # A worker that registered the function here during the lookup: registered() ran before this add, and
+        # this engine's own advertisement (of the worker before) answers "served": left, its jobs waited for good.
+        if where == SERVED_ELSEWHERE and self._left_count < MAX_LEFT_TO_OTHERS \
+                and function_id not in self._left.get(queue, ()) and not self._has_function(function_id):
+            self._left.setdefault(queue, {})[function_id] = None
+            self._left_count += 1
+        return where
+
+    def left_to_others(self, queue: str, function_id: str) -> bool:
+        """Whether this engine's claims leave ``function_id``'s jobs in ``queue`` to other engines.
+
+        Example:
+            >>> OtherEngines(None, 10_000, bool, lambda: None).left_to_others("q", "orders::pay")
+            False
+        """
+        return function_id in self._left.get(queue, ())
+
+    def _forget(self, pairs: list[tuple[str, str]]) -> None:
+        for queue, function_id in pairs:
+            functions = self._left.get(queue)
+            if functions is not None and functions.pop(function_id, 0) is None:
+                self._left_count -= 1
+                if not functions:
+                    del self._left[queue]
+
+    def registered(self, has_function: Callable[[str], bool]) -> None:
+        """Functions registered here are run here again."""
+        self._forget([(queue, function_id) for queue, functions in self._left.items() for function_id in functions
+                      if has_function(function_id)])
+
+    def start(self) -> None:
+        """Advertise now and then every :attr:`refresh_ms`."""
+        self._task = asyncio.get_running_loop().create_task(self._advertise(), name="queue-served-functions")
+
+    async def refresh(self) -> None:
+        """Say which wanted pairs this engine runs; forget the pairs left to others none runs now."""
+        read_ms, wanted = await self.store.wanted()
+        left = [(queue, function_id) for queue, functions in self._left.items() for function_id in functions]
+        runs = [(queue, function_id) for queue, function_id in wanted
+                if queue in self._queues and self._has_function(function_id)]
+        still = await self.store.advertise(self.id, read_ms, runs, left, ttl_ms=self.ttl_ms)
+        # Pairs this engine runs again are its own (a registration missed while a lookup was under way, or its
+        # own advertisement taken for another's), whatever the store says: each refresh gives them back.
+        lost = [pair for pair, served in zip(left, still, strict=True) if not served or self._has_function(pair[1])]
+        self._forget(lost)
+        if lost:
+            self._on_lost()
+
+    async def _advertise(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception as exc:  # the consumers meet (and report) a store that fails; tried again next time
+                log.debug("queue module: the served functions could not be advertised: %s", exc)
+            await asyncio.sleep(self.refresh_ms / 1000)
+
+    async def stop(self) -> None:
+        """Stop advertising and leave the live engines (what this engine advertised expires with its TTL)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.store.leave(self.id, self.ttl_ms)
+
+
 MAX_PAGE_ARG = 2**53 - 1
 """Largest ``offset`` or ``limit`` of a dead-letter page: Redis takes 64-bit indexes only, and a larger one failed
 there with Redis's own error instead of naming the argument."""
@@ -173,10 +477,15 @@ class QueueModule(EngineModule):
         self._store_ops = 0
         self._no_store_ops = asyncio.Event()
         self._no_store_ops.set()
+        # One for the store all consumers share: an outage is a line, not one per queue and poll.
+        self._store_failures = StoreFailures(log)
+        self._missing = MissingFunctions()
+        self._others: OtherEngines | None = None
 
     async def start(self) -> None:
         """Open the store, start one consumer per configured queue, register functions and ``queue``."""
         self.store = open_store(self.settings)
+        await self.store.prepare()  # a store that is down fails the start in one line naming it, not every enqueue
         if isinstance(self.settings.store_adapter[1], RedisAdapterSettings):
             self._eviction_check = asyncio.get_running_loop().create_task(self._warn_if_evicting(),
                                                                           name="queue-eviction-check")
@@ -184,11 +493,24 @@ class QueueModule(EngineModule):
         if bridge_url is not None:
             self.bridge = BridgeQueue(self.services, bridge_url)
             self.bridge.start()
+        from .redis_store import RedisQueueStore
+
+        if self.settings.queue_configs and isinstance(self.store, RedisQueueStore):
+            self._others = OtherEngines(self.store, self.settings.served_functions_ttl_ms,
+                                        self.services.has_function, self._wake_named, self.settings.queue_configs)
+        others = self._others
         for name, queue_settings in self.settings.queue_configs.items():
-            consumer = QueueConsumer(self.store, NAMED_PREFIX + name, queue_settings, self._run_named,
-                                     stop_timeout_ms=self.settings.stop_timeout_ms)
+            skip: Callable[[], Collection[str]] = tuple if others is None else functools.partial(others.skip, name)
+            consumer = QueueConsumer(self.store, NAMED_PREFIX + name, queue_settings,
+                                     lambda job, name=name: self._run_named(name, job),  # type: ignore[misc]
+                                     stop_timeout_ms=self.settings.stop_timeout_ms,
+                                     store_failures=self._store_failures, skip=skip)
             self._named[name] = consumer
             consumer.start()
+        if self._others is not None:
+            self._others.start()
+        if self._named:
+            self.services.add_functions_listener(self._functions_changed)
         functions: list[tuple[str, BuiltinHandler, str]] = [
             ("enqueue", self._enqueue_topic, "Enqueue data on a topic; one subscriber gets each job"),
             ("iii::queue::redrive", self._redrive, "Move every dead letter of a queue back to it"),
@@ -219,6 +541,11 @@ class QueueModule(EngineModule):
             await asyncio.wait({self._sweep}, timeout=max(0.0, deadline - loop.time()))
         consumers = [*self._named.values(), *(t.consumer for t in self._topics.values())]
         await asyncio.gather(*(consumer.stop(deadline) for consumer in consumers))
+        if self._others is not None:
+            try:
+                await asyncio.wait_for(self._others.stop(), max(0.0, deadline - loop.time()))
+            except Exception as exc:  # its entry then expires with its TTL
+                log.debug("queue module: could not leave the engines sharing the store: %r", exc)
         if self._store_ops:
             try:
                 await asyncio.wait_for(self._no_store_ops.wait(), max(0.0, deadline - loop.time()))
@@ -229,6 +556,8 @@ class QueueModule(EngineModule):
         if self.bridge is not None:
             await close_store(self.bridge.close(), "the queue module's bridge link")
         await close_store(self.store.close(), f"the queue module's store ({type(self.store).__name__})")
+        self._store_failures.close()
+        self._missing.close()
 
     async def _warn_if_evicting(self) -> None:
         """Say at start when Redis may evict keys: an evicting ``maxmemory-policy`` deletes queued jobs without a
@@ -295,7 +624,7 @@ class QueueModule(EngineModule):
         except StoreFull as full:
             raise _no_room(queue_name, "queue", full) from None
         except Exception as exc:
-            raise _unconfirmed(f"Queue '{queue_name}'", job.id, exc) from exc
+            raise _push_failed(f"Queue '{queue_name}'", job.id, exc) from exc
         if not stored:
             raise EngineError("enqueue_error", _full(queue_name, "queue", limit))
         consumer.wake()
@@ -369,6 +698,7 @@ class QueueModule(EngineModule):
                 can_claim=lambda: bool(holder[0].subscribers),
                 on_idle=lambda: self._maybe_idle(topic, holder[0]),
                 stop_timeout_ms=self.settings.stop_timeout_ms,
+                store_failures=self._store_failures,
             )
             entry = self._topics[topic] = _Topic(consumer)
             holder.append(entry)
@@ -436,12 +766,49 @@ class QueueModule(EngineModule):
 
     # -- running jobs -----------------------------------------------------------------------------------------
 
-    async def _run_named(self, job: Job) -> None:
-        if job.function_id is None:
+    async def _run_named(self, name: str, job: Job) -> None:
+        function_id = job.function_id
+        if function_id is None:
             raise EngineError("invalid_job", f"job {job.id} has no function id")
-        if not self.services.has_function(job.function_id):
-            raise JobNotReady(job.function_id)
-        await self.services.invoke(job.function_id, job.data)
+        if not self.services.has_function(function_id):
+            if self._others is not None:
+                await self._leave_to_others(name, function_id)
+            self._missing.check(name, function_id, self._named[name].settings, now_ms())
+        self._missing.found(name, function_id)
+        await self.services.invoke(function_id, job.data)
+
+    async def _leave_to_others(self, name: str, function_id: str) -> None:
+        """Put the job off, its attempt not counted and this engine's wait for the function not begun, while
+        another live engine sharing the store runs ``function_id``'s jobs in queue ``name`` (or may: it has not
+        looked yet); return when none does. Without it an engine lacking the function spent the attempts of jobs
+        the other engine could run and, past its grace, dead-lettered them."""
+        assert self._others is not None
+        settings = self._named[name].settings
+        try:
+            where = await self._others.leave_to_others(name, function_id)
+        except Exception as exc:  # the store fails: the job's own steps meet it too
+            log.debug("queue %s: could not ask which engines serve %s: %r", _name(name), _name(function_id), exc)
+            return
+        if where == SERVED_ELSEWHERE:
+            self._missing.elsewhere(name, function_id)
+            # back in the queue at once for the engine serving it, which this engine's claims now leave it to; past
+            # MAX_LEFT_TO_OTHERS functions, the job comes back here after a while instead of at once
+            left = self._others.left_to_others(name, function_id)
+            delay = 0 if left else min(max(settings.backoff_ms, 1), MISSING_FUNCTION_CHECK_MAX_MS)
+            raise JobNotReady(function_id, delay_ms=delay)
+        if where == UNKNOWN_YET:
+            raise JobNotReady(function_id, delay_ms=self._others.refresh_ms, waits_for=function_id)
+
+    def _wake_named(self) -> None:
+        for consumer in self._named.values():
+            consumer.wake()
+
+    def _functions_changed(self) -> None:
+        self._missing.registered(self.services.has_function)
+        if self._others is not None:
+            self._others.registered(self.services.has_function)
+        for consumer in self._named.values():  # their jobs waiting for a function now registered run at once
+            consumer.functions_changed(self.services.has_function)
 
     async def _run_topic(self, topic: str, job: Job) -> None:
         entry = self._topics[topic]
@@ -480,7 +847,7 @@ class QueueModule(EngineModule):
         except EngineError:
             raise
         except Exception as exc:
-            raise _unconfirmed(f"Topic '{topic}'", job.id, exc) from exc
+            raise _push_failed(f"Topic '{topic}'", job.id, exc) from exc
         finally:
             entry.pushing -= 1
         if not stored:

@@ -17,20 +17,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.wire import dumps, loads
-from iii_streams.redis import escape_name
+from iii_streams.redis import check_reachable, escape_name, waiting_client
+from iii_streams.redis_internals import sent_nothing
 
-from .store import DeadLetter, Job, QueueCounts, QueueFull
+from .store import DeadLetter, Job, NotSent, QueueCounts, QueueFull
 
 log = logging.getLogger(__name__)
 
 EVICTION_CHECK_S = 2.0
 """How long the start-up look at Redis's eviction policy may take (a Redis that is down is not waited for)."""
+
+START_CHECK_S = 5.0
+"""How long :meth:`RedisQueueStore.prepare` waits for Redis to answer its ``PING`` at the module's start."""
 
 DONE_KEPT_MS = 120_000
 """How long a queue remembers the id of a job that left it (done or dead letter): a push of that id again within
@@ -58,12 +65,28 @@ return 1
 # A lane's head id without its job (left by a push an older version stored twice) is dropped, not claimed: it
 # answered "no job" and held the lane, and every job behind it, for good. A lane listed in ready while it is held or
 # delayed (an older version listed it twice) is skipped: claimed, its head ran twice at once.
-# KEYS: jobs, ready, active, delayed · ARGV: lane prefix, now, lease
+# A lane whose head job names a function in ARGV[4..] (JSON strings: functions another engine sharing the store
+# serves and this one lacks) goes to the tail of ready for that engine to claim; at most SKIP_LOOK of them (and no
+# more than ready held) per call, so a queue full of them costs a bounded look and never a loop. Finding a job's
+# function reads its whole body: once the bodies looked past reach SKIP_BYTES, a lane whose head would go beyond
+# goes back to the head of ready and the call ends (the next looks further), so a call copies at most that plus one
+# job (before, 128 jobs of 512 KB each at every poll of an idle engine held Redis for up to 170 ms).
+# KEYS: jobs, ready, active, delayed · ARGV: lane prefix, now, lease, skipped functions...
 _CLAIM = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', ARGV[2])
 for i = #due, 1, -1 do
   redis.call('ZREM', KEYS[4], due[i])
   redis.call('LPUSH', KEYS[2], due[i])
+end
+local looks, scanned = 0, 0
+if #ARGV > 3 then looks = math.min(redis.call('LLEN', KEYS[2]), SKIP_LOOK) end
+local function skipped(job)
+  local _, key_end = string.find(job, '"function_id":', 1, true)
+  if not key_end then return false end
+  for i = 4, #ARGV do
+    if string.sub(job, key_end + 1, key_end + #ARGV[i]) == ARGV[i] then return true end
+  end
+  return false
 end
 while true do
   local lane = redis.call('LPOP', KEYS[2])
@@ -71,13 +94,22 @@ while true do
   if not (redis.call('ZSCORE', KEYS[3], lane) or redis.call('ZSCORE', KEYS[4], lane)) then
     local lane_key = ARGV[1] .. lane
     local id = redis.call('LINDEX', lane_key, 0)
+    if id and scanned > 0 and scanned + redis.call('HSTRLEN', KEYS[1], id) > SKIP_BYTES then
+      redis.call('LPUSH', KEYS[2], lane)
+      return false
+    end
     local job = id and redis.call('HGET', KEYS[1], id)
     while id and not job do
       redis.call('LPOP', lane_key)
       id = redis.call('LINDEX', lane_key, 0)
       job = id and redis.call('HGET', KEYS[1], id)
     end
-    if job then
+    if job and looks > 0 and skipped(job) then
+      redis.call('RPUSH', KEYS[2], lane)
+      looks = looks - 1
+      scanned = scanned + #job
+      if looks == 0 then return false end
+    elseif job then
       redis.call('ZADD', KEYS[3], tonumber(ARGV[2]) + tonumber(ARGV[3]), lane)
       return job
     end
@@ -157,6 +189,22 @@ end
 return #expired
 """
 
+# KEYS: delayed · ARGV: due, lanes... · the count of delayed lanes made due at ``due`` (none is put later)
+_BRING_FORWARD = """
+local moved = 0
+for i = 2, #ARGV do
+  local due = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if due and tonumber(due) > tonumber(ARGV[1]) then
+    redis.call('ZADD', KEYS[1], ARGV[1], ARGV[i])
+    moved = moved + 1
+  end
+end
+return moved
+"""
+
+BRING_FORWARD_BATCH = 1000
+"""Lanes per script call of :meth:`RedisQueueStore.bring_forward`: one call never holds Redis for long."""
+
 # KEYS: dlq, dlq entries, jobs, ready · ARGV: lane prefix, job id, job JSON, lane, most jobs the queue may hold
 # (0: no limit) · 1 moved, 0 no such letter, -1 the queue is full (the letter stays)
 _REDRIVE = """
@@ -168,6 +216,101 @@ redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
 if redis.call('RPUSH', ARGV[1] .. ARGV[4], ARGV[2]) == 1 then redis.call('RPUSH', KEYS[4], ARGV[4]) end
 return 1
 """
+
+
+SKIP_LOOK = 128
+"""Ready lanes one claim moves past (to the tail) because another engine serves their job's function and this one
+does not: a claim on a queue full of them costs a bounded look."""
+
+SKIP_BYTES = 256 * 1024
+"""Job bytes one claim reads to look past lanes whose jobs it leaves to other engines (each read copies the whole
+job): past them the claim ends and the next looks further, so a claim on a queue of large such jobs holds Redis for
+a bounded time (one such job, and the job claimed, at most beyond it)."""
+
+# Engines sharing the store say which (named queue, function) pairs they can run (their workers serve the function
+# and the engine consumes the queue), so an engine lacking a function leaves its jobs in a queue to one that runs them
+# there instead of counting their attempts (and dead-lettering them) while it runs them nowhere. A pair is the JSON
+# array [queue, function]. Three keys under the prefix, next to (never among) the queues' own ``queue:`` keys, each
+# with a TTL so a store every engine left forgets them: ``queue-engines`` (sorted set "<its ttl ms>:<engine id>" ->
+# until when it is live, Redis's clock: when it last read ``queue-wanted`` plus its own TTL, so engines with
+# different TTLs judge each other by the other's), ``queue-wanted`` (sorted set pair -> when an engine first found it
+# missing; the newest MAX_WANTED) and ``queue-served`` (sorted set pair -> until when an engine runs it). An engine
+# that stops refreshing (it crashed) is forgotten once its own TTL has passed, and so are the pairs only it served.
+# KEYS: engines, wanted, served · ARGV: engine member, pair · 1: another live engine runs the pair, 2: another live
+# engine has not looked at the wanted pairs since this one was first wanted (it may run it), 0: none does (this
+# engine's own grace applies)
+_LOOKUP = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local first = redis.call('ZSCORE', KEYS[2], ARGV[2])
+if first then
+  first = tonumber(first)
+else
+  first = now
+  redis.call('ZADD', KEYS[2], now, ARGV[2])
+  local extra = redis.call('ZCARD', KEYS[2]) - MAX_WANTED
+  if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, extra - 1) end
+end
+redis.call('PEXPIRE', KEYS[2], WANTED_KEPT_MS)
+local served = redis.call('ZSCORE', KEYS[3], ARGV[2])
+if served and tonumber(served) > now then return 1 end
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
+for i = 1, #live, 2 do
+  local ttl = tonumber(string.match(live[i], '^(%d+):'))
+  if live[i] ~= ARGV[1] and ttl and tonumber(live[i + 1]) - ttl < first then return 2 end
+end
+return 0
+"""
+
+# KEYS: wanted · the time (Redis's clock) and the pairs wanted, newest first
+_WANTED = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+return {now, redis.call('ZREVRANGE', KEYS[1], 0, MAX_WANTED - 1)}
+"""
+
+# A key's TTL is only ever raised: an engine with a short TTL must not expire what one with a longer TTL refreshes.
+# KEYS: engines, served · ARGV: engine member, when it read the wanted pairs, its ttl ms, count of pairs it runs,
+# those pairs, then pairs it leaves to others · for each of the latter, 1 while another engine runs it
+_ADVERTISE = """
+local read, ttl, count = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local function keep(key)
+  if redis.call('PTTL', key) < ttl * 2 then redis.call('PEXPIRE', key, ttl * 2) end
+end
+redis.call('ZADD', KEYS[1], read + ttl, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+keep(KEYS[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+for i = 5, 4 + count do
+  local until_ms = redis.call('ZSCORE', KEYS[2], ARGV[i])
+  if not until_ms or tonumber(until_ms) < read + ttl then redis.call('ZADD', KEYS[2], read + ttl, ARGV[i]) end
+end
+if count > 0 then keep(KEYS[2]) end
+local still = {}
+for i = 5 + count, #ARGV do
+  local until_ms = redis.call('ZSCORE', KEYS[2], ARGV[i])
+  still[#still + 1] = (until_ms and tonumber(until_ms) > now) and 1 or 0
+end
+return still
+"""
+
+MAX_WANTED = 256
+"""Functions found missing the store remembers (the newest): what each engine reads at every refresh stays small
+whatever the number of made-up functions enqueued."""
+
+WANTED_KEPT_MS = 3_600_000
+"""How long the wanted functions are kept once no engine finds one missing."""
+
+
+def _pair(queue: str, function_id: str) -> str:
+    return dumps([queue, function_id])
+
+
+def _member(engine_id: str, ttl_ms: int) -> str:
+    return f"{ttl_ms}:{engine_id}"  # _LOOKUP reads the TTL back: the engine's last read is its score less it
 
 
 def _text(value: Any) -> str:
@@ -196,16 +339,43 @@ class RedisQueueStore:
     """
 
     def __init__(self, redis_url: str, *, key_prefix: str = "", done_kept_ms: int = DONE_KEPT_MS) -> None:
-        self._redis: Redis = Redis.from_url(redis_url)
+        # A blocking pool (50 connections, or the URL's ?max_connections=): callers beyond it wait for a connection
+        # (30 s, or ?timeout=) where Redis.from_url's pool refused them at once, and 1,898 of 2,000 concurrent
+        # enqueues failed with "Too many connections" without reaching Redis.
+        self._redis: Redis = waiting_client(redis_url)
         self._prefix = key_prefix
         if not 1 <= done_kept_ms <= MAX_DONE_KEPT_MS:
             raise ValueError(f"done_kept_ms must be 1..{MAX_DONE_KEPT_MS}, got {done_kept_ms}")
         register = self._redis.register_script
         kept = str(done_kept_ms)
-        self._push, self._claim = register(_PUSH), register(_CLAIM)
+        self._push = register(_PUSH)
         self._finish, self._dead = register(_FINISH.replace("KEPT_MS", kept)), register(_DEAD.replace("KEPT_MS", kept))
         self._retry, self._release, self._recover = register(_RETRY), register(_RELEASE), register(_RECOVER)
-        self._redrive = register(_REDRIVE)
+        self._redrive, self._bring_forward = register(_REDRIVE), register(_BRING_FORWARD)
+        self._claim = register(_CLAIM.replace("SKIP_LOOK", str(SKIP_LOOK)).replace("SKIP_BYTES", str(SKIP_BYTES)))
+        wanted = str(MAX_WANTED)
+        self._lookup = register(_LOOKUP.replace("MAX_WANTED", wanted).replace("WANTED_KEPT_MS", str(WANTED_KEPT_MS)))
+        self._wanted, self._advertise = register(_WANTED.replace("MAX_WANTED", wanted)), register(_ADVERTISE)
+        self._shared = (key_prefix + "queue-engines", key_prefix + "queue-wanted", key_prefix + "queue-served")
+
+    async def prepare(self) -> None:
+        """Check Redis answers (a ``PING`` within :data:`START_CHECK_S`), so a module on a Redis that is down fails its
+        start in one line naming it instead of failing every enqueue; see :func:`iii_streams.redis.check_reachable`.
+
+        Example:
+            >>> import asyncio
+            >>> async def down() -> None:
+            ...     store = RedisQueueStore("redis://:secret@127.0.0.1:1/0")
+            ...     try:
+            ...         await store.prepare()
+            ...     finally:
+            ...         await store.close()
+            >>> asyncio.run(down())  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            iii_streams.errors.StreamUnavailableError: Redis at redis://127.0.0.1:1/0 unreachable: Error 111 ...
+        """
+        await check_reachable(self._redis, timeout=START_CHECK_S)
 
     def _k(self, queue: str) -> _Keys:
         return _Keys(self._prefix, queue)
@@ -213,14 +383,22 @@ class RedisQueueStore:
     async def push(self, queue: str, job: Job, *, max_jobs: int | None = None) -> bool:
         """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
         k = self._k(queue)
-        stored = await self._push(keys=[k.jobs, k.ready, k.dlq, k.done],
-                                  args=[k.lane, job.id, job.to_json(), job.lane, max_jobs or 0])
+        try:
+            stored = await self._push(keys=[k.jobs, k.ready, k.dlq, k.done],
+                                      args=[k.lane, job.id, job.to_json(), job.lane, max_jobs or 0])
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            if sent_nothing(exc):
+                raise NotSent(str(exc)) from exc
+            raise
         return bool(stored)
 
-    async def claim(self, queue: str, *, now_ms: int, lease_ms: int) -> Job | None:
-        """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
+    async def claim(self, queue: str, *, now_ms: int, lease_ms: int,
+                    skip_functions: Collection[str] = ()) -> Job | None:
+        """See :class:`~iii_engine.modules.queue.store.QueueStore`; at most :data:`SKIP_LOOK` lanes are moved past
+        per call (then ``None``, though other lanes may be ready: the next poll looks further)."""
         k = self._k(queue)
-        raw = await self._claim(keys=[k.jobs, k.ready, k.active, k.delayed], args=[k.lane, now_ms, lease_ms])
+        raw = await self._claim(keys=[k.jobs, k.ready, k.active, k.delayed],
+                                args=[k.lane, now_ms, lease_ms, *map(dumps, skip_functions)])
         return None if raw is None else Job.from_json(raw)
 
     async def ack(self, queue: str, job: Job) -> None:
@@ -259,6 +437,15 @@ class RedisQueueStore:
         """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
         first = await self._redis.zrange(self._k(queue).delayed, 0, 0, withscores=True)
         return int(first[0][1]) if first else None
+
+    async def bring_forward(self, queue: str, lanes: list[str], *, due_ms: int) -> int:
+        """See :class:`~iii_engine.modules.queue.store.QueueStore` (its example, on the in-memory store, holds here:
+        this one needs a Redis server to run). ``lanes`` go to Redis in batches of ``BRING_FORWARD_BATCH``."""
+        delayed, moved = self._k(queue).delayed, 0
+        for start in range(0, len(lanes), BRING_FORWARD_BATCH):
+            moved += int(await self._bring_forward(keys=[delayed],
+                                                   args=[due_ms, *lanes[start:start + BRING_FORWARD_BATCH]]))
+        return moved
 
     async def counts(self, queue: str) -> QueueCounts:
         """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
@@ -314,6 +501,43 @@ class RedisQueueStore:
 
     async def forget(self, queue: str) -> None:
         """See :class:`~iii_engine.modules.queue.store.QueueStore`: nothing to do, Redis drops an empty key."""
+
+    async def served_elsewhere(self, engine_id: str, ttl_ms: int, queue: str, function_id: str) -> int:
+        """Whether another engine sharing the store runs ``function_id``'s jobs in ``queue`` (engine ``engine_id``,
+        live for ``ttl_ms`` at each :meth:`advertise`, lacks the function): ``1`` yes, ``2`` not known yet (a live
+        engine has not looked since the pair was first wanted), ``0`` no. The pair is recorded as wanted, so the
+        engines that run it say so at their next :meth:`advertise`."""
+        return int(await self._lookup(keys=list(self._shared),
+                                      args=[_member(engine_id, ttl_ms), _pair(queue, function_id)]))
+
+    async def wanted(self) -> tuple[int, list[tuple[str, str]]]:
+        """Redis's clock (ms) and the (queue, function) pairs engines found missing (the newest :data:`MAX_WANTED`;
+        an entry that is no such pair is left out)."""
+        now, names = await self._wanted(keys=[self._shared[1]])
+        pairs = []
+        for name in names:
+            try:
+                queue, function_id = loads(_text(name))
+            except (ValueError, TypeError):
+                continue
+            if isinstance(queue, str) and isinstance(function_id, str):
+                pairs.append((queue, function_id))
+        return int(now), pairs
+
+    async def advertise(self, engine_id: str, read_ms: int, serves: list[tuple[str, str]],
+                        left: list[tuple[str, str]], *, ttl_ms: int) -> list[bool]:
+        """Engine ``engine_id`` read the wanted pairs at ``read_ms`` (Redis's clock), is live and runs the (queue,
+        function) pairs ``serves`` until ``ttl_ms`` past it unless it says so again; for each of ``left`` (pairs it
+        leaves to other engines), whether one still runs it."""
+        engines, _, served = self._shared
+        still = await self._advertise(keys=[engines, served],
+                                      args=[_member(engine_id, ttl_ms), read_ms, ttl_ms, len(serves),
+                                            *(_pair(*pair) for pair in serves), *(_pair(*pair) for pair in left)])
+        return [bool(int(flag)) for flag in still]
+
+    async def leave(self, engine_id: str, ttl_ms: int) -> None:
+        """Engine ``engine_id`` stops: it no longer counts as live (the pairs it advertised expire with its TTL)."""
+        await self._redis.zrem(self._shared[0], _member(engine_id, ttl_ms))
 
     async def eviction_policy(self) -> str | None:
         """Redis's ``maxmemory-policy`` when it may evict keys (anything but ``noeviction``), else ``None``; also

@@ -45,6 +45,16 @@ DEFAULT_MAX_JOBS = 100_000
 DEFAULT_MAX_MEMORY_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_TOPICS = 10_000
 DEFAULT_STOP_TIMEOUT_MS = 5000
+DEFAULT_MISSING_FUNCTION_GRACE_MS = 60_000
+DEFAULT_SERVED_FUNCTIONS_TTL_MS = 10_000
+DEFAULT_STORE_RETRY_MAX_MS = 5000
+"""Longest wait between two polls of a store that keeps failing (``store_retry_max_ms``): a store that is down
+is polled about once per this by each consumer, and a store back up is seen within it (an enqueue that reaches it
+wakes its queue's consumer at once)."""
+MISSING_FUNCTION_CHECK_MAX_MS = 5000
+"""Longest wait between two looks at a job whose function is not registered (unless ``backoff_ms`` is longer).
+A worker registering the function gets its jobs at once (the consumer is told, and makes them due); only jobs past
+the 4,096 put-off lanes a consumer remembers wait for their look, within this."""
 REDIS_ADAPTER = "modules::queue::RedisAdapter"
 BRIDGE_ADAPTER = "modules::queue::adapters::Bridge"
 
@@ -56,9 +66,25 @@ class QueueSettings(Settings):
     fails with ``enqueue_error`` naming the queue and the setting, so a producer faster than its consumers meets
     an error instead of growing the store without end.
 
+    ``missing_function_grace_ms`` (named queues): how long the jobs of a function nobody has registered wait for a
+    worker to register it (a worker reconnecting after an engine restart, or starting after it), their attempts not
+    counted; checked again after as long as the function has been missing (at least ``backoff_ms``, at most
+    :data:`MISSING_FUNCTION_CHECK_MAX_MS` or ``backoff_ms`` if larger), so waiting jobs cost little. Past it their
+    attempts fail with ``function_not_found`` naming the function, and after ``max_retries`` they are in the
+    dead-letter queue (redrive them once the function is there). ``0`` fails them at once, as production does.
+
+    ``store_retry_max_ms``: while polls of the store fail (Redis down), the longest wait before the next poll
+    (:meth:`store_retry_ms`) doubles from ``poll_interval_ms`` up to this (a cap never below ``poll_interval_ms``),
+    and each wait is a random 50-100 % of that longest so consumers do not poll in step: the first wait after a
+    failure is 50-100 % of ``poll_interval_ms``, so shorter than it may be. The first poll that succeeds brings the
+    longest back to ``poll_interval_ms``. Without it
+    every consumer polled a store that was down at ``poll_interval_ms`` (10 per second each by default).
+
     Example:
         >>> QueueSettings().backoff_for(3)
         4000
+        >>> QueueSettings().missing_function_grace_ms
+        60000
     """
 
     unknown_keys: ClassVar[UnknownKeys] = "warn"
@@ -72,6 +98,8 @@ class QueueSettings(Settings):
     poll_interval_ms: int = Field(100, ge=1)
     lease_ms: int = Field(60_000, ge=1)
     max_jobs: int = Field(DEFAULT_MAX_JOBS, ge=1)
+    missing_function_grace_ms: int = Field(DEFAULT_MISSING_FUNCTION_GRACE_MS, ge=0)
+    store_retry_max_ms: int = Field(DEFAULT_STORE_RETRY_MAX_MS, ge=1)
 
     @property
     def fifo(self) -> bool:
@@ -81,6 +109,31 @@ class QueueSettings(Settings):
     def backoff_for(self, attempts: int) -> int:
         """Delay before the next try after ``attempts`` failed attempts: ``backoff_ms * 2**(attempts - 1)``."""
         return int(self.backoff_ms * 2 ** max(attempts - 1, 0))
+
+    @property
+    def store_retry_cap_ms(self) -> int:
+        """The longest wait between two polls of a failing store: ``store_retry_max_ms``, never below
+        ``poll_interval_ms``.
+
+        Example:
+            >>> QueueSettings(poll_interval_ms=100, store_retry_max_ms=50).store_retry_cap_ms
+            100
+        """
+        return max(self.store_retry_max_ms, self.poll_interval_ms)
+
+    def store_retry_ms(self, failures: int) -> int:
+        """Longest wait before the next poll after ``failures`` failed polls in a row: ``poll_interval_ms`` doubled
+        per failure past the first, at most ``store_retry_max_ms`` (never below ``poll_interval_ms``).
+
+        Example:
+            >>> [QueueSettings(poll_interval_ms=100, store_retry_max_ms=500).store_retry_ms(n) for n in (1, 2, 3, 9)]
+            [100, 200, 400, 500]
+        """
+        if failures < 1:
+            raise ValueError(f"failures must be >= 1, got {failures}")
+        cap = self.store_retry_cap_ms
+        # the exponent is bounded: a store down for days must not build a number with thousands of digits
+        return min(self.poll_interval_ms << min(failures - 1, 32), cap)
 
     @classmethod
     def from_topic(cls, queue_config: Any, max_jobs: int = DEFAULT_MAX_JOBS) -> QueueSettings:
@@ -117,6 +170,12 @@ class QueueModuleSettings(Settings):
     #: how long a stop waits for the store to finish (done, retry, dead letter) the jobs whose handler ended and to
     #: take back those still running; a job it has not by then stays active until its ``lease_ms`` runs out
     stop_timeout_ms: int = Field(DEFAULT_STOP_TIMEOUT_MS, ge=1)
+    #: with the Redis adapter, how long the (named queue, function) pairs this engine runs (its workers serve the
+    #: function, it consumes the queue) stay advertised to the other engines sharing the store (refreshed every
+    #: third of it): an engine lacking a function leaves its jobs in a queue to another live engine running that
+    #: pair, its own ``missing_function_grace_ms`` applying only once none does; an engine that crashed stops
+    #: counting after its own TTL, whatever the others' are
+    served_functions_ttl_ms: int = Field(DEFAULT_SERVED_FUNCTIONS_TTL_MS, ge=30)
     adapter: AdapterSpec | None = None
 
     @classmethod

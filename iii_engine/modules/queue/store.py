@@ -24,6 +24,7 @@ import heapq
 import time
 import uuid
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -115,6 +116,17 @@ class QueueFull(PicklesByState, Exception):
         self.moved = moved
 
 
+class NotSent(Exception):
+    """A store call that certainly never left the engine: the connection it needed could not be opened (refused,
+    or its connect timed out) before anything was written, so the store changed nothing. Its message is the
+    connection's error.
+
+    Example:
+        >>> str(NotSent("Error 111 connecting to 127.0.0.1:6379. Connection refused."))
+        'Error 111 connecting to 127.0.0.1:6379. Connection refused.'
+    """
+
+
 class StoreFull(PicklesByState, Exception):
     """A push refused because the in-memory store holds its ``max_bytes`` of jobs and dead letters."""
 
@@ -165,10 +177,15 @@ class QueueStore(Protocol):
 
     async def push(self, queue: str, job: Job, *, max_jobs: int | None = None) -> bool:
         """Store ``job`` at the tail of its lane; with ``max_jobs``, only while the queue holds fewer jobs (waiting,
-        delayed or running; dead letters not counted). ``False``: the queue was full and nothing was stored."""
+        delayed or running; dead letters not counted). ``False``: the queue was full and nothing was stored. A store
+        on a connection pool raises :class:`~iii_streams.errors.PoolExhaustedError` only before the push was sent
+        (nothing stored); any other failure may come after the job was stored."""
 
-    async def claim(self, queue: str, *, now_ms: int, lease_ms: int) -> Job | None:
-        """Promote due delayed lanes, then take the head job of the first ready lane (``None`` if none)."""
+    async def claim(self, queue: str, *, now_ms: int, lease_ms: int,
+                    skip_functions: Collection[str] = ()) -> Job | None:
+        """Promote due delayed lanes, then take the head job of the first ready lane (``None`` if none). A lane whose
+        head job names one of ``skip_functions`` (served by another engine sharing the store, not by this one) goes
+        to the tail of *ready* instead; a store may look past a bounded number of them per call."""
 
     async def ack(self, queue: str, job: Job) -> None:
         """``job`` succeeded: remove it and free its lane."""
@@ -191,6 +208,23 @@ class QueueStore(Protocol):
     async def next_due_ms(self, queue: str) -> int | None:
         """When the earliest delayed lane becomes due."""
 
+    async def bring_forward(self, queue: str, lanes: list[str], *, due_ms: int) -> int:
+        """Make each of ``lanes`` that is delayed past ``due_ms`` due at ``due_ms`` (a lane held or ready is left as
+        it is); the count moved. Jobs put off until their function registers run as soon as it does.
+
+        Example (a job put off for a minute, then brought forward to now):
+            >>> import asyncio
+            >>> async def put_off_then_forward() -> tuple[int | None, int, int | None]:
+            ...     store, job = MemoryQueueStore(), Job.new("q", "fn", 1)
+            ...     await store.push("q", job)
+            ...     claimed = await store.claim("q", now_ms=0, lease_ms=1000)
+            ...     await store.retry("q", claimed, due_ms=60_000)
+            ...     before = await store.next_due_ms("q")
+            ...     return before, await store.bring_forward("q", [job.lane], due_ms=5), await store.next_due_ms("q")
+            >>> asyncio.run(put_off_then_forward())
+            (60000, 1, 5)
+        """
+
     async def counts(self, queue: str) -> QueueCounts:
         """Current sizes."""
 
@@ -208,6 +242,9 @@ class QueueStore(Protocol):
     async def forget(self, queue: str) -> None:
         """Drop what the store keeps for ``queue`` if it holds nothing (no job of any kind, no dead letter): the
         queue module forgets idle topics, and a store must not keep a record per topic name ever seen."""
+
+    async def prepare(self) -> None:
+        """Check the store answers, at the module's start (raises, naming the store, when it does not)."""
 
     async def close(self) -> None:
         """Release connections."""
@@ -317,19 +354,27 @@ class MemoryQueueStore:
         else:
             lane.append(job.id)
 
-    async def claim(self, queue: str, *, now_ms: int, lease_ms: int) -> Job | None:
-        """See :class:`QueueStore`."""
+    async def claim(self, queue: str, *, now_ms: int, lease_ms: int,
+                    skip_functions: Collection[str] = ()) -> Job | None:
+        """See :class:`QueueStore` (each ready lane is looked past at most once per call)."""
         q = self._q(queue)
         due: list[str] = []
         while q.delayed and q.delayed[0][0] <= now_ms:
             due.append(heapq.heappop(q.delayed)[2])
         q.ready.extendleft(reversed(due))
+        looks = len(q.ready) if skip_functions else 0
         while q.ready:
             lane = q.ready.popleft()
             jobs = q.lanes.get(lane)
             # else emptied while it waited (a late step finished its last job), or held already (listed twice):
             # skipped, as by Redis
             if jobs and lane not in q.active:
+                if looks and q.jobs[jobs[0]].function_id in skip_functions:
+                    q.ready.append(lane)
+                    looks -= 1
+                    if not looks:
+                        return None
+                    continue
                 q.active[lane] = now_ms + lease_ms
                 return q.jobs[jobs[0]]
         return None
@@ -387,6 +432,30 @@ class MemoryQueueStore:
         q = self._q(queue)
         return q.delayed[0][0] if q.delayed else None
 
+    async def bring_forward(self, queue: str, lanes: list[str], *, due_ms: int) -> int:
+        """See :class:`QueueStore`.
+
+        Example (a lane due sooner than ``due_ms``, or not delayed at all, is not moved):
+            >>> import asyncio
+            >>> async def early_and_ready() -> tuple[int, int, int | None]:
+            ...     store, early, ready = MemoryQueueStore(), Job.new("q", "fn", 1), Job.new("q", "fn", 2)
+            ...     await store.push("q", early)
+            ...     await store.retry("q", await store.claim("q", now_ms=0, lease_ms=1000), due_ms=3)
+            ...     await store.push("q", ready)
+            ...     lanes = [early.lane, ready.lane]
+            ...     return (await store.bring_forward("q", lanes, due_ms=5),
+            ...             await store.bring_forward("q", lanes, due_ms=1), await store.next_due_ms("q"))
+            >>> asyncio.run(early_and_ready())
+            (0, 1, 1)
+        """
+        q = self._q(queue)
+        wanted = set(lanes)
+        moved = [(due_ms, seq, lane) for due, seq, lane in q.delayed if lane in wanted and due > due_ms]
+        if moved:
+            q.delayed = [entry for entry in q.delayed if not (entry[2] in wanted and entry[0] > due_ms)] + moved
+            heapq.heapify(q.delayed)
+        return len(moved)
+
     async def counts(self, queue: str) -> QueueCounts:
         """See :class:`QueueStore`."""
         q = self._q(queue)
@@ -424,6 +493,9 @@ class MemoryQueueStore:
         q = self._queues.get(queue)
         if q is not None and not (q.jobs or q.lanes or q.ready or q.active or q.delayed or q.dlq):
             del self._queues[queue]
+
+    async def prepare(self) -> None:
+        """Nothing to check: the jobs live in this process."""
 
     async def close(self) -> None:
         """Nothing to release."""

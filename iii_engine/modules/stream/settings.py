@@ -9,7 +9,11 @@ Stream module keys (unknown keys refused, as production does):
   ``client_queue_bytes`` (the same in bytes of queued frames; default 32 MiB),
   ``slow_close_timeout_ms`` (how long that close may wait for a client that stopped reading to take the close
   frame before the connection is reset; default 10,000),
-  ``max_clients`` (connected socket clients, default 10,000; one more gets HTTP 503 naming the setting),
+  ``max_clients`` (socket connections, counted from their TCP accept: those still in their opening handshake or
+  auth call count with the connected clients; default a quarter of the process's open-file limit ``RLIMIT_NOFILE``,
+  at most 10,000; past it a new connection takes the place of the oldest that has not sent its whole upgrade
+  request yet, which is closed; else a few more connections are kept only to answer their request with HTTP 503
+  naming the setting, and any beyond those is closed as it is accepted),
   ``join_timeout_ms`` (how long one socket join, its ``stream:join`` handlers and its sync read, may take; default
   10,000; past it the client gets an ``error`` event with code ``join_timeout``),
   ``custom_stream_fallback`` (default false: a stream a worker served through ``create_stream`` fails with
@@ -36,12 +40,13 @@ from typing import ClassVar, Literal, Self
 
 from pydantic import field_validator, model_validator
 
+from ...fd_limits import open_files_share
 from ...settings import MAX_TIMEOUT_MS, AdapterSpec, Field, NonEmpty, Port, Settings, UnknownKeys, pick_adapter
 from .. import bridge as _bridge  # noqa: F401 - the package before its modules (CPython gh-83065)
 from ..bridge.settings import BridgeAdapterSettings
 
 __all__ = ["MAX_TIMEOUT_MS", "KvStoreSettings", "RedisStoreSettings", "SocketSettings", "StateSettings",
-           "StoreSettings", "StreamSettings"]
+           "StoreSettings", "StreamSettings", "default_max_clients"]
 
 DEFAULT_REDIS_URL = "redis://localhost:6379"
 _REDIS_PREFIXES = ("redis://", "rediss://", "unix://")
@@ -112,6 +117,26 @@ DEFAULT_CLIENT_QUEUE_BYTES = 32 * 1024 * 1024
 DEFAULT_JOIN_TIMEOUT_MS = 10_000
 """How long a stream socket join (its handlers and its sync read) may take by default (``join_timeout_ms``)."""
 
+MAX_DEFAULT_CLIENTS = 10_000
+"""``max_clients`` by default: at most this many, and at most a quarter of the open-file limit (see
+:func:`default_max_clients`)."""
+
+
+def default_max_clients() -> int:
+    """A quarter of the process's soft open-file limit, at most :data:`MAX_DEFAULT_CLIENTS`.
+
+    Why: each client holds a file descriptor; 10,000 whatever the limit let stream clients under ``ulimit -n 1024``
+    take every descriptor, and then workers could not connect. The REST API's connections take half the limit
+    (``max_connections``); the last quarter stays for workers, stores and files.
+
+    Example:
+        >>> import resource
+        >>> soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        >>> default_max_clients() == (min(soft // 4, 10_000) if soft != resource.RLIM_INFINITY else 10_000)
+        True
+    """
+    return open_files_share(4, at_most=MAX_DEFAULT_CLIENTS)
+
 
 class SocketSettings(Settings):
     """Listener settings of the client stream socket."""
@@ -129,8 +154,11 @@ class SocketSettings(Settings):
     slow_close_timeout_ms: int = Field(DEFAULT_SLOW_CLOSE_TIMEOUT_MS, ge=1, le=MAX_TIMEOUT_MS)
     #: ours: joins past this many live subscriptions on one socket are refused with an ``error`` event
     max_subscriptions_per_client: int = Field(1000, ge=1)
-    #: ours: connected clients; one more is refused (HTTP 503 at the upgrade, or closed with 1013 once upgraded)
-    max_clients: int = Field(10_000, ge=1)
+    #: ours: socket connections from their TCP accept, in their handshake or served; one more takes the place of
+    #: the oldest that has not sent its whole upgrade request, else it is refused (HTTP 503 to its request, or closed
+    #: as accepted past the few kept for that answer). None: derived from the process's open-file limit when read
+    #: (:func:`default_max_clients`)
+    max_clients_setting: int | None = Field(None, ge=1, alias="max_clients")
     #: ours: how long one join may take, its ``stream:join`` handlers and its sync read together; past it the
     #: client gets an ``error`` event (code ``join_timeout``) and the socket goes on with its next message
     join_timeout_ms: int = Field(DEFAULT_JOIN_TIMEOUT_MS, ge=1, le=MAX_TIMEOUT_MS)
@@ -139,6 +167,19 @@ class SocketSettings(Settings):
     @classmethod
     def _empty_is_none(cls, function_id: str | None) -> str | None:
         return function_id or None
+
+    @property
+    def max_clients(self) -> int:
+        """Socket connections at most, counted from their TCP accept (handshakes under way too); one more is
+        refused.
+
+        Example:
+            >>> SocketSettings.parse({"max_clients": 3}).max_clients
+            3
+        """
+        if self.max_clients_setting is not None:
+            return self.max_clients_setting
+        return default_max_clients()
 
 
 class StreamSettings(SocketSettings, StoreSettings):

@@ -41,18 +41,19 @@ import logging
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import Event, State
 from websockets.typing import Subprotocol
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.loss_log import LossLog
 from iii.wire import dumps, loads
-from iii.ws_fastpath import send_server_frame
+from iii.ws_fastpath import reset, send_server_frame
 from iii_streams import Backend, StreamGapError, StreamLagError, Watch
 from iii_streams.deadlines import finish_within
 from iii_streams.events import StreamEvent, now_ms
@@ -98,6 +99,13 @@ _START_PROBE_TIMEOUT_S = 10.0
 # connect-join-leave loop against a store slow to unsubscribe left 200 of them under way within 1.5 s. A store that
 # unsubscribes at once never has more than one.
 _UNSUBSCRIBING_MAX = 8
+
+# Connections taken past max_clients only to be answered 503 naming the setting (once their request comes). A few:
+# enough for the refusals of clients that come one at a time. When these are taken as well, a new connection takes
+# the place of the oldest that has sent no request yet (see StreamSocketServer._admit), else it is closed as accepted.
+_REFUSING_MAX = 4
+_CLIENT = "client"
+_REFUSING = "refusing"
 
 _GroupKey = tuple[str, str]
 
@@ -206,6 +214,50 @@ class _Client:
             del frame
 
 
+class _Accepted(ServerConnection):
+    """A TCP connection to the stream socket, counted against ``max_clients`` from its accept (see
+    :meth:`StreamSocketServer._admit`); each socket's :meth:`~StreamSocketServer.start` makes a subclass naming
+    that socket as ``owner``."""
+
+    owner: ClassVar[StreamSocketServer]
+    #: the place it holds from its accept to its close (_CLIENT or _REFUSING), None: none (closed as accepted, or
+    #: its place given to a newer connection)
+    place: str | None = None
+    #: the loop's time at its accept while its upgrade request has not come whole (it may give its place to a
+    #: newer connection then); None once the request came
+    silent_since: float | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.owner._admit(self, transport.get_extra_info("peername"))
+        self.owner._connections.add(self)
+        # websockets' own course, also for one closed at once: its handler sees the close before any request
+        super().connection_made(transport)
+        if self.place is None:
+            transport.close()
+
+    def process_event(self, event: Event) -> None:
+        if self.silent_since is not None:  # its upgrade request: the place is its own from now on
+            self.owner._spoke(self)
+        super().process_event(event)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.owner._connections.discard(self)
+        if self.place is not None:
+            self.owner._leave(self)
+
+
+async def _end_handshake(conn: ServerConnection) -> None:
+    """End a connection still in its opening handshake when the socket stops: at once when its request has not
+    come (nothing could answer it), else once websockets has answered it (503, the server being closed) or
+    ``CLOSE_TIMEOUT_S`` passed (an auth call that does not answer), whichever is first."""
+    if conn.request is not None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(conn.wait_closed(), CLOSE_TIMEOUT_S)
+            return
+    reset(conn)
+
+
 async def _close_watch(watch: Watch) -> None:
     """Unsubscribe ``watch`` within ``_WATCH_CLOSE_TIMEOUT_S``, never raising but for a cancel of the caller: a
     failure is logged, and past the deadline the unsubscribe is cancelled and let go (whatever it still holds is
@@ -262,7 +314,24 @@ class StreamSocketServer:
         self._watchers: dict[_GroupKey, set[_Client]] = {}
         # weak: a handshake that fails after the auth call never reaches _serve to pop its entry
         self._contexts: weakref.WeakKeyDictionary[ServerConnection, Any] = weakref.WeakKeyDictionary()
-        self._authenticating = 0  # upgrades whose auth call is in flight
+        # TCP connections accepted and not closed yet, by the place they hold (see _admit): the upgrades still in their
+        # handshake count with the served clients, or a flood of connections that never finished theirs (each held to
+        # websockets' 10 s open_timeout) took descriptors past max_clients
+        self._accepted = 0
+        self._refusing = 0
+        # by place, those of them whose upgrade request has not come, oldest first (so at most max_clients and
+        # _REFUSING_MAX): when every place is taken the oldest gives its place to the new connection
+        self._silent: dict[str, dict[_Accepted, None]] = {_CLIENT: {}, _REFUSING: {}}
+        # the same connections themselves: the stop ends those still in their handshake (see close)
+        self._connections: set[_Accepted] = set()
+        # set when close() begins: an upgrade's auth call in flight is given up for a 503 at once
+        self._stopping = asyncio.Event()
+        #: TCP connections closed as they were accepted (every place taken by one that sent its request), since
+        #: start
+        self.refused_connections = 0
+        #: TCP connections closed with no upgrade request sent, their place given to a newer connection, since start
+        self.evicted_connections = 0
+        self._refused_log = LossLog(self._log_refused, SKIP_LOG_INTERVAL_S)
         #: joins that failed (sync read failed or timed out, handlers timed out), since start
         self.failed_joins = 0
         # rate-limited: any client of this public socket could write one warning per join it sent
@@ -313,9 +382,16 @@ class StreamSocketServer:
                                   f"{_START_PROBE_TIMEOUT_S:g} s") from None
         finally:
             await _close_watch(probe)
+
+        # a class per socket, not an attribute set afterwards: connections are accepted (and counted) before
+        # serve() returns
+        class Accepted(_Accepted):
+            """A connection to this socket."""
+
+        Accepted.owner = self
         self._server = await serve(
             self._serve, self.settings.host, self.settings.port, compression=None, max_size=_MAX_CLIENT_FRAME,
-            max_queue=_CLIENT_MESSAGES_QUEUED,
+            max_queue=_CLIENT_MESSAGES_QUEUED, create_connection=Accepted,
             process_request=self._process_request, select_subprotocol=self._select_subprotocol,
             # the module's stop closes every client (1001): one peer that never answers must not hold it for 10 s
             close_timeout=CLOSE_TIMEOUT_S,
@@ -328,16 +404,23 @@ class StreamSocketServer:
             # websockets' own close first waits, with no deadline, for a client to take what it was sent: one that
             # stopped reading held the stop until the keep-alive gave up (20 s), one already being closed as too
             # slow for slow_close_timeout_ms. Taken before server.close(), whose own close of each takes it out of
-            # .connections (open ones only).
-            peers = {client.ws for client in self._clients} | self._server.connections
-            self._server.close()  # stops listening; upgrades in progress get a 503
-            await asyncio.gather(*(close_within(ws, 1001, "") for ws in peers))
+            # .connections (open ones only; also missing one whose 101 was sent and whose handler has not begun).
+            self._stopping.set()
+            peers = {client.ws for client in self._clients} | {
+                conn for conn in self._connections if conn.state is State.OPEN}
+            # websockets then waits for every connection's handler: one still in its handshake ends only with the
+            # handshake, and one that never sends its request ends at open_timeout (10 s), however soon the stop
+            handshakes = [conn for conn in self._connections if conn.state is State.CONNECTING]
+            self._server.close()  # stops listening; upgrades whose request came get a 503
+            await asyncio.gather(*(close_within(ws, 1001, "") for ws in peers),
+                                 *(_end_handshake(conn) for conn in handshakes))
             await self._server.wait_closed()
         await self._close_feed(force=True)
         if self._unsubscribing:
             await asyncio.wait(tuple(self._unsubscribing))  # each bounded by _WATCH_CLOSE_TIMEOUT_S
         self._failed_joins_log.close()
         self._ignored_log.close()
+        self._refused_log.close()
 
     @property
     def following(self) -> bool:
@@ -431,31 +514,35 @@ class StreamSocketServer:
         parts = urlsplit(request.path)
         if parts.path != "/":
             return connection.respond(404, "Not Found\n")
-        # cheap refusal before the upgrade and the auth call; upgrades still waiting for their auth call count too,
-        # or a burst of connections made as many concurrent auth calls (each up to the 10 s handshake timeout)
-        if len(self._clients) + self._authenticating >= self.settings.max_clients:
+        # refused before the upgrade and the auth call: its connection came with max_clients others open, served or
+        # in their handshake (waiting for their auth call: a burst made as many concurrent auth calls as it had
+        # connections), and was kept only for this answer
+        if isinstance(connection, _Accepted) and connection.place != _CLIENT:
             return connection.respond(503, f"{self._too_many()}\n")
         function_id = self.settings.auth_function
         if not function_id:
             return None
-        self._authenticating += 1
-        try:
-            return await self._authenticate_while_connected(connection, request, function_id)
-        finally:
-            self._authenticating -= 1
+        return await self._authenticate_while_connected(connection, request, function_id)
 
     async def _authenticate_while_connected(self, connection: ServerConnection, request: Request,
                                             function_id: str) -> Response | None:
         """:meth:`_authenticate`, given up once the client goes: websockets would wait for the auth call (up to
-        its 10 s handshake timeout) with the client's place under ``max_clients`` taken, for nobody."""
+        its 10 s handshake timeout) with the client's place under ``max_clients`` taken, for nobody. Given up too
+        when the socket stops, answered 503: a call that never answered held the stop until that timeout."""
         auth = asyncio.ensure_future(self._authenticate(connection, request, function_id))
         gone = asyncio.ensure_future(connection.wait_closed())
+        stopping = asyncio.ensure_future(self._stopping.wait())
         try:
-            await asyncio.wait((auth, gone), return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait((auth, gone, stopping), return_when=asyncio.FIRST_COMPLETED)
         finally:
             gone.cancel()
+            stopping.cancel()
             if not auth.done():  # the client went (or the handshake timed out): its call leaves the pending table
                 auth.cancel()
+        if gone not in done and self._stopping.is_set():
+            # also when the call answered in the same loop turn: a 101 now (websockets refuses one only once its
+            # listener is closed, a turn later) would open a connection the stop has already counted out
+            return connection.respond(503, "the stream socket is stopping\n")
         if not auth.done():
             # never sent: websockets answers no request whose connection is closed
             return connection.respond(400, "the client went during the auth call\n")
@@ -488,12 +575,86 @@ class StreamSocketServer:
     def _too_many(self) -> str:
         return f"too many stream clients connected (max_clients {self.settings.max_clients})"
 
+    def _admit(self, conn: _Accepted, peer: object) -> None:
+        """Place a TCP connection just accepted (``conn.place``): :data:`_CLIENT` (one of ``max_clients``,
+        whether it is in its handshake or served), :data:`_REFUSING` (kept only to answer 503 naming the
+        setting), or ``None``: closed at once, counted and logged rate-limited. When every place of a kind is
+        taken, the connection that has held one longest without sending its upgrade request is closed and
+        ``conn`` takes its place.
+
+        Why from the accept: counted once its handshake was done (or its auth call began), a flood of connections
+        that never sent their upgrade request held a descriptor each until websockets' 10 s open_timeout, however
+        many came. The connections' count now bounds the clients, the upgrades and their auth calls at once.
+
+        Why the oldest silent one gives way: with places held from the accept, max_clients + 4 connections that
+        say nothing kept every client out until their open_timeout, and again with each new round. A client
+        sends its request as soon as it is connected, so a connection that has sent none while a newer one came
+        is the one to close; one that sent its request (upgraded, refused, or waiting for its auth call) is never
+        closed for a newer one.
+        """
+        if self._stopping.is_set():
+            # accepted after the stop took its list of handshakes (the listener closes a loop turn after close()):
+            # its handler would hold the stop until open_timeout like any silent one
+            return
+        if self._accepted < self.settings.max_clients:
+            self._accepted += 1
+            conn.place = _CLIENT
+        elif self._evict(_CLIENT, peer):
+            conn.place = _CLIENT
+        elif self._refusing < _REFUSING_MAX:
+            self._refusing += 1
+            conn.place = _REFUSING
+        elif self._evict(_REFUSING, peer):
+            conn.place = _REFUSING
+        else:
+            self.refused_connections += 1
+            self._refused_log.lost("refused", f"a connection from {peer}")
+            return
+        conn.silent_since = asyncio.get_running_loop().time()
+        self._silent[conn.place][conn] = None
+
+    def _evict(self, place: str, peer: object) -> bool:
+        """Close the oldest connection holding a ``place`` with no upgrade request sent, for one from ``peer``
+        to take (whether there was one)."""
+        silent = self._silent[place]
+        if not silent:
+            return False
+        oldest = next(iter(silent))
+        del silent[oldest]
+        assert oldest.silent_since is not None
+        silent_for = asyncio.get_running_loop().time() - oldest.silent_since
+        self.evicted_connections += 1
+        self._refused_log.lost("evicted", f"a connection from {oldest.remote_address} that sent no request in "
+                                          f"{silent_for:.1f} s closed for one from {peer}")
+        oldest.silent_since = oldest.place = None  # its place is the new one's: counted once
+        oldest.transport.abort()  # nothing was sent to it; its handler ends with no request, as on a disconnect
+        return True
+
+    def _spoke(self, conn: _Accepted) -> None:
+        """``conn``'s upgrade request came: it no longer gives its place to a newer connection."""
+        conn.silent_since = None
+        if conn.place is not None:
+            self._silent[conn.place].pop(conn, None)
+
+    def _leave(self, conn: _Accepted) -> None:
+        """A connection :meth:`_admit` placed is closed: its place is free."""
+        assert conn.place is not None
+        self._silent[conn.place].pop(conn, None)
+        if conn.place == _CLIENT:
+            self._accepted -= 1
+        else:
+            self._refusing -= 1
+        conn.place = conn.silent_since = None
+
+    def _log_refused(self, counts: Mapping[str, int], latest: str | None) -> None:
+        latest_text = f"; latest: {latest}" if latest is not None else ""
+        log.warning("%d stream socket connection(s) closed since the last warning (%s, and %d more kept to answer "
+                    "503): %d that sent no upgrade request, oldest first, for newer ones, and %d as accepted; %d and "
+                    "%d in all%s", sum(counts.values()), self._too_many(), _REFUSING_MAX, counts.get("evicted", 0),
+                    counts.get("refused", 0), self.evicted_connections, self.refused_connections, latest_text)
+
     async def _serve(self, ws: ServerConnection) -> None:
         context = self._contexts.pop(ws, None)
-        if len(self._clients) >= self.settings.max_clients:  # upgrades that passed the check together
-            log.warning("stream client %s refused: %s", ws.remote_address, self._too_many())
-            await close_within(ws, _SLOW_CLIENT, self._too_many())
-            return
         client = _Client(ws, context, self.settings.client_queue_size, self.settings.slow_close_timeout_ms / 1000,
                          self.settings.client_queue_bytes)
         self._clients.add(client)

@@ -51,6 +51,7 @@ from ..bridge.settings import BridgeAdapterSettings
 from .settings import KvStoreSettings, RedisStoreSettings, StateSettings, StoreSettings
 
 if TYPE_CHECKING:
+    from iii_streams.redis import RedisStream
     from iii_streams.sql import SQLStream
 
 __all__ = ["open_module_store", "prepare_module_store"]
@@ -152,10 +153,11 @@ def open_module_store(kind: Kind, settings: StoreSettings | Mapping[str, Any], *
 
 async def prepare_module_store(kind: Kind, store: Backend) -> Backend:
     """``store`` (from :func:`open_module_store`) made ready before the module's start goes on: a SQL store connects
-    once and checks its schema (or migrates, for a ``file_based`` KvStore), so a database that is unreachable,
-    missing or not migrated stops the start with one line naming it, instead of failing every call of a started
-    engine. On failure the store is closed. Other stores are returned as they are. Within 10 s, or the module's entry's
-    ``start_timeout_ms`` (a little less: this fails first, naming the database), never past the module's start bound.
+    once and checks its schema (or migrates, for a ``file_based`` KvStore), and a Redis store checks the server
+    answers (a ``PING``), so a database that is unreachable, missing or not migrated stops the start with one line
+    naming it, instead of failing every call of a started engine. On failure the store is closed. Other stores are
+    returned as they are. Within 10 s, or the module's entry's ``start_timeout_ms`` (a little less: this fails
+    first, naming the database), never past the module's start bound.
 
     Example:
         >>> import asyncio
@@ -165,16 +167,26 @@ async def prepare_module_store(kind: Kind, store: Backend) -> Backend:
         ...
         iii_streams.errors.StreamUnavailableError: cannot open SQLite database /nonexistent/dir/s.db: unable to \
 open database file (directory /nonexistent/dir does not exist)
+        >>> store = open_module_store("state", {"store_url": "redis://:secret@127.0.0.1:1/0"})
+        >>> asyncio.run(prepare_module_store("state", store))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        iii_streams.errors.StreamUnavailableError: Redis at redis://127.0.0.1:1/0 unreachable: Error 111 ...
     """
-    # only a SQL store can have been opened through iii_streams.sql; looked up here rather than imported, as a
-    # memory-only install has no SQLAlchemy
+    # only a store opened through iii_streams.sql or iii_streams.redis can be one of theirs; looked up here rather
+    # than imported, as a memory-only install has neither SQLAlchemy nor redis
+    prepared: Backend = store  # the narrowing below (by a module's class) would make it Any
     sql = sys.modules.get("iii_streams.sql")
-    if sql is None or not isinstance(store, sql.SQLStream):
-        return store
-    sql_store = cast("SQLStream", store)
+    redis = sys.modules.get("iii_streams.redis")
+    if sql is not None and isinstance(store, sql.SQLStream):
+        check = cast("SQLStream", store).prepare(timeout=_prepare_timeout())
+    elif redis is not None and isinstance(store, redis.RedisStream):
+        check = redis.check_reachable(cast("RedisStream", store).client, timeout=_prepare_timeout())
+    else:
+        return prepared
     try:
-        await sql_store.prepare(timeout=_prepare_timeout())
+        await check
     except BaseException:
-        await close_store(sql_store.aclose(), f"the {kind} module's store (SQLStream)")
+        await close_store(prepared.aclose(), f"the {kind} module's store ({type(prepared).__name__})")
         raise
-    return sql_store
+    return prepared

@@ -22,7 +22,7 @@ from typing import Any
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.iii_types import TriggerInfo
 
-from ..base import EngineError
+from ..base import EngineError, FiredSlots
 from ..trigger_set import TriggerRunner, TriggerSet, check_trigger_config
 
 __all__ = ["JoinLeaveTriggers", "StreamTriggers", "TriggerRunner", "matches_stream_trigger"]
@@ -112,20 +112,21 @@ class JoinLeaveTriggers(TriggerSet):
         heard gets exactly one leave" whenever the engine was merely busy."""
         count = len(self.matching(payload))
         if count:
-            if self.services.fired_calls.try_take(count):
-                self.spawn(self._run_holding(count, payload), count)
+            slots = self.services.fired_calls.try_take(count)
+            if slots is not None:
+                self.spawn(self._run_holding(slots, payload), slots)
             else:
                 self.spawn(self._run_when_room(count, payload))
 
     async def _run_when_room(self, count: int, payload: Mapping[str, Any]) -> None:
         try:
-            await self.services.fired_calls.take(count, f"{self.kind} handlers", "handlers")
+            slots = await self.services.fired_calls.take(count, f"{self.kind} handlers", "handlers")
         except EngineError:
             return  # refused: FiredCalls counted and logged it
-        await self._run_holding(count, payload)  # at once: no await between taking the slots and holding them
+        await self._run_holding(slots, payload)  # at once: no await between taking the slots and holding them
 
-    async def _run_holding(self, count: int, payload: Mapping[str, Any]) -> None:
+    async def _run_holding(self, slots: FiredSlots, payload: Mapping[str, Any]) -> None:
         try:
             await self.run(payload)
         finally:
-            self.services.fired_calls.release(count)
+            slots.release()  # exactly what was taken, whatever the handlers run inline took themselves

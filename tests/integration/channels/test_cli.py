@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -42,6 +43,21 @@ async def _finish(proc: asyncio.subprocess.Process, stdin: bytes | None = None, 
     out, err = await asyncio.wait_for(proc.communicate(stdin), 25)
     assert proc.returncode is not None
     return Done(proc.returncode, out, first + err.decode(errors="replace"))
+
+
+async def _terminated(proc: asyncio.subprocess.Process, command: str) -> Done:
+    """SIGTERM ``proc`` (an ``iii-channel COMMAND`` under way) and check it ended as SIGTERM should: exit 143 and
+    the one line ``iii-channel: COMMAND: terminated``; killed if it did not end in time."""
+    try:
+        proc.send_signal(signal.SIGTERM)
+        done = await _finish(proc)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert done.rc == 143, done.stderr
+    assert done.stderr == f"iii-channel: {command}: terminated\n", done.stderr
+    return done
 
 
 @pytest.fixture

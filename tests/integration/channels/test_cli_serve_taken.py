@@ -148,7 +148,7 @@ async def test_a_serve_waits_out_one_check_only_when_the_engine_never_lists_its_
         await silent.shutdown_async()
     assert said.splitlines()[-1].startswith(f"{SERVING}{_FUNCTION} on "), said
     assert "could not check whether another worker serves" in said
-    assert took < 8.0, took
+    assert took < 9.5, took  # one 5 s bound and a process start under load; two bounds took 10.3 s
 
 
 def test_the_help_names_replace(capsys: pytest.CaptureFixture[str]) -> None:

@@ -155,7 +155,7 @@ async def engine_url(engine_process: Callable[..., Awaitable[EngineProcess]]) ->
 
 async def test_serve_reclaims_dead_partial_files_in_its_directory(engine_url: str, tmp_path: Path) -> None:
     dead = _dead_pid()
-    stale = tmp_path / f"{PART_PREFIX}{dead}-abcd"
+    stale = tmp_path / f"{PART_PREFIX}{dead}-abcdabcd"
     stale.write_bytes(b"s" * 5000)
     keep = tmp_path / "finished.bin"
     keep.write_bytes(b"k")

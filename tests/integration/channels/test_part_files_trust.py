@@ -151,26 +151,31 @@ async def test_a_killed_receivers_part_is_reclaimed_and_a_live_one_is_kept(
 
 def test_reclaim_rules(tmp_path: Path) -> None:
     dead, alive = _dead_pid(), os.getpid()
-    stale = tmp_path / f"{PART_PREFIX}{dead}-aaaa"
+    stale = tmp_path / f"{PART_PREFIX}{dead}-aaaaaaaa"
     stale.write_bytes(b"x" * 1000)
-    locked = tmp_path / f"{PART_PREFIX}{dead}-bbbb"  # a dead-looking PID (another PID namespace) but locked
+    locked = tmp_path / f"{PART_PREFIX}{dead}-bbbbbbbb"  # a dead-looking PID (another PID namespace) but locked
     locked.write_bytes(b"y")
-    ours = tmp_path / f"{PART_PREFIX}{alive}-cccc"  # a live owner that has not locked yet
+    ours = tmp_path / f"{PART_PREFIX}{alive}-cccccccc"  # a live owner that has not locked yet
     ours.write_bytes(b"z")
-    legacy_fresh = tmp_path / f"{PART_PREFIX}k2j3h4"
+    legacy_fresh = tmp_path / f"{PART_PREFIX}k2j3h4k2"
     legacy_fresh.write_bytes(b"l")
-    legacy_old = tmp_path / f"{PART_PREFIX}q9w8e7"
+    legacy_old = tmp_path / f"{PART_PREFIX}q9w8e7q9"
     legacy_old.write_bytes(b"o")
     os.utime(legacy_old, (time.time() - 7200, time.time() - 7200))
-    staging = tmp_path / f"{PART_PREFIX}{dead}-dddd"
+    staging = tmp_path / f"{PART_PREFIX}{dead}-dddddddd"
     (staging / "sub").mkdir(parents=True)
     (staging / "sub" / "f").write_bytes(b"s" * 10)
     elsewhere = tmp_path / "keep.txt"
     elsewhere.write_bytes(b"k")
-    link = tmp_path / f"{PART_PREFIX}{dead}-eeee"
+    link = tmp_path / f"{PART_PREFIX}{dead}-eeeeeeee"
     link.symlink_to(elsewhere)
     unrelated = tmp_path / "report.iii-part-1-x"
     unrelated.write_bytes(b"u")
+    # a user's own, named like a part but not as tempfile names them: an hour old, it was removed with what it held
+    users = tmp_path / f"{PART_PREFIX}cache"
+    users.mkdir()
+    (users / "precious.db").write_bytes(b"p")
+    os.utime(users, (time.time() - 7200, time.time() - 7200))
 
     fd = os.open(locked, os.O_RDONLY)
     try:
@@ -179,6 +184,7 @@ def test_reclaim_rules(tmp_path: Path) -> None:
         assert removed == {stale: 1000, legacy_old: 1, staging: 10}
         assert locked.exists() and ours.exists() and legacy_fresh.exists() and link.is_symlink()
         assert elsewhere.read_bytes() == b"k" and unrelated.exists()
+        assert (users / "precious.db").read_bytes() == b"p"
     finally:
         os.close(fd)
     assert reclaim_stale_parts(tmp_path) == {locked: 1}  # unlocked now, owner gone
@@ -207,7 +213,7 @@ async def test_a_target_naming_a_missing_directory_is_refused(engine: Engine, tm
 
 
 async def test_receive_dir_reclaims_a_dead_staging_directory(engine: Engine, tmp_path: Path) -> None:
-    stale = tmp_path / f"{PART_PREFIX}{_dead_pid()}-zzzz"
+    stale = tmp_path / f"{PART_PREFIX}{_dead_pid()}-zzzzzzzz"
     (stale / "a").mkdir(parents=True)
     (stale / "a" / "big").write_bytes(b"b" * 4096)
     refs = engine.channels.create(None, owner=None)

@@ -109,3 +109,14 @@ async def disconnect(engine: Engine, worker: RawWorker) -> None:
         "worker_disconnected", worker.worker_id) else None)
     await worker.close()
     await asyncio.wait_for(done.wait(), 5)
+
+
+def counters_left(engine: Engine) -> dict[str, int]:
+    """The engine's call and fired-call counters that are not 0, by name (``<worker id>.call_bytes`` …): empty
+    once everything a scenario started is over."""
+    fired = engine.fired_calls
+    counters = {"in_flight": fired.in_flight, "bytes_in_flight": fired.bytes_in_flight, "waiting": fired.waiting}
+    for worker in engine.workers.values():
+        counters |= {f"{worker.id}.calls": worker.calls, f"{worker.id}.builtin_calls": worker.builtin_calls,
+                     f"{worker.id}.call_bytes": worker.call_bytes}
+    return {name: count for name, count in counters.items() if count}

@@ -79,8 +79,8 @@ async def _connect(url: str) -> tuple[ClientConnection, str]:
 
 
 class Watch:
-    """Checks every worker's count on every turn of the event loop while it runs: never below 0, never above the
-    bound (a count that went wrong and came right again would pass the final check)."""
+    """Checks every worker's counts on every turn of the event loop while it runs: never below 0, never above the
+    bound, each kind apart (a count that went wrong and came right again would pass the final check)."""
 
     def __init__(self, engine: Engine, limit: int) -> None:
         self.engine = engine
@@ -91,7 +91,8 @@ class Watch:
 
     def _check(self) -> None:
         self.turns += 1
-        self.wrong.extend(w.calls for w in self.engine.workers.values() if not 0 <= w.calls <= self.limit)
+        self.wrong.extend(w.calls for w in self.engine.workers.values()
+                          if not (0 <= w.builtin_calls <= self.limit and 0 <= w.calls - w.builtin_calls <= self.limit))
         self._handle = asyncio.get_running_loop().call_soon(self._check)
 
     def stop(self) -> None:

@@ -165,7 +165,10 @@ async def test_callee_disconnect_mid_call_gives_invocation_stopped(engine: Engin
     assert engine.workers[callee.worker_id].info()["active_invocations"] == 1
     await callee.close()
     frame = await pending
-    assert frame["error"] == {"code": "invocation_stopped", "message": "Invocation stopped"}
+    # the function and the cause named (before: a bare "Invocation stopped"); the code as the wire has it
+    assert frame["error"] == {
+        "code": "invocation_stopped",
+        "message": "Invocation of slow stopped: its callee's worker disconnected before answering"}
     assert engine.invocations.pending == {}
     await caller.close()
 

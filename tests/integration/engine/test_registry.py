@@ -190,3 +190,53 @@ def _module_functions(engine: Engine) -> list[str]:
     return [fid for fid, e in engine.registry.functions.items()
             if e.owner is None and not fid.startswith(("engine::functions", "engine::workers", "engine::triggers",
                                                        "engine::channels"))]
+
+
+async def test_unregistering_an_overwriting_registration_brings_back_the_one_it_overwrote(engine: Engine) -> None:
+    a = await RawWorker.connect(engine.url)
+    b = await RawWorker.connect(engine.url)
+    caller = await RawWorker.connect(engine.url)
+    await a.register("replica::fn", description="from a")
+    await a.sync()
+    await b.register("replica::fn", description="from b")
+    await b.sync()
+    await b.send({"type": "unregisterfunction", "id": "replica::fn"})  # b's own: a, still serving it, is back
+    await b.sync()
+    assert engine.registry.functions["replica::fn"].owner == a.worker_id
+    assert engine.workers[a.worker_id].info()["functions"] == ["replica::fn"]
+    call = asyncio.create_task(caller.call("replica::fn", {}))
+    await a.serve_one("a answered")
+    assert (await call)["result"] == "a answered"
+    for worker in (a, b, caller):
+        await worker.close()
+
+
+async def test_unregistering_an_overwritten_registration_leaves_the_current_one(engine: Engine) -> None:
+    a = await RawWorker.connect(engine.url)
+    b = await RawWorker.connect(engine.url)
+    await a.register("replica::fn", description="from a")
+    await a.sync()
+    await b.register("replica::fn", description="from b")
+    await b.sync()
+    await a.send({"type": "unregisterfunction", "id": "replica::fn"})  # a's kept one goes, b's stays
+    await a.sync()
+    assert engine.registry.functions["replica::fn"].owner == b.worker_id
+    assert engine.registry.shadowed_entries(function_id="replica::fn") == []
+    await _gone(engine, b)  # nothing of a's comes back: it took its registration back
+    assert "replica::fn" not in await _ids(a)
+    await a.close()
+
+
+async def test_unregistering_an_override_of_a_built_in_brings_the_built_in_back(engine: Engine) -> None:
+    mock = await RawWorker.connect(engine.url)
+    other = await RawWorker.connect(engine.url)
+    await mock.register("engine::channels::create", description="a test's stand-in")
+    await mock.sync()
+    assert engine.registry.functions["engine::channels::create"].owner == mock.worker_id
+    await mock.send({"type": "unregisterfunction", "id": "engine::channels::create"})
+    await mock.sync()
+    assert engine.registry.functions["engine::channels::create"].owner is None
+    created = await other.result_of("engine::channels::create", {})
+    assert set(created) >= {"writer", "reader"}
+    await mock.close()
+    await other.close()

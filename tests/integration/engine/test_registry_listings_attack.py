@@ -62,9 +62,9 @@ async def test_listings_follow_overwrite_restore_unregister_and_disconnect(engin
     assert (await _triggers(asker)).get("tb") == "svc::g"
     await disconnect(engine, c)  # c's registration goes: b's (the latest earlier one) comes back
     await check({"svc::f": "from b", "svc::g": "g by b"})
-    await b.send({"type": "unregisterfunction", "id": "svc::f"})  # explicit: the id goes whoever had it before
+    await b.send({"type": "unregisterfunction", "id": "svc::f"})  # b takes its own back: a's comes back (E5)
     await b.sync()
-    await check({"svc::g": "g by b"})
+    await check({"svc::f": "from a", "svc::g": "g by b"})
     await a.register("svc::f", description="a again")
     await a.sync()
     await check({"svc::f": "a again", "svc::g": "g by b"})

@@ -13,6 +13,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 
@@ -27,6 +28,8 @@ from .raw import disconnect as _gone
 pytestmark = [pytest.mark.timeout(20), pytest.mark.our_engine("engine-core test: our max_calls_per_worker bound")]
 
 LIMIT = 3
+HELD_UNTIL = ("a call counts until its callee answers it or a side disconnects, not when its caller stops waiting "
+              "(set invocation_timeout_ms to end calls a callee never answers)")
 
 
 def _engine(limit: int = LIMIT, **config: Any) -> Engine:
@@ -92,7 +95,8 @@ async def test_an_answered_call_past_the_bound_is_refused_with_too_many_calls(bo
     refused = await caller.call("slow::never")
     assert refused["error"] == {
         "code": "too_many_calls",
-        "message": f"worker {caller.worker_id} has {LIMIT} calls in flight (max_calls_per_worker {LIMIT})"}
+        "message": f"worker {caller.worker_id} has {LIMIT} calls of worker functions in flight (max_calls_per_worker "
+                   f"{LIMIT}), {LIMIT} of them to slow::never: {HELD_UNTIL}"}
     assert bounded.worker_calls.refused == 1
     assert len(bounded.invocations.pending) == LIMIT  # the refused one never reached the table
     # one answer makes room for one more call
@@ -148,10 +152,12 @@ async def test_a_void_call_past_the_bound_is_dropped_counted_and_logged(bounded:
     assert (bounded.worker_calls.refused_void, bounded.worker_calls.refused) == (2, 0)
     warnings = [r.getMessage() for r in caplog.records if r.name == "iii_engine.limits"]
     assert len(warnings) == 1  # rate-limited: the first, then at most one per interval
-    assert warnings[0].startswith(f"worker calls refused over max_calls_per_worker {LIMIT}: 0 answered with "
-                                  "too_many_calls, 1 void")
-    assert warnings[0].endswith(f"latest: void call of slow::never: worker {caller.worker_id} has {LIMIT} calls "
-                                f"in flight (max_calls_per_worker {LIMIT})")
+    assert warnings[0].startswith(f"worker calls refused over max_calls_per_worker {LIMIT} or "
+                                  f"max_call_bytes_per_worker {64 * 1024 * 1024}: 0 answered with too_many_calls, "
+                                  "1 void")
+    assert warnings[0].endswith(f"latest: void call of slow::never: worker {caller.worker_id} has {LIMIT} calls of "
+                                f"worker functions in flight (max_calls_per_worker {LIMIT}), {LIMIT} of them to "
+                                f"slow::never: {HELD_UNTIL}")
     # the callee never sees them
     await callee.nothing_for(0.05)
     # a void call's count goes when its callee answers
@@ -341,7 +347,9 @@ async def test_health_reports_the_bounds_degraded_while_they_lose_calls(monkeypa
         assert health["status"] == "healthy"
         assert health["components"]["fired_calls"]["status"] == "healthy"
         assert health["components"]["worker_calls"] == {"status": "healthy", "details": {
-            "max_calls_per_worker": 1, "in_flight": 1, "busiest_worker": 1, "refused": 0, "refused_void": 0}}
+            "max_calls_per_worker": 1, "in_flight": 1, "busiest_worker": 1, "refused": 0, "refused_void": 0,
+            # the health check's own call holds its frame's bytes
+            "max_call_bytes_per_worker": 64 * 1024 * 1024, "bytes_in_flight": ANY, "busiest_worker_bytes": ANY}}
         # a fired call skipped for want of room
         assert engine.fired_calls.try_take()
         assert engine.fire("nobody::there", {}) is False
@@ -358,7 +366,9 @@ async def test_health_reports_the_bounds_degraded_while_they_lose_calls(monkeypa
         assert (await caller.call("slow::never"))["error"]["code"] == "too_many_calls"
         health = await watcher.result_of("engine::health::check", {})
         assert health["components"]["worker_calls"] == {"status": "degraded", "details": {
-            "max_calls_per_worker": 1, "in_flight": 2, "busiest_worker": 1, "refused": 1, "refused_void": 0}}
+            "max_calls_per_worker": 1, "in_flight": 2, "busiest_worker": 1, "refused": 1, "refused_void": 0,
+            # the health check's own call holds its frame's bytes
+            "max_call_bytes_per_worker": 64 * 1024 * 1024, "bytes_in_flight": ANY, "busiest_worker_bytes": ANY}}
         metrics = await watcher.result_of("engine::metrics::list", {})
         assert metrics["engine_metrics"]["worker_calls"]["refused"] == 1
         assert metrics["engine_metrics"]["fired_calls"]["skipped"] == 1

@@ -42,6 +42,13 @@ class Worker:
         return cls(ws, first["worker_id"])
 
     async def _read(self) -> None:
+        try:
+            await self._frames()
+        finally:
+            for task in list(self._tasks):  # a handler still waiting must not outlive the test's loop
+                task.cancel()
+
+    async def _frames(self) -> None:
         async for raw in self.ws:
             frame = json.loads(raw)
             if frame["type"] == "invocationresult":
@@ -100,6 +107,7 @@ class Worker:
     async def close(self) -> None:
         await self.ws.close()
         self._reader.cancel()
+        await asyncio.gather(self._reader, *self._tasks, return_exceptions=True)
 
 
 class WorkerError(Exception):

@@ -21,6 +21,7 @@ from websockets.exceptions import ConnectionClosed
 
 from iii_engine import Engine
 from iii_engine.modules.stream.socket import _MISSED
+from tests.integration.streams.conftest import delete_redis_keys
 from tests.polling import until
 from tests.services import require_postgres, require_redis
 
@@ -145,10 +146,13 @@ async def test_redis_cuts_while_clients_join_leave_no_silent_hole() -> None:
         return len(subscribed)
 
     try:
-        async with Engine(config=engine_config(store_url=f"{url}?client_name={name}")) as engine:
+        # a prefix of its own, so a channel of its own ({name}::stream::events): on the server-wide
+        # stream::events another test process's writes would flow through this engine's feed
+        async with Engine(config=engine_config(store_url=f"{url}?client_name={name}&key_prefix={name}")) as engine:
             await _attack(engine, cut)
     finally:
         await admin.aclose()
+        await delete_redis_keys(f"{name}:*")
 
 
 async def test_postgres_listen_cuts_while_clients_join_leave_no_silent_hole(pg_url: str) -> None:

@@ -18,6 +18,7 @@ from iii.stream import StreamSetInput
 from iii_engine import Engine
 from iii_engine.modules.stream.socket import _MISSED, StreamSocketServer
 from iii_streams import MemoryStream
+from tests.integration.streams.conftest import delete_redis_keys
 from tests.polling import until
 from tests.services import require_redis
 
@@ -62,7 +63,9 @@ async def test_one_cut_closes_600_clients_and_all_are_served_again() -> None:
     admin = aioredis.Redis.from_url(url)
     stream = f"afl{uuid.uuid4().hex[:10]}"
     try:
-        async with Engine(config=engine_config(store_url=f"{url}?client_name={name}")) as engine:
+        # a prefix of its own, so a channel of its own ({name}::stream::events): on the server-wide
+        # stream::events another test process's writes would flow through this engine's feed
+        async with Engine(config=engine_config(store_url=f"{url}?client_name={name}&key_prefix={name}")) as engine:
             socket = _socket(engine)
             worker = await Worker.connect(engine.url)
             tasks_before = len(asyncio.all_tasks())
@@ -99,6 +102,7 @@ async def test_one_cut_closes_600_clients_and_all_are_served_again() -> None:
             print(f"{MANY} clients closed in {took:.2f} s; slowest worker call meanwhile {slowest * 1000:.0f} ms")
     finally:
         await admin.aclose()
+        await delete_redis_keys(f"{name}:*")
 
 
 async def test_the_memory_feed_lagging_under_thousands_of_events_closes_each_joined_client_once() -> None:

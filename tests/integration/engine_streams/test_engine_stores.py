@@ -33,9 +33,11 @@ async def roundtrip(engine: Engine, stream: str) -> None:
     assert await worker.result("stream::list_groups", {"stream_name": stream}) == ["g:1"]
     assert await worker.result("stream::delete", item) == {"old_value": {**data, "n": 1}}
     assert (await client.recv())["event"]["type"] == "delete"
-    await worker.result("state::set", {"scope": "sc", "key": "k", "value": 1})
-    assert await worker.result("state::get", {"scope": "sc", "key": "k"}) == 1
-    await worker.result("state::delete", {"scope": "sc", "key": "k"})
+    # a scope named after the stream: on a shared Redis a fixed one ("sc") is another test's key too
+    scope = f"{stream}-sc"
+    await worker.result("state::set", {"scope": scope, "key": "k", "value": 1})
+    assert await worker.result("state::get", {"scope": scope, "key": "k"}) == 1
+    await worker.result("state::delete", {"scope": scope, "key": "k"})
     await client.close()
     await worker.close()
 
@@ -112,7 +114,7 @@ async def test_redis_adapter_store_and_cross_engine_fan_out() -> None:
             await client.close()
     finally:
         keys = [k async for k in raw.scan_iter(match=f"stream:{stream}:*")]
-        keys += [k async for k in raw.scan_iter(match="state:sc")]
+        keys += [k async for k in raw.scan_iter(match=f"state:{stream}-sc")]
         if keys:
             await raw.delete(*keys)
         await raw.aclose()

@@ -17,6 +17,7 @@ from iii_engine import Engine
 from iii_engine.modules.stream.socket import _MISSED
 from iii_streams import MemoryStream
 from iii_streams.events import Watch
+from tests.integration.streams.conftest import delete_redis_keys
 from tests.polling import until
 from tests.services import require_redis
 
@@ -40,7 +41,9 @@ async def test_a_lost_redis_feed_closes_joined_clients_so_they_re_sync() -> None
     name = f"feedgap{uuid.uuid4().hex[:10]}"
     url = require_redis()
     admin = aioredis.Redis.from_url(url)
-    config = engine_config(store_url=f"{url}?client_name={name}", slow_close_timeout_ms=2000)
+    # a prefix of its own, so a channel of its own ({name}::stream::events): on the server-wide
+    # stream::events another test process's writes would flow through this engine's feed
+    config = engine_config(store_url=f"{url}?client_name={name}&key_prefix={name}", slow_close_timeout_ms=2000)
     try:
         async with Engine(config=config) as engine:
             socket = stream_module(engine).socket
@@ -73,6 +76,7 @@ async def test_a_lost_redis_feed_closes_joined_clients_so_they_re_sync() -> None
             await worker.close()
     finally:
         await admin.aclose()
+        await delete_redis_keys(f"{name}:*")
 
 
 async def test_a_feed_that_fell_behind_closes_joined_clients_and_resubscribes() -> None:

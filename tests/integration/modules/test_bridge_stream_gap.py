@@ -24,7 +24,7 @@ from tests.integration.modules.test_bridge_topology import (
     topology,  # noqa: F401  (a fixture, used by its name)
     until_bridged,
 )
-from tests.integration.modules.test_reference_config import free_port
+from tests.services import logged_port
 
 pytestmark = pytest.mark.our_engine("starts two engine processes from config files and restarts one")
 
@@ -61,14 +61,15 @@ async def test_a_socket_client_is_told_to_resync_when_its_own_change_event_was_n
     start = next(i for i, line in enumerate(lines) if "modules::pubsub::PubSubModule" in line)
     end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("  - class:"))
     back_config.write_text("".join(lines[:start] + lines[end:]))
-    back_port, front_streams = free_port(), free_port()
-    monkeypatch.setenv("BRIDGE_BACK_PORT", str(back_port))
-    monkeypatch.setenv("BRIDGE_BACK_STREAMS_PORT", str(free_port()))
-    monkeypatch.setenv("BRIDGE_FRONT_STREAMS_PORT", str(front_streams))
+    # port 0 everywhere and the ports bound read back, as the topology fixture does
+    monkeypatch.setenv("BRIDGE_BACK_STREAMS_PORT", "0")
+    monkeypatch.setenv("BRIDGE_FRONT_STREAMS_PORT", "0")
     monkeypatch.setenv("III_BIND_HOST", "127.0.0.1")
     monkeypatch.delenv("III_URL", raising=False)
-    await engine_process("--config", str(back_config), "--port", str(back_port))
+    back = await engine_process("--config", str(back_config))
+    monkeypatch.setenv("BRIDGE_BACK_PORT", str(back.port))  # the front's bridge_url
     front_engine = await engine_process("--config", str(FRONT))
+    front_streams = logged_port(front_engine.log(), "stream socket")
     front = await our_client(front_engine.url)
     try:
         await until_bridged(front)

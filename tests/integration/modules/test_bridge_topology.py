@@ -15,9 +15,10 @@ import asyncio
 import inspect
 import json
 import os
+import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,8 @@ from iii import III
 from iii.errors import InvocationError
 from tests.conftest import ROOT, EngineProcess
 from tests.fixtures.refworker import ref_worker
-from tests.integration.modules.test_reference_config import free_port
+from tests.ports import reserve_port
+from tests.services import logged_port
 
 pytestmark = pytest.mark.our_engine("starts two engine processes from config files and restarts one")
 
@@ -124,6 +126,8 @@ class Topology:
         self.back_port, self.front_port, self.front_streams = back_port, front_port, front_streams
         self.back: EngineProcess | None = None
         self.front: EngineProcess | None = None
+        # the back's port, held from its kill to its restart: another test process could bind it in between
+        self.held: socket.socket | None = None
 
     @property
     def back_url(self) -> str:
@@ -134,8 +138,16 @@ class Topology:
         return f"ws://127.0.0.1:{self.front_port}"
 
     async def start_back(self) -> EngineProcess:
-        self.back = await self.start("--config", str(BACK), "--port", str(self.back_port))
+        try:
+            self.back = await self.start("--config", str(BACK), "--port", str(self.back_port))
+        finally:
+            self.release()
         return self.back
+
+    def release(self) -> None:
+        if self.held is not None:
+            self.held.close()
+            self.held = None
 
     async def start_front(self) -> EngineProcess:
         self.front = await self.start("--config", str(FRONT), "--port", str(self.front_port))
@@ -145,20 +157,26 @@ class Topology:
         assert self.back is not None
         self.back.process.kill()
         await self.back.process.wait()
+        self.held = reserve_port(self.back_port)
 
 
 @pytest.fixture
-async def topology(engine_process: StartEngine, monkeypatch: pytest.MonkeyPatch) -> Topology:
-    back_port, front_port, front_streams = free_port(), free_port(), free_port()
-    monkeypatch.setenv("BRIDGE_BACK_PORT", str(back_port))
-    monkeypatch.setenv("BRIDGE_BACK_STREAMS_PORT", str(free_port()))
-    monkeypatch.setenv("BRIDGE_FRONT_STREAMS_PORT", str(front_streams))
+async def topology(engine_process: StartEngine, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Topology]:
+    # port 0 everywhere and the ports bound read back: a port picked here and closed could be another test
+    # process's before the engine binds it. A restart of the back takes its first port again.
+    monkeypatch.setenv("BRIDGE_BACK_STREAMS_PORT", "0")
+    monkeypatch.setenv("BRIDGE_FRONT_STREAMS_PORT", "0")
     monkeypatch.setenv("III_BIND_HOST", "127.0.0.1")
     monkeypatch.delenv("III_URL", raising=False)
-    topo = Topology(engine_process, back_port, front_port, front_streams)
-    await topo.start_back()
-    await topo.start_front()
-    return topo
+    back = await engine_process("--config", str(BACK))
+    monkeypatch.setenv("BRIDGE_BACK_PORT", str(back.port))  # the front's bridge_url
+    front = await engine_process("--config", str(FRONT))
+    topo = Topology(engine_process, back.port, front.port, logged_port(front.log(), "stream socket"))
+    topo.back, topo.front = back, front
+    try:
+        yield topo
+    finally:
+        topo.release()
 
 
 async def our_client(url: str) -> III:

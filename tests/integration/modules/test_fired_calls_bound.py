@@ -85,7 +85,8 @@ async def test_a_fast_publisher_and_a_slow_subscriber_stay_within_max_fired_call
         await slow.let_go()
         await until(lambda: tight.fired_calls.in_flight == 0)
         assert tight.fired_calls.stats() == {"in_flight": 0, "max_fired_calls": 10, "peak": 10, "waiting": 0,
-                                             "skipped": 0, "refused": 180}
+                                             "skipped": 0, "refused": 180,
+                                             "bytes_in_flight": 0, "max_fired_bytes": 256 * 1024 * 1024}
 
 
 @contextlib.asynccontextmanager

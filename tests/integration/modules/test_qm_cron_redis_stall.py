@@ -41,13 +41,13 @@ async def test_ticks_on_a_stalled_redis_lock_give_their_slots_back_and_are_logge
         await got.put(data)
 
     async with RedisProxy() as proxy:
-        proxy.hold()  # Redis stalls: takes the lock's commands, never answers
         settings = {"adapter": {"class": "modules::cron::RedisCronAdapter",
                                 "config": {"redis_url": proxy.url, "key_prefix": f"qm-{uuid.uuid4()}:"}}}
         with caplog.at_level(logging.WARNING, logger=cron_module.__name__):
             async with engine_with(settings) as engine, ModuleWorker(engine.url) as worker:
                 module = engine.module("cron")
                 assert isinstance(module, CronModule)
+                proxy.hold()  # after the start, which checks Redis answers: it stalls, takes commands, never answers
                 await worker.function("qm::tick", tick)
                 await worker.trigger("qm-stalled", "cron", "qm::tick", {"expression": "* * * * * *"})
                 await until(lambda: bool(lock_warnings(caplog)), within=5)  # the first tick timed out

@@ -5,6 +5,7 @@ the shared server's configuration is never touched."""
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import redis.asyncio as aioredis
 
 from iii_engine import Engine, EngineConfig, ModuleSpec
 from iii_engine.modules.queue.redis_store import RedisQueueStore
-from tests.integration.streams.private_redis import PrivateRedis, _free_port
+from tests.integration.streams.private_redis import PrivateRedis
 
 pytestmark = pytest.mark.our_engine("configures the queue module")
 
@@ -54,24 +55,33 @@ async def test_an_evicting_policy_is_named_at_start(tmp_path: Path, caplog: pyte
 
 
 async def test_a_redis_that_is_down_does_not_hold_the_check() -> None:
-    store = RedisQueueStore(f"redis://127.0.0.1:{_free_port()}/0")  # nothing listens there
-    try:
-        started = time.monotonic()
-        assert await store.eviction_policy() is None
-        assert time.monotonic() - started < 3.0
-    finally:
-        await store.close()
+    # a port held bound and never listened on: it refuses connections, and no other process can take it meanwhile
+    # (a port found free and closed could be another test process's Redis, or anything, by the time it is dialled)
+    with socket.socket() as refusing:
+        refusing.bind(("127.0.0.1", 0))
+        store = RedisQueueStore(f"redis://127.0.0.1:{refusing.getsockname()[1]}/0")
+        try:
+            started = time.monotonic()
+            assert await store.eviction_policy() is None
+            assert time.monotonic() - started < 3.0
+        finally:
+            await store.close()
 
 
-async def test_an_unconfirmed_push_names_its_job_and_says_it_may_run() -> None:
-    # Before: "could not store the job: …", although a connection lost after the push was sent may have stored it,
-    # and then it runs: a caller retrying on that word would run it twice, with no id to check.
+async def test_a_push_to_a_redis_gone_before_it_names_its_job_as_not_enqueued(tmp_path: Path) -> None:
+    # Before: "could not store the job: …" with no id; then "the store did not confirm job …" with the hedge "(if it
+    # reached the store, it will run)", although the pool found its connection closed and could not open another
+    # before anything was written. (A push cut off after it was sent keeps the hedge:
+    # tests/unit/modules/test_queue_refused_enqueue.py.)
     from module_worker import ModuleWorker
 
-    async with _engine(f"redis://127.0.0.1:{_free_port()}/0") as engine, ModuleWorker(engine.url) as worker:
-        reply = await worker.call("nobody::home", 1, action={"type": "enqueue", "queue": "jobs"})
+    with PrivateRedis(tmp_path) as server:
+        await server.start()  # up for the module's start (which checks it answers), gone before the push
+        async with _engine(server.url) as engine, ModuleWorker(engine.url) as worker:
+            server.kill()
+            reply = await worker.call("nobody::home", 1, action={"type": "enqueue", "queue": "jobs"})
     error = reply["error"]
     assert error["code"] == "enqueue_error"
-    assert error["message"].startswith("Queue 'jobs': the store did not confirm job ")
-    assert error["message"].endswith("(if it reached the store, it will run)")
+    assert error["message"].startswith("Queue 'jobs': the job was not enqueued (it never reached the store): "), \
+        error["message"]
     assert len(error["message"]) < 500

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from module_worker import ModuleWorker
 from iii_engine.config import load_config
 from tests.conftest import EngineProcess
 from tests.fixtures.refworker import ref_worker
+from tests.services import logged_port
 
 pytestmark = pytest.mark.our_engine("starts our engine with the production test configuration")
 
@@ -55,14 +55,6 @@ serve()
 '''
 
 
-def free_port() -> int:
-    """A port nothing listens on right now (the engine binds it moments later)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 async def endpoint() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
     """A local HTTP endpoint on 127.0.0.1 that records and echoes JSON bodies."""
@@ -90,11 +82,13 @@ async def endpoint() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
 async def reference_engine(
     engine_process: Callable[..., Awaitable[EngineProcess]], monkeypatch: pytest.MonkeyPatch
 ) -> tuple[EngineProcess, int, int]:
-    http_port, streams_port = free_port(), free_port()
-    monkeypatch.setenv("III_HTTP_PORT", str(http_port))
-    monkeypatch.setenv("STREAMS_PORT", str(streams_port))
+    # port 0 and the ports it logged: a port picked here could be another test process's before the engine binds it
+    monkeypatch.setenv("III_HTTP_PORT", "0")
+    monkeypatch.setenv("STREAMS_PORT", "0")
     monkeypatch.setenv("III_BIND_HOST", "127.0.0.1")
-    return await engine_process("--config", str(CONFIG)), http_port, streams_port
+    process = await engine_process("--config", str(CONFIG))
+    log = process.log()
+    return process, logged_port(log, "REST API"), logged_port(log, "stream socket")
 
 
 def test_the_file_reproduces_the_production_test_configuration() -> None:

@@ -36,7 +36,7 @@ async def prefix() -> AsyncIterator[str]:
     chosen = f"rq-{uuid.uuid4().hex[:12]}:"
     yield chosen
     client = aioredis.Redis.from_url(url)
-    keys = [k async for k in client.scan_iter(match=f"{chosen}*")]
+    keys = [k async for k in client.scan_iter(match=f"{chosen}*", count=1000)]
     if keys:
         await client.delete(*keys)
     await client.aclose()
@@ -144,7 +144,9 @@ async def _check_lanes(client: aioredis.Redis, store: RedisQueueStore, queue: st
     ready = [x.decode() for x in await client.lrange(k.ready, 0, -1)]
     active = [x.decode() for x in await client.zrange(k.active, 0, -1)]
     delayed = [x.decode() for x in await client.zrange(k.delayed, 0, -1)]
-    lane_keys = [x.decode() async for x in client.scan_iter(match=k.lane.replace("[", "\\[") + "*")]
+    # a large COUNT: SCAN walks the whole database, and at the default 10 keys a step a shared server holding a
+    # few thousand other keys made each check hundreds of round trips (25-28 s a case)
+    lane_keys = [x.decode() async for x in client.scan_iter(match=k.lane.replace("[", "\\[") + "*", count=1000)]
     lanes = {key[len(k.lane):]: [x.decode() for x in await client.lrange(key, 0, -1)] for key in lane_keys}
     assert sorted(ready + active + delayed) == sorted(lanes)
     ids = [job_id for jobs in lanes.values() for job_id in jobs]

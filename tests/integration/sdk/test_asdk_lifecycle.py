@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import socket
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -19,13 +18,7 @@ from iii.iii import III, register_worker
 from iii_engine import Engine
 from tests.conftest import engine_test_config
 from tests.polling import until
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+from tests.ports import reserve_port
 
 
 def test_backoff_stays_at_the_cap_however_long_the_outage() -> None:
@@ -39,23 +32,26 @@ def test_backoff_stays_at_the_cap_however_long_the_outage() -> None:
 @pytest.mark.our_engine("starts an engine on the port the client kept failing to reach")
 async def test_client_reconnects_after_more_attempts_than_the_backoff_power_holds() -> None:
     # A multiplier of 10 overflows after 309 attempts (2.0 needs 1024): the same fault, reached in a second.
-    port = _free_port()
-    fast = ReconnectionConfig(initial_delay_ms=1, max_delay_ms=1, backoff_multiplier=10.0, jitter_factor=0.0)
-    client = III(f"ws://127.0.0.1:{port}", InitOptions(worker_name="outage", reconnection_config=fast))
-    try:
-        await until(lambda: client._conn.failed_attempts > 320, within=10.0)
-        async with Engine(config=engine_test_config(), port=port):
-            await asyncio.wait_for(client.connect_async(), 10.0)
-            assert client.get_connection_state() == "connected"
-            assert await client.trigger_async({"function_id": "engine::functions::list", "payload": {}})
-    finally:
-        await client.shutdown_async()
-        client._bridge.stop()
+    # the port is held from here until the engine listens on it: another test process must not take it meanwhile
+    with reserve_port() as reserved:
+        port = reserved.getsockname()[1]
+        fast = ReconnectionConfig(initial_delay_ms=1, max_delay_ms=1, backoff_multiplier=10.0, jitter_factor=0.0)
+        client = III(f"ws://127.0.0.1:{port}", InitOptions(worker_name="outage", reconnection_config=fast))
+        try:
+            await until(lambda: client._conn.failed_attempts > 320, within=10.0)
+            async with Engine(config=engine_test_config(), port=port):
+                await asyncio.wait_for(client.connect_async(), 10.0)
+                assert client.get_connection_state() == "connected"
+                assert await client.trigger_async({"function_id": "engine::functions::list", "payload": {}})
+        finally:
+            await client.shutdown_async()
+            client._bridge.stop()
 
 
 async def test_shutdown_from_several_threads_at_once_is_quiet(engine_url: str) -> None:
     # The first caller to stop the loop ended every other caller's shutdown with LoopStoppedError (or "Event loop
     # is closed"): an atexit hook racing a signal handler's shutdown raised. (Threads: the engine runs on this loop.)
+    gc.collect()  # what earlier tests left is not this test's to report
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         await asyncio.to_thread(_shut_down_from_threads, engine_url)

@@ -160,7 +160,10 @@ def test_worker_killed_mid_call(served: Harness, make_worker: MakeWorker) -> Non
         proc.kill()
         with pytest.raises(InvocationError) as info:
             call.result(10)
-        assert (info.value.code, info.value.message) == ("invocation_stopped", "Invocation stopped")
+        assert info.value.code == "invocation_stopped"
+        assert info.value.message in (  # the production engine's words (the fake's), or ours naming function and cause
+            "Invocation stopped",
+            "Invocation of victim::hang stopped: its callee's worker disconnected before answering")
         assert b.get_connection_state() == "connected"  # only the callee went away
     finally:
         proc.kill()

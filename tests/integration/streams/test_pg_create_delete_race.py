@@ -15,7 +15,6 @@ from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import text
 
 import iii_streams.sql as sql_module
 from iii.stream import StreamDeleteInput, StreamGetInput, StreamSetInput
@@ -28,7 +27,8 @@ pytestmark = pytest.mark.timeout(30)
 async def test_a_create_and_delete_in_one_batch_sees_a_row_created_meanwhile(
         pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # the batch waits for y's row longer than its usual 100 ms, so that the other store's create lands in its window
-    monkeypatch.setattr(sql_module, "_SHARED_LOCK_TIMEOUT", text("SELECT set_config('lock_timeout', '5s', true)"))
+    monkeypatch.setattr(sql_module, "_SHARED_LOCK_MIN_S", 5.0)  # (a quarter of the store's 10 s timeout: 2.5 s)
+    monkeypatch.setattr(sql_module, "_SHARED_LOCK_MAX_S", 5.0)
     stream = f"cd-{uuid.uuid4().hex[:8]}"
 
     def put(item: str, data: Any) -> StreamSetInput:

@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import event
 
 import iii_streams.sql as sql_module
 from iii.stream import StreamGetInput, StreamListInput, StreamSetInput, StreamUpdateInput, UpdateIncrement
@@ -104,7 +104,7 @@ async def test_a_deadlock_with_another_session_ends_in_the_lock_timeout(
     # the batch locks r1, then inserts r2, which the other session inserted (uncommitted) and which then asks for r1:
     # a circle PostgreSQL would break after deadlock_timeout (1 s) by failing the batch; the batch's lock timeout
     # (here 0.5 s, room for the other session to close the circle) ends it first and hands its writes on
-    monkeypatch.setattr(sql_module, "_SHARED_LOCK_TIMEOUT", text("SELECT set_config('lock_timeout', '500ms', true)"))
+    monkeypatch.setattr(sql_module, "_SHARED_LOCK_MIN_S", 0.5)
     stream = f"cy-{uuid.uuid4().hex[:8]}"
     async with SQLStream.from_url(pg_url, timeout=10) as store, SQLStream.from_url(pg_url) as other:
         for item in ("r1", "f0"):
@@ -164,7 +164,8 @@ async def test_a_row_locked_elsewhere_leaves_a_shared_batch_alone(pg_url: str) -
 async def test_an_items_writes_keep_their_order_across_a_hand_over(
         pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # a longer lock wait than the store's: room to queue more writes of the item while its batch waits
-    monkeypatch.setattr(sql_module, "_SHARED_LOCK_TIMEOUT", text("SELECT set_config('lock_timeout', '2s', true)"))
+    monkeypatch.setattr(sql_module, "_SHARED_LOCK_MIN_S", 2.0)
+    monkeypatch.setattr(sql_module, "_SHARED_LOCK_MAX_S", 2.0)
     stream = f"ord-{uuid.uuid4().hex[:8]}"
     async with SQLStream.from_url(pg_url, timeout=10) as store, SQLStream.from_url(pg_url) as other:
         for item in ("x", "f0", "f1", "f2"):
@@ -292,7 +293,8 @@ async def test_a_shared_batch_commits_without_the_lock_timeout(pg_url: str) -> N
             transactions.append([])
 
         await asyncio.gather(*(store.set(_set(stream, f"i{n % 20}", n)) for n in range(20, 100)))
-    shared = [statements for statements in transactions if any("'100ms'" in s for s in statements)]
+    shared = [statements for statements in transactions
+              if any("set_config('lock_timeout'" in s and "'0'" not in s for s in statements)]
     assert shared, "no shared batch ran"
     for statements in shared:
         assert "set_config('lock_timeout', '0', true)" in statements[-1], statements  # the last before COMMIT

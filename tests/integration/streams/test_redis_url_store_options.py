@@ -76,6 +76,10 @@ async def test_an_engine_configured_by_url_alone_keeps_its_keys_under_its_prefix
     base = require_redis()
     sep = "&" if "?" in base else "?"
     stream_url = state_url = f"{base}{sep}key_prefix={run}&channel={run}::events"
+    # names of this run's own: unprefixed keys of fixed names ("stream:todos:g", "state:sc") may be another test's,
+    # written at the same time on the same Redis, and would say nothing about this engine
+    stream, scope = f"{run}-todos", f"{run}-sc"
+    item = {"stream_name": stream, "group_id": "g", "item_id": "i"}
     config = engine_config(store_url=stream_url)
     modules = [ModuleSpec(m.class_name, {"store_url": state_url}) if m.class_name == "modules::state::StateModule"
                else m for m in config.modules or []]
@@ -83,14 +87,15 @@ async def test_an_engine_configured_by_url_alone_keeps_its_keys_under_its_prefix
     try:
         async with Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=modules)) as engine:
             worker = await Worker.connect(engine.url)
-            await worker.result("stream::set", {**_item(), "data": 1})
-            await worker.result("state::set", {"scope": "sc", "key": "k", "value": 2})
-            assert await worker.result("state::list_groups", {}) == {"groups": ["sc"]}
+            await worker.result("stream::set", {**item, "data": 1})
+            await worker.result("state::set", {"scope": scope, "key": "k", "value": 2})
+            assert await worker.result("state::list_groups", {}) == {"groups": [scope]}
             await worker.close()
-        assert await raw.hget(f"{run}:stream:todos:g", "i") == b"1"
-        assert await raw.hget(f"{run}:state:sc", "k") == b"2"  # the state layout's shape, under the URL's prefix
-        assert await raw.exists("stream:todos:g", "state:sc") == 0
+        assert await raw.hget(f"{run}:stream:{stream}:g", "i") == b"1"
+        assert await raw.hget(f"{run}:state:{scope}", "k") == b"2"  # the state layout's shape, under the URL's prefix
+        assert await raw.exists(f"stream:{stream}:g", f"state:{scope}") == 0
     finally:
+        await raw.delete(f"stream:{stream}:g", f"state:{scope}")  # should the prefix ever be lost
         await raw.aclose()
 
 

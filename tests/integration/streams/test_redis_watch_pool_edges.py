@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import subprocess
+import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from iii_streams.errors import StreamClosedError
 from iii_streams.redis import KeyLayout
 from tests.integration.streams.private_redis import PrivateRedis
 from tests.integration.streams.test_redis_watch_pool import _next_id, _ours, _settles, _subscribed
+from tests.ports import reserve_port
 from tests.services import require_redis
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(30)]
@@ -159,10 +160,18 @@ async def test_many_stores_on_one_client_hold_one_watch_connection_each_while_wa
 
 
 @pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[PrivateRedis]:
-    """A private redis-server that also listens on the unix socket ``tmp_path / "redis.sock"``."""
+def socket_path() -> Iterator[str]:
+    """A short path for the server's unix socket: Redis's CLIENT LIST cuts ``laddr`` at 77 characters, and a
+    parallel run's ``tmp_path`` is longer than that."""
+    with tempfile.TemporaryDirectory(prefix="iii-", dir="/tmp") as directory:
+        yield f"{directory}/redis.sock"
+
+
+@pytest.fixture
+async def server(tmp_path: Path, socket_path: str) -> AsyncIterator[PrivateRedis]:
+    """A private redis-server that also listens on the unix socket ``socket_path``."""
     with PrivateRedis(tmp_path) as private:
-        private._cmd += ["--unixsocket", str(tmp_path / "redis.sock"), "--unixsocketperm", "700"]
+        private._cmd += ["--unixsocket", socket_path, "--unixsocketperm", "700"]
         await private.start()
         yield private
 
@@ -184,14 +193,25 @@ def certificate(tmp_path: Path) -> tuple[Path, Path]:
 async def tls_server(tmp_path: Path, certificate: tuple[Path, Path]) -> AsyncIterator[tuple[int, Path]]:
     """A private redis-server that also takes TLS: its TLS port and its certificate."""
     key, cert = certificate
-    with socket.socket() as spare:
-        spare.bind(("127.0.0.1", 0))
-        tls_port: int = spare.getsockname()[1]
-    with PrivateRedis(tmp_path) as private:
-        private._cmd += ["--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
-                         "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"]
-        await private.start()
-        yield tls_port, cert
+    # redis-server cannot be given TLS port 0 and say what it bound, so the TLS port stays reserved until the end
+    # (the server can listen on it all the same); one a process picked before the reservation and binds anyway
+    # fails the start on "Address already in use", which is tried once more on new ports
+    for attempt in (1, 2):
+        directory = tmp_path / f"tls-{attempt}"
+        directory.mkdir()
+        with reserve_port() as spare, PrivateRedis(directory) as private:
+            tls_port: int = spare.getsockname()[1]
+            private._cmd += ["--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+                             "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"]
+            try:
+                await private.start()
+            except RuntimeError:
+                log = directory / "redis.log"
+                if attempt == 2 or not log.exists() or "Address already in use" not in log.read_text(errors="replace"):
+                    raise
+                continue
+            yield tls_port, cert
+            return
 
 
 async def test_a_tls_clients_watch_connection_verifies_the_server_as_the_client_does(
@@ -210,8 +230,8 @@ async def test_a_tls_clients_watch_connection_verifies_the_server_as_the_client_
 
 
 async def test_a_unix_socket_clients_watch_connection_uses_the_socket(
-        server: PrivateRedis, name: str, tmp_path: Path) -> None:
-    path = str(tmp_path / "redis.sock")
+        server: PrivateRedis, name: str, socket_path: str) -> None:
+    path = socket_path
     client = aioredis.Redis(unix_socket_path=path, client_name=name)
     admin = aioredis.Redis.from_url(server.url)
     try:

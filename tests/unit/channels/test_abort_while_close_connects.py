@@ -19,7 +19,7 @@ from .test_sync_calls import _ends, _in_thread
 async def _until_connecting(writer: ChannelWriter) -> None:
     """Until the writer's connect is under way (yields to the loop only: nothing to await for it)."""
     for _ in range(1000):
-        if writer._connecting is not None:
+        if writer._connect.under_way:
             return
         await asyncio.sleep(0)
     raise AssertionError("the writer never started to connect")

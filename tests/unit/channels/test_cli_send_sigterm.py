@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import signal
 from collections.abc import Callable
 from typing import Any
 
 from iii.channels import ChannelAbortedError, ChannelReader
 from iii_engine import Engine
-from tests.integration.channels.test_cli import _finish, _start
+from tests.integration.channels.test_cli import _start, _terminated
 from tests.integration.channels.test_cli_send_confirmation import (
     Handler,
     worker,  # noqa: F401  (a fixture, used by its name)
@@ -46,14 +45,8 @@ async def test_sigterm_aborts_the_upload_and_exits_143(
         sender.stdin.write(b"x" * 1_000_000)  # stdin stays open: the transfer is under way when terminated
         await sender.stdin.drain()
         await asyncio.wait_for(asyncio.wrap_future(reading), 15)
-        sender.send_signal(signal.SIGTERM)
-        done = await _finish(sender)
     finally:
-        if sender.returncode is None:
-            sender.kill()
-            await sender.wait()
-    assert done.rc == 143, done.stderr
-    assert done.stderr == "iii-channel: send: terminated\n", done.stderr
+        await _terminated(sender, "send")
     error = await asyncio.wait_for(asyncio.wrap_future(ended), 5)
     assert isinstance(error, ChannelAbortedError), repr(error)
     assert "iii-channel send terminated" in str(error), str(error)  # the sender's abort, not a dropped connection

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from iii_engine.limits import FiredCalls, HeldTasks
+from iii_engine.limits import CallCharge, FiredCalls, FiredHold, HeldTasks
 from iii_engine.workers import Outbox, WorkerConnection
 
 
@@ -13,12 +13,18 @@ async def _send(text: str) -> None:
     return None
 
 
-async def _holding(fired: FiredCalls, n: int, started: asyncio.Event, gate: asyncio.Event) -> None:
+async def _holding(hold: FiredHold, started: asyncio.Event, gate: asyncio.Event) -> None:
     try:
         started.set()
         await gate.wait()
     finally:
-        fired.release(n)
+        hold.release()
+
+
+def _take(fired: FiredCalls, n: int = 1) -> FiredHold:
+    hold = fired.try_take(n)
+    assert hold is not None
+    return hold
 
 
 async def test_close_gives_back_what_tasks_that_never_ran_hold_each_kind() -> None:
@@ -26,22 +32,22 @@ async def test_close_gives_back_what_tasks_that_never_ran_hold_each_kind() -> No
     worker = WorkerConnection(outbox=Outbox(_send))
     tasks = HeldTasks()
     gate = asyncio.Event()
-    assert fired.try_take(1 + 3)
-    worker.calls = 1
-    tasks.spawn(_holding(fired, 1, asyncio.Event(), gate), fired)
-    tasks.spawn(_holding(fired, 3, asyncio.Event(), gate), (fired, 3))
-    tasks.spawn(gate.wait(), worker)
+    one, three = _take(fired), _take(fired, 3)
+    worker.calls, worker.call_bytes = 1, 200
+    tasks.spawn(_holding(one, asyncio.Event(), gate), one)
+    tasks.spawn(_holding(three, asyncio.Event(), gate), three)
+    tasks.spawn(gate.wait(), CallCharge(worker, 200))
     tasks.spawn(gate.wait(), None)
     await tasks.close()
-    assert (fired.in_flight, worker.calls, len(tasks)) == (0, 0, 0)
+    assert (fired.in_flight, worker.calls, worker.call_bytes, len(tasks)) == (0, 0, 0, 0)
 
 
 async def test_a_task_that_ran_gives_back_itself_and_close_does_not_again() -> None:
     fired = FiredCalls(10)
     tasks = HeldTasks()
     started, gate = asyncio.Event(), asyncio.Event()
-    assert fired.try_take(2)
-    tasks.spawn(_holding(fired, 2, started, gate), (fired, 2))
+    two = _take(fired, 2)
+    tasks.spawn(_holding(two, started, gate), two)
     await started.wait()
     await tasks.close()
     assert fired.in_flight == 0  # not -2
@@ -56,15 +62,12 @@ async def test_a_task_that_leaves_the_map_itself_is_given_back_once() -> None:
         try:
             await asyncio.Event().wait()
         finally:
-            fired.release()
-            del tasks[asyncio.current_task()]  # type: ignore[arg-type]
+            tasks.leave(asyncio.current_task())  # type: ignore[arg-type]
 
     for _ in range(2):
-        assert fired.try_take()
-        tasks[asyncio.get_running_loop().create_task(call())] = fired
+        tasks[asyncio.get_running_loop().create_task(call())] = _take(fired)
     await asyncio.sleep(0)  # both run to their first await
-    assert fired.try_take()
-    tasks[asyncio.get_running_loop().create_task(call())] = fired  # cancelled before it ever runs
+    tasks[asyncio.get_running_loop().create_task(call())] = _take(fired)  # cancelled before it ever runs
     await tasks.close()
     assert (fired.in_flight, len(tasks)) == (0, 0)
 
@@ -80,8 +83,8 @@ async def test_a_task_added_while_closing_is_closed_too() -> None:
         try:
             await gate.wait()
         finally:
-            assert fired.try_take()
-            late.append(tasks.spawn(_holding(fired, 1, asyncio.Event(), gate), fired))
+            hold = _take(fired)
+            late.append(tasks.spawn(_holding(hold, asyncio.Event(), gate), hold))
 
     tasks.spawn(spawns_another(), None)
     await asyncio.sleep(0)

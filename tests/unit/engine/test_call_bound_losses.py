@@ -37,11 +37,13 @@ async def test_worker_calls_count_refusals_and_are_degraded_while_they_are_recen
     worker = WorkerConnection.__new__(WorkerConnection)  # only its id and count are read
     worker.id, worker.calls = "w1", 2
     assert not calls.degraded()
-    assert calls.refuse(worker, "f", answered=True) == "worker w1 has 2 calls in flight (max_calls_per_worker 2)"
+    assert calls.refuse(worker, "f", answered=True) == ("worker w1 has 2 calls of worker functions in flight "
+                                                        "(max_calls_per_worker 2)")
     calls.refuse(worker, "f", answered=False)
     assert (calls.refused, calls.refused_void) == (1, 1)
     assert calls.stats([worker]) == {"max_calls_per_worker": 2, "in_flight": 2, "busiest_worker": 2, "refused": 1,
-                                     "refused_void": 1}
+                                     "refused_void": 1, "max_call_bytes_per_worker": 64 * 1024 * 1024,
+                                     "bytes_in_flight": 0, "busiest_worker_bytes": 0}
     assert calls.degraded()
     monkeypatch.setattr(limits, "DEGRADED_WINDOW_S", 0.0)
     assert not calls.degraded()

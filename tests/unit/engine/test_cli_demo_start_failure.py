@@ -22,5 +22,5 @@ def test_an_unreachable_store_is_one_line_and_exit_1(capsys: pytest.CaptureFixtu
     lines = captured.err.splitlines()
     assert len(lines) == 1, captured.err
     assert lines[0].startswith("demo: module modules::stream::StreamModule cannot start: ")
-    assert "Redis unreachable" in lines[0]
+    assert f"Redis at redis://127.0.0.1:{port}/0 unreachable" in lines[0]
     assert captured.out == ""

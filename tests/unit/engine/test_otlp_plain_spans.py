@@ -105,6 +105,20 @@ def test_a_bad_span_is_still_refused() -> None:
         spans_from_otlp(_frame({**USUAL, "events": {}}))
 
 
+def test_flags_and_link_ids_are_what_otlp_says_or_refused() -> None:
+    # before: any JSON value was stored as sent and the memory bound counted a few bytes for it (150,000 nested
+    # lists as a span's flags: 100 MB held, 39 KB counted)
+    with pytest.raises(TelemetryFormatError, match="flags must be an integer"):
+        spans_from_otlp(_frame({**USUAL, "flags": [[0]] * 1000}))
+    with pytest.raises(TelemetryFormatError, match="flags 4294967296 is out of range"):
+        spans_from_otlp(_frame({**USUAL, "flags": 2**32}))
+    link = {"traceId": {"big": [1] * 1000}, "spanId": "00f067aa0ba902b7", "traceState": ["x"] * 1000}
+    (stored,) = spans_from_otlp(_frame({**USUAL, "flags": 257, "links": [link]}))
+    assert stored["flags"] == 257
+    assert stored["links"] == [{"trace_id": None, "span_id": "00f067aa0ba902b7", "trace_state": None,
+                                "attributes": []}]
+
+
 def python_calls(run: Callable[[], T]) -> tuple[list[str], T]:
     """``(the names of the Python-level functions run() calls, what it returns)``; a garbage collection meanwhile
     (whose finalizers would count) is held off."""

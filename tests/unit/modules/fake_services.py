@@ -26,6 +26,7 @@ from iii_engine.modules.base import (
     EngineError,
     EngineModule,
     ExternalFunctions,
+    FiredSlots,
     InvocationContext,
     NamedQueues,
     TriggerTypeHandler,
@@ -127,8 +128,9 @@ class FakeServices:
     def worker_calls_degraded(self) -> bool:
         return False
 
-    def fire(self, function_id: str, data: Any, *, taken: bool = False) -> bool:
-        if not taken and not self.fired_calls.try_take():
+    def fire(self, function_id: str, data: Any, *, taken: FiredSlots | None = None) -> bool:
+        slot = taken if taken is not None else self.fired_calls.try_take()
+        if slot is None:
             self.fired_calls.skip(f"call of {function_id}")
             return False
 
@@ -138,7 +140,7 @@ class FakeServices:
             except EngineError as exc:
                 self.log.info("fired %s failed: %s", function_id, exc)
             finally:
-                self.fired_calls.release()
+                slot.release()
 
         task = asyncio.create_task(run())
         self._tasks.add(task)

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fake_services import FakeServices, ShiftedClock, SlowCondition
 
+from iii_engine.limits import FiredHold
 from iii_engine.modules.cron import CronModule
 from iii_engine.modules.cron import module as cron_module
 
@@ -24,7 +25,7 @@ async def test_a_clock_stepping_within_half_a_second_skips_no_tick(
     take = services.fired_calls.try_take
     woken = 0
 
-    def step_on_waking(n: int = 1) -> bool:
+    def step_on_waking(n: int = 1) -> FiredHold | None:
         # The schedule takes its slot right after waking for a tick: the clock steps from -0.5 s to +0.5 s (or
         # back) just then, as a jittery NTP source makes it do at any moment
         nonlocal woken

@@ -130,7 +130,7 @@ async def test_exhausted_job_goes_to_dlq_and_can_be_redriven_or_discarded(
     ids = {m["id"] for m in page["messages"]}
     assert ids == {first, second}  # M2: the receipt id is the DLQ message id
     entry = page["messages"][0]
-    assert entry["error"] == "function call failed"
+    assert entry["error"] == "invocation_failed: boom"  # the last attempt's error, not a fixed text
     assert entry["job"]["attempts"] == 2 and isinstance(entry["failed_at"], int)
     assert await services.call("engine::queue::dlq_topics", {}) == {"topics": [{"topic": "q", "count": 2}]}
 

@@ -18,8 +18,8 @@ from iii_engine.modules.queue import module as queue_module
 from iii_engine.modules.queue.consumer import QueueConsumer
 from iii_engine.modules.queue.settings import QueueSettings
 from iii_engine.modules.queue.store import DeadLetter, Job, MemoryQueueStore, QueueCounts, QueueStore
+from tests.services import REDIS_URL, require_redis
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 Q = "__fn_queue::q"
 WAIT = 10.0
 LETTER = Job.new("__fn_queue::default", "f", {"dead": True})
@@ -66,7 +66,7 @@ class Gated:
 async def _drop_keys(prefix: str) -> None:
     from redis.asyncio import Redis
 
-    client = Redis.from_url(REDIS_URL)
+    client = Redis.from_url(REDIS_URL)  # the Redis the stores here were opened on
     keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
     if keys:
         await client.delete(*keys)
@@ -82,11 +82,11 @@ async def stores(request: pytest.FixtureRequest) -> AsyncIterator[Callable[[], Q
         return
     from iii_engine.modules.queue.redis_store import RedisQueueStore
 
-    prefix = f"test-{uuid.uuid4()}:"
+    url, prefix = require_redis(), f"test-{uuid.uuid4()}:"
     opened: list[RedisQueueStore] = []
 
     def open_one() -> QueueStore:
-        opened.append(RedisQueueStore(REDIS_URL, key_prefix=prefix))
+        opened.append(RedisQueueStore(url, key_prefix=prefix))
         return opened[-1]
 
     yield open_one
@@ -390,7 +390,7 @@ async def test_a_redis_dead_letter_move_cut_short_after_any_reply_leaves_the_job
     from iii_engine.modules.queue.redis_store import RedisQueueStore
 
     prefix = f"test-{uuid.uuid4()}:"
-    store = RedisQueueStore(REDIS_URL, key_prefix=prefix)
+    store = RedisQueueStore(require_redis(), key_prefix=prefix)
     original = AbstractConnection.read_response
     replies = {"left": 0}
 

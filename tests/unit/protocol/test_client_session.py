@@ -144,6 +144,15 @@ def test_shutdown_fails_every_pending_call() -> None:
     assert not session.is_pending(first or "")
 
 
+def test_a_call_under_way_at_the_shutdown_notes_its_cause() -> None:
+    # a thread's call in flight as the interpreter's exit shut the client down heard only "iii is shutting down"
+    session = ClientSession()
+    session.start_call("a", None)
+    [failure] = session.close("shut down by the interpreter's exit")
+    assert isinstance(failure.error, ShuttingDownError)
+    assert failure.error.__notes__ == ["shut down by the interpreter's exit"]
+
+
 def test_incoming_invocation_of_a_local_function() -> None:
     session = ClientSession()
     session.register_function(RegisterFunctionMessage(id="echo"), invokable=True)

@@ -1,0 +1,157 @@
+"""When every place of the stream socket is taken, the connection that has sent no upgrade request for longest
+gives its place to a new one.
+
+Before: places were held from the TCP accept until websockets' 10 s open_timeout, so max_clients + 4 connections
+that said nothing (the 4 kept to be answered 503) kept every client out for those 10 s, and again with each new
+round. Now such connections churn among themselves: a client that sends its request when connected gets in, a
+client past served clients gets its 503 naming the setting, and connections that sent their request (upgraded, or
+waiting for their auth call) are never closed for newer ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+from websockets.exceptions import InvalidStatus
+
+from iii_engine import Engine
+from tests.polling import until
+
+from .helpers import SocketClient, Worker, engine_config, registered, stream_module
+from .test_stream_socket_accept_bound import REFUSING, Silent, _close, _closed_at_once, _silent
+from .test_stream_socket_stop_handshakes import _close as _drop
+from .test_stream_socket_stop_handshakes import _silent as _partial
+
+pytestmark = [pytest.mark.timeout(30),
+              pytest.mark.our_engine("bounds the stream socket's connections with its own max_clients")]
+
+MAX_CLIENTS = 3
+TOO_MANY = f"too many stream clients connected (max_clients {MAX_CLIENTS})\n".encode()
+PROMPT_S = 2.0  # far below websockets' 10 s open_timeout
+
+
+async def _joined(engine: Engine, sub_id: str, path: str = "/") -> SocketClient:
+    client = await SocketClient.connect(engine, path)
+    await client.join(sub_id, "s", "g")
+    assert (await client.recv())["event"]["type"] == "sync"
+    return client
+
+
+async def test_a_client_gets_in_past_connections_that_say_nothing() -> None:
+    async with Engine(config=engine_config(max_clients=MAX_CLIENTS)) as engine:
+        socket = stream_module(engine).socket
+        assert socket is not None
+        # every place under max_clients and every one kept to be answered 503: accepted before the client (the
+        # listen queue is first in, first out)
+        silent = await _silent(socket.port, MAX_CLIENTS + REFUSING)
+        try:
+            async with asyncio.timeout(PROMPT_S):  # before: closed as accepted (an invalid HTTP response)
+                client = await _joined(engine, "in")
+            # the oldest gave way, one at a time: the 4 past max_clients, then one for the client
+            assert (socket._accepted, socket._refusing, socket.evicted_connections, socket.refused_connections) == (
+                MAX_CLIENTS, 0, REFUSING + 1, 0)
+            assert await _closed_at_once(silent, REFUSING + 1) == [b""] * (REFUSING + 1)
+            assert [reader.at_eof() for reader, _ in silent] == [True] * (REFUSING + 1) + [False] * 2
+            await client.close()
+        finally:
+            await _close(silent)
+
+
+async def test_a_client_gets_in_past_connections_that_never_finish_their_request() -> None:
+    async with Engine(config=engine_config(max_clients=MAX_CLIENTS)) as engine:
+        socket = stream_module(engine).socket
+        assert socket is not None
+        partial = await _partial(socket.port, MAX_CLIENTS, b"GET / HTTP/1.1\r\nHost: x\r\n")
+        try:
+            async with asyncio.timeout(PROMPT_S):  # before: answered 503 (a place kept for that)
+                client = await _joined(engine, "in")
+            assert (socket._accepted, socket.evicted_connections) == (MAX_CLIENTS, 1)
+            await client.close()
+        finally:
+            _drop(partial)  # one closed with its bytes unread was reset
+
+
+async def test_served_clients_stay_and_a_client_past_them_is_answered_503_naming_the_setting() -> None:
+    async with Engine(config=engine_config(max_clients=MAX_CLIENTS)) as engine:
+        socket = stream_module(engine).socket
+        assert socket is not None
+        clients = [await _joined(engine, f"c{n}") for n in range(MAX_CLIENTS)]
+        silent = await _silent(socket.port, REFUSING + 6)
+        try:
+            # before: closed as accepted, the places kept to answer 503 being held by connections saying nothing
+            with pytest.raises(InvalidStatus) as refused:
+                await asyncio.wait_for(SocketClient.connect(engine), PROMPT_S)
+            assert (refused.value.response.status_code, refused.value.response.body) == (503, TOO_MANY)
+            # only connections that sent nothing gave way; the served clients still get their events
+            assert (socket._accepted, socket.evicted_connections, socket.refused_connections) == (MAX_CLIENTS, 7, 0)
+            worker = await Worker.connect(engine.url)
+            await worker.result("stream::set", {"stream_name": "s", "group_id": "g", "item_id": "i", "data": 1})
+            assert [(await client.recv())["event"] for client in clients] == [{"type": "create", "data": 1}] * 3
+            await worker.close()
+        finally:
+            await _close(silent)
+            for client in clients:
+                await client.close()
+
+
+async def test_an_upgrade_waiting_for_its_auth_call_keeps_its_place() -> None:
+    async with Engine(config=engine_config(max_clients=1, auth_function="auth")) as engine:
+        socket = stream_module(engine).socket
+        assert socket is not None
+        worker = await Worker.connect(engine.url)
+        answer = asyncio.Event()
+
+        async def auth(_: Any) -> Any:
+            await answer.wait()
+            return {"context": None}
+
+        await worker.register("auth", auth)
+        await registered(engine, "auth")
+        held = asyncio.ensure_future(_joined(engine, "held"))
+        await until(lambda: len(worker.calls.get("auth", [])) == 1)
+        silent = await _silent(socket.port, REFUSING + 3)
+        try:
+            # they give way to one another within the places kept to answer 503, never taking the upgrade's
+            await until(lambda: socket.evicted_connections == 3, within=5)
+            answer.set()
+            client = await asyncio.wait_for(held, PROMPT_S)
+            assert (socket._accepted, socket._refusing, socket.refused_connections) == (1, REFUSING, 0)
+            await client.close()
+        finally:
+            held.cancel()
+            await _close(silent)
+            await worker.close()
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Every warning of the stream module (websockets' own log of its connections included)."""
+    return [r.getMessage() for r in caplog.records if r.name.startswith("iii_engine.modules.stream")
+            and r.levelno >= logging.WARNING]
+
+
+async def test_a_burst_of_connections_that_say_nothing_makes_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "iii_engine.modules.stream")
+    burst = 40
+    engine = Engine(config=engine_config(max_clients=MAX_CLIENTS))
+    await engine.start()
+    silent: list[Silent] = []
+    try:
+        socket = stream_module(engine).socket
+        assert socket is not None
+        silent += await _silent(socket.port, burst)
+        # before: 33 closed as accepted, the 4 kept to answer 503 held (this wait failed)
+        await _closed_at_once(silent, burst - MAX_CLIENTS)
+        warnings = _warnings(caplog)
+        assert len(warnings) == 1, warnings[:3]
+        assert "1 that sent no upgrade request" in warnings[0] and f"(max_clients {MAX_CLIENTS})" in warnings[0]
+        caplog.clear()
+    finally:
+        await _close(silent)
+        await engine.stop()  # the burst's count is logged by then
+    warnings = _warnings(caplog)
+    evicted = burst - MAX_CLIENTS
+    assert len(warnings) == 1 and f"{evicted - 1} that sent no upgrade request" in warnings[0], warnings
+    assert f"{evicted} and 0 in all" in warnings[0], warnings
