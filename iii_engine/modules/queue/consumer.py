@@ -426,12 +426,9 @@ class QueueConsumer:
 
     async def _fill(self) -> None:
         while not self._stopped and self._can_claim() and len(self._inflight) < self.settings.concurrency:
-            skip = self._skip()
-            if skip:  # a store shared with other engines: their functions' jobs are left to them
-                job = await self.store.claim(self.queue, now_ms=now_ms(), lease_ms=self.settings.lease_ms,
-                                             skip_functions=skip)
-            else:
-                job = await self.store.claim(self.queue, now_ms=now_ms(), lease_ms=self.settings.lease_ms)
+            # a store shared with other engines: their functions' jobs are left to them
+            job = await self.store.claim(self.queue, now_ms=now_ms(), lease_ms=self.settings.lease_ms,
+                                         skip_functions=self._skip())
             if job is None:
                 return
             self._forget_waiting(job.lane)  # looked at now

@@ -324,8 +324,9 @@ class OtherEngines:
     grace as with an engine alone.
 
     Example:
-        >>> OtherEngines.__name__
-        'OtherEngines'
+        >>> others = OtherEngines(None, 3_000, lambda function_id: False, lambda: None, queues=["orders"])
+        >>> others.refresh_ms, others.skip("orders"), others.left_to_others("orders", "orders::pay")
+        (1000, (), False)
     """
 
     def __init__(self, store: RedisQueueStore, ttl_ms: int, has_function: Callable[[str], bool],

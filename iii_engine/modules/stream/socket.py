@@ -47,7 +47,7 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
-from websockets.protocol import Event, State
+from websockets.protocol import State
 from websockets.typing import Subprotocol
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
@@ -227,18 +227,17 @@ class _Accepted(ServerConnection):
     #: newer connection then); None once the request came
     silent_since: float | None = None
 
+    #: its TCP transport, as asyncio handed it over (closed at once when the connection gives its place away)
+    tcp: asyncio.BaseTransport
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.tcp = transport
         self.owner._admit(self, transport.get_extra_info("peername"))
         self.owner._connections.add(self)
         # websockets' own course, also for one closed at once: its handler sees the close before any request
         super().connection_made(transport)
         if self.place is None:
             transport.close()
-
-    def process_event(self, event: Event) -> None:
-        if self.silent_since is not None:  # its upgrade request: the place is its own from now on
-            self.owner._spoke(self)
-        super().process_event(event)
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
@@ -511,6 +510,8 @@ class StreamSocketServer:
         return offered[0] if offered else None
 
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        if isinstance(connection, _Accepted) and connection.silent_since is not None:
+            self._spoke(connection)  # its upgrade request came: the place is its own from now on
         parts = urlsplit(request.path)
         if parts.path != "/":
             return connection.respond(404, "Not Found\n")
@@ -617,9 +618,13 @@ class StreamSocketServer:
         """Close the oldest connection holding a ``place`` with no upgrade request sent, for one from ``peer``
         to take (whether there was one)."""
         silent = self._silent[place]
-        if not silent:
+        oldest = next(iter(silent), None)
+        while oldest is not None and oldest.request is not None:
+            # parsed, its handshake not yet at process_request (a loop turn later): it has spoken all the same
+            self._spoke(oldest)
+            oldest = next(iter(silent), None)
+        if oldest is None:
             return False
-        oldest = next(iter(silent))
         del silent[oldest]
         assert oldest.silent_since is not None
         silent_for = asyncio.get_running_loop().time() - oldest.silent_since
@@ -627,7 +632,7 @@ class StreamSocketServer:
         self._refused_log.lost("evicted", f"a connection from {oldest.remote_address} that sent no request in "
                                           f"{silent_for:.1f} s closed for one from {peer}")
         oldest.silent_since = oldest.place = None  # its place is the new one's: counted once
-        oldest.transport.abort()  # nothing was sent to it; its handler ends with no request, as on a disconnect
+        oldest.tcp.close()  # nothing was sent to it; its handler ends with no request, as on a disconnect
         return True
 
     def _spoke(self, conn: _Accepted) -> None:

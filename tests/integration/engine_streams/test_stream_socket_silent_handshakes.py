@@ -18,6 +18,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from iii_engine import Engine
+from iii_engine.modules.stream import socket as stream_socket
 from tests.polling import until
 
 from .helpers import SocketClient, Worker, engine_config, registered, stream_module
@@ -155,3 +156,36 @@ async def test_a_burst_of_connections_that_say_nothing_makes_one_warning(caplog:
     evicted = burst - MAX_CLIENTS
     assert len(warnings) == 1 and f"{evicted - 1} that sent no upgrade request" in warnings[0], warnings
     assert f"{evicted} and 0 in all" in warnings[0], warnings
+
+
+async def test_a_request_come_whole_keeps_its_place_before_its_handshake_looks_at_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # websockets parses the request (connection.request) a loop turn or more before its handshake calls
+    # process_request; a newcomer in between took the place of the oldest "silent" connection, which had spoken.
+    # The gate holds the handshake in that gap for as long as the test needs.
+    reached, gate = asyncio.Event(), asyncio.Event()
+    looked_at = stream_socket.StreamSocketServer._process_request
+
+    async def held_back(self: stream_socket.StreamSocketServer, connection: Any, request: Any) -> Any:
+        reached.set()
+        await gate.wait()
+        return await looked_at(self, connection, request)
+
+    monkeypatch.setattr(stream_socket.StreamSocketServer, "_process_request", held_back)
+    async with Engine(config=engine_config(max_clients=1)) as engine:
+        socket = stream_module(engine).socket
+        assert socket is not None
+        held = asyncio.ensure_future(_joined(engine, "held"))
+        await asyncio.wait_for(reached.wait(), PROMPT_S)
+        silent = await _silent(socket.port, REFUSING + 1)
+        try:
+            # the fifth silent one found every place taken: the oldest silent one kept to answer 503 gave way,
+            # not the client whose request had come (before: the client, reset as it waited for its 101)
+            await until(lambda: socket.evicted_connections == 1, within=5)
+            gate.set()
+            client = await asyncio.wait_for(held, PROMPT_S)
+            assert (socket._accepted, socket._refusing, socket.evicted_connections) == (1, REFUSING, 1)
+            await client.close()
+        finally:
+            held.cancel()
+            await _close(silent)

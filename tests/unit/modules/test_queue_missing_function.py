@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 from typing import Any
 
 import pytest
@@ -159,13 +160,14 @@ class FlakyStore(MemoryQueueStore):
         self.failed = 0
         self.enough = asyncio.Event()
 
-    async def claim(self, queue: str, *, now_ms: int, lease_ms: int) -> Job | None:
+    async def claim(self, queue: str, *, now_ms: int, lease_ms: int,
+                    skip_functions: Collection[str] = ()) -> Job | None:
         if self.down:
             self.failed += 1
             if self.failed >= 30:
                 self.enough.set()
             raise ConnectionError("Connect call failed ('127.0.0.1', 6379)")
-        return await super().claim(queue, now_ms=now_ms, lease_ms=lease_ms)
+        return await super().claim(queue, now_ms=now_ms, lease_ms=lease_ms, skip_functions=skip_functions)
 
 
 async def test_a_failing_store_is_one_line_then_one_when_it_answers_again(caplog: pytest.LogCaptureFixture) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 
 import pytest
 
@@ -34,12 +35,13 @@ class FlakyStore(MemoryQueueStore):
         self.polls: list[tuple[float, bool]] = []
         self._polled = asyncio.Event()
 
-    async def claim(self, queue: str, *, now_ms: int, lease_ms: int) -> Job | None:
+    async def claim(self, queue: str, *, now_ms: int, lease_ms: int,
+                    skip_functions: Collection[str] = ()) -> Job | None:
         self.polls.append((asyncio.get_running_loop().time(), not self.down))
         self._polled.set()
         if self.down:
             raise ConnectionError("Connect call failed ('127.0.0.1', 6379)")
-        return await super().claim(queue, now_ms=now_ms, lease_ms=lease_ms)
+        return await super().claim(queue, now_ms=now_ms, lease_ms=lease_ms, skip_functions=skip_functions)
 
     async def reach(self, n: int) -> None:
         """Return once ``n`` claims have been made."""

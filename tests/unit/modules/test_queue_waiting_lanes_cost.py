@@ -12,6 +12,7 @@ good, and once they filled the bound, no lane put off later ran promptly when it
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Collection
 
 import pytest
 from test_queue_function_wake import PROMPT_S, PUT_OFF_MS, Count, GatedRetry, Runner
@@ -32,9 +33,10 @@ class CountedClaims(GatedRetry):
         super().__init__()
         self.claims = Count()
 
-    async def claim(self, queue: str, *, now_ms: int, lease_ms: int) -> Job | None:
+    async def claim(self, queue: str, *, now_ms: int, lease_ms: int,
+                    skip_functions: Collection[str] = ()) -> Job | None:
         try:
-            return await super().claim(queue, now_ms=now_ms, lease_ms=lease_ms)
+            return await super().claim(queue, now_ms=now_ms, lease_ms=lease_ms, skip_functions=skip_functions)
         finally:
             self.claims.add()
 
