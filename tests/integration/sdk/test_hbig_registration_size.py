@@ -252,10 +252,13 @@ def test_a_call_built_against_no_limit_is_checked_against_the_new_socket(
         client.register_function("echo", lambda d: d)
         port = int(served.url.rsplit(":", 1)[1])
         function_id, invocation_id, frame, timeout = client._prepare_call({"function_id": "echo", "payload": BIG})
+        wait_until(lambda: client.worker_id is not None)
+        first_id = client.worker_id
         served.run(served.engine.stop())
         served.engine = small_limit_engine(port)
         served.run(served.engine.start())
-        wait_until(lambda: client.worker_id is not None and client.get_connection_state() == "connected")
+        # the new engine's id: "connected" comes with the socket, the id a frame later (the old one meanwhile)
+        wait_until(lambda: client.worker_id not in (None, first_id) and client.get_connection_state() == "connected")
         worker_id = client.worker_id
         assert invocation_id is not None
         assert client.trigger({"function_id": "echo", "payload": "fits", "timeout_ms": 10_000}) == "fits"
