@@ -126,6 +126,25 @@ MESSAGE_TOO_BIG: Final = 1009
 """The close code of a peer that received a message over its size limit."""
 
 _DIGITS = re.compile(r"[0-9]{1,15}")
+# A call frame's function id, near its start (the SDK writes type, invocation_id, then function_id)
+_FUNCTION_ID = re.compile(r'"function_id":"((?:[^"\\]|\\.){1,256})"')
+
+
+def _call_named(frame: Frame, key: str) -> str:
+    """A lost call as a warning names it: its function and invocation id (a preview of the frame's first 80
+    characters ended at the id, the function unseen). A frame with no function id near its start is previewed.
+
+    Example:
+        >>> _call_named('{"type":"invokefunction","invocation_id":"7f3a","function_id":"orders::pay","data":1}', "7f3a")
+        'orders::pay (invocation 7f3a)'
+        >>> _call_named("call-0", "k0")
+        "'call-0'"
+    """
+    head = frame[:512] if isinstance(frame, str) else frame[:512].decode("utf-8", "replace")
+    found = _FUNCTION_ID.search(head)
+    if found is None:
+        return f"{frame[:80]!r:.80}"
+    return f"{found.group(1)} (invocation {key:.64})"
 
 NOT_AN_ENGINE_TRIES: Final = 3
 """Answers in a row that are not HTTP at all (a server that speaks another protocol: it answers the same way every
@@ -962,11 +981,11 @@ class Connection:
                 backlog.append((frame, key))
                 if key is None:
                     self._keyed -= 1
-                self._calls_lost.lost(_MADE_WAY, f"{old[:80]!r:.80}")
+                self._calls_lost.lost(_MADE_WAY, _call_named(old, old_key))
                 self._on_dropped(old_key)
                 return True
         if key is not None:
-            self._calls_lost.lost(_REFUSED, f"{frame[:80]!r:.80}")
+            self._calls_lost.lost(_REFUSED, _call_named(frame, key))
             self._on_dropped(key)
             return True
         return False

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,6 +26,7 @@ from iii.connection import Connection
 from iii.errors import ConnectionLostError, OutboundQueueFullError
 from iii.iii import III
 from iii.iii_constants import MAX_QUEUE_SIZE, ReconnectionConfig
+from iii.protocol import frames
 
 
 def _nowhere() -> str:
@@ -315,6 +317,18 @@ async def test_a_burst_of_calls_pushed_out_logs_one_line_and_an_exact_count(line
     await conn.close()  # the interval's count, not logged yet, is logged now
     assert len(lines.records) == 2
     assert _counted(lines.records, _MADE_WAY) == len(dropped)  # every loss counted, once
+
+
+async def test_a_lost_call_is_named_by_its_function_and_whole_invocation_id(lines: _Lines) -> None:
+    # before: "latest: '{\"type\":\"invokefunction\",\"invocation_id\":\"1cc50391-…-3bb5d441eb09\"" (the frame's first
+    # 80 characters: the function unseen)
+    conn = Connection(_nowhere(), on_frame=lambda raw: None, max_queue=1, on_dropped=lambda key: None)
+    calls = [(str(uuid.uuid4()), f"orders::pay-{n}") for n in range(2)]
+    for invocation_id, function_id in calls:
+        conn.send_soon(frames.invoke_function(function_id, {"n": 1}, invocation_id=invocation_id), invocation_id)
+    (record,) = lines.records
+    assert f"latest: orders::pay-0 (invocation {calls[0][0]})" in record.getMessage()
+    await conn.close()
 
 
 async def test_calls_refused_at_a_queue_full_of_void_calls_are_counted_per_interval(
