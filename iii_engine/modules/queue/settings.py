@@ -47,6 +47,10 @@ DEFAULT_MAX_TOPICS = 10_000
 DEFAULT_STOP_TIMEOUT_MS = 5000
 DEFAULT_MISSING_FUNCTION_GRACE_MS = 60_000
 DEFAULT_SERVED_FUNCTIONS_TTL_MS = 10_000
+MAX_SERVED_FUNCTIONS_TTL_MS = 300_000
+"""Longest ``served_functions_ttl_ms``: an engine that crashed is taken for live this long, and the jobs it was the
+one to run wait for it, their grace not started (a day's TTL held them a day, unlogged). Refreshes come every second
+at most, so a longer TTL buys nothing."""
 DEFAULT_STORE_RETRY_MAX_MS = 5000
 """Longest wait between two polls of a store that keeps failing (``store_retry_max_ms``): a store that is down
 is polled about once per this by each consumer, and a store back up is seen within it (an enqueue that reaches it
@@ -174,8 +178,8 @@ class QueueModuleSettings(Settings):
     #: function, it consumes the queue) stay advertised to the other engines sharing the store (refreshed every
     #: third of it): an engine lacking a function leaves its jobs in a queue to another live engine running that
     #: pair, its own ``missing_function_grace_ms`` applying only once none does; an engine that crashed stops
-    #: counting after its own TTL, whatever the others' are
-    served_functions_ttl_ms: int = Field(DEFAULT_SERVED_FUNCTIONS_TTL_MS, ge=30)
+    #: counting after its own TTL, whatever the others' are (at most :data:`MAX_SERVED_FUNCTIONS_TTL_MS`)
+    served_functions_ttl_ms: int = Field(DEFAULT_SERVED_FUNCTIONS_TTL_MS, ge=30, le=MAX_SERVED_FUNCTIONS_TTL_MS)
     adapter: AdapterSpec | None = None
 
     @classmethod

@@ -13,6 +13,7 @@ import pytest
 
 from iii_engine.modules.bridge.settings import BridgeClientSettings
 from iii_engine.modules.cron.settings import MAX_LOCK_TTL_MS, CronSettings
+from iii_engine.modules.queue.settings import MAX_SERVED_FUNCTIONS_TTL_MS, QueueModuleSettings
 from iii_engine.settings import ConfigError
 
 
@@ -51,3 +52,12 @@ def test_a_cron_lock_ttl_redis_cannot_take_is_refused_at_start(adapter: str) -> 
         CronSettings.parse({"adapter": {"class": adapter, "config": config}})
     config["lock_ttl_ms"] = MAX_LOCK_TTL_MS  # Redis takes it (SET … PX 10^12)
     assert CronSettings.parse({"adapter": {"class": adapter, "config": config}}).lock_adapter[1].lock_ttl_ms == 10**12
+
+
+def test_a_served_functions_ttl_past_five_minutes_is_refused_at_start() -> None:
+    # Before: accepted; an engine that crashed with served_functions_ttl_ms of a day was taken for live a day, and
+    # the jobs only it ran waited that long in the other engines' queues, their grace not started, unlogged.
+    with pytest.raises(ConfigError, match=r"^served_functions_ttl_ms: must be <= 300000, got 86400000$"):
+        QueueModuleSettings.parse({"served_functions_ttl_ms": 86_400_000})
+    assert QueueModuleSettings.parse(
+        {"served_functions_ttl_ms": MAX_SERVED_FUNCTIONS_TTL_MS}).served_functions_ttl_ms == 300_000
