@@ -70,6 +70,19 @@ __all__ = ["MAX_JOIN_NAME", "StreamSocketServer", "Subscription"]
 
 log = logging.getLogger(__name__)
 
+
+class _CountedOut(logging.Filter):
+    """Leaves out websockets' per-connection lines ("connection closed") of the connections the socket closed as
+    accepted or evicted: each is counted in the socket's own warning, a line per interval (a flood of connections
+    that said nothing wrote one INFO line each, 10,000 for 10,000)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(getattr(record, "websocket", None), "counted_out", False)
+
+
+_websockets_log = logging.getLogger(f"{__name__}.websockets")
+_websockets_log.addFilter(_CountedOut())
+
 _MAX_CLIENT_FRAME = 1024 * 1024
 # Client messages received and not yet handled before the socket stops reading (websockets' max_queue): the socket
 # handles them one at a time and a join may take join_timeout_ms, so websockets' default of 16 let each client park
@@ -226,6 +239,8 @@ class _Accepted(ServerConnection):
     #: the loop's time at its accept while its upgrade request has not come whole (it may give its place to a
     #: newer connection then); None once the request came
     silent_since: float | None = None
+    #: closed as accepted or evicted: counted in the socket's warning, left out of websockets' log (_CountedOut)
+    counted_out: bool = False
 
     #: its TCP transport, as asyncio handed it over (closed at once when the connection gives its place away)
     tcp: asyncio.BaseTransport
@@ -394,7 +409,7 @@ class StreamSocketServer:
             process_request=self._process_request, select_subprotocol=self._select_subprotocol,
             # the module's stop closes every client (1001): one peer that never answers must not hold it for 10 s
             close_timeout=CLOSE_TIMEOUT_S,
-            logger=logging.getLogger(f"{__name__}.websockets"))
+            logger=_websockets_log)
         self._bound.take(self._server)  # the module's url still names it after the stop
 
     async def close(self) -> None:
@@ -610,6 +625,7 @@ class StreamSocketServer:
         else:
             self.refused_connections += 1
             self._refused_log.lost("refused", f"a connection from {peer}")
+            conn.counted_out = True
             return
         conn.silent_since = asyncio.get_running_loop().time()
         self._silent[conn.place][conn] = None
@@ -632,6 +648,7 @@ class StreamSocketServer:
         self._refused_log.lost("evicted", f"a connection from {oldest.remote_address} that sent no request in "
                                           f"{silent_for:.1f} s closed for one from {peer}")
         oldest.silent_since = oldest.place = None  # its place is the new one's: counted once
+        oldest.counted_out = True
         oldest.tcp.close()  # nothing was sent to it; its handler ends with no request, as on a disconnect
         return True
 

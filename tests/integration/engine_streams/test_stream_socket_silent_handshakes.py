@@ -189,3 +189,24 @@ async def test_a_request_come_whole_keeps_its_place_before_its_handshake_looks_a
         finally:
             held.cancel()
             await _close(silent)
+
+
+async def test_connections_closed_for_newer_ones_are_not_a_line_each_in_websockets_log(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "iii_engine.modules.stream.socket.websockets")
+    burst = 40
+    async with Engine(config=engine_config(max_clients=MAX_CLIENTS)) as engine:
+        socket = stream_module(engine).socket
+        assert socket is not None
+        silent = await _silent(socket.port, burst)
+        try:
+            await _closed_at_once(silent, burst - MAX_CLIENTS)
+        finally:
+            await _close(silent)
+        await until(lambda: socket._accepted == socket._refusing == 0, within=5)
+        closed = [r for r in caplog.records if r.getMessage() == "connection closed"]
+        # the 37 evicted, each newer one taking the place of the oldest, are counted in the socket's own warning
+        # (before: "connection closed" 40 times, an INFO line per connection however many came); the 3 that held
+        # their place to the end are websockets' to log
+        assert socket.evicted_connections == burst - MAX_CLIENTS
+        assert len(closed) == MAX_CLIENTS, len(closed)
