@@ -70,6 +70,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import os
@@ -126,25 +127,33 @@ MESSAGE_TOO_BIG: Final = 1009
 """The close code of a peer that received a message over its size limit."""
 
 _DIGITS = re.compile(r"[0-9]{1,15}")
-# A call frame's function id, near its start (the SDK writes type, invocation_id, then function_id)
-_FUNCTION_ID = re.compile(r'"function_id":"((?:[^"\\]|\\.){1,256})"')
+_FUNCTION_ID_KEY = '"function_id":'
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 
 
 def _call_named(frame: Frame, key: str) -> str:
-    """A lost call as a warning names it: its function and invocation id (a preview of the frame's first 80
-    characters ended at the id, the function unseen). A frame with no function id near its start is previewed.
+    """A lost call as a warning names it: its function and invocation id, each quoted with its unprintable
+    characters escaped (a preview of the frame's first 80 characters ended at the id, the function unseen). The
+    SDK writes the function id before the data, so only the first ``"function_id":`` is looked at (a data field of
+    that name never names the call); a frame whose function id is not whole in its first 512 characters is
+    previewed.
 
     Example:
         >>> _call_named('{"type":"invokefunction","invocation_id":"7f3a","function_id":"orders::pay","data":1}', "7f3a")
-        'orders::pay (invocation 7f3a)'
+        "'orders::pay' (invocation '7f3a')"
         >>> _call_named("call-0", "k0")
         "'call-0'"
     """
     head = frame[:512] if isinstance(frame, str) else frame[:512].decode("utf-8", "replace")
-    found = _FUNCTION_ID.search(head)
+    at = head.find(_FUNCTION_ID_KEY)
+    found = _JSON_STRING.match(head, at + len(_FUNCTION_ID_KEY)) if at >= 0 else None
     if found is None:
         return f"{frame[:80]!r:.80}"
-    return f"{found.group(1)} (invocation {key:.64})"
+    try:
+        function_id = json.loads(found.group(0))
+    except ValueError:
+        return f"{frame[:80]!r:.80}"
+    return f"{function_id[:256]!r} (invocation {key[:64]!r})"
 
 NOT_AN_ENGINE_TRIES: Final = 3
 """Answers in a row that are not HTTP at all (a server that speaks another protocol: it answers the same way every

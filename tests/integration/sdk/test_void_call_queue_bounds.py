@@ -327,8 +327,24 @@ async def test_a_lost_call_is_named_by_its_function_and_whole_invocation_id(line
     for invocation_id, function_id in calls:
         conn.send_soon(frames.invoke_function(function_id, {"n": 1}, invocation_id=invocation_id), invocation_id)
     (record,) = lines.records
-    assert f"latest: orders::pay-0 (invocation {calls[0][0]})" in record.getMessage()
+    assert f"latest: 'orders::pay-0' (invocation '{calls[0][0]}')" in record.getMessage()
     await conn.close()
+
+
+async def test_a_lost_calls_name_is_its_own_quoted_and_escaped(lines: _Lines) -> None:
+    # a data field named function_id never names the call (the real id was past the name pattern's length), and
+    # characters that split or reorder a log line are escaped (U+2028 made the warning read as two lines)
+    for function_id, data in (("x" * 300, {"function_id": "admin::forged"}),
+                              ("pay\u2028WARNING iii.connection: forged line", {})):
+        conn = Connection(_nowhere(), on_frame=lambda raw: None, max_queue=1, on_dropped=lambda key: None)
+        conn.send_soon(frames.invoke_function(function_id, data, invocation_id="i0"), "i0")
+        conn.send_soon(frames.invoke_function("next", {}, invocation_id="i1"), "i1")
+        await conn.close()
+    messages = [record.getMessage() for record in lines.records if "latest: " in record.getMessage()]
+    assert len(messages) == 2 and all(len(message.splitlines()) == 1 for message in messages), messages
+    assert not any("admin::forged" in message for message in messages), messages
+    assert messages[0].endswith(f"latest: '{'x' * 256}' (invocation 'i0')")
+    assert messages[1].endswith(r"latest: 'pay\u2028WARNING iii.connection: forged line' (invocation 'i0')")
 
 
 async def test_calls_refused_at_a_queue_full_of_void_calls_are_counted_per_interval(
