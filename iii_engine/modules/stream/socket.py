@@ -59,6 +59,7 @@ from iii_streams.deadlines import finish_within
 from iii_streams.events import StreamEvent, now_ms
 
 from ...closing import CLOSE_TIMEOUT_S, close_within
+from ...handshakes import Silent, quiet_logger
 from ...limits import SKIP_LOG_INTERVAL_S
 from ...server import BoundPort
 from ..base import EngineError, EngineServices
@@ -69,19 +70,6 @@ from .triggers import JoinLeaveTriggers
 __all__ = ["MAX_JOIN_NAME", "StreamSocketServer", "Subscription"]
 
 log = logging.getLogger(__name__)
-
-
-class _CountedOut(logging.Filter):
-    """Leaves out websockets' per-connection lines ("connection closed") of the connections the socket closed as
-    accepted or evicted: each is counted in the socket's own warning, a line per interval (a flood of connections
-    that said nothing wrote one INFO line each, 10,000 for 10,000)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not getattr(getattr(record, "websocket", None), "counted_out", False)
-
-
-_websockets_log = logging.getLogger(f"{__name__}.websockets")
-_websockets_log.addFilter(_CountedOut())
 
 _MAX_CLIENT_FRAME = 1024 * 1024
 # Client messages received and not yet handled before the socket stops reading (websockets' max_queue): the socket
@@ -239,7 +227,7 @@ class _Accepted(ServerConnection):
     #: the loop's time at its accept while its upgrade request has not come whole (it may give its place to a
     #: newer connection then); None once the request came
     silent_since: float | None = None
-    #: closed as accepted or evicted: counted in the socket's warning, left out of websockets' log (_CountedOut)
+    #: closed as accepted or evicted: counted in the socket's warning, left out of websockets' log (CountedOut)
     counted_out: bool = False
 
     #: its TCP transport, as asyncio handed it over (closed at once when the connection gives its place away)
@@ -335,7 +323,7 @@ class StreamSocketServer:
         self._refusing = 0
         # by place, those of them whose upgrade request has not come, oldest first (so at most max_clients and
         # _REFUSING_MAX): when every place is taken the oldest gives its place to the new connection
-        self._silent: dict[str, dict[_Accepted, None]] = {_CLIENT: {}, _REFUSING: {}}
+        self._silent: dict[str, Silent[_Accepted]] = {_CLIENT: Silent(), _REFUSING: Silent()}
         # the same connections themselves: the stop ends those still in their handshake (see close)
         self._connections: set[_Accepted] = set()
         # set when close() begins: an upgrade's auth call in flight is given up for a 503 at once
@@ -409,7 +397,7 @@ class StreamSocketServer:
             process_request=self._process_request, select_subprotocol=self._select_subprotocol,
             # the module's stop closes every client (1001): one peer that never answers must not hold it for 10 s
             close_timeout=CLOSE_TIMEOUT_S,
-            logger=_websockets_log)
+            logger=quiet_logger(f"{__name__}.websockets"))
         self._bound.take(self._server)  # the module's url still names it after the stop
 
     async def close(self) -> None:
@@ -628,20 +616,14 @@ class StreamSocketServer:
             conn.counted_out = True
             return
         conn.silent_since = asyncio.get_running_loop().time()
-        self._silent[conn.place][conn] = None
+        self._silent[conn.place].add(conn)
 
     def _evict(self, place: str, peer: object) -> bool:
         """Close the oldest connection holding a ``place`` with no upgrade request sent, for one from ``peer``
         to take (whether there was one)."""
-        silent = self._silent[place]
-        oldest = next(iter(silent), None)
-        while oldest is not None and oldest.request is not None:
-            # parsed, its handshake not yet at process_request (a loop turn later): it has spoken all the same
-            self._spoke(oldest)
-            oldest = next(iter(silent), None)
+        oldest = self._silent[place].pick(self._spoke)
         if oldest is None:
             return False
-        del silent[oldest]
         assert oldest.silent_since is not None
         silent_for = asyncio.get_running_loop().time() - oldest.silent_since
         self.evicted_connections += 1
@@ -656,12 +638,12 @@ class StreamSocketServer:
         """``conn``'s upgrade request came: it no longer gives its place to a newer connection."""
         conn.silent_since = None
         if conn.place is not None:
-            self._silent[conn.place].pop(conn, None)
+            self._silent[conn.place].discard(conn)
 
     def _leave(self, conn: _Accepted) -> None:
         """A connection :meth:`_admit` placed is closed: its place is free."""
         assert conn.place is not None
-        self._silent[conn.place].pop(conn, None)
+        self._silent[conn.place].discard(conn)
         if conn.place == _CLIENT:
             self._accepted -= 1
         else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket as pysocket
 from typing import Any
 
 import pytest
@@ -210,3 +211,27 @@ async def test_connections_closed_for_newer_ones_are_not_a_line_each_in_websocke
         # their place to the end are websockets' to log
         assert socket.evicted_connections == burst - MAX_CLIENTS
         assert len(closed) == MAX_CLIENTS, len(closed)
+
+
+_UPGRADE = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+async def test_a_request_waiting_unread_in_an_accept_batch_keeps_its_place() -> None:
+    # asyncio accepts up to 100 connections in one loop turn before it reads any: the oldest of such a batch, its
+    # whole request waiting in the kernel, was closed as silent (reset, its bytes unread) for the later ones.
+    # Blocking connects while the loop waits on them make the batch: the kernel completes every handshake.
+    async with Engine(config=engine_config(max_clients=1)) as engine:
+        socket = stream_module(engine).socket
+        assert socket is not None
+        client = pysocket.create_connection(("127.0.0.1", socket.port), timeout=5)
+        client.sendall(_UPGRADE)
+        flood = [pysocket.create_connection(("127.0.0.1", socket.port), timeout=5) for _ in range(REFUSING + 3)]
+        try:
+            answer = await asyncio.wait_for(asyncio.to_thread(client.recv, 200), PROMPT_S)
+            assert answer.startswith(b"HTTP/1.1 101"), answer  # before: b"" (reset)
+            assert (socket._accepted, socket._refusing, socket.evicted_connections) == (1, REFUSING, 3)
+        finally:
+            client.close()
+            for sock in flood:
+                sock.close()
