@@ -23,9 +23,7 @@ Example:
 from __future__ import annotations
 
 import array
-import fcntl
 import logging
-import termios
 from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import Any, Generic, TypeVar
@@ -48,14 +46,28 @@ def has_unread_bytes(connection: Any) -> bool:
     """
     transport = getattr(connection, "tcp", None)
     sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is None:
+    if sock is None or _FIONREAD is None:
         return False
     waiting = array.array("i", [0])
     try:
-        fcntl.ioctl(sock.fileno(), termios.FIONREAD, waiting)
+        _FIONREAD(sock.fileno(), waiting)
     except (OSError, ValueError):  # closed meanwhile (fileno -1)
         return False
     return waiting[0] > 0
+
+
+def _fionread() -> Callable[[int, array.array[int]], object] | None:
+    """``ioctl(fd, FIONREAD, buffer)``, or ``None`` where there is none (Windows: every connection then counts as
+    having nothing unread, as before this check)."""
+    try:
+        import fcntl
+        import termios
+    except ImportError:
+        return None
+    return lambda fd, buffer: fcntl.ioctl(fd, termios.FIONREAD, buffer)
+
+
+_FIONREAD = _fionread()
 
 
 class Silent(Generic[_C]):
