@@ -16,9 +16,9 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, cast
+from typing import Any, Final, cast
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -28,15 +28,11 @@ from websockets.protocol import State
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.channel_end import FRAME_SIZE_HEADER, INVITED_FRAME_SIZES
 from iii.connection import MAX_MESSAGE_SIZE_HEADER
-from iii.loss_log import LossLog
 from iii.ws_fastpath import bound_frame_queue, enable_fast_receive, reset, server_factory, set_max_message_size
 
 from .allocator import MMAP_THRESHOLD_BYTES
 from .channels import CHANNEL_SOCKET_QUEUE, SOCKET_QUEUE_BYTES, ChannelRelay
 from .closing import CLOSE_TIMEOUT_S, close_within
-from .fd_limits import open_files_share
-from .handshakes import Silent, quiet_logger
-from .limits import SKIP_LOG_INTERVAL_S
 
 log = logging.getLogger(__name__)
 
@@ -116,78 +112,19 @@ class BoundPort:
         return self._port
 
 
-MAX_HANDSHAKES_AT_MOST: Final = 1024
-"""``max_handshakes`` by default: at most this many, and at most a quarter of the open-file limit
-(:func:`default_max_handshakes`)."""
-
-
-def default_max_handshakes() -> int:
-    """The default ``max_handshakes``: a quarter of the process's open-file limit, at most
-    :data:`MAX_HANDSHAKES_AT_MOST` (a client sends its upgrade request as soon as it is connected, so only a burst of
-    connects, or connections that say nothing, hold these places).
-
-    Example:
-        >>> 1 <= default_max_handshakes() <= MAX_HANDSHAKES_AT_MOST
-        True
-    """
-    return open_files_share(4, at_most=MAX_HANDSHAKES_AT_MOST)
-
-
-class _Accepted(ServerConnection):
-    """A TCP connection to the engine's port, placed by its :class:`Listener` from its accept
-    (:meth:`Listener._admit`); each listener makes a subclass naming itself ``listener`` (of the fast connection
-    class when there is one)."""
-
-    listener: ClassVar[Listener]
-    #: closed as accepted or for a newer one: counted in the listener's warning, not in websockets' log
-    counted_out: bool = False
-    #: its TCP transport, as asyncio handed it over (closed at once when the connection gives its place away)
-    tcp: asyncio.BaseTransport
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.tcp = transport
-        admitted = self.listener._admit(self, transport.get_extra_info("peername"))
-        # websockets' own course, also for one closed at once: its handler sees the close before any request
-        super().connection_made(transport)
-        if not admitted:
-            transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        self.listener._silent.discard(self)
-
-
 class Listener:
-    """Owns the websockets server; hands accepted connections to the control or channel handler.
-
-    Connections that have not sent their whole upgrade request hold at most ``max_handshakes`` places, counted from
-    their TCP accept: before, each held a descriptor until websockets' 10 s ``open_timeout``, however many came, and
-    a flood of them took every descriptor the process had (``accept()`` failed with EMFILE: no worker could connect,
-    no store or file could be opened). With every place taken, the one silent longest is closed for the newcomer
-    (:mod:`iii_engine.handshakes`); one whose request waits unread is never, and when all are such, the newcomer is
-    closed as accepted. Connections whose request came (workers, channel ends) do not count here: ``max_workers``
-    and the relay's own checks bound those.
-    """
+    """Owns the websockets server; hands accepted connections to the control or channel handler."""
 
     def __init__(self, host: str, port: int, *, max_message_size: int, relay: ChannelRelay,
-                 control: Callable[[ServerConnection], Awaitable[None]], max_handshakes: int | None = None) -> None:
+                 control: Callable[[ServerConnection], Awaitable[None]]) -> None:
         self.host = host
         self.requested_port = port
         self.max_message_size = max_message_size
         self.relay = relay
-        self.max_handshakes = default_max_handshakes() if max_handshakes is None else max_handshakes
         self._control = control
         self._server: Server | None = None
         self._bound = BoundPort("the listener")
-        base = server_factory() or ServerConnection
-        self._connection_class: type[ServerConnection] = type("Accepted", (_Accepted, base), {"listener": self})
-        # accepted, their upgrade request not come yet, oldest first (at most max_handshakes)
-        self._silent: Silent[_Accepted] = Silent()
-        #: TCP connections closed as they were accepted (every place held by one whose request waits unread)
-        self.refused_connections = 0
-        #: TCP connections closed with no upgrade request sent, their place given to a newer one
-        self.evicted_connections = 0
-        self._refused_log = LossLog(self._log_refused, SKIP_LOG_INTERVAL_S)
+        self._connection_class = server_factory() or ServerConnection
         # Every connection from its accept on, opening handshakes included: websockets' ``connections`` holds only
         # OPEN ones, and the stop must reach a peer stalled in its upgrade request too (weak: the transport and the
         # handler task keep a live one).
@@ -217,7 +154,7 @@ class Listener:
             ping_interval=None,  # production never pings workers; it only answers pings
             process_request=self._process_request,
             process_response=self._process_response,
-            logger=quiet_logger(f"{__name__}.websockets"),
+            logger=logging.getLogger(f"{__name__}.websockets"),
         )
         self._bound.take(self._server)  # the engine's url and port still name it during and after the stop
 
@@ -227,32 +164,6 @@ class Listener:
         if self._closes is not None:  # accepted as the port was closing
             self._close(connection)
         return connection
-
-    def _admit(self, conn: _Accepted, peer: object) -> bool:
-        """Place a TCP connection just accepted among the silent ones (whether it may stay): with every
-        ``max_handshakes`` place taken, the one silent longest is closed for it, or, when none may be, it is."""
-        if len(self._silent) >= self.max_handshakes:
-            oldest = self._silent.pick(self._silent.discard)
-            if oldest is None:
-                self.refused_connections += 1
-                conn.counted_out = True
-                self._refused_log.lost("refused", f"a connection from {peer}")
-                return False
-            self.evicted_connections += 1
-            oldest.counted_out = True
-            self._refused_log.lost("evicted", f"a connection from {oldest.remote_address} that sent no request, "
-                                              f"for one from {peer}")
-            oldest.tcp.close()  # nothing was sent to it; its handler ends with no request, as on a disconnect
-        self._silent.add(conn)
-        return True
-
-    def _log_refused(self, counts: Mapping[str, int], latest: str | None) -> None:
-        latest_text = f"; latest: {latest}" if latest is not None else ""
-        log.warning("%d connection(s) to the engine's port closed since the last warning (max_handshakes %d: "
-                    "connections that have not sent their whole upgrade request): %d that sent none, oldest first, "
-                    "for newer ones, and %d as accepted; %d and %d in all%s", sum(counts.values()), self.max_handshakes,
-                    counts.get("evicted", 0), counts.get("refused", 0), self.evicted_connections,
-                    self.refused_connections, latest_text)
 
     def _close(self, connection: ServerConnection) -> None:
         """Close ``connection`` for the stop (once), in a task :meth:`close` waits for."""
@@ -277,8 +188,6 @@ class Listener:
             reset(connection)
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        if isinstance(connection, _Accepted):
-            self._silent.discard(connection)  # its request came: its place is its own
         route = route_request(request.path)
         if route is None:
             set_max_message_size(connection, self.max_message_size)
@@ -350,4 +259,3 @@ class Listener:
         while self._closes:  # one accepted as the port closed is added by _connection, one let in by _handle
             await asyncio.wait(list(self._closes.values()))
         await self._server.wait_closed()
-        self._refused_log.close()
