@@ -1,11 +1,11 @@
-"""Connections that have not sent their whole upgrade request yet, as the engine's listeners hold them.
+"""Connections that have not sent their whole upgrade request yet, as a listener that counts them holds them.
 
-A listener counts a TCP connection from its accept: one that never sends its request would otherwise hold a
-descriptor until websockets' 10 s ``open_timeout``, however many came. When every place is taken, the connection
-silent longest gives its place to the newcomer (:meth:`Silent.pick`): a real client sends its request as soon as it
-is connected, so a connection with nothing sent while a newer one came is the one to close. What this module
-shares between the worker port (:mod:`iii_engine.server`) and the stream socket
-(:mod:`iii_engine.modules.stream.socket`):
+The stream socket (:mod:`iii_engine.modules.stream.socket`) counts a TCP connection from its accept: one that never
+sends its request would otherwise hold a descriptor until websockets' 10 s ``open_timeout``, however many came. When
+every place is taken, the connection silent longest gives its place to the newcomer (:meth:`Silent.pick`): a client
+sends its request as soon as it is connected, so a connection with nothing sent while a newer one came is the one
+to close. (Not the engine's worker port: there a burst of connects from one busy process, all completed by the kernel
+before that process writes any request, would look silent and be closed; that port does not count connections.)
 
 * :class:`Silent`: a listener's silent connections, oldest first, and the choice of the one to close. A connection
   whose request websockets has parsed (``request`` set) is never chosen, nor one whose bytes wait unread in the
