@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import array
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from itertools import islice
 from typing import Any, Generic, TypeVar
 
@@ -78,9 +78,6 @@ class Silent(Generic[_C]):
 
     def __len__(self) -> int:
         return len(self._oldest_first)
-
-    def __iter__(self) -> Iterator[_C]:
-        return iter(self._oldest_first)
 
     def add(self, connection: _C) -> None:
         """``connection`` was accepted and has said nothing yet."""
