@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, cast
 from urllib.parse import parse_qs, urlsplit
@@ -28,11 +28,13 @@ from websockets.protocol import State
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.channel_end import FRAME_SIZE_HEADER, INVITED_FRAME_SIZES
 from iii.connection import MAX_MESSAGE_SIZE_HEADER
+from iii.loss_log import LossLog
 from iii.ws_fastpath import bound_frame_queue, enable_fast_receive, reset, server_factory, set_max_message_size
 
 from .allocator import MMAP_THRESHOLD_BYTES
 from .channels import CHANNEL_SOCKET_QUEUE, SOCKET_QUEUE_BYTES, ChannelRelay
 from .closing import CLOSE_TIMEOUT_S, close_within
+from .limits import SKIP_LOG_INTERVAL_S
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +114,36 @@ class BoundPort:
         return self._port
 
 
+_NOT_UPGRADED_LINES: Final = frozenset({"connection closed", "connection rejected (%d %s)",
+                                        "HTTP response sent (%d %s)"})
+
+
+class _NotUpgraded(logging.Filter):
+    """Counts, instead of logging a line each, websockets' INFO lines of connections to the engine's port that never
+    became a WebSocket (silent until websockets' handshake timeout, TLS or other bytes that are not HTTP, HTTP/1.0, an
+    upgrade answered 4xx/5xx): their listener logs how many per interval, naming the latest. A flood of them wrote a
+    line or two each ("connection closed" 4,137 times in 20 s for TLS ClientHellos). Upgraded connections keep
+    websockets' lines; the engine logs its workers itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or record.msg not in _NOT_UPGRADED_LINES:
+            return True
+        conn = getattr(record, "websocket", None)
+        response = getattr(conn, "response", None)
+        if response is not None and response.status_code == 101:
+            return True
+        # once per connection, after its answer (if any); websockets hands a weak proxy of the connection, whose
+        # attributes (not its identity) reach the connection
+        count = getattr(conn, "count_not_upgraded", None) if record.msg == "connection closed" else None
+        if count is not None:
+            count(conn, response)
+        return False
+
+
+_websockets_log = logging.getLogger(f"{__name__}.websockets")
+_websockets_log.addFilter(_NotUpgraded())
+
+
 class Listener:
     """Owns the websockets server; hands accepted connections to the control or channel handler."""
 
@@ -131,6 +163,9 @@ class Listener:
         self._connections: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
         # the stop's close of each connection, from close() on: every connection accepted then is closed too
         self._closes: dict[ServerConnection, asyncio.Task[None]] | None = None
+        #: connections closed without becoming a WebSocket (no request, not HTTP, refused), since start
+        self.not_upgraded = 0
+        self._not_upgraded_log = LossLog(self._log_not_upgraded, SKIP_LOG_INTERVAL_S)
 
     @property
     def port(self) -> int:
@@ -154,16 +189,30 @@ class Listener:
             ping_interval=None,  # production never pings workers; it only answers pings
             process_request=self._process_request,
             process_response=self._process_response,
-            logger=logging.getLogger(f"{__name__}.websockets"),
+            logger=_websockets_log,
         )
         self._bound.take(self._server)  # the engine's url and port still name it during and after the stop
 
     def _connection(self, *args: Any, **kwargs: Any) -> ServerConnection:
         connection = self._connection_class(*args, **kwargs)
         self._connections.add(connection)
+        connection.count_not_upgraded = self._not_upgraded  # type: ignore[attr-defined]  # (_NotUpgraded)
         if self._closes is not None:  # accepted as the port was closing
             self._close(connection)
         return connection
+
+    def _not_upgraded(self, connection: Any, response: Response | None) -> None:
+        """A connection closed without becoming a WebSocket: counted, the first at once and then one line per
+        interval (:class:`_NotUpgraded`)."""
+        self.not_upgraded += 1
+        answer = "no upgrade request" if response is None else f"answered {response.status_code}"
+        self._not_upgraded_log.lost("closed", f"{getattr(connection, 'remote_address', None)} ({answer})")
+
+    def _log_not_upgraded(self, counts: Mapping[str, int], latest: str | None) -> None:
+        latest_text = f"; latest: {latest}" if latest is not None else ""
+        log.info("%d connection(s) to the engine's port closed without a WebSocket upgrade since the last line (no "
+                 "upgrade request, not HTTP, or refused), %d in all%s", counts["closed"], self.not_upgraded,
+                 latest_text)
 
     def _close(self, connection: ServerConnection) -> None:
         """Close ``connection`` for the stop (once), in a task :meth:`close` waits for."""
@@ -259,3 +308,4 @@ class Listener:
         while self._closes:  # one accepted as the port closed is added by _connection, one let in by _handle
             await asyncio.wait(list(self._closes.values()))
         await self._server.wait_closed()
+        self._not_upgraded_log.flush(None)

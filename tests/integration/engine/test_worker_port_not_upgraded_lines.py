@@ -1,0 +1,66 @@
+"""Connections to the engine's port that never become a WebSocket are counted in one INFO line per interval, not
+logged a line or two each by websockets.
+
+Before: every such connection (bytes that are not HTTP, a TLS ClientHello, HTTP/1.0, a path answered 404, one closed
+before its request) wrote websockets' "connection closed" line, and a refused one "connection rejected (…)" or "HTTP
+response sent (…)" too: an attack's flood wrote 4,137 lines in 20 s. Upgraded connections keep websockets' lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import pytest
+import websockets
+
+from iii_engine import Engine, EngineConfig
+from tests.polling import until
+
+pytestmark = [pytest.mark.timeout(30),
+              pytest.mark.our_engine("counts the connections to its port that never upgrade")]
+
+_NOT_UPGRADED = [
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(32),  # the start of a TLS ClientHello
+    b"GET / HTTP/1.0\r\nHost: x\r\n\r\n",  # HTTP/1.0: websockets answers 505
+    b"GET /metrics HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",  # answered 404
+    b"",  # closed before any request
+]
+
+
+async def _sent_then_closed(port: int, data: bytes) -> None:
+    """Send ``data``, then end the connection (the engine answers what it can first: websockets reads its request
+    before it sees the end)."""
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    writer.write_eof()
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+
+
+async def test_connections_that_never_upgrade_are_counted_not_logged_each(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "iii_engine.server")
+    rounds = 5
+    async with Engine(config=EngineConfig(host="127.0.0.1", port=0)) as engine:
+        listener = engine._listener
+        for _ in range(rounds):
+            for data in _NOT_UPGRADED:
+                await _sent_then_closed(listener.port, data)
+        async with websockets.connect(engine.url) as worker:  # upgraded: websockets' own lines stay
+            assert json.loads(await worker.recv())["type"] == "workerregistered"
+        expected = rounds * len(_NOT_UPGRADED)
+        # each is counted once its connection is closed on the engine's side, a loop turn or so after the client's
+        await until(lambda: listener.not_upgraded >= expected, within=5)
+        assert listener.not_upgraded == expected
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("iii_engine.server")]
+    websockets_lines = [m for m in messages if m in ("connection open", "connection closed")
+                        or m.startswith(("connection rejected", "HTTP response sent"))]
+    # before: 20 "connection closed", 15 refusals (505, 404) and the worker's two
+    assert websockets_lines == ["connection open", "connection closed"], websockets_lines
+    counted = [m for m in messages if "closed without a WebSocket upgrade" in m]
+    assert len(counted) == 2, counted  # the first at once, the rest at the end of the interval (the stop here)
+    assert counted[0].startswith("1 connection(s)") and "latest: ('127.0.0.1'," in counted[0]
+    assert counted[1].startswith(f"{expected - 1} connection(s)") and f"{expected} in all" in counted[1]
