@@ -126,15 +126,18 @@ class _NotUpgraded(logging.Filter):
     websockets' lines; the engine logs its workers itself."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno != logging.INFO or record.msg not in _NOT_UPGRADED_LINES:
+        if record.levelno != logging.INFO or not isinstance(record.msg, str) or record.msg not in _NOT_UPGRADED_LINES:
             return True
+        # websockets hands a weak proxy of the connection, whose attributes (not its identity) reach the connection
         conn = getattr(record, "websocket", None)
-        response = getattr(conn, "response", None)
-        if response is not None and response.status_code == 101:
+        try:
+            response = getattr(conn, "response", None)
+            if response is not None and response.status_code == 101:
+                return True
+            # once per connection, after its answer (if any)
+            count = getattr(conn, "count_not_upgraded", None) if record.msg == "connection closed" else None
+        except ReferenceError:  # the connection is gone already: its line as websockets wrote it
             return True
-        # once per connection, after its answer (if any); websockets hands a weak proxy of the connection, whose
-        # attributes (not its identity) reach the connection
-        count = getattr(conn, "count_not_upgraded", None) if record.msg == "connection closed" else None
         if count is not None:
             count(conn, response)
         return False
