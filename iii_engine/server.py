@@ -72,7 +72,10 @@ def frame_invitation(max_message_size: int) -> int:
 
 def route_request(target: str) -> Route:
     """``None`` for the control socket, a :class:`ChannelRoute`, or ``(status, body)`` to refuse with."""
-    parts = urlsplit(target)
+    try:
+        parts = urlsplit(target)
+    except ValueError:  # "//[x/": an unclosed IPv6 bracket (it raised in process_request: an ERROR and a traceback)
+        return (400, "Bad Request: the request target is not a valid URL\n")
     if parts.path == "/":
         return None
     if parts.path.startswith(_CHANNEL_PREFIX):
@@ -166,8 +169,9 @@ class Listener:
         self._connections: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
         # the stop's close of each connection, from close() on: every connection accepted then is closed too
         self._closes: dict[ServerConnection, asyncio.Task[None]] | None = None
-        #: connections closed without becoming a WebSocket (no request, not HTTP, refused), since start
-        self.not_upgraded = 0
+        # connections closed without becoming a WebSocket (no request, not HTTP, refused) whose websockets lines
+        # were left out: counted only while those INFO lines are on (they are what the count replaces)
+        self._not_upgraded_count = 0
         self._not_upgraded_log = LossLog(self._log_not_upgraded, SKIP_LOG_INTERVAL_S)
 
     @property
@@ -207,14 +211,14 @@ class Listener:
     def _not_upgraded(self, connection: Any, response: Response | None) -> None:
         """A connection closed without becoming a WebSocket: counted, the first at once and then one line per
         interval (:class:`_NotUpgraded`)."""
-        self.not_upgraded += 1
+        self._not_upgraded_count += 1
         answer = "no upgrade request" if response is None else f"answered {response.status_code}"
         self._not_upgraded_log.lost("closed", f"{getattr(connection, 'remote_address', None)} ({answer})")
 
     def _log_not_upgraded(self, counts: Mapping[str, int], latest: str | None) -> None:
         latest_text = f"; latest: {latest}" if latest is not None else ""
         log.info("%d connection(s) to the engine's port closed without a WebSocket upgrade since the last line (no "
-                 "upgrade request, not HTTP, or refused), %d in all%s", counts["closed"], self.not_upgraded,
+                 "upgrade request, not HTTP, or refused), %d in all%s", counts["closed"], self._not_upgraded_count,
                  latest_text)
 
     def _close(self, connection: ServerConnection) -> None:
@@ -258,7 +262,8 @@ class Listener:
             status, body = refusal
             return connection.respond(status, body)
         status, body = route
-        log.info("refused %s %s: HTTP %d", connection.remote_address, request.path, status)
+        # debug only: the connection is counted with the others that never upgrade, one INFO line per interval
+        log.debug("refused %s %.200r: HTTP %d", connection.remote_address, request.path, status)
         return connection.respond(status, body)
 
     def _process_response(self, connection: ServerConnection, request: Request, response: Response) -> None:
@@ -308,7 +313,9 @@ class Listener:
             for connection in list(self._connections):
                 if connection.state is not State.CLOSED:
                     self._close(connection)
-        while self._closes:  # one accepted as the port closed is added by _connection, one let in by _handle
-            await asyncio.wait(list(self._closes.values()))
-        await self._server.wait_closed()
-        self._not_upgraded_log.flush(None)
+        try:
+            while self._closes:  # one accepted as the port closed is added by _connection, one let in by _handle
+                await asyncio.wait(list(self._closes.values()))
+            await self._server.wait_closed()
+        finally:  # a stop cut short (Ctrl-C, an outer bound) still writes the count not logged yet
+            self._not_upgraded_log.flush(None)

@@ -26,6 +26,8 @@ _NOT_UPGRADED = [
     b"GET / HTTP/1.0\r\nHost: x\r\n\r\n",  # HTTP/1.0: websockets answers 505
     b"GET /metrics HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",  # answered 404
+    b"GET //[x/ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",  # not a URL: 400
     b"",  # closed before any request
 ]
 
@@ -53,13 +55,17 @@ async def test_connections_that_never_upgrade_are_counted_not_logged_each(caplog
             assert json.loads(await worker.recv())["type"] == "workerregistered"
         expected = rounds * len(_NOT_UPGRADED)
         # each is counted once its connection is closed on the engine's side, a loop turn or so after the client's
-        await until(lambda: listener.not_upgraded >= expected, within=5)
-        assert listener.not_upgraded == expected
+        await until(lambda: listener._not_upgraded_count >= expected, within=5)
+        assert listener._not_upgraded_count == expected
     messages = [r.getMessage() for r in caplog.records if r.name.startswith("iii_engine.server")]
     websockets_lines = [m for m in messages if m in ("connection open", "connection closed")
                         or m.startswith(("connection rejected", "HTTP response sent"))]
-    # before: 20 "connection closed", 15 refusals (505, 404) and the worker's two
+    # before: 25 "connection closed", 20 refusals (505, 404, 400) and the worker's two
     assert websockets_lines == ["connection open", "connection closed"], websockets_lines
+    # nor a line of the engine's own per refused request (before: "refused … HTTP 404" each), nor an error (before:
+    # "process_request failed" and a traceback for "//[x/", whose urlsplit raised)
+    assert not [m for m in messages if m.startswith("refused ")], messages
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.records
     counted = [m for m in messages if "closed without a WebSocket upgrade" in m]
     assert len(counted) == 2, counted  # the first at once, the rest at the end of the interval (the stop here)
     assert counted[0].startswith("1 connection(s)") and "latest: ('127.0.0.1'," in counted[0]
