@@ -18,6 +18,7 @@ import contextlib
 import logging
 import time
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from iii_streams.messages import needs_package
 
@@ -30,8 +31,21 @@ DROP_LOG_INTERVAL_S = 10.0
 
 
 def collector_url(endpoint: str, signal: str) -> str:
-    """The OTLP/HTTP URL of ``signal`` for a configured (gRPC-style) endpoint."""
-    base = endpoint.rstrip("/").replace(":4317", ":4318")
+    """The OTLP/HTTP URL of ``signal`` for a configured (gRPC-style) endpoint: port 4317 (OTLP/gRPC's) becomes
+    4318 (OTLP/HTTP's), and only that port (a text replace of ":4317" sent port 43171's exports to 43181).
+
+    Example:
+        >>> collector_url("http://127.0.0.1:43171", "traces"), collector_url("http://[::1]:4317/v1/logs", "logs")
+        ('http://127.0.0.1:43171/v1/traces', 'http://[::1]:4318/v1/logs')
+    """
+    base = endpoint.rstrip("/")
+    parts = urlsplit(base)
+    try:
+        grpc_port = parts.port == 4317
+    except ValueError:  # not a port number: the URL is left as it is (the post names it when it fails)
+        grpc_port = False
+    if grpc_port:
+        base = urlunsplit(parts._replace(netloc=f"{parts.netloc.rsplit(':', 1)[0]}:4318"))
     for known in ("traces", "metrics", "logs"):
         suffix = f"/v1/{known}"
         if base.endswith(suffix):

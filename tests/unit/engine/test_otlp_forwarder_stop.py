@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from iii_engine import Engine, EngineConfig, ModuleSpec
-from iii_engine.modules.observability.exporter import OtlpForwarder
+from iii_engine.modules.observability.exporter import OtlpForwarder, collector_url
 
 OTEL = "modules::observability::OtelModule"
 
@@ -116,3 +116,16 @@ def test_export_stop_timeout_ms_is_checked() -> None:
     assert ObservabilitySettings.parse({"export_stop_timeout_ms": "250"}).export_stop_timeout_ms == 250
     with pytest.raises(ConfigError, match="export_stop_timeout_ms"):
         ObservabilitySettings.parse({"export_stop_timeout_ms": -1})
+
+
+@pytest.mark.parametrize(("endpoint", "url"), [
+    # before: a text replace of ":4317" sent these to port 43181 and 43189 (a CI run's stalled collector listened on
+    # 43171: the engine posted to 43181, refused, and the test waited for a post that never came)
+    ("http://127.0.0.1:43171", "http://127.0.0.1:43171/v1/traces"),
+    ("http://otel:43179/v1/logs", "http://otel:43179/v1/traces"),
+    ("http://otel:4317", "http://otel:4318/v1/traces"),  # OTLP/gRPC's port: OTLP/HTTP's
+    ("http://user:pw@[::1]:4317/", "http://user:pw@[::1]:4318/v1/traces"),
+    ("http://otel:14317", "http://otel:14317/v1/traces"),
+])
+def test_only_port_4317_becomes_4318(endpoint: str, url: str) -> None:
+    assert collector_url(endpoint, "traces") == url
