@@ -368,10 +368,19 @@ class _Bounded:
         connection.execute(_SESSION_LIMITS, {"ms": ms})
 
     async def run(self, work: Coroutine[Any, Any, T]) -> T:
+        # the store's own wait (iii_streams.sql imports this module, so not at the top): a SQLite file that fails to
+        # open leaves aiosqlite's thread to answer on this loop later, and `iii-streams migrate` closed its loop
+        # first, so the thread's "RuntimeError: Event loop is closed" traceback followed the one-line error
+        from .sql import _driver_threads_ended, _sqlite_threads
+
+        threads = _sqlite_threads() if self.sqlite else set()
         try:
             return await run_then_dispose(self.engine, work, None if self.sqlite else self.timeout, self.database)
-        except OperationalError as exc:
-            if self.sqlite and getattr(exc.orig, "sqlite_errorcode", None) in _SQLITE_WAITED:
+        except Exception as exc:
+            if self.sqlite:
+                await _driver_threads_ended(threads)
+            if (self.sqlite and isinstance(exc, OperationalError)
+                    and getattr(exc.orig, "sqlite_errorcode", None) in _SQLITE_WAITED):
                 raise TimeoutError(f"{self.database} gave no result within {self.busy_s:g} s") from None
             raise
 
