@@ -30,6 +30,7 @@ from .engine_bounds import run_then_dispose
 from .errors import check_timeout
 from .messages import mask_passwords
 from .schema import VERSION_TABLE
+from .sqlite_threads import driver_threads_ended, sqlite_threads
 
 __all__ = ["HEAD", "MIGRATE_TIMEOUT_S", "MIGRATIONS_DIR", "SQL_SCHEMES", "current_revision", "head_revision",
            "migrate", "normalize_url", "revision_of", "schema_behind", "upgrade", "upgrade_connection"]
@@ -368,17 +369,14 @@ class _Bounded:
         connection.execute(_SESSION_LIMITS, {"ms": ms})
 
     async def run(self, work: Coroutine[Any, Any, T]) -> T:
-        # the store's own wait (iii_streams.sql imports this module, so not at the top): a SQLite file that fails to
-        # open leaves aiosqlite's thread to answer on this loop later, and `iii-streams migrate` closed its loop
-        # first, so the thread's "RuntimeError: Event loop is closed" traceback followed the one-line error
-        from .sql import _driver_threads_ended, _sqlite_threads
-
-        threads = _sqlite_threads() if self.sqlite else set()
+        # a SQLite file that fails to open leaves aiosqlite's thread to answer on this loop later, and `iii-streams
+        # migrate` closed its loop first: the thread's "Event loop is closed" traceback followed the one-line error
+        threads = sqlite_threads() if self.sqlite else set()
         try:
             return await run_then_dispose(self.engine, work, None if self.sqlite else self.timeout, self.database)
         except Exception as exc:
             if self.sqlite:
-                await _driver_threads_ended(threads)
+                await driver_threads_ended(threads)
             if (self.sqlite and isinstance(exc, OperationalError)
                     and getattr(exc.orig, "sqlite_errorcode", None) in _SQLITE_WAITED):
                 raise TimeoutError(f"{self.database} gave no result within {self.busy_s:g} s") from None

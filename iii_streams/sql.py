@@ -67,13 +67,11 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
-import importlib
 import logging
 import math
 import os
 import shlex
 import sqlite3
-import sys
 import threading
 import warnings
 import weakref
@@ -148,6 +146,7 @@ from .known_texts import KnownTexts
 from .messages import error_line, mask_passwords
 from .migrate import SQLITE_BUSY_S, current_revision, head_revision, migrate_with, normalize_url, schema_behind
 from .schema import TABLE_NAME, group_key, item_key, items, stream_key
+from .sqlite_threads import driver_threads_ended, sqlite_threads
 
 __all__ = ["NOTIFY_CHANNEL", "SQLStream", "SchemaMissingError"]
 
@@ -759,35 +758,6 @@ class _ListenSubscription:
         await self._listener.discard(self)
 
 
-# aiosqlite (0.22) stops the thread of a connection that failed to open by a message it answers on the caller's loop
-# later: a process that closed its loop first (iii-engine exiting on that very failure) printed the thread's
-# "RuntimeError: Event loop is closed" traceback after its one line. A failed open waits this long at most for it.
-_DRIVER_THREAD_S: Final = 1.0
-_DRIVER_THREAD_POLL_S: Final = 0.005
-
-
-def _import_or_none(name: str) -> Any:
-    """Module ``name``, or ``None`` when it is not installed (a PostgreSQL-only install has no aiosqlite)."""
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        return None
-
-
-# aiosqlite's connection thread is found one of two ways, checked here, the one place they are used (a test fails
-# when an upgrade changes both): before 0.22 the public `Connection` is the thread; since 0.22 it starts a plain
-# Thread, known only by its name, which Thread takes from its target, a private function. Without either no thread is
-# found and a failed open does not wait for one (the traceback at exit may come back; nothing else changes).
-_SQLITE_THREAD_TARGET: Final = "_connection_worker_thread"
-_sqlite_core = sys.modules.get("aiosqlite.core") or _import_or_none("aiosqlite.core")
-_SQLITE_CONNECTION_THREAD: Final[type[threading.Thread] | None] = (
-    _sqlite_core.Connection if isinstance(getattr(_sqlite_core, "Connection", None), type)
-    and issubclass(_sqlite_core.Connection, threading.Thread) else None)
-SQLITE_THREAD_MISSING: tuple[str, ...] = () if _SQLITE_CONNECTION_THREAD is not None or callable(
-    getattr(_sqlite_core, _SQLITE_THREAD_TARGET, None)) else (f"aiosqlite.core.{_SQLITE_THREAD_TARGET}",)
-del _sqlite_core
-
-
 def missing_directory_hint(url: URL | str) -> str:
     """For a SQLite file in a directory that does not exist: that, and for a relative path how to write the absolute
     one (``sqlite:///tmp/x.db`` is ``tmp/x.db``, relative to the working directory); ``""`` otherwise.
@@ -810,31 +780,6 @@ def missing_directory_hint(url: URL | str) -> str:
         return f" (directory {directory} does not exist)"
     absolute = _shown(url.set(database="/" + path))
     return f" (directory {directory} does not exist; a relative path: use four slashes for an absolute one, {absolute})"
-
-
-def _sqlite_threads() -> set[threading.Thread]:
-    """aiosqlite's connection threads running now (none when :data:`SQLITE_THREAD_MISSING` names what is missing).
-
-    Example:
-        >>> _sqlite_threads() == set()
-        True
-    """
-    if SQLITE_THREAD_MISSING:
-        return set()
-    if _SQLITE_CONNECTION_THREAD is not None:
-        return {thread for thread in threading.enumerate() if isinstance(thread, _SQLITE_CONNECTION_THREAD)}
-    return {thread for thread in threading.enumerate() if f"({_SQLITE_THREAD_TARGET})" in thread.name}
-
-
-async def _driver_threads_ended(before: set[threading.Thread]) -> None:
-    """Wait (at most ``_DRIVER_THREAD_S``) until the aiosqlite threads started since ``before`` have ended. Polled:
-    the thread signals nothing we can await, and this runs only when a store failed to open."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + _DRIVER_THREAD_S
-    for thread in _sqlite_threads() - before:
-        # a join in an executor thread would outlive a cancelled caller; short sleeps do not
-        while thread.is_alive() and loop.time() < deadline:  # noqa: ASYNC110 - a thread signals nothing awaitable
-            await asyncio.sleep(_DRIVER_THREAD_POLL_S)
 
 
 # SQLAlchemy marks aiosqlite's connection thread a daemon, but before 2.0.46 only where the Connection is that thread
@@ -1108,13 +1053,13 @@ class SQLStream(FieldUpdates):
             if self._close_once.closing:
                 raise StreamClosedError("SQLStream is closed")
             if self._create:
-                threads = set() if self._pg else _sqlite_threads()
+                threads = set() if self._pg else sqlite_threads()
                 try:
                     async with self._write_lock if self._write_lock is not None else contextlib.nullcontext():
                         await migrate_with(self.engine)
                 except Exception:
-                    if not self._pg:  # (see _DRIVER_THREAD_S: a loop closed right after printed the thread's error)
-                        await _driver_threads_ended(threads)
+                    if not self._pg:  # (iii_streams.sqlite_threads)
+                        await driver_threads_ended(threads)
                     raise
             self._ready = True
 
@@ -1142,7 +1087,7 @@ class SQLStream(FieldUpdates):
                 sqlite+aiosqlite:////no/such/dir/s.db)
         """
         limit = self._limit(timeout)
-        threads = set() if self._pg else _sqlite_threads()
+        threads = set() if self._pg else sqlite_threads()
         bound = asyncio.timeout(limit)
         try:
             async with bound:
@@ -1165,7 +1110,7 @@ class SQLStream(FieldUpdates):
             # any other TimeoutError is not this bound's: the driver's own (asyncpg's connect timeout, with no
             # message) or the wait for this process's other migration, which names itself
             if not self._pg:
-                await _driver_threads_ended(threads)
+                await driver_threads_ended(threads)
             kind = type(self._wrap_error(exc, "") or StreamBackendError())
             if kind is StreamTimeoutError:  # SQLite locked by another writer all along; a driver's own timeout
                 kind = StreamUnavailableError

@@ -19,7 +19,7 @@ from typing import Any
 import aiosqlite.core
 import pytest
 
-from iii_streams import cli, sql
+from iii_streams import cli, sqlite_threads
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -38,7 +38,7 @@ STOP_HELD_S = 0.3
 _HELD_CLI = f"""
 import queue, sys, threading, time
 import aiosqlite.core
-from iii_streams import sql
+from iii_streams import sqlite_threads
 class Joined(threading.Thread):
     daemon = property(lambda self: False, lambda self, value: None)
 aiosqlite.core.Thread = Joined
@@ -50,7 +50,7 @@ class HeldStop(queue.SimpleQueue):
             time.sleep({STOP_HELD_S})
         return item
 aiosqlite.core.SimpleQueue = HeldStop
-sql._DRIVER_THREAD_S = 20.0  # the hold, not a loaded machine, is what this run tests
+sqlite_threads.DRIVER_THREAD_S = 20.0  # the hold, not a loaded machine, is what this run tests
 from iii_streams.__main__ import main
 sys.argv = ["iii-streams", *sys.argv[1:]]
 raise SystemExit(main())
@@ -74,7 +74,7 @@ class _HeldStop(queue.SimpleQueue[Any]):
 def held_stops(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[_HeldStop]]:
     monkeypatch.setattr(_HeldStop, "held", 0)
     monkeypatch.setattr(aiosqlite.core, "SimpleQueue", _HeldStop)
-    monkeypatch.setattr(sql, "_DRIVER_THREAD_S", 20.0)  # the hold, not a loaded machine, is what is tested
+    monkeypatch.setattr(sqlite_threads, "DRIVER_THREAD_S", 20.0)  # the hold, not a loaded machine, is what is tested
     yield _HeldStop
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
-import iii_streams.sql as sql
+import iii_streams.sqlite_threads as threads
 from iii_streams.errors import StreamUnavailableError
 from iii_streams.sql import SQLStream
 
@@ -19,18 +19,18 @@ pytestmark = pytest.mark.timeout(30)
 
 
 async def test_this_aiosqlite_has_the_thread_the_probe_looks_for() -> None:
-    assert sql.SQLITE_THREAD_MISSING == ()  # an upgrade that renames it fails here
-    before = sql._sqlite_threads()
+    assert threads.SQLITE_THREAD_MISSING == ()  # an upgrade that renames it fails here
+    before = threads.sqlite_threads()
     async with aiosqlite.connect(":memory:"):
-        assert len(sql._sqlite_threads() - before) == 1
+        assert len(threads.sqlite_threads() - before) == 1
 
 
 async def test_without_it_no_thread_is_found_and_a_failed_open_does_not_wait(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(sql, "SQLITE_THREAD_MISSING", ("aiosqlite.core._connection_worker_thread",))
+    monkeypatch.setattr(threads, "SQLITE_THREAD_MISSING", ("aiosqlite.core._connection_worker_thread",))
     async with aiosqlite.connect(":memory:"):
-        assert sql._sqlite_threads() == set()
-    monkeypatch.setattr(sql, "_DRIVER_THREAD_S", 20.0)  # a wait, if any, would show
+        assert threads.sqlite_threads() == set()
+    monkeypatch.setattr(threads, "DRIVER_THREAD_S", 20.0)  # a wait, if any, would show
     began = time.monotonic()
     async with SQLStream.from_url(f"sqlite+aiosqlite:///{tmp_path / 'no' / 's.db'}") as store:
         with pytest.raises(StreamUnavailableError):

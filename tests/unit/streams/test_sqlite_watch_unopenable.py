@@ -13,7 +13,8 @@ import pytest
 
 from iii.stream import StreamGetInput, StreamSetInput
 from iii_streams.errors import StreamUnavailableError
-from iii_streams.sql import SQLStream, _sqlite_threads
+from iii_streams.sql import SQLStream
+from iii_streams.sqlite_threads import sqlite_threads
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -39,14 +40,14 @@ async def test_a_watch_on_a_file_in_a_missing_directory_fails_like_get_and_set(t
 async def test_a_first_operation_that_cannot_open_leaves_no_driver_thread(tmp_path: Path, operation: str) -> None:
     """Before: the driver's thread was still answering on the caller's loop, and printed "Event loop is closed" when
     the program closed it right after (as prepare() already waited for)."""
-    before = _sqlite_threads()
+    before = sqlite_threads()
     async with SQLStream.from_url(f"sqlite+aiosqlite:///{tmp_path / 'missing' / 's.db'}") as store:
         with pytest.raises(StreamUnavailableError):
             if operation == "watch":
                 await store.watch().open()
             else:
                 await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data=1))
-        assert _sqlite_threads() - before == set()
+        assert sqlite_threads() - before == set()
 
 
 async def test_a_watch_on_a_new_file_opens_and_sees_the_writes(tmp_path: Path) -> None:
