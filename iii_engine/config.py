@@ -10,11 +10,13 @@ mapping with what it merges). Every pair a merge reads counts against :data:`MAX
 Our keys (all optional): ``host``, ``invocation_timeout_ms`` (docs/protocol.md#engine-improvements E7),
 ``max_message_size`` (control
 socket, default 4 MiB), ``max_outbox_bytes`` (unread bytes per worker, default 16 MiB), ``max_workers``
-(connected workers, default 10,000), ``max_registrations_per_worker`` (functions, trigger types and triggers one
-worker holds, default 100,000), ``max_services`` (services kept, default 100,000), ``max_fired_calls``
-(trigger-fired calls in flight engine-wide, default 10,000), ``fire_wait_timeout_ms`` (how long a producer
-that is itself a call waits for room among them, default 10,000), ``max_fired_bytes`` (payload bytes those calls
-hold, default 256 MiB), ``max_calls_per_worker`` (calls one worker has in flight through the engine, default
+(connected workers, default 10,000), ``max_handshakes`` (connections to the engine's port that have not sent their
+whole upgrade request, counted from their accept; with that many the port stops accepting until one sends it or
+closes; default a quarter of the open-file limit, at most 1,024), ``max_registrations_per_worker`` (functions,
+trigger types and triggers one worker holds, default 100,000), ``max_services`` (services kept, default 100,000),
+``max_fired_calls`` (trigger-fired calls in flight engine-wide, default 10,000), ``fire_wait_timeout_ms`` (how long a
+producer that is itself a call waits for room among them, default 10,000), ``max_fired_bytes`` (payload bytes those
+calls hold, default 256 MiB), ``max_calls_per_worker`` (calls one worker has in flight through the engine, default
 10,000), ``max_call_bytes_per_worker`` (bytes one worker's calls and the fired calls they set off hold, default
 64 MiB),
 ``functions_available_debounce_ms`` (E8), ``allow_degraded`` (start even when a configured module cannot; see
@@ -176,6 +178,7 @@ class EngineConfig(Settings):
     max_outbox_bytes: int = Field(DEFAULT_MAX_OUTBOX_BYTES, ge=1)
     #: count bounds (see :mod:`iii_engine.limits`): connected workers, what one worker may register, services kept
     max_workers: int = Field(DEFAULT_MAX_WORKERS, ge=1)
+    max_handshakes: int | None = Field(None, ge=1)
     max_registrations_per_worker: int = Field(DEFAULT_MAX_REGISTRATIONS_PER_WORKER, ge=1)
     max_services: int = Field(DEFAULT_MAX_SERVICES, ge=1)
     #: trigger-fired calls in flight engine-wide, and how long a producer that can wait does (see

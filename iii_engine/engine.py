@@ -294,7 +294,8 @@ class Engine:
                                      production_mode=settings.production_mode)
         self._listener = Listener(self.config.host, self.config.port,
                                   max_message_size=self.config.max_message_size,
-                                  relay=self.channels, control=self._serve_worker)
+                                  relay=self.channels, control=self._serve_worker,
+                                  max_handshakes=self.config.max_handshakes)
         self._function_listeners: list[Callable[[], None]] = []
         self._telemetry_listeners: list[TelemetryListener] = []
         # One lane for parsing big control frames: a parse holds the interpreter for tens of milliseconds, so

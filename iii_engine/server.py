@@ -18,7 +18,7 @@ import logging
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Any, ClassVar, Final, cast
 from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -31,9 +31,11 @@ from iii.connection import MAX_MESSAGE_SIZE_HEADER
 from iii.loss_log import LossLog
 from iii.ws_fastpath import bound_frame_queue, enable_fast_receive, reset, server_factory, set_max_message_size
 
+from .accept_gate import AcceptGate
 from .allocator import MMAP_THRESHOLD_BYTES
 from .channels import CHANNEL_SOCKET_QUEUE, SOCKET_QUEUE_BYTES, ChannelRelay
 from .closing import CLOSE_TIMEOUT_S, close_within
+from .fd_limits import open_files_share
 from .limits import SKIP_LOG_INTERVAL_S
 
 log = logging.getLogger(__name__)
@@ -150,19 +152,66 @@ _websockets_log = logging.getLogger(f"{__name__}.websockets")
 _websockets_log.addFilter(_NotUpgraded())
 
 
+MAX_HANDSHAKES_AT_MOST: Final = 1024
+"""``max_handshakes`` by default: a quarter of the open-file limit, at most this many
+(:func:`default_max_handshakes`)."""
+
+
+def default_max_handshakes() -> int:
+    """The default ``max_handshakes``: a quarter of the process's open-file limit, at most
+    :data:`MAX_HANDSHAKES_AT_MOST`.
+
+    Example:
+        >>> 1 <= default_max_handshakes() <= MAX_HANDSHAKES_AT_MOST
+        True
+    """
+    return open_files_share(4, at_most=MAX_HANDSHAKES_AT_MOST)
+
+
+class _Accepted(ServerConnection):
+    """A connection to the engine's port whose listener counts it until its upgrade request comes or it closes;
+    each listener makes a subclass naming itself ``listener`` (of the fast connection class when there is one)."""
+
+    listener: ClassVar[Listener]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.listener._handshake_over(self)
+
+
 class Listener:
-    """Owns the websockets server; hands accepted connections to the control or channel handler."""
+    """Owns the websockets server; hands accepted connections to the control or channel handler.
+
+    Connections that have not sent their whole upgrade request are counted from their accept: with
+    ``max_handshakes`` of them, the port stops accepting until one sends its request or closes (websockets closes a
+    silent one after its 10 s ``open_timeout``). Meanwhile new connections wait in the kernel's listen queue, which
+    holds none of the engine's descriptors, and none is closed: a burst from one busy process (the kernel completes
+    every connect before that process writes any request) only waits. Before, each silent connection held a
+    descriptor however many came, and a flood of them took every descriptor the engine had (``accept()`` failed with
+    EMFILE; no store or file could be opened). On up to one accept batch more (the listen backlog, at most
+    ``max_handshakes``) asyncio accepts before the pause takes effect. Where the event loop cannot pause accepting
+    (:mod:`iii_engine.accept_gate`: uvloop, Windows), the port accepts as before, said in one line at start.
+    """
 
     def __init__(self, host: str, port: int, *, max_message_size: int, relay: ChannelRelay,
-                 control: Callable[[ServerConnection], Awaitable[None]]) -> None:
+                 control: Callable[[ServerConnection], Awaitable[None]], max_handshakes: int | None = None) -> None:
         self.host = host
         self.requested_port = port
         self.max_message_size = max_message_size
         self.relay = relay
+        self.max_handshakes = default_max_handshakes() if max_handshakes is None else max_handshakes
         self._control = control
         self._server: Server | None = None
         self._bound = BoundPort("the listener")
-        self._connection_class = server_factory() or ServerConnection
+        base = server_factory() or ServerConnection
+        self._connection_class: type[ServerConnection] = type("Accepted", (_Accepted, base), {"listener": self})
+        # accepted, their upgrade request not come yet (counted from the protocol's creation, the loop turn after
+        # the accept: a pause then cancels an accept batch already due in the same turn)
+        self._handshaking: set[ServerConnection] = set()
+        self._gate: AcceptGate | None = None
+        #: how many times the port stopped accepting with every ``max_handshakes`` place taken
+        self.accept_pauses = 0
+        self._pause_log = LossLog(self._log_paused, SKIP_LOG_INTERVAL_S)
         # Every connection from its accept on, opening handshakes included: websockets' ``connections`` holds only
         # OPEN ones, and the stop must reach a peer stalled in its upgrade request too (weak: the transport and the
         # handler task keep a live one).
@@ -197,16 +246,49 @@ class Listener:
             process_request=self._process_request,
             process_response=self._process_response,
             logger=_websockets_log,
+            # connections beyond the places wait here, in the kernel, while the port is paused; asyncio also accepts
+            # up to this many in one go, the most a pause can lag behind
+            backlog=min(self.max_handshakes, MAX_HANDSHAKES_AT_MOST),
         )
+        # websockets' Server wraps asyncio's in ``server`` (the gate checks what it gets)
+        self._gate = AcceptGate(getattr(self._server, "server", None))
+        if not self._gate.available:
+            log.info("the engine's port cannot pause accepting (%s): connections without an upgrade request are "
+                     "bounded by websockets' 10 s handshake timeout only, not by max_handshakes",
+                     self._gate.unavailable_reason)
         self._bound.take(self._server)  # the engine's url and port still name it during and after the stop
 
     def _connection(self, *args: Any, **kwargs: Any) -> ServerConnection:
         connection = self._connection_class(*args, **kwargs)
         self._connections.add(connection)
+        self._handshake_began(connection)
         connection.count_not_upgraded = self._not_upgraded  # type: ignore[attr-defined]  # (_NotUpgraded)
         if self._closes is not None:  # accepted as the port was closing
             self._close(connection)
         return connection
+
+    def _handshake_began(self, connection: ServerConnection) -> None:
+        self._handshaking.add(connection)
+        gate = self._gate
+        if len(self._handshaking) < self.max_handshakes or gate is None or gate.paused or self._closes is not None:
+            return
+        if gate.pause():
+            self.accept_pauses += 1
+            self._pause_log.lost("paused", f"{len(self._handshaking)} connections without their whole request")
+
+    def _handshake_over(self, connection: ServerConnection) -> None:
+        """``connection`` sent its upgrade request or closed: its place is free."""
+        self._handshaking.discard(connection)
+        gate = self._gate
+        if gate is not None and gate.paused and len(self._handshaking) < self.max_handshakes and self._closes is None:
+            gate.resume()
+
+    def _log_paused(self, counts: Mapping[str, int], latest: str | None) -> None:
+        latest_text = f"; latest: {latest}" if latest is not None else ""
+        log.warning("the engine's port stopped accepting %d time(s) since the last warning, %d in all: max_handshakes "
+                    "(%d) connections had not sent their whole upgrade request; new connections wait in the listen "
+                    "queue until one sends it or times out%s", counts["paused"], self.accept_pauses,
+                    self.max_handshakes, latest_text)
 
     def _not_upgraded(self, connection: Any, response: Response | None) -> None:
         """A connection closed without becoming a WebSocket: counted, the first at once and then one line per
@@ -244,6 +326,7 @@ class Listener:
             reset(connection)
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        self._handshake_over(connection)
         route = route_request(request.path)
         if route is None:
             set_max_message_size(connection, self.max_message_size)
@@ -317,5 +400,6 @@ class Listener:
             while self._closes:  # one accepted as the port closed is added by _connection, one let in by _handle
                 await asyncio.wait(list(self._closes.values()))
             await self._server.wait_closed()
-        finally:  # a stop cut short (Ctrl-C, an outer bound) still writes the count not logged yet
+        finally:  # a stop cut short (Ctrl-C, an outer bound) still writes the counts not logged yet
             self._not_upgraded_log.flush(None)
+            self._pause_log.flush(None)
