@@ -44,39 +44,54 @@ def _frame(masked: bool, opcode: int, payload: bytes, key: bytes, fin: bool = Tr
 
 class _Reads:
     """Feeds a stream to a :class:`FrameReader` as the buffered transport would: ``sizes`` are what the "kernel"
-    hands over per read (cycled), bounded by ``receive_buffer`` / ``read_limit``."""
+    hands over per read (cycled), bounded by ``receive_buffer`` / ``read_limit``, and no read crosses ``stop_at``
+    (one ends there exactly, however the reader bounds the reads before it). ``ends`` lists where reads ended."""
 
-    def __init__(self, reader: FrameReader, sizes: list[int]) -> None:
+    def __init__(self, reader: FrameReader, sizes: list[int], stop_at: int = 0,
+                 receive: bytearray | None = None) -> None:
         self.reader = reader
         self.sizes = sizes
-        self.receive = bytearray(1 << 20)
+        self.stop_at = stop_at
+        # A caller running many cases passes one buffer: a fresh MiB per case cost more than the reader's work.
+        self.receive = bytearray(1 << 20) if receive is None else receive
+        self.ends: list[int] = []
 
     def run(self, stream: bytes) -> tuple[Messages, list[bytes], bytes | None]:
         messages: Messages = []
         control: list[bytes] = []
         rest: bytes | None = None
         at = turn = 0
+        # Views, not slices: copying the stream for every read was most of this harness's time.
+        source = memoryview(stream)
         while at < len(stream) and rest is None:
             most = min(self.sizes[turn % len(self.sizes)], len(stream) - at)
+            if at < self.stop_at:
+                most = min(most, self.stop_at - at)
             turn += 1
             direct = self.reader.receive_buffer()
             if direct is not None:
                 size = min(len(direct), most)
-                direct[:size] = stream[at : at + size]
+                direct[:size] = source[at : at + size]
                 del direct
                 got, ctl, rest = self.reader.received(size)
             else:
                 limit = self.reader.read_limit()
                 size = min(limit or len(self.receive), most)
-                self.receive[:size] = stream[at : at + size]
+                self.receive[:size] = source[at : at + size]
                 got, ctl, rest = self.reader.feed(memoryview(self.receive)[:size])
-                self.receive[:size] = bytes([turn % 251]) * size  # the next read overwrites it
+                # The next read overwrites it; the two fills alternate, so a view kept from the previous read
+                # shows neither its bytes nor this read's.
+                self.receive[:size] = _SCRIBBLE[turn % 2][:size]
             at += size
+            self.ends.append(at)
             messages += got
             control += ctl
         if rest is not None:
             rest += stream[at:]
         return messages, control, rest
+
+
+_SCRIBBLE = (memoryview(b"\xa5" * (2 << 20)), memoryview(b"\x5a" * (2 << 20)))
 
 
 _SIZES = [0, 1, 2, 125, 126, 127, 65535, 65536, 65537, FLUSH_BYTES - 1, FLUSH_BYTES, FLUSH_BYTES + 1,
@@ -185,10 +200,15 @@ def test_frames_split_at_every_offset_near_each_boundary(masked: bool) -> None:
     for frame in frames:
         bounds.append(bounds[-1] + len(frame))
     offsets = sorted({o for b in bounds for o in range(max(1, b - 15), min(len(stream), b + 15))})
+    receive = bytearray(1 << 20)
     for first in offsets:
         for second in (1, 13, 14, 15, 1 << 20):
-            got = _Reads(FrameReader(masked=masked), [first, second, 1 << 20]).run(stream)
+            # stop_at: past the first MiB a read of ``first`` bytes was cut to the receive buffer's size, so the
+            # offsets near the later boundaries all made one same split nowhere near them.
+            reads = _Reads(FrameReader(masked=masked), [first, second, 1 << 20], stop_at=first, receive=receive)
+            got = reads.run(stream)
             assert [p for _, p in got[0]] == payloads and got[2] is None, (first, second)
+            assert first in reads.ends, (first, second, reads.ends[:8])
 
 
 def test_every_mask_byte_value_unmasks() -> None:
