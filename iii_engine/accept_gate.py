@@ -70,14 +70,14 @@ class AcceptGate:
 
     def pause(self) -> bool:
         """Stop accepting; whether accepts are paused now (``False`` where the gate is unavailable or the server is
-        not serving). Connections already accepted are not touched."""
-        if self._paused:
-            return True
+        not serving). Connections already accepted are not touched. Call it again whenever a connection comes in
+        while paused: asyncio itself adds the accept handler back a second after an accept failed for want of
+        descriptors (EMFILE), paused or not, and a call takes it away again."""
         if not self.available or not self._server.is_serving():
-            return False
+            return self._paused
         loop = self._server.get_loop()
         removed = [loop.remove_reader(sock.fileno()) for sock in self._server.sockets]
-        self._paused = any(removed)
+        self._paused = self._paused or any(removed)
         return self._paused
 
     def resume(self) -> None:

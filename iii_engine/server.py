@@ -188,8 +188,9 @@ class Listener:
     holds none of the engine's descriptors, and none is closed: a burst from one busy process (the kernel completes
     every connect before that process writes any request) only waits. Before, each silent connection held a
     descriptor however many came, and a flood of them took every descriptor the engine had (``accept()`` failed with
-    EMFILE; no store or file could be opened). On up to one accept batch more (the listen backlog, at most
-    ``max_handshakes``) asyncio accepts before the pause takes effect. Where the event loop cannot pause accepting
+    EMFILE; no store or file could be opened). Up to one accept batch more (asyncio's, 100, the listen backlog)
+    may come in before the pause takes effect; a backlog sized to the bound multiplied asyncio's failed accepts when
+    descriptors ran short. Where the event loop cannot pause accepting
     (:mod:`iii_engine.accept_gate`: uvloop, Windows), the port accepts as before, said in one line at start.
     """
 
@@ -246,9 +247,6 @@ class Listener:
             process_request=self._process_request,
             process_response=self._process_response,
             logger=_websockets_log,
-            # connections beyond the places wait here, in the kernel, while the port is paused; asyncio also accepts
-            # up to this many in one go, the most a pause can lag behind
-            backlog=min(self.max_handshakes, MAX_HANDSHAKES_AT_MOST),
         )
         # websockets' Server wraps asyncio's in ``server`` (the gate checks what it gets)
         self._gate = AcceptGate(getattr(self._server, "server", None))
@@ -270,9 +268,11 @@ class Listener:
     def _handshake_began(self, connection: ServerConnection) -> None:
         self._handshaking.add(connection)
         gate = self._gate
-        if len(self._handshaking) < self.max_handshakes or gate is None or gate.paused or self._closes is not None:
+        if len(self._handshaking) < self.max_handshakes or gate is None or self._closes is not None:
             return
-        if gate.pause():
+        # again while paused: a connection that came in then was let in by asyncio's own retry of a failed accept
+        was_paused = gate.paused
+        if gate.pause() and not was_paused:
             self.accept_pauses += 1
             self._pause_log.lost("paused", f"{len(self._handshaking)} connections without their whole request")
 

@@ -50,6 +50,34 @@ async def test_a_paused_server_accepts_nothing_until_resumed() -> None:
                 client.close()
 
 
+def _accept_handler_back(server: asyncio.Server) -> None:
+    """What asyncio does a second after an accept failed with EMFILE, paused or not: its accept handler is back."""
+    server._serving = False  # type: ignore[attr-defined]
+    server._start_serving()  # type: ignore[attr-defined]
+
+
+async def test_a_pause_again_takes_away_the_handler_asyncio_put_back() -> None:
+    accepted: asyncio.Queue[int] = asyncio.Queue()
+    async with await _server(accepted) as server:
+        gate = AcceptGate(server)
+        assert gate.pause()
+        _accept_handler_back(server)
+        port = server.sockets[0].getsockname()[1]
+        clients = [await asyncio.to_thread(socket.create_connection, ("127.0.0.1", port), 5)]
+        try:
+            await asyncio.wait_for(accepted.get(), 5)  # accepting again, though the gate still says paused
+            assert gate.paused
+            assert gate.pause()  # before: a no-op while it thought itself paused
+            clients.append(await asyncio.to_thread(socket.create_connection, ("127.0.0.1", port), 5))
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(accepted.get(), 0.5)
+            gate.resume()
+            await asyncio.wait_for(accepted.get(), 5)
+        finally:
+            for client in clients:
+                client.close()
+
+
 async def test_resume_after_the_server_closed_does_nothing() -> None:
     accepted: asyncio.Queue[int] = asyncio.Queue()
     server = await _server(accepted)
