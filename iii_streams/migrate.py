@@ -30,7 +30,7 @@ from .engine_bounds import run_then_dispose
 from .errors import check_timeout
 from .messages import mask_passwords
 from .schema import VERSION_TABLE
-from .sqlite_threads import driver_threads_ended, sqlite_threads
+from .sqlite_threads import wait_for_failed_connects
 
 __all__ = ["HEAD", "MIGRATE_TIMEOUT_S", "MIGRATIONS_DIR", "SQL_SCHEMES", "current_revision", "head_revision",
            "migrate", "normalize_url", "revision_of", "schema_behind", "upgrade", "upgrade_connection"]
@@ -359,6 +359,11 @@ class _Bounded:
         # sqlite3's own wait for a lock (a read's, here)
         connect_args: dict[str, Any] = {"timeout": self.busy_s} if self.sqlite else {}
         self.engine = create_async_engine(normalized, connect_args=connect_args)
+        if self.sqlite:
+            # a SQLite file that fails to open leaves aiosqlite's thread to answer on this loop later, and
+            # `iii-streams migrate` closed its loop first: the thread's "Event loop is closed" traceback followed the
+            # one-line error
+            wait_for_failed_connects(self.engine)
 
     def limit_session(self, connection: Connection) -> None:
         """PostgreSQL, a bound given: the server's own limits for the work's transaction, a second past the bound
@@ -369,14 +374,9 @@ class _Bounded:
         connection.execute(_SESSION_LIMITS, {"ms": ms})
 
     async def run(self, work: Coroutine[Any, Any, T]) -> T:
-        # a SQLite file that fails to open leaves aiosqlite's thread to answer on this loop later, and `iii-streams
-        # migrate` closed its loop first: the thread's "Event loop is closed" traceback followed the one-line error
-        threads = sqlite_threads() if self.sqlite else set()
         try:
             return await run_then_dispose(self.engine, work, None if self.sqlite else self.timeout, self.database)
         except Exception as exc:
-            if self.sqlite:
-                await driver_threads_ended(threads)
             if (self.sqlite and isinstance(exc, OperationalError)
                     and getattr(exc.orig, "sqlite_errorcode", None) in _SQLITE_WAITED):
                 raise TimeoutError(f"{self.database} gave no result within {self.busy_s:g} s") from None

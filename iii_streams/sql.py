@@ -146,7 +146,7 @@ from .known_texts import KnownTexts
 from .messages import error_line, mask_passwords
 from .migrate import SQLITE_BUSY_S, current_revision, head_revision, migrate_with, normalize_url, schema_behind
 from .schema import TABLE_NAME, group_key, item_key, items, stream_key
-from .sqlite_threads import driver_threads_ended, sqlite_threads
+from .sqlite_threads import wait_for_failed_connects
 
 __all__ = ["NOTIFY_CHANNEL", "SQLStream", "SchemaMissingError"]
 
@@ -992,6 +992,8 @@ class SQLStream(FieldUpdates):
         in_memory = not self._pg and (database in (None, "", ":memory:") or "mode=memory" in str(engine.url))
         if not self._pg:
             _install_sqlite_hooks(engine, file_backed=not in_memory)
+            # a caller's engine too: its failed connects are this store's errors, raised on the caller's loop
+            wait_for_failed_connects(engine)
         elif engine.dialect.driver == "asyncpg":
             _install_postgresql_hooks(engine)
         # SQLite: one writer at a time anyway; an in-memory database is a single shared connection, so reads
@@ -1053,14 +1055,8 @@ class SQLStream(FieldUpdates):
             if self._close_once.closing:
                 raise StreamClosedError("SQLStream is closed")
             if self._create:
-                threads = set() if self._pg else sqlite_threads()
-                try:
-                    async with self._write_lock if self._write_lock is not None else contextlib.nullcontext():
-                        await migrate_with(self.engine)
-                except Exception:
-                    if not self._pg:  # (iii_streams.sqlite_threads)
-                        await driver_threads_ended(threads)
-                    raise
+                async with self._write_lock if self._write_lock is not None else contextlib.nullcontext():
+                    await migrate_with(self.engine)
             self._ready = True
 
     async def prepare(self, *, timeout: float | None = None) -> None:
@@ -1087,7 +1083,6 @@ class SQLStream(FieldUpdates):
                 sqlite+aiosqlite:////no/such/dir/s.db)
         """
         limit = self._limit(timeout)
-        threads = set() if self._pg else sqlite_threads()
         bound = asyncio.timeout(limit)
         try:
             async with bound:
@@ -1109,8 +1104,6 @@ class SQLStream(FieldUpdates):
                     f"cannot open {self._database()}: no answer within {limit:g} s{suspect}") from exc
             # any other TimeoutError is not this bound's: the driver's own (asyncpg's connect timeout, with no
             # message) or the wait for this process's other migration, which names itself
-            if not self._pg:
-                await driver_threads_ended(threads)
             kind = type(self._wrap_error(exc, "") or StreamBackendError())
             if kind is StreamTimeoutError:  # SQLite locked by another writer all along; a driver's own timeout
                 kind = StreamUnavailableError

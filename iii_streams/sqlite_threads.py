@@ -2,9 +2,11 @@
 
 aiosqlite (0.22) stops the thread of a connection that failed to open by a message that thread answers on the
 caller's event loop later. A process that closed its loop first (``iii-engine`` exiting on that very failure,
-``iii-streams migrate`` on a file it cannot open) printed the thread's "RuntimeError: Event loop is closed" traceback
-after its one-line error. So a failed open notes the threads running before it (:func:`sqlite_threads`) and waits, at
-most :data:`DRIVER_THREAD_S`, for the ones started since to end (:func:`driver_threads_ended`).
+``iii-streams migrate`` on a file it cannot open, a program whose ``asyncio.run`` ends on a store's error) printed the
+thread's "RuntimeError: Event loop is closed" traceback after its one-line error. So each connect of an engine given
+to :func:`wait_for_failed_connects` notes the threads running before it (:func:`sqlite_threads`) and, when it fails,
+waits at most :data:`DRIVER_THREAD_S` for the ones started since to end (:func:`driver_threads_ended`) before its
+error goes on: every connect, whichever operation made it.
 
 The thread is found one of two ways, checked here (a test fails when an upgrade changes both): before 0.22 the public
 ``Connection`` is the thread; since 0.22 it starts a plain ``Thread``, known only by its name, which ``Thread`` takes
@@ -24,7 +26,13 @@ import sys
 import threading
 from typing import Any, Final
 
-__all__ = ["DRIVER_THREAD_S", "SQLITE_THREAD_MISSING", "driver_threads_ended", "sqlite_threads"]
+from sqlalchemy import event
+from sqlalchemy.exc import MissingGreenlet
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.util import await_only
+
+__all__ = ["DRIVER_THREAD_S", "SQLITE_THREAD_MISSING", "driver_threads_ended", "sqlite_threads",
+           "wait_for_failed_connects"]
 
 DRIVER_THREAD_S = 1.0
 """How long a failed open waits at most for aiosqlite's threads started since it began."""
@@ -77,3 +85,51 @@ async def driver_threads_ended(before: set[threading.Thread]) -> None:
         # a join in an executor thread would outlive a cancelled caller; short sleeps do not
         while thread.is_alive() and loop.time() < deadline:  # noqa: ASYNC110 - a thread signals nothing awaitable
             await asyncio.sleep(_DRIVER_THREAD_POLL_S)
+
+
+def _connect_or_wait(dialect: Any, record: Any, cargs: list[Any], cparams: dict[str, Any]) -> Any:
+    """``do_connect``: the connection, made here (by the ``do_connect`` listeners added after this one, as SQLAlchemy
+    would have, else by the dialect); a connect that fails waits for the driver's threads it started."""
+    before = sqlite_threads()
+    try:
+        # SQLAlchemy calls the listeners in order and stops at the first that returns a connection: this one, so the
+        # ones after it would never run. It runs them itself (listeners are kept as given: checked at our floor too)
+        listeners = list(dialect.dispatch.do_connect)
+        later = listeners[listeners.index(_connect_or_wait) + 1:] if _connect_or_wait in listeners else []
+        for listener in later:
+            connection = listener(dialect, record, cargs, cparams)
+            if connection is not None:
+                return connection
+        return dialect.connect(*cargs, **cparams)
+    except Exception:
+        ended = driver_threads_ended(before)
+        try:
+            # the listener runs in SQLAlchemy's greenlet of the caller's task: this suspends that task, not the loop
+            await_only(ended)
+        except MissingGreenlet:  # a connect outside an AsyncEngine's greenlet: nothing to suspend, no wait
+            ended.close()
+        raise
+
+
+def wait_for_failed_connects(engine: AsyncEngine) -> None:
+    """Make each failed connect of ``engine`` (SQLite through aiosqlite) wait for the driver's thread of that
+    connection to end before its error goes on. Idempotent; ``do_connect`` listeners added to ``engine`` before or
+    after still run in their order.
+
+    Example:
+        >>> from sqlalchemy.ext.asyncio import create_async_engine
+        >>> engine = create_async_engine("sqlite+aiosqlite:///no/such/dir/s.db")
+        >>> wait_for_failed_connects(engine)
+        >>> async def first_connect() -> None:
+        ...     try:
+        ...         async with engine.connect():
+        ...             pass
+        ...     except Exception as exc:
+        ...         print(exc.orig)
+        ...     finally:
+        ...         await engine.dispose()
+        >>> asyncio.run(first_connect())  # and no thread is left to answer on the closed loop
+        unable to open database file
+    """
+    if not event.contains(engine.sync_engine, "do_connect", _connect_or_wait):
+        event.listen(engine.sync_engine, "do_connect", _connect_or_wait)

@@ -7,19 +7,15 @@ closes (it answered on the closed loop later, in about 1 run of 10 here and 9 of
 from __future__ import annotations
 
 import os
-import queue
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import aiosqlite.core
 import pytest
 
-from iii_streams import cli, sqlite_threads
+from iii_streams import cli
+from tests.unit.streams.held_stop import CHILD_PRELUDE, HeldStop, hold_stops
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -27,55 +23,16 @@ URL = "sqlite+aiosqlite:///nodir/x.db"
 LINE = ("iii-streams: cannot migrate sqlite+aiosqlite:///nodir/x.db: unable to open database file "
         "(directory nodir does not exist; a relative path: use four slashes for an absolute one, "
         "sqlite+aiosqlite:////nodir/x.db)")
-# How long the driver's thread is held before it takes the stop message a failed open sends it: far longer than the
-# command takes from that failure to its loop's close, so the race that lost 1 run in 10 is lost every time
-STOP_HELD_S = 0.3
-
-# The same hold in a child process (the real console script's stderr). There the thread must also outlive main():
-# SQLAlchemy makes it a daemon, which the interpreter's exit would freeze, held, before it answers; made an ordinary
-# thread, the exit joins it and it answers, as an unheld one that lost the race did. It says on stdout that it held a
-# stop, so a driver whose internals changed (the hold no longer reached) fails the test instead of passing it unheld.
-_HELD_CLI = f"""
-import queue, sys, threading, time
-import aiosqlite.core
-from iii_streams import sqlite_threads
-class Joined(threading.Thread):
-    daemon = property(lambda self: False, lambda self, value: None)
-aiosqlite.core.Thread = Joined
-class HeldStop(queue.SimpleQueue):
-    def get(self, *args, **kwargs):
-        item = super().get(*args, **kwargs)
-        if getattr(item[1], "__name__", "") == "close_and_stop":
-            print("stop held", flush=True)
-            time.sleep({STOP_HELD_S})
-        return item
-aiosqlite.core.SimpleQueue = HeldStop
-sqlite_threads.DRIVER_THREAD_S = 20.0  # the hold, not a loaded machine, is what this run tests
+_HELD_CLI = CHILD_PRELUDE + """
 from iii_streams.__main__ import main
 sys.argv = ["iii-streams", *sys.argv[1:]]
 raise SystemExit(main())
 """
 
 
-class _HeldStop(queue.SimpleQueue[Any]):
-    """aiosqlite's queue to its thread, holding that thread ``STOP_HELD_S`` before the stop message."""
-
-    held = 0
-
-    def get(self, block: bool = True, timeout: float | None = None) -> Any:
-        item = super().get(block, timeout)
-        if getattr(item[1], "__name__", "") == "close_and_stop":
-            type(self).held += 1
-            time.sleep(STOP_HELD_S)  # widens the race in the driver's thread; the test itself waits on no timer
-        return item
-
-
 @pytest.fixture
-def held_stops(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[_HeldStop]]:
-    monkeypatch.setattr(_HeldStop, "held", 0)
-    monkeypatch.setattr(aiosqlite.core, "SimpleQueue", _HeldStop)
-    monkeypatch.setattr(sqlite_threads, "DRIVER_THREAD_S", 20.0)  # the hold, not a loaded machine, is what is tested
-    yield _HeldStop
+def held_stops(monkeypatch: pytest.MonkeyPatch) -> type[HeldStop]:
+    return hold_stops(monkeypatch)
 
 
 @pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
@@ -91,7 +48,7 @@ def test_a_missing_directory_is_named(tmp_path: Path, monkeypatch: pytest.Monkey
 @pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 @pytest.mark.parametrize("command", ["migrate", "current"])
 def test_the_failed_open_s_thread_ends_before_the_loop_closes(
-        command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held_stops: type[_HeldStop],
+        command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held_stops: type[HeldStop],
         capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(tmp_path)
     # `current` refuses a file that does not exist before connecting: a directory exists and still fails to open

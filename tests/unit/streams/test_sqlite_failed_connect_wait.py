@@ -1,0 +1,127 @@
+"""Every connect to SQLite that fails waits for aiosqlite's thread of that connection to end, whatever made it: one
+``do_connect`` listener on each engine (``iii_streams.sqlite_threads.wait_for_failed_connects``), not a snapshot
+around each path that may connect.
+
+Before: the first operation of a store opened with ``create=False`` (no migration, so none of the waits around
+``prepare`` and the migration) on a file it cannot open raised ``StreamUnavailableError`` and left the thread to answer
+on the loop ``asyncio.run`` had closed: "RuntimeError: Event loop is closed" in a traceback after the error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from iii.stream import StreamGetInput
+from iii_streams.errors import StreamUnavailableError
+from iii_streams.sql import SQLStream
+from iii_streams.sqlite_threads import wait_for_failed_connects
+from tests.unit.streams.held_stop import CHILD_PRELUDE, HeldStop, hold_stops
+
+pytestmark = pytest.mark.timeout(30)
+
+_GET = StreamGetInput(stream_name="s", group_id="g", item_id="i")
+
+_CHILD = CHILD_PRELUDE + """
+import asyncio
+from iii.stream import StreamGetInput
+from iii_streams.sql import SQLStream
+async def first_get() -> None:
+    async with SQLStream.from_url(sys.argv[1], create=False) as store:
+        await store.get(StreamGetInput(stream_name="s", group_id="g", item_id="i"))
+try:
+    asyncio.run(first_get())
+except Exception as exc:
+    print(type(exc).__name__, flush=True)
+"""
+
+
+@pytest.fixture
+def held_stops(monkeypatch: pytest.MonkeyPatch) -> type[HeldStop]:
+    return hold_stops(monkeypatch)
+
+
+def _left_after(run: Any) -> list[str]:
+    """Names of the threads ``run()`` started that are still alive when it returns (joined then, so that an error in
+    one is this test's)."""
+    before = set(threading.enumerate())
+    run()
+    left = [thread for thread in set(threading.enumerate()) - before if thread.is_alive()]
+    for thread in left:
+        thread.join(10)
+    return [thread.name for thread in left]
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_first_get_without_create_leaves_no_thread_past_asyncio_run(
+        tmp_path: Path, held_stops: type[HeldStop]) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'missing' / 'x.db'}"
+
+    async def first_get() -> None:
+        async with SQLStream.from_url(url, create=False) as store:
+            with pytest.raises(StreamUnavailableError):
+                await store.get(_GET)
+
+    assert _left_after(lambda: asyncio.run(first_get())) == [], "aiosqlite's thread outlived asyncio.run"
+    assert held_stops.held == 1
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_store_on_the_caller_s_engine_waits_too(tmp_path: Path, held_stops: type[HeldStop]) -> None:
+    """An engine the caller made (``SQLStream(engine)``) gets the listener too; a ``do_connect`` listener the caller
+    adds afterwards still runs (ours makes the connection through it)."""
+    seen: list[str] = []
+
+    async def first_get() -> None:
+        engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'missing' / 'x.db'}")
+        try:
+            async with SQLStream(engine, create=False) as store:
+                @event.listens_for(engine.sync_engine, "do_connect")
+                def _mine(_dialect: Any, _record: Any, cargs: list[Any], _cparams: dict[str, Any]) -> None:
+                    seen.append(str(cargs[0]))
+
+                with pytest.raises(StreamUnavailableError):
+                    await store.get(_GET)
+        finally:
+            await engine.dispose()
+
+    assert _left_after(lambda: asyncio.run(first_get())) == []
+    assert held_stops.held == 1
+    assert seen == [str(tmp_path / "missing" / "x.db")]
+
+
+async def test_a_listener_that_makes_the_connection_itself_is_left_to_do_so(tmp_path: Path) -> None:
+    """A caller's own ``do_connect`` listener, added before or after ours, may return the connection: it is used."""
+    good = f"sqlite+aiosqlite:///{tmp_path / 'good.db'}"
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'missing' / 'x.db'}")
+    made = create_async_engine(good).sync_engine.dialect
+    wait_for_failed_connects(engine)
+
+    @event.listens_for(engine.sync_engine, "do_connect")
+    def _elsewhere(_dialect: Any, _record: Any, _cargs: list[Any], _cparams: dict[str, Any]) -> Any:
+        return made.connect(str(tmp_path / "good.db"))
+
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.exec_driver_sql("select 1")).scalar() == 1
+    finally:
+        await engine.dispose()
+
+
+def test_the_program_s_stderr_holds_no_traceback(tmp_path: Path) -> None:
+    """The same first get in a program of its own, the driver's stop held: all it writes is the error's name."""
+    env = {**os.environ, "PYTHONWARNINGS": "default"}
+    url = f"sqlite+aiosqlite:///{tmp_path / 'missing' / 'x.db'}"
+    done = subprocess.run([sys.executable, "-c", _CHILD, url], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=25, check=False)
+    assert (done.returncode, done.stderr) == (0, ""), done.stderr
+    assert done.stdout == "stop held\nStreamUnavailableError\n"
