@@ -11,8 +11,13 @@ before that process writes any request, would look silent and be closed; that po
   whose request websockets has parsed (``request`` set) is never chosen, nor one whose bytes wait unread in the
   kernel (asyncio accepts up to 100 connections in one loop turn, before it reads any of them: the oldest of such a
   batch had its whole request there and was closed as silent);
-* :class:`CountedOut`: keeps websockets' INFO line per closed connection out of the log for the connections a
-  listener closed as accepted or for a newer one (each counted in the listener's own rate-limited warning).
+* :class:`QuietHandshakes` (installed by :func:`quiet_logger`) and :class:`NotUpgraded`: websockets logs a line or
+  two per connection (an attack's flood of TLS handshakes wrote 4,137 lines in 20 s). For a connection that never
+  became a WebSocket (silent until websockets' handshake timeout, bytes that are not HTTP, HTTP/1.0, an upgrade
+  answered 4xx/5xx) those lines are left out and counted, one INFO line per interval per listener naming the latest
+  (:class:`NotUpgraded`, which the connection names in its ``not_upgraded`` attribute); for one the listener closed
+  itself as accepted or for a newer one (``counted_out``), left out uncounted (its listener's own warning counts it).
+  Upgraded connections keep websockets' lines.
 
 Example:
     >>> silent: Silent[object] = Silent()
@@ -24,11 +29,13 @@ from __future__ import annotations
 
 import array
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from itertools import islice
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
-__all__ = ["LOOK_AT_MOST", "CountedOut", "Silent", "has_unread_bytes", "quiet_logger"]
+from iii.loss_log import LossLog
+
+__all__ = ["LOOK_AT_MOST", "NotUpgraded", "QuietHandshakes", "Silent", "has_unread_bytes", "quiet_logger"]
 
 LOOK_AT_MOST = 64
 """Silent connections :meth:`Silent.pick` looks at, oldest first, for one to close: those passed over have spoken
@@ -101,31 +108,93 @@ class Silent(Generic[_C]):
         return None
 
 
-class CountedOut(logging.Filter):
-    """Leaves out websockets' per-connection lines ("connection closed") of connections marked ``counted_out``:
-    closed as accepted or for a newer one, each is counted in the listener's own warning, a line per interval (a
-    flood of connections that said nothing wrote one INFO line each, 10,000 for 10,000). websockets puts the
-    connection in each record's ``websocket`` attribute.
+_NOT_UPGRADED_LINES: Final = frozenset({"connection closed", "connection rejected (%d %s)",
+                                        "HTTP response sent (%d %s)"})
+
+
+class NotUpgraded:
+    """A listener's connections closed without becoming a WebSocket, counted: the first logged at once, then one INFO
+    line per ``interval`` seconds (``where`` names the listener in it).
 
     Example:
-        >>> record = logging.makeLogRecord({"msg": "connection closed"})
-        >>> CountedOut().filter(record)
+        >>> import asyncio
+        >>> async def demo() -> int:
+        ...     counted = NotUpgraded(logging.getLogger("example"), "the example port", 10.0)
+        ...     counted.closed("('127.0.0.1', 5000)", None)
+        ...     counted.flush()
+        ...     return counted.count
+        >>> asyncio.run(demo())
+        1
+    """
+
+    def __init__(self, logger: logging.Logger, where: str, interval: float) -> None:
+        self._logger = logger
+        self._where = where
+        #: connections closed without a WebSocket upgrade whose websockets lines were left out, since start
+        self.count = 0
+        self._log = LossLog(self._write, interval)
+
+    def closed(self, peer: object, response: Any) -> None:
+        """A connection from ``peer`` closed without an upgrade (``response``: websockets' answer to it, if any)."""
+        self.count += 1
+        answer = "no upgrade request" if response is None else f"answered {response.status_code}"
+        self._log.lost("closed", f"{peer} ({answer})")
+
+    def flush(self) -> None:
+        """Log the count not logged yet (at the listener's stop)."""
+        self._log.flush(None)
+
+    def _write(self, counts: Mapping[str, int], latest: str | None) -> None:
+        latest_text = f"; latest: {latest}" if latest is not None else ""
+        self._logger.info("%d connection(s) to %s closed without a WebSocket upgrade since the last line (no upgrade "
+                          "request, not HTTP, or refused), %d in all%s", counts["closed"], self._where, self.count,
+                          latest_text)
+
+
+class QuietHandshakes(logging.Filter):
+    """Leaves websockets' per-connection lines out of the log for connections that never became a WebSocket: counted
+    in the connection's ``not_upgraded`` (:class:`NotUpgraded`) when it has one, not counted when it is marked
+    ``counted_out`` (its listener's own warning counts it). websockets puts the connection, a weak proxy, in each
+    record's ``websocket`` attribute.
+
+    Example:
+        >>> record = logging.makeLogRecord({"msg": "connection closed", "levelno": logging.INFO})
+        >>> QuietHandshakes().filter(record)  # no connection to look at: as websockets wrote it
         True
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not getattr(getattr(record, "websocket", None), "counted_out", False)
+        conn = getattr(record, "websocket", None)
+        if conn is None:
+            return True
+        try:
+            if getattr(conn, "counted_out", False):
+                return False
+            if (record.levelno != logging.INFO or not isinstance(record.msg, str)
+                    or record.msg not in _NOT_UPGRADED_LINES):
+                return True
+            response = getattr(conn, "response", None)
+            if response is not None and response.status_code == 101:
+                return True
+            # once per connection, after its answer (if any)
+            counted = getattr(conn, "not_upgraded", None) if record.msg == "connection closed" else None
+            peer = getattr(conn, "remote_address", None) if counted is not None else None
+        except ReferenceError:  # the connection is gone already: its line as websockets wrote it
+            return True
+        if counted is not None:
+            counted.closed(peer, response)
+        return False
 
 
 def quiet_logger(name: str) -> logging.Logger:
-    """The logger ``name`` for a listener's websockets server, with :class:`CountedOut` on it (once).
+    """The logger ``name`` for a listener's websockets server, with :class:`QuietHandshakes` on it (once).
 
     Example:
         >>> quiet_logger("example.websockets") is quiet_logger("example.websockets")
         True
     """
     logger = logging.getLogger(name)
-    if not any(isinstance(f, CountedOut) for f in logger.filters):
-        logger.addFilter(CountedOut())
+    if not any(isinstance(f, QuietHandshakes) for f in logger.filters):
+        logger.addFilter(QuietHandshakes())
     return logger
 

@@ -36,6 +36,7 @@ from .allocator import MMAP_THRESHOLD_BYTES
 from .channels import CHANNEL_SOCKET_QUEUE, SOCKET_QUEUE_BYTES, ChannelRelay
 from .closing import CLOSE_TIMEOUT_S, close_within
 from .fd_limits import open_files_share
+from .handshakes import NotUpgraded, quiet_logger
 from .limits import SKIP_LOG_INTERVAL_S
 
 log = logging.getLogger(__name__)
@@ -119,39 +120,6 @@ class BoundPort:
         return self._port
 
 
-_NOT_UPGRADED_LINES: Final = frozenset({"connection closed", "connection rejected (%d %s)",
-                                        "HTTP response sent (%d %s)"})
-
-
-class _NotUpgraded(logging.Filter):
-    """Counts, instead of logging a line each, websockets' INFO lines of connections to the engine's port that never
-    became a WebSocket (silent until websockets' handshake timeout, TLS or other bytes that are not HTTP, HTTP/1.0, an
-    upgrade answered 4xx/5xx): their listener logs how many per interval, naming the latest. A flood of them wrote a
-    line or two each ("connection closed" 4,137 times in 20 s for TLS ClientHellos). Upgraded connections keep
-    websockets' lines; the engine logs its workers itself."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno != logging.INFO or not isinstance(record.msg, str) or record.msg not in _NOT_UPGRADED_LINES:
-            return True
-        # websockets hands a weak proxy of the connection, whose attributes (not its identity) reach the connection
-        conn = getattr(record, "websocket", None)
-        try:
-            response = getattr(conn, "response", None)
-            if response is not None and response.status_code == 101:
-                return True
-            # once per connection, after its answer (if any)
-            count = getattr(conn, "count_not_upgraded", None) if record.msg == "connection closed" else None
-        except ReferenceError:  # the connection is gone already: its line as websockets wrote it
-            return True
-        if count is not None:
-            count(conn, response)
-        return False
-
-
-_websockets_log = logging.getLogger(f"{__name__}.websockets")
-_websockets_log.addFilter(_NotUpgraded())
-
-
 MAX_HANDSHAKES_AT_MOST: Final = 1024
 """``max_handshakes`` by default: a quarter of the open-file limit, at most this many
 (:func:`default_max_handshakes`)."""
@@ -173,6 +141,8 @@ class _Accepted(ServerConnection):
     each listener makes a subclass naming itself ``listener`` (of the fast connection class when there is one)."""
 
     listener: ClassVar[Listener]
+    #: where its websockets lines go if it closes without an upgrade (iii_engine.handshakes.QuietHandshakes)
+    not_upgraded: ClassVar[NotUpgraded]
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
@@ -204,8 +174,12 @@ class Listener:
         self._control = control
         self._server: Server | None = None
         self._bound = BoundPort("the listener")
+        # connections closed without becoming a WebSocket (no request, not HTTP, refused): counted instead of
+        # websockets' lines about them, only while those INFO lines are made (they are what the count replaces)
+        self._not_upgraded = NotUpgraded(log, "the engine's port", SKIP_LOG_INTERVAL_S)
         base = server_factory() or ServerConnection
-        self._connection_class: type[ServerConnection] = type("Accepted", (_Accepted, base), {"listener": self})
+        self._connection_class: type[ServerConnection] = type(
+            "Accepted", (_Accepted, base), {"listener": self, "not_upgraded": self._not_upgraded})
         # accepted, their upgrade request not come yet (counted from the protocol's creation, the loop turn after
         # the accept: a pause then cancels an accept batch already due in the same turn)
         self._handshaking: set[ServerConnection] = set()
@@ -219,10 +193,6 @@ class Listener:
         self._connections: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
         # the stop's close of each connection, from close() on: every connection accepted then is closed too
         self._closes: dict[ServerConnection, asyncio.Task[None]] | None = None
-        # connections closed without becoming a WebSocket (no request, not HTTP, refused) whose websockets lines
-        # were left out: counted only while those INFO lines are on (they are what the count replaces)
-        self._not_upgraded_count = 0
-        self._not_upgraded_log = LossLog(self._log_not_upgraded, SKIP_LOG_INTERVAL_S)
 
     @property
     def port(self) -> int:
@@ -246,7 +216,7 @@ class Listener:
             ping_interval=None,  # production never pings workers; it only answers pings
             process_request=self._process_request,
             process_response=self._process_response,
-            logger=_websockets_log,
+            logger=quiet_logger(f"{__name__}.websockets"),
         )
         # websockets' Server wraps asyncio's in ``server`` (the gate checks what it gets)
         self._gate = AcceptGate(getattr(self._server, "server", None))
@@ -260,7 +230,6 @@ class Listener:
         connection = self._connection_class(*args, **kwargs)
         self._connections.add(connection)
         self._handshake_began(connection)
-        connection.count_not_upgraded = self._not_upgraded  # type: ignore[attr-defined]  # (_NotUpgraded)
         if self._closes is not None:  # accepted as the port was closing
             self._close(connection)
         return connection
@@ -289,19 +258,6 @@ class Listener:
                     "(%d) connections had not sent their whole upgrade request; new connections wait in the listen "
                     "queue until one sends it or times out%s", counts["paused"], self.accept_pauses,
                     self.max_handshakes, latest_text)
-
-    def _not_upgraded(self, connection: Any, response: Response | None) -> None:
-        """A connection closed without becoming a WebSocket: counted, the first at once and then one line per
-        interval (:class:`_NotUpgraded`)."""
-        self._not_upgraded_count += 1
-        answer = "no upgrade request" if response is None else f"answered {response.status_code}"
-        self._not_upgraded_log.lost("closed", f"{getattr(connection, 'remote_address', None)} ({answer})")
-
-    def _log_not_upgraded(self, counts: Mapping[str, int], latest: str | None) -> None:
-        latest_text = f"; latest: {latest}" if latest is not None else ""
-        log.info("%d connection(s) to the engine's port closed without a WebSocket upgrade since the last line (no "
-                 "upgrade request, not HTTP, or refused), %d in all%s", counts["closed"], self._not_upgraded_count,
-                 latest_text)
 
     def _close(self, connection: ServerConnection) -> None:
         """Close ``connection`` for the stop (once), in a task :meth:`close` waits for."""
@@ -401,5 +357,5 @@ class Listener:
                 await asyncio.wait(list(self._closes.values()))
             await self._server.wait_closed()
         finally:  # a stop cut short (Ctrl-C, an outer bound) still writes the counts not logged yet
-            self._not_upgraded_log.flush(None)
+            self._not_upgraded.flush()
             self._pause_log.flush(None)

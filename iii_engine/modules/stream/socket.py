@@ -59,7 +59,7 @@ from iii_streams.deadlines import finish_within
 from iii_streams.events import StreamEvent, now_ms
 
 from ...closing import CLOSE_TIMEOUT_S, close_within
-from ...handshakes import Silent, quiet_logger
+from ...handshakes import NotUpgraded, Silent, quiet_logger
 from ...limits import SKIP_LOG_INTERVAL_S
 from ...server import BoundPort
 from ..base import EngineError, EngineServices
@@ -227,8 +227,10 @@ class _Accepted(ServerConnection):
     #: the loop's time at its accept while its upgrade request has not come whole (it may give its place to a
     #: newer connection then); None once the request came
     silent_since: float | None = None
-    #: closed as accepted or evicted: counted in the socket's warning, left out of websockets' log (CountedOut)
+    #: closed as accepted or evicted: counted in the socket's warning, left out of websockets' log (QuietHandshakes)
     counted_out: bool = False
+    #: where its websockets lines go if it closes without an upgrade otherwise (iii_engine.handshakes.QuietHandshakes)
+    not_upgraded: ClassVar[NotUpgraded]
 
     #: its TCP transport, as asyncio handed it over (closed at once when the connection gives its place away)
     tcp: asyncio.BaseTransport
@@ -334,6 +336,9 @@ class StreamSocketServer:
         #: TCP connections closed with no upgrade request sent, their place given to a newer connection, since start
         self.evicted_connections = 0
         self._refused_log = LossLog(self._log_refused, SKIP_LOG_INTERVAL_S)
+        # the other connections closed without becoming a WebSocket (not HTTP, a TLS handshake, refused, silent to the
+        # handshake timeout): one INFO line per interval, not websockets' line or two each
+        self._not_upgraded = NotUpgraded(log, "the stream socket", SKIP_LOG_INTERVAL_S)
         #: joins that failed (sync read failed or timed out, handlers timed out), since start
         self.failed_joins = 0
         # rate-limited: any client of this public socket could write one warning per join it sent
@@ -391,6 +396,7 @@ class StreamSocketServer:
             """A connection to this socket."""
 
         Accepted.owner = self
+        Accepted.not_upgraded = self._not_upgraded
         self._server = await serve(
             self._serve, self.settings.host, self.settings.port, compression=None, max_size=_MAX_CLIENT_FRAME,
             max_queue=_CLIENT_MESSAGES_QUEUED, create_connection=Accepted,
@@ -423,6 +429,7 @@ class StreamSocketServer:
         self._failed_joins_log.close()
         self._ignored_log.close()
         self._refused_log.close()
+        self._not_upgraded.flush()
 
     @property
     def following(self) -> bool:

@@ -55,8 +55,8 @@ async def test_connections_that_never_upgrade_are_counted_not_logged_each(caplog
             assert json.loads(await worker.recv())["type"] == "workerregistered"
         expected = rounds * len(_NOT_UPGRADED)
         # each is counted once its connection is closed on the engine's side, a loop turn or so after the client's
-        await until(lambda: listener._not_upgraded_count >= expected, within=5)
-        assert listener._not_upgraded_count == expected
+        await until(lambda: listener._not_upgraded.count >= expected, within=5)
+        assert listener._not_upgraded.count == expected
     messages = [r.getMessage() for r in caplog.records if r.name.startswith("iii_engine.server")]
     websockets_lines = [m for m in messages if m in ("connection open", "connection closed")
                         or m.startswith(("connection rejected", "HTTP response sent"))]

@@ -205,12 +205,13 @@ async def test_connections_closed_for_newer_ones_are_not_a_line_each_in_websocke
         finally:
             await _close(silent)
         await until(lambda: socket._accepted == socket._refusing == 0, within=5)
+        await until(lambda: socket._not_upgraded.count == MAX_CLIENTS, within=5)
         closed = [r for r in caplog.records if r.getMessage() == "connection closed"]
         # the 37 evicted, each newer one taking the place of the oldest, are counted in the socket's own warning
         # (before: "connection closed" 40 times, an INFO line per connection however many came); the 3 that held
-        # their place to the end are websockets' to log
+        # their place to the end and never upgraded are counted with the socket's other connections that never did
         assert socket.evicted_connections == burst - MAX_CLIENTS
-        assert len(closed) == MAX_CLIENTS, len(closed)
+        assert closed == [], len(closed)
 
 
 _UPGRADE = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -235,3 +236,40 @@ async def test_a_request_waiting_unread_in_an_accept_batch_keeps_its_place() -> 
             client.close()
             for sock in flood:
                 sock.close()
+
+
+_NOT_UPGRADED = [
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(32),  # the start of a TLS ClientHello
+    b"GET / HTTP/1.0\r\nHost: x\r\n\r\n",  # HTTP/1.0: websockets answers 505
+    b"not http at all\r\n\r\n",  # answered 400
+    b"",  # closed before any request
+]
+
+
+async def test_connections_that_never_upgrade_are_counted_not_logged_each(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "iii_engine.modules.stream.socket")
+    rounds = 5
+    async with Engine(config=engine_config(max_clients=MAX_CLIENTS)) as engine:
+        socket = stream_module(engine).socket
+        assert socket is not None
+        for _ in range(rounds):
+            for data in _NOT_UPGRADED:
+                _, writer = await asyncio.open_connection("127.0.0.1", socket.port)
+                writer.write(data)
+                writer.write_eof()
+                await writer.drain()
+                writer.close()
+                await writer.wait_closed()
+        client = await _joined(engine, "upgraded")  # websockets' own lines stay for it
+        await client.close()
+        expected = rounds * len(_NOT_UPGRADED)
+        await until(lambda: socket._not_upgraded.count >= expected, within=5)
+        assert socket._not_upgraded.count == expected
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("iii_engine.modules.stream.socket")]
+    websockets_lines = [m for m in messages if m in ("connection open", "connection closed")
+                        or m.startswith(("connection rejected", "HTTP response sent"))]
+    # before: "connection closed" for each of the 20 (and a refusal line for the 10 answered 400 or 505)
+    assert websockets_lines == ["connection open", "connection closed"], websockets_lines
+    counted = [m for m in messages if "to the stream socket closed without a WebSocket upgrade" in m]
+    assert len(counted) == 2, counted  # the first at once, the rest at the end of the interval (the stop here)
+    assert counted[1].startswith(f"{expected - 1} connection(s)") and f"{expected} in all" in counted[1], counted
