@@ -35,7 +35,7 @@ from .accept_gate import AcceptGate
 from .allocator import MMAP_THRESHOLD_BYTES
 from .channels import CHANNEL_SOCKET_QUEUE, SOCKET_QUEUE_BYTES, ChannelRelay
 from .closing import CLOSE_TIMEOUT_S, close_within
-from .fd_limits import open_files_share
+from .fd_limits import open_file_limit, open_files_share
 from .handshakes import NotUpgraded, quiet_logger
 from .limits import SKIP_LOG_INTERVAL_S
 
@@ -125,6 +125,11 @@ MAX_HANDSHAKES_AT_MOST: Final = 1024
 (:func:`default_max_handshakes`)."""
 
 
+ACCEPT_BATCH: Final = 100
+"""Connections asyncio accepts in one go (its default listen backlog): the most that may come in past
+``max_handshakes`` before a pause takes effect."""
+
+
 def default_max_handshakes() -> int:
     """The default ``max_handshakes``: a quarter of the process's open-file limit, at most
     :data:`MAX_HANDSHAKES_AT_MOST`.
@@ -203,6 +208,11 @@ class Listener:
         """Bind and start accepting connections (with ``serving=False`` only bind: connections are refused until
         :meth:`start_serving`, so the port is taken before anything else starts)."""
         self._closes = None  # an engine started again serves its workers again
+        limit = open_file_limit()
+        if limit is not None and self.max_handshakes + ACCEPT_BATCH > limit * 3 // 4:
+            log.warning("max_handshakes %d leaves little of the open-file limit (%d): up to %d more connections come "
+                        "in before the port pauses, so connections without their request can still take every "
+                        "descriptor (the default is a quarter of the limit)", self.max_handshakes, limit, ACCEPT_BATCH)
         self._server = await serve(
             self._handle,
             self.host,

@@ -175,6 +175,20 @@ async def test_the_stop_of_a_paused_port_is_prompt() -> None:
             await engine.stop()
 
 
+async def test_max_handshakes_near_the_open_file_limit_is_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    assert limit != resource.RLIM_INFINITY
+    async with Engine(config=EngineConfig(host="127.0.0.1", port=0, max_handshakes=limit)):
+        pass
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert [w for w in warnings if w.startswith(f"max_handshakes {limit} leaves little of the open-file limit")], \
+        warnings
+    caplog.clear()
+    async with Engine(config=EngineConfig(host="127.0.0.1", port=0)):  # the default: no warning
+        pass
+    assert not [r for r in caplog.records if "max_handshakes" in r.getMessage()], caplog.records
+
+
 def test_max_handshakes_is_checked_at_start() -> None:
     with pytest.raises(ConfigError, match=r"^max_handshakes: must be >= 1, got 0$"):
         parse_config("max_handshakes: 0", env={})
