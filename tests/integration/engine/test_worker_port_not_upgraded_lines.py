@@ -8,7 +8,6 @@ response sent (…)" too: an attack's flood wrote 4,137 lines in 20 s. Upgraded 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 
@@ -16,31 +15,17 @@ import pytest
 import websockets
 
 from iii_engine import Engine, EngineConfig
+from tests.not_upgraded import NOT_UPGRADED, sent_then_closed, websockets_lines
 from tests.polling import until
 
 pytestmark = [pytest.mark.timeout(30),
               pytest.mark.our_engine("counts the connections to its port that never upgrade")]
 
-_NOT_UPGRADED = [
-    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(32),  # the start of a TLS ClientHello
-    b"GET / HTTP/1.0\r\nHost: x\r\n\r\n",  # HTTP/1.0: websockets answers 505
-    b"GET /metrics HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",  # answered 404
-    b"GET //[x/ HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",  # not a URL: 400
-    b"",  # closed before any request
-]
-
-
-async def _sent_then_closed(port: int, data: bytes) -> None:
-    """Send ``data``, then end the connection (the engine answers what it can first: websockets reads its request
-    before it sees the end)."""
-    _, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(data)
-    writer.write_eof()
-    await writer.drain()
-    writer.close()
-    await writer.wait_closed()
+# and, on this port, a path answered 404 and a request target that is not a URL (400)
+_NOT_UPGRADED = [*NOT_UPGRADED, *(
+    f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    for path in ("/metrics", "//[x/"))]
 
 
 async def test_connections_that_never_upgrade_are_counted_not_logged_each(caplog: pytest.LogCaptureFixture) -> None:
@@ -50,7 +35,7 @@ async def test_connections_that_never_upgrade_are_counted_not_logged_each(caplog
         listener = engine._listener
         for _ in range(rounds):
             for data in _NOT_UPGRADED:
-                await _sent_then_closed(listener.port, data)
+                await sent_then_closed(listener.port, data)
         async with websockets.connect(engine.url) as worker:  # upgraded: websockets' own lines stay
             assert json.loads(await worker.recv())["type"] == "workerregistered"
         expected = rounds * len(_NOT_UPGRADED)
@@ -58,10 +43,8 @@ async def test_connections_that_never_upgrade_are_counted_not_logged_each(caplog
         await until(lambda: listener._not_upgraded.count >= expected, within=5)
         assert listener._not_upgraded.count == expected
     messages = [r.getMessage() for r in caplog.records if r.name.startswith("iii_engine.server")]
-    websockets_lines = [m for m in messages if m in ("connection open", "connection closed")
-                        or m.startswith(("connection rejected", "HTTP response sent"))]
-    # before: 25 "connection closed", 20 refusals (505, 404, 400) and the worker's two
-    assert websockets_lines == ["connection open", "connection closed"], websockets_lines
+    # before: 30 "connection closed", 20 refusals (505, 400, 404, 400) and the worker's two
+    assert websockets_lines(messages) == ["connection open", "connection closed"], websockets_lines(messages)
     # nor a line of the engine's own per refused request (before: "refused … HTTP 404" each), nor an error (before:
     # "process_request failed" and a traceback for "//[x/", whose urlsplit raised)
     assert not [m for m in messages if m.startswith("refused ")], messages

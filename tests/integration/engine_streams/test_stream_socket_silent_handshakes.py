@@ -20,6 +20,7 @@ from websockets.exceptions import InvalidStatus
 
 from iii_engine import Engine
 from iii_engine.modules.stream import socket as stream_socket
+from tests.not_upgraded import NOT_UPGRADED, sent_then_closed, websockets_lines
 from tests.polling import until
 
 from .helpers import SocketClient, Worker, engine_config, registered, stream_module
@@ -238,14 +239,6 @@ async def test_a_request_waiting_unread_in_an_accept_batch_keeps_its_place() -> 
                 sock.close()
 
 
-_NOT_UPGRADED = [
-    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(32),  # the start of a TLS ClientHello
-    b"GET / HTTP/1.0\r\nHost: x\r\n\r\n",  # HTTP/1.0: websockets answers 505
-    b"not http at all\r\n\r\n",  # answered 400
-    b"",  # closed before any request
-]
-
-
 async def test_connections_that_never_upgrade_are_counted_not_logged_each(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "iii_engine.modules.stream.socket")
     rounds = 5
@@ -253,23 +246,16 @@ async def test_connections_that_never_upgrade_are_counted_not_logged_each(caplog
         socket = stream_module(engine).socket
         assert socket is not None
         for _ in range(rounds):
-            for data in _NOT_UPGRADED:
-                _, writer = await asyncio.open_connection("127.0.0.1", socket.port)
-                writer.write(data)
-                writer.write_eof()
-                await writer.drain()
-                writer.close()
-                await writer.wait_closed()
+            for data in NOT_UPGRADED:
+                await sent_then_closed(socket.port, data)
         client = await _joined(engine, "upgraded")  # websockets' own lines stay for it
         await client.close()
-        expected = rounds * len(_NOT_UPGRADED)
+        expected = rounds * len(NOT_UPGRADED)
         await until(lambda: socket._not_upgraded.count >= expected, within=5)
         assert socket._not_upgraded.count == expected
     messages = [r.getMessage() for r in caplog.records if r.name.startswith("iii_engine.modules.stream.socket")]
-    websockets_lines = [m for m in messages if m in ("connection open", "connection closed")
-                        or m.startswith(("connection rejected", "HTTP response sent"))]
     # before: "connection closed" for each of the 20 (and a refusal line for the 10 answered 400 or 505)
-    assert websockets_lines == ["connection open", "connection closed"], websockets_lines
+    assert websockets_lines(messages) == ["connection open", "connection closed"], websockets_lines(messages)
     counted = [m for m in messages if "to the stream socket closed without a WebSocket upgrade" in m]
     assert len(counted) == 2, counted  # the first at once, the rest at the end of the interval (the stop here)
     assert counted[1].startswith(f"{expected - 1} connection(s)") and f"{expected} in all" in counted[1], counted
