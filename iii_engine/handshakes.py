@@ -32,10 +32,30 @@ import logging
 from collections.abc import Callable, Mapping
 from itertools import islice
 from typing import Any, Final, Generic, TypeVar
+from urllib.parse import SplitResult, urlsplit
 
 from iii.loss_log import LossLog
 
-__all__ = ["LOOK_AT_MOST", "NotUpgraded", "QuietHandshakes", "Silent", "has_unread_bytes", "quiet_logger"]
+__all__ = ["BAD_TARGET", "LOOK_AT_MOST", "NotUpgraded", "QuietHandshakes", "Silent", "has_unread_bytes", "quiet_logger",
+           "request_target"]
+
+BAD_TARGET: Final = (400, "Bad Request: the request target is not a valid URL\n")
+"""The answer to an upgrade request whose target :func:`request_target` cannot split."""
+
+
+def request_target(target: str) -> SplitResult | None:
+    """An upgrade request's target split into its parts, ``None`` when it is not a valid URL (answer it
+    :data:`BAD_TARGET`: ``urlsplit`` raises on ``//[x/``, an unclosed IPv6 bracket, and raising inside websockets'
+    ``process_request`` was an ERROR with a traceback and a 500 per connection).
+
+    Example:
+        >>> request_target("/ws?x=1").query, request_target("//[x/")
+        ('x=1', None)
+    """
+    try:
+        return urlsplit(target)
+    except ValueError:
+        return None
 
 LOOK_AT_MOST = 64
 """Silent connections :meth:`Silent.pick` looks at, oldest first, for one to close: those passed over have spoken
@@ -179,10 +199,11 @@ class QuietHandshakes(logging.Filter):
             # once per connection, after its answer (if any)
             counted = getattr(conn, "not_upgraded", None) if record.msg == "connection closed" else None
             peer = getattr(conn, "remote_address", None) if counted is not None else None
-        except ReferenceError:  # the connection is gone already: its line as websockets wrote it
+            if counted is not None:
+                counted.closed(peer, response)  # (its rate limit needs the running loop: websockets logs on it)
+        except Exception:  # a filter that raised would break websockets' logging call
+            # the connection gone already (a dead weak proxy), or not what this expects: the line as websockets wrote it
             return True
-        if counted is not None:
-            counted.closed(peer, response)
         return False
 
 

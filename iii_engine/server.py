@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, cast
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
@@ -36,7 +36,7 @@ from .allocator import MMAP_THRESHOLD_BYTES
 from .channels import CHANNEL_SOCKET_QUEUE, SOCKET_QUEUE_BYTES, ChannelRelay
 from .closing import CLOSE_TIMEOUT_S, close_within
 from .fd_limits import open_file_limit, open_files_share
-from .handshakes import NotUpgraded, quiet_logger
+from .handshakes import BAD_TARGET, NotUpgraded, quiet_logger, request_target
 from .limits import SKIP_LOG_INTERVAL_S
 
 log = logging.getLogger(__name__)
@@ -75,10 +75,9 @@ def frame_invitation(max_message_size: int) -> int:
 
 def route_request(target: str) -> Route:
     """``None`` for the control socket, a :class:`ChannelRoute`, or ``(status, body)`` to refuse with."""
-    try:
-        parts = urlsplit(target)
-    except ValueError:  # "//[x/": an unclosed IPv6 bracket (it raised in process_request: an ERROR and a traceback)
-        return (400, "Bad Request: the request target is not a valid URL\n")
+    parts = request_target(target)
+    if parts is None:
+        return BAD_TARGET
     if parts.path == "/":
         return None
     if parts.path.startswith(_CHANNEL_PREFIX):

@@ -59,7 +59,7 @@ from iii_streams.deadlines import finish_within
 from iii_streams.events import StreamEvent, now_ms
 
 from ...closing import CLOSE_TIMEOUT_S, close_within
-from ...handshakes import NotUpgraded, Silent, quiet_logger
+from ...handshakes import BAD_TARGET, NotUpgraded, Silent, quiet_logger, request_target
 from ...limits import SKIP_LOG_INTERVAL_S
 from ...server import BoundPort
 from ..base import EngineError, EngineServices
@@ -522,7 +522,9 @@ class StreamSocketServer:
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if isinstance(connection, _Accepted) and connection.silent_since is not None:
             self._spoke(connection)  # its upgrade request came: the place is its own from now on
-        parts = urlsplit(request.path)
+        parts = request_target(request.path)
+        if parts is None:
+            return connection.respond(*BAD_TARGET)
         if parts.path != "/":
             return connection.respond(404, "Not Found\n")
         # refused before the upgrade and the auth call: its connection came with max_clients others open, served or

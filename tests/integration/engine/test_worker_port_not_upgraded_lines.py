@@ -21,24 +21,17 @@ from tests.polling import until
 pytestmark = [pytest.mark.timeout(30),
               pytest.mark.our_engine("counts the connections to its port that never upgrade")]
 
-# and, on this port, a path answered 404 and a request target that is not a URL (400)
-_NOT_UPGRADED = [*NOT_UPGRADED, *(
-    f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
-    for path in ("/metrics", "//[x/"))]
-
-
 async def test_connections_that_never_upgrade_are_counted_not_logged_each(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "iii_engine.server")
     rounds = 5
     async with Engine(config=EngineConfig(host="127.0.0.1", port=0)) as engine:
         listener = engine._listener
         for _ in range(rounds):
-            for data in _NOT_UPGRADED:
+            for data in NOT_UPGRADED:
                 await sent_then_closed(listener.port, data)
         async with websockets.connect(engine.url) as worker:  # upgraded: websockets' own lines stay
             assert json.loads(await worker.recv())["type"] == "workerregistered"
-        expected = rounds * len(_NOT_UPGRADED)
+        expected = rounds * len(NOT_UPGRADED)
         # each is counted once its connection is closed on the engine's side, a loop turn or so after the client's
         await until(lambda: listener._not_upgraded.count >= expected, within=5)
         assert listener._not_upgraded.count == expected
