@@ -821,8 +821,17 @@ def _stop_left_open() -> None:
             driver.stop()
 
 
+# engines whose store hooks are in place: once per engine, however many stores share it (two stores on one engine
+# each added a "begin" hook, and every transaction of the engine's then failed with "cannot start a transaction
+# within a transaction")
+_HOOKED: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
 def _install_sqlite_hooks(engine: AsyncEngine, file_backed: bool) -> None:
     sync_engine = engine.sync_engine
+    if sync_engine in _HOOKED:
+        return
+    _HOOKED.add(sync_engine)
 
     @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -858,6 +867,10 @@ DISPOSE_TIMEOUT_S: Final = _DISPOSE_DEFAULT_S
 
 
 def _install_postgresql_hooks(engine: AsyncEngine) -> None:
+    if engine.sync_engine in _HOOKED:
+        return
+    _HOOKED.add(engine.sync_engine)
+
     @event.listens_for(engine.sync_engine, "checkout")
     def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
         # A server that ended an idle pooled connection (restart, failover, pg_terminate_backend, an idle timeout)
@@ -1054,9 +1067,16 @@ class SQLStream(FieldUpdates):
                 return
             if self._close_once.closing:
                 raise StreamClosedError("SQLStream is closed")
-            if self._create:
-                async with self._write_lock if self._write_lock is not None else contextlib.nullcontext():
+            async with self._write_lock if self._write_lock is not None else contextlib.nullcontext():
+                if self._create:
                     await migrate_with(self.engine)
+                else:
+                    # one connect first, the other callers waiting here: when the database cannot be opened, each
+                    # learns it from a connect of its own in turn. Before, a burst of first operations rushed the
+                    # pool together; the connects past its size failed, and their failures woke none of the callers
+                    # queued for a pooled connection, which waited the pool's 30 s and got "pool exhausted".
+                    async with self._reader.connect():
+                        pass
             self._ready = True
 
     async def prepare(self, *, timeout: float | None = None) -> None:

@@ -73,18 +73,21 @@ def sqlite_threads() -> set[threading.Thread]:
 
 
 async def driver_threads_ended(before: set[threading.Thread]) -> None:
-    """Wait (at most :data:`DRIVER_THREAD_S`) until the aiosqlite threads started since ``before`` have ended.
-    Polled: the thread signals nothing we can await, and this runs only when a store failed to open.
+    """After a connect failed: wait (at most :data:`DRIVER_THREAD_S`) until one of the aiosqlite threads started
+    since ``before`` has ended, the failed connection's (at once when none is alive). Threads of other connections
+    made meanwhile, which stay alive in their pools, are not waited for: a failed connect beside another store's new
+    connections waited the whole second. Polled: the thread signals nothing we can await, and this runs only when a
+    connect failed.
 
     Example:
         >>> asyncio.run(driver_threads_ended(sqlite_threads()))  # none started since: returns at once
     """
+    started = sqlite_threads() - before
     loop = asyncio.get_running_loop()
     deadline = loop.time() + DRIVER_THREAD_S
-    for thread in sqlite_threads() - before:
-        # a join in an executor thread would outlive a cancelled caller; short sleeps do not
-        while thread.is_alive() and loop.time() < deadline:  # noqa: ASYNC110 - a thread signals nothing awaitable
-            await asyncio.sleep(_DRIVER_THREAD_POLL_S)
+    # a join in an executor thread would outlive a cancelled caller; short sleeps do not
+    while all(thread.is_alive() for thread in started) and started and loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(_DRIVER_THREAD_POLL_S)
 
 
 def _connect_or_wait(dialect: Any, record: Any, cargs: list[Any], cparams: dict[str, Any]) -> Any:

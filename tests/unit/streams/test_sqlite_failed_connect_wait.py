@@ -21,7 +21,8 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from iii.stream import StreamGetInput
+from iii.stream import StreamGetInput, StreamSetInput
+from iii_streams import sqlite_threads
 from iii_streams.errors import StreamUnavailableError
 from iii_streams.sql import SQLStream
 from iii_streams.sqlite_threads import wait_for_failed_connects
@@ -125,3 +126,56 @@ def test_the_program_s_stderr_holds_no_traceback(tmp_path: Path) -> None:
                           text=True, timeout=25, check=False)
     assert (done.returncode, done.stderr) == (0, ""), done.stderr
     assert done.stdout == "stop held\nStreamUnavailableError\n"
+
+
+async def test_a_failed_connect_does_not_wait_for_other_stores_new_connections(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wait ends with the failed connection's thread, not with every aiosqlite thread started meanwhile: another
+    store's new pooled connections (their threads stay alive) made a failed connect wait the whole bound (1 s)."""
+    monkeypatch.setattr(sqlite_threads, "DRIVER_THREAD_S", 5.0)  # a wait for the wrong threads shows as 5 s
+    async with SQLStream.from_url(f"sqlite+aiosqlite:///{tmp_path / 'good.db'}") as good:
+        await good.prepare()
+        for _ in range(3):
+            await good.engine.dispose()  # its next connections are new ones, each with its own thread
+
+            async def connect_meanwhile(k: int) -> None:
+                await asyncio.sleep(0.0005 * k)  # spread over the failing connect's few milliseconds
+                async with good.engine.connect():
+                    await asyncio.sleep(0.003)
+
+            async def failing() -> float:
+                began = asyncio.get_running_loop().time()
+                async with SQLStream.from_url(f"sqlite+aiosqlite:///{tmp_path / 'no' / 'x.db'}", create=False) as bad:
+                    with pytest.raises(StreamUnavailableError):
+                        await bad.get(_GET)
+                return asyncio.get_running_loop().time() - began
+
+            took, *_ = await asyncio.gather(failing(), *(connect_meanwhile(k) for k in range(4)))
+            assert took < 2.5, took  # before: 5.0
+
+
+async def test_a_burst_of_first_operations_on_a_store_that_cannot_open_fails_each_at_once(tmp_path: Path) -> None:
+    """64 first operations at once on a ``create=False`` store whose file cannot be opened: each gets its
+    ``StreamUnavailableError`` within moments. Before, they rushed the pool together; the connects past its size
+    failed without waking the callers queued for a pooled connection, and 49 of 64 waited the pool's 30 s for
+    "pool exhausted"."""
+    async with SQLStream.from_url(f"sqlite+aiosqlite:///{tmp_path / 'no' / 'x.db'}", create=False) as bad:
+        async with asyncio.timeout(15):
+            results = await asyncio.gather(*(bad.get(_GET) for _ in range(64)), return_exceptions=True)
+    assert {type(r) for r in results} == {StreamUnavailableError}, {type(r).__name__ for r in results}
+
+
+async def test_stores_sharing_one_engine_leave_it_working(tmp_path: Path) -> None:
+    """Each store put its hooks on the engine it was given, again for each store: with two, every transaction of the
+    engine began twice ("cannot start a transaction within a transaction")."""
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}")
+    stores = [SQLStream(engine) for _ in range(3)]
+    try:
+        async with engine.connect() as conn:
+            assert (await conn.exec_driver_sql("select 1")).scalar() == 1
+        await stores[0].set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data=1))
+        assert await stores[2].get(_GET) == 1
+    finally:
+        for store in stores:
+            await store.aclose()
+        await engine.dispose()
