@@ -376,9 +376,8 @@ class _Bounded:
     async def run(self, work: Coroutine[Any, Any, T]) -> T:
         try:
             return await run_then_dispose(self.engine, work, None if self.sqlite else self.timeout, self.database)
-        except Exception as exc:
-            if (self.sqlite and isinstance(exc, OperationalError)
-                    and getattr(exc.orig, "sqlite_errorcode", None) in _SQLITE_WAITED):
+        except OperationalError as exc:
+            if self.sqlite and getattr(exc.orig, "sqlite_errorcode", None) in _SQLITE_WAITED:
                 raise TimeoutError(f"{self.database} gave no result within {self.busy_s:g} s") from None
             raise
 
