@@ -825,6 +825,8 @@ def _stop_left_open() -> None:
 # each added a "begin" hook, and every transaction of the engine's then failed with "cannot start a transaction
 # within a transaction")
 _HOOKED: weakref.WeakSet[Any] = weakref.WeakSet()
+# SQLite: the lock each engine's stores take around their writes (and, in memory, their reads)
+_ENGINE_LOCKS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
 def _install_sqlite_hooks(engine: AsyncEngine, file_backed: bool) -> None:
@@ -1011,10 +1013,15 @@ class SQLStream(FieldUpdates):
             _install_postgresql_hooks(engine)
         # SQLite: one writer at a time anyway; an in-memory database is a single shared connection, so reads
         # must queue too or they would run inside (and end) another task's transaction
-        self._write_lock: asyncio.Lock | None = None if self._pg else asyncio.Lock()
+        # (one per engine: stores sharing an in-memory engine share its one connection, and each store's own lock let
+        # their transactions nest: "cannot start a transaction within a transaction")
+        self._write_lock: asyncio.Lock | None = None if self._pg else _ENGINE_LOCKS.setdefault(
+            engine.sync_engine, asyncio.Lock())
         self._read_lock: asyncio.Lock | None = self._write_lock if in_memory else None
         self._ready = False
         self._ready_lock = asyncio.Lock()
+        self._connecting: asyncio.Task[None] | None = None  # the first connect of a store without create (see
+        # _first_connect)
         # item key -> its value as this process last committed it (a longer one is neither remembered nor compared
         # by the database); an item another process wrote goes back to the locking transaction for a while
         self._known: KnownTexts[bytes] = KnownTexts()
@@ -1062,22 +1069,43 @@ class SQLStream(FieldUpdates):
     # -- plumbing ---------------------------------------------------------------------------------------------
 
     async def _prepare(self) -> None:
+        if not self._create and not self._ready:
+            if self._close_once.closing:
+                raise StreamClosedError("SQLStream is closed")
+            await self._first_connect()
         async with self._ready_lock:
             if self._ready:
                 return
             if self._close_once.closing:
                 raise StreamClosedError("SQLStream is closed")
-            async with self._write_lock if self._write_lock is not None else contextlib.nullcontext():
-                if self._create:
+            if self._create:
+                async with self._write_lock if self._write_lock is not None else contextlib.nullcontext():
                     await migrate_with(self.engine)
-                else:
-                    # one connect first, the other callers waiting here: when the database cannot be opened, each
-                    # learns it from a connect of its own in turn. Before, a burst of first operations rushed the
-                    # pool together; the connects past its size failed, and their failures woke none of the callers
-                    # queued for a pooled connection, which waited the pool's 30 s and got "pool exhausted".
-                    async with self._reader.connect():
-                        pass
             self._ready = True
+
+    async def _first_connect(self) -> None:
+        """A store without ``create``: one connect before its first operations, which all wait for that one and fail
+        with its error. Before, a burst of first operations rushed the pool together; the connects past its size
+        failed, and their failures woke none of the callers queued for a pooled connection, which waited the pool's
+        30 s and got "pool exhausted" (49 of 64 on a file that cannot be opened). Shared, not one after another: each
+        caller would have waited for all the connects before its own (k times the driver's timeout)."""
+        connecting = self._connecting
+        if connecting is None:
+            connecting = self._connecting = asyncio.ensure_future(self._connect_once())
+
+            def done(task: asyncio.Task[None]) -> None:
+                self._connecting = None  # a failed one is tried again by the next operation
+                if not task.cancelled():
+                    task.exception()  # (retrieved: a failure its callers all left is not "never retrieved")
+
+            connecting.add_done_callback(done)
+        # a caller that gives up (its deadline, a cancel) leaves the connect to the others
+        await asyncio.shield(connecting)
+
+    async def _connect_once(self) -> None:
+        async with self._write_lock if self._write_lock is not None else contextlib.nullcontext():
+            async with self._reader.connect():
+                pass
 
     async def prepare(self, *, timeout: float | None = None) -> None:
         """Make the store ready now instead of at its first operation, so a store that cannot work fails here:
