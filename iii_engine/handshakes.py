@@ -198,9 +198,8 @@ class QuietHandshakes(logging.Filter):
                 return True
             # once per connection, after its answer (if any)
             counted = getattr(conn, "not_upgraded", None) if record.msg == "connection closed" else None
-            peer = getattr(conn, "remote_address", None) if counted is not None else None
-            if counted is not None:
-                counted.closed(peer, response)  # (its rate limit needs the running loop: websockets logs on it)
+            if counted is not None:  # (its rate limit needs the running loop: websockets logs on it)
+                counted.closed(getattr(conn, "remote_address", None), response)
         except Exception:  # a filter that raised would break websockets' logging call
             # the connection gone already (a dead weak proxy), or not what this expects: the line as websockets wrote it
             return True

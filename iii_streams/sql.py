@@ -821,19 +821,22 @@ def _stop_left_open() -> None:
             driver.stop()
 
 
-# engines whose store hooks are in place: once per engine, however many stores share it (two stores on one engine
-# each added a "begin" hook, and every transaction of the engine's then failed with "cannot start a transaction
-# within a transaction")
-_HOOKED: weakref.WeakSet[Any] = weakref.WeakSet()
-# SQLite: the lock each engine's stores take around their writes (and, in memory, their reads)
-_ENGINE_LOCKS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
+# Store hooks go on an engine once, however many stores share it: two stores on one engine each added a "begin" hook,
+# and every transaction of the engine's then failed with "cannot start a transaction within a transaction".
+# SQLite engines with their hooks, each with the lock its stores take around their writes (and, in memory, their
+# reads: stores sharing an in-memory engine share its one connection, and a lock of each store's own let their
+# transactions nest); PostgreSQL engines with their hooks.
+_SQLITE_HOOKED: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
+_POSTGRESQL_HOOKED: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
-def _install_sqlite_hooks(engine: AsyncEngine, file_backed: bool) -> None:
+def _install_sqlite_hooks(engine: AsyncEngine, file_backed: bool) -> asyncio.Lock:
+    """The store hooks on ``engine`` (once); returns the engine's write lock."""
     sync_engine = engine.sync_engine
-    if sync_engine in _HOOKED:
-        return
-    _HOOKED.add(sync_engine)
+    lock = _SQLITE_HOOKED.get(sync_engine)
+    if lock is not None:
+        return lock
+    lock = _SQLITE_HOOKED[sync_engine] = asyncio.Lock()
 
     @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -853,6 +856,8 @@ def _install_sqlite_hooks(engine: AsyncEngine, file_backed: bool) -> None:
         if not options.get(_SQLITE_AUTOCOMMIT) and options.get("isolation_level") != "AUTOCOMMIT":
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
+    return lock
+
 
 _WATCH_RETRY_LOG_S: Final = 10.0
 
@@ -869,9 +874,9 @@ DISPOSE_TIMEOUT_S: Final = _DISPOSE_DEFAULT_S
 
 
 def _install_postgresql_hooks(engine: AsyncEngine) -> None:
-    if engine.sync_engine in _HOOKED:
+    if engine.sync_engine in _POSTGRESQL_HOOKED:
         return
-    _HOOKED.add(engine.sync_engine)
+    _POSTGRESQL_HOOKED.add(engine.sync_engine)
 
     @event.listens_for(engine.sync_engine, "checkout")
     def _on_checkout(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
@@ -1005,18 +1010,15 @@ class SQLStream(FieldUpdates):
         self._watch_retries = LossLog(_log_watch_retries, _WATCH_RETRY_LOG_S)
         database = engine.url.database
         in_memory = not self._pg and (database in (None, "", ":memory:") or "mode=memory" in str(engine.url))
+        # SQLite: one writer at a time anyway; an in-memory database is a single shared connection, so reads
+        # must queue too or they would run inside (and end) another task's transaction (one lock per engine)
+        self._write_lock: asyncio.Lock | None = None
         if not self._pg:
-            _install_sqlite_hooks(engine, file_backed=not in_memory)
+            self._write_lock = _install_sqlite_hooks(engine, file_backed=not in_memory)
             # a caller's engine too: its failed connects are this store's errors, raised on the caller's loop
             wait_for_failed_connects(engine)
         elif engine.dialect.driver == "asyncpg":
             _install_postgresql_hooks(engine)
-        # SQLite: one writer at a time anyway; an in-memory database is a single shared connection, so reads
-        # must queue too or they would run inside (and end) another task's transaction
-        # (one per engine: stores sharing an in-memory engine share its one connection, and each store's own lock let
-        # their transactions nest: "cannot start a transaction within a transaction")
-        self._write_lock: asyncio.Lock | None = None if self._pg else _ENGINE_LOCKS.setdefault(
-            engine.sync_engine, asyncio.Lock())
         self._read_lock: asyncio.Lock | None = self._write_lock if in_memory else None
         self._ready = False
         self._ready_lock = asyncio.Lock()
