@@ -4,7 +4,9 @@ Every number comes from the same run on the same engine. The raw baseline is two
 speaking the JSON frames (no SDK at all), so ``sdk / raw`` is the share of the ceiling each SDK reaches.
 Rounds are interleaved (raw, ours with telemetry on, ours with it off, reference) and each ratio is taken
 against the raw rate of its own round; the table shows the median and the spread (min-max) over rounds, plus
-the CPU each SDK process spent per call (caller and callee, all threads), which wanders less than rates do.
+the CPU each SDK process spent per call (caller and callee, all threads), which wanders less than rates do, and the
+engine's: this process's CPU while the pair ran (it runs only the engine then; the pair's start, connect and
+registration are counted in it too, a few µs per call at the default 3,000 calls).
 
 "telemetry on" is our default (``OTEL_ENABLED`` unset: spans, metrics and logs exported on the worker socket);
 the reference SDK runs with ``OTEL_ENABLED=false`` (its exporter would open a second socket).
@@ -109,6 +111,11 @@ def sdk_rate(python: str, url: str, n: int, concurrency: int, telemetry: bool,
         assert server.stdin is not None
         server.stdin.close()
         server.wait(10)
+
+
+def _per_call(seconds: float, n: int) -> float:
+    """µs of CPU per call: ``n`` measured calls plus the caller's 50 warm-up calls (both go through the engine)."""
+    return 1e6 * seconds / (n + 50)
 
 
 FLOOR_NAME = "floor: raw clients in processes"
@@ -258,33 +265,36 @@ async def main() -> None:
             names = [floor] + [name for name, *_ in variants]
             ratios: dict[str, list[float]] = {name: [] for name in names}
             to_floor: dict[str, list[float]] = {name: [] for name in names}
-            cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+            cpu: dict[str, list[tuple[float, float, float]]] = {name: [] for name in names}
             raws: list[float] = []
             for _ in range(args.rounds):
                 raw = await raw_baseline(url, args.calls, concurrency)
                 raws.append(raw)
+                engine_cpu = time.process_time()
                 floor_rate, caller_us, callee_us = await asyncio.to_thread(
                     sdk_rate, sys.executable, url, args.calls, concurrency, False, None, "raw_worker.py",
                     "sync" if concurrency == 1 else "")
+                engine_us = _per_call(time.process_time() - engine_cpu, args.calls)
                 ratios[floor].append(floor_rate / raw)
                 to_floor[floor].append(1.0)
-                cpu[floor].append((caller_us, callee_us))
+                cpu[floor].append((caller_us, callee_us, engine_us))
                 for name, python, telemetry, root, mode in variants:
+                    engine_cpu = time.process_time()
                     rate, caller_us, callee_us = await asyncio.to_thread(
                         sdk_rate, python, url, args.calls, concurrency, telemetry, root, "sdk_worker.py",
                         mode if concurrency == 1 else "")
+                    engine_us = _per_call(time.process_time() - engine_cpu, args.calls)
                     ratios[name].append(rate / raw)
                     to_floor[name].append(rate / floor_rate)
-                    cpu[name].append((caller_us, callee_us))
+                    cpu[name].append((caller_us, callee_us, engine_us))
             print(f"\n{concurrency} in flight, {args.calls} calls x {args.rounds} rounds; "
                   f"raw median {statistics.median(raws):.0f} calls/s")
             print(f"  {'variant':<34} {'sdk/raw median (spread)':>24} {'sdk/floor':>18} "
-                  f"{'caller CPU µs/call':>19} {'callee CPU µs/call':>19}")
+                  f"{'caller CPU µs/call':>19} {'callee CPU µs/call':>19} {'engine CPU µs/call':>19}")
             for name in names:
-                caller = statistics.median(c for c, _ in cpu[name])
-                callee = statistics.median(c for _, c in cpu[name])
+                caller, callee, engine_us = (statistics.median(c[i] for c in cpu[name]) for i in range(3))
                 print(f"  {name:<34} {_spread(ratios[name]):>24} {_spread(to_floor[name]):>18} "
-                      f"{caller:19.0f} {callee:19.0f}")
+                      f"{caller:19.0f} {callee:19.0f} {engine_us:19.0f}")
 
 
 if __name__ == "__main__":
