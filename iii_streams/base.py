@@ -47,6 +47,9 @@ __all__ = ["DEFAULT_TIMEOUT", "Backend", "FieldUpdates", "OperationGuard", "SetR
 DEFAULT_TIMEOUT: Final = 60.0
 """Seconds an operation may take when neither the call nor the store says otherwise."""
 
+DRIVER_TIMEOUT: Final = "no answer within the driver's own timeout (TimeoutError)"
+"""The reason given for a driver's ``TimeoutError`` that carries no text of its own."""
+
 # the result models parametrized once: pydantic's ``Model[Any]`` lookup costs more than building the result
 SetResult = StreamSetResult[Any]
 UpdateResult = StreamUpdateResult[Any]
@@ -374,7 +377,8 @@ class Backend(IStream[Any]):
         Subclasses add their driver's exceptions and fall back to this for ``OSError``.
         """
         if isinstance(exc, TimeoutError):
-            return StreamTimeoutError(f"{where}: timed out: {exc}")
+            # a driver's own timeout may carry no text (asyncpg's connect timeout): say whose it was
+            return StreamTimeoutError(f"{where}: timed out: {str(exc) or DRIVER_TIMEOUT}")
         if isinstance(exc, OSError):
             return StreamUnavailableError(f"{where}: backend unreachable: {exc}")
         return None

@@ -110,7 +110,7 @@ from iii.stream import (
 from iii.stream_ops import Op, apply_update
 from iii.wire import loads
 
-from .base import DEFAULT_TIMEOUT, FieldUpdates, SetResult, UpdateResult, WriteProgress
+from .base import DEFAULT_TIMEOUT, DRIVER_TIMEOUT, FieldUpdates, SetResult, UpdateResult, WriteProgress
 from .batching import KeyedBatcher, Requeue
 from .close_once import CloseOnce
 from .deadlines import finish_within
@@ -1159,7 +1159,7 @@ class SQLStream(FieldUpdates):
                 kind = StreamUnavailableError
             reason = error_line(exc)
             if isinstance(exc, TimeoutError) and not str(exc):
-                reason = "no answer within the driver's own timeout (TimeoutError)"
+                reason = DRIVER_TIMEOUT
             raise kind(f"cannot open {self._database()}: {reason}{self._path_hint()}") from exc
         if locked is not None:
             raise StreamUnavailableError(f"cannot open {self._database()}: locked by another process or writer, "

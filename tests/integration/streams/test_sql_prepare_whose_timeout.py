@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from iii.stream import StreamGetInput
 from iii_streams import migrate
 from iii_streams.errors import StreamTimeoutError, StreamUnavailableError
 from iii_streams.sql import SQLStream
@@ -62,3 +63,16 @@ async def test_a_wait_for_another_migration_of_this_process_names_itself(monkeyp
         await store.aclose()
     assert "another migration of this process ran for more than 1 s" in str(caught.value)
     assert "10 s" not in str(caught.value)
+
+
+async def test_an_operations_driver_timeout_gives_a_reason(silent_port: int) -> None:
+    """An operation of a store without ``create`` whose first connect meets the driver's own timeout (asyncpg's,
+    a ``TimeoutError`` with no text) says so. Before: ``SQLStream.get: timed out: `` and nothing after it."""
+    store = _store(silent_port, 10.0, connect_timeout=0.5)
+    try:
+        with pytest.raises(StreamTimeoutError) as caught:
+            await store.get(StreamGetInput(stream_name="s", group_id="g", item_id="i"))
+    finally:
+        await store.aclose()
+    assert str(caught.value) == "SQLStream.get: timed out: no answer within the driver's own timeout (TimeoutError)"
+    assert isinstance(caught.value.__cause__, TimeoutError)
