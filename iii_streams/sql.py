@@ -1102,7 +1102,14 @@ class SQLStream(FieldUpdates):
 
             connecting.add_done_callback(done)
         # a caller that gives up (its deadline, a cancel) leaves the connect to the others
-        await asyncio.shield(connecting)
+        try:
+            await asyncio.shield(connecting)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if connecting.cancelled() and self._close_once.closing and not (task and task.cancelling()):
+                # the store's close stopped the connect (_close_all), not a cancel of this caller
+                raise StreamClosedError("SQLStream is closed") from None
+            raise
 
     async def _connect_once(self) -> None:
         async with self._write_lock if self._write_lock is not None else contextlib.nullcontext():
@@ -1960,6 +1967,13 @@ class SQLStream(FieldUpdates):
         await self._close_once.run(self._close_all)
 
     async def _close_all(self) -> None:
+        connecting = self._connecting
+        if connecting is not None:
+            # a first connect still running (a server that never answers: the driver's timeout, 60 s for asyncpg)
+            # would keep its callers, and a connection opened after the dispose, past the close
+            connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await connecting
         if self._listener is not None:
             await self._listener.stop()
         self._watch_retries.close()

@@ -15,7 +15,7 @@ import pytest
 
 from iii.stream import StreamGetInput
 from iii_streams import migrate
-from iii_streams.errors import StreamTimeoutError, StreamUnavailableError
+from iii_streams.errors import StreamClosedError, StreamTimeoutError, StreamUnavailableError
 from iii_streams.sql import SQLStream
 
 pytestmark = pytest.mark.timeout(30)
@@ -76,3 +76,23 @@ async def test_an_operations_driver_timeout_gives_a_reason(silent_port: int) -> 
         await store.aclose()
     assert str(caught.value) == "SQLStream.get: timed out: no answer within the driver's own timeout (TimeoutError)"
     assert isinstance(caught.value.__cause__, TimeoutError)
+
+
+async def test_a_close_ends_a_first_connect_and_its_callers(silent_port: int) -> None:
+    """A store without ``create`` whose first connect waits on a server that never answers: its close stops that
+    connect, and the operations waiting for it fail at once with StreamClosedError. Before: they waited their own
+    bound (here 10 s) and got StreamTimeoutError, and the connect went on past the close."""
+    store = _store(silent_port, 10.0, connect_timeout=20)
+    gets = [asyncio.ensure_future(store.get(StreamGetInput(stream_name="s", group_id="g", item_id=str(i))))
+            for i in range(3)]
+    for _ in range(100):  # loop turns until the gets reach their shared connect
+        if store._connecting is not None:
+            break
+        await asyncio.sleep(0)
+    assert store._connecting is not None
+    started = time.monotonic()
+    await asyncio.wait_for(store.aclose(), 5)
+    results = await asyncio.wait_for(asyncio.gather(*gets, return_exceptions=True), 5)
+    assert time.monotonic() - started < 3
+    assert [type(result) for result in results] == [StreamClosedError] * 3, results
+    assert store._connecting is None
