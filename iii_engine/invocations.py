@@ -197,6 +197,10 @@ class Invocations:
         self._stray_log = LossLog(self._log_stray, SKIP_LOG_INTERVAL_S)
         # A producer retrying into a full queue fails thousands of enqueues a second: one line per interval.
         self._enqueue_log = LossLog(self._log_enqueue_failed, SKIP_LOG_INTERVAL_S)
+        #: void calls dropped because no worker serves their function (:meth:`_unknown_void`)
+        self.unknown_void_calls = 0
+        # (a worker's backlog of voids sent after a restart, before their callee is back: one line per interval)
+        self._unknown_void_log = LossLog(self._log_unknown_void, SKIP_LOG_INTERVAL_S)
         # Every task the engine runs for a call, with what it holds until it ends: a worker's max_calls_per_worker
         # count, a max_fired_calls slot, or nothing. The task gives it back itself when it ends; close() gives back
         # what tasks cancelled before they ever ran hold (their ``finally`` never runs).
@@ -246,7 +250,7 @@ class Invocations:
             if invocation_id is not None:
                 caller.post(caller.session.result(invocation_id, function_id, None, not_found(function_id)))
             else:
-                log.warning("worker %s called unknown function %s (no reply requested)", caller.id, function_id)
+                self._unknown_void(caller, function_id)
             return None
         traceparent, baggage = msg.get("traceparent"), msg.get("baggage")
         if entry.builtin is not None:
@@ -269,6 +273,8 @@ class Invocations:
         if callee is None:
             if invocation_id is not None:
                 caller.post(caller.session.result(invocation_id, function_id, None, not_found(function_id)))
+            else:
+                self._unknown_void(caller, function_id)
             return None
         if over_bytes or caller.calls - caller.builtin_calls >= self._max_calls:
             self._too_many_calls(caller, function_id, invocation_id, builtin=False)
@@ -449,6 +455,18 @@ class Invocations:
         log.warning("%d invocation result(s) ended no call since the last warning (late: the caller left, the call "
                     "timed out or was stopped; or not the sender's to answer); %d in all%s", counts["stray"],
                     self.stray_results, latest_text)
+
+    def _unknown_void(self, caller: WorkerConnection, function_id: str) -> None:
+        """A void call of a function no connected worker serves: dropped (as production drops it), counted and
+        logged at most once per interval (one line per call let one worker's backlog flood the log: 10,000 lines)."""
+        self.unknown_void_calls += 1
+        self._unknown_void_log.lost("dropped", f"worker {caller.id} called {function_id!r}")
+
+    def _log_unknown_void(self, counts: Mapping[str, int], latest: str | None) -> None:
+        latest_text = f"; latest: {latest}" if latest is not None else ""
+        log.warning("%d void call(s) of unknown functions dropped since the last warning (no worker serves them: "
+                    "not registered, or not registered again yet after a restart); %d in all%s", counts["dropped"],
+                    self.unknown_void_calls, latest_text)
 
     def _log_enqueue_failed(self, counts: Mapping[str, int], latest: str | None) -> None:
         latest_text = f"; latest: {latest}" if latest is not None else ""
