@@ -153,6 +153,9 @@ class _Client:
         # done once the connection is closed (made at the first join); it cancels the join in flight
         self.gone: asyncio.Task[None] | None = None
         self.joining: asyncio.Task[None] | None = None
+        # frames offered while a join reads its sync (:meth:`hold`), sent after the sync
+        self.held: list[bytes] | None = None
+        self.held_bytes = 0
 
     def watch_gone(self) -> bool:
         """Follow the connection's end from now on (once); whether it is still open."""
@@ -181,7 +184,16 @@ class _Client:
         """
         if self.overflowed:
             return
+        held = self.held
         try:
+            if held is not None:
+                # counted with the queue's frames and bytes: held ones wait for this client as queued ones do
+                if (self.queued_bytes + self.held_bytes >= self.queue_bytes
+                        or self.queue.qsize() + len(held) >= self.queue.maxsize > 0):
+                    raise asyncio.QueueFull
+                held.append(frame)
+                self.held_bytes += len(frame)
+                return
             if self.queued_bytes >= self.queue_bytes:
                 # frames are shared between sockets, but one a slow client has yet to take stays alive for it: a
                 # count alone let 1024 events of 4 MiB items hold 4 GiB. Checking the new frame's own size too
@@ -194,6 +206,25 @@ class _Client:
             log.warning("stream client %s fell %d frames (%d bytes) behind; closing it with 1013",
                         self.ws.remote_address, self.queue.qsize(), self.queued_bytes)
             self.fall_behind(_TOO_SLOW)
+
+    def hold(self) -> None:
+        """Keep the frames offered from now on until :meth:`release`: a join's sync read is under way, and an event
+        committed during it must reach the client after the sync, never before (the sync, read from the store
+        later, may predate it: the client then kept the older value, with nothing to tell it; an attack saw it in
+        12 of 100 joins on PostgreSQL, 33 of 100 on SQLite)."""
+        if self.held is None:
+            self.held = []
+
+    def release(self, sync: bytes | None) -> None:
+        """Queue the join's ``sync`` frame (``None``: there is none), then the frames held since :meth:`hold`, in
+        order (an event both in the sync and held is sent twice: harmless, the later one wins)."""
+        held = self.held
+        self.held = None
+        self.held_bytes = 0
+        if sync is not None:
+            self.offer(sync)
+        for frame in held or ():
+            self.offer(frame)
 
     def fall_behind(self, reason: str) -> None:
         """Close with 1013 (once): the client missed events and must reconnect and join again to re-sync."""
@@ -800,6 +831,18 @@ class StreamSocketServer:
             client.offer(_frame(sub.stream_name, sub.group_id, sub.item_id, {"type": "unauthorized"}))
             return
         replaced = client.subscriptions.get(sub_id)
+        sync: bytes | None = None
+        client.hold()  # events from the subscription on wait for the sync (see _Client.hold)
+        try:
+            sync = await self._subscribe_and_read(client, sub_id, sub, replaced, deadline)
+        finally:
+            client.release(sync)
+
+    async def _subscribe_and_read(self, client: _Client, sub_id: str, sub: Subscription,
+                                  replaced: Subscription | None, deadline: float) -> bytes | None:
+        """Subscribe ``client`` and read the join's sync: its frame, or ``None`` when it failed (told to the client
+        by an error frame)."""
+        timeout_ms = self.settings.join_timeout_ms
         self._subscribe(client, sub_id, sub)
         if replaced is not None and replaced != sub:
             # the subscription it had under this id is gone: its leave handlers hear of it now, not never (at
@@ -815,7 +858,7 @@ class StreamSocketServer:
                 self._join_failed(client, sub, "join_timeout", f"the store's event feed did not open within "
                                   f"{timeout_ms} ms (join_timeout_ms); joined: live events follow once it opens, "
                                   "without a sync")
-                return
+                return None
         try:
             async with asyncio.timeout_at(deadline):
                 if sub.item_id is None:
@@ -826,12 +869,12 @@ class StreamSocketServer:
             source = self.functions.sync_source(sub.stream_name, sub.item_id)
             self._join_failed(client, sub, "join_timeout", f"the sync read ({source}) did not answer within "
                               f"{timeout_ms} ms (join_timeout_ms); joined: live events follow, without a sync")
-            return
+            return None
         except EngineError as exc:
             self._join_failed(client, sub, "sync_failed", f"the sync read failed: {exc.code}: {exc.message}; "
                               "joined: live events follow, without a sync")
-            return
-        client.offer(_frame(sub.stream_name, sub.group_id, sub.item_id, {"type": "sync", "data": data}))
+            return None
+        return _frame(sub.stream_name, sub.group_id, sub.item_id, {"type": "sync", "data": data})
 
     def _not_joined(self, client: _Client, sub_id: str, sub: Subscription) -> None:
         """The ``stream:join`` handlers heard of this join but gave no answer (timed out, or the client went):
