@@ -18,7 +18,8 @@ trigger types and triggers one worker holds, default 100,000), ``max_services`` 
 producer that is itself a call waits for room among them, default 10,000), ``max_fired_bytes`` (payload bytes those
 calls hold, default 256 MiB), ``max_calls_per_worker`` (calls one worker has in flight through the engine, default
 10,000), ``max_call_bytes_per_worker`` (bytes one worker's calls and the fired calls they set off hold, default
-64 MiB),
+64 MiB), ``void_grace_ms`` (how long a void call of a function no worker serves waits for a worker to register it,
+default 10,000; 0 drops it at once, as production does),
 ``functions_available_debounce_ms`` (E8), ``allow_degraded`` (start even when a configured module cannot; see
 :class:`EngineConfig`) and ``channels: {production_mode, attach_timeout_ms, max_message_size, max_channel_bytes,
 max_queued_bytes}`` (see :class:`ChannelSettings`). Unknown top-level keys are ignored, as production does (a near-miss
@@ -91,6 +92,9 @@ DEFAULT_ATTACH_TIMEOUT_MS = 300_000
 # one publisher faster than its subscribers is refused before it holds everyone's room.
 DEFAULT_MAX_FIRED_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_CALL_BYTES_PER_WORKER = 64 * 1024 * 1024
+# After an engine restart a caller's backlog of void calls may arrive before its callee's worker has registered
+# again: workers reconnect with jittered backoff (30 % of 1, 2, 4 ... s), so two of them are seconds apart.
+DEFAULT_VOID_GRACE_MS = 10_000
 # A configuration is a few kilobytes; these bound what a wrong file (a log, a dump) or a hostile one costs to read.
 # YAML aliases let a small file name a huge tree (each alias of an alias multiplies it), so the values are counted
 # as expanded, and nesting is bounded (a self-referencing alias is infinitely deep).
@@ -191,6 +195,9 @@ class EngineConfig(Settings):
     max_calls_per_worker: int = Field(DEFAULT_MAX_CALLS_PER_WORKER, ge=1)
     functions_available_debounce_ms: int = Field(150, ge=0)
     max_call_bytes_per_worker: int = Field(DEFAULT_MAX_CALL_BYTES_PER_WORKER, ge=1)
+    #: how long a void call of a function no worker serves waits for one to register it (see
+    #: :meth:`iii_engine.invocations.Invocations.start_invoke`); 0 drops it at once, as production does
+    void_grace_ms: int = Field(DEFAULT_VOID_GRACE_MS, ge=0, le=MAX_TIMEOUT_MS)
     channels: ChannelSettings = Field(default_factory=ChannelSettings)
     allow_degraded: bool = False
     #: the event loop ``iii-engine`` runs on (ours); an embedded engine runs on its caller's loop

@@ -281,7 +281,8 @@ class Engine:
         #: the bound on the calls one worker has in flight (``max_calls_per_worker``) and its counters
         self.worker_calls = WorkerCalls(self.config.max_calls_per_worker, self.config.max_call_bytes_per_worker)
         self.invocations = Invocations(self.registry, self.workers, timeout_ms=self.config.invocation_timeout_ms,
-                                       fired=self.fired_calls, worker_calls=self.worker_calls)
+                                       fired=self.fired_calls, worker_calls=self.worker_calls,
+                                       void_grace_ms=self.config.void_grace_ms)
         self.limits = CountLimits(self.config)
         self._external: ExternalFunctions | None = None
         settings = self.config.channels
@@ -1133,6 +1134,7 @@ class Engine:
         entry = FunctionEntry(msg.id, worker.id, msg.description, msg.request_format, msg.response_format,
                               msg.metadata, builtin=builtin, external=builtin is not None)
         previous = self.registry.add_function(entry)
+        self.invocations.registered(msg.id)
         if previous is not None and previous.owner != worker.id:
             log.warning("worker %s overwrote function %s (was %s)", worker.id, msg.id,
                         f"worker {previous.owner}" if previous.owner else "an engine built-in")
@@ -1331,3 +1333,4 @@ class Engine:
         owner = self.workers.get(entry.owner or "")
         if owner is not None:
             (owner.external_functions if entry.external else owner.functions).add(entry.id)
+            self.invocations.registered(entry.id)
