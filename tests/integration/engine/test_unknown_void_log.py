@@ -27,6 +27,13 @@ def _void(function_id: str, i: int = 0) -> dict[str, object]:
     return {"type": "invokefunction", "function_id": function_id, "data": {"i": i}, "action": {"type": "void"}}
 
 
+async def _send_voids(caller: RawWorker, n: int, function_id: str = "late::fn") -> None:
+    """``n`` void calls of ``function_id`` (data ``{"i": 0}`` ...), all handled by the engine on return."""
+    for i in range(n):
+        await caller.send(_void(function_id, i))
+    await caller.sync()
+
+
 async def _engine(**settings: int) -> Engine:
     return Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[], **settings))  # type: ignore[arg-type]
 
@@ -42,9 +49,7 @@ async def test_a_void_waits_for_its_function_and_runs_once_registered(engine: En
     caller = await RawWorker.connect(engine.url)
     callee = await RawWorker.connect(engine.url)
     try:
-        for i in range(5):
-            await caller.send(_void("late::fn", i))
-        await caller.sync()
+        await _send_voids(caller, 5)
         assert engine.invocations.unknown_void_calls == 0
         await callee.register("late::fn")
         got = [(await callee.expect("invokefunction", function_id="late::fn"))["data"] for _ in range(5)]
@@ -65,15 +70,20 @@ async def test_past_the_grace_it_is_dropped_counted_and_logged_once(caplog: pyte
         caller = await RawWorker.connect(engine.url)
         callee = await RawWorker.connect(engine.url)
         try:
+            calls = engine.invocations
+            expired = asyncio.Event()
+            expire = calls._expire_held
+
+            def expire_and_tell() -> None:  # (set before the first hold, which schedules it)
+                expire()
+                if not calls._held_order:
+                    expired.set()
+
+            calls._expire_held = expire_and_tell  # type: ignore[method-assign]
             with caplog.at_level(logging.WARNING, logger="iii_engine.invocations"):
-                for i in range(100):
-                    await caller.send(_void("nobody::here", i))
-                await caller.sync()
+                await _send_voids(caller, 100, "nobody::here")
                 assert engine.invocations.unknown_void_calls == 0
-                loop = asyncio.get_running_loop()
-                deadline = loop.time() + 5
-                while engine.invocations.unknown_void_calls < 100 and loop.time() < deadline:
-                    await asyncio.sleep(0.05)  # (polling a counter: the engine has no event for a drop)
+                await asyncio.wait_for(expired.wait(), 5)
             assert engine.invocations.unknown_void_calls == 100
             assert engine.workers[caller.worker_id].calls == 0
             assert engine.workers[caller.worker_id].call_bytes == 0
@@ -93,9 +103,7 @@ async def test_with_no_grace_a_burst_is_dropped_at_once_with_one_line(dropping: 
     caller = await RawWorker.connect(dropping.url)
     try:
         with caplog.at_level(logging.WARNING, logger="iii_engine.invocations"):
-            for i in range(1000):
-                await caller.send(_void("nobody::here", i))
-            await caller.sync()  # (every frame before it handled)
+            await _send_voids(caller, 1000, "nobody::here")
         lines = [r.getMessage() for r in caplog.records if "void call(s) of unknown functions" in r.getMessage()]
         assert dropping.invocations.unknown_void_calls == 1000
         assert len(lines) == 1, lines
@@ -127,9 +135,7 @@ async def test_held_calls_count_against_the_callers_bound() -> None:
         caller = await RawWorker.connect(engine.url)
         callee = await RawWorker.connect(engine.url)
         try:
-            for i in range(5):
-                await caller.send(_void("late::fn", i))
-            await caller.sync()
+            await _send_voids(caller, 5)
             assert engine.worker_calls.refused_void == 2
             await callee.register("late::fn")
             got = [(await callee.expect("invokefunction"))["data"]["i"] for _ in range(3)]
