@@ -287,6 +287,25 @@ def _sqlstate(exc: BaseException) -> str | None:
     return None
 
 
+# SQLite's refusals to write its file, by primary result code (extended codes too: SQLITE_IOERR_WRITE, ...): no room
+# ("database or disk is full"), an I/O error ("disk I/O error": the file hit RLIMIT_FSIZE, a failing disk) and a
+# read-only database ("attempt to write a readonly database"). Retrying as if unreachable does not help.
+_SQLITE_WRITE_REFUSALS: Final = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY})
+
+
+def _sqlite_refused_write(exc: BaseException) -> bool:
+    """Whether ``exc`` (SQLAlchemy's, or the driver's own) is SQLite refusing to write its file.
+
+    Example:
+        >>> error = sqlite3.OperationalError("disk I/O error")
+        >>> error.sqlite_errorcode = sqlite3.SQLITE_IOERR_WRITE
+        >>> _sqlite_refused_write(error), _sqlite_refused_write(sqlite3.OperationalError("database is locked"))
+        (True, False)
+    """
+    code = getattr(getattr(exc, "orig", exc), "sqlite_errorcode", None)
+    return isinstance(code, int) and code & 0xFF in _SQLITE_WRITE_REFUSALS
+
+
 def _not_connected(exc: BaseException) -> bool:
     """Whether ``exc`` is the server refusing a connection (not a statement).
 
@@ -1304,8 +1323,8 @@ class SQLStream(FieldUpdates):
                                       "options)")
         if isinstance(exc, OperationalError) and "database is locked" in str(exc):
             return StreamTimeoutError(f"{where}: SQLite stayed locked by another writer: {exc.orig}")
-        if isinstance(exc, OperationalError) and "database or disk is full" in str(exc):
-            # SQLITE_FULL: the database answered, and refused the write for want of room ("unreachable" misled)
+        if isinstance(exc, OperationalError) and _sqlite_refused_write(exc):
+            # the database answered, and refused to write its file: "unreachable" misled callers into retrying
             return StreamBackendError(f"{where}: the database refused the write: {error_line(exc)}{self._named()}")
         if isinstance(exc, OperationalError | InterfaceError | DisconnectionError) or (
             isinstance(exc, DBAPIError) and exc.connection_invalidated
