@@ -6,15 +6,15 @@ their first size, so the count drifted from what the store held."""
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any
 
 import pytest
 from module_worker import ModuleWorker
 
-from iii.wire import dumps
 from iii_engine import Engine, EngineConfig, ModuleSpec
 from iii_engine.modules.queue.module import QueueModule
-from iii_engine.modules.queue.store import MemoryQueueStore
+from iii_engine.modules.queue.store import HELD_OVERHEAD, MemoryQueueStore
 from tests.polling import until
 
 pytestmark = pytest.mark.our_engine("reads the queue module's in-memory store")
@@ -23,9 +23,15 @@ N = 60
 
 
 def held_bytes(store: MemoryQueueStore) -> int:
-    """The UTF-8 JSON of every job and dead letter the store holds, measured from scratch."""
-    return sum(sum(len(job.to_json().encode()) for job in q.jobs.values())
-               + sum(len(dumps(letter.as_dict()).encode()) for letter in q.dlq.values())
+    """What every job and dead letter the store holds counts, measured from scratch: its data's JSON text, a fixed
+    overhead, the strs of its function id and lane (and a dead letter's error)."""
+    def one(payload: bytes, function_id: str | None, lane: str) -> int:
+        return len(payload) + HELD_OVERHEAD + (0 if function_id is None else sys.getsizeof(function_id)) \
+            + sys.getsizeof(lane)
+
+    return sum(sum(one(held.payload, held.function_id, held.lane) for held in q.jobs.values())
+               + sum(one(held.job.payload, held.job.function_id, held.job.lane) + sys.getsizeof(held.error)
+                     for held in q.dlq.values())
                for q in store._queues.values())
 
 
