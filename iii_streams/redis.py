@@ -13,19 +13,6 @@ touch, applied in order, one event per update, so callers in one process never r
 do race (an item written between the read and the script) back off with full jitter (capped exponential) before
 retrying; ``update_conflicts`` counts the lost races.
 
-A change event over the store's ``max_event_bytes`` (default :data:`MAX_EVENT_BYTES`, 1 MiB; an option and a URL
-option), and those of an update batch past that many bytes together, are published without their value: the same
-wrapper with ``"data": null`` and a top-level ``"truncated": true``. Redis closes a subscriber's connection once more
-than ``client-output-buffer-limit pubsub`` (32 MiB by default) waits for it, which cut every watcher of that
-connection (one 40 MiB ``set`` lost events of unrelated streams). This store's watchers read such a create's or
-update's value from the item when they get the event, once for all the watchers of a store: the value they see is
-the item's then, as new as the change or newer (a later change's event still follows); an item deleted meanwhile
-skips the event (its delete's event follows), and a failed read is a
-:class:`~iii_streams.events.StreamGapError` for that event. A delete of a value over the bound keeps ``"data":
-null`` and ``"truncated": true`` (the old value is gone). Another reader of the channel (a production engine) gets
-``data`` null. A ``send`` or ``publish`` over the bound has no stored value to read instead, and is refused with
-:class:`~iii_streams.errors.StreamBackendError` (nothing sent).
-
 Names are escaped so no two (stream, group) pairs share a hash (issue #8): in the stream name, ``%`` becomes
 ``%25`` and ``:`` becomes ``%3A``; the group id is the last part and is kept as it is. Names without ``:`` and
 ``%`` (and every group id) give production's keys byte for byte; a stream named ``a:b`` is ``stream:a%3Ab:<group>``
@@ -66,7 +53,7 @@ import random
 import re
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, cast
+from typing import Any, Final
 from urllib.parse import unquote_plus
 
 import redis.asyncio as aioredis
@@ -112,7 +99,6 @@ from .errors import (
     json_text,
 )
 from .events import (
-    EventFilter,
     StreamEvent,
     StreamGapError,
     StreamLagError,
@@ -129,7 +115,6 @@ from .redis_internals import like_pool_options, one_shot
 
 __all__ = [
     "EVENTS_CHANNEL",
-    "MAX_EVENT_BYTES",
     "STATE_LAYOUT",
     "STORE_URL_OPTIONS",
     "STREAM_LAYOUT",
@@ -149,39 +134,15 @@ log = logging.getLogger(__name__)
 
 EVENTS_CHANNEL: Final = "stream::events"
 
-MAX_EVENT_BYTES: Final = 1024 * 1024
-"""The default ``max_event_bytes`` of a :class:`RedisStream`: a change event over it is published without its value.
-
-Redis closes a subscriber's connection as soon as more than ``client-output-buffer-limit pubsub`` (32 MiB by
-default) of messages wait for it, and every watcher on that connection then loses the events published until it
-subscribes again. One 30 MiB value did that; so did 8 concurrent sets of 4 MiB each (measured on a local Redis,
-while 32 of 1 MiB did not)."""
-
-# An event published without its data ends so (its top-level "truncated" member last); a normal event ends "}}".
-_TRUNCATED_TAIL: Final = '},"truncated":true}'
-_TRUNCATED_END: Final = _TRUNCATED_TAIL.encode()
-_EVENT_FRAME: Final = 17  # bytes of an event besides its head and value: 'update","data":' (or create, delete), '}}'
-
-
-def _utf8_size(text: str) -> int:
-    """The UTF-8 size of ``text`` in bytes (ASCII text, the usual event, is not encoded to count it).
-
-    Example:
-        >>> _utf8_size("abc"), _utf8_size("é")
-        (3, 2)
-    """
-    return len(text) if text.isascii() else len(text.encode())
-
 # Old value read, new value written and the change event published in one atomic step; the event text is
-# assembled server-side so the value is encoded once. ARGV[6], when given, is published in place of the value
-# (``null``, for an event over the store's max_event_bytes; ARGV[5] is then the truncated tail).
+# assembled server-side so the value is encoded once.
 _SET_SCRIPT: Final = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 if ARGV[3] ~= '' then
   local kind = 'update'
   if (not old) or old == 'null' then kind = 'create' end
-  redis.call('PUBLISH', ARGV[3], ARGV[4] .. kind .. '","data":' .. (ARGV[6] or ARGV[2]) .. ARGV[5])
+  redis.call('PUBLISH', ARGV[3], ARGV[4] .. kind .. '","data":' .. ARGV[2] .. ARGV[5])
 end
 return old
 """
@@ -222,24 +183,19 @@ while true do
 end
 """
 
-# ARGV[5]: the largest old value (bytes) the delete event carries; a larger one is published as null, truncated
 _DELETE_SCRIPT: Final = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if old then
   redis.call('HDEL', KEYS[1], ARGV[1])
   if ARGV[2] ~= '' then
-    if string.len(old) > tonumber(ARGV[5]) then
-      redis.call('PUBLISH', ARGV[2], ARGV[3] .. 'delete","data":null},"truncated":true}')
-    else
-      redis.call('PUBLISH', ARGV[2], ARGV[3] .. 'delete","data":' .. old .. ARGV[4])
-    end
+    redis.call('PUBLISH', ARGV[2], ARGV[3] .. 'delete","data":' .. old .. ARGV[4])
   end
 end
 return old
 """
 
 _OWN_OPTIONS: Final = ("publish_events", "channel", "max_update_attempts", "layout", "timeout", "report_watch_gaps",
-                       "watch_queue_size", "max_event_bytes")
+                       "watch_queue_size")
 _GLOB_SPECIAL: Final = re.compile(r"([\\*?\[\]])")
 _ESCAPED: Final = re.compile(r"%(25|3A)")
 DEFAULT_MAX_CONNECTIONS: Final = 50
@@ -602,7 +558,7 @@ STATE_LAYOUT: Final = KeyLayout("state", per_stream=False)
 """The production state store's layout, ``state:<scope>`` (docs/reference/payloads.md#state-state)."""
 
 
-STORE_URL_OPTIONS: Final = ("key_prefix", "channel", "max_event_bytes")
+STORE_URL_OPTIONS: Final = ("key_prefix", "channel")
 """Query parameters of a Redis URL that are the store's own, not the connection's (:func:`store_url_options`)."""
 
 
@@ -647,16 +603,7 @@ def _merge_url_options(own: dict[str, Any], in_url: Mapping[str, str], url: str)
     """Put a URL's store options into the keyword options ``own``: ``key_prefix`` goes before the prefix of the
     ``layout`` given (or of the default one), so that a stream store and a state store given one prefix still keep
     apart (``staging:stream:…``, ``staging:state:…``), and names the default channel (``staging::stream::events``);
-    ``channel`` and ``max_event_bytes`` (an integer) must not contradict the keyword given too."""
-    if "max_event_bytes" in in_url:
-        text = in_url["max_event_bytes"]
-        if not text.isdigit():
-            raise ValueError(f"RedisStream: max_event_bytes must be a positive integer (bytes), got {text!r} in "
-                             f"{mask_passwords(url)!r}")
-        given = own.get("max_event_bytes", int(text))
-        if given != int(text):
-            raise ValueError(f"RedisStream: max_event_bytes={given!r} contradicts the one in {mask_passwords(url)!r}")
-        own["max_event_bytes"] = int(text)
+    ``channel`` must not contradict a ``channel=`` given too."""
     if "channel" in in_url:
         given = own.get("channel", in_url["channel"])
         if given != in_url["channel"]:
@@ -766,13 +713,12 @@ class _Subscriber:
         # that never answered), it waited out that bound (30 s, then PoolExhaustedError) or the store's timeout.
         self._opening: set[asyncio.Timeout] = set()
 
-    async def subscribe(self, event_filter: EventFilter) -> _RedisWatcher:
-        """A new watcher of the events ``event_filter`` passes, once the shared connection is subscribed: the first
-        one subscribes it (its failure is raised); one opened while the connection is being replaced waits for
-        that."""
+    async def subscribe(self) -> _RedisWatcher:
+        """A new watcher, once the shared connection is subscribed: the first one subscribes it (its failure is
+        raised); one opened while the connection is being replaced waits for that."""
         if self._stopping.is_set():
             raise StreamClosedError("RedisStream is closed")
-        sub = _RedisWatcher(self, event_filter)
+        sub = _RedisWatcher(self)
         # added before any await: the last other watcher leaving meanwhile must not stop the subscriber
         self.subscribers.add(sub)
         try:
@@ -900,12 +846,8 @@ class _Subscriber:
                 if data[:1] not in (b"{", "{"):  # checked once here: each watcher would warn about it
                     log.warning("stream watch: ignoring a message on %s that is not a JSON object", self._channel)
                     continue
-                # one shared object per event sent without its value: its watchers share one read of the item
-                item: bytes | str | _ReadBack = data
-                if data.endswith(_TRUNCATED_END if isinstance(data, bytes) else _TRUNCATED_TAIL):
-                    item = _ReadBack(data)
                 for sub in self.subscribers:
-                    sub.offer(item)
+                    sub.offer(data)
         except BaseException as exc:
             failure = exc
             raise
@@ -952,39 +894,13 @@ class _Subscriber:
         return fresh[-1]
 
 
-class _ReadBack:
-    """A change event published without its value (over its store's ``max_event_bytes``), queued to each watcher of
-    a store: the first watcher that wants it reads the item's value, later ones take that read's outcome (one
-    ``HGET`` per event and store, not one per watcher)."""
-
-    __slots__ = ("_read", "payload")
-
-    def __init__(self, payload: bytes | str) -> None:
-        self.payload = payload
-        self._read: asyncio.Future[bytes | str | None] | None = None
-
-    async def value(self, store: RedisStream, key: str, field: str) -> bytes | str | None:
-        """The stored text of the event's item (``None`` once deleted), read once for every watcher."""
-        if self._read is None:
-            self._read = asyncio.ensure_future(store._read_back(key, field))
-            # retrieved, so a failure whose first reader was cancelled is not reported as never retrieved
-            self._read.add_done_callback(lambda read: read.cancelled() or read.exception())
-        # shielded: one reader's cancellation must not fail the others' read
-        return await asyncio.shield(self._read)
-
-
-def _size(item: bytes | str | _ReadBack) -> int:
-    return len(item.payload if isinstance(item, _ReadBack) else item)
-
-
 class _RedisWatcher:
     """One watcher of a store's shared pub/sub: a queue bounded in messages (``watch_queue_size``) and bytes
     (:data:`_WATCH_QUEUE_BYTES`). A consumer further behind gets :class:`~iii_streams.events.StreamLagError` (as
     from the other stores), on every later read; the other watchers are unaffected."""
 
-    def __init__(self, subscriber: _Subscriber, event_filter: EventFilter) -> None:
+    def __init__(self, subscriber: _Subscriber) -> None:
         self._subscriber = subscriber
-        self._filter = event_filter  # the Watch's: an event it drops is not read back for it
         # messages, parsed by each reader (no two watchers share one event object); None wakes the reader after a
         # lag or a close; _GAP marks where a lost connection's events are missing
         self._queue: asyncio.Queue[bytes | str | object | None] = asyncio.Queue(subscriber.store.watch_queue_size)
@@ -992,18 +908,18 @@ class _RedisWatcher:
         self._lagged = False
         self._closed = False
 
-    def offer(self, data: bytes | str | _ReadBack) -> None:
+    def offer(self, data: bytes | str) -> None:
         """Queue one message; never blocks (a full queue marks the lag)."""
         if self._lagged or self._closed:
             return
-        if self._bytes + _size(data) > _WATCH_QUEUE_BYTES or self._queue.full():
+        if self._bytes + len(data) > _WATCH_QUEUE_BYTES or self._queue.full():
             self._lagged = True
             if not self._queue.full():  # a reader may be waiting: it learns about the lag at once
                 self._queue.put_nowait(None)
             # (a full queue has no reader waiting; making room would drop the oldest event before the lag)
             return
         self._queue.put_nowait(data)
-        self._bytes += _size(data)
+        self._bytes += len(data)
 
     def offer_gap(self) -> None:
         """Mark where events were lost (the connection was replaced); a full queue marks the lag instead."""
@@ -1031,12 +947,6 @@ class _RedisWatcher:
                 continue  # a wake-up: the checks above say why
             if item is _GAP:
                 raise gap_error(self._subscriber._channel)
-            if isinstance(item, _ReadBack):
-                self._bytes -= len(item.payload)
-                filled = await self._fill(item)
-                if filled is not None:
-                    return filled
-                continue
             assert isinstance(item, bytes | str)
             self._bytes -= len(item)
             try:
@@ -1046,39 +956,6 @@ class _RedisWatcher:
                 continue
             if isinstance(event, dict):
                 return event
-
-    async def _fill(self, item: _ReadBack) -> StreamEvent | None:
-        """The event ``item`` was published for, its value read from the item now (so as new as the change, or
-        newer); ``None`` to skip it: not for this watcher, malformed, or its item deleted since (the delete's
-        event follows). A delete keeps ``data`` ``None`` and ``"truncated": true``: its old value is gone. A failed
-        read is :class:`~iii_streams.events.StreamGapError` (this event is lost; the watch reads on)."""
-        store = self._subscriber.store
-        try:
-            event = loads(item.payload)
-            inner, kind = event["event"], event["event"]["type"]
-            names = event["streamName"], event["groupId"], event["id"]
-            if event.get("truncated") is not True or not all(isinstance(name, str) for name in names):
-                raise ValueError("not an event sent without its value")
-        except (AttributeError, KeyError, TypeError, ValueError):
-            log.warning("stream watch: ignoring a malformed event on %s", self._subscriber._channel)
-            return None
-        if not self._filter.matches(event):
-            return None  # the watch drops it: no read for it
-        if kind not in ("create", "update"):
-            return cast("StreamEvent", event)
-        key = store.layout.key(names[0], names[1])
-        try:
-            raw = await item.value(store, key, names[2])
-            value = None if raw is None else store._parse(raw, key, names[2])
-        except StreamError as exc:
-            raise StreamGapError(f"Redis watch could not deliver an event: the {kind} of item {names[2]!r} in "
-                                 f"{key!r} was published without its value (over max_event_bytes) and reading it "
-                                 f"failed: {exc} (re-read state, then read on)") from exc
-        if raw is None:
-            return None
-        del event["truncated"]
-        inner["data"] = value  # parsed per watcher: no shared value object
-        return cast("StreamEvent", event)
 
     async def close(self) -> None:
         self.end()
@@ -1127,11 +1004,7 @@ class RedisStream(FieldUpdates):
     connection raise :class:`StreamGapError` (a :class:`~iii_streams.events.StreamLagError`) once it subscribed
     again, instead of only logging that the events published meanwhile were lost; ``watch_queue_size`` bounds the
     events each watcher may fall behind (default 10,000, and 32 MiB of them) before it gets
-    :class:`~iii_streams.events.StreamLagError`. ``max_event_bytes`` (default :data:`MAX_EVENT_BYTES`, 1 MiB) bounds
-    the change events published: a create or update over it, or past it in the events of one update batch, is
-    published without its value, and this store's watchers read the item's value when they get it (see the
-    module's docstring); a ``send`` or ``publish`` over it is refused with
-    :class:`~iii_streams.errors.StreamBackendError`.
+    :class:`~iii_streams.events.StreamLagError`.
 
     Example:
         >>> s = RedisStream.from_url("redis://127.0.0.1:6379/0")
@@ -1151,7 +1024,6 @@ class RedisStream(FieldUpdates):
         timeout: float | None = DEFAULT_TIMEOUT,
         report_watch_gaps: bool = False,
         watch_queue_size: int = 10_000,
-        max_event_bytes: int = MAX_EVENT_BYTES,
     ) -> None:
         attempts = max_update_attempts
         if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
@@ -1170,9 +1042,6 @@ class RedisStream(FieldUpdates):
             raise ValueError(f"RedisStream: report_watch_gaps must be True or False, got {report_watch_gaps!r}")
         self.report_watch_gaps = report_watch_gaps
         self.watch_queue_size = check_queue_size(watch_queue_size, "RedisStream: watch_queue_size")
-        if isinstance(max_event_bytes, bool) or not isinstance(max_event_bytes, int) or max_event_bytes < 1:
-            raise ValueError(f"RedisStream: max_event_bytes must be a positive integer, got {max_event_bytes!r}")
-        self.max_event_bytes = max_event_bytes
         self._subscriber: _Subscriber | None = None  # the watchers' shared pub/sub, while any watch is open
         # the watches' client (_watch_client), made by the first watch: a store that never watches (most of them:
         # a worker's, a state module's) pays no pool, 12x the construction's time and memory
@@ -1199,10 +1068,9 @@ class RedisStream(FieldUpdates):
         """Open a pooled client for ``redis://``, ``rediss://`` or ``unix://`` URLs; closed by :meth:`aclose`.
 
         Options for this class (``publish_events``, ``channel``, ``max_update_attempts``, ``layout``,
-        ``timeout``, ``report_watch_gaps``, ``watch_queue_size``, ``max_event_bytes``) are taken out, and so are the
-        URL's query parameters ``max_event_bytes`` and ``key_prefix`` (a namespace put before the layout's own
-        prefix: ``staging`` makes the hashes ``staging:stream:…``, and events then go to ``staging::stream::events``
-        unless ``channel`` says where),
+        ``timeout``, ``report_watch_gaps``, ``watch_queue_size``) are taken out, and so are the URL's query
+        parameters ``key_prefix`` (a namespace put before the layout's own prefix: ``staging`` makes the hashes
+        ``staging:stream:…``, and events then go to ``staging::stream::events`` unless ``channel`` says where),
         so that an engine configured by URL alone can
         keep its data apart from another's on one Redis (:func:`store_url_options`). The pool blocks: at most
         ``max_connections`` (default 50) command connections, callers beyond that wait up to ``pool_timeout``
@@ -1280,10 +1148,6 @@ class RedisStream(FieldUpdates):
         head, tail = event_json_parts(stream_name, group_id, item_id)
         return [self.channel, head, tail]
 
-    def _fits(self, head: str, text: str) -> bool:
-        """Whether the change event of value ``text`` under ``head`` is at most ``max_event_bytes`` bytes."""
-        return _utf8_size(head) + _EVENT_FRAME + _utf8_size(text) <= self.max_event_bytes
-
     async def get(self, input: StreamGetInput, *, timeout: float | None = None) -> Any:
         """The item's value (one ``HGET``), ``None`` when it is missing.
 
@@ -1317,10 +1181,7 @@ class RedisStream(FieldUpdates):
         check_names(input.stream_name, input.group_id, input.item_id)
         key = self.layout.key(input.stream_name, input.group_id)
         text = json_text(input.data, "data")
-        channel, head, tail = self._channel_args(input.stream_name, input.group_id, input.item_id)
-        args = [input.item_id, text, channel, head, tail]
-        if channel and not self._fits(head, text):  # published without the value: the watchers read it
-            args[-1:] = [_TRUNCATED_TAIL, "null"]
+        args = [input.item_id, text, *self._channel_args(input.stream_name, input.group_id, input.item_id)]
         raw = await self._write_item("set", timeout, self._set_script, key, input.item_id, args)
         old = None if raw is None else self._parse(raw, key, input.item_id)
         return SetResult(old_value=old, new_value=input.data)
@@ -1340,10 +1201,7 @@ class RedisStream(FieldUpdates):
         """
         check_names(input.stream_name, input.group_id, input.item_id)
         key = self.layout.key(input.stream_name, input.group_id)
-        channel, head, tail = self._channel_args(input.stream_name, input.group_id, input.item_id)
-        # the old value is known to the script alone: it publishes one over this many bytes as null, truncated
-        room = self.max_event_bytes - _utf8_size(head) - _EVENT_FRAME
-        args = [input.item_id, channel, head, tail, room]
+        args = [input.item_id, *self._channel_args(input.stream_name, input.group_id, input.item_id)]
         raw = await self._write_item("delete", timeout, self._delete_script, key, input.item_id, args)
         return StreamDeleteResult(old_value=None if raw is None else self._parse(raw, key, input.item_id))
 
@@ -1534,9 +1392,6 @@ class RedisStream(FieldUpdates):
         # one event head per item and batch (as the SQL stores do): its events are published together, in one
         # script, so they share one timestamp; building a head encodes JSON, which per update was a cost of its own
         heads: dict[tuple[str, str, str], tuple[str, str]] = {}
-        # the batch's events are published by one script, all queued for each subscriber before Redis sends any:
-        # bounded together, the events past the bound go without their values
-        room = self.max_event_bytes
         for update in batch:
             if update.abandoned:
                 results.append(_WITHDRAWN)  # nobody waits for it, and it is not written
@@ -1557,13 +1412,7 @@ class RedisStream(FieldUpdates):
                 if parts is None:
                     parts = heads[item] = event_json_parts(*item)
                 head, tail = parts
-                kind = "create" if old is None else "update"
-                size = _utf8_size(head) + _EVENT_FRAME + _utf8_size(text)
-                if size <= room:
-                    room -= size
-                    events.append(f'{head}{kind}","data":{text}{tail}')
-                else:
-                    events.append(f'{head}{kind}","data":null{_TRUNCATED_TAIL}')
+                events.append(f'{head}{"create" if old is None else "update"}","data":{text}{tail}')
             results.append(UpdateResult(old_value=old, new_value=new))
         return results, texts, events
 
@@ -1595,13 +1444,6 @@ class RedisStream(FieldUpdates):
             {'type': 'update', 'data': {'n': 1}}
         """
         text = json_text(event, "the event")
-        size = _utf8_size(text)
-        if size > self.max_event_bytes:  # no stored value a watcher could read instead: refused, nothing sent
-            raise StreamBackendError(
-                f"RedisStream.publish: the event is {size} bytes, over the store's max_event_bytes "
-                f"({self.max_event_bytes}): Redis would close every watcher's connection once more than its "
-                "client-output-buffer-limit for pubsub (32 MiB by default) waits for it; send less, or raise "
-                "max_event_bytes (the keyword argument or the URL option ?max_event_bytes=N) along with that limit")
         async with self._guard("publish", None):
             await self._client.publish(self.channel or EVENTS_CHANNEL, text)
 
@@ -1621,23 +1463,15 @@ class RedisStream(FieldUpdates):
             >>> asyncio.run(demo())
             ('2', {'type': 'create', 'data': 'y'})
         """
-        event_filter = self._filter(stream_name, group_id, item_id)
-
         async def opener() -> _RedisWatcher:
             async with self._guard("watch", None):
                 if self._close_once.closing:
                     raise StreamClosedError("RedisStream is closed")
                 if self._subscriber is None:
                     self._subscriber = _Subscriber(self)
-                return await self._subscriber.subscribe(event_filter)
+                return await self._subscriber.subscribe()
 
-        return Watch(opener, event_filter)
-
-    async def _read_back(self, key: str, field: str) -> bytes | str | None:
-        """The stored text of ``field`` in ``key`` (``None``: no such item), for an event sent without it."""
-        async with self._guard("watch", None):
-            raw: bytes | str | None = await self._client.hget(key, field)
-            return raw
+        return Watch(opener, self._filter(stream_name, group_id, item_id))
 
     async def list_all(self) -> builtins.list[tuple[str, builtins.list[str]]]:
         """Every stream of this layout with its non-empty groups, both sorted (a ``SCAN`` of the prefix).
