@@ -1991,8 +1991,14 @@ class SQLStream(FieldUpdates):
             # a first connect still running (a server that never answers: the driver's timeout, 60 s for asyncpg)
             # would keep its callers, and a connection opened after the dispose, past the close
             connecting.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            try:
                 await connecting
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # the close's own caller was cancelled (a deadline around it), not only the connect
+            except Exception:  # noqa: S110 - the connect's failure is its callers' (told to them), not the close's
+                pass
         if self._listener is not None:
             await self._listener.stop()
         self._watch_retries.close()

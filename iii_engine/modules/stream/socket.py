@@ -174,13 +174,14 @@ class _Client:
     def watches(self, group: _GroupKey) -> bool:
         return any(sub.group == group for sub in self.subscriptions.values())
 
-    def offer(self, frame: bytes) -> None:
+    def offer(self, frame: bytes, exempt: int = 0) -> None:
         """Queue one text frame's UTF-8 payload (shared by every socket the event goes to).
 
         The client is behind, and closed with 1013, when ``client_queue_bytes`` or more of frames already wait for
         it (or ``client_queue_size`` frames): the budget bounds what waits ahead of a frame, never the frame
         itself, so one client holds at most the budget plus the frame that tips it over plus the one being
-        written.
+        written. ``exempt``: bytes queued that do not count against this frame (a join's sync queued just before
+        the events held while it was read: they came first, and a sync never counted against them).
         """
         if self.overflowed:
             return
@@ -194,7 +195,7 @@ class _Client:
                 held.append(frame)
                 self.held_bytes += len(frame)
                 return
-            if self.queued_bytes >= self.queue_bytes:
+            if self.queued_bytes - exempt >= self.queue_bytes:
                 # frames are shared between sockets, but one a slow client has yet to take stays alive for it: a
                 # count alone let 1024 events of 4 MiB items hold 4 GiB. Checking the new frame's own size too
                 # closed a client that was not behind at all when a sync bigger than the budget came in just
@@ -221,10 +222,13 @@ class _Client:
         held = self.held
         self.held = None
         self.held_bytes = 0
+        exempt = 0
         if sync is not None:
+            before = self.queued_bytes
             self.offer(sync)
+            exempt = self.queued_bytes - before  # (0 when the sync closed the client)
         for frame in held or ():
-            self.offer(frame)
+            self.offer(frame, exempt)
 
     def fall_behind(self, reason: str) -> None:
         """Close with 1013 (once): the client missed events and must reconnect and join again to re-sync."""

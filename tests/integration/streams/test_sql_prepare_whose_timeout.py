@@ -96,3 +96,21 @@ async def test_a_close_ends_a_first_connect_and_its_callers(silent_port: int) ->
     assert time.monotonic() - started < 3
     assert [type(result) for result in results] == [StreamClosedError] * 3, results
     assert store._connecting is None
+
+
+async def test_a_cancelled_close_is_cancelled(silent_port: int) -> None:
+    """The close's own caller cancelled while the close stops a first connect: the cancel reaches it (an attack:
+    the close swallowed it, so a deadline around a store's close was lost)."""
+    store = _store(silent_port, 10.0, connect_timeout=20)
+    get = asyncio.ensure_future(store.get(StreamGetInput(stream_name="s", group_id="g", item_id="i")))
+    for _ in range(100):
+        if store._connecting is not None:
+            break
+        await asyncio.sleep(0)
+    closing = asyncio.ensure_future(store.aclose())
+    await asyncio.sleep(0)  # (the close is waiting for the cancelled connect)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    await asyncio.wait_for(store.aclose(), 5)  # a later close finishes it
+    assert isinstance((await asyncio.gather(get, return_exceptions=True))[0], StreamClosedError)
