@@ -1997,7 +1997,7 @@ class SQLStream(FieldUpdates):
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     raise  # the close's own caller was cancelled (a deadline around it), not only the connect
-            except Exception:  # noqa: S110 - the connect's failure is its callers' (told to them), not the close's
+            except Exception:  # the connect's failure is its callers' (told to them), not the close's
                 pass
         if self._listener is not None:
             await self._listener.stop()
