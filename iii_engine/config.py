@@ -19,7 +19,7 @@ producer that is itself a call waits for room among them, default 10,000), ``max
 calls hold, default 256 MiB), ``max_calls_per_worker`` (calls one worker has in flight through the engine, default
 10,000), ``max_call_bytes_per_worker`` (bytes one worker's calls and the fired calls they set off hold, default
 64 MiB), ``void_grace_ms`` (how long a void call of a function no worker serves waits for a worker to register it,
-default 10,000; 0 drops it at once, as production does),
+default 60,000; 0 drops it at once, as production does),
 ``functions_available_debounce_ms`` (E8), ``allow_degraded`` (start even when a configured module cannot; see
 :class:`EngineConfig`) and ``channels: {production_mode, attach_timeout_ms, max_message_size, max_channel_bytes,
 max_queued_bytes}`` (see :class:`ChannelSettings`). Unknown top-level keys are ignored, as production does (a near-miss
@@ -93,8 +93,9 @@ DEFAULT_ATTACH_TIMEOUT_MS = 300_000
 DEFAULT_MAX_FIRED_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_CALL_BYTES_PER_WORKER = 64 * 1024 * 1024
 # After an engine restart a caller's backlog of void calls may arrive before its callee's worker has registered
-# again: workers reconnect with jittered backoff (30 % of 1, 2, 4 ... s), so two of them are seconds apart.
-DEFAULT_VOID_GRACE_MS = 10_000
+# again: workers reconnect with jittered backoff (± 30 % of 1, 2, 4 ... s, at most 30 s), so after a long outage two
+# of them reconnect up to about 40 s apart (the SDK's own backoff, modelled: more than 10 s apart in half the cases).
+DEFAULT_VOID_GRACE_MS = 60_000
 # A configuration is a few kilobytes; these bound what a wrong file (a log, a dump) or a hostile one costs to read.
 # YAML aliases let a small file name a huge tree (each alias of an alias multiplies it), so the values are counted
 # as expanded, and nesting is bounded (a self-referencing alias is infinitely deep).

@@ -24,7 +24,6 @@ import asyncio
 import logging
 import time
 import traceback
-from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +35,7 @@ from iii.protocol.ids import InvocationIds, new_invocation_id
 from iii.protocol.worker_session import REPLY_REASON_CLIP, clip_text
 from iii.wire import loads
 
+from .held_voids import HeldVoids
 from .limits import (
     CALL_CHARGE,
     SKIP_LOG_INTERVAL_S,
@@ -168,18 +168,6 @@ class Pending:
     hook: Callable[[], object] | None = None  # called once the future is settled (Started.hook)
 
 
-@dataclass(eq=False)
-class HeldVoid:
-    """A void call of a function no worker served when it came, waiting for one to register it (:attr:`deadline`:
-    the event loop's time when it is dropped)."""
-
-    caller: WorkerConnection
-    msg: dict[str, Any]
-    size: int
-    deadline: float
-    done: bool = False  # routed, dropped or its caller gone: the expiry passes over it
-
-
 class Invocations:
     """The pending table and every way of calling a function."""
 
@@ -212,13 +200,10 @@ class Invocations:
         self._enqueue_log = LossLog(self._log_enqueue_failed, SKIP_LOG_INTERVAL_S)
         #: void calls dropped because no worker serves their function (:meth:`_unknown_void`)
         self.unknown_void_calls = 0
-        #: how long such a call waits for a worker to register its function first (:meth:`_hold_void`)
-        self.void_grace_ms = void_grace_ms
-        # the held ones by function, each in arrival order, and all of them in arrival order (= deadline order:
-        # one grace for all) for the one expiry timer
-        self._held_voids: dict[str, deque[HeldVoid]] = {}
-        self._held_order: deque[HeldVoid] = deque()
-        self._held_timer: asyncio.TimerHandle | None = None
+        #: void calls of functions no worker serves yet, held up to ``void_grace_ms`` for one to register them
+        self.held_voids = HeldVoids(void_grace_ms, route=self.start_invoke, drop=self._unknown_void,
+                                    connected=lambda caller: self.workers.get(caller.id) is caller,
+                                    served=self._served)
         # (a worker's backlog of voids sent after a restart, before their callee is back: one line per interval)
         self._unknown_void_log = LossLog(self._log_unknown_void, SKIP_LOG_INTERVAL_S)
         # Every task the engine runs for a call, with what it holds until it ends: a worker's max_calls_per_worker
@@ -269,8 +254,8 @@ class Invocations:
         if entry is None:
             if invocation_id is not None:
                 caller.post(caller.session.result(invocation_id, function_id, None, not_found(function_id)))
-            else:
-                self._hold_void(caller, msg, size, function_id)
+            elif not self.held_voids.hold(caller, msg, size):
+                self._unknown_void(caller, function_id)
             return None
         traceparent, baggage = msg.get("traceparent"), msg.get("baggage")
         if entry.builtin is not None:
@@ -293,9 +278,11 @@ class Invocations:
         if callee is None:
             if invocation_id is not None:
                 caller.post(caller.session.result(invocation_id, function_id, None, not_found(function_id)))
-            else:
-                self._hold_void(caller, msg, size, function_id)
+            elif not self.held_voids.hold(caller, msg, size):
+                self._unknown_void(caller, function_id)
             return None
+        if invocation_id is None and self.held_voids.releasing(function_id) and self.held_voids.hold(caller, msg, size):
+            return None  # behind the void calls held for this function, now being routed in order
         if over_bytes or caller.calls - caller.builtin_calls >= self._max_calls:
             self._too_many_calls(caller, function_id, invocation_id, builtin=False)
             return None
@@ -476,73 +463,14 @@ class Invocations:
                     "timed out or was stopped; or not the sender's to answer); %d in all%s", counts["stray"],
                     self.stray_results, latest_text)
 
-    def _hold_void(self, caller: WorkerConnection, msg: dict[str, Any], size: int, function_id: str) -> None:
-        """A void call of ``function_id``, which no connected worker serves: held up to :attr:`void_grace_ms` for a
-        worker to register it (:meth:`registered`), then dropped (:meth:`_unknown_void`). Why: after an engine
-        restart a caller's backlog of void calls may arrive before its callee's worker has registered again, and
-        production drops them silently (15 of 15 lost in an attack). A held call counts against its caller's
-        ``max_calls_per_worker`` and ``max_call_bytes_per_worker`` (its frame's size) until it is routed or
-        dropped; past either it is refused as any call is."""
-        if self.void_grace_ms <= 0:
-            self._unknown_void(caller, function_id)
-            return
-        if caller.call_bytes >= self._max_call_bytes or caller.calls - caller.builtin_calls >= self._max_calls:
-            self._too_many_calls(caller, function_id, None, builtin=False)
-            return
-        caller.calls += 1
-        caller.call_bytes += size
-        loop = asyncio.get_running_loop()
-        held = HeldVoid(caller, msg, size, loop.time() + self.void_grace_ms / 1000)
-        self._held_voids.setdefault(function_id, deque()).append(held)
-        self._held_order.append(held)
-        if self._held_timer is None:
-            self._held_timer = loop.call_at(held.deadline, self._expire_held)
-
     def registered(self, function_id: str) -> None:
-        """A worker registered ``function_id``: the void calls held for it are routed now, in the order they came
-        (those of callers that left since are dropped: a caller's disconnect stops its calls)."""
-        waiting = self._held_voids.pop(function_id, None)
-        if not waiting:
-            return
-        for held in waiting:
-            if held.done:
-                continue
-            held.done = True
-            caller = held.caller
-            caller.calls -= 1
-            caller.call_bytes -= held.size
-            if self.workers.get(caller.id) is not caller:
-                self._unknown_void(caller, function_id)
-                continue
-            routed = self.start_invoke(caller, held.msg, held.size)
-            if routed is not None:  # waiting for room in the callee's queue: not on the registering worker's reader
-                self._tasks.spawn(routed, None)
+        """A worker registered ``function_id``: the void calls held for it are routed, in the order they came."""
+        self.held_voids.registered(function_id)
 
-    def _expire_held(self) -> None:
-        """Drop the held void calls whose grace is over (counted and logged as unknown), and wait for the next."""
-        self._held_timer = None
-        order = self._held_order
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        while order and order[0].deadline <= now:
-            held = order.popleft()
-            if held.done:
-                continue
-            held.done = True
-            function_id: str = held.msg["function_id"]
-            waiting = self._held_voids.get(function_id)
-            if waiting is not None:  # it is the oldest of its function's (one grace for all)
-                while waiting and waiting[0].done:
-                    waiting.popleft()
-                if not waiting:
-                    del self._held_voids[function_id]
-            held.caller.calls -= 1
-            held.caller.call_bytes -= held.size
-            self._unknown_void(held.caller, function_id)
-        while order and order[0].done:
-            order.popleft()
-        if order:
-            self._held_timer = loop.call_at(order[0].deadline, self._expire_held)
+    def _served(self, function_id: str) -> bool:
+        """Whether a connected worker (or the engine) serves ``function_id`` now."""
+        entry = self.registry.functions.get(function_id)
+        return entry is not None and (entry.builtin is not None or (entry.owner or "") in self.workers)
 
     def _unknown_void(self, caller: WorkerConnection, function_id: str) -> None:
         """A void call of a function no connected worker serves: dropped (as production drops it), counted and
@@ -615,6 +543,7 @@ class Invocations:
                 why = ENGINE_STOPPING
             self._finish(invocation_id, None, stopped(pending.function_id, why))
         worker.in_flight.clear()
+        self.held_voids.caller_left(worker)
 
     # -- built-ins and enqueue -------------------------------------------------------------------------------
 
@@ -849,15 +778,7 @@ class Invocations:
         """Engine shutdown: stop pending calls and built-in tasks, drop held void calls."""
         for invocation_id, pending in list(self.pending.items()):
             self._finish(invocation_id, None, stopped(pending.function_id, ENGINE_STOPPING))
-        if self._held_timer is not None:
-            self._held_timer.cancel()
-            self._held_timer = None
-        for held in self._held_order:
-            if not held.done:
-                held.done = True
-                self._unknown_void(held.caller, held.msg["function_id"])
-        self._held_order.clear()
-        self._held_voids.clear()
+        await self.held_voids.close()
         self._unknown_void_log.close()
         self._stray_log.close()
         self._enqueue_log.close()
