@@ -555,6 +555,20 @@ class RedisQueueStore:
             policy = policy.decode()
         return policy if isinstance(policy, str) and policy != "noeviction" else None
 
+    async def keeps_nothing_on_disk(self) -> bool:
+        """Whether Redis keeps nothing on disk (``appendonly no`` and an empty ``save``): a restart of it then loses
+        every job. ``False`` when Redis does not answer within :data:`EVICTION_CHECK_S` or refuses ``CONFIG``, as
+        :meth:`eviction_policy`."""
+        try:
+            async with asyncio.timeout(EVICTION_CHECK_S):
+                answer = await self._redis.config_get("appendonly")
+                answer.update(await self._redis.config_get("save"))
+        except Exception as exc:  # a Redis that is down is met again, and reported, by the consumers
+            log.debug("queue store: could not read Redis's persistence settings: %s", exc)
+            return False
+        raw = {_text(key): _text(value) for key, value in dict(answer).items()}
+        return raw.get("appendonly") == "no" and raw.get("save") == ""
+
     async def close(self) -> None:
         """Close the connection pool."""
         await self._redis.aclose()
