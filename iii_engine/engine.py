@@ -781,6 +781,7 @@ class Engine:
                               function.response_format, function.metadata, builtin=function)
         self.registry.add_function(entry)
         self._functions_maybe_changed()
+        self.invocations.registered(entry.id)
 
         def remove() -> None:
             if self._drop_builtin(entry) and module is not None:
@@ -805,6 +806,7 @@ class Engine:
         if current is None:
             self.registry.add_function(kept)
             self._functions_maybe_changed()
+            self.invocations.registered(function_id)
         elif current is not kept:
             self.registry.restore_later(kept)
         return True
@@ -1333,4 +1335,4 @@ class Engine:
         owner = self.workers.get(entry.owner or "")
         if owner is not None:
             (owner.external_functions if entry.external else owner.functions).add(entry.id)
-            self.invocations.registered(entry.id)
+        self.invocations.registered(entry.id)  # (a restored built-in too: it needs no owner)

@@ -35,6 +35,11 @@ import contextlib
 from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
+import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
+from iii.wire import dumps, loads
+
+from .workers import frame_bytes
+
 __all__ = ["MAX_HELD_BYTES", "MAX_HELD_BYTES_PER_WORKER", "MAX_HELD_PER_WORKER", "HeldVoids"]
 
 MAX_HELD_PER_WORKER: Final = 10_000
@@ -50,11 +55,14 @@ Route = Callable[[Any, dict[str, Any], int], Coroutine[Any, Any, None] | None]
 
 
 class _Held:
-    __slots__ = ("caller", "deadline", "function_id", "msg", "size")
+    """One held call: its message as JSON text (parsed, a message of many small values takes up to 24 times its
+    text), from its caller, until ``deadline`` (the loop's time; ``None``: held behind a release, no grace)."""
 
-    def __init__(self, caller: Any, msg: dict[str, Any], size: int, function_id: str, deadline: float) -> None:
+    __slots__ = ("caller", "deadline", "function_id", "size", "text")
+
+    def __init__(self, caller: Any, text: str, size: int, function_id: str, deadline: float | None) -> None:
         self.caller = caller
-        self.msg = msg
+        self.text = text
         self.size = size
         self.function_id = function_id
         self.deadline = deadline
@@ -76,7 +84,8 @@ class HeldVoids:
         self._drop = drop
         self._connected = connected
         self._served = served
-        # insertion-ordered sets: arrival order is deadline order (one grace for all)
+        # insertion-ordered sets; _order: the calls with a deadline, whose arrival order is deadline order (one
+        # grace for all)
         self._order: dict[_Held, None] = {}
         self._by_function: dict[str, dict[_Held, None]] = {}
         self._by_caller: dict[int, dict[_Held, None]] = {}  # by id() of the connection object
@@ -87,41 +96,62 @@ class HeldVoids:
         self._routing = False  # a release is routing one of them (route() must not hold it again behind itself)
 
     def __len__(self) -> int:
-        return len(self._order)
+        return sum(map(len, self._by_function.values()))
 
     def releasing(self, function_id: str) -> bool:
         """Whether a void call of ``function_id`` must go behind those held for it (their release is under way):
         then :meth:`hold` it rather than route it."""
         return not self._routing and function_id in self._releasing
 
-    def hold(self, caller: Any, msg: dict[str, Any], size: int) -> bool:
+    def hold(self, caller: Any, msg: dict[str, Any], size: int, *, behind: bool = False) -> bool:
         """Hold a void call of ``msg["function_id"]`` (a frame of ``size`` bytes) from ``caller``; ``False`` when it
-        is not held: no grace, or over a bound (the caller drops it)."""
+        is not held: no grace, or over a bound. ``behind``: the function is served and its held calls are being
+        routed (:meth:`releasing`): this one waits its turn with no grace (it is not dropped for a slow callee)."""
         if self.grace_ms <= 0:
             return False
+        text = dumps(msg)
+        size = max(size, frame_bytes(text))
         key = id(caller)
         mine = self._by_caller.get(key)
         used = self._caller_bytes.get(key, 0)
         if ((mine is not None and len(mine) >= MAX_HELD_PER_WORKER) or used + size > MAX_HELD_BYTES_PER_WORKER
                 or self.bytes + size > MAX_HELD_BYTES):
             return False
-        loop = asyncio.get_running_loop()
         function_id: str = msg["function_id"]
-        held = _Held(caller, msg, size, function_id, loop.time() + self.grace_ms / 1000)
-        self._order[held] = None
+        held = _Held(caller, text, size, function_id, None if behind else self._deadline())
         self._by_function.setdefault(function_id, {})[held] = None
         self._by_caller.setdefault(key, {})[held] = None
         self._caller_bytes[key] = used + size
         self.bytes += size
-        if self._timer is None:
-            self._timer = loop.call_at(held.deadline, self._expire)
+        if not behind:
+            self._start_grace(held)
         return True
+
+    async def released(self, function_id: str) -> None:
+        """Wait until the release of ``function_id``'s held calls under way (if any) has ended."""
+        task = self._releasing.get(function_id)
+        if task is not None:
+            await asyncio.shield(task)
+
+    def _deadline(self) -> float:
+        return asyncio.get_running_loop().time() + self.grace_ms / 1000
+
+    def _start_grace(self, held: _Held) -> None:
+        if held.deadline is None:
+            held.deadline = self._deadline()
+        self._order[held] = None
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_at(held.deadline, self._expire)
 
     def registered(self, function_id: str) -> None:
         """A worker registered ``function_id``: route the calls held for it, in order, in a task of its own (one
         waiting for room in the callee's queue must not stop the registering worker's reader); the caller's newer
         void calls of it wait behind them meanwhile (:meth:`releasing`)."""
-        if function_id in self._by_function and function_id not in self._releasing:
+        waiting = self._by_function.get(function_id)
+        if waiting and function_id not in self._releasing:
+            for held in waiting:  # served now: they wait their turn, no longer a grace (a slow callee outlasted it)
+                self._order.pop(held, None)
+                held.deadline = None
             self._releasing[function_id] = asyncio.get_running_loop().create_task(
                 self._release(function_id), name=f"held voids of {function_id:.100}")
 
@@ -142,9 +172,10 @@ class HeldVoids:
         for task in releases:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for held in list(self._order):
-            self._forget(held)
-            self._drop(held.caller, held.function_id)
+        for waiting in list(self._by_function.values()):
+            for held in list(waiting):
+                self._forget(held)
+                self._drop(held.caller, held.function_id)
 
     async def _release(self, function_id: str) -> None:
         try:
@@ -161,16 +192,21 @@ class HeldVoids:
                 # again holds it anew (then this loop ends: not served)
                 self._routing = True
                 try:
-                    routed = self._route(held.caller, held.msg, held.size)
+                    routed = self._route(held.caller, loads(held.text), held.size)
                 finally:
                     self._routing = False
                 if routed is not None:
                     await routed
+            # no longer served (its worker left): the calls held behind the release wait for the next one, with
+            # the grace the others have
+            for held in list(self._by_function.get(function_id, ())):
+                if held.deadline is None:
+                    self._start_grace(held)
         finally:
             del self._releasing[function_id]
 
     def _forget(self, held: _Held) -> None:
-        del self._order[held]
+        self._order.pop(held, None)
         waiting = self._by_function[held.function_id]
         del waiting[held]
         if not waiting:
@@ -192,6 +228,7 @@ class HeldVoids:
         now = loop.time()
         while self._order:
             held = next(iter(self._order))
+            assert held.deadline is not None  # (only calls with a grace are in _order)
             if held.deadline > now:
                 self._timer = loop.call_at(held.deadline, self._expire)
                 return

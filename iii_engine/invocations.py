@@ -281,8 +281,12 @@ class Invocations:
             elif not self.held_voids.hold(caller, msg, size):
                 self._unknown_void(caller, function_id)
             return None
-        if invocation_id is None and self.held_voids.releasing(function_id) and self.held_voids.hold(caller, msg, size):
-            return None  # behind the void calls held for this function, now being routed in order
+        if invocation_id is None and self.held_voids.releasing(function_id):
+            # behind the void calls held for this function, now being routed in order; past the held bounds the
+            # caller's reader waits for them to go (back-pressure, as for a callee's full queue), never overtakes
+            if self.held_voids.hold(caller, msg, size, behind=True):
+                return None
+            return self._after_release(caller, msg, size, function_id)
         if over_bytes or caller.calls - caller.builtin_calls >= self._max_calls:
             self._too_many_calls(caller, function_id, invocation_id, builtin=False)
             return None
@@ -468,9 +472,22 @@ class Invocations:
         self.held_voids.registered(function_id)
 
     def _served(self, function_id: str) -> bool:
-        """Whether a connected worker (or the engine) serves ``function_id`` now."""
+        """Whether a connected worker (or the engine) serves ``function_id`` now: a worker whose connection is
+        already closed, its disconnect not handled yet, does not (a release would send its held calls into it)."""
         entry = self.registry.functions.get(function_id)
-        return entry is not None and (entry.builtin is not None or (entry.owner or "") in self.workers)
+        if entry is None:
+            return False
+        if entry.builtin is not None:
+            return True
+        callee = self.workers.get(entry.owner or "")
+        return callee is not None and not callee.outbox.closed
+
+    async def _after_release(self, caller: WorkerConnection, msg: dict[str, Any], size: int, function_id: str) -> None:
+        """Route a void call of ``function_id`` once the held calls before it are routed (see start_invoke)."""
+        await self.held_voids.released(function_id)
+        routed = self.start_invoke(caller, msg, size)
+        if routed is not None:
+            await routed
 
     def _unknown_void(self, caller: WorkerConnection, function_id: str) -> None:
         """A void call of a function no connected worker serves: dropped (as production drops it), counted and
