@@ -94,14 +94,19 @@ class HeldVoids:
         self._timer: asyncio.TimerHandle | None = None
         self._releasing: dict[str, asyncio.Task[None]] = {}  # function -> the task routing its held calls
         self._routing = False  # a release is routing one of them (route() must not hold it again behind itself)
+        # (function, id() of a caller) -> that caller's calls of the function held or being routed by a release: only
+        # such a caller's newer calls go behind the release (another caller's are routed as usual, so a callee that
+        # stops reading holds back only the callers whose calls it already holds, as without holds)
+        self._pending: dict[tuple[str, int], int] = {}
 
     def __len__(self) -> int:
         return sum(map(len, self._by_function.values()))
 
-    def releasing(self, function_id: str) -> bool:
-        """Whether a void call of ``function_id`` must go behind those held for it (their release is under way):
-        then :meth:`hold` it rather than route it."""
-        return not self._routing and function_id in self._releasing
+    def releasing(self, function_id: str, caller: Any) -> bool:
+        """Whether ``caller``'s void call of ``function_id`` must go behind its calls held for it, whose release is
+        under way: then :meth:`hold` it rather than route it."""
+        return (not self._routing and function_id in self._releasing
+                and (function_id, id(caller)) in self._pending)
 
     def hold(self, caller: Any, msg: dict[str, Any], size: int, *, behind: bool = False) -> bool:
         """Hold a void call of ``msg["function_id"]`` (a frame of ``size`` bytes) from ``caller``; ``False`` when it
@@ -119,6 +124,7 @@ class HeldVoids:
             return False
         function_id: str = msg["function_id"]
         held = _Held(caller, text, size, function_id, None if behind else self._deadline())
+        self._count(function_id, key, 1)
         self._by_function.setdefault(function_id, {})[held] = None
         self._by_caller.setdefault(key, {})[held] = None
         self._caller_bytes[key] = used + size
@@ -184,19 +190,24 @@ class HeldVoids:
                 if not waiting:
                     return
                 held = next(iter(waiting))
+                key = id(held.caller)
+                self._count(function_id, key, 1)  # until routed: the caller's next call stays behind this one
                 self._forget(held)
-                if not self._connected(held.caller):
-                    self._drop(held.caller, function_id)
-                    continue
-                # route() runs its checks and takes the caller's count at once; one that finds the function gone
-                # again holds it anew (then this loop ends: not served)
-                self._routing = True
                 try:
-                    routed = self._route(held.caller, loads(held.text), held.size)
+                    if not self._connected(held.caller):
+                        self._drop(held.caller, function_id)
+                        continue
+                    # route() runs its checks and takes the caller's count at once; one that finds the function gone
+                    # again holds it anew (then this loop ends: not served)
+                    self._routing = True
+                    try:
+                        routed = self._route(held.caller, loads(held.text), held.size)
+                    finally:
+                        self._routing = False
+                    if routed is not None:
+                        await routed
                 finally:
-                    self._routing = False
-                if routed is not None:
-                    await routed
+                    self._count(function_id, key, -1)
             # no longer served (its worker left): the calls held behind the release wait for the next one, with
             # the grace the others have
             for held in list(self._by_function.get(function_id, ())):
@@ -205,7 +216,16 @@ class HeldVoids:
         finally:
             del self._releasing[function_id]
 
+    def _count(self, function_id: str, caller_key: int, step: int) -> None:
+        key = (function_id, caller_key)
+        n = self._pending.get(key, 0) + step
+        if n:
+            self._pending[key] = n
+        else:
+            del self._pending[key]
+
     def _forget(self, held: _Held) -> None:
+        self._count(held.function_id, id(held.caller), -1)
         self._order.pop(held, None)
         waiting = self._by_function[held.function_id]
         del waiting[held]

@@ -281,9 +281,9 @@ class Invocations:
             elif not self.held_voids.hold(caller, msg, size):
                 self._unknown_void(caller, function_id)
             return None
-        if invocation_id is None and self.held_voids.releasing(function_id):
-            # behind the void calls held for this function, now being routed in order; past the held bounds the
-            # caller's reader waits for them to go (back-pressure, as for a callee's full queue), never overtakes
+        if invocation_id is None and self.held_voids.releasing(function_id, caller):
+            # behind this caller's void calls held for this function, now being routed in order; past the held
+            # bounds the caller's reader waits for them to go (back-pressure, as for a callee's full queue)
             if self.held_voids.hold(caller, msg, size, behind=True):
                 return None
             return self._after_release(caller, msg, size, function_id)

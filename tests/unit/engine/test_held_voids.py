@@ -40,7 +40,7 @@ async def test_a_release_stops_when_its_function_goes_and_the_rest_keep_waiting(
     held.registered("f")
     await asyncio.sleep(0)
     assert routed == [0]  # waiting for room
-    assert held.releasing("f") and held.hold(caller, _void(3), 10, behind=True)
+    assert held.releasing("f", caller) and held.hold(caller, _void(3), 10, behind=True)
     served[0] = False  # the callee's connection closes
     gate.set()
     await held.released("f")
@@ -82,4 +82,22 @@ async def test_a_held_call_keeps_its_text_not_its_parsed_message() -> None:
     (one,) = held._by_function["f"]
     assert isinstance(one.text, str) and not hasattr(one, "msg")
     assert held.bytes == len(one.text) >= 3000
+    await held.close()
+
+
+async def test_only_a_caller_with_calls_in_the_release_waits_behind_it() -> None:
+    """Another caller's calls of the function are routed as usual: a callee that stops reading holds back only the
+    callers whose calls it already holds (its attack: a stalled release held every caller's voids of the function,
+    with no grace, even once another worker served it, and blocked their readers past the bounds)."""
+    held, routed, _, gate = _held([True])
+    first, other = SimpleNamespace(id="a"), SimpleNamespace(id="b")
+    assert held.hold(first, _void(0), 10)
+    assert held.hold(first, _void(1), 10)
+    held.registered("f")
+    await asyncio.sleep(0)
+    assert routed == [0]  # its route waits (the callee's queue is full)
+    assert held.releasing("f", first) and not held.releasing("f", other)
+    gate.set()
+    await held.released("f")
+    assert not held.releasing("f", first) and held._pending == {}
     await held.close()
