@@ -1043,6 +1043,7 @@ class SQLStream(FieldUpdates):
         self._ready_lock = asyncio.Lock()
         self._connecting: asyncio.Task[None] | None = None  # the first connect of a store without create (see
         # _first_connect)
+        self._migrating: asyncio.Task[None] | None = None  # the migration of a store with create, while it runs
         # item key -> its value as this process last committed it (a longer one is neither remembered nor compared
         # by the database); an item another process wrote goes back to the locking transaction for a while
         self._known: KnownTexts[bytes] = KnownTexts()
@@ -1100,9 +1101,30 @@ class SQLStream(FieldUpdates):
             if self._close_once.closing:
                 raise StreamClosedError("SQLStream is closed")
             if self._create:
-                async with self._write_lock if self._write_lock is not None else contextlib.nullcontext():
-                    await migrate_with(self.engine)
+                await self._migrate()
             self._ready = True
+
+    async def _migrate(self) -> None:
+        """Run the migration of a store with ``create`` in a task of its own that its close can stop (a server that
+        never answers: before, the close left it, and every operation waiting for it, to the operations' own time
+        limits, 10 s of StreamTimeoutError in the test, and it went on past the close). Awaited, not shielded: a
+        cancel of the caller (the lock's holder) still stops it and waits for its end, as when it ran in the
+        caller's own task; the callers queued for ``_ready_lock`` then take their turn."""
+        migrating = self._migrating = asyncio.ensure_future(self._migrate_once())
+        try:
+            await migrating
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if migrating.cancelled() and self._close_once.closing and not (task and task.cancelling()):
+                # the store's close stopped the migration (_close_all), not a cancel of this caller
+                raise StreamClosedError("SQLStream is closed") from None
+            raise
+        finally:
+            self._migrating = None
+
+    async def _migrate_once(self) -> None:
+        async with self._write_lock if self._write_lock is not None else contextlib.nullcontext():
+            await migrate_with(self.engine)
 
     async def _first_connect(self) -> None:
         """A store without ``create``: one connect before its first operations, which all wait for that one and fail
@@ -1986,13 +2008,15 @@ class SQLStream(FieldUpdates):
         await self._close_once.run(self._close_all)
 
     async def _close_all(self) -> None:
-        connecting = self._connecting
-        if connecting is not None:
-            # a first connect still running (a server that never answers: the driver's timeout, 60 s for asyncpg)
-            # would keep its callers, and a connection opened after the dispose, past the close
-            connecting.cancel()
+        for opening in (self._connecting, self._migrating):
+            if opening is None:
+                continue
+            # a first connect (create=False) or a migration (create) still running on a server that never answers
+            # (the driver's timeout, 60 s for asyncpg) would keep its callers, and a connection opened after the
+            # dispose, past the close; one already finished is left as it is (the cancel does nothing)
+            opening.cancel()
             try:
-                await connecting
+                await opening
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():

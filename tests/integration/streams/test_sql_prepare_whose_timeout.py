@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from iii.stream import StreamGetInput
+from iii.stream import StreamGetInput, StreamSetInput
 from iii_streams import migrate
 from iii_streams.errors import StreamClosedError, StreamTimeoutError, StreamUnavailableError
 from iii_streams.sql import SQLStream
@@ -21,9 +21,9 @@ from iii_streams.sql import SQLStream
 pytestmark = pytest.mark.timeout(30)
 
 
-def _store(port: int, store_timeout: float | None, connect_timeout: float) -> SQLStream:
+def _store(port: int, store_timeout: float | None, connect_timeout: float, *, create: bool = False) -> SQLStream:
     return SQLStream.from_url(f"postgresql+asyncpg://postgres@127.0.0.1:{port}/test", timeout=store_timeout,
-                              connect_args={"timeout": connect_timeout})
+                              connect_args={"timeout": connect_timeout}, create=create)
 
 
 @pytest.mark.parametrize("store_timeout", [None, 10.0])
@@ -114,3 +114,71 @@ async def test_a_cancelled_close_is_cancelled(silent_port: int) -> None:
         await closing
     await asyncio.wait_for(store.aclose(), 5)  # a later close finishes it
     assert isinstance((await asyncio.gather(get, return_exceptions=True))[0], StreamClosedError)
+
+
+async def _migration_running(store: SQLStream) -> None:
+    """Loop turns until a first operation of a store with ``create`` holds the migration's lock: from the lock's
+    acquiring to the migration's connect nothing yields, so the migration is under way then."""
+    for _ in range(100):
+        if store._ready_lock.locked():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("no operation reached the migration")
+
+
+async def test_a_close_ends_a_migration_and_its_callers(silent_port: int) -> None:
+    """A store with ``create`` whose migration waits on a server that never answers: its close stops the migration,
+    and the operations waiting for it (the one running it and those queued behind it) fail at once with
+    StreamClosedError; no task of the migration outlives the close. Before: they waited their own bound (here 10 s)
+    and got StreamTimeoutError, and the migration went on past the close."""
+    store = _store(silent_port, 10.0, connect_timeout=20, create=True)
+    before = asyncio.all_tasks()
+    gets = [asyncio.ensure_future(store.get(StreamGetInput(stream_name="s", group_id="g", item_id=str(i))))
+            for i in range(3)]
+    await _migration_running(store)
+    started = time.monotonic()
+    await asyncio.wait_for(store.aclose(), 5)
+    left = {task for task in asyncio.all_tasks() - before - set(gets) if not task.done()}
+    results = await asyncio.wait_for(asyncio.gather(*gets, return_exceptions=True), 5)
+    assert time.monotonic() - started < 3
+    assert [type(result) for result in results] == [StreamClosedError] * 3, results
+    assert all("SQLStream is closed" in str(result) for result in results), results
+    assert left == set(), left  # the migration's task ended with the close
+    assert store._migrating is None
+
+
+async def test_a_cancelled_close_of_a_migration_is_cancelled(silent_port: int) -> None:
+    """The close's own caller cancelled while the close stops a migration: the cancel reaches it, and a later close
+    finishes the store (its waiting operation fails with StreamClosedError, not after its own 10 s)."""
+    store = _store(silent_port, 10.0, connect_timeout=20, create=True)
+    get = asyncio.ensure_future(store.get(StreamGetInput(stream_name="s", group_id="g", item_id="i")))
+    await _migration_running(store)
+    closing = asyncio.ensure_future(store.aclose())
+    await asyncio.sleep(0)  # (the close is waiting for the cancelled migration)
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    await asyncio.wait_for(store.aclose(), 5)  # a later close finishes it
+    result = (await asyncio.wait_for(asyncio.gather(get, return_exceptions=True), 5))[0]
+    assert isinstance(result, StreamClosedError), result
+
+
+async def test_a_close_after_the_migration_leaves_it_be() -> None:
+    """A migration that already finished when the close came (its caller not yet resumed) is not the close's to
+    stop: it stays done, not cancelled, and the store counts as migrated; two closes at once end the store, and an
+    operation after them is refused as closed."""
+    store = SQLStream.from_url("sqlite+aiosqlite://")
+    get = asyncio.ensure_future(store.get(StreamGetInput(stream_name="s", group_id="g", item_id="i")))
+    for _ in range(10_000):  # loop turns until the migration's task ended (its caller resumes at a later turn)
+        migrating = store._migrating
+        if migrating is not None and migrating.done():
+            break
+        await asyncio.sleep(0)
+    else:
+        raise AssertionError("the migration never ended")
+    await asyncio.wait_for(asyncio.gather(store.aclose(), store.aclose()), 5)
+    await asyncio.wait_for(asyncio.gather(get, return_exceptions=True), 5)  # (a read racing the close: either way)
+    assert not migrating.cancelled() and migrating.exception() is None
+    assert store._ready and store._migrating is None
+    with pytest.raises(StreamClosedError):
+        await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data=2))
