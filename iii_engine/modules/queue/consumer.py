@@ -12,6 +12,7 @@ import heapq
 import logging
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import replace
 
@@ -33,6 +34,23 @@ MAX_WAITING_LANES = 4096
 """Lanes put off because their job's function is not registered that a consumer remembers, to run them as soon as
 the function registers; past it a lane put off waits for its next planned look (at most 5 s, or ``backoff_ms``). A
 lane is forgotten once its planned look is due (that look runs it, here or on another engine sharing the store)."""
+
+MAX_PUT_OFF_FUNCTIONS = 1024
+"""Functions a consumer asks its store to put off (their jobs delayed in the store until their next look, never
+claimed one by one), the most recently put off; the jobs of others are claimed and put off one at a time. As many
+as the queue module tracks missing (``MAX_MISSING_TRACKED``): each claim names them all, a few tens of KB at most."""
+
+PUT_OFF_MAX_CHARS = 32 * 1024
+"""Characters of function ids one claim names to be put off at most (the most recently put off first): a claim of a
+runnable job sends them all, so a thousand long made-up ids must not make each claim hundreds of KB."""
+
+PUT_OFF_REFRESH_MS = 100
+"""How long a consumer reuses the looks it last asked for (unless the functions changed): asking for each function at
+every claim cost 1 ms a claim with a thousand of them. A look that has passed by then puts nothing off."""
+
+MAX_PUT_OFF_ROUNDS = 64
+"""Claims in a row that only put lanes off before the consumer's loop comes round (its lease renewals and recovery
+run between): at :data:`~iii_engine.modules.queue.store.PUT_OFF_LOOK` lanes a claim, 8,192 lanes."""
 
 
 def dlq_error(exc: BaseException) -> str:
@@ -180,6 +198,10 @@ class QueueConsumer:
     ``skip()`` names functions whose jobs this consumer leaves in the store (another engine sharing it serves them,
     this one does not); claims move past them.
 
+    ``look_for(function_id, now_ms)`` says until when the jobs of a function are put off (its worker is missing, and
+    a job of it was put off here lately), or ``None``: the store delays such lanes itself at each claim, at most
+    :data:`MAX_PUT_OFF_FUNCTIONS` functions, instead of handing their jobs over one at a time.
+
     ``store_failures`` is where failed polls are told (shared by the consumers of one store, so an outage logs a
     line, not one per queue and poll); by default the consumer's own.
 
@@ -202,6 +224,7 @@ class QueueConsumer:
         stop_timeout_ms: int = DEFAULT_STOP_TIMEOUT_MS,
         store_failures: StoreFailures | None = None,
         skip: Callable[[], Collection[str]] = tuple,
+        look_for: Callable[[str, int], int | None] = lambda function_id, now: None,
     ) -> None:
         if stop_timeout_ms < 1:
             raise ValueError(f"stop_timeout_ms must be >= 1, got {stop_timeout_ms}")
@@ -211,6 +234,14 @@ class QueueConsumer:
         self._run = run
         self._can_claim = can_claim
         self._skip = skip
+        self._look_for = look_for
+        # functions whose jobs were put off here lately, the latest last: the store puts their lanes off at each claim
+        self._putting_off: OrderedDict[str, None] = OrderedDict()
+        self._bring: set[str] = set()  # functions another engine serves: their remembered lanes are brought forward
+        self._looks: dict[str, int] = {}  # the looks last asked for (see _put_off_looks)
+        self._looks_key: tuple[int, int] | None = None  # (changes, version of _putting_off) they were asked at
+        self._looks_until = 0
+        self._put_off_version = 0
         self._on_idle = on_idle
         self._log = log or logging.getLogger(__name__)
         self._owns_failures = store_failures is None
@@ -281,6 +312,22 @@ class QueueConsumer:
         # one look per function waited for, and a wake-up only when one of them is registered: a change to other
         # functions costs nothing per lane and no store round trip
         if any(registered(function_id) for function_id in self._waiting_for):
+            self._look_due = True
+            self._wake.set()
+
+    @property
+    def putting_off(self) -> list[str]:
+        """The functions whose jobs the store puts off at this consumer's claims (at most
+        :data:`MAX_PUT_OFF_FUNCTIONS`)."""
+        return list(self._putting_off)
+
+    def left_to_others(self, function_id: str) -> None:
+        """Another engine sharing the store runs ``function_id``: its jobs are no longer put off here, and those put
+        off already are brought forward for that engine to claim (not left until their planned look)."""
+        if self._putting_off.pop(function_id, 0) is None:
+            self._put_off_version += 1
+        if function_id in self._waiting_for:
+            self._bring.add(function_id)
             self._look_due = True
             self._wake.set()
 
@@ -378,14 +425,16 @@ class QueueConsumer:
         left: its own step looks again once the job is stored)."""
         self._look_due = False
         held = {job.lane for job, _ in self._inflight.values()}
-        lanes = [lane for function_id, waiting in self._waiting_for.items() if self._registered(function_id)
-                 for lane in waiting if lane not in held]
+        bring, self._bring = self._bring, set()
+        lanes = [lane for function_id, waiting in self._waiting_for.items()
+                 if function_id in bring or self._registered(function_id) for lane in waiting if lane not in held]
         if not lanes:
             return
         try:
             await self.store.bring_forward(self.queue, lanes, due_ms=now_ms())
         except BaseException:
             self._look_due = True  # tried again at the next poll
+            self._bring |= bring
             raise
         for lane in lanes:
             self._forget_waiting(lane)
@@ -425,15 +474,63 @@ class QueueConsumer:
                 self._forget_waiting(lane)
 
     async def _fill(self) -> None:
+        rounds = 0
         while not self._stopped and self._can_claim() and len(self._inflight) < self.settings.concurrency:
-            # a store shared with other engines: their functions' jobs are left to them
-            job = await self.store.claim(self.queue, now_ms=now_ms(), lease_ms=self.settings.lease_ms,
-                                         skip_functions=self._skip())
+            now, changes = now_ms(), self._changes
+            # a store shared with other engines: their functions' jobs are left to them; jobs of functions missing
+            # here are put off in the store
+            claim = await self.store.claim_next(self.queue, now_ms=now, lease_ms=self.settings.lease_ms,
+                                                skip_functions=self._skip(), put_off=self._put_off_looks(now))
+            if claim.put_off:
+                self._put_off_in_store(claim.put_off, changes)
+            job = claim.job
             if job is None:
+                rounds += 1
+                if claim.more and rounds < MAX_PUT_OFF_ROUNDS:
+                    continue
+                if claim.more:
+                    self._wake.set()  # on after the loop's maintenance, not after a poll interval
                 return
             self._forget_waiting(job.lane)  # looked at now
             task = asyncio.create_task(self._work(job), name=f"queue-job:{job.id}")
             self._inflight[job.id] = (job, task)
+
+    def _put_off_looks(self, now: int) -> dict[str, int]:
+        """The functions put off lately that are still to be put off, with their next look (asked again once
+        :data:`PUT_OFF_REFRESH_MS` passed or the functions changed)."""
+        if not self._putting_off:
+            return {}
+        key = (self._changes, self._put_off_version)
+        if key == self._looks_key and now < self._looks_until:
+            return self._looks
+        looks: dict[str, int] = {}
+        chars = 0
+        for function_id in reversed(list(self._putting_off)):
+            look = self._look_for(function_id, now)
+            if look is None:
+                del self._putting_off[function_id]
+            elif look > now:
+                chars += len(function_id)
+                if chars > PUT_OFF_MAX_CHARS:
+                    break
+                looks[function_id] = look
+        self._looks, self._looks_key, self._looks_until = looks, key, now + PUT_OFF_REFRESH_MS
+        return looks
+
+    def _note_put_off(self, function_id: str) -> None:
+        if function_id not in self._putting_off:
+            self._put_off_version += 1
+        self._putting_off[function_id] = None
+        self._putting_off.move_to_end(function_id)
+        if len(self._putting_off) > MAX_PUT_OFF_FUNCTIONS:
+            self._putting_off.popitem(last=False)
+
+    def _put_off_in_store(self, put_off: tuple[tuple[str, str, int], ...], changes: int) -> None:
+        for lane, function_id, look_ms in put_off:
+            self._remember_waiting(lane, function_id, look_ms)
+        # a change came while the claim ran, and a function it put off is registered now: look again
+        if self._changes != changes and any(self._registered(function_id) for _, function_id, _ in put_off):
+            self._look_due = True
 
     async def _idle_timeout(self, maintenance_due: int) -> float:
         deadline = min(now_ms() + self.settings.poll_interval_ms, maintenance_due)
@@ -464,6 +561,8 @@ class QueueConsumer:
             delay = self.settings.backoff_ms if wait.delay_ms is None else wait.delay_ms
             changes, look_ms = self._changes, now_ms() + delay
             await self._guarded(self.store.retry(self.queue, job, due_ms=look_ms), job)
+            if wait.waits_for is not None:
+                self._note_put_off(wait.waits_for)
             if wait.waits_for is not None and self._remember_waiting(job.lane, wait.waits_for, look_ms):
                 # a change came while the job was put off, and its function is registered now: look again
                 if self._changes != changes and self._registered(wait.waits_for):

@@ -160,6 +160,14 @@ CROWDED_LOG_INTERVAL_S = 10.0
 """Past :data:`MAX_MISSING_TRACKED` pairs, the lines about them are counted and logged at most this often."""
 
 
+def _look_delay(since: int, now: int, settings: QueueSettings) -> int:
+    """How long a job of a function missing since ``since`` is put off: as long as the function has been missing (1,
+    2, 4 ... s, from ``backoff_ms``), so many waiting jobs cost little and a worker registering late gets its jobs
+    within the cap, never past the grace's end."""
+    longest = max(settings.backoff_ms, MISSING_FUNCTION_CHECK_MAX_MS)
+    return min(max(now - since, settings.backoff_ms, 1), longest, since + settings.missing_function_grace_ms - now)
+
+
 class FunctionNotRegistered(EngineError, Reported):
     """A named-queue job's function is still not registered after the queue's ``missing_function_grace_ms``: a
     failed attempt (logged once per function and queue, not per job)."""
@@ -228,11 +236,27 @@ class MissingFunctions:
             raise FunctionNotRegistered("function_not_found", f"Function {_name(function_id)} is not registered "
                                         f"(queue {_name(queue)} waited {grace} ms for a worker to register it: "
                                         "missing_function_grace_ms)")
-        # Looked at again after as long as it has been missing (1, 2, 4 ... s): many waiting jobs cost little,
-        # and a worker registering late gets its jobs within the cap.
-        longest = max(settings.backoff_ms, MISSING_FUNCTION_CHECK_MAX_MS)
-        delay = min(max(waited, settings.backoff_ms, 1), longest, since + grace - now)
-        raise JobNotReady(function_id, delay_ms=delay, waits_for=function_id)
+        raise JobNotReady(function_id, delay_ms=_look_delay(since, now, settings), waits_for=function_id)
+
+    def look(self, queue: str, function_id: str, settings: QueueSettings, now: int) -> int | None:
+        """When a job of ``queue`` naming ``function_id`` is to be looked at next (wall-clock ms), if its function
+        is waited for and its grace has not ended; else ``None`` (the job is to be tried: :meth:`check` decides).
+
+        Example:
+            >>> missing = MissingFunctions()
+            >>> missing.look("q", "late::fn", QueueSettings(), now=0) is None  # not waited for yet
+            True
+            >>> try:
+            ...     missing.check("q", "late::fn", QueueSettings(backoff_ms=100), now=0)
+            ... except JobNotReady:
+            ...     pass
+            >>> missing.look("q", "late::fn", QueueSettings(backoff_ms=100), now=400)
+            800
+        """
+        since = self._since.get((queue, function_id))
+        if since is None or now - since >= settings.missing_function_grace_ms:
+            return None
+        return now + _look_delay(since, now, settings)
 
     def found(self, queue: str, function_id: str) -> None:
         """``function_id`` is registered: a job of ``queue`` found it."""
@@ -330,13 +354,20 @@ class OtherEngines:
     """
 
     def __init__(self, store: RedisQueueStore, ttl_ms: int, has_function: Callable[[str], bool],
-                 on_lost: Callable[[], None], queues: Collection[str] = ()) -> None:
+                 on_lost: Callable[[], None], queues: Collection[str] = (),
+                 putting_off: Callable[[], list[tuple[str, str]]] = list,
+                 on_elsewhere: Callable[[str, str], None] = lambda queue, function_id: None) -> None:
         self.id = uuid.uuid4().hex
         self.store = store
         self.ttl_ms = ttl_ms
         self._has_function = has_function
         self._queues = frozenset(queues)  # the named queues this engine consumes: it runs jobs of no other
         self._on_lost = on_lost  # a pair left to others is no longer run by any: its jobs are ours again
+        # the pairs whose jobs this engine's claims put off in the store (their function is missing here): asked about
+        # at each refresh, as they are no longer claimed (and looked up) one by one; one found run by another engine
+        # is told to on_elsewhere
+        self._putting_off = putting_off
+        self._on_elsewhere = on_elsewhere
         self._left: dict[str, dict[str, None]] = {}  # queue -> functions left to others there
         self._left_count = 0
         self._task: asyncio.Task[None] | None = None
@@ -406,15 +437,26 @@ class OtherEngines:
         """Say which wanted pairs this engine runs; forget the pairs left to others none runs now."""
         read_ms, wanted = await self.store.wanted()
         left = [(queue, function_id) for queue, functions in self._left.items() for function_id in functions]
+        known = set(left)
+        waiting = [(queue, function_id) for queue, function_id in dict.fromkeys(self._putting_off())
+                   if (queue, function_id) not in known and len(queue) <= MAX_SHARED_ID_CHARS
+                   and len(function_id) <= MAX_SHARED_ID_CHARS and not self._has_function(function_id)]
         runs = [(queue, function_id) for queue, function_id in wanted
                 if queue in self._queues and self._has_function(function_id)]
-        still = await self.store.advertise(self.id, read_ms, runs, left, ttl_ms=self.ttl_ms)
+        still = await self.store.advertise(self.id, read_ms, runs, left + waiting, ttl_ms=self.ttl_ms)
         # Pairs this engine runs again are its own (a registration missed while a lookup was under way, or its
         # own advertisement taken for another's), whatever the store says: each refresh gives them back.
-        lost = [pair for pair, served in zip(left, still, strict=True) if not served or self._has_function(pair[1])]
+        lost = [pair for pair, served in zip(left, still[:len(left)], strict=True)
+                if not served or self._has_function(pair[1])]
         self._forget(lost)
         if lost:
             self._on_lost()
+        for (queue, function_id), served in zip(waiting, still[len(left):], strict=True):
+            if served and not self._has_function(function_id):
+                if self._left_count < MAX_LEFT_TO_OTHERS and function_id not in self._left.get(queue, ()):
+                    self._left.setdefault(queue, {})[function_id] = None
+                    self._left_count += 1
+                self._on_elsewhere(queue, function_id)
 
     async def _advertise(self) -> None:
         while True:
@@ -498,14 +540,16 @@ class QueueModule(EngineModule):
 
         if self.settings.queue_configs and isinstance(self.store, RedisQueueStore):
             self._others = OtherEngines(self.store, self.settings.served_functions_ttl_ms,
-                                        self.services.has_function, self._wake_named, self.settings.queue_configs)
+                                        self.services.has_function, self._wake_named, self.settings.queue_configs,
+                                        putting_off=self._putting_off, on_elsewhere=self._served_elsewhere)
         others = self._others
         for name, queue_settings in self.settings.queue_configs.items():
             skip: Callable[[], Collection[str]] = tuple if others is None else functools.partial(others.skip, name)
             consumer = QueueConsumer(self.store, NAMED_PREFIX + name, queue_settings,
                                      lambda job, name=name: self._run_named(name, job),  # type: ignore[misc]
                                      stop_timeout_ms=self.settings.stop_timeout_ms,
-                                     store_failures=self._store_failures, skip=skip)
+                                     store_failures=self._store_failures, skip=skip,
+                                     look_for=functools.partial(self._put_off_look, name))
             self._named[name] = consumer
             consumer.start()
         if self._others is not None:
@@ -783,6 +827,26 @@ class QueueModule(EngineModule):
             self._missing.check(name, function_id, self._named[name].settings, now_ms())
         self._missing.found(name, function_id)
         await self.services.invoke(function_id, job.data)
+
+    def _put_off_look(self, name: str, function_id: str, now: int) -> int | None:
+        """Until when queue ``name``'s store puts off the jobs of ``function_id`` at its claims (see
+        :class:`QueueConsumer`): while no worker here serves it, its grace runs, and no other engine is known to."""
+        if self.services.has_function(function_id) or (
+                self._others is not None and self._others.left_to_others(name, function_id)):
+            return None
+        return self._missing.look(name, function_id, self._named[name].settings, now)
+
+    def _served_elsewhere(self, name: str, function_id: str) -> None:
+        """Another engine sharing the store runs ``function_id``'s jobs in queue ``name``, whose store this engine
+        had them put off in: they are left to it from now on."""
+        self._missing.elsewhere(name, function_id)
+        consumer = self._named.get(name)
+        if consumer is not None:
+            consumer.left_to_others(function_id)
+
+    def _putting_off(self) -> list[tuple[str, str]]:
+        return [(name, function_id) for name, consumer in self._named.items()
+                for function_id in consumer.putting_off]
 
     async def _leave_to_others(self, name: str, function_id: str) -> None:
         """Put the job off, its attempt not counted and this engine's wait for the function not begun, while

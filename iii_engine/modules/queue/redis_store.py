@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from redis.asyncio import Redis
@@ -29,7 +29,7 @@ from iii.wire import dumps, loads
 from iii_streams.redis import check_reachable, escape_name, waiting_client
 from iii_streams.redis_internals import sent_nothing
 
-from .store import DeadLetter, Job, NotSent, QueueCounts, QueueFull
+from .store import Claim, DeadLetter, Job, NotSent, QueueCounts, QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -65,38 +65,64 @@ return 1
 # A lane's head id without its job (left by a push an older version stored twice) is dropped, not claimed: it
 # answered "no job" and held the lane, and every job behind it, for good. A lane listed in ready while it is held or
 # delayed (an older version listed it twice) is skipped: claimed, its head ran twice at once.
-# A lane whose head job names a function in ARGV[4..] (JSON strings: functions another engine sharing the store
-# serves and this one lacks) goes to the tail of ready for that engine to claim; at most SKIP_LOOK of them (and no
-# more than ready held) per call, so a queue full of them costs a bounded look and never a loop. Finding a job's
-# function reads its whole body: once the bodies looked past reach SKIP_BYTES, a lane whose head would go beyond
-# goes back to the head of ready and the call ends (the next looks further), so a call copies at most that plus one
-# job (before, 128 jobs of 512 KB each at every poll of an idle engine held Redis for up to 170 ms).
-# KEYS: jobs, ready, active, delayed · ARGV: lane prefix, now, lease, skipped functions...
+# A lane whose head job names a skipped function (functions another engine sharing the store serves and this one
+# lacks) goes to the tail of ready for that engine to claim; one whose head job names a function put off (this engine
+# waits for a worker to register it) goes to delayed until that function's look, its job unchanged. At most SKIP_LOOK
+# of them (and no more than ready held) per call, so a queue full of them costs a bounded look and never a loop; a
+# lane put off leaves ready, so a call that stopped at the bound having put some off answers "more" (the caller calls
+# again at once: thousands of such jobs no longer hold the queue's other jobs back). A look not after ``now`` puts
+# nothing off, so a lane put off is never due again within the call. Finding a job's function reads its whole body:
+# once the bodies looked past reach SKIP_BYTES, a lane whose head would go beyond goes back to the head of ready and
+# the call ends (the next looks further), so a call copies at most that plus one job (before, 128 jobs of 512 KB
+# each at every poll of an idle engine held Redis for up to 170 ms). The function is the JSON string after the first
+# '"function_id":' (a job's own strings cannot hold that text unescaped, and the key comes before its data), looked
+# up in tables built once per call, so the cost per lane does not grow with the number of functions named.
+# KEYS: jobs, ready, active, delayed · ARGV: lane prefix, now, lease, count of skipped functions, the skipped
+# functions (JSON strings), then pairs of a put-off function (JSON string) and its look
+# Answers {more (0/1), the job taken or '', then per lane put off: the lane and the 1-based index of its pair}.
 _CLAIM = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', ARGV[2])
+local now = tonumber(ARGV[2])
+local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now)
 for i = #due, 1, -1 do
   redis.call('ZREM', KEYS[4], due[i])
   redis.call('LPUSH', KEYS[2], due[i])
 end
+local skip_count = tonumber(ARGV[4])
+local skip, put = {}, {}
+for i = 5, 4 + skip_count do skip[ARGV[i]] = true end
+local pairs_named = 0
+for i = 5 + skip_count, #ARGV - 1, 2 do
+  pairs_named = pairs_named + 1
+  local look = tonumber(ARGV[i + 1])
+  if look > now then put[ARGV[i]] = {pairs_named, look} end
+end
 local looks, scanned = 0, 0
-if #ARGV > 3 then looks = math.min(redis.call('LLEN', KEYS[2]), SKIP_LOOK) end
-local function skipped(job)
+if skip_count > 0 or pairs_named > 0 then looks = math.min(redis.call('LLEN', KEYS[2]), SKIP_LOOK) end
+local out = {0, ''}
+local function function_of(job)
   local _, key_end = string.find(job, '"function_id":', 1, true)
-  if not key_end then return false end
-  for i = 4, #ARGV do
-    if string.sub(job, key_end + 1, key_end + #ARGV[i]) == ARGV[i] then return true end
+  if not key_end or string.sub(job, key_end + 1, key_end + 1) ~= '"' then return nil end
+  local i = key_end + 2
+  while true do
+    local at = string.find(job, '["\\\\]', i)
+    if not at then return nil end
+    if string.sub(job, at, at) == '"' then return string.sub(job, key_end + 1, at) end
+    i = at + 2
   end
-  return false
+end
+local function stop()
+  if #out > 2 and redis.call('LLEN', KEYS[2]) > 0 then out[1] = 1 end
+  return out
 end
 while true do
   local lane = redis.call('LPOP', KEYS[2])
-  if not lane then return false end
+  if not lane then return out end
   if not (redis.call('ZSCORE', KEYS[3], lane) or redis.call('ZSCORE', KEYS[4], lane)) then
     local lane_key = ARGV[1] .. lane
     local id = redis.call('LINDEX', lane_key, 0)
     if id and scanned > 0 and scanned + redis.call('HSTRLEN', KEYS[1], id) > SKIP_BYTES then
       redis.call('LPUSH', KEYS[2], lane)
-      return false
+      return stop()
     end
     local job = id and redis.call('HGET', KEYS[1], id)
     while id and not job do
@@ -104,14 +130,23 @@ while true do
       id = redis.call('LINDEX', lane_key, 0)
       job = id and redis.call('HGET', KEYS[1], id)
     end
-    if job and looks > 0 and skipped(job) then
+    local named = job and looks > 0 and function_of(job)
+    local later = named and put[named]
+    if later then
+      redis.call('ZADD', KEYS[4], later[2], lane)
+      out[#out + 1] = lane
+      out[#out + 1] = later[1]
+    elseif named and skip[named] then
       redis.call('RPUSH', KEYS[2], lane)
+    elseif job then
+      redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), lane)
+      out[2] = job
+      return out
+    end
+    if named and (later or skip[named]) then
       looks = looks - 1
       scanned = scanned + #job
-      if looks == 0 then return false end
-    elseif job then
-      redis.call('ZADD', KEYS[3], tonumber(ARGV[2]) + tonumber(ARGV[3]), lane)
-      return job
+      if looks == 0 then return stop() end
     end
   end
 end
@@ -396,10 +431,24 @@ class RedisQueueStore:
                     skip_functions: Collection[str] = ()) -> Job | None:
         """See :class:`~iii_engine.modules.queue.store.QueueStore`; at most :data:`SKIP_LOOK` lanes are moved past
         per call (then ``None``, though other lanes may be ready: the next poll looks further)."""
+        return (await self.claim_next(queue, now_ms=now_ms, lease_ms=lease_ms, skip_functions=skip_functions)).job
+
+    async def claim_next(self, queue: str, *, now_ms: int, lease_ms: int, skip_functions: Collection[str] = (),
+                         put_off: Mapping[str, int] | None = None) -> Claim:
+        """See :class:`~iii_engine.modules.queue.store.QueueStore`: one script call, whatever it looks past (at most
+        :data:`SKIP_LOOK` lanes and :data:`SKIP_BYTES` of their jobs)."""
         k = self._k(queue)
-        raw = await self._claim(keys=[k.jobs, k.ready, k.active, k.delayed],
-                                args=[k.lane, now_ms, lease_ms, *map(dumps, skip_functions)])
-        return None if raw is None else Job.from_json(raw)
+        skipped = [dumps(function_id) for function_id in skip_functions]
+        looks = list(put_off.items()) if put_off else []
+        args: list[str | int] = [k.lane, now_ms, lease_ms, len(skipped), *skipped]
+        for function_id, look_ms in looks:
+            args += (dumps(function_id), look_ms)
+        more, raw, *lanes = await self._claim(keys=[k.jobs, k.ready, k.active, k.delayed], args=args)
+        put = []
+        for at in range(0, len(lanes) - 1, 2):
+            function_id, look_ms = looks[int(lanes[at + 1]) - 1]
+            put.append((_text(lanes[at]), function_id, look_ms))
+        return Claim(Job.from_json(raw) if raw else None, tuple(put), bool(int(more)))
 
     async def ack(self, queue: str, job: Job) -> None:
         """See :class:`~iii_engine.modules.queue.store.QueueStore`."""

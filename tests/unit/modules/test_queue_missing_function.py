@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import pytest
@@ -21,7 +21,7 @@ from test_queue import make_module  # noqa: F401 - fixture
 from iii_engine.modules.queue.consumer import QueueConsumer, StoreFailures
 from iii_engine.modules.queue.module import FunctionNotRegistered, JobNotReady, MissingFunctions
 from iii_engine.modules.queue.settings import QueueSettings
-from iii_engine.modules.queue.store import Job, MemoryQueueStore
+from iii_engine.modules.queue.store import Claim, Job, MemoryQueueStore
 
 WAIT = 10.0
 MODULE_LOG = "iii_engine.modules.queue.module"
@@ -160,14 +160,15 @@ class FlakyStore(MemoryQueueStore):
         self.failed = 0
         self.enough = asyncio.Event()
 
-    async def claim(self, queue: str, *, now_ms: int, lease_ms: int,
-                    skip_functions: Collection[str] = ()) -> Job | None:
+    async def claim_next(self, queue: str, *, now_ms: int, lease_ms: int, skip_functions: Collection[str] = (),
+                         put_off: Mapping[str, int] | None = None) -> Claim:
         if self.down:
             self.failed += 1
             if self.failed >= 30:
                 self.enough.set()
             raise ConnectionError("Connect call failed ('127.0.0.1', 6379)")
-        return await super().claim(queue, now_ms=now_ms, lease_ms=lease_ms, skip_functions=skip_functions)
+        return await super().claim_next(queue, now_ms=now_ms, lease_ms=lease_ms, skip_functions=skip_functions,
+                                           put_off=put_off)
 
 
 async def test_a_failing_store_is_one_line_then_one_when_it_answers_again(caplog: pytest.LogCaptureFixture) -> None:

@@ -213,7 +213,7 @@ async def test_a_release_is_not_cut_short_when_the_stop_itself_is_cancelled(stor
 
 async def test_a_job_claimed_while_stopping_is_given_back(stores: Callable[[], QueueStore]) -> None:
     store = Gated(stores())
-    gate = store.gate("claim", after_the_call=True)  # the store took the job; its answer is on its way
+    gate = store.gate("claim_next", after_the_call=True)  # the store took the job; its answer is on its way
     ran: list[Job] = []
 
     async def record(job: Job) -> None:
@@ -222,7 +222,7 @@ async def test_a_job_claimed_while_stopping_is_given_back(stores: Callable[[], Q
     consumer = consumer_on(store, record)
     await store.push(Q, Job.new(Q, "f", 1))
     consumer.start()
-    await asyncio.wait_for(store.entered["claim"].wait(), WAIT)
+    await asyncio.wait_for(store.entered["claim_next"].wait(), WAIT)
     stopping = asyncio.create_task(consumer.stop())
     asyncio.get_running_loop().call_soon(gate.set)  # runs after the stop's first step (the ready queue is FIFO)
     await asyncio.wait_for(stopping, WAIT)
@@ -362,13 +362,13 @@ async def test_the_module_stop_is_bounded_once_by_stop_timeout_ms_not_once_per_s
 ) -> None:
     # Before: the consumers' wait and the store operations' wait each had the whole bound, one after the other.
     store = Gated(MemoryQueueStore())
-    store.gate("claim")  # never opened: the consumer loop never ends its store call
+    store.gate("claim_next")  # never opened: the consumer loop never ends its store call
     store.gate("push")  # never opened: an enqueue stays under way
     monkeypatch.setattr(queue_module, "open_store", lambda settings: store)
     services = FakeServices()
     module = queue_module.QueueModule(services, {"queue_configs": {"default": {}}, "stop_timeout_ms": 1000})
     await module.start()
-    await asyncio.wait_for(store.entered["claim"].wait(), WAIT)
+    await asyncio.wait_for(store.entered["claim_next"].wait(), WAIT)
     enqueue = asyncio.create_task(module.enqueue("default", "f", {}))
     await asyncio.wait_for(store.entered["push"].wait(), WAIT)
     loop = asyncio.get_running_loop()

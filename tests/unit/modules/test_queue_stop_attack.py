@@ -51,7 +51,7 @@ async def test_a_job_claimed_just_before_the_stop_whose_task_had_not_begun_is_gi
     stores: Callable[[], QueueStore], caplog: pytest.LogCaptureFixture,
 ) -> None:
     store = Gated(stores())
-    gate = store.gate("claim", after_the_call=True)
+    gate = store.gate("claim_next", after_the_call=True)
     runs: list[Job] = []
 
     async def stuck(job: Job) -> None:
@@ -61,7 +61,7 @@ async def test_a_job_claimed_just_before_the_stop_whose_task_had_not_begun_is_gi
     await store.push(Q, Job.new(Q, "f", 1))
     consumer = consumer_on(store, stuck, stop_ms=3000)
     consumer.start()
-    await asyncio.wait_for(store.entered["claim"].wait(), WAIT)
+    await asyncio.wait_for(store.entered["claim_next"].wait(), WAIT)
     # The consumer loop gets the job first and makes its task; the stop's first step runs before that task's.
     gate.set()
     stopping = asyncio.create_task(consumer.stop())
@@ -106,7 +106,7 @@ async def test_stops_called_twice_and_concurrently_give_each_job_back_once_and_a
     assert queue_tasks() == set()
 
 
-@pytest.mark.parametrize("failing", ["ack", "retry", "dead", "release", "claim", "renew", "next_due_ms"])
+@pytest.mark.parametrize("failing", ["ack", "retry", "dead", "release", "claim_next", "renew", "next_due_ms"])
 async def test_a_store_that_raises_at_the_stop_neither_hangs_it_nor_leaves_a_task(
     failing: str, caplog: pytest.LogCaptureFixture,
 ) -> None:

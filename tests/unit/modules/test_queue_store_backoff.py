@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 import pytest
 
 from iii_engine.modules.queue.consumer import QueueConsumer, StoreFailures
 from iii_engine.modules.queue.settings import QueueSettings
-from iii_engine.modules.queue.store import Job, MemoryQueueStore
+from iii_engine.modules.queue.store import Claim, Job, MemoryQueueStore
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -35,13 +35,14 @@ class FlakyStore(MemoryQueueStore):
         self.polls: list[tuple[float, bool]] = []
         self._polled = asyncio.Event()
 
-    async def claim(self, queue: str, *, now_ms: int, lease_ms: int,
-                    skip_functions: Collection[str] = ()) -> Job | None:
+    async def claim_next(self, queue: str, *, now_ms: int, lease_ms: int, skip_functions: Collection[str] = (),
+                         put_off: Mapping[str, int] | None = None) -> Claim:
         self.polls.append((asyncio.get_running_loop().time(), not self.down))
         self._polled.set()
         if self.down:
             raise ConnectionError("Connect call failed ('127.0.0.1', 6379)")
-        return await super().claim(queue, now_ms=now_ms, lease_ms=lease_ms, skip_functions=skip_functions)
+        return await super().claim_next(queue, now_ms=now_ms, lease_ms=lease_ms, skip_functions=skip_functions,
+                                           put_off=put_off)
 
     async def reach(self, n: int) -> None:
         """Return once ``n`` claims have been made."""

@@ -12,7 +12,7 @@ good, and once they filled the bound, no lane put off later ran promptly when it
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 import pytest
 from test_queue_function_wake import PROMPT_S, PUT_OFF_MS, Count, GatedRetry, Runner
@@ -21,7 +21,7 @@ from iii_engine.modules.queue import consumer as consumer_module
 from iii_engine.modules.queue.consumer import JobNotReady, QueueConsumer
 from iii_engine.modules.queue.module import FunctionNotRegistered, MissingFunctions
 from iii_engine.modules.queue.settings import QueueSettings
-from iii_engine.modules.queue.store import Job
+from iii_engine.modules.queue.store import Claim, Job
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -33,10 +33,11 @@ class CountedClaims(GatedRetry):
         super().__init__()
         self.claims = Count()
 
-    async def claim(self, queue: str, *, now_ms: int, lease_ms: int,
-                    skip_functions: Collection[str] = ()) -> Job | None:
+    async def claim_next(self, queue: str, *, now_ms: int, lease_ms: int, skip_functions: Collection[str] = (),
+                         put_off: Mapping[str, int] | None = None) -> Claim:
         try:
-            return await super().claim(queue, now_ms=now_ms, lease_ms=lease_ms, skip_functions=skip_functions)
+            return await super().claim_next(queue, now_ms=now_ms, lease_ms=lease_ms, skip_functions=skip_functions,
+                                           put_off=put_off)
         finally:
             self.claims.add()
 
