@@ -487,18 +487,47 @@ def _own_group(popen: dict[str, Any]) -> bool:
     return bool(popen.setdefault("start_new_session", True))
 
 
-async def _kill(proc: asyncio.subprocess.Process, group: bool = False) -> None:
-    """Kill the process -- with ``group``, every process of its group, which it leads: the rest of a pipeline or
-    a ``cmd &`` of a shell would live on otherwise -- and wait for its exit, not for its pipes (see
-    :func:`_until_exited`). The group is killed even once the leader has exited: what it left behind goes too.
-    A group's id is not reused while any process of it lives; an empty one is ignored (its id could only have
-    gone to a new group if the pids wrapped around in the moment since the leader's exit)."""
+def _send_kill(proc: asyncio.subprocess.Process, group: bool = False) -> None:
+    """Send SIGKILL to the process -- with ``group``, to every process of its group, which it leads: the rest of a
+    pipeline or a ``cmd &`` of a shell would live on otherwise -- without waiting for anything. Once this returns
+    no process it reached runs another instruction of its own (a pending SIGKILL is acted on before any return to
+    user code), so nothing done after it, such as closing its stdin, can be seen by them.
+
+    The group is killed even once the leader has exited: what it left behind goes too. A group's id is not reused
+    while any process of it lives; an empty one is ignored (its id could only have gone to a new group if the pids
+    wrapped around in the moment since the leader's exit). The leader reached by the group kill is not signalled
+    again through ``proc.kill()``: that polls it first (``waitpid``), and reaping it there, before asyncio's child
+    watcher, made the watcher log ``Unknown child process pid N, will report returncode 255`` and report 255, not
+    -9 (seen on a cancelled ``to_process``).
+
+    Example:
+        >>> import asyncio
+        >>> async def demo() -> int | None:
+        ...     proc = await asyncio.create_subprocess_exec("sleep", "30", start_new_session=True)
+        ...     _send_kill(proc, group=True)
+        ...     await _until_exited(proc, 10)
+        ...     return proc.returncode
+        >>> asyncio.run(demo())
+        -9
+    """
     if group:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
+        try:
             os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass  # nothing of the group left, or none of it ours to signal: the leader alone, below
+        else:
+            with contextlib.suppress(ProcessLookupError):  # reaped already: nothing left to signal
+                if os.getpgid(proc.pid) == proc.pid:
+                    return  # the leader was in its group, so it got the signal
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
+
+
+async def _kill(proc: asyncio.subprocess.Process, group: bool = False) -> None:
+    """Kill the process (with ``group``, its whole group: see :func:`_send_kill`) and wait for its exit, not for
+    its pipes (see :func:`_until_exited`)."""
+    _send_kill(proc, group)
     await _until_exited(proc, None)
 
 
@@ -638,7 +667,9 @@ async def to_process(
     ``exit_timeout``: how long the process may run after its stdin is closed (``None``, the default: as long as
     it takes, since a command like ``sort`` does its work only then); past it the process is killed and
     :class:`ProcessError` says so. Its process group is handled as in :func:`from_process`: killed whole when
-    this raises.
+    this raises. When the stream fails (the writer aborts, the trailer does not match, a cancel) the group is
+    killed before the command's stdin is closed: it never sees the end of its input, so it cannot take a short or
+    corrupt stream for a whole one and finish its work on it.
 
     Example:
         >>> import asyncio, tempfile
@@ -682,6 +713,7 @@ async def to_process(
     out = _FdOut(stdin)
     watch: int | None = None
     broken = False
+    killed = False
     try:
         try:
             async for chunk in source.chunks():
@@ -689,6 +721,14 @@ async def to_process(
         except (BrokenPipeError, ConnectionResetError):
             broken = True  # a write found no reader: bytes went unread, even at the stream's end
             await reader.close_async()
+        except BaseException:
+            # The transfer failed (the writer aborted, the trailer did not match, a cancel): killed before its
+            # stdin closes. Closed first, the command saw a clean end of its input and could finish its work on a
+            # short or corrupt one before the kill reached it (measured: 9 of 40 aborted streams, and
+            # `cat > part && mv part final` placed a truncated file), though this raises.
+            _send_kill(proc, group)
+            killed = True
+            raise
         else:
             watch = _watch_unread(stdin)
         finally:
@@ -710,7 +750,10 @@ async def to_process(
                 f"stopped reading its input before the end of the stream ({unread} of the {source.bytes_read} "
                 "bytes fed were left unread; exit status 0)"))
     except BaseException:
-        await _kill(proc, group)
+        if killed:
+            await _until_exited(proc, None)
+        else:
+            await _kill(proc, group)
         stderr.cancel()
         _close_pipes(proc)
         await asyncio.shield(_release_writer(reader))
