@@ -93,6 +93,8 @@ class ChannelSink:
         self._digest = Digest() if trailer else None
         self._queue: deque[bytes | str] = deque()
         self._queued_bytes = 0
+        self._pushed = 0  # items ever queued, and of them those the feed started handing to the writer: a
+        self._taken = 0  # cancelled write whose item is not yet taken can be withdrawn whole (see _wait_below_mark)
         self._pump: asyncio.Task[None] | None = None
         self._progress_made = Signal()  # the pump handed an item to the socket, or stopped
         self._error: BaseException | None = None
@@ -107,6 +109,12 @@ class ChannelSink:
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         """Queue ``data``; waits while more than ``high_water_mark`` bytes are queued.
+
+        Cancelled while it waits, as the SDK's writer is: if ``data`` is still queued (nothing of it handed to the
+        writer yet) it is withdrawn, never sent nor counted by the trailer, and the sink goes on, so a retry sends it
+        once; if its bytes were on their way already, the stream is aborted (the reader gets
+        ``ChannelAbortedError``) and the sink is closed: a retry would send them twice under a trailer that
+        verifies. The cancellation propagates either way.
 
         Example:
             >>> import asyncio
@@ -125,14 +133,12 @@ class ChannelSink:
         chunk = binary_payload(data, "ChannelSink.write", "send_text")
         if not chunk:
             return
-        if self._digest is not None:
-            self._digest.update(chunk)
         self._push(chunk)
-        while self._queued_bytes > self.high_water_mark:
-            await self._wait_progress()
+        await self._wait_below_mark()
 
     async def send_text(self, message: str) -> None:
-        """Queue a text message, ordered with the bytes; waits like ``write`` (a message counts its characters).
+        """Queue a text message, ordered with the bytes; waits like ``write`` (a message counts its characters), and
+        cancelled meanwhile, is withdrawn or aborts the stream as ``write`` does.
 
         Example:
             >>> import asyncio
@@ -153,8 +159,7 @@ class ChannelSink:
             # Bytes queued here would go out as binary data the trailer does not count: an IntegrityError later.
             raise TypeError(f"ChannelSink.send_text takes a str, not {type(message).__name__} (use write for bytes)")
         self._push(message)
-        while self._queued_bytes > self.high_water_mark:
-            await self._wait_progress()
+        await self._wait_below_mark()
 
     async def drain(self) -> None:
         """Wait until everything queued was handed to the socket; raises what stopped the socket's feed.
@@ -274,8 +279,29 @@ class ChannelSink:
     def _push(self, item: bytes | str) -> None:
         self._queue.append(item)
         self._queued_bytes += len(item)
+        self._pushed += 1
         if self._pump is None:
             self._pump = asyncio.get_running_loop().create_task(self._run())
+
+    async def _wait_below_mark(self) -> None:
+        """Wait while more than ``high_water_mark`` bytes are queued, for the item just queued. Cancelled, the SDK
+        writer's rule: the item is withdrawn if the feed has not started on it, and the stream aborted if it has
+        (it may be partly or wholly sent: the caller, told it was cancelled, would send it again)."""
+        number = self._pushed
+        try:
+            while self._queued_bytes > self.high_water_mark:
+                await self._wait_progress()
+        except asyncio.CancelledError:
+            if self._closed:
+                raise  # aborted meanwhile: nothing of it goes out any more
+            if self._taken < number and self._pushed == number:
+                # Still the last item queued, not yet taken by the feed: nothing of it was sent (nor digested).
+                self._queued_bytes -= len(self._queue.pop())
+                self._pushed -= 1
+            else:
+                await asyncio.shield(self._abort_quietly(
+                    "a write was cancelled once its bytes were on their way: a retry would send them twice"))
+            raise
 
     async def _wait_progress(self) -> None:
         """Wait until the feed hands the socket an item or stops; raise at once when it has stopped with items
@@ -295,9 +321,13 @@ class ChannelSink:
         try:
             while self._queue:
                 item = self._queue[0]
+                self._taken += 1
                 if isinstance(item, str):
                     await writer.send_message_async(item)
                 else:
+                    if self._digest is not None:
+                        # Digested as it goes out, not as it is queued: a write withdrawn before is never counted.
+                        self._digest.update(item)
                     await writer.write(item)
                     self.bytes_written += len(item)
                     if self._progress is not None:
