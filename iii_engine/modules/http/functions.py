@@ -16,6 +16,7 @@ Example (engine configuration, as the reference SDK's test setup uses it):
 
 from __future__ import annotations
 
+import asyncio
 import http
 import ipaddress
 import logging
@@ -26,7 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, Protocol
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -35,9 +36,14 @@ from yarl import URL
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii._cli import mask_passwords
+from iii.loss_log import LossLog
+from iii.protocol.worker_session import REPLY_REASON_CLIP, clip_text
 from iii.wire import dumps, loads
 
-from ...channels import DEFAULT_MAX_MESSAGE_SIZE
+from ... import closing
+from ...config import DEFAULT_CONTROL_MAX_MESSAGE_SIZE, EngineConfig
+from ...invocations import CALLER_LEFT, ENGINE_STOPPING, stopped
+from ...limits import SKIP_LOG_INTERVAL_S, TOO_MANY_CALLS
 from ...settings import Field, Settings, UnknownKeys
 from ..base import BuiltinFunction, EngineError, EngineModule, EngineServices, InvocationContext
 from .security import ResolvedAuth, UrlRejected, UrlRules, resolve_auth
@@ -50,19 +56,56 @@ from .security import ResolvedAuth, UrlRejected, UrlRules, resolve_auth
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT_MS = 30_000
-MAX_RESPONSE_BYTES = DEFAULT_MAX_MESSAGE_SIZE
-"""Largest (decompressed) response body read; a bigger result could not reach the caller in one frame anyway."""
+MAX_TIMEOUT_MS: Final = 24 * 3600 * 1000
+"""Largest ``timeout_ms`` a registration may give (24 h, as the bridge's): it bounds how long a call holds its place
+under :attr:`HttpFunctionsSettings.max_calls_in_flight` (and 10**400 ms overflowed the HTTP client at every call)."""
+MAX_RESPONSE_BYTES = DEFAULT_CONTROL_MAX_MESSAGE_SIZE
+"""The engine's default ``max_message_size``; the module reads no larger (decompressed) response body than the
+engine's own setting: a bigger result could not reach its caller in one frame anyway."""
+DEFAULT_MAX_CONNECTIONS_PER_HOST = 100
+DEFAULT_MAX_WAITING_PER_HOST = 1_000
+DEFAULT_MAX_CALLS_IN_FLIGHT = 10_000
+# an error object's code and message, at most, as an endpoint's answer gives them (a 100 KB code was passed on)
+_ERROR_CODE_CHARS = 200
 _READ_CHUNK = 64 * 1024
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
+class HttpCore(EngineServices, Protocol):
+    """What the module needs beyond :class:`EngineServices`: the engine's configuration (its ``max_message_size``
+    bounds a response) and its worker events (a caller's disconnect stops its answered calls)."""
+
+    config: EngineConfig
+
+    def add_worker_listener(self, listener: Callable[[str, str], None]) -> None:
+        """Be told about worker events (``worker_disconnected``, with the worker's id)."""
+
+
 class HttpFunctionsSettings(Settings):
-    """The module's settings: only ``security`` (unknown keys are logged and ignored)."""
+    """The module's settings (unknown keys are logged and ignored): ``security`` (production's), and our bounds:
+
+    - ``max_connections_per_host`` (100): connections open to one endpoint (scheme, host, port) at once. There is
+      no engine-wide cap one endpoint could use up: one that never answers holds at most its own 100, and a call to
+      another host is sent at once. A call past it waits for one of them, within its ``timeout_ms``.
+    - ``max_waiting_per_host`` (1,000): calls waiting for a connection to one endpoint; one more is refused at once
+      (``too_many_calls``).
+    - ``max_calls_in_flight`` (10,000): HTTP calls running engine-wide (waiting for a connection or on one),
+      whoever made them; one more is refused at once (``too_many_calls``). A caller that disconnects and comes back
+      does not get around it: its void calls go on after it left (its answered ones are stopped).
+
+    Example:
+        >>> s = HttpFunctionsSettings.parse({"max_connections_per_host": 8})
+        >>> s.max_connections_per_host, s.max_waiting_per_host, s.max_calls_in_flight
+        (8, 1000, 10000)
+    """
 
     unknown_keys: ClassVar[UnknownKeys] = "warn"
     label: ClassVar[str] = "HTTP functions settings"
 
     security: UrlRules = Field(default_factory=UrlRules)
+    max_connections_per_host: int = Field(DEFAULT_MAX_CONNECTIONS_PER_HOST, ge=1)
+    max_waiting_per_host: int = Field(DEFAULT_MAX_WAITING_PER_HOST, ge=0)
+    max_calls_in_flight: int = Field(DEFAULT_MAX_CALLS_IN_FLIGHT, ge=1)
 
 
 @dataclass(frozen=True)
@@ -123,9 +166,12 @@ def parse_invocation(function_id: str, raw: Any, env: Mapping[str, str], owner: 
     timeout_ms = raw.get("timeout_ms")
     if timeout_ms is None:
         timeout_ms = DEFAULT_TIMEOUT_MS
-    if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or timeout_ms <= 0:
-        raise EngineError("invalid_invocation",
-                          f"{function_id}: invocation.timeout_ms must be a positive integer, got {timeout_ms!r}")
+    if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int) or not 0 < timeout_ms <= MAX_TIMEOUT_MS:
+        # repr of a huge integer is thousands of digits (past 4,300 it raises)
+        shown = (f"an integer of {timeout_ms.bit_length()} bits" if isinstance(timeout_ms, int)
+                 and timeout_ms.bit_length() > 64 else repr(timeout_ms))
+        raise EngineError("invalid_invocation", f"{function_id}: invocation.timeout_ms must be a positive integer "
+                                                f"of at most {MAX_TIMEOUT_MS} (24 h), got {shown}")
     headers = raw.get("headers") or {}
     if not isinstance(headers, Mapping) or not all(isinstance(k, str) and isinstance(v, str)
                                                    for k, v in headers.items()):
@@ -135,7 +181,27 @@ def parse_invocation(function_id: str, raw: Any, env: Mapping[str, str], owner: 
         _check_field(function_id, "invocation.headers", name, value)
     if auth is not None and auth.kind != "hmac":  # an HMAC signature is hex; these send the secret as it is
         _check_field(function_id, "invocation.auth", *auth.header_for("", b""))
+    _check_url_credentials(function_id, url, headers, auth)
     return HttpFunction(function_id, url, method.upper(), timeout_ms, tuple(headers.items()), auth, owner)
+
+
+def _check_url_credentials(function_id: str, url: str, headers: Mapping[str, str], auth: ResolvedAuth | None) -> None:
+    """``invalid_invocation`` for a URL with credentials (``user:pass@``) and an ``Authorization`` header too (from
+    ``auth`` or ``headers``): the HTTP client sends a URL's credentials as that header and refuses both at each call
+    (every call failed with http_request_failed). A URL it cannot parse is left to the URL rules."""
+    try:
+        target = URL(url)
+    except ValueError:
+        return
+    if target.user is None and target.password is None:
+        return
+    sent = [name for name, _ in headers.items()]
+    if auth is not None and auth.kind != "hmac":
+        sent.append(auth.header_for("", b"")[0])
+    if any(name.lower() == "authorization" for name in sent):
+        raise EngineError("invalid_invocation", f"{function_id}: invocation.url holds credentials (user:password@), "
+                                                "which are sent as the Authorization header, and invocation.auth or "
+                                                "invocation.headers sets that header too: keep one of them")
 
 
 def _check_field(function_id: str, where: str, name: str, value: str) -> None:
@@ -258,6 +324,40 @@ def _reason(status: int, fallback: str | None) -> str:
         return fallback or ""
 
 
+def _stopped(function_id: str, why: str) -> EngineError:
+    """The ``invocation_stopped`` error of a call the module stopped (as the engine's own for a routed call)."""
+    body = stopped(function_id, why)
+    return EngineError(body["code"], body["message"])
+
+
+class _Call:
+    """One HTTP call in flight: its request runs in :attr:`task`, which :meth:`HttpFunctionsModule._stop_call`
+    cancels with :attr:`stopped` as the error its caller gets."""
+
+    __slots__ = ("caller", "function", "sent", "stopped", "task")
+
+    def __init__(self, function: HttpFunction, caller: str | None) -> None:
+        self.function = function
+        #: the worker waiting for the answer (``None``: a void call, or an engine-internal caller)
+        self.caller = caller
+        self.task: asyncio.Task[Any] | None = None
+        #: the request went to the endpoint (past its wait for a connection)
+        self.sent = False
+        self.stopped: EngineError | None = None
+
+
+class _Host:
+    """The connections to one endpoint (scheme, host, port): at most ``limit`` in use; calls past it wait."""
+
+    __slots__ = ("slots", "users", "waiting")
+
+    def __init__(self, limit: int) -> None:
+        self.slots = asyncio.Semaphore(limit)
+        self.waiting = 0
+        #: calls holding or waiting for a slot (the entry goes when none is left)
+        self.users = 0
+
+
 class HttpFunctionsModule(EngineModule):
     """Functions whose body is an HTTP endpoint called by the engine.
 
@@ -277,31 +377,72 @@ class HttpFunctionsModule(EngineModule):
     class_names = ("modules::http_functions::HttpFunctionsModule",)
     enabled_by_default = False
 
-    def __init__(self, services: EngineServices, config: Mapping[str, Any] | None = None,
+    def __init__(self, services: HttpCore, config: Mapping[str, Any] | None = None,
                  *, env: Mapping[str, str] | None = None) -> None:
         super().__init__(services, config)
-        self.rules = HttpFunctionsSettings.parse(self.config).security
+        self.core = services
+        self.settings = HttpFunctionsSettings.parse(self.config)
+        self.rules = self.settings.security
         self._env: Mapping[str, str] = os.environ if env is None else env
         # by (function id, owner): when a worker overwrites another's registration of an id, the engine keeps the
         # first one to restore it when the second owner leaves (E5), so both endpoints must be kept, each with its own
         self._endpoints: dict[tuple[str, str | None], HttpFunction] = {}
         self._session: aiohttp.ClientSession | None = None
-        self.max_response_bytes = MAX_RESPONSE_BYTES
+        # a response is a result sent to its caller in one frame: bounded as a worker's result is
+        self.max_response_bytes = services.config.max_message_size
+        self._calls: dict[_Call, None] = {}  # every call in flight (max_calls_in_flight), in start order
+        self._by_caller: dict[str, set[_Call]] = {}  # the answered calls of each worker caller
+        self._hosts: dict[tuple[str, str, int], _Host] = {}
+        self._stopping = False
+        self._refused_log = LossLog(self._log_refused, SKIP_LOG_INTERVAL_S)
+        self._latest_refusal = ""
+        #: calls refused at a bound, and calls whose wait for a connection outlasted their timeout_ms
+        self.refused = 0
+        self.connection_waits_timed_out = 0
 
     async def start(self) -> None:
         """Open the HTTP client: every name it connects to is resolved and vetted by :class:`VettingResolver`."""
         # No DNS cache: each new connection is vetted under the current rules. trust_env=False: a proxy from
         # the environment would resolve the name itself, out of the rules' reach.
-        connector = aiohttp.TCPConnector(resolver=VettingResolver(lambda: self.rules), use_dns_cache=False)
+        # No total cap (aiohttp's default is 100 for every host together): an endpoint that never answers took all
+        # of them and calls to healthy hosts timed out unsent. Each host has its own, kept by _Host before the
+        # request (the connector's is the same number, a backstop).
+        per_host = self.settings.max_connections_per_host
+        connector = aiohttp.TCPConnector(resolver=VettingResolver(lambda: self.rules), use_dns_cache=False,
+                                         limit=0, limit_per_host=per_host)
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False)
+        self._stopping = False
+        self.core.add_worker_listener(self._worker_event)
         self.services.serve_external_functions(self)
 
     async def stop(self) -> None:
-        """Close the HTTP client."""
+        """Stop the calls in flight (their callers get ``invocation_stopped``, the engine is stopping), then close
+        the HTTP client."""
         self.services.serve_external_functions(None)
+        self._stopping = True
+        calls = list(self._calls)
+        for call in calls:
+            self._stop_call(call, _stopped(call.function.function_id, ENGINE_STOPPING))
+        tasks = [call.task for call in calls if call.task is not None]
+        if tasks:
+            # one line, not one traceback per call (60,000 calls logged 86 MB)
+            log.info("HTTP functions: %d call(s) in flight stopped by the engine's stop", len(tasks))
+            await asyncio.wait(tasks, timeout=closing.CLOSE_TIMEOUT_S)
+        self._refused_log.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    def stats(self) -> dict[str, int]:
+        """Counters: HTTP calls in flight, of them waiting for a connection, refused at a bound, and whose wait for
+        a connection outlasted their ``timeout_ms``.
+
+        Example:
+            >>> module.stats()  # doctest: +SKIP
+            {'in_flight': 150, 'waiting_for_connection': 50, 'refused': 0, 'connection_waits_timed_out': 0}
+        """
+        return {"in_flight": len(self._calls), "waiting_for_connection": sum(h.waiting for h in self._hosts.values()),
+                "refused": self.refused, "connection_waits_timed_out": self.connection_waits_timed_out}
 
     async def register_external(self, function_id: str, invocation_config: Any,
                                 owner_worker_id: str | None) -> BuiltinFunction:
@@ -322,16 +463,21 @@ class HttpFunctionsModule(EngineModule):
 
         async def handler(data: Any, ctx: InvocationContext) -> Any:
             # this registration's own endpoint, also once another owner's registration of the id came and went
-            if self._endpoints.get((function_id, owner_worker_id)) is not function:
+            if not self._registered(function):
                 raise EngineError("function_not_found", f"Function {function_id} not found")
-            return await self._call(function, data)
+            return await self._run(function, data, ctx)
 
         return BuiltinFunction(function_id, handler, description=f"HTTP {function.method} {function.shown_url}")
 
     def unregister_external(self, function_id: str, owner_worker_id: str | None) -> None:
         """Forget ``owner_worker_id``'s HTTP-invoked registration of ``function_id`` (its worker left, it was
-        unregistered or replaced)."""
-        self._endpoints.pop((function_id, owner_worker_id), None)
+        unregistered or replaced); its calls still waiting for a connection fail with ``function_not_found``
+        unsent (before, they went out once a connection came free, 50 of 150 after the unregister)."""
+        function = self._endpoints.pop((function_id, owner_worker_id), None)
+        if function is None:
+            return
+        for call in [call for call in self._calls if call.function is function and not call.sent]:
+            self._stop_call(call, EngineError("function_not_found", f"Function {function_id} not found"))
 
     @property
     def functions(self) -> dict[str, HttpFunction]:
@@ -343,9 +489,112 @@ class HttpFunctionsModule(EngineModule):
         function = self.functions.get(function_id)
         if function is None:
             raise EngineError("function_not_found", f"Function {function_id} not found")
-        return await self._call(function, data)
+        return await self._run(function, data, ctx or InvocationContext())
 
-    async def _call(self, function: HttpFunction, data: Any) -> Any:
+    def _registered(self, function: HttpFunction) -> bool:
+        return self._endpoints.get((function.function_id, function.owner_worker_id)) is function
+
+    async def _run(self, function: HttpFunction, data: Any, ctx: InvocationContext) -> Any:
+        """:meth:`_call` in a task of its own, counted under ``max_calls_in_flight``, that the engine's stop, the
+        caller's disconnect (an answered call) or the function's unregister (a call not sent yet) can stop with an
+        error of their own: cancelled from outside, the built-in's task ended as internal_error with a traceback."""
+        if self._stopping:
+            raise _stopped(function.function_id, ENGINE_STOPPING)
+        if len(self._calls) >= self.settings.max_calls_in_flight:
+            self._refuse(function, f"{len(self._calls)} HTTP calls are in flight engine-wide "
+                                   f"(max_calls_in_flight {self.settings.max_calls_in_flight})")
+        # An answered call from a worker ends with its caller (nobody is left to take the answer); a void call goes
+        # on, as its caller asked: a worker that sends void calls and exits must not lose them.
+        call = _Call(function, ctx.caller_worker_id if ctx.invocation_id is not None else None)
+        task = asyncio.get_running_loop().create_task(self._call(function, data, call))
+        call.task = task
+        self._calls[call] = None
+        if call.caller is not None:
+            self._by_caller.setdefault(call.caller, set()).add(call)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if call.stopped is not None and task.cancelled() and (current is None or not current.cancelling()):
+                raise call.stopped from None
+            raise  # this task's own cancel: the task of the request went with it
+        finally:
+            del self._calls[call]
+            if call.caller is not None:
+                mine = self._by_caller.get(call.caller)
+                if mine is not None:
+                    mine.discard(call)
+                    if not mine:
+                        del self._by_caller[call.caller]
+
+    def _stop_call(self, call: _Call, error: EngineError) -> None:
+        if call.stopped is None and call.task is not None and not call.task.done():
+            call.stopped = error
+            call.task.cancel()
+
+    def _worker_event(self, event: str, worker_id: str) -> None:
+        if event != "worker_disconnected":
+            return
+        for call in self._by_caller.pop(worker_id, ()):
+            self._stop_call(call, _stopped(call.function.function_id, CALLER_LEFT))
+
+    def _refuse(self, function: HttpFunction, why: str) -> None:
+        self.refused += 1
+        self._latest_refusal = f"{function.function_id}: {why}"
+        self._refused_log.lost("refused", self._latest_refusal)
+        raise EngineError(TOO_MANY_CALLS, f"HTTP function {function.function_id} refused its call: {why}")
+
+    def _log_refused(self, counts: Mapping[str, int], _latest: str | None) -> None:
+        # void calls have nobody to tell: this is their only trace
+        log.warning("HTTP functions: %d call(s) refused since the last warning (%d in all), latest %s",
+                    counts["refused"], self.refused, self._latest_refusal)
+
+    async def _connection(self, function: HttpFunction, target: URL, deadline: float) -> tuple[str, str, int]:
+        """Wait (until ``deadline``) for one of the ``max_connections_per_host`` connections to ``target``'s
+        endpoint; returns the key to :meth:`_release`. A wait that outlasts the call's ``timeout_ms`` fails naming
+        it (before, it read "timed out" as if the endpoint had been slow), one past ``max_waiting_per_host`` is
+        refused at once."""
+        key = (target.scheme, target.host or "", target.port or 0)
+        host = self._hosts.get(key)
+        if host is None:
+            host = self._hosts[key] = _Host(self.settings.max_connections_per_host)
+        if host.slots.locked():
+            limit = self.settings.max_waiting_per_host
+            if host.waiting >= limit:
+                self._refuse(function, f"{host.waiting} calls wait for a connection to {key[1]}:{key[2]} "
+                                       f"(max_waiting_per_host {limit})")
+            host.users += 1
+            host.waiting += 1
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await host.slots.acquire()
+            except BaseException as exc:
+                self._forget_host(key, host)
+                if not isinstance(exc, TimeoutError):
+                    raise
+                self.connection_waits_timed_out += 1
+                raise _failure("http_request_failed", f"request to {function.url} not sent: no connection to "
+                                                      f"{key[1]}:{key[2]} came free within {function.timeout_ms} ms "
+                                                      f"({self.settings.max_connections_per_host} in use, "
+                                                      f"max_connections_per_host)") from None
+            finally:
+                host.waiting -= 1
+        else:
+            await host.slots.acquire()  # free: returns at once
+            host.users += 1
+        return key
+
+    def _release(self, key: tuple[str, str, int]) -> None:
+        host = self._hosts[key]
+        host.slots.release()
+        self._forget_host(key, host)
+
+    def _forget_host(self, key: tuple[str, str, int], host: _Host) -> None:
+        host.users -= 1
+        if host.users == 0:
+            del self._hosts[key]
+
+    async def _call(self, function: HttpFunction, data: Any, call: _Call) -> Any:
         try:
             # Names are looked up and vetted by VettingResolver as the connection is made, not here: a
             # lookup here and another there is the DNS rebinding window.
@@ -353,13 +602,27 @@ class HttpFunctionsModule(EngineModule):
         except UrlRejected as exc:
             raise _rejected(exc) from None
         body = dumps(data).encode()
-        headers = self._headers(function, body)
         if self._session is None:
             raise EngineError("http_request_failed", "HttpFunctionsModule is not started")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + function.timeout_ms / 1000
+        key = await self._connection(function, target, deadline)
+        try:
+            if not self._registered(function):  # unregistered while it waited: never sent
+                raise EngineError("function_not_found", f"Function {function.function_id} not found")
+            call.sent = True
+            headers = self._headers(function, body)  # stamped as it is sent, not before its wait
+            return await self._send(function, target, body, headers, deadline - loop.time())
+        finally:
+            self._release(key)
+
+    async def _send(self, function: HttpFunction, target: URL, body: bytes, headers: CIMultiDict[str],
+                    timeout_s: float) -> Any:
+        assert self._session is not None
         try:
             async with self._session.request(
                     function.method, target, data=body, headers=headers, allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(total=function.timeout_ms / 1000)) as response:
+                    timeout=aiohttp.ClientTimeout(total=max(timeout_s, 0.001))) as response:
                 try:
                     raw = await self._read_bounded(function, response)
                 except TimeoutError:
@@ -381,12 +644,16 @@ class HttpFunctionsModule(EngineModule):
             raise _failure("http_request_failed", f"request to {function.url} failed: {_chain(exc)}") from None
 
     async def _read_bounded(self, function: HttpFunction, response: aiohttp.ClientResponse) -> bytes:
-        """The whole body, or ``http_response_failed`` as soon as it is known to exceed the bound."""
+        """The whole body, or ``invocation_failed`` as soon as it is known to exceed the engine's
+        ``max_message_size``, as a worker's result over it is answered (a 60 MB body raised the engine's peak RSS from
+        67 to 869 MB, and results over it sent to a caller overflowed its send buffer and cost it its connection)."""
         limit = self.max_response_bytes
 
         def too_big() -> EngineError:
-            return _failure("http_response_failed",
-                            f"response of {function.url} is larger than {limit} bytes; not read")
+            return _failure("invocation_failed",
+                            f"The result of '{function.function_id}' was not read: the response of {function.url} is "
+                            f"larger than {limit} bytes, the engine's limit (max_message_size); return bulk data "
+                            "through a channel (create_channel) and its ref instead")
 
         declared = response.content_length
         if declared is not None and declared > limit and not response.headers.get("Content-Encoding"):
@@ -429,6 +696,8 @@ class HttpFunctionsModule(EngineModule):
         if isinstance(error, dict):
             code = error.get("code")
             message = error.get("message")
-            raise EngineError(code if isinstance(code, str) and code else "http_error",
-                              message if isinstance(message, str) else "HTTP request failed")
+            # clipped, as other errors passed on are: an endpoint's code and message go to the caller and into logs
+            raise EngineError(clip_text(code, _ERROR_CODE_CHARS) if isinstance(code, str) and code else "http_error",
+                              clip_text(message, REPLY_REASON_CLIP) if isinstance(message, str)
+                              else "HTTP request failed")
         raise EngineError("http_error", f"HTTP {status} {_reason(status, reason)}".rstrip())

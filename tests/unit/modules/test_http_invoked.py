@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from fake_services import FakeServices
+from http_fake_services import HttpFakeServices
 
 from iii_engine.modules.base import EngineError, InvocationContext
 from iii_engine.modules.http.functions import HttpFunctionsModule, parse_invocation
@@ -18,7 +18,7 @@ LOCAL = {"security": {"url_allowlist": ["127.0.0.1"], "block_private_ips": False
 
 @pytest.fixture
 async def module() -> AsyncIterator[HttpFunctionsModule]:
-    mod = HttpFunctionsModule(FakeServices(), LOCAL, env={"TOKEN": "t"})
+    mod = HttpFunctionsModule(HttpFakeServices(), LOCAL, env={"TOKEN": "t"})
     await mod.start()
     yield mod
     await mod.stop()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from fake_services import FakeServices
+from http_fake_services import HttpFakeServices
 
 from iii_engine.modules.base import EngineError
 from iii_engine.modules.http.functions import HttpFunction, HttpFunctionsModule, parse_invocation
@@ -69,7 +69,7 @@ def test_header_values_http_allows_are_sent(value: str) -> None:
 
 
 async def test_a_request_the_client_refuses_fails_as_a_request_failure(server: str) -> None:  # noqa: F811
-    module = HttpFunctionsModule(FakeServices(), LOCAL)
+    module = HttpFunctionsModule(HttpFakeServices(), LOCAL)
     await module.start()
     try:
         # as registered before the check (or refused by a later client for another reason)

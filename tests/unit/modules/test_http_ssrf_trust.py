@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from fake_services import FakeServices
+from http_fake_services import HttpFakeServices
 
 from iii.wire import dumps
 from iii_engine.modules.base import EngineError
@@ -218,7 +218,7 @@ async def big_server() -> AsyncIterator[str]:
 
 @pytest.fixture
 async def module() -> AsyncIterator[HttpFunctionsModule]:
-    mod = HttpFunctionsModule(FakeServices(), {"security": {
+    mod = HttpFunctionsModule(HttpFakeServices(), {"security": {
         "url_allowlist": ["*"], "block_private_ips": False, "require_https": False}}, env={})
     await mod.start()
     yield mod
@@ -246,5 +246,5 @@ async def test_response_bodies_are_bounded(module: HttpFunctionsModule, big_serv
     assert len(await module.call("small", None)) == 4094
     with pytest.raises(EngineError) as info:
         await module.call("big", None)
-    assert info.value.code == "http_response_failed"
-    assert "larger than 4096 bytes" in info.value.message
+    assert info.value.code == "invocation_failed"  # as a worker's result over max_message_size is answered
+    assert "larger than 4096 bytes, the engine's limit (max_message_size)" in info.value.message
