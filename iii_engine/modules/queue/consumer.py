@@ -22,7 +22,7 @@ from iii.protocol.worker_session import clip_text
 
 from ..base import EngineError
 from .settings import DEFAULT_STOP_TIMEOUT_MS, QueueSettings
-from .store import DeadLetter, Job, QueueStore, now_ms
+from .store import DeadLetter, Job, PutOff, QueueStore, now_ms
 
 DLQ_ERROR_CHARS = 1000
 """Characters of the handler's error a dead letter keeps (a longer one is cut, saying how long it was)."""
@@ -38,15 +38,13 @@ lane is forgotten once its planned look is due (that look runs it, here or on an
 MAX_PUT_OFF_FUNCTIONS = 1024
 """Functions a consumer asks its store to put off (their jobs delayed in the store until their next look, never
 claimed one by one), the most recently put off; the jobs of others are claimed and put off one at a time. As many
-as the queue module tracks missing (``MAX_MISSING_TRACKED``): each claim names them all, a few tens of KB at most."""
+as the queue module tracks missing (``MAX_MISSING_TRACKED``)."""
 
-PUT_OFF_MAX_CHARS = 32 * 1024
-"""Characters of function ids one claim names to be put off at most (the most recently put off first): a claim of a
-runnable job sends them all, so a thousand long made-up ids must not make each claim hundreds of KB."""
+PUT_OFF_MAX_CHARS = 64 * 1024
+"""Characters of function ids a consumer has its store put off at most (the most recently put off first): what a
+store keeps for them (the Redis store a hash of its own, written when they change) stays small whatever the ids."""
 
-PUT_OFF_REFRESH_MS = 100
-"""How long a consumer reuses the looks it last asked for (unless the functions changed): asking for each function at
-every claim cost 1 ms a claim with a thousand of them. A look that has passed by then puts nothing off."""
+
 
 MAX_PUT_OFF_ROUNDS = 64
 """Claims in a row that only put lanes off before the consumer's loop comes round (its lease renewals and recovery
@@ -238,10 +236,11 @@ class QueueConsumer:
         # functions whose jobs were put off here lately, the latest last: the store puts their lanes off at each claim
         self._putting_off: OrderedDict[str, None] = OrderedDict()
         self._bring: set[str] = set()  # functions another engine serves: their remembered lanes are brought forward
-        self._looks: dict[str, int] = {}  # the looks last asked for (see _put_off_looks)
-        self._looks_key: tuple[int, int] | None = None  # (changes, version of _putting_off) they were asked at
-        self._looks_until = 0
-        self._put_off_version = 0
+        self._looks = PutOff()  # the looks last asked for (see _put_off_looks), with the changes the store is to get
+        self._looks_chars = 0  # characters of the function ids in _looks
+        self._look_heap: list[tuple[int, str]] = []  # (look, function) of _looks, with stale entries skipped
+        self._looks_changes = -1  # the count of changes when all were last asked for
+        self._looks_stale = False  # all to be asked for again (too many stale entries, or room to make)
         self._on_idle = on_idle
         self._log = log or logging.getLogger(__name__)
         self._owns_failures = store_failures is None
@@ -324,8 +323,8 @@ class QueueConsumer:
     def left_to_others(self, function_id: str) -> None:
         """Another engine sharing the store runs ``function_id``: its jobs are no longer put off here, and those put
         off already are brought forward for that engine to claim (not left until their planned look)."""
-        if self._putting_off.pop(function_id, 0) is None:
-            self._put_off_version += 1
+        self._putting_off.pop(function_id, None)
+        self._drop_look(function_id)
         if function_id in self._waiting_for:
             self._bring.add(function_id)
             self._look_due = True
@@ -413,6 +412,9 @@ class QueueConsumer:
                 timer.cancel()
 
     async def _maintain(self) -> None:
+        # the store gets every look again now and then: one that lost what it held (a Redis restarted empty) puts
+        # the jobs off again within a lease, not only once their functions are asked about anew
+        self._looks.resend()
         now = now_ms()
         lanes = [job.lane for job, _ in self._inflight.values()]
         await self.store.renew(self.queue, lanes, deadline_ms=now + self.settings.lease_ms)
@@ -495,14 +497,28 @@ class QueueConsumer:
             task = asyncio.create_task(self._work(job), name=f"queue-job:{job.id}")
             self._inflight[job.id] = (job, task)
 
-    def _put_off_looks(self, now: int) -> dict[str, int]:
-        """The functions put off lately that are still to be put off, with their next look (asked again once
-        :data:`PUT_OFF_REFRESH_MS` passed or the functions changed)."""
-        if not self._putting_off:
-            return {}
-        key = (self._changes, self._put_off_version)
-        if key == self._looks_key and now < self._looks_until:
-            return self._looks
+    def _put_off_looks(self, now: int) -> PutOff:
+        """The functions put off lately that are still to be put off, with their next look. Only the functions whose
+        look has passed (their lanes come due, to be put off anew, not claimed one by one) are asked again; all of
+        them when the registered functions changed."""
+        if self._changes != self._looks_changes or self._looks_stale:
+            return self._ask_all(now)
+        heap = self._look_heap
+        while heap and heap[0][0] <= now:
+            look, function_id = heapq.heappop(heap)
+            if self._looks.get(function_id) != look:
+                continue  # dropped, or asked again since
+            again = self._look_for(function_id, now) if function_id in self._putting_off else None
+            if again is None or again <= now:
+                self._drop_look(function_id)
+                if again is None:
+                    self._putting_off.pop(function_id, None)
+            else:
+                self._looks.set(function_id, again)
+                heapq.heappush(heap, (again, function_id))
+        return self._looks
+
+    def _ask_all(self, now: int) -> PutOff:
         looks: dict[str, int] = {}
         chars = 0
         for function_id in reversed(list(self._putting_off)):
@@ -510,20 +526,46 @@ class QueueConsumer:
             if look is None:
                 del self._putting_off[function_id]
             elif look > now:
-                chars += len(function_id)
-                if chars > PUT_OFF_MAX_CHARS:
+                if chars + len(function_id) > PUT_OFF_MAX_CHARS:
                     break
+                chars += len(function_id)
                 looks[function_id] = look
-        self._looks, self._looks_key, self._looks_until = looks, key, now + PUT_OFF_REFRESH_MS
-        return looks
+        for function_id in [function_id for function_id in self._looks if function_id not in looks]:
+            self._looks.drop(function_id)
+        for function_id, look in looks.items():
+            self._looks.set(function_id, look)
+        self._looks_chars = chars
+        self._look_heap = [(look, function_id) for function_id, look in looks.items()]
+        heapq.heapify(self._look_heap)
+        self._looks_changes, self._looks_stale = self._changes, False
+        return self._looks
 
     def _note_put_off(self, function_id: str) -> None:
-        if function_id not in self._putting_off:
-            self._put_off_version += 1
+        """A job of ``function_id`` was put off here: its next jobs are put off by the store (its look is added at
+        once, not when the looks are next asked for)."""
+        if function_id in self._putting_off:
+            self._putting_off.move_to_end(function_id)
+            return
         self._putting_off[function_id] = None
-        self._putting_off.move_to_end(function_id)
         if len(self._putting_off) > MAX_PUT_OFF_FUNCTIONS:
-            self._putting_off.popitem(last=False)
+            self._drop_look(self._putting_off.popitem(last=False)[0])
+        now = now_ms()
+        look = self._look_for(function_id, now)
+        if look is None or look <= now:
+            return
+        if self._looks_chars + len(function_id) <= PUT_OFF_MAX_CHARS:
+            self._looks.set(function_id, look)
+            self._looks_chars += len(function_id)
+            heapq.heappush(self._look_heap, (look, function_id))
+            if len(self._look_heap) > 2 * len(self._looks) + 64:  # entries of dropped functions
+                self._looks_stale = True
+        else:
+            self._looks_stale = True  # all asked again at the next claim, the latest first: the oldest make room
+
+    def _drop_look(self, function_id: str) -> None:
+        if function_id in self._looks:
+            self._looks.drop(function_id)
+            self._looks_chars -= len(function_id)
 
     def _put_off_in_store(self, put_off: tuple[tuple[str, str, int], ...], changes: int) -> None:
         for lane, function_id, look_ms in put_off:
@@ -531,6 +573,7 @@ class QueueConsumer:
         # a change came while the claim ran, and a function it put off is registered now: look again
         if self._changes != changes and any(self._registered(function_id) for _, function_id, _ in put_off):
             self._look_due = True
+            self._wake.set()
 
     async def _idle_timeout(self, maintenance_due: int) -> float:
         deadline = min(now_ms() + self.settings.poll_interval_ms, maintenance_due)

@@ -254,9 +254,22 @@ class MissingFunctions:
             800
         """
         since = self._since.get((queue, function_id))
-        if since is None or now - since >= settings.missing_function_grace_ms:
+        grace_end = None if since is None else since + settings.missing_function_grace_ms
+        if since is None or grace_end is None or now >= grace_end:
             return None
-        return now + _look_delay(since, now, settings)
+        # The looks fall on points fixed from the start of the wait (after backoff_ms, then as long again as the
+        # function has been missing, at most every max(backoff_ms, 5 s)), not on now plus a delay: asked at every
+        # claim, the answer changes only when a look has passed, so a store keeping the looks rewrites them rarely.
+        first = max(settings.backoff_ms, 1)
+        longest = max(settings.backoff_ms, MISSING_FUNCTION_CHECK_MAX_MS)
+        look = since + first
+        while look <= now:
+            step = min(max(look - since, first), longest)
+            if step == longest:
+                look += longest * ((now - look) // longest + 1)
+                break
+            look += step
+        return min(look, grace_end)
 
     def found(self, queue: str, function_id: str) -> None:
         """``function_id`` is registered: a job of ``queue`` found it."""
@@ -443,7 +456,8 @@ class OtherEngines:
                    and len(function_id) <= MAX_SHARED_ID_CHARS and not self._has_function(function_id)]
         runs = [(queue, function_id) for queue, function_id in wanted
                 if queue in self._queues and self._has_function(function_id)]
-        still = await self.store.advertise(self.id, read_ms, runs, left + waiting, ttl_ms=self.ttl_ms)
+        still = await self.store.advertise(self.id, read_ms, runs, left + waiting, ttl_ms=self.ttl_ms,
+                                           waiting=len(waiting))
         # Pairs this engine runs again are its own (a registration missed while a lookup was under way, or its
         # own advertisement taken for another's), whatever the store says: each refresh gives them back.
         lost = [pair for pair, served in zip(left, still[:len(left)], strict=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -29,7 +30,7 @@ from iii.wire import dumps, loads
 from iii_streams.redis import check_reachable, escape_name, waiting_client
 from iii_streams.redis_internals import sent_nothing
 
-from .store import Claim, DeadLetter, Job, NotSent, QueueCounts, QueueFull
+from .store import Claim, DeadLetter, Job, NotSent, PutOff, QueueCounts, QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +77,13 @@ return 1
 # the call ends (the next looks further), so a call copies at most that plus one job (before, 128 jobs of 512 KB
 # each at every poll of an idle engine held Redis for up to 170 ms). The function is the JSON string after the first
 # '"function_id":' (a job's own strings cannot hold that text unescaped, and the key comes before its data), looked
-# up in tables built once per call, so the cost per lane does not grow with the number of functions named.
-# KEYS: jobs, ready, active, delayed · ARGV: lane prefix, now, lease, count of skipped functions, the skipped
-# functions (JSON strings), then pairs of a put-off function (JSON string) and its look
-# Answers {more (0/1), the job taken or '', then per lane put off: the lane and the 1-based index of its pair}.
+# up in a table of the skipped ones built once per call and in the engine's hash of put-off functions (JSON string ->
+# look; each claim brings only the changes since the last: sent whole with every claim, a thousand functions made each
+# claim 15 times dearer), so the cost per lane does not grow with the number of functions named.
+# KEYS: jobs, ready, active, delayed, this engine's put-off hash · ARGV: lane prefix, now, lease, 1 to read that hash
+# (else 0), 1 to empty it first (else 0), count of skipped functions, the skipped functions (JSON strings), then
+# pairs of a function (JSON string) and its new look (0: no longer put off) for the hash
+# Answers {more (0/1), the job taken or '', then per lane put off: the lane, its function (JSON string), its look}.
 _CLAIM = """
 local now = tonumber(ARGV[2])
 local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now)
@@ -87,17 +91,18 @@ for i = #due, 1, -1 do
   redis.call('ZREM', KEYS[4], due[i])
   redis.call('LPUSH', KEYS[2], due[i])
 end
-local skip_count = tonumber(ARGV[4])
-local skip, put = {}, {}
-for i = 5, 4 + skip_count do skip[ARGV[i]] = true end
-local pairs_named = 0
-for i = 5 + skip_count, #ARGV - 1, 2 do
-  pairs_named = pairs_named + 1
-  local look = tonumber(ARGV[i + 1])
-  if look > now then put[ARGV[i]] = {pairs_named, look} end
+local put_off = ARGV[4] == '1'
+local skip_count = tonumber(ARGV[6])
+local skip = {}
+for i = 7, 6 + skip_count do skip[ARGV[i]] = true end
+if ARGV[5] == '1' then redis.call('DEL', KEYS[5]) end
+for i = 7 + skip_count, #ARGV - 1, 2 do
+  if ARGV[i + 1] == '0' then redis.call('HDEL', KEYS[5], ARGV[i])
+  else redis.call('HSET', KEYS[5], ARGV[i], ARGV[i + 1]) end
 end
+if put_off then redis.call('PEXPIRE', KEYS[5], PUT_OFF_KEPT_MS) end
 local looks, scanned = 0, 0
-if skip_count > 0 or pairs_named > 0 then looks = math.min(redis.call('LLEN', KEYS[2]), SKIP_LOOK) end
+if skip_count > 0 or put_off then looks = math.min(redis.call('LLEN', KEYS[2]), SKIP_LOOK) end
 local out = {0, ''}
 local function function_of(job)
   local _, key_end = string.find(job, '"function_id":', 1, true)
@@ -131,11 +136,13 @@ while true do
       job = id and redis.call('HGET', KEYS[1], id)
     end
     local named = job and looks > 0 and function_of(job)
-    local later = named and put[named]
+    local later = named and put_off and tonumber(redis.call('HGET', KEYS[5], named))
+    if later and later <= now then later = nil end
     if later then
-      redis.call('ZADD', KEYS[4], later[2], lane)
+      redis.call('ZADD', KEYS[4], later, lane)
       out[#out + 1] = lane
-      out[#out + 1] = later[1]
+      out[#out + 1] = named
+      out[#out + 1] = later
     elseif named and skip[named] then
       redis.call('RPUSH', KEYS[2], lane)
     elseif job then
@@ -257,6 +264,10 @@ SKIP_LOOK = 128
 """Ready lanes one claim moves past (to the tail) because another engine serves their job's function and this one
 does not: a claim on a queue full of them costs a bounded look."""
 
+PUT_OFF_KEPT_MS = 600_000
+"""Life of an engine's hash of put-off functions in Redis after its last claim naming them: the hash of an engine
+that stopped without a word goes with it."""
+
 SKIP_BYTES = 256 * 1024
 """Job bytes one claim reads to look past lanes whose jobs it leaves to other engines (each read copies the whole
 job): past them the claim ends and the next looks further, so a claim on a queue of large such jobs holds Redis for
@@ -306,10 +317,15 @@ return {now, redis.call('ZREVRANGE', KEYS[1], 0, MAX_WANTED - 1)}
 """
 
 # A key's TTL is only ever raised: an engine with a short TTL must not expire what one with a longer TTL refreshes.
-# KEYS: engines, served · ARGV: engine member, when it read the wanted pairs, its ttl ms, count of pairs it runs,
-# those pairs, then pairs it leaves to others · for each of the latter, 1 while another engine runs it
+# The last ``waiting`` of the pairs left to others are pairs whose jobs this engine has its store put off (their
+# function missing here): no longer claimed one by one, they are not looked up (and so wanted again) at each job;
+# each refresh wants them again if the newest MAX_WANTED left them out, so an engine whose worker registers such a
+# function later still sees it wanted and says it runs it (else they waited out the grace: 37 s of a 40 s one).
+# KEYS: engines, served, wanted · ARGV: engine member, when it read the wanted pairs, its ttl ms, count of pairs it
+# runs, count of waiting pairs, the pairs it runs, then pairs it leaves to others · for each of the latter, 1 while
+# another engine runs it
 _ADVERTISE = """
-local read, ttl, count = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local read, ttl, count, waiting = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local function keep(key)
@@ -319,15 +335,21 @@ redis.call('ZADD', KEYS[1], read + ttl, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 keep(KEYS[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-for i = 5, 4 + count do
+for i = 6, 5 + count do
   local until_ms = redis.call('ZSCORE', KEYS[2], ARGV[i])
   if not until_ms or tonumber(until_ms) < read + ttl then redis.call('ZADD', KEYS[2], read + ttl, ARGV[i]) end
 end
 if count > 0 then keep(KEYS[2]) end
 local still = {}
-for i = 5 + count, #ARGV do
+for i = 6 + count, #ARGV do
   local until_ms = redis.call('ZSCORE', KEYS[2], ARGV[i])
   still[#still + 1] = (until_ms and tonumber(until_ms) > now) and 1 or 0
+end
+if waiting > 0 then
+  for i = #ARGV - waiting + 1, #ARGV do redis.call('ZADD', KEYS[3], 'NX', now, ARGV[i]) end
+  local extra = redis.call('ZCARD', KEYS[3]) - MAX_WANTED
+  if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[3], 0, extra - 1) end
+  redis.call('PEXPIRE', KEYS[3], WANTED_KEPT_MS)
 end
 return still
 """
@@ -363,6 +385,7 @@ class _Keys:
         self.dlq_entries = base + "dlq_entries"
         self.done = base + "done"
         self.lane = base + "lane:"
+        self.put_off = base + "put_off:"  # + an engine's store id: its hash of put-off functions
 
 
 class RedisQueueStore:
@@ -387,11 +410,15 @@ class RedisQueueStore:
         self._finish, self._dead = register(_FINISH.replace("KEPT_MS", kept)), register(_DEAD.replace("KEPT_MS", kept))
         self._retry, self._release, self._recover = register(_RETRY), register(_RELEASE), register(_RECOVER)
         self._redrive, self._bring_forward = register(_REDRIVE), register(_BRING_FORWARD)
-        self._claim = register(_CLAIM.replace("SKIP_LOOK", str(SKIP_LOOK)).replace("SKIP_BYTES", str(SKIP_BYTES)))
+        self._claim = register(_CLAIM.replace("SKIP_LOOK", str(SKIP_LOOK)).replace("SKIP_BYTES", str(SKIP_BYTES))
+                               .replace("PUT_OFF_KEPT_MS", str(PUT_OFF_KEPT_MS)))
         wanted = str(MAX_WANTED)
         self._lookup = register(_LOOKUP.replace("MAX_WANTED", wanted).replace("WANTED_KEPT_MS", str(WANTED_KEPT_MS)))
-        self._wanted, self._advertise = register(_WANTED.replace("MAX_WANTED", wanted)), register(_ADVERTISE)
+        self._wanted = register(_WANTED.replace("MAX_WANTED", wanted))
+        self._advertise = register(_ADVERTISE.replace("MAX_WANTED", wanted)
+                                   .replace("WANTED_KEPT_MS", str(WANTED_KEPT_MS)))
         self._shared = (key_prefix + "queue-engines", key_prefix + "queue-wanted", key_prefix + "queue-served")
+        self._id = uuid.uuid4().hex  # names this store's own put-off hashes apart from other engines'
 
     async def prepare(self) -> None:
         """Check Redis answers (a ``PING`` within :data:`START_CHECK_S`), so a module on a Redis that is down fails its
@@ -436,19 +463,28 @@ class RedisQueueStore:
     async def claim_next(self, queue: str, *, now_ms: int, lease_ms: int, skip_functions: Collection[str] = (),
                          put_off: Mapping[str, int] | None = None) -> Claim:
         """See :class:`~iii_engine.modules.queue.store.QueueStore`: one script call, whatever it looks past (at most
-        :data:`SKIP_LOOK` lanes and :data:`SKIP_BYTES` of their jobs)."""
+        :data:`SKIP_LOOK` lanes and :data:`SKIP_BYTES` of their jobs). The looks of ``put_off`` are kept in a hash of
+        this store's own in Redis (expiring :data:`PUT_OFF_KEPT_MS` after its last claim): a
+        :class:`~iii_engine.modules.queue.store.PutOff` sends its changes only, any other mapping replaces it."""
         k = self._k(queue)
         skipped = [dumps(function_id) for function_id in skip_functions]
-        looks = list(put_off.items()) if put_off else []
-        args: list[str | int] = [k.lane, now_ms, lease_ms, len(skipped), *skipped]
-        for function_id, look_ms in looks:
+        if isinstance(put_off, PutOff):
+            replace, changes = False, put_off.take_changes()
+        else:
+            replace, changes = put_off is not None, dict(put_off or {})
+        args: list[str | int] = [k.lane, now_ms, lease_ms, 1 if put_off else 0, 1 if replace else 0, len(skipped),
+                                 *skipped]
+        for function_id, look_ms in changes.items():
             args += (dumps(function_id), look_ms)
-        more, raw, *lanes = await self._claim(keys=[k.jobs, k.ready, k.active, k.delayed], args=args)
-        put = []
-        for at in range(0, len(lanes) - 1, 2):
-            function_id, look_ms = looks[int(lanes[at + 1]) - 1]
-            put.append((_text(lanes[at]), function_id, look_ms))
-        return Claim(Job.from_json(raw) if raw else None, tuple(put), bool(int(more)))
+        try:
+            more, raw, *lanes = await self._claim(keys=[k.jobs, k.ready, k.active, k.delayed, k.put_off + self._id],
+                                                  args=args)
+        except BaseException:
+            if isinstance(put_off, PutOff):
+                put_off.give_back(changes)  # perhaps applied, perhaps not: applied twice is the same
+            raise
+        put = tuple((_text(lanes[at]), loads(lanes[at + 1]), int(lanes[at + 2])) for at in range(0, len(lanes) - 2, 3))
+        return Claim(Job.from_json(raw) if raw else None, put, bool(int(more)))
 
     async def ack(self, queue: str, job: Job) -> None:
         """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
@@ -574,13 +610,14 @@ class RedisQueueStore:
         return int(now), pairs
 
     async def advertise(self, engine_id: str, read_ms: int, serves: list[tuple[str, str]],
-                        left: list[tuple[str, str]], *, ttl_ms: int) -> list[bool]:
+                        left: list[tuple[str, str]], *, ttl_ms: int, waiting: int = 0) -> list[bool]:
         """Engine ``engine_id`` read the wanted pairs at ``read_ms`` (Redis's clock), is live and runs the (queue,
         function) pairs ``serves`` until ``ttl_ms`` past it unless it says so again; for each of ``left`` (pairs it
-        leaves to other engines), whether one still runs it."""
-        engines, _, served = self._shared
-        still = await self._advertise(keys=[engines, served],
-                                      args=[_member(engine_id, ttl_ms), read_ms, ttl_ms, len(serves),
+        leaves to other engines), whether one still runs it. The last ``waiting`` of ``left`` are pairs it waits for
+        (it lacks the function and no engine was known to run it): wanted again if they were left out."""
+        engines, wanted, served = self._shared
+        still = await self._advertise(keys=[engines, served, wanted],
+                                      args=[_member(engine_id, ttl_ms), read_ms, ttl_ms, len(serves), waiting,
                                             *(_pair(*pair) for pair in serves), *(_pair(*pair) for pair in left)])
         return [bool(int(flag)) for flag in still]
 

@@ -25,7 +25,7 @@ import sys
 import time
 import uuid
 from collections import deque
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Protocol
 
@@ -264,6 +264,58 @@ class Claim:
     more: bool = False
 
 
+class PutOff(Mapping[str, int]):
+    """The functions whose jobs a consumer has its store put off (function id → next look, wall-clock ms), keeping
+    the changes made since a store last took them: a store that holds the looks itself (Redis: a hash) is sent those
+    changes, not the whole mapping at every claim (a thousand functions made each claim 15 times dearer).
+
+    Example:
+        >>> looks = PutOff()
+        >>> looks.set("late::fn", 5000); looks.set("gone::fn", 6000); looks.drop("gone::fn")
+        >>> dict(looks), looks.take_changes()
+        ({'late::fn': 5000}, {'late::fn': 5000, 'gone::fn': 0})
+        >>> looks.take_changes()
+        {}
+    """
+
+    def __init__(self) -> None:
+        self._looks: dict[str, int] = {}
+        self._changes: dict[str, int] = {}  # function id -> its new look, 0 once dropped
+
+    def __getitem__(self, function_id: str) -> int:
+        return self._looks[function_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._looks)
+
+    def __len__(self) -> int:
+        return len(self._looks)
+
+    def set(self, function_id: str, look_ms: int) -> None:
+        """Put ``function_id``'s jobs off until ``look_ms``."""
+        if self._looks.get(function_id) != look_ms:
+            self._looks[function_id] = self._changes[function_id] = look_ms
+
+    def drop(self, function_id: str) -> None:
+        """Stop putting ``function_id``'s jobs off."""
+        if self._looks.pop(function_id, None) is not None:
+            self._changes[function_id] = 0
+
+    def take_changes(self) -> dict[str, int]:
+        """The changes since the last take (a dropped function: ``0``), forgotten here."""
+        changes, self._changes = self._changes, {}
+        return changes
+
+    def give_back(self, changes: Mapping[str, int]) -> None:
+        """Changes taken that did not reach the store: taken again next time (unless changed since)."""
+        for function_id, look in changes.items():
+            self._changes.setdefault(function_id, look)
+
+    def resend(self) -> None:
+        """Every look is a change again (a store that lost what it held gets all of them back)."""
+        self._changes.update(self._looks)
+
+
 class QueueStore(Protocol):
     """Persistence for queue jobs; every method is atomic with respect to the others."""
 
@@ -285,7 +337,8 @@ class QueueStore(Protocol):
         until that function's look (wall-clock ms; a look not after ``now_ms`` puts nothing off), its job unchanged
         and no attempt counted, at most :data:`PUT_OFF_LOOK` lanes per call. The jobs of a function no worker
         serves are looked past in the store, never handed to the engine one by one: 20,000 of them in Redis kept 200
-        runnable jobs of the queue waiting 90 s."""
+        runnable jobs of the queue waiting 90 s. Pass a :class:`PutOff` to have only its changes sent to a store that
+        keeps the looks (any other mapping replaces what the store kept for ``queue``)."""
 
     async def ack(self, queue: str, job: Job) -> None:
         """``job`` succeeded: remove it and free its lane."""
@@ -484,6 +537,8 @@ class MemoryQueueStore:
             (2, (('g:a', 'missing', 1000),))
         """
         q = self._q(queue)
+        if isinstance(put_off, PutOff):
+            put_off.take_changes()  # the looks themselves are read here: their changes need not pile up
         due: list[str] = []
         while q.delayed and q.delayed[0][0] <= now_ms:
             due.append(heapq.heappop(q.delayed)[2])

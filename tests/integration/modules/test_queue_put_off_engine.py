@@ -134,3 +134,31 @@ async def test_jobs_put_off_here_go_to_an_engine_whose_worker_registers_later(pr
             got = {await asyncio.wait_for(ran.get(), 10) for _ in range(jobs)}
         assert (await _stats(producer))["dlq"] == 0
     assert got == set(range(jobs))
+
+
+async def test_jobs_put_off_here_reach_a_later_engine_after_a_flood_of_wanted_functions(prefix: str) -> None:
+    # Engines remember the newest 256 functions found missing; 300 others found missing after this one pushed it out.
+    # Its jobs are no longer looked up one by one (the store puts them off), so the engine putting them off wants it
+    # again at its refresh; before, B never learnt it was wanted and the jobs waited out A's grace.
+    url, jobs = require_redis(), 100
+    ran: asyncio.Queue[int] = asyncio.Queue()
+
+    async def handler(data: Any) -> None:
+        ran.put_nowait(data["n"])
+
+    queue = {"backoff_ms": LONG_LOOK_MS, "missing_function_grace_ms": 60_000, "poll_interval_ms": 50}
+    store = RedisQueueStore(url, key_prefix=prefix)
+    try:
+        async with _engine(url, prefix, queue, served_functions_ttl_ms=900) as a, \
+                ModuleWorker(a.url) as producer:
+            function_id = f"flooded::{uuid.uuid4().hex[:8]}"
+            await _enqueue(producer, function_id, jobs)
+            await asyncio.wait_for(_until_delayed(producer, jobs), 15)
+            for n in range(300):
+                await store.served_elsewhere("another-engine", 900, "q", f"made-up::{n}")
+            async with _engine(url, prefix, queue, served_functions_ttl_ms=900) as b, ModuleWorker(b.url) as worker:
+                await worker.function(function_id, handler)
+                got = {await asyncio.wait_for(ran.get(), 10) for _ in range(jobs)}
+    finally:
+        await store.close()
+    assert got == set(range(jobs))

@@ -17,7 +17,7 @@ import pytest
 from redis.asyncio import Redis
 
 from iii_engine.modules.queue.redis_store import SKIP_BYTES, RedisQueueStore
-from iii_engine.modules.queue.store import PUT_OFF_LOOK, Job, MemoryQueueStore, QueueStore
+from iii_engine.modules.queue.store import PUT_OFF_LOOK, Job, MemoryQueueStore, PutOff, QueueStore
 from tests.services import require_redis
 
 pytestmark = pytest.mark.timeout(30)
@@ -114,6 +114,27 @@ async def test_a_fifo_group_whose_head_waits_keeps_its_order(store: QueueStore) 
     await store.ack("q", first)
     second = await store.claim("q", now_ms=LOOK, lease_ms=LEASE)
     assert second is not None and second.id == behind.id
+
+
+async def test_looks_kept_by_the_store_follow_their_changes(store: QueueStore) -> None:
+    # a PutOff sends a store that keeps the looks (Redis: a hash) its changes only; a plain mapping replaces them
+    looks = PutOff()
+    looks.set("gone", LOOK)
+    first = await _push(store, "gone", 1)
+    claim = await store.claim_next("q", now_ms=0, lease_ms=LEASE, put_off=looks)
+    assert claim.job is None and claim.put_off == ((first.lane, "gone", LOOK),)
+    looks.set("gone", 2 * LOOK)
+    second = await _push(store, "gone", 2)
+    claim = await store.claim_next("q", now_ms=0, lease_ms=LEASE, put_off=looks)
+    assert claim.put_off == ((second.lane, "gone", 2 * LOOK),)  # the new look, not the one kept before
+    looks.drop("gone")
+    looks.set("other", 3 * LOOK)
+    taken = await store.claim_next("q", now_ms=LOOK, lease_ms=LEASE, put_off=looks)
+    assert taken.job is not None and taken.job.id == first.id and taken.put_off == ()  # dropped: claimed
+    await store.ack("q", taken.job)
+    claim = await store.claim_next("q", now_ms=2 * LOOK, lease_ms=LEASE, put_off={"elsewhere": 3 * LOOK})
+    assert claim.job is not None and claim.job.id == second.id  # replaced: "gone" is no longer kept
+    assert looks.take_changes() == {}
 
 
 @pytest.mark.redis

@@ -27,7 +27,7 @@ class _Store:
         return 0, [("q", "F")]
 
     async def advertise(self, engine_id: str, read_ms: int, runs: list[tuple[str, str]],
-                        left: list[tuple[str, str]], *, ttl_ms: int) -> list[bool]:
+                        left: list[tuple[str, str]], *, ttl_ms: int, waiting: int = 0) -> list[bool]:
         return [True for _ in left]  # every left pair still advertised (by this engine itself, as it happens)
 
 
