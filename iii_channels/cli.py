@@ -21,7 +21,10 @@ seconds (default 60) fails the send (``… answered without reading the channel:
 for 60 s)``): a function that answered while nobody takes the upload ends it then, not at the channel's attach
 deadline, and one that reads slowly goes on as long as its bytes move. A transfer whose sender sends nothing for
 ``--idle-timeout`` seconds fails (its sender hears why): with ``--out -`` one transfer at a time has stdout, and a
-stalled one must not keep the others waiting for good.
+stalled one must not keep the others waiting for good. With ``--out -``, a transfer that fails once some of its bytes
+are on stdout stops ``serve`` (one line naming the transfer and the bytes written, status 1; a transfer waiting for
+stdout is failed): the next one's bytes would follow them with nothing between (``| tar x``, ``> all.bin``). One that
+fails before writing anything there is survived.
 
 Progress bars go to stderr only: ``--progress auto`` (default) draws one when stderr is a terminal, ``always``
 also prints plain progress lines when it is not, ``never`` is silent. Stdout carries only data (``serve --out
@@ -71,6 +74,7 @@ from iii.connection import check_url
 from iii.iii import III
 from iii.iii_types import WorkerInfo
 
+from .errors import ChannelError
 from .files import (
     _abort_writer,
     _release_writer,
@@ -117,6 +121,10 @@ DEFAULT_IDLE_TIMEOUT_S = 300.0
 
 class _Refused(Exception):
     """A path or other precondition that fails before any connection: exit status 1."""
+
+
+class _StdoutSpoiled(Exception):
+    """``serve --out -``: a transfer refused because a failed one left bytes on stdout (serve is stopping)."""
 
 
 class _QuietUntilConnected(logging.Filter):
@@ -623,12 +631,37 @@ async def _transfer(args: argparse.Namespace, term: _Termination) -> int:
 
 # serve --out -: what the sender hears, and serve says as it stops, once whatever read serve's stdout has ended.
 _STDOUT_GONE = "serve's stdout was closed (whatever read it ended): nothing more can be stored, and serve stops"
-_STDOUT_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
-def _stdout_lock() -> asyncio.Lock:
-    """The running loop's lock on stdout (an ``asyncio.Lock`` belongs to one loop; tests run several)."""
-    return _STDOUT_LOCKS.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+class _Stdout:
+    """``serve --out -``'s stdout: the lock that gives it to one transfer at a time, and, once a transfer failed
+    after some of its bytes were written there, the line that says so (``spoiled``): nothing may follow them."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.spoiled: str | None = None
+
+
+_STDOUTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Stdout] = weakref.WeakKeyDictionary()
+
+
+def _stdout() -> _Stdout:
+    """The running loop's stdout state (an ``asyncio.Lock`` belongs to one loop; tests run several)."""
+    return _STDOUTS.setdefault(asyncio.get_running_loop(), _Stdout())
+
+
+def _spoiled(name: object, written: int, exc: BaseException) -> str:
+    """What serve says as it stops once a transfer failed after ``written`` of its bytes reached stdout (at most
+    that many when writing to stdout failed, the last chunk perhaps in part; exactly that many when the channel
+    failed, every chunk read before written whole).
+
+    Example:
+        >>> _spoiled("a.tar", 8_900_000, OSError("disk full")).split("; ")[0]
+        "the transfer of 'a.tar' failed after up to 8900000 of its bytes were written to stdout (disk full)"
+    """
+    count = f"up to {written}" if isinstance(exc, OSError) and not isinstance(exc, ChannelError) else str(written)
+    return (f"the transfer of {_safe_name(name)!r} failed after {count} of its bytes were written to stdout "
+            f"({_why(exc)}); serve stops, so that no later transfer follows them there")
 
 
 async def _store(reader: ChannelReader, data: dict[str, Any], out: str, progress: Progress,
@@ -640,27 +673,37 @@ async def _store(reader: ChannelReader, data: dict[str, Any], out: str, progress
         # One transfer at a time: two senders served at once would interleave their chunks on stdout. The next
         # one waits on backpressure meanwhile, its reader attached first: unattached, its channel would expire at
         # the engine's attach deadline (300 s on ours) behind a longer transfer.
-        lock = _stdout_lock()
+        stdout = _stdout()
         try:
             await reader._ensure_connected()
-            await lock.acquire()
+            await stdout.lock.acquire()
         except BaseException:
             await asyncio.shield(_release_writer(reader))
             raise
         try:
+            if stdout.spoiled is not None:
+                # A failed transfer's bytes end stdout: this one's would follow them as if they belonged together.
+                await asyncio.shield(_release_writer(reader))
+                raise _StdoutSpoiled(stdout.spoiled)
             bar: Progress = ProgressBar(label=_safe_name(data.get("name")), stream=sys.stderr) if progress else None
             # `iii-channel send` always ends with a trailer: without one the sender died (an engine that cannot
             # signal aborts ends the stream normally), and what reached stdout is short.
-            # The idle bound frees stdout from a stalled sender; what it wrote stays there, and the error (to
-            # its sender, and serve's own stderr) names the byte count.
+            # The idle bound frees stdout from a stalled sender: one that wrote nothing there leaves it to the next
+            # sender; what one wrote stays there, so serve stops (below), and the error names the byte count.
             source = ChannelSource(reader, progress=bar, total=size, require_trailer=True, text_limit=0,
                                    idle_timeout=idle_timeout)
             try:
                 count = await to_fd(source, sys.stdout.fileno())
             except BrokenPipeError:
                 raise BrokenPipeError(_STDOUT_GONE) from None
+            except Exception as exc:
+                if source.bytes_read:
+                    # Its bytes are on stdout with nothing to tell them from the next transfer's (`| tar x`,
+                    # `> all.bin`): serve stops (see _serve), and a transfer waiting for stdout is failed.
+                    stdout.spoiled = _spoiled(data.get("name"), source.bytes_read, exc)
+                raise
         finally:
-            lock.release()
+            stdout.lock.release()
         return {"path": "-", "bytes": count, "sha256": source.sha256, "verified": source.verified}
     target = Path(out)
     # Into a directory, an existing file is kept unless --overwrite: checked before reading (a refused sender fails
@@ -776,9 +819,10 @@ async def _serve(args: argparse.Namespace) -> int:
             return await _store(reader, data, args.out, progress, args.overwrite, args.idle_timeout)
         except BaseException as exc:
             failures.append(_why(exc))
-            if isinstance(exc, BrokenPipeError) and args.out == "-":
-                # every later transfer would fail the same way: stop, and say why
-                stdout_gone.append(str(exc))
+            spoiled = _stdout().spoiled if args.out == "-" else None
+            if spoiled is not None or (isinstance(exc, BrokenPipeError) and args.out == "-"):
+                # every later transfer would fail the same way, or follow a failed one's bytes: stop, and say why
+                stdout_gone.append(spoiled or str(exc))
                 loop.call_soon_threadsafe(stop.set)
             raise
         finally:
