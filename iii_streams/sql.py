@@ -115,7 +115,7 @@ from .batching import KeyedBatcher, Requeue
 from .close_once import CloseOnce
 from .deadlines import finish_within
 from .engine_bounds import DISPOSE_TIMEOUT_S as _DISPOSE_DEFAULT_S
-from .engine_bounds import dispose_within, track_connections
+from .engine_bounds import cut_connections, dispose_within, track_connections
 from .errors import (
     PoolExhaustedError,
     SchemaMissingError,
@@ -891,6 +891,24 @@ DISPOSE_TIMEOUT_S: Final = _DISPOSE_DEFAULT_S
 """How long a store's close waits for the database to answer the orderly close of its pooled connections (see
 :func:`iii_streams.engine_bounds.dispose_within`); read at each close."""
 
+MIGRATION_CLOSE_WAIT_S: Final = 2.0
+"""How long a store's close lets a migration under way (a store with ``create`` still opening) finish before it
+gives up on it; read at each close. On a healthy database the migration ends well within it and the operations
+waiting for it go on (writes in flight commit). Past it the operations waiting for it fail with
+:class:`~iii_streams.errors.StreamClosedError`, and on PostgreSQL (asyncpg) the migration is cancelled (its connections
+cut if it has not ended :data:`DISPOSE_TIMEOUT_S` later); a SQLite migration is left to end by itself (SQLite's busy
+wait, 30 s at most): aiosqlite cannot interrupt its thread, and a cancel inside its connect could leave a connection
+holding the file's lock."""
+
+# migrations a close gave up on, until they end (SQLite: by themselves; PostgreSQL: cancelled)
+_MIGRATIONS_LEFT: set[asyncio.Future[Any]] = set()
+
+
+def _migration_ended(task: asyncio.Future[Any]) -> None:
+    _MIGRATIONS_LEFT.discard(task)
+    if not task.cancelled() and (exc := task.exception()) is not None:  # (retrieved: its callers were told the close)
+        log.debug("a migration a close gave up on failed: %r", exc)
+
 
 def _install_postgresql_hooks(engine: AsyncEngine) -> None:
     if engine.sync_engine in _POSTGRESQL_HOOKED:
@@ -1044,6 +1062,8 @@ class SQLStream(FieldUpdates):
         self._connecting: asyncio.Task[None] | None = None  # the first connect of a store without create (see
         # _first_connect)
         self._migrating: asyncio.Task[None] | None = None  # the migration of a store with create, while it runs
+        # set by a close that gave up on that migration: the operations waiting for it fail with StreamClosedError
+        self._migration_left: asyncio.Future[None] | None = None
         # item key -> its value as this process last committed it (a longer one is neither remembered nor compared
         # by the database); an item another process wrote goes back to the locking transaction for a while
         self._known: KnownTexts[bytes] = KnownTexts()
@@ -1105,26 +1125,44 @@ class SQLStream(FieldUpdates):
             self._ready = True
 
     async def _migrate(self) -> None:
-        """Run the migration of a store with ``create`` in a task of its own that its close can stop (a server that
-        never answers: before, the close left it, and every operation waiting for it, to the operations' own time
-        limits, 10 s of StreamTimeoutError in the test, and it went on past the close). Awaited, not shielded: a
-        cancel of the caller (the lock's holder) still stops it and waits for its end, as when it ran in the
-        caller's own task; the callers queued for ``_ready_lock`` then take their turn."""
-        migrating = self._migrating = asyncio.ensure_future(self._migrate_once())
+        """Run the migration of a store with ``create`` in a task of its own, which a close can wait for with a bound
+        (:data:`MIGRATION_CLOSE_WAIT_S`) and then give up on: its callers (the lock's holder here, and those queued
+        for ``_ready_lock`` behind it) then fail with StreamClosedError instead of waiting their own time limits on a
+        server that never answers. A cancel of this caller (its deadline) still stops the migration and waits for
+        its end, as when it ran in the caller's own task."""
+        left = self._migration_left = asyncio.get_running_loop().create_future()
+        migrating = self._migrating = asyncio.ensure_future(self._migrate_once(left))
         try:
-            await migrating
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if migrating.cancelled() and self._close_once.closing and not (task and task.cancelling()):
-                # the store's close stopped the migration (_close_all), not a cancel of this caller
-                raise StreamClosedError("SQLStream is closed") from None
-            raise
+            try:
+                await asyncio.wait((migrating, left), return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                migrating.cancel()
+                await asyncio.wait((migrating,))
+                raise
         finally:
-            self._migrating = None
+            self._migrating = self._migration_left = None
+        if not migrating.done() or migrating.cancelled():
+            # the store's close gave up on it (left running on SQLite, cancelled on PostgreSQL): not a cancel of
+            # this caller, which would have raised above
+            raise StreamClosedError("SQLStream is closed")
+        migrating.result()  # its failure is its callers'
 
-    async def _migrate_once(self) -> None:
-        async with self._write_lock if self._write_lock is not None else contextlib.nullcontext():
-            await migrate_with(self.engine)
+    async def _migrate_once(self, left: asyncio.Future[None]) -> None:
+        pool = self.engine.sync_engine.pool  # (a close's dispose replaces it with a new one)
+        try:
+            async with self._write_lock if self._write_lock is not None else contextlib.nullcontext():
+                await migrate_with(self.engine)
+        finally:
+            if left.done() and self._owns_engine and not self._cancels_migrations():
+                # a close gave up on this migration and left it to end (SQLite): its connection went back to the
+                # pool that close let go; closed here, not left open to the garbage collector
+                with contextlib.suppress(Exception):
+                    await greenlet_spawn(pool.dispose)
+
+    def _cancels_migrations(self) -> bool:
+        """Whether a close may cancel a migration it gave up on: asyncpg's, whose connect and queries end at a
+        cancel; not aiosqlite's, whose thread goes on (see :data:`MIGRATION_CLOSE_WAIT_S`)."""
+        return self._pg and self.engine.dialect.driver == "asyncpg"
 
     async def _first_connect(self) -> None:
         """A store without ``create``: one connect before its first operations, which all wait for that one and fail
@@ -2008,27 +2046,54 @@ class SQLStream(FieldUpdates):
         await self._close_once.run(self._close_all)
 
     async def _close_all(self) -> None:
-        for opening in (self._connecting, self._migrating):
-            if opening is None:
-                continue
-            # a first connect (create=False) or a migration (create) still running on a server that never answers
-            # (the driver's timeout, 60 s for asyncpg) would keep its callers, and a connection opened after the
-            # dispose, past the close; one already finished is left as it is (the cancel does nothing)
-            opening.cancel()
+        connecting = self._connecting
+        if connecting is not None:
+            # a first connect still running (a server that never answers: the driver's timeout, 60 s for asyncpg)
+            # would keep its callers, and a connection opened after the dispose, past the close
+            connecting.cancel()
             try:
-                await opening
+                await connecting
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     raise  # the close's own caller was cancelled (a deadline around it), not only the connect
             except Exception:  # the connect's failure is its callers' (told to them), not the close's
                 pass
+        migrating = self._migrating
+        if migrating is not None:
+            await self._end_migration(migrating, self._migration_left)
         if self._listener is not None:
             await self._listener.stop()
         self._watch_retries.close()
         await self._writes.aclose()
         if self._owns_engine:
             await self._dispose()
+
+    async def _end_migration(self, migrating: asyncio.Task[None], left: asyncio.Future[None] | None) -> None:
+        """Let a migration under way finish within :data:`MIGRATION_CLOSE_WAIT_S`, so the operations waiting for it
+        go on as they would have (the writes in flight commit: a close that stopped it at once refused them, 0 of 20
+        committed); past it, give up on it. Its callers then fail with StreamClosedError; on PostgreSQL (asyncpg)
+        it is cancelled, and its connections cut if it still has not ended :data:`DISPOSE_TIMEOUT_S` later (a
+        rollback waiting on a server gone silent). On SQLite it is left to end by itself, bounded by SQLite's busy
+        wait: aiosqlite cannot interrupt its thread, and a cancel inside its connect left a connection holding the
+        file's lock (a later store's open then hung); waiting for it held the close up to 30 s on a locked file.
+        A cancel of the close's own caller leaves the migration as it is (a later close comes back to it)."""
+        done, _ = await asyncio.wait((migrating,), timeout=MIGRATION_CLOSE_WAIT_S)
+        if done:
+            return  # its callers resume with its outcome
+        if left is not None and not left.done():
+            left.set_result(None)
+        # held until it ends (the loop holds its tasks only weakly), its outcome retrieved then
+        _MIGRATIONS_LEFT.add(migrating)
+        migrating.add_done_callback(_migration_ended)
+        if not self._cancels_migrations():
+            return  # (it closes its own connection once it ended: _migrate_once)
+        migrating.cancel()
+        done, _ = await asyncio.wait((migrating,), timeout=DISPOSE_TIMEOUT_S)
+        if not done and self._owns_engine:
+            # its rollback, or its connection's orderly close, waits on a server gone silent: cut, it ends at once
+            cut_connections(self.engine, self._connections)
+            await asyncio.wait((migrating,), timeout=DISPOSE_TIMEOUT_S)
 
     async def _dispose(self) -> None:
         """``engine.dispose()`` within :data:`DISPOSE_TIMEOUT_S`; past it the connections still open are cut, so

@@ -9,14 +9,26 @@ string passed to NoneType.__format__``.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.util import await_only
 
-from iii.stream import StreamGetInput, StreamSetInput
+import iii_streams.sql as sql_module
+from iii.stream import StreamGetInput, StreamSetInput, StreamSetResult
 from iii_streams import migrate
 from iii_streams.errors import StreamClosedError, StreamTimeoutError, StreamUnavailableError
-from iii_streams.sql import SQLStream
+from iii_streams.sql import MIGRATION_CLOSE_WAIT_S, SQLStream
+from iii_streams.sqlite_threads import sqlite_threads
+from tests.integration.streams.pg_database import scratch_database
+from tests.services import require_postgres
+from tests.stall_relay import Relay
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -127,10 +139,10 @@ async def _migration_running(store: SQLStream) -> None:
 
 
 async def test_a_close_ends_a_migration_and_its_callers(silent_port: int) -> None:
-    """A store with ``create`` whose migration waits on a server that never answers: its close stops the migration,
-    and the operations waiting for it (the one running it and those queued behind it) fail at once with
-    StreamClosedError; no task of the migration outlives the close. Before: they waited their own bound (here 10 s)
-    and got StreamTimeoutError, and the migration went on past the close."""
+    """A store with ``create`` whose migration waits on a server that never answers: its close gives the migration
+    its bound (``MIGRATION_CLOSE_WAIT_S``), then stops it, and the operations waiting for it (the one running it and
+    those queued behind it) fail then with StreamClosedError; no task of the migration outlives the close. Before:
+    they waited their own bound (here 10 s) and got StreamTimeoutError, and the migration went on past the close."""
     store = _store(silent_port, 10.0, connect_timeout=20, create=True)
     before = asyncio.all_tasks()
     gets = [asyncio.ensure_future(store.get(StreamGetInput(stream_name="s", group_id="g", item_id=str(i))))
@@ -140,7 +152,7 @@ async def test_a_close_ends_a_migration_and_its_callers(silent_port: int) -> Non
     await asyncio.wait_for(store.aclose(), 5)
     left = {task for task in asyncio.all_tasks() - before - set(gets) if not task.done()}
     results = await asyncio.wait_for(asyncio.gather(*gets, return_exceptions=True), 5)
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < MIGRATION_CLOSE_WAIT_S + 1.5  # (not the gets' own 10 s)
     assert [type(result) for result in results] == [StreamClosedError] * 3, results
     assert all("SQLStream is closed" in str(result) for result in results), results
     assert left == set(), left  # the migration's task ended with the close
@@ -148,13 +160,13 @@ async def test_a_close_ends_a_migration_and_its_callers(silent_port: int) -> Non
 
 
 async def test_a_cancelled_close_of_a_migration_is_cancelled(silent_port: int) -> None:
-    """The close's own caller cancelled while the close stops a migration: the cancel reaches it, and a later close
-    finishes the store (its waiting operation fails with StreamClosedError, not after its own 10 s)."""
+    """The close's own caller cancelled while the close waits for a migration: the cancel reaches it, and a later
+    close finishes the store (its waiting operation fails with StreamClosedError, not after its own 10 s)."""
     store = _store(silent_port, 10.0, connect_timeout=20, create=True)
     get = asyncio.ensure_future(store.get(StreamGetInput(stream_name="s", group_id="g", item_id="i")))
     await _migration_running(store)
     closing = asyncio.ensure_future(store.aclose())
-    await asyncio.sleep(0)  # (the close is waiting for the cancelled migration)
+    await asyncio.sleep(0)  # (the close is waiting for the migration)
     closing.cancel()
     with pytest.raises(asyncio.CancelledError):
         await closing
@@ -182,3 +194,142 @@ async def test_a_close_after_the_migration_leaves_it_be() -> None:
     assert store._ready and store._migrating is None
     with pytest.raises(StreamClosedError):
         await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data=2))
+
+
+def _store_is_written(url: str) -> bool:
+    """Whether item ``s/g/i`` holds 42 in the database at ``url`` (read by a store of its own)."""
+
+    async def read() -> bool:
+        async with SQLStream.from_url(url, create=True) as reader:
+            return await reader.get(StreamGetInput(stream_name="s", group_id="g", item_id="i")) == 42
+
+    return asyncio.run(read())
+
+
+@pytest.fixture
+def fresh_pg_url() -> Iterator[str]:
+    """A PostgreSQL database of its own, not migrated: a store with ``create`` migrates it at its first operation."""
+    with scratch_database(require_postgres(), migrated=False) as url:
+        yield url
+
+
+async def _close_during_migration(url: str) -> object:
+    """A set on a new store with ``create``, and its close as soon as the set's migration is under way: the set's
+    outcome (its result, or its error)."""
+    store = SQLStream.from_url(url, create=True, timeout=10)
+    written = asyncio.ensure_future(store.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data=42)))
+    for _ in range(1000):  # loop turns until the set's batch started the migration (no turn of it ran yet)
+        if store._migrating is not None:
+            break
+        await asyncio.sleep(0)
+    assert store._migrating is not None and not store._migrating.done()
+    await asyncio.wait_for(store.aclose(), MIGRATION_CLOSE_WAIT_S + 5)
+    return (await asyncio.wait_for(asyncio.gather(written, return_exceptions=True), 5))[0]
+
+
+async def test_a_close_lets_a_sqlite_migration_and_its_write_finish(tmp_path: Path) -> None:
+    """A close of a store whose migration runs on a healthy SQLite file lets it finish, and the write in flight
+    that waits for it commits ("a close lets writes in flight finish"). Before (attack F2): the close cancelled the
+    migration and refused the write with StreamClosedError, 0 of 20 committed."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 's.db'}"
+    outcome = await _close_during_migration(url)
+    assert isinstance(outcome, StreamSetResult) and outcome.new_value == 42, repr(outcome)
+    assert await asyncio.to_thread(_store_is_written, url)
+
+
+async def test_a_close_lets_a_postgresql_migration_and_its_write_finish(fresh_pg_url: str) -> None:
+    """The same on PostgreSQL: the migration on a healthy server ends within the close's bound, the write commits.
+    Before (attack F2): refused with StreamClosedError."""
+    outcome = await _close_during_migration(fresh_pg_url)
+    assert isinstance(outcome, StreamSetResult) and outcome.new_value == 42, repr(outcome)
+    assert await asyncio.to_thread(_store_is_written, fresh_pg_url)
+
+
+def _when_waiting_for_the_lock(store: SQLStream) -> asyncio.Event:
+    """An event set when the migration's connection compiles ``PRAGMA journal_mode = WAL`` (one of the store's
+    connect hooks), the statement that then waits in aiosqlite's thread for a lock another connection holds: told by
+    SQLite's authorizer, called as the statement is compiled, just before its wait, in that thread."""
+    loop = asyncio.get_running_loop()
+    waiting = asyncio.Event()
+
+    def authorize(action: int, name: str | None, *_: object) -> int:
+        if action == sqlite3.SQLITE_PRAGMA and name == "journal_mode":
+            loop.call_soon_threadsafe(waiting.set)
+        return sqlite3.SQLITE_OK
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        driver = dbapi_connection.driver_connection  # (aiosqlite's; its sqlite3 connection lives in its thread)
+        await_only(driver._execute(driver._conn.set_authorizer, authorize))
+
+    event.listen(store.engine.sync_engine, "connect", on_connect, insert=True)  # before the store's own hooks
+    return waiting
+
+
+async def test_a_close_gives_up_on_a_sqlite_migration_on_a_locked_file(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store with ``create`` whose migration waits on a SQLite file another connection keeps locked: its close
+    returns within ``MIGRATION_CLOSE_WAIT_S`` and the operation waiting for the migration fails with
+    StreamClosedError. The migration is not cancelled (aiosqlite's thread cannot be interrupted): once the lock is
+    released it ends by itself, its connection is closed (its thread ends) and the file is free, so a new store
+    works. Before (attack F1): the close cancelled it and then waited for aiosqlite's thread, for the whole busy wait
+    (29.5 s with SQLite's 30 s; here the test's 8 s)."""
+    monkeypatch.setattr(sql_module, "SQLITE_BUSY_S", 8.0)  # SQLite's busy wait, 30 s: bounds the test before too
+    path = tmp_path / "s.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another writer, holding the file's lock
+    threads_before = sqlite_threads()
+    store = SQLStream.from_url(f"sqlite+aiosqlite:///{path}", create=True, timeout=20)
+    waiting = _when_waiting_for_the_lock(store)
+    try:
+        get = asyncio.ensure_future(store.get(StreamGetInput(stream_name="s", group_id="g", item_id="i")))
+        await asyncio.wait_for(waiting.wait(), 5)
+        migrating = store._migrating
+        assert migrating is not None
+        started = time.monotonic()
+        await asyncio.wait_for(store.aclose(), MIGRATION_CLOSE_WAIT_S + 3)
+        closed_in = time.monotonic() - started
+        result = (await asyncio.wait_for(asyncio.gather(get, return_exceptions=True), 1))[0]
+        assert closed_in < MIGRATION_CLOSE_WAIT_S + 1.5, closed_in
+        assert isinstance(result, StreamClosedError), repr(result)
+        assert not migrating.done()  # left to end by itself, not cancelled
+    finally:
+        holder.rollback()
+        holder.close()
+    done, _ = await asyncio.wait((migrating,), timeout=10)  # the busy wait sees the lock released
+    assert done and not migrating.cancelled() and migrating.exception() is None  # it migrated the file
+    for thread in sqlite_threads() - threads_before:  # its connection closed: aiosqlite's thread ends
+        await asyncio.to_thread(thread.join, 5)
+        assert not thread.is_alive(), thread
+    checker = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        checker.execute("BEGIN IMMEDIATE")  # no connection left holding the file's lock
+        checker.execute("ROLLBACK")
+    finally:
+        checker.close()
+    async with SQLStream.from_url(f"sqlite+aiosqlite:///{path}", create=True, timeout=10) as again:
+        await again.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data=42))
+        assert await again.get(StreamGetInput(stream_name="s", group_id="g", item_id="i")) == 42
+
+
+async def test_a_close_cuts_a_postgresql_migration_whose_server_went_silent(
+        fresh_pg_url: str, pg_relay: Relay, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A migration whose server goes silent once its connection opened (a frozen host): the close gives it its
+    bound, cancels it, and cuts its connection when the cancel alone does not end it (its connection's orderly
+    close waits on the server); the operations waiting for it fail with StreamClosedError and no task is left."""
+    monkeypatch.setattr(sql_module, "DISPOSE_TIMEOUT_S", 0.5)
+    url = make_url(fresh_pg_url).set(port=pg_relay.port).render_as_string(False)
+    store = SQLStream.from_url(url, create=True, timeout=20)
+    event.listen(store.engine.sync_engine, "connect", lambda *_: pg_relay.blackhole())
+    before = asyncio.all_tasks()
+    gets = [asyncio.ensure_future(store.get(StreamGetInput(stream_name="s", group_id="g", item_id=str(i))))
+            for i in range(3)]
+    await _migration_running(store)
+    started = time.monotonic()
+    await asyncio.wait_for(store.aclose(), MIGRATION_CLOSE_WAIT_S + 5)
+    took = time.monotonic() - started
+    left = {task for task in asyncio.all_tasks() - before - set(gets)
+            if not task.done() and not task.get_coro().__qualname__.startswith("Relay.")}  # (the relay's own)
+    results = await asyncio.wait_for(asyncio.gather(*gets, return_exceptions=True), 1)
+    assert took < MIGRATION_CLOSE_WAIT_S + 3 * 0.5 + 1, took  # the migration's bound, the cancel's, the dispose's
+    assert [type(result) for result in results] == [StreamClosedError] * 3, results
+    assert left == set(), left
