@@ -42,6 +42,7 @@ from iii.wire import dumps, loads
 
 from ... import closing
 from ...config import DEFAULT_CONTROL_MAX_MESSAGE_SIZE, EngineConfig
+from ...fd_limits import open_files_share
 from ...invocations import CALLER_LEFT, ENGINE_STOPPING, stopped
 from ...limits import SKIP_LOG_INTERVAL_S, TOO_MANY_CALLS
 from ...settings import Field, Settings, UnknownKeys
@@ -63,6 +64,8 @@ MAX_RESPONSE_BYTES = DEFAULT_CONTROL_MAX_MESSAGE_SIZE
 """The engine's default ``max_message_size``; the module reads no larger (decompressed) response body than the
 engine's own setting: a bigger result could not reach its caller in one frame anyway."""
 DEFAULT_MAX_CONNECTIONS_PER_HOST = 100
+MAX_DEFAULT_CONNECTIONS: Final = 1024
+"""Largest default ``max_connections`` (an eighth of the open-file limit below 8,192)."""
 DEFAULT_MAX_WAITING_PER_HOST = 1_000
 DEFAULT_MAX_CALLS_IN_FLIGHT = 10_000
 # an error object's code and message, at most, as an endpoint's answer gives them (a 100 KB code was passed on)
@@ -84,9 +87,12 @@ class HttpCore(EngineServices, Protocol):
 class HttpFunctionsSettings(Settings):
     """The module's settings (unknown keys are logged and ignored): ``security`` (production's), and our bounds:
 
-    - ``max_connections_per_host`` (100): connections open to one endpoint (scheme, host, port) at once. There is
-      no engine-wide cap one endpoint could use up: one that never answers holds at most its own 100, and a call to
-      another host is sent at once. A call past it waits for one of them, within its ``timeout_ms``.
+    - ``max_connections_per_host`` (100): connections open to one endpoint (scheme, host, port) at once, and never
+      more than half of ``max_connections``: one endpoint that never answers holds at most its own share, and a
+      call to another host is sent at once. A call past it waits for one of them, within its ``timeout_ms``.
+    - ``max_connections`` (default an eighth of the open-file limit, at most 1,024): connections open to every
+      endpoint together, so that endpoints that never answer cannot take the engine's file descriptors (with no
+      total, 100 such endpoints took 1,023 of 1,024 and workers could no longer connect).
     - ``max_waiting_per_host`` (1,000): calls waiting for a connection to one endpoint; one more is refused at once
       (``too_many_calls``).
     - ``max_calls_in_flight`` (10,000): HTTP calls running engine-wide (waiting for a connection or on one),
@@ -104,6 +110,7 @@ class HttpFunctionsSettings(Settings):
 
     security: UrlRules = Field(default_factory=UrlRules)
     max_connections_per_host: int = Field(DEFAULT_MAX_CONNECTIONS_PER_HOST, ge=1)
+    max_connections: int | None = Field(None, ge=2)
     max_waiting_per_host: int = Field(DEFAULT_MAX_WAITING_PER_HOST, ge=0)
     max_calls_in_flight: int = Field(DEFAULT_MAX_CALLS_IN_FLIGHT, ge=1)
 
@@ -393,6 +400,8 @@ class HttpFunctionsModule(EngineModule):
         self._calls: dict[_Call, None] = {}  # every call in flight (max_calls_in_flight), in start order
         self._by_caller: dict[str, set[_Call]] = {}  # the answered calls of each worker caller
         self._hosts: dict[tuple[str, str, int], _Host] = {}
+        #: connections to one endpoint at most: max_connections_per_host, within half of max_connections (at start)
+        self.per_host = self.settings.max_connections_per_host
         self._stopping = False
         self._refused_log = LossLog(self._log_refused, SKIP_LOG_INTERVAL_S)
         self._latest_refusal = ""
@@ -407,9 +416,10 @@ class HttpFunctionsModule(EngineModule):
         # No total cap (aiohttp's default is 100 for every host together): an endpoint that never answers took all
         # of them and calls to healthy hosts timed out unsent. Each host has its own, kept by _Host before the
         # request (the connector's is the same number, a backstop).
-        per_host = self.settings.max_connections_per_host
+        total = self.settings.max_connections or open_files_share(8, at_most=MAX_DEFAULT_CONNECTIONS)
+        per_host = self.per_host = min(self.settings.max_connections_per_host, max(1, total // 2))
         connector = aiohttp.TCPConnector(resolver=VettingResolver(lambda: self.rules), use_dns_cache=False,
-                                         limit=0, limit_per_host=per_host)
+                                         limit=total, limit_per_host=per_host)
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False)
         self._stopping = False
         self.core.add_worker_listener(self._worker_event)
@@ -557,7 +567,7 @@ class HttpFunctionsModule(EngineModule):
         key = (target.scheme, target.host or "", target.port or 0)
         host = self._hosts.get(key)
         if host is None:
-            host = self._hosts[key] = _Host(self.settings.max_connections_per_host)
+            host = self._hosts[key] = _Host(self.per_host)
         if host.slots.locked():
             limit = self.settings.max_waiting_per_host
             if host.waiting >= limit:
@@ -575,7 +585,7 @@ class HttpFunctionsModule(EngineModule):
                 self.connection_waits_timed_out += 1
                 raise _failure("http_request_failed", f"request to {function.url} not sent: no connection to "
                                                       f"{key[1]}:{key[2]} came free within {function.timeout_ms} ms "
-                                                      f"({self.settings.max_connections_per_host} in use, "
+                                                      f"({self.per_host} in use, "
                                                       f"max_connections_per_host)") from None
             finally:
                 host.waiting -= 1

@@ -300,3 +300,25 @@ async def test_a_call_after_the_stop_began_is_stopped(endpoint: Endpoint) -> Non
         await module.call("ok", {})  # before: http_request_failed, "HttpFunctionsModule is not started"
     assert (caught.value.code, caught.value.message) == ("invocation_stopped",
                                                           "Invocation of ok stopped: the engine is stopping")
+
+
+async def test_connections_to_every_endpoint_together_are_bounded(endpoint: Endpoint) -> None:
+    # Before: no total (limit=0), so endpoints that never answer each took their 100 connections: 100 of them took
+    # 1,023 of the engine's 1,024 file descriptors and workers could no longer connect. Now max_connections (an
+    # eighth of the open-file limit by default) bounds them all, and one endpoint takes at most half of it.
+    engine, module = await _engine({"max_connections": 6})
+    try:
+        assert module.per_host == 3
+        other = endpoint.url.replace("127.0.0.1", "localhost")  # another endpoint, as the module keys them
+        await module.register_external("other", {"url": f"{other}/stuck", "timeout_ms": 20_000}, None)
+        stuck = await _stuck_calls(module, endpoint, 5)
+        await endpoint.until("stuck", 3)
+        more = [asyncio.ensure_future(module.call("other", {})) for _ in range(5)]
+        await endpoint.until("stuck", 6)
+        stats = module.stats()
+        assert stats["in_flight"] == 10 and stats["waiting_for_connection"] == 4
+        assert endpoint.count("stuck") == 6  # 3 + 3 requests reached the endpoints, never more than 6 connections
+        endpoint.release.set()
+        assert await asyncio.gather(*stuck, *more) == [{"ok": 1}] * 10
+    finally:
+        await engine.stop()
