@@ -86,9 +86,10 @@ class LiveChannel:
             await self.data.wait()
 
     def hand_to_reader(self) -> None:
-        """Messages were queued: write them to the reader socket now when its loop is idle (waiting for data, its
-        socket under its write-buffer mark), else wake that loop. Why: a task switch per message cost the relay
-        more CPU than the bytes (issue 10); order and bounds are the reader loop's, as it would have sent them."""
+        """Messages were queued: write them (one batch of SEND_BATCH_BYTES) to the reader socket now when its loop is
+        idle (waiting for data, its socket under its write-buffer mark), else wake that loop; it also sends what
+        is left past that batch. Why: a task switch per message cost the relay more CPU than the bytes (issue 10);
+        order and bounds are the reader loop's, as it would have sent them."""
         machine = self.machine
         end = self.reader_end
         if (self.data.waiting and type(end) is WebSocketEnd and machine.items and machine.failure is None
@@ -98,7 +99,11 @@ class LiveChannel:
             batch = [item, *machine.reader_more(SEND_BATCH_BYTES - len(item[1]))]
             self.reader_took()
             write_server_frames(end.ws, batch)
-            return
+            if not machine.items:
+                return
+            # More than one batch was queued (one socket read brought over SEND_BATCH_BYTES): the reader loop sends
+            # the rest, waiting on its socket's flow control. Left to the next arrival, it waited for good when the
+            # writer had nothing more to send yet (a `send -` whose stdin stayed open lost its last reads).
         self.data.set()
 
     def reader_took(self) -> None:

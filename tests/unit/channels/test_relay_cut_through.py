@@ -13,8 +13,9 @@ from websockets.asyncio.client import ClientConnection
 
 from iii.channel_end import WebSocketEnd
 from iii.channels import build_channel_url
+from iii.ws_fastpath import FastServerConnection
 from iii_engine.channels import ChannelRelay
-from iii_engine.channels.driver import LiveChannel
+from iii_engine.channels.driver import SEND_BATCH_BYTES, LiveChannel
 
 OPTS: dict[str, Any] = {"ping_interval": None, "compression": None, "max_size": None}
 
@@ -98,3 +99,30 @@ async def test_a_stalled_reader_still_bounds_the_queue_and_gets_everything_in_or
         assert await asyncio.wait_for(reader.recv(), 10) == i.to_bytes(4, "big") * 16384
     assert r.stats(channel_id)["peak"] == 3  # the deepest the queue ever got
     await task
+
+
+async def test_more_than_one_batch_arriving_at_once_all_reaches_an_idle_reader(
+        relay: tuple[str, ChannelRelay]) -> None:
+    # One read of the writer socket that brings more than SEND_BATCH_BYTES (a busy machine: the engine read late)
+    # is taken in the socket's callback; one batch went straight to the reader socket and the rest stayed queued
+    # until the writer's next message: for good when none came (`iii-channel send -` with stdin left open lost its
+    # last 16-148 KB of 1 MB, 1 run in 3 under CPU load).
+    base, r = relay
+    refs = r.create(16, owner="w")
+    reader = await connect(base, refs["reader"])
+    writer = await connect(base, refs["writer"])
+    try:
+        await writer.send(b"first")
+        assert await asyncio.wait_for(reader.recv(), 5) == b"first"
+        ch = r._channels[refs["writer"]["channel_id"]]
+        writer_end = ch.writer_end
+        assert isinstance(writer_end, WebSocketEnd) and isinstance(writer_end.ws, FastServerConnection)
+        # Both relay loops idle: the writer's waits on its socket, the reader's for data.
+        assert ch.writer_idle and ch.data.waiting
+        payloads = [bytes([i]) * (64 << 10) for i in range(SEND_BATCH_BYTES // (64 << 10) + 2)]
+        writer_end.ws._deliver([(False, p) for p in payloads], [], None)  # what that one read delivers
+        for payload in payloads:
+            assert await asyncio.wait_for(reader.recv(), 5) == payload
+    finally:
+        await writer.close()
+        await reader.close()
