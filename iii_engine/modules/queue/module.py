@@ -342,6 +342,10 @@ MAX_SHARED_ID_CHARS = 256
 """Longest function id (and queue name) engines sharing a store tell each other about: a job of a longer one waits
 out this engine's grace as with an engine alone."""
 
+MAX_REWANTED = 64
+"""Pairs an engine putting their jobs off wants again per refresh (a window moving on at each): a quarter of the 256
+the engines keep, so those it adds stay among them for a few refreshes whatever their names."""
+
 ADVERTISE_MAX_MS = 1000
 """Longest time between two refreshes of what an engine advertises: an engine lacking a function puts its jobs off
 for about this long, the first time it looks, until the engines that run them have said so (two round trips to
@@ -381,6 +385,7 @@ class OtherEngines:
         # is told to on_elsewhere
         self._putting_off = putting_off
         self._on_elsewhere = on_elsewhere
+        self._rewant_from = 0  # where the next refresh's window of pairs wanted again starts
         self._left: dict[str, dict[str, None]] = {}  # queue -> functions left to others there
         self._left_count = 0
         self._task: asyncio.Task[None] | None = None
@@ -456,8 +461,15 @@ class OtherEngines:
                    and len(function_id) <= MAX_SHARED_ID_CHARS and not self._has_function(function_id)]
         runs = [(queue, function_id) for queue, function_id in wanted
                 if queue in self._queues and self._has_function(function_id)]
+        # wanted again: a window of them, moving on at each refresh (all of them at once, past the 256 the engines
+        # keep, pushed each other out by name and one sorting low was never wanted: 37.7 s of a 40 s grace)
+        start = self._rewant_from % len(waiting) if waiting else 0
+        window = (waiting[start:] + waiting[:start])[:MAX_REWANTED]
+        self._rewant_from = start + len(window)
+        chosen = set(window)
+        waiting = [pair for pair in waiting if pair not in chosen] + window
         still = await self.store.advertise(self.id, read_ms, runs, left + waiting, ttl_ms=self.ttl_ms,
-                                           waiting=len(waiting))
+                                           waiting=len(window))
         # Pairs this engine runs again are its own (a registration missed while a lookup was under way, or its
         # own advertisement taken for another's), whatever the store says: each refresh gives them back.
         lost = [pair for pair, served in zip(left, still[:len(left)], strict=True)

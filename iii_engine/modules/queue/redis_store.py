@@ -319,8 +319,9 @@ return {now, redis.call('ZREVRANGE', KEYS[1], 0, MAX_WANTED - 1)}
 # A key's TTL is only ever raised: an engine with a short TTL must not expire what one with a longer TTL refreshes.
 # The last ``waiting`` of the pairs left to others are pairs whose jobs this engine has its store put off (their
 # function missing here): no longer claimed one by one, they are not looked up (and so wanted again) at each job;
-# each refresh wants them again if the newest MAX_WANTED left them out, so an engine whose worker registers such a
-# function later still sees it wanted and says it runs it (else they waited out the grace: 37 s of a 40 s one).
+# each refresh wants a window of them again, as the newest (the caller moves the window on at each refresh), so an
+# engine whose worker registers such a function later sees it wanted and says it runs it (else the jobs waited out
+# the grace: 37 s of a 40 s one).
 # KEYS: engines, served, wanted · ARGV: engine member, when it read the wanted pairs, its ttl ms, count of pairs it
 # runs, count of waiting pairs, the pairs it runs, then pairs it leaves to others · for each of the latter, 1 while
 # another engine runs it
@@ -346,7 +347,7 @@ for i = 6 + count, #ARGV do
   still[#still + 1] = (until_ms and tonumber(until_ms) > now) and 1 or 0
 end
 if waiting > 0 then
-  for i = #ARGV - waiting + 1, #ARGV do redis.call('ZADD', KEYS[3], 'NX', now, ARGV[i]) end
+  for i = #ARGV - waiting + 1, #ARGV do redis.call('ZADD', KEYS[3], now, ARGV[i]) end
   local extra = redis.call('ZCARD', KEYS[3]) - MAX_WANTED
   if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[3], 0, extra - 1) end
   redis.call('PEXPIRE', KEYS[3], WANTED_KEPT_MS)

@@ -19,6 +19,7 @@ import pytest
 from module_worker import ModuleWorker
 from redis.asyncio import Redis
 
+from iii.wire import dumps
 from iii_engine import Engine, EngineConfig, ModuleSpec
 from iii_engine.modules.queue.module import NAMED_PREFIX
 from iii_engine.modules.queue.redis_store import RedisQueueStore
@@ -161,4 +162,39 @@ async def test_jobs_put_off_here_reach_a_later_engine_after_a_flood_of_wanted_fu
                 got = {await asyncio.wait_for(ran.get(), 10) for _ in range(jobs)}
     finally:
         await store.close()
+    assert got == set(range(jobs))
+
+
+async def test_a_function_sorting_low_among_many_put_off_is_still_wanted(prefix: str) -> None:
+    # A puts off the jobs of 1,000 functions besides "late::..." (more than the 256 pairs engines keep wanting). All of
+    # them wanted again at once at each refresh pushed each other out by name, and "late::..." (sorting below "zz::")
+    # never stayed: B, registering it later, never learnt it was wanted (the jobs waited out A's grace). Now a window
+    # of them, moving on at each refresh, is wanted again as the newest.
+    url, jobs, others = require_redis(), 100, 1000
+    function_id = f"late::{uuid.uuid4().hex[:8]}"
+    store = RedisQueueStore(url, key_prefix=prefix)
+    try:
+        for start in range(0, jobs + others, 500):
+            await asyncio.gather(*(store.push(STORE_QUEUE, Job.new(STORE_QUEUE, function_id if n < jobs
+                                                                   else f"zz::{n}", {"n": n}))
+                                   for n in range(start, min(jobs + others, start + 500))))
+    finally:
+        await store.close()
+    ran: asyncio.Queue[int] = asyncio.Queue()
+
+    async def handler(data: Any) -> None:
+        ran.put_nowait(data["n"])
+
+    queue = {"missing_function_grace_ms": 60_000, "poll_interval_ms": 50, "concurrency": 10}
+    async with _engine(url, prefix, queue, served_functions_ttl_ms=900) as a, ModuleWorker(a.url) as producer:
+        await asyncio.wait_for(_until_delayed(producer, jobs + others), 20)
+        async with Redis.from_url(url) as admin:
+            async def pushed_out() -> None:
+                while await admin.zscore(f"{prefix}queue-wanted", dumps(["q", function_id])) is not None:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)  # no event tells it
+
+            await asyncio.wait_for(pushed_out(), 10)
+        async with _engine(url, prefix, queue, served_functions_ttl_ms=900) as b, ModuleWorker(b.url) as worker:
+            await worker.function(function_id, handler)
+            got = {await asyncio.wait_for(ran.get(), 10) for _ in range(jobs)}
     assert got == set(range(jobs))
