@@ -44,8 +44,6 @@ PUT_OFF_MAX_CHARS = 64 * 1024
 """Characters of function ids a consumer has its store put off at most (the most recently put off first): what a
 store keeps for them (the Redis store a hash of its own, written when they change) stays small whatever the ids."""
 
-
-
 MAX_PUT_OFF_ROUNDS = 64
 """Claims in a row that only put lanes off before the consumer's loop comes round (its lease renewals and recovery
 run between): at :data:`~iii_engine.modules.queue.store.PUT_OFF_LOOK` lanes a claim, 8,192 lanes."""
@@ -606,9 +604,9 @@ class QueueConsumer:
             await self._guarded(self.store.retry(self.queue, job, due_ms=look_ms), job)
             if wait.waits_for is not None:
                 self._note_put_off(wait.waits_for)
-            if wait.waits_for is not None and self._remember_waiting(job.lane, wait.waits_for, look_ms):
                 # a change came while the job was put off, and its function is registered now: look again
-                if self._changes != changes and self._registered(wait.waits_for):
+                if self._remember_waiting(job.lane, wait.waits_for, look_ms) and self._changes != changes \
+                        and self._registered(wait.waits_for):
                     self._look_due = True
         except Exception as exc:
             await self._guarded(self._failed(job, exc), job)

@@ -164,8 +164,13 @@ def _look_delay(since: int, now: int, settings: QueueSettings) -> int:
     """How long a job of a function missing since ``since`` is put off: as long as the function has been missing (1,
     2, 4 ... s, from ``backoff_ms``), so many waiting jobs cost little and a worker registering late gets its jobs
     within the cap, never past the grace's end."""
-    longest = max(settings.backoff_ms, MISSING_FUNCTION_CHECK_MAX_MS)
-    return min(max(now - since, settings.backoff_ms, 1), longest, since + settings.missing_function_grace_ms - now)
+    return min(max(now - since, settings.backoff_ms, 1), _longest_look(settings),
+               since + settings.missing_function_grace_ms - now)
+
+
+def _longest_look(settings: QueueSettings) -> int:
+    """The longest a job of a missing function is put off between two looks."""
+    return max(settings.backoff_ms, MISSING_FUNCTION_CHECK_MAX_MS)
 
 
 class FunctionNotRegistered(EngineError, Reported):
@@ -254,14 +259,12 @@ class MissingFunctions:
             800
         """
         since = self._since.get((queue, function_id))
-        grace_end = None if since is None else since + settings.missing_function_grace_ms
-        if since is None or grace_end is None or now >= grace_end:
+        if since is None or now >= since + settings.missing_function_grace_ms:
             return None
         # The looks fall on points fixed from the start of the wait (after backoff_ms, then as long again as the
         # function has been missing, at most every max(backoff_ms, 5 s)), not on now plus a delay: asked at every
         # claim, the answer changes only when a look has passed, so a store keeping the looks rewrites them rarely.
-        first = max(settings.backoff_ms, 1)
-        longest = max(settings.backoff_ms, MISSING_FUNCTION_CHECK_MAX_MS)
+        first, longest = max(settings.backoff_ms, 1), _longest_look(settings)
         look = since + first
         while look <= now:
             step = min(max(look - since, first), longest)
@@ -269,7 +272,7 @@ class MissingFunctions:
                 look += longest * ((now - look) // longest + 1)
                 break
             look += step
-        return min(look, grace_end)
+        return min(look, since + settings.missing_function_grace_ms)
 
     def found(self, queue: str, function_id: str) -> None:
         """``function_id`` is registered: a job of ``queue`` found it."""

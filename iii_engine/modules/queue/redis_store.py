@@ -30,7 +30,7 @@ from iii.wire import dumps, loads
 from iii_streams.redis import check_reachable, escape_name, waiting_client
 from iii_streams.redis_internals import sent_nothing
 
-from .store import Claim, DeadLetter, Job, NotSent, PutOff, QueueCounts, QueueFull
+from .store import PUT_OFF_LOOK, Claim, DeadLetter, Job, NotSent, PutOff, QueueCounts, QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -260,9 +260,10 @@ return 1
 """
 
 
-SKIP_LOOK = 128
-"""Ready lanes one claim moves past (to the tail) because another engine serves their job's function and this one
-does not: a claim on a queue full of them costs a bounded look."""
+SKIP_LOOK = PUT_OFF_LOOK
+"""Ready lanes one claim moves past, to the tail (another engine serves their job's function and this one does not)
+or put off (their function is missing here): a claim on a queue full of them costs a bounded look, the same bound
+as the in-memory store's."""
 
 PUT_OFF_KEPT_MS = 600_000
 """Life of an engine's hash of put-off functions in Redis after its last claim naming them: the hash of an engine
@@ -272,6 +273,15 @@ SKIP_BYTES = 256 * 1024
 """Job bytes one claim reads to look past lanes whose jobs it leaves to other engines (each read copies the whole
 job): past them the claim ends and the next looks further, so a claim on a queue of large such jobs holds Redis for
 a bounded time (one such job, and the job claimed, at most beyond it)."""
+
+# The wanted pairs (a sorted set) after an add: the newest MAX_WANTED kept, the key for WANTED_KEPT_MS.
+_KEEP_WANTED = """
+local function keep_wanted(key)
+  local extra = redis.call('ZCARD', key) - MAX_WANTED
+  if extra > 0 then redis.call('ZREMRANGEBYRANK', key, 0, extra - 1) end
+  redis.call('PEXPIRE', key, WANTED_KEPT_MS)
+end
+"""
 
 # Engines sharing the store say which (named queue, function) pairs they can run (their workers serve the function
 # and the engine consumes the queue), so an engine lacking a function leaves its jobs in a queue to one that runs them
@@ -285,7 +295,7 @@ a bounded time (one such job, and the job claimed, at most beyond it)."""
 # KEYS: engines, wanted, served · ARGV: engine member, pair · 1: another live engine runs the pair, 2: another live
 # engine has not looked at the wanted pairs since this one was first wanted (it may run it), 0: none does (this
 # engine's own grace applies)
-_LOOKUP = """
+_LOOKUP = _KEEP_WANTED + """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -295,10 +305,8 @@ if first then
 else
   first = now
   redis.call('ZADD', KEYS[2], now, ARGV[2])
-  local extra = redis.call('ZCARD', KEYS[2]) - MAX_WANTED
-  if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[2], 0, extra - 1) end
 end
-redis.call('PEXPIRE', KEYS[2], WANTED_KEPT_MS)
+keep_wanted(KEYS[2])
 local served = redis.call('ZSCORE', KEYS[3], ARGV[2])
 if served and tonumber(served) > now then return 1 end
 local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
@@ -325,7 +333,7 @@ return {now, redis.call('ZREVRANGE', KEYS[1], 0, MAX_WANTED - 1)}
 # KEYS: engines, served, wanted · ARGV: engine member, when it read the wanted pairs, its ttl ms, count of pairs it
 # runs, count of waiting pairs, the pairs it runs, then pairs it leaves to others · for each of the latter, 1 while
 # another engine runs it
-_ADVERTISE = """
+_ADVERTISE = _KEEP_WANTED + """
 local read, ttl, count, waiting = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -348,9 +356,7 @@ for i = 6 + count, #ARGV do
 end
 if waiting > 0 then
   for i = #ARGV - waiting + 1, #ARGV do redis.call('ZADD', KEYS[3], now, ARGV[i]) end
-  local extra = redis.call('ZCARD', KEYS[3]) - MAX_WANTED
-  if extra > 0 then redis.call('ZREMRANGEBYRANK', KEYS[3], 0, extra - 1) end
-  redis.call('PEXPIRE', KEYS[3], WANTED_KEPT_MS)
+  keep_wanted(KEYS[3])
 end
 return still
 """

@@ -10,15 +10,13 @@ runnable jobs of the same queue waiting 90 s (at 80 % of a core), until the func
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from redis.asyncio import Redis
 
-from iii_engine.modules.queue.redis_store import SKIP_BYTES, RedisQueueStore
-from iii_engine.modules.queue.store import PUT_OFF_LOOK, Job, MemoryQueueStore, PutOff, QueueStore
-from tests.services import require_redis
+from iii_engine.modules.queue.redis_store import SKIP_BYTES
+from iii_engine.modules.queue.store import PUT_OFF_LOOK, PutOff, QueueStore
+from tests.integration.modules.queue_stores import BOTH, push_job, queue_store
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -26,32 +24,16 @@ LEASE = 60_000
 LOOK = 5_000
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(params=BOTH)
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[QueueStore]:
-    if request.param == "memory":
-        yield MemoryQueueStore()
-        return
-    url, prefix = require_redis(), f"put-off-{uuid.uuid4().hex[:8]}:"
-    redis_store = RedisQueueStore(url, key_prefix=prefix)
-    try:
-        yield redis_store
-    finally:
-        await redis_store.close()
-        async with Redis.from_url(url) as admin:
-            if keys := [key async for key in admin.scan_iter(match=f"{prefix}*")]:
-                await admin.delete(*keys)
-
-
-async def _push(store: QueueStore, function_id: str, data: object, group: str | None = None) -> Job:
-    job = Job.new("q", function_id, data, group)
-    assert await store.push("q", job)
-    return job
+    async with queue_store(request.param, "put-off") as opened:
+        yield opened
 
 
 async def test_a_claim_puts_off_the_lanes_of_missing_functions_and_takes_the_next(store: QueueStore) -> None:
     # The payload names the missing function as a function_id of its own: only the job's own field counts.
-    missing = await _push(store, "gone", {"n": 1})
-    decoy = await _push(store, "here", {"function_id": "gone", "text": '"function_id":"gone"'})
+    missing = await push_job(store, "gone", {"n": 1})
+    decoy = await push_job(store, "here", {"function_id": "gone", "text": '"function_id":"gone"'})
     claim = await store.claim_next("q", now_ms=0, lease_ms=LEASE, put_off={"gone": LOOK})
     assert claim.job is not None and claim.job.id == decoy.id
     assert claim.put_off == ((missing.lane, "gone", LOOK),) and not claim.more
@@ -65,9 +47,9 @@ async def test_a_claim_puts_off_the_lanes_of_missing_functions_and_takes_the_nex
 
 async def test_names_are_matched_whole_whatever_their_characters(store: QueueStore) -> None:
     odd = 'we"ird\\fn \u00e9\u4e2d'
-    prefix = await _push(store, "fn", 1)  # a prefix of the missing function's id: not put off
-    longer = await _push(store, "fn2", 2)
-    weird = await _push(store, odd, 3)
+    prefix = await push_job(store, "fn", 1)  # a prefix of the missing function's id: not put off
+    longer = await push_job(store, "fn2", 2)
+    weird = await push_job(store, odd, 3)
     claim = await store.claim_next("q", now_ms=0, lease_ms=LEASE, put_off={odd: LOOK, "fn2": LOOK})
     assert claim.job is not None and claim.job.id == prefix.id
     claim = await store.claim_next("q", now_ms=0, lease_ms=LEASE, put_off={odd: LOOK, "fn2": LOOK})
@@ -76,15 +58,15 @@ async def test_names_are_matched_whole_whatever_their_characters(store: QueueSto
 
 
 async def test_a_look_not_after_now_puts_nothing_off(store: QueueStore) -> None:
-    job = await _push(store, "gone", 1)
+    job = await push_job(store, "gone", 1)
     claim = await store.claim_next("q", now_ms=1000, lease_ms=LEASE, put_off={"gone": 1000})
     assert claim.job is not None and claim.job.id == job.id and claim.put_off == ()
 
 
 async def test_a_claim_puts_off_a_bounded_number_of_lanes_and_says_there_is_more(store: QueueStore) -> None:
     for n in range(PUT_OFF_LOOK + 50):
-        await _push(store, "gone", n)
-    runnable = await _push(store, "here", "run me")
+        await push_job(store, "gone", n)
+    runnable = await push_job(store, "here", "run me")
     first = await store.claim_next("q", now_ms=0, lease_ms=LEASE, put_off={"gone": LOOK})
     assert first.job is None and first.more and len(first.put_off) == PUT_OFF_LOOK
     second = await store.claim_next("q", now_ms=0, lease_ms=LEASE, put_off={"gone": LOOK})
@@ -96,15 +78,15 @@ async def test_a_claim_puts_off_a_bounded_number_of_lanes_and_says_there_is_more
 async def test_lanes_left_to_other_engines_alone_never_ask_for_more(store: QueueStore) -> None:
     # skipped lanes go to the tail of ready and stay there: "more" would make a caller claim in a loop
     for n in range(3):
-        await _push(store, "there", n)
+        await push_job(store, "there", n)
     claim = await store.claim_next("q", now_ms=0, lease_ms=LEASE, skip_functions={"there"}, put_off={"gone": LOOK})
     assert claim.job is None and not claim.more and claim.put_off == ()
     assert (await store.counts("q")).waiting == 3
 
 
 async def test_a_fifo_group_whose_head_waits_keeps_its_order(store: QueueStore) -> None:
-    head = await _push(store, "gone", 1, group="g")
-    behind = await _push(store, "here", 2, group="g")
+    head = await push_job(store, "gone", 1, group="g")
+    behind = await push_job(store, "here", 2, group="g")
     claim = await store.claim_next("q", now_ms=0, lease_ms=LEASE, put_off={"gone": LOOK})
     assert claim.job is None and claim.put_off == (("g:g", "gone", LOOK),)
     # the group's next message waits behind its head, as it does behind a retry
@@ -120,11 +102,11 @@ async def test_looks_kept_by_the_store_follow_their_changes(store: QueueStore) -
     # a PutOff sends a store that keeps the looks (Redis: a hash) its changes only; a plain mapping replaces them
     looks = PutOff()
     looks.set("gone", LOOK)
-    first = await _push(store, "gone", 1)
+    first = await push_job(store, "gone", 1)
     claim = await store.claim_next("q", now_ms=0, lease_ms=LEASE, put_off=looks)
     assert claim.job is None and claim.put_off == ((first.lane, "gone", LOOK),)
     looks.set("gone", 2 * LOOK)
-    second = await _push(store, "gone", 2)
+    second = await push_job(store, "gone", 2)
     claim = await store.claim_next("q", now_ms=0, lease_ms=LEASE, put_off=looks)
     assert claim.put_off == ((second.lane, "gone", 2 * LOOK),)  # the new look, not the one kept before
     looks.drop("gone")
@@ -139,13 +121,11 @@ async def test_looks_kept_by_the_store_follow_their_changes(store: QueueStore) -
 
 @pytest.mark.redis
 async def test_redis_puts_off_a_bounded_number_of_bytes_per_claim() -> None:
-    url, prefix = require_redis(), f"put-off-bytes-{uuid.uuid4().hex[:8]}:"
-    store = RedisQueueStore(url, key_prefix=prefix)
-    try:
+    async with queue_store("redis", "put-off-bytes") as store:
         big = "x" * (SKIP_BYTES // 4)
         for n in range(8):
-            await _push(store, "gone", {"n": n, "pad": big})
-        runnable = await _push(store, "here", 1)
+            await push_job(store, "gone", {"n": n, "pad": big})
+        runnable = await push_job(store, "here", 1)
         calls, taken = 0, None
         while taken is None:
             claim = await store.claim_next("q", now_ms=0, lease_ms=LEASE, put_off={"gone": LOOK})
@@ -154,8 +134,3 @@ async def test_redis_puts_off_a_bounded_number_of_bytes_per_claim() -> None:
             assert claim.job is not None or claim.more
             taken = claim.job
         assert taken.id == runnable.id and calls >= 2
-    finally:
-        await store.close()
-        async with Redis.from_url(url) as admin:
-            if keys := [key async for key in admin.scan_iter(match=f"{prefix}*")]:
-                await admin.delete(*keys)

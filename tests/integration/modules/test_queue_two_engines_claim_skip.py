@@ -8,48 +8,30 @@ Before: ``claim`` took no ``skip_functions``, and an engine lacking a function c
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from redis.asyncio import Redis
 
 from iii_engine.modules.queue.redis_store import SKIP_BYTES, SKIP_LOOK, RedisQueueStore
-from iii_engine.modules.queue.store import Job, MemoryQueueStore, QueueStore
-from tests.services import require_redis
+from iii_engine.modules.queue.store import QueueStore
+from tests.integration.modules.queue_stores import BOTH, push_job, queue_store
 
 pytestmark = pytest.mark.timeout(30)
 
 LEASE = 60_000
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(params=BOTH)
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[QueueStore]:
-    if request.param == "memory":
-        yield MemoryQueueStore()
-        return
-    url, prefix = require_redis(), f"claim-skip-{uuid.uuid4().hex[:8]}:"
-    redis_store = RedisQueueStore(url, key_prefix=prefix)
-    try:
-        yield redis_store
-    finally:
-        await redis_store.close()
-        async with Redis.from_url(url) as admin:
-            if keys := [key async for key in admin.scan_iter(match=f"{prefix}*")]:
-                await admin.delete(*keys)
-
-
-async def _push(store: QueueStore, function_id: str, data: object, group: str | None = None) -> Job:
-    job = Job.new("q", function_id, data, group)
-    assert await store.push("q", job)
-    return job
+    async with queue_store(request.param, "claim-skip") as opened:
+        yield opened
 
 
 async def test_a_claim_takes_the_first_job_of_a_function_not_skipped(store: QueueStore) -> None:
     # The payload names the skipped function as a function_id of its own: only the job's own field counts.
-    decoy = await _push(store, "here", {"function_id": "there", "text": '"function_id":"there"'})
-    skipped = [await _push(store, "there", n) for n in range(3)]
-    mine = await _push(store, "here", "mine")
+    decoy = await push_job(store, "here", {"function_id": "there", "text": '"function_id":"there"'})
+    skipped = [await push_job(store, "there", n) for n in range(3)]
+    mine = await push_job(store, "here", "mine")
     first = await store.claim("q", now_ms=0, lease_ms=LEASE, skip_functions={"there"})
     assert first is not None and first.id == decoy.id
     second = await store.claim("q", now_ms=0, lease_ms=LEASE, skip_functions={"there"})
@@ -61,8 +43,8 @@ async def test_a_claim_takes_the_first_job_of_a_function_not_skipped(store: Queu
 
 
 async def test_a_fifo_group_whose_head_is_skipped_is_left_whole(store: QueueStore) -> None:
-    head = await _push(store, "there", 1, group="g")
-    await _push(store, "here", 2, group="g")  # behind a head this engine leaves: not claimed out of order
+    head = await push_job(store, "there", 1, group="g")
+    await push_job(store, "here", 2, group="g")  # behind a head this engine leaves: not claimed out of order
     assert await store.claim("q", now_ms=0, lease_ms=LEASE, skip_functions={"there"}) is None
     claimed = await store.claim("q", now_ms=0, lease_ms=LEASE)
     assert claimed is not None and claimed.id == head.id
@@ -70,8 +52,8 @@ async def test_a_fifo_group_whose_head_is_skipped_is_left_whole(store: QueueStor
 
 async def test_a_claim_looks_past_a_bounded_number_of_skipped_lanes(store: QueueStore) -> None:
     for n in range(SKIP_LOOK + 5):
-        await _push(store, "there", n)
-    mine = await _push(store, "here", "mine")
+        await push_job(store, "there", n)
+    mine = await push_job(store, "here", "mine")
     job = await store.claim("q", now_ms=0, lease_ms=LEASE, skip_functions={"there"})
     if isinstance(store, RedisQueueStore):  # one script call holds Redis: it stops after SKIP_LOOK, the next goes on
         assert job is None
@@ -85,8 +67,8 @@ async def test_a_claim_reads_a_bounded_number_of_bytes_to_look_past_skipped_jobs
     # Finding a job's function reads its whole body: with large jobs a claim that looked past SKIP_LOOK of them held
     # Redis for as long as copying them all took. Two of these jobs together are past SKIP_BYTES.
     big = "y" * (SKIP_BYTES // 2)
-    skipped = [await _push(store, "there", {"n": n, "b": big}) for n in range(4)]
-    mine = await _push(store, "here", "mine")
+    skipped = [await push_job(store, "there", {"n": n, "b": big}) for n in range(4)]
+    mine = await push_job(store, "here", "mine")
     claims, job = 0, None
     while job is None and claims < 10:
         job = await store.claim("q", now_ms=0, lease_ms=LEASE, skip_functions={"there"})
