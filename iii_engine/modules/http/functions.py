@@ -68,6 +68,9 @@ MAX_DEFAULT_CONNECTIONS: Final = 1024
 """Largest default ``max_connections`` (an eighth of the open-file limit below 8,192)."""
 DEFAULT_MAX_WAITING_PER_HOST = 1_000
 DEFAULT_MAX_CALLS_IN_FLIGHT = 10_000
+CALLER_SHARES: Final = 4
+"""``max_calls_per_caller`` is by default this fraction of ``max_calls_in_flight``: one worker (or the calls workers
+that disconnected left running) fills at most a quarter of it."""
 # an error object's code and message, at most, as an endpoint's answer gives them (a 100 KB code was passed on)
 _ERROR_CODE_CHARS = 200
 _READ_CHUNK = 64 * 1024
@@ -76,9 +79,14 @@ METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 class HttpCore(EngineServices, Protocol):
     """What the module needs beyond :class:`EngineServices`: the engine's configuration (its ``max_message_size``
-    bounds a response) and its worker events (a caller's disconnect stops its answered calls)."""
+    bounds a response), its worker events (a caller's disconnect stops its answered calls) and its connected
+    workers (a call whose worker left before it started counts as left running)."""
 
     config: EngineConfig
+
+    @property
+    def workers(self) -> Mapping[str, object]:
+        """The workers connected, by id."""
 
     def add_worker_listener(self, listener: Callable[[str, str], None]) -> None:
         """Be told about worker events (``worker_disconnected``, with the worker's id)."""
@@ -96,13 +104,18 @@ class HttpFunctionsSettings(Settings):
     - ``max_waiting_per_host`` (1,000): calls waiting for a connection to one endpoint; one more is refused at once
       (``too_many_calls``).
     - ``max_calls_in_flight`` (10,000): HTTP calls running engine-wide (waiting for a connection or on one),
-      whoever made them; one more is refused at once (``too_many_calls``). A caller that disconnects and comes back
-      does not get around it: its void calls go on after it left (its answered ones are stopped).
+      whoever made them; one more is refused at once (``too_many_calls``).
+    - ``max_calls_per_caller`` (default a quarter of ``max_calls_in_flight``): HTTP calls one worker has in flight,
+      answered or void; one more is refused at once, so one worker cannot fill ``max_calls_in_flight`` for the
+      others. A worker that disconnects leaves its void calls running (its answered ones are stopped), and the calls
+      so left by every worker that disconnected share one such share: past it the ones not sent yet are dropped
+      (counted in ``refused``, logged), so a worker that reconnects in a loop does not get a new share each time.
+      Calls the engine makes itself (queue jobs, triggers) are bounded by their own modules, not here.
 
     Example:
         >>> s = HttpFunctionsSettings.parse({"max_connections_per_host": 8})
-        >>> s.max_connections_per_host, s.max_waiting_per_host, s.max_calls_in_flight
-        (8, 1000, 10000)
+        >>> s.max_connections_per_host, s.max_waiting_per_host, s.max_calls_in_flight, s.max_calls_per_caller
+        (8, 1000, 10000, None)
     """
 
     unknown_keys: ClassVar[UnknownKeys] = "warn"
@@ -113,6 +126,7 @@ class HttpFunctionsSettings(Settings):
     max_connections: int | None = Field(None, ge=2)
     max_waiting_per_host: int = Field(DEFAULT_MAX_WAITING_PER_HOST, ge=0)
     max_calls_in_flight: int = Field(DEFAULT_MAX_CALLS_IN_FLIGHT, ge=1)
+    max_calls_per_caller: int | None = Field(None, ge=1)
 
 
 @dataclass(frozen=True)
@@ -341,12 +355,17 @@ class _Call:
     """One HTTP call in flight: its request runs in :attr:`task`, which :meth:`HttpFunctionsModule._stop_call`
     cancels with :attr:`stopped` as the error its caller gets."""
 
-    __slots__ = ("caller", "function", "sent", "stopped", "task")
+    __slots__ = ("caller", "function", "left", "owner", "sent", "stopped", "task")
 
-    def __init__(self, function: HttpFunction, caller: str | None) -> None:
+    def __init__(self, function: HttpFunction, caller: str | None, owner: str | None) -> None:
         self.function = function
         #: the worker waiting for the answer (``None``: a void call, or an engine-internal caller)
         self.caller = caller
+        #: the worker that made the call, answered or void, whose max_calls_per_caller share it holds (``None``: an
+        #: engine-internal caller)
+        self.owner = owner
+        #: its worker disconnected: it holds a place in the share of calls left running instead
+        self.left = False
         self.task: asyncio.Task[Any] | None = None
         #: the request went to the endpoint (past its wait for a connection)
         self.sent = False
@@ -399,6 +418,11 @@ class HttpFunctionsModule(EngineModule):
         self.max_response_bytes = services.config.max_message_size
         self._calls: dict[_Call, None] = {}  # every call in flight (max_calls_in_flight), in start order
         self._by_caller: dict[str, set[_Call]] = {}  # the answered calls of each worker caller
+        self._per_caller: dict[str, int] = {}  # the calls each worker has in flight (max_calls_per_caller)
+        self._left_running = 0  # the calls workers that disconnected left running (one more such share)
+        #: calls one worker has in flight at most, and those workers that disconnected left running together
+        self.per_caller = (self.settings.max_calls_per_caller
+                           or max(1, self.settings.max_calls_in_flight // CALLER_SHARES))
         self._hosts: dict[tuple[str, str, int], _Host] = {}
         #: connections to one endpoint at most: max_connections_per_host, within half of max_connections (at start)
         self.per_host = self.settings.max_connections_per_host
@@ -444,14 +468,17 @@ class HttpFunctionsModule(EngineModule):
             self._session = None
 
     def stats(self) -> dict[str, int]:
-        """Counters: HTTP calls in flight, of them waiting for a connection, refused at a bound, and whose wait for
-        a connection outlasted their ``timeout_ms``.
+        """Counters: HTTP calls in flight, of them waiting for a connection, the most one worker has in flight, those
+        workers that disconnected left running, calls refused at a bound (or dropped past the share of those left
+        running), and calls whose wait for a connection outlasted their ``timeout_ms``.
 
         Example:
             >>> module.stats()  # doctest: +SKIP
-            {'in_flight': 150, 'waiting_for_connection': 50, 'refused': 0, 'connection_waits_timed_out': 0}
+            {'in_flight': 150, 'waiting_for_connection': 50, 'busiest_caller': 100, 'left_running': 0, 'refused': 0,
+             'connection_waits_timed_out': 0}
         """
         return {"in_flight": len(self._calls), "waiting_for_connection": sum(h.waiting for h in self._hosts.values()),
+                "busiest_caller": max(self._per_caller.values(), default=0), "left_running": self._left_running,
                 "refused": self.refused, "connection_waits_timed_out": self.connection_waits_timed_out}
 
     async def register_external(self, function_id: str, invocation_config: Any,
@@ -513,9 +540,29 @@ class HttpFunctionsModule(EngineModule):
         if len(self._calls) >= self.settings.max_calls_in_flight:
             self._refuse(function, f"{len(self._calls)} HTTP calls are in flight engine-wide "
                                    f"(max_calls_in_flight {self.settings.max_calls_in_flight})")
+        owner = ctx.caller_worker_id
+        left = owner is not None and owner not in self.core.workers
+        if left:
+            # its worker left before this call started (its disconnect came first): it has only the share of calls
+            # left running
+            if self._left_running >= self.per_caller:
+                self._refuse(function, f"its worker {owner} disconnected and {self._left_running} HTTP calls are "
+                                       f"left running by workers that disconnected "
+                                       f"(max_calls_per_caller {self.per_caller})")
+            self._left_running += 1
+        elif owner is not None:
+            held = self._per_caller.get(owner, 0)
+            if held >= self.per_caller:
+                # before: one worker's void calls to endpoints that never answer filled max_calls_in_flight, and
+                # every other worker's HTTP call was refused for their timeout_ms
+                self._refuse(function, f"worker {owner} has {held} HTTP calls in flight "
+                                       f"(max_calls_per_caller {self.per_caller})")
+            self._per_caller[owner] = held + 1
         # An answered call from a worker ends with its caller (nobody is left to take the answer); a void call goes
-        # on, as its caller asked: a worker that sends void calls and exits must not lose them.
-        call = _Call(function, ctx.caller_worker_id if ctx.invocation_id is not None else None)
+        # on, as its caller asked: a worker that sends void calls and exits must not lose them (within the share of
+        # calls left running, see _worker_event).
+        call = _Call(function, owner if ctx.invocation_id is not None else None, owner)
+        call.left = left
         task = asyncio.get_running_loop().create_task(self._call(function, data, call))
         call.task = task
         self._calls[call] = None
@@ -530,12 +577,23 @@ class HttpFunctionsModule(EngineModule):
             raise  # this task's own cancel: the task of the request went with it
         finally:
             del self._calls[call]
+            self._give_back(call)
             if call.caller is not None:
                 mine = self._by_caller.get(call.caller)
                 if mine is not None:
                     mine.discard(call)
                     if not mine:
                         del self._by_caller[call.caller]
+
+    def _give_back(self, call: _Call) -> None:
+        if call.left:
+            self._left_running -= 1
+        elif call.owner is not None and call.owner in self._per_caller:  # (gone: its worker left, see _worker_event)
+            held = self._per_caller[call.owner] - 1
+            if held:
+                self._per_caller[call.owner] = held
+            else:
+                del self._per_caller[call.owner]
 
     def _stop_call(self, call: _Call, error: EngineError) -> None:
         if call.stopped is None and call.task is not None and not call.task.done():
@@ -547,12 +605,35 @@ class HttpFunctionsModule(EngineModule):
             return
         for call in self._by_caller.pop(worker_id, ()):
             self._stop_call(call, _stopped(call.function.function_id, CALLER_LEFT))
+        if not self._per_caller.pop(worker_id, 0):
+            return
+        # Its void calls go on, now in the share of calls left running: a worker reconnecting in a loop got a new
+        # max_calls_per_caller each time and filled max_calls_in_flight. Past that share the ones not sent yet are
+        # dropped, newest first; those sent are on the wire and run to their end (bounded by max_connections).
+        left = [call for call in self._calls if call.owner == worker_id and call.stopped is None]
+        for call in left:
+            call.left = True
+        self._left_running += len(left)
+        for call in reversed(left):
+            if self._left_running <= self.per_caller:
+                break
+            if not call.sent:
+                why = (f"its worker {worker_id} disconnected and {self._left_running} HTTP calls are left running by "
+                       f"workers that disconnected (max_calls_per_caller {self.per_caller})")
+                self._count_refused(call.function, why)
+                self._stop_call(call, EngineError(TOO_MANY_CALLS, f"HTTP function {call.function.function_id} "
+                                                                  f"dropped a void call: {why}"))
+                call.left = False  # (its place is given back now, not when its task ends)
+                self._left_running -= 1
 
     def _refuse(self, function: HttpFunction, why: str) -> None:
+        self._count_refused(function, why)
+        raise EngineError(TOO_MANY_CALLS, f"HTTP function {function.function_id} refused its call: {why}")
+
+    def _count_refused(self, function: HttpFunction, why: str) -> None:
         self.refused += 1
         self._latest_refusal = f"{function.function_id}: {why}"
         self._refused_log.lost("refused", self._latest_refusal)
-        raise EngineError(TOO_MANY_CALLS, f"HTTP function {function.function_id} refused its call: {why}")
 
     def _log_refused(self, counts: Mapping[str, int], _latest: str | None) -> None:
         # void calls have nobody to tell: this is their only trace

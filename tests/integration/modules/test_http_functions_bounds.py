@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from iii_engine import Engine, EngineConfig, ModuleSpec
-from iii_engine.modules.base import EngineError
+from iii_engine.modules.base import EngineError, InvocationContext
 from iii_engine.modules.http.functions import HttpFunctionsModule, parse_invocation
 from tests.integration.engine.raw import RawWorker, disconnect
 from tests.integration.modules.test_http_functions import LOCAL_RULES
@@ -219,6 +219,88 @@ async def test_an_answered_call_ends_with_its_caller_a_void_one_goes_on(
     assert endpoint.dropped == 1  # the void call's request is still open: its caller asked for no answer
     assert module.stats()["in_flight"] == 1
     endpoint.release.set()
+
+
+VOID = {"action": {"type": "void"}}
+
+
+async def _void_calls(worker: RawWorker, function_id: str, n: int) -> None:
+    """``n`` void calls of ``function_id`` sent by ``worker``."""
+    for _ in range(n):
+        await worker.send({"type": "invokefunction", "function_id": function_id, "data": {}, **VOID})
+
+
+async def test_one_worker_holds_at_most_its_share_of_the_calls_in_flight(endpoint: Endpoint) -> None:
+    engine, module = await _engine({"max_calls_in_flight": 6, "max_calls_per_caller": 2})
+    try:
+        owner = await RawWorker.connect(engine.url)
+        await owner.register("stuck", invocation={"url": f"{endpoint.url}/stuck", "timeout_ms": 20_000})
+        await owner.register("ok", invocation={"url": f"{endpoint.url}/ok", "timeout_ms": 5_000})
+        await owner.sync()
+        hog = await RawWorker.connect(engine.url)
+        await _void_calls(hog, "stuck", 6)
+        refused = (await hog.call("stuck", {}))["error"]
+        assert refused["code"] == "too_many_calls"
+        assert f"worker {hog.worker_id} has 2 HTTP calls in flight (max_calls_per_caller 2)" in refused["message"]
+        await endpoint.until("stuck", 2)
+        stats = module.stats()
+        assert (stats["in_flight"], stats["busiest_caller"], stats["refused"]) == (2, 2, 5)
+        # before: the hog's 6 void calls filled max_calls_in_flight and this call was refused (too_many_calls)
+        other = await RawWorker.connect(engine.url)
+        assert await other.result_of("ok", {}) == {"ok": 1}
+        assert endpoint.requests["stuck"] == 2
+        endpoint.release.set()
+    finally:
+        await engine.stop()
+
+
+async def test_calls_left_running_by_workers_that_left_share_one_share(endpoint: Endpoint) -> None:
+    engine, module = await _engine({"max_connections_per_host": 1, "max_calls_in_flight": 8,
+                                    "max_calls_per_caller": 3})
+    try:
+        owner = await RawWorker.connect(engine.url)
+        await owner.register("stuck", invocation={"url": f"{endpoint.url}/stuck", "timeout_ms": 20_000})
+        await owner.register("ok", invocation={"url": f"{endpoint.url.replace('127.0.0.1', 'localhost')}/ok",
+                                               "timeout_ms": 5_000})
+        await owner.sync()
+        for life in range(3):  # a worker reconnecting in a loop: 3 void calls each time (1 sent, then 2 waiting)
+            hog = await RawWorker.connect(engine.url)
+            await _void_calls(hog, "stuck", 3)
+            await hog.sync()
+            await endpoint.until("stuck", 1)
+            await disconnect(engine, hog)
+            stats = module.stats()
+            # the first life's 3 calls stay; every later life's are dropped unsent (before: kept, 9 > 8 in flight)
+            assert (stats["in_flight"], stats["left_running"], stats["refused"]) == (3, 3, 3 * life), stats
+        other = await RawWorker.connect(engine.url)
+        # before: refused, the 8 calls left by the reconnecting worker filled max_calls_in_flight
+        assert await other.result_of("ok", {}) == {"ok": 1}
+        endpoint.release.set()
+        await endpoint.until("stuck", 3)
+        assert endpoint.requests["stuck"] == 3
+    finally:
+        await engine.stop()
+
+
+async def test_a_call_whose_worker_left_before_it_started_counts_as_left_running(endpoint: Endpoint) -> None:
+    engine, module = await _engine({"max_calls_in_flight": 8, "max_calls_per_caller": 2})
+    try:
+        builtin = await module.register_external("stuck", {"url": f"{endpoint.url}/stuck", "timeout_ms": 20_000},
+                                                 None)
+        # a built-in call's task that starts after its worker's disconnect was handled (no worker "w-gone")
+        calls = [asyncio.ensure_future(builtin.handler({}, InvocationContext("w-gone"))) for _ in range(3)]
+        await endpoint.until("stuck", 2)
+        with pytest.raises(EngineError) as caught:
+            await calls[2]
+        assert caught.value.code == "too_many_calls"
+        assert "its worker w-gone disconnected and 2 HTTP calls are left running" in caught.value.message
+        # before: counted under a worker id nobody would ever take off, with a share of its own
+        assert (module.stats()["left_running"], module.stats()["busiest_caller"]) == (2, 0)
+        endpoint.release.set()
+        assert await asyncio.gather(*calls[:2]) == [{"ok": 1}] * 2
+        assert module.stats()["left_running"] == 0
+    finally:
+        await engine.stop()
 
 
 async def test_the_engines_stop_ends_calls_in_flight_as_invocation_stopped(

@@ -18,12 +18,14 @@ from iii_engine.config import EngineConfig
 
 
 class HttpFakeServices(FakeServices):
-    """:class:`FakeServices` with ``config`` and worker listeners."""
+    """:class:`FakeServices` with ``config``, worker listeners and connected workers."""
 
     def __init__(self, config: EngineConfig | None = None) -> None:
         super().__init__()
         self.config = config or EngineConfig()
         self.worker_listeners: list[Callable[[str, str], None]] = []
+        #: the workers connected, by id (a call made by one not here counts as left running by its worker)
+        self.workers: dict[str, object] = {}
 
     def add_worker_listener(self, listener: Callable[[str, str], None]) -> None:
         self.worker_listeners.append(listener)
