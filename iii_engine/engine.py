@@ -17,6 +17,7 @@ import logging
 import os
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Collection, Coroutine, Mapping
 from types import TracebackType
 from typing import Any
@@ -76,7 +77,7 @@ from .modules.catalogue import WORKER_MODULE, ModuleUnavailable, default_specs, 
 from .registry import FunctionEntry, Registry, TriggerEntry, TriggerTypeEntry
 from .server import Listener
 from .settings import ConfigError
-from .workers import OVERFLOW_CLOSE_CODE, Outbox, WorkerConnection
+from .workers import OVERFLOW_CLOSE_CODE, Outbox, WorkerConnection, frame_bytes
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,82 @@ def _log_stop_failure(stopping: asyncio.Future[None]) -> None:
 
 def _trigger_frame(worker: WorkerConnection, entry: TriggerEntry) -> str:
     return worker.session.register_trigger(entry.id, entry.trigger_type, entry.function_id, entry.config)
+
+
+class _TriggerFeed:
+    """The ``registertrigger`` / ``unregistertrigger`` frames one trigger type owner is sent, in order and under its
+    outbox's flow control: each waits for room (a task drips them while the outbox is full). Posted at once, a
+    replay of many or big triggers crossed ``max_outbox_bytes`` and closed the owner (1008) at every reconnect.
+
+    Queued registrations are built when sent, so the queue holds entries the registry keeps anyway, never their
+    frames; one unregistered or replaced before it went is never sent.
+    """
+
+    def __init__(self, worker: WorkerConnection) -> None:
+        self._worker = worker
+        self._queue: deque[tuple[TriggerEntry, bool]] = deque()  # (entry, True: register / False: unregister)
+        self._unsent: dict[str, TriggerEntry] = {}  # queued registrations by trigger id: the one to send
+        #: trigger ids the owner was sent a registration of (and no unregister since) -> its answers still owed
+        self.held: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def register(self, entry: TriggerEntry) -> None:
+        """Send the owner ``entry`` (replacing a registration of its id still queued)."""
+        self._unsent[entry.id] = entry
+        self._push((entry, True))
+
+    def unregister(self, entry: TriggerEntry) -> None:
+        """Tell the owner ``entry``'s id is no longer its; nothing goes when the owner was never sent it."""
+        self._unsent.pop(entry.id, None)
+        if self.held.pop(entry.id, None) is not None:
+            self._push((entry, False))
+
+    def close(self) -> None:
+        """The owner is gone: send nothing more."""
+        self._queue.clear()
+        self._unsent.clear()
+        if self._task is not None:
+            self._task.cancel()
+
+    def _push(self, item: tuple[TriggerEntry, bool]) -> None:
+        if not self._queue and self._task is None and self._try_send(item) is None:
+            return
+        self._queue.append(item)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._drip())
+
+    def _try_send(self, item: tuple[TriggerEntry, bool]) -> int | None:
+        """Post ``item`` (a registration no longer wanted is dropped): ``None``; or the size of its frame, for
+        which the outbox has no room now."""
+        entry, registering = item
+        if not registering:
+            frame = self._worker.session.unregister_trigger(entry.id, entry.trigger_type)
+        elif self._unsent.get(entry.id) is entry:
+            frame = _trigger_frame(self._worker, entry)
+        else:
+            return None
+        size = frame_bytes(frame)
+        if self._worker.outbox.must_wait(size):
+            return size
+        if registering:
+            del self._unsent[entry.id]
+            self.held[entry.id] = self.held.get(entry.id, 0) + 1
+        self._worker.post(frame)
+        return None
+
+    async def _drip(self) -> None:
+        try:
+            while self._queue:
+                size = self._try_send(self._queue[0])
+                if size is None:
+                    self._queue.popleft()
+                    continue
+                outbox = self._worker.outbox
+                await outbox.wait_for_room(size)
+                if outbox.closed:
+                    return
+        finally:
+            self._task = None
 
 
 Undo = Callable[[], None]
@@ -334,6 +411,8 @@ class Engine:
         self._module_starting: tuple[asyncio.Future[None], asyncio.Future[None], EngineModule] | None = None
         self.ready = asyncio.Event()  # set once the listener accepts workers
         self._worker_tasks: set[asyncio.Task[Any]] = set()  # the tasks serving worker connections (_close_listener)
+        # what each trigger type owner (by worker id) is sent about its triggers, under its flow control
+        self._feeds: dict[str, _TriggerFeed] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -1213,10 +1292,11 @@ class Engine:
             previous = self.workers.get(existing.owner or "")
             if previous is not None:
                 previous.trigger_types.discard(type_id)
+        feed = self._feed(worker)
         for entry in self.registry.triggers_of_type(type_id):
-            worker.post(_trigger_frame(worker, entry))
+            feed.register(entry)
         for entry in self.registry.take_pending(type_id):
-            worker.post(_trigger_frame(worker, entry))
+            feed.register(entry)
             self.registry.store_trigger(entry)
             log.info("pending trigger %s activated by trigger type %s", entry.id, type_id)
         self.registry.trigger_types[type_id] = TriggerTypeEntry(type_id, description, worker.id)
@@ -1249,7 +1329,7 @@ class Engine:
         else:
             owner = self.workers.get(trigger_type.owner or "")
             if owner is not None:
-                owner.post(_trigger_frame(owner, entry))
+                self._feed(owner).register(entry)
         moved = self._moved_from(entry)
         self.registry.store_trigger(entry)
         if moved is not None:
@@ -1287,9 +1367,15 @@ class Engine:
             except Exception:
                 log.exception("trigger type %s failed to unregister trigger %s", entry.trigger_type, entry.id)
         else:
-            owner = self.workers.get(trigger_type.owner or "")
-            if owner is not None:
-                owner.post(owner.session.unregister_trigger(entry.id, entry.trigger_type))
+            feed = self._feeds.get(trigger_type.owner or "")
+            if feed is not None:
+                feed.unregister(entry)
+
+    def _feed(self, owner: WorkerConnection) -> _TriggerFeed:
+        feed = self._feeds.get(owner.id)
+        if feed is None:
+            feed = self._feeds[owner.id] = _TriggerFeed(owner)
+        return feed
 
     def _unregister_trigger_type(self, worker: WorkerConnection, type_id: str) -> None:
         existing = self.registry.trigger_types.get(type_id)
@@ -1321,6 +1407,9 @@ class Engine:
         self.invocations.halt_worker(worker)
         for entry in self.registry.triggers_of_registrant(worker.id):
             await self._deactivate(entry)
+        feed = self._feeds.pop(worker.id, None)
+        if feed is not None:
+            feed.close()
         for type_id in worker.trigger_types:
             existing = self.registry.trigger_types.get(type_id)
             if existing is not None and existing.owner == worker.id:
