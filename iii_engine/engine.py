@@ -1287,11 +1287,20 @@ class Engine:
         if not self.limits.admit_registration(worker, self.registry, "trigger type", type_id,
                                               type_id in worker.trigger_types):
             return
+        taken_from = None
         if existing is not None and existing.owner != worker.id:
-            log.warning("worker %s replaced trigger type %s (was worker %s)", worker.id, type_id, existing.owner)
-            previous = self.workers.get(existing.owner or "")
+            taken_from = existing.owner
+            moving = self.registry.triggers_of_type(type_id)
+            log.warning("worker %s took over trigger type %s from worker %s; its %d triggers move to the new owner "
+                        "(the old one is sent unregistertrigger for each)", worker.id, type_id, taken_from,
+                        len(moving))
+            previous = self.workers.get(taken_from or "")
             if previous is not None:
                 previous.trigger_types.discard(type_id)
+            old_feed = self._feeds.get(taken_from or "")
+            if old_feed is not None:  # told first: no trigger fires at both owners, or stays at the old one
+                for entry in moving:
+                    old_feed.unregister(entry)
         feed = self._feed(worker)
         for entry in self.registry.triggers_of_type(type_id):
             feed.register(entry)
@@ -1299,7 +1308,8 @@ class Engine:
             feed.register(entry)
             self.registry.store_trigger(entry)
             log.info("pending trigger %s activated by trigger type %s", entry.id, type_id)
-        self.registry.trigger_types[type_id] = TriggerTypeEntry(type_id, description, worker.id)
+        self.registry.trigger_types[type_id] = TriggerTypeEntry(type_id, description, worker.id,
+                                                                taken_from=taken_from)
         worker.trigger_types.add(type_id)
 
     async def _register_trigger(self, worker: WorkerConnection, entry: TriggerEntry) -> None:
@@ -1379,6 +1389,10 @@ class Engine:
 
     def _unregister_trigger_type(self, worker: WorkerConnection, type_id: str) -> None:
         existing = self.registry.trigger_types.get(type_id)
+        if existing is not None and existing.owner != worker.id and existing.taken_from == worker.id:
+            log.warning("worker %s unregistered trigger type %s, which worker %s took over from it (its triggers "
+                        "were unregistered at %s then); ignored", worker.id, type_id, existing.owner, worker.id)
+            return
         if existing is None or existing.owner != worker.id:
             log.warning("worker %s unregistered trigger type %s it does not own; ignored", worker.id, type_id)
             return

@@ -80,12 +80,14 @@ class ServiceEntry:
 
 @dataclass
 class TriggerTypeEntry:
-    """A trigger type: worker-owned (``owner`` set) or built into an engine module (``handler`` set)."""
+    """A trigger type: worker-owned (``owner`` set) or built into an engine module (``handler`` set);
+    ``taken_from``: the worker that owned it before ``owner`` took it over."""
 
     id: str
     description: str
     owner: str | None = None
     handler: TriggerTypeHandler | None = None
+    taken_from: str | None = None
 
 
 @dataclass

@@ -56,3 +56,25 @@ async def test_triggers_registered_while_the_owner_does_not_read_wait_for_room(s
     assert got == list(range(40))
     await owner.sync()
     assert owner.worker_id in small_outbox.workers
+
+
+async def test_a_type_taken_over_moves_its_triggers_away_from_the_old_owner(
+        engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    old, new, user = [await RawWorker.connect(engine.url) for _ in range(3)]
+    await old.send({"type": "registertriggertype", "id": "tick", "description": "old's"})
+    await old.sync()
+    await user.send({"type": "registertrigger", "id": "t", "trigger_type": "tick", "function_id": "u::f",
+                     "config": {}})
+    assert (await old.expect("registertrigger"))["id"] == "t"
+    await new.send({"type": "registertriggertype", "id": "tick", "description": "new's"})
+    # the old owner lets go before the new one takes it: the trigger never fires at both
+    assert await old.expect("unregistertrigger", wait=2) == {"type": "unregistertrigger", "id": "t",
+                                                             "trigger_type": "tick"}
+    assert (await new.expect("registertrigger"))["id"] == "t"
+    await user.send({"type": "unregistertrigger", "id": "t"})
+    assert (await new.expect("unregistertrigger"))["id"] == "t"
+    await old.send({"type": "unregistertriggertype", "id": "tick"})
+    await old.sync()
+    await old.nothing_for(0.2)
+    assert engine.registry.trigger_types["tick"].owner == new.worker_id
+    assert f"which worker {new.worker_id} took over from it" in caplog.text
