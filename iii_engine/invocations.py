@@ -206,6 +206,12 @@ class Invocations:
                                     served=self._served)
         # (a worker's backlog of voids sent after a restart, before their callee is back: one line per interval)
         self._unknown_void_log = LossLog(self._log_unknown_void, SKIP_LOG_INTERVAL_S)
+        #: trigger-fired calls not made because no worker serves their function (:meth:`_fired_missing`)
+        self.missing_fired = 0
+        # Every firing of a trigger whose function is gone (5,000 every-second cron triggers: 45,000 lines in 9 s)
+        # would be a line: one per interval, naming the latest function and its triggers.
+        self._missing_log = LossLog(self._log_missing, SKIP_LOG_INTERVAL_S)
+        self._missing_latest = ""
         # Every task the engine runs for a call, with what it holds until it ends: a worker's max_calls_per_worker
         # count, a max_fired_calls slot, or nothing. The task gives it back itself when it ends; close() gives back
         # what tasks cancelled before they ever ran hold (their ``finally`` never runs).
@@ -501,6 +507,27 @@ class Invocations:
                     "not registered, or not registered again yet after a restart); %d in all%s", counts["dropped"],
                     self.unknown_void_calls, latest_text)
 
+    def _fired_missing(self, function_id: str) -> None:
+        """A trigger-fired call of ``function_id``, which no worker serves: counted, logged once per interval."""
+        self.missing_fired += 1
+        self._missing_latest = function_id
+        self._missing_log.lost("missing", function_id)
+
+    def _log_missing(self, counts: Mapping[str, int], latest: str | None) -> None:
+        function_id = self._missing_latest
+        # read here, once per warning, not per firing
+        triggers = [entry for entry in self.registry.triggers.values() if entry.function_id == function_id]
+        if triggers:
+            first = triggers[0]
+            others = len(triggers) - 1
+            whose = f", the function of trigger {clip_text(first.id)} ({clip_text(first.trigger_type)})" + (
+                f" and {others} other trigger{'s' if others > 1 else ''}" if others else "")
+        else:
+            whose = ""
+        log.warning("%d trigger-fired call(s) not made since the last warning: no worker serves their function (not "
+                    "registered, or its worker left); %d in all; latest: %s%s", counts["missing"],
+                    self.missing_fired, clip_text(function_id), whose)
+
     def _log_enqueue_failed(self, counts: Mapping[str, int], latest: str | None) -> None:
         latest_text = f"; latest: {latest}" if latest is not None else ""
         log.warning("%d enqueue(s) failed since the last warning%s", counts["failed"], latest_text)
@@ -728,9 +755,16 @@ class Invocations:
         return Started(pending.future, lambda: self._finish(pending.invocation_id, None, None), pending)
 
     def _entry(self, function_id: str) -> FunctionEntry:
+        entry = self._served_entry(function_id)
+        if entry is None:
+            raise EngineError("function_not_found", f"Function {function_id} not found")
+        return entry
+
+    def _served_entry(self, function_id: str) -> FunctionEntry | None:
+        """``function_id``'s entry when the engine or a connected worker serves it, else ``None``."""
         entry = self.registry.functions.get(function_id)
         if entry is None or (entry.builtin is None and entry.owner not in self.workers):
-            raise EngineError("function_not_found", f"Function {function_id} not found")
+            return None
         return entry
 
     async def _start_routed(self, entry: FunctionEntry, data: Any, traceparent: str | None,
@@ -750,13 +784,18 @@ class Invocations:
 
         The call holds a slot of :attr:`fired` until its outcome is in, then gives it back. ``taken``: the slot the
         caller took for it (one slot, with its bytes), now the call's; otherwise one is taken if free, else the
-        call is skipped, counted and logged, and ``False`` returned.
+        call is skipped, counted and logged, and ``False`` returned. A call of a function nobody serves is not made
+        (``taken`` given back), counted in :attr:`missing_fired` and logged at most once per interval.
         """
         if taken is None:
             taken = self.fired.try_take()
             if taken is None:
                 self.fired.skip(f"call of {function_id}")
                 return False
+        if self._served_entry(function_id) is None:
+            taken.release()
+            self._fired_missing(function_id)
+            return True  # made, and failed at once (a task of its own reported that before)
         # The task leaves ``_tasks`` itself when it ends (see _fire): no done callback to schedule per call.
         # It is mapped to its slot, so a stop gives back the slot and bytes of one that never ran too.
         self._tasks[asyncio.get_running_loop().create_task(self._fire(function_id, data))] = taken
@@ -766,7 +805,10 @@ class Invocations:
         try:
             await self.call(function_id, data)
         except EngineError as exc:
-            log.info("trigger-fired call of %s failed: %s: %s", function_id, exc.code, exc.message)
+            if exc.code == "function_not_found":  # unregistered, or its worker left, since it was fired
+                self._fired_missing(function_id)
+            else:
+                log.info("trigger-fired call of %s failed: %s: %s", function_id, exc.code, exc.message)
         finally:
             # One cancelled before it ever ran skips this: HeldTasks.close() gives its slot back (the count
             # outlives a stop: an engine started again keeps its FiredCalls). The slot fire() was handed goes
@@ -797,6 +839,7 @@ class Invocations:
             self._finish(invocation_id, None, stopped(pending.function_id, ENGINE_STOPPING))
         await self.held_voids.close()
         self._unknown_void_log.close()
+        self._missing_log.close()
         self._stray_log.close()
         self._enqueue_log.close()
         await self._tasks.close()
