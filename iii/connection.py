@@ -934,9 +934,11 @@ class Connection:
 
     def _log_dropped(self, counts: Mapping[str, int], latest: str | None) -> None:
         latest_text = f"; latest: {latest}" if latest is not None else ""
-        log.warning("Outbound queue full (%d frames waiting for the engine, at most %d of them best-effort): %d "
-                    "best-effort frame(s) (telemetry, pongs) dropped since the last warning, %d in all%s",
-                    self._max_queue, self._best_effort_cap, counts["dropped"], self.dropped, latest_text)
+        why = ("reconnection gave up (max_retries), nothing queued leaves" if self._gave_up else
+               f"outbound queue full: {self._max_queue} frames waiting for the engine, at most {self._best_effort_cap}"
+               " of them best-effort")
+        log.warning("%d best-effort frame(s) (telemetry, pongs) dropped since the last warning, %d in all (%s)%s",
+                    counts["dropped"], self.dropped, why, latest_text)
 
     def _log_calls_lost(self, counts: Mapping[str, int], latest: str | None) -> None:
         """The :class:`LossLog` warning of calls that failed at a full queue, never sent (each caller was told)."""
@@ -947,8 +949,10 @@ class Connection:
                     "at once as never sent%s", self._max_queue, " and ".join(parts), latest_text)
 
     def _enqueue_best_effort(self, frame: Frame) -> bool:
-        """Queue a best-effort frame; False (not queued) when the queue is full or holds its share of them."""
-        if len(self._backlog) >= self._max_queue or self._waiting or self._best_effort >= self._best_effort_cap:
+        """Queue a best-effort frame; False (not queued) when the queue is full or holds its share of them, or once
+        reconnection gave up (it would wait for a connection nothing will make)."""
+        if (len(self._backlog) >= self._max_queue or self._waiting or self._best_effort >= self._best_effort_cap
+                or self._gave_up):
             return False
         self._backlog.append((frame, _BEST_EFFORT))
         self._best_effort += 1
