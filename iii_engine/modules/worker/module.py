@@ -15,6 +15,7 @@ engine::functions::list: expected a JSON object, got null
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Protocol, TypeVar
@@ -26,12 +27,22 @@ from ...channels import ChannelRelay, TooManyChannels
 from ...config import EngineConfig
 from ...registry import Registry
 from ...workers import WorkerConnection
-from ..base import BuiltinFunction, EncodedResult, EngineError, EngineModule, EngineServices, InvocationContext
+from ..base import (
+    BuiltinFunction,
+    EncodedResult,
+    EngineError,
+    EngineModule,
+    EngineServices,
+    FiredSlots,
+    InvocationContext,
+)
 
 FUNCTIONS_AVAILABLE = "engine::functions-available"
 WORKERS_AVAILABLE = "engine::workers-available"
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 _JSON_NAMES = {type(None): "null", bool: "a boolean", int: "an integer", float: "a number", str: "a string",
                list: "an array", dict: "an object"}
@@ -172,9 +183,14 @@ class WorkerModule(EngineModule):
         self._snapshot: list[str] | None = None
         self._check: asyncio.TimerHandle | None = None
         self.debounce_s = services.config.functions_available_debounce_ms / 1000
-        # functions-available triggers whose call of the current function set was skipped (max_fired_calls full):
-        # retried every _OWED_RETRY_S until it goes out or the set changes again (then everyone gets the new one)
+        # functions-available triggers not yet sent the current function set: their push is still in flight (sent
+        # when it ends) or was skipped (max_fired_calls full: retried every _OWED_RETRY_S)
         self._owed: set[str] = set()
+        # the one push in flight per functions-available trigger: a subscriber that reads or answers slowly held
+        # one full-list frame per change before (1 MB each at 2,000 functions, without a byte bound)
+        self._pushing: dict[str, asyncio.Task[None]] = {}
+        self._payload: dict[str, Any] | None = None  # the current set's push, built once for every subscriber
+        self._retrying = False  # _check is the retry of skipped pushes, not a change's debounce
 
     async def start(self) -> None:
         """Register the built-ins and trigger types."""
@@ -217,44 +233,91 @@ class WorkerModule(EngineModule):
         self._snapshot = sorted(self.core.registry.functions)
 
     async def stop(self) -> None:
-        """Cancel a scheduled functions-available check."""
+        """Cancel a scheduled functions-available check and the pushes in flight."""
         if self._check is not None:
             self._check.cancel()
             self._check = None
+        pushes = list(self._pushing.values())
+        for task in pushes:
+            task.cancel()
+        await asyncio.gather(*pushes, return_exceptions=True)
 
     # -- functions-available (E8) and workers-available ------------------------------------------------------
 
     def _functions_changed(self) -> None:
-        if self._snapshot is None or (self._check is not None and not self._owed):
+        if self._snapshot is None or (self._check is not None and not self._retrying):
             return
         if self._check is not None:  # a retry for skipped listeners: the change goes out at the usual pace
             self._check.cancel()
+        self._retrying = False
         self._check = asyncio.get_running_loop().call_later(self.debounce_s, self._fire_functions_available)
 
     def _fire_functions_available(self) -> None:
         self._check = None
+        self._retrying = False
         current = sorted(self.core.registry.functions)
-        changed = current != self._snapshot
-        if not changed and not self._owed:
-            return
-        self._snapshot = current
         triggers = self.core.registry.triggers_of_type(FUNCTIONS_AVAILABLE)
-        if not changed:  # a retry: only those that missed this set
-            triggers = [trigger for trigger in triggers if trigger.id in self._owed]
-        self._owed = set()
-        if not triggers:
-            return
-        # copies: the payload goes to whatever function the trigger names, which may keep or change it
-        functions = _private(self.core.registry.function_infos(True))
-        payload = {"event": "functions_changed", "functions": functions}
+        if current != self._snapshot:
+            self._snapshot = current
+            self._payload = None
+            self._owed = {trigger.id for trigger in triggers}
+        else:  # a retry: only those that missed this set and are still there
+            self._owed = {trigger.id for trigger in triggers if trigger.id in self._owed}
+        skipped = False
         for trigger in triggers:
-            if not self.core.fire(trigger.function_id, payload):  # skipped (counted, logged): told again later
-                self._owed.add(trigger.id)
-        if self._owed:
-            # the set is a state, not an event: a listener that missed it would hold a stale one until the
-            # next change, which may never come
+            if trigger.id not in self._owed or trigger.id in self._pushing:  # one in flight is told when it ends
+                continue
+            if not self._push(trigger.id, trigger.function_id):
+                skipped = True
+        if skipped:
+            self._retry_later()
+
+    def _retry_later(self) -> None:
+        # the set is a state, not an event: a listener that missed it would hold a stale one until the next
+        # change, which may never come
+        if self._check is None:
+            self._retrying = True
             self._check = asyncio.get_running_loop().call_later(max(self.debounce_s, _OWED_RETRY_S),
                                                                 self._fire_functions_available)
+
+    def _push(self, trigger_id: str, function_id: str) -> bool:
+        """Send the current function set to a trigger's function, holding a ``max_fired_calls`` slot as a fired
+        call does; ``False`` when none is free (skipped: counted, logged, still owed)."""
+        slots = self.core.fired_calls.try_take()
+        if slots is None:
+            self.core.fired_calls.skip(f"call of {function_id}")
+            return False
+        if self._payload is None:
+            # copies: the payload goes to whatever function the trigger names, which may keep or change it
+            self._payload = {"event": "functions_changed",
+                             "functions": _private(self.core.registry.function_infos(True))}
+        self._owed.discard(trigger_id)
+        task = asyncio.get_running_loop().create_task(self._deliver(function_id, self._payload))
+        self._pushing[trigger_id] = task
+        task.add_done_callback(lambda done: self._pushed(trigger_id, done, slots))
+        return True
+
+    async def _deliver(self, function_id: str, payload: dict[str, Any]) -> None:
+        try:
+            await self.core.invoke(function_id, payload)
+        except EngineError as exc:
+            log.info("functions-available call of %s failed: %s: %s", function_id, exc.code, exc.message)
+
+    def _pushed(self, trigger_id: str, task: asyncio.Task[None], slots: FiredSlots) -> None:
+        """A push ended: the set it missed meanwhile goes out now, once, whatever number of changes it missed."""
+        slots.release()  # here, not in the task: one cancelled before it ran has no finally
+        if self._pushing.get(trigger_id) is task:
+            del self._pushing[trigger_id]
+        if task.cancelled() or trigger_id not in self._owed:
+            if not self._pushing and not self._owed:
+                self._payload = None  # a copy of every function's info: not kept between changes
+            return
+        for trigger in self.core.registry.triggers_of_type(FUNCTIONS_AVAILABLE):
+            if trigger.id == trigger_id:
+                if not self._push(trigger.id, trigger.function_id):
+                    self._retry_later()
+                return
+        self._owed.discard(trigger_id)  # unregistered meanwhile
 
     def _worker_event(self, event: str, worker_id: str) -> None:
         for trigger in self.core.registry.triggers_of_type(WORKERS_AVAILABLE):
