@@ -951,8 +951,13 @@ class III:
             type_id = trigger_type["id"]
         else:
             type_id = _as_model(trigger_type, RegisterTriggerTypeInput, "unregister_trigger_type's trigger_type").id
-        self._trigger_host.remove(type_id)
+        released = self._trigger_host.release(type_id)
         self._register(self._session.unregister_trigger_type(type_id))
+        if released is not None:
+            if self._closed:
+                released.close()
+            else:  # the handler unbinds what it holds: the engine's unregistertrigger frames come too late for it
+                self._bridge.soon(self._bridge.spawn, released)
 
     def register_service(self, service: RegisterServiceInput | dict[str, Any]) -> None:
         """Register a service grouping (``name`` defaults to ``id``).

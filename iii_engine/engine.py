@@ -140,6 +140,19 @@ class _TriggerFeed:
         if self.held.pop(entry.id, None) is not None:
             self._push((entry, False))
 
+    def answered(self, trigger_id: str) -> bool:
+        """Count one answer of the owner to a registration of ``trigger_id``: whether it answers the latest one
+        (none other owed, none queued), so the one that decides."""
+        owed = self.held.get(trigger_id)
+        if owed is None:
+            return False
+        owed = self.held[trigger_id] = max(0, owed - 1)
+        return owed == 0 and trigger_id not in self._unsent
+
+    def refused(self, trigger_id: str) -> None:
+        """The owner refused ``trigger_id``: it does not hold it (no unregister is owed to it)."""
+        self.held.pop(trigger_id, None)
+
     def close(self) -> None:
         """The owner is gone: send nothing more."""
         self._queue.clear()
@@ -1189,11 +1202,7 @@ class Engine:
         elif isinstance(event, UnregisterTriggerType):
             self._unregister_trigger_type(worker, event.id)
         elif isinstance(event, TriggerRegistrationResult):
-            if event.error:
-                log.warning("worker %s could not register trigger %s (%s): %s", worker.id, event.id,
-                            event.trigger_type, event.error)
-            else:
-                log.debug("worker %s registered trigger %s", worker.id, event.id)
+            self._registration_answered(worker, event)
 
     # -- registrations ---------------------------------------------------------------------------------------
 
@@ -1345,6 +1354,41 @@ class Engine:
         if moved is not None:
             await self._unregister_from_type(moved)
 
+    def _registration_answered(self, worker: WorkerConnection, event: TriggerRegistrationResult) -> None:
+        """A trigger type owner's answer to a ``registertrigger``: a refusal of the trigger it was last sent parks
+        the trigger (pending, not listed) until the type is registered again (E11)."""
+        feed = self._feeds.get(worker.id)
+        deciding = feed is not None and feed.answered(event.id)
+        if not event.error:
+            log.debug("worker %s registered trigger %s", worker.id, event.id)
+            return
+        entry = self.registry.triggers.get(event.id)
+        trigger_type = self.registry.trigger_types.get(event.trigger_type)
+        why = f"{event.error!s:.200}"
+        if (feed is None or not deciding or entry is None or entry.trigger_type != event.trigger_type
+                or trigger_type is None or trigger_type.owner != worker.id):
+            log.info("worker %s could not register trigger %s (%s): %s; it is no longer asked to (since sent again, "
+                     "unregistered or moved), ignored", worker.id, event.id, event.trigger_type, why)
+            return
+        feed.refused(entry.id)
+        self.registry.park_trigger(entry)
+        log.warning("worker %s, owner of trigger type %s, refused trigger %s of %s (function %s): %s; the trigger "
+                    "is pending (not listed) until the type is registered again", worker.id, entry.trigger_type,
+                    entry.id, f"worker {entry.registrant}" if entry.registrant else "the engine", entry.function_id,
+                    why)
+
+    def _park_type_triggers(self, type_id: str, feed: _TriggerFeed | None) -> None:
+        """The owner of ``type_id`` let it go: its triggers wait (pending) for the type's next owner (E11); ``feed``,
+        that owner's while it is connected, is told to unregister each."""
+        parked = self.registry.triggers_of_type(type_id)
+        for entry in parked:
+            if feed is not None:
+                feed.unregister(entry)
+            self.registry.park_trigger(entry)
+        if parked:
+            log.info("trigger type %s is gone: its %d triggers are pending until it is registered again", type_id,
+                     len(parked))
+
     def _moved_from(self, entry: TriggerEntry) -> TriggerEntry | None:
         """The active trigger of ``entry``'s id under another type, which ``entry`` replaces: that type still runs
         it until told (its own type replaces a trigger of the same id itself)."""
@@ -1398,6 +1442,7 @@ class Engine:
             return
         del self.registry.trigger_types[type_id]
         worker.trigger_types.discard(type_id)
+        self._park_type_triggers(type_id, self._feeds.get(worker.id))
 
     # -- disconnect ------------------------------------------------------------------------------------------
 
@@ -1428,6 +1473,7 @@ class Engine:
             existing = self.registry.trigger_types.get(type_id)
             if existing is not None and existing.owner == worker.id:
                 del self.registry.trigger_types[type_id]
+                self._park_type_triggers(type_id, None)
         CountLimits.report(worker)
         self.channels.drop_owner(worker.id)
         self.workers.pop(worker.id, None)

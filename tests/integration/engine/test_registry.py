@@ -127,10 +127,11 @@ async def test_custom_trigger_type_end_to_end_with_pending_trigger(engine: Engin
     await user.send({"type": "unregistertrigger", "id": "t2"})
     assert await owner.expect("unregistertrigger") == {"type": "unregistertrigger", "id": "t2",
                                                        "trigger_type": "ticker"}
-    # owner leaves: the type goes, t1 stays stored and is replayed to the next owner
+    # owner leaves: the type goes, t1 waits (pending, not listed) and is replayed to the next owner (E11)
     await _gone(engine, owner)
     assert "ticker" not in engine.registry.trigger_types
-    assert "t1" in engine.registry.triggers
+    assert "t1" in engine.registry.pending_triggers
+    assert (await user.result_of("engine::triggers::list", {}))["triggers"] == []
     owner2 = await RawWorker.connect(engine.url)
     await owner2.send({"type": "registertriggertype", "id": "ticker", "description": "ticks again"})
     assert (await owner2.expect("registertrigger"))["id"] == "t1"
@@ -153,7 +154,7 @@ async def test_unregister_trigger_type_only_by_its_owner(engine: Engine) -> None
     await owner.send({"type": "unregistertriggertype", "id": "tt"})
     await owner.sync()
     assert "tt" not in engine.registry.trigger_types
-    assert "t" in engine.registry.triggers  # stays stored for replay (E3)
+    assert "t" in engine.registry.pending_triggers  # waits for the type's next owner (E3, E11)
     await owner.close()
     await other.close()
 

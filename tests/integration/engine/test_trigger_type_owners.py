@@ -78,3 +78,42 @@ async def test_a_type_taken_over_moves_its_triggers_away_from_the_old_owner(
     await old.nothing_for(0.2)
     assert engine.registry.trigger_types["tick"].owner == new.worker_id
     assert f"which worker {new.worker_id} took over from it" in caplog.text
+
+
+async def _listed(worker: RawWorker) -> list[str]:
+    return [t["id"] for t in (await worker.result_of("engine::triggers::list", {}))["triggers"]]
+
+
+async def test_a_refused_trigger_waits_and_an_unregistered_type_unbinds_its_triggers(
+        engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    owner, user = await RawWorker.connect(engine.url), await RawWorker.connect(engine.url)
+    await owner.send({"type": "registertriggertype", "id": "picky", "description": "d"})
+    await owner.sync()
+    for trigger_id in ("bad", "ok"):
+        await user.send({"type": "registertrigger", "id": trigger_id, "trigger_type": "picky", "function_id": "u::f",
+                         "config": {}})
+        await owner.expect("registertrigger", id=trigger_id)
+    await owner.send({"type": "triggerregistrationresult", "id": "bad", "trigger_type": "picky", "function_id": "u::f",
+                      "error": {"code": "trigger_registration_failed", "message": "I refuse"}})
+    await owner.send({"type": "triggerregistrationresult", "id": "ok", "trigger_type": "picky",
+                      "function_id": "u::f"})
+    await owner.sync()
+    assert await _listed(user) == ["ok"]  # the refused one is not listed active
+    assert f"refused trigger bad of worker {user.worker_id}" in caplog.text
+    # the owner lets the type go: it is told to unbind what it holds (not the one it refused)
+    await owner.send({"type": "unregistertriggertype", "id": "picky"})
+    assert await owner.expect("unregistertrigger", wait=2) == {"type": "unregistertrigger", "id": "ok",
+                                                               "trigger_type": "picky"}
+    await owner.sync()
+    await owner.nothing_for(0.2)
+    assert await _listed(user) == []
+    # the next owner gets every trigger of the type, the refused one again too
+    await user.send({"type": "registertrigger", "id": "new", "trigger_type": "picky", "function_id": "u::f",
+                     "config": {}})
+    await user.sync()
+    owner2 = await RawWorker.connect(engine.url)
+    await owner2.send({"type": "registertriggertype", "id": "picky", "description": "d"})
+    assert sorted([(await owner2.expect("registertrigger"))["id"] for _ in range(3)]) == ["bad", "new", "ok"]
+    await user.send({"type": "unregistertrigger", "id": "ok"})
+    assert (await owner2.expect("unregistertrigger"))["id"] == "ok"
+    assert sorted(await _listed(user)) == ["bad", "new"]

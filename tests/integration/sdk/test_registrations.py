@@ -20,7 +20,7 @@ from iii.stream import (
     StreamUpdateResult,
 )
 
-from .conftest import EngineThread, Harness, MakeWorker
+from .conftest import EngineThread, Harness, MakeWorker, RealEngineThread
 
 
 def test_listing_functions_workers_and_triggers(served: Harness, make_worker: MakeWorker) -> None:
@@ -103,10 +103,15 @@ def test_custom_trigger_type_end_to_end(served: Harness, make_worker: MakeWorker
     assert got.is_set()
     trigger.unregister()  # S6: the owner's unregister_trigger runs
     assert handler.wait(lambda: handler.unregistered == [config.id])
-    # A failing register_trigger leaves the trigger stored (docs/protocol.md#production-behaviour-our-sdk-copes-with
-    # T9) and the owner connected.
+    # A failing register_trigger leaves the owner connected, and the trigger stored in production
+    # (docs/protocol.md#production-behaviour-our-sdk-copes-with T9), pending and not listed in ours (E11).
     user.register_trigger({"type": "webhook", "function_id": "hooks::on", "config": {"fail": True}})
-    served.wait_for(lambda: any(t["config"] == {"fail": True} for t in served.worker_triggers()))
+    if isinstance(served, RealEngineThread):
+        pending = served.engine.registry.pending_triggers
+        served.wait_for(lambda: any(t.config == {"fail": True} for t in list(pending.values())))
+        assert not any(t["config"] == {"fail": True} for t in served.worker_triggers())
+    else:
+        served.wait_for(lambda: any(t["config"] == {"fail": True} for t in served.worker_triggers()))
     assert owner.get_connection_state() == "connected"
     assert owner.trigger({"function_id": "hooks::on", "payload": {"hit": 2}})["hit"] == 2
 
