@@ -26,9 +26,10 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.protocol.worker_session import WorkerSession
@@ -220,6 +221,84 @@ class Outbox:
             await self._task
 
 
+class FunctionIds(set[str]):
+    """A worker's function ids, counting their changes: its listing (:meth:`WorkerConnection.info`) is sorted once
+    per change, not once per ``engine::workers::list`` (100,000 functions: a 39 ms sort per call per worker).
+
+    Example:
+        >>> ids = FunctionIds(); ids.add("b"); ids |= {"a"}; ids.discard("x"); ids.version
+        3
+    """
+
+    __slots__ = ("version",)
+
+    def __init__(self, ids: Iterable[str] = ()) -> None:
+        super().__init__(ids)
+        #: bumped by every call that may change the set (a no-op one too: a spare sort, never a stale listing)
+        self.version = 0
+
+    def add(self, item: str) -> None:
+        """:meth:`set.add`, counted."""
+        super().add(item)
+        self.version += 1
+
+    def discard(self, item: object) -> None:
+        """:meth:`set.discard`, counted."""
+        super().discard(item)
+        self.version += 1
+
+    def remove(self, item: str) -> None:
+        """:meth:`set.remove`, counted."""
+        super().remove(item)
+        self.version += 1
+
+    def pop(self) -> str:
+        """:meth:`set.pop`, counted."""
+        self.version += 1
+        return super().pop()
+
+    def clear(self) -> None:
+        """:meth:`set.clear`, counted."""
+        super().clear()
+        self.version += 1
+
+    def update(self, *others: Iterable[str]) -> None:
+        """:meth:`set.update`, counted."""
+        super().update(*others)
+        self.version += 1
+
+    def difference_update(self, *others: Iterable[Any]) -> None:
+        """:meth:`set.difference_update`, counted."""
+        super().difference_update(*others)
+        self.version += 1
+
+    def intersection_update(self, *others: Iterable[Any]) -> None:
+        """:meth:`set.intersection_update`, counted."""
+        super().intersection_update(*others)
+        self.version += 1
+
+    def symmetric_difference_update(self, other: Iterable[str]) -> None:
+        """:meth:`set.symmetric_difference_update`, counted."""
+        super().symmetric_difference_update(other)
+        self.version += 1
+
+    def __ior__(self, other: AbstractSet[str]) -> Self:  # type: ignore[override,misc]
+        self.version += 1
+        return super().__ior__(other)
+
+    def __iand__(self, other: AbstractSet[object]) -> Self:
+        self.version += 1
+        return super().__iand__(other)
+
+    def __isub__(self, other: AbstractSet[object]) -> Self:
+        self.version += 1
+        return super().__isub__(other)
+
+    def __ixor__(self, other: AbstractSet[str]) -> Self:  # type: ignore[override,misc]
+        self.version += 1
+        return super().__ixor__(other)
+
+
 @dataclass
 class WorkerConnection:
     """State of one control-socket connection (a new one, with a new id, per reconnect)."""
@@ -234,8 +313,8 @@ class WorkerConnection:
     os: str | None = None
     pid: int | None = None
     telemetry: Any = None
-    functions: set[str] = field(default_factory=set)
-    external_functions: set[str] = field(default_factory=set)
+    functions: set[str] = field(default_factory=FunctionIds)
+    external_functions: set[str] = field(default_factory=FunctionIds)
     trigger_types: set[str] = field(default_factory=set)
     in_flight: set[str] = field(default_factory=set)
     #: calls this worker started through the engine that are not over (max_calls_per_worker, iii_engine.limits)
@@ -253,6 +332,9 @@ class WorkerConnection:
     #: server; ``None``: not watched)
     wait_closed: Callable[[], Awaitable[None]] | None = None
     session: WorkerSession = field(init=False)
+    #: the sorted listing of both function sets and the set versions it was made from
+    _listing: tuple[set[str], int, set[str], int, list[str]] | None = field(default=None, init=False, repr=False,
+                                                                             compare=False)
 
     def __post_init__(self) -> None:
         self.session = WorkerSession(self.id)
@@ -276,9 +358,22 @@ class WorkerConnection:
         """Queue a text frame for this worker."""
         return self.outbox.post(text)
 
+    def function_ids(self) -> list[str]:
+        """Ids of every function this worker serves (its own and HTTP-invoked ones), sorted: a new list, from a
+        listing sorted once per change of either set."""
+        functions, external = self.functions, self.external_functions
+        if type(functions) is not FunctionIds or type(external) is not FunctionIds:  # sets assigned by hand
+            return sorted(functions | external)
+        cached = self._listing
+        if cached is None or cached[0] is not functions or cached[1] != functions.version \
+                or cached[2] is not external or cached[3] != external.version:
+            cached = self._listing = (functions, functions.version, external, external.version,
+                                      sorted(functions | external))
+        return list(cached[4])  # the caller's to keep or change (an in-process caller gets the result itself)
+
     def info(self) -> dict[str, Any]:
         """The wire ``WorkerInfo`` (docs/protocol.md#built-in-functions): every key present, ``pid`` only when known."""
-        functions = sorted(self.functions | self.external_functions)
+        functions = self.function_ids()
         out: dict[str, Any] = {
             "id": self.id,
             "name": self.name,
