@@ -283,6 +283,13 @@ class WorkerModule(EngineModule):
     def _push(self, trigger_id: str, function_id: str) -> bool:
         """Send the current function set to a trigger's function, holding a ``max_fired_calls`` slot as a fired
         call does; ``False`` when none is free (skipped: counted, logged, still owed)."""
+        if not self.core.has_function(function_id):
+            # nobody to tell (its registration is a change, told then): fire() makes no call, counts it and logs
+            # it rate-limited, as for every trigger-fired call of a function nobody serves
+            if not self.core.fire(function_id, None):
+                return False
+            self._owed.discard(trigger_id)
+            return True
         slots = self.core.fired_calls.try_take()
         if slots is None:
             self.core.fired_calls.skip(f"call of {function_id}")

@@ -9,6 +9,7 @@ out once.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -115,3 +116,29 @@ async def test_a_stop_in_the_turn_a_push_was_made_gives_its_slot_back(engine: En
     await module.stop()  # cancels the push before its first step
     assert engine.fired_calls.in_flight == 0
     await listener.close()
+
+
+async def test_a_trigger_of_a_function_nobody_serves_is_counted_not_logged_per_change(
+        engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    registrant = await RawWorker.connect(engine.url)
+    await registrant.send({"type": "registertrigger", "id": "later", "trigger_type": "engine::functions-available",
+                           "function_id": "later::on", "config": {}})
+    witness, seen = await _subscribe(engine, "witness")
+    await _answer(witness, seen)
+    missing = engine.invocations.missing_fired
+    other = await RawWorker.connect(engine.url)
+    for i in range(3):
+        await other.register(f"new::f{i}")
+        seen = await _follow(witness, seen, f"new::f{i}")
+    await until(lambda: engine.invocations.missing_fired == missing + 3, within=2)  # one per change, as any fired call
+    # before: an INFO line per change from the push's own call (F8's rate-limited warning is the one report)
+    assert not [r for r in caplog.records if "later::on" in r.getMessage() and r.levelno == logging.INFO]
+    await registrant.register("later::on")  # a change: the function that appeared gets the list
+    push = await registrant.expect("invokefunction", function_id="later::on")
+    assert {"later::on", "new::f2"} <= _ids(push)
+    await _answer(registrant, push)
+    await _follow(witness, seen, "later::on")
+    await until(lambda: not counters_left(engine))
+    for worker in (registrant, witness, other):
+        await worker.close()
