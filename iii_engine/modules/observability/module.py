@@ -21,14 +21,16 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.iii_types import TriggerInfo
 from iii.protocol.worker_session import OFFLOOP_PARSE_BYTES
 from iii.wire import dumps, loads
 
-from ..base import BuiltinFunction, EngineError, EngineModule, EngineServices, InvocationContext
+from ...config import DEFAULT_CONTROL_MAX_MESSAGE_SIZE, EngineConfig
+from ...workers import frame_bytes
+from ..base import BuiltinFunction, EncodedResult, EngineError, EngineModule, EngineServices, InvocationContext
 from .alerts import AlertManager
 from .exporter import DROP_LOG_INTERVAL_S, OtlpForwarder
 from .otlp import (
@@ -41,7 +43,19 @@ from .otlp import (
     metrics_from_otlp,
     spans_from_otlp,
 )
-from .queries import aggregate, list_logs, list_traces, percentile, trace_tree
+from .queries import (
+    Encoded,
+    aggregate,
+    answer_json,
+    encode_entries,
+    encode_tree,
+    logs_query,
+    paging,
+    percentile,
+    select,
+    trace_tree,
+    traces_query,
+)
 from .settings import ObservabilitySettings
 from .stores import Counters, LogStore, MetricStore, SpanStore
 
@@ -59,6 +73,9 @@ _NOT_ENABLED = EngineError(
     "memory_exporter_not_enabled",
     "In-memory span storage is not available. Set exporter: memory or both in config.")
 _SIGNALS = {"OTLP": "traces", "MTRC": "metrics", "LOGS": "logs"}
+# What an answer leaves for the invocationresult frame around it (its invocation id apart) and for the fields written
+# after its lists (truncated, next_offset, timestamp...).
+_FRAME_BYTES = 4096
 _LOG_KEYS = ("timestamp_unix_nano", "observed_timestamp_unix_nano", "severity_number", "severity_text", "body",
              "attributes", "trace_id", "span_id", "resource", "service_name", "instrumentation_scope_name",
              "instrumentation_scope_version")
@@ -139,6 +156,22 @@ def parse_baggage(value: str | None) -> dict[str, str]:
     return out
 
 
+class ObservabilityCore(EngineServices, Protocol):
+    """What the module needs beyond :class:`EngineServices`: the engine's configuration (its ``max_message_size``
+    bounds a query's answer)."""
+
+    config: EngineConfig
+
+
+def _paged(offset: int, listed: int, total: int, encoded: Encoded) -> dict[str, Any]:
+    """The paging fields of a list answer: ``next_offset`` (where the entries not in this answer start, null when
+    none are left), ``truncated`` (entries of the page left out for the byte bound) and ``oversized`` (entries left
+    out because each alone is larger than the bound)."""
+    after = offset + (listed if encoded.next_index is None else encoded.next_index)
+    return {"next_offset": after if after < total else None, "truncated": encoded.truncated,
+            "oversized": encoded.oversized}
+
+
 @dataclass
 class _Call:
     function_id: str
@@ -156,9 +189,12 @@ class OtelModule(EngineModule):
     class_names: ClassVar[tuple[str, ...]] = ("modules::observability::OtelModule",)
     enabled_by_default: ClassVar[bool] = False
 
-    def __init__(self, services: EngineServices, config: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, services: ObservabilityCore, config: Mapping[str, Any] | None = None) -> None:
         super().__init__(services, config)
+        self.core = services
         self.settings = ObservabilitySettings.from_config(self.config)
+        #: the largest answer a query gives, in bytes of JSON (the engine's max_message_size, read at start)
+        self.max_answer_bytes = DEFAULT_CONTROL_MAX_MESSAGE_SIZE
         self.rules = list(self.settings.alerts)
         s = self.settings
         self.logs = LogStore(s.logs_max_count, s.logs_max_bytes)
@@ -192,6 +228,7 @@ class OtelModule(EngineModule):
     async def start(self) -> None:
         """Register the functions and the ``log`` trigger type; start ingestion, retention and alerts."""
         s = self.settings
+        self.max_answer_bytes = self.core.config.max_message_size
         if s.exports or s.exports_logs:
             self.forwarder = OtlpForwarder(s.endpoint, stop_timeout_s=s.export_stop_timeout_ms / 1000)
             self.forwarder.start()
@@ -492,10 +529,20 @@ class OtelModule(EngineModule):
                                   "scopeLogs": [{"scope": {"name": "iii", "version": ENGINE_VERSION},
                                                  "logRecords": [record]}]}]}
 
-    async def _logs_list(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
-        out = list_logs(self.logs.entries(), _object(data, "engine::logs::list"))
-        out["timestamp"] = _now_ms()
-        return out
+    def _budget(self, ctx: InvocationContext, *fixed: str) -> int:
+        """Bytes the entries of an answer may take: ``max_message_size`` less the frame around the answer and the
+        answer's other fields (``fixed``, encoded)."""
+        return self.max_answer_bytes - _FRAME_BYTES - len(ctx.invocation_id or "") - sum(map(frame_bytes, fixed))
+
+    async def _logs_list(self, data: Any, ctx: InvocationContext) -> EncodedResult:
+        query = logs_query(_object(data, "engine::logs::list"))
+        picked = await select(self.logs.entries(), query.keep)
+        picked.reverse()
+        page = await query.page_async(picked)
+        echo = dumps(query.echo)
+        encoded = await encode_entries(page, self._budget(ctx, echo))
+        return answer_json({"logs": EncodedResult(encoded.json), "total": len(picked), "query": EncodedResult(echo),
+                            **_paged(query.offset, len(page), len(picked), encoded), "timestamp": _now_ms()})
 
     async def _logs_clear(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
         self.logs.clear()
@@ -506,15 +553,23 @@ class OtelModule(EngineModule):
             raise _NOT_ENABLED
         return self.spans
 
-    async def _traces_list(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
-        return list_traces(self._span_store().entries(), _object(data, "engine::traces::list"))
+    async def _traces_list(self, data: Any, ctx: InvocationContext) -> EncodedResult:
+        spans = self._span_store().entries()
+        query = traces_query(spans, _object(data, "engine::traces::list"))
+        roots = await select(spans, query.keep)
+        page = await query.page_async(roots)
+        encoded = await encode_entries(page, self._budget(ctx))
+        return answer_json({"spans": EncodedResult(encoded.json), "total": len(roots), "offset": query.offset,
+                            "limit": query.limit, **_paged(query.offset, len(page), len(roots), encoded)})
 
-    async def _traces_tree(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
+    async def _traces_tree(self, data: Any, ctx: InvocationContext) -> EncodedResult:
         trace_id = _object(data, "engine::traces::tree").get("trace_id")
         if not isinstance(trace_id, str):
             raise EngineError("deserialization_error",
                               "Failed to deserialize input for engine::traces::tree: missing string field `trace_id`")
-        return trace_tree(self._span_store().of_trace(trace_id))
+        spans = await select(self._span_store().entries(), lambda span: span["trace_id"] == trace_id)
+        encoded = await encode_tree(trace_tree(spans)["roots"], self._budget(ctx))
+        return answer_json({"roots": EncodedResult(encoded.json), "truncated": encoded.truncated})
 
     async def _traces_clear(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
         self._span_store().clear()
@@ -531,7 +586,7 @@ class OtelModule(EngineModule):
             "max_duration_ms": durations[-1] if durations else 0.0,
         }
 
-    async def _metrics_list(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
+    async def _metrics_list(self, data: Any, ctx: InvocationContext) -> EncodedResult:
         data = _object(data, "engine::metrics::list")
         start, end = data.get("start_time"), data.get("end_time")
         name, interval = data.get("metric_name"), data.get("aggregate_interval")
@@ -541,28 +596,37 @@ class OtelModule(EngineModule):
             raise EngineError("deserialization_error",
                               "Failed to deserialize input for engine::metrics::list: aggregate_interval must be a "
                               "number >= 0")
+        offset, limit = paging(data, "engine::metrics::list")
         entries = self.metrics.entries()
         if start is not None and end is not None:
-            in_range = [e for e in entries if start * 1_000_000 <= e["timestamp_unix_nano"] <= end * 1_000_000]
-            sdk = [e for e in in_range if name is None or e["name"] == name]
+            low, high = start * 1_000_000, end * 1_000_000
+            in_range = await select(entries, lambda e: low <= e["timestamp_unix_nano"] <= high)
+            sdk = in_range if name is None else [e for e in in_range if e["name"] == name]
         else:
             in_range = entries
-            sdk = [e for e in entries if e["name"] == name] if name is not None else entries
-        out: dict[str, Any] = {
-            "engine_metrics": {"invocations": self.counters.as_dict(),
-                               "workers": {"spawns": 0, "deaths": 0, "active": 0},
-                               "performance": self._performance(),
-                               **{name: bound["details"] for name, bound in self._bounds().items()}},
-            "sdk_metrics": sdk,
-        }
-        if interval and start is not None and end is not None:
-            aggregated = aggregate(in_range, float(interval))
-            if aggregated:
-                out["aggregated_metrics"] = aggregated
+            sdk = entries if name is None else await select(entries, lambda e: e["name"] == name)
+        fixed: dict[str, Any] = {"engine_metrics": EncodedResult(dumps({
+            "invocations": self.counters.as_dict(), "workers": {"spawns": 0, "deaths": 0, "active": 0},
+            "performance": self._performance(), **{name: bound["details"] for name, bound in self._bounds().items()}}))}
         if start is not None or end is not None or interval is not None:
-            out["query"] = {"start_time": start, "end_time": end, "aggregate_interval": interval, "metric_name": name}
-        out["timestamp"] = _now_ms()
-        return out
+            fixed["query"] = EncodedResult(dumps({"start_time": start, "end_time": end,
+                                                  "aggregate_interval": interval, "metric_name": name}))
+        budget = self._budget(ctx, *(value.json for value in fixed.values()))
+        # The aggregates first: they cannot be paged, the entries can (next_offset).
+        aggregated = aggregate(in_range, float(interval)) if interval and start is not None and end is not None else []
+        buckets = await encode_entries(aggregated, budget)
+        page = sdk[offset:offset + limit]
+        encoded = await encode_entries(page, budget - buckets.size)
+        out: dict[str, Any] = {"engine_metrics": fixed["engine_metrics"], "sdk_metrics": EncodedResult(encoded.json)}
+        if aggregated:
+            out["aggregated_metrics"] = EncodedResult(buckets.json)
+        if "query" in fixed:
+            out["query"] = fixed["query"]
+        paged = _paged(offset, len(page), len(sdk), encoded)
+        paged["truncated"] = encoded.truncated or buckets.truncated
+        paged["oversized"] = encoded.oversized + buckets.oversized
+        out.update(total=len(sdk), **paged, timestamp=_now_ms())
+        return answer_json(out)
 
     async def _rollups_list(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
         data = _object(data, "engine::rollups::list")

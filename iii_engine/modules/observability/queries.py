@@ -1,6 +1,10 @@
-"""The filters, sorting, paging and aggregation behind ``engine::logs::list``, ``engine::traces::*`` and
-``engine::metrics::list``. Pure functions over stored entries; times in inputs are epoch milliseconds, stored
-times are nanoseconds.
+"""The filters, sorting, paging, aggregation and answer encoding behind ``engine::logs::list``,
+``engine::traces::*`` and ``engine::metrics::list``. Functions over stored entries (the ``async`` ones only add
+pauses for the event loop); times in inputs are epoch milliseconds, stored times are nanoseconds.
+
+A list answer holds at most ``limit`` entries (:data:`DEFAULT_LIMIT` when not given, never more than
+:data:`MAX_LIMIT`) and at most a byte budget of JSON (:func:`encode_entries`: the engine's ``max_message_size``):
+past it the answer holds fewer entries, says ``truncated: true`` and where the next page starts (``next_offset``).
 
 Example:
     >>> logs = [{"timestamp_unix_nano": 1, "severity_number": 9, "severity_text": "INFO", "trace_id": None,
@@ -13,15 +17,38 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import asyncio
+import heapq
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from operator import itemgetter
+from typing import Any, TypeVar
 
-from ..base import EngineError
+from iii.wire import dumps
 
-__all__ = ["MAX_ATTRIBUTE_FILTERS", "aggregate", "list_logs", "list_traces", "percentile", "trace_tree"]
+from ...workers import frame_bytes
+from ..base import EncodedResult, EngineError
 
+__all__ = ["DEFAULT_LIMIT", "MAX_ATTRIBUTE_FILTERS", "MAX_LIMIT", "TRACES_DEFAULT_LIMIT", "Encoded", "LogsQuery",
+           "TracesQuery", "aggregate", "answer_json", "encode_entries", "encode_tree", "list_logs", "list_traces",
+           "logs_query", "paging", "percentile", "select", "sorted_page", "trace_tree", "traces_query"]
+
+_T = TypeVar("_T")
 _MS = 1_000_000
 MAX_ATTRIBUTE_FILTERS = 64
+#: ``limit`` of ``engine::logs::list`` and ``engine::metrics::list`` when not given (production's log store keeps
+#: 1000 entries by default: a default configuration answers as before).
+DEFAULT_LIMIT = 1000
+#: ``limit`` of ``engine::traces::list`` when not given (production's).
+TRACES_DEFAULT_LIMIT = 100
+#: The largest ``limit`` honoured (a larger one is taken as this): the whole of a 10,000,000-entry store is never one
+#: answer.
+MAX_LIMIT = 10_000
+# Entries filtered, and bytes encoded, between two pauses for the event loop: one query over a large store held the
+# engine's loop (and every other worker's calls) for 300-500 ms.
+_CHUNK = 2048
+_SLICE_BYTES = 256 * 1024
 
 
 def _field(data: dict[str, Any], key: str, kinds: tuple[type, ...], function_id: str) -> Any:
@@ -35,17 +62,85 @@ def _field(data: dict[str, Any], key: str, kinds: tuple[type, ...], function_id:
     return value
 
 
-def _paging(data: dict[str, Any], function_id: str, default_limit: int | None) -> tuple[int, int | None]:
+def paging(data: dict[str, Any], function_id: str, default_limit: int = DEFAULT_LIMIT) -> tuple[int, int]:
+    """``(offset, limit)`` of a list request: ``limit`` is ``default_limit`` when not given, at most
+    :data:`MAX_LIMIT`."""
     offset = _field(data, "offset", (int,), function_id)
     limit = _field(data, "limit", (int,), function_id)
     if (offset is not None and offset < 0) or (limit is not None and limit < 0):
         raise EngineError("deserialization_error",
                           f"Failed to deserialize input for {function_id}: offset and limit must be >= 0")
-    return offset or 0, default_limit if limit is None else limit
+    return offset or 0, min(MAX_LIMIT, default_limit if limit is None else limit)
 
 
-def list_logs(entries: Sequence[dict[str, Any]], data: dict[str, Any]) -> dict[str, Any]:
-    """Filter (ids, severity, time), newest first, then page."""
+async def select(entries: Sequence[_T], keep: Callable[[_T], bool]) -> list[_T]:
+    """The entries ``keep`` keeps, in order, filtered a chunk at a time with a pause for the event loop between."""
+    out: list[_T] = []
+    for start in range(0, len(entries), _CHUNK):
+        if start:
+            await asyncio.sleep(0)
+        out.extend(filter(keep, entries[start:start + _CHUNK]))
+    return out
+
+
+async def sorted_page(items: list[_T], key: Callable[[_T], Any], descending: bool, offset: int,
+                      limit: int) -> list[_T]:
+    """``sorted(items, key=key, reverse=descending)[offset:offset + limit]`` (stable), with pauses for the event
+    loop: chunks are sorted one at a time, then merged only as far as the page ends.
+
+    Example:
+        >>> import asyncio
+        >>> asyncio.run(sorted_page(list(range(5000)), lambda n: n % 7, True, 2, 3))
+        [20, 27, 34]
+    """
+    if len(items) <= _CHUNK:
+        return sorted(items, key=key, reverse=descending)[offset:offset + limit]
+    runs = []
+    for start in range(0, len(items), _CHUNK):
+        if start:
+            await asyncio.sleep(0)
+        runs.append(sorted(items[start:start + _CHUNK], key=key, reverse=descending))
+    merged = heapq.merge(*runs, key=key, reverse=descending)  # ties: the earlier run first, so stable
+    out: list[_T] = []
+    while len(out) < offset + limit:
+        await asyncio.sleep(0)
+        taken = len(out)
+        out.extend(islice(merged, min(_CHUNK, offset + limit - taken)))
+        if len(out) == taken:
+            break
+    return out[offset:]
+
+
+@dataclass
+class _Paging:
+    """What a list request's page is: the entries' order (``key``, ``descending``) and where the page is."""
+
+    offset: int
+    limit: int
+    key: Callable[[dict[str, Any]], Any]
+    descending: bool
+
+    def page(self, kept: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The page among the ``kept`` entries (sorted in place, at once: :func:`sorted_page` pauses)."""
+        kept.sort(key=self.key, reverse=self.descending)
+        return kept[self.offset:self.offset + self.limit]
+
+    async def page_async(self, kept: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """:meth:`page` with pauses for the event loop."""
+        return await sorted_page(kept, self.key, self.descending, self.offset, self.limit)
+
+
+@dataclass
+class LogsQuery(_Paging):
+    """A parsed ``engine::logs::list`` request: :attr:`keep` is its filter; entries newest first (reverse the
+    entries kept, oldest first, before paging: of entries of one time, the latest to arrive comes first)."""
+
+    keep: Callable[[dict[str, Any]], bool]
+    echo: dict[str, Any]
+
+
+def logs_query(data: dict[str, Any]) -> LogsQuery:
+    """Parse an ``engine::logs::list`` request (ids, severity, time filters; ``offset``, ``limit``)."""
     fid = "engine::logs::list"
     trace_id = _field(data, "trace_id", (str,), fid)
     span_id = _field(data, "span_id", (str,), fid)
@@ -53,22 +148,27 @@ def list_logs(entries: Sequence[dict[str, Any]], data: dict[str, Any]) -> dict[s
     severity_text = _field(data, "severity_text", (str,), fid)
     start = _field(data, "start_time", (int, float), fid)
     end = _field(data, "end_time", (int, float), fid)
-    offset, limit = _paging(data, fid, None)
-    picked = [
-        e for e in entries
-        if (trace_id is None or e["trace_id"] == trace_id)
-        and (span_id is None or e["span_id"] == span_id)
-        and (severity_min is None or e["severity_number"] >= severity_min)
-        and (severity_text is None or e["severity_text"].lower() == severity_text.lower())
-        and (start is None or e["timestamp_unix_nano"] >= start * _MS)
-        and (end is None or e["timestamp_unix_nano"] <= end * _MS)
-    ]
-    picked.reverse()  # entries come oldest first; ties keep arrival order, newest first
-    picked.sort(key=lambda e: e["timestamp_unix_nano"], reverse=True)
-    page = picked[offset:] if limit is None else picked[offset:offset + limit]
-    query = {"trace_id": trace_id, "span_id": span_id, "severity_min": severity_min, "severity_text": severity_text,
-             "start_time": start, "end_time": end, "offset": data.get("offset"), "limit": data.get("limit")}
-    return {"logs": page, "total": len(picked), "query": query}
+    offset, limit = paging(data, fid)
+
+    def keep(e: dict[str, Any]) -> bool:
+        return ((trace_id is None or e["trace_id"] == trace_id)
+                and (span_id is None or e["span_id"] == span_id)
+                and (severity_min is None or e["severity_number"] >= severity_min)
+                and (severity_text is None or e["severity_text"].lower() == severity_text.lower())
+                and (start is None or e["timestamp_unix_nano"] >= start * _MS)
+                and (end is None or e["timestamp_unix_nano"] <= end * _MS))
+
+    echo = {"trace_id": trace_id, "span_id": span_id, "severity_min": severity_min, "severity_text": severity_text,
+            "start_time": start, "end_time": end, "offset": data.get("offset"), "limit": data.get("limit")}
+    return LogsQuery(offset, limit, itemgetter("timestamp_unix_nano"), True, keep, echo)
+
+
+def list_logs(entries: Sequence[dict[str, Any]], data: dict[str, Any]) -> dict[str, Any]:
+    """Filter (ids, severity, time), newest first, then page."""
+    query = logs_query(data)
+    picked = [e for e in entries if query.keep(e)]
+    picked.reverse()
+    return {"logs": query.page(picked), "total": len(picked), "query": query.echo}
 
 
 def _attr(span: dict[str, Any], key: str) -> str | None:
@@ -86,8 +186,15 @@ def _duration_ms(span: dict[str, Any]) -> float:
     return float(span["end_time_unix_nano"] - span["start_time_unix_nano"]) / _MS
 
 
-def list_traces(spans: Sequence[dict[str, Any]], data: dict[str, Any]) -> dict[str, Any]:
-    """Root spans matching every given filter, sorted and paged."""
+@dataclass
+class TracesQuery(_Paging):
+    """A parsed ``engine::traces::list`` request: :attr:`keep` is its filter of root spans."""
+
+    keep: Callable[[dict[str, Any]], bool]
+
+
+def traces_query(spans: Sequence[dict[str, Any]], data: dict[str, Any]) -> TracesQuery:
+    """Parse an ``engine::traces::list`` request against the stored ``spans`` (``search_all_spans`` looks at them)."""
     fid = "engine::traces::list"
     trace_id = _field(data, "trace_id", (str,), fid)
     include_internal = bool(_field(data, "include_internal", (bool,), fid))
@@ -105,7 +212,7 @@ def list_traces(spans: Sequence[dict[str, Any]], data: dict[str, Any]) -> dict[s
         raise EngineError("deserialization_error",
                           f"Failed to deserialize input for {fid}: attributes has {len(wanted_attrs)} distinct "
                           f"filters, at most {MAX_ATTRIBUTE_FILTERS} allowed")
-    offset, limit = _paging(data, fid, 100)
+    offset, limit = paging(data, fid, TRACES_DEFAULT_LIMIT)
     name = texts["name"]
     traces_with_name: set[str] = set()
     if search_all and name:
@@ -140,17 +247,18 @@ def list_traces(spans: Sequence[dict[str, Any]], data: dict[str, Any]) -> dict[s
         held = {str(pair[0]): str(pair[1]) for pair in reversed(span.get("attributes", ()))}  # first one wins
         return all(held.get(key) == value for key, value in wanted_attrs.items())
 
-    roots = [span for span in spans if keep(span)]
-    sort_by = data.get("sort_by")
     descending = str(data.get("sort_order") or "asc").lower() != "asc"
-    if sort_by == "duration":
-        roots.sort(key=_duration_ms, reverse=descending)
-    elif sort_by == "name":
-        roots.sort(key=lambda s: s["name"], reverse=descending)
-    else:
-        roots.sort(key=lambda s: s["start_time_unix_nano"], reverse=descending)
-    assert limit is not None
-    return {"spans": roots[offset:offset + limit], "total": len(roots), "offset": offset, "limit": limit}
+    sort_by = data.get("sort_by")
+    key: Callable[[dict[str, Any]], Any] = (_duration_ms if sort_by == "duration" else itemgetter("name")
+                                            if sort_by == "name" else itemgetter("start_time_unix_nano"))
+    return TracesQuery(offset, limit, key, descending, keep)
+
+
+def list_traces(spans: Sequence[dict[str, Any]], data: dict[str, Any]) -> dict[str, Any]:
+    """Root spans matching every given filter, sorted and paged."""
+    query = traces_query(spans, data)
+    roots = [span for span in spans if query.keep(span)]
+    return {"spans": query.page(roots), "total": len(roots), "offset": query.offset, "limit": query.limit}
 
 
 def trace_tree(spans: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -171,6 +279,123 @@ def trace_tree(spans: Sequence[dict[str, Any]]) -> dict[str, Any]:
         return {**span, "children": [node(kid, depth + 1) for kid in kids if id(kid) not in placed]}
 
     return {"roots": [node(span, 0) for span in spans if span["parent_span_id"] is None]}
+
+
+@dataclass
+class Encoded:
+    """Entries encoded as one JSON array within a byte budget (:func:`encode_entries`, :func:`encode_tree`)."""
+
+    json: str
+    #: entries in :attr:`json`
+    count: int
+    #: UTF-8 bytes of :attr:`json`
+    size: int
+    #: whether entries were left out because the next one did not fit in what was left of the budget
+    truncated: bool = False
+    #: index of the first entry left out for the budget (:func:`encode_entries`), ``None`` when none was
+    next_index: int | None = None
+    #: entries left out because each alone is larger than the whole budget (they can never be sent)
+    oversized: int = 0
+
+
+async def encode_entries(entries: Iterable[Any], budget: int) -> Encoded:
+    """The JSON array of ``entries`` in order, at most ``budget`` bytes: it stops before the first entry that does
+    not fit in what is left (:attr:`Encoded.next_index`) and skips, counted, one that alone is larger than the
+    budget; encoded one by one, with a pause for the event loop every 256 KiB.
+
+    Example:
+        >>> import asyncio
+        >>> out = asyncio.run(encode_entries([{"a": 1}, {"b": "x" * 100}, {"c": 3}], budget=20))
+        >>> out.json, out.truncated, out.next_index, out.oversized
+        ('[{"a":1},{"c":3}]', False, None, 1)
+        >>> asyncio.run(encode_entries([{"a": 1}, {"c": 3}], budget=12)).next_index
+        1
+    """
+    pieces: list[str] = []
+    used = 2  # the brackets
+    since_pause = 0
+    oversized = 0
+    for index, entry in enumerate(entries):
+        text = dumps(entry)
+        size = frame_bytes(text)
+        if used + size + (1 if pieces else 0) > budget:
+            if size + 2 > budget:
+                oversized += 1
+                continue
+            return Encoded("[" + ",".join(pieces) + "]", len(pieces), used, True, index, oversized)
+        used += size + (1 if pieces else 0)
+        pieces.append(text)
+        since_pause += size
+        if since_pause >= _SLICE_BYTES:
+            since_pause = 0
+            await asyncio.sleep(0)
+    return Encoded("[" + ",".join(pieces) + "]", len(pieces), used, oversized=oversized)
+
+
+async def encode_tree(roots: Sequence[dict[str, Any]], budget: int) -> Encoded:
+    """The JSON array of :func:`trace_tree`'s ``roots`` within ``budget`` bytes: depth first, each span encoded on
+    its own (a pause for the event loop every 256 KiB); once a span does not fit, it and every span after it in
+    that order are left out (:attr:`Encoded.truncated`), so the answer is the start of the tree.
+
+    Example:
+        >>> import asyncio
+        >>> tree = [{"n": 1, "children": [{"n": 2, "children": []}, {"n": 3, "children": []}]}]
+        >>> asyncio.run(encode_tree(tree, 1000)).json
+        '[{"n":1,"children":[{"n":2,"children":[]},{"n":3,"children":[]}]}]'
+        >>> out = asyncio.run(encode_tree(tree, 50))
+        >>> out.json, out.count, out.truncated
+        ('[{"n":1,"children":[{"n":2,"children":[]}]}]', 2, True)
+    """
+    used = 2
+    count = since_pause = 0
+    cut = False
+
+    async def node(span: dict[str, Any]) -> str | None:
+        nonlocal used, count, since_pause, cut
+        if cut:
+            return None
+        own = dumps({key: value for key, value in span.items() if key != "children"})
+        head = own[:-1] + (',"children":[' if len(own) > 2 else '"children":[')
+        size = frame_bytes(head) + 2
+        if used + size > budget:
+            cut = True
+            return None
+        used += size
+        count += 1
+        since_pause += size
+        if since_pause >= _SLICE_BYTES:
+            since_pause = 0
+            await asyncio.sleep(0)
+        kids: list[str] = []
+        for kid in span["children"]:
+            used += 1 if kids else 0  # its comma (counted even when the kid does not fit: the safe side)
+            text = await node(kid)
+            if text is None:
+                break
+            kids.append(text)
+        return head + ",".join(kids) + "]}"
+
+    pieces: list[str] = []
+    for root in roots:
+        used += 1 if pieces else 0
+        text = await node(root)
+        if text is None:
+            break
+        pieces.append(text)
+    return Encoded("[" + ",".join(pieces) + "]", count, used, cut)
+
+
+def answer_json(fields: dict[str, Any]) -> EncodedResult:
+    """An answer object whose values are encoded here, or spliced in when already encoded (:class:`EncodedResult`:
+    the lists :func:`encode_entries` made), in the order given.
+
+    Example:
+        >>> answer_json({"logs": EncodedResult("[1,2]"), "total": 2}).json
+        '{"logs":[1,2],"total":2}'
+    """
+    parts = (f"{dumps(key)}:{value.json if type(value) is EncodedResult else dumps(value)}"
+             for key, value in fields.items())
+    return EncodedResult("{" + ",".join(parts) + "}")
 
 
 def percentile(sorted_values: Sequence[float], pct: int) -> float:
