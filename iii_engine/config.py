@@ -14,7 +14,8 @@ socket, default 4 MiB), ``max_outbox_bytes`` (unread bytes per worker, default 1
 whole upgrade request, counted from their accept; with that many the port stops accepting until one sends it or
 closes; default a quarter of the open-file limit, at most 1,024), ``max_registrations_per_worker`` (functions,
 trigger types and triggers one worker holds, default 100,000), ``max_services`` (services kept, default 100,000),
-``max_fired_calls`` (trigger-fired calls in flight engine-wide, default 10,000), ``fire_wait_timeout_ms`` (how long a
+``max_fired_calls`` (trigger-fired calls in flight engine-wide, default 10,000), ``max_fired_calls_per_worker`` (those
+in flight to one callee worker, default a quarter of ``max_fired_calls``), ``fire_wait_timeout_ms`` (how long a
 producer that is itself a call waits for room among them, default 10,000), ``max_fired_bytes`` (payload bytes those
 calls hold, default 256 MiB), ``max_calls_per_worker`` (calls one worker has in flight through the engine, default
 10,000), ``max_call_bytes_per_worker`` (bytes one worker's calls and the fired calls they set off hold, default
@@ -189,6 +190,9 @@ class EngineConfig(Settings):
     #: trigger-fired calls in flight engine-wide, and how long a producer that can wait does (see
     #: :class:`iii_engine.limits.FiredCalls`)
     max_fired_calls: int = Field(DEFAULT_MAX_FIRED_CALLS, ge=1)
+    #: of those, the calls in flight to one callee worker (``None``: a quarter of ``max_fired_calls``), so that one
+    #: worker that never answers cannot hold every slot
+    max_fired_calls_per_worker: int | None = Field(None, ge=1)
     fire_wait_timeout_ms: int = Field(DEFAULT_FIRE_WAIT_TIMEOUT_MS, ge=1, le=MAX_TIMEOUT_MS)
     max_fired_bytes: int = Field(DEFAULT_MAX_FIRED_BYTES, ge=1)
     #: calls one worker has started through the engine and that are not over, and the bytes they (and the

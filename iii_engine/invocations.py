@@ -38,6 +38,7 @@ from iii.wire import loads
 from .held_voids import HeldVoids
 from .limits import (
     CALL_CHARGE,
+    FIRE_LIMIT,
     SKIP_LOG_INTERVAL_S,
     TOO_MANY_CALLS,
     CallCharge,
@@ -603,6 +604,11 @@ class Invocations:
             invocation_id = ctx.invocation_id
             if invocation_id is None or invocation_id not in caller.in_flight:
                 return  # no reply wanted, or the caller is gone (halted)
+            if charge.unreached and error is None:
+                # fired calls it set off were not made, their callee at its share: the caller hears of it (the void
+                # ones only from the warning)
+                unreached = self.fired.unreached(charge, entry.id)
+                result, error = None, error_body(FIRE_LIMIT, unreached or "")
             caller.in_flight.discard(invocation_id)
             if type(result) is EncodedResult:
                 text = caller.session.result(invocation_id, entry.id, None, error, result_json=result.json)
@@ -785,20 +791,34 @@ class Invocations:
         The call holds a slot of :attr:`fired` until its outcome is in, then gives it back. ``taken``: the slot the
         caller took for it (one slot, with its bytes), now the call's; otherwise one is taken if free, else the
         call is skipped, counted and logged, and ``False`` returned. A call of a function nobody serves is not made
-        (``taken`` given back), counted in :attr:`missing_fired` and logged at most once per interval.
+        (``taken`` given back), counted in :attr:`missing_fired` and logged at most once per interval. A call of a
+        worker's function also holds one of that worker's ``max_fired_calls_per_worker``; with none free it is not
+        made (:meth:`FiredCalls.to_callee`: the slot given back, counted, logged) and ``False`` returned, unless it
+        was handed ``taken``: ``True`` then, as a producer gives back the slot it handed over when ``False`` comes
+        back (the cron module does), and this one is back already.
         """
         if taken is None:
             taken = self.fired.try_take()
             if taken is None:
                 self.fired.skip(f"call of {function_id}")
                 return False
-        if self._served_entry(function_id) is None:
+            handed = False
+        else:
+            handed = True
+        entry = self._served_entry(function_id)
+        if entry is None:
             taken.release()
             self._fired_missing(function_id)
             return True  # made, and failed at once (a task of its own reported that before)
+        held: FiredSlots = taken
+        if entry.builtin is None:  # a worker's function (a built-in's call ends on its own)
+            call = self.fired.to_callee(taken, entry.owner or "", function_id)
+            if call is None:
+                return handed
+            held = call
         # The task leaves ``_tasks`` itself when it ends (see _fire): no done callback to schedule per call.
-        # It is mapped to its slot, so a stop gives back the slot and bytes of one that never ran too.
-        self._tasks[asyncio.get_running_loop().create_task(self._fire(function_id, data))] = taken
+        # It is mapped to what it holds, so a stop gives back the slot, bytes and share of one that never ran too.
+        self._tasks[asyncio.get_running_loop().create_task(self._fire(function_id, data))] = held
         return True
 
     async def _fire(self, function_id: str, data: Any) -> None:

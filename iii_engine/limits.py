@@ -17,6 +17,9 @@ Why: a control frame is bounded in bytes (``max_message_size``) and a worker's u
   cron ticks, log and alert triggers, worker and function events), each counted from dispatch until its
   handler's outcome is back; see :class:`FiredCalls`. ``max_fired_bytes`` bounds the payload bytes they hold the
   same way (a fired call set off by a worker's call holds that call's frame size, :class:`CallCharge`).
+  ``max_fired_calls_per_worker`` (default a quarter of ``max_fired_calls``) bounds those in flight to one callee
+  worker: past it a call to that worker is not made (counted, logged, its producer's caller told), so one worker
+  that never answers holds a quarter of the room, not all of it (:class:`CalleeCall`).
 - ``max_calls_per_worker``: calls one worker has started through the engine and that are not over, bounded for
   each kind apart: its calls of worker functions (answered or void), and its built-in calls and enqueue actions;
   past it a call is refused at once (``too_many_calls``, or counted and logged when no reply was asked for); see
@@ -38,6 +41,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import time
 from collections import OrderedDict, deque
 from collections.abc import Coroutine, Iterable, Mapping
 from contextvars import ContextVar
@@ -74,6 +78,10 @@ SKIP_LOG_INTERVAL_S = 10.0
 
 DEGRADED_WINDOW_S = 60.0
 """``engine::health::check`` reports a bound degraded while it skipped or refused a call this recently."""
+
+BUSIEST_REFRESH_S = 1.0
+"""How long the callee worker holding the most trigger-fired calls, as refusals and warnings at ``max_fired_calls``
+name it, is reused."""
 
 _PLAIN_CACHED = 64
 """Holds of no bytes of up to this many slots are kept and shared (:meth:`FiredCalls.plain`); larger fan-outs are
@@ -163,13 +171,17 @@ class CallCharge:
         (0, 0, 0, True)
     """
 
-    __slots__ = ("over", "size", "worker")
+    __slots__ = ("over", "size", "unreached", "unreached_why", "worker")
 
     def __init__(self, worker: WorkerConnection, size: int) -> None:
         self.worker = worker
         self.size = size
         #: the call is over (:meth:`give_back` ran): fired calls taken from here on hold none of its bytes
         self.over = False
+        #: fired calls it set off that were not made, their callee worker at its ``max_fired_calls_per_worker``
+        #: (the others were): its answer says so (:meth:`FiredCalls.unreached`), and why the first was not
+        self.unreached = 0
+        self.unreached_why = ""
 
     def give_back(self) -> None:
         """The call is over: its count and its frame's bytes go back to its worker."""
@@ -248,6 +260,57 @@ class FiredHold:
         return one
 
 
+class _Callee:
+    """The trigger-fired calls in flight to one callee worker: how many, and how many to each of its functions."""
+
+    __slots__ = ("functions", "n", "worker_id")
+
+    def __init__(self, worker_id: str) -> None:
+        self.worker_id = worker_id
+        self.n = 0
+        self.functions: dict[str, int] = {}
+
+    def busiest(self) -> tuple[str, int]:
+        """The function with the most calls in flight, and that many."""
+        return max(self.functions.items(), key=lambda item: item[1])
+
+
+class CalleeCall:
+    """A trigger-fired call to a worker's function, in flight: it holds its slot of ``max_fired_calls`` (``slot``,
+    as the take returned it) and one of its callee worker's ``max_fired_calls_per_worker``, both given back by
+    :meth:`release`.
+
+    Why per callee: nothing ends a fired call its callee never answers (with no ``invocation_timeout_ms``) but the
+    callee's disconnect; a subscriber that read its frames and never answered held all 10,000 slots after 10,500
+    publishes, and every other worker's cron ticks and publishes to other topics failed for as long as it stayed.
+
+    Example:
+        >>> fired = FiredCalls(8, max_fired_calls_per_worker=1)
+        >>> call = fired.to_callee(fired.try_take(), "w1", "hung::sub")
+        >>> fired.to_callee(fired.try_take(), "w1", "hung::sub"), fired.in_flight, fired.skipped_callee_share
+        (None, 1, 1)
+        >>> call.release(); fired.in_flight, fired.stats()["busiest_callee"]
+        (0, 0)
+    """
+
+    __slots__ = ("callee", "fired", "function_id", "slot")
+
+    def __init__(self, fired: FiredCalls, slot: FiredSlots, callee: _Callee, function_id: str) -> None:
+        self.fired = fired
+        self.slot = slot
+        self.callee = callee
+        self.function_id = function_id
+
+    def release(self, n: int | None = None) -> None:
+        """The call is over: its slot (with its bytes) and its place in its callee's share are given back."""
+        self.fired.callee_left(self.callee, self.function_id)
+        self.slot.release()
+
+    def one(self) -> CalleeCall:
+        """This call (it holds one slot)."""
+        return self
+
+
 class _WaitExpired(Exception):
     """A producer's wait for room ran out (set on its future by :meth:`FiredCalls._expire`)."""
 
@@ -287,6 +350,19 @@ class FiredCalls:
     bigger than the share with nothing else held never fits. A waiting producer's bytes count on its share
     while it waits (given back when it leaves unserved), so one worker's waiters ask for at most its share.
 
+    Callees have a share too (``max_fired_calls_per_worker``, default a quarter of ``max_fired_calls``): a fired call
+    of a worker's function holds one of that worker's from dispatch until its outcome is in (:meth:`to_callee`,
+    :class:`CalleeCall`). Past it a call to that worker is not made, at once, whoever the producer: counted in
+    :attr:`skipped` and :attr:`skipped_callee_share`, logged rate-limited naming the worker and the function, and,
+    when the producer is a worker's call that asked for an answer, that answer is ``fire_limit`` saying how many of
+    the calls it set off were not made and why (:meth:`unreached`); the other calls of the same fan-out are made.
+    Why not wait, as for the engine's room: the share is one callee's, and a producer waiting for a callee that
+    never answers would hold its slots for the other callees of its fan-out, and its place in the queue, the
+    whole ``fire_wait_timeout_ms``, every time. The price: a slow but healthy worker with that many calls
+    unanswered loses the further ones of a burst instead of slowing their producer down.
+    The refusals at the engine's bound and their warnings name the callee worker holding the most of the room,
+    and its function with the most of them.
+
     Example:
         >>> fired = FiredCalls(2, 1000)
         >>> hold = fired.try_take(2)
@@ -299,8 +375,11 @@ class FiredCalls:
     def __init__(self, max_fired_calls: int = DEFAULT_MAX_FIRED_CALLS,
                  wait_timeout_ms: int = DEFAULT_FIRE_WAIT_TIMEOUT_MS,
                  max_fired_bytes: int = DEFAULT_MAX_FIRED_BYTES,
-                 max_call_bytes_per_worker: int = DEFAULT_MAX_CALL_BYTES_PER_WORKER) -> None:
+                 max_call_bytes_per_worker: int = DEFAULT_MAX_CALL_BYTES_PER_WORKER, *,
+                 max_fired_calls_per_worker: int | None = None) -> None:
         self.limit = max_fired_calls
+        #: the calls in flight to one callee worker (``max_fired_calls_per_worker``; see the class)
+        self.callee_limit = min(max_fired_calls, max_fired_calls_per_worker or max(1, max_fired_calls // 4))
         self.wait_timeout_ms = wait_timeout_ms
         self.byte_limit = max_fired_bytes
         #: a worker's share (``max_call_bytes_per_worker``), which its fan-outs must fit as well (see the class)
@@ -314,6 +393,15 @@ class FiredCalls:
         self.skipped = 0
         #: calls not made because their producer's wait ran out (or too many producers waited): it failed
         self.refused = 0
+        #: of :attr:`skipped`, calls not made because their callee worker had ``max_fired_calls_per_worker``
+        self.skipped_callee_share = 0
+        # the calls in flight to each callee worker, by worker id (ids are per connection): a worker with none has
+        # no entry
+        self._callees: dict[str, _Callee] = {}
+        self._callee_losses = LossLog(self._log_callee_share, SKIP_LOG_INTERVAL_S)
+        self._callee_latest: tuple[_Callee, str] | None = None  # the latest call not made: its callee, its function
+        # the busiest callee as refusals name it, and when (time.monotonic()) that was worked out (see _busiest)
+        self._busiest_named: tuple[float, str] = (float("-inf"), "")
         # each waiter's future, the slots and bytes it asks for, whose share the bytes are and its deadline (loop
         # time), in arrival order; a dict so that one leaving (cancelled) is removed in O(1) wherever it stands
         self._waiters: OrderedDict[asyncio.Future[None], tuple[int, int, CallCharge | None, float]] = OrderedDict()
@@ -339,11 +427,95 @@ class FiredCalls:
         """The counters, as ``engine::metrics::list`` and ``engine::health::check`` report them."""
         return {"in_flight": self.in_flight, "max_fired_calls": self.limit, "peak": self.peak,
                 "waiting": self._waiting, "skipped": self.skipped, "refused": self.refused,
-                "bytes_in_flight": self.bytes_in_flight, "max_fired_bytes": self.byte_limit}
+                "bytes_in_flight": self.bytes_in_flight, "max_fired_bytes": self.byte_limit,
+                "max_fired_calls_per_worker": self.callee_limit,
+                "busiest_callee": max((callee.n for callee in self._callees.values()), default=0),
+                "skipped_callee_share": self.skipped_callee_share}
 
     def degraded(self) -> bool:
         """Whether a call was skipped or refused within the last :data:`DEGRADED_WINDOW_S`."""
-        return self._losses.recent(DEGRADED_WINDOW_S) or self._share_losses.recent(DEGRADED_WINDOW_S)
+        return (self._losses.recent(DEGRADED_WINDOW_S) or self._share_losses.recent(DEGRADED_WINDOW_S)
+                or self._callee_losses.recent(DEGRADED_WINDOW_S))
+
+    def to_callee(self, slot: FiredSlots, worker_id: str, function_id: str) -> CalleeCall | None:
+        """Hand ``slot`` (one, taken for a call of ``function_id``, a function of worker ``worker_id``) to that call,
+        with a place in its callee's ``max_fired_calls_per_worker``: what the call holds, for it to release. ``None``
+        when the worker has its share in flight: the call is not to be made; ``slot`` is given back, the loss
+        counted and logged, and noted for the answer of the worker's call that set it off (see the class)."""
+        callee = self._callees.get(worker_id)
+        if callee is None:
+            callee = self._callees[worker_id] = _Callee(worker_id)
+        elif callee.n >= self.callee_limit:
+            slot.release()
+            self._over_callee(callee, function_id)
+            return None
+        callee.n += 1
+        functions = callee.functions
+        functions[function_id] = functions.get(function_id, 0) + 1
+        return CalleeCall(self, slot, callee, function_id)
+
+    def callee_left(self, callee: _Callee, function_id: str) -> None:
+        """A call of ``function_id`` to ``callee`` is over (:meth:`CalleeCall.release`)."""
+        callee.n -= 1
+        functions = callee.functions
+        left = functions[function_id] - 1
+        if left:
+            functions[function_id] = left
+        else:
+            del functions[function_id]
+        if not callee.n and self._callees.get(callee.worker_id) is callee:
+            del self._callees[callee.worker_id]
+
+    def _over_callee(self, callee: _Callee, function_id: str) -> None:
+        self.skipped += 1
+        self.skipped_callee_share += 1
+        self._callee_latest = (callee, function_id)
+        self._callee_losses.lost("skipped", function_id)
+        charge = _live_charge()
+        if charge is not None:
+            charge.unreached += 1
+            if charge.unreached == 1:
+                charge.unreached_why = f"the call of {function_id}: {self._callee_full(callee)}"
+
+    def _callee_full(self, callee: _Callee) -> str:
+        """Why a call to ``callee`` is not made: its share is in flight, and to which function the most of it."""
+        function_id, n = callee.busiest()
+        return (f"worker {callee.worker_id} has {callee.n} trigger-fired calls in flight (max_fired_calls_per_worker "
+                f"{self.callee_limit}), {n} of them to {function_id}: a call counts until its handler answers or "
+                f"its worker disconnects")
+
+    def unreached(self, charge: CallCharge, what: str) -> str | None:
+        """The ``fire_limit`` message for the answer of ``what``, a worker's call, when fired calls it set off were
+        not made for their callee's share (:attr:`CallCharge.unreached`), else ``None``.
+
+        Example:
+            >>> worker = WorkerConnection.__new__(WorkerConnection)
+            >>> charge = CallCharge(worker, 0)
+            >>> charge.unreached, charge.unreached_why = 2, "the call of a::b: ..."
+            >>> FiredCalls(8).unreached(charge, "publish")
+            'publish: 2 of the trigger-fired calls it set off not made (the others were): the call of a::b: ...'
+        """
+        if not charge.unreached:
+            return None
+        return (f"{what}: {charge.unreached} of the trigger-fired calls it set off not made (the others were): "
+                f"{charge.unreached_why}")
+
+    def _busiest(self) -> str:
+        """The callee worker holding the most of the room, for a refusal or a warning at the engine's bound (worked
+        out at most once per :data:`BUSIEST_REFRESH_S`: a flood refused at the bound must not scan every callee per
+        refusal)."""
+        now = time.monotonic()
+        at, named = self._busiest_named
+        if now - at < BUSIEST_REFRESH_S:
+            return named
+        named = ""
+        if self._callees:
+            callee = max(self._callees.values(), key=lambda callee: callee.n)
+            function_id, n = callee.busiest()
+            named = (f", {callee.n} of them to worker {callee.worker_id} (max_fired_calls_per_worker "
+                     f"{self.callee_limit}), {n} to {function_id}")
+        self._busiest_named = (now, named)
+        return named
 
     def try_take(self, n: int = 1) -> FiredHold | None:
         """Take ``n`` slots (and their bytes) if they are free now and nobody waits: what was taken, for its holder
@@ -404,7 +576,7 @@ class FiredCalls:
     def _full(self, size: int) -> str:
         """What is full, for a refusal: the calls in flight, and their bytes when those are what ``size`` more
         does not fit."""
-        full = f"{self.in_flight} trigger-fired calls in flight (max_fired_calls {self.limit})"
+        full = f"{self.in_flight} trigger-fired calls in flight (max_fired_calls {self.limit}){self._busiest()}"
         if self.bytes_in_flight + size > self.byte_limit:
             full += f" holding {self.bytes_in_flight} bytes (max_fired_bytes {self.byte_limit})"
         return full
@@ -566,8 +738,18 @@ class FiredCalls:
         latest = f"; latest: {what}" if what is not None else ""
         log.warning("trigger-fired calls not made, no room under max_fired_calls %d: %d skipped (nobody to wait), "
                     "%d refused (their producer failed with fire_limit) since the last warning; %d skipped, "
-                    "%d refused in all, %d in flight%s", self.limit, counts.get("skipped", 0),
-                    counts.get("refused", 0), self.skipped, self.refused, self.in_flight, latest)
+                    "%d refused in all, %d in flight%s%s", self.limit, counts.get("skipped", 0),
+                    counts.get("refused", 0), self.skipped, self.refused, self.in_flight, self._busiest(), latest)
+
+    def _log_callee_share(self, counts: Mapping[str, int], what: str | None) -> None:
+        latest = self._callee_latest
+        assert latest is not None
+        callee, function_id = latest
+        # the callee's calls as they are now (none: its calls ended, or it left, since)
+        now = self._callee_full(callee) if callee.n else f"worker {callee.worker_id} has none in flight now"
+        log.warning("trigger-fired calls not made, their callee worker at max_fired_calls_per_worker %d: %d since the "
+                    "last warning (counted in skipped and skipped_callee_share), %d in all; latest: a call of %s: %s",
+                    self.callee_limit, counts["skipped"], self.skipped_callee_share, function_id, now)
 
     def _log_over_share(self, counts: Mapping[str, int], what: str | None) -> None:
         latest = f"; latest: {what}" if what is not None else ""
@@ -585,6 +767,7 @@ class FiredCalls:
             self._deadline_timer = None
         self._losses.close()
         self._share_losses.close()
+        self._callee_losses.close()
 
 
 class WorkerCalls:
@@ -692,7 +875,7 @@ class WorkerCalls:
         self._losses.close()
 
 
-Held = CallCharge | FiredSlots | None
+Held = CallCharge | FiredSlots | CalleeCall | None
 """What a task of :class:`HeldTasks` holds until it ends: one call of a worker's ``max_calls_per_worker`` count and
 its bytes (a :class:`CallCharge`), slots of ``max_fired_calls`` and the bytes they hold (what the take returned: a
 :class:`FiredHold`), or nothing."""

@@ -30,8 +30,17 @@ OTEL = ModuleSpec("modules::observability::OtelModule")
 
 
 def engine_with(*modules: ModuleSpec, limit: int, wait_ms: int = 10_000) -> Engine:
-    return Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=list(modules), max_fired_calls=limit,
-                                      fire_wait_timeout_ms=wait_ms))
+    engine = Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=list(modules), max_fired_calls=limit,
+                                        fire_wait_timeout_ms=wait_ms))
+    # These tests are about max_fired_calls itself, every subscriber in one worker: that worker's share
+    # (max_fired_calls_per_worker, a quarter of it by default) is the whole of it here.
+    engine.fired_calls.callee_limit = limit
+    return engine
+
+
+def worker_holding(engine: Engine, function_id: str) -> str:
+    """The id of the worker serving ``function_id``, as the engine's fire_limit messages name it."""
+    return next(worker.id for worker in engine.workers.values() if function_id in worker.functions)
 
 
 
@@ -73,7 +82,8 @@ async def test_a_fast_publisher_and_a_slow_subscriber_stay_within_max_fired_call
         assert {frame["error"]["code"] for frame in refused} == {"fire_limit"}
         assert refused[0]["error"]["message"] == (
             "publish to topic 't': none of its 1 subscribers reached: 10 trigger-fired calls in flight "
-            "(max_fired_calls 10) and 10 producers already waiting for room")
+            f"(max_fired_calls 10), 10 of them to worker {worker_holding(tight, 'slow::on')} "
+            "(max_fired_calls_per_worker 10), 10 to slow::on and 10 producers already waiting for room")
         assert all("error" not in frame for frame in [await call for call in calls[:10]])
         assert (tight.fired_calls.in_flight, tight.fired_calls.waiting) == (10, 10)
         # engine tasks: 10 fired calls and 10 waiting publishes (200 fired tasks before the bound)
@@ -86,7 +96,9 @@ async def test_a_fast_publisher_and_a_slow_subscriber_stay_within_max_fired_call
         await until(lambda: tight.fired_calls.in_flight == 0)
         assert tight.fired_calls.stats() == {"in_flight": 0, "max_fired_calls": 10, "peak": 10, "waiting": 0,
                                              "skipped": 0, "refused": 180,
-                                             "bytes_in_flight": 0, "max_fired_bytes": 256 * 1024 * 1024}
+                                             "bytes_in_flight": 0, "max_fired_bytes": 256 * 1024 * 1024,
+                                             "max_fired_calls_per_worker": 10, "busiest_callee": 0,
+                                             "skipped_callee_share": 0}
 
 
 @contextlib.asynccontextmanager
@@ -143,7 +155,8 @@ async def test_a_publish_whose_wait_runs_out_fails_with_fire_limit_reaching_nobo
         assert time.monotonic() - started >= 0.2
         assert frame["error"] == {"code": "fire_limit", "message": (
             "publish to topic 't': none of its 1 subscribers reached: no room within 200 ms "
-            "(fire_wait_timeout_ms): 1 trigger-fired calls in flight (max_fired_calls 1)")}
+            "(fire_wait_timeout_ms): 1 trigger-fired calls in flight (max_fired_calls 1), 1 of them to worker "
+            f"{worker_holding(engine, 'held::on')} (max_fired_calls_per_worker 1), 1 to held::on")}
         await held.let_go()
         await until(lambda: engine.fired_calls.in_flight == 0)
         assert "error" not in await worker.call("publish", {"topic": "t", "data": 3})
