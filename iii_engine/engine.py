@@ -1325,11 +1325,20 @@ class Engine:
         if not self.limits.admit_registration(worker, self.registry, "trigger", entry.id,
                                               self.registry.has_trigger_of(worker.id, entry.id)):
             return
+        previous = self.registry.find_trigger(entry.id)
+        if previous is not None and previous.registrant != worker.id:
+            log.warning("worker %s replaced trigger %s of %s; that one comes back when this one goes (E12)",
+                        worker.id, entry.id, f"worker {previous.registrant}" if previous.registrant else "the engine")
+        await self._bind_trigger(entry)
+
+    async def _bind_trigger(self, entry: TriggerEntry) -> None:
+        """Make ``entry`` its id's trigger: bound at its type, or pending while the type is unknown (E2)."""
+        registrant = f"worker {entry.registrant}" if entry.registrant else "the engine"
         trigger_type = self.registry.trigger_types.get(entry.trigger_type)
         if trigger_type is None:
             moved = self._moved_from(entry)
             self.registry.park_trigger(entry)
-            log.warning("worker %s: trigger %s waits for unknown trigger type %s (pending)", worker.id, entry.id,
+            log.warning("%s: trigger %s waits for unknown trigger type %s (pending)", registrant, entry.id,
                         entry.trigger_type)
             if moved is not None:
                 await self._unregister_from_type(moved)
@@ -1338,12 +1347,11 @@ class Engine:
             try:
                 await trigger_type.handler.register(TriggerInfo(**entry.info()))
             except EngineError as exc:
-                log.warning("worker %s: trigger %s (%s) rejected: %s: %s", worker.id, entry.id, entry.trigger_type,
+                log.warning("%s: trigger %s (%s) rejected: %s: %s", registrant, entry.id, entry.trigger_type,
                             exc.code, exc.message)
                 return
             except Exception:
-                log.exception("worker %s: trigger %s (%s) failed to register", worker.id, entry.id,
-                              entry.trigger_type)
+                log.exception("%s: trigger %s (%s) failed to register", registrant, entry.id, entry.trigger_type)
                 return
         else:
             owner = self.workers.get(trigger_type.owner or "")
@@ -1400,10 +1408,26 @@ class Engine:
         if entry is None:
             log.info("worker %s unregistered unknown trigger %s", worker.id, trigger_id)
             return
-        if entry.registrant != worker.id:
+        if entry.registrant == worker.id:
+            await self._withdraw_trigger(entry)
+        elif self.registry.drop_replaced_trigger(trigger_id, worker.id):
+            log.info("worker %s unregistered its trigger %s, which %s had replaced: the replacement stays (E12)",
+                     worker.id, trigger_id, f"worker {entry.registrant}" if entry.registrant else "the engine")
+        else:
             log.warning("worker %s unregistered trigger %s registered by %s (honoured for compatibility)",
                         worker.id, trigger_id, entry.registrant or "the engine")
+            self.registry.forget_replaced_triggers(trigger_id=trigger_id)
+            await self._deactivate(entry)
+
+    async def _withdraw_trigger(self, entry: TriggerEntry) -> None:
+        """``entry``'s registrant takes it back (or is gone): the registration of its id it replaced, if any, comes
+        back (E12)."""
         await self._deactivate(entry)
+        restored = self.registry.restore_trigger(entry.id)
+        if restored is not None:
+            log.info("trigger %s of %s is back: the one of worker %s that replaced it is gone", entry.id,
+                     f"worker {restored.registrant}" if restored.registrant else "the engine", entry.registrant)
+            await self._bind_trigger(restored)
 
     async def _deactivate(self, entry: TriggerEntry) -> None:
         was_active = entry.id in self.registry.triggers
@@ -1464,8 +1488,9 @@ class Engine:
         self.registry.forget_owner(worker.id)
         self._functions_maybe_changed()
         self.invocations.halt_worker(worker)
+        self.registry.forget_replaced_triggers(registrant=worker.id)
         for entry in self.registry.triggers_of_registrant(worker.id):
-            await self._deactivate(entry)
+            await self._withdraw_trigger(entry)
         feed = self._feeds.pop(worker.id, None)
         if feed is not None:
             feed.close()

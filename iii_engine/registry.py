@@ -126,6 +126,10 @@ class Registry:
         self._active_of_type: dict[str, dict[str, TriggerEntry]] = {}
         self._pending_of_type: dict[str, dict[str, TriggerEntry]] = {}
         self._of_registrant: dict[str | None, dict[str, TriggerEntry]] = {}
+        # Triggers another registrant's registration of their id replaced, by id then registrant (oldest first, one
+        # each), kept to come back when the replacement goes (E12, as E5 for functions); indexed by registrant too.
+        self._shadowed_triggers: dict[str, dict[str | None, TriggerEntry]] = {}
+        self._trigger_shadowing: dict[str | None, set[str]] = {}
         # Earlier registrants of an overwritten id by owner, oldest first (one each: an owner's new registration
         # replaces its old one); only entries of live owners are kept. Indexed by owner as well, so that N
         # replicas registering the same ids cost N, not N squared, to come and go.
@@ -301,17 +305,65 @@ class Registry:
     # -- trigger types and triggers --------------------------------------------------------------------------
 
     def store_trigger(self, entry: TriggerEntry) -> None:
-        """Make ``entry`` the active trigger of its id (replacing a pending or active one of that id)."""
+        """Make ``entry`` the active trigger of its id (replacing a pending or active one of that id; another
+        registrant's is kept to come back, E12)."""
+        self._keep_replaced(entry)
         self.discard_trigger(entry.id)
         self.triggers[entry.id] = entry
         self._trigger_listing.clear()
         self._index(self._active_of_type, entry)
 
     def park_trigger(self, entry: TriggerEntry) -> None:
-        """Keep ``entry`` pending until its trigger type appears (E2), replacing any trigger of that id."""
+        """Keep ``entry`` pending until its trigger type appears (E2), replacing any trigger of that id (another
+        registrant's is kept to come back, E12)."""
+        self._keep_replaced(entry)
         self.discard_trigger(entry.id)
         self.pending_triggers[entry.id] = entry
         self._index(self._pending_of_type, entry)
+
+    def _keep_replaced(self, entry: TriggerEntry) -> None:
+        self._unshadow_trigger(entry.id, entry.registrant)
+        previous = self.find_trigger(entry.id)
+        if previous is not None and previous.registrant != entry.registrant:
+            self._shadowed_triggers.setdefault(entry.id, {})[previous.registrant] = previous
+            self._trigger_shadowing.setdefault(previous.registrant, set()).add(entry.id)
+
+    def _unshadow_trigger(self, trigger_id: str, registrant: str | None) -> bool:
+        """Forget ``registrant``'s replaced registration of ``trigger_id``; whether it had one."""
+        kept = self._shadowed_triggers.get(trigger_id)
+        if kept is None or kept.pop(registrant, None) is None:
+            return False
+        if not kept:
+            del self._shadowed_triggers[trigger_id]
+        ids = self._trigger_shadowing[registrant]
+        ids.discard(trigger_id)
+        if not ids:
+            del self._trigger_shadowing[registrant]
+        return True
+
+    def drop_replaced_trigger(self, trigger_id: str, registrant: str | None) -> bool:
+        """``registrant`` takes back its replaced registration of ``trigger_id`` (the replacement stays); whether
+        it had one."""
+        return self._unshadow_trigger(trigger_id, registrant)
+
+    def restore_trigger(self, trigger_id: str) -> TriggerEntry | None:
+        """The latest replaced registration of ``trigger_id``, no longer kept: the caller makes it current again
+        (its replacement is gone)."""
+        kept = self._shadowed_triggers.get(trigger_id)
+        if not kept:
+            return None
+        entry = kept[next(reversed(kept))]
+        self._unshadow_trigger(trigger_id, entry.registrant)
+        return entry
+
+    def forget_replaced_triggers(self, *, registrant: str | None = None, trigger_id: str | None = None) -> None:
+        """Never restore ``registrant``'s replaced triggers (it is gone), or any of ``trigger_id``."""
+        if trigger_id is not None:
+            for owner in list(self._shadowed_triggers.get(trigger_id, ())):
+                self._unshadow_trigger(trigger_id, owner)
+        else:
+            for tid in list(self._trigger_shadowing.get(registrant, ())):
+                self._unshadow_trigger(tid, registrant)
 
     def _index(self, by_type: dict[str, dict[str, TriggerEntry]], entry: TriggerEntry) -> None:
         by_type.setdefault(entry.trigger_type, {})[entry.id] = entry
@@ -334,12 +386,13 @@ class Registry:
         return list(self._of_registrant.get(registrant, {}).values())
 
     def trigger_count(self, registrant: str | None) -> int:
-        """How many stored and pending triggers ``registrant`` registered."""
-        return len(self._of_registrant.get(registrant, ()))
+        """How many stored and pending triggers ``registrant`` registered, replaced ones kept to come back too."""
+        return len(self._of_registrant.get(registrant, ())) + len(self._trigger_shadowing.get(registrant, ()))
 
     def has_trigger_of(self, registrant: str | None, trigger_id: str) -> bool:
-        """Whether ``registrant`` registered the (stored or pending) trigger ``trigger_id``."""
-        return trigger_id in self._of_registrant.get(registrant, ())
+        """Whether ``registrant`` registered the (stored, pending, or replaced and kept) trigger ``trigger_id``."""
+        return trigger_id in self._of_registrant.get(registrant, ()) or \
+            trigger_id in self._trigger_shadowing.get(registrant, ())
 
     def take_pending(self, trigger_type: str) -> list[TriggerEntry]:
         """Remove and return the pending triggers waiting for ``trigger_type`` (E2)."""

@@ -52,7 +52,8 @@ def _truth(engine: Engine, worker_id: str) -> int:
     types = sum(1 for t in registry.trigger_types.values() if t.owner == worker_id)
     triggers = sum(1 for t in [*registry.triggers.values(), *registry.pending_triggers.values()]
                    if t.registrant == worker_id)
-    return functions + shadowed + types + triggers
+    replaced = sum(1 for kept in registry._shadowed_triggers.values() for registrant in kept if registrant == worker_id)
+    return functions + shadowed + types + triggers + replaced
 
 
 def _held(engine: Engine, worker_id: str) -> int:

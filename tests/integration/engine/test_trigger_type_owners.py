@@ -12,6 +12,7 @@ import pytest
 from iii_engine import Engine, EngineConfig
 
 from .raw import RawWorker
+from .raw import disconnect as _gone
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.our_engine("engine-core test: trigger types owned by workers")]
 
@@ -117,3 +118,49 @@ async def test_a_refused_trigger_waits_and_an_unregistered_type_unbinds_its_trig
     await user.send({"type": "unregistertrigger", "id": "ok"})
     assert (await owner2.expect("unregistertrigger"))["id"] == "ok"
     assert sorted(await _listed(user)) == ["bad", "new"]
+
+
+async def test_a_trigger_id_another_worker_replaced_comes_back_when_that_worker_goes(
+        engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    owner, mine, intruder = [await RawWorker.connect(engine.url) for _ in range(3)]
+    await owner.send({"type": "registertriggertype", "id": "tick", "description": "d"})
+    await owner.sync()
+    await mine.send({"type": "registertrigger", "id": "t", "trigger_type": "tick", "function_id": "mine::f",
+                     "config": {"topic": "news"}})
+    assert (await owner.expect("registertrigger"))["config"] == {"topic": "news"}
+    await intruder.send({"type": "registertrigger", "id": "t", "trigger_type": "tick", "function_id": "b::f",
+                         "config": {"topic": "other"}})
+    assert (await owner.expect("registertrigger"))["function_id"] == "b::f"  # last writer wins, as in production
+    await _gone(engine, intruder)
+    assert (await owner.expect("unregistertrigger"))["id"] == "t"
+    back = await owner.expect("registertrigger", wait=2)
+    assert (back["id"], back["function_id"], back["config"]) == ("t", "mine::f", {"topic": "news"})
+    listed = (await mine.result_of("engine::triggers::list", {}))["triggers"]
+    assert [(t["id"], t["function_id"]) for t in listed] == [("t", "mine::f")]
+    assert f"worker {intruder.worker_id} replaced trigger t of worker {mine.worker_id}" in caplog.text
+    # its registrant's own unregister still reaches the owner, and nothing else comes back
+    await mine.send({"type": "unregistertrigger", "id": "t"})
+    assert (await owner.expect("unregistertrigger"))["id"] == "t"
+    await owner.sync()
+    await owner.nothing_for(0.2)
+    assert engine.registry.find_trigger("t") is None
+
+
+async def test_an_unregister_of_a_replaced_trigger_leaves_the_replacement(engine: Engine) -> None:
+    owner, first, second = [await RawWorker.connect(engine.url) for _ in range(3)]
+    await owner.send({"type": "registertriggertype", "id": "tick", "description": "d"})
+    for worker in (first, second):
+        await worker.send({"type": "registertrigger", "id": "t", "trigger_type": "tick",
+                           "function_id": f"{worker.worker_id}::f", "config": {}})
+        await owner.expect("registertrigger")
+    await first.send({"type": "unregistertrigger", "id": "t"})
+    await first.sync()
+    await _gone(engine, first)
+    await owner.sync()
+    await owner.nothing_for(0.2)
+    assert engine.registry.triggers["t"].registrant == second.worker_id
+    await _gone(engine, second)  # nothing of first's comes back
+    assert (await owner.expect("unregistertrigger"))["id"] == "t"
+    await owner.sync()
+    await owner.nothing_for(0.2)
+    assert engine.registry.find_trigger("t") is None
