@@ -116,6 +116,19 @@ BEST_EFFORT_SHARE = 0.5
 """The share of ``max_queue`` that best-effort frames (telemetry, pongs) may hold; past it they are dropped, so
 calls always find room without pushing anything out."""
 
+BEST_EFFORT_MAX_BYTES: Final = 16 * 1024 * 1024
+"""The most bytes of best-effort frames (telemetry, pongs) the queue holds, whatever their number; past it they are
+dropped, counted and logged. The bound of the telemetry buffer before a client is attached
+(``SharedEngineConnection.MAX_QUEUE_BYTES``): 500 telemetry frames of up to 4 MiB each were 2 GiB (spans behind a
+stopped engine: 923 MB of worker memory in 35 s)."""
+
+MAX_QUEUE_BYTES: Final = 64 * 1024 * 1024
+"""The most bytes of other frames (calls, registrations, results) the queue holds while the engine is unreachable.
+A call over it fails at once as never sent (a frame alone in the queue is always taken, so a call that fits the
+engine's limit can be made during an outage); the loop's own frames (registrations, results) are kept past it, as
+past ``max_queue``. Without it 1,000 calls of 4 MiB, plus 1,000 fire-and-forget ones waiting for room, could hold
+8 GiB."""
+
 Frame = str | bytes
 
 MAX_MESSAGE_SIZE_HEADER: Final = "X-III-Max-Message-Size"
@@ -523,6 +536,8 @@ class Connection:
         max_queue: int = MAX_QUEUE_SIZE,
         queue_wait: float = 30.0,
         max_waiting: int | None = None,
+        max_queue_bytes: int = MAX_QUEUE_BYTES,
+        max_best_effort_bytes: int = BEST_EFFORT_MAX_BYTES,
         max_size: int | None = None,
         open_timeout: float = 10.0,
         close_timeout: float = 2.0,
@@ -551,6 +566,10 @@ class Connection:
         self._max_queue = max_queue
         self._queue_wait = queue_wait
         self._max_waiting = max_queue if max_waiting is None else max_waiting
+        self._max_queue_bytes = max_queue_bytes
+        self._max_best_effort_bytes = max_best_effort_bytes
+        #: While a call refused for :data:`MAX_QUEUE_BYTES` has its ``on_dropped`` told: why, for its error.
+        self.refused_for_bytes: str | None = None
         self._max_size = max_size
         self._open_timeout = open_timeout
         self._close_timeout = close_timeout
@@ -576,12 +595,15 @@ class Connection:
         self._pinned = 0
         # Best-effort frames in the backlog, and how many it may hold (at least one, for a queue of one).
         self._best_effort = 0
+        self._best_effort_bytes = 0
         self._best_effort_cap = max(1, int(max_queue * BEST_EFFORT_SHARE))
         # Unkeyed frames from send() waiting for room in a full backlog, first come first in: each slot the
         # backlog frees goes to the first of them in the same step, so no later frame overtakes them.
         # An ordered dict, not a deque: a caller that stops waiting leaves it in O(1) wherever it stands (a mass
         # cancel of a deque's newest waiters was quadratic).
         self._waiting: OrderedDict[_Waiter, None] = OrderedDict()
+        # Bytes (a text frame's characters) of the frames in _backlog that are not best-effort and in _waiting
+        self._held_bytes = 0
         self._gave_up = False  # reconnection gave up (max_retries): nothing will make room any more
         self._ever_connected = False  # a socket was up once since start(): the URL names an engine
         self._not_engine_in_a_row = 0  # attempts in a row answered by something that is not an engine
@@ -680,6 +702,10 @@ class Connection:
         if unsent:  # (queued calls, keyed, fail with the client's shutdown; these frames' senders hear nothing)
             log.warning("Closing with %d frames never sent to %s (fire-and-forget calls and answers among them); "
                         "discarded", unsent, self._shown_url)
+        if self._best_effort:  # the promise: dropped telemetry is counted and logged, also at the end
+            self.dropped += self._best_effort
+            log.warning("Closing with %d best-effort frame(s) (telemetry, pongs) never sent to %s; discarded, "
+                        "%d dropped in all", self._best_effort, self._shown_url, self.dropped)
         if ws is not None:
             # An engine that stopped reading (stalled, SIGSTOP) never answers the close, nor takes the close frame
             # once the socket's buffers are full: websockets waited 10 s for each, so shutdown() took up to 20 s.
@@ -694,9 +720,11 @@ class Connection:
         self._keyed = 0
         self._pinned = 0
         self._best_effort = 0
+        self._best_effort_bytes = 0
         while self._waiting:  # frames waiting for room are discarded with the queue
             self._admit_waiting()
             self._backlog.clear()
+        self._held_bytes = 0
         self._set_state("disconnected")
 
     async def send(self, frame: Frame, key: str | None = None, *, batch: bool = False, own: bool = False,
@@ -729,6 +757,8 @@ class Connection:
             # Queued, it would wait for a connection nothing will make; its sender, told nothing later, would take
             # the silence for success. (A full queue says so: OutboundQueueFullError below.)
             raise ConnectionLostError("connection_lost", _GAVE_UP)
+        if key is None and not own and self._over_bytes(frame):
+            raise ConnectionLostError("connection_lost", f"never sent: {self._bytes_full()}")
         if not self._enqueue(frame, key):
             if own:
                 self._keep_past_bound(frame)
@@ -763,9 +793,12 @@ class Connection:
             # Refused, not waited for: its sender can be told, and room made later could be on another socket.
             raise ConnectionLostError("connection_lost", f"never sent: the outbound queue is full ({self._max_queue} "
                                                          "frames waiting for the engine)")
+        if self._over_bytes(frame):
+            raise ConnectionLostError("connection_lost", f"never sent: {self._bytes_full()}")
         written: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._backlog.append((frame, _Pinned(ws, written)))
         self._pinned += 1
+        self._held_bytes += len(frame)
         if self._ready:
             self._kick()
         return await written
@@ -871,6 +904,7 @@ class Connection:
             return
         pinned = [key for _, key in self._backlog if isinstance(key, _Pinned)]
         kept = [(frame, key) for frame, key in self._backlog if not isinstance(key, _Pinned)]
+        self._held_bytes -= sum(len(frame) for frame, key in self._backlog if isinstance(key, _Pinned))
         self._backlog.clear()
         self._backlog.extend(kept)
         self._pinned = 0
@@ -926,6 +960,7 @@ class Connection:
             self._waiting[_Waiter(frame, None)] = None  # in order, behind the sends waiting for room
         else:
             self._backlog.append((frame, None))
+        self._held_bytes += len(frame)
 
     def _drop(self, frame: Frame) -> None:
         """Count a best-effort frame dropped at a full queue; warn now, or at the end of the interval."""
@@ -935,8 +970,8 @@ class Connection:
     def _log_dropped(self, counts: Mapping[str, int], latest: str | None) -> None:
         latest_text = f"; latest: {latest}" if latest is not None else ""
         why = ("reconnection gave up (max_retries), nothing queued leaves" if self._gave_up else
-               f"outbound queue full: {self._max_queue} frames waiting for the engine, at most {self._best_effort_cap}"
-               " of them best-effort")
+               f"the outbound queue holds at most {self._max_queue} frames waiting for the engine, at most "
+               f"{self._best_effort_cap} of them and {self._max_best_effort_bytes:,} bytes best-effort")
         log.warning("%d best-effort frame(s) (telemetry, pongs) dropped since the last warning, %d in all (%s)%s",
                     counts["dropped"], self.dropped, why, latest_text)
 
@@ -952,11 +987,23 @@ class Connection:
         """Queue a best-effort frame; False (not queued) when the queue is full or holds its share of them, or once
         reconnection gave up (it would wait for a connection nothing will make)."""
         if (len(self._backlog) >= self._max_queue or self._waiting or self._best_effort >= self._best_effort_cap
-                or self._gave_up):
+                or self._gave_up or self._best_effort_bytes + len(frame) > self._max_best_effort_bytes):
             return False
         self._backlog.append((frame, _BEST_EFFORT))
         self._best_effort += 1
+        self._best_effort_bytes += len(frame)
         return True
+
+    def _over_bytes(self, frame: Frame) -> bool:
+        """Whether queueing ``frame``, not best-effort, would take the other frames queued or waiting for room past
+        ``max_queue_bytes`` (a frame alone is always taken: the bound is on what piles up)."""
+        held = self._held_bytes
+        return held > 0 and held + len(frame) > self._max_queue_bytes
+
+    def _bytes_full(self) -> str:
+        """Why a frame refused by :meth:`_over_bytes` was (its sender's error says it)."""
+        return (f"the outbound queue is full ({self._held_bytes:,} bytes of calls and other frames waiting for the "
+                f"engine, at most {self._max_queue_bytes:,})")
 
     def _make_way(self) -> bool:
         """Drop the oldest queued best-effort frame (counted, as one refused is); False when none is queued."""
@@ -967,6 +1014,7 @@ class Connection:
             if old_key is _BEST_EFFORT:
                 del backlog[index]
                 self._best_effort -= 1
+                self._best_effort_bytes -= len(old)
                 self._drop(old)
                 return True
         return False
@@ -977,12 +1025,21 @@ class Connection:
         if key is not None and self._gave_up:  # nothing will send it: its caller fails now, not at its timeout
             self._on_dropped(key)
             return True
+        if key is not None and self._over_bytes(frame):  # (refused, not pushing older calls out: it is the newest)
+            self.refused_for_bytes = self._bytes_full()
+            try:
+                self._calls_lost.lost(_REFUSED, _call_named(frame, key))
+                self._on_dropped(key)
+            finally:
+                self.refused_for_bytes = None
+            return True
         # (A full queue with sends waiting for room holds no best-effort frame: each would have made way for them,
         # and none is queued while they wait, so one making way here never lets a frame overtake them. Once
         # reconnection gave up, none makes way: the frame would wait for a connection nothing will make, and its
         # sender, refused below, hears it was never sent.)
         if (len(backlog) < self._max_queue and not self._waiting) or (not self._gave_up and self._make_way()):
             backlog.append((frame, key))
+            self._held_bytes += len(frame)
             if key is not None:
                 self._keyed += 1
             return True
@@ -992,6 +1049,7 @@ class Connection:
             if isinstance(old_key, str):
                 del backlog[index]
                 backlog.append((frame, key))
+                self._held_bytes += len(frame) - len(old)
                 if key is None:
                     self._keyed -= 1
                 self._calls_lost.lost(_MADE_WAY, _call_named(old, old_key))
@@ -1007,13 +1065,19 @@ class Connection:
         """Take every queued unkeyed frame of the loop's own (:meth:`send_soon`) for which ``unwanted(frame)`` is
         true out of the queue, unsent; how many. Loop thread only. Frames of :meth:`send` callers waiting for room
         are never touched (their callers were told nothing yet)."""
-        kept = [(frame, key) for frame, key in self._backlog if key is not None or not unwanted(frame)]
+        kept: list[tuple[Frame, _Key]] = []
+        for frame, key in self._backlog:
+            if key is None and unwanted(frame):
+                self._held_bytes -= len(frame)
+            else:
+                kept.append((frame, key))
         dropped = len(self._backlog) - len(kept)
         if dropped:
             self._backlog.clear()
             self._backlog.extend(kept)
         for entry in [e for e in self._waiting if e.admitted is None and unwanted(e.frame)]:
             del self._waiting[entry]
+            self._held_bytes -= len(entry.frame)
             dropped += 1
         if self._waiting:
             self._admit_waiting()
@@ -1032,6 +1096,7 @@ class Connection:
         admitted: asyncio.Future[None] = loop.create_future()
         entry = _Waiter(frame, admitted)
         self._waiting[entry] = None
+        self._held_bytes += len(frame)
         # A timer of our own, not asyncio.timeout(): on 3.11 its __aexit__ frame, in the TimeoutError's traceback,
         # keeps the CancelledError, a cycle per wait that ran out (100,000 refused calls held 500 MB until a full
         # collection).
@@ -1048,8 +1113,9 @@ class Connection:
             # A wait that ends (timed out or cancelled) before its frame got a slot cancels ``admitted`` with it,
             # at once, while this coroutine resumes a turn later: an admission in between has already taken the
             # entry out (and skipped it).
-            if admitted.cancelled():
-                self._waiting.pop(entry, None)
+            if admitted.cancelled() and entry in self._waiting:
+                del self._waiting[entry]
+                self._held_bytes -= len(frame)
             # The error raised through here keeps this frame (its traceback), and the cancelled future kept the
             # CancelledError that the error's context holds: a cycle per wait that ran out.
             del entry, admitted
@@ -1061,8 +1127,11 @@ class Connection:
             self._keyed -= 1
         elif key is _BEST_EFFORT:
             self._best_effort -= 1
+            self._best_effort_bytes -= len(item[0])
         elif key is not None:
             self._pinned -= 1
+        if key is not _BEST_EFFORT:
+            self._held_bytes -= len(item[0])
         if self._waiting:
             self._admit_waiting()
         return item
@@ -1073,6 +1142,7 @@ class Connection:
             entry, _ = waiting.popitem(last=False)
             admitted = entry.admitted
             if admitted is not None and admitted.done():  # its caller stopped waiting (cancelled, timed out)
+                self._held_bytes -= len(entry.frame)
                 continue
             backlog.append((entry.frame, None))
             if admitted is not None:
@@ -1082,7 +1152,9 @@ class Connection:
         """End every wait for room with an error: reconnection gave up, so no room will ever be made."""
         waiting = self._waiting
         while waiting:
-            admitted = waiting.popitem(last=False)[0].admitted
+            entry = waiting.popitem(last=False)[0]
+            self._held_bytes -= len(entry.frame)
+            admitted = entry.admitted
             if admitted is not None and not admitted.done():
                 admitted.set_exception(OutboundQueueFullError(self._max_queue, None))
 
@@ -1092,6 +1164,7 @@ class Connection:
             return
         dropped = [key for _, key in self._backlog if isinstance(key, str)]
         kept = [(frame, key) for frame, key in self._backlog if not isinstance(key, str)]
+        self._held_bytes -= sum(len(frame) for frame, key in self._backlog if isinstance(key, str))
         self._backlog.clear()
         self._backlog.extend(kept)
         self._keyed = 0

@@ -623,6 +623,8 @@ class III:
         elif self._conn.gave_up:
             retries = (self._options.reconnection_config or DEFAULT_RECONNECTION_CONFIG).max_retries
             why = self._unreachable(f": reconnection gave up (max_retries={retries})")
+        elif self._conn.refused_for_bytes is not None:
+            why = self._conn.refused_for_bytes
         else:
             why = f"the outbound queue was full ({MAX_QUEUE_SIZE} frames waiting for the engine)"
         failure = self._session.call_dropped(invocation_id, why)
