@@ -25,6 +25,12 @@ queue unannounced. When it is full:
   leave a function unregistered or a caller waiting out its timeout. Only a frame sent with ``droppable=True``
   (telemetry, pongs) is dropped, counted in :attr:`Connection.dropped` with a rate-limited warning.
 
+The queue is bounded in bytes too: best-effort frames at most ``max_best_effort_bytes``
+(:data:`BEST_EFFORT_MAX_BYTES`), past which they are dropped like those past their share; the others at most
+``max_queue_bytes`` (:data:`MAX_QUEUE_BYTES`), past which a keyed frame's ``on_dropped(key)`` is told at once
+(:attr:`Connection.refused_for_bytes` says why meanwhile) and an unkeyed :meth:`Connection.send` raises
+:class:`~iii.errors.ConnectionLostError` instead of waiting for room; the loop's own frames are kept past it.
+
 Best-effort (``droppable``) frames never hold more than half of the queue (:data:`BEST_EFFORT_SHARE`), and at a full
 queue the oldest of them is the first to make way for any other frame, before a call is pushed out or a send waits:
 a flood of log records behind a slow engine refused the next call ("never sent: the outbound queue was full").
