@@ -3,6 +3,8 @@
 A rule names a metric, a threshold and an operator; ``iii.invocations.*`` and ``iii.workers.*`` read the
 engine's cumulative counters, any other name reads the metrics workers sent within the rule's window (sum for
 counters and histograms, mean for gauges). A rule that is firing triggers its action at most once per cooldown.
+A sum beyond the largest double is compared as infinite and reported as ``±1.7976931348623157e308``
+(``sys.float_info.max``): JSON has no infinity, and an infinite value made every alert answer fail.
 
 Example:
     >>> rule = AlertRule.parse({"name": "busy", "metric": "iii.invocations.total", "threshold": 1})
@@ -16,12 +18,14 @@ Example:
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 from pydantic import field_validator
 
 from ...settings import Field, NonEmpty, Settings, UnknownKeys
+from .queries import mean, total
 
 __all__ = ["AlertManager", "AlertRule"]
 
@@ -107,8 +111,8 @@ def _metric_value(metric: str, window_s: float, entries: Sequence[dict[str, Any]
     if not values:
         return None
     if recent[0]["metric_type"] == "gauge":
-        return sum(values) / len(values)
-    return sum(values)
+        return mean(values)
+    return total(values)
 
 
 class AlertManager:
@@ -131,6 +135,7 @@ class AlertManager:
             if value is None:
                 continue
             firing = _OPERATORS[rule.operator][1](value, rule.threshold)
+            value = max(-sys.float_info.max, min(sys.float_info.max, value))  # reported: JSON has no infinity
             state = self.states.setdefault(rule.name, {"name": rule.name, "last_triggered": None})
             state.update(firing=firing, last_evaluated=now_ms, current_value=value, threshold=rule.threshold,
                          operator=rule.operator_name)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -32,7 +33,8 @@ from ..base import EncodedResult, EngineError
 
 __all__ = ["DEFAULT_LIMIT", "MAX_ATTRIBUTE_FILTERS", "MAX_LIMIT", "TRACES_DEFAULT_LIMIT", "Encoded", "LogsQuery",
            "TracesQuery", "aggregate", "answer_json", "encode_entries", "encode_tree", "list_logs", "list_traces",
-           "logs_query", "paging", "percentile", "select", "sorted_page", "trace_tree", "traces_query"]
+           "logs_query", "mean", "paging", "percentile", "select", "sorted_page", "total", "trace_tree",
+           "traces_query"]
 
 _T = TypeVar("_T")
 _MS = 1_000_000
@@ -45,6 +47,8 @@ TRACES_DEFAULT_LIMIT = 100
 #: The largest ``limit`` honoured (a larger one is taken as this): the whole of a 10,000,000-entry store is never one
 #: answer.
 MAX_LIMIT = 10_000
+# Values are summed this much smaller when their sum passes the largest double on the way (exact: a power of two).
+_SCALE = 2.0**-64
 # Entries filtered, and bytes encoded, between two pauses for the event loop: one query over a large store held the
 # engine's loop (and every other worker's calls) for 300-500 ms.
 _CHUNK = 2048
@@ -410,8 +414,42 @@ def percentile(sorted_values: Sequence[float], pct: int) -> float:
     return float(sorted_values[min(len(sorted_values) - 1, len(sorted_values) * pct // 100)])
 
 
+def _scaled_sum(values: Sequence[float]) -> float:
+    return math.fsum(value * _SCALE for value in values)
+
+
+def total(values: Sequence[float]) -> float:
+    """The exactly rounded sum of finite ``values`` (:func:`math.fsum`): ``±inf`` only when the sum itself is beyond
+    the largest double, never because a partial sum was (``sum`` made ``inf`` of two points of 1.7e308, and of
+    ``[1.7e308, 1.7e308, -1.7e308]``).
+
+    Example:
+        >>> total([1.7e308, 1.7e308, -1.7e308]), total([1.7e308, 1.7e308]), total([0.1] * 10)
+        (1.7e+308, inf, 1.0)
+    """
+    try:
+        return math.fsum(values)
+    except OverflowError:  # a partial sum passed the largest double
+        return _scaled_sum(values) / _SCALE
+
+
+def mean(values: Sequence[float]) -> float:
+    """The mean of finite ``values`` (not empty), finite whatever their sum.
+
+    Example:
+        >>> mean([1.7e308, 1.7e308]), mean([1.0, 2.0])
+        (1.7e+308, 1.5)
+    """
+    whole = total(values)
+    if math.isfinite(whole):
+        return whole / len(values)
+    return _scaled_sum(values) / len(values) / _SCALE
+
+
 def aggregate(metrics: Sequence[dict[str, Any]], interval_s: float) -> list[dict[str, Any]]:
-    """AggregatedMetric entries: number points bucketed by ``floor(ingestion time / interval)``."""
+    """AggregatedMetric entries: number points bucketed by ``floor(ingestion time / interval)``; ``sum`` is null when
+    it is beyond the largest double (the points are finite: NaN and infinities are stored as null), ``avg`` is always
+    a number."""
     # Capped at 2**63 ns (292 years, one bucket): 1e300 s used to overflow to infinity and fail the call.
     width = max(1, int(min(interval_s * 1e9, 2.0**63)))
     buckets: dict[tuple[str, int], list[float]] = {}
@@ -423,9 +461,10 @@ def aggregate(metrics: Sequence[dict[str, Any]], interval_s: float) -> list[dict
     out: list[dict[str, Any]] = []
     for (name, start), values in sorted(buckets.items()):
         values.sort()
+        whole = total(values)
         entry: dict[str, Any] = {"name": name, "bucket_start_ns": start, "bucket_end_ns": start + width,
-                                 "count": len(values), "sum": sum(values), "min": values[0], "max": values[-1],
-                                 "avg": sum(values) / len(values)}
+                                 "count": len(values), "sum": whole if math.isfinite(whole) else None,
+                                 "min": values[0], "max": values[-1], "avg": mean(values)}
         if len(values) >= 5:
             entry["percentiles"] = {f"p{p}": percentile(values, p) for p in (50, 75, 90, 95, 99)}
         out.append(entry)
