@@ -367,7 +367,8 @@ class Engine:
         self.unavailable_modules: dict[str, str] = {}
         #: the bound on trigger-fired calls in flight (``max_fired_calls``) and its counters
         self.fired_calls = FiredCalls(self.config.max_fired_calls, self.config.fire_wait_timeout_ms,
-                                      self.config.max_fired_bytes, self.config.max_call_bytes_per_worker)
+                                      self.config.max_fired_bytes, self.config.max_call_bytes_per_worker,
+                                      max_fired_calls_per_worker=self.config.max_fired_calls_per_worker)
         #: the bound on the calls one worker has in flight (``max_calls_per_worker``) and its counters
         self.worker_calls = WorkerCalls(self.config.max_calls_per_worker, self.config.max_call_bytes_per_worker)
         self.invocations = Invocations(self.registry, self.workers, timeout_ms=self.config.invocation_timeout_ms,

@@ -30,11 +30,11 @@ OTEL = ModuleSpec("modules::observability::OtelModule")
 
 
 def engine_with(*modules: ModuleSpec, limit: int, wait_ms: int = 10_000) -> Engine:
-    engine = Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=list(modules), max_fired_calls=limit,
-                                        fire_wait_timeout_ms=wait_ms))
     # These tests are about max_fired_calls itself, every subscriber in one worker: that worker's share
     # (max_fired_calls_per_worker, a quarter of it by default) is the whole of it here.
-    engine.fired_calls.callee_limit = limit
+    engine = Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=list(modules), max_fired_calls=limit,
+                                        max_fired_calls_per_worker=limit, fire_wait_timeout_ms=wait_ms))
+    assert engine.fired_calls.callee_limit == limit
     return engine
 
 
