@@ -75,7 +75,7 @@ import sqlite3
 import threading
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -892,22 +892,28 @@ DISPOSE_TIMEOUT_S: Final = _DISPOSE_DEFAULT_S
 :func:`iii_streams.engine_bounds.dispose_within`); read at each close."""
 
 MIGRATION_CLOSE_WAIT_S: Final = 2.0
-"""How long a store's close lets a migration under way (a store with ``create`` still opening) finish before it
-gives up on it; read at each close. On a healthy database the migration ends well within it and the operations
-waiting for it go on (writes in flight commit). Past it the operations waiting for it fail with
-:class:`~iii_streams.errors.StreamClosedError`, and on PostgreSQL (asyncpg) the migration is cancelled (its connections
-cut if it has not ended :data:`DISPOSE_TIMEOUT_S` later); a SQLite migration is left to end by itself (SQLite's busy
-wait, 30 s at most): aiosqlite cannot interrupt its thread, and a cancel inside its connect could leave a connection
-holding the file's lock."""
+"""How long a store's close lets an opening under way finish before it gives up on it: the migration of a store with
+``create``, the first connect of one without (see :class:`_Opening`); read at each close. On a healthy database it
+ends well within it and the operations waiting for it go on (writes in flight commit). Past it (at once when no
+operation waits for it) those operations fail with :class:`~iii_streams.errors.StreamClosedError`, and on PostgreSQL
+(asyncpg) the opening is cancelled (its connections cut if it has not ended :data:`DISPOSE_TIMEOUT_S` later); on
+SQLite it is left to end by itself (SQLite's busy wait, 30 s at most): aiosqlite cannot interrupt its thread, and a
+cancel inside its connect could leave a connection holding the file's lock."""
 
-# migrations a close gave up on, until they end (SQLite: by themselves; PostgreSQL: cancelled)
-_MIGRATIONS_LEFT: set[asyncio.Future[Any]] = set()
+# openings a close gave up on, until they end (SQLite: by themselves; PostgreSQL: cancelled); the loop holds its
+# tasks only weakly
+_OPENINGS_LEFT: set[asyncio.Future[Any]] = set()
 
 
-def _migration_ended(task: asyncio.Future[Any]) -> None:
-    _MIGRATIONS_LEFT.discard(task)
-    if not task.cancelled() and (exc := task.exception()) is not None:  # (retrieved: its callers were told the close)
-        log.debug("a migration a close gave up on failed: %r", exc)
+@dataclass(slots=True, eq=False)
+class _Opening:
+    """What a store runs before its first operations, in a task of its own: its migration (``create``) or its first
+    connect. Its callers wait for the task or for ``left``, set by a close that gave up on it
+    (:meth:`SQLStream._end_opening`), whichever comes first; ``waiting`` counts them."""
+
+    task: asyncio.Task[None]
+    left: asyncio.Future[None]
+    waiting: int = 0
 
 
 def _install_postgresql_hooks(engine: AsyncEngine) -> None:
@@ -1059,11 +1065,8 @@ class SQLStream(FieldUpdates):
         self._read_lock: asyncio.Lock | None = self._write_lock if in_memory else None
         self._ready = False
         self._ready_lock = asyncio.Lock()
-        self._connecting: asyncio.Task[None] | None = None  # the first connect of a store without create (see
-        # _first_connect)
-        self._migrating: asyncio.Task[None] | None = None  # the migration of a store with create, while it runs
-        # set by a close that gave up on that migration: the operations waiting for it fail with StreamClosedError
-        self._migration_left: asyncio.Future[None] | None = None
+        # the first connect (a store without create) or the migration (with create), while it runs (see _open)
+        self._opening: _Opening | None = None
         # item key -> its value as this process last committed it (a longer one is neither remembered nor compared
         # by the database); an item another process wrote goes back to the locking transaction for a while
         self._known: KnownTexts[bytes] = KnownTexts()
@@ -1111,89 +1114,99 @@ class SQLStream(FieldUpdates):
     # -- plumbing ---------------------------------------------------------------------------------------------
 
     async def _prepare(self) -> None:
-        if not self._create and not self._ready:
-            if self._close_once.closing:
-                raise StreamClosedError("SQLStream is closed")
-            await self._first_connect()
+        if not self._create:
+            if not self._ready:
+                if self._close_once.closing:
+                    raise StreamClosedError("SQLStream is closed")
+                # its callers go on once it connected, a close meanwhile too (their writes commit, as a migration's)
+                await self._first_connect()
+                self._ready = True
+            return
         async with self._ready_lock:
             if self._ready:
                 return
             if self._close_once.closing:
                 raise StreamClosedError("SQLStream is closed")
-            if self._create:
-                await self._migrate()
+            await self._migrate()
             self._ready = True
 
     async def _migrate(self) -> None:
-        """Run the migration of a store with ``create`` in a task of its own, which a close can wait for with a bound
-        (:data:`MIGRATION_CLOSE_WAIT_S`) and then give up on: its callers (the lock's holder here, and those queued
-        for ``_ready_lock`` behind it) then fail with StreamClosedError instead of waiting their own time limits on a
-        server that never answers. A cancel of this caller (its deadline) still stops the migration and waits for
-        its end, as when it ran in the caller's own task."""
-        left = self._migration_left = asyncio.get_running_loop().create_future()
-        migrating = self._migrating = asyncio.ensure_future(self._migrate_once(left))
-        try:
-            try:
-                await asyncio.wait((migrating, left), return_when=asyncio.FIRST_COMPLETED)
-            except asyncio.CancelledError:
-                migrating.cancel()
-                await asyncio.wait((migrating,))
-                raise
-        finally:
-            self._migrating = self._migration_left = None
-        if not migrating.done() or migrating.cancelled():
-            # the store's close gave up on it (left running on SQLite, cancelled on PostgreSQL): not a cancel of
-            # this caller, which would have raised above
-            raise StreamClosedError("SQLStream is closed")
-        migrating.result()  # its failure is its callers'
+        """Run the migration of a store with ``create`` (see :meth:`_open`). A cancel of this caller (its deadline)
+        stops the migration and waits for its end, as when it ran in the caller's own task; the callers queued for
+        ``_ready_lock`` behind it then fail with StreamClosedError at the close's give-up, not after their own time
+        limits on a server that never answers."""
+        await self._open(self._migrate_once, stops_with_caller=True)
 
-    async def _migrate_once(self, left: asyncio.Future[None]) -> None:
-        pool = self.engine.sync_engine.pool  # (a close's dispose replaces it with a new one)
-        try:
-            async with self._write_lock if self._write_lock is not None else contextlib.nullcontext():
-                await migrate_with(self.engine)
-        finally:
-            if left.done() and self._owns_engine and not self._cancels_migrations():
-                # a close gave up on this migration and left it to end (SQLite): its connection went back to the
-                # pool that close let go; closed here, not left open to the garbage collector
-                with contextlib.suppress(Exception):
-                    await greenlet_spawn(pool.dispose)
-
-    def _cancels_migrations(self) -> bool:
-        """Whether a close may cancel a migration it gave up on: asyncpg's, whose connect and queries end at a
-        cancel; not aiosqlite's, whose thread goes on (see :data:`MIGRATION_CLOSE_WAIT_S`)."""
-        return self._pg and self.engine.dialect.driver == "asyncpg"
+    async def _migrate_once(self) -> None:
+        async with self._write_lock if self._write_lock is not None else contextlib.nullcontext():
+            await migrate_with(self.engine)
 
     async def _first_connect(self) -> None:
         """A store without ``create``: one connect before its first operations, which all wait for that one and fail
-        with its error. Before, a burst of first operations rushed the pool together; the connects past its size
-        failed, and their failures woke none of the callers queued for a pooled connection, which waited the pool's
-        30 s and got "pool exhausted" (49 of 64 on a file that cannot be opened). Shared, not one after another: each
-        caller would have waited for all the connects before its own (k times the driver's timeout)."""
-        connecting = self._connecting
-        if connecting is None:
-            connecting = self._connecting = asyncio.ensure_future(self._connect_once())
-
-            def done(task: asyncio.Task[None]) -> None:
-                self._connecting = None  # a failed one is tried again by the next operation
-                if not task.cancelled():
-                    task.exception()  # (retrieved: a failure its callers all left is not "never retrieved")
-
-            connecting.add_done_callback(done)
-        # a caller that gives up (its deadline, a cancel) leaves the connect to the others
-        try:
-            await asyncio.shield(connecting)
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if connecting.cancelled() and self._close_once.closing and not (task and task.cancelling()):
-                # the store's close stopped the connect (_close_all), not a cancel of this caller
-                raise StreamClosedError("SQLStream is closed") from None
-            raise
+        with its error (see :meth:`_open`). Before, a burst of first operations rushed the pool together; the
+        connects past its size failed, and their failures woke none of the callers queued for a pooled connection,
+        which waited the pool's 30 s and got "pool exhausted" (49 of 64 on a file that cannot be opened). Shared, not
+        one after another: each caller would have waited for all the connects before its own (k times the driver's
+        timeout). A caller that gives up (its deadline, a cancel) leaves the connect to the others; a failed one is
+        tried again by the next operation."""
+        await self._open(self._connect_once, stops_with_caller=False)
 
     async def _connect_once(self) -> None:
         async with self._write_lock if self._write_lock is not None else contextlib.nullcontext():
             async with self._reader.connect():
                 pass
+
+    async def _open(self, step: Callable[[], Coroutine[Any, Any, None]], *, stops_with_caller: bool) -> None:
+        """Wait for the store's opening under way, or start ``step`` as one (:class:`_Opening`), in a task a close
+        can wait for with a bound (:data:`MIGRATION_CLOSE_WAIT_S`) and then give up on: its callers then fail with
+        StreamClosedError. ``stops_with_caller``: a cancel of this caller cancels it and waits for its end (the
+        migration, run by the one holder of ``_ready_lock``); else it is left to its other callers."""
+        opening = self._opening
+        if opening is None:
+            left = asyncio.get_running_loop().create_future()
+            started = opening = self._opening = _Opening(asyncio.ensure_future(self._run_opening(step, left)), left)
+            started.task.add_done_callback(lambda _task: self._opening_ended(started))
+        task = opening.task
+        opening.waiting += 1
+        try:
+            await asyncio.wait((task, opening.left), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            if stops_with_caller:
+                task.cancel()
+                await asyncio.wait((task,))
+            raise
+        finally:
+            opening.waiting -= 1
+        if not task.done() or task.cancelled():
+            # the store's close gave up on it (left running on SQLite, cancelled on PostgreSQL): not a cancel of
+            # this caller, which would have raised above
+            raise StreamClosedError("SQLStream is closed")
+        task.result()  # its failure is its callers'
+
+    async def _run_opening(self, step: Callable[[], Coroutine[Any, Any, None]], left: asyncio.Future[None]) -> None:
+        pool = self.engine.sync_engine.pool  # (a close's dispose replaces it with a new one)
+        try:
+            await step()
+        finally:
+            if left.done() and self._owns_engine and not self._cancels_openings():
+                # a close gave up on this opening and left it to end (SQLite): its connection went back to the pool
+                # that close let go; closed here, not left open to the garbage collector
+                with contextlib.suppress(Exception):
+                    await greenlet_spawn(pool.dispose)
+
+    def _opening_ended(self, opening: _Opening) -> None:
+        if self._opening is opening:
+            self._opening = None  # a failed first connect is tried again by the next operation
+        task = opening.task
+        _OPENINGS_LEFT.discard(task)
+        # retrieved: a failure its callers all left (or were told the close instead) is not "never retrieved"
+        if not task.cancelled() and (exc := task.exception()) is not None and opening.left.done():
+            log.debug("an opening of %s a close gave up on failed: %r", self._database(), exc)
+
+    def _cancels_openings(self) -> bool:
+        """Whether a close may cancel an opening it gave up on: asyncpg's, whose connect and queries end at a cancel;
+        not aiosqlite's, whose thread goes on (see :data:`MIGRATION_CLOSE_WAIT_S`)."""
+        return self._pg and self.engine.dialect.driver == "asyncpg"
 
     async def prepare(self, *, timeout: float | None = None) -> None:
         """Make the store ready now instead of at its first operation, so a store that cannot work fails here:
@@ -2046,22 +2059,9 @@ class SQLStream(FieldUpdates):
         await self._close_once.run(self._close_all)
 
     async def _close_all(self) -> None:
-        connecting = self._connecting
-        if connecting is not None:
-            # a first connect still running (a server that never answers: the driver's timeout, 60 s for asyncpg)
-            # would keep its callers, and a connection opened after the dispose, past the close
-            connecting.cancel()
-            try:
-                await connecting
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise  # the close's own caller was cancelled (a deadline around it), not only the connect
-            except Exception:  # the connect's failure is its callers' (told to them), not the close's
-                pass
-        migrating = self._migrating
-        if migrating is not None:
-            await self._end_migration(migrating, self._migration_left)
+        opening = self._opening
+        if opening is not None:
+            await self._end_opening(opening)
         if self._listener is not None:
             await self._listener.stop()
         self._watch_retries.close()
@@ -2069,31 +2069,35 @@ class SQLStream(FieldUpdates):
         if self._owns_engine:
             await self._dispose()
 
-    async def _end_migration(self, migrating: asyncio.Task[None], left: asyncio.Future[None] | None) -> None:
-        """Let a migration under way finish within :data:`MIGRATION_CLOSE_WAIT_S`, so the operations waiting for it
-        go on as they would have (the writes in flight commit: a close that stopped it at once refused them, 0 of 20
-        committed); past it, give up on it. Its callers then fail with StreamClosedError; on PostgreSQL (asyncpg)
-        it is cancelled, and its connections cut if it still has not ended :data:`DISPOSE_TIMEOUT_S` later (a
-        rollback waiting on a server gone silent). On SQLite it is left to end by itself, bounded by SQLite's busy
-        wait: aiosqlite cannot interrupt its thread, and a cancel inside its connect left a connection holding the
+    async def _end_opening(self, opening: _Opening) -> None:
+        """Let an opening under way (the migration, the first connect) finish within :data:`MIGRATION_CLOSE_WAIT_S`
+        while operations wait for it, so they go on as they would have (the writes in flight commit: a close that
+        stopped it at once refused them, 0 of 20 committed); past it, or at once when none waits, give up on it. Its
+        callers then fail with StreamClosedError; on PostgreSQL (asyncpg) it is cancelled (a first connect to a
+        server that never answers would otherwise run to the driver's timeout, 60 s for asyncpg, and open a
+        connection after the dispose), and its connections cut if it still has not ended :data:`DISPOSE_TIMEOUT_S`
+        later (a rollback waiting on a server gone silent). On SQLite it is left to end by itself, bounded by SQLite's
+        busy wait: aiosqlite cannot interrupt its thread, and a cancel inside its connect left a connection holding the
         file's lock (a later store's open then hung); waiting for it held the close up to 30 s on a locked file.
-        A cancel of the close's own caller leaves the migration as it is (a later close comes back to it)."""
-        done, _ = await asyncio.wait((migrating,), timeout=MIGRATION_CLOSE_WAIT_S)
-        if done:
-            return  # its callers resume with its outcome
-        if left is not None and not left.done():
-            left.set_result(None)
-        # held until it ends (the loop holds its tasks only weakly), its outcome retrieved then
-        _MIGRATIONS_LEFT.add(migrating)
-        migrating.add_done_callback(_migration_ended)
-        if not self._cancels_migrations():
-            return  # (it closes its own connection once it ended: _migrate_once)
-        migrating.cancel()
-        done, _ = await asyncio.wait((migrating,), timeout=DISPOSE_TIMEOUT_S)
+        A cancel of the close's own caller leaves the opening as it is (a later close comes back to it)."""
+        task = opening.task
+        if opening.waiting and not opening.left.done():
+            done, _ = await asyncio.wait((task,), timeout=MIGRATION_CLOSE_WAIT_S)
+            if done:
+                return  # its callers resume with its outcome
+        if task.done():
+            return
+        if not opening.left.done():
+            opening.left.set_result(None)
+        _OPENINGS_LEFT.add(task)  # held until it ends, its outcome retrieved then (_opening_ended)
+        if not self._cancels_openings():
+            return  # (it closes its own connection once it ended: _run_opening)
+        task.cancel()
+        done, _ = await asyncio.wait((task,), timeout=DISPOSE_TIMEOUT_S)
         if not done and self._owns_engine:
             # its rollback, or its connection's orderly close, waits on a server gone silent: cut, it ends at once
             cut_connections(self.engine, self._connections)
-            await asyncio.wait((migrating,), timeout=DISPOSE_TIMEOUT_S)
+            await asyncio.wait((task,), timeout=DISPOSE_TIMEOUT_S)
 
     async def _dispose(self) -> None:
         """``engine.dispose()`` within :data:`DISPOSE_TIMEOUT_S`; past it the connections still open are cut, so

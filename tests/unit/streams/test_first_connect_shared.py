@@ -46,7 +46,7 @@ async def test_a_failed_first_connect_is_tried_again_by_the_next_operation() -> 
         for _ in range(2):
             with pytest.raises(StreamUnavailableError, match="Connect call failed"):
                 await store.prepare()
-        assert store._connecting is None
+        assert store._opening is None
 
 
 async def test_stores_sharing_an_in_memory_engine_take_turns() -> None:
