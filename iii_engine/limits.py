@@ -72,6 +72,8 @@ FIRE_LIMIT = "fire_limit"
 
 TOO_MANY_CALLS = "too_many_calls"
 """Error code of a worker's call refused because that worker has ``max_calls_per_worker`` calls in flight."""
+ENGINE_OWN = "(engine)"
+"""The id :attr:`FiredCalls.engine_own` goes by in messages (no worker's id has parentheses)."""
 
 SKIP_LOG_INTERVAL_S = 10.0
 """At most one warning per this many seconds about calls skipped or refused for want of room (with their count)."""
@@ -417,6 +419,10 @@ class FiredCalls:
         # the holds of no bytes, one per size up to _PLAIN_CACHED: shared (holds never change), so the engine's
         # own producers and callers with no charge allocate none per take
         self._plain: dict[int, FiredHold] = {}
+        #: whose share the bytes of the engine's own sized fan-outs are (try_take's ``size``): no worker's call set
+        #: them off, and they share one max_call_bytes_per_worker between them
+        self.engine_own = WorkerConnection.__new__(WorkerConnection)
+        self.engine_own.id, self.engine_own.call_bytes = ENGINE_OWN, 0
 
     @property
     def waiting(self) -> int:
@@ -517,10 +523,27 @@ class FiredCalls:
         self._busiest_named = (now, named)
         return named
 
-    def try_take(self, n: int = 1) -> FiredHold | None:
+    def try_take(self, n: int = 1, size: int = 0) -> FiredHold | None:
         """Take ``n`` slots (and their bytes) if they are free now and nobody waits: what was taken, for its holder
-        to release; ``None`` (nothing taken) otherwise."""
+        to release; ``None`` (nothing taken) otherwise.
+
+        The bytes are those of the call running now (its :class:`CallCharge`), each slot holding its frame's size.
+        Outside any call, ``size``: the bytes each slot's payload keeps alive, which a producer of the engine's own
+        names (a log trigger's entry) and which hold ``max_fired_bytes`` and the one share of the engine's own
+        fan-outs (:attr:`engine_own`, ``max_call_bytes_per_worker``). Before, such calls held no bytes: a log
+        trigger whose handler never answered kept 1 GB of 1 MB entries alive in 25 s, the log store holding 67 MB.
+
+        Example:
+            >>> fired = FiredCalls(8, max_fired_bytes=1000, max_call_bytes_per_worker=300)
+            >>> hold = fired.try_take(2, size=100)
+            >>> fired.bytes_in_flight, fired.engine_own.call_bytes, fired.try_take(2, size=100) is None
+            (200, 200, True)
+            >>> hold.release(); fired.bytes_in_flight
+            0
+        """
         charge = _live_charge()
+        if charge is None and size > 0:
+            charge = CallCharge(self.engine_own, size)
         if not self._try_take(n, n * charge.size if charge is not None else 0, charge):
             return None
         return self.hold_of(n, charge)
@@ -710,6 +733,9 @@ class FiredCalls:
     def _past(self, n: int, size: int, charge: CallCharge) -> str:
         """Why a fan-out of ``n`` calls, ``size`` bytes in all, does not fit ``charge``'s worker's share."""
         worker, limit = charge.worker, self.worker_byte_limit
+        if worker is self.engine_own:
+            return (f"the engine's own trigger-fired calls (log triggers) hold {worker.call_bytes} bytes of payloads, "
+                    f"and these would hold {size} more (max_call_bytes_per_worker {limit})")
         if charge.size + size > limit:  # not even with nothing else held
             return (f"they would hold {size} bytes ({charge.size} each, its frame's size), more with the frame "
                     f"itself than worker {worker.id} may hold (max_call_bytes_per_worker {limit})")

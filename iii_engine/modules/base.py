@@ -261,8 +261,9 @@ class FiredCallLimit(Protocol):
     a slot of it to the call it fires (``EngineServices.fire(..., taken=slots.one())``).
     """
 
-    def try_take(self, n: int = 1) -> FiredSlots | None:
-        """Take ``n`` slots if free now; ``None`` (nothing taken) otherwise."""
+    def try_take(self, n: int = 1, size: int = 0) -> FiredSlots | None:
+        """Take ``n`` slots if free now; ``None`` (nothing taken) otherwise. ``size``: the bytes each one's payload
+        keeps alive, when no call of a worker set them off (see :meth:`iii_engine.limits.FiredCalls.try_take`)."""
 
     async def take(self, n: int, what: str, targets: str = "calls") -> FiredSlots:
         """Take ``n`` slots, waiting in turn; raises :class:`EngineError` ``fire_limit`` naming ``what``."""
