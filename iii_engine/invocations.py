@@ -829,6 +829,10 @@ class Invocations:
                 self._fired_missing(function_id)
             else:
                 log.info("trigger-fired call of %s failed: %s: %s", function_id, exc.code, exc.message)
+        except Exception as exc:  # its outcome is logged and dropped, whatever it is
+            # a payload with no JSON form (an alert value of inf once did): before, the task ended with it and
+            # asyncio reported "Task exception was never retrieved" only when the task was collected
+            log.warning("trigger-fired call of %s not made: %s: %s", function_id, type(exc).__name__, exc)
         finally:
             # One cancelled before it ever ran skips this: HeldTasks.close() gives its slot back (the count
             # outlives a stop: an engine started again keeps its FiredCalls). The slot fire() was handed goes
