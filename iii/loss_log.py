@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 
-__all__ = ["LossLog"]
+__all__ = ["BurstLog", "LossLog"]
 
 
 class LossLog:
@@ -89,3 +89,37 @@ class LossLog:
         """Shutdown: a pending end-of-interval warning is logged now (its timer belongs to this loop)."""
         if self._timer is not None:
             self.flush(None)
+
+
+class BurstLog:
+    """The first ``burst`` events of each ``interval`` seconds logged one line each (``line(what)``), the rest
+    counted by kind in ``losses`` (a :class:`LossLog`, whose warnings say how many): each case of a rare event
+    keeps its own line, and a flood of them costs a few lines. Loop thread only for ``losses``.
+
+    Example:
+        >>> lines, seen = [], []
+        >>> burst = BurstLog(2, 10.0, lines.append, LossLog(lambda counts, latest: seen.append(dict(counts)), 10.0))
+        >>> for i in range(3):
+        ...     burst.note("pending", f"trigger {i}")
+        >>> lines, seen
+        (['trigger 0', 'trigger 1'], [{'pending': 1}])
+    """
+
+    def __init__(self, burst: int, interval: float, line: Callable[[str], object], losses: LossLog) -> None:
+        self._burst = burst
+        self._interval = interval
+        self._line = line
+        self.losses = losses
+        self._began = float("-inf")  # when the current interval began
+        self._logged = 0  # lines logged in it
+
+    def note(self, kind: str, what: str) -> None:
+        """One event of ``kind`` (``what`` names it): its own line while the interval's burst lasts, else counted."""
+        now = time.monotonic()
+        if now - self._began >= self._interval:
+            self._began, self._logged = now, 0
+        if self._logged < self._burst:
+            self._logged += 1
+            self._line(what)
+        else:
+            self.losses.lost(kind, what)

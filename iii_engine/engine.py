@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Collection, Coroutine, Mapping
@@ -27,7 +26,7 @@ from websockets.exceptions import ConnectionClosed
 
 from iii import ws_fastpath
 from iii.iii_types import TriggerInfo
-from iii.loss_log import LossLog
+from iii.loss_log import BurstLog, LossLog
 from iii.protocol.worker_session import (
     Event,
     Invoke,
@@ -82,7 +81,8 @@ from .workers import OVERFLOW_CLOSE_CODE, Outbox, WorkerConnection, frame_bytes
 log = logging.getLogger(__name__)
 
 UNDECODABLE_LOG_BURST = 10
-"""Workers' undecodable frames logged one line each per 10 s; past it they are counted and logged together."""
+"""Workers' undecodable frames (and, apart, triggers left pending or rejected by their type) logged one line each per
+10 s; past it they are counted and logged together."""
 
 async def _close_unread(ws: ServerConnection, limit: int) -> None:
     """Close a peer that stopped reading (the close frame waits behind what it has not read): within
@@ -403,8 +403,12 @@ class Engine:
         # rate-limited: a worker sending garbage by the thousand wrote one warning line per frame. The first
         # UNDECODABLE_LOG_BURST of each interval still get a line of their own (with their reasons: what one
         # misbehaving worker does wrong), the rest are counted
-        self._undecodable_log = LossLog(self._log_undecodable, SKIP_LOG_INTERVAL_S)
-        self._undecodable_window = (float("-inf"), 0)  # (when the interval began, lines logged in it)
+        self._undecodable_log = BurstLog(UNDECODABLE_LOG_BURST, SKIP_LOG_INTERVAL_S, log.warning,
+                                         LossLog(self._log_undecodable, SKIP_LOG_INTERVAL_S))
+        # triggers left pending or rejected by their type: a line each, up to a burst per interval (a worker
+        # registering 100,000 triggers of a type nobody provides logged 100,000 warnings)
+        self._trigger_notes = BurstLog(UNDECODABLE_LOG_BURST, SKIP_LOG_INTERVAL_S, log.warning,
+                                       LossLog(self._log_trigger_notes, SKIP_LOG_INTERVAL_S))
         self._seen_version = 0
         self._started = False
         self._stopping: asyncio.Event | None = None
@@ -777,7 +781,8 @@ class Engine:
         self.worker_calls.close()
         await self.channels.close()
         self.memory.close()
-        self._undecodable_log.close()
+        self._undecodable_log.losses.close()
+        self._trigger_notes.losses.close()
         if self._stopping is not None:
             self._stopping.set()
 
@@ -805,16 +810,14 @@ class Engine:
 
     def _undecodable(self, worker: WorkerConnection, reason: str) -> None:
         self.undecodable_frames += 1
-        began, logged = self._undecodable_window
-        now = time.monotonic()
-        if now - began >= SKIP_LOG_INTERVAL_S:
-            began, logged = now, 0
-        if logged < UNDECODABLE_LOG_BURST:
-            self._undecodable_window = (began, logged + 1)
-            # the reason may quote the sender's input: capped
-            log.warning("worker %s: dropped undecodable frame: %s", worker.id, clip_text(reason))
-        else:
-            self._undecodable_log.lost("undecodable", f"worker {worker.id}: {clip_text(reason)}")
+        # the reason may quote the sender's input: capped
+        self._undecodable_log.note("undecodable", f"worker {worker.id}: dropped undecodable frame: {clip_text(reason)}")
+
+    @staticmethod
+    def _log_trigger_notes(counts: Mapping[str, int], latest: str | None) -> None:
+        latest_text = f"; latest: {latest}" if latest is not None else ""
+        log.warning("triggers: %d left pending for an unknown trigger type, %d rejected by their type (since the "
+                    "last such warning)%s", counts.get("pending", 0), counts.get("rejected", 0), latest_text)
 
     def _log_undecodable(self, counts: Mapping[str, int], latest: str | None) -> None:
         latest_text = f"; latest: {latest}" if latest is not None else ""
@@ -1339,8 +1342,8 @@ class Engine:
         if trigger_type is None:
             moved = self._moved_from(entry)
             self.registry.park_trigger(entry)
-            log.warning("%s: trigger %s waits for unknown trigger type %s (pending)", registrant, entry.id,
-                        entry.trigger_type)
+            self._trigger_notes.note("pending", f"{registrant}: trigger {entry.id} waits for unknown trigger type "
+                                                f"{entry.trigger_type} (pending)")
             if moved is not None:
                 await self._unregister_from_type(moved)
             return
@@ -1348,8 +1351,8 @@ class Engine:
             try:
                 await trigger_type.handler.register(TriggerInfo(**entry.info()))
             except EngineError as exc:
-                log.warning("%s: trigger %s (%s) rejected: %s: %s", registrant, entry.id, entry.trigger_type,
-                            exc.code, exc.message)
+                self._trigger_notes.note("rejected", f"{registrant}: trigger {entry.id} ({entry.trigger_type}) "
+                                                     f"rejected: {exc.code}: {exc.message}")
                 return
             except Exception:
                 log.exception("%s: trigger %s (%s) failed to register", registrant, entry.id, entry.trigger_type)
