@@ -305,8 +305,8 @@ class CalleeCall:
 
     def release(self, n: int | None = None) -> None:
         """The call is over: its slot (with its bytes) and its place in its callee's share are given back."""
+        self.slot.release()  # first: its callee's payload bytes (see FiredCalls.to_callee) are back when it leaves
         self.fired.callee_left(self.callee, self.function_id)
-        self.slot.release()
 
     def one(self) -> CalleeCall:
         """This call (it holds one slot)."""
@@ -401,7 +401,11 @@ class FiredCalls:
         # no entry
         self._callees: dict[str, _Callee] = {}
         self._callee_losses = LossLog(self._log_callee_share, SKIP_LOG_INTERVAL_S)
-        self._callee_latest: tuple[_Callee, str] | None = None  # the latest call not made: its callee, its function
+        # the latest call not made: its callee, its function, and why when its payload's bytes were (else its count)
+        self._callee_latest: tuple[_Callee, str, str | None] | None = None
+        # the payload bytes of the engine's own fan-outs (try_take's size) each callee worker holds, by worker id:
+        # one max_call_bytes_per_worker each, so a callee that never answers holds up its own calls only
+        self._own_bytes: dict[str, WorkerConnection] = {}
         # the busiest callee as refusals name it, and when (time.monotonic()) that was worked out (see _busiest)
         self._busiest_named: tuple[float, str] = (float("-inf"), "")
         # each waiter's future, the slots and bytes it asks for, whose share the bytes are and its deadline (loop
@@ -455,10 +459,37 @@ class FiredCalls:
             slot.release()
             self._over_callee(callee, function_id)
             return None
+        if isinstance(slot, FiredHold) and slot.charge is not None and slot.charge.worker is self.engine_own:
+            moved = self._own_to_callee(slot.charge.size, worker_id, callee, function_id)
+            if moved is None:
+                slot.release()
+                if not callee.n:
+                    del self._callees[worker_id]
+                return None
+            slot = moved
         callee.n += 1
         functions = callee.functions
         functions[function_id] = functions.get(function_id, 0) + 1
         return CalleeCall(self, slot, callee, function_id)
+
+    def _own_to_callee(self, size: int, worker_id: str, callee: _Callee, function_id: str) -> FiredHold | None:
+        """The hold of one call of the engine's own fan-out, its payload's ``size`` bytes moved from
+        :attr:`engine_own` to what ``worker_id`` holds of such payloads (at most ``max_call_bytes_per_worker``, one
+        payload alone always fits); ``None`` past it (counted and logged as a call not made). Why per callee: with one
+        share for all of them, a log trigger whose handler never answered held it whole, and every other worker's
+        log trigger got nothing (19 of 100 records, then none)."""
+        own = self._own_bytes.get(worker_id)
+        if own is None:
+            own = self._own_bytes[worker_id] = WorkerConnection.__new__(WorkerConnection)
+            own.id, own.call_bytes = worker_id, 0
+        if own.call_bytes and own.call_bytes + size > self.worker_byte_limit:
+            self._over_callee(callee, function_id, f"worker {worker_id} holds {own.call_bytes} bytes of the payloads "
+                                                   f"of log trigger calls it has not answered, and this one is {size} "
+                                                   f"more (max_call_bytes_per_worker {self.worker_byte_limit})")
+            return None
+        self.engine_own.call_bytes -= size
+        own.call_bytes += size
+        return FiredHold(self, 1, CallCharge(own, size))
 
     def callee_left(self, callee: _Callee, function_id: str) -> None:
         """A call of ``function_id`` to ``callee`` is over (:meth:`CalleeCall.release`)."""
@@ -471,17 +502,18 @@ class FiredCalls:
             del functions[function_id]
         if not callee.n and self._callees.get(callee.worker_id) is callee:
             del self._callees[callee.worker_id]
+            self._own_bytes.pop(callee.worker_id, None)  # (none held: its calls' slots went back before this)
 
-    def _over_callee(self, callee: _Callee, function_id: str) -> None:
+    def _over_callee(self, callee: _Callee, function_id: str, why: str | None = None) -> None:
         self.skipped += 1
         self.skipped_callee_share += 1
-        self._callee_latest = (callee, function_id)
+        self._callee_latest = (callee, function_id, why)
         self._callee_losses.lost("skipped", function_id)
         charge = _live_charge()
         if charge is not None:
             charge.unreached += 1
             if charge.unreached == 1:
-                charge.unreached_why = f"the call of {function_id}: {self._callee_full(callee)}"
+                charge.unreached_why = f"the call of {function_id}: {why or self._callee_full(callee)}"
 
     def _callee_full(self, callee: _Callee) -> str:
         """Why a call to ``callee`` is not made: its share is in flight, and to which function the most of it."""
@@ -529,15 +561,16 @@ class FiredCalls:
 
         The bytes are those of the call running now (its :class:`CallCharge`), each slot holding its frame's size.
         Outside any call, ``size``: the bytes each slot's payload keeps alive, which a producer of the engine's own
-        names (a log trigger's entry) and which hold ``max_fired_bytes`` and the one share of the engine's own
-        fan-outs (:attr:`engine_own`, ``max_call_bytes_per_worker``). Before, such calls held no bytes: a log
-        trigger whose handler never answered kept 1 GB of 1 MB entries alive in 25 s, the log store holding 67 MB.
+        names (a log trigger's entry). They hold ``max_fired_bytes`` (:attr:`engine_own` holds them until each call
+        is handed to its callee), and each call's bytes then hold one ``max_call_bytes_per_worker`` of its callee
+        worker's, for such payloads only (:meth:`to_callee`). Before, such calls held no bytes: a log trigger whose
+        handler never answered kept 1 GB of 1 MB entries alive in 25 s, the log store holding 67 MB.
 
         Example:
             >>> fired = FiredCalls(8, max_fired_bytes=1000, max_call_bytes_per_worker=300)
-            >>> hold = fired.try_take(2, size=100)
-            >>> fired.bytes_in_flight, fired.engine_own.call_bytes, fired.try_take(2, size=100) is None
-            (200, 200, True)
+            >>> hold = fired.try_take(2, size=400)
+            >>> fired.bytes_in_flight, fired.engine_own.call_bytes, fired.try_take(2, size=400) is None
+            (800, 800, True)
             >>> hold.release(); fired.bytes_in_flight
             0
         """
@@ -582,8 +615,10 @@ class FiredCalls:
         return True
 
     def _past_share(self, size: int, charge: CallCharge | None) -> bool:
-        """Whether ``size`` more bytes would take ``charge``'s worker past its ``max_call_bytes_per_worker``."""
-        return size > 0 and charge is not None and charge.worker.call_bytes + size > self.worker_byte_limit
+        """Whether ``size`` more bytes would take ``charge``'s worker past its ``max_call_bytes_per_worker`` (the
+        engine's own fan-outs have none: each of their calls is held to its callee's, :meth:`to_callee`)."""
+        return (size > 0 and charge is not None and charge.worker is not self.engine_own
+                and charge.worker.call_bytes + size > self.worker_byte_limit)
 
     def _fits(self, n: int, size: int) -> bool:
         held = self.bytes_in_flight
@@ -733,9 +768,6 @@ class FiredCalls:
     def _past(self, n: int, size: int, charge: CallCharge) -> str:
         """Why a fan-out of ``n`` calls, ``size`` bytes in all, does not fit ``charge``'s worker's share."""
         worker, limit = charge.worker, self.worker_byte_limit
-        if worker is self.engine_own:
-            return (f"the engine's own trigger-fired calls (log triggers) hold {worker.call_bytes} bytes of payloads, "
-                    f"and these would hold {size} more (max_call_bytes_per_worker {limit})")
         if charge.size + size > limit:  # not even with nothing else held
             return (f"they would hold {size} bytes ({charge.size} each, its frame's size), more with the frame "
                     f"itself than worker {worker.id} may hold (max_call_bytes_per_worker {limit})")
@@ -770,9 +802,10 @@ class FiredCalls:
     def _log_callee_share(self, counts: Mapping[str, int], what: str | None) -> None:
         latest = self._callee_latest
         assert latest is not None
-        callee, function_id = latest
+        callee, function_id, why = latest
         # the callee's calls as they are now (none: its calls ended, or it left, since)
-        now = self._callee_full(callee) if callee.n else f"worker {callee.worker_id} has none in flight now"
+        now = why or (self._callee_full(callee) if callee.n else f"worker {callee.worker_id} has none in flight now")
+        # (past max_call_bytes_per_worker of the engine's own payloads instead, the latest says so)
         log.warning("trigger-fired calls not made, their callee worker at max_fired_calls_per_worker %d: %d since the "
                     "last warning (counted in skipped and skipped_callee_share), %d in all; latest: a call of %s: %s",
                     self.callee_limit, counts["skipped"], self.skipped_callee_share, function_id, now)
