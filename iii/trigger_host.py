@@ -81,8 +81,12 @@ class TriggerTypeHost:
             # Let through, a KeyboardInterrupt or SystemExit from the handler ended the client's loop thread.
             log.exception("Error registering trigger %s", trigger_id)
             return {"code": "trigger_registration_failed", "message": describe_base_exception(exc)}
-        if self._handlers.get(type_id) is handler:
-            self._bound.setdefault(type_id, {})[trigger_id] = trigger
+        if self._handlers.get(type_id) is not handler:
+            # the type was let go while the handler bound it: release() saw nothing to unbind, and the engine's
+            # unregistertrigger skips a type no longer owned here, so the binding would stay for good
+            await _unbind(handler, trigger)
+            return {"code": "trigger_type_not_found", "message": "Trigger type released while registering"}
+        self._bound.setdefault(type_id, {})[trigger_id] = trigger
         return None
 
     async def unregister(self, type_id: str, trigger_id: str, function_id: str, config: Any) -> None:
