@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
@@ -25,7 +26,8 @@ from iii.iii_types import TriggerInfo
 
 from ...channels import ChannelRelay, TooManyChannels
 from ...config import EngineConfig
-from ...registry import Registry
+from ...limits import CalleeCall, FiredCalls
+from ...registry import Registry, TriggerEntry
 from ...workers import WorkerConnection
 from ..base import (
     BuiltinFunction,
@@ -55,6 +57,10 @@ class EngineCore(EngineServices, Protocol):
     registry: Registry
     workers: dict[str, WorkerConnection]
     channels: ChannelRelay
+
+    @property
+    def fired_calls(self) -> FiredCalls:
+        """The engine's bound on trigger-fired calls, with each callee's share (:meth:`FiredCalls.to_callee`)."""
 
     def add_functions_listener(self, listener: Callable[[], None]) -> None:
         """Be told when the function id set may have changed."""
@@ -135,6 +141,8 @@ def _schema(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[
 
 
 _OWED_RETRY_S = 1.0
+# the errors a push ends with that are the engine's, not an answer of the listener's: it did not get the set
+_UNANSWERED = frozenset({"invocation_timeout", "invocation_stopped", "channel_send_failed", "function_not_found"})
 _NULLABLE_STR = {"type": ["string", "null"]}
 _INCLUDE_INTERNAL = {"include_internal": {"type": ["boolean", "null"]}}
 _FUNCTION_INFO = {"type": "object", "properties": {
@@ -154,6 +162,15 @@ _CHANNEL_REF = {"type": "object", "properties": {
     "channel_id": {"type": "string"}, "access_key": {"type": "string"},
     "direction": {"type": "string", "enum": ["read", "write"]}},
     "required": ["channel_id", "access_key", "direction"]}
+
+
+@dataclass(eq=False)
+class _Push:
+    """A functions-available push in flight: the trigger registration it went to and what it holds of
+    ``max_fired_calls`` (and of its callee's share)."""
+
+    trigger: TriggerEntry
+    held: CalleeCall | FiredSlots
 
 
 class _NoopTriggerType:
@@ -183,14 +200,21 @@ class WorkerModule(EngineModule):
         self._snapshot: list[str] | None = None
         self._check: asyncio.TimerHandle | None = None
         self.debounce_s = services.config.functions_available_debounce_ms / 1000
-        # functions-available triggers not yet sent the current function set: their push is still in flight (sent
-        # when it ends) or was skipped (max_fired_calls full: retried every _OWED_RETRY_S)
+        # functions-available triggers (by id) whose current registration was not yet sent the current function set:
+        # its push is still in flight (sent when it ends), was skipped (max_fired_calls or its callee's share full)
+        # or ended unanswered (timed out, never sent, its worker gone): retried every _OWED_RETRY_S
         self._owed: set[str] = set()
-        # the one push in flight per functions-available trigger: a subscriber that reads or answers slowly held
-        # one full-list frame per change before (1 MB each at 2,000 functions, without a byte bound)
-        self._pushing: dict[str, asyncio.Task[None]] = {}
-        self._payload: dict[str, Any] | None = None  # the current set's push, built once for every subscriber
-        self._retrying = False  # _check is the retry of skipped pushes, not a change's debounce
+        # the latest push per functions-available trigger id, with the registration it went to: one in flight per
+        # registration, as a subscriber that reads or answers slowly held one full-list frame per change before (1 MB
+        # each at 2,000 functions, without a byte bound). By registration, not id: a trigger id another worker took
+        # over (E12), or registered again, waited for the old registration's push, which may never be answered.
+        self._pushing: dict[str, _Push] = {}
+        self._pushes: dict[asyncio.Task[bool], _Push] = {}  # every push in flight, the replaced ones' too (stop)
+        # the current set's push, built once for every subscriber when the set is taken as _snapshot: built later
+        # from the live registry, a push could carry a set the debounce never compared against (F-B: a function
+        # registered and unregistered around an answer was left listed for good)
+        self._payload: dict[str, Any] | None = None
+        self._retrying = False  # _check is the retry of owed pushes, not a change's debounce
 
     async def start(self) -> None:
         """Register the built-ins and trigger types."""
@@ -237,7 +261,7 @@ class WorkerModule(EngineModule):
         if self._check is not None:
             self._check.cancel()
             self._check = None
-        pushes = list(self._pushing.values())
+        pushes = list(self._pushes)
         for task in pushes:
             task.cancel()
         await asyncio.gather(*pushes, return_exceptions=True)
@@ -259,18 +283,25 @@ class WorkerModule(EngineModule):
         triggers = self.core.registry.triggers_of_type(FUNCTIONS_AVAILABLE)
         if current != self._snapshot:
             self._snapshot = current
-            self._payload = None
             self._owed = {trigger.id for trigger in triggers}
+            # copies: the payload goes to whatever function the trigger names, which may keep or change it; a
+            # copy of every function's info, so only made when somebody is told
+            self._payload = {"event": "functions_changed",
+                             "functions": _private(self.core.registry.function_infos(True))} if triggers else None
         else:  # a retry: only those that missed this set and are still there
             self._owed = {trigger.id for trigger in triggers if trigger.id in self._owed}
         skipped = False
         for trigger in triggers:
-            if trigger.id not in self._owed or trigger.id in self._pushing:  # one in flight is told when it ends
+            if trigger.id not in self._owed or self._in_flight_to(trigger):  # one in flight is told when it ends
                 continue
-            if not self._push(trigger.id, trigger.function_id):
+            if not self._push(trigger):
                 skipped = True
         if skipped:
             self._retry_later()
+
+    def _in_flight_to(self, trigger: TriggerEntry) -> bool:
+        push = self._pushing.get(trigger.id)
+        return push is not None and push.trigger is trigger
 
     def _retry_later(self) -> None:
         # the set is a state, not an event: a listener that missed it would hold a stale one until the next
@@ -280,51 +311,75 @@ class WorkerModule(EngineModule):
             self._check = asyncio.get_running_loop().call_later(max(self.debounce_s, _OWED_RETRY_S),
                                                                 self._fire_functions_available)
 
-    def _push(self, trigger_id: str, function_id: str) -> bool:
-        """Send the current function set to a trigger's function, holding a ``max_fired_calls`` slot as a fired
-        call does; ``False`` when none is free (skipped: counted, logged, still owed)."""
+    def _push(self, trigger: TriggerEntry) -> bool:
+        """Send the current function set to a trigger's function, holding a ``max_fired_calls`` slot and one of its
+        callee worker's ``max_fired_calls_per_worker`` as a fired call does; ``False`` when either is full (skipped:
+        counted, logged, still owed)."""
+        function_id = trigger.function_id
         if not self.core.has_function(function_id):
             # nobody to tell (its registration is a change, told then): fire() makes no call, counts it and logs
             # it rate-limited, as for every trigger-fired call of a function nobody serves
             if not self.core.fire(function_id, None):
                 return False
-            self._owed.discard(trigger_id)
+            self._owed.discard(trigger.id)
             return True
-        slots = self.core.fired_calls.try_take()
-        if slots is None:
-            self.core.fired_calls.skip(f"call of {function_id}")
+        fired = self.core.fired_calls
+        slot = fired.try_take()
+        if slot is None:
+            fired.skip(f"call of {function_id}")
             return False
-        if self._payload is None:
-            # copies: the payload goes to whatever function the trigger names, which may keep or change it
-            self._payload = {"event": "functions_changed",
-                             "functions": _private(self.core.registry.function_infos(True))}
-        self._owed.discard(trigger_id)
+        held: CalleeCall | FiredSlots = slot
+        entry = self.core.registry.functions.get(function_id)
+        if entry is not None and entry.builtin is None:
+            # a worker's function: before, one hung worker with 40 triggers held all 40 slots of max_fired_calls 40
+            call = fired.to_callee(slot, entry.owner or "", function_id)
+            if call is None:  # the slot is back, the call counted and logged as skipped
+                return False
+            held = call
+        # set with the snapshot whenever anything is owed, which is the only way here
+        assert self._payload is not None
+        self._owed.discard(trigger.id)
+        push = _Push(trigger, held)
         task = asyncio.get_running_loop().create_task(self._deliver(function_id, self._payload))
-        self._pushing[trigger_id] = task
-        task.add_done_callback(lambda done: self._pushed(trigger_id, done, slots))
+        self._pushing[trigger.id] = self._pushes[task] = push
+        task.add_done_callback(self._pushed)
         return True
 
-    async def _deliver(self, function_id: str, payload: dict[str, Any]) -> None:
+    async def _deliver(self, function_id: str, payload: dict[str, Any]) -> bool:
+        """Whether the listener answered (a result or an error of its own), as opposed to a push that ended
+        without an answer: not sent, timed out, its worker gone (to be sent again)."""
         try:
             await self.core.invoke(function_id, payload)
         except EngineError as exc:
-            log.info("functions-available call of %s failed: %s: %s", function_id, exc.code, exc.message)
+            answered = exc.code not in _UNANSWERED
+            log.info("functions-available call of %s failed: %s: %s%s", function_id, exc.code, exc.message,
+                     "" if answered else "; sent again within a second")
+            return answered
+        except Exception as exc:  # anything else is ours, not the listener's: it is still owed the set
+            log.warning("functions-available call of %s not made: %s: %s", function_id, type(exc).__name__, exc)
+            return False
+        return True
 
-    def _pushed(self, trigger_id: str, task: asyncio.Task[None], slots: FiredSlots) -> None:
-        """A push ended: the set it missed meanwhile goes out now, once, whatever number of changes it missed."""
-        slots.release()  # here, not in the task: one cancelled before it ran has no finally
-        if self._pushing.get(trigger_id) is task:
-            del self._pushing[trigger_id]
-        if task.cancelled() or trigger_id not in self._owed:
-            if not self._pushing and not self._owed:
-                self._payload = None  # a copy of every function's info: not kept between changes
-            return
-        for trigger in self.core.registry.triggers_of_type(FUNCTIONS_AVAILABLE):
-            if trigger.id == trigger_id:
-                if not self._push(trigger.id, trigger.function_id):
-                    self._retry_later()
-                return
-        self._owed.discard(trigger_id)  # unregistered meanwhile
+    def _pushed(self, task: asyncio.Task[bool]) -> None:
+        """A push ended: the set it missed meanwhile goes out now, once, whatever number of changes it missed; one
+        that ended unanswered is owed, and retried within a second (not at once: a listener whose calls fail at
+        once must not make a loop of them)."""
+        push = self._pushes.pop(task)
+        push.held.release()  # here, not in the task: one cancelled before it ran has no finally
+        trigger = push.trigger
+        if self._pushing.get(trigger.id) is push:
+            del self._pushing[trigger.id]
+        if not task.cancelled():
+            current = self.core.registry.triggers.get(trigger.id)
+            if current is None or current.trigger_type != FUNCTIONS_AVAILABLE:
+                self._owed.discard(trigger.id)  # unregistered meanwhile
+            elif not task.result() and current is trigger:
+                self._owed.add(trigger.id)
+                self._retry_later()
+            elif trigger.id in self._owed and not self._in_flight_to(current) and not self._push(current):
+                self._retry_later()
+        if not self._pushes and not self._owed:
+            self._payload = None  # a copy of every function's info: not kept between changes
 
     def _worker_event(self, event: str, worker_id: str) -> None:
         for trigger in self.core.registry.triggers_of_type(WORKERS_AVAILABLE):

@@ -142,3 +142,125 @@ async def test_a_trigger_of_a_function_nobody_serves_is_counted_not_logged_per_c
     await until(lambda: not counters_left(engine))
     for worker in (registrant, witness, other):
         await worker.close()
+
+
+def _trigger(name: str, function_id: str) -> dict[str, Any]:
+    return {"type": "registertrigger", "id": name, "trigger_type": "engine::functions-available",
+            "function_id": function_id, "config": {}}
+
+
+async def test_pushes_to_one_worker_hold_its_max_fired_calls_per_worker_share_and_the_rest_follow() -> None:
+    """Attack fired F-A: before, a worker that never answered, with 8 triggers, held 8 of max_fired_calls 8 (share
+    4): busiest_callee 0, skipped_callee_share 0, and every other worker's fired calls were skipped."""
+    config = EngineConfig(host="127.0.0.1", port=0, modules=[], functions_available_debounce_ms=20,
+                          max_fired_calls=8, max_fired_calls_per_worker=4)
+    async with Engine(config=config) as engine:
+        hung = await RawWorker.connect(engine.url)
+        for i in range(8):
+            await hung.send(_trigger(f"fa{i}", "h::fa"))
+        await hung.register("h::fa")  # the change: every trigger is owed the list
+        first = [await hung.expect("invokefunction", function_id="h::fa") for _ in range(4)]
+        fired = engine.fired_calls
+        await until(lambda: fired.in_flight + fired.skipped_callee_share == 8)  # every trigger: sent or skipped
+        stats = fired.stats()
+        assert (stats["in_flight"], stats["busiest_callee"], stats["skipped_callee_share"]) == (4, 4, 4), stats
+        for push in first:
+            await _answer(hung, push)
+        # the 4 skipped are still owed: sent by the next retry (within a second)
+        rest = [await hung.expect("invokefunction", function_id="h::fa") for _ in range(4)]
+        for push in rest:
+            assert "h::fa" in _ids(push)
+            await _answer(hung, push)
+        await until(lambda: not counters_left(engine))
+        await hung.nothing_for(1.3)  # every trigger has the list: no retry sends it again
+        await hung.close()
+
+
+async def test_the_listeners_last_list_is_the_one_the_engine_settled_on() -> None:
+    """Attack fired F-B: a push made when an unanswered one ends carried the live registry (with x::f, registered
+    and unregistered within one debounce window) while the debounce compared against its snapshot (without): the
+    listener kept a list with x::f, the engine had none, until some later change."""
+    config = EngineConfig(host="127.0.0.1", port=0, modules=[], functions_available_debounce_ms=300)
+    async with Engine(config=config) as engine:
+        slow, first = await _subscribe(engine, "slow")  # the only listener: nobody takes the set at the debounce
+        module = engine.module("worker")
+        assert isinstance(module, WorkerModule)
+        other = await RawWorker.connect(engine.url)
+        await other.register("x::g")
+        await until(lambda: "x::g" in (module._snapshot or ()))  # slow is owed the set with x::g, unanswered
+        await other.register("x::f")
+        await other.sync()
+        await _answer(slow, first)  # well inside the 300 ms before the debounce takes x::f
+        second = await slow.expect("invokefunction")
+        await _answer(slow, second)
+        await other.send({"type": "unregisterfunction", "id": "x::f"})
+        await other.sync()
+        await until(lambda: module._check is None)  # the debounce ran: the set is as it was, nothing to tell
+        last = second
+        while slow.backlog or await _frame_within(slow, 0.3):
+            last = await slow.expect("invokefunction")
+            await _answer(slow, last)
+        listing = await other.result_of("engine::functions::list", {"include_internal": True})
+        listed = {f["function_id"] for f in listing["functions"]}
+        assert _ids(last) == listed, _ids(last) ^ listed
+        for worker in (slow, other):
+            await worker.close()
+
+
+async def _frame_within(worker: RawWorker, seconds: float) -> bool:
+    """Whether a frame arrives within ``seconds`` (kept in the backlog)."""
+    try:
+        worker.backlog.append(await worker.recv(seconds))
+    except TimeoutError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("taker", ["another worker (E12)", "the same worker again"])
+async def test_a_trigger_registered_again_is_not_held_by_the_old_registrations_unanswered_push(
+        engine: Engine, taker: str) -> None:
+    """Attack fired F-C: before, the one push in flight was per trigger id: across 5 changes the worker that took
+    over the trigger got 0 pushes while the first registration's push stayed unanswered."""
+    hung, _ = await _subscribe(engine, "fa")  # never answered
+    new = await RawWorker.connect(engine.url) if taker.startswith("another") else hung
+    await new.register("fa::again")
+    await new.send(_trigger("fa", "fa::again"))
+    await new.sync()
+    other = await RawWorker.connect(engine.url)
+    await other.register("x::n")
+    push = await new.expect("invokefunction", function_id="fa::again")
+    assert "x::n" in _ids(push)
+    await _answer(new, push)
+    for worker in {hung, new, other}:
+        await worker.close()
+
+
+async def test_a_push_that_timed_out_unsent_is_sent_again(caplog: pytest.LogCaptureFixture) -> None:
+    """Attack fired F-D: a push that waited for room in a listener's full queue until invocation_timeout_ms ended
+    it was never sent again: once the listener read again it had its first list only, without x::new."""
+    caplog.set_level(logging.INFO)
+    config = EngineConfig(host="127.0.0.1", port=0, modules=[{"class": "modules::pubsub::PubSubModule"}],
+                          functions_available_debounce_ms=20, invocation_timeout_ms=500)
+    async with Engine(config=config) as engine:
+        listener, first = await _subscribe(engine, "s")
+        await _answer(listener, first)
+        await listener.register("s::sub")
+        await listener.send({"type": "registertrigger", "id": "sub", "trigger_type": "subscribe",
+                             "function_id": "s::sub", "config": {"topic": "t"}})
+        await _answer(listener, await listener.expect("invokefunction", function_id="s::on"))  # s::sub's change
+        await listener.sync()
+        listener.ws.transport.pause_reading()
+        publisher = await RawWorker.connect(engine.url)
+        for _ in range(200):  # deliveries fill the listener's queue: its next push waits for room
+            await publisher.send({"type": "invokefunction", "function_id": "publish",
+                                  "data": {"topic": "t", "data": "x" * 100_000}, "action": {"type": "void"}})
+        await until(engine.workers[listener.worker_id].outbox.must_wait)
+        other = await RawWorker.connect(engine.url)
+        await other.register("x::new")
+        await until(lambda: "functions-available call of s::on failed: invocation_timeout" in caplog.text)
+        listener.ws.transport.resume_reading()
+        push = await listener.expect("invokefunction", wait=10, function_id="s::on")
+        assert "x::new" in _ids(push)
+        await _answer(listener, push)
+        for worker in (listener, publisher, other):
+            await worker.close()
