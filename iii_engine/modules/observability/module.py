@@ -44,13 +44,14 @@ from .otlp import (
     spans_from_otlp,
 )
 from .queries import (
-    Encoded,
+    METRICS_ORDER,
+    Paging,
     aggregate,
     answer_json,
     encode_entries,
     encode_tree,
     logs_query,
-    paging,
+    page_of,
     percentile,
     select,
     trace_tree,
@@ -161,15 +162,6 @@ class ObservabilityCore(EngineServices, Protocol):
     bounds a query's answer)."""
 
     config: EngineConfig
-
-
-def _paged(offset: int, listed: int, total: int, encoded: Encoded) -> dict[str, Any]:
-    """The paging fields of a list answer: ``next_offset`` (where the entries not in this answer start, null when
-    none are left), ``truncated`` (entries of the page left out for the byte bound) and ``oversized`` (entries left
-    out because each alone is larger than the bound)."""
-    after = offset + (listed if encoded.next_index is None else encoded.next_index)
-    return {"next_offset": after if after < total else None, "truncated": encoded.truncated,
-            "oversized": encoded.oversized}
 
 
 @dataclass
@@ -548,13 +540,11 @@ class OtelModule(EngineModule):
 
     async def _logs_list(self, data: Any, ctx: InvocationContext) -> EncodedResult:
         query = logs_query(_object(data, "engine::logs::list"))
-        picked = await select(self.logs.entries(), query.keep)
-        picked.reverse()
-        page = await query.page_async(picked)
+        page = await page_of(self.logs.snapshot(), query.keep, query)
         echo = dumps(query.echo)
-        encoded = await encode_entries(page, self._budget(ctx, echo))
-        return answer_json({"logs": EncodedResult(encoded.json), "total": len(picked), "query": EncodedResult(echo),
-                            **_paged(query.offset, len(page), len(picked), encoded), "timestamp": _now_ms()})
+        encoded = await encode_entries(page.entries, self._budget(ctx, echo))
+        return answer_json({"logs": EncodedResult(encoded.json), "total": page.total, "query": EncodedResult(echo),
+                            **page.fields(encoded), "timestamp": _now_ms()})
 
     async def _logs_clear(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
         self.logs.clear()
@@ -566,13 +556,13 @@ class OtelModule(EngineModule):
         return self.spans
 
     async def _traces_list(self, data: Any, ctx: InvocationContext) -> EncodedResult:
-        spans = self._span_store().entries()
-        query = traces_query(spans, _object(data, "engine::traces::list"))
-        roots = await select(spans, query.keep)
-        page = await query.page_async(roots)
-        encoded = await encode_entries(page, self._budget(ctx))
-        return answer_json({"spans": EncodedResult(encoded.json), "total": len(roots), "offset": query.offset,
-                            "limit": query.limit, **_paged(query.offset, len(page), len(roots), encoded)})
+        snapshot = self._span_store().snapshot()
+        query = traces_query(snapshot.entries, _object(data, "engine::traces::list"))
+        page = await page_of(snapshot, query.keep, query)
+        encoded = await encode_entries(page.entries, self._budget(ctx))
+        # offset: where this page starts now (after a cursor as well)
+        return answer_json({"spans": EncodedResult(encoded.json), "total": page.total, "offset": page.start,
+                            "limit": query.limit, **page.fields(encoded)})
 
     async def _traces_tree(self, data: Any, ctx: InvocationContext) -> EncodedResult:
         trace_id = _object(data, "engine::traces::tree").get("trace_id")
@@ -608,15 +598,17 @@ class OtelModule(EngineModule):
             raise EngineError("deserialization_error",
                               "Failed to deserialize input for engine::metrics::list: aggregate_interval must be a "
                               "number >= 0")
-        offset, limit = paging(data, "engine::metrics::list")
-        entries = self.metrics.entries()
-        if start is not None and end is not None:
-            low, high = start * 1_000_000, end * 1_000_000
-            in_range = await select(entries, lambda e: low <= e["timestamp_unix_nano"] <= high)
-            sdk = in_range if name is None else [e for e in in_range if e["name"] == name]
-        else:
-            in_range = entries
-            sdk = entries if name is None else await select(entries, lambda e: e["name"] == name)
+        where = Paging.parse(data, "engine::metrics::list", METRICS_ORDER)
+        snapshot = self.metrics.snapshot()
+        low, high = (start * 1_000_000, end * 1_000_000) if start is not None and end is not None else (None, None)
+
+        def in_window(e: dict[str, Any]) -> bool:
+            return low is None or high is None or low <= e["timestamp_unix_nano"] <= high
+
+        def keep(e: dict[str, Any]) -> bool:
+            return in_window(e) and (name is None or e["name"] == name)
+
+        page = await page_of(snapshot, keep, where)
         fixed: dict[str, Any] = {"engine_metrics": EncodedResult(dumps({
             "invocations": self.counters.as_dict(), "workers": {"spawns": 0, "deaths": 0, "active": 0},
             "performance": self._performance(), **{name: bound["details"] for name, bound in self._bounds().items()}}))}
@@ -625,19 +617,19 @@ class OtelModule(EngineModule):
                                                   "aggregate_interval": interval, "metric_name": name}))
         budget = self._budget(ctx, *(value.json for value in fixed.values()))
         # The aggregates first: they cannot be paged, the entries can (next_offset).
-        aggregated = aggregate(in_range, float(interval)) if interval and start is not None and end is not None else []
+        aggregated = (aggregate(await select(snapshot.entries, in_window), interval)
+                      if interval and low is not None else [])
         buckets = await encode_entries(aggregated, budget)
-        page = sdk[offset:offset + limit]
-        encoded = await encode_entries(page, budget - buckets.size)
+        encoded = await encode_entries(page.entries, budget - buckets.size)
         out: dict[str, Any] = {"engine_metrics": fixed["engine_metrics"], "sdk_metrics": EncodedResult(encoded.json)}
         if aggregated:
             out["aggregated_metrics"] = EncodedResult(buckets.json)
         if "query" in fixed:
             out["query"] = fixed["query"]
-        paged = _paged(offset, len(page), len(sdk), encoded)
+        paged = page.fields(encoded)
         paged["truncated"] = encoded.truncated or buckets.truncated
         paged["oversized"] = encoded.oversized + buckets.oversized
-        out.update(total=len(sdk), **paged, timestamp=_now_ms())
+        out.update(total=page.total, **paged, timestamp=_now_ms())
         return answer_json(out)
 
     async def _rollups_list(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:

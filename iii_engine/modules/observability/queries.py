@@ -4,7 +4,9 @@ pauses for the event loop); times in inputs are epoch milliseconds, stored times
 
 A list answer holds at most ``limit`` entries (:data:`DEFAULT_LIMIT` when not given, never more than
 :data:`MAX_LIMIT`) and at most a byte budget of JSON (:func:`encode_entries`: the engine's ``max_message_size``):
-past it the answer holds fewer entries, says ``truncated: true`` and where the next page starts (``next_offset``).
+past it the answer holds fewer entries, says ``truncated: true`` and where the next page starts: ``next_offset``, a
+position that shifts as entries come and go, and ``next_cursor`` (:class:`Cursor`: the sort key and ingest number of
+the last entry passed), which does not.
 
 Example:
     >>> logs = [{"timestamp_unix_nano": 1, "severity_number": 9, "severity_text": "INFO", "trace_id": None,
@@ -18,11 +20,13 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import math
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from itertools import islice
+from itertools import compress, islice
 from operator import itemgetter
 from typing import Any, TypeVar
 
@@ -30,11 +34,12 @@ from iii.wire import dumps
 
 from ...workers import frame_bytes
 from ..base import EncodedResult, EngineError
+from .stores import Snapshot
 
-__all__ = ["DEFAULT_LIMIT", "MAX_ATTRIBUTE_FILTERS", "MAX_LIMIT", "TRACES_DEFAULT_LIMIT", "Encoded", "LogsQuery",
-           "TracesQuery", "aggregate", "answer_json", "encode_entries", "encode_tree", "list_logs", "list_traces",
-           "logs_query", "mean", "paging", "percentile", "select", "sorted_page", "total", "trace_tree",
-           "traces_query"]
+__all__ = ["DEFAULT_LIMIT", "LOGS_ORDER", "MAX_ATTRIBUTE_FILTERS", "MAX_LIMIT", "METRICS_ORDER", "TRACES_DEFAULT_LIMIT",
+           "Cursor", "Encoded", "LogsQuery", "Order", "Page", "Paging", "TracesQuery", "aggregate", "answer_json",
+           "encode_entries", "encode_tree", "list_logs", "list_traces", "logs_query", "mean", "page_of", "paging",
+           "percentile", "select", "select_indices", "sorted_page", "total", "trace_tree", "traces_query"]
 
 _T = TypeVar("_T")
 _MS = 1_000_000
@@ -47,12 +52,17 @@ TRACES_DEFAULT_LIMIT = 100
 #: The largest ``limit`` honoured (a larger one is taken as this): the whole of a 10,000,000-entry store is never one
 #: answer.
 MAX_LIMIT = 10_000
+# The widest aggregate bucket, in seconds: 2**63 ns.
+_MAX_INTERVAL_S = 2.0**63 / 1e9
 # Values are summed this much smaller when their sum passes the largest double on the way (exact: a power of two).
 _SCALE = 2.0**-64
 # Entries filtered, and bytes encoded, between two pauses for the event loop: one query over a large store held the
 # engine's loop (and every other worker's calls) for 300-500 ms.
 _CHUNK = 2048
 _SLICE_BYTES = 256 * 1024
+# A cursor's ingest number and integer key.
+_SEQ = re.compile(r"[0-9]{1,20}")
+_INT = re.compile(r"-?[0-9]{1,40}")
 
 
 def _field(data: dict[str, Any], key: str, kinds: tuple[type, ...], function_id: str) -> Any:
@@ -77,14 +87,21 @@ def paging(data: dict[str, Any], function_id: str, default_limit: int = DEFAULT_
     return offset or 0, min(MAX_LIMIT, default_limit if limit is None else limit)
 
 
-async def select(entries: Sequence[_T], keep: Callable[[_T], bool]) -> list[_T]:
-    """The entries ``keep`` keeps, in order, filtered a chunk at a time with a pause for the event loop between."""
-    out: list[_T] = []
+async def select_indices(entries: Sequence[_T], keep: Callable[[_T], bool]) -> list[int]:
+    """The indices of the entries ``keep`` keeps, ascending, filtered a chunk at a time with a pause for the event
+    loop between."""
+    out: list[int] = []
     for start in range(0, len(entries), _CHUNK):
         if start:
             await asyncio.sleep(0)
-        out.extend(filter(keep, entries[start:start + _CHUNK]))
+        chunk = entries[start:start + _CHUNK]
+        out.extend(compress(range(start, start + len(chunk)), map(keep, chunk)))
     return out
+
+
+async def select(entries: Sequence[_T], keep: Callable[[_T], bool]) -> list[_T]:
+    """The entries ``keep`` keeps, in order (:func:`select_indices`)."""
+    return [entries[i] for i in await select_indices(entries, keep)]
 
 
 async def sorted_page(items: list[_T], key: Callable[[_T], Any], descending: bool, offset: int,
@@ -115,36 +132,183 @@ async def sorted_page(items: list[_T], key: Callable[[_T], Any], descending: boo
     return out[offset:]
 
 
+@dataclass(frozen=True)
+class Cursor:
+    """Where a page ended in a list's order: the sort key (``None`` when the order is the ingest order) and the
+    ingest sequence number (:class:`~.stores.Snapshot`) of the last entry passed."""
+
+    key: Any
+    seq: int
+
+
+@dataclass(frozen=True)
+class Order:
+    """A list's order: by ``key`` (``None``: the ingest order alone), descending or not; entries of one key keep
+    the ingest order, the newest first when ``ties_newest_first``. ``name`` tags the cursors given in this order:
+    a cursor is ``<name>:<seq>:<key>`` (``key_type`` reads the key back), opaque to clients.
+
+    Example:
+        >>> order = Order("logs", itemgetter("t"), int, True, True)
+        >>> text = order.text(order.cursor({"t": 5}, 12))
+        >>> text, order.parse(text, "f")
+        ('logs:12:5', Cursor(key=5, seq=12))
+    """
+
+    name: str
+    key: Callable[[dict[str, Any]], Any] | None
+    key_type: type | None
+    descending: bool
+    ties_newest_first: bool
+
+    def cursor(self, entry: dict[str, Any], seq: int) -> Cursor:
+        """The cursor just after ``entry`` (ingest number ``seq``)."""
+        return Cursor(None if self.key is None else self.key(entry), seq)
+
+    def text(self, cursor: Cursor) -> str:
+        """``cursor`` as a ``next_cursor``."""
+        key = "" if cursor.key is None else repr(cursor.key) if isinstance(cursor.key, float) else str(cursor.key)
+        return f"{self.name}:{cursor.seq}:{key}"
+
+    def parse(self, text: str, function_id: str) -> Cursor:
+        """The cursor a ``next_cursor`` of this list in this order names; ``deserialization_error`` for any other
+        text (one of another list or order would skip or repeat entries)."""
+        name, _, rest = text.partition(":")
+        seq, _, key = rest.partition(":")
+        if name != self.name or not _SEQ.fullmatch(seq):
+            raise EngineError("deserialization_error",
+                              f"Failed to deserialize input for {function_id}: cursor is not a next_cursor this list "
+                              f"gave in this order ({self.name})")
+        if self.key_type is None and key == "":
+            return Cursor(None, int(seq))
+        if self.key_type is int and _INT.fullmatch(key):
+            return Cursor(int(key), int(seq))
+        if self.key_type is float:
+            with contextlib.suppress(ValueError):
+                number = float(key)
+                if math.isfinite(number):
+                    return Cursor(number, int(seq))
+        if self.key_type is str:
+            return Cursor(key, int(seq))
+        raise EngineError("deserialization_error",
+                          f"Failed to deserialize input for {function_id}: cursor holds no {self.name} sort key")
+
+
 @dataclass
-class _Paging:
-    """What a list request's page is: the entries' order (``key``, ``descending``) and where the page is."""
+class Paging:
+    """What a list request's page is: the entries' :class:`Order` and where the page starts (``offset`` into the
+    entries matching now, or after ``cursor``)."""
 
     offset: int
     limit: int
-    key: Callable[[dict[str, Any]], Any]
-    descending: bool
+    order: Order
+    cursor: Cursor | None
 
-    def page(self, kept: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The page among the ``kept`` entries (sorted in place, at once: :func:`sorted_page` pauses)."""
-        kept.sort(key=self.key, reverse=self.descending)
-        return kept[self.offset:self.offset + self.limit]
-
-    async def page_async(self, kept: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """:meth:`page` with pauses for the event loop."""
-        return await sorted_page(kept, self.key, self.descending, self.offset, self.limit)
+    @classmethod
+    def parse(cls, data: dict[str, Any], function_id: str, order: Order,
+              default_limit: int = DEFAULT_LIMIT) -> Paging:
+        """``offset``, ``limit`` (:func:`paging`) and ``cursor`` (a ``next_cursor``, not with ``offset``)."""
+        offset, limit = paging(data, function_id, default_limit)
+        text = _field(data, "cursor", (str,), function_id)
+        if text is not None and data.get("offset") is not None:
+            raise EngineError("deserialization_error",
+                              f"Failed to deserialize input for {function_id}: give cursor or offset, not both")
+        return cls(offset, limit, order, None if text is None else order.parse(text, function_id))
 
 
 @dataclass
-class LogsQuery(_Paging):
-    """A parsed ``engine::logs::list`` request: :attr:`keep` is its filter; entries newest first (reverse the
-    entries kept, oldest first, before paging: of entries of one time, the latest to arrive comes first)."""
+class Page:
+    """A list answer's entries (their ingest numbers in :attr:`seqs`), where they start among the :attr:`total`
+    entries matching now and the cursor just before them."""
+
+    order: Order
+    entries: list[dict[str, Any]]
+    seqs: list[int]
+    start: int
+    total: int
+    before: Cursor | None
+
+    def fields(self, encoded: Encoded) -> dict[str, Any]:
+        """The paging fields of the answer holding ``encoded`` (of :attr:`entries`): ``next_offset`` and
+        ``next_cursor`` (where the entries not in it start, null when none are left; the cursor stays exact while
+        the store changes, the offset does not), ``truncated`` (entries of the page left out for the byte bound),
+        ``oversized`` (entries left out because each alone is larger than the bound: passed, so paging never sticks
+        on one)."""
+        passed = len(self.entries) if encoded.next_index is None else encoded.next_index
+        more = self.start + passed < self.total
+        last = self.order.cursor(self.entries[passed - 1], self.seqs[passed - 1]) if passed else self.before
+        return {"next_offset": self.start + passed if more else None,
+                "next_cursor": self.order.text(last) if more and last is not None else None,
+                "truncated": encoded.truncated, "oversized": encoded.oversized}
+
+
+async def page_of(snapshot: Snapshot, keep: Callable[[dict[str, Any]], bool], paging: Paging) -> Page:
+    """The page ``paging`` names among the entries of ``snapshot`` that ``keep`` keeps, in its order, with pauses
+    for the event loop. After a cursor, the page is the entries past it in the order (its key, then its ingest
+    number): none still stored is skipped or repeated however many entries came or went since the cursor's page.
+
+    Example:
+        >>> import asyncio
+        >>> from .stores import Snapshot
+        >>> order = Order("x", itemgetter("t"), int, True, True)
+        >>> snap = Snapshot([{"t": 1}, {"t": 3}, {"t": 3}, {"t": 2}], first_seq=10)
+        >>> page = asyncio.run(page_of(snap, lambda e: True, Paging(0, 2, order, None)))
+        >>> page.seqs, page.fields(Encoded("", 2, 0))["next_cursor"]
+        ([12, 11], 'x:11:3')
+        >>> asyncio.run(page_of(snap, lambda e: True, Paging(0, 5, order, Cursor(3, 11)))).seqs
+        [13, 10]
+    """
+    entries, first, order = snapshot.entries, snapshot.first_seq, paging.order
+    matched = await select_indices(entries, keep)
+    if order.ties_newest_first:
+        matched.reverse()  # a stable sort keeps it for entries of one key
+    key = order.key
+    index_key = None if key is None else lambda i: key(entries[i])
+
+    async def sort(indices: list[int], offset: int, limit: int) -> list[int]:
+        if index_key is None:  # already in the order
+            return indices[offset:offset + limit]
+        return await sorted_page(indices, index_key, order.descending, offset, limit)
+
+    before = paging.cursor
+    if before is not None:
+        mark = before
+
+        def past(i: int) -> bool:
+            if index_key is not None:
+                value = index_key(i)
+                if value != mark.key:
+                    return bool(value < mark.key if order.descending else value > mark.key)
+            return first + i < mark.seq if order.ties_newest_first else first + i > mark.seq
+
+        rest = await select(matched, past)
+        start = len(matched) - len(rest)
+        index = await sort(rest, 0, paging.limit)
+    else:
+        start = paging.offset
+        # with the entry just before the page: an empty page's cursor is after it
+        index = await sort(matched, start - 1, paging.limit + 1) if start else await sort(matched, 0, paging.limit)
+        if start and index:
+            before = order.cursor(entries[index[0]], first + index[0])
+            index = index[1:]
+    return Page(order, [entries[i] for i in index], [first + i for i in index], start, len(matched), before)
+
+
+#: ``engine::logs::list``: newest first; of entries of one time, the latest to arrive first.
+LOGS_ORDER = Order("logs", itemgetter("timestamp_unix_nano"), int, descending=True, ties_newest_first=True)
+#: ``engine::metrics::list``'s ``sdk_metrics``: oldest ingestion first.
+METRICS_ORDER = Order("metrics", None, None, descending=False, ties_newest_first=False)
+
+
+@dataclass
+class LogsQuery(Paging):
+    """A parsed ``engine::logs::list`` request: :attr:`keep` is its filter (:data:`LOGS_ORDER`)."""
 
     keep: Callable[[dict[str, Any]], bool]
     echo: dict[str, Any]
 
 
 def logs_query(data: dict[str, Any]) -> LogsQuery:
-    """Parse an ``engine::logs::list`` request (ids, severity, time filters; ``offset``, ``limit``)."""
+    """Parse an ``engine::logs::list`` request (ids, severity, time filters; ``offset`` or ``cursor``, ``limit``)."""
     fid = "engine::logs::list"
     trace_id = _field(data, "trace_id", (str,), fid)
     span_id = _field(data, "span_id", (str,), fid)
@@ -152,7 +316,7 @@ def logs_query(data: dict[str, Any]) -> LogsQuery:
     severity_text = _field(data, "severity_text", (str,), fid)
     start = _field(data, "start_time", (int, float), fid)
     end = _field(data, "end_time", (int, float), fid)
-    offset, limit = paging(data, fid)
+    where = Paging.parse(data, fid, LOGS_ORDER)
 
     def keep(e: dict[str, Any]) -> bool:
         return ((trace_id is None or e["trace_id"] == trace_id)
@@ -163,16 +327,16 @@ def logs_query(data: dict[str, Any]) -> LogsQuery:
                 and (end is None or e["timestamp_unix_nano"] <= end * _MS))
 
     echo = {"trace_id": trace_id, "span_id": span_id, "severity_min": severity_min, "severity_text": severity_text,
-            "start_time": start, "end_time": end, "offset": data.get("offset"), "limit": data.get("limit")}
-    return LogsQuery(offset, limit, itemgetter("timestamp_unix_nano"), True, keep, echo)
+            "start_time": start, "end_time": end, "offset": data.get("offset"), "limit": data.get("limit"),
+            "cursor": data.get("cursor")}
+    return LogsQuery(where.offset, where.limit, where.order, where.cursor, keep, echo)
 
 
 def list_logs(entries: Sequence[dict[str, Any]], data: dict[str, Any]) -> dict[str, Any]:
-    """Filter (ids, severity, time), newest first, then page."""
+    """Filter (ids, severity, time), newest first, then page (not from a running event loop)."""
     query = logs_query(data)
-    picked = [e for e in entries if query.keep(e)]
-    picked.reverse()
-    return {"logs": query.page(picked), "total": len(picked), "query": query.echo}
+    page = asyncio.run(page_of(Snapshot(list(entries), 0), query.keep, query))
+    return {"logs": page.entries, "total": page.total, "query": query.echo}
 
 
 def _attr(span: dict[str, Any], key: str) -> str | None:
@@ -190,8 +354,14 @@ def _duration_ms(span: dict[str, Any]) -> float:
     return float(span["end_time_unix_nano"] - span["start_time_unix_nano"]) / _MS
 
 
+# engine::traces::list's sort_by: the key and its type (a cursor holds the key); another value sorts by start_time.
+_TRACE_KEYS: dict[str, tuple[Callable[[dict[str, Any]], Any], type]] = {
+    "start_time": (itemgetter("start_time_unix_nano"), int), "duration": (_duration_ms, float),
+    "name": (itemgetter("name"), str)}
+
+
 @dataclass
-class TracesQuery(_Paging):
+class TracesQuery(Paging):
     """A parsed ``engine::traces::list`` request: :attr:`keep` is its filter of root spans."""
 
     keep: Callable[[dict[str, Any]], bool]
@@ -216,7 +386,6 @@ def traces_query(spans: Sequence[dict[str, Any]], data: dict[str, Any]) -> Trace
         raise EngineError("deserialization_error",
                           f"Failed to deserialize input for {fid}: attributes has {len(wanted_attrs)} distinct "
                           f"filters, at most {MAX_ATTRIBUTE_FILTERS} allowed")
-    offset, limit = paging(data, fid, TRACES_DEFAULT_LIMIT)
     name = texts["name"]
     traces_with_name: set[str] = set()
     if search_all and name:
@@ -253,16 +422,19 @@ def traces_query(spans: Sequence[dict[str, Any]], data: dict[str, Any]) -> Trace
 
     descending = str(data.get("sort_order") or "asc").lower() != "asc"
     sort_by = data.get("sort_by")
-    key: Callable[[dict[str, Any]], Any] = (_duration_ms if sort_by == "duration" else itemgetter("name")
-                                            if sort_by == "name" else itemgetter("start_time_unix_nano"))
-    return TracesQuery(offset, limit, key, descending, keep)
+    if not isinstance(sort_by, str) or sort_by not in _TRACE_KEYS:
+        sort_by = "start_time"
+    key, key_type = _TRACE_KEYS[sort_by]
+    order = Order(f"traces.{sort_by}.{'desc' if descending else 'asc'}", key, key_type, descending, False)
+    where = Paging.parse(data, fid, order, TRACES_DEFAULT_LIMIT)
+    return TracesQuery(where.offset, where.limit, where.order, where.cursor, keep)
 
 
 def list_traces(spans: Sequence[dict[str, Any]], data: dict[str, Any]) -> dict[str, Any]:
-    """Root spans matching every given filter, sorted and paged."""
+    """Root spans matching every given filter, sorted and paged (not from a running event loop)."""
     query = traces_query(spans, data)
-    roots = [span for span in spans if query.keep(span)]
-    return {"spans": query.page(roots), "total": len(roots), "offset": query.offset, "limit": query.limit}
+    page = asyncio.run(page_of(Snapshot(list(spans), 0), query.keep, query))
+    return {"spans": page.entries, "total": page.total, "offset": page.start, "limit": query.limit}
 
 
 def trace_tree(spans: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -449,9 +621,16 @@ def mean(values: Sequence[float]) -> float:
 def aggregate(metrics: Sequence[dict[str, Any]], interval_s: float) -> list[dict[str, Any]]:
     """AggregatedMetric entries: number points bucketed by ``floor(ingestion time / interval)``; ``sum`` is null when
     it is beyond the largest double (the points are finite: NaN and infinities are stored as null), ``avg`` is always
-    a number."""
-    # Capped at 2**63 ns (292 years, one bucket): 1e300 s used to overflow to infinity and fail the call.
-    width = max(1, int(min(interval_s * 1e9, 2.0**63)))
+    a number. An interval of 2**63 ns or more is one bucket.
+
+    Example:
+        >>> [b["bucket_end_ns"] == 2**63 for b in aggregate([{"name": "m", "timestamp_unix_nano": 5,
+        ...                                                    "data_points": [{"value": 1.0}]}], 10**400)]
+        [True]
+    """
+    # Capped at 2**63 ns (292 years, one bucket): 1e300 s used to overflow to infinity and fail the call; compared
+    # before any conversion, as an integer of 10**400 s has no float (OverflowError).
+    width = max(1, int(min(min(interval_s, _MAX_INTERVAL_S) * 1e9, 2.0**63)))
     buckets: dict[tuple[str, int], list[float]] = {}
     for metric in metrics:
         start = metric["timestamp_unix_nano"] // width * width

@@ -23,7 +23,7 @@ from operator import methodcaller
 from sys import getsizeof
 from typing import Any
 
-__all__ = ["DEFAULT_MAX_BYTES", "Counters", "LogStore", "MetricStore", "SpanStore", "value_bytes"]
+__all__ = ["DEFAULT_MAX_BYTES", "Counters", "LogStore", "MetricStore", "Snapshot", "SpanStore", "value_bytes"]
 
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
@@ -40,6 +40,25 @@ _str_size, _dict_size, _list_size, _int_size = str.__sizeof__, dict.__sizeof__, 
 _sizeof: Callable[[Any], int] = methodcaller("__sizeof__")
 _GC_HEADER = getsizeof([]) - [].__sizeof__()
 _EMPTY_LIST = getsizeof([])
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A store's entries at one moment, oldest first, and the ingest sequence number of the first of them: entry
+    ``i`` is number ``first_seq + i`` (a store only appends and drops its oldest, so the numbers of the entries it
+    holds follow each other). The numbers are what a list's ``cursor`` holds: positions do not survive a write.
+
+    Example:
+        >>> logs = LogStore(capacity=2)
+        >>> for body in ("a", "b", "c"):
+        ...     logs.add({"body": body})
+        >>> snap = logs.snapshot()
+        >>> [entry["body"] for entry in snap.entries], snap.first_seq
+        (['b', 'c'], 1)
+    """
+
+    entries: list[dict[str, Any]]
+    first_seq: int
 
 
 def value_bytes(value: Any, keys: bool = True) -> int:
@@ -136,6 +155,8 @@ class _Ring:
         self._sizes: deque[int] = deque()
         self.bytes = 0
         self.evicted = 0
+        #: the ingest sequence number the next entry gets (never reused, not even after :meth:`clear`)
+        self.next_seq = 0
         # the shared fields (_SHARED_FIELDS) of the entry sized last: an entry holding the same objects is not
         # charged for them again
         self._last: list[Any] = [None] * len(_SHARED_FIELDS)
@@ -155,6 +176,7 @@ class _Ring:
         self._items.append(entry)
         self._sizes.append(size)
         self.bytes += size
+        self.next_seq += 1
         self._evict()
 
     def add_all(self, entries: Sequence[dict[str, Any]], sizes: Sequence[int] | int | None = None) -> None:
@@ -176,6 +198,7 @@ class _Ring:
         self._items.extend(entries)
         self._sizes.extend(sizes)
         self.bytes += sum(sizes)
+        self.next_seq += len(entries)
         self._evict()
 
     def _evict(self) -> None:
@@ -188,6 +211,10 @@ class _Ring:
     def entries(self) -> list[dict[str, Any]]:
         """Oldest first."""
         return list(self._items)
+
+    def snapshot(self) -> Snapshot:
+        """:meth:`entries` with the ingest sequence number of the first."""
+        return Snapshot(list(self._items), self.next_seq - len(self._items))
 
     def clear(self) -> None:
         """Drop everything."""
@@ -309,6 +336,8 @@ class MetricStore:
         self._last: list[Any] = [None] * len(_SHARED_FIELDS)  # as _Ring's
         self.evicted = 0
         self.refused_names = 0
+        #: the ingest sequence number the next stored entry gets (as :attr:`_Ring.next_seq`)
+        self.next_seq = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -327,6 +356,7 @@ class MetricStore:
             self._entries.append(metric)
             self._sizes.append(size)
             self.bytes += size
+            self.next_seq += 1
             while len(self._entries) > self.max_entries or (self.bytes > self.max_bytes and len(self._entries) > 1):
                 self._pop_oldest()
                 self.evicted += 1
@@ -365,6 +395,10 @@ class MetricStore:
     def entries(self) -> list[dict[str, Any]]:
         """Oldest ingestion first."""
         return list(self._entries)
+
+    def snapshot(self) -> Snapshot:
+        """:meth:`entries` with the ingest sequence number of the first."""
+        return Snapshot(list(self._entries), self.next_seq - len(self._entries))
 
     def clear(self) -> None:
         """Drop everything."""
