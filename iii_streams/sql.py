@@ -898,7 +898,9 @@ ends well within it and the operations waiting for it go on (writes in flight co
 operation waits for it) those operations fail with :class:`~iii_streams.errors.StreamClosedError`, and on PostgreSQL
 (asyncpg) the opening is cancelled (its connections cut if it has not ended :data:`DISPOSE_TIMEOUT_S` later); on
 SQLite it is left to end by itself (SQLite's busy wait, 30 s at most): aiosqlite cannot interrupt its thread, and a
-cancel inside its connect could leave a connection holding the file's lock."""
+cancel inside its connect could leave a connection holding the file's lock. The operations under way (those an opening
+let through as it ended included) get what is left of it, from the close's start, to end before the close's dispose;
+those reaching the database after that fail with StreamClosedError (see :meth:`SQLStream._let_operations_end`)."""
 
 # openings a close gave up on, until they end (SQLite: by themselves; PostgreSQL: cancelled); the loop holds its
 # tasks only weakly
@@ -1067,6 +1069,12 @@ class SQLStream(FieldUpdates):
         self._ready_lock = asyncio.Lock()
         # the first connect (a store without create) or the migration (with create), while it runs (see _open)
         self._opening: _Opening | None = None
+        # operations in _connection (from their entry to the return of their connection), which a close lets end
+        # before its dispose; set when they all ended while a close waits for them (_let_operations_end)
+        self._operations = 0
+        self._operations_ended: asyncio.Future[None] | None = None
+        # set by a close just before its dispose: operations reaching _connection from then on are refused
+        self._shut = False
         # item key -> its value as this process last committed it (a longer one is neither remembered nor compared
         # by the database); an item another process wrote goes back to the locking transaction for a while
         self._known: KnownTexts[bytes] = KnownTexts()
@@ -1188,9 +1196,16 @@ class SQLStream(FieldUpdates):
         try:
             await step()
         finally:
-            if left.done() and self._owns_engine and not self._cancels_openings():
-                # a close gave up on this opening and left it to end (SQLite): its connection went back to the pool
-                # that close let go; closed here, not left open to the garbage collector
+            if left.done() and not self._cancels_openings():
+                # a close gave up on this opening and left it to end (SQLite)
+                await self._close_let_go(pool)
+
+    async def _close_let_go(self, *pools: Pool) -> None:
+        """Close the connections given back to ``pools`` after the store's close let them go (its dispose replaced
+        the engine's pool, or gave up waiting for their holder): closed here, not left open to the garbage collector
+        (with an aiosqlite thread each)."""
+        if self._owns_engine:
+            for pool in dict.fromkeys(pools):
                 with contextlib.suppress(Exception):
                     await greenlet_spawn(pool.dispose)
 
@@ -1240,7 +1255,7 @@ class SQLStream(FieldUpdates):
                     await self._prepare()
                     if self._create:
                         return  # migrated just now (or earlier by this store): at the head revision
-                    async with self._reader.connect() as conn:
+                    async with self._read() as conn:
                         revision = await conn.run_sync(current_revision)
         except (StreamClosedError, SchemaMissingError):
             raise
@@ -1331,16 +1346,37 @@ class SQLStream(FieldUpdates):
         open_connection: Callable[[], contextlib.AbstractAsyncContextManager[AsyncConnection]],
         lock: asyncio.Lock | None,
     ) -> AsyncIterator[AsyncConnection]:
-        if not self._ready:
-            await self._prepare()
-        # lock before connecting: in-memory SQLite is one shared connection (see __init__)
-        async with lock if lock is not None else contextlib.nullcontext():
-            try:
-                async with open_connection() as conn:
-                    yield conn
-            except (OperationalError, ProgrammingError) as exc:
-                self._explain_missing_table(exc)
-                raise
+        """A connection for one operation. Counted from here (an opening it waits for included) until the
+        connection is given back, so a close lets it end before disposing of the engine (:meth:`_close_all`); refused
+        with StreamClosedError once the close's dispose began, which it would outlive holding a connection."""
+        self._operations += 1
+        try:
+            if not self._ready:
+                await self._prepare()
+            # lock before connecting: in-memory SQLite is one shared connection (see __init__)
+            async with lock if lock is not None else contextlib.nullcontext():
+                if self._shut:  # (checked with no await before the connect: the close's dispose is after it)
+                    raise StreamClosedError("SQLStream is closed")
+                pool = self.engine.sync_engine.pool
+                try:
+                    async with open_connection() as conn:
+                        yield conn
+                except Exception as exc:
+                    if self._shut and not isinstance(exc, StreamError):
+                        raise StreamClosedError("SQLStream is closed") from exc  # (its connection cut by the close)
+                    if isinstance(exc, OperationalError | ProgrammingError):
+                        self._explain_missing_table(exc)
+                    raise
+                finally:
+                    if self._shut:
+                        # the close gave up waiting for this operation: its connection went back to a pool that
+                        # close already disposed of (or to the one its dispose made)
+                        await self._close_let_go(pool, self.engine.sync_engine.pool)
+        finally:
+            self._operations -= 1
+            ended = self._operations_ended
+            if not self._operations and ended is not None and not ended.done():
+                ended.set_result(None)
 
     def _explain_missing_table(self, exc: Exception) -> None:
         text = str(exc)
@@ -2059,6 +2095,7 @@ class SQLStream(FieldUpdates):
         await self._close_once.run(self._close_all)
 
     async def _close_all(self) -> None:
+        give_up_at = asyncio.get_running_loop().time() + MIGRATION_CLOSE_WAIT_S
         opening = self._opening
         if opening is not None:
             await self._end_opening(opening)
@@ -2066,8 +2103,28 @@ class SQLStream(FieldUpdates):
             await self._listener.stop()
         self._watch_retries.close()
         await self._writes.aclose()
+        await self._let_operations_end(give_up_at)
+        self._shut = True
         if self._owns_engine:
             await self._dispose()
+            if self._operations and self._cancels_openings():
+                # past the wait: cut, they end at once (their connections are lost, StreamClosedError) instead of
+                # holding one past the close; on SQLite each closes its own once it ended (_connection)
+                cut_connections(self.engine, self._connections)
+                await self._let_operations_end(asyncio.get_running_loop().time() + DISPOSE_TIMEOUT_S)
+
+    async def _let_operations_end(self, give_up_at: float) -> None:
+        """Let the operations under way (those an opening let through as it ended included: they resume after the
+        close saw it end) end before the dispose, until ``give_up_at`` (the close's :data:`MIGRATION_CLOSE_WAIT_S`):
+        disposed of under them, they connected again from the pool the dispose made, which nothing closed (two
+        connections and their aiosqlite threads left after the close, attack F2)."""
+        loop = asyncio.get_running_loop()
+        while self._operations and (left := give_up_at - loop.time()) > 0:
+            ended = self._operations_ended = loop.create_future()
+            try:
+                await asyncio.wait((ended,), timeout=left)
+            finally:
+                self._operations_ended = None
 
     async def _end_opening(self, opening: _Opening) -> None:
         """Let an opening under way (the migration, the first connect) finish within :data:`MIGRATION_CLOSE_WAIT_S`

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
@@ -411,3 +412,106 @@ async def test_a_close_cuts_a_postgresql_migration_whose_server_went_silent(
     assert took < MIGRATION_CLOSE_WAIT_S + 3 * 0.5 + 1, took  # the migration's bound, the cancel's, the dispose's
     assert [type(result) for result in results] == [StreamClosedError] * 3, results
     assert left == set(), left
+
+
+def _open_connections(store: SQLStream) -> list[Any]:
+    return [entry for entry in store._connections if entry.dbapi_connection is not None]
+
+
+async def _close_after_turns(url: str, turns: int) -> list[object]:
+    """A set and two gets on a new store without ``create``, and its close ``turns`` loop turns later: the three
+    outcomes, each already there when the close returned, and no connection of the store left open then."""
+    store = SQLStream.from_url(url, create=False, timeout=10)
+    operations = [asyncio.ensure_future(store.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data=1))),
+                  *(asyncio.ensure_future(store.get(StreamGetInput(stream_name="s", group_id="g", item_id="i")))
+                    for _ in range(2))]
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    await asyncio.wait_for(store.aclose(), MIGRATION_CLOSE_WAIT_S + 3)
+    pending = [n for n, operation in enumerate(operations) if not operation.done()]
+    left_open = len(_open_connections(store))
+    outcomes = await asyncio.wait_for(asyncio.gather(*operations, return_exceptions=True), 5)
+    assert (turns, pending, left_open) == (turns, [], 0), outcomes
+    for outcome in outcomes:  # each finished before the close's dispose, or was refused
+        assert outcome in (None, 1) or isinstance(outcome, StreamSetResult | StreamClosedError), (turns, outcome)
+    return outcomes
+
+
+async def test_reads_a_sqlite_first_connect_lets_through_as_a_close_comes_end_before_it(tmp_path: Path) -> None:
+    """Reads that a store's first connect lets through when it ends during the close (they resume after the close
+    saw it end) end, or are refused, before the close disposes of the engine, at every loop turn of a close: no
+    connection nor aiosqlite thread is left. Before (attack q F2, regression of 884ed53): at one loop turn the close
+    returned with both gets pending; they then connected from the pool its dispose made, and their two connections
+    and two threads stayed open after the close and a gc."""
+    url = await _migrated_sqlite(tmp_path / "s.db")
+    served = 0
+    for turns in range(60):
+        threads_before = sqlite_threads()
+        outcomes = await _close_after_turns(url, turns)
+        served += sum(not isinstance(outcome, StreamClosedError) for outcome in outcomes[1:])
+        await _left_nothing(tmp_path / "s.db", threads_before)
+    assert served > 0  # (the closes did come while reads were let through, not only before their connect)
+
+
+async def _settled_connections(url: str) -> int:
+    """The server's connections to the database of ``url`` (but the one asking), once that number stayed the same
+    for a while (a connection cut by its client ends on the server a moment later): within 3 s."""
+    server = make_url(url).set(drivername="postgresql").render_as_string(False)
+    conn = await asyncpg.connect(server)
+    try:
+        query = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        seen: int = await conn.fetchval(query)
+        for _ in range(30):
+            if seen == 0:
+                break
+            await asyncio.sleep(0.1)
+            seen = await conn.fetchval(query)
+        return seen
+    finally:
+        await conn.close()
+
+
+async def test_reads_a_postgresql_first_connect_lets_through_as_a_close_comes_end_before_it(
+        migrated_pg_url: str) -> None:
+    """The same on PostgreSQL: after each close the server holds no connection to the store's database. Before
+    (attack q F2): at one loop turn the gets returned after the close and 2 server connections stayed open (3 of 3
+    runs)."""
+    for turns in (0, 1, 2, 3, 4, 6, 8, 12, 16):
+        await _close_after_turns(migrated_pg_url, turns)
+        assert (turns, await _settled_connections(migrated_pg_url)) == (turns, 0)
+
+
+async def test_an_operation_after_the_close_of_a_ready_store_is_refused(tmp_path: Path) -> None:
+    """A read after the close of a store that opened: StreamClosedError. Before: it was served, from a connection
+    (and an aiosqlite thread) of the pool the close's dispose made, left open after it."""
+    store = SQLStream.from_url(f"sqlite+aiosqlite:///{tmp_path / 's.db'}", timeout=10)
+    await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data=1))
+    await store.aclose()
+    with pytest.raises(StreamClosedError):
+        await store.get(StreamGetInput(stream_name="s", group_id="g", item_id="i"))
+    assert _open_connections(store) == []
+
+
+async def test_a_close_cuts_a_read_the_silent_server_holds_past_its_wait(
+        migrated_pg_url: str, pg_relay: Relay, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read waiting on a server gone silent when the store closes: the close lets it end within
+    ``MIGRATION_CLOSE_WAIT_S``, then cuts its connection; the read fails with StreamClosedError before the close
+    returns and no connection is left. Before: the close returned with the read pending (to its own 20 s), holding
+    its connection."""
+    monkeypatch.setattr(sql_module, "DISPOSE_TIMEOUT_S", 0.5)
+    url = make_url(migrated_pg_url).set(port=pg_relay.port).render_as_string(False)
+    store = SQLStream.from_url(url, timeout=20)
+    await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data=1))
+    pg_relay.blackhole()
+    read = asyncio.ensure_future(store.get(StreamGetInput(stream_name="s", group_id="g", item_id="i")))
+    for _ in range(100):  # loop turns until the read holds its connection
+        if store.engine.sync_engine.pool.checkedout():  # type: ignore[attr-defined]
+            break
+        await asyncio.sleep(0)
+    started = time.monotonic()
+    await asyncio.wait_for(store.aclose(), MIGRATION_CLOSE_WAIT_S + 5)
+    took = time.monotonic() - started
+    assert read.done()
+    assert isinstance(read.exception(), StreamClosedError), read
+    assert took < MIGRATION_CLOSE_WAIT_S + 2 * 0.5 + 1, took
+    assert _open_connections(store) == []
