@@ -29,7 +29,11 @@ The queue is bounded in bytes too: best-effort frames at most ``max_best_effort_
 (:data:`BEST_EFFORT_MAX_BYTES`), past which they are dropped like those past their share; the others at most
 ``max_queue_bytes`` (:data:`MAX_QUEUE_BYTES`), past which a keyed frame's ``on_dropped(key)`` is told at once
 (:attr:`Connection.refused_for_bytes` says why meanwhile) and an unkeyed :meth:`Connection.send` raises
-:class:`~iii.errors.ConnectionLostError` instead of waiting for room; the loop's own frames are kept past it.
+:class:`~iii.errors.ConnectionLostError` instead of waiting for room; the loop's own frames are kept past it. The
+bound holds while the socket is up too: a frame the socket cannot take at once (flow control paused: the engine
+reads slower than we write, or stopped reading) waits in the queue, counted, for the flusher, the only writer then;
+an unkeyed :meth:`Connection.send` waits until it is written (back-pressure). Refused with a socket up, the error
+code is :data:`OUTBOUND_QUEUE_FULL` (:attr:`Connection.queue_full_code`), ``connection_lost`` with none.
 
 Best-effort (``droppable``) frames never hold more than half of the queue (:data:`BEST_EFFORT_SHARE`), and at a full
 queue the oldest of them is the first to make way for any other frame, before a call is pushed out or a send waits:
@@ -104,8 +108,8 @@ from .errors import ConnectionLostError, OutboundQueueFullError, PicklesByState
 from .iii_constants import DEFAULT_RECONNECTION_CONFIG, MAX_QUEUE_SIZE, IIIConnectionState, ReconnectionConfig
 from .loss_log import LossLog
 
-__all__ = ["MAX_MESSAGE_SIZE_HEADER", "MESSAGE_TOO_BIG", "NOT_AN_ENGINE_TRIES", "Connection", "MessageTooLargeError",
-           "announced_limit", "backoff_delay_ms", "check_url", "not_an_engine", "shown_url"]
+__all__ = ["MAX_MESSAGE_SIZE_HEADER", "MESSAGE_TOO_BIG", "NOT_AN_ENGINE_TRIES", "OUTBOUND_QUEUE_FULL", "Connection",
+           "MessageTooLargeError", "announced_limit", "backoff_delay_ms", "check_url", "not_an_engine", "shown_url"]
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +138,11 @@ A call over it fails at once as never sent (a frame alone in the queue is always
 engine's limit can be made during an outage); the loop's own frames (registrations, results) are kept past it, as
 past ``max_queue``. Without it 1,000 calls of 4 MiB, plus 1,000 fire-and-forget ones waiting for room, could hold
 8 GiB."""
+
+OUTBOUND_QUEUE_FULL: Final = "outbound_queue_full"
+"""The error code of a frame refused, never sent, because the outbound queue was full while a socket to the engine
+was up (it reads slower than the client sends, or stopped reading). While none is up the code is
+``connection_lost``, as for the calls a lost connection fails."""
 
 Frame = str | bytes
 
@@ -431,6 +440,13 @@ class _Waiter:
         self.admitted = admitted  # None: a frame of the loop's own, which nobody awaits and nothing times out
 
 
+def _tell(told: asyncio.Future[bool] | None, written: bool) -> None:
+    """A sender waiting in :meth:`Connection._send_in_turn` hears whether its frame was written (unless it stopped
+    waiting: cancelled)."""
+    if told is not None and not told.done():
+        told.set_result(written)
+
+
 class _Pinned:
     """The key of a queued frame of :meth:`Connection.send_on_this_connection`: it may leave only on ``ws``;
     ``written`` tells its sender whether it did (False: dropped unsent). Its sender's ``cancel`` takes it back."""
@@ -610,6 +626,9 @@ class Connection:
         self._waiting: OrderedDict[_Waiter, None] = OrderedDict()
         # Bytes (a text frame's characters) of the frames in _backlog that are not best-effort and in _waiting
         self._held_bytes = 0
+        # Unkeyed frames queued by send() while the socket was up, by id(frame): whether each was written, for its
+        # sender (_send_in_turn). Empty, the flusher's only cost is one truth test per frame.
+        self._awaited: dict[int, asyncio.Future[bool]] = {}
         self._gave_up = False  # reconnection gave up (max_retries): nothing will make room any more
         self._ever_connected = False  # a socket was up once since start(): the URL names an engine
         self._not_engine_in_a_row = 0  # attempts in a row answered by something that is not an engine
@@ -704,6 +723,7 @@ class Connection:
         self._drops.close()  # a burst's count not logged yet is logged now (its timer belongs to this loop)
         self._calls_lost.close()
         self._drop_pinned()
+        self._release_awaited()
         unsent = sum(1 for frame, key in self._backlog if key is None)
         if unsent:  # (queued calls, keyed, fail with the client's shutdown; these frames' senders hear nothing)
             log.warning("Closing with %d frames never sent to %s (fire-and-forget calls and answers among them); "
@@ -746,6 +766,7 @@ class Connection:
         ``queue_wait``.
         """
         ws = self._ws
+        paused = False
         # A socket already closed whose loss is not handled yet is down: the frame waits for the next one (sent to
         # it, websockets raised ConnectionClosed without writing, and the frame was lost without a word).
         if self._ready and ws is not None and not self._backlog and _open(ws):
@@ -753,26 +774,52 @@ class Connection:
                 return False
             if self._write_now(ws, frame, batch):
                 return True
-            try:
-                await self._send_bounded(ws, frame)
-                return True
-            except ConnectionClosed:
-                # The receive side notices the loss and runs on_lost; the frame counts as sent and lost.
-                return True
+            # Flow control paused (the engine reads slower than we write, or stopped reading): the frame waits in the
+            # queue, counted for max_queue_bytes, for the flusher, the one writer then. Written here, each sender
+            # put its frame into the socket's buffer before waiting for it to drain, uncounted: 200 concurrent
+            # calls of 1 MiB behind a SIGSTOPped engine held 205 MB there, none refused.
+            paused = True
         if key is None and self._gave_up and len(self._backlog) < self._max_queue and not self._waiting:
             # Queued, it would wait for a connection nothing will make; its sender, told nothing later, would take
             # the silence for success. (A full queue says so: OutboundQueueFullError below.)
             raise ConnectionLostError("connection_lost", _GAVE_UP)
         if key is None and not own and self._over_bytes(frame):
-            raise ConnectionLostError("connection_lost", f"never sent: {self._bytes_full()}")
+            raise self._queue_full(self._bytes_full())
+        # Its sender waits for the write, as it waited for the socket to drain when it wrote the frame itself; so
+        # does one behind such a sender: returning once queued, concurrent senders after the first would queue a
+        # burst each and be refused at the byte bound while the engine still reads.
+        if key is None and self._ready and (paused or self._awaited):
+            return await self._send_in_turn(frame, own, wait)
+        await self._queue(frame, key, own, wait)
+        return False
+
+    async def _queue(self, frame: Frame, key: str | None, own: bool, wait: float | None) -> None:
+        """:meth:`send`'s frame into the queue: kept past a full one if ``own``, else it waits for room (unkeyed)."""
         if not self._enqueue(frame, key):
             if own:
                 self._keep_past_bound(frame)
-                if self._ready:
-                    self._kick()
             else:
                 await self._wait_for_room(frame, wait)
-        return False
+        if self._ready:
+            self._kick()
+
+    async def _send_in_turn(self, frame: Frame, own: bool, wait: float | None) -> bool:
+        """:meth:`send` of an unkeyed frame while the socket is up but cannot take it at once: queued behind the
+        others for the flusher, and waited for until it is written (True), or its socket is lost or closed first
+        (False: it stays queued for the next socket, or was discarded with the queue). The wait is the sender's
+        back-pressure: returning once queued, a loop of fire-and-forget calls would fill the queue to its bound and
+        be refused while the engine still reads."""
+        awaited = self._awaited
+        written: asyncio.Future[bool] | None = None
+        if id(frame) not in awaited:  # (the same object handed over twice at once: the second is not waited for)
+            # Before it is queued: the flusher may take and write it before this coroutine runs again.
+            written = awaited[id(frame)] = asyncio.get_running_loop().create_future()
+        try:
+            await self._queue(frame, None, own, wait)
+            return False if written is None else await written
+        finally:
+            if written is not None and self._awaited.get(id(frame)) is written:
+                del self._awaited[id(frame)]
 
     async def send_on_this_connection(self, frame: Frame) -> bool:
         """Send ``frame`` on the socket that is up now, in order behind the frames handed over before it; True once
@@ -797,10 +844,9 @@ class Connection:
         # half of the queue.)
         if self._waiting or (len(self._backlog) >= self._max_queue and not self._make_way()):
             # Refused, not waited for: its sender can be told, and room made later could be on another socket.
-            raise ConnectionLostError("connection_lost", f"never sent: the outbound queue is full ({self._max_queue} "
-                                                         "frames waiting for the engine)")
+            raise self._queue_full(f"the outbound queue is full ({self._max_queue} frames waiting for the engine)")
         if self._over_bytes(frame):
-            raise ConnectionLostError("connection_lost", f"never sent: {self._bytes_full()}")
+            raise self._queue_full(self._bytes_full())
         written: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._backlog.append((frame, _Pinned(ws, written)))
         self._pinned += 1
@@ -986,8 +1032,9 @@ class Connection:
         parts = [f"{counts[kind]} {what}" for kind, what in ((_MADE_WAY, "queued call(s) made way for newer frames"),
                                                              (_REFUSED, "call(s) refused")) if kind in counts]
         latest_text = f"; latest: {latest}" if latest is not None else ""
-        log.warning("Outbound queue full (%d frames waiting for the engine): %s since the last warning, each failed "
-                    "at once as never sent%s", self._max_queue, " and ".join(parts), latest_text)
+        log.warning("Outbound queue full (at most %d frames and %s bytes waiting for the engine): %s since the last "
+                    "warning, each failed at once as never sent%s", self._max_queue, f"{self._max_queue_bytes:,}",
+                    " and ".join(parts), latest_text)
 
     def _enqueue_best_effort(self, frame: Frame) -> bool:
         """Queue a best-effort frame; False (not queued) when the queue is full or holds its share of them, or once
@@ -1005,6 +1052,23 @@ class Connection:
         ``max_queue_bytes`` (a frame alone is always taken: the bound is on what piles up)."""
         held = self._held_bytes
         return held > 0 and held + len(frame) > self._max_queue_bytes
+
+    @property
+    def queue_full_code(self) -> str:
+        """The error code of a frame refused at a full queue now: :data:`OUTBOUND_QUEUE_FULL` while a socket is up,
+        ``connection_lost`` while the engine is unreachable."""
+        return "connection_lost" if self._ws is None else OUTBOUND_QUEUE_FULL
+
+    def _queue_full(self, why: str) -> ConnectionLostError:
+        """The error an unkeyed frame refused at a full queue raises: never sent, ``why``."""
+        return ConnectionLostError(self.queue_full_code, f"never sent: {why}")
+
+    def _release_awaited(self) -> None:
+        """The socket is lost or closed: senders waiting for their queued frame's write stop waiting (False); the
+        frames stay queued for the next socket, or go with the queue at close()."""
+        awaited, self._awaited = self._awaited, {}
+        for told in awaited.values():
+            _tell(told, False)
 
     def _bytes_full(self) -> str:
         """Why a frame refused by :meth:`_over_bytes` was (its sender's error says it)."""
@@ -1192,12 +1256,18 @@ class Connection:
             self._popleft()
             if isinstance(key, str) and not self._keep(key):
                 continue
+            # Its sender's wait, taken now: a loss or close() while this write waits for the socket to drain ends the
+            # other waits with False (still queued), and this frame was written.
+            told = self._awaited.pop(id(frame), None) if key is None and self._awaited else None
             if len(frame) > self.check_above and self._refused(frame, key):
+                _tell(told, False)
                 continue
             try:
                 await self._send_bounded(ws, frame)
             except ConnectionClosed:
                 return
+            finally:  # (written also when the socket is lost or close() cancels this in the drain that follows)
+                _tell(told, True)
 
     async def _supervise(self) -> None:
         while self._running:
@@ -1318,6 +1388,7 @@ class Connection:
             close = ws_fastpath.close_sent_by_peer(ws)
             self.closed_too_big = close is not None and close.code == MESSAGE_TOO_BIG
             self._drop_pinned()
+            self._release_awaited()
             if self._running:
                 self._set_state("disconnected")
                 self._on_lost()

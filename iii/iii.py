@@ -618,18 +618,22 @@ class III:
         await self._call("engine::workers::list", {"worker_id": _NO_WORKER}, None)
 
     def _on_call_dropped(self, invocation_id: str) -> None:
+        code = "connection_lost"
         if self._conn.not_an_engine is not None:
             why = f"{self._conn.not_an_engine}; reconnection gave up"
         elif self._conn.gave_up:
             retries = (self._options.reconnection_config or DEFAULT_RECONNECTION_CONFIG).max_retries
             why = self._unreachable(f": reconnection gave up (max_retries={retries})")
-        elif self._conn.refused_for_bytes is not None:
-            why = self._conn.refused_for_bytes
         else:
-            why = f"the outbound queue was full ({MAX_QUEUE_SIZE} frames waiting for the engine)"
+            why = self._conn.refused_for_bytes or (f"the outbound queue was full ({MAX_QUEUE_SIZE} frames waiting for "
+                                                   "the engine)")
+            code = self._conn.queue_full_code  # (with a socket up, the connection is not what failed it)
         failure = self._session.call_dropped(invocation_id, why)
         if failure is not None:
-            self._calls.fail(failure.invocation_id, failure.error)
+            error = failure.error
+            if code != "connection_lost" and isinstance(error, InvocationError):
+                error = ConnectionLostError(code, error.message)
+            self._calls.fail(failure.invocation_id, error)
 
     def _on_call_oversized(self, invocation_id: str, size: int, limit: int) -> None:
         failure = self._session.call_too_big(invocation_id, size, limit)
@@ -1078,6 +1082,11 @@ class III:
                              else self._conn.send(frame, wait=timeout_ms / 1000 if timeout_ms else None))
         except MessageTooLargeError as exc:
             raise message_too_large(function_id, exc.size, exc.limit) from None
+        except ConnectionLostError as exc:
+            if type(exc) is not ConnectionLostError:  # (OutboundQueueFullError: its message is its own)
+                raise
+            # Its sender hears nothing later: the error names the call, as a keyed call's does.
+            raise ConnectionLostError(exc.code, f"The call to '{function_id}' was {exc.message}") from None
         if not written and self._closed:
             raise ShuttingDownError(self._shutdown_cause)
         return written
@@ -1183,6 +1192,9 @@ class III:
         try:
             # With other calls in flight, frames started in the same turn of the loop leave in one write.
             await self._conn.send(frame, invocation_id, batch=len(self._calls) > 1)
+            # An error's traceback keeps this coroutine's locals for as long as its caller keeps the error: 433 calls
+            # of 1 MiB refused at a full queue, their errors kept, held 433 MB of frames.
+            del frame
             return await future
         finally:
             self._calls.discard(invocation_id)
