@@ -338,6 +338,11 @@ class _ModuleServices:
         """Whether ``function_id`` is registered."""
         return self._engine.has_function(function_id)
 
+    def function_owner(self, function_id: str) -> str | None:
+        """The id of the worker serving ``function_id`` (``None``: a built-in, or nobody serves it)."""
+        entry = self._engine.registry.functions.get(function_id)
+        return entry.owner if entry is not None and entry.builtin is None and not entry.gone else None
+
     def service_functions(self, service_id: str) -> Collection[str]:
         """The worker functions registered under a service (live)."""
         return self._engine.service_functions(service_id)

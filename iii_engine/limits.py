@@ -447,17 +447,19 @@ class FiredCalls:
         return (self._losses.recent(DEGRADED_WINDOW_S) or self._share_losses.recent(DEGRADED_WINDOW_S)
                 or self._callee_losses.recent(DEGRADED_WINDOW_S))
 
-    def to_callee(self, slot: FiredSlots, worker_id: str, function_id: str) -> CalleeCall | None:
+    def to_callee(self, slot: FiredSlots, worker_id: str, function_id: str, *,
+                  tell_producer: bool = True) -> CalleeCall | None:
         """Hand ``slot`` (one, taken for a call of ``function_id``, a function of worker ``worker_id``) to that call,
         with a place in its callee's ``max_fired_calls_per_worker``: what the call holds, for it to release. ``None``
         when the worker has its share in flight: the call is not to be made; ``slot`` is given back, the loss
-        counted and logged, and noted for the answer of the worker's call that set it off (see the class)."""
+        counted and logged, and noted for the answer of the worker's call that set it off (see the class) unless
+        ``tell_producer`` is false (a state or stream write's triggers: the write is made whatever they do)."""
         callee = self._callees.get(worker_id)
         if callee is None:
             callee = self._callees[worker_id] = _Callee(worker_id)
         elif callee.n >= self.callee_limit:
             slot.release()
-            self._over_callee(callee, function_id)
+            self._over_callee(callee, function_id, tell_producer=tell_producer)
             return None
         if isinstance(slot, FiredHold) and slot.charge is not None and slot.charge.worker is self.engine_own:
             moved = self._own_to_callee(slot.charge.size, worker_id, callee, function_id)
@@ -504,12 +506,13 @@ class FiredCalls:
             del self._callees[callee.worker_id]
             self._own_bytes.pop(callee.worker_id, None)  # (none held: its calls' slots went back before this)
 
-    def _over_callee(self, callee: _Callee, function_id: str, why: str | None = None) -> None:
+    def _over_callee(self, callee: _Callee, function_id: str, why: str | None = None, *,
+                     tell_producer: bool = True) -> None:
         self.skipped += 1
         self.skipped_callee_share += 1
         self._callee_latest = (callee, function_id, why)
         self._callee_losses.lost("skipped", function_id)
-        charge = _live_charge()
+        charge = _live_charge() if tell_producer else None
         if charge is not None:
             charge.unreached += 1
             if charge.unreached == 1:

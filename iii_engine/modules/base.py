@@ -271,6 +271,12 @@ class FiredCallLimit(Protocol):
     def skip(self, what: str, n: int = 1) -> None:
         """Count ``n`` calls of ``what`` skipped for want of room (logged, rate-limited)."""
 
+    def to_callee(self, slot: FiredSlots, worker_id: str, function_id: str, *,
+                  tell_producer: bool = True) -> FiredSlots | None:
+        """Hand ``slot`` to a call of ``function_id`` (worker ``worker_id``'s) with a place in that worker's
+        ``max_fired_calls_per_worker``: what the call holds and releases when it ends; ``None`` when the worker has
+        its share in flight (the slot given back, the call not to be made, counted and logged)."""
+
     def stats(self) -> dict[str, int]:
         """``in_flight``, ``max_fired_calls``, ``peak``, ``waiting``, ``skipped``, ``refused``."""
 
@@ -304,6 +310,9 @@ class EngineServices(Protocol):
 
     def has_function(self, function_id: str) -> bool:
         """Whether ``function_id`` is currently registered (worker or built-in)."""
+
+    def function_owner(self, function_id: str) -> str | None:
+        """The id of the worker serving ``function_id`` (``None``: a built-in, or nobody serves it)."""
 
     def service_functions(self, service_id: str) -> Collection[str]:
         """Ids (within the service) of the worker functions registered under ``service_id`` (e.g. ``"stream"``

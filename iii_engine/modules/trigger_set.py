@@ -155,15 +155,15 @@ class TriggerSet(TriggerRunner):
         return [t for t in self._triggers.values() if self.matches(trigger_config(t), payload)]
 
     def dispatch(self, payload: Mapping[str, Any]) -> None:
-        """Spawn one task calling every matching handler in turn (not awaited by the caller), for a producer with
-        nobody to wait: when ``max_fired_calls`` has no room for all of them, none is called and they are counted
-        as skipped (logged)."""
+        """Spawn a task for each matching handler (not awaited by the caller), for a producer with nobody to wait:
+        when ``max_fired_calls`` has no room for all of them, none is called and they are counted as skipped
+        (logged)."""
         matching = self.matching(payload)
         if matching:
             fired = self.services.fired_calls
             slots = fired.try_take(len(matching))
             if slots is not None:
-                self.spawn(self._run_each(matching, payload, slots), slots)
+                self._run_each(matching, payload, slots)
             else:
                 fired.skip(f"{self.kind} handlers", len(matching))
 
@@ -181,17 +181,29 @@ class TriggerSet(TriggerRunner):
             slots = fired.try_take(len(matching))
             if slots is None:
                 slots = await fired.take(len(matching), what, f"{self.kind} handlers")
-            self.spawn(self._run_each(matching, payload, slots), slots)
+            self._run_each(matching, payload, slots)
 
-    async def _run_each(self, triggers: list[TriggerInfo], payload: Mapping[str, Any], slots: FiredSlots) -> None:
-        # the handlers run inline in this task: whatever they take of max_fired_calls themselves (a built-in that
-        # fires again) is theirs, and this task gives back exactly ``slots``, one as each handler ends
-        left = len(triggers)
+    def _run_each(self, triggers: list[TriggerInfo], payload: Mapping[str, Any], slots: FiredSlots) -> None:
+        """Each handler in a task of its own, holding one of ``slots``: before, one task called them in turn, and
+        a handler that never answered held up every handler registered after it (a healthy worker's state trigger
+        got 0 of 45 writes behind a hung one)."""
+        one = slots.one()
+        for trigger in triggers:
+            self.spawn(self._run_one(trigger, payload, one), one)
+
+    async def _run_one(self, trigger: TriggerInfo, payload: Mapping[str, Any], slot: FiredSlots) -> None:
+        # the handler runs inline in this task: whatever it takes of max_fired_calls itself (a built-in that fires
+        # again) is its own, and this task gives back exactly ``slot``, and its place in its callee worker's
+        # max_fired_calls_per_worker (a handler that never answered held every slot, and other workers' cron ticks
+        # and publishes failed)
+        held: FiredSlots = slot
+        owner = self.services.function_owner(trigger.function_id)
+        if owner is not None:
+            call = self.services.fired_calls.to_callee(slot, owner, trigger.function_id, tell_producer=False)
+            if call is None:
+                return  # not made: the slot is back, the loss counted and logged
+            held = call
         try:
-            for trigger in triggers:
-                await self.call(trigger, payload)
-                left -= 1
-                slots.release(1)
+            await self.call(trigger, payload)
         finally:
-            if left:  # cancelled (shutdown): the calls not made give their slots back
-                slots.release(left)
+            held.release()

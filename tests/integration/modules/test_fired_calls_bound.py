@@ -192,7 +192,8 @@ async def test_a_state_write_waits_for_its_triggers_and_fails_with_fire_limit_af
         frame = await worker.call("state::set", {"scope": "s", "key": "b", "value": 2})
         assert frame["error"] == {"code": "fire_limit", "message": (
             "state::set of 's'/'b' (done): none of its 1 state trigger handlers reached: no room within 200 ms "
-            "(fire_wait_timeout_ms): 1 trigger-fired calls in flight (max_fired_calls 1)")}
+            "(fire_wait_timeout_ms): 1 trigger-fired calls in flight (max_fired_calls 1), 1 of them to worker "
+            f"{worker_holding(engine, 'held::on')} (max_fired_calls_per_worker 1), 1 to held::on")}
         assert await worker.result("state::get", {"scope": "s", "key": "b"}) == 2
         # with room, a write waits for it
         waiting = asyncio.create_task(worker.call("state::set", {"scope": "s", "key": "c", "value": 3}))

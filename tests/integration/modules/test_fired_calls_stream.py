@@ -13,7 +13,7 @@ import pytest
 from module_worker import ModuleWorker
 
 from iii_engine import ModuleSpec
-from tests.integration.modules.test_fired_calls_bound import Slow, engine_with, until
+from tests.integration.modules.test_fired_calls_bound import Slow, engine_with, until, worker_holding
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.our_engine("our max_fired_calls bound")]
 
@@ -31,7 +31,8 @@ async def test_a_stream_write_waits_for_its_triggers_and_fails_with_fire_limit_a
         frame = await worker.call("stream::set", {**ITEM, "item_id": "b", "data": 2})
         assert frame["error"] == {"code": "fire_limit", "message": (
             "stream::set of 'orders'/'g'/'b' (done): none of its 1 stream trigger handlers reached: no room within "
-            "200 ms (fire_wait_timeout_ms): 1 trigger-fired calls in flight (max_fired_calls 1)")}
+            "200 ms (fire_wait_timeout_ms): 1 trigger-fired calls in flight (max_fired_calls 1), 1 of them to worker "
+            f"{worker_holding(engine, 'held::on')} (max_fired_calls_per_worker 1), 1 to held::on")}
         assert await worker.result("stream::get", {**ITEM, "item_id": "b"}) == 2  # made; only its trigger not run
         assert engine.fired_calls.stats()["skipped"] == 0  # refused and told, not skipped unseen
         # with room coming, each kind of write waits for it and then reaches its trigger
