@@ -155,7 +155,8 @@ async def test_a_void_call_the_full_queue_refuses_fails_at_once_as_not_sent(rela
 
     await on_client_loop(client, fill())
     with pytest.raises(BridgeCallError, match=r"call of state::set not sent to remote engine ws://127\.0\.0\.1:"
-                                              r"\d+: never sent: the outbound queue is full \(3 frames"):
+                                              r"\d+: The call to 'state::set' was never sent: the outbound queue is "
+                                              r"full \(3 frames"):
         await asyncio.wait_for(link.fire("state::set", {"scope": SCOPE, "key": "full", "value": 5}), 5)
     assert not await holds_on_client(client, queued(client, '"full"'))
     relay.flowing.set()
