@@ -62,6 +62,9 @@ _CHUNK = 2048
 _SLICE_BYTES = 256 * 1024
 # A cursor's ingest number and integer key.
 _SEQ = re.compile(r"[0-9]{1,20}")
+_EPOCH = re.compile(r"[0-9a-f]{0,16}")
+CURSOR_EXPIRED = "cursor_expired"
+"""Error code of a list request whose ``cursor`` is of another run of the store (the engine restarted since)."""
 _INT = re.compile(r"-?[0-9]{1,40}")
 
 
@@ -139,19 +142,21 @@ class Cursor:
 
     key: Any
     seq: int
+    #: the run of the store its number is of (:attr:`~.stores.Snapshot.epoch`)
+    epoch: str = ""
 
 
 @dataclass(frozen=True)
 class Order:
     """A list's order: by ``key`` (``None``: the ingest order alone), descending or not; entries of one key keep
     the ingest order, the newest first when ``ties_newest_first``. ``name`` tags the cursors given in this order:
-    a cursor is ``<name>:<seq>:<key>`` (``key_type`` reads the key back), opaque to clients.
+    a cursor is ``<name>:<seq>.<epoch>:<key>`` (``key_type`` reads the key back), opaque to clients.
 
     Example:
         >>> order = Order("logs", itemgetter("t"), int, True, True)
-        >>> text = order.text(order.cursor({"t": 5}, 12))
+        >>> text = order.text(order.cursor({"t": 5}, 12, "ab12"))
         >>> text, order.parse(text, "f")
-        ('logs:12:5', Cursor(key=5, seq=12))
+        ('logs:12.ab12:5', Cursor(key=5, seq=12, epoch='ab12'))
     """
 
     name: str
@@ -160,35 +165,36 @@ class Order:
     descending: bool
     ties_newest_first: bool
 
-    def cursor(self, entry: dict[str, Any], seq: int) -> Cursor:
-        """The cursor just after ``entry`` (ingest number ``seq``)."""
-        return Cursor(None if self.key is None else self.key(entry), seq)
+    def cursor(self, entry: dict[str, Any], seq: int, epoch: str = "") -> Cursor:
+        """The cursor just after ``entry`` (ingest number ``seq`` of the store's run ``epoch``)."""
+        return Cursor(None if self.key is None else self.key(entry), seq, epoch)
 
     def text(self, cursor: Cursor) -> str:
         """``cursor`` as a ``next_cursor``."""
         key = "" if cursor.key is None else repr(cursor.key) if isinstance(cursor.key, float) else str(cursor.key)
-        return f"{self.name}:{cursor.seq}:{key}"
+        return f"{self.name}:{cursor.seq}.{cursor.epoch}:{key}"
 
     def parse(self, text: str, function_id: str) -> Cursor:
         """The cursor a ``next_cursor`` of this list in this order names; ``deserialization_error`` for any other
         text (one of another list or order would skip or repeat entries)."""
         name, _, rest = text.partition(":")
-        seq, _, key = rest.partition(":")
-        if name != self.name or not _SEQ.fullmatch(seq):
+        numbered, _, key = rest.partition(":")
+        seq, _, epoch = numbered.partition(".")
+        if name != self.name or not _SEQ.fullmatch(seq) or not _EPOCH.fullmatch(epoch):
             raise EngineError("deserialization_error",
                               f"Failed to deserialize input for {function_id}: cursor is not a next_cursor this list "
                               f"gave in this order ({self.name})")
         if self.key_type is None and key == "":
-            return Cursor(None, int(seq))
+            return Cursor(None, int(seq), epoch)
         if self.key_type is int and _INT.fullmatch(key):
-            return Cursor(int(key), int(seq))
+            return Cursor(int(key), int(seq), epoch)
         if self.key_type is float:
             with contextlib.suppress(ValueError):
                 number = float(key)
                 if math.isfinite(number):
-                    return Cursor(number, int(seq))
+                    return Cursor(number, int(seq), epoch)
         if self.key_type is str:
-            return Cursor(key, int(seq))
+            return Cursor(key, int(seq), epoch)
         raise EngineError("deserialization_error",
                           f"Failed to deserialize input for {function_id}: cursor holds no {self.name} sort key")
 
@@ -226,6 +232,7 @@ class Page:
     start: int
     total: int
     before: Cursor | None
+    epoch: str = ""
 
     def fields(self, encoded: Encoded) -> dict[str, Any]:
         """The paging fields of the answer holding ``encoded`` (of :attr:`entries`): ``next_offset`` and
@@ -235,7 +242,7 @@ class Page:
         on one)."""
         passed = len(self.entries) if encoded.next_index is None else encoded.next_index
         more = self.start + passed < self.total
-        last = self.order.cursor(self.entries[passed - 1], self.seqs[passed - 1]) if passed else self.before
+        last = self.order.cursor(self.entries[passed - 1], self.seqs[passed - 1], self.epoch) if passed else self.before
         return {"next_offset": self.start + passed if more else None,
                 "next_cursor": self.order.text(last) if more and last is not None else None,
                 "truncated": encoded.truncated, "oversized": encoded.oversized}
@@ -250,12 +257,15 @@ async def page_of(snapshot: Snapshot, keep: Callable[[dict[str, Any]], bool], pa
         >>> import asyncio
         >>> from .stores import Snapshot
         >>> order = Order("x", itemgetter("t"), int, True, True)
-        >>> snap = Snapshot([{"t": 1}, {"t": 3}, {"t": 3}, {"t": 2}], first_seq=10)
+        >>> snap = Snapshot([{"t": 1}, {"t": 3}, {"t": 3}, {"t": 2}], first_seq=10, epoch="e1")
         >>> page = asyncio.run(page_of(snap, lambda e: True, Paging(0, 2, order, None)))
         >>> page.seqs, page.fields(Encoded("", 2, 0))["next_cursor"]
-        ([12, 11], 'x:11:3')
-        >>> asyncio.run(page_of(snap, lambda e: True, Paging(0, 5, order, Cursor(3, 11)))).seqs
+        ([12, 11], 'x:11.e1:3')
+        >>> asyncio.run(page_of(snap, lambda e: True, Paging(0, 5, order, Cursor(3, 11, "e1")))).seqs
         [13, 10]
+        >>> asyncio.run(page_of(snap, lambda e: True, Paging(0, 5, order, Cursor(3, 11, "e0"))))
+        Traceback (most recent call last):
+        iii_engine.modules.base.EngineError: cursor_expired: this cursor is of another run of the store (the engine ...
     """
     entries, first, order = snapshot.entries, snapshot.first_seq, paging.order
     matched = await select_indices(entries, keep)
@@ -271,6 +281,11 @@ async def page_of(snapshot: Snapshot, keep: Callable[[dict[str, Any]], bool], pa
 
     before = paging.cursor
     if before is not None:
+        if before.epoch != snapshot.epoch or before.seq >= first + len(entries):
+            # a cursor of an earlier run (the engine restarted, its numbers start again) named entries that are not
+            # these: its walk ended silently, 0 entries and no next_cursor, with 500 stored
+            raise EngineError(CURSOR_EXPIRED, "this cursor is of another run of the store (the engine restarted since "
+                                              "it was given) or was never given: list again without it")
         mark = before
 
         def past(i: int) -> bool:
@@ -288,9 +303,10 @@ async def page_of(snapshot: Snapshot, keep: Callable[[dict[str, Any]], bool], pa
         # with the entry just before the page: an empty page's cursor is after it
         index = await sort(matched, start - 1, paging.limit + 1) if start else await sort(matched, 0, paging.limit)
         if start and index:
-            before = order.cursor(entries[index[0]], first + index[0])
+            before = order.cursor(entries[index[0]], first + index[0], snapshot.epoch)
             index = index[1:]
-    return Page(order, [entries[i] for i in index], [first + i for i in index], start, len(matched), before)
+    return Page(order, [entries[i] for i in index], [first + i for i in index], start, len(matched), before,
+                snapshot.epoch)
 
 
 #: ``engine::logs::list``: newest first; of entries of one time, the latest to arrive first.

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import secrets
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -59,6 +60,9 @@ class Snapshot:
 
     entries: list[dict[str, Any]]
     first_seq: int
+    #: which run of the store the numbers are of (a store made again, by a restart, numbers from 0 again): a cursor
+    #: of another run would name entries these are not
+    epoch: str = ""
 
 
 def value_bytes(value: Any, keys: bool = True) -> int:
@@ -157,6 +161,8 @@ class _Ring:
         self.evicted = 0
         #: the ingest sequence number the next entry gets (never reused, not even after :meth:`clear`)
         self.next_seq = 0
+        #: this run of the store (:attr:`Snapshot.epoch`)
+        self.epoch = secrets.token_hex(4)
         # the shared fields (_SHARED_FIELDS) of the entry sized last: an entry holding the same objects is not
         # charged for them again
         self._last: list[Any] = [None] * len(_SHARED_FIELDS)
@@ -214,7 +220,7 @@ class _Ring:
 
     def snapshot(self) -> Snapshot:
         """:meth:`entries` with the ingest sequence number of the first."""
-        return Snapshot(list(self._items), self.next_seq - len(self._items))
+        return Snapshot(list(self._items), self.next_seq - len(self._items), self.epoch)
 
     def clear(self) -> None:
         """Drop everything."""
@@ -338,6 +344,7 @@ class MetricStore:
         self.refused_names = 0
         #: the ingest sequence number the next stored entry gets (as :attr:`_Ring.next_seq`)
         self.next_seq = 0
+        self.epoch = secrets.token_hex(4)  # (as _Ring.epoch)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -398,7 +405,7 @@ class MetricStore:
 
     def snapshot(self) -> Snapshot:
         """:meth:`entries` with the ingest sequence number of the first."""
-        return Snapshot(list(self._entries), self.next_seq - len(self._entries))
+        return Snapshot(list(self._entries), self.next_seq - len(self._entries), self.epoch)
 
     def clear(self) -> None:
         """Drop everything."""

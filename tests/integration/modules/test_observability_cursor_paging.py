@@ -162,3 +162,26 @@ async def test_a_huge_aggregate_interval_is_one_bucket() -> None:
         assert "error" not in answer, answer
         buckets = answer["result"]["aggregated_metrics"]
         assert [(b["name"], b["count"], b["bucket_start_ns"]) for b in buckets] == [("n0", 1, 0), ("n1", 1, 0)]
+
+
+async def test_a_cursor_of_an_earlier_run_of_the_store_is_refused_not_an_empty_end() -> None:
+    # Before: a cursor from before a restart ("metrics:899:") answered 0 entries and next_cursor null with 500
+    # stored: a client took the walk for done and never saw them; a made-up number did the same.
+    async with engine_with({}) as first, ModuleWorker(first.url) as worker:
+        await send(worker, metrics_frame(range(1000)))
+        await ingested(worker, "metrics", "stored_metrics", 1000)
+        page = await worker.result("engine::metrics::list", {"limit": 900})
+        cursor = page["next_cursor"]
+        assert cursor is not None
+    async with engine_with({}) as restarted, ModuleWorker(restarted.url) as worker:
+        await send(worker, metrics_frame(range(500)))
+        await ingested(worker, "metrics", "stored_metrics", 500)
+        for stale in (cursor, cursor.replace("899.", "99999999.")):
+            frame = await worker.call("engine::metrics::list", {"cursor": stale})
+            assert frame["error"]["code"] == "cursor_expired", frame
+            assert "list again without it" in frame["error"]["message"]
+        own = (await worker.result("engine::metrics::list", {"limit": 10}))["next_cursor"]
+        name, numbered, key = own.split(":")
+        forged = f"{name}:{10**9}.{numbered.partition('.')[2]}:{key}"  # this run's, a number it never gave
+        assert (await worker.call("engine::metrics::list", {"cursor": forged}))["error"]["code"] == "cursor_expired"
+        assert len((await worker.result("engine::metrics::list", {}))["sdk_metrics"]) == 500
