@@ -198,6 +198,14 @@ CALL_CHARGE: ContextVar[CallCharge | None] = ContextVar("iii_engine_call_charge"
 """The worker's call the running task serves (``None``: the engine's own work: cron ticks, log records, worker
 events, messages from Redis); see :class:`CallCharge`."""
 
+def _payload_account(account_id: str) -> WorkerConnection:
+    """What holds the payload bytes of the engine's own fan-outs (:attr:`FiredCalls.engine_own`, and one per callee
+    worker): only its ``id`` and ``call_bytes`` are used, as a :class:`CallCharge`'s worker."""
+    account = WorkerConnection.__new__(WorkerConnection)
+    account.id, account.call_bytes = account_id, 0
+    return account
+
+
 def _live_charge() -> CallCharge | None:
     """The charge a fired call taken now holds: the running call's, unless that call is over (:attr:`CallCharge.over`:
     a task it started outlived it)."""
@@ -425,8 +433,7 @@ class FiredCalls:
         self._plain: dict[int, FiredHold] = {}
         #: whose share the bytes of the engine's own sized fan-outs are (try_take's ``size``): no worker's call set
         #: them off, and they share one max_call_bytes_per_worker between them
-        self.engine_own = WorkerConnection.__new__(WorkerConnection)
-        self.engine_own.id, self.engine_own.call_bytes = ENGINE_OWN, 0
+        self.engine_own = _payload_account(ENGINE_OWN)
 
     @property
     def waiting(self) -> int:
@@ -482,8 +489,7 @@ class FiredCalls:
         log trigger got nothing (19 of 100 records, then none)."""
         own = self._own_bytes.get(worker_id)
         if own is None:
-            own = self._own_bytes[worker_id] = WorkerConnection.__new__(WorkerConnection)
-            own.id, own.call_bytes = worker_id, 0
+            own = self._own_bytes[worker_id] = _payload_account(worker_id)
         if own.call_bytes and own.call_bytes + size > self.worker_byte_limit:
             self._over_callee(callee, function_id, f"worker {worker_id} holds {own.call_bytes} bytes of the payloads "
                                                    f"of log trigger calls it has not answered, and this one is {size} "

@@ -17,18 +17,10 @@ from iii.connection import MAX_QUEUE_BYTES, OUTBOUND_QUEUE_FULL
 from iii.iii import III
 from tests.conftest import EngineProcess
 from tests.integration.sdk.conftest import FAST_RECONNECT
+from tests.integration.sdk.test_outbound_queue_bytes import MiB, _on_client_loop
 from tests.polling import until
 
 T = TypeVar("T")
-MiB = 1024 * 1024
-
-
-async def _on_client_loop(client: III, fn: Callable[[], T]) -> T:
-    """``fn()`` on the client's loop thread, after everything handed to that loop before (its queue is FIFO)."""
-    async def call() -> T:
-        return fn()
-
-    return await asyncio.to_thread(client._bridge.run, call())
 
 
 def _in_loop(client: III, coro: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
