@@ -1072,11 +1072,11 @@ class Engine:
         self._add_trigger_type(trigger_type, description, handler)
 
     def _add_trigger_type(self, trigger_type: str, description: str, handler: TriggerTypeHandler) -> Undo:
-        entry = self.registry.trigger_types[trigger_type] = TriggerTypeEntry(trigger_type, description, None, handler)
+        entry = TriggerTypeEntry(trigger_type, description, None, handler)
+        self.registry.put_trigger_type(entry)
 
         def remove() -> None:
-            if self.registry.trigger_types.get(trigger_type) is entry:
-                del self.registry.trigger_types[trigger_type]
+            self.registry.drop_trigger_type(trigger_type, entry)
 
         return remove
 
@@ -1292,19 +1292,19 @@ class Engine:
             if event.result_id is not None:
                 self.invocations.reject_result(worker, event.result_id, event.reason)
         elif isinstance(event, RegisterFunction):
-            await self._register_function(worker, event)
+            await self._register_function(worker, event, size)
         elif isinstance(event, UnregisterFunction):
             self._unregister_function(worker, event.id)
         elif isinstance(event, RegisterService):
-            if not self.limits.admit_service(worker, self.registry, event.name or event.id):
+            if not self.limits.admit_service(worker, self.registry, event.name or event.id, size):
                 return
-            replaced = self.registry.register_service(event.id, event.name, event.parent_service_id)
+            replaced = self.registry.register_service(event.id, event.name, event.parent_service_id, size)
             if replaced is not None:
                 log.warning("worker %s replaced service %r", worker.id, replaced.name)
         elif isinstance(event, RegisterTriggerType):
-            self._register_trigger_type(worker, event.id, event.description)
+            self._register_trigger_type(worker, event.id, event.description, size)
         elif isinstance(event, RegisterTrigger):
-            entry = TriggerEntry(event.id, event.trigger_type, event.function_id, event.config, worker.id)
+            entry = TriggerEntry(event.id, event.trigger_type, event.function_id, event.config, worker.id, size=size)
             await self._register_trigger(worker, entry)
         elif isinstance(event, UnregisterTrigger):
             await self._unregister_trigger(worker, event.id)
@@ -1315,10 +1315,10 @@ class Engine:
 
     # -- registrations ---------------------------------------------------------------------------------------
 
-    async def _register_function(self, worker: WorkerConnection, msg: RegisterFunction) -> None:
+    async def _register_function(self, worker: WorkerConnection, msg: RegisterFunction, size: int = 0) -> None:
         held = msg.id in worker.functions or msg.id in worker.external_functions or \
             self.registry.shadows(worker.id, msg.id)
-        if not self.limits.admit_registration(worker, self.registry, "function", msg.id, held):
+        if not self.limits.admit_registration(worker, self.registry, "function", msg.id, held, size):
             return
         builtin: BuiltinFunction | None = None
         if msg.invocation is not None:
@@ -1331,7 +1331,7 @@ class Engine:
             for replaced in (*own, *self.registry.shadowed_entries(owner=worker.id, function_id=msg.id)):
                 self._drop_endpoint(replaced)
         entry = FunctionEntry(msg.id, worker.id, msg.description, msg.request_format, msg.response_format,
-                              msg.metadata, builtin=builtin, external=builtin is not None)
+                              msg.metadata, builtin=builtin, external=builtin is not None, size=size)
         previous = self.registry.add_function(entry)
         self.invocations.registered(msg.id)
         if previous is not None and previous.owner != worker.id:
@@ -1397,13 +1397,13 @@ class Engine:
         self._disown(entry)
         self._functions_maybe_changed()
 
-    def _register_trigger_type(self, worker: WorkerConnection, type_id: str, description: str) -> None:
+    def _register_trigger_type(self, worker: WorkerConnection, type_id: str, description: str, size: int = 0) -> None:
         existing = self.registry.trigger_types.get(type_id)
         if existing is not None and existing.owner is None:
             log.warning("worker %s may not replace built-in trigger type %s; refused", worker.id, type_id)
             return
         if not self.limits.admit_registration(worker, self.registry, "trigger type", type_id,
-                                              type_id in worker.trigger_types):
+                                              type_id in worker.trigger_types, size):
             return
         taken_from = None
         if existing is not None and existing.owner != worker.id:
@@ -1426,13 +1426,13 @@ class Engine:
             feed.register(entry)
             self.registry.store_trigger(entry)
             self._trigger_info.note("activated", f"pending trigger {entry.id} activated by trigger type {type_id}")
-        self.registry.trigger_types[type_id] = TriggerTypeEntry(type_id, description, worker.id,
-                                                                taken_from=taken_from)
+        self.registry.put_trigger_type(TriggerTypeEntry(type_id, description, worker.id, taken_from=taken_from,
+                                                        size=size))
         worker.trigger_types.add(type_id)
 
     async def _register_trigger(self, worker: WorkerConnection, entry: TriggerEntry) -> None:
         if not self.limits.admit_registration(worker, self.registry, "trigger", entry.id,
-                                              self.registry.has_trigger_of(worker.id, entry.id)):
+                                              self.registry.has_trigger_of(worker.id, entry.id), entry.size):
             return
         previous = self.registry.find_trigger(entry.id)
         if previous is not None and previous.registrant != worker.id:
@@ -1584,7 +1584,7 @@ class Engine:
         if existing is None or existing.owner != worker.id:
             log.warning("worker %s unregistered trigger type %s it does not own; ignored", worker.id, type_id)
             return
-        del self.registry.trigger_types[type_id]
+        self.registry.drop_trigger_type(type_id)
         worker.trigger_types.discard(type_id)
         self._park_type_triggers(type_id, self._feeds.get(worker.id))
 
@@ -1617,7 +1617,7 @@ class Engine:
         for type_id in worker.trigger_types:
             existing = self.registry.trigger_types.get(type_id)
             if existing is not None and existing.owner == worker.id:
-                del self.registry.trigger_types[type_id]
+                self.registry.drop_trigger_type(type_id)
                 self._park_type_triggers(type_id, None)
         CountLimits.report(worker)
         self.channels.drop_owner(worker.id)

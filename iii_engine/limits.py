@@ -10,9 +10,13 @@ Why: a control frame is bounded in bytes (``max_message_size``) and a worker's u
   Registrations are never acknowledged on the wire, so a refused one is logged by the engine (the first refusal
   of a connection names the item and the setting; the total is logged when it disconnects) and a call to a
   refused function fails with ``function_not_found``. Re-registering what the worker already holds is never refused.
-- ``max_services``: explicit (``registerservice``) services the engine keeps; they outlive their worker and their
-  functions. Implicit ones (a function id's prefix) come and go with functions, which are bounded above, and do not
-  count. A new explicit service past it is refused the same way.
+- ``max_registration_bytes_per_worker``: the bytes of the frames whose registrations one connection holds (each
+  entry keeps its frame's size; the registry keeps the books, where every table changes). The count bound alone
+  let one worker hold 100,000 registrations of 4 MiB. A re-registration is refused only when it grows past it.
+- ``max_services`` and ``max_service_bytes``: the count and the frame bytes of explicit (``registerservice``)
+  services the engine keeps; they outlive their worker and their functions. Implicit ones (a function id's prefix)
+  come and go with functions, which are bounded above, and do not count. A new explicit service past either is
+  refused the same way.
 - ``max_fired_calls``: trigger-fired calls in flight engine-wide (pub/sub deliveries, stream and state triggers,
   cron ticks, log and alert triggers, worker and function events), each counted from dispatch until its
   handler's outcome is back; see :class:`FiredCalls`. ``max_fired_bytes`` bounds the payload bytes they hold the
@@ -96,7 +100,9 @@ class CountLimits:
     def __init__(self, config: EngineConfig) -> None:
         self.max_workers = config.max_workers
         self.max_registrations = config.max_registrations_per_worker
+        self.max_registration_bytes = config.max_registration_bytes_per_worker
         self.max_services = config.max_services
+        self.max_service_bytes = config.max_service_bytes
 
     def connection_refusal(self, connected: int) -> str | None:
         """The close reason for one more connection while ``connected`` workers are, or ``None`` to accept it."""
@@ -112,25 +118,36 @@ class CountLimits:
                 + len(worker.trigger_types) + registry.trigger_count(worker.id))
 
     def admit_registration(self, worker: WorkerConnection, registry: Registry, kind: str, item_id: str,
-                           held: bool) -> bool:
-        """May ``worker`` register ``item_id`` (a ``kind``: function, trigger type, trigger)? ``held``: it already
-        holds that id (a re-registration, which never counts twice)."""
-        if held:
+                           held: bool, size: int = 0) -> bool:
+        """May ``worker`` register ``item_id`` (a ``kind``: function, trigger type, trigger) from a frame of ``size``
+        bytes? ``held``: it already holds that id (a re-registration, which never counts twice, and is refused only
+        when it is larger than the registration it replaces and the difference does not fit)."""
+        if not held:
+            count = self.held(worker, registry)
+            if count >= self.max_registrations:
+                return self._refuse(worker, f"{kind} {item_id!r}", f"it holds {count} registrations "
+                                    f"(max_registrations_per_worker {self.max_registrations})")
+        holding = registry.bytes_held(worker.id)
+        growth = size - (registry.held_size(worker.id, kind, item_id) if held else 0)
+        if growth <= 0 or holding + growth <= self.max_registration_bytes:
             return True
-        count = self.held(worker, registry)
-        if count < self.max_registrations:
-            return True
-        return self._refuse(worker, f"{kind} {item_id!r}",
-                            f"it holds {count} registrations (max_registrations_per_worker {self.max_registrations})")
+        return self._refuse(worker, f"{kind} {item_id!r} ({size} bytes)", f"its registrations hold {holding} bytes "
+                            f"(max_registration_bytes_per_worker {self.max_registration_bytes})")
 
-    def admit_service(self, worker: WorkerConnection, registry: Registry, name: str) -> bool:
-        """May ``worker`` add the explicit service ``name``? Replacing an explicit one always may; making an
-        implicit one (a function's prefix) explicit adds one, as it then outlives its functions."""
+    def admit_service(self, worker: WorkerConnection, registry: Registry, name: str, size: int = 0) -> bool:
+        """May ``worker`` add the explicit service ``name`` from a frame of ``size`` bytes? Replacing an explicit
+        one always may when it is no larger; making an implicit one (a function's prefix) explicit adds one, as it
+        then outlives its functions."""
         known = registry.services.get(name)
-        if (known is not None and known.explicit) or registry.explicit_services < self.max_services:
+        replaces = known is not None and known.explicit
+        if not replaces and registry.explicit_services >= self.max_services:
+            return self._refuse(worker, f"service {name!r}", f"the engine keeps {registry.explicit_services} "
+                                f"explicit services (max_services {self.max_services})")
+        growth = size - (known.size if known is not None and replaces else 0)
+        if growth <= 0 or registry.explicit_service_bytes + growth <= self.max_service_bytes:
             return True
-        return self._refuse(worker, f"service {name!r}", f"the engine keeps {registry.explicit_services} "
-                            f"explicit services (max_services {self.max_services})")
+        return self._refuse(worker, f"service {name!r} ({size} bytes)", f"the engine's explicit services hold "
+                            f"{registry.explicit_service_bytes} bytes (max_service_bytes {self.max_service_bytes})")
 
     @staticmethod
     def report(worker: WorkerConnection) -> None:

@@ -49,6 +49,8 @@ class FunctionEntry:
     builtin: BuiltinFunction | None = None
     external: bool = False
     gone: bool = False
+    #: bytes it holds of its owner's ``max_registration_bytes_per_worker`` (its frame's size)
+    size: int = field(default=0, compare=False)
     _info: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def info(self) -> dict[str, Any]:
@@ -76,6 +78,8 @@ class ServiceEntry:
     parent_service_id: str | None = None
     functions: set[str] = field(default_factory=set)
     explicit: bool = False
+    #: bytes it holds of ``max_service_bytes`` while explicit (its frame's size)
+    size: int = field(default=0, compare=False)
 
 
 @dataclass
@@ -88,6 +92,8 @@ class TriggerTypeEntry:
     owner: str | None = None
     handler: TriggerTypeHandler | None = None
     taken_from: str | None = None
+    #: bytes it holds of its owner's ``max_registration_bytes_per_worker`` (its frame's size)
+    size: int = field(default=0, compare=False)
 
 
 @dataclass
@@ -99,6 +105,8 @@ class TriggerEntry:
     function_id: str
     config: Any
     registrant: str | None = None
+    #: bytes it holds of its registrant's ``max_registration_bytes_per_worker`` (its frame's size)
+    size: int = field(default=0, compare=False)
     _info: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
     def info(self) -> dict[str, Any]:
@@ -118,7 +126,15 @@ class Registry:
         #: how many of ``services`` are explicit (``registerservice``): those outlive every function and worker, so
         #: they are what ``max_services`` bounds (implicit ones are bounded through the functions that make them)
         self.explicit_services = 0
+        #: the bytes (frame sizes) of the explicit services, bounded by ``max_service_bytes``
+        self.explicit_service_bytes = 0
+        # Read it freely; change it only through put_trigger_type / drop_trigger_type, which keep the byte books.
         self.trigger_types: dict[str, TriggerTypeEntry] = {}
+        # The bytes (frame sizes) of what each owner's registrations make the engine keep: current functions,
+        # overwritten ones kept to be restored (E5), trigger types, stored and pending triggers and replaced ones kept
+        # (E12), all of which the count bound counts too. Kept here, where every table changes, so that no path can
+        # add or drop an entry without its bytes; audit_bytes() recounts them from the tables.
+        self._bytes: dict[str | None, int] = {}
         # Read them freely; change them only through store_trigger / park_trigger / discard_trigger, which keep
         # the indexes below (so a worker's connect or disconnect costs its own triggers, not everyone's).
         self.triggers: dict[str, TriggerEntry] = {}
@@ -149,15 +165,19 @@ class Registry:
     def add_function(self, entry: FunctionEntry) -> FunctionEntry | None:
         """Register ``entry`` (last writer wins); returns the entry it replaced, if any."""
         previous = self.functions.get(entry.id)
-        self._unshadow(entry.id, entry.owner)
-        if previous is not None and previous.owner != entry.owner:
-            self._shadowed.setdefault(entry.id, {})[previous.owner] = previous
-            self._shadowing.setdefault(previous.owner, set()).add(entry.id)
+        owner = entry.owner
+        self._unshadow(entry.id, owner)
+        if previous is not None:
+            if previous.owner != owner:
+                self._keep_function(previous, charged=True)  # its bytes stay its owner's, kept instead of current
+            else:
+                self._charge(owner, -previous.size)
         self.functions[entry.id] = entry
+        self._charge(owner, entry.size)
         self._function_listing.clear()
         if previous is None:
             self.version += 1
-        if entry.owner is not None:
+        if owner is not None:
             self._service_add(entry.id)
         return previous
 
@@ -167,6 +187,7 @@ class Registry:
             self._unshadow(function_id, owner)
         entry = self.functions.pop(function_id, None)
         if entry is not None:
+            self._charge(entry.owner, -entry.size)
             self._function_listing.clear()
             self.version += 1
             self._service_remove(function_id)
@@ -182,10 +203,14 @@ class Registry:
         if current is None or current.owner != owner:
             return None
         self._function_listing.clear()
+        self._charge(owner, -current.size)
         stack = self._shadowed.get(function_id)
         if stack:
-            restored = stack[next(reversed(stack))]  # the latest earlier registrant
-            self._unshadow(function_id, restored.owner)
+            restored_owner = next(reversed(stack))  # the latest earlier registrant
+            restored = stack.pop(restored_owner)  # current again: its bytes stay on its owner's books
+            if not stack:
+                del self._shadowed[function_id]
+            self._forget_kept_id(restored_owner, function_id)
             self.functions[function_id] = restored
             return restored
         del self.functions[function_id]
@@ -204,8 +229,17 @@ class Registry:
             >>> reg.drop_owned_function("a::f", "w1").description
             "the engine's"
         """
-        self._shadowed.setdefault(entry.id, {})[entry.owner] = entry
-        self._shadowing.setdefault(entry.owner, set()).add(entry.id)
+        self._keep_function(entry)
+
+    def _keep_function(self, entry: FunctionEntry, charged: bool = False) -> None:
+        """Keep ``entry`` to be restored (E5), in place of its owner's earlier kept registration of its id;
+        ``charged``: its bytes are on its owner's books already (it was current until now)."""
+        owner = entry.owner
+        self._unshadow(entry.id, owner)
+        self._shadowed.setdefault(entry.id, {})[owner] = entry
+        self._shadowing.setdefault(owner, set()).add(entry.id)
+        if not charged:
+            self._charge(owner, entry.size)
 
     def forget_owner(self, owner: str) -> None:
         """Drop ``owner``'s overwritten registrations everywhere, so they are never restored."""
@@ -215,10 +249,15 @@ class Registry:
     def _unshadow(self, function_id: str, owner: str | None) -> None:
         """Forget ``owner``'s earlier registration of ``function_id``, if it has one."""
         stack = self._shadowed.get(function_id)
-        if stack is None or stack.pop(owner, None) is None:
+        kept = None if stack is None else stack.pop(owner, None)
+        if kept is None:
             return
+        self._charge(owner, -kept.size)
         if not stack:
             del self._shadowed[function_id]
+        self._forget_kept_id(owner, function_id)
+
+    def _forget_kept_id(self, owner: str | None, function_id: str) -> None:
         ids = self._shadowing[owner]
         ids.discard(function_id)
         if not ids:
@@ -273,13 +312,18 @@ class Registry:
 
     # -- services --------------------------------------------------------------------------------------------
 
-    def register_service(self, service_id: str, name: str, parent_service_id: str | None) -> ServiceEntry | None:
-        """Explicit ``registerservice``; returns the same-name service it replaced (its function set is reset)."""
+    def register_service(self, service_id: str, name: str, parent_service_id: str | None,
+                         size: int = 0) -> ServiceEntry | None:
+        """Explicit ``registerservice`` (``size``: its frame's); returns the same-name service it replaced (its
+        function set is reset)."""
         effective = name or service_id
         previous = self.services.get(effective)
-        self.services[effective] = ServiceEntry(service_id, effective, parent_service_id, explicit=True)
+        self.services[effective] = ServiceEntry(service_id, effective, parent_service_id, explicit=True, size=size)
         if previous is None or not previous.explicit:
             self.explicit_services += 1
+        else:
+            self.explicit_service_bytes -= previous.size
+        self.explicit_service_bytes += size
         return previous
 
     def _service_add(self, function_id: str) -> None:
@@ -301,8 +345,22 @@ class Registry:
             del self.services[head]
             if service.explicit:
                 self.explicit_services -= 1
+                self.explicit_service_bytes -= service.size
 
     # -- trigger types and triggers --------------------------------------------------------------------------
+
+    def put_trigger_type(self, entry: TriggerTypeEntry) -> None:
+        """Make ``entry`` the trigger type of its id (the one it replaces no longer counts for its owner)."""
+        self.drop_trigger_type(entry.id)
+        self.trigger_types[entry.id] = entry
+        self._charge(entry.owner, entry.size)
+
+    def drop_trigger_type(self, type_id: str, entry: TriggerTypeEntry | None = None) -> None:
+        """Forget the trigger type ``type_id`` (only if it is ``entry``, when given)."""
+        current = self.trigger_types.get(type_id)
+        if current is not None and (entry is None or current is entry):
+            del self.trigger_types[type_id]
+            self._charge(current.owner, -current.size)
 
     def store_trigger(self, entry: TriggerEntry) -> None:
         """Make ``entry`` the active trigger of its id (replacing a pending or active one of that id; another
@@ -325,14 +383,18 @@ class Registry:
         self._unshadow_trigger(entry.id, entry.registrant)
         previous = self.find_trigger(entry.id)
         if previous is not None and previous.registrant != entry.registrant:
+            self._unshadow_trigger(entry.id, previous.registrant)
             self._shadowed_triggers.setdefault(entry.id, {})[previous.registrant] = previous
             self._trigger_shadowing.setdefault(previous.registrant, set()).add(entry.id)
+            self._charge(previous.registrant, previous.size)
 
     def _unshadow_trigger(self, trigger_id: str, registrant: str | None) -> bool:
         """Forget ``registrant``'s replaced registration of ``trigger_id``; whether it had one."""
         kept = self._shadowed_triggers.get(trigger_id)
-        if kept is None or kept.pop(registrant, None) is None:
+        entry = None if kept is None else kept.pop(registrant, None)
+        if entry is None:
             return False
+        self._charge(registrant, -entry.size)
         if not kept:
             del self._shadowed_triggers[trigger_id]
         ids = self._trigger_shadowing[registrant]
@@ -368,6 +430,7 @@ class Registry:
     def _index(self, by_type: dict[str, dict[str, TriggerEntry]], entry: TriggerEntry) -> None:
         by_type.setdefault(entry.trigger_type, {})[entry.id] = entry
         self._of_registrant.setdefault(entry.registrant, {})[entry.id] = entry
+        self._charge(entry.registrant, entry.size)
 
     @staticmethod
     def _unindex(index: dict[Any, dict[str, TriggerEntry]], key: Any, trigger_id: str) -> None:
@@ -415,6 +478,7 @@ class Registry:
             if entry is not None:
                 self._unindex(by_type, entry.trigger_type, trigger_id)
                 self._unindex(self._of_registrant, entry.registrant, trigger_id)
+                self._charge(entry.registrant, -entry.size)
         return active or pending
 
     def trigger_listing_json(self, include_internal: bool) -> str | None:
@@ -432,6 +496,60 @@ class Registry:
                 t.info() for t in self.triggers.values()
                 if include_internal or not t.function_id.startswith(INTERNAL_PREFIX)]
         return list(listing)
+
+
+    # -- byte books ------------------------------------------------------------------------------------------
+
+    def bytes_held(self, owner: str | None) -> int:
+        """The bytes of what ``owner``'s registrations make the engine keep (see ``_bytes``).
+
+        Example:
+            >>> reg = Registry()
+            >>> reg.add_function(FunctionEntry("a::f", owner="w1", size=120))
+            >>> reg.add_function(FunctionEntry("a::f", owner="w2", size=80))  # w1's is kept to be restored (E5)
+            FunctionEntry(id='a::f', owner='w1', ...)
+            >>> reg.bytes_held("w1"), reg.bytes_held("w2")
+            (120, 80)
+        """
+        return self._bytes.get(owner, 0)
+
+    def held_size(self, owner: str | None, kind: str, item_id: str) -> int:
+        """The bytes ``owner``'s own registration of ``item_id`` (a ``kind``: function, trigger type, trigger)
+        holds now, current or kept to be restored; 0 when it holds none."""
+        found: FunctionEntry | TriggerTypeEntry | TriggerEntry | None
+        if kind == "function":
+            found = self.functions.get(item_id)
+            if found is None or found.owner != owner:
+                found = self._shadowed.get(item_id, {}).get(owner)
+        elif kind == "trigger type":
+            found = self.trigger_types.get(item_id)
+            if found is not None and found.owner != owner:
+                found = None
+        else:
+            found = self._of_registrant.get(owner, {}).get(item_id) or \
+                self._shadowed_triggers.get(item_id, {}).get(owner)
+        return 0 if found is None else found.size
+
+    def audit_bytes(self) -> dict[str | None, int]:
+        """The byte books counted again from the tables (tests compare it with what was kept as they went)."""
+        books: dict[str | None, int] = {}
+        kept: list[FunctionEntry | TriggerTypeEntry | TriggerEntry] = [
+            *self.functions.values(), *(e for stack in self._shadowed.values() for e in stack.values()),
+            *self.trigger_types.values(), *self.triggers.values(), *self.pending_triggers.values(),
+            *(e for stack in self._shadowed_triggers.values() for e in stack.values())]
+        for entry in kept:
+            owner = entry.registrant if isinstance(entry, TriggerEntry) else entry.owner
+            if entry.size:
+                books[owner] = books.get(owner, 0) + entry.size
+        return books
+
+    def _charge(self, owner: str | None, delta: int) -> None:
+        if delta:
+            total = self._bytes.get(owner, 0) + delta
+            if total:
+                self._bytes[owner] = total
+            else:
+                del self._bytes[owner]
 
 
 def _encoded(cache: dict[bool, tuple[list[dict[str, Any]], str]], listing: list[dict[str, Any]],
