@@ -126,6 +126,8 @@ _HEADER_VALUE_FORBIDDEN = re.compile(r"[\r\n\x00]")
 # default_timeout, each one parsed and merged.
 MAX_CONTROL_FRAMES = 100
 MAX_HEADER_BYTES = 64 * 1024
+# Bytes the chunked framing adds to a body chunk on the wire (its hex size line and CRLF), rounded up.
+_CHUNK_FRAMING = 32
 
 
 class _Refusal(asyncio.Protocol):
@@ -1022,6 +1024,12 @@ class RestApiModule(EngineModule):
         next_chunk, write = reader.next_chunk, response.write
         transport = request.transport
         send_timeout = self.settings.send_timeout_ms / 1000
+        # A write waits for the client only once the connection's buffer passed its high-water mark (aiohttp drains
+        # then). A chunk that cannot take it there from an empty buffer needs no timer (per-chunk cost); any other
+        # write gets one: a frame of the SDK's 960 KiB into an empty buffer waited for a client that never read
+        # with no bound. The first write carries the response head too: always timed.
+        room = -1
+        high = transport.get_write_buffer_limits()[1] - _CHUNK_FRAMING if transport is not None else -1
         self._streaming[reader] = request
         try:
             chunk: bytes | None = first
@@ -1030,9 +1038,9 @@ class RestApiModule(EngineModule):
                 if declared is not None and sent > declared:
                     return self._cut(request, response, f"the handler sent more than the {declared} bytes its "
                                                         f"Content-Length states")
-                if transport is not None and transport.get_write_buffer_size():
-                    # The client is behind: this write may wait for it to read. Only then a timer (per-chunk
-                    # cost); a client that stopped reading would otherwise hold its slot as long as the stream runs.
+                if len(chunk) > room or transport is None or transport.get_write_buffer_size():
+                    # This write may wait for the client to read: a client that stopped reading would otherwise
+                    # hold its slot as long as the stream runs.
                     try:
                         async with asyncio.timeout(send_timeout):
                             await write(chunk)
@@ -1041,6 +1049,7 @@ class RestApiModule(EngineModule):
                                                             f"{self.settings.send_timeout_ms} ms (send_timeout)")
                 else:
                     await write(chunk)
+                room = high
                 chunk = await next_chunk()
         except ChannelAborted as exc:
             # Finishing the chunked body would make a truncated download look complete; cut the connection.
