@@ -1090,7 +1090,7 @@ class ChannelWriter:
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         """Send ``data`` as binary frames (65 536 bytes, or what the engine invites), after anything queued before
-        it.
+        it. Empty ``data`` sends nothing (the reference sends an empty frame; our readers skip those).
 
         A str is sent as text, as the reference's ``write`` (annotated ``bytes``, as this one is, for typed code's
         sake) sends it: in pieces of at most 65,536 characters (:data:`TEXT_PIECE_CHARS`), each a text message of
@@ -1419,6 +1419,10 @@ class ChannelWriter:
         async with self._home.lock:
             if self._error is not None:
                 raise self._error
+            if not isinstance(data, _Text) and not (data.nbytes if isinstance(data, memoryview) else len(data)):
+                # Nothing to send. An empty frame reached a reference reader as an empty chunk, and b"" is what
+                # many read loops take for the end of the stream.
+                return
             end = await self._ensure_connected()
             if self._error is not None:  # aborted while this connected: nothing of it goes out
                 raise self._error
@@ -1678,7 +1682,8 @@ class ChannelReader:
         self._message_callbacks.append(callback)
 
     async def recv(self) -> bytes | str | None:
-        """The next message, text or binary, or ``None`` at end of stream (ours; callbacks are not called)."""
+        """The next message, text or binary, or ``None`` at end of stream (ours; callbacks are not called). Empty
+        binary messages (a reference writer's ``write(b"")``) are skipped: a binary message is never ``b""``."""
         unread = self._unread
         if unread is not None:
             self._unread = None
@@ -1692,27 +1697,33 @@ class ChannelReader:
         end = self._end
         if end is None:
             end = await self._ensure_connected()
-        try:
-            text, data = await end.receive()
-        except ChannelEndClosed as exc:
-            error = _closed_error(exc, self._channel_id, "read")
-            if error is None:
-                self._eof = True
-                return None
-            raise error from exc
-        if text:
+        while True:
             try:
-                return data.decode()
-            except UnicodeDecodeError as exc:
-                code = ChannelCloseCode.INVALID_DATA
-                await end.aclose(code, "invalid UTF-8")
-                raise ChannelConnectionError(f"channel {self._channel_id}: a text message is not valid UTF-8",
-                                             channel_id=self._channel_id, code=code) from exc
+                text, data = await end.receive()
+            except ChannelEndClosed as exc:
+                error = _closed_error(exc, self._channel_id, "read")
+                if error is None:
+                    self._eof = True
+                    return None
+                raise error from exc
+            if text:
+                try:
+                    return data.decode()
+                except UnicodeDecodeError as exc:
+                    code = ChannelCloseCode.INVALID_DATA
+                    await end.aclose(code, "invalid UTF-8")
+                    raise ChannelConnectionError(f"channel {self._channel_id}: a text message is not valid UTF-8",
+                                                 channel_id=self._channel_id, code=code) from exc
+            if data:
+                break
+            # An empty binary message (a reference writer's write(b"")) carries no bytes. Handed out, b"" read as
+            # the end of stream to a `while chunk := ...` loop, which stopped half-way with no error.
         self.bytes_read += len(data)
         return data
 
     async def read_chunk(self) -> bytes | None:
-        """The next binary chunk, or ``None`` at end of stream; text messages meanwhile go to the callbacks."""
+        """The next binary chunk (never empty), or ``None`` at end of stream; text messages meanwhile go to the
+        callbacks."""
         while True:
             message = await self.recv()
             if message is None or not isinstance(message, str):
