@@ -8,7 +8,8 @@ Stream module keys (unknown keys refused, as production does):
   ``client_queue_size`` (frames a client may fall behind before it is closed with 1013; default 1024),
   ``client_queue_bytes`` (the same in bytes of queued frames; default 32 MiB),
   ``slow_close_timeout_ms`` (how long that close may wait for a client that stopped reading to take the close
-  frame before the connection is reset; default 10,000),
+  frame before the connection is reset, and how long a client may take nothing of a frame being written to it, a
+  sync or an event, before it is reset; default 10,000),
   ``max_clients`` (socket connections, counted from their TCP accept: those still in their opening handshake or
   auth call count with the connected clients; default a quarter of the process's open-file limit ``RLIMIT_NOFILE``,
   at most 10,000; past it a new connection takes the place of the oldest that has not sent its whole upgrade
@@ -150,7 +151,9 @@ class SocketSettings(Settings):
     #: reach the frame count late: 1024 frames of 4 MiB items are 4 GiB held for one client that stopped reading)
     client_queue_bytes: int = Field(DEFAULT_CLIENT_QUEUE_BYTES, ge=1)
     #: ours: a slow client's 1013 close waits this long for it to read up to the close frame, then resets it (a
-    #: client that resumes reading within it still learns why it was closed; one that never does is not held)
+    #: client that resumes reading within it still learns why it was closed; one that never does is not held); a
+    #: client that takes no byte of a frame being written to it for this long is reset too (one that joined a big
+    #: group and never read held its sync, under client_queue_bytes, for as long as its connection lived)
     slow_close_timeout_ms: int = Field(DEFAULT_SLOW_CLOSE_TIMEOUT_MS, ge=1, le=MAX_TIMEOUT_MS)
     #: ours: joins past this many live subscriptions on one socket are refused with an ``error`` event
     max_subscriptions_per_client: int = Field(1000, ge=1)

@@ -13,8 +13,9 @@ sockets that watch its group, not every socket;
 an auth function can reject the upgrade with HTTP 401 when ``auth_reject`` is on (ST5); every connection has a
 bounded outbound queue and a client that lets it overflow is closed with 1013 (ST9: it is behind once
 ``client_queue_size`` frames or ``client_queue_bytes`` bytes wait for it, the frame being written not counted; a
-frame's own size never closes it, so a sync bigger than the budget reaches a client that keeps reading); a client
-offering subprotocols gets the first one echoed back (ST10). The store's event feed is open only while a client is
+frame's own size never closes it, so a sync bigger than the budget reaches a client that keeps reading, and one
+that takes no byte of a frame being written to it for ``slow_close_timeout_ms`` is reset); a client offering
+subprotocols gets the first one echoed back (ST10). The store's event feed is open only while a client is
 connected (the engine's own writes reach triggers without it), so writes with no socket client do not pay for reading
 their events back; a join opens it before its sync read, so no change falls between sync and feed.
 
@@ -38,6 +39,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
+import sys
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -53,7 +56,7 @@ from websockets.typing import Subprotocol
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.loss_log import LossLog
 from iii.wire import dumps, loads
-from iii.ws_fastpath import reset, send_server_frame
+from iii.ws_fastpath import reset, send_server_frame, write_buffer_size
 from iii_streams import Backend, StreamGapError, StreamLagError, Watch
 from iii_streams.deadlines import finish_within
 from iii_streams.events import StreamEvent, now_ms
@@ -80,6 +83,16 @@ _MAX_CLIENT_FRAME = 1024 * 1024
 # (join_timeout_ms at most), its close being unread behind them; with 16 it was so past 16 messages.
 _CLIENT_MESSAGES_QUEUED = 1
 _SLOW_CLIENT = 1013
+# Looks at a blocked write per slow_close_timeout_ms (see _Client.write): a client is reset once it took nothing for
+# between 1 and 1 + 1/_LOOKS times that long
+_LOOKS = 4
+# ioctl of a TCP socket's unacknowledged bytes (SIOCOUTQ, which is TIOCOUTQ's number) where it is known
+if sys.platform.startswith("linux"):
+    import fcntl
+
+    _OUTQ: int | None = 0x5411
+else:
+    _OUTQ = None
 _TOO_SLOW = "too slow: events were queued faster than read; reconnect and join"
 _MISSED = "the engine missed the store's events; reconnect and join"
 # between attempts to subscribe to the store's events while they fail: doubled up to the maximum, so a store whose
@@ -156,6 +169,13 @@ class _Client:
         # frames offered while a join reads its sync (:meth:`hold`), sent after the sync
         self.held: list[bytes] | None = None
         self.held_bytes = 0
+        # the writer's progress, for :meth:`_look`: frames it began, whether it is in one, and at the last look
+        # (frames begun, bytes the socket held, the loop's time it last saw the client take any)
+        self.writes = 0
+        self.writing = False
+        self._seen = (0, 0)
+        self._moved_at = 0.0
+        self._looking: asyncio.TimerHandle | None = None
 
     def watch_gone(self) -> bool:
         """Follow the connection's end from now on (once); whether it is still open."""
@@ -240,14 +260,86 @@ class _Client:
             close_within(self.ws, _SLOW_CLIENT, reason, self.close_timeout_s))
 
     async def write(self) -> None:
+        """Send the queued frames in order until cancelled. A client that takes no byte of what waits for it for
+        ``close_timeout_s`` (``slow_close_timeout_ms``) is reset (:meth:`_look`)."""
         while True:
             frame = await self.queue.get()
             self.queued_bytes -= len(frame)
-            # the payload is already UTF-8: no per-socket encoding or websockets message machinery
-            await send_server_frame(self.ws, True, frame)
+            self.writes += 1
+            self.writing = True
+            if self._looking is None:
+                self._watch()
+            try:
+                # the payload is already UTF-8: no per-socket encoding or websockets message machinery
+                await send_server_frame(self.ws, True, frame)
+            finally:
+                self.writing = False
             # not kept while waiting for the next one: an idle client held its last frame (its sync, say) for as
             # long as nothing else came for it
             del frame
+
+    def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._seen = (self.writes, _unsent(self.ws))
+        self._moved_at = loop.time()
+        self._looking = loop.call_later(self.close_timeout_s / _LOOKS, self._look)
+
+    def _look(self) -> None:
+        """Whether the client took anything since the last look; reset it once it took nothing for
+        ``close_timeout_s``.
+
+        Why: a write waits for the socket to drain, with no deadline of its own, and websockets' keep-alive cannot
+        tell either (its ping waits for the same drain). A client that joined a big group and never read held its
+        sync, and every frame queued behind it, for as long as its TCP connection stayed up: 30 such sockets took
+        an engine from 84 to 571 MB, still held after a minute, all under ``client_queue_bytes``. A client that
+        reads, however slowly, acknowledges bytes (what is unsent shrinks) or lets the next frame begin: it is
+        never cut.
+        """
+        self._looking = None
+        if not self.writing:
+            return  # the writer waits for frames, not for the client: the next write watches again
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        seen = (self.writes, _unsent(self.ws))
+        if seen[0] != self._seen[0] or seen[1] < self._seen[1]:
+            self._moved_at = now
+        self._seen = seen
+        idle = now - self._moved_at
+        if idle < self.close_timeout_s:
+            self._looking = loop.call_later(min(self.close_timeout_s / _LOOKS, self.close_timeout_s - idle),
+                                            self._look)
+            return
+        log.warning("stream client %s took nothing of the %d bytes waiting for it for %.1f s (slow_close_timeout_ms); "
+                    "resetting it", self.ws.remote_address, seen[1] + self.queued_bytes + self.held_bytes, idle)
+        self.drop()
+        reset(self.ws)  # the write waiting on it ends; so does the socket's handler, which lets the client go
+
+    def drop(self) -> None:
+        """Stop watching the writer and let go of every frame waiting for this client (it is gone or cut)."""
+        if self._looking is not None:
+            self._looking.cancel()
+            self._looking = None
+        self.overflowed = True  # nothing is queued for it from now on
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queued_bytes = 0
+        if self.held is not None:
+            self.held.clear()
+            self.held_bytes = 0
+
+
+def _unsent(ws: ServerConnection) -> int:
+    """Bytes written to ``ws`` that its peer has not acknowledged yet: the transport's buffer and, on Linux, the
+    kernel's send queue (``SIOCOUTQ``). The transport's buffer alone hid a slow reader's progress: the kernel takes
+    more from it only once a third of its own buffer (up to 4 MiB) is free, a wait longer than a second for a
+    client reading 1 MB/s. Elsewhere the transport's buffer alone (a client reading slower than the kernel's buffer
+    per ``slow_close_timeout_ms`` may then be taken for one that stopped)."""
+    unsent = write_buffer_size(ws)
+    sock = ws.transport.get_extra_info("socket")
+    if _OUTQ is not None and sock is not None:
+        with contextlib.suppress(OSError, ValueError):  # closed meanwhile: its fileno is -1
+            unsent += struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0"))[0]
+    return unsent
 
 
 class _Accepted(ServerConnection):
@@ -723,6 +815,7 @@ class StreamSocketServer:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                 await writer
+            client.drop()
             for sub_id, sub in client.subscriptions.items():
                 self.leave_triggers.run_detached(self._payload(client, sub_id, sub))
             client.subscriptions.clear()
