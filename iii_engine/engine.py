@@ -56,7 +56,15 @@ from .channels import ChannelRelay
 from .closing import StoreCloses, close_within
 from .config import EngineConfig
 from .invocations import Invocations, Started
-from .limits import SKIP_LOG_INTERVAL_S, TRY_AGAIN_LATER, CountLimits, FiredCalls, WorkerCalls
+from .limits import (
+    REGISTRATION_OVERHEAD,
+    SKIP_LOG_INTERVAL_S,
+    TRY_AGAIN_LATER,
+    CountLimits,
+    FiredCalls,
+    WorkerCalls,
+    retained_estimate,
+)
 from .modules.base import (
     BuiltinFunction,
     EngineError,
@@ -88,6 +96,12 @@ async def _close_unread(ws: ServerConnection, limit: int) -> None:
     """Close a peer that stopped reading (the close frame waits behind what it has not read): within
     :data:`~iii_engine.closing.CLOSE_TIMEOUT_S`, then reset."""
     await close_within(ws, OVERFLOW_CLOSE_CODE, f"outbound queue over {limit} bytes: peer not reading")
+
+
+def _retained(frame: bytes | None, size: int) -> int:
+    """What a registration read from ``frame`` (of ``size`` bytes; ``None`` when no text is at hand) holds of its
+    worker's ``max_registration_bytes_per_worker``."""
+    return retained_estimate(frame) if frame is not None else 2 * size + REGISTRATION_OVERHEAD
 
 
 def _cancelling() -> int:
@@ -527,6 +541,9 @@ class Engine:
         self._worker_tasks: set[asyncio.Task[Any]] = set()  # the tasks serving worker connections (_close_listener)
         # what each trigger type owner (by worker id) is sent about its triggers, under its flow control
         self._feeds: dict[str, _TriggerFeed] = {}
+        # Workers whose disconnect cleanup has begun: a trigger of theirs bound after it withdrew their triggers
+        # (another worker's cleanup restoring it, E12, or a type's register still awaited) is withdrawn at once.
+        self._leaving: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -1238,7 +1255,7 @@ class Engine:
                     event = session.receive(raw) if not session.parse_off_loop(raw) else \
                         session.accept(await self._parse_big_frame(raw))
                     if event is not None:
-                        await self._on_event(worker, event, len(payload))
+                        await self._on_event(worker, event, len(payload), payload)
                 except Exception:  # a bug in handling one frame must not take the connection down
                     log.exception("worker %s: failed to handle a frame", worker.id)
         except ConnectionClosed as exc:
@@ -1269,9 +1286,11 @@ class Engine:
         self.memory.note()
         return event
 
-    async def _on_event(self, worker: WorkerConnection, event: Event, size: int = 0) -> None:
+    async def _on_event(self, worker: WorkerConnection, event: Event, size: int = 0,
+                        frame: bytes | None = None) -> None:
         """Run what one event of ``worker``'s session asks for (the session already decided what it means);
-        ``size``: its frame's, which a call holds of ``max_call_bytes_per_worker``."""
+        ``size``: its frame's, which a call holds of ``max_call_bytes_per_worker``; ``frame``: its text, whose
+        :func:`retained_estimate` a registration holds of ``max_registration_bytes_per_worker``."""
         if type(event) is Invoke:  # the call path first; a built-in call starts without a coroutine of its own
             routed = self.invocations.start_invoke(worker, event.message, size)
             if routed is not None:
@@ -1292,19 +1311,21 @@ class Engine:
             if event.result_id is not None:
                 self.invocations.reject_result(worker, event.result_id, event.reason)
         elif isinstance(event, RegisterFunction):
-            await self._register_function(worker, event, size)
+            await self._register_function(worker, event, _retained(frame, size))
         elif isinstance(event, UnregisterFunction):
             self._unregister_function(worker, event.id)
         elif isinstance(event, RegisterService):
-            if not self.limits.admit_service(worker, self.registry, event.name or event.id, size):
+            weight = _retained(frame, size)
+            if not self.limits.admit_service(worker, self.registry, event.name or event.id, weight):
                 return
-            replaced = self.registry.register_service(event.id, event.name, event.parent_service_id, size)
+            replaced = self.registry.register_service(event.id, event.name, event.parent_service_id, weight)
             if replaced is not None:
                 log.warning("worker %s replaced service %r", worker.id, replaced.name)
         elif isinstance(event, RegisterTriggerType):
-            self._register_trigger_type(worker, event.id, event.description, size)
+            self._register_trigger_type(worker, event.id, event.description, _retained(frame, size))
         elif isinstance(event, RegisterTrigger):
-            entry = TriggerEntry(event.id, event.trigger_type, event.function_id, event.config, worker.id, size=size)
+            entry = TriggerEntry(event.id, event.trigger_type, event.function_id, event.config, worker.id,
+                                 size=_retained(frame, size))
             await self._register_trigger(worker, entry)
         elif isinstance(event, UnregisterTrigger):
             await self._unregister_trigger(worker, event.id)
@@ -1431,6 +1452,9 @@ class Engine:
         worker.trigger_types.add(type_id)
 
     async def _register_trigger(self, worker: WorkerConnection, entry: TriggerEntry) -> None:
+        trigger_type = self.registry.trigger_types.get(entry.trigger_type)
+        if trigger_type is not None and trigger_type.handler is not None:
+            entry.size += getattr(trigger_type.handler, "retained_bytes_per_trigger", 0)
         if not self.limits.admit_registration(worker, self.registry, "trigger", entry.id,
                                               self.registry.has_trigger_of(worker.id, entry.id), entry.size):
             return
@@ -1441,7 +1465,21 @@ class Engine:
         await self._bind_trigger(entry)
 
     async def _bind_trigger(self, entry: TriggerEntry) -> None:
-        """Make ``entry`` its id's trigger: bound at its type, or pending while the type is unknown (E2)."""
+        """Make ``entry`` its id's trigger: bound at its type, or pending while the type is unknown (E2); withdrawn
+        again at once when its registrant left meanwhile.
+
+        Why: a type's ``register`` may wait (a Redis SUBSCRIBE), and a worker's cleanup may restore another's
+        replaced trigger (E12) while that other worker is leaving too. Its own cleanup had then already withdrawn
+        its triggers: the one stored after stayed active for good, its registrant gone (17 of 90 rounds of two
+        workers leaving together, with pub/sub on Redis), and a publish reached whichever worker registered its
+        function next."""
+        await self._bind_trigger_once(entry)
+        registrant = entry.registrant
+        if registrant is not None and (registrant in self._leaving or registrant not in self.workers) \
+                and self.registry.find_trigger(entry.id) is entry:
+            await self._withdraw_trigger(entry)
+
+    async def _bind_trigger_once(self, entry: TriggerEntry) -> None:
         registrant = f"worker {entry.registrant}" if entry.registrant else "the engine"
         trigger_type = self.registry.trigger_types.get(entry.trigger_type)
         if trigger_type is None:
@@ -1592,6 +1630,13 @@ class Engine:
 
     async def _cleanup(self, worker: WorkerConnection) -> None:
         """docs/protocol.md#connection-lifecycle step 3, owner-aware (E5)."""
+        self._leaving.add(worker.id)
+        try:
+            await self._forget_worker(worker)
+        finally:
+            self._leaving.discard(worker.id)
+
+    async def _forget_worker(self, worker: WorkerConnection) -> None:
         for function_id in sorted(worker.functions):
             restored = self.registry.drop_owned_function(function_id, worker.id)
             if restored is not None:

@@ -10,10 +10,11 @@ Why: a control frame is bounded in bytes (``max_message_size``) and a worker's u
   Registrations are never acknowledged on the wire, so a refused one is logged by the engine (the first refusal
   of a connection names the item and the setting; the total is logged when it disconnects) and a call to a
   refused function fails with ``function_not_found``. Re-registering what the worker already holds is never refused.
-- ``max_registration_bytes_per_worker``: the bytes of the frames whose registrations one connection holds (each
-  entry keeps its frame's size; the registry keeps the books, where every table changes). The count bound alone
-  let one worker hold 100,000 registrations of 4 MiB. A re-registration is refused only when it grows past it.
-- ``max_services`` and ``max_service_bytes``: the count and the frame bytes of explicit (``registerservice``)
+- ``max_registration_bytes_per_worker``: the bytes one connection's registrations make the engine keep, each
+  estimated from its frame (:func:`retained_estimate`; the entry keeps it in ``size``, the registry keeps the
+  books where every table changes). The count bound alone let one worker hold 100,000 registrations of 4 MiB. A
+  re-registration is refused only when it grows past it.
+- ``max_services`` and ``max_service_bytes``: the count and the estimated bytes of explicit (``registerservice``)
   services the engine keeps; they outlive their worker and their functions. Implicit ones (a function id's prefix)
   come and go with functions, which are bounded above, and do not count. A new explicit service past either is
   refused the same way.
@@ -90,6 +91,32 @@ BUSIEST_REFRESH_S = 1.0
 name it, is reused."""
 
 _PLAIN_CACHED = 64
+
+REGISTRATION_OVERHEAD = 1024
+"""What any registration costs the engine beyond its values (its entry, index slots, info dict, a listing's copy):
+measured ~700 bytes for a pending trigger, so a flood of tiny registrations is not free of charge."""
+
+
+def retained_estimate(frame: bytes | bytearray | str) -> int:
+    """What the engine keeps, in bytes, for a registration read from the JSON ``frame``: an estimate from the text,
+    counted at C speed (no walk of the parsed values), that errs high.
+
+    Why not the frame's size: the engine keeps parsed Python objects, and JSON's smallest values are its most
+    expensive ones. ``[{},{},…]`` is 3 bytes of frame and ~72 bytes of memory per element; a budget of frame bytes
+    let one worker's 64 MiB hold ~1.5 GB. So: the text twice (its parsed strings, and the listing's JSON copy), an
+    object's cost per ``{`` (a dict with keys is ~200 bytes), a list's per ``[``, a value's or key's per ``,`` or
+    ``:``, and :data:`REGISTRATION_OVERHEAD`. Characters inside strings count too: it errs high, never low (the
+    tests measure six shapes of frame against it).
+
+    Example:
+        >>> retained_estimate(b'{"config": "' + b"x" * 1000 + b'"}') < 4_000
+        True
+        >>> retained_estimate(b"[" + b"{}," * 1000 + b"{}]") > 100_000  # 3 KB of frame, ~72 KB of objects
+        True
+    """
+    text = frame.encode() if isinstance(frame, str) else frame
+    items = text.count(b",") + text.count(b":")
+    return 2 * len(text) + 192 * text.count(b"{") + 64 * text.count(b"[") + 56 * items + REGISTRATION_OVERHEAD
 """Holds of no bytes of up to this many slots are kept and shared (:meth:`FiredCalls.plain`); larger fan-outs are
 rare enough to allocate theirs."""
 

@@ -49,7 +49,7 @@ class FunctionEntry:
     builtin: BuiltinFunction | None = None
     external: bool = False
     gone: bool = False
-    #: bytes it holds of its owner's ``max_registration_bytes_per_worker`` (its frame's size)
+    #: bytes it holds of its owner's ``max_registration_bytes_per_worker`` (estimated from its frame)
     size: int = field(default=0, compare=False)
     _info: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -78,7 +78,7 @@ class ServiceEntry:
     parent_service_id: str | None = None
     functions: set[str] = field(default_factory=set)
     explicit: bool = False
-    #: bytes it holds of ``max_service_bytes`` while explicit (its frame's size)
+    #: bytes it holds of ``max_service_bytes`` while explicit (estimated from its frame)
     size: int = field(default=0, compare=False)
 
 
@@ -92,7 +92,7 @@ class TriggerTypeEntry:
     owner: str | None = None
     handler: TriggerTypeHandler | None = None
     taken_from: str | None = None
-    #: bytes it holds of its owner's ``max_registration_bytes_per_worker`` (its frame's size)
+    #: bytes it holds of its owner's ``max_registration_bytes_per_worker`` (estimated from its frame)
     size: int = field(default=0, compare=False)
 
 
@@ -105,7 +105,7 @@ class TriggerEntry:
     function_id: str
     config: Any
     registrant: str | None = None
-    #: bytes it holds of its registrant's ``max_registration_bytes_per_worker`` (its frame's size)
+    #: bytes it holds of its registrant's ``max_registration_bytes_per_worker`` (estimated from its frame)
     size: int = field(default=0, compare=False)
     _info: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -126,11 +126,11 @@ class Registry:
         #: how many of ``services`` are explicit (``registerservice``): those outlive every function and worker, so
         #: they are what ``max_services`` bounds (implicit ones are bounded through the functions that make them)
         self.explicit_services = 0
-        #: the bytes (frame sizes) of the explicit services, bounded by ``max_service_bytes``
+        #: the (estimated) bytes of the explicit services, bounded by ``max_service_bytes``
         self.explicit_service_bytes = 0
         # Read it freely; change it only through put_trigger_type / drop_trigger_type, which keep the byte books.
         self.trigger_types: dict[str, TriggerTypeEntry] = {}
-        # The bytes (frame sizes) of what each owner's registrations make the engine keep: current functions,
+        # The (estimated) bytes of what each owner's registrations make the engine keep: current functions,
         # overwritten ones kept to be restored (E5), trigger types, stored and pending triggers and replaced ones kept
         # (E12), all of which the count bound counts too. Kept here, where every table changes, so that no path can
         # add or drop an entry without its bytes; audit_bytes() recounts them from the tables.
@@ -314,7 +314,7 @@ class Registry:
 
     def register_service(self, service_id: str, name: str, parent_service_id: str | None,
                          size: int = 0) -> ServiceEntry | None:
-        """Explicit ``registerservice`` (``size``: its frame's); returns the same-name service it replaced (its
+        """Explicit ``registerservice`` (``size``: what it holds); returns the same-name service it replaced (its
         function set is reset)."""
         effective = name or service_id
         previous = self.services.get(effective)

@@ -138,7 +138,11 @@ class BuiltinFunction:
 
 
 class TriggerTypeHandler(Protocol):
-    """Engine-side registrator of a built-in trigger type (``cron``, ``http``, ``stream`` …)."""
+    """Engine-side registrator of a built-in trigger type (``cron``, ``http``, ``stream`` …).
+
+    A handler that keeps more per trigger than its registration's values (a task, a subscription) may say how
+    much in a ``retained_bytes_per_trigger`` attribute: each of its triggers holds that much more of its
+    registrant's ``max_registration_bytes_per_worker``."""
 
     async def register(self, trigger: TriggerInfo) -> None:
         """Activate ``trigger``; raise :class:`EngineError` to reject it (it is then not stored)."""

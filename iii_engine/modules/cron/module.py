@@ -81,6 +81,9 @@ class CronModule(EngineModule):
 
     name: ClassVar[str] = "cron"
     class_names: ClassVar[tuple[str, ...]] = ("modules::cron::CronModule",)
+    #: what one trigger costs beyond its registration (its schedule's task: 50,000 triggers, ~5 KB each), held of
+    #: its registrant's ``max_registration_bytes_per_worker`` (see :class:`~iii_engine.modules.base.TriggerTypeHandler`)
+    retained_bytes_per_trigger: ClassVar[int] = 6 * 1024
 
     def __init__(self, services: EngineServices, config: Mapping[str, Any] | None = None) -> None:
         super().__init__(services, config)

@@ -23,10 +23,11 @@ from typing import Any, ClassVar, Protocol, TypeVar
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.iii_types import TriggerInfo
+from iii.wire import dumps
 
 from ...channels import ChannelRelay, TooManyChannels
 from ...config import EngineConfig
-from ...limits import CalleeCall, FiredCalls
+from ...limits import CalleeCall, FiredCalls, retained_estimate
 from ...registry import Registry, TriggerEntry
 from ...workers import WorkerConnection
 from ..base import (
@@ -40,6 +41,9 @@ from ..base import (
 )
 
 FUNCTIONS_AVAILABLE = "engine::functions-available"
+# A worker's telemetry (language, framework, project) is kept while it is connected and counted nowhere else: an
+# SDK sends a few hundred bytes; a 3.9 MB list of empty objects kept ~97 MB per connected worker.
+MAX_WORKER_TELEMETRY_BYTES = 64 * 1024
 WORKERS_AVAILABLE = "engine::workers-available"
 
 T = TypeVar("T")
@@ -423,6 +427,12 @@ class WorkerModule(EngineModule):
         name = _optional(args, fid, "name", str)
         os_name = _optional(args, fid, "os", str)
         telemetry = _optional(args, fid, "telemetry", dict)
+        if telemetry is not None:
+            kept = retained_estimate(dumps(telemetry))
+            if kept > MAX_WORKER_TELEMETRY_BYTES:
+                raise EngineError("deserialization_error",
+                                  f"Failed to deserialize input for {fid}: 'telemetry' would keep ~{kept} bytes for "
+                                  f"as long as the worker is connected (at most {MAX_WORKER_TELEMETRY_BYTES})")
         pid = _optional(args, fid, "pid", int)
         if pid is not None and not 0 <= pid <= 0xFFFFFFFF:
             raise EngineError("deserialization_error",
