@@ -8,7 +8,10 @@ streaming through the ``response`` channel. Differences from production, all add
 is written to ``request_body`` and closed at once for every request (M6).
 
 ``default_timeout`` bounds the wait for the response to start (the function's result or the first body chunk);
-once a streamed body has started it runs until the handler closes its writer.
+once a streamed body has started it runs until the handler closes its writer, unless the function fails (the
+connection is cut: the client sees an incomplete body), returns a result (its writer then has ``RESULT_GRACE_S``
+without progress to finish), the client leaves (the request ends at once, the writer hears 4002) or stops reading
+for ``send_timeout`` (cut). See :class:`_StreamWatch`.
 
 Every request body is received whole before the handler runs and before the request takes a concurrency slot,
 so a client that sends headers and then nothing (or trickles) holds no slot: it gets 408 after
@@ -126,6 +129,9 @@ _HEADER_VALUE_FORBIDDEN = re.compile(r"[\r\n\x00]")
 # default_timeout, each one parsed and merged.
 MAX_CONTROL_FRAMES = 100
 MAX_HEADER_BYTES = 64 * 1024
+# A function that returns a result while its response streams cannot have that result sent: its writer then has this
+# long without progress to finish the body (a close under way, the last chunks queued), else the response is cut.
+RESULT_GRACE_S = 2.0
 # Bytes the chunked framing adds to a body chunk on the wire (its hex size line and CRLF), rounded up.
 _CHUNK_FRAMING = 32
 
@@ -156,6 +162,9 @@ class _BoundedServer(web.Server):
         super().__init__(handler, **kwargs)
         self.max_connections = max_connections
         self.open_connections = 0  # counted from the protocol's creation: accepts come in batches
+        # What to call when a connection closes, for connections whose response streams (see _StreamWatch): aiohttp
+        # tells a handler nothing of a client gone while it does not read or write.
+        self.on_lost: dict[web.RequestHandler, Callable[[], None]] = {}
         self._refused = refused
         body = dumps({"error": f"too many connections (max_connections {max_connections}); retry later"}).encode()
         self._answer = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
@@ -171,6 +180,9 @@ class _BoundedServer(web.Server):
 
     def connection_lost(self, handler: web.RequestHandler, exc: BaseException | None = None) -> None:
         self.open_connections -= 1
+        lost = self.on_lost.pop(handler, None)
+        if lost is not None:
+            lost()
         super().connection_lost(handler, exc)
 
 
@@ -477,6 +489,76 @@ class _Race:
 def _reason_to_refusal(reason: str) -> Exception:
     """What a request whose wait was cut short by the module's stop or by its deadline raises."""
     return _engine_stopping() if reason is _STOPPING else _Timeout()
+
+
+class _StreamWatch:
+    """What ends a streamed response besides its handler's writer: the function failing, the function returning a
+    result (its writer then has :data:`RESULT_GRACE_S` of silence to finish), or the client leaving.
+
+    Each aborts the response channel's reader end (the request's task, waiting for the next chunk, wakes with
+    :class:`ChannelAborted`, and the writer hears its reader left, 4002) and records why; failures also cut the
+    client's connection at once (a write waiting for the client wakes too). Callbacks, armed once per stream, not a
+    task raced per chunk: the stream's loop pays one attribute store per chunk (:attr:`sent`).
+    """
+
+    __slots__ = ("_ended", "_function_id", "_grace", "_seen", "level", "reader", "sent", "transport", "why")
+
+    def __init__(self, reader: ResponseChannel, transport: asyncio.Transport | None, function_id: str) -> None:
+        self.reader = reader
+        self.transport = transport
+        self._function_id = function_id
+        self.sent = 0  # body bytes handed to the client's connection (the stream's loop keeps it current)
+        self.why: str | None = None
+        self.level = logging.WARNING
+        self._grace: asyncio.TimerHandle | None = None
+        self._seen: tuple[int, int] = (-1, -1)
+        self._ended = False
+
+    def outcome_done(self, outcome: asyncio.Future[tuple[Any, Any]]) -> None:
+        """The function's outcome came while its response streams: an error cuts the response, a result gives the
+        writer a grace to finish, a null result (a streaming handler's usual return) changes nothing."""
+        result, error = _outcome(outcome, self._function_id)
+        if error is not None:
+            if isinstance(error, Mapping):
+                if error.get("code") == "invocation_timeout":
+                    # The call's time limit says nothing of its stream: a handler may stream for longer than
+                    # invocation_timeout_ms (an SSE feed), its writer still open.
+                    return
+                error = error.get("message", "")
+            self._stop(f"the function failed after its streamed response started: {' '.join(str(error).split())[:300]}",
+                       logging.WARNING, cut=True)
+        elif result is not None and self._grace is None:
+            self._after_result()
+
+    def _after_result(self) -> None:
+        # Progress is a chunk handed on or the client taking bytes: a slow client's download is not cut.
+        progress = (self.sent, self.transport.get_write_buffer_size() if self.transport is not None else 0)
+        if progress != self._seen:
+            self._seen = progress
+            self._grace = asyncio.get_running_loop().call_later(RESULT_GRACE_S, self._after_result)
+            return
+        self._stop(f"the function returned a result after its streamed response started and its writer sent "
+                   f"nothing more for {RESULT_GRACE_S:g} s", logging.WARNING, cut=True)
+
+    def connection_lost(self) -> None:
+        """The client's connection closed (see :class:`_BoundedServer`)."""
+        self._stop("the client closed the connection during the streamed response", logging.INFO, cut=False)
+
+    def _stop(self, why: str, level: int, *, cut: bool) -> None:
+        if self.why is not None or self._ended:
+            return
+        self.why, self.level = why, level
+        self.reader.abort()
+        if cut and self.transport is not None:
+            self.transport.abort()
+
+    def close(self) -> None:
+        """The stream ended: nothing cuts it any more (an outcome's callback may still be scheduled), no grace timer
+        is left behind."""
+        self._ended = True
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
 
 
 class _HttpTriggers:
@@ -845,7 +927,7 @@ class RestApiModule(EngineModule):
                 if isinstance(head, web.StreamResponse):
                     return head
                 try:
-                    response = await self._stream(request, reader, head)
+                    response = await self._stream(request, reader, head, outcome, route.function_id)
                 except BaseException:
                     started.abandon()
                     raise
@@ -998,10 +1080,15 @@ class RestApiModule(EngineModule):
             del self._races[race]
             race.interrupt(_DEADLINE)
 
-    async def _stream(self, request: web.BaseRequest, reader: ResponseChannel, first: bytes) -> web.StreamResponse:
+    async def _stream(self, request: web.BaseRequest, reader: ResponseChannel, first: bytes,
+                      outcome: asyncio.Future[tuple[Any, Any]], function_id: str) -> web.StreamResponse:
         """Send a streamed response. A Content-Length the handler set is kept (a download's size) and held to:
         a body that goes past it or ends short of it cuts the connection, so the client sees an incomplete
-        response rather than a silently truncated one, or one it waits for until the connection times out."""
+        response rather than a silently truncated one, or one it waits for until the connection times out.
+
+        The function failing meanwhile cuts it too, a result it returns gives its writer :data:`RESULT_GRACE_S`
+        without progress to finish, and a client that leaves frees the request at once, its handler's writer told
+        the reader left (4002): see :class:`_StreamWatch`."""
         headers = {k: v for k, v in reader.headers.items() if k.lower() not in _STREAM_HEADER_SKIP}
         problem = head_problem(reader.status, headers)
         declared: int | None = None
@@ -1030,6 +1117,11 @@ class RestApiModule(EngineModule):
         # with no bound. The first write carries the response head too: always timed.
         room = -1
         high = transport.get_write_buffer_limits()[1] - _CHUNK_FRAMING if transport is not None else -1
+        watch = _StreamWatch(reader, transport, function_id)
+        outcome.add_done_callback(watch.outcome_done)
+        lost = self._server.on_lost if self._server is not None else {}
+        protocol = request.protocol
+        lost[protocol] = watch.connection_lost
         self._streaming[reader] = request
         try:
             chunk: bytes | None = first
@@ -1050,16 +1142,32 @@ class RestApiModule(EngineModule):
                 else:
                     await write(chunk)
                 room = high
+                watch.sent = sent
                 chunk = await next_chunk()
+            if declared is not None and sent < declared:
+                return self._cut(request, response, f"the handler closed its body after {sent} of the {declared} "
+                                                    f"bytes its Content-Length states")
+            await response.write_eof()
         except ChannelAborted as exc:
+            if watch.why is not None:
+                log.log(watch.level, "HTTP %s %s: %s (%d bytes sent); response ended", request.method, request.path,
+                        watch.why, sent)
+                if transport is not None:
+                    transport.abort()
+                return response
             # Finishing the chunked body would make a truncated download look complete; cut the connection.
             return self._cut(request, response, str(exc))
+        except ConnectionError as exc:
+            # The client left while a write waited for it (or right before): nothing to answer, nobody at fault
+            # here; aiohttp logged this as an error with a traceback.
+            log.info("HTTP %s %s: the client closed the connection during the streamed response (%d bytes sent): "
+                     "%s", request.method, request.path, sent, exc)
+            return response
         finally:
             del self._streaming[reader]
-        if declared is not None and sent < declared:
-            return self._cut(request, response, f"the handler closed its body after {sent} of the {declared} bytes "
-                                                f"its Content-Length states")
-        await response.write_eof()
+            outcome.remove_done_callback(watch.outcome_done)
+            lost.pop(protocol, None)
+            watch.close()
         return response
 
     @staticmethod

@@ -1,19 +1,28 @@
 """How a streamed REST API response ends besides its handler closing its writer: a client that stops reading is cut
-after ``send_timeout`` whatever the frame size, and its request slot is freed."""
+after ``send_timeout`` whatever the frame size; a function that fails after its response started has the response
+cut (the client sees an incomplete body) and a result it returns then gives its writer a short grace; a client that
+leaves frees its request slot at once and its handler's writer hears 4002, and that is one INFO line in the log."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import websockets
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
+from iii_engine import Engine
+from iii_engine.modules.http import api as api_module
 from iii_engine.modules.http.api import RestApiModule
 from iii_engine.modules.http.channels import channel_url
+from tests.integration.engine.raw import RawWorker
 from tests.integration.modules.test_http_api_bounds import Start, _route, api
 from tests.polling import until
 
@@ -58,3 +67,121 @@ async def test_large_frames_to_a_client_that_never_reads_are_cut_after_send_time
         assert written < MAX_FRAMES
     await worker.send({"type": "invocationresult", "invocation_id": request["invocation_id"],
                        "function_id": "download"})
+
+
+async def _writer(engine: Engine, request: dict[str, Any]) -> ClientConnection:
+    """The handler's end of the request's response channel."""
+    return await websockets.connect(channel_url(engine.url, request["data"]["response"]), compression=None)
+
+
+async def _answer(worker: RawWorker, request: dict[str, Any], **outcome: Any) -> None:
+    await worker.send({"type": "invocationresult", "invocation_id": request["invocation_id"],
+                       "function_id": request["function_id"], **outcome})
+
+
+async def _get(module: RestApiModule, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", module.port)
+    writer.write(f"GET /{path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    return reader, writer
+
+
+async def _rest_of(reader: asyncio.StreamReader) -> bytes:
+    """What the connection sends until the engine closes it (a reset ends it too)."""
+    rest = b""
+    async with asyncio.timeout(5):  # before: nothing ended these responses (the attack's client waited 50 s)
+        try:
+            while piece := await reader.read(65536):
+                rest += piece
+        except ConnectionResetError:
+            pass
+    return rest
+
+
+async def test_a_function_that_fails_after_its_stream_started_has_the_response_cut(api: Start) -> None:
+    engine, module, _client = await api(concurrency_request_limit=1, slot_timeout=200)
+    worker = await _route(engine, "fails", "fails")
+    reader, writer = await _get(module, "fails")
+    request = await worker.expect("invokefunction")
+    async with await _writer(engine, request) as out:
+        await out.send(b"part of the body")
+        assert (await reader.readuntil(b"part of the body")).startswith(b"HTTP/1.1 200")
+        await _answer(worker, request, error={"code": "invocation_failed", "message": "disk failed"})
+        rest = await _rest_of(reader)
+        await asyncio.wait_for(out.wait_closed(), 5)
+        assert out.close_code == 4002  # the writer hears its reader left
+    assert b"0\r\n\r\n" not in rest  # cut: never a complete-looking body
+    await until(lambda: module.in_flight == 0, within=5)  # the slot is free again
+    writer.close()
+
+
+async def test_a_result_after_the_stream_started_cuts_it_once_the_writer_stops(
+        api: Start, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(api_module, "RESULT_GRACE_S", 0.2, raising=False)
+    engine, module, _client = await api()
+    worker = await _route(engine, "result", "result")
+    reader, writer = await _get(module, "result")
+    request = await worker.expect("invokefunction")
+    async with await _writer(engine, request) as out:
+        await out.send(b"first")
+        await reader.readuntil(b"first")
+        await _answer(worker, request, result={"status_code": 500, "body": {"error": "failed"}})
+        assert b"0\r\n\r\n" not in await _rest_of(reader)
+        await asyncio.wait_for(out.wait_closed(), 5)
+    await until(lambda: module.in_flight == 0, within=5)
+    writer.close()
+
+
+async def test_a_null_result_leaves_the_stream_to_its_writer(api: Start, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(api_module, "RESULT_GRACE_S", 0.05, raising=False)
+    engine, module, _client = await api()
+    worker = await _route(engine, "null", "null")
+    reader, writer = await _get(module, "null")
+    request = await worker.expect("invokefunction")
+    async with await _writer(engine, request) as out:
+        await out.send(b"first ")
+        await reader.readuntil(b"first ")
+        await _answer(worker, request)  # a streaming handler's usual return: nothing to send
+        await worker.sync()
+        await asyncio.sleep(0.2)  # longer than any grace: the stream is its writer's until it closes
+        await out.send(b"second")
+    assert (await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 5)).endswith(b"second\r\n0\r\n\r\n")
+    writer.close()
+
+
+async def test_a_client_that_leaves_an_idle_stream_frees_its_slot_at_once(api: Start) -> None:
+    engine, module, _client = await api(concurrency_request_limit=1, slot_timeout=200)
+    worker = await _route(engine, "feed", "feed")
+    reader, writer = await _get(module, "feed")
+    request = await worker.expect("invokefunction")
+    async with await _writer(engine, request) as out:
+        await out.send(b"event: one\n\n")  # then the feed is quiet
+        await reader.readuntil(b"event: one")
+        writer.close()
+        # before: the writer heard nothing (still open after 15 s) and the slot stayed taken until its next write
+        await asyncio.wait_for(out.wait_closed(), 5)
+        assert out.close_code == 4002
+    await until(lambda: module.in_flight == 0, within=5)
+    await _answer(worker, request)
+
+
+async def test_a_client_gone_mid_download_is_one_info_line(api: Start, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    engine, module, _client = await api()
+    worker = await _route(engine, "download", "download")
+    async with _client_that_never_reads(module, "download") as stalled:
+        request = await worker.expect("invokefunction")
+        async with websockets.connect(channel_url(engine.url, request["data"]["response"]), compression=None,
+                                      max_size=None) as out:
+            with pytest.raises(TimeoutError):
+                for _ in range(MAX_FRAMES):
+                    await asyncio.wait_for(out.send(FRAME), 0.5)  # until the engine's write waits for the client
+            stalled.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            stalled.close()  # a reset, with the engine's write waiting for the client
+            await asyncio.wait_for(out.wait_closed(), 5)
+    await until(lambda: module.in_flight == 0, within=5)
+    await _answer(worker, request)
+    await worker.sync()
+    # before: "Error handling request" at ERROR with a traceback of some 20 lines
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    gone = [r for r in caplog.records if "closed the connection" in r.getMessage()]
+    assert len(gone) == 1 and gone[0].levelno == logging.INFO
