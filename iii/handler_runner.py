@@ -21,6 +21,7 @@ import traceback
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from .channels import ChannelWriter
 from .handler_threads import ExitWait, HandlerThreads, exit_refusal
 from .payloads import resolve_channels
 from .trace_scope import TraceScope
@@ -98,9 +99,10 @@ class HandlerRunner:
         handler, is_async, span_name = entry
         if not is_async and self._refusing is not None:
             return (None, {"code": "invocation_failed", "message": _refused(self._refusing)}, None), _nothing
+        writers: list[ChannelWriter] = []
         try:
             if not no_channel_refs:
-                data = resolve_channels(data, self._address)
+                data = resolve_channels(data, self._address, writers)
         except Exception as exc:
             log.exception("Failed to resolve channel refs for %s", function_id)
             return (None, {"code": "invocation_failed", "message": str(exc), "stacktrace": traceback.format_exc()},
@@ -119,12 +121,16 @@ class HandlerRunner:
             # KeyboardInterrupt, SystemExit, GeneratorExit or CancelledError out of the handler itself: let through,
             # it ended the client's loop thread, so the caller and every later call to this worker timed out.
             log.error("Handler %s raised %s", function_id, type(exc).__name__, exc_info=exc)
+            if writers:
+                await _abort_used(writers, describe_base_exception(exc))
             return (None, {"code": "invocation_failed", "message": describe_base_exception(exc),
                            "stacktrace": traceback.format_exc()}, None), _nothing
         if isinstance(error, _RefusedError):  # (no handler ran; the exit is said once, by the client's shutdown)
             return (None, {"code": "invocation_failed", "message": _refused(str(error))}, None), _nothing
         if error is not None:
             log.error("Error in handler %s: %s", function_id, error)
+            if writers:
+                await _abort_used(writers, f"the handler raised {type(error).__name__}: {error}")
             return (None, {"code": "invocation_failed", "message": str(error), "stacktrace": stack},
                     response_tp), end
         return (result, None, response_tp), end
@@ -132,6 +138,15 @@ class HandlerRunner:
 
 def _nothing() -> None:
     """The ``end`` of a run that opened no span."""
+
+
+async def _abort_used(writers: list[ChannelWriter], why: str) -> None:
+    """Abort the channel writers a handler that raised was given and left open after writing to them, before its
+    error is sent: its reader (an HTTP response, the engine's) sees an aborted stream, never one that stays open or
+    looks complete. A writer never written to is left alone (aborting it would connect it only to abort)."""
+    used = [w for w in writers if not w.closed and (w.bytes_written or w.pending_bytes)]
+    if used:
+        await asyncio.gather(*(w.abort(why[:100]) for w in used))  # abort() never raises
 
 
 def _refused(why: str) -> str:

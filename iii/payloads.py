@@ -54,8 +54,9 @@ def action_to_wire(action: Any) -> dict[str, Any] | None:
     raise ValueError(f"unknown trigger action {action!r}: use TriggerAction.Enqueue(queue=...) or TriggerAction.Void()")
 
 
-def resolve_channels(value: Any, address: str) -> Any:
+def resolve_channels(value: Any, address: str, writers: list[ChannelWriter] | None = None) -> Any:
     """Replace channel refs in incoming data by channel ends; returns ``value`` itself when there are none.
+    ``writers``: each writer made is appended to it (a handler's, to abort if it raises).
 
     Example:
         >>> resolve_channels({"n": [1, {"k": "v"}]}, "ws://engine")
@@ -66,11 +67,16 @@ def resolve_channels(value: Any, address: str) -> Any:
             ref = StreamChannelRef(
                 channel_id=value["channel_id"], access_key=value["access_key"], direction=value["direction"]
             )
-            return ChannelReader(address, ref) if ref.direction == "read" else ChannelWriter(address, ref)
+            if ref.direction == "read":
+                return ChannelReader(address, ref)
+            writer = ChannelWriter(address, ref)
+            if writers is not None:
+                writers.append(writer)
+            return writer
         out: dict[str, Any] | None = None
         for k, v in value.items():
             if isinstance(v, dict | list | tuple):
-                new = resolve_channels(v, address)
+                new = resolve_channels(v, address, writers)
                 if new is not v:
                     if out is None:
                         out = dict(value)
@@ -80,7 +86,7 @@ def resolve_channels(value: Any, address: str) -> Any:
         items: list[Any] | None = None
         for i, v in enumerate(value):
             if isinstance(v, dict | list | tuple):
-                new = resolve_channels(v, address)
+                new = resolve_channels(v, address, writers)
                 if new is not v:
                     if items is None:
                         items = list(value)
