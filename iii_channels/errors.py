@@ -22,6 +22,8 @@ LimitExceededError        ``read_all(limit=…)`` / ``readuntil`` / unread text 
                           ``max_entries``: more than the limit would be held
 ProcessError              a piped subprocess exited non-zero, or stopped reading its input early;
                           ``.returncode``, ``.stderr`` (its tail)
+FileChangedError          a file changed (size, modification time, or replaced) while ``send_file`` /
+                          ``send_dir`` / ``send_files`` sent it; the stream was aborted
 ========================= ============================================================================
 
 Example:
@@ -71,6 +73,16 @@ class IncompleteReadError(ChannelError):
         self.expected = expected
 
 
+class FileChangedError(ChannelError):
+    """A file changed while it was sent (it was truncated, grew, was rewritten or replaced): what went out is no
+    copy of any version of it, so the sender aborted the stream rather than close it under a trailer that verifies.
+    ``.path`` names the file."""
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 class ProcessError(ChannelError):
     """A subprocess used as a pipe end failed; ``str()`` names the command, its exit status (or ``reason``, what
     went wrong when the status does not say) and stderr tail.
@@ -101,6 +113,7 @@ __all__ = [
     "ChannelInUseError",
     "ChannelLoopError",
     "ChannelNotFoundError",
+    "FileChangedError",
     "IncompleteReadError",
     "IntegrityError",
     "LimitExceededError",

@@ -50,7 +50,7 @@ from pathlib import Path
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.channels import ChannelReader, ChannelWriter
 
-from .errors import IntegrityError
+from .errors import FileChangedError, IntegrityError
 from .integrity import Digest
 from .progress import Progress
 from .sink import ChannelSink
@@ -376,7 +376,8 @@ async def send_file(
 ) -> int:
     """Stream the file at ``path`` into ``writer``; returns the bytes sent. Aborts the channel on failure, also
     when the file cannot be sent at all (missing, a directory, unreadable) or ``chunk_size`` is not a positive
-    ``int``.
+    ``int``, and when a regular file changed while it was read (truncated, grown, rewritten, replaced:
+    :class:`~iii_channels.errors.FileChangedError`, the receiver gets ``ChannelAbortedError``).
 
     Example:
         >>> import asyncio, tempfile
@@ -404,14 +405,10 @@ async def send_file(
         raise
     size = info.st_size
     sink = ChannelSink(writer, trailer=trailer, progress=progress, total=size, label=path.name)
-    loop = asyncio.get_running_loop()
     try:
         if header:
             await sink.send_text(file_header(path.name, size))
-        fh = await loop.run_in_executor(None, open, path, "rb")
-        with fh:
-            while chunk := await loop.run_in_executor(None, fh.read, chunk_size):
-                await sink.write(chunk)
+        await _send_file_bytes(sink, path, info, chunk_size)
         if close:
             await sink.close()
         else:
@@ -420,6 +417,41 @@ async def send_file(
         await sink.abort(f"send_file failed: {exc!r}")
         raise
     return sink.bytes_written
+
+
+async def _send_file_bytes(sink: ChannelSink, path: Path, before: os.stat_result, chunk_size: int,
+                          digest: Digest | None = None) -> None:
+    """Write the bytes of the file at ``path`` into ``sink`` (and ``digest``), ``chunk_size`` at a time; once read to
+    its end, :class:`FileChangedError` if it is no longer the regular file ``before`` (its ``os.stat`` before its
+    header went out) described: another size or modification time, or another file under that name.
+
+    Why: a file truncated, appended to or rewritten while it was read was sent as it came, under a trailer that
+    verified what was sent, so the receiver stored a copy of no version of it (32 MiB announced, 5 MiB stored,
+    ``verified`` true). Other files (FIFOs, devices) have no size to hold to and are not checked; nor are
+    pseudo-files whose size never changes (``/proc``'s 0, ``/sys``'s 4096, whatever they hold).
+    """
+    loop = asyncio.get_running_loop()
+    read = 0
+    fh = await loop.run_in_executor(None, open, path, "rb")
+    with fh:
+        while chunk := await loop.run_in_executor(None, fh.read, chunk_size):
+            read += len(chunk)
+            if digest is not None:
+                digest.update(chunk)
+            await sink.write(chunk)
+        after = os.fstat(fh.fileno())
+    if not stat.S_ISREG(before.st_mode):
+        return
+    if (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino):
+        change = "was replaced by another file"
+    elif after.st_size != before.st_size:
+        change = f"changed size from {before.st_size} to {after.st_size} bytes"
+    elif after.st_mtime_ns != before.st_mtime_ns:
+        change = "was modified"
+    else:
+        return
+    raise FileChangedError(f"{path} {change} while it was sent ({read} bytes read); the stream was aborted, send "
+                           "it again", os.fspath(path))
 
 
 async def receive_file(
@@ -529,8 +561,9 @@ async def receive_file(
 
 def _check_announced_size(source: ChannelSource, header: list[tuple[str, int | None]], received: int) -> None:
     """Without a verified trailer, the header's size is the only word on how much was sent: against the production
-    engine a sender that died mid-file ends the stream like one that finished. A trailer that verified wins (the
-    file may have changed size while it was sent)."""
+    engine a sender that died mid-file ends the stream like one that finished. A trailer that verified wins: a
+    pseudo-file's size is not its length (``/sys``'s 4096), and a file that changed while it was sent fails the
+    send (:func:`_send_file_bytes`), never reaching here, unless an older sender sent it."""
     if source.verified or not header or header[0][1] is None or header[0][1] == received:
         return
     channel_id = source.reader.ref.channel_id

@@ -71,6 +71,7 @@ from .files import (
     _lock_part_dir,
     _new_dir_mode,
     _release_writer,
+    _send_file_bytes,
     check_chunk_size,
     new_file_mode,
     reclaim_stale_parts,
@@ -171,7 +172,7 @@ def _left_out(exc: OSError) -> bool:
     return isinstance(exc, FileNotFoundError) or exc.errno == errno.ELOOP
 
 
-def _walk(directory: Path) -> tuple[list[str], list[tuple[str, Path, int]]]:
+def _walk(directory: Path) -> tuple[list[str], list[tuple[str, Path, os.stat_result]]]:
     """Directories and regular files under ``directory`` (sorted; symlinked directories not followed).
 
     A directory that cannot be listed, or an entry whose type cannot be told, fails the walk (``OSError``
@@ -184,11 +185,11 @@ def _walk(directory: Path) -> tuple[list[str], list[tuple[str, Path, int]]]:
         >>> with tempfile.TemporaryDirectory() as tmp:
         ...     Path(tmp, "d").mkdir()
         ...     _ = Path(tmp, "d", "f").write_text("x")
-        ...     _walk(Path(tmp))[0], [(name, size) for name, _, size in _walk(Path(tmp))[1]]
+        ...     _walk(Path(tmp))[0], [(name, info.st_size) for name, _, info in _walk(Path(tmp))[1]]
         (['d'], [('d/f', 1)])
     """
     dirs: list[str] = []
-    files: list[tuple[str, Path, int]] = []
+    files: list[tuple[str, Path, os.stat_result]] = []
     top = os.fspath(directory)
 
     def unlistable(exc: OSError) -> None:
@@ -217,16 +218,15 @@ def _walk(directory: Path) -> tuple[list[str], list[tuple[str, Path, int]]]:
                     continue  # nothing to send
                 raise _unreadable(full, exc) from exc
             if stat.S_ISREG(info.st_mode):  # never FIFOs, sockets or devices: reading them could block forever
-                files.append(((rel_root / name).as_posix(), full, info.st_size))
+                files.append(((rel_root / name).as_posix(), full, info))
     return dirs, files
 
 
 async def _send(
-    writer: ChannelWriter, dirs: list[str], files: list[tuple[str, Path, int]], progress: Progress, label: str,
-    chunk_size: int,
+    writer: ChannelWriter, dirs: list[str], files: list[tuple[str, Path, os.stat_result]], progress: Progress,
+    label: str, chunk_size: int,
 ) -> int:
-    loop = asyncio.get_running_loop()
-    total = sum(size for _, _, size in files)
+    total = sum(info.st_size for _, _, info in files)
     records = Digest()
     count = 0
 
@@ -239,14 +239,10 @@ async def _send(
     async with ChannelSink(writer, trailer=True, progress=progress, total=total, label=label) as sink:
         for name in dirs:
             await record(_entry(name, "dir"))
-        for name, path, size in files:
-            await record(_entry(name, "file", size))
+        for name, path, info in files:
+            await record(_entry(name, "file", info.st_size))
             digest = Digest()
-            fh: BinaryIO = await loop.run_in_executor(None, open, path, "rb")
-            with fh:
-                while chunk := await loop.run_in_executor(None, fh.read, chunk_size):
-                    digest.update(chunk)
-                    await sink.write(chunk)
+            await _send_file_bytes(sink, path, info, chunk_size, digest)  # changed meanwhile: the tree aborts
             await record(json.dumps({END_KEY: {"bytes": digest.count, "sha256": digest.hexdigest()}}))
         await sink.send_text(json.dumps({TREE_KEY: {"records": count, "sha256": records.hexdigest()}}))
     return sink.bytes_written
@@ -312,13 +308,13 @@ async def send_files(
         >>> asyncio.run(demo())
         (14, 'started')
     """
-    entries: list[tuple[str, Path, int]] = []
+    entries: list[tuple[str, Path, os.stat_result]] = []
     try:
         check_chunk_size(chunk_size)
         for spec in files:
             name, path = (spec[0], Path(spec[1])) if isinstance(spec, tuple) else (Path(spec).name, Path(spec))
             check_entry_path(name)
-            entries.append((name, path, (await asyncio.to_thread(os.stat, path)).st_size))
+            entries.append((name, path, await asyncio.to_thread(os.stat, path)))
     except BaseException as exc:
         await _abort_writer(writer, f"send_files could not start: {exc!r}")
         raise
