@@ -596,6 +596,7 @@ class Engine:
         self.unavailable_modules.clear()
         self._started = True
         self.invocations.engine_stopping = False
+        self.invocations.modules_stopping = False
         self._stopping = asyncio.Event()
         self._stop_asked = False
         self._start_ended = start_ended = asyncio.Event()
@@ -627,7 +628,7 @@ class Engine:
         # The worker port is bound first (not yet accepting): when it is taken, no module port gets held.
         try:
             await self._listener.start(serving=False)
-        except OSError as exc:
+        except (OSError, UnicodeError) as exc:  # UnicodeError: a host name the idna codec refuses ('a..b')
             raise self._cannot_listen(exc) from exc
         from .modules.worker.module import WorkerModule
 
@@ -656,7 +657,7 @@ class Engine:
         self._raise_if_stop_asked()
         try:
             await self._listener.start_serving()
-        except OSError as exc:
+        except (OSError, UnicodeError) as exc:
             raise self._cannot_listen(exc) from exc
         self._seen_version = self.registry.version
         worker_module.ready()
@@ -671,9 +672,10 @@ class Engine:
     def _stopped_during_start() -> EngineStartError:
         return _StoppedDuringStart("the engine was stopped during its start")
 
-    def _cannot_listen(self, exc: OSError) -> EngineStartError:
+    def _cannot_listen(self, exc: OSError | UnicodeError) -> EngineStartError:
         # asyncio repeats the address inside its message; the address is already in ours
-        reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else error_line(exc)
+        errno = exc.errno if isinstance(exc, OSError) else None
+        reason = os.strerror(errno) if errno and errno > 0 else error_line(exc)
         return EngineStartError(f"cannot listen on {self.config.host}:{self.config.port}: {reason}")
 
     def _listener_defaults(self, cls: type[EngineModule], settings: dict[str, Any]) -> dict[str, Any]:
@@ -870,6 +872,7 @@ class Engine:
         # Modules stop first, while workers are still connected: a queue hands unfinished jobs back instead of
         # seeing them fail with invocation_stopped and spending a retry on the shutdown.
         modules = self._not_stopped or []
+        self.invocations.modules_stopping = True
         if self._gone is None:  # a stop finishing one cut off keeps what that one left
             self._gone = {}
         try:

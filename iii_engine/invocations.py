@@ -187,6 +187,9 @@ class Invocations:
         self.workers = workers
         # Set by the queue module (EngineServices.serve_named_queues); None: enqueue actions fail.
         self.named_queues: NamedQueues | None = None
+        # Set while the engine's stop stops its modules (before the connections close), cleared by the next start:
+        # an enqueue then gets engine_stopping, retry-safe, not "QueueModule not loaded" (a misconfiguration's text).
+        self.modules_stopping = False
         self.timeout_ms = timeout_ms
         self.pending: dict[str, Pending] = {}
         # Set by the observability module; None keeps the call path free of any telemetry work.
@@ -673,7 +676,10 @@ class Invocations:
         try:
             result: Any = None
             error: Any = None
-            if self.named_queues is None:
+            if self.named_queues is None and self.modules_stopping:  # it stopped with the engine: it comes back
+                error = error_body("engine_stopping", f"the engine is stopping: {function_id} was not enqueued; safe "
+                                                      "to retry once the engine runs again")
+            elif self.named_queues is None:
                 error = error_body("enqueue_error", "QueueModule not loaded")
             else:
                 try:

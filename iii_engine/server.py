@@ -287,7 +287,8 @@ class Listener:
         websockets' ``close()``: during the handshake it made that answer fail, and the peer was dropped unanswered."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(connection.wait_closed(), CLOSE_TIMEOUT_S)
-        if connection.state is State.CONNECTING:
+        # no transport: asyncio made the protocol but not its transport, the server having just closed
+        if connection.state is State.CONNECTING and getattr(connection, "transport", None) is not None:
             reset(connection)
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:

@@ -71,7 +71,7 @@ async def _current(url: str, timeout: float) -> str | None:
 def _run(command: str, url: str, revision: str, shown: str, timeout: float | None) -> str:
     """Do the work on ``url`` (shown to the user as ``shown``) within ``timeout`` seconds (``None``: the default);
     returns the line to print."""
-    from .migrate import MIGRATE_TIMEOUT_S, upgrade
+    from .migrate import HEAD, MIGRATE_TIMEOUT_S, upgrade
 
     limit = MIGRATE_TIMEOUT_S if timeout is None else timeout
     try:
@@ -84,6 +84,10 @@ def _run(command: str, url: str, revision: str, shown: str, timeout: float | Non
         waits = " (or another migration of it is still running)" if command == "migrate" else ""
         raise _Failure(f"{shown} gave no answer within {limit:g} s{waits}; --timeout SECONDS sets the "
                        "limit") from None
+    if revision not in (HEAD, "heads") and not (after or "").startswith(revision):
+        # Alembic's upgrade to a revision below the applied one does nothing: "already at" read as success
+        raise _Failure(f"{shown} is at {after or 'none'}, not at {revision}: migrate only upgrades (there is no "
+                       "downgrade)")
     if before == after:
         return f"{shown} is already at {after or 'none'}"
     return f"migrated {shown} from {before or 'none'} to {after}"

@@ -95,7 +95,8 @@ class SchemaMissingError(StreamError, RuntimeError):
 
 
 class StreamClosedError(StreamError, RuntimeError):
-    """The store was closed (``aclose()``) before or while the operation ran."""
+    """The store was closed (``aclose()``) before or while the operation ran; when its message says "while", a
+    write may have been applied (the close cut the connection after the command was sent)."""
 
 
 def check_timeout(timeout: float | None, name: str = "timeout") -> float | None:

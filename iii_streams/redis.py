@@ -1128,7 +1128,10 @@ class RedisStream(FieldUpdates):
                                       "redis.asyncio.BlockingConnectionPool makes callers wait for one instead")
         if isinstance(exc, RedisConnectionError):
             if self._close_once.closing:  # the store's own close cut the connection under this operation
-                return StreamClosedError(f"{where}: RedisStream is closed ({exc})")
+                # A command already written may have been applied: an engine's stop reported 5-24 state::set calls
+                # per run as failed, every one of them found in Redis after the restart.
+                return StreamClosedError(f"{where}: the RedisStream was closed while this operation ran; it may have "
+                                         f"been applied (redis-py: {exc})")
             return StreamUnavailableError(f"{where}: Redis unreachable: {exc}")
         if isinstance(exc, RedisError):
             return StreamBackendError(f"{where}: Redis refused the command: {exc}")

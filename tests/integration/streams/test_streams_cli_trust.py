@@ -52,6 +52,18 @@ def test_migrate_reports_what_it_did_and_an_up_to_date_database(tmp_path: Path) 
     assert (current.returncode, current.stdout) == (0, "0001_stream_items\n")
 
 
+def test_migrate_to_a_revision_below_the_applied_one_fails_instead_of_claiming_it_is_there(tmp_path: Path) -> None:
+    """Before, ``--revision base`` on a migrated database printed "is already at 0001_stream_items", exit 0, and
+    downgraded nothing: there is no downgrade, and it says so."""
+    url = f"sqlite:///{tmp_path / 'streams.db'}"
+    assert streams_cli("migrate", url).returncode == 0
+    line = one_error_line(streams_cli("migrate", url, "--revision", "base"), 1)
+    assert line == (f"iii-streams: migrate: {url} is at 0001_stream_items, not at base: migrate only upgrades "
+                    "(there is no downgrade)")
+    same = streams_cli("migrate", url, "--revision", "0001")  # a revision's leading part names it, as in Alembic
+    assert (same.returncode, same.stdout) == (0, f"{url} is already at 0001_stream_items\n")
+
+
 @pytest.mark.parametrize(("args", "expected"), [
     (["migrate", "bad://x"], "iii-streams: unsupported database URL scheme 'bad' in 'bad://x'"),
     (["current", "mysql://app:s3cret@db/x"], "iii-streams: unsupported database URL scheme 'mysql' in "
