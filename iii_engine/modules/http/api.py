@@ -59,7 +59,10 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 
 from aiohttp import HttpVersion11, web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestPayloadError
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
@@ -148,6 +151,38 @@ class _Refusal(asyncio.Protocol):
         transport.close()
 
 
+class _Connection(web.RequestHandler):
+    """aiohttp's handler of one client connection, answering a client that half-closes it (``shutdown(SHUT_WR)``)
+    before its request body ended: the body fails (400, see ``_receive``) and the answer goes out before the
+    connection closes.
+
+    Why: aiohttp lets the transport close at the client's end of input, so such a client got its connection closed
+    and no answer at all. Only while a body is still coming: an end of input at any other time closes the
+    connection as before (a client gone during a streamed response must be seen gone at once, see
+    :class:`_StreamWatch`).
+    """
+
+    __slots__ = ("body",)
+
+    def __init__(self, manager: web.Server, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        # The body of the latest request (set by _BoundedServer as it makes the request, before its handler runs)
+        self.body: StreamReader | None = None
+
+    def eof_received(self) -> bool:  # type: ignore[override]  # asyncio.Protocol: True keeps the transport open
+        bodies = [payload for _, payload in self._messages]  # pipelined requests not yet begun
+        if self.body is not None:
+            bodies.append(self.body)
+        cut = [body for body in bodies if not body.is_eof()]
+        if not cut:
+            return False
+        for body in cut:
+            body.set_exception(RequestPayloadError("the client closed its side of the connection before the body "
+                                                   "ended"))
+        self.close()  # nothing more can come from this client: close once the answer is out
+        return True
+
+
 class _BoundedServer(web.Server):
     """aiohttp's server with at most ``max_connections`` client connections open; one more is answered 503 (see
     :class:`_Refusal`) and ``refused`` is called.
@@ -170,13 +205,20 @@ class _BoundedServer(web.Server):
         self._answer = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
                         b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
 
-    # the factory asyncio calls per accepted connection: a refusal is a bare protocol, not a RequestHandler
+    # the factory asyncio calls per accepted connection: a refusal is a bare protocol, not a RequestHandler; our
+    # handler class as web.Server makes its own (its fallback for bad handler kwargs is not needed: ours are fixed)
     def __call__(self) -> web.RequestHandler | _Refusal:  # type: ignore[override]
         if self.open_connections >= self.max_connections:
             self._refused()
             return _Refusal(self._answer)
         self.open_connections += 1
-        return super().__call__()
+        return _Connection(self, loop=self._loop, **self._kwargs)
+
+    def _make_request(self, message: RawRequestMessage, payload: StreamReader, protocol: web.RequestHandler,
+                      writer: AbstractStreamWriter, task: asyncio.Task[None]) -> web.BaseRequest:
+        if isinstance(protocol, _Connection):
+            protocol.body = payload
+        return super()._make_request(message, payload, protocol, writer, task)
 
     def connection_lost(self, handler: web.RequestHandler, exc: BaseException | None = None) -> None:
         self.open_connections -= 1

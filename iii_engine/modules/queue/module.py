@@ -117,6 +117,8 @@ class _Topic:
     pushing: int = 0
     #: enqueues begun here so far: one that began and ended while a sweep read the store changed what it read
     pushes: int = 0
+    #: a subscriber's queue_config asked past the module's max_topic_* caps, and that was logged
+    capped_logged: bool = False
 
     def unused(self) -> bool:
         """No subscriber, no enqueue under way and no job running here (the store may still hold jobs)."""
@@ -729,9 +731,15 @@ class QueueModule(EngineModule):
         entry = await self._topic(topic)
         await self.unregister(trigger)
         if not entry.subscribers:
-            # The first subscriber's queue_config shapes the topic queue.
-            entry.consumer.settings = QueueSettings.from_topic(config.get("queue_config"),
-                                                               self.settings.max_topic_jobs)
+            # The first subscriber's queue_config shapes the topic queue, within the module's caps: a worker asking
+            # concurrency 10**9 had 60,000 jobs in flight to it at once, the engine growing by 193 MB.
+            capped: list[str] = []
+            entry.consumer.settings = self.settings.topic_settings(config.get("queue_config"), capped)
+            if capped and not entry.capped_logged:
+                entry.capped_logged = True
+                log.warning("queue topic %s: the queue_config of trigger %s (function %s) asked past the module's "
+                            "caps (max_topic_concurrency, max_topic_retries, max_topic_backoff_ms): %s", _name(topic),
+                            _name(trigger.id), _name(trigger.function_id), ", ".join(capped))
         entry.subscribers[trigger.id] = trigger
         self._topic_of_trigger[trigger.id] = topic
         entry.consumer.wake()
@@ -767,7 +775,7 @@ class QueueModule(EngineModule):
         if entry is None:
             self._refuse_new_topic_when_stopping(topic)  # the stop may have begun during the sweep
             holder: list[_Topic] = []
-            settings = self._forgotten_fifo.pop(topic, None) or QueueSettings(max_jobs=self.settings.max_topic_jobs)
+            settings = self._forgotten_fifo.pop(topic, None) or self.settings.topic_settings()
             consumer = QueueConsumer(
                 self.store,
                 TOPIC_PREFIX + topic,

@@ -44,6 +44,9 @@ BUILTIN_ADAPTER = "modules::queue::BuiltinQueueAdapter"
 DEFAULT_MAX_JOBS = 100_000
 DEFAULT_MAX_MEMORY_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_TOPICS = 10_000
+DEFAULT_MAX_TOPIC_CONCURRENCY = 100
+DEFAULT_MAX_TOPIC_RETRIES = 10
+DEFAULT_MAX_TOPIC_BACKOFF_MS = 60_000
 DEFAULT_STOP_TIMEOUT_MS = 5000
 DEFAULT_MISSING_FUNCTION_GRACE_MS = 60_000
 DEFAULT_SERVED_FUNCTIONS_TTL_MS = 10_000
@@ -140,19 +143,33 @@ class QueueSettings(Settings):
         return min(self.poll_interval_ms << min(failures - 1, 32), cap)
 
     @classmethod
-    def from_topic(cls, queue_config: Any, max_jobs: int = DEFAULT_MAX_JOBS) -> QueueSettings:
+    def from_topic(cls, queue_config: Any, max_jobs: int = DEFAULT_MAX_JOBS, caps: Mapping[str, int] | None = None,
+                   clamped: list[str] | None = None) -> QueueSettings:
         """Settings from a ``queue`` trigger's camelCase ``queue_config`` (worker input: bad values are defaults);
-        ``max_jobs`` is the module's ``max_topic_jobs``, never the worker's.
+        ``max_jobs`` is the module's ``max_topic_jobs``, never the worker's. ``caps`` (field name → most allowed:
+        the module's ``max_topic_*``) bound the worker's values and the defaults alike; each worker's value cut to
+        its cap is told in ``clamped`` as ``"<key> <asked> → <cap>"``.
 
         Example:
             >>> QueueSettings.from_topic({"type": "fifo", "maxRetries": 2}).max_retries
             2
+            >>> told: list[str] = []
+            >>> QueueSettings.from_topic({"concurrency": 10**9}, caps={"concurrency": 100}, clamped=told).concurrency
+            100
+            >>> told
+            ['concurrency 1000000000 → 100']
         """
         cfg = queue_config if isinstance(queue_config, dict) else {}
-        picked = {name: cfg.get(key) for name, key in
+        picked = {name: (key, cfg.get(key)) for name, key in
                   (("max_retries", "maxRetries"), ("concurrency", "concurrency"), ("backoff_ms", "backoffDelayMs"))}
-        usable: dict[str, Any] = {name: value for name, value in picked.items()
+        usable: dict[str, Any] = {name: value for name, (_, value) in picked.items()
                                   if isinstance(value, int) and not isinstance(value, bool) and value > 0}
+        for name, cap in (caps or {}).items():
+            asked = usable.get(name, cls.model_fields[name].default)
+            if asked > cap:
+                usable[name] = cap
+                if name in picked and picked[name][1] == asked and clamped is not None:
+                    clamped.append(f"{picked[name][0]} {asked} → {cap}")
         return cls(type="fifo" if cfg.get("type") == "fifo" else "standard", max_jobs=max_jobs, **usable)
 
 
@@ -171,6 +188,12 @@ class QueueModuleSettings(Settings):
     #: queue and topic together; an enqueue past it fails with ``enqueue_error`` naming it (``max_jobs`` counts
     #: jobs, and 100,000 jobs of up to 4 MiB each are 400 GB). Redis keeps its own jobs: its ``maxmemory`` bounds them
     max_memory_bytes: int = Field(DEFAULT_MAX_MEMORY_BYTES, ge=1)
+    #: the most a topic's subscriber may ask in its ``queue_config``: ``concurrency`` (jobs running at once, each
+    #: held in the engine), ``maxRetries`` and ``backoffDelayMs`` (with more, a failing job cycled for ever before
+    #: reaching the DLQ); larger asks are cut to these, logged once per topic
+    max_topic_concurrency: int = Field(DEFAULT_MAX_TOPIC_CONCURRENCY, ge=1)
+    max_topic_retries: int = Field(DEFAULT_MAX_TOPIC_RETRIES, ge=1)
+    max_topic_backoff_ms: int = Field(DEFAULT_MAX_TOPIC_BACKOFF_MS, ge=0)
     #: how long a stop waits for the store to finish (done, retry, dead letter) the jobs whose handler ended and to
     #: take back those still running; a job it has not by then stays active until its ``lease_ms`` runs out
     stop_timeout_ms: int = Field(DEFAULT_STOP_TIMEOUT_MS, ge=1)
@@ -181,6 +204,22 @@ class QueueModuleSettings(Settings):
     #: counting after its own TTL, whatever the others' are (at most :data:`MAX_SERVED_FUNCTIONS_TTL_MS`)
     served_functions_ttl_ms: int = Field(DEFAULT_SERVED_FUNCTIONS_TTL_MS, ge=30, le=MAX_SERVED_FUNCTIONS_TTL_MS)
     adapter: AdapterSpec | None = None
+
+    @property
+    def topic_caps(self) -> dict[str, int]:
+        """The caps of a topic's settings a subscriber may ask (``QueueSettings`` field → most allowed)."""
+        return {"concurrency": self.max_topic_concurrency, "max_retries": self.max_topic_retries,
+                "backoff_ms": self.max_topic_backoff_ms}
+
+    def topic_settings(self, queue_config: Any = None, clamped: list[str] | None = None) -> QueueSettings:
+        """A topic's settings from its first subscriber's ``queue_config`` (``None``: a topic made by an enqueue),
+        within ``max_topic_jobs`` and the caps (see :meth:`QueueSettings.from_topic`).
+
+        Example:
+            >>> QueueModuleSettings(max_topic_concurrency=4).topic_settings().concurrency
+            4
+        """
+        return QueueSettings.from_topic(queue_config, self.max_topic_jobs, self.topic_caps, clamped)
 
     @classmethod
     def _rename(cls, data: Mapping[str, Any]) -> Mapping[str, Any]:
