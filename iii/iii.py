@@ -576,6 +576,8 @@ class III:
         if self._unchecked_workers or self._registrations_ready.callbacks:
             # (With no old connection to check and nobody to tell, there is nothing to do: no round trip.)
             self._bridge.spawn(self._recover_then_ready(tuple(self._unchecked_workers), self._session.generation))
+        if self._trigger_host.holds:
+            self._bridge.spawn(self._unbind_gone_triggers(self._session.generation))
 
     def _check_named(self, generation: int) -> None:
         """Warn when the connection of ``generation``, still up, was never named by a ``workerregistered``."""
@@ -601,6 +603,32 @@ class III:
                           "callbacks run all the same")
         if self._conn.is_ready and self._session.generation == generation and not self._closed:
             self._registrations_ready.push()
+
+    async def _unbind_gone_triggers(self, generation: int) -> None:
+        """After a reconnect, the triggers of our types that the engine no longer has are unbound (docs/protocol.md
+        S6): those unregistered while the engine was away or restarting, whose unregistertrigger went to the dead
+        socket. The engine sends an owner every trigger of its type again after the type's registration in the
+        replay; a trigger listing asked after it (so answered once that registration is handled) names the rest, whose
+        registertrigger is still on its way. A trigger neither sent again nor listed is unbound; those listed are
+        waited for, listed again every quarter second for at most 30 s: one dropped before it was sent is unbound
+        then. Before, each stayed bound (a cron or interval trigger fired its function on) until the worker shut down.
+        """
+        deadline = self._loop.time() + _RECOVERY_WINDOW_S
+        while True:
+            try:
+                listed = await self._call("engine::triggers::list", {"include_internal": True}, None)
+            except (InvocationError, TimeoutError, ShuttingDownError) as exc:
+                # (the connection went: the next one checks again; an engine that lists none: nothing is unbound)
+                log.debug("The check of owned triggers after a reconnect stopped: %s", exc)
+                return
+            if self._session.generation != generation or self._closed:
+                return
+            held = {(str(t.get("trigger_type")), str(t.get("id"))) for t in listed.get("triggers", [])
+                    if isinstance(t, dict)}
+            on_the_way = await self._trigger_host.sweep(generation, held)
+            if not on_the_way or self._loop.time() >= deadline or self._session.generation != generation:
+                return
+            await asyncio.sleep(_RECOVERY_POLL_S)
 
     async def _round_trip(self) -> None:
         """:meth:`_handled_so_far`, a failure logged, not raised (the connection may be gone: a newer one runs its
@@ -719,7 +747,9 @@ class III:
         elif isinstance(event, WorkerRegistered):
             self._notify_state()
         elif isinstance(event, TriggerRequested):
-            self._bridge.spawn(self._register_owned_trigger(event))
+            # (noted by the host now, in the order the frames came: a reconnect's check must see what was re-sent)
+            self._bridge.spawn(self._register_owned_trigger(event, self._trigger_host.register(
+                event.trigger_type, event.trigger_id, event.function_id, event.config, event.generation)))
         elif isinstance(event, TriggerDropped):
             self._bridge.spawn(self._trigger_host.unregister(event.trigger_type, event.trigger_id,
                                                             event.function_id, event.config))
@@ -776,9 +806,9 @@ class III:
         if size is not None and limit is not None:
             raise message_too_large(function_id, size, limit)
 
-    async def _register_owned_trigger(self, event: TriggerRequested) -> None:
-        error = await self._trigger_host.register(event.trigger_type, event.trigger_id, event.function_id,
-                                                  event.config)
+    async def _register_owned_trigger(self, event: TriggerRequested,
+                                      binding: Coroutine[Any, Any, dict[str, str] | None]) -> None:
+        error = await binding
         frame = self._session.trigger_registered(event, error)
         if frame is not None and len(frame) > self._conn.check_above:
             frame = self._trigger_answer_within_limit(event, frame, error)

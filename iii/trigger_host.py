@@ -1,5 +1,10 @@
 """Hosts the custom trigger types this worker owns: hands each trigger the engine binds or unbinds to the
-type's :class:`~iii.triggers.TriggerHandler`.
+type's :class:`~iii.triggers.TriggerHandler`, and after a reconnect unbinds what the engine no longer has.
+
+A handler hears of each trigger as the engine holds it: bound once (a ``registertrigger`` sent again for a trigger
+it holds with the same function and config, as every reconnect's replay does, is answered without binding it a second
+time; with a different one, the old binding is unbound first), unbound once, and the calls for one trigger id run one
+after the other, in the order the engine sent them.
 
 Example:
     >>> import asyncio
@@ -8,15 +13,23 @@ Example:
     ...     async def unregister_trigger(self, config): print("unbound", config.id)
     >>> host = TriggerTypeHost()
     >>> host.add("hook", Hooks())
-    >>> asyncio.run(host.register("hook", "t1", "f", {}))
+    >>> async def demo() -> None:
+    ...     await host.register("hook", "t1", "f", {}, generation=1)
+    ...     await host.register("hook", "t2", "f", {}, generation=1)
+    ...     await host.register("hook", "t1", "f", {}, generation=2)  # a new connection's replay: bound already
+    ...     await host.sweep(2, listed=set())  # t2 was not sent again on connection 2, nor listed: gone
+    >>> asyncio.run(demo())
     bound t1
+    bound t2
+    unbound t2
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
-from collections.abc import Coroutine
+from collections.abc import Collection, Coroutine
 from typing import Any
 
 from .handler_runner import describe_base_exception, handler_raised
@@ -26,6 +39,8 @@ __all__ = ["TriggerTypeHost"]
 
 log = logging.getLogger(__name__)
 
+_Key = tuple[str, str]  # (trigger type, trigger id)
+
 
 class TriggerTypeHost:
     """Trigger type id → handler."""
@@ -34,6 +49,15 @@ class TriggerTypeHost:
         self._handlers: dict[str, TriggerHandler[Any]] = {}
         # what each type's handler bound and has not unbound: told to unbind it when the type is let go
         self._bound: dict[str, dict[str, TriggerConfig[Any]]] = {}
+        # Every trigger the engine sent (bound, being bound, or refused): the connection (ClientSession.generation)
+        # whose engine sent its registertrigger last, with no unregistertrigger since; a sweep or an unregister takes
+        # it away (not a refusal: a send of the same id behind the refused one must still find it). Set as the frame
+        # is read, not when its bind runs: a sweep after a new connection's replay must see what the replay re-sent
+        # before any of it is bound.
+        self._sent: dict[_Key, int] = {}
+        # The bind or unbind of a trigger now running: the next one of that trigger waits for it (an unbind
+        # overtaking the bind it undoes left the trigger bound for good, with no unbind to come).
+        self._busy: dict[_Key, asyncio.Future[None]] = {}
 
     def add(self, type_id: str, handler: TriggerHandler[Any]) -> None:
         """Own ``type_id`` with ``handler``."""
@@ -47,6 +71,10 @@ class TriggerTypeHost:
         """Stop owning ``type_id``."""
         self._handlers.pop(type_id, None)
         self._bound.pop(type_id, None)
+        # (called from the user's thread while the loop's may change the table: list() copies it in one step)
+        for key in list(self._sent):
+            if key[0] == type_id:
+                self._sent.pop(key, None)
 
     def release(self, type_id: str) -> Coroutine[Any, Any, None] | None:
         """Stop owning ``type_id``; what unbinds (through the handler's ``unregister_trigger``) each trigger it still
@@ -59,43 +87,138 @@ class TriggerTypeHost:
             return None
         return self._unbind_all(handler, list(bound.values()))
 
+    @property
+    def holds(self) -> bool:
+        """Whether the engine sent any trigger still noted here (bound, being bound or refused): a new connection then
+        has something to check."""
+        return bool(self._sent)
+
     @staticmethod
     async def _unbind_all(handler: TriggerHandler[Any], triggers: list[TriggerConfig[Any]]) -> None:
         for trigger in triggers:
             await _unbind(handler, trigger)
 
-    async def register(self, type_id: str, trigger_id: str, function_id: str, config: Any) -> dict[str, str] | None:
-        """Bind a trigger; the error body for the engine when the handler refused it (``None`` on success)."""
+    def register(self, type_id: str, trigger_id: str, function_id: str, config: Any,
+                 generation: int = 0) -> Coroutine[Any, Any, dict[str, str] | None]:
+        """The engine (of connection ``generation``) binds a trigger: noted now, as its frame is read; what binds it,
+        returning the error body for the engine when the handler refused it (``None`` on success)."""
+        key = (type_id, trigger_id)
+        if type_id in self._handlers:
+            self._sent[key] = max(generation, self._sent.get(key, generation))
+        return self._register(key, TriggerConfig(id=trigger_id, function_id=function_id, config=config))
+
+    async def _register(self, key: _Key, trigger: TriggerConfig[Any]) -> dict[str, str] | None:
+        type_id = key[0]
         handler = self._handlers.get(type_id)
         if handler is None:
             return {"code": "trigger_type_not_found", "message": "Trigger type not found"}
-        trigger: TriggerConfig[Any] = TriggerConfig(id=trigger_id, function_id=function_id, config=config)
+        turn = await self._turn(key)
         try:
-            await _settled(handler.register_trigger(trigger))
-        except Exception as exc:
-            log.exception("Error registering trigger %s", trigger_id)
-            return {"code": "trigger_registration_failed", "message": str(exc)}
-        except BaseException as exc:
-            if not handler_raised(exc):
-                raise
-            # Let through, a KeyboardInterrupt or SystemExit from the handler ended the client's loop thread.
-            log.exception("Error registering trigger %s", trigger_id)
-            return {"code": "trigger_registration_failed", "message": describe_base_exception(exc)}
-        if self._handlers.get(type_id) is not handler:
-            # the type was let go while the handler bound it: release() saw nothing to unbind, and the engine's
-            # unregistertrigger skips a type no longer owned here, so the binding would stay for good
-            await _unbind(handler, trigger)
-            return {"code": "trigger_type_not_found", "message": "Trigger type released while registering"}
-        self._bound.setdefault(type_id, {})[trigger_id] = trigger
-        return None
+            if self._handlers.get(type_id) is not handler:  # let go (or replaced) while this waited its turn
+                return {"code": "trigger_type_not_found", "message": "Trigger type released while registering"}
+            held = self._bound.get(type_id, {}).get(trigger.id)
+            if held is not None:
+                if held.function_id == trigger.function_id and held.config == trigger.config:
+                    # Sent again as it is bound (a new connection's replay): binding it twice ran a cron or interval
+                    # trigger twice per tick, for as long as the worker lived.
+                    return None
+                del self._bound[type_id][trigger.id]  # replaced: the old binding goes first
+                await _unbind(handler, held)
+            try:
+                await _settled(handler.register_trigger(trigger))
+            except Exception as exc:
+                log.exception("Error registering trigger %s", trigger.id)
+                return {"code": "trigger_registration_failed", "message": str(exc)}
+            except BaseException as exc:
+                if not handler_raised(exc):
+                    raise
+                # Let through, a KeyboardInterrupt or SystemExit from the handler ended the client's loop thread.
+                log.exception("Error registering trigger %s", trigger.id)
+                return {"code": "trigger_registration_failed", "message": describe_base_exception(exc)}
+            if self._handlers.get(type_id) is not handler:
+                # the type was let go while the handler bound it: release() saw nothing to unbind, and the engine's
+                # unregistertrigger skips a type no longer owned here, so the binding would stay for good
+                await _unbind(handler, trigger)
+                return {"code": "trigger_type_not_found", "message": "Trigger type released while registering"}
+            if key not in self._sent:
+                # unregistered (or found gone after a reconnect) while the handler bound it: that unbind found
+                # nothing bound, so it is done here
+                await _unbind(handler, trigger)
+                return None
+            self._bound.setdefault(type_id, {})[trigger.id] = trigger
+            return None
+        finally:
+            self._end_turn(key, turn)
 
-    async def unregister(self, type_id: str, trigger_id: str, function_id: str, config: Any) -> None:
-        """Unbind a trigger; a failing handler is logged, never raised (the engine does not wait for an answer)."""
-        handler = self._handlers.get(type_id)
-        if handler is None:
+    def unregister(self, type_id: str, trigger_id: str, function_id: str,
+                   config: Any) -> Coroutine[Any, Any, None]:
+        """The engine unbinds a trigger: noted now, as its frame is read; what unbinds it (through the handler, if
+        it holds the trigger). A failing handler is logged, never raised (the engine does not wait for an answer)."""
+        key = (type_id, trigger_id)
+        self._sent.pop(key, None)
+        return self._unregister(key)
+
+    async def _unregister(self, key: _Key) -> None:
+        if self._handlers.get(key[0]) is None:
             return
-        self._bound.get(type_id, {}).pop(trigger_id, None)
-        await _unbind(handler, TriggerConfig(id=trigger_id, function_id=function_id, config=config))
+        turn = await self._turn(key)
+        try:
+            handler = self._handlers.get(key[0])
+            held = self._bound.get(key[0], {}).pop(key[1], None)
+            if held is not None and handler is not None and key not in self._sent:
+                await _unbind(handler, held)
+            elif held is not None:  # sent again meanwhile: the register behind this one finds it bound
+                self._bound[key[0]][key[1]] = held
+        finally:
+            self._end_turn(key, turn)
+
+    async def sweep(self, generation: int, listed: Collection[_Key]) -> int:
+        """After connection ``generation`` was opened and the engine answered a trigger listing (``listed``: the
+        ``(type, id)`` of every trigger it holds) sent after the replay: unbind each trigger bound here that this
+        connection's engine neither sent again nor lists (unregistered during the outage, or gone with an engine
+        restart). The number bound here that it lists but has not sent yet (its registertrigger is on its way: the
+        engine sends a replay a few frames at a time, and the listing may overtake it)."""
+        on_the_way = 0
+        for key, sent in list(self._sent.items()):
+            if sent >= generation:
+                continue
+            if key in listed:
+                on_the_way += 1
+                continue
+            await self._drop_stale(key, generation)
+        return on_the_way
+
+    async def _drop_stale(self, key: _Key, generation: int) -> None:
+        if self._sent.get(key, generation) >= generation:  # sent again (or unregistered) meanwhile
+            return
+        del self._sent[key]  # first: a bind of it still running sees it gone, and unbinds it at its end
+        turn = await self._turn(key)
+        try:
+            handler = self._handlers.get(key[0])
+            held = self._bound.get(key[0], {}).get(key[1])
+            if held is None or handler is None:
+                return
+            if key in self._sent:  # sent again while this waited its turn: stays
+                return
+            del self._bound[key[0]][key[1]]
+            log.info("Trigger %s (type %s, function %s) unbound: the engine no longer has it after the reconnect",
+                     held.id, key[0], held.function_id)
+            await _unbind(handler, held)
+        finally:
+            self._end_turn(key, turn)
+
+    async def _turn(self, key: _Key) -> asyncio.Future[None]:
+        """Wait until no bind or unbind of ``key`` runs; the future that says this one's end."""
+        while (busy := self._busy.get(key)) is not None:
+            await asyncio.shield(busy)  # (a cancelled waiter must not cancel the runner's future)
+        mine: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._busy[key] = mine
+        return mine
+
+    def _end_turn(self, key: _Key, turn: asyncio.Future[None]) -> None:
+        if self._busy.get(key) is turn:
+            del self._busy[key]
+        turn.set_result(None)
 
 
 async def _unbind(handler: TriggerHandler[Any], trigger: TriggerConfig[Any]) -> None:

@@ -32,9 +32,11 @@ class TriggerConfig(BaseModel, Generic[TConfig]):
 class TriggerHandler(ABC, Generic[TConfig]):
     """Owner side of a custom trigger type.
 
-    ``register_trigger`` may be called again for an id it already knows (the engine replays stored triggers
-    whenever the type is registered): treat a repeated id as a replacement. Plain (not ``async``) methods are
-    served too, on the client's event loop: they must not block.
+    Each trigger is bound once: the engine replays the type's triggers whenever the type is registered (every
+    reconnect), and one sent again as it is bound is not passed on; sent with another function or config,
+    ``unregister_trigger`` of the old binding comes first. After a reconnect, a trigger the engine no longer has is
+    unbound. The calls for one trigger id come one after the other. Plain (not ``async``) methods are served too, on
+    the client's event loop: they must not block.
     """
 
     @abstractmethod
