@@ -119,7 +119,16 @@ class InvocationError(IIIError):
 
 
 class ConnectionLostError(InvocationError):
-    """The connection to the engine dropped while the call was in flight; the engine has halted it."""
+    """The call failed with the connection to the engine (code ``connection_lost``; ``outbound_queue_full`` for one
+    refused while the connection is up). Its message says which of two cases it is:
+
+    - ``"... never sent ..."``: the frame never left the SDK's outbound queue, so the call did not run; trying
+      again is safe.
+    - ``"Connection to the engine was lost while invoking 'f', after the call was sent: it may have run ..."``:
+      the frame was written to the socket that dropped. The engine may have read it before it saw the drop (one
+      that stalled reads what its kernel buffered when it resumes) and run the function, the answer going nowhere.
+      Retry only a call that is safe to run twice, or check first whether it ran.
+    """
 
 
 class OutboundQueueFullError(ConnectionLostError):

@@ -1037,6 +1037,16 @@ class III:
         finally:
             bridge.release(waiter)
 
+    def _call_expired(self, invocation_id: str) -> str | None:
+        """A call timed out: the session forgets it (its frame, still queued, is then dropped unsent); what its
+        ``TimeoutError`` adds when it was never sent. Plain, the message could not tell such a call from one that may
+        have run (the reference's type and message prefix are kept)."""
+        self._session.forget(invocation_id)
+        if invocation_id in self._conn.queued_keys():
+            return ("it was never sent (still in the outbound queue, waiting for the engine), so it did not run: "
+                    "trying again is safe")
+        return None
+
     def _prepare_call(self, request: dict[str, Any] | TriggerRequest) -> tuple[str, str | None, str, float]:
         """``(function_id, invocation_id, frame, timeout_ms)`` of a call made from outside the client's loop;
         ``timeout_ms`` is the call's own or the client's default, but for a void call only its own (0: none).
@@ -1065,7 +1075,7 @@ class III:
             waiter.set_exception(ShuttingDownError(self._shutdown_cause))
             return
         self._session.track_call(invocation_id, function_id)
-        self._calls.track(invocation_id, function_id, waiter, timeout_ms=timeout_ms, on_expire=self._session.forget)
+        self._calls.track(invocation_id, function_id, waiter, timeout_ms=timeout_ms, on_expire=self._call_expired)
         self._conn.send_now(frame, invocation_id)
 
     def _start_call_parked(self, invocation_id: str, function_id: str, frame: str, timeout_ms: float,
@@ -1077,7 +1087,7 @@ class III:
             return
         self._session.track_call(invocation_id, function_id)
         if self._calls.track(invocation_id, function_id, waiter, timeout_ms=timeout_ms,
-                             on_expire=self._session.forget):
+                             on_expire=self._call_expired):
             self._bridge.post_parked()  # the loop sleeps until its earliest timer as it knew it
         if not self._conn.write_now(frame):
             self._bridge.post_parked(self._conn.send_soon, frame, invocation_id)
@@ -1218,7 +1228,7 @@ class III:
             return None
         self._session.track_call(invocation_id, function_id)
         timeout = timeout_ms or self._timeout_ms
-        future = self._calls.add(invocation_id, function_id, timeout_ms=timeout, on_expire=self._session.forget)
+        future = self._calls.add(invocation_id, function_id, timeout_ms=timeout, on_expire=self._call_expired)
         try:
             # With other calls in flight, frames started in the same turn of the loop leave in one write.
             await self._conn.send(frame, invocation_id, batch=len(self._calls) > 1)

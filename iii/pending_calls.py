@@ -23,7 +23,11 @@ from typing import Any, Final, Protocol
 
 from .errors import ShuttingDownError
 
-__all__ = ["LoopWaiter", "PendingCalls", "Settle", "ThreadWaiter"]
+__all__ = ["Expire", "LoopWaiter", "PendingCalls", "Settle", "ThreadWaiter"]
+
+Expire = Callable[[str], "str | None"]
+"""``on_expire(invocation_id)``, run as a call times out; a text it returns is added to the ``TimeoutError``'s message
+(``"it was never sent ..."``)."""
 
 
 class Settle(Protocol):
@@ -151,7 +155,7 @@ class _Pending:
     __slots__ = ("deadline", "function_id", "future", "on_expire", "timeout_ms")
 
     def __init__(self, future: Settle, function_id: str, deadline: float, timeout_ms: float,
-                 on_expire: Callable[[str], None]) -> None:
+                 on_expire: Expire) -> None:
         self.future = future
         self.function_id = function_id
         self.deadline = deadline
@@ -192,17 +196,17 @@ class PendingCalls:
         return len(self._calls)
 
     def add(
-        self, invocation_id: str, function_id: str, *, timeout_ms: float, on_expire: Callable[[str], None]
+        self, invocation_id: str, function_id: str, *, timeout_ms: float, on_expire: Expire
     ) -> asyncio.Future[Any]:
         """A future for call ``invocation_id``; after ``timeout_ms`` it fails with :class:`TimeoutError` and
-        ``on_expire(invocation_id)`` runs (so the protocol core forgets the call too)."""
+        ``on_expire(invocation_id)`` runs (so the protocol core forgets the call too; see :data:`Expire`)."""
         future: asyncio.Future[Any] = self._loop.create_future()
         self.track(invocation_id, function_id, future, timeout_ms=timeout_ms, on_expire=on_expire)
         return future
 
     def track(
         self, invocation_id: str, function_id: str, waiter: Settle, *, timeout_ms: float,
-        on_expire: Callable[[str], None]
+        on_expire: Expire
     ) -> bool:
         """Like :meth:`add`, settling ``waiter`` (e.g. a :class:`ThreadWaiter`) instead of a new future; True when
         it scheduled a timer on the loop (a thread holding the loop parked must wake it to see the timer)."""
@@ -244,9 +248,11 @@ class PendingCalls:
 
     def _expire(self, invocation_id: str, pending: _Pending) -> None:
         self._calls.pop(invocation_id, None)
-        pending.on_expire(invocation_id)
+        why = pending.on_expire(invocation_id)
         if not pending.future.done():
             message = f"Invocation of '{pending.function_id}' timed out after {pending.timeout_ms}ms"
+            if why:
+                message += f"; {why}"
             pending.future.set_exception(TimeoutError(message))
 
     def succeed(self, invocation_id: str, result: Any) -> None:

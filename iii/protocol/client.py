@@ -434,24 +434,31 @@ class ClientSession:
 
     def connection_lost(self, queued: Iterable[str], *, too_big: bool = False) -> list[CallFailed]:
         """The socket went away. Calls whose frame is still ``queued`` (never written) stay pending and go out
-        on the next connection; the others fail: the engine halts every call of a vanished worker
-        (docs/protocol.md#sdk-improvements S5). ``too_big``: the engine closed it with 1009, which their
-        errors say.
+        on the next connection; the others fail at once (docs/protocol.md#sdk-improvements S5) with
+        :class:`~iii.errors.ConnectionLostError`, whose message says the call may have run: its frame was written
+        to the socket, and an engine that read it before it saw the socket close (a stalled or SIGSTOPped one
+        reads what its kernel buffered when it resumes) calls the function all the same, the answer going nowhere.
+        ``too_big``: the engine closed it with 1009, which their errors say.
 
         Example:
             >>> session = ClientSession()
             >>> iid, _ = session.start_call("f", {})
-            >>> session.connection_lost([], too_big=True)[0].error.message.partition(": ")[2]
+            >>> message = session.connection_lost([], too_big=True)[0].error.message
+            >>> message.partition(", ")[2].partition("; ")[0]
+            'after the call was sent: it may have run (retry only if running it twice is safe)'
+            >>> message.partition("; ")[2]
             'the engine closed the connection: a message over its size limit (1009)'
         """
         self._lost_worker_id = self.worker_id or self._lost_worker_id
         self.worker_id = None
         keep = set(queued)
-        why = ": the engine closed the connection: a message over its size limit (1009)" if too_big else ""
+        why = "; the engine closed the connection: a message over its size limit (1009)" if too_big else ""
         failed = []
         for iid in [iid for iid in self._pending if iid not in keep]:
             function_id = self._pending.pop(iid)
-            message = f"Connection to the engine was lost while invoking '{function_id}'{why}"
+            # (the words of earlier versions first, for code that matches on them)
+            message = (f"Connection to the engine was lost while invoking '{function_id}', after the call was sent: "
+                       f"it may have run (retry only if running it twice is safe){why}")
             failed.append(CallFailed(iid, ConnectionLostError("connection_lost", message)))
         return failed
 
