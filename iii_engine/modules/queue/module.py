@@ -51,7 +51,7 @@ from ..base import BuiltinFunction, BuiltinHandler, EngineError, EngineModule, E
 from ..bridge.queue import NO_DLQ, BridgeQueue
 from .consumer import JobNotReady, QueueConsumer, Reported, StoreFailures
 from .settings import MISSING_FUNCTION_CHECK_MAX_MS, QueueModuleSettings, QueueSettings
-from .store import Job, MemoryQueueStore, NotSent, QueueFull, QueueStore, StoreFull, now_ms
+from .store import Job, MemoryQueueStore, NotSent, QueueFull, QueueStore, StoreFull, TopicShare, now_ms
 
 if TYPE_CHECKING:  # redis is an optional dependency: imported only with the Redis adapter
     from .redis_store import RedisQueueStore
@@ -92,11 +92,12 @@ def open_store(settings: QueueModuleSettings) -> QueueStore:
         'MemoryQueueStore'
     """
     adapter = settings.store_adapter[1]
+    topics = TopicShare(TOPIC_PREFIX, settings.topic_bytes, settings.max_unsubscribed_topic_bytes)
     if isinstance(adapter, RedisAdapterSettings):
         from .redis_store import RedisQueueStore
 
-        return RedisQueueStore(adapter.redis_url, key_prefix=adapter.key_prefix)
-    return MemoryQueueStore(max_bytes=settings.max_memory_bytes)
+        return RedisQueueStore(adapter.redis_url, key_prefix=adapter.key_prefix, topics=topics)
+    return MemoryQueueStore(max_bytes=settings.max_memory_bytes, topics=topics)
 
 
 RECLAIM_INTERVAL_S = 1.0
@@ -147,11 +148,24 @@ def _full(name: str, kind: str, limit: int) -> str:
 
 
 def _no_room(name: str, kind: str, full: StoreFull) -> EngineError:
-    """Why an enqueue to ``name`` was refused by the in-memory store's byte bound, naming the setting."""
+    """Why an enqueue to ``name`` was refused by a byte bound of the store, naming the setting.
+
+    Example:
+        >>> _no_room("junk1", "topic", StoreFull(600, 16777000, 16777216, "unsubscribed")).message
+        "Topic 'junk1' has no subscriber: a job of 600 bytes does not fit: the topics without a subscriber hold \
+16777000 of their 16777216 bytes of jobs and dead letters (max_unsubscribed_topic_bytes)"
+    """
     what = "Queue" if kind == "queue" else "Topic"
-    return EngineError("enqueue_error", f"{what} '{name}': a job of {full.size} bytes does not fit: the in-memory "
-                                        f"queue store holds {full.used} of its {full.limit} bytes of jobs and dead "
-                                        "letters (max_memory_bytes)")
+    fit = f"a job of {full.size} bytes does not fit"
+    if full.bound == "unsubscribed":
+        return EngineError("enqueue_error", f"{what} {_name(name)} has no subscriber: {fit}: the topics without a "
+                                            f"subscriber hold {full.used} of their {full.limit} bytes of jobs and "
+                                            "dead letters (max_unsubscribed_topic_bytes)")
+    if full.bound == "topics":
+        return EngineError("enqueue_error", f"{what} {_name(name)}: {fit}: the topics hold {full.used} of their "
+                                            f"{full.limit} bytes of jobs and dead letters (max_topic_bytes)")
+    return EngineError("enqueue_error", f"{what} '{name}': {fit}: the in-memory queue store holds {full.used} of "
+                                        f"its {full.limit} bytes of jobs and dead letters (max_memory_bytes)")
 
 
 MAX_MISSING_TRACKED = 1024
@@ -740,6 +754,7 @@ class QueueModule(EngineModule):
                 log.warning("queue topic %s: the queue_config of trigger %s (function %s) asked past the module's "
                             "caps (max_topic_concurrency, max_topic_retries, max_topic_backoff_ms): %s", _name(topic),
                             _name(trigger.id), _name(trigger.function_id), ", ".join(capped))
+            self.store.set_unsubscribed(entry.consumer.queue, False)
         entry.subscribers[trigger.id] = trigger
         self._topic_of_trigger[trigger.id] = topic
         entry.consumer.wake()
@@ -752,6 +767,8 @@ class QueueModule(EngineModule):
         if topic is not None:
             entry = self._topics[topic]
             entry.subscribers.pop(trigger.id, None)
+            if not entry.subscribers:
+                self.store.set_unsubscribed(entry.consumer.queue, True)
             self._maybe_idle(topic, entry)
 
     def _maybe_idle(self, topic: str, entry: _Topic) -> None:
@@ -949,7 +966,8 @@ class QueueModule(EngineModule):
         entry.pushes += 1
         try:
             with self._store_op("enqueue_error", f"Topic '{topic}'"):
-                stored = await self.store.push(entry.consumer.queue, job, max_jobs=limit)
+                stored = await self.store.push(entry.consumer.queue, job, max_jobs=limit,
+                                               unsubscribed=not entry.subscribers)
         except StoreFull as full:
             raise _no_room(topic, "topic", full) from None
         except EngineError:

@@ -4,7 +4,9 @@ Layout per store queue ``Q`` (``<prefix>`` is the optional ``key_prefix``): ``<p
 job JSON), ``…:lane:<lane>`` (list of job ids), ``…:ready`` (list of lanes), ``…:active`` (sorted set lane →
 lease deadline), ``…:delayed`` (sorted set lane → due time), ``…:dlq`` (sorted set job id → failed_at),
 ``…:dlq_entries`` (hash job id → entry JSON) and ``…:done`` (sorted set job id → when it left the queue, for
-:data:`DONE_KEPT_MS`, so a push repeated late stores nothing). ``Q`` is escaped (``%`` → ``%25``, ``:`` →
+:data:`DONE_KEPT_MS`, so a push repeated late stores nothing). With a
+:class:`~iii_engine.modules.queue.store.TopicShare`, ``<prefix>queue-topic-bytes`` counts the bytes of JSON the topic
+queues' jobs and dead letters take (:data:`TOPIC_BYTES_KEY`). ``Q`` is escaped (``%`` → ``%25``, ``:`` →
 ``%3A``), so no queue's keys meet another's whatever the names and lanes (issue #8); names without those characters
 are unchanged. Every state change is one Lua script, so engines sharing the store never see half a move. A lane
 whose lease expires (its engine died mid-job) goes back to *ready*.
@@ -30,7 +32,7 @@ from iii.wire import dumps, loads
 from iii_streams.redis import check_reachable, escape_name, waiting_client
 from iii_streams.redis_internals import sent_nothing
 
-from .store import PUT_OFF_LOOK, Claim, DeadLetter, Job, NotSent, PutOff, QueueCounts, QueueFull
+from .store import PUT_OFF_LOOK, Claim, DeadLetter, Job, NotSent, PutOff, QueueCounts, QueueFull, StoreFull, TopicShare
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +50,37 @@ Costs Redis about 130 bytes per job finished in the window (16 MB at 1,000 jobs 
 MAX_DONE_KEPT_MS = 86_400_000
 """Largest ``done_kept_ms``: a day of finished ids is already far more than any client's retries need."""
 
+TOPIC_BYTES_KEY = "queue-topic-bytes"
+"""The key (after the store's ``key_prefix``) counting the bytes of JSON every topic queue's jobs and dead letters
+take, kept by the scripts that store, change or remove them, shared by the engines sharing the store. Jobs stored
+before it was kept are not in it: their removal takes it down to 0 at most, never below."""
+
+# The bytes a topic queue's jobs and dead letters take (their JSON) change: the counter (key '': the queue is no topic,
+# nothing is counted) follows.
+_COUNT_BYTES = """
+local function count_bytes(key, delta)
+  if key ~= '' and delta ~= 0 and redis.call('INCRBY', key, delta) < 0 then redis.call('SET', key, 0) end
+end
+"""
+
 # A push already stored answers "stored" again: a client retrying the script after its reply was lost (redis-py 6+
 # by default, or a redis_url with retry_on_timeout) put the id in its lane twice, and once the job was done the
 # lane's head named a job that was gone, holding a FIFO group for good. A job that already ran (its id in ``done``)
 # or died (a dead letter) is not stored again either: the retry came after another engine finished it, and the job
 # ran twice.
-# KEYS: jobs, ready, dlq, done · ARGV: lane prefix, job id, job, lane, most jobs the queue may hold (0: no limit)
-_PUSH = """
+# A topic's job past the topics' bytes answers {-1, the bytes they hold}, nothing stored.
+# KEYS: jobs, ready, dlq, done · ARGV: lane prefix, job id, job, lane, most jobs the queue may hold (0: no limit),
+# the topics' byte counter ('': no topic), the most bytes they may hold
+_PUSH = _COUNT_BYTES + """
 if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then return 1 end
 if redis.call('ZSCORE', KEYS[3], ARGV[2]) or redis.call('ZSCORE', KEYS[4], ARGV[2]) then return 1 end
 if tonumber(ARGV[5]) > 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[5]) then return 0 end
+if ARGV[6] ~= '' then
+  local used = tonumber(redis.call('GET', ARGV[6]) or '0')
+  if used + #ARGV[3] > tonumber(ARGV[7]) then return {-1, used} end
+end
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+count_bytes(ARGV[6], #ARGV[3])
 if redis.call('RPUSH', ARGV[1] .. ARGV[4], ARGV[2]) == 1 then redis.call('RPUSH', KEYS[2], ARGV[4]) end
 return 1
 """
@@ -174,11 +196,12 @@ if redis.call('LINDEX', lane_key, 0) ~= ARGV[3] then return 0 end
 # job id is kept in ``done`` (the ``jobs`` key's sibling) for KEPT_MS, the store's ``done_kept_ms`` (see _PUSH); the
 # key expires with the last of them.
 # Redis's clock, not the caller's: engines sharing the queue keep one window whatever their clocks say.
-# KEYS: jobs, ready, active, delayed
+# KEYS: jobs, ready, active, delayed · the script sets bytes_key (the topics' byte counter, '' for none) first
 _POP_HEAD = """
 local done = string.sub(KEYS[1], 1, -5) .. 'done'
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+count_bytes(bytes_key, -redis.call('HSTRLEN', KEYS[1], ARGV[3]))
 redis.call('HDEL', KEYS[1], ARGV[3])
 redis.call('LPOP', lane_key)
 local rest = redis.call('LLEN', lane_key)
@@ -194,22 +217,26 @@ redis.call('PEXPIRE', done, KEPT_MS)
 return 1
 """
 
-# KEYS: jobs, ready, active, delayed · ARGV: lane prefix, lane, job id
-_FINISH = _IS_HEAD + _POP_HEAD
+# KEYS: jobs, ready, active, delayed · ARGV: lane prefix, lane, job id, the topics' byte counter ('': none)
+_FINISH = _COUNT_BYTES + "local bytes_key = ARGV[4]\n" + _IS_HEAD + _POP_HEAD
 
 # The dead letter and the lane's move in one script: a caller cut short between two round trips would leave the
 # job both a dead letter and active (run again once its lease ran out).
-# KEYS: jobs, ready, active, delayed, dlq, dlq entries · ARGV: lane prefix, lane, job id, failed_at, entry JSON
+# KEYS: jobs, ready, active, delayed, dlq, dlq entries · ARGV: lane prefix, lane, job id, failed_at, entry JSON, the
+# topics' byte counter ('': none)
 # A script is atomic but not transactional: a call short of an argument would fail at its HSET after the ZADD.
-_DEAD = """
-if #KEYS ~= 6 or #ARGV ~= 5 then return redis.error_reply('dead letter move: 6 keys and 5 arguments expected') end
+_DEAD = _COUNT_BYTES + """
+if #KEYS ~= 6 or #ARGV ~= 6 then return redis.error_reply('dead letter move: 6 keys and 6 arguments expected') end
+local bytes_key = ARGV[6]
 """ + _IS_HEAD + """
 redis.call('ZADD', KEYS[5], ARGV[4], ARGV[3])
 redis.call('HSET', KEYS[6], ARGV[3], ARGV[5])
+count_bytes(bytes_key, #ARGV[5])
 """ + _POP_HEAD
 
-# KEYS: jobs, active, delayed · ARGV: lane prefix, lane, job id, job JSON, due
-_RETRY = _IS_HEAD + """
+# KEYS: jobs, active, delayed · ARGV: lane prefix, lane, job id, job JSON, due, the topics' byte counter ('': none)
+_RETRY = _COUNT_BYTES + _IS_HEAD + """
+count_bytes(ARGV[6], #ARGV[4] - redis.call('HSTRLEN', KEYS[1], ARGV[3]))
 redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
 if redis.call('ZREM', KEYS[2], ARGV[2]) == 1 then redis.call('ZADD', KEYS[3], ARGV[5], ARGV[2]) end
 return 1
@@ -244,15 +271,24 @@ end
 return moved
 """
 
+# KEYS: dlq, dlq entries · ARGV: job id, the topics' byte counter ('': none) · 1 if the letter was there
+_DISCARD = _COUNT_BYTES + """
+count_bytes(ARGV[2], -redis.call('HSTRLEN', KEYS[2], ARGV[1]))
+redis.call('HDEL', KEYS[2], ARGV[1])
+return redis.call('ZREM', KEYS[1], ARGV[1])
+"""
+
 BRING_FORWARD_BATCH = 1000
 """Lanes per script call of :meth:`RedisQueueStore.bring_forward`: one call never holds Redis for long."""
 
 # KEYS: dlq, dlq entries, jobs, ready · ARGV: lane prefix, job id, job JSON, lane, most jobs the queue may hold
-# (0: no limit) · 1 moved, 0 no such letter, -1 the queue is full (the letter stays)
-_REDRIVE = """
+# (0: no limit), the topics' byte counter ('': none) · 1 moved, 0 no such letter, -1 the queue is full (the letter
+# stays). A job is smaller than its letter: it needs no room under the topics' bytes.
+_REDRIVE = _COUNT_BYTES + """
 if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then return 0 end
 if tonumber(ARGV[5]) > 0 and redis.call('HLEN', KEYS[3]) >= tonumber(ARGV[5]) then return -1 end
 redis.call('ZREM', KEYS[1], ARGV[2])
+count_bytes(ARGV[6], #ARGV[3] - redis.call('HSTRLEN', KEYS[2], ARGV[2]))
 redis.call('HDEL', KEYS[2], ARGV[2])
 redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
 if redis.call('RPUSH', ARGV[1] .. ARGV[4], ARGV[2]) == 1 then redis.call('RPUSH', KEYS[4], ARGV[4]) end
@@ -382,8 +418,9 @@ def _text(value: Any) -> str:
 
 
 class _Keys:
-    def __init__(self, prefix: str, queue: str) -> None:
+    def __init__(self, prefix: str, queue: str, counted: str = "") -> None:
         base = f"{prefix}queue:{escape_name(queue)}:"  # the lane, last in its key, needs no escaping
+        self.counted = counted  # the topics' byte counter, for a topic's queue (else '')
         self.jobs = base + "jobs"
         self.ready = base + "ready"
         self.active = base + "active"
@@ -403,7 +440,8 @@ class RedisQueueStore:
         'RedisQueueStore'
     """
 
-    def __init__(self, redis_url: str, *, key_prefix: str = "", done_kept_ms: int = DONE_KEPT_MS) -> None:
+    def __init__(self, redis_url: str, *, key_prefix: str = "", done_kept_ms: int = DONE_KEPT_MS,
+                 topics: TopicShare | None = None) -> None:
         # A blocking pool (50 connections, or the URL's ?max_connections=): callers beyond it wait for a connection
         # (30 s, or ?timeout=) where Redis.from_url's pool refused them at once, and 1,898 of 2,000 concurrent
         # enqueues failed with "Too many connections" without reaching Redis.
@@ -417,6 +455,10 @@ class RedisQueueStore:
         self._finish, self._dead = register(_FINISH.replace("KEPT_MS", kept)), register(_DEAD.replace("KEPT_MS", kept))
         self._retry, self._release, self._recover = register(_RETRY), register(_RELEASE), register(_RECOVER)
         self._redrive, self._bring_forward = register(_REDRIVE), register(_BRING_FORWARD)
+        self._discard = register(_DISCARD)
+        # Its max_unsubscribed_bytes is not kept: engines sharing the store do not know each other's subscribers.
+        self._topics = topics
+        self._topic_bytes_key = key_prefix + TOPIC_BYTES_KEY
         self._claim = register(_CLAIM.replace("SKIP_LOOK", str(SKIP_LOOK)).replace("SKIP_BYTES", str(SKIP_BYTES))
                                .replace("PUT_OFF_KEPT_MS", str(PUT_OFF_KEPT_MS)))
         wanted = str(MAX_WANTED)
@@ -447,18 +489,33 @@ class RedisQueueStore:
         await check_reachable(self._redis, timeout=START_CHECK_S)
 
     def _k(self, queue: str) -> _Keys:
-        return _Keys(self._prefix, queue)
+        topic = self._topics is not None and queue.startswith(self._topics.prefix)
+        return _Keys(self._prefix, queue, self._topic_bytes_key if topic else "")
 
-    async def push(self, queue: str, job: Job, *, max_jobs: int | None = None) -> bool:
-        """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
+    async def topic_bytes(self) -> int:
+        """Bytes of JSON the topic queues' jobs and dead letters take (:data:`TOPIC_BYTES_KEY`)."""
+        return int(await self._redis.get(self._topic_bytes_key) or 0)
+
+    def set_unsubscribed(self, queue: str, unsubscribed: bool) -> None:
+        """See :class:`~iii_engine.modules.queue.store.QueueStore`: nothing, as engines sharing the store do not
+        know each other's subscribers (:attr:`TopicShare.max_bytes` bounds every topic's jobs together)."""
+
+    async def push(self, queue: str, job: Job, *, max_jobs: int | None = None,
+                   unsubscribed: bool | None = None) -> bool:
+        """See :class:`~iii_engine.modules.queue.store.QueueStore`: a topic's job past :attr:`TopicShare.max_bytes`
+        (its JSON counted) raises :class:`~iii_engine.modules.queue.store.StoreFull`; ``unsubscribed`` is not kept."""
         k = self._k(queue)
+        raw = job.to_json()
+        limit = self._topics.max_bytes if k.counted and self._topics is not None else 0
         try:
             stored = await self._push(keys=[k.jobs, k.ready, k.dlq, k.done],
-                                      args=[k.lane, job.id, job.to_json(), job.lane, max_jobs or 0])
+                                      args=[k.lane, job.id, raw, job.lane, max_jobs or 0, k.counted, limit])
         except (RedisConnectionError, RedisTimeoutError) as exc:
             if sent_nothing(exc):
                 raise NotSent(str(exc)) from exc
             raise
+        if isinstance(stored, list):
+            raise StoreFull(len(raw.encode()), int(stored[1]), limit, "topics")
         return bool(stored)
 
     async def claim(self, queue: str, *, now_ms: int, lease_ms: int,
@@ -496,19 +553,20 @@ class RedisQueueStore:
     async def ack(self, queue: str, job: Job) -> None:
         """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
         k = self._k(queue)
-        await self._finish(keys=[k.jobs, k.ready, k.active, k.delayed], args=[k.lane, job.lane, job.id])
+        await self._finish(keys=[k.jobs, k.ready, k.active, k.delayed], args=[k.lane, job.lane, job.id, k.counted])
 
     async def retry(self, queue: str, job: Job, *, due_ms: int) -> None:
         """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
         k = self._k(queue)
-        await self._retry(keys=[k.jobs, k.active, k.delayed], args=[k.lane, job.lane, job.id, job.to_json(), due_ms])
+        await self._retry(keys=[k.jobs, k.active, k.delayed],
+                          args=[k.lane, job.lane, job.id, job.to_json(), due_ms, k.counted])
 
     async def dead(self, queue: str, letter: DeadLetter) -> None:
         """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
         k = self._k(queue)
         job = letter.job
         await self._dead(keys=[k.jobs, k.ready, k.active, k.delayed, k.dlq, k.dlq_entries],
-                         args=[k.lane, job.lane, job.id, letter.failed_at, _dump(letter)])
+                         args=[k.lane, job.lane, job.id, letter.failed_at, _dump(letter), k.counted])
 
     async def release(self, queue: str, job: Job) -> None:
         """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
@@ -574,7 +632,7 @@ class RedisQueueStore:
             outcome = int(
                 await self._redrive(
                     keys=[k.dlq, k.dlq_entries, k.jobs, k.ready],
-                    args=[k.lane, job.id, job.to_json(), job.lane, max_jobs or 0],
+                    args=[k.lane, job.id, job.to_json(), job.lane, max_jobs or 0, k.counted],
                 )
             )
             if outcome < 0:
@@ -585,11 +643,7 @@ class RedisQueueStore:
     async def discard(self, queue: str, job_id: str) -> int:
         """See :class:`~iii_engine.modules.queue.store.QueueStore`."""
         k = self._k(queue)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(k.dlq, job_id)
-            pipe.hdel(k.dlq_entries, job_id)
-            removed, _ = await pipe.execute()
-        return int(removed)
+        return int(await self._discard(keys=[k.dlq, k.dlq_entries], args=[job_id, k.counted]))
 
     async def forget(self, queue: str) -> None:
         """See :class:`~iii_engine.modules.queue.store.QueueStore`: nothing to do, Redis drops an empty key."""

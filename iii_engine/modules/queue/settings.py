@@ -44,6 +44,7 @@ BUILTIN_ADAPTER = "modules::queue::BuiltinQueueAdapter"
 DEFAULT_MAX_JOBS = 100_000
 DEFAULT_MAX_MEMORY_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_TOPICS = 10_000
+DEFAULT_MAX_UNSUBSCRIBED_TOPIC_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_TOPIC_CONCURRENCY = 100
 DEFAULT_MAX_TOPIC_RETRIES = 10
 DEFAULT_MAX_TOPIC_BACKOFF_MS = 60_000
@@ -188,6 +189,16 @@ class QueueModuleSettings(Settings):
     #: queue and topic together; an enqueue past it fails with ``enqueue_error`` naming it (``max_jobs`` counts
     #: jobs, and 100,000 jobs of up to 4 MiB each are 400 GB). Redis keeps its own jobs: its ``maxmemory`` bounds them
     max_memory_bytes: int = Field(DEFAULT_MAX_MEMORY_BYTES, ge=1)
+    #: bytes every topic's jobs and dead letters take together (default: half of ``max_memory_bytes``), counted as
+    #: ``max_memory_bytes`` counts them in memory, as their JSON in Redis; an enqueue to a topic past it fails with
+    #: ``enqueue_error`` naming it, so enqueues to made-up topics, which any worker may send, leave the named queues
+    #: the rest (before, one worker's topic jobs filled the store and the named queues' enqueues failed until a
+    #: restart)
+    max_topic_bytes: int | None = Field(None, ge=1)
+    #: bytes the jobs and dead letters of the topics with no subscriber take together, in the in-memory store (engines
+    #: sharing a Redis store do not know each other's subscribers); an enqueue to such a topic past it fails with
+    #: ``enqueue_error`` naming it, so jobs nobody takes leave room to the topics someone consumes
+    max_unsubscribed_topic_bytes: int = Field(DEFAULT_MAX_UNSUBSCRIBED_TOPIC_BYTES, ge=1)
     #: the most a topic's subscriber may ask in its ``queue_config``: ``concurrency`` (jobs running at once, each
     #: held in the engine), ``maxRetries`` and ``backoffDelayMs`` (with more, a failing job cycled for ever before
     #: reaching the DLQ); larger asks are cut to these, logged once per topic
@@ -204,6 +215,16 @@ class QueueModuleSettings(Settings):
     #: counting after its own TTL, whatever the others' are (at most :data:`MAX_SERVED_FUNCTIONS_TTL_MS`)
     served_functions_ttl_ms: int = Field(DEFAULT_SERVED_FUNCTIONS_TTL_MS, ge=30, le=MAX_SERVED_FUNCTIONS_TTL_MS)
     adapter: AdapterSpec | None = None
+
+    @property
+    def topic_bytes(self) -> int:
+        """``max_topic_bytes``, or half of ``max_memory_bytes`` when unset.
+
+        Example:
+            >>> QueueModuleSettings().topic_bytes == 128 * 1024 * 1024
+            True
+        """
+        return self.max_topic_bytes or max(self.max_memory_bytes // 2, 1)
 
     @property
     def topic_caps(self) -> dict[str, int]:

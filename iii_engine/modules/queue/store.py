@@ -165,13 +165,43 @@ class NotSent(Exception):
 
 
 class StoreFull(PicklesByState, Exception):
-    """A push refused because the in-memory store holds its ``max_bytes`` of jobs and dead letters."""
+    """A push refused for want of room: ``bound`` says which bound it met, ``"store"`` (the in-memory store's
+    ``max_bytes`` of jobs and dead letters), ``"topics"`` (:attr:`TopicShare.max_bytes`, every topic's together) or
+    ``"unsubscribed"`` (:attr:`TopicShare.max_unsubscribed_bytes`, those of topics without a subscriber); ``used`` is
+    what that bound counts now.
 
-    def __init__(self, size: int, used: int, limit: int) -> None:
-        super().__init__(f"a job of {size} bytes does not fit: the store holds {used} of its {limit} bytes")
+    Example:
+        >>> str(StoreFull(10, 95, 100, "topics"))
+        'a job of 10 bytes does not fit: topics hold 95 of their 100 bytes'
+    """
+
+    def __init__(self, size: int, used: int, limit: int, bound: str = "store") -> None:
+        holder = {"store": "the store holds", "topics": "topics hold",
+                  "unsubscribed": "topics without a subscriber hold"}.get(bound, f"{bound} holds")
+        whose = "its" if bound == "store" else "their"
+        super().__init__(f"a job of {size} bytes does not fit: {holder} {used} of {whose} {limit} bytes")
         self.size = size
         self.used = used
         self.limit = limit
+        self.bound = bound
+
+
+@dataclass(frozen=True)
+class TopicShare:
+    """What the jobs and dead letters of topic queues (store queue names starting with ``prefix``) may take of a store
+    together, so that enqueues to made-up topics, which any worker may send, cannot take the room named queues need:
+    ``max_bytes`` for every topic, and ``max_unsubscribed_bytes`` for the topics marked as having no subscriber
+    (:meth:`QueueStore.set_unsubscribed`; the in-memory store only: engines sharing a Redis store do not know each
+    other's subscribers). A push past either raises :class:`StoreFull` naming it.
+
+    Example:
+        >>> TopicShare("__topic::", 1024).max_unsubscribed_bytes is None
+        True
+    """
+
+    prefix: str
+    max_bytes: int
+    max_unsubscribed_bytes: int | None = None
 
 
 HELD_OVERHEAD: Final = 512
@@ -322,11 +352,18 @@ class PutOff(Mapping[str, int]):
 class QueueStore(Protocol):
     """Persistence for queue jobs; every method is atomic with respect to the others."""
 
-    async def push(self, queue: str, job: Job, *, max_jobs: int | None = None) -> bool:
+    async def push(self, queue: str, job: Job, *, max_jobs: int | None = None,
+                   unsubscribed: bool | None = None) -> bool:
         """Store ``job`` at the tail of its lane; with ``max_jobs``, only while the queue holds fewer jobs (waiting,
-        delayed or running; dead letters not counted). ``False``: the queue was full and nothing was stored. A store
-        on a connection pool raises :class:`~iii_streams.errors.PoolExhaustedError` only before the push was sent
-        (nothing stored); any other failure may come after the job was stored."""
+        delayed or running; dead letters not counted). ``False``: the queue was full and nothing was stored. Raises
+        :class:`StoreFull` when the job's bytes do not fit under a bound the store keeps (its :class:`TopicShare`'s
+        for a topic queue). ``unsubscribed`` (not ``None``) marks the queue first, as :meth:`set_unsubscribed`. A
+        store on a connection pool raises :class:`~iii_streams.errors.PoolExhaustedError` only before the push was
+        sent (nothing stored); any other failure may come after the job was stored."""
+
+    def set_unsubscribed(self, queue: str, unsubscribed: bool) -> None:
+        """Mark topic queue ``queue`` as having no subscriber (its jobs count against
+        :attr:`TopicShare.max_unsubscribed_bytes`) or one again; a store without that bound does nothing."""
 
     async def claim(self, queue: str, *, now_ms: int, lease_ms: int,
                     skip_functions: Collection[str] = ()) -> Job | None:
@@ -428,6 +465,12 @@ class _MemoryQueue:
     #: so keeping it sorted costs an append, and removing one a search and a move of the ids after it
     dlq_order: list[str] = field(default_factory=list)
     seq: int = 0
+    #: a topic's queue (its bytes count against the store's :class:`TopicShare`)
+    topic: bool = False
+    #: a topic marked as having no subscriber (:meth:`MemoryQueueStore.set_unsubscribed`)
+    unsubscribed: bool = False
+    #: what this queue's jobs and dead letters count against ``max_bytes``
+    bytes: int = 0
 
     def order_key(self, job_id: str) -> tuple[int, int]:
         """Where dead letter ``job_id`` sorts in :attr:`dlq_order`."""
@@ -492,6 +535,9 @@ class MemoryQueueStore:
     dead letter's error); those steps are never refused, so they may pass ``max_bytes`` by their growth (about 50
     bytes plus the error for the consumer's dead letter), and pushes are refused until it is back under.
 
+    ``topics`` (a :class:`TopicShare`) bounds the same count for the topic queues: every topic's together, and those
+    marked unsubscribed together, each checked before ``max_bytes``.
+
     Example:
         >>> import asyncio
         >>> store = MemoryQueueStore(max_bytes=200)
@@ -501,32 +547,73 @@ class MemoryQueueStore:
         iii_engine.modules.queue.store.StoreFull: a job of 950 bytes does not fit: the store holds 0 of its 200 bytes
     """
 
-    def __init__(self, *, max_bytes: int | None = None) -> None:
+    def __init__(self, *, max_bytes: int | None = None, topics: TopicShare | None = None) -> None:
         self._queues: dict[str, _MemoryQueue] = {}
         self._max_bytes = max_bytes
         self._bytes = 0
+        self._topics = topics
+        self._topic_bytes = 0
+        self._unsubscribed_bytes = 0
 
     @property
     def used_bytes(self) -> int:
         """Bytes the jobs and dead letters of every queue count against ``max_bytes``."""
         return self._bytes
 
-    def _q(self, queue: str) -> _MemoryQueue:
-        return self._queues.setdefault(queue, _MemoryQueue())
+    @property
+    def topic_bytes(self) -> tuple[int, int]:
+        """Bytes the topic queues count against ``max_bytes``: every topic's, and those of the topics marked
+        unsubscribed."""
+        return self._topic_bytes, self._unsubscribed_bytes
 
-    async def push(self, queue: str, job: Job, *, max_jobs: int | None = None) -> bool:
-        """See :class:`QueueStore`; raises :class:`StoreFull` when the job's bytes do not fit under ``max_bytes``.
-        A job already held (a job or a dead letter with its id) is not stored or counted again, as by Redis."""
+    def _q(self, queue: str) -> _MemoryQueue:
+        q = self._queues.get(queue)
+        if q is None:
+            topic = self._topics is not None and queue.startswith(self._topics.prefix)
+            q = self._queues[queue] = _MemoryQueue(topic=topic)
+        return q
+
+    def _charge(self, q: _MemoryQueue, delta: int) -> None:
+        """``q``'s jobs and dead letters take ``delta`` bytes more (or fewer): counted in every bound it is under."""
+        self._bytes += delta
+        q.bytes += delta
+        if q.topic:
+            self._topic_bytes += delta
+            if q.unsubscribed:
+                self._unsubscribed_bytes += delta
+
+    def set_unsubscribed(self, queue: str, unsubscribed: bool) -> None:
+        """See :class:`QueueStore`: what the topic holds moves in or out of the unsubscribed count (a queue the store
+        does not hold yet is marked by its first push)."""
+        q = self._queues.get(queue)
+        if q is not None and q.topic and q.unsubscribed != unsubscribed:
+            q.unsubscribed = unsubscribed
+            self._unsubscribed_bytes += q.bytes if unsubscribed else -q.bytes
+
+    async def push(self, queue: str, job: Job, *, max_jobs: int | None = None,
+                   unsubscribed: bool | None = None) -> bool:
+        """See :class:`QueueStore`; raises :class:`StoreFull` when the job's bytes do not fit under ``max_bytes``,
+        or for a topic under its :class:`TopicShare`. A job already held (a job or a dead letter with its id) is not
+        stored or counted again, as by Redis."""
         q = self._q(queue)
+        if unsubscribed is not None:
+            self.set_unsubscribed(queue, unsubscribed)
         if job.id in q.jobs or job.id in q.dlq:
             return True
         if max_jobs is not None and len(q.jobs) >= max_jobs:
             return False
         held = _HeldJob.of(job, queue)
         size = held.size
+        topics = self._topics
+        if topics is not None and q.topic:
+            limit = topics.max_unsubscribed_bytes
+            if q.unsubscribed and limit is not None and self._unsubscribed_bytes + size > limit:
+                raise StoreFull(size, self._unsubscribed_bytes, limit, "unsubscribed")
+            if self._topic_bytes + size > topics.max_bytes:
+                raise StoreFull(size, self._topic_bytes, topics.max_bytes, "topics")
         if self._max_bytes is not None and self._bytes + size > self._max_bytes:
             raise StoreFull(size, self._bytes, self._max_bytes)
-        self._bytes += size
+        self._charge(q, size)
         self._put(q, job.id, held)
         return True
 
@@ -601,7 +688,7 @@ class MemoryQueueStore:
         """See :class:`QueueStore`."""
         q = self._q(queue)
         if q.is_head(job):
-            self._bytes -= q.pop_head(job.lane).size
+            self._charge(q, -q.pop_head(job.lane).size)
 
     async def retry(self, queue: str, job: Job, *, due_ms: int) -> None:
         """See :class:`QueueStore`."""
@@ -611,7 +698,7 @@ class MemoryQueueStore:
         # never refused, even past max_bytes: a retry the store turned down would leave its job active, to run again
         # once its lease ran out (attempts 9 → 10 is a byte more; the payload may change too)
         held = _HeldJob.of(job, queue)  # a job put off unread keeps its text: no decode, no encode
-        self._bytes += held.size - q.jobs[job.id].size
+        self._charge(q, held.size - q.jobs[job.id].size)
         q.jobs[job.id] = held
         if q.active.pop(job.lane, None) is not None:  # as Redis: a lane not held stays where it is
             q.seq += 1
@@ -623,7 +710,7 @@ class MemoryQueueStore:
         if q.is_head(letter.job):
             q.seq += 1
             held = _HeldLetter(_HeldJob.of(letter.job, queue), letter.error, letter.failed_at, q.seq)  # never refused
-            self._bytes += held.size - q.pop_head(letter.job.lane).size
+            self._charge(q, held.size - q.pop_head(letter.job.lane).size)
             q.add_letter(letter.job.id, held)
 
     async def release(self, queue: str, job: Job) -> None:
@@ -712,7 +799,7 @@ class MemoryQueueStore:
     def _requeue(self, q: _MemoryQueue, job_id: str, letter: _HeldLetter) -> None:
         # a job is smaller than its dead letter (no error, no failed_at, attempts 0): it never needs more room
         held = replace(letter.job, attempts=0)
-        self._bytes += held.size - letter.size
+        self._charge(q, held.size - letter.size)
         self._put(q, job_id, held)
 
     async def discard(self, queue: str, job_id: str) -> int:
@@ -720,7 +807,7 @@ class MemoryQueueStore:
         q = self._q(queue)
         if job_id not in q.dlq:
             return 0
-        self._bytes -= q.pop_letter(job_id).size
+        self._charge(q, -q.pop_letter(job_id).size)
         return 1
 
     async def forget(self, queue: str) -> None:

@@ -35,11 +35,11 @@ async def test_a_dead_letter_move_short_of_an_argument_changes_nothing(store: Re
     k = store._k(Q)
     keys = [k.jobs, k.ready, k.active, k.delayed, k.dlq, k.dlq_entries]
     short: list[str | int] = [k.lane, job.lane, job.id, 1]
-    for args in (short, [*short, "{}", "extra"]):
-        with pytest.raises(ResponseError, match="dead letter move: 6 keys and 5 arguments expected"):
+    for args in (short, [*short, "{}", k.counted, "extra"]):
+        with pytest.raises(ResponseError, match="dead letter move: 6 keys and 6 arguments expected"):
             await store._dead(keys=keys, args=args)
     with pytest.raises(ResponseError, match="6 keys"):
-        await store._dead(keys=keys[:5], args=[k.lane, job.lane, job.id, 1, "{}"])
+        await store._dead(keys=keys[:5], args=[k.lane, job.lane, job.id, 1, "{}", k.counted])
     assert await store.counts(Q) == QueueCounts(0, 1, 0, 0)
     await store.dead(Q, DeadLetter(job, "function call failed", 1))
     assert await store.counts(Q) == QueueCounts(0, 0, 0, 1)
