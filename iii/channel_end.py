@@ -280,6 +280,13 @@ class WebSocketEnd:
         """Payload bytes received and not read yet."""
         return ws_fastpath.unread_bytes(self.ws)
 
+    def set_receive_buffer(self, size: int) -> None:
+        """Stop reading the socket while more than ``size`` bytes of messages are unread (a connection on the fast
+        receive path; others keep websockets' own frame queue)."""
+        setter = getattr(self.ws, "set_receive_buffer", None)
+        if setter is not None:
+            setter(size)
+
     def peer_close(self) -> ChannelEndClosed | None:
         """How the peer closed, once it has sent its Close (``None`` before that)."""
         rcvd, sent = ws_fastpath.close_frames(self.ws)

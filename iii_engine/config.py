@@ -54,6 +54,8 @@ import yaml
 from pydantic import field_validator
 
 from .channels import (
+    DEFAULT_MAX_HELD_BYTES,
+    DEFAULT_MAX_HELD_BYTES_PER_WORKER,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_OPEN_CHANNELS,
     DEFAULT_MAX_OPEN_PER_WORKER,
@@ -126,7 +128,10 @@ class ChannelSettings(Settings):
     set a per-channel value). ``max_queued_bytes``: payload bytes one channel may hold waiting for its reader
     before the relay stops reading the writer (default 16 MiB). ``max_open``: channels the engine keeps at once
     (default 100,000); ``engine::channels::create`` past it fails with ``channel_limit``, as it does past
-    ``max_open_per_worker`` (channels one worker created and keeps open, default 20,000).
+    ``max_open_per_worker`` (channels one worker created and keeps open, default 20,000). ``max_held_bytes``:
+    payload bytes the queues of all channels hold together before writers are not read (default 256 MiB; a channel
+    whose reader is attached still moves, one message at a time), ``max_held_bytes_per_worker`` the same for the
+    channels one worker created (default 64 MiB).
 
     Example:
         >>> ChannelSettings(max_channel_bytes=1 << 30).max_channel_bytes
@@ -144,6 +149,8 @@ class ChannelSettings(Settings):
     max_queued_bytes: int = Field(DEFAULT_MAX_QUEUED_BYTES, ge=1)
     max_open: int = Field(DEFAULT_MAX_OPEN_CHANNELS, ge=1)
     max_open_per_worker: int = Field(DEFAULT_MAX_OPEN_PER_WORKER, ge=1)
+    max_held_bytes: int = Field(DEFAULT_MAX_HELD_BYTES, ge=1)
+    max_held_bytes_per_worker: int = Field(DEFAULT_MAX_HELD_BYTES_PER_WORKER, ge=1)
 
     @property
     def attach_timeout_s(self) -> float:

@@ -45,6 +45,8 @@ from iii.channel_end import ChannelCloseCode
 from .limits import (
     CHANNEL_SOCKET_QUEUE,
     DEFAULT_BUFFER_SIZE,
+    DEFAULT_MAX_HELD_BYTES,
+    DEFAULT_MAX_HELD_BYTES_PER_WORKER,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_OPEN_CHANNELS,
     DEFAULT_MAX_OPEN_PER_WORKER,
@@ -55,13 +57,15 @@ from .limits import (
     clamp_buffer_size,
 )
 from .local import ChannelRefused, LocalChannelEnd
-from .machine import ChannelMachine
+from .machine import ChannelMachine, HeldBytes
 from .policy import OURS, PRODUCTION, RelayPolicy
 from .registry import ChannelRelay
 
 __all__ = [
     "CHANNEL_SOCKET_QUEUE",
     "DEFAULT_BUFFER_SIZE",
+    "DEFAULT_MAX_HELD_BYTES",
+    "DEFAULT_MAX_HELD_BYTES_PER_WORKER",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_MAX_OPEN_CHANNELS",
     "DEFAULT_MAX_OPEN_PER_WORKER",
@@ -74,6 +78,7 @@ __all__ = [
     "ChannelMachine",
     "ChannelRefused",
     "ChannelRelay",
+    "HeldBytes",
     "LocalChannelEnd",
     "RelayPolicy",
     "TooManyChannels",

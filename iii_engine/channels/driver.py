@@ -29,7 +29,7 @@ from iii.ws_fastpath import (
     write_server_frames,
 )
 
-from .limits import DEFAULT_SOCKET_QUEUE, frame_queue_for
+from .limits import DEFAULT_SOCKET_QUEUE, HELD_BACK_SOCKET_BYTES, SOCKET_QUEUE_BYTES, frame_queue_for
 from .machine import Action, ChannelMachine, Close, EndState, Side, Step
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,8 @@ the channel's queue to the socket's write buffer, so this is all a batch adds to
 class LiveChannel:
     """A channel in the registry: its machine plus what only the I/O side has (ends, wake-ups, timer)."""
 
-    __slots__ = ("data", "deadline", "full_waiters", "machine", "owner", "reader_end", "reader_key", "space",
-                 "writer_end", "writer_idle", "writer_key")
+    __slots__ = ("data", "deadline", "full_waiters", "machine", "owner", "reader_end", "reader_key", "socket_held",
+                 "space", "writer_end", "writer_idle", "writer_key")
 
     def __init__(self, machine: ChannelMachine, writer_key: str, reader_key: str, owner: str | None) -> None:
         self.machine = machine
@@ -59,6 +59,8 @@ class LiveChannel:
         # The writer loop waits for its socket with nothing else to do: messages arriving meanwhile may be queued
         # straight from the socket's callback (Driver.take_arrived).
         self.writer_idle = False
+        # The writer socket's receive buffer is down to HELD_BACK_SOCKET_BYTES (a held-bytes bound keeps it waiting).
+        self.socket_held = False
 
     @property
     def id(self) -> str:
@@ -135,6 +137,15 @@ def _size_frame_queue(ws: Connection, message_size: int, current: int) -> int:
     return current
 
 
+def _hold_socket(ch: LiveChannel, end: ChannelEnd, held: bool) -> None:
+    """Lower the writer socket's receive buffer while a held-bytes bound keeps its writer waiting (each waiting
+    writer held its socket's 4 MiB besides the bound), and raise it again once the writer has room."""
+    if ch.socket_held is held or not isinstance(end, WebSocketEnd):
+        return
+    ch.socket_held = held
+    end.set_receive_buffer(HELD_BACK_SOCKET_BYTES if held else SOCKET_QUEUE_BYTES)
+
+
 async def perform(end: ChannelEnd, action: Action) -> None:
     """Carry out a machine action on ``end``."""
     if isinstance(action, Close):
@@ -196,6 +207,9 @@ class Driver:
         """Attach ``side`` of ``ch`` (a socket's end or an in-process one): ``None``, or the Close that refuses a
         second end (4009). The attach deadline stops once both ends are there."""
         refusal = ch.machine.attach(side)
+        if refusal is None and side is Side.READER:
+            # A writer waiting because held-bytes bounds are reached may go on now, one message at a time (room()).
+            ch.space.set()
         if refusal is None and ch.machine.both_attached:
             ch.cancel_deadline()
         return refusal
@@ -265,10 +279,16 @@ class Driver:
         it closes the writer); whether any was taken. The bounds are the loop's: at most ``capacity`` messages,
         the byte bound passed by at most one message."""
         machine = ch.machine
-        if not ch.writer_idle or machine.full or machine.stopped or machine.would_refuse(unread):
+        if not ch.writer_idle or machine.stopped:
             return False
-        batch = end.take_ready(machine.capacity - len(machine.items),
-                               machine.max_queued_bytes - machine.queued_bytes)
+        room = machine.room()
+        if room <= 0:
+            if machine.held_back:
+                _hold_socket(ch, end, True)  # before the socket reads on into its 4 MiB
+            return False
+        if machine.would_refuse(unread):
+            return False
+        batch = end.take_ready(machine.capacity - len(machine.items), room)
         on_message = machine.writer_message
         for text, payload in batch:
             refusal = on_message(text, payload)
@@ -290,8 +310,7 @@ class Driver:
         on_message = machine.writer_message
         socket_queue = frame_queue_high(ws) or DEFAULT_SOCKET_QUEUE
         while await self._room(ch, end):
-            batch = take_ready(ws, machine.capacity - len(machine.items),
-                               machine.max_queued_bytes - machine.queued_bytes)
+            batch = take_ready(ws, machine.capacity - len(machine.items), machine.room())
             if batch:
                 for text, payload in batch:
                     refusal = on_message(text, payload)
@@ -343,13 +362,19 @@ class Driver:
         return len(payload)
 
     async def _room(self, ch: LiveChannel, end: ChannelEnd) -> bool:
-        """Wait while the queue is full (not reading the writer then is what gives it TCP backpressure); ``False``
-        once the writer was ended because the reader left or the channel expired."""
+        """Wait while the queue is full or a held-bytes bound it counts against is reached (not reading the writer
+        then is what gives it TCP backpressure); ``False`` once the writer was ended because the reader left or the
+        channel expired."""
         machine = ch.machine
         while machine.full and not machine.stopped:
             if ch.full_waiters:
                 ch.notify_full()
+            if machine.held_back:
+                _hold_socket(ch, end, True)
+            machine.wait_for_room(ch.space.set)
             await ch.space.wait()
+        if ch.socket_held:
+            _hold_socket(ch, end, False)
         if machine.stopped:
             await self._stop_writer(ch, end)
             return False

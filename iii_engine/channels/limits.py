@@ -22,11 +22,21 @@ DEFAULT_MAX_OPEN_CHANNELS: Final = 100_000
 DEFAULT_MAX_OPEN_PER_WORKER: Final = 20_000
 """Channels one worker's ``engine::channels::create`` calls keep open at once (a leak in one worker stops there,
 not at the engine-wide bound every other worker and the REST API share)."""
+DEFAULT_MAX_HELD_BYTES: Final = 256 * 1024 * 1024
+"""Payload bytes the queues of all channels hold together before writers are not read (sixteen channels' full
+``max_queued_bytes``; the other engine-wide byte bounds, ``max_fired_bytes``, are the same size). Past it a channel
+whose reader is attached still moves, one message at a time; a writer with no reader waits."""
+DEFAULT_MAX_HELD_BYTES_PER_WORKER: Final = 64 * 1024 * 1024
+"""The same, for the channels one worker created (a quarter of the engine's: four channels' full queues), so one
+worker's parked streams cannot take every other worker's room (as ``max_call_bytes_per_worker``)."""
 DEFAULT_ATTACH_TIMEOUT_S: Final = 300.0
 """How long an end may stay unattached before the channel expires."""
 
 SOCKET_QUEUE_BYTES: Final = 4 * 1024 * 1024
 """Bytes a writer socket may hold in received-but-unread messages before the relay stops reading it."""
+HELD_BACK_SOCKET_BYTES: Final = 256 * 1024
+"""Bytes a writer socket may hold unread while a held-bytes bound keeps its writer waiting (instead of
+:data:`SOCKET_QUEUE_BYTES`): 40 such writers held 174 MiB in their sockets besides the bound's 64 MiB."""
 DEFAULT_SOCKET_QUEUE: Final = 16
 CHANNEL_SOCKET_QUEUE: Final = (1, 0)
 """(high, low) of websockets' own frame queue on a freshly accepted channel socket, before its first message

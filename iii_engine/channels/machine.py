@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
@@ -73,6 +73,58 @@ class Step(enum.Enum):
     STOP = "stop"  # the reader left: end the loop without a Close
 
 
+class HeldBytes:
+    """The payload bytes the queues of a set of channels hold, against one bound: the relay's (every channel) or one
+    worker's share (the channels it created). Queues count in and out as messages are queued and taken; a writer
+    loop that finds the bound reached waits (:meth:`wait`) until the set is back under ``resume`` (7/8 of the bound:
+    waking every waiting writer at each freed byte would cost a task switch each per message).
+
+    Example:
+        >>> held = HeldBytes(800)
+        >>> woken = []
+        >>> held.take(900); held.wait(lambda: woken.append(1))
+        >>> held.give(100); woken, held.held
+        ([], 800)
+        >>> held.give(100); woken, held.held, held.peak
+        ([1], 700, 900)
+    """
+
+    __slots__ = ("held", "limit", "peak", "resume", "waiting")
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"a bound on held bytes must be >= 1, got {limit}")
+        self.limit = limit
+        self.resume = limit - limit // 8
+        self.held = 0
+        self.peak = 0  # the most it ever held: lets tests prove the bound without timing
+        self.waiting: set[Callable[[], None]] = set()
+
+    @property
+    def reached(self) -> bool:
+        """The bound is reached: writers of these channels are not read, except as :meth:`ChannelMachine.room`
+        lets through."""
+        return self.held >= self.limit
+
+    def take(self, size: int) -> None:
+        """``size`` bytes were queued."""
+        held = self.held = self.held + size
+        if held > self.peak:
+            self.peak = held
+
+    def give(self, size: int) -> None:
+        """``size`` bytes left a queue (taken by a reader, or dropped)."""
+        held = self.held = self.held - size
+        if self.waiting and held <= self.resume:
+            waiting, self.waiting = self.waiting, set()
+            for wake in waiting:
+                wake()
+
+    def wait(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` once, when the bytes held are back under ``resume``."""
+        self.waiting.add(wake)
+
+
 class ChannelMachine:
     """One channel's queue and end states; see the module docstring.
 
@@ -84,6 +136,9 @@ class ChannelMachine:
         max_bytes: the channel's byte quota over its lifetime (``None``: none; ignored when the policy has no
             quotas).
         policy: ours or the production engine's behaviour.
+        held: the :class:`HeldBytes` bounds the queue counts against besides its own (the relay's, its creator's
+            share): past one, the writer is not read, except one message at a time into the empty queue of a
+            channel whose reader is attached (see :meth:`room`).
     """
 
     def __init__(
@@ -95,8 +150,10 @@ class ChannelMachine:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_bytes: int | None = None,
         policy: RelayPolicy = OURS,
+        held: tuple[HeldBytes, ...] = (),
     ) -> None:
         self.id = channel_id
+        self.held = held
         self.capacity = capacity
         self.max_queued_bytes = max_queued_bytes
         self.max_message_size = max_message_size
@@ -125,8 +182,54 @@ class ChannelMachine:
 
     @property
     def full(self) -> bool:
-        """The queue holds ``capacity`` messages or ``max_queued_bytes`` bytes."""
-        return len(self.items) >= self.capacity or self.queued_bytes >= self.max_queued_bytes
+        """The writer must not be read now: the queue holds ``capacity`` messages or ``max_queued_bytes`` bytes, or
+        a :class:`HeldBytes` bound it counts against is reached (see :meth:`room`)."""
+        if len(self.items) >= self.capacity or self.queued_bytes >= self.max_queued_bytes:
+            return True
+        for bound in self.held:
+            if bound.held >= bound.limit:
+                return bool(self.items) or self.reader_state is not EndState.ATTACHED
+        return False
+
+    def room(self) -> int:
+        """Payload bytes the queue may take now (0: none; the message that crosses it is taken whole): what is left
+        of ``max_queued_bytes`` and of every held-bytes bound, in messages under ``capacity``. Past a held-bytes
+        bound, a channel whose reader is attached still takes one message while its queue is empty, so a transfer
+        whose reader reads moves (one message at a time) however many bytes other channels hold; a channel with
+        no reader (written ahead, or parked by a writer that finished) waits for room.
+
+        Example:
+            >>> held = HeldBytes(100)
+            >>> m = ChannelMachine("c", capacity=8, held=(held,))
+            >>> m.room(), m.writer_message(False, b"x" * 100), m.room()
+            (100, None, 0)
+            >>> _ = m.attach(Side.READER); m.room()  # its queue is not empty: no room yet
+            0
+            >>> m.reader_step() == (False, b"x" * 100), held.held, m.room()
+            (True, 0, 100)
+        """
+        if len(self.items) >= self.capacity:
+            return 0
+        room = self.max_queued_bytes - self.queued_bytes
+        for bound in self.held:
+            left = bound.limit - bound.held
+            if left < room:
+                room = left
+        if room <= 0 and not self.items and self.reader_state is EndState.ATTACHED:
+            return 1
+        return room
+
+    @property
+    def held_back(self) -> bool:
+        """A held-bytes bound it counts against is reached (whether or not :meth:`room` lets a message through)."""
+        return any(bound.held >= bound.limit for bound in self.held)
+
+    def wait_for_room(self, wake: Callable[[], None]) -> None:
+        """The writer waits for room: have ``wake`` called once a held-bytes bound it waits on has room again (the
+        reader taking from this queue, or attaching, is the driver's to tell)."""
+        for bound in self.held:
+            if bound.reached:
+                bound.wait(wake)
 
     @property
     def half_empty(self) -> bool:
@@ -210,6 +313,10 @@ class ChannelMachine:
         items = self.items
         items.append((text, data))
         self.queued_bytes += size
+        for bound in self.held:  # HeldBytes.take, inline: this runs for every message
+            held = bound.held = bound.held + size
+            if held > bound.peak:
+                bound.peak = held
         if self.queued_bytes > self.peak_bytes:
             self.peak_bytes = self.queued_bytes
         if len(items) > self.peak_items:
@@ -267,8 +374,16 @@ class ChannelMachine:
         or never; elsewhere they are delivered, then a normal end."""
         self.failure = (ChannelCloseCode.WRITER_ABORTED, reason)
         if self.policy.writer_abort_visible:
-            self.items.clear()
-            self.queued_bytes = 0
+            self.drop_queue()
+
+    def drop_queue(self) -> None:
+        """Drop every queued message (none will reach the reader), giving their bytes back to the held-bytes
+        bounds. The registry calls it when it forgets a channel, whatever queue the channel had left."""
+        self.items.clear()
+        size, self.queued_bytes = self.queued_bytes, 0
+        if size:
+            for bound in self.held:
+                bound.give(size)
 
     # ------------------------------------------------------------------ the reader
 
@@ -277,13 +392,11 @@ class ChannelMachine:
         if self.shutting_down:
             if self.reader_gone:
                 return Step.STOP
-            self.items.clear()
-            self.queued_bytes = 0
+            self.drop_queue()
             return self._close(Side.READER, ChannelCloseCode.GOING_AWAY, "engine shutting down")
         if self.failure is not None and self.policy.writer_abort_visible:
             code, reason = self.failure
-            self.items.clear()
-            self.queued_bytes = 0
+            self.drop_queue()
             return self._close(Side.READER, code, reason)
         if self.expired:
             return self._close(Side.READER, ChannelCloseCode.EXPIRED, "channel expired: the writer never connected")
@@ -292,7 +405,12 @@ class ChannelMachine:
         items = self.items
         if items:
             message = items.popleft()
-            self.queued_bytes -= len(message[1])
+            size = len(message[1])
+            self.queued_bytes -= size
+            for bound in self.held:  # HeldBytes.give, inline but for the wake-up: this runs for every message
+                held = bound.held = bound.held - size
+                if bound.waiting and held <= bound.resume:
+                    bound.give(0)
             return message
         if self.eof or self.failure is not None:
             return self._close(Side.READER, ChannelCloseCode.NORMAL, "")
@@ -321,6 +439,9 @@ class ChannelMachine:
             size += len(message[1])
             taken.append(message)
         self.queued_bytes -= size
+        if size:
+            for bound in self.held:
+                bound.give(size)
         return taken
 
     def reader_done(self) -> Action | None:
@@ -335,8 +456,7 @@ class ChannelMachine:
         if self.reader_gone:
             return None
         self.reader_gone = True
-        self.items.clear()
-        self.queued_bytes = 0
+        self.drop_queue()
         if self.writer_state is EndState.ATTACHED and self.policy.tell_writer:
             # The writer may be idle in receive(): close it now instead of on its next message.
             return self._close(Side.WRITER, ChannelCloseCode.READER_GONE, "reader gone")
@@ -372,6 +492,7 @@ class ChannelMachine:
         if self.both_attached or self.shutting_down:
             return False, None
         self.expired = True
+        self.drop_queue()  # no reader gets it: reader_step answers 4003 from now on
         if self.writer_state is EndState.ATTACHED and self.policy.tell_writer:
             return True, self._close(Side.WRITER, ChannelCloseCode.EXPIRED,
                                      "channel expired: the reader never connected")
@@ -383,8 +504,7 @@ class ChannelMachine:
         self.reader_gone = True
         if self.failure is None:
             self.failure = (ChannelCloseCode.WRITER_ABORTED, "channel discarded")
-        self.items.clear()
-        self.queued_bytes = 0
+        self.drop_queue()
         actions: list[Action] = []
         if self.writer_state is EndState.ATTACHED:
             actions.append(self._close(Side.WRITER, ChannelCloseCode.READER_GONE, "channel discarded"))
@@ -406,9 +526,10 @@ class ChannelMachine:
         """
         self.shutting_down = True
         self.expired = True
+        self.drop_queue()  # no reader gets it: reader_step answers 1001 from now on
         return [self._close(side, ChannelCloseCode.GOING_AWAY, "engine shutting down")
                 for side, state in ((Side.WRITER, self.writer_state), (Side.READER, self.reader_state))
                 if state is EndState.ATTACHED]
 
 
-__all__ = ["Action", "ChannelMachine", "Close", "Drop", "EndState", "Side", "Step"]
+__all__ = ["Action", "ChannelMachine", "Close", "Drop", "EndState", "HeldBytes", "Side", "Step"]

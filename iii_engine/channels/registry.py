@@ -30,6 +30,8 @@ from .driver import Driver, LiveChannel, perform
 from .limits import (
     DEFAULT_ATTACH_TIMEOUT_S,
     DEFAULT_BUFFER_SIZE,
+    DEFAULT_MAX_HELD_BYTES,
+    DEFAULT_MAX_HELD_BYTES_PER_WORKER,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_OPEN_CHANNELS,
     DEFAULT_MAX_OPEN_PER_WORKER,
@@ -38,7 +40,7 @@ from .limits import (
     clamp_buffer_size,
 )
 from .local import ChannelRefused, LocalChannelEnd, LocalReader, LocalRelayEnd, Pipe
-from .machine import Action, ChannelMachine, Close, Side
+from .machine import Action, ChannelMachine, Close, HeldBytes, Side
 from .policy import policy_for
 
 log = logging.getLogger(__name__)
@@ -170,6 +172,13 @@ class ChannelRelay:
             attached (its writer failed first, or its reader left first) gives its slot back at once; the relay keeps
             at most ``max_open`` small records of those for the late end, the oldest dropped first.
         max_open_per_worker: channels one ``owner`` (the worker that created them) keeps at once, likewise.
+        max_held_bytes: payload bytes the queues of all channels hold together; past it writers are not read
+            (backpressure: nothing is refused or dropped), except that a channel whose reader is attached still
+            takes one message at a time into its empty queue, so a transfer whose reader reads never stalls on
+            the bytes other channels hold (:meth:`~.machine.ChannelMachine.room`). Writers waiting go on once the
+            total is back under 7/8 of it, or their reader attaches.
+        max_held_bytes_per_worker: the same for the channels one ``owner`` created (its parked and queued bytes),
+            so one worker cannot take every other worker's room.
         production_mode: behave like the production engine (see :mod:`iii_engine.channels`).
 
     Example:
@@ -188,6 +197,8 @@ class ChannelRelay:
         max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
         max_open: int = DEFAULT_MAX_OPEN_CHANNELS,
         max_open_per_worker: int = DEFAULT_MAX_OPEN_PER_WORKER,
+        max_held_bytes: int = DEFAULT_MAX_HELD_BYTES,
+        max_held_bytes_per_worker: int = DEFAULT_MAX_HELD_BYTES_PER_WORKER,
         production_mode: bool = False,
     ) -> None:
         if max_queued_bytes < 1:
@@ -196,6 +207,18 @@ class ChannelRelay:
             raise ValueError(f"max_open must be >= 1, got {max_open}")
         if max_open_per_worker < 1:
             raise ValueError(f"max_open_per_worker must be >= 1, got {max_open_per_worker}")
+        if max_held_bytes < 1:
+            raise ValueError(f"max_held_bytes must be >= 1, got {max_held_bytes}")
+        if max_held_bytes_per_worker < 1:
+            raise ValueError(f"max_held_bytes_per_worker must be >= 1, got {max_held_bytes_per_worker}")
+        # Why bytes across channels: each queue is bounded (max_queued_bytes), their number too (max_open), but not
+        # their product: one worker's 40 channels of 16 MiB, written and closed with no reader, held 640 MiB for
+        # the attach deadline (300 s), and 20,000 of them could hold 320 GB.
+        self.max_held_bytes = max_held_bytes
+        self.max_held_bytes_per_worker = max_held_bytes_per_worker
+        self._held = HeldBytes(max_held_bytes)
+        # Each creator's share, while it has channels open (dropped with its last one).
+        self._held_by: dict[str, HeldBytes] = {}
         self.max_open = max_open
         self.max_open_per_worker = max_open_per_worker
         # Open channels by the worker that created them, whatever the policy (production mode keeps no owner for
@@ -267,10 +290,14 @@ class ChannelRelay:
                 "writer": {"channel_id": channel_id, "access_key": writer_key, "direction": "write"},
                 "reader": {"channel_id": channel_id, "access_key": reader_key, "direction": "read"},
             }
+        share = self._held_by.get(owner)
+        if share is None:
+            share = self._held_by[owner] = HeldBytes(self.max_held_bytes_per_worker)
         machine = ChannelMachine(
             channel_id, capacity=clamp_buffer_size(buffer_size), max_queued_bytes=self.max_queued_bytes,
             max_message_size=self.max_message_size,
-            max_bytes=self.max_channel_bytes if max_bytes is None else max_bytes, policy=policy)
+            max_bytes=self.max_channel_bytes if max_bytes is None else max_bytes, policy=policy,
+            held=(self._held, share))
         channel = LiveChannel(machine, writer_key, reader_key, owner if policy.owner_cleanup else None)
         self._channels[channel_id] = channel
         if owner is not None:
@@ -406,6 +433,21 @@ class ChannelRelay:
         held = sum(ch.machine.queued_bytes for ch in self._channels.values())
         return held + sum(len(reserved.fill) for reserved in self._reserved.values() if reserved.fill is not None)
 
+    def held_stats(self) -> dict[str, Any]:
+        """The held-bytes bounds as they stand (ours; for tests and monitoring): ``held_bytes`` and
+        ``peak_held_bytes`` of every live channel's queue (a reserved channel's filled stream counts once it is
+        live), ``max_held_bytes``, ``max_held_bytes_per_worker`` and ``by_worker`` (bytes held per creator).
+
+        Example:
+            >>> relay = ChannelRelay(max_held_bytes_per_worker=1024)
+            >>> refs = relay.create(None, owner="w")
+            >>> relay.held_stats()["by_worker"], relay.held_stats()["max_held_bytes_per_worker"]
+            ({'w': 0}, 1024)
+        """
+        return {"held_bytes": self._held.held, "peak_held_bytes": self._held.peak,
+                "max_held_bytes": self.max_held_bytes, "max_held_bytes_per_worker": self.max_held_bytes_per_worker,
+                "by_worker": {worker: share.held for worker, share in self._held_by.items()}}
+
     def discard(self, channel_id: str) -> None:
         """Drop a channel now, whatever its state (ours; the REST API module calls it after each request).
 
@@ -478,7 +520,8 @@ class ChannelRelay:
         reserved = self._reserved.pop(channel_id)
         machine = ChannelMachine(
             channel_id, capacity=reserved.capacity, max_queued_bytes=self.max_queued_bytes,
-            max_message_size=self.max_message_size, max_bytes=reserved.max_bytes, policy=self.policy)
+            max_message_size=self.max_message_size, max_bytes=reserved.max_bytes, policy=self.policy,
+            held=(self._held,))
         ch = LiveChannel(machine, reserved.writer_key, reserved.reader_key, None)
         if reserved.fill is not None:
             # Before the channel is registered: a stream over quota stays a live channel here (an end is attaching
@@ -720,8 +763,11 @@ class ChannelRelay:
             self._became_idle()
 
     def _drop_live(self, channel_id: str) -> None:
-        """Remove a live channel from the registry and from its creator's and owner's counts."""
+        """Remove a live channel from the registry and from its creator's and owner's counts; what its queue still
+        holds (nothing reaches its reader any more) goes back to the held-bytes bounds."""
         ch = self._channels.pop(channel_id, None)
+        if ch is not None:
+            ch.machine.drop_queue()
         creator = self._creator.pop(channel_id, None)
         if creator is not None:
             left = self._open_by[creator] - 1
@@ -729,6 +775,7 @@ class ChannelRelay:
                 self._open_by[creator] = left
             else:
                 del self._open_by[creator]
+                self._held_by.pop(creator, None)
         if ch is not None and ch.owner is not None:
             owned = self._by_owner.get(ch.owner)
             if owned is not None:
@@ -795,6 +842,8 @@ class ChannelRelay:
         self._by_owner.clear()
         self._creator.clear()
         self._open_by.clear()
+        self._held_by.clear()
+        self._held.waiting.clear()
         self._pending.clear()
         if self._sweep is not None:
             self._sweep.cancel()
