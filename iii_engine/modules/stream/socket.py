@@ -334,8 +334,11 @@ def _unsent(ws: ServerConnection) -> int:
     more from it only once a third of its own buffer (up to 4 MiB) is free, a wait longer than a second for a
     client reading 1 MB/s. Elsewhere the transport's buffer alone (a client reading slower than the kernel's buffer
     per ``slow_close_timeout_ms`` may then be taken for one that stopped)."""
+    transport = getattr(ws, "transport", None)
+    if transport is None:  # not connected yet (or a stand-in): nothing written
+        return 0
     unsent = write_buffer_size(ws)
-    sock = ws.transport.get_extra_info("socket")
+    sock = transport.get_extra_info("socket")
     if _OUTQ is not None and sock is not None:
         with contextlib.suppress(OSError, ValueError):  # closed meanwhile: its fileno is -1
             unsent += struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0"))[0]
