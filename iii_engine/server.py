@@ -6,6 +6,8 @@ Example:
     ChannelRoute(channel_id='abc', key='k', direction='read')
     >>> route_request("/ws/channels/abc?dir=sideways")
     (400, 'Bad Request: channel upgrade needs key= and dir=read|write\\n')
+    >>> route_request("/ws/channels/abc?key=k&key=k2&dir=read")
+    (400, 'Bad Request: channel upgrade takes key= and dir= once each\\n')
     >>> route_request("/metrics")
     (404, 'Not Found\\n')
 """
@@ -83,9 +85,13 @@ def route_request(target: str) -> Route:
     if parts.path.startswith(_CHANNEL_PREFIX):
         channel_id = parts.path[len(_CHANNEL_PREFIX):]
         query = parse_qs(parts.query)
-        key = query.get("key", [None])[-1]
-        direction = query.get("dir", [None])[-1]
+        keys, directions = query.get("key", []), query.get("dir", [])
+        key = keys[-1] if keys else None
+        direction = directions[-1] if directions else None
         if channel_id and "/" not in channel_id:
+            if len(keys) > 1 or len(directions) > 1:
+                # Which one counts is a guess a proxy or another server may make differently (last wins here).
+                return (400, "Bad Request: channel upgrade takes key= and dir= once each\n")
             if key is None or direction not in ("read", "write"):
                 return (400, "Bad Request: channel upgrade needs key= and dir=read|write\n")
             return ChannelRoute(channel_id, key, direction)
