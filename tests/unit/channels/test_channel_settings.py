@@ -25,6 +25,13 @@ def test_max_channel_bytes_and_max_queued_bytes_reach_the_relay() -> None:
     assert engine.channels.stats(explicit)["max_bytes"] == 10
 
 
+def test_max_held_bytes_reach_the_relay() -> None:
+    config = parse_config("port: 0\nchannels:\n  max_held_bytes: 1048576\n  max_held_bytes_per_worker: 65536\n",
+                          env={})
+    engine = Engine(config=config)
+    assert (engine.channels.max_held_bytes, engine.channels.max_held_bytes_per_worker) == (1048576, 65536)
+
+
 @pytest.mark.parametrize(("line", "message"), [
     ("max_channel_bytes: -1", "channels.max_channel_bytes: must be >= 0, got -1"),
     ("max_channel_bytes: lots", "channels.max_channel_bytes: must be an integer, got 'lots'"),
