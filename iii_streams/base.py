@@ -30,12 +30,14 @@ import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.stream import (
     IStream,
     StreamGetInput,
+    StreamListInput,
     StreamSetInput,
     StreamSetResult,
     StreamUpdateInput,
     StreamUpdateResult,
 )
 from iii.stream_ops import Op, parse_ops
+from iii.wire import dumps
 
 from .deadlines import SharedDeadlines
 from .errors import StreamError, StreamTimeoutError, StreamUnavailableError, check_timeout
@@ -253,6 +255,26 @@ class Backend(IStream[Any]):
                                                     ops=ops)  # type: ignore[arg-type]
         return await self.update(request)
 
+
+    async def list_text(self, input: StreamListInput) -> str:
+        """What :meth:`list` returns, as one JSON array text. A store that keeps each item as JSON text (memory,
+        SQL) joins those texts without decoding one (an engine's socket sync of a 50,000-item group spent 95 to
+        300 ms of its event loop decoding the items and encoding them again); by default :meth:`list`'s answer,
+        encoded.
+
+        Example:
+            >>> import asyncio
+            >>> from iii_streams import MemoryStream
+            >>> async def demo() -> str:
+            ...     store = MemoryStream()
+            ...     for item_id in ("b", "a"):
+            ...         await store.set(StreamSetInput(stream_name="s", group_id="g", item_id=item_id,
+            ...                                        data={"id": item_id}))
+            ...     return await store.list_text(StreamListInput(stream_name="s", group_id="g"))
+            >>> asyncio.run(demo())
+            '[{"id":"b"},{"id":"a"}]'
+        """
+        return dumps(await self.list(input))
 
     @abstractmethod
     async def send(self, stream_name: str, group_id: str, id: str | None, type: str, data: Any) -> None:

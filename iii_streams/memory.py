@@ -163,6 +163,21 @@ class MemoryStream(FieldUpdates):
         group = self._streams.get(input.stream_name, {}).get(input.group_id, {})
         return [loads(text) for text in group.values()]
 
+    async def list_text(self, input: StreamListInput) -> str:
+        """:meth:`list` as one JSON array text: the stored texts joined, none decoded.
+
+        Example:
+            >>> import asyncio
+            >>> async def demo() -> Any:
+            ...     store = MemoryStream()
+            ...     await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data={"n": 2**70}))
+            ...     return await store.list_text(StreamListInput(stream_name="s", group_id="g"))
+            >>> asyncio.run(demo())
+            '[{"n":1180591620717411303424}]'
+        """
+        check_names(input.stream_name, input.group_id)
+        return f"[{','.join(self._streams.get(input.stream_name, {}).get(input.group_id, {}).values())}]"
+
     async def list_groups(self, input: StreamListGroupsInput, *, timeout: float | None = None) -> builtins.list[str]:
         """Every non-empty group of a stream, in insertion order.
 

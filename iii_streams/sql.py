@@ -1940,6 +1940,24 @@ class SQLStream(FieldUpdates):
             >>> asyncio.run(demo())
             ['b', 'a']
         """
+        return [loads(text) for text in await self._group_texts(input, timeout)]
+
+    async def list_text(self, input: StreamListInput) -> str:
+        """:meth:`list` as one JSON array text: the stored texts joined, none decoded.
+
+        Example:
+            >>> import asyncio
+            >>> async def demo() -> Any:
+            ...     async with SQLStream.from_url("sqlite+aiosqlite://") as s:
+            ...         await s.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data={"n": 1}))
+            ...         return await s.list_text(StreamListInput(stream_name="s", group_id="g"))
+            >>> asyncio.run(demo())
+            '[{"n":1}]'
+        """
+        return f"[{','.join(await self._group_texts(input, None))}]"
+
+    async def _group_texts(self, input: StreamListInput, timeout: float | None) -> Sequence[str]:
+        """The stored JSON texts of a group's items, in the order the items were created."""
         check_names(input.stream_name, input.group_id, nul=not self._pg)
         query = (
             select(items.c.value)
@@ -1947,8 +1965,7 @@ class SQLStream(FieldUpdates):
             .order_by(items.c.id)
         )
         async with self._guard("list", timeout), self._read() as conn:
-            rows = (await conn.execute(query)).scalars().all()
-        return [loads(text) for text in rows]
+            return (await conn.execute(query)).scalars().all()
 
     async def list_groups(
         self, input: StreamListGroupsInput, *, timeout: float | None = None

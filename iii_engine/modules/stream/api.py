@@ -37,6 +37,7 @@ from iii.stream import (
     StreamSetInput,
 )
 from iii.stream_ops import Op, apply_update, op_to_wire
+from iii.wire import dumps
 from iii_streams import Backend
 from iii_streams.events import StreamEvent, custom_event, make_event
 
@@ -263,6 +264,17 @@ class StreamFunctions:
         self._no_fallback(stream_name)
         try:
             return await self.store.list(StreamListInput(stream_name=stream_name, group_id=group_id))
+        except Exception as exc:
+            raise EngineError("STREAM_GET_GROUP_ERROR", str(exc)) from None
+
+    async def read_group_text(self, stream_name: str, group_id: str) -> str:
+        """:meth:`read_group` as JSON text: the engine's store hands over the items' stored texts without decoding
+        each (:meth:`iii_streams.Backend.list_text`); a worker's answer is encoded."""
+        if self._custom("list", stream_name) is not None:
+            return dumps(await self.read_group(stream_name, group_id))
+        self._no_fallback(stream_name)
+        try:
+            return await self.store.list_text(StreamListInput(stream_name=stream_name, group_id=group_id))
         except Exception as exc:
             raise EngineError("STREAM_GET_GROUP_ERROR", str(exc)) from None
 

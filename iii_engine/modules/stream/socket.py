@@ -425,6 +425,20 @@ def _frame(stream: str, group: str, item: str | None, event: dict[str, Any]) -> 
                   "event": event}).encode()
 
 
+def _sync_frame(stream: str, group: str, items: str) -> bytes:
+    """A group's ``sync`` frame around ``items``, its items' JSON array text (spliced in, not decoded): the bytes
+    :func:`_frame` makes of the decoded items.
+
+    Example:
+        >>> import json
+        >>> frame = json.loads(_sync_frame("s", "g", '[{"n":1}]'))
+        >>> frame["streamName"], frame["id"], frame["event"]
+        ('s', None, {'type': 'sync', 'data': [{'n': 1}]})
+    """
+    head = dumps({"type": "stream", "timestamp": now_ms(), "streamName": stream, "groupId": group, "id": None})
+    return f'{head[:-1]},"event":{{"type":"sync","data":{items}}}}}'.encode()
+
+
 def _error(sub: Subscription, code: str, message: str) -> bytes:
     """The ``error`` event a client gets for a join that did not go through (or lost its sync)."""
     return _frame(sub.stream_name, sub.group_id, sub.item_id, {"type": "error", "code": code, "message": message})
@@ -962,9 +976,10 @@ class StreamSocketServer:
         try:
             async with asyncio.timeout_at(deadline):
                 if sub.item_id is None:
-                    data = await self.functions.read_group(sub.stream_name, sub.group_id)
-                else:
-                    data = await self.functions.read_item(sub.stream_name, sub.group_id, sub.item_id)
+                    # as text: a 50,000-item group decoded and encoded again held the event loop 95 to 300 ms a join
+                    group = await self.functions.read_group_text(sub.stream_name, sub.group_id)
+                    return _sync_frame(sub.stream_name, sub.group_id, group)
+                data = await self.functions.read_item(sub.stream_name, sub.group_id, sub.item_id)
         except TimeoutError:
             source = self.functions.sync_source(sub.stream_name, sub.item_id)
             self._join_failed(client, sub, "join_timeout", f"the sync read ({source}) did not answer within "

@@ -105,7 +105,7 @@ async def test_a_disconnected_socket_leaves_the_index(monkeypatch: pytest.Monkey
     watched: list[Any] = []
 
     class Functions:
-        async def read_group(self, stream: str, group: str) -> Any:
+        async def read_group_text(self, stream: str, group: str) -> str:
             watched.append({key: set(clients) for key, clients in server._watchers.items()})
             raise EngineError("no_sync", "not needed here")  # no sync frame: nothing for the fake socket to write
 

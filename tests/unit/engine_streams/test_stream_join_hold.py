@@ -40,12 +40,12 @@ class SlowRead:
         self.reading = asyncio.Event()
         self.release = asyncio.Event()
 
-    async def read_group(self, stream: str, group: str) -> Any:
+    async def read_group_text(self, stream: str, group: str) -> str:
         self.reading.set()
         await self.release.wait()
         if self.fail:
             raise EngineError("store_down", "gone")
-        return self.data
+        return json.dumps(self.data)
 
     read_item = None  # (group joins only)
 
