@@ -5,7 +5,8 @@ change events.
 Clients send ``{"type": "join" | "leave", "data": {"subscriptionId", "streamName", "groupId", "id"?}}``; the server
 sends event wrappers (docs/reference/payloads.md#stream-events): one ``sync`` after each accepted join (the
 custom-aware get or list result), then ``create``/``update``/``delete``/``event`` frames, or ``unauthorized``
-for a refused join.
+for a refused join. Ours: a message that is no well-formed join or leave gets an ``error`` event naming what is wrong
+(``invalid_message``, ``invalid_join``, ``invalid_leave``) where production answers nothing.
 
 Our improvements (docs/protocol.md#stream-improvements): each event goes **once per socket** when any of its
 subscriptions matches (ST6), encoded once for all of them and looked up by its group, so a change costs the
@@ -407,20 +408,59 @@ def _log_close_failure(closing: asyncio.Task[None]) -> None:
         log.warning("the store failed to close its event subscription (%r)", exc)
 
 
-def _join_data(message: Any) -> tuple[str, str, str, str | None] | None:
-    data = message.get("data") if isinstance(message, Mapping) else None
+_JOIN_NAMES = ("subscriptionId", "streamName", "groupId")
+_SHAPE = ('{"type": "join" | "leave", "data": {"subscriptionId", "streamName", "groupId": strings, "id": a string '
+          '(optional)}}')
+
+
+def _kind(value: Any) -> str:
+    """How a refused message names a JSON value it did not expect (never its text: it may be huge).
+
+    Example:
+        >>> _kind(10**5000), _kind([]), _kind(None)
+        ('a number', 'an array', 'null')
+    """
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def _join_data(message: Mapping[str, Any]) -> tuple[str, str, str, str | None] | str:
+    """A join or leave's ``(subscriptionId, streamName, groupId, id)``, or what is wrong with its ``data``.
+
+    Example:
+        >>> _join_data({"data": {"subscriptionId": "a", "streamName": "s", "groupId": "g"}})
+        ('a', 's', 'g', None)
+        >>> _join_data({"data": {"subscriptionId": 7, "streamName": "s", "groupId": "g"}})
+        'data.subscriptionId must be a string, got a number'
+    """
+    data = message.get("data")
     if not isinstance(data, Mapping):
-        return None
-    sub_id, stream, group, item = (data.get("subscriptionId"), data.get("streamName"), data.get("groupId"),
-                                   data.get("id"))
-    if not (isinstance(sub_id, str) and isinstance(stream, str) and isinstance(group, str)):
-        return None
+        return "data is missing" if "data" not in message else f"data must be an object, got {_kind(data)}"
+    for name in _JOIN_NAMES:
+        if name not in data:
+            return f"data.{name} is missing"
+        if not isinstance(data[name], str):
+            return f"data.{name} must be a string, got {_kind(data[name])}"
+    item = data.get("id")
     if item is not None and not isinstance(item, str):
-        return None
-    return sub_id, stream, group, item
+        return f"data.id must be a string or left out, got {_kind(item)}"
+    return data["subscriptionId"], data["streamName"], data["groupId"], item
 
 
-def _frame(stream: str, group: str, item: str | None, event: dict[str, Any]) -> bytes:
+def _named(data: Any, name: str) -> str | None:
+    """``data[name]`` when it is a string (cut to :data:`MAX_JOIN_NAME`), for a refusal to echo back."""
+    value = data.get(name) if isinstance(data, Mapping) else None
+    return value[:MAX_JOIN_NAME] if isinstance(value, str) else None
+
+
+def _frame(stream: str | None, group: str | None, item: str | None, event: dict[str, Any]) -> bytes:
     return dumps({"type": "stream", "timestamp": now_ms(), "streamName": stream, "groupId": group, "id": item,
                   "event": event}).encode()
 
@@ -863,16 +903,30 @@ class StreamSocketServer:
     async def _on_message(self, client: _Client, raw: str | bytes) -> None:
         if not raw.strip():
             return
+        # A message the socket cannot act on is answered with an error event (as a refused join is): ignored in
+        # silence, it left the client waiting for a sync that never came.
         try:
             message = loads(raw)
-        except ValueError:
+        except ValueError as exc:
             self._ignored("not JSON", f"stream client {client.ws.remote_address} sent a frame that is not JSON")
+            # the decoder's reason says where; kept encodable (it may quote a lone surrogate)
+            reason = str(exc).encode("utf-8", "backslashreplace").decode()
+            self._refuse(client, "invalid_message", None, f"unreadable as JSON ({reason:.200}); expected {_SHAPE}")
             return
         kind = message.get("type") if isinstance(message, Mapping) else None
-        parsed = _join_data(message)
-        if kind not in ("join", "leave") or parsed is None:
+        if kind not in ("join", "leave"):
             self._ignored("malformed", f"stream client {client.ws.remote_address} sent an unknown or malformed "
                                        f"message: {raw!s:.200}")
+            got = (_kind(message) if not isinstance(message, Mapping) else
+                   "an object without type" if "type" not in message else
+                   f"type {kind!r:.100}" if isinstance(kind, str) else f"an object whose type is {_kind(kind)}")
+            self._refuse(client, "invalid_message", message, f"expected {_SHAPE}, got {got}")
+            return
+        parsed = _join_data(message)
+        if isinstance(parsed, str):
+            self._ignored("malformed", f"stream client {client.ws.remote_address} sent an unknown or malformed "
+                                       f"message: {raw!s:.200}")
+            self._refuse(client, f"invalid_{kind}", message, f"{parsed}; {kind} ignored")
             return
         sub_id, stream, group, item = parsed
         sub = Subscription(stream, group, item)
@@ -1004,6 +1058,14 @@ class StreamSocketServer:
         self._failed_joins_log.lost(code, f"stream client {client.ws.remote_address}, join of {sub.stream_name:.200}/"
                                           f"{sub.group_id:.200}/{sub.item_id!s:.200}: {code}: {message:.500}")
         client.offer(_error(sub, code, message))
+
+    @staticmethod
+    def _refuse(client: _Client, code: str, message: Any, why: str) -> None:
+        """Answer a message the socket does not act on with an ``error`` event naming ``why``; the names its
+        ``data`` carries as strings are echoed back (the others as null)."""
+        data = message.get("data") if isinstance(message, Mapping) else None
+        client.offer(_frame(_named(data, "streamName"), _named(data, "groupId"), _named(data, "id"),
+                            {"type": "error", "code": code, "message": why}))
 
     def _ignored(self, kind: str, what: str) -> None:
         self.ignored_messages += 1

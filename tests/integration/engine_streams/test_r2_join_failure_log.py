@@ -62,6 +62,8 @@ async def test_ignored_messages_by_the_hundred_make_one_report(caplog: pytest.Lo
             await client.ws.send("{nope" if n % 3 == 0 else '{"type":"hello"}' if n % 3 == 1 else
                                  '{"type":"leave","data":{"subscriptionId":"x","streamName":"s","groupId":"g"}}')
         await client.join("ok", "r2plain", "g")
+        for _ in range(JOINS // 3 * 2):  # the frames not JSON and those of an unknown type are answered
+            assert (await client.recv())["event"]["code"] == "invalid_message"
         assert (await client.recv())["event"] == {"type": "sync", "data": []}  # every frame before it was handled
         reports = _ignored_reports(caplog)
         assert len(reports) == 1, reports[:3]
