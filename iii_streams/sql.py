@@ -67,6 +67,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import inspect
 import logging
 import math
 import os
@@ -1003,6 +1004,33 @@ def _is_file_database(url: URL) -> bool:
     return database not in ("", ":memory:") and url.query.get("mode") != "memory" and "mode=memory" not in database
 
 
+# What SQLAlchemy's asyncpg dialect takes from a URL's query itself; every other key goes to asyncpg.connect
+_ASYNCPG_DIALECT_KEYS: Final = frozenset({"prepared_statement_cache_size", "prepared_statement_name_func",
+                                          "async_creator_fn"})
+
+
+def _check_asyncpg_query(url: URL) -> None:
+    """Refuse a URL option asyncpg does not know, naming it. Passed on, it failed every connect with a bare
+    ``TypeError: connect() got an unexpected keyword argument 'create'``, at the first operation.
+
+    Example:
+        >>> _check_asyncpg_query(make_url("postgresql+asyncpg://app@db/app?ssl=disable&command_timeout=5"))
+        >>> _check_asyncpg_query(make_url("postgresql+asyncpg://app@db/app?create=true"))
+        Traceback (most recent call last):
+        ...
+        ValueError: URL option 'create' of postgresql+asyncpg://app@db/app?create=true: asyncpg takes no such \
+option (SQLStream's own options, such as create, are keyword arguments of open_stream or SQLStream.from_url)
+    """
+    import asyncpg  # (create_async_engine imports it for such a URL anyway)
+
+    unknown = sorted(set(url.query) - set(inspect.signature(asyncpg.connect).parameters) - _ASYNCPG_DIALECT_KEYS)
+    if unknown:
+        names = ", ".join(repr(name) for name in unknown)
+        raise ValueError(f"URL option{'s' if len(unknown) > 1 else ''} {names} of {_shown(url)}: asyncpg takes no "
+                         "such option (SQLStream's own options, such as create, are keyword arguments of open_stream "
+                         "or SQLStream.from_url)")
+
+
 def _shown(url: URL) -> str:
     """``url`` for a message: SQLAlchemy hides only ``user:password@``; a query's ``?password=`` (asyncpg reads it)
     is masked too."""
@@ -1109,6 +1137,8 @@ class SQLStream(FieldUpdates):
         own = {k: options.pop(k) for k in ("create", "publish_events", "watch_queue_size", "timeout",
                                            "report_watch_gaps") if k in options}
         sa_url = make_url(normalize_url(url))
+        if sa_url.get_driver_name() == "asyncpg":
+            _check_asyncpg_query(sa_url)
         if sa_url.get_backend_name() == "sqlite":
             options.setdefault("connect_args", {}).setdefault("timeout", SQLITE_BUSY_S)  # (sqlite3's busy wait)
             if _is_file_database(sa_url):
