@@ -129,7 +129,8 @@ class ChannelSettings(Settings):
     before the relay stops reading the writer (default 16 MiB). ``max_open``: channels the engine keeps at once
     (default 100,000); ``engine::channels::create`` past it fails with ``channel_limit``, as it does past
     ``max_open_per_worker`` (channels one worker created and keeps open, default 20,000). ``max_held_bytes``:
-    payload bytes the queues of all channels hold together before writers are not read (default 256 MiB; a channel
+    payload bytes the queues of all channels hold together before writers are not read (default ``None``: no
+    engine-wide bound, as a full one makes every worker's streams written ahead of their reader wait; a channel
     whose reader is attached still moves, one message at a time), ``max_held_bytes_per_worker`` the same for the
     channels one worker created (default 64 MiB).
 
@@ -149,7 +150,7 @@ class ChannelSettings(Settings):
     max_queued_bytes: int = Field(DEFAULT_MAX_QUEUED_BYTES, ge=1)
     max_open: int = Field(DEFAULT_MAX_OPEN_CHANNELS, ge=1)
     max_open_per_worker: int = Field(DEFAULT_MAX_OPEN_PER_WORKER, ge=1)
-    max_held_bytes: int = Field(DEFAULT_MAX_HELD_BYTES, ge=1)
+    max_held_bytes: int | None = Field(DEFAULT_MAX_HELD_BYTES, ge=1)
     max_held_bytes_per_worker: int = Field(DEFAULT_MAX_HELD_BYTES_PER_WORKER, ge=1)
 
     @property

@@ -84,7 +84,7 @@ def route_request(target: str) -> Route:
         return None
     if parts.path.startswith(_CHANNEL_PREFIX):
         channel_id = parts.path[len(_CHANNEL_PREFIX):]
-        query = parse_qs(parts.query)
+        query = parse_qs(parts.query, keep_blank_values=True)  # a blank duplicate is a duplicate too
         keys, directions = query.get("key", []), query.get("dir", [])
         key = keys[-1] if keys else None
         direction = directions[-1] if directions else None

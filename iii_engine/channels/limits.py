@@ -22,10 +22,13 @@ DEFAULT_MAX_OPEN_CHANNELS: Final = 100_000
 DEFAULT_MAX_OPEN_PER_WORKER: Final = 20_000
 """Channels one worker's ``engine::channels::create`` calls keep open at once (a leak in one worker stops there,
 not at the engine-wide bound every other worker and the REST API share)."""
-DEFAULT_MAX_HELD_BYTES: Final = 256 * 1024 * 1024
-"""Payload bytes the queues of all channels hold together before writers are not read (sixteen channels' full
-``max_queued_bytes``; the other engine-wide byte bounds, ``max_fired_bytes``, are the same size). Past it a channel
-whose reader is attached still moves, one message at a time; a writer with no reader waits."""
+DEFAULT_MAX_HELD_BYTES: Final[int | None] = None
+"""Payload bytes the queues of all channels may hold together before writers are not read; ``None``, the default:
+no engine-wide bound, only each worker's share. Why none by default: a stream written ahead of its reader (write,
+then hand the reader out) waits while the bound is full, so four workers parking their share filled a 256 MiB bound
+and another worker's 8 MiB written ahead then waited for the attach deadline. Set it to bound the relay's memory
+whatever the number of workers, accepting that. Past it a channel whose reader is attached still moves, one
+message at a time."""
 DEFAULT_MAX_HELD_BYTES_PER_WORKER: Final = 64 * 1024 * 1024
 """The same, for the channels one worker created (a quarter of the engine's: four channels' full queues), so one
 worker's parked streams cannot take every other worker's room (as ``max_call_bytes_per_worker``)."""

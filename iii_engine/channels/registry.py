@@ -18,6 +18,7 @@ import asyncio
 import hmac
 import logging
 import os
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -176,7 +177,7 @@ class ChannelRelay:
             (backpressure: nothing is refused or dropped), except that a channel whose reader is attached still
             takes one message at a time into its empty queue, so a transfer whose reader reads never stalls on
             the bytes other channels hold (:meth:`~.machine.ChannelMachine.room`). Writers waiting go on once the
-            total is back under 7/8 of it, or their reader attaches.
+            total is back under 7/8 of it, or their reader attaches. ``None`` (the default): no engine-wide bound.
         max_held_bytes_per_worker: the same for the channels one ``owner`` created (its parked and queued bytes),
             so one worker cannot take every other worker's room.
         production_mode: behave like the production engine (see :mod:`iii_engine.channels`).
@@ -197,7 +198,7 @@ class ChannelRelay:
         max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES,
         max_open: int = DEFAULT_MAX_OPEN_CHANNELS,
         max_open_per_worker: int = DEFAULT_MAX_OPEN_PER_WORKER,
-        max_held_bytes: int = DEFAULT_MAX_HELD_BYTES,
+        max_held_bytes: int | None = DEFAULT_MAX_HELD_BYTES,
         max_held_bytes_per_worker: int = DEFAULT_MAX_HELD_BYTES_PER_WORKER,
         production_mode: bool = False,
     ) -> None:
@@ -207,8 +208,8 @@ class ChannelRelay:
             raise ValueError(f"max_open must be >= 1, got {max_open}")
         if max_open_per_worker < 1:
             raise ValueError(f"max_open_per_worker must be >= 1, got {max_open_per_worker}")
-        if max_held_bytes < 1:
-            raise ValueError(f"max_held_bytes must be >= 1, got {max_held_bytes}")
+        if max_held_bytes is not None and max_held_bytes < 1:
+            raise ValueError(f"max_held_bytes must be >= 1 or None, got {max_held_bytes}")
         if max_held_bytes_per_worker < 1:
             raise ValueError(f"max_held_bytes_per_worker must be >= 1, got {max_held_bytes_per_worker}")
         # Why bytes across channels: each queue is bounded (max_queued_bytes), their number too (max_open), but not
@@ -216,7 +217,8 @@ class ChannelRelay:
         # the attach deadline (300 s), and 20,000 of them could hold 320 GB.
         self.max_held_bytes = max_held_bytes
         self.max_held_bytes_per_worker = max_held_bytes_per_worker
-        self._held = HeldBytes(max_held_bytes)
+        # counted either way (held_stats); with no engine-wide bound, one never reached
+        self._held = HeldBytes(sys.maxsize if max_held_bytes is None else max_held_bytes)
         # Each creator's share, while it has channels open (dropped with its last one).
         self._held_by: dict[str, HeldBytes] = {}
         self.max_open = max_open

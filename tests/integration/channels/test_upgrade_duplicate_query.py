@@ -15,8 +15,10 @@ from iii.iii import III
 pytestmark = pytest.mark.timeout(30)
 
 
-@pytest.mark.parametrize("query", ["key={w}&key={w}&dir=write", "key={w}&dir=read&dir=write"],
-                         ids=["key-twice", "dir-twice"])
+@pytest.mark.parametrize("query", ["key={w}&key={w}&dir=write", "key={w}&dir=read&dir=write",
+                                   # blank duplicates (parse_qs drops blank values unless told)
+                                   "key=&key={w}&dir=write", "key&key={w}&dir=write", "key={w}&dir=&dir=write"],
+                         ids=["key-twice", "dir-twice", "blank-key-first", "bare-key-first", "blank-dir-first"])
 async def test_duplicate_query_parameters_are_refused(engine_url: str, query: str) -> None:
     worker = III(engine_url)
     await worker.connect_async()

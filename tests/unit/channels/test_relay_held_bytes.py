@@ -127,13 +127,17 @@ def test_the_bounds_count_every_queued_byte_back_out_whatever_ends_the_channel(p
 
 def test_defaults_and_bad_bounds_refused_naming_the_setting() -> None:
     relay = ChannelRelay()
-    assert (relay.max_held_bytes, relay.max_held_bytes_per_worker) == (256 * MIB, 64 * MIB)
+    # no engine-wide bound by default: four workers parking their share of a 256 MiB one made every other worker's
+    # stream written ahead of its reader wait for the attach deadline (attack of 7d96d2d)
+    assert (relay.max_held_bytes, relay.max_held_bytes_per_worker) == (None, 64 * MIB)
+    assert relay.held_stats()["max_held_bytes"] is None and not relay._held.reached
+    assert parse_config("port: 0", env={}).channels.max_held_bytes is None
     settings = parse_config("channels: {max_held_bytes: 1048576, max_held_bytes_per_worker: 65536}", env={}).channels
     assert (settings.max_held_bytes, settings.max_held_bytes_per_worker) == (MIB, 64 * KIB)
     assert parse_config("port: 0", env={}).channels.max_held_bytes_per_worker == 64 * MIB
     with pytest.raises(ConfigError, match=r"channels\.max_held_bytes_per_worker: must be >= 1, got 0"):
         parse_config("channels: {max_held_bytes_per_worker: 0}", env={})
-    with pytest.raises(ValueError, match="max_held_bytes must be >= 1, got 0"):
+    with pytest.raises(ValueError, match="max_held_bytes must be >= 1 or None, got 0"):
         ChannelRelay(max_held_bytes=0)
     with pytest.raises(ValueError, match="max_held_bytes_per_worker must be >= 1, got 0"):
         ChannelRelay(max_held_bytes_per_worker=0)
