@@ -19,7 +19,7 @@ import pytest
 
 import iii_channels
 from iii.channels import ChannelReader, ChannelWriter
-from iii_channels import ChannelSink, ChannelSource, IntegrityError, ProcessError
+from iii_channels import ChannelSink, ChannelSource, FileChangedError, IntegrityError, ProcessError
 from iii_channels.files import DEFAULT_CHUNK, file_header
 from iii_channels.sink import DEFAULT_SINK_HIGH_WATER_MARK
 from iii_engine.channels import ChannelRelay
@@ -50,9 +50,10 @@ def ends(base: str, relay: ChannelRelay, buffer_size: int | None = None) -> tupl
 
 
 @pytest.mark.parametrize("change", ["grows", "shrinks"])
-async def test_a_file_changing_size_while_sent_is_stored_when_the_trailer_verifies(
+async def test_a_file_changing_size_while_sent_fails_the_send_and_nothing_is_stored(
         any_relay: tuple[str, ChannelRelay], tmp_path: Path, change: str) -> None:
-    """The header's size is stale once the file changes; the verified trailer wins, on both relays."""
+    """A file that changes while it is sent is not stored as if whole (432a8d0): the sender fails with
+    FileChangedError and aborts the stream, on both relays (before, the verified trailer won and it was stored)."""
     # Three times the sink's high-water mark: the sender has read at most a third of it when the first chunk goes
     # out, which is when the file changes.
     size = 3 * DEFAULT_SINK_HIGH_WATER_MARK
@@ -72,17 +73,18 @@ async def test_a_file_changing_size_while_sent_is_stored_when_the_trailer_verifi
 
     writer, reader = ends(*any_relay)
     (out := tmp_path / "in").mkdir()
-    sent, receipt = await asyncio.wait_for(asyncio.gather(
+    results = await asyncio.wait_for(asyncio.gather(
         iii_channels.send_file(writer, src, progress=on_progress),
-        iii_channels.receive_file(reader, out / "copy", require_trailer=True)), 15)
-    assert sent == receipt.size == (size + 100_000 if change == "grows" else size * 2 // 3) and receipt.verified
-    assert (out / "copy").read_bytes() == src.read_bytes()
+        iii_channels.receive_file(reader, out / "copy", require_trailer=True), return_exceptions=True), 15)
+    assert isinstance(results[0], FileChangedError), results[0]
+    assert isinstance(results[1], Exception), results[1]  # aborted (ours) or no trailer (production): no receipt
+    assert not (out / "copy").exists()
 
 
 async def test_a_grown_file_without_trailer_is_refused_not_stored_short_or_long(
         relay: tuple[str, ChannelRelay], tmp_path: Path) -> None:
-    """Without a trailer the header's size is the only check: a changed size is refused (documented), and
-    nothing is left under the target."""
+    """Without a trailer the sender's own check fails it (FileChangedError, 432a8d0), and the receiver stores
+    nothing under the target."""
     size = 3 * DEFAULT_SINK_HIGH_WATER_MARK
     src = tmp_path / "log.txt"
     src.write_bytes(b"a" * size)
@@ -96,9 +98,8 @@ async def test_a_grown_file_without_trailer_is_refused_not_stored_short_or_long(
     results = await asyncio.wait_for(asyncio.gather(
         iii_channels.send_file(writer, src, progress=grow, trailer=False),
         iii_channels.receive_file(reader, tmp_path / "copy"), return_exceptions=True), 15)
-    assert results[0] == size + 1000
-    assert isinstance(results[1], IntegrityError)
-    assert f"ended after {size + 1000} of the {size} bytes" in str(results[1])
+    assert isinstance(results[0], FileChangedError), results[0]
+    assert isinstance(results[1], Exception), results[1]
     assert not (tmp_path / "copy").exists()
 
 
