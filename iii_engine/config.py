@@ -14,7 +14,7 @@ socket, default 4 MiB), ``max_outbox_bytes`` (unread bytes per worker, default 1
 whole upgrade request, counted from their accept; with that many the port stops accepting until one sends it or
 closes; default a quarter of the open-file limit, at most 1,024), ``max_registrations_per_worker`` (functions,
 trigger types and triggers one worker holds, default 100,000), ``max_registration_bytes_per_worker`` (what
-those keep, estimated from their frames, default 256 MiB), ``max_services`` (services kept, default 100,000),
+those keep, estimated from their frames, default 512 MiB), ``max_services`` (services kept, default 100,000),
 ``max_service_bytes`` (what they keep, default 64 MiB),
 ``max_fired_calls`` (trigger-fired calls in flight engine-wide, default 10,000), ``max_fired_calls_per_worker`` (those
 in flight to one callee worker, default a quarter of ``max_fired_calls``), ``fire_wait_timeout_ms`` (how long a
@@ -91,9 +91,10 @@ DEFAULT_MAX_REGISTRATIONS_PER_WORKER = 100_000
 DEFAULT_MAX_SERVICES = 100_000
 # Counts alone let one worker's 100,000 registrations of up to 4 MiB each (a trigger's config, a function's formats)
 # hold 400 GB while it stays connected: 600 triggers of 3 MB took an engine from 66 to 1,788 MB. What a
-# registration holds is iii_engine.limits.retained_estimate (~2.5x its frame for a JSON schema, more for tiny
-# values): 256 MiB is 10,000 functions with 8 KiB schemas each, and ~170 MB of memory at most, whatever the shape.
-DEFAULT_MAX_REGISTRATION_BYTES_PER_WORKER = 256 * 1024 * 1024
+# registration holds is iii_engine.limits.retained_estimate (~10x its frame for a pydantic-made JSON schema, whose
+# memory it overstates ~1.8x): 512 MiB is ~13,000 functions with such request and response schemas (256 MiB refused
+# 3,481 of 10,000 an SDK registered), and at most ~1.3 MB of memory per MiB for the shapes measured.
+DEFAULT_MAX_REGISTRATION_BYTES_PER_WORKER = 512 * 1024 * 1024
 # Explicit services outlive their worker: a byte bound for all of them together, as max_services bounds their count.
 DEFAULT_MAX_SERVICE_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_FIRED_CALLS = 10_000

@@ -546,6 +546,9 @@ class Engine:
         # Workers whose disconnect cleanup has begun: a trigger of theirs bound after it withdrew their triggers
         # (another worker's cleanup restoring it, E12, or a type's register still awaited) is withdrawn at once.
         self._leaving: set[str] = set()
+        # Registrations of each trigger id awaiting their type's register: such a withdrawal must not unregister the
+        # id at the type, where the newer registration in flight replaces it (a type keeps one per id).
+        self._binding: dict[str, int] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -1482,6 +1485,12 @@ class Engine:
         registrant = entry.registrant
         if registrant is not None and (registrant in self._leaving or registrant not in self.workers) \
                 and self.registry.find_trigger(entry.id) is entry:
+            if self._binding.get(entry.id):
+                # Another worker's registration of the id is at the type now and replaces this one there: an
+                # unregister would take that one (a live worker's pub/sub subscription went, still listed active,
+                # in 68 of 300 rounds). Forgotten here only; the one in flight is stored when its register returns.
+                self.registry.discard_trigger(entry.id)
+                return
             await self._withdraw_trigger(entry)
 
     async def _bind_trigger_once(self, entry: TriggerEntry) -> None:
@@ -1496,6 +1505,7 @@ class Engine:
                 await self._unregister_from_type(moved)
             return
         if trigger_type.handler is not None:
+            self._binding[entry.id] = self._binding.get(entry.id, 0) + 1
             try:
                 await trigger_type.handler.register(TriggerInfo(**entry.info()))
             except EngineError as exc:
@@ -1505,6 +1515,12 @@ class Engine:
             except Exception:
                 log.exception("%s: trigger %s (%s) failed to register", registrant, entry.id, entry.trigger_type)
                 return
+            finally:
+                left = self._binding[entry.id] - 1
+                if left:
+                    self._binding[entry.id] = left
+                else:
+                    del self._binding[entry.id]
         else:
             owner = self.workers.get(trigger_type.owner or "")
             if owner is not None:

@@ -87,6 +87,10 @@ _SLOW_CLIENT = 1013
 # Looks at a blocked write per slow_close_timeout_ms (see _Client.write): a client is reset once it took nothing for
 # between 1 and 1 + 1/_LOOKS times that long
 _LOOKS = 4
+_STALL_FACTOR = 6
+"""A writer that made no progress for this many ``slow_close_timeout_ms`` (60 s by default) is reset: a client
+that reads slowly with a full receive window is acknowledged only at the sender's zero-window probes, whose backoff
+doubles (~7 s apart after a few), so at 10-15 KiB/s it showed no progress for over 10 s while reading every byte."""
 # ioctl of a TCP socket's unacknowledged bytes (SIOCOUTQ, which is TIOCOUTQ's number) where it is known
 if sys.platform.startswith("linux"):
     import fcntl
@@ -155,6 +159,7 @@ class _Client:
                  queue_bytes: int = DEFAULT_CLIENT_QUEUE_BYTES) -> None:
         self.ws = ws
         self.close_timeout_s = close_timeout_s
+        self._stall_s = close_timeout_s * _STALL_FACTOR
         self.context = context
         self.subscriptions: dict[str, Subscription] = {}
         self.queue: asyncio.Queue[bytes] = asyncio.Queue(queue_size)
@@ -283,11 +288,11 @@ class _Client:
         loop = asyncio.get_running_loop()
         self._seen = (self.writes, _unsent(self.ws))
         self._moved_at = loop.time()
-        self._looking = loop.call_later(self.close_timeout_s / _LOOKS, self._look)
+        self._looking = loop.call_later(self._stall_s / _LOOKS, self._look)
 
     def _look(self) -> None:
         """Whether the client took anything since the last look; reset it once it took nothing for
-        ``close_timeout_s``.
+        ``close_timeout_s`` times :data:`_STALL_FACTOR`.
 
         Why: a write waits for the socket to drain, with no deadline of its own, and websockets' keep-alive cannot
         tell either (its ping waits for the same drain). A client that joined a big group and never read held its
@@ -306,8 +311,8 @@ class _Client:
             self._moved_at = now
         self._seen = seen
         idle = now - self._moved_at
-        if idle < self.close_timeout_s:
-            self._looking = loop.call_later(min(self.close_timeout_s / _LOOKS, self.close_timeout_s - idle),
+        if idle < self._stall_s:
+            self._looking = loop.call_later(min(self._stall_s / _LOOKS, self._stall_s - idle),
                                             self._look)
             return
         log.warning("stream client %s took nothing of the %d bytes waiting for it for %.1f s (slow_close_timeout_ms); "

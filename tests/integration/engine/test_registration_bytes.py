@@ -167,7 +167,12 @@ async def test_the_books_match_a_recount_through_a_random_walk_of_registrations(
     "{" + ",".join(f'"k{i}":0' for i in range(30_000)) + "}",
     "[" + ",".join(["0.5"] * 50_000) + "]",
     "[" + ",".join(['{"type":"string","title":"t"}'] * 5_000) + "]",
-], ids=["string", "empty-objects", "empty-lists", "tiny-keys", "floats", "schema-like"])
+    '"\U0001F600' + "x" * 200_000 + '"',
+    '"\\ud83d\\ude00' + "x" * 200_000 + '"',
+    "[" + ",".join(['"\u0109"'] * 50_000) + "]",
+    "[" + ",".join(['"\U0001F600"'] * 50_000) + "]",
+], ids=["string", "empty-objects", "empty-lists", "tiny-keys", "floats", "schema-like", "emoji-first", "escaped-emoji",
+        "one-char-non-latin1", "one-char-emoji"])
 def test_the_estimate_is_at_least_what_the_parsed_values_take(shape: str) -> None:
     """A budget of frame bytes let one worker hold ~23 MB per budget MiB with ``[{},{},…]`` (3 bytes of frame, ~72
     of objects each): the estimate must cover what parsing the frame keeps, whatever its shape."""
@@ -239,3 +244,54 @@ async def test_worker_telemetry_is_bounded(engine: Engine) -> None:
                                                              "telemetry": {"language": "en"}})
     assert small["result"] == {"success": True}
     assert engine.workers[worker.worker_id].telemetry == {"language": "en"}
+
+
+async def test_withdrawing_a_departed_workers_trigger_leaves_a_live_workers_registration_in_flight(
+        engine: Engine) -> None:
+    """Attack of the withdrawal above: B's restored trigger waits at its type while live worker C registers the same
+    id (a type keeps one registration per id: C's replaces B's there, as pub/sub's does). Unregistering B's at the
+    type took C's, still listed active (68 of 300 rounds with pub/sub on Redis); B's is now only forgotten."""
+    gates = [asyncio.Event(), asyncio.Event()]
+    entered = [asyncio.Event(), asyncio.Event()]
+    bound: dict[str, object] = {}
+    pending: dict[str, object] = {}
+    registered: list[object] = []
+
+    class ById:  # as pub/sub: a register of an id first forgets the id's registration; unregister takes the id's
+        async def register(self, trigger: TriggerInfo) -> None:
+            registered.append(trigger.config)
+            bound.pop(trigger.id, None)
+            pending[trigger.id] = trigger.config
+            turn = len(registered) - 3  # B's, A's, then B's again (gate 0) and C's (gate 1)
+            if turn >= 0:
+                entered[turn].set()
+                await gates[turn].wait()
+            if pending.get(trigger.id) is trigger.config:
+                bound[trigger.id] = pending.pop(trigger.id)
+
+        async def unregister(self, trigger: TriggerInfo) -> None:
+            bound.pop(trigger.id, None)
+            pending.pop(trigger.id, None)
+
+    engine.register_trigger_type("byid", "one registration per id", ById())
+    a, b, c = [await RawWorker.connect(engine.url) for _ in range(3)]
+    frame = {"type": "registertrigger", "id": "x", "trigger_type": "byid", "function_id": "f::a"}
+    await b.send({**frame, "config": {"who": "b"}})
+    await b.sync()
+    await a.send({**frame, "config": {"who": "a"}})
+    await a.sync()
+    await a.close()  # A's cleanup restores B's x, whose register waits at gate 0
+    await asyncio.wait_for(entered[0].wait(), 5)
+    await c.send({**frame, "config": {"who": "c"}})  # C's register waits at gate 1
+    await asyncio.wait_for(entered[1].wait(), 5)
+    await _gone(engine, b)
+    gates[0].set()
+    for _ in range(100):
+        if a.worker_id not in engine.workers:
+            break
+        await asyncio.sleep(0.01)
+    gates[1].set()
+    await c.sync()
+    assert bound == {"x": {"who": "c"}}
+    current = engine.registry.find_trigger("x")
+    assert current is not None and current.registrant == c.worker_id
