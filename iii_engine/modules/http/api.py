@@ -10,7 +10,7 @@ is written to ``request_body`` and closed at once for every request (M6).
 ``default_timeout`` bounds the wait for the response to start (the function's result or the first body chunk);
 once a streamed body has started it runs until the handler closes its writer, unless the function fails (the
 connection is cut: the client sees an incomplete body), returns a result (its writer then has ``RESULT_GRACE_S``
-without progress to finish), the client leaves (the request ends at once, the writer hears 4002) or stops reading
+without a chunk to finish), the client leaves (the request ends at once, the writer hears 4002) or stops reading
 for ``send_timeout`` (cut). See :class:`_StreamWatch`.
 
 Every request body is received whole before the handler runs and before the request takes a concurrency slot,
@@ -54,6 +54,8 @@ import asyncio
 import contextlib
 import logging
 import re
+import struct
+import sys
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, TypeVar
@@ -62,6 +64,7 @@ from aiohttp import HttpVersion11, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_parser import RawRequestMessage
+from aiohttp.http_writer import StreamWriter
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestPayloadError
 
@@ -133,10 +136,22 @@ _HEADER_VALUE_FORBIDDEN = re.compile(r"[\r\n\x00]")
 MAX_CONTROL_FRAMES = 100
 MAX_HEADER_BYTES = 64 * 1024
 # A function that returns a result while its response streams cannot have that result sent: its writer then has this
-# long without progress to finish the body (a close under way, the last chunks queued), else the response is cut.
+# long without sending a chunk to finish the body (waits for the client and what follows its close do not count),
+# else the response is cut.
 RESULT_GRACE_S = 2.0
 # Bytes the chunked framing adds to a body chunk on the wire (its hex size line and CRLF), rounded up.
 _CHUNK_FRAMING = 32
+# A handler's chunk (the SDK's frames are 960 KiB) goes to the client in slices of this size, each wait bounded by
+# send_timeout (see _send): a write returns only once most of what it handed over drained, so a whole frame's write
+# timed at once cut a client reading steadily at 200 KiB/s with 2 s (at 4.2 MB), 24 KiB/s at the default 30 s.
+SEND_SLICE = 64 * 1024
+# ioctl of a TCP socket's unacknowledged bytes (SIOCOUTQ, TIOCOUTQ's number) where it is known
+if sys.platform.startswith("linux"):
+    import fcntl
+
+    _OUTQ: int | None = 0x5411
+else:
+    _OUTQ = None
 
 
 class _Refusal(asyncio.Protocol):
@@ -533,9 +548,58 @@ def _reason_to_refusal(reason: str) -> Exception:
     return _engine_stopping() if reason is _STOPPING else _Timeout()
 
 
+def _unsent(transport: asyncio.Transport) -> int:
+    """Bytes of the connection not yet taken by the client: its buffer and, where the system tells (TIOCOUTQ), the
+    kernel's send queue (sent bytes the client has not acknowledged included)."""
+    queued = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if _OUTQ is not None and sock is not None:
+        with contextlib.suppress(OSError, ValueError):  # closed meanwhile: its fileno is -1
+            queued += struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0"))[0]
+    return queued
+
+
+async def _send(response: web.StreamResponse, writer: AbstractStreamWriter, protocol: web.RequestHandler,
+                data: memoryview, transport: asyncio.Transport | None, patience: float) -> bool:
+    """Write ``data`` and wait for the client to take enough of it; False once it took nothing for ``patience``.
+
+    A write waits until most of the connection's buffer drained, and the kernel takes bytes in steps of its own
+    buffers (seconds apart for a client reading 50 KiB/s): a wait that times out goes on while the bytes still
+    unsent (:func:`_unsent`) went down. The drain waits in a task of its own: cancelling aiohttp's drain cancels
+    its shared waiter, and every later drain of the connection then raised CancelledError at once."""
+    if transport is None or not isinstance(writer, StreamWriter):
+        try:
+            async with asyncio.timeout(patience):
+                await response.write(data)
+        except TimeoutError:
+            return False
+        return True
+    await writer.write(data, drain=False)
+    if not protocol.writing_paused:
+        return True
+    draining = asyncio.ensure_future(writer.drain())
+    before = _unsent(transport)
+    try:
+        while True:
+            done, _ = await asyncio.wait((draining,), timeout=patience)
+            if done:
+                draining.result()
+                return True
+            now = _unsent(transport)
+            if now >= before:
+                return False
+            before = now
+    finally:
+        draining.cancel()  # done: no effect; else the response is cut or the request cancelled
+
+
 class _StreamWatch:
     """What ends a streamed response besides its handler's writer: the function failing, the function returning a
     result (its writer then has :data:`RESULT_GRACE_S` of silence to finish), or the client leaving.
+
+    The grace counts only time the stream's loop waits for the writer's next chunk: while a write waits for the
+    client to take bytes (:attr:`writing`; ``send_timeout`` bounds that) the writer is not silent, and once it closed
+    the loop never waits for it again (the channel's remaining chunks come at once) however slowly the client reads.
 
     Each aborts the response channel's reader end (the request's task, waiting for the next chunk, wakes with
     :class:`ChannelAborted`, and the writer hears its reader left, 4002) and records why; failures also cut the
@@ -543,17 +607,19 @@ class _StreamWatch:
     task raced per chunk: the stream's loop pays one attribute store per chunk (:attr:`sent`).
     """
 
-    __slots__ = ("_ended", "_function_id", "_grace", "_seen", "level", "reader", "sent", "transport", "why")
+    __slots__ = ("_ended", "_function_id", "_grace", "_seen", "level", "reader", "sent", "transport", "why",
+                 "writing")
 
     def __init__(self, reader: ResponseChannel, transport: asyncio.Transport | None, function_id: str) -> None:
         self.reader = reader
         self.transport = transport
         self._function_id = function_id
         self.sent = 0  # body bytes handed to the client's connection (the stream's loop keeps it current)
+        self.writing = False  # the stream's loop waits for the client to take a chunk (a timed write)
         self.why: str | None = None
         self.level = logging.WARNING
         self._grace: asyncio.TimerHandle | None = None
-        self._seen: tuple[int, int] = (-1, -1)
+        self._seen = -1
         self._ended = False
 
     def outcome_done(self, outcome: asyncio.Future[tuple[Any, Any]]) -> None:
@@ -573,10 +639,11 @@ class _StreamWatch:
             self._after_result()
 
     def _after_result(self) -> None:
-        # Progress is a chunk handed on or the client taking bytes: a slow client's download is not cut.
-        progress = (self.sent, self.transport.get_write_buffer_size() if self.transport is not None else 0)
-        if progress != self._seen:
-            self._seen = progress
+        # Only a loop that waited for the writer's next chunk all along, none handed on since the last look, means
+        # a silent writer. Counting the client's bytes taken instead cut a download to a 200 KiB/s client after
+        # 4.3 MB (the kernel's buffer drains in steps: the connection's buffer sat still for 2 s).
+        if self.writing or self.sent != self._seen:
+            self._seen = self.sent
             self._grace = asyncio.get_running_loop().call_later(RESULT_GRACE_S, self._after_result)
             return
         self._stop(f"the function returned a result after its streamed response started and its writer sent "
@@ -1129,7 +1196,7 @@ class RestApiModule(EngineModule):
         response rather than a silently truncated one, or one it waits for until the connection times out.
 
         The function failing meanwhile cuts it too, a result it returns gives its writer :data:`RESULT_GRACE_S`
-        without progress to finish, and a client that leaves frees the request at once, its handler's writer told
+        without a chunk to finish, and a client that leaves frees the request at once, its handler's writer told
         the reader left (4002): see :class:`_StreamWatch`."""
         headers = {k: v for k, v in reader.headers.items() if k.lower() not in _STREAM_HEADER_SKIP}
         problem = head_problem(reader.status, headers)
@@ -1150,7 +1217,7 @@ class RestApiModule(EngineModule):
         response.headers.update(cors)
         await response.prepare(request)
         sent = 0
-        next_chunk, write = reader.next_chunk, response.write
+        next_chunk, write, writer = reader.next_chunk, response.write, request.writer
         transport = request.transport
         send_timeout = self.settings.send_timeout_ms / 1000
         # A write waits for the client only once the connection's buffer passed its high-water mark (aiohttp drains
@@ -1174,13 +1241,16 @@ class RestApiModule(EngineModule):
                                                         f"Content-Length states")
                 if len(chunk) > room or transport is None or transport.get_write_buffer_size():
                     # This write may wait for the client to read: a client that stopped reading would otherwise
-                    # hold its slot as long as the stream runs.
-                    try:
-                        async with asyncio.timeout(send_timeout):
-                            await write(chunk)
-                    except TimeoutError:
-                        return self._cut(request, response, f"the client read nothing for "
-                                                            f"{self.settings.send_timeout_ms} ms (send_timeout)")
+                    # hold its slot as long as the stream runs. Timed per slice (SEND_SLICE): the rule is "took
+                    # nothing for send_timeout", not "took a whole frame within it".
+                    watch.writing = True
+                    view = memoryview(chunk)
+                    for at in range(0, len(view), SEND_SLICE):
+                        if not await _send(response, writer, protocol, view[at:at + SEND_SLICE], transport,
+                                           send_timeout):
+                            return self._cut(request, response, f"the client read nothing for "
+                                                                f"{self.settings.send_timeout_ms} ms (send_timeout)")
+                    watch.writing = False
                 else:
                     await write(chunk)
                 room = high
