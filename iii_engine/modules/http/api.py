@@ -54,8 +54,6 @@ import asyncio
 import contextlib
 import logging
 import re
-import struct
-import sys
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, TypeVar
@@ -76,6 +74,7 @@ from iii.wire import dumps, loads
 from ...channels import ChannelRelay, TooManyChannels
 from ...invocations import ENGINE_STOPPING, Started, stopped
 from ...limits import SKIP_LOG_INTERVAL_S, Slots
+from ...send_queue import unacknowledged
 from ..base import EngineError, EngineModule, EngineServices
 from .channels import CHUNK_SIZE, ChannelAborted, ResponseChannel, ResponseHeadersTooLarge
 from .routes import BadPath, RouteMatch, RouteTable, parse_http_trigger
@@ -145,13 +144,6 @@ _CHUNK_FRAMING = 32
 # send_timeout (see _send): a write returns only once most of what it handed over drained, so a whole frame's write
 # timed at once cut a client reading steadily at 200 KiB/s with 2 s (at 4.2 MB), 24 KiB/s at the default 30 s.
 SEND_SLICE = 64 * 1024
-# ioctl of a TCP socket's unacknowledged bytes (SIOCOUTQ, TIOCOUTQ's number) where it is known
-if sys.platform.startswith("linux"):
-    import fcntl
-
-    _OUTQ: int | None = 0x5411
-else:
-    _OUTQ = None
 
 
 class _Refusal(asyncio.Protocol):
@@ -551,12 +543,7 @@ def _reason_to_refusal(reason: str) -> Exception:
 def _unsent(transport: asyncio.Transport) -> int:
     """Bytes of the connection not yet taken by the client: its buffer and, where the system tells (TIOCOUTQ), the
     kernel's send queue (sent bytes the client has not acknowledged included)."""
-    queued = transport.get_write_buffer_size()
-    sock = transport.get_extra_info("socket")
-    if _OUTQ is not None and sock is not None:
-        with contextlib.suppress(OSError, ValueError):  # closed meanwhile: its fileno is -1
-            queued += struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0"))[0]
-    return queued
+    return transport.get_write_buffer_size() + unacknowledged(transport.get_extra_info("socket"))
 
 
 async def _send(response: web.StreamResponse, writer: AbstractStreamWriter, protocol: web.RequestHandler,

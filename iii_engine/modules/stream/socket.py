@@ -40,8 +40,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
-import sys
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -65,6 +63,7 @@ from iii_streams.events import StreamEvent, now_ms
 from ...closing import CLOSE_TIMEOUT_S, close_within
 from ...handshakes import BAD_TARGET, NotUpgraded, Silent, quiet_logger, request_target
 from ...limits import SKIP_LOG_INTERVAL_S
+from ...send_queue import unacknowledged
 from ...server import BoundPort
 from ..base import EngineError, EngineServices
 from .api import StreamFunctions
@@ -91,13 +90,6 @@ _STALL_FACTOR = 6
 """A writer that made no progress for this many ``slow_close_timeout_ms`` (60 s by default) is reset: a client
 that reads slowly with a full receive window is acknowledged only at the sender's zero-window probes, whose backoff
 doubles (~7 s apart after a few), so at 10-15 KiB/s it showed no progress for over 10 s while reading every byte."""
-# ioctl of a TCP socket's unacknowledged bytes (SIOCOUTQ, which is TIOCOUTQ's number) where it is known
-if sys.platform.startswith("linux"):
-    import fcntl
-
-    _OUTQ: int | None = 0x5411
-else:
-    _OUTQ = None
 _TOO_SLOW = "too slow: events were queued faster than read; reconnect and join"
 _MISSED = "the engine missed the store's events; reconnect and join"
 # between attempts to subscribe to the store's events while they fail: doubled up to the maximum, so a store whose
@@ -343,12 +335,7 @@ def _unsent(ws: ServerConnection) -> int:
     transport = getattr(ws, "transport", None)
     if transport is None:  # not connected yet (or a stand-in): nothing written
         return 0
-    unsent = write_buffer_size(ws)
-    sock = transport.get_extra_info("socket")
-    if _OUTQ is not None and sock is not None:
-        with contextlib.suppress(OSError, ValueError):  # closed meanwhile: its fileno is -1
-            unsent += struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0"))[0]
-    return unsent
+    return write_buffer_size(ws) + unacknowledged(transport.get_extra_info("socket"))
 
 
 class _Accepted(ServerConnection):
