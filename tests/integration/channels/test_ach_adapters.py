@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +21,6 @@ pytestmark = pytest.mark.timeout(30)
 
 # Far below the attach deadline (300 s) at which a reader left alone would hear ChannelExpiredError.
 HEARS_WITHIN_S = 10.0
-
-
-@pytest.fixture
-async def worker(engine_url: str) -> AsyncIterator[III]:
-    client = III(engine_url)
-    await client.connect_async()
-    yield client
-    await client.shutdown_async()
 
 
 async def _ends(worker: III) -> tuple[ChannelWriter, ChannelReader]:

@@ -7,8 +7,6 @@ verified, no error. Every reading API now skips empty binary messages; our write
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 import websockets
 
@@ -21,14 +19,6 @@ pytestmark = pytest.mark.timeout(30)
 
 PARTS = (b"first-half;", b"", b"second-half", b"")
 WHOLE = b"".join(PARTS)
-
-
-@pytest.fixture
-async def worker(engine_url: str) -> AsyncIterator[III]:
-    client = III(engine_url)
-    await client.connect_async()
-    yield client
-    await client.shutdown_async()
 
 
 async def _written_by_a_raw_writer(worker: III, engine_url: str) -> ChannelReader:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,14 +26,6 @@ pytestmark = pytest.mark.timeout(30)
 MIB = 1024 * 1024
 SIZE = 16 * MIB
 CHUNK = 256 * 1024
-
-
-@pytest.fixture
-async def worker(engine_url: str) -> AsyncIterator[III]:
-    client = III(engine_url)
-    await client.connect_async()
-    yield client
-    await client.shutdown_async()
 
 
 def _source(tmp_path: Path) -> Path:

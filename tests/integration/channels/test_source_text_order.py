@@ -4,8 +4,6 @@ between two halves of a line. No reader may lose a text or hand it back out of o
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from iii.iii import III
@@ -15,14 +13,6 @@ pytestmark = pytest.mark.timeout(30)
 
 # One stream, in writing order: bytes are ``bytes``, text messages ``str``.
 Stream = list[bytes | str]
-
-
-@pytest.fixture
-async def worker(engine_url: str) -> AsyncIterator[III]:
-    client = III(engine_url)
-    await client.connect_async()
-    yield client
-    await client.shutdown_async()
 
 
 async def _source(worker: III, stream: Stream, *, trailer: bool) -> ChannelSource:
