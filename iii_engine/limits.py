@@ -91,6 +91,8 @@ BUSIEST_REFRESH_S = 1.0
 name it, is reused."""
 
 _PLAIN_CACHED = 64
+"""Holds of no bytes of up to this many slots are kept and shared (:meth:`FiredCalls.plain`); larger fan-outs are
+rare enough to allocate theirs."""
 
 REGISTRATION_OVERHEAD = 1024
 """What any registration costs the engine beyond its values (its entry, index slots, info dict, a listing's copy):
@@ -116,12 +118,26 @@ def retained_estimate(frame: bytes | bytearray | str) -> int:
     """
     text = frame.encode() if isinstance(frame, str) else frame
     items = text.count(b",") + text.count(b":")
-    # One character past Latin-1 makes CPython keep its whole string at 2 or 4 bytes a character (an emoji before
-    # 400 KB of ASCII: 1.6 MB), and short non-ASCII strings cost more than their bytes: 8 per byte then.
-    per_byte = 2 if text.isascii() and b"\\u" not in text else 8
-    return per_byte * len(text) + 192 * text.count(b"{") + 64 * text.count(b"[") + 56 * items + REGISTRATION_OVERHEAD
-"""Holds of no bytes of up to this many slots are kept and shared (:meth:`FiredCalls.plain`); larger fan-outs are
-rare enough to allocate theirs."""
+    base = 192 * text.count(b"{") + 64 * text.count(b"[") + 56 * items + REGISTRATION_OVERHEAD
+    # One character past Latin-1 makes CPython keep its whole string at 2 bytes a character, one past the BMP at 4
+    # (an emoji before 400 KB of ASCII: 1.6 MB); the frame's other strings may stay compact, but which string
+    # holds it is not known without parsing: the whole text is counted at that width (with the JSON copy), and
+    # each string a little more (short non-ASCII strings cost more than their bytes). An em dash in one
+    # description of a schema-heavy frame costs ~1.5x, not 4x the whole frame (a first cut at 8x refused 1,661
+    # of 10,000 such SDK functions).
+    if any(escape in text for escape in _SURROGATE_ESCAPES) or text.translate(None, _BELOW_ASTRAL):
+        return 8 * len(text) + 16 * text.count(b'"') + base
+    if not text.isascii() and text.translate(None, _LATIN1_OR_ASCII):
+        return 3 * len(text) + 12 * text.count(b'"') + base  # 2 bytes a character, and the JSON copy's 1
+    return 2 * len(text) + base
+
+
+# UTF-8 lead bytes of characters past the BMP (0xF0-0xF4), and JSON escapes of their surrogates (\ud800-\udbff)
+_BELOW_ASTRAL = bytes(range(0xF0))
+_SURROGATE_ESCAPES = tuple(f"\\u{c}".encode() for c in ("d8", "d9", "da", "db", "D8", "D9", "DA", "DB"))
+# bytes of ASCII and of Latin-1 characters (lead bytes 0xC2, 0xC3 and continuation bytes): what is left of a frame
+# without them is the lead byte of a character past Latin-1
+_LATIN1_OR_ASCII = bytes(range(0x80)) + bytes(range(0x80, 0xC0)) + b"\xc2\xc3"
 
 
 class CountLimits:

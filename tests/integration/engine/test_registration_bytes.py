@@ -295,3 +295,23 @@ async def test_withdrawing_a_departed_workers_trigger_leaves_a_live_workers_regi
     assert bound == {"x": {"who": "c"}}
     current = engine.registry.find_trigger("x")
     assert current is not None and current.registrant == c.worker_id
+
+
+def test_one_non_latin1_character_does_not_multiply_a_schema_frame() -> None:
+    """A first cut counted a whole frame at 8 bytes a byte for one em dash (or a Windows path's ``\\\\u``): 1,661 of
+    10,000 SDK functions with schemas were refused. Characters past the BMP still count 8 (one emoji makes a whole
+    string 4 bytes a character: the shapes above)."""
+    import json
+
+    from iii_engine.limits import retained_estimate
+
+    schema = {"type": "object", "properties": {f"f{i}": {"type": "string", "title": f"F{i}"} for i in range(40)}}
+
+    def frame(description: str) -> bytes:
+        return json.dumps({"type": "registerfunction", "id": "orders::create", "description": description,
+                           "request_format": schema, "response_format": schema}, ensure_ascii=False).encode()
+
+    plain = retained_estimate(frame("Create an order - and return it"))
+    assert retained_estimate(frame("C:\\users\\x and return it")) < plain * 1.05
+    assert retained_estimate(frame("Create an order \u2014 and return it")) < plain * 1.5
+    assert retained_estimate(frame("Create an order \U0001F600 and return it")) > plain * 1.5
