@@ -15,12 +15,13 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import struct
 import sys
 
-__all__ = ["unacknowledged"]
+__all__ = ["unacknowledged", "unsent"]
 
 if sys.platform.startswith("linux"):
     import fcntl
@@ -38,3 +39,11 @@ def unacknowledged(sock: socket.socket | None) -> int:
     with contextlib.suppress(OSError, ValueError):  # closed meanwhile: its fileno is -1
         return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0"))[0])
     return 0
+
+
+def unsent(transport: asyncio.WriteTransport | None) -> int:
+    """Bytes written to ``transport`` that its peer has not acknowledged yet: its own buffer plus the kernel's send
+    queue (:func:`unacknowledged`); 0 for ``None`` (not connected yet, or a stand-in)."""
+    if transport is None:
+        return 0
+    return transport.get_write_buffer_size() + unacknowledged(transport.get_extra_info("socket"))

@@ -74,7 +74,7 @@ from iii.wire import dumps, loads
 from ...channels import ChannelRelay, TooManyChannels
 from ...invocations import ENGINE_STOPPING, Started, stopped
 from ...limits import SKIP_LOG_INTERVAL_S, Slots
-from ...send_queue import unacknowledged
+from ...send_queue import unsent
 from ..base import EngineError, EngineModule, EngineServices
 from .channels import CHUNK_SIZE, ChannelAborted, ResponseChannel, ResponseHeadersTooLarge
 from .routes import BadPath, RouteMatch, RouteTable, parse_http_trigger
@@ -540,20 +540,15 @@ def _reason_to_refusal(reason: str) -> Exception:
     return _engine_stopping() if reason is _STOPPING else _Timeout()
 
 
-def _unsent(transport: asyncio.Transport) -> int:
-    """Bytes of the connection not yet taken by the client: its buffer and, where the system tells (TIOCOUTQ), the
-    kernel's send queue (sent bytes the client has not acknowledged included)."""
-    return transport.get_write_buffer_size() + unacknowledged(transport.get_extra_info("socket"))
-
-
 async def _send(response: web.StreamResponse, writer: AbstractStreamWriter, protocol: web.RequestHandler,
                 data: memoryview, transport: asyncio.Transport | None, patience: float) -> bool:
     """Write ``data`` and wait for the client to take enough of it; False once it took nothing for ``patience``.
 
     A write waits until most of the connection's buffer drained, and the kernel takes bytes in steps of its own
     buffers (seconds apart for a client reading 50 KiB/s): a wait that times out goes on while the bytes still
-    unsent (:func:`_unsent`) went down. The drain waits in a task of its own: cancelling aiohttp's drain cancels
-    its shared waiter, and every later drain of the connection then raised CancelledError at once."""
+    unsent (:func:`~iii_engine.send_queue.unsent`) went down. The drain waits in a task of its own: cancelling
+    aiohttp's drain cancels its shared waiter, and every later drain of the connection then raised CancelledError
+    at once."""
     if transport is None or not isinstance(writer, StreamWriter):
         try:
             async with asyncio.timeout(patience):
@@ -565,14 +560,14 @@ async def _send(response: web.StreamResponse, writer: AbstractStreamWriter, prot
     if not protocol.writing_paused:
         return True
     draining = asyncio.ensure_future(writer.drain())
-    before = _unsent(transport)
+    before = unsent(transport)
     try:
         while True:
             done, _ = await asyncio.wait((draining,), timeout=patience)
             if done:
                 draining.result()
                 return True
-            now = _unsent(transport)
+            now = unsent(transport)
             if now >= before:
                 return False
             before = now

@@ -15,7 +15,7 @@ an auth function can reject the upgrade with HTTP 401 when ``auth_reject`` is on
 bounded outbound queue and a client that lets it overflow is closed with 1013 (ST9: it is behind once
 ``client_queue_size`` frames or ``client_queue_bytes`` bytes wait for it, the frame being written not counted; a
 frame's own size never closes it, so a sync bigger than the budget reaches a client that keeps reading, and one
-that takes no byte of a frame being written to it for ``slow_close_timeout_ms`` is reset); a client offering
+that takes no byte of a frame being written to it for six times ``slow_close_timeout_ms`` is reset); a client offering
 subprotocols gets the first one echoed back (ST10). The store's event feed is open only while a client is
 connected (the engine's own writes reach triggers without it), so writes with no socket client do not pay for reading
 their events back; a join opens it before its sync read, so no change falls between sync and feed.
@@ -55,7 +55,7 @@ from websockets.typing import Subprotocol
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.loss_log import LossLog
 from iii.wire import dumps, loads
-from iii.ws_fastpath import reset, send_server_frame, write_buffer_size
+from iii.ws_fastpath import reset, send_server_frame
 from iii_streams import Backend, StreamGapError, StreamLagError, Watch
 from iii_streams.deadlines import finish_within
 from iii_streams.events import StreamEvent, now_ms
@@ -63,7 +63,7 @@ from iii_streams.events import StreamEvent, now_ms
 from ...closing import CLOSE_TIMEOUT_S, close_within
 from ...handshakes import BAD_TARGET, NotUpgraded, Silent, quiet_logger, request_target
 from ...limits import SKIP_LOG_INTERVAL_S
-from ...send_queue import unacknowledged
+from ...send_queue import unsent
 from ...server import BoundPort
 from ..base import EngineError, EngineServices
 from .api import StreamFunctions
@@ -83,8 +83,8 @@ _MAX_CLIENT_FRAME = 1024 * 1024
 # (join_timeout_ms at most), its close being unread behind them; with 16 it was so past 16 messages.
 _CLIENT_MESSAGES_QUEUED = 1
 _SLOW_CLIENT = 1013
-# Looks at a blocked write per slow_close_timeout_ms (see _Client.write): a client is reset once it took nothing for
-# between 1 and 1 + 1/_LOOKS times that long
+# Looks at a blocked write per stall limit (_STALL_FACTOR times slow_close_timeout_ms; see _Client.write): a client
+# is reset once it took nothing for between 1 and 1 + 1/_LOOKS times that limit
 _LOOKS = 4
 _STALL_FACTOR = 6
 """A writer that made no progress for this many ``slow_close_timeout_ms`` (60 s by default) is reset: a client
@@ -259,7 +259,7 @@ class _Client:
 
     async def write(self) -> None:
         """Send the queued frames in order until cancelled. A client that takes no byte of what waits for it for
-        ``close_timeout_s`` (``slow_close_timeout_ms``) is reset (:meth:`_look`)."""
+        :data:`_STALL_FACTOR` times ``close_timeout_s`` (``slow_close_timeout_ms``) is reset (:meth:`_look`)."""
         while True:
             frame = await self.queue.get()
             self.queued_bytes -= len(frame)
@@ -307,8 +307,9 @@ class _Client:
             self._looking = loop.call_later(min(self._stall_s / _LOOKS, self._stall_s - idle),
                                             self._look)
             return
-        log.warning("stream client %s took nothing of the %d bytes waiting for it for %.1f s (slow_close_timeout_ms); "
-                    "resetting it", self.ws.remote_address, seen[1] + self.queued_bytes + self.held_bytes, idle)
+        log.warning("stream client %s took nothing of the %d bytes waiting for it for %.1f s "
+                    "(6 x slow_close_timeout_ms); resetting it", self.ws.remote_address,
+                    seen[1] + self.queued_bytes + self.held_bytes, idle)
         self.drop()
         reset(self.ws)  # the write waiting on it ends; so does the socket's handler, which lets the client go
 
@@ -327,15 +328,12 @@ class _Client:
 
 
 def _unsent(ws: ServerConnection) -> int:
-    """Bytes written to ``ws`` that its peer has not acknowledged yet: the transport's buffer and, on Linux, the
-    kernel's send queue (``SIOCOUTQ``). The transport's buffer alone hid a slow reader's progress: the kernel takes
-    more from it only once a third of its own buffer (up to 4 MiB) is free, a wait longer than a second for a
-    client reading 1 MB/s. Elsewhere the transport's buffer alone (a client reading slower than the kernel's buffer
-    per ``slow_close_timeout_ms`` may then be taken for one that stopped)."""
-    transport = getattr(ws, "transport", None)
-    if transport is None:  # not connected yet (or a stand-in): nothing written
-        return 0
-    return write_buffer_size(ws) + unacknowledged(transport.get_extra_info("socket"))
+    """Bytes written to ``ws`` that its peer has not acknowledged yet (:func:`~iii_engine.send_queue.unsent`). The
+    transport's buffer alone hid a slow reader's progress: the kernel takes more from it only once a third of its
+    own buffer (up to 4 MiB) is free, a wait longer than a second for a client reading 1 MB/s. Elsewhere the
+    transport's buffer alone (a client reading slower than the kernel's buffer per stall may then be taken for one
+    that stopped)."""
+    return unsent(getattr(ws, "transport", None))  # none: not connected yet (or a stand-in), nothing written
 
 
 class _Accepted(ServerConnection):
