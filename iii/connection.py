@@ -693,6 +693,11 @@ class Connection:
         """Keys of frames queued and not yet written to any socket."""
         return {key for _, key in self._backlog if isinstance(key, str)}
 
+    def is_queued(self, key: str) -> bool:
+        """Whether the frame of ``key`` is queued and not yet written to any socket (:meth:`queued_keys`, without
+        building the set: a call's timeout asks it once per call, N times during an outage of N calls)."""
+        return any(queued == key for _, queued in self._backlog)
+
     async def start(self) -> None:
         """Start connecting in the background (returns at once)."""
         if self._running:

@@ -1042,7 +1042,7 @@ class III:
         ``TimeoutError`` adds when it was never sent. Plain, the message could not tell such a call from one that may
         have run (the reference's type and message prefix are kept)."""
         self._session.forget(invocation_id)
-        if invocation_id in self._conn.queued_keys():
+        if self._conn.is_queued(invocation_id):
             return ("it was never sent (still in the outbound queue, waiting for the engine), so it did not run: "
                     "trying again is safe")
         return None
