@@ -34,6 +34,7 @@ from iii_engine import Engine, EngineConfig, ModuleSpec
 from iii_engine.config import ChannelSettings
 from iii_engine.modules.catalogue import DEFAULT_MODULES
 from tests.services import skip_on_external_engine
+from tests.stall_relay import Relay
 
 from .fake_engine import FakeEngine, FakeWorker
 
@@ -377,6 +378,15 @@ def real() -> Iterator[RealEngineThread]:
     """Our real engine alone (tests that read what it counted or restart it)."""
     with RealEngineThread() as served:
         yield served
+
+
+@pytest.fixture
+def relay(real: RealEngineThread) -> Iterator[Relay]:
+    """A relay in front of ``real`` (run on its loop) that can stall, cut or blackhole its connections."""
+    relay = Relay(real.engine.port)
+    real.run(relay.start())
+    yield relay
+    real.run(relay.close())
 
 
 @pytest.fixture

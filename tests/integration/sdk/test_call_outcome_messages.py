@@ -22,14 +22,6 @@ from .conftest import MakeWorkerAt, RealEngineThread, wait_until
 
 
 @pytest.fixture
-def relay(real: RealEngineThread) -> Iterator[Relay]:
-    relay = Relay(real.engine.port)
-    real.run(relay.start())
-    yield relay
-    real.run(relay.close())
-
-
-@pytest.fixture
 def pool() -> Iterator[ThreadPoolExecutor]:
     with ThreadPoolExecutor(2) as executor:
         yield executor

@@ -62,15 +62,6 @@ class Ledger(TriggerHandler[Any]):
 
 
 @pytest.fixture
-def relay(real: RealEngineThread) -> Iterator[Relay]:
-    """A relay in front of ``real`` (its loop's) that can cut the owner's connection and hold its next one."""
-    relay = Relay(real.engine.port)
-    real.run(relay.start())
-    yield relay
-    real.run(relay.close())
-
-
-@pytest.fixture
 def make_real_worker(real: RealEngineThread) -> Iterator[MakeWorker]:
     yield from workers_of(real.url)
 
