@@ -105,10 +105,11 @@ def retained_estimate(frame: bytes | bytearray | str) -> int:
 
     Why not the frame's size: the engine keeps parsed Python objects, and JSON's smallest values are its most
     expensive ones. ``[{},{},…]`` is 3 bytes of frame and ~72 bytes of memory per element; a budget of frame bytes
-    let one worker's 64 MiB hold ~1.5 GB. So: the text twice (its parsed strings, and the listing's JSON copy), an
-    object's cost per ``{`` (a dict with keys is ~200 bytes), a list's per ``[``, a value's or key's per ``,`` or
-    ``:``, and :data:`REGISTRATION_OVERHEAD`. Characters inside strings count too: it errs high, never low (the
-    tests measure six shapes of frame against it).
+    let one worker's 64 MiB hold ~1.5 GB. So: the text twice (its parsed strings, and the listing's JSON copy; 3 or
+    8 times with characters past Latin-1 or past the BMP, below), an object's cost per ``{`` (a dict with keys is
+    ~200 bytes), a list's per ``[``, a value's or key's per ``,`` or ``:``, and :data:`REGISTRATION_OVERHEAD`.
+    Characters inside strings count too: it errs high, never low (the tests measure ten shapes of frame against
+    it).
 
     Example:
         >>> retained_estimate(b'{"config": "' + b"x" * 1000 + b'"}') < 4_000
