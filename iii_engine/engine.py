@@ -81,6 +81,7 @@ from .modules.base import (
     TriggerTypeHandler,
 )
 from .modules.catalogue import WORKER_MODULE, ModuleUnavailable, default_specs, resolve
+from .modules.stream.locks import KeyedLocks
 from .registry import FunctionEntry, Registry, TriggerEntry, TriggerTypeEntry
 from .server import Listener
 from .settings import ConfigError
@@ -546,9 +547,11 @@ class Engine:
         # Workers whose disconnect cleanup has begun: a trigger of theirs bound after it withdrew their triggers
         # (another worker's cleanup restoring it, E12, or a type's register still awaited) is withdrawn at once.
         self._leaving: set[str] = set()
-        # Registrations of each trigger id awaiting their type's register: such a withdrawal must not unregister the
-        # id at the type, where the newer registration in flight replaces it (a type keeps one per id).
-        self._binding: dict[str, int] = {}
+        # One trigger id's binds and withdrawals run one at a time, each deciding from what is current once it holds
+        # the id: a type keeps one registration per id, and a departing worker's unregister of the id at its type,
+        # landing while another worker's register of it waited there (a Redis SUBSCRIBE), took that one's
+        # subscription, still listed active (17-27 of 200 rounds with pub/sub on Redis).
+        self._trigger_ids = KeyedLocks()
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -1466,34 +1469,34 @@ class Engine:
         if not self.limits.admit_registration(worker, self.registry, "trigger", entry.id,
                                               self.registry.has_trigger_of(worker.id, entry.id), entry.size):
             return
-        previous = self.registry.find_trigger(entry.id)
-        if previous is not None and previous.registrant != worker.id:
-            log.warning("worker %s replaced trigger %s of %s; that one comes back when this one goes (E12)",
-                        worker.id, entry.id, f"worker {previous.registrant}" if previous.registrant else "the engine")
-        await self._bind_trigger(entry)
+        await self._bind_trigger(entry, replacing=worker.id)
 
-    async def _bind_trigger(self, entry: TriggerEntry) -> None:
+    async def _bind_trigger(self, entry: TriggerEntry, replacing: str | None = None) -> None:
         """Make ``entry`` its id's trigger: bound at its type, or pending while the type is unknown (E2); withdrawn
-        again at once when its registrant left meanwhile.
+        again at once when its registrant left meanwhile. ``replacing``: the worker registering it, warned about
+        when it replaces another's registration.
 
         Why: a type's ``register`` may wait (a Redis SUBSCRIBE), and a worker's cleanup may restore another's
         replaced trigger (E12) while that other worker is leaving too. Its own cleanup had then already withdrawn
         its triggers: the one stored after stayed active for good, its registrant gone (17 of 90 rounds of two
         workers leaving together, with pub/sub on Redis), and a publish reached whichever worker registered its
         function next."""
-        await self._bind_trigger_once(entry)
-        registrant = entry.registrant
-        if registrant is not None and (registrant in self._leaving or registrant not in self.workers) \
-                and self.registry.find_trigger(entry.id) is entry:
-            if self._binding.get(entry.id):
-                # Another worker's registration of the id is at the type now and replaces this one there: an
-                # unregister would take that one (a live worker's pub/sub subscription went, still listed active,
-                # in 68 of 300 rounds). Forgotten here only; the one in flight is stored when its register returns.
-                self.registry.discard_trigger(entry.id)
-                return
-            await self._withdraw_trigger(entry)
+        async with self._trigger_ids.hold(entry.id):
+            previous = self.registry.find_trigger(entry.id)
+            if replacing is not None and previous is not None and previous.registrant != replacing:
+                log.warning("worker %s replaced trigger %s of %s; that one comes back when this one goes (E12)",
+                            replacing, entry.id,
+                            f"worker {previous.registrant}" if previous.registrant else "the engine")
+            await self._bind_held(entry)
 
-    async def _bind_trigger_once(self, entry: TriggerEntry) -> None:
+    async def _bind_held(self, entry: TriggerEntry) -> None:
+        """:meth:`_bind_trigger` with the id held."""
+        await self._bind_trigger_held(entry)
+        registrant = entry.registrant
+        if registrant is not None and (registrant in self._leaving or registrant not in self.workers):
+            await self._withdraw_held(entry)
+
+    async def _bind_trigger_held(self, entry: TriggerEntry) -> None:
         registrant = f"worker {entry.registrant}" if entry.registrant else "the engine"
         trigger_type = self.registry.trigger_types.get(entry.trigger_type)
         if trigger_type is None:
@@ -1505,7 +1508,6 @@ class Engine:
                 await self._unregister_from_type(moved)
             return
         if trigger_type.handler is not None:
-            self._binding[entry.id] = self._binding.get(entry.id, 0) + 1
             try:
                 await trigger_type.handler.register(TriggerInfo(**entry.info()))
             except EngineError as exc:
@@ -1515,12 +1517,6 @@ class Engine:
             except Exception:
                 log.exception("%s: trigger %s (%s) failed to register", registrant, entry.id, entry.trigger_type)
                 return
-            finally:
-                left = self._binding[entry.id] - 1
-                if left:
-                    self._binding[entry.id] = left
-                else:
-                    del self._binding[entry.id]
         else:
             owner = self.workers.get(trigger_type.owner or "")
             if owner is not None:
@@ -1583,33 +1579,46 @@ class Engine:
         return active if active is not None and active.trigger_type != entry.trigger_type else None
 
     async def _unregister_trigger(self, worker: WorkerConnection, trigger_id: str) -> None:
-        entry = self.registry.find_trigger(trigger_id)
-        if entry is None:
-            log.info("worker %s unregistered unknown trigger %s", worker.id, trigger_id)
-            return
-        if entry.registrant == worker.id:
-            await self._withdraw_trigger(entry)
-        elif self.registry.drop_replaced_trigger(trigger_id, worker.id):
-            log.info("worker %s unregistered its trigger %s, which %s had replaced: the replacement stays (E12)",
-                     worker.id, trigger_id, f"worker {entry.registrant}" if entry.registrant else "the engine")
-        else:
-            log.warning("worker %s unregistered trigger %s registered by %s (honoured for compatibility)",
-                        worker.id, trigger_id, entry.registrant or "the engine")
-            self.registry.forget_replaced_triggers(trigger_id=trigger_id)
-            await self._deactivate(entry)
+        async with self._trigger_ids.hold(trigger_id):
+            entry = self.registry.find_trigger(trigger_id)
+            if entry is None:
+                log.info("worker %s unregistered unknown trigger %s", worker.id, trigger_id)
+                return
+            if entry.registrant == worker.id:
+                await self._withdraw_held(entry)
+            elif self.registry.drop_replaced_trigger(trigger_id, worker.id):
+                log.info("worker %s unregistered its trigger %s, which %s had replaced: the replacement stays (E12)",
+                         worker.id, trigger_id, f"worker {entry.registrant}" if entry.registrant else "the engine")
+                return
+            else:
+                log.warning("worker %s unregistered trigger %s registered by %s (honoured for compatibility)",
+                            worker.id, trigger_id, entry.registrant or "the engine")
+                self.registry.forget_replaced_triggers(trigger_id=trigger_id)
+                await self._deactivate_held(entry)
 
     async def _withdraw_trigger(self, entry: TriggerEntry) -> None:
         """``entry``'s registrant takes it back (or is gone): the registration of its id it replaced, if any, comes
         back (E12)."""
-        await self._deactivate(entry)
+        async with self._trigger_ids.hold(entry.id):
+            await self._withdraw_held(entry)
+
+    async def _withdraw_held(self, entry: TriggerEntry) -> None:
+        """:meth:`_withdraw_trigger` with the id held: the replaced registration comes back before anything else
+        of the id runs. An ``entry`` another registration replaced while this waited for the id is only forgotten
+        (E12), its type untouched: the type holds the replacement under that id."""
+        if self.registry.find_trigger(entry.id) is not entry:
+            self.registry.drop_replaced_trigger(entry.id, entry.registrant)
+            return
+        await self._deactivate_held(entry)
         restored = self.registry.restore_trigger(entry.id)
         if restored is not None:
             log.info("trigger %s of %s is back: the one of worker %s that replaced it is gone", entry.id,
                      f"worker {restored.registrant}" if restored.registrant else "the engine", entry.registrant)
-            await self._bind_trigger(restored)
+            await self._bind_held(restored)  # each round takes one kept registration: it ends
 
-    async def _deactivate(self, entry: TriggerEntry) -> None:
-        was_active = entry.id in self.registry.triggers
+    async def _deactivate_held(self, entry: TriggerEntry) -> None:
+        """Take ``entry``, its id's current trigger, from the registry and from its type (with the id held)."""
+        was_active = self.registry.triggers.get(entry.id) is entry
         self.registry.discard_trigger(entry.id)
         if was_active:  # a pending trigger never reached its type
             await self._unregister_from_type(entry)
