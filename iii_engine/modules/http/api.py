@@ -10,8 +10,10 @@ is written to ``request_body`` and closed at once for every request (M6).
 ``default_timeout`` bounds the wait for the response to start (the function's result or the first body chunk);
 once a streamed body has started it runs until the handler closes its writer, unless the function fails (the
 connection is cut: the client sees an incomplete body), returns a result (its writer then has ``RESULT_GRACE_S``
-without a chunk to finish), the client leaves (the request ends at once, the writer hears 4002) or stops reading
-for ``send_timeout`` (cut). See :class:`_StreamWatch`.
+without a chunk to finish), returns null and its writer stays silent for ``default_timeout`` (cut), the client
+leaves (the request ends at once, the writer hears 4002) or stops reading for ``send_timeout`` (cut; the body's last
+bytes included). See :class:`_StreamWatch`. A complete request is answered even when its client half-closed the
+connection after it (see :class:`_Connection`).
 
 Every request body is received whole before the handler runs and before the request takes a concurrency slot,
 so a client that sends headers and then nothing (or trickles) holds no slot: it gets 408 after
@@ -54,6 +56,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import socket
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, TypeVar
@@ -114,6 +117,10 @@ class _ClientErrors(logging.Filter):
 # Set on a body error _receive answered (400) and logged: aiohttp meets the same error again when it reads the rest of
 # the body after the response, and _ClientErrors drops that record.
 _ANSWERED = "_iii_answered"
+# What a half-closed connection is sent before its answer (see _Connection): an interim response any HTTP/1.1 client
+# skips, to which a client that closed its socket (not just its side) answers with a reset.
+_PROBE = b"HTTP/1.1 100 Continue\r\n\r\n"
+PROBE_WAIT_S = 1.0
 # aiohttp's own server messages, under ours; requests it cannot parse are one INFO line (see _ClientErrors)
 _server_log = logging.getLogger(f"{__name__}.server")
 _server_log.addFilter(_ClientErrors())
@@ -159,35 +166,79 @@ class _Refusal(asyncio.Protocol):
 
 
 class _Connection(web.RequestHandler):
-    """aiohttp's handler of one client connection, answering a client that half-closes it (``shutdown(SHUT_WR)``)
-    before its request body ended: the body fails (400, see ``_receive``) and the answer goes out before the
-    connection closes.
+    """aiohttp's handler of one client connection, answering a client that half-closes it (``shutdown(SHUT_WR)``).
+
+    Before its request body ended: the body fails (400, see ``_receive``) and the answer goes out before the
+    connection closes. After a complete request whose answer has not started (HTTP/1.1 allows a client to end its
+    side once it sent everything; ``nc -N`` does): the request is answered as usual, then the connection closes
+    (pipelined requests included). An end of input cannot tell a half-close from a client that left, so the engine
+    first sends an interim ``100 Continue`` (:data:`_PROBE`; HTTP/1.1 lets a server send it unasked and clients skip
+    it): a client that closed its socket answers it with a reset, looked for at once and after
+    :data:`PROBE_WAIT_S`, and is then treated as gone (a request waiting for a slot is not invoked, see
+    ``RestApiModule._handle``). An HTTP/1.0 request, to which no 1xx may go, is answered
+    without the probe.
 
     Why: aiohttp lets the transport close at the client's end of input, so such a client got its connection closed
-    and no answer at all. Only while a body is still coming: an end of input at any other time closes the
-    connection as before (a client gone during a streamed response must be seen gone at once, see
-    :class:`_StreamWatch`).
+    and no answer at all (measured: ``b''`` at once, the handler never invoked). At any other time an end of input
+    closes the connection as before: an idle keep-alive connection, and a client gone during a streamed response,
+    which must be seen gone at once (see :class:`_StreamWatch`).
     """
 
-    __slots__ = ("body",)
+    __slots__ = ("body", "request")
 
     def __init__(self, manager: web.Server, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         # The body of the latest request (set by _BoundedServer as it makes the request, before its handler runs)
         self.body: StreamReader | None = None
+        # The latest request (set with body): its answer has not started while its writer wrote nothing
+        self.request: web.BaseRequest | None = None
 
     def eof_received(self) -> bool:  # type: ignore[override]  # asyncio.Protocol: True keeps the transport open
         bodies = [payload for _, payload in self._messages]  # pipelined requests not yet begun
         if self.body is not None:
             bodies.append(self.body)
         cut = [body for body in bodies if not body.is_eof()]
-        if not cut:
-            return False
-        for body in cut:
-            body.set_exception(RequestPayloadError("the client closed its side of the connection before the body "
-                                                   "ended"))
-        self.close()  # nothing more can come from this client: close once the answer is out
+        if cut:
+            for body in cut:
+                body.set_exception(RequestPayloadError("the client closed its side of the connection before the "
+                                                       "body ended"))
+            self.close()  # nothing more can come from this client: close once the answer is out
+            return True
+        request = self.request
+        unanswered = request is not None and request.writer.output_size == 0
+        if not unanswered and not self._messages:
+            return False  # idle, or during an answer: the client left
+        if self._messages:  # requests read but not begun: answer them all, then close after the last
+            message, payload = self._messages[-1]
+            if isinstance(message, RawRequestMessage):
+                self._messages[-1] = (message._replace(should_close=True), payload)
+        else:
+            self.close()
+        # The probe goes first only while no byte of an answer is on the way: never into the middle of a response
+        if request is not None and unanswered:
+            version = request.version
+        elif request is None and isinstance(self._messages[0][0], RawRequestMessage):
+            version = self._messages[0][0].version
+        else:
+            return True
+        if version >= HttpVersion11 and self.transport is not None:
+            self.transport.write(_PROBE)
+            # The transport no longer reads, so nothing would notice the reset: look for it (on loopback it came
+            # before the next loop pass; a network's round trip, under PROBE_WAIT_S)
+            loop = asyncio.get_running_loop()
+            loop.call_soon(self._probed)
+            loop.call_later(PROBE_WAIT_S, self._probed)
         return True
+
+    def _probed(self) -> None:
+        """A client that closed its socket answered the probe with a reset: its error is pending on ours."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        sock = transport.get_extra_info("socket")
+        with contextlib.suppress(OSError):
+            if sock is not None and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                transport.abort()  # the client is gone: as if the transport had seen it
 
 
 class _BoundedServer(web.Server):
@@ -223,9 +274,10 @@ class _BoundedServer(web.Server):
 
     def _make_request(self, message: RawRequestMessage, payload: StreamReader, protocol: web.RequestHandler,
                       writer: AbstractStreamWriter, task: asyncio.Task[None]) -> web.BaseRequest:
+        request = super()._make_request(message, payload, protocol, writer, task)
         if isinstance(protocol, _Connection):
-            protocol.body = payload
-        return super()._make_request(message, payload, protocol, writer, task)
+            protocol.body, protocol.request = payload, request
+        return request
 
     def connection_lost(self, handler: web.RequestHandler, exc: BaseException | None = None) -> None:
         self.open_connections -= 1
@@ -559,29 +611,72 @@ async def _send(response: web.StreamResponse, writer: AbstractStreamWriter, prot
     await writer.write(data, drain=False)
     if not protocol.writing_paused:
         return True
-    draining = asyncio.ensure_future(writer.drain())
+    return await _taken(asyncio.ensure_future(writer.drain()), transport, patience)
+
+
+async def _taken(waiting: asyncio.Future[Any], transport: asyncio.Transport, patience: float) -> bool:
+    """Wait for ``waiting`` (a write's wait for the client) while the client takes bytes; False once it took nothing
+    for ``patience`` (the bytes still unsent did not go down). ``waiting`` is cancelled if not done by then."""
     before = unsent(transport)
     try:
         while True:
-            done, _ = await asyncio.wait((draining,), timeout=patience)
+            done, _ = await asyncio.wait((waiting,), timeout=patience)
             if done:
-                draining.result()
+                waiting.result()
                 return True
             now = unsent(transport)
             if now >= before:
                 return False
             before = now
     finally:
-        draining.cancel()  # done: no effect; else the response is cut or the request cancelled
+        waiting.cancel()  # done: no effect; else the response is cut or the request cancelled
+
+
+async def _end_body(response: web.StreamResponse, writer: AbstractStreamWriter, transport: asyncio.Transport | None,
+                    patience: float) -> bool:
+    """End a streamed body (``write_eof``) and wait until the connection's buffer took its last bytes, on the rule of
+    :func:`_send`; False once the client took nothing for ``patience``.
+
+    Why: the body's last bytes (and its terminating chunk) could sit in the connection's buffer for good when the
+    client stopped reading right at the end; aiohttp's close of the connection then waits for them with no bound,
+    so the connection and its descriptor stayed taken (counted against ``max_connections``) forever."""
+    if transport is None or not isinstance(writer, StreamWriter):
+        try:
+            async with asyncio.timeout(patience):
+                await response.write_eof()
+        except TimeoutError:
+            return False
+        return True
+    if not await _taken(asyncio.ensure_future(response.write_eof()), transport, patience):
+        return False
+    if not transport.get_write_buffer_size():
+        return True  # the usual case: all of it in the kernel's hands, whose own timers bound the rest
+    # A high-water mark of 0 pauses the connection's writing until its buffer is empty: its drain waits for exactly
+    # that. The marks are put back after, for a next request on the connection.
+    low, high = transport.get_write_buffer_limits()
+    transport.set_write_buffer_limits(high=0)
+    try:
+        return await _taken(asyncio.ensure_future(writer.drain()), transport, patience)
+    finally:
+        if not transport.is_closing():
+            transport.set_write_buffer_limits(high=high, low=low)
 
 
 class _StreamWatch:
     """What ends a streamed response besides its handler's writer: the function failing, the function returning a
-    result (its writer then has :data:`RESULT_GRACE_S` of silence to finish), or the client leaving.
+    result (its writer then has :data:`RESULT_GRACE_S` of silence to finish), the function returning null while its
+    writer stays silent (``idle``, the module's ``default_timeout``), or the client leaving.
 
-    The grace counts only time the stream's loop waits for the writer's next chunk: while a write waits for the
-    client to take bytes (:attr:`writing`; ``send_timeout`` bounds that) the writer is not silent, and once it closed
-    the loop never waits for it again (the channel's remaining chunks come at once) however slowly the client reads.
+    The grace and the idle bound count only time the stream's loop waits for the writer's next chunk: while a write
+    waits for the client to take bytes (:attr:`writing`; ``send_timeout`` bounds that) the writer is not silent, and
+    once it closed the loop never waits for it again (the channel's remaining chunks come at once) however slowly the
+    client reads. Both are checked at intervals of their length, so a silent writer is cut after one to two of them.
+
+    Why bound a null result's writer: the writer's owner is the function, which has returned; a handler that returns
+    without closing its writer left the response open until the SDK's writer object was garbage-collected (at once
+    when nothing refers to it, minutes or never once it sits in a reference cycle) or its worker went, holding the
+    client and a request slot all along. An SSE feed that returns null keeps its stream by sending something (a
+    comment line) at least every ``default_timeout``; one whose function does not return is not bounded.
 
     Each aborts the response channel's reader end (the request's task, waiting for the next chunk, wakes with
     :class:`ChannelAborted`, and the writer hears its reader left, 4002) and records why; failures also cut the
@@ -589,13 +684,15 @@ class _StreamWatch:
     task raced per chunk: the stream's loop pays one attribute store per chunk (:attr:`sent`).
     """
 
-    __slots__ = ("_ended", "_function_id", "_grace", "_seen", "level", "reader", "sent", "transport", "why",
+    __slots__ = ("_ended", "_function_id", "_grace", "_idle", "_seen", "level", "reader", "sent", "transport", "why",
                  "writing")
 
-    def __init__(self, reader: ResponseChannel, transport: asyncio.Transport | None, function_id: str) -> None:
+    def __init__(self, reader: ResponseChannel, transport: asyncio.Transport | None, function_id: str,
+                 idle: float) -> None:
         self.reader = reader
         self.transport = transport
         self._function_id = function_id
+        self._idle = idle
         self.sent = 0  # body bytes handed to the client's connection (the stream's loop keeps it current)
         self.writing = False  # the stream's loop waits for the client to take a chunk (a timed write)
         self.why: str | None = None
@@ -606,7 +703,8 @@ class _StreamWatch:
 
     def outcome_done(self, outcome: asyncio.Future[tuple[Any, Any]]) -> None:
         """The function's outcome came while its response streams: an error cuts the response, a result gives the
-        writer a grace to finish, a null result (a streaming handler's usual return) changes nothing."""
+        writer a grace to finish, a null result (a streaming handler's usual return) leaves the stream to a writer
+        that keeps sending."""
         result, error = _outcome(outcome, self._function_id)
         if error is not None:
             if isinstance(error, Mapping):
@@ -617,19 +715,20 @@ class _StreamWatch:
                 error = error.get("message", "")
             self._stop(f"the function failed after its streamed response started: {' '.join(str(error).split())[:300]}",
                        logging.WARNING, cut=True)
-        elif result is not None and self._grace is None:
-            self._after_result()
+        elif self._grace is None:
+            self._silent(RESULT_GRACE_S if result is not None else self._idle, result is not None)
 
-    def _after_result(self) -> None:
+    def _silent(self, bound: float, result: bool) -> None:
         # Only a loop that waited for the writer's next chunk all along, none handed on since the last look, means
         # a silent writer. Counting the client's bytes taken instead cut a download to a 200 KiB/s client after
         # 4.3 MB (the kernel's buffer drains in steps: the connection's buffer sat still for 2 s).
         if self.writing or self.sent != self._seen:
             self._seen = self.sent
-            self._grace = asyncio.get_running_loop().call_later(RESULT_GRACE_S, self._after_result)
+            self._grace = asyncio.get_running_loop().call_later(bound, self._silent, bound, result)
             return
-        self._stop(f"the function returned a result after its streamed response started and its writer sent "
-                   f"nothing more for {RESULT_GRACE_S:g} s", logging.WARNING, cut=True)
+        returned = "a result" if result else "null"
+        self._stop(f"the function returned {returned} after its streamed response started and its writer sent "
+                   f"nothing more for {bound:g} s", logging.WARNING, cut=True)
 
     def connection_lost(self) -> None:
         """The client's connection closed (see :class:`_BoundedServer`)."""
@@ -1178,8 +1277,10 @@ class RestApiModule(EngineModule):
         response rather than a silently truncated one, or one it waits for until the connection times out.
 
         The function failing meanwhile cuts it too, a result it returns gives its writer :data:`RESULT_GRACE_S`
-        without a chunk to finish, and a client that leaves frees the request at once, its handler's writer told
-        the reader left (4002): see :class:`_StreamWatch`."""
+        without a chunk to finish, a null result leaves it ``default_timeout`` of silence at a time, and a client
+        that leaves frees the request at once, its handler's writer told the reader left (4002): see
+        :class:`_StreamWatch`. The body's end waits for the client to take its last bytes, within ``send_timeout``
+        (:func:`_end_body`)."""
         headers = {k: v for k, v in reader.headers.items() if k.lower() not in _STREAM_HEADER_SKIP}
         problem = head_problem(reader.status, headers)
         declared: int | None = None
@@ -1208,7 +1309,7 @@ class RestApiModule(EngineModule):
         # with no bound. The first write carries the response head too: always timed.
         room = -1
         high = transport.get_write_buffer_limits()[1] - _CHUNK_FRAMING if transport is not None else -1
-        watch = _StreamWatch(reader, transport, function_id)
+        watch = _StreamWatch(reader, transport, function_id, self.settings.default_timeout_ms / 1000)
         outcome.add_done_callback(watch.outcome_done)
         lost = self._server.on_lost if self._server is not None else {}
         protocol = request.protocol
@@ -1241,7 +1342,16 @@ class RestApiModule(EngineModule):
             if declared is not None and sent < declared:
                 return self._cut(request, response, f"the handler closed its body after {sent} of the {declared} "
                                                     f"bytes its Content-Length states")
-            await response.write_eof()
+            watch.writing = True  # the writer closed: a wait for the client from here on is not its silence
+            if not await _end_body(response, writer, transport, send_timeout):
+                # Everything was handed to the connection; the client stopped reading at its end: nobody at fault
+                # here, the one line says why the connection went.
+                log.info("HTTP %s %s: the client read nothing of the response's last bytes for %d ms (send_timeout) "
+                         "(%d bytes sent); connection cut", request.method, request.path,
+                         self.settings.send_timeout_ms, sent)
+                if transport is not None:
+                    transport.abort()
+                return response
         except ChannelAborted as exc:
             if watch.why is not None:
                 log.log(watch.level, "HTTP %s %s: %s (%d bytes sent); response ended", request.method, request.path,
