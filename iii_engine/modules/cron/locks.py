@@ -94,7 +94,8 @@ class KvCronLock:
 
 
 class RedisCronLock:
-    """Lock shared by every engine using the same Redis: key ``<prefix>cron_lock:<trigger id>``.
+    """Lock shared by every engine using the same Redis: key ``<prefix>cron_lock:<lock key>`` (the trigger id, or
+    its config's ``lock_key``: see :func:`~iii_engine.modules.cron.module.lock_key_of`).
 
     Example:
         >>> lock = RedisCronLock("redis://127.0.0.1:6379/0", key_prefix="test:")  # doctest: +SKIP

@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 # of every trigger: a traceback per tick before)
 LOCK_FAILURE_LOG_INTERVAL_S = 10.0
 
+#: longest ``lock_key`` a cron trigger config may name (it is part of a Redis key, sent with every tick)
+MAX_LOCK_KEY_CHARS: Final = 1024
+
 _CLOCK_BACK_S: Final = 1.0
 """Seconds still left before a tick after sleeping all of them: past this, the wall clock was set back."""
 
@@ -74,6 +77,35 @@ def parse_trigger_expression(config: Any) -> CronExpression:
     except CronSyntaxError as exc:
         raise EngineError("invalid_cron_expression",
                           f"Invalid cron expression {expression!r:.100}: {exc}") from exc
+
+
+def lock_key_of(trigger: TriggerInfo) -> str:
+    """What the lock of ``trigger``'s ticks is keyed by: its config's ``lock_key`` (ours), else its id, as in
+    production. Engines sharing a lock store fire a tick once only among triggers with the same key: the SDK gives
+    each ``register_trigger`` a fresh id, so replicas of one worker share a lock only through a ``lock_key``.
+
+    Raises:
+        EngineError: ``invalid_trigger_config`` naming the field: ``lock_key`` empty or over 1,024 characters (its
+            type is checked by :func:`~iii_engine.modules.trigger_set.check_trigger_config`).
+
+    Example:
+        >>> lock_key_of(TriggerInfo(id="t1", trigger_type="cron", function_id="f",
+        ...                         config={"expression": "* * * * * *", "lock_key": "nightly-report"}))
+        'nightly-report'
+        >>> lock_key_of(TriggerInfo(id="t1", trigger_type="cron", function_id="f", config={"lock_key": ""}))
+        Traceback (most recent call last):
+        ...
+        iii_engine.modules.base.EngineError: invalid_trigger_config: cron trigger t1: 'lock_key' must not be empty
+    """
+    key = trigger.config.get("lock_key") if isinstance(trigger.config, dict) else None
+    if not isinstance(key, str):
+        return trigger.id
+    if not key:
+        raise EngineError("invalid_trigger_config", f"cron trigger {trigger.id}: 'lock_key' must not be empty")
+    if len(key) > MAX_LOCK_KEY_CHARS:
+        raise EngineError("invalid_trigger_config", f"cron trigger {trigger.id}: 'lock_key' is {len(key)} "
+                          f"characters long, at most {MAX_LOCK_KEY_CHARS}: {key!r:.100}")
+    return key
 
 
 class CronModule(EngineModule):
@@ -120,10 +152,11 @@ class CronModule(EngineModule):
             self._lock = None
 
     async def register(self, trigger: TriggerInfo) -> None:
-        """Start the schedule; a missing or malformed expression, or a condition that is not a string, rejects
-        the trigger."""
-        check_trigger_config(trigger, "cron trigger", ("condition_function_id",))
+        """Start the schedule; a missing or malformed expression, a condition that is not a string, or a bad
+        ``lock_key`` (:func:`lock_key_of`) rejects the trigger."""
+        check_trigger_config(trigger, "cron trigger", ("condition_function_id", "lock_key"))
         expression = parse_trigger_expression(trigger.config)
+        lock_key_of(trigger)  # refused at register, not at its first tick
         # Replaced before waiting for the old schedule to end: a register of the same id arriving meanwhile
         # stored its schedule, which this one then overwrote and nothing could cancel (it fired for good).
         old = self._schedules.pop(trigger.id, None)
@@ -206,7 +239,7 @@ class CronModule(EngineModule):
         if lock is None:
             return False
         try:
-            if not await lock.try_fire(trigger.id, int(tick.timestamp() * 1000)):
+            if not await lock.try_fire(lock_key_of(trigger), int(tick.timestamp() * 1000)):
                 return False
         except Exception as exc:
             self.lock_failures += 1

@@ -1,0 +1,96 @@
+"""A cron trigger's ``lock_key`` (ours): replicas of one SDK worker on engines sharing Redis fire each tick once.
+
+The lock is keyed by trigger id (production's behaviour, kept as the default), and the SDK gives every
+``register_trigger`` a fresh uuid, so the same worker code on two engines sharing RedisCronAdapter fired every
+tick twice ([2, 2, 2, 2] over 4 ticks). A ``lock_key`` in the config keys the lock instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import Counter
+from datetime import datetime
+from typing import Any
+
+import pytest
+from module_worker import ModuleWorker
+from test_cron_engine import engine_with
+from test_engine_attack_cron import trigger_ids
+
+from iii import III
+from tests.polling import until
+from tests.services import require_redis
+
+pytestmark = [pytest.mark.timeout(30), pytest.mark.our_engine("configures the cron module's lock adapters")]
+
+
+Firing = tuple[str, float]  # (which handler, the tick's scheduled time)
+
+
+def handler(kind: str, got: asyncio.Queue[Firing]) -> Any:
+    async def tick(data: Any) -> None:
+        await got.put((kind, datetime.fromisoformat(data["scheduled_time"]).timestamp()))
+    return tick
+
+
+async def firings_per_tick(got: asyncio.Queue[Firing], after: float, kinds: tuple[str, ...]) -> list[list[int]]:
+    """Per kind, how many times each of the first three ticks after ``after`` fired (collected until a fourth
+    tick began: the three before it are complete)."""
+    firings: Counter[Firing] = Counter()
+    while len({t for _, t in firings if t > after}) < 4:
+        firings[await asyncio.wait_for(got.get(), 5)] += 1
+    ticks = sorted({t for _, t in firings if t > after})[:3]
+    return [[firings[kind, t] for t in ticks] for kind in kinds]
+
+
+@pytest.mark.redis
+async def test_sdk_replicas_on_two_engines_fire_each_tick_once_with_a_shared_lock_key() -> None:
+    settings = {"adapter": {"class": "modules::cron::RedisCronAdapter",
+                            "config": {"redis_url": require_redis(), "key_prefix": f"lock-key-{uuid.uuid4()}:"}}}
+    got: asyncio.Queue[Firing] = asyncio.Queue()
+    async with engine_with(settings) as one, engine_with(settings) as two:
+        clients = [III(one.url), III(two.url)]
+        try:
+            for client in clients:  # the same worker code on each engine: the SDK makes each trigger id a uuid
+                await client.connect_async()
+                client.register_function("app::shared", handler("shared", got))
+                client.register_function("app::plain", handler("plain", got))
+                client.register_trigger({"type": "cron", "function_id": "app::shared",
+                                         "config": {"expression": "* * * * * *", "lock_key": "nightly-report"}})
+                client.register_trigger({"type": "cron", "function_id": "app::plain",
+                                         "config": {"expression": "* * * * * *"}})
+            crons: list[Any] = [one.module("cron"), two.module("cron")]
+            await until(lambda: all(len(cron._schedules) == 2 for cron in crons))
+            shared, plain = await firings_per_tick(got, time.time(), ("shared", "plain"))
+        finally:
+            for client in clients:
+                await client.shutdown_async()
+    # before: [2, 2, 2] for the shared one too (its lock_key ignored, each engine's trigger locked by its own uuid)
+    assert shared == [1, 1, 1]
+    # the default key is the trigger id: two registrations through the SDK never share a lock
+    assert plain == [2, 2, 2]
+
+
+async def test_triggers_sharing_a_lock_key_share_one_lock_and_bad_keys_are_refused(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="iii_engine")
+    got: asyncio.Queue[Firing] = asyncio.Queue()
+    async with engine_with({}) as engine, ModuleWorker(engine.url) as worker:
+        await worker.function("lk::a", handler("a", got))
+        await worker.function("lk::b", handler("b", got))
+        for trigger_id, lock_key in (("bad-type", 7), ("bad-empty", ""), ("bad-long", "k" * 1025),
+                                     ("a", "k" * 1024), ("b", "k" * 1024)):
+            await worker.trigger(trigger_id, "cron", f"lk::{trigger_id}" if len(trigger_id) == 1 else "lk::a",
+                                 {"expression": "* * * * * *", "lock_key": lock_key})
+        assert sorted(await trigger_ids(worker)) == ["a", "b"]
+        a, b = await firings_per_tick(got, time.time(), ("a", "b"))
+    # two unrelated triggers given one lock key share its lock: each tick fires one of them, the other loses it
+    assert [x + y for x, y in zip(a, b, strict=True)] == [1, 1, 1]
+    rejected = [r.getMessage() for r in caplog.records if "invalid_trigger_config" in r.getMessage()]
+    assert len(rejected) == 3, rejected
+    assert "cron trigger bad-type: 'lock_key' must be a string, got int 7" in rejected[0]
+    assert "cron trigger bad-empty: 'lock_key' must not be empty" in rejected[1]
+    assert "cron trigger bad-long: 'lock_key' is 1025 characters long, at most 1024" in rejected[2]
