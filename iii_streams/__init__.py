@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         StreamDataError,
         StreamError,
         StreamTimeoutError,
+        StreamTooLargeError,
         StreamUnavailableError,
         UpdateConflictError,
     )
@@ -60,6 +61,7 @@ __all__ = [
     "StreamGapError",
     "StreamLagError",
     "StreamTimeoutError",
+    "StreamTooLargeError",
     "StreamUnavailableError",
     "UpdateConflictError",
     "Watch",
@@ -71,7 +73,8 @@ __all__ = [
 _FROM = {"__version__": "iii._version", "DEFAULT_TIMEOUT": ".base", "Backend": ".base", "PoolExhaustedError": ".errors",
          "SchemaMissingError": ".errors", "StreamBackendError": ".errors", "StreamClosedError": ".errors",
          "StreamDataError": ".errors", "StreamError": ".errors", "StreamTimeoutError": ".errors",
-         "StreamUnavailableError": ".errors", "UpdateConflictError": ".errors", "EventFilter": ".events",
+         "StreamTooLargeError": ".errors", "StreamUnavailableError": ".errors", "UpdateConflictError": ".errors",
+         "EventFilter": ".events",
          "StreamEvent": ".events", "StreamGapError": ".events", "StreamLagError": ".events", "Watch": ".events",
          "MemoryStream": ".memory", "missing_extra": ".messages", "apply_ops": ".ops", "apply_update": ".ops",
          "open_stream": ".urls", "RedisStream": ".redis", "SQLStream": ".sql"}

@@ -40,7 +40,14 @@ from iii.stream_ops import Op, parse_ops
 from iii.wire import dumps
 
 from .deadlines import SharedDeadlines
-from .errors import StreamError, StreamTimeoutError, StreamUnavailableError, check_timeout
+from .errors import (
+    StreamError,
+    StreamTimeoutError,
+    StreamUnavailableError,
+    check_list_bytes,
+    check_timeout,
+    utf8_size,
+)
 from .events import EventFilter, StreamEvent, Watch
 
 __all__ = ["DEFAULT_TIMEOUT", "Backend", "FieldUpdates", "OperationGuard", "SetResult", "StoreDeadline",
@@ -256,11 +263,15 @@ class Backend(IStream[Any]):
         return await self.update(request)
 
 
-    async def list_text(self, input: StreamListInput) -> str:
+    async def list_text(self, input: StreamListInput, *, max_bytes: int | None = None) -> str:
         """What :meth:`list` returns, as one JSON array text. A store that keeps each item as JSON text (memory,
         SQL) joins those texts without decoding one (an engine's socket sync of a 50,000-item group spent 95 to
         300 ms of its event loop decoding the items and encoding them again); by default :meth:`list`'s answer,
         encoded.
+
+        ``max_bytes``: a text over that many UTF-8 bytes raises :class:`StreamTooLargeError` instead; the memory
+        and Redis stores find out before building it (an engine's ``state::list`` of a 150 MB scope built the
+        whole answer for each caller).
 
         Example:
             >>> import asyncio
@@ -274,7 +285,9 @@ class Backend(IStream[Any]):
             >>> asyncio.run(demo())
             '[{"id":"b"},{"id":"a"}]'
         """
-        return dumps(await self.list(input))
+        text = dumps(await self.list(input))
+        check_list_bytes(input, utf8_size(text), max_bytes)
+        return text
 
     @abstractmethod
     async def send(self, stream_name: str, group_id: str, id: str | None, type: str, data: Any) -> None:

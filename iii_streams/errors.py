@@ -10,6 +10,7 @@ the matching :class:`StreamError` subclass ``from`` it, so ``exc.__cause__`` is 
 - ``StreamTimeoutError``: an operation did not finish within its ``timeout`` (``applied`` tells a write's outcome)
 - ``StreamBackendError``: the backend refused the operation for another reason
 - ``StreamDataError``: a stored value is not JSON (written by something else)
+- ``StreamTooLargeError``: a group's items are more bytes of JSON than a read's ``max_bytes`` (``list_text``)
 - ``UpdateConflictError``: an optimistic update lost the race too many times in a row
 - ``SchemaMissingError``: the SQL database has no stream table yet
 - ``StreamClosedError``: the store was closed
@@ -43,11 +44,14 @@ __all__ = [
     "StreamDataError",
     "StreamError",
     "StreamTimeoutError",
+    "StreamTooLargeError",
     "StreamUnavailableError",
     "UpdateConflictError",
+    "check_list_bytes",
     "check_names",
     "check_text",
     "check_timeout",
+    "utf8_size",
 ]
 
 
@@ -86,6 +90,24 @@ class StreamDataError(StreamError, ValueError):
     """A stored value is not JSON (written by something else than a stream store)."""
 
 
+class StreamTooLargeError(StreamError, ValueError):
+    """A group's items are more bytes of JSON than a read's ``max_bytes`` allows (:meth:`Backend.list_text`); the
+    read gave up before building the whole text. ``size``: the UTF-8 bytes found (at least; a store that counts
+    characters before building says so), ``max_bytes``: the bound.
+
+    Example:
+        >>> exc = StreamTooLargeError("s", "g", 10, 4)
+        >>> str(exc), exc.size, exc.max_bytes
+        ("the items of group 'g' of stream 's' are 10 or more bytes of JSON, over the read's max_bytes (4)", 10, 4)
+    """
+
+    def __init__(self, stream_name: str, group_id: str, size: int, max_bytes: int) -> None:
+        super().__init__(f"the items of group {group_id!r} of stream {stream_name!r} are {size} or more bytes of "
+                         f"JSON, over the read's max_bytes ({max_bytes})")
+        self.size = size
+        self.max_bytes = max_bytes
+
+
 class UpdateConflictError(StreamError, RuntimeError):
     """An optimistic ``update`` lost the race more than its attempt limit allows, in a row."""
 
@@ -97,6 +119,33 @@ class SchemaMissingError(StreamError, RuntimeError):
 class StreamClosedError(StreamError, RuntimeError):
     """The store was closed (``aclose()``) before or while the operation ran; when its message says "while", a
     write may have been applied (the close cut the connection after the command was sent)."""
+
+
+def utf8_size(text: str) -> int:
+    """The UTF-8 bytes of ``text`` (ASCII, the common case, without encoding it).
+
+    Example:
+        >>> utf8_size("ab"), utf8_size("é")
+        (2, 2)
+    """
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def check_list_bytes(input: Any, size: int, max_bytes: int | None) -> None:
+    """:class:`StreamTooLargeError` when ``size`` bytes of a ``list_text`` of ``input`` (a ``StreamListInput``) are
+    over ``max_bytes`` (``None``: no bound).
+
+    Example:
+        >>> from iii.stream import StreamListInput
+        >>> check_list_bytes(StreamListInput(stream_name="s", group_id="g"), 4, 4)
+        >>> try:
+        ...     check_list_bytes(StreamListInput(stream_name="s", group_id="g"), 5, 4)
+        ... except StreamTooLargeError as exc:
+        ...     print(exc.size, exc.max_bytes)
+        5 4
+    """
+    if max_bytes is not None and size > max_bytes:
+        raise StreamTooLargeError(input.stream_name, input.group_id, size, max_bytes)
 
 
 def check_timeout(timeout: float | None, name: str = "timeout") -> float | None:

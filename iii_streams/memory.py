@@ -38,7 +38,7 @@ from iii.stream_ops import Op, apply_update
 from iii.wire import loads
 
 from .base import DEFAULT_TIMEOUT, FieldUpdates, SetResult, UpdateResult
-from .errors import check_names, check_timeout, json_text
+from .errors import check_list_bytes, check_names, check_timeout, json_text, utf8_size
 from .events import EventHub, StreamEvent, Subscription, Watch, check_queue_size, custom_event, make_event
 
 __all__ = ["MemoryStream"]
@@ -163,8 +163,9 @@ class MemoryStream(FieldUpdates):
         group = self._streams.get(input.stream_name, {}).get(input.group_id, {})
         return [loads(text) for text in group.values()]
 
-    async def list_text(self, input: StreamListInput) -> str:
-        """:meth:`list` as one JSON array text: the stored texts joined, none decoded.
+    async def list_text(self, input: StreamListInput, *, max_bytes: int | None = None) -> str:
+        """:meth:`list` as one JSON array text: the stored texts joined, none decoded. Over ``max_bytes``:
+        :class:`~iii_streams.errors.StreamTooLargeError`, known from the texts' lengths before any is joined.
 
         Example:
             >>> import asyncio
@@ -176,7 +177,13 @@ class MemoryStream(FieldUpdates):
             '[{"n":1180591620717411303424}]'
         """
         check_names(input.stream_name, input.group_id)
-        return f"[{','.join(self._streams.get(input.stream_name, {}).get(input.group_id, {}).values())}]"
+        texts = self._streams.get(input.stream_name, {}).get(input.group_id, {}).values()
+        if max_bytes is not None:  # characters first (at most the bytes): no copy of a group far over the bound
+            check_list_bytes(input, sum(map(len, texts)) + len(texts) + 1, max_bytes)
+        text = f"[{','.join(texts)}]"
+        if max_bytes is not None:
+            check_list_bytes(input, utf8_size(text), max_bytes)
+        return text
 
     async def list_groups(self, input: StreamListGroupsInput, *, timeout: float | None = None) -> builtins.list[str]:
         """Every non-empty group of a stream, in insertion order.

@@ -79,7 +79,7 @@ from iii.stream import (
     StreamUpdateResult,
 )
 from iii.stream_ops import Op, apply_update
-from iii.wire import loads
+from iii.wire import dumps, loads
 
 from .base import DEFAULT_TIMEOUT, FieldUpdates, SetResult, UpdateResult, WriteProgress
 from .batching import KeyedBatcher
@@ -92,11 +92,14 @@ from .errors import (
     StreamDataError,
     StreamError,
     StreamTimeoutError,
+    StreamTooLargeError,
     StreamUnavailableError,
     UpdateConflictError,
+    check_list_bytes,
     check_names,
     check_timeout,
     json_text,
+    utf8_size,
 )
 from .events import (
     StreamEvent,
@@ -123,6 +126,7 @@ __all__ = [
     "RedisStream",
     "StreamDataError",
     "StreamGapError",
+    "StreamTooLargeError",
     "UpdateConflictError",
     "check_reachable",
     "redis_address",
@@ -133,6 +137,16 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 EVENTS_CHANNEL: Final = "stream::events"
+
+# A group's values (HVALS) only when their bytes, with the array's brackets and commas, are at most ARGV[1];
+# otherwise that byte count. Summed in Redis (HSTRLEN): a group far over the bound is never sent to be refused.
+_BOUNDED_HVALS_SCRIPT: Final = """
+local fields = redis.call('HKEYS', KEYS[1])
+local total = #fields + 1
+for i = 1, #fields do total = total + redis.call('HSTRLEN', KEYS[1], fields[i]) end
+if total > tonumber(ARGV[1]) then return total end
+return redis.call('HVALS', KEYS[1])
+"""
 
 # Old value read, new value written and the change event published in one atomic step; the event text is
 # assembled server-side so the value is encoded once.
@@ -1238,6 +1252,37 @@ class RedisStream(FieldUpdates):
         async with self._guard("list", timeout):
             values: Sequence[bytes | str] = await self._client.hvals(key)
         return [self._parse(raw, key, "<hvals>") for raw in values]
+
+    async def list_text(self, input: StreamListInput, *, max_bytes: int | None = None) -> str:
+        """:meth:`list` as one JSON array text; with ``max_bytes``, the values' size is summed in Redis first and a
+        group over it raises :class:`~iii_streams.errors.StreamTooLargeError` without being read.
+
+        Example:
+            >>> import asyncio, fakeredis
+            >>> async def demo() -> Any:
+            ...     async with RedisStream(fakeredis.FakeAsyncRedis()) as s:
+            ...         await s.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data="abcdef"))
+            ...         small = await s.list_text(StreamListInput(stream_name="s", group_id="g"), max_bytes=10)
+            ...         try:
+            ...             await s.list_text(StreamListInput(stream_name="s", group_id="g"), max_bytes=9)
+            ...         except StreamTooLargeError as exc:
+            ...             return small, exc.size
+            >>> asyncio.run(demo())
+            ('["abcdef"]', 10)
+        """
+        if max_bytes is None:
+            return await super().list_text(input)
+        check_names(input.stream_name, input.group_id)
+        key = self.layout.key(input.stream_name, input.group_id)
+        async with self._guard("list", None):
+            reply: int | Sequence[bytes | str] = await self._client.eval(_BOUNDED_HVALS_SCRIPT, 1, key, max_bytes)
+        if isinstance(reply, int):
+            check_list_bytes(input, reply, max_bytes)
+            reply = ()
+        # decoded and encoded again (a stored text is checked as JSON, as list() does): at most max_bytes of it
+        text = dumps([self._parse(raw, key, "<hvals>") for raw in reply])
+        check_list_bytes(input, utf8_size(text), max_bytes)
+        return text
 
     async def list_groups(
         self, input: StreamListGroupsInput, *, timeout: float | None = None

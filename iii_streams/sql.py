@@ -125,9 +125,11 @@ from .errors import (
     StreamError,
     StreamTimeoutError,
     StreamUnavailableError,
+    check_list_bytes,
     check_names,
     check_timeout,
     json_text,
+    utf8_size,
 )
 from .events import (
     EventHub,
@@ -1972,8 +1974,9 @@ class SQLStream(FieldUpdates):
         """
         return [loads(text) for text in await self._group_texts(input, timeout)]
 
-    async def list_text(self, input: StreamListInput) -> str:
-        """:meth:`list` as one JSON array text: the stored texts joined, none decoded.
+    async def list_text(self, input: StreamListInput, *, max_bytes: int | None = None) -> str:
+        """:meth:`list` as one JSON array text: the stored texts joined, none decoded. Over ``max_bytes``:
+        :class:`~iii_streams.errors.StreamTooLargeError`, known from the texts read before they are joined.
 
         Example:
             >>> import asyncio
@@ -1984,7 +1987,10 @@ class SQLStream(FieldUpdates):
             >>> asyncio.run(demo())
             '[{"n":1}]'
         """
-        return f"[{','.join(await self._group_texts(input, None))}]"
+        texts = await self._group_texts(input, None)
+        if max_bytes is not None:
+            check_list_bytes(input, sum(map(utf8_size, texts)) + len(texts) + 1, max_bytes)
+        return f"[{','.join(texts)}]"
 
     async def _group_texts(self, input: StreamListInput, timeout: float | None) -> Sequence[str]:
         """The stored JSON texts of a group's items, in the order the items were created."""
