@@ -39,8 +39,10 @@ from iii.stream import (
 from iii.stream_ops import Op, parse_ops
 from iii.wire import dumps
 
+from .close_once import CloseOnce
 from .deadlines import SharedDeadlines
 from .errors import (
+    StreamClosedError,
     StreamError,
     StreamTimeoutError,
     StreamUnavailableError,
@@ -225,6 +227,8 @@ class Backend(IStream[Any]):
     publish_events: bool = True
     timeout: float | None = DEFAULT_TIMEOUT
     _deadlines: SharedDeadlines | None = None  # set per store at its first bounded operation
+    # a store with connections to release sets it: once its close began, an operation is refused at its start
+    _close_once: CloseOnce | None = None
     atomic_updates: ClassVar[bool] = True
     """``update`` is atomic by itself (across processes too), so callers need no lock of their own around it;
     a caller-side per-item lock would only keep concurrent updates from sharing one transaction."""
@@ -389,7 +393,15 @@ class Backend(IStream[Any]):
         return self.timeout if timeout is None else check_timeout(timeout)
 
     def _guard(self, operation: str, timeout: float | None) -> OperationGuard:
-        """``async with self._guard("get", timeout):`` bounds the body and wraps backend exceptions."""
+        """``async with self._guard("get", timeout):`` bounds the body and wraps backend exceptions; refuses with
+        :class:`~iii_streams.errors.StreamClosedError` once the store's close began (nothing was applied).
+
+        Why: redis-py's pool connects again after its close, so a ``RedisStream`` went on serving after ``aclose()``
+        and left connections nobody closed (20 writes after the close opened 20 again; a second close kept them).
+        """
+        closing = self._close_once
+        if closing is not None and closing.closing:
+            raise StreamClosedError(f"{type(self).__name__}.{operation}: the store is closed; nothing was applied")
         if timeout is None and self.timeout is not None:
             # the store's own limit: every such call shares one timer (iii_streams.deadlines)
             return OperationGuard(self, operation, self.timeout, self._shared_deadlines(self.timeout))

@@ -33,6 +33,7 @@ import math
 from typing import Any
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
+from iii.errors import PicklesByState
 from iii.protocol.codec import UnpairedSurrogateError
 from iii.wire import dumps
 
@@ -90,7 +91,7 @@ class StreamDataError(StreamError, ValueError):
     """A stored value is not JSON (written by something else than a stream store)."""
 
 
-class StreamTooLargeError(StreamError, ValueError):
+class StreamTooLargeError(PicklesByState, StreamError, ValueError):
     """A group's items are more bytes of JSON than a read's ``max_bytes`` allows (:meth:`Backend.list_text`); the
     read gave up before building the whole text. ``size``: the UTF-8 bytes found (at least; a store that counts
     characters before building says so), ``max_bytes``: the bound.

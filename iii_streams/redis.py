@@ -1075,7 +1075,7 @@ class RedisStream(FieldUpdates):
         self._loaded: set[str] = set()  # scripts this store loaded (SCRIPT LOAD) before its first EVALSHA of them
         self._updates: KeyedBatcher[str, _Update, StreamUpdateResult[Any]] = KeyedBatcher(
             self._update_batch, name="RedisStream updates", max_batch=_MAX_BATCH)
-        self._close_once = CloseOnce()
+        self._close_once: CloseOnce = CloseOnce()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStream:

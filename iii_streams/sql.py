@@ -1120,7 +1120,7 @@ class SQLStream(FieldUpdates):
         self._slow: dict[bytes, float] = {}  # item key -> loop time until which its writes skip the shared queue
         self._writes: KeyedBatcher[bytes, _Write, tuple[Any, Any]] = KeyedBatcher(
             self._write_batch, name="SQLStream writes", max_batch=_MAX_BATCH)
-        self._close_once = CloseOnce()
+        self._close_once: CloseOnce = CloseOnce()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> SQLStream:
