@@ -45,8 +45,8 @@ from iii.protocol.worker_session import (
     clip_text,
     read_frame,
 )
+from iii.ws_fastpath import drain_or_close, has_unread, send_server_frame, write_frame_now
 from iii.ws_fastpath import flush as flush_frames
-from iii.ws_fastpath import send_server_frame
 from iii_streams.deadlines import finish_within, let_go
 from iii_streams.messages import error_line
 
@@ -81,13 +81,17 @@ from .modules.base import (
     TriggerTypeHandler,
 )
 from .modules.catalogue import WORKER_MODULE, ModuleUnavailable, default_specs, resolve
-from .modules.stream.locks import KeyedLocks
 from .registry import FunctionEntry, Registry, TriggerEntry, TriggerTypeEntry
 from .server import Listener
 from .settings import ConfigError
 from .workers import OVERFLOW_CLOSE_CODE, Outbox, WorkerConnection, frame_bytes
 
 log = logging.getLogger(__name__)
+
+
+def _registrant(entry: TriggerEntry) -> str:
+    """Who registered ``entry``, for log lines."""
+    return f"worker {entry.registrant}" if entry.registrant else "the engine"
 
 UNDECODABLE_LOG_BURST = 10
 """Workers' undecodable frames (and, apart, triggers left pending or rejected by their type) logged one line each per
@@ -542,16 +546,23 @@ class Engine:
         self._module_starting: tuple[asyncio.Future[None], asyncio.Future[None], EngineModule] | None = None
         self.ready = asyncio.Event()  # set once the listener accepts workers
         self._worker_tasks: set[asyncio.Task[Any]] = set()  # the tasks serving worker connections (_close_listener)
+        # whether the worker whose frame is being handled has more frames unread: its frames' writes (the calls it
+        # routes, the results it answers) are then held for one write at the end of the turn (_serve_worker)
+        self._reading_more = False
         # what each trigger type owner (by worker id) is sent about its triggers, under its flow control
         self._feeds: dict[str, _TriggerFeed] = {}
         # Workers whose disconnect cleanup has begun: a trigger of theirs bound after it withdrew their triggers
         # (another worker's cleanup restoring it, E12, or a type's register still awaited) is withdrawn at once.
         self._leaving: set[str] = set()
-        # One trigger id's binds and withdrawals run one at a time, each deciding from what is current once it holds
-        # the id: a type keeps one registration per id, and a departing worker's unregister of the id at its type,
-        # landing while another worker's register of it waited there (a Redis SUBSCRIBE), took that one's
-        # subscription, still listed active (17-27 of 200 rounds with pub/sub on Redis).
-        self._trigger_ids = KeyedLocks()
+        # What each built-in trigger type was last handed of each trigger id, by (type, id): the registration its
+        # register is under way for or done with. A type keeps one registration per id, the one whose register
+        # started last (each acts on its tables before it waits), so only that one may be unregistered there: a
+        # departing worker's unregister of the id, landing while another worker's register of it waited at the type
+        # (a Redis SUBSCRIBE), took that one's subscription, still listed active (17-27 of 200 rounds on Redis).
+        # Nothing here waits on another registration: an id held across a register held other workers' cleanup and
+        # connections 10 s per queued registration while Redis stalled.
+        self._handed: dict[tuple[str, str], TriggerEntry] = {}
+        self._registering: dict[str, int] = {}  # registers under way, by trigger id
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -1105,6 +1116,8 @@ class Engine:
 
         def remove() -> None:
             self.registry.drop_trigger_type(trigger_type, entry)
+            for key in [key for key in self._handed if key[0] == trigger_type]:
+                del self._handed[key]
 
         return remove
 
@@ -1233,8 +1246,18 @@ class Engine:
             # other frames of this event-loop turn (one socket write for a burst of results)
             await send_server_frame(ws, True, text.encode())
 
+        def write_now(text: str, hold: bool) -> int:
+            # Held for the end of the turn while the worker whose frame is being handled has more unread (a burst
+            # of results or calls then leaves in one write per socket), else written at once: the lone frame of a
+            # call one at a time costs no loop turn of its own.
+            return write_frame_now(ws, text.encode(), hold or self._reading_more)
+
+        async def drained() -> None:
+            await drain_or_close(ws)
+
         worker = WorkerConnection(outbox=Outbox(send, max_bytes=limit, on_overflow=overflow,
-                                                flush=lambda: flush_frames(ws)),
+                                                flush=lambda: flush_frames(ws), write_now=write_now,
+                                                drained=drained),
                                   ip_address=str(remote[0]) if remote else None, id=worker_id,
                                   wait_closed=ws.wait_closed)
         self.workers[worker.id] = worker
@@ -1251,6 +1274,7 @@ class Engine:
             # fragments and oversize frames still go through websockets (iii.ws_fastpath falls back to ``recv``).
             receive = ws_fastpath.receiver(ws)
             while True:
+                self._reading_more = False
                 is_text, payload = await receive()
                 raw: str | bytes = payload
                 if is_text:
@@ -1266,6 +1290,7 @@ class Engine:
                     event = session.receive(raw) if not session.parse_off_loop(raw) else \
                         session.accept(await self._parse_big_frame(raw))
                     if event is not None:
+                        self._reading_more = has_unread(ws)
                         await self._on_event(worker, event, len(payload), payload)
                 except Exception:  # a bug in handling one frame must not take the connection down
                     log.exception("worker %s: failed to handle a frame", worker.id)
@@ -1469,53 +1494,73 @@ class Engine:
         if not self.limits.admit_registration(worker, self.registry, "trigger", entry.id,
                                               self.registry.has_trigger_of(worker.id, entry.id), entry.size):
             return
-        await self._bind_trigger(entry, replacing=worker.id)
+        previous = self.registry.find_trigger(entry.id)
+        if previous is not None and previous.registrant != worker.id:
+            self._trigger_notes.note("replaced", f"worker {worker.id} replaced trigger {clip_text(entry.id)} of "
+                                                 f"{_registrant(previous)}; that one comes back when this one goes "
+                                                 "(E12)")
+        await self._bind_trigger(entry)
 
-    async def _bind_trigger(self, entry: TriggerEntry, replacing: str | None = None) -> None:
+    async def _bind_trigger(self, entry: TriggerEntry) -> None:
         """Make ``entry`` its id's trigger: bound at its type, or pending while the type is unknown (E2); withdrawn
-        again at once when its registrant left meanwhile. ``replacing``: the worker registering it, warned about
-        when it replaces another's registration.
+        again at once when its registrant left meanwhile.
 
         Why: a type's ``register`` may wait (a Redis SUBSCRIBE), and a worker's cleanup may restore another's
         replaced trigger (E12) while that other worker is leaving too. Its own cleanup had then already withdrawn
         its triggers: the one stored after stayed active for good, its registrant gone (17 of 90 rounds of two
         workers leaving together, with pub/sub on Redis), and a publish reached whichever worker registered its
         function next."""
-        async with self._trigger_ids.hold(entry.id):
-            previous = self.registry.find_trigger(entry.id)
-            if replacing is not None and previous is not None and previous.registrant != replacing:
-                log.warning("worker %s replaced trigger %s of %s; that one comes back when this one goes (E12)",
-                            replacing, entry.id,
-                            f"worker {previous.registrant}" if previous.registrant else "the engine")
-            await self._bind_held(entry)
-
-    async def _bind_held(self, entry: TriggerEntry) -> None:
-        """:meth:`_bind_trigger` with the id held."""
-        await self._bind_trigger_held(entry)
+        await self._bind_trigger_once(entry)
         registrant = entry.registrant
-        if registrant is not None and (registrant in self._leaving or registrant not in self.workers):
-            await self._withdraw_held(entry)
+        if registrant is not None and (registrant in self._leaving or registrant not in self.workers) \
+                and self.registry.find_trigger(entry.id) is entry:
+            await self._withdraw_trigger(entry)
 
-    async def _bind_trigger_held(self, entry: TriggerEntry) -> None:
-        registrant = f"worker {entry.registrant}" if entry.registrant else "the engine"
+    async def _bind_trigger_once(self, entry: TriggerEntry) -> None:
         trigger_type = self.registry.trigger_types.get(entry.trigger_type)
         if trigger_type is None:
             moved = self._moved_from(entry)
             self.registry.park_trigger(entry)
-            self._trigger_notes.note("pending", f"{registrant}: trigger {entry.id} waits for unknown trigger type "
-                                                f"{entry.trigger_type} (pending)")
+            self._trigger_notes.note("pending", f"{_registrant(entry)}: trigger {clip_text(entry.id)} waits for "
+                                                f"unknown trigger type {clip_text(entry.trigger_type)} (pending)")
             if moved is not None:
                 await self._unregister_from_type(moved)
             return
-        if trigger_type.handler is not None:
+        handler = trigger_type.handler
+        if handler is not None:
+            key = (entry.trigger_type, entry.id)
+            self._handed[key] = entry
+            self._registering[entry.id] = self._registering.get(entry.id, 0) + 1
             try:
-                await trigger_type.handler.register(TriggerInfo(**entry.info()))
-            except EngineError as exc:
-                self._trigger_notes.note("rejected", f"{registrant}: trigger {entry.id} ({entry.trigger_type}) "
-                                                     f"rejected: {exc.code}: {exc.message}")
+                await handler.register(TriggerInfo(**entry.info()))
+            except Exception as exc:
+                self._registered(entry.id)
+                if isinstance(exc, EngineError):
+                    self._trigger_notes.note("rejected", f"{_registrant(entry)}: trigger {clip_text(entry.id)} "
+                                                         f"({clip_text(entry.trigger_type)}) rejected: {exc.code}: "
+                                                         f"{clip_text(exc.message, 200)}")
+                else:
+                    log.exception("%s: trigger %s (%s) failed to register", _registrant(entry), clip_text(entry.id),
+                                  clip_text(entry.trigger_type))
+                if self._handed.get(key) is entry:  # nothing of the id went to the type since
+                    del self._handed[key]
+                    await self._after_refusal(entry, handler)
                 return
-            except Exception:
-                log.exception("%s: trigger %s (%s) failed to register", registrant, entry.id, entry.trigger_type)
+            except BaseException:
+                self._registered(entry.id)
+                if self._handed.get(key) is entry:
+                    del self._handed[key]
+                raise
+            self._registered(entry.id)
+            handed = self._handed.get(key)
+            if handed is not entry:
+                # Another registration of the id went to the type while this one's register ran, and replaced it
+                # there: this one is kept as the registration that one replaced (E12), or, when that one is gone
+                # again already, handed to the type once more.
+                if handed is None:
+                    await self._bind_trigger_once(entry)
+                else:
+                    self._keep_to_come_back(entry)
                 return
         else:
             owner = self.workers.get(trigger_type.owner or "")
@@ -1525,6 +1570,52 @@ class Engine:
         self.registry.store_trigger(entry)
         if moved is not None:
             await self._unregister_from_type(moved)
+
+    def _registered(self, trigger_id: str) -> None:
+        """One register of ``trigger_id`` is no longer under way."""
+        left = self._registering[trigger_id] - 1
+        if left:
+            self._registering[trigger_id] = left
+        else:
+            del self._registering[trigger_id]
+
+    def _keep_to_come_back(self, entry: TriggerEntry) -> None:
+        """Keep ``entry`` to come back when the registration of its id that replaced it goes (E12), unless its
+        registrant is gone or made that one itself."""
+        registrant = entry.registrant
+        if registrant is None or (registrant in self.workers and registrant not in self._leaving):
+            self.registry.keep_replaced_trigger(entry)
+
+    async def _after_refusal(self, entry: TriggerEntry, handler: TriggerTypeHandler) -> None:
+        """The type refused ``entry`` and was handed nothing of its id since. A type may have let the id's previous
+        registration go before refusing (pub/sub forgets the old subscription first: that trigger stayed listed with
+        no subscription, for good) or kept it (a refused config): the id's current trigger of this type is handed to
+        it again, or, with none, whatever it kept of the id goes, and a registration this one was to replace comes
+        back (E12)."""
+        current = self.registry.triggers.get(entry.id)
+        if current is not None and current.trigger_type == entry.trigger_type:
+            key = (entry.trigger_type, entry.id)
+            self._handed[key] = current
+            try:
+                await handler.register(TriggerInfo(**current.info()))
+            except Exception as exc:
+                if self._handed.get(key) is current:
+                    del self._handed[key]
+                    if self.registry.triggers.get(entry.id) is current:
+                        self.registry.discard_trigger(entry.id)
+                        log.warning("trigger %s of %s is no longer registered: its type %s let it go refusing another "
+                                    "registration of its id and refused it again (%s)", clip_text(entry.id),
+                                    _registrant(current), clip_text(entry.trigger_type), clip_text(repr(exc), 200))
+            return
+        try:
+            await handler.unregister(TriggerInfo(**entry.info()))  # by id: what the type kept of it
+        except Exception:
+            log.exception("trigger type %s failed to unregister trigger %s", clip_text(entry.trigger_type),
+                          clip_text(entry.id))
+        if current is None and not self._registering.get(entry.id) and self.registry.find_trigger(entry.id) is None:
+            restored = self.registry.restore_trigger(entry.id)
+            if restored is not None:
+                await self._bind_restored(restored, entry)
 
     def _registration_answered(self, worker: WorkerConnection, event: TriggerRegistrationResult) -> None:
         """A trigger type owner's answer to a ``registertrigger``: a refusal of the trigger it was last sent parks
@@ -1579,45 +1670,44 @@ class Engine:
         return active if active is not None and active.trigger_type != entry.trigger_type else None
 
     async def _unregister_trigger(self, worker: WorkerConnection, trigger_id: str) -> None:
-        async with self._trigger_ids.hold(trigger_id):
-            entry = self.registry.find_trigger(trigger_id)
-            if entry is None:
-                log.info("worker %s unregistered unknown trigger %s", worker.id, trigger_id)
-                return
-            if entry.registrant == worker.id:
-                await self._withdraw_held(entry)
-            elif self.registry.drop_replaced_trigger(trigger_id, worker.id):
-                log.info("worker %s unregistered its trigger %s, which %s had replaced: the replacement stays (E12)",
-                         worker.id, trigger_id, f"worker {entry.registrant}" if entry.registrant else "the engine")
-                return
-            else:
-                log.warning("worker %s unregistered trigger %s registered by %s (honoured for compatibility)",
-                            worker.id, trigger_id, entry.registrant or "the engine")
-                self.registry.forget_replaced_triggers(trigger_id=trigger_id)
-                await self._deactivate_held(entry)
+        entry = self.registry.find_trigger(trigger_id)
+        if entry is None:
+            log.info("worker %s unregistered unknown trigger %s", worker.id, clip_text(trigger_id))
+            return
+        if entry.registrant == worker.id:
+            await self._withdraw_trigger(entry)
+        elif self.registry.drop_replaced_trigger(trigger_id, worker.id):
+            log.info("worker %s unregistered its trigger %s, which %s had replaced: the replacement stays (E12)",
+                     worker.id, clip_text(trigger_id), _registrant(entry))
+        else:
+            log.warning("worker %s unregistered trigger %s registered by %s (honoured for compatibility)",
+                        worker.id, clip_text(trigger_id), entry.registrant or "the engine")
+            self.registry.forget_replaced_triggers(trigger_id=trigger_id)
+            await self._deactivate(entry)
 
     async def _withdraw_trigger(self, entry: TriggerEntry) -> None:
         """``entry``'s registrant takes it back (or is gone): the registration of its id it replaced, if any, comes
-        back (E12)."""
-        async with self._trigger_ids.hold(entry.id):
-            await self._withdraw_held(entry)
-
-    async def _withdraw_held(self, entry: TriggerEntry) -> None:
-        """:meth:`_withdraw_trigger` with the id held: the replaced registration comes back before anything else
-        of the id runs. An ``entry`` another registration replaced while this waited for the id is only forgotten
-        (E12), its type untouched: the type holds the replacement under that id."""
+        back (E12). An ``entry`` another registration replaced meanwhile (a departing worker's list of its triggers
+        is taken before it withdraws them one by one) is only forgotten, its type untouched."""
         if self.registry.find_trigger(entry.id) is not entry:
             self.registry.drop_replaced_trigger(entry.id, entry.registrant)
             return
-        await self._deactivate_held(entry)
+        await self._deactivate(entry)
         restored = self.registry.restore_trigger(entry.id)
         if restored is not None:
-            log.info("trigger %s of %s is back: the one of worker %s that replaced it is gone", entry.id,
-                     f"worker {restored.registrant}" if restored.registrant else "the engine", entry.registrant)
-            await self._bind_held(restored)  # each round takes one kept registration: it ends
+            await self._bind_restored(restored, entry)
 
-    async def _deactivate_held(self, entry: TriggerEntry) -> None:
-        """Take ``entry``, its id's current trigger, from the registry and from its type (with the id held)."""
+    async def _bind_restored(self, restored: TriggerEntry, gone: TriggerEntry) -> None:
+        if self._registering.get(restored.id) or self.registry.find_trigger(restored.id) is not None:
+            # a registration of the id is on its way to its type (or here already): it replaces this one, which
+            # comes back when that one goes
+            self._keep_to_come_back(restored)
+            return
+        log.info("trigger %s of %s is back: the one of %s that replaced it is gone", clip_text(gone.id),
+                 _registrant(restored), _registrant(gone))
+        await self._bind_trigger(restored)
+
+    async def _deactivate(self, entry: TriggerEntry) -> None:
         was_active = self.registry.triggers.get(entry.id) is entry
         self.registry.discard_trigger(entry.id)
         if was_active:  # a pending trigger never reached its type
@@ -1628,10 +1718,15 @@ class Engine:
         if trigger_type is None:
             return
         if trigger_type.handler is not None:
+            key = (entry.trigger_type, entry.id)
+            if self._handed.get(key) is not entry:
+                return  # a later registration of the id went to the type: it replaced this one there
+            del self._handed[key]
             try:
                 await trigger_type.handler.unregister(TriggerInfo(**entry.info()))
             except Exception:
-                log.exception("trigger type %s failed to unregister trigger %s", entry.trigger_type, entry.id)
+                log.exception("trigger type %s failed to unregister trigger %s", clip_text(entry.trigger_type),
+                              clip_text(entry.id))
         else:
             feed = self._feeds.get(trigger_type.owner or "")
             if feed is not None:

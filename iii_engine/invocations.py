@@ -402,8 +402,9 @@ class Invocations:
                 # told so, and the callee must not run a call whose outcome nobody will take; the wait stopped when
                 # it ended, so the caller's connection, whose frames wait behind this call, is read again at once
                 return
-        # The invoke path already waits for the callee (production's back-pressure): write from this task.
-        if not await outbox.send(text, size, flush=False):
+        # The invoke path already waits for the callee (production's back-pressure): write from this task, at once
+        # (the engine holds it for the turn's one write while the caller has more frames unread: see _serve_worker).
+        if not await outbox.send(text, size, flush=True):
             self._finish(pending.invocation_id, None, error_body("channel_send_failed", "worker connection closed"))
 
     async def _wait_for_room(self, pending: Pending, size: int) -> None:

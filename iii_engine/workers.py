@@ -33,6 +33,7 @@ from typing import Any, Protocol, Self
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.protocol.worker_session import WorkerSession
+from iii.ws_fastpath import WROTE, WROTE_OVER_MARK
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,11 @@ OUTBOX_LIMIT = 64
 OUTBOX_MAX_BYTES = 16 * 1024 * 1024
 #: Close code for a peer that does not read what it is sent (1008, policy violation).
 OVERFLOW_CLOSE_CODE = 1008
+#: ``write_now(text, hold)``: write ``text`` now without waiting and return :data:`~iii.ws_fastpath.WROTE`
+#: (:data:`~iii.ws_fastpath.WROTE_OVER_MARK` when the socket's buffer is now over its high mark: the frame then
+#: counts as being written until ``drained`` returns), or 0 when the socket may not take it now (closed, or its flow
+#: control holds writes back); ``hold``: more frames are likely in this event-loop turn.
+WriteNow = Callable[[str, bool], int]
 
 
 def frame_bytes(text: str) -> int:
@@ -66,10 +72,17 @@ class Outbox:
 
     def __init__(self, send: Callable[[str], Awaitable[None]], *, limit: int = OUTBOX_LIMIT,
                  max_bytes: int = OUTBOX_MAX_BYTES, on_overflow: Callable[[int], None] | None = None,
-                 flush: Callable[[], None] | None = None) -> None:
+                 flush: Callable[[], None] | None = None, write_now: WriteNow | None = None,
+                 drained: Callable[[], Awaitable[None]] | None = None) -> None:
         if limit < 1 or max_bytes < 1:
             raise ValueError(f"Outbox limit and max_bytes must be positive, got {limit} and {max_bytes}")
+        if (write_now is None) != (drained is None):
+            raise ValueError("Outbox write_now and drained go together")
         self._send = send
+        self._write_now = write_now
+        self._drained = drained
+        #: bytes of a frame written by :meth:`post` over the socket's high mark, counted until the socket drains
+        self._written = 0
         self._limit = limit
         self._max_bytes = max_bytes
         self._on_overflow = on_overflow
@@ -103,6 +116,19 @@ class Outbox:
         """Queue one frame; ``False`` if the connection is closed or this frame overflowed the byte bound."""
         if self._closed:
             return False
+        if self._write_now is not None and not self._items and not self._busy:
+            # Nothing queued or being written: the frame goes to the socket from here, without waking the sender
+            # task (two loop turns and a callback per frame, issue 10); the socket refuses it while its own flow
+            # control holds writes back, and it is queued as ever.
+            try:
+                wrote = self._write_now(text, False)
+            except Exception as exc:
+                self._broken(exc)
+                return False
+            if wrote:
+                if wrote == WROTE_OVER_MARK:
+                    self._count_written(frame_bytes(text))
+                return True
         size = frame_bytes(text)
         if self._bytes and self._bytes + size > self._max_bytes:
             self._overflow(size)
@@ -113,6 +139,15 @@ class Outbox:
         if len(self._items) >= self._limit:
             self._room.clear()
         return True
+
+    def _count_written(self, size: int) -> None:
+        """A frame written from :meth:`post` took the socket over its high mark: it counts as the frame being
+        written (against ``max_bytes``, and holding later frames in the queue) until the sender task has seen the
+        socket drain, as when the sender task writes it itself."""
+        self._busy = True
+        self._written = size
+        self._bytes += size
+        self._ready.set()
 
     def _overflow(self, size: int) -> None:
         held = self._bytes
@@ -158,14 +193,27 @@ class Outbox:
         the end of the turn): a burst of inline sends then costs one socket write, not one each."""
         if self._items or self._busy or self._closed:
             return self.post(text)
+        wrote = 0
+        if self._write_now is not None:
+            try:
+                wrote = self._write_now(text, not flush)
+            except Exception as exc:
+                self._broken(exc)
+                return False
+            if wrote == WROTE:
+                return True
         if size is None:
             size = frame_bytes(text)
         self._busy = True
         self._bytes += size
         try:
-            await self._send(text)
-            if flush and self._flush is not None and not self._items:
-                self._flush()
+            if wrote:  # written over the socket's high mark: counted until it drains
+                assert self._drained is not None
+                await self._drained()
+            else:
+                await self._send(text)
+                if flush and self._flush is not None and not self._items:
+                    self._flush()
         except Exception as exc:
             self._broken(exc)
             return False
@@ -181,6 +229,13 @@ class Outbox:
         try:
             while True:
                 await self._ready.wait()
+                if self._written:  # a frame post() wrote over the socket's high mark: counted until it drains
+                    assert self._drained is not None
+                    await self._drained()
+                    self._bytes = max(0, self._bytes - self._written)
+                    self._written = 0
+                    self._busy = False
+                    self._room.set()
                 while self._items and not self._busy:
                     text, size = self._items.popleft()
                     if len(self._items) < self._limit:

@@ -184,14 +184,23 @@ async def test_a_builtins_reply_is_written_by_the_calls_own_task(engine: Engine)
     try:
         await ws.recv()
         worker = next(iter(engine.workers.values()))
-        real_send = worker.outbox._send
+        real_send, real_write_now = worker.outbox._send, worker.outbox._write_now
+        assert real_write_now is not None
 
-        async def recording(text: str) -> None:
+        def note_writer() -> None:
             task = asyncio.current_task()
             writers.append(task.get_coro().__qualname__ if task is not None else "")  # type: ignore[union-attr]
+
+        async def recording(text: str) -> None:
+            note_writer()
             await real_send(text)
 
+        def recording_now(text: str, hold: bool) -> int:  # the write without a coroutine, when the socket takes it
+            note_writer()
+            return real_write_now(text, hold)
+
         worker.outbox._send = recording  # type: ignore[method-assign]
+        worker.outbox._write_now = recording_now
         invocation_id = str(uuid.uuid4())
         await ws.send(dumps({"type": "invokefunction", "invocation_id": invocation_id, "function_id": "t::me",
                              "data": None}))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from iii.ws_fastpath import WROTE, WROTE_OVER_MARK
 from iii_engine.workers import Outbox
 
 
@@ -78,3 +79,62 @@ async def test_send_on_a_full_byte_bound_overflows_like_post() -> None:
     peer.open.set()
     await inline
     await box.close()
+
+
+class Socket:
+    """A ``write_now`` that takes frames while open and says when its buffer went over the high mark."""
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[str, bool]] = []
+        self.takes = True
+        self.over_mark = False
+        self.drain = asyncio.Event()
+        self.drain.set()
+
+    def write_now(self, text: str, hold: bool) -> int:
+        if not self.takes:
+            return 0
+        self.frames.append((text, hold))
+        return WROTE_OVER_MARK if self.over_mark else WROTE
+
+    async def drained(self) -> None:
+        await self.drain.wait()
+
+
+async def test_post_writes_at_once_when_idle_and_queues_behind_what_waits() -> None:
+    peer, sock = Peer(), Socket()
+    box = Outbox(peer.send, write_now=sock.write_now, drained=sock.drained)
+    assert box.post("a")
+    assert sock.frames == [("a", False)] and peer.frames == []  # no wake-up of the sender task
+    sock.takes = False  # the socket's flow control holds writes back: queued, then sent by the sender task
+    assert box.post("b")
+    sock.takes = True
+    assert box.post("c")  # behind "b", never ahead of it
+    await box.close()
+    assert peer.frames == ["b", "c"] and [text for text, _ in sock.frames] == ["a"]
+    assert await Outbox(peer.send, write_now=sock.write_now, drained=sock.drained).send("d", flush=False)
+    assert sock.frames[-1] == ("d", True)  # held for the turn's one write
+
+
+async def test_a_frame_written_over_the_mark_counts_until_the_socket_drains() -> None:
+    peer, sock = Peer(), Socket()
+    overflowed: list[int] = []
+    box = Outbox(peer.send, max_bytes=10, on_overflow=overflowed.append, write_now=sock.write_now,
+                 drained=sock.drained)
+    sock.over_mark = True
+    sock.drain.clear()
+    assert box.post("12345678")
+    assert box.queued_bytes == 8 and box.must_wait(3)  # as if the sender task were writing it
+    assert box.post("x")  # queued behind it, not written ahead
+    assert not box.post("abc")  # 8 + 1 + 3 > 10: overflow, as when the sender task writes the frame
+    assert overflowed == [12] and box.closed
+    await box.close(flush=False)
+    sock.over_mark = False
+    box = Outbox(peer.send, max_bytes=10, write_now=sock.write_now, drained=sock.drained)
+    sock.over_mark = True
+    assert box.post("12345678") and box.queued_bytes == 8
+    sock.drain.set()
+    await box.wait_for_room(5)  # room once the socket drained
+    assert box.queued_bytes == 0
+    await box.close()
+    assert [text for text, _ in sock.frames] == ["12345678", "12345678"] and peer.frames == []
