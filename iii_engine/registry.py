@@ -383,10 +383,29 @@ class Registry:
         self._unshadow_trigger(entry.id, entry.registrant)
         previous = self.find_trigger(entry.id)
         if previous is not None and previous.registrant != entry.registrant:
-            self._unshadow_trigger(entry.id, previous.registrant)
-            self._shadowed_triggers.setdefault(entry.id, {})[previous.registrant] = previous
-            self._trigger_shadowing.setdefault(previous.registrant, set()).add(entry.id)
-            self._charge(previous.registrant, previous.size)
+            self._shadow(previous)
+
+    def keep_replaced_trigger(self, entry: TriggerEntry) -> None:
+        """Keep ``entry``, which a later registration of its id replaced at its type before ``entry`` was stored, to
+        come back when that one goes (E12), as :meth:`store_trigger` keeps a stored one it replaces; not when its
+        own registrant made the id's current one.
+
+        Example:
+            >>> registry = Registry()
+            >>> registry.store_trigger(TriggerEntry("t", "cron", "f::b", None, "b"))
+            >>> registry.keep_replaced_trigger(TriggerEntry("t", "cron", "f::a", None, "a"))
+            >>> registry.restore_trigger("t").registrant
+            'a'
+        """
+        current = self.find_trigger(entry.id)
+        if current is None or current.registrant != entry.registrant:
+            self._shadow(entry)
+
+    def _shadow(self, entry: TriggerEntry) -> None:
+        self._unshadow_trigger(entry.id, entry.registrant)
+        self._shadowed_triggers.setdefault(entry.id, {})[entry.registrant] = entry
+        self._trigger_shadowing.setdefault(entry.registrant, set()).add(entry.id)
+        self._charge(entry.registrant, entry.size)
 
     def _unshadow_trigger(self, trigger_id: str, registrant: str | None) -> bool:
         """Forget ``registrant``'s replaced registration of ``trigger_id``; whether it had one."""
