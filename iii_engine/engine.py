@@ -1606,6 +1606,9 @@ class Engine:
                         log.warning("trigger %s of %s is no longer registered: its type %s let it go refusing another "
                                     "registration of its id and refused it again (%s)", clip_text(entry.id),
                                     _registrant(current), clip_text(entry.trigger_type), clip_text(repr(exc), 200))
+                        restored = self.registry.restore_trigger(entry.id)  # the one it had replaced comes back (E12)
+                        if restored is not None:
+                            await self._bind_restored(restored, current)
             return
         try:
             await handler.unregister(TriggerInfo(**entry.info()))  # by id: what the type kept of it

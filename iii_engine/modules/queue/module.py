@@ -546,6 +546,11 @@ class QueueModule(EngineModule):
         self._named: dict[str, QueueConsumer] = {}
         self._topics: dict[str, _Topic] = {}
         self._topic_of_trigger: dict[str, str] = {}
+        # the register of each trigger id waiting for its topic (at max_topics, room is made first): a later
+        # register or an unregister of the id meanwhile supersedes it, so the one the engine handed last is the one
+        # that runs (before, an earlier register finishing last overwrote a later one: the engine listed B's trigger
+        # while A's ran, 10 of 10 rounds)
+        self._awaiting_topic: dict[str, TriggerInfo] = {}
         self._next_reclaim = 0.0
         self._reclaim_from = 0
         # Topics that went idle here since a sweep last looked at them (an ordered set): looked at on the next
@@ -742,7 +747,15 @@ class QueueModule(EngineModule):
             return
         # The topic first: a new one past max_topics is refused, and the engine then keeps the trigger's earlier
         # registration, so its subscription must still be there.
-        entry = await self._topic(topic)
+        self._awaiting_topic[trigger.id] = trigger
+        try:
+            entry = await self._topic(topic)
+        finally:
+            superseded = self._awaiting_topic.get(trigger.id) is not trigger
+            if not superseded:
+                del self._awaiting_topic[trigger.id]
+        if superseded:
+            return
         await self.unregister(trigger)
         if not entry.subscribers:
             # The first subscriber's queue_config shapes the topic queue, within the module's caps: a worker asking
@@ -761,6 +774,7 @@ class QueueModule(EngineModule):
 
     async def unregister(self, trigger: TriggerInfo) -> None:
         """Remove the subscription of ``trigger.id``; its topic's jobs wait for another subscriber."""
+        self._awaiting_topic.pop(trigger.id, None)
         if self.bridge is not None:
             self.bridge.unsubscribe(trigger.id)
         topic = self._topic_of_trigger.pop(trigger.id, None)

@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 from test_engine_attack_pubsub import REDIS_HOST, REDIS_PORT, RedisProxy, engine_on, publish_until_received
 
 from iii.iii_types import TriggerInfo
-from iii_engine import Engine, EngineConfig
+from iii_engine import Engine, EngineConfig, ModuleSpec
 from iii_engine.modules.base import EngineError
 from tests.integration.engine.raw import RawWorker
 from tests.integration.engine.raw import disconnect as gone
@@ -44,11 +44,13 @@ class ById:
         self.gate, self.entered = asyncio.Event(), asyncio.Event()
         self.bound: dict[str, Any] = {}
         self.waiting: dict[str, Any] = {}
+        self.refuse = 0  # how many registers to come are refused, whatever their config
 
     async def register(self, trigger: TriggerInfo) -> None:
         self.bound.pop(trigger.id, None)
         self.waiting[trigger.id] = trigger.config
-        if trigger.config.get("bad"):
+        if trigger.config.get("bad") or self.refuse:
+            self.refuse = max(0, self.refuse - 1)
             del self.waiting[trigger.id]
             raise EngineError("subscribe_failed", "refused after letting the id's registration go")
         if trigger.config.get("wait"):
@@ -204,3 +206,54 @@ async def test_worker_supplied_trigger_ids_are_clipped_in_log_lines(caplog: pyte
             await gone(engine, b)
         assert caplog.records
         assert max(len(record.getMessage()) for record in caplog.records) < 5_000
+
+
+async def test_a_trigger_its_type_refuses_again_gives_way_to_the_registration_it_replaced() -> None:
+    """C's ``x`` is replaced by A's (kept, E12); B's registration is refused after the type let A's go, and so is A's
+    handed again (Redis still not confirming): A's is dropped with a warning, and C's comes back. Before: C's stayed
+    kept, listed by nobody, for good (0 of 10 publishes reached it)."""
+    byid = ById()
+    async with Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[])) as engine:
+        engine.register_trigger_type("byid", "one registration per id", byid)
+        c, a, b = [await RawWorker.connect(engine.url) for _ in range(3)]
+        for worker in (c, a):
+            await worker.send({**FRAME, "config": {"who": worker.worker_id}})
+            await worker.sync()
+        byid.refuse = 2  # B's, then A's handed again
+        await b.send({**FRAME, "config": {"who": b.worker_id}})
+        await b.sync()
+        current = engine.registry.find_trigger("x")
+        assert current is not None and current.registrant == c.worker_id
+        assert byid.bound == {"x": {"who": c.worker_id}}
+        assert engine.registry.audit_bytes() == engine.registry._bytes
+
+
+async def test_a_queue_register_waiting_for_room_is_superseded_by_a_later_one_of_its_id() -> None:
+    """At max_topics a queue register makes room before it touches its tables. Before: A's register of ``x`` (new
+    topic) waited there while B's, started later, finished; A's then overwrote it in the queue module, so the engine
+    listed B's trigger while A's ran (10 of 10 rounds) and a job for B's topic reached nobody."""
+    modules = [ModuleSpec("modules::queue::QueueModule", {"max_topics": 2})]
+    async with Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=modules)) as engine:
+        queue: Any = engine.module("queue")
+        p, a, b = [await RawWorker.connect(engine.url) for _ in range(3)]
+        await a.register("a::f")
+        await b.register("b::f")
+        for i in (1, 2):  # two topics left with nothing: a new topic first makes room
+            await p.send({"type": "registertrigger", "id": f"p{i}", "trigger_type": "queue", "function_id": "a::f",
+                          "config": {"topic": f"u{i}"}})
+        await p.sync()
+        for i in (1, 2):
+            await p.send({"type": "unregistertrigger", "id": f"p{i}"})
+        await p.sync()
+        frame = {"type": "registertrigger", "id": "x", "trigger_type": "queue"}
+        await a.send({**frame, "function_id": "a::f", "config": {"topic": "ta"}})
+        await b.send({**frame, "function_id": "b::f", "config": {"topic": "tb"}})
+        await a.sync()
+        await b.sync()
+        await until(lambda: not engine._registering)
+        current = engine.registry.find_trigger("x")
+        assert current is not None and current.function_id == "b::f"
+        assert queue._topic_of_trigger.get("x") == "tb"
+        assert queue._topics["tb"].subscribers["x"].function_id == "b::f"
+        await gone(engine, a)
+        assert queue._topic_of_trigger.get("x") == "tb"
