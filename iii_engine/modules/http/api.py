@@ -153,6 +153,13 @@ _CHUNK_FRAMING = 32
 SEND_SLICE = 64 * 1024
 
 
+def _left_unprobed(request: web.BaseRequest) -> bool:
+    """``request`` is HTTP/1.0 and its client ended its side: no probe can tell a half-close from a client that
+    left (:class:`_Connection`), so one that did so while its request waited for a slot is taken as gone. Before,
+    such clients that had closed their sockets were invoked, 3 of 3 (the README says they never are)."""
+    return request.version < HttpVersion11 and getattr(request.protocol, "input_ended", False) is True
+
+
 class _Refusal(asyncio.Protocol):
     """A connection past ``max_connections``: answered 503 and closed, not one byte of it read."""
 
@@ -176,7 +183,8 @@ class _Connection(web.RequestHandler):
     it): a client that closed its socket answers it with a reset, looked for at once and after
     :data:`PROBE_WAIT_S`, and is then treated as gone (a request waiting for a slot is not invoked, see
     ``RestApiModule._handle``). An HTTP/1.0 request, to which no 1xx may go, is answered
-    without the probe.
+    without the probe, unless it was still waiting for a slot: with no probe its client cannot be told from one that
+    left (:attr:`input_ended`), and a request whose client left while it waited is never invoked.
 
     Why: aiohttp lets the transport close at the client's end of input, so such a client got its connection closed
     and no answer at all (measured: ``b''`` at once, the handler never invoked). At any other time an end of input
@@ -184,7 +192,7 @@ class _Connection(web.RequestHandler):
     which must be seen gone at once (see :class:`_StreamWatch`).
     """
 
-    __slots__ = ("body", "request")
+    __slots__ = ("body", "input_ended", "request")
 
     def __init__(self, manager: web.Server, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -192,8 +200,11 @@ class _Connection(web.RequestHandler):
         self.body: StreamReader | None = None
         # The latest request (set with body): its answer has not started while its writer wrote nothing
         self.request: web.BaseRequest | None = None
+        # The client ended its side (half-closed, or left: the two look alike until a probe's answer)
+        self.input_ended = False
 
     def eof_received(self) -> bool:  # type: ignore[override]  # asyncio.Protocol: True keeps the transport open
+        self.input_ended = True
         bodies = [payload for _, payload in self._messages]  # pipelined requests not yet begun
         if self.body is not None:
             bodies.append(self.body)
@@ -911,12 +922,13 @@ class RestApiModule(EngineModule):
                 raw = await self._receive(request, claim)
             finally:
                 self.receiving -= 1
-            if not self._limit.try_take():
+            waited = not self._limit.try_take()
+            if waited:
                 await self._take_slot()  # only now: a slow client's wait for its body holds no slot
             self.in_flight += 1
             try:
                 transport = request.transport
-                if transport is None or transport.is_closing():
+                if transport is None or transport.is_closing() or (waited and _left_unprobed(request)):
                     # The client left while it waited for the slot: nobody would read the answer, so the handler
                     # is not invoked (the response returned here is never sent).
                     log.info("HTTP %s %s: client gone before a slot freed; not invoked", request.method,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import pytest
 
@@ -131,3 +132,38 @@ async def test_a_complete_request_then_a_half_close_is_answered(api: Start) -> N
     assert b'{"ok":true}' in answer and b"HTTP/1.1 404 " in answer  # the pipelined request too, then closed
     ten = await _half_closed(module, b"GET /nowhere HTTP/1.0\r\n\r\n")
     assert ten.startswith(b"HTTP/1.0 404 ") or ten.startswith(b"HTTP/1.1 404 "), ten[:100]  # no 1xx to HTTP/1.0
+
+
+async def test_an_http10_client_gone_while_its_request_waits_for_a_slot_is_not_invoked(
+        api: Start, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An HTTP/1.0 request gets no probe (no 1xx may go to it), so its client closing its socket looks like a
+    half-close. Before: such a request was invoked once a slot freed (3 of 3), for a client long gone."""
+    engine, module, client = await api(concurrency_request_limit=1)
+    worker = await _route(engine, "hold", "hold")
+    first = asyncio.ensure_future(client.get("/hold"))
+    held = await worker.expect("invokefunction")
+    waiting: asyncio.Queue[Any] = asyncio.Queue()
+    take_slot, receive = module._take_slot, module._receive
+
+    async def watched_take_slot() -> None:
+        await waiting.put(None)
+        await take_slot()
+
+    async def watched_receive(request: Any, claim: Any) -> bytearray:
+        requests.append(request)
+        return await receive(request, claim)
+
+    requests: list[Any] = []
+    monkeypatch.setattr(module, "_take_slot", watched_take_slot)
+    monkeypatch.setattr(module, "_receive", watched_receive)
+    _reader, writer = await asyncio.open_connection("127.0.0.1", module.port)
+    writer.write(b"GET /hold HTTP/1.0\r\n\r\n")
+    await writer.drain()
+    await asyncio.wait_for(waiting.get(), 5)  # the request waits for the only slot
+    writer.close()  # ... and its client leaves
+    await writer.wait_closed()
+    await until(lambda: getattr(requests[-1].protocol, "input_ended", True))  # (no such flag before the fix)
+    await _answer(worker, held, result={"body": "ok"})
+    assert (await first).status_code == 200
+    await worker.nothing_for(0.3)  # proves an absence: the departed client's request never reaches the handler
+    assert module.abandoned == 1 and module.in_flight == 0
