@@ -3,12 +3,14 @@ work (same statements / commands, same event publication) in the same run, print
 
 Rows ``set x64`` / ``update x64`` keep 64 calls in flight (the stores group-commit them: many writes per
 transaction) against the raw client's one-transaction-per-write approach, which is what the SQL store did
-before (the ratio is the group-commit gain; issue #10 asks >= 5 for SQLite ``set``). Rounds are interleaved
-(the order alternates), each figure is a median with its spread (min-max), and ``cpu`` is this process's CPU
-microseconds per op.
+before (the ratio is the group-commit gain; issue #10 asks >= 5 for SQLite ``set``). ``set`` writes over 100
+existing items; ``set new x64`` creates a new item with every call (the raw client: one INSERT per transaction).
+Rounds are interleaved (the order alternates), each figure is a median with its spread (min-max), and ``cpu`` is
+this process's CPU microseconds per op.
 
-Run: ``.venv/bin/python bench/streams_backends.py [--n 2000] [--rounds 3] [--redis URL] [--postgres URL]``
-(PostgreSQL: a server URL; a scratch database ``iii_bench_<random>`` is created and dropped).
+Run: ``.venv/bin/python bench/streams_backends.py [--n 2000] [--rounds 3] [--redis URL] [--postgres URL]
+[--only memory,redis,sqlite,postgres] [--rows "set x64,set new x64"]`` (PostgreSQL: a server URL; a scratch
+database ``iii_bench_<random>`` is created and dropped).
 Goal: every backend >= 0.70 of its raw client for get and set.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import statistics
 import sys
 import time
@@ -64,7 +67,10 @@ async def rate(op: Op, n: int, concurrency: int = 1) -> tuple[float, float]:
 
 def ours(store: Backend, stream: str) -> dict[str, Op]:
     ops = [UpdateIncrement(path="n", by=1)]
+    fresh = itertools.count()  # a new item per call, whatever ``i`` the rate loop passes (it repeats per round)
     return {
+        "set new": lambda i: store.set(StreamSetInput(stream_name=stream, group_id="new", item_id=f"n{next(fresh)}",
+                                                      data={"n": i, "text": "hello", "tags": [1, 2, 3]})),
         "get": lambda i: store.get(StreamGetInput(stream_name=stream, group_id="g", item_id=f"i{i % 100}")),
         "set": lambda i: store.set(StreamSetInput(stream_name=stream, group_id="g", item_id=f"i{i % 100}",
                                                   data={"n": i, "text": "hello", "tags": [1, 2, 3]})),
@@ -79,15 +85,20 @@ def raw_redis(client: aioredis.Redis, stream: str) -> dict[str, Op]:
         raw = await client.hget(key, f"i{i % 100}")
         return None if raw is None else loads(raw)
 
-    async def set_(i: int) -> Any:
-        item, data = f"i{i % 100}", {"n": i, "text": "hello", "tags": [1, 2, 3]}
+    async def set_(i: int, item: str | None = None, group: str = "g") -> Any:
+        item, data = item or f"i{i % 100}", {"n": i, "text": "hello", "tags": [1, 2, 3]}
         text = dumps(data)
         async with client.pipeline(transaction=True) as pipe:
-            pipe.hget(key, item)
-            pipe.hset(key, item, text)
-            pipe.publish("stream::events", dumps(make_event(stream, "g", item, "update", data)))
+            pipe.hget(f"stream:{stream}:{group}", item)
+            pipe.hset(f"stream:{stream}:{group}", item, text)
+            pipe.publish("stream::events", dumps(make_event(stream, group, item, "update", data)))
             old, _, _ = await pipe.execute()
         return None if old is None else loads(old)
+
+    fresh = itertools.count()
+
+    async def set_new(i: int) -> Any:
+        return await set_(i, f"n{next(fresh)}", "new")
 
     async def update_(i: int) -> Any:
         async with client.pipeline(transaction=True) as pipe:
@@ -104,7 +115,7 @@ def raw_redis(client: aioredis.Redis, stream: str) -> dict[str, Op]:
                 except WatchError:
                     continue
 
-    return {"get": get, "set": set_, "update": update_}
+    return {"get": get, "set": set_, "set new": set_new, "update": update_}
 
 
 def raw_sql(engine: AsyncEngine, stream: str) -> dict[str, Op]:
@@ -117,8 +128,8 @@ def raw_sql(engine: AsyncEngine, stream: str) -> dict[str, Op]:
                 items.c.item_key == item_key(stream, "g", f"i{i % 100}")))).scalar_one_or_none()
         return None if text is None else loads(text)
 
-    async def write(item: str, compute: Callable[[Any], Any]) -> Any:
-        key = item_key(stream, "g", item)
+    async def write(item: str, compute: Callable[[Any], Any], group: str = "g") -> Any:
+        key = item_key(stream, group, item)
         query = select(items.c.value).where(items.c.item_key == key)
         async with engine.begin() as conn:
             old_text = (await conn.execute(query.with_for_update() if pg else query)).scalar_one_or_none()
@@ -126,36 +137,44 @@ def raw_sql(engine: AsyncEngine, stream: str) -> dict[str, Op]:
             text = dumps(new)
             if old_text is None:
                 await conn.execute(insert(items).values(
-                    item_key=key, group_key=group_key(stream, "g"), stream_key=stream_key(stream),
-                    stream_name=stream, group_id="g", item_id=item, value=text))
+                    item_key=key, group_key=group_key(stream, group), stream_key=stream_key(stream),
+                    stream_name=stream, group_id=group, item_id=item, value=text))
             else:
                 await conn.execute(update(items).where(items.c.item_key == key).values(value=text))
             if pg:
                 await conn.execute(select(func.pg_notify("iii_streams_events",
-                                                         dumps(make_event(stream, "g", item, "update", new)))))
+                                                         dumps(make_event(stream, group, item, "update", new)))))
         return new
 
     async def set_(i: int) -> Any:
         data = {"n": i, "text": "hello", "tags": [1, 2, 3]}
         return await write(f"i{i % 100}", lambda _old: data)
 
+    fresh = itertools.count()
+
+    async def set_new(i: int) -> Any:
+        data = {"n": i, "text": "hello", "tags": [1, 2, 3]}
+        return await write(f"n{next(fresh)}", lambda _old: data, "new")
+
     async def update_(i: int) -> Any:
         return await write("u", lambda old: apply_update(old, [UpdateIncrement(path="n", by=1)])[1])
 
-    return {"get": get, "set": set_, "update": update_}
+    return {"get": get, "set": set_, "set new": set_new, "update": update_}
 
 
 ROWS: tuple[tuple[str, str, int], ...] = (("set", "set", 1), ("get", "get", 1), ("update", "update", 1),
-                                          ("set x64", "set", 64), ("update x64", "update", 64))
+                                          ("set x64", "set", 64), ("set new x64", "set new", 64),
+                                          ("update x64", "update", 64))
 
 
 def _fmt(values: list[float]) -> str:
     return f"{statistics.median(values):>8.0f} ({min(values):.0f}-{max(values):.0f})"
 
 
-async def compare(label: str, mine: dict[str, Op], raw: dict[str, Op] | None, n: int, rounds: int) -> None:
+async def compare(label: str, mine: dict[str, Op], raw: dict[str, Op] | None, n: int, rounds: int,
+                  rows: set[str] | None = None) -> None:
     for row, name, concurrency in ROWS:  # set first so get reads existing items
-        if raw is None and concurrency > 1:
+        if (raw is None and concurrency > 1) or (rows is not None and row not in rows):
             continue
         ours_runs: list[tuple[float, float]] = []
         raw_runs: list[tuple[float, float]] = []
@@ -182,27 +201,38 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument("--only", default="memory,redis,sqlite,postgres", help="backends to run, comma-separated")
+    parser.add_argument("--rows", default="", help="rows to run, comma-separated (default: all)")
     args = parser.parse_args()
     run = uuid.uuid4().hex[:8]
+    only = set(args.only.split(","))
+    rows = set(args.rows.split(",")) if args.rows else None
 
-    async with MemoryStream() as memory:
-        await compare("memory", ours(memory, "bench"), None, args.n * 5, args.rounds)
+    if "memory" in only:
+        async with MemoryStream() as memory:
+            await compare("memory", ours(memory, "bench"), None, args.n * 5, args.rounds, rows)
 
-    async with RedisStream.from_url(args.redis) as store:
-        raw_client = aioredis.Redis.from_url(args.redis)
-        try:
-            await compare("redis", ours(store, f"bench-ours-{run}"), raw_redis(raw_client, f"bench-raw-{run}"), args.n,
-                          args.rounds)
-        finally:
-            for key in (f"stream:bench-ours-{run}:g", f"stream:bench-raw-{run}:g"):
-                await raw_client.delete(key)
-            await raw_client.aclose()
+    if "redis" in only:
+        async with RedisStream.from_url(args.redis) as store:
+            raw_client = aioredis.Redis.from_url(args.redis)
+            try:
+                await compare("redis", ours(store, f"bench-ours-{run}"), raw_redis(raw_client, f"bench-raw-{run}"),
+                              args.n, args.rounds, rows)
+            finally:
+                for key in (f"stream:bench-ours-{run}:g", f"stream:bench-raw-{run}:g",
+                            f"stream:bench-ours-{run}:new", f"stream:bench-raw-{run}:new"):
+                    await raw_client.delete(key)
+                await raw_client.aclose()
 
-    with TemporaryDirectory() as tmp:
-        async with SQLStream.from_url(f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}") as store:
-            await store.get(StreamGetInput(stream_name="x", group_id="g", item_id="i"))  # migrates
-            await compare("sqlite", ours(store, "ours"), raw_sql(store.engine, "raw"), args.n // 2, args.rounds)
+    if "sqlite" in only:
+        with TemporaryDirectory() as tmp:
+            async with SQLStream.from_url(f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}") as store:
+                await store.get(StreamGetInput(stream_name="x", group_id="g", item_id="i"))  # migrates
+                await compare("sqlite", ours(store, "ours"), raw_sql(store.engine, "raw"), args.n // 2, args.rounds,
+                              rows)
 
+    if "postgres" not in only:
+        return
     name = f"iii_bench_{run}"
     admin = await asyncpg.connect(args.postgres)
     await admin.execute(f'CREATE DATABASE "{name}"')
@@ -210,7 +240,8 @@ async def main() -> None:
         url = make_url(args.postgres).set(drivername="postgresql+asyncpg", database=name).render_as_string(False)
         await migrate(url)
         async with SQLStream.from_url(url) as store:
-            await compare("postgres", ours(store, "ours"), raw_sql(store.engine, "raw"), args.n // 2, args.rounds)
+            await compare("postgres", ours(store, "ours"), raw_sql(store.engine, "raw"), args.n // 2, args.rounds,
+                          rows)
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()

@@ -9,9 +9,10 @@ and writes the final rows with one statement per kind; on PostgreSQL it also sen
 write (delivered at commit). Atomicity per item:
 
 - PostgreSQL: ``SELECT … FOR UPDATE`` locks the rows across processes, in key order; a missing row is created
-  with ``INSERT … ON CONFLICT DO NOTHING`` (several in key order too) and the transaction is run again if another
-  writer created it first. PostgreSQL drops a repeated identical notification within one transaction, so a write
-  whose event would repeat one already sent goes into the next transaction. Writes made while others are under
+  with ``INSERT … ON CONFLICT DO NOTHING`` (all of a transaction's new rows in one statement, in key order too) and
+  the transaction is run again if another writer created one first. PostgreSQL drops a repeated identical
+  notification within one transaction, so a write whose event would repeat one already sent goes into the next
+  transaction. Writes made while others are under
   way join a queue shared by the store, whose batches of several items run with a ``lock_timeout`` of 100 ms, more
   for big batches (twice what such a batch takes here, at most 500 ms) and at most a quarter of the time their
   writes have left (64 writes in flight to distinct items: one transaction for many items, not one per item); a
@@ -224,6 +225,20 @@ _SWAP_SQLITE: Final = text(f"UPDATE {TABLE_NAME} SET value = :new WHERE item_key
 # thread per read or single-statement write, about half of their CPU.
 _SQLITE_AUTOCOMMIT: Final = "iii_streams_autocommit"
 _WRITE_VALUE: Final = update(items).where(items.c.item_key == bindparam("k")).values(value=bindparam("v"))
+# PostgreSQL: the rows a transaction creates, ALL in one statement (one array per column; one SQL text for any count,
+# so one prepared statement), inserted in the arrays' order (the ORDER BY keeps it: key order, the lock order), each
+# row that another writer created first left out and missing from what it returns. One INSERT a row, 64 new items in
+# flight ran 670-850 writes/s against 3,800 for existing ones: a round trip and a statement build per row.
+_INSERT_NEW: Final = text(
+    f"INSERT INTO {TABLE_NAME} (item_key, group_key, stream_key, stream_name, group_id, item_id, value) "
+    "SELECT k, gk, sk, sn, g, i, v FROM unnest(CAST(:k AS bytea[]), CAST(:gk AS bytea[]), CAST(:sk AS bytea[]), "
+    "CAST(:sn AS text[]), CAST(:g AS text[]), CAST(:i AS text[]), CAST(:v AS text[])) "
+    "WITH ORDINALITY AS r(k, gk, sk, sn, g, i, v, n) ORDER BY n "
+    "ON CONFLICT (item_key) DO NOTHING RETURNING item_key"
+)
+# its parameters: (parameter, column of a row from SQLStream._row)
+_INSERT_COLUMNS: Final = (("k", "item_key"), ("gk", "group_key"), ("sk", "stream_key"), ("sn", "stream_name"),
+                          ("g", "group_id"), ("i", "item_id"), ("v", "value"))
 
 Compute = Callable[[Any], tuple[Any, str]]
 """``compute(old_value) -> (new_value, new_json_text)`` of a set or update."""
@@ -1819,19 +1834,19 @@ class SQLStream(FieldUpdates):
             await conn.execute(_WRITE_VALUE, changed[0] if len(changed) == 1 else changed)
         rows = [self._row(w, current[k]) for k, w in plan.created.items() if current[k] is not None]
         if (rows or plan.transient) and self._pg:
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-
             # An item created and deleted again in this prefix is inserted too, then deleted: the insert is what
             # finds a row another writer created after our read (and run again), and what holds that row off
             # until we commit. Skipped, watchers got create(theirs), create(ours), delete(ours) and took the item
             # for gone while the row held theirs.
             transient = [self._row(w, text) for w, text in plan.transient.values()]
             # in key order, as the rows were locked: two batches creating the same items wait for each other in
-            # one order, never in a circle
-            for row in sorted(rows + transient, key=lambda row: row["item_key"]):
-                statement = pg_insert(items).values(row).on_conflict_do_nothing(index_elements=["item_key"])
-                if (await conn.execute(statement.returning(items.c.id))).first() is None:
-                    return None
+            # one order, never in a circle. One statement for all: a row missing from what it returns was created
+            # by another writer meanwhile, and the transaction runs again (rolled back, as it was at a row's
+            # conflict when each row had its own INSERT)
+            new = sorted(rows + transient, key=lambda row: row["item_key"])
+            params = {name: [row[column] for row in new] for name, column in _INSERT_COLUMNS}
+            if len((await conn.execute(_INSERT_NEW, params)).all()) != len(new):
+                return None
             if transient:
                 await conn.execute(delete(items).where(items.c.item_key.in_(builtins.list(plan.transient))))
         elif rows:
