@@ -2158,7 +2158,7 @@ class SQLStream(FieldUpdates):
             ...     await s.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data=1))
             >>> asyncio.run(demo())
             Traceback (most recent call last):
-            iii_streams.errors.StreamClosedError: SQLStream writes is closed
+            iii_streams.errors.StreamClosedError: SQLStream.set: the store is closed; nothing was applied
         """
         await self._close_once.run(self._close_all)
 
