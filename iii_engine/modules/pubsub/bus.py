@@ -181,12 +181,13 @@ class RedisBus:
             EngineError: ``subscribe_failed`` naming the topic when Redis refused the subscription or did not
                 confirm it within 10 s.
         """
+        timeout = _SUBSCRIBE_TIMEOUT_S
         confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiters = self._confirm.setdefault(topic, [])
         waiters.append(confirmed)
         try:
             await self._pubsub.subscribe(topic)
-            await asyncio.wait_for(confirmed, timeout=_SUBSCRIBE_TIMEOUT_S)
+            await asyncio.wait_for(confirmed, timeout=timeout)
         except self._no_answer as exc:
             # The SUBSCRIBE may have gone out (a stalled connection): without this, Redis would confirm it later
             # and every reconnection would renew it, for a topic this engine no longer wants. Unless a later
@@ -194,8 +195,11 @@ class RedisBus:
             # sent after its SUBSCRIBE, leave the topic unsubscribed for good; that one decides instead.
             if all(waiter is confirmed for waiter in waiters):
                 await self.unsubscribe(topic)
+            # the confirmation's own timeout says nothing (the line ended "TimeoutError: ")
+            reason = f"no confirmation within {timeout:g} s" \
+                if isinstance(exc, TimeoutError) and not str(exc) else f"{type(exc).__name__}: {exc}"
             raise EngineError("subscribe_failed", f"Redis did not subscribe to topic {topic!r:.200}: "
-                              f"{type(exc).__name__}: {exc}") from None
+                              f"{reason}") from None
         finally:
             # a confirmation that never came must not keep its future (one per failed subscribe otherwise)
             if confirmed in waiters:

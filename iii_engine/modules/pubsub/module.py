@@ -98,10 +98,16 @@ class PubSubModule(EngineModule):
         subscribers = self._subscribers.setdefault(topic, {})
         subscribers[trigger.id] = trigger
         self._topic_of_trigger[trigger.id] = topic
-        if gone is not None and gone != topic:
-            await self._bus.unsubscribe(gone)
-        live = self._subscribed.get(topic)
         try:
+            if gone is not None and gone != topic:
+                await self._bus.unsubscribe(gone)
+                if subscribers.get(trigger.id) is not trigger:
+                    # A later register or unregister of the id came during the UNSUBSCRIBE and replaced this one
+                    # (and unsubscribed its topic, then without a subscriber): subscribing now left the topic
+                    # subscribed in Redis with no trigger here, renewed at every reconnection (270 channels after
+                    # 8 s of 10 workers re-registering 3 ids).
+                    return
+            live = self._subscribed.get(topic)
             if live is not None:
                 # Subscribed, or being subscribed for another trigger: this one stands or falls with it. Before,
                 # it was registered at once, and kept with no subscription at all when that SUBSCRIBE failed.
