@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,7 +22,7 @@ import redis.asyncio as aioredis
 from module_worker import ModuleWorker
 from test_engine_attack_pubsub import RedisProxy, engine_on, listen
 
-from iii_engine.modules.pubsub.writer import OrderedPublisher
+from iii_engine.modules.pubsub.writer import OrderedPublisher, OutcomeUnknown
 from tests.polling import until
 from tests.services import require_redis
 
@@ -101,11 +102,98 @@ async def test_a_publish_not_sent_by_its_deadline_is_withdrawn_never_sent_later(
             sent = asyncio.create_task(writer.publish(topic, b"1"))
             await until(lambda: writer._held == 1 and not writer._queue)  # in its round trip
             first, second = await asyncio.gather(sent, writer.publish(topic, b"2"), return_exceptions=True)
-            assert str(first) == "not published within 0.3 s: Redis did not answer"
-            assert str(second) == "not published within 0.3 s: Redis had not answered the publishes before it"
+            assert isinstance(first, OutcomeUnknown)
+            assert str(first) == ("outcome unknown: sent, but Redis did not answer within 0.3 s; "
+                                  "it may have been published")
+            assert str(second) == ("not published within 0.3 s: Redis had not answered the publishes before it; "
+                                   "it was not sent")
             proxy.release()  # the first PUBLISH, already sent, reaches Redis now; the second must not
             await writer.publish(topic, b"3")
             assert await received(pubsub, 3) == [0, 1, 3]
         finally:
             await writer.close()
             await client.aclose()
+
+
+async def test_a_publish_whose_turn_comes_too_late_fails_unsent_and_is_never_published(
+        redis_admin: aioredis.Redis) -> None:
+    """Before, once a stalled round trip ended (the socket timeout), the writer sent the next queued messages with
+    milliseconds of their deadline left: their callers were told Redis did not answer, and Redis, once it resumed,
+    published them (``pub_faults.py stop 5000``: 1,146 publishes reached the subscriber after failing)."""
+    topic = f"order-{uuid.uuid4()}"
+    async with RedisProxy() as proxy, subscribed(redis_admin, topic) as pubsub:
+        # the socket timeout equals the deadline, as in RedisBus (10 s each)
+        client = aioredis.Redis.from_url(proxy.url, socket_timeout=2)
+        writer = OrderedPublisher(client, timeout=2)  # min_left: 0.2 s
+        try:
+            await writer.publish(topic, b"0")
+            proxy.hold()
+            sent = asyncio.create_task(writer.publish(topic, b"1"))
+            await until(lambda: writer._held == 1 and not writer._queue)  # in its round trip
+            # called later, so its deadline falls after that round trip's socket timeout, with < 0.2 s left then
+            await asyncio.sleep(0.1)
+            first, late = await asyncio.gather(sent, writer.publish(topic, b"2"), return_exceptions=True)
+            # before: "not published within 2 s: Redis did not answer", and then Redis published it
+            assert str(late).startswith("not published: its turn came with 0.")
+            assert str(late).endswith("(Redis had not answered the publishes before it); it was not sent")
+            assert not isinstance(late, OutcomeUnknown)
+            assert isinstance(first, OutcomeUnknown), first
+            proxy.release()  # the first, sent, may reach Redis (its caller was told so); the second must not
+            await writer.publish(topic, b"3")
+            assert await received(pubsub, 3) == [0, 1, 3]
+        finally:
+            await writer.close()
+            await client.aclose()
+
+
+async def test_a_publish_that_waited_for_room_says_so_when_its_deadline_passes(redis_admin: aioredis.Redis) -> None:
+    """Before, when the queued publishes' deadlines passed, their room let the waiters in just before their own
+    deadlines passed: those were told "Redis had not answered the publishes before it", not that they had waited
+    for room (``pub_flood.py small 60000`` with Redis stopped)."""
+    topic = f"order-{uuid.uuid4()}"
+    async with RedisProxy() as proxy:
+        client = aioredis.Redis.from_url(proxy.url, socket_timeout=10)  # the stalled round trip outlasts the test
+        writer = OrderedPublisher(client, timeout=0.5, max_messages=2)
+        try:
+            await writer.publish(topic, b"0")
+            proxy.hold()
+            sent = asyncio.create_task(writer.publish(topic, b"1"))
+            await until(lambda: writer._held == 1 and not writer._queue)
+            # the second is queued behind the stalled round trip, the third waits for room
+            outcomes = await asyncio.gather(sent, writer.publish(topic, b"2"), writer.publish(topic, b"3"),
+                                            return_exceptions=True)
+            room = "it waited for room in the engine's publish queue (max 2 messages, 67108864 bytes)"
+            # before: "not published within 0.5 s: Redis had not answered the publishes before it"
+            assert str(outcomes[2]).startswith(f"not published within 0.5 s: {room}")
+            assert [str(outcome) for outcome in outcomes] == [
+                "outcome unknown: sent, but Redis did not answer within 0.5 s; it may have been published",
+                "not published within 0.5 s: Redis had not answered the publishes before it; it was not sent",
+                f"not published within 0.5 s: {room}, then behind publishes Redis had not answered; it was not sent",
+            ]
+        finally:
+            await writer.close()
+            await client.aclose()
+
+
+async def test_a_publish_settled_in_the_loop_turn_its_deadline_passes_gets_that_outcome(
+        redis_admin: aioredis.Redis) -> None:
+    """Before, a caller whose deadline passed in the loop turn its round trip ended got an empty TimeoutError, even
+    for a message Redis had taken (``pub_faults.py stop 5000``: 1,097 callers got one)."""
+    topic = f"order-{uuid.uuid4()}"
+    writer = OrderedPublisher(redis_admin, timeout=0.2)
+    send = writer._send
+
+    async def answered_at_the_deadline(batch: list[Any]) -> list[Exception | None]:
+        outcomes = await send(batch)
+        # blocks the loop (no await): Redis's answer and the caller's deadline are handled in the same loop turn
+        time.sleep(0.3)  # noqa: ASYNC251 -- the point: nothing else runs meanwhile
+        return outcomes
+
+    writer._send = answered_at_the_deadline  # type: ignore[method-assign]
+    try:
+        async with subscribed(redis_admin, topic) as pubsub:
+            await writer.publish(topic, b"1")  # before: TimeoutError() with no text, though Redis took it
+            assert await received(pubsub, 1) == [1]
+    finally:
+        await writer.close()
+    assert writer.published == 1
