@@ -167,11 +167,13 @@ class RedisBus:
         Raises:
             EngineError: ``publish_failed`` naming the topic when Redis is unreachable or did not answer in 10 s.
         """
-        payload = dumps(data).encode()  # once, here: its size is what the writer's bound counts
         try:
-            await self._writer.publish(topic, payload)
+            # encoded once, here (its size is what the writer's bound counts), and held by the writer alone: it lets
+            # the payload go once sent
+            await self._writer.publish(topic, dumps(data).encode())
         except self._no_answer as exc:
-            raise EngineError("publish_failed", f"Redis did not take the publish to topic {topic!r:.200}: "
+            # the writer's error says whether the message was sent (it may have been published) or not
+            raise EngineError("publish_failed", f"Redis did not confirm the publish to topic {topic!r:.200}: "
                               f"{type(exc).__name__}: {exc}") from None
 
     async def subscribe(self, topic: str) -> None:
