@@ -570,8 +570,10 @@ class OtelModule(EngineModule):
             raise EngineError("deserialization_error",
                               "Failed to deserialize input for engine::traces::tree: missing string field `trace_id`")
         spans = await select(self._span_store().entries(), lambda span: span["trace_id"] == trace_id)
-        encoded = await encode_tree(trace_tree(spans)["roots"], self._budget(ctx))
-        return answer_json({"roots": EncodedResult(encoded.json), "truncated": encoded.truncated})
+        tree = trace_tree(spans)
+        encoded = await encode_tree(tree["roots"], self._budget(ctx))
+        # truncated: spans left out for max_message_size or for being deeper than TREE_MAX_DEPTH
+        return answer_json({"roots": EncodedResult(encoded.json), "truncated": encoded.truncated or tree["depth_cut"]})
 
     async def _traces_clear(self, data: Any, ctx: InvocationContext) -> dict[str, Any]:
         self._span_store().clear()

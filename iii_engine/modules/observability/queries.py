@@ -453,24 +453,45 @@ def list_traces(spans: Sequence[dict[str, Any]], data: dict[str, Any]) -> dict[s
     return {"spans": page.entries, "total": page.total, "offset": page.start, "limit": query.limit}
 
 
+#: levels below a root that :func:`trace_tree` nests (the root is level 0); deeper spans are left out
+TREE_MAX_DEPTH = 256
+
+
 def trace_tree(spans: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """``{"roots": [...]}`` for the spans of one trace; a span whose parent is not stored is left out."""
+    """``{"roots": [...], "depth_cut": bool}`` for the spans of one trace; a span whose parent is not stored is
+    left out, and so is a span more than :data:`TREE_MAX_DEPTH` levels below its root (``depth_cut`` says so).
+
+    Example:
+        >>> chain = [{"span_id": str(i), "parent_span_id": str(i - 1) if i else None} for i in range(300)]
+        >>> tree = trace_tree(chain)
+        >>> tree["depth_cut"], len(trace_tree(chain[:10])["roots"]), trace_tree(chain[:10])["depth_cut"]
+        (True, 1, False)
+    """
     children: dict[str, list[dict[str, Any]]] = {}
     for span in spans:
         if span["parent_span_id"] is not None:
             children.setdefault(span["parent_span_id"], []).append(span)
 
     placed: set[int] = set()
+    cut = False
 
     def node(span: dict[str, Any], depth: int) -> dict[str, Any]:
         # A hostile trace may link spans in a cycle or very deep; the depth bound keeps this finite, and placing
         # each stored span once keeps it small: before, three spans sharing their own id as span and parent id
-        # made 2**256 nodes, and one engine::traces::tree call held the engine's event loop for good.
+        # made 2**256 nodes, and one engine::traces::tree call held the engine's event loop for good. The bound
+        # stays because the answer nests two JSON levels per span: Python's json.loads raises RecursionError on
+        # a tree of 500 levels and orjson refuses one of 1,000 (measured), so a deeper answer could not be read.
+        nonlocal cut
         placed.add(id(span))
-        kids = children.get(span["span_id"], []) if depth < 256 else []
+        kids = [kid for kid in children.get(span["span_id"], ()) if id(kid) not in placed]
+        if depth >= TREE_MAX_DEPTH:
+            # Before, these were dropped and the answer said "truncated": false (a 2,000-span chain: 257 spans)
+            cut = cut or bool(kids)
+            kids = []
         return {**span, "children": [node(kid, depth + 1) for kid in kids if id(kid) not in placed]}
 
-    return {"roots": [node(span, 0) for span in spans if span["parent_span_id"] is None]}
+    roots = [node(span, 0) for span in spans if span["parent_span_id"] is None]
+    return {"roots": roots, "depth_cut": cut}
 
 
 @dataclass

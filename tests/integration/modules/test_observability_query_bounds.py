@@ -113,3 +113,17 @@ async def test_a_big_trace_tree_is_cut_to_max_message_size() -> None:
         listed = await worker.result("engine::traces::list", {})
         assert [s["name"] for s in listed["spans"]] == ["s0"] and listed["truncated"] is False
         assert (await telemetry(worker))["malformed_frames"] == 0
+
+
+async def test_a_tree_deeper_than_the_bound_says_truncated() -> None:
+    # Before: a 300-span chain answered its first 257 spans with "truncated": false (the attack: 2,000 deep).
+    spans = [{"traceId": "cd" * 16, "spanId": f"{i + 1:016x}", "parentSpanId": f"{i:016x}" if i else None,
+              "name": f"s{i}", "startTimeUnixNano": "1", "endTimeUnixNano": "2"} for i in range(300)]
+    async with engine_with({}, 4 << 20) as engine, ModuleWorker(engine.url) as worker:
+        await send(worker, b"OTLP" + json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": spans}]}]}).encode())
+        await stored(worker, "spans", 300)
+        tree = await worker.result("engine::traces::tree", {"trace_id": "cd" * 16})
+        depth, node = 1, tree["roots"][0]
+        while node["children"]:
+            depth, node = depth + 1, node["children"][0]
+        assert depth == 257 and tree["truncated"] is True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from iii_engine.modules.observability.queries import trace_tree
+from iii_engine.modules.observability.queries import TREE_MAX_DEPTH, trace_tree
 
 
 def _count(node: dict[str, Any]) -> int:
@@ -40,3 +40,10 @@ def test_a_normal_tree_is_unchanged() -> None:
 
 def _walk(node: dict[str, Any]) -> list[dict[str, Any]]:
     return [node, *(span for child in node["children"] for span in _walk(child))]
+
+
+def test_a_chain_is_cut_below_the_depth_bound_and_says_so() -> None:
+    chain = [{"span_id": str(i), "parent_span_id": str(i - 1) if i else None} for i in range(TREE_MAX_DEPTH + 2)]
+    assert trace_tree(chain[:TREE_MAX_DEPTH + 1])["depth_cut"] is False  # exactly the bound: whole
+    tree = trace_tree(chain)
+    assert tree["depth_cut"] is True and len(_walk(tree["roots"][0])) == TREE_MAX_DEPTH + 1
