@@ -25,10 +25,12 @@ from typing import Any, ClassVar, Protocol
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.iii_types import TriggerInfo
+from iii.loss_log import BurstLog, LossLog
 from iii.protocol.worker_session import OFFLOOP_PARSE_BYTES
 from iii.wire import dumps, loads
 
 from ...config import DEFAULT_CONTROL_MAX_MESSAGE_SIZE, EngineConfig
+from ...limits import SKIP_LOG_INTERVAL_S
 from ...workers import frame_bytes
 from ..base import BuiltinFunction, EncodedResult, EngineError, EngineModule, EngineServices, InvocationContext
 from .alerts import AlertManager
@@ -68,6 +70,8 @@ log = logging.getLogger(__name__)
 ENGINE_VERSION = "0.10.0"
 # How long one alert webhook delivery may take, all attempts and pauses included.
 WEBHOOK_BUDGET_S = 30.0
+ALERT_LOG_BURST = 10
+"""Alert lines (triggered, webhook skipped) logged one by one per ``SKIP_LOG_INTERVAL_S``; the rest are counted."""
 _SEVERITIES = {"trace": (1, "TRACE"), "debug": (5, "DEBUG"), "info": (9, "INFO"), "warn": (13, "WARN"),
                "error": (17, "ERROR")}
 _NOT_ENABLED = EngineError(
@@ -207,6 +211,11 @@ class OtelModule(EngineModule):
         self.webhook_sent = 0
         self.webhook_failed = 0
         self.webhook_skipped = 0
+        # Alert lines rate-limited: ALERT_LOG_BURST of each SKIP_LOG_INTERVAL_S get a line each, the rest are
+        # counted in one line per interval. Before, one line per event: a worker calling engine::alerts::evaluate
+        # in a loop against rules with cooldown_seconds 0 wrote 274,402 lines in 20 s.
+        self._alert_log = BurstLog(ALERT_LOG_BURST, SKIP_LOG_INTERVAL_S, log.warning,
+                                   LossLog(self._log_alert_counts, SKIP_LOG_INTERVAL_S))
         self.dropped_frames = 0
         self._queued_bytes = 0
         self._drop_logged_at = self._malformed_logged_at = self._cut_logged_at = -DROP_LOG_INTERVAL_S
@@ -256,6 +265,7 @@ class OtelModule(EngineModule):
         for task in self._tasks + list(self._background):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self._alert_log.losses.close()
         if self.forwarder is not None:
             await self.forwarder.close()
 
@@ -508,7 +518,8 @@ class OtelModule(EngineModule):
                 "resource": self._resource(), "service_name": service if isinstance(service, str) else "unknown",
                 "instrumentation_scope_name": "iii", "instrumentation_scope_version": ENGINE_VERSION,
             }
-            log.log(_console_level(number), "%s", message[:1000])
+            if self.settings.logs_console_output:  # before, echoed even when off: 136,732 lines in 10 s
+                log.log(_console_level(number), "%s", message[:1000])
             self._add_log(entry)
             if self.forwarder is not None and self.settings.exports_logs:
                 self.forwarder.submit("logs", dumps(self._log_request(entry)).encode())
@@ -723,8 +734,14 @@ class OtelModule(EngineModule):
                 self.services.fire(str(action["path"]), {**fields, "firing": True})
             elif action.get("type") == "webhook":
                 self._deliver(event["name"], str(action["url"]), fields)
-            log.warning("Alert triggered: %s", fields)
+            self._alert_log.note("triggered", f"Alert triggered: {fields}")
         return events
+
+    def _log_alert_counts(self, counts: Mapping[str, int], latest: str | None) -> None:
+        what = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
+        latest_text = f"; latest: {latest}" if latest is not None else ""
+        log.warning("alerts: %s not logged one by one (past %d lines per %g s)%s", what, ALERT_LOG_BURST,
+                    SKIP_LOG_INTERVAL_S, latest_text)
 
     def _deliver(self, rule: str, url: str, body: dict[str, Any]) -> None:
         # A webhook that hangs while alerts keep triggering (cooldown 0, or engine::alerts::evaluate called in a
@@ -732,7 +749,8 @@ class OtelModule(EngineModule):
         running = self._webhooks.get(rule)
         if running is not None and not running.done():
             self.webhook_skipped += 1
-            log.warning("alert %s: webhook %s still busy with an earlier delivery; this one is skipped", rule, url)
+            self._alert_log.note("webhook deliveries skipped (busy)", f"alert {rule}: webhook {url} still busy with "
+                                 "an earlier delivery; this one is skipped")
             return
         task = asyncio.get_running_loop().create_task(self._webhook(url, body), name=f"alert-webhook-{rule}")
         self._webhooks[rule] = task
