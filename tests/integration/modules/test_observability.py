@@ -207,7 +207,7 @@ async def test_logs_and_spans_are_exported_to_an_otlp_collector() -> None:
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
         settings = {"enabled": True, "exporter": "both", "logs_exporter": "otlp",
-                    "endpoint": f"http://127.0.0.1:{port}"}
+                    "endpoint": f"http://127.0.0.1:{port}", "logs_flush_interval_ms": 100}  # batches: 5 s default
         async with engine_with(settings) as engine, ModuleWorker(engine.url) as worker:
             await worker.result("engine::log::error", {"message": "exported"})
             paths: dict[str, Any] = {}
