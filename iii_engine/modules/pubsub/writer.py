@@ -18,7 +18,11 @@ reply), and its error says which one ran out and whether the message went to Red
   the next 1,000 queued messages with milliseconds left: their callers were told Redis did not answer, and Redis
   published them once it resumed (1,146 of 5,000 publishes reached subscribers after failing).
 * sent: :class:`OutcomeUnknown` (a :class:`TimeoutError`) says the message may have been published, as a reply
-  lost in a stall always could be.
+  lost in a stall, or a connection that broke after the batch was written, always could be (its text names the
+  cause). A message counts as sent from when its batch is written to a connection that is ready (connected, its
+  handshake answered), not before: a server that accepts connections and never answers had all 50 publishes told
+  they may have been published, though it received no ``PUBLISH`` at all; and 60 of 133 publishes that failed with
+  "Connection closed by server." as Redis killed the connection had been published.
 
 Example:
     >>> import asyncio, fakeredis
@@ -57,11 +61,13 @@ _BATCH_BYTES = 4 * 1024 * 1024
 # A message's turn must leave it at least this share of its deadline for Redis's answer, else it fails unsent
 _MIN_LEFT_SHARE = 0.1
 
-_WAITING, _QUEUED, _SENT, _GONE = range(4)
+# _TAKEN: in the batch about to go, waiting for a connection that is ready (nothing written yet)
+_WAITING, _QUEUED, _TAKEN, _SENT, _GONE = range(5)
 
 
 class OutcomeUnknown(TimeoutError):
-    """A message went to Redis and its deadline passed before Redis answered: it may have been published."""
+    """A message went to Redis and its deadline passed, or its connection broke, before Redis answered: it may
+    have been published."""
 
 
 @dataclass(eq=False, slots=True)
@@ -111,12 +117,13 @@ class OrderedPublisher:
         """Send ``payload`` on ``channel`` after every publish called before this one.
 
         Raises:
-            OutcomeUnknown: sent, and Redis did not answer within ``timeout``: it may have been published.
+            OutcomeUnknown: sent, and Redis did not answer within ``timeout`` or the connection broke before it
+                answered (the cause chained and named): it may have been published.
             TimeoutError: not sent, and never will be: no room in time, or Redis did not answer the publishes
                 before it soon enough, naming which.
             ConnectionError: the writer is closing.
-            Exception: what ended this message's round trip (redis-py's ``ConnectionError``, ``TimeoutError``, a
-                pool's wait running out), or Redis's error reply to this command.
+            Exception: not sent: what kept its round trip from starting (redis-py's ``ConnectionError``,
+                ``TimeoutError``, a pool's wait running out); or Redis's error reply to this command.
         """
         if self._closed:
             raise ConnectionError("the pubsub module is stopping")
@@ -138,10 +145,11 @@ class OrderedPublisher:
                 # success, not the timeout's empty TimeoutError (1,097 of 5,000 callers once unsent messages are
                 # failed at their turn, as a stalled round trip ends)
                 return message.done.result()
-            if self._withdraw(message) == _SENT:
+            state = self._withdraw(message)
+            if state == _SENT:
                 raise OutcomeUnknown(f"outcome unknown: sent, but Redis did not answer within {self._timeout:g} s; "
                                      "it may have been published") from None
-            raise TimeoutError(f"not published within {self._timeout:g} s: {self._why_late(message)}; "
+            raise TimeoutError(f"not published within {self._timeout:g} s: {self._why_late(message, state)}; "
                                "it was not sent") from None
         except BaseException:
             self._withdraw(message)  # a cancelled caller's message is not sent after it left, if not sent yet
@@ -159,13 +167,16 @@ class OrderedPublisher:
         self._queue.clear()
         self._waiting.clear()
 
-    def _why_late(self, message: _Message) -> str:
+    def _why_late(self, message: _Message, state: int) -> str:
         """What a message not sent in time waited for (a waiter let in as others left is still named waiting:
         they all time out at once, and room was what it lacked)."""
         room = (f"it waited for room in the engine's publish queue (max {self._max_messages} messages, "
                 f"{self._max_bytes} bytes)")
-        if message.state == _WAITING:
+        if state == _WAITING:
             return room
+        if state == _TAKEN:
+            ready = "no connection to Redis was ready (connecting, or waiting for a free one)"
+            return f"{room}, then {ready}" if message.waited else ready
         if message.waited:
             return f"{room}, then behind publishes Redis had not answered"
         return "Redis had not answered the publishes before it"
@@ -198,8 +209,8 @@ class OrderedPublisher:
             message.payload = b""
             with contextlib.suppress(ValueError):  # O(n), on timeouts only
                 self._waiting.remove(message)
-        elif state == _QUEUED:
-            # stays in the queue (skipped when its turn comes) but holds no room from now on
+        elif state in (_QUEUED, _TAKEN):
+            # stays in the queue or batch (skipped when its turn comes) but holds no room from now on
             message.state = _GONE
             message.payload = b""
             self._release(message)
@@ -216,8 +227,6 @@ class OrderedPublisher:
     def _next_batch(self) -> list[_Message]:
         queue, size = self._queue, 0
         batch: list[_Message] = []
-        # the batch goes now: a message with less than min_left of its deadline left would likely pass it in the
-        # round trip (after a stall, milliseconds), its caller told it failed and Redis publishing it later
         too_late = asyncio.get_running_loop().time() + self._min_left
         while queue and len(batch) < _BATCH_MESSAGES and (not batch or size + queue[0].size <= _BATCH_BYTES):
             message = queue.popleft()
@@ -226,10 +235,26 @@ class OrderedPublisher:
             if message.deadline < too_late:
                 self._fail_unsent(message)
                 continue
-            message.state = _SENT
+            message.state = _TAKEN
             batch.append(message)
             size += message.size
         return batch
+
+    def _mark_sent(self, batch: list[_Message]) -> list[_Message]:
+        """The messages of ``batch`` that go now, marked sent: not those withdrawn while the connection was made
+        ready, nor those then left with less than ``min_left`` of their deadline (they would likely pass it in the
+        round trip, their callers told they failed and Redis publishing them later)."""
+        too_late = asyncio.get_running_loop().time() + self._min_left
+        going: list[_Message] = []
+        for message in batch:
+            if message.state != _TAKEN:
+                continue
+            if message.deadline < too_late:
+                self._fail_unsent(message)
+                continue
+            message.state = _SENT
+            going.append(message)
+        return going
 
     async def _write(self) -> None:
         while True:
@@ -242,7 +267,7 @@ class OrderedPublisher:
             outcomes: list[Exception | None] = [ConnectionError("the pubsub module is stopping")] * len(batch)
             try:
                 outcomes = await self._send(batch) if batch else []
-            except Exception as exc:  # the round trip failed (Redis unreachable, broken, silent): all of it did
+            except Exception as exc:  # no connection was ready (Redis unreachable, silent): none of it was sent
                 outcomes = [exc] * len(batch)
             finally:
                 # settled even when the writer is cancelled (close), so no caller waits out its deadline for it
@@ -250,7 +275,7 @@ class OrderedPublisher:
 
     def _fail_unsent(self, message: _Message) -> None:
         left = message.deadline - asyncio.get_running_loop().time()
-        why = self._why_late(message)
+        why = self._why_late(message, message.state)
         self._settle(message, TimeoutError(
             f"not published: its turn came with {max(left, 0):.2f} s of its {self._timeout:g} s left, too little "
             f"to wait for Redis's answer ({why}); it was not sent"))
@@ -261,6 +286,8 @@ class OrderedPublisher:
     def _finish(self, batch: list[_Message], outcomes: list[Exception | None]) -> None:
         self.round_trips += bool(batch)
         for message, outcome in zip(batch, outcomes, strict=True):
+            if message.state == _GONE:
+                continue  # withdrawn or failed before it was sent: settled, its room back
             self.published += outcome is None
             self._settle(message, outcome)
             message.state = _GONE
@@ -268,13 +295,42 @@ class OrderedPublisher:
             self._release(message)
 
     async def _send(self, batch: list[_Message]) -> list[Exception | None]:
-        """One round trip; each message's outcome (``None``: Redis took it, else Redis's error reply to it)."""
-        if len(batch) == 1:  # the plain command: no pipeline's bookkeeping for a publish that came alone
-            await self._redis.publish(batch[0].channel, batch[0].payload)
-            return [None]
-        pipe: Any = self._redis.pipeline(transaction=False)
-        async with pipe:
-            for message in batch:
-                pipe.publish(message.channel, message.payload)
-            replies = await pipe.execute(raise_on_error=False)
-        return [reply if isinstance(reply, Exception) else None for reply in replies]
+        """One round trip on a connection made ready first; each message's outcome (``None``: Redis took it, else
+        Redis's error reply to it, or :class:`OutcomeUnknown` when the connection broke before its reply).
+
+        Raises:
+            Exception: no connection was ready (refused, no answer to the handshake, the pool's wait): nothing sent.
+        """
+        from redis.exceptions import ResponseError
+
+        pool = self._redis.connection_pool
+        # connects and handshakes (HELLO, AUTH, SELECT) when needed: a hang or failure here sends nothing
+        connection: Any = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            going = self._mark_sent(batch)
+            replies: dict[int, Exception | None] = {}
+            try:
+                if going:
+                    # one write: a lone PUBLISH, or a pipeline of them (no MULTI: each is its own command)
+                    await connection.send_packed_command(connection.pack_commands(
+                        [("PUBLISH", message.channel, message.payload) for message in going]))
+                for message in going:
+                    try:
+                        await connection.read_response()
+                        replies[id(message)] = None
+                    except ResponseError as exc:  # Redis's refusal of this command: the others stand
+                        replies[id(message)] = exc
+            except Exception as exc:
+                await connection.disconnect(nowait=True)
+                # written (wholly or in part) before the connection broke: Redis may have published any of them
+                unknown = OutcomeUnknown(f"outcome unknown: sent, but the connection broke before Redis answered "
+                                         f"({type(exc).__name__}: {exc}); it may have been published")
+                unknown.__cause__ = exc
+                for message in going:
+                    replies.setdefault(id(message), unknown)
+            return [replies.get(id(message)) for message in batch]
+        except BaseException:
+            await connection.disconnect(nowait=True)  # cancelled mid round trip (close): its replies are unread
+            raise
+        finally:
+            await pool.release(connection)
