@@ -148,6 +148,10 @@ class RedisBus:
         #: messages received that reached no subscriber (the engine had no room for them in time, or not JSON)
         self.undelivered = 0
         self._undelivered_log = LossLog(self._log_undelivered, _WARN_INTERVAL_S)
+        #: UNSUBSCRIBEs that failed (Redis unreachable): logged rate-limited, a line each flooded an outage's log
+        #: (1,266 lines in 10 s of workers re-registering)
+        self.unsubscribe_failures = 0
+        self._unsubscribe_log = LossLog(self._log_unsubscribe_failures, _WARN_INTERVAL_S)
 
     async def start(self, deliver: Deliver) -> None:
         """See :class:`PubSubBus`."""
@@ -215,8 +219,8 @@ class RedisBus:
         try:
             await self._pubsub.unsubscribe(topic)
         except self._broken as exc:
-            log.warning("pubsub: Redis UNSUBSCRIBE of topic %r failed (%s); its messages are dropped here",
-                        topic[:200], exc)
+            self.unsubscribe_failures += 1
+            self._unsubscribe_log.lost("unsubscribe", f"topic {topic!r:.200} ({type(exc).__name__}: {exc})")
         finally:
             # Forgotten now, not when Redis confirms: redis-py renews every channel it still lists when it
             # reconnects, so an UNSUBSCRIBE lost with the connection had the topic subscribed again for good.
@@ -235,6 +239,7 @@ class RedisBus:
                     await task
         # a burst's count still unlogged (its end-of-interval timer belongs to this loop) is logged now
         self._undelivered_log.close()
+        self._unsubscribe_log.close()
         await self._pubsub.aclose()  # type: ignore[no-untyped-call]
         await self._redis.aclose()
 
@@ -319,6 +324,12 @@ class RedisBus:
         latest_text = f"; latest on {latest}" if latest is not None else ""
         log.warning("%d pubsub messages from Redis not delivered (%d in all)%s", counts["undelivered"],
                     self.undelivered, latest_text)
+
+    def _log_unsubscribe_failures(self, counts: Mapping[str, int], latest: str | None) -> None:
+        latest_text = f"; latest of {latest}" if latest is not None else ""
+        log.warning("pubsub: %d Redis UNSUBSCRIBEs failed (%d in all)%s; their topics' messages are dropped here",
+                    counts["unsubscribe"], self.unsubscribe_failures, latest_text)
+
 
 def open_bus(settings: PubSubSettings) -> PubSubBus:
     """The bus the settings' ``adapter`` names."""

@@ -9,6 +9,7 @@ in time (the trigger refused with subscribe_failed; Redis confirmed it later).
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from typing import Any
 
@@ -97,3 +98,30 @@ async def test_a_publish_to_a_stalled_redis_fails_in_bounded_time_naming_the_top
         assert topic in answer["error"]["message"]
         proxy.release()
         assert (await worker.call("publish", {"topic": topic, "data": 3})).get("error") is None
+
+
+async def test_unsubscribes_failing_during_an_outage_are_logged_rate_limited(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Before, each failed UNSUBSCRIBE logged its own warning: 1,266 lines in 10 s of an outage (``sr5b.log``)."""
+    async with DownableProxy() as proxy:
+        bus = pubsub_bus.RedisBus(proxy.url)
+
+        async def deliver(topic: str, data: Any) -> None:
+            return None
+
+        await bus.start(deliver)
+        with caplog.at_level(logging.WARNING, logger=pubsub_bus.__name__):
+            try:
+                await proxy.down()
+                await until(lambda: bus._lost_at is not None)
+                for i in range(20):
+                    await bus.unsubscribe(f"ae2-{i}")
+            finally:
+                await bus.close()  # logs the count not logged yet
+    lines = [r.getMessage() for r in caplog.records
+             if r.name == pubsub_bus.__name__ and "UNSUBSCRIBE" in r.getMessage()]
+    # before: 20 lines "pubsub: Redis UNSUBSCRIBE of topic 'ae2-0' failed (...)", one per topic
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("pubsub: 1 Redis UNSUBSCRIBEs failed (1 in all); latest of topic 'ae2-0' (")
+    assert lines[1] == ("pubsub: 19 Redis UNSUBSCRIBEs failed (20 in all); their topics' messages are dropped here")
+    assert bus.unsubscribe_failures == 20
