@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -36,6 +37,9 @@ __all__ = [
     "check_parse_cost",
     "count_entries",
     "item_budget",
+    "iter_logs",
+    "iter_metrics",
+    "iter_spans",
     "logs_from_otlp",
     "metrics_from_otlp",
     "parse_cost",
@@ -503,14 +507,23 @@ def spans_from_otlp(frame: Any, limit: int | None = None) -> list[dict[str, Any]
         ...     {"traceId": "ab" * 16, "spanId": "cd" * 8, "name": "work", "status": {"code": 2}}]}]}]})[0]["status"]
         'error'
     """
+    return [span for part in iter_spans(frame, limit) for span in part]
+
+
+def iter_spans(frame: Any, limit: int | None = None, slice_s: float | None = None) -> Iterator[list[dict[str, Any]]]:
+    """:func:`spans_from_otlp` in parts: a part each time ``slice_s`` seconds of converting passed (so the caller
+    can let its event loop run between parts), and the rest at the end; one part when ``slice_s`` is ``None``."""
     out: list[dict[str, Any]] = []
+    count = 0
+    began = time.perf_counter()
     for resource_entry in _list(frame, "resourceSpans"):
         service = _service(_resource(resource_entry))
         for scope_entry in _list(resource_entry, "scopeSpans"):
             scope = _scope(scope_entry)
             for span in _raw_list(scope_entry, "spans"):
-                if limit is not None and len(out) >= limit:
-                    return out
+                if limit is not None and count >= limit:
+                    yield out
+                    return
                 if not isinstance(span, dict):
                     raise TelemetryFormatError("a span must be an object")
                 parent = span.get("parentSpanId") or None
@@ -549,7 +562,11 @@ def spans_from_otlp(frame: Any, limit: int | None = None) -> list[dict[str, Any]
                     # a fixed32: stored as sent, any JSON value (150,000 nested lists) was held and never counted
                     stored["flags"] = _int(span["flags"], "flags", _UINT32)
                 out.append(_with_scope(stored, scope))
-    return out
+                count += 1
+                if slice_s is not None and time.perf_counter() - began >= slice_s:
+                    yield out
+                    out, began = [], time.perf_counter()
+    yield out
 
 
 _LISTS = {"OTLP": ("resourceSpans", "scopeSpans", "spans"), "LOGS": ("resourceLogs", "scopeLogs", "logRecords"),
@@ -578,14 +595,22 @@ def _id_or_none(value: Any, zero: str) -> str | None:
 
 def logs_from_otlp(frame: Any, limit: int | None = None) -> list[dict[str, Any]]:
     """StoredLog dicts from an ``ExportLogsServiceRequest`` (every record field optional)."""
+    return [entry for part in iter_logs(frame, limit) for entry in part]
+
+
+def iter_logs(frame: Any, limit: int | None = None, slice_s: float | None = None) -> Iterator[list[dict[str, Any]]]:
+    """:func:`logs_from_otlp` in parts, as :func:`iter_spans`."""
     out: list[dict[str, Any]] = []
+    count = 0
+    began = time.perf_counter()
     for resource_entry in _list(frame, "resourceLogs"):
         resource = _resource(resource_entry)
         for scope_entry in _list(resource_entry, "scopeLogs"):
             scope = _scope(scope_entry)
             for record in _raw_list(scope_entry, "logRecords"):
-                if limit is not None and len(out) >= limit:
-                    return out
+                if limit is not None and count >= limit:
+                    yield out
+                    return
                 if not isinstance(record, dict):
                     raise TelemetryFormatError("a log record must be an object")
                 stored: dict[str, Any] = {
@@ -602,7 +627,11 @@ def logs_from_otlp(frame: Any, limit: int | None = None) -> list[dict[str, Any]]
                     "service_name": _service(resource),
                 }
                 out.append(_with_scope(stored, scope))
-    return out
+                count += 1
+                if slice_s is not None and time.perf_counter() - began >= slice_s:
+                    yield out
+                    out, began = [], time.perf_counter()
+    yield out
 
 
 def _number_point(point: dict[str, Any]) -> dict[str, Any]:
@@ -662,14 +691,23 @@ def metrics_from_otlp(frame: Any, ingested_ns: int, limit: int | None = None) ->
         >>> m["metric_type"], m["data_points"][0]["value"], m["timestamp_unix_nano"]
         ('counter', 4.0, 7)
     """
+    return [metric for part in iter_metrics(frame, ingested_ns, limit) for metric in part]
+
+
+def iter_metrics(frame: Any, ingested_ns: int, limit: int | None = None,
+                 slice_s: float | None = None) -> Iterator[list[dict[str, Any]]]:
+    """:func:`metrics_from_otlp` in parts, as :func:`iter_spans`."""
     out: list[dict[str, Any]] = []
+    count = 0
+    began = time.perf_counter()
     for resource_entry in _list(frame, "resourceMetrics"):
         service = _service(_resource(resource_entry))
         for scope_entry in _list(resource_entry, "scopeMetrics"):
             scope = _scope(scope_entry)
             for metric in _raw_list(scope_entry, "metrics"):
-                if limit is not None and len(out) >= limit:
-                    return out
+                if limit is not None and count >= limit:
+                    yield out
+                    return
                 if not isinstance(metric, dict):
                     raise TelemetryFormatError("a metric must be an object")
                 name = _required_str(metric, "name", "a metric")
@@ -686,4 +724,8 @@ def metrics_from_otlp(frame: Any, ingested_ns: int, limit: int | None = None) ->
                           "unit": str(metric.get("unit") or ""), "metric_type": kind, "data_points": points,
                           "service_name": service, "timestamp_unix_nano": ingested_ns}
                 out.append(_with_scope(stored, scope))
-    return out
+                count += 1
+                if slice_s is not None and time.perf_counter() - began >= slice_s:
+                    yield out
+                    out, began = [], time.perf_counter()
+    yield out

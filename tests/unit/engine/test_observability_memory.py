@@ -16,7 +16,7 @@ import json
 import threading
 import tracemalloc
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -192,13 +192,13 @@ def _parsed_frames(monkeypatch: pytest.MonkeyPatch) -> list[weakref.ref[Any]]:
 def _stored(module: OtelModule, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
     """Set once the module stored a frame: the ingest task runs on, without a pause, to its next await."""
     stored = asyncio.Event()
-    store_frame = module._store_frame
+    store_frame = module._storing  # the ingest task stores a frame through it, in slices
 
-    def storing(kind: str, body: bytes, frame: Any) -> None:
-        store_frame(kind, body, frame)
+    def storing(kind: str, body: bytes, frame: Any, slice_s: float | None) -> Generator[None, None, None]:
+        yield from store_frame(kind, body, frame, slice_s)
         stored.set()
 
-    monkeypatch.setattr(module, "_store_frame", storing)
+    monkeypatch.setattr(module, "_storing", storing)
     return stored
 
 
