@@ -215,7 +215,18 @@ class RedisBus:
 
     async def unsubscribe(self, topic: str) -> None:
         """See :class:`PubSubBus`. A broken connection is not an error here: the topic has no subscriber left in
-        this engine, so what Redis still sends on it is dropped on arrival."""
+        this engine, so what Redis still sends on it is dropped on arrival.
+
+        A subscribe of the topic still waiting for Redis's confirmation fails at once (``subscribe_failed``, saying
+        it was withdrawn): its SUBSCRIBE lost with a connection is not renewed now, so it waited its full 10 s and
+        then reported a failure though Redis was healthy (8 of 8 rounds of a register, a reconnect, an unregister).
+        """
+        withdrawn = self._confirm.pop(topic, [])
+        for waiter in withdrawn:
+            if not waiter.done():
+                waiter.set_exception(EngineError("subscribe_failed", f"the subscription to topic {topic!r:.200} "
+                                                 "was withdrawn (unsubscribed) before Redis confirmed it"))
+                waiter.exception()  # retrieved: its subscribe may end on its own error before it awaits this
         try:
             await self._pubsub.unsubscribe(topic)
         except self._broken as exc:

@@ -124,7 +124,7 @@ class PubSubModule(EngineModule):
                 live.exception()  # retrieved: no waiter is a normal case, not an "exception never retrieved"
                 raise
             live.set_result(None)
-        except BaseException:
+        except BaseException as exc:
             # The engine does not keep a trigger whose register failed, so neither may we: kept, it would get
             # messages no listing shows, never be unregistered, and make the next subscriber of the topic skip
             # the SUBSCRIBE (the topic looked subscribed already), so that one would get nothing.
@@ -133,6 +133,12 @@ class PubSubModule(EngineModule):
                 del subscribers[trigger.id]
                 if not subscribers and self._subscribers.get(topic) is subscribers:
                     del self._subscribers[topic]
+            elif isinstance(exc, Exception):
+                # A later register or unregister of the id replaced this one while its SUBSCRIBE was pending (and
+                # withdrew it, when the topic was left without a subscriber): the engine keeps that later call's
+                # outcome, so this one has nothing to report. Before, it waited out the 10 s and reported
+                # subscribe_failed with Redis healthy.
+                return
             raise
 
     async def unregister(self, trigger: TriggerInfo) -> None:

@@ -109,3 +109,30 @@ async def test_a_register_replaced_while_it_unsubscribes_its_old_topic_leaves_it
             assert (await redis.pubsub_numsub(old))[0][1] == 0
     finally:
         await redis.aclose()
+
+
+async def test_a_register_unregistered_while_its_subscribe_is_unconfirmed_returns_at_once() -> None:
+    # Before: the unregister's UNSUBSCRIBE left the register waiting out the whole 10 s for a confirmation that,
+    # its SUBSCRIBE lost with a connection, never came, and then reporting subscribe_failed with Redis healthy
+    # (reg_unreg_reconnect.py: 8 of 8 rounds, 85 s). Here Redis stalls instead; the register's wait is the same.
+    topic = f"race-{uuid.uuid4()}"
+    trigger = TriggerInfo(id=f"race-{topic}", trigger_type="subscribe", function_id="race::f",
+                          config={"topic": topic})
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        async with RedisProxy() as proxy, engine_on(proxy.url) as engine:
+            module: Any = engine.module("pubsub")
+            bus = module._bus
+            proxy.hold()  # the SUBSCRIBE waits in the proxy: no confirmation
+            register = asyncio.create_task(module.register(trigger))
+            await until(lambda: topic in bus._confirm)
+            await module.unregister(trigger)
+            # before: TimeoutError here (the register still waited for its confirmation)
+            await asyncio.wait_for(register, 5)
+            assert topic not in module._subscribers and topic not in bus._confirm
+            proxy.release()
+            # a later SUBSCRIBE's confirmation: every command sent before it has been done by Redis
+            await bus.subscribe(f"{topic}-after")
+            assert (await redis.pubsub_numsub(topic))[0][1] == 0, "subscribed in Redis with no trigger in the engine"
+    finally:
+        await redis.aclose()
