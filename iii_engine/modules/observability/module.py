@@ -60,7 +60,7 @@ from .queries import (
     page_of,
     percentile,
     select,
-    trace_tree,
+    trace_tree_async,
     traces_query,
 )
 from .settings import ObservabilitySettings
@@ -632,7 +632,7 @@ class OtelModule(EngineModule):
             raise EngineError("deserialization_error",
                               "Failed to deserialize input for engine::traces::tree: missing string field `trace_id`")
         spans = await select(self._span_store().entries(), lambda span: span["trace_id"] == trace_id)
-        tree = trace_tree(spans)
+        tree = await trace_tree_async(spans)
         encoded = await encode_tree(tree["roots"], self._budget(ctx))
         # truncated: spans left out for max_message_size or for being deeper than TREE_MAX_DEPTH
         return answer_json({"roots": EncodedResult(encoded.json), "truncated": encoded.truncated or tree["depth_cut"]})
