@@ -141,6 +141,15 @@ class RedisBus:
         self._deliver: Deliver | None = None
         # Futures completed when Redis confirms a SUBSCRIBE, so subscribe() returns only once it is live.
         self._confirm: dict[str, list[asyncio.Future[None]]] = {}
+        # The topics this engine wants subscribed, and the one lock every SUBSCRIBE and UNSUBSCRIBE is sent under
+        # (see _sync): before, several tasks drove redis-py's PubSub at once, each reconnecting it on its own
+        # ("read() called while another coroutine is already waiting", "'NoneType' object has no attribute
+        # 'writelines'"), and a subscribe that finished after its topic's unsubscribe put it back among the channels
+        # redis-py renews at every reconnection: 1 to 4 channels subscribed with no trigger (stall_race.py).
+        self._wanted: set[str] = set()
+        self._commands = asyncio.Lock()
+        self._idle = f"__iii_pubsub_idle:{uuid.uuid4()}"
+        self._syncs: set[asyncio.Task[None]] = set()
         self._closing = False
         #: times the subscriber connection broke (messages published while it is down never reach this engine)
         self.connection_losses = 0
@@ -161,7 +170,7 @@ class RedisBus:
         # a Redis that is down fails the module's start in one line naming it
         await check_reachable(self._redis, timeout=_REDIS_TIMEOUT_S)
         # A private channel opens the connection so the reader can run before any topic is subscribed.
-        await self._pubsub.subscribe(f"__iii_pubsub_idle:{uuid.uuid4()}")
+        await self._pubsub.subscribe(self._idle)
         self._reader = asyncio.create_task(self._read(), name="pubsub-redis-reader")
         self._delivery = asyncio.create_task(self._deliver_received(), name="pubsub-redis-delivery")
 
@@ -191,8 +200,9 @@ class RedisBus:
         confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiters = self._confirm.setdefault(topic, [])
         waiters.append(confirmed)
+        self._want(topic, True)
         try:
-            await self._pubsub.subscribe(topic)
+            await self._sync(topic)
             await asyncio.wait_for(confirmed, timeout=timeout)
         except self._no_answer as exc:
             # The SUBSCRIBE may have gone out (a stalled connection): without this, Redis would confirm it later
@@ -227,23 +237,64 @@ class RedisBus:
                 waiter.set_exception(EngineError("subscribe_failed", f"the subscription to topic {topic!r:.200} "
                                                  "was withdrawn (unsubscribed) before Redis confirmed it"))
                 waiter.exception()  # retrieved: its subscribe may end on its own error before it awaits this
-        try:
-            await self._pubsub.unsubscribe(topic)
-        except self._broken as exc:
-            self.unsubscribe_failures += 1
-            self._unsubscribe_log.lost("unsubscribe", f"topic {topic!r:.200} ({type(exc).__name__}: {exc})")
-        finally:
-            # Forgotten now, not when Redis confirms: redis-py renews every channel it still lists when it
-            # reconnects, so an UNSUBSCRIBE lost with the connection had the topic subscribed again for good.
-            encoder = self._pubsub.encoder
-            self._pubsub.channels.pop(encoder.decode(encoder.encode(topic)), None)
+        self._want(topic, False)
+        await self._sync(topic)
+
+    def _want(self, topic: str, wanted: bool) -> None:
+        """Record whether ``topic`` is wanted, in redis-py's ``channels`` too: what it subscribes again when the
+        subscriber connection is back. Forgotten at once, not when Redis confirms an UNSUBSCRIBE: one lost with the
+        connection had the topic subscribed again at the reconnection, for good."""
+        encoder = self._pubsub.encoder
+        key = encoder.decode(encoder.encode(topic))
+        if wanted:
+            self._wanted.add(topic)
+            self._pubsub.channels[key] = None
+        else:
+            self._wanted.discard(topic)
+            self._pubsub.channels.pop(key, None)
+
+    async def _sync(self, topic: str) -> None:
+        """Send Redis what ``topic`` is wanted as now (SUBSCRIBE or UNSUBSCRIBE), one command at a time.
+
+        Each change of a topic is followed by its own sync, so the last command Redis gets for a topic is what it is
+        wanted as. Sent only on a connection that is up, never connecting: the reader alone reconnects, and redis-py
+        then subscribes every wanted topic again. An error is logged, never raised (the reader notices a broken
+        connection and renews what is wanted).
+        """
+        async with self._commands:
+            wanted = topic in self._wanted
+            connection: Any = self._pubsub.connection
+            if connection is None or not connection.is_connected:
+                return  # down: nothing is subscribed in Redis, and the reconnection subscribes what is wanted
+            try:
+                await connection.send_packed_command(
+                    connection.pack_command("SUBSCRIBE" if wanted else "UNSUBSCRIBE", topic), check_health=False)
+            except Exception as exc:  # whatever it is, the connection is dropped and the reader reconnects
+                if not wanted:
+                    self.unsubscribe_failures += 1
+                    self._unsubscribe_log.lost("unsubscribe", f"topic {topic!r:.200} ({type(exc).__name__}: {exc})")
+                else:
+                    log.warning("pubsub: Redis SUBSCRIBE of topic %r not sent (%s: %s); sent again when the "
+                                "subscriber connection is back", topic[:200], type(exc).__name__, exc)
+
+    def _confirmed(self, topic: str) -> None:
+        """Redis confirmed a SUBSCRIBE: the subscribes waiting for it return; a topic no longer wanted (its
+        UNSUBSCRIBE overtaken by a reconnection's renewal) is unsubscribed again."""
+        for waiter in self._confirm.pop(topic, []):
+            if not waiter.done():
+                waiter.set_result(None)
+        if topic not in self._wanted and topic != self._idle:
+            self._want(topic, False)  # redis-py's renewal lists what it subscribed: not renewed next time
+            task = asyncio.create_task(self._sync(topic), name="pubsub-redis-unsubscribe")
+            self._syncs.add(task)
+            task.add_done_callback(self._syncs.discard)
 
     async def close(self) -> None:
         """Stop the reader and close both connections."""
         # The flag ends the reader even if the client library swallows the cancellation.
         self._closing = True
         await self._writer.close()
-        for task in (self._reader, self._delivery):
+        for task in (self._reader, self._delivery, *self._syncs):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -276,9 +327,7 @@ class RedisBus:
             channel = message["channel"]
             topic = channel.decode() if isinstance(channel, bytes) else str(channel)
             if message["type"] == "subscribe":
-                for waiter in self._confirm.pop(topic, []):
-                    if not waiter.done():
-                        waiter.set_result(None)
+                self._confirmed(topic)
             elif message["type"] == "message":
                 raw = message["data"]
                 self._received.append((topic, raw))

@@ -136,3 +136,25 @@ async def test_a_register_unregistered_while_its_subscribe_is_unconfirmed_return
             assert (await redis.pubsub_numsub(topic))[0][1] == 0, "subscribed in Redis with no trigger in the engine"
     finally:
         await redis.aclose()
+
+
+async def test_a_subscribe_confirmed_for_a_topic_no_longer_wanted_is_unsubscribed() -> None:
+    # A SUBSCRIBE can reach Redis after its topic's UNSUBSCRIBE: redis-py's renewal of the channels at a
+    # reconnection, or (before) a subscribe in another task reconnecting on its own. Before, the topic then stayed
+    # subscribed with no trigger, kept in redis-py's channels and renewed at every reconnection (stall_race.py,
+    # seeds 5-10: 1 to 4 such channels). Here the bus's connection gets such a SUBSCRIBE directly.
+    topic = f"race-{uuid.uuid4()}"
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        async with engine_on(REDIS_URL) as engine:
+            bus = engine.module("pubsub")._bus  # type: ignore[union-attr]
+            await bus._pubsub.connection.send_command("SUBSCRIBE", topic)
+            # a later SUBSCRIBE's confirmation, then its UNSUBSCRIBE's: Redis has done what came before
+            await bus.subscribe(f"{topic}-after")
+            await bus.unsubscribe(f"{topic}-after")
+            await until(lambda: topic.encode() not in bus._pubsub.channels and not getattr(bus, "_syncs", ()))
+            await bus.subscribe(f"{topic}-after2")
+            # before: 1 (subscribed in Redis with no trigger in the engine)
+            assert (await redis.pubsub_numsub(topic))[0][1] == 0
+    finally:
+        await redis.aclose()
