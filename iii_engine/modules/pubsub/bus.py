@@ -202,7 +202,10 @@ class RedisBus:
         waiters.append(confirmed)
         self._want(topic, True)
         try:
-            await self._sync(topic)
+            # The SUBSCRIBE is sent by a task of its own, so the 10 s count from here, the wait for the lock included
+            # (awaited inline, a write stuck under the lock cost 9.5 s before this subscribe's own 10 s: failed at
+            # 20.07 s), and close() ends that wait by cancelling the task (it held subscribes ~20 s past close()).
+            self._spawn_sync(topic)
             await asyncio.wait_for(confirmed, timeout=timeout)
         except self._no_answer as exc:
             # The SUBSCRIBE may have gone out (a stalled connection): without this, Redis would confirm it later
@@ -261,7 +264,11 @@ class RedisBus:
         then subscribes every wanted topic again. An error is logged, never raised (the reader notices a broken
         connection and renews what is wanted).
         """
+        if self._closing:
+            return
         async with self._commands:
+            if self._closing:
+                return  # the connection is about to close: nothing to send on it
             wanted = topic in self._wanted
             connection: Any = self._pubsub.connection
             if connection is None or not connection.is_connected:
@@ -285,14 +292,26 @@ class RedisBus:
                 waiter.set_result(None)
         if topic not in self._wanted and topic != self._idle:
             self._want(topic, False)  # redis-py's renewal lists what it subscribed: not renewed next time
-            task = asyncio.create_task(self._sync(topic), name="pubsub-redis-unsubscribe")
-            self._syncs.add(task)
-            task.add_done_callback(self._syncs.discard)
+            self._spawn_sync(topic)
+
+    def _spawn_sync(self, topic: str) -> asyncio.Task[None]:
+        """:meth:`_sync` in a task close() cancels (tasks take the lock in the order they were created)."""
+        task = asyncio.create_task(self._sync(topic), name="pubsub-redis-sync")
+        self._syncs.add(task)
+        task.add_done_callback(self._syncs.discard)
+        return task
 
     async def close(self) -> None:
         """Stop the reader and close both connections."""
         # The flag ends the reader even if the client library swallows the cancellation.
         self._closing = True
+        # the subscribes still waiting fail now, not when their 10 s are up (close() returned, they went on ~20 s)
+        for waiters in self._confirm.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(EngineError("subscribe_failed", "the pubsub module is stopping"))
+                    waiter.exception()  # retrieved: its subscribe may be gone already
+        self._confirm.clear()
         await self._writer.close()
         for task in (self._reader, self._delivery, *self._syncs):
             if task is not None:

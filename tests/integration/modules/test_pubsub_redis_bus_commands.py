@@ -1,0 +1,47 @@
+"""The pubsub Redis bus's SUBSCRIBE/UNSUBSCRIBE commands: what close() does to the subscribes still waiting, how long
+a subscribe or an unsubscribe waits behind a stuck write, which reply confirms a subscribe, and a write that fails."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import pytest
+from test_engine_attack_pubsub import RedisProxy
+from test_pubsub_redis_subscribe_race import waits_for_confirmation
+
+from iii_engine.modules.base import EngineError
+from iii_engine.modules.pubsub import bus as bus_module
+from tests.polling import until
+
+pytestmark = [pytest.mark.redis, pytest.mark.our_engine("drives the pubsub Redis bus through a proxy")]
+
+
+async def nothing(topic: str, data: Any) -> None:
+    """A deliver that drops what it gets (these tests look at subscriptions, not messages)."""
+
+
+async def test_close_fails_the_subscribes_still_waiting_at_once() -> None:
+    # Before: close() returned at once but a subscribe waiting for Redis's confirmation went on for its 10 s, and one
+    # waiting for the lock behind a stuck write for ~20 s, both ending in "no confirmation within 10 s".
+    topic = f"stop-{uuid.uuid4()}"
+    async with RedisProxy() as proxy:
+        bus = bus_module.RedisBus(proxy.url)
+        await bus.start(nothing)
+        proxy.hold()  # Redis stalls: the SUBSCRIBE waits in the proxy, unconfirmed
+        confirming = asyncio.create_task(bus.subscribe(topic))
+        await until(lambda: waits_for_confirmation(confirming))
+        await bus._commands.acquire()  # a write stuck under the lock
+        try:
+            queued = asyncio.create_task(bus.subscribe(f"{topic}-queued"))
+            await asyncio.sleep(0)  # it is waiting now (for the lock, or its confirmation)
+            started = time.monotonic()
+            await bus.close()
+            for task in (confirming, queued):
+                with pytest.raises(EngineError, match="subscribe_failed: the pubsub module is stopping"):
+                    await asyncio.wait_for(task, 2)
+            assert time.monotonic() - started < 2
+        finally:
+            bus._commands.release()
