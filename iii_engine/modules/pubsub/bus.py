@@ -45,6 +45,8 @@ _RECONNECT_FIRST_S = 0.05
 _RECONNECT_MAX_S = 2.0
 # How long subscribe() waits for Redis to confirm a SUBSCRIBE
 _SUBSCRIBE_TIMEOUT_S = 10.0
+# How long unsubscribe() waits for its UNSUBSCRIBE to be written (its turn under the lock included)
+_UNSUBSCRIBE_WAIT_S = 1.0
 # How long a connection attempt, or a command's reply (a PUBLISH), may take: without it a Redis that stalls (accepts
 # and never answers) held every publish for good, each holding its caller's call count
 _REDIS_TIMEOUT_S = 10.0
@@ -213,7 +215,9 @@ class RedisBus:
             # subscribe of the topic still waits: the confirmation it shares would pass it, and the UNSUBSCRIBE,
             # sent after its SUBSCRIBE, leave the topic unsubscribed for good; that one decides instead.
             if all(waiter is confirmed for waiter in waiters):
-                await self.unsubscribe(topic)
+                # not waiting for the UNSUBSCRIBE's turn: this subscribe's 10 s are up
+                self._want(topic, False)
+                self._spawn_sync(topic)
             # the confirmation's own timeout says nothing (the line ended "TimeoutError: ")
             reason = f"no confirmation within {timeout:g} s" \
                 if isinstance(exc, TimeoutError) and not str(exc) else f"{type(exc).__name__}: {exc}"
@@ -241,7 +245,10 @@ class RedisBus:
                                                  "was withdrawn (unsubscribed) before Redis confirmed it"))
                 waiter.exception()  # retrieved: its subscribe may end on its own error before it awaits this
         self._want(topic, False)
-        await self._sync(topic)
+        # Waits a moment at most for its turn: a write stuck under the lock held it up to redis-py's 10 s socket
+        # timeout. The topic is no longer wanted already, so the UNSUBSCRIBE still goes out in its turn (or the
+        # reconnection leaves the topic out), and what Redis sends on it meanwhile is dropped here.
+        await asyncio.wait({self._spawn_sync(topic)}, timeout=_UNSUBSCRIBE_WAIT_S)
 
     def _want(self, topic: str, wanted: bool) -> None:
         """Record whether ``topic`` is wanted, in redis-py's ``channels`` too: what it subscribes again when the

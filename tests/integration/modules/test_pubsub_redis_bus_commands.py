@@ -45,3 +45,27 @@ async def test_close_fails_the_subscribes_still_waiting_at_once() -> None:
             assert time.monotonic() - started < 2
         finally:
             bus._commands.release()
+
+
+async def test_a_write_stuck_under_the_lock_holds_no_subscribe_past_its_timeout_nor_an_unsubscribe(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: one write stuck under the command lock (redis-py's 10 s socket timeout) held an unsubscribe as long,
+    # and a subscribe waited 9.5 s for the lock and then its own 10 s (failed at 20.07 s).
+    topic = f"stuck-{uuid.uuid4()}"
+    async with RedisProxy() as proxy:
+        bus = bus_module.RedisBus(proxy.url)
+        await bus.start(nothing)
+        try:
+            await bus.subscribe(topic)
+            monkeypatch.setattr(bus_module, "_SUBSCRIBE_TIMEOUT_S", 0.5)
+            await bus._commands.acquire()  # a write stuck under the lock
+            try:
+                started = time.monotonic()
+                await asyncio.wait_for(bus.unsubscribe(topic), 3)
+                with pytest.raises(EngineError, match=r"no confirmation within 0\.5 s"):
+                    await asyncio.wait_for(bus.subscribe(f"{topic}-later"), 3)
+                assert time.monotonic() - started < 3.5
+            finally:
+                bus._commands.release()
+        finally:
+            await bus.close()
