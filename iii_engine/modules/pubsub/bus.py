@@ -284,6 +284,8 @@ class RedisBus:
                 await connection.send_packed_command(
                     connection.pack_command("SUBSCRIBE" if wanted else "UNSUBSCRIBE", topic), check_health=False)
             except Exception as exc:  # whatever it is, the connection is dropped and the reader reconnects
+                # an outage like any other: counted and logged (before, the reconnection went without a word)
+                self._connection_lost(exc)
                 if not wanted:
                     self.unsubscribe_failures += 1
                     self._unsubscribe_log.lost("unsubscribe", f"topic {topic!r:.200} ({type(exc).__name__}: {exc})")

@@ -69,3 +69,26 @@ async def test_a_write_stuck_under_the_lock_holds_no_subscribe_past_its_timeout_
                 bus._commands.release()
         finally:
             await bus.close()
+
+
+async def test_a_connection_dropped_by_a_failed_write_is_counted_as_lost(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Before: a SUBSCRIBE whose write failed dropped the connection, and the reader reconnected without a word
+    # (connection_losses stayed 0, nothing logged about messages lost meanwhile) unless its own read happened to
+    # break too. The write fails here with the connection left up, so the reader sees nothing: the count is _sync's.
+    topic = f"dropped-{uuid.uuid4()}"
+    async with RedisProxy() as proxy:
+        bus = bus_module.RedisBus(proxy.url)
+        await bus.start(nothing)
+        try:
+            connection: Any = bus._pubsub.connection
+
+            async def fail(*args: Any, **kwargs: Any) -> None:
+                raise ConnectionError("write failed")
+
+            monkeypatch.setattr(connection, "send_packed_command", fail)
+            monkeypatch.setattr(bus_module, "_SUBSCRIBE_TIMEOUT_S", 0.3)
+            with pytest.raises(EngineError, match="no confirmation"):
+                await bus.subscribe(topic)
+            assert bus.connection_losses == 1
+        finally:
+            await bus.close()
