@@ -150,6 +150,9 @@ class RedisBus:
         # redis-py renews at every reconnection: 1 to 4 channels subscribed with no trigger (stall_race.py).
         self._wanted: set[str] = set()
         self._commands = asyncio.Lock()
+        # UNSUBSCRIBEs written per topic whose reply has not come yet, on this connection: a ``subscribe`` reply for
+        # a topic with one pending answers a SUBSCRIBE sent before it, which it withdrew (see _read)
+        self._unsubscribes: dict[str, int] = {}
         self._idle = f"__iii_pubsub_idle:{uuid.uuid4()}"
         self._syncs: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -173,6 +176,9 @@ class RedisBus:
         await check_reachable(self._redis, timeout=_REDIS_TIMEOUT_S)
         # A private channel opens the connection so the reader can run before any topic is subscribed.
         await self._pubsub.subscribe(self._idle)
+        # replies to commands written on a connection never come once it is gone: the counts start again on each
+        connection: Any = self._pubsub.connection  # opened by the subscribe above
+        connection.register_connect_callback(self._connected)
         self._reader = asyncio.create_task(self._read(), name="pubsub-redis-reader")
         self._delivery = asyncio.create_task(self._deliver_received(), name="pubsub-redis-delivery")
 
@@ -280,6 +286,8 @@ class RedisBus:
             connection: Any = self._pubsub.connection
             if connection is None or not connection.is_connected:
                 return  # down: nothing is subscribed in Redis, and the reconnection subscribes what is wanted
+            if not wanted:
+                self._unsubscribes[topic] = self._unsubscribes.get(topic, 0) + 1  # its reply may beat the write's end
             try:
                 await connection.send_packed_command(
                     connection.pack_command("SUBSCRIBE" if wanted else "UNSUBSCRIBE", topic), check_health=False)
@@ -354,7 +362,14 @@ class RedisBus:
                 continue
             channel = message["channel"]
             topic = channel.decode() if isinstance(channel, bytes) else str(channel)
-            if message["type"] == "subscribe":
+            if message["type"] == "unsubscribe":
+                if (pending := self._unsubscribes.pop(topic, 0)) > 1:
+                    self._unsubscribes[topic] = pending - 1
+            elif message["type"] == "subscribe" and topic not in self._unsubscribes:
+                # With an UNSUBSCRIBE of the topic still unanswered, this answers a SUBSCRIBE written before it:
+                # the topic is unsubscribed again in Redis right after. Taken as the confirmation, a later subscribe
+                # returned before Redis had its own SUBSCRIBE, and a message published then reached nobody (20 of
+                # 20 with a 30 ms client-to-server delay).
                 self._confirmed(topic)
             elif message["type"] == "message":
                 raw = message["data"]
@@ -390,6 +405,10 @@ class RedisBus:
                 await self._deliver(topic, data)
             except Exception as exc:  # one message not delivered must not end the delivery
                 self._not_delivered(topic, exc)
+
+    async def _connected(self, connection: Any) -> None:
+        """The subscriber connection is (re)connected: no reply is owed on it yet."""
+        self._unsubscribes.clear()
 
     def _connection_lost(self, exc: Exception) -> None:
         """Log the start of an outage once (messages published during it are lost: Redis pub/sub keeps nothing)."""

@@ -4,11 +4,13 @@ a subscribe or an unsubscribe waits behind a stuck write, which reply confirms a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 from test_engine_attack_pubsub import RedisProxy
 from test_pubsub_redis_subscribe_race import waits_for_confirmation
 
@@ -17,6 +19,8 @@ from iii_engine.modules.pubsub import bus as bus_module
 from tests.polling import until
 
 pytestmark = [pytest.mark.redis, pytest.mark.our_engine("drives the pubsub Redis bus through a proxy")]
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 async def nothing(topic: str, data: Any) -> None:
@@ -92,3 +96,70 @@ async def test_a_connection_dropped_by_a_failed_write_is_counted_as_lost(monkeyp
             assert bus.connection_losses == 1
         finally:
             await bus.close()
+
+
+class ReplyHoldingProxy(RedisProxy):
+    """A :class:`RedisProxy` that can also hold what Redis sends back (:meth:`hold_replies`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._replies = asyncio.Event()
+        self._replies.set()
+
+    def hold_replies(self) -> None:
+        self._replies.clear()
+
+    def release_replies(self) -> None:
+        self._replies.set()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, held: bool) -> None:
+        if held:
+            return await super()._pipe(reader, writer, held=held)
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while data := await reader.read(65536):
+                await self._replies.wait()
+                writer.write(data)
+                await writer.drain()
+        writer.transport.abort()
+
+
+async def subscribers_become(redis: Redis, topic: str, count: int) -> None:
+    """Wait until Redis counts ``count`` subscribers of ``topic`` (it says so only when asked: polled)."""
+    for _ in range(500):
+        if (await redis.pubsub_numsub(topic))[0][1] == count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{topic} never had {count} subscribers")
+
+
+async def test_a_subscribe_is_not_confirmed_by_the_reply_to_a_subscribe_withdrawn_before_it() -> None:
+    # Before: the reply to a SUBSCRIBE that an UNSUBSCRIBE withdrew confirmed a later subscribe of the topic, which
+    # returned "active" before Redis had its own SUBSCRIBE: a message published then reached nobody (20 of 20 with a
+    # 30 ms client-to-server delay).
+    topic = f"early-{uuid.uuid4()}"
+    redis = Redis.from_url(REDIS_URL)
+    proxy = ReplyHoldingProxy()
+    async with proxy:
+        bus = bus_module.RedisBus(proxy.url)
+        await bus.start(nothing)
+        try:
+            proxy.hold_replies()  # Redis does the commands; the bus hears nothing back yet
+            withdrawn = asyncio.create_task(bus.subscribe(topic))
+            await subscribers_become(redis, topic, 1)
+            await bus.unsubscribe(topic)
+            with pytest.raises(EngineError, match="withdrawn"):
+                await withdrawn
+            await subscribers_become(redis, topic, 0)
+            proxy.hold()  # the next SUBSCRIBE stays in the proxy
+            later = asyncio.create_task(bus.subscribe(topic))
+            await until(lambda: waits_for_confirmation(later))
+            proxy.release_replies()  # the first SUBSCRIBE's reply, then the UNSUBSCRIBE's, reach the bus
+            # the reader takes both replies well within this (bounded observation: nothing to await in between)
+            await asyncio.wait({later}, timeout=0.5)
+            assert not later.done(), "confirmed while Redis has the topic unsubscribed"
+            proxy.release()
+            await asyncio.wait_for(later, 5)
+            assert (await redis.pubsub_numsub(topic))[0][1] == 1
+        finally:
+            await bus.close()
+            await redis.aclose()
