@@ -461,7 +461,8 @@ TREE_MAX_DEPTH = 256
 
 def trace_tree(spans: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """``{"roots": [...], "depth_cut": bool}`` for the spans of one trace; a span whose parent is not stored is
-    left out, and so is a span more than :data:`TREE_MAX_DEPTH` levels below its root (``depth_cut`` says so).
+    left out, and so is a span more than :data:`TREE_MAX_DEPTH` levels below its root (``depth_cut`` says so). Not
+    from a running event loop (there, :func:`trace_tree_async`).
 
     Example:
         >>> chain = [{"span_id": str(i), "parent_span_id": str(i - 1) if i else None} for i in range(300)]
@@ -469,13 +470,7 @@ def trace_tree(spans: Sequence[dict[str, Any]]) -> dict[str, Any]:
         >>> tree["depth_cut"], len(trace_tree(chain[:10])["roots"]), trace_tree(chain[:10])["depth_cut"]
         (True, 1, False)
     """
-    building = building_tree(spans, None)
-    while True:
-        try:
-            next(building)
-        except StopIteration as done:
-            tree: dict[str, Any] = done.value
-            return tree
+    return asyncio.run(trace_tree_async(spans))  # as list_traces: one builder, driven by the async form
 
 
 async def trace_tree_async(spans: Sequence[dict[str, Any]]) -> dict[str, Any]:
