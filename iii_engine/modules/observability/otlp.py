@@ -46,10 +46,6 @@ __all__ = [
     "spans_from_otlp",
 ]
 
-_ZERO_TRACE = "0" * 32
-_ZERO_SPAN = "0" * 16
-
-
 class TelemetryFormatError(ValueError):
     """A telemetry frame that cannot be stored; the message says what was wrong."""
 
@@ -427,6 +423,67 @@ def _resource(entry: Any) -> dict[str, str]:
     return _attributes_text(resource.get("attributes") if isinstance(resource, dict) else None)
 
 
+_HEX_IDS = {32: re.compile("[0-9a-fA-F]{32}"), 16: re.compile("[0-9a-fA-F]{16}")}
+_LOWER_HEX_IDS = {32: re.compile("[0-9a-f]{32}"), 16: re.compile("[0-9a-f]{16}")}
+_LOWER_TRACE_ID, _LOWER_SPAN_ID = _LOWER_HEX_IDS[32].fullmatch, _LOWER_HEX_IDS[16].fullmatch
+_ZERO_SPAN = "0" * 16
+
+
+def _hex_id(value: Any, key: str, digits: int, what: str) -> str:
+    """An OTLP/JSON trace id (``digits`` 32) or span id (16), lower-cased; :class:`TelemetryFormatError` naming the
+    field otherwise. Before, ids of any length and text were stored (a 1 MB "traceId" was kept and listed).
+
+    Both SDKs, ours and the reference, send ``format(id, "032x")`` / ``"016x"``: lower-case, zero-padded.
+
+    Example:
+        >>> _hex_id("AB" * 16, "traceId", 32, "a span")
+        'abababababababababababababababab'
+        >>> try:
+        ...     _hex_id("abc", "spanId", 16, "a span")
+        ... except TelemetryFormatError as exc:
+        ...     print(exc)
+        a span whose spanId is not 16 hex digits: 'abc'
+    """
+    if not isinstance(value, str):
+        raise TelemetryFormatError(f"{what} without a string {key!r}")
+    if _LOWER_HEX_IDS[digits].fullmatch(value):
+        return value
+    if not _HEX_IDS[digits].fullmatch(value):
+        raise TelemetryFormatError(f"{what} whose {key} is not {digits} hex digits: {value[:40]!r}")
+    return value.lower()
+
+
+def _optional_id(value: Any, key: str, digits: int, what: str) -> str | None:
+    """An optional id (a log record's, a parent's, a link's): ``None`` when absent, empty or all zeros (what OTLP
+    sends for none), else as :func:`_hex_id`.
+
+    Example:
+        >>> _optional_id("", "parentSpanId", 16, "a span"), _optional_id("0" * 16, "spanId", 16, "a log record")
+        (None, None)
+    """
+    if value is None or value == "":
+        return None
+    checked = _hex_id(value, key, digits, what)
+    return None if checked == "0" * digits else checked
+
+
+def _request(frame: Any, what: str) -> dict[str, Any]:
+    """A frame's export request, which must be a JSON object: ``OTLPnull`` (or a number, a string, a list) was counted
+    as ingested, holding nothing.
+
+    Example:
+        >>> try:
+        ...     _request(None, "an OTLP frame")
+        ... except TelemetryFormatError as exc:
+        ...     print(exc)
+        an OTLP frame must be a JSON object (an export request), got null
+    """
+    if not isinstance(frame, dict):
+        shown = "null" if frame is None else type(frame).__name__
+        raise TelemetryFormatError(f"{what} must be a JSON object (an export request), got {shown}")
+    return frame
+
+
 def _required_str(obj: dict[str, Any], key: str, what: str) -> str:
     value = obj.get(key)
     if not isinstance(value, str):
@@ -460,6 +517,7 @@ def _plain_span(span: dict[str, Any], parent: str | None, status: dict[str, Any]
     events = span.get("events")
     links = span.get("links")
     if (type(trace_id) is not str or type(span_id) is not str or type(name) is not str
+            or not _LOWER_TRACE_ID(trace_id) or not _LOWER_SPAN_ID(span_id)
             or not (attributes is None or (type(attributes) is list and not attributes))
             or not (events is None or (type(events) is list and not events))
             or not (links is None or (type(links) is list and not links))):
@@ -516,7 +574,7 @@ def iter_spans(frame: Any, limit: int | None = None, slice_s: float | None = Non
     out: list[dict[str, Any]] = []
     count = 0
     began = time.perf_counter()
-    for resource_entry in _list(frame, "resourceSpans"):
+    for resource_entry in _list(_request(frame, "an OTLP frame"), "resourceSpans"):
         service = _service(_resource(resource_entry))
         for scope_entry in _list(resource_entry, "scopeSpans"):
             scope = _scope(scope_entry)
@@ -527,15 +585,16 @@ def iter_spans(frame: Any, limit: int | None = None, slice_s: float | None = Non
                 if not isinstance(span, dict):
                     raise TelemetryFormatError("a span must be an object")
                 parent = span.get("parentSpanId") or None
-                if parent is not None and (not isinstance(parent, str) or parent == _ZERO_SPAN):
-                    parent = None
+                if parent is not None and (type(parent) is not str or not _LOWER_SPAN_ID(parent)
+                                           or parent == _ZERO_SPAN):  # the usual parent without a Python call
+                    parent = _optional_id(parent, "parentSpanId", 16, "a span")
                 raw_status = span.get("status")
                 status: dict[str, Any] = raw_status if isinstance(raw_status, dict) else {}
                 stored = _plain_span(span, parent, status, service)
                 if stored is None:  # anything else, field by field (the same fields, checks and errors)
                     stored = {
-                        "trace_id": _required_str(span, "traceId", "a span"),
-                        "span_id": _required_str(span, "spanId", "a span"),
+                        "trace_id": _hex_id(span.get("traceId"), "traceId", 32, "a span"),
+                        "span_id": _hex_id(span.get("spanId"), "spanId", 16, "a span"),
                         "parent_span_id": parent,
                         "name": _required_str(span, "name", "a span"),
                         "start_time_unix_nano": _opt_int(span.get("startTimeUnixNano"), "startTimeUnixNano"),
@@ -550,7 +609,8 @@ def iter_spans(frame: Any, limit: int | None = None, slice_s: float | None = Non
                             for event in _list(span, "events") if isinstance(event, dict)
                         ],
                         "links": [
-                            {"trace_id": _text(link.get("traceId")), "span_id": _text(link.get("spanId")),
+                            {"trace_id": _optional_id(link.get("traceId"), "traceId", 32, "a span link"),
+                             "span_id": _optional_id(link.get("spanId"), "spanId", 16, "a span link"),
                              "trace_state": _text(link.get("traceState")),
                              "attributes": _attributes_pairs(link.get("attributes"))}
                             for link in _list(span, "links") if isinstance(link, dict)
@@ -589,10 +649,6 @@ def count_entries(frame: Any, kind: str) -> int:
     return total
 
 
-def _id_or_none(value: Any, zero: str) -> str | None:
-    return value if isinstance(value, str) and value and value != zero else None
-
-
 def logs_from_otlp(frame: Any, limit: int | None = None) -> list[dict[str, Any]]:
     """StoredLog dicts from an ``ExportLogsServiceRequest`` (every record field optional)."""
     return [entry for part in iter_logs(frame, limit) for entry in part]
@@ -603,7 +659,7 @@ def iter_logs(frame: Any, limit: int | None = None, slice_s: float | None = None
     out: list[dict[str, Any]] = []
     count = 0
     began = time.perf_counter()
-    for resource_entry in _list(frame, "resourceLogs"):
+    for resource_entry in _list(_request(frame, "a LOGS frame"), "resourceLogs"):
         resource = _resource(resource_entry)
         for scope_entry in _list(resource_entry, "scopeLogs"):
             scope = _scope(scope_entry)
@@ -621,8 +677,8 @@ def iter_logs(frame: Any, limit: int | None = None, slice_s: float | None = None
                     "severity_text": str(record.get("severityText") or ""),
                     "body": any_value_text(record.get("body")),
                     "attributes": _attributes_json(record.get("attributes")),
-                    "trace_id": _id_or_none(record.get("traceId"), _ZERO_TRACE),
-                    "span_id": _id_or_none(record.get("spanId"), _ZERO_SPAN),
+                    "trace_id": _optional_id(record.get("traceId"), "traceId", 32, "a log record"),
+                    "span_id": _optional_id(record.get("spanId"), "spanId", 16, "a log record"),
                     "resource": resource,  # one dict for the records of a resource (a copy each cost memory)
                     "service_name": _service(resource),
                 }
@@ -700,7 +756,7 @@ def iter_metrics(frame: Any, ingested_ns: int, limit: int | None = None,
     out: list[dict[str, Any]] = []
     count = 0
     began = time.perf_counter()
-    for resource_entry in _list(frame, "resourceMetrics"):
+    for resource_entry in _list(_request(frame, "an MTRC frame"), "resourceMetrics"):
         service = _service(_resource(resource_entry))
         for scope_entry in _list(resource_entry, "scopeMetrics"):
             scope = _scope(scope_entry)

@@ -112,11 +112,14 @@ def test_flags_and_link_ids_are_what_otlp_says_or_refused() -> None:
         spans_from_otlp(_frame({**USUAL, "flags": [[0]] * 1000}))
     with pytest.raises(TelemetryFormatError, match="flags 4294967296 is out of range"):
         spans_from_otlp(_frame({**USUAL, "flags": 2**32}))
-    link = {"traceId": {"big": [1] * 1000}, "spanId": "00f067aa0ba902b7", "traceState": ["x"] * 1000}
+    link = {"traceId": None, "spanId": "00f067aa0ba902b7", "traceState": ["x"] * 1000}
     (stored,) = spans_from_otlp(_frame({**USUAL, "flags": 257, "links": [link]}))
     assert stored["flags"] == 257
     assert stored["links"] == [{"trace_id": None, "span_id": "00f067aa0ba902b7", "trace_state": None,
                                 "attributes": []}]
+    # a link id that is not an OTLP id is refused, as a span's own (before: a JSON object as traceId became None)
+    with pytest.raises(TelemetryFormatError, match="a span link without a string 'traceId'"):
+        spans_from_otlp(_frame({**USUAL, "links": [{**link, "traceId": {"big": [1] * 1000}}]}))
 
 
 def python_calls(run: Callable[[], T]) -> tuple[list[str], T]:
