@@ -206,6 +206,8 @@ class RedisBus:
         """
         timeout = _SUBSCRIBE_TIMEOUT_S
         confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # wanted and confirmed already (no subscribe of it waiting): this one giving up takes nothing away
+        settled = topic in self._wanted and topic not in self._confirm
         waiters = self._confirm.setdefault(topic, [])
         waiters.append(confirmed)
         self._want(topic, True)
@@ -215,15 +217,13 @@ class RedisBus:
             # 20.07 s), and close() ends that wait by cancelling the task (it held subscribes ~20 s past close()).
             self._spawn_sync(topic)
             await asyncio.wait_for(confirmed, timeout=timeout)
-        except self._no_answer as exc:
-            # The SUBSCRIBE may have gone out (a stalled connection): without this, Redis would confirm it later
-            # and every reconnection would renew it, for a topic this engine no longer wants. Unless a later
-            # subscribe of the topic still waits: the confirmation it shares would pass it, and the UNSUBSCRIBE,
-            # sent after its SUBSCRIBE, leave the topic unsubscribed for good; that one decides instead.
-            if all(waiter is confirmed for waiter in waiters):
-                # not waiting for the UNSUBSCRIBE's turn: this subscribe's 10 s are up
-                self._want(topic, False)
-                self._spawn_sync(topic)
+        except BaseException as exc:
+            # No answer in time, or the caller cancelled (a register cancelled while Redis had not confirmed: before,
+            # the topic stayed subscribed in Redis with no trigger, renewed at every reconnection)
+            if not settled:
+                self._give_up(topic, confirmed)
+            if not isinstance(exc, self._no_answer):
+                raise
             # the confirmation's own timeout says nothing (the line ended "TimeoutError: ")
             reason = f"no confirmation within {timeout:g} s" \
                 if isinstance(exc, TimeoutError) and not str(exc) else f"{type(exc).__name__}: {exc}"
@@ -235,6 +235,20 @@ class RedisBus:
                 waiters.remove(confirmed)
             if not waiters and self._confirm.get(topic) is waiters:
                 del self._confirm[topic]
+
+    def _give_up(self, topic: str, confirmed: asyncio.Future[None]) -> None:
+        """The subscribe waiting on ``confirmed`` ends unconfirmed: its topic is withdrawn unless another subscribe of
+        it still waits, or an unsubscribe withdrew it already.
+
+        The SUBSCRIBE may have gone out (a stalled connection): without this, Redis would confirm it later and every
+        reconnection would renew it, for a topic this engine no longer wants. A later subscribe still waiting would
+        pass on the confirmation it shares, and the UNSUBSCRIBE, sent after its SUBSCRIBE, leave the topic
+        unsubscribed for good: that one decides instead.
+        """
+        if topic in self._wanted and all(waiter is confirmed for waiter in self._confirm.get(topic, ())):
+            # not waiting for the UNSUBSCRIBE's turn: this subscribe is over
+            self._want(topic, False)
+            self._spawn_sync(topic)
 
     async def unsubscribe(self, topic: str) -> None:
         """See :class:`PubSubBus`. A broken connection is not an error here: the topic has no subscriber left in
