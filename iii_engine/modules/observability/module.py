@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import random
 import time
 from collections.abc import Generator, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -90,6 +92,11 @@ _FRAME_BYTES = 4096
 _LOG_KEYS = ("timestamp_unix_nano", "observed_timestamp_unix_nano", "severity_number", "severity_text", "body",
              "attributes", "trace_id", "span_id", "resource", "service_name", "instrumentation_scope_name",
              "instrumentation_scope_version")
+
+
+# Set while the module fires a log trigger's calls: the call's task is created within and inherits it, so
+# call_started (run in that task) knows the call is a log trigger's and starts it in a marked trace.
+_FIRING_LOG_TRIGGER: ContextVar[bool] = ContextVar("firing_log_trigger", default=False)
 
 
 def _now_ns() -> int:
@@ -232,6 +239,10 @@ class OtelModule(EngineModule):
         self.dropped_items = 0
         self.malformed_frames = 0
         self.ingested_frames = 0
+        # Trace ids of the calls fired for log triggers carry a mark keyed by this (see _marked_trace_id).
+        self._trace_mark_key = os.urandom(16)
+        #: log records that fired no log trigger for being written while handling one (counted per trigger matched)
+        self.log_trigger_feedback = 0
 
     # -- life cycle ------------------------------------------------------------------------------------------
 
@@ -433,7 +444,11 @@ class OtelModule(EngineModule):
             log.warning("a %s telemetry frame held more than max_frame_entries (%d): %d entries dropped (%d so far)",
                         kind, self.settings.max_frame_entries, cut, self.dropped_entries)
 
-    def _add_log(self, entry: dict[str, Any], size: int | None = None) -> None:
+    def _add_log(self, entry: dict[str, Any], size: int | None = None, trace_id: str | None = None) -> None:
+        """Store ``entry`` and fire the ``log`` triggers its level matches, unless it was written while handling a
+        log trigger's call: in that call's trace (``entry``'s ``trace_id``, or ``trace_id``: the trace of the
+        ``engine::log::*`` call that wrote it). Such an entry is stored like any other and counted in
+        :attr:`log_trigger_feedback` once per trigger it matched."""
         if size is None:
             size = self.logs.sizes([entry])[0]
         self.logs.add(entry, size)
@@ -444,6 +459,12 @@ class OtelModule(EngineModule):
                    if level is None or level == text]
         if not targets:
             return
+        # Before, a handler that logged fired its own trigger again with each record, for ever (1,850 calls a
+        # second; with three such triggers other workers' calls waited ~1 s). Any log trigger, not only the one
+        # whose call wrote it: two handlers that log would fire each other in turn.
+        if self._in_log_trigger_trace(entry["trace_id"]) or self._in_log_trigger_trace(trace_id):
+            self.log_trigger_feedback += len(targets)
+            return
         # Each call keeps the entry alive until its handler answers, however long after the store let it go: the
         # fan-out holds the entry's bytes under max_fired_bytes (before, none: a handler that never answered kept
         # 1 GB of 1 MB entries alive in 25 s, the store holding 67 MB).
@@ -452,8 +473,26 @@ class OtelModule(EngineModule):
             self.services.fired_calls.skip(f"log trigger calls of a {text or 'log'} entry", len(targets))
             return
         payload = {key: entry.get(key) for key in _LOG_KEYS}
-        for target in targets:
-            self.services.fire(target, payload, taken=slots.one())
+        token = _FIRING_LOG_TRIGGER.set(True)
+        try:
+            for target in targets:
+                self.services.fire(target, payload, taken=slots.one())
+        finally:
+            _FIRING_LOG_TRIGGER.reset(token)
+
+    def _mark(self, head: str) -> str:
+        return hashlib.blake2b(head.encode(), digest_size=8, key=self._trace_mark_key).hexdigest()
+
+    def _marked_trace_id(self) -> str:
+        """A new trace id for a log trigger's call: 16 random hex digits, then their keyed hash (so no table of
+        such traces is kept, and a worker cannot forge one: 2**-64 for a random id to look marked)."""
+        head = f"{random.getrandbits(64):016x}"
+        return head + self._mark(head)
+
+    def _in_log_trigger_trace(self, trace_id: Any) -> bool:
+        """Whether ``trace_id`` is one :meth:`_marked_trace_id` gave (the trace of a log trigger's call)."""
+        return (isinstance(trace_id, str) and len(trace_id) == 32
+                and trace_id[16:] == self._mark(trace_id[:16]))
 
     # -- engine call spans and counters (InvocationObserver) -------------------------------------------------
 
@@ -461,7 +500,12 @@ class OtelModule(EngineModule):
                      worker_id: str | None = None) -> _Call:
         """A function execution begins; the returned token goes back to :meth:`call_finished`."""
         parent = parse_traceparent(traceparent)
-        trace_id = parent[0] if parent else f"{random.getrandbits(128):032x}"
+        if parent:
+            trace_id = parent[0]
+        elif _FIRING_LOG_TRIGGER.get():  # a log trigger's call: what its handler logs fires no log trigger
+            trace_id = self._marked_trace_id()
+        else:
+            trace_id = f"{random.getrandbits(128):032x}"
         kind = "internal" if function_id.startswith("engine::") else "user"
         attributes = [["faas.invoked_name", function_id], ["faas.trigger", "other"], ["function_id", function_id],
                       ["iii.function.kind", kind]]
@@ -567,7 +611,8 @@ class OtelModule(EngineModule):
             }
             if self.settings.logs_console_output:  # before, echoed even when off: 136,732 lines in 10 s
                 log.log(_console_level(number), "%s", message[:1000])
-            self._add_log(entry)
+            caller = parse_traceparent(ctx.traceparent)
+            self._add_log(entry, trace_id=caller[0] if caller else None)
             if self._log_batch is not None and self.settings.exports_logs:
                 self._log_batch.add(self._log_record(entry))
             return None
@@ -722,7 +767,7 @@ class OtelModule(EngineModule):
         telemetry = {"ingested_frames": self.ingested_frames, "dropped_frames": self.dropped_frames,
                      "queued_frames": self._queue.qsize(), "queued_bytes": self._queued_bytes,
                      "malformed_frames": self.malformed_frames, "dropped_entries": self.dropped_entries,
-                     "dropped_items": self.dropped_items}
+                     "dropped_items": self.dropped_items, "log_trigger_feedback": self.log_trigger_feedback}
         if self.alerts is not None:
             telemetry.update(webhook_sent=self.webhook_sent, webhook_failed=self.webhook_failed,
                              webhook_skipped=self.webhook_skipped)

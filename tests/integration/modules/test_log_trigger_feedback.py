@@ -1,0 +1,96 @@
+"""A ``log`` trigger whose handler logs does not fire itself (or another log trigger) with its own records.
+
+Before: each record the handler wrote (through the SDK's ``Logger``, or ``engine::log::*``) was a new stored entry
+that fired the trigger again, for ever: 1,850 calls a second from one seed, and with three such triggers other
+workers' calls waited ~1 s. Now the engine starts each call it fires for a log trigger in a trace of its own
+marking, and a record in such a trace (the handler's, and that of whatever it calls) is stored, echoed and
+exported as any other but fires no ``log`` trigger; the records it did not fire for are counted in health's
+``telemetry`` (``log_trigger_feedback``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from module_worker import ModuleWorker
+
+from tests.integration.modules.test_observability import engine_with, eventually
+from tests.interop.refsdk import sdk_env
+
+pytestmark = pytest.mark.our_engine("configures the observability module")
+
+ROOT = Path(__file__).resolve().parents[3]
+
+# Two log triggers on every entry: one handler logs with the SDK's Logger, the other through engine::log::info.
+# Without the rule each handler's record fires both handlers again (a feedback loop, and an A<->B ping-pong).
+_WORKER = textwrap.dedent("""
+    import sys, threading
+    from iii import InitOptions, Logger, register_worker
+
+    url, tag = sys.argv[1], sys.argv[2]
+    iii = register_worker(url, InitOptions(otel={"service_name": tag, "engine_ws_url": url,
+                                                 "logs_flush_interval_ms": 20}))
+    logger = Logger(service_name=tag)
+
+    async def by_logger(entry):
+        logger.info("handled-l " + entry["body"])
+
+    async def by_engine(entry):
+        await iii.trigger_async({"function_id": "engine::log::info",
+                                 "payload": {"message": "handled-e " + entry["body"], "service_name": tag}})
+
+    iii.register_function(tag + "::by_logger", by_logger)
+    iii.register_function(tag + "::by_engine", by_engine)
+    for name in ("by_logger", "by_engine"):
+        iii.register_trigger({"type": "log", "function_id": tag + "::" + name, "config": {}})
+    iii.list_functions()
+    print("ready", flush=True)
+    threading.Event().wait()
+""")
+
+
+async def test_a_log_triggers_handler_that_logs_does_not_fire_log_triggers_again() -> None:
+    tag = f"fb{uuid.uuid4().hex[:6]}"
+    settings = {"enabled": True, "exporter": "memory", "logs_console_output": False, "logs_max_count": 10_000}
+    async with engine_with(settings) as engine, ModuleWorker(engine.url) as probe:
+        module: Any = engine.module("observability")
+        env = {**sdk_env(), "OTEL_ENABLED": "true", "PYTHONPATH": str(ROOT)}
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-P", "-c", _WORKER, engine.url, tag, env=env,
+                                                    stdout=asyncio.subprocess.PIPE, cwd=os.getcwd())
+        try:
+            assert proc.stdout is not None
+            assert (await asyncio.wait_for(proc.stdout.readline(), 20)).strip() == b"ready"
+            await eventually(lambda: _async(len(engine.triggers_of_type("log")) == 2))
+
+            def bodies() -> list[str]:
+                return [e["body"] for e in module.logs.entries() if e["body"].startswith("handled")]
+
+            for seed in ("seed-1", "seed-2"):
+                await probe.result("engine::log::info", {"message": seed})
+                # both handlers ran for this seed and their records are stored (the Logger's come as telemetry)
+                await eventually(lambda seed=seed: _async(  # type: ignore[misc]
+                    {f"handled-l {seed}", f"handled-e {seed}"} <= set(bodies())), within=15)
+            health = await probe.result("engine::health::check", {})
+        finally:
+            proc.kill()
+            await proc.wait()
+        # before: 'handled-l handled-e seed-1', 'handled-e handled-l seed-1', ... (the handlers' records fired them
+        # again: hundreds within the time the second seed took)
+        assert sorted(bodies()) == ["handled-e seed-1", "handled-e seed-2", "handled-l seed-1", "handled-l seed-2"]
+        by_function = module.counters.as_dict()["by_function"]
+        assert (by_function[f"{tag}::by_logger"], by_function[f"{tag}::by_engine"]) == (2, 2)
+        # each handler record fired no trigger, counted once per trigger it matched: 4 records x 2 triggers
+        assert health["components"]["telemetry"]["details"]["log_trigger_feedback"] == 8
+        # the seeds themselves are ordinary entries: stored, and they fired both triggers
+        assert [e["body"] for e in module.logs.entries() if e["body"].startswith("seed")] == ["seed-1", "seed-2"]
+
+
+async def _async(value: bool) -> bool:
+    return value
