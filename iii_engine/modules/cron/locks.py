@@ -42,8 +42,10 @@ class CronLock(Protocol):
     async def prepare(self) -> None:
         """Check the lock store answers, at the module's start (raises when it does not)."""
 
-    async def try_fire(self, job_id: str, tick_ms: int) -> bool:
-        """True exactly once per ``(job_id, tick_ms)`` among engines sharing this lock store."""
+    async def try_fire(self, job_id: str, tick_ms: int, *, lock_key: str | None = None) -> bool:
+        """True exactly once per ``(lock, tick_ms)`` among engines sharing this lock store: the lock is the config's
+        ``lock_key`` when given, else the trigger id ``job_id``. The two are kept apart: a ``lock_key`` equal to
+        some trigger's id is not that trigger's lock."""
 
     async def close(self) -> None:
         """Release connections."""
@@ -57,12 +59,15 @@ class KvCronLock:
         >>> lock = KvCronLock()
         >>> asyncio.run(lock.try_fire("j", 1000)), asyncio.run(lock.try_fire("j", 1000))
         (True, False)
+        >>> asyncio.run(lock.try_fire("other", 1000, lock_key="j"))  # a lock_key is not a trigger id's lock
+        True
     """
 
     def __init__(self, ttl_ms: int = DEFAULT_LOCK_TTL_MS) -> None:
         self._ttl_ms = ttl_ms
-        # trigger id -> (last tick fired, when that entry expires); expired entries are never consulted
-        self._last: dict[str, tuple[int, float]] = {}
+        # (trigger id, None) or (its lock_key, True) -> (last tick fired, when that entry expires); expired entries
+        # are never consulted
+        self._last: dict[tuple[str, bool | None], tuple[int, float]] = {}
         self._prune_at = _PRUNE_FLOOR
 
     def __len__(self) -> int:
@@ -71,13 +76,14 @@ class KvCronLock:
     async def prepare(self) -> None:
         """Nothing to check: the lock lives in this process."""
 
-    async def try_fire(self, job_id: str, tick_ms: int) -> bool:
+    async def try_fire(self, job_id: str, tick_ms: int, *, lock_key: str | None = None) -> bool:
         """See :class:`CronLock`."""
         now = time.monotonic()
-        last = self._last.get(job_id)
+        key = (job_id, None) if lock_key is None else (lock_key, True)
+        last = self._last.get(key)
         if last is not None and last[1] > now and last[0] >= tick_ms:
             return False
-        self._last[job_id] = (tick_ms, now + self._ttl_ms / 1000)
+        self._last[key] = (tick_ms, now + self._ttl_ms / 1000)
         if len(self._last) >= self._prune_at:
             self._prune(now)
         return True
@@ -94,8 +100,10 @@ class KvCronLock:
 
 
 class RedisCronLock:
-    """Lock shared by every engine using the same Redis: key ``<prefix>cron_lock:<lock key>`` (the trigger id, or
-    its config's ``lock_key``: see :func:`~iii_engine.modules.cron.module.lock_key_of`).
+    """Lock shared by every engine using the same Redis: key ``<prefix>cron_lock:<trigger id>`` (production's
+    layout), or ``<prefix>cron_lock_key:<lock_key>`` for a trigger whose config names a ``lock_key`` (ours: see
+    :func:`~iii_engine.modules.cron.module.lock_key_of`). Apart, so that a worker naming another trigger's id as its
+    ``lock_key`` does not take that trigger's ticks.
 
     Example:
         >>> lock = RedisCronLock("redis://127.0.0.1:6379/0", key_prefix="test:")  # doctest: +SKIP
@@ -135,10 +143,11 @@ class RedisCronLock:
 
         await check_reachable(self._redis, timeout=_REDIS_TIMEOUT_S)
 
-    async def try_fire(self, job_id: str, tick_ms: int) -> bool:
+    async def try_fire(self, job_id: str, tick_ms: int, *, lock_key: str | None = None) -> bool:
         """See :class:`CronLock`; raises (a ``redis`` error) when Redis did not answer within 5 s. A fired tick is
         remembered ``max(lock_ttl_ms, 60 s)``: an engine later than that for it may fire it again."""
-        won = await self._script(keys=[f"{self._prefix}cron_lock:{job_id}"], args=[tick_ms, self._key_ms])
+        key = f"cron_lock:{job_id}" if lock_key is None else f"cron_lock_key:{lock_key}"
+        won = await self._script(keys=[f"{self._prefix}{key}"], args=[tick_ms, self._key_ms])
         return bool(won)
 
     async def close(self) -> None:

@@ -79,10 +79,11 @@ def parse_trigger_expression(config: Any) -> CronExpression:
                           f"Invalid cron expression {expression!r:.100}: {exc}") from exc
 
 
-def lock_key_of(trigger: TriggerInfo) -> str:
-    """What the lock of ``trigger``'s ticks is keyed by: its config's ``lock_key`` (ours), else its id, as in
-    production. Engines sharing a lock store fire a tick once only among triggers with the same key: the SDK gives
-    each ``register_trigger`` a fresh id, so replicas of one worker share a lock only through a ``lock_key``.
+def lock_key_of(trigger: TriggerInfo) -> str | None:
+    """The ``lock_key`` (ours) of ``trigger``'s config, None without one: its ticks are then locked by its id, as in
+    production. Engines sharing a lock store fire a tick once only among triggers with the same lock: the SDK gives
+    each ``register_trigger`` a fresh id, so replicas of one worker share a lock only through a ``lock_key``. A
+    ``lock_key`` has a key space of its own: naming another trigger's id does not take that trigger's lock.
 
     Raises:
         EngineError: ``invalid_trigger_config`` naming the field: ``lock_key`` empty or over 1,024 characters (its
@@ -92,6 +93,7 @@ def lock_key_of(trigger: TriggerInfo) -> str:
         >>> lock_key_of(TriggerInfo(id="t1", trigger_type="cron", function_id="f",
         ...                         config={"expression": "* * * * * *", "lock_key": "nightly-report"}))
         'nightly-report'
+        >>> lock_key_of(TriggerInfo(id="t1", trigger_type="cron", function_id="f", config={"expression": "@daily"}))
         >>> lock_key_of(TriggerInfo(id="t1", trigger_type="cron", function_id="f", config={"lock_key": ""}))
         Traceback (most recent call last):
         ...
@@ -99,7 +101,7 @@ def lock_key_of(trigger: TriggerInfo) -> str:
     """
     key = trigger.config.get("lock_key") if isinstance(trigger.config, dict) else None
     if not isinstance(key, str):
-        return trigger.id
+        return None
     if not key:
         raise EngineError("invalid_trigger_config", f"cron trigger {trigger.id}: 'lock_key' must not be empty")
     if len(key) > MAX_LOCK_KEY_CHARS:
@@ -239,7 +241,7 @@ class CronModule(EngineModule):
         if lock is None:
             return False
         try:
-            if not await lock.try_fire(lock_key_of(trigger), int(tick.timestamp() * 1000)):
+            if not await lock.try_fire(trigger.id, int(tick.timestamp() * 1000), lock_key=lock_key_of(trigger)):
                 return False
         except Exception as exc:
             self.lock_failures += 1

@@ -94,3 +94,35 @@ async def test_triggers_sharing_a_lock_key_share_one_lock_and_bad_keys_are_refus
     assert "cron trigger bad-type: 'lock_key' must be a string, got int 7" in rejected[0]
     assert "cron trigger bad-empty: 'lock_key' must not be empty" in rejected[1]
     assert "cron trigger bad-long: 'lock_key' is 1025 characters long, at most 1024" in rejected[2]
+
+
+@pytest.mark.parametrize("adapter", ["kv", pytest.param("redis", marks=pytest.mark.redis)])
+async def test_a_lock_key_naming_another_triggers_id_does_not_take_its_ticks(adapter: str) -> None:
+    # Before: a lock_key and a trigger id were one key space (cron_lock:<x> in Redis, one table in process), so a
+    # worker naming another trigger's id as its lock_key took that trigger's lock: each tick fired only one of the
+    # two ([1, 1, 1] between them, the victim losing some of its ticks).
+    prefix = f"lock-space-{uuid.uuid4()}:"
+    settings: dict[str, Any] = {} if adapter == "kv" else {"adapter": {
+        "class": "modules::cron::RedisCronAdapter", "config": {"redis_url": require_redis(), "key_prefix": prefix}}}
+    victim = f"victim-{uuid.uuid4()}"
+    got: asyncio.Queue[Firing] = asyncio.Queue()
+    async with engine_with(settings) as engine, ModuleWorker(engine.url) as worker:
+        await worker.function("space::victim", handler("victim", got))
+        await worker.function("space::thief", handler("thief", got))
+        await worker.trigger(victim, "cron", "space::victim", {"expression": "* * * * * *"})
+        await worker.trigger("thief", "cron", "space::thief", {"expression": "* * * * * *", "lock_key": victim})
+        await until(lambda: len(engine.module("cron")._schedules) == 2)  # type: ignore[union-attr]
+        fired_victim, fired_thief = await firings_per_tick(got, time.time(), ("victim", "thief"))
+    assert fired_victim == [1, 1, 1]
+    assert fired_thief == [1, 1, 1]
+    if adapter == "redis":
+        from redis.asyncio import Redis
+
+        redis = Redis.from_url(require_redis())
+        try:
+            # the trigger id's key is production's layout, unchanged; the lock_key's has a space of its own
+            assert await redis.exists(f"{prefix}cron_lock:{victim}") == 1
+            assert await redis.exists(f"{prefix}cron_lock_key:{victim}") == 1
+            assert await redis.exists(f"{prefix}cron_lock:thief") == 0
+        finally:
+            await redis.aclose()
