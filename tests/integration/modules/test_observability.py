@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from module_worker import ModuleWorker
 
 from iii_engine import Engine, EngineConfig, ModuleSpec
 from iii_engine.modules.base import ModuleStartError
 from tests.interop.refsdk import sdk_env
+from tests.otlp_collector import OtlpCollector
+from tests.polling import until
 from tests.services import reference_python
 
 pytestmark = pytest.mark.our_engine("configures the observability module")
@@ -191,38 +192,19 @@ async def test_telemetry_flood_is_bounded_and_counted() -> None:
         assert logs["components"]["logs"]["details"]["stored_logs"] == details["ingested_frames"]
 
 
-async def test_logs_and_spans_are_exported_to_an_otlp_collector() -> None:
-    received: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-
-    async def collect(request: web.Request) -> web.Response:
-        await received.put((request.path, await request.json()))
-        return web.Response(text="{}")
-
-    app = web.Application()
-    app.router.add_post("/v1/{signal}", collect)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        settings = {"enabled": True, "exporter": "both", "logs_exporter": "otlp",
-                    "endpoint": f"http://127.0.0.1:{port}", "logs_flush_interval_ms": 100}  # batches: 5 s default
-        async with engine_with(settings) as engine, ModuleWorker(engine.url) as worker:
-            await worker.result("engine::log::error", {"message": "exported"})
-            paths: dict[str, Any] = {}
-            while {"/v1/logs", "/v1/traces"} - set(paths):
-                path, body = await asyncio.wait_for(received.get(), 5)
-                paths.setdefault(path, body)
-            record = paths["/v1/logs"]["resourceLogs"][0]["scopeLogs"][0]["logRecords"][0]
-            assert record["body"] == {"stringValue": "exported"} and record["severityText"] == "ERROR"
-            span = paths["/v1/traces"]["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
-            assert span["name"].startswith("call engine::")
-            # "both" also keeps spans in memory
-            listed = await worker.result("engine::traces::list", {"include_internal": True})
-            assert listed["total"] >= 1
-    finally:
-        await runner.cleanup()
+async def test_logs_and_spans_are_exported_to_an_otlp_collector(otlp_collector: OtlpCollector) -> None:
+    settings = {"enabled": True, "exporter": "both", "logs_exporter": "otlp",
+                "endpoint": otlp_collector.url, "logs_flush_interval_ms": 100}  # batches: 5 s default
+    async with engine_with(settings) as engine, ModuleWorker(engine.url) as worker:
+        await worker.result("engine::log::error", {"message": "exported"})
+        await until(lambda: {"/v1/logs", "/v1/traces"} <= {path for path, _ in otlp_collector.requests}, within=5)
+        record = otlp_collector.bodies("/v1/logs")[0]["resourceLogs"][0]["scopeLogs"][0]["logRecords"][0]
+        assert record["body"] == {"stringValue": "exported"} and record["severityText"] == "ERROR"
+        span = otlp_collector.bodies("/v1/traces")[0]["resourceSpans"][0]["scopeSpans"][0]["spans"][0]
+        assert span["name"].startswith("call engine::")
+        # "both" also keeps spans in memory
+        listed = await worker.result("engine::traces::list", {"include_internal": True})
+        assert listed["total"] >= 1
 
 
 async def test_bad_settings_stop_the_engine_start() -> None:

@@ -8,37 +8,22 @@ import socket
 import time
 
 import pytest
-from aiohttp import web
 
 from iii_engine.modules.observability.exporter import OtlpForwarder
+from tests.otlp_collector import OtlpCollector
 from tests.polling import until
 
 
 async def test_a_stalled_collector_holds_a_bounded_number_of_bytes() -> None:
-    arrived = asyncio.Event()
-    release = asyncio.Event()
-
-    async def stall(request: web.Request) -> web.Response:
-        arrived.set()
-        await release.wait()
-        return web.Response(text="{}")
-
-    app = web.Application()
-    app.router.add_post("/v1/{signal}", stall)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)  # the stalled handler is not waited for
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        forwarder = OtlpForwarder(f"http://127.0.0.1:{port}", timeout_s=0.5, stop_timeout_s=0.5)
+    async with OtlpCollector(stall=True) as collector:
+        forwarder = OtlpForwarder(collector.url, timeout_s=0.5, stop_timeout_s=0.5)
         forwarder.start()
         body = b"x" * (8 * 1024 * 1024)  # one object queued many times: the test itself stays small
         # Before: 1024 payloads of up to max_frame_bytes (8 MiB) each could wait, 8 GiB; now 64 MiB by default.
         for _ in range(20):
             forwarder.submit("traces", body)
         assert forwarder.dropped == 12 and forwarder._queued_bytes == 8 * len(body)
-        await asyncio.wait_for(arrived.wait(), 5)  # the first one was taken: room for exactly one more
+        await asyncio.wait_for(collector.arrived.wait(), 5)  # the first one was taken: room for exactly one more
         forwarder.submit("traces", body)
         forwarder.submit("traces", body)
         assert forwarder.dropped == 13
@@ -46,9 +31,6 @@ async def test_a_stalled_collector_holds_a_bounded_number_of_bytes() -> None:
         await forwarder.close()
         assert time.monotonic() - started < 3.0
         await until(lambda: forwarder.failed >= 1, within=1)
-    finally:
-        release.set()
-        await runner.cleanup()
 
 
 async def test_a_collector_that_is_gone_is_not_a_flood_of_log_lines(caplog: pytest.LogCaptureFixture) -> None:

@@ -9,46 +9,28 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
-from aiohttp import web
 
 from iii_engine import Engine, EngineConfig, ModuleSpec
 from iii_engine.modules.observability.exporter import OtlpForwarder, collector_url
+from tests.otlp_collector import OtlpCollector
 
 OTEL = "modules::observability::OtelModule"
 
 
 @pytest.fixture
-async def stalled_collector() -> AsyncIterator[tuple[int, asyncio.Event]]:
-    """A collector that takes each POST and never answers; yields (port, set once a POST arrived)."""
-    arrived, release = asyncio.Event(), asyncio.Event()
-
-    async def stall(request: web.Request) -> web.Response:
-        arrived.set()
-        await release.wait()
-        return web.Response(text="{}")
-
-    app = web.Application()
-    app.router.add_post("/v1/{signal}", stall)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield port, arrived
-    finally:
-        release.set()
-        await runner.cleanup()
+async def stalled_collector() -> AsyncIterator[OtlpCollector]:
+    """A collector that takes each POST and never answers (``arrived``: set once a POST arrived)."""
+    async with OtlpCollector(stall=True) as collector:
+        yield collector
 
 
 async def test_close_is_bounded_and_counts_what_it_could_not_deliver(
-        stalled_collector: tuple[int, asyncio.Event], caplog: pytest.LogCaptureFixture) -> None:
-    port, arrived = stalled_collector
-    forwarder = OtlpForwarder(f"http://127.0.0.1:{port}", timeout_s=30, stop_timeout_s=0.2)
+        stalled_collector: OtlpCollector, caplog: pytest.LogCaptureFixture) -> None:
+    forwarder = OtlpForwarder(stalled_collector.url, timeout_s=30, stop_timeout_s=0.2)
     forwarder.start()
     for _ in range(3):
         forwarder.submit("traces", b"{}")
-    await asyncio.wait_for(arrived.wait(), 5)
+    await asyncio.wait_for(stalled_collector.arrived.wait(), 5)
     started = time.monotonic()
     with caplog.at_level(logging.WARNING):
         await forwarder.close()
@@ -56,44 +38,27 @@ async def test_close_is_bounded_and_counts_what_it_could_not_deliver(
     assert time.monotonic() - started < 2.0
     assert forwarder.dropped == 3 and forwarder.sent == 0
     lines = [r.getMessage() for r in caplog.records if "not delivered" in r.getMessage()]
-    assert lines == [f"OTLP export stopped with 3 payload(s) (6 bytes) not delivered to http://127.0.0.1:{port} "
+    assert lines == [f"OTLP export stopped with 3 payload(s) (6 bytes) not delivered to {stalled_collector.url} "
                      "within 0.2 s"]
     await forwarder.close()  # twice: nothing more to do
     assert forwarder.dropped == 3
 
 
 async def test_a_delivered_queue_closes_without_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    received: list[bytes] = []
-
-    async def take(request: web.Request) -> web.Response:
-        received.append(await request.read())
-        return web.Response(text="{}")
-
-    app = web.Application()
-    app.router.add_post("/v1/{signal}", take)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        forwarder = OtlpForwarder(f"http://127.0.0.1:{port}", stop_timeout_s=5)
+    async with OtlpCollector() as collector:
+        forwarder = OtlpForwarder(collector.url, stop_timeout_s=5)
         forwarder.start()
         for n in range(5):
             forwarder.submit("logs", b'{"n":%d}' % n)
         with caplog.at_level(logging.WARNING):
             await forwarder.close()  # flushes all five before it stops
-        assert received == [b'{"n":%d}' % n for n in range(5)]
+        assert [body for _, body in collector.requests] == [b'{"n":%d}' % n for n in range(5)]
         assert forwarder.sent == 5 and forwarder.dropped == 0
         assert not [r for r in caplog.records if "not delivered" in r.getMessage()]
-    finally:
-        await runner.cleanup()
 
 
-async def test_engine_stop_waits_export_stop_timeout_ms_at_most(
-        stalled_collector: tuple[int, asyncio.Event]) -> None:
-    port, arrived = stalled_collector
-    settings = {"enabled": True, "exporter": "otlp", "endpoint": f"http://127.0.0.1:{port}",
+async def test_engine_stop_waits_export_stop_timeout_ms_at_most(stalled_collector: OtlpCollector) -> None:
+    settings = {"enabled": True, "exporter": "otlp", "endpoint": stalled_collector.url,
                 "logs_exporter": "memory", "export_stop_timeout_ms": 300}
     engine = Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[ModuleSpec(OTEL, settings)]))
     await engine.start()
@@ -101,7 +66,7 @@ async def test_engine_stop_waits_export_stop_timeout_ms_at_most(
     forwarder = module.forwarder  # type: ignore[attr-defined]
     assert forwarder is not None
     forwarder.submit("traces", b"{}")
-    await asyncio.wait_for(arrived.wait(), 5)
+    await asyncio.wait_for(stalled_collector.arrived.wait(), 5)
     started = time.monotonic()
     await engine.stop()
     # Before: the stop waited the forwarder's 10 s post timeout.
