@@ -141,9 +141,11 @@ class OtlpForwarder:
         self.sent = 0
         self.dropped = 0
         self.failed = 0
-        #: records (spans, log records) in payloads sent / dropped, for payloads submitted with their count
+        #: records (spans, log records, metrics) in payloads sent / dropped / failed (the collector refused them or
+        #: could not be reached): before, a failure counted the payload only, however many records it held
         self.sent_records = 0
         self.dropped_records = 0
+        self.failed_records = 0
         self._queued_records = 0
         self._in_flight_records = 0
 
@@ -153,7 +155,7 @@ class OtlpForwarder:
 
     def submit(self, signal: str, body: bytes, records: int = 0) -> None:
         """Queue one OTLP/JSON body for ``signal`` (``traces``, ``metrics`` or ``logs``) holding ``records``
-        records (0: not counted, a worker's frame); dropped when full."""
+        records (spans, log records, metrics); dropped when full."""
         if self._queued_bytes + len(body) > self.max_queued_bytes or self._queue.full():
             self.dropped += 1
             self.dropped_records += records
@@ -195,17 +197,19 @@ class OtlpForwarder:
             left_records = self._queued_records + (self._in_flight_records if in_flight is not None else 0)
             self.dropped += left
             self.dropped_records += left_records
-            records = f"; {left_records} engine span/log records" if left_records else ""
+            records = f"; {left_records} records" if left_records else ""
             log.warning("OTLP export stopped with %d payload(s) (%d bytes%s) not delivered to %s within %g s",
                         left, left_bytes, records, self.endpoint, self._stop_timeout)
 
-    def _failure(self, problem: str) -> None:
+    def _failure(self, problem: str, records: int) -> None:
         self.failed += 1
+        self.failed_records += records
         now = time.monotonic()
         # A collector that is down fails every payload: one line per interval, not one per payload.
         if now - self._failure_logged_at >= DROP_LOG_INTERVAL_S:
             self._failure_logged_at = now
-            log.warning("OTLP collector at %s %s (%d failed so far)", self.endpoint, problem, self.failed)
+            log.warning("OTLP collector at %s %s (%d failed so far, %d records in them lost)", self.endpoint,
+                        problem, self.failed, self.failed_records)
 
     async def _run(self) -> None:
         aiohttp: Any = self._aiohttp
@@ -220,12 +224,12 @@ class OtlpForwarder:
                     async with session.post(collector_url(self.endpoint, signal), data=body,
                                             headers={"Content-Type": "application/json"}) as response:
                         if response.status >= 300:
-                            self._failure(f"answered HTTP {response.status} for {signal}")
+                            self._failure(f"answered HTTP {response.status} for {signal}", records)
                         else:
                             self.sent += 1
                             self.sent_records += records
                 except (aiohttp.ClientError, TimeoutError) as exc:
-                    self._failure(f"unreachable: {type(exc).__name__}: {exc}")
+                    self._failure(f"unreachable: {type(exc).__name__}: {exc}", records)
                 finally:
                     self._in_flight = None
                     self._queue.task_done()

@@ -396,9 +396,6 @@ class OtelModule(EngineModule):
         self.ingested_frames += 1
 
     def _convert(self, kind: str, body: bytes, frame: Any, slice_s: float | None) -> Iterator[None]:
-        if self.forwarder is not None and ((kind == "LOGS" and self.settings.exports_logs)
-                                           or (kind != "LOGS" and self.settings.exports)):
-            self.forwarder.submit(_SIGNALS[kind], body)
         # The stores charge each entry what it holds in memory: a share of the frame's JSON bytes was a third to a
         # fifth of it for entries of many small attributes, so the byte bounds held several times themselves.
         limit = self.settings.max_frame_entries
@@ -408,6 +405,7 @@ class OtelModule(EngineModule):
                 spans += part
                 yield
             self._count_cut(frame, kind, len(spans))
+            self._forward(kind, body, frame)
             if self.spans is not None and spans:
                 self.spans.add_all(spans)
         elif kind == "MTRC":
@@ -416,6 +414,7 @@ class OtelModule(EngineModule):
                 metrics += part
                 yield
             self._count_cut(frame, kind, len(metrics))
+            self._forward(kind, body, frame)
             self.metrics.add(metrics)
         elif kind == "LOGS":
             entries: list[dict[str, Any]] = []
@@ -423,11 +422,19 @@ class OtelModule(EngineModule):
                 entries += part
                 yield
             self._count_cut(frame, kind, len(entries))
+            self._forward(kind, body, frame)
             for entry, size in zip(entries, self.logs.sizes(entries), strict=True):
                 if self.settings.logs_console_output:
                     log.log(_console_level(entry["severity_number"]), "[%s] %s", entry["service_name"],
                             entry["body"][:1000])
                 self._add_log(entry, size)
+
+    def _forward(self, kind: str, body: bytes, frame: Any) -> None:
+        """Export a worker's frame as it came, once it converted (a frame refused as malformed is not exported),
+        with its record count: a failed or dropped export counts the records lost, not only the request."""
+        if self.forwarder is not None and ((kind == "LOGS" and self.settings.exports_logs)
+                                           or (kind != "LOGS" and self.settings.exports)):
+            self.forwarder.submit(_SIGNALS[kind], body, count_entries(frame, kind))
 
     def _count_cut(self, frame: Any, kind: str, kept: int) -> None:
         # Only max_frame_entries of a frame are converted: 8 MiB of "{}" records are 2 million entries, which took
@@ -774,7 +781,8 @@ class OtelModule(EngineModule):
         if self.forwarder is not None:
             telemetry.update(exported=self.forwarder.sent, export_dropped=self.forwarder.dropped,
                              export_failed=self.forwarder.failed, exported_records=self.forwarder.sent_records,
-                             export_dropped_records=self.forwarder.dropped_records)
+                             export_dropped_records=self.forwarder.dropped_records,
+                             export_failed_records=self.forwarder.failed_records)
         return {
             # A bound shedding calls is the engine protecting itself, not failing: the components say so, and the
             # status stays healthy (a probe must not restart an engine for refusing one worker's flood).

@@ -41,8 +41,9 @@ async def test_a_collector_that_is_gone_is_not_a_flood_of_log_lines(caplog: pyte
         forwarder = OtlpForwarder(f"http://127.0.0.1:{port}", timeout_s=2)
         forwarder.start()
         for _ in range(50):
-            forwarder.submit("logs", b"{}")
+            forwarder.submit("logs", b"{}", 3)
         await until(lambda: forwarder.failed == 50)
         await forwarder.close()
     lines = [r for r in caplog.records if "OTLP collector" in r.getMessage()]
-    assert len(lines) == 1 and "(1 failed so far)" in lines[0].getMessage()
+    assert len(lines) == 1 and "(1 failed so far, 3 records in them lost)" in lines[0].getMessage()
+    assert forwarder.failed_records == 150  # before: not counted, only the 50 requests
