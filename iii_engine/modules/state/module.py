@@ -40,14 +40,12 @@ from iii.stream import (
     StreamListInput,
     StreamSetInput,
 )
-from iii.wire import dumps
-from iii_streams import Backend, StreamTooLargeError
+from iii_streams import Backend
 
 from ...closing import close_store
-from ...config import DEFAULT_CONTROL_MAX_MESSAGE_SIZE, EngineConfig
-from ...workers import frame_bytes
 from .. import stream as _stream  # noqa: F401 - the package before its modules (CPython gh-83065)
-from ..base import BuiltinFunction, EncodedResult, EngineError, EngineModule, EngineServices, InvocationContext
+from ..answers import AnswerBound, AnswerSpec, ConfiguredServices
+from ..base import BuiltinFunction, EncodedResult, EngineError, EngineModule, InvocationContext
 from ..stream.inputs import Fields
 from ..stream.locks import KeyedLocks
 from ..stream.settings import StateSettings
@@ -57,8 +55,9 @@ from ..trigger_set import TriggerSet, check_trigger_config
 __all__ = ["STATE_STREAM", "StateCore", "StateModule", "StateTriggers", "state_event"]
 
 STATE_STREAM: Final = "__iii_state"
-# room left in max_message_size for the invocationresult frame around a list answer, beyond its invocation id
-_FRAME_BYTES: Final = 4096
+_BY_KEY: Final = "read it by key (state::get) or raise max_message_size"
+_LIST: Final = AnswerSpec("state::list", "LIST_ERROR", _BY_KEY)
+_LIST_GROUPS: Final = AnswerSpec("state::list_groups", "LIST_GROUPS_ERROR", _BY_KEY)
 
 
 def state_event(event_type: str, scope: str, key: str, old: Any, new: Any) -> dict[str, Any]:
@@ -99,16 +98,9 @@ def _written(function_id: str, scope: str, key: str) -> str:
     return f"{function_id} of {scope!r}/{key!r} (done)"
 
 
-class StateCore(EngineServices, Protocol):
-    """What the module needs beyond :class:`EngineServices`: the engine's configuration (its ``max_message_size``
-    bounds a list answer)."""
-
-    config: EngineConfig
-
-
-def _too_large(function_id: str, what: str, size: int, limit: int) -> str:
-    return (f"{function_id}: {what} is {size} or more bytes of JSON, over the {limit} bytes one answer may take "
-            "(the engine's max_message_size, less its frame); read it by key (state::get) or raise max_message_size")
+class StateCore(ConfiguredServices, Protocol):
+    """What the module needs beyond :class:`~iii_engine.modules.base.EngineServices`: the engine's configuration
+    (its ``max_message_size`` bounds a list answer)."""
 
 
 class StateModule(EngineModule):
@@ -126,7 +118,7 @@ class StateModule(EngineModule):
         super().__init__(services, config)
         self.core = services
         #: the largest list answer, in bytes of its frame (the engine's max_message_size, read at start)
-        self.max_answer_bytes = DEFAULT_CONTROL_MAX_MESSAGE_SIZE
+        self.answers = AnswerBound()
         self.settings = StateSettings.parse(self.config)
         self.store: Backend | None = None
         self.triggers = StateTriggers(services)
@@ -139,7 +131,7 @@ class StateModule(EngineModule):
 
     async def start(self) -> None:
         """Open the store and register the functions and the trigger type."""
-        self.max_answer_bytes = self.core.config.max_message_size
+        self.answers = AnswerBound(self.core.config.max_message_size)
         self.store = await prepare_module_store("state", open_module_store("state", self.settings))
         scope_key = {"type": "object", "properties": {"scope": {"type": "string"}, "key": {"type": "string"}},
                      "required": ["scope", "key"]}
@@ -213,35 +205,15 @@ class StateModule(EngineModule):
                                                     result.new_value), _written("state::update", scope, key))
         return {"old_value": result.old_value, "new_value": result.new_value}
 
-    def _budget(self, ctx: InvocationContext) -> int:
-        """Bytes a list answer may take: ``max_message_size`` less the frame around it."""
-        return self.max_answer_bytes - _FRAME_BYTES - len(ctx.invocation_id or "")
-
     async def _list(self, data: Any, ctx: InvocationContext) -> EncodedResult:
         scope = Fields("state::list", data).text("scope")
-        budget = self._budget(ctx)
-        try:
-            # the stored texts joined (no decoding), refused before they are joined when over the budget
-            text = await self._store().list_text(StreamListInput(stream_name=STATE_STREAM, group_id=scope),
-                                                 max_bytes=budget)
-        except StreamTooLargeError as exc:
-            raise EngineError("LIST_ERROR", _too_large("state::list", f"scope {scope!r}", exc.size, budget)) from None
-        except Exception as exc:
-            raise EngineError("LIST_ERROR", str(exc)) from None
-        return EncodedResult(text)
+        return await self.answers.list_text(self._store(), StreamListInput(stream_name=STATE_STREAM, group_id=scope),
+                                            ctx, _LIST, f"scope {scope!r}")
 
     async def _list_groups(self, data: Any, ctx: InvocationContext) -> EncodedResult:
         try:
             groups = sorted(set(await self._store().list_groups(StreamListGroupsInput(stream_name=STATE_STREAM))))
         except Exception as exc:
             raise EngineError("LIST_GROUPS_ERROR", str(exc)) from None
-        budget = self._budget(ctx)
-        # characters first (at most the bytes): no text built for a list far over the budget
-        size = sum(map(len, groups)) + 3 * len(groups) + 12
-        if size <= budget:
-            text = dumps({"groups": groups})
-            size = frame_bytes(text)
-            if size <= budget:
-                return EncodedResult(text)
-        raise EngineError("LIST_GROUPS_ERROR", _too_large("state::list_groups", f"the list of {len(groups)} scopes",
-                                                          size, budget))
+        return self.answers.names(groups, ctx, _LIST_GROUPS, f"the list of {len(groups)} scopes",
+                                  lambda names: {"groups": names})

@@ -17,6 +17,13 @@ update, delete, list, list_groups, send and the socket's sync) fails with ``stre
 silently using the engine's own store, whose data is not the worker's; it works again as soon as a worker
 registers the stream again. ``fallback=True`` (setting ``custom_stream_fallback``) keeps production's fallback.
 
+Ours: an answer from the engine's store (``stream::list``, ``stream::list_groups``, ``stream::list_all``, a socket
+join's sync of a group) is at most the engine's ``max_message_size`` less its frame
+(:class:`~iii_engine.modules.answers.AnswerBound`, shared with the state module); a larger one fails with one error
+naming the group or the counts, the size and the setting, found before the answer is built. Before, a group of
+40 items of 1 MB was answered whole, and 8 callers that did not read took the engine from ~90 MB to 830-1,000 MB.
+A worker's answer for a custom stream came within ``max_message_size`` already and is passed on as it is.
+
 Example:
     >>> sorted(f.id for f in StreamFunctions.__new__(StreamFunctions).builtins())[:3]
     ['stream::delete', 'stream::get', 'stream::list']
@@ -41,7 +48,8 @@ from iii.wire import dumps
 from iii_streams import Backend
 from iii_streams.events import StreamEvent, custom_event, make_event
 
-from ..base import BuiltinFunction, EngineError, EngineServices, InvocationContext
+from ..answers import AnswerBound, AnswerSpec
+from ..base import BuiltinFunction, EncodedResult, EngineError, EngineServices, InvocationContext
 from .inputs import Fields, describe
 from .locks import KeyedLocks
 from .triggers import StreamTriggers
@@ -53,6 +61,13 @@ __all__ = ["StreamFunctions"]
 _ITEM = {"stream_name": {"type": "string"}, "group_id": {"type": "string"}, "item_id": {"type": "string"}}
 CUSTOM_OPS: Final = ("get", "set", "delete", "list", "list_groups", "update")
 UNAVAILABLE: Final = "stream_unavailable"
+_LIST: Final = AnswerSpec("stream::list", "STREAM_GET_GROUP_ERROR",
+                          "read its items by id (stream::get) or raise max_message_size")
+_SYNC: Final = AnswerSpec("the stream socket's sync", "STREAM_GET_GROUP_ERROR",
+                          "join its items one by one (a join with an id) or raise max_message_size")
+_LIST_GROUPS: Final = AnswerSpec("stream::list_groups", "STREAM_LIST_GROUPS_ERROR", "raise max_message_size")
+_LIST_ALL: Final = AnswerSpec("stream::list_all", "STREAM_LIST_ALL_ERROR",
+                              "list one stream's groups (stream::list_groups) or raise max_message_size")
 
 
 def _schema(required: list[str], **extra: Any) -> dict[str, Any]:
@@ -80,8 +95,11 @@ class StreamFunctions:
     """The stream built-ins over one store; also the custom-aware reads the client socket's ``sync`` needs."""
 
     def __init__(self, services: EngineServices, store: Backend, triggers: StreamTriggers, *,
-                 fallback: bool = False, served: Iterable[str] = (), call_timeout_s: float | None = None) -> None:
+                 fallback: bool = False, served: Iterable[str] = (), call_timeout_s: float | None = None,
+                 answers: AnswerBound | None = None) -> None:
         self.services = services
+        #: the bound of a list answer from the engine's store (``max_message_size``), the socket's sync included
+        self.answers = answers or AnswerBound()
         # bounds every call to a worker's stream::<op>(NAME): a composed update holds the item's lock across two
         # of them, and the engine's own wait for an answer outlives its caller's deadline
         self.call_timeout_s = call_timeout_s
@@ -268,15 +286,20 @@ class StreamFunctions:
             raise EngineError("STREAM_GET_GROUP_ERROR", str(exc)) from None
 
     async def read_group_text(self, stream_name: str, group_id: str) -> str:
-        """:meth:`read_group` as JSON text: the engine's store hands over the items' stored texts without decoding
-        each (:meth:`iii_streams.Backend.list_text`); a worker's answer is encoded."""
+        """:meth:`read_group` as JSON text, for the socket's sync: the engine's store hands over the items' stored
+        texts without decoding each (:meth:`iii_streams.Backend.list_text`), refused with ``STREAM_GET_GROUP_ERROR``
+        naming the group, its size and ``max_message_size`` when over :attr:`answers`; a worker's answer is encoded
+        (it came within the engine's ``max_message_size``)."""
+        return (await self._group_text(stream_name, group_id, None, _SYNC)).json
+
+    async def _group_text(self, stream_name: str, group_id: str, ctx: InvocationContext | None,
+                          spec: AnswerSpec) -> EncodedResult:
         if self._custom("list", stream_name) is not None:
-            return dumps(await self.read_group(stream_name, group_id))
+            return EncodedResult(dumps(await self.read_group(stream_name, group_id)))
         self._no_fallback(stream_name)
-        try:
-            return await self.store.list_text(StreamListInput(stream_name=stream_name, group_id=group_id))
-        except Exception as exc:
-            raise EngineError("STREAM_GET_GROUP_ERROR", str(exc)) from None
+        # the store finds the group's size before it builds the text (SQL in the database, Redis in a script)
+        return await self.answers.list_text(self.store, StreamListInput(stream_name=stream_name, group_id=group_id),
+                                            ctx, spec, f"group {group_id!r} of stream {stream_name!r}")
 
     async def get(self, data: Any, ctx: InvocationContext) -> Any:
         """``stream::get``."""
@@ -284,30 +307,43 @@ class StreamFunctions:
         return await self.read_item(f.text("stream_name"), f.text("group_id"), f.text("item_id"))
 
     async def list_items(self, data: Any, ctx: InvocationContext) -> Any:
-        """``stream::list``."""
+        """``stream::list``: a worker's answer, else the engine's store's bounded by :attr:`answers`."""
         f = Fields("stream::list", data)
-        return await self.read_group(f.text("stream_name"), f.text("group_id"))
+        stream_name, group_id = f.text("stream_name"), f.text("group_id")
+        if self._custom("list", stream_name) is not None:
+            return await self.read_group(stream_name, group_id)
+        return await self._group_text(stream_name, group_id, ctx, _LIST)
 
     async def list_groups(self, data: Any, ctx: InvocationContext) -> Any:
-        """``stream::list_groups``."""
+        """``stream::list_groups``: a worker's answer, else the engine's store's bounded by :attr:`answers`."""
         name = Fields("stream::list_groups", data).text("stream_name")
         custom = self._custom("list_groups", name)
         if custom is not None:
             return await self._call(custom, {"stream_name": name})
         self._no_fallback(name)
         try:
-            return await self.store.list_groups(StreamListGroupsInput(stream_name=name))
+            groups = await self.store.list_groups(StreamListGroupsInput(stream_name=name))
         except Exception as exc:
             raise EngineError("STREAM_LIST_GROUPS_ERROR", str(exc)) from None
+        return self.answers.names(groups, ctx, _LIST_GROUPS, f"the list of {len(groups)} groups of stream {name!r}")
 
     async def list_all(self, data: Any, ctx: InvocationContext) -> Any:
-        """``stream::list_all``: the store only; custom streams are invisible (as in production)."""
+        """``stream::list_all``: the store only; custom streams are invisible (as in production). Bounded by
+        :attr:`answers`."""
         try:
             streams = await self.store.list_all()
         except Exception as exc:
             raise EngineError("STREAM_LIST_ALL_ERROR", str(exc)) from None
-        entries = [{"id": name, "groups": groups} for name, groups in streams]
-        return {"stream": entries, "count": len(entries)}
+
+        def answer() -> dict[str, Any]:
+            entries = [{"id": name, "groups": groups} for name, groups in streams]
+            return {"stream": entries, "count": len(entries)}
+
+        # the names' characters: no answer is built for a list far over the budget
+        at_least = sum(len(name) + sum(map(len, groups)) for name, groups in streams)
+        groups = sum(len(groups) for _, groups in streams)
+        return self.answers.json(answer, at_least, ctx, _LIST_ALL,
+                                 f"the list of {len(streams)} streams and {groups} groups")
 
     # -- writes -------------------------------------------------------------------------------------------------
 

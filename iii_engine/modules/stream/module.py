@@ -17,7 +17,8 @@ from typing import Any, ClassVar
 from iii_streams import Backend
 
 from ...closing import close_store
-from ..base import EngineModule, EngineServices
+from ..answers import AnswerBound, ConfiguredServices
+from ..base import EngineModule
 from .api import StreamFunctions
 from .settings import StreamSettings
 from .socket import StreamSocketServer
@@ -39,8 +40,9 @@ class StreamModule(EngineModule):
     class_names: ClassVar[tuple[str, ...]] = ("modules::stream::StreamModule",)
     has_listener: ClassVar[bool] = True
 
-    def __init__(self, services: EngineServices, config: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, services: ConfiguredServices, config: Mapping[str, Any] | None = None) -> None:
         super().__init__(services, config)
+        self.core = services
         self.settings = StreamSettings.parse(self.config)
         self.store: Backend | None = None
         self.functions: StreamFunctions | None = None
@@ -71,7 +73,8 @@ class StreamModule(EngineModule):
         self.functions = StreamFunctions(self.services, self.store, changes,
                                          fallback=self.settings.custom_stream_fallback,
                                          served=self.settings.custom_streams,
-                                         call_timeout_s=self.settings.custom_call_timeout_ms / 1000)
+                                         call_timeout_s=self.settings.custom_call_timeout_ms / 1000,
+                                         answers=AnswerBound(self.core.config.max_message_size))
         self.socket = StreamSocketServer(self.services, self.settings, self.functions, self.store, join, leave)
         try:
             await self.socket.start()
