@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from iii.wire import loads
+from iii_engine.modules.base import InvocationContext
 from iii_engine.modules.observability import module as observability_module
 from iii_engine.modules.observability.module import OtelModule
 
@@ -145,7 +146,8 @@ def test_the_engine_s_own_log_entries_and_call_spans_are_counted_too() -> None:
 
     async def log_many() -> None:
         for i in range(2000):
-            await log_info({"message": f"order {i} paid", "data": {"order": i * 1000, "tags": ["a", "b"]}}, None)
+            await log_info({"message": f"order {i} paid", "data": {"order": i * 1000, "tags": ["a", "b"]}},
+                           InvocationContext())
 
     with _growth() as grown:
         asyncio.run(log_many())
