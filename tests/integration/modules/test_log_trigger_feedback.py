@@ -23,6 +23,7 @@ from module_worker import ModuleWorker
 
 from tests.integration.modules.test_observability import engine_with, eventually
 from tests.interop.refsdk import sdk_env
+from tests.services import reference_python
 
 pytestmark = pytest.mark.our_engine("configures the observability module")
 
@@ -56,13 +57,17 @@ _WORKER = textwrap.dedent("""
 """)
 
 
-async def test_a_log_triggers_handler_that_logs_does_not_fire_log_triggers_again() -> None:
+@pytest.mark.parametrize("sdk", ["ours", pytest.param("reference", marks=pytest.mark.interop)])
+async def test_a_log_triggers_handler_that_logs_does_not_fire_log_triggers_again(sdk: str) -> None:
+    python = sys.executable if sdk == "ours" else reference_python()
     tag = f"fb{uuid.uuid4().hex[:6]}"
     settings = {"enabled": True, "exporter": "memory", "logs_console_output": False, "logs_max_count": 10_000}
     async with engine_with(settings) as engine, ModuleWorker(engine.url) as probe:
         module: Any = engine.module("observability")
-        env = {**sdk_env(), "OTEL_ENABLED": "true", "PYTHONPATH": str(ROOT)}
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-P", "-c", _WORKER, engine.url, tag, env=env,
+        env = {**sdk_env(), "OTEL_ENABLED": "true", "OTEL_BLRP_SCHEDULE_DELAY": "20"}
+        if sdk == "ours":
+            env["PYTHONPATH"] = str(ROOT)
+        proc = await asyncio.create_subprocess_exec(python, "-P", "-c", _WORKER, engine.url, tag, env=env,
                                                     stdout=asyncio.subprocess.PIPE, cwd=os.getcwd())
         try:
             assert proc.stdout is not None
