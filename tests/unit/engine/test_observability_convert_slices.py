@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -20,6 +22,30 @@ def _metrics_frame(count: int) -> bytes:
     return json.dumps({"resourceMetrics": [{"scopeMetrics": [{"metrics": metrics}]}]}).encode()
 
 
+class Ticks:
+    """The event loop's turns counted by a task that only yields, while the module's ingest task runs."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._done = asyncio.Event()
+
+    async def _tick(self) -> None:
+        while not self._done.is_set():
+            self.count += 1
+            await asyncio.sleep(0)
+
+    @contextlib.asynccontextmanager
+    async def running(self, module: OtelModule) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        ingest, counting = loop.create_task(module._ingest_loop()), loop.create_task(self._tick())
+        try:
+            yield
+        finally:
+            self._done.set()
+            ingest.cancel()
+            await counting
+
+
 async def test_a_frame_is_converted_with_the_loop_free_between_slices(monkeypatch: pytest.MonkeyPatch) -> None:
     # Before: a frame was converted in one go (one 3.5 MiB frame of 10,000 metrics held the loop ~420 ms; the
     # attack's probe waited 516 ms, now 140 ms). With a slice of 0 s each entry is a slice of its own, so other
@@ -28,39 +54,25 @@ async def test_a_frame_is_converted_with_the_loop_free_between_slices(monkeypatc
     module = OtelModule(None, {"enabled": True, "exporter": "memory"})  # type: ignore[arg-type]
     body = _metrics_frame(200)
     assert len(body) < OFFLOOP_PARSE_BYTES  # parsed on the loop: no await in the parse
-    ticks = 0
-    done = asyncio.Event()
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while not done.is_set():
-            ticks += 1
-            await asyncio.sleep(0)
-
+    ticks = Ticks()
     seen: dict[str, int] = {}  # ticks when the frame was parsed (on the loop) and when its entries were stored
     parse, add = module._parse, module.metrics.add
 
     def parsing(raw: bytes) -> Any:
-        seen["parsed"] = ticks
+        seen["parsed"] = ticks.count
         return parse(raw)
 
     def adding(metrics: list[dict[str, Any]]) -> None:
-        seen["stored"] = ticks
+        seen["stored"] = ticks.count
         add(metrics)
 
     monkeypatch.setattr(module, "_parse", parsing)
     monkeypatch.setattr(module.metrics, "add", adding)
-    ingest = asyncio.get_running_loop().create_task(module._ingest_loop())
-    counting = asyncio.get_running_loop().create_task(ticker())
-    try:
+    async with ticks.running(module):
         module.ingest("MTRC", body)
         await until(lambda: module.ingested_frames == 1, within=10)
-        assert len(module.metrics.entries()) == 200
-        assert seen["stored"] - seen["parsed"] >= 200, seen
-    finally:
-        done.set()
-        ingest.cancel()
-        await counting
+    assert len(module.metrics.entries()) == 200
+    assert seen["stored"] - seen["parsed"] >= 200, seen
 
 
 @pytest.mark.parametrize("kind", ["MTRC", "OTLP", "LOGS"])
@@ -85,32 +97,18 @@ async def test_a_frames_entries_are_stored_with_the_loop_free_between_slices(
         records = [{"body": {"stringValue": f"r{i}"}} for i in range(count)]
         body = json.dumps({"resourceLogs": [{"scopeLogs": [{"logRecords": records}]}]}).encode()
         stored, target, name = module.logs.entries, module, "_add_logs"
-    ticks = 0
-    done = asyncio.Event()
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while not done.is_set():
-            ticks += 1
-            await asyncio.sleep(0)
-
+    ticks = Ticks()
     calls: list[tuple[int, int]] = []  # (ticks when called, entries given)
     store = getattr(target, name)
 
     def storing(entries: list[dict[str, Any]], *rest: Any) -> None:
-        calls.append((ticks, len(entries)))
+        calls.append((ticks.count, len(entries)))
         store(entries, *rest)
 
     monkeypatch.setattr(target, name, storing)
-    ingest = asyncio.get_running_loop().create_task(module._ingest_loop())
-    counting = asyncio.get_running_loop().create_task(ticker())
-    try:
+    async with ticks.running(module):
         module.ingest(kind, body)
         await until(lambda: module.ingested_frames == 1, within=10)
-        assert len(stored()) == count
-        assert [n for _, n in calls] == [256, 256, 88], calls  # before: [600]
-        assert calls[0][0] < calls[1][0] < calls[2][0], calls  # other tasks ran between the calls
-    finally:
-        done.set()
-        ingest.cancel()
-        await counting
+    assert len(stored()) == count
+    assert [n for _, n in calls] == [256, 256, 88], calls  # before: [600]
+    assert calls[0][0] < calls[1][0] < calls[2][0], calls  # other tasks ran between the calls
