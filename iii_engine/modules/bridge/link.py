@@ -11,6 +11,13 @@ whose caller still waits), so a write that failed never executes later. A void c
 sent at most once, on the connection up when it is made, or fails "not sent"; it is never kept for the next
 connection. The SDK's outbox is bounded by its ``MAX_QUEUE_SIZE``.
 
+A remote that stops answering without closing its socket (a stopped or hung process) is found by a WebSocket ping
+while calls are pending: one every ``ping_interval_s`` (1 s), and a pong not back within ``ping_timeout_s`` (5 s)
+drops the connection, which the SDK then makes again. Calls written to it fail at once, saying they may have run
+there (their frames reached the remote); calls not yet written fail after ``connect_grace_s`` saying they were not
+sent. Before, such a remote held every bridged call for its whole timeout (30 s for the stores) and the connection
+stayed "connected" until websockets' own keepalive gave up, 20 to 40 s after the stop.
+
 Example:
     >>> link = BridgeLink("ws://127.0.0.1:1", role="docs")
     >>> link.url, link.connected
@@ -24,11 +31,16 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Final
+
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii._cli import mask_passwords
@@ -39,8 +51,11 @@ from iii.iii_constants import InitOptions, ReconnectionConfig
 from iii.iii_types import TriggerActionEnqueue
 from iii.telemetry_types import OtelConfig
 from iii.triggers import Trigger
+from iii.ws_fastpath import write_buffer_size
 
-__all__ = ["DEFAULT_TIMEOUT_MS", "RETRY_INTERVAL_MS", "BridgeCallError", "BridgeLink"]
+from ...send_queue import unacknowledged
+
+__all__ = ["DEFAULT_TIMEOUT_MS", "MAY_HAVE_RUN", "NOT_SENT", "RETRY_INTERVAL_MS", "BridgeCallError", "BridgeLink"]
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +64,16 @@ DEFAULT_TIMEOUT_MS: Final = 30_000
 # how often the link's watcher looks whether it is still up, while calls are pending
 _LINK_CHECK_S: Final = 0.1
 DEFAULT_CONNECT_GRACE_S: Final = 2.0
+DEFAULT_PING_INTERVAL_S: Final = 1.0
+# long enough for a busy remote whose event loop is held a few seconds; a pong later than this cuts the connection
+DEFAULT_PING_TIMEOUT_S: Final = 5.0
 _RETRY: Final = ReconnectionConfig(initial_delay_ms=RETRY_INTERVAL_MS, max_delay_ms=RETRY_INTERVAL_MS,
                                    backoff_multiplier=1.0, jitter_factor=0.0, max_retries=-1)
 
 Handler = Callable[[Any], Coroutine[Any, Any, Any]]
+# the ends of a failed call's error: whether the remote may have applied it
+MAY_HAVE_RUN: Final = "it was sent and may have been applied there (its answer never came)"
+NOT_SENT: Final = "it was not sent, nothing was applied"
 
 
 class BridgeCallError(RuntimeError):
@@ -76,11 +97,21 @@ class BridgeCallError(RuntimeError):
 class BridgeLink:
     """A reconnecting worker connection to the remote engine at ``url``; ``role`` names it in logs and metadata."""
 
-    def __init__(self, url: str, *, role: str, connect_grace_s: float = DEFAULT_CONNECT_GRACE_S) -> None:
+    def __init__(self, url: str, *, role: str, connect_grace_s: float = DEFAULT_CONNECT_GRACE_S,
+                 ping_interval_s: float = DEFAULT_PING_INTERVAL_S,
+                 ping_timeout_s: float = DEFAULT_PING_TIMEOUT_S) -> None:
         self.url = check_url(url)
         self.shown = mask_passwords(self.url)  # in messages and logs: a password in it (user:pw@, ?password=) masked
         self.role = role
         self.connect_grace_s = connect_grace_s
+        self.ping_interval_s = ping_interval_s
+        self.ping_timeout_s = ping_timeout_s
+        # the keepalive probe in flight (one per link, on the SDK client's loop) and when the last one started
+        self._probe: concurrent.futures.Future[None] | None = None
+        self._probed_at = float("-inf")
+        # why the keepalive dropped the last connection, until a pong comes again: named in the calls' errors
+        self.silence: str | None = None
+        self._forget_silence: Callable[[], None] | None = None  # removes _heard_again from the client
         self._client: III | None = None
         self._closed_client: III | None = None  # the client of the last close (a close under way included)
         # One watcher per link and event loop looks at the connection while calls are pending, not one poll per
@@ -96,7 +127,12 @@ class BridgeLink:
             options = InitOptions(worker_name=f"iii-engine bridge ({self.role})", enable_metrics_reporting=False,
                                   reconnection_config=_RETRY, otel=OtelConfig(enabled=False))
             self._client = III(self.url, options)
+            # a new connection is up: the silence that dropped the last one no longer explains anything
+            self._forget_silence = self._client.on_registrations_ready(self._heard_again)
             log.info("bridge %s: connecting to %s (retry every %d ms)", self.role, self.shown, RETRY_INTERVAL_MS)
+
+    def _heard_again(self) -> None:
+        self.silence = None
 
     @property
     def connected(self) -> bool:
@@ -118,16 +154,22 @@ class BridgeLink:
         except ShuttingDownError:
             raise BridgeCallError(f"bridge to remote engine {self.shown} is shut down") from None
         except ConnectionError as exc:
-            raise BridgeCallError(f"remote engine {self.shown} unreachable ({exc})") from None
+            raise BridgeCallError(f"remote engine {self.shown} unreachable ({exc}){self._silent()}; "
+                                  f"{NOT_SENT}") from None
         return client
+
+    def _silent(self) -> str:
+        return "" if self.silence is None else f" ({self.silence})"
 
     async def call(self, function_id: str, data: Any, *, timeout_ms: int | None = None,
                    action: TriggerActionEnqueue | None = None) -> Any:
         """Invoke ``function_id`` on the remote and return its result (``None`` when it has none).
 
         Raises :class:`BridgeCallError` when the remote is unreachable, the call times out (default 30 s), the
-        connection drops during the call, or the remote answers with an error. Unreachable: the call never left
-        and never runs later; dropped during the call, or timed out: the remote may have run it.
+        connection drops during the call (a remote that answers no ping within ``ping_timeout_s`` has its
+        connection dropped), or the remote answers with an error. Unreachable: the call never left and never runs
+        later (the error says nothing was applied); dropped during the call, or timed out: the remote may have run
+        it (the error says so).
         """
         client = await self._up()
         wait_ms = timeout_ms or DEFAULT_TIMEOUT_MS
@@ -135,15 +177,16 @@ class BridgeLink:
             return await self._unless_lost(client, client.trigger_async(
                 {"function_id": function_id, "payload": data, "timeout_ms": wait_ms, "action": action}), function_id)
         except TimeoutError:
+            # (a call still queued unwritten at its timeout is dropped unsent; which one it was is not known here)
             raise BridgeCallError(f"invocation timed out after {wait_ms} ms (remote engine {self.shown}, "
-                                  f"function {function_id})") from None
+                                  f"function {function_id}){self._silent()}; {MAY_HAVE_RUN}") from None
         except OutboundQueueFullError as exc:  # a ConnectionLostError too, but the connection may be fine
             raise BridgeCallError(self._not_sent(function_id, exc)) from None
         except ConnectionLostError:
             # the SDK fails only calls already written to the socket so: the remote may have run it (a caller who
             # read "lost" as "not done" and retried ran a write, or an enqueue, twice)
-            raise BridgeCallError(f"connection to remote engine {self.shown} lost during the call of {function_id}; "
-                                  "it may have run there (its answer never came)") from None
+            raise BridgeCallError(f"connection to remote engine {self.shown} lost during the call of {function_id}"
+                                  f"{self._silent()}; {MAY_HAVE_RUN}") from None
         except InvocationError as exc:
             raise BridgeCallError(f"remote error ({exc.code}): {exc.message}", code=exc.code, message=exc.message,
                                   stacktrace=exc.stacktrace) from None
@@ -161,7 +204,7 @@ class BridgeLink:
             if call.done():
                 return call.result()
             raise BridgeCallError(f"remote engine {self.shown} unreachable (the connection dropped during the call of "
-                                  f"{function_id})")
+                                  f"{function_id}){self._silent()}; {NOT_SENT}")
         finally:
             watch.pending -= 1
             if not call.done():
@@ -195,6 +238,7 @@ class BridgeLink:
                 await asyncio.sleep(_LINK_CHECK_S)
                 if self.connected:
                     lost_since = None
+                    self._keepalive(loop)
                 elif lost_since is None:
                     lost_since = loop.time()
                 elif loop.time() - lost_since >= self.connect_grace_s:
@@ -206,6 +250,61 @@ class BridgeLink:
             # no await between the last look at the count and this: a call of this loop cannot slip in between
             if self._watches.get(loop) is watch:
                 del self._watches[loop]
+
+    def _keepalive(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start a ping of the remote unless one is in flight or the last started under ``ping_interval_s`` ago."""
+        client = self._client
+        if not isinstance(client, III) or (self._probe is not None and not self._probe.done()):
+            return  # (not a client with a socket: a stand-in of the unit tests)
+        now = time.monotonic()  # (one clock for the watchers of every loop)
+        if now - self._probed_at < self.ping_interval_s:
+            return
+        self._probed_at = now
+        # the socket lives on the SDK client's own loop; the SDK has no keepalive setting of its own (websockets'
+        # default, 20 s + 20 s, is all it has), so the link pings through its connection
+        ping = self._ping(client)
+        try:
+            self._probe = asyncio.run_coroutine_threadsafe(ping, client._loop)
+        except RuntimeError:  # the client's loop is closed: the link is closing
+            ping.close()
+
+    async def _ping(self, client: III) -> None:
+        """On the client's loop: ping its socket; no pong within ``ping_timeout_s`` drops the connection, unless
+        bytes of ours are still on their way to the remote then (its pong comes after them: a remote reading a big
+        frame slowly is alive, and one that takes none of them is the SDK's ``send_timeout``'s to judge)."""
+        ws = client._conn._ws
+        if ws is None:
+            return
+
+        async def round_trip() -> None:
+            pong = await ws.ping()  # (its sending, too, may wait behind our bytes)
+            await pong
+
+        answered = asyncio.ensure_future(round_trip())
+        answered.add_done_callback(lambda task: task.cancelled() or task.exception())  # (read: never "unretrieved")
+        try:
+            while True:
+                try:
+                    await asyncio.wait_for(asyncio.shield(answered), self.ping_timeout_s)
+                    break
+                except TimeoutError:
+                    if client._conn._ws is not ws:
+                        return  # replaced meanwhile: that socket is gone already
+                    if not _unacknowledged(ws):
+                        raise
+        except TimeoutError:
+            if client._conn._ws is not ws:
+                return
+            self.silence = f"it answered no ping within {self.ping_timeout_s:g} s: stopped or hung"
+            log.warning("bridge %s: remote engine %s answered no ping within %g s (stopped or hung); dropping the "
+                        "connection and connecting again", self.role, self.shown, self.ping_timeout_s)
+            ws.transport.abort()  # the SDK sees the loss, fails the calls written to it and reconnects
+        except ConnectionClosed:
+            pass
+        else:
+            self.silence = None
+        finally:
+            answered.cancel()
 
     async def fire(self, function_id: str, data: Any) -> None:
         """Invoke ``function_id`` on the remote without waiting for a result (action ``void``).
@@ -286,8 +385,19 @@ class BridgeLink:
             else:  # a task is cancelled on its own loop's thread; a loop that is closed has none to cancel
                 with contextlib.suppress(RuntimeError):
                     watch.watcher.get_loop().call_soon_threadsafe(watch.watcher.cancel)
+        if self._probe is not None:
+            self._probe.cancel()
+        forget, self._forget_silence = self._forget_silence, None
+        if forget is not None:
+            forget()
         if client is not None:
             await client.shutdown_async()  # its loop thread joined too, this loop never blocked on it
+
+
+def _unacknowledged(ws: ClientConnection) -> int:
+    """Bytes written to ``ws`` that the remote's TCP has not acknowledged yet: those its transport still holds and
+    those in the kernel's send queue (Linux)."""
+    return write_buffer_size(ws) + unacknowledged(ws.transport.get_extra_info("socket"))
 
 
 @dataclass(eq=False)
