@@ -153,6 +153,17 @@ _CHUNK_FRAMING = 32
 SEND_SLICE = 64 * 1024
 
 
+def _head_bytes(response: web.StreamResponse) -> int:
+    """An upper bound of ``response``'s status line and headers on the wire: every character counted as 4 bytes
+    (UTF-8's most), 256 bytes for the status line and the headers aiohttp may add (Date, Server, Content-Length).
+
+    Example:
+        >>> _head_bytes(web.Response(status=200, body=b"{}", headers={"x-a": "1"})) > 256
+        True
+    """
+    return 256 + sum(4 * (len(name) + len(value)) + 4 for name, value in response.headers.items())
+
+
 def _left_unprobed(request: web.BaseRequest) -> bool:
     """``request`` is HTTP/1.0 and its client ended its side: no probe can tell a half-close from a client that
     left (:class:`_Connection`), so one that did so while its request waited for a slot is taken as gone. Before,
@@ -660,6 +671,12 @@ async def _end_body(response: web.StreamResponse, writer: AbstractStreamWriter, 
         return True
     if not await _taken(asyncio.ensure_future(response.write_eof()), transport, patience):
         return False
+    return await _drained(writer, transport, patience)
+
+
+async def _drained(writer: StreamWriter, transport: asyncio.Transport, patience: float) -> bool:
+    """Wait until the connection's own buffer is empty, on the rule of :func:`_send`; False once the client took
+    nothing for ``patience``. Returns at once in the usual case, an empty buffer."""
     if not transport.get_write_buffer_size():
         return True  # the usual case: all of it in the kernel's hands, whose own timers bound the rest
     # A high-water mark of 0 pauses the connection's writing until its buffer is empty: its drain waits for exactly
@@ -854,7 +871,7 @@ class RestApiModule(EngineModule):
         self.services.register_trigger_type("http", "HTTP API trigger", _HttpTriggers(self.routes))
         # aiohttp's keep-alive timer also runs from the moment a connection opens and closes it if the request
         # headers are still incomplete when it fires: exactly a header deadline.
-        server = _BoundedServer(self._handle, max_connections=self.settings.max_connections,
+        server = _BoundedServer(self._answer, max_connections=self.settings.max_connections,
                                 refused=self._refuse_connection, access_log=None,
                                 keepalive_timeout=self.settings.header_timeout_ms / 1000, lingering_time=LINGER_S,
                                 logger=_server_log)
@@ -895,6 +912,40 @@ class RestApiModule(EngineModule):
             await asyncio.gather(*self._background, return_exceptions=True)
 
     # -- request handling ------------------------------------------------------------------------------------
+
+    async def _answer(self, request: web.BaseRequest) -> web.StreamResponse:
+        """:meth:`_handle`'s response, written here when it is a whole one (JSON, errors), within ``send_timeout``.
+
+        Why: aiohttp writes a returned response and then waits, with no bound, for the client to take what did not
+        fit the connection's buffer, and its close of the connection waits for the bytes still buffered just as
+        long. A client that sent a request and never read kept its connection (counted against
+        ``max_connections``) and the answer in memory for good: a 3 MB JSON answer's connection was still open 8 s
+        past a 500 ms ``send_timeout``. A streamed response is already written and ended (see :meth:`_stream`)."""
+        response = await self._handle(request)
+        transport = request.transport
+        if response.prepared or transport is None or type(response) is not web.Response:
+            return response
+        patience = self.settings.send_timeout_ms / 1000
+        body = response.body
+        try:
+            writer = await response.prepare(request)
+            if (type(body) is bytes and not transport.get_write_buffer_size()
+                    and len(body) + _head_bytes(response) <= transport.get_write_buffer_limits()[1]):
+                # the usual case: it fits the buffer's room, so its write cannot wait for the client
+                await response.write_eof()
+                taken = not isinstance(writer, StreamWriter) or await _drained(writer, transport, patience)
+            else:
+                assert writer is not None
+                taken = await _end_body(response, writer, transport, patience)
+        except ConnectionError:  # the client left meanwhile: as aiohttp would have found when writing it
+            transport.abort()
+            return response
+        if not taken:
+            log.info("HTTP %s %s: the client read nothing of the %d-byte response for %d ms (send_timeout); "
+                     "connection cut", request.method, request.path, response.content_length or 0,
+                     self.settings.send_timeout_ms)
+            transport.abort()
+        return response
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         origin = request.headers.get("Origin")
