@@ -153,6 +153,9 @@ class RedisBus:
         # UNSUBSCRIBEs written per topic whose reply has not come yet, on this connection: a ``subscribe`` reply for
         # a topic with one pending answers a SUBSCRIBE sent before it, which it withdrew (see _read)
         self._unsubscribes: dict[str, int] = {}
+        # whether the subscriber connection is set up (see start), and the topics whose command waits for that
+        self._settled = False
+        self._unsynced: set[str] = set()
         self._idle = f"__iii_pubsub_idle:{uuid.uuid4()}"
         self._syncs: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -176,9 +179,12 @@ class RedisBus:
         await check_reachable(self._redis, timeout=_REDIS_TIMEOUT_S)
         # A private channel opens the connection so the reader can run before any topic is subscribed.
         await self._pubsub.subscribe(self._idle)
-        # replies to commands written on a connection never come once it is gone: the counts start again on each
+        # a (re)connection is seen from the moment its socket is up (_connecting) until it is set up, the topics
+        # renewed (_connected, after redis-py's own callback): SUBSCRIBE/UNSUBSCRIBE wait for the end (see _sync)
         connection: Any = self._pubsub.connection  # opened by the subscribe above
+        connection.redis_connect_func = self._connecting
         connection.register_connect_callback(self._connected)
+        self._settled = True
         self._reader = asyncio.create_task(self._read(), name="pubsub-redis-reader")
         self._delivery = asyncio.create_task(self._deliver_received(), name="pubsub-redis-delivery")
 
@@ -300,6 +306,10 @@ class RedisBus:
             connection: Any = self._pubsub.connection
             if connection is None or not connection.is_connected:
                 return  # down: nothing is subscribed in Redis, and the reconnection subscribes what is wanted
+            if not self._settled:
+                # being set up: the renewal subscribes what is wanted when it runs, _connected sends the rest
+                self._unsynced.add(topic)
+                return
             if not wanted:
                 self._unsubscribes[topic] = self._unsubscribes.get(topic, 0) + 1  # its reply may beat the write's end
             try:
@@ -420,9 +430,28 @@ class RedisBus:
             except Exception as exc:  # one message not delivered must not end the delivery
                 self._not_delivered(topic, exc)
 
-    async def _connected(self, connection: Any) -> None:
-        """The subscriber connection is (re)connected: no reply is owed on it yet."""
+    async def _connecting(self, connection: Any) -> None:
+        """The subscriber connection's socket is up again: no reply is owed on it yet, and nothing is written on it
+        until it is set up (then its usual handshake).
+
+        Run as redis-py's ``redis_connect_func``, before anything can be written on the new socket. The connection
+        counts as up from here: before, SUBSCRIBE/UNSUBSCRIBE went out during the handshake's round trips (their
+        replies could even be read by the handshake, as RESP3 pushes) and the counts were cleared after them, so a
+        subscribe withdrawn then and subscribed again was confirmed by the withdrawn SUBSCRIBE's reply while Redis
+        had the topic unsubscribed (a message published then reached 0 subscribers).
+        """
+        self._settled = False
+        self._unsynced.clear()
         self._unsubscribes.clear()
+        await connection.on_connect()
+
+    async def _connected(self, connection: Any) -> None:
+        """The subscriber connection is set up and redis-py has renewed the wanted topics: commands may go out
+        again, and a topic changed after the renewal took its list is sent now."""
+        self._settled = True
+        for topic in self._unsynced:
+            self._spawn_sync(topic)
+        self._unsynced.clear()
 
     def _connection_lost(self, exc: Exception) -> None:
         """Log the start of an outage once (messages published during it are lost: Redis pub/sub keeps nothing)."""

@@ -1,0 +1,78 @@
+"""The pubsub Redis bus around a reconnection: replies to commands written while the subscriber connection is being
+set up again, and the count of outages (messages published during one never reach this engine)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from test_engine_attack_pubsub import RedisProxy
+from test_pubsub_redis_bus_commands import subscribers_become
+from test_pubsub_redis_subscribe_race import waits_for_confirmation
+
+from iii_engine.modules.base import EngineError
+from iii_engine.modules.pubsub import bus as bus_module
+from tests.polling import until
+
+pytestmark = [pytest.mark.redis, pytest.mark.our_engine("drives the pubsub Redis bus through a proxy")]
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+async def test_a_subscribe_during_a_reconnection_is_not_confirmed_by_a_reply_to_a_withdrawn_one() -> None:
+    # A reconnection counts as up from its socket on, through its handshake's round trips (held open here, as a slow
+    # last reply would). Before, a subscribe, its unsubscribe and a second subscribe of one topic were written on the
+    # new connection meanwhile, and the counts of replies owed were cleared only after them: the reply to the
+    # withdrawn SUBSCRIBE confirmed the second subscribe while Redis had the topic unsubscribed and its SUBSCRIBE was
+    # still on the way, and a message published then reached nobody.
+    topic = f"reconnect-{uuid.uuid4()}"
+    got: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def deliver(delivered_topic: str, data: Any) -> None:
+        await got.put((delivered_topic, data))
+
+    redis = Redis.from_url(REDIS_URL)
+    async with RedisProxy() as proxy:
+        bus = bus_module.RedisBus(proxy.url)
+        await bus.start(deliver)
+        try:
+            connection: Any = bus._pubsub.connection
+            handshake = connection.redis_connect_func
+            in_setup, go_on = asyncio.Event(), asyncio.Event()
+
+            async def slow_setup(conn: Any) -> None:
+                await (handshake(conn) if handshake is not None else conn.on_connect())
+                in_setup.set()
+                await go_on.wait()
+
+            connection.redis_connect_func = slow_setup
+            proxy.cut()  # the reader reconnects, and its setup waits
+            await in_setup.wait()
+            withdrawn = asyncio.create_task(bus.subscribe(topic))
+            await until(lambda: waits_for_confirmation(withdrawn))
+            await bus.unsubscribe(topic)
+            with pytest.raises(EngineError, match="withdrawn"):
+                await withdrawn
+            # Redis has done the commands written so far: the bus's own connection is busy, another one is asked
+            await subscribers_become(redis, topic, 0)
+            proxy.hold()  # the next commands stay in the proxy
+            later = asyncio.create_task(bus.subscribe(topic))
+            await until(lambda: waits_for_confirmation(later))
+            go_on.set()
+            # the reader takes the replies well within this (bounded observation: nothing to await in between)
+            await asyncio.wait({later}, timeout=0.5)
+            if later.done():  # how many a message published now would reach (before: 0)
+                receivers = await redis.publish(topic, json.dumps("lost"))
+                raise AssertionError(f"confirmed while Redis has the topic unsubscribed: {receivers} receivers")
+            proxy.release()
+            await asyncio.wait_for(later, 5)
+            await subscribers_become(redis, topic, 1)
+            await redis.publish(topic, json.dumps("after"))
+            assert await asyncio.wait_for(got.get(), 5) == (topic, "after")
+        finally:
+            await bus.close()
+            await redis.aclose()
