@@ -43,6 +43,11 @@ _READ_AHEAD_BYTES = 16 * 1024 * 1024
 # (a killed connection or a restart), later ones back off so an outage costs a connection attempt per 2 s at most
 _RECONNECT_FIRST_S = 0.05
 _RECONNECT_MAX_S = 2.0
+# A subscriber connection made half-open (a NAT or firewall that forgot it, a host gone without a reset) never fails a
+# read: every message went elsewhere, with no outage counted or logged. After this long with nothing heard it is
+# PINGed, and with nothing heard _PONG_S later it counts as lost (dropped, reconnected, the topics renewed).
+_QUIET_S = 10.0
+_PONG_S = 5.0
 # How long subscribe() waits for Redis to confirm a SUBSCRIBE
 _SUBSCRIBE_TIMEOUT_S = 10.0
 # How long unsubscribe() waits for its UNSUBSCRIBE to be written (its turn under the lock included)
@@ -367,13 +372,28 @@ class RedisBus:
 
     async def _read(self) -> None:
         pause = _RECONNECT_FIRST_S
+        loop = asyncio.get_running_loop()
+        heard, pinged = loop.time(), False
         while not self._closing:
+            quiet = loop.time() - heard
+            if quiet > _QUIET_S + _PONG_S:
+                self._connection_lost(ConnectionError(f"no reply to PING within {_PONG_S:g} s (a half-open "
+                                                      "connection)"))
+                connection: Any = self._pubsub.connection
+                if connection is not None:
+                    await connection.disconnect()  # still up for redis-py: the next read connects afresh
+                heard, pinged = loop.time(), False
+                continue
             try:
+                if quiet > _QUIET_S and not pinged:
+                    await self._ping()
+                    pinged = True
                 # after a broken connection this reconnects and subscribes again to every topic (redis-py)
                 message = await self._pubsub.get_message(timeout=1.0)
             except self._broken as exc:
                 # before: the reader ended here and every later message was lost without a word
                 self._connection_lost(exc)
+                heard, pinged = loop.time(), False
                 await asyncio.sleep(pause)  # a pause between connection attempts, not synchronisation
                 pause = min(pause * 2, _RECONNECT_MAX_S)
                 continue
@@ -384,6 +404,7 @@ class RedisBus:
             pause = _RECONNECT_FIRST_S
             if message is None:
                 continue
+            heard, pinged = loop.time(), False  # anything at all, our PING's pong included, proves it alive
             channel = message["channel"]
             topic = channel.decode() if isinstance(channel, bytes) else str(channel)
             if message["type"] == "unsubscribe":
@@ -404,6 +425,16 @@ class RedisBus:
                     # that much waits for room already: Redis holds what comes meanwhile
                     self._has_room.clear()
                     await self._has_room.wait()
+                    heard = loop.time()  # not read meanwhile: the quiet counts from here
+
+    async def _ping(self) -> None:
+        """PING the subscriber connection (its pong proves it alive), under the command lock as every write; raises
+        TimeoutError when that takes over 5 s."""
+        async with asyncio.timeout(_PONG_S):  # the lock's turn, and a send into a full socket buffer, wait too
+            async with self._commands:
+                connection: Any = self._pubsub.connection
+                if self._settled and connection is not None and connection.is_connected:
+                    await connection.send_packed_command(connection.pack_command("PING"), check_health=False)
 
     async def _deliver_received(self) -> None:
         """Deliver what the reader received, one message after another (each waits for room in the engine)."""

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from test_engine_attack_pubsub import RedisProxy
-from test_pubsub_redis_bus_commands import subscribers_become
+from test_engine_attack_pubsub import RedisProxy, publish_until_received
+from test_pubsub_redis_bus_commands import ReplyHoldingProxy, subscribers_become
 from test_pubsub_redis_subscribe_race import waits_for_confirmation
 
 from iii_engine.modules.base import EngineError
@@ -73,6 +73,41 @@ async def test_a_subscribe_during_a_reconnection_is_not_confirmed_by_a_reply_to_
             await subscribers_become(redis, topic, 1)
             await redis.publish(topic, json.dumps("after"))
             assert await asyncio.wait_for(got.get(), 5) == (topic, "after")
+        finally:
+            await bus.close()
+            await redis.aclose()
+
+
+async def test_a_half_open_subscriber_connection_is_found_counted_and_replaced(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # A connection that goes silent both ways (a NAT that forgot it, a host gone without a reset) never fails a
+    # read. Before, the bus waited on it for good: messages published meanwhile reached nobody here, and no outage
+    # was counted (connection_losses 0) or logged. Now a PING after a quiet spell finds it.
+    monkeypatch.setattr(bus_module, "_QUIET_S", 0.2, raising=False)  # absent before the fix
+    monkeypatch.setattr(bus_module, "_PONG_S", 0.3, raising=False)
+    topic = f"half-open-{uuid.uuid4()}"
+    got: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def deliver(delivered_topic: str, data: Any) -> None:
+        await got.put((delivered_topic, data))
+
+    redis = Redis.from_url(REDIS_URL)
+    proxy = ReplyHoldingProxy()
+    async with proxy:
+        bus = bus_module.RedisBus(proxy.url)
+        await bus.start(deliver)
+        try:
+            await bus.subscribe(topic)
+            proxy.hold()
+            proxy.hold_replies()  # silent both ways, the sockets still open
+            await redis.publish(topic, json.dumps("lost"))
+            await until(lambda: bus.connection_losses == 1, within=5)
+            assert "no reply to PING within 0.3 s (a half-open connection)" in caplog.text
+            proxy.release()
+            proxy.release_replies()
+            # the new connection subscribes the topic again (what the old one still had in flight is lost)
+            received = await publish_until_received(redis, topic, got)
+            assert received[0] == topic and isinstance(received[1], int)
         finally:
             await bus.close()
             await redis.aclose()
