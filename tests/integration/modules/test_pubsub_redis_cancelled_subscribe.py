@@ -1,18 +1,20 @@
-"""The pubsub Redis bus: a subscribe (a trigger's register) cancelled while Redis has not confirmed its SUBSCRIBE
-withdraws its topic, unless another subscribe of it still waits."""
+"""The pubsub Redis bus: a subscribe cancelled while Redis has not confirmed its SUBSCRIBE withdraws its topic,
+unless another subscribe of it still waits (a register cancelled through the module: see
+test_pubsub_redis_subscribe_race). Also the helpers these bus tests share."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from test_engine_attack_pubsub import RedisProxy, engine_on
+from test_engine_attack_pubsub import RedisProxy
 from test_pubsub_redis_subscribe_race import waits_for_confirmation
 
-from iii.iii_types import TriggerInfo
 from iii_engine.modules.pubsub import bus as bus_module
 from tests.polling import until
 
@@ -22,7 +24,28 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 async def nothing(topic: str, data: Any) -> None:
-    """A deliver that drops what it gets (these tests look at subscriptions, not messages)."""
+    """A deliver that drops what it gets (for tests that look at subscriptions, not messages)."""
+
+
+def collected() -> tuple[asyncio.Queue[Any], bus_module.Deliver]:
+    """A queue, and a deliver that puts each ``(topic, data)`` it gets on it."""
+    got: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def deliver(topic: str, data: Any) -> None:
+        await got.put((topic, data))
+
+    return got, deliver
+
+
+@contextlib.asynccontextmanager
+async def started_bus(url: str, deliver: bus_module.Deliver = nothing) -> AsyncIterator[bus_module.RedisBus]:
+    """A :class:`RedisBus` on ``url``, started with ``deliver``; closed on the way out."""
+    bus = bus_module.RedisBus(url)
+    await bus.start(deliver)
+    try:
+        yield bus
+    finally:
+        await bus.close()
 
 
 async def cancelled(task: asyncio.Task[None]) -> None:
@@ -37,10 +60,8 @@ async def test_a_subscribe_cancelled_before_its_confirmation_withdraws_its_topic
     # reconnection, with nothing in the engine wanting it.
     topic = f"cancel-{uuid.uuid4()}"
     redis = Redis.from_url(REDIS_URL)
-    async with RedisProxy() as proxy:
-        bus = bus_module.RedisBus(proxy.url)
-        await bus.start(nothing)
-        try:
+    try:
+        async with RedisProxy() as proxy, started_bus(proxy.url) as bus:
             proxy.hold()  # the SUBSCRIBE waits in the proxy: no confirmation yet
             subscribe = asyncio.create_task(bus.subscribe(topic))
             await until(lambda: waits_for_confirmation(subscribe))
@@ -51,18 +72,15 @@ async def test_a_subscribe_cancelled_before_its_confirmation_withdraws_its_topic
             assert (await redis.pubsub_numsub(topic))[0][1] == 0, "subscribed in Redis with nothing wanting it"
             assert topic.encode() not in bus._pubsub.channels  # nor renewed at a reconnection
             assert topic not in bus._confirm
-        finally:
-            await bus.close()
-            await redis.aclose()
+    finally:
+        await redis.aclose()
 
 
 async def test_a_cancelled_subscribe_leaves_the_topic_to_one_still_waiting() -> None:
     topic = f"cancel-{uuid.uuid4()}"
     redis = Redis.from_url(REDIS_URL)
-    async with RedisProxy() as proxy:
-        bus = bus_module.RedisBus(proxy.url)
-        await bus.start(nothing)
-        try:
+    try:
+        async with RedisProxy() as proxy, started_bus(proxy.url) as bus:
             proxy.hold()
             first = asyncio.create_task(bus.subscribe(topic))
             await until(lambda: waits_for_confirmation(first))
@@ -73,30 +91,5 @@ async def test_a_cancelled_subscribe_leaves_the_topic_to_one_still_waiting() -> 
             await asyncio.wait_for(second, 5)
             await bus.subscribe(f"{topic}-after")
             assert (await redis.pubsub_numsub(topic))[0][1] == 1, "the topic the second subscribe confirmed is gone"
-        finally:
-            await bus.close()
-            await redis.aclose()
-
-
-async def test_a_register_cancelled_before_its_confirmation_leaves_nothing_subscribed() -> None:
-    # The same through the module: a register cancelled (its worker's session ending, the engine stopping) while
-    # its SUBSCRIBE is unconfirmed. Before: no trigger in the engine, the topic subscribed in Redis (NUMSUB 1).
-    topic = f"cancel-{uuid.uuid4()}"
-    trigger = TriggerInfo(id=f"cancel-{topic}", trigger_type="subscribe", function_id="cancel::f",
-                          config={"topic": topic})
-    redis = Redis.from_url(REDIS_URL)
-    try:
-        async with RedisProxy() as proxy, engine_on(proxy.url) as engine:
-            module: Any = engine.module("pubsub")
-            bus = module._bus
-            proxy.hold()
-            register = asyncio.create_task(module.register(trigger))
-            await until(lambda: topic in bus._confirm)
-            await cancelled(register)
-            assert topic not in module._subscribers and topic not in module._subscribed
-            proxy.release()
-            await bus.subscribe(f"{topic}-after")
-            assert (await redis.pubsub_numsub(topic))[0][1] == 0, "subscribed in Redis with no trigger in the engine"
-            assert topic.encode() not in bus._pubsub.channels
     finally:
         await redis.aclose()

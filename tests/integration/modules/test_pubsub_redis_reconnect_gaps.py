@@ -12,6 +12,7 @@ import pytest
 from redis.asyncio import Redis
 from test_engine_attack_pubsub import RedisProxy, publish_until_received
 from test_pubsub_redis_bus_commands import ReplyHoldingProxy, subscribers_become
+from test_pubsub_redis_cancelled_subscribe import collected, started_bus
 from test_pubsub_redis_subscribe_race import waits_for_confirmation
 
 from iii_engine.modules.base import EngineError
@@ -30,16 +31,10 @@ async def test_a_subscribe_during_a_reconnection_is_not_confirmed_by_a_reply_to_
     # withdrawn SUBSCRIBE confirmed the second subscribe while Redis had the topic unsubscribed and its SUBSCRIBE was
     # still on the way, and a message published then reached nobody.
     topic = f"reconnect-{uuid.uuid4()}"
-    got: asyncio.Queue[Any] = asyncio.Queue()
-
-    async def deliver(delivered_topic: str, data: Any) -> None:
-        await got.put((delivered_topic, data))
-
+    got, deliver = collected()
     redis = Redis.from_url(REDIS_URL)
-    async with RedisProxy() as proxy:
-        bus = bus_module.RedisBus(proxy.url)
-        await bus.start(deliver)
-        try:
+    try:
+        async with RedisProxy() as proxy, started_bus(proxy.url, deliver) as bus:
             connection: Any = bus._pubsub.connection
             handshake = connection.redis_connect_func
             in_setup, go_on = asyncio.Event(), asyncio.Event()
@@ -73,9 +68,8 @@ async def test_a_subscribe_during_a_reconnection_is_not_confirmed_by_a_reply_to_
             await subscribers_become(redis, topic, 1)
             await redis.publish(topic, json.dumps("after"))
             assert await asyncio.wait_for(got.get(), 5) == (topic, "after")
-        finally:
-            await bus.close()
-            await redis.aclose()
+    finally:
+        await redis.aclose()
 
 
 async def test_a_half_open_subscriber_connection_is_found_counted_and_replaced(
@@ -86,17 +80,11 @@ async def test_a_half_open_subscriber_connection_is_found_counted_and_replaced(
     monkeypatch.setattr(bus_module, "_QUIET_S", 0.2, raising=False)  # absent before the fix
     monkeypatch.setattr(bus_module, "_PONG_S", 0.3, raising=False)
     topic = f"half-open-{uuid.uuid4()}"
-    got: asyncio.Queue[Any] = asyncio.Queue()
-
-    async def deliver(delivered_topic: str, data: Any) -> None:
-        await got.put((delivered_topic, data))
-
+    got, deliver = collected()
     redis = Redis.from_url(REDIS_URL)
     proxy = ReplyHoldingProxy()
-    async with proxy:
-        bus = bus_module.RedisBus(proxy.url)
-        await bus.start(deliver)
-        try:
+    try:
+        async with proxy, started_bus(proxy.url, deliver) as bus:
             await bus.subscribe(topic)
             proxy.hold()
             proxy.hold_replies()  # silent both ways, the sockets still open
@@ -108,6 +96,5 @@ async def test_a_half_open_subscriber_connection_is_found_counted_and_replaced(
             # the new connection subscribes the topic again (what the old one still had in flight is lost)
             received = await publish_until_received(redis, topic, got)
             assert received[0] == topic and isinstance(received[1], int)
-        finally:
-            await bus.close()
-            await redis.aclose()
+    finally:
+        await redis.aclose()

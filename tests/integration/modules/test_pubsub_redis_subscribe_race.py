@@ -111,10 +111,14 @@ async def test_a_register_replaced_while_it_unsubscribes_its_old_topic_leaves_it
         await redis.aclose()
 
 
-async def test_a_register_unregistered_while_its_subscribe_is_unconfirmed_returns_at_once() -> None:
-    # Before: the unregister's UNSUBSCRIBE left the register waiting out the whole 10 s for a confirmation that,
-    # its SUBSCRIBE lost with a connection, never came, and then reporting subscribe_failed with Redis healthy
-    # (reg_unreg_reconnect.py: 8 of 8 rounds, 85 s). Here Redis stalls instead; the register's wait is the same.
+@pytest.mark.parametrize("ended", ["unregistered", "cancelled"])
+async def test_a_register_ended_while_its_subscribe_is_unconfirmed_returns_at_once_leaving_nothing(
+        ended: str) -> None:
+    # Unregistered: before, the unregister's UNSUBSCRIBE left the register waiting out the whole 10 s for a
+    # confirmation that, its SUBSCRIBE lost with a connection, never came, and then reporting subscribe_failed with
+    # Redis healthy (reg_unreg_reconnect.py: 8 of 8 rounds, 85 s). Here Redis stalls instead; the wait is the same.
+    # Cancelled (its worker's session ending, the engine stopping): before, the topic stayed subscribed in Redis
+    # (NUMSUB 1) with no trigger in the engine, and in redis-py's channels, renewed at every reconnection.
     topic = f"race-{uuid.uuid4()}"
     trigger = TriggerInfo(id=f"race-{topic}", trigger_type="subscribe", function_id="race::f",
                           config={"topic": topic})
@@ -126,14 +130,20 @@ async def test_a_register_unregistered_while_its_subscribe_is_unconfirmed_return
             proxy.hold()  # the SUBSCRIBE waits in the proxy: no confirmation
             register = asyncio.create_task(module.register(trigger))
             await until(lambda: topic in bus._confirm)
-            await module.unregister(trigger)
-            # before: TimeoutError here (the register still waited for its confirmation)
-            await asyncio.wait_for(register, 5)
+            if ended == "unregistered":
+                await module.unregister(trigger)
+                # before: TimeoutError here (the register still waited for its confirmation)
+                await asyncio.wait_for(register, 5)
+            else:
+                register.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await register
             assert topic not in module._subscribers and topic not in bus._confirm
             proxy.release()
             # a later SUBSCRIBE's confirmation: every command sent before it has been done by Redis
             await bus.subscribe(f"{topic}-after")
             assert (await redis.pubsub_numsub(topic))[0][1] == 0, "subscribed in Redis with no trigger in the engine"
+            assert topic.encode() not in bus._pubsub.channels  # nor renewed at a reconnection
     finally:
         await redis.aclose()
 
