@@ -388,8 +388,10 @@ class RedisBus:
                 if quiet > _QUIET_S and not pinged:
                     await self._ping()
                     pinged = True
-                # after a broken connection this reconnects and subscribes again to every topic (redis-py)
-                message = await self._pubsub.get_message(timeout=1.0)
+                # after a broken connection this reconnects and subscribes again to every topic (redis-py); a read
+                # ends by the next check of the quiet spell
+                due = heard + (_QUIET_S + _PONG_S if pinged else _QUIET_S) - loop.time()
+                message = await self._pubsub.get_message(timeout=min(1.0, max(due, 0.01)))
             except self._broken as exc:
                 # before: the reader ended here and every later message was lost without a word
                 self._connection_lost(exc)
