@@ -36,6 +36,10 @@ from .settings import PubSubSettings
 log = logging.getLogger(__name__)
 
 
+class _Abandoned(Exception):
+    """The register subscribing a topic for others waiting on it was cancelled: one of them subscribes instead."""
+
+
 def _topic_of(config: Any) -> str:
     topic = config.get("topic") if isinstance(config, dict) else None
     return topic if isinstance(topic, str) else ""
@@ -107,20 +111,32 @@ class PubSubModule(EngineModule):
                     # subscribed in Redis with no trigger here, renewed at every reconnection (270 channels after
                     # 8 s of 10 workers re-registering 3 ids).
                     return
-            live = self._subscribed.get(topic)
-            if live is not None:
+            while (live := self._subscribed.get(topic)) is not None:
                 # Subscribed, or being subscribed for another trigger: this one stands or falls with it. Before,
                 # it was registered at once, and kept with no subscription at all when that SUBSCRIBE failed.
-                await asyncio.shield(live)
-                return
+                try:
+                    await asyncio.shield(live)
+                    return
+                except _Abandoned:
+                    # Its register was cancelled (and the bus withdrew the topic): before, this one failed with
+                    # "CancelledError()" though Redis was fine. It subscribes itself, unless it left meanwhile.
+                    if subscribers.get(trigger.id) is not trigger:
+                        return
             live = self._subscribed[topic] = asyncio.get_running_loop().create_future()
             try:
                 await self._bus.subscribe(topic)
             except BaseException as exc:
                 if self._subscribed.get(topic) is live:
                     del self._subscribed[topic]  # the next register of the topic tries again
-                live.set_exception(exc if isinstance(exc, EngineError) else EngineError(
-                    "subscribe_failed", f"Subscribing to topic {topic!r:.200} failed: {exc!r:.200}"))
+                failure: Exception
+                if isinstance(exc, asyncio.CancelledError):
+                    failure = _Abandoned()  # not a failure of the subscription: a waiting register takes over
+                elif isinstance(exc, EngineError):
+                    failure = exc
+                else:
+                    failure = EngineError("subscribe_failed", f"Subscribing to topic {topic!r:.200} failed: "
+                                                              f"{exc!r:.200}")
+                live.set_exception(failure)
                 live.exception()  # retrieved: no waiter is a normal case, not an "exception never retrieved"
                 raise
             live.set_result(None)

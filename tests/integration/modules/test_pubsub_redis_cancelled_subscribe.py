@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from test_engine_attack_pubsub import RedisProxy
+from test_engine_attack_pubsub import RedisProxy, engine_on
 from test_pubsub_redis_subscribe_race import waits_for_confirmation
 
+from iii.iii_types import TriggerInfo
 from iii_engine.modules.pubsub import bus as bus_module
 from tests.polling import until
 
@@ -91,5 +92,35 @@ async def test_a_cancelled_subscribe_leaves_the_topic_to_one_still_waiting() -> 
             await asyncio.wait_for(second, 5)
             await bus.subscribe(f"{topic}-after")
             assert (await redis.pubsub_numsub(topic))[0][1] == 1, "the topic the second subscribe confirmed is gone"
+    finally:
+        await redis.aclose()
+
+
+async def test_a_register_waiting_on_a_cancelled_registers_subscribe_subscribes_itself() -> None:
+    # Two triggers of one topic: the second waits on the first's SUBSCRIBE. Before, when the first register was
+    # cancelled, the second failed too (subscribe_failed "CancelledError()") though Redis was fine, and was dropped.
+    topic = f"cancel-{uuid.uuid4()}"
+
+    def trigger(name: str) -> TriggerInfo:
+        return TriggerInfo(id=f"{name}-{topic}", trigger_type="subscribe", function_id="cancel::f",
+                           config={"topic": topic})
+
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        async with RedisProxy() as proxy, engine_on(proxy.url) as engine:
+            module: Any = engine.module("pubsub")
+            bus = module._bus
+            proxy.hold()  # the first SUBSCRIBE waits in the proxy
+            first = asyncio.create_task(module.register(trigger("first")))
+            await until(lambda: topic in bus._confirm)
+            second = asyncio.create_task(module.register(trigger("second")))
+            await until(lambda: len(module._subscribers.get(topic, {})) == 2)  # it waits on the first's outcome
+            await cancelled(first)
+            proxy.release()
+            await asyncio.wait_for(second, 5)  # before: EngineError subscribe_failed ... CancelledError()
+            assert list(module._subscribers[topic]) == [f"second-{topic}"]
+            await bus.subscribe(f"{topic}-after")
+            assert (await redis.pubsub_numsub(topic))[0][1] == 1
+            assert topic.encode() in bus._pubsub.channels  # renewed at a reconnection
     finally:
         await redis.aclose()
