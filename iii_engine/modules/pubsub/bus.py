@@ -218,7 +218,7 @@ class RedisBus:
         timeout = _SUBSCRIBE_TIMEOUT_S
         confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         # wanted and confirmed already (no subscribe of it waiting): this one giving up takes nothing away
-        settled = topic in self._wanted and topic not in self._confirm
+        confirmed_before = topic in self._wanted and topic not in self._confirm
         waiters = self._confirm.setdefault(topic, [])
         waiters.append(confirmed)
         self._want(topic, True)
@@ -231,7 +231,7 @@ class RedisBus:
         except BaseException as exc:
             # No answer in time, or the caller cancelled (a register cancelled while Redis had not confirmed: before,
             # the topic stayed subscribed in Redis with no trigger, renewed at every reconnection)
-            if not settled:
+            if not confirmed_before:
                 self._give_up(topic, confirmed)
             if not isinstance(exc, self._no_answer):
                 raise
