@@ -153,17 +153,6 @@ _CHUNK_FRAMING = 32
 SEND_SLICE = 64 * 1024
 
 
-def _head_bytes(response: web.StreamResponse) -> int:
-    """An upper bound of ``response``'s status line and headers on the wire: every character counted as 4 bytes
-    (UTF-8's most), 256 bytes for the status line and the headers aiohttp may add (Date, Server, Content-Length).
-
-    Example:
-        >>> _head_bytes(web.Response(status=200, body=b"{}", headers={"x-a": "1"})) > 256
-        True
-    """
-    return 256 + sum(4 * (len(name) + len(value)) + 4 for name, value in response.headers.items())
-
-
 def _left_unprobed(request: web.BaseRequest) -> bool:
     """``request`` is HTTP/1.0 and its client ended its side: no probe can tell a half-close from a client that
     left (:class:`_Connection`), so one that did so while its request waited for a slot is taken as gone. Before,
@@ -203,7 +192,7 @@ class _Connection(web.RequestHandler):
     which must be seen gone at once (see :class:`_StreamWatch`).
     """
 
-    __slots__ = ("body", "input_ended", "request")
+    __slots__ = ("answered", "body", "input_ended", "request")
 
     def __init__(self, manager: web.Server, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -213,6 +202,14 @@ class _Connection(web.RequestHandler):
         self.request: web.BaseRequest | None = None
         # The client ended its side (half-closed, or left: the two look alike until a probe's answer)
         self.input_ended = False
+        # The latest request's answer was written (all of it handed to the transport): until the next request, only
+        # the client changes what is left to send (see _BoundedServer.stalled_writes)
+        self.answered = False
+
+    def log_access(self, request: web.BaseRequest, response: web.StreamResponse, time: float | None) -> None:
+        # aiohttp calls this once a response was written (or found its client gone): the one place that says so
+        self.answered = True
+        super().log_access(request, response, time)
 
     def eof_received(self) -> bool:  # type: ignore[override]  # asyncio.Protocol: True keeps the transport open
         self.input_ended = True
@@ -277,6 +274,9 @@ class _BoundedServer(web.Server):
         super().__init__(handler, **kwargs)
         self.max_connections = max_connections
         self.open_connections = 0  # counted from the protocol's creation: accepts come in batches
+        # The connections open now, for the write watch (RestApiModule._watch_writes): what each had left unsent
+        # at the watch's last look, while it was waiting for its client (else absent)
+        self.handlers: dict[_Connection, int] = {}
         # What to call when a connection closes, for connections whose response streams (see _StreamWatch): aiohttp
         # tells a handler nothing of a client gone while it does not read or write.
         self.on_lost: dict[web.RequestHandler, Callable[[], None]] = {}
@@ -292,17 +292,42 @@ class _BoundedServer(web.Server):
             self._refused()
             return _Refusal(self._answer)
         self.open_connections += 1
-        return _Connection(self, loop=self._loop, **self._kwargs)
+        handler = _Connection(self, loop=self._loop, **self._kwargs)
+        self.handlers[handler] = -1
+        return handler
 
     def _make_request(self, message: RawRequestMessage, payload: StreamReader, protocol: web.RequestHandler,
                       writer: AbstractStreamWriter, task: asyncio.Task[None]) -> web.BaseRequest:
         request = super()._make_request(message, payload, protocol, writer, task)
         if isinstance(protocol, _Connection):
             protocol.body, protocol.request = payload, request
+            protocol.answered = False
+            self.handlers[protocol] = -1  # an answer's bytes will join what is left: not a stall's measure
         return request
+
+    def stalled_writes(self) -> list[_Connection]:
+        """The connections whose client took none of their unsent bytes since the last call, while nothing but
+        the client could change those: each has bytes left in its buffer, no streamed response (those are timed as
+        they are written) and is closing (the transport's close waits for them), paused for writing (aiohttp waits
+        for a whole answer's last part) or has its latest request answered (the bytes wait for the next request,
+        or for the close)."""
+        stalled = []
+        handlers = self.handlers
+        for handler, before in handlers.items():
+            transport = handler.transport
+            if (transport is None or handler in self.on_lost or not transport.get_write_buffer_size()
+                    or not (handler.answered or handler.writing_paused or transport.is_closing())):
+                handlers[handler] = -1
+                continue
+            left = unsent(transport)
+            if 0 <= before <= left:
+                stalled.append(handler)
+            handlers[handler] = left
+        return stalled
 
     def connection_lost(self, handler: web.RequestHandler, exc: BaseException | None = None) -> None:
         self.open_connections -= 1
+        self.handlers.pop(handler, None)  # type: ignore[call-overload]  # a _Connection, as __call__ made it
         lost = self.on_lost.pop(handler, None)
         if lost is not None:
             lost()
@@ -671,12 +696,6 @@ async def _end_body(response: web.StreamResponse, writer: AbstractStreamWriter, 
         return True
     if not await _taken(asyncio.ensure_future(response.write_eof()), transport, patience):
         return False
-    return await _drained(writer, transport, patience)
-
-
-async def _drained(writer: StreamWriter, transport: asyncio.Transport, patience: float) -> bool:
-    """Wait until the connection's own buffer is empty, on the rule of :func:`_send`; False once the client took
-    nothing for ``patience``. Returns at once in the usual case, an empty buffer."""
     if not transport.get_write_buffer_size():
         return True  # the usual case: all of it in the kernel's hands, whose own timers bound the rest
     # A high-water mark of 0 pauses the connection's writing until its buffer is empty: its drain waits for exactly
@@ -822,6 +841,7 @@ class RestApiModule(EngineModule):
         # is default_timeout after it came, so one timer at the oldest deadline serves them all (see _open_race).
         self._races: dict[_Race, None] = {}
         self._sweep: asyncio.TimerHandle | None = None
+        self._write_watch: asyncio.TimerHandle | None = None  # see _watch_writes
         self._latest_deadline = float("-inf")
         self._budget = BodyBudget(self.settings.max_buffered_bytes)
         self._background: set[asyncio.Task[Any]] = set()
@@ -871,7 +891,7 @@ class RestApiModule(EngineModule):
         self.services.register_trigger_type("http", "HTTP API trigger", _HttpTriggers(self.routes))
         # aiohttp's keep-alive timer also runs from the moment a connection opens and closes it if the request
         # headers are still incomplete when it fires: exactly a header deadline.
-        server = _BoundedServer(self._answer, max_connections=self.settings.max_connections,
+        server = _BoundedServer(self._handle, max_connections=self.settings.max_connections,
                                 refused=self._refuse_connection, access_log=None,
                                 keepalive_timeout=self.settings.header_timeout_ms / 1000, lingering_time=LINGER_S,
                                 logger=_server_log)
@@ -886,6 +906,8 @@ class RestApiModule(EngineModule):
             raise
         self._runner = runner
         self.port = int(runner.addresses[0][1])
+        self._write_watch = asyncio.get_running_loop().call_later(self.settings.send_timeout_ms / 1000,
+                                                                  self._watch_writes)
         log.info("REST API listening on %s", self.base_url)
 
     async def stop(self) -> None:
@@ -898,6 +920,9 @@ class RestApiModule(EngineModule):
         if self._sweep is not None:
             self._sweep.cancel()
             self._sweep = None
+        if self._write_watch is not None:
+            self._write_watch.cancel()
+            self._write_watch = None
         for reader, request in list(self._streaming.items()):
             reader.abort()  # a handler waiting for its next chunk: the stream ends as aborted
             if request.transport is not None:
@@ -911,41 +936,27 @@ class RestApiModule(EngineModule):
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
 
+    def _watch_writes(self) -> None:
+        """Cut the connections whose client took nothing of a whole answer for ``send_timeout`` (one to two of it:
+        this runs at that interval); streamed responses are timed as they are written (see :meth:`_stream`).
+
+        Why: aiohttp writes a returned response and then waits with no bound for the client to take what did not
+        fit the connection's buffer, and closing a connection waits for its buffered bytes just as long. A client
+        that sent a request and never read kept its connection (counted against ``max_connections``) and the answer
+        in memory for good: a 3 MB JSON answer's connection was still open 8 s past a 500 ms ``send_timeout``.
+        Timing each whole answer as it is written cost 2 % more instructions per request; this costs none."""
+        server = self._server
+        if server is not None:
+            for handler in server.stalled_writes():
+                transport = handler.transport
+                assert transport is not None
+                log.info("REST API: a client read nothing of its answer's last %d bytes for %d ms (send_timeout); "
+                         "connection cut", transport.get_write_buffer_size(), self.settings.send_timeout_ms)
+                transport.abort()
+        self._write_watch = asyncio.get_running_loop().call_later(self.settings.send_timeout_ms / 1000,
+                                                                  self._watch_writes)
+
     # -- request handling ------------------------------------------------------------------------------------
-
-    async def _answer(self, request: web.BaseRequest) -> web.StreamResponse:
-        """:meth:`_handle`'s response, written here when it is a whole one (JSON, errors), within ``send_timeout``.
-
-        Why: aiohttp writes a returned response and then waits, with no bound, for the client to take what did not
-        fit the connection's buffer, and its close of the connection waits for the bytes still buffered just as
-        long. A client that sent a request and never read kept its connection (counted against
-        ``max_connections``) and the answer in memory for good: a 3 MB JSON answer's connection was still open 8 s
-        past a 500 ms ``send_timeout``. A streamed response is already written and ended (see :meth:`_stream`)."""
-        response = await self._handle(request)
-        transport = request.transport
-        if response.prepared or transport is None or type(response) is not web.Response:
-            return response
-        patience = self.settings.send_timeout_ms / 1000
-        body = response.body
-        try:
-            writer = await response.prepare(request)
-            if (type(body) is bytes and not transport.get_write_buffer_size()
-                    and len(body) + _head_bytes(response) <= transport.get_write_buffer_limits()[1]):
-                # the usual case: it fits the buffer's room, so its write cannot wait for the client
-                await response.write_eof()
-                taken = not isinstance(writer, StreamWriter) or await _drained(writer, transport, patience)
-            else:
-                assert writer is not None
-                taken = await _end_body(response, writer, transport, patience)
-        except ConnectionError:  # the client left meanwhile: as aiohttp would have found when writing it
-            transport.abort()
-            return response
-        if not taken:
-            log.info("HTTP %s %s: the client read nothing of the %d-byte response for %d ms (send_timeout); "
-                     "connection cut", request.method, request.path, response.content_length or 0,
-                     self.settings.send_timeout_ms)
-            transport.abort()
-        return response
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         origin = request.headers.get("Origin")

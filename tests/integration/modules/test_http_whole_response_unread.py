@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 
 import pytest
 
@@ -79,3 +80,34 @@ async def test_a_client_that_reads_gets_the_whole_answer(api: Start) -> None:
         writer.close()
         await writer.wait_closed()
     await until(lambda: module.connections == 0, within=5)
+
+
+async def test_a_slow_reader_is_not_cut(api: Start) -> None:
+    # It takes a bit every 50 ms, far under send_timeout: the watch sees it take bytes and leaves it.
+    engine, module, _client = await api(send_timeout=300)
+    worker = await _route(engine, "big", "big")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sock_connect(sock, ("127.0.0.1", module.port))
+        await loop.sock_sendall(sock, b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        request = await worker.expect("invokefunction")
+        assert module._server is not None
+        (handler,) = module._server.handlers
+        assert handler.transport is not None  # small kernel buffers: the answer waits in the connection's own
+        handler.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        await _answer(worker, request, result={"status_code": 200, "body": {"x": "y" * 100_000}})
+        got, watched = b"", False
+        while not got.endswith(b'"}'):
+            piece = await loop.sock_recv(sock, 32 * 1024)
+            assert piece, f"cut after {len(got)} bytes"
+            got += piece
+            watched = watched or module._server.handlers.get(handler, -1) >= 0
+            await asyncio.sleep(0.05)  # the slow reader itself, not a synchronisation
+        assert got.split(b"\r\n\r\n", 1)[1] == b'{"x":"' + b"y" * 100_000 + b'"}'
+        assert watched, "the watch never measured this connection: the test shows nothing"
+        assert module.connections == 1
+    finally:
+        sock.close()
