@@ -11,7 +11,9 @@ standard :class:`~concurrent.futures.ThreadPoolExecutor` (same bound, same speed
 blocked handlers stay, idle, like the executor's own. Blocked threads free slots only up to ``max_threads`` threads in
 all (:data:`DEFAULT_MAX_THREADS`): a handler that triggers itself, directly or around a cycle, started a thread per
 level without one (about 4,500 in 4 s, ~30,000 before the default 30 s timeout, all kept idle afterwards); past it a
-blocked thread keeps its slot, as on the default executor, and the caller's timeout ends the cycle. On a Python
+blocked thread keeps its slot, as on the default executor, and the caller's timeout ends the cycle. Whether a freed
+slot needs a new thread is decided by an exact count of the runs going on, not by the executor's idle count (after a
+backlog that said most threads were idle while all were busy, and nested calls waited for their timeout). On a Python
 whose executor lacks the internals this relies on (:data:`BLOCKING_MISSING` not empty) :func:`blocked` changes
 nothing.
 
@@ -188,6 +190,11 @@ class HandlerThreads(ThreadPoolExecutor):
         self._ceiling = max_threads
         super().__init__(max_workers=limit, thread_name_prefix=name, initializer=_mark, initargs=(self,))
         self._on_exit = on_exit
+        # Exact counts of our own (the executor's idle count is not one: see _start_thread). Runs going on, and runs
+        # finished so far: the most idle marks the executor can hold.
+        self._counts = threading.Lock()
+        self._running = 0
+        self._finished = 0
         self._closing = False  # shutdown() was called: a refusal after it is ours, not the interpreter's
         self._told = threading.Lock()  # held once on_exit has been called: it is called once
         if on_exit is not None:
@@ -220,16 +227,31 @@ class HandlerThreads(ThreadPoolExecutor):
             # work: its caller was told it was refused, so the next free thread must not run it (a retry ran twice).
             if refused:
                 raise refused[0]
-            return fn(*args, **kwargs)
+            with self._counts:
+                self._running += 1
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with self._counts:
+                    self._running -= 1
+                    self._finished += 1
 
         try:
-            return super().submit(run)
+            future = super().submit(run)
         except RuntimeError as exc:
             refused.append(exc)
             # The interpreter's exit refused it (without the hook, the first sign of that exit), not our shutdown
             if not self._closing and exit_refusal(exc):
                 self.exiting()
             raise
+        pool: Any = self
+        # A slot freed by a blocked thread, with no thread for it yet: the run a blocked thread waits for is often
+        # submitted after it blocked (it came back through the engine), and the executor's own check misses it.
+        if len(pool._threads) < pool._max_workers and not BLOCKING_MISSING:
+            with pool._shutdown_lock:
+                if not pool._shutdown:
+                    self._start_thread(pool)
+        return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._closing = True
@@ -247,6 +269,29 @@ class HandlerThreads(ThreadPoolExecutor):
         """Threads started so far."""
         return len(getattr(self, "_threads", ()))
 
+    def _start_thread(self, pool: Any) -> None:
+        """A thread for the queue now, unless one is idle (with ``_shutdown_lock`` held, below ``_max_workers``).
+
+        The executor counts idle threads with a semaphore released once per finished run and taken once per
+        submit: after a backlog (200 quick runs queued on 4 threads) it said ~190 were idle while every thread was
+        busy, so ``_adjust_thread_count`` started none and a nested sync call waited for its timeout. Our own count
+        decides instead; each ``_adjust_thread_count`` takes one stale mark until the next starts a thread. The marks
+        are at most the runs finished (plus one per thread for a release under way): a Python whose executor counts
+        otherwise ends the loop there, as before this fix."""
+        with self._counts:
+            stale = self._finished + len(pool._threads) + 1
+        while stale > 0 and len(pool._threads) < pool._max_workers:
+            with self._counts:
+                if len(pool._threads) > self._running:  # a thread is idle (or about to be): it takes the queue
+                    return
+            started = len(pool._threads)
+            pool._adjust_thread_count()
+            if len(pool._threads) > started:
+                with self._counts:  # the executor found no idle mark: the count starts again from here
+                    self._finished = 0
+                return
+            stale -= 1
+
     @contextmanager
     def _blocked(self) -> Iterator[None]:
         pool: Any = self  # (the executor's internals are untyped)
@@ -257,7 +302,7 @@ class HandlerThreads(ThreadPoolExecutor):
                 # A queued handler may be what this thread waits for: a thread now. (Shut down, the queue holds the
                 # workers' end marker: a thread started for it would only end again.)
                 if not pool._shutdown and not pool._work_queue.empty():
-                    pool._adjust_thread_count()
+                    self._start_thread(pool)
         try:
             yield
         finally:
