@@ -11,7 +11,10 @@ Printed: medians with the min-max spread, and ``engine / relay`` of the medians.
 With ``--before DIR`` (a checkout of an earlier commit, e.g. ``git archive HEAD~1 | tar -x -C DIR``) the engine
 of that checkout runs as a third server in the same rounds, so a change is measured against its own baseline.
 
-Usage: .venv/bin/python bench/engine_roundtrip.py [--calls N] [--rounds R] [--before DIR] [--gc]
+With ``--turns`` the engines also count their event loop's turns (``_run_once``) and callbacks (``Handle._run``)
+and report them per call (read through the built-in ``bench::turns``; the relay is not counted).
+
+Usage: .venv/bin/python bench/engine_roundtrip.py [--calls N] [--rounds R] [--before DIR] [--gc] [--turns]
 """
 
 from __future__ import annotations
@@ -39,6 +42,28 @@ from iii.wire import dumps, loads  # noqa: E402
 _TICKS = os.sysconf("SC_CLK_TCK")
 #: A function the server answers itself (an engine built-in echo; the relay replies from its own loop).
 BUILTIN = "bench::builtin"
+#: An engine built-in answering ``[loop turns, callbacks]`` so far (counted only with ``III_BENCH_TURNS=1``).
+TURNS = "bench::turns"
+_COUNTS = [0, 0]
+
+
+def count_turns() -> None:
+    """Count every turn of the event loop and every callback it runs, into ``_COUNTS`` (turns, callbacks)."""
+    from asyncio import base_events, events
+
+    loop_class: Any = base_events.BaseEventLoop  # _run_once: a private name the type stubs lack
+    run_once, run = loop_class._run_once, events.Handle._run
+
+    def counted_run_once(self: Any) -> None:
+        _COUNTS[0] += 1
+        run_once(self)
+
+    def counted_run(self: Any) -> None:
+        _COUNTS[1] += 1
+        run(self)
+
+    loop_class._run_once = counted_run_once
+    events.Handle._run = counted_run  # type: ignore[method-assign]
 
 
 async def serve_relay() -> None:
@@ -80,8 +105,14 @@ async def serve_engine(tuned_gc: bool = False) -> None:
     async def echo(data: Any, ctx: Any) -> Any:
         return data
 
+    async def turns(data: Any, ctx: Any) -> Any:
+        return list(_COUNTS)
+
+    if os.environ.get("III_BENCH_TURNS") == "1":
+        count_turns()
     async with Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[])) as engine:
         engine.registry.add_function(FunctionEntry(BUILTIN, builtin=BuiltinFunction(BUILTIN, echo)))
+        engine.registry.add_function(FunctionEntry(TURNS, builtin=BuiltinFunction(TURNS, turns)))
         if tuned_gc:
             from iii_engine.gc_policy import tune_gc
             tune_gc({})
@@ -143,8 +174,8 @@ async def drive(url: str, calls: int, in_flight: int, function_id: str = "bench:
         return calls / elapsed
 
 
-def start_server(kind: str, root: Path = ROOT) -> tuple[subprocess.Popen[str], str]:
-    env = {**os.environ, "PYTHONPATH": str(root)}
+def start_server(kind: str, root: Path = ROOT, turns: bool = False) -> tuple[subprocess.Popen[str], str]:
+    env = {**os.environ, "PYTHONPATH": str(root), "III_BENCH_TURNS": "1" if turns else "0"}
     proc = subprocess.Popen([sys.executable, "-P", __file__, "--serve", kind, "--root", str(root)],
                             stdout=subprocess.PIPE, text=True, env=env)
     assert proc.stdout is not None
@@ -157,6 +188,47 @@ def start_server(kind: str, root: Path = ROOT) -> tuple[subprocess.Popen[str], s
 
 def summary(values: list[float], fmt: str) -> str:
     return f"{format(statistics.median(values), fmt)} ({format(min(values), fmt)}-{format(max(values), fmt)})"
+
+
+async def read_turns(url: str) -> tuple[int, int]:
+    """(loop turns, callbacks) an engine started with ``turns`` counted so far."""
+    invocation_id = str(uuid.uuid4())
+    async with websockets.connect(url, compression=None) as ws:
+        await ws.recv()
+        await ws.send(dumps({"type": "invokefunction", "invocation_id": invocation_id, "function_id": TURNS,
+                             "data": {}}))
+        while True:
+            msg = loads(await ws.recv())
+            if msg.get("invocation_id") == invocation_id:
+                turns, callbacks = msg["result"]
+                return int(turns), int(callbacks)
+
+
+async def turns_per_call(calls: int, before: Path | None) -> None:
+    """Print each engine's loop turns and callbacks per call in every mode (servers of their own: counting costs
+    CPU). The reading itself (a connection and a built-in call) is measured and taken off."""
+    roots = {"engine": ROOT, **({"before": before} if before is not None else {})}
+    servers = {kind: start_server("engine", root, turns=True) for kind, root in roots.items()}
+    modes = (("sequential", 1, calls, "bench::echo"), ("64 in flight", 64, calls, "bench::echo"),
+             ("built-in 64", 64, calls, BUILTIN))
+    print(f"{'mode':<14}{'server':<10}{'turns/call':>12}{'callbacks/call':>16}")
+    try:
+        for kind, (_, url) in servers.items():
+            await drive(url, 300, 8)
+            first = await read_turns(url)
+            second = await read_turns(url)
+            reading = (second[0] - first[0], second[1] - first[1])
+            for label, in_flight, n, function_id in modes:
+                before_run = await read_turns(url)
+                await drive(url, n, in_flight, function_id)
+                after_run = await read_turns(url)
+                turns = (after_run[0] - before_run[0] - reading[0]) / n
+                callbacks = (after_run[1] - before_run[1] - reading[1]) / n
+                print(f"{label:<14}{kind:<10}{turns:>12.2f}{callbacks:>16.2f}")
+    finally:
+        for proc, _ in servers.values():
+            proc.kill()
+            proc.wait()
 
 
 async def main(calls: int, rounds: int, before: Path | None, gc_compare: bool = False) -> None:
@@ -200,9 +272,16 @@ if __name__ == "__main__":
     parser.add_argument("--before", type=Path, help="also run the engine of this earlier checkout")
     parser.add_argument("--gc", action="store_true",
                         help="also run our engine with the iii-engine command's collector settings (engine-gc)")
+    parser.add_argument("--turns", action="store_true",
+                        help="only count the engines' loop turns and callbacks per call (no timing)")
     parser.add_argument("--serve", choices=("relay", "engine", "engine-gc"), help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
     args = parser.parse_args()
     server: Any = {"relay": serve_relay, "engine": serve_engine,
                    "engine-gc": lambda: serve_engine(tuned_gc=True)}.get(args.serve or "")
-    asyncio.run(server() if server is not None else main(args.calls, args.rounds, args.before, args.gc))
+    if server is not None:
+        asyncio.run(server())
+    elif args.turns:
+        asyncio.run(turns_per_call(args.calls, args.before))
+    else:
+        asyncio.run(main(args.calls, args.rounds, args.before, args.gc))

@@ -1554,6 +1554,14 @@ class _FastReceive(_Corked):
             await self._signal.wait()
         return False
 
+    async def next_arrival(self) -> bool:
+        """Wait for the next delivery (:attr:`take_now` declined, messages left, the peer's Close, a handover) unless
+        :meth:`receive_message` has something at once; then whether it has. Why not :meth:`wait_ready`: a reader
+        whose :attr:`take_now` takes every message is woken for what that callback hands it apart from the inbox."""
+        if not (self._inbox or self._deferred is not None or self._phase == _OFF):
+            await self._signal.wait()
+        return bool(self._inbox) or self._deferred is not None or self._phase == _OFF
+
     def unread_bytes(self) -> int:
         """Payload bytes received and not read yet (the inbox plus websockets' queue)."""
         queue = self.recv_messages.frames.queue
@@ -1661,6 +1669,19 @@ def take_on_arrival(ws: Connection, take: Callable[[deque[tuple[bool, bytes]]], 
         ws.take_now = take
         return True
     return False
+
+
+async def next_arrival(ws: Connection) -> bool:
+    """Wait until ``ws`` delivers again, then whether :func:`receive` has something at once (see
+    :meth:`_FastReceive.next_arrival`); ``True`` at once without the fast receive path.
+
+    Example:
+        >>> asyncio.run(next_arrival(object()))  # type: ignore[arg-type]  # not a fast connection
+        True
+    """
+    if isinstance(ws, _FastReceive):
+        return await ws.next_arrival()
+    return True
 
 
 async def wait_ready(ws: Connection) -> bool:

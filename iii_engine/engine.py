@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
+import types
 import uuid
 from collections import deque
-from collections.abc import Callable, Collection, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Generator, Mapping
 from types import TracebackType
 from typing import Any, Literal
 
@@ -125,6 +127,75 @@ def _log_stop_failure(stopping: asyncio.Future[None]) -> None:
     """The outcome of a stop nobody waits for any more (its caller was cancelled): a failure is logged."""
     if not stopping.cancelled() and stopping.exception() is not None:
         log.error("the engine's stop failed", exc_info=stopping.exception())
+
+
+class _Resumable:
+    """A frame's handling (a coroutine) left for the worker's reading task (:meth:`rest`): unstarted, or started by
+    the transport's read callback (:meth:`Engine._arrived`) and stopped on ``waits_on`` (a routed call waiting for room
+    in its callee's queue, a socket's flow control), to go on from where it stopped.
+
+    Example:
+        >>> async def two_steps(seen: list[str]) -> None:
+        ...     seen.append("started")
+        ...     await asyncio.sleep(0)
+        ...     seen.append("finished")
+        >>> async def demo() -> list[str]:
+        ...     seen: list[str] = []
+        ...     handling = two_steps(seen)
+        ...     left = _Resumable(handling, handling.send(None), started=True)  # as the callback does
+        ...     await left.rest()
+        ...     return seen
+        >>> asyncio.run(demo())
+        ['started', 'finished']
+    """
+
+    __slots__ = ("_coro", "_started", "_waits_on")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], waits_on: Any = None, *, started: bool = False) -> None:
+        self._coro = coro
+        self._started = started
+        self._waits_on = waits_on
+
+    def rest(self) -> Awaitable[Any]:
+        """What the reading task awaits to finish it: the coroutine itself when it was not started."""
+        return _finish(self._coro, self._waits_on) if self._started else self._coro
+
+    def close(self) -> None:
+        """End it where it waits (its ``finally`` blocks run), when nobody will finish it."""
+        self._coro.close()
+
+
+@types.coroutine
+def _finish(coro: Coroutine[Any, Any, Any], waits_on: Any) -> Generator[Any, Any, None]:
+    """Finish ``coro``, which stopped on ``waits_on`` (what it yielded, a future) outside any task: the awaiting task
+    waits on that future, then drives ``coro`` as if it had awaited it from the start (``yield from``: a task's stack
+    and :func:`~iii_engine.closing.awaiting` see ``coro``)."""
+    while True:
+        try:
+            yield waits_on
+            break
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # a cancel of the reading task goes to the wait inside, as with an await
+            try:
+                waits_on = coro.throw(exc)
+            except StopIteration:
+                return
+    yield from coro
+
+
+class _Reading:
+    """Who handles a worker's next frames: the transport's read callback (:meth:`Engine._arrived`) while the
+    worker's reading task handles none (``busy``) and has nothing handed to it (``left``); else the task, in
+    order, as the callback leaves them in the connection's inbox."""
+
+    __slots__ = ("busy", "left", "stop")
+
+    def __init__(self) -> None:
+        self.busy = False
+        self.left: _Resumable | None = None  # a frame's handling the callback started and the task finishes
+        self.stop = False  # the connection was failed (1007): read no more
 
 
 #: the kinds of :meth:`Engine._log_trigger_notes` besides pending and rejected
@@ -1267,33 +1338,45 @@ class Engine:
         worker.post(worker.session.registered())
         log.info("worker %s connected from %s", worker.id, worker.ip_address)
         self.emit_worker_event("worker_connected", worker.id)
+        reading = _Reading()
+        # Whole unfragmented frames come straight from iii.ws_fastpath's splitter (websockets' per-frame parser, frame
+        # objects and assembler cost more than the small frames of the call path); ping/pong, Close, fragments and
+        # oversize frames still go through websockets (iii.ws_fastpath falls back to ``recv``). Frames are handled
+        # in the socket's read callback as they arrive (_arrived), in this task's context; this task takes over
+        # what had to wait there, and every frame after it until it is done (issue 10: the reader's wake-up was
+        # two of the four loop turns per routed call).
+        context = contextvars.copy_context()
+        on_arrival = ws_fastpath.take_on_arrival(
+            ws, lambda unread: context.run(self._arrived, worker, ws, reading, unread))
         try:
-            session = worker.session
-            # Whole unfragmented frames come straight from iii.ws_fastpath's splitter (websockets' per-frame parser,
-            # frame objects and assembler cost more than the small frames of the call path); ping/pong, Close,
-            # fragments and oversize frames still go through websockets (iii.ws_fastpath falls back to ``recv``).
             receive = ws_fastpath.receiver(ws)
             while True:
                 self._reading_more = False
-                is_text, payload = await receive()
-                raw: str | bytes = payload
-                if is_text:
+                left = reading.left
+                if left is not None:
+                    reading.left = None
+                    reading.busy = True
                     try:
-                        raw = payload.decode()
-                    except UnicodeDecodeError as exc:  # as websockets itself fails such a connection
-                        log.info("worker %s sent a text frame that is not UTF-8; closed with 1007", worker.id)
-                        await ws_fastpath.fail(ws, 1007, str(exc))
-                        break
+                        await left.rest()
+                    except Exception:  # a bug in handling one frame must not take the connection down
+                        log.exception("worker %s: failed to handle a frame", worker.id)
+                    finally:
+                        reading.busy = False
+                    continue
+                if reading.stop:
+                    break
+                if on_arrival and (not await ws_fastpath.next_arrival(ws) or reading.left is not None or reading.stop):
+                    continue  # the callback took what arrived, or left this task a frame to finish first (above)
+                is_text, payload = await receive()
+                reading.busy = True
                 try:
-                    # Parsed once, under the one JSON policy. Big frames are parsed in a thread so the depth walk
-                    # can yield the GIL; awaiting it keeps this connection's frames in order.
-                    event = session.receive(raw) if not session.parse_off_loop(raw) else \
-                        session.accept(await self._parse_big_frame(raw))
-                    if event is not None:
-                        self._reading_more = has_unread(ws)
-                        await self._on_event(worker, event, len(payload), payload)
+                    handling = self._handle_frame(worker, ws, reading, is_text, payload)
+                    if handling is not None:
+                        await handling[0]
                 except Exception:  # a bug in handling one frame must not take the connection down
                     log.exception("worker %s: failed to handle a frame", worker.id)
+                finally:
+                    reading.busy = False
         except ConnectionClosed as exc:
             received = exc.rcvd.code if exc.rcvd else None
             sent = exc.sent.code if exc.sent else None
@@ -1303,6 +1386,9 @@ class Engine:
             else:
                 log.info("worker %s connection closed (received %s, sent %s)", worker.id, received, sent)
         finally:
+            ws_fastpath.take_on_arrival(ws, None)
+            if reading.left is not None:  # the connection ended first: nobody finishes it (its finally blocks run)
+                reading.left.close()
             try:
                 await worker.outbox.close(flush=False)
                 await self._cleanup(worker)
@@ -1312,6 +1398,78 @@ class Engine:
             finally:
                 if serving is not None:
                     self._worker_tasks.discard(serving)
+
+    def _arrived(self, worker: WorkerConnection, ws: ServerConnection, reading: _Reading,
+                 unread: deque[tuple[bool, bytes]]) -> bool:
+        """Handle ``worker``'s frames in the socket's read callback as they arrive, in order, while its reading
+        task handles none; the first whose handling has to wait (or must run in a task) is left to the task
+        (``reading.left``) with every frame after it. Returns whether the task has nothing to do (``False`` wakes
+        it). Nothing may escape: an exception here would fail the transport and drop the connection without a
+        Close frame."""
+        if reading.busy or reading.left is not None or reading.stop:
+            return False
+        try:
+            while unread:
+                taken = ws_fastpath.take_ready(ws, 1, 1)
+                if not taken:
+                    break
+                is_text, payload = taken[0]
+                try:
+                    handling = self._handle_frame(worker, ws, reading, is_text, payload)
+                    if handling is not None:
+                        coro, in_task = handling
+                        if in_task:
+                            reading.left = _Resumable(coro)
+                        else:
+                            try:
+                                waits_on = coro.send(None)
+                            except StopIteration:
+                                pass
+                            else:
+                                reading.left = _Resumable(coro, waits_on, started=True)
+                except Exception:  # as in the task: one frame's failure does not take the connection down
+                    log.exception("worker %s: failed to handle a frame", worker.id)
+                if reading.left is not None or reading.stop:
+                    return False
+        finally:
+            self._reading_more = False
+        return True
+
+    def _handle_frame(self, worker: WorkerConnection, ws: ServerConnection, reading: _Reading, is_text: bool,
+                      payload: bytes) -> tuple[Coroutine[Any, Any, None], bool] | None:
+        """What handling one of ``worker``'s frames takes (``None``: nothing, a frame that means nothing): a
+        coroutine to run to its end before the next frame, and whether it must run in the worker's task (code that
+        may need one: a module's handler, asyncio.timeout; a thread's parse; the 1007 close)."""
+        raw: str | bytes = payload
+        if is_text:
+            try:
+                raw = payload.decode()
+            except UnicodeDecodeError as exc:  # as websockets itself fails such a connection
+                log.info("worker %s sent a text frame that is not UTF-8; closed with 1007", worker.id)
+                reading.stop = True
+                return ws_fastpath.fail(ws, 1007, str(exc)), True
+        session = worker.session
+        # Parsed once, under the one JSON policy. Big frames are parsed in a thread so the depth walk can yield the
+        # GIL; awaiting it keeps this connection's frames in order.
+        if session.parse_off_loop(raw):
+            return self._on_big_frame(worker, ws, raw, payload), True
+        event = session.receive(raw)
+        if event is None:
+            return None
+        self._reading_more = has_unread(ws)
+        # Started in the read callback, calls, results and registrations alike: a registration is then in force for
+        # the frames of other workers read after it in the same loop turn, as when each reader took its frames in
+        # turn. Those that run a module's code (a trigger type's handler, the HTTP functions module) run in the task.
+        in_task = isinstance(event, (RegisterTrigger, UnregisterTrigger)) or (
+            isinstance(event, RegisterFunction) and event.invocation is not None)
+        return self._on_event(worker, event, len(payload), payload), in_task
+
+    async def _on_big_frame(self, worker: WorkerConnection, ws: ServerConnection, raw: str | bytes,
+                            payload: bytes) -> None:
+        event = worker.session.accept(await self._parse_big_frame(raw))
+        if event is not None:
+            self._reading_more = has_unread(ws)
+            await self._on_event(worker, event, len(payload), payload)
 
     async def _parse_big_frame(self, raw: str | bytes) -> Event | None:
         async with self._big_frame_lane:
