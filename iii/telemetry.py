@@ -163,6 +163,159 @@ def _make_switch() -> Any:
     return SwitchTracerProvider()
 
 
+_MAX_PARKED: Final = 4
+#: How long a client's shutdown waits for each provider to export what it holds (what ``shutdown()`` waits).
+_FLUSH_TIMEOUT_MS: Final = 30_000
+
+
+class _Output(SharedEngineConnection):
+    """Where one pipeline's exporters write: the current client's connection, or (parked) nowhere.
+
+    The exporters are built once per pipeline; each client that uses the pipeline points ``target`` at its own
+    connection. Frames made while no client uses it (a metrics reader's tick) are counted and dropped, as a shut
+    down provider dropped them.
+
+    Example:
+        >>> output, got = _Output(), []
+        >>> output.send_threadsafe(b"LOGS", b"{}")
+        >>> output.target = SharedEngineConnection(got.append)
+        >>> output.send_threadsafe(b"LOGS", b"{}")
+        >>> got, output.dropped
+        ([b'LOGS{}'], 1)
+    """
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.target: SharedEngineConnection | None = None
+        self.dropped = 0
+
+    @property
+    def engine_limit(self) -> int | None:
+        """The current target's engine limit (see :attr:`SharedEngineConnection.engine_limit`)."""
+        target = self.target
+        return None if target is None else target.engine_limit
+
+    def send_threadsafe(self, prefix: bytes, payload: bytes) -> None:
+        """Hand the frame to the current target; without one, drop it (counted)."""
+        target = self.target
+        if target is None:
+            self.dropped += 1
+            return
+        target.send_threadsafe(prefix, payload)
+
+
+@dataclass
+class _Pipeline:
+    """What one configuration builds once per process: the providers, their processors and reader, and the
+    output their exporters write to."""
+
+    key: tuple[Any, ...]
+    output: _Output
+    tracer_provider: Any
+    meter_provider: Any
+    log_provider: Any
+    log_processors: tuple[Any, ...]  # ours, as built: a user's added later is shut down when the pipeline parks
+
+    def providers(self) -> list[Any]:
+        """The providers built (metrics and logs may be off)."""
+        return [p for p in (self.tracer_provider, self.meter_provider, self.log_provider) if p is not None]
+
+
+def _pipeline_key(cfg: OtelConfig) -> tuple[Any, ...]:
+    """What a pipeline's construction depends on: two configurations with the same key can share one.
+
+    The providers, processors and reader read ``OTEL_*`` variables (batch sizes, sampler, limits) when built.
+
+    Example:
+        >>> _pipeline_key(OtelConfig(service_name="a")) == _pipeline_key(OtelConfig(service_name="b"))
+        True
+    """
+    logs = cfg.logs_enabled is None or cfg.logs_enabled
+    return (
+        cfg.metrics_enabled,
+        cfg.metrics_export_interval_ms if cfg.metrics_enabled else None,
+        logs,
+        _int_setting(cfg.logs_flush_interval_ms, "OTEL_LOGS_FLUSH_INTERVAL_MS", 100) if logs else None,
+        _int_setting(cfg.logs_batch_size, "OTEL_LOGS_BATCH_SIZE", 1, minimum=1) if logs else None,
+        tuple(sorted((name, value) for name, value in os.environ.items() if name.startswith("OTEL_"))),
+    )
+
+
+def _retarget(pipeline: _Pipeline, resource: Any) -> None:
+    """Make a parked pipeline record under ``resource``, with no metric state of its previous client and new span
+    and log exporters (an exporter keeps per-client state: the source whose spans it takes as texts, its counts).
+
+    OpenTelemetry has no public way to change a provider's resource (its at-fork handlers use these same private
+    attributes); a layout without them raises ``AttributeError`` and the caller builds a new pipeline instead.
+    """
+    from .telemetry_exporters import EngineLogExporter, EngineSpanExporter
+
+    tracer_provider = pipeline.tracer_provider
+    batches: list[tuple[Any, type[EngineSpanExporter | EngineLogExporter]]] = [
+        (tracer_provider.own_processor._batch_processor, EngineSpanExporter)]
+    batches += [(processor._batch_processor, EngineLogExporter) for processor in pipeline.log_processors]
+    for batch, exporter in batches:
+        if not isinstance(batch._exporter, exporter):
+            raise AttributeError(f"not our exporter: {batch._exporter!r}")
+    for batch, exporter in batches:  # the queues are empty: flushed when the pipeline was parked
+        batch._exporter = exporter(pipeline.output)
+    with tracer_provider._tracers_lock:
+        tracer_provider._resource = resource
+        for tracer in tracer_provider._tracers.values():
+            tracer._set_resource(resource)
+    log_provider = pipeline.log_provider
+    if log_provider is not None:
+        with log_provider._active_loggers_lock:
+            log_provider._resource = resource
+            for logger in list(log_provider._active_loggers):
+                logger._set_resource(resource)
+    meter_provider = pipeline.meter_provider
+    if meter_provider is not None:
+        from opentelemetry.sdk.metrics._internal.measurement_consumer import SynchronousMeasurementConsumer
+        from opentelemetry.sdk.metrics._internal.sdk_configuration import SdkConfiguration
+
+        with meter_provider._meter_lock:
+            old = meter_provider._sdk_config
+            config = SdkConfiguration(exemplar_filter=old.exemplar_filter, resource=resource, views=old.views)
+            consumer = SynchronousMeasurementConsumer(sdk_config=config, metric_readers=meter_provider._metric_readers)
+            # The previous client's instruments keep the old consumer: they record into nothing, as after a shutdown.
+            meter_provider._sdk_config = config
+            meter_provider._measurement_consumer = consumer
+            meter_provider._meters.clear()
+            for reader in meter_provider._metric_readers:
+                reader._set_collect_callback(consumer.collect)
+
+
+def _drop_added_processors(pipeline: _Pipeline) -> None:
+    """Shut down the span and log processors added to the pipeline's providers after it was built (a user's), as
+    the providers' shutdown did before they were reused: the next client starts with only ours."""
+    added: list[Any] = []
+    tracer_provider = pipeline.tracer_provider
+    spans = tracer_provider._active_span_processor
+    with spans._lock:
+        added += [p for p in spans._span_processors if p is not tracer_provider.own_processor]
+        spans._span_processors = (tracer_provider.own_processor,)
+    tracer_provider.shared = False
+    if pipeline.log_provider is not None:
+        logs = pipeline.log_provider._multi_log_record_processor
+        with logs._lock:
+            added += [p for p in logs._log_record_processors if p not in pipeline.log_processors]
+            logs._log_record_processors = pipeline.log_processors
+    for processor in added:
+        try:
+            processor.shutdown()
+        except Exception:
+            log.debug("telemetry processor shutdown failed", exc_info=True)
+
+
+def _flush_providers(providers: list[Any]) -> None:
+    for provider in providers:
+        try:
+            provider.force_flush(_FLUSH_TIMEOUT_MS)  # the last batches still reach the client's sink
+        except Exception:
+            log.debug("telemetry provider flush failed", exc_info=True)
+
+
 def _shutdown_providers(providers: list[Any]) -> None:
     for provider in providers:
         try:
@@ -172,7 +325,8 @@ def _shutdown_providers(providers: list[Any]) -> None:
 
 
 def shutdown_otel() -> None:
-    """Flush and shut down every provider; telemetry is off until the next ``init_otel``.
+    """Flush every provider; telemetry is off until the next ``init_otel``, which reuses the providers (ours: built
+    once per configuration, as each registers at-fork callbacks OpenTelemetry never removes).
 
     Example:
         >>> shutdown_otel()
@@ -244,6 +398,11 @@ class TelemetryRuntime:
         self.meter: Any = None
         self.log_provider: Any = None
         self.connection: SharedEngineConnection | None = None
+        self.pipeline: _Pipeline | None = None
+        # Shut-down pipelines kept for the next client of the same configuration (at most _MAX_PARKED): OpenTelemetry
+        # registers an at-fork callback per provider, processor and reader that is never removed, so building them
+        # per client grew the process by ~6 KB per client (issue: register_worker + shutdown cycles).
+        self._parked: dict[tuple[Any, ...], _Pipeline] = {}
         self.switch: Any = None  # the global tracer provider we installed, see _install_global_tracer_provider
         self.globals_set = False
         self.original_urlopen: Any = None
@@ -283,14 +442,12 @@ class TelemetryRuntime:
 
         try:
             from opentelemetry.sdk.resources import Resource
-            from opentelemetry.sdk.trace.export import BatchSpanProcessor
+            from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: F401  (the SDK is installed)
         except ImportError as exc:
             raise ImportError(
                 "opentelemetry-api and opentelemetry-sdk are required for telemetry; "
                 "install them with: pip install 'iii-toolkit[otel]'"
             ) from exc
-
-        from .telemetry_exporters import EngineSpanExporter
 
         service_name = cfg.service_name or os.environ.get("OTEL_SERVICE_NAME") or _DEFAULT_SERVICE_NAME
         attributes: dict[str, Any] = {
@@ -313,24 +470,75 @@ class TelemetryRuntime:
         if loop is not None:
             connection.start(loop)
 
-        from .light_span import HandlerSpans, OwnTracerProvider
+        pipeline = self._reuse(_pipeline_key(cfg), resource)
+        if pipeline is None:
+            pipeline = self._build(cfg, resource)
+        pipeline.output.target = connection
 
-        tracer_provider = OwnTracerProvider(resource=resource)
-        tracer_provider.add_span_processor(BatchSpanProcessor(EngineSpanExporter(connection)))  # type: ignore[arg-type]
+        from .light_span import HandlerSpans
 
+        tracer_provider = pipeline.tracer_provider
+        self.pipeline = pipeline
         self.connection = connection
         self.tracer_provider = tracer_provider
         self.tracer = tracer_provider.get_tracer(_SCOPE)
         self.handler_spans = HandlerSpans(tracer_provider, _SCOPE)
         self._install_global_tracer_provider(tracer_provider)
-        if cfg.metrics_enabled:
-            self._configure_metrics(resource, connection, cfg, service_name)
-        if cfg.logs_enabled is None or cfg.logs_enabled:
-            self._configure_logs(resource, connection, cfg)
+        self.meter_provider = pipeline.meter_provider
+        self.meter = None if pipeline.meter_provider is None else pipeline.meter_provider.get_meter(service_name)
+        self.log_provider = pipeline.log_provider
         self.globals_set = True
         self.initialized = True
         if cfg.fetch_instrumentation_enabled:
             self._instrument_urllib()
+
+    def _build(self, cfg: OtelConfig, resource: Any) -> _Pipeline:
+        """New providers, processors and reader for ``cfg``, exporting through a fresh :class:`_Output`."""
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        from .light_span import OwnTracerProvider
+        from .telemetry_exporters import EngineSpanExporter
+
+        output = _Output()
+        tracer_provider = OwnTracerProvider(resource=resource)
+        tracer_provider.add_span_processor(BatchSpanProcessor(EngineSpanExporter(output)))  # type: ignore[arg-type]
+        meter_provider = self._configure_metrics(resource, output, cfg) if cfg.metrics_enabled else None
+        log_provider = (
+            self._configure_logs(resource, output, cfg) if cfg.logs_enabled is None or cfg.logs_enabled else None
+        )
+        log_processors = () if log_provider is None else log_provider._multi_log_record_processor._log_record_processors
+        return _Pipeline(_pipeline_key(cfg), output, tracer_provider, meter_provider, log_provider, log_processors)
+
+    def _reuse(self, key: tuple[Any, ...], resource: Any) -> _Pipeline | None:
+        """The parked pipeline of ``key`` made to record under ``resource`` with fresh metrics, or ``None``."""
+        with self._clients_lock:
+            pipeline = self._parked.pop(key, None)
+        if pipeline is None:
+            return None
+        try:
+            _retarget(pipeline, resource)
+        except Exception:  # another opentelemetry-sdk layout: build anew (one set of at-fork callbacks more)
+            log.debug("telemetry providers could not be reused", exc_info=True)
+            _shutdown_providers(pipeline.providers())
+            return None
+        return pipeline
+
+    def _park(self, pipeline: _Pipeline) -> None:
+        """Keep ``pipeline`` (already flushed) for the next client of its configuration; its output drops frames
+        until then. At most ``_MAX_PARKED`` are kept: the oldest is shut down."""
+        pipeline.output.target = None
+        try:
+            _drop_added_processors(pipeline)
+        except Exception:  # another opentelemetry-sdk layout: not reusable
+            log.debug("telemetry providers could not be parked", exc_info=True)
+            _shutdown_providers(pipeline.providers())
+            return
+        with self._clients_lock:
+            self._parked.pop(pipeline.key, None)
+            self._parked[pipeline.key] = pipeline
+            evicted = [self._parked.pop(key) for key in list(self._parked)[: max(0, len(self._parked) - _MAX_PARKED)]]
+        for old in evicted:
+            _shutdown_providers(old.providers())
 
     def _install_global_tracer_provider(self, provider: Any) -> None:
         """Point the process-wide tracer provider at ``provider``."""
@@ -344,16 +552,14 @@ class TelemetryRuntime:
             trace.set_tracer_provider(self.switch)
         self.switch.target = provider
 
-    def _configure_metrics(
-        self, resource: Any, connection: SharedEngineConnection, cfg: OtelConfig, service_name: str
-    ) -> None:
+    def _configure_metrics(self, resource: Any, connection: SharedEngineConnection, cfg: OtelConfig) -> Any:
         try:
             from opentelemetry import metrics
             from opentelemetry.sdk.metrics import MeterProvider
             from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
         except ImportError:
             log.warning("opentelemetry-sdk metrics unavailable: metrics are not exported")
-            return
+            return None
         from .telemetry_exporters import EngineMetricsExporter
 
         reader = PeriodicExportingMetricReader(
@@ -363,17 +569,16 @@ class TelemetryRuntime:
         provider = MeterProvider(resource=resource, metric_readers=[reader])
         if not self.globals_set:  # settable once per process; self.get_meter() always returns ours
             metrics.set_meter_provider(provider)
-        self.meter_provider = provider
-        self.meter = provider.get_meter(service_name)
+        return provider
 
-    def _configure_logs(self, resource: Any, connection: SharedEngineConnection, cfg: OtelConfig) -> None:
+    def _configure_logs(self, resource: Any, connection: SharedEngineConnection, cfg: OtelConfig) -> Any:
         try:
             from opentelemetry import _logs
             from opentelemetry.sdk._logs import LoggerProvider
             from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
         except ImportError:
             log.warning("opentelemetry-sdk logs unavailable: logs are not exported")
-            return
+            return None
         from .telemetry_exporters import EngineLogExporter
 
         provider = LoggerProvider(resource=resource)
@@ -386,7 +591,7 @@ class TelemetryRuntime:
         )
         if not self.globals_set:  # settable once per process; iii.logger.Logger always uses ours
             _logs.set_logger_provider(provider)
-        self.log_provider = provider
+        return provider
 
     def _instrument_urllib(self) -> None:
         """Wrap ``urllib`` requests in CLIENT spans and propagate the trace context in their headers."""
@@ -448,30 +653,34 @@ class TelemetryRuntime:
         urllib.request.OpenerDirector.open = self.original_urlopen  # type: ignore[method-assign]
         self.original_urlopen = None
 
-    def _take_state(self) -> list[Any]:
-        """Reset the module state and return the providers that still need shutting down."""
+    def _take_state(self) -> _Pipeline | None:
+        """Reset the module state and return the pipeline that still needs flushing and parking."""
         with self._init_lock:  # not half-way through a client's set-up
             with self._clients_lock:
                 self._clients.clear()
             self._uninstrument_urllib()
-            providers = [p for p in (self.tracer_provider, self.meter_provider, self.log_provider) if p is not None]
+            pipeline, self.pipeline = self.pipeline, None
             if self.switch is not None:
                 self.switch.target = None
             self.initialized = False
             self.tracer_provider = self.tracer = self.meter_provider = self.meter = self.log_provider = None
             self.handler_spans = None
             self.connection = None
-            return providers
+            return pipeline
 
     def shutdown_otel(self) -> None:
-        """Flush and shut down every provider; telemetry is off until the next ``init_otel``."""
-        _shutdown_providers(self._take_state())
+        """Flush every provider; telemetry is off until the next ``init_otel``, which reuses them."""
+        pipeline = self._take_state()
+        if pipeline is not None:
+            _flush_providers(pipeline.providers())
+            self._park(pipeline)
 
     async def shutdown_otel_async(self) -> None:
         """Like :func:`shutdown_otel`, without blocking the event loop while the last batches are exported."""
-        providers = self._take_state()
-        if providers:
-            await asyncio.to_thread(_shutdown_providers, providers)
+        pipeline = self._take_state()
+        if pipeline is not None:
+            await asyncio.to_thread(_flush_providers, pipeline.providers())
+            self._park(pipeline)
 
     def force_flush(self, timeout_millis: int = 5_000) -> bool:
         """Export everything recorded so far (ours). ``True`` when every provider flushed in time."""

@@ -1,0 +1,75 @@
+"""Telemetry set up again after a shutdown reuses the process's providers (OpenTelemetry registers an at-fork
+callback per provider, processor and reader that is never removed), yet each client's records are its own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from iii import telemetry
+from iii.logger import Logger
+from iii.telemetry_types import OtelConfig
+
+from .conftest import Frames
+
+
+def _start(service: str) -> Frames:
+    frames = Frames()
+    telemetry.init_otel(
+        OtelConfig(enabled=True, service_name=service, fetch_instrumentation_enabled=False,
+                   metrics_export_interval_ms=3_600_000),
+        frame_sink=frames.append,
+    )
+    return frames
+
+
+def _services(frames: Frames, prefix: bytes, key: str) -> set[str]:
+    return {
+        attribute["value"]["stringValue"]
+        for body in frames.bodies(prefix)
+        for resource in body[key]
+        for attribute in resource["resource"]["attributes"]
+        if attribute["key"] == "service.name"
+    }
+
+
+def _record(name: str) -> None:
+    tracer: Any = telemetry.get_tracer()
+    with tracer.start_as_current_span(name):
+        Logger(service_name=name).info(f"{name} log")
+    telemetry.get_meter().create_counter("reuse.count").add(1)
+
+
+def test_a_second_client_reuses_the_providers_with_its_own_resource_and_fresh_metrics() -> None:
+    telemetry.shutdown_otel()
+    first = _start("first")
+    providers = (telemetry.runtime().tracer_provider, telemetry.runtime().meter_provider,
+                 telemetry.runtime().log_provider)
+    user_spans = InMemorySpanExporter()
+    telemetry.runtime().tracer_provider.add_span_processor(SimpleSpanProcessor(user_spans))
+    _record("first")
+    telemetry.shutdown_otel()  # flushes: everything recorded so far is in first's sink when it returns
+
+    second = _start("second")
+    try:
+        again = (telemetry.runtime().tracer_provider, telemetry.runtime().meter_provider,
+                 telemetry.runtime().log_provider)
+        assert again == providers  # the same objects: no new at-fork callbacks
+        _record("second")
+        telemetry.force_flush()
+    finally:
+        telemetry.shutdown_otel()
+
+    assert [span["name"] for span in first.spans()] == ["first"]
+    assert [span["name"] for span in second.spans()] == ["second"]
+    for frames, service in ((first, "first"), (second, "second")):
+        assert _services(frames, b"OTLP", "resourceSpans") == {service}
+        assert _services(frames, b"LOGS", "resourceLogs") == {service}
+        assert _services(frames, b"MTRC", "resourceMetrics") == {service}
+        assert len(frames.logs()) == 1
+        # the second client's counter starts from zero, not from the first client's total
+        assert frames.metrics()["reuse.count"]["sum"]["dataPoints"][0]["asInt"] == "1"
+    # a processor the first client's user added ended with it, as the providers' shutdown ended it before
+    assert [span.name for span in user_spans.get_finished_spans()] == ["first"]
