@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
 from typing import Any
 
@@ -32,22 +33,28 @@ from .stream import (
     StreamUpdateInput,
 )
 from .stream_ops import apply_update, ops_to_wire
-from .wire import jsonable
+from .wire import jsonable, loads
 
 __all__ = ["PlainWrites", "StreamFunctions", "stream_functions"]
 
 StreamHandler = Callable[[Any], Awaitable[Any]]
+#: The largest answer the engine takes now, in bytes (``None``: it named no limit).
+MessageLimit = Callable[[], "int | None"]
 
 
 class StreamFunctions:
     """The six handlers for one named stream; ``update`` serialises the composed fallback per item.
 
+    ``max_bytes``: the engine's message size limit now; ``list`` of an ``iii_streams`` store refuses a group over it
+    before building it (the answer would be refused anyway).
+
     Example:
         >>> # handlers = StreamFunctions(MemoryStream()); await handlers.get({"stream_name": ..., ...})
     """
 
-    def __init__(self, stream: IStream[Any]) -> None:
+    def __init__(self, stream: IStream[Any], max_bytes: MessageLimit | None = None) -> None:
         self._stream = stream
+        self._max_bytes = max_bytes
         # Only items with an update in flight have a lock; the last one out removes it.
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._writes = PlainWrites()  # sets and deletes that began with no update of their item in flight
@@ -73,8 +80,27 @@ class StreamFunctions:
         return {"old_value": None} if result is None else jsonable(result)
 
     async def list(self, data: Any) -> Any:
-        """``stream::list``: the items of a group."""
-        return jsonable(await self._stream.list(StreamListInput.model_validate(data)))
+        """``stream::list``: the items of a group.
+
+        Raises:
+            ValueError: the group is more bytes of JSON than the engine's message size limit (an ``iii_streams``
+                store finds out before reading or joining the items; any other store's answer is refused as over
+                the limit once encoded, as every handler's is).
+        """
+        request = StreamListInput.model_validate(data)
+        limit = None if self._max_bytes is None else self._max_bytes()
+        if limit is None or not _bounded_lister(self._stream):
+            return jsonable(await self._stream.list(request))
+        from iii_streams.errors import StreamTooLargeError  # imported: the store is one of iii_streams'
+
+        try:
+            text: str = await self._stream.list_text(request, max_bytes=limit)  # type: ignore[attr-defined]
+        except StreamTooLargeError as exc:
+            raise ValueError(
+                f"stream::list({request.stream_name}) was not answered: the items of group {request.group_id!r} "
+                f"are {exc.size:,} or more bytes of JSON, over the engine's message size limit of {limit:,} bytes "
+                "(max_message_size); send bulk data through a channel (create_channel) instead") from exc
+        return loads(text)
 
     async def list_groups(self, data: Any) -> Any:
         """``stream::list_groups``: the group ids."""
@@ -207,6 +233,19 @@ class _Running:
                 self.done.set()
 
 
+def _bounded_lister(stream: object) -> bool:
+    """Whether ``stream`` is an ``iii_streams`` store, whose ``list_text(max_bytes=...)`` refuses a group over the
+    bound before building it (not imported here: a stream of any other kind never needs the package).
+
+    Example:
+        >>> from iii_streams import MemoryStream
+        >>> _bounded_lister(MemoryStream()), _bounded_lister(object())
+        (True, False)
+    """
+    base = sys.modules.get("iii_streams.base")
+    return base is not None and isinstance(stream, base.Backend)
+
+
 def _wire_ops(data: Any) -> Any:
     """``data`` with its ops validated and in their wire form. A root ``merge`` may come without ``path`` (or with
     ``null``), as the engine accepts it from its caller; the models require a string, and refused it with one
@@ -216,8 +255,10 @@ def _wire_ops(data: Any) -> Any:
     return data
 
 
-def stream_functions(stream_name: str, stream: IStream[Any]) -> dict[str, StreamHandler]:
-    """Function id → handler for every operation of stream ``stream_name``.
+def stream_functions(stream_name: str, stream: IStream[Any], max_bytes: MessageLimit | None = None
+                     ) -> dict[str, StreamHandler]:
+    """Function id → handler for every operation of stream ``stream_name``; ``max_bytes``: see
+    :class:`StreamFunctions`.
 
     Raises ``TypeError`` when ``stream_name`` is not a string or ``stream`` lacks one of the six operations (found
     here, not at the first call of the missing one).
@@ -238,5 +279,5 @@ def stream_functions(stream_name: str, stream: IStream[Any]) -> dict[str, Stream
     if missing:
         raise TypeError(f"create_stream({stream_name!r}): {type(stream).__name__} is not a stream: no callable "
                         f"{', '.join(missing)}")
-    handlers = StreamFunctions(stream)
+    handlers = StreamFunctions(stream, max_bytes)
     return {f"stream::{op}({stream_name})": getattr(handlers, op) for op in ops}
