@@ -42,6 +42,7 @@ from ...workers import frame_bytes
 from ..base import BuiltinFunction, EncodedResult, EngineError, EngineModule, EngineServices, InvocationContext
 from .alerts import AlertManager
 from .exporter import DROP_LOG_INTERVAL_S, SPAN_BATCH_SIZE, OtlpForwarder, RecordBatch
+from .feedback import LogTriggerCalls, untraced
 from .otlp import (
     CostlyFrameError,
     TelemetryFormatError,
@@ -218,6 +219,8 @@ class _Call:
     parent_span_id: str | None
     start_ns: int
     attributes: list[list[str]]
+    #: the worker a log trigger's call went to (None: not a log trigger's call)
+    log_trigger_worker: str | None = None
 
 
 class OtelModule(EngineModule):
@@ -270,6 +273,8 @@ class OtelModule(EngineModule):
         self.ingested_frames = 0
         # Trace ids of the calls fired for log triggers carry a mark keyed by this (see _marked_trace_id).
         self._trace_mark_key = os.urandom(16)
+        # ... and where and when they were in flight, for records that carry no trace context (see feedback.py)
+        self._log_trigger_calls = LogTriggerCalls()
         #: log records that fired no log trigger for being written while handling one (counted per trigger matched)
         self.log_trigger_feedback = 0
 
@@ -483,11 +488,13 @@ class OtelModule(EngineModule):
             log.warning("a %s telemetry frame held more than max_frame_entries (%d): %d entries dropped (%d so far)",
                         kind, self.settings.max_frame_entries, cut, self.dropped_entries)
 
-    def _add_log(self, entry: dict[str, Any], size: int | None = None, trace_id: str | None = None) -> None:
+    def _add_log(self, entry: dict[str, Any], size: int | None = None, trace_id: str | None = None, *,
+                 caller: str | None = None, by_call: bool = False) -> None:
         """Store ``entry`` and fire the ``log`` triggers its level matches, unless it was written while handling a
         log trigger's call: in that call's trace (``entry``'s ``trace_id``, or ``trace_id``: the trace of the
-        ``engine::log::*`` call that wrote it). Such an entry is stored like any other and counted in
-        :attr:`log_trigger_feedback` once per trigger it matched."""
+        ``engine::log::*`` call that wrote it), or, carrying no trace at all, :meth:`_feedback_untraced`. Such an
+        entry is stored like any other and counted in :attr:`log_trigger_feedback` once per trigger it matched.
+        ``by_call``: written by an ``engine::log::*`` call of worker ``caller`` (else a worker's ``LOGS`` frame)."""
         if size is None:
             size = self.logs.sizes([entry])[0]
         self.logs.add(entry, size)
@@ -501,7 +508,9 @@ class OtelModule(EngineModule):
         # Before, a handler that logged fired its own trigger again with each record, for ever (1,850 calls a
         # second; with three such triggers other workers' calls waited ~1 s). Any log trigger, not only the one
         # whose call wrote it: two handlers that log would fire each other in turn.
-        if self._in_log_trigger_trace(entry["trace_id"]) or self._in_log_trigger_trace(trace_id):
+        if (self._in_log_trigger_trace(entry["trace_id"]) or self._in_log_trigger_trace(trace_id)
+                or (untraced(entry["trace_id"]) and untraced(trace_id)
+                    and self._feedback_untraced(entry, caller, by_call))):
             self.log_trigger_feedback += len(targets)
             return
         # Each call keeps the entry alive until its handler answers, however long after the store let it go: the
@@ -518,6 +527,20 @@ class OtelModule(EngineModule):
                 self.services.fire(target, payload, taken=slots.one())
         finally:
             _FIRING_LOG_TRIGGER.reset(token)
+
+    def _feedback_untraced(self, entry: dict[str, Any], caller: str | None, by_call: bool) -> bool:
+        """Whether a record without trace context is taken for a log trigger handler's: the reference SDK's sync
+        handlers lose the call's trace (it runs them in an executor without their context), and looped for ever.
+
+        An ``engine::log::*`` call: its worker had a log trigger's call in flight, or answered one within
+        :data:`~.feedback.GRACE_S`. A ``LOGS`` frame's record (which worker wrote it is not known: the reference SDK
+        sends telemetry on a connection of its own): stamped (its timestamp, else its observed timestamp; one with
+        neither is ordinary) while any log trigger's call was in its first :data:`~.feedback.STAMP_CAP_S` in
+        flight, give or take :data:`~.feedback.STAMP_GRACE_S`."""
+        if by_call:
+            return self._log_trigger_calls.worker_busy(caller, _now_ns())
+        stamped = entry.get("timestamp_unix_nano") or entry.get("observed_timestamp_unix_nano")
+        return isinstance(stamped, int) and self._log_trigger_calls.written_during(stamped)
 
     def _mark(self, head: str) -> str:
         return hashlib.blake2b(head.encode(), digest_size=8, key=self._trace_mark_key).hexdigest()
@@ -539,9 +562,11 @@ class OtelModule(EngineModule):
                      worker_id: str | None = None) -> _Call:
         """A function execution begins; the returned token goes back to :meth:`call_finished`."""
         parent = parse_traceparent(traceparent)
+        # a log trigger's call: what its handler logs fires no log trigger
+        firing = _FIRING_LOG_TRIGGER.get()
         if parent:
             trace_id = parent[0]
-        elif _FIRING_LOG_TRIGGER.get():  # a log trigger's call: what its handler logs fires no log trigger
+        elif firing:
             trace_id = self._marked_trace_id()
         else:
             trace_id = f"{random.getrandbits(128):032x}"
@@ -552,8 +577,12 @@ class OtelModule(EngineModule):
             attributes.append(["worker_id", worker_id])
         if not builtin:
             self.counters.count(function_id, "deferred")
-        return _Call(function_id, trace_id, f"{random.getrandbits(64):016x}", parent[1] if parent else None,
+        call = _Call(function_id, trace_id, f"{random.getrandbits(64):016x}", parent[1] if parent else None,
                      _now_ns(), attributes)
+        if firing and not builtin and worker_id is not None:  # routed: worker_id is the callee's
+            self._log_trigger_calls.started(worker_id, call.start_ns)
+            call.log_trigger_worker = worker_id
+        return call
 
     def child_traceparent(self, call: _Call) -> str | None:
         """The W3C ``traceparent`` naming this call's span as the parent."""
@@ -563,6 +592,8 @@ class OtelModule(EngineModule):
         """The execution of ``call`` ended (``error`` is the error body, or ``None``)."""
         if builtin:
             self.counters.count(call.function_id, "error" if error is not None else "success")
+        if call.log_trigger_worker is not None:
+            self._log_trigger_calls.finished(call.log_trigger_worker, _now_ns(), call.start_ns)
         if self.spans is None and self.forwarder is None:
             return
         span: dict[str, Any] = {
@@ -651,7 +682,7 @@ class OtelModule(EngineModule):
             if self.settings.logs_console_output:  # before, echoed even when off: 136,732 lines in 10 s
                 log.log(_console_level(number), "%s", message[:1000])
             caller = parse_traceparent(ctx.traceparent)
-            self._add_log(entry, trace_id=caller[0] if caller else None)
+            self._add_log(entry, trace_id=caller[0] if caller else None, caller=ctx.caller_worker_id, by_call=True)
             if self._log_batch is not None and self.settings.exports_logs:
                 self._log_batch.add(self._log_record(entry))
             return None

@@ -6,6 +6,11 @@ workers' calls waited ~1 s. Now the engine starts each call it fires for a log t
 marking, and a record in such a trace (the handler's, and that of whatever it calls) is stored, echoed and
 exported as any other but fires no ``log`` trigger; the records it did not fire for are counted in health's
 ``telemetry`` (``log_trigger_feedback``).
+
+The reference SDK's sync handlers lose that trace (run in an executor without their context): their records carry
+none, and looped on (3,423-3,839 calls in 4 s). The engine's backstop for records without trace context: an
+``engine::log::*`` call of a worker with a log trigger's call in flight (or answered within 0.5 s), a ``LOGS`` record
+stamped while one was in flight (give or take 0.1 s), fires no log trigger either.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import asyncio
 import os
 import sys
 import textwrap
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,6 +29,7 @@ from module_worker import ModuleWorker
 
 from tests.integration.modules.test_observability import engine_with, eventually
 from tests.interop.refsdk import sdk_env
+from tests.polling import until
 from tests.services import reference_python
 
 pytestmark = pytest.mark.our_engine("configures the observability module")
@@ -99,3 +106,74 @@ async def test_a_log_triggers_handler_that_logs_does_not_fire_log_triggers_again
 
 async def _async(value: bool) -> bool:
     return value
+
+
+# One log trigger whose handler is a sync function of the reference SDK: it logs with the Logger (sync_logger) or
+# through engine::log::info (sync_engine), without trace context either way. ``plain`` writes the same kind of
+# record outside any log trigger's call.
+_SYNC_WORKER = textwrap.dedent("""
+    import sys, threading
+    from iii import InitOptions, Logger, register_worker
+
+    url, tag, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+    iii = register_worker(url, InitOptions(otel={"service_name": tag, "engine_ws_url": url,
+                                                 "logs_flush_interval_ms": 20}))
+    logger = Logger(service_name=tag)
+
+    def write(message):
+        if mode == "sync_logger":
+            logger.info(message)
+        else:
+            iii.trigger({"function_id": "engine::log::info", "payload": {"message": message, "service_name": tag}})
+
+    def handler(entry):
+        write("handled " + entry["body"][:60])
+
+    def plain(data):
+        write("plain")
+        return {}
+
+    iii.register_function(tag + "::h", handler)
+    iii.register_function(tag + "::plain", plain)
+    iii.register_trigger({"type": "log", "function_id": tag + "::h", "config": {}})
+    iii.list_functions()
+    print("ready", flush=True)
+    threading.Event().wait()
+""")
+
+
+@pytest.mark.interop
+@pytest.mark.parametrize("mode", ["sync_logger", "sync_engine"])
+async def test_a_reference_sync_handler_whose_records_carry_no_trace_does_not_loop(mode: str) -> None:
+    tag = f"fs{uuid.uuid4().hex[:6]}"
+    settings = {"enabled": True, "exporter": "memory", "logs_console_output": False, "logs_max_count": 10_000}
+    async with engine_with(settings) as engine, ModuleWorker(engine.url) as probe:
+        module: Any = engine.module("observability")
+        env = {**sdk_env(), "OTEL_ENABLED": "true", "OTEL_BLRP_SCHEDULE_DELAY": "20"}
+        proc = await asyncio.create_subprocess_exec(reference_python(), "-P", "-c", _SYNC_WORKER, engine.url, tag,
+                                                    mode, env=env, stdout=asyncio.subprocess.PIPE, cwd=os.getcwd())
+        try:
+            assert proc.stdout is not None
+            assert (await asyncio.wait_for(proc.stdout.readline(), 20)).strip() == b"ready"
+            await until(lambda: len(engine.triggers_of_type("log")) == 1)
+
+            def bodies() -> list[str]:
+                return [e["body"] for e in module.logs.entries() if e["body"].startswith("handled")]
+
+            for seed in ("seed-1", "seed-2"):
+                await probe.result("engine::log::info", {"message": seed})
+                await until(lambda seed=seed: f"handled {seed}" in bodies(), within=15)  # type: ignore[misc]
+            # before: 'handled handled handled ... seed-1' by the thousand (each record fired the handler again)
+            assert sorted(bodies()) == ["handled seed-1", "handled seed-2"]
+            # The same worker's record written outside any log trigger's call is an ordinary one once the last
+            # call's grace passed: it fires the trigger (whose handler's record then does not).
+            await until(lambda: module._log_trigger_calls.idle(time.time_ns()))
+            await probe.result(f"{tag}::plain", {})
+            await until(lambda: "handled plain" in bodies(), within=15)
+            health = await probe.result("engine::health::check", {})
+        finally:
+            proc.kill()
+            await proc.wait()
+        assert sorted(bodies()) == ["handled plain", "handled seed-1", "handled seed-2"]
+        assert module.counters.as_dict()["by_function"][f"{tag}::h"] == 3
+        assert health["components"]["telemetry"]["details"]["log_trigger_feedback"] == 3
