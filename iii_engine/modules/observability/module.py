@@ -277,6 +277,8 @@ class OtelModule(EngineModule):
         self._log_trigger_calls = LogTriggerCalls()
         #: log records that fired no log trigger for being written while handling one (counted per trigger matched)
         self.log_trigger_feedback = 0
+        #: of those, the ones without trace context (the backstop's, see _feedback_untraced): what it cost shows here
+        self.log_trigger_feedback_untraced = 0
 
     # -- life cycle ------------------------------------------------------------------------------------------
 
@@ -508,10 +510,12 @@ class OtelModule(EngineModule):
         # Before, a handler that logged fired its own trigger again with each record, for ever (1,850 calls a
         # second; with three such triggers other workers' calls waited ~1 s). Any log trigger, not only the one
         # whose call wrote it: two handlers that log would fire each other in turn.
-        if (self._in_log_trigger_trace(entry["trace_id"]) or self._in_log_trigger_trace(trace_id)
-                or (untraced(entry["trace_id"]) and untraced(trace_id)
-                    and self._feedback_untraced(entry, caller, by_call))):
+        if self._in_log_trigger_trace(entry["trace_id"]) or self._in_log_trigger_trace(trace_id):
             self.log_trigger_feedback += len(targets)
+            return
+        if untraced(entry["trace_id"]) and untraced(trace_id) and self._feedback_untraced(entry, caller, by_call):
+            self.log_trigger_feedback += len(targets)
+            self.log_trigger_feedback_untraced += len(targets)
             return
         # Each call keeps the entry alive until its handler answers, however long after the store let it go: the
         # fan-out holds the entry's bytes under max_fired_bytes (before, none: a handler that never answered kept
@@ -837,7 +841,8 @@ class OtelModule(EngineModule):
         telemetry = {"ingested_frames": self.ingested_frames, "dropped_frames": self.dropped_frames,
                      "queued_frames": self._queue.qsize(), "queued_bytes": self._queued_bytes,
                      "malformed_frames": self.malformed_frames, "dropped_entries": self.dropped_entries,
-                     "dropped_items": self.dropped_items, "log_trigger_feedback": self.log_trigger_feedback}
+                     "dropped_items": self.dropped_items, "log_trigger_feedback": self.log_trigger_feedback,
+                     "log_trigger_feedback_untraced": self.log_trigger_feedback_untraced}
         if self.alerts is not None:
             telemetry.update(webhook_sent=self.webhook_sent, webhook_failed=self.webhook_failed,
                              webhook_skipped=self.webhook_skipped)

@@ -106,8 +106,11 @@ async def test_a_log_triggers_handler_that_logs_does_not_fire_log_triggers_again
         assert sorted(bodies()) == ["handled-e seed-1", "handled-e seed-2", "handled-l seed-1", "handled-l seed-2"]
         by_function = module.counters.as_dict()["by_function"]
         assert (by_function[f"{tag}::by_logger"], by_function[f"{tag}::by_engine"]) == (2, 2)
-        # each handler record fired no trigger, counted once per trigger it matched: 4 records x 2 triggers
-        assert health["components"]["telemetry"]["details"]["log_trigger_feedback"] == 8
+        # each handler record fired no trigger, counted once per trigger it matched: 4 records x 2 triggers (those of
+        # the sync handlers for having no trace context at all)
+        details = health["components"]["telemetry"]["details"]
+        assert details["log_trigger_feedback"] == 8
+        assert details["log_trigger_feedback_untraced"] == (8 if sdk == "reference-sync" else 0)
         # the seeds themselves are ordinary entries: stored, and they fired both triggers
         assert [e["body"] for e in module.logs.entries() if e["body"].startswith("seed")] == ["seed-1", "seed-2"]
 
@@ -184,4 +187,5 @@ async def test_a_reference_sync_handler_whose_records_carry_no_trace_does_not_lo
             await proc.wait()
         assert sorted(bodies()) == ["handled plain", "handled seed-1", "handled seed-2"]
         assert module.counters.as_dict()["by_function"][f"{tag}::h"] == 3
-        assert health["components"]["telemetry"]["details"]["log_trigger_feedback"] == 3
+        details = health["components"]["telemetry"]["details"]
+        assert details["log_trigger_feedback"] == details["log_trigger_feedback_untraced"] == 3
