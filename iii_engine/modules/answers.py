@@ -10,6 +10,10 @@ listed, its size and the setting, found before the answer is built: a group's si
 list of names is counted in characters before it is encoded. Never a shortened list: an answer that fits is the
 whole list, as production's.
 
+An in-process caller (``Engine.invoke``, a module's own call, the REST API's HTTP trigger on one of these functions:
+an :class:`InvocationContext` with neither a caller worker nor an invocation id) gets its answer as a value, never as
+a frame, so no frame size applies to it: it gets the whole list however large, as before the bound.
+
 Example:
     >>> bound = AnswerBound(4096 + 100)  # answers of 100 bytes at most
     >>> bound.names(["a", "b"], None, AnswerSpec("x::list_groups", "E", "raise max_message_size"), "names").json
@@ -69,15 +73,20 @@ class AnswerBound:
     frame around an answer.
 
     Example:
-        >>> AnswerBound(8192).budget(None)
-        4096
+        >>> AnswerBound(8192).budget(None), AnswerBound(8192).budget(InvocationContext("w1"))
+        (4096, 4096)
+        >>> AnswerBound(8192).budget(InvocationContext()) is None  # in-process: no frame to fit
+        True
     """
 
     def __init__(self, max_message_size: int = DEFAULT_CONTROL_MAX_MESSAGE_SIZE) -> None:
         self.max_message_size = max_message_size
 
-    def budget(self, ctx: InvocationContext | None) -> int:
-        """Bytes an answer to the call ``ctx`` may take (``None``: a call with no invocation id)."""
+    def budget(self, ctx: InvocationContext | None) -> int | None:
+        """Bytes an answer to the call ``ctx`` may take (``None``: a frame with no invocation id, the socket's sync);
+        ``None`` (no bound) for an in-process caller, whose answer is never a frame."""
+        if ctx is not None and ctx.caller_worker_id is None and ctx.invocation_id is None:
+            return None
         invocation_id = None if ctx is None else ctx.invocation_id
         return self.max_message_size - FRAME_BYTES - len(invocation_id or "")
 
@@ -90,7 +99,7 @@ class AnswerBound:
         try:
             return EncodedResult(await store.list_text(input, max_bytes=budget))
         except StreamTooLargeError as exc:
-            raise EngineError(spec.code, too_large(spec, what, exc.size, budget)) from None
+            raise EngineError(spec.code, too_large(spec, what, exc.size, budget or 0)) from None
         except Exception as exc:
             raise EngineError(spec.code, str(exc)) from None
 
@@ -110,6 +119,8 @@ class AnswerBound:
 answer may take (the engine's max_message_size, less its frame); raise max_message_size
         """
         budget = self.budget(ctx)
+        if budget is None:
+            return EncodedResult(dumps(value()))
         size = at_least
         if size <= budget:
             text = dumps(value())
