@@ -1055,6 +1055,7 @@ class ChannelWriter:
         self._closing: asyncio.Future[None] | None = None
         self._aborting: asyncio.Future[None] | None = None  # an abort under way that no caller waits for
         self._closed = False
+        self._stopped_by = ""  # see _aborted_error
         self._home = _Home(self._channel_id, "writer")
         # A writer left unclosed keeps its private loop (sync use) and socket until it is collected: then they go.
         weakref.finalize(self, self._home.abandon)
@@ -1236,7 +1237,7 @@ class ChannelWriter:
         self._closed = True
         if self._pump is not None:
             self._pump.cancel()
-        self._fail_queue(ChannelClosedError(f"channel {self._channel_id} aborted", channel_id=self._channel_id))
+        self._fail_queue(self._aborted_error())
         end = self._end
         try:
             if end is None:
@@ -1268,9 +1269,36 @@ class ChannelWriter:
         """abort() awaited on a loop this writer does not belong to (a writer used from sync code, then in an
         ``async with`` whose body raised): a ChannelLoopError there lost the abort, and a later close delivered
         the bytes written so far to the reader as a whole stream."""
+        handed = self.abort_soon(reason)
+        if handed is None:
+            return
+        started, finished = handed
+        done = asyncio.shield(asyncio.wrap_future(finished))  # a cancelled caller leaves the abort going on
+        await asyncio.wait((asyncio.wrap_future(started), done), timeout=_ABORT_START_WAIT_S,
+                           return_when=asyncio.FIRST_COMPLETED)
+        if started.done() or finished.done():  # its loop runs it (bounded, see _ABORT_ELSEWHERE_S): waited for
+            await done
+
+    def abort_soon(self, reason: str = "") -> tuple[concurrent.futures.Future[None],
+                                                    concurrent.futures.Future[None]] | None:
+        """Abort from any thread, without waiting (ours; :meth:`abort` waits): the writer fails at once (a write
+        under way or later raises :class:`ChannelClosedError`) and the abort, with ``reason`` for the reader, is
+        carried out on its own loop by a thread of its own, as :meth:`abort` from another loop does. Returns that
+        abort's ``(started, finished)`` futures, or ``None`` when no thread could be started (the connection is
+        dropped from here then). Never raises.
+
+        Example:
+            >>> writer = ChannelWriter("ws://127.0.0.1:1/", {"channel_id": "c1", "access_key": "k",
+            ...                                              "direction": "write"})
+            >>> _ = writer.abort_soon("no longer wanted")
+            >>> writer.stream.write(b"x")
+            Traceback (most recent call last):
+            ...
+            iii.channels.ChannelClosedError: channel c1 aborted
+        """
         self._closed = True  # at once, from here: no later write or close can deliver
         if self._error is None:
-            self._error = ChannelClosedError(f"channel {self._channel_id} aborted", channel_id=self._channel_id)
+            self._error = self._aborted_error()
         started: concurrent.futures.Future[None] = concurrent.futures.Future()
         finished: concurrent.futures.Future[None] = concurrent.futures.Future()
 
@@ -1288,12 +1316,8 @@ class ChannelWriter:
                       exc)
             with contextlib.suppress(Exception):  # abort() never raises: the reader sees the drop
                 _drop_connection(self._end)
-            return
-        done = asyncio.shield(asyncio.wrap_future(finished))  # a cancelled caller leaves the abort going on
-        await asyncio.wait((asyncio.wrap_future(started), done), timeout=_ABORT_START_WAIT_S,
-                           return_when=asyncio.FIRST_COMPLETED)
-        if started.done() or finished.done():  # its loop runs it (bounded, see _ABORT_ELSEWHERE_S): waited for
-            await done
+            return None
+        return started, finished
 
     def _abort_from_thread(self, abort_there: Callable[[], Coroutine[Any, Any, None]],
                            finished: concurrent.futures.Future[None]) -> None:
@@ -1359,6 +1383,12 @@ class ChannelWriter:
         closing = self._closing = loop.create_future()
         closing.set_exception(self._error)
         return closing
+
+    def _aborted_error(self) -> ChannelClosedError:
+        """The error of writes and closes after an abort, naming who stopped the writer if not its user (a
+        client's shutdown: :meth:`LiveEnds.stop_all`)."""
+        why = f": {self._stopped_by}" if self._stopped_by else ""
+        return ChannelClosedError(f"channel {self._channel_id} aborted{why}", channel_id=self._channel_id)
 
     def _check_open(self) -> None:
         if self._error is not None:
@@ -1618,6 +1648,49 @@ def _log_task_error(task: asyncio.Future[Any]) -> None:
         log.warning("channel close failed: %s", task.exception())
 
 
+class LiveEnds:
+    """The channel ends one client made (created, or given to its handlers in payloads), held weakly, so that its
+    shutdown stops those still in use (ours): a thread blocked writing into a channel whose reader never came
+    waited for the engine's attach deadline (300 s) after the client was gone.
+
+    Example:
+        >>> ends = LiveEnds()
+        >>> writer = ChannelWriter("ws://127.0.0.1:1/", {"channel_id": "c1", "access_key": "k", "direction": "write"})
+        >>> ends.add(writer)
+        >>> ends.stop_all("the client was shut down")  # never used: left alone (its ref may be another's now)
+        0
+    """
+
+    def __init__(self) -> None:
+        self._ends: weakref.WeakSet[ChannelWriter | ChannelReader] = weakref.WeakSet()
+        self._lock = threading.Lock()  # added on the client's loop, stopped from whichever thread shuts it down
+
+    def add(self, end: ChannelWriter | ChannelReader) -> None:
+        """Track ``end`` (weakly: a collected end drops its own socket)."""
+        with self._lock:
+            self._ends.add(end)
+
+    def stop_all(self, why: str) -> int:
+        """From any thread, without waiting: abort every writer in use and not closed (its blocked or later writes
+        raise :class:`ChannelClosedError` naming ``why``; its reader gets :class:`ChannelAbortedError`), and close
+        every reader in use and unfinished (its writer gets :class:`ReaderGoneError`; its reads raise
+        :class:`ChannelClosedError` naming ``why``). Ends never used are left alone: their refs may have been
+        handed to another worker. A writer whose close is under way is left to finish it. Returns how many ends
+        it stopped."""
+        with self._lock:
+            ends = list(self._ends)
+            self._ends.clear()
+        stopped = 0
+        for end in ends:
+            if isinstance(end, ChannelReader):
+                stopped += end.release_unfinished_now(why)
+            elif not end.closed and end._held():
+                end._stopped_by = why
+                end.abort_soon(why)
+                stopped += 1
+        return stopped
+
+
 # ---------------------------------------------------------------------------------------------------- reader
 
 
@@ -1665,6 +1738,8 @@ class ChannelReader:
         self._message_callbacks: list[Callable[[str], Any]] = []
         self._eof = False
         self._closed = False
+        self._closed_why = ""  # who closed it when not its user (release_unfinished): later reads name it
+        self._detached = False  # see detach()
         self._unread: bytes | None = None  # what a cancelled read_all had read, for the next read (_put_back)
         self._home = _Home(self._channel_id, "reader")
         # A reader left unclosed keeps its socket, attached, until it is collected: then it goes (_Home.abandon).
@@ -1691,7 +1766,7 @@ class ChannelReader:
         if self._eof:
             return None
         if self._closed:
-            raise ChannelClosedError(f"channel {self._channel_id} reader is closed", channel_id=self._channel_id)
+            raise self._closed_here()
         if self._home.loop is not _running_loop():
             self._home.bind(asyncio.get_running_loop(), self._held)
         end = self._end
@@ -1701,6 +1776,10 @@ class ChannelReader:
             try:
                 text, data = await end.receive()
             except ChannelEndClosed as exc:
+                if self._closed:
+                    # Closed under this read (released at its handler's end, the client's shutdown): an end of
+                    # stream here would hand a task still reading a short stream as a whole one.
+                    raise self._closed_here() from exc
                 error = _closed_error(exc, self._channel_id, "read")
                 if error is None:
                     self._eof = True
@@ -1783,6 +1862,74 @@ class ChannelReader:
             self._home.bind(asyncio.get_running_loop())
         await close_draining(end, end.aclose(ChannelCloseCode.NORMAL))
 
+    def detach(self) -> ChannelReader:
+        """Keep this reader open past the handler whose payload carried it (ours): by default a reader a handler
+        started reading and left unfinished (not at its end, not closed) is closed as the handler ends, so its
+        writer gets :class:`ReaderGoneError` at once instead of waiting on backpressure. A reader handed to a task
+        that reads on after the handler returned must be detached first; that task then closes it. Returns the
+        reader.
+
+        Example:
+            >>> reader = ChannelReader("ws://localhost:49134/", {"channel_id": "c1", "access_key": "k",
+            ...                                                  "direction": "read"})
+            >>> reader.detach() is reader
+            True
+        """
+        self._detached = True
+        return self
+
+    async def release_unfinished(self, why: str) -> bool:
+        """Close this reader if it was started (connected, or connecting) and is neither at its end, closed nor
+        detached (:meth:`detach`): its writer hears the reader is gone. ``why`` is named by any read after it.
+        Never raises; bounded (2 s for the close handshake, then the connection is dropped). A reader never read
+        is left alone: its ref may have been handed on to another worker, who reads it. Returns whether it closed
+        it.
+
+        Example:
+            >>> reader = ChannelReader("ws://localhost:49134/", {"channel_id": "c1", "access_key": "k",
+            ...                                                  "direction": "read"})
+            >>> asyncio.run(reader.release_unfinished("the handler returned"))  # never read: left alone
+            False
+        """
+        if not self._claim(why):
+            return False
+        end = self._end
+        if end is not None and end.is_open:
+            loop = self._home.loop
+            if loop is not None and loop is _running_loop():
+                try:
+                    async with asyncio.timeout(_ABORT_CLOSE_S):
+                        await close_draining(end, end.aclose(ChannelCloseCode.NORMAL))
+                except Exception as exc:  # TimeoutError, a broken socket: dropped, the writer hears it all the same
+                    log.debug("release of channel %s reader: %r; connection dropped", self._channel_id, exc)
+                    end.abort()
+            else:
+                _drop_on(loop, end)  # its socket is another loop's (a sync handler's): dropped from here
+        return True
+
+    def release_unfinished_now(self, why: str) -> bool:
+        """:meth:`release_unfinished` from any thread, without waiting: the connection is dropped (its writer gets
+        :class:`ReaderGoneError`). For a client's shutdown, which cannot wait on every reader's loop."""
+        if not self._claim(why):
+            return False
+        end = self._end
+        if end is not None and end.is_open:
+            _drop_on(self._home.loop, end)
+        return True
+
+    def _claim(self, why: str) -> bool:
+        """Mark this reader closed by ``why`` if :meth:`release_unfinished` applies to it (a connect under way
+        drops its socket as it lands, :meth:`_connected`)."""
+        if self._detached or self._closed or self._eof or not self._held():
+            return False
+        self._closed = True
+        self._closed_why = why
+        return True
+
+    def _closed_here(self) -> ChannelClosedError:
+        why = f" ({self._closed_why})" if self._closed_why else ""
+        return ChannelClosedError(f"channel {self._channel_id} reader is closed{why}", channel_id=self._channel_id)
+
     def _held(self) -> str:
         """What this reader has on its loop ("" for nothing: it can move to another, see :meth:`_Home.bind`)."""
         if self._end is not None:
@@ -1837,6 +1984,7 @@ __all__ = [
     "ChannelReader",
     "ChannelWriter",
     "LimitExceededError",
+    "LiveEnds",
     "ReadableStream",
     "ReaderGoneError",
     "WritableStream",

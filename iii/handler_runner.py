@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from .channels import ChannelWriter
+from .channels import ChannelReader, ChannelWriter, LiveEnds
 from .handler_threads import ExitWait, HandlerThreads, exit_refusal
 from .payloads import resolve_channels
 from .trace_scope import TraceScope
@@ -47,6 +47,8 @@ class HandlerRunner:
         self.threads = HandlerThreads(on_exit=on_exit)
         self._running = _Running()
         self._refusing: str | None = None  # why new sync runs are refused (refuse()), if they are
+        # The channel ends given to handlers in payloads (and those the client adds): stopped by close()
+        self.ends = LiveEnds()
 
     def refuse(self, why: str) -> None:
         """From now on a sync handler's run is refused before it starts: its caller gets an ``invocation_failed``
@@ -61,6 +63,8 @@ class HandlerRunner:
         process stayed up after the client's shutdown without a word. The run on thread ``spare_thread`` (the
         shutdown's caller: a handler shutting its client down returns as the shutdown does) is not named."""
         self.threads.shutdown(wait=False, cancel_futures=True)
+        # A handler still writing into (or reading) a channel would wait on it for the engine's attach deadline
+        self.ends.stop_all("the client was shut down")
         running = self._running.now(spare_thread)
         if running:
             why = f"{self._refusing[:1].upper()}{self._refusing[1:]}: shut down" if self._refusing else "Shut down"
@@ -100,9 +104,16 @@ class HandlerRunner:
         if not is_async and self._refusing is not None:
             return (None, {"code": "invocation_failed", "message": _refused(self._refusing)}, None), _nothing
         writers: list[ChannelWriter] = []
+        readers: list[ChannelReader] = []
         try:
             if not no_channel_refs:
+                given = data
                 data = resolve_channels(data, self._address, writers)
+                if data is not given:  # (the same object back: it held no channel ref)
+                    _readers_in(data, readers)
+                    ends: list[ChannelWriter | ChannelReader] = [*writers, *readers]
+                    for channel_end in ends:
+                        self.ends.add(channel_end)
         except Exception as exc:
             log.exception("Failed to resolve channel refs for %s", function_id)
             return (None, {"code": "invocation_failed", "message": str(exc), "stacktrace": traceback.format_exc()},
@@ -123,6 +134,8 @@ class HandlerRunner:
             log.error("Handler %s raised %s", function_id, type(exc).__name__, exc_info=exc)
             if writers:
                 await _abort_used(writers, describe_base_exception(exc))
+            if readers:
+                await _release_readers(readers, describe_base_exception(exc))
             return (None, {"code": "invocation_failed", "message": describe_base_exception(exc),
                            "stacktrace": traceback.format_exc()}, None), _nothing
         if isinstance(error, _RefusedError):  # (no handler ran; the exit is said once, by the client's shutdown)
@@ -131,8 +144,12 @@ class HandlerRunner:
             log.error("Error in handler %s: %s", function_id, error)
             if writers:
                 await _abort_used(writers, f"the handler raised {type(error).__name__}: {error}")
+            if readers:
+                await _release_readers(readers, f"the handler raised {type(error).__name__}")
             return (None, {"code": "invocation_failed", "message": str(error), "stacktrace": stack},
                     response_tp), end
+        if readers:
+            await _release_readers(readers, "the handler returned")
         return (result, None, response_tp), end
 
 
@@ -147,6 +164,26 @@ async def _abort_used(writers: list[ChannelWriter], why: str) -> None:
     used = [w for w in writers if not w.closed and (w.bytes_written or w.pending_bytes)]
     if used:
         await asyncio.gather(*(w.abort(why[:100]) for w in used))  # abort() never raises
+
+
+async def _release_readers(readers: list[ChannelReader], why: str) -> None:
+    """Close the channel readers a handler was given, started reading and left unfinished (neither at their end
+    nor closed, nor detached with :meth:`~iii.channels.ChannelReader.detach`) as it ends, before its answer is
+    sent: their writers hear the reader is gone instead of waiting on backpressure with no deadline. A reader the
+    handler never read is left alone: it may have handed it on."""
+    await asyncio.gather(*(reader.release_unfinished(why) for reader in readers))  # never raises
+
+
+def _readers_in(value: Any, out: list[ChannelReader]) -> None:
+    """Append every :class:`ChannelReader` in ``value`` (a payload :func:`resolve_channels` made) to ``out``."""
+    if isinstance(value, ChannelReader):
+        out.append(value)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _readers_in(item, out)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _readers_in(item, out)
 
 
 def _refused(why: str) -> str:

@@ -54,7 +54,7 @@ from .errors import FileChangedError, IntegrityError
 from .integrity import Digest
 from .progress import Progress
 from .sink import ChannelSink
-from .source import ChannelSource
+from .source import ChannelSource, _release_writer
 
 FILE_HEADER_KEY = "iii_channels_file"
 DEFAULT_CHUNK = 1024 * 1024
@@ -62,8 +62,6 @@ PART_PREFIX = ".iii-part-"
 # A part whose name carries no owner PID (made before owners were recorded), or whose PID is alive but which
 # nobody locks, is only reclaimed after this long untouched: its writer could be between create and lock.
 STALE_PART_AGE_S = 3600.0
-# How long a refusing receiver tries to attach its reader so the writer hears "reader gone".
-_RELEASE_ATTACH_S = 10.0
 
 log = logging.getLogger("iii_channels.files")
 
@@ -135,19 +133,6 @@ def check_receive_target(path: str | os.PathLike[str]) -> tuple[bool, Path]:
     if not os.access(directory, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot write to directory {directory}")
     return is_dir, directory
-
-
-async def _release_writer(reader: ChannelReader) -> None:
-    """Tell the writer at once that nothing (more) will be read: attach the reader if it never did, then close.
-
-    Closing a reader that never attached reaches nobody, and its writer would wait on backpressure until the
-    channel's attach timeout (300 s on our engine). Errors are swallowed: this runs on a failure path.
-    """
-    with contextlib.suppress(Exception):
-        # The SDK's reader has no public "attach"; reading would block until the writer sends something.
-        await asyncio.wait_for(reader._ensure_connected(), _RELEASE_ATTACH_S)
-    with contextlib.suppress(Exception):
-        await reader.close_async()
 
 
 async def _abort_writer(writer: ChannelWriter, reason: str) -> None:

@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 from collections import deque
@@ -47,6 +48,8 @@ DEFAULT_TEXT_LIMIT = 16 * 1024 * 1024
 # Binary bytes set aside while next_message()/messages() wait for text: a writer that sends only bytes must not
 # grow a reader that waits for a message without bound (it held 300 MiB for one header that came last).
 DEFAULT_BUFFER_LIMIT = 64 * 1024 * 1024
+# How long a consumer that gives up tries to attach its reader so the writer hears "reader gone".
+_RELEASE_ATTACH_S = 10.0
 
 
 class ChannelSource:
@@ -63,7 +66,8 @@ class ChannelSource:
         progress: ``True`` for a terminal bar or a ``callback(done, total)``. A callback that raises fails the
             source for good: the read that called it raises its exception, every later read that needs the
             channel :class:`ChannelClosedError` (the chunk it was called for had been counted and digested; handed
-            out no more, it would leave a stream short, yet verified).
+            out no more, it would leave a stream short, yet verified), and the reader is closed, so the writer
+            gets ``ReaderGoneError`` at once.
         total: expected size, for progress reporting.
         on_text: called with each text message (other than the trailer) as it arrives.
         text_limit: most characters of text messages held for ``messages()`` / ``next_message()`` while bytes are
@@ -186,7 +190,11 @@ class ChannelSource:
                 self._digest.update(message)
             self.bytes_read += len(message)
             if self._progress is not None:
-                self._report(self._progress, self.bytes_read)
+                try:
+                    self._report(self._progress, self.bytes_read)
+                except BaseException:
+                    await self._give_up()
+                    raise
             return message
         return None
 
@@ -269,6 +277,11 @@ class ChannelSource:
         if self._on_text is not None:
             self._on_text(text)
         await self.reader._dispatch(text)
+
+    async def _give_up(self) -> None:
+        """This source failed for good: release its reader, so the writer gets ``ReaderGoneError`` at once instead
+        of waiting on backpressure for reads that will never come (as ``to_process`` & co do on failure)."""
+        await asyncio.shield(_release_writer(self.reader))
 
     def _report(self, call: Callable[..., object], *args: int) -> None:
         try:
@@ -529,7 +542,10 @@ class ChannelSource:
             yield item
 
     async def lines(self, limit: int = DEFAULT_LINE_LIMIT) -> AsyncIterator[bytes]:
-        """Lines including their ``\\n`` (the last one may lack it).
+        """Lines including their ``\\n`` (the last one may lack it). A line longer than ``limit`` raises
+        :class:`LimitExceededError` and ends this source for good: its reader is closed, so the writer gets
+        ``ReaderGoneError`` at once (it waited on backpressure for reads that never came). To go on past an
+        over-long line, read with :meth:`readline` instead.
 
         Example:
             >>> import asyncio
@@ -543,11 +559,19 @@ class ChannelSource:
             >>> asyncio.run(demo())
             [b'a\\n', b'b\\n', b'last']
         """
-        while line := await self.readline(limit):
+        while True:
+            try:
+                line = await self.readline(limit)
+            except LimitExceededError:
+                await self._give_up()
+                raise
+            if not line:
+                return
             yield line
 
     async def json_records(self, limit: int = DEFAULT_LINE_LIMIT) -> AsyncIterator[Any]:
         """One JSON value per line (NDJSON); blank lines are skipped; ``ValueError`` names a line that is not JSON.
+        A line that is not JSON, or longer than ``limit``, ends this source for good, as in :meth:`lines`.
 
         Example:
             >>> import asyncio
@@ -568,6 +592,7 @@ class ChannelSource:
                 try:
                     record = json.loads(line)
                 except ValueError as exc:
+                    await self._give_up()
                     raise ValueError(f"channel {self.reader.ref.channel_id}: line {number} is not JSON ({exc}): "
                                      f"{line[:80]!r}") from None
                 yield record
@@ -638,6 +663,19 @@ class ChannelSource:
         self._text_at.popleft()
         self._text_held -= len(text)
         return text
+
+
+async def _release_writer(reader: ChannelReader) -> None:
+    """Tell the writer at once that nothing (more) will be read: attach the reader if it never did, then close.
+
+    Closing a reader that never attached reaches nobody, and its writer would wait on backpressure until the
+    channel's attach timeout (300 s on our engine). Errors are swallowed: this runs on a failure path.
+    """
+    with contextlib.suppress(Exception):
+        # The SDK's reader has no public "attach"; reading would block until the writer sends something.
+        await asyncio.wait_for(reader._ensure_connected(), _RELEASE_ATTACH_S)
+    with contextlib.suppress(Exception):
+        await reader.close_async()
 
 
 def source(reader: ChannelReader, **options: Any) -> ChannelSource:
