@@ -1909,7 +1909,14 @@ class ChannelReader:
 
     def release_unfinished_now(self, why: str) -> bool:
         """:meth:`release_unfinished` from any thread, without waiting: the connection is dropped (its writer gets
-        :class:`ReaderGoneError`). For a client's shutdown, which cannot wait on every reader's loop."""
+        :class:`ReaderGoneError`). For a client's shutdown, which cannot wait on every reader's loop.
+
+        Example:
+            >>> reader = ChannelReader("ws://localhost:49134/", {"channel_id": "c1", "access_key": "k",
+            ...                                                  "direction": "read"})
+            >>> reader.release_unfinished_now("the client was shut down")  # never read: left alone
+            False
+        """
         if not self._claim(why):
             return False
         end = self._end
