@@ -513,7 +513,7 @@ class OtelModule(EngineModule):
         if self._in_log_trigger_trace(entry["trace_id"]) or self._in_log_trigger_trace(trace_id):
             self.log_trigger_feedback += len(targets)
             return
-        if untraced(entry["trace_id"]) and untraced(trace_id) and self._feedback_untraced(entry, caller, by_call):
+        if untraced(entry["trace_id"]) and untraced(trace_id) and self._feedback_untraced(caller, by_call):
             self.log_trigger_feedback += len(targets)
             self.log_trigger_feedback_untraced += len(targets)
             return
@@ -532,19 +532,16 @@ class OtelModule(EngineModule):
         finally:
             _FIRING_LOG_TRIGGER.reset(token)
 
-    def _feedback_untraced(self, entry: dict[str, Any], caller: str | None, by_call: bool) -> bool:
+    def _feedback_untraced(self, caller: str | None, by_call: bool) -> bool:
         """Whether a record without trace context is taken for a log trigger handler's: the reference SDK's sync
         handlers lose the call's trace (it runs them in an executor without their context), and looped for ever.
 
-        An ``engine::log::*`` call: its worker had a log trigger's call in flight, or answered one within
-        :data:`~.feedback.GRACE_S`. A ``LOGS`` frame's record (which worker wrote it is not known: the reference SDK
-        sends telemetry on a connection of its own): stamped (its timestamp, else its observed timestamp; one with
-        neither is ordinary) while any log trigger's call was in its first :data:`~.feedback.STAMP_CAP_S` in
-        flight, give or take :data:`~.feedback.STAMP_GRACE_S`."""
-        if by_call:
-            return self._log_trigger_calls.worker_busy(caller, _now_ns())
-        stamped = entry.get("timestamp_unix_nano") or entry.get("observed_timestamp_unix_nano")
-        return isinstance(stamped, int) and self._log_trigger_calls.written_during(stamped)
+        Only an ``engine::log::*`` call is: its worker had a log trigger's call in flight, or answered one within
+        :data:`~.feedback.GRACE_S`. A ``LOGS`` frame's record is ordinary: which worker wrote it is not known (the
+        reference SDK sends telemetry on a connection of its own), and a rule for every worker's untraced records
+        (tried: those stamped while any log trigger's call was in flight) kept a busy log trigger, such as one that
+        ships records elsewhere, from firing for nearly any of them."""
+        return by_call and self._log_trigger_calls.worker_busy(caller, _now_ns())
 
     def _mark(self, head: str) -> str:
         return hashlib.blake2b(head.encode(), digest_size=8, key=self._trace_mark_key).hexdigest()
@@ -584,7 +581,7 @@ class OtelModule(EngineModule):
         call = _Call(function_id, trace_id, f"{random.getrandbits(64):016x}", parent[1] if parent else None,
                      _now_ns(), attributes)
         if firing and not builtin and worker_id is not None:  # routed: worker_id is the callee's
-            self._log_trigger_calls.started(worker_id, call.start_ns)
+            self._log_trigger_calls.started(worker_id)
             call.log_trigger_worker = worker_id
         return call
 
@@ -597,7 +594,7 @@ class OtelModule(EngineModule):
         if builtin:
             self.counters.count(call.function_id, "error" if error is not None else "success")
         if call.log_trigger_worker is not None:
-            self._log_trigger_calls.finished(call.log_trigger_worker, _now_ns(), call.start_ns)
+            self._log_trigger_calls.finished(call.log_trigger_worker, _now_ns())
         if self.spans is None and self.forwarder is None:
             return
         span: dict[str, Any] = {
