@@ -1373,12 +1373,12 @@ class III:
         )
         writer_ref = StreamChannelRef(**result["writer"])
         reader_ref = StreamChannelRef(**result["reader"])
-        return Channel(
-            writer=ChannelWriter(self._address, writer_ref),
-            reader=ChannelReader(self._address, reader_ref),
-            writer_ref=writer_ref,
-            reader_ref=reader_ref,
-        )
+        writer, reader = ChannelWriter(self._address, writer_ref), ChannelReader(self._address, reader_ref)
+        # stopped by shutdown (HandlerRunner.close), as the ends handlers get in payloads are: a write blocked on a
+        # reader that never came waited out the attach deadline (300 s) after shutdown returned
+        self._runner.ends.add(writer)
+        self._runner.ends.add(reader)
+        return Channel(writer=writer, reader=reader, writer_ref=writer_ref, reader_ref=reader_ref)
 
     # ---------------------------------------------------------------- conveniences
 
@@ -1467,7 +1467,9 @@ class III:
         Example:
             >>> # iii.create_stream("todos", MemoryStream())
         """
-        for function_id, handler in stream_functions(stream_name, stream).items():
+        # an iii_streams store refuses a group over the engine's message size before building its answer
+        for function_id, handler in stream_functions(stream_name, stream,
+                                                     max_bytes=lambda: self._conn.max_message_size).items():
             self.register_function({"id": function_id}, handler)
 
 

@@ -193,3 +193,34 @@ async def test_shutdown_stops_a_sync_handler_blocked_writing_into_its_payload_wr
     finally:
         await handler_client.shutdown_async()
         await caller.shutdown_async()
+
+
+async def test_shutdown_stops_a_write_blocked_in_a_channel_the_client_created(engine_url: str) -> None:
+    """A writer from ``create_channel`` whose reader never connects: before, a thread blocked writing into it was
+    still alive 10 s after ``shutdown()`` (until the engine's attach deadline, 300 s)."""
+    client = III(engine_url)
+    await client.connect_async()
+    wrote_once, stopped = threading.Event(), threading.Event()
+    outcome: list[BaseException] = []
+    try:
+        channel = await client.create_channel_async()
+
+        def produce() -> None:
+            try:
+                for _ in range(MANY):
+                    channel.writer.stream.write(BLOCK)
+                    wrote_once.set()
+            except BaseException as exc:
+                outcome.append(exc)
+            finally:
+                stopped.set()
+
+        thread = threading.Thread(target=produce, daemon=True)
+        thread.start()
+        assert await asyncio.to_thread(wrote_once.wait, 10)
+        await client.shutdown_async()
+        assert await asyncio.to_thread(stopped.wait, 10), "the write still blocked after the shutdown"
+        assert len(outcome) == 1 and isinstance(outcome[0], ChannelClosedError), outcome
+        assert "the client was shut down" in str(outcome[0])
+    finally:
+        await client.shutdown_async()
