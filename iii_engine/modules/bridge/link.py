@@ -13,7 +13,10 @@ connection. The SDK's outbox is bounded by its ``MAX_QUEUE_SIZE``.
 
 A remote that stops answering without closing its socket (a stopped or hung process) is found by a WebSocket ping
 while calls are pending: one every ``ping_interval_s`` (1 s), and a pong not back within ``ping_timeout_s`` (5 s)
-drops the connection, which the SDK then makes again. Calls written to it fail at once, saying they may have run
+drops the connection, which the SDK then makes again, unless the remote showed life meanwhile: bytes came from it
+(its pong waits behind an answer it is still sending over a slow link) or it acknowledged bytes of ours on their way
+to it (it reads a big frame of ours slowly); each further ``ping_timeout_s`` without a pong needs that again (the
+kernel's TCP_INFO counters on Linux; elsewhere only our unacknowledged bytes going down count). Calls written to it fail at once, saying they may have run
 there (their frames reached the remote); calls not yet written fail after ``connect_grace_s`` saying they were not
 sent. Before, such a remote held every bridged call for its whole timeout (30 s for the stores) and the connection
 stayed "connected" until websockets' own keepalive gave up, 20 to 40 s after the stop.
@@ -34,6 +37,9 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import socket
+import struct
+import sys
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -262,17 +268,22 @@ class BridgeLink:
         self._probed_at = now
         # the socket lives on the SDK client's own loop; the SDK has no keepalive setting of its own (websockets'
         # default, 20 s + 20 s, is all it has), so the link pings through its connection
+        client_loop = _sdk_loop(client)
+        if client_loop is None:
+            return
         ping = self._ping(client)
         try:
-            self._probe = asyncio.run_coroutine_threadsafe(ping, client._loop)
+            self._probe = asyncio.run_coroutine_threadsafe(ping, client_loop)
         except RuntimeError:  # the client's loop is closed: the link is closing
             ping.close()
 
     async def _ping(self, client: III) -> None:
         """On the client's loop: ping its socket; no pong within ``ping_timeout_s`` drops the connection, unless
-        bytes of ours are still on their way to the remote then (its pong comes after them: a remote reading a big
-        frame slowly is alive, and one that takes none of them is the SDK's ``send_timeout``'s to judge)."""
-        ws = client._conn._ws
+        the socket made progress meanwhile: bytes came from the remote (its pong waits behind an answer it is
+        still sending over a slow link) or the remote acknowledged bytes of ours (it is reading a big frame of
+        ours, and its pong comes after). Each further ``ping_timeout_s`` without a pong needs progress again, so
+        a remote that stopped with megabytes of ours unacknowledged is found one or two timeouts later."""
+        ws = _sdk_socket(client)
         if ws is None:
             return
 
@@ -282,22 +293,26 @@ class BridgeLink:
 
         answered = asyncio.ensure_future(round_trip())
         answered.add_done_callback(lambda task: task.cancelled() or task.exception())  # (read: never "unretrieved")
+        seen = _progress(ws)
         try:
             while True:
                 try:
                     await asyncio.wait_for(asyncio.shield(answered), self.ping_timeout_s)
                     break
                 except TimeoutError:
-                    if client._conn._ws is not ws:
+                    if _sdk_socket(client) is not ws:
                         return  # replaced meanwhile: that socket is gone already
-                    if not _unacknowledged(ws):
+                    now = _progress(ws)
+                    if not now.beyond(seen):
                         raise
+                    seen = now
         except TimeoutError:
-            if client._conn._ws is not ws:
+            if _sdk_socket(client) is not ws:
                 return
             self.silence = f"it answered no ping within {self.ping_timeout_s:g} s: stopped or hung"
-            log.warning("bridge %s: remote engine %s answered no ping within %g s (stopped or hung); dropping the "
-                        "connection and connecting again", self.role, self.shown, self.ping_timeout_s)
+            log.warning("bridge %s: remote engine %s answered no ping within %g s and took or sent no byte "
+                        "meanwhile (stopped or hung); dropping the connection and connecting again", self.role,
+                        self.shown, self.ping_timeout_s)
             ws.transport.abort()  # the SDK sees the loss, fails the calls written to it and reconnects
         except ConnectionClosed:
             pass
@@ -394,10 +409,82 @@ class BridgeLink:
             await client.shutdown_async()  # its loop thread joined too, this loop never blocked on it
 
 
+def _sdk_loop(client: III) -> asyncio.AbstractEventLoop | None:
+    """The SDK client's own event loop, where its socket lives (``None``: an SDK without one known here, and the
+    link pings nothing; websockets' own keepalive is left). With :func:`_sdk_socket`, the link's only reach into the
+    SDK's insides: it has no public accessor for them."""
+    loop = getattr(client, "_loop", None)
+    return loop if isinstance(loop, asyncio.AbstractEventLoop) else None
+
+
+def _sdk_socket(client: III) -> ClientConnection | None:
+    """The SDK client's socket now (``None``: none up, or an SDK whose insides are not the ones known here)."""
+    ws = getattr(getattr(client, "_conn", None), "_ws", None)
+    return ws if isinstance(ws, ClientConnection) else None
+
+
 def _unacknowledged(ws: ClientConnection) -> int:
     """Bytes written to ``ws`` that the remote's TCP has not acknowledged yet: those its transport still holds and
     those in the kernel's send queue (Linux)."""
     return write_buffer_size(ws) + unacknowledged(ws.transport.get_extra_info("socket"))
+
+
+@dataclass(frozen=True, slots=True)
+class _Progress:
+    """What a socket has done so far: bytes of ours its remote acknowledged (``acked``) and bytes it sent us
+    (``received``), from the kernel's TCP_INFO (``None`` where that is not known), and bytes of ours unacknowledged
+    now (``unacked``, :func:`_unacknowledged`).
+
+    Example:
+        >>> _Progress(1, 10, 0).beyond(_Progress(1, 9, 0))  # bytes came from the remote
+        True
+        >>> _Progress(9, 1, 5).beyond(_Progress(5, 1, 9)), _Progress(9, 1, 0).beyond(_Progress(8, 1, 0))
+        (True, False)
+        >>> _Progress(None, None, 5).beyond(_Progress(None, None, 8))  # no kernel counters: fewer unacknowledged
+        True
+    """
+
+    acked: int | None
+    received: int | None
+    unacked: int
+
+    def beyond(self, before: _Progress) -> bool:
+        """Whether the remote showed life since ``before``: it sent us bytes, or it acknowledged bytes of ours while
+        some were on their way to it (the ping behind them). Bytes acknowledged with none of ours outstanding, the
+        ping's own for one, prove only its kernel alive: a stopped process's kernel takes small frames all the same.
+        Without the kernel's counters, fewer of our bytes unacknowledged (received bytes are not seen then)."""
+        if self.received is not None and before.received is not None and self.received > before.received:
+            return True
+        if self.acked is not None and before.acked is not None:
+            return self.acked > before.acked and (self.unacked > 0 or before.unacked > 0)
+        return self.unacked < before.unacked
+
+
+def _progress(ws: ClientConnection) -> _Progress:
+    sock = ws.transport.get_extra_info("socket")
+    acked, received = _tcp_counts(sock)
+    return _Progress(acked, received, _unacknowledged(ws))
+
+
+# struct tcp_info (linux/tcp.h, Linux >= 4.1): tcpi_bytes_acked and tcpi_bytes_received, two u64 from byte 120
+_TCP_INFO: Final = getattr(socket, "TCP_INFO", None) if sys.platform.startswith("linux") else None
+_TCP_INFO_BYTES: Final = struct.Struct("=QQ")
+_TCP_INFO_AT: Final = 120
+
+
+def _tcp_counts(sock: Any) -> tuple[int | None, int | None]:
+    """Bytes of ours ``sock``'s peer acknowledged and bytes it sent us, per the kernel; ``(None, None)`` where the
+    kernel does not tell (not Linux, a kernel before 4.1, a closed socket)."""
+    if _TCP_INFO is None or sock is None:
+        return None, None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 256)
+    except (OSError, ValueError):
+        return None, None
+    if len(info) < _TCP_INFO_AT + _TCP_INFO_BYTES.size:
+        return None, None
+    acked, received = _TCP_INFO_BYTES.unpack_from(info, _TCP_INFO_AT)
+    return int(acked), int(received)
 
 
 @dataclass(eq=False)

@@ -20,7 +20,7 @@ from iii_engine.modules.bridge.link import BridgeCallError, BridgeLink
 from tests.conftest import EngineProcess
 from tests.integration.modules.test_bridge_topology import BACK
 from tests.polling import until
-from tests.stall_relay import Relay
+from tests.stall_relay import SMALL_BUFFER, Relay
 
 pytestmark = pytest.mark.our_engine("starts a back engine process and stops it with SIGSTOP")
 
@@ -107,26 +107,102 @@ async def test_a_stopped_back_is_found_by_ping_and_later_calls_are_not_sent(back
         await link.close()
 
 
-async def test_a_remote_slow_to_take_a_big_frame_is_not_taken_for_silent() -> None:
-    # Its pong comes after the frame: while bytes of ours are still on their way to it, the ping's timeout does not
-    # cut the connection (the SDK's send_timeout judges a remote that takes none of them for 30 s).
-    async with Engine(port=0) as engine:
-        relay = Relay(engine.port)
-        await relay.start()
-        link = BridgeLink(relay.url, role="test")
-        link.ping_timeout_s = 0.2
-        link.start()
+class SlowRelay(Relay):
+    """:class:`Relay` whose pumps pass at most ``rate`` bytes a second, each way its own (``None``: at full speed):
+    ``to_back`` what the link sends, ``to_front`` what the remote answers (a slow link)."""
+
+    def __init__(self, target_port: int) -> None:
+        super().__init__(target_port)
+        self.to_back: int | None = None
+        self.to_front: int | None = None
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, gated: bool) -> None:
         try:
-            await link.call("state::set", {"scope": "slow", "key": "k", "value": 0})
-            relay.flowing.clear()  # the remote stops taking what the link sends, for ten ping timeouts
-            value = "x" * 4_000_000
-            big = asyncio.ensure_future(link.call("state::set", {"scope": "slow", "key": "k", "value": value}))
-            await asyncio.sleep(2.0)  # (the length of the stall, not a wait for an event)
-            assert not big.done(), big
-            relay.flowing.set()
-            result = await asyncio.wait_for(big, 20)
-            assert result == {"old_value": 0, "new_value": value}
-            assert link.connected and link.silence is None
+            while True:
+                if gated:
+                    await self.flowing.wait()
+                data = await reader.read(SMALL_BUFFER)
+                if not data:
+                    break
+                writer.write(data)
+                await writer.drain()
+                rate = self.to_back if gated else self.to_front
+                if rate is not None:
+                    await asyncio.sleep(len(data) / rate)  # (the pace of the link, not a wait for an event)
+        except (ConnectionError, OSError):
+            pass
         finally:
-            await link.close()
+            writer.transport.abort()
+
+
+@pytest.fixture
+async def slow_relay() -> AsyncIterator[SlowRelay]:
+    async with Engine(port=0) as engine:
+        relay = SlowRelay(engine.port)
+        await relay.start()
+        try:
+            yield relay
+        finally:
             await relay.close()
+
+
+async def test_a_big_answer_coming_slowly_is_not_taken_for_silence(slow_relay: SlowRelay) -> None:
+    # The remote's pong waits behind the answer it is sending: bytes arriving from it prove it alive. Before, only
+    # bytes of ours unacknowledged did: a 1 MB answer over a 400 KB/s link was cut at every attempt ("answered no
+    # ping within 0.5 s"), a 3 MB one at 500 KB/s with the default 5 s timeout the same way.
+    link = BridgeLink(slow_relay.url, role="test")
+    link.ping_timeout_s = 0.5
+    link.start()
+    try:
+        value = "x" * 1_000_000
+        await link.call("state::set", {"scope": "slow", "key": "k", "value": value})
+        slow_relay.to_front = 400_000
+        began = time.monotonic()
+        assert await link.call("state::get", {"scope": "slow", "key": "k"}, timeout_ms=20_000) == value
+        took = time.monotonic() - began
+        assert took > 4 * link.ping_timeout_s, f"the answer came in {took:.1f} s: not slow enough to test anything"
+        assert link.connected and link.silence is None
+    finally:
+        await link.close()
+
+
+async def test_a_remote_slow_to_take_a_big_frame_is_not_taken_for_silence(slow_relay: SlowRelay) -> None:
+    # Its pong comes after the frame: while the remote keeps acknowledging bytes of ours, it is alive.
+    link = BridgeLink(slow_relay.url, role="test")
+    link.ping_timeout_s = 0.3
+    link.start()
+    try:
+        await link.call("state::set", {"scope": "slow", "key": "k", "value": 0})
+        slow_relay.to_back = 1_000_000
+        value = "x" * 2_000_000
+        began = time.monotonic()
+        result = await link.call("state::set", {"scope": "slow", "key": "k", "value": value}, timeout_ms=20_000)
+        took = time.monotonic() - began
+        assert result == {"old_value": 0, "new_value": value}
+        assert took > 4 * link.ping_timeout_s, f"the frame went in {took:.1f} s: not slow enough to test anything"
+        assert link.connected and link.silence is None
+    finally:
+        await link.close()
+
+
+async def test_a_remote_that_takes_none_of_a_big_frame_is_found_by_ping(slow_relay: SlowRelay) -> None:
+    # Progress, not a count: bytes of ours unacknowledged for a whole ping timeout, none taken meanwhile, no byte
+    # from the remote, is a stopped remote. Before, any unacknowledged byte kept the connection: a back SIGSTOPped
+    # with 4 x 2 MB on their way held every call, a later small one too, for its whole timeout (25 s).
+    link = BridgeLink(slow_relay.url, role="test")
+    link.ping_timeout_s = 0.5
+    link.start()
+    try:
+        await link.call("state::set", {"scope": "slow", "key": "k", "value": 0})
+        slow_relay.flowing.clear()  # the remote takes nothing more, for good
+        began = time.monotonic()
+        with pytest.raises(BridgeCallError) as lost:
+            await asyncio.wait_for(link.call("state::set", {"scope": "slow", "key": "k", "value": "x" * 4_000_000},
+                                             timeout_ms=20_000), 10)
+        took = time.monotonic() - began
+        assert "lost during the call of state::set (it answered no ping within 0.5 s: stopped or hung)" in \
+            str(lost.value), lost.value
+        assert MAY_HAVE in str(lost.value), lost.value
+        assert took < 5.0, f"found after {took:.1f} s"
+    finally:
+        await link.close()
