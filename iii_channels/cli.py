@@ -77,7 +77,6 @@ from iii.iii_types import WorkerInfo
 from .errors import ChannelError
 from .files import (
     _abort_writer,
-    _release_writer,
     check_receive_target,
     checked_file_name,
     receive_file,
@@ -86,7 +85,7 @@ from .files import (
 )
 from .pipes import from_fd, to_fd
 from .progress import Progress, ProgressBar, human_bytes
-from .source import ChannelSource
+from .source import ChannelSource, _release_writer
 
 DEFAULT_ENGINE = "ws://localhost:49134"
 DEFAULT_CONNECT_TIMEOUT_S = 10.0

@@ -41,10 +41,10 @@ import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.channels import ChannelReader, ChannelWriter
 
 from .errors import ChannelError, ProcessError
-from .files import _abort_writer, _release_writer
+from .files import _abort_writer
 from .progress import Progress
 from .sink import ChannelSink
-from .source import ChannelSource
+from .source import ChannelSource, _release_writer
 
 PIPE_CHUNK = 256 * 1024
 STDERR_TAIL = 64 * 1024

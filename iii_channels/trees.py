@@ -70,7 +70,6 @@ from .files import (
     _abort_writer,
     _lock_part_dir,
     _new_dir_mode,
-    _release_writer,
     _send_file_bytes,
     check_chunk_size,
     new_file_mode,
@@ -79,7 +78,7 @@ from .files import (
 from .integrity import Digest
 from .progress import Progress
 from .sink import ChannelSink
-from .source import ChannelSource
+from .source import ChannelSource, _release_writer
 
 ENTRY_KEY = "iii_channels_entry"
 END_KEY = "iii_channels_entry_end"
