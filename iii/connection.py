@@ -1235,16 +1235,34 @@ class Connection:
 
     def _drop_keyed(self) -> None:
         """Reconnection gave up: every queued call fails now (never sent) instead of waiting out its timeout."""
+        for key in self._take_keyed():
+            self._on_dropped(key)
+
+    def take_queued_calls(self) -> list[str] | None:
+        """While no socket is up: take every queued call (a keyed frame) out of the queue, unsent, and return their
+        keys; their senders are told nothing (the caller tells them). ``None`` while a socket is up: its flush may
+        have written them. Loop thread only, so what it takes is never written, to this socket or a later one.
+
+        Example:
+            >>> conn = Connection("ws://127.0.0.1:1", on_frame=print)
+            >>> conn.send_soon('{"call":1}', "k1"); conn.send_soon('{"void":1}')
+            >>> conn.take_queued_calls(), conn.queued_keys(), len(conn._backlog)
+            (['k1'], set(), 1)
+        """
+        return None if self._ws is not None else self._take_keyed()
+
+    def _take_keyed(self) -> list[str]:
         if not self._keyed:
-            return
-        dropped = [key for _, key in self._backlog if isinstance(key, str)]
+            return []
+        taken = [key for _, key in self._backlog if isinstance(key, str)]
         kept = [(frame, key) for frame, key in self._backlog if not isinstance(key, str)]
         self._held_bytes -= sum(len(frame) for frame, key in self._backlog if isinstance(key, str))
         self._backlog.clear()
         self._backlog.extend(kept)
         self._keyed = 0
-        for key in dropped:
-            self._on_dropped(key)
+        if self._waiting:
+            self._admit_waiting()
+        return taken
 
     def _kick(self) -> None:
         if self._flusher is None or self._flusher.done():

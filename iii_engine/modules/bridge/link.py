@@ -16,10 +16,14 @@ while calls are pending: one every ``ping_interval_s`` (1 s), and a pong not bac
 drops the connection, which the SDK then makes again, unless the remote showed life meanwhile: bytes came from it
 (its pong waits behind an answer it is still sending over a slow link) or it acknowledged bytes of ours on their way
 to it (it reads a big frame of ours slowly); each further ``ping_timeout_s`` without a pong needs that again (the
-kernel's TCP_INFO counters on Linux; elsewhere only our unacknowledged bytes going down count). Calls written to it fail at once, saying they may have run
-there (their frames reached the remote); calls not yet written fail after ``connect_grace_s`` saying they were not
-sent. Before, such a remote held every bridged call for its whole timeout (30 s for the stores) and the connection
-stayed "connected" until websockets' own keepalive gave up, 20 to 40 s after the stop.
+kernel's TCP_INFO counters on Linux; elsewhere only our unacknowledged bytes going down count). Calls written to
+the dropped connection fail at once, saying they may have run there (their frames reached the remote); calls not
+yet written fail after ``connect_grace_s`` saying they were not sent. Before, such a remote held every bridged call
+for its whole timeout (30 s for the stores) and the connection stayed "connected" until websockets' own keepalive
+gave up, 20 to 40 s after the stop.
+
+"Not sent" is decided on the SDK client's own loop, where frames are written: in one step there, with no socket
+up, the calls still queued are taken out of its queue (never written later); while a socket is up the calls wait on.
 
 Example:
     >>> link = BridgeLink("ws://127.0.0.1:1", role="docs")
@@ -50,7 +54,7 @@ from websockets.exceptions import ConnectionClosed
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii._cli import mask_passwords
-from iii.connection import check_url
+from iii.connection import Connection, check_url
 from iii.errors import ConnectionLostError, InvocationError, OutboundQueueFullError, ShuttingDownError
 from iii.iii import III
 from iii.iii_constants import InitOptions, ReconnectionConfig
@@ -249,13 +253,52 @@ class BridgeLink:
                     lost_since = loop.time()
                 elif loop.time() - lost_since >= self.connect_grace_s:
                     lost_since = None
-                    outage, watch.outage = watch.outage, None
-                    if outage is not None and not outage.done():
+                    outage, watch.outage = watch.outage, None  # (calls from now on join a new one)
+                    if outage is None or outage.done():
+                        continue
+                    # One turn: each call that joined this outage had its first step (the hand-over of its frame to
+                    # the client's loop) scheduled before this; after the turn, all those hand-overs are posted to
+                    # the client's loop ahead of the look below (both loops run their callbacks first come first).
+                    await asyncio.sleep(0)
+                    if await self._queued_calls_taken():
                         outage.set_result(None)
+                    else:  # a socket is up again: its flush may write them; they wait on, in the next outage
+                        _rejoin(watch, outage)
         finally:
             # no await between the last look at the count and this: a call of this loop cannot slip in between
             if self._watches.get(loop) is watch:
                 del self._watches[loop]
+
+    async def _queued_calls_taken(self) -> bool:
+        """Decide on the client's own loop, where frames are written, whether the calls pending now were not sent:
+        True when no socket is up there, and then every call still queued for one is taken out of its queue in the
+        same step (never written, to any socket); the calls written to the lost socket were failed already, when it
+        was lost. False while a socket is up (its flush may be writing them), or when the client's loop does not
+        answer within ``connect_grace_s`` (held: the next check looks again; each call's timeout bounds it).
+
+        Why on that loop: the link's grace (2 s) is the SDK's reconnect pause (2 s), so a verdict made on this
+        loop and a flush of the queued frames on a connection made meanwhile could land within milliseconds of each
+        other; a call told "not sent" could have been written."""
+        client = self._client
+        if client is None:
+            return True  # closed: nothing is written any more
+        conn, client_loop = _sdk_connection(client), _sdk_loop(client)
+        if conn is None or client_loop is None:
+            return not self.connected  # (an SDK whose insides are not known here: this loop's look, not exact)
+        looked: concurrent.futures.Future[bool] = concurrent.futures.Future()
+
+        def look() -> None:
+            if looked.set_running_or_notify_cancel():
+                looked.set_result(conn.take_queued_calls() is not None)
+
+        try:
+            client_loop.call_soon_threadsafe(look)
+        except RuntimeError:
+            return True  # the client's loop is closed: it writes nothing any more
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(looked), self.connect_grace_s)
+        except TimeoutError:
+            return False
 
     def _keepalive(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start a ping of the remote unless one is in flight or the last started under ``ping_interval_s`` ago."""
@@ -411,16 +454,36 @@ class BridgeLink:
 
 def _sdk_loop(client: III) -> asyncio.AbstractEventLoop | None:
     """The SDK client's own event loop, where its socket lives (``None``: an SDK without one known here, and the
-    link pings nothing; websockets' own keepalive is left). With :func:`_sdk_socket`, the link's only reach into the
-    SDK's insides: it has no public accessor for them."""
+    link pings nothing; websockets' own keepalive is left). With :func:`_sdk_connection` (whose public methods it
+    then uses) and :func:`_sdk_socket`, the link's only reach into the SDK's insides: it has no public accessor for
+    them."""
     loop = getattr(client, "_loop", None)
     return loop if isinstance(loop, asyncio.AbstractEventLoop) else None
 
 
+def _sdk_connection(client: III) -> Connection | None:
+    """The SDK client's connection (``None``: an SDK whose insides are not the ones known here)."""
+    conn = getattr(client, "_conn", None)
+    return conn if isinstance(conn, Connection) else None
+
+
 def _sdk_socket(client: III) -> ClientConnection | None:
     """The SDK client's socket now (``None``: none up, or an SDK whose insides are not the ones known here)."""
-    ws = getattr(getattr(client, "_conn", None), "_ws", None)
+    ws = getattr(_sdk_connection(client), "_ws", None)
     return ws if isinstance(ws, ClientConnection) else None
+
+
+def _rejoin(watch: _LoopWatch, outage: asyncio.Future[None]) -> None:
+    """Calls of ``outage`` wait on: the next outage of ``watch`` ends them too."""
+    if watch.outage is None or watch.outage.done():
+        watch.outage = outage
+    else:
+        watch.outage.add_done_callback(lambda _: _end(outage))
+
+
+def _end(outage: asyncio.Future[None]) -> None:
+    if not outage.done():
+        outage.set_result(None)
 
 
 def _unacknowledged(ws: ClientConnection) -> int:

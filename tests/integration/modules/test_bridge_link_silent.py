@@ -206,3 +206,51 @@ async def test_a_remote_that_takes_none_of_a_big_frame_is_found_by_ping(slow_rel
         assert took < 5.0, f"found after {took:.1f} s"
     finally:
         await link.close()
+
+
+async def test_a_call_told_not_sent_is_never_written_even_if_the_remote_comes_back_meanwhile(
+        back: EngineProcess) -> None:
+    # "Not sent" is decided on the SDK client's loop, where frames are written: the call's frame is taken out of its
+    # queue there, in the same step. Before, the link decided on the engine's loop and the frame left the queue only
+    # when the call's cancellation reached the client's loop: an engine loop busy meanwhile (held 2 s here, past the
+    # SDK's 2 s reconnect pause) let the new connection write it, and the back applied a write its caller was told
+    # had not been sent.
+    link = BridgeLink(back.url, role="test", connect_grace_s=1.0)  # well under the SDK's 2 s reconnect pause
+    link.ping_timeout_s = 0.5
+    link.start()
+    try:
+        await link.call("state::set", {"scope": "race", "key": "k", "value": 0})
+        client = link._client
+        assert client is not None
+        os.kill(back.process.pid, signal.SIGSTOP)
+        try:
+            # the back takes nothing: the small call queues in the SDK behind the big ones, unwritten
+            big = [asyncio.ensure_future(link.call("state::set", {"scope": "race", "key": f"big{i}",
+                                                                  "value": "x" * 4_000_000}, timeout_ms=20_000))
+                   for i in range(4)]
+            await asyncio.sleep(0.1)  # (time for the big frames to fill the socket, not a wait for an event)
+            small = asyncio.ensure_future(link.call("state::set", {"scope": "race", "key": "k", "value": 1},
+                                                    timeout_ms=20_000))
+            await until(lambda: bool(client._conn.queued_keys()), 5)
+            await until(lambda: link.silence is not None, 10)  # the ping dropped the connection
+        finally:
+            os.kill(back.process.pid, signal.SIGCONT)  # the SDK's next connection (2 s after the drop) goes through
+        watch = link._watches[asyncio.get_running_loop()]
+        assert watch.outage is not None and not small.done()
+        # the engine's loop is held (a busy engine) from the moment the link says "not sent" until past the reconnect
+        watch.outage.add_done_callback(lambda _: time.sleep(2.0))
+        told: dict[str, str] = {}
+        for key, call in [*((f"big{i}", c) for i, c in enumerate(big)), ("k", small)]:
+            with pytest.raises(BridgeCallError) as failed:
+                await asyncio.wait_for(call, 10)
+            told[key] = str(failed.value)
+        assert NOT_SENT in told["k"], told["k"]
+        await until(lambda: link.connected, 10)
+        for key, error in told.items():
+            if NOT_SENT in error:  # a call told "not sent" was never applied, now that the back runs again
+                never_applied = await link.call("state::get", {"scope": "race", "key": key}) in (0, None)
+                assert never_applied, f"{key} was applied, its caller told: {error}"
+            else:
+                assert MAY_HAVE in error, error
+    finally:
+        await link.close()
