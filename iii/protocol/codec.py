@@ -935,6 +935,9 @@ def salvage_invocation(raw: str | bytes) -> dict[str, str | None]:
         >>> salvage_invocation('{"type":"invocationresult","invocation_id":"8d1c3b4e-0f6a-4c39-9c55-2f1f3f0f5a11",'
         ...                    '"result":NaN}')["message_type"]
         'invocationresult'
+        >>> salvage_invocation('{"type":"invokefunction","invocation_id":"8d1c3b4e-0f6a-4c39-9c55-2f1f3f0f5a11",'
+        ...                    '"function_id":"x\\\\ud800"}')["function_id"]  # a lone surrogate escape
+        'x?'
     """
     none: dict[str, str | None] = {"message_type": None, "invocation_id": None, "function_id": None}
     if isinstance(raw, str):
@@ -956,6 +959,10 @@ def salvage_invocation(raw: str | bytes) -> dict[str, str | None]:
         function_id = json.loads(f'"{function}"')
     except ValueError:
         function_id = function
+    if not function_id.isascii():
+        # a lone surrogate escape ("x\\ud800") cannot go back out as UTF-8: the reply naming it failed to encode,
+        # and the caller waited for good (the reply is matched by its invocation id; the name is for people)
+        function_id = function_id.encode("utf-8", "replace").decode("utf-8")
     return {"message_type": kinds.pop(), "invocation_id": ids.pop(), "function_id": function_id}
 
 

@@ -60,6 +60,19 @@ async def test_policy_violation_in_an_invoke_gets_invalid_message(engine: Engine
     await worker.close()
 
 
+async def test_a_call_whose_function_id_cannot_be_encoded_gets_invalid_message(engine: Engine) -> None:
+    # A lone surrogate escape in the function id: the reply naming it failed to encode, so the caller got no answer
+    # at all and waited for good (the engine logged "failed to handle a frame").
+    worker = await RawWorker.connect(engine.url)
+    invocation_id = str(uuid.uuid4())
+    await worker.send_raw('{"type":"invokefunction","invocation_id":"' + invocation_id
+                          + '","function_id":"x\\ud800","data":{}}')
+    frame = await worker.expect("invocationresult", invocation_id=invocation_id)
+    assert frame["error"]["code"] == "invalid_message" and frame["function_id"] == "x?"
+    assert await worker.result_of("engine::functions::list", {}) == {"functions": []}
+    await worker.close()
+
+
 @pytest.mark.parametrize("raw", ["[" * 100_000, "{\"a\":" * 100_000, f"[{BIG}," + "{\"a\":" * 100_000,
                                  '{"type":"registerfunction","id":"x","metadata":{"n":NaN}}',
                                  f'{{"type":"registerfunction","id":"x","metadata":{{"n":[{BIG},Infinity]}}}}'],
