@@ -20,7 +20,7 @@ from iii_engine.modules.bridge.link import BridgeCallError, BridgeLink
 from tests.conftest import EngineProcess
 from tests.integration.modules.test_bridge_topology import BACK
 from tests.polling import until
-from tests.stall_relay import SMALL_BUFFER, Relay
+from tests.stall_relay import Relay
 
 pytestmark = pytest.mark.our_engine("starts a back engine process and stops it with SIGSTOP")
 
@@ -117,22 +117,27 @@ class SlowRelay(Relay):
         self.to_front: int | None = None
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, gated: bool) -> None:
-        try:
-            while True:
-                if gated:
-                    await self.flowing.wait()
-                data = await reader.read(SMALL_BUFFER)
-                if not data:
-                    break
-                writer.write(data)
-                await writer.drain()
-                rate = self.to_back if gated else self.to_front
-                if rate is not None:
-                    await asyncio.sleep(len(data) / rate)  # (the pace of the link, not a wait for an event)
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            writer.transport.abort()
+        paced = _Paced(writer, lambda: self.to_back if gated else self.to_front)
+        await super()._pump(reader, paced, gated=gated)  # type: ignore[arg-type]  # (what _pump uses of a writer)
+
+
+class _Paced:
+    """A writer whose ``drain`` also waits as long as the bytes written since the last one take at ``rate()``."""
+
+    def __init__(self, writer: asyncio.StreamWriter, rate: Callable[[], int | None]) -> None:
+        self.writer, self.rate, self.transport = writer, rate, writer.transport
+        self.written = 0
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+        self.writer.write(data)
+
+    async def drain(self) -> None:
+        await self.writer.drain()
+        written, self.written = self.written, 0
+        rate = self.rate()
+        if rate is not None:
+            await asyncio.sleep(written / rate)  # (the pace of the link, not a wait for an event)
 
 
 @pytest.fixture
