@@ -23,7 +23,6 @@ import math
 import numbers
 import threading
 import uuid
-from collections import deque
 from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, Final, TypeVar
@@ -134,8 +133,6 @@ class III:
         send_timeout_ms = _checked_timeout_ms(self._options.send_timeout_ms, "send_timeout_ms")
         if not send_timeout_ms:
             raise ValueError("send_timeout_ms must be a number of milliseconds > 0, got 0")
-        self._max_held_calls = _checked_bound(self._options.max_held_calls, "max_held_calls")
-        self._max_held_bytes = _checked_bound(self._options.max_held_call_bytes, "max_held_call_bytes")
         self._session = ClientSession()
         self._shutdown_cause: str | None = None  # why it shut down, when not by a call of the user's (a note)
         # Told as the interpreter's exit starts: a worker whose main thread ended (or was ended by Ctrl-C) without a
@@ -177,13 +174,6 @@ class III:
         self._shutdown_thread: int | None = None
         self._outside_shutdowns: set[asyncio.Future[None]] = set()  # shutdown_async() tasks on callers' loops
         self._invoking = 0  # handler runs started and not yet answered
-        self._held_bytes = 0  # the frame bytes of those runs' invocations
-        self._frame_size = 0  # of the frame being dispatched
-        self._reading_paused = False  # the socket is not read: the worker holds as many calls as it may
-        # Invocations read past the bound (the rest of the read that reached it), with their frame sizes: started in
-        # order as runs end.
-        self._held_back: deque[tuple[InvocationRequested, int]] = deque()
-        self._ping_timeout: float | None = None  # the socket's keep-alive pong timeout, while reading is paused
         # Woken (on the client's loop) whenever the connection state or the worker id changes; one per waiting
         # caller, each removed when its wait ends.
         self._state_waiters: list[asyncio.Future[None]] = []
@@ -512,10 +502,6 @@ class III:
         try:
             await self._telemetry.release(self)
             await self._conn.close()
-            if self._held_back:
-                log.warning("%d incoming calls read while the worker held all it may (max_held_calls, "
-                            "max_held_call_bytes) were not run: the client shut down", len(self._held_back))
-                self._held_back.clear()
             for failure in self._session.close(self._shutdown_cause):  # a call under way says why, as later ones
                 self._calls.fail(failure.invocation_id, failure.error)
             await self._bridge.cancel_tasks(spare=caller)
@@ -578,9 +564,6 @@ class III:
                 await write(frame)
 
     def _on_ready(self) -> None:
-        # A new socket is read until the worker holds as many calls as it may (the runs of the last one count).
-        self._reading_paused = False
-        self._check_reading()
         self._loop.call_later(_UNNAMED_WARN_S, self._check_named, self._session.generation)
         tp, bg = self._telemetry.trace.headers()
         frame, lost_worker_id = self._session.connection_ready(worker_metadata(self._options), tp or None,
@@ -747,61 +730,16 @@ class III:
     # ---------------------------------------------------------------- incoming frames
 
     def _on_frame(self, raw: Frame) -> None:
-        self._frame_size = len(raw)
         for event in self._session.receive(raw):
             self._dispatch(event)
-
-    def _full(self) -> bool:
-        """Whether the worker holds as many calls as it may: ``max_held_calls`` runs, or ``max_held_call_bytes``
-        of their frames. A run waiting for the answer to a call of this worker's own does not count (the answer comes
-        on the socket: a handler calling a function of this very worker held its place for good, and with the bound
-        full of such handlers nothing was read again); while such answers are awaited the bytes may reach twice
-        their bound."""
-        waiting = len(self._calls)
-        if self._invoking - waiting >= self._max_held_calls:
-            return True
-        return self._held_bytes >= self._max_held_bytes * (2 if waiting else 1)
-
-    def _check_reading(self) -> None:
-        """Start the held-back invocations there is room for; stop reading the socket while the worker is full
-        (:meth:`_full`) or some are held back, read it again otherwise (loop thread). Not read, the engine keeps
-        further calls (its slow-reader handling and per-caller bounds apply): before, each was taken in at once (a
-        task, then a place in the handler threads' queue; ~13 KB per waiting 4 KB call, 45 -> 518 MB for 40,000)."""
-        held_back = self._held_back
-        while held_back and not self._full():
-            event, size = held_back.popleft()
-            self._start_invocation(event, size)
-        paused = bool(held_back) or self._full()
-        if paused == self._reading_paused:
-            return
-        # (Connection has no pause of its own: its current socket's transport)
-        ws = self._conn._ws
-        if ws is None:
-            return
-        self._reading_paused = paused
-        if paused:
-            log.debug("Holding %d calls (%d bytes): not reading the engine's socket until one ends",
-                      self._invoking, self._held_bytes)
-            ws.transport.pause_reading()
-            # The pong of a keep-alive ping is not read meanwhile: its timeout closed the connection (1011) after
-            # ~40 s at the bound, and every call the engine held for it was lost with it. A dead engine is still
-            # found by send_timeout_ms.
-            self._ping_timeout, ws.ping_timeout = ws.ping_timeout, None
-        else:
-            ws.ping_timeout = self._ping_timeout
-            ws.transport.resume_reading()
 
     def _dispatch(self, event: Event) -> None:
         """Act on one event of the protocol core (loop thread)."""
         if isinstance(event, CallSucceeded):
             self._calls.succeed(event.invocation_id, event.result)
         elif isinstance(event, InvocationRequested):
-            if self._reading_paused:  # (the rest of the read that filled the worker: it waits its turn)
-                self._held_back.append((event, self._frame_size))
-            else:
-                self._start_invocation(event, self._frame_size)
-                if self._full():
-                    self._check_reading()
+            self._invoking += 1
+            self._bridge.spawn(self._invoke(event))
         elif isinstance(event, CallFailed):
             self._calls.fail(event.invocation_id, event.error)
         elif isinstance(event, Send):
@@ -818,12 +756,7 @@ class III:
         elif isinstance(event, FrameSkipped):
             log.log(event.level, "%s", event.reason)
 
-    def _start_invocation(self, event: InvocationRequested, size: int) -> None:
-        self._invoking += 1
-        self._held_bytes += size
-        self._bridge.spawn(self._invoke(event, size))
-
-    async def _invoke(self, event: InvocationRequested, size: int) -> None:
+    async def _invoke(self, event: InvocationRequested) -> None:
         end_span = None
         try:
             (result, error, traceparent), end_span = await self._runner.start(
@@ -848,9 +781,6 @@ class III:
             await self._conn.send(frame, batch=self._invoking > 1, own=True)
         finally:
             self._invoking -= 1
-            self._held_bytes -= size
-            if self._reading_paused:
-                self._check_reading()
             if end_span is not None:
                 end_span()  # after the answer left: the caller never waits for the span's end and export
 
@@ -1147,8 +1077,6 @@ class III:
         self._session.track_call(invocation_id, function_id)
         self._calls.track(invocation_id, function_id, waiter, timeout_ms=timeout_ms, on_expire=self._call_expired)
         self._conn.send_now(frame, invocation_id)
-        if self._reading_paused:  # its answer must be read: room past the bound
-            self._check_reading()
 
     def _start_call_parked(self, invocation_id: str, function_id: str, frame: str, timeout_ms: float,
                            waiter: Settle) -> None:
@@ -1163,8 +1091,6 @@ class III:
             self._bridge.post_parked()  # the loop sleeps until its earliest timer as it knew it
         if not self._conn.write_now(frame):
             self._bridge.post_parked(self._conn.send_soon, frame, invocation_id)
-        if self._reading_paused:  # its answer must be read: room past the bound (on the loop: the transport's)
-            self._bridge.post_parked(self._check_reading)
 
     def _start_from_outside(self, hop: Callable[..., Any], invocation_id: str, function_id: str, frame: str,
                             timeout: float, waiter: Settle) -> None:
@@ -1303,8 +1229,6 @@ class III:
         self._session.track_call(invocation_id, function_id)
         timeout = timeout_ms or self._timeout_ms
         future = self._calls.add(invocation_id, function_id, timeout_ms=timeout, on_expire=self._call_expired)
-        if self._reading_paused:  # its answer must be read: room past the bound
-            self._check_reading()
         try:
             # With other calls in flight, frames started in the same turn of the loop leave in one write.
             await self._conn.send(frame, invocation_id, batch=len(self._calls) > 1)
@@ -1547,20 +1471,6 @@ def _checked_timeout_ms(value: Any, name: str) -> float:
     if not 0 <= value < math.inf:
         raise ValueError(f"{name} must be a finite number of milliseconds >= 0, got {value!r}")
     return _LONGEST_TIMEOUT_MS if value > _LONGEST_TIMEOUT_MS else value
-
-
-def _checked_bound(value: Any, name: str) -> int:
-    """``value`` as a bound of ours: an int >= 1; anything else raises ValueError naming ``name``.
-
-    Example:
-        >>> _checked_bound(0, "max_held_calls")
-        Traceback (most recent call last):
-        ...
-        ValueError: max_held_calls must be an int >= 1, got 0
-    """
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
 
 
 class _TelemetrySink:

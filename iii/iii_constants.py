@@ -67,9 +67,3 @@ class InitOptions:
     #: dead and is replaced (an engine that stopped reading; nothing else bounds that wait). A big frame crossing a
     #: slow but live link is never cut. Milliseconds, > 0.
     send_timeout_ms: int = 30_000
-    #: Ours: the most incoming calls the worker holds at once (running, or waiting for a handler thread), and the
-    #: bytes of their frames. Past either it stops reading its socket until one ends, so further calls wait in the
-    #: engine, under the engine's own bounds (before, every call was taken in: 40,000 waiting void calls of 4 KB held
-    #: 518 MB). While calls of its own wait for answers it reads on to twice the bounds, so their answers still come.
-    max_held_calls: int = 1024
-    max_held_call_bytes: int = 64 * 1024 * 1024
