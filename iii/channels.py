@@ -134,6 +134,11 @@ longer message's 1009 close for a normal end of stream (a short stream, read as 
 # close first waits, with no deadline, for the socket to drain: behind a reader that stopped reading, abort() never
 # returned. Past this the TCP connection is dropped, which the engine takes as an abort too.
 _ABORT_CLOSE_S = 2.0
+# How long a reader released with nothing left unread waits for its writer's end of stream before it closes: a
+# handler that read exactly the bytes it expected returns before the writer's Close has crossed the engine, and
+# closing at once told that writer "reader gone" after a complete transfer (2 of 450 writers; a retrying writer
+# sends twice). Costs a handler that stops mid-stream, with nothing arriving, this much before its answer.
+_RELEASE_GRACE_S = 0.25
 # How often a sync call handed to its end's loop in another thread checks that the loop still runs.
 _LOOP_CHECK_S = 0.25
 # The most an abort made on a loop its writer does not belong to waits for the writer's own loop to carry it out:
@@ -1882,8 +1887,10 @@ class ChannelReader:
         """Close this reader if it was started (connected, or connecting) and is neither at its end, closed nor
         detached (:meth:`detach`): its writer hears the reader is gone. ``why`` is named by any read after it.
         Never raises; bounded (2 s for the close handshake, then the connection is dropped). A reader never read
-        is left alone: its ref may have been handed on to another worker, who reads it. Returns whether it closed
-        it.
+        is left alone: its ref may have been handed on to another worker, who reads it. A reader with nothing left
+        unread first waits up to 0.25 s for its writer's end of stream (text messages meanwhile are dropped): if it
+        comes, the reader is at its end and stays so (its writer's close succeeds); bytes instead, or nothing,
+        and it is closed. Returns whether it closed it.
 
         Example:
             >>> reader = ChannelReader("ws://localhost:49134/", {"channel_id": "c1", "access_key": "k",
@@ -1897,6 +1904,9 @@ class ChannelReader:
         if end is not None and end.is_open:
             loop = self._home.loop
             if loop is not None and loop is _running_loop():
+                if self._unread is None and await self._ends_soon(end):
+                    self._closed, self._closed_why, self._eof = False, "", True  # finished: not released
+                    return False
                 try:
                     async with asyncio.timeout(_ABORT_CLOSE_S):
                         await close_draining(end, end.aclose(ChannelCloseCode.NORMAL))
@@ -1906,6 +1916,23 @@ class ChannelReader:
             else:
                 _drop_on(loop, end)  # its socket is another loop's (a sync handler's): dropped from here
         return True
+
+    async def _ends_soon(self, end: WebSocketEnd) -> bool:
+        """Whether ``end``'s writer ends its stream normally within :data:`_RELEASE_GRACE_S`, no bytes before it
+        (see :meth:`release_unfinished`; this reader is claimed meanwhile: a read started now fails as released).
+        Text messages are skipped: a trailer (``iii_channels``' sink sends one) comes after the last byte. Never
+        raises.
+        """
+        try:
+            async with asyncio.timeout(_RELEASE_GRACE_S):
+                while True:
+                    text, _ = await end.receive()
+                    if not text:
+                        return False  # bytes the handler left unread: released, the writer hears it
+        except ChannelEndClosed as exc:
+            return _closed_error(exc, self._channel_id, "read") is None
+        except Exception:  # TimeoutError (no end of stream within the grace), a broken socket: released
+            return False
 
     def release_unfinished_now(self, why: str) -> bool:
         """:meth:`release_unfinished` from any thread, without waiting: the connection is dropped (its writer gets

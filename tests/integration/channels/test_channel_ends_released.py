@@ -21,6 +21,9 @@ from iii_engine.testing import local_channel
 
 BLOCK = b"x" * 65536
 MANY = 2000  # 128 MiB: far more than the engine and the sockets hold for a reader that stopped
+# How late a writer's end of stream comes after its reader's handler returned: far past the release's Close
+# (under 1 ms), well within the moment a reader with nothing unread waits for it (_RELEASE_GRACE_S).
+WRITER_LATE_S = 0.05
 
 
 def _run_on_to(work: Coroutine[Any, Any, bytes]) -> concurrent.futures.Future[bytes]:
@@ -71,6 +74,44 @@ async def test_a_reader_the_handler_left_unfinished_is_released_as_it_ends(worke
     # Before: still blocked 15 s later (until the engine's attach deadline, 300 s)
     error = await asyncio.wait_for(writing, 10)
     assert isinstance(error, ReaderGoneError), repr(error)
+
+
+@pytest.mark.parametrize("trailer", [False, True])
+async def test_a_reader_read_to_its_last_byte_is_not_released_before_the_writers_close(
+        worker: III, trailer: bool) -> None:
+    """A handler that reads exactly the bytes it was told of and returns before the writer's end of stream arrived
+    left nothing unread: the writer's close (behind an integrity trailer, a text message, or not) is given a moment
+    to arrive, and succeeds."""
+    returning = threading.Event()
+    size = len(BLOCK) * 4
+    readers: list[ChannelReader] = []
+
+    async def handler(data: dict[str, Any]) -> int:
+        reader: ChannelReader = data["reader"]
+        readers.append(reader)
+        got = 0
+        while got < data["size"]:
+            chunk = await reader.read_chunk()
+            assert chunk is not None, f"end of stream after {got} of {data['size']} bytes"
+            got += len(chunk)
+        returning.set()
+        return got
+
+    worker.register_function("test::reads_exactly", handler)
+    channel = await worker.create_channel_async()
+    call = asyncio.ensure_future(worker.trigger_async(
+        {"function_id": "test::reads_exactly", "payload": {"reader": channel.reader, "size": size},
+         "timeout_ms": 10_000}))
+    async with iii_channels.sink(channel.writer, trailer=trailer) as out:
+        await out.write(BLOCK * 4)
+        assert await asyncio.to_thread(returning.wait, 10), "the handler never read its bytes"
+        # The end of stream comes a little after the handler returned: the delay is this test's input (a writer
+        # behind its reader), not a synchronisation. Before: ReaderGoneError out of this block's close, in every
+        # run: the reader was closed as the handler returned although every byte had been read, and the engine
+        # told the writer so before its close came.
+        await asyncio.sleep(WRITER_LATE_S)
+    assert await asyncio.wait_for(call, 10) == size
+    assert readers[0].at_eof, "the reader was released, not finished: its end of stream (after the trailer) unseen"
 
 
 async def test_a_reader_read_on_after_its_handler_returned_fails_rather_than_ending_short(worker: III) -> None:
