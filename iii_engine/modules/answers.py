@@ -91,11 +91,11 @@ class AnswerBound:
         return self.max_message_size - FRAME_BYTES - len(invocation_id or "")
 
     async def list_text(self, store: Backend, input: StreamListInput, ctx: InvocationContext | None,
-                        spec: AnswerSpec, what: str) -> EncodedResult:
+                        spec: AnswerSpec, what: str, *, bounded: bool = True) -> EncodedResult:
         """A group's items as one answer (the stored texts joined, none decoded where the store keeps texts),
-        refused with ``spec.code`` naming ``what`` when over the budget, before the store builds the text; any other
-        store failure is ``spec.code`` with the store's message."""
-        budget = self.budget(ctx)
+        refused with ``spec.code`` naming ``what`` when over the budget (``bounded``), before the store builds the
+        text; any other store failure is ``spec.code`` with the store's message."""
+        budget = self.budget(ctx) if bounded else None
         try:
             return EncodedResult(await store.list_text(input, max_bytes=budget))
         except StreamTooLargeError as exc:

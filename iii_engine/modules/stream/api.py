@@ -17,12 +17,13 @@ update, delete, list, list_groups, send and the socket's sync) fails with ``stre
 silently using the engine's own store, whose data is not the worker's; it works again as soon as a worker
 registers the stream again. ``fallback=True`` (setting ``custom_stream_fallback``) keeps production's fallback.
 
-Ours: an answer from the engine's store (``stream::list``, ``stream::list_groups``, ``stream::list_all``, a socket
-join's sync of a group) is at most the engine's ``max_message_size`` less its frame
+Ours: an answer to a worker from the engine's store (``stream::list``, ``stream::list_groups``,
+``stream::list_all``) is at most the engine's ``max_message_size`` less its frame
 (:class:`~iii_engine.modules.answers.AnswerBound`, shared with the state module); a larger one fails with one error
 naming the group or the counts, the size and the setting, found before the answer is built. Before, a group of
 40 items of 1 MB was answered whole, and 8 callers that did not read took the engine from ~90 MB to 830-1,000 MB.
-A worker's answer for a custom stream came within ``max_message_size`` already and is passed on as it is.
+A worker's answer for a custom stream came within ``max_message_size`` already and is passed on as it is. A socket
+join's sync is not bounded so: the socket's own bounds hold a client that does not read.
 
 Example:
     >>> sorted(f.id for f in StreamFunctions.__new__(StreamFunctions).builtins())[:3]
@@ -63,8 +64,6 @@ CUSTOM_OPS: Final = ("get", "set", "delete", "list", "list_groups", "update")
 UNAVAILABLE: Final = "stream_unavailable"
 _LIST: Final = AnswerSpec("stream::list", "STREAM_GET_GROUP_ERROR",
                           "read its items by id (stream::get) or raise max_message_size")
-_SYNC: Final = AnswerSpec("the stream socket's sync", "STREAM_GET_GROUP_ERROR",
-                          "join its items one by one (a join with an id) or raise max_message_size")
 _LIST_GROUPS: Final = AnswerSpec("stream::list_groups", "STREAM_LIST_GROUPS_ERROR", "raise max_message_size")
 _LIST_ALL: Final = AnswerSpec("stream::list_all", "STREAM_LIST_ALL_ERROR",
                               "list one stream's groups (stream::list_groups) or raise max_message_size")
@@ -287,19 +286,20 @@ class StreamFunctions:
 
     async def read_group_text(self, stream_name: str, group_id: str) -> str:
         """:meth:`read_group` as JSON text, for the socket's sync: the engine's store hands over the items' stored
-        texts without decoding each (:meth:`iii_streams.Backend.list_text`), refused with ``STREAM_GET_GROUP_ERROR``
-        naming the group, its size and ``max_message_size`` when over :attr:`answers`; a worker's answer is encoded
-        (it came within the engine's ``max_message_size``)."""
-        return (await self._group_text(stream_name, group_id, None, _SYNC)).json
+        texts without decoding each (:meth:`iii_streams.Backend.list_text`); a worker's answer is encoded. Not bounded
+        by ``max_message_size``: the socket's own bounds hold a client that does not read (its slow-client timers,
+        ``client_queue_bytes``), and a sync bigger than them reaches a client that keeps reading."""
+        return (await self._group_text(stream_name, group_id, None, _LIST, bounded=False)).json
 
     async def _group_text(self, stream_name: str, group_id: str, ctx: InvocationContext | None,
-                          spec: AnswerSpec) -> EncodedResult:
+                          spec: AnswerSpec, *, bounded: bool = True) -> EncodedResult:
         if self._custom("list", stream_name) is not None:
             return EncodedResult(dumps(await self.read_group(stream_name, group_id)))
         self._no_fallback(stream_name)
         # the store finds the group's size before it builds the text (SQL in the database, Redis in a script)
         return await self.answers.list_text(self.store, StreamListInput(stream_name=stream_name, group_id=group_id),
-                                            ctx, spec, f"group {group_id!r} of stream {stream_name!r}")
+                                            ctx, spec, f"group {group_id!r} of stream {stream_name!r}",
+                                            bounded=bounded)
 
     async def get(self, data: Any, ctx: InvocationContext) -> Any:
         """``stream::get``."""

@@ -1,7 +1,7 @@
-"""``stream::list``, ``stream::list_groups``, ``stream::list_all`` and the stream socket's sync of a group are bounded
-by the engine's ``max_message_size`` on every store (memory, SQLite, PostgreSQL, Redis), as ``state::list`` is:
-past it one error names the group, the size and the setting; an answer of exactly the budget comes back whole
-(UTF-8 bytes counted, not characters: 1-, 2- and 4-byte characters), one byte more is refused with that size.
+"""``stream::list``, ``stream::list_groups`` and ``stream::list_all`` are bounded by the engine's ``max_message_size``
+on every store (memory, SQLite, PostgreSQL, Redis), as ``state::list`` is: past it one error names the group, the
+size and the setting; an answer of exactly the budget comes back whole (UTF-8 bytes counted, not characters: 1-, 2-
+and 4-byte characters), one byte more is refused with that size. The stream socket's sync is not bounded so.
 
 Before: no bound. A group of 40 items of 1 MB was answered with one 40 MB frame (another worker's ``stream::get``
 waited 212-269 ms), and 8 callers that did not read took the engine from ~90 MB to 827-1,000 MB RSS.
@@ -123,7 +123,9 @@ async def test_stream_list_all_over_the_budget_fails_naming_the_counts(engine: E
     assert answer == {"stream": [{"id": "all", "groups": ["19" + "g" * 3998]}], "count": 1}
 
 
-async def test_socket_sync_of_a_group_over_the_budget_is_refused_naming_it(engine: Engine, worker: Worker) -> None:
+async def test_socket_sync_of_a_group_over_the_budget_still_comes(engine: Engine, worker: Worker) -> None:
+    # The socket's own bounds (slow-client timers, client_queue_bytes) hold a client that does not read; a sync
+    # bigger than max_message_size reaches one that reads (a bound here broke that documented behaviour).
     stream = f"j-{uuid.uuid4().hex[:8]}"
     await _fill(worker, stream, "big", ["y" * 8000] * 10)  # 80 KB of JSON
     await _fill(worker, stream, "small", ["y" * 8000] * 2)
@@ -131,10 +133,7 @@ async def test_socket_sync_of_a_group_over_the_budget_is_refused_naming_it(engin
     try:
         await client.join("a", stream, "big")
         frame = await client.recv()
-        event = frame["event"]
-        assert (frame["groupId"], event["type"], event["code"]) == ("big", "error", "sync_failed"), frame
-        assert f"group 'big' of stream {stream!r}" in event["message"], event
-        assert "max_message_size" in event["message"] and _size_in(event["message"]) >= 80_000, event
+        assert (frame["groupId"], frame["event"]) == ("big", {"type": "sync", "data": ["y" * 8000] * 10}), frame
         await client.join("b", stream, "small")
         frame = await client.recv()
         assert (frame["groupId"], frame["event"]) == ("small", {"type": "sync", "data": ["y" * 8000] * 2}), frame
