@@ -91,11 +91,13 @@ class StreamFunctions:
         limit = None if self._max_bytes is None else self._max_bytes()
         if limit is None or not _bounded_lister(self._stream):
             return jsonable(await self._stream.list(request))
-        from iii_streams.errors import StreamTooLargeError  # imported: the store is one of iii_streams'
-
         try:
             text: str = await self._stream.list_text(request, max_bytes=limit)  # type: ignore[attr-defined]
-        except StreamTooLargeError as exc:
+        except Exception as exc:
+            # the store's own error class, looked up as _bounded_lister does: the SDK does not import iii_streams
+            errors = sys.modules.get("iii_streams.errors")
+            if errors is None or not isinstance(exc, errors.StreamTooLargeError):
+                raise
             raise ValueError(
                 f"stream::list({request.stream_name}) was not answered: the items of group {request.group_id!r} "
                 f"are {exc.size:,} or more bytes of JSON, over the engine's message size limit of {limit:,} bytes "
