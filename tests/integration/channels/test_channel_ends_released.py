@@ -222,6 +222,9 @@ async def test_shutdown_stops_a_sync_handler_blocked_writing_into_its_payload_wr
 
     try:
         handler_client.register_function("test::produce", produce)
+        # the registration reached the engine (its answer comes after it): else the call, from another worker, could
+        # be routed first and fail as function_not_found (a CI run waited for the write in vain so)
+        await handler_client.list_functions_async()
         channel = await caller.create_channel_async()
         call = asyncio.ensure_future(caller.trigger_async(
             {"function_id": "test::produce", "payload": {"out": channel.writer}, "timeout_ms": 30_000}))
