@@ -275,7 +275,7 @@ class _BoundedServer(web.Server):
         self.max_connections = max_connections
         self.open_connections = 0  # counted from the protocol's creation: accepts come in batches
         # The connections open now, for the write watch (RestApiModule._watch_writes): what each had left unsent
-        # at the watch's last look, while it was waiting for its client (else absent)
+        # at the watch's last look, while it was waiting for its client (else -1)
         self.handlers: dict[_Connection, int] = {}
         # What to call when a connection closes, for connections whose response streams (see _StreamWatch): aiohttp
         # tells a handler nothing of a client gone while it does not read or write.

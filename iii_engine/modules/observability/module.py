@@ -491,12 +491,12 @@ class OtelModule(EngineModule):
                         kind, self.settings.max_frame_entries, cut, self.dropped_entries)
 
     def _add_log(self, entry: dict[str, Any], size: int | None = None, trace_id: str | None = None, *,
-                 caller: str | None = None, by_call: bool = False) -> None:
+                 caller: str | None = None) -> None:
         """Store ``entry`` and fire the ``log`` triggers its level matches, unless it was written while handling a
         log trigger's call: in that call's trace (``entry``'s ``trace_id``, or ``trace_id``: the trace of the
         ``engine::log::*`` call that wrote it), or, carrying no trace at all, :meth:`_feedback_untraced`. Such an
         entry is stored like any other and counted in :attr:`log_trigger_feedback` once per trigger it matched.
-        ``by_call``: written by an ``engine::log::*`` call of worker ``caller`` (else a worker's ``LOGS`` frame)."""
+        ``caller``: the worker whose ``engine::log::*`` call wrote it (``None``: a ``LOGS`` frame, or in-process)."""
         if size is None:
             size = self.logs.sizes([entry])[0]
         self.logs.add(entry, size)
@@ -513,7 +513,7 @@ class OtelModule(EngineModule):
         if self._in_log_trigger_trace(entry["trace_id"]) or self._in_log_trigger_trace(trace_id):
             self.log_trigger_feedback += len(targets)
             return
-        if untraced(entry["trace_id"]) and untraced(trace_id) and self._feedback_untraced(caller, by_call):
+        if untraced(entry["trace_id"]) and untraced(trace_id) and self._feedback_untraced(caller):
             self.log_trigger_feedback += len(targets)
             self.log_trigger_feedback_untraced += len(targets)
             return
@@ -532,16 +532,16 @@ class OtelModule(EngineModule):
         finally:
             _FIRING_LOG_TRIGGER.reset(token)
 
-    def _feedback_untraced(self, caller: str | None, by_call: bool) -> bool:
+    def _feedback_untraced(self, caller: str | None) -> bool:
         """Whether a record without trace context is taken for a log trigger handler's: the reference SDK's sync
         handlers lose the call's trace (it runs them in an executor without their context), and looped for ever.
 
-        Only an ``engine::log::*`` call is: its worker had a log trigger's call in flight, or answered one within
-        :data:`~.feedback.GRACE_S`. A ``LOGS`` frame's record is ordinary: which worker wrote it is not known (the
-        reference SDK sends telemetry on a connection of its own), and a rule for every worker's untraced records
-        (tried: those stamped while any log trigger's call was in flight) kept a busy log trigger, such as one that
-        ships records elsewhere, from firing for nearly any of them."""
-        return by_call and self._log_trigger_calls.worker_busy(caller, _now_ns())
+        Only an ``engine::log::*`` call of a worker (``caller``) is: that worker had a log trigger's call in flight,
+        or answered one within :data:`~.feedback.GRACE_S`. A ``LOGS`` frame's record is ordinary: which worker wrote
+        it is not known (the reference SDK sends telemetry on a connection of its own), and a rule for every
+        worker's untraced records (tried: those stamped while any log trigger's call was in flight) kept a busy log
+        trigger, such as one that ships records elsewhere, from firing for nearly any of them."""
+        return self._log_trigger_calls.worker_busy(caller, _now_ns())
 
     def _mark(self, head: str) -> str:
         return hashlib.blake2b(head.encode(), digest_size=8, key=self._trace_mark_key).hexdigest()
@@ -683,7 +683,7 @@ class OtelModule(EngineModule):
             if self.settings.logs_console_output:  # before, echoed even when off: 136,732 lines in 10 s
                 log.log(_console_level(number), "%s", message[:1000])
             caller = parse_traceparent(ctx.traceparent)
-            self._add_log(entry, trace_id=caller[0] if caller else None, caller=ctx.caller_worker_id, by_call=True)
+            self._add_log(entry, trace_id=caller[0] if caller else None, caller=ctx.caller_worker_id)
             if self._log_batch is not None and self.settings.exports_logs:
                 self._log_batch.add(self._log_record(entry))
             return None

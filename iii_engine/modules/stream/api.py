@@ -97,7 +97,7 @@ class StreamFunctions:
                  fallback: bool = False, served: Iterable[str] = (), call_timeout_s: float | None = None,
                  answers: AnswerBound | None = None) -> None:
         self.services = services
-        #: the bound of a list answer from the engine's store (``max_message_size``), the socket's sync included
+        #: the bound of a list answer to a worker from the engine's store (``max_message_size``; not the socket's sync)
         self.answers = answers or AnswerBound()
         # bounds every call to a worker's stream::<op>(NAME): a composed update holds the item's lock across two
         # of them, and the engine's own wait for an answer outlives its caller's deadline
