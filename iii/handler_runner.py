@@ -107,13 +107,10 @@ class HandlerRunner:
         readers: list[ChannelReader] = []
         try:
             if not no_channel_refs:
-                given = data
-                data = resolve_channels(data, self._address, writers)
-                if data is not given:  # (the same object back: it held no channel ref)
-                    _readers_in(data, readers)
-                    ends: list[ChannelWriter | ChannelReader] = [*writers, *readers]
-                    for channel_end in ends:
-                        self.ends.add(channel_end)
+                data = resolve_channels(data, self._address, writers, readers)
+                ends: list[ChannelWriter | ChannelReader] = [*writers, *readers]
+                for channel_end in ends:
+                    self.ends.add(channel_end)
         except Exception as exc:
             log.exception("Failed to resolve channel refs for %s", function_id)
             return (None, {"code": "invocation_failed", "message": str(exc), "stacktrace": traceback.format_exc()},
@@ -172,18 +169,6 @@ async def _release_readers(readers: list[ChannelReader], why: str) -> None:
     sent: their writers hear the reader is gone instead of waiting on backpressure with no deadline. A reader the
     handler never read is left alone: it may have handed it on."""
     await asyncio.gather(*(reader.release_unfinished(why) for reader in readers))  # never raises
-
-
-def _readers_in(value: Any, out: list[ChannelReader]) -> None:
-    """Append every :class:`ChannelReader` in ``value`` (a payload :func:`resolve_channels` made) to ``out``."""
-    if isinstance(value, ChannelReader):
-        out.append(value)
-    elif isinstance(value, dict):
-        for item in value.values():
-            _readers_in(item, out)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            _readers_in(item, out)
 
 
 def _refused(why: str) -> str:

@@ -54,9 +54,11 @@ def action_to_wire(action: Any) -> dict[str, Any] | None:
     raise ValueError(f"unknown trigger action {action!r}: use TriggerAction.Enqueue(queue=...) or TriggerAction.Void()")
 
 
-def resolve_channels(value: Any, address: str, writers: list[ChannelWriter] | None = None) -> Any:
+def resolve_channels(value: Any, address: str, writers: list[ChannelWriter] | None = None,
+                     readers: list[ChannelReader] | None = None) -> Any:
     """Replace channel refs in incoming data by channel ends; returns ``value`` itself when there are none.
-    ``writers``: each writer made is appended to it (a handler's, to abort if it raises).
+    ``writers``: each writer made is appended to it (a handler's, to abort if it raises); ``readers``: each reader
+    made (a handler's, to release if it leaves one unfinished).
 
     Example:
         >>> resolve_channels({"n": [1, {"k": "v"}]}, "ws://engine")
@@ -68,7 +70,10 @@ def resolve_channels(value: Any, address: str, writers: list[ChannelWriter] | No
                 channel_id=value["channel_id"], access_key=value["access_key"], direction=value["direction"]
             )
             if ref.direction == "read":
-                return ChannelReader(address, ref)
+                reader = ChannelReader(address, ref)
+                if readers is not None:
+                    readers.append(reader)
+                return reader
             writer = ChannelWriter(address, ref)
             if writers is not None:
                 writers.append(writer)
@@ -76,7 +81,7 @@ def resolve_channels(value: Any, address: str, writers: list[ChannelWriter] | No
         out: dict[str, Any] | None = None
         for k, v in value.items():
             if isinstance(v, dict | list | tuple):
-                new = resolve_channels(v, address, writers)
+                new = resolve_channels(v, address, writers, readers)
                 if new is not v:
                     if out is None:
                         out = dict(value)
@@ -86,7 +91,7 @@ def resolve_channels(value: Any, address: str, writers: list[ChannelWriter] | No
         items: list[Any] | None = None
         for i, v in enumerate(value):
             if isinstance(v, dict | list | tuple):
-                new = resolve_channels(v, address, writers)
+                new = resolve_channels(v, address, writers, readers)
                 if new is not v:
                     if items is None:
                         items = list(value)
