@@ -61,9 +61,8 @@ from iii.iii_constants import InitOptions, ReconnectionConfig
 from iii.iii_types import TriggerActionEnqueue
 from iii.telemetry_types import OtelConfig
 from iii.triggers import Trigger
-from iii.ws_fastpath import write_buffer_size
 
-from ...send_queue import unacknowledged
+from ...send_queue import unsent
 
 __all__ = ["DEFAULT_TIMEOUT_MS", "MAY_HAVE_RUN", "NOT_SENT", "RETRY_INTERVAL_MS", "BridgeCallError", "BridgeLink"]
 
@@ -486,17 +485,11 @@ def _end(outage: asyncio.Future[None]) -> None:
         outage.set_result(None)
 
 
-def _unacknowledged(ws: ClientConnection) -> int:
-    """Bytes written to ``ws`` that the remote's TCP has not acknowledged yet: those its transport still holds and
-    those in the kernel's send queue (Linux)."""
-    return write_buffer_size(ws) + unacknowledged(ws.transport.get_extra_info("socket"))
-
-
 @dataclass(frozen=True, slots=True)
 class _Progress:
     """What a socket has done so far: bytes of ours its remote acknowledged (``acked``) and bytes it sent us
     (``received``), from the kernel's TCP_INFO (``None`` where that is not known), and bytes of ours unacknowledged
-    now (``unacked``, :func:`_unacknowledged`).
+    now (``unacked``, :func:`~iii_engine.send_queue.unsent`).
 
     Example:
         >>> _Progress(1, 10, 0).beyond(_Progress(1, 9, 0))  # bytes came from the remote
@@ -526,7 +519,7 @@ class _Progress:
 def _progress(ws: ClientConnection) -> _Progress:
     sock = ws.transport.get_extra_info("socket")
     acked, received = _tcp_counts(sock)
-    return _Progress(acked, received, _unacknowledged(ws))
+    return _Progress(acked, received, unsent(ws.transport))
 
 
 # struct tcp_info (linux/tcp.h, Linux >= 4.1): tcpi_bytes_acked and tcpi_bytes_received, two u64 from byte 120
