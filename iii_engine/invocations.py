@@ -78,7 +78,9 @@ def _cancelled_itself() -> bool:
 HELD_BY_REFRESH_S = 1.0
 """How long the functions holding a worker's calls, as its ``too_many_calls`` refusals name them, are reused."""
 
-CALLEE_LEFT = "its callee's worker disconnected before answering"
+CALLEE_LEFT = "its callee's worker disconnected before answering; the call may have run"
+#: the call's frame never left the engine for its callee (it waited for room in the callee's queue): a retry is safe
+CALLEE_LEFT_UNSENT = "its callee's worker disconnected before the call was sent to it; the call did not run"
 CALLER_LEFT = "its caller disconnected"
 ENGINE_STOPPING = "the engine is stopping"
 
@@ -166,6 +168,8 @@ class Pending:
     watch: Any = None  # the invocation observer's token, handed back when the result arrives
     holder: WorkerConnection | None = None  # the worker whose max_calls_per_worker count the call holds
     ended: bool = False  # set by _finish: a wait for room in the callee's queue stops at once
+    # set once the callee's outbox took the frame (written, or queued to be): from then on the callee may run it
+    handed: bool = False
     hook: Callable[[], object] | None = None  # called once the future is settled (Started.hook)
 
 
@@ -404,8 +408,28 @@ class Invocations:
                 return
         # The invoke path already waits for the callee (production's back-pressure): write from this task, at once
         # (the engine holds it for the turn's one write while the caller has more frames unread: see _serve_worker).
+        if outbox.closed:
+            # the connection was lost while the call waited for room (or in this turn): the frame never left the
+            # engine, and the caller hears what the callee's disconnect tells every such call (one answer for one
+            # situation; this said channel_send_failed "worker connection closed", halt_worker invocation_stopped)
+            self._finish(pending.invocation_id, None, stopped(pending.function_id, self._callee_lost(pending)))
+            return
+        pending.handed = True  # set before the write: a disconnect during it finds the call possibly run
         if not await outbox.send(text, size, flush=True):
-            self._finish(pending.invocation_id, None, error_body("channel_send_failed", "worker connection closed"))
+            self._finish(pending.invocation_id, None, stopped(pending.function_id, self._callee_lost(pending)))
+
+    def _callee_lost(self, pending: Pending) -> str:
+        """Why a call whose callee's connection is gone ended: the engine's stop, or the callee's worker leaving
+        before answering, the call either never handed to its connection (it did not run: safe to retry) or
+        handed over (it may have run).
+
+        Why tell them apart: both said the callee disconnected (or "worker connection closed"), and a caller
+        deciding whether to retry could not know that the calls that waited for room in the callee's queue were
+        never sent.
+        """
+        if self.engine_stopping:  # the stop closed this worker's connection: the worker did not leave
+            return ENGINE_STOPPING
+        return CALLEE_LEFT if pending.handed else CALLEE_LEFT_UNSENT
 
     async def _wait_for_room(self, pending: Pending, size: int) -> None:
         """Wait for room for ``pending``'s frame in its callee's queue; the loss of the calling worker's connection
@@ -584,12 +608,11 @@ class Invocations:
             pending = self.pending.get(invocation_id)
             if pending is None:
                 continue  # a built-in call it made: its task drops the result
-            why = CALLEE_LEFT
+            why = self._callee_lost(pending)
             if pending.caller is worker or pending.holder is worker:
                 pending.caller = None  # nobody left to answer: the callee's late result finds no caller
-                why = CALLER_LEFT  # (told to the observer only)
-            if self.engine_stopping:  # the stop closed this worker's connection: the worker did not leave
-                why = ENGINE_STOPPING
+                # (told to the observer only)
+                why = ENGINE_STOPPING if self.engine_stopping else CALLER_LEFT
             self._finish(invocation_id, None, stopped(pending.function_id, why))
         worker.in_flight.clear()
         self.held_voids.caller_left(worker)

@@ -168,7 +168,8 @@ async def test_callee_disconnect_mid_call_gives_invocation_stopped(engine: Engin
     # the function and the cause named (before: a bare "Invocation stopped"); the code as the wire has it
     assert frame["error"] == {
         "code": "invocation_stopped",
-        "message": "Invocation of slow stopped: its callee's worker disconnected before answering"}
+        "message": "Invocation of slow stopped: its callee's worker disconnected before answering; the call may have "
+                   "run"}
     assert engine.invocations.pending == {}
     await caller.close()
 
