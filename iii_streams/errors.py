@@ -5,7 +5,8 @@ the matching :class:`StreamError` subclass ``from`` it, so ``exc.__cause__`` is 
 (an invalid update op, data that is not JSON) stay ``ValueError`` / ``TypeError``, as in ``iii.stream_ops``.
 
 - ``StreamError``: base of everything below
-- ``StreamUnavailableError``: the server cannot be reached (connection refused or lost)
+- ``StreamUnavailableError``: the server cannot be reached (connection refused or lost; ``applied`` tells a write's
+  outcome)
 - ``PoolExhaustedError``: every pooled connection stayed busy past the pool's wait limit (the command was not sent)
 - ``StreamTimeoutError``: an operation did not finish within its ``timeout`` (``applied`` tells a write's outcome)
 - ``StreamBackendError``: the backend refused the operation for another reason
@@ -61,7 +62,15 @@ class StreamError(Exception):
 
 
 class StreamUnavailableError(StreamError, ConnectionError):
-    """The backend cannot be reached (connection refused, reset or lost); nothing was half-written."""
+    """The backend cannot be reached (connection refused, reset or lost).
+
+    ``applied`` tells a write's outcome, as :class:`StreamTimeoutError`'s does: ``False`` when the connection failed
+    before the write was sent to be committed (nothing was applied), ``None`` when it is unknown (the write had been
+    sent, or its commit, when the connection was lost: it may have been applied); the message says the same. Reads
+    leave it ``None``. Nothing is ever half-applied: a write is applied whole or not at all.
+    """
+
+    applied: bool | None = None
 
 
 class PoolExhaustedError(StreamUnavailableError):
