@@ -11,7 +11,10 @@ standard :class:`~concurrent.futures.ThreadPoolExecutor` (same bound, same speed
 blocked handlers stay, idle, like the executor's own. Blocked threads free slots only up to ``max_threads`` threads in
 all (:data:`DEFAULT_MAX_THREADS`): a handler that triggers itself, directly or around a cycle, started a thread per
 level without one (about 4,500 in 4 s, ~30,000 before the default 30 s timeout, all kept idle afterwards); past it a
-blocked thread keeps its slot, as on the default executor, and the caller's timeout ends the cycle. Whether a freed
+blocked thread keeps its slot, as on the default executor, and the caller's timeout ends the cycle. When every thread
+up to that ceiling is busy and runs wait in the queue, one warning says so, naming the ceiling, the runs waiting and
+the likely cause (at most every :data:`CEILING_WARNING_INTERVAL_S`): before, nested sync chains past the ceiling only
+timed out, with an error that did not name it. Whether a freed
 slot needs a new thread is decided by an exact count of the runs going on, not by the executor's idle count (after a
 backlog that said most threads were idle while all were busy, and nested calls waited for their timeout). On a Python
 whose executor lacks the internals this relies on (:data:`BLOCKING_MISSING` not empty) :func:`blocked` changes
@@ -46,8 +49,8 @@ from concurrent.futures import thread as _futures_thread
 from contextlib import contextmanager
 from typing import Any, Final, TypeVar
 
-__all__ = ["BLOCKING_MISSING", "DEFAULT_MAX_THREADS", "EXIT_HOOK_MISSING", "EXIT_WAIT_S", "ExitWait", "HandlerThreads",
-           "at_exit_start", "blocked", "default_limit", "exit_refusal"]
+__all__ = ["BLOCKING_MISSING", "CEILING_WARNING_INTERVAL_S", "DEFAULT_MAX_THREADS", "EXIT_HOOK_MISSING", "EXIT_WAIT_S",
+           "ExitWait", "HandlerThreads", "at_exit_start", "blocked", "default_limit", "exit_refusal"]
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -71,6 +74,10 @@ def _probe() -> tuple[str, ...]:
 
 BLOCKING_MISSING: tuple[str, ...] = _probe()
 """What :func:`_probe` found missing (empty: :func:`blocked` frees a slot)."""
+
+
+CEILING_WARNING_INTERVAL_S: Final = 30.0
+"""Seconds between two of a pool's warnings that every thread up to its ceiling is busy while runs wait."""
 
 
 DEFAULT_MAX_THREADS: Final = 256
@@ -195,6 +202,7 @@ class HandlerThreads(ThreadPoolExecutor):
         self._counts = threading.Lock()
         self._running = 0
         self._finished = 0
+        self._ceiling_told = -CEILING_WARNING_INTERVAL_S  # when the ceiling's warning was last logged (monotonic)
         self._closing = False  # shutdown() was called: a refusal after it is ours, not the interpreter's
         self._told = threading.Lock()  # held once on_exit has been called: it is called once
         if on_exit is not None:
@@ -251,6 +259,8 @@ class HandlerThreads(ThreadPoolExecutor):
             with pool._shutdown_lock:
                 if not pool._shutdown:
                     self._start_thread(pool)
+        if not BLOCKING_MISSING:
+            self._tell_ceiling(pool)
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -303,12 +313,37 @@ class HandlerThreads(ThreadPoolExecutor):
                 # workers' end marker: a thread started for it would only end again.)
                 if not pool._shutdown and not pool._work_queue.empty():
                     self._start_thread(pool)
+        if not freed:
+            self._tell_ceiling(pool)
         try:
             yield
         finally:
             if freed:
                 with pool._shutdown_lock:
                     pool._max_workers -= 1
+
+    def _tell_ceiling(self, pool: Any) -> None:
+        """Warn (at most every :data:`CEILING_WARNING_INTERVAL_S`) when every thread up to the ceiling is busy and
+        runs wait in the queue: nothing said so, and nested sync chains past the ceiling only timed out. Reads the
+        counts, changes none."""
+        if pool._max_workers < self._ceiling or pool._shutdown:
+            return
+        queued = pool._work_queue.qsize()
+        if not queued:
+            return
+        with self._counts:
+            threads = len(pool._threads)
+            if threads < pool._max_workers or self._running < threads:  # a thread is idle, or one may start
+                return
+            now = time.monotonic()
+            if now - self._ceiling_told < CEILING_WARNING_INTERVAL_S:
+                return
+            self._ceiling_told = now
+        log.warning("Handler threads %r: all %d sync handler threads (the ceiling, max_threads=%d) are busy and %d "
+                    "run(s) wait in the queue; sync handlers that call trigger() synchronously hold their thread; "
+                    "nested chains deeper than the ceiling cannot finish: use async handlers or trigger_async (this "
+                    "warning at most every %.0f s)", self._thread_name_prefix, threads, self._ceiling, queued,
+                    CEILING_WARNING_INTERVAL_S)
 
 
 @contextmanager

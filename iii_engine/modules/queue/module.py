@@ -36,7 +36,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
+from typing import TYPE_CHECKING, Any, ClassVar, Final, NoReturn
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.iii_types import TriggerInfo
@@ -81,6 +81,34 @@ def _push_failed(what: str, job_id: str, exc: Exception) -> EngineError:
                                             f"{clip_text(str(exc))}")
     return EngineError("enqueue_error", f"{what}: the store did not confirm job {job_id}: {clip_text(str(exc))} "
                                         "(if it reached the store, it will run)")
+
+
+LOSS_QUEUES_NAMED: Final = 10
+"""Queues the stop's loss warning names (those holding the most jobs); the rest are a count."""
+
+
+def _tell_memory_loss(store: MemoryQueueStore) -> None:
+    """Say, in one warning, what an in-memory store still holds as the module stops: lost with the process (a
+    SIGTERM with 199 jobs accepted and waiting exited 0 and no line mentioned them). Nothing when it holds none.
+
+    Example:
+        >>> _tell_memory_loss(MemoryQueueStore())  # empty: no line
+    """
+    held = store.held()
+    if not held:
+        return
+    waiting = sum(c.waiting for c in held.values())
+    delayed = sum(c.delayed for c in held.values())
+    leased = sum(c.active for c in held.values())
+    dead = sum(c.dlq for c in held.values())
+    sizes = sorted(((c.waiting + c.delayed + c.active + c.dlq, name) for name, c in held.items()), reverse=True)
+    named = ", ".join(f"{clip_text(name, 200)} ({jobs})" for jobs, name in sizes[:LOSS_QUEUES_NAMED])
+    if len(sizes) > LOSS_QUEUES_NAMED:
+        named += f" and {len(sizes) - LOSS_QUEUES_NAMED} more"
+    log.warning("queue module: the in-memory queue store discards %d job(s) at this stop: %d waiting, %d delayed, "
+                "%d in flight (leased), %d dead letter(s), in %s; in-memory jobs live only as long as the engine "
+                "(the RedisAdapter keeps them across restarts)", waiting + delayed + leased + dead, waiting, delayed,
+                leased, dead, named)
 
 
 def open_store(settings: QueueModuleSettings) -> QueueStore:
@@ -648,6 +676,8 @@ class QueueModule(EngineModule):
                 log.warning("queue module: %d store operation(s) (enqueue, redrive, discard, stats) still under way "
                             "after the stop's %d ms; closing the store under them", self._store_ops,
                             self.settings.stop_timeout_ms)
+        if isinstance(self.store, MemoryQueueStore):
+            _tell_memory_loss(self.store)
         if self.bridge is not None:
             await close_store(self.bridge.close(), "the queue module's bridge link")
         await close_store(self.store.close(), f"the queue module's store ({type(self.store).__name__})")

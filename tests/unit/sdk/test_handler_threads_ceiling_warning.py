@@ -1,0 +1,64 @@
+"""When every handler thread up to the ceiling is busy and runs wait in the queue, one warning says so, naming the
+ceiling, the runs waiting and the cause (sync handlers blocked in a sync ``trigger``); at most every 30 s.
+
+Before: nothing was logged; a nested sync chain deeper than the ceiling only timed out, with an error that did not
+name the ceiling.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future
+
+import pytest
+
+from iii.handler_threads import HandlerThreads, blocked
+
+pytestmark = pytest.mark.timeout(30)
+
+LOGGER = "iii.handler_threads"
+
+
+def _chain(pool: HandlerThreads, depth: int, wait_s: float) -> int:
+    """A sync handler calling the next level and blocking on its answer, ``depth`` levels deep."""
+    def level(n: int) -> int:
+        if n == 0:
+            return 0
+        inner: Future[int] = pool.submit(level, n - 1)
+        with blocked():
+            return inner.result(wait_s) + 1
+
+    return pool.submit(level, depth).result(wait_s * 4 + 5)
+
+
+def _told(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == LOGGER and "max_threads" in r.getMessage()]
+
+
+def test_a_chain_past_the_ceiling_is_told_once_naming_the_ceiling_and_the_cause(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    pool = HandlerThreads(limit=1, max_threads=3, name="ceiling-test")
+    try:
+        for _ in range(2):  # twice past the ceiling within 30 s: one warning
+            with pytest.raises(TimeoutError):
+                _chain(pool, 6, 0.3)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    told = _told(caplog)
+    assert len(told) == 1, [r.getMessage() for r in told]
+    line = told[0].getMessage()
+    assert told[0].levelno == logging.WARNING
+    assert "all 3 sync handler threads (the ceiling, max_threads=3) are busy and 1 run(s) wait in the queue" in line
+    assert "'ceiling-test'" in line
+    assert "nested chains deeper than the ceiling cannot finish: use async handlers or trigger_async" in line
+
+
+def test_a_chain_within_the_ceiling_says_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    pool = HandlerThreads(limit=1, max_threads=8)
+    try:
+        assert _chain(pool, 7, 5) == 7
+    finally:
+        pool.shutdown()
+    assert not _told(caplog)
