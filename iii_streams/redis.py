@@ -251,7 +251,7 @@ def _pack_evalsha(conn: Any, sha: str, key: str, args: Sequence[Any]) -> bytes:
     return b"".join(parts)
 
 
-async def _send(conn: Any, packed: bytes, bounded: bool) -> None:
+async def _send(conn: Any, packed: bytes, bounded: bool, progress: WriteProgress | None = None) -> None:
     """``conn.send_packed_command(packed)`` without its socket timeout on the write when ``bounded`` (a deadline
     of the store bounds the caller).
 
@@ -263,18 +263,50 @@ async def _send(conn: Any, packed: bytes, bounded: bool) -> None:
 
     The connection's health check (a ``PING`` once it was idle for ``health_check_interval``) runs first, under
     the socket timeout: inside ``send_packed_command`` its reply would be read with no timeout at all.
+
+    ``progress`` is marked sent once the connection is up and checked, just before ``packed`` is written: a
+    connection lost before that (a refused reconnect, a failed health check) lost a command that was never sent.
     """
+    if not conn.is_connected:
+        await conn.connect()
+    await conn.check_health()
+    if progress is not None:
+        progress.sent = True
     timeout = conn.socket_timeout
     if not timeout or not bounded:
-        await conn.send_packed_command(packed)
+        await conn.send_packed_command(packed, check_health=False)
         return
-    await conn.check_health()
     conn.socket_timeout = None
     try:
         await conn.send_packed_command(packed, check_health=False)
     finally:
         if conn.socket_timeout is None:  # unless something set a timeout of its own meanwhile
             conn.socket_timeout = timeout
+
+
+def _unavailable_error(exc: StreamUnavailableError, sent: bool) -> StreamUnavailableError:
+    """``exc`` (a write's lost connection) restated with the write's outcome: ``applied`` ``None`` when its
+    script had been sent (it may have been applied), ``False`` when it had not; the caller raises it ``from``
+    ``exc.__cause__`` (the redis-py exception).
+
+    Why: every failure of a write whose connection was cut said only "Redis unreachable"; under repeated
+    ``CLIENT KILL`` 10 of 150 failed increments had been applied, with nothing telling their callers they might be.
+
+    Example:
+        >>> error = _unavailable_error(StreamUnavailableError("RedisStream.set: lost"), True)
+        >>> str(error), error.applied
+        ('RedisStream.set: lost; the write had been sent and may have been applied (outcome unknown)', None)
+        >>> error = _unavailable_error(PoolExhaustedError("RedisStream.set: pool exhausted"), False)
+        >>> type(error).__name__, str(error), error.applied
+        ('PoolExhaustedError', 'RedisStream.set: pool exhausted; the write was not sent and not applied', False)
+    """
+    if sent:
+        error = type(exc)(f"{exc}; the write had been sent and may have been applied (outcome unknown)")
+        error.applied = None
+    else:
+        error = type(exc)(f"{exc}; the write was not sent and not applied")
+        error.applied = False
+    return error
 
 
 async def _script_load(conn: Any, text: Any) -> str:
@@ -1225,7 +1257,8 @@ class RedisStream(FieldUpdates):
     async def _write_item(self, operation: str, timeout: float | None, script: AsyncScript, key: str, field: str,
                           args: Sequence[Any]) -> Any:
         """Run a write script of one field under the operation's guard: its reply. Past the time limit the
-        ``StreamTimeoutError`` says whether the script had been sent (outcome unknown) or not (not applied)."""
+        ``StreamTimeoutError`` says whether the script had been sent (outcome unknown) or not (not applied), and so
+        does a ``StreamUnavailableError`` (its ``applied``: ``None`` or ``False``)."""
         progress = WriteProgress()
         try:
             async with self._guard(operation, timeout):
@@ -1233,6 +1266,8 @@ class RedisStream(FieldUpdates):
                 return await self._run_once(script, key, args, progress)
         except StreamTimeoutError as exc:
             raise progress.timeout_error(exc) from exc
+        except StreamUnavailableError as exc:  # the connection was lost: was the script sent (applied None) or not?
+            raise _unavailable_error(exc, progress.sent) from exc.__cause__
 
     async def list(self, input: StreamListInput, *, timeout: float | None = None) -> builtins.list[Any]:
         """Every item value of a group (one ``HVALS``; Redis decides the order).
@@ -1320,6 +1355,8 @@ class RedisStream(FieldUpdates):
         except StreamTimeoutError as exc:
             # withdrawn (never written) unless its script was already sent, and the error says which
             raise update.timeout_error(exc) from exc
+        except StreamUnavailableError as exc:  # the connection was lost before the script was sent, or after
+            raise _unavailable_error(exc, update.sent) from exc.__cause__
         except asyncio.CancelledError:
             update.give_up()
             raise
@@ -1368,7 +1405,14 @@ class RedisStream(FieldUpdates):
         for field, text in texts.items():
             args += (field, read[field] or b"", text)
         args.append("\n".join(events))
-        written = await self._run_once(self._write_script, key, args)
+        progress = WriteProgress()
+        try:
+            written = await self._run_once(self._write_script, key, args, progress)
+        except BaseException:
+            if not progress.sent:  # the connection failed before the script was written: nothing was applied
+                for update in applied:
+                    update.sent = False
+            raise
         for field, text in texts.items():
             if written:
                 self._known.wrote((key, field), text)
@@ -1388,7 +1432,9 @@ class RedisStream(FieldUpdates):
         script run twice publishes its events twice, and the update batch's second run finds its own write, takes
         it for another process's, and the batch was read again and applied a second time (one increment, +2).
         Here a dropped connection is the caller's error (the outcome is unknown), as with the default client.
-        ``progress`` is marked sent just before the script is.
+        ``progress`` is marked sent just before the script is written to the connection (not while the
+        connection is taken, reconnected or health-checked), and unmarked when Redis answers ``NOSCRIPT`` (it ran
+        nothing) until the script is sent again.
         """
         if script.sha not in self._loaded:
             # Loaded before the first EVALSHA rather than on a NOSCRIPT reply: servers that word that reply
@@ -1400,14 +1446,13 @@ class RedisStream(FieldUpdates):
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
             try:
-                packed = _pack_evalsha(conn, script.sha, key, args)
-                if progress is not None:
-                    progress.sent = True
-                await _send(conn, packed, bounded)
+                await _send(conn, _pack_evalsha(conn, script.sha, key, args), bounded, progress)
                 return await conn.read_response()
             except NoScriptError:  # Redis ran nothing (restarted, or SCRIPT FLUSH): load it and send it again
+                if progress is not None:
+                    progress.sent = False
                 script.sha = await _script_load(conn, script.script)
-                await _send(conn, _pack_evalsha(conn, script.sha, key, args), bounded)
+                await _send(conn, _pack_evalsha(conn, script.sha, key, args), bounded, progress)
                 return await conn.read_response()
         finally:
             await pool.release(conn)
