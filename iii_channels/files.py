@@ -35,12 +35,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import json
 import logging
 import os
 import re
-import shutil
 import stat
 import tempfile
 import time
@@ -235,14 +235,65 @@ def _reclaim(path: Path) -> int | None:
         if not old and (pid is None or _pid_alive(pid)):
             return None
         if is_dir:
-            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
-            shutil.rmtree(path)
+            size = remove_tree(path)
         else:
             size = held.st_size
             os.unlink(path)
         return size
     finally:
         os.close(fd)
+
+
+def remove_tree(path: str | os.PathLike[str]) -> int:
+    """Remove the directory ``path`` and everything under it; returns the bytes its regular files held.
+
+    Iterative (an explicit stack, deleting bottom-up), unlike ``shutil.rmtree`` / ``Path.rglob`` on Python
+    3.11, which recurse per level: a staging tree of any depth (a peer's ``d/d/d/…``) is removed, never left
+    behind by a ``RecursionError``. Symlinks are removed, never followed; a directory found replaced meanwhile
+    (another inode than listed) raises ``OSError``. The first error raises, as ``shutil.rmtree`` does.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     deep = Path(tmp, "t")
+        ...     deep.mkdir()
+        ...     for _ in range(1200):
+        ...         deep /= "d"
+        ...         deep.mkdir()
+        ...     _ = (deep / "f").write_bytes(b"abc")
+        ...     remove_tree(Path(tmp, "t")), os.listdir(tmp)
+        (3, [])
+    """
+    top = os.fspath(path)
+    info = os.lstat(top)
+    if not stat.S_ISDIR(info.st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, "not a directory", top)
+    size = 0
+    pending = [(top, (info.st_dev, info.st_ino))]
+    emptied: list[str] = []  # parents before their children: removed in reverse
+    while pending:
+        current, identity = pending.pop()
+        fd = os.open(current, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            held = os.fstat(fd)
+            if (held.st_dev, held.st_ino) != identity:
+                raise OSError(errno.ESTALE, "replaced while being removed", current)
+            emptied.append(current)
+            with os.scandir(fd) as listing:
+                entries = list(listing)
+            for entry in entries:
+                entry_info = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(entry_info.st_mode):
+                    pending.append((os.path.join(current, entry.name), (entry_info.st_dev, entry_info.st_ino)))
+                    continue
+                if stat.S_ISREG(entry_info.st_mode):
+                    size += entry_info.st_size
+                os.unlink(entry.name, dir_fd=fd)
+        finally:
+            os.close(fd)
+    for directory in reversed(emptied):
+        os.rmdir(directory)
+    return size
 
 
 # What tempfile.mkstemp / mkdtemp make of PART_PREFIX + "<pid>-" (or of PART_PREFIX alone, before owners were

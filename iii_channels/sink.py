@@ -33,10 +33,12 @@ from iii.channels import ChannelWriter, binary_payload
 from iii.waiters import Signal
 
 from .errors import ChannelClosedError
-from .integrity import Digest
+from .integrity import TRAILER_KEY, Digest, is_trailer
 from .progress import Progress, _make_progress
 
 DEFAULT_SINK_HIGH_WATER_MARK = 4 * 1024 * 1024
+
+_TRAILER_START = '{"' + TRAILER_KEY + '"'
 
 log = logging.getLogger("iii_channels.sink")
 
@@ -158,6 +160,11 @@ class ChannelSink:
         if not isinstance(message, str):
             # Bytes queued here would go out as binary data the trailer does not count: an IntegrityError later.
             raise TypeError(f"ChannelSink.send_text takes a str, not {type(message).__name__} (use write for bytes)")
+        if is_trailer(message):
+            # Every checking reader takes it for the stream's trailer: the whole transfer would fail there.
+            raise ValueError(f"ChannelSink.send_text: a text message beginning {_TRAILER_START!r} is read as the "
+                             "stream's integrity trailer and would fail the transfer at the reader; send it in "
+                             f"another form: {message[:80]!r}")
         self._push(message)
         await self._wait_below_mark()
 

@@ -71,7 +71,9 @@ class ChannelSource:
         total: expected size, for progress reporting.
         on_text: called with each text message (other than the trailer) as it arrives.
         text_limit: most characters of text messages held for ``messages()`` / ``next_message()`` while bytes are
-            read; more raises :class:`LimitExceededError`. ``0`` holds none (they still reach ``on_text`` and the
+            read; more raises :class:`LimitExceededError` and fails the source for good, as a raising progress
+            callback does (the message past the limit was taken and not kept: reading on would lose it; the
+            texts held before it are still given out). ``0`` holds none (they still reach ``on_text`` and the
             reader's callbacks): for consumers of bytes only.
         buffer_limit: most bytes of binary data held unread while ``next_message()`` / ``messages()`` wait for a
             text message; past it they raise :class:`LimitExceededError` naming the limit (the bytes stay held:
@@ -143,7 +145,8 @@ class ChannelSource:
         self._eof = False
         self._trailer: tuple[int, str] | None = None
         self._progress = _make_progress(progress, total, label)
-        self._progress_failed: BaseException | None = None
+        # Failed for good (a progress callback raised, unread text past text_limit): why, and the error.
+        self._failed: tuple[str, BaseException] | None = None
         self._on_text = on_text
         self.bytes_read = 0
         self.verified = False
@@ -165,10 +168,11 @@ class ChannelSource:
         instead of being set aside), or ``None`` at EOF (after the trailer check). The trailer is consumed.
         ``text_ends``: ``b""`` once a text message was set aside (for a wait for text: the binary data after it
         may be long in coming)."""
-        if self._progress_failed is not None:
+        if self._failed is not None:
             channel_id = self.reader.ref.channel_id
-            raise ChannelClosedError(f"channel {channel_id}: this source failed when its progress callback raised "
-                                     f"{self._progress_failed!r}", channel_id=channel_id) from self._progress_failed
+            why, cause = self._failed
+            raise ChannelClosedError(f"channel {channel_id}: this source failed when {why} {cause!r}",
+                                     channel_id=channel_id) from cause
         while not self._eof:
             message = await self._recv()
             if message is None:
@@ -270,7 +274,12 @@ class ChannelSource:
         if self._text_limit:
             # Kept for messages()/next_message(), up to the limit: beyond it the caller is not reading them.
             if self._text_held + len(text) > self._text_limit:
-                raise LimitExceededError(self._text_limit, "the text held unread for messages()", "characters")
+                # That message was taken from the reader and is neither held nor handed on: reading on would
+                # lose it without a word, so this source fails for good (every later read raises).
+                overflow = LimitExceededError(self._text_limit, "the text held unread for messages()", "characters")
+                self._failed = ("unread text went past text_limit:", overflow)
+                await self._give_up()
+                raise overflow
             self._texts.append(text)
             self._text_at.append(self.bytes_read)
             self._text_held += len(text)
@@ -287,7 +296,7 @@ class ChannelSource:
         try:
             call(*args)
         except BaseException as exc:
-            self._progress_failed = exc
+            self._failed = ("its progress callback raised", exc)
             raise
 
     def _finish(self) -> None:

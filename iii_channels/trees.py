@@ -51,7 +51,6 @@ import contextlib
 import errno
 import json
 import os
-import shutil
 import stat
 import tempfile
 from collections.abc import Iterable
@@ -74,6 +73,7 @@ from .files import (
     check_chunk_size,
     new_file_mode,
     reclaim_stale_parts,
+    remove_tree,
 )
 from .integrity import Digest
 from .progress import Progress
@@ -85,6 +85,9 @@ END_KEY = "iii_channels_entry_end"
 TREE_KEY = "iii_channels_tree"
 # Each entry costs the receiver its name in memory and an inode on disk: a peer may not ask for unlimited ones.
 DEFAULT_MAX_ENTRIES = 1_000_000
+# Most levels (path components) an entry of a tree may have, sent or received: a peer's "d/d/d/…" thousands deep
+# would otherwise break whatever recurses per level (Path.mkdir(parents=True), os.walk, shutil.rmtree on 3.11).
+MAX_TREE_DEPTH = 256
 
 FileSpec = str | os.PathLike[str] | tuple[str, str | os.PathLike[str]]
 """A file to send: a path (sent under its basename) or ``(name_in_stream, path)``."""
@@ -125,6 +128,10 @@ def check_entry_path(name: object) -> PurePosixPath:
         Traceback (most recent call last):
         ...
         ValueError: refusing the sender's path 'a/.iii-part-1-x': .iii-part-* names are kept for partial transfers
+        >>> check_entry_path("/".join(["d"] * 300))
+        Traceback (most recent call last):
+        ...
+        ValueError: path 'd/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/…' has 300 levels, more than MAX_TREE_DEPTH (256)
     """
     if not isinstance(name, str) or not name or "\x00" in name:
         raise ValueError(f"unsafe path in channel stream: {name!r}")
@@ -132,10 +139,21 @@ def check_entry_path(name: object) -> PurePosixPath:
     parts = name.split("/")
     if path.is_absolute() or any(part in ("", ".", "..") for part in parts):
         raise ValueError(f"unsafe path in channel stream: {name!r}")
+    if len(parts) > MAX_TREE_DEPTH:
+        raise ValueError(f"path {_short(name)!r} has {len(parts)} levels, more than MAX_TREE_DEPTH ({MAX_TREE_DEPTH})")
     if any(part.startswith(PART_PREFIX) for part in parts):
         # stored, a later receive next to it would take it for a dead receiver's partial transfer and remove it
         raise ValueError(f"refusing the sender's path {name!r}: {PART_PREFIX}* names are kept for partial transfers")
     return path
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= 40 else name[:40] + "…"
+
+
+def _too_deep(name: str, where: str) -> LimitExceededError:
+    return LimitExceededError(MAX_TREE_DEPTH, f"{where}: the entry {_short(name)!r} ({name.count('/') + 1} levels)",
+                              "levels (MAX_TREE_DEPTH)")
 
 
 def _entry(path: str, kind: str, size: int | None = None) -> str:
@@ -177,7 +195,9 @@ def _walk(directory: Path) -> tuple[list[str], list[tuple[str, Path, os.stat_res
     A directory that cannot be listed, or an entry whose type cannot be told, fails the walk (``OSError``
     naming it): a tree sent without part of it would still verify. Only a dangling symlink (or a symlink loop),
     or an entry removed meanwhile (a subdirectory too), is left out, and so is a ``.iii-part-*`` entry (a partial
-    transfer left in the tree, with what is under it: every receiver refuses such names).
+    transfer left in the tree, with what is under it: every receiver refuses such names). An entry more than
+    :data:`MAX_TREE_DEPTH` levels below ``directory`` fails it (:class:`LimitExceededError` naming the entry),
+    before the walk goes deeper: receivers refuse such a tree.
 
     Example:
         >>> import tempfile
@@ -204,11 +224,16 @@ def _walk(directory: Path) -> tuple[list[str], list[tuple[str, Path, os.stat_res
         rel_root = Path(root).relative_to(directory)
         dirnames[:] = sorted(d for d in dirnames
                              if not d.startswith(PART_PREFIX) and not os.path.islink(os.path.join(root, d)))
+        too_deep = len(rel_root.parts) >= MAX_TREE_DEPTH
         for d in dirnames:
             dirs.append((rel_root / d).as_posix())
+            if too_deep:  # raised here, os.walk never goes on below it
+                raise _too_deep(dirs[-1], f"send_dir {os.fspath(directory)}")
         for name in sorted(filenames):
             if name.startswith(PART_PREFIX):
                 continue  # sent, it failed the whole receive: "refusing the sender's path"
+            if too_deep:
+                raise _too_deep((rel_root / name).as_posix(), f"send_dir {os.fspath(directory)}")
             full = Path(root) / name
             try:
                 info = os.stat(full)
@@ -348,6 +373,8 @@ class _Receiver:
         return IntegrityError(f"channel {self.channel_id}: {message}", channel_id=self.channel_id)
 
     def _claim(self, name: object) -> tuple[str, Path]:
+        if isinstance(name, str) and name.count("/") >= MAX_TREE_DEPTH:
+            raise _too_deep(name, f"channel {self.channel_id}")  # before any of it is created
         try:
             rel = check_entry_path(name)
         except ValueError as exc:
@@ -468,7 +495,8 @@ def _prepare(destination: Path) -> tuple[Path, int]:
         lock = _lock_part_dir(staging)
         staging.chmod(_new_dir_mode())
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            remove_tree(staging)
         raise
     return staging, lock
 
@@ -528,8 +556,9 @@ async def receive_dir(
         # Tell the writer at once (our engine: 4002 "reader gone") instead of leaving it blocked on backpressure.
         with contextlib.suppress(Exception):
             await reader.close_async()
+        # Not recursive (shutil.rmtree is, on 3.11): no depth of tree replaces the error the caller is given.
         with contextlib.suppress(OSError):
-            await asyncio.shield(asyncio.to_thread(shutil.rmtree, staging))
+            await asyncio.shield(asyncio.to_thread(remove_tree, staging))
         raise
     finally:
         # Released only now: renamed or removed, the staging directory never looks abandoned while in use.
@@ -539,4 +568,4 @@ async def receive_dir(
     return TreeReceipt(final, files, receiver.dirs)
 
 
-__all__ = ["TreeReceipt", "check_entry_path", "receive_dir", "send_dir", "send_files"]
+__all__ = ["MAX_TREE_DEPTH", "TreeReceipt", "check_entry_path", "receive_dir", "send_dir", "send_files"]
