@@ -99,7 +99,7 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.engine import URL, Connection, ExceptionContext, make_url
 from sqlalchemy.exc import (
     DBAPIError,
     DisconnectionError,
@@ -967,6 +967,48 @@ def _install_postgresql_hooks(engine: AsyncEngine) -> None:
         if driver is not None and driver.is_closed():
             raise DisconnectionError("the server closed this pooled connection while it was idle")
 
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _on_error(context: ExceptionContext) -> None:
+        # SQLAlchemy takes an asyncpg error for a lost connection only once asyncpg saw the socket closed. Ended by
+        # the server (pg_terminate_backend, a restart), a connection got the server's last error first and was left
+        # in a state no operation can use ("cannot switch to state 12; another operation (2) is in progress"):
+        # given back to the pool, it failed the operations after, the server being up. Invalidated now, as lost.
+        if not context.is_disconnect and _connection_broken(context.original_exception):
+            context.is_disconnect = True
+
+
+
+# SQLSTATEs of a server ending the session: admin_shutdown (pg_terminate_backend, a fast shutdown), crash_shutdown,
+# cannot_connect_now; and the class of connection exceptions
+_ENDED_SQLSTATES: Final = ("57P01", "57P02", "57P03", "08")
+
+
+def _connection_broken(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or an error it was raised from) says the driver's connection cannot be used any more: asyncpg
+    left in the middle of an operation (``InternalClientError``, its schema-cache one aside; an ``InterfaceError``
+    that another operation is in progress or the connection closed), or the server ending the session.
+
+    Example:
+        >>> class InternalClientError(Exception):
+        ...     pass
+        >>> InternalClientError.__module__ = "asyncpg.exceptions._base"
+        >>> broken = InternalClientError("cannot switch to state 12; another operation (2) is in progress")
+        >>> _connection_broken(RuntimeError("wrapped")), _connection_broken(broken)
+        (False, True)
+    """
+    seen = 0
+    while exc is not None and seen < 5:
+        names = {cls.__name__ for cls in type(exc).__mro__ if cls.__module__.startswith("asyncpg")}
+        if "InternalClientError" in names and "OutdatedSchemaCacheError" not in names:
+            return True
+        text = str(exc)
+        if "InterfaceError" in names and ("another operation is in progress" in text or "closed" in text):
+            return True
+        state = getattr(exc, "sqlstate", None)
+        if isinstance(state, str) and state.startswith(_ENDED_SQLSTATES):
+            return True
+        exc, seen = exc.__cause__, seen + 1
+    return False
 
 
 def _shared_lock_wait(writes: int, chars: int, left: float | None) -> float:
@@ -984,6 +1026,31 @@ def _shared_lock_wait(writes: int, chars: int, left: float | None) -> float:
     if left is not None:
         wait = min(wait, left * _SHARED_LOCK_SHARE)
     return max(wait, 0.001)
+
+
+def _lost_write_error(write: WriteProgress, exc: StreamUnavailableError) -> StreamUnavailableError:
+    """``exc`` (the connection was lost or refused) restated with the outcome of ``write``, as
+    :meth:`WriteProgress.timeout_error` restates a timeout: ``applied=False`` when nothing of it had been sent to be
+    committed, ``None`` once its commit (or its autocommit statement) had been sent, whose answer was lost with the
+    connection. The same class as ``exc`` (a :class:`PoolExhaustedError` stays one); the caller raises it ``from exc``.
+
+    Example:
+        >>> sent = WriteProgress()
+        >>> sent.sent = True  # the batch sent its COMMIT, then the connection was lost
+        >>> error = _lost_write_error(sent, StreamUnavailableError("S.set: lost"))
+        >>> str(error), error.applied
+        ('S.set: lost; the write had been sent and may have been applied (outcome unknown)', None)
+        >>> error = _lost_write_error(WriteProgress(), StreamUnavailableError("S.set: refused"))
+        >>> str(error), error.applied
+        ('S.set: refused; the write was not sent and not applied', False)
+    """
+    if write.give_up():  # (the batch is done with it: this only reads whether it was sent)
+        error = type(exc)(f"{exc}; the write was not sent and not applied")
+        error.applied = False
+    else:
+        error = type(exc)(f"{exc}; the write had been sent and may have been applied (outcome unknown)")
+        error.applied = None
+    return error
 
 
 def _handing_on(writes: Sequence[_Write], answers: builtins.list[Any]) -> builtins.list[Any]:
@@ -1505,6 +1572,10 @@ class SQLStream(FieldUpdates):
             isinstance(exc, OSError) and not isinstance(exc, TimeoutError)  # a refused connect: the server is down
         ):
             # (SQLAlchemy 2.0.0 raises asyncpg's connect errors unwrapped)
+            if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+                # named as what it is: the driver's words may be only its own state ("cannot switch to state 12")
+                return StreamUnavailableError(f"{where}: database unreachable: its connection was lost "
+                                              f"({error_line(exc)}){self._named()}")
             return StreamUnavailableError(f"{where}: database unreachable: {error_line(exc)}{self._named()}")
         if isinstance(exc, SQLAlchemyError):
             return StreamBackendError(f"{where}: the database refused the statement: {error_line(exc)}")
@@ -1533,6 +1604,8 @@ class SQLStream(FieldUpdates):
                 return await self._writes.submit(self._queue_of(write, timeout), write)
         except StreamTimeoutError as exc:
             raise write.timeout_error(exc) from exc
+        except StreamUnavailableError as exc:
+            raise _lost_write_error(write, exc) from exc
         except asyncio.CancelledError:
             write.give_up()
             raise

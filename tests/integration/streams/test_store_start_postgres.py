@@ -111,7 +111,8 @@ async def test_a_missing_database_is_unreachable_not_a_refused_statement() -> No
             await store.prepare()
     # named, password masked: the driver's text names no database for a refused connection
     named = f'database unreachable: database "{name}" does not exist (PostgreSQL database {masked})'
-    assert str(at_call.value) == f"SQLStream.set: {named}"
+    assert str(at_call.value) == f"SQLStream.set: {named}; the write was not sent and not applied"
+    assert at_call.value.applied is False
     # the watch's own LISTEN connection: before, StreamBackendError "…: InvalidCatalogNameError: database … "
     assert str(at_watch.value) == f"SQLStream.watch: {named}"
     assert str(at_open.value) == f'cannot open PostgreSQL database {masked}: database "{name}" does not exist'

@@ -33,7 +33,7 @@ async def test_a_watch_on_a_file_in_a_missing_directory_fails_like_get_and_set(t
            f"directory {path.parent} does not exist)")
     assert str(at_watch.value) == f"SQLStream.watch: {why}"
     assert str(at_get.value) == f"SQLStream.get: {why}"
-    assert str(at_set.value) == f"SQLStream.set: {why}"
+    assert str(at_set.value) == f"SQLStream.set: {why}; the write was not sent and not applied"
 
 
 @pytest.mark.parametrize("operation", ["watch", "set"])
