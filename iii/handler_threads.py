@@ -202,6 +202,7 @@ class HandlerThreads(ThreadPoolExecutor):
         self._counts = threading.Lock()
         self._running = 0
         self._finished = 0
+        self._waiting = 0  # threads inside _blocked (a sync SDK call): only these can hold the ceiling for good
         self._ceiling_told = -CEILING_WARNING_INTERVAL_S  # when the ceiling's warning was last logged (monotonic)
         self._closing = False  # shutdown() was called: a refusal after it is ours, not the interpreter's
         self._told = threading.Lock()  # held once on_exit has been called: it is called once
@@ -313,19 +314,23 @@ class HandlerThreads(ThreadPoolExecutor):
                 # workers' end marker: a thread started for it would only end again.)
                 if not pool._shutdown and not pool._work_queue.empty():
                     self._start_thread(pool)
+        with self._counts:
+            self._waiting += 1
         if not freed:
             self._tell_ceiling(pool)
         try:
             yield
         finally:
+            with self._counts:
+                self._waiting -= 1
             if freed:
                 with pool._shutdown_lock:
                     pool._max_workers -= 1
 
     def _tell_ceiling(self, pool: Any) -> None:
         """Warn (at most every :data:`CEILING_WARNING_INTERVAL_S`) when every thread up to the ceiling is busy and
-        runs wait in the queue: nothing said so, and nested sync chains past the ceiling only timed out. Reads the
-        counts, changes none."""
+        runs wait in the queue while a thread waits in a sync SDK call: nothing said so, and nested sync chains past
+        the ceiling only timed out. Reads the counts, changes none."""
         if pool._max_workers < self._ceiling or pool._shutdown:
             return
         queued = pool._work_queue.qsize()
@@ -334,6 +339,8 @@ class HandlerThreads(ThreadPoolExecutor):
         with self._counts:
             threads = len(pool._threads)
             if threads < pool._max_workers or self._running < threads:  # a thread is idle, or one may start
+                return
+            if not self._waiting:  # busy, none waiting on a call: plain load (limit == max_threads), it drains
                 return
             now = time.monotonic()
             if now - self._ceiling_told < CEILING_WARNING_INTERVAL_S:

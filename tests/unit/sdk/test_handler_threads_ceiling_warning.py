@@ -8,6 +8,7 @@ name the ceiling.
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import Future
 
 import pytest
@@ -59,6 +60,29 @@ def test_a_chain_within_the_ceiling_says_nothing(caplog: pytest.LogCaptureFixtur
     pool = HandlerThreads(limit=1, max_threads=8)
     try:
         assert _chain(pool, 7, 5) == 7
+    finally:
+        pool.shutdown()
+    assert not _told(caplog)
+
+
+def test_plain_load_at_a_ceiling_equal_to_the_limit_says_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    """Busy threads with runs queued and none waiting in a sync SDK call: the queue drains, nothing is stuck (the
+    warning fired here when ``limit == max_threads``)."""
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    pool = HandlerThreads(limit=2, max_threads=2)
+    gate = threading.Event()
+    both = threading.Barrier(3)
+
+    def hold() -> bool:
+        both.wait(10)
+        return gate.wait(10)
+
+    try:
+        first = [pool.submit(hold) for _ in range(2)]
+        both.wait(10)  # both threads are running: the next submits queue
+        queued = [pool.submit(int, 1) for _ in range(3)]
+        gate.set()
+        assert all(f.result(timeout=10) for f in first) and [f.result(timeout=10) for f in queued] == [1, 1, 1]
     finally:
         pool.shutdown()
     assert not _told(caplog)
