@@ -45,6 +45,7 @@ async def test_an_engine_call_whose_caller_is_cancelled_leaves_the_pending_table
 
     class _Outbox:
         waiting = 0
+        closed = False
 
         @staticmethod
         def must_wait(size: int = 0) -> bool:
