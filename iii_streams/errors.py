@@ -72,6 +72,31 @@ class StreamUnavailableError(StreamError, ConnectionError):
 
     applied: bool | None = None
 
+    def with_outcome(self, sent: bool) -> StreamUnavailableError:
+        """This error (a write's lost or refused connection) restated with the write's outcome, of the same class
+        (a :class:`PoolExhaustedError` stays one): ``applied=None`` and "may have been applied" once the write (its
+        script, its commit) had been sent, ``applied=False`` and "not applied" before. The caller raises it from
+        the driver's exception.
+
+        Why: a write whose connection was cut said only "unreachable"; under repeated ``CLIENT KILL`` 10 of 150
+        failed Redis increments had been applied, and PostgreSQL commits whose answer was lost were all committed.
+
+        Example:
+            >>> error = StreamUnavailableError("S.set: lost").with_outcome(sent=True)
+            >>> str(error), error.applied
+            ('S.set: lost; the write had been sent and may have been applied (outcome unknown)', None)
+            >>> error = PoolExhaustedError("S.set: pool exhausted").with_outcome(sent=False)
+            >>> type(error).__name__, str(error), error.applied
+            ('PoolExhaustedError', 'S.set: pool exhausted; the write was not sent and not applied', False)
+        """
+        if sent:
+            error = type(self)(f"{self}; the write had been sent and may have been applied (outcome unknown)")
+            error.applied = None
+        else:
+            error = type(self)(f"{self}; the write was not sent and not applied")
+            error.applied = False
+        return error
+
 
 class PoolExhaustedError(StreamUnavailableError):
     """Every pooled connection stayed busy for longer than the pool's wait limit.

@@ -284,31 +284,6 @@ async def _send(conn: Any, packed: bytes, bounded: bool, progress: WriteProgress
             conn.socket_timeout = timeout
 
 
-def _unavailable_error(exc: StreamUnavailableError, sent: bool) -> StreamUnavailableError:
-    """``exc`` (a write's lost connection) restated with the write's outcome: ``applied`` ``None`` when its
-    script had been sent (it may have been applied), ``False`` when it had not; the caller raises it ``from``
-    ``exc.__cause__`` (the redis-py exception).
-
-    Why: every failure of a write whose connection was cut said only "Redis unreachable"; under repeated
-    ``CLIENT KILL`` 10 of 150 failed increments had been applied, with nothing telling their callers they might be.
-
-    Example:
-        >>> error = _unavailable_error(StreamUnavailableError("RedisStream.set: lost"), True)
-        >>> str(error), error.applied
-        ('RedisStream.set: lost; the write had been sent and may have been applied (outcome unknown)', None)
-        >>> error = _unavailable_error(PoolExhaustedError("RedisStream.set: pool exhausted"), False)
-        >>> type(error).__name__, str(error), error.applied
-        ('PoolExhaustedError', 'RedisStream.set: pool exhausted; the write was not sent and not applied', False)
-    """
-    if sent:
-        error = type(exc)(f"{exc}; the write had been sent and may have been applied (outcome unknown)")
-        error.applied = None
-    else:
-        error = type(exc)(f"{exc}; the write was not sent and not applied")
-        error.applied = False
-    return error
-
-
 async def _script_load(conn: Any, text: Any) -> str:
     """``SCRIPT LOAD text`` on ``conn``, a connection the caller holds: the script's SHA1.
 
@@ -1267,7 +1242,7 @@ class RedisStream(FieldUpdates):
         except StreamTimeoutError as exc:
             raise progress.timeout_error(exc) from exc
         except StreamUnavailableError as exc:  # the connection was lost: was the script sent (applied None) or not?
-            raise _unavailable_error(exc, progress.sent) from exc.__cause__
+            raise exc.with_outcome(progress.sent) from exc.__cause__
 
     async def list(self, input: StreamListInput, *, timeout: float | None = None) -> builtins.list[Any]:
         """Every item value of a group (one ``HVALS``; Redis decides the order).
@@ -1356,7 +1331,7 @@ class RedisStream(FieldUpdates):
             # withdrawn (never written) unless its script was already sent, and the error says which
             raise update.timeout_error(exc) from exc
         except StreamUnavailableError as exc:  # the connection was lost before the script was sent, or after
-            raise _unavailable_error(exc, update.sent) from exc.__cause__
+            raise exc.with_outcome(update.sent) from exc.__cause__
         except asyncio.CancelledError:
             update.give_up()
             raise

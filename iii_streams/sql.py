@@ -1028,31 +1028,6 @@ def _shared_lock_wait(writes: int, chars: int, left: float | None) -> float:
     return max(wait, 0.001)
 
 
-def _lost_write_error(write: WriteProgress, exc: StreamUnavailableError) -> StreamUnavailableError:
-    """``exc`` (the connection was lost or refused) restated with the outcome of ``write``, as
-    :meth:`WriteProgress.timeout_error` restates a timeout: ``applied=False`` when nothing of it had been sent to be
-    committed, ``None`` once its commit (or its autocommit statement) had been sent, whose answer was lost with the
-    connection. The same class as ``exc`` (a :class:`PoolExhaustedError` stays one); the caller raises it ``from exc``.
-
-    Example:
-        >>> sent = WriteProgress()
-        >>> sent.sent = True  # the batch sent its COMMIT, then the connection was lost
-        >>> error = _lost_write_error(sent, StreamUnavailableError("S.set: lost"))
-        >>> str(error), error.applied
-        ('S.set: lost; the write had been sent and may have been applied (outcome unknown)', None)
-        >>> error = _lost_write_error(WriteProgress(), StreamUnavailableError("S.set: refused"))
-        >>> str(error), error.applied
-        ('S.set: refused; the write was not sent and not applied', False)
-    """
-    if write.give_up():  # (the batch is done with it: this only reads whether it was sent)
-        error = type(exc)(f"{exc}; the write was not sent and not applied")
-        error.applied = False
-    else:
-        error = type(exc)(f"{exc}; the write had been sent and may have been applied (outcome unknown)")
-        error.applied = None
-    return error
-
-
 def _handing_on(writes: Sequence[_Write], answers: builtins.list[Any]) -> builtins.list[Any]:
     """``answers``, with every write handed on (:class:`Requeue`) marked not sent: it was not committed (a batch that
     re-ran for withdrawals marks the writes it keeps as sent), so its caller may still withdraw it until its item's
@@ -1605,7 +1580,7 @@ class SQLStream(FieldUpdates):
         except StreamTimeoutError as exc:
             raise write.timeout_error(exc) from exc
         except StreamUnavailableError as exc:
-            raise _lost_write_error(write, exc) from exc
+            raise exc.with_outcome(sent=not write.give_up()) from exc  # (give_up: the batch is done with it)
         except asyncio.CancelledError:
             write.give_up()
             raise
