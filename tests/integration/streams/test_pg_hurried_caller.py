@@ -85,9 +85,12 @@ async def test_one_hurried_caller_leaves_the_batch_instead_of_cutting_its_lock_w
 
 async def test_only_a_caller_far_shorter_than_the_batchs_others_is_in_a_hurry(pg_url: str) -> None:
     async with SQLStream.from_url(pg_url) as store:
-        now = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
 
         def batch(*deadlines: float) -> list[sql_module._Write]:
+            # deadlines from now, each batch (one "now" for all five let a loaded machine's pause between them
+            # expire the 10 ms deadlines of the last: a clean-clone CI run failed so)
+            now = loop.time()
             writes = [sql_module._Write("s", "g", f"i{n}", item_key("s", "g", f"i{n}"), None, 10)
                       for n in range(len(deadlines))]
             for w, deadline in zip(writes, deadlines, strict=True):
