@@ -11,17 +11,7 @@ import threading
 from concurrent.futures import Future
 
 from iii.handler_threads import HandlerThreads, blocked
-
-
-def _chain(pool: HandlerThreads, depth: int, wait_s: float) -> int:
-    def level(n: int) -> int:
-        if n == 0:
-            return 0
-        inner: Future[int] = pool.submit(level, n - 1)
-        with blocked():
-            return inner.result(wait_s) + 1
-
-    return pool.submit(level, depth).result(wait_s + 2)
+from tests.handler_chains import nested_chain
 
 
 def test_a_nested_chain_answers_after_a_backlog() -> None:
@@ -29,7 +19,7 @@ def test_a_nested_chain_answers_after_a_backlog() -> None:
     try:
         backlog = [pool.submit(sum, [i, 1]) for i in range(200)]  # queued faster than 4 threads run them
         assert [f.result(5) for f in backlog] == [i + 1 for i in range(200)]
-        assert _chain(pool, 20, 3) == 20
+        assert nested_chain(pool, 20, 3, 5) == 20
         assert pool.threads <= 64
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -40,7 +30,7 @@ def test_after_the_chain_a_second_backlog_and_chain_still_answer() -> None:
     try:
         for _ in range(2):
             assert all(f.result(5) == 3 for f in [pool.submit(sum, [1, 2]) for _ in range(500)])
-            assert _chain(pool, 30, 3) == 30
+            assert nested_chain(pool, 30, 3, 5) == 30
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

@@ -9,27 +9,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import Future
 
 import pytest
 
-from iii.handler_threads import HandlerThreads, blocked
+from iii.handler_threads import HandlerThreads
+from tests.handler_chains import nested_chain
 
 pytestmark = pytest.mark.timeout(30)
 
 LOGGER = "iii.handler_threads"
-
-
-def _chain(pool: HandlerThreads, depth: int, wait_s: float) -> int:
-    """A sync handler calling the next level and blocking on its answer, ``depth`` levels deep."""
-    def level(n: int) -> int:
-        if n == 0:
-            return 0
-        inner: Future[int] = pool.submit(level, n - 1)
-        with blocked():
-            return inner.result(wait_s) + 1
-
-    return pool.submit(level, depth).result(wait_s * 4 + 5)
 
 
 def _told(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -43,7 +31,7 @@ def test_a_chain_past_the_ceiling_is_told_once_naming_the_ceiling_and_the_cause(
     try:
         for _ in range(2):  # twice past the ceiling within 30 s: one warning
             with pytest.raises(TimeoutError):
-                _chain(pool, 6, 0.3)
+                nested_chain(pool, 6, 0.3, 6.2)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     told = _told(caplog)
@@ -59,7 +47,7 @@ def test_a_chain_within_the_ceiling_says_nothing(caplog: pytest.LogCaptureFixtur
     caplog.set_level(logging.WARNING, logger=LOGGER)
     pool = HandlerThreads(limit=1, max_threads=8)
     try:
-        assert _chain(pool, 7, 5) == 7
+        assert nested_chain(pool, 7, 5, 25) == 7
     finally:
         pool.shutdown()
     assert not _told(caplog)

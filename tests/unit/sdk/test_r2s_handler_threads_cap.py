@@ -9,33 +9,22 @@ caller's timeout breaks the cycle).
 from __future__ import annotations
 
 import threading
-from concurrent.futures import Future
 
 import pytest
 
 from iii import handler_threads
 from iii.handler_threads import HandlerThreads, blocked
+from tests.handler_chains import nested_chain
 
 # (read this way so that the test runs, and fails on the thread count, against the code before the ceiling)
 DEFAULT_MAX_THREADS: int = getattr(handler_threads, "DEFAULT_MAX_THREADS", 256)
-
-
-def _recursive(pool: HandlerThreads, depth: int, wait_s: float) -> int:
-    def level(n: int) -> int:
-        if n == 0:
-            return 0
-        inner: Future[int] = pool.submit(level, n - 1)
-        with blocked():
-            return inner.result(wait_s) + 1
-
-    return pool.submit(level, depth).result(wait_s * 4 + 5)
 
 
 def test_a_self_triggering_chain_stops_growing_at_the_ceiling() -> None:
     pool = HandlerThreads(limit=2, max_threads=16)
     try:
         with pytest.raises(TimeoutError):  # the chain is deeper than the ceiling: it times out, as it did before
-            _recursive(pool, 200, 0.5)
+            nested_chain(pool, 200, 0.5, 7.0)
         assert pool.threads <= 16
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -44,7 +33,7 @@ def test_a_self_triggering_chain_stops_growing_at_the_ceiling() -> None:
 def test_a_chain_within_the_ceiling_still_answers() -> None:
     pool = HandlerThreads(limit=1, max_threads=32)
     try:
-        assert _recursive(pool, 20, 5) == 20
+        assert nested_chain(pool, 20, 5, 25) == 20
         assert pool.threads <= 32
     finally:
         pool.shutdown()
@@ -54,7 +43,7 @@ def test_the_default_ceiling_bounds_the_threads() -> None:
     pool = HandlerThreads(limit=2)
     try:
         with pytest.raises(TimeoutError):
-            _recursive(pool, DEFAULT_MAX_THREADS + 50, 1.0)
+            nested_chain(pool, DEFAULT_MAX_THREADS + 50, 1.0, 9.0)
         assert pool.threads <= DEFAULT_MAX_THREADS
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
