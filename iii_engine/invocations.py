@@ -168,7 +168,8 @@ class Pending:
     watch: Any = None  # the invocation observer's token, handed back when the result arrives
     holder: WorkerConnection | None = None  # the worker whose max_calls_per_worker count the call holds
     ended: bool = False  # set by _finish: a wait for room in the callee's queue stops at once
-    # set once the callee's outbox took the frame (written, or queued to be): from then on the callee may run it
+    # set by the callee's outbox once it hands the frame to the socket (workers.Handover): from then on the callee
+    # may run it; a frame its queue dropped unwritten (the connection lost first) never has it set
     handed: bool = False
     hook: Callable[[], object] | None = None  # called once the future is settled (Started.hook)
 
@@ -414,14 +415,14 @@ class Invocations:
             # situation; this said channel_send_failed "worker connection closed", halt_worker invocation_stopped)
             self._finish(pending.invocation_id, None, stopped(pending.function_id, self._callee_lost(pending)))
             return
-        pending.handed = True  # set before the write: a disconnect during it finds the call possibly run
-        if not await outbox.send(text, size, flush=True):
+        if not await outbox.send(text, size, flush=True, tag=pending):
             self._finish(pending.invocation_id, None, stopped(pending.function_id, self._callee_lost(pending)))
 
     def _callee_lost(self, pending: Pending) -> str:
         """Why a call whose callee's connection is gone ended: the engine's stop, or the callee's worker leaving
-        before answering, the call either never handed to its connection (it did not run: safe to retry) or
-        handed over (it may have run).
+        before answering, the call either never handed to its connection's socket (it did not run: safe to retry,
+        its frame waited for room or was dropped from the callee's queue unwritten) or handed over (it may have
+        run).
 
         Why tell them apart: both said the callee disconnected (or "worker connection closed"), and a caller
         deciding whether to retry could not know that the calls that waited for room in the callee's queue were

@@ -61,6 +61,13 @@ class Ending(Protocol):
     ended: bool
 
 
+class Handover(Protocol):
+    """The owner of a frame (:meth:`Outbox.post`'s ``tag``): :class:`Outbox` sets ``handed`` once the frame is
+    handed to the socket (or may have been, in part); a frame the queue dropped unwritten never has it set."""
+
+    handed: bool
+
+
 class Outbox:
     """An ordered, non-blocking queue of text frames drained by one sender task, bounded in frames and bytes.
 
@@ -68,6 +75,9 @@ class Outbox:
     would not fit in ``max_bytes``). ``max_bytes`` is the hard bound for frames posted without waiting: the frame
     that would cross it is refused, the queue is emptied and ``on_overflow`` is called once (the engine then
     disconnects the peer). A single frame larger than ``max_bytes`` is still accepted when nothing else is queued.
+
+    A frame posted with a ``tag`` (:class:`Handover`) has ``tag.handed`` set when it goes to the socket: one whose
+    queue was dropped first (a close without flush, an overflow, a failed socket) never left the engine.
     """
 
     def __init__(self, send: Callable[[str], Awaitable[None]], *, limit: int = OUTBOX_LIMIT,
@@ -88,7 +98,7 @@ class Outbox:
         self._on_overflow = on_overflow
         self._flush = flush  # writes out what ``send`` may have held back, once the queue runs empty
         self._busy = False  # a frame is being written (by the sender task or inline by :meth:`send`)
-        self._items: deque[tuple[str, int]] = deque()
+        self._items: deque[tuple[str, int, Handover | None]] = deque()
         self._bytes = 0  # queued plus the frame being written
         self._ready = asyncio.Event()
         self._room = asyncio.Event()
@@ -112,8 +122,9 @@ class Outbox:
         """True once the connection is gone; posts are dropped from then on."""
         return self._closed
 
-    def post(self, text: str) -> bool:
-        """Queue one frame; ``False`` if the connection is closed or this frame overflowed the byte bound."""
+    def post(self, text: str, tag: Handover | None = None) -> bool:
+        """Queue one frame; ``False`` if the connection is closed or this frame overflowed the byte bound.
+        ``tag``: told when the frame is handed to the socket (:class:`Handover`)."""
         if self._closed:
             return False
         if self._write_now is not None and not self._items and not self._busy:
@@ -123,9 +134,13 @@ class Outbox:
             try:
                 wrote = self._write_now(text, False)
             except Exception as exc:
+                if tag is not None:
+                    tag.handed = True  # part of it may have been written
                 self._broken(exc)
                 return False
             if wrote:
+                if tag is not None:
+                    tag.handed = True
                 if wrote == WROTE_OVER_MARK:
                     self._count_written(frame_bytes(text))
                 return True
@@ -133,7 +148,7 @@ class Outbox:
         if self._bytes and self._bytes + size > self._max_bytes:
             self._overflow(size)
             return False
-        self._items.append((text, size))
+        self._items.append((text, size, tag))
         self._bytes += size
         self._ready.set()
         if len(self._items) >= self._limit:
@@ -184,24 +199,32 @@ class Outbox:
         """Wake every :meth:`wait_for_room` to check again (those still without room wait on)."""
         self._room.set()
 
-    async def send(self, text: str, size: int | None = None, *, flush: bool = True) -> bool:
+    async def send(self, text: str, size: int | None = None, *, flush: bool = True,
+                   tag: Handover | None = None) -> bool:
         """Write ``text`` from the calling task when nothing is queued or being written (no wake-up of the sender
         task: the call path's latency), else queue it like :meth:`post`. The caller waits while the socket's own
         flow control holds the write back, so only callers that accept the peer's back-pressure use it.
         ``size``: :func:`frame_bytes` of ``text`` when the caller already has it. ``flush=False`` leaves a frame
         that ``send`` corked to go out with the others of this event-loop turn (the socket layer writes them at
-        the end of the turn): a burst of inline sends then costs one socket write, not one each."""
+        the end of the turn): a burst of inline sends then costs one socket write, not one each. ``tag``: as for
+        :meth:`post`."""
         if self._items or self._busy or self._closed:
-            return self.post(text)
+            return self.post(text, tag)
         wrote = 0
         if self._write_now is not None:
             try:
                 wrote = self._write_now(text, not flush)
             except Exception as exc:
+                if tag is not None:
+                    tag.handed = True  # part of it may have been written
                 self._broken(exc)
                 return False
             if wrote == WROTE:
+                if tag is not None:
+                    tag.handed = True
                 return True
+        if tag is not None:
+            tag.handed = True  # written over the high mark, or about to go to ``send``
         if size is None:
             size = frame_bytes(text)
         self._busy = True
@@ -237,9 +260,11 @@ class Outbox:
                     self._busy = False
                     self._room.set()
                 while self._items and not self._busy:
-                    text, size = self._items.popleft()
+                    text, size, tag = self._items.popleft()
                     if len(self._items) < self._limit:
                         self._room.set()
+                    if tag is not None:
+                        tag.handed = True
                     self._busy = True
                     try:
                         await self._send(text)

@@ -146,7 +146,7 @@ def _schema(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[
 
 _OWED_RETRY_S = 1.0
 # the errors a push ends with that are the engine's, not an answer of the listener's: it did not get the set
-_UNANSWERED = frozenset({"invocation_timeout", "invocation_stopped", "channel_send_failed", "function_not_found"})
+_UNANSWERED = frozenset({"invocation_timeout", "invocation_stopped", "function_not_found"})
 _NULLABLE_STR = {"type": ["string", "null"]}
 _INCLUDE_INTERNAL = {"include_internal": {"type": ["boolean", "null"]}}
 _FUNCTION_INFO = {"type": "object", "properties": {

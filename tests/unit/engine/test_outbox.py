@@ -138,3 +138,49 @@ async def test_a_frame_written_over_the_mark_counts_until_the_socket_drains() ->
     assert box.queued_bytes == 0
     await box.close()
     assert [text for text, _ in sock.frames] == ["12345678", "12345678"] and peer.frames == []
+
+
+class Frame:
+    """A frame's owner (workers.Handover): told when the frame goes to the socket."""
+
+    def __init__(self) -> None:
+        self.handed = False
+
+
+async def test_frames_dropped_unwritten_at_close_are_never_told_handed() -> None:
+    """Before, the outbox did not say which of its frames it dropped unwritten at a close: the engine told every
+    call it had taken "may have run", those that never left the engine too."""
+    peer = Peer()
+    peer.open.clear()  # the socket's flow control holds the first write back: the rest queue behind it
+    box = Outbox(peer.send, flush=peer.flush)
+    tags = [Frame() for _ in range(4)]
+    inline = asyncio.create_task(box.send("first", tag=tags[0]))
+    await peer.entered.wait()
+    assert box.post("second", tags[1]) and box.post("third", tags[2])
+    await box.close(flush=False)  # the connection is lost: the queue is dropped unwritten
+    assert not box.post("fourth", tags[3])
+    assert [tag.handed for tag in tags] == [True, False, False, False]
+    inline.cancel()
+
+
+async def test_frames_written_inline_or_by_the_sender_task_are_told_handed() -> None:
+    written: list[str] = []
+
+    def write_now(text: str, hold: bool) -> int:
+        written.append(text)
+        return WROTE
+
+    async def drained() -> None:
+        return None
+
+    peer = Peer()
+    box = Outbox(peer.send, flush=peer.flush, write_now=write_now, drained=drained)
+    posted, sent = Frame(), Frame()
+    assert box.post("a", posted) and await box.send("b", tag=sent)
+    assert posted.handed and sent.handed and written == ["a", "b"]
+    queued = Frame()
+    peer_only = Outbox(peer.send)  # no inline writes: the sender task hands the frame to the socket
+    assert peer_only.post("c", queued)
+    await peer_only.close()
+    assert queued.handed and peer.frames == ["c"]
+    await box.close()

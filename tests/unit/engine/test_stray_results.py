@@ -54,7 +54,7 @@ async def test_an_engine_call_whose_caller_is_cancelled_leaves_the_pending_table
         async def wait_for_room(self, size: int, call: object = None) -> None:
             return None
 
-        async def send(self, text: str, size: int, *, flush: bool) -> bool:
+        async def send(self, text: str, size: int, *, flush: bool, tag: object = None) -> bool:
             sent.set()
             return True
 
