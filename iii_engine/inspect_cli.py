@@ -15,7 +15,8 @@ their own) and call the observability module's ``engine::*`` functions; they wor
 ``traces --list`` prints the latest root spans. ``health`` exits with 1 unless the engine reports healthy.
 
 Problems are one line on stderr and exit status 1: an engine that cannot be reached, an engine without the
-observability module, an engine that keeps no spans. A usage error exits with 2.
+observability module, an engine that keeps no spans, an address that does not complete the connection and handshake
+or does not answer a call within ``--timeout`` seconds (default 5; each bounded apart). A usage error exits with 2.
 
 Example:
     >>> severity_min("warn")
@@ -32,17 +33,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import queue
 import signal
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from iii import InitOptions, ReconnectionConfig, register_worker
+from iii import InitOptions, ReconnectionConfig
 from iii.errors import InvocationError
 from iii.iii import III
 from iii.telemetry_types import OtelConfig
@@ -59,7 +62,10 @@ LEVELS = {"trace": 1, "debug": 5, "info": 9, "warn": 13, "error": 17}
 FOLLOW_BUFFER = 10_000
 # Connection attempts before "cannot reach the engine" (about a second with the delays below).
 CONNECT_RETRIES = 4
-CALL_TIMEOUT_MS = 10_000
+#: Seconds ``--timeout`` gives the connection and handshake, then each call. Why: against an address that accepted
+#: TCP and never answered, a command waited for the SDK's 30 s connect bound (two 10 s handshakes) and failed
+#: after 31 s.
+DEFAULT_TIMEOUT_S = 5.0
 
 
 class InspectError(Exception):
@@ -89,13 +95,23 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Parse ``argv`` (starting with the subcommand); a usage error prints one line and exits with 2.
 
     Example:
         >>> args = parse_args(["logs", "--level", "warn", "--limit", "5"])
-        >>> args.command, args.level, args.limit
-        ('logs', 13, 5)
+        >>> args.command, args.level, args.limit, args.timeout
+        ('logs', 13, 5, 5.0)
     """
     parser = OneLineParser(prog="iii-engine", description="Read a running engine's telemetry.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +121,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         sub: argparse.ArgumentParser = commands.add_parser(name, description=description, help=description)
         sub.add_argument("--url", default=os.environ.get("III_URL") or DEFAULT_URL, help=url_help)
         sub.add_argument("--json", action="store_true", help="print the engine's answer as JSON")
+        sub.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                         help="bound on the connection and handshake, then on each call "
+                              f"(default {DEFAULT_TIMEOUT_S:g})")
         return sub
 
     logs = command("logs", "Stored log entries, oldest first.")
@@ -228,19 +247,31 @@ def _format_health(answer: dict[str, Any]) -> str:
 class _Engine:
     """A short-lived worker connection that turns engine errors into :class:`InspectError` lines."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
         self.url = url
+        self.timeout = timeout
         options = InitOptions(
             worker_name=f"iii-engine-inspect-{os.getpid()}", enable_metrics_reporting=False,
-            invocation_timeout_ms=CALL_TIMEOUT_MS, otel=OtelConfig(enabled=False),
+            invocation_timeout_ms=max(1, round(timeout * 1000)), otel=OtelConfig(enabled=False),
             reconnection_config=ReconnectionConfig(initial_delay_ms=100, max_delay_ms=400, jitter_factor=0.0,
                                                    max_retries=CONNECT_RETRIES))
         try:
-            self.client: III = register_worker(url, options)
+            # register_worker, with --timeout for its 30 s bound on the connection and handshake
+            self.client: III = III(url, options)
         except ValueError as exc:
             raise InspectError(f"bad --url: {exc}") from None
+        started = time.monotonic()
+        try:
+            self.client._wait_until_connected(timeout)
         except ConnectionError as exc:
-            raise InspectError(str(exc)) from None
+            self.client.shutdown()
+            if time.monotonic() - started < timeout:  # refused, or not an engine: the SDK's line says which
+                raise InspectError(str(exc)) from None
+            raise InspectError(f"{url}: the connection and WebSocket handshake did not complete within {timeout:g} s "
+                               "(--timeout)") from None
+        except BaseException:
+            self.client.shutdown()
+            raise
 
     def call(self, function_id: str, payload: dict[str, Any]) -> Any:
         try:
@@ -253,7 +284,10 @@ class _Engine:
                 raise InspectError(f"the engine at {self.url} keeps no spans: set enabled: true and exporter: "
                                    f"memory (or both) in its {OTEL_MODULE} config") from None
             raise InspectError(f"{function_id} failed: {exc.code}: {exc.message}") from None
-        except (ConnectionError, TimeoutError) as exc:
+        except TimeoutError:
+            raise InspectError(f"{self.url}: {function_id} got no answer within {self.timeout:g} s "
+                               "(--timeout)") from None
+        except ConnectionError as exc:
             raise InspectError(f"{function_id} failed: {exc}") from None
 
     def close(self) -> None:
@@ -357,7 +391,7 @@ def _traces(engine: _Engine, args: argparse.Namespace, out: TextIO) -> int:
 
 
 def _run(args: argparse.Namespace, out: TextIO, stop: threading.Event) -> int:
-    engine = _Engine(args.url)
+    engine = _Engine(args.url, args.timeout)
     try:
         if args.command == "logs":
             return _logs(engine, args, out, stop)
