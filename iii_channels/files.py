@@ -249,8 +249,11 @@ def remove_tree(path: str | os.PathLike[str]) -> int:
 
     Iterative (an explicit stack, deleting bottom-up), unlike ``shutil.rmtree`` / ``Path.rglob`` on Python
     3.11, which recurse per level: a staging tree of any depth (a peer's ``d/d/d/…``) is removed, never left
-    behind by a ``RecursionError``. Symlinks are removed, never followed; a directory found replaced meanwhile
-    (another inode than listed) raises ``OSError``. The first error raises, as ``shutil.rmtree`` does.
+    behind by a ``RecursionError``. Symlinks are removed, never followed. Each directory is removed from within
+    its parent as listed (``rmdir`` relative to the parent's descriptor, the parent found to be the directory
+    listed): a directory found replaced meanwhile, or a parent swapped for a symlink, is left alone, so nothing
+    outside ``path`` is removed. An entry it cannot remove does not stop it: the rest is removed, then one
+    ``OSError`` counts what stayed (the first error its cause).
 
     Example:
         >>> import tempfile
@@ -264,36 +267,74 @@ def remove_tree(path: str | os.PathLike[str]) -> int:
         ...     remove_tree(Path(tmp, "t")), os.listdir(tmp)
         (3, [])
     """
-    top = os.fspath(path)
+    top = os.path.normpath(os.fspath(path))
     info = os.lstat(top)
     if not stat.S_ISDIR(info.st_mode):
         raise NotADirectoryError(errno.ENOTDIR, "not a directory", top)
+    parent, name = os.path.split(top)
+    parent = parent or "."
+    top_parent = os.stat(parent)
     size = 0
-    pending = [(top, (info.st_dev, info.st_ino))]
-    emptied: list[str] = []  # parents before their children: removed in reverse
+    errors: list[OSError] = []
+    # (path, identity, parent path, parent identity, name in parent)
+    pending = [(top, (info.st_dev, info.st_ino), parent, (top_parent.st_dev, top_parent.st_ino), name)]
+    emptied: list[tuple[str, tuple[int, int], str]] = []  # parents before their children: removed in reverse
     while pending:
-        current, identity = pending.pop()
-        fd = os.open(current, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        current, identity, parent, parent_identity, name = pending.pop()
+        try:
+            fd = os.open(current, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError as exc:
+            errors.append(exc)
+            continue
         try:
             held = os.fstat(fd)
             if (held.st_dev, held.st_ino) != identity:
-                raise OSError(errno.ESTALE, "replaced while being removed", current)
-            emptied.append(current)
+                errors.append(OSError(errno.ESTALE, "replaced while being removed", current))
+                continue
+            emptied.append((parent, parent_identity, name))
             with os.scandir(fd) as listing:
                 entries = list(listing)
             for entry in entries:
-                entry_info = entry.stat(follow_symlinks=False)
-                if stat.S_ISDIR(entry_info.st_mode):
-                    pending.append((os.path.join(current, entry.name), (entry_info.st_dev, entry_info.st_ino)))
-                    continue
-                if stat.S_ISREG(entry_info.st_mode):
-                    size += entry_info.st_size
-                os.unlink(entry.name, dir_fd=fd)
+                try:
+                    entry_info = entry.stat(follow_symlinks=False)
+                    if stat.S_ISDIR(entry_info.st_mode):
+                        pending.append((os.path.join(current, entry.name), (entry_info.st_dev, entry_info.st_ino),
+                                        current, identity, entry.name))
+                        continue
+                    os.unlink(entry.name, dir_fd=fd)
+                    if stat.S_ISREG(entry_info.st_mode):
+                        size += entry_info.st_size
+                except FileNotFoundError:
+                    continue  # gone already
+                except OSError as exc:
+                    errors.append(exc)
+        except OSError as exc:
+            errors.append(exc)
         finally:
             os.close(fd)
-    for directory in reversed(emptied):
-        os.rmdir(directory)
+    for parent, parent_identity, name in reversed(emptied):
+        try:
+            _rmdir_in(parent, parent_identity, name)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            errors.append(exc)
+    if errors:
+        raise OSError(errors[0].errno, f"could not remove {len(errors)} entr{'y' if len(errors) == 1 else 'ies'} "
+                      f"(first: {errors[0]})", top) from errors[0]
     return size
+
+
+def _rmdir_in(parent: str, identity: tuple[int, int], name: str) -> None:
+    """``rmdir`` ``name`` in the directory ``parent``, if ``parent`` still is the directory ``identity`` names."""
+    fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        held = os.fstat(fd)
+        if (held.st_dev, held.st_ino) != identity:
+            raise OSError(errno.ESTALE, "replaced while being removed", parent)
+        os.rmdir(name, dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 # What tempfile.mkstemp / mkdtemp make of PART_PREFIX + "<pid>-" (or of PART_PREFIX alone, before owners were
@@ -535,6 +576,9 @@ async def receive_file(
         parsed = _parse_file_header(text)
         if parsed is not None and not name_holder:
             name_holder.append(parsed)
+            # the header comes before any byte: the first report already carries the total
+            if source._progress is not None and source._progress.total is None:
+                source._progress.total = parsed[1]
 
     loop = asyncio.get_running_loop()
     source = ChannelSource(reader, require_trailer=require_trailer, progress=progress, on_text=on_text,
@@ -559,8 +603,6 @@ async def receive_file(
                 if is_dir and name_holder and final is None:
                     # The header came first: refuse a bad name or an existing file before receiving it all.
                     final = _directory_target(target, name_holder[0][0], overwrite)
-                if source._progress is not None and name_holder and source._progress.total is None:
-                    source._progress.total = name_holder[0][1]
                 digest.update(chunk)
                 pending.append(chunk)
                 pending_size += len(chunk)

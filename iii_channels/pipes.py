@@ -454,6 +454,45 @@ async def _exit_status(proc: asyncio.subprocess.Process, argv: Sequence[str], ex
     return proc.returncode
 
 
+class _StdoutAfterExit:
+    """Reads of a process's stdout, ``within`` seconds of waiting for it allowed once the process has exited
+    (``None``: no limit): a process it left behind (``sh -c 'daemon & echo hi'``) can hold its stdout open long
+    after its exit, and the end of stdout would never come. Only the time spent waiting for stdout counts, not the
+    time the caller spends on what it read (a slow channel reader)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, within: float | None) -> None:
+        assert proc.stdout is not None
+        self._stdout = proc.stdout
+        self._loop = asyncio.get_running_loop()
+        self._left = within
+        self._exited_at: float | None = None
+        self._bound: asyncio.Timeout | None = None
+        self._watch = asyncio.ensure_future(_until_exited(proc, None))
+        self._watch.add_done_callback(self._on_exit)
+
+    def _on_exit(self, watch: asyncio.Future[None]) -> None:
+        if watch.cancelled() or watch.exception() is not None:
+            return
+        self._exited_at = self._loop.time()
+        if self._bound is not None and self._left is not None:
+            self._bound.reschedule(self._exited_at + self._left)
+
+    async def read(self) -> bytes:
+        """The next chunk (``b""`` at its end); ``TimeoutError`` once the wait after the exit ran out."""
+        started = self._loop.time()
+        limit = None if self._exited_at is None or self._left is None else started + self._left
+        try:
+            async with asyncio.timeout_at(limit) as self._bound:
+                return await self._stdout.read(PIPE_CHUNK)
+        finally:
+            self._bound = None
+            if self._exited_at is not None and self._left is not None:
+                self._left -= self._loop.time() - max(started, self._exited_at)
+
+    def close(self) -> None:
+        self._watch.cancel()
+
+
 def _check_argv(argv: Sequence[str]) -> None:
     """Refuse a command line given as one string (each character would be an argument) or an empty one.
 
@@ -555,7 +594,9 @@ async def from_process(
 ) -> int:
     """Run ``argv`` and stream its stdout into the channel. A non-zero exit aborts the channel and raises
     :class:`ProcessError` carrying the exit status and the tail of stderr; so does a process that has not exited
-    ``exit_timeout`` seconds after closing its stdout (it is killed; ``None`` waits as long as it takes).
+    ``exit_timeout`` seconds after closing its stdout (it is killed; ``None`` waits as long as it takes), and one
+    whose stdout stays open ``exit_timeout`` seconds of waiting after its exit (a process it left behind holds it:
+    its group is killed).
 
     The command runs in a session and process group of its own; when this fails or is cancelled the whole group
     is killed (``sh -c 'a | b'`` leaves no ``a`` behind). ``start_new_session=False`` (or a ``process_group``)
@@ -592,9 +633,18 @@ async def from_process(
         raise
     assert proc.stdout is not None
     stderr = _StderrTail(proc.stderr)
+    stdout = _StdoutAfterExit(proc, exit_timeout)
     try:
         try:
-            while chunk := await proc.stdout.read(PIPE_CHUNK):
+            while True:
+                try:
+                    chunk = await stdout.read()
+                except TimeoutError:
+                    raise ProcessError(argv, proc.returncode, await stderr.result(),
+                                       f"exited (status {proc.returncode}) but its stdout stayed open {exit_timeout:g} "
+                                       "s after (held by a process it left behind?); killed") from None
+                if not chunk:
+                    break
                 await sink.write(chunk)
             returncode = await _exit_status(proc, argv, exit_timeout, stderr, "closing its stdout", group)
             if returncode != 0:
@@ -604,6 +654,7 @@ async def from_process(
             await _kill(proc, group)
             raise
         finally:
+            stdout.close()
             stderr.cancel()
             _close_pipes(proc)
     except BaseException as exc:

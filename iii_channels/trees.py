@@ -61,7 +61,7 @@ from typing import Any, BinaryIO
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.channels import ChannelReader, ChannelWriter
 
-from .errors import IntegrityError, LimitExceededError
+from .errors import FileChangedError, IntegrityError, LimitExceededError
 from .files import (
     DEFAULT_CHUNK,
     PART_PREFIX,
@@ -114,8 +114,10 @@ class TreeReceipt:
         return sum(f.size for f in self.files)
 
 
-def check_entry_path(name: object) -> PurePosixPath:
-    """A relative path from the stream, refusing anything that could land outside the destination.
+def check_entry_path(name: object, where: str = "channel stream") -> PurePosixPath:
+    """A relative path from the stream, refusing anything that could land outside the destination
+    (``ValueError``), or more than :data:`MAX_TREE_DEPTH` levels deep (:class:`LimitExceededError`, ``where``
+    naming whose entry it is).
 
     Example:
         >>> str(check_entry_path("a/b.txt"))
@@ -128,10 +130,10 @@ def check_entry_path(name: object) -> PurePosixPath:
         Traceback (most recent call last):
         ...
         ValueError: refusing the sender's path 'a/.iii-part-1-x': .iii-part-* names are kept for partial transfers
-        >>> check_entry_path("/".join(["d"] * 300))
+        >>> check_entry_path("/".join(["d"] * 300))  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: path 'd/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/…' has 300 levels, more than MAX_TREE_DEPTH (256)
+        iii.channels.LimitExceededError: channel stream: the entry 'd/d/d/...' (300 levels) exceeds the limit of 256 ...
     """
     if not isinstance(name, str) or not name or "\x00" in name:
         raise ValueError(f"unsafe path in channel stream: {name!r}")
@@ -140,7 +142,7 @@ def check_entry_path(name: object) -> PurePosixPath:
     if path.is_absolute() or any(part in ("", ".", "..") for part in parts):
         raise ValueError(f"unsafe path in channel stream: {name!r}")
     if len(parts) > MAX_TREE_DEPTH:
-        raise ValueError(f"path {_short(name)!r} has {len(parts)} levels, more than MAX_TREE_DEPTH ({MAX_TREE_DEPTH})")
+        raise _too_deep(name, where)
     if any(part.startswith(PART_PREFIX) for part in parts):
         # stored, a later receive next to it would take it for a dead receiver's partial transfer and remove it
         raise ValueError(f"refusing the sender's path {name!r}: {PART_PREFIX}* names are kept for partial transfers")
@@ -267,6 +269,11 @@ async def _send(
             await record(_entry(name, "file", info.st_size))
             digest = Digest()
             await _send_file_bytes(sink, path, info, chunk_size, digest)  # changed meanwhile: the tree aborts
+            if digest.count != info.st_size:
+                # a pseudo-file (/proc's 0 bytes, /sys's 4096): its receiver refuses bytes its entry did not declare
+                raise FileChangedError(f"{path} is {info.st_size} bytes by its size but {digest.count} bytes were read "
+                                       "(a pseudo-file?); a tree entry must be as long as its size: the stream was "
+                                       "aborted", os.fspath(path))
             await record(json.dumps({END_KEY: {"bytes": digest.count, "sha256": digest.hexdigest()}}))
         await sink.send_text(json.dumps({TREE_KEY: {"records": count, "sha256": records.hexdigest()}}))
     return sink.bytes_written
@@ -364,6 +371,7 @@ class _Receiver:
         self.dirs: list[str] = []
         self._seen: set[str] = set()
         self._name: str | None = None
+        self._size = 0  # the size the entry record declared for the file being received
         self._fh: BinaryIO | None = None
         self._digest = Digest()
         self._pending: list[bytes] = []
@@ -373,10 +381,8 @@ class _Receiver:
         return IntegrityError(f"channel {self.channel_id}: {message}", channel_id=self.channel_id)
 
     def _claim(self, name: object) -> tuple[str, Path]:
-        if isinstance(name, str) and name.count("/") >= MAX_TREE_DEPTH:
-            raise _too_deep(name, f"channel {self.channel_id}")  # before any of it is created
         try:
-            rel = check_entry_path(name)
+            rel = check_entry_path(name, f"channel {self.channel_id}")  # before any of it is created
         except ValueError as exc:
             raise self._error(str(exc)) from None
         key = rel.as_posix()
@@ -408,6 +414,10 @@ class _Receiver:
                 raise self._error(f"entry {body.get('path')!r} has type {entry_type!r}; only 'file' and 'dir' are "
                                   "stored")
             name, target = self._claim(body.get("path"))
+            declared = body.get("size")
+            size = declared if isinstance(declared, int) and not isinstance(declared, bool) and declared >= 0 else None
+            if entry_type == "file" and size is None:
+                raise self._error(f"file entry {name!r} declares size {declared!r}, not a number of bytes")
             try:
                 if entry_type == "dir":
                     await asyncio.to_thread(target.mkdir, parents=True, exist_ok=True)
@@ -418,13 +428,15 @@ class _Receiver:
                 # named as the sender named it: the staging directory's path means nothing to either side
                 raise type(exc)(exc.errno, f"channel {self.channel_id}: cannot create {entry_type} entry {name!r}: "
                                 f"{exc.strerror or exc}") from exc
-            self._name, self._digest = name, Digest()
+            assert size is not None
+            self._name, self._size, self._digest = name, size, Digest()
             return
         if self._fh is None:
             raise self._error("a file end record outside any file")
         await self._flush()
         fh, self._fh = self._fh, None
         await asyncio.to_thread(fh.close)
+        self._check_size()
         if body.get("bytes") != self._digest.count or body.get("sha256") != self._digest.hexdigest():
             raise self._error(f"{self._name!r}: received {_bytes(self._digest.count)}, not matching the sender's "
                               f"{_bytes(body.get('bytes'))} / SHA-256")
@@ -435,10 +447,20 @@ class _Receiver:
         if self._fh is None:
             raise self._error("file data outside any file entry")
         self._digest.update(chunk)
+        if self._digest.count > self._size:
+            self._check_size()  # before any byte past the declared size is stored
         self._pending.append(chunk)
         self._pending_size += len(chunk)
         if self._pending_size >= DEFAULT_CHUNK:
             await self._flush()
+
+    def _check_size(self) -> None:
+        """The entry record's size is the one the tree record covers: bytes agreeing with only the end record
+        (the sender's own count of what it sent) would store a file truncated or extended on its side as verified."""
+        if self._digest.count != self._size:
+            more = " (so far)" if self._digest.count > self._size else ""
+            raise self._error(f"{self._name!r}: the entry declared {_bytes(self._size)}, received "
+                              f"{_bytes(self._digest.count)}{more}")
 
     async def _flush(self) -> None:
         if self._pending and self._fh is not None:

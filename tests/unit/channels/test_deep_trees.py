@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from iii.channels import ChannelWriter
-from iii_channels import LimitExceededError, receive_dir, receive_file, send_dir, send_file
+from iii_channels import LimitExceededError, receive_dir, receive_file, send_dir, send_file, send_files
 from iii_channels.files import PART_PREFIX, remove_tree
 from iii_channels.sink import ChannelSink
 from iii_channels.trees import ENTRY_KEY, MAX_TREE_DEPTH
@@ -100,3 +100,16 @@ async def test_a_dead_receivers_staging_tree_of_any_depth_is_reclaimed(tmp_path:
     # before: RecursionError from reclaim_stale_parts (Path.rglob), in every receive in this directory
     assert receipt.verified and (tmp_path / "copy.txt").read_text() == "x"
     assert sorted(os.listdir(tmp_path)) == ["copy.txt", "x.txt"]
+
+
+async def test_send_files_refuses_a_name_deeper_than_the_bound_as_a_limit(tmp_path: Path) -> None:
+    """One depth check (``check_entry_path``) for both ends, raising the limit's own error."""
+    (tmp_path / "f").write_bytes(b"x")
+    name = "/".join(["d"] * (MAX_TREE_DEPTH + 1))
+    async with local_channel() as ch:
+        sent, received = await asyncio.gather(send_files(ch.writer, [(name, tmp_path / "f")]),
+                                              receive_dir(ch.reader, tmp_path / "dst"), return_exceptions=True)
+    # before: ValueError("path 'd/d/…' has 257 levels, more than MAX_TREE_DEPTH (256)")
+    assert isinstance(sent, LimitExceededError), repr(sent)
+    assert f"({MAX_TREE_DEPTH + 1} levels)" in str(sent) and "MAX_TREE_DEPTH" in str(sent)
+    assert isinstance(received, Exception)

@@ -455,7 +455,7 @@ async def test_cancelled_receive_dir_leaves_nothing_and_releases_the_writer(rela
         # Endless, not FLOOD MiB: receive_dir reads this one while it runs, and a fast machine took all of 200 MiB
         # within the half second before the cancel (the writer then ended without an error to hear).
         async with ChannelSink(writer, high_water_mark=1 << 20) as sink:
-            await sink.send_text(json.dumps({ENTRY_KEY: {"path": "big", "type": "file"}}))
+            await sink.send_text(json.dumps({ENTRY_KEY: {"path": "big", "type": "file", "size": 1 << 50}}))
             while True:
                 await sink.write(bytes(1 << 20))
 
