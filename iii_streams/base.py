@@ -401,7 +401,9 @@ class Backend(IStream[Any]):
         """
         closing = self._close_once
         if closing is not None and closing.closing:
-            raise StreamClosedError(f"{type(self).__name__}.{operation}: the store is closed; nothing was applied")
+            refused = StreamClosedError(f"{type(self).__name__}.{operation}: the store is closed; nothing was applied")
+            refused.applied = False
+            raise refused
         if timeout is None and self.timeout is not None:
             # the store's own limit: every such call shares one timer (iii_streams.deadlines)
             return OperationGuard(self, operation, self.timeout, self._shared_deadlines(self.timeout))

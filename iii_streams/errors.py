@@ -14,7 +14,7 @@ the matching :class:`StreamError` subclass ``from`` it, so ``exc.__cause__`` is 
 - ``StreamTooLargeError``: a group's items are more bytes of JSON than a read's ``max_bytes`` (``list_text``)
 - ``UpdateConflictError``: an optimistic update lost the race too many times in a row
 - ``SchemaMissingError``: the SQL database has no stream table yet
-- ``StreamClosedError``: the store was closed
+- ``StreamClosedError``: the store was closed (``applied`` tells a write's outcome)
 
 Example:
     >>> try:
@@ -31,7 +31,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Self
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.errors import PicklesByState
@@ -72,11 +72,12 @@ class StreamUnavailableError(StreamError, ConnectionError):
 
     applied: bool | None = None
 
-    def with_outcome(self, sent: bool) -> StreamUnavailableError:
-        """This error (a write's lost or refused connection) restated with the write's outcome, of the same class
-        (a :class:`PoolExhaustedError` stays one): ``applied=None`` and "may have been applied" once the write (its
-        script, its commit) had been sent, ``applied=False`` and "not applied" before. The caller raises it from
-        the driver's exception.
+    def with_outcome(self, sent: bool) -> Self:
+        """This error (a write's lost or refused connection, the store's close) restated with the write's outcome,
+        of the same class (a :class:`PoolExhaustedError` stays one): ``applied=None`` and "may have been applied"
+        once the write (its script, its commit) had been sent, ``applied=False`` and "not applied" before; one
+        already known not applied (refused at its start) keeps its words. The caller raises it from the driver's
+        exception.
 
         Why: a write whose connection was cut said only "unreachable"; under repeated ``CLIENT KILL`` 10 of 150
         failed Redis increments had been applied, and PostgreSQL commits whose answer was lost were all committed.
@@ -89,12 +90,9 @@ class StreamUnavailableError(StreamError, ConnectionError):
             >>> type(error).__name__, str(error), error.applied
             ('PoolExhaustedError', 'S.set: pool exhausted; the write was not sent and not applied', False)
         """
-        if sent:
-            error = type(self)(f"{self}; the write had been sent and may have been applied (outcome unknown)")
-            error.applied = None
-        else:
-            error = type(self)(f"{self}; the write was not sent and not applied")
-            error.applied = False
+        message, applied = _restated(self, sent)
+        error = type(self)(message)
+        error.applied = applied
         return error
 
 
@@ -152,8 +150,43 @@ class SchemaMissingError(StreamError, RuntimeError):
 
 
 class StreamClosedError(StreamError, RuntimeError):
-    """The store was closed (``aclose()``) before or while the operation ran; when its message says "while", a
-    write may have been applied (the close cut the connection after the command was sent)."""
+    """The store was closed (``aclose()``) before or while the operation ran.
+
+    ``applied`` tells a write's outcome, as :class:`StreamUnavailableError`'s does: ``False`` when the operation was
+    refused at its start or the write had not been sent when the close cut it (nothing was applied), ``None`` when
+    it had been sent (the close cut the connection after the command or commit was sent: it may have been applied);
+    the message says the same. Reads cut by the close leave it ``None``.
+    """
+
+    applied: bool | None = None
+
+    def with_outcome(self, sent: bool) -> Self:
+        """This error restated with a cut write's outcome, as :meth:`StreamUnavailableError.with_outcome`.
+
+        Example:
+            >>> error = StreamClosedError("S is closed").with_outcome(sent=False)
+            >>> str(error), error.applied
+            ('S is closed; the write was not sent and not applied', False)
+        """
+        message, applied = _restated(self, sent)
+        error = type(self)(message)
+        error.applied = applied
+        return error
+
+
+def _restated(error: StreamUnavailableError | StreamClosedError, sent: bool) -> tuple[str, bool | None]:
+    """The message and ``applied`` of ``error`` restated with a write's outcome (see
+    :meth:`StreamUnavailableError.with_outcome`).
+
+    Example:
+        >>> _restated(StreamClosedError("S is closed"), sent=True)
+        ('S is closed; the write had been sent and may have been applied (outcome unknown)', None)
+    """
+    if error.applied is False:  # refused at its start: its words say so already
+        return str(error), False
+    if sent:
+        return f"{error}; the write had been sent and may have been applied (outcome unknown)", None
+    return f"{error}; the write was not sent and not applied", False
 
 
 def utf8_size(text: str) -> int:

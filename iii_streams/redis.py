@@ -1151,8 +1151,9 @@ class RedisStream(FieldUpdates):
             if self._close_once.closing:  # the store's own close cut the connection under this operation
                 # A command already written may have been applied: an engine's stop reported 5-24 state::set calls
                 # per run as failed, every one of them found in Redis after the restart.
-                return StreamClosedError(f"{where}: the RedisStream was closed while this operation ran; it may have "
-                                         f"been applied (redis-py: {exc})")
+                # (a write's caller restates it with the write's outcome: StreamClosedError.with_outcome)
+                return StreamClosedError(f"{where}: the RedisStream was closed while this operation ran "
+                                         f"(redis-py: {exc})")
             return StreamUnavailableError(f"{where}: Redis unreachable: {exc}")
         if isinstance(exc, RedisError):
             return StreamBackendError(f"{where}: Redis refused the command: {exc}")
@@ -1241,8 +1242,8 @@ class RedisStream(FieldUpdates):
                 return await self._run_once(script, key, args, progress)
         except StreamTimeoutError as exc:
             raise progress.timeout_error(exc) from exc
-        except StreamUnavailableError as exc:  # the connection was lost: was the script sent (applied None) or not?
-            raise exc.with_outcome(progress.sent) from exc.__cause__
+        except (StreamUnavailableError, StreamClosedError) as exc:  # the connection was lost or cut by the close:
+            raise exc.with_outcome(progress.sent) from exc.__cause__  # was the script sent (applied None) or not?
 
     async def list(self, input: StreamListInput, *, timeout: float | None = None) -> builtins.list[Any]:
         """Every item value of a group (one ``HVALS``; Redis decides the order).
@@ -1330,8 +1331,8 @@ class RedisStream(FieldUpdates):
         except StreamTimeoutError as exc:
             # withdrawn (never written) unless its script was already sent, and the error says which
             raise update.timeout_error(exc) from exc
-        except StreamUnavailableError as exc:  # the connection was lost before the script was sent, or after
-            raise exc.with_outcome(update.sent) from exc.__cause__
+        except (StreamUnavailableError, StreamClosedError) as exc:  # the connection was lost (or cut by the close)
+            raise exc.with_outcome(update.sent) from exc.__cause__  # before the script was sent, or after
         except asyncio.CancelledError:
             update.give_up()
             raise

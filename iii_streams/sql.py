@@ -263,9 +263,11 @@ Compute = Callable[[Any], tuple[Any, str]]
 
 class _Write(WriteProgress):
     """One caller's write waiting for the next transaction; ``compute`` is ``None`` for a delete. A batch leaves it
-    out once its caller abandoned it, and marks it sent before the commit that applies it (``WriteProgress``)."""
+    out once its caller abandoned it, and marks it sent before the commit that applies it (``WriteProgress``).
+    ``pinned``: a batch that already ran again twice for withdrawals keeps it whatever its caller does (it cannot be
+    withdrawn), though nothing of it was sent yet; ``sent`` stays for the commit (or statement) sent."""
 
-    __slots__ = ("compute", "deadline", "group_id", "item_id", "key", "shared", "size", "stream_name")
+    __slots__ = ("compute", "deadline", "group_id", "item_id", "key", "pinned", "shared", "size", "stream_name")
 
     def __init__(self, stream_name: str, group_id: str, item_id: str, key: bytes, compute: Compute | None,
                  size: int = -1) -> None:
@@ -277,8 +279,21 @@ class _Write(WriteProgress):
         self.size = size  # characters of the value written, when known before the batch runs (a set); else -1
         self.abandoned = False
         self.sent = False
+        self.pinned = False
         self.shared = False  # PostgreSQL: counted in the store's writes of its item in the shared queue
         self.deadline = math.inf  # PostgreSQL, in the shared queue: the loop time its caller stops waiting at
+
+    def give_up(self) -> bool:
+        """:meth:`WriteProgress.give_up`, which a pinned write refuses too (``False``: it will still run).
+
+        Example:
+            >>> write = _Write("s", "g", "i", b"k", None)
+            >>> write.pinned = True
+            >>> write.give_up(), write.sent
+            (False, False)
+        """
+        self.abandoned = not (self.sent or self.pinned)
+        return self.abandoned
 
 
 @dataclass(slots=True)
@@ -1029,12 +1044,12 @@ def _shared_lock_wait(writes: int, chars: int, left: float | None) -> float:
 
 
 def _handing_on(writes: Sequence[_Write], answers: builtins.list[Any]) -> builtins.list[Any]:
-    """``answers``, with every write handed on (:class:`Requeue`) marked not sent: it was not committed (a batch that
-    re-ran for withdrawals marks the writes it keeps as sent), so its caller may still withdraw it until its item's
-    own queue runs it."""
+    """``answers``, with every write handed on (:class:`Requeue`) marked neither sent nor pinned: it was not committed
+    (a batch that re-ran for withdrawals pins the writes it keeps), so its caller may still withdraw it until its
+    item's own queue runs it."""
     for w, answer in zip(writes, answers, strict=True):
         if isinstance(answer, Requeue):
-            w.sent = False
+            w.sent = w.pinned = False
     return answers
 
 
@@ -1072,6 +1087,35 @@ def _sqlite_lock_held(path: str, write: bool, wait_s: float) -> bool:
     finally:
         probe.close()
     return False
+
+
+def _file_path(url: URL) -> str | None:
+    """The absolute path of a SQLite URL's file; ``None`` for an in-memory database or a ``file:`` URI (whose path
+    SQLite reads itself).
+
+    Example:
+        >>> _file_path(make_url("sqlite+aiosqlite:////srv/s.db")), _file_path(make_url("sqlite+aiosqlite://"))
+        ('/srv/s.db', None)
+    """
+    database = url.database
+    if not database or not _is_file_database(url) or database.startswith("file:"):
+        return None
+    return os.path.abspath(database)
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of the file at ``path``: which file it is; ``None`` when none is there. Other failures
+    (a directory on the path made unreadable) are raised: the caller cannot tell.
+
+    Example:
+        >>> _file_id("/no/such/file") is None, _file_id("/") == _file_id("/")
+        (True, True)
+    """
+    try:
+        stat = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def _is_file_database(url: URL) -> bool:
@@ -1169,6 +1213,10 @@ class SQLStream(FieldUpdates):
         elif engine.dialect.driver == "asyncpg":
             _install_postgresql_hooks(engine)
         self._read_lock: asyncio.Lock | None = self._write_lock if in_memory else None
+        # SQLite: the file's absolute path, and its (st_dev, st_ino) once the store opened it (see _check_file)
+        self._file = _file_path(engine.url) if not self._pg and not in_memory else None
+        self._file_id: tuple[int, int] | None = None
+        self._file_lost = False  # the file was found deleted or replaced: every operation fails from then on
         self._ready = False
         self._ready_lock = asyncio.Lock()
         # the first connect (a store without create) or the migration (with create), while it runs (see _open)
@@ -1234,6 +1282,7 @@ class SQLStream(FieldUpdates):
                     raise StreamClosedError("SQLStream is closed")
                 # its callers go on once it connected, a close meanwhile too (their writes commit, as a migration's)
                 await self._first_connect()
+                self._note_file()
                 self._ready = True
             return
         async with self._ready_lock:
@@ -1242,6 +1291,7 @@ class SQLStream(FieldUpdates):
             if self._close_once.closing:
                 raise StreamClosedError("SQLStream is closed")
             await self._migrate()
+            self._note_file()
             self._ready = True
 
     async def _migrate(self) -> None:
@@ -1440,6 +1490,34 @@ class SQLStream(FieldUpdates):
     def _path_hint(self) -> str:
         return "" if self._pg else missing_directory_hint(self.engine.url)
 
+    def _note_file(self) -> None:
+        """Note which file the store opened (SQLite), the one its pooled connections keep open."""
+        if self._file is not None and self._file_id is None:
+            with contextlib.suppress(OSError):  # (cannot be told: not checked)
+                self._file_id = _file_id(self._file)
+
+    def _check_file(self, committed: bool = False) -> None:
+        """:class:`StreamBackendError` naming the path once the SQLite file the store opened is no longer at it.
+
+        Why: a file deleted (or replaced by a rename) under an open store stays open in its pooled connections, which
+        went on reading and writing it: every write answered "ok" and all of them were lost with the file. An
+        ``os.stat`` (a few µs) at each connection taken, and after each write's commit (``committed``: that
+        write went to the old file)."""
+        if self._file_id is None or self._file is None:
+            return
+        if not self._file_lost:
+            try:
+                if _file_id(self._file) == self._file_id:
+                    return
+            except OSError:
+                return  # cannot be told (a directory made unreadable): the open connections do not care
+            self._file_lost = True
+        outcome = ("this write was committed to the old file, which is lost with it" if committed
+                   else "nothing was read or written")
+        raise StreamBackendError(f"SQLStream: the database file {self._file} was deleted or replaced while the store "
+                                 f"was open (its connections still had the old file open); {outcome}: reopen the "
+                                 "store")
+
     def _read(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
         return self._connection(self._reader.connect, self._read_lock)
 
@@ -1463,10 +1541,13 @@ class SQLStream(FieldUpdates):
             async with lock if lock is not None else contextlib.nullcontext():
                 if self._shut:  # (checked with no await before the connect: the close's dispose is after it)
                     raise StreamClosedError("SQLStream is closed")
+                self._check_file()
                 pool = self.engine.sync_engine.pool
                 try:
                     async with open_connection() as conn:
                         yield conn
+                    if lock is not None and lock is self._write_lock:
+                        self._check_file(committed=True)
                 except Exception as exc:
                     if self._shut and not isinstance(exc, StreamError):
                         raise StreamClosedError("SQLStream is closed") from exc  # (its connection cut by the close)
@@ -1569,8 +1650,9 @@ class SQLStream(FieldUpdates):
         batch leaves it out (rolling back and running again if it already ran its statements), so a timed-out
         write is not applied later behind the caller's back; after that its outcome is unknown, and the
         ``StreamTimeoutError`` says which (``applied``). A batch runs again for withdrawals at most twice
-        (``_WITHDRAWAL_RERUNS``); then its writes count as sent from the start of the next run, so callers that
-        keep giving up cannot keep the others from being served.
+        (``_WITHDRAWAL_RERUNS``); then its writes are pinned from the start of the next run (a caller giving up no
+        longer withdraws its write), so callers that keep giving up cannot keep the others from being served; a
+        pinned write whose transaction failed before its commit was sent was not applied (``applied`` False).
         """
         # refused before queuing: a name the driver cannot encode would fail the whole batch it joined
         check_names(stream_name, group_id, item_id, nul=not self._pg)
@@ -1582,13 +1664,17 @@ class SQLStream(FieldUpdates):
                 return await self._writes.submit(self._queue_of(write, timeout), write)
         except StreamTimeoutError as exc:
             raise write.timeout_error(exc) from exc
-        except StreamUnavailableError as exc:
-            raise exc.with_outcome(sent=not write.give_up()) from exc  # (give_up: the batch is done with it)
+        except (StreamUnavailableError, StreamClosedError) as exc:
+            # the batch is done with it: applied only if the commit (or statement) that held it was sent; a write
+            # pinned by withdrawal re-runs whose transaction failed before its commit was not
+            write.give_up()
+            raise exc.with_outcome(sent=write.sent) from exc
         except asyncio.CancelledError:
             write.give_up()
             raise
         finally:
-            if not write.sent:  # withdrawn, refused, or done: it no longer holds its item's later writes back
+            if not (write.sent or write.pinned):  # withdrawn, refused, or done: it no longer holds its item's
+                # later writes back
                 self._leave_shared(write)
 
     def _queue_of(self, w: _Write, timeout: float | None) -> bytes:
@@ -1672,7 +1758,7 @@ class SQLStream(FieldUpdates):
             # writes left are committed to now, so the callers still waiting are served (one giving up
             # from here on learns an unknown outcome)
             for w in pending:
-                w.sent = not w.abandoned
+                w.pinned = not w.abandoned
         async with self._transaction() as conn:
             if lock_wait is not None:
                 await conn.execute(_SHARED_LOCK_TIMEOUT, {"wait": f"{round(lock_wait * 1000)}ms"})
@@ -1756,7 +1842,7 @@ class SQLStream(FieldUpdates):
                     # rolled back: nothing of it was sent, so its callers may still withdraw until their item's
                     # own queue runs it (that queue waits for the row as long as the store's timeout allows)
                     for w in pending:
-                        w.sent = False
+                        w.sent = w.pinned = False
                     self.lock_requeues += sum(not w.abandoned for w in pending)  # the abandoned are not handed on
                     await self._remember_locked(pending)
                     return

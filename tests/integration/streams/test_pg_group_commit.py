@@ -233,10 +233,10 @@ async def test_a_full_shared_queue_sends_new_items_to_their_own_queues(pg_url: s
 
 async def test_a_write_handed_on_after_withdrawal_reruns_can_still_be_withdrawn(
         pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A shared batch re-run twice for callers that gave up marks the writes it keeps as sent; the ones it then
-    # hands to their own queue must arrive there not sent, so their callers may still withdraw them. Here the
-    # second write of X repeats the first's event, so it waits for the next transaction, where X is the only item
-    # left: handed on.
+    # A shared batch re-run twice for callers that gave up pins the writes it keeps; the ones it then hands to their
+    # own queue must arrive there neither sent nor pinned, so their callers may still withdraw them. Here the second
+    # write of X repeats the first's event, so it waits for the next transaction, where X is the only item left:
+    # handed on.
     stream = f"wd-{uuid.uuid4().hex[:8]}"
     arrived: list[tuple[str, bool]] = []
     async with SQLStream.from_url(pg_url, timeout=10) as store:
@@ -258,7 +258,7 @@ async def test_a_write_handed_on_after_withdrawal_reruns_can_still_be_withdrawn(
         swap = SQLStream._swap
 
         async def seen_on_arrival(self: SQLStream, writes: Any) -> Any:
-            arrived.extend((w.item_id, w.sent) for w in writes)
+            arrived.extend((w.item_id, w.sent or w.pinned) for w in writes)  # (pinned: kept, not withdrawable)
             return await swap(self, writes)
 
         monkeypatch.setattr(SQLStream, "_apply_writes", apply_and_give_up)
