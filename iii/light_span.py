@@ -34,8 +34,7 @@ import re
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from contextvars import ContextVar
-from types import MappingProxyType, ModuleType, TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any, Final
 
 from opentelemetry import trace
@@ -49,6 +48,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import DEFAULT_TRACE_STATE, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 from opentelemetry.util.types import Attributes, AttributeValue
 
+from .otel_internals import batch_exporter, batch_of, context_variable, freeze_attributes, text_emitter
 from .telemetry_exporters import EngineSpanExporter, span_text, span_text_pieces
 
 __all__ = ["HandlerSpans", "LightSpan", "OwnTracerProvider", "context_variable", "span_context"]
@@ -331,12 +331,15 @@ def _hooks_intact(processor: SpanProcessor) -> bool:
 
 def _batch_emit(processor: SpanProcessor, resource: Any, scope: InstrumentationScope) -> Callable[[Any], None] | None:
     """What an ended LightSpan of ``resource`` and ``scope`` is handed to when ``processor``'s ``on_start``/``on_end``
-    may be skipped (see above): its batch emit, or :func:`_text_emit` of it when the batch's exporter is ours."""
+    may be skipped (see above): its batch emit, or :func:`_text_emit` of it when the batch's exporter is ours; ``None``
+    (the processor's own hooks run) where :func:`iii.otel_internals.batch_of` finds another batch layout."""
     if not _BATCH_HOOKS_KNOWN or type(processor) is not BatchSpanProcessor:
         return None
-    batch = getattr(processor, "_batch_processor", None)
+    batch = batch_of(processor)
+    if batch is None:
+        return None
     emit: Callable[[Any], None] | None = getattr(batch, "emit", None)
-    exporter = getattr(batch, "_exporter", None)
+    exporter = batch_exporter(batch)
     if emit is not None and type(exporter) is EngineSpanExporter and exporter.take_texts(resource, scope):
         return _text_emit(batch, exporter, emit)
     return emit
@@ -350,70 +353,9 @@ def _text_emit(batch: Any, exporter: EngineSpanExporter, emit: Callable[[Any], N
     collector to walk over and over (its collections cost the callee about as much as ending the spans), as texts
     they are none. The text is what the exporter would write for the span (:func:`span_text`, the same function,
     or :func:`light_text`, the same bytes), and an ended span never changes, so the frame is the same byte for
-    byte.
-
-    While ``emit`` is the SDK's own ``BatchProcessor.emit`` as this module was written against (:data:`_EMIT_KNOWN`),
-    its usual case (running, same process, queue not full) is done here: the text goes on the batch's queue and
-    the batch's worker is woken at a full batch, exactly as there, without its ``os.getpid()`` system call and its
-    Python-level call per span; anything else goes to ``emit`` itself (which drops, warns, re-initialises)."""
-    inline = _EMIT_KNOWN and getattr(emit, "__func__", None) is _EMIT and getattr(emit, "__self__", None) is batch
-
-    def emit_text(span: Any) -> None:
-        item = span
-        if batch._exporter is exporter:
-            try:
-                text = light_text(span) if type(span) is LightSpan else span_text(span)
-            except Exception:  # the span itself goes: the exporter drops it alone (and logs it)
-                pass
-            else:
-                if len(text) <= _TEXT_QUEUED_MAX:
-                    item = text
-        if inline:
-            queue = batch._queue
-            if not batch._shutdown and batch._pid == _PID[0] and len(queue) < batch._max_queue_size:
-                queue.appendleft(item)
-                if len(queue) >= batch._max_export_batch_size and not batch._worker_awaken.is_set():
-                    batch._worker_awaken.set()
-                return
-        emit(item)
-
-    return emit_text
-
-
-# BatchProcessor.emit as the inline copy in _text_emit was written against; any other SDK's is called as it is.
-_EMIT_SOURCE: Final = """    def emit(self, data: Telemetry) -> None:
-        if self._shutdown:
-            _logger.info("Shutdown called, ignoring %s.", self._exporting)
-            self._metrics.drop_items(1, "already_shutdown")
-            return
-        if self._pid != os.getpid():
-            self._bsp_reset_once.do_once(self._at_fork_reinit)
-        if len(self._queue) == self._max_queue_size:
-            _logger.warning("Queue full, dropping %s.", self._exporting)
-            self._metrics.drop_items(1)
-        # This will drop a log from the right side if the queue is at _max_queue_size.
-        self._queue.appendleft(data)
-        if len(self._queue) >= self._max_export_batch_size and not self._worker_awaken.is_set():
-            self._worker_awaken.set()
-"""
-
-
-def _probe_emit() -> tuple[bool, Any]:
-    try:
-        from opentelemetry.sdk._shared_internal import BatchProcessor
-    except ImportError:  # pragma: no cover - another SDK layout
-        return False, None
-    try:
-        return inspect.getsource(BatchProcessor.emit) == _EMIT_SOURCE, BatchProcessor.emit
-    except (OSError, TypeError):  # pragma: no cover - sources not shipped
-        return False, None
-
-
-_EMIT_KNOWN, _EMIT = _probe_emit()
-# This process's id, as BatchProcessor.emit compares it with the batch's: os.getpid() is a system call per span.
-# Kept current in a forked child (the batch's own fork hook re-initialises it there as well).
-_PID: Final = [os.getpid()]
-os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
+    byte. The batch's usual case is done inline by :func:`iii.otel_internals.text_emitter` (the one module that
+    reads the batch's private fields)."""
+    return text_emitter(batch, exporter, emit, LightSpan, light_text, span_text, _TEXT_QUEUED_MAX)
 
 
 def light_text(span: LightSpan) -> str:
@@ -784,7 +726,7 @@ class LightSpan(trace.Span):
         if attributes is not None:
             # As the SDK's span: what ended is what is exported (its text is written now), so a later write to the
             # mapping fails instead of being lost unseen.
-            attributes._immutable = True
+            self._attributes = freeze_attributes(attributes)
         on_end = self._on_end
         if on_end is not None:
             on_end(self)
@@ -802,29 +744,6 @@ class LightSpan(trace.Span):
 
     def __repr__(self) -> str:
         return f'{type(self).__name__}(name="{self._name}", context={self._context})'
-
-
-def context_variable(context: ModuleType) -> tuple[Any, ContextVar[Any] | None]:
-    """``(runtime context, its context variable)`` of the ``opentelemetry.context`` module while its runtime context
-    is the default ``ContextVarsRuntimeContext``, whose ``attach``/``detach``/``get_current`` are that variable's
-    ``set``/``reset``/``get`` (two Python-level calls less each); ``(None, None)`` for any other. Use the variable
-    only while ``context._RUNTIME_CONTEXT`` is still the runtime context returned.
-
-    Example:
-        >>> from opentelemetry import context
-        >>> runtime, variable = context_variable(context)
-        >>> variable is None or variable.get() is context.get_current()
-        True
-    """
-    runtime = getattr(context, "_RUNTIME_CONTEXT", None)
-    try:
-        from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
-    except ImportError:  # pragma: no cover - another API layout
-        return None, None
-    variable = getattr(runtime, "_current_context", None)
-    if type(runtime) is ContextVarsRuntimeContext and type(variable) is ContextVar:
-        return runtime, variable
-    return None, None
 
 
 # The SDK stamps spans with time.time_ns (through opentelemetry.util._time, private): the same clock.

@@ -128,7 +128,8 @@ def init_otel(
 
 def _make_switch() -> Any:
     from opentelemetry import trace
-    from opentelemetry.util._decorator import _agnosticcontextmanager
+
+    from .otel_internals import agnostic_contextmanager
 
     class SwitchTracer(trace.Tracer):
         """A tracer that resolves to the switch's current provider at every span."""
@@ -144,7 +145,7 @@ def _make_switch() -> Any:
         def start_span(self, *args: Any, **kwargs: Any) -> trace.Span:
             return self._current().start_span(*args, **kwargs)
 
-        @_agnosticcontextmanager
+        @agnostic_contextmanager
         def start_as_current_span(self, *args: Any, **kwargs: Any) -> Any:
             with self._current().start_as_current_span(*args, **kwargs) as span:
                 yield span
@@ -245,62 +246,36 @@ def _retarget(pipeline: _Pipeline, resource: Any) -> None:
     """Make a parked pipeline record under ``resource``, with no metric state of its previous client and new span
     and log exporters (an exporter keeps per-client state: the source whose spans it takes as texts, its counts).
 
-    OpenTelemetry has no public way to change a provider's resource (its at-fork handlers use these same private
-    attributes); a layout without them raises ``AttributeError`` and the caller builds a new pipeline instead.
+    OpenTelemetry has no public way to change a provider's resource: :mod:`iii.otel_internals` does it; on a layout
+    it does not know, it raises ``AttributeError`` (``InternalsMissing``) and the caller builds a new pipeline instead.
     """
+    from .otel_internals import batch_exporter, batch_of, retarget_providers, set_batch_exporter
     from .telemetry_exporters import EngineLogExporter, EngineSpanExporter
 
     tracer_provider = pipeline.tracer_provider
-    batches: list[tuple[Any, type[EngineSpanExporter | EngineLogExporter]]] = [
-        (tracer_provider.own_processor._batch_processor, EngineSpanExporter)]
-    batches += [(processor._batch_processor, EngineLogExporter) for processor in pipeline.log_processors]
+    processors: list[tuple[Any, type[EngineSpanExporter | EngineLogExporter]]] = [
+        (tracer_provider.own_processor, EngineSpanExporter)]
+    processors += [(processor, EngineLogExporter) for processor in pipeline.log_processors]
+    batches = [(batch_of(processor), exporter) for processor, exporter in processors]
     for batch, exporter in batches:
-        if not isinstance(batch._exporter, exporter):
-            raise AttributeError(f"not our exporter: {batch._exporter!r}")
+        if batch is None:
+            raise AttributeError("a batch processor of another layout")
+        if not isinstance(batch_exporter(batch), exporter):
+            raise AttributeError(f"not our exporter: {batch_exporter(batch)!r}")
+    retarget_providers(tracer_provider, pipeline.log_provider, pipeline.meter_provider, resource)
     for batch, exporter in batches:  # the queues are empty: flushed when the pipeline was parked
-        batch._exporter = exporter(pipeline.output)
-    with tracer_provider._tracers_lock:
-        tracer_provider._resource = resource
-        for tracer in tracer_provider._tracers.values():
-            tracer._set_resource(resource)
-    log_provider = pipeline.log_provider
-    if log_provider is not None:
-        with log_provider._active_loggers_lock:
-            log_provider._resource = resource
-            for logger in list(log_provider._active_loggers):
-                logger._set_resource(resource)
-    meter_provider = pipeline.meter_provider
-    if meter_provider is not None:
-        from opentelemetry.sdk.metrics._internal.measurement_consumer import SynchronousMeasurementConsumer
-        from opentelemetry.sdk.metrics._internal.sdk_configuration import SdkConfiguration
-
-        with meter_provider._meter_lock:
-            old = meter_provider._sdk_config
-            config = SdkConfiguration(exemplar_filter=old.exemplar_filter, resource=resource, views=old.views)
-            consumer = SynchronousMeasurementConsumer(sdk_config=config, metric_readers=meter_provider._metric_readers)
-            # The previous client's instruments keep the old consumer: they record into nothing, as after a shutdown.
-            meter_provider._sdk_config = config
-            meter_provider._measurement_consumer = consumer
-            meter_provider._meters.clear()
-            for reader in meter_provider._metric_readers:
-                reader._set_collect_callback(consumer.collect)
+        set_batch_exporter(batch, exporter(pipeline.output))
 
 
 def _drop_added_processors(pipeline: _Pipeline) -> None:
     """Shut down the span and log processors added to the pipeline's providers after it was built (a user's), as
     the providers' shutdown did before they were reused: the next client starts with only ours."""
-    added: list[Any] = []
+    from .otel_internals import drop_added_processors
+
     tracer_provider = pipeline.tracer_provider
-    spans = tracer_provider._active_span_processor
-    with spans._lock:
-        added += [p for p in spans._span_processors if p is not tracer_provider.own_processor]
-        spans._span_processors = (tracer_provider.own_processor,)
+    added = drop_added_processors(tracer_provider, tracer_provider.own_processor, pipeline.log_provider,
+                                  pipeline.log_processors)
     tracer_provider.shared = False
-    if pipeline.log_provider is not None:
-        logs = pipeline.log_provider._multi_log_record_processor
-        with logs._lock:
-            added += [p for p in logs._log_record_processors if p not in pipeline.log_processors]
-            logs._log_record_processors = pipeline.log_processors
     for processor in added:
         try:
             processor.shutdown()
@@ -497,6 +472,7 @@ class TelemetryRuntime:
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
         from .light_span import OwnTracerProvider
+        from .otel_internals import log_processors as log_processors_of
         from .telemetry_exporters import EngineSpanExporter
 
         output = _Output()
@@ -506,7 +482,8 @@ class TelemetryRuntime:
         log_provider = (
             self._configure_logs(resource, output, cfg) if cfg.logs_enabled is None or cfg.logs_enabled else None
         )
-        log_processors = () if log_provider is None else log_provider._multi_log_record_processor._log_record_processors
+        # None (another layout) leaves the pipeline unreusable: drop_added_processors refuses that layout too
+        log_processors = () if log_provider is None else log_processors_of(log_provider) or ()
         return _Pipeline(_pipeline_key(cfg), output, tracer_provider, meter_provider, log_provider, log_processors)
 
     def _reuse(self, key: tuple[Any, ...], resource: Any) -> _Pipeline | None:
@@ -1021,11 +998,11 @@ class _W3C:
             _ZERO_SPAN,
             _ZERO_TRACE,
             LightSpan,
-            context_variable,
             plain_traceparent,
             span_context,
             traceparent_text,
         )
+        from .otel_internals import composite_parts, context_variable, runtime_context
 
         self._plain_form = _PLAIN_TRACEPARENT
         self._zero_ids = (_ZERO_TRACE, _ZERO_SPAN)
@@ -1034,6 +1011,8 @@ class _W3C:
         self._light_span = LightSpan
         self.context = context
         self.runtime, self.variable = context_variable(context)
+        self.runtime_context = runtime_context
+        self._composite_parts = composite_parts
         self.trace = trace
         self.span_context = span_context
         self.get_all_baggage = baggage.get_all
@@ -1054,7 +1033,7 @@ class _W3C:
         if textmap is not checked:
             is_default = (
                 type(textmap) is self._composite
-                and [type(p) for p in getattr(textmap, "_propagators", ())] == self._default_types
+                and [type(p) for p in self._composite_parts(textmap)] == self._default_types
             )
             self._checked = (textmap, is_default)
         return is_default
@@ -1185,7 +1164,7 @@ def trace_headers() -> tuple[str | None, str | None]:
             return carrier.get("traceparent"), carrier.get("baggage")
     # context.get_current(), on its variable while the runtime context is the default one (two calls less)
     variable = api.variable
-    ctx = variable.get() if variable is not None and api.context._RUNTIME_CONTEXT is api.runtime \
+    ctx = variable.get() if variable is not None and api.runtime_context() is api.runtime \
         else api.context.get_current()
     if not ctx:  # the empty context (a call made outside any span, no baggage): what the propagators write for it
         return None, None

@@ -64,6 +64,7 @@ class TraceScope:
         # reset (two Python-level calls each, per handled call); None for any other runtime context.
         self._runtime: Any = None
         self._variable: Any = None
+        self._runtime_context: Callable[[], Any] = _no_runtime  # iii.otel_internals.runtime_context once loaded
 
     def headers(self) -> tuple[str | None, str | None]:
         """``(traceparent, baggage)`` to put on an outgoing invocation."""
@@ -140,7 +141,7 @@ class TraceScope:
         # Only BaseExceptions (cancellation) get through, on which use_span would just end the span too.
         try:
             # context.attach/detach, on the runtime context's variable itself while it is the default one
-            variable = self._variable if context._RUNTIME_CONTEXT is self._runtime else None
+            variable = self._variable if self._runtime_context() is self._runtime else None
             token = context.attach(ctx) if variable is None else variable.set(ctx)
             try:
                 # What _plain does, inline: one coroutine less per handled call.
@@ -174,11 +175,13 @@ class TraceScope:
 
         try:
             from .light_span import _UNSET, LightSpan, context_variable
+            from .otel_internals import runtime_context
         except ImportError:  # the OpenTelemetry API without its SDK: no light spans (nor spans at all) either
             pass
         else:
             self._light, self._unset = LightSpan, _UNSET
             self._runtime, self._variable = context_variable(context)
+            self._runtime_context = runtime_context
         self._otel = (context, trace, trace.Status(trace.StatusCode.OK))
         return self._otel
 
@@ -188,6 +191,11 @@ class TraceScope:
             return await (call() if data is NO_DATA else call(data)), None, None, None
         except Exception as exc:
             return None, exc, traceback.format_exc(), None
+
+
+def _no_runtime() -> None:
+    """No runtime context (OpenTelemetry not loaded): the context variable is never used then."""
+    return None
 
 
 def _nothing() -> None:

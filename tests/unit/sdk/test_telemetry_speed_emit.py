@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from iii import light_span, telemetry, telemetry_exporters
+from iii import light_span, otel_internals, telemetry, telemetry_exporters
 from iii.light_span import HandlerSpans, LightSpan, OwnTracerProvider, light_text, plain_traceparent, traceparent_text
 from iii.telemetry_exporters import EngineSpanExporter, SharedEngineConnection, span_text
 from iii.trace_scope import TraceScope
@@ -269,11 +269,11 @@ async def test_after_shutdown_and_in_another_process_the_sdks_emit_decides(frame
 
     monkeypatch.setattr(os, "getpid", getpid)
     scope = TraceScope(telemetry)
-    light_span._PID[0] = -1  # as if forked: the SDK's emit compares the process ids itself
+    otel_internals._PID[0] = -1  # as if forked: the SDK's emit compares the process ids itself
     try:
         await scope.run("call f", _ok, None, None)
     finally:
-        light_span._PID[0] = real()
+        otel_internals._PID[0] = real()
     assert calls and len(_batch()._queue) == 1
     monkeypatch.setattr(_batch(), "_shutdown", True)
     await scope.run("call f", _ok, None, None)
@@ -282,7 +282,7 @@ async def test_after_shutdown_and_in_another_process_the_sdks_emit_decides(frame
 
 def test_the_emit_of_the_installed_sdk_is_the_known_one() -> None:
     # The day an SDK upgrade changes BatchProcessor.emit, this fails and the texts go through emit itself again.
-    assert light_span._EMIT_KNOWN
+    assert otel_internals._EMIT_KNOWN
 
 
 async def test_handler_context_on_another_runtime_context(frames: list[bytes], monkeypatch: pytest.MonkeyPatch) -> None:

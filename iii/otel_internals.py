@@ -1,0 +1,380 @@
+"""The one module that reads OpenTelemetry's private internals (underscore names of opentelemetry-api/-sdk).
+
+Why: the team rule is that a library's private internals are relied on in one module only, which checks each one
+before use and falls back. Every function here checks the shape it needs (at import, or on the object at first use)
+and, when the installed OpenTelemetry differs, returns ``None``/``False`` (or raises :class:`InternalsMissing` where
+the caller already has a public-API way round) after one warning naming the missing internal. The callers in
+:mod:`iii.telemetry` and :mod:`iii.light_span` then take the OpenTelemetry public API: slower, same telemetry.
+
+Example:
+    >>> from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    >>> from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    >>> exporter = InMemorySpanExporter()
+    >>> processor = BatchSpanProcessor(exporter)
+    >>> batch_exporter(batch_of(processor)) is exporter
+    True
+    >>> processor.shutdown()
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import inspect
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable
+from contextvars import ContextVar
+from types import ModuleType
+from typing import Any, Final
+
+from opentelemetry import context as _context_module
+
+__all__ = [
+    "InternalsMissing", "agnostic_contextmanager", "batch_exporter", "batch_of", "composite_parts", "context_variable",
+    "drop_added_processors", "freeze_attributes", "log_processors", "retarget_providers", "runtime_context",
+    "set_batch_exporter", "text_emitter",
+]
+
+log = logging.getLogger(__name__)
+
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+class InternalsMissing(AttributeError):
+    """An OpenTelemetry internal this module relies on is not there (another layout): take the public path."""
+
+
+def missing(name: str) -> None:
+    """Say once per process that the internal ``name`` is missing (its callers take the public API path).
+
+    Example:
+        >>> missing("demo._thing"); missing("demo._thing")  # one warning, not two
+    """
+    with _warned_lock:
+        if name in _warned:
+            return
+        _warned.add(name)
+    log.warning("OpenTelemetry internal %s not found (another opentelemetry-sdk layout): using the public API path,"
+                " slower but the same telemetry", name)
+
+
+def _all_have(objects: Iterable[Any], name: str, what: str) -> bool:
+    for obj in objects:
+        if not hasattr(obj, name):
+            missing(f"{what}.{name}")
+            return False
+    return True
+
+
+def _has(obj: Any, names: Iterable[str], what: str) -> bool:
+    absent = [name for name in names if not hasattr(obj, name)]
+    if absent:
+        missing(f"{what}.{absent[0]}")
+    return not absent
+
+
+# --- the SDK's BatchProcessor (behind BatchSpanProcessor and BatchLogRecordProcessor) -----------------------------
+
+# Its fields the inline emit of text_emitter reads and writes, with the type each must have.
+_BATCH_FIELDS: Final = (("_exporter", object), ("_queue", collections.deque), ("_shutdown", bool), ("_pid", int),
+                        ("_max_queue_size", int), ("_max_export_batch_size", int), ("_worker_awaken", threading.Event))
+
+
+def batch_of(processor: Any) -> Any | None:
+    """The SDK's ``BatchProcessor`` inside ``processor`` (a ``BatchSpanProcessor``/``BatchLogRecordProcessor``) when
+    it has the fields this module uses, else ``None`` (one warning)."""
+    batch = getattr(processor, "_batch_processor", None)
+    if batch is None:
+        missing(f"{type(processor).__name__}._batch_processor")
+        return None
+    for name, kind in _BATCH_FIELDS:
+        if not isinstance(getattr(batch, name, None), kind):
+            missing(f"BatchProcessor.{name}")
+            return None
+    return batch
+
+
+def batch_exporter(batch: Any) -> Any:
+    """The exporter a :func:`batch_of` batch exports to."""
+    return batch._exporter
+
+
+def set_batch_exporter(batch: Any, exporter: Any) -> None:
+    """Make a :func:`batch_of` batch (its queue empty) export to ``exporter`` from now on."""
+    batch._exporter = exporter
+
+
+# BatchProcessor.emit as the inline copy in text_emitter was written against; any other SDK's is called as it is.
+_EMIT_SOURCE: Final = """    def emit(self, data: Telemetry) -> None:
+        if self._shutdown:
+            _logger.info("Shutdown called, ignoring %s.", self._exporting)
+            self._metrics.drop_items(1, "already_shutdown")
+            return
+        if self._pid != os.getpid():
+            self._bsp_reset_once.do_once(self._at_fork_reinit)
+        if len(self._queue) == self._max_queue_size:
+            _logger.warning("Queue full, dropping %s.", self._exporting)
+            self._metrics.drop_items(1)
+        # This will drop a log from the right side if the queue is at _max_queue_size.
+        self._queue.appendleft(data)
+        if len(self._queue) >= self._max_export_batch_size and not self._worker_awaken.is_set():
+            self._worker_awaken.set()
+"""
+
+
+def _probe_emit() -> tuple[bool, Any]:
+    try:
+        from opentelemetry.sdk._shared_internal import BatchProcessor
+    except ImportError:  # another SDK layout
+        missing("opentelemetry.sdk._shared_internal.BatchProcessor")
+        return False, None
+    try:
+        known = inspect.getsource(BatchProcessor.emit) == _EMIT_SOURCE
+    except (OSError, TypeError):  # pragma: no cover - sources not shipped
+        known = False
+    if not known:
+        missing("BatchProcessor.emit (of the known source)")
+    return known, BatchProcessor.emit if known else None
+
+
+_EMIT_KNOWN, _EMIT = _probe_emit()
+# This process's id, as BatchProcessor.emit compares it with the batch's: os.getpid() is a system call per span.
+# Kept current in a forked child (the batch's own fork hook re-initialises it there as well).
+_PID: Final = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
+
+
+def text_emitter(batch: Any, exporter: Any, emit: Callable[[Any], None], light_type: type,
+                 light_text: Callable[[Any], str], span_text: Callable[[Any], str], text_max: int
+                 ) -> Callable[[Any], None]:
+    """``emit`` (a :func:`batch_of` batch's) of a span's text instead of the span, while the batch still exports
+    to ``exporter``: the text of a ``light_type`` span by ``light_text``, of any other by ``span_text``; a text over
+    ``text_max`` characters or one that fails goes as the span. While ``emit`` is the SDK's own ``BatchProcessor.emit``
+    of the known source, its usual case (running, same process, queue not full) is done here, exactly as there,
+    without its ``os.getpid()`` system call and its Python-level call per span; anything else goes to ``emit``."""
+    inline = _EMIT_KNOWN and getattr(emit, "__func__", None) is _EMIT and getattr(emit, "__self__", None) is batch
+
+    def emit_text(span: Any) -> None:
+        item = span
+        if batch._exporter is exporter:
+            try:
+                text = light_text(span) if type(span) is light_type else span_text(span)
+            except Exception:  # the span itself goes: the exporter drops it alone (and logs it)
+                pass
+            else:
+                if len(text) <= text_max:
+                    item = text
+        if inline:
+            queue = batch._queue
+            if not batch._shutdown and batch._pid == _PID[0] and len(queue) < batch._max_queue_size:
+                queue.appendleft(item)
+                if len(queue) >= batch._max_export_batch_size and not batch._worker_awaken.is_set():
+                    batch._worker_awaken.set()
+                return
+        emit(item)
+
+    return emit_text
+
+
+# --- providers reused across clients (their resource, their processors) ----------------------------------------
+
+_TRACER_PROVIDER_FIELDS: Final = ("_tracers_lock", "_resource", "_tracers", "_active_span_processor")
+_LOGGER_PROVIDER_FIELDS: Final = ("_active_loggers_lock", "_resource", "_active_loggers", "_multi_log_record_processor")
+_METER_PROVIDER_FIELDS: Final = ("_meter_lock", "_sdk_config", "_metric_readers", "_measurement_consumer", "_meters")
+
+
+def retarget_providers(tracer_provider: Any, log_provider: Any | None, meter_provider: Any | None,
+                       resource: Any) -> None:
+    """Make the three providers record under ``resource``, the meter provider with no metric state of before.
+
+    OpenTelemetry has no public way to change a provider's resource (its at-fork handlers use these same private
+    attributes). Everything is checked before anything is changed: :class:`InternalsMissing` (nothing changed)
+    when a layout differs, and the caller builds new providers instead."""
+    ok = _has(tracer_provider, _TRACER_PROVIDER_FIELDS, "TracerProvider") and _all_have(
+        tracer_provider._tracers.values(), "_set_resource", "Tracer")
+    if ok and log_provider is not None:
+        ok = _has(log_provider, _LOGGER_PROVIDER_FIELDS, "LoggerProvider") and _all_have(
+            list(log_provider._active_loggers), "_set_resource", "Logger")
+    consumer_type: Any = None
+    config_type: Any = None
+    if ok and meter_provider is not None:
+        try:
+            from opentelemetry.sdk.metrics._internal.measurement_consumer import SynchronousMeasurementConsumer
+            from opentelemetry.sdk.metrics._internal.sdk_configuration import SdkConfiguration
+        except ImportError:
+            missing("opentelemetry.sdk.metrics._internal")
+            ok = False
+        else:
+            consumer_type, config_type = SynchronousMeasurementConsumer, SdkConfiguration
+            ok = _has(meter_provider, _METER_PROVIDER_FIELDS, "MeterProvider") and _all_have(
+                meter_provider._metric_readers, "_set_collect_callback", "MetricReader")
+    if not ok:
+        raise InternalsMissing("a provider's resource cannot be changed on this OpenTelemetry")
+    with tracer_provider._tracers_lock:
+        tracer_provider._resource = resource
+        for tracer in tracer_provider._tracers.values():
+            tracer._set_resource(resource)
+    if log_provider is not None:
+        with log_provider._active_loggers_lock:
+            log_provider._resource = resource
+            for logger in list(log_provider._active_loggers):
+                logger._set_resource(resource)
+    if meter_provider is not None:
+        with meter_provider._meter_lock:
+            old = meter_provider._sdk_config
+            config = config_type(exemplar_filter=old.exemplar_filter, resource=resource, views=old.views)
+            consumer = consumer_type(sdk_config=config, metric_readers=meter_provider._metric_readers)
+            # The previous client's instruments keep the old consumer: they record into nothing, as after a shutdown.
+            meter_provider._sdk_config = config
+            meter_provider._measurement_consumer = consumer
+            meter_provider._meters.clear()
+            for reader in meter_provider._metric_readers:
+                reader._set_collect_callback(consumer.collect)
+
+
+def log_processors(log_provider: Any) -> tuple[Any, ...] | None:
+    """The log record processors of ``log_provider`` (an SDK ``LoggerProvider``), or ``None`` on another layout."""
+    multi = getattr(log_provider, "_multi_log_record_processor", None)
+    processors = getattr(multi, "_log_record_processors", None)
+    if type(processors) is not tuple:
+        missing("LoggerProvider._multi_log_record_processor._log_record_processors")
+        return None
+    return processors
+
+
+def drop_added_processors(tracer_provider: Any, own_span_processor: Any, log_provider: Any | None,
+                          own_log_processors: tuple[Any, ...]) -> list[Any]:
+    """Leave only ``own_span_processor`` on ``tracer_provider`` and ``own_log_processors`` on ``log_provider``;
+    returns the processors taken off (to be shut down). :class:`InternalsMissing` (nothing changed) on another
+    layout: the caller does not reuse the providers then."""
+    spans = getattr(tracer_provider, "_active_span_processor", None)
+    logs = None if log_provider is None else getattr(log_provider, "_multi_log_record_processor", None)
+    if spans is None or not (_has(spans, ("_lock", "_span_processors"), "SynchronousMultiSpanProcessor")
+            and (log_provider is None or _has(logs, ("_lock", "_log_record_processors"),
+                                              "SynchronousMultiLogRecordProcessor"))):
+        raise InternalsMissing("a provider's processors cannot be removed on this OpenTelemetry")
+    added: list[Any] = []
+    with spans._lock:
+        added += [p for p in spans._span_processors if p is not own_span_processor]
+        spans._span_processors = (own_span_processor,)
+    if logs is not None:
+        with logs._lock:
+            added += [p for p in logs._log_record_processors if p not in own_log_processors]
+            logs._log_record_processors = own_log_processors
+    return added
+
+
+# --- the API's runtime context, attributes, context managers ------------------------------------------------------
+
+def context_variable(context: ModuleType) -> tuple[Any, ContextVar[Any] | None]:
+    """``(runtime context, its context variable)`` of the ``opentelemetry.context`` module while its runtime context
+    is the default ``ContextVarsRuntimeContext``, whose ``attach``/``detach``/``get_current`` are that variable's
+    ``set``/``reset``/``get`` (two Python-level calls less each); ``(None, None)`` for any other. Use the variable
+    only while :func:`runtime_context` is still the runtime context returned.
+
+    Example:
+        >>> from opentelemetry import context
+        >>> runtime, variable = context_variable(context)
+        >>> variable is None or variable.get() is context.get_current()
+        True
+    """
+    runtime = getattr(context, "_RUNTIME_CONTEXT", None)
+    try:
+        from opentelemetry.context.contextvars_context import ContextVarsRuntimeContext
+    except ImportError:  # pragma: no cover - another API layout
+        return None, None
+    variable = getattr(runtime, "_current_context", None)
+    if type(runtime) is ContextVarsRuntimeContext and type(variable) is ContextVar:
+        return runtime, variable
+    if runtime is None or type(runtime) is ContextVarsRuntimeContext:
+        missing("opentelemetry.context._RUNTIME_CONTEXT._current_context")
+    return None, None
+
+
+def runtime_context() -> Any:
+    """The runtime context ``opentelemetry.context`` uses now (``None`` on a layout without one).
+
+    Example:
+        >>> from opentelemetry import context
+        >>> runtime_context() is context_variable(context)[0] or context_variable(context)[0] is None
+        True
+    """
+    return _context_module._RUNTIME_CONTEXT  # checked at import, below; read per handled call (no getattr default)
+
+
+def _no_runtime_context() -> Any:
+    return None
+
+
+if not hasattr(_context_module, "_RUNTIME_CONTEXT"):  # pragma: no cover - another API layout
+    missing("opentelemetry.context._RUNTIME_CONTEXT")
+    runtime_context = _no_runtime_context  # context_variable is (None, None) then too
+
+
+def composite_parts(propagator: Any) -> tuple[Any, ...]:
+    """The propagators a ``CompositePropagator`` runs, in order; ``()`` on another layout (then it is not
+    recognised as the default W3C pair, and the general propagation path runs).
+
+    Example:
+        >>> from opentelemetry.propagators.composite import CompositePropagator
+        >>> composite_parts(CompositePropagator([]))
+        ()
+    """
+    parts = getattr(propagator, "_propagators", None)
+    if not isinstance(parts, list | tuple):
+        missing("CompositePropagator._propagators")
+        return ()
+    return tuple(parts)
+
+
+def _probe_immutable() -> bool:
+    from opentelemetry.attributes import BoundedAttributes
+
+    known = type(getattr(BoundedAttributes(immutable=False), "_immutable", None)) is bool
+    if not known:
+        missing("BoundedAttributes._immutable")
+    return known
+
+
+_IMMUTABLE_KNOWN: Final = _probe_immutable()
+
+
+def freeze_attributes(attributes: Any) -> Any:
+    """``attributes`` (a ``BoundedAttributes``) made immutable, as the SDK's span does at its end: the same object
+    where its flag is known, else an immutable copy (public constructor; same items, limits and dropped count).
+
+    Example:
+        >>> from opentelemetry.attributes import BoundedAttributes
+        >>> frozen = freeze_attributes(BoundedAttributes(attributes={"a": 1}, immutable=False))
+        >>> try:
+        ...     frozen["b"] = 2
+        ... except TypeError:
+        ...     print("immutable")
+        immutable
+    """
+    if _IMMUTABLE_KNOWN:
+        attributes._immutable = True
+        return attributes
+    return _frozen_copy(attributes)
+
+
+def _frozen_copy(attributes: Any) -> Any:
+    from opentelemetry.attributes import BoundedAttributes
+
+    copy = BoundedAttributes(attributes.maxlen, attributes, immutable=True, max_value_len=attributes.max_value_len)
+    copy.dropped = attributes.dropped
+    return copy
+
+
+def agnostic_contextmanager(function: Callable[..., Any]) -> Callable[..., Any]:
+    """The API's ``_agnosticcontextmanager`` (a context manager usable as a decorator of coroutines too, as the
+    SDK tracer's ``start_as_current_span``), else ``contextlib.contextmanager``."""
+    try:
+        from opentelemetry.util._decorator import _agnosticcontextmanager
+    except ImportError:
+        missing("opentelemetry.util._decorator._agnosticcontextmanager")
+        return contextlib.contextmanager(function)
+    return _agnosticcontextmanager(function)
