@@ -794,7 +794,7 @@ class _Subscriber:
         leftover, self._pubsub = self._pubsub, None
         if leftover is not None:
             with contextlib.suppress(Exception):
-                await finish_within(leftover.aclose(),  # type: ignore[no-untyped-call]
+                await finish_within(leftover.aclose(),  # type: ignore[no-untyped-call, unused-ignore]  # PubSub.aclose is typed from redis 8.2 only
                                     _STOP_S, f"the close of the Redis watch connection of {self._channel}", log)
 
     async def _open(self) -> PubSub:
@@ -827,7 +827,7 @@ class _Subscriber:
         except BaseException:
             # a failure to close must not replace what is raised (a cancellation turned into a connection error)
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # PubSub.aclose is typed from redis 8.2 only
             raise
         return pubsub
 
@@ -876,7 +876,7 @@ class _Subscriber:
             self._live.clear()
             self._pubsub = None
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # PubSub.aclose is typed from redis 8.2 only
             if not self._stopping.is_set():
                 # cancelled from outside (the loop shutting down), or a bug: watchers left waiting would miss every
                 # later event silently
@@ -895,7 +895,7 @@ class _Subscriber:
         log.warning("stream watch: Redis connection lost (%s); re-subscribing%s", _lost(exc),
                     "" if report else "; events published meanwhile are lost")
         with contextlib.suppress(Exception):
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # PubSub.aclose is typed from redis 8.2 only
         fresh: list[PubSub] = []
 
         async def attempt() -> None:

@@ -367,7 +367,7 @@ class RedisBus:
         # a burst's count still unlogged (its end-of-interval timer belongs to this loop) is logged now
         self._undelivered_log.close()
         self._unsubscribe_log.close()
-        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        await self._pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # PubSub.aclose is typed from redis 8.2 only
         await self._redis.aclose()
 
     async def _read(self) -> None:
