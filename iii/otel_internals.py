@@ -24,6 +24,7 @@ import inspect
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from types import ModuleType
@@ -33,8 +34,8 @@ from opentelemetry import context as _context_module
 
 __all__ = [
     "InternalsMissing", "agnostic_contextmanager", "batch_exporter", "batch_of", "composite_parts", "context_variable",
-    "drop_added_processors", "freeze_attributes", "log_processors", "retarget_providers", "runtime_context",
-    "set_batch_exporter", "text_emitter",
+    "drop_added_processors", "freeze_attributes", "log_processors", "metric_readers", "pause_workers", "resume_workers",
+    "retarget_providers", "runtime_context", "set_batch_exporter", "text_emitter",
 ]
 
 log = logging.getLogger(__name__)
@@ -265,6 +266,73 @@ def drop_added_processors(tracer_provider: Any, own_span_processor: Any, log_pro
             added += [p for p in logs._log_record_processors if p not in own_log_processors]
             logs._log_record_processors = own_log_processors
     return added
+
+
+# --- parked pipelines: their worker threads stopped while no client uses them, started again on reuse -------------
+
+def _batch_can_pause(batch: Any) -> bool:
+    if isinstance(getattr(batch, "_worker_thread", None), threading.Thread) and callable(
+            getattr(batch, "_at_fork_reinit", None)):
+        return True
+    missing("BatchProcessor._worker_thread/_at_fork_reinit")
+    return False
+
+
+def _reader_can_pause(reader: Any) -> bool:
+    if (isinstance(getattr(reader, "_shutdown_event", None), threading.Event)
+            and isinstance(getattr(reader, "_daemon_thread", None), threading.Thread | None)
+            and getattr(reader, "_shutdown", None) is False and callable(getattr(reader, "_at_fork_reinit", None))):
+        return True
+    missing("PeriodicExportingMetricReader._shutdown_event/_daemon_thread/_at_fork_reinit")
+    return False
+
+
+def metric_readers(meter_provider: Any) -> list[Any] | None:
+    """The metric readers of ``meter_provider`` (an SDK ``MeterProvider``), or ``None`` on another layout."""
+    readers = getattr(meter_provider, "_metric_readers", None)
+    if not isinstance(readers, list | tuple):
+        missing("MeterProvider._metric_readers")
+        return None
+    return list(readers)
+
+
+def pause_workers(batches: Iterable[Any], readers: Iterable[Any], timeout_s: float) -> bool:
+    """Stop the worker thread of each :func:`batch_of` batch and each periodic metric reader, their queues already
+    flushed, so that a parked pipeline runs no thread; :func:`resume_workers` starts them again.
+
+    OpenTelemetry can only shut these down for good (the batch processors and the reader each register an at-fork
+    callback that is never removed, which is why pipelines are reused); stopping them the way a shutdown does,
+    without the shutdown's point of no return, uses their private fields. ``False`` when a layout differs (nothing
+    changed) or a thread did not end within ``timeout_s`` (an export in flight): the caller shuts the pipeline down.
+    """
+    batches, readers = list(batches), list(readers)
+    if not all(_batch_can_pause(batch) for batch in batches) or not all(_reader_can_pause(r) for r in readers):
+        return False
+    threads: list[threading.Thread] = []
+    for batch in batches:
+        batch._shutdown = True  # emit drops from now on, as after a shutdown; the worker's loop ends
+        batch._worker_awaken.set()
+        threads.append(batch._worker_thread)
+    for reader in readers:
+        reader._shutdown_event.set()  # the ticker's wait ends, its last collection goes to a detached output
+        if reader._daemon_thread is not None:
+            threads.append(reader._daemon_thread)
+    deadline = time.monotonic() + timeout_s
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return not any(thread.is_alive() for thread in threads)
+
+
+def resume_workers(batches: Iterable[Any], readers: Iterable[Any]) -> None:
+    """Start again the threads :func:`pause_workers` stopped (each batch's queue starts empty), the way the SDK
+    restarts them in a forked child."""
+    for batch in batches:
+        batch._shutdown = False
+        batch._at_fork_reinit()
+    for reader in readers:
+        reader._shutdown_event.clear()
+        if reader._daemon_thread is not None:  # None: an infinite interval, no thread to start
+            reader._at_fork_reinit()
 
 
 # --- the API's runtime context, attributes, context managers ------------------------------------------------------

@@ -167,6 +167,8 @@ def _make_switch() -> Any:
 _MAX_PARKED: Final = 4
 #: How long a client's shutdown waits for each provider to export what it holds (what ``shutdown()`` waits).
 _FLUSH_TIMEOUT_MS: Final = 30_000
+#: How long parking a pipeline waits for its threads to end (their last export goes to a detached output at once).
+_PAUSE_TIMEOUT_S: Final = 5.0
 
 
 class _Output(SharedEngineConnection):
@@ -220,6 +222,16 @@ class _Pipeline:
     def providers(self) -> list[Any]:
         """The providers built (metrics and logs may be off)."""
         return [p for p in (self.tracer_provider, self.meter_provider, self.log_provider) if p is not None]
+
+    def workers(self) -> tuple[list[Any], list[Any]] | None:
+        """The batch processors and metric readers that run a thread each, or ``None`` on another layout."""
+        from .otel_internals import batch_of, metric_readers
+
+        batches = [batch_of(p) for p in (self.tracer_provider.own_processor, *self.log_processors)]
+        readers = [] if self.meter_provider is None else metric_readers(self.meter_provider)
+        if readers is None or any(batch is None for batch in batches):
+            return None
+        return batches, readers
 
 
 def _pipeline_key(cfg: OtelConfig) -> tuple[Any, ...]:
@@ -494,6 +506,12 @@ class TelemetryRuntime:
             return None
         try:
             _retarget(pipeline, resource)
+            workers = pipeline.workers()
+            if workers is None:
+                raise AttributeError("a processor or reader of another layout")
+            from .otel_internals import resume_workers
+
+            resume_workers(*workers)
         except Exception:  # another opentelemetry-sdk layout: build anew (one set of at-fork callbacks more)
             log.debug("telemetry providers could not be reused", exc_info=True)
             _shutdown_providers(pipeline.providers())
@@ -506,7 +524,13 @@ class TelemetryRuntime:
         pipeline.output.target = None
         try:
             _drop_added_processors(pipeline)
-        except Exception:  # another opentelemetry-sdk layout: not reusable
+            workers = pipeline.workers()
+            from .otel_internals import pause_workers
+
+            # A parked pipeline runs no thread: after the last client's shutdown nothing of telemetry is left running.
+            if workers is None or not pause_workers(*workers, timeout_s=_PAUSE_TIMEOUT_S):
+                raise AttributeError("the processors' and reader's threads could not be stopped")
+        except Exception:  # another opentelemetry-sdk layout, or an export that did not end: not reusable
             log.debug("telemetry providers could not be parked", exc_info=True)
             _shutdown_providers(pipeline.providers())
             return
@@ -657,7 +681,7 @@ class TelemetryRuntime:
         pipeline = self._take_state()
         if pipeline is not None:
             await asyncio.to_thread(_flush_providers, pipeline.providers())
-            self._park(pipeline)
+            await asyncio.to_thread(self._park, pipeline)  # joins the pipeline's threads
 
     def force_flush(self, timeout_millis: int = 5_000) -> bool:
         """Export everything recorded so far (ours). ``True`` when every provider flushed in time."""

@@ -3,6 +3,7 @@ callback per provider, processor and reader that is never removed), yet each cli
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -73,3 +74,58 @@ def test_a_second_client_reuses_the_providers_with_its_own_resource_and_fresh_me
         assert frames.metrics()["reuse.count"]["sum"]["dataPoints"][0]["asInt"] == "1"
     # a processor the first client's user added ended with it, as the providers' shutdown ended it before
     assert [span.name for span in user_spans.get_finished_spans()] == ["first"]
+
+
+class _Waiting(Frames):
+    """Frames, with an event set when one with ``prefix`` arrives."""
+
+    def __init__(self, prefix: bytes) -> None:
+        super().__init__()
+        self.prefix, self.arrived = prefix, threading.Event()
+
+    def append(self, frame: bytes) -> None:
+        super().append(frame)
+        if frame.startswith(self.prefix):
+            self.arrived.set()
+
+
+def _pipeline_threads() -> list[str]:
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith("Otel") and t.is_alive())
+
+
+def _start_waiting(service: str, prefix: bytes) -> _Waiting:
+    frames = _Waiting(prefix)
+    telemetry.init_otel(
+        OtelConfig(enabled=True, service_name=service, fetch_instrumentation_enabled=False,
+                   metrics_export_interval_ms=50),  # its own pipeline: the interval is part of the key
+        frame_sink=frames.append,
+    )
+    return frames
+
+
+def test_a_parked_pipeline_runs_no_thread_and_its_threads_export_again_on_reuse() -> None:
+    # before: the three threads of the parked pipeline (span and log batch workers, metric ticker) ran on after
+    # the last client's shutdown, the log worker waking every 100 ms for nothing
+    telemetry.shutdown_otel()
+    before = _pipeline_threads()
+    _start_waiting("pause-first", b"MTRC")
+    assert len(_pipeline_threads()) == len(before) + 3
+    telemetry.shutdown_otel()
+    assert _pipeline_threads() == before
+
+    for prefix in (b"MTRC", b"LOGS", b"OTLP"):  # each thread exports again on its own, without a flush
+        frames = _start_waiting("pause-again", prefix)
+        try:
+            assert len(_pipeline_threads()) == len(before) + 3
+            if prefix == b"MTRC":
+                telemetry.get_meter().create_counter("pause.count").add(1)
+            elif prefix == b"LOGS":
+                Logger(service_name="pause").info("after reuse")
+            elif prefix == b"OTLP":
+                tracer: Any = telemetry.get_tracer()
+                with tracer.start_as_current_span("after reuse"):
+                    pass
+            assert frames.arrived.wait(10), f"no {prefix!r} frame from the resumed pipeline's thread"
+        finally:
+            telemetry.shutdown_otel()
+        assert _pipeline_threads() == before
