@@ -249,11 +249,14 @@ def remove_tree(path: str | os.PathLike[str]) -> int:
 
     Iterative (an explicit stack, deleting bottom-up), unlike ``shutil.rmtree`` / ``Path.rglob`` on Python
     3.11, which recurse per level: a staging tree of any depth (a peer's ``d/d/d/…``) is removed, never left
-    behind by a ``RecursionError``. Symlinks are removed, never followed. Each directory is removed from within
+    behind by a ``RecursionError``. ``path`` is the directory the OS finds there (``base/link/..`` is the parent
+    of ``link``'s target, not ``base``); its last part is never followed: a symlink, even written ``link/``, is
+    ``NotADirectoryError``. Symlinks inside are removed, never followed. Each directory is removed from within
     its parent as listed (``rmdir`` relative to the parent's descriptor, the parent found to be the directory
     listed): a directory found replaced meanwhile, or a parent swapped for a symlink, is left alone, so nothing
     outside ``path`` is removed. An entry it cannot remove does not stop it: the rest is removed, then one
-    ``OSError`` counts what stayed (the first error its cause).
+    ``OSError`` counts the removals that failed (a directory it cannot list counts once, whatever it holds), the
+    first one, named by its full path, its cause.
 
     Example:
         >>> import tempfile
@@ -267,12 +270,10 @@ def remove_tree(path: str | os.PathLike[str]) -> int:
         ...     remove_tree(Path(tmp, "t")), os.listdir(tmp)
         (3, [])
     """
-    top = os.path.normpath(os.fspath(path))
+    top, parent, name = _tree_top(os.fspath(path))
     info = os.lstat(top)
     if not stat.S_ISDIR(info.st_mode):
         raise NotADirectoryError(errno.ENOTDIR, "not a directory", top)
-    parent, name = os.path.split(top)
-    parent = parent or "."
     top_parent = os.stat(parent)
     size = 0
     errors: list[OSError] = []
@@ -307,9 +308,9 @@ def remove_tree(path: str | os.PathLike[str]) -> int:
                 except FileNotFoundError:
                     continue  # gone already
                 except OSError as exc:
-                    errors.append(exc)
+                    errors.append(_named(exc, os.path.join(current, entry.name)))
         except OSError as exc:
-            errors.append(exc)
+            errors.append(_named(exc, current))
         finally:
             os.close(fd)
     for parent, parent_identity, name in reversed(emptied):
@@ -318,11 +319,43 @@ def remove_tree(path: str | os.PathLike[str]) -> int:
         except FileNotFoundError:
             continue
         except OSError as exc:
-            errors.append(exc)
+            errors.append(_named(exc, os.path.join(parent, name)))
     if errors:
-        raise OSError(errors[0].errno, f"could not remove {len(errors)} entr{'y' if len(errors) == 1 else 'ies'} "
-                      f"(first: {errors[0]})", top) from errors[0]
+        count = len(errors)
+        raise OSError(errors[0].errno, f"could not remove all of it: {count} removal{'' if count == 1 else 's'} "
+                      f"failed (first: {errors[0]})", top) from errors[0]
     return size
+
+
+def _tree_top(path: str) -> tuple[str, str, str]:
+    """``(path, parent, name)`` of the directory the OS finds at ``path``, its ``parent`` a path to open as given.
+
+    Never normalised as text: ``base/link/..`` is the parent of ``link``'s target, which ``normpath`` would make
+    ``base``. A path ending in ``.`` or ``..`` names no entry of a parent: it is resolved by ``realpath``, which
+    follows each symlink before the ``..`` after it, as the OS does (only ``.`` / ``..`` are last there, never a
+    symlink). Trailing slashes are dropped, so a symlink written ``link/`` is not followed.
+
+    Example:
+        >>> _tree_top("a/b/"), _tree_top("t"), _tree_top("/x/y")
+        (('a/b', 'a', 'b'), ('t', '.', 't'), ('/x/y', '/x', 'y'))
+    """
+    stripped = path.rstrip("/") or path
+    parent, name = os.path.split(stripped)
+    if name in ("", ".", ".."):
+        stripped = os.path.realpath(stripped)
+        parent, name = os.path.split(stripped)
+        if not name:
+            raise OSError(errno.EBUSY, "refusing to remove the root directory", path)
+    return stripped, parent or ".", name
+
+
+def _named(exc: OSError, path: str) -> OSError:
+    """``exc`` naming ``path`` in full: one raised relative to a directory's descriptor names the entry alone."""
+    if exc.filename == path or exc.errno is None:
+        return exc
+    named = OSError(exc.errno, exc.strerror, path)
+    named.__cause__ = exc
+    return named
 
 
 def _rmdir_in(parent: str, identity: tuple[int, int], name: str) -> None:
@@ -398,6 +431,22 @@ def file_header(name: str, size: int | None) -> str:
     return json.dumps({FILE_HEADER_KEY: {"name": name, "size": size}})
 
 
+def _short(name: str) -> str:
+    """``name``, its first 40 and last 16 characters only when it is longer: a sender's name goes into errors,
+    and a crafted one (40 KB of a 200-level name) would be most of the message.
+
+    Example:
+        >>> _short("a.txt"), _short("d/" * 40 + "end.txt")
+        ('a.txt', 'd/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/d/…/d/d/d/d/end.txt')
+    """
+    return name if len(name) <= 60 else f"{name[:40]}…{name[-16:]}"
+
+
+def _shown(value: object) -> str:
+    """``repr`` of a sender's value for an error, a long string (or ``repr``) cut as :func:`_short` does."""
+    return repr(_short(value)) if isinstance(value, str) else _short(repr(value))
+
+
 def checked_file_name(name: str) -> str:
     """``name`` if it is a plain file name to create in a directory; ``ValueError`` naming the problem otherwise.
 
@@ -416,15 +465,15 @@ def checked_file_name(name: str) -> str:
         ValueError: refusing the sender's file name '.iii-part-1-x': .iii-part-* names are kept for partial transfers
     """
     if name in ("", ".", ".."):
-        raise ValueError(f"refusing the sender's file name {name!r}: it is empty, '.' or '..'")
+        raise ValueError(f"refusing the sender's file name {_shown(name)}: it is empty, '.' or '..'")
     separators = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
     if any(sep in name for sep in separators):
-        raise ValueError(f"refusing the sender's file name {name!r}: it contains a path separator")
+        raise ValueError(f"refusing the sender's file name {_shown(name)}: it contains a path separator")
     if "\0" in name:
-        raise ValueError(f"refusing the sender's file name {name!r}: it contains a NUL character")
+        raise ValueError(f"refusing the sender's file name {_shown(name)}: it contains a NUL character")
     if name.startswith(PART_PREFIX):
         # such a file would look like a partial transfer to reclaim_stale_parts
-        raise ValueError(f"refusing the sender's file name {name!r}: {PART_PREFIX}* names are kept for partial "
+        raise ValueError(f"refusing the sender's file name {_shown(name)}: {PART_PREFIX}* names are kept for partial "
                          "transfers")
     return name
 
@@ -480,7 +529,7 @@ async def send_file(
     except BaseException as exc:
         await _abort_writer(writer, f"send_file could not start: {exc!r}")
         raise
-    size = info.st_size
+    size = _declared_size(info)
     sink = ChannelSink(writer, trailer=trailer, progress=progress, total=size, label=path.name)
     try:
         if header:
@@ -494,6 +543,15 @@ async def send_file(
         await sink.abort(f"send_file failed: {exc!r}")
         raise
     return sink.bytes_written
+
+
+def _declared_size(info: os.stat_result) -> int | None:
+    """The size ``send_file``'s header declares for a file of stat ``info``, which the receiver holds it to:
+    ``None`` (no size) for a FIFO or device, and for a file with no blocks, as pseudo-files (``/proc``'s 0 bytes,
+    ``/sys``'s 4096) have, whose size is not their length (an empty file has none either: nothing to declare)."""
+    if not stat.S_ISREG(info.st_mode) or info.st_blocks == 0:
+        return None
+    return info.st_size
 
 
 async def _send_file_bytes(sink: ChannelSink, path: Path, before: os.stat_result, chunk_size: int,
@@ -604,6 +662,7 @@ async def receive_file(
                     # The header came first: refuse a bad name or an existing file before receiving it all.
                     final = _directory_target(target, name_holder[0][0], overwrite)
                 digest.update(chunk)
+                _check_announced_size(source, name_holder, digest.count, ended=False)  # before storing more
                 pending.append(chunk)
                 pending_size += len(chunk)
                 if pending_size >= DEFAULT_CHUNK:
@@ -611,7 +670,7 @@ async def receive_file(
                     pending, pending_size = [], 0
             if pending:
                 await loop.run_in_executor(None, out.writelines, pending)
-            _check_announced_size(source, name_holder, digest.count)
+            _check_announced_size(source, name_holder, digest.count, ended=True)
             await loop.run_in_executor(None, out.flush)
             await loop.run_in_executor(None, os.fsync, out.fileno())
             if is_dir:
@@ -637,16 +696,27 @@ async def receive_file(
 
 
 
-def _check_announced_size(source: ChannelSource, header: list[tuple[str, int | None]], received: int) -> None:
-    """Without a verified trailer, the header's size is the only word on how much was sent: against the production
-    engine a sender that died mid-file ends the stream like one that finished. A trailer that verified wins: a
-    pseudo-file's size is not its length (``/sys``'s 4096), and a file that changed while it was sent fails the
-    send (:func:`_send_file_bytes`), never reaching here, unless an older sender sent it."""
-    if source.verified or not header or header[0][1] is None or header[0][1] == received:
+def _check_announced_size(source: ChannelSource, header: list[tuple[str, int | None]], received: int, *,
+                          ended: bool) -> None:
+    """The file is held to the size its header declared, when it declared one (``send_file`` declares none where
+    the size is not the length: :func:`_declared_size`): without a verified trailer, that size is the only word on
+    how much was sent (against the production engine a sender that died mid-file ends the stream like one that
+    finished); with one, the trailer covers only the bytes as sent, so a header saying 10 and 4 bytes under a
+    matching trailer (an older sender's pseudo-file, or a stream made so) would be stored as verified. Bytes past
+    the size are refused as they come (``ended=False``), before they are stored."""
+    if not header:
+        return
+    name, size = header[0]
+    if size is None:
         return
     channel_id = source.reader.ref.channel_id
-    raise IntegrityError(f"channel {channel_id} ended after {received} of the {header[0][1]} bytes the sender "
-                         f"announced for {header[0][0]!r}, without an integrity trailer", channel_id=channel_id)
+    if received > size:
+        raise IntegrityError(f"channel {channel_id}: {received} bytes (so far) came for {_shown(name)}, more than the "
+                             f"{size} bytes the sender's header declared", channel_id=channel_id)
+    if ended and received < size:
+        how = "under a trailer that matched them" if source.verified else "without an integrity trailer"
+        raise IntegrityError(f"channel {channel_id} ended after {received} of the {size} bytes the sender announced "
+                             f"for {_shown(name)}, {how}", channel_id=channel_id)
 
 
 def _directory_target(directory: Path, name: str, overwrite: bool) -> Path:

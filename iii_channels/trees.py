@@ -70,6 +70,7 @@ from .files import (
     _lock_part_dir,
     _new_dir_mode,
     _send_file_bytes,
+    _shown,
     check_chunk_size,
     new_file_mode,
     reclaim_stale_parts,
@@ -136,25 +137,22 @@ def check_entry_path(name: object, where: str = "channel stream") -> PurePosixPa
         iii.channels.LimitExceededError: channel stream: the entry 'd/d/d/...' (300 levels) exceeds the limit of 256 ...
     """
     if not isinstance(name, str) or not name or "\x00" in name:
-        raise ValueError(f"unsafe path in channel stream: {name!r}")
+        raise ValueError(f"unsafe path in channel stream: {_shown(name)}")
     path = PurePosixPath(name)
     parts = name.split("/")
     if path.is_absolute() or any(part in ("", ".", "..") for part in parts):
-        raise ValueError(f"unsafe path in channel stream: {name!r}")
+        raise ValueError(f"unsafe path in channel stream: {_shown(name)}")
     if len(parts) > MAX_TREE_DEPTH:
         raise _too_deep(name, where)
     if any(part.startswith(PART_PREFIX) for part in parts):
         # stored, a later receive next to it would take it for a dead receiver's partial transfer and remove it
-        raise ValueError(f"refusing the sender's path {name!r}: {PART_PREFIX}* names are kept for partial transfers")
+        raise ValueError(f"refusing the sender's path {_shown(name)}: {PART_PREFIX}* names are kept for partial "
+                         "transfers")
     return path
 
 
-def _short(name: str) -> str:
-    return name if len(name) <= 40 else name[:40] + "…"
-
-
 def _too_deep(name: str, where: str) -> LimitExceededError:
-    return LimitExceededError(MAX_TREE_DEPTH, f"{where}: the entry {_short(name)!r} ({name.count('/') + 1} levels)",
+    return LimitExceededError(MAX_TREE_DEPTH, f"{where}: the entry {_shown(name)} ({name.count('/') + 1} levels)",
                               "levels (MAX_TREE_DEPTH)")
 
 
@@ -387,7 +385,7 @@ class _Receiver:
             raise self._error(str(exc)) from None
         key = rel.as_posix()
         if key in self._seen:
-            raise self._error(f"{key!r} appears twice in the stream")
+            raise self._error(f"{_shown(key)} appears twice in the stream")
         if self.max_entries is not None and len(self._seen) >= self.max_entries:
             raise LimitExceededError(self.max_entries, f"channel {self.channel_id}: the tree", "entries")
         self._seen.add(key)
@@ -407,17 +405,17 @@ class _Receiver:
         self._record_count += 1
         if kind == ENTRY_KEY:
             if self._fh is not None:
-                raise self._error(f"a new entry began inside {self._name!r}")
+                raise self._error(f"a new entry began inside {_shown(self._name)}")
             entry_type = body.get("type")
             if entry_type not in ("file", "dir"):
                 # Only regular files and directories are ever created: never a symlink or a device a peer asks for.
-                raise self._error(f"entry {body.get('path')!r} has type {entry_type!r}; only 'file' and 'dir' are "
-                                  "stored")
+                raise self._error(f"entry {_shown(body.get('path'))} has type {_shown(entry_type)}; only 'file' "
+                                  "and 'dir' are stored")
             name, target = self._claim(body.get("path"))
             declared = body.get("size")
             size = declared if isinstance(declared, int) and not isinstance(declared, bool) and declared >= 0 else None
             if entry_type == "file" and size is None:
-                raise self._error(f"file entry {name!r} declares size {declared!r}, not a number of bytes")
+                raise self._error(f"file entry {_shown(name)} declares size {_shown(declared)}, not a number of bytes")
             try:
                 if entry_type == "dir":
                     await asyncio.to_thread(target.mkdir, parents=True, exist_ok=True)
@@ -426,8 +424,8 @@ class _Receiver:
                 self._fh = await asyncio.to_thread(_create, target)
             except OSError as exc:
                 # named as the sender named it: the staging directory's path means nothing to either side
-                raise type(exc)(exc.errno, f"channel {self.channel_id}: cannot create {entry_type} entry {name!r}: "
-                                f"{exc.strerror or exc}") from exc
+                raise type(exc)(exc.errno, f"channel {self.channel_id}: cannot create {entry_type} entry "
+                                f"{_shown(name)}: {exc.strerror or exc}") from exc
             assert size is not None
             self._name, self._size, self._digest = name, size, Digest()
             return
@@ -438,7 +436,7 @@ class _Receiver:
         await asyncio.to_thread(fh.close)
         self._check_size()
         if body.get("bytes") != self._digest.count or body.get("sha256") != self._digest.hexdigest():
-            raise self._error(f"{self._name!r}: received {_bytes(self._digest.count)}, not matching the sender's "
+            raise self._error(f"{_shown(self._name)}: received {_bytes(self._digest.count)}, not matching the sender's "
                               f"{_bytes(body.get('bytes'))} / SHA-256")
         assert self._name is not None
         self.files.append((self._name, self._digest.count, self._digest.hexdigest()))
@@ -459,7 +457,7 @@ class _Receiver:
         (the sender's own count of what it sent) would store a file truncated or extended on its side as verified."""
         if self._digest.count != self._size:
             more = " (so far)" if self._digest.count > self._size else ""
-            raise self._error(f"{self._name!r}: the entry declared {_bytes(self._size)}, received "
+            raise self._error(f"{_shown(self._name)}: the entry declared {_bytes(self._size)}, received "
                               f"{_bytes(self._digest.count)}{more}")
 
     async def _flush(self) -> None:
@@ -469,7 +467,7 @@ class _Receiver:
 
     def _check_tree(self, body: dict[str, Any]) -> None:
         if self._fh is not None:
-            raise self._error(f"the tree's record came inside {self._name!r}")
+            raise self._error(f"the tree's record came inside {_shown(self._name)}")
         if body.get("records") != self._record_count or body.get("sha256") != self._records.hexdigest():
             raise self._error(f"the entry records received ({self._record_count}) do not match the sender's "
                               f"({body.get('records')!r}) / SHA-256: names, types or sizes were changed, or entries "
@@ -479,7 +477,7 @@ class _Receiver:
     def finish(self) -> None:
         if self._fh is not None:
             self._fh.close()
-            raise self._error(f"the stream ended inside {self._name!r}")
+            raise self._error(f"the stream ended inside {_shown(self._name)}")
         if self.require_tree and not self._tree_checked:
             raise self._error(f"the stream ended without the tree's record ({TREE_KEY}): its names, directories "
                               "and empty files cannot be checked (a sender before this record, or the record was "
@@ -512,15 +510,24 @@ def _prepare(destination: Path) -> tuple[Path, int]:
         raise FileExistsError(f"receive_dir: {destination} exists and is not an empty directory")
     destination.parent.mkdir(parents=True, exist_ok=True)
     reclaim_stale_parts(destination.parent)
+    # mkdtemp's 0700 until the tree is in place (see _place): a group member who may write in the destination's
+    # directory could otherwise plant files or symlinks in it while it is received (a symlink for a directory
+    # entry made the next entry be written through it, outside the destination)
     staging = Path(tempfile.mkdtemp(prefix=f"{PART_PREFIX}{os.getpid()}-", dir=destination.parent))
     try:
         lock = _lock_part_dir(staging)
-        staging.chmod(_new_dir_mode())
     except BaseException:
         with contextlib.suppress(OSError):
             remove_tree(staging)
         raise
     return staging, lock
+
+
+def _place(staging: Path, final: Path, lock: int) -> None:
+    """Rename the received ``staging`` tree to ``final``, then give it the mode a plain ``mkdir`` would (through
+    ``lock``, its own descriptor: whatever is at ``final`` by then, only our directory is changed)."""
+    os.rename(staging, final)
+    os.fchmod(lock, _new_dir_mode())
 
 
 async def receive_dir(
@@ -572,7 +579,7 @@ async def receive_dir(
             else:
                 await receiver.on_data(item)
         receiver.finish()
-        await asyncio.to_thread(os.rename, staging, final)
+        await asyncio.to_thread(_place, staging, final, lock)
     except BaseException:
         receiver.close()
         # Tell the writer at once (our engine: 4002 "reader gone") instead of leaving it blocked on backpressure.

@@ -19,7 +19,7 @@ import pytest
 
 import iii_channels
 from iii.iii import III
-from iii_channels import ChannelAbortedError, FileChangedError
+from iii_channels import ChannelAbortedError, FileChangedError, IntegrityError
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -75,7 +75,11 @@ async def test_send_file_of_a_file_changed_meanwhile_fails_and_nothing_is_stored
     sent, received = await asyncio.gather(sending, receiving, return_exceptions=True)
     assert isinstance(sent, FileChangedError), sent
     assert str(src) in str(sent) and "the stream was aborted" in str(sent)
-    assert isinstance(received, ChannelAbortedError), received
+    if isinstance(received, IntegrityError):
+        # grown: the receiver may refuse the bytes past the header's size before the sender's abort reaches it
+        assert "more than the 16777216 bytes the sender's header declared" in str(received), received
+    else:
+        assert isinstance(received, ChannelAbortedError), received
     assert os.listdir(tmp_path / "in") == []
 
 

@@ -181,8 +181,11 @@ async def test_receive_file_refuses_a_file_shorter_than_its_header_said(prod_rel
     assert os.listdir(tmp_path) == []
 
 
-async def test_a_verified_trailer_wins_over_the_header_size(relay: tuple[str, ChannelRelay], tmp_path: Path) -> None:
-    """A file that changed size while it was sent: the trailer vouches for what was sent, so it is stored."""
+async def test_the_header_size_is_held_under_a_verified_trailer_too(relay: tuple[str, ChannelRelay],
+                                                                   tmp_path: Path) -> None:
+    """The trailer vouches only for the bytes as sent: a header saying 10 and 25 bytes was stored as verified (this
+    test said so; a file that changes size while sent now fails at the sender, ``FileChangedError``, and
+    ``send_file`` declares no size where the size is not the length)."""
     writer, reader = ends(*relay)
 
     async def send() -> None:
@@ -190,9 +193,11 @@ async def test_a_verified_trailer_wins_over_the_header_size(relay: tuple[str, Ch
             await sink.send_text(file_header("grew.bin", 10))
             await sink.write(b"y" * 25)
 
-    _, receipt = await asyncio.gather(send(), iii_channels.receive_file(reader, tmp_path / "out.bin"))
-    assert receipt.verified and receipt.size == 25
-    assert (tmp_path / "out.bin").read_bytes() == b"y" * 25
+    _, received = await asyncio.gather(send(), iii_channels.receive_file(reader, tmp_path / "out.bin"),
+                                       return_exceptions=True)
+    assert isinstance(received, IntegrityError), repr(received)
+    assert "more than the 10 bytes the sender's header declared" in str(received)
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("trailer", [
