@@ -229,8 +229,8 @@ async def test_writes_after_a_script_flush_with_every_connection_busy_do_not_wai
 async def test_open_and_close_cancelled_at_every_turn_leave_no_connection_or_task(
         name: str, redis_admin: aioredis.Redis) -> None:
     """The first watch's open (which subscribes the shared connection) and the last watch's close (which stops
-    it) cancelled after 0..40 loop turns: afterwards nothing is subscribed and no task of the store runs, and the
-    next watch still works."""
+    it) cancelled after 0..40 loop turns: afterwards nothing is subscribed and, within 2 s, no task of the store
+    runs, and the next watch still works."""
     async with _store(require_redis(), name) as store:
         before = asyncio.all_tasks()
         for turns in range(40):
@@ -247,6 +247,10 @@ async def test_open_and_close_cancelled_at_every_turn_leave_no_connection_or_tas
             await asyncio.gather(closing, return_exceptions=True)
             await watch.aclose()  # a cancelled close is finished by the next one
             await until(lambda: store._subscriber is None, within=2)
+            # A close cancelled while it waited for the reader lets the reader go; it ends on its own a few loop
+            # turns later (redis-py 8.2's PubSub.aclose finishes its teardown, shielded, before it re-raises).
+            with contextlib.suppress(AssertionError):
+                await until(lambda: asyncio.all_tasks() - before == set(), within=2)
             assert asyncio.all_tasks() - before == set(), f"after {turns} turns"
         for _ in range(200):  # the server drops a closed connection's subscription once it reads the hang-up
             if not await _subscribed(redis_admin, name):
