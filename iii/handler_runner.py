@@ -212,35 +212,28 @@ class HandlerAbortedError(Exception):
 
 
 class _Running:
-    """The function ids whose sync handlers run on a handler thread now, by thread (innermost last: a thread blocked
-    in a sync call past the threads' ceiling runs queued handlers nested on its stack)."""
+    """The function ids whose sync handlers run on a handler thread now, by thread (one run at a time on each)."""
 
     __slots__ = ("_by_thread", "_lock")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._by_thread: dict[int, list[str]] = {}
+        self._by_thread: dict[int, str] = {}
 
     def enter(self, function_id: str) -> None:
         with self._lock:
-            self._by_thread.setdefault(threading.get_ident(), []).append(function_id)
+            self._by_thread[threading.get_ident()] = function_id
 
     def leave(self) -> None:
-        # (a nested run's leave popped the whole thread's entry: the run it had helped was no longer counted)
         with self._lock:
-            ident = threading.get_ident()
-            stack = self._by_thread.get(ident)
-            if stack:
-                stack.pop()
-                if not stack:
-                    del self._by_thread[ident]
+            self._by_thread.pop(threading.get_ident(), None)
 
     def now(self, spare_thread: int | None = None) -> dict[str, int]:
-        """How many runs of each function id are going, but the innermost one on ``spare_thread``."""
+        """How many runs of each function id are going, but the one on ``spare_thread``."""
         counts: dict[str, int] = {}
         with self._lock:
-            for thread, stack in self._by_thread.items():
-                for function_id in stack[:-1] if thread == spare_thread else stack:
+            for thread, function_id in self._by_thread.items():
+                if thread != spare_thread:
                     counts[function_id] = counts.get(function_id, 0) + 1
         return counts
 

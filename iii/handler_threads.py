@@ -20,18 +20,6 @@ backlog that said most threads were idle while all were busy, and nested calls w
 whose executor lacks the internals this relies on (:data:`BLOCKING_MISSING` not empty) :func:`blocked` changes
 nothing.
 
-Past the ceiling, a thread blocked in a sync call helps, as a fork-join pool's joining thread does ("caller runs"):
-while no thread is idle and none may start, it takes runs from the queue and runs them itself, on its own stack,
-until its own answer comes. Before, chains of sync handlers that each fit the ceiling but not together (three chains
-of 10 on 16 threads) all timed out: every thread blocked, the next level of every chain queued, none to run it. It
-takes *any* queued run, not the one it waits for: the SDK sends no trace context by default and an invocation id
-names the call, not the run it becomes here, so no match is reliable; and at the ceiling every run queued is one some
-blocked thread waits for (or plain work a busy pool would run next anyway). The thread is otherwise idle; its own
-answer, come meanwhile, is seen once the helped run returns (that run's chain, not the pool, decides how long).
-Nesting stops at :data:`MAX_HELP_DEPTH` runs on one thread (each is a stack of frames); past it the thread only waits,
-as before. A helped run is the executor's own work item: its result or exception goes to its future as on any thread,
-in its own context (``contextvars``: the handler runner's ``ctx.run``), so nothing leaks between it and the waiter.
-
 A pool made with ``on_exit`` calls it once when the interpreter starts its exit (the main thread returned, or a
 Ctrl-C's ``KeyboardInterrupt`` left it): from then on the interpreter refuses new runs on every executor and waits,
 with no bound, for the runs going on. The hook is ``threading._register_atexit`` (the one concurrent.futures uses; it
@@ -52,7 +40,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
 import time
 import weakref
@@ -60,17 +47,14 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import thread as _futures_thread
 from contextlib import contextmanager
-from typing import Any, Final, Protocol, TypeVar
-
-from .errors import ShuttingDownError
+from typing import Any, Final, TypeVar
 
 __all__ = ["BLOCKING_MISSING", "CEILING_WARNING_INTERVAL_S", "DEFAULT_MAX_THREADS", "EXIT_HOOK_MISSING", "EXIT_WAIT_S",
-           "MAX_HELP_DEPTH", "ExitWait", "HandlerThreads", "Helpable", "at_exit_start", "blocked", "default_limit",
-           "exit_refusal"]
+           "ExitWait", "HandlerThreads", "at_exit_start", "blocked", "default_limit", "exit_refusal"]
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-_local = threading.local()  # .pool: the HandlerThreads whose thread this is; .depth: helped runs nested on it
+_local = threading.local()  # .pool: the HandlerThreads whose thread this is
 
 
 def default_limit() -> int:
@@ -99,21 +83,6 @@ CEILING_WARNING_INTERVAL_S: Final = 30.0
 DEFAULT_MAX_THREADS: Final = 256
 """The most threads a :class:`HandlerThreads` starts, blocked ones included (nested sync calls deeper than this wait
 for their timeout, as they all did on the default executor)."""
-
-
-MAX_HELP_DEPTH: Final = 64
-"""The most queued runs a blocked thread runs nested on its own stack (see the module docstring); past it it only
-waits. Each adds eight frames or so besides the handler's own: 64 stay inside the default recursion limit of 1000."""
-
-
-class Helpable(Protocol):
-    """What :meth:`HandlerThreads.wait_helping` waits on: a :class:`~iii.pending_calls.ThreadWaiter`."""
-
-    def done(self) -> bool: ...
-
-    def wake_with(self, wake: threading.Event | None) -> None: ...
-
-    def wait(self, check_every: float, alive: Callable[[], bool]) -> Any: ...
 
 
 def _probe_exit_hook() -> tuple[str, ...]:
@@ -234,7 +203,6 @@ class HandlerThreads(ThreadPoolExecutor):
         self._running = 0
         self._finished = 0
         self._waiting = 0  # threads inside _blocked (a sync SDK call): only these can hold the ceiling for good
-        self._helpers: list[threading.Event] = []  # the wake-ups of the threads in wait_helping, told of each submit
         self._ceiling_told = -CEILING_WARNING_INTERVAL_S  # when the ceiling's warning was last logged (monotonic)
         self._closing = False  # shutdown() was called: a refusal after it is ours, not the interpreter's
         self._told = threading.Lock()  # held once on_exit has been called: it is called once
@@ -268,9 +236,6 @@ class HandlerThreads(ThreadPoolExecutor):
             # work: its caller was told it was refused, so the next free thread must not run it (a retry ran twice).
             if refused:
                 raise refused[0]
-            # A run helped by a blocked thread takes no thread of its own: _running counts the busy threads
-            if getattr(_local, "depth", 0):
-                return fn(*args, **kwargs)
             with self._counts:
                 self._running += 1
             try:
@@ -297,11 +262,6 @@ class HandlerThreads(ThreadPoolExecutor):
                     self._start_thread(pool)
         if not BLOCKING_MISSING:
             self._tell_ceiling(pool)
-            if self._helpers:  # (empty but past the ceiling: no cost otherwise)
-                with self._counts:
-                    helpers = list(self._helpers)
-                for wake in helpers:
-                    wake.set()
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -344,7 +304,7 @@ class HandlerThreads(ThreadPoolExecutor):
             stale -= 1
 
     @contextmanager
-    def _blocked(self) -> Iterator[HandlerThreads | None]:
+    def _blocked(self) -> Iterator[None]:
         pool: Any = self  # (the executor's internals are untyped)
         with pool._shutdown_lock:  # (what submit holds while it counts threads)
             freed = pool._max_workers < self._ceiling
@@ -359,95 +319,13 @@ class HandlerThreads(ThreadPoolExecutor):
         if not freed:
             self._tell_ceiling(pool)
         try:
-            # A thread that freed a slot leaves the queue to the thread it freed; one that could not may help
-            yield None if freed else self
+            yield
         finally:
             with self._counts:
                 self._waiting -= 1
             if freed:
                 with pool._shutdown_lock:
                     pool._max_workers -= 1
-
-    def wait_helping(self, waiter: Helpable, check_every: float, alive: Callable[[], bool]) -> Any:
-        """``waiter.wait(check_every, alive)``, running queued runs meanwhile while no thread is idle and none may
-        start (see the module docstring); from a thread :func:`blocked` gave this pool to.
-
-        Example:
-            >>> from iii.pending_calls import ThreadWaiter
-            >>> pool, waiter = HandlerThreads(limit=1), ThreadWaiter()
-            >>> waiter.set_result(7)
-            >>> pool.wait_helping(waiter, 1.0, lambda: True)
-            7
-            >>> pool.shutdown()
-        """
-        if getattr(_local, "depth", 0) >= MAX_HELP_DEPTH:
-            return waiter.wait(check_every, alive)
-        pool: Any = self
-        wake = threading.Event()
-        waiter.wake_with(wake)
-        with self._counts:
-            self._helpers.append(wake)
-        try:
-            while True:
-                wake.clear()  # (before the checks: a submit or an answer after them sets it again)
-                if waiter.done():
-                    break
-                item = self._take(pool)
-                if item is not None:
-                    self._run_helped(item)
-                    continue
-                if not wake.wait(check_every) and not alive():
-                    raise ShuttingDownError()
-        finally:
-            with self._counts:
-                self._helpers.remove(wake)
-            waiter.wake_with(None)
-        return waiter.wait(check_every, alive)
-
-    def name_ceiling(self, exc: BaseException) -> None:
-        """Add to ``exc`` (a sync call's ``TimeoutError``) that every thread up to the ceiling is busy, if so: the
-        timeout alone did not say why the answer never came.
-
-        Example:
-            >>> pool, exc = HandlerThreads(limit=1, max_threads=1), TimeoutError("timed out after 10ms")
-            >>> pool.name_ceiling(exc); str(exc)
-            'timed out after 10ms'
-            >>> pool.shutdown()
-        """
-        pool: Any = self
-        with self._counts:
-            threads = len(pool._threads)
-            if threads < self._ceiling or self._running < threads:
-                return
-        exc.args = (f"{exc} while all {threads} handler threads were busy (their ceiling, max_threads; a blocked "
-                    f"thread runs queued handlers {MAX_HELP_DEPTH} deep at most)",)
-
-    def _take(self, pool: Any) -> Any:
-        """A queued work item when every thread is busy and none may start, else ``None``."""
-        if pool._work_queue.empty():
-            return None
-        with self._counts:
-            threads = len(pool._threads)
-            if threads < pool._max_workers or threads > self._running or pool._shutdown:
-                return None
-        try:
-            item = pool._work_queue.get_nowait()
-        except queue.Empty:
-            return None
-        if item is None:  # the workers' end marker (shutdown): theirs
-            pool._work_queue.put(None)
-        return item
-
-    @staticmethod
-    def _run_helped(item: Any) -> None:
-        """Run a queued work item here: the executor's ``_WorkItem.run`` sets its future (result or exception, a
-        cancelled one is skipped), so it raises nothing."""
-        depth = getattr(_local, "depth", 0)
-        _local.depth = depth + 1
-        try:
-            item.run()
-        finally:
-            _local.depth = depth
 
     def _tell_ceiling(self, pool: Any) -> None:
         """Warn (at most every :data:`CEILING_WARNING_INTERVAL_S`) when every thread up to the ceiling is busy and
@@ -469,26 +347,24 @@ class HandlerThreads(ThreadPoolExecutor):
                 return
             self._ceiling_told = now
         log.warning("Handler threads %r: all %d sync handler threads (the ceiling, max_threads=%d) are busy and %d "
-                    "run(s) wait in the queue; sync handlers that call trigger() synchronously hold their thread "
-                    "(it runs queued handlers meanwhile, %d nested at most, so a chain's answers come late): use "
-                    "async handlers or trigger_async (this warning at most every %.0f s)", self._thread_name_prefix,
-                    threads, self._ceiling, queued, MAX_HELP_DEPTH, CEILING_WARNING_INTERVAL_S)
+                    "run(s) wait in the queue; sync handlers that call trigger() synchronously hold their thread; "
+                    "nested chains deeper than the ceiling cannot finish: use async handlers or trigger_async (this "
+                    "warning at most every %.0f s)", self._thread_name_prefix, threads, self._ceiling, queued,
+                    CEILING_WARNING_INTERVAL_S)
 
 
 @contextmanager
-def blocked() -> Iterator[HandlerThreads | None]:
+def blocked() -> Iterator[None]:
     """Around a sync SDK wait (a ``trigger`` waiting for its answer): on a handler thread, that thread does not count
-    against its pool's bound meanwhile; elsewhere a no-op. Gives the pool when this thread could free no slot (the
-    ceiling): wait with its :meth:`~HandlerThreads.wait_helping` then; ``None`` otherwise.
+    against its pool's bound meanwhile; elsewhere a no-op.
 
     Example:
-        >>> with blocked() as pool:
-        ...     pool is None
-        True
+        >>> with blocked():
+        ...     pass
     """
     pool: HandlerThreads | None = getattr(_local, "pool", None)
     if pool is None or BLOCKING_MISSING:
-        yield None
+        yield
         return
-    with pool._blocked() as helper:
-        yield helper
+    with pool._blocked():
+        yield

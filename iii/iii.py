@@ -1032,15 +1032,8 @@ class III:
         bridge.hold(waiter)  # a loop thread dying mid-call fails the wait at once (LoopStoppedError)
         try:
             self._start_from_outside(bridge.post_blocking, invocation_id, function_id, frame, timeout, waiter)
-            with handler_blocked() as pool:  # a sync handler waiting here frees its slot (its answer may need one)
-                if pool is None:
-                    return waiter.wait(timeout / 1000.0 + 1.0, lambda: bridge.alive)
-                # None freed (the threads' ceiling): it runs queued handlers while it waits, or chains deadlock
-                try:
-                    return pool.wait_helping(waiter, timeout / 1000.0 + 1.0, lambda: bridge.alive)
-                except TimeoutError as exc:
-                    pool.name_ceiling(exc)
-                    raise
+            with handler_blocked():  # a sync handler waiting here frees its slot (its answer may need one)
+                return waiter.wait(timeout / 1000.0 + 1.0, lambda: bridge.alive)
         finally:
             bridge.release(waiter)
 

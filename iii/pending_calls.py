@@ -55,7 +55,7 @@ class ThreadWaiter:
         42
     """
 
-    __slots__ = ("_done", "_error", "_lock", "_result", "_wake")
+    __slots__ = ("_done", "_error", "_lock", "_result")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -63,14 +63,6 @@ class ThreadWaiter:
         self._done = False
         self._result: Any = None
         self._error: BaseException | None = None
-        self._wake: threading.Event | None = None
-
-    def wake_with(self, wake: threading.Event | None) -> None:
-        """Also set ``wake`` once settled (``None``: no longer): a handler thread helping the pool past its ceiling
-        (:meth:`~iii.handler_threads.HandlerThreads.wait_helping`) waits on it, for its answer or for queued runs."""
-        self._wake = wake
-        if wake is not None and self._done:
-            wake.set()
 
     def done(self) -> bool:
         """Whether the result or the error is set."""
@@ -81,16 +73,12 @@ class ThreadWaiter:
         if not self._done:
             self._result, self._done = result, True
             self._lock.release()
-            if self._wake is not None:
-                self._wake.set()
 
     def set_exception(self, exception: BaseException) -> None:
         """Settle with ``exception``, raised by :meth:`wait` (ignored once settled)."""
         if not self._done:
             self._error, self._done = exception, True
             self._lock.release()
-            if self._wake is not None:
-                self._wake.set()
 
     def wait(self, check_every: float, alive: Callable[[], bool]) -> Any:
         """Block until settled; the result, or raise the error. Every ``check_every`` seconds ``alive()`` is
