@@ -9,7 +9,8 @@ the matching :class:`StreamError` subclass ``from`` it, so ``exc.__cause__`` is 
   outcome)
 - ``PoolExhaustedError``: every pooled connection stayed busy past the pool's wait limit (the command was not sent)
 - ``StreamTimeoutError``: an operation did not finish within its ``timeout`` (``applied`` tells a write's outcome)
-- ``StreamBackendError``: the backend refused the operation for another reason
+- ``StreamBackendError``: the backend refused the operation for another reason (``applied`` tells a write's
+  outcome where the store knows it)
 - ``StreamDataError``: a stored value is not JSON (written by something else)
 - ``StreamTooLargeError``: a group's items are more bytes of JSON than a read's ``max_bytes`` (``list_text``)
 - ``UpdateConflictError``: an optimistic update lost the race too many times in a row
@@ -116,7 +117,13 @@ class StreamTimeoutError(StreamError, TimeoutError):
 
 
 class StreamBackendError(StreamError):
-    """The backend refused the operation (a server error that is neither unavailability nor a timeout)."""
+    """The backend refused the operation (a server error that is neither unavailability nor a timeout).
+
+    ``applied`` tells a write's outcome where the store knows it (``SQLStream``'s check of its SQLite file: ``True``
+    when the write was committed before the file was found gone, ``False`` when it was not); else ``None``.
+    """
+
+    applied: bool | None = None
 
 
 class StreamDataError(StreamError, ValueError):

@@ -76,6 +76,7 @@ import os
 import shlex
 import sqlite3
 import threading
+import urllib.parse
 import warnings
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
@@ -895,20 +896,55 @@ def _stop_left_open() -> None:
 # SQLite engines with their hooks, each with the lock its stores take around their writes (and, in memory, their
 # reads: stores sharing an in-memory engine share its one connection, and a lock of each store's own let their
 # transactions nest); PostgreSQL engines with their hooks.
-_SQLITE_HOOKED: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
+_SQLITE_HOOKED: weakref.WeakKeyDictionary[Any, tuple[asyncio.Lock, _PoolOpens]] = weakref.WeakKeyDictionary()
 _POSTGRESQL_HOOKED: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
-def _install_sqlite_hooks(engine: AsyncEngine, file_backed: bool) -> asyncio.Lock:
-    """The store hooks on ``engine`` (once); returns the engine's write lock."""
+class _PoolOpens:
+    """A SQLite engine's pool entries, and how many times one of them connected while none of the others was open.
+
+    Why: SQLite deletes a database's ``-wal`` file as the last connection to it closes (after moving its pages into
+    the database), and the next connection makes a new one; a ``-wal`` noted before that moment is legitimately gone
+    (see ``SQLStream._wal_problem``). While one connection stays open nothing of SQLite's deletes or replaces it
+    (checkpoints of every mode, ``journal_size_limit`` and other connections' closes keep its inode: measured).
+
+    Example:
+        >>> class Entry:
+        ...     dbapi_connection = object()
+        >>> opens, first, second = _PoolOpens(), Entry(), Entry()
+        >>> opens.connected(first); opens.connected(second); opens.reopened
+        1
+        >>> first.dbapi_connection = second.dbapi_connection = None  # both closed
+        >>> opens.connected(Entry()); opens.reopened
+        2
+    """
+
+    __slots__ = ("entries", "made", "reopened")
+
+    def __init__(self) -> None:
+        self.entries: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.reopened = 0
+        self.made = 0  # connections made
+
+    def connected(self, entry: Any) -> None:
+        """Count ``entry``'s new connection (a pool entry: ``dbapi_connection`` is ``None`` once it is closed)."""
+        self.made += 1
+        if not any(other is not entry and other.dbapi_connection is not None for other in self.entries):
+            self.reopened += 1
+        self.entries.add(entry)
+
+
+def _install_sqlite_hooks(engine: AsyncEngine, file_backed: bool) -> tuple[asyncio.Lock, _PoolOpens]:
+    """The store hooks on ``engine`` (once); returns the engine's write lock and its :class:`_PoolOpens`."""
     sync_engine = engine.sync_engine
-    lock = _SQLITE_HOOKED.get(sync_engine)
-    if lock is not None:
-        return lock
-    lock = _SQLITE_HOOKED[sync_engine] = asyncio.Lock()
+    hooked = _SQLITE_HOOKED.get(sync_engine)
+    if hooked is not None:
+        return hooked
+    lock, opens = _SQLITE_HOOKED[sync_engine] = asyncio.Lock(), _PoolOpens()
 
     @event.listens_for(sync_engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
+        opens.connected(record)  # (before its first statement, which opens the -wal file: a new one if none was open)
         # take transaction control away from the driver so BEGIN IMMEDIATE below is what runs
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -925,7 +961,7 @@ def _install_sqlite_hooks(engine: AsyncEngine, file_backed: bool) -> asyncio.Loc
         if not options.get(_SQLITE_AUTOCOMMIT) and options.get("isolation_level") != "AUTOCOMMIT":
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
-    return lock
+    return lock, opens
 
 
 _WATCH_RETRY_LOG_S: Final = 10.0
@@ -1090,32 +1126,116 @@ def _sqlite_lock_held(path: str, write: bool, wait_s: float) -> bool:
 
 
 def _file_path(url: URL) -> str | None:
-    """The absolute path of a SQLite URL's file; ``None`` for an in-memory database or a ``file:`` URI (whose path
-    SQLite reads itself).
+    """The absolute path of a SQLite URL's file, a ``file:`` URI's (``uri=true``) too; ``None`` for an in-memory
+    database.
 
     Example:
         >>> _file_path(make_url("sqlite+aiosqlite:////srv/s.db")), _file_path(make_url("sqlite+aiosqlite://"))
         ('/srv/s.db', None)
+        >>> _file_path(make_url("sqlite+aiosqlite:///file:/srv/my%20s.db?uri=true&mode=rwc"))
+        '/srv/my s.db'
+        >>> _file_path(make_url("sqlite+aiosqlite:///file::memory:?uri=true&cache=shared")) is None
+        True
     """
     database = url.database
-    if not database or not _is_file_database(url) or database.startswith("file:"):
+    if not database or not _is_file_database(url):
         return None
+    # (without uri=true SQLAlchemy hands SQLite the absolute path of the text as it is: a file named "file:…")
+    if database.startswith("file:") and str(url.query.get("uri", "")).strip().lower() in _TRUE_WORDS:
+        return _uri_file_path(database)
     return os.path.abspath(database)
 
 
-def _file_id(path: str) -> tuple[int, int] | None:
-    """``(st_dev, st_ino)`` of the file at ``path``: which file it is; ``None`` when none is there. Other failures
-    (a directory on the path made unreadable) are raised: the caller cannot tell.
+# the words SQLAlchemy's sqlite driver reads as true in a URL's query (sqlalchemy.util.asbool)
+_TRUE_WORDS: Final = frozenset({"true", "yes", "on", "y", "t", "1"})
+
+
+def _uri_file_path(uri: str) -> str | None:
+    """The absolute path of the file a SQLite ``file:`` URI names (its query and fragment left out, ``%XX``
+    decoded, a ``//`` authority of ``localhost`` or nothing allowed, as SQLite reads it); ``None`` for an in-memory
+    or temporary database, or another host's file (which SQLite refuses).
 
     Example:
-        >>> _file_id("/no/such/file") is None, _file_id("/") == _file_id("/")
+        >>> _uri_file_path("file://localhost/srv/s.db?mode=rw#x"), _uri_file_path("file:")
+        ('/srv/s.db', None)
+    """
+    rest = uri[len("file:"):].split("#", 1)[0].split("?", 1)[0]
+    if rest.startswith("//"):
+        authority, slash, tail = rest[2:].partition("/")
+        if authority not in ("", "localhost"):
+            return None
+        rest = slash + tail
+    path = urllib.parse.unquote(rest)
+    if path in ("", ":memory:"):
+        return None
+    return os.path.abspath(path)
+
+
+def _stat(path: str) -> os.stat_result | None:
+    """``os.stat(path)``; ``None`` when nothing is there. Other failures (a directory on the path made unreadable)
+    are raised: the caller cannot tell. (Never an open and close of a database's files: closing any descriptor of
+    a file drops every POSIX lock the process holds on it, SQLite's included.)
+
+    Example:
+        >>> _stat("/no/such/file") is None, _file_id(_stat("/")) == _file_id(_stat("/"))
         (True, True)
     """
     try:
-        stat = os.stat(path)
+        return os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
-    return stat.st_dev, stat.st_ino
+
+
+def _file_id(stat: os.stat_result | None) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of a :func:`_stat`: which file it is (``None``: none).
+
+    Example:
+        >>> _file_id(None)
+    """
+    return None if stat is None else (stat.st_dev, stat.st_ino)
+
+
+# The smallest page SQLite uses: a database file with content is never shorter (page 1 holds its header)
+_SMALLEST_PAGE: Final = 512
+
+
+class _FileLostError(StreamBackendError):
+    """The :class:`StreamBackendError` of a SQLite file found deleted, replaced or truncated under an open store
+    (``SQLStream._check_file``): ``problem`` says what was found, ``committed`` what became of a write committed
+    just before (``applied``: ``applied_if_committed``), ``advice`` what to do.
+
+    Example:
+        >>> error = _FileLostError("S: the file is gone", "it went with the file", "reopen the store", True)
+        >>> str(error)
+        'S: the file is gone; nothing was read or written: reopen the store'
+        >>> for sent in (True, False):
+        ...     restated = error.for_write(sent)
+        ...     print(restated.applied, "|", restated)
+        True | S: the file is gone; it went with the file: reopen the store
+        False | S: the file is gone; this write was not applied: reopen the store
+    """
+
+    def __init__(self, problem: str, committed: str, advice: str, applied_if_committed: bool | None,
+                 outcome: str = "nothing was read or written") -> None:
+        super().__init__(f"{problem}; {outcome}: {advice}")
+        self.problem, self.committed, self.advice = problem, committed, advice
+        self.applied_if_committed = applied_if_committed
+
+    def again(self) -> _FileLostError:
+        """The same error, to raise for another operation."""
+        return _FileLostError(self.problem, self.committed, self.advice, self.applied_if_committed)
+
+    def for_write(self, sent: bool) -> _FileLostError:
+        """Restated for one write: committed (``sent``: its commit or statement was sent, and it succeeded, or this
+        error would not be) or not applied."""
+        if not sent:
+            error = _FileLostError(self.problem, self.committed, self.advice, self.applied_if_committed,
+                                   "this write was not applied")
+            error.applied = False
+            return error
+        error = _FileLostError(self.problem, self.committed, self.advice, self.applied_if_committed, self.committed)
+        error.applied = self.applied_if_committed
+        return error
 
 
 def _is_file_database(url: URL) -> bool:
@@ -1206,8 +1326,9 @@ class SQLStream(FieldUpdates):
         # SQLite: one writer at a time anyway; an in-memory database is a single shared connection, so reads
         # must queue too or they would run inside (and end) another task's transaction (one lock per engine)
         self._write_lock: asyncio.Lock | None = None
+        self._opens: _PoolOpens | None = None  # SQLite
         if not self._pg:
-            self._write_lock = _install_sqlite_hooks(engine, file_backed=not in_memory)
+            self._write_lock, self._opens = _install_sqlite_hooks(engine, file_backed=not in_memory)
             # a caller's engine too: its failed connects are this store's errors, raised on the caller's loop
             wait_for_failed_connects(engine)
         elif engine.dialect.driver == "asyncpg":
@@ -1216,7 +1337,16 @@ class SQLStream(FieldUpdates):
         # SQLite: the file's absolute path, and its (st_dev, st_ino) once the store opened it (see _check_file)
         self._file = _file_path(engine.url) if not self._pg and not in_memory else None
         self._file_id: tuple[int, int] | None = None
-        self._file_lost = False  # the file was found deleted or replaced: every operation fails from then on
+        self._file_had_page = False  # the file was seen holding a page at least (see _file_problem)
+        # its -wal file's (st_dev, st_ino), and the engine's _PoolOpens.reopened when it was noted (see _wal_problem);
+        # its -shm file's, noted with it (a close removes only those it noted: _leave_no_stale_wal)
+        self._wal_id: tuple[int, int] | None = None
+        self._wal_reopened = -1
+        self._shm_id: tuple[int, int] | None = None
+        # the file was found deleted, replaced or truncated (or its -wal file gone): every operation fails with it
+        self._lost: _FileLostError | None = None
+        self._lost_file = False  # … and that was the database file itself (deleted, renamed or replaced)
+        self._wal_defused = False  # … and _defuse_wal ran for it
         self._ready = False
         self._ready_lock = asyncio.Lock()
         # the first connect (a store without create) or the migration (with create), while it runs (see _open)
@@ -1491,32 +1621,170 @@ class SQLStream(FieldUpdates):
         return "" if self._pg else missing_directory_hint(self.engine.url)
 
     def _note_file(self) -> None:
-        """Note which file the store opened (SQLite), the one its pooled connections keep open."""
-        if self._file is not None and self._file_id is None:
-            with contextlib.suppress(OSError):  # (cannot be told: not checked)
-                self._file_id = _file_id(self._file)
+        """Note which file the store opened (SQLite), the one its pooled connections keep open; one already gone
+        fails the store (:meth:`_check_file`): left unnoted, the store was never checked again."""
+        path = self._file
+        if path is None or self._file_id is not None or self._lost is not None:
+            return
+        try:
+            stat = _stat(path)
+        except OSError:
+            return  # cannot be told now (a directory on the path made unreadable): noted at the first check
+        if stat is None:
+            self._lose_file(path)
+            return
+        self._file_id = _file_id(stat)
+        self._file_had_page = stat.st_size >= _SMALLEST_PAGE
+        with contextlib.suppress(OSError):  # (cannot be told now: noted after the first commit)
+            self._note_wal(path, _stat(path + "-wal"))
 
     def _check_file(self, committed: bool = False) -> None:
-        """:class:`StreamBackendError` naming the path once the SQLite file the store opened is no longer at it.
+        """:class:`StreamBackendError` naming the path once the SQLite file the store opened is no longer at it, was
+        truncated, or (``committed``: after a write's commit) once its ``-wal`` file is gone; the store stays failed.
 
         Why: a file deleted (or replaced by a rename) under an open store stays open in its pooled connections, which
-        went on reading and writing it: every write answered "ok" and all of them were lost with the file. An
-        ``os.stat`` (a few µs) at each connection taken, and after each write's commit (``committed``: that
-        write went to the old file)."""
-        if self._file_id is None or self._file is None:
+        went on reading and writing it: every write answered "ok" and all of them were lost with the file; a deleted
+        ``-wal`` held every write since the last checkpoint only in the connections (a crash lost 40 of 40), a
+        truncated file lost the rest. An ``os.stat`` at each connection taken, and two (the file, its ``-wal``) after
+        each write's commit; :meth:`_write` tells each write its outcome (``applied``)."""
+        if self._file is None:
             return
-        if not self._file_lost:
+        if self._lost is None:
             try:
-                if _file_id(self._file) == self._file_id:
-                    return
+                self._file_problem(self._file, committed)
             except OSError:
                 return  # cannot be told (a directory made unreadable): the open connections do not care
-            self._file_lost = True
-        outcome = ("this write was committed to the old file, which is lost with it" if committed
-                   else "nothing was read or written")
-        raise StreamBackendError(f"SQLStream: the database file {self._file} was deleted or replaced while the store "
-                                 f"was open (its connections still had the old file open); {outcome}: reopen the "
-                                 "store")
+            if self._lost is None:
+                return
+        raise self._lost.again()
+
+    def _file_problem(self, path: str, committed: bool) -> None:
+        """Set :attr:`_lost` when the file at ``path`` is not the one noted, was truncated, or (``committed``) its
+        ``-wal`` file is not the one noted; ``OSError`` when that cannot be told."""
+        stat = _stat(path)
+        if self._file_id is None and stat is not None:
+            self._file_id = _file_id(stat)  # (not noted at the opening: see _note_file)
+        if _file_id(stat) != self._file_id or stat is None:
+            self._lose_file(path)
+            return
+        if stat.st_size >= _SMALLEST_PAGE:
+            self._file_had_page = True
+        elif self._file_had_page:
+            # (the inode kept: SQLite reads zeros, "database disk image is malformed", and its WAL still commits)
+            self._lost = _FileLostError(
+                f"SQLStream: the database file {path} was truncated while the store was open ({stat.st_size} "
+                f"bytes now, shorter than one page: its contents were destroyed)",
+                "this write was committed to its -wal file, but the database it belongs to is damaged",
+                "restore the file from a backup and reopen the store", None)
+            return
+        if committed:
+            self._wal_problem(path)
+
+    def _lose_file(self, path: str) -> None:
+        """The database file the store opened is no longer at ``path``: every operation fails from now on."""
+        self._lost_file = True
+        self._lost = _FileLostError(
+            f"SQLStream: the database file {path} was deleted or replaced while the store was open (the file the "
+            "store opened is no longer at that path: deleted, renamed or replaced; its connections still have it "
+            "open)",
+            f"this write was committed to the file that was at {path} when the store opened it, which is no longer "
+            "there",
+            f"reopen the store, but first remove {path}-wal and {path}-shm if they are there: they belong to the "
+            "file the store opened, and SQLite would apply their writes over a file now at that path", True)
+
+    def _note_wal(self, path: str, wal: os.stat_result | None) -> None:
+        """Note the ``-wal`` file (``wal``, its stat) the engine's connections have open now, and the ``-shm``."""
+        if wal is None or self._opens is None:
+            return
+        self._wal_id, self._wal_reopened = _file_id(wal), self._opens.reopened
+        with contextlib.suppress(OSError):
+            self._shm_id = _file_id(_stat(path + "-shm"))
+
+    def _wal_problem(self, path: str) -> None:
+        """After a commit: set :attr:`_lost` when the ``-wal`` file beside ``path`` is gone or another than the one
+        noted; a first one, or one made since all of the engine's connections were closed (SQLite deletes it then:
+        :class:`_PoolOpens`), is noted instead."""
+        wal = _stat(path + "-wal")
+        opens = self._opens
+        if opens is None:
+            return
+        if self._wal_id is None or self._wal_reopened != opens.reopened:
+            self._note_wal(path, wal)
+            return
+        if _file_id(wal) == self._wal_id:
+            return
+        self._lost = _FileLostError(
+            f"SQLStream: the -wal file of the database file {path} ({path}-wal) was deleted or replaced while the "
+            "store was open: the writes committed since the last checkpoint are only in the file its connections "
+            "still have open (a crash of this process loses them; its close moves them into the database file)",
+            "this write was committed to that -wal file", "close the store (not a crash) and reopen it", True)
+
+    async def _check_file_now(self, *, locked: bool, committed: bool = False) -> None:
+        """:meth:`_check_file`; the first time it finds the database file gone, :meth:`_defuse_wal` first
+        (``locked``: the caller holds the write lock)."""
+        if self._file is None:
+            return
+        try:
+            self._check_file(committed)
+        except _FileLostError:
+            if not self._lost_file or self._wal_defused:
+                raise
+            await self._defuse_wal(locked)
+            assert self._lost is not None
+            raise self._lost.again() from None
+
+    async def _defuse_wal(self, locked: bool) -> None:
+        """The database file was found deleted, renamed or replaced: move the writes of its ``-wal`` file into the
+        file the store opened (a ``TRUNCATE`` checkpoint on one of the store's pooled connections, which have both
+        open), which leaves the ``-wal`` at the path empty, and say so in the store's error (:attr:`_lost`).
+
+        Why: SQLite names a database's ``-wal`` and ``-shm`` by the path, and leaves them (with their writes) when
+        the file it opened was moved; the next open of the path applied them over the file put there (a restored
+        file lost its rows). Done only when the ``-wal`` at the path is the one noted (it is the store's) and an
+        idle pooled connection is there to run it: a new connection would open the file now at the path with the
+        old ``-wal``. Nothing is deleted: a process that opened the new file meanwhile may have both open. Bounded by
+        a 1 s busy wait; once per store."""
+        self._wal_defused = True
+        path, opens, lost = self._file, self._opens, self._lost
+        if path is None or opens is None or lost is None:
+            return
+        wal = path + "-wal"
+        try:
+            noted = self._wal_id if self._wal_reopened == opens.reopened else None
+            ours = noted is not None and _file_id(_stat(wal)) == noted
+            leftover = ours or _stat(wal) is not None or _stat(path + "-shm") is not None
+        except OSError:
+            ours = leftover = True
+        pool = self.engine.sync_engine.pool
+        idle = getattr(pool, "checkedin", None)
+        done = False
+        if ours and callable(idle) and idle() > 0:
+            made = opens.made
+            try:
+                async with contextlib.nullcontext() if locked or self._write_lock is None else self._write_lock:
+                    async with self._reader.connect() as conn:
+                        if opens.made == made:  # (one of the pool's: none was made for it)
+                            await conn.exec_driver_sql("PRAGMA busy_timeout = 1000")
+                            try:
+                                busy = (await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")).one()[0]
+                            finally:
+                                await conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_S * 1000)}")
+                            stat = _stat(wal)
+                            done = busy == 0 and stat is not None and _file_id(stat) == noted and not stat.st_size
+            except Exception as exc:  # (the store already failed: this only decides what its error says)
+                log.warning("SQLStream: could not move the writes of %s into the file the store opened: %s", wal,
+                            error_line(exc))
+        if done:
+            advice = (f"reopen the store; the writes of {wal} were moved into the file the store opened and that "
+                      "file emptied, so SQLite applies nothing of it to a file now at the path")
+        elif leftover:
+            advice = lost.advice
+            log.warning("SQLStream: the database file %s was deleted or replaced while the store was open: remove "
+                        "%s and %s before opening the path again (they belong to the file the store opened, and "
+                        "SQLite would apply their writes over a file now at that path)", path, wal, path + "-shm")
+        else:
+            advice = "reopen the store"
+        self._lost = _FileLostError(lost.problem, lost.committed, advice, lost.applied_if_committed)
 
     def _read(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
         return self._connection(self._reader.connect, self._read_lock)
@@ -1541,13 +1809,14 @@ class SQLStream(FieldUpdates):
             async with lock if lock is not None else contextlib.nullcontext():
                 if self._shut:  # (checked with no await before the connect: the close's dispose is after it)
                     raise StreamClosedError("SQLStream is closed")
-                self._check_file()
+                locked = lock is not None and lock is self._write_lock
+                await self._check_file_now(locked=locked)
                 pool = self.engine.sync_engine.pool
                 try:
                     async with open_connection() as conn:
                         yield conn
-                    if lock is not None and lock is self._write_lock:
-                        self._check_file(committed=True)
+                    if locked:
+                        await self._check_file_now(locked=True, committed=True)  # (its outcome per write: _write)
                 except Exception as exc:
                     if self._shut and not isinstance(exc, StreamError):
                         raise StreamClosedError("SQLStream is closed") from exc  # (its connection cut by the close)
@@ -1664,6 +1933,9 @@ class SQLStream(FieldUpdates):
                 return await self._writes.submit(self._queue_of(write, timeout), write)
         except StreamTimeoutError as exc:
             raise write.timeout_error(exc) from exc
+        except _FileLostError as exc:
+            # the batch is done with it: applied (committed before the check found the file gone) only if sent
+            raise exc.for_write(write.sent) from exc
         except (StreamUnavailableError, StreamClosedError) as exc:
             # the batch is done with it: applied only if the commit (or statement) that held it was sent; a write
             # pinned by withdrawal re-runs whose transaction failed before its commit was not
@@ -2042,12 +2314,15 @@ class SQLStream(FieldUpdates):
                 written = (await conn.execute(_SWAP, params)).one().written
             else:
                 written = (await conn.execute(_SWAP_SQLITE, params)).rowcount
+            if written != 1:
+                for w in plan.applied:
+                    # nothing was written: the locking transaction runs them, and may still leave them out (marked
+                    # before the connection's end, whose check of the SQLite file tells sent writes committed)
+                    w.sent = False
         if written != 1:
             # another process wrote the item: its value is unknown, and it may keep writing for a while
             self.swap_misses += 1
             self._known.distrust(key)
-            for w in plan.applied:
-                w.sent = False  # nothing was written: the locking transaction runs them, and may still leave them out
             return None
         self._known.wrote(key, new_text)
         return len(plan.results), plan.results, plan.events
@@ -2339,6 +2614,10 @@ class SQLStream(FieldUpdates):
         self._watch_retries.close()
         await self._writes.aclose()
         await self._let_operations_end(give_up_at)
+        if self._ready and not self._operations and not self._wal_defused:
+            # a file replaced since the store's last operation: its -wal's writes must not reach the new one either
+            with contextlib.suppress(StreamError):
+                await self._check_file_now(locked=False)
         self._shut = True
         if self._owns_engine:
             await self._dispose()

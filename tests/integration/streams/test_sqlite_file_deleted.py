@@ -47,7 +47,8 @@ async def test_a_file_deleted_as_a_write_commits_fails_that_write(tmp_path: Path
 
         with pytest.raises(StreamBackendError) as caught:
             await store.set(_set("new", 1))  # (a new item: a transaction, which commits)
-        assert "this write was committed to the old file, which is lost with it" in str(caught.value)
+        assert f"this write was committed to the file that was at {path} when the store opened it" in str(caught.value)
+        assert caught.value.applied is True
 
 
 async def test_a_write_after_the_file_was_replaced_fails(tmp_path: Path) -> None:

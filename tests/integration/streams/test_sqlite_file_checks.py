@@ -1,0 +1,168 @@
+"""The holes an attack found in SQLStream's check of its SQLite file (after the check for a deleted or replaced file):
+a file gone while the store opened it left the store unchecked for good; a deleted ``-wal`` (every write since the
+last checkpoint: a crash lost 40 of 40), a truncated file and a ``file:`` URI were not noticed; a replaced file's
+``-wal`` was applied over the file put at the path by its next open; and a renamed file's write was called lost."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+
+from iii.stream import StreamGetInput, StreamListInput, StreamSetInput
+from iii_streams import SQLStream, StreamBackendError
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def _set(item: str, data: object) -> StreamSetInput:
+    return StreamSetInput(stream_name="s", group_id="g", item_id=item, data=data)
+
+
+def _items(path: Path) -> list[str]:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return [row[0] for row in db.execute("SELECT item_id FROM iii_stream_items ORDER BY 1")]
+
+
+@pytest.mark.parametrize("create", [True, False])
+async def test_a_file_deleted_while_the_store_opens_it_fails(tmp_path: Path, create: bool) -> None:
+    path = tmp_path / "opening.db"
+    if not create:  # an existing store's file
+        async with SQLStream.from_url(f"sqlite+aiosqlite:///{path}") as first:
+            await first.set(_set("old", 0))
+    store = SQLStream.from_url(f"sqlite+aiosqlite:///{path}", create=create)
+    deleted: list[bool] = []
+
+    @event.listens_for(store.engine.sync_engine, "checkin")
+    def _delete_once(*_args: Any) -> None:
+        if not deleted:  # the opening's connection given back, before the store notes its file
+            os.unlink(path)
+            deleted.append(True)
+
+    async with store:
+        for item in ("a", "b"):
+            with pytest.raises(StreamBackendError) as caught:
+                await store.set(_set(item, 1))
+            assert f"the database file {path} was deleted or replaced while the store was open" in str(caught.value)
+            assert caught.value.applied is False
+        with pytest.raises(StreamBackendError, match="deleted or replaced"):
+            await store.get(StreamGetInput(stream_name="s", group_id="g", item_id="a"))
+    assert deleted and not path.exists()
+
+
+async def test_a_deleted_wal_fails_the_next_commit_and_the_close_keeps_its_writes(tmp_path: Path) -> None:
+    path = tmp_path / "wal.db"
+    async with SQLStream.from_url(f"sqlite+aiosqlite:///{path}") as store:
+        for n in range(5):
+            await store.set(_set(f"a{n}", n))
+        os.unlink(f"{path}-wal")
+        with pytest.raises(StreamBackendError) as caught:
+            await store.set(_set("b", 1))
+        assert f"the -wal file of the database file {path} ({path}-wal) was deleted or replaced" in str(caught.value)
+        assert "this write was committed to that -wal file" in str(caught.value)
+        assert caught.value.applied is True
+        with pytest.raises(StreamBackendError) as caught:
+            await store.set(_set("c", 1))
+        assert caught.value.applied is False and "this write was not applied" in str(caught.value)
+    # the close (the last connection) moved the unlinked -wal's writes into the file, as the error says
+    assert _items(path) == ["a0", "a1", "a2", "a3", "a4", "b"]
+
+
+async def test_checkpoints_and_reconnects_keep_the_wal_check_quiet(tmp_path: Path) -> None:
+    """SQLite deletes the -wal as the last connection closes and makes a new one at the next: not a loss."""
+    path = tmp_path / "busy.db"
+    wal = f"{path}-wal"
+    inodes = set()
+    async with SQLStream.from_url(f"sqlite+aiosqlite:///{path}") as store:
+        with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as other:
+            for n in range(600):
+                await store.set(_set(f"i{n % 50}", "x" * 3000))  # ~1.8 MB of WAL: SQLite's own checkpoints too
+                if n % 60 == 0:
+                    # other connections' checkpoints of every mode, one truncating the -wal, keep its inode
+                    mode = ("PASSIVE", "FULL", "RESTART", "TRUNCATE")[n // 60 % 4]
+                    other.execute(f"PRAGMA wal_checkpoint({mode})")
+                if n % 150 == 75:
+                    # every connection of the store closed (the other's too): SQLite deletes the -wal
+                    inodes.add(os.stat(wal).st_ino)
+                    other.close()
+                    await store.engine.dispose()
+                    with pytest.raises(FileNotFoundError):
+                        os.stat(wal)
+                    # a file taking the freed inode: the next -wal is told apart by its own
+                    os.close(os.open(tmp_path / f"filler{n}", os.O_CREAT))
+                    other = sqlite3.connect(path, isolation_level=None)
+                if n % 100 == 0:  # concurrent reads: the pool grows past one connection and back
+                    await asyncio.gather(*(store.get(StreamGetInput(stream_name="s", group_id="g", item_id="i1"))
+                                           for _ in range(8)))
+            inodes.add(os.stat(wal).st_ino)
+    assert len(inodes) > 1  # the -wal was made again (a new inode), and that was not taken for a loss
+    assert len(_items(path)) == 50
+
+
+async def test_a_truncated_file_fails(tmp_path: Path) -> None:
+    path = tmp_path / "truncated.db"
+    async with SQLStream.from_url(f"sqlite+aiosqlite:///{path}") as store:
+        for n in range(30):
+            await store.set(_set(f"a{n}", "x" * 2000))
+        with contextlib.closing(sqlite3.connect(path)) as other:
+            other.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        os.truncate(path, 0)
+        with pytest.raises(StreamBackendError) as caught:
+            await store.set(_set("b", 1))
+        assert f"the database file {path} was truncated while the store was open (0 bytes now" in str(caught.value)
+        with pytest.raises(StreamBackendError, match="was truncated"):
+            await store.list(StreamListInput(stream_name="s", group_id="g"))
+
+
+async def test_a_file_uri_is_checked(tmp_path: Path) -> None:
+    path = tmp_path / "my uri.db"
+    url = f"sqlite+aiosqlite:///file:{str(path).replace(' ', '%20')}?uri=true"
+    async with SQLStream.from_url(url) as store:
+        await store.set(_set("a", 1))
+        assert path.exists()  # (the %20 decoded: the URI names this file)
+        os.unlink(path)
+        with pytest.raises(StreamBackendError, match=f"the database file {path} was deleted or replaced"):
+            await store.set(_set("b", 1))
+
+
+async def test_a_replaced_file_does_not_get_the_old_wal(tmp_path: Path) -> None:
+    path, restore = tmp_path / "s.db", tmp_path / "restore.db"
+    with contextlib.closing(sqlite3.connect(restore)) as db:
+        db.execute("CREATE TABLE iii_stream_items (item_id TEXT)")
+        db.execute("INSERT INTO iii_stream_items VALUES ('restored')")
+        db.commit()
+    async with SQLStream.from_url(f"sqlite+aiosqlite:///{path}") as store:
+        for n in range(30):
+            await store.set(_set(f"mine{n}", "x" * 500))
+        os.replace(restore, path)
+        with pytest.raises(StreamBackendError) as caught:
+            await store.set(_set("after", 1))
+    assert _items(path) == ["restored"]  # before: the 30 items of the old file's -wal, applied over it
+    assert f"the writes of {path}-wal were moved into the file the store opened" in str(caught.value)
+
+
+async def test_a_write_committed_to_a_renamed_file_is_not_called_lost(tmp_path: Path) -> None:
+    path, moved = tmp_path / "s.db", tmp_path / "s.db.moved"
+    async with SQLStream.from_url(f"sqlite+aiosqlite:///{path}") as store:
+        await store.set(_set("first", 0))
+
+        @event.listens_for(store.engine.sync_engine, "commit")
+        def _rename_first(_conn: Connection) -> None:
+            if path.exists():
+                os.rename(path, moved)  # after the check at the connection's checkout, before the commit
+
+        with pytest.raises(StreamBackendError) as caught:
+            await store.set(_set("second", 1))  # (a new item: a transaction, which commits)
+        text = str(caught.value)
+        assert f"this write was committed to the file that was at {path} when the store opened it, which is no " \
+               "longer there" in text
+        assert "lost" not in text
+        assert caught.value.applied is True
+    assert _items(moved) == ["first", "second"]  # in the renamed file itself: its -wal was moved into it
