@@ -10,11 +10,16 @@ all three chains time out (not only the excess). One chain alone finishes. Measu
 The wanted behaviour (callers wait, never fail, while each single chain fits the ceiling) is not there yet: the
 first test is a strict xfail until it is. Why ordering the pool's queue (nested calls first, or LIFO) cannot fix it:
 when the threads run out the queue holds only nested calls, one per chain, and no thread is left to run any of them.
+Nor can a blocked thread run queued handlers itself while it waits (a fork-join pool's "caller runs"): they would share
+its thread-local state and the locks it holds. Tried and reverted: a handler's acknowledged write was rolled back by
+the waiting handler's thread-local transaction, and a lock held across ``trigger`` hung the thread for good (the last
+test keeps that out).
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
@@ -80,3 +85,44 @@ async def test_one_chain_that_fits_the_ceiling_finishes(engine: Engine) -> None:
     outcomes = await _run_chains(engine, chains=1, depth=10)
     assert [result for result, _ in outcomes] == [10], outcomes
     assert outcomes[0][1] < INNER_TIMEOUT_MS / 1000, outcomes
+
+
+async def test_a_thread_blocked_at_the_ceiling_shares_neither_its_locks_nor_its_thread_locals(engine: Engine) -> None:
+    """One handler thread: ``outer`` holds a lock and a thread-local mark across a sync trigger whose callee cannot
+    run (no thread left); ``reader``, queued meanwhile, takes the same lock. ``outer``'s call times out, then
+    ``reader`` runs, after ``outer`` let go of both. Run on ``outer``'s waiting thread instead (caller runs),
+    ``reader`` hung that thread for good on the lock it already held."""
+    client = await asyncio.to_thread(register_worker, engine.url)
+    runner: Any = client._runner
+    runner.threads.shutdown()
+    runner.threads = HandlerThreads(limit=1, max_threads=1)
+    lock, local, holding = threading.Lock(), threading.local(), threading.Event()
+
+    def outer(data: Any) -> Any:
+        with lock:
+            local.mark = "outer's"
+            holding.set()
+            try:
+                return client.trigger({"function_id": "leaf", "payload": {}, "timeout_ms": 1000})
+            except Exception as exc:
+                return f"{type(exc).__name__}: {exc}"
+            finally:
+                del local.mark
+
+    def reader(data: Any) -> Any:
+        with lock:
+            return ["read", getattr(local, "mark", None)]
+
+    for name, handler in (("outer", outer), ("reader", reader), ("leaf", lambda data: "leaf")):
+        client.register_function(name, handler)
+    try:
+        assert await asyncio.to_thread(client.trigger, {"function_id": "leaf", "payload": {}}) == "leaf"
+        outer_call = asyncio.ensure_future(asyncio.to_thread(
+            client.trigger, {"function_id": "outer", "payload": {}, "timeout_ms": 10_000}))
+        assert await asyncio.to_thread(holding.wait, 10)
+        read = await asyncio.to_thread(client.trigger, {"function_id": "reader", "payload": {}, "timeout_ms": 10_000})
+        assert read == ["read", None]
+        assert "timed out" in await outer_call
+        assert not lock.locked()
+    finally:
+        await asyncio.to_thread(client.shutdown)
