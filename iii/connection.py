@@ -603,6 +603,7 @@ class Connection:
         # Connection attempts that failed since the last successful one, and why the last one failed.
         self._failures = 0
         self._last_error: str | None = None
+        self._last_lost: str | None = None
         #: best-effort frames (telemetry, pongs) dropped because the queue was full
         self.dropped = 0
         self._drops = LossLog(self._log_dropped, DROP_LOG_INTERVAL_S)
@@ -670,6 +671,13 @@ class Connection:
         """Why the last connection attempt failed (``None`` before any failure)."""
         return self._last_error
 
+    @property
+    def last_lost(self) -> str | None:
+        """Why the last connection that was up (WebSocket handshake done) ended, as websockets tells it (``None``
+        while none has ended since :meth:`start`): what a wait that saw no connection can say about a server that
+        completes the handshake and then closes or sends what is not a WebSocket frame."""
+        return self._last_lost
+
     def oversize(self, frame: Frame) -> int | None:
         """``frame``'s size in bytes when it is over :attr:`max_message_size`, else ``None``.
 
@@ -709,12 +717,13 @@ class Connection:
         self._ever_connected = False
         self._not_engine_in_a_row = 0
         self._not_an_engine = None
+        self._last_lost = None
         self._set_state("connecting")
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
 
-    async def close(self) -> None:
-        """Stop reconnecting and close the socket (the close handshake bounded by ``close_timeout`` seconds, then
-        the socket is dropped); queued frames are discarded."""
+    async def close(self, close_timeout: float | None = None) -> None:
+        """Stop reconnecting and close the socket (the close handshake bounded by ``close_timeout`` seconds, the
+        constructor's when ``None``, then the socket is dropped); queued frames are discarded."""
         self._running = False
         self._ready = False
         ws, self._ws = self._ws, None
@@ -740,12 +749,13 @@ class Connection:
         if ws is not None:
             # An engine that stopped reading (stalled, SIGSTOP) never answers the close, nor takes the close frame
             # once the socket's buffers are full: websockets waited 10 s for each, so shutdown() took up to 20 s.
+            bound = self._close_timeout if close_timeout is None else close_timeout
             try:
-                async with asyncio.timeout(self._close_timeout):
+                async with asyncio.timeout(bound):
                     await ws.close()
             except TimeoutError:
                 log.info("The engine at %s did not answer the close within %g s; connection dropped", self._shown_url,
-                         self._close_timeout)
+                         bound)
                 ws.transport.abort()
         self._backlog.clear()
         self._keyed = 0
@@ -1377,6 +1387,8 @@ class Connection:
         self._not_engine_in_a_row = 0
         self.closed_too_big = False
         log.info("Connected to %s", self._shown_url)
+        # (what last_lost says when the server ends the connection cleanly: the iteration below just stops)
+        lost = "the server closed the connection"
         self._set_state("connected")
         try:
             await self._on_open(lambda frame: self._send_replayed(ws, frame))
@@ -1400,6 +1412,7 @@ class Connection:
             async for raw in ws:
                 self._deliver(raw)
         except ConnectionClosed as exc:
+            lost = str(exc)
             log.info("Connection to %s closed: %s", self._shown_url, exc)
         finally:
             if isinstance(ws, ws_fastpath.DirectClientConnection):
@@ -1413,6 +1426,8 @@ class Connection:
             self._drop_pinned()
             self._release_awaited()
             if self._running:
+                # (a Close that came during the replay ended it as "no close frame received or sent": say the Close)
+                self._last_lost = lost if close is None else f"received {close}"
                 self._set_state("disconnected")
                 self._on_lost()
 

@@ -275,8 +275,8 @@ class III:
         ``ReconnectionConfig.max_retries`` ran out; :class:`~iii.errors.ShuttingDownError` when the client is (or
         gets) shut down.
         ``ValueError`` for a ``within`` that is not a finite number of seconds >= 0. Connected, it also waits
-        (briefly, without an error) for the engine to name the worker (:attr:`worker_id`). It wakes on every change
-        of the connection state: no polling.
+        (briefly, without an error, and within ``within``) for the engine to name the worker (:attr:`worker_id`). It
+        wakes on every change of the connection state: no polling.
 
         Example:
             >>> # try:
@@ -321,8 +321,10 @@ class III:
             if not await self._state_change(deadline - loop.time()):
                 raise ConnectionError(self._unreachable(f" within {seconds:g} s"))
         # The engine sends workerregistered right after the upgrade (T1); a moment's wait means worker_id is
-        # usually set when the caller gets the client. Nothing depends on it, so no error if it is late.
-        named_by = loop.time() + _WORKER_ID_WAIT_S
+        # usually set when the caller gets the client. Nothing depends on it, so no error if it is late; nor a wait
+        # past the caller's bound: against a server that never names the worker, wait_until_connected_async(0.5)
+        # took 2 s.
+        named_by = min(loop.time() + _WORKER_ID_WAIT_S, deadline)
         while self._session.worker_id is None and self._connection_state == "connected":
             if not await self._state_change(named_by - loop.time()):
                 break
@@ -378,18 +380,26 @@ class III:
         self._telemetry.start(self, self._options.otel, self._loop, self._telemetry_sink)
         await self._conn.start()
 
-    def shutdown(self) -> None:
+    def shutdown(self, *, close_timeout: float | None = None) -> None:
         """Disconnect, fail pending calls, stop the private loop and join its thread (5 s).
+
+        ``close_timeout`` (ours: the reference SDK has none) bounds the wait for the engine's answer to the WebSocket
+        close, in seconds (default 2): past it the socket is dropped. A short-lived client with nothing left to say
+        (a CLI under a deadline) need not give a server that stopped answering 2 s. A second call waits for the first
+        and its bound.
 
         Example:
             >>> # iii.shutdown()
+            >>> # iii.shutdown(close_timeout=0.25)
         """
+        if close_timeout is not None and not 0 <= close_timeout < math.inf:  # (NaN fails this too)
+            raise ValueError(f"close_timeout must be a finite number of seconds >= 0, got {close_timeout!r}")
         if not self._bridge.alive:
             return
         if self._shutdown_thread is None:
             self._shutdown_thread = threading.get_ident()
         try:
-            self._run_on_loop(self._shutdown_on_loop())
+            self._run_on_loop(self._shutdown_on_loop(close_timeout))
         except LoopStoppedError:
             pass  # another thread's shutdown() stopped the loop once the shutdown was done: nothing left to do
         except RuntimeError:
@@ -484,24 +494,24 @@ class III:
             self._bridge.stop_after(task, shut)
         await asyncio.shield(shut)
 
-    async def _shutdown_on_loop(self) -> None:
+    async def _shutdown_on_loop(self, close_timeout: float | None = None) -> None:
         """Disconnect and fail pending calls (on the client's loop); the loop and its thread are left running."""
-        await asyncio.shield(self._start_shutdown())
+        await asyncio.shield(self._start_shutdown(close_timeout))
 
-    def _start_shutdown(self) -> asyncio.Task[None]:
+    def _start_shutdown(self, close_timeout: float | None = None) -> asyncio.Task[None]:
         """The shutdown's task, started by the first call: a task of its own, run to its end whoever stops waiting
         for it; a second call waits for the first (run again alongside it, it closed the connection under it, and
         shutdown() callers raced to stop the loop)."""
         if self._shut is None:
             self._closed = True
-            self._shut = self._loop.create_task(self._shut_down(asyncio.current_task()))
+            self._shut = self._loop.create_task(self._shut_down(asyncio.current_task(), close_timeout))
         return self._shut
 
-    async def _shut_down(self, caller: asyncio.Task[Any] | None) -> None:
+    async def _shut_down(self, caller: asyncio.Task[Any] | None, close_timeout: float | None = None) -> None:
         """:meth:`_shutdown_on_loop`'s work; ``caller`` (an async handler calling it, say) is not cancelled."""
         try:
             await self._telemetry.release(self)
-            await self._conn.close()
+            await self._conn.close(close_timeout)
             for failure in self._session.close(self._shutdown_cause):  # a call under way says why, as later ones
                 self._calls.fail(failure.invocation_id, failure.error)
             await self._bridge.cancel_tasks(spare=caller)

@@ -15,8 +15,11 @@ their own) and call the observability module's ``engine::*`` functions; they wor
 ``traces --list`` prints the latest root spans. ``health`` exits with 1 unless the engine reports healthy.
 
 Problems are one line on stderr and exit status 1: an engine that cannot be reached, an engine without the
-observability module, an engine that keeps no spans, an address that does not complete the connection and handshake
-or does not answer a call within ``--timeout`` seconds (default 5; each bounded apart). A usage error exits with 2.
+observability module, an engine that keeps no spans, an answer of a shape the command does not read, an address that
+does not connect and answer within ``--timeout`` seconds (default 5, at least 0.001): one deadline for the connection,
+the handshake, the engine naming the worker and every call (``logs --follow`` then runs until Ctrl-C). The close at
+the end waits at most :data:`CLOSE_WAIT_S` for the engine's answer. A URL's password or token is never printed. A
+usage error exits with 2.
 
 Example:
     >>> severity_min("warn")
@@ -36,16 +39,19 @@ import logging
 import math
 import os
 import queue
+import reprlib
 import signal
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from iii import InitOptions, ReconnectionConfig
+from iii.connection import shown_url
 from iii.errors import InvocationError
 from iii.iii import III
 from iii.telemetry_types import OtelConfig
@@ -62,10 +68,15 @@ LEVELS = {"trace": 1, "debug": 5, "info": 9, "warn": 13, "error": 17}
 FOLLOW_BUFFER = 10_000
 # Connection attempts before "cannot reach the engine" (about a second with the delays below).
 CONNECT_RETRIES = 4
-#: Seconds ``--timeout`` gives the connection and handshake, then each call. Why: against an address that accepted
-#: TCP and never answered, a command waited for the SDK's 30 s connect bound (two 10 s handshakes) and failed
-#: after 31 s.
+#: Seconds ``--timeout`` gives the whole command: connection, handshake, the engine naming the worker and every
+#: call, one deadline. Why: against an address that accepted TCP and never answered, a command waited for the SDK's
+#: 30 s connect bound (two 10 s handshakes) and failed after 31 s.
 DEFAULT_TIMEOUT_S = 5.0
+#: The least ``--timeout``: below a millisecond no engine answers, and ``1e-320`` printed as "9.99989e-321 s".
+MIN_TIMEOUT_S = 0.001
+#: Seconds the engine gets to answer the WebSocket close at the end. A read-only session loses nothing when its
+#: socket is dropped instead; the SDK's 2 s made a command against a server that stopped answering end 2 s late.
+CLOSE_WAIT_S = 0.25
 
 
 class InspectError(Exception):
@@ -100,9 +111,32 @@ def _seconds(text: str) -> float:
         value = float(text)
     except ValueError:
         value = 0.0
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    if not (math.isfinite(value) and value >= MIN_TIMEOUT_S):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds from {MIN_TIMEOUT_S:g} up, got {text!r}")
     return value
+
+
+def _joined_timeouts(argv: Sequence[str]) -> list[str]:
+    """``argv`` with ``--timeout -inf`` (any value that starts with ``-`` and reads as a number) as
+    ``--timeout=-inf``: argparse took ``-inf`` or ``-1e5`` for an option and said "expected one argument", where
+    ``-1`` got the error every bad value gets.
+
+    Example:
+        >>> _joined_timeouts(["health", "--timeout", "-inf", "--json"])
+        ['health', '--timeout=-inf', '--json']
+    """
+    joined: list[str] = []
+    for arg in argv:
+        if joined and joined[-1] == "--timeout" and arg.startswith("-"):
+            try:
+                float(arg)
+            except ValueError:
+                pass
+            else:
+                joined[-1] = f"--timeout={arg}"
+                continue
+        joined.append(arg)
+    return joined
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -122,8 +156,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         sub.add_argument("--url", default=os.environ.get("III_URL") or DEFAULT_URL, help=url_help)
         sub.add_argument("--json", action="store_true", help="print the engine's answer as JSON")
         sub.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
-                         help="bound on the connection and handshake, then on each call "
-                              f"(default {DEFAULT_TIMEOUT_S:g})")
+                         help="one deadline for the connection, the handshake and the calls "
+                              f"(default {DEFAULT_TIMEOUT_S:g}, at least {MIN_TIMEOUT_S:g})")
         return sub
 
     logs = command("logs", "Stored log entries, oldest first.")
@@ -143,10 +177,50 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     metrics = command("metrics", "Engine counters and the metrics workers reported.")
     metrics.add_argument("--name", help="only SDK metrics of this name")
     command("health", "The observability module's health (exit 1 unless healthy).")
-    return parser.parse_args(argv)
+    return parser.parse_args(_joined_timeouts(argv))
 
 
 # ------------------------------------------------------------------------------------------------- formatting
+
+
+class UnreadableAnswer(ValueError):
+    """A part of an engine's answer that is not of the shape a formatter reads (a hostile or broken server); the
+    message names the part and shows it, shortened."""
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+_SHORT.maxlist = _SHORT.maxdict = 4
+
+
+def _unreadable(where: str, value: Any) -> UnreadableAnswer:
+    return UnreadableAnswer(f"{where} = {_SHORT.repr(value)}" if where else _SHORT.repr(value))
+
+
+def _obj(value: Any, where: str = "", optional: bool = True) -> dict[str, Any]:
+    """``value`` if it is a JSON object (``{}`` for a missing optional one), else :class:`UnreadableAnswer`."""
+    if value is None and optional:
+        return {}
+    if not isinstance(value, dict):
+        raise _unreadable(where, value)
+    return value
+
+
+def _objs(value: Any, where: str) -> list[dict[str, Any]]:
+    """``value`` if it is a list of JSON objects (``[]`` when missing), else :class:`UnreadableAnswer`."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise _unreadable(where, value)
+    return value
+
+
+def _int(value: Any) -> int:
+    """An integer field read leniently (0 for what is none): a sort key or a filter, never a reason to fail."""
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError, OverflowError):
+        return 0
 
 
 def _time(ns: Any) -> str:
@@ -179,27 +253,35 @@ def format_log(entry: dict[str, Any]) -> str:
 def _duration_ms(span: dict[str, Any]) -> float:
     try:
         return (int(span["end_time_unix_nano"]) - int(span["start_time_unix_nano"])) / 1e6
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         return 0.0
 
 
 def format_tree(tree: dict[str, Any]) -> str:
     """The ``engine::traces::tree`` answer as an indented tree: name, duration, service, ``ERROR`` if failed;
-    children in start order."""
+    children in start order. :class:`UnreadableAnswer` names a part that is not of that shape.
+
+    Example:
+        >>> format_tree({"roots": [{"name": "a", "children": "x"}]})
+        Traceback (most recent call last):
+        ...
+        iii_engine.inspect_cli.UnreadableAnswer: roots[0].children = 'x'
+    """
     lines: list[str] = []
 
-    def walk(span: dict[str, Any], depth: int) -> None:
+    def walk(span: dict[str, Any], depth: int, where: str) -> None:
         line = f"{'  ' * depth}{span.get('name', '?')}  {_duration_ms(span):.2f} ms  {span.get('service_name', '-')}"
         if span.get("status") == "error":
             line += "  ERROR" + (f": {span['status_description']}" if span.get("status_description") else "")
         lines.append(line)
+        children = _objs(span.get("children"), f"{where}.children")
         # depth bound: a hostile trace could nest without end
         if depth < 256:
-            for child in sorted(span.get("children") or [], key=lambda s: int(s.get("start_time_unix_nano") or 0)):
-                walk(child, depth + 1)
+            for index, child in sorted(enumerate(children), key=lambda item: _int(item[1].get("start_time_unix_nano"))):
+                walk(child, depth + 1, f"{where}.children[{index}]")
 
-    for root in tree.get("roots") or []:
-        walk(root, 0)
+    for index, root in enumerate(_objs(_obj(tree, optional=False).get("roots"), "roots")):
+        walk(root, 0, f"roots[{index}]")
     return "\n".join(lines)
 
 
@@ -210,72 +292,120 @@ def _format_span_row(span: dict[str, Any]) -> str:
 
 
 def _format_metrics(answer: dict[str, Any]) -> str:
-    engine = answer.get("engine_metrics") or {}
-    calls = engine.get("invocations") or {}
-    perf = engine.get("performance") or {}
+    engine = _obj(answer.get("engine_metrics"), "engine_metrics")
+    calls = _obj(engine.get("invocations"), "engine_metrics.invocations")
+    perf = _obj(engine.get("performance"), "engine_metrics.performance")
+    by_function = _obj(calls.get("by_function"), "engine_metrics.invocations.by_function")
     lines = [f"invocations: total {calls.get('total', 0)}  success {calls.get('success', 0)}  "
              f"error {calls.get('error', 0)}  deferred {calls.get('deferred', 0)}"]
-    for function_id, count in sorted((calls.get("by_function") or {}).items()):
+    for function_id, count in sorted(by_function.items()):
         lines.append(f"  {function_id}: {count}")
     if perf:
         lines.append("durations: " + "  ".join(f"{key.removesuffix('_duration_ms')} {value:.2f} ms"
                                                for key, value in perf.items() if isinstance(value, int | float)))
-    sdk = answer.get("sdk_metrics") or []
+    sdk = _objs(answer.get("sdk_metrics"), "sdk_metrics")
     lines.append(f"sdk metrics: {len(sdk)}")
-    latest: dict[tuple[str, str], dict[str, Any]] = {}
-    for metric in sdk:  # the store keeps every report; show the newest per name and service
-        latest[(str(metric.get("name")), str(metric.get("service_name")))] = metric
-    for (name, service), metric in sorted(latest.items()):
-        values = [point.get("value", point.get("sum")) for point in metric.get("data_points") or []]
+    latest: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
+    for index, metric in enumerate(sdk):  # the store keeps every report; show the newest per name and service
+        latest[(str(metric.get("name")), str(metric.get("service_name")))] = index, metric
+    for (name, service), (index, metric) in sorted(latest.items()):
+        points = _objs(metric.get("data_points"), f"sdk_metrics[{index}].data_points")
+        values = [point.get("value", point.get("sum")) for point in points]
         shown = ", ".join(str(v) for v in values if v is not None) or "-"
         lines.append(f"  {name} ({metric.get('metric_type', '?')}, {service}): {shown}")
     return "\n".join(lines)
 
 
 def _format_health(answer: dict[str, Any]) -> str:
+    if not isinstance(answer.get("status", "?"), str):
+        raise _unreadable("status", answer["status"])
     lines = [f"status: {answer.get('status', '?')}  (version {answer.get('version', '?')})"]
-    for name, component in sorted((answer.get("components") or {}).items()):
+    for name, component in sorted(_obj(answer.get("components"), "components").items()):
+        component = _obj(component, f"components.{name}", optional=False)
         details = component.get("details")
         shown = "  ".join(f"{k}={v}" for k, v in details.items()) if isinstance(details, dict) else ""
         lines.append(f"  {name}: {component.get('status', '?')}  {shown}".rstrip())
     return "\n".join(lines)
 
 
+@contextmanager
+def _reading(function_id: str) -> Iterator[None]:
+    """An answer of ``function_id`` that is not of the shape read within becomes one :class:`InspectError` line."""
+    try:
+        yield
+    except UnreadableAnswer as exc:
+        raise InspectError(f"the engine's answer to {function_id} is not what this command reads: {exc}") from None
+
+
 # ------------------------------------------------------------------------------------------------- engine calls
 
 
 class _Engine:
-    """A short-lived worker connection that turns engine errors into :class:`InspectError` lines."""
+    """A short-lived worker connection under one deadline (``--timeout``) that turns engine errors into
+    :class:`InspectError` lines; the URL in them is masked (:func:`~iii.connection.shown_url`)."""
 
     def __init__(self, url: str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
-        self.url = url
+        self.url = shown_url(url)  # for messages: never a password or token
         self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
         options = InitOptions(
             worker_name=f"iii-engine-inspect-{os.getpid()}", enable_metrics_reporting=False,
             invocation_timeout_ms=max(1, round(timeout * 1000)), otel=OtelConfig(enabled=False),
             reconnection_config=ReconnectionConfig(initial_delay_ms=100, max_delay_ms=400, jitter_factor=0.0,
                                                    max_retries=CONNECT_RETRIES))
         try:
-            # register_worker, with --timeout for its 30 s bound on the connection and handshake
             self.client: III = III(url, options)
         except ValueError as exc:
             raise InspectError(f"bad --url: {exc}") from None
-        started = time.monotonic()
         try:
-            self.client._wait_until_connected(timeout)
+            # register_worker's wait, with what is left of --timeout for its 30 s bound (the SDK's sync wait is
+            # private; the public one is async, and this command runs no loop of its own). It also waits for the
+            # engine to name the worker, within the same bound.
+            self.client._wait_until_connected(self._left())
         except ConnectionError as exc:
-            self.client.shutdown()
-            if time.monotonic() - started < timeout:  # refused, or not an engine: the SDK's line says which
+            self.close()
+            if self._left() > 0:  # refused, or not an engine: the SDK gave up, and its line (URL masked) says why
                 raise InspectError(str(exc)) from None
-            raise InspectError(f"{url}: the connection and WebSocket handshake did not complete within {timeout:g} s "
-                               "(--timeout)") from None
+            raise InspectError(self._not_connected()) from None
         except BaseException:
-            self.client.shutdown()
+            self.close()
             raise
 
+    def _left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def _within(self) -> str:
+        return f"within {self.timeout:g} s (--timeout)"
+
+    def _not_connected(self) -> str:
+        """Why no connection was up at the deadline, from what the SDK's connection recorded."""
+        # The client's Connection keeps both (public on it); the client itself reports neither.
+        conn = self.client._conn
+        if conn.last_lost is not None:
+            return (f"{self.url}: the WebSocket handshake completed, but no connection stayed up {self._within()}; "
+                    f"the last one was lost: {conn.last_lost} (is it an iii engine's worker port?)")
+        text = f"{self.url}: the connection and WebSocket handshake did not complete {self._within()}"
+        if conn.last_error:
+            text += f"; last attempt: {conn.last_error}"
+        return text
+
+    def _no_answer(self, function_id: str) -> str:
+        text = f"{self.url}: {function_id} got no answer {self._within()}"
+        lost = self.client._conn.last_lost  # (see _not_connected)
+        if lost is not None:
+            text += f"; the connection was lost and made again meanwhile (the last loss: {lost})"
+        elif self.client.worker_id is None:
+            text += ("; the server completed the WebSocket handshake but never named this worker (no "
+                     "workerregistered): is it an iii engine's worker port?")
+        return text
+
     def call(self, function_id: str, payload: dict[str, Any]) -> Any:
+        left = self._left()
+        if left <= 0:
+            raise InspectError(self._no_answer(function_id))
         try:
-            return self.client.trigger({"function_id": function_id, "payload": payload})
+            return self.client.trigger({"function_id": function_id, "payload": payload,
+                                        "timeout_ms": max(1, math.ceil(left * 1000))})
         except InvocationError as exc:
             if exc.code == "function_not_found":
                 raise InspectError(f"the engine at {self.url} has no observability module: add {OTEL_MODULE} "
@@ -285,34 +415,38 @@ class _Engine:
                                    f"memory (or both) in its {OTEL_MODULE} config") from None
             raise InspectError(f"{function_id} failed: {exc.code}: {exc.message}") from None
         except TimeoutError:
-            raise InspectError(f"{self.url}: {function_id} got no answer within {self.timeout:g} s "
-                               "(--timeout)") from None
+            raise InspectError(self._no_answer(function_id)) from None
         except ConnectionError as exc:
             raise InspectError(f"{function_id} failed: {exc}") from None
 
     def close(self) -> None:
-        self.client.shutdown()
+        self.client.shutdown(close_timeout=CLOSE_WAIT_S)
 
 
 def _print_json(value: Any, out: TextIO) -> None:
     print(json.dumps(value, indent=2, sort_keys=True, default=str), file=out, flush=True)
 
 
-def _show(answer: dict[str, Any], fmt: Callable[[dict[str, Any]], str], as_json: bool, out: TextIO) -> None:
-    if as_json:
+def _show(function_id: str, answer: Any, fmt: Callable[[dict[str, Any]], str], as_json: bool, out: TextIO) -> None:
+    with _reading(function_id):
+        answer = _obj(answer, optional=False)
+        text = None if as_json else fmt(answer)
+    if text is None:
         _print_json(answer, out)
     else:
-        print(fmt(answer), file=out, flush=True)
+        print(text, file=out, flush=True)
 
 
-def _log_key(entry: dict[str, Any]) -> tuple[Any, ...]:
-    return (entry.get("timestamp_unix_nano"), entry.get("span_id"), entry.get("severity_number"), entry.get("body"))
+def _log_key(entry: dict[str, Any]) -> str:
+    # as JSON: any field may hold a list or an object, which a tuple key could not hash
+    return json.dumps([entry.get("timestamp_unix_nano"), entry.get("span_id"), entry.get("severity_number"),
+                       entry.get("body")], sort_keys=True, default=str)
 
 
 def _matches(entry: dict[str, Any], args: argparse.Namespace) -> bool:
     return ((args.trace_id is None or entry.get("trace_id") == args.trace_id)
             and (args.span_id is None or entry.get("span_id") == args.span_id)
-            and (args.level is None or int(entry.get("severity_number") or 0) >= args.level))
+            and (args.level is None or _int(entry.get("severity_number")) >= args.level))
 
 
 def _logs(engine: _Engine, args: argparse.Namespace, out: TextIO, stop: threading.Event) -> int:
@@ -337,7 +471,9 @@ def _logs(engine: _Engine, args: argparse.Namespace, out: TextIO, stop: threadin
         if value is not None:
             payload[key] = value
     answer = engine.call("engine::logs::list", payload)
-    history = list(reversed(answer.get("logs") or []))  # newest first on the wire
+    with _reading("engine::logs::list"):
+        answer = _obj(answer, optional=False)
+        history = list(reversed(_objs(answer.get("logs"), "logs")))  # newest first on the wire
     if args.json and not args.follow:
         _print_json(answer, out)
         return 0
@@ -368,7 +504,11 @@ def _traces(engine: _Engine, args: argparse.Namespace, out: TextIO) -> int:
         if args.service:
             payload["service_name"] = args.service
         listed = engine.call("engine::traces::list", payload)
-        spans = listed.get("spans") or []
+        with _reading("engine::traces::list"):
+            listed = _obj(listed, optional=False)
+            spans = _objs(listed.get("spans"), "spans")
+            if spans and not args.list and not isinstance(spans[0].get("trace_id"), str):
+                raise _unreadable("spans[0].trace_id", spans[0].get("trace_id"))
         if args.list:
             if args.json:
                 _print_json(listed, out)
@@ -380,13 +520,16 @@ def _traces(engine: _Engine, args: argparse.Namespace, out: TextIO) -> int:
             return 0
         trace_id = str(spans[0]["trace_id"])
     tree = engine.call("engine::traces::tree", {"trace_id": trace_id})
+    with _reading("engine::traces::tree"):
+        tree = _obj(tree, optional=False)
+        shown = None if args.json or not tree.get("roots") else format_tree(tree)
     if args.json:
         _print_json(tree, out)
-    elif not tree.get("roots"):
+    elif shown is None:
         raise InspectError(f"no spans stored for trace {trace_id}")
     else:
         print(f"trace {trace_id}", file=out)
-        print(format_tree(tree), file=out)
+        print(shown, file=out)
     return 0
 
 
@@ -399,10 +542,10 @@ def _run(args: argparse.Namespace, out: TextIO, stop: threading.Event) -> int:
             return _traces(engine, args, out)
         if args.command == "metrics":
             answer = engine.call("engine::metrics::list", {"metric_name": args.name} if args.name else {})
-            _show(answer, _format_metrics, args.json, out)
+            _show("engine::metrics::list", answer, _format_metrics, args.json, out)
             return 0
         answer = engine.call("engine::health::check", {})
-        _show(answer, _format_health, args.json, out)
+        _show("engine::health::check", answer, _format_health, args.json, out)
         return 0 if answer.get("status") == "healthy" else 1
     finally:
         engine.close()
