@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from importlib import import_module
 from typing import TYPE_CHECKING, Final, Protocol
 
+import iii.ws_imports  # noqa: F401  # isort: skip - websockets loads whole there, under one lock (see there)
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.connection import Connection
 from websockets.exceptions import ConnectionClosed

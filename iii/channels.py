@@ -77,6 +77,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar, cast
 from urllib.parse import quote
 
+import iii.ws_imports  # noqa: F401  # isort: skip - websockets loads whole there, under one lock (see there)
 import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidStatus

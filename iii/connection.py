@@ -95,6 +95,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
+import iii.ws_imports  # noqa: F401  # isort: skip - websockets loads whole there, under one lock (see there)
 import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidMessage, InvalidStatus

@@ -46,6 +46,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+import iii.ws_imports  # noqa: F401  # isort: skip - websockets loads whole there, under one lock (see there)
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import ServerConnection, serve

@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, NamedTuple
 
+import iii.ws_imports  # noqa: F401  # isort: skip - websockets loads whole there, under one lock (see there)
 from websockets.asyncio.server import ServerConnection
 
 from iii import ws_fastpath

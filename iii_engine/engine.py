@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Collection, Coroutine, Generato
 from types import TracebackType
 from typing import Any, Literal
 
+import iii.ws_imports  # noqa: F401  # isort: skip - websockets loads whole there, under one lock (see there)
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Final, cast
 from urllib.parse import parse_qs
 
+import iii.ws_imports  # isort: skip - websockets loads whole there, under one lock (see there)
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 from websockets.protocol import State

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
+import iii.ws_imports  # isort: skip - websockets loads whole there, under one lock (see there)
 from websockets.asyncio.connection import Connection
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)

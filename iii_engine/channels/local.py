@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from importlib import import_module
 from typing import TYPE_CHECKING
 
+import iii.ws_imports  # isort: skip - websockets loads whole there, under one lock (see there)
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
 from websockets.frames import OK_CLOSE_CODES, Close
 

@@ -22,6 +22,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import iii.ws_imports  # isort: skip - websockets loads whole there, under one lock (see there)
 from websockets.asyncio.server import ServerConnection
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)

@@ -19,6 +19,11 @@ The four top-level packages (``iii``, ``iii_channels``, ``iii_streams``, ``iii_e
 in their ``__init__`` (each name loads on first use), so code of callers may import any of their modules first
 (``from iii.errors import IIIError`` while another thread runs ``import iii``): the races below start with such
 entries too, by chance (a Barrier) and forced into the window where the two locks cross (a staged start).
+
+``websockets`` has a cycle of its own (``datastructures`` -> ``exceptions`` -> ``http11`` -> ``datastructures``),
+which two of our modules entering it at different ends met (``_DeadlockError``). Each module of ours imports
+:mod:`iii.ws_imports` before anything of ``websockets``: the first thread loads all of it there, under that module's
+one lock, and the others wait for that lock (the last tests check the imports; the crossing tests force the race).
 """
 from __future__ import annotations
 
@@ -171,6 +176,71 @@ def test_a_module_of_iii_first_while_another_thread_holds_the_package(entries: s
     assert [outcome[:2] for outcome in outcomes] == [(0, "ok")] * 3, (entries, outcomes)
 
 
+# websockets (17.x) has an import cycle of its own (iii/ws_imports.py): `datastructures` -> `exceptions` -> `http11`
+# -> `datastructures`. The first entry goes into it at one end and stops where a thread switch can stop it: between
+# finding `held` missing from sys.modules and taking its lock (`_find_and_load`, which the import system looks up on
+# each import), until another entry, started then, waits for a lock the first one holds. Before our modules imported
+# websockets through iii.ws_imports, that other entry had gone in at the other end and held `held` while waiting for
+# the first's module of the cycle: each run failed with "_DeadlockError: deadlock detected by
+# _ModuleLock('websockets.datastructures')" (the error a full run once met by chance) or ('websockets.exceptions').
+_WS_STAGED = textwrap.dedent("""
+    import importlib, importlib._bootstrap as bootstrap, sys, threading, time
+    held, first, *others = sys.argv[1:]
+    arrived = threading.Event()
+    errors = []
+    find_and_load = bootstrap._find_and_load
+
+    def waits_for_first(thread):
+        locks = bootstrap._blocking_on.get(thread.ident)  # one lock (3.11) or a list of them (3.12+)
+        locks = locks if isinstance(locks, list) else [locks] if locks else []
+        return any(lock.owner == first_thread.ident for lock in locks)
+
+    def staged_find_and_load(name, import_):
+        if name == held and threading.current_thread() is first_thread and not arrived.is_set():
+            arrived.set()
+            deadline = time.monotonic() + 10
+            while not any(waits_for_first(thread) for thread in threads[1:]):
+                if time.monotonic() > deadline:
+                    errors.append(f"staging: no other entry waited for the first one's locks")
+                    break
+                time.sleep(0.001)  # polls a condition of the import system's, which offers no event
+        return find_and_load(name, import_)
+
+    def enter(entry, gate=None):
+        if gate is not None and not gate.wait(10):
+            errors.append(f"staging: the first entry never imported {held}")
+        module, _, name = entry.partition(":")
+        try:
+            loaded = importlib.import_module(module)
+            if name:
+                getattr(loaded, name)
+        except BaseException as exc:
+            errors.append(f"{entry}: {exc!r}")
+
+    bootstrap._find_and_load = staged_find_and_load
+    first_thread = threading.Thread(target=enter, args=(first,))
+    threads = [first_thread, *(threading.Thread(target=enter, args=(entry, arrived)) for entry in others)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    print(errors or "ok")
+""")
+
+# (held, the first entry, the other): the first goes in at `exceptions` (websockets.asyncio.server) and the other at
+# `datastructures` (websockets.asyncio.client), or the other way round. Before: 10 failures in 10 runs of each.
+WEBSOCKETS_CROSSINGS = [
+    "websockets.datastructures iii_engine:Engine iii_channels:source",
+    "websockets.exceptions iii_channels:source iii_engine:Engine",
+    "websockets.datastructures iii_engine.server iii.connection",
+    "websockets.exceptions iii.channel_end iii_engine.modules.stream",
+]
+
+
+@pytest.mark.parametrize("crossing", WEBSOCKETS_CROSSINGS)
+def test_two_entries_crossing_in_websockets_import_cycle(crossing: str) -> None:
+    outcomes = [_race(_WS_STAGED, crossing) for _ in range(3)]
+    assert [outcome[:2] for outcome in outcomes] == [(0, "ok")] * 3, (crossing, outcomes)
+
+
 # Imports every module of ours in one thread, each package before its modules; a wait for a module this same
 # thread is still running (its lock taken a second time) closes a cycle that two threads can each hold half of.
 _CYCLES = textwrap.dedent("""
@@ -270,13 +340,15 @@ def _closure(start: str, graph: dict[str, list[str]]) -> set[str]:
 
 
 @functools.cache
+def _tree(module: str) -> ast.Module:
+    # Parsing the ~160 source files takes 1-3 s; five tests (one of them three times) read the same tree.
+    return ast.parse(MODULES[module].read_text(), str(MODULES[module]))
+
+
+@functools.cache
 def _parsed_graph() -> dict[str, tuple[str, ...]]:
-    # Parsing the ~160 source files takes 1-3 s; three tests (one of them three times) read the same tree.
-    graph = {}
-    for module, path in MODULES.items():
-        tree = ast.parse(path.read_text(), str(path))
-        graph[module] = tuple(target for node in _executed(tree.body) for target in _targets(module, node))
-    return graph
+    return {module: tuple(target for node in _executed(_tree(module).body) for target in _targets(module, node))
+            for module in MODULES}
 
 
 def _graph() -> dict[str, list[str]]:
@@ -324,3 +396,55 @@ def test_the_entry_rule_sees_a_module_imported_before_its_package() -> None:
 
 def test_the_sdk_package_imports_none_of_its_modules() -> None:
     assert _graph()["iii"] == []
+
+
+# websockets is entered through one module of ours, which loads it whole under its own lock (iii/ws_imports.py and
+# the crossing tests above): each module of ours imports it before anything of websockets.
+SHIM = "iii.ws_imports"
+
+
+def _websockets_modules(node: ast.Import | ast.ImportFrom) -> list[str]:
+    """The modules of ``websockets`` that ``node`` imports (the one it imports from, for ``from x import y``)."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names if alias.name.split(".")[0] == "websockets"]
+    return [node.module] if not node.level and (node.module or "").split(".")[0] == "websockets" else []
+
+
+def _websockets_before_the_shim(module: str, tree: ast.Module) -> str | None:
+    """The first import of ``websockets`` that ``module`` runs before it imports :data:`SHIM`, if any."""
+    for node in _executed(tree.body):
+        if SHIM in _targets(module, node):
+            return None
+        if _websockets_modules(node):
+            return ast.unparse(node)
+    return None
+
+
+def test_modules_import_the_shim_before_websockets() -> None:
+    found = {module: _websockets_before_the_shim(module, _tree(module)) for module in MODULES if module != SHIM}
+    assert {module: line for module, line in found.items() if line} == {}
+
+
+def test_the_shim_rule_sees_websockets_imported_first() -> None:
+    def first(source: str) -> str | None:
+        return _websockets_before_the_shim("iii_engine.server", ast.parse(textwrap.dedent(source)))
+
+    assert first("import asyncio\nfrom websockets.frames import Close\nimport iii.ws_imports\n") == (
+        "from websockets.frames import Close")
+    assert first("try:\n    import websockets.speedups\nexcept ImportError:\n    pass\n") == (
+        "import websockets.speedups")
+    assert first("import iii.ws_imports\nimport websockets\n") is None
+    assert first("from iii import ws_imports\nfrom websockets.http11 import Request\n") is None
+    assert first("if TYPE_CHECKING:\n    import websockets\n") is None
+    assert first("def f():\n    import websockets\n") is None
+
+
+def test_the_shim_loads_all_of_websockets_that_our_modules_import_and_nothing_of_ours() -> None:
+    assert _graph()[SHIM] == []
+    wanted = {name for module in MODULES for node in _executed(_tree(module).body)
+              for name in _websockets_modules(node)}
+    script = "import sys, iii.ws_imports; print(' '.join(name for name in sys.modules if name[:10] == 'websockets'))"
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=25,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(wanted) >= 10 and wanted - set(done.stdout.split()) == set()

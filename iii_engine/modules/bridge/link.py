@@ -49,6 +49,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Final
 
+import iii.ws_imports  # isort: skip - websockets loads whole there, under one lock (see there)
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
