@@ -1143,7 +1143,8 @@ def _file_path(url: URL) -> str | None:
     # (without uri=true SQLAlchemy hands SQLite the absolute path of the text as it is: a file named "file:…")
     if database.startswith("file:") and str(url.query.get("uri", "")).strip().lower() in _TRUE_WORDS:
         return _uri_file_path(database)
-    return os.path.abspath(database)
+    # SQLite opens the file a symlink points to and keeps its -wal and -shm beside that file, not beside the link
+    return os.path.realpath(database)
 
 
 # the words SQLAlchemy's sqlite driver reads as true in a URL's query (sqlalchemy.util.asbool)
@@ -1168,7 +1169,7 @@ def _uri_file_path(uri: str) -> str | None:
     path = urllib.parse.unquote(rest)
     if path in ("", ":memory:"):
         return None
-    return os.path.abspath(path)
+    return os.path.realpath(path)
 
 
 def _stat(path: str) -> os.stat_result | None:
@@ -1639,14 +1640,14 @@ class SQLStream(FieldUpdates):
             self._note_wal(path, _stat(path + "-wal"))
 
     def _check_file(self, committed: bool = False) -> None:
-        """:class:`StreamBackendError` naming the path once the SQLite file the store opened is no longer at it, was
-        truncated, or (``committed``: after a write's commit) once its ``-wal`` file is gone; the store stays failed.
+        """:class:`StreamBackendError` naming the path once the SQLite file the store opened is no longer at it or was
+        truncated; the store stays failed.
 
         Why: a file deleted (or replaced by a rename) under an open store stays open in its pooled connections, which
-        went on reading and writing it: every write answered "ok" and all of them were lost with the file; a deleted
-        ``-wal`` held every write since the last checkpoint only in the connections (a crash lost 40 of 40), a
-        truncated file lost the rest. An ``os.stat`` at each connection taken, and two (the file, its ``-wal``) after
-        each write's commit; :meth:`_write` tells each write its outcome (``applied``)."""
+        went on reading and writing it: every write answered "ok" and all of them were lost with the file; a
+        truncated file lost the rest. An ``os.stat`` at each connection taken, and two (the file, its ``-wal``, the
+        latter only noted: :meth:`_wal_problem`) after each write's commit; :meth:`_write` tells each write its
+        outcome (``applied``)."""
         if self._file is None:
             return
         if self._lost is None:
@@ -1659,8 +1660,8 @@ class SQLStream(FieldUpdates):
         raise self._lost.again()
 
     def _file_problem(self, path: str, committed: bool) -> None:
-        """Set :attr:`_lost` when the file at ``path`` is not the one noted, was truncated, or (``committed``) its
-        ``-wal`` file is not the one noted; ``OSError`` when that cannot be told."""
+        """Set :attr:`_lost` when the file at ``path`` is not the one noted or was truncated (``committed``: note its
+        ``-wal`` file too); ``OSError`` when that cannot be told."""
         stat = _stat(path)
         if self._file_id is None and stat is not None:
             self._file_id = _file_id(stat)  # (not noted at the opening: see _note_file)
@@ -1689,7 +1690,8 @@ class SQLStream(FieldUpdates):
             "open)",
             f"this write was committed to the file that was at {path} when the store opened it, which is no longer "
             "there",
-            f"reopen the store, but first remove {path}-wal and {path}-shm if they are there: they belong to the "
+            f"reopen the store (with an engine you passed, dispose of it first: its pooled connections still have the "
+            f"old file open), but first remove {path}-wal and {path}-shm if they are there: they belong to the "
             "file the store opened, and SQLite would apply their writes over a file now at that path", True)
 
     def _note_wal(self, path: str, wal: os.stat_result | None) -> None:
@@ -1701,23 +1703,15 @@ class SQLStream(FieldUpdates):
             self._shm_id = _file_id(_stat(path + "-shm"))
 
     def _wal_problem(self, path: str) -> None:
-        """After a commit: set :attr:`_lost` when the ``-wal`` file beside ``path`` is gone or another than the one
-        noted; a first one, or one made since all of the engine's connections were closed (SQLite deletes it then:
-        :class:`_PoolOpens`), is noted instead."""
-        wal = _stat(path + "-wal")
-        opens = self._opens
-        if opens is None:
-            return
-        if self._wal_id is None or self._wal_reopened != opens.reopened:
-            self._note_wal(path, wal)
-            return
-        if _file_id(wal) == self._wal_id:
-            return
-        self._lost = _FileLostError(
-            f"SQLStream: the -wal file of the database file {path} ({path}-wal) was deleted or replaced while the "
-            "store was open: the writes committed since the last checkpoint are only in the file its connections "
-            "still have open (a crash of this process loses them; its close moves them into the database file)",
-            "this write was committed to that -wal file", "close the store (not a crash) and reopen it", True)
+        """After a commit: note the ``-wal`` file beside ``path`` the connections have now (for :meth:`_defuse_wal`).
+
+        A ``-wal`` gone or another than the one noted is never taken for a loss: SQLite itself deletes it as the last
+        connection closes and makes another at the next open, which a pool without kept connections (``NullPool``,
+        SQLAlchemy 2.0.0's for a caller's aiosqlite engine) or a short ``pool_recycle`` does all the time, and a
+        connection's open or close cannot be seen from here exactly (failing on it failed healthy stores for good).
+        A ``-wal`` deleted by hand under an open store is not detected: its writes since the last checkpoint live in
+        the store's connections only, and the store's close moves them into the database file."""
+        self._note_wal(path, _stat(path + "-wal"))
 
     async def _check_file_now(self, *, locked: bool, committed: bool = False) -> None:
         """:meth:`_check_file`; the first time it finds the database file gone, :meth:`_defuse_wal` first
@@ -1775,8 +1769,9 @@ class SQLStream(FieldUpdates):
                 log.warning("SQLStream: could not move the writes of %s into the file the store opened: %s", wal,
                             error_line(exc))
         if done:
-            advice = (f"reopen the store; the writes of {wal} were moved into the file the store opened and that "
-                      "file emptied, so SQLite applies nothing of it to a file now at the path")
+            advice = (f"reopen the store (with an engine you passed, dispose of it first: its pooled connections "
+                      f"still have the old file open); the writes of {wal} were moved into the file the store "
+                      "opened and that file emptied, so SQLite applies nothing of it to a file now at the path")
         elif leftover:
             advice = lost.advice
             log.warning("SQLStream: the database file %s was deleted or replaced while the store was open: remove "
