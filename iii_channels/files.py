@@ -249,8 +249,9 @@ def remove_tree(path: str | os.PathLike[str]) -> int:
 
     Iterative (an explicit stack, deleting bottom-up), unlike ``shutil.rmtree`` / ``Path.rglob`` on Python
     3.11, which recurse per level: a staging tree of any depth (a peer's ``d/d/d/…``) is removed, never left
-    behind by a ``RecursionError``. ``path`` is the directory the OS finds there (``base/link/..`` is the parent
-    of ``link``'s target, not ``base``); its last part is never followed: a symlink, even written ``link/``, is
+    behind by a ``RecursionError``. ``path`` is used as given, never normalised as text (``base/link/..`` is not
+    ``base`` to the OS); a path whose last part is ``.`` or ``..`` is refused (``OSError`` ``EINVAL``), as ``rm``
+    refuses it: name the directory itself. Its last part is never followed: a symlink, even written ``link/``, is
     ``NotADirectoryError``. Symlinks inside are removed, never followed. Each directory is removed from within
     its parent as listed (``rmdir`` relative to the parent's descriptor, the parent found to be the directory
     listed): a directory found replaced meanwhile, or a parent swapped for a symlink, is left alone, so nothing
@@ -328,24 +329,27 @@ def remove_tree(path: str | os.PathLike[str]) -> int:
 
 
 def _tree_top(path: str) -> tuple[str, str, str]:
-    """``(path, parent, name)`` of the directory the OS finds at ``path``, its ``parent`` a path to open as given.
+    """``(path, parent, name)`` of the directory to remove at ``path``, its ``parent`` a path to open as given.
 
     Never normalised as text: ``base/link/..`` is the parent of ``link``'s target, which ``normpath`` would make
-    ``base``. A path ending in ``.`` or ``..`` names no entry of a parent: it is resolved by ``realpath``, which
-    follows each symlink before the ``..`` after it, as the OS does (only ``.`` / ``..`` are last there, never a
-    symlink). Trailing slashes are dropped, so a symlink written ``link/`` is not followed.
+    ``base``. A last part ``.`` or ``..`` names no entry of a parent and is refused: resolving it (``realpath``) is
+    text too past a file, a missing entry or a dangling link, where it named directories the OS does not find there.
+    Trailing slashes are dropped, so a symlink written ``link/`` is not followed.
 
     Example:
         >>> _tree_top("a/b/"), _tree_top("t"), _tree_top("/x/y")
         (('a/b', 'a', 'b'), ('t', '.', 't'), ('/x/y', '/x', 'y'))
+        >>> try:
+        ...     _tree_top("a/b/..")
+        ... except OSError as exc:
+        ...     print(exc.filename, exc.errno == errno.EINVAL)
+        a/b/.. True
     """
     stripped = path.rstrip("/") or path
     parent, name = os.path.split(stripped)
     if name in ("", ".", ".."):
-        stripped = os.path.realpath(stripped)
-        parent, name = os.path.split(stripped)
-        if not name:
-            raise OSError(errno.EBUSY, "refusing to remove the root directory", path)
+        raise OSError(errno.EINVAL, "refusing to remove a path whose last part is '.' or '..' (name the directory "
+                      "itself)", path)
     return stripped, parent or ".", name
 
 

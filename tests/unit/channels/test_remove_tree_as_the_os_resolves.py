@@ -36,12 +36,17 @@ def base(tmp_path: Path) -> Path:
     return tmp_path / "base"
 
 
-def test_dot_dot_after_a_symlink_is_what_the_os_finds_there(base: Path, tmp_path: Path) -> None:
-    removed = remove_tree(f"{base}/link/..")
-    # before: 4 (base/keep/file) and base gone, elsewhere kept
-    assert removed == 1
+def test_dot_dot_after_a_symlink_is_refused_and_nothing_is_removed(base: Path, tmp_path: Path) -> None:
+    # first: 4 (base/keep/file) and base gone; then realpath, which is text too past a file, a missing entry, a
+    # dangling link or a loop: base/missing/.. removed base, base/dangling/.. removed a directory outside base
+    (base / "dangling").symlink_to(tmp_path / "victim" / "nope")
+    (tmp_path / "victim").mkdir()
+    (base / "loop").symlink_to(base / "loop")
+    for given in ("link/..", "keep/file/..", "missing/..", "dangling/..", "loop/..", ".", "keep/."):
+        with pytest.raises(OSError, match=r"last part is '\.' or '\.\.'"):
+            remove_tree(f"{base}/{given}")
     assert (base / "keep" / "file").read_bytes() == b"data"
-    assert not (tmp_path / "elsewhere").exists()
+    assert (tmp_path / "elsewhere" / "sub" / "victim" / "f").exists() and (tmp_path / "victim").is_dir()
 
 
 def test_a_last_part_that_is_a_symlink_is_never_followed(base: Path, tmp_path: Path) -> None:
