@@ -256,8 +256,9 @@ def remove_tree(path: str | os.PathLike[str]) -> int:
     its parent as listed (``rmdir`` relative to the parent's descriptor, the parent found to be the directory
     listed): a directory found replaced meanwhile, or a parent swapped for a symlink, is left alone, so nothing
     outside ``path`` is removed. An entry it cannot remove does not stop it: the rest is removed, then one
-    ``OSError`` counts the removals that failed (a directory it cannot list counts once, whatever it holds), the
-    first one, named by its full path, its cause.
+    ``OSError`` counts the removals that failed (a directory it cannot list counts once, whatever it holds; the
+    directories above a failure, left non-empty by it, are not tried nor counted), the first one, named by its full
+    path, its cause.
 
     Example:
         >>> import tempfile
@@ -278,6 +279,16 @@ def remove_tree(path: str | os.PathLike[str]) -> int:
     top_parent = os.stat(parent)
     size = 0
     errors: list[OSError] = []
+    held: set[str] = set()  # directories an error below leaves non-empty: their rmdir is not tried (nor counted)
+
+    def failed(exc: OSError, below: str) -> None:
+        errors.append(exc)
+        while below not in held:
+            held.add(below)
+            if below == top:
+                break
+            below = os.path.dirname(below)
+
     # (path, identity, parent path, parent identity, name in parent)
     pending = [(top, (info.st_dev, info.st_ino), parent, (top_parent.st_dev, top_parent.st_ino), name)]
     emptied: list[tuple[str, tuple[int, int], str]] = []  # parents before their children: removed in reverse
@@ -286,12 +297,13 @@ def remove_tree(path: str | os.PathLike[str]) -> int:
         try:
             fd = os.open(current, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         except OSError as exc:
-            errors.append(exc)
+            failed(exc, parent) if current != top else errors.append(exc)
             continue
         try:
-            held = os.fstat(fd)
-            if (held.st_dev, held.st_ino) != identity:
-                errors.append(OSError(errno.ESTALE, "replaced while being removed", current))
+            opened = os.fstat(fd)
+            if (opened.st_dev, opened.st_ino) != identity:
+                stale = OSError(errno.ESTALE, "replaced while being removed", current)
+                failed(stale, parent) if current != top else errors.append(stale)
                 continue
             emptied.append((parent, parent_identity, name))
             with os.scandir(fd) as listing:
@@ -309,18 +321,20 @@ def remove_tree(path: str | os.PathLike[str]) -> int:
                 except FileNotFoundError:
                     continue  # gone already
                 except OSError as exc:
-                    errors.append(_named(exc, os.path.join(current, entry.name)))
+                    failed(_named(exc, os.path.join(current, entry.name)), current)
         except OSError as exc:
-            errors.append(_named(exc, current))
+            failed(_named(exc, current), current)
         finally:
             os.close(fd)
     for parent, parent_identity, name in reversed(emptied):
+        if os.path.join(parent, name) in held:
+            continue
         try:
             _rmdir_in(parent, parent_identity, name)
         except FileNotFoundError:
             continue
         except OSError as exc:
-            errors.append(_named(exc, os.path.join(parent, name)))
+            failed(_named(exc, os.path.join(parent, name)), parent)
     if errors:
         count = len(errors)
         raise OSError(errors[0].errno, f"could not remove all of it: {count} removal{'' if count == 1 else 's'} "
