@@ -905,8 +905,9 @@ class _PoolOpens:
 
     Why: SQLite deletes a database's ``-wal`` file as the last connection to it closes (after moving its pages into
     the database), and the next connection makes a new one; a ``-wal`` noted before that moment is legitimately gone
-    (see ``SQLStream._wal_problem``). While one connection stays open nothing of SQLite's deletes or replaces it
-    (checkpoints of every mode, ``journal_size_limit`` and other connections' closes keep its inode: measured).
+    (see ``SQLStream._note_wal_after_commit``). While one connection stays open nothing of SQLite's deletes or
+    replaces it (checkpoints of every mode, ``journal_size_limit`` and other connections' closes keep its inode:
+    measured).
 
     Example:
         >>> class Entry:
@@ -1339,12 +1340,11 @@ class SQLStream(FieldUpdates):
         self._file = _file_path(engine.url) if not self._pg and not in_memory else None
         self._file_id: tuple[int, int] | None = None
         self._file_had_page = False  # the file was seen holding a page at least (see _file_problem)
-        # its -wal file's (st_dev, st_ino), and the engine's _PoolOpens.reopened when it was noted (see _wal_problem);
-        # its -shm file's, noted with it (a close removes only those it noted: _leave_no_stale_wal)
+        # its -wal file's (st_dev, st_ino), and the engine's _PoolOpens.reopened when it was noted (see
+        # _note_wal_after_commit; read by _defuse_wal)
         self._wal_id: tuple[int, int] | None = None
         self._wal_reopened = -1
-        self._shm_id: tuple[int, int] | None = None
-        # the file was found deleted, replaced or truncated (or its -wal file gone): every operation fails with it
+        # the file was found deleted, replaced or truncated: every operation fails with it
         self._lost: _FileLostError | None = None
         self._lost_file = False  # … and that was the database file itself (deleted, renamed or replaced)
         self._wal_defused = False  # … and _defuse_wal ran for it
@@ -1646,8 +1646,8 @@ class SQLStream(FieldUpdates):
         Why: a file deleted (or replaced by a rename) under an open store stays open in its pooled connections, which
         went on reading and writing it: every write answered "ok" and all of them were lost with the file; a
         truncated file lost the rest. An ``os.stat`` at each connection taken, and two (the file, its ``-wal``, the
-        latter only noted: :meth:`_wal_problem`) after each write's commit; :meth:`_write` tells each write its
-        outcome (``applied``)."""
+        latter only noted: :meth:`_note_wal_after_commit`) after each write's commit; :meth:`_write` tells each
+        write its outcome (``applied``)."""
         if self._file is None:
             return
         if self._lost is None:
@@ -1679,7 +1679,7 @@ class SQLStream(FieldUpdates):
                 "restore the file from a backup and reopen the store", None)
             return
         if committed:
-            self._wal_problem(path)
+            self._note_wal_after_commit(path)
 
     def _lose_file(self, path: str) -> None:
         """The database file the store opened is no longer at ``path``: every operation fails from now on."""
@@ -1695,14 +1695,12 @@ class SQLStream(FieldUpdates):
             "file the store opened, and SQLite would apply their writes over a file now at that path", True)
 
     def _note_wal(self, path: str, wal: os.stat_result | None) -> None:
-        """Note the ``-wal`` file (``wal``, its stat) the engine's connections have open now, and the ``-shm``."""
+        """Note the ``-wal`` file (``wal``, its stat) the engine's connections have open now."""
         if wal is None or self._opens is None:
             return
         self._wal_id, self._wal_reopened = _file_id(wal), self._opens.reopened
-        with contextlib.suppress(OSError):
-            self._shm_id = _file_id(_stat(path + "-shm"))
 
-    def _wal_problem(self, path: str) -> None:
+    def _note_wal_after_commit(self, path: str) -> None:
         """After a commit: note the ``-wal`` file beside ``path`` the connections have now (for :meth:`_defuse_wal`).
 
         A ``-wal`` gone or another than the one noted is never taken for a loss: SQLite itself deletes it as the last
