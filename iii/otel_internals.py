@@ -287,6 +287,14 @@ def _reader_can_pause(reader: Any) -> bool:
     return False
 
 
+def _reader_can_resume(reader: Any) -> bool:
+    if isinstance(getattr(reader, "_shutdown_event", None), threading.Event) and callable(
+            getattr(reader, "_at_fork_reinit", None)):
+        return True
+    missing("PeriodicExportingMetricReader._shutdown_event/_at_fork_reinit")
+    return False
+
+
 def metric_readers(meter_provider: Any) -> list[Any] | None:
     """The metric readers of ``meter_provider`` (an SDK ``MeterProvider``), or ``None`` on another layout."""
     readers = getattr(meter_provider, "_metric_readers", None)
@@ -325,7 +333,10 @@ def pause_workers(batches: Iterable[Any], readers: Iterable[Any], timeout_s: flo
 
 def resume_workers(batches: Iterable[Any], readers: Iterable[Any]) -> None:
     """Start again the threads :func:`pause_workers` stopped (each batch's queue starts empty), the way the SDK
-    restarts them in a forked child."""
+    restarts them in a forked child. :class:`InternalsMissing` (nothing changed, one warning) on another layout."""
+    batches, readers = list(batches), list(readers)
+    if not all(_batch_can_pause(batch) for batch in batches) or not all(_reader_can_resume(r) for r in readers):
+        raise InternalsMissing("a parked pipeline's threads cannot be started again on this OpenTelemetry")
     for batch in batches:
         batch._shutdown = False
         batch._at_fork_reinit()

@@ -535,9 +535,13 @@ class TelemetryRuntime:
             _shutdown_providers(pipeline.providers())
             return
         with self._clients_lock:
-            self._parked.pop(pipeline.key, None)
+            # one of the same configuration parked already (two were built when a client started during another's
+            # shutdown): it is shut down, not dropped with its providers still registered at exit
+            displaced = self._parked.pop(pipeline.key, None)
             self._parked[pipeline.key] = pipeline
             evicted = [self._parked.pop(key) for key in list(self._parked)[: max(0, len(self._parked) - _MAX_PARKED)]]
+        if displaced is not None and displaced is not pipeline:
+            evicted.append(displaced)
         for old in evicted:
             _shutdown_providers(old.providers())
 

@@ -129,3 +129,53 @@ def test_a_parked_pipeline_runs_no_thread_and_its_threads_export_again_on_reuse(
         finally:
             telemetry.shutdown_otel()
         assert _pipeline_threads() == before
+
+
+def test_a_second_pipeline_of_one_configuration_parked_shuts_the_first_down() -> None:
+    # A client that starts while the last one's shutdown still flushes into a slow sink builds a second pipeline of
+    # the same configuration; before, parking it dropped the first with its providers still registered at exit
+    telemetry.shutdown_otel()
+    in_sink, gate = threading.Event(), threading.Event()
+
+    def slow_sink(frame: bytes) -> None:
+        in_sink.set()
+        gate.wait(10)
+
+    config = OtelConfig(enabled=True, service_name="displaced", fetch_instrumentation_enabled=False,
+                        metrics_export_interval_ms=3_600_001)
+    telemetry.init_otel(config, frame_sink=slow_sink)
+    first = telemetry.runtime().pipeline
+    tracer: Any = telemetry.get_tracer()
+    with tracer.start_as_current_span("flushed slowly"):
+        pass
+    closing = threading.Thread(target=telemetry.shutdown_otel)
+    closing.start()
+    try:
+        assert in_sink.wait(10)
+        telemetry.init_otel(config, frame_sink=Frames().append)
+        second = telemetry.runtime().pipeline
+        assert second is not first
+    finally:
+        gate.set()
+        closing.join(10)
+    telemetry.shutdown_otel()
+    parked = list(telemetry.runtime()._parked.values())
+    assert any(p is second for p in parked) and not any(p is first for p in parked)
+    assert first is not None and first.tracer_provider._atexit_handler is None  # shut down
+
+
+def test_resume_on_another_layout_changes_nothing_and_says_so() -> None:
+    from iii.otel_internals import InternalsMissing, resume_workers
+
+    class OtherBatch:  # a stopped batch processor of a layout without _at_fork_reinit
+        _shutdown = True
+        _worker_thread = threading.Thread(target=lambda: None)
+
+    batch = OtherBatch()
+    try:
+        resume_workers([batch], [])
+    except InternalsMissing:
+        pass
+    else:
+        raise AssertionError("resumed a batch processor it could not restart")
+    assert batch._shutdown is True  # before: set False, then AttributeError out of the client's start
