@@ -66,6 +66,7 @@ __all__ = [
     "shutdown_otel",
     "shutdown_otel_async",
     "span_traceparent",
+    "start_client",
     "start_handler",
     "start_handler_span",
     "trace_headers",
@@ -400,6 +401,10 @@ class TelemetryRuntime:
         # Clients start on loop threads of their own: two at once both found telemetry off and both set it up (the
         # second set the process's meter provider again: "Overriding of current MeterProvider is not allowed").
         self._init_lock = threading.Lock()
+        # One client's start (init, then register) and the last client's release (release, then take the state)
+        # each happen whole: interleaved, a client starting as the last other one shut down was left with telemetry
+        # off (its init saw it on, its register saw it off) or was wiped from the clients by the shutdown.
+        self._membership_lock = threading.Lock()
 
     def init_otel(
         self,
@@ -737,10 +742,22 @@ class TelemetryRuntime:
             connection.attach(survivor.sink, survivor.loop)
         return False
 
+    def start_client(self, owner: object, config: OtelConfig | None, loop: asyncio.AbstractEventLoop,
+                     sink: FrameSink) -> None:
+        """``init_otel``, then deliver frames on ``loop`` and :meth:`register_client` ``owner``, as one step against
+        the last client's release (ours)."""
+        with self._membership_lock:
+            self.init_otel(config, loop, frame_sink=sink)
+            self.attach_event_loop(loop)
+            self.register_client(owner, sink, loop)
+
     async def release_client_async(self, owner: object) -> None:
         """Undo :func:`register_client` (ours): telemetry shuts down only when ``owner`` was the last client."""
-        if self._release(owner):
-            await self.shutdown_otel_async()
+        with self._membership_lock:  # (no await inside: a client's start waits at most for this step)
+            pipeline = self._take_state() if self._release(owner) else None
+        if pipeline is not None:
+            await asyncio.to_thread(_flush_providers, pipeline.providers())
+            await asyncio.to_thread(self._park, pipeline)  # joins the pipeline's threads
 
     def get_tracer(self) -> Any:
         """The SDK's tracer, or ``None`` before ``init_otel``."""
@@ -819,6 +836,22 @@ def register_client(owner: object, sink: FrameSink, loop: asyncio.AbstractEventL
 def client_count() -> int:
     """How many registered clients keep telemetry on (ours)."""
     return _runtime.client_count()
+
+
+def start_client(owner: object, config: OtelConfig | None, loop: asyncio.AbstractEventLoop,
+                 sink: FrameSink) -> None:
+    """Start telemetry for a client (ours): :func:`init_otel`, frames delivered on ``loop``, then
+    :func:`register_client`, as one step, so that a client starting while the last other one shuts down is never
+    left with telemetry off.
+
+    Example:
+        >>> loop = asyncio.new_event_loop()
+        >>> owner = object()
+        >>> start_client(owner, OtelConfig(enabled=False), loop, lambda frame: None)  # off: nothing registered
+        >>> client_count(), loop.close()
+        (0, None)
+    """
+    return _runtime.start_client(owner, config, loop, sink)
 
 
 async def release_client_async(owner: object) -> None:

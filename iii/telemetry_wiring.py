@@ -40,12 +40,8 @@ class TelemetryWiring:
             return
         try:
             config = otel if isinstance(otel, OtelConfig) or otel is None else OtelConfig(**otel)
-            tel.init_otel(config=config, loop=loop, frame_sink=sink)
-            attach = getattr(tel, "attach_event_loop", None)
-            if attach is not None:
-                attach(loop)
             # Telemetry is process-wide: counted per client so one client's shutdown keeps it on for others.
-            tel.register_client(client, sink, loop)
+            tel.start_client(client, config, loop, sink)
         except ImportError:
             log.debug("OpenTelemetry not available")
             return

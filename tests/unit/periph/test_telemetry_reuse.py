@@ -3,9 +3,11 @@ callback per provider, processor and reader that is never removed), yet each cli
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 
+import pytest
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -179,3 +181,47 @@ def test_resume_on_another_layout_changes_nothing_and_says_so() -> None:
     else:
         raise AssertionError("resumed a batch processor it could not restart")
     assert batch._shutdown is True  # before: set False, then AttributeError out of the client's start
+
+
+def test_a_client_starting_while_the_last_other_one_shuts_down_keeps_telemetry_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # before: B's init saw telemetry on (a no-op), A's release shut it down, B's register saw it off: B ran with no
+    # tracer and nothing it recorded went anywhere (314 of 1,200 such starts under stress)
+    from iii.telemetry_wiring import TelemetryWiring
+
+    telemetry.shutdown_otel()
+    runtime = telemetry.runtime()
+    config = OtelConfig(enabled=True, service_name="membership", fetch_instrumentation_enabled=False,
+                        metrics_export_interval_ms=3_600_002)
+    loop = asyncio.new_event_loop()
+    first, second = TelemetryWiring(), TelemetryWiring()
+    a, b = object(), object()
+    first.start(a, config, loop, Frames().append)
+    between, gate = threading.Event(), threading.Event()
+    register = runtime.register_client
+
+    def register_late(owner: object, *args: Any) -> None:
+        if owner is b:
+            between.set()
+            gate.wait(10)
+        register(owner, *args)
+
+    monkeypatch.setattr(runtime, "register_client", register_late)
+    starting = threading.Thread(target=second.start, args=(b, config, loop, Frames().append))
+    starting.start()
+    releasing = threading.Thread(target=lambda: asyncio.run(first.release(a)))
+    try:
+        assert between.wait(10)
+        releasing.start()
+        releasing.join(0.3)  # (with the fix it waits for B's start to end; before, it shut telemetry down now)
+    finally:
+        gate.set()
+        starting.join(10)
+        releasing.join(10)
+    try:
+        assert telemetry.client_count() == 1 and telemetry.is_initialized()
+        assert telemetry.get_tracer() is not None
+    finally:
+        asyncio.run(second.release(b))
+        loop.close()
+    assert telemetry.client_count() == 0 and not telemetry.is_initialized()
