@@ -88,6 +88,19 @@ async def test_mixed_deadlines_each_end_at_their_own_time(seed: int) -> None:
     paths = ["cond" if rng.random() < 0.1 else "json" for _ in range(600)]
     # made beforehand: making them costs more than the requests, and the deadlines are about the module
     requests = [make_mocked_request("GET", f"/{path}", headers={"Host": "x"}) for path in paths]
+    # The loop's own stalls (the other test process, a GC pass on two shared cores) are measured alongside and
+    # allowed on top of LATE: a request that ends late while the loop was free to end it still fails (CI once saw
+    # 0.68 s of lateness with LATE 0.5).
+    stalls = [0.0]
+    probing = True
+
+    async def probe() -> None:
+        while probing:
+            before = loop.time()
+            await asyncio.sleep(0.01)
+            stalls[0] = max(stalls[0], loop.time() - before - 0.01)
+
+    prober = asyncio.ensure_future(probe())
     start = loop.time()
     jobs: list[tuple[asyncio.Task[tuple[str, float, float]], float, float | None, str, bool]] = []
     for n in range(600):
@@ -109,6 +122,9 @@ async def test_mixed_deadlines_each_end_at_their_own_time(seed: int) -> None:
     # Every deadline is at most ~1.1 s from the start: 20 s is a bound for a hang, not for the deadlines. CI met the
     # 10 s it had twice (seed 1, CancelledError) where 8 local runs took 2.3 s: what was still waiting is named.
     _, waiting = await asyncio.wait([j[0] for j in jobs], timeout=20)
+    probing = False
+    await prober
+    late = LATE + stalls[0]
     assert not waiting, [(path, round(deadline - start, 3), answer and round(answer - start, 3), cancel)
                          for task, deadline, answer, path, cancel in jobs if task in waiting][:20]
     for task, deadline, answer, path, cancel in jobs:
@@ -118,10 +134,10 @@ async def test_mixed_deadlines_each_end_at_their_own_time(seed: int) -> None:
         outcome, began, ended = task.result()
         due = max(deadline, began)  # a deadline already past when the request started: it ends at once
         if answer is not None and outcome == "200":
-            assert ended <= due + LATE
+            assert ended <= due + late, (ended - due, stalls[0])
             continue
         assert outcome == "timeout", (outcome, path, answer, deadline - start)
-        assert deadline <= ended <= due + LATE, (ended - due, path)
+        assert deadline <= ended <= due + late, (ended - due, path, stalls[0])
     assert not module._races, len(module._races)
     await module.stop()
     assert module._sweep is None
