@@ -10,6 +10,23 @@ def main() -> int:
         return run()
     except KeyboardInterrupt:
         return _interrupted()
+    except RuntimeError as exc:
+        # CPython wraps a Ctrl-C landing in a class body's __set_name__ (functools.cached_property, during the
+        # imports: ipaddress) in "RuntimeError: Error calling __set_name__", the interrupt as its cause
+        if _caused_by_interrupt(exc):
+            return _interrupted()
+        raise
+
+
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _interrupted() -> int:
