@@ -57,7 +57,7 @@ from . import closing
 from .allocator import MemoryReleaser
 from .channels import ChannelRelay
 from .closing import StoreCloses, close_within
-from .config import EngineConfig
+from .config import EngineConfig, config_from_mapping
 from .invocations import Invocations, Started
 from .limits import (
     REGISTRATION_OVERHEAD,
@@ -531,8 +531,35 @@ class _ModuleServices:
         undos.append(remove)
 
 
+def _engine_config(config: object) -> EngineConfig:
+    """``Engine``'s ``config`` argument as an :class:`EngineConfig` (a mapping is parsed; anything else is refused
+    naming its type: it failed later with ``AttributeError: 'dict' object has no attribute 'with_overrides'``).
+
+    Example:
+        >>> _engine_config({"port": 0}).port
+        0
+        >>> _engine_config("port: 0")
+        Traceback (most recent call last):
+        ...
+        TypeError: Engine(config=...) takes an EngineConfig or a mapping of configuration keys, got str (for YAML \
+text, use iii_engine.config.parse_config)
+    """
+    if config is None:
+        return EngineConfig()
+    if isinstance(config, EngineConfig):
+        return config
+    if isinstance(config, Mapping):
+        return config_from_mapping(config)
+    hint = " (for YAML text, use iii_engine.config.parse_config)" if isinstance(config, (str, bytes)) else ""
+    raise TypeError(f"Engine(config=...) takes an EngineConfig or a mapping of configuration keys, got "
+                    f"{type(config).__name__}{hint}")
+
+
 class Engine:
     """An iii engine running in this process.
+
+    ``config`` is an :class:`EngineConfig`, or a mapping of the configuration file's keys (``{"port": 0}``), read as
+    :func:`~iii_engine.config.config_from_mapping` reads it; ``host``, ``port`` and ``allow_degraded`` override it.
 
     Example:
         >>> async def main() -> None:  # doctest: +SKIP
@@ -541,8 +568,8 @@ class Engine:
     """
 
     def __init__(self, *, host: str | None = None, port: int | None = None,
-                 config: EngineConfig | None = None, allow_degraded: bool | None = None) -> None:
-        self.config = (config or EngineConfig()).with_overrides(host=host, port=port, allow_degraded=allow_degraded)
+                 config: EngineConfig | Mapping[str, Any] | None = None, allow_degraded: bool | None = None) -> None:
+        self.config = _engine_config(config).with_overrides(host=host, port=port, allow_degraded=allow_degraded)
         self.log = log
         self.registry = Registry()
         self.workers: dict[str, WorkerConnection] = {}
