@@ -284,13 +284,7 @@ class III:
             >>> # except ConnectionError:
             >>> #     ...  # the engine is down: answer "unavailable" now rather than queue the request
         """
-        if within is None:
-            within = _REFERENCE_CONNECT_WAIT_S
-        else:
-            try:  # (the checks of a call's timeout: a huge int, 10**400, has no float and failed with OverflowError)
-                within = _checked_timeout_ms(within, "within")
-            except ValueError:
-                raise ValueError(f"within must be a finite number of seconds >= 0, got {within!r}") from None
+        within = _REFERENCE_CONNECT_WAIT_S if within is None else _checked_seconds(within, "within")
         if self._closed:
             raise ShuttingDownError(self._shutdown_cause)
         await self._connected_within(within)
@@ -392,8 +386,7 @@ class III:
             >>> # iii.shutdown()
             >>> # iii.shutdown(close_timeout=0.25)
         """
-        if close_timeout is not None and not 0 <= close_timeout < math.inf:  # (NaN fails this too)
-            raise ValueError(f"close_timeout must be a finite number of seconds >= 0, got {close_timeout!r}")
+        close_timeout = _checked_close_timeout(close_timeout)
         if not self._bridge.alive:
             return
         if self._shutdown_thread is None:
@@ -407,7 +400,7 @@ class III:
                 raise
         self._bridge.stop()
 
-    async def shutdown_async(self) -> None:
+    async def shutdown_async(self, *, close_timeout: float | None = None) -> None:
         """Disconnect, fail pending calls with ``iii is shutting down``, stop the private loop and join its thread.
 
         From any loop but the client's own, it returns once the loop thread has ended (5 s at most), never blocking
@@ -416,11 +409,17 @@ class III:
         the calling task (the handler's run) has ended: its answer, if it has one, goes nowhere (the connection is
         closed). Safe to call again, from anywhere: a second call waits for the first.
 
+        ``close_timeout`` (ours: the reference SDK has none) is :meth:`shutdown`'s: it bounds the wait for the
+        engine's answer to the WebSocket close, in seconds (default 2), and ``ValueError`` is raised for one that is
+        not a finite number of seconds >= 0.
+
         Example:
             >>> # await iii.shutdown_async()
+            >>> # await iii.shutdown_async(close_timeout=0.25)
         """
+        close_timeout = _checked_close_timeout(close_timeout)
         if asyncio.get_running_loop() is self._loop:
-            await self._shutdown_then_end()
+            await self._shutdown_then_end(close_timeout)
             return
         if not self._bridge.alive:
             return
@@ -428,7 +427,7 @@ class III:
             self._shutdown_thread = threading.get_ident()
         # A task of its own, shielded: a caller cancelled half-way (a deadline) left a client shut down and its
         # loop thread running for good. Kept referenced until it ends (the loop holds tasks only weakly).
-        task = asyncio.ensure_future(self._shutdown_from_outside())
+        task = asyncio.ensure_future(self._shutdown_from_outside(close_timeout))
         self._outside_shutdowns.add(task)
         task.add_done_callback(self._outside_shutdowns.discard)
         await asyncio.shield(task)
@@ -474,20 +473,20 @@ class III:
                         "loop is held: an async handler that blocks it, say); the exit goes on without it",
                         shown_url(self._address), seconds)
 
-    async def _shutdown_from_outside(self) -> None:
+    async def _shutdown_from_outside(self, close_timeout: float | None = None) -> None:
         """:meth:`shutdown_async` from another loop: the shutdown on the client's loop, then the loop's end."""
         try:
-            await self._bridge.run_async(self._shutdown_then_end(), to_its_end=True)
+            await self._bridge.run_async(self._shutdown_then_end(close_timeout), to_its_end=True)
         except LoopStoppedError:
             pass  # another thread's shutdown() stopped the loop once the shutdown was done (or closed it)
         await self._bridge.stop_async()
 
-    async def _shutdown_then_end(self) -> None:
+    async def _shutdown_then_end(self, close_timeout: float | None = None) -> None:
         """On the client's loop: :meth:`_shutdown_on_loop`, then the loop's end once the shutdown has run to its end
         and every task that called this has ended (a handler goes on after its shutdown_async returns), even when a
         caller is cancelled half-way (a handler's deadline, the end of an ``asyncio.run`` on another loop, whose
         cancel reaches this task): nobody may be left to stop the loop."""
-        shut = self._start_shutdown()
+        shut = self._start_shutdown(close_timeout)
         task = asyncio.current_task()
         # (Not when the loop's thread has already ended and someone else runs the loop to close the socket.)
         if task is not None and self._bridge.on_loop_thread():
@@ -1481,6 +1480,27 @@ def _checked_timeout_ms(value: Any, name: str) -> float:
     if not 0 <= value < math.inf:
         raise ValueError(f"{name} must be a finite number of milliseconds >= 0, got {value!r}")
     return _LONGEST_TIMEOUT_MS if value > _LONGEST_TIMEOUT_MS else value
+
+
+def _checked_seconds(value: Any, name: str) -> float:
+    """``value`` as a wait in seconds, checked as a call's timeout is (:func:`_checked_timeout_ms`: a huge int,
+    10**400, has no float and failed with OverflowError); anything else raises ValueError naming ``name``.
+
+    Example:
+        >>> _checked_seconds("0.25", "close_timeout")
+        Traceback (most recent call last):
+        ...
+        ValueError: close_timeout must be a finite number of seconds >= 0, got '0.25'
+    """
+    try:
+        return _checked_timeout_ms(value, name)
+    except ValueError:
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}") from None
+
+
+def _checked_close_timeout(close_timeout: float | None) -> float | None:
+    """:meth:`III.shutdown`'s and :meth:`III.shutdown_async`'s ``close_timeout``, checked (``None``: the default)."""
+    return None if close_timeout is None else _checked_seconds(close_timeout, "close_timeout")
 
 
 class _TelemetrySink:
