@@ -41,6 +41,7 @@ from typing import Any, Final
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.channels import ChannelReader, ChannelWriter
 
+from .asyncio_internals import process_transport
 from .errors import ChannelError, ProcessError
 from .files import _abort_writer
 from .progress import Progress
@@ -356,9 +357,6 @@ async def _write_fd(out: _FdOut, data: bytes) -> None:
             await asyncio.sleep(FULL_BACKOFF_S)
 
 
-_TRANSPORT_ATTRIBUTE = "_transport"
-"""Where asyncio's ``Process`` keeps its ``SubprocessTransport`` (private: read only by :func:`_close_pipes`)."""
-
 STDERR_GRACE_S = 1.0
 """Once the process has exited, how long its stderr may stay open (a background child of it can hold it) before
 the tail read so far is used."""
@@ -536,10 +534,11 @@ class _StdoutAfterExit:
 def _stdout_writer_left(proc: asyncio.subprocess.Process) -> bool | None:
     """Whether a process still holds the write end of ``proc``'s stdout pipe (``None``: cannot be told here).
 
-    Looked at through asyncio's private subprocess transport (as :func:`_close_pipes`), its pipe transport's
-    public ``"pipe"``; a transport that has read the end already (closing) has no writer left."""
-    transport = getattr(proc, _TRANSPORT_ATTRIBUTE, None)
-    if not isinstance(transport, asyncio.SubprocessTransport):
+    Looked at through asyncio's subprocess transport (:func:`~iii_channels.asyncio_internals.process_transport`,
+    as :func:`_close_pipes`), its pipe transport's public ``"pipe"``; a transport that has read the end already
+    (closing) has no writer left."""
+    transport = process_transport(proc)
+    if transport is None:
         return None
     pipe = transport.get_pipe_transport(1)
     if pipe is None:
@@ -676,11 +675,11 @@ def _close_pipes(proc: asyncio.subprocess.Process) -> None:
     pipe nobody reads, and we would hold the pipes for as long as it lived. With our ends closed it gets EPIPE
     (SIGPIPE), as under a shell whose reader went away.
 
-    asyncio's ``Process`` has no public close; its private transport's ``close`` is the one that does this. It is
-    used only here, and only when it is what this was written against (a ``SubprocessTransport``); otherwise
-    the public part is done (stdin closed) and the read ends close when the last process holding them exits."""
-    transport = getattr(proc, _TRANSPORT_ATTRIBUTE, None)
-    if isinstance(transport, asyncio.SubprocessTransport):
+    asyncio's ``Process`` has no public close; its private transport's ``close`` is the one that does this
+    (:func:`~iii_channels.asyncio_internals.process_transport`). Where that cannot be had, the public part is done
+    (stdin closed) and the read ends close when the last process holding them exits."""
+    transport = process_transport(proc)
+    if transport is not None:
         transport.close()
     elif proc.stdin is not None:
         proc.stdin.close()

@@ -21,7 +21,7 @@ import pytest
 
 import iii_channels
 from iii.channels import ChannelWriter
-from iii_channels import ChannelSink, ChannelSource, ProcessError, pipes
+from iii_channels import ChannelSink, ChannelSource, ProcessError, asyncio_internals, pipes
 from iii_engine.channels import ChannelRelay
 from tests.polling import until
 from tests.unit.channels_adapters.test_attack_c2_adapters import _alive, _open_fds
@@ -168,7 +168,7 @@ async def test_without_asyncios_private_transport_the_group_kill_still_frees_the
     """The fallback of _close_pipes (asyncio's Process without the private transport this was written against):
     only the public stdin close is done, and the group kill ends the background child holding our pipes, so
     the run still ends promptly and holds no fd afterwards."""
-    monkeypatch.setattr(pipes, "_TRANSPORT_ATTRIBUTE", "_no_such_attribute")
+    monkeypatch.setattr(asyncio_internals, "MISSING", ("asyncio.subprocess.Process._transport",))
     writer, reader = ends(*relay)
     baseline = _open_fds()
     script = f"exec >&-; yes >&2 & echo $! > {started.pidfile}; exit 3"
