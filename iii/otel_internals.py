@@ -63,18 +63,31 @@ def missing(name: str) -> None:
 
 
 def _all_have(objects: Iterable[Any], name: str, what: str) -> bool:
-    for obj in objects:
-        if not hasattr(obj, name):
-            missing(f"{what}.{name}")
-            return False
-    return True
+    return all(_has(obj, (name,), what) for obj in objects)
 
 
 def _has(obj: Any, names: Iterable[str], what: str) -> bool:
-    absent = [name for name in names if not hasattr(obj, name)]
-    if absent:
-        missing(f"{what}.{absent[0]}")
-    return not absent
+    return _fields_hold(obj, ((name, object) for name in names), what)
+
+
+def _fields_hold(obj: Any, fields: Iterable[tuple[str, Any]], what: str) -> bool:
+    """Whether ``obj`` has every field of ``fields`` (``(name, type)`` pairs; a type is anything ``isinstance``
+    takes: a class, a union such as ``threading.Thread | None``, ``Callable``); else one warning naming the first
+    field that is absent or of another type as ``what.name``.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> batch = SimpleNamespace(_queue=collections.deque(), _worker_thread=None)
+        >>> _fields_hold(batch, [("_queue", collections.deque), ("_worker_thread", threading.Thread | None)], "Demo")
+        True
+        >>> _fields_hold(batch, [("_queue", list)], "Demo")  # one warning: Demo._queue
+        False
+    """
+    for name, kind in fields:
+        if not hasattr(obj, name) or not isinstance(getattr(obj, name), kind):
+            missing(f"{what}.{name}")
+            return False
+    return True
 
 
 # --- the SDK's BatchProcessor (behind BatchSpanProcessor and BatchLogRecordProcessor) -----------------------------
@@ -86,25 +99,47 @@ _BATCH_FIELDS: Final = (("_exporter", object), ("_queue", collections.deque), ("
 
 def batch_of(processor: Any) -> Any | None:
     """The SDK's ``BatchProcessor`` inside ``processor`` (a ``BatchSpanProcessor``/``BatchLogRecordProcessor``) when
-    it has the fields this module uses, else ``None`` (one warning)."""
+    it has the fields this module uses, else ``None`` (one warning).
+
+    Example:
+        >>> from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+        >>> processor = BatchSpanProcessor(ConsoleSpanExporter())
+        >>> batch_of(processor) is not None, batch_of(object()) is None  # (the second warns once)
+        (True, True)
+        >>> processor.shutdown()
+    """
     batch = getattr(processor, "_batch_processor", None)
     if batch is None:
         missing(f"{type(processor).__name__}._batch_processor")
         return None
-    for name, kind in _BATCH_FIELDS:
-        if not isinstance(getattr(batch, name, None), kind):
-            missing(f"BatchProcessor.{name}")
-            return None
-    return batch
+    return batch if _fields_hold(batch, _BATCH_FIELDS, "BatchProcessor") else None
 
 
 def batch_exporter(batch: Any) -> Any:
-    """The exporter a :func:`batch_of` batch exports to."""
+    """The exporter a :func:`batch_of` batch exports to.
+
+    Example:
+        >>> from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+        >>> exporter = ConsoleSpanExporter()
+        >>> processor = BatchSpanProcessor(exporter)
+        >>> batch_exporter(batch_of(processor)) is exporter
+        True
+        >>> processor.shutdown()
+    """
     return batch._exporter
 
 
 def set_batch_exporter(batch: Any, exporter: Any) -> None:
-    """Make a :func:`batch_of` batch (its queue empty) export to ``exporter`` from now on."""
+    """Make a :func:`batch_of` batch (its queue empty) export to ``exporter`` from now on.
+
+    Example:
+        >>> from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+        >>> processor, other = BatchSpanProcessor(ConsoleSpanExporter()), ConsoleSpanExporter()
+        >>> set_batch_exporter(batch_of(processor), other)
+        >>> batch_exporter(batch_of(processor)) is other
+        True
+        >>> processor.shutdown()
+    """
     batch._exporter = exporter
 
 
@@ -155,7 +190,19 @@ def text_emitter(batch: Any, exporter: Any, emit: Callable[[Any], None], light_t
     to ``exporter``: the text of a ``light_type`` span by ``light_text``, of any other by ``span_text``; a text over
     ``text_max`` characters or one that fails goes as the span. While ``emit`` is the SDK's own ``BatchProcessor.emit``
     of the known source, its usual case (running, same process, queue not full) is done here, exactly as there,
-    without its ``os.getpid()`` system call and its Python-level call per span; anything else goes to ``emit``."""
+    without its ``os.getpid()`` system call and its Python-level call per span; anything else goes to ``emit``.
+
+    Example:
+        >>> from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+        >>> exporter = ConsoleSpanExporter()
+        >>> processor = BatchSpanProcessor(exporter)
+        >>> batch = batch_of(processor)
+        >>> emit = text_emitter(batch, exporter, batch.emit, str, str.upper, repr, 10)
+        >>> emit("span"); emit(7); emit("a long span")  # the last one's text is over 10 characters
+        >>> list(batch._queue)  # newest first: the span itself, repr of the int (not a str), the str's upper
+        ['a long span', '7', 'SPAN']
+        >>> batch._queue.clear(); processor.shutdown()
+    """
     inline = _EMIT_KNOWN and getattr(emit, "__func__", None) is _EMIT and getattr(emit, "__self__", None) is batch
 
     def emit_text(span: Any) -> None:
@@ -193,7 +240,17 @@ def retarget_providers(tracer_provider: Any, log_provider: Any | None, meter_pro
 
     OpenTelemetry has no public way to change a provider's resource (its at-fork handlers use these same private
     attributes). Everything is checked before anything is changed: :class:`InternalsMissing` (nothing changed)
-    when a layout differs, and the caller builds new providers instead."""
+    when a layout differs, and the caller builds new providers instead.
+
+    Example:
+        >>> from opentelemetry.sdk.resources import Resource
+        >>> from opentelemetry.sdk.trace import TracerProvider
+        >>> provider = TracerProvider(resource=Resource({"service.name": "before"}))
+        >>> retarget_providers(provider, None, None, Resource({"service.name": "after"}))
+        >>> provider.resource.attributes["service.name"]
+        'after'
+        >>> provider.shutdown()
+    """
     ok = _has(tracer_provider, _TRACER_PROVIDER_FIELDS, "TracerProvider") and _all_have(
         tracer_provider._tracers.values(), "_set_resource", "Tracer")
     if ok and log_provider is not None:
@@ -237,7 +294,17 @@ def retarget_providers(tracer_provider: Any, log_provider: Any | None, meter_pro
 
 
 def log_processors(log_provider: Any) -> tuple[Any, ...] | None:
-    """The log record processors of ``log_provider`` (an SDK ``LoggerProvider``), or ``None`` on another layout."""
+    """The log record processors of ``log_provider`` (an SDK ``LoggerProvider``), or ``None`` on another layout.
+
+    Example:
+        >>> from opentelemetry.sdk._logs import LoggerProvider
+        >>> from opentelemetry.sdk._logs.export import ConsoleLogRecordExporter, SimpleLogRecordProcessor
+        >>> provider, processor = LoggerProvider(), SimpleLogRecordProcessor(ConsoleLogRecordExporter())
+        >>> provider.add_log_record_processor(processor)
+        >>> log_processors(provider) == (processor,)
+        True
+        >>> provider.shutdown()
+    """
     multi = getattr(log_provider, "_multi_log_record_processor", None)
     processors = getattr(multi, "_log_record_processors", None)
     if type(processors) is not tuple:
@@ -250,7 +317,18 @@ def drop_added_processors(tracer_provider: Any, own_span_processor: Any, log_pro
                           own_log_processors: tuple[Any, ...]) -> list[Any]:
     """Leave only ``own_span_processor`` on ``tracer_provider`` and ``own_log_processors`` on ``log_provider``;
     returns the processors taken off (to be shut down). :class:`InternalsMissing` (nothing changed) on another
-    layout: the caller does not reuse the providers then."""
+    layout: the caller does not reuse the providers then.
+
+    Example:
+        >>> from opentelemetry.sdk.trace import TracerProvider
+        >>> from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+        >>> provider = TracerProvider()
+        >>> own, added = SimpleSpanProcessor(ConsoleSpanExporter()), SimpleSpanProcessor(ConsoleSpanExporter())
+        >>> provider.add_span_processor(own); provider.add_span_processor(added)
+        >>> drop_added_processors(provider, own, None, ()) == [added]
+        True
+        >>> provider.shutdown()
+    """
     spans = getattr(tracer_provider, "_active_span_processor", None)
     logs = None if log_provider is None else getattr(log_provider, "_multi_log_record_processor", None)
     if spans is None or not (_has(spans, ("_lock", "_span_processors"), "SynchronousMultiSpanProcessor")
@@ -270,33 +348,32 @@ def drop_added_processors(tracer_provider: Any, own_span_processor: Any, log_pro
 
 # --- parked pipelines: their worker threads stopped while no client uses them, started again on reuse -------------
 
-def _batch_can_pause(batch: Any) -> bool:
-    if isinstance(getattr(batch, "_worker_thread", None), threading.Thread) and callable(
-            getattr(batch, "_at_fork_reinit", None)):
-        return True
-    missing("BatchProcessor._worker_thread/_at_fork_reinit")
-    return False
+# The fields pause_workers and resume_workers use, with the type each must have.
+# (a batch's other fields are checked by batch_of)
+_BATCH_WORKER_FIELDS: Final = (("_worker_thread", threading.Thread), ("_at_fork_reinit", Callable))
+_READER_RESUME_FIELDS: Final = (("_shutdown_event", threading.Event), ("_daemon_thread", threading.Thread | None),
+                                ("_at_fork_reinit", Callable))
+_READER_PAUSE_FIELDS: Final = (*_READER_RESUME_FIELDS, ("_shutdown", bool))
 
 
-def _reader_can_pause(reader: Any) -> bool:
-    if (isinstance(getattr(reader, "_shutdown_event", None), threading.Event)
-            and isinstance(getattr(reader, "_daemon_thread", None), threading.Thread | None)
-            and getattr(reader, "_shutdown", None) is False and callable(getattr(reader, "_at_fork_reinit", None))):
-        return True
-    missing("PeriodicExportingMetricReader._shutdown_event/_daemon_thread/_at_fork_reinit")
-    return False
-
-
-def _reader_can_resume(reader: Any) -> bool:
-    if isinstance(getattr(reader, "_shutdown_event", None), threading.Event) and callable(
-            getattr(reader, "_at_fork_reinit", None)):
-        return True
-    missing("PeriodicExportingMetricReader._shutdown_event/_at_fork_reinit")
-    return False
+def _workers_hold(batches: list[Any], readers: list[Any], reader_fields: Iterable[tuple[str, Any]]) -> bool:
+    """Whether every batch and reader has the fields :func:`pause_workers`/:func:`resume_workers` use."""
+    return all(_fields_hold(batch, _BATCH_WORKER_FIELDS, "BatchProcessor") for batch in batches) and all(
+        _fields_hold(reader, reader_fields, "PeriodicExportingMetricReader") for reader in readers)
 
 
 def metric_readers(meter_provider: Any) -> list[Any] | None:
-    """The metric readers of ``meter_provider`` (an SDK ``MeterProvider``), or ``None`` on another layout."""
+    """The metric readers of ``meter_provider`` (an SDK ``MeterProvider``), or ``None`` on another layout.
+
+    Example:
+        >>> from opentelemetry.sdk.metrics import MeterProvider
+        >>> from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        >>> reader = InMemoryMetricReader()
+        >>> provider = MeterProvider(metric_readers=[reader])
+        >>> metric_readers(provider) == [reader]
+        True
+        >>> provider.shutdown()
+    """
     readers = getattr(meter_provider, "_metric_readers", None)
     if not isinstance(readers, list | tuple):
         missing("MeterProvider._metric_readers")
@@ -312,9 +389,21 @@ def pause_workers(batches: Iterable[Any], readers: Iterable[Any], timeout_s: flo
     callback that is never removed, which is why pipelines are reused); stopping them the way a shutdown does,
     without the shutdown's point of no return, uses their private fields. ``False`` when a layout differs (nothing
     changed) or a thread did not end within ``timeout_s`` (an export in flight): the caller shuts the pipeline down.
+
+    Example:
+        >>> from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+        >>> processor = BatchSpanProcessor(ConsoleSpanExporter())
+        >>> batch = batch_of(processor)
+        >>> pause_workers([batch], [], timeout_s=5), batch._worker_thread.is_alive()
+        (True, False)
+        >>> resume_workers([batch], []); batch._worker_thread.is_alive()
+        True
+        >>> processor.shutdown()
     """
     batches, readers = list(batches), list(readers)
-    if not all(_batch_can_pause(batch) for batch in batches) or not all(_reader_can_pause(r) for r in readers):
+    if not _workers_hold(batches, readers, _READER_PAUSE_FIELDS):
+        return False
+    if any(reader._shutdown for reader in readers):  # shut down by its user (not another layout): not reusable
         return False
     threads: list[threading.Thread] = []
     for batch in batches:
@@ -333,9 +422,17 @@ def pause_workers(batches: Iterable[Any], readers: Iterable[Any], timeout_s: flo
 
 def resume_workers(batches: Iterable[Any], readers: Iterable[Any]) -> None:
     """Start again the threads :func:`pause_workers` stopped (each batch's queue starts empty), the way the SDK
-    restarts them in a forked child. :class:`InternalsMissing` (nothing changed, one warning) on another layout."""
+    restarts them in a forked child. :class:`InternalsMissing` (nothing changed, one warning) on another layout.
+
+    Example (see :func:`pause_workers` for a resumed batch):
+        >>> try:
+        ...     resume_workers([object()], [])
+        ... except InternalsMissing:
+        ...     print("another layout")
+        another layout
+    """
     batches, readers = list(batches), list(readers)
-    if not all(_batch_can_pause(batch) for batch in batches) or not all(_reader_can_resume(r) for r in readers):
+    if not _workers_hold(batches, readers, _READER_RESUME_FIELDS):
         raise InternalsMissing("a parked pipeline's threads cannot be started again on this OpenTelemetry")
     for batch in batches:
         batch._shutdown = False
@@ -450,7 +547,16 @@ def _frozen_copy(attributes: Any) -> Any:
 
 def agnostic_contextmanager(function: Callable[..., Any]) -> Callable[..., Any]:
     """The API's ``_agnosticcontextmanager`` (a context manager usable as a decorator of coroutines too, as the
-    SDK tracer's ``start_as_current_span``), else ``contextlib.contextmanager``."""
+    SDK tracer's ``start_as_current_span``), else ``contextlib.contextmanager``.
+
+    Example:
+        >>> @agnostic_contextmanager
+        ... def scope(name):
+        ...     yield name.upper()
+        >>> with scope("work") as value:
+        ...     value
+        'WORK'
+    """
     try:
         from opentelemetry.util._decorator import _agnosticcontextmanager
     except ImportError:

@@ -1,0 +1,109 @@
+"""Mends of telemetry's review: the internals checks of parked pipelines (one helper: nothing changed and one
+warning when a field is missing), the fallback warning saying what each fallback costs, and a shutdown racing
+another one returning only once the other's flush is over."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from iii import otel_internals
+from iii.otel_internals import InternalsMissing, batch_of, pause_workers, resume_workers
+
+
+class _Reader:
+    """A periodic metric reader's fields as pause_workers/resume_workers use them (no thread: infinite interval)."""
+
+    def __init__(self) -> None:
+        self._shutdown_event = threading.Event()
+        self._daemon_thread: threading.Thread | None = None
+        self._shutdown = False
+
+    def _at_fork_reinit(self) -> None:
+        raise AssertionError("no thread to start again")
+
+
+@pytest.fixture
+def warnings(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """The warnings of iii.otel_internals, each internal's warned afresh."""
+    monkeypatch.setattr(otel_internals, "_warned", set())
+    caplog.set_level(logging.WARNING, "iii.otel_internals")
+    return caplog
+
+
+def _batch(processor: BatchSpanProcessor) -> Any:
+    batch = batch_of(processor)
+    assert batch is not None
+    return batch
+
+
+def _messages(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.name == "iii.otel_internals"]
+
+
+def test_a_reader_without_its_thread_field_is_not_paused_and_nothing_changes(
+        warnings: pytest.LogCaptureFixture) -> None:
+    # before: an absent _daemon_thread passed the check (getattr's default None is a Thread | None), the batches
+    # were stopped, then AttributeError out of the client's shutdown
+    processor = BatchSpanProcessor(InMemorySpanExporter())
+    batch = _batch(processor)
+    reader = _Reader()
+    del reader._daemon_thread
+    try:
+        assert pause_workers([batch], [reader], timeout_s=5) is False
+        assert batch._shutdown is False and batch._worker_thread.is_alive()  # nothing changed
+        assert not reader._shutdown_event.is_set()
+        with pytest.raises(InternalsMissing):  # before: the batch resumed, then AttributeError
+            resume_workers([batch], [reader])
+    finally:
+        processor.shutdown()  # type: ignore[no-untyped-call]
+    (message,) = _messages(warnings)  # one warning for both calls
+    assert "PeriodicExportingMetricReader._daemon_thread" in message
+
+
+def test_a_reader_shut_down_by_its_user_is_not_paused_and_not_called_another_layout(
+        warnings: pytest.LogCaptureFixture) -> None:
+    reader = _Reader()
+    reader._shutdown = True
+    assert pause_workers([], [reader], timeout_s=5) is False
+    assert not reader._shutdown_event.is_set()
+    assert _messages(warnings) == []  # before: "internal ... not found (another opentelemetry-sdk layout)"
+
+
+def test_each_check_warns_once_naming_the_first_field_of_another_type(warnings: pytest.LogCaptureFixture) -> None:
+    processor = BatchSpanProcessor(InMemorySpanExporter())
+    batch = _batch(processor)
+    try:
+        batch_thread = batch._worker_thread
+        batch._worker_thread = "not a thread"
+        for _ in range(2):
+            assert pause_workers([batch], [], timeout_s=5) is False
+            with pytest.raises(InternalsMissing):
+                resume_workers([batch], [])
+        batch._worker_thread = batch_thread
+        assert batch._shutdown is False and batch_thread.is_alive()
+    finally:
+        processor.shutdown()  # type: ignore[no-untyped-call]
+    (message,) = _messages(warnings)
+    assert "BatchProcessor._worker_thread" in message
+
+
+def test_a_batch_field_of_another_type_leaves_no_batch(warnings: pytest.LogCaptureFixture,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    processor = BatchSpanProcessor(InMemorySpanExporter())
+    try:
+        batch: Any = processor._batch_processor
+        monkeypatch.setattr(batch, "_max_queue_size", "2048")
+        assert batch_of(processor) is None
+        del batch._max_queue_size
+        assert batch_of(processor) is None
+    finally:
+        monkeypatch.undo()
+        processor.shutdown()  # type: ignore[no-untyped-call]
+    (message,) = _messages(warnings)
+    assert "BatchProcessor._max_queue_size" in message
