@@ -405,11 +405,23 @@ EXIT_REPORT_GRACE_S = 1.0
 """Once the pidfd showed a process exited within its time: how long asyncio's report of it may take after."""
 
 
-def _readable(fd: int) -> bool:
-    """Whether ``fd`` is readable now (a pidfd: its process has exited)."""
+def _read_events(fd: int) -> int:
+    """The events ``fd`` reports for a read right now, without waiting (``POLLIN``, ``POLLHUP``...; 0: none): a
+    pidfd is readable once its process has exited, a pipe with no writer left reports ``POLLHUP``.
+
+    Example:
+        >>> import os
+        >>> read_end, write_end = os.pipe()
+        >>> _read_events(read_end)
+        0
+        >>> os.close(write_end)
+        >>> bool(_read_events(read_end) & select.POLLHUP)
+        True
+        >>> os.close(read_end)
+    """
     poller = select.poll()
     poller.register(fd, select.POLLIN)
-    return bool(poller.poll(0))
+    return next((mask for _, mask in poller.poll(0)), 0)  # one fd registered: one entry at most
 
 
 async def _until_exited(proc: asyncio.subprocess.Process, within: float | None) -> None:
@@ -441,7 +453,7 @@ async def _until_exited(proc: asyncio.subprocess.Process, within: float | None) 
         while proc.returncode is None:
             left = None if deadline is None else deadline - loop.time()
             if left is not None and left <= 0:
-                if reported is not None or pidfd is None or not (exited.done() or _readable(pidfd)):
+                if reported is not None or pidfd is None or not (exited.done() or _read_events(pidfd)):
                     return
                 # exited within the time, its report on its way
                 reported = deadline = loop.time() + EXIT_REPORT_GRACE_S
@@ -546,13 +558,10 @@ def _stdout_writer_left(proc: asyncio.subprocess.Process) -> bool | None:
     if pipe.is_closing():
         return False  # its end was read (the file is closed only later, so its fd number is still ours)
     try:
-        fd = pipe.get_extra_info("pipe").fileno()
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        events = poller.poll(0)
+        events = _read_events(pipe.get_extra_info("pipe").fileno())
     except (AttributeError, OSError, ValueError):
         return None
-    return not any(mask & select.POLLHUP for _, mask in events)
+    return not events & select.POLLHUP
 
 
 def _check_exit_timeout(exit_timeout: float | None) -> None:
