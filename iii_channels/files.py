@@ -451,7 +451,8 @@ def file_header(name: str, size: int | None) -> str:
 
 def _short(name: str) -> str:
     """``name``, its first 40 and last 16 characters only when it is longer: a sender's name goes into errors,
-    and a crafted one (40 KB of a 200-level name) would be most of the message.
+    and a crafted one (40 KB of a 200-level name) would be most of the message. Not ``iii.protocol.codec.clip``:
+    that keeps the head alone (``'d/d/…(89 chars)``), and the tail of a path is the entry that failed.
 
     Example:
         >>> _short("a.txt"), _short("d/" * 40 + "end.txt")
