@@ -289,6 +289,22 @@ class III:
             raise ShuttingDownError(self._shutdown_cause)
         await self._connected_within(within)
 
+    def wait_until_connected(self, within: float | None = None) -> None:
+        """Block until the client is connected, at most ``within`` seconds (``None``: 30 s, :func:`register_worker`'s
+        bound): the sync form of :meth:`wait_until_connected_async`, with its errors and its checks of ``within``.
+        Ours: the reference SDK has no such call (its ``register_worker`` waits, privately). For a thread with no
+        loop of its own, as a command line's; from an async handler of this client it raises ``RuntimeError`` (it
+        would block the loop it waits on): await :meth:`wait_until_connected_async` there.
+
+        Example:
+            >>> # iii = III("ws://localhost:49134")
+            >>> # iii.wait_until_connected(2)  # ConnectionError after 2 s when the engine is down
+        """
+        within = _REFERENCE_CONNECT_WAIT_S if within is None else _checked_seconds(within, "within")
+        if self._closed:
+            raise ShuttingDownError(self._shutdown_cause)
+        self._wait_until_connected(within)
+
     def _wait_until_connected(self, timeout: float | None = None) -> None:
         """Block until connected; ``ConnectionError`` when that did not happen within ``timeout`` seconds
         (default: the 30 s bound) or reconnection gave up (``max_retries``)."""
@@ -531,6 +547,28 @@ class III:
     def worker_id(self) -> str | None:
         """The id the engine gave this connection (``None`` before ``workerregistered``)."""
         return self._session.worker_id
+
+    @property
+    def last_connection_error(self) -> str | None:
+        """Why the last connection attempt failed (``None`` before any failure), as the ``ConnectionError`` of a
+        wait names it. Ours: the reference SDK has no such property.
+
+        Example:
+            >>> # iii.last_connection_error  # 'Connection refused', say
+        """
+        return self._conn.last_error
+
+    @property
+    def last_connection_loss(self) -> str | None:
+        """Why the last connection that was up (WebSocket handshake done) ended, as websockets tells it (``None``
+        while none has ended): what a wait that saw no connection can say about a server that completes the
+        handshake and then closes, or sends what is not a WebSocket frame. Ours: the reference SDK has no such
+        property.
+
+        Example:
+            >>> # iii.last_connection_loss  # 'received 1011 (internal error) going away', say
+        """
+        return self._conn.last_lost
 
     def send_telemetry(self, frame: bytes) -> None:
         """Send one binary telemetry frame (``OTLP``/``MTRC``/``LOGS`` + body) on the worker socket.

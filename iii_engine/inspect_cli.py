@@ -358,10 +358,9 @@ class _Engine:
         except ValueError as exc:
             raise InspectError(f"bad --url: {exc}") from None
         try:
-            # register_worker's wait, with what is left of --timeout for its 30 s bound (the SDK's sync wait is
-            # private; the public one is async, and this command runs no loop of its own). It also waits for the
-            # engine to name the worker, within the same bound.
-            self.client._wait_until_connected(self._left())
+            # register_worker's wait, with what is left of --timeout for its 30 s bound (none left: a wait of 0,
+            # which fails unless connected). It also waits for the engine to name the worker, within the same bound.
+            self.client.wait_until_connected(max(0.0, self._left()))
         except ConnectionError as exc:
             self.close()
             if self._left() > 0:  # refused, or not an engine: the SDK gave up, and its line (URL masked) says why
@@ -379,19 +378,18 @@ class _Engine:
 
     def _not_connected(self) -> str:
         """Why no connection was up at the deadline, from what the SDK's connection recorded."""
-        # The client's Connection keeps both (public on it); the client itself reports neither.
-        conn = self.client._conn
-        if conn.last_lost is not None:
+        lost, error = self.client.last_connection_loss, self.client.last_connection_error
+        if lost is not None:
             return (f"{self.url}: the WebSocket handshake completed, but no connection stayed up {self._within()}; "
-                    f"the last one was lost: {conn.last_lost} (is it an iii engine's worker port?)")
+                    f"the last one was lost: {lost} (is it an iii engine's worker port?)")
         text = f"{self.url}: the connection and WebSocket handshake did not complete {self._within()}"
-        if conn.last_error:
-            text += f"; last attempt: {conn.last_error}"
+        if error:
+            text += f"; last attempt: {error}"
         return text
 
     def _no_answer(self, function_id: str) -> str:
         text = f"{self.url}: {function_id} got no answer {self._within()}"
-        lost = self.client._conn.last_lost  # (see _not_connected)
+        lost = self.client.last_connection_loss
         if lost is not None:
             text += f"; the connection was lost and made again meanwhile (the last loss: {lost})"
         elif self.client.worker_id is None:
