@@ -678,19 +678,22 @@ class TelemetryRuntime:
             self.connection = None
             return pipeline
 
+    def _flush_and_park(self, pipeline: _Pipeline) -> None:
+        """Export what ``pipeline`` holds to its (last) client, then park it; blocks (async callers: in a thread)."""
+        _flush_providers(pipeline.providers())
+        self._park(pipeline)  # joins the pipeline's threads
+
     def shutdown_otel(self) -> None:
         """Flush every provider; telemetry is off until the next ``init_otel``, which reuses them."""
         pipeline = self._take_state()
         if pipeline is not None:
-            _flush_providers(pipeline.providers())
-            self._park(pipeline)
+            self._flush_and_park(pipeline)
 
     async def shutdown_otel_async(self) -> None:
         """Like :func:`shutdown_otel`, without blocking the event loop while the last batches are exported."""
         pipeline = self._take_state()
         if pipeline is not None:
-            await asyncio.to_thread(_flush_providers, pipeline.providers())
-            await asyncio.to_thread(self._park, pipeline)  # joins the pipeline's threads
+            await asyncio.to_thread(self._flush_and_park, pipeline)
 
     def force_flush(self, timeout_millis: int = 5_000) -> bool:
         """Export everything recorded so far (ours). ``True`` when every provider flushed in time."""
@@ -756,8 +759,7 @@ class TelemetryRuntime:
         with self._membership_lock:  # (no await inside: a client's start waits at most for this step)
             pipeline = self._take_state() if self._release(owner) else None
         if pipeline is not None:
-            await asyncio.to_thread(_flush_providers, pipeline.providers())
-            await asyncio.to_thread(self._park, pipeline)  # joins the pipeline's threads
+            await asyncio.to_thread(self._flush_and_park, pipeline)
 
     def get_tracer(self) -> Any:
         """The SDK's tracer, or ``None`` before ``init_otel``."""

@@ -4,6 +4,7 @@ another one returning only once the other's flush is over."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from typing import Any
@@ -12,8 +13,9 @@ import pytest
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from iii import otel_internals
+from iii import otel_internals, telemetry
 from iii.otel_internals import InternalsMissing, batch_of, pause_workers, resume_workers
+from iii.telemetry_types import OtelConfig
 
 
 class _Reader:
@@ -107,3 +109,40 @@ def test_a_batch_field_of_another_type_leaves_no_batch(warnings: pytest.LogCaptu
         processor.shutdown()  # type: ignore[no-untyped-call]
     (message,) = _messages(warnings)
     assert "BatchProcessor._max_queue_size" in message
+
+
+def _config(service: str, interval_ms: int) -> OtelConfig:
+    # a metrics interval of its own: the test's pipeline is not another test's parked one
+    return OtelConfig(enabled=True, service_name=service, fetch_instrumentation_enabled=False,
+                      metrics_export_interval_ms=interval_ms)
+
+
+@pytest.mark.parametrize("how", ["sync", "async", "release"])
+def test_every_shutdown_path_flushes_then_parks_through_one_step(how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    telemetry.shutdown_otel()
+    runtime = telemetry.runtime()
+    frames: list[bytes] = []
+    owner = object()
+    telemetry.init_otel(_config("one-step", 3_600_010), frame_sink=frames.append)
+    telemetry.register_client(owner, frames.append)
+    pipeline = runtime.pipeline
+    tracer: Any = telemetry.get_tracer()
+    with tracer.start_as_current_span("flushed"):
+        pass
+    steps: list[Any] = []
+    flush_and_park = runtime._flush_and_park
+
+    def counted(taken: Any) -> None:
+        steps.append(taken)
+        flush_and_park(taken)
+
+    monkeypatch.setattr(runtime, "_flush_and_park", counted)
+    if how == "sync":
+        telemetry.shutdown_otel()
+    elif how == "async":
+        asyncio.run(telemetry.shutdown_otel_async())
+    else:
+        asyncio.run(telemetry.release_client_async(owner))
+    assert pipeline is not None and steps == [pipeline]
+    assert runtime._parked.get(pipeline.key) is pipeline
+    assert any(frame.startswith(b"OTLP") for frame in frames)  # flushed before it was parked
