@@ -112,7 +112,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, Pool
-from sqlalchemy.util import greenlet_spawn
+from sqlalchemy.util import asbool, greenlet_spawn
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.handler_threads import EXIT_HOOK_MISSING, at_exit_start
@@ -1142,14 +1142,32 @@ def _file_path(url: URL) -> str | None:
     if not database or not _is_file_database(url):
         return None
     # (without uri=true SQLAlchemy hands SQLite the absolute path of the text as it is: a file named "file:…")
-    if database.startswith("file:") and str(url.query.get("uri", "")).strip().lower() in _TRUE_WORDS:
+    if database.startswith("file:") and _sqlite_uri(url):
         return _uri_file_path(database)
     # SQLite opens the file a symlink points to and keeps its -wal and -shm beside that file, not beside the link
     return os.path.realpath(database)
 
 
-# the words SQLAlchemy's sqlite driver reads as true in a URL's query (sqlalchemy.util.asbool)
-_TRUE_WORDS: Final = frozenset({"true", "yes", "on", "y", "t", "1"})
+def _sqlite_uri(url: URL) -> bool:
+    """Whether SQLAlchemy's sqlite driver hands SQLite the URL's database as a ``file:`` URI: its ``uri`` option read
+    as the driver reads it (``sqlalchemy.util.asbool``: true, yes, on, y, t or 1, any case). A value it reads as
+    neither true nor false is refused naming the option (SQLAlchemy's own words, "String is not true/false:
+    'maybe'", do not name it).
+
+    Example:
+        >>> _sqlite_uri(make_url("sqlite+aiosqlite:///file:s.db?uri=Yes")), _sqlite_uri(make_url("sqlite:///s.db"))
+        (True, False)
+        >>> _sqlite_uri(make_url("sqlite+aiosqlite:///file:s.db?uri=maybe"))
+        Traceback (most recent call last):
+        ...
+        ValueError: SQLite URL option uri='maybe': not true or false (true, yes, on, y, t, 1 / false, no, off, n, f, 0)
+    """
+    value = url.query.get("uri", False)
+    try:
+        return asbool(value)
+    except ValueError:
+        raise ValueError(f"SQLite URL option uri={value!r}: not true or false (true, yes, on, y, t, 1 / false, no, "
+                         "off, n, f, 0)") from None
 
 
 def _uri_file_path(uri: str) -> str | None:
@@ -1395,6 +1413,7 @@ class SQLStream(FieldUpdates):
         if sa_url.get_driver_name() == "asyncpg":
             _check_asyncpg_query(sa_url)
         if sa_url.get_backend_name() == "sqlite":
+            _sqlite_uri(sa_url)  # a bad uri= named here, before create_async_engine refuses it in other words
             options.setdefault("connect_args", {}).setdefault("timeout", SQLITE_BUSY_S)  # (sqlite3's busy wait)
             if _is_file_database(sa_url):
                 # SQLAlchemy 2.0.0 (our floor) gave aiosqlite file databases a NullPool: a new connection, its PRAGMAs
