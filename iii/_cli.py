@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import signal
@@ -23,7 +24,7 @@ from urllib.parse import unquote
 
 from ._version import __version__
 
-__all__ = ["MAX_SECONDS", "OneLineParser", "exit_interrupted", "mask_passwords", "seconds"]
+__all__ = ["MAX_SECONDS", "MIN_SECONDS", "OneLineParser", "exit_interrupted", "mask_passwords", "seconds"]
 
 # scheme://user:password@host: the password runs to the authority's LAST '@' (redis-py's urlparse splits there, so
 # a raw '@' in a password is part of it), and may hold '/' or '?' (SQLAlchemy's reading); it never runs into a
@@ -169,12 +170,16 @@ def exit_interrupted(own_process: bool) -> int:
     return 130  # where SIGINT did not end the process
 
 
+MIN_SECONDS: Final = 0.001
+"""The shortest time a command's ``--…timeout SECONDS`` option accepts: below a millisecond nothing answers in time,
+and ``1e-320`` was printed as "9.99989e-321 s"."""
 MAX_SECONDS: Final = 24 * 3600.0
-"""The longest time a command's ``--…-timeout SECONDS`` option accepts."""
+"""The longest time a command's ``--…timeout SECONDS`` option accepts."""
 
 
 def seconds(text: str) -> float:
-    """An argparse ``type=`` for a time limit in seconds: a number more than 0 and at most :data:`MAX_SECONDS`.
+    """An argparse ``type=`` for a time limit in seconds: a number from :data:`MIN_SECONDS` to :data:`MAX_SECONDS`
+    (``nan``, ``inf`` and what is no number get the first message below; the value is quoted as given).
 
     Example:
         >>> seconds("2.5")
@@ -182,14 +187,20 @@ def seconds(text: str) -> float:
         >>> seconds("0")
         Traceback (most recent call last):
         ...
-        argparse.ArgumentTypeError: must be more than 0 and at most 86400 seconds, got 0
+        argparse.ArgumentTypeError: must be a number of seconds from 0.001 up, got '0'
+        >>> seconds("1e6")
+        Traceback (most recent call last):
+        ...
+        argparse.ArgumentTypeError: must be at most 86400 seconds, got '1e6'
     """
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 < value <= MAX_SECONDS:
-        raise argparse.ArgumentTypeError(f"must be more than 0 and at most {MAX_SECONDS:g} seconds, got {text}")
+        value = math.nan
+    if not (math.isfinite(value) and value >= MIN_SECONDS):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds from {MIN_SECONDS:g} up, got {text!r}")
+    if value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_SECONDS:g} seconds, got {text!r}")
     return value
 
 

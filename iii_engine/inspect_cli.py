@@ -16,10 +16,10 @@ their own) and call the observability module's ``engine::*`` functions; they wor
 
 Problems are one line on stderr and exit status 1: an engine that cannot be reached, an engine without the
 observability module, an engine that keeps no spans, an answer of a shape the command does not read, an address that
-does not connect and answer within ``--timeout`` seconds (default 5, at least 0.001): one deadline for the connection,
-the handshake, the engine naming the worker and every call (``logs --follow`` then runs until Ctrl-C). The close at
-the end waits at most :data:`CLOSE_WAIT_S` for the engine's answer. A URL's password or token is never printed. A
-usage error exits with 2.
+does not connect and answer within ``--timeout`` seconds (default 5, from 0.001 to 86400): one deadline for the
+connection, the handshake, the engine naming the worker and every call (``logs --follow`` then runs until Ctrl-C).
+The close at the end waits at most :data:`CLOSE_WAIT_S` for the engine's answer. A URL's password or token is never
+printed. A usage error exits with 2.
 
 Example:
     >>> severity_min("warn")
@@ -51,6 +51,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from iii import InitOptions, ReconnectionConfig
+from iii._cli import MAX_SECONDS, MIN_SECONDS, seconds
 from iii.connection import shown_url
 from iii.errors import InvocationError
 from iii.iii import III
@@ -72,8 +73,6 @@ CONNECT_RETRIES = 4
 #: call, one deadline. Why: against an address that accepted TCP and never answered, a command waited for the SDK's
 #: 30 s connect bound (two 10 s handshakes) and failed after 31 s.
 DEFAULT_TIMEOUT_S = 5.0
-#: The least ``--timeout``: below a millisecond no engine answers, and ``1e-320`` printed as "9.99989e-321 s".
-MIN_TIMEOUT_S = 0.001
 #: Seconds the engine gets to answer the WebSocket close at the end. A read-only session loses nothing when its
 #: socket is dropped instead; the SDK's 2 s made a command against a server that stopped answering end 2 s late.
 CLOSE_WAIT_S = 0.25
@@ -103,16 +102,6 @@ def _positive(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not (math.isfinite(value) and value >= MIN_TIMEOUT_S):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds from {MIN_TIMEOUT_S:g} up, got {text!r}")
     return value
 
 
@@ -155,9 +144,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         sub: argparse.ArgumentParser = commands.add_parser(name, description=description, help=description)
         sub.add_argument("--url", default=os.environ.get("III_URL") or DEFAULT_URL, help=url_help)
         sub.add_argument("--json", action="store_true", help="print the engine's answer as JSON")
-        sub.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+        sub.add_argument("--timeout", type=seconds, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                          help="one deadline for the connection, the handshake and the calls "
-                              f"(default {DEFAULT_TIMEOUT_S:g}, at least {MIN_TIMEOUT_S:g})")
+                              f"(default {DEFAULT_TIMEOUT_S:g}, from {MIN_SECONDS:g} to {MAX_SECONDS:g})")
         return sub
 
     logs = command("logs", "Stored log entries, oldest first.")

@@ -8,6 +8,7 @@ SDK could break the command with nothing in the SDK's own tests to say so. Now `
 
 from __future__ import annotations
 
+import argparse
 import ast
 import asyncio
 import socket
@@ -19,6 +20,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 import iii_engine.inspect_cli
 from iii import InitOptions, ReconnectionConfig
+from iii._cli import seconds
 from iii.errors import ShuttingDownError
 from iii.iii import III
 from tests.integration.engine.test_inspect_hostile import _mute_after_handshake
@@ -113,3 +115,29 @@ async def test_last_connection_loss_says_why_a_connection_that_was_up_ended() ->
             assert "1011" in str(client.last_connection_loss) and "going away" in str(client.last_connection_loss)
         finally:
             await client.shutdown_async(close_timeout=0)
+
+
+# ------------------------------------------------------------------------------- one parser of --…timeout SECONDS
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("1e6", "must be at most 86400 seconds, got '1e6'"),  # inspect's own parser took any finite number
+    ("1e-320", "must be a number of seconds from 0.001 up, got '1e-320'"),  # iii._cli.seconds took it
+    ("0.0009", "must be a number of seconds from 0.001 up, got '0.0009'"),
+    ("x", "must be a number of seconds from 0.001 up, got 'x'"),
+])
+def test_every_commands_timeout_is_read_by_one_parser(capsys: pytest.CaptureFixture[str], value: str,
+                                                      message: str) -> None:
+    with pytest.raises(SystemExit) as exited:
+        iii_engine.inspect_cli.main(["health", "--timeout", value])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == f"iii-engine: argument --timeout: {message} (see iii-engine --help)\n"
+    with pytest.raises(argparse.ArgumentTypeError) as refused:  # what iii-channel and iii-streams use
+        seconds(value)
+    assert str(refused.value) == message
+
+
+def test_the_bounds_themselves_are_accepted() -> None:
+    assert iii_engine.inspect_cli.parse_args(["health", "--timeout", "0.001"]).timeout == 0.001
+    assert iii_engine.inspect_cli.parse_args(["health", "--timeout", "86400"]).timeout == 86400.0
+    assert seconds("0.001") == 0.001 and seconds("86400") == 86400.0
