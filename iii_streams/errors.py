@@ -11,6 +11,8 @@ the matching :class:`StreamError` subclass ``from`` it, so ``exc.__cause__`` is 
 - ``StreamTimeoutError``: an operation did not finish within its ``timeout`` (``applied`` tells a write's outcome)
 - ``StreamBackendError``: the backend refused the operation for another reason (``applied`` tells a write's
   outcome where the store knows it)
+- ``StreamFileLostError``: a ``StreamBackendError``: ``SQLStream``'s SQLite file was deleted, replaced or truncated
+  under the open store
 - ``StreamDataError``: a stored value is not JSON (written by something else)
 - ``StreamTooLargeError``: a group's items are more bytes of JSON than a read's ``max_bytes`` (``list_text``)
 - ``UpdateConflictError``: an optimistic update lost the race too many times in a row
@@ -46,6 +48,7 @@ __all__ = [
     "StreamClosedError",
     "StreamDataError",
     "StreamError",
+    "StreamFileLostError",
     "StreamTimeoutError",
     "StreamTooLargeError",
     "StreamUnavailableError",
@@ -119,11 +122,64 @@ class StreamTimeoutError(StreamError, TimeoutError):
 class StreamBackendError(StreamError):
     """The backend refused the operation (a server error that is neither unavailability nor a timeout).
 
-    ``applied`` tells a write's outcome where the store knows it (``SQLStream``'s check of its SQLite file: ``True``
-    when the write was committed before the file was found gone, ``False`` when it was not); else ``None``.
+    ``applied`` tells a write's outcome where the store knows it (``SQLStream``'s check of its SQLite file,
+    :class:`StreamFileLostError`: ``True`` when the write was committed before the file was found gone, ``False``
+    when it was not); else ``None``.
     """
 
     applied: bool | None = None
+
+
+class StreamFileLostError(PicklesByState, StreamBackendError):
+    """``SQLStream``'s SQLite database file was found deleted, renamed away, replaced or truncated under the open
+    store: this operation and every later one fail so, naming the path. ``problem`` says what was found,
+    ``committed`` what became of a write committed just before the check (``applied``: ``applied_if_committed``),
+    ``advice`` what to do; ``applied`` tells a write's outcome, as :class:`StreamBackendError`'s does.
+
+    Example:
+        >>> error = StreamFileLostError("S: the file is gone", "it went with the file", "reopen the store", True)
+        >>> str(error), isinstance(error, StreamBackendError)
+        ('S: the file is gone; nothing was read or written: reopen the store', True)
+    """
+
+    def __init__(self, problem: str, committed: str, advice: str, applied_if_committed: bool | None,
+                 outcome: str = "nothing was read or written") -> None:
+        super().__init__(f"{problem}; {outcome}: {advice}")
+        self.problem, self.committed, self.advice = problem, committed, advice
+        self.applied_if_committed = applied_if_committed
+
+    def again(self) -> StreamFileLostError:
+        """The same error, to raise for another operation (the store raises one of its own for each).
+
+        Example:
+            >>> error = StreamFileLostError("S: the file is gone", "it went with the file", "reopen the store", True)
+            >>> again = error.again()
+            >>> again is not error, str(again) == str(error)
+            (True, True)
+        """
+        return StreamFileLostError(self.problem, self.committed, self.advice, self.applied_if_committed)
+
+    def for_write(self, sent: bool) -> StreamFileLostError:
+        """Restated for one write: committed (``sent``: its commit or statement was sent, and it succeeded, or this
+        error would not be) or not applied.
+
+        Example:
+            >>> error = StreamFileLostError("S: the file is gone", "it went with the file", "reopen the store", True)
+            >>> for sent in (True, False):
+            ...     restated = error.for_write(sent)
+            ...     print(restated.applied, "|", restated)
+            True | S: the file is gone; it went with the file: reopen the store
+            False | S: the file is gone; this write was not applied: reopen the store
+        """
+        if not sent:
+            error = StreamFileLostError(self.problem, self.committed, self.advice, self.applied_if_committed,
+                                        "this write was not applied")
+            error.applied = False
+            return error
+        error = StreamFileLostError(self.problem, self.committed, self.advice, self.applied_if_committed,
+                                    self.committed)
+        error.applied = self.applied_if_committed
+        return error
 
 
 class StreamDataError(StreamError, ValueError):

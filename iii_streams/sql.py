@@ -142,6 +142,7 @@ from .errors import (
     StreamBackendError,
     StreamClosedError,
     StreamError,
+    StreamFileLostError,
     StreamTimeoutError,
     StreamUnavailableError,
     check_list_bytes,
@@ -1219,45 +1220,6 @@ def _file_id(stat: os.stat_result | None) -> tuple[int, int] | None:
 _SMALLEST_PAGE: Final = 512
 
 
-class _FileLostError(StreamBackendError):
-    """The :class:`StreamBackendError` of a SQLite file found deleted, replaced or truncated under an open store
-    (``SQLStream._check_file``): ``problem`` says what was found, ``committed`` what became of a write committed
-    just before (``applied``: ``applied_if_committed``), ``advice`` what to do.
-
-    Example:
-        >>> error = _FileLostError("S: the file is gone", "it went with the file", "reopen the store", True)
-        >>> str(error)
-        'S: the file is gone; nothing was read or written: reopen the store'
-        >>> for sent in (True, False):
-        ...     restated = error.for_write(sent)
-        ...     print(restated.applied, "|", restated)
-        True | S: the file is gone; it went with the file: reopen the store
-        False | S: the file is gone; this write was not applied: reopen the store
-    """
-
-    def __init__(self, problem: str, committed: str, advice: str, applied_if_committed: bool | None,
-                 outcome: str = "nothing was read or written") -> None:
-        super().__init__(f"{problem}; {outcome}: {advice}")
-        self.problem, self.committed, self.advice = problem, committed, advice
-        self.applied_if_committed = applied_if_committed
-
-    def again(self) -> _FileLostError:
-        """The same error, to raise for another operation."""
-        return _FileLostError(self.problem, self.committed, self.advice, self.applied_if_committed)
-
-    def for_write(self, sent: bool) -> _FileLostError:
-        """Restated for one write: committed (``sent``: its commit or statement was sent, and it succeeded, or this
-        error would not be) or not applied."""
-        if not sent:
-            error = _FileLostError(self.problem, self.committed, self.advice, self.applied_if_committed,
-                                   "this write was not applied")
-            error.applied = False
-            return error
-        error = _FileLostError(self.problem, self.committed, self.advice, self.applied_if_committed, self.committed)
-        error.applied = self.applied_if_committed
-        return error
-
-
 def _is_file_database(url: URL) -> bool:
     """Whether a SQLite URL names a file (not ``:memory:``, an empty path, or a ``mode=memory`` URI)."""
     database = url.database or ""
@@ -1363,7 +1325,7 @@ class SQLStream(FieldUpdates):
         self._wal_id: tuple[int, int] | None = None
         self._wal_reopened = -1
         # the file was found deleted, replaced or truncated: every operation fails with it
-        self._lost: _FileLostError | None = None
+        self._lost: StreamFileLostError | None = None
         self._lost_file = False  # … and that was the database file itself (deleted, renamed or replaced)
         self._wal_defused = False  # … and _defuse_wal ran for it
         self._ready = False
@@ -1691,7 +1653,7 @@ class SQLStream(FieldUpdates):
             self._file_had_page = True
         elif self._file_had_page:
             # (the inode kept: SQLite reads zeros, "database disk image is malformed", and its WAL still commits)
-            self._lost = _FileLostError(
+            self._lost = StreamFileLostError(
                 f"SQLStream: the database file {path} was truncated while the store was open ({stat.st_size} "
                 f"bytes now, shorter than one page: its contents were destroyed)",
                 "this write was committed to its -wal file, but the database it belongs to is damaged",
@@ -1703,7 +1665,7 @@ class SQLStream(FieldUpdates):
     def _lose_file(self, path: str) -> None:
         """The database file the store opened is no longer at ``path``: every operation fails from now on."""
         self._lost_file = True
-        self._lost = _FileLostError(
+        self._lost = StreamFileLostError(
             f"SQLStream: the database file {path} was deleted or replaced while the store was open (the file the "
             "store opened is no longer at that path: deleted, renamed or replaced; its connections still have it "
             "open)",
@@ -1737,7 +1699,7 @@ class SQLStream(FieldUpdates):
             return
         try:
             self._check_file(committed)
-        except _FileLostError:
+        except StreamFileLostError:
             if not self._lost_file or self._wal_defused:
                 raise
             await self._defuse_wal(locked)
@@ -1796,7 +1758,7 @@ class SQLStream(FieldUpdates):
                         "SQLite would apply their writes over a file now at that path)", path, wal, path + "-shm")
         else:
             advice = "reopen the store"
-        self._lost = _FileLostError(lost.problem, lost.committed, advice, lost.applied_if_committed)
+        self._lost = StreamFileLostError(lost.problem, lost.committed, advice, lost.applied_if_committed)
 
     def _read(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
         return self._connection(self._reader.connect, self._read_lock)
@@ -1945,7 +1907,7 @@ class SQLStream(FieldUpdates):
                 return await self._writes.submit(self._queue_of(write, timeout), write)
         except StreamTimeoutError as exc:
             raise write.timeout_error(exc) from exc
-        except _FileLostError as exc:
+        except StreamFileLostError as exc:
             # the batch is done with it: applied (committed before the check found the file gone) only if sent
             raise exc.for_write(write.sent) from exc
         except (StreamUnavailableError, StreamClosedError) as exc:
