@@ -4,7 +4,10 @@ Why: the team rule is that a library's private internals are relied on in one mo
 before use and falls back. Every function here checks the shape it needs (at import, or on the object at first use)
 and, when the installed OpenTelemetry differs, returns ``None``/``False`` (or raises :class:`InternalsMissing` where
 the caller already has a public-API way round) after one warning naming the missing internal. The callers in
-:mod:`iii.telemetry` and :mod:`iii.light_span` then take the OpenTelemetry public API: slower, same telemetry.
+:mod:`iii.telemetry` and :mod:`iii.light_span` then take the OpenTelemetry public API. What that costs depends on the
+internal, and its warning says which (:data:`SLOWER`, :data:`NOT_REUSED`): the per-span paths get slower with the
+same telemetry; without the internals of pipeline reuse each client builds its own providers, and the process grows
+by ~6 KB per client again.
 
 Example:
     >>> from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -48,44 +51,55 @@ class InternalsMissing(AttributeError):
     """An OpenTelemetry internal this module relies on is not there (another layout): take the public path."""
 
 
-def missing(name: str) -> None:
-    """Say once per process that the internal ``name`` is missing (its callers take the public API path).
+#: What a missing internal of a per-span path costs (its caller takes the public API instead).
+SLOWER: Final = "using the public API path, slower but the same telemetry"
+#: What a missing internal of pipeline reuse costs: every pipeline built registers at-fork callbacks for good.
+NOT_REUSED: Final = ("telemetry pipelines are not reused: each client builds its own providers, processors and"
+                     " reader, and the process grows by ~6 KB per client (OpenTelemetry never removes their at-fork"
+                     " callbacks)")
+# The batch processor's internals serve both: the span texts' inline emit and pipeline reuse.
+_BATCH_COST: Final = f"{SLOWER}; and {NOT_REUSED}"
+
+
+def missing(name: str, cost: str) -> None:
+    """Say once per process that the internal ``name`` is missing, and what its fallback costs (``cost``:
+    :data:`SLOWER`, :data:`NOT_REUSED` or the fallback's own words).
 
     Example:
-        >>> missing("demo._thing"); missing("demo._thing")  # one warning, not two
+        >>> missing("demo._thing", SLOWER); missing("demo._thing", SLOWER)  # one warning, not two
     """
     with _warned_lock:
         if name in _warned:
             return
         _warned.add(name)
-    log.warning("OpenTelemetry internal %s not found (another opentelemetry-sdk layout): using the public API path,"
-                " slower but the same telemetry", name)
+    log.warning("OpenTelemetry internal %s not found (another opentelemetry-sdk layout): %s", name, cost)
 
 
-def _all_have(objects: Iterable[Any], name: str, what: str) -> bool:
-    return all(_has(obj, (name,), what) for obj in objects)
+def _all_have(objects: Iterable[Any], name: str, what: str, cost: str) -> bool:
+    return all(_has(obj, (name,), what, cost) for obj in objects)
 
 
-def _has(obj: Any, names: Iterable[str], what: str) -> bool:
-    return _fields_hold(obj, ((name, object) for name in names), what)
+def _has(obj: Any, names: Iterable[str], what: str, cost: str) -> bool:
+    return _fields_hold(obj, ((name, object) for name in names), what, cost)
 
 
-def _fields_hold(obj: Any, fields: Iterable[tuple[str, Any]], what: str) -> bool:
+def _fields_hold(obj: Any, fields: Iterable[tuple[str, Any]], what: str, cost: str) -> bool:
     """Whether ``obj`` has every field of ``fields`` (``(name, type)`` pairs; a type is anything ``isinstance``
     takes: a class, a union such as ``threading.Thread | None``, ``Callable``); else one warning naming the first
-    field that is absent or of another type as ``what.name``.
+    field that is absent or of another type as ``what.name``, saying what that costs (``cost``, see :func:`missing`).
 
     Example:
         >>> from types import SimpleNamespace
         >>> batch = SimpleNamespace(_queue=collections.deque(), _worker_thread=None)
-        >>> _fields_hold(batch, [("_queue", collections.deque), ("_worker_thread", threading.Thread | None)], "Demo")
+        >>> fields = [("_queue", collections.deque), ("_worker_thread", threading.Thread | None)]
+        >>> _fields_hold(batch, fields, "Demo", SLOWER)
         True
-        >>> _fields_hold(batch, [("_queue", list)], "Demo")  # one warning: Demo._queue
+        >>> _fields_hold(batch, [("_queue", list)], "Demo", SLOWER)  # one warning: Demo._queue
         False
     """
     for name, kind in fields:
         if not hasattr(obj, name) or not isinstance(getattr(obj, name), kind):
-            missing(f"{what}.{name}")
+            missing(f"{what}.{name}", cost)
             return False
     return True
 
@@ -110,9 +124,9 @@ def batch_of(processor: Any) -> Any | None:
     """
     batch = getattr(processor, "_batch_processor", None)
     if batch is None:
-        missing(f"{type(processor).__name__}._batch_processor")
+        missing(f"{type(processor).__name__}._batch_processor", _BATCH_COST)
         return None
-    return batch if _fields_hold(batch, _BATCH_FIELDS, "BatchProcessor") else None
+    return batch if _fields_hold(batch, _BATCH_FIELDS, "BatchProcessor", _BATCH_COST) else None
 
 
 def batch_exporter(batch: Any) -> Any:
@@ -165,14 +179,14 @@ def _probe_emit() -> tuple[bool, Any]:
     try:
         from opentelemetry.sdk._shared_internal import BatchProcessor
     except ImportError:  # another SDK layout
-        missing("opentelemetry.sdk._shared_internal.BatchProcessor")
+        missing("opentelemetry.sdk._shared_internal.BatchProcessor", SLOWER)
         return False, None
     try:
         known = inspect.getsource(BatchProcessor.emit) == _EMIT_SOURCE
     except (OSError, TypeError):  # pragma: no cover - sources not shipped
         known = False
     if not known:
-        missing("BatchProcessor.emit (of the known source)")
+        missing("BatchProcessor.emit (of the known source)", SLOWER)
     return known, BatchProcessor.emit if known else None
 
 
@@ -251,11 +265,11 @@ def retarget_providers(tracer_provider: Any, log_provider: Any | None, meter_pro
         'after'
         >>> provider.shutdown()
     """
-    ok = _has(tracer_provider, _TRACER_PROVIDER_FIELDS, "TracerProvider") and _all_have(
-        tracer_provider._tracers.values(), "_set_resource", "Tracer")
+    ok = _has(tracer_provider, _TRACER_PROVIDER_FIELDS, "TracerProvider", NOT_REUSED) and _all_have(
+        tracer_provider._tracers.values(), "_set_resource", "Tracer", NOT_REUSED)
     if ok and log_provider is not None:
-        ok = _has(log_provider, _LOGGER_PROVIDER_FIELDS, "LoggerProvider") and _all_have(
-            list(log_provider._active_loggers), "_set_resource", "Logger")
+        ok = _has(log_provider, _LOGGER_PROVIDER_FIELDS, "LoggerProvider", NOT_REUSED) and _all_have(
+            list(log_provider._active_loggers), "_set_resource", "Logger", NOT_REUSED)
     consumer_type: Any = None
     config_type: Any = None
     if ok and meter_provider is not None:
@@ -263,12 +277,12 @@ def retarget_providers(tracer_provider: Any, log_provider: Any | None, meter_pro
             from opentelemetry.sdk.metrics._internal.measurement_consumer import SynchronousMeasurementConsumer
             from opentelemetry.sdk.metrics._internal.sdk_configuration import SdkConfiguration
         except ImportError:
-            missing("opentelemetry.sdk.metrics._internal")
+            missing("opentelemetry.sdk.metrics._internal", NOT_REUSED)
             ok = False
         else:
             consumer_type, config_type = SynchronousMeasurementConsumer, SdkConfiguration
-            ok = _has(meter_provider, _METER_PROVIDER_FIELDS, "MeterProvider") and _all_have(
-                meter_provider._metric_readers, "_set_collect_callback", "MetricReader")
+            ok = _has(meter_provider, _METER_PROVIDER_FIELDS, "MeterProvider", NOT_REUSED) and _all_have(
+                meter_provider._metric_readers, "_set_collect_callback", "MetricReader", NOT_REUSED)
     if not ok:
         raise InternalsMissing("a provider's resource cannot be changed on this OpenTelemetry")
     with tracer_provider._tracers_lock:
@@ -308,7 +322,7 @@ def log_processors(log_provider: Any) -> tuple[Any, ...] | None:
     multi = getattr(log_provider, "_multi_log_record_processor", None)
     processors = getattr(multi, "_log_record_processors", None)
     if type(processors) is not tuple:
-        missing("LoggerProvider._multi_log_record_processor._log_record_processors")
+        missing("LoggerProvider._multi_log_record_processor._log_record_processors", NOT_REUSED)
         return None
     return processors
 
@@ -331,9 +345,9 @@ def drop_added_processors(tracer_provider: Any, own_span_processor: Any, log_pro
     """
     spans = getattr(tracer_provider, "_active_span_processor", None)
     logs = None if log_provider is None else getattr(log_provider, "_multi_log_record_processor", None)
-    if spans is None or not (_has(spans, ("_lock", "_span_processors"), "SynchronousMultiSpanProcessor")
+    if spans is None or not (_has(spans, ("_lock", "_span_processors"), "SynchronousMultiSpanProcessor", NOT_REUSED)
             and (log_provider is None or _has(logs, ("_lock", "_log_record_processors"),
-                                              "SynchronousMultiLogRecordProcessor"))):
+                                              "SynchronousMultiLogRecordProcessor", NOT_REUSED))):
         raise InternalsMissing("a provider's processors cannot be removed on this OpenTelemetry")
     added: list[Any] = []
     with spans._lock:
@@ -358,8 +372,8 @@ _READER_PAUSE_FIELDS: Final = (*_READER_RESUME_FIELDS, ("_shutdown", bool))
 
 def _workers_hold(batches: list[Any], readers: list[Any], reader_fields: Iterable[tuple[str, Any]]) -> bool:
     """Whether every batch and reader has the fields :func:`pause_workers`/:func:`resume_workers` use."""
-    return all(_fields_hold(batch, _BATCH_WORKER_FIELDS, "BatchProcessor") for batch in batches) and all(
-        _fields_hold(reader, reader_fields, "PeriodicExportingMetricReader") for reader in readers)
+    return all(_fields_hold(batch, _BATCH_WORKER_FIELDS, "BatchProcessor", NOT_REUSED) for batch in batches) and all(
+        _fields_hold(reader, reader_fields, "PeriodicExportingMetricReader", NOT_REUSED) for reader in readers)
 
 
 def metric_readers(meter_provider: Any) -> list[Any] | None:
@@ -376,7 +390,7 @@ def metric_readers(meter_provider: Any) -> list[Any] | None:
     """
     readers = getattr(meter_provider, "_metric_readers", None)
     if not isinstance(readers, list | tuple):
-        missing("MeterProvider._metric_readers")
+        missing("MeterProvider._metric_readers", NOT_REUSED)
         return None
     return list(readers)
 
@@ -466,7 +480,7 @@ def context_variable(context: ModuleType) -> tuple[Any, ContextVar[Any] | None]:
     if type(runtime) is ContextVarsRuntimeContext and type(variable) is ContextVar:
         return runtime, variable
     if runtime is None or type(runtime) is ContextVarsRuntimeContext:
-        missing("opentelemetry.context._RUNTIME_CONTEXT._current_context")
+        missing("opentelemetry.context._RUNTIME_CONTEXT._current_context", SLOWER)
     return None, None
 
 
@@ -486,7 +500,7 @@ def _no_runtime_context() -> Any:
 
 
 if not hasattr(_context_module, "_RUNTIME_CONTEXT"):  # pragma: no cover - another API layout
-    missing("opentelemetry.context._RUNTIME_CONTEXT")
+    missing("opentelemetry.context._RUNTIME_CONTEXT", SLOWER)
     runtime_context = _no_runtime_context  # context_variable is (None, None) then too
 
 
@@ -501,7 +515,7 @@ def composite_parts(propagator: Any) -> tuple[Any, ...]:
     """
     parts = getattr(propagator, "_propagators", None)
     if not isinstance(parts, list | tuple):
-        missing("CompositePropagator._propagators")
+        missing("CompositePropagator._propagators", SLOWER)
         return ()
     return tuple(parts)
 
@@ -511,7 +525,7 @@ def _probe_immutable() -> bool:
 
     known = type(getattr(BoundedAttributes(immutable=False), "_immutable", None)) is bool
     if not known:
-        missing("BoundedAttributes._immutable")
+        missing("BoundedAttributes._immutable", SLOWER)
     return known
 
 
@@ -545,6 +559,11 @@ def _frozen_copy(attributes: Any) -> Any:
     return copy
 
 
+_DECORATOR_COST: Final = ("contextlib.contextmanager instead: the same telemetry, except that a span of"
+                          " start_as_current_span used as the decorator of a coroutine function ends when the"
+                          " coroutine is made, not when it returns")
+
+
 def agnostic_contextmanager(function: Callable[..., Any]) -> Callable[..., Any]:
     """The API's ``_agnosticcontextmanager`` (a context manager usable as a decorator of coroutines too, as the
     SDK tracer's ``start_as_current_span``), else ``contextlib.contextmanager``.
@@ -560,6 +579,6 @@ def agnostic_contextmanager(function: Callable[..., Any]) -> Callable[..., Any]:
     try:
         from opentelemetry.util._decorator import _agnosticcontextmanager
     except ImportError:
-        missing("opentelemetry.util._decorator._agnosticcontextmanager")
+        missing("opentelemetry.util._decorator._agnosticcontextmanager", _DECORATOR_COST)
         return contextlib.contextmanager(function)
     return _agnosticcontextmanager(function)

@@ -146,3 +146,60 @@ def test_every_shutdown_path_flushes_then_parks_through_one_step(how: str, monke
     assert pipeline is not None and steps == [pipeline]
     assert runtime._parked.get(pipeline.key) is pipeline
     assert any(frame.startswith(b"OTLP") for frame in frames)  # flushed before it was parked
+
+
+SAME = "slower but the same telemetry"
+LEAK = "~6 KB per client"
+
+
+def _one_warning(caplog: pytest.LogCaptureFixture) -> str:
+    (message,) = _messages(caplog)
+    return message
+
+
+def test_a_missing_internal_of_a_per_span_path_says_slower_same_telemetry(warnings: pytest.LogCaptureFixture) -> None:
+    assert otel_internals.composite_parts(object()) == ()
+    message = _one_warning(warnings)
+    assert "CompositePropagator._propagators" in message and SAME in message and LEAK not in message
+
+
+def test_a_missing_internal_of_pipeline_reuse_says_the_leak_returns(warnings: pytest.LogCaptureFixture,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # before: "slower but the same telemetry", while every client built its own providers (~6 KB each for good)
+    from opentelemetry.sdk.resources import Resource
+
+    from iii.light_span import OwnTracerProvider
+
+    monkeypatch.setattr(otel_internals, "_TRACER_PROVIDER_FIELDS", ("_renamed_tracers",))
+    provider = OwnTracerProvider()
+    try:
+        with pytest.raises(InternalsMissing):
+            otel_internals.retarget_providers(provider, None, None, Resource({"service.name": "other"}))
+    finally:
+        provider.shutdown()
+    message = _one_warning(warnings)
+    assert "TracerProvider._renamed_tracers" in message
+    assert "not reused" in message and LEAK in message and SAME not in message
+
+
+def test_a_missing_worker_field_says_the_leak_returns(warnings: pytest.LogCaptureFixture) -> None:
+    assert pause_workers([], [object()], timeout_s=5) is False
+    message = _one_warning(warnings)
+    assert "not reused" in message and LEAK in message and SAME not in message
+
+
+def test_a_missing_batch_internal_says_both_costs(warnings: pytest.LogCaptureFixture) -> None:
+    # the batch processor's fields serve the span texts' inline emit (speed) and pipeline reuse
+    assert batch_of(object()) is None
+    message = _one_warning(warnings)
+    assert SAME in message and "not reused" in message and LEAK in message
+
+
+def test_without_the_agnostic_context_manager_the_warning_names_the_decorator_case(
+        warnings: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "opentelemetry.util._decorator", None)  # the import fails: another layout
+    otel_internals.agnostic_contextmanager(lambda: iter([None]))
+    message = _one_warning(warnings)
+    assert "decorator of a coroutine function" in message and LEAK not in message
