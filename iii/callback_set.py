@@ -6,13 +6,17 @@ got a ``RuntimeError``; so each call goes to a handler thread, one at a time and
 is the state now" (the whole function list, "the registrations are in place"), so while the callbacks run only the
 newest waiting call is kept: one blocked callback must not make the waiting calls grow without a bound.
 
+Each call of a callback runs in a copy of the context it was added in (:meth:`CallbackSet.add`), as asyncio runs a
+callback in the context it was scheduled from: on a shared handler thread, one callback's ``ContextVar.set`` was
+seen by the next callback run there, and a callback never saw the context of the code that subscribed it.
+
 Example:
     >>> import threading
     >>> from concurrent.futures import ThreadPoolExecutor
     >>> seen, done = [], threading.Event()
     >>> pool = ThreadPoolExecutor(1)
     >>> callbacks = CallbackSet(lambda: pool, "example")
-    >>> callbacks.callbacks[lambda n: (seen.append(n), done.set())] = None
+    >>> callbacks.add(lambda n: (seen.append(n), done.set()))
     >>> callbacks.push(3)
     >>> done.wait(5), seen
     (True, [3])
@@ -22,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import collections
+import contextvars
 import logging
 import threading
 from collections.abc import Callable
@@ -40,18 +45,34 @@ class CallbackSet(Generic[P]):
 
     A callback's exception is logged (``what`` names the set) and the others still run. One removed from
     :attr:`callbacks` is not called after that (one already running finishes), except once when the removal, made
-    on another thread, lands between the check and the call (nothing is locked around a user callback).
+    on another thread, lands between the check and the call (nothing is locked around a user callback). Every call
+    runs in a fresh copy of the callback's context (see :meth:`add`).
     """
 
     def __init__(self, executor: Callable[[], Executor], what: str) -> None:
         self._executor = executor
         self._what = what
-        #: The callbacks, as a dict in insertion order (the reference's set kept one callback subscribed twice once).
-        self.callbacks: dict[Callable[P, None], None] = {}
+        #: The callbacks, as a dict in insertion order (the reference's set kept one callback subscribed twice once),
+        #: each with the context it was added in (``None``: the handler thread's own, copied for each call).
+        self.callbacks: dict[Callable[P, None], contextvars.Context | None] = {}
         #: The arguments of the call waiting for the callbacks: at most one, the newest.
         self.waiting: collections.deque[tuple[Any, Any]] = collections.deque(maxlen=1)
         self._delivering = False
         self._lock = threading.Lock()
+
+    def add(self, callback: Callable[P, None]) -> None:
+        """Add ``callback``, to run in a copy of the caller's context at each call: it sees the context variables
+        (a request id, OpenTelemetry's current span) of the code that added it, and what it sets is seen by no other
+        call. Added again, it keeps its place and its first context. Removed with ``callbacks.pop(callback)``.
+
+        Example:
+            >>> from concurrent.futures import ThreadPoolExecutor
+            >>> callbacks = CallbackSet(lambda: ThreadPoolExecutor(1), "example")
+            >>> callbacks.add(print)
+            >>> list(callbacks.callbacks) == [print]
+            True
+        """
+        self.callbacks.setdefault(callback, contextvars.copy_context())
 
     def push(self, *args: P.args, **kwargs: P.kwargs) -> None:
         """Run every callback with these arguments on a handler thread, after the call being delivered; a call still
@@ -77,9 +98,13 @@ class CallbackSet(Generic[P]):
                     return
                 args, kwargs = self.waiting.popleft()
             for callback in list(self.callbacks):
-                if callback not in self.callbacks:
-                    continue  # removed while an earlier one ran: its remover has returned, so it is not called
                 try:
-                    callback(*args, **kwargs)
+                    added_in = self.callbacks[callback]
+                except KeyError:
+                    continue  # removed while an earlier one ran: its remover has returned, so it is not called
+                # A copy each call: the handler thread's context is shared by every callback and handler run there.
+                context = contextvars.copy_context() if added_in is None else added_in.copy()
+                try:
+                    context.run(callback, *args, **kwargs)
                 except BaseException:  # the other callbacks still run; nothing is cancelled on a handler thread
                     log.exception("%s callback failed", self._what)

@@ -1356,6 +1356,10 @@ class III:
     def on_functions_available(self, callback: Callable[[list[FunctionInfo]], None]) -> Callable[[], None]:
         """Call ``callback`` with the full function list whenever the engine's set of ids changes.
 
+        On a handler thread, each call in a copy of the context this method was called in (ours: the reference runs
+        every callback in the one task of the engine's call): the callback sees the context variables of the code
+        that subscribed it, and one callback's ``ContextVar.set`` is seen by no other callback.
+
         Example:
             >>> # unsubscribe = iii.on_functions_available(lambda fns: print(len(fns)))
         """
@@ -1363,7 +1367,7 @@ class III:
         if not callable(callback):  # (else a TypeError logged at every change, far from this call)
             raise TypeError(f"on_functions_available: the callback must be callable, got {type(callback).__name__}")
         with self._functions_available_lock:
-            self._functions_available_callbacks[callback] = None
+            self._functions_available.add(callback)
             if self._functions_available_trigger is None:
                 self._functions_available_trigger = self._subscribe_functions_available()
 
@@ -1410,7 +1414,8 @@ class III:
         after this call count.
 
         On a handler thread, never the client's loop: it may block or call the sync API (``list_functions``,
-        ``trigger``) without stopping the worker, and an exception is logged. The callbacks run one call at a time;
+        ``trigger``) without stopping the worker, and an exception is logged; each call runs in a copy of the context
+        this method was called in. The callbacks run one call at a time;
         connections that became ready meanwhile add one more call, not one each. By the time it runs the connection
         may have dropped again: a later connection calls it again.
 
@@ -1421,7 +1426,7 @@ class III:
         self._refuse_if_closed()
         if not callable(callback):
             raise TypeError(f"on_registrations_ready: the callback must be callable, got {type(callback).__name__}")
-        self._registrations_ready.callbacks[callback] = None
+        self._registrations_ready.add(callback)
 
         def remove() -> None:
             self._registrations_ready.callbacks.pop(callback, None)

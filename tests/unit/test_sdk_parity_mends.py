@@ -1,4 +1,5 @@
-"""SDK mends: ``shutdown_async(close_timeout=…)`` as ``shutdown`` has it, one check of ``close_timeout`` for both.
+"""SDK mends: ``shutdown_async(close_timeout=…)`` as ``shutdown`` has it, one check of ``close_timeout`` for both;
+``on_functions_available`` callbacks each run in a copy of the subscriber's context.
 
 Why: ``shutdown(close_timeout=…)`` bounded the wait for the engine's answer to the WebSocket close, and
 ``shutdown_async`` had no such keyword (an async short-lived client waited 2 s for a server that never answered);
@@ -9,11 +10,16 @@ raises ``ValueError`` naming the argument.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from iii import InitOptions, ReconnectionConfig
+from iii.callback_set import CallbackSet
 from iii.iii import III
 from tests.integration.engine.test_inspect_hostile import _mute_after_handshake
 
@@ -87,3 +93,78 @@ async def test_a_huge_int_close_timeout_is_a_long_bound_not_an_overflow() -> Non
     client = III("ws://127.0.0.1:1", InitOptions(reconnection_config=FAST_RECONNECT))
     await client.shutdown_async(close_timeout=10**400)  # nothing to close: returns at once
     assert not client._bridge.alive
+
+
+# ---------------------------------------------------------------- on_functions_available callbacks and their context
+# Why: the callbacks ran straight on a shared handler thread, in its one context: a callback's ContextVar.set was
+# seen by the next callback there (and by later calls), and none saw the context of the code that subscribed it.
+
+REQUEST: contextvars.ContextVar[str] = contextvars.ContextVar("request", default="none")
+
+
+def _setter_and_reader(seen: list[str], done: threading.Event) -> tuple[Callable[..., None], Callable[..., None]]:
+    def sets(*_: object) -> None:
+        seen.append(f"setter saw {REQUEST.get()}")
+        REQUEST.set("set by a callback")
+
+    def reads(*_: object) -> None:
+        seen.append(f"reader saw {REQUEST.get()}")
+        done.set()
+
+    return sets, reads
+
+
+def test_a_callbacks_contextvar_set_is_not_seen_by_the_next_callback() -> None:
+    pool = ThreadPoolExecutor(1)  # one handler thread: both callbacks run on it, one after the other
+    callbacks: CallbackSet[[int]] = CallbackSet(lambda: pool, "test")
+    seen: list[str] = []
+    done = threading.Event()
+    sets, reads = _setter_and_reader(seen, done)
+    callbacks.callbacks[sets] = callbacks.callbacks[reads] = None  # added with no context: the thread's, copied
+    try:
+        for _ in range(2):
+            done.clear()
+            callbacks.push(1)
+            assert done.wait(5)
+    finally:
+        pool.shutdown(wait=True)
+    assert seen == ["setter saw none", "reader saw none"] * 2
+
+
+def test_a_callback_sees_the_context_it_was_added_in() -> None:
+    pool = ThreadPoolExecutor(1)
+    callbacks: CallbackSet[[]] = CallbackSet(lambda: pool, "test")
+    seen: list[str] = []
+    done = threading.Event()
+    token = REQUEST.set("subscriber's")
+    try:
+        callbacks.add(lambda: (seen.append(REQUEST.get()), done.set()))
+    finally:
+        REQUEST.reset(token)
+    try:
+        callbacks.push()  # from a context where REQUEST is unset
+        assert done.wait(5)
+    finally:
+        pool.shutdown(wait=True)
+    assert seen == ["subscriber's"]
+
+
+def test_on_functions_available_runs_each_callback_in_its_own_copy_of_the_subscribers_context() -> None:
+    client = III("ws://127.0.0.1:1", InitOptions(reconnection_config=FAST_RECONNECT))
+    seen: list[str] = []
+    done = threading.Event()
+    sets, reads = _setter_and_reader(seen, done)
+    try:
+        token = REQUEST.set("subscriber's")
+        try:
+            client.on_functions_available(sets)
+            client.on_functions_available(reads)
+        finally:
+            REQUEST.reset(token)
+        for _ in range(2):
+            done.clear()
+            client._queue_functions_available([])  # what the engine's engine::functions-available call does
+            assert done.wait(5)
+    finally:
+        client.shutdown(close_timeout=0)
+    assert seen == ["setter saw subscriber's", "reader saw subscriber's"] * 2
