@@ -30,6 +30,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -314,7 +315,8 @@ def _shutdown_providers(providers: list[Any]) -> None:
 
 def shutdown_otel() -> None:
     """Flush every provider; telemetry is off until the next ``init_otel``, which reuses the providers (ours: built
-    once per configuration, as each registers at-fork callbacks OpenTelemetry never removes).
+    once per configuration, as each registers at-fork callbacks OpenTelemetry never removes). A shutdown racing
+    another returns once that one's flush is over too (waiting at most as long as a flush may take).
 
     Example:
         >>> shutdown_otel()
@@ -357,6 +359,25 @@ def attach_frame_sink(sink: FrameSink | None, loop: asyncio.AbstractEventLoop | 
         >>> attach_frame_sink(None)  # nothing initialised: no-op
     """
     return _runtime.attach_frame_sink(sink, loop)
+
+
+@dataclass
+class _Closing:
+    """One shutdown's work: the pipeline it took (``None``: none was on), to flush and park, and the flushes of the
+    shutdowns before it that were still running when it started (each an event set when that flush ends).
+
+    Example:
+        >>> _Closing(None, threading.Event(), []).idle()
+        True
+    """
+
+    pipeline: _Pipeline | None
+    done: threading.Event
+    earlier: list[threading.Event]
+
+    def idle(self) -> bool:
+        """Nothing to flush and nothing to wait for: the shutdown is over already."""
+        return self.pipeline is None and not self.earlier
 
 
 @dataclass
@@ -405,6 +426,9 @@ class TelemetryRuntime:
         # each happen whole: interleaved, a client starting as the last other one shut down was left with telemetry
         # off (its init saw it on, its register saw it off) or was wiped from the clients by the shutdown.
         self._membership_lock = threading.Lock()
+        # One event per shutdown still flushing and parking (under _clients_lock): a shutdown racing it returns only
+        # when it is set, as its caller may exit next and the spans of that flush would be lost.
+        self._flushing: list[threading.Event] = []
 
     def init_otel(
         self,
@@ -663,37 +687,57 @@ class TelemetryRuntime:
         urllib.request.OpenerDirector.open = self.original_urlopen  # type: ignore[method-assign]
         self.original_urlopen = None
 
-    def _take_state(self) -> _Pipeline | None:
-        """Reset the module state and return the pipeline that still needs flushing and parking."""
+    def _take_state(self) -> _Closing:
+        """Reset the module state and return what the shutdown still does: the pipeline to flush and park, the
+        other shutdowns' flushes to wait for."""
         with self._init_lock:  # not half-way through a client's set-up
+            pipeline, self.pipeline = self.pipeline, None
+            closing = _Closing(pipeline, threading.Event(), [])
             with self._clients_lock:
                 self._clients.clear()
+                closing.earlier = list(self._flushing)
+                if pipeline is not None:
+                    self._flushing.append(closing.done)
             self._uninstrument_urllib()
-            pipeline, self.pipeline = self.pipeline, None
             if self.switch is not None:
                 self.switch.target = None
             self.initialized = False
             self.tracer_provider = self.tracer = self.meter_provider = self.meter = self.log_provider = None
             self.handler_spans = None
             self.connection = None
-            return pipeline
+            return closing
 
     def _flush_and_park(self, pipeline: _Pipeline) -> None:
         """Export what ``pipeline`` holds to its (last) client, then park it; blocks (async callers: in a thread)."""
         _flush_providers(pipeline.providers())
         self._park(pipeline)  # joins the pipeline's threads
 
+    def _close(self, closing: _Closing) -> None:
+        """Finish a shutdown: flush and park its pipeline, then wait for the flushes of the shutdowns before it (at
+        most ``_FLUSH_TIMEOUT_MS``, what one flush waits); blocks (async callers: in a thread)."""
+        if closing.pipeline is not None:
+            try:
+                self._flush_and_park(closing.pipeline)
+            finally:
+                closing.done.set()
+                with self._clients_lock:
+                    self._flushing.remove(closing.done)
+        deadline = time.monotonic() + _FLUSH_TIMEOUT_MS / 1000
+        for flush in closing.earlier:
+            flush.wait(max(0.0, deadline - time.monotonic()))
+
     def shutdown_otel(self) -> None:
-        """Flush every provider; telemetry is off until the next ``init_otel``, which reuses them."""
-        pipeline = self._take_state()
-        if pipeline is not None:
-            self._flush_and_park(pipeline)
+        """Flush every provider; telemetry is off until the next ``init_otel``, which reuses them. Returns once a
+        shutdown running at the same time has flushed too."""
+        closing = self._take_state()
+        if not closing.idle():
+            self._close(closing)
 
     async def shutdown_otel_async(self) -> None:
         """Like :func:`shutdown_otel`, without blocking the event loop while the last batches are exported."""
-        pipeline = self._take_state()
-        if pipeline is not None:
-            await asyncio.to_thread(self._flush_and_park, pipeline)
+        closing = self._take_state()
+        if not closing.idle():
+            await asyncio.to_thread(self._close, closing)
 
     def force_flush(self, timeout_millis: int = 5_000) -> bool:
         """Export everything recorded so far (ours). ``True`` when every provider flushed in time."""
@@ -757,9 +801,9 @@ class TelemetryRuntime:
     async def release_client_async(self, owner: object) -> None:
         """Undo :func:`register_client` (ours): telemetry shuts down only when ``owner`` was the last client."""
         with self._membership_lock:  # (no await inside: a client's start waits at most for this step)
-            pipeline = self._take_state() if self._release(owner) else None
-        if pipeline is not None:
-            await asyncio.to_thread(self._flush_and_park, pipeline)
+            closing = self._take_state() if self._release(owner) else None
+        if closing is not None and not closing.idle():
+            await asyncio.to_thread(self._close, closing)
 
     def get_tracer(self) -> Any:
         """The SDK's tracer, or ``None`` before ``init_otel``."""

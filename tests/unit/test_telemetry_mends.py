@@ -203,3 +203,73 @@ def test_without_the_agnostic_context_manager_the_warning_names_the_decorator_ca
     otel_internals.agnostic_contextmanager(lambda: iter([None]))
     message = _one_warning(warnings)
     assert "decorator of a coroutine function" in message and LEAK not in message
+
+
+class _HeldSink:
+    """A frame sink whose first span frame waits for ``release`` (the first shutdown's flush is then in flight)."""
+
+    def __init__(self) -> None:
+        self.in_sink, self.release, self.delivered = threading.Event(), threading.Event(), threading.Event()
+
+    def append(self, frame: bytes) -> None:
+        if frame.startswith(b"OTLP") and not self.delivered.is_set():
+            self.in_sink.set()
+            self.release.wait(10)
+            self.delivered.set()
+
+
+def _first_shutdown_held(sink: _HeldSink, interval_ms: int) -> threading.Thread:
+    """Telemetry with one span recorded, and a thread shutting it down, its flush held in ``sink``."""
+    telemetry.shutdown_otel()
+    telemetry.init_otel(_config("racing-shutdowns", interval_ms), frame_sink=sink.append)
+    tracer: Any = telemetry.get_tracer()
+    with tracer.start_as_current_span("flushed by the first shutdown"):
+        pass
+    first = threading.Thread(target=telemetry.shutdown_otel)
+    first.start()
+    assert sink.in_sink.wait(10)
+    return first
+
+
+def _shut_down(how: str) -> None:
+    if how == "sync":
+        telemetry.shutdown_otel()
+    else:
+        asyncio.run(telemetry.shutdown_otel_async())
+
+
+@pytest.mark.parametrize("how", ["sync", "async"])
+def test_a_shutdown_racing_another_returns_after_the_others_flush(how: str) -> None:
+    # before: the second shutdown found nothing to take and returned at once, the first's span still in its flush: a
+    # caller exiting then lost it
+    sink = _HeldSink()
+    first = _first_shutdown_held(sink, 3_600_011)
+    delivered_at_return: list[bool] = []
+
+    def shut_down_too() -> None:
+        _shut_down(how)
+        delivered_at_return.append(sink.delivered.is_set())
+
+    second = threading.Thread(target=shut_down_too)
+    try:
+        second.start()
+        second.join(0.5)  # (room for the second to return early, as it did before)
+    finally:
+        sink.release.set()
+        first.join(10)
+        second.join(10)
+    assert delivered_at_return == [True]
+
+
+def test_a_shutdown_waits_for_anothers_flush_no_longer_than_a_flush_may_take(monkeypatch: pytest.MonkeyPatch) -> None:
+    sink = _HeldSink()
+    first = _first_shutdown_held(sink, 3_600_012)
+    monkeypatch.setattr(telemetry, "_FLUSH_TIMEOUT_MS", 200)  # (read at the wait; the first's flush is under way)
+    try:
+        second = threading.Thread(target=telemetry.shutdown_otel)
+        second.start()
+        second.join(10)
+        assert not second.is_alive() and not sink.delivered.is_set()  # returned, bounded, the flush still held
+    finally:
+        sink.release.set()
+        first.join(10)
