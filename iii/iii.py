@@ -1599,6 +1599,26 @@ def _as_model(value: Any, model: type[M], what: str, also: str = "") -> M:
     raise TypeError(f"{what} must be {also}a {model.__name__} or a dict, got {type(value).__name__}")
 
 
+_TRIGGER_KEYS: frozenset[str] = frozenset(TriggerRequest.model_fields)
+
+
+def _request_keys_problem(request: dict[Any, Any]) -> str:
+    """What is wrong with the keys of a trigger request given as a dict: a key it lacks or one it does not know (a
+    misspelt ``"payload"`` was dropped without a word, and the function ran with a ``None`` payload).
+
+    Example:
+        >>> _request_keys_problem({"function_id": "f", "data": 1})
+        "a trigger request has no key 'data' (its keys: function_id, payload, action, timeout_ms)"
+        >>> _request_keys_problem({"payload": 1})
+        "a trigger request needs 'function_id' (its keys: function_id, payload, action, timeout_ms)"
+    """
+    known = ", ".join(TriggerRequest.model_fields)
+    unknown = [key for key in request if key not in _TRIGGER_KEYS]
+    if unknown:
+        return f"a trigger request has no key {unknown[0]!r:.100} (its keys: {known})"
+    return f"a trigger request needs 'function_id' (its keys: {known})"
+
+
 def _unpack_request(request: dict[str, Any] | TriggerRequest) -> tuple[str, Any, Any, float | None]:
     """``(function_id, payload, action, timeout_ms)`` of a trigger request in either form; ``timeout_ms`` (``None``:
     the client's default) is checked by :func:`_checked_timeout_ms`.
@@ -1619,6 +1639,8 @@ def _unpack_request(request: dict[str, Any] | TriggerRequest) -> tuple[str, Any,
         function_id, payload, action, timeout_ms = (request.function_id, request.payload, request.action,
                                                      request.timeout_ms)
     elif isinstance(request, dict):
+        if "function_id" not in request or not _TRIGGER_KEYS.issuperset(request):
+            raise TypeError(_request_keys_problem(request))
         function_id, payload, action = request["function_id"], request.get("payload"), request.get("action")
         timeout_ms = request.get("timeout_ms")
     else:  # None or a list failed with "'NoneType' object is not subscriptable"

@@ -159,6 +159,28 @@ def test_a_request_that_is_not_a_dict_names_what_it_was(served: Harness, make_wo
         caller.trigger(request_)
 
 
+@pytest.mark.parametrize(("request_", "expected"), [
+    ({"function_id": "echo", "data": 5}, "a trigger request has no key 'data'"),
+    ({"function_id": "echo", "payload": 5, "timeout": 2000}, "a trigger request has no key 'timeout'"),
+    ({"payload": 5}, "a trigger request needs 'function_id'"),
+    ({"function_id": "echo", "payload": 5, 7: 1}, "a trigger request has no key 7"),
+], ids=["data", "timeout", "no-id", "int-key"])
+async def test_a_request_with_a_key_it_does_not_know_or_lacks_is_refused_before_sending(
+        served: Harness, make_worker: MakeWorker, request_: dict[Any, Any], expected: str) -> None:
+    # a misspelt "payload" was dropped without a word: the function ran with None
+    caller = make_worker("caller")
+    seen: list[Any] = []
+    caller.register_function("echo", lambda d: seen.append(d) or d)
+    served.wait_registered("echo")
+    with pytest.raises(TypeError, match=expected):
+        caller.trigger(request_)
+    with pytest.raises(TypeError, match=expected):
+        await caller.trigger_async(request_)
+    assert seen == []
+    assert caller.trigger({"function_id": "echo", "payload": 4, "timeout_ms": 2000}) == 4
+    assert seen == [4]
+
+
 def test_registrations_of_the_wrong_type_are_named(served: Harness, make_worker: MakeWorker) -> None:
     worker = make_worker("w")
     cases: list[tuple[Callable[[], Any], str]] = [
