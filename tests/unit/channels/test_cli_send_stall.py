@@ -27,6 +27,10 @@ from tests.integration.channels.test_cli_send_confirmation import (
 from .test_cli_send_unconfirmed_at_once import register_ignores
 
 SIZE = 48 << 20  # more than the relay and both sockets buffer: most of it goes out after the answer
+# Never read, an upload stops once every buffer on the way is full: the writer's send buffer (tcp_wmem, up to 4 MiB
+# here), the engine's receive buffer (tcp_rmem, up to 32 MiB) and the relay's queue (16 MiB), 52 MiB with
+# autotuning at its top; 48 MiB fitted whole in a loaded run (the send then ended 0). Twice that cannot.
+NEVER_READ_SIZE = 96 << 20
 
 
 async def _send(engine: Engine, src: Path, function_id: str, *extra: str) -> Done:
@@ -38,13 +42,13 @@ async def test_a_reader_that_never_attached_fails_the_send_once_nothing_moves(
         engine: Engine, worker: Callable[[str, Handler], None], tmp_path: Path) -> None:  # noqa: F811
     answered = register_ignores(worker)
     src = tmp_path / "big.bin"
-    src.write_bytes(os.urandom(SIZE))
+    src.write_bytes(os.urandom(NEVER_READ_SIZE))
     done = await _send(engine, src, "files::ignores", "--stall-timeout", "1")
     took = time.monotonic() - answered[0]
     assert done.rc == 1, done.stderr
     assert done.stderr.startswith('iii-channel: error: files::ignores answered without reading the channel: '
                                   '{"ignored": true} ('), done.stderr
-    assert done.stderr.endswith(" of 48.0 MiB went out, then none for 1 s)\n"), done.stderr
+    assert done.stderr.endswith(" of 96.0 MiB went out, then none for 1 s)\n"), done.stderr
     assert done.stderr.count("\n") == 1
     assert took < 4, f"exited {took:.2f} s after the answer"  # the buffers fill, 1 s, then the clean-up
     await asyncio.wait_for(engine.channels.wait_idle(), 2)  # the channel nobody read is gone with it
