@@ -19,12 +19,14 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Sequence
 from typing import Final, NoReturn
 from urllib.parse import unquote
 
 from ._version import __version__
 
-__all__ = ["MAX_SECONDS", "MIN_SECONDS", "OneLineParser", "exit_interrupted", "mask_passwords", "seconds"]
+__all__ = ["MAX_SECONDS", "MIN_SECONDS", "OneLineParser", "exit_interrupted", "joined_timeouts", "mask_passwords",
+           "seconds"]
 
 # scheme://user:password@host: the password runs to the authority's LAST '@' (redis-py's urlparse splits there, so
 # a raw '@' in a password is part of it), and may hold '/' or '?' (SQLAlchemy's reading); it never runs into a
@@ -202,6 +204,34 @@ def seconds(text: str) -> float:
     if value > MAX_SECONDS:
         raise argparse.ArgumentTypeError(f"must be at most {MAX_SECONDS:g} seconds, got {text!r}")
     return value
+
+
+def joined_timeouts(argv: Sequence[str] | None) -> list[str]:
+    """``argv`` (``None``: ``sys.argv[1:]``) with ``--…timeout -inf`` (an option ending in ``timeout`` followed by a
+    value that starts with ``-`` and reads as a number) as ``--…timeout=-inf``: argparse took ``-inf`` or ``-1e5``
+    for an option and said "expected one argument", where ``-1`` got the error every bad value gets (:func:`seconds`).
+
+    Example:
+        >>> joined_timeouts(["health", "--timeout", "-inf", "--json"])
+        ['health', '--timeout=-inf', '--json']
+        >>> joined_timeouts(["send", "-", "--stall-timeout", "-1e5", "--to", "f"])
+        ['send', '-', '--stall-timeout=-1e5', '--to', 'f']
+    """
+    joined: list[str] = []
+    for arg in sys.argv[1:] if argv is None else argv:
+        if joined and _TIMEOUT_OPTION.fullmatch(joined[-1]) and arg.startswith("-"):
+            try:
+                float(arg)
+            except ValueError:
+                pass
+            else:
+                joined[-1] = f"{joined[-1]}={arg}"
+                continue
+        joined.append(arg)
+    return joined
+
+
+_TIMEOUT_OPTION = re.compile(r"--[a-z-]*timeout")
 
 
 class OneLineParser(argparse.ArgumentParser):

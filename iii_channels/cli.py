@@ -68,7 +68,7 @@ from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
-from iii._cli import OneLineParser, exit_interrupted, mask_passwords, seconds
+from iii._cli import OneLineParser, exit_interrupted, joined_timeouts, mask_passwords, seconds
 from iii.channels import ChannelReader, ChannelWriter
 from iii.connection import check_url
 from iii.iii import III
@@ -219,7 +219,8 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -
         >>> parse_args(build_parser(), ["send", "-", "--to", "x"]).command
         'send'
     """
-    args = parser.parse_args(argv)  # an unknown argument is named here, before the subcommand is checked
+    # an unknown argument is named here, before the subcommand is checked
+    args = parser.parse_args(joined_timeouts(argv))
     if args.command is None:
         parser.error("the following arguments are required: a command (send or serve)")
     return args

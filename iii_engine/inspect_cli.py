@@ -51,7 +51,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from iii import InitOptions, ReconnectionConfig
-from iii._cli import MAX_SECONDS, MIN_SECONDS, seconds
+from iii._cli import MAX_SECONDS, MIN_SECONDS, joined_timeouts, seconds
 from iii.connection import shown_url
 from iii.errors import InvocationError
 from iii.iii import III
@@ -105,29 +105,6 @@ def _positive(text: str) -> int:
     return value
 
 
-def _joined_timeouts(argv: Sequence[str]) -> list[str]:
-    """``argv`` with ``--timeout -inf`` (any value that starts with ``-`` and reads as a number) as
-    ``--timeout=-inf``: argparse took ``-inf`` or ``-1e5`` for an option and said "expected one argument", where
-    ``-1`` got the error every bad value gets.
-
-    Example:
-        >>> _joined_timeouts(["health", "--timeout", "-inf", "--json"])
-        ['health', '--timeout=-inf', '--json']
-    """
-    joined: list[str] = []
-    for arg in argv:
-        if joined and joined[-1] == "--timeout" and arg.startswith("-"):
-            try:
-                float(arg)
-            except ValueError:
-                pass
-            else:
-                joined[-1] = f"--timeout={arg}"
-                continue
-        joined.append(arg)
-    return joined
-
-
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Parse ``argv`` (starting with the subcommand); a usage error prints one line and exits with 2.
 
@@ -166,7 +143,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     metrics = command("metrics", "Engine counters and the metrics workers reported.")
     metrics.add_argument("--name", help="only SDK metrics of this name")
     command("health", "The observability module's health (exit 1 unless healthy).")
-    return parser.parse_args(_joined_timeouts(argv))
+    return parser.parse_args(joined_timeouts(argv))
 
 
 # ------------------------------------------------------------------------------------------------- formatting

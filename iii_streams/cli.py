@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from iii._cli import exit_interrupted, seconds
+from iii._cli import exit_interrupted, joined_timeouts, seconds
 
 from .messages import OneLineParser, error_line, mask_passwords
 
@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         0
     """
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(joined_timeouts(argv))
     try:
         from .migrate import normalize_url  # needs the sql extra (SQLAlchemy, Alembic)
 

@@ -1,0 +1,48 @@
+"""Every command's ``--…timeout`` refuses a negative number written as ``-inf`` or ``-1e5`` with the error any bad
+value gets; argparse took such a value for an option and said "expected one argument" (only ``iii-engine``'s
+inspect commands joined them before)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pytest
+
+from iii._cli import joined_timeouts
+from iii_channels.cli import build_parser
+from iii_channels.cli import parse_args as channel_args
+from iii_engine.inspect_cli import parse_args as inspect_args
+from iii_streams.cli import main as streams_main
+
+Parse = Callable[[Sequence[str]], object]
+COMMANDS: dict[str, tuple[Parse, list[str], str]] = {
+    "iii-channel send --stall-timeout": (lambda argv: channel_args(build_parser(), list(argv)),
+                                         ["send", "-", "--to", "f", "--stall-timeout"], "--stall-timeout"),
+    "iii-channel serve --idle-timeout": (lambda argv: channel_args(build_parser(), list(argv)),
+                                         ["serve", "--function", "f", "--out", "d", "--idle-timeout"],
+                                         "--idle-timeout"),
+    "iii-channel --connect-timeout": (lambda argv: channel_args(build_parser(), list(argv)),
+                                      ["send", "-", "--to", "f", "--connect-timeout"], "--connect-timeout"),
+    "iii-streams --timeout": (streams_main, ["current", "sqlite+aiosqlite://", "--timeout"], "--timeout"),
+    "iii-engine health --timeout": (inspect_args, ["health", "--timeout"], "--timeout"),
+}
+
+
+@pytest.mark.parametrize("value", ["-inf", "-1e5", "-1", "-0.5"])
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_a_negative_timeout_gets_the_bad_value_error(command: str, value: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    parse, argv, option = COMMANDS[command]
+    with pytest.raises(SystemExit) as exited:
+        parse([*argv, value])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}: must be a number of seconds from 0.001 up, got '{value}'" in err, err
+    assert "expected one argument" not in err
+
+
+def test_only_a_number_after_a_timeout_option_is_joined() -> None:
+    assert joined_timeouts(["--timeout", "-x"]) == ["--timeout", "-x"]  # an option, left to argparse
+    assert joined_timeouts(["--json", "-1"]) == ["--json", "-1"]  # not a timeout option
+    assert joined_timeouts(["--timeout=-1"]) == ["--timeout=-1"]
+    assert joined_timeouts(["-", "--idle-timeout", "5"]) == ["-", "--idle-timeout", "5"]
