@@ -14,12 +14,10 @@ import asyncio
 import time
 
 import pytest
-from websockets.asyncio.server import ServerConnection, serve
 
 from iii import InitOptions
 from iii.iii import III
 from tests.integration.engine.test_inspect_hostile import _mute_after_handshake
-from tests.polling import until
 
 from .conftest import FAST_RECONNECT
 
@@ -59,18 +57,3 @@ def test_shutdown_refuses_a_close_timeout_that_is_not_seconds() -> None:
                 client.shutdown(close_timeout=bad)
     finally:
         client.shutdown()
-
-
-async def test_last_lost_says_why_a_connection_that_was_up_ended() -> None:
-    async def close_at_once(ws: ServerConnection) -> None:
-        await ws.close(1011, "going away")
-
-    async with serve(close_at_once, "127.0.0.1", 0) as server:
-        url = f"ws://127.0.0.1:{next(iter(server.sockets)).getsockname()[1]}"
-        client = III(url, InitOptions(reconnection_config=FAST_RECONNECT))
-        try:
-            assert client._conn.last_lost is None
-            await until(lambda: client._conn.last_lost is not None, within=5)
-            assert "1011" in str(client._conn.last_lost), client._conn.last_lost
-        finally:
-            await client.shutdown_async()
