@@ -1162,8 +1162,15 @@ def _sqlite_uri(url: URL) -> bool:
         Traceback (most recent call last):
         ...
         ValueError: SQLite URL option uri='maybe': not true or false (true, yes, on, y, t, 1 / false, no, off, n, f, 0)
+        >>> _sqlite_uri(make_url("sqlite+aiosqlite:///file:s.db?uri=false&uri=0"))
+        Traceback (most recent call last):
+        ...
+        ValueError: SQLite URL option uri is given 2 times ('false', '0'): give it once
     """
     value = url.query.get("uri", False)
+    if isinstance(value, tuple):  # (a repeated option: the driver's asbool took any two values for true)
+        raise ValueError(f"SQLite URL option uri is given {len(value)} times ({', '.join(map(repr, value))}): give it "
+                         "once")
     try:
         return asbool(value)
     except ValueError:

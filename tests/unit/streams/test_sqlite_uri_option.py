@@ -28,7 +28,7 @@ def _driver_reads_uri(url: str) -> bool:
     return bool(str(filename).startswith("file:"))
 
 
-@pytest.mark.parametrize("query", [f"uri={word}" for word in WORDS] + ["uri=true&uri=1", "uri=no&uri=no", ""])
+@pytest.mark.parametrize("query", [f"uri={word}" for word in WORDS] + [""])
 def test_the_store_checks_the_file_the_driver_opens(query: str) -> None:
     url = f"sqlite+aiosqlite:///file:/srv/s.db?{query}".rstrip("?")
     driver_uri = _driver_reads_uri(url)
@@ -38,3 +38,10 @@ def test_the_store_checks_the_file_the_driver_opens(query: str) -> None:
 def test_a_uri_value_that_is_neither_true_nor_false_is_refused_naming_the_option() -> None:
     with pytest.raises(ValueError, match=r"^SQLite URL option uri='maybe': not true or false \(true, yes"):
         SQLStream.from_url("sqlite+aiosqlite:///file:/srv/s.db?uri=maybe")
+
+
+@pytest.mark.parametrize("query", ["uri=true&uri=1", "uri=no&uri=no", "uri=false&uri=0", "uri=maybe&uri=0"])
+def test_a_repeated_uri_option_is_refused_naming_it(query: str) -> None:
+    # the driver's asbool took any repeated value for true (a tuple): "uri=false&uri=0" opened a file: URI
+    with pytest.raises(ValueError, match=r"^SQLite URL option uri is given 2 times \('.*', '.*'\): give it once$"):
+        SQLStream.from_url(f"sqlite+aiosqlite:///file:/srv/s.db?{query}")
