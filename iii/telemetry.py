@@ -361,19 +361,31 @@ def attach_frame_sink(sink: FrameSink | None, loop: asyncio.AbstractEventLoop | 
     return _runtime.attach_frame_sink(sink, loop)
 
 
+@dataclass(frozen=True)
+class _Flush:
+    """One shutdown's flush and park, as other shutdowns see it: ``done`` is set when it ends; past ``until``
+    (``time.monotonic()``) nobody waits for it any more (one whose thread never ran, its caller cancelled first, or
+    that hangs in an exporter, would otherwise hold every later shutdown for the whole bound, each time)."""
+
+    done: threading.Event
+    until: float
+
+
 @dataclass
 class _Closing:
     """One shutdown's work: the pipeline it took (``None``: none was on), to flush and park, and the flushes of the
-    shutdowns before it that were still running when it started (each an event set when that flush ends).
+    shutdowns before it that were still running when it started.
 
     Example:
-        >>> _Closing(None, threading.Event(), []).idle()
+        >>> _Closing(None, _Flush(threading.Event(), 0.0), []).idle()
         True
     """
 
     pipeline: _Pipeline | None
-    done: threading.Event
-    earlier: list[threading.Event]
+    flush: _Flush
+    earlier: list[_Flush]
+    #: someone carries it out (:meth:`TelemetryRuntime._begin`)
+    begun: bool = False
 
     def idle(self) -> bool:
         """Nothing to flush and nothing to wait for: the shutdown is over already."""
@@ -428,7 +440,10 @@ class TelemetryRuntime:
         self._membership_lock = threading.Lock()
         # One event per shutdown still flushing and parking (under _clients_lock): a shutdown racing it returns only
         # when it is set, as its caller may exit next and the spans of that flush would be lost.
-        self._flushing: list[threading.Event] = []
+        self._flushing: list[_Flush] = []
+        # set on a thread while it flushes and parks: a shutdown from there (an exporter or frame sink that shuts
+        # telemetry down) would wait for its own flush
+        self._in_flush = threading.local()
 
     def init_otel(
         self,
@@ -692,12 +707,14 @@ class TelemetryRuntime:
         other shutdowns' flushes to wait for."""
         with self._init_lock:  # not half-way through a client's set-up
             pipeline, self.pipeline = self.pipeline, None
-            closing = _Closing(pipeline, threading.Event(), [])
+            now = time.monotonic()
+            closing = _Closing(pipeline, _Flush(threading.Event(), now + _FLUSH_TIMEOUT_MS / 1000), [])
             with self._clients_lock:
                 self._clients.clear()
+                self._flushing = [flush for flush in self._flushing if flush.until > now]
                 closing.earlier = list(self._flushing)
                 if pipeline is not None:
-                    self._flushing.append(closing.done)
+                    self._flushing.append(closing.flush)
             self._uninstrument_urllib()
             if self.switch is not None:
                 self.switch.target = None
@@ -715,16 +732,45 @@ class TelemetryRuntime:
     def _close(self, closing: _Closing) -> None:
         """Finish a shutdown: flush and park its pipeline, then wait for the flushes of the shutdowns before it (at
         most ``_FLUSH_TIMEOUT_MS``, what one flush waits); blocks (async callers: in a thread)."""
+        if self._begin(closing):
+            self._finish(closing)
+
+    def _begin(self, closing: _Closing) -> bool:
+        """Whether the caller is the one to carry ``closing`` out (once: its thread, or :meth:`_close_async`'s
+        hand-off when that thread never began)."""
+        with self._clients_lock:
+            began, closing.begun = closing.begun, True
+        return not began
+
+    def _finish(self, closing: _Closing) -> None:
         if closing.pipeline is not None:
+            outer = getattr(self._in_flush, "active", False)
+            self._in_flush.active = True
             try:
                 self._flush_and_park(closing.pipeline)
             finally:
-                closing.done.set()
+                self._in_flush.active = outer
+                closing.flush.done.set()
                 with self._clients_lock:
-                    self._flushing.remove(closing.done)
+                    if closing.flush in self._flushing:
+                        self._flushing.remove(closing.flush)
+        if getattr(self._in_flush, "active", False):
+            return  # called from inside a flush (an exporter, a sink): the flush waited for would be its caller's
         deadline = time.monotonic() + _FLUSH_TIMEOUT_MS / 1000
         for flush in closing.earlier:
-            flush.wait(max(0.0, deadline - time.monotonic()))
+            flush.done.wait(max(0.0, min(deadline, flush.until) - time.monotonic()))
+
+    async def _close_async(self, closing: _Closing) -> None:
+        """:meth:`_close` in a thread. Cancelled before that thread began (the loop's executor busy), the shutdown is
+        carried out on a thread of its own, not awaited: given up, its pipeline was never flushed nor parked, and
+        every later shutdown waited for its flush for the whole bound."""
+        try:
+            await asyncio.to_thread(self._close, closing)
+        except asyncio.CancelledError:
+            if self._begin(closing):
+                threading.Thread(target=self._finish, args=(closing,), name="iii-telemetry-shutdown",
+                                 daemon=True).start()
+            raise
 
     def shutdown_otel(self) -> None:
         """Flush every provider; telemetry is off until the next ``init_otel``, which reuses them. Returns once a
@@ -737,7 +783,7 @@ class TelemetryRuntime:
         """Like :func:`shutdown_otel`, without blocking the event loop while the last batches are exported."""
         closing = self._take_state()
         if not closing.idle():
-            await asyncio.to_thread(self._close, closing)
+            await self._close_async(closing)
 
     def force_flush(self, timeout_millis: int = 5_000) -> bool:
         """Export everything recorded so far (ours). ``True`` when every provider flushed in time."""
@@ -803,7 +849,7 @@ class TelemetryRuntime:
         with self._membership_lock:  # (no await inside: a client's start waits at most for this step)
             closing = self._take_state() if self._release(owner) else None
         if closing is not None and not closing.idle():
-            await asyncio.to_thread(self._close, closing)
+            await self._close_async(closing)
 
     def get_tracer(self) -> Any:
         """The SDK's tracer, or ``None`` before ``init_otel``."""

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -273,3 +275,89 @@ def test_a_shutdown_waits_for_anothers_flush_no_longer_than_a_flush_may_take(mon
     finally:
         sink.release.set()
         first.join(10)
+
+
+def test_a_shutdown_from_inside_a_flush_does_not_wait_for_that_flush(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a sink with no loop runs on the shutdown's own thread: one that shut telemetry down (on a send failure, say)
+    # waited for its caller's flush, which waited for it (the whole bound, 30 s by default)
+    telemetry.shutdown_otel()
+    monkeypatch.setattr(telemetry, "_FLUSH_TIMEOUT_MS", 3_000)
+    inner: list[float] = []
+
+    def sink(frame: bytes) -> None:
+        if frame.startswith(b"OTLP") and not inner:
+            started = time.monotonic()
+            telemetry.shutdown_otel()
+            inner.append(time.monotonic() - started)
+
+    telemetry.init_otel(_config("shutdown-in-sink", 3_600_013), frame_sink=sink)
+    tracer: Any = telemetry.get_tracer()
+    with tracer.start_as_current_span("flushed"):
+        pass
+    started = time.monotonic()
+    telemetry.shutdown_otel()
+    assert len(inner) == 1 and inner[0] < 1.0, inner
+    assert time.monotonic() - started < 2.0
+
+
+def test_a_flush_that_never_ends_holds_later_shutdowns_once_within_its_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    # before: every later shutdown, telemetry on or off, waited the whole bound again, for the life of the process
+    telemetry.shutdown_otel()
+    monkeypatch.setattr(telemetry, "_FLUSH_TIMEOUT_MS", 1_000)
+    stuck, release = threading.Event(), threading.Event()
+
+    def sink(frame: bytes) -> None:
+        if frame.startswith(b"OTLP") and not stuck.is_set():
+            stuck.set()
+            release.wait(30)
+
+    telemetry.init_otel(_config("flush-never-ends", 3_600_014), frame_sink=sink)
+    tracer: Any = telemetry.get_tracer()
+    with tracer.start_as_current_span("held"):
+        pass
+    first = threading.Thread(target=telemetry.shutdown_otel, daemon=True)
+    first.start()
+    try:
+        assert stuck.wait(10)
+        took = []
+        for _ in range(3):
+            started = time.monotonic()
+            telemetry.shutdown_otel()
+            took.append(time.monotonic() - started)
+        assert took[0] < 1.5 and took[1] < 0.3 and took[2] < 0.3, took
+    finally:
+        release.set()
+        first.join(10)
+
+
+def test_an_async_shutdown_cancelled_before_its_thread_began_is_still_carried_out(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # before: its flush never ran (the executor was busy), its pipeline was never parked, and every later shutdown
+    # waited for that flush for the whole bound, each time
+    telemetry.shutdown_otel()
+    monkeypatch.setattr(telemetry, "_FLUSH_TIMEOUT_MS", 3_000)
+    frames: list[bytes] = []
+    telemetry.init_otel(_config("cancelled-async-shutdown", 3_600_015), frame_sink=frames.append)
+    tracer: Any = telemetry.get_tracer()
+    with tracer.start_as_current_span("flushed after all"):
+        pass
+
+    async def cancelled_while_queued() -> None:
+        loop = asyncio.get_running_loop()
+        executor = ThreadPoolExecutor(1)
+        loop.set_default_executor(executor)
+        release = threading.Event()
+        busy = loop.run_in_executor(None, release.wait, 30)  # the loop's executor is taken
+        try:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(telemetry.shutdown_otel_async(), 0.2)
+        finally:
+            release.set()
+            await busy
+
+    asyncio.run(cancelled_while_queued())
+    started = time.monotonic()
+    telemetry.shutdown_otel()
+    assert time.monotonic() - started < 1.0
+    assert any(frame.startswith(b"OTLP") for frame in frames)
+    assert telemetry.runtime()._flushing == []
