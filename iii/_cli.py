@@ -218,7 +218,10 @@ def joined_timeouts(argv: Sequence[str] | None) -> list[str]:
         ['send', '-', '--stall-timeout=-1e5', '--to', 'f']
     """
     joined: list[str] = []
-    for arg in sys.argv[1:] if argv is None else argv:
+    args = list(sys.argv[1:] if argv is None else argv)
+    for index, arg in enumerate(args):
+        if arg == "--":  # what follows is no option: argparse takes it as it is
+            return joined + args[index:]
         if joined and _TIMEOUT_OPTION.fullmatch(joined[-1]) and arg.startswith("-"):
             try:
                 float(arg)

@@ -293,8 +293,9 @@ class III:
         """Block until the client is connected, at most ``within`` seconds (``None``: 30 s, :func:`register_worker`'s
         bound): the sync form of :meth:`wait_until_connected_async`, with its errors and its checks of ``within``.
         Ours: the reference SDK has no such call (its ``register_worker`` waits, privately). For a thread with no
-        loop of its own, as a command line's; from an async handler of this client it raises ``RuntimeError`` (it
-        would block the loop it waits on): await :meth:`wait_until_connected_async` there.
+        loop of its own, as a command line's; from an async handler of this client, while not connected, it raises
+        ``RuntimeError`` (it would block the loop it waits on; connected, it returns at once): await
+        :meth:`wait_until_connected_async` there.
 
         Example:
             >>> # iii = III("ws://localhost:49134")
@@ -1536,9 +1537,9 @@ def _checked_seconds(value: Any, name: str) -> float:
         ValueError: close_timeout must be a finite number of seconds >= 0, got '0.25'
     """
     try:
-        return _checked_timeout_ms(value, name)
+        return min(_checked_timeout_ms(value, name), threading.TIMEOUT_MAX)  # (that bound is in milliseconds)
     except ValueError:
-        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}") from None
+        raise ValueError(f"{name} must be a finite number of seconds >= 0, got {value!r:.100}") from None
 
 
 def _checked_close_timeout(close_timeout: float | None) -> float | None:

@@ -46,3 +46,5 @@ def test_only_a_number_after_a_timeout_option_is_joined() -> None:
     assert joined_timeouts(["--json", "-1"]) == ["--json", "-1"]  # not a timeout option
     assert joined_timeouts(["--timeout=-1"]) == ["--timeout=-1"]
     assert joined_timeouts(["-", "--idle-timeout", "5"]) == ["-", "--idle-timeout", "5"]
+    assert joined_timeouts(["--", "--timeout", "-1"]) == ["--", "--timeout", "-1"]  # after "--": no option
+    assert joined_timeouts(["--timeout", "-1", "--", "-x"]) == ["--timeout=-1", "--", "-x"]

@@ -168,3 +168,15 @@ def test_on_functions_available_runs_each_callback_in_its_own_copy_of_the_subscr
     finally:
         client.shutdown(close_timeout=0)
     assert seen == ["setter saw subscriber's", "reader saw subscriber's"] * 2
+
+
+def test_a_wait_in_seconds_is_capped_in_seconds_and_its_error_is_short() -> None:
+    import threading
+
+    from iii.iii import _checked_seconds
+
+    # the cap was the call timeout's, in milliseconds, used as seconds (1000 times threading's longest wait)
+    assert _checked_seconds(10**400, "close_timeout") <= threading.TIMEOUT_MAX
+    with pytest.raises(ValueError, match="close_timeout must be") as refused:
+        _checked_seconds(-(10**400), "close_timeout")
+    assert len(str(refused.value)) < 200  # (it printed all 400 digits)
