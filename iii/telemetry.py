@@ -763,13 +763,14 @@ class TelemetryRuntime:
     async def _close_async(self, closing: _Closing) -> None:
         """:meth:`_close` in a thread. Cancelled before that thread began (the loop's executor busy), the shutdown is
         carried out on a thread of its own, not awaited: given up, its pipeline was never flushed nor parked, and
-        every later shutdown waited for its flush for the whole bound."""
+        every later shutdown waited for its flush for the whole bound. Not a daemon: the interpreter's exit joins it
+        before OpenTelemetry's exit hooks shut the providers down (a daemon raced them: "shutdown can only be called
+        once"), as a sync shutdown at exit would have held the exit for its flush."""
         try:
             await asyncio.to_thread(self._close, closing)
         except asyncio.CancelledError:
             if self._begin(closing):
-                threading.Thread(target=self._finish, args=(closing,), name="iii-telemetry-shutdown",
-                                 daemon=True).start()
+                threading.Thread(target=self._finish, args=(closing,), name="iii-telemetry-shutdown").start()
             raise
 
     def shutdown_otel(self) -> None:
