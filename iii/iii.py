@@ -284,10 +284,7 @@ class III:
             >>> # except ConnectionError:
             >>> #     ...  # the engine is down: answer "unavailable" now rather than queue the request
         """
-        within = _REFERENCE_CONNECT_WAIT_S if within is None else _checked_seconds(within, "within")
-        if self._closed:
-            raise ShuttingDownError(self._shutdown_cause)
-        await self._connected_within(within)
+        await self._connected_within(self._connect_wait(within))
 
     def wait_until_connected(self, within: float | None = None) -> None:
         """Block until the client is connected, at most ``within`` seconds (``None``: 30 s, :func:`register_worker`'s
@@ -301,10 +298,15 @@ class III:
             >>> # iii = III("ws://localhost:49134")
             >>> # iii.wait_until_connected(2)  # ConnectionError after 2 s when the engine is down
         """
+        self._wait_until_connected(self._connect_wait(within))
+
+    def _connect_wait(self, within: float | None) -> float:
+        """The seconds a ``wait_until_connected[_async]`` waits (``within`` checked; ``None``: the 30 s bound);
+        :class:`ShuttingDownError` once the client is shut down."""
         within = _REFERENCE_CONNECT_WAIT_S if within is None else _checked_seconds(within, "within")
         if self._closed:
             raise ShuttingDownError(self._shutdown_cause)
-        self._wait_until_connected(within)
+        return within
 
     def _wait_until_connected(self, timeout: float | None = None) -> None:
         """Block until connected; ``ConnectionError`` when that did not happen within ``timeout`` seconds

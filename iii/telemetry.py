@@ -316,7 +316,7 @@ def _shutdown_providers(providers: list[Any]) -> None:
 def shutdown_otel() -> None:
     """Flush every provider; telemetry is off until the next ``init_otel``, which reuses the providers (ours: built
     once per configuration, as each registers at-fork callbacks OpenTelemetry never removes). A shutdown racing
-    another returns once that one's flush is over too (waiting at most as long as a flush may take).
+    another returns once that one's flush is over too (waiting for it at most 30 s from that flush's start).
 
     Example:
         >>> shutdown_otel()
