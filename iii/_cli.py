@@ -195,10 +195,11 @@ def seconds(text: str) -> float:
         ...
         argparse.ArgumentTypeError: must be at most 86400 seconds, got '1e6'
     """
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    # Only ASCII decimal notation: float() also takes '5_0', other scripts' digits and surrounding blanks, which
+    # no one means as a time limit and which the joiner of '-1e5' (joined_timeouts) reads the same way.
+    value = float(text) if _DECIMAL.fullmatch(text) else math.nan
+    if value == math.inf and text.lstrip("+").lower() not in ("inf", "infinity"):
+        value = MAX_SECONDS * 2  # '1e309' is a finite number written too large: the "at most" message fits it
     if not (math.isfinite(value) and value >= MIN_SECONDS):
         raise argparse.ArgumentTypeError(f"must be a number of seconds from {MIN_SECONDS:g} up, got {text!r}")
     if value > MAX_SECONDS:
@@ -223,11 +224,7 @@ def joined_timeouts(argv: Sequence[str] | None) -> list[str]:
         if arg == "--":  # what follows is no option: argparse takes it as it is
             return joined + args[index:]
         if joined and _TIMEOUT_OPTION.fullmatch(joined[-1]) and arg.startswith("-"):
-            try:
-                float(arg)
-            except ValueError:
-                pass
-            else:
+            if _DECIMAL.fullmatch(arg):
                 joined[-1] = f"{joined[-1]}={arg}"
                 continue
         joined.append(arg)
@@ -235,6 +232,9 @@ def joined_timeouts(argv: Sequence[str] | None) -> list[str]:
 
 
 _TIMEOUT_OPTION = re.compile(r"--[a-z-]*timeout")
+# A number as people write one on a command line: sign, ASCII digits, point, exponent; inf and nan for the errors.
+_DECIMAL: Final = re.compile(r"[+-]?(?:inf(?:inity)?|nan|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)",
+                             re.IGNORECASE)
 
 
 class OneLineParser(argparse.ArgumentParser):

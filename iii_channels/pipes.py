@@ -484,7 +484,7 @@ async def _exit_status(proc: asyncio.subprocess.Process, argv: Sequence[str], ex
     if proc.returncode is None:
         await _kill(proc, group)
         raise ProcessError(argv, None, await stderr.result(),
-                           f"did not exit within {exit_timeout:g} s of {after}; killed")
+                           f"did not exit within {max(exit_timeout or 0.0, EXIT_FLOOR_S):g} s of {after}; killed")
     return proc.returncode
 
 

@@ -4,11 +4,12 @@ inspect commands joined them before)."""
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Sequence
 
 import pytest
 
-from iii._cli import joined_timeouts
+from iii._cli import joined_timeouts, seconds
 from iii_channels.cli import build_parser
 from iii_channels.cli import parse_args as channel_args
 from iii_engine.inspect_cli import parse_args as inspect_args
@@ -48,3 +49,24 @@ def test_only_a_number_after_a_timeout_option_is_joined() -> None:
     assert joined_timeouts(["-", "--idle-timeout", "5"]) == ["-", "--idle-timeout", "5"]
     assert joined_timeouts(["--", "--timeout", "-1"]) == ["--", "--timeout", "-1"]  # after "--": no option
     assert joined_timeouts(["--timeout", "-1", "--", "-x"]) == ["--timeout=-1", "--", "-x"]
+
+
+@pytest.mark.parametrize("value", ["5_0", "\u0663", " 5", "5 ", "0x10", "1_000"])
+def test_a_timeout_is_written_in_ascii_decimal_notation(value: str) -> None:
+    # float() takes each of these (or would after strip); a time limit is read only as people write numbers
+    with pytest.raises(argparse.ArgumentTypeError, match=r"from 0\.001 up"):
+        seconds(value)
+
+
+def test_a_number_too_large_for_a_float_gets_the_at_most_error() -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="at most 86400 seconds, got '1e309'"):
+        seconds("1e309")
+    with pytest.raises(argparse.ArgumentTypeError, match=r"from 0\.001 up, got '-1e309'"):
+        seconds("-1e309")
+    assert seconds("1E3") == 1000.0 and seconds(".5") == 0.5 and seconds("+3") == 3.0
+
+
+def test_only_an_ascii_decimal_number_is_joined_to_a_timeout_option() -> None:
+    assert joined_timeouts(["--timeout", "-\u0663"]) == ["--timeout", "-\u0663"]
+    assert joined_timeouts(["--timeout", "-1_0"]) == ["--timeout", "-1_0"]
+    assert joined_timeouts(["--timeout", "-.5e1"]) == ["--timeout=-.5e1"]

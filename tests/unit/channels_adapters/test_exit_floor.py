@@ -42,5 +42,5 @@ async def test_a_command_still_running_is_killed_soon_after_the_floor() -> None:
     started = time.monotonic()
     error = await _run(["sh", "-c", "exec 1>&-; sleep 30"])  # closes its stdout, never exits
     took = time.monotonic() - started
-    assert isinstance(error, ProcessError) and "did not exit within 0 s" in str(error), error
+    assert isinstance(error, ProcessError) and "did not exit within 0.1 s" in str(error), error
     assert pipes.EXIT_FLOOR_S <= took < 5, took
