@@ -35,6 +35,8 @@ from typing import Any, Final
 
 from opentelemetry import context as _context_module
 
+from .warn_once import WarnOnce
+
 __all__ = [
     "InternalsMissing", "agnostic_contextmanager", "batch_exporter", "batch_of", "composite_parts", "context_variable",
     "drop_added_processors", "freeze_attributes", "log_processors", "metric_readers", "pause_workers", "resume_workers",
@@ -43,8 +45,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_warned: set[str] = set()
-_warned_lock = threading.Lock()
+_warn_once = WarnOnce(log)
 
 
 class InternalsMissing(AttributeError):
@@ -68,11 +69,7 @@ def missing(name: str, cost: str) -> None:
     Example:
         >>> missing("demo._thing", SLOWER); missing("demo._thing", SLOWER)  # one warning, not two
     """
-    with _warned_lock:
-        if name in _warned:
-            return
-        _warned.add(name)
-    log.warning("OpenTelemetry internal %s not found (another opentelemetry-sdk layout): %s", name, cost)
+    _warn_once(name, "OpenTelemetry internal %s not found (another opentelemetry-sdk layout): %s", name, cost)
 
 
 def _all_have(objects: Iterable[Any], name: str, what: str, cost: str) -> bool:

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from types import SimpleNamespace
 from typing import Final
+
+from iii.warn_once import WarnOnce
 
 __all__ = ["MISSING", "TRANSPORT_ATTRIBUTE", "process_transport"]
 
@@ -58,20 +59,14 @@ def _probe() -> tuple[str, ...]:
 MISSING: tuple[str, ...] = _probe()
 """What :func:`_probe` found missing (empty: :func:`process_transport` hands out the transport)."""
 
-_warned = False
-_warned_lock = threading.Lock()
+_warn_once = WarnOnce(log)
 
 
 def _say_missing() -> None:
     """Say once per process that the internals are missing, and what the callers do instead."""
-    global _warned
-    with _warned_lock:
-        if _warned:
-            return
-        _warned = True
-    log.warning("asyncio internal %s not found (another Python): a finished process's pipes are closed only when "
-                "the last process holding them exits, and its stdout's end is waited for at least a moment after "
-                "its exit", ", ".join(MISSING))
+    _warn_once("missing", "asyncio internal %s not found (another Python): a finished process's pipes are closed "
+               "only when the last process holding them exits, and its stdout's end is waited for at least a moment "
+               "after its exit", ", ".join(MISSING))
 
 
 def process_transport(proc: asyncio.subprocess.Process) -> asyncio.SubprocessTransport | None:

@@ -28,6 +28,8 @@ from typing import Any, Final
 from redis.asyncio.client import PubSub, Redis
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
+from iii.warn_once import WarnOnce
+
 __all__ = ["MISSING", "POOL_INJECTED", "SENT_NOTHING_MISSING", "OneShotPubSub", "like_pool_options", "one_shot",
            "sent_nothing"]
 
@@ -47,7 +49,7 @@ def _missing() -> tuple[str, ...]:
 MISSING: Final = _missing()
 """The internals this redis-py lacks (empty when :func:`one_shot` works as documented)."""
 
-_warned = False
+_warn_once = WarnOnce(log)
 
 
 class OneShotPubSub(PubSub):
@@ -69,13 +71,11 @@ def one_shot(pubsub: PubSub) -> PubSub:
         >>> pubsub.connection_pool is client.connection_pool, pubsub.ignore_subscribe_messages
         (True, False)
     """
-    global _warned
     if not MISSING:
         pubsub.__class__ = OneShotPubSub
-    elif not _warned:
-        _warned = True
-        log.warning("redis-py %s lacks %s: Redis watches use its own reconnect (a watch cancelled during it may keep "
-                    "its subscription until the connection fails)", _version(), ", ".join(MISSING))
+    else:
+        _warn_once("missing", "redis-py %s lacks %s: Redis watches use its own reconnect (a watch cancelled during "
+                   "it may keep its subscription until the connection fails)", _version(), ", ".join(MISSING))
     return pubsub
 
 

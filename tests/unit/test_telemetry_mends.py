@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from iii import otel_internals, telemetry
 from iii.otel_internals import InternalsMissing, batch_of, pause_workers, resume_workers
 from iii.telemetry_types import OtelConfig
+from iii.warn_once import WarnOnce
 
 
 class _Reader:
@@ -35,7 +36,7 @@ class _Reader:
 @pytest.fixture
 def warnings(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     """The warnings of iii.otel_internals, each internal's warned afresh."""
-    monkeypatch.setattr(otel_internals, "_warned", set())
+    monkeypatch.setattr(otel_internals, "_warn_once", WarnOnce(otel_internals.log))
     caplog.set_level(logging.WARNING, "iii.otel_internals")
     return caplog
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from iii.warn_once import WarnOnce
 from iii_channels import asyncio_internals, pipes
 from tests.polling import until
 
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.timeout(30)
 def fallback(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """As on a Python whose ``Process`` keeps its transport elsewhere; the once-only warning not yet said."""
     monkeypatch.setattr(asyncio_internals, "MISSING", ("asyncio.subprocess.Process._transport",))
-    monkeypatch.setattr(asyncio_internals, "_warned", False)
+    monkeypatch.setattr(asyncio_internals, "_warn_once", WarnOnce(asyncio_internals.log))
     yield
 
 

@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from iii import light_span, otel_internals
 from iii.light_span import HandlerSpans, LightSpan, OwnTracerProvider
 from iii.telemetry_exporters import EngineSpanExporter, SharedEngineConnection
+from iii.warn_once import WarnOnce
 
 PACKAGE = Path(light_span.__file__).parent
 # The logs SDK and API live under `_logs` in every release we support: documented (experimental), the only way.
@@ -162,7 +163,7 @@ def _frames_of_light_spans(count: int) -> list[dict[str, Any]]:
 def test_a_renamed_batch_field_takes_the_processors_own_hooks(monkeypatch: pytest.MonkeyPatch,
                                                               caplog: pytest.LogCaptureFixture) -> None:
     expected = _frames_of_light_spans(5)
-    monkeypatch.setattr(otel_internals, "_warned", set())
+    monkeypatch.setattr(otel_internals, "_warn_once", WarnOnce(otel_internals.log))
     monkeypatch.setattr(otel_internals, "_BATCH_FIELDS",
                         (*otel_internals._BATCH_FIELDS, ("_renamed_queue", collections.deque)))
     caplog.set_level(logging.WARNING, "iii.otel_internals")
@@ -192,7 +193,7 @@ def test_without_the_attributes_flag_an_ended_span_still_freezes_them(monkeypatc
 
 
 def test_a_provider_of_another_layout_is_left_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(otel_internals, "_warned", set())
+    monkeypatch.setattr(otel_internals, "_warn_once", WarnOnce(otel_internals.log))
     monkeypatch.setattr(otel_internals, "_METER_PROVIDER_FIELDS", ("_renamed_meters",))
     from opentelemetry.sdk.metrics import MeterProvider
 

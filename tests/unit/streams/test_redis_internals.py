@@ -9,6 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 
+from iii.warn_once import WarnOnce
 from iii_streams import redis_internals
 
 
@@ -21,7 +22,7 @@ def test_every_internal_is_there_in_the_supported_redis_py() -> None:
 def test_without_them_the_pubsub_is_left_as_it_is_and_a_warning_says_so(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(redis_internals, "MISSING", ("PubSub._execute(self, conn, command, *args, **kwargs)",))
-    monkeypatch.setattr(redis_internals, "_warned", False)
+    monkeypatch.setattr(redis_internals, "_warn_once", WarnOnce(redis_internals.log))
     with caplog.at_level(logging.WARNING, logger="iii_streams.redis_internals"):
         first = redis_internals.one_shot(aioredis.Redis().pubsub())
         second = redis_internals.one_shot(aioredis.Redis().pubsub())
