@@ -36,8 +36,27 @@ from .machine import Action, ChannelMachine, Close, EndState, Side, Step
 log = logging.getLogger(__name__)
 
 SEND_BATCH_BYTES = 256 * 1024
-"""Payload bytes the reader loop hands a socket in one write (one frame may go past it): the messages move from
-the channel's queue to the socket's write buffer, so this is all a batch adds to what the engine holds."""
+"""Payload bytes the relay hands a reader socket in one write at least (one frame may go past it); more, up to the
+room left under the socket's write-buffer high mark, when it has that room (:func:`_batch_bytes`). The messages
+move from the channel's queue to the socket's write buffer, so a batch adds at most this to what the engine holds
+past that mark, plus one message."""
+
+
+def _batch_bytes(ws: Connection) -> int:
+    """Payload bytes for the next batch written to the reader socket ``ws``: the room left under its write-buffer
+    high mark (1 MiB on a relay socket), at least :data:`SEND_BATCH_BYTES`.
+
+    Why: what one read of the writer brings (up to 1 MiB: sixteen 64 KiB frames of the reference SDK's writer)
+    then leaves in one write, from the callback that read it. Cut at 256 KiB, the rest woke the reader loop for a
+    loop turn and a write per batch: ~11 % of the relay's CPU per GiB with 64 KiB frames (issue 10). The socket's
+    buffer holds no more than with a fixed batch (its high mark, plus SEND_BATCH_BYTES, plus one message): a batch
+    past SEND_BATCH_BYTES is only written into room under the mark."""
+    transport = ws.transport
+    try:
+        room = transport.get_write_buffer_limits()[1] - transport.get_write_buffer_size()
+    except (AttributeError, NotImplementedError):  # a transport without flow-control marks
+        return SEND_BATCH_BYTES
+    return room if room > SEND_BATCH_BYTES else SEND_BATCH_BYTES
 
 
 class LiveChannel:
@@ -89,7 +108,7 @@ class LiveChannel:
             await self.data.wait()
 
     def hand_to_reader(self) -> None:
-        """Messages were queued: write them (one batch of SEND_BATCH_BYTES) to the reader socket now when its loop is
+        """Messages were queued: write them (one batch, :func:`_batch_bytes`) to the reader socket now when its loop is
         idle (waiting for data, its socket under its write-buffer mark), else wake that loop; it also sends what
         is left past that batch. Why: a task switch per message cost the relay more CPU than the bytes (issue 10);
         order and bounds are the reader loop's, as it would have sent them."""
@@ -99,14 +118,15 @@ class LiveChannel:
                 and not machine.expired and not machine.reader_gone and writable_now(end.ws)):
             item = machine.reader_step()  # a message: the queue holds one and nothing ends the reader
             assert type(item) is tuple
-            batch = [item, *machine.reader_more(SEND_BATCH_BYTES - len(item[1]))]
+            ws = end.ws
+            batch = [item, *machine.reader_more(_batch_bytes(ws) - len(item[1]))]
             self.reader_took()
-            write_server_frames(end.ws, batch)
+            write_server_frames(ws, batch)
             if not machine.items:
                 return
-            # More than one batch was queued (one socket read brought over SEND_BATCH_BYTES): the reader loop sends
-            # the rest, waiting on its socket's flow control. Left to the next arrival, it waited for good when the
-            # writer had nothing more to send yet (a `send -` whose stdin stayed open lost its last reads).
+            # More than one batch was queued (one socket read brought more than the socket had room for): the reader
+            # loop sends the rest, waiting on its socket's flow control. Left to the next arrival, it waited for good
+            # when the writer had nothing more to send yet (a `send -` whose stdin stayed open lost its last reads).
         self.data.set()
 
     def reader_took(self) -> None:
@@ -410,14 +430,16 @@ class Driver:
         next_step = ch.reader_next
         took = ch.reader_took
         send = end.send
-        # A socket reader gets what the queue holds (up to SEND_BATCH_BYTES) in one write and one wait.
+        # A socket reader gets what the queue holds (up to _batch_bytes) in one write and one wait.
+        ws = end.ws if isinstance(end, WebSocketEnd) else None
         send_batch = end.send_batch if isinstance(end, WebSocketEnd) else None
         items = machine.items
         while True:
             item = await next_step()
             if type(item) is tuple:
                 if send_batch is not None and items:
-                    batch = [item, *machine.reader_more(SEND_BATCH_BYTES - len(item[1]))]
+                    assert ws is not None
+                    batch = [item, *machine.reader_more(_batch_bytes(ws) - len(item[1]))]
                     took()
                     await send_batch(batch)  # raises the ChannelEndClosed that ends this loop
                     continue

@@ -11,11 +11,12 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from iii import ws_fastpath
 from iii.channel_end import WebSocketEnd
 from iii.channels import build_channel_url
 from iii.ws_fastpath import FastServerConnection
-from iii_engine.channels import ChannelRelay
-from iii_engine.channels.driver import SEND_BATCH_BYTES, LiveChannel
+from iii_engine.channels import ChannelRelay, driver
+from iii_engine.channels.driver import SEND_BATCH_BYTES, LiveChannel, _batch_bytes
 
 OPTS: dict[str, Any] = {"ping_interval": None, "compression": None, "max_size": None}
 
@@ -119,10 +120,88 @@ async def test_more_than_one_batch_arriving_at_once_all_reaches_an_idle_reader(
         assert isinstance(writer_end, WebSocketEnd) and isinstance(writer_end.ws, FastServerConnection)
         # Both relay loops idle: the writer's waits on its socket, the reader's for data.
         assert ch.writer_idle and ch.data.waiting
-        payloads = [bytes([i]) * (64 << 10) for i in range(SEND_BATCH_BYTES // (64 << 10) + 2)]
+        reader_end = ch.reader_end
+        assert isinstance(reader_end, WebSocketEnd)
+        # More than one batch can take: the room under the reader socket's high mark, and SEND_BATCH_BYTES.
+        most = max(SEND_BATCH_BYTES, reader_end.ws.transport.get_write_buffer_limits()[1])
+        payloads = [bytes([i]) * (64 << 10) for i in range(most // (64 << 10) + 2)]
         writer_end.ws._deliver([(False, p) for p in payloads], [], None)  # what that one read delivers
         for payload in payloads:
             assert await asyncio.wait_for(reader.recv(), 5) == payload
     finally:
         await writer.close()
         await reader.close()
+
+
+async def test_what_one_read_brings_leaves_in_one_write_without_waking_the_reader_loop(
+        loop_turns: dict[str, int], relay: tuple[str, ChannelRelay], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Sixteen 64 KiB frames (1 MiB, one read of the reference SDK's writer) reach an idle reader socket with room
+    # under its high mark: one write from the callback that read them. Cut at SEND_BATCH_BYTES (256 KiB), the rest
+    # woke the reader loop and left in three more writes (issue 10: ~11 % of the relay's CPU with 64 KiB frames).
+    base, r = relay
+    refs = r.create(64, owner="w")
+    reader = await connect(base, refs["reader"])
+    writer = await connect(base, refs["writer"])
+    try:
+        await writer.send(b"first")
+        assert await asyncio.wait_for(reader.recv(), 5) == b"first"
+        ch = r._channels[refs["writer"]["channel_id"]]
+        writer_end, reader_end = ch.writer_end, ch.reader_end
+        assert isinstance(writer_end, WebSocketEnd) and isinstance(reader_end, WebSocketEnd)
+        assert isinstance(writer_end.ws, FastServerConnection)
+        assert ch.writer_idle and ch.data.waiting
+        transport = reader_end.ws.transport
+        high = transport.get_write_buffer_limits()[1]
+        payloads = [bytes([i]) * (64 << 10) for i in range(16)]
+        assert sum(map(len, payloads)) <= high - transport.get_write_buffer_size()
+        writes: list[int] = []
+        write = ws_fastpath.write_server_frames
+
+        def counted(ws: Any, messages: list[tuple[bool, bytes]]) -> bool:
+            writes.append(len(messages))
+            return write(ws, messages)
+
+        monkeypatch.setattr(driver, "write_server_frames", counted)
+        before = dict(loop_turns)
+        writer_end.ws._deliver([(False, p) for p in payloads], [], None)  # what that one read delivers
+        assert writes == [16]
+        assert not ch.machine.items
+        for payload in payloads:
+            assert await asyncio.wait_for(reader.recv(), 5) == payload
+        assert loop_turns["reader_next"] == before["reader_next"]
+    finally:
+        await writer.close()
+        await reader.close()
+
+
+class _Transport:
+    def __init__(self, high: int, buffered: int) -> None:
+        self.high = high
+        self.buffered = buffered
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self.high // 4, self.high
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+
+class _Ws:
+    def __init__(self, transport: object) -> None:
+        self.transport = transport
+
+
+@pytest.mark.parametrize(("high", "buffered", "expected"), [
+    (1 << 20, 0, 1 << 20),  # an idle relay socket: all the room under its mark
+    (1 << 20, 300 << 10, (1 << 20) - (300 << 10)),
+    (1 << 20, 900 << 10, SEND_BATCH_BYTES),  # little room: the fixed batch, as before
+    (1 << 20, 2 << 20, SEND_BATCH_BYTES),  # over the mark (a write that went past it)
+    (0, 0, SEND_BATCH_BYTES),  # no mark at all
+])
+def test_a_batch_is_the_room_under_the_mark_and_never_less_than_the_fixed_batch(
+        high: int, buffered: int, expected: int) -> None:
+    assert _batch_bytes(_Ws(_Transport(high, buffered))) == expected  # type: ignore[arg-type]
+
+
+def test_a_transport_without_marks_gets_the_fixed_batch() -> None:
+    assert _batch_bytes(_Ws(object())) == SEND_BATCH_BYTES  # type: ignore[arg-type]
