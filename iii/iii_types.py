@@ -12,10 +12,11 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from enum import Enum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class HttpAuthHmac(BaseModel):
@@ -211,6 +212,18 @@ class TriggerRequest(BaseModel):
     payload: Any = None
     action: TriggerActionEnqueue | TriggerActionVoid | None = None
     timeout_ms: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _said_unknown(cls, data: Any) -> Any:
+        # Unknown keywords are ignored, as the reference's models ignore them (code written for it keeps working),
+        # but not silently: TriggerRequest(function_id="f", data=...) ran the function with payload None.
+        if isinstance(data, dict):
+            unknown = sorted(str(key) for key in data if key not in cls.model_fields)
+            if unknown:
+                warnings.warn(f"TriggerRequest ignores {', '.join(map(repr, unknown))}: its fields are "
+                              f"{', '.join(cls.model_fields)}", UserWarning, stacklevel=3)
+        return data
 
 
 class InvokeFunctionMessage(_Message):
