@@ -200,11 +200,13 @@ def seconds(text: str) -> float:
     value = float(text) if _DECIMAL.fullmatch(text) else math.nan
     if value == math.inf and text.lstrip("+").lower() not in ("inf", "infinity"):
         value = MAX_SECONDS * 2  # '1e309' is a finite number written too large: the "at most" message fits it
+    if math.isfinite(value) and MIN_SECONDS <= value <= MAX_SECONDS:
+        return value
+    from .protocol.codec import clip  # only for an error: the command lines' start stays light
+
     if not (math.isfinite(value) and value >= MIN_SECONDS):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds from {MIN_SECONDS:g} up, got {text!r}")
-    if value > MAX_SECONDS:
-        raise argparse.ArgumentTypeError(f"must be at most {MAX_SECONDS:g} seconds, got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"must be a number of seconds from {MIN_SECONDS:g} up, got {clip(text, 40)}")
+    raise argparse.ArgumentTypeError(f"must be at most {MAX_SECONDS:g} seconds, got {clip(text, 40)}")
 
 
 def joined_timeouts(argv: Sequence[str] | None) -> list[str]:
@@ -233,8 +235,10 @@ def joined_timeouts(argv: Sequence[str] | None) -> list[str]:
 
 _TIMEOUT_OPTION = re.compile(r"--[a-z-]*timeout")
 # A number as people write one on a command line: sign, ASCII digits, point, exponent; inf and nan for the errors.
-_DECIMAL: Final = re.compile(r"[+-]?(?:inf(?:inity)?|nan|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)",
-                             re.IGNORECASE)
+# Each digit can be taken one way only: with '[0-9]+\.?[0-9]*' a long run of digits followed by what fails was split
+# every way before failing (40,000 digits and an 'x': 22 s). re.ASCII: U+0131 (dotless i) would match 'i' otherwise.
+_DECIMAL: Final = re.compile(r"[+-]?(?:inf(?:inity)?|nan|(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:e[+-]?[0-9]+)?)",
+                             re.IGNORECASE | re.ASCII)
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -31,5 +31,5 @@ class WarnOnce:
             if key in self._keys:
                 return False
             self._keys.add(key)
-        self._log.warning(message, *args)
+        self._log.warning(message, *args, stacklevel=2)  # the record names the caller's module and line
         return True

@@ -70,3 +70,21 @@ def test_only_an_ascii_decimal_number_is_joined_to_a_timeout_option() -> None:
     assert joined_timeouts(["--timeout", "-\u0663"]) == ["--timeout", "-\u0663"]
     assert joined_timeouts(["--timeout", "-1_0"]) == ["--timeout", "-1_0"]
     assert joined_timeouts(["--timeout", "-.5e1"]) == ["--timeout=-.5e1"]
+
+
+def test_a_long_value_that_is_no_number_is_refused_at_once_and_clipped() -> None:
+    # The number pattern could split a run of digits every way before failing: 40,000 digits and an 'x' took 22 s
+    # (100,000 about 140 s, past this suite's 30 s timeout); the whole value was echoed in the error
+    for value in ("1" * 100_000 + "x", "-" + "1" * 100_000 + "e"):
+        with pytest.raises(argparse.ArgumentTypeError) as refused:
+            seconds(value)
+        assert len(str(refused.value)) < 120 and "chars)" in str(refused.value)
+        assert joined_timeouts(["--timeout", value]) == ["--timeout", value]
+
+
+@pytest.mark.parametrize("value", ["\u0131nf", "\u0130nf", "-\u0131nf"])
+def test_a_letter_that_only_folds_to_ascii_is_no_number(value: str) -> None:
+    # without re.ASCII, IGNORECASE let U+0131 (dotless i) match 'i', and float() then raised a plain ValueError
+    with pytest.raises(argparse.ArgumentTypeError, match=r"from 0\.001 up"):
+        seconds(value)
+    assert joined_timeouts(["--timeout", value]) == ["--timeout", value]
