@@ -68,7 +68,7 @@ from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
-from iii._cli import OneLineParser, exit_interrupted, joined_timeouts, mask_passwords, seconds
+from iii._cli import OneLineParser, exit_interrupted, joined_timeouts, mask_passwords, milliseconds, seconds
 from iii.channels import ChannelReader, ChannelWriter
 from iii.connection import check_url
 from iii.iii import III
@@ -188,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("file", help="file to send, or - for stdin")
     send.add_argument("--to", required=True, help="function id that receives {reader, name, size}")
     send.add_argument("--name", help="name to announce (default: the file's basename, or 'stdin')")
-    send.add_argument("--timeout-ms", type=int, default=24 * 3600 * 1000, help="call timeout (default: 1 day)")
+    send.add_argument("--timeout-ms", type=milliseconds, default=24 * 3600 * 1000, metavar="MS",
+                      help="call timeout in milliseconds, 1 to 86400000 (default: 1 day)")
     send.add_argument("--allow-unverified", action="store_true",
                       help='exit 0 also when the answer does not confirm the transfer with "verified": true '
                            "(a function of your own that answers something else)")

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from iii._cli import joined_timeouts, seconds
+from iii._cli import joined_timeouts, milliseconds, seconds
 from iii_channels.cli import build_parser
 from iii_channels.cli import parse_args as channel_args
 from iii_engine.inspect_cli import parse_args as inspect_args
@@ -88,3 +88,21 @@ def test_a_letter_that_only_folds_to_ascii_is_no_number(value: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError, match=r"from 0\.001 up"):
         seconds(value)
     assert joined_timeouts(["--timeout", value]) == ["--timeout", value]
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "5_0", "1.5", " 5", "\u0661", "86400001", "1" * 100_000])
+def test_iii_channel_timeout_ms_is_a_whole_number_of_milliseconds_in_range(
+        value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # type=int took -5 (the call failed only once connected), 5_0 and other scripts' digits
+    with pytest.raises(SystemExit) as exited:
+        channel_args(build_parser(), ["send", "-", "--to", "f", "--timeout-ms", value])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --timeout-ms: must be a whole number of milliseconds from 1 to 86400000, got" in err, err
+    assert len(err) < 300
+
+
+def test_iii_channel_timeout_ms_takes_what_it_names() -> None:
+    assert milliseconds("1") == 1 and milliseconds("+007") == 7 and milliseconds("86400000") == 86_400_000
+    args = channel_args(build_parser(), ["send", "-", "--to", "f", "--timeout-ms", "2500"])
+    assert args.timeout_ms == 2500
