@@ -38,8 +38,9 @@ log = logging.getLogger(__name__)
 SEND_BATCH_BYTES = 256 * 1024
 """Payload bytes the relay hands a reader socket in one write at least (one frame may go past it); more, up to the
 room left under the socket's write-buffer high mark, when it has that room (:func:`_batch_bytes`). The messages
-move from the channel's queue to the socket's write buffer, so a batch adds at most this to what the engine holds
-past that mark, plus one message."""
+move from the channel's queue to the socket's write buffer, so the batches add at most this to what the engine
+holds past that mark, plus two messages (the last of the callback's batch and of the reader loop's, which writes
+before it waits)."""
 
 
 def _batch_bytes(ws: Connection) -> int:
@@ -49,8 +50,9 @@ def _batch_bytes(ws: Connection) -> int:
     Why: what one read of the writer brings (up to 1 MiB: sixteen 64 KiB frames of the reference SDK's writer)
     then leaves in one write, from the callback that read it. Cut at 256 KiB, the rest woke the reader loop for a
     loop turn and a write per batch: ~11 % of the relay's CPU per GiB with 64 KiB frames (issue 10). The socket's
-    buffer holds no more than with a fixed batch (its high mark, plus SEND_BATCH_BYTES, plus one message): a batch
-    past SEND_BATCH_BYTES is only written into room under the mark."""
+    buffer holds no more than with a fixed batch (its high mark, plus SEND_BATCH_BYTES, plus two messages; with
+    two fixed batches it was twice SEND_BATCH_BYTES): a batch past SEND_BATCH_BYTES is only written into room
+    under the mark."""
     transport = ws.transport
     try:
         room = transport.get_write_buffer_limits()[1] - transport.get_write_buffer_size()
