@@ -27,7 +27,9 @@ from websockets.asyncio.server import ServerConnection
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.channel_end import ChannelCloseCode, ChannelEnd, WebSocketEnd, close_draining
+from iii_streams.deadlines import finish_within
 
+from ..closing import CLOSE_TIMEOUT_S
 from .driver import Driver, LiveChannel, perform
 from .limits import (
     DEFAULT_ATTACH_TIMEOUT_S,
@@ -830,14 +832,18 @@ class ChannelRelay:
 
     async def close(self) -> None:
         """Engine shutdown: close every channel socket and forget every channel (see :meth:`stopping`, which
-        the engine calls first)."""
+        the engine calls first). The closes get :data:`~iii_engine.closing.CLOSE_TIMEOUT_S`, then the ends still
+        open are dropped: a close waits for the socket to drain, and a reader that never reads held it for good
+        (a relay served on its own; the engine's stop had aborted its sockets already)."""
         closing = []
+        ends: list[ChannelEnd] = []
         for ch in list(self._channels.values()):
             ch.cancel_deadline()
             for action in ch.machine.shutdown():
                 end = ch.end(action.side)
                 if end is not None:
                     closing.append(perform(end, action))
+                    ends.append(end)
             ch.wake()
         self._channels.clear()
         self._reserved.clear()
@@ -852,7 +858,10 @@ class ChannelRelay:
             self._sweep.cancel()
             self._sweep = None
         self._became_idle()
-        await asyncio.gather(*closing, return_exceptions=True)
+        if closing and not await finish_within(asyncio.gather(*closing, return_exceptions=True), CLOSE_TIMEOUT_S,
+                                               "the channel sockets' closes", log):
+            for end in ends:
+                end.abort()
         for task in list(self._tasks):
             task.cancel()
         self._stopping = False  # an engine started again serves channels again
