@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -58,6 +59,29 @@ async def pair(relay: tuple[str, ChannelRelay]) -> AsyncIterator[tuple[ClientCon
     await reader.close()
 
 
+@asynccontextmanager
+async def idle_pair(relay: tuple[str, ChannelRelay], size: int) -> AsyncIterator[
+        tuple[ClientConnection, ClientConnection, LiveChannel, WebSocketEnd, WebSocketEnd]]:
+    """A writer and a reader on a channel of ``size`` that moved one message, both relay loops idle (the writer's
+    waiting on its socket, the reader's for data): ``(writer, reader, channel, writer_end, reader_end)``."""
+    base, r = relay
+    refs = r.create(size, owner="w")
+    reader = await connect(base, refs["reader"])
+    writer = await connect(base, refs["writer"])
+    try:
+        await writer.send(b"first")
+        assert await asyncio.wait_for(reader.recv(), 5) == b"first"
+        ch = r._channels[refs["writer"]["channel_id"]]
+        writer_end, reader_end = ch.writer_end, ch.reader_end
+        assert isinstance(writer_end, WebSocketEnd) and isinstance(reader_end, WebSocketEnd)
+        assert isinstance(writer_end.ws, FastServerConnection)
+        assert ch.writer_idle and ch.data.waiting
+        yield writer, reader, ch, writer_end, reader_end
+    finally:
+        await writer.close()
+        await reader.close()
+
+
 async def test_one_message_at_a_time_wakes_no_relay_loop(
         loop_turns: dict[str, int], pair: tuple[ClientConnection, ClientConnection, str]) -> None:
     # (loop_turns first: the relay's loops look their methods up once, as the ends attach)
@@ -108,29 +132,13 @@ async def test_more_than_one_batch_arriving_at_once_all_reaches_an_idle_reader(
     # is taken in the socket's callback; one batch went straight to the reader socket and the rest stayed queued
     # until the writer's next message: for good when none came (`iii-channel send -` with stdin left open lost its
     # last 16-148 KB of 1 MB, 1 run in 3 under CPU load).
-    base, r = relay
-    refs = r.create(16, owner="w")
-    reader = await connect(base, refs["reader"])
-    writer = await connect(base, refs["writer"])
-    try:
-        await writer.send(b"first")
-        assert await asyncio.wait_for(reader.recv(), 5) == b"first"
-        ch = r._channels[refs["writer"]["channel_id"]]
-        writer_end = ch.writer_end
-        assert isinstance(writer_end, WebSocketEnd) and isinstance(writer_end.ws, FastServerConnection)
-        # Both relay loops idle: the writer's waits on its socket, the reader's for data.
-        assert ch.writer_idle and ch.data.waiting
-        reader_end = ch.reader_end
-        assert isinstance(reader_end, WebSocketEnd)
+    async with idle_pair(relay, 16) as (_, reader, _, writer_end, reader_end):
         # More than one batch can take: the room under the reader socket's high mark, and SEND_BATCH_BYTES.
         most = max(SEND_BATCH_BYTES, reader_end.ws.transport.get_write_buffer_limits()[1])
         payloads = [bytes([i]) * (64 << 10) for i in range(most // (64 << 10) + 2)]
         writer_end.ws._deliver([(False, p) for p in payloads], [], None)  # what that one read delivers
         for payload in payloads:
             assert await asyncio.wait_for(reader.recv(), 5) == payload
-    finally:
-        await writer.close()
-        await reader.close()
 
 
 async def test_what_one_read_brings_leaves_in_one_write_without_waking_the_reader_loop(
@@ -138,18 +146,7 @@ async def test_what_one_read_brings_leaves_in_one_write_without_waking_the_reade
     # Sixteen 64 KiB frames (1 MiB, one read of the reference SDK's writer) reach an idle reader socket with room
     # under its high mark: one write from the callback that read them. Cut at SEND_BATCH_BYTES (256 KiB), the rest
     # woke the reader loop and left in three more writes (issue 10: ~11 % of the relay's CPU with 64 KiB frames).
-    base, r = relay
-    refs = r.create(64, owner="w")
-    reader = await connect(base, refs["reader"])
-    writer = await connect(base, refs["writer"])
-    try:
-        await writer.send(b"first")
-        assert await asyncio.wait_for(reader.recv(), 5) == b"first"
-        ch = r._channels[refs["writer"]["channel_id"]]
-        writer_end, reader_end = ch.writer_end, ch.reader_end
-        assert isinstance(writer_end, WebSocketEnd) and isinstance(reader_end, WebSocketEnd)
-        assert isinstance(writer_end.ws, FastServerConnection)
-        assert ch.writer_idle and ch.data.waiting
+    async with idle_pair(relay, 64) as (_, reader, ch, writer_end, reader_end):
         transport = reader_end.ws.transport
         high = transport.get_write_buffer_limits()[1]
         payloads = [bytes([i]) * (64 << 10) for i in range(16)]
@@ -169,9 +166,6 @@ async def test_what_one_read_brings_leaves_in_one_write_without_waking_the_reade
         for payload in payloads:
             assert await asyncio.wait_for(reader.recv(), 5) == payload
         assert loop_turns["reader_next"] == before["reader_next"]
-    finally:
-        await writer.close()
-        await reader.close()
 
 
 class _Transport:
