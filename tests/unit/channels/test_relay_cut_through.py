@@ -61,9 +61,10 @@ async def pair(relay: tuple[str, ChannelRelay]) -> AsyncIterator[tuple[ClientCon
 
 @asynccontextmanager
 async def idle_pair(relay: tuple[str, ChannelRelay], size: int) -> AsyncIterator[
-        tuple[ClientConnection, ClientConnection, LiveChannel, WebSocketEnd, WebSocketEnd]]:
+        tuple[ClientConnection, ClientConnection, LiveChannel, FastServerConnection, WebSocketEnd]]:
     """A writer and a reader on a channel of ``size`` that moved one message, both relay loops idle (the writer's
-    waiting on its socket, the reader's for data): ``(writer, reader, channel, writer_end, reader_end)``."""
+    waiting on its socket, the reader's for data): ``(writer, reader, channel, the relay's writer socket,
+    reader_end)``."""
     base, r = relay
     refs = r.create(size, owner="w")
     reader = await connect(base, refs["reader"])
@@ -76,7 +77,7 @@ async def idle_pair(relay: tuple[str, ChannelRelay], size: int) -> AsyncIterator
         assert isinstance(writer_end, WebSocketEnd) and isinstance(reader_end, WebSocketEnd)
         assert isinstance(writer_end.ws, FastServerConnection)
         assert ch.writer_idle and ch.data.waiting
-        yield writer, reader, ch, writer_end, reader_end
+        yield writer, reader, ch, writer_end.ws, reader_end
     finally:
         await writer.close()
         await reader.close()
@@ -132,11 +133,11 @@ async def test_more_than_one_batch_arriving_at_once_all_reaches_an_idle_reader(
     # is taken in the socket's callback; one batch went straight to the reader socket and the rest stayed queued
     # until the writer's next message: for good when none came (`iii-channel send -` with stdin left open lost its
     # last 16-148 KB of 1 MB, 1 run in 3 under CPU load).
-    async with idle_pair(relay, 16) as (_, reader, _, writer_end, reader_end):
+    async with idle_pair(relay, 16) as (_, reader, _, writer_ws, reader_end):
         # More than one batch can take: the room under the reader socket's high mark, and SEND_BATCH_BYTES.
         most = max(SEND_BATCH_BYTES, reader_end.ws.transport.get_write_buffer_limits()[1])
         payloads = [bytes([i]) * (64 << 10) for i in range(most // (64 << 10) + 2)]
-        writer_end.ws._deliver([(False, p) for p in payloads], [], None)  # what that one read delivers
+        writer_ws._deliver([(False, p) for p in payloads], [], None)  # what that one read delivers
         for payload in payloads:
             assert await asyncio.wait_for(reader.recv(), 5) == payload
 
@@ -146,7 +147,7 @@ async def test_what_one_read_brings_leaves_in_one_write_without_waking_the_reade
     # Sixteen 64 KiB frames (1 MiB, one read of the reference SDK's writer) reach an idle reader socket with room
     # under its high mark: one write from the callback that read them. Cut at SEND_BATCH_BYTES (256 KiB), the rest
     # woke the reader loop and left in three more writes (issue 10: ~11 % of the relay's CPU with 64 KiB frames).
-    async with idle_pair(relay, 64) as (_, reader, ch, writer_end, reader_end):
+    async with idle_pair(relay, 64) as (_, reader, ch, writer_ws, reader_end):
         transport = reader_end.ws.transport
         high = transport.get_write_buffer_limits()[1]
         payloads = [bytes([i]) * (64 << 10) for i in range(16)]
@@ -160,7 +161,7 @@ async def test_what_one_read_brings_leaves_in_one_write_without_waking_the_reade
 
         monkeypatch.setattr(driver, "write_server_frames", counted)
         before = dict(loop_turns)
-        writer_end.ws._deliver([(False, p) for p in payloads], [], None)  # what that one read delivers
+        writer_ws._deliver([(False, p) for p in payloads], [], None)  # what that one read delivers
         assert writes == [16]
         assert not ch.machine.items
         for payload in payloads:
