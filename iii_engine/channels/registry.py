@@ -832,10 +832,11 @@ class ChannelRelay:
 
     async def close(self) -> None:
         """Engine shutdown: close every channel socket and forget every channel (see :meth:`stopping`, which
-        the engine calls first). The closes get :data:`~iii_engine.closing.CLOSE_TIMEOUT_S`, then the ends still
-        open are dropped: a close waits for the socket to drain, and a reader that never reads held it for good
-        (a relay served on its own; the engine's stop had aborted its sockets already)."""
-        closing = []
+        the engine calls first). The closes (these and those :meth:`stopping` began) and the channels' tasks get
+        :data:`~iii_engine.closing.CLOSE_TIMEOUT_S` together, then every end is dropped (a no-op for one closed):
+        a close waits for its socket to drain, and a reader that never reads held it for good (a relay served on its
+        own; the engine's stop had aborted its sockets already). So does a cancel of this close."""
+        closing: list[Coroutine[Any, Any, None]] = []
         ends: list[ChannelEnd] = []
         for ch in list(self._channels.values()):
             ch.cancel_deadline()
@@ -843,7 +844,7 @@ class ChannelRelay:
                 end = ch.end(action.side)
                 if end is not None:
                     closing.append(perform(end, action))
-                    ends.append(end)
+            ends.extend(end for end in (ch.writer_end, ch.reader_end) if end is not None)
             ch.wake()
         self._channels.clear()
         self._reserved.clear()
@@ -858,8 +859,12 @@ class ChannelRelay:
             self._sweep.cancel()
             self._sweep = None
         self._became_idle()
-        if closing and not await finish_within(asyncio.gather(*closing, return_exceptions=True), CLOSE_TIMEOUT_S,
-                                               "the channel sockets' closes", log):
+        pending = [*closing, *self._tasks]
+        try:
+            if pending:
+                await finish_within(asyncio.gather(*pending, return_exceptions=True), CLOSE_TIMEOUT_S,
+                                    "the channel sockets' closes", log)
+        finally:
             for end in ends:
                 end.abort()
         for task in list(self._tasks):

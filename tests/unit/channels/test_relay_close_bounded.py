@@ -11,8 +11,10 @@ import socket
 import time
 from urllib.parse import urlsplit
 
+import pytest
 import websockets
 
+from iii.channel_end import WebSocketEnd
 from iii.channels import build_channel_url
 from iii_engine.channels import ChannelRelay
 from iii_engine.closing import CLOSE_TIMEOUT_S
@@ -32,7 +34,8 @@ def _silent_reader(url: str) -> socket.socket:
     return sock
 
 
-async def test_close_drops_a_reader_that_never_reads_after_its_bound() -> None:
+@pytest.mark.parametrize("how", ["close", "stopping then close", "close cancelled"])
+async def test_close_drops_a_reader_that_never_reads_after_its_bound(how: str) -> None:
     relay = ChannelRelay(attach_timeout_s=30.0)
     async with relay_server(relay) as (base, _):
         refs = relay.create(4, owner="w")
@@ -54,11 +57,22 @@ async def test_close_drops_a_reader_that_never_reads_after_its_bound() -> None:
                     break
                 await asyncio.sleep(0.01)
             assert channel.machine.queued_bytes >= 4 * 65536, channel.machine.queued_bytes
+            reader_end = channel.reader_end
+            assert isinstance(reader_end, WebSocketEnd)
             started = time.monotonic()
-            await relay.close()  # before: waited for the reader's socket to drain, for good
+            if how == "stopping then close":  # the engine's order: stopping() begins the closes in the background
+                relay.stopping()
+            if how == "close cancelled":
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(relay.close(), 0.5)
+            else:
+                await relay.close()  # before: waited for the reader's socket to drain, for good
             took = time.monotonic() - started
             assert took < CLOSE_TIMEOUT_S + 5, took
             assert relay._channels == {}
+            # the relay's socket to the reader is dropped, not left closing with its buffer full (stopping() first,
+            # or a cancel, left it so before)
+            await asyncio.wait_for(reader_end.ws.wait_closed(), 5)
             pushing.cancel()
         finally:
             writer.transport.abort()
