@@ -179,6 +179,18 @@ MAX_SECONDS: Final = 24 * 3600.0
 """The longest time a command's ``--…timeout SECONDS`` option accepts."""
 
 
+def _refused(rule: str, text: str) -> argparse.ArgumentTypeError:
+    """The usage error for ``text`` refused by ``rule``, the value quoted as given (cut to 40 characters).
+
+    Example:
+        >>> _refused("must be at most 2 seconds", "3")
+        ArgumentTypeError("must be at most 2 seconds, got '3'")
+    """
+    from .protocol.codec import clip  # only for an error: the command lines' start stays light
+
+    return argparse.ArgumentTypeError(f"{rule}, got {clip(text, 40)}")
+
+
 def seconds(text: str) -> float:
     """An argparse ``type=`` for a time limit in seconds: a number from :data:`MIN_SECONDS` to :data:`MAX_SECONDS`
     (``nan``, ``inf`` and what is no number get the first message below; the value is quoted as given).
@@ -202,11 +214,9 @@ def seconds(text: str) -> float:
         value = MAX_SECONDS * 2  # '1e309' is a finite number written too large: the "at most" message fits it
     if math.isfinite(value) and MIN_SECONDS <= value <= MAX_SECONDS:
         return value
-    from .protocol.codec import clip  # only for an error: the command lines' start stays light
-
     if not (math.isfinite(value) and value >= MIN_SECONDS):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds from {MIN_SECONDS:g} up, got {clip(text, 40)}")
-    raise argparse.ArgumentTypeError(f"must be at most {MAX_SECONDS:g} seconds, got {clip(text, 40)}")
+        raise _refused(f"must be a number of seconds from {MIN_SECONDS:g} up", text)
+    raise _refused(f"must be at most {MAX_SECONDS:g} seconds", text)
 
 
 def milliseconds(text: str) -> int:
@@ -226,9 +236,7 @@ def milliseconds(text: str) -> int:
     digits = text.lstrip("+").lstrip("0") or "0"
     if _DIGITS.fullmatch(text) and len(digits) <= len(str(most)) and 1 <= int(digits) <= most:
         return int(digits)
-    from .protocol.codec import clip  # only for an error: the command lines' start stays light
-
-    raise argparse.ArgumentTypeError(f"must be a whole number of milliseconds from 1 to {most}, got {clip(text, 40)}")
+    raise _refused(f"must be a whole number of milliseconds from 1 to {most}", text)
 
 
 def joined_timeouts(argv: Sequence[str] | None) -> list[str]:

@@ -409,6 +409,17 @@ early in its exit, and the pidfd shows the exit only at its end, a moment later 
 plain commands were killed as "did not exit within 0 s" between the two)."""
 
 
+def _exit_wait_s(within: float) -> float:
+    """How long an exit is waited for when ``within`` seconds were allowed: at least :data:`EXIT_FLOOR_S`; the wait
+    and the message of the kill after it both read it here, so the message names the time actually waited.
+
+    Example:
+        >>> _exit_wait_s(0), _exit_wait_s(2.5)
+        (0.1, 2.5)
+    """
+    return max(within, EXIT_FLOOR_S)
+
+
 def _read_events(fd: int) -> int:
     """The events ``fd`` reports for a read right now, without waiting (``POLLIN``, ``POLLHUP``...; 0: none): a
     pidfd is readable once its process has exited, a pipe with no writer left reports ``POLLHUP``.
@@ -440,7 +451,7 @@ async def _until_exited(proc: asyncio.subprocess.Process, within: float | None) 
     :data:`EXIT_FLOOR_S`, so ``within=0`` right after a command closed its stdout by exiting does not take it for
     one still running."""
     loop = asyncio.get_running_loop()
-    deadline = None if within is None else loop.time() + max(within, EXIT_FLOOR_S)
+    deadline = None if within is None else loop.time() + _exit_wait_s(within)
     exited: asyncio.Future[None] = loop.create_future()
     pidfd = _open_pidfd(proc.pid)
     reported: float | None = None  # the deadline for the report of an exit the pidfd showed in time
@@ -484,7 +495,7 @@ async def _exit_status(proc: asyncio.subprocess.Process, argv: Sequence[str], ex
     if proc.returncode is None:
         await _kill(proc, group)
         raise ProcessError(argv, None, await stderr.result(),
-                           f"did not exit within {max(exit_timeout or 0.0, EXIT_FLOOR_S):g} s of {after}; killed")
+                           f"did not exit within {_exit_wait_s(exit_timeout or 0.0):g} s of {after}; killed")
     return proc.returncode
 
 
