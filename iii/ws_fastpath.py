@@ -83,6 +83,7 @@ _PACK_B2Q = struct.Struct("!BBQ").pack
 _UNPACK_H = struct.Struct("!H").unpack_from
 _UNPACK_Q = struct.Struct("!Q").unpack_from
 _ANY_SIZE: Final = 1 << 64  # a max_size of None: larger than any frame's length field
+_ANY_COUNT: Final = 1 << 62  # a split with no bound on its messages
 
 WRITE_BUFFER: Final = (1024 * 1024, 256 * 1024)
 """(high, low) write-buffer marks of the engine's channel sockets (:func:`enable_fast_receive`) and of the SDK's
@@ -715,8 +716,8 @@ class FrameReader:
         True
     """
 
-    __slots__ = ("__weakref__", "_filled", "_guess", "_lent", "_masked", "_need", "_pending", "_probe", "_sizes",
-                 "done", "max_size")
+    __slots__ = ("__weakref__", "_backlog", "_filled", "_guess", "_lent", "_masked", "_need", "_pending", "_probe",
+                 "_sizes", "done", "max_size")
 
     def __init__(self, *, masked: bool, max_size: int | None = None) -> None:
         self._masked = masked
@@ -739,13 +740,33 @@ class FrameReader:
         # of frames (960 KiB then a 64 KiB tail), so the frame before the last predicts the next.
         self._sizes = (0, 0)
         self._guess: bytearray | None = None
+        self._backlog = b""  # bytes read and not split yet: a feed stopped at its max_messages (see there)
         self.done = False
 
-    def feed(self, data: bytes | memoryview) -> tuple[list[tuple[bool, bytes]], list[bytes], bytes | None]:
+    def feed(self, data: bytes | memoryview, max_messages: int = _ANY_COUNT) -> tuple[list[tuple[bool, bytes]],
+                                                                                   list[bytes], bytes | None]:
         """Split ``data`` (see the class docstring). ``data`` may be a view of a buffer the caller reuses: all
-        that is kept or returned is copied out of it."""
+        that is kept or returned is copied out of it.
+
+        At most ``max_messages`` data messages are split off (at least one, if one is complete): the bytes after
+        the last are kept unsplit (:attr:`backlog`) and go before the next ``data`` (``b""`` splits them alone).
+        Why: one read of tiny frames is a flood of message objects, some 20 times its bytes in memory, before
+        the reader can stop reading its socket.
+
+        Example:
+            >>> reader = FrameReader(masked=False)
+            >>> reader.feed(b"\\x82\\x01a\\x82\\x01b\\x82\\x01c", max_messages=2)
+            ([(False, b'a'), (False, b'b')], [], None)
+            >>> reader.backlog
+            3
+            >>> reader.feed(b"")
+            ([(False, b'c')], [], None)
+        """
         if self.done:
             raise RuntimeError("FrameReader was handed over; feed the rest to websockets")
+        if self._backlog:
+            data = self._backlog + data
+            self._backlog = b""
         messages: list[tuple[bool, bytes]] = []
         control: list[bytes] = []
         offset = 0
@@ -774,50 +795,69 @@ class FrameReader:
         max_size = self.max_size if self.max_size is not None else _ANY_SIZE
         append = messages.append
         with memoryview(data) as view:
-            while offset < size:
-                # The common frame inline: a complete text or binary frame with FIN, no reserved bits, the expected
-                # mask bit and within max_size, whose whole header (at most 14 bytes) is here. For a small frame the
-                # two method calls of the general path below cost more than the frame itself.
-                if size - offset >= 14:
-                    b0 = data[offset]
-                    b1 = data[offset + 1]
-                    if (b0 == 0x82 or b0 == 0x81) and b1 & 0x80 == mask_bit:
-                        length = b1 & 0x7F
-                        if length < 126:
-                            at = offset + 2
-                        elif length == 126:
-                            length = _UNPACK_H(data, offset + 2)[0]
-                            at = offset + 4
-                        else:
-                            length = _UNPACK_Q(data, offset + 2)[0]
-                            at = offset + 10
-                        if masked:
-                            end = at + 4 + length
-                            if length <= max_size and end <= size:
-                                append((b0 == 0x81, apply_mask(view[at + 4 : end], bytes(view[at : at + 4]))))
-                                offset = end
-                                if self._probe:
-                                    self._probe -= 1
-                                continue
-                        else:
-                            end = at + length
-                            if length <= max_size and end <= size:
-                                append((b0 == 0x81, bytes(view[at:end])))
-                                offset = end
-                                if self._probe:
-                                    self._probe -= 1
-                                continue
-                # Everything else: control frames, a frame to hand over, an incomplete one.
-                need = self._frame_size(data, offset)
-                if need < 0:
-                    return self._handover(messages, control, data[offset:])
-                if need == 0 or size - offset < need:
-                    self._start(view[offset:], need)
+            # Frames are split up to ``stop``, which at most ``max_messages`` of the shortest frames fit before:
+            # no count per frame on the hot path, a look at the count only when ``stop`` is reached.
+            least = 6 if masked else 2
+            left = max_messages - len(messages)
+            stop = size if left >= size else min(size, offset + max(0, left) * least)
+            while True:
+                while offset < stop:
+                    # The common frame inline: a complete text or binary frame with FIN, no reserved bits, the
+                    # expected mask bit and within max_size, whose whole header (at most 14 bytes) is here. For a
+                    # small frame the two method calls of the general path below cost more than the frame itself.
+                    if size - offset >= 14:
+                        b0 = data[offset]
+                        b1 = data[offset + 1]
+                        if (b0 == 0x82 or b0 == 0x81) and b1 & 0x80 == mask_bit:
+                            length = b1 & 0x7F
+                            if length < 126:
+                                at = offset + 2
+                            elif length == 126:
+                                length = _UNPACK_H(data, offset + 2)[0]
+                                at = offset + 4
+                            else:
+                                length = _UNPACK_Q(data, offset + 2)[0]
+                                at = offset + 10
+                            if masked:
+                                end = at + 4 + length
+                                if length <= max_size and end <= size:
+                                    append((b0 == 0x81, apply_mask(view[at + 4 : end], bytes(view[at : at + 4]))))
+                                    offset = end
+                                    if self._probe:
+                                        self._probe -= 1
+                                    continue
+                            else:
+                                end = at + length
+                                if length <= max_size and end <= size:
+                                    append((b0 == 0x81, bytes(view[at:end])))
+                                    offset = end
+                                    if self._probe:
+                                        self._probe -= 1
+                                    continue
+                    # Everything else: control frames, a frame to hand over, an incomplete one.
+                    need = self._frame_size(data, offset)
+                    if need < 0:
+                        return self._handover(messages, control, data[offset:])
+                    if need == 0 or size - offset < need:
+                        self._start(view[offset:], need)
+                        offset = size  # kept whole
+                        break
+                    offset = self._take(data, offset, need, messages, control)
+                    if self._probe:
+                        self._probe -= 1
+                if offset >= size:
                     break
-                offset = self._take(data, offset, need, messages, control)
-                if self._probe:
-                    self._probe -= 1
+                left = max_messages - len(messages)
+                if left <= 0:
+                    self._backlog = bytes(view[offset:])
+                    break
+                stop = min(size, offset + left * least)
         return messages, control, None
+
+    @property
+    def backlog(self) -> int:
+        """Bytes read and not split yet (:meth:`feed`'s ``max_messages``)."""
+        return len(self._backlog)
 
     def read_limit(self) -> int:
         """How many bytes the next read into the receive buffer should take at most (0: as many as there are).
@@ -851,13 +891,14 @@ class FrameReader:
             self._pending = exact
         return memoryview(self._pending)[filled:]
 
-    def received(self, nbytes: int) -> tuple[list[tuple[bool, bytes]], list[bytes], bytes | None]:
+    def received(self, nbytes: int, max_messages: int = _ANY_COUNT) -> tuple[list[tuple[bool, bytes]], list[bytes],
+                                                                          bytes | None]:
         """``nbytes`` were written into the view :meth:`receive_buffer` or :meth:`next_frame_buffer` gave: what
         :meth:`feed` would return."""
         guess = self._guess
         if guess is not None:
             self._guess = None
-            return self._received_guess(guess, nbytes)
+            return self._received_guess(guess, nbytes, max_messages)
         messages: list[tuple[bool, bytes]] = []
         control: list[bytes] = []
         self._filled += nbytes
@@ -876,7 +917,7 @@ class FrameReader:
             >>> FrameReader(masked=False).next_frame_buffer() is None  # no large frame came yet
             True
         """
-        if self._filled or not self._probe:
+        if self._filled or not self._probe or self._backlog:
             return None
         guess = self._guess
         if guess is None:
@@ -888,8 +929,8 @@ class FrameReader:
                 return None
         return memoryview(guess)
 
-    def _received_guess(self, guess: bytearray, nbytes: int) -> tuple[list[tuple[bool, bytes]], list[bytes],
-                                                                        bytes | None]:
+    def _received_guess(self, guess: bytearray, nbytes: int,
+                        max_messages: int) -> tuple[list[tuple[bool, bytes]], list[bytes], bytes | None]:
         """``nbytes`` were read into the guessed buffer: the start of a frame of exactly its size keeps it as its
         frame buffer; anything else is split like any read (:meth:`feed` copies out what it keeps), and the
         buffer goes back to the spares."""
@@ -902,7 +943,7 @@ class FrameReader:
             return self.received(nbytes)
         try:
             with memoryview(guess) as whole, whole[:nbytes] as view:
-                return self.feed(view)
+                return self.feed(view, max_messages)
         finally:
             _keep_spare(guess)
 
@@ -1345,6 +1386,7 @@ class _FastReceive(_Corked):
     _signal: Signal
     _buffered: bool
     _deferred: bytes | None
+    _splitting: bool
     close_guard: Callable[[deque[tuple[bool, bytes]]], bool] | None = None
     """Set by the relay (:func:`guard_close`): whether the unread messages hold one it will refuse."""
     take_now: Callable[[deque[tuple[bool, bytes]]], bool] | None = None
@@ -1364,6 +1406,7 @@ class _FastReceive(_Corked):
         self._cork_setup()
         self._buffered = False
         self._deferred = None
+        self._splitting = False
 
     def send_data(self) -> None:
         super().send_data()
@@ -1452,14 +1495,53 @@ class _FastReceive(_Corked):
     def _feed(self, data: bytes | memoryview) -> None:
         frames = self._frames
         assert frames is not None
-        self._deliver(*frames.feed(data))
+        self._deliver(*frames.feed(data, self._room()))
+        if frames.backlog:
+            self._hold_backlog()
 
     def _feed_direct(self, nbytes: int) -> None:
         """``nbytes`` were read straight into the frame in progress (:meth:`FrameReader.receive_buffer`) or the
         next one (:meth:`FrameReader.next_frame_buffer`)."""
         frames = self._frames
         assert frames is not None
-        self._deliver(*frames.received(nbytes))
+        self._deliver(*frames.received(nbytes, self._room()))
+        if frames.backlog:
+            self._hold_backlog()
+
+    def _charge(self) -> int:
+        """What the unread messages count against the receive buffer (:data:`MESSAGE_CHARGE`)."""
+        return self._inbox_bytes + len(self._inbox) * MESSAGE_CHARGE
+
+    def _room(self) -> int:
+        """How many messages the next split may add before the unread ones count past the receive buffer (at least
+        one): a read of up to 1 MiB of empty frames would otherwise be ~175,000 messages, ~20 MB, at once."""
+        return max(1, (self._high - self._charge()) // MESSAGE_CHARGE)
+
+    def _hold_backlog(self) -> None:
+        """The last read was not split whole (:attr:`FrameReader.backlog`): no more reads until it is; the rest is
+        split as soon as the unread messages are down to a quarter of the buffer, as a read would resume."""
+        if not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+        if self._charge() <= self._high // 4 and not self._splitting:
+            self._splitting = True
+            asyncio.get_running_loop().call_soon(self._split_backlog)
+
+    def _split_backlog(self) -> None:
+        self._splitting = False
+        frames = self._frames
+        if frames is None or not frames.backlog or frames.done or self._phase != _FAST:
+            return  # split by the connection's loss, or never to be: it was handed over
+        self._deliver(*frames.feed(b"", self._room()))
+        if frames.backlog:
+            self._hold_backlog()
+        elif self._paused and self._charge() <= self._high // 4:
+            self._resume()
+
+    def _resume(self) -> None:
+        self._paused = False
+        if not self.recv_messages.paused:  # websockets may hold the socket paused itself
+            self.transport.resume_reading()
 
     def _deliver(self, messages: list[tuple[bool, bytes]], control: list[bytes], rest: bytes | None) -> None:
         if messages:
@@ -1471,7 +1553,7 @@ class _FastReceive(_Corked):
             # The relay takes what it can right here (no task switch per message); the reader of
             # receive_message is woken only for what is left.
             if take is None or not take(inbox) or inbox:
-                if self._inbox_bytes + len(inbox) * MESSAGE_CHARGE > self._high and not self._paused:
+                if self._charge() > self._high and not self._paused:
                     self._paused = True
                     self.transport.pause_reading()
                 self._signal.set()
@@ -1505,6 +1587,9 @@ class _FastReceive(_Corked):
             self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        frames = self._frames
+        if frames is not None and frames.backlog and not frames.done and self._phase == _FAST:
+            self._deliver(*frames.feed(b""))  # read before the loss: the reader gets it, as it gets the inbox
         self._flush_deferred()  # websockets learns of the peer's Close before the connection is gone
         super().connection_lost(exc)  # type: ignore[misc]
         self._phase = _OFF
@@ -1514,10 +1599,12 @@ class _FastReceive(_Corked):
     def _taken(self, size: int) -> None:
         """``size`` payload bytes left the inbox: read the socket again once it is down to a quarter."""
         self._inbox_bytes -= size
-        if self._paused and self._inbox_bytes + len(self._inbox) * MESSAGE_CHARGE <= self._high // 4:
-            self._paused = False
-            if not self.recv_messages.paused:  # websockets may hold the socket paused itself
-                self.transport.resume_reading()
+        if self._paused and self._charge() <= self._high // 4:
+            frames = self._frames
+            if frames is not None and frames.backlog and self._phase == _FAST:
+                self._hold_backlog()  # the rest of the last read first
+            else:
+                self._resume()
 
     def take_ready(self, max_count: int, max_bytes: int) -> list[tuple[bool, bytes]]:
         """Data messages already received, without waiting: at most ``max_count``, taken while fewer than
@@ -1569,9 +1656,12 @@ class _FastReceive(_Corked):
         return bool(self._inbox) or self._deferred is not None or self._phase == _OFF
 
     def unread_bytes(self) -> int:
-        """Payload bytes received and not read yet (the inbox plus websockets' queue)."""
+        """Payload bytes received and not read yet (the inbox, the bytes of a read not split yet, websockets'
+        queue)."""
         queue = self.recv_messages.frames.queue
-        return self._inbox_bytes + (sum(len(frame.data) for frame in queue) if queue else 0)
+        frames = self._frames
+        backlog = frames.backlog if frames is not None else 0
+        return self._inbox_bytes + backlog + (sum(len(frame.data) for frame in queue) if queue else 0)
 
     def set_receive_buffer(self, size: int) -> None:
         """Stop reading the socket while more than ``size`` bytes of messages are unread (each counted as its
@@ -1797,6 +1887,9 @@ class DirectClientConnection(_FastReceive, ClientConnection):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._fast_setup(_HANDSHAKE)
+
+    def _room(self) -> int:
+        return _ANY_COUNT  # handed on at once (deliver) or to websockets' queue, which stops reading itself
 
     def _deliver(self, messages: list[tuple[bool, bytes]], control: list[bytes], rest: bytes | None) -> None:
         for is_text, payload in messages:

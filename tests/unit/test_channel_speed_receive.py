@@ -25,10 +25,10 @@ async def _receive_through_fed_bytes(monkeypatch: pytest.MonkeyPatch, sizes: lis
     fed = 0
     feed = FrameReader.feed
 
-    def counting_feed(self: FrameReader, data: bytes | memoryview) -> Any:
+    def counting_feed(self: FrameReader, data: bytes | memoryview, *args: Any) -> Any:
         nonlocal fed
         fed += len(data)
-        return feed(self, data)
+        return feed(self, data, *args)
 
     monkeypatch.setattr(FrameReader, "feed", counting_feed)
     payloads = [os.urandom(size) for size in sizes]
@@ -63,10 +63,10 @@ async def test_small_frames_still_arrive_in_big_reads(monkeypatch: pytest.Monkey
     reads = 0
     feed = FrameReader.feed
 
-    def counting(self: FrameReader, data: bytes | memoryview) -> Any:
+    def counting(self: FrameReader, data: bytes | memoryview, *args: Any) -> Any:
         nonlocal reads
         reads += 1
-        return feed(self, data)
+        return feed(self, data, *args)
 
     monkeypatch.setattr(FrameReader, "feed", counting)
     fed, _ = await _receive_through_fed_bytes(monkeypatch, [1 << 20] + [100] * 3000)

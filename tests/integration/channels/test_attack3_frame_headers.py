@@ -27,12 +27,12 @@ async def test_frame_headers_alone_do_not_make_the_engine_hold_a_frame_each(
     all_fed = asyncio.Event()
     feed = FrameReader.feed
 
-    def counted(self: FrameReader, data: Any) -> Any:  # the engine read a header: sync without sleeping
+    def counted(self: FrameReader, data: Any, *args: Any) -> Any:  # the engine read a header: sync without sleeping
         nonlocal fed
         fed += 1
         if fed >= CONNECTIONS:
             all_fed.set()
-        return feed(self, data)
+        return feed(self, data, *args)
 
     url = urlsplit(engine.url)
     assert url.hostname is not None and url.port is not None

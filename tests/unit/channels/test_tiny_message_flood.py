@@ -1,11 +1,15 @@
 """A writer flooding empty (or tiny) messages into a channel nobody reads is stopped like any other: each unread
-message counts its payload plus ``MESSAGE_CHARGE`` against the socket's receive buffer. Counted by payload alone,
-empty messages never paused the writer's socket (an engine went from 68 MB to 1.1 GB in 20 s) and 1-byte messages
-held ~480 MB per channel before it paused."""
+message counts its payload plus ``MESSAGE_CHARGE`` against the socket's receive buffer, and a read is split into
+messages only while they fit under it (the rest of the read waits unsplit). Counted by payload alone, empty
+messages never paused the writer's socket (an engine went from 68 MB to 1.1 GB in 20 s) and 1-byte messages held
+~480 MB per channel before it paused; split whole, one 1 MiB read still made up to ~175,000 messages at once."""
 
 from __future__ import annotations
 
 import asyncio
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -20,9 +24,15 @@ from .relay_server import relay_server
 FRAMES = 200_000
 
 
-@pytest.mark.parametrize("payload", [b"", b"x"], ids=["empty", "one-byte"])
-async def test_a_flood_of_tiny_messages_pauses_the_writer_socket(monkeypatch: pytest.MonkeyPatch,
-                                                                 payload: bytes) -> None:
+def frames(payloads: list[bytes]) -> bytes:
+    """Binary frames masked with a zero key (payload as is): 6-7 bytes each on the wire for tiny payloads."""
+    return b"".join(b"\x82" + bytes([0x80 | len(payload)]) + b"\0\0\0\0" + payload for payload in payloads)
+
+
+@asynccontextmanager
+async def flooded(monkeypatch: pytest.MonkeyPatch, flood: bytes) -> AsyncIterator[tuple[_FastReceive, str, Any]]:
+    """A channel whose writer sent ``flood`` with no reader attached, once the engine's side of the writer's socket
+    stopped reading (or, before, held every message): ``(that connection, the relay's base URL, the reader's ref)``."""
     seen: list[_FastReceive] = []
     deliver = _FastReceive._deliver
 
@@ -34,13 +44,13 @@ async def test_a_flood_of_tiny_messages_pauses_the_writer_socket(monkeypatch: py
     monkeypatch.setattr(_FastReceive, "_deliver", watched)
     # No reader attaches (its deadline is far off): the channel's queue fills, then the writer's socket holds the rest
     async with relay_server(ChannelRelay(attach_timeout_s=60.0)) as (base, relay):
-        ref = relay.create(3, owner="w")["writer"]
+        refs = relay.create(3, owner="w")
+        ref = refs["writer"]
         writer = await websockets.connect(
             build_channel_url(base, ref["channel_id"], ref["access_key"], ref["direction"]),
             ping_interval=None, compression=None)
         try:
-            # binary frames, masked with a zero key (payload as is): 6-7 bytes each on the wire
-            writer.transport.write((b"\x82" + bytes([0x80 | len(payload)]) + b"\0\0\0\0" + payload) * FRAMES)
+            writer.transport.write(flood)
 
             def settled() -> bool:  # paused, or every frame read and held (before)
                 return any(conn._paused or len(conn._inbox) >= FRAMES - 10 for conn in seen)
@@ -50,10 +60,36 @@ async def test_a_flood_of_tiny_messages_pauses_the_writer_socket(monkeypatch: py
                     break
                 await asyncio.sleep(0.01)
             (conn,) = seen
-            held = len(conn._inbox)
-            assert conn._paused, f"{held:,} unread messages and the writer's socket was never paused"
-            # paused once over its mark; what one read brought (at most RECEIVE_CHUNK's 1 MiB) is held past it
-            most = conn._high // (MESSAGE_CHARGE + len(payload)) + RECEIVE_CHUNK[1] // (6 + len(payload))
-            assert held <= most, (held, most)
+            yield conn, base, refs["reader"]
         finally:
             writer.transport.abort()
+
+
+@pytest.mark.parametrize("payload", [b"", b"x"], ids=["empty", "one-byte"])
+async def test_a_flood_of_tiny_messages_pauses_the_writer_socket(monkeypatch: pytest.MonkeyPatch,
+                                                                 payload: bytes) -> None:
+    async with flooded(monkeypatch, frames([payload] * FRAMES)) as (conn, _, _):
+        held = len(conn._inbox)
+        assert conn._paused, f"{held:,} unread messages and the writer's socket was never paused"
+        # split only while they fit under its mark: the rest of the read waits as bytes (at most one read's)
+        most = conn._high // MESSAGE_CHARGE + 1
+        assert held <= most, f"{held:,} unread messages held, at most {most:,} fit under the mark"
+        assert conn._frames is not None and conn._frames.backlog <= RECEIVE_CHUNK[1]
+
+
+async def test_a_flood_read_later_arrives_whole_in_order_then_its_close(monkeypatch: pytest.MonkeyPatch) -> None:
+    payloads = [bytes([i % 251]) for i in range(FRAMES)]
+    close = b"\x88\x82\0\0\0\0" + struct.pack("!H", 1000)  # the writer's Close right behind its messages
+    async with flooded(monkeypatch, frames(payloads) + close) as (conn, base, ref):
+        assert conn._paused and conn._frames is not None and conn._frames.backlog > 0, "nothing left unsplit"
+        reader = await websockets.connect(
+            build_channel_url(base, ref["channel_id"], ref["access_key"], ref["direction"]),
+            ping_interval=None, compression=None, max_queue=None)
+        try:
+            got = [await asyncio.wait_for(reader.recv(), 10) for _ in range(FRAMES)]
+            assert got == payloads  # none lost, none reordered across the splits
+            with pytest.raises(websockets.ConnectionClosedOK):
+                await asyncio.wait_for(reader.recv(), 10)
+            assert reader.close_code == 1000
+        finally:
+            reader.transport.abort()
