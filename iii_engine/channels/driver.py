@@ -433,17 +433,15 @@ class Driver:
         took = ch.reader_took
         send = end.send
         # A socket reader gets what the queue holds (up to _batch_bytes) in one write and one wait.
-        ws = end.ws if isinstance(end, WebSocketEnd) else None
-        send_batch = end.send_batch if isinstance(end, WebSocketEnd) else None
+        batched = end if isinstance(end, WebSocketEnd) else None
         items = machine.items
         while True:
             item = await next_step()
             if type(item) is tuple:
-                if send_batch is not None and items:
-                    assert ws is not None
-                    batch = [item, *machine.reader_more(_batch_bytes(ws) - len(item[1]))]
+                if batched is not None and items:
+                    batch = [item, *machine.reader_more(_batch_bytes(batched.ws) - len(item[1]))]
                     took()
-                    await send_batch(batch)  # raises the ChannelEndClosed that ends this loop
+                    await batched.send_batch(batch)  # raises the ChannelEndClosed that ends this loop
                     continue
                 took()
                 await send(item[1], text=item[0])  # raises the ChannelEndClosed that ends this loop
