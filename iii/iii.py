@@ -23,7 +23,7 @@ import math
 import numbers
 import threading
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
@@ -57,6 +57,7 @@ from .iii_types import (
     WorkerInfo,
 )
 from .loop_bridge import LoopBridge, LoopStoppedError
+from .loss_log import LossLog
 from .payloads import action_to_wire, format_dict, resolve_channels
 from .pending_calls import LoopWaiter, PendingCalls, Settle, ThreadWaiter
 from .protocol.client import (
@@ -74,6 +75,7 @@ from .protocol.client import (
     message_too_large,
     registration_too_large,
     result_too_large,
+    worker_busy,
 )
 from .stream import IStream
 from .stream_glue import stream_functions
@@ -112,6 +114,8 @@ _UNNAMED_WARN_S = 5.0
 _UNCHECKED_WORKERS_KEPT = 64
 # A worker id no engine gives (they are random UUIDs): a worker list filtered on it is empty, whatever the engine holds.
 _NO_WORKER: Final = "00000000-0000-0000-0000-000000000000"
+# At most one warning per this many seconds about invocations refused past max_invocations (with their counts).
+_BUSY_LOG_INTERVAL_S: Final = 10.0
 
 
 class III:
@@ -133,6 +137,7 @@ class III:
         send_timeout_ms = _checked_timeout_ms(self._options.send_timeout_ms, "send_timeout_ms")
         if not send_timeout_ms:
             raise ValueError("send_timeout_ms must be a number of milliseconds > 0, got 0")
+        self._max_invocations = _checked_count(self._options.max_invocations, "max_invocations")
         self._session = ClientSession()
         self._shutdown_cause: str | None = None  # why it shut down, when not by a call of the user's (a note)
         # Told as the interpreter's exit starts: a worker whose main thread ended (or was ended by Ctrl-C) without a
@@ -174,6 +179,7 @@ class III:
         self._shutdown_thread: int | None = None
         self._outside_shutdowns: set[asyncio.Future[None]] = set()  # shutdown_async() tasks on callers' loops
         self._invoking = 0  # handler runs started and not yet answered
+        self._busy = LossLog(self._log_busy, _BUSY_LOG_INTERVAL_S)  # invocations refused past max_invocations
         # Woken (on the client's loop) whenever the connection state or the worker id changes; one per waiting
         # caller, each removed when its wait ends.
         self._state_waiters: list[asyncio.Future[None]] = []
@@ -788,8 +794,11 @@ class III:
         if isinstance(event, CallSucceeded):
             self._calls.succeed(event.invocation_id, event.result)
         elif isinstance(event, InvocationRequested):
-            self._invoking += 1
-            self._bridge.spawn(self._invoke(event))
+            if self._invoking >= self._max_invocations:
+                self._refuse_invocation(event)
+            else:
+                self._invoking += 1
+                self._bridge.spawn(self._invoke(event))
         elif isinstance(event, CallFailed):
             self._calls.fail(event.invocation_id, event.error)
         elif isinstance(event, Send):
@@ -833,6 +842,27 @@ class III:
             self._invoking -= 1
             if end_span is not None:
                 end_span()  # after the answer left: the caller never waits for the span's end and export
+
+    def _refuse_invocation(self, event: InvocationRequested) -> None:
+        """``event`` came with :attr:`InitOptions.max_invocations` runs going: answered ``worker_busy`` at once
+        (a void one, which nobody waits for, only counted), its payload let go with it."""
+        if event.invocation_id is None:
+            self._busy.lost("void", f"a void call of '{event.function_id:.200}'")
+            return
+        self._busy.lost("refused", f"a call of '{event.function_id:.200}'")
+        frame = self._session.answer(event.invocation_id, event.function_id,
+                                     error=worker_busy(event.function_id, self._max_invocations),
+                                     generation=event.generation)
+        if frame is not None:
+            self._conn.send_soon(frame)
+
+    def _log_busy(self, counts: Mapping[str, int], latest: str | None) -> None:
+        """The :class:`LossLog` warning of invocations refused past ``max_invocations``."""
+        kinds = (("refused", "call(s) answered worker_busy"), ("void", "void call(s) dropped, not run"))
+        parts = [f"{counts[kind]} {what}" for kind, what in kinds if kind in counts]
+        latest_text = f"; latest: {latest}" if latest is not None else ""
+        log.warning("Worker busy (max_invocations=%d invocations running): %s since the last warning%s",
+                    self._max_invocations, " and ".join(parts), latest_text)
 
     def _answer_within_limit(self, event: InvocationRequested, frame: str, traceparent: str | None) -> str | None:
         """``frame`` (the answer to ``event``), or an error answer in its place when it is over the engine's message
@@ -1503,6 +1533,20 @@ def register_worker(address: str, options: InitOptions | None = None) -> III:
 _LONGEST_TIMEOUT_MS: Final = (threading.TIMEOUT_MAX - 1.0) * 1000.0
 """Longer timeouts wait this long (about 292 years): a thread's wait and the loop's clock take no more, and a huge
 int (10**400) has no float at all."""
+
+
+def _checked_count(value: Any, name: str) -> int:
+    """``value`` as a count > 0; anything else raises ValueError naming ``name``.
+
+    Example:
+        >>> _checked_count(0, "max_invocations")
+        Traceback (most recent call last):
+        ...
+        ValueError: max_invocations must be a whole number > 0, got 0
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{name} must be a whole number > 0, got {value!r:.100}")
+    return int(value)
 
 
 def _checked_timeout_ms(value: Any, name: str) -> float:

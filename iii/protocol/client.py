@@ -62,6 +62,7 @@ __all__ = [
     "message_too_large",
     "registration_too_large",
     "result_too_large",
+    "worker_busy",
 ]
 
 #: The function every worker calls once its connection is ready, with its metadata.
@@ -223,6 +224,18 @@ def result_too_large(function_id: str, size: int, limit: int) -> dict[str, Any]:
             "message": f"The result of '{function_id}' was not sent: its message is {size:,} bytes, over the "
                        f"engine's limit of {limit:,} bytes (max_message_size); return bulk data through a channel "
                        "(create_channel) and its ref instead"}
+
+
+def worker_busy(function_id: str, limit: int) -> dict[str, Any]:
+    """The error body answering an invocation refused because the worker already runs ``limit`` of them.
+
+    Example:
+        >>> worker_busy("f", 3)["code"]
+        'worker_busy'
+    """
+    return {"code": "worker_busy",
+            "message": f"'{function_id}' was not run: this worker already runs {limit:,} invocations "
+                       "(max_invocations); try again later, or run more workers"}
 
 
 def registration_too_large(what: str, size: int, limit: int) -> ValueError:
