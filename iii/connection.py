@@ -1003,6 +1003,18 @@ class Connection:
                 and (len(frame) <= self.check_above or self.oversize(frame) is None)
                 and self._write_now(ws, frame, False))
 
+    def send_if_room(self, frame: Frame) -> bool:
+        """Write ``frame`` at once, or queue it while connected and the queue is under its bounds (frames and bytes,
+        nobody waiting for room); False, and nothing done, otherwise. For frames made in answer to the engine's,
+        which must not pile up behind a socket the engine does not read (loop thread only)."""
+        if self.write_now(frame):
+            return True
+        if (not self._ready or self._waiting or len(self._backlog) >= self._max_queue
+                or self._over_bytes(frame)):
+            return False
+        self.send_soon(frame)
+        return True
+
     def _write_now(self, ws: ClientConnection, frame: Frame, batch: bool) -> bool:
         # A batch frame waits for the end of this turn in the socket's cork (ws_fastpath), with the frames written
         # after it; any frame goes after those corked before it.

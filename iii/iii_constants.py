@@ -67,8 +67,9 @@ class InitOptions:
     #: dead and is replaced (an engine that stopped reading; nothing else bounds that wait). A big frame crossing a
     #: slow but live link is never cut. Milliseconds, > 0.
     send_timeout_ms: int = 30_000
-    #: Ours: invocations this worker runs at once (handlers running, or waiting for a handler thread). One more is
-    #: not run: its caller gets a ``worker_busy`` error at once, naming this setting (a void one, with no caller to
-    #: tell, is dropped), and a rate-limited warning counts them. Why: an engine sends a worker every call routed
-    #: to it, and each waiting run holds its payload and a task, so a flood grew the worker without bound. > 0.
+    #: Ours: invocations this worker runs at once (handlers running or waiting for a handler thread, and their
+    #: answers until written). One more is not run: it is answered at once with a ``worker_busy`` error naming this
+    #: setting (one that came without an invocation id is dropped), and a rate-limited warning counts them. Why: an
+    #: engine sends a worker every call routed to it, and each waiting run holds its payload and a task, so a flood
+    #: grew the worker without bound. > 0.
     max_invocations: int = 10_000

@@ -234,8 +234,8 @@ def worker_busy(function_id: str, limit: int) -> dict[str, Any]:
         'worker_busy'
     """
     return {"code": "worker_busy",
-            "message": f"'{function_id}' was not run: this worker already runs {limit:,} invocations "
-                       "(max_invocations); try again later, or run more workers"}
+            "message": f"'{function_id:.200}' was not run: this worker is running as many invocations as it may at "
+                       f"once ({limit:,}, max_invocations); try again later, or run more workers"}
 
 
 def registration_too_large(what: str, size: int, limit: int) -> ValueError:
