@@ -76,6 +76,11 @@ its place in the queue (~100 bytes measured). Counted by payload alone, empty me
 a channel writer flooding them into a reader that did not read took an engine from 68 MB to 1.1 GB in 20 s, and
 1-byte messages held ~480 MB per channel before the socket was paused."""
 
+SPLIT_MIN_MESSAGES: Final = 64
+"""The fewest messages a fast connection splits off a read at a time, however full its receive buffer: with a tiny
+buffer (1 KiB), splits of a message or two cost a loop turn each, and a flood of tiny frames 3 to 20 times the CPU;
+64 more unread messages than the buffer holds are ~8 KiB."""
+
 _FULL_CLIENT_HEAD: Final = struct.pack("!BBQ", 0x82, 0x80 | 127, MAX_FRAME_SIZE)
 _PACK_B2 = struct.Struct("!BB").pack
 _PACK_B2H = struct.Struct("!BBH").pack
@@ -716,8 +721,8 @@ class FrameReader:
         True
     """
 
-    __slots__ = ("__weakref__", "_backlog", "_filled", "_guess", "_lent", "_masked", "_need", "_pending", "_probe",
-                 "_sizes", "done", "max_size")
+    __slots__ = ("__weakref__", "_backlog", "_backlog_at", "_filled", "_guess", "_lent", "_masked", "_need",
+                 "_pending", "_probe", "_sizes", "done", "max_size")
 
     def __init__(self, *, masked: bool, max_size: int | None = None) -> None:
         self._masked = masked
@@ -740,7 +745,10 @@ class FrameReader:
         # of frames (960 KiB then a 64 KiB tail), so the frame before the last predicts the next.
         self._sizes = (0, 0)
         self._guess: bytearray | None = None
-        self._backlog = b""  # bytes read and not split yet: a feed stopped at its max_messages (see there)
+        # Bytes read and not split yet, from _backlog_at on: a feed stopped at its max_messages (see there). An
+        # offset, not a copy of the rest per split: split a few messages at a time, a read cost its size squared.
+        self._backlog = b""
+        self._backlog_at = 0
         self.done = False
 
     def feed(self, data: bytes | memoryview, max_messages: int = _ANY_COUNT) -> tuple[list[tuple[bool, bytes]],
@@ -764,12 +772,19 @@ class FrameReader:
         """
         if self.done:
             raise RuntimeError("FrameReader was handed over; feed the rest to websockets")
-        if self._backlog:
-            data = self._backlog + data
+        backlog = self._backlog
+        start = 0
+        if backlog:
             self._backlog = b""
+            if len(data):  # (bytes read while a backlog waits: our connections do not read then)
+                data = backlog[self._backlog_at :] + data
+            else:
+                data = backlog
+                start = self._backlog_at
+            self._backlog_at = 0
         messages: list[tuple[bool, bytes]] = []
         control: list[bytes] = []
-        offset = 0
+        offset = start
         size = len(data)
         if self._filled:
             # Complete the frame in progress, copying from ``data`` only what it still needs.
@@ -849,7 +864,10 @@ class FrameReader:
                     break
                 left = max_messages - len(messages)
                 if left <= 0:
-                    self._backlog = bytes(view[offset:])
+                    if data is backlog:
+                        self._backlog, self._backlog_at = backlog, offset
+                    else:
+                        self._backlog = bytes(view[offset:])
                     break
                 stop = min(size, offset + left * least)
         return messages, control, None
@@ -857,7 +875,7 @@ class FrameReader:
     @property
     def backlog(self) -> int:
         """Bytes read and not split yet (:meth:`feed`'s ``max_messages``)."""
-        return len(self._backlog)
+        return len(self._backlog) - self._backlog_at
 
     def read_limit(self) -> int:
         """How many bytes the next read into the receive buffer should take at most (0: as many as there are).
@@ -1514,8 +1532,9 @@ class _FastReceive(_Corked):
 
     def _room(self) -> int:
         """How many messages the next split may add before the unread ones count past the receive buffer (at least
-        one): a read of up to 1 MiB of empty frames would otherwise be ~175,000 messages, ~20 MB, at once."""
-        return max(1, (self._high - self._charge()) // MESSAGE_CHARGE)
+        :data:`SPLIT_MIN_MESSAGES`): a read of up to 1 MiB of empty frames would otherwise be ~175,000 messages,
+        ~20 MB, at once."""
+        return max(SPLIT_MIN_MESSAGES, (self._high - self._charge()) // MESSAGE_CHARGE)
 
     def _hold_backlog(self) -> None:
         """The last read was not split whole (:attr:`FrameReader.backlog`): no more reads until it is; the rest is
@@ -1540,7 +1559,10 @@ class _FastReceive(_Corked):
 
     def _resume(self) -> None:
         self._paused = False
-        if not self.recv_messages.paused:  # websockets may hold the socket paused itself
+        # Not while websockets holds the socket paused itself, nor while a Close waits for the messages before it
+        # (_flush_deferred reads on): read on, everything the peer sent after its Close piled up in _deferred,
+        # without bound (86 MB in 8 s from a writer that kept sending).
+        if not self.recv_messages.paused and self._deferred is None:
             self.transport.resume_reading()
 
     def _deliver(self, messages: list[tuple[bool, bytes]], control: list[bytes], rest: bytes | None) -> None:
@@ -1956,6 +1978,7 @@ __all__ = [
     "MESSAGE_CHARGE",
     "MISSING",
     "SPARE_BUFFERS",
+    "SPLIT_MIN_MESSAGES",
     "DirectClientConnection",
     "FastClientConnection",
     "FastSendingClientConnection",

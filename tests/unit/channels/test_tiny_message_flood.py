@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 import websockets
+from websockets.asyncio.client import ClientConnection
 
 from iii.channels import build_channel_url
-from iii.ws_fastpath import MESSAGE_CHARGE, RECEIVE_CHUNK, _FastReceive
+from iii.ws_fastpath import MESSAGE_CHARGE, RECEIVE_CHUNK, SPLIT_MIN_MESSAGES, FrameReader, _FastReceive
 from iii_engine.channels import ChannelRelay
 
 from .relay_server import relay_server
@@ -30,9 +31,11 @@ def frames(payloads: list[bytes]) -> bytes:
 
 
 @asynccontextmanager
-async def flooded(monkeypatch: pytest.MonkeyPatch, flood: bytes) -> AsyncIterator[tuple[_FastReceive, str, Any]]:
+async def flooded(monkeypatch: pytest.MonkeyPatch, flood: bytes,
+                  buffer_size: int = 3) -> AsyncIterator[tuple[_FastReceive, str, Any, ClientConnection]]:
     """A channel whose writer sent ``flood`` with no reader attached, once the engine's side of the writer's socket
-    stopped reading (or, before, held every message): ``(that connection, the relay's base URL, the reader's ref)``."""
+    stopped reading (or, before, held every message): ``(that connection, the relay's base URL, the reader's ref,
+    the writer)``."""
     seen: list[_FastReceive] = []
     deliver = _FastReceive._deliver
 
@@ -44,7 +47,7 @@ async def flooded(monkeypatch: pytest.MonkeyPatch, flood: bytes) -> AsyncIterato
     monkeypatch.setattr(_FastReceive, "_deliver", watched)
     # No reader attaches (its deadline is far off): the channel's queue fills, then the writer's socket holds the rest
     async with relay_server(ChannelRelay(attach_timeout_s=60.0)) as (base, relay):
-        refs = relay.create(3, owner="w")
+        refs = relay.create(buffer_size, owner="w")
         ref = refs["writer"]
         writer = await websockets.connect(
             build_channel_url(base, ref["channel_id"], ref["access_key"], ref["direction"]),
@@ -60,7 +63,7 @@ async def flooded(monkeypatch: pytest.MonkeyPatch, flood: bytes) -> AsyncIterato
                     break
                 await asyncio.sleep(0.01)
             (conn,) = seen
-            yield conn, base, refs["reader"]
+            yield conn, base, refs["reader"], writer
         finally:
             writer.transport.abort()
 
@@ -68,11 +71,11 @@ async def flooded(monkeypatch: pytest.MonkeyPatch, flood: bytes) -> AsyncIterato
 @pytest.mark.parametrize("payload", [b"", b"x"], ids=["empty", "one-byte"])
 async def test_a_flood_of_tiny_messages_pauses_the_writer_socket(monkeypatch: pytest.MonkeyPatch,
                                                                  payload: bytes) -> None:
-    async with flooded(monkeypatch, frames([payload] * FRAMES)) as (conn, _, _):
+    async with flooded(monkeypatch, frames([payload] * FRAMES)) as (conn, _, _, _):
         held = len(conn._inbox)
         assert conn._paused, f"{held:,} unread messages and the writer's socket was never paused"
         # split only while they fit under its mark: the rest of the read waits as bytes (at most one read's)
-        most = conn._high // MESSAGE_CHARGE + 1
+        most = conn._high // MESSAGE_CHARGE + SPLIT_MIN_MESSAGES
         assert held <= most, f"{held:,} unread messages held, at most {most:,} fit under the mark"
         assert conn._frames is not None and conn._frames.backlog <= RECEIVE_CHUNK[1]
 
@@ -80,7 +83,7 @@ async def test_a_flood_of_tiny_messages_pauses_the_writer_socket(monkeypatch: py
 async def test_a_flood_read_later_arrives_whole_in_order_then_its_close(monkeypatch: pytest.MonkeyPatch) -> None:
     payloads = [bytes([i % 251]) for i in range(FRAMES)]
     close = b"\x88\x82\0\0\0\0" + struct.pack("!H", 1000)  # the writer's Close right behind its messages
-    async with flooded(monkeypatch, frames(payloads) + close) as (conn, base, ref):
+    async with flooded(monkeypatch, frames(payloads) + close) as (conn, base, ref, _):
         assert conn._paused and conn._frames is not None and conn._frames.backlog > 0, "nothing left unsplit"
         reader = await websockets.connect(
             build_channel_url(base, ref["channel_id"], ref["access_key"], ref["direction"]),
@@ -93,3 +96,53 @@ async def test_a_flood_read_later_arrives_whole_in_order_then_its_close(monkeypa
             assert reader.close_code == 1000
         finally:
             reader.transport.abort()
+
+
+
+async def test_a_deferred_close_keeps_the_writer_socket_unread(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Behind a flood: a text message that is not UTF-8 (the relay will refuse it), then the writer's Close. The Close
+    # waits until the messages before it are read, and the socket must not be read meanwhile: the reader's reads
+    # resumed it, and what the writer sent after its Close piled up in memory without bound (86 MB in 8 s).
+    seen: list[_FastReceive] = []
+    deliver = _FastReceive._deliver
+
+    def watched(self: _FastReceive, *args: Any) -> None:
+        if self not in seen:
+            seen.append(self)
+        deliver(self, *args)
+
+    monkeypatch.setattr(_FastReceive, "_deliver", watched)
+    flood, read = 221_000, 218_000
+    bad = b"\x81\x86\0\0\0\0\xff\xfe bad"
+    close = b"\x88\x82\0\0\0\0" + struct.pack("!H", 1000)
+    async with relay_server(ChannelRelay(attach_timeout_s=60.0)) as (base, relay):
+        refs = relay.create(64, owner="w")
+        ref = refs["writer"]
+        writer = await websockets.connect(
+            build_channel_url(base, ref["channel_id"], ref["access_key"], ref["direction"]),
+            ping_interval=None, compression=None)
+        reader = relay.open_local(refs["reader"]["channel_id"], refs["reader"]["access_key"], "read")
+        try:
+            writer.transport.write(frames([b"x"] * flood) + bad + close)
+            for _ in range(read):  # not up to the refused message: its Close stays deferred
+                assert await asyncio.wait_for(reader.recv(), 10) == b"x"
+            (conn,) = seen
+            assert conn._deferred is not None, "the Close was not deferred: nothing tested"
+            assert not conn.transport.is_reading(), "the writer's socket is read while its Close is deferred"
+        finally:
+            reader.abort()
+            writer.transport.abort()
+
+
+def test_a_read_split_a_few_messages_at_a_time_is_not_copied_again_per_split() -> None:
+    # The rest of a read is kept once and split from an offset: copied again per split, a read split a few messages
+    # at a time cost its size squared (1 MiB of empty frames, 8 at a time: 535 ms instead of 140).
+    reader = FrameReader(masked=True)
+    messages, _, _ = reader.feed(memoryview(frames([b"%d" % n for n in range(10_000)])), 8)
+    kept = reader._backlog
+    while reader.backlog:
+        assert reader._backlog is kept
+        more, _, _ = reader.feed(b"", 8)
+        assert 0 < len(more) <= 8
+        messages += more
+    assert [payload for _, payload in messages] == [b"%d" % n for n in range(10_000)]
