@@ -548,10 +548,15 @@ def _decided(outcome: asyncio.Future[tuple[Any, Any]], function_id: str) -> web.
 
 
 def _failure(error: Any) -> web.Response:
-    """The response for a function's error body; a timed-out invocation is the request's timeout."""
+    """The response for a function's error body; a timed-out invocation is the request's timeout, and one its
+    worker refused for being busy (our SDK's ``worker_busy``) a 503 to retry: the handler never ran, and a 500 said
+    it failed. Not logged per request: the worker counts its refusals, and a flood of them was a line each."""
     if isinstance(error, Mapping):
-        if error.get("code") == "invocation_timeout":
+        code = error.get("code")
+        if code == "invocation_timeout":
             raise _Timeout
+        if code == "worker_busy":
+            return _json_response(503, {"error": str(error.get("message", "")), "code": code}, {"Retry-After": "1"})
         return _error_response(str(error.get("message", "")))
     return _error_response(str(error))
 

@@ -98,3 +98,21 @@ async def test_a_route_to_a_built_in_is_answered_through_its_task(stack: AsyncEx
         response = await client.get("/built-in")
         assert (response.status_code, response.json()) == (202, {"path": "built-in", "method": "GET"})
     _nothing_left(engine, module)
+
+
+async def test_a_worker_too_busy_to_run_the_handler_is_a_503_to_retry(stack: AsyncExitStack,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    # Our SDK refuses an invocation past its max_invocations with worker_busy: the handler never ran, so the client
+    # is told to come back (503, Retry-After), not that the handler failed (500), and nothing is logged per request.
+    engine, module, client = await _start(stack)
+    worker = await worker_with_route(engine, "busy", "busy")
+    pending = asyncio.ensure_future(client.get("/busy"))
+    invoked = await worker.expect("invokefunction")
+    message = "'busy' was not run: this worker is running as many invocations as it may at once (1, max_invocations)"
+    await answer(worker, invoked, error={"code": "worker_busy", "message": message})
+    response = await pending
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert response.json() == {"error": message, "code": "worker_busy"}
+    assert not [r for r in caplog.records if "HTTP handler failed" in r.getMessage()]
+    _nothing_left(engine, module)
