@@ -1546,16 +1546,27 @@ class _FastReceive(_Corked):
             self._splitting = True
             asyncio.get_running_loop().call_soon(self._split_backlog)
 
+    def _unsplit(self) -> FrameReader | None:
+        """The reader, while the rest of a read waits in it unsplit (:attr:`FrameReader.backlog`)."""
+        frames = self._frames
+        return frames if frames is not None and frames.backlog and self._phase == _FAST else None
+
     def _split_backlog(self) -> None:
         self._splitting = False
-        frames = self._frames
-        if frames is None or not frames.backlog or frames.done or self._phase != _FAST:
+        frames = self._unsplit()
+        if frames is None:
             return  # split by the connection's loss, or never to be: it was handed over
         self._deliver(*frames.feed(b"", self._room()))
-        if frames.backlog:
-            self._hold_backlog()
-        elif self._paused and self._charge() <= self._high // 4:
-            self._resume()
+        self._read_on()
+
+    def _read_on(self) -> None:
+        """Once the unread messages are down to a quarter of the buffer: the rest of the last read first, then the
+        socket."""
+        if self._paused and self._charge() <= self._high // 4:
+            if self._unsplit() is not None:
+                self._hold_backlog()
+            else:
+                self._resume()
 
     def _resume(self) -> None:
         self._paused = False
@@ -1609,8 +1620,8 @@ class _FastReceive(_Corked):
             self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        frames = self._frames
-        if frames is not None and frames.backlog and not frames.done and self._phase == _FAST:
+        frames = self._unsplit()
+        if frames is not None:
             self._deliver(*frames.feed(b""))  # read before the loss: the reader gets it, as it gets the inbox
         self._flush_deferred()  # websockets learns of the peer's Close before the connection is gone
         super().connection_lost(exc)  # type: ignore[misc]
@@ -1621,12 +1632,7 @@ class _FastReceive(_Corked):
     def _taken(self, size: int) -> None:
         """``size`` payload bytes left the inbox: read the socket again once it is down to a quarter."""
         self._inbox_bytes -= size
-        if self._paused and self._charge() <= self._high // 4:
-            frames = self._frames
-            if frames is not None and frames.backlog and self._phase == _FAST:
-                self._hold_backlog()  # the rest of the last read first
-            else:
-                self._resume()
+        self._read_on()
 
     def take_ready(self, max_count: int, max_bytes: int) -> list[tuple[bool, bytes]]:
         """Data messages already received, without waiting: at most ``max_count``, taken while fewer than

@@ -30,12 +30,14 @@ def frames(payloads: list[bytes]) -> bytes:
     return b"".join(b"\x82" + bytes([0x80 | len(payload)]) + b"\0\0\0\0" + payload for payload in payloads)
 
 
-@asynccontextmanager
-async def flooded(monkeypatch: pytest.MonkeyPatch, flood: bytes,
-                  buffer_size: int = 3) -> AsyncIterator[tuple[_FastReceive, str, Any, ClientConnection]]:
-    """A channel whose writer sent ``flood`` with no reader attached, once the engine's side of the writer's socket
-    stopped reading (or, before, held every message): ``(that connection, the relay's base URL, the reader's ref,
-    the writer)``."""
+async def connect_end(base: str, ref: dict[str, str], **options: Any) -> ClientConnection:
+    """A plain websockets client as one end of a channel (``ref``) of the relay at ``base``."""
+    return await websockets.connect(build_channel_url(base, ref["channel_id"], ref["access_key"], ref["direction"]),
+                                    ping_interval=None, compression=None, **options)
+
+
+def watch_connections(monkeypatch: pytest.MonkeyPatch) -> list[_FastReceive]:
+    """The fast connections that receive messages from now on, in the order they first do."""
     seen: list[_FastReceive] = []
     deliver = _FastReceive._deliver
 
@@ -45,13 +47,19 @@ async def flooded(monkeypatch: pytest.MonkeyPatch, flood: bytes,
         deliver(self, *args)
 
     monkeypatch.setattr(_FastReceive, "_deliver", watched)
+    return seen
+
+
+@asynccontextmanager
+async def flooded(monkeypatch: pytest.MonkeyPatch, flood: bytes) -> AsyncIterator[tuple[_FastReceive, str, Any]]:
+    """A channel whose writer sent ``flood`` with no reader attached, once the engine's side of the writer's socket
+    stopped reading (or, before, held every message): ``(that connection, the relay's base URL, the reader's ref)``."""
+    seen = watch_connections(monkeypatch)
     # No reader attaches (its deadline is far off): the channel's queue fills, then the writer's socket holds the rest
     async with relay_server(ChannelRelay(attach_timeout_s=60.0)) as (base, relay):
-        refs = relay.create(buffer_size, owner="w")
+        refs = relay.create(3, owner="w")
         ref = refs["writer"]
-        writer = await websockets.connect(
-            build_channel_url(base, ref["channel_id"], ref["access_key"], ref["direction"]),
-            ping_interval=None, compression=None)
+        writer = await connect_end(base, ref)
         try:
             writer.transport.write(flood)
 
@@ -63,7 +71,7 @@ async def flooded(monkeypatch: pytest.MonkeyPatch, flood: bytes,
                     break
                 await asyncio.sleep(0.01)
             (conn,) = seen
-            yield conn, base, refs["reader"], writer
+            yield conn, base, refs["reader"]
         finally:
             writer.transport.abort()
 
@@ -71,7 +79,7 @@ async def flooded(monkeypatch: pytest.MonkeyPatch, flood: bytes,
 @pytest.mark.parametrize("payload", [b"", b"x"], ids=["empty", "one-byte"])
 async def test_a_flood_of_tiny_messages_pauses_the_writer_socket(monkeypatch: pytest.MonkeyPatch,
                                                                  payload: bytes) -> None:
-    async with flooded(monkeypatch, frames([payload] * FRAMES)) as (conn, _, _, _):
+    async with flooded(monkeypatch, frames([payload] * FRAMES)) as (conn, _, _):
         held = len(conn._inbox)
         assert conn._paused, f"{held:,} unread messages and the writer's socket was never paused"
         # split only while they fit under its mark: the rest of the read waits as bytes (at most one read's)
@@ -83,11 +91,9 @@ async def test_a_flood_of_tiny_messages_pauses_the_writer_socket(monkeypatch: py
 async def test_a_flood_read_later_arrives_whole_in_order_then_its_close(monkeypatch: pytest.MonkeyPatch) -> None:
     payloads = [bytes([i % 251]) for i in range(FRAMES)]
     close = b"\x88\x82\0\0\0\0" + struct.pack("!H", 1000)  # the writer's Close right behind its messages
-    async with flooded(monkeypatch, frames(payloads) + close) as (conn, base, ref, _):
+    async with flooded(monkeypatch, frames(payloads) + close) as (conn, base, ref):
         assert conn._paused and conn._frames is not None and conn._frames.backlog > 0, "nothing left unsplit"
-        reader = await websockets.connect(
-            build_channel_url(base, ref["channel_id"], ref["access_key"], ref["direction"]),
-            ping_interval=None, compression=None, max_queue=None)
+        reader = await connect_end(base, ref, max_queue=None)
         try:
             got = [await asyncio.wait_for(reader.recv(), 10) for _ in range(FRAMES)]
             assert got == payloads  # none lost, none reordered across the splits
@@ -98,29 +104,18 @@ async def test_a_flood_read_later_arrives_whole_in_order_then_its_close(monkeypa
             reader.transport.abort()
 
 
-
 async def test_a_deferred_close_keeps_the_writer_socket_unread(monkeypatch: pytest.MonkeyPatch) -> None:
     # Behind a flood: a text message that is not UTF-8 (the relay will refuse it), then the writer's Close. The Close
     # waits until the messages before it are read, and the socket must not be read meanwhile: the reader's reads
     # resumed it, and what the writer sent after its Close piled up in memory without bound (86 MB in 8 s).
-    seen: list[_FastReceive] = []
-    deliver = _FastReceive._deliver
-
-    def watched(self: _FastReceive, *args: Any) -> None:
-        if self not in seen:
-            seen.append(self)
-        deliver(self, *args)
-
-    monkeypatch.setattr(_FastReceive, "_deliver", watched)
+    seen = watch_connections(monkeypatch)
     flood, read = 221_000, 218_000
     bad = b"\x81\x86\0\0\0\0\xff\xfe bad"
     close = b"\x88\x82\0\0\0\0" + struct.pack("!H", 1000)
     async with relay_server(ChannelRelay(attach_timeout_s=60.0)) as (base, relay):
         refs = relay.create(64, owner="w")
         ref = refs["writer"]
-        writer = await websockets.connect(
-            build_channel_url(base, ref["channel_id"], ref["access_key"], ref["direction"]),
-            ping_interval=None, compression=None)
+        writer = await connect_end(base, ref)
         reader = relay.open_local(refs["reader"]["channel_id"], refs["reader"]["access_key"], "read")
         try:
             writer.transport.write(frames([b"x"] * flood) + bad + close)
