@@ -494,8 +494,15 @@ class OtherEngines:
         self._forget([(queue, function_id) for queue, functions in self._left.items() for function_id in functions
                       if has_function(function_id)])
 
-    def start(self) -> None:
-        """Advertise now and then every :attr:`refresh_ms`."""
+    async def start(self) -> None:
+        """Advertise now, then every :attr:`refresh_ms`: once this returns, the other engines count this one live
+        (one claiming a job meanwhile took itself for alone, and began its grace at once). A store slow to answer
+        holds the start up for at most :data:`ADVERTISE_MAX_MS`; the next refresh tries again."""
+        try:
+            await asyncio.wait_for(self._refresh_logged(), ADVERTISE_MAX_MS / 1000)
+        except TimeoutError:
+            log.debug("queue module: the served functions were not advertised within %d ms of the start",
+                      ADVERTISE_MAX_MS)
         self._task = asyncio.get_running_loop().create_task(self._advertise(), name="queue-served-functions")
 
     async def refresh(self) -> None:
@@ -531,13 +538,16 @@ class OtherEngines:
                     self._left_count += 1
                 self._on_elsewhere(queue, function_id)
 
+    async def _refresh_logged(self) -> None:
+        try:
+            await self.refresh()
+        except Exception as exc:  # the consumers meet (and report) a store that fails; tried again next time
+            log.debug("queue module: the served functions could not be advertised: %s", exc)
+
     async def _advertise(self) -> None:
         while True:
-            try:
-                await self.refresh()
-            except Exception as exc:  # the consumers meet (and report) a store that fails; tried again next time
-                log.debug("queue module: the served functions could not be advertised: %s", exc)
             await asyncio.sleep(self.refresh_ms / 1000)
+            await self._refresh_logged()
 
     async def stop(self) -> None:
         """Stop advertising and leave the live engines (what this engine advertised expires with its TTL)."""
@@ -631,7 +641,7 @@ class QueueModule(EngineModule):
             self._named[name] = consumer
             consumer.start()
         if self._others is not None:
-            self._others.start()
+            await self._others.start()
         if self._named:
             self.services.add_functions_listener(self._functions_changed)
         functions: list[tuple[str, BuiltinHandler, str]] = [
