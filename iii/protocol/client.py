@@ -47,6 +47,7 @@ from .codec import loads, salvage_invocation
 from .ids import InvocationIds, new_invocation_id
 
 __all__ = [
+    "WORKER_BUSY",
     "CallFailed",
     "CallSucceeded",
     "ClientSession",
@@ -226,6 +227,10 @@ def result_too_large(function_id: str, size: int, limit: int) -> dict[str, Any]:
                        "(create_channel) and its ref instead"}
 
 
+WORKER_BUSY: Final = "worker_busy"
+"""The error code of an invocation a worker refused, unrun, for running as many as it may at once."""
+
+
 def worker_busy(function_id: str, limit: int) -> dict[str, Any]:
     """The error body answering an invocation refused because the worker already runs ``limit`` of them.
 
@@ -233,7 +238,7 @@ def worker_busy(function_id: str, limit: int) -> dict[str, Any]:
         >>> worker_busy("f", 3)["code"]
         'worker_busy'
     """
-    return {"code": "worker_busy",
+    return {"code": WORKER_BUSY,
             "message": f"'{function_id:.200}' was not run: this worker is running as many invocations as it may at "
                        f"once ({limit:,}, max_invocations); try again later, or run more workers"}
 

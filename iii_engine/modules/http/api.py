@@ -72,6 +72,7 @@ from aiohttp.web_protocol import RequestPayloadError
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.iii_types import TriggerInfo
 from iii.loss_log import LossLog
+from iii.protocol.client import WORKER_BUSY
 from iii.wire import dumps, loads
 
 from ...channels import ChannelRelay, TooManyChannels
@@ -555,7 +556,7 @@ def _failure(error: Any) -> web.Response:
         code = error.get("code")
         if code == "invocation_timeout":
             raise _Timeout
-        if code == "worker_busy":
+        if code == WORKER_BUSY:
             return _json_response(503, {"error": str(error.get("message", "")), "code": code}, {"Retry-After": "1"})
         return _error_response(str(error.get("message", "")))
     return _error_response(str(error))

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, NoReturn
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.iii_types import TriggerInfo
 from iii.loss_log import LossLog
+from iii.protocol.client import WORKER_BUSY
 from iii.protocol.worker_session import clip_text
 from iii.wire import LOG_CLIP, clip, dumps
 from iii_streams.errors import PoolExhaustedError
@@ -202,6 +203,14 @@ newcomer's wait counts from the forgotten one's start (never later), so a pair c
 enqueues naming made-up functions must not grow the engine, nor keep their jobs waiting for ever."""
 CROWDED_LOG_INTERVAL_S = 10.0
 """Past :data:`MAX_MISSING_TRACKED` pairs, the lines about them are counted and logged at most this often."""
+
+BUSY_RETRY_MIN_MS = 100
+"""Shortest wait before a job whose worker refused it for being busy (``worker_busy``) is tried again (its
+``backoff_ms`` if longer): the refusal comes at once, and a queue with ``backoff_ms`` 0 would ask again in a loop."""
+
+BUSY_LOG_INTERVAL_S = 10.0
+"""Jobs put off for a busy worker are one warning at first, then a count at most this often."""
+
 
 
 def _look_delay(since: int, now: int, settings: QueueSettings) -> int:
@@ -611,6 +620,7 @@ class QueueModule(EngineModule):
         # One for the store all consumers share: an outage is a line, not one per queue and poll.
         self._store_failures = StoreFailures(log)
         self._missing = MissingFunctions()
+        self._busy = LossLog(self._log_busy, BUSY_LOG_INTERVAL_S)
         self._others: OtherEngines | None = None
 
     async def start(self) -> None:
@@ -693,6 +703,7 @@ class QueueModule(EngineModule):
         await close_store(self.store.close(), f"the queue module's store ({type(self.store).__name__})")
         self._store_failures.close()
         self._missing.close()
+        self._busy.close()
 
     async def _warn_if_evicting(self) -> None:
         """Say at start when Redis may evict keys, or keeps nothing on disk: an evicting ``maxmemory-policy``, or a
@@ -934,7 +945,7 @@ class QueueModule(EngineModule):
                 await self._leave_to_others(name, function_id)
             self._missing.check(name, function_id, self._named[name].settings, now_ms())
         self._missing.found(name, function_id)
-        await self.services.invoke(function_id, job.data)
+        await self._invoke_job(name, function_id, job.data, self._named[name].settings)
 
     def _put_off_look(self, name: str, function_id: str, now: int) -> int | None:
         """Until when queue ``name``'s store puts off the jobs of ``function_id`` at its claims (see
@@ -997,7 +1008,25 @@ class QueueModule(EngineModule):
         trigger = subscribers[next(entry.turn) % len(subscribers)]
         config = trigger.config if isinstance(trigger.config, dict) else {}
         if await self.services.condition_passes(config.get("condition_function_id"), job.data):
-            await self.services.invoke(trigger.function_id, job.data)
+            await self._invoke_job(topic, trigger.function_id, job.data, entry.consumer.settings)
+
+    async def _invoke_job(self, queue: str, function_id: str, data: Any, settings: QueueSettings) -> None:
+        """Run a job's function. One its worker refused for being busy (our SDK's ``worker_busy``: the handler never
+        ran) is put off, its attempt not counted: before, a busy spell spent the attempts of jobs that never ran
+        and dead-lettered them."""
+        try:
+            await self.services.invoke(function_id, data)
+        except EngineError as exc:
+            if exc.code != WORKER_BUSY:
+                raise
+            self._busy.lost("put_off", f"{_name(queue)}: {_name(function_id)}")
+            raise JobNotReady(function_id, delay_ms=max(settings.backoff_ms, BUSY_RETRY_MIN_MS)) from None
+
+    @staticmethod
+    def _log_busy(counts: Mapping[str, int], latest: str | None) -> None:
+        log.warning("queue module: %d job(s) put off, not run, because their worker was busy (worker_busy: it runs "
+                    "as many invocations as its max_invocations allows); tried again after backoff_ms, their "
+                    "attempts not counted%s", counts.get("put_off", 0), f" (the latest: {latest})" if latest else "")
 
     # -- built-in functions ----------------------------------------------------------------------------------
 

@@ -1,0 +1,88 @@
+"""A queue job whose worker refused it for being busy (our SDK's ``worker_busy``, past its ``max_invocations``: the
+handler never ran) is put off and tried again, its attempt not counted. Before, the refusal was a failed attempt, so
+a busy spell dead-lettered jobs that never ran: here, with one attempt allowed, 3 of 4. A real engine, a real SDK
+worker, named queues and topics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import uuid
+from typing import Any
+
+import pytest
+from module_worker import ModuleWorker
+
+from iii import InitOptions, register_worker
+from iii_engine import Engine, EngineConfig, ModuleSpec
+
+pytestmark = [pytest.mark.timeout(30), pytest.mark.our_engine("the queue module's handling of worker_busy")]
+
+JOBS = 4
+
+
+async def _stats(worker: ModuleWorker, queue: str) -> dict[str, int]:
+    stats: dict[str, int] = await worker.result("engine::queue::topic_stats", {"topic": queue})
+    return stats
+
+
+@pytest.mark.parametrize("kind", ["named", "topic"])
+async def test_jobs_a_busy_worker_refused_run_later_and_are_not_dead_lettered(
+        kind: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="iii_engine.modules.queue.module")
+    queue = {"max_retries": 1, "concurrency": JOBS, "backoff_ms": 0, "poll_interval_ms": 20}
+    settings = {"queue_configs": {"q": queue}} if kind == "named" else {}
+    config = EngineConfig(host="127.0.0.1", port=0, modules=[ModuleSpec("modules::queue::QueueModule", settings)])
+    function_id = f"busy::{uuid.uuid4().hex[:8]}"
+    release, first = threading.Event(), threading.Event()
+    ran: list[int] = []
+
+    def handler(data: Any) -> None:
+        ran.append(data["n"])
+        first.set()
+        assert release.wait(20)  # holds the worker's only slot: the other jobs are refused meanwhile
+
+    async with Engine(config=config) as engine, ModuleWorker(engine.url) as producer:
+        # the SDK's sync calls wait for its connection, which this loop (the engine's) serves: off the loop
+        worker = await asyncio.to_thread(register_worker, engine.url, InitOptions(max_invocations=1))
+        try:
+            await asyncio.to_thread(worker.register_function, function_id, handler)
+            if kind == "topic":
+                limits = {"maxRetries": 1, "concurrency": JOBS, "backoffDelayMs": 0}
+                subscription = {"topic": "q", "queue_config": limits}
+                await asyncio.to_thread(worker.register_trigger,
+                                        {"type": "queue", "function_id": function_id, "config": subscription})
+            while not engine.has_function(function_id) or (  # noqa: ASYNC110 - no event tells a registration
+                    kind == "topic" and not await producer.result("engine::queue::list_topics")):
+                await asyncio.sleep(0.01)
+            for n in range(JOBS):
+                if kind == "named":
+                    reply = await producer.call(function_id, {"n": n}, action={"type": "enqueue", "queue": "q"})
+                else:
+                    reply = await producer.call("enqueue", {"topic": "q", "data": {"n": n}})
+                assert "error" not in reply, reply
+            assert await asyncio.to_thread(first.wait, 10)
+
+            async def refused() -> dict[str, int]:
+                # the other jobs were refused: put off now (dead letters before), none waiting to be tried
+                while (stats := await _stats(producer, "q"))["delayed"] + stats["dlq"] < JOBS - 1:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+                return stats
+
+            stats = await asyncio.wait_for(refused(), 10)
+            assert stats["dlq"] == 0, f"{stats['dlq']} of {JOBS - 1} jobs the busy worker never ran were dead-lettered"
+            release.set()
+
+            async def done() -> dict[str, int]:
+                while len(ran) < JOBS:  # noqa: ASYNC110 - the handler's runs tell nothing to the loop
+                    await asyncio.sleep(0.01)
+                return await _stats(producer, "q")
+
+            stats = await asyncio.wait_for(done(), 15)
+            assert sorted(ran) == list(range(JOBS)) and stats["dlq"] == 0, (ran, stats)
+        finally:
+            release.set()
+            await asyncio.to_thread(worker.shutdown)
+    warnings = [r.getMessage() for r in caplog.records if "worker was busy" in r.getMessage()]
+    assert warnings and function_id in warnings[0], warnings
