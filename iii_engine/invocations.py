@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 import traceback
 from collections.abc import Callable, Coroutine, Mapping
@@ -30,6 +31,7 @@ from typing import Any
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.loss_log import LossLog
+from iii.protocol.client import WORKER_BUSY
 from iii.protocol.codec import clip, is_uuid
 from iii.protocol.ids import InvocationIds, new_invocation_id
 from iii.protocol.worker_session import REPLY_REASON_CLIP, clip_text
@@ -51,6 +53,10 @@ from .registry import FunctionEntry, Registry
 from .workers import WorkerConnection, frame_bytes
 
 log = logging.getLogger(__name__)
+
+FIRED_BUSY_WAITS_MS = (100, 200, 400, 800, 1600)
+"""Waits before asking again while a trigger-fired call's worker refuses it for being busy (each a random 50-100 % of
+this): 1.55-3.1 s in all, then the call is counted lost (:attr:`Invocations.busy_fired`) in a rate-limited warning."""
 
 CALLER_KEY = "_caller_worker_id"
 __all__ = ["CALLER_KEY", "InvocationIds", "Invocations", "Pending", "Started", "error_body", "error_of",
@@ -221,6 +227,9 @@ class Invocations:
         # would be a line: one per interval, naming the latest function and its triggers.
         self._missing_log = LossLog(self._log_missing, SKIP_LOG_INTERVAL_S)
         self._missing_latest = ""
+        #: trigger-fired calls not run because their worker stayed busy through every try (:meth:`_call_while_busy`)
+        self.busy_fired = 0
+        self._busy_log = LossLog(self._log_busy, SKIP_LOG_INTERVAL_S)
         # Every task the engine runs for a call, with what it holds until it ends: a worker's max_calls_per_worker
         # count, a max_fired_calls slot, or nothing. The task gives it back itself when it ends; close() gives back
         # what tasks cancelled before they ever ran hold (their ``finally`` never runs).
@@ -854,10 +863,13 @@ class Invocations:
 
     async def _fire(self, function_id: str, data: Any) -> None:
         try:
-            await self.call(function_id, data)
+            await self._call_while_busy(function_id, data)
         except EngineError as exc:
             if exc.code == "function_not_found":  # unregistered, or its worker left, since it was fired
                 self._fired_missing(function_id)
+            elif exc.code == WORKER_BUSY:
+                self.busy_fired += 1
+                self._busy_log.lost("busy", function_id)
             else:
                 log.info("trigger-fired call of %s failed: %s: %s", function_id, exc.code, exc.message)
         except Exception as exc:  # its outcome is logged and dropped, whatever it is
@@ -869,6 +881,27 @@ class Invocations:
             # outlives a stop: an engine started again keeps its FiredCalls). The slot fire() was handed goes
             # back, with exactly the bytes its take charged.
             self._tasks.leave(asyncio.current_task())  # type: ignore[arg-type]
+
+    async def _call_while_busy(self, function_id: str, data: Any) -> None:
+        """Call ``function_id``; while its worker refuses for being busy (our SDK's ``worker_busy``: nothing ran),
+        ask again after each of :data:`FIRED_BUSY_WAITS_MS` (a random 50-100 % of it), still holding the call's
+        slots, so a short busy spell loses no event (before, each refusal was a lost event and an INFO line)."""
+        for wait_ms in FIRED_BUSY_WAITS_MS:
+            try:
+                await self.call(function_id, data)
+                return
+            except EngineError as exc:
+                if exc.code != WORKER_BUSY:
+                    raise
+            # spread: the calls one burst of events fired were refused together, and would all ask again together
+            await asyncio.sleep(wait_ms * random.uniform(0.5, 1.0) / 1000)
+        await self.call(function_id, data)
+
+    def _log_busy(self, counts: Mapping[str, int], latest: str | None) -> None:
+        log.warning("%d trigger-fired call(s) not run: their worker stayed busy (worker_busy, its max_invocations "
+                    "reached) through %d tries over up to %.1f s%s", counts.get("busy", 0),
+                    len(FIRED_BUSY_WAITS_MS) + 1, sum(FIRED_BUSY_WAITS_MS) / 1000,
+                    f" (the latest: {clip_text(latest)})" if latest else "")
 
     def stopping(self) -> None:
         """The engine's stop is about to close the workers' connections: until :attr:`engine_stopping` is cleared by
@@ -895,6 +928,7 @@ class Invocations:
         await self.held_voids.close()
         self._unknown_void_log.close()
         self._missing_log.close()
+        self._busy_log.close()
         self._stray_log.close()
         self._enqueue_log.close()
         await self._tasks.close()

@@ -1,6 +1,7 @@
 """PubSub (docs/reference/payloads.md#pubsub-publish): the ``publish`` function and the ``subscribe`` trigger type.
 
-Every subscriber of a topic gets the raw ``data``: fan-out, fire-and-forget, no retries. With the
+Every subscriber of a topic gets the raw ``data``: fan-out, fire-and-forget, no retries (but a delivery its worker
+refused unrun for being busy is asked again: docs/protocol.md M11). With the
 ``modules::pubsub::RedisAdapter`` store (see :mod:`~iii_engine.modules.pubsub.bus`), each engine delivers what
 it receives to its own subscribers, so publishers and subscribers may sit on different engines. A
 ``condition_function_id`` in a trigger config is honoured (ours).

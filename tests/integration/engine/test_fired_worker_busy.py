@@ -1,0 +1,65 @@
+"""A trigger-fired call (pub/sub, cron, state, stream, log triggers) whose worker refused it for being busy (our
+SDK's ``worker_busy``: the handler never ran) is asked again, after about 0.1, 0.2, 0.4, 0.8 and 1.6 s (a random
+50-100 % of each), holding its slots; only a worker busy through all of them loses the event, counted in one
+rate-limited warning. Before, each refusal was a lost event and an INFO line: a short busy spell dropped every event
+published meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+
+from iii.protocol.client import worker_busy
+from iii_engine import Engine, EngineConfig
+from tests.integration.engine.raw import RawWorker
+
+pytestmark = [pytest.mark.timeout(30), pytest.mark.our_engine("fires a call from inside our engine")]
+
+
+async def _answer_busy(worker: RawWorker, times: int) -> list[dict[str, Any]]:
+    """Refuse the next ``times`` invocations as a busy SDK worker does; return them."""
+    refused = []
+    for _ in range(times):
+        frame = await worker.expect("invokefunction")
+        refused.append(frame)
+        await worker.send({"type": "invocationresult", "invocation_id": frame["invocation_id"],
+                           "function_id": frame["function_id"], "error": worker_busy(frame["function_id"], 1)})
+    return refused
+
+
+async def test_a_fired_call_refused_busy_is_asked_again_and_runs(caplog: pytest.LogCaptureFixture) -> None:
+    async with Engine(config=EngineConfig(host="127.0.0.1", port=0)) as engine:
+        worker = await RawWorker.connect(engine.url)
+        await worker.register("w::f")
+        await worker.sync()
+        with caplog.at_level(logging.INFO, logger="iii_engine"):
+            assert engine.fire("w::f", {"n": 1})
+            refused = await _answer_busy(worker, 3)
+            served = await worker.serve_one("done")  # before: never asked again
+            assert served["data"] == {"n": 1} and all(frame["data"] == {"n": 1} for frame in refused)
+            while engine.fired_calls.in_flight:  # noqa: ASYNC110 - the fired task's end tells nothing
+                await asyncio.sleep(0.01)
+        assert engine.invocations.busy_fired == 0
+        assert not [r for r in caplog.records if "w::f" in r.getMessage()], caplog.text
+        await worker.close()
+
+
+async def test_a_worker_busy_through_every_try_loses_the_event_with_a_warning(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async with Engine(config=EngineConfig(host="127.0.0.1", port=0)) as engine:
+        worker = await RawWorker.connect(engine.url)
+        await worker.register("w::f")
+        await worker.sync()
+        with caplog.at_level(logging.WARNING, logger="iii_engine"):
+            assert engine.fire("w::f", {"n": 1})
+            await _answer_busy(worker, 6)  # the first call and five more tries
+            while engine.fired_calls.in_flight:  # noqa: ASYNC110 - as above
+                await asyncio.sleep(0.01)
+            await worker.nothing_for(0.2)  # no seventh try
+        assert engine.invocations.busy_fired == 1
+        lines = [r.getMessage() for r in caplog.records if "stayed busy" in r.getMessage()]
+        assert len(lines) == 1 and "1 trigger-fired call(s) not run" in lines[0] and "w::f" in lines[0], lines
+        await worker.close()
