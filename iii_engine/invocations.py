@@ -54,9 +54,9 @@ from .workers import WorkerConnection, frame_bytes
 
 log = logging.getLogger(__name__)
 
-FIRED_BUSY_WAITS_MS = (100, 200, 400, 800, 1600)
+FIRED_BUSY_WAITS_MS = (100, 200, 400, 800, 1600, 3200)
 """Waits before asking again while a trigger-fired call's worker refuses it for being busy (each a random 50-100 % of
-this): 1.55-3.1 s in all, then the call is counted lost (:attr:`Invocations.busy_fired`) in a rate-limited warning."""
+this): 3.15-6.3 s in all, then the call is counted lost (:attr:`Invocations.busy_fired`) in a rate-limited warning."""
 
 CALLER_KEY = "_caller_worker_id"
 __all__ = ["CALLER_KEY", "InvocationIds", "Invocations", "Pending", "Started", "error_body", "error_of",

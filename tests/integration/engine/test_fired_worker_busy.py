@@ -1,5 +1,5 @@
 """A trigger-fired call (pub/sub, cron, state, stream, log triggers) whose worker refused it for being busy (our
-SDK's ``worker_busy``: the handler never ran) is asked again, after about 0.1, 0.2, 0.4, 0.8 and 1.6 s (a random
+SDK's ``worker_busy``: the handler never ran) is asked again, after about 0.1, 0.2, 0.4, 0.8, 1.6 and 3.2 s (a random
 50-100 % of each), holding its slots; only a worker busy through all of them loses the event, counted in one
 rate-limited warning. Before, each refusal was a lost event and an INFO line: a short busy spell dropped every event
 published meanwhile."""
@@ -55,10 +55,10 @@ async def test_a_worker_busy_through_every_try_loses_the_event_with_a_warning(
         await worker.sync()
         with caplog.at_level(logging.WARNING, logger="iii_engine"):
             assert engine.fire("w::f", {"n": 1})
-            await _answer_busy(worker, 6)  # the first call and five more tries
+            await _answer_busy(worker, 7)  # the first call and six more tries
             while engine.fired_calls.in_flight:  # noqa: ASYNC110 - as above
                 await asyncio.sleep(0.01)
-            await worker.nothing_for(0.2)  # no seventh try
+            await worker.nothing_for(0.2)  # no eighth try
         assert engine.invocations.busy_fired == 1
         lines = [r.getMessage() for r in caplog.records if "stayed busy" in r.getMessage()]
         assert len(lines) == 1 and "1 trigger-fired call(s) not run" in lines[0] and "w::f" in lines[0], lines
