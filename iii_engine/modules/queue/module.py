@@ -212,7 +212,6 @@ BUSY_LOG_INTERVAL_S = 10.0
 """Jobs put off for a busy worker are one warning at first, then a count at most this often."""
 
 
-
 def _look_delay(since: int, now: int, settings: QueueSettings) -> int:
     """How long a job of a function missing since ``since`` is put off: as long as the function has been missing (1,
     2, 4 ... s, from ``backoff_ms``), so many waiting jobs cost little and a worker registering late gets its jobs

@@ -1,7 +1,7 @@
 """A queue job whose worker refused it for being busy (our SDK's ``worker_busy``, past its ``max_invocations``: the
 handler never ran) is put off and tried again, its attempt not counted. Before, the refusal was a failed attempt, so
 a busy spell dead-lettered jobs that never ran: here, with one attempt allowed, 3 of 4. A real engine, a real SDK
-worker, named queues and topics."""
+worker, named queues (in memory and in Redis) and topics."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 from module_worker import ModuleWorker
+from redis.asyncio import Redis
 
 from iii import InitOptions, register_worker
 from iii_engine import Engine, EngineConfig, ModuleSpec
+from tests.services import require_redis
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.our_engine("the queue module's handling of worker_busy")]
 
@@ -27,12 +29,16 @@ async def _stats(worker: ModuleWorker, queue: str) -> dict[str, int]:
     return stats
 
 
-@pytest.mark.parametrize("kind", ["named", "topic"])
+@pytest.mark.parametrize("kind", ["named", "topic", pytest.param("named on Redis", marks=pytest.mark.redis)])
 async def test_jobs_a_busy_worker_refused_run_later_and_are_not_dead_lettered(
         kind: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="iii_engine.modules.queue.module")
     queue = {"max_retries": 1, "concurrency": JOBS, "backoff_ms": 0, "poll_interval_ms": 20}
-    settings = {"queue_configs": {"q": queue}} if kind == "named" else {}
+    settings: dict[str, Any] = {"queue_configs": {"q": queue}} if kind != "topic" else {}
+    prefix = f"busy-{uuid.uuid4().hex[:8]}:"
+    if kind == "named on Redis":
+        settings["adapter"] = {"class": "modules::queue::RedisAdapter",
+                               "config": {"redis_url": require_redis(), "key_prefix": prefix}}
     config = EngineConfig(host="127.0.0.1", port=0, modules=[ModuleSpec("modules::queue::QueueModule", settings)])
     function_id = f"busy::{uuid.uuid4().hex[:8]}"
     release, first = threading.Event(), threading.Event()
@@ -57,7 +63,7 @@ async def test_jobs_a_busy_worker_refused_run_later_and_are_not_dead_lettered(
                     kind == "topic" and not await producer.result("engine::queue::list_topics")):
                 await asyncio.sleep(0.01)
             for n in range(JOBS):
-                if kind == "named":
+                if kind != "topic":
                     reply = await producer.call(function_id, {"n": n}, action={"type": "enqueue", "queue": "q"})
                 else:
                     reply = await producer.call("enqueue", {"topic": "q", "data": {"n": n}})
@@ -84,5 +90,9 @@ async def test_jobs_a_busy_worker_refused_run_later_and_are_not_dead_lettered(
         finally:
             release.set()
             await asyncio.to_thread(worker.shutdown)
+            if kind == "named on Redis":
+                async with Redis.from_url(require_redis()) as admin:
+                    if keys := [key async for key in admin.scan_iter(match=f"{prefix}*")]:
+                        await admin.delete(*keys)
     warnings = [r.getMessage() for r in caplog.records if "worker was busy" in r.getMessage()]
     assert warnings and function_id in warnings[0], warnings
