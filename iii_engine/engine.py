@@ -30,6 +30,7 @@ from websockets.exceptions import ConnectionClosed
 from iii import ws_fastpath
 from iii.iii_types import TriggerInfo
 from iii.loss_log import BurstLog, LossLog
+from iii.protocol.client import WORKER_BUSY
 from iii.protocol.worker_session import (
     Event,
     Invoke,
@@ -450,9 +451,14 @@ class _ModuleServices:
         """Call a function without waiting, counted against ``max_fired_calls``."""
         return self._engine.fire(function_id, data, taken=taken)
 
-    def condition_passes(self, condition_function_id: str | None, payload: Any) -> Coroutine[Any, Any, bool]:
+    def invoke_when_free(self, function_id: str, data: Any) -> Coroutine[Any, Any, Any]:
+        """Call a function for a trigger, asking again while its worker is busy."""
+        return self._engine.invoke_when_free(function_id, data)
+
+    def condition_passes(self, condition_function_id: str | None, payload: Any, *,
+                         wait_if_busy: bool = True) -> Coroutine[Any, Any, bool]:
         """Whether a trigger's condition lets its call go."""
-        return self._engine.condition_passes(condition_function_id, payload)
+        return self._engine.condition_passes(condition_function_id, payload, wait_if_busy=wait_if_busy)
 
     def triggers_of_type(self, trigger_type: str) -> list[TriggerInfo]:
         """The active triggers of a type."""
@@ -1246,13 +1252,29 @@ class Engine:
         """Whether a worker's call was refused at ``max_calls_per_worker`` recently."""
         return self.worker_calls.degraded()
 
-    async def condition_passes(self, condition_function_id: str | None, payload: Any) -> bool:
-        """docs/protocol.md#built-in-functions: only a literal ``false`` skips; an error skips too (logged)."""
+    async def invoke_when_free(self, function_id: str, data: Any) -> Any:
+        """Call a function for a trigger, asking again while its worker is busy (see
+        :meth:`~iii_engine.invocations.Invocations.call_while_busy`)."""
+        return await self.invocations.call_while_busy(function_id, data)
+
+    async def condition_passes(self, condition_function_id: str | None, payload: Any, *,
+                               wait_if_busy: bool = True) -> bool:
+        """docs/protocol.md#built-in-functions: only a literal ``false`` skips; an error skips too (logged). A
+        condition its worker refused for being busy (``worker_busy``: it did not decide) is asked again as a
+        trigger-fired call is, then skipped, counted with those calls; with ``wait_if_busy=False`` the refusal is
+        raised at once instead (the queue puts its job off, the REST API answers 503)."""
         if not condition_function_id:
             return True
         try:
-            result = await self.invoke(condition_function_id, payload)
+            if wait_if_busy:
+                result = await self.invocations.call_while_busy(condition_function_id, payload)
+            else:
+                result = await self.invoke(condition_function_id, payload)
         except EngineError as exc:
+            if exc.code == WORKER_BUSY:
+                if not wait_if_busy:
+                    raise
+                return False  # counted and told by call_while_busy
             log.warning("condition %s failed (%s: %s); skipping", condition_function_id, exc.code, exc.message)
             return False
         return result is not False

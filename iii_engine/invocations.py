@@ -227,7 +227,8 @@ class Invocations:
         # would be a line: one per interval, naming the latest function and its triggers.
         self._missing_log = LossLog(self._log_missing, SKIP_LOG_INTERVAL_S)
         self._missing_latest = ""
-        #: trigger-fired calls not run because their worker stayed busy through every try (:meth:`_call_while_busy`)
+        #: trigger-fired calls (and conditions) not run because their worker stayed busy through every try
+        #: (:meth:`call_while_busy`)
         self.busy_fired = 0
         self._busy_log = LossLog(self._log_busy, SKIP_LOG_INTERVAL_S)
         # Every task the engine runs for a call, with what it holds until it ends: a worker's max_calls_per_worker
@@ -863,14 +864,11 @@ class Invocations:
 
     async def _fire(self, function_id: str, data: Any) -> None:
         try:
-            await self._call_while_busy(function_id, data)
+            await self.call_while_busy(function_id, data)
         except EngineError as exc:
             if exc.code == "function_not_found":  # unregistered, or its worker left, since it was fired
                 self._fired_missing(function_id)
-            elif exc.code == WORKER_BUSY:
-                self.busy_fired += 1
-                self._busy_log.lost("busy", function_id)
-            else:
+            elif exc.code != WORKER_BUSY:  # (counted and told by call_while_busy)
                 log.info("trigger-fired call of %s failed: %s: %s", function_id, exc.code, exc.message)
         except Exception as exc:  # its outcome is logged and dropped, whatever it is
             # a payload with no JSON form (an alert value of inf once did): before, the task ended with it and
@@ -882,20 +880,27 @@ class Invocations:
             # back, with exactly the bytes its take charged.
             self._tasks.leave(asyncio.current_task())  # type: ignore[arg-type]
 
-    async def _call_while_busy(self, function_id: str, data: Any) -> None:
-        """Call ``function_id``; while its worker refuses for being busy (our SDK's ``worker_busy``: nothing ran),
-        ask again after each of :data:`FIRED_BUSY_WAITS_MS` (a random 50-100 % of it), still holding the call's
-        slots, so a short busy spell loses no event (before, each refusal was a lost event and an INFO line)."""
+    async def call_while_busy(self, function_id: str, data: Any) -> Any:
+        """Call ``function_id`` for a trigger and return its result; while its worker refuses for being busy (our
+        SDK's ``worker_busy``: nothing ran), ask again after each of :data:`FIRED_BUSY_WAITS_MS` (a random 50-100 %
+        of it), the caller still holding the call's slots, so a short busy spell loses no event (before, each refusal
+        was a lost event and a log line). The last refusal is counted in :attr:`busy_fired`, told in a rate-limited
+        warning and raised."""
         for wait_ms in FIRED_BUSY_WAITS_MS:
             try:
-                await self.call(function_id, data)
-                return
+                return await self.call(function_id, data)
             except EngineError as exc:
                 if exc.code != WORKER_BUSY:
                     raise
             # spread: the calls one burst of events fired were refused together, and would all ask again together
             await asyncio.sleep(wait_ms * random.uniform(0.5, 1.0) / 1000)
-        await self.call(function_id, data)
+        try:
+            return await self.call(function_id, data)
+        except EngineError as exc:
+            if exc.code == WORKER_BUSY:
+                self.busy_fired += 1
+                self._busy_log.lost("busy", function_id)
+            raise
 
     def _log_busy(self, counts: Mapping[str, int], latest: str | None) -> None:
         log.warning("%d trigger-fired call(s) not run: their worker stayed busy (worker_busy, its max_invocations "

@@ -352,8 +352,16 @@ class EngineServices(Protocol):
         one is taken if free, and if none is the call is skipped and counted (``fired_calls.skip``) and ``False``
         is returned."""
 
-    async def condition_passes(self, condition_function_id: str | None, payload: Any) -> bool:
-        """docs/protocol.md#built-in-functions: only a literal ``false`` result skips; an error skips (logged)."""
+    async def invoke_when_free(self, function_id: str, data: Any) -> Any:
+        """:meth:`invoke` for a trigger: while the function's worker refuses the call for being busy (our SDK's
+        ``worker_busy``: nothing ran), ask again for a few seconds (docs/protocol.md M11); the last refusal is
+        counted, logged (rate-limited) and raised."""
+
+    async def condition_passes(self, condition_function_id: str | None, payload: Any, *,
+                               wait_if_busy: bool = True) -> bool:
+        """docs/protocol.md#built-in-functions: only a literal ``false`` result skips; an error skips (logged). A
+        condition whose worker refuses it for being busy is asked again as :meth:`invoke_when_free` does, then
+        skipped; with ``wait_if_busy=False`` that refusal is raised at once (an :class:`EngineError`)."""
 
     def triggers_of_type(self, trigger_type: str) -> list[TriggerInfo]:
         """The active triggers of a type."""

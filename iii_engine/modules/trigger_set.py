@@ -27,6 +27,7 @@ from typing import Any
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.iii_types import TriggerInfo
+from iii.protocol.client import WORKER_BUSY
 
 from ..limits import HeldTasks
 from .base import EngineError, EngineServices, FiredSlots
@@ -106,8 +107,10 @@ class TriggerRunner:
         if not await self.services.condition_passes(condition if isinstance(condition, str) else None, payload):
             return None
         try:
-            return await self.services.invoke(trigger.function_id, payload)
+            return await self.services.invoke_when_free(trigger.function_id, payload)
         except EngineError as exc:
+            if exc.code == WORKER_BUSY:  # counted and told, rate-limited, by invoke_when_free
+                return None
             log.warning("trigger %s: %s failed: %s: %s", trigger.id, trigger.function_id, exc.code,
                                       exc.message)
             return None

@@ -1108,9 +1108,13 @@ class RestApiModule(EngineModule):
             if route.condition_function_id is not None:
                 try:
                     passed = await self._interruptible(race, self.services.condition_passes(
-                        route.condition_function_id, dict(payload)), None)
+                        route.condition_function_id, dict(payload), wait_if_busy=False), None)
                 except _Interrupted as exc:
                     raise _reason_to_refusal(exc.reason) from None
+                except EngineError as exc:  # its worker refused the condition for being busy: 503, as the handler
+                    if exc.code != WORKER_BUSY:
+                        raise
+                    return _failure(exc.body())
                 if not passed:
                     return _json_response(422, {"error": "Request condition not met", "skipped": True})
             # Both channels are created on the relay (docs/protocol.md#channels), where they stay reserved until the

@@ -444,6 +444,7 @@ class OtherEngines:
         self._left: dict[str, dict[str, None]] = {}  # queue -> functions left to others there
         self._left_count = 0
         self._task: asyncio.Task[None] | None = None
+        self._halted = False
 
     @property
     def refresh_ms(self) -> int:
@@ -511,7 +512,8 @@ class OtherEngines:
         except TimeoutError:
             log.debug("queue module: the served functions were not advertised within %d ms of the start",
                       ADVERTISE_MAX_MS)
-        self._task = asyncio.get_running_loop().create_task(self._advertise(), name="queue-served-functions")
+        if not self._halted:  # a stop came during the first advertisement
+            self._task = asyncio.get_running_loop().create_task(self._advertise(), name="queue-served-functions")
 
     async def refresh(self) -> None:
         """Say which wanted pairs this engine runs; forget the pairs left to others none runs now."""
@@ -557,10 +559,17 @@ class OtherEngines:
             await asyncio.sleep(self.refresh_ms / 1000)
             await self._refresh_logged()
 
-    async def stop(self) -> None:
-        """Stop advertising and leave the live engines (what this engine advertised expires with its TTL)."""
+    def halt(self) -> None:
+        """Stop advertising, now: a stop whose time has run out never runs :meth:`stop` (``wait_for`` with no time
+        left cancels it before it starts), and the refresh kept the stopped engine live in the store for good."""
+        self._halted = True
         if self._task is not None:
             self._task.cancel()
+
+    async def stop(self) -> None:
+        """Stop advertising and leave the live engines (what this engine advertised expires with its TTL)."""
+        self.halt()
+        if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
         await self.store.leave(self.id, self.ttl_ms)
 
@@ -676,6 +685,8 @@ class QueueModule(EngineModule):
         self.services.serve_named_queues(None)
         if self._eviction_check is not None:
             self._eviction_check.cancel()
+        if self._others is not None:
+            self._others.halt()
         loop = asyncio.get_running_loop()
         # one bound for the whole stop, not one per step: the sweep, the consumers and the store operations share it
         deadline = loop.time() + self.settings.stop_timeout_ms / 1000
@@ -1006,15 +1017,23 @@ class QueueModule(EngineModule):
             raise EngineError("no_subscriber", f"no subscriber for topic job {job.id}")
         trigger = subscribers[next(entry.turn) % len(subscribers)]
         config = trigger.config if isinstance(trigger.config, dict) else {}
-        if await self.services.condition_passes(config.get("condition_function_id"), job.data):
-            await self._invoke_job(topic, trigger.function_id, job.data, entry.consumer.settings)
+        condition, settings = config.get("condition_function_id"), entry.consumer.settings
+        with self._put_off_if_busy(topic, str(condition), settings):
+            passed = await self.services.condition_passes(condition, job.data, wait_if_busy=False)
+        if passed:
+            await self._invoke_job(topic, trigger.function_id, job.data, settings)
 
     async def _invoke_job(self, queue: str, function_id: str, data: Any, settings: QueueSettings) -> None:
-        """Run a job's function. One its worker refused for being busy (our SDK's ``worker_busy``: the handler never
-        ran) is put off, its attempt not counted: before, a busy spell spent the attempts of jobs that never ran
-        and dead-lettered them."""
-        try:
+        with self._put_off_if_busy(queue, function_id, settings):
             await self.services.invoke(function_id, data)
+
+    @contextmanager
+    def _put_off_if_busy(self, queue: str, function_id: str, settings: QueueSettings) -> Iterator[None]:
+        """A job whose worker refused it (or its condition) for being busy (our SDK's ``worker_busy``: nothing ran)
+        is put off, its attempt not counted: before, a busy spell spent the attempts of jobs that never ran and
+        dead-lettered them (and a busy condition counted as "skip": the job was done, never run)."""
+        try:
+            yield
         except EngineError as exc:
             if exc.code != WORKER_BUSY:
                 raise

@@ -63,3 +63,44 @@ async def test_a_worker_busy_through_every_try_loses_the_event_with_a_warning(
         lines = [r.getMessage() for r in caplog.records if "stayed busy" in r.getMessage()]
         assert len(lines) == 1 and "1 trigger-fired call(s) not run" in lines[0] and "w::f" in lines[0], lines
         await worker.close()
+
+
+async def _registered(worker: RawWorker, *function_ids: str) -> None:
+    for function_id in function_ids:
+        await worker.register(function_id)
+    await worker.sync()
+
+
+async def test_a_state_trigger_refused_busy_is_asked_again() -> None:
+    # State and stream triggers run through TriggerSet.call, not fire(): before, the refusal was a warning and the
+    # change was lost.
+    async with Engine(config=EngineConfig(host="127.0.0.1", port=0)) as engine:
+        worker = await RawWorker.connect(engine.url)
+        await _registered(worker, "w::f")
+        await worker.send({"type": "registertrigger", "id": "t-state", "trigger_type": "state",
+                           "function_id": "w::f", "config": {"scope": "s"}})
+        await worker.sync()
+        await engine.invoke("state::set", {"scope": "s", "key": "k", "value": 1})
+        await _answer_busy(worker, 2)
+        served = await worker.serve_one("done")  # before: never asked again
+        assert served["function_id"] == "w::f" and served["data"]["key"] == "k"
+        assert engine.invocations.busy_fired == 0
+        await worker.close()
+
+
+async def test_a_condition_refused_busy_is_asked_again_then_its_call_made() -> None:
+    # A subscriber's condition usually lives on the worker of its handler: before, its busy refusal was "skip"
+    # and a warning per event.
+    async with Engine(config=EngineConfig(host="127.0.0.1", port=0)) as engine:
+        worker = await RawWorker.connect(engine.url)
+        await _registered(worker, "w::f", "w::guard")
+        await worker.send({"type": "registertrigger", "id": "t-sub", "trigger_type": "subscribe",
+                           "function_id": "w::f", "config": {"topic": "t", "condition_function_id": "w::guard"}})
+        await worker.sync()
+        await engine.invoke("publish", {"topic": "t", "data": {"n": 1}})
+        refused = await _answer_busy(worker, 2)
+        assert {frame["function_id"] for frame in refused} == {"w::guard"}
+        await worker.serve_one(True, function_id="w::guard")
+        served = await worker.serve_one("done", function_id="w::f")
+        assert served["data"] == {"n": 1}
+        await worker.close()

@@ -16,7 +16,9 @@ from module_worker import ModuleWorker
 from redis.asyncio import Redis
 
 from iii import InitOptions, register_worker
+from iii.protocol.client import worker_busy
 from iii_engine import Engine, EngineConfig, ModuleSpec
+from tests.integration.engine.raw import RawWorker
 from tests.services import require_redis
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.our_engine("the queue module's handling of worker_busy")]
@@ -96,3 +98,24 @@ async def test_jobs_a_busy_worker_refused_run_later_and_are_not_dead_lettered(
                         await admin.delete(*keys)
     warnings = [r.getMessage() for r in caplog.records if "worker was busy" in r.getMessage()]
     assert warnings and function_id in warnings[0], warnings
+
+
+async def test_a_topic_job_whose_condition_was_refused_busy_is_put_off_not_skipped() -> None:
+    # Before, the busy refusal counted as the condition's "false": the job was done, its handler never run.
+    config = EngineConfig(host="127.0.0.1", port=0, modules=[ModuleSpec("modules::queue::QueueModule", {})])
+    async with Engine(config=config) as engine:
+        worker = await RawWorker.connect(engine.url)
+        for function_id in ("w::f", "w::guard"):
+            await worker.register(function_id)
+        await worker.send({"type": "registertrigger", "id": "t-q", "trigger_type": "queue", "function_id": "w::f",
+                           "config": {"topic": "q", "condition_function_id": "w::guard",
+                                      "queue_config": {"maxRetries": 1, "backoffDelayMs": 0}}})
+        await worker.sync()
+        await engine.invoke("enqueue", {"topic": "q", "data": {"n": 1}})
+        guard = await worker.expect("invokefunction", function_id="w::guard")
+        await worker.send({"type": "invocationresult", "invocation_id": guard["invocation_id"],
+                           "function_id": "w::guard", "error": worker_busy("w::guard", 1)})
+        await worker.serve_one(True, function_id="w::guard")  # asked again after the put-off
+        served = await worker.serve_one("done", function_id="w::f")
+        assert served["data"] == {"n": 1}
+        await worker.close()

@@ -116,3 +116,20 @@ async def test_a_worker_too_busy_to_run_the_handler_is_a_503_to_retry(stack: Asy
     assert response.json() == {"error": message, "code": "worker_busy"}
     assert not [r for r in caplog.records if "HTTP handler failed" in r.getMessage()]
     _nothing_left(engine, module)
+
+
+async def test_a_worker_too_busy_to_run_the_route_s_condition_is_a_503_too(stack: AsyncExitStack) -> None:
+    # The condition did not decide: before, its busy refusal counted as "condition not met" (422, skipped: true).
+    engine, module, client = await _start(stack)
+    worker = await worker_with_route(engine, "guarded", "guarded", condition_function_id="guard")
+    await worker.register("guard")
+    await worker.sync()
+    pending = asyncio.ensure_future(client.get("/guarded"))
+    invoked = await worker.expect("invokefunction")
+    assert invoked["function_id"] == "guard"
+    message = "'guard' was not run: this worker is running as many invocations as it may at once (1, max_invocations)"
+    await answer(worker, invoked, error={"code": "worker_busy", "message": message})
+    response = await pending
+    assert (response.status_code, response.headers.get("Retry-After")) == (503, "1")
+    assert response.json() == {"error": message, "code": "worker_busy"}
+    _nothing_left(engine, module)

@@ -42,7 +42,11 @@ class Stub:
             raise EngineError("function_not_found", f"Function {function_id} not found")
         return await self.functions[function_id](data)
 
-    async def condition_passes(self, condition_function_id: str | None, payload: Any) -> bool:
+    async def invoke_when_free(self, function_id: str, data: Any) -> Any:
+        return await self.invoke(function_id, data)
+
+    async def condition_passes(self, condition_function_id: str | None, payload: Any, *,
+                               wait_if_busy: bool = True) -> bool:
         return not condition_function_id or await self.invoke(condition_function_id, payload) is not False
 
 

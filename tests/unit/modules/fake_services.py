@@ -150,7 +150,11 @@ class FakeServices:
         task.add_done_callback(self._tasks.discard)
         return True
 
-    async def condition_passes(self, condition_function_id: str | None, payload: Any) -> bool:
+    async def invoke_when_free(self, function_id: str, data: Any) -> Any:
+        return await self.invoke(function_id, data)
+
+    async def condition_passes(self, condition_function_id: str | None, payload: Any, *,
+                               wait_if_busy: bool = True) -> bool:
         if not condition_function_id:
             return True
         try:

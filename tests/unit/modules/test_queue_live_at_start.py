@@ -7,6 +7,8 @@ test_once_the_serving_engine_is_gone_the_grace_applies_again)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable
 
 import pytest
 
@@ -20,8 +22,10 @@ class _Store:
     def __init__(self, fail: bool = False) -> None:
         self.advertised = 0
         self.fail = fail
+        self.during_wanted: Callable[[], None] = lambda: None
 
     async def wanted(self) -> tuple[int, list[tuple[str, str]]]:
+        self.during_wanted()
         if self.fail:
             raise ConnectionError("Redis is gone")
         return 0, []
@@ -75,3 +79,26 @@ async def test_a_store_that_does_not_answer_holds_the_start_up_for_at_most_a_ref
     await asyncio.wait_for(others.start(), 5)  # before this bound: waited as long as the store
     await others.stop()
     assert store.advertised == 0
+
+
+async def test_halt_ends_the_advertising_at_once_even_with_no_time_left_for_the_stop() -> None:
+    # The queue module's stop halts first, then waits (bounded) for stop(): with no time left, wait_for cancels
+    # stop() before it runs, and before halt() the refresh went on for good, the stopped engine kept live.
+    store = _Store()
+    others = OtherEngines(store, 3, lambda function_id: False, lambda: None, ("q",))  # type: ignore[arg-type]
+    await others.start()
+    others.halt()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(others.stop(), 0)
+    count = store.advertised
+    await asyncio.sleep(0.05)  # some 50 refreshes' worth (refresh_ms is 1 ms here)
+    assert store.advertised == count
+
+
+async def test_a_halt_during_the_first_advertisement_starts_no_refresh() -> None:
+    store = _Store()
+    others = OtherEngines(store, 3, lambda function_id: False, lambda: None, ("q",))  # type: ignore[arg-type]
+    store.during_wanted = others.halt
+    await others.start()
+    await asyncio.sleep(0.05)
+    assert store.advertised == 1
