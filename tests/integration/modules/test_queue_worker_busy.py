@@ -119,3 +119,48 @@ async def test_a_topic_job_whose_condition_was_refused_busy_is_put_off_not_skipp
         served = await worker.serve_one("done", function_id="w::f")
         assert served["data"] == {"n": 1}
         await worker.close()
+
+
+async def test_a_worker_busy_past_the_grace_ends_in_the_dead_letter_queue_refused_ever_less_often() -> None:
+    # A worker that answers worker_busy to everything (stuck for good, or hostile): before, its jobs came back every
+    # max(backoff_ms, 100 ms) for ever (2 x 10,000 jobs kept an engine at 81-89 % of a core, never ending). Now the
+    # waits grow with the spell, and past missing_function_grace_ms a refusal is a failed attempt.
+    grace_ms, jobs = 3000, 3
+    queue = {"missing_function_grace_ms": grace_ms, "max_retries": 1, "backoff_ms": 0, "poll_interval_ms": 20}
+    config = EngineConfig(host="127.0.0.1", port=0,
+                          modules=[ModuleSpec("modules::queue::QueueModule", {"queue_configs": {"q": queue}})])
+    async with Engine(config=config) as engine, ModuleWorker(engine.url) as producer:
+        worker = await RawWorker.connect(engine.url)
+        await worker.register("w::stuck")
+        await worker.sync()
+        refused = 0
+
+        async def refuse_everything() -> None:
+            nonlocal refused
+            while True:
+                frame = await worker.expect("invokefunction", wait=30)
+                refused += 1
+                await worker.send({"type": "invocationresult", "invocation_id": frame["invocation_id"],
+                                   "function_id": "w::stuck", "error": worker_busy("w::stuck", 1)})
+
+        refuser = asyncio.create_task(refuse_everything())
+        try:
+            began = asyncio.get_running_loop().time()
+            for n in range(jobs):
+                reply = await producer.call("w::stuck", {"n": n}, action={"type": "enqueue", "queue": "q"})
+                assert "error" not in reply, reply
+
+            async def dead_letters() -> None:
+                while (await _stats(producer, "q"))["dlq"] < jobs:  # noqa: ASYNC110 - no event tells a dead letter
+                    await asyncio.sleep(0.05)
+
+            await asyncio.wait_for(dead_letters(), 15)  # before: never
+            took = asyncio.get_running_loop().time() - began
+        finally:
+            refuser.cancel()
+        assert took >= grace_ms / 1000, f"dead-lettered after {took:.2f} s, within the {grace_ms} ms grace"
+        # every 100 ms for 3 s would be about 30 refusals a job; growing waits make about a dozen
+        assert refused <= jobs * 20, f"{refused} refusals for {jobs} jobs over {took:.1f} s"
+        page: dict[str, Any] = await producer.result("engine::queue::dlq_messages", {"topic": "q"})
+        assert all(m["error"].startswith("worker_busy") for m in page["messages"]), page
+        await worker.close()
