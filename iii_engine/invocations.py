@@ -867,7 +867,8 @@ class Invocations:
             await self.call_while_busy(function_id, data)
         except EngineError as exc:
             if exc.code == "function_not_found":  # unregistered, or its worker left, since it was fired
-                self._fired_missing(function_id)
+                if not self.engine_stopping:  # (a try after a busy refusal met the stop's closed connections)
+                    self._fired_missing(function_id)
             elif exc.code != WORKER_BUSY:  # (counted and told by call_while_busy)
                 log.info("trigger-fired call of %s failed: %s: %s", function_id, exc.code, exc.message)
         except Exception as exc:  # its outcome is logged and dropped, whatever it is
