@@ -30,18 +30,28 @@ async def _answer_busy(worker: RawWorker, times: int) -> list[dict[str, Any]]:
     return refused
 
 
+async def _registered(worker: RawWorker, *function_ids: str) -> None:
+    for function_id in function_ids:
+        await worker.register(function_id)
+    await worker.sync()
+
+
+async def _settled(engine: Engine) -> None:
+    """Return once no trigger-fired call holds a slot: the fired task's end tells nothing."""
+    while engine.fired_calls.in_flight:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+
+
 async def test_a_fired_call_refused_busy_is_asked_again_and_runs(caplog: pytest.LogCaptureFixture) -> None:
     async with Engine(config=EngineConfig(host="127.0.0.1", port=0)) as engine:
         worker = await RawWorker.connect(engine.url)
-        await worker.register("w::f")
-        await worker.sync()
+        await _registered(worker, "w::f")
         with caplog.at_level(logging.INFO, logger="iii_engine"):
             assert engine.fire("w::f", {"n": 1})
             refused = await _answer_busy(worker, 3)
             served = await worker.serve_one("done")  # before: never asked again
             assert served["data"] == {"n": 1} and all(frame["data"] == {"n": 1} for frame in refused)
-            while engine.fired_calls.in_flight:  # noqa: ASYNC110 - the fired task's end tells nothing
-                await asyncio.sleep(0.01)
+            await _settled(engine)
         assert engine.invocations.busy_fired == 0
         assert not [r for r in caplog.records if "w::f" in r.getMessage()], caplog.text
         await worker.close()
@@ -51,24 +61,17 @@ async def test_a_worker_busy_through_every_try_loses_the_event_with_a_warning(
         caplog: pytest.LogCaptureFixture) -> None:
     async with Engine(config=EngineConfig(host="127.0.0.1", port=0)) as engine:
         worker = await RawWorker.connect(engine.url)
-        await worker.register("w::f")
-        await worker.sync()
+        await _registered(worker, "w::f")
         with caplog.at_level(logging.WARNING, logger="iii_engine"):
             assert engine.fire("w::f", {"n": 1})
             await _answer_busy(worker, 7)  # the first call and six more tries
-            while engine.fired_calls.in_flight:  # noqa: ASYNC110 - as above
-                await asyncio.sleep(0.01)
+            await _settled(engine)
             await worker.nothing_for(0.2)  # no eighth try
         assert engine.invocations.busy_fired == 1
         lines = [r.getMessage() for r in caplog.records if "stayed busy" in r.getMessage()]
         assert len(lines) == 1 and "1 trigger-fired call(s) not run" in lines[0] and "w::f" in lines[0], lines
         await worker.close()
 
-
-async def _registered(worker: RawWorker, *function_ids: str) -> None:
-    for function_id in function_ids:
-        await worker.register(function_id)
-    await worker.sync()
 
 
 async def test_a_state_trigger_refused_busy_is_asked_again() -> None:
@@ -116,6 +119,5 @@ async def test_a_try_meeting_the_engine_s_stop_is_not_counted_as_a_missing_funct
         await _answer_busy(worker, 1)
         engine.invocations.stopping()  # the stop's first step, then its closing of the connections
         await worker.close()
-        while engine.fired_calls.in_flight:  # noqa: ASYNC110 - the next try (in 50-100 ms) ends the call
-            await asyncio.sleep(0.01)
+        await _settled(engine)  # the next try (in 50-100 ms) ends the call
         assert engine.invocations.missing_fired == 0  # before: 1
