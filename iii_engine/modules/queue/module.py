@@ -210,54 +210,77 @@ BUSY_RETRY_MIN_MS = 100
 ``backoff_ms`` if longer): the refusal comes at once, and a queue with ``backoff_ms`` 0 would ask again in a loop."""
 
 
+BUSY_QUIET_SLACK_MS = 1000
+"""A busy spell ends when no refusal comes within twice the put-off it handed out plus this (or the queue's
+``poll_interval_ms``, if longer): time for the put-off job to be claimed again."""
+
+BUSY_LOG_INTERVAL_S = 10.0
+"""Jobs put off for a busy worker are one warning at first, then a count at most this often."""
+
+
 class BusyFunctions:
-    """Since when each (queue, function)'s worker has refused jobs for being busy (our SDK's ``worker_busy``: none
-    ran): such a job is put off, its attempt not counted, for as long as the refusals have lasted (at least
-    ``backoff_ms`` and :data:`BUSY_RETRY_MIN_MS`, at most ``backoff_ms`` or :data:`MISSING_FUNCTION_CHECK_MAX_MS`,
-    a random 50-100 % of it) until ``missing_function_grace_ms`` has passed; from then on a refusal is a failed
-    attempt, so a worker that stays busy (or answers ``worker_busy`` to everything) ends in the dead-letter queue
-    rather than in refusals for ever. A job of the function that runs ends the spell. Before, every refusal came
-    back after ``backoff_ms``, however long the spell: 2 x 10,000 jobs kept an engine at 81-89 % of a core.
+    """Busy spells per (queue, function): a worker refusing its jobs for being busy (our SDK's ``worker_busy``: none
+    ran). A refused job is put off, its attempt not counted, for about as long as the spell has lasted (at least
+    ``backoff_ms`` and :data:`BUSY_RETRY_MIN_MS`, at most ``backoff_ms`` or :data:`MISSING_FUNCTION_CHECK_MAX_MS`, a
+    random 50-100 % of it). Once the spell has gone ``missing_function_grace_ms`` without progress (no other job of
+    the function running on this engine at a refusal), a refusal is a failed attempt, so a worker that stays busy, or
+    answers ``worker_busy`` to everything, ends in the dead-letter queue rather than in refusals for ever. A spell
+    ends when a job of the function comes back from the worker, or when no refusal has come within twice the latest
+    put-off and a poll (:data:`BUSY_QUIET_SLACK_MS`: the job ran elsewhere, was skipped or dead-lettered). Before,
+    every refusal came back after ``backoff_ms``, however long the spell: 2 x 10,000 jobs kept an engine at 81-89 %
+    of a core.
+
+    Times are monotonic milliseconds.
 
     Example:
         >>> busy = BusyFunctions()
         >>> settings = QueueSettings(backoff_ms=100, missing_function_grace_ms=10_000)
         >>> busy.put_off("q", "f", settings, now=0) in range(50, 101)
         True
-        >>> busy.put_off("q", "f", settings, now=4_000) in range(2_000, 4_001)  # as long as the spell, about
+        >>> busy.put_off("q", "f", settings, now=1_000) in range(500, 1_001)  # as long as the spell, about
         True
-        >>> busy.put_off("q", "f", settings, now=10_000) is None  # past the grace: a failed attempt
-        True
-        >>> busy.ran("q", "f"); busy.put_off("q", "f", settings, now=10_001) in range(50, 101)
-        True
+        >>> busy.put_off("q", "f", settings, now=2_500, progress=True) is None  # another job runs: not stuck
+        False
+        >>> [busy.put_off("q", "f", settings, now=ms) is None for ms in range(5_000, 15_000, 2_500)]
+        [False, False, False, True]
+        >>> busy.put_off("q", "f", settings, now=60_000) is None  # no refusal for 47 s: a new spell
+        False
     """
 
     def __init__(self, limit: int = MAX_MISSING_TRACKED) -> None:
         self._limit = limit
-        self._since: OrderedDict[tuple[str, str], int] = OrderedDict()  # wall-clock ms of the spell's first refusal
+        # (queue, function) -> [start of the spell, latest progress, when it ends unless refused again], least
+        # recently refused first
+        self._spells: OrderedDict[tuple[str, str], list[int]] = OrderedDict()
 
-    def put_off(self, queue: str, function_id: str, settings: QueueSettings, now: int) -> int | None:
-        """A job of ``queue`` was refused busy by ``function_id``'s worker: how long to put it off (ms), or ``None``
-        when the spell has outlasted the grace (the refusal is then a failed attempt)."""
+    def put_off(self, queue: str, function_id: str, settings: QueueSettings, now: int, *,
+                progress: bool = False) -> int | None:
+        """A job of ``queue`` was refused busy by ``function_id``'s worker (``progress``: while another job of the
+        function ran there): how long to put it off (ms), or ``None`` when the spell has gone
+        ``missing_function_grace_ms`` without progress (the refusal is then a failed attempt)."""
         key = (queue, function_id)
-        since = self._since.setdefault(key, now)
-        if len(self._since) > self._limit:  # the oldest spell is forgotten: its next refusal starts one anew
-            self._since.popitem(last=False)
-        waited = now - since
-        if waited >= settings.missing_function_grace_ms:
+        spell = self._spells.get(key)
+        if spell is None or now > spell[2]:
+            spell = self._spells[key] = [now, now, now]
+            if len(self._spells) > self._limit:  # the spell refused longest ago is forgotten
+                self._spells.popitem(last=False)
+        else:
+            self._spells.move_to_end(key)
+            if progress:
+                spell[1] = now
+        if now - spell[1] >= settings.missing_function_grace_ms:
             return None
-        first = max(settings.backoff_ms, BUSY_RETRY_MIN_MS)
-        wait = min(max(waited, first), _longest_look(settings))
+        wait = min(max(now - spell[0], settings.backoff_ms, BUSY_RETRY_MIN_MS), _longest_look(settings))
         # spread: the jobs one burst brought were refused together, and would all come back together
-        return max(int(wait * random.uniform(0.5, 1.0)), 1)
+        delay = max(int(wait * random.uniform(0.5, 1.0)), 1)
+        # quiet past twice this wait (and a poll): the refused job ran elsewhere, was skipped or dead-lettered
+        spell[2] = now + 2 * delay + max(settings.poll_interval_ms, BUSY_QUIET_SLACK_MS)
+        return delay
 
     def ran(self, queue: str, function_id: str) -> None:
-        """A job of ``queue`` reached ``function_id``'s worker: its busy spell, if any, is over."""
-        if self._since:
-            self._since.pop((queue, function_id), None)
-
-BUSY_LOG_INTERVAL_S = 10.0
-"""Jobs put off for a busy worker are one warning at first, then a count at most this often."""
+        """A job of ``queue`` came back from ``function_id``'s worker: its busy spell, if any, is over."""
+        if self._spells:
+            self._spells.pop((queue, function_id), None)
 
 
 def _look_delay(since: int, now: int, settings: QueueSettings) -> int:
@@ -678,6 +701,7 @@ class QueueModule(EngineModule):
         self._missing = MissingFunctions()
         self._busy = LossLog(self._log_busy, BUSY_LOG_INTERVAL_S)
         self._busy_since = BusyFunctions()
+        self._running: dict[tuple[str, str], int] = {}  # (queue, function) -> its jobs' calls under way here
         self._others: OtherEngines | None = None
 
     async def start(self) -> None:
@@ -1079,22 +1103,31 @@ class QueueModule(EngineModule):
     @contextmanager
     def _put_off_if_busy(self, queue: str, function_id: str, settings: QueueSettings) -> Iterator[None]:
         """A job whose worker refused it (or its condition) for being busy (our SDK's ``worker_busy``: nothing ran)
-        is put off, its attempt not counted, within ``missing_function_grace_ms`` (see :class:`BusyFunctions`):
+        is put off, its attempt not counted, until the spell has gone ``missing_function_grace_ms`` without
+        progress (see :class:`BusyFunctions`):
         before, a busy spell spent the attempts of jobs that never ran and dead-lettered them (and a busy condition
         counted as "skip": the job was done, never run)."""
+        key = (queue, function_id)
+        self._running[key] = self._running.get(key, 0) + 1
         try:
             yield
         except EngineError as exc:
             if exc.code != WORKER_BUSY:
                 self._busy_since.ran(queue, function_id)
                 raise
-            delay = self._busy_since.put_off(queue, function_id, settings, now_ms())
+            delay = self._busy_since.put_off(queue, function_id, settings, int(time.monotonic() * 1000),
+                                             progress=self._running[key] > 1)
             if delay is None:
                 raise
             self._busy.lost("put_off", f"{_name(queue)}: {_name(function_id)}")
             raise JobNotReady(function_id, delay_ms=delay) from None
         else:
             self._busy_since.ran(queue, function_id)
+        finally:
+            if self._running[key] == 1:
+                del self._running[key]
+            else:
+                self._running[key] -= 1
 
     @staticmethod
     def _log_busy(counts: Mapping[str, int], latest: str | None) -> None:

@@ -164,3 +164,41 @@ async def test_a_worker_busy_past_the_grace_ends_in_the_dead_letter_queue_refuse
         page: dict[str, Any] = await producer.result("engine::queue::dlq_messages", {"topic": "q"})
         assert all(m["error"].startswith("worker_busy") for m in page["messages"]), page
         await worker.close()
+
+
+
+async def test_jobs_refused_while_another_runs_longer_than_the_grace_are_not_dead_lettered() -> None:
+    # The worker's one slot runs job 0 for longer than the grace; job 1 is refused meanwhile. The worker is not
+    # stuck (a job of the function runs): before, job 1 was dead-lettered at the grace (the helper's case: 9
+    # refusals, dead letter at 3 s while the worker ran jobs all along).
+    grace_ms = 1000
+    queue = {"missing_function_grace_ms": grace_ms, "max_retries": 1, "backoff_ms": 0, "poll_interval_ms": 20,
+             "concurrency": 2}
+    config = EngineConfig(host="127.0.0.1", port=0,
+                          modules=[ModuleSpec("modules::queue::QueueModule", {"queue_configs": {"q": queue}})])
+    async with Engine(config=config) as engine, ModuleWorker(engine.url) as producer:
+        worker = await RawWorker.connect(engine.url)
+        await worker.register("w::long")
+        await worker.sync()
+        for n in range(2):
+            reply = await producer.call("w::long", {"n": n}, action={"type": "enqueue", "queue": "q"})
+            assert "error" not in reply, reply
+        loop = asyncio.get_running_loop()
+        held = await worker.expect("invokefunction", function_id="w::long")
+        until = loop.time() + grace_ms / 1000 * 2
+        refused = 0
+        while loop.time() < until:  # job 0 runs for two graces; every other call is refused meanwhile
+            try:
+                frame = await worker.expect("invokefunction", wait=max(until - loop.time(), 0.01))
+            except TimeoutError:
+                break
+            refused += 1
+            await worker.send({"type": "invocationresult", "invocation_id": frame["invocation_id"],
+                               "function_id": "w::long", "error": worker_busy("w::long", 1)})
+        assert refused >= 2, refused  # job 1 was refused past the grace
+        await worker.send({"type": "invocationresult", "invocation_id": held["invocation_id"],
+                           "function_id": "w::long", "result": "done"})
+        served = await worker.serve_one("done", function_id="w::long")
+        assert served["data"] != held["data"]
+        assert (await _stats(producer, "q"))["dlq"] == 0
+        await worker.close()
