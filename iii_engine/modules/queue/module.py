@@ -214,6 +214,15 @@ BUSY_QUIET_SLACK_MS = 1000
 """A busy spell ends when no refusal comes within twice the put-off it handed out plus this (or the queue's
 ``poll_interval_ms``, if longer): time for the put-off job to be claimed again."""
 
+BUSY_PROGRESS_MS = 1000
+"""A refusal while another job of the same function has been under way this long is progress (that job runs on the
+worker: a refusal comes back at once), so the busy spell is not taken for a stuck worker."""
+
+
+def _monotonic_ms() -> int:
+    return int(time.monotonic() * 1000)
+
+
 BUSY_LOG_INTERVAL_S = 10.0
 """Jobs put off for a busy worker are one warning at first, then a count at most this often."""
 
@@ -223,8 +232,10 @@ class BusyFunctions:
     ran). A refused job is put off, its attempt not counted, for about as long as the spell has lasted (at least
     ``backoff_ms`` and :data:`BUSY_RETRY_MIN_MS`, at most ``backoff_ms`` or :data:`MISSING_FUNCTION_CHECK_MAX_MS`, a
     random 50-100 % of it). Once the spell has gone ``missing_function_grace_ms`` without progress (no other job of
-    the function running on this engine at a refusal), a refusal is a failed attempt, so a worker that stays busy, or
-    answers ``worker_busy`` to everything, ends in the dead-letter queue rather than in refusals for ever. A spell
+    the function under way on this engine for :data:`BUSY_PROGRESS_MS` at a refusal), a refusal is a failed
+    attempt, so a worker that stays busy, or answers ``worker_busy`` to everything, ends in the dead-letter queue
+    rather than in refusals for ever (one holding a job unanswered counts as progress: ``invocation_timeout_ms``
+    bounds that). A spell
     ends when a job of the function comes back from the worker, or when no refusal has come within twice the latest
     put-off and a poll (:data:`BUSY_QUIET_SLACK_MS`: the job ran elsewhere, was skipped or dead-lettered). Before,
     every refusal came back after ``backoff_ms``, however long the spell: 2 x 10,000 jobs kept an engine at 81-89 %
@@ -701,7 +712,9 @@ class QueueModule(EngineModule):
         self._missing = MissingFunctions()
         self._busy = LossLog(self._log_busy, BUSY_LOG_INTERVAL_S)
         self._busy_since = BusyFunctions()
-        self._running: dict[tuple[str, str], int] = {}  # (queue, function) -> its jobs' calls under way here
+        # (queue, function) -> its jobs' calls under way here: token -> when it began (monotonic ms)
+        self._running: dict[tuple[str, str], dict[int, int]] = {}
+        self._call_tokens = itertools.count()
         self._others: OtherEngines | None = None
 
     async def start(self) -> None:
@@ -1107,16 +1120,21 @@ class QueueModule(EngineModule):
         progress (see :class:`BusyFunctions`):
         before, a busy spell spent the attempts of jobs that never ran and dead-lettered them (and a busy condition
         counted as "skip": the job was done, never run)."""
-        key = (queue, function_id)
-        self._running[key] = self._running.get(key, 0) + 1
+        key, token = (queue, function_id), next(self._call_tokens)
+        calls = self._running.setdefault(key, {})
+        calls[token] = _monotonic_ms()
         try:
             yield
         except EngineError as exc:
             if exc.code != WORKER_BUSY:
                 self._busy_since.ran(queue, function_id)
                 raise
-            delay = self._busy_since.put_off(queue, function_id, settings, int(time.monotonic() * 1000),
-                                             progress=self._running[key] > 1)
+            now = _monotonic_ms()
+            # progress: another job of the function has been under way long enough to be running on the worker (a
+            # refusal comes back at once; counting every call under way, overlapping refusals kept a worker that
+            # ran nothing out of the dead-letter queue for good)
+            progress = any(at <= now - BUSY_PROGRESS_MS for other, at in calls.items() if other != token)
+            delay = self._busy_since.put_off(queue, function_id, settings, now, progress=progress)
             if delay is None:
                 raise
             self._busy.lost("put_off", f"{_name(queue)}: {_name(function_id)}")
@@ -1124,10 +1142,9 @@ class QueueModule(EngineModule):
         else:
             self._busy_since.ran(queue, function_id)
         finally:
-            if self._running[key] == 1:
+            del calls[token]
+            if not calls and self._running.get(key) is calls:
                 del self._running[key]
-            else:
-                self._running[key] -= 1
 
     @staticmethod
     def _log_busy(counts: Mapping[str, int], latest: str | None) -> None:

@@ -125,7 +125,8 @@ async def test_a_worker_busy_past_the_grace_ends_in_the_dead_letter_queue_refuse
     # A worker that answers worker_busy to everything (stuck for good, or hostile): before, its jobs came back every
     # max(backoff_ms, 100 ms) for ever (2 x 10,000 jobs kept an engine at 81-89 % of a core, never ending). Now the
     # waits grow with the spell, and past missing_function_grace_ms a refusal is a failed attempt.
-    grace_ms, jobs = 3000, 3
+    # 30 jobs at concurrency 10: refusals overlap, which the first take of 'progress' counted (it never ended)
+    grace_ms, jobs = 3000, 30
     queue = {"missing_function_grace_ms": grace_ms, "max_retries": 1, "backoff_ms": 0, "poll_interval_ms": 20}
     config = EngineConfig(host="127.0.0.1", port=0,
                           modules=[ModuleSpec("modules::queue::QueueModule", {"queue_configs": {"q": queue}})])
@@ -135,13 +136,21 @@ async def test_a_worker_busy_past_the_grace_ends_in_the_dead_letter_queue_refuse
         await worker.sync()
         refused = 0
 
+        answers: set[asyncio.Task[None]] = set()
+
+        async def refuse_soon(frame: dict[str, Any]) -> None:
+            await asyncio.sleep(0.1)  # as a loaded worker answers: refusals of the queue's 10 calls overlap
+            await worker.send({"type": "invocationresult", "invocation_id": frame["invocation_id"],
+                               "function_id": "w::stuck", "error": worker_busy("w::stuck", 1)})
+
         async def refuse_everything() -> None:
             nonlocal refused
             while True:
                 frame = await worker.expect("invokefunction", wait=30)
                 refused += 1
-                await worker.send({"type": "invocationresult", "invocation_id": frame["invocation_id"],
-                                   "function_id": "w::stuck", "error": worker_busy("w::stuck", 1)})
+                answer = asyncio.create_task(refuse_soon(frame))
+                answers.add(answer)
+                answer.add_done_callback(answers.discard)
 
         refuser = asyncio.create_task(refuse_everything())
         try:
