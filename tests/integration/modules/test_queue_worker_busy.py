@@ -26,6 +26,21 @@ pytestmark = [pytest.mark.timeout(30), pytest.mark.our_engine("the queue module'
 JOBS = 4
 
 
+def _engine_with_queue(queue: dict[str, Any]) -> Engine:
+    """An engine with named queue ``q`` of settings ``queue``."""
+    settings = {"queue_configs": {"q": queue}}
+    return Engine(config=EngineConfig(host="127.0.0.1", port=0,
+                                      modules=[ModuleSpec("modules::queue::QueueModule", settings)]))
+
+
+async def _serving(engine: Engine, function_id: str) -> RawWorker:
+    """A raw worker of ``engine`` that has registered ``function_id``."""
+    worker = await RawWorker.connect(engine.url)
+    await worker.register(function_id)
+    await worker.sync()
+    return worker
+
+
 async def _stats(worker: ModuleWorker, queue: str) -> dict[str, int]:
     stats: dict[str, int] = await worker.result("engine::queue::topic_stats", {"topic": queue})
     return stats
@@ -128,12 +143,8 @@ async def test_a_worker_busy_past_the_grace_ends_in_the_dead_letter_queue_refuse
     # 30 jobs at concurrency 10: refusals overlap, which the first take of 'progress' counted (it never ended)
     grace_ms, jobs = 3000, 30
     queue = {"missing_function_grace_ms": grace_ms, "max_retries": 1, "backoff_ms": 0, "poll_interval_ms": 20}
-    config = EngineConfig(host="127.0.0.1", port=0,
-                          modules=[ModuleSpec("modules::queue::QueueModule", {"queue_configs": {"q": queue}})])
-    async with Engine(config=config) as engine, ModuleWorker(engine.url) as producer:
-        worker = await RawWorker.connect(engine.url)
-        await worker.register("w::stuck")
-        await worker.sync()
+    async with _engine_with_queue(queue) as engine, ModuleWorker(engine.url) as producer:
+        worker = await _serving(engine, "w::stuck")
         refused = 0
 
         answers: set[asyncio.Task[None]] = set()
@@ -183,12 +194,8 @@ async def test_jobs_refused_while_another_runs_longer_than_the_grace_are_not_dea
     grace_ms = 1000
     queue = {"missing_function_grace_ms": grace_ms, "max_retries": 1, "backoff_ms": 0, "poll_interval_ms": 20,
              "concurrency": 2}
-    config = EngineConfig(host="127.0.0.1", port=0,
-                          modules=[ModuleSpec("modules::queue::QueueModule", {"queue_configs": {"q": queue}})])
-    async with Engine(config=config) as engine, ModuleWorker(engine.url) as producer:
-        worker = await RawWorker.connect(engine.url)
-        await worker.register("w::long")
-        await worker.sync()
+    async with _engine_with_queue(queue) as engine, ModuleWorker(engine.url) as producer:
+        worker = await _serving(engine, "w::long")
         for n in range(2):
             reply = await producer.call("w::long", {"n": n}, action={"type": "enqueue", "queue": "q"})
             assert "error" not in reply, reply
