@@ -1266,10 +1266,7 @@ class Engine:
         if not condition_function_id:
             return True
         try:
-            if wait_if_busy:
-                result = await self.invocations.call_while_busy(condition_function_id, payload)
-            else:
-                result = await self.invoke(condition_function_id, payload)
+            result = await (self.invoke_when_free if wait_if_busy else self.invoke)(condition_function_id, payload)
         except EngineError as exc:
             if exc.code == WORKER_BUSY:
                 if not wait_if_busy:

@@ -887,21 +887,18 @@ class Invocations:
         of it), the caller still holding the call's slots, so a short busy spell loses no event (before, each refusal
         was a lost event and a log line). The last refusal is counted in :attr:`busy_fired`, told in a rate-limited
         warning and raised."""
-        for wait_ms in FIRED_BUSY_WAITS_MS:
+        for wait_ms in (*FIRED_BUSY_WAITS_MS, None):
             try:
                 return await self.call(function_id, data)
             except EngineError as exc:
                 if exc.code != WORKER_BUSY:
                     raise
+                if wait_ms is None:
+                    self.busy_fired += 1
+                    self._busy_log.lost("busy", function_id)
+                    raise
             # spread: the calls one burst of events fired were refused together, and would all ask again together
             await asyncio.sleep(wait_ms * random.uniform(0.5, 1.0) / 1000)
-        try:
-            return await self.call(function_id, data)
-        except EngineError as exc:
-            if exc.code == WORKER_BUSY:
-                self.busy_fired += 1
-                self._busy_log.lost("busy", function_id)
-            raise
 
     def _log_busy(self, counts: Mapping[str, int], latest: str | None) -> None:
         log.warning("%d trigger-fired call(s) not run: their worker stayed busy (worker_busy, its max_invocations "

@@ -209,7 +209,6 @@ BUSY_RETRY_MIN_MS = 100
 """Shortest wait before a job whose worker refused it for being busy (``worker_busy``) is tried again (its
 ``backoff_ms`` if longer): the refusal comes at once, and a queue with ``backoff_ms`` 0 would ask again in a loop."""
 
-
 BUSY_QUIET_SLACK_MS = 1000
 """A busy spell ends when no refusal comes within twice the put-off it handed out plus this (or the queue's
 ``poll_interval_ms``, if longer): time for the put-off job to be claimed again."""
@@ -218,13 +217,12 @@ BUSY_PROGRESS_MS = 1000
 """A refusal while another job of the same function has been under way this long is progress (that job runs on the
 worker: a refusal comes back at once), so the busy spell is not taken for a stuck worker."""
 
+BUSY_LOG_INTERVAL_S = 10.0
+"""Jobs put off for a busy worker are one warning at first, then a count at most this often."""
+
 
 def _monotonic_ms() -> int:
     return int(time.monotonic() * 1000)
-
-
-BUSY_LOG_INTERVAL_S = 10.0
-"""Jobs put off for a busy worker are one warning at first, then a count at most this often."""
 
 
 class BusyFunctions:
@@ -235,11 +233,10 @@ class BusyFunctions:
     the function under way on this engine for :data:`BUSY_PROGRESS_MS` at a refusal), a refusal is a failed
     attempt, so a worker that stays busy, or answers ``worker_busy`` to everything, ends in the dead-letter queue
     rather than in refusals for ever (one holding a job unanswered counts as progress: ``invocation_timeout_ms``
-    bounds that). A spell
-    ends when a job of the function comes back from the worker, or when no refusal has come within twice the latest
-    put-off and a poll (:data:`BUSY_QUIET_SLACK_MS`: the job ran elsewhere, was skipped or dead-lettered). Before,
-    every refusal came back after ``backoff_ms``, however long the spell: 2 x 10,000 jobs kept an engine at 81-89 %
-    of a core.
+    bounds that). A spell ends when a job of the function comes back from the worker, or when no refusal has come
+    within twice the latest put-off and a poll (:data:`BUSY_QUIET_SLACK_MS`: the job ran elsewhere, was skipped or
+    dead-lettered). Before, every refusal came back after ``backoff_ms``, however long the spell: 2 x 10,000 jobs
+    kept an engine at 81-89 % of a core.
 
     Times are monotonic milliseconds.
 
@@ -1117,9 +1114,8 @@ class QueueModule(EngineModule):
     def _put_off_if_busy(self, queue: str, function_id: str, settings: QueueSettings) -> Iterator[None]:
         """A job whose worker refused it (or its condition) for being busy (our SDK's ``worker_busy``: nothing ran)
         is put off, its attempt not counted, until the spell has gone ``missing_function_grace_ms`` without
-        progress (see :class:`BusyFunctions`):
-        before, a busy spell spent the attempts of jobs that never ran and dead-lettered them (and a busy condition
-        counted as "skip": the job was done, never run)."""
+        progress (see :class:`BusyFunctions`): before, a busy spell spent the attempts of jobs that never ran and
+        dead-lettered them (and a busy condition counted as "skip": the job was done, never run)."""
         key, token = (queue, function_id), next(self._call_tokens)
         calls = self._running.setdefault(key, {})
         calls[token] = _monotonic_ms()
@@ -1143,7 +1139,7 @@ class QueueModule(EngineModule):
             self._busy_since.ran(queue, function_id)
         finally:
             del calls[token]
-            if not calls and self._running.get(key) is calls:
+            if not calls:  # (while this call is under way, its dict stays the key's)
                 del self._running[key]
 
     @staticmethod
