@@ -45,6 +45,9 @@ async def _pair(served: EngineProcess, seen: list[int]) -> tuple[III, III]:
         return len(data["p"])
 
     callee.register_function("stalled::echo", echo)
+    # a round trip on the callee's socket, behind its registration: the engine has it before the caller calls (the
+    # caller's call on its own socket once came first, and failed with function_not_found, in CI)
+    await callee.list_functions_async()
     caller = await asyncio.to_thread(register_worker, served.url,
                                      InitOptions(worker_name="caller", reconnection_config=FAST_RECONNECT))
     assert await caller.trigger_async({"function_id": "stalled::echo", "payload": {"p": "x", "i": -1}}) == 1

@@ -25,12 +25,14 @@ def test_each_key_is_said_once_however_many_threads_race(caplog: pytest.LogCaptu
             thread.start()
         for thread in threads:
             thread.join()
-    assert sorted(r.getMessage() for r in caplog.records) == ["missing a", "missing b", "missing c"]
+    # (only demo.once's: a client another test left reconnecting in the background logs too, which failed CI once)
+    said_lines = sorted(r.getMessage() for r in caplog.records if r.name == "demo.once")
+    assert said_lines == ["missing a", "missing b", "missing c"]
 
 
 def test_the_record_names_the_caller_not_the_helper(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, "demo.caller"):
         WarnOnce(logging.getLogger("demo.caller"))("k", "said")
-    (record,) = caplog.records
+    (record,) = [r for r in caplog.records if r.name == "demo.caller"]
     assert record.filename == "test_warn_once.py"
     assert record.funcName == "test_the_record_names_the_caller_not_the_helper"
