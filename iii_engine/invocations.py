@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 import traceback
@@ -37,6 +38,7 @@ from iii.protocol.ids import InvocationIds, new_invocation_id
 from iii.protocol.worker_session import REPLY_REASON_CLIP, clip_text
 from iii.wire import loads
 
+from .busy_turns import Turn
 from .held_voids import HeldVoids
 from .limits import (
     CALL_CHARGE,
@@ -57,6 +59,8 @@ log = logging.getLogger(__name__)
 FIRED_BUSY_WAITS_MS = (100, 200, 400, 800, 1600, 3200)
 """Waits before asking again while a trigger-fired call's worker refuses it for being busy (each a random 50-100 % of
 this): 3.15-6.3 s in all, then the call is counted lost (:attr:`Invocations.busy_fired`) in a rate-limited warning."""
+
+_BUSY_BUDGET_S = sum(FIRED_BUSY_WAITS_MS) / 1000
 
 CALLER_KEY = "_caller_worker_id"
 __all__ = ["CALLER_KEY", "InvocationIds", "Invocations", "Pending", "Started", "error_body", "error_of",
@@ -826,7 +830,8 @@ class Invocations:
             raise
         return pending
 
-    def fire(self, function_id: str, data: Any, *, taken: FiredSlots | None = None) -> bool:
+    def fire(self, function_id: str, data: Any, *, taken: FiredSlots | None = None,
+             busy_until: float | None = None) -> bool:
         """Call without waiting (trigger-fired); the outcome is logged and dropped.
 
         The call holds a slot of :attr:`fired` until its outcome is in, then gives it back. ``taken``: the slot the
@@ -836,7 +841,7 @@ class Invocations:
         worker's function also holds one of that worker's ``max_fired_calls_per_worker``; with none free it is not
         made (:meth:`FiredCalls.to_callee`: the slot given back, counted, logged) and ``False`` returned, unless it
         was handed ``taken``: ``True`` then, as a producer gives back the slot it handed over when ``False`` comes
-        back (the cron module does), and this one is back already.
+        back (the cron module does), and this one is back already. ``busy_until``: see :meth:`call_while_busy`.
         """
         if taken is None:
             taken = self.fired.try_take()
@@ -859,12 +864,12 @@ class Invocations:
             held = call
         # The task leaves ``_tasks`` itself when it ends (see _fire): no done callback to schedule per call.
         # It is mapped to what it holds, so a stop gives back the slot, bytes and share of one that never ran too.
-        self._tasks[asyncio.get_running_loop().create_task(self._fire(function_id, data))] = held
+        self._tasks[asyncio.get_running_loop().create_task(self._fire(function_id, data, busy_until))] = held
         return True
 
-    async def _fire(self, function_id: str, data: Any) -> None:
+    async def _fire(self, function_id: str, data: Any, busy_until: float | None) -> None:
         try:
-            await self.call_while_busy(function_id, data)
+            await self.call_while_busy(function_id, data, until=busy_until)
         except EngineError as exc:
             if exc.code == "function_not_found":  # unregistered, or its worker left, since it was fired
                 if not self.engine_stopping:  # (a try after a busy refusal met the stop's closed connections)
@@ -881,29 +886,55 @@ class Invocations:
             # back, with exactly the bytes its take charged.
             self._tasks.leave(asyncio.current_task())  # type: ignore[arg-type]
 
-    async def call_while_busy(self, function_id: str, data: Any) -> Any:
+    async def call_while_busy(self, function_id: str, data: Any, *, until: float | None = None,
+                              turn: Turn | None = None) -> Any:
         """Call ``function_id`` for a trigger and return its result; while its worker refuses for being busy (our
         SDK's ``worker_busy``: nothing ran), ask again after each of :data:`FIRED_BUSY_WAITS_MS` (a random 50-100 %
         of it), the caller still holding the call's slots, so a short busy spell loses no event (before, each refusal
         was a lost event and a log line). The last refusal is counted in :attr:`busy_fired`, told in a rate-limited
-        warning and raised."""
-        for wait_ms in (*FIRED_BUSY_WAITS_MS, None):
-            try:
-                return await self.call(function_id, data)
-            except EngineError as exc:
-                if exc.code != WORKER_BUSY:
-                    raise
-                if wait_ms is None:
+        warning and raised.
+
+        ``until``: the event loop's time (``loop.time()``) past which no try is made: a cron tick is not asked
+        again once its next tick is due (held ticks ran late, in a burst and out of order). ``turn``: the call's
+        place among the calls of its key (:mod:`~iii_engine.busy_turns`): once one is refused, the later ones wait
+        behind it and go one at a time in dispatch order, each with its own :data:`FIRED_BUSY_WAITS_MS` of asking
+        again counted from when it was refused or began to wait; released when this returns or raises.
+        """
+        loop = asyncio.get_running_loop()
+        waits = iter(FIRED_BUSY_WAITS_MS)
+        end: float | None = None  # when asking again stops; set at the first refusal or wait in line
+        try:
+            if turn is not None and turn.behind_held():
+                end = loop.time() + _BUSY_BUDGET_S
+                await turn.hold()
+            while True:
+                try:
+                    return await self.call(function_id, data)
+                except EngineError as exc:
+                    if exc.code != WORKER_BUSY:
+                        raise
+                    refusal = exc
+                now = loop.time()
+                if end is None:
+                    end = now + _BUSY_BUDGET_S
+                if turn is not None and not turn.holding and await turn.hold():
+                    continue  # it waited while the calls before it were answered: ask at once
+                wait_ms = next(waits, None)
+                wait_s = 0.0 if wait_ms is None else wait_ms * random.uniform(0.5, 1.0) / 1000
+                if wait_ms is None or now + wait_s > min(end, math.inf if until is None else until):
                     self.busy_fired += 1
                     self._busy_log.lost("busy", function_id)
-                    raise
-            # spread: the calls one burst of events fired were refused together, and would all ask again together
-            await asyncio.sleep(wait_ms * random.uniform(0.5, 1.0) / 1000)
+                    raise refusal
+                # spread: the calls one burst of events fired were refused together, and would all ask again together
+                await asyncio.sleep(wait_s)
+        finally:
+            if turn is not None:
+                turn.release()
 
     def _log_busy(self, counts: Mapping[str, int], latest: str | None) -> None:
         log.warning("%d trigger-fired call(s) not run: their worker stayed busy (worker_busy, its max_invocations "
-                    "reached) through %d tries over up to %.1f s%s", counts.get("busy", 0),
-                    len(FIRED_BUSY_WAITS_MS) + 1, sum(FIRED_BUSY_WAITS_MS) / 1000,
+                    "reached) while they were asked again, up to %d times over up to %.1f s (a cron tick: until its "
+                    "next tick was due)%s", counts.get("busy", 0), len(FIRED_BUSY_WAITS_MS) + 1, _BUSY_BUDGET_S,
                     f" (the latest: {clip_text(latest)})" if latest else "")
 
     def stopping(self) -> None:

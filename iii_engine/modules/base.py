@@ -28,6 +28,7 @@ from iii.iii_types import TriggerInfo
 from iii_streams.messages import error_line, mask_passwords
 
 from .. import closing
+from ..busy_turns import Turn
 from ..settings import MAX_TIMEOUT_MS, Field, Settings
 
 
@@ -344,24 +345,29 @@ class EngineServices(Protocol):
     def worker_calls_degraded(self) -> bool:
         """Whether a worker's call was refused at ``max_calls_per_worker`` recently."""
 
-    def fire(self, function_id: str, data: Any, *, taken: FiredSlots | None = None) -> bool:
+    def fire(self, function_id: str, data: Any, *, taken: FiredSlots | None = None,
+             busy_until: float | None = None) -> bool:
         """Call a function without waiting; its result or error is logged and dropped.
 
         The call holds a slot of :attr:`fired_calls` until its outcome is in, and then gives it back. ``taken``:
         the slot the caller took for it (one slot: ``hold.one()`` of a fan-out's take), now the call's; otherwise
         one is taken if free, and if none is the call is skipped and counted (``fired_calls.skip``) and ``False``
-        is returned."""
+        is returned. ``busy_until``: while the worker refuses it busy, it is asked again (as :meth:`invoke_when_free`
+        does) only up to this event-loop time (``loop.time()``)."""
 
-    async def invoke_when_free(self, function_id: str, data: Any) -> Any:
+    async def invoke_when_free(self, function_id: str, data: Any, *, until: float | None = None,
+                               turn: Turn | None = None) -> Any:
         """:meth:`invoke` for a trigger: while the function's worker refuses the call for being busy (our SDK's
-        ``worker_busy``: nothing ran), ask again for a few seconds (docs/protocol.md M11); the last refusal is
-        counted, logged (rate-limited) and raised."""
+        ``worker_busy``: nothing ran), ask again for a few seconds (docs/protocol.md M11), never past ``until``
+        (an event-loop time); the last refusal is counted, logged (rate-limited) and raised. ``turn``
+        (:class:`~iii_engine.busy_turns.Turn`): keeps the refused calls of one key in dispatch order."""
 
     async def condition_passes(self, condition_function_id: str | None, payload: Any, *,
-                               wait_if_busy: bool = True) -> bool:
+                               wait_if_busy: bool = True, busy_until: float | None = None) -> bool:
         """docs/protocol.md#built-in-functions: only a literal ``false`` result skips; an error skips (logged). A
-        condition whose worker refuses it for being busy is asked again as :meth:`invoke_when_free` does, then
-        skipped; with ``wait_if_busy=False`` that refusal is raised at once (an :class:`EngineError`)."""
+        condition whose worker refuses it for being busy is asked again as :meth:`invoke_when_free` does (up to
+        ``busy_until``), then skipped; with ``wait_if_busy=False`` that refusal is raised at once (an
+        :class:`EngineError`)."""
 
     def triggers_of_type(self, trigger_type: str) -> list[TriggerInfo]:
         """The active triggers of a type."""

@@ -43,7 +43,8 @@ class _Services:
         if not future.done():
             future.set_result(ANSWER)
 
-    async def condition_passes(self, function_id: str, payload: dict[str, Any], *, wait_if_busy: bool = True) -> bool:
+    async def condition_passes(self, function_id: str, payload: dict[str, Any], *, wait_if_busy: bool = True,
+                               busy_until: float | None = None) -> bool:
         await asyncio.get_running_loop().create_future()  # a condition function that never answers
         return True
 

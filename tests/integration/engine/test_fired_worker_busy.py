@@ -36,6 +36,21 @@ async def _registered(worker: RawWorker, *function_ids: str) -> None:
     await worker.sync()
 
 
+async def _state_trigger(worker: RawWorker) -> None:
+    await _registered(worker, "w::f")
+    await worker.send({"type": "registertrigger", "id": "t-state", "trigger_type": "state",
+                       "function_id": "w::f", "config": {"scope": "s"}})
+    await worker.sync()
+
+
+async def _refused_change(engine: Engine, worker: RawWorker, value: int) -> dict[str, Any]:
+    """Set key ``k`` to ``value`` and refuse its call busy; return once the engine has the refusal."""
+    await engine.invoke("state::set", {"scope": "s", "key": "k", "value": value})
+    refused = await _answer_busy(worker, 1)
+    await worker.sync()
+    return refused[0]
+
+
 async def _settled(engine: Engine) -> None:
     """Return once no trigger-fired call holds a slot: the fired task's end tells nothing."""
     while engine.fired_calls.in_flight:  # noqa: ASYNC110
@@ -73,16 +88,12 @@ async def test_a_worker_busy_through_every_try_loses_the_event_with_a_warning(
         await worker.close()
 
 
-
 async def test_a_state_trigger_refused_busy_is_asked_again() -> None:
     # State and stream triggers run through TriggerSet.call, not fire(): before, the refusal was a warning and the
     # change was lost.
     async with Engine(config=EngineConfig(host="127.0.0.1", port=0)) as engine:
         worker = await RawWorker.connect(engine.url)
-        await _registered(worker, "w::f")
-        await worker.send({"type": "registertrigger", "id": "t-state", "trigger_type": "state",
-                           "function_id": "w::f", "config": {"scope": "s"}})
-        await worker.sync()
+        await _state_trigger(worker)
         await engine.invoke("state::set", {"scope": "s", "key": "k", "value": 1})
         await _answer_busy(worker, 2)
         served = await worker.serve_one("done")  # before: never asked again
@@ -121,3 +132,67 @@ async def test_a_try_meeting_the_engine_s_stop_is_not_counted_as_a_missing_funct
         await worker.close()
         await _settled(engine)  # the next try (in 50-100 ms) ends the call
         assert engine.invocations.missing_fired == 0  # before: 1
+
+
+async def test_changes_of_one_key_reach_the_handler_in_order_while_its_worker_is_busy() -> None:
+    # Before, every change after a refused one went out at once and ran before the refused one's retry: the
+    # handler saw 2..6 then 1, and its last value was not the key's.
+    async with Engine(config=EngineConfig(host="127.0.0.1", port=0)) as engine:
+        worker = await RawWorker.connect(engine.url)
+        await _state_trigger(worker)
+        await _refused_change(engine, worker, 1)
+        for value in range(2, 7):  # while the first waits to be asked again
+            await engine.invoke("state::set", {"scope": "s", "key": "k", "value": value})
+        seen = [(await worker.serve_one("done"))["data"]["new_value"] for _ in range(6)]
+        assert seen == [1, 2, 3, 4, 5, 6]
+        await _settled(engine)
+        assert engine.invocations.busy_fired == 0
+        await worker.close()
+
+
+async def test_a_key_s_order_does_not_hold_back_other_keys() -> None:
+    async with Engine(config=EngineConfig(host="127.0.0.1", port=0)) as engine:
+        worker = await RawWorker.connect(engine.url)
+        await _state_trigger(worker)
+        await _refused_change(engine, worker, 1)
+        await engine.invoke("state::set", {"scope": "s", "key": "other", "value": 2})
+        first = await worker.serve_one("done")  # the other key's change goes at once, not behind k's retry
+        assert first["data"]["key"] == "other"
+        assert (await worker.serve_one("done"))["data"]["key"] == "k"
+        await worker.close()
+
+
+async def test_a_cron_tick_refused_busy_is_not_asked_again_once_the_next_tick_is_due() -> None:
+    # Before, each tick was asked again for up to 6.3 s: an every-second schedule's ticks ran late, in a burst and
+    # out of order. Now a tick's tries end before the next tick fires.
+    async with Engine(config=EngineConfig(host="127.0.0.1", port=0)) as engine:
+        worker = await RawWorker.connect(engine.url)
+        await _registered(worker, "w::f")
+        await worker.send({"type": "registertrigger", "id": "t-cron", "trigger_type": "cron",
+                           "function_id": "w::f", "config": {"expression": "* * * * * *"}})
+        await worker.sync()
+        refused = await _answer_busy(worker, 25)
+        ticks = [frame["data"]["scheduled_time"] for frame in refused]
+        assert ticks == sorted(ticks), ticks  # no tick asked again after a later one
+        assert len(set(ticks)) >= 3
+        assert engine.invocations.busy_fired >= 2
+        await worker.close()
+
+
+async def test_a_change_waiting_behind_a_busy_one_is_given_up_within_its_own_budget() -> None:
+    # Waiting in line counts against a call's own tries: a worker busy for good loses a key's changes one budget
+    # (6.3 s) after they began to wait, not one budget each, one after another.
+    async with Engine(config=EngineConfig(host="127.0.0.1", port=0)) as engine:
+        worker = await RawWorker.connect(engine.url)
+        await _state_trigger(worker)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        values = [(await _refused_change(engine, worker, 1))["data"]["new_value"]]
+        await engine.invoke("state::set", {"scope": "s", "key": "k", "value": 2})
+        while engine.invocations.busy_fired < 2:
+            values.append((await _answer_busy(worker, 1))[0]["data"]["new_value"])
+            await worker.sync()  # the engine has the refusal: counted if it was the last
+        assert loop.time() - began < 6.3 + 1.5
+        assert values == sorted(values) and values[-1] == 2, values  # 2 asked only once 1 was given up
+        await worker.nothing_for(0.2)
+        await worker.close()

@@ -131,7 +131,8 @@ class FakeServices:
     def worker_calls_degraded(self) -> bool:
         return False
 
-    def fire(self, function_id: str, data: Any, *, taken: FiredSlots | None = None) -> bool:
+    def fire(self, function_id: str, data: Any, *, taken: FiredSlots | None = None,
+             busy_until: float | None = None) -> bool:
         slot = taken if taken is not None else self.fired_calls.try_take()
         if slot is None:
             self.fired_calls.skip(f"call of {function_id}")
@@ -150,11 +151,12 @@ class FakeServices:
         task.add_done_callback(self._tasks.discard)
         return True
 
-    async def invoke_when_free(self, function_id: str, data: Any) -> Any:
+    async def invoke_when_free(self, function_id: str, data: Any, *, until: float | None = None,
+                               turn: Any = None) -> Any:
         return await self.invoke(function_id, data)
 
     async def condition_passes(self, condition_function_id: str | None, payload: Any, *,
-                               wait_if_busy: bool = True) -> bool:
+                               wait_if_busy: bool = True, busy_until: float | None = None) -> bool:
         if not condition_function_id:
             return True
         try:

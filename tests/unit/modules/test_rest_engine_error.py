@@ -22,7 +22,8 @@ class _Services:
         self.channels = ChannelRelay()
         self.started = 0
 
-    async def condition_passes(self, function_id: str, payload: Any, *, wait_if_busy: bool = True) -> bool:
+    async def condition_passes(self, function_id: str, payload: Any, *, wait_if_busy: bool = True,
+                               busy_until: float | None = None) -> bool:
         raise EngineError("boom", f"{function_id} broke")
 
     async def start_invocation(self, function_id: str, payload: Any) -> Any:
