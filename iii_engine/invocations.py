@@ -50,7 +50,15 @@ from .limits import (
     HeldTasks,
     WorkerCalls,
 )
-from .modules.base import EncodedResult, EngineError, FiredSlots, InvocationContext, InvocationObserver, NamedQueues
+from .modules.base import (
+    CALLEE_LEFT_UNSENT,
+    EncodedResult,
+    EngineError,
+    FiredSlots,
+    InvocationContext,
+    InvocationObserver,
+    NamedQueues,
+)
 from .registry import FunctionEntry, Registry
 from .workers import WorkerConnection, frame_bytes
 
@@ -89,8 +97,6 @@ HELD_BY_REFRESH_S = 1.0
 """How long the functions holding a worker's calls, as its ``too_many_calls`` refusals name them, are reused."""
 
 CALLEE_LEFT = "its callee's worker disconnected before answering; the call may have run"
-#: the call's frame never left the engine for its callee (it waited for room in the callee's queue): a retry is safe
-CALLEE_LEFT_UNSENT = "its callee's worker disconnected before the call was sent to it; the call did not run"
 CALLER_LEFT = "its caller disconnected"
 ENGINE_STOPPING = "the engine is stopping"
 

@@ -54,6 +54,23 @@ class EngineError(PicklesByState, Exception):
         return out
 
 
+#: why a call ended whose frame never left the engine for its callee, which then left (it waited for room in the
+#: callee's queue, or was dropped from it unwritten): the call did not run, and a retry is safe
+CALLEE_LEFT_UNSENT = "its callee's worker disconnected before the call was sent to it; the call did not run"
+
+
+def did_not_run(exc: EngineError) -> bool:
+    """Whether ``exc`` ended a call its callee never received (:data:`CALLEE_LEFT_UNSENT`), so that nothing ran.
+
+    Example:
+        >>> did_not_run(EngineError("invocation_stopped", f"Invocation of f stopped: {CALLEE_LEFT_UNSENT}"))
+        True
+        >>> did_not_run(EngineError("invocation_stopped", "Invocation of f stopped: the engine is stopping"))
+        False
+    """
+    return exc.code == "invocation_stopped" and exc.message.endswith(CALLEE_LEFT_UNSENT)
+
+
 class EngineStartError(PicklesByState, RuntimeError):
     """The engine could not start; everything it had started is stopped again and every port released.
 

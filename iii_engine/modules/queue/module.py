@@ -49,7 +49,15 @@ from iii_streams.errors import PoolExhaustedError
 
 from ...closing import close_store
 from ...settings import RedisAdapterSettings
-from ..base import BuiltinFunction, BuiltinHandler, EngineError, EngineModule, EngineServices, InvocationContext
+from ..base import (
+    BuiltinFunction,
+    BuiltinHandler,
+    EngineError,
+    EngineModule,
+    EngineServices,
+    InvocationContext,
+    did_not_run,
+)
 from ..bridge.queue import NO_DLQ, BridgeQueue
 from .consumer import JobNotReady, QueueConsumer, Reported, StoreFailures
 from .settings import MISSING_FUNCTION_CHECK_MAX_MS, QueueModuleSettings, QueueSettings
@@ -1108,7 +1116,16 @@ class QueueModule(EngineModule):
 
     async def _invoke_job(self, queue: str, function_id: str, data: Any, settings: QueueSettings) -> None:
         with self._put_off_if_busy(queue, function_id, settings):
-            await self.services.invoke(function_id, data)
+            try:
+                await self.services.invoke(function_id, data)
+            except EngineError as exc:
+                if not did_not_run(exc):
+                    raise
+                # its worker left before the job's frame was sent (it waited for room in the worker's queue): nothing
+                # ran, so no attempt is spent; tried again at once when a worker registers the function, else after
+                # the backoff, when a function still missing begins its grace. Before, each such job was a failed
+                # attempt, and with one attempt allowed a job that never ran went to the dead-letter queue.
+                raise JobNotReady(function_id, delay_ms=settings.backoff_ms, waits_for=function_id) from None
 
     @contextmanager
     def _put_off_if_busy(self, queue: str, function_id: str, settings: QueueSettings) -> Iterator[None]:
