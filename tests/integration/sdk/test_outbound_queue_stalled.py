@@ -39,18 +39,26 @@ def _outbound_bytes(client: III) -> tuple[int, int]:
 
 async def _pair(served: EngineProcess, seen: list[int]) -> tuple[III, III]:
     callee = await asyncio.to_thread(register_worker, served.url, InitOptions(worker_name="callee"))
+    caller: III | None = None
+    try:
+        def echo(data: dict[str, Any]) -> int:
+            seen.append(data["i"])
+            return len(data["p"])
 
-    def echo(data: dict[str, Any]) -> int:
-        seen.append(data["i"])
-        return len(data["p"])
-
-    callee.register_function("stalled::echo", echo)
-    # a round trip on the callee's socket, behind its registration: the engine has it before the caller calls (the
-    # caller's call on its own socket once came first, and failed with function_not_found, in CI)
-    await callee.list_functions_async()
-    caller = await asyncio.to_thread(register_worker, served.url,
-                                     InitOptions(worker_name="caller", reconnection_config=FAST_RECONNECT))
-    assert await caller.trigger_async({"function_id": "stalled::echo", "payload": {"p": "x", "i": -1}}) == 1
+        callee.register_function("stalled::echo", echo)
+        # a round trip on the callee's socket, behind its registration: the engine has it before the caller calls (the
+        # caller's call on its own socket once came first, and failed with function_not_found, in CI)
+        await callee.list_functions_async()
+        caller = await asyncio.to_thread(register_worker, served.url,
+                                         InitOptions(worker_name="caller", reconnection_config=FAST_RECONNECT))
+        assert await caller.trigger_async({"function_id": "stalled::echo", "payload": {"p": "x", "i": -1}}) == 1
+    except BaseException:
+        # the tests' try/finally starts after _pair: a failure here left both clients reconnecting to the killed
+        # engine for the rest of the run, their "Connection to ... failed" warnings landing in later tests
+        if caller is not None:
+            await asyncio.to_thread(caller.shutdown)
+        await asyncio.to_thread(callee.shutdown)
+        raise
     seen.clear()
     return callee, caller
 
