@@ -1,6 +1,8 @@
 """Every use of redis-py internals, in one module: the Redis watch's pub/sub that never reconnects by itself, the
 options of a pool made like another (what a pool adds to its own ``connection_kwargs`` left out), and whether a
-failed command certainly sent nothing (:func:`sent_nothing`, from where in redis-py its error came).
+failed command certainly sent nothing (:func:`sent_nothing`, from where in redis-py its error came), and whether a
+pool's connection may be taken and given back without its locks and records (:func:`pool_idle`,
+:func:`plain_give_back`).
 
 redis-py's ``PubSub._execute`` reconnects the connection and subscribes it again when a read fails, even with no
 retries configured, and a client that retries then reads on. In that reconnect Python 3.11's ``asyncio.wait_for``
@@ -21,6 +23,8 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import inspect
 import logging
 from typing import Any, Final
@@ -30,8 +34,9 @@ from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
 from iii.warn_once import WarnOnce
 
-__all__ = ["MISSING", "POOL_INJECTED", "SENT_NOTHING_MISSING", "OneShotPubSub", "like_pool_options", "one_shot",
-           "sent_nothing"]
+__all__ = ["MISSING", "PLAIN_POOL_MISSING", "POOL_INJECTED", "SENT_NOTHING_MISSING", "OneShotPubSub",
+           "give_back_plain", "like_pool_options", "one_shot", "plain_give_back", "pool_idle", "sent_nothing",
+           "take_plain"]
 
 log = logging.getLogger(__name__)
 
@@ -178,3 +183,108 @@ def sent_nothing(exc: BaseException) -> bool:
         names.add(frame.tb_frame.f_code.co_name)
         frame = frame.tb_next
     return "get_connection" in names and not names & _SENDING
+
+
+# -- a pool's uncontended take and give-back (iii_streams.redis._WaitingPool) ----------------------------------------
+
+def _optional(module: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        return None
+
+
+# redis-py's pool metrics (OpenTelemetry), recorded by every take and give-back when enabled; and its release event
+_pool_metrics: Any = _optional("redis.asyncio.observability.recorder")
+_RELEASED: Any = getattr(_optional("redis.event"), "AsyncAfterConnectionReleasedEvent", None)
+_REAUTH: Any = getattr(_optional("redis.event"), "AsyncReAuthConnectionListener", None)
+
+
+def _plain_pool_missing() -> tuple[str, ...]:
+    """What :func:`pool_idle` and :func:`plain_give_back` read that this redis-py lacks."""
+    lacking = []
+    if _pool_metrics is None or not hasattr(_pool_metrics, "_async_collector_resolved"):
+        lacking.append("redis.asyncio.observability.recorder._async_collector_resolved")
+    if _RELEASED is None or _REAUTH is None:
+        lacking.append("redis.event.AsyncReAuthConnectionListener")
+    pool = ConnectionPool(host="probe.invalid")
+    for name in ("_available_connections", "_in_use_connections", "_lock", "_event_dispatcher"):
+        if not hasattr(pool, name):
+            lacking.append(f"ConnectionPool.{name}")
+    if not hasattr(getattr(pool, "_event_dispatcher", None), "_event_listeners_mapping"):
+        lacking.append("EventDispatcher._event_listeners_mapping")
+    return tuple(lacking)
+
+
+PLAIN_POOL_MISSING: Final = _plain_pool_missing()
+"""What this redis-py lacks of what the plain take and give-back rely on (empty when they can be used)."""
+
+
+def pool_idle(pool: Any) -> bool:
+    """Whether a blocking pool's connection may be taken or given back without its locks and records: nobody holds
+    or waits for its condition or its lock, it is in no maintenance, and redis-py was found to record no pool
+    metrics (looked up once, at its first record). ``False`` whenever anything is not known so
+    (:data:`PLAIN_POOL_MISSING`).
+
+    Example:
+        >>> pool_idle(ConnectionPool(host="probe.invalid"))  # not a blocking pool: no condition to tell
+        False
+    """
+    if PLAIN_POOL_MISSING or _pool_metrics is None:
+        return False
+    if _pool_metrics._async_collector_resolved is not True or _pool_metrics._async_metrics_collector is not None:
+        return False
+    condition, lock = getattr(pool, "_condition", None), getattr(pool, "_lock", None)
+    return (getattr(pool, "_in_maintenance", True) is False and isinstance(condition, asyncio.Condition)
+            and isinstance(lock, asyncio.Lock) and not condition.locked() and not lock.locked())
+
+
+def plain_give_back(pool: Any, connection: Any) -> bool:
+    """Whether giving ``connection`` back to ``pool`` (:func:`pool_idle`) does nothing but move it from in use to
+    available: it is in use and not marked to reconnect, and its release listeners are redis-py's re-auth alone,
+    with no new credentials waiting.
+
+    Example:
+        >>> from redis.asyncio import BlockingConnectionPool
+        >>> plain_give_back(BlockingConnectionPool(host="probe.invalid"), object())
+        False
+    """
+    if PLAIN_POOL_MISSING or connection not in pool._in_use_connections:
+        return False
+    should_reconnect = getattr(connection, "should_reconnect", None)
+    if not callable(should_reconnect) or should_reconnect() or getattr(connection, "_re_auth_token", 0) is not None:
+        return False
+    listeners = pool._event_dispatcher._event_listeners_mapping.get(_RELEASED, ())
+    return all(type(listener) is _REAUTH for listener in listeners)
+
+
+def take_plain(pool: Any) -> Any | None:
+    """An available connection of ``pool`` taken as redis-py takes one (the last given back), without its locks
+    and records, when :func:`pool_idle`; else ``None`` (take it redis-py's way). The caller checks the connection
+    (``ensure_connection``) as redis-py does.
+
+    Example:
+        >>> take_plain(ConnectionPool(host="probe.invalid")) is None
+        True
+    """
+    if not pool_idle(pool) or not pool._available_connections:
+        return None
+    connection = pool._available_connections.pop()
+    pool._in_use_connections.add(connection)
+    return connection
+
+
+def give_back_plain(pool: Any, connection: Any) -> bool:
+    """Give ``connection`` back to ``pool`` as redis-py does, without its locks and records, when that is all
+    redis-py would do (:func:`pool_idle`, :func:`plain_give_back`); ``False``: nothing done (give it back redis-py's
+    way).
+
+    Example:
+        >>> give_back_plain(ConnectionPool(host="probe.invalid"), object())
+        False
+    """
+    if not pool_idle(pool) or not plain_give_back(pool, connection):
+        return False
+    pool._in_use_connections.remove(connection)
+    pool._available_connections.append(connection)
+    return True
