@@ -38,7 +38,7 @@ from iii.protocol.ids import InvocationIds, new_invocation_id
 from iii.protocol.worker_session import REPLY_REASON_CLIP, clip_text
 from iii.wire import loads
 
-from .busy_turns import Turn
+from .busy_turns import TAKEN_AFTER_S, Turn
 from .held_voids import HeldVoids
 from .limits import (
     CALL_CHARGE,
@@ -66,7 +66,8 @@ log = logging.getLogger(__name__)
 
 FIRED_BUSY_WAITS_MS = (100, 200, 400, 800, 1600, 3200)
 """Waits before asking again while a trigger-fired call's worker refuses it for being busy (each a random 50-100 % of
-this): 3.15-6.3 s in all, then the call is counted lost (:attr:`Invocations.busy_fired`) in a rate-limited warning."""
+this, cut short when the worker answers another call): up to 6.3 s in all, then the call is counted lost
+(:attr:`Invocations.busy_fired`) in a rate-limited warning."""
 
 _BUSY_BUDGET_S = sum(FIRED_BUSY_WAITS_MS) / 1000
 
@@ -241,6 +242,10 @@ class Invocations:
         #: (:meth:`call_while_busy`)
         self.busy_fired = 0
         self._busy_log = LossLog(self._log_busy, SKIP_LOG_INTERVAL_S)
+        # the calls a busy worker refused, waiting to ask again, by that worker, oldest first: each call the worker
+        # answers frees one of its max_invocations, and wakes the oldest at once (on a fixed schedule alone, a
+        # busy worker sat idle while its refused calls slept: it worked 44 % of a burst)
+        self._slot_waiters: dict[str, dict[asyncio.Future[None], None]] = {}  # by worker id
         # Every task the engine runs for a call, with what it holds until it ends: a worker's max_calls_per_worker
         # count, a max_fired_calls slot, or nothing. The task gives it back itself when it ends; close() gives back
         # what tasks cancelled before they ever ran hold (their ``finally`` never runs).
@@ -599,6 +604,8 @@ class Invocations:
             # the calling worker's (answered or void: a call with a caller always has it as its holder)
             holder.in_flight.discard(invocation_id)
         pending.callee.in_flight.discard(invocation_id)
+        if self._slot_waiters:
+            self._slot_freed(pending.callee, error)
         if pending.watch is not None and self.observer is not None:
             self.observer.call_finished(pending.watch, error, builtin=False)
         caller = pending.caller
@@ -896,15 +903,17 @@ class Invocations:
                               turn: Turn | None = None) -> Any:
         """Call ``function_id`` for a trigger and return its result; while its worker refuses for being busy (our
         SDK's ``worker_busy``: nothing ran), ask again after each of :data:`FIRED_BUSY_WAITS_MS` (a random 50-100 %
-        of it), the caller still holding the call's slots, so a short busy spell loses no event (before, each refusal
-        was a lost event and a log line). The last refusal is counted in :attr:`busy_fired`, told in a rate-limited
-        warning and raised.
+        of it), or as soon as that worker answers another call (a slot freed: the oldest call waiting so goes
+        first), the caller still holding the call's slots, so a short busy spell loses no event (before, each refusal
+        was a lost event and a log line). The last refusal, once 6.3 s have passed, is counted in :attr:`busy_fired`,
+        told in a rate-limited warning and raised.
 
         ``until``: the event loop's time (``loop.time()``) past which no try is made: a cron tick is not asked
         again once its next tick is due (held ticks ran late, in a burst and out of order). ``turn``: the call's
         place among the calls of its key (:mod:`~iii_engine.busy_turns`): once one is refused, the later ones wait
-        behind it and go one at a time in dispatch order, each with its own :data:`FIRED_BUSY_WAITS_MS` of asking
-        again counted from when it was refused or began to wait; released when this returns or raises.
+        in its line and go, in dispatch order, when the worker takes it; each is given up once its own
+        :data:`FIRED_BUSY_WAITS_MS` have passed since it was refused or began to wait (the wait for a line to open
+        is bounded by its head's). Released when this returns or raises.
         """
         loop = asyncio.get_running_loop()
         waits = iter(FIRED_BUSY_WAITS_MS)
@@ -912,9 +921,11 @@ class Invocations:
         try:
             if turn is not None and turn.behind_held():
                 end = loop.time() + _BUSY_BUDGET_S
-                await turn.hold()
+                await turn.wait_in_line()
             while True:
                 try:
+                    if turn is not None and turn.heads():
+                        return await self._call_heading(function_id, data, turn)
                     return await self.call(function_id, data)
                 except EngineError as exc:
                     if exc.code != WORKER_BUSY:
@@ -923,24 +934,68 @@ class Invocations:
                 now = loop.time()
                 if end is None:
                     end = now + _BUSY_BUDGET_S
-                if turn is not None and not turn.holding and await turn.hold():
-                    continue  # it waited while the calls before it were answered: ask at once
-                wait_ms = next(waits, None)
+                stop_at = min(end, math.inf if until is None else until)
+                if turn is not None and not turn.refused() and now < stop_at:
+                    await turn.wait_in_line()  # another call of its key heads a line: behind it, then ask at once
+                    continue
+                wait_ms = None if now >= stop_at else next(waits, None)
                 wait_s = 0.0 if wait_ms is None else wait_ms * random.uniform(0.5, 1.0) / 1000
-                if wait_ms is None or now + wait_s > min(end, math.inf if until is None else until):
+                if wait_ms is None or now + wait_s > stop_at:
                     self.busy_fired += 1
                     self._busy_log.lost("busy", function_id)
                     raise refusal
-                # spread: the calls one burst of events fired were refused together, and would all ask again together
-                await asyncio.sleep(wait_s)
+                # spread: the calls one burst of events fired were refused together, and would all ask again together;
+                # sooner when the worker answers a call (a slot freed), the oldest waiting first
+                await self._slot_or_timeout(function_id, wait_s)
         finally:
             if turn is not None:
                 turn.release()
 
+    async def _slot_or_timeout(self, function_id: str, wait_s: float) -> None:
+        """Wait ``wait_s``, or less: until the worker serving ``function_id`` answers a call (not with a refusal),
+        when this is the oldest of its calls waiting so."""
+        entry = self._served_entry(function_id)
+        worker = None if entry is None or entry.builtin is not None else entry.owner
+        if worker is None or worker not in self.workers:
+            await asyncio.sleep(wait_s)
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiting = self._slot_waiters.setdefault(worker, {})
+        waiting[waiter] = None
+        try:
+            await asyncio.wait((waiter,), timeout=wait_s)
+        finally:
+            waiter.cancel()
+            waiting.pop(waiter, None)
+            if not waiting and self._slot_waiters.get(worker) is waiting:
+                del self._slot_waiters[worker]
+
+    def _slot_freed(self, callee: WorkerConnection, error: Any) -> None:
+        waiting = self._slot_waiters.get(callee.id)
+        if not waiting or (isinstance(error, Mapping) and error.get("code") == WORKER_BUSY):
+            return  # (a refusal frees nothing)
+        waiter = next(iter(waiting))
+        del waiting[waiter]
+        if not waiting:
+            del self._slot_waiters[callee.id]
+        waiter.set_result(None)
+
+    async def _call_heading(self, function_id: str, data: Any, turn: Turn) -> Any:
+        """:meth:`call` for the head of its key's line, which opens once the worker has taken it: answered, or not
+        refused within :data:`~iii_engine.busy_turns.TAKEN_AFTER_S` (the line never waits for a handler's run)."""
+        attempt = asyncio.ensure_future(self.call(function_id, data))
+        try:
+            done, _ = await asyncio.wait((attempt,), timeout=TAKEN_AFTER_S)
+            if not done:
+                turn.release()
+            return await attempt
+        finally:
+            attempt.cancel()  # (a no-op once it is done) this task cancelled: so is its call
+
     def _log_busy(self, counts: Mapping[str, int], latest: str | None) -> None:
         log.warning("%d trigger-fired call(s) not run: their worker stayed busy (worker_busy, its max_invocations "
-                    "reached) while they were asked again, up to %d times over up to %.1f s (a cron tick: until its "
-                    "next tick was due)%s", counts.get("busy", 0), len(FIRED_BUSY_WAITS_MS) + 1, _BUSY_BUDGET_S,
+                    "reached) while they were asked again for up to %.1f s (a cron tick: until its next tick was "
+                    "due)%s", counts.get("busy", 0), _BUSY_BUDGET_S,
                     f" (the latest: {clip_text(latest)})" if latest else "")
 
     def stopping(self) -> None:

@@ -379,12 +379,12 @@ class EngineServices(Protocol):
         (an event-loop time); the last refusal is counted, logged (rate-limited) and raised. ``turn``
         (:class:`~iii_engine.busy_turns.Turn`): keeps the refused calls of one key in dispatch order."""
 
-    async def condition_passes(self, condition_function_id: str | None, payload: Any, *,
-                               wait_if_busy: bool = True, busy_until: float | None = None) -> bool:
+    async def condition_passes(self, condition_function_id: str | None, payload: Any, *, wait_if_busy: bool = True,
+                               busy_until: float | None = None, turn: Turn | None = None) -> bool:
         """docs/protocol.md#built-in-functions: only a literal ``false`` result skips; an error skips (logged). A
         condition whose worker refuses it for being busy is asked again as :meth:`invoke_when_free` does (up to
-        ``busy_until``), then skipped; with ``wait_if_busy=False`` that refusal is raised at once (an
-        :class:`EngineError`)."""
+        ``busy_until``, in ``turn``'s line), then skipped; with ``wait_if_busy=False`` that refusal is raised at once
+        (an :class:`EngineError`)."""
 
     def triggers_of_type(self, trigger_type: str) -> list[TriggerInfo]:
         """The active triggers of a type."""

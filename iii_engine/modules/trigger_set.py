@@ -107,7 +107,9 @@ class TriggerRunner:
         among the calls of its key while their worker refuses them busy (released here, whatever happens)."""
         try:
             condition = trigger_config(trigger).get("condition_function_id")
-            if not await self.services.condition_passes(condition if isinstance(condition, str) else None, payload):
+            # the condition in the call's line too: a change whose condition was asked first went first
+            if not await self.services.condition_passes(condition if isinstance(condition, str) else None, payload,
+                                                        turn=turn):
                 return None
             handed, turn = turn, None  # invoke_when_free releases it from here on
             return await self.services.invoke_when_free(trigger.function_id, payload, turn=handed)

@@ -196,3 +196,60 @@ async def test_a_change_waiting_behind_a_busy_one_is_given_up_within_its_own_bud
         assert values == sorted(values) and values[-1] == 2, values  # 2 asked only once 1 was given up
         await worker.nothing_for(0.2)
         await worker.close()
+
+
+async def test_a_refused_call_is_asked_again_as_soon_as_its_worker_answers_another() -> None:
+    # A call the worker answers frees one of its max_invocations: the oldest refused call waiting is asked again at
+    # once. Before, it slept out its wait however idle the worker became (a burst's worker worked 35-59 % of it).
+    async with Engine(config=EngineConfig(host="127.0.0.1", port=0)) as engine:
+        worker = await RawWorker.connect(engine.url)
+        await _registered(worker, "w::f", "w::hold")
+        holding = asyncio.create_task(engine.invoke("w::hold", {}))
+        held = await worker.expect("invokefunction", function_id="w::hold")  # the worker's only slot, say
+        assert engine.fire("w::f", {"n": 1})
+        await _answer_busy(worker, 5)  # its next wait is 0.8-1.6 s
+        await worker.sync()
+        loop = asyncio.get_running_loop()
+        freed = loop.time()
+        await worker.send({"type": "invocationresult", "invocation_id": held["invocation_id"],
+                           "function_id": "w::hold", "result": "done"})
+        served = await worker.serve_one("done", function_id="w::f")
+        assert loop.time() - freed < 0.6  # before: at least 0.8 s
+        assert served["data"] == {"n": 1} and await holding == "done"
+        await worker.close()
+
+
+async def test_a_line_opens_once_its_head_is_taken_not_when_its_handler_ends() -> None:
+    # Before, the changes behind a refused one waited for its handler to answer: a slow or hung handler held the
+    # key's later changes for as long as it ran (20 s in an attack), and their slots with them.
+    async with Engine(config=EngineConfig(host="127.0.0.1", port=0)) as engine:
+        worker = await RawWorker.connect(engine.url)
+        await _state_trigger(worker)
+        await _refused_change(engine, worker, 1)
+        await engine.invoke("state::set", {"scope": "s", "key": "k", "value": 2})
+        head = await worker.expect("invokefunction")  # asked again, and taken: never answered here
+        assert head["data"]["new_value"] == 1
+        follower = await worker.expect("invokefunction", wait=3)  # goes once no refusal came for the head
+        assert follower["data"]["new_value"] == 2
+        await worker.close()
+
+
+async def test_changes_of_one_key_keep_their_order_through_a_busy_condition() -> None:
+    # Before, the condition ran outside the line: the later changes' conditions went at once, and their handlers
+    # ran before the refused change's.
+    async with Engine(config=EngineConfig(host="127.0.0.1", port=0)) as engine:
+        worker = await RawWorker.connect(engine.url)
+        await _registered(worker, "w::f", "w::guard")
+        await worker.send({"type": "registertrigger", "id": "t-state", "trigger_type": "state", "function_id": "w::f",
+                           "config": {"scope": "s", "condition_function_id": "w::guard"}})
+        await worker.sync()
+        await _refused_change(engine, worker, 1)  # its condition refused
+        for value in (2, 3):
+            await engine.invoke("state::set", {"scope": "s", "key": "k", "value": value})
+        seen = []
+        while len(seen) < 3:
+            request = await worker.serve_one(True)  # conditions pass, handlers answer
+            if request["function_id"] == "w::f":
+                seen.append(request["data"]["new_value"])
+        assert seen == [1, 2, 3]
+        await worker.close()

@@ -47,7 +47,8 @@ class Stub:
         return await self.invoke(function_id, data)
 
     async def condition_passes(self, condition_function_id: str | None, payload: Any, *,
-                               wait_if_busy: bool = True, busy_until: float | None = None) -> bool:
+                               wait_if_busy: bool = True, busy_until: float | None = None,
+                               turn: Any = None) -> bool:
         return not condition_function_id or await self.invoke(condition_function_id, payload) is not False
 
 

@@ -156,7 +156,8 @@ class FakeServices:
         return await self.invoke(function_id, data)
 
     async def condition_passes(self, condition_function_id: str | None, payload: Any, *,
-                               wait_if_busy: bool = True, busy_until: float | None = None) -> bool:
+                               wait_if_busy: bool = True, busy_until: float | None = None,
+                               turn: Any = None) -> bool:
         if not condition_function_id:
             return True
         try:
