@@ -56,7 +56,6 @@ from iii_streams.messages import error_line
 
 from . import closing
 from .allocator import MemoryReleaser
-from .busy_turns import Turn
 from .channels import ChannelRelay
 from .closing import StoreCloses, close_within
 from .config import EngineConfig, config_from_mapping
@@ -453,16 +452,16 @@ class _ModuleServices:
         """Call a function without waiting, counted against ``max_fired_calls``."""
         return self._engine.fire(function_id, data, taken=taken, busy_until=busy_until)
 
-    def invoke_when_free(self, function_id: str, data: Any, *, until: float | None = None,
-                         turn: Turn | None = None) -> Coroutine[Any, Any, Any]:
+    def invoke_when_free(self, function_id: str, data: Any, *,
+                         until: float | None = None) -> Coroutine[Any, Any, Any]:
         """Call a function for a trigger, asking again while its worker is busy."""
-        return self._engine.invoke_when_free(function_id, data, until=until, turn=turn)
+        return self._engine.invoke_when_free(function_id, data, until=until)
 
     def condition_passes(self, condition_function_id: str | None, payload: Any, *, wait_if_busy: bool = True,
-                         busy_until: float | None = None, turn: Turn | None = None) -> Coroutine[Any, Any, bool]:
+                         busy_until: float | None = None) -> Coroutine[Any, Any, bool]:
         """Whether a trigger's condition lets its call go."""
         return self._engine.condition_passes(condition_function_id, payload, wait_if_busy=wait_if_busy,
-                                             busy_until=busy_until, turn=turn)
+                                             busy_until=busy_until)
 
     def triggers_of_type(self, trigger_type: str) -> list[TriggerInfo]:
         """The active triggers of a type."""
@@ -1257,25 +1256,23 @@ class Engine:
         """Whether a worker's call was refused at ``max_calls_per_worker`` recently."""
         return self.worker_calls.degraded()
 
-    async def invoke_when_free(self, function_id: str, data: Any, *, until: float | None = None,
-                               turn: Turn | None = None) -> Any:
+    async def invoke_when_free(self, function_id: str, data: Any, *, until: float | None = None) -> Any:
         """Call a function for a trigger, asking again while its worker is busy (see
         :meth:`~iii_engine.invocations.Invocations.call_while_busy`)."""
-        return await self.invocations.call_while_busy(function_id, data, until=until, turn=turn)
+        return await self.invocations.call_while_busy(function_id, data, until=until)
 
     async def condition_passes(self, condition_function_id: str | None, payload: Any, *, wait_if_busy: bool = True,
-                               busy_until: float | None = None, turn: Turn | None = None) -> bool:
+                               busy_until: float | None = None) -> bool:
         """docs/protocol.md#built-in-functions: only a literal ``false`` skips; an error skips too (logged). A
         condition its worker refused for being busy (``worker_busy``: it did not decide) is asked again as a
         trigger-fired call is, then skipped, counted with those calls; with ``wait_if_busy=False`` the refusal is
         raised at once instead (the queue puts its job off, the REST API answers 503). ``busy_until``: no try past
-        this event-loop time (a cron tick's next tick); ``turn``: the place of the trigger's call among its key's
-        (see :meth:`~iii_engine.invocations.Invocations.call_while_busy`)."""
+        this event-loop time (a cron tick's next tick)."""
         if not condition_function_id:
             return True
         try:
             if wait_if_busy:
-                result = await self.invoke_when_free(condition_function_id, payload, until=busy_until, turn=turn)
+                result = await self.invoke_when_free(condition_function_id, payload, until=busy_until)
             else:
                 result = await self.invoke(condition_function_id, payload)
         except EngineError as exc:

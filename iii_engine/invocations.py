@@ -38,7 +38,6 @@ from iii.protocol.ids import InvocationIds, new_invocation_id
 from iii.protocol.worker_session import REPLY_REASON_CLIP, clip_text
 from iii.wire import loads
 
-from .busy_turns import TAKEN_AFTER_S, Turn
 from .held_voids import HeldVoids
 from .limits import (
     CALL_CHARGE,
@@ -899,57 +898,33 @@ class Invocations:
             # back, with exactly the bytes its take charged.
             self._tasks.leave(asyncio.current_task())  # type: ignore[arg-type]
 
-    async def call_while_busy(self, function_id: str, data: Any, *, until: float | None = None,
-                              turn: Turn | None = None) -> Any:
+    async def call_while_busy(self, function_id: str, data: Any, *, until: float | None = None) -> Any:
         """Call ``function_id`` for a trigger and return its result; while its worker refuses for being busy (our
         SDK's ``worker_busy``: nothing ran), ask again after each of :data:`FIRED_BUSY_WAITS_MS` (a random 50-100 %
-        of it), or as soon as that worker answers another call (a slot freed: the oldest call waiting so goes
-        first), the caller still holding the call's slots, so a short busy spell loses no event (before, each refusal
-        was a lost event and a log line). The last refusal, once 6.3 s have passed, is counted in :attr:`busy_fired`,
-        told in a rate-limited warning and raised.
+        of it), or as soon as that worker answers another call (a slot freed: the call waiting longest goes first),
+        the caller still holding the call's slots, so a short busy spell loses no event (before, each refusal was a
+        lost event and a log line). The last refusal (the seventh) is counted in :attr:`busy_fired`, told in a
+        rate-limited warning and raised. Retries keep no order: a later event may run before an earlier one refused.
 
         ``until``: the event loop's time (``loop.time()``) past which no try is made: a cron tick is not asked
-        again once its next tick is due (held ticks ran late, in a burst and out of order). ``turn``: the call's
-        place among the calls of its key (:mod:`~iii_engine.busy_turns`): once one is refused, the later ones wait
-        in its line and go, in dispatch order, when the worker takes it; each is given up once its own
-        :data:`FIRED_BUSY_WAITS_MS` have passed since it was refused or began to wait (the wait for a line to open
-        is bounded by its head's). Released when this returns or raises.
+        again once its next tick is due (held ticks ran late, in a burst and out of order).
         """
         loop = asyncio.get_running_loop()
-        waits = iter(FIRED_BUSY_WAITS_MS)
-        end: float | None = None  # when asking again stops; set at the first refusal or wait in line
-        try:
-            if turn is not None and turn.behind_held():
-                end = loop.time() + _BUSY_BUDGET_S
-                await turn.wait_in_line()
-            while True:
-                try:
-                    if turn is not None and turn.heads():
-                        return await self._call_heading(function_id, data, turn)
-                    return await self.call(function_id, data)
-                except EngineError as exc:
-                    if exc.code != WORKER_BUSY:
-                        raise
-                    refusal = exc
-                now = loop.time()
-                if end is None:
-                    end = now + _BUSY_BUDGET_S
-                stop_at = min(end, math.inf if until is None else until)
-                if turn is not None and not turn.refused() and now < stop_at:
-                    await turn.wait_in_line()  # another call of its key heads a line: behind it, then ask at once
-                    continue
-                wait_ms = None if now >= stop_at else next(waits, None)
+        end = math.inf if until is None else until
+        for wait_ms in (*FIRED_BUSY_WAITS_MS, None):
+            try:
+                return await self.call(function_id, data)
+            except EngineError as exc:
+                if exc.code != WORKER_BUSY:
+                    raise
                 wait_s = 0.0 if wait_ms is None else wait_ms * random.uniform(0.5, 1.0) / 1000
-                if wait_ms is None or now + wait_s > stop_at:
+                if wait_ms is None or loop.time() + wait_s > end:
                     self.busy_fired += 1
                     self._busy_log.lost("busy", function_id)
-                    raise refusal
-                # spread: the calls one burst of events fired were refused together, and would all ask again together;
-                # sooner when the worker answers a call (a slot freed), the oldest waiting first
-                await self._slot_or_timeout(function_id, wait_s)
-        finally:
-            if turn is not None:
-                turn.release()
+                    raise
+            # spread: the calls one burst of events fired were refused together, and would all ask again together;
+            # sooner when the worker answers a call (a slot freed), the call waiting longest first
+            await self._slot_or_timeout(function_id, wait_s)
 
     async def _slot_or_timeout(self, function_id: str, wait_s: float) -> None:
         """Wait ``wait_s``, or less: until the worker serving ``function_id`` answers a call (not with a refusal),
@@ -979,18 +954,6 @@ class Invocations:
         if not waiting:
             del self._slot_waiters[callee.id]
         waiter.set_result(None)
-
-    async def _call_heading(self, function_id: str, data: Any, turn: Turn) -> Any:
-        """:meth:`call` for the head of its key's line, which opens once the worker has taken it: answered, or not
-        refused within :data:`~iii_engine.busy_turns.TAKEN_AFTER_S` (the line never waits for a handler's run)."""
-        attempt = asyncio.ensure_future(self.call(function_id, data))
-        try:
-            done, _ = await asyncio.wait((attempt,), timeout=TAKEN_AFTER_S)
-            if not done:
-                turn.release()
-            return await attempt
-        finally:
-            attempt.cancel()  # (a no-op once it is done) this task cancelled: so is its call
 
     def _log_busy(self, counts: Mapping[str, int], latest: str | None) -> None:
         log.warning("%d trigger-fired call(s) not run: their worker stayed busy (worker_busy, its max_invocations "

@@ -28,7 +28,6 @@ from iii.iii_types import TriggerInfo
 from iii_streams.messages import error_line, mask_passwords
 
 from .. import closing
-from ..busy_turns import Turn
 from ..settings import MAX_TIMEOUT_MS, Field, Settings
 
 
@@ -372,18 +371,16 @@ class EngineServices(Protocol):
         is returned. ``busy_until``: while the worker refuses it busy, it is asked again (as :meth:`invoke_when_free`
         does) only up to this event-loop time (``loop.time()``)."""
 
-    async def invoke_when_free(self, function_id: str, data: Any, *, until: float | None = None,
-                               turn: Turn | None = None) -> Any:
+    async def invoke_when_free(self, function_id: str, data: Any, *, until: float | None = None) -> Any:
         """:meth:`invoke` for a trigger: while the function's worker refuses the call for being busy (our SDK's
         ``worker_busy``: nothing ran), ask again for a few seconds (docs/protocol.md M11), never past ``until``
-        (an event-loop time); the last refusal is counted, logged (rate-limited) and raised. ``turn``
-        (:class:`~iii_engine.busy_turns.Turn`): keeps the refused calls of one key in dispatch order."""
+        (an event-loop time); the last refusal is counted, logged (rate-limited) and raised."""
 
     async def condition_passes(self, condition_function_id: str | None, payload: Any, *, wait_if_busy: bool = True,
-                               busy_until: float | None = None, turn: Turn | None = None) -> bool:
+                               busy_until: float | None = None) -> bool:
         """docs/protocol.md#built-in-functions: only a literal ``false`` result skips; an error skips (logged). A
         condition whose worker refuses it for being busy is asked again as :meth:`invoke_when_free` does (up to
-        ``busy_until``, in ``turn``'s line), then skipped; with ``wait_if_busy=False`` that refusal is raised at once
+        ``busy_until``), then skipped; with ``wait_if_busy=False`` that refusal is raised at once
         (an :class:`EngineError`)."""
 
     def triggers_of_type(self, trigger_type: str) -> list[TriggerInfo]:

@@ -22,14 +22,13 @@ Example:
 from __future__ import annotations
 
 import logging
-from collections.abc import Coroutine, Hashable, Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.iii_types import TriggerInfo
 from iii.protocol.client import WORKER_BUSY
 
-from ..busy_turns import BusyTurns, Turn
 from ..limits import HeldTasks
 from .base import EngineError, EngineServices, FiredSlots
 
@@ -102,26 +101,19 @@ class TriggerRunner:
         """Cancel the running trigger tasks; what those that never ran held is given back."""
         await self._tasks.close()
 
-    async def call(self, trigger: TriggerInfo, payload: Any, turn: Turn | None = None) -> Any:
-        """Run one handler if its condition passes; ``None`` when skipped or failed (logged). ``turn``: its place
-        among the calls of its key while their worker refuses them busy (released here, whatever happens)."""
+    async def call(self, trigger: TriggerInfo, payload: Any) -> Any:
+        """Run one handler if its condition passes; ``None`` when skipped or failed (logged)."""
+        condition = trigger_config(trigger).get("condition_function_id")
+        if not await self.services.condition_passes(condition if isinstance(condition, str) else None, payload):
+            return None
         try:
-            condition = trigger_config(trigger).get("condition_function_id")
-            # the condition in the call's line too: a change whose condition was asked first went first
-            if not await self.services.condition_passes(condition if isinstance(condition, str) else None, payload,
-                                                        turn=turn):
-                return None
-            handed, turn = turn, None  # invoke_when_free releases it from here on
-            return await self.services.invoke_when_free(trigger.function_id, payload, turn=handed)
+            return await self.services.invoke_when_free(trigger.function_id, payload)
         except EngineError as exc:
             if exc.code == WORKER_BUSY:  # counted and told, rate-limited, by invoke_when_free
                 return None
             log.warning("trigger %s: %s failed: %s: %s", trigger.id, trigger.function_id, exc.code,
                                       exc.message)
             return None
-        finally:
-            if turn is not None:  # skipped, or cancelled before its call: invoke_when_free releases it otherwise
-                turn.release()
 
 
 class TriggerSet(TriggerRunner):
@@ -137,7 +129,6 @@ class TriggerSet(TriggerRunner):
     def __init__(self, services: EngineServices) -> None:
         super().__init__(services)
         self._triggers: dict[str, TriggerInfo] = {}
-        self._turns = BusyTurns()
 
     async def register(self, trigger: TriggerInfo) -> None:
         """Store ``trigger`` (replacing one with the same id)."""
@@ -151,18 +142,6 @@ class TriggerSet(TriggerRunner):
     def matches(config: Mapping[str, Any], payload: Mapping[str, Any]) -> bool:
         """Whether a trigger with ``config`` selects ``payload``; every trigger does unless a subclass says."""
         return True
-
-    @staticmethod
-    def order_key(payload: Mapping[str, Any]) -> Hashable | None:
-        """What a payload changes, whose events each handler must get in order (a state key, a stream item):
-        while a worker refuses them busy, the calls of one trigger and one key are asked again in dispatch order
-        (:mod:`~iii_engine.busy_turns`). ``None``: no order kept (the default).
-
-        Example:
-            >>> TriggerSet.order_key({"any": "payload"}) is None
-            True
-        """
-        return None
 
     def has_triggers(self) -> bool:
         """Whether any trigger is registered: without one, a caller need not build the payload to dispatch.
@@ -212,14 +191,10 @@ class TriggerSet(TriggerRunner):
         a handler that never answered held up every handler registered after it (a healthy worker's state trigger
         got 0 of 45 writes behind a hung one)."""
         one = slots.one()
-        key = self.order_key(payload)
         for trigger in triggers:
-            # the ticket now, in dispatch order: the tasks may start in another
-            turn = None if key is None else self._turns.ticket((trigger.id, key))
-            self.spawn(self._run_one(trigger, payload, one, turn), one)
+            self.spawn(self._run_one(trigger, payload, one), one)
 
-    async def _run_one(self, trigger: TriggerInfo, payload: Mapping[str, Any], slot: FiredSlots,
-                       turn: Turn | None) -> None:
+    async def _run_one(self, trigger: TriggerInfo, payload: Mapping[str, Any], slot: FiredSlots) -> None:
         # the handler runs inline in this task: whatever it takes of max_fired_calls itself (a built-in that fires
         # again) is its own, and this task gives back exactly ``slot``, and its place in its callee worker's
         # max_fired_calls_per_worker (a handler that never answered held every slot, and other workers' cron ticks
@@ -229,9 +204,9 @@ class TriggerSet(TriggerRunner):
         if owner is not None:
             call = self.services.fired_calls.to_callee(slot, owner, trigger.function_id, tell_producer=False)
             if call is None:
-                return  # not made: the slot is back, the loss counted and logged (the turn never joined a line)
+                return  # not made: the slot is back, the loss counted and logged
             held = call
         try:
-            await self.call(trigger, payload, turn)
+            await self.call(trigger, payload)
         finally:
             held.release()

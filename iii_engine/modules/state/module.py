@@ -28,7 +28,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar, Final, Protocol
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
@@ -82,16 +82,6 @@ class StateTriggers(TriggerSet):
         config = config if isinstance(config, Mapping) else {}
         scope, key = config.get("scope"), config.get("key")
         return (not scope or scope == payload["scope"]) and (not key or key == payload["key"])
-
-    @staticmethod
-    def order_key(payload: Mapping[str, Any]) -> Hashable | None:
-        """The changed key: its events reach each handler in order even while the worker refuses them busy.
-
-        Example:
-            >>> StateTriggers.order_key(state_event("state:updated", "s", "k", 1, 2))
-            ('s', 'k')
-        """
-        return payload["scope"], payload["key"]
 
     async def register(self, trigger: TriggerInfo) -> None:
         """Store ``trigger``; a config whose filters or condition are not strings is refused."""

@@ -16,7 +16,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
@@ -59,16 +59,6 @@ class StreamTriggers(TriggerSet):
     def matches(config: Mapping[str, Any], payload: Mapping[str, Any]) -> bool:
         """:func:`matches_stream_trigger`."""
         return matches_stream_trigger(config, payload)
-
-    @staticmethod
-    def order_key(payload: Mapping[str, Any]) -> Hashable | None:
-        """The changed item: its events reach each handler in order even while the worker refuses them busy.
-
-        Example:
-            >>> StreamTriggers.order_key({"streamName": "s", "groupId": "g", "id": "i"})
-            ('s', 'g', 'i')
-        """
-        return payload.get("streamName"), payload.get("groupId"), payload.get("id")
 
     async def register(self, trigger: TriggerInfo) -> None:
         """Store ``trigger``; a config without a string ``stream_name`` is refused (ST8), and so is a filter that is

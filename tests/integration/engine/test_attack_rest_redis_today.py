@@ -44,7 +44,7 @@ class _Services:
             future.set_result(ANSWER)
 
     async def condition_passes(self, function_id: str, payload: dict[str, Any], *, wait_if_busy: bool = True,
-                               busy_until: float | None = None, turn: Any = None) -> bool:
+                               busy_until: float | None = None) -> bool:
         await asyncio.get_running_loop().create_future()  # a condition function that never answers
         return True
 

@@ -43,14 +43,6 @@ async def _state_trigger(worker: RawWorker) -> None:
     await worker.sync()
 
 
-async def _refused_change(engine: Engine, worker: RawWorker, value: int) -> dict[str, Any]:
-    """Set key ``k`` to ``value`` and refuse its call busy; return once the engine has the refusal."""
-    await engine.invoke("state::set", {"scope": "s", "key": "k", "value": value})
-    refused = await _answer_busy(worker, 1)
-    await worker.sync()
-    return refused[0]
-
-
 async def _settled(engine: Engine) -> None:
     """Return once no trigger-fired call holds a slot: the fired task's end tells nothing."""
     while engine.fired_calls.in_flight:  # noqa: ASYNC110
@@ -134,34 +126,6 @@ async def test_a_try_meeting_the_engine_s_stop_is_not_counted_as_a_missing_funct
         assert engine.invocations.missing_fired == 0  # before: 1
 
 
-async def test_changes_of_one_key_reach_the_handler_in_order_while_its_worker_is_busy() -> None:
-    # Before, every change after a refused one went out at once and ran before the refused one's retry: the
-    # handler saw 2..6 then 1, and its last value was not the key's.
-    async with Engine(config=EngineConfig(host="127.0.0.1", port=0)) as engine:
-        worker = await RawWorker.connect(engine.url)
-        await _state_trigger(worker)
-        await _refused_change(engine, worker, 1)
-        for value in range(2, 7):  # while the first waits to be asked again
-            await engine.invoke("state::set", {"scope": "s", "key": "k", "value": value})
-        seen = [(await worker.serve_one("done"))["data"]["new_value"] for _ in range(6)]
-        assert seen == [1, 2, 3, 4, 5, 6]
-        await _settled(engine)
-        assert engine.invocations.busy_fired == 0
-        await worker.close()
-
-
-async def test_a_key_s_order_does_not_hold_back_other_keys() -> None:
-    async with Engine(config=EngineConfig(host="127.0.0.1", port=0)) as engine:
-        worker = await RawWorker.connect(engine.url)
-        await _state_trigger(worker)
-        await _refused_change(engine, worker, 1)
-        await engine.invoke("state::set", {"scope": "s", "key": "other", "value": 2})
-        first = await worker.serve_one("done")  # the other key's change goes at once, not behind k's retry
-        assert first["data"]["key"] == "other"
-        assert (await worker.serve_one("done"))["data"]["key"] == "k"
-        await worker.close()
-
-
 async def test_a_cron_tick_refused_busy_is_not_asked_again_once_the_next_tick_is_due() -> None:
     # Before, each tick was asked again for up to 6.3 s: an every-second schedule's ticks ran late, in a burst and
     # out of order. Now a tick's tries end before the next tick fires.
@@ -176,25 +140,6 @@ async def test_a_cron_tick_refused_busy_is_not_asked_again_once_the_next_tick_is
         assert ticks == sorted(ticks), ticks  # no tick asked again after a later one
         assert len(set(ticks)) >= 3
         assert engine.invocations.busy_fired >= 2
-        await worker.close()
-
-
-async def test_a_change_waiting_behind_a_busy_one_is_given_up_within_its_own_budget() -> None:
-    # Waiting in line counts against a call's own tries: a worker busy for good loses a key's changes one budget
-    # (6.3 s) after they began to wait, not one budget each, one after another.
-    async with Engine(config=EngineConfig(host="127.0.0.1", port=0)) as engine:
-        worker = await RawWorker.connect(engine.url)
-        await _state_trigger(worker)
-        loop = asyncio.get_running_loop()
-        began = loop.time()
-        values = [(await _refused_change(engine, worker, 1))["data"]["new_value"]]
-        await engine.invoke("state::set", {"scope": "s", "key": "k", "value": 2})
-        while engine.invocations.busy_fired < 2:
-            values.append((await _answer_busy(worker, 1))[0]["data"]["new_value"])
-            await worker.sync()  # the engine has the refusal: counted if it was the last
-        assert loop.time() - began < 6.3 + 1.5
-        assert values == sorted(values) and values[-1] == 2, values  # 2 asked only once 1 was given up
-        await worker.nothing_for(0.2)
         await worker.close()
 
 
@@ -216,40 +161,4 @@ async def test_a_refused_call_is_asked_again_as_soon_as_its_worker_answers_anoth
         served = await worker.serve_one("done", function_id="w::f")
         assert loop.time() - freed < 0.6  # before: at least 0.8 s
         assert served["data"] == {"n": 1} and await holding == "done"
-        await worker.close()
-
-
-async def test_a_line_opens_once_its_head_is_taken_not_when_its_handler_ends() -> None:
-    # Before, the changes behind a refused one waited for its handler to answer: a slow or hung handler held the
-    # key's later changes for as long as it ran (20 s in an attack), and their slots with them.
-    async with Engine(config=EngineConfig(host="127.0.0.1", port=0)) as engine:
-        worker = await RawWorker.connect(engine.url)
-        await _state_trigger(worker)
-        await _refused_change(engine, worker, 1)
-        await engine.invoke("state::set", {"scope": "s", "key": "k", "value": 2})
-        head = await worker.expect("invokefunction")  # asked again, and taken: never answered here
-        assert head["data"]["new_value"] == 1
-        follower = await worker.expect("invokefunction", wait=3)  # goes once no refusal came for the head
-        assert follower["data"]["new_value"] == 2
-        await worker.close()
-
-
-async def test_changes_of_one_key_keep_their_order_through_a_busy_condition() -> None:
-    # Before, the condition ran outside the line: the later changes' conditions went at once, and their handlers
-    # ran before the refused change's.
-    async with Engine(config=EngineConfig(host="127.0.0.1", port=0)) as engine:
-        worker = await RawWorker.connect(engine.url)
-        await _registered(worker, "w::f", "w::guard")
-        await worker.send({"type": "registertrigger", "id": "t-state", "trigger_type": "state", "function_id": "w::f",
-                           "config": {"scope": "s", "condition_function_id": "w::guard"}})
-        await worker.sync()
-        await _refused_change(engine, worker, 1)  # its condition refused
-        for value in (2, 3):
-            await engine.invoke("state::set", {"scope": "s", "key": "k", "value": value})
-        seen = []
-        while len(seen) < 3:
-            request = await worker.serve_one(True)  # conditions pass, handlers answer
-            if request["function_id"] == "w::f":
-                seen.append(request["data"]["new_value"])
-        assert seen == [1, 2, 3]
         await worker.close()

@@ -42,13 +42,11 @@ class Stub:
             raise EngineError("function_not_found", f"Function {function_id} not found")
         return await self.functions[function_id](data)
 
-    async def invoke_when_free(self, function_id: str, data: Any, *, until: float | None = None,
-                               turn: Any = None) -> Any:
+    async def invoke_when_free(self, function_id: str, data: Any, *, until: float | None = None) -> Any:
         return await self.invoke(function_id, data)
 
     async def condition_passes(self, condition_function_id: str | None, payload: Any, *,
-                               wait_if_busy: bool = True, busy_until: float | None = None,
-                               turn: Any = None) -> bool:
+                               wait_if_busy: bool = True, busy_until: float | None = None) -> bool:
         return not condition_function_id or await self.invoke(condition_function_id, payload) is not False
 
 

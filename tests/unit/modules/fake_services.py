@@ -151,13 +151,11 @@ class FakeServices:
         task.add_done_callback(self._tasks.discard)
         return True
 
-    async def invoke_when_free(self, function_id: str, data: Any, *, until: float | None = None,
-                               turn: Any = None) -> Any:
+    async def invoke_when_free(self, function_id: str, data: Any, *, until: float | None = None) -> Any:
         return await self.invoke(function_id, data)
 
     async def condition_passes(self, condition_function_id: str | None, payload: Any, *,
-                               wait_if_busy: bool = True, busy_until: float | None = None,
-                               turn: Any = None) -> bool:
+                               wait_if_busy: bool = True, busy_until: float | None = None) -> bool:
         if not condition_function_id:
             return True
         try:

@@ -23,7 +23,7 @@ class _Services:
         self.started = 0
 
     async def condition_passes(self, function_id: str, payload: Any, *, wait_if_busy: bool = True,
-                               busy_until: float | None = None, turn: Any = None) -> bool:
+                               busy_until: float | None = None) -> bool:
         raise EngineError("boom", f"{function_id} broke")
 
     async def start_invocation(self, function_id: str, payload: Any) -> Any:
