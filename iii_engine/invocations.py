@@ -50,7 +50,7 @@ from .limits import (
     WorkerCalls,
 )
 from .modules.base import (
-    CALLEE_LEFT_UNSENT,
+    CallNotSent,
     EncodedResult,
     EngineError,
     FiredSlots,
@@ -97,6 +97,8 @@ HELD_BY_REFRESH_S = 1.0
 """How long the functions holding a worker's calls, as its ``too_many_calls`` refusals name them, are reused."""
 
 CALLEE_LEFT = "its callee's worker disconnected before answering; the call may have run"
+#: the call's frame never left the engine for its callee (it waited for room in the callee's queue): a retry is safe
+CALLEE_LEFT_UNSENT = "its callee's worker disconnected before the call was sent to it; the call did not run"
 CALLER_LEFT = "its caller disconnected"
 ENGINE_STOPPING = "the engine is stopping"
 
@@ -114,16 +116,17 @@ def stopped(function_id: str, why: str) -> dict[str, str]:
     return error_body("invocation_stopped", f"Invocation of {function_id} stopped: {why}")
 
 
-def error_of(error: Any) -> EngineError:
-    """The :class:`EngineError` for an invocation's error body (anything else becomes ``invocation_failed``).
+def error_of(error: Any, kind: type[EngineError] = EngineError) -> EngineError:
+    """The :class:`EngineError` (of ``kind``) for an invocation's error body (anything else becomes
+    ``invocation_failed``).
 
     Example:
         >>> error_of({"code": "boom", "message": "it broke"}).body()
         {'code': 'boom', 'message': 'it broke'}
     """
     if isinstance(error, dict):
-        return EngineError(str(error.get("code", "")), str(error.get("message", "")), error.get("stacktrace"))
-    return EngineError("invocation_failed", str(error))
+        return kind(str(error.get("code", "")), str(error.get("message", "")), error.get("stacktrace"))
+    return kind("invocation_failed", str(error))
 
 
 class Started:
@@ -759,6 +762,7 @@ class Invocations:
                    traceparent: str | None = None, baggage: str | None = None) -> Any:
         """Call any function and return its result; :class:`EngineError` for an error result."""
         entry = self._entry(function_id)
+        pending: Pending | None = None
         if entry.builtin is not None:
             ctx = InvocationContext(None, None, traceparent, baggage)
             # Inline, in the caller's task: what the caller holds of max_fired_calls is in the holds its takes
@@ -769,7 +773,6 @@ class Invocations:
                 async with asyncio.timeout(timeout_s):  # inline: no task per call, as wait_for would make
                     result, error = await self._run_builtin_plain(entry, data, ctx)
         else:
-            pending: Pending | None = None
             try:
                 if timeout_s is None:  # the engine's invocation_timeout_ms timer (if set) still bounds the wait
                     pending = await self._start_routed(entry, data, traceparent, baggage)
@@ -792,8 +795,16 @@ class Invocations:
                     self._finish(pending.invocation_id, None, None)
                 raise
         if error is not None:
-            raise error_of(error)
+            raise error_of(error, CallNotSent if self._left_unsent(pending, error) else EngineError)
         return result
+
+    @staticmethod
+    def _left_unsent(pending: Pending | None, error: Any) -> bool:
+        """Whether ``error`` ended ``pending`` because its callee left before the frame was handed to its socket.
+        Why not read it from the words alone: a worker's answer comes only for a call it received, so a frame never
+        handed makes the error the engine's own, where a worker could send the same words."""
+        return (pending is not None and not pending.handed and isinstance(error, dict)
+                and str(error.get("message", "")).endswith(CALLEE_LEFT_UNSENT))
 
     async def start(self, function_id: str, data: Any, *, traceparent: str | None = None,
                     baggage: str | None = None) -> Started:
@@ -809,6 +820,7 @@ class Invocations:
             EngineError: ``function_not_found``.
         """
         entry = self._entry(function_id)
+        pending: Pending | None = None
         if entry.builtin is not None:
             ctx = InvocationContext(None, None, traceparent, baggage)
             task = self._tasks.spawn(self._run_builtin_plain(entry, data, ctx), None)

@@ -53,21 +53,16 @@ class EngineError(PicklesByState, Exception):
         return out
 
 
-#: why a call ended whose frame never left the engine for its callee, which then left (it waited for room in the
-#: callee's queue, or was dropped from it unwritten): the call did not run, and a retry is safe
-CALLEE_LEFT_UNSENT = "its callee's worker disconnected before the call was sent to it; the call did not run"
-
-
-def did_not_run(exc: EngineError) -> bool:
-    """Whether ``exc`` ended a call its callee never received (:data:`CALLEE_LEFT_UNSENT`), so that nothing ran.
+class CallNotSent(EngineError):
+    """The :class:`EngineError` (``invocation_stopped``) ending a call whose callee left before the call's frame
+    reached its socket (it waited for room in the callee's queue, or was dropped from it unwritten): nothing ran,
+    and a retry is safe. Only the engine raises it: a worker's answer comes for a call it received, so an error a
+    worker sends, whatever its words, is never one.
 
     Example:
-        >>> did_not_run(EngineError("invocation_stopped", f"Invocation of f stopped: {CALLEE_LEFT_UNSENT}"))
+        >>> isinstance(CallNotSent("invocation_stopped", "Invocation of f stopped: ..."), EngineError)
         True
-        >>> did_not_run(EngineError("invocation_stopped", "Invocation of f stopped: the engine is stopping"))
-        False
     """
-    return exc.code == "invocation_stopped" and exc.message.endswith(CALLEE_LEFT_UNSENT)
 
 
 class EngineStartError(PicklesByState, RuntimeError):

@@ -52,11 +52,11 @@ from ...settings import RedisAdapterSettings
 from ..base import (
     BuiltinFunction,
     BuiltinHandler,
+    CallNotSent,
     EngineError,
     EngineModule,
     EngineServices,
     InvocationContext,
-    did_not_run,
 )
 from ..bridge.queue import NO_DLQ, BridgeQueue
 from .consumer import JobNotReady, QueueConsumer, Reported, StoreFailures
@@ -1118,9 +1118,7 @@ class QueueModule(EngineModule):
         with self._put_off_if_busy(queue, function_id, settings):
             try:
                 await self.services.invoke(function_id, data)
-            except EngineError as exc:
-                if not did_not_run(exc):
-                    raise
+            except CallNotSent:
                 # its worker left before the job's frame was sent (it waited for room in the worker's queue): nothing
                 # ran, so no attempt is spent; tried again at once when a worker registers the function, else after
                 # the backoff, when a function still missing begins its grace. Before, each such job was a failed

@@ -57,3 +57,30 @@ async def test_jobs_never_sent_to_a_worker_that_left_run_later_and_are_not_dead_
         assert len(served) >= unsent, (len(served), unsent)  # before: 0, every one dead-lettered
         for worker in (producer, replacement):
             await worker.close()
+
+
+async def test_a_worker_answering_with_the_engine_s_not_sent_words_still_spends_the_attempt() -> None:
+    # Only the engine knows a call was never sent: a worker's answer comes for a call it received. Read from the
+    # error's text, a worker answering so (buggy or hostile) had its job put off for ever, never dead-lettered.
+    queue = {"max_retries": 1, "backoff_ms": 0, "poll_interval_ms": 20}
+    config = EngineConfig(host="127.0.0.1", port=0, modules=[
+        ModuleSpec("modules::queue::QueueModule", {"queue_configs": {"q": queue}})])
+    async with Engine(config=config) as engine:
+        worker = await RawWorker.connect(engine.url)
+        await worker.register("forge")
+        await worker.sync()
+        reply = await worker.call("forge", {"n": 1}, action={"type": "enqueue", "queue": "q"})
+        assert "error" not in reply, reply
+        request = await worker.expect("invokefunction", function_id="forge")
+        forged = ("Invocation of forge stopped: its callee's worker disconnected before the call was sent to it; the "
+                  "call did not run")
+        await worker.send({"type": "invocationresult", "invocation_id": request["invocation_id"],
+                           "function_id": "forge", "error": {"code": "invocation_stopped", "message": forged}})
+
+        async def dead_letters() -> int:
+            stats: dict[str, int] = await worker.result_of("engine::queue::topic_stats", {"topic": "q"})
+            return stats["dlq"]
+
+        while await dead_letters() == 0:  # before: asked again for good, never a dead letter
+            await worker.nothing_for(0.02)  # (answers nothing more: a retry would arrive here unanswered)
+        await worker.close()
