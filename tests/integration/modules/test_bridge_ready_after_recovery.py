@@ -21,17 +21,21 @@ async def test_the_link_is_ready_only_once_the_remote_has_its_subscription_again
         late = LateCleanup(fake)
         link = BridgeLink(fake.url, role="test", connect_grace_s=10)
         link.start()
+        old: list[str] = []  # the first connection's worker id, once the first readiness was seen
+        seen: asyncio.Queue[tuple[bool, bool, bool] | None] = asyncio.Queue()
+        # installed before the first connection can be ready, so that its readiness is the first one seen: one
+        # that landed later would otherwise pass for the reconnect's (under load it did)
+        link.on_ready(lambda: seen.put_nowait(late.snapshot(old[0], "sub") if old else None))
         try:
             link.register_function("sub", _nothing)
             link.register_trigger("subscribe", "sub", {"topic": "stream.events"})
             await link.call("engine::functions::list", {})
             await asyncio.to_thread(fake.wait_for, lambda: bool(fake.engine.triggers))
-            old = next(iter(fake.engine.workers))
-            seen: asyncio.Queue[tuple[bool, bool, bool]] = asyncio.Queue()
-            link.on_ready(lambda: seen.put_nowait(late.snapshot(old, "sub")))
+            assert await asyncio.wait_for(seen.get(), 10) is None  # the first connection's readiness
+            old.append(next(iter(fake.engine.workers)))
 
             async def cut() -> None:
-                fake.engine.workers[old].ws.transport.abort()
+                fake.engine.workers[old[0]].ws.transport.abort()
 
             fake.run(cut())
             # reconnected and replayed; the link's SDK polls while the remote still knows the old connection
