@@ -50,7 +50,12 @@ def _worker(url: str, name: str) -> III:
 
 
 def test_a_refused_trigger_type_update_keeps_the_handler_in_place(ours: ServedOnThread[Engine]) -> None:
-    owner, other = _worker(ours.url, "owner"), _worker(ours.url, "other")
+    owner = _worker(ours.url, "owner")
+    try:
+        other = _worker(ours.url, "other")
+    except BaseException:
+        owner.shutdown()  # not left reconnecting for the rest of the run
+        raise
     try:
         first, refused = Owner(), Owner()
         owner.register_trigger_type({"id": "hook", "description": "small"}, first)
