@@ -71,6 +71,7 @@ from .limits import (
 )
 from .modules.base import (
     BuiltinFunction,
+    CallNotSent,
     EngineError,
     EngineModule,
     EngineStartError,
@@ -1266,7 +1267,8 @@ class Engine:
         """docs/protocol.md#built-in-functions: only a literal ``false`` skips; an error skips too (logged). A
         condition its worker refused for being busy (``worker_busy``: it did not decide) is asked again as a
         trigger-fired call is, then skipped, counted with those calls; with ``wait_if_busy=False`` the refusal is
-        raised at once instead (the queue puts its job off, the REST API answers 503). ``busy_until``: no try past
+        raised at once instead (the queue puts its job off, the REST API answers 503), as is a
+        :class:`CallNotSent` (the condition's worker left before the call reached it). ``busy_until``: no try past
         this event-loop time (a cron tick's next tick)."""
         if not condition_function_id:
             return True
@@ -1276,10 +1278,11 @@ class Engine:
             else:
                 result = await self.invoke(condition_function_id, payload)
         except EngineError as exc:
-            if exc.code == WORKER_BUSY:
+            if exc.code == WORKER_BUSY or isinstance(exc, CallNotSent):
                 if not wait_if_busy:
-                    raise
-                return False  # counted and told by call_while_busy
+                    raise  # the queue puts its job off: the condition did not decide (a skip lost the job)
+                if exc.code == WORKER_BUSY:
+                    return False  # counted and told by call_while_busy
             log.warning("condition %s failed (%s: %s); skipping", condition_function_id, exc.code, exc.message)
             return False
         return result is not False

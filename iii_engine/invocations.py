@@ -795,7 +795,13 @@ class Invocations:
                     self._finish(pending.invocation_id, None, None)
                 raise
         if error is not None:
-            raise error_of(error, CallNotSent if self._left_unsent(pending, error) else EngineError)
+            if self._left_unsent(pending, error):
+                assert pending is not None
+                unsent = error_of(error, CallNotSent)
+                assert isinstance(unsent, CallNotSent)
+                unsent.worker_id = pending.callee.id
+                raise unsent
+            raise error_of(error)
         return result
 
     @staticmethod

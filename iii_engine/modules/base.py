@@ -59,10 +59,15 @@ class CallNotSent(EngineError):
     and a retry is safe. Only the engine raises it: a worker's answer comes for a call it received, so an error a
     worker sends, whatever its words, is never one.
 
+    ``worker_id`` names the worker that left (``None`` when not known), so that a caller can tell whether another
+    worker serves the function already.
+
     Example:
         >>> isinstance(CallNotSent("invocation_stopped", "Invocation of f stopped: ..."), EngineError)
         True
     """
+
+    worker_id: str | None = None
 
 
 class EngineStartError(PicklesByState, RuntimeError):
@@ -376,7 +381,7 @@ class EngineServices(Protocol):
         """docs/protocol.md#built-in-functions: only a literal ``false`` result skips; an error skips (logged). A
         condition whose worker refuses it for being busy is asked again as :meth:`invoke_when_free` does (up to
         ``busy_until``), then skipped; with ``wait_if_busy=False`` that refusal is raised at once
-        (an :class:`EngineError`)."""
+        (an :class:`EngineError`), and so is a :class:`CallNotSent` (its worker left before the call reached it)."""
 
     def triggers_of_type(self, trigger_type: str) -> list[TriggerInfo]:
         """The active triggers of a type."""

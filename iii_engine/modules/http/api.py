@@ -79,7 +79,7 @@ from ...channels import ChannelRelay, TooManyChannels
 from ...invocations import ENGINE_STOPPING, Started, stopped
 from ...limits import SKIP_LOG_INTERVAL_S, Slots
 from ...send_queue import unsent
-from ..base import EngineError, EngineModule, EngineServices
+from ..base import CallNotSent, EngineError, EngineModule, EngineServices
 from .channels import CHUNK_SIZE, ChannelAborted, ResponseChannel, ResponseHeadersTooLarge
 from .routes import BadPath, RouteMatch, RouteTable, parse_http_trigger
 from .settings import ApiSettings
@@ -1111,6 +1111,8 @@ class RestApiModule(EngineModule):
                         route.condition_function_id, dict(payload), wait_if_busy=False), None)
                 except _Interrupted as exc:
                     raise _reason_to_refusal(exc.reason) from None
+                except CallNotSent as exc:  # its worker left before the call reached it: it did not decide
+                    return _json_response(503, {"error": exc.message, "code": exc.code}, {"Retry-After": "1"})
                 except EngineError as exc:  # its worker refused the condition for being busy: 503, as the handler
                     if exc.code != WORKER_BUSY:
                         raise

@@ -217,6 +217,10 @@ BUSY_RETRY_MIN_MS = 100
 """Shortest wait before a job whose worker refused it for being busy (``worker_busy``) is tried again (its
 ``backoff_ms`` if longer): the refusal comes at once, and a queue with ``backoff_ms`` 0 would ask again in a loop."""
 
+NOT_SENT_RECHECK_MS = 500
+"""How long a job whose call never reached its worker (:class:`CallNotSent`) waits before it is tried again, unless
+another worker serves the function already (at once) or registers it meanwhile (then)."""
+
 BUSY_QUIET_SLACK_MS = 1000
 """A busy spell ends when no refusal comes within twice the put-off it handed out plus this (or the queue's
 ``poll_interval_ms``, if longer): time for the put-off job to be claimed again."""
@@ -1109,8 +1113,12 @@ class QueueModule(EngineModule):
         trigger = subscribers[next(entry.turn) % len(subscribers)]
         config = trigger.config if isinstance(trigger.config, dict) else {}
         condition, settings = config.get("condition_function_id"), entry.consumer.settings
-        with self._put_off_if_busy(topic, str(condition), settings):
-            passed = await self.services.condition_passes(condition, job.data, wait_if_busy=False)
+        try:
+            with self._put_off_if_busy(topic, str(condition), settings):
+                passed = await self.services.condition_passes(condition, job.data, wait_if_busy=False)
+        except CallNotSent as exc:
+            # the condition did not decide: skipping the job (as for a condition that failed) lost it unrun
+            raise self._not_sent(str(condition), exc, settings) from None
         if passed:
             await self._invoke_job(topic, trigger.function_id, job.data, settings)
 
@@ -1118,12 +1126,26 @@ class QueueModule(EngineModule):
         with self._put_off_if_busy(queue, function_id, settings):
             try:
                 await self.services.invoke(function_id, data)
-            except CallNotSent:
-                # its worker left before the job's frame was sent (it waited for room in the worker's queue): nothing
-                # ran, so no attempt is spent; tried again at once when a worker registers the function, else after
-                # the backoff, when a function still missing begins its grace. Before, each such job was a failed
-                # attempt, and with one attempt allowed a job that never ran went to the dead-letter queue.
-                raise JobNotReady(function_id, delay_ms=settings.backoff_ms, waits_for=function_id) from None
+            except CallNotSent as exc:
+                raise self._not_sent(function_id, exc, settings) from None
+
+    def _not_sent(self, function_id: str, exc: CallNotSent, settings: QueueSettings) -> JobNotReady:
+        """How a job is put off whose call (to ``function_id``, the job's function or its condition) never reached
+        its worker, which left while the frame waited for room in its queue: nothing ran, so no attempt is spent.
+        Before, each was a failed attempt, and with one attempt allowed a job that never ran was dead-lettered.
+
+        Tried again at once when another worker serves the function already (a rolling deploy's new version);
+        else when a worker registers it, or after :data:`NOT_SENT_RECHECK_MS` (not the backoff: nothing failed).
+        The wait is for the worker that left, which still serves the function until its connection's clean-up
+        ends: every call routed to it meanwhile fails at once (with ``backoff_ms`` 0, a busy loop of about 40 tries
+        per job), and a standby worker it shadowed takes over at that clean-up without any registration to wake
+        the job (with the backoff as the wait, such jobs waited all of it, 10 s, a worker serving them). A function
+        that is then missing begins its grace as any other.
+        """
+        owner = self.services.function_owner(function_id)
+        if owner is not None and owner != exc.worker_id:
+            return JobNotReady(function_id, delay_ms=0)
+        return JobNotReady(function_id, delay_ms=NOT_SENT_RECHECK_MS, waits_for=function_id)
 
     @contextmanager
     def _put_off_if_busy(self, queue: str, function_id: str, settings: QueueSettings) -> Iterator[None]:

@@ -1,13 +1,22 @@
 """A queue job whose worker left before the job's frame was sent to it (it waited for room in the worker's queue, or
 was dropped from it unwritten: ``invocation_stopped`` "... the call did not run") is put off, its attempt not counted,
 and runs once a worker serves the function again. Before, it was a failed attempt: with one attempt allowed, every
-such job went to the dead-letter queue without ever running."""
+such job went to the dead-letter queue without ever running.
+
+Also: such a job runs at once when another worker serves the function already (it waited its whole ``backoff_ms``),
+a topic job whose *condition* call was never sent is put off too (it was skipped: done, never run), and jobs routed
+to a worker whose connection is being torn down do not loop with ``backoff_ms`` 0."""
 
 from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
 from iii_engine import Engine, EngineConfig, ModuleSpec
+from iii_engine.modules.base import CallNotSent
 from tests.integration.engine.raw import RawWorker
 from tests.polling import until
 
@@ -15,42 +24,63 @@ pytestmark = [pytest.mark.timeout(30), pytest.mark.our_engine("the queue module'
 
 JOBS = 48
 PAYLOAD = "x" * (1024 * 1024)  # 48 MiB in all: past the worker's socket buffers and its 16 MiB queue
+LONG_BACKOFF_MS = 60_000  # past the test's timeout: a job that waited it out never ran here
+
+
+def _queue_engine(queue: dict[str, Any], **settings: Any) -> Engine:
+    return Engine(config=EngineConfig(host="127.0.0.1", port=0, **settings, modules=[
+        ModuleSpec("modules::queue::QueueModule", {"queue_configs": {"q": queue}})]))
+
+
+async def _worker(engine: Engine, function_id: str) -> RawWorker:
+    worker = await RawWorker.connect(engine.url)
+    await worker.register(function_id)
+    await worker.sync()
+    return worker
+
+
+async def _stalled(engine: Engine, callee: RawWorker, enqueue: Callable[[int], Awaitable[None]]) -> int:
+    """Enqueue ``JOBS`` jobs whose calls all go to ``callee``, which takes the first and stops reading: returns how
+    many frames wait unsent in its queue."""
+    for n in range(JOBS):
+        await enqueue(n)
+    await callee.expect("invokefunction")
+    callee.ws.transport.pause_reading()
+    box = engine.workers[callee.worker_id].outbox
+    await until(lambda: len(engine.invocations.pending) >= JOBS - 1)  # (a topic: the first one's condition answered)
+    unsent = box.waiting + len(box)
+    assert unsent > 0
+    return unsent
+
+
+async def _dead_letters(worker: RawWorker) -> int:
+    stats: dict[str, int] = await worker.result_of("engine::queue::topic_stats", {"topic": "q"})
+    return stats["dlq"]
+
+
+def _named_enqueue(producer: RawWorker) -> Callable[[int], Awaitable[None]]:
+    async def enqueue(n: int) -> None:
+        reply = await producer.call("stall", {"n": n, "pad": PAYLOAD}, action={"type": "enqueue", "queue": "q"})
+        assert "error" not in reply, reply
+    return enqueue
 
 
 async def test_jobs_never_sent_to_a_worker_that_left_run_later_and_are_not_dead_lettered() -> None:
     queue = {"max_retries": 1, "concurrency": JOBS, "backoff_ms": 0, "poll_interval_ms": 20,
              "missing_function_grace_ms": 20_000}
-    config = EngineConfig(host="127.0.0.1", port=0, modules=[
-        ModuleSpec("modules::queue::QueueModule", {"queue_configs": {"q": queue}})])
-    async with Engine(config=config) as engine:
-        callee = await RawWorker.connect(engine.url)
-        await callee.register("stall")
-        await callee.sync()
+    async with _queue_engine(queue) as engine:
+        callee = await _worker(engine, "stall")
         producer = await RawWorker.connect(engine.url)
-        for n in range(JOBS):
-            reply = await producer.call("stall", {"n": n, "pad": PAYLOAD}, action={"type": "enqueue", "queue": "q"})
-            assert "error" not in reply, reply
-        await callee.expect("invokefunction")  # the first reaches it; then it stops reading
-        callee.ws.transport.pause_reading()
-        box = engine.workers[callee.worker_id].outbox
-        await until(lambda: len(engine.invocations.pending) == JOBS)  # every job routed to the callee
-        unsent = box.waiting + len(box)
-        assert unsent > 0
+        unsent = await _stalled(engine, callee, _named_enqueue(producer))
         callee.ws.transport.abort()  # the worker is lost with the jobs that were never written to it
         await until(lambda: callee.worker_id not in engine.workers)
 
-        replacement = await RawWorker.connect(engine.url)
-        await replacement.register("stall")
-        await replacement.sync()
-
-        async def stats() -> dict[str, int]:
-            result: dict[str, int] = await producer.result_of("engine::queue::topic_stats", {"topic": "q"})
-            return result
+        replacement = await _worker(engine, "stall")
 
         served: list[int] = []
-        while len(served) + (await stats())["dlq"] < JOBS:
+        while len(served) + await _dead_letters(producer) < JOBS:
             served.append((await replacement.serve_one("done"))["data"]["n"])
-        page = await producer.result_of("engine::queue::dlq_messages", {"topic": "q", "count": JOBS})
+        page = await producer.result_of("engine::queue::dlq_messages", {"topic": "q", "limit": JOBS})
         # only jobs the lost worker's socket had been given may have run: those spent their one attempt
         errors = [letter["error"] for letter in page["messages"]]
         assert all("may have run" in error for error in errors), errors
@@ -62,13 +92,8 @@ async def test_jobs_never_sent_to_a_worker_that_left_run_later_and_are_not_dead_
 async def test_a_worker_answering_with_the_engine_s_not_sent_words_still_spends_the_attempt() -> None:
     # Only the engine knows a call was never sent: a worker's answer comes for a call it received. Read from the
     # error's text, a worker answering so (buggy or hostile) had its job put off for ever, never dead-lettered.
-    queue = {"max_retries": 1, "backoff_ms": 0, "poll_interval_ms": 20}
-    config = EngineConfig(host="127.0.0.1", port=0, modules=[
-        ModuleSpec("modules::queue::QueueModule", {"queue_configs": {"q": queue}})])
-    async with Engine(config=config) as engine:
-        worker = await RawWorker.connect(engine.url)
-        await worker.register("forge")
-        await worker.sync()
+    async with _queue_engine({"max_retries": 1, "backoff_ms": 0, "poll_interval_ms": 20}) as engine:
+        worker = await _worker(engine, "forge")
         reply = await worker.call("forge", {"n": 1}, action={"type": "enqueue", "queue": "q"})
         assert "error" not in reply, reply
         request = await worker.expect("invokefunction", function_id="forge")
@@ -77,10 +102,102 @@ async def test_a_worker_answering_with_the_engine_s_not_sent_words_still_spends_
         await worker.send({"type": "invocationresult", "invocation_id": request["invocation_id"],
                            "function_id": "forge", "error": {"code": "invocation_stopped", "message": forged}})
 
-        async def dead_letters() -> int:
-            stats: dict[str, int] = await worker.result_of("engine::queue::topic_stats", {"topic": "q"})
-            return stats["dlq"]
-
-        while await dead_letters() == 0:  # before: asked again for good, never a dead letter
+        while await _dead_letters(worker) == 0:  # before: asked again for good, never a dead letter
             await worker.nothing_for(0.02)  # (answers nothing more: a retry would arrive here unanswered)
         await worker.close()
+
+
+@pytest.mark.parametrize("standby", ["registered after", "registered before"])
+async def test_jobs_never_sent_run_at_once_when_another_worker_serves_the_function(standby: str) -> None:
+    # "after": a rolling deploy's new version takes the function over, then the old one is lost; "before": a standby
+    # the lost worker shadowed serves it again once the lost one is cleaned up (no registration comes then). Before,
+    # both kinds waited out backoff_ms, a worker serving them all along.
+    queue = {"max_retries": 1, "concurrency": JOBS, "backoff_ms": LONG_BACKOFF_MS, "poll_interval_ms": 20,
+             "missing_function_grace_ms": 20_000}
+    async with _queue_engine(queue) as engine:
+        other = await _worker(engine, "stall") if standby == "registered before" else None
+        callee = await _worker(engine, "stall")
+        producer = await RawWorker.connect(engine.url)
+        await _stalled(engine, callee, _named_enqueue(producer))
+        if other is None:
+            other = await _worker(engine, "stall")
+        callee.ws.transport.abort()
+        served = 0
+        # each within 10 s (RawWorker's wait), where backoff_ms is 60 s; the jobs the lost worker's socket had been
+        # given may have run: those are dead letters
+        while served + await _dead_letters(producer) < JOBS:
+            await other.serve_one("done", function_id="stall")
+            served += 1
+        assert served > 0
+        for worker in (producer, other):
+            await worker.close()
+
+
+async def test_a_topic_job_whose_condition_call_was_never_sent_is_put_off_not_skipped(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # The condition did not decide; before, condition_passes took the error for "skip" and the job was done, its
+    # subscriber never run (35-40 of 48 jobs in an attack), the replacement condition never asked.
+    async with _queue_engine({}) as engine:
+        subscriber = await _worker(engine, "w::f")
+        guard = await _worker(engine, "w::guard")
+        await subscriber.send({"type": "registertrigger", "id": "t-q", "trigger_type": "queue", "function_id": "w::f",
+                               "config": {"topic": "t", "condition_function_id": "w::guard",
+                                          "queue_config": {"maxRetries": 1, "backoffDelayMs": 0,
+                                                           "concurrency": JOBS}}})
+        await subscriber.sync()
+
+        async def enqueue(n: int) -> None:
+            await engine.invoke("enqueue", {"topic": "t", "data": {"n": n, "pad": PAYLOAD}})
+
+        await _stalled(engine, guard, enqueue)
+        guard.ws.transport.abort()
+        await until(lambda: guard.worker_id not in engine.workers)
+        replacement = await _worker(engine, "w::guard")
+
+        def skipped() -> int:  # conditions the lost guard's socket had been given: they may have run, so skip
+            return sum("the call may have run); skipping" in r.getMessage() for r in caplog.records)
+
+        ran = 0
+        while ran + skipped() < JOBS:  # every other condition is asked again, then its job runs
+            await replacement.serve_one(True, function_id="w::guard")
+            await subscriber.serve_one("done", function_id="w::f")
+            ran += 1
+        assert ran > 0 and not any("the call did not run); skipping" in r.getMessage() for r in caplog.records)
+        for worker in (subscriber, replacement):
+            await worker.close()
+
+
+async def test_jobs_routed_to_a_worker_being_torn_down_do_not_loop() -> None:
+    # A worker whose queue overflowed is closed but serves its functions until its clean-up ends (up to 2 s); each
+    # job routed to it meanwhile fails at once as never sent. With backoff_ms 0 they were tried again at once: about
+    # 800 tries for 20 jobs in those 2 s, a core busy. Now each waits NOT_SENT_RECHECK_MS (or a registration).
+    queue = {"max_retries": 1, "concurrency": JOBS, "backoff_ms": 0, "poll_interval_ms": 20,
+             "missing_function_grace_ms": 20_000}
+    async with _queue_engine(queue, max_outbox_bytes=4 * 1024 * 1024) as engine:
+        tries = {"not sent": 0}
+        call = engine.invocations.call
+
+        async def counting(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await call(*args, **kwargs)
+            except CallNotSent:
+                tries["not sent"] += 1
+                raise
+
+        engine.invocations.call = counting  # type: ignore[method-assign]
+        callee = await _worker(engine, "stall")
+        big = await _worker(engine, "big")
+        producer = await RawWorker.connect(engine.url)
+        await _stalled(engine, callee, _named_enqueue(producer))
+        box = engine.workers[callee.worker_id].outbox
+        # the callee calls "big", whose 2 MiB answer is posted to its full queue: the queue overflows and closes
+        await callee.send({"type": "invokefunction", "invocation_id": str(uuid.uuid4()), "function_id": "big",
+                           "data": None})
+        request = await big.expect("invokefunction")
+        await big.send({"type": "invocationresult", "invocation_id": request["invocation_id"], "function_id": "big",
+                        "result": "y" * (2 * 1024 * 1024)})
+        await until(lambda: box.closed)
+        await until(lambda: callee.worker_id not in engine.workers, within=10)
+        assert tries["not sent"] <= 5 * JOBS, tries  # before: ~800 for the ~20 jobs left unsent
+        for worker in (producer, big):
+            await worker.close()

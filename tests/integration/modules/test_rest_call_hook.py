@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from iii_engine import Engine, EngineConfig, ModuleSpec
-from iii_engine.modules.base import BuiltinFunction, InvocationContext
+from iii_engine.modules.base import BuiltinFunction, CallNotSent, InvocationContext
 from iii_engine.modules.http.api import RestApiModule
 from iii_engine.registry import FunctionEntry
 from tests.integration.modules.test_http_api import answer, worker_with_route
@@ -132,4 +132,27 @@ async def test_a_worker_too_busy_to_run_the_route_s_condition_is_a_503_too(stack
     response = await pending
     assert (response.status_code, response.headers.get("Retry-After")) == (503, "1")
     assert response.json() == {"error": message, "code": "worker_busy"}
+    _nothing_left(engine, module)
+
+
+async def test_a_route_s_condition_never_sent_to_its_worker_is_a_503_too(stack: AsyncExitStack) -> None:
+    # Its worker left before the call reached it (CallNotSent: nothing ran). Before, condition_passes took the error
+    # for "condition not met": 422 with skipped: true, where a retry would have been served.
+    engine, module, client = await _start(stack)
+    worker = await worker_with_route(engine, "guarded", "guarded", condition_function_id="guard")
+    await worker.register("guard")
+    await worker.sync()
+    call = engine.invocations.call
+    words = "Invocation of guard stopped: its callee's worker disconnected before the call was sent to it; the call " \
+            "did not run"
+
+    async def left_unsent(function_id: str, data: Any, **kwargs: Any) -> Any:
+        if function_id == "guard":  # (how the engine ends such a call: test_queue_callee_left_unsent.py)
+            raise CallNotSent("invocation_stopped", words)
+        return await call(function_id, data, **kwargs)
+
+    engine.invocations.call = left_unsent  # type: ignore[method-assign]
+    response = await client.get("/guarded")
+    assert (response.status_code, response.headers.get("Retry-After")) == (503, "1")
+    assert response.json() == {"error": words, "code": "invocation_stopped"}
     _nothing_left(engine, module)
