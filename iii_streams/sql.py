@@ -412,18 +412,22 @@ async def _sqlite_value(conn: AsyncConnection, key: bytes) -> str | None:
 
     Why: through SQLAlchemy's adapter a ``SELECT`` is four hand-offs to that thread and back (cursor, execute, fetch,
     cursor close), each a wake-up of the thread and of the event loop; a get took ~0.9 ms of CPU, ~0.3 ms with one.
-    Errors come as SQLAlchemy's would (``OperationalError`` for "no such table", which the store explains); a
-    connection whose thread ended is invalidated, as SQLAlchemy does, so the pool does not hand it out again.
+    Errors come as SQLAlchemy's would (``OperationalError`` for "no such table", which the store explains). After
+    any error the connection is invalidated (the pool makes a new one): aiosqlite does not close the cursor of a fetch
+    that failed (a row whose text is not UTF-8, written by another program), whose statement then kept the
+    connection's read snapshot, so its later reads returned old data and its writes found the database locked; and
+    one whose thread ended must not be handed out again. The error's traceback is dropped for the same reason: it
+    holds that cursor (in a reference cycle only a full collection frees), and with it the snapshot.
     """
     raw = await conn.get_raw_connection()
     driver: Any = raw.driver_connection
     try:
         rows = await driver.execute_fetchall(_GET_VALUE_SQLITE, (key,))
-    except sqlite3.Error as exc:
-        raise DBAPIError.instance(_GET_VALUE_SQLITE, (key,), exc, sqlite3.Error) from exc
-    except ValueError as exc:  # aiosqlite: "Connection closed", "no active connection" (its thread is gone)
+    except Exception as exc:  # ValueError: aiosqlite's "Connection closed", "no active connection"
+        exc.__traceback__ = None
         await conn.invalidate(exc)
-        raise DBAPIError.instance(_GET_VALUE_SQLITE, (key,), sqlite3.OperationalError(str(exc)), sqlite3.Error,
+        error = exc if isinstance(exc, sqlite3.Error) else sqlite3.OperationalError(str(exc))
+        raise DBAPIError.instance(_GET_VALUE_SQLITE, (key,), error, sqlite3.Error,
                                   connection_invalidated=True) from exc
     return None if not rows else rows[0][0]
 
