@@ -1012,7 +1012,27 @@ def _install_sqlite_hooks(engine: AsyncEngine, file_backed: bool) -> tuple[async
         if not options.get(_SQLITE_AUTOCOMMIT) and options.get("isolation_level") != "AUTOCOMMIT":
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
+    if not file_backed:
+        @event.listens_for(sync_engine, "handle_error")
+        def _keep_the_only_connection(context: ExceptionContext) -> None:
+            # An in-memory database lives in its one connection. SQLAlchemy invalidates a connection whose operation
+            # a cancellation interrupted (its state unknown), and the pool made a new, empty database: every item was
+            # gone at the first cancelled or timed-out operation. aiosqlite runs the interrupted operation to its end
+            # in its thread, before the next one, so the connection is kept.
+            if _interrupted(context.original_exception):
+                context.is_disconnect = False
+
     return lock, opens
+
+
+def _interrupted(exc: BaseException | None) -> bool:
+    """Whether ``exc`` interrupted an operation from outside (a cancellation, a timeout) rather than came from it.
+
+    Example:
+        >>> _interrupted(asyncio.CancelledError()), _interrupted(sqlite3.OperationalError("no such table"))
+        (True, False)
+    """
+    return exc is not None and (not isinstance(exc, Exception) or isinstance(exc, TimeoutError))
 
 
 _WATCH_RETRY_LOG_S: Final = 10.0
