@@ -236,7 +236,7 @@ _SWAP: Final = text(
     "n AS (SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p WHERE EXISTS (SELECT 1 FROM u)) "
     "SELECT (SELECT count(*) FROM u) AS written, (SELECT count(*) FROM n) AS sent"
 )
-_SWAP_SQLITE: Final = text(f"UPDATE {TABLE_NAME} SET value = :new WHERE item_key = :k AND value = :old")
+_SWAP_SQLITE: Final = f"UPDATE {TABLE_NAME} SET value = :new WHERE item_key = :k AND value = :old"
 # SQLite: the execution option of this store's autocommitted reads and compare-and-set writes. Every connection is
 # already in autocommit (the connect hook; a transaction is only the BEGIN IMMEDIATE below), so the option only
 # keeps that BEGIN out. SQLAlchemy's isolation_level="AUTOCOMMIT" did the same but set the level at each checkout
@@ -407,29 +407,40 @@ async def _pg_value(conn: AsyncConnection, key: bytes) -> str | None:
     return value
 
 
-async def _sqlite_value(conn: AsyncConnection, key: bytes) -> str | None:
-    """The item's stored text, read by one call to the connection's aiosqlite thread.
+async def _sqlite_value(conn: AsyncConnection, key: bytes, *, in_memory: bool) -> str | None:
+    """The item's stored text, read by one call to the connection's aiosqlite thread (:func:`_sqlite_run`)."""
+    rows = await _sqlite_run(conn, _GET_VALUE_SQLITE, (key,), fetch=True, in_memory=in_memory)
+    return None if not rows else rows[0][0]
 
-    Why: through SQLAlchemy's adapter a ``SELECT`` is four hand-offs to that thread and back (cursor, execute, fetch,
-    cursor close), each a wake-up of the thread and of the event loop; a get took ~0.9 ms of CPU, ~0.3 ms with one.
-    Errors come as SQLAlchemy's would (``OperationalError`` for "no such table", which the store explains). After
-    any error the connection is invalidated (the pool makes a new one): aiosqlite does not close the cursor of a fetch
-    that failed (a row whose text is not UTF-8, written by another program), whose statement then kept the
-    connection's read snapshot, so its later reads returned old data and its writes found the database locked; and
-    one whose thread ended must not be handed out again. The error's traceback is dropped for the same reason: it
-    holds that cursor (in a reference cycle only a full collection frees), and with it the snapshot.
+
+async def _sqlite_run(conn: AsyncConnection, sql: str, params: Sequence[Any] | Mapping[str, Any], *, fetch: bool,
+                      in_memory: bool) -> Any:
+    """Run one statement on ``conn``'s SQLite connection in one call to its aiosqlite thread: its rows (``fetch``),
+    else the count of rows it changed.
+
+    Why: through SQLAlchemy's adapter a statement is three or four hand-offs to that thread and back (cursor,
+    execute, fetch, cursor close), each a wake-up of the thread and of the event loop; a get took ~0.9 ms of CPU,
+    ~0.3 ms with one. Errors come as SQLAlchemy's would (``OperationalError`` for "no such table", which the store
+    explains). After an error the connection is invalidated (the pool makes a new one): aiosqlite does not close the
+    cursor of a fetch that failed (a row whose text is not UTF-8, written by another program), whose statement then
+    kept the connection's read snapshot, so its later reads returned old data and its writes found the database
+    locked; and one whose thread ended must not be handed out again. An in-memory database lives in its one
+    connection: that is kept, unless its thread ended. The error's traceback is dropped: it holds that cursor (in a
+    reference cycle only a full collection frees), and with it the snapshot.
     """
     raw = await conn.get_raw_connection()
     driver: Any = raw.driver_connection
     try:
-        rows = await driver.execute_fetchall(_GET_VALUE_SQLITE, (key,))
+        if fetch:
+            return await driver.execute_fetchall(sql, params)
+        return (await driver.execute(sql, params)).rowcount
     except Exception as exc:  # ValueError: aiosqlite's "Connection closed", "no active connection"
         exc.__traceback__ = None
-        await conn.invalidate(exc)
+        lost = not (in_memory and isinstance(exc, sqlite3.Error))
+        if lost:
+            await conn.invalidate(exc)
         error = exc if isinstance(exc, sqlite3.Error) else sqlite3.OperationalError(str(exc))
-        raise DBAPIError.instance(_GET_VALUE_SQLITE, (key,), error, sqlite3.Error,
-                                  connection_invalidated=True) from exc
-    return None if not rows else rows[0][0]
+        raise DBAPIError.instance(sql, params, error, sqlite3.Error, connection_invalidated=lost) from exc
 
 
 def _detached(pool: Pool) -> Any:
@@ -1392,6 +1403,7 @@ class SQLStream(FieldUpdates):
         elif engine.dialect.driver == "asyncpg":
             _install_postgresql_hooks(engine)
         self._read_lock: asyncio.Lock | None = self._write_lock if in_memory else None
+        self._in_memory = in_memory
         # SQLite: the file's absolute path, and its (st_dev, st_ino) once the store opened it (see _check_file)
         self._file = _file_path(engine.url) if not self._pg and not in_memory else None
         self._file_id: tuple[int, int] | None = None
@@ -2368,7 +2380,8 @@ class SQLStream(FieldUpdates):
                 params.update(channel=NOTIFY_CHANNEL, payloads=plan.notify)
                 written = (await conn.execute(_SWAP, params)).one().written
             else:
-                written = (await conn.execute(_SWAP_SQLITE, params)).rowcount
+                written = await _sqlite_run(conn, _SWAP_SQLITE, params, fetch=False,
+                                            in_memory=self._in_memory)
             if written != 1:
                 for w in plan.applied:
                     # nothing was written: the locking transaction runs them, and may still leave them out (marked
@@ -2411,7 +2424,8 @@ class SQLStream(FieldUpdates):
         check_names(input.stream_name, input.group_id, input.item_id, nul=not self._pg)
         key = item_key(input.stream_name, input.group_id, input.item_id)
         async with self._guard("get", timeout), self._read() as conn:
-            text = await (_pg_value(conn, key) if self._pg else _sqlite_value(conn, key))
+            text = await (_pg_value(conn, key) if self._pg else
+                          _sqlite_value(conn, key, in_memory=self._in_memory))
         return None if text is None else loads(text)
 
     async def set(self, input: StreamSetInput, *, timeout: float | None = None) -> StreamSetResult[Any]:

@@ -32,6 +32,7 @@ from iii_streams import (
     StreamTimeoutError,
     StreamUnavailableError,
 )
+from tests.integration.streams.sqlite_statements import count_trips
 from tests.services import require_redis
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -151,7 +152,7 @@ async def test_sqlite_concurrent_writes_share_transactions(tmp_path: Path) -> No
 
 
 async def test_sqlite_writes_to_an_item_it_knows_take_one_statement_until_another_process_writes(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After a store's first write of an item, its next writes are one compare-and-set UPDATE each (no BEGIN
     IMMEDIATE / SELECT / COMMIT); a write by another process makes the next attempt change nothing and fall back
@@ -160,9 +161,7 @@ async def test_sqlite_writes_to_an_item_it_knows_take_one_statement_until_anothe
     async with SQLStream.from_url(url) as a, SQLStream.from_url(url) as b:
         async with a.watch(stream_name="s") as events:
             await a.update(StreamUpdateInput(**_item("s"), ops=INCREMENT))  # creates the row
-            statements: list[str] = []
-            event.listen(a.engine.sync_engine, "before_cursor_execute",
-                         lambda _c, _k, statement, *_: statements.append(statement.split(None, 1)[0].upper()))
+            statements = count_trips(monkeypatch)[1]
             quick = [await a.update(StreamUpdateInput(**_item("s"), ops=INCREMENT)) for _ in range(3)]
             assert statements == ["UPDATE"] * 3
             await b.set(StreamSetInput(**_item("s"), data={"n": 10}))

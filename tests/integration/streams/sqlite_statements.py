@@ -1,0 +1,41 @@
+"""What a SQLite store hands to aiosqlite's thread, counted in tests: the store sends some statements through
+SQLAlchemy (a cursor's ``execute``) and some straight to the driver's connection (``execute``,
+``execute_fetchall``), so SQLAlchemy's ``before_cursor_execute`` sees only the first kind."""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import aiosqlite.core
+import aiosqlite.cursor
+import pytest
+
+
+def count_trips(monkeypatch: pytest.MonkeyPatch) -> tuple[collections.Counter[str], list[str]]:
+    """From now on, count every call handed to aiosqlite's thread (by the function's name) and every statement's
+    first two words, and list the statements' first words in order (upper case)."""
+    trips: collections.Counter[str] = collections.Counter()
+    order: list[str] = []
+    run = aiosqlite.core.Connection._execute
+
+    async def counted_run(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        trips[getattr(fn, "__name__", repr(fn))] += 1
+        return await run(self, fn, *args, **kwargs)
+
+    def note(sql: str) -> None:
+        words = sql.split(" ", 2)
+        trips[" ".join(words[:2])] += 1
+        order.append(words[0].upper())
+
+    def counting(original: Any) -> Any:
+        async def counted(self: Any, sql: str, parameters: Any = None) -> Any:
+            note(sql)
+            return await original(self, sql, parameters)
+        return counted
+
+    monkeypatch.setattr(aiosqlite.core.Connection, "_execute", counted_run)
+    for owner, name in ((aiosqlite.cursor.Cursor, "execute"), (aiosqlite.core.Connection, "execute"),
+                        (aiosqlite.core.Connection, "execute_fetchall")):
+        monkeypatch.setattr(owner, name, counting(getattr(owner, name)))
+    return trips, order
