@@ -1102,7 +1102,8 @@ class QueueModule(EngineModule):
         self._missing.registered(self.services.has_function)
         if self._others is not None:
             self._others.registered(self.services.has_function)
-        for consumer in self._named.values():  # their jobs waiting for a function now registered run at once
+        # their jobs waiting for a function now registered run at once (a topic's: for its condition's function)
+        for consumer in [*self._named.values(), *(entry.consumer for entry in self._topics.values())]:
             consumer.functions_changed(self.services.has_function)
 
     async def _run_topic(self, topic: str, job: Job) -> None:
@@ -1113,6 +1114,13 @@ class QueueModule(EngineModule):
         trigger = subscribers[next(entry.turn) % len(subscribers)]
         config = trigger.config if isinstance(trigger.config, dict) else {}
         condition, settings = config.get("condition_function_id"), entry.consumer.settings
+        if isinstance(condition, str) and condition:
+            if not self.services.has_function(condition):
+                # a condition nobody serves has not decided: the job waits for it as a named queue's job waits for
+                # its function (missing_function_grace_ms), then fails its attempt; it was skipped, done and never
+                # run, when the condition's worker was away (a restart, a job whose condition call never reached it)
+                self._missing.check(topic, condition, settings, now_ms())
+            self._missing.found(topic, condition)
         try:
             with self._put_off_if_busy(topic, str(condition), settings):
                 passed = await self.services.condition_passes(condition, job.data, wait_if_busy=False)
@@ -1143,9 +1151,13 @@ class QueueModule(EngineModule):
         that is then missing begins its grace as any other.
         """
         owner = self.services.function_owner(function_id)
-        if owner is not None and owner != exc.worker_id:
+        if owner is None:
+            return JobNotReady(function_id, delay_ms=NOT_SENT_RECHECK_MS, waits_for=function_id)
+        if owner != exc.worker_id:
             return JobNotReady(function_id, delay_ms=0)
-        return JobNotReady(function_id, delay_ms=NOT_SENT_RECHECK_MS, waits_for=function_id)
+        # (not woken by registrations: the function is registered, to the worker that left, so every registration
+        # of any function would bring the job back to fail again at once, about 20 tries per registration)
+        return JobNotReady(function_id, delay_ms=NOT_SENT_RECHECK_MS)
 
     @contextmanager
     def _put_off_if_busy(self, queue: str, function_id: str, settings: QueueSettings) -> Iterator[None]:
