@@ -2376,12 +2376,19 @@ class SQLStream(FieldUpdates):
             for w in plan.applied:
                 w.sent = True
             params: dict[str, Any] = {"new": new_text, "k": key, "old": old_text}
-            if self._pg:
-                params.update(channel=NOTIFY_CHANNEL, payloads=plan.notify)
-                written = (await conn.execute(_SWAP, params)).one().written
-            else:
-                written = await _sqlite_run(conn, _SWAP_SQLITE, params, fetch=False,
-                                            in_memory=self._in_memory)
+            try:
+                if self._pg:
+                    params.update(channel=NOTIFY_CHANNEL, payloads=plan.notify)
+                    written = (await conn.execute(_SWAP, params)).one().written
+                else:
+                    written = await _sqlite_run(conn, _SWAP_SQLITE, params, fetch=False,
+                                                in_memory=self._in_memory)
+            except BaseException:
+                # cut short (a timeout, a cancel) or failed with the statement perhaps applied: the value this store
+                # knows may be old, and every later compare-and-set of the item would miss (while each, cut short
+                # too, left its writes' outcome unknown: 30 times more such callers than applied writes)
+                self._known.forget(key)
+                raise
             if written != 1:
                 for w in plan.applied:
                     # nothing was written: the locking transaction runs them, and may still leave them out (marked
