@@ -2381,8 +2381,7 @@ class SQLStream(FieldUpdates):
                     params.update(channel=NOTIFY_CHANNEL, payloads=plan.notify)
                     written = (await conn.execute(_SWAP, params)).one().written
                 else:
-                    written = await _sqlite_run(conn, _SWAP_SQLITE, params, fetch=False,
-                                                in_memory=self._in_memory)
+                    written = await self._sqlite_swap(conn, params, plan.events)
             except BaseException:
                 # cut short (a timeout, a cancel) or failed with the statement perhaps applied: the value this store
                 # knows may be old, and every later compare-and-set of the item would miss (while each, cut short
@@ -2401,6 +2400,28 @@ class SQLStream(FieldUpdates):
             return None
         self._known.wrote(key, new_text)
         return len(plan.results), plan.results, plan.events
+
+    async def _sqlite_swap(self, conn: AsyncConnection, params: dict[str, Any], events: list[StreamEvent]) -> int:
+        """The SQLite compare-and-set statement: how many rows it changed. Cut short (the store's timeout, a
+        cancel), it still waits for the statement, which aiosqlite runs to its end in its thread all the same, and
+        publishes ``events`` if it was applied, then lets the cut go on.
+
+        Why: a batch cut short after its statement was sent was applied and its events never published, so a
+        watcher silently missed those changes (64 applied writes of one batch, 0 events, in an attack). Still
+        under the store's write lock here, so they come before any later write's. A second cancel (the store's
+        close) stops the wait: then they are missed, as before.
+        """
+        statement = asyncio.ensure_future(_sqlite_run(conn, _SWAP_SQLITE, params, fetch=False,
+                                                      in_memory=self._in_memory))
+        try:
+            written: int = await asyncio.shield(statement)
+        except asyncio.CancelledError:
+            with contextlib.suppress(BaseException):
+                if await asyncio.shield(statement) == 1:
+                    for change in events:
+                        self._hub.publish(change)
+            raise
+        return written
 
     @staticmethod
     def _row(w: _Write, value: str | None) -> dict[str, Any]:

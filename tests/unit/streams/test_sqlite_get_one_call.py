@@ -139,3 +139,36 @@ async def test_a_compare_and_set_cut_short_makes_the_store_forget_the_value(
         result = await store.update(increment)
         assert store.swap_misses == 0  # before: 1, a compare-and-set against the old value first
         assert result.new_value == {"n": 2} and await store.get(_get("i")) == {"n": 2}
+
+
+async def test_a_compare_and_set_cut_short_still_publishes_its_events(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch cut short by the store's timeout after its compare-and-set statement was sent: aiosqlite applies the
+    statement all the same, and its change events were never published, so a watcher silently missed those changes
+    (64 applied writes of one batch, 0 events, in an attack). The batch now waits for the statement's end and
+    publishes them."""
+    answered, release = asyncio.Event(), asyncio.Event()
+    execute = aiosqlite.core.Connection.execute
+
+    async def slow_answer(self: Any, sql: str, parameters: Any = None) -> Any:
+        result = await execute(self, sql, parameters)
+        if sql.startswith("UPDATE"):
+            answered.set()
+            await release.wait()  # the statement ran; its answer comes after the store's timeout
+        return result
+
+    async with SQLStream.from_url(f"sqlite+aiosqlite:///{tmp_path / 's.db'}") as store:
+        await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data={"n": 0}))
+        async with store.watch(stream_name="s") as events:
+            monkeypatch.setattr(aiosqlite.core.Connection, "execute", slow_answer)
+            store.timeout = 0.2
+            with pytest.raises(StreamTimeoutError, match="outcome unknown"):
+                await store.update(StreamUpdateInput(stream_name="s", group_id="g", item_id="i",
+                                                     ops=[UpdateIncrement(path="n", by=1)]))
+            assert answered.is_set()
+            release.set()
+            event = await asyncio.wait_for(anext(events), 10)  # before: none ever came
+            assert event["event"] == {"type": "update", "data": {"n": 1}}
+        monkeypatch.undo()
+        store.timeout = None
+        assert await store.get(_get("i")) == {"n": 1}
