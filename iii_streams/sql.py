@@ -81,7 +81,7 @@ import warnings
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -174,6 +174,7 @@ from .sqlite_threads import wait_for_failed_connects
 __all__ = ["NOTIFY_CHANNEL", "SQLStream", "SchemaMissingError"]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 NOTIFY_CHANNEL: Final = "iii_streams_events"
 _NOTIFY_LIMIT: Final = 7999  # PostgreSQL refuses payloads of 8000 bytes or more
@@ -441,6 +442,41 @@ async def _sqlite_run(conn: AsyncConnection, sql: str, params: Sequence[Any] | M
             await conn.invalidate(exc)
         error = exc if isinstance(exc, sqlite3.Error) else sqlite3.OperationalError(str(exc))
         raise DBAPIError.instance(sql, params, error, sqlite3.Error, connection_invalidated=lost) from exc
+
+
+async def _outlasting_cuts(operation: Coroutine[Any, Any, _T], landed: Callable[[_T], object]) -> _T:
+    """Await ``operation`` as a task of its own; cut short (the store's timeout, a cancel), still wait for it, call
+    ``landed`` with its result if it succeeded, and let the cut go on. A second cut stops the wait.
+
+    Why: aiosqlite runs a statement or commit it was handed to its end in its thread, cut short or not. A SQLite
+    write batch cut after its statement or commit was sent was applied all the same, and its change events were
+    never published, so watchers silently missed those changes (64 applied writes of one batch, 0 events, in an
+    attack), and its callers were told its outcome was unknown.
+
+    Example:
+        >>> async def demo() -> list[int]:
+        ...     seen: list[int] = []
+        ...     async def slow() -> int:
+        ...         await asyncio.sleep(0.05)
+        ...         return 1
+        ...     with contextlib.suppress(TimeoutError):
+        ...         async with asyncio.timeout(0.01):
+        ...             await _outlasting_cuts(slow(), seen.append)
+        ...     return seen
+        >>> asyncio.run(demo())
+        [1]
+    """
+    task = asyncio.ensure_future(operation)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        try:
+            result = await asyncio.shield(task)
+        except BaseException:  # it failed (not applied), or a second cut: the first cut goes on either way
+            pass
+        else:
+            landed(result)
+        raise
 
 
 def _detached(pool: Pool) -> Any:
@@ -1860,6 +1896,47 @@ class SQLStream(FieldUpdates):
         return self._connection(self.engine.begin, self._write_lock)
 
     @contextlib.asynccontextmanager
+    async def _locking_transaction(self) -> AsyncIterator[AsyncConnection]:
+        """The connection of one locking transaction of writes, committed by the caller (SQLite: with a ``COMMIT``
+        statement through :func:`_outlasting_cuts`; PostgreSQL: at the end, by SQLAlchemy).
+
+        SQLite's is begun (``BEGIN IMMEDIATE``) and ended on the driver's connection, each in one trip to its thread,
+        beside SQLAlchemy, whose connection stays in autocommit. Why: a commit cut short by the store's timeout is
+        waited for, so that a write it applied is known; SQLAlchemy's own commit, cut short, invalidated the
+        connection mid-commit, and one left running in a task of its own would change the transaction state of a
+        connection the pool had already taken back. Rolled back here unless committed."""
+        if self._pg:
+            async with self._transaction() as conn:
+                yield conn
+            return
+        async with self._connection(self._reader.connect, self._write_lock) as conn:
+            try:
+                await _sqlite_run(conn, "BEGIN IMMEDIATE", (), fetch=False, in_memory=self._in_memory)
+                yield conn
+            except BaseException as exc:
+                with contextlib.suppress(Exception):  # (a connection already let go after its error: nothing to undo)
+                    if not _interrupted(exc):
+                        await self._roll_back(conn)
+                    elif self._in_memory:  # (its one connection is kept: see _install_sqlite_hooks)
+                        driver: Any = (await conn.get_raw_connection()).driver_connection
+                        await driver.rollback()  # after the statement cut short, which aiosqlite still runs
+                    else:
+                        # a statement cut short may still run in the driver's thread (BEGIN IMMEDIATE in SQLite's
+                        # busy wait, up to 30 s): given back, its connection held a transaction the next operation
+                        # could not begin in ("cannot start a transaction within a transaction"); it is let go
+                        await conn.invalidate()
+                raise
+
+    async def _roll_back(self, conn: AsyncConnection) -> None:
+        """Roll back the transaction open on ``conn`` (SQLite: one begun by :meth:`_locking_transaction`, if any)."""
+        if self._pg:
+            await conn.rollback()
+            return
+        driver: Any = (await conn.get_raw_connection()).driver_connection
+        if driver.in_transaction:
+            await _sqlite_run(conn, "ROLLBACK", (), fetch=False, in_memory=self._in_memory)
+
+    @contextlib.asynccontextmanager
     async def _connection(
         self,
         open_connection: Callable[[], contextlib.AbstractAsyncContextManager[AsyncConnection]],
@@ -2077,13 +2154,9 @@ class SQLStream(FieldUpdates):
         # bounded by the store's timeout: a hung database must not keep the queue waiting forever
         async with self._store_deadline():  # asyncio.timeout(self.timeout) on the store's shared timer
             while pending:
-                swapped = await self._swap(pending)
-                if swapped is not None:
-                    done, step_results, events = swapped
-                    results.extend(step_results)
+                done = await self._swap(pending, results)
+                if done is not None:
                     pending = pending[done:]
-                    for change in events:
-                        self._hub.publish(change)
                     continue
                 pending, reruns = await self._locked_step(pending, reruns, results)
 
@@ -2098,12 +2171,12 @@ class SQLStream(FieldUpdates):
             # from here on learns an unknown outcome)
             for w in pending:
                 w.pinned = not w.abandoned
-        async with self._transaction() as conn:
+        async with self._locking_transaction() as conn:
             if lock_wait is not None:
                 await conn.execute(_SHARED_LOCK_TIMEOUT, {"wait": f"{round(lock_wait * 1000)}ms"})
             step = await self._apply_writes(conn, pending)
             if step is None:
-                await conn.rollback()
+                await conn.rollback()  # (PostgreSQL's only)
                 return pending, reruns  # another writer created a row after our SELECT; now it can be locked
             if lock_wait is not None and self.publish_events:
                 await conn.execute(_NO_LOCK_TIMEOUT)  # before the give-up check: its await is covered by it
@@ -2111,18 +2184,26 @@ class SQLStream(FieldUpdates):
             if any(w.abandoned for w in applied):
                 # a caller gave up while the statements ran: run again without its write, never behind
                 # its back (the next plan skips it)
-                await conn.rollback()
+                await self._roll_back(conn)
                 return pending, reruns + 1
             for w in applied:
                 w.sent = True  # no await from here to the commit: a caller giving up now cannot withdraw
-        done, step_results, events, current, _ = step
-        for key, value in current.items():
-            self._known.wrote(key, value)
-        if lock_wait is not None:
-            self._shared_value_size = sum(len(v) for v in current.values() if v is not None) // len(current)
-        results.extend(step_results)
-        for change in events:
-            self._hub.publish(change)
+            done, step_results, events, current, _ = step
+
+            def committed() -> None:
+                for key, value in current.items():
+                    self._known.wrote(key, value)
+                if lock_wait is not None:
+                    self._shared_value_size = sum(len(v) for v in current.values() if v is not None) // len(current)
+                results.extend(step_results)
+                for change in events:
+                    self._hub.publish(change)
+
+            if not self._pg:
+                # (PostgreSQL's events are NOTIFYs in the transaction: they are sent if it commits, cut short or not)
+                commit = _sqlite_run(conn, "COMMIT", (), fetch=False, in_memory=self._in_memory)
+                await _outlasting_cuts(commit, lambda _: self._landed_despite_cut(committed))
+        committed()
         return pending[done:], reruns
 
     async def _shared_batch(self, writes: Sequence[_Write]) -> builtins.list[Any]:
@@ -2351,12 +2432,11 @@ class SQLStream(FieldUpdates):
             await conn.execute(_NOTIFY_MANY, {"channel": NOTIFY_CHANNEL, "payloads": chunk})
         return len(plan.results), plan.results, plan.events, current, plan.applied
 
-    async def _swap(
-        self, writes: Sequence[_Write]
-    ) -> tuple[int, builtins.list[Any], builtins.list[StreamEvent]] | None:
+    async def _swap(self, writes: Sequence[_Write], results: builtins.list[Any]) -> int | None:
         """Run a prefix of ``writes`` as one compare-and-set statement when they all touch one item whose committed
-        value this process knows: ``(how many, their results, events to publish)``, or ``None`` to use the
-        locking transaction (several items, value unknown, a delete or create, or the item changed meanwhile)."""
+        value this process knows: how many it ran (their results added to ``results``, their events published), or
+        ``None`` to use the locking transaction (several items, value unknown, a delete or create, or the item
+        changed meanwhile)."""
         key = writes[0].key
         old_text = self._known.get(key)
         if old_text is None or any(w.compute is None or w.key != key for w in writes):
@@ -2367,7 +2447,8 @@ class SQLStream(FieldUpdates):
             # connection was awaited is left out, and every write planned is marked sent
             plan = self._plan(writes, {key: old_text})
             if not plan.applied:
-                return len(plan.results), plan.results, plan.events
+                results.extend(plan.results)
+                return len(plan.results)
             new_text = plan.current[key]
             if new_text is None:  # pragma: no cover - only a delete removes a row, and deletes took the other path
                 return None
@@ -2376,17 +2457,31 @@ class SQLStream(FieldUpdates):
             for w in plan.applied:
                 w.sent = True
             params: dict[str, Any] = {"new": new_text, "k": key, "old": old_text}
+            settled = False
+
+            def written_once() -> None:
+                nonlocal settled
+                settled = True
+                self._known.wrote(key, new_text)
+                results.extend(plan.results)
+                for change in plan.events:
+                    self._hub.publish(change)
+
             try:
                 if self._pg:
                     params.update(channel=NOTIFY_CHANNEL, payloads=plan.notify)
                     written = (await conn.execute(_SWAP, params)).one().written
                 else:
-                    written = await self._sqlite_swap(conn, params, plan.events)
+                    statement = _sqlite_run(conn, _SWAP_SQLITE, params, fetch=False, in_memory=self._in_memory)
+                    written = await _outlasting_cuts(
+                        statement, lambda n: self._landed_despite_cut(written_once) if n == 1 else None)
             except BaseException:
-                # cut short (a timeout, a cancel) or failed with the statement perhaps applied: the value this store
-                # knows may be old, and every later compare-and-set of the item would miss (while each, cut short
-                # too, left its writes' outcome unknown: 30 times more such callers than applied writes)
-                self._known.forget(key)
+                if not settled:
+                    # cut short (a timeout, a cancel) or failed with the statement perhaps applied: the value this
+                    # store knows may be old, and every later compare-and-set of the item would miss (while each,
+                    # cut short too, left its writes' outcome unknown: 30 times more such callers than applied
+                    # writes)
+                    self._known.forget(key)
                 raise
             if written != 1:
                 for w in plan.applied:
@@ -2398,30 +2493,17 @@ class SQLStream(FieldUpdates):
             self.swap_misses += 1
             self._known.distrust(key)
             return None
-        self._known.wrote(key, new_text)
-        return len(plan.results), plan.results, plan.events
+        written_once()
+        return len(plan.results)
 
-    async def _sqlite_swap(self, conn: AsyncConnection, params: dict[str, Any], events: list[StreamEvent]) -> int:
-        """The SQLite compare-and-set statement: how many rows it changed. Cut short (the store's timeout, a
-        cancel), it still waits for the statement, which aiosqlite runs to its end in its thread all the same, and
-        publishes ``events`` if it was applied, then lets the cut go on.
-
-        Why: a batch cut short after its statement was sent was applied and its events never published, so a
-        watcher silently missed those changes (64 applied writes of one batch, 0 events, in an attack). Still
-        under the store's write lock here, so they come before any later write's. A second cancel (the store's
-        close) stops the wait: then they are missed, as before.
-        """
-        statement = asyncio.ensure_future(_sqlite_run(conn, _SWAP_SQLITE, params, fetch=False,
-                                                      in_memory=self._in_memory))
+    def _landed_despite_cut(self, apply: Callable[[], None]) -> None:
+        """``apply`` the bookkeeping of a SQLite statement or commit that ended after its batch was cut short (known
+        values, results, change events), unless the database file was found lost meanwhile."""
         try:
-            written: int = await asyncio.shield(statement)
-        except asyncio.CancelledError:
-            with contextlib.suppress(BaseException):
-                if await asyncio.shield(statement) == 1:
-                    for change in events:
-                        self._hub.publish(change)
-            raise
-        return written
+            self._check_file(committed=True)
+        except StreamFileLostError:
+            return  # the store is failed for good; its callers learn it from their outcome (``sent``)
+        apply()
 
     @staticmethod
     def _row(w: _Write, value: str | None) -> dict[str, Any]:

@@ -5,6 +5,8 @@ SQLAlchemy (a cursor's ``execute``) and some straight to the driver's connection
 from __future__ import annotations
 
 import collections
+import inspect
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiosqlite.core
@@ -39,3 +41,21 @@ def count_trips(monkeypatch: pytest.MonkeyPatch) -> tuple[collections.Counter[st
                         (aiosqlite.core.Connection, "execute_fetchall")):
         monkeypatch.setattr(owner, name, counting(getattr(owner, name)))
     return trips, order
+
+
+def before_statements(monkeypatch: pytest.MonkeyPatch, first_word: str,
+                      hook: Callable[[], Awaitable[object] | object]) -> None:
+    """From now on call ``hook`` (awaiting what it returns, if awaitable) before each statement whose first word is
+    ``first_word`` that the store hands straight to the driver's connection: a locking transaction's ``BEGIN
+    IMMEDIATE``, ``COMMIT`` and ``ROLLBACK``, the compare-and-set ``UPDATE``. (SQLAlchemy's ``commit`` event never
+    sees a SQLite store's commits.)"""
+    execute = aiosqlite.core.Connection.execute
+
+    async def hooked(self: Any, sql: str, parameters: Any = None) -> Any:
+        if sql.split(" ", 1)[0].upper() == first_word:
+            out = hook()
+            if inspect.isawaitable(out):
+                await out
+        return await execute(self, sql, parameters)
+
+    monkeypatch.setattr(aiosqlite.core.Connection, "execute", hooked)

@@ -216,13 +216,13 @@ async def test_a_later_transaction_failing_leaves_the_results_an_earlier_one_com
         original = store._swap
         steps = 0
 
-        async def second_step_fails(writes: Any) -> Any:
+        async def second_step_fails(writes: Any, results: Any) -> Any:
             nonlocal steps
             steps += 1
             if steps == 2:  # the second write's step (a single statement: the first step taught the value)
                 async with store._read() as conn:
                     await conn.execute(text("SELECT 1 / 0"))  # a server error
-            return await original(writes)
+            return await original(writes, results)
 
         store._swap = second_step_fails  # type: ignore[method-assign]
         first: Any

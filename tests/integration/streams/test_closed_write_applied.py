@@ -19,7 +19,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from sqlalchemy import event
-from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.util import await_only
 
@@ -27,6 +26,7 @@ from iii.stream import StreamGetInput, StreamSetInput, StreamUpdateInput, Update
 from iii_streams import RedisStream, SQLStream, StreamClosedError, StreamUnavailableError
 from iii_streams.redis import KeyLayout
 from tests.integration.streams.conftest import delete_redis_keys
+from tests.integration.streams.sqlite_statements import before_statements
 from tests.polling import until
 from tests.services import require_redis
 from tests.stall_relay import Relay
@@ -40,10 +40,8 @@ def _increment() -> StreamUpdateInput:
     return StreamUpdateInput(**ITEM, ops=[UpdateIncrement(path="n", by=1)])
 
 
-async def _sql_write_held_at(tmp_path: Path, hook: str) -> tuple[StreamClosedError, object]:
-    """A new item's set held at ``hook`` of its transaction, then its batch runner cancelled: the error and the
-    value stored."""
-    path = tmp_path / f"{hook}.db"
+async def test_sql_a_write_cut_before_it_was_sent_was_not_applied(tmp_path: Path) -> None:
+    path = tmp_path / "select.db"
     async with SQLStream.from_url(f"sqlite+aiosqlite:///{path}", create=True) as store:
         await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="warm", data=0))
         reached, release = asyncio.Event(), asyncio.Event()
@@ -52,44 +50,61 @@ async def _sql_write_held_at(tmp_path: Path, hook: str) -> tuple[StreamClosedErr
             reached.set()
             await_only(release.wait())  # (SQLAlchemy runs the hook in the caller task's greenlet)
 
-        event.listen(store.engine.sync_engine, hook, hold)
+        event.listen(store.engine.sync_engine, "before_cursor_execute", hold)  # its SELECT
         write = asyncio.ensure_future(store.set(StreamSetInput(**ITEM, data=1)))
         await reached.wait()
-        event.remove(store.engine.sync_engine, hook, hold)
+        event.remove(store.engine.sync_engine, "before_cursor_execute", hold)
         for runner in list(store._writes._runners):
             runner.cancel()
         with pytest.raises(StreamClosedError) as caught:
             await write
-        stored = await store.get(StreamGetInput(**ITEM))
-    return caught.value, stored
+        assert caught.value.applied is False, str(caught.value)
+        assert str(caught.value) == ("SQLStream writes was closed while a write was in flight; the write was not sent "
+                                     "and not applied")
+        assert await store.get(StreamGetInput(**ITEM)) is None
 
 
-async def test_sql_a_write_cut_before_it_was_sent_was_not_applied(tmp_path: Path) -> None:
-    error, stored = await _sql_write_held_at(tmp_path, "before_cursor_execute")  # its BEGIN IMMEDIATE
-    assert error.applied is False, str(error)
-    assert str(error) == ("SQLStream writes was closed while a write was in flight; the write was not sent and not "
-                          "applied")
-    assert stored is None
+async def test_sql_a_write_cut_at_its_commit_may_have_been_applied(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cut as its commit was handed to the driver, which runs it all the same: the batch waits for it, so the write
+    applied is published to watchers (a cut that lost those events made watchers silently miss the change)."""
+    path = tmp_path / "commit.db"
+    async with SQLStream.from_url(f"sqlite+aiosqlite:///{path}", create=True) as store:
+        await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="warm", data=0))
+        reached, release = asyncio.Event(), asyncio.Event()
+
+        async def hold() -> None:
+            reached.set()
+            await release.wait()
+
+        async with store.watch(stream_name="s") as events:
+            before_statements(monkeypatch, "COMMIT", hold)
+            write = asyncio.ensure_future(store.set(StreamSetInput(**ITEM, data=1)))
+            await reached.wait()
+            for runner in list(store._writes._runners):
+                runner.cancel()
+            release.set()
+            with pytest.raises(StreamClosedError) as caught:
+                await write
+            monkeypatch.undo()
+            assert caught.value.applied is None
+            assert "the write had been sent and may have been applied (outcome unknown)" in str(caught.value)
+            event_seen = await asyncio.wait_for(anext(events), 10)
+        assert event_seen["event"] == {"type": "create", "data": 1}
+        assert await store.get(StreamGetInput(**ITEM)) == 1  # ("may": it was)
 
 
-async def test_sql_a_write_cut_at_its_commit_may_have_been_applied(tmp_path: Path) -> None:
-    error, stored = await _sql_write_held_at(tmp_path, "commit")
-    assert error.applied is None
-    assert "the write had been sent and may have been applied (outcome unknown)" in str(error)
-    assert stored is None  # (SQLite rolled it back: "may", not "was")
-
-
-async def test_sql_a_write_queued_at_the_close_was_not_applied(tmp_path: Path) -> None:
+async def test_sql_a_write_queued_at_the_close_was_not_applied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "queued.db"
     store = SQLStream.from_url(f"sqlite+aiosqlite:///{path}", create=True)
     await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="warm", data=0))
     reached, release = asyncio.Event(), asyncio.Event()
 
-    def hold(_conn: Connection) -> None:
+    async def hold() -> None:
         reached.set()
-        await_only(release.wait())
+        await release.wait()
 
-    event.listen(store.engine.sync_engine, "commit", hold)
+    before_statements(monkeypatch, "COMMIT", hold)
     first = asyncio.ensure_future(store.set(StreamSetInput(stream_name="s", group_id="g", item_id="first", data=1)))
     await reached.wait()
     queued = asyncio.ensure_future(store.set(StreamSetInput(**ITEM, data=1)))

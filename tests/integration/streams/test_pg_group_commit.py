@@ -257,9 +257,9 @@ async def test_a_write_handed_on_after_withdrawal_reruns_can_still_be_withdrawn(
 
         swap = SQLStream._swap
 
-        async def seen_on_arrival(self: SQLStream, writes: Any) -> Any:
+        async def seen_on_arrival(self: SQLStream, writes: Any, results: Any) -> Any:
             arrived.extend((w.item_id, w.sent or w.pinned) for w in writes)  # (pinned: kept, not withdrawable)
-            return await swap(self, writes)
+            return await swap(self, writes, results)
 
         monkeypatch.setattr(SQLStream, "_apply_writes", apply_and_give_up)
         monkeypatch.setattr(SQLStream, "_swap", seen_on_arrival)

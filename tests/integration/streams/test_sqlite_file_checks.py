@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event
-from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
 from iii.stream import StreamGetInput, StreamListInput, StreamSetInput
 from iii_streams import SQLStream, StreamBackendError
+from tests.integration.streams.sqlite_statements import before_statements
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -185,16 +185,17 @@ async def test_a_replaced_file_does_not_get_the_old_wal(tmp_path: Path) -> None:
     assert f"the writes of {path}-wal were moved into the file the store opened" in str(caught.value)
 
 
-async def test_a_write_committed_to_a_renamed_file_is_not_called_lost(tmp_path: Path) -> None:
+async def test_a_write_committed_to_a_renamed_file_is_not_called_lost(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     path, moved = tmp_path / "s.db", tmp_path / "s.db.moved"
     async with SQLStream.from_url(f"sqlite+aiosqlite:///{path}") as store:
         await store.set(_set("first", 0))
 
-        @event.listens_for(store.engine.sync_engine, "commit")
-        def _rename_first(_conn: Connection) -> None:
+        def _rename_first() -> None:
             if path.exists():
                 os.rename(path, moved)  # after the check at the connection's checkout, before the commit
 
+        before_statements(monkeypatch, "COMMIT", _rename_first)
         with pytest.raises(StreamBackendError) as caught:
             await store.set(_set("second", 1))  # (a new item: a transaction, which commits)
         text = str(caught.value)

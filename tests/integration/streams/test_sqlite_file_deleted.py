@@ -8,11 +8,10 @@ import os
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event
-from sqlalchemy.engine import Connection
 
 from iii.stream import StreamGetInput, StreamSetInput
 from iii_streams import SQLStream, StreamBackendError
+from tests.integration.streams.sqlite_statements import before_statements
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -36,15 +35,13 @@ async def test_a_write_after_the_file_was_deleted_fails(tmp_path: Path) -> None:
     assert not path.exists()  # nothing made a new, empty file in its place
 
 
-async def test_a_file_deleted_as_a_write_commits_fails_that_write(tmp_path: Path) -> None:
+async def test_a_file_deleted_as_a_write_commits_fails_that_write(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "going.db"
     async with SQLStream.from_url(f"sqlite+aiosqlite:///{path}", create=True) as store:
         await store.set(_set("a", 1))
-
-        @event.listens_for(store.engine.sync_engine, "commit")
-        def _delete_first(_conn: Connection) -> None:
-            os.unlink(path)  # after the check at the connection's checkout, before the commit
-
+        # after the check at the connection's checkout, before the commit
+        before_statements(monkeypatch, "COMMIT", lambda: os.unlink(path))
         with pytest.raises(StreamBackendError) as caught:
             await store.set(_set("new", 1))  # (a new item: a transaction, which commits)
         assert f"this write was committed to the file that was at {path} when the store opened it" in str(caught.value)

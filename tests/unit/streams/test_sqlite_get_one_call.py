@@ -5,17 +5,15 @@ thread ended is let go, not handed out again."""
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from pathlib import Path
 from typing import Any
 
-import aiosqlite.core
 import pytest
 from sqlalchemy import event
 
-from iii.stream import StreamGetInput, StreamSetInput, StreamUpdateInput, UpdateIncrement
-from iii_streams.errors import SchemaMissingError, StreamError, StreamTimeoutError
+from iii.stream import StreamGetInput, StreamSetInput
+from iii_streams.errors import SchemaMissingError, StreamError
 from iii_streams.schema import TABLE_NAME, item_key
 from iii_streams.sql import SQLStream
 
@@ -107,68 +105,3 @@ async def test_a_failed_read_leaves_no_old_snapshot_behind(tmp_path: Path) -> No
             other.close()
         assert await store.get(_get("i")) == {"v": 3}
 
-
-async def test_a_compare_and_set_cut_short_makes_the_store_forget_the_value(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A compare-and-set write cut short by the store's timeout may still be applied in aiosqlite's thread: the value
-    the store knew is then old, and every later compare-and-set of the item missed; with a short store timeout each
-    of those was cut short too and left its writes' outcome unknown (about 1,100 callers for about 35 applied writes
-    in an attack). The store forgets the value now, so the next write reads it in the locking transaction."""
-    applied, release = asyncio.Event(), asyncio.Event()
-    execute = aiosqlite.core.Connection.execute
-
-    async def slow_answer(self: Any, sql: str, parameters: Any = None) -> Any:
-        result = await execute(self, sql, parameters)
-        if sql.startswith("UPDATE"):
-            applied.set()
-            await release.wait()  # the statement ran; its answer comes after the store's timeout
-        return result
-
-    async with SQLStream.from_url(f"sqlite+aiosqlite:///{tmp_path / 's.db'}") as store:
-        increment = StreamUpdateInput(stream_name="s", group_id="g", item_id="i",
-                                      ops=[UpdateIncrement(path="n", by=1)])
-        await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data={"n": 0}))
-        monkeypatch.setattr(aiosqlite.core.Connection, "execute", slow_answer)
-        store.timeout = 0.2
-        with pytest.raises(StreamTimeoutError, match="outcome unknown"):
-            await store.update(increment)
-        assert applied.is_set()
-        release.set()
-        monkeypatch.undo()
-        store.timeout = None
-        result = await store.update(increment)
-        assert store.swap_misses == 0  # before: 1, a compare-and-set against the old value first
-        assert result.new_value == {"n": 2} and await store.get(_get("i")) == {"n": 2}
-
-
-async def test_a_compare_and_set_cut_short_still_publishes_its_events(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A batch cut short by the store's timeout after its compare-and-set statement was sent: aiosqlite applies the
-    statement all the same, and its change events were never published, so a watcher silently missed those changes
-    (64 applied writes of one batch, 0 events, in an attack). The batch now waits for the statement's end and
-    publishes them."""
-    answered, release = asyncio.Event(), asyncio.Event()
-    execute = aiosqlite.core.Connection.execute
-
-    async def slow_answer(self: Any, sql: str, parameters: Any = None) -> Any:
-        result = await execute(self, sql, parameters)
-        if sql.startswith("UPDATE"):
-            answered.set()
-            await release.wait()  # the statement ran; its answer comes after the store's timeout
-        return result
-
-    async with SQLStream.from_url(f"sqlite+aiosqlite:///{tmp_path / 's.db'}") as store:
-        await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data={"n": 0}))
-        async with store.watch(stream_name="s") as events:
-            monkeypatch.setattr(aiosqlite.core.Connection, "execute", slow_answer)
-            store.timeout = 0.2
-            with pytest.raises(StreamTimeoutError, match="outcome unknown"):
-                await store.update(StreamUpdateInput(stream_name="s", group_id="g", item_id="i",
-                                                     ops=[UpdateIncrement(path="n", by=1)]))
-            assert answered.is_set()
-            release.set()
-            event = await asyncio.wait_for(anext(events), 10)  # before: none ever came
-            assert event["event"] == {"type": "update", "data": {"n": 1}}
-        monkeypatch.undo()
-        store.timeout = None
-        assert await store.get(_get("i")) == {"n": 1}
