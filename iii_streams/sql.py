@@ -93,7 +93,6 @@ from sqlalchemy import (
     delete,
     event,
     func,
-    insert,
     literal,
     null,
     select,
@@ -245,6 +244,15 @@ _SWAP_SQLITE: Final = f"UPDATE {TABLE_NAME} SET value = :new WHERE item_key = :k
 # thread per read or single-statement write, about half of their CPU.
 _SQLITE_AUTOCOMMIT: Final = "iii_streams_autocommit"
 _WRITE_VALUE: Final = update(items).where(items.c.item_key == bindparam("k")).values(value=bindparam("v"))
+# SQLite's locking transaction, each statement one call to aiosqlite's thread (:func:`_sqlite_run`); through
+# SQLAlchemy each was three or four (cursor, execute, fetch, close), and its connection's rollback one more: a new
+# item's set cost about 1.5 ms of CPU. The reads and deletes end with :func:`_key_test`.
+_READ_ROWS_SQLITE: Final = f"SELECT item_key, value FROM {TABLE_NAME} WHERE item_key"
+_DELETE_ROWS_SQLITE: Final = f"DELETE FROM {TABLE_NAME} WHERE item_key"
+_WRITE_VALUE_SQLITE: Final = f"UPDATE {TABLE_NAME} SET value = :v WHERE item_key = :k"
+_INSERT_SQLITE: Final = (f"INSERT INTO {TABLE_NAME} (item_key, group_key, stream_key, stream_name, group_id, item_id, "
+                         "value) VALUES (:item_key, :group_key, :stream_key, :stream_name, :group_id, :item_id, "
+                         ":value)")
 # PostgreSQL: the rows a transaction creates, ALL in one statement (one array per column; one SQL text for any count,
 # so one prepared statement), inserted in the arrays' order (the ORDER BY keeps it: key order, the lock order), each
 # row that another writer created first left out and missing from what it returns. One INSERT a row, 64 new items in
@@ -415,9 +423,9 @@ async def _sqlite_value(conn: AsyncConnection, key: bytes, *, in_memory: bool) -
 
 
 async def _sqlite_run(conn: AsyncConnection, sql: str, params: Sequence[Any] | Mapping[str, Any], *, fetch: bool,
-                      in_memory: bool) -> Any:
+                      in_memory: bool, many: bool = False) -> Any:
     """Run one statement on ``conn``'s SQLite connection in one call to its aiosqlite thread: its rows (``fetch``),
-    else the count of rows it changed.
+    else the count of rows it changed (``many``: run once per parameter set of ``params``, the count unused).
 
     Why: through SQLAlchemy's adapter a statement is three or four hand-offs to that thread and back (cursor,
     execute, fetch, cursor close), each a wake-up of the thread and of the event loop; a get took ~0.9 ms of CPU,
@@ -434,6 +442,8 @@ async def _sqlite_run(conn: AsyncConnection, sql: str, params: Sequence[Any] | M
     try:
         if fetch:
             return await driver.execute_fetchall(sql, params)
+        if many:
+            return (await driver.executemany(sql, params)).rowcount
         return (await driver.execute(sql, params)).rowcount
     except Exception as exc:  # ValueError: aiosqlite's "Connection closed", "no active connection"
         exc.__traceback__ = None
@@ -477,6 +487,18 @@ async def _outlasting_cuts(operation: Coroutine[Any, Any, _T], landed: Callable[
         else:
             landed(result)
         raise
+
+
+@functools.lru_cache(maxsize=256)
+def _key_test(keys: int) -> str:
+    """SQLite's test of ``item_key`` against that many keys, one ``?`` each: ``=`` for one (the usual lone caller),
+    else ``IN``.
+
+    Example:
+        >>> _key_test(1), _key_test(3)
+        (' = ?', ' IN (?, ?, ?)')
+    """
+    return " = ?" if keys == 1 else f" IN ({', '.join('?' * keys)})"
 
 
 def _detached(pool: Pool) -> Any:
@@ -1911,7 +1933,7 @@ class SQLStream(FieldUpdates):
             return
         async with self._connection(self._reader.connect, self._write_lock) as conn:
             try:
-                await _sqlite_run(conn, "BEGIN IMMEDIATE", (), fetch=False, in_memory=self._in_memory)
+                await self._sqlite(conn, "BEGIN IMMEDIATE", ())
                 yield conn
             except BaseException as exc:
                 with contextlib.suppress(Exception):  # (a connection already let go after its error: nothing to undo)
@@ -1927,6 +1949,11 @@ class SQLStream(FieldUpdates):
                         await conn.invalidate()
                 raise
 
+    async def _sqlite(self, conn: AsyncConnection, sql: str, params: Sequence[Any] | Mapping[str, Any], *,
+                      fetch: bool = False, many: bool = False) -> Any:
+        """:func:`_sqlite_run` on this store's connection ``conn``."""
+        return await _sqlite_run(conn, sql, params, fetch=fetch, in_memory=self._in_memory, many=many)
+
     async def _roll_back(self, conn: AsyncConnection) -> None:
         """Roll back the transaction open on ``conn`` (SQLite: one begun by :meth:`_locking_transaction`, if any)."""
         if self._pg:
@@ -1934,7 +1961,7 @@ class SQLStream(FieldUpdates):
             return
         driver: Any = (await conn.get_raw_connection()).driver_connection
         if driver.in_transaction:
-            await _sqlite_run(conn, "ROLLBACK", (), fetch=False, in_memory=self._in_memory)
+            await self._sqlite(conn, "ROLLBACK", ())
 
     @contextlib.asynccontextmanager
     async def _connection(
@@ -2201,7 +2228,7 @@ class SQLStream(FieldUpdates):
 
             if not self._pg:
                 # (PostgreSQL's events are NOTIFYs in the transaction: they are sent if it commits, cut short or not)
-                commit = _sqlite_run(conn, "COMMIT", (), fetch=False, in_memory=self._in_memory)
+                commit = self._sqlite(conn, "COMMIT", ())
                 await _outlasting_cuts(commit, lambda _: self._landed_despite_cut(committed))
         committed()
         return pending[done:], reruns
@@ -2391,23 +2418,36 @@ class SQLStream(FieldUpdates):
         after commit, every key's value after them, the writes applied)``, or ``None`` when a row to create
         appeared meanwhile (roll back and run again)."""
         keys = builtins.list(dict.fromkeys(w.key for w in writes))
-        # one key (a lone caller, or one item on PostgreSQL) is the common case: '=' avoids IN's per-call expansion
-        query = _READ_ROWS.where(items.c.item_key == keys[0] if len(keys) == 1 else items.c.item_key.in_(keys))
+        stored: dict[bytes, str]
         if self._pg:
+            # one key (a lone caller, or one item) is the common case: '=' avoids IN's per-call expansion
+            query = _READ_ROWS.where(items.c.item_key == keys[0] if len(keys) == 1 else items.c.item_key.in_(keys))
             query = query.order_by(items.c.item_key).with_for_update()  # one lock order: no deadlocks
-        stored: dict[bytes, str] = {row.item_key: row.value for row in await conn.execute(query)}
+            stored = {row.item_key: row.value for row in await conn.execute(query)}
+        else:
+            stored = dict(await self._sqlite(conn, _READ_ROWS_SQLITE + _key_test(len(keys)), keys, fetch=True))
         plan = self._plan(writes, stored)
         current, deleted = plan.current, plan.deleted
         gone = [k for k in keys if k in stored and (current[k] is None or k in deleted)]
         changed = [{"k": k, "v": current[k]} for k in keys
                    if k in stored and k not in deleted and current[k] is not None and current[k] != stored[k]]
+        rows = [self._row(w, current[k]) for k, w in plan.created.items() if current[k] is not None]
+        if not self._pg:
+            # BEGIN IMMEDIATE holds the database: no one else can have created the rows to insert
+            if gone:
+                await self._sqlite(conn, _DELETE_ROWS_SQLITE + _key_test(len(gone)), gone)
+            if changed:
+                await self._sqlite(conn, _WRITE_VALUE_SQLITE, changed[0] if len(changed) == 1 else changed,
+                                   many=len(changed) > 1)
+            if rows:
+                await self._sqlite(conn, _INSERT_SQLITE, rows[0] if len(rows) == 1 else rows, many=len(rows) > 1)
+            return len(plan.results), plan.results, plan.events, current, plan.applied
         if gone:
             await conn.execute(delete(items).where(items.c.item_key.in_(gone)))
         if changed:
             # one row (the usual single caller): a plain execute; several: one executemany
             await conn.execute(_WRITE_VALUE, changed[0] if len(changed) == 1 else changed)
-        rows = [self._row(w, current[k]) for k, w in plan.created.items() if current[k] is not None]
-        if (rows or plan.transient) and self._pg:
+        if rows or plan.transient:
             # An item created and deleted again in this prefix is inserted too, then deleted: the insert is what
             # finds a row another writer created after our read (and run again), and what holds that row off
             # until we commit. Skipped, watchers got create(theirs), create(ours), delete(ours) and took the item
@@ -2423,9 +2463,6 @@ class SQLStream(FieldUpdates):
                 return None
             if transient:
                 await conn.execute(delete(items).where(items.c.item_key.in_(builtins.list(plan.transient))))
-        elif rows:
-            # BEGIN IMMEDIATE holds the database: no one else can have created them
-            await conn.execute(insert(items), rows[0] if len(rows) == 1 else rows)
         # in this transaction, after the writes: sent at its commit, only if it commits, in the writes' order
         for start in range(0, len(plan.notify), _NOTIFY_CHUNK):
             chunk = plan.notify[start:start + _NOTIFY_CHUNK]
@@ -2472,7 +2509,7 @@ class SQLStream(FieldUpdates):
                     params.update(channel=NOTIFY_CHANNEL, payloads=plan.notify)
                     written = (await conn.execute(_SWAP, params)).one().written
                 else:
-                    statement = _sqlite_run(conn, _SWAP_SQLITE, params, fetch=False, in_memory=self._in_memory)
+                    statement = self._sqlite(conn, _SWAP_SQLITE, params)
                     written = await _outlasting_cuts(
                         statement, lambda n: self._landed_despite_cut(written_once) if n == 1 else None)
             except BaseException:

@@ -46,16 +46,19 @@ def count_trips(monkeypatch: pytest.MonkeyPatch) -> tuple[collections.Counter[st
 def before_statements(monkeypatch: pytest.MonkeyPatch, first_word: str,
                       hook: Callable[[], Awaitable[object] | object]) -> None:
     """From now on call ``hook`` (awaiting what it returns, if awaitable) before each statement whose first word is
-    ``first_word`` that the store hands straight to the driver's connection: a locking transaction's ``BEGIN
-    IMMEDIATE``, ``COMMIT`` and ``ROLLBACK``, the compare-and-set ``UPDATE``. (SQLAlchemy's ``commit`` event never
-    sees a SQLite store's commits.)"""
-    execute = aiosqlite.core.Connection.execute
+    ``first_word`` that the store hands straight to the driver's connection: a locking transaction's statements
+    (``BEGIN IMMEDIATE``, ``SELECT``, ``INSERT``, ``UPDATE``, ``DELETE``, ``COMMIT``, ``ROLLBACK``), the
+    compare-and-set ``UPDATE``, a get's ``SELECT``. (SQLAlchemy's ``commit`` and ``before_cursor_execute`` events never
+    see them.)"""
 
-    async def hooked(self: Any, sql: str, parameters: Any = None) -> Any:
-        if sql.split(" ", 1)[0].upper() == first_word:
-            out = hook()
-            if inspect.isawaitable(out):
-                await out
-        return await execute(self, sql, parameters)
+    def hooking(original: Any) -> Any:
+        async def hooked(self: Any, sql: str, parameters: Any = None) -> Any:
+            if sql.split(" ", 1)[0].upper() == first_word:
+                out = hook()
+                if inspect.isawaitable(out):
+                    await out
+            return await original(self, sql, parameters)
+        return hooked
 
-    monkeypatch.setattr(aiosqlite.core.Connection, "execute", hooked)
+    for name in ("execute", "execute_fetchall", "executemany"):
+        monkeypatch.setattr(aiosqlite.core.Connection, name, hooking(getattr(aiosqlite.core.Connection, name)))

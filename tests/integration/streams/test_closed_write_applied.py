@@ -18,9 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from sqlalchemy import event
 from sqlalchemy.exc import DisconnectionError
-from sqlalchemy.util import await_only
 
 from iii.stream import StreamGetInput, StreamSetInput, StreamUpdateInput, UpdateIncrement
 from iii_streams import RedisStream, SQLStream, StreamClosedError, StreamUnavailableError
@@ -40,24 +38,25 @@ def _increment() -> StreamUpdateInput:
     return StreamUpdateInput(**ITEM, ops=[UpdateIncrement(path="n", by=1)])
 
 
-async def test_sql_a_write_cut_before_it_was_sent_was_not_applied(tmp_path: Path) -> None:
+async def test_sql_a_write_cut_before_it_was_sent_was_not_applied(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "select.db"
     async with SQLStream.from_url(f"sqlite+aiosqlite:///{path}", create=True) as store:
         await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="warm", data=0))
         reached, release = asyncio.Event(), asyncio.Event()
 
-        def hold(*_args: object) -> None:
+        async def hold() -> None:
             reached.set()
-            await_only(release.wait())  # (SQLAlchemy runs the hook in the caller task's greenlet)
+            await release.wait()
 
-        event.listen(store.engine.sync_engine, "before_cursor_execute", hold)  # its SELECT
+        before_statements(monkeypatch, "SELECT", hold)  # its transaction's read
         write = asyncio.ensure_future(store.set(StreamSetInput(**ITEM, data=1)))
         await reached.wait()
-        event.remove(store.engine.sync_engine, "before_cursor_execute", hold)
         for runner in list(store._writes._runners):
             runner.cancel()
         with pytest.raises(StreamClosedError) as caught:
             await write
+        monkeypatch.undo()
         assert caught.value.applied is False, str(caught.value)
         assert str(caught.value) == ("SQLStream writes was closed while a write was in flight; the write was not sent "
                                      "and not applied")
