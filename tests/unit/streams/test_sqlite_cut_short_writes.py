@@ -18,7 +18,7 @@ import pytest
 from iii.stream import StreamGetInput, StreamSetInput, StreamUpdateInput, UpdateIncrement
 from iii_streams.errors import StreamTimeoutError
 from iii_streams.schema import item_key
-from iii_streams.sql import SQLStream, _outlasting_cuts
+from iii_streams.sql import SQLStream, _outlasting_cuts, _sqlite_run
 
 _STORE_TIMEOUT = 0.2
 
@@ -171,3 +171,33 @@ async def test_a_failure_after_the_cut_is_not_taken_for_applied() -> None:
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 10)
     assert landed == []
+
+
+async def test_a_statement_cut_short_leaves_no_frame_holding_its_cursor(
+        store: SQLStream, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cut's traceback held the driver call's frames, which held its cursor, in a reference cycle only a full
+    collection freed; a connection closed with that cursor alive stayed open in SQLite with its transaction, and
+    every writer of the file waited in SQLite's busy wait (a store stalled for 10-30 s after a burst of timeouts, in
+    2 of 3 runs of an attack; 0 of 18 with the traceback dropped)."""
+    ran, release = asyncio.Event(), asyncio.Event()
+    execute = aiosqlite.core.Connection.execute
+
+    async def answer_held(conn: Any, sql: str, parameters: Any = None) -> Any:
+        cursor = await execute(conn, sql, parameters)
+        ran.set()
+        await release.wait()
+        return cursor
+
+    monkeypatch.setattr(aiosqlite.core.Connection, "execute", answer_held)
+    async with store._read() as conn:
+        statement = asyncio.create_task(_sqlite_run(conn, "SELECT 1", (), fetch=False, in_memory=False))
+        await ran.wait()
+        statement.cancel()
+        with pytest.raises(asyncio.CancelledError) as caught:
+            await statement
+    frames = []
+    traceback = caught.value.__traceback__
+    while traceback is not None:
+        frames.append(traceback.tb_frame.f_code.co_name)
+        traceback = traceback.tb_next
+    assert "answer_held" not in frames, frames  # before: the driver call's frames, holding its cursor
