@@ -38,20 +38,26 @@ def _increment() -> StreamUpdateInput:
     return StreamUpdateInput(**ITEM, ops=[UpdateIncrement(path="n", by=1)])
 
 
+class _Held:
+    """A hook for ``before_statements``: the statement waits until :attr:`release` is set."""
+
+    def __init__(self) -> None:
+        self.reached, self.release = asyncio.Event(), asyncio.Event()
+
+    async def __call__(self) -> None:
+        self.reached.set()
+        await self.release.wait()
+
+
 async def test_sql_a_write_cut_before_it_was_sent_was_not_applied(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "select.db"
     async with SQLStream.from_url(f"sqlite+aiosqlite:///{path}", create=True) as store:
         await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="warm", data=0))
-        reached, release = asyncio.Event(), asyncio.Event()
-
-        async def hold() -> None:
-            reached.set()
-            await release.wait()
-
-        before_statements(monkeypatch, "SELECT", hold)  # its transaction's read
+        held = _Held()
+        before_statements(monkeypatch, "SELECT", held)  # its transaction's read
         write = asyncio.ensure_future(store.set(StreamSetInput(**ITEM, data=1)))
-        await reached.wait()
+        await held.reached.wait()
         for runner in list(store._writes._runners):
             runner.cancel()
         with pytest.raises(StreamClosedError) as caught:
@@ -70,19 +76,14 @@ async def test_sql_a_write_cut_at_its_commit_may_have_been_applied(
     path = tmp_path / "commit.db"
     async with SQLStream.from_url(f"sqlite+aiosqlite:///{path}", create=True) as store:
         await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="warm", data=0))
-        reached, release = asyncio.Event(), asyncio.Event()
-
-        async def hold() -> None:
-            reached.set()
-            await release.wait()
-
+        held = _Held()
         async with store.watch(stream_name="s") as events:
-            before_statements(monkeypatch, "COMMIT", hold)
+            before_statements(monkeypatch, "COMMIT", held)
             write = asyncio.ensure_future(store.set(StreamSetInput(**ITEM, data=1)))
-            await reached.wait()
+            await held.reached.wait()
             for runner in list(store._writes._runners):
                 runner.cancel()
-            release.set()
+            held.release.set()
             with pytest.raises(StreamClosedError) as caught:
                 await write
             monkeypatch.undo()
@@ -97,21 +98,16 @@ async def test_sql_a_write_queued_at_the_close_was_not_applied(tmp_path: Path, m
     path = tmp_path / "queued.db"
     store = SQLStream.from_url(f"sqlite+aiosqlite:///{path}", create=True)
     await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="warm", data=0))
-    reached, release = asyncio.Event(), asyncio.Event()
-
-    async def hold() -> None:
-        reached.set()
-        await release.wait()
-
-    before_statements(monkeypatch, "COMMIT", hold)
+    held = _Held()
+    before_statements(monkeypatch, "COMMIT", held)
     first = asyncio.ensure_future(store.set(StreamSetInput(stream_name="s", group_id="g", item_id="first", data=1)))
-    await reached.wait()
+    await held.reached.wait()
     queued = asyncio.ensure_future(store.set(StreamSetInput(**ITEM, data=1)))
     await until(lambda: len(store._writes._pending[b""]) == 1)  # (SQLite's one queue, behind the batch under way)
     closing = asyncio.ensure_future(store.aclose())
     with pytest.raises(StreamClosedError) as caught:
         await queued
-    release.set()
+    held.release.set()
     await first  # the batch under way commits
     await closing
     assert caught.value.applied is False, str(caught.value)
