@@ -16,7 +16,7 @@ import aiosqlite.core
 import pytest
 
 from iii.stream import StreamGetInput, StreamSetInput, StreamUpdateInput, UpdateIncrement
-from iii_streams.errors import StreamTimeoutError
+from iii_streams.errors import StreamClosedError, StreamTimeoutError
 from iii_streams.schema import item_key
 from iii_streams.sql import SQLStream, _outlasting_cuts, _sqlite_run
 
@@ -201,3 +201,32 @@ async def test_a_statement_cut_short_leaves_no_frame_holding_its_cursor(
         frames.append(traceback.tb_frame.f_code.co_name)
         traceback = traceback.tb_next
     assert "answer_held" not in frames, frames  # before: the driver call's frames, holding its cursor
+
+
+@pytest.mark.parametrize("path", ["statement", "commit"])
+async def test_a_cut_as_the_connection_ends_after_the_write_landed_keeps_its_events(
+        store: SQLStream, monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    """The statement or commit landed and the batch was cut as its connection ended (an await there): the events and
+    results were published after that end only, so a watcher missed the change (7 events in 1 of 8 runs of an
+    attack)."""
+    await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="i", data={"n": 0}))
+    ending, release = asyncio.Event(), asyncio.Event()
+    check = SQLStream._check_file_now
+
+    async def end_held(self: SQLStream, *, locked: bool, committed: bool = False) -> None:
+        if committed:  # the connection's end after a write
+            ending.set()
+            await release.wait()
+        await check(self, locked=locked, committed=committed)
+
+    async with store.watch(stream_name="s") as events:
+        monkeypatch.setattr(SQLStream, "_check_file_now", end_held)
+        write = asyncio.ensure_future(_write(store, path))
+        await ending.wait()
+        runner = next(t for t in asyncio.all_tasks() if "_drain" in t.get_coro().__qualname__)  # type: ignore[union-attr]
+        runner.cancel()
+        with pytest.raises(StreamClosedError, match="may have been applied"):
+            await write
+        monkeypatch.undo()
+        event = await asyncio.wait_for(anext(events), 10)  # before: none ever came
+    assert event["event"] == {"type": "update" if path == "statement" else "create", "data": {"n": 1}}
