@@ -456,8 +456,11 @@ async def _sqlite_run(conn: AsyncConnection, sql: str, params: Sequence[Any] | M
         lost = not (in_memory and isinstance(exc, sqlite3.Error))
         if lost:
             await conn.invalidate(exc)
-        error = exc if isinstance(exc, sqlite3.Error) else sqlite3.OperationalError(str(exc))
-        raise DBAPIError.instance(sql, params, error, sqlite3.Error, connection_invalidated=lost) from exc
+        # (let go after a database's own error only for a clean state: not told as a lost connection, which it was
+        # not; an error of a row's text said "its connection was lost")
+        driver_gone = not isinstance(exc, sqlite3.Error)
+        error = exc if not driver_gone else sqlite3.OperationalError(str(exc))
+        raise DBAPIError.instance(sql, params, error, sqlite3.Error, connection_invalidated=driver_gone) from exc
 
 
 async def _outlasting_cuts(operation: Coroutine[Any, Any, _T], landed: Callable[[_T], object]) -> _T:
@@ -1068,9 +1071,7 @@ def _install_sqlite_hooks(engine: AsyncEngine, file_backed: bool) -> tuple[async
         return hooked
     lock, opens = _SQLITE_HOOKED[sync_engine] = asyncio.Lock(), _PoolOpens()
 
-    @event.listens_for(sync_engine, "connect")
-    def _on_connect(dbapi_connection: Any, record: Any) -> None:
-        opens.connected(record)  # (before its first statement, which opens the -wal file: a new one if none was open)
+    def _set_up(dbapi_connection: Any) -> None:
         # take transaction control away from the driver so BEGIN IMMEDIATE below is what runs
         dbapi_connection.isolation_level = None
         pragmas = f"PRAGMA busy_timeout = {int(SQLITE_BUSY_S * 1000)};"
@@ -1078,6 +1079,20 @@ def _install_sqlite_hooks(engine: AsyncEngine, file_backed: bool) -> tuple[async
             pragmas += " PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;"
         await_only(dbapi_connection.driver_connection.executescript(pragmas))
         _stop_at_exit(getattr(dbapi_connection, "driver_connection", None))
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, record: Any) -> None:
+        opens.connected(record)  # (before its first statement, which opens the -wal file: a new one if none was open)
+        _set_up(dbapi_connection)
+
+    @event.listens_for(sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        # A connection the engine made before the store hooked it (an engine passed in after its own use, say for
+        # migrations) kept the driver's implicit transactions: the store's single-statement writes opened one that
+        # was never committed, and the pool's rollback discarded them (20 of 30 increments answered "ok" and lost).
+        if record not in opens.entries:
+            opens.entries.add(record)
+            _set_up(dbapi_connection)
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
-from iii.stream import StreamGetInput, StreamSetInput
+from iii.stream import StreamDeleteInput, StreamGetInput, StreamSetInput
 from iii_streams.errors import SchemaMissingError, StreamError
 from iii_streams.schema import TABLE_NAME, item_key
 from iii_streams.sql import SQLStream
@@ -96,6 +96,9 @@ async def test_a_failed_read_leaves_no_old_snapshot_behind(tmp_path: Path) -> No
                           (item_key("s", "g", "bad"),))
             with pytest.raises(StreamError, match="UTF-8"):
                 await store.get(_get("bad"))
+            with pytest.raises(StreamError, match="UTF-8") as caught:  # (a write's transaction reads it too)
+                await store.delete(StreamDeleteInput(stream_name="s", group_id="g", item_id="bad"))
+            assert "connection was lost" not in str(caught.value)  # it was not (said since the reads went direct)
             other.execute(f"UPDATE {TABLE_NAME} SET value = '{{\"v\":2}}' WHERE item_key = ?",
                           (item_key("s", "g", "i"),))
             assert await store.get(_get("i")) == {"v": 2}  # before: {"v": 1}, for as long as the cursor lived
