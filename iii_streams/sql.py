@@ -443,6 +443,13 @@ async def _sqlite_run(conn: AsyncConnection, sql: str, params: Sequence[Any] | M
     raw = await conn.get_raw_connection()
     driver: Any = raw.driver_connection
     try:
+        if driver.isolation_level is not None:
+            # A connection the engine made before the store hooked it (an engine passed in after its own use, say
+            # for migrations) kept the driver's implicit transactions: the store's single-statement writes opened one
+            # that was never committed, and the pool's rollback discarded them (20 of 30 increments answered "ok"
+            # and lost). Set up here, at its first statement from the store, not in a pool checkout hook: a cancel
+            # inside one made the pool invalidate the connection, and an in-memory database with it.
+            await conn.run_sync(lambda sync: _set_up_sqlite(sync.connection.dbapi_connection, not in_memory))
         if fetch:
             return await driver.execute_fetchall(sql, params)
         if many:
@@ -1071,28 +1078,10 @@ def _install_sqlite_hooks(engine: AsyncEngine, file_backed: bool) -> tuple[async
         return hooked
     lock, opens = _SQLITE_HOOKED[sync_engine] = asyncio.Lock(), _PoolOpens()
 
-    def _set_up(dbapi_connection: Any) -> None:
-        # take transaction control away from the driver so BEGIN IMMEDIATE below is what runs
-        dbapi_connection.isolation_level = None
-        pragmas = f"PRAGMA busy_timeout = {int(SQLITE_BUSY_S * 1000)};"
-        if file_backed:
-            pragmas += " PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;"
-        await_only(dbapi_connection.driver_connection.executescript(pragmas))
-        _stop_at_exit(getattr(dbapi_connection, "driver_connection", None))
-
     @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, record: Any) -> None:
         opens.connected(record)  # (before its first statement, which opens the -wal file: a new one if none was open)
-        _set_up(dbapi_connection)
-
-    @event.listens_for(sync_engine, "checkout")
-    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
-        # A connection the engine made before the store hooked it (an engine passed in after its own use, say for
-        # migrations) kept the driver's implicit transactions: the store's single-statement writes opened one that
-        # was never committed, and the pool's rollback discarded them (20 of 30 increments answered "ok" and lost).
-        if record not in opens.entries:
-            opens.entries.add(record)
-            _set_up(dbapi_connection)
+        _set_up_sqlite(dbapi_connection, file_backed)
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:
@@ -1111,6 +1100,19 @@ def _install_sqlite_hooks(engine: AsyncEngine, file_backed: bool) -> tuple[async
                 context.is_disconnect = False
 
     return lock, opens
+
+
+def _set_up_sqlite(dbapi_connection: Any, file_backed: bool) -> None:
+    """Set up a SQLite connection for the store (run in a greenlet: its calls to the driver's thread await): no
+    implicit transactions (the store's BEGIN IMMEDIATE is what runs), the busy wait, WAL, and a stop at exit. The
+    pragmas in one script: a connect cut between cursor calls left a cursor in a reference cycle (see
+    :func:`_sqlite_run`)."""
+    dbapi_connection.isolation_level = None
+    pragmas = f"PRAGMA busy_timeout = {int(SQLITE_BUSY_S * 1000)};"
+    if file_backed:
+        pragmas += " PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;"
+    await_only(dbapi_connection.driver_connection.executescript(pragmas))
+    _stop_at_exit(getattr(dbapi_connection, "driver_connection", None))
 
 
 def _interrupted(exc: BaseException | None) -> bool:
