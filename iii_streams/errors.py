@@ -57,6 +57,7 @@ __all__ = [
     "check_names",
     "check_text",
     "check_timeout",
+    "unreadable_value",
     "utf8_size",
 ]
 
@@ -183,7 +184,49 @@ class StreamFileLostError(PicklesByState, StreamBackendError):
 
 
 class StreamDataError(StreamError, ValueError):
-    """A stored value is not JSON (written by something else than a stream store)."""
+    """A stored value is not JSON, or not UTF-8 text (written by something else than a stream store).
+
+    ``applied`` tells the outcome of a write that met it (:meth:`for_write`); reads leave it ``None``.
+    """
+
+    applied: bool | None = None
+
+    def for_write(self, applied: bool) -> StreamDataError:
+        """This error restated for a write of the item: ``applied`` ``False`` when the write was refused for it
+        (the SQL stores: its old value cannot be told, and the value is kept for whoever repairs it), ``True`` when
+        it was stored anyway (Redis's ``set`` and ``delete``, which replace the value and read the old one in one
+        step): only the old value is missing from the answer.
+
+        Example:
+            >>> error = StreamDataError("item 'i': its stored value is not JSON").for_write(applied=True)
+            >>> print(error)
+            item 'i': its stored value is not JSON; the write was applied, its old value could not be returned
+            >>> error.applied
+            True
+        """
+        done = "applied, its old value could not be returned" if applied else "not applied"
+        error = StreamDataError(f"{self}; the write was {done}")
+        error.applied = applied
+        return error
+
+
+def unreadable_value(stream_name: str, group_id: str, item_id: str, raw: str | bytes, exc: ValueError
+                     ) -> StreamDataError:
+    """The error for an item whose stored value ``raw`` failed to parse with ``exc``.
+
+    Example:
+        >>> print(unreadable_value("s", "g", "i", b'"\\xff"', ValueError("bad")))
+        item 'i' of group 'g' of stream 's': its stored value is not UTF-8 text (invalid start byte at byte 1), \
+written by something else than a stream store
+    """
+    try:
+        if isinstance(raw, bytes):
+            raw.decode()
+        why = f"is not JSON ({exc})"
+    except UnicodeDecodeError as bad:
+        why = f"is not UTF-8 text ({bad.reason} at byte {bad.start})"
+    return StreamDataError(f"item {item_id!r} of group {group_id!r} of stream {stream_name!r}: its stored value "
+                           f"{why}, written by something else than a stream store")
 
 
 class StreamTooLargeError(PicklesByState, StreamError, ValueError):

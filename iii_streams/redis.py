@@ -1200,6 +1200,15 @@ class RedisStream(FieldUpdates):
         except ValueError as exc:
             raise StreamDataError(f"value of field {field!r} in Redis hash {key!r} is not JSON: {exc}") from None
 
+    def _old_value(self, raw: bytes | str | None, key: str, field: str) -> Any:
+        """The old value a write script replaced and returned (``raw``). Not JSON, the error says the write was
+        applied: before, a set or delete over such a value raised the bare parse error, as if it had failed, while
+        its new value was stored and its event published."""
+        try:
+            return None if raw is None else self._parse(raw, key, field)
+        except StreamDataError as exc:
+            raise exc.for_write(applied=True) from None
+
     def _channel_args(self, stream_name: str, group_id: str, item_id: str) -> builtins.list[str]:
         if not self.publish_events:
             return ["", "", ""]
@@ -1241,8 +1250,7 @@ class RedisStream(FieldUpdates):
         text = json_text(input.data, "data")
         args = [input.item_id, text, *self._channel_args(input.stream_name, input.group_id, input.item_id)]
         raw = await self._write_item("set", timeout, self._set_script, key, input.item_id, args)
-        old = None if raw is None else self._parse(raw, key, input.item_id)
-        return SetResult(old_value=old, new_value=input.data)
+        return SetResult(old_value=self._old_value(raw, key, input.item_id), new_value=input.data)
 
     async def delete(self, input: StreamDeleteInput, *, timeout: float | None = None) -> StreamDeleteResult:
         """Remove the item (and its group's hash with its last item); returns its old value.
@@ -1261,7 +1269,7 @@ class RedisStream(FieldUpdates):
         key = self.layout.key(input.stream_name, input.group_id)
         args = [input.item_id, *self._channel_args(input.stream_name, input.group_id, input.item_id)]
         raw = await self._write_item("delete", timeout, self._delete_script, key, input.item_id, args)
-        return StreamDeleteResult(old_value=None if raw is None else self._parse(raw, key, input.item_id))
+        return StreamDeleteResult(old_value=self._old_value(raw, key, input.item_id))
 
     async def _write_item(self, operation: str, timeout: float | None, script: AsyncScript, key: str, field: str,
                           args: Sequence[Any]) -> Any:
@@ -1504,7 +1512,10 @@ class RedisStream(FieldUpdates):
                 old = None if old_text is None else self._parse(old_text, key, update.item_id)
                 _, new = apply_update(old, update.ops)
                 text = json_text(new, "the updated value")  # else it would fail the whole script
-            except Exception as exc:  # this caller's own failure (stored non-JSON, a value dumps refuses)
+            except StreamDataError as exc:  # stored non-JSON: nothing of this caller's is written
+                results.append(exc.for_write(applied=False))
+                continue
+            except Exception as exc:  # this caller's own failure (a value dumps refuses)
                 results.append(exc)
                 continue
             current[update.item_id] = texts[update.item_id] = text

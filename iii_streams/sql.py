@@ -140,6 +140,7 @@ from .errors import (
     SchemaMissingError,
     StreamBackendError,
     StreamClosedError,
+    StreamDataError,
     StreamError,
     StreamFileLostError,
     StreamTimeoutError,
@@ -148,6 +149,7 @@ from .errors import (
     check_names,
     check_timeout,
     json_text,
+    unreadable_value,
     utf8_size,
 )
 from .events import (
@@ -246,8 +248,10 @@ _SQLITE_AUTOCOMMIT: Final = "iii_streams_autocommit"
 _WRITE_VALUE: Final = update(items).where(items.c.item_key == bindparam("k")).values(value=bindparam("v"))
 # SQLite's locking transaction, each statement one call to aiosqlite's thread (:func:`_sqlite_run`); through
 # SQLAlchemy each was three or four (cursor, execute, fetch, close), and its connection's rollback one more: a new
-# item's set cost about 1.5 ms of CPU. The reads and deletes end with :func:`_key_test`.
-_READ_ROWS_SQLITE: Final = f"SELECT item_key, value FROM {TABLE_NAME} WHERE item_key"
+# item's set cost about 1.5 ms of CPU. The reads and deletes end with :func:`_key_test`. Values are read as their
+# bytes: a row whose text is not UTF-8 (another program's) failed the whole read, and so every write of the batch;
+# decoded here, it fails only the writes of its own item.
+_READ_ROWS_SQLITE: Final = f"SELECT item_key, CAST(value AS BLOB) FROM {TABLE_NAME} WHERE item_key"
 _DELETE_ROWS_SQLITE: Final = f"DELETE FROM {TABLE_NAME} WHERE item_key"
 _WRITE_VALUE_SQLITE: Final = f"UPDATE {TABLE_NAME} SET value = :v WHERE item_key = :k"
 _INSERT_SQLITE: Final = (f"INSERT INTO {TABLE_NAME} (item_key, group_key, stream_key, stream_name, group_id, item_id, "
@@ -408,7 +412,8 @@ def _rollback_if_open(dbapi_connection: Any, _record: Any, state: PoolResetState
 
 # One item's value by its key. Built once: a statement made per call cost its construction and cache key each time.
 _GET_VALUE: Final = select(items.c.value).where(items.c.item_key == bindparam("key"))
-_GET_VALUE_SQLITE: Final = f"SELECT value FROM {TABLE_NAME} WHERE item_key = ?"
+# (its bytes, parsed as they are: text that is not UTF-8 is then the item's StreamDataError, not the driver's error)
+_GET_VALUE_SQLITE: Final = f"SELECT CAST(value AS BLOB) FROM {TABLE_NAME} WHERE item_key = ?"
 
 
 async def _pg_value(conn: AsyncConnection, key: bytes) -> str | None:
@@ -416,8 +421,8 @@ async def _pg_value(conn: AsyncConnection, key: bytes) -> str | None:
     return value
 
 
-async def _sqlite_value(conn: AsyncConnection, key: bytes, *, in_memory: bool) -> str | None:
-    """The item's stored text, read by one call to the connection's aiosqlite thread (:func:`_sqlite_run`)."""
+async def _sqlite_value(conn: AsyncConnection, key: bytes, *, in_memory: bool) -> bytes | None:
+    """The item's stored text as bytes, read by one call to the connection's aiosqlite thread (:func:`_sqlite_run`)."""
     rows = await _sqlite_run(conn, _GET_VALUE_SQLITE, (key,), fetch=True, in_memory=in_memory)
     return None if not rows else rows[0][0]
 
@@ -2078,6 +2083,10 @@ class SQLStream(FieldUpdates):
                                       "size or its wait: the keyword arguments pool_size, max_overflow and "
                                       "pool_timeout of SQLStream.from_url or create_async_engine; they are not URL "
                                       "options)")
+        if isinstance(exc, OperationalError) and "Could not decode to UTF-8" in str(exc):
+            # a row another program wrote (a read of many rows: list, list_groups): not the connection's fault
+            return StreamDataError(f"{where}: a stored value is not UTF-8 text, written by something else than a "
+                                   f"stream store: {exc.orig}")
         if isinstance(exc, OperationalError) and "database is locked" in str(exc):
             return StreamTimeoutError(f"{where}: SQLite stayed locked by another writer: {exc.orig}")
         if isinstance(exc, OperationalError) and _sqlite_refused_write(exc):
@@ -2250,10 +2259,10 @@ class SQLStream(FieldUpdates):
             if not self._pg:
                 # (PostgreSQL's events are NOTIFYs in the transaction: they are sent if it commits, cut short or not)
                 commit = self._sqlite(conn, "COMMIT", ())
-                await _outlasting_cuts(commit, lambda _: self._landed_despite_cut(committed))
+                await _outlasting_cuts(commit, lambda _: self._landed(committed))
                 # at once, still under the write lock: a cut during the connection's end (its close can await) lost
                 # the events and results of a commit that had landed (1 in 8 runs of an attack, 7 events)
-                self._landed_despite_cut(committed)
+                self._landed(committed)
         if self._pg:
             committed()
         return pending[done:], reruns
@@ -2382,8 +2391,11 @@ class SQLStream(FieldUpdates):
         while len(self._slow) > _SLOW_MAX:
             del self._slow[next(iter(self._slow))]
 
-    def _plan(self, writes: Sequence[_Write], stored: dict[bytes, str]) -> _Plan:
-        """Apply a prefix of ``writes`` in Python to the rows ``stored`` (key → JSON text; missing = absent)."""
+    def _plan(self, writes: Sequence[_Write], stored: dict[bytes, str],
+              unreadable: Mapping[bytes, bytes] | None = None) -> _Plan:
+        """Apply a prefix of ``writes`` in Python to the rows ``stored`` (key → JSON text; missing = absent). The
+        writes of an item whose stored value is ``unreadable`` (key → its bytes) or not JSON are refused with
+        :class:`StreamDataError`, and the item is left as it is."""
         plan = _Plan(current={key: stored.get(key) for key in dict.fromkeys(w.key for w in writes)})
         current = plan.current
         # one event head per item and batch: its writes commit together, so their events share one timestamp
@@ -2392,10 +2404,21 @@ class SQLStream(FieldUpdates):
             if w.abandoned:
                 plan.results.append((None, None))  # nobody waits for it, and it is not applied
                 continue
+            if unreadable and w.key in unreadable:
+                raw = unreadable[w.key]
+                plan.results.append(unreadable_value(w.stream_name, w.group_id, w.item_id, raw,
+                                                     ValueError("not UTF-8")).for_write(applied=False))
+                continue
             old_text = current[w.key]
             try:
                 # parsed per write, so no two callers share (and could mutate) one value object
                 old = None if old_text is None else loads(old_text)
+            except ValueError as exc:
+                assert old_text is not None
+                error = unreadable_value(w.stream_name, w.group_id, w.item_id, old_text, exc)
+                plan.results.append(error.for_write(applied=False))
+                continue
+            try:
                 if w.compute is None:
                     new, new_text, kind = None, None, "delete"
                 else:
@@ -2444,14 +2467,22 @@ class SQLStream(FieldUpdates):
         appeared meanwhile (roll back and run again)."""
         keys = builtins.list(dict.fromkeys(w.key for w in writes))
         stored: dict[bytes, str]
+        unreadable: dict[bytes, bytes] = {}  # the rows whose value is not UTF-8 (SQLite)
         if self._pg:
             # one key (a lone caller, or one item) is the common case: '=' avoids IN's per-call expansion
             query = _READ_ROWS.where(items.c.item_key == keys[0] if len(keys) == 1 else items.c.item_key.in_(keys))
             query = query.order_by(items.c.item_key).with_for_update()  # one lock order: no deadlocks
             stored = {row.item_key: row.value for row in await conn.execute(query)}
         else:
-            stored = dict(await self._sqlite(conn, _READ_ROWS_SQLITE + _key_test(len(keys)), keys, fetch=True))
-        plan = self._plan(writes, stored)
+            stored = {}
+            for key, raw in await self._sqlite(conn, _READ_ROWS_SQLITE + _key_test(len(keys)), keys, fetch=True):
+                try:
+                    stored[key] = raw.decode()
+                except UnicodeDecodeError:  # (its writes refused by the plan)
+                    unreadable[key] = raw
+        plan = self._plan(writes, stored, unreadable)
+        for key in unreadable:
+            del plan.current[key]  # not known: its row stays as it is
         current, deleted = plan.current, plan.deleted
         gone = [k for k in keys if k in stored and (current[k] is None or k in deleted)]
         changed = [{"k": k, "v": current[k]} for k in keys
@@ -2536,7 +2567,7 @@ class SQLStream(FieldUpdates):
                 else:
                     statement = self._sqlite(conn, _SWAP_SQLITE, params)
                     written = await _outlasting_cuts(
-                        statement, lambda n: self._landed_despite_cut(written_once) if n == 1 else None)
+                        statement, lambda n: self._landed(written_once) if n == 1 else None)
             except BaseException:
                 if not settled:
                     # cut short (a timeout, a cancel) or failed with the statement perhaps applied: the value this
@@ -2551,7 +2582,7 @@ class SQLStream(FieldUpdates):
                     # before the connection's end, whose check of the SQLite file tells sent writes committed)
                     w.sent = False
             else:
-                self._landed_despite_cut(written_once)  # at once: see _locked_step
+                self._landed(written_once)  # at once: see _locked_step
         if written != 1:
             # another process wrote the item: its value is unknown, and it may keep writing for a while
             self.swap_misses += 1
@@ -2559,7 +2590,7 @@ class SQLStream(FieldUpdates):
             return None
         return len(plan.results)
 
-    def _landed_despite_cut(self, apply: Callable[[], None]) -> None:
+    def _landed(self, apply: Callable[[], None]) -> None:
         """``apply`` the bookkeeping of a statement or commit that landed (known values, results, change events), its
         batch cut short or not, unless the SQLite database file was found lost meanwhile (then the connection's end
         raises, and each write's caller learns it was sent)."""
@@ -2598,9 +2629,14 @@ class SQLStream(FieldUpdates):
         check_names(input.stream_name, input.group_id, input.item_id, nul=not self._pg)
         key = item_key(input.stream_name, input.group_id, input.item_id)
         async with self._guard("get", timeout), self._read() as conn:
-            text = await (_pg_value(conn, key) if self._pg else
-                          _sqlite_value(conn, key, in_memory=self._in_memory))
-        return None if text is None else loads(text)
+            raw = await (_pg_value(conn, key) if self._pg else
+                         _sqlite_value(conn, key, in_memory=self._in_memory))
+        if raw is None:
+            return None
+        try:
+            return loads(raw)
+        except ValueError as exc:
+            raise unreadable_value(input.stream_name, input.group_id, input.item_id, raw, exc) from None
 
     async def set(self, input: StreamSetInput, *, timeout: float | None = None) -> StreamSetResult[Any]:
         """Write the item (batched with concurrent writes of its group); returns the old and the new value.
@@ -2659,7 +2695,12 @@ class SQLStream(FieldUpdates):
             >>> asyncio.run(demo())
             ['b', 'a']
         """
-        return [loads(text) for text in await self._group_texts(input, timeout)]
+        texts = await self._group_texts(input, timeout)
+        try:
+            return [loads(text) for text in texts]
+        except ValueError as exc:
+            raise StreamDataError(f"group {input.group_id!r} of stream {input.stream_name!r}: a stored value is not "
+                                  f"JSON ({exc}), written by something else than a stream store") from None
 
     async def list_text(self, input: StreamListInput, *, max_bytes: int | None = None) -> str:
         """:meth:`list` as one JSON array text: the stored texts joined, none decoded. With ``max_bytes``, the

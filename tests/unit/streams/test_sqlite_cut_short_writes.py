@@ -23,6 +23,12 @@ from iii_streams.sql import SQLStream, _outlasting_cuts, _sqlite_run
 _STORE_TIMEOUT = 0.2
 
 
+def _runner(store: SQLStream) -> asyncio.Task[None]:
+    """The task running the store's write batches (its one queue)."""
+    (runner,) = store._writes._runners
+    return runner
+
+
 class SlowAnswers:
     """The store's SQLite driver with the answers of its compare-and-set statements (``UPDATE``) or commits held
     back: each runs in the driver's thread as always, then its answer waits for :attr:`release` (or ``delay``
@@ -143,7 +149,7 @@ async def test_a_second_cut_stops_the_wait_and_the_value_is_forgotten(
     with pytest.raises(StreamTimeoutError, match="outcome unknown"):
         await store.update(_increment(), timeout=_STORE_TIMEOUT)  # only the caller gives up: the batch goes on
     assert slow_answers.ran.is_set()
-    runner = next(t for t in asyncio.all_tasks() if "_drain" in t.get_coro().__qualname__)  # type: ignore[union-attr]
+    runner = _runner(store)
     runner.cancel()
     await asyncio.sleep(0)  # (no event to await: one loop turn lets the first cut reach the batch)
     assert not runner.done()  # waiting for the held statement
@@ -223,7 +229,7 @@ async def test_a_cut_as_the_connection_ends_after_the_write_landed_keeps_its_eve
         monkeypatch.setattr(SQLStream, "_check_file_now", end_held)
         write = asyncio.ensure_future(_write(store, path))
         await ending.wait()
-        runner = next(t for t in asyncio.all_tasks() if "_drain" in t.get_coro().__qualname__)  # type: ignore[union-attr]
+        runner = _runner(store)
         runner.cancel()
         with pytest.raises(StreamClosedError, match="may have been applied"):
             await write

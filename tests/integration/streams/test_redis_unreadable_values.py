@@ -1,0 +1,57 @@
+"""RedisStream, a real server: an item whose stored value another program wrote as text that is not JSON.
+
+A ``set`` or ``delete`` replaces the value and reads the old one in one script, so it is applied before the old value
+is parsed: its error says so (``applied`` ``True``). Before, it raised the bare parse error as if it had failed, while
+its new value was stored and its event published. An ``update`` of such an item is refused (``applied`` ``False``),
+and the other updates of its batch go through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+
+from iii.stream import StreamDeleteInput, StreamGetInput, StreamSetInput, StreamUpdateInput, UpdateIncrement
+from iii_streams import RedisStream, StreamDataError
+from tests.services import require_redis
+
+
+async def test_a_write_over_a_value_that_is_not_json_tells_its_outcome() -> None:
+    stream = f"unread-{uuid.uuid4().hex[:8]}"
+    hash_key = f"stream:{stream}:g"
+
+    def names(item: str) -> dict[str, Any]:
+        return {"stream_name": stream, "group_id": "g", "item_id": item}
+
+    async with RedisStream.from_url(require_redis(), channel=f"unread-events-{uuid.uuid4().hex[:8]}") as store:
+        try:
+            await store.set(StreamSetInput(**names("ok"), data={"n": 0}))
+            await store.client.hset(hash_key, "bad", "{not json")
+            increment = [UpdateIncrement(path="n", by=1)]
+            results = await asyncio.gather(
+                *(store.update(StreamUpdateInput(**names(item), ops=increment)) for item in ("ok", "bad", "ok")),
+                return_exceptions=True)
+            assert [getattr(r, "new_value", None) for r in results] == [{"n": 1}, None, {"n": 2}]
+            refused = results[1]
+            assert isinstance(refused, StreamDataError) and refused.applied is False
+            assert "'bad'" in str(refused) and "not JSON" in str(refused) and "not applied" in str(refused)
+            assert await store.client.hget(hash_key, "bad") == b"{not json"  # left as it was
+
+            async with store.watch(stream_name=stream) as events:
+                with pytest.raises(StreamDataError, match=r"not JSON.*the write was applied") as caught:
+                    await store.set(StreamSetInput(**names("bad"), data=5))
+                assert caught.value.applied is True
+                assert (await asyncio.wait_for(anext(events), 10))["event"] == {"type": "update", "data": 5}
+            assert await store.get(StreamGetInput(**names("bad"))) == 5
+
+            await store.client.hset(hash_key, "bad", "{not json")
+            with pytest.raises(StreamDataError, match="the write was applied") as caught:
+                await store.delete(StreamDeleteInput(**names("bad")))
+            assert caught.value.applied is True
+            assert await store.client.hget(hash_key, "bad") is None
+            assert await store.get(StreamGetInput(**names("ok"))) == {"n": 2}
+        finally:
+            await store.client.delete(hash_key)
