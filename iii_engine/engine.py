@@ -98,6 +98,10 @@ def _registrant(entry: TriggerEntry) -> str:
     """Who registered ``entry``, for log lines."""
     return f"worker {entry.registrant}" if entry.registrant else "the engine"
 
+#: the error codes of a condition call that did not decide: its worker refused it for being busy, or the call was
+#: stopped unanswered (its worker left, the engine is stopping)
+_UNDECIDED = frozenset({WORKER_BUSY, "invocation_stopped"})
+
 UNDECODABLE_LOG_BURST = 10
 """Workers' undecodable frames (and, apart, triggers left pending or rejected by their type) logged one line each per
 10 s; past it they are counted and logged together."""
@@ -1267,9 +1271,12 @@ class Engine:
         """docs/protocol.md#built-in-functions: only a literal ``false`` skips; an error skips too (logged). A
         condition its worker refused for being busy (``worker_busy``: it did not decide) is asked again as a
         trigger-fired call is, then skipped, counted with those calls; with ``wait_if_busy=False`` the refusal is
-        raised at once instead (the queue puts its job off, the REST API answers 503), as is a
-        :class:`CallNotSent` (the condition's worker left before the call reached it). ``busy_until``: no try past
-        this event-loop time (a cron tick's next tick)."""
+        raised at once instead (the queue puts its job off, the REST API answers 503), as is any call stopped
+        unanswered (``invocation_stopped``: the condition's worker left, before the call reached it,
+        :class:`CallNotSent`, or after, or the engine is stopping): the condition did not decide, and a queue job
+        skipped for it was done without its subscriber ever running (the queue fails the attempt instead, so the
+        job is tried again or kept as a dead letter). ``busy_until``: no try past this event-loop time (a cron
+        tick's next tick)."""
         if not condition_function_id:
             return True
         try:
@@ -1278,9 +1285,10 @@ class Engine:
             else:
                 result = await self.invoke(condition_function_id, payload)
         except EngineError as exc:
-            if exc.code == WORKER_BUSY or isinstance(exc, CallNotSent):
+            if exc.code in _UNDECIDED or isinstance(exc, CallNotSent):
                 if not wait_if_busy:
-                    raise  # the queue puts its job off: the condition did not decide (a skip lost the job)
+                    raise  # the queue puts its job off or fails its attempt: the condition did not decide (a skip
+                    # lost the job)
                 if exc.code == WORKER_BUSY:
                     return False  # counted and told by call_while_busy
             log.warning("condition %s failed (%s: %s); skipping", condition_function_id, exc.code, exc.message)

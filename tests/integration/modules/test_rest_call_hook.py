@@ -83,6 +83,22 @@ async def test_a_worker_leaving_mid_call_is_500_invocation_stopped(stack: AsyncE
     _nothing_left(engine, module)
 
 
+async def test_a_condition_s_worker_leaving_mid_call_is_500_invocation_stopped_too(stack: AsyncExitStack) -> None:
+    # The condition did not decide: before, its stopped call counted as "condition not met" (422, skipped: true).
+    engine, module, client = await _start(stack)
+    worker = await worker_with_route(engine, "guarded", "guarded", condition_function_id="guard")
+    await worker.register("guard")
+    await worker.sync()
+    pending = asyncio.ensure_future(client.get("/guarded"))
+    assert (await worker.expect("invokefunction"))["function_id"] == "guard"
+    await worker.close()
+    response = await asyncio.wait_for(pending, 10)
+    assert response.status_code == 500
+    assert response.json()["error"] == (
+        "Invocation of guard stopped: its callee's worker disconnected before answering; the call may have run")
+    _nothing_left(engine, module)
+
+
 async def test_a_route_to_a_built_in_is_answered_through_its_task(stack: AsyncExitStack) -> None:
     engine, module, client = await _start(stack)
 
