@@ -280,9 +280,11 @@ class _Write(WriteProgress):
     """One caller's write waiting for the next transaction; ``compute`` is ``None`` for a delete. A batch leaves it
     out once its caller abandoned it, and marks it sent before the commit that applies it (``WriteProgress``).
     ``pinned``: a batch that already ran again twice for withdrawals keeps it whatever its caller does (it cannot be
-    withdrawn), though nothing of it was sent yet; ``sent`` stays for the commit (or statement) sent."""
+    withdrawn), though nothing of it was sent yet; ``sent`` stays for the commit (or statement) sent. ``landed``: its
+    result once that commit or statement is known to have landed, for a caller whose wait was cut after it."""
 
-    __slots__ = ("compute", "deadline", "group_id", "item_id", "key", "pinned", "shared", "size", "stream_name")
+    __slots__ = ("compute", "deadline", "group_id", "item_id", "key", "landed", "pinned", "shared", "size",
+                 "stream_name")
 
     def __init__(self, stream_name: str, group_id: str, item_id: str, key: bytes, compute: Compute | None,
                  size: int = -1) -> None:
@@ -297,6 +299,7 @@ class _Write(WriteProgress):
         self.pinned = False
         self.shared = False  # PostgreSQL: counted in the store's writes of its item in the shared queue
         self.deadline = math.inf  # PostgreSQL, in the shared queue: the loop time its caller stops waiting at
+        self.landed: tuple[Any, Any] | None = None
 
     def give_up(self) -> bool:
         """:meth:`WriteProgress.give_up`, which a pinned write refuses too (``False``: it will still run).
@@ -473,6 +476,14 @@ async def _sqlite_run(conn: AsyncConnection, sql: str, params: Sequence[Any] | M
         driver_gone = not isinstance(exc, sqlite3.Error)
         error = exc if not driver_gone else sqlite3.OperationalError(str(exc))
         raise DBAPIError.instance(sql, params, error, sqlite3.Error, connection_invalidated=driver_gone) from exc
+
+
+def _note_landed(writes: Sequence[_Write], results: Sequence[Any]) -> None:
+    """Keep on each of ``writes`` its result (of ``results``, in order) once the commit or statement that applied it
+    landed, for its caller should its wait be cut now (see :meth:`SQLStream._write`)."""
+    for w, result in zip(writes, results, strict=False):
+        if not isinstance(result, BaseException):
+            w.landed = result
 
 
 async def _outlasting_cuts(operation: Coroutine[Any, Any, _T], landed: Callable[[_T], object]) -> _T:
@@ -2133,11 +2144,17 @@ class SQLStream(FieldUpdates):
                 # the queue chosen and joined with no await between: the next write of the item sees this one
                 return await self._writes.submit(self._queue_of(write, timeout), write)
         except StreamTimeoutError as exc:
+            if write.landed is not None:
+                return write.landed  # (see below)
             raise write.timeout_error(exc) from exc
         except StreamFileLostError as exc:
             # the batch is done with it: applied (committed before the check found the file gone) only if sent
             raise exc.for_write(write.sent) from exc
         except (StreamUnavailableError, StreamClosedError) as exc:
+            if write.landed is not None:
+                # its commit (or statement) landed before the cut (the store's close, a timeout, the connection's
+                # end): its result is known, where the caller was told "may have been applied"
+                return write.landed
             # the batch is done with it: applied only if the commit (or statement) that held it was sent; a write
             # pinned by withdrawal re-runs whose transaction failed before its commit was not
             write.give_up()
@@ -2248,6 +2265,7 @@ class SQLStream(FieldUpdates):
             done, step_results, events, current, _ = step
 
             def committed() -> None:
+                _note_landed(pending[:done], step_results)
                 for key, value in current.items():
                     self._known.wrote(key, value)
                 if lock_wait is not None:
@@ -2556,6 +2574,7 @@ class SQLStream(FieldUpdates):
                 nonlocal settled
                 settled = True
                 self._known.wrote(key, new_text)
+                _note_landed(writes, plan.results)
                 results.extend(plan.results)
                 for change in plan.events:
                     self._hub.publish(change)

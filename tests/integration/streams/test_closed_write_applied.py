@@ -69,10 +69,11 @@ async def test_sql_a_write_cut_before_it_was_sent_was_not_applied(
         assert await store.get(StreamGetInput(**ITEM)) is None
 
 
-async def test_sql_a_write_cut_at_its_commit_may_have_been_applied(
+async def test_sql_a_write_cut_at_its_commit_that_landed_gets_its_result(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Cut as its commit was handed to the driver, which runs it all the same: the batch waits for it, so the write
-    applied is published to watchers (a cut that lost those events made watchers silently miss the change)."""
+    applied is published to watchers (a cut that lost those events made watchers silently miss the change), and its
+    caller gets its result (it was told "may have been applied", ``applied`` None)."""
     path = tmp_path / "commit.db"
     async with SQLStream.from_url(f"sqlite+aiosqlite:///{path}", create=True) as store:
         await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="warm", data=0))
@@ -84,14 +85,12 @@ async def test_sql_a_write_cut_at_its_commit_may_have_been_applied(
             for runner in list(store._writes._runners):
                 runner.cancel()
             held.release.set()
-            with pytest.raises(StreamClosedError) as caught:
-                await write
+            result = await write
             monkeypatch.undo()
-            assert caught.value.applied is None
-            assert "the write had been sent and may have been applied (outcome unknown)" in str(caught.value)
+            assert (result.old_value, result.new_value) == (None, 1)
             event_seen = await asyncio.wait_for(anext(events), 10)
         assert event_seen["event"] == {"type": "create", "data": 1}
-        assert await store.get(StreamGetInput(**ITEM)) == 1  # ("may": it was)
+        assert await store.get(StreamGetInput(**ITEM)) == 1
 
 
 async def test_sql_a_write_queued_at_the_close_was_not_applied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
