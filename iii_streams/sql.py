@@ -328,6 +328,7 @@ class _Plan:
     transient: dict[bytes, tuple[_Write, str]] = field(default_factory=dict)
     deleted: set[bytes] = field(default_factory=set)
     applied: builtins.list[_Write] = field(default_factory=builtins.list)  # writes in the prefix not abandoned
+    refused: set[bytes] = field(default_factory=set)  # items whose stored value is not JSON (or not UTF-8)
 
 
 class _ConnectFailed(Exception):
@@ -2426,6 +2427,7 @@ class SQLStream(FieldUpdates):
                 raw = unreadable[w.key]
                 plan.results.append(unreadable_value(w.stream_name, w.group_id, w.item_id, raw,
                                                      ValueError("not UTF-8")).for_write(applied=False))
+                plan.refused.add(w.key)
                 continue
             old_text = current[w.key]
             try:
@@ -2435,6 +2437,7 @@ class SQLStream(FieldUpdates):
                 assert old_text is not None
                 error = unreadable_value(w.stream_name, w.group_id, w.item_id, old_text, exc)
                 plan.results.append(error.for_write(applied=False))
+                plan.refused.add(w.key)
                 continue
             try:
                 if w.compute is None:
@@ -2499,9 +2502,14 @@ class SQLStream(FieldUpdates):
                 except UnicodeDecodeError:  # (its writes refused by the plan)
                     unreadable[key] = raw
         plan = self._plan(writes, stored, unreadable)
-        for key in unreadable:
-            del plan.current[key]  # not known: its row stays as it is
         current, deleted = plan.current, plan.deleted
+        if plan.refused:
+            # their rows stay as they are, and are not known: a known text that is not JSON refused every later
+            # write of the item from the cache, even once another program had repaired its row
+            for key in plan.refused:
+                del current[key]
+                self._known.forget(key)
+            keys = [k for k in keys if k not in plan.refused]
         gone = [k for k in keys if k in stored and (current[k] is None or k in deleted)]
         changed = [{"k": k, "v": current[k]} for k in keys
                    if k in stored and k not in deleted and current[k] is not None and current[k] != stored[k]]
@@ -2558,6 +2566,8 @@ class SQLStream(FieldUpdates):
             # connection was awaited is left out, and every write planned is marked sent
             plan = self._plan(writes, {key: old_text})
             if not plan.applied:
+                if plan.refused:
+                    self._known.forget(key)  # (see _apply_writes)
                 results.extend(plan.results)
                 return len(plan.results)
             new_text = plan.current[key]

@@ -50,6 +50,9 @@ class Rows:
         value = (f"CAST(X'{_NOT_UTF8.hex()}' AS TEXT)" if self.kind.endswith("utf8") else f"'{_NOT_JSON}'")
         await self._run(f"UPDATE {TABLE_NAME} SET value = {value} WHERE item_key = $1", item_key(stream, "g", item))
 
+    async def repair(self, stream: str, item: str, text: str) -> None:
+        await self._run(f"UPDATE {TABLE_NAME} SET value = $1 WHERE item_key = $2", text, item_key(stream, "g", item))
+
     async def raw(self, stream: str, item: str) -> bytes:
         cast = "CAST(value AS BLOB)" if self.kind.startswith("sqlite") else "convert_to(value, 'UTF8')"
         key = item_key(stream, "g", item)
@@ -122,3 +125,11 @@ async def test_an_unreadable_value_fails_only_its_own_item(setup: tuple[SQLStrea
         with pytest.raises(StreamDataError, match="not applied"):
             await write()
     assert await rows.raw(stream, "bad") == raw
+    # repaired by another program, the item is served again: the text that is not JSON was not kept as the item's
+    # known value (every later set and update was refused from it, without reading the row)
+    await rows.repair(stream, "bad", '{"x": 0}')
+    assert await store.get(StreamGetInput(**_names(stream, "bad"))) == {"x": 0}
+    update = await store.update(StreamUpdateInput(**_names(stream, "bad"),
+                                                  ops=[{"type": "set", "path": "x", "value": 1}]))
+    assert (update.old_value, update.new_value) == ({"x": 0}, {"x": 1})
+    assert (await store.set(StreamSetInput(**_names(stream, "bad"), data=2))).old_value == {"x": 1}
