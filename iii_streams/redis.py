@@ -722,6 +722,18 @@ def gap_error(channel: str) -> StreamGapError:
                           "between were lost (re-read state, then read on)")
 
 
+def _unreadable_event_error(channel: str) -> StreamGapError:
+    """The error of a watch of ``channel`` in place of a change event that is not JSON; the watch reads on.
+
+    Example:
+        >>> str(_unreadable_event_error("stream::events"))  # doctest: +ELLIPSIS
+        "Redis watch of stream::events got a change event that is not JSON and lost it: a delete publishes the item...
+    """
+    return StreamGapError(f"Redis watch of {channel} got a change event that is not JSON and lost it: a delete "
+                          "publishes the item's old value as it is stored, and a value written by something else than "
+                          "a stream store may not be JSON (re-read state, then read on)")
+
+
 _WATCH_QUEUE_BYTES: Final = 32 * 1024 * 1024
 """A watcher further behind than this many bytes of events lags (Redis's own bound on a pub/sub client's output,
 ``client-output-buffer-limit pubsub 32mb``). Every watcher queues the same message objects, so the store's
@@ -1006,7 +1018,13 @@ class _RedisWatcher:
             try:
                 event = loads(item)
             except ValueError:
-                log.warning("stream watch: ignoring a non-JSON message on %s", self._subscriber._channel)
+                channel = self._subscriber._channel
+                head = item[:16]
+                if self._subscriber.store.report_watch_gaps and head in (b'{"type":"stream"', '{"type":"stream"'):
+                    # one of the stores' change events, lost to every watcher: the engine's feed then has its
+                    # clients join again for a fresh sync (it was skipped, and they kept a deleted item)
+                    raise _unreadable_event_error(channel) from None
+                log.warning("stream watch: ignoring a non-JSON message on %s", channel)
                 continue
             if isinstance(event, dict):
                 return event

@@ -84,9 +84,12 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
+    ColumnElement,
     LargeBinary,
     Select,
+    Text,
     bindparam,
     case,
     cast,
@@ -97,6 +100,7 @@ from sqlalchemy import (
     null,
     select,
     text,
+    true,
     update,
 )
 from sqlalchemy.engine import URL, Connection, ExceptionContext, make_url
@@ -2727,9 +2731,8 @@ class SQLStream(FieldUpdates):
         texts = await self._group_texts(input, timeout)
         try:
             return [loads(text) for text in texts]
-        except ValueError as exc:
-            raise StreamDataError(f"group {input.group_id!r} of stream {input.stream_name!r}: a stored value is not "
-                                  f"JSON ({exc}), written by something else than a stream store") from None
+        except ValueError:
+            raise await self._not_json_in(input) from None
 
     async def list_text(self, input: StreamListInput, *, max_bytes: int | None = None) -> str:
         """:meth:`list` as one JSON array text: the stored texts joined, none decoded. With ``max_bytes``, the
@@ -2749,21 +2752,51 @@ class SQLStream(FieldUpdates):
             >>> asyncio.run(demo(6)), asyncio.run(demo(5))
             ('["é"]', 6)
         """
-        if max_bytes is None:
-            return f"[{','.join(await self._group_texts(input, None))}]"
         check_names(input.stream_name, input.group_id, nul=not self._pg)
-        key = group_key(input.stream_name, input.group_id)
+        params: dict[str, Any] = {"group_key": group_key(input.stream_name, input.group_id)}
+        if max_bytes is not None:
+            params["max_bytes"] = max_bytes
+        not_json = False
         async with self._guard("list", None), self._read() as conn:
-            query = _bounded_list_query(self._pg)
-            rows = (await conn.execute(query, {"group_key": key, "max_bytes": max_bytes})).all()
-        check_list_bytes(input, rows[0][1] if rows else 1, max_bytes)  # (no rows: an empty group, '[]')
-        texts: builtins.list[str] = [value for value, _ in rows if value is not None]
-        # the database counted bytes in its own encoding (UTF-8 unless set otherwise): the answer's are the bound
-        check_list_bytes(input, sum(map(utf8_size, texts)) + len(texts) + 1, max_bytes)
+            try:
+                rows = (await conn.execute(_list_text_query(self._pg, max_bytes is not None), params)).all()
+            except DBAPIError as exc:
+                # PostgreSQL's cast of a text that is not JSON: invalid_text_representation
+                if not (self._pg and _sqlstate(exc) == "22P02"):
+                    raise
+                not_json = True
+        if not_json or not all(row.valid for row in rows if row.value is not None):
+            # the texts are spliced, not parsed: one that is not JSON (another program's) made the whole answer
+            # something no reader could parse (a worker's reading of frames ended on it), or a wrong list (an empty
+            # text left out an item, "1,2" made two)
+            raise await self._not_json_in(input)
+        if max_bytes is not None:
+            check_list_bytes(input, rows[0].total if rows else 1, max_bytes)  # (no rows: an empty group, '[]')
+        texts: builtins.list[str] = [row.value for row in rows if row.value is not None]
+        if max_bytes is not None:
+            # the database counted bytes in its own encoding (UTF-8 unless set otherwise): the answer's are the bound
+            check_list_bytes(input, sum(map(utf8_size, texts)) + len(texts) + 1, max_bytes)
         return f"[{','.join(texts)}]"
 
+    async def _not_json_in(self, input: StreamListInput) -> StreamDataError:
+        """The error for a group one of whose stored texts is not JSON, naming the first such item (the group read
+        again, only once the database found one)."""
+        value = items.c.value if self._pg else cast(items.c.value, LargeBinary)
+        query = select(items.c.item_id, value).where(
+            items.c.group_key == group_key(input.stream_name, input.group_id)).order_by(items.c.id)
+        async with self._guard("list", None), self._read() as conn:
+            rows = (await conn.execute(query)).all()
+        for item_id, raw in rows:
+            try:
+                loads(raw)
+            except ValueError as exc:
+                return unreadable_value(input.stream_name, input.group_id, item_id, raw, exc)
+        return StreamDataError(f"group {input.group_id!r} of stream {input.stream_name!r}: a stored value is not JSON "
+                               "text (a BLOB?), written by something else than a stream store")
+
     async def _group_texts(self, input: StreamListInput, timeout: float | None) -> Sequence[str]:
-        """The stored JSON texts of a group's items, in the order the items were created."""
+        """The stored JSON texts of a group's items, in the order the items were created, unchecked (:meth:`list`
+        parses each)."""
         check_names(input.stream_name, input.group_id, nul=not self._pg)
         query = (
             select(items.c.value)
@@ -2990,11 +3023,38 @@ class SQLStream(FieldUpdates):
 
 
 @functools.cache
-def _bounded_list_query(pg: bool) -> Select[str | None, int]:
+def _list_text_query(pg: bool, bounded: bool) -> Select[Any]:
+    """:meth:`SQLStream.list_text`'s statement, built once each (parameter ``group_key``; bounded, also
+    ``max_bytes``: see :func:`_bounded_list_query`), its rows ``value`` (the stored text), ``valid`` (whether it is
+    JSON) and, bounded, ``total``. The database checks each text as it reads it, in its own thread or server:
+    SQLite's ``json_valid`` (built in since SQLite 3.38, and in the JSON1 extension before), PostgreSQL's cast to
+    ``json``, which keeps the text as it is and refuses one that is not JSON with an error (``valid`` is then always
+    true).
+
+    Example:
+        >>> from sqlalchemy.dialects import postgresql, sqlite
+        >>> lite = str(_list_text_query(False, False).compile(dialect=sqlite.dialect()))
+        >>> pg = str(_list_text_query(True, True).compile(dialect=postgresql.dialect()))
+        >>> "json_valid(iii_stream_items.value) AS valid" in lite
+        True
+        >>> "CAST(CAST(iii_stream_items.value AS JSON) AS TEXT)" in pg
+        True
+    """
+    # (PostgreSQL: cast back to text in the statement, so the driver's json codec does not parse it)
+    value = cast(cast(items.c.value, JSON), Text) if pg else items.c.value
+    valid = true() if pg else func.json_valid(items.c.value)
+    if bounded:
+        return _bounded_list_query(pg, value, valid)
+    return select(value.label("value"), valid.label("valid")).where(
+        items.c.group_key == bindparam("group_key", type_=LargeBinary)).order_by(items.c.id)
+
+
+def _bounded_list_query(pg: bool, value: ColumnElement[Any], valid: ColumnElement[Any]) -> Select[Any]:
     """:meth:`SQLStream.list_text`'s statement with ``max_bytes`` (parameters ``group_key`` and ``max_bytes``; built
     once per dialect). One statement, one round trip: the group's total (its texts' bytes, a comma between two, the
     brackets: as :func:`~iii_streams.errors.check_list_bytes` counts), then its rows in order, each with its text
-    when the total is within ``max_bytes``; over it, one row ``(None, total)`` and no text leaves the database
+    (``value``, and ``valid``) when the total is within ``max_bytes``; over it, one row ``(None, total, None)`` and
+    no text leaves the database
     (when the texts were read to be counted, 8 callers refused a 40 x 1 MB group took the engine up 300 MB).
     PostgreSQL's ``octet_length`` takes a TOASTed text's size from its header, without reading the text. A scan of
     the items (not a join to the total, which SQLite sorted again: 4 MB read in 20 ms instead of 6 ms) keeps the
@@ -3002,8 +3062,8 @@ def _bounded_list_query(pg: bool) -> Select[str | None, int]:
 
     Example:
         >>> from sqlalchemy.dialects import postgresql, sqlite
-        >>> pg = str(_bounded_list_query(True).compile(dialect=postgresql.dialect()))
-        >>> lite = str(_bounded_list_query(False).compile(dialect=sqlite.dialect()))
+        >>> pg = str(_bounded_list_query(True, items.c.value, true()).compile(dialect=postgresql.dialect()))
+        >>> lite = str(_bounded_list_query(False, items.c.value, true()).compile(dialect=sqlite.dialect()))
         >>> "sum(octet_length(iii_stream_items.value))" in pg, "length(CAST(iii_stream_items.value AS BLOB))" in lite
         (True, True)
     """
@@ -3014,5 +3074,6 @@ def _bounded_list_query(pg: bool) -> Select[str | None, int]:
     total = select(totals.c.total).scalar_subquery()
     fits = total <= bindparam("max_bytes", type_=BigInteger)
     every_row = null() if pg else literal(-1)  # (PostgreSQL's LIMIT NULL, SQLite's LIMIT -1)
-    return select(case((fits, items.c.value)), total).where(items.c.group_key == key).order_by(items.c.id) \
-        .limit(case((fits, every_row), else_=literal(1)))
+    return select(case((fits, value)).label("value"), total.label("total"), case((fits, valid)).label("valid")) \
+        .where(items.c.group_key == key).order_by(items.c.id).limit(case((fits, every_row), else_=literal(1)))
+

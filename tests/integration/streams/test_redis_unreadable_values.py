@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from iii.stream import StreamDeleteInput, StreamGetInput, StreamSetInput, StreamUpdateInput, UpdateIncrement
-from iii_streams import RedisStream, StreamDataError
+from iii_streams import RedisStream, StreamDataError, StreamGapError
 from tests.services import require_redis
 
 
@@ -53,5 +53,28 @@ async def test_a_write_over_a_value_that_is_not_json_tells_its_outcome() -> None
             assert caught.value.applied is True
             assert await store.client.hget(hash_key, "bad") is None
             assert await store.get(StreamGetInput(**names("ok"))) == {"n": 2}
+        finally:
+            await store.client.delete(hash_key)
+
+
+async def test_a_delete_event_that_is_not_json_is_a_gap_to_watchers_that_report_them() -> None:
+    """A delete publishes the old value as stored: one that is not JSON made an event no watcher could parse, which
+    was skipped with a log line, so the engine's socket clients kept the deleted item. A watch that reports gaps (the
+    engine's feed: its clients then join again for a fresh sync) now raises ``StreamGapError`` for it and reads on."""
+    stream = f"unread-gap-{uuid.uuid4().hex[:8]}"
+    hash_key = f"stream:{stream}:g"
+    item = {"stream_name": stream, "group_id": "g", "item_id": "bad"}
+    channel = f"unread-gap-events-{uuid.uuid4().hex[:8]}"
+    async with RedisStream.from_url(require_redis(), channel=channel, report_watch_gaps=True) as store:
+        try:
+            await store.set(StreamSetInput(**item, data=1))
+            await store.client.hset(hash_key, "bad", "{not json")
+            async with store.watch(stream_name=stream) as events:
+                with pytest.raises(StreamDataError, match="the write was applied"):
+                    await store.delete(StreamDeleteInput(**item))
+                with pytest.raises(StreamGapError, match="not JSON"):
+                    await asyncio.wait_for(anext(events), 10)  # before: skipped, and the next event came instead
+                await store.set(StreamSetInput(**item, data=2))
+                assert (await asyncio.wait_for(anext(events), 10))["event"] == {"type": "create", "data": 2}
         finally:
             await store.client.delete(hash_key)

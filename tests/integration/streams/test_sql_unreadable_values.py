@@ -92,8 +92,10 @@ async def test_an_unreadable_value_fails_only_its_own_item(setup: tuple[SQLStrea
                                               f"{why}") as read:
         await store.get(StreamGetInput(**_names(stream, "bad")))
     assert read.value.applied is None
-    with pytest.raises(StreamDataError, match=why):
+    with pytest.raises(StreamDataError, match=why) as listed:
         await store.list(StreamListInput(stream_name=stream, group_id="g"))
+    if why == "not JSON":  # (SQLite's own error for text that is not UTF-8 does not say whose it is)
+        assert "item 'bad'" in str(listed.value)
 
     async with store.watch(stream_name=stream) as events:
         # one batch: the writes of other items, new and existing, and one of the unreadable item in their midst
@@ -133,3 +135,29 @@ async def test_an_unreadable_value_fails_only_its_own_item(setup: tuple[SQLStrea
                                                   ops=[{"type": "set", "path": "x", "value": 1}]))
     assert (update.old_value, update.new_value) == ({"x": 0}, {"x": 1})
     assert (await store.set(StreamSetInput(**_names(stream, "bad"), data=2))).old_value == {"x": 1}
+
+
+async def test_list_text_refuses_a_group_holding_a_value_that_is_not_json(setup: tuple[SQLStream, Rows]) -> None:
+    """``list_text`` splices the stored texts unparsed (the engine's ``stream::list`` and its socket joins): one that
+    is not JSON made the answer unparsable (a worker's reading of frames ended on it) or a wrong list with no error
+    (an empty text: ``[0,,2]``, or ``[]`` for a group of one; ``1,2``: two items)."""
+    store, rows = setup
+    stream = f"lt-{uuid.uuid4().hex[:8]}"
+    group = StreamListInput(stream_name=stream, group_id="g")
+    for n, item in enumerate(("first", "bad", "last")):
+        await store.set(StreamSetInput(**_names(stream, item), data=n))
+    assert await store.list_text(group) == await store.list_text(group, max_bytes=100) == "[0,1,2]"
+    bad_texts = [None] if rows.kind.endswith("utf8") else ["{not json", "", "1,2", " "]
+    for bad in bad_texts:
+        if bad is None:
+            await rows.corrupt(stream, "bad")
+        else:
+            await rows.repair(stream, "bad", bad)
+        for max_bytes in (None, 1000):
+            with pytest.raises(StreamDataError) as caught:
+                await store.list_text(group, max_bytes=max_bytes)
+            if bad is not None:  # (SQLite's own error for text that is not UTF-8 does not say whose it is)
+                assert f"item 'bad' of group 'g' of stream '{stream}': its stored value is not JSON" in str(
+                    caught.value), (bad, str(caught.value))
+    await rows.repair(stream, "bad", '"fixed"')
+    assert await store.list_text(group) == await store.list_text(group, max_bytes=100) == '[0,"fixed",2]'
