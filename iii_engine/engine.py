@@ -98,9 +98,10 @@ def _registrant(entry: TriggerEntry) -> str:
     """Who registered ``entry``, for log lines."""
     return f"worker {entry.registrant}" if entry.registrant else "the engine"
 
-#: the error codes of a condition call that did not decide: its worker refused it for being busy, or the call was
-#: stopped unanswered (its worker left, the engine is stopping)
-_UNDECIDED = frozenset({WORKER_BUSY, "invocation_stopped"})
+#: the error codes of a condition call that did not decide: its worker refused it for being busy, the call was
+#: stopped unanswered (its worker left, the engine is stopping) or timed out, or nobody serves the function now
+_UNDECIDED = frozenset({WORKER_BUSY, "invocation_stopped", "invocation_timeout", "function_not_found",
+                        "engine_stopping"})
 
 UNDECODABLE_LOG_BURST = 10
 """Workers' undecodable frames (and, apart, triggers left pending or rejected by their type) logged one line each per
@@ -1273,10 +1274,11 @@ class Engine:
         trigger-fired call is, then skipped, counted with those calls; with ``wait_if_busy=False`` the refusal is
         raised at once instead (the queue puts its job off, the REST API answers 503), as is any call stopped
         unanswered (``invocation_stopped``: the condition's worker left, before the call reached it,
-        :class:`CallNotSent`, or after, or the engine is stopping): the condition did not decide, and a queue job
-        skipped for it was done without its subscriber ever running (the queue fails the attempt instead, so the
-        job is tried again or kept as a dead letter). ``busy_until``: no try past this event-loop time (a cron
-        tick's next tick)."""
+        :class:`CallNotSent`, or after, or the engine is stopping), timed out (``invocation_timeout``) or made to a
+        function nobody serves (``function_not_found``): the condition did not decide, and a queue job skipped for
+        it was done without its subscriber ever running (the queue fails the attempt instead, so the job is tried
+        again or kept as a dead letter; the REST API answers as for its handler: 500, or 504 for a timeout).
+        ``busy_until``: no try past this event-loop time (a cron tick's next tick)."""
         if not condition_function_id:
             return True
         try:

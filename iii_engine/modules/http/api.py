@@ -1114,9 +1114,10 @@ class RestApiModule(EngineModule):
                 except CallNotSent as exc:  # its worker left before the call reached it: it did not decide
                     return _json_response(503, {"error": exc.message, "code": exc.code}, {"Retry-After": "1"})
                 except EngineError as exc:
-                    # it did not decide: its worker refused it for being busy (503, as the handler), or the call was
-                    # stopped unanswered (its worker left after the call reached it, the engine stopping): answered
-                    # as the handler's would be (it said 422 "Request condition not met", a decision never made)
+                    # it did not decide: its worker refused it for being busy (503, as the handler), the call was
+                    # stopped unanswered (its worker left after the call reached it, the engine stopping) or timed
+                    # out (504), or nobody serves the condition now (its worker restarting): answered as the
+                    # handler's would be (it said 422 "Request condition not met", a decision never made)
                     return _failure(exc.body())
                 if not passed:
                     return _json_response(422, {"error": "Request condition not met", "skipped": True})

@@ -17,6 +17,7 @@ from iii_engine import Engine, EngineConfig, ModuleSpec
 from iii_engine.modules.base import BuiltinFunction, CallNotSent, InvocationContext
 from iii_engine.modules.http.api import RestApiModule
 from iii_engine.registry import FunctionEntry
+from tests.integration.engine.raw import RawWorker
 from tests.integration.modules.test_http_api import answer, worker_with_route
 
 pytestmark = pytest.mark.our_engine("configures the REST API module and reads our relay")
@@ -59,15 +60,37 @@ async def test_a_worker_s_result_answers_the_request(stack: AsyncExitStack) -> N
     _nothing_left(engine, module)
 
 
-async def test_the_engine_s_invocation_timeout_is_the_request_s_504(stack: AsyncExitStack) -> None:
+@pytest.mark.parametrize("silent", ["handler", "condition"])
+async def test_the_engine_s_invocation_timeout_is_the_request_s_504(stack: AsyncExitStack, silent: str) -> None:
+    # A condition that timed out did not decide: before, it counted as "condition not met" (422, skipped: true).
     engine, module, client = await _start(stack, invocation_timeout_ms=200)
-    worker = await worker_with_route(engine, "silent", "silent")
+    worker = await _route(engine, "silent", silent)
     started = time.monotonic()
     response = await client.get("/silent")  # the worker never answers; default_timeout is 20 s
     assert (response.status_code, response.json()) == (504, {"error": "Request timed out"})
     assert time.monotonic() - started < 10
-    assert (await worker.expect("invokefunction"))["function_id"] == "silent"
+    assert (await worker.expect("invokefunction"))["function_id"] == ("guard" if silent == "condition" else "silent")
     _nothing_left(engine, module)
+
+
+async def test_a_condition_nobody_serves_is_500_as_a_handler_nobody_serves(stack: AsyncExitStack) -> None:
+    # Its worker away (restarting): no decision was made, where it was told "condition not met" (422, skipped: true).
+    engine, module, client = await _start(stack)
+    await worker_with_route(engine, "guarded", "guarded", condition_function_id="guard")  # "guard": nobody's
+    response = await client.get("/guarded")
+    assert (response.status_code, response.json()["error"]) == (500, "Function guard not found")
+    _nothing_left(engine, module)
+
+
+async def _route(engine: Engine, path: str, called: str) -> RawWorker:
+    """A worker serving route ``path`` with its handler (``called`` "handler"), or also with a condition, ``guard``
+    (``called`` "condition"): the function the test's request calls first."""
+    if called == "handler":
+        return await worker_with_route(engine, path, path)
+    worker = await worker_with_route(engine, path, path, condition_function_id="guard")
+    await worker.register("guard")
+    await worker.sync()
+    return worker
 
 
 @pytest.mark.parametrize("leaver", ["handler", "condition"])
@@ -75,12 +98,8 @@ async def test_a_worker_leaving_mid_call_is_500_invocation_stopped(stack: AsyncE
     # A condition whose worker left did not decide: before, its stopped call counted as "condition not met" (422,
     # skipped: true).
     engine, module, client = await _start(stack)
-    worker = await worker_with_route(engine, "leaver", "leaver",
-                                     **({"condition_function_id": "guard"} if leaver == "condition" else {}))
+    worker = await _route(engine, "leaver", leaver)
     called = "guard" if leaver == "condition" else "leaver"
-    if leaver == "condition":
-        await worker.register("guard")
-        await worker.sync()
     pending = asyncio.ensure_future(client.get("/leaver"))
     assert (await worker.expect("invokefunction"))["function_id"] == called
     await worker.close()
