@@ -70,6 +70,7 @@ from .limits import (
     retained_estimate,
 )
 from .modules.base import (
+    UNDECIDED_CODES,
     BuiltinFunction,
     CallNotSent,
     EngineError,
@@ -97,11 +98,6 @@ log = logging.getLogger(__name__)
 def _registrant(entry: TriggerEntry) -> str:
     """Who registered ``entry``, for log lines."""
     return f"worker {entry.registrant}" if entry.registrant else "the engine"
-
-#: the error codes of a condition call that did not decide: its worker refused it for being busy, the call was
-#: stopped unanswered (its worker left, the engine is stopping) or timed out, or nobody serves the function now
-_UNDECIDED = frozenset({WORKER_BUSY, "invocation_stopped", "invocation_timeout", "function_not_found",
-                        "engine_stopping"})
 
 UNDECODABLE_LOG_BURST = 10
 """Workers' undecodable frames (and, apart, triggers left pending or rejected by their type) logged one line each per
@@ -1287,7 +1283,7 @@ class Engine:
             else:
                 result = await self.invoke(condition_function_id, payload)
         except EngineError as exc:
-            if exc.code in _UNDECIDED or isinstance(exc, CallNotSent):
+            if exc.code in UNDECIDED_CODES or isinstance(exc, CallNotSent):
                 if not wait_if_busy:
                     raise  # the queue puts its job off or fails its attempt: the condition did not decide (a skip
                     # lost the job)

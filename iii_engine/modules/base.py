@@ -25,6 +25,7 @@ from typing import Any, ClassVar, NamedTuple, Protocol
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.errors import PicklesByState
 from iii.iii_types import TriggerInfo
+from iii.protocol.client import WORKER_BUSY
 from iii_streams.messages import error_line, mask_passwords
 
 from .. import closing
@@ -51,6 +52,13 @@ class EngineError(PicklesByState, Exception):
         if self.stacktrace is not None:
             out["stacktrace"] = self.stacktrace
         return out
+
+
+#: The error codes of a condition call that did not decide (:meth:`EngineServices.condition_passes` with
+#: ``wait_if_busy=False`` raises them): its worker refused it for being busy, the call was stopped unanswered (its
+#: worker left, the engine is stopping) or timed out, or nobody serves the function now.
+UNDECIDED_CODES: frozenset[str] = frozenset({WORKER_BUSY, "invocation_stopped", "invocation_timeout",
+                                             "function_not_found", "engine_stopping"})
 
 
 class CallNotSent(EngineError):

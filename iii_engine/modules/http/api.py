@@ -79,7 +79,7 @@ from ...channels import ChannelRelay, TooManyChannels
 from ...invocations import ENGINE_STOPPING, Started, stopped
 from ...limits import SKIP_LOG_INTERVAL_S, Slots
 from ...send_queue import unsent
-from ..base import CallNotSent, EngineError, EngineModule, EngineServices
+from ..base import UNDECIDED_CODES, CallNotSent, EngineError, EngineModule, EngineServices
 from .channels import CHUNK_SIZE, ChannelAborted, ResponseChannel, ResponseHeadersTooLarge
 from .routes import BadPath, RouteMatch, RouteTable, parse_http_trigger
 from .settings import ApiSettings
@@ -1114,6 +1114,8 @@ class RestApiModule(EngineModule):
                 except CallNotSent as exc:  # its worker left before the call reached it: it did not decide
                     return _json_response(503, {"error": exc.message, "code": exc.code}, {"Retry-After": "1"})
                 except EngineError as exc:
+                    if exc.code not in UNDECIDED_CODES:
+                        raise
                     # it did not decide: its worker refused it for being busy (503, as the handler), the call was
                     # stopped unanswered (its worker left after the call reached it, the engine stopping) or timed
                     # out (504), or nobody serves the condition now (its worker restarting): answered as the
