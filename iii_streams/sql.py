@@ -2770,6 +2770,11 @@ class SQLStream(FieldUpdates):
                 if not (self._pg and _sqlstate(exc) == "22P02"):
                     raise
                 texts = [None]
+        if not self._pg and None not in texts:
+            try:
+                texts = [raw.decode() for raw in texts]
+            except UnicodeDecodeError:
+                texts = [None]
         if None in texts:
             # the texts are spliced, not parsed: one that is not JSON (another program's) made the whole answer
             # something no reader could parse (a worker's reading of frames ended on it), or a wrong list (an empty
@@ -2796,12 +2801,12 @@ class SQLStream(FieldUpdates):
         return StreamDataError(f"group {input.group_id!r} of stream {input.stream_name!r}: a stored value is not JSON "
                                "text (a BLOB?), written by something else than a stream store")
 
-    async def _group_texts(self, input: StreamListInput, timeout: float | None) -> Sequence[str]:
+    async def _group_texts(self, input: StreamListInput, timeout: float | None) -> Sequence[str | bytes]:
         """The stored JSON texts of a group's items, in the order the items were created, unchecked (:meth:`list`
-        parses each)."""
+        parses each); SQLite's as bytes (see :func:`_list_text_query`)."""
         check_names(input.stream_name, input.group_id, nul=not self._pg)
         query = (
-            select(items.c.value)
+            select(items.c.value if self._pg else cast(items.c.value, LargeBinary))
             .where(items.c.group_key == group_key(input.stream_name, input.group_id))
             .order_by(items.c.id)
         )
@@ -3031,19 +3036,22 @@ def _list_text_query(pg: bool, bounded: bool) -> Select[Any]:
     total). The database checks each text as it reads it, in its own thread or server: SQLite's ``json_valid``
     (built in since SQLite 3.38, and in the JSON1 extension before) gives ``NULL`` in place of a text that is not JSON,
     PostgreSQL's cast to ``json`` keeps the text as it is and refuses one with an error. One column: a second, and a
-    check of it per row, made a 50,000-item group's answer twice as slow.
+    check of it per row, made a 50,000-item group's answer twice as slow. SQLite's texts come as bytes, decoded by
+    the caller: a text that is not UTF-8 failed the fetch, and with aiosqlite 0.20 the failed fetch's cursor stayed
+    open, so that pooled connection kept its read snapshot and served old values from then on.
 
     Example:
         >>> from sqlalchemy.dialects import postgresql, sqlite
         >>> lite = str(_list_text_query(False, False).compile(dialect=sqlite.dialect()))
         >>> pg = str(_list_text_query(True, True).compile(dialect=postgresql.dialect()))
-        >>> "CASE WHEN json_valid(iii_stream_items.value) THEN iii_stream_items.value END" in lite
+        >>> "CASE WHEN json_valid(iii_stream_items.value) THEN CAST(iii_stream_items.value AS BLOB) END" in lite
         True
         >>> "CAST(CAST(iii_stream_items.value AS JSON) AS TEXT)" in pg
         True
     """
     # (PostgreSQL: cast back to text in the statement, so the driver's json codec does not parse it)
-    value = cast(cast(items.c.value, JSON), Text) if pg else case((func.json_valid(items.c.value), items.c.value))
+    value = cast(cast(items.c.value, JSON), Text) if pg else case(
+        (func.json_valid(items.c.value), cast(items.c.value, LargeBinary)))
     if bounded:
         return _bounded_list_query(pg, value)
     return select(value).where(items.c.group_key == bindparam("group_key", type_=LargeBinary)).order_by(items.c.id)
