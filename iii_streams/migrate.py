@@ -30,7 +30,7 @@ from .engine_bounds import run_then_dispose
 from .errors import check_timeout
 from .messages import mask_passwords
 from .schema import VERSION_TABLE
-from .sqlite_threads import wait_for_failed_connects
+from .sqlite_threads import guard_aiosqlite
 
 __all__ = ["HEAD", "MIGRATE_TIMEOUT_S", "MIGRATIONS_DIR", "SQL_SCHEMES", "current_revision", "head_revision",
            "migrate", "normalize_url", "revision_of", "schema_behind", "upgrade", "upgrade_connection"]
@@ -362,8 +362,8 @@ class _Bounded:
         if self.sqlite:
             # a SQLite file that fails to open leaves aiosqlite's thread to answer on this loop later, and
             # `iii-streams migrate` closed its loop first: the thread's "Event loop is closed" traceback followed the
-            # one-line error
-            wait_for_failed_connects(self.engine)
+            # one-line error; and a migration cut by a timeout must not leave its connection holding the write lock
+            guard_aiosqlite(self.engine)
 
     def limit_session(self, connection: Connection) -> None:
         """PostgreSQL, a bound given: the server's own limits for the work's transaction, a second past the bound

@@ -173,7 +173,7 @@ from .known_texts import KnownTexts
 from .messages import error_line, mask_passwords
 from .migrate import SQLITE_BUSY_S, current_revision, head_revision, migrate_with, normalize_url, schema_behind
 from .schema import TABLE_NAME, group_key, item_key, items, stream_key
-from .sqlite_threads import wait_for_failed_connects
+from .sqlite_threads import guard_aiosqlite
 
 __all__ = ["NOTIFY_CHANNEL", "SQLStream", "SchemaMissingError"]
 
@@ -1497,8 +1497,9 @@ class SQLStream(FieldUpdates):
         self._opens: _PoolOpens | None = None  # SQLite
         if not self._pg:
             self._write_lock, self._opens = _install_sqlite_hooks(engine, file_backed=not in_memory)
-            # a caller's engine too: its failed connects are this store's errors, raised on the caller's loop
-            wait_for_failed_connects(engine)
+            # a caller's engine too: its failed connects are this store's errors, raised on the caller's loop, and
+            # its connections cut and closed at once are this store's files left locked
+            guard_aiosqlite(engine)
         elif engine.dialect.driver == "asyncpg":
             _install_postgresql_hooks(engine)
         self._read_lock: asyncio.Lock | None = self._write_lock if in_memory else None

@@ -13,6 +13,17 @@ The thread is found one of two ways, checked here (a test fails when an upgrade 
 from its target, a private function. Without either, :data:`SQLITE_THREAD_MISSING` names what is missing, no thread
 is found and a failed open does not wait (the traceback at exit may come back; nothing else changes).
 
+A connection both stopped and closed has a second hazard, in aiosqlite 0.22: SQLAlchemy cuts a connection by its
+``stop()`` and closes one gracefully by its ``close()``, and does both when a cancel interrupts the graceful close
+(a store's operation timing out inside the migration, say). A ``close()`` after a ``stop()`` its thread had not yet
+run let go of the sqlite3 connection the stop was to close (left open, its transaction's lock held: the next store
+on the file waited out SQLite's 30 s busy wait) and queued a second stop, which the thread, ended by the first,
+never answered (the close hung for good). :func:`guard_aiosqlite` makes each connection's stop happen once and a
+close after it wait for that stop, which closes the connection. And a connection closed while a cancelled read of
+its transaction left a statement unfinished is not closed by SQLite at all until that statement is freed: it kept
+its write lock, and the next write on the file waited the busy wait out. Its close rolls back first
+(:class:`RollsBackOnClose`), which ends such statements.
+
 Example:
     >>> sqlite_threads() == set()
     True
@@ -21,7 +32,9 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
+import sqlite3
 import sys
 import threading
 from typing import Any, Final
@@ -31,8 +44,8 @@ from sqlalchemy.exc import MissingGreenlet
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_only
 
-__all__ = ["DRIVER_THREAD_S", "SQLITE_THREAD_MISSING", "driver_threads_ended", "sqlite_threads",
-           "wait_for_failed_connects"]
+__all__ = ["DRIVER_THREAD_S", "SQLITE_THREAD_MISSING", "RollsBackOnClose", "driver_threads_ended", "guard_aiosqlite",
+           "sqlite_threads", "stops_once", "wait_for_failed_connects"]
 
 DRIVER_THREAD_S = 1.0
 """How long a failed open waits at most for aiosqlite's threads started since it began."""
@@ -136,3 +149,90 @@ def wait_for_failed_connects(engine: AsyncEngine) -> None:
     """
     if not event.contains(engine.sync_engine, "do_connect", _connect_or_wait):
         event.listen(engine.sync_engine, "do_connect", _connect_or_wait)
+
+
+def stops_once(dbapi_connection: Any, _record: Any = None) -> bool:
+    """Pool ``connect`` listener: make the aiosqlite connection behind ``dbapi_connection`` (SQLAlchemy's adapter)
+    stop once, a second ``stop()`` returning the first's future, and a ``close()`` after a stop wait for that stop
+    (its thread closes the sqlite3 connection as it stops) instead of letting go of the connection and queuing a stop
+    nobody answers. Whether it did: not when the driver has no ``stop()`` (aiosqlite before 0.22, which SQLAlchemy
+    never stops).
+
+    Example:
+        >>> from sqlalchemy.ext.asyncio import create_async_engine
+        >>> async def demo() -> bool:
+        ...     engine = create_async_engine("sqlite+aiosqlite://")
+        ...     try:
+        ...         async with engine.connect() as connection:
+        ...             raw = await connection.get_raw_connection()
+        ...             return stops_once(raw.dbapi_connection)
+        ...     finally:
+        ...         await engine.dispose()
+        >>> asyncio.run(demo())
+        True
+    """
+    driver: Any = getattr(dbapi_connection, "driver_connection", None)
+    stop, close = getattr(driver, "stop", None), getattr(driver, "close", None)
+    if not (callable(stop) and callable(close)):
+        return False
+    stopping: list[asyncio.Future[Any] | None] = []
+
+    def stop_once() -> asyncio.Future[Any] | None:
+        if not stopping:
+            stopping.append(stop())
+        return stopping[0]
+
+    async def close_or_await_stop() -> None:
+        if not stopping:
+            await close()  # (its own stop at its end is stop_once: the instance's attribute)
+        elif (stopped := stopping[0]) is not None:
+            await asyncio.shield(stopped)  # a cancel of this caller must not cancel the stop others await
+
+    driver.stop = stop_once
+    driver.close = close_or_await_stop
+    return True
+
+
+class RollsBackOnClose(sqlite3.Connection):
+    """A sqlite3 connection whose ``close()`` rolls back the transaction still open first. SQLite closes a connection
+    with a statement not yet finished (a read cancelled between its first row and the rest, its cursor still
+    referenced) only once that statement is freed, and until then it keeps the transaction's locks: a write
+    transaction's kept every later writer of the file waiting. The rollback ends such statements.
+
+    Example:
+        >>> first = sqlite3.connect(":memory:", factory=RollsBackOnClose, isolation_level=None)
+        >>> _ = first.execute("BEGIN IMMEDIATE")
+        >>> first.close()
+        >>> first.in_transaction
+        Traceback (most recent call last):
+        sqlite3.ProgrammingError: Cannot operate on a closed database.
+    """
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):  # (already closed, or the rollback failed: the close still runs)
+            if self.in_transaction:
+                self.rollback()
+        super().close()
+
+
+def _rolls_back_on_close(_dialect: Any, _record: Any, _cargs: list[Any], cparams: dict[str, Any]) -> None:
+    """``do_connect``: connections made as :class:`RollsBackOnClose`, unless the engine's owner chose a factory."""
+    cparams.setdefault("factory", RollsBackOnClose)
+
+
+def guard_aiosqlite(engine: AsyncEngine) -> None:
+    """The guards on ``engine`` (SQLite through aiosqlite): :func:`wait_for_failed_connects`; connections made as
+    :class:`RollsBackOnClose` (unless ``connect_args`` names a ``factory``); :func:`stops_once` on each. Idempotent.
+
+    Example:
+        >>> from sqlalchemy.ext.asyncio import create_async_engine
+        >>> engine = create_async_engine("sqlite+aiosqlite://")
+        >>> guard_aiosqlite(engine); guard_aiosqlite(engine)
+        >>> event.contains(engine.sync_engine, "connect", stops_once)
+        True
+    """
+    wait_for_failed_connects(engine)
+    if not event.contains(engine.sync_engine, "do_connect", _rolls_back_on_close):
+        event.listen(engine.sync_engine, "do_connect", _rolls_back_on_close)
+    if not event.contains(engine.sync_engine, "connect", stops_once):
+        event.listen(engine.sync_engine, "connect", stops_once)

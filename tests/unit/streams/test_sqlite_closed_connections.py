@@ -1,0 +1,89 @@
+"""SQLite connections closed in the awkward ways a cancel leaves them in let go of the file's locks, and their close
+returns (``iii_streams.sqlite_threads.guard_aiosqlite``).
+
+A connection SQLAlchemy both cuts (aiosqlite's ``stop()``) and closes (``close()``), as it does when a cancel
+interrupts its graceful close (an operation timing out inside a store's migration), is closed once and the close
+returns. With aiosqlite 0.22 unguarded, a close after a stop its thread had not yet run let go of the sqlite3
+connection (left open, holding its write lock: the next store on the file waited out the 30 s busy wait) and waited
+for a second stop its ended thread never answered (the store's close hung). And a connection closed while a read of
+its write transaction was unfinished (cancelled between its first row and the rest) kept the lock until that
+statement was freed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiosqlite
+import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from iii_streams.sqlite_threads import guard_aiosqlite
+
+pytestmark = pytest.mark.timeout(30)
+needs_stop = pytest.mark.skipif(not hasattr(aiosqlite.Connection, "stop"),
+                                reason="aiosqlite before 0.22 has no stop(): SQLAlchemy never cuts its connections")
+
+# keeps the connection's thread busy a while, so the stop and the close below are both queued behind it
+_SLOW = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 2000000) "
+         "SELECT count(*) FROM c")
+
+
+async def _lock_is_free(path: Path) -> None:
+    async with aiosqlite.connect(path, timeout=0.2) as other:
+        await other.execute("BEGIN IMMEDIATE")  # "database is locked" while a closed connection still held it
+        await other.rollback()
+
+
+@contextlib.asynccontextmanager
+async def _guarded_driver(path: Path) -> AsyncIterator[aiosqlite.Connection]:
+    """The aiosqlite connection behind one connection of a guarded engine on ``path``, closed by the test."""
+    engine = create_async_engine(f"sqlite+aiosqlite:///{path}", connect_args={"timeout": 0.2})
+    guard_aiosqlite(engine)
+    try:
+        connection = await engine.connect()
+        driver = (await connection.get_raw_connection()).driver_connection
+        assert isinstance(driver, aiosqlite.Connection)
+        yield driver
+        await connection.invalidate()  # (SQLAlchemy's own connection is gone)
+        await connection.close()
+    finally:
+        await engine.dispose()
+
+
+@needs_stop
+@pytest.mark.parametrize("close_first", [False, True], ids=["stop-then-close", "close-then-stop"])
+async def test_a_cut_and_closed_connection_is_closed_once_and_lets_go_of_its_lock(
+        tmp_path: Path, close_first: bool) -> None:
+    async with _guarded_driver(tmp_path / "s.db") as driver:
+        holds_lock = await driver.execute("BEGIN IMMEDIATE")  # kept, as SQLAlchemy's cursors keep theirs
+        slow = asyncio.ensure_future(driver.execute_fetchall(_SLOW))
+        await asyncio.sleep(0)  # one turn: the task queues its statement, which the thread starts at once
+        if close_first:
+            closed = asyncio.ensure_future(driver.close())
+            await asyncio.sleep(0)  # the close queues its statement
+            driver.stop()
+        else:
+            driver.stop()
+            closed = asyncio.ensure_future(driver.close())
+        done, _ = await asyncio.wait((closed,), timeout=10)
+        assert done, "the close never returned"
+        closed.result()
+        assert list(await slow) == [(2000000,)]
+        assert holds_lock is not None
+    await _lock_is_free(tmp_path / "s.db")
+
+
+async def test_a_connection_closed_with_a_read_unfinished_lets_go_of_its_write_lock(tmp_path: Path) -> None:
+    async with _guarded_driver(tmp_path / "s.db") as driver:
+        await driver.execute("CREATE TABLE t (x)")
+        await driver.execute("INSERT INTO t VALUES (1), (2), (3)")
+        await driver.commit()
+        await driver.execute("BEGIN IMMEDIATE")
+        unfinished = await driver.execute("SELECT x FROM t")
+        assert await unfinished.fetchone() == (1,)  # one row of three: the statement is not done
+        await driver.close()
+        await _lock_is_free(tmp_path / "s.db")  # (the unfinished cursor still referenced)
+        del unfinished
