@@ -2414,10 +2414,10 @@ class SQLStream(FieldUpdates):
         while len(self._slow) > _SLOW_MAX:
             del self._slow[next(iter(self._slow))]
 
-    def _plan(self, writes: Sequence[_Write], stored: dict[bytes, str],
-              unreadable: Mapping[bytes, bytes] | None = None) -> _Plan:
-        """Apply a prefix of ``writes`` in Python to the rows ``stored`` (key → JSON text; missing = absent). The
-        writes of an item whose stored value is ``unreadable`` (key → its bytes) or not JSON are refused with
+    def _plan(self, writes: Sequence[_Write], stored: dict[bytes, str]) -> _Plan:
+        """Apply a prefix of ``writes`` in Python to the rows ``stored`` (key → JSON text; missing = absent; bytes
+        that are not UTF-8 decoded with ``surrogateescape``, so they round-trip). The writes of an item whose stored
+        value is not JSON (not UTF-8 included: the parser refuses surrogates) are refused with
         :class:`StreamDataError`, and the item is left as it is."""
         plan = _Plan(current={key: stored.get(key) for key in dict.fromkeys(w.key for w in writes)})
         current = plan.current
@@ -2427,19 +2427,15 @@ class SQLStream(FieldUpdates):
             if w.abandoned:
                 plan.results.append((None, None))  # nobody waits for it, and it is not applied
                 continue
-            if unreadable and w.key in unreadable:
-                raw = unreadable[w.key]
-                plan.results.append(unreadable_value(w.stream_name, w.group_id, w.item_id, raw,
-                                                     ValueError("not UTF-8")).for_write(applied=False))
-                plan.refused.add(w.key)
-                continue
             old_text = current[w.key]
             try:
                 # parsed per write, so no two callers share (and could mutate) one value object
                 old = None if old_text is None else loads(old_text)
             except ValueError as exc:
                 assert old_text is not None
-                error = unreadable_value(w.stream_name, w.group_id, w.item_id, old_text, exc)
+                # its bytes again, so the error can tell text that is not UTF-8 from text that is not JSON
+                raw = old_text.encode("utf-8", "surrogateescape")
+                error = unreadable_value(w.stream_name, w.group_id, w.item_id, raw, exc)
                 plan.results.append(error.for_write(applied=False))
                 plan.refused.add(w.key)
                 continue
@@ -2492,20 +2488,17 @@ class SQLStream(FieldUpdates):
         appeared meanwhile (roll back and run again)."""
         keys = builtins.list(dict.fromkeys(w.key for w in writes))
         stored: dict[bytes, str]
-        unreadable: dict[bytes, bytes] = {}  # the rows whose value is not UTF-8 (SQLite)
         if self._pg:
             # one key (a lone caller, or one item) is the common case: '=' avoids IN's per-call expansion
             query = _READ_ROWS.where(items.c.item_key == keys[0] if len(keys) == 1 else items.c.item_key.in_(keys))
             query = query.order_by(items.c.item_key).with_for_update()  # one lock order: no deadlocks
             stored = {row.item_key: row.value for row in await conn.execute(query)}
         else:
-            stored = {}
-            for key, raw in await self._sqlite(conn, _READ_ROWS_SQLITE + _key_test(len(keys)), keys, fetch=True):
-                try:
-                    stored[key] = raw.decode()
-                except UnicodeDecodeError:  # (its writes refused by the plan)
-                    unreadable[key] = raw
-        plan = self._plan(writes, stored, unreadable)
+            # a text that is not UTF-8 (another program's) kept as it is, its writes refused by the plan
+            stored = {key: raw.decode("utf-8", "surrogateescape")
+                      for key, raw in await self._sqlite(conn, _READ_ROWS_SQLITE + _key_test(len(keys)), keys,
+                                                         fetch=True)}
+        plan = self._plan(writes, stored)
         current, deleted = plan.current, plan.deleted
         if plan.refused:
             # their rows stay as they are, and are not known: a known text that is not JSON refused every later
