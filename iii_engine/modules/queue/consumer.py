@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import replace
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
-from iii.loss_log import LossLog
+from iii.loss_log import BurstLog, LossLog
 from iii.protocol.worker_session import clip_text
 
 from ..base import EngineError
@@ -29,6 +29,12 @@ DLQ_ERROR_CHARS = 1000
 
 STORE_FAILURE_LOG_INTERVAL_S = 30.0
 """While the store keeps failing, one warning per this many seconds sums up the failed polls."""
+
+RETRY_LOG_BURST = 10
+RETRY_LOG_INTERVAL_S = 10.0
+"""A consumer logs its first :data:`RETRY_LOG_BURST` failed attempts of each this many seconds one line each (the
+job, the attempt, the wait and the error); the rest are counted in one line per interval. A handler or condition
+worker in a crash loop failed 400-460 attempts a second, each its own line."""
 
 MAX_WAITING_LANES = 4096
 """Lanes put off because their job's function is not registered that a consumer remembers, to run them as soon as
@@ -241,6 +247,8 @@ class QueueConsumer:
         self._looks_stale = False  # all to be asked for again (too many stale entries, or room to make)
         self._on_idle = on_idle
         self._log = log or logging.getLogger(__name__)
+        self._retry_log = BurstLog(RETRY_LOG_BURST, RETRY_LOG_INTERVAL_S, self._log.info,
+                                   LossLog(self._log_retry_counts, RETRY_LOG_INTERVAL_S))
         self._owns_failures = store_failures is None
         self.store_failures = StoreFailures(self._log) if store_failures is None else store_failures
         self._wake = asyncio.Event()
@@ -340,6 +348,7 @@ class QueueConsumer:
         try:
             await self._stop(deadline)
         finally:
+            self._retry_log.losses.close()
             self.store_failures.forget(self.queue)
             if self._owns_failures:
                 self.store_failures.close()
@@ -642,7 +651,16 @@ class QueueConsumer:
             await self.store.dead(self.queue, DeadLetter(tried, dlq_error(exc), now_ms()))
             return
         delay = self.settings.backoff_for(attempts)
-        self._log.log(logging.DEBUG if reported else logging.INFO,
-                      "queue %s: job %s attempt %d failed, retry in %d ms: %s", self.queue, job.id, attempts, delay,
-                      exc)
+        if reported:
+            self._log.debug("queue %s: job %s attempt %d failed, retry in %d ms: %s", self.queue, job.id, attempts,
+                            delay, exc)
+        else:
+            self._retry_log.note("failed attempt(s)", f"queue {self.queue}: job {job.id} attempt {attempts} failed, "
+                                 f"retry in {delay} ms: {exc}")
         await self.store.retry(self.queue, tried, due_ms=now_ms() + delay)
+
+    def _log_retry_counts(self, counts: Mapping[str, int], latest: str | None) -> None:
+        what = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
+        latest_text = f"; latest: {latest}" if latest is not None else ""
+        self._log.info("queue %s: %s not logged one by one (past %d lines per %g s), each retried after its "
+                       "backoff%s", self.queue, what, RETRY_LOG_BURST, RETRY_LOG_INTERVAL_S, latest_text)

@@ -1,0 +1,56 @@
+"""Failed attempts are logged one line each while they are few, and counted past
+``RETRY_LOG_BURST`` lines per ``RETRY_LOG_INTERVAL_S``: every failure is in the log, in its own line or a count.
+
+Before: one INFO line per job per failed attempt, with no bound: 400-460 lines a second while a condition worker
+crash-looped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+import pytest
+
+from iii_engine.modules.queue.consumer import RETRY_LOG_BURST, QueueConsumer
+from iii_engine.modules.queue.settings import QueueSettings
+from iii_engine.modules.queue.store import Job, MemoryQueueStore
+
+pytestmark = pytest.mark.timeout(30)
+
+JOBS = 20
+FAILURES = 200
+
+
+async def test_a_crash_loop_logs_a_burst_of_lines_then_counts(caplog: pytest.LogCaptureFixture) -> None:
+    store = MemoryQueueStore()
+    for n in range(JOBS):
+        await store.push("q", Job.new("q", "f", {"n": n}))
+    failed = 0
+    enough = asyncio.Event()
+
+    async def crashes(job: Job) -> None:
+        nonlocal failed
+        failed += 1
+        if failed >= FAILURES:
+            enough.set()
+        raise RuntimeError(f"handler crashed on {job.id}")
+
+    consumer = QueueConsumer(store, "q", QueueSettings(concurrency=4, poll_interval_ms=10, max_retries=1_000_000,
+                                                       backoff_ms=0), crashes)
+    caplog.set_level(logging.INFO, logger="iii_engine.modules.queue.consumer")
+    consumer.start()
+    try:
+        await asyncio.wait_for(enough.wait(), 20)
+    finally:
+        await consumer.stop()
+    messages = [r.getMessage() for r in caplog.records]
+    one_by_one = [m for m in messages
+                  if re.match(r"queue q: job \S+ attempt \d+ failed, retry in 0 ms: handler crashed", m)]
+    counted = [int(m.group(1)) for line in messages
+               if (m := re.search(r"queue q: (\d+) failed attempt\(s\) not logged one by one", line))]
+    assert RETRY_LOG_BURST <= len(one_by_one) < 3 * RETRY_LOG_BURST, len(one_by_one)  # (a slow run spans intervals)
+    assert counted, messages[-3:]
+    assert len(one_by_one) + sum(counted) == failed  # none lost from the log, none twice
+    assert len(messages) < 2 * RETRY_LOG_BURST + 10
