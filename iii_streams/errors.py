@@ -59,6 +59,7 @@ __all__ = [
     "check_timeout",
     "unreadable_value",
     "utf8_size",
+    "why_unreadable",
 ]
 
 
@@ -219,14 +220,23 @@ def unreadable_value(stream_name: str, group_id: str, item_id: str, raw: str | b
         item 'i' of group 'g' of stream 's': its stored value is not UTF-8 text (invalid start byte at byte 1), \
 written by something else than a stream store
     """
+    return StreamDataError(f"item {item_id!r} of group {group_id!r} of stream {stream_name!r}: its stored value "
+                           f"{why_unreadable(raw, exc)}, written by something else than a stream store")
+
+
+def why_unreadable(raw: str | bytes, exc: ValueError) -> str:
+    """What is wrong with a stored value ``raw`` that failed to parse with ``exc``: not UTF-8 (where), or not JSON.
+
+    Example:
+        >>> why_unreadable(b"[1,", ValueError("unexpected end of data"))
+        'is not JSON (unexpected end of data)'
+    """
     try:
         if isinstance(raw, bytes):
             raw.decode()
-        why = f"is not JSON ({exc})"
     except UnicodeDecodeError as bad:
-        why = f"is not UTF-8 text ({bad.reason} at byte {bad.start})"
-    return StreamDataError(f"item {item_id!r} of group {group_id!r} of stream {stream_name!r}: its stored value "
-                           f"{why}, written by something else than a stream store")
+        return f"is not UTF-8 text ({bad.reason} at byte {bad.start})"
+    return f"is not JSON ({exc})"
 
 
 class StreamTooLargeError(PicklesByState, StreamError, ValueError):

@@ -100,6 +100,7 @@ from .errors import (
     check_timeout,
     json_text,
     utf8_size,
+    why_unreadable,
 )
 from .events import (
     StreamEvent,
@@ -1216,7 +1217,8 @@ class RedisStream(FieldUpdates):
         try:
             return loads(raw)
         except ValueError as exc:
-            raise StreamDataError(f"value of field {field!r} in Redis hash {key!r} is not JSON: {exc}") from None
+            raise StreamDataError(f"value of field {field!r} in Redis hash {key!r} {why_unreadable(raw, exc)}, "
+                                  "written by something else than a stream store") from None
 
     def _old_value(self, raw: bytes | str | None, key: str, field: str) -> Any:
         """The old value a write script replaced and returned (``raw``). Not JSON, the error says the write was

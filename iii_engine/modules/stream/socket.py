@@ -1138,8 +1138,8 @@ class StreamSocketServer:
                     # ended without an error (its store's reader stopped): returning would leave the feed marked
                     # open and every client without events, silently, until the last one left
                     what = "the store's event feed ended; resubscribing"
-                except StreamGapError as exc:  # the store subscribed again by itself; the same watch reads on
-                    self._missed(f"the store's event feed lost its connection ({exc})")
+                except StreamGapError as exc:  # the same watch reads on: the store's error says what it missed
+                    self._missed(f"the store's event feed missed events ({exc})")
                     continue
                 except StreamLagError as exc:  # a slow reader, not a failing store: at once
                     self._missed(f"the stream socket fell behind the store's events ({exc}); resubscribing")

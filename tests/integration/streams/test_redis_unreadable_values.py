@@ -78,3 +78,17 @@ async def test_a_delete_event_that_is_not_json_is_a_gap_to_watchers_that_report_
                 assert (await asyncio.wait_for(anext(events), 10))["event"] == {"type": "create", "data": 2}
         finally:
             await store.client.delete(hash_key)
+
+
+async def test_a_value_that_is_not_utf8_is_named_so() -> None:
+    """Before, orjson's words: "is not JSON: str is not valid UTF-8: surrogates not allowed"."""
+    stream = f"unread-{uuid.uuid4().hex[:8]}"
+    async with RedisStream.from_url(require_redis(), channel=f"unread-events-{uuid.uuid4().hex[:8]}") as store:
+        try:
+            await store.client.hset(f"stream:{stream}:g", "bad", b'"\xff"')
+            with pytest.raises(StreamDataError) as caught:
+                await store.get(StreamGetInput(stream_name=stream, group_id="g", item_id="bad"))
+            assert "'bad'" in str(caught.value) and "is not UTF-8 text (invalid start byte at byte 1)" in str(
+                caught.value), str(caught.value)
+        finally:
+            await store.client.delete(f"stream:{stream}:g")
