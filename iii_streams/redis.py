@@ -115,7 +115,7 @@ from .events import (
 )
 from .known_texts import KnownTexts
 from .messages import mask_passwords
-from .redis_internals import give_back_plain, like_pool_options, one_shot, take_plain
+from .redis_internals import give_back_plain, like_pool_options, one_shot, raw_reply, take_plain
 
 __all__ = [
     "EVENTS_CHANNEL",
@@ -1249,7 +1249,7 @@ class RedisStream(FieldUpdates):
         check_names(input.stream_name, input.group_id, input.item_id)
         key = self.layout.key(input.stream_name, input.group_id)
         async with self._guard("get", timeout):
-            raw = await self._client.hget(key, input.item_id)
+            raw = await raw_reply(self._client, "HGET", key, input.item_id)
         return None if raw is None else self._parse(raw, key, input.item_id)
 
     async def set(self, input: StreamSetInput, *, timeout: float | None = None) -> StreamSetResult[Any]:
@@ -1322,7 +1322,7 @@ class RedisStream(FieldUpdates):
         check_names(input.stream_name, input.group_id)
         key = self.layout.key(input.stream_name, input.group_id)
         async with self._guard("list", timeout):
-            values: Sequence[bytes | str] = await self._client.hvals(key)
+            values: Sequence[bytes | str] = await raw_reply(self._client, "HVALS", key)
         return [self._parse(raw, key, "<hvals>") for raw in values]
 
     async def list_text(self, input: StreamListInput, *, max_bytes: int | None = None) -> str:
@@ -1347,7 +1347,8 @@ class RedisStream(FieldUpdates):
         check_names(input.stream_name, input.group_id)
         key = self.layout.key(input.stream_name, input.group_id)
         async with self._guard("list", None):
-            reply: int | Sequence[bytes | str] = await self._client.eval(_BOUNDED_HVALS_SCRIPT, 1, key, max_bytes)
+            reply: int | Sequence[bytes | str] = await raw_reply(
+                self._client, "EVAL", _BOUNDED_HVALS_SCRIPT, 1, key, max_bytes)
         if isinstance(reply, int):
             check_list_bytes(input, reply, max_bytes)
             reply = ()
@@ -1414,7 +1415,9 @@ class RedisStream(FieldUpdates):
                     return results
                 self.known_misses += 1  # another process wrote one of them: read them as they are now
             for _ in range(self.max_update_attempts):
-                raws: builtins.list[bytes | str | None] = await self._client.hmget(key, fields)
+                # as bytes: one stored value that is not UTF-8 failed a decoding client's whole reply
+                raws: builtins.list[bytes | str | None] = await raw_reply(
+                    self._client, "HMGET", key, *fields)
                 results = await self._write_batch(key, batch, dict(zip(fields, raws, strict=True)))
                 if results is not None:
                     return results
@@ -1484,13 +1487,14 @@ class RedisStream(FieldUpdates):
         try:
             try:
                 await _send(conn, _pack_evalsha(conn, script.sha, key, args), bounded, progress)
-                return await conn.read_response()
+                # as bytes: a decoding client failed on an old value that is not UTF-8 after the write was applied
+                return await conn.read_response(disable_decoding=True)
             except NoScriptError:  # Redis ran nothing (restarted, or SCRIPT FLUSH): load it and send it again
                 if progress is not None:
                     progress.sent = False
                 script.sha = await _script_load(conn, script.script)
                 await _send(conn, _pack_evalsha(conn, script.sha, key, args), bounded, progress)
-                return await conn.read_response()
+                return await conn.read_response(disable_decoding=True)
         finally:
             await pool.release(conn)
 

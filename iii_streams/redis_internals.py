@@ -34,9 +34,9 @@ from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
 from iii.warn_once import WarnOnce
 
-__all__ = ["MISSING", "PLAIN_POOL_MISSING", "POOL_INJECTED", "SENT_NOTHING_MISSING", "OneShotPubSub",
-           "give_back_plain", "like_pool_options", "one_shot", "plain_give_back", "pool_idle", "sent_nothing",
-           "take_plain"]
+__all__ = ["MISSING", "PLAIN_POOL_MISSING", "POOL_INJECTED", "RAW_REPLY", "SENT_NOTHING_MISSING", "OneShotPubSub",
+           "give_back_plain", "like_pool_options", "one_shot", "plain_give_back", "pool_idle", "raw_reply",
+           "sent_nothing", "take_plain"]
 
 log = logging.getLogger(__name__)
 
@@ -288,3 +288,28 @@ def give_back_plain(pool: Any, connection: Any) -> bool:
     pool._in_use_connections.remove(connection)
     pool._available_connections.append(connection)
     return True
+
+
+# -- replies as bytes whatever the client decodes (iii_streams.redis) -------------------------------------------------
+
+_NEVER_DECODE: Any = getattr(_optional("redis.client"), "NEVER_DECODE", None)
+RAW_REPLY: Final[dict[str, Any]] = {_NEVER_DECODE: True} if isinstance(_NEVER_DECODE, str) else {}
+"""Options of ``execute_command`` that make redis-py hand a reply's strings back as bytes, even on a client made with
+``decode_responses=True`` (whose decode of one stored value that is not UTF-8 failed the whole reply, every item's
+update of a batch with it); empty when this redis-py has no such option (the reply is then decoded as the client
+says). A test checks it with this redis-py."""
+
+
+async def raw_reply(client: Redis, *command: Any) -> Any:
+    """``command``'s reply, its strings as bytes (:data:`RAW_REPLY`).
+
+    Example:
+        >>> import asyncio, fakeredis
+        >>> async def demo() -> Any:
+        ...     client = fakeredis.FakeAsyncRedis(decode_responses=True)
+        ...     await client.hset("h", "f", "v")
+        ...     return await raw_reply(client, "HGET", "h", "f")
+        >>> asyncio.run(demo())
+        b'v'
+    """
+    return await client.execute_command(*command, **RAW_REPLY)  # type: ignore[no-untyped-call]
