@@ -185,8 +185,11 @@ def stops_once(dbapi_connection: Any, _record: Any = None) -> bool:
     async def close_or_await_stop() -> None:
         if not stopping:
             await close()  # (its own stop at its end is stop_once: the instance's attribute)
-        elif (stopped := stopping[0]) is not None:
-            await asyncio.shield(stopped)  # a cancel of this caller must not cancel the stop others await
+        elif (stopped := stopping[0]) is not None and not stopped.done():
+            # shielded: a cancel of this caller must not cancel the stop others await. One already done, or
+            # cancelled by the cancel of a close that awaited it, is not awaited (its thread still closes the
+            # connection): a cancelled future would raise CancelledError into a caller nobody cancelled
+            await asyncio.shield(stopped)
 
     driver.stop = stop_once
     driver.close = close_or_await_stop

@@ -87,3 +87,22 @@ async def test_a_connection_closed_with_a_read_unfinished_lets_go_of_its_write_l
         await driver.close()
         await _lock_is_free(tmp_path / "s.db")  # (the unfinished cursor still referenced)
         del unfinished
+
+
+@needs_stop
+async def test_a_close_after_a_cancelled_close_returns_and_is_not_cancelled(tmp_path: Path) -> None:
+    """A close cancelled while it waited for the stop cancels that stop's future; a later close by a caller nobody
+    cancelled returns (the thread still closes the connection), rather than raising that cancel as its own."""
+    async with _guarded_driver(tmp_path / "s.db") as driver:
+        slow = asyncio.ensure_future(driver.execute_fetchall(_SLOW))
+        await asyncio.sleep(0)  # one turn: the task queues its statement
+        first = asyncio.ensure_future(driver.close())
+        await asyncio.sleep(0)  # the first close queues the connection's close behind the statement
+        first.cancel()
+        await asyncio.sleep(0)  # it takes the cancel, and then waits for the stop it queued as it ends
+        first.cancel()  # which cancels that stop's future itself
+        with contextlib.suppress(asyncio.CancelledError):
+            await first
+        await asyncio.wait_for(driver.close(), 10)  # before: CancelledError
+        assert list(await slow) == [(2000000,)]
+    await _lock_is_free(tmp_path / "s.db")
