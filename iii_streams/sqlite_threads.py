@@ -19,10 +19,10 @@ A connection both stopped and closed has a second hazard, in aiosqlite 0.22: SQL
 run let go of the sqlite3 connection the stop was to close (left open, its transaction's lock held: the next store
 on the file waited out SQLite's 30 s busy wait) and queued a second stop, which the thread, ended by the first,
 never answered (the close hung for good). :func:`guard_aiosqlite` makes each connection's stop happen once and a
-close after it wait for that stop, which closes the connection. And a connection closed while a cancelled read of
-its transaction left a statement unfinished is not closed by SQLite at all until that statement is freed: it kept
-its write lock, and the next write on the file waited the busy wait out. Its close rolls back first
-(:class:`RollsBackOnClose`), which ends such statements.
+close after it wait for that stop, which closes the connection. And a connection closed while a cancelled read
+left a statement unfinished is not closed by SQLite at all until that statement is freed: it kept
+its locks, and the next write or open on the file waited the busy wait out. Its close closes its cursors and rolls
+back first (:class:`ClosesCleanly`), which ends such statements.
 
 Example:
     >>> sqlite_threads() == set()
@@ -37,6 +37,7 @@ import importlib
 import sqlite3
 import sys
 import threading
+import weakref
 from typing import Any, Final
 
 from sqlalchemy import event
@@ -44,7 +45,7 @@ from sqlalchemy.exc import MissingGreenlet
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_only
 
-__all__ = ["DRIVER_THREAD_S", "SQLITE_THREAD_MISSING", "RollsBackOnClose", "driver_threads_ended", "guard_aiosqlite",
+__all__ = ["DRIVER_THREAD_S", "SQLITE_THREAD_MISSING", "ClosesCleanly", "driver_threads_ended", "guard_aiosqlite",
            "sqlite_threads", "stops_once", "wait_for_failed_connects"]
 
 DRIVER_THREAD_S = 1.0
@@ -196,36 +197,61 @@ def stops_once(dbapi_connection: Any, _record: Any = None) -> bool:
     return True
 
 
-class RollsBackOnClose(sqlite3.Connection):
-    """A sqlite3 connection whose ``close()`` rolls back the transaction still open first. SQLite closes a connection
-    with a statement not yet finished (a read cancelled between its first row and the rest, its cursor still
-    referenced) only once that statement is freed, and until then it keeps the transaction's locks: a write
-    transaction's kept every later writer of the file waiting. The rollback ends such statements.
+class ClosesCleanly(sqlite3.Connection):
+    """A sqlite3 connection whose ``close()`` first closes the cursors still open on it and rolls back the
+    transaction still open. SQLite closes a connection with a statement not yet finished (a read cancelled between its
+    first row and the rest, its cursor still referenced) only once that statement is freed, and until then it keeps
+    its locks: a write transaction's kept every later writer of the file waiting, and a read's kept the next store's
+    first open (its switch to WAL) waiting. Cursors are tracked as they are made (about 1.4 µs a statement).
 
     Example:
-        >>> first = sqlite3.connect(":memory:", factory=RollsBackOnClose, isolation_level=None)
-        >>> _ = first.execute("BEGIN IMMEDIATE")
+        >>> first = sqlite3.connect(":memory:", factory=ClosesCleanly, isolation_level=None)
+        >>> unfinished = first.execute("SELECT 1 UNION ALL SELECT 2")
+        >>> unfinished.fetchone()
+        (1,)
         >>> first.close()
-        >>> first.in_transaction
+        >>> unfinished.fetchone()
         Traceback (most recent call last):
-        sqlite3.ProgrammingError: Cannot operate on a closed database.
+        sqlite3.ProgrammingError: Cannot operate on a closed cursor.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._cursors: weakref.WeakSet[sqlite3.Cursor] = weakref.WeakSet()
+
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        made = super().cursor(*args, **kwargs)
+        self._cursors.add(made)
+        return made
+
+    # sqlite3's own shortcuts make their cursors in C, past cursor(): through it here
+    def execute(self, *args: Any) -> Any:
+        return self.cursor().execute(*args)
+
+    def executemany(self, *args: Any) -> Any:
+        return self.cursor().executemany(*args)
+
+    def executescript(self, *args: Any) -> Any:
+        return self.cursor().executescript(*args)
+
     def close(self) -> None:
+        for cursor in list(self._cursors):
+            with contextlib.suppress(sqlite3.Error):  # (one closed already, or this connection is)
+                cursor.close()
         with contextlib.suppress(sqlite3.Error):  # (already closed, or the rollback failed: the close still runs)
             if self.in_transaction:
                 self.rollback()
         super().close()
 
 
-def _rolls_back_on_close(_dialect: Any, _record: Any, _cargs: list[Any], cparams: dict[str, Any]) -> None:
-    """``do_connect``: connections made as :class:`RollsBackOnClose`, unless the engine's owner chose a factory."""
-    cparams.setdefault("factory", RollsBackOnClose)
+def _closes_cleanly(_dialect: Any, _record: Any, _cargs: list[Any], cparams: dict[str, Any]) -> None:
+    """``do_connect``: connections made as :class:`ClosesCleanly`, unless the engine's owner chose a factory."""
+    cparams.setdefault("factory", ClosesCleanly)
 
 
 def guard_aiosqlite(engine: AsyncEngine) -> None:
     """The guards on ``engine`` (SQLite through aiosqlite): :func:`wait_for_failed_connects`; connections made as
-    :class:`RollsBackOnClose` (unless ``connect_args`` names a ``factory``); :func:`stops_once` on each. Idempotent.
+    :class:`ClosesCleanly` (unless ``connect_args`` names a ``factory``); :func:`stops_once` on each. Idempotent.
 
     Example:
         >>> from sqlalchemy.ext.asyncio import create_async_engine
@@ -235,7 +261,7 @@ def guard_aiosqlite(engine: AsyncEngine) -> None:
         True
     """
     wait_for_failed_connects(engine)
-    if not event.contains(engine.sync_engine, "do_connect", _rolls_back_on_close):
-        event.listen(engine.sync_engine, "do_connect", _rolls_back_on_close)
+    if not event.contains(engine.sync_engine, "do_connect", _closes_cleanly):
+        event.listen(engine.sync_engine, "do_connect", _closes_cleanly)
     if not event.contains(engine.sync_engine, "connect", stops_once):
         event.listen(engine.sync_engine, "connect", stops_once)

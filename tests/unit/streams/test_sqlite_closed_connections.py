@@ -33,8 +33,11 @@ _SLOW = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x
 
 async def _lock_is_free(path: Path) -> None:
     async with aiosqlite.connect(path, timeout=0.2) as other:
-        await other.execute("BEGIN IMMEDIATE")  # "database is locked" while a closed connection still held it
-        await other.rollback()
+        # "database is locked" while a closed connection still held its lock: the write one at BEGIN IMMEDIATE, a
+        # read one at the COMMIT (a file in SQLite's default journal mode)
+        await other.execute("BEGIN IMMEDIATE")
+        await other.execute("CREATE TABLE IF NOT EXISTS probe (x)")
+        await other.commit()
 
 
 @contextlib.asynccontextmanager
@@ -76,12 +79,15 @@ async def test_a_cut_and_closed_connection_is_closed_once_and_lets_go_of_its_loc
     await _lock_is_free(tmp_path / "s.db")
 
 
-async def test_a_connection_closed_with_a_read_unfinished_lets_go_of_its_write_lock(tmp_path: Path) -> None:
+@pytest.mark.parametrize("in_transaction", [True, False], ids=["write-transaction", "autocommit-read"])
+async def test_a_connection_closed_with_a_read_unfinished_lets_go_of_its_lock(
+        tmp_path: Path, in_transaction: bool) -> None:
     async with _guarded_driver(tmp_path / "s.db") as driver:
         await driver.execute("CREATE TABLE t (x)")
         await driver.execute("INSERT INTO t VALUES (1), (2), (3)")
         await driver.commit()
-        await driver.execute("BEGIN IMMEDIATE")
+        if in_transaction:
+            await driver.execute("BEGIN IMMEDIATE")
         unfinished = await driver.execute("SELECT x FROM t")
         assert await unfinished.fetchone() == (1,)  # one row of three: the statement is not done
         await driver.close()
