@@ -655,8 +655,12 @@ class QueueConsumer:
             self._log.debug("queue %s: job %s attempt %d failed, retry in %d ms: %s", self.queue, job.id, attempts,
                             delay, exc)
         else:
-            self._retry_log.note("failed attempt(s)", f"queue {self.queue}: job {job.id} attempt {attempts} failed, "
-                                 f"retry in {delay} ms: {exc}")
+            line = f"queue {self.queue}: job {job.id} attempt {attempts} failed, retry in {delay} ms: {exc}"
+            if self._stopped:
+                # past the stop (a handler that outlived its cancel): no count is written after the stop's flush
+                self._log.info("%s", line)
+            else:
+                self._retry_log.note("failed attempt(s)", line)
         await self.store.retry(self.queue, tried, due_ms=now_ms() + delay)
 
     def _log_retry_counts(self, counts: Mapping[str, int], latest: str | None) -> None:

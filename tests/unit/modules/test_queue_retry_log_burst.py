@@ -8,6 +8,7 @@ crash-looped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 
@@ -16,6 +17,7 @@ import pytest
 from iii_engine.modules.queue.consumer import RETRY_LOG_BURST, QueueConsumer
 from iii_engine.modules.queue.settings import QueueSettings
 from iii_engine.modules.queue.store import Job, MemoryQueueStore
+from tests.polling import until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -54,3 +56,33 @@ async def test_a_crash_loop_logs_a_burst_of_lines_then_counts(caplog: pytest.Log
     assert counted, messages[-3:]
     assert len(one_by_one) + sum(counted) == failed  # none lost from the log, none twice
     assert len(messages) < 2 * RETRY_LOG_BURST + 10
+
+
+async def test_a_failure_after_the_stop_gets_its_own_line(caplog: pytest.LogCaptureFixture) -> None:
+    """A handler that outlives the stop's cancel and then fails: its attempt is logged as it fails. Before, it went
+    into a count whose timer the stop had already flushed, and was never written."""
+    store = MemoryQueueStore()
+    await store.push("q", Job.new("q", "f", {}))
+    running, release = asyncio.Event(), asyncio.Event()
+    failed = asyncio.Event()
+
+    async def outlives_its_cancel(job: Job) -> None:
+        running.set()
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):  # (swallows the stop's cancels, as a careless one may)
+                await release.wait()
+        failed.set()
+        raise RuntimeError("failed after the stop")
+
+    consumer = QueueConsumer(store, "q", QueueSettings(poll_interval_ms=10, max_retries=5), outlives_its_cancel,
+                             stop_timeout_ms=50)
+    caplog.set_level(logging.INFO, logger="iii_engine.modules.queue.consumer")
+    for _ in range(RETRY_LOG_BURST + 1):  # the burst spent and a count just written: the next count waits 10 s
+        consumer._retry_log.note("failed attempt(s)", "earlier")
+    consumer.start()
+    await asyncio.wait_for(running.wait(), 10)
+    await consumer.stop()
+    release.set()
+    await asyncio.wait_for(failed.wait(), 10)
+    # (its count's timer, 10 s away, would outlive the loop: the line must come as it fails)
+    await until(lambda: any("failed after the stop" in r.getMessage() for r in caplog.records), 2)
