@@ -220,21 +220,57 @@ class ClosesCleanly(sqlite3.Connection):
         self._cursors: weakref.WeakSet[sqlite3.Cursor] = weakref.WeakSet()
 
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        """``sqlite3.Connection.cursor``, the cursor noted for :meth:`close`.
+
+        Example:
+            >>> connection = sqlite3.connect(":memory:", factory=ClosesCleanly)
+            >>> connection.cursor().execute("SELECT 1").fetchone()
+            (1,)
+        """
         made = super().cursor(*args, **kwargs)
         self._cursors.add(made)
         return made
 
     # sqlite3's own shortcuts make their cursors in C, past cursor(): through it here
     def execute(self, *args: Any) -> Any:
+        """``sqlite3.Connection.execute`` on a cursor from :meth:`cursor`.
+
+        Example:
+            >>> sqlite3.connect(":memory:", factory=ClosesCleanly).execute("SELECT ?", (2,)).fetchone()
+            (2,)
+        """
         return self.cursor().execute(*args)
 
     def executemany(self, *args: Any) -> Any:
+        """``sqlite3.Connection.executemany`` on a cursor from :meth:`cursor`.
+
+        Example:
+            >>> connection = sqlite3.connect(":memory:", factory=ClosesCleanly)
+            >>> _ = connection.execute("CREATE TABLE t (x)")
+            >>> connection.executemany("INSERT INTO t VALUES (?)", [(1,), (2,)]).rowcount
+            2
+        """
         return self.cursor().executemany(*args)
 
     def executescript(self, *args: Any) -> Any:
+        """``sqlite3.Connection.executescript`` on a cursor from :meth:`cursor`.
+
+        Example:
+            >>> connection = sqlite3.connect(":memory:", factory=ClosesCleanly)
+            >>> _ = connection.executescript("CREATE TABLE t (x); INSERT INTO t VALUES (3);")
+            >>> connection.execute("SELECT x FROM t").fetchone()
+            (3,)
+        """
         return self.cursor().executescript(*args)
 
     def close(self) -> None:
+        """Close the cursors still open, roll back the transaction still open, then close the connection.
+
+        Example:
+            >>> connection = sqlite3.connect(":memory:", factory=ClosesCleanly, isolation_level=None)
+            >>> _ = connection.execute("BEGIN")
+            >>> connection.close()  # rolled back first
+        """
         for cursor in list(self._cursors):
             with contextlib.suppress(sqlite3.Error):  # (one closed already, or this connection is)
                 cursor.close()
