@@ -20,12 +20,16 @@ async def test_the_link_is_ready_only_once_the_remote_has_its_subscription_again
     with EngineThread() as fake:
         late = LateCleanup(fake)
         link = BridgeLink(fake.url, role="test", connect_grace_s=10)
+        # the fake turns the link away until its callback is installed: a first connection ready before that
+        # call is told to no one (CI once waited out the first readiness that way)
+        fake.engine.reject_handshakes = 10**9
         link.start()
         old: list[str] = []  # the first connection's worker id, once the first readiness was seen
         seen: asyncio.Queue[tuple[bool, bool, bool] | None] = asyncio.Queue()
         # installed before the first connection can be ready, so that its readiness is the first one seen: one
         # that landed later would otherwise pass for the reconnect's (under load it did)
         link.on_ready(lambda: seen.put_nowait(late.snapshot(old[0], "sub") if old else None))
+        fake.engine.reject_handshakes = 0  # the next attempt (the link retries every 2 s) connects
         try:
             link.register_function("sub", _nothing)
             link.register_trigger("subscribe", "sub", {"topic": "stream.events"})
