@@ -107,7 +107,7 @@ else:  # `from . import` waits for the package's __init__ (tests/unit/test_concu
     ws_fastpath = import_module(".ws_fastpath", __package__)
 from .errors import ConnectionLostError, OutboundQueueFullError, PicklesByState
 from .iii_constants import DEFAULT_RECONNECTION_CONFIG, MAX_QUEUE_SIZE, IIIConnectionState, ReconnectionConfig
-from .loss_log import LossLog
+from .loss_log import LossLog, latest_tail
 
 __all__ = ["MAX_MESSAGE_SIZE_HEADER", "MESSAGE_TOO_BIG", "NOT_AN_ENGINE_TRIES", "OUTBOUND_QUEUE_FULL", "Connection",
            "MessageTooLargeError", "announced_limit", "backoff_delay_ms", "check_url", "not_an_engine", "shown_url"]
@@ -1048,7 +1048,7 @@ class Connection:
         self._drops.lost("dropped", f"{frame!r:.80}")
 
     def _log_dropped(self, counts: Mapping[str, int], latest: str | None) -> None:
-        latest_text = f"; latest: {latest}" if latest is not None else ""
+        latest_text = latest_tail(latest)
         why = ("reconnection gave up (max_retries), nothing queued leaves" if self._gave_up else
                f"the outbound queue holds at most {self._max_queue} frames waiting for the engine, at most "
                f"{self._best_effort_cap} of them and {self._max_best_effort_bytes:,} bytes best-effort")
@@ -1059,7 +1059,7 @@ class Connection:
         """The :class:`LossLog` warning of calls that failed at a full queue, never sent (each caller was told)."""
         parts = [f"{counts[kind]} {what}" for kind, what in ((_MADE_WAY, "queued call(s) made way for newer frames"),
                                                              (_REFUSED, "call(s) refused")) if kind in counts]
-        latest_text = f"; latest: {latest}" if latest is not None else ""
+        latest_text = latest_tail(latest)
         log.warning("Outbound queue full (at most %d frames and %s bytes waiting for the engine): %s since the last "
                     "warning, each failed at once as never sent%s", self._max_queue, f"{self._max_queue_bytes:,}",
                     " and ".join(parts), latest_text)

@@ -57,7 +57,7 @@ from .iii_types import (
     WorkerInfo,
 )
 from .loop_bridge import LoopBridge, LoopStoppedError
-from .loss_log import LossLog
+from .loss_log import LossLog, latest_tail
 from .payloads import action_to_wire, format_dict, resolve_channels
 from .pending_calls import LoopWaiter, PendingCalls, Settle, ThreadWaiter
 from .protocol.client import (
@@ -870,7 +870,7 @@ class III:
                             "worker's frames; their callers wait for their timeout)"),
                  ("no_id", "call(s) without an invocation id dropped"))
         parts = [f"{counts[kind]} {what}" for kind, what in kinds if kind in counts]
-        latest_text = f"; latest: a call of {latest}" if latest is not None else ""
+        latest_text = latest_tail(latest, "a call of ")
         log.warning("Worker busy (max_invocations=%d invocations running): %s since the last warning, not run%s",
                     self._max_invocations, " and ".join(parts), latest_text)
 

@@ -10,7 +10,27 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 
-__all__ = ["BurstLog", "LossLog"]
+__all__ = ["BurstLog", "LossLog", "counts_text", "latest_tail"]
+
+
+def latest_tail(latest: str | None, lead: str = "") -> str:
+    """The end of a :class:`LossLog` warning naming its ``latest`` loss (after ``lead``), or ``""`` without one.
+
+    Example:
+        >>> latest_tail("worker w1"), latest_tail("f", "a call of "), latest_tail(None)
+        ('; latest: worker w1', '; latest: a call of f', '')
+    """
+    return f"; latest: {lead}{latest}" if latest is not None else ""
+
+
+def counts_text(counts: Mapping[str, int]) -> str:
+    """A :class:`LossLog` warning's ``counts``, by kind in order of kind.
+
+    Example:
+        >>> counts_text({"void": 2, "answered": 1})
+        '1 answered, 2 void'
+    """
+    return ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
 
 
 class LossLog:

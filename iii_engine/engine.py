@@ -29,7 +29,7 @@ from websockets.exceptions import ConnectionClosed
 
 from iii import ws_fastpath
 from iii.iii_types import TriggerInfo
-from iii.loss_log import BurstLog, LossLog
+from iii.loss_log import BurstLog, LossLog, latest_tail
 from iii.protocol.client import WORKER_BUSY
 from iii.protocol.worker_session import (
     Event,
@@ -1061,20 +1061,20 @@ class Engine:
 
     @staticmethod
     def _log_trigger_notes(counts: Mapping[str, int], latest: str | None) -> None:
-        latest_text = f"; latest: {latest}" if latest is not None else ""
+        latest_text = latest_tail(latest)
         more = "".join(f", {counts[kind]} {text}" for kind, text in _TRIGGER_NOTES.items() if counts.get(kind))
         log.warning("triggers: %d left pending for an unknown trigger type, %d rejected by their type%s (since the "
                     "last such warning)%s", counts.get("pending", 0), counts.get("rejected", 0), more, latest_text)
 
     @staticmethod
     def _log_trigger_info(counts: Mapping[str, int], latest: str | None) -> None:
-        latest_text = f"; latest: {latest}" if latest is not None else ""
+        latest_text = latest_tail(latest)
         log.info("triggers: %d pending ones activated by their type's registration, %d answers of a type's owner "
                  "ignored (since the last such line)%s", counts.get("activated", 0), counts.get("ignored", 0),
                  latest_text)
 
     def _log_undecodable(self, counts: Mapping[str, int], latest: str | None) -> None:
-        latest_text = f"; latest: {latest}" if latest is not None else ""
+        latest_text = latest_tail(latest)
         log.warning("dropped %d more undecodable worker frame(s) (past %d logged per %g s), %d in all%s",
                     counts["undecodable"], UNDECODABLE_LOG_BURST, SKIP_LOG_INTERVAL_S, self.undecodable_frames,
                     latest_text)

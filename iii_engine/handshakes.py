@@ -34,7 +34,7 @@ from itertools import islice
 from typing import Any, Final, Generic, TypeVar
 from urllib.parse import SplitResult, urlsplit
 
-from iii.loss_log import LossLog
+from iii.loss_log import LossLog, latest_tail
 
 __all__ = ["BAD_TARGET", "LOOK_AT_MOST", "NotUpgraded", "QuietHandshakes", "Silent", "has_unread_bytes", "quiet_logger",
            "request_target"]
@@ -165,7 +165,7 @@ class NotUpgraded:
         self._log.flush(None)
 
     def _write(self, counts: Mapping[str, int], latest: str | None) -> None:
-        latest_text = f"; latest: {latest}" if latest is not None else ""
+        latest_text = latest_tail(latest)
         self._logger.info("%d connection(s) to %s closed without a WebSocket upgrade since the last line (no upgrade "
                           "request, not HTTP, or refused), %d in all%s", counts["closed"], self._where, self.count,
                           latest_text)

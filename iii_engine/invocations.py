@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
-from iii.loss_log import LossLog
+from iii.loss_log import LossLog, latest_tail
 from iii.protocol.client import WORKER_BUSY
 from iii.protocol.codec import clip, is_uuid
 from iii.protocol.ids import InvocationIds, new_invocation_id
@@ -525,7 +525,7 @@ class Invocations:
         self._stray_log.lost("stray", what)
 
     def _log_stray(self, counts: Mapping[str, int], latest: str | None) -> None:
-        latest_text = f"; latest: {latest}" if latest is not None else ""
+        latest_text = latest_tail(latest)
         log.warning("%d invocation result(s) ended no call since the last warning (late: the caller left, the call "
                     "timed out or was stopped; or not the sender's to answer); %d in all%s", counts["stray"],
                     self.stray_results, latest_text)
@@ -559,7 +559,7 @@ class Invocations:
         self._unknown_void_log.lost("dropped", f"worker {caller.id} called {function_id!r}")
 
     def _log_unknown_void(self, counts: Mapping[str, int], latest: str | None) -> None:
-        latest_text = f"; latest: {latest}" if latest is not None else ""
+        latest_text = latest_tail(latest)
         log.warning("%d void call(s) of unknown functions dropped since the last warning (no worker serves them: "
                     "not registered, or not registered again yet after a restart); %d in all%s", counts["dropped"],
                     self.unknown_void_calls, latest_text)
@@ -586,7 +586,7 @@ class Invocations:
                     self.missing_fired, clip_text(function_id), whose)
 
     def _log_enqueue_failed(self, counts: Mapping[str, int], latest: str | None) -> None:
-        latest_text = f"; latest: {latest}" if latest is not None else ""
+        latest_text = latest_tail(latest)
         log.warning("%d enqueue(s) failed since the last warning%s", counts["failed"], latest_text)
 
     def _finish(self, invocation_id: str, result: Any, error: Any, traceparent: str | None = None,

@@ -53,7 +53,7 @@ from contextvars import ContextVar
 from typing import Any
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
-from iii.loss_log import LossLog
+from iii.loss_log import LossLog, latest_tail
 
 from .config import (
     DEFAULT_FIRE_WAIT_TIMEOUT_MS,
@@ -866,7 +866,7 @@ class FiredCalls:
         return EngineError(FIRE_LIMIT, message)
 
     def _log_lost(self, counts: Mapping[str, int], what: str | None) -> None:
-        latest = f"; latest: {what}" if what is not None else ""
+        latest = latest_tail(what)
         log.warning("trigger-fired calls not made, no room under max_fired_calls %d: %d skipped (nobody to wait), "
                     "%d refused (their producer failed with fire_limit) since the last warning; %d skipped, "
                     "%d refused in all, %d in flight%s%s", self.limit, counts.get("skipped", 0),
@@ -884,7 +884,7 @@ class FiredCalls:
                     self.callee_limit, counts["skipped"], self.skipped_callee_share, function_id, now)
 
     def _log_over_share(self, counts: Mapping[str, int], what: str | None) -> None:
-        latest = f"; latest: {what}" if what is not None else ""
+        latest = latest_tail(what)
         log.warning("trigger-fired calls not made, past the share of the worker whose call set them off "
                     "(max_call_bytes_per_worker %d): %d skipped (nobody to wait), %d refused (their producer failed "
                     "with fire_limit) since the last warning (counted in skipped and refused); %d in flight%s",
@@ -996,7 +996,7 @@ class WorkerCalls:
         return self._losses.recent(DEGRADED_WINDOW_S)
 
     def _log_refused(self, counts: Mapping[str, int], what: str | None) -> None:
-        latest = f"; latest: {what}" if what is not None else ""
+        latest = latest_tail(what)
         log.warning("worker calls refused over max_calls_per_worker %d or max_call_bytes_per_worker %d: %d answered "
                     "with too_many_calls, %d void (no reply asked for, dropped) since the last warning; %d and %d in "
                     "all%s", self.limit, self.byte_limit, counts.get("answered", 0), counts.get("void", 0),

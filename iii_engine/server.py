@@ -31,7 +31,7 @@ from websockets.protocol import State
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.channel_end import FRAME_SIZE_HEADER, INVITED_FRAME_SIZES
 from iii.connection import MAX_MESSAGE_SIZE_HEADER
-from iii.loss_log import LossLog
+from iii.loss_log import LossLog, latest_tail
 from iii.ws_fastpath import bound_frame_queue, enable_fast_receive, reset, server_factory, set_max_message_size
 
 from .accept_gate import AcceptGate
@@ -269,7 +269,7 @@ class Listener:
             gate.resume()
 
     def _log_paused(self, counts: Mapping[str, int], latest: str | None) -> None:
-        latest_text = f"; latest: {latest}" if latest is not None else ""
+        latest_text = latest_tail(latest)
         log.warning("the engine's port stopped accepting %d time(s) since the last warning, %d in all: max_handshakes "
                     "(%d) connections had not sent their whole upgrade request; new connections wait in the listen "
                     "queue until one sends it or times out%s", counts["paused"], self.accept_pauses,

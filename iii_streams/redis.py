@@ -67,7 +67,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
-from iii.loss_log import LossLog
+from iii.loss_log import LossLog, latest_tail
 from iii.stream import (
     StreamDeleteInput,
     StreamDeleteResult,
@@ -692,7 +692,7 @@ _WATCH_RETRY_LOG_S: Final = 10.0
 
 
 def _log_watch_retries(counts: Mapping[str, int], latest: str | None) -> None:
-    latest_text = f"; latest: {latest}" if latest is not None else ""
+    latest_text = latest_tail(latest)
     log.warning("stream watch: Redis unreachable: %d attempt(s) to re-subscribe the watchers' connection failed since "
                 "the last warning%s; retrying (every 2 s at most)", counts["failed"], latest_text)
 

@@ -118,7 +118,7 @@ from sqlalchemy.util import asbool, await_only, greenlet_spawn
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.handler_threads import EXIT_HOOK_MISSING, at_exit_start
-from iii.loss_log import LossLog
+from iii.loss_log import LossLog, latest_tail
 from iii.stream import (
     StreamDeleteInput,
     StreamDeleteResult,
@@ -1149,9 +1149,8 @@ _WATCH_RETRY_LOG_S: Final = 10.0
 
 
 def _log_watch_retries(counts: Mapping[str, int], latest: str | None) -> None:
-    latest_text = f"; latest: {latest}" if latest is not None else ""
     log.warning("stream watch: PostgreSQL unreachable: %d attempt(s) to reconnect the LISTEN connection failed "
-                "since the last warning%s; retrying (every 2 s at most)", counts["failed"], latest_text)
+                "since the last warning%s; retrying (every 2 s at most)", counts["failed"], latest_tail(latest))
 
 
 DISPOSE_TIMEOUT_S: Final = _DISPOSE_DEFAULT_S

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Final
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.iii_types import TriggerInfo
-from iii.loss_log import LossLog
+from iii.loss_log import LossLog, latest_tail
 
 from ...limits import HeldTasks
 from ..base import EngineError, EngineModule, EngineServices, FiredSlots
@@ -222,7 +222,7 @@ class CronModule(EngineModule):
                         (now - last).total_seconds(), rfc3339(last), missed, rfc3339(now))
 
     def _log_lock_failures(self, counts: Mapping[str, int], latest: str | None) -> None:
-        latest_text = f"; latest: {latest}" if latest is not None else ""
+        latest_text = latest_tail(latest)
         log.warning("cron: %d tick(s) skipped since the last warning because the lock store failed (%d in all)%s",
                     counts["lock"], self.lock_failures, latest_text)
 

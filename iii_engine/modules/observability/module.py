@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Protocol
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.iii_types import TriggerInfo
-from iii.loss_log import BurstLog, LossLog
+from iii.loss_log import BurstLog, LossLog, counts_text, latest_tail
 from iii.protocol.worker_session import OFFLOOP_PARSE_BYTES
 from iii.wire import dumps, loads
 
@@ -908,8 +908,8 @@ class OtelModule(EngineModule):
         return events
 
     def _log_alert_counts(self, counts: Mapping[str, int], latest: str | None) -> None:
-        what = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
-        latest_text = f"; latest: {latest}" if latest is not None else ""
+        what = counts_text(counts)
+        latest_text = latest_tail(latest)
         log.warning("alerts: %s not logged one by one (past %d lines per %g s)%s", what, ALERT_LOG_BURST,
                     SKIP_LOG_INTERVAL_S, latest_text)
 

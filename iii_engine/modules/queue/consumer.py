@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import replace
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
-from iii.loss_log import BurstLog, LossLog
+from iii.loss_log import BurstLog, LossLog, counts_text, latest_tail
 from iii.protocol.worker_session import clip_text
 
 from ..base import EngineError
@@ -664,7 +664,7 @@ class QueueConsumer:
         await self.store.retry(self.queue, tried, due_ms=now_ms() + delay)
 
     def _log_retry_counts(self, counts: Mapping[str, int], latest: str | None) -> None:
-        what = ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items()))
-        latest_text = f"; latest: {latest}" if latest is not None else ""
+        what = counts_text(counts)
+        latest_text = latest_tail(latest)
         self._log.info("queue %s: %s not logged one by one (past %d lines per %g s), each retried after its "
                        "backoff%s", self.queue, what, RETRY_LOG_BURST, RETRY_LOG_INTERVAL_S, latest_text)

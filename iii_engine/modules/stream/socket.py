@@ -54,7 +54,7 @@ from websockets.protocol import State
 from websockets.typing import Subprotocol
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
-from iii.loss_log import LossLog
+from iii.loss_log import LossLog, counts_text, latest_tail
 from iii.wire import dumps, loads
 from iii.ws_fastpath import reset, send_server_frame
 from iii_streams import Backend, StreamGapError, StreamLagError, Watch
@@ -835,7 +835,7 @@ class StreamSocketServer:
         conn.place = conn.silent_since = None
 
     def _log_refused(self, counts: Mapping[str, int], latest: str | None) -> None:
-        latest_text = f"; latest: {latest}" if latest is not None else ""
+        latest_text = latest_tail(latest)
         log.warning("%d stream socket connection(s) closed since the last warning (%s, and %d more kept to answer "
                     "503): %d that sent no upgrade request, oldest first, for newer ones, and %d as accepted; %d and "
                     "%d in all%s", sum(counts.values()), self._too_many(), _REFUSING_MAX, counts.get("evicted", 0),
@@ -1063,14 +1063,14 @@ class StreamSocketServer:
         self._ignored_log.lost(kind, what)
 
     def _log_ignored(self, counts: Mapping[str, int], latest: str | None) -> None:
-        by_kind = ", ".join(f"{count} {kind}" for kind, count in sorted(counts.items()))
-        latest_text = f"; latest: {latest}" if latest is not None else ""
+        by_kind = counts_text(counts)
+        latest_text = latest_tail(latest)
         log.info("%d stream client message(s) ignored or refused since the last report (%s), %d in all%s",
                  sum(counts.values()), by_kind, self.ignored_messages, latest_text)
 
     def _log_failed_joins(self, counts: Mapping[str, int], latest: str | None) -> None:
-        by_code = ", ".join(f"{count} {code}" for code, count in sorted(counts.items()))
-        latest_text = f"; latest: {latest}" if latest is not None else ""
+        by_code = counts_text(counts)
+        latest_text = latest_tail(latest)
         log.warning("%d stream socket join(s) failed since the last warning (%s), %d in all%s",
                     sum(counts.values()), by_code, self.failed_joins, latest_text)
 
