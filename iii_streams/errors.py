@@ -34,14 +34,16 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any, Self
+from typing import Any, Final, Self
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.errors import PicklesByState
 from iii.protocol.codec import UnpairedSurrogateError
-from iii.wire import dumps
+from iii.wire import MAX_JSON_DEPTH, dumps
 
 __all__ = [
+    "EVENT_LEVELS",
+    "MAX_VALUE_DEPTH",
     "PoolExhaustedError",
     "SchemaMissingError",
     "StreamBackendError",
@@ -370,9 +372,19 @@ def check_text(text: str, what: str) -> str:
     return text
 
 
-def json_text(value: Any, what: str) -> str:
-    """``value`` as JSON text (:func:`iii.wire.dumps`); an unpaired surrogate in it is a ``ValueError`` naming
-    ``what``, as :func:`check_text` words it (``dumps`` refuses such text without knowing the field).
+EVENT_LEVELS: Final = 2
+"""How many levels a change event wraps its value in (``{"event": {"data": value}}``)."""
+MAX_VALUE_DEPTH: Final = MAX_JSON_DEPTH - EVENT_LEVELS
+"""The deepest nesting a store keeps: its change events stay within the :data:`~iii.wire.MAX_JSON_DEPTH` levels
+JSON is read with (watchers over Redis or PostgreSQL, the engine's socket clients), as a value written through the
+engine does, its frame's own levels counted."""
+
+
+def json_text(value: Any, what: str, *, room: int = EVENT_LEVELS) -> str:
+    """``value`` as JSON text (:func:`iii.wire.dumps`), nested at most ``room`` levels less than JSON is read with
+    (:data:`MAX_VALUE_DEPTH` by default; 0 for an event itself); an unpaired surrogate in it, or deeper nesting, is
+    a ``ValueError`` naming ``what``, as :func:`check_text` words it (``dumps`` refuses such text without knowing the
+    field).
 
     Example:
         >>> json_text({"a": "é"}, "data")
@@ -382,12 +394,30 @@ def json_text(value: Any, what: str) -> str:
         ... except ValueError as exc:
         ...     print(str(exc)[:57])
         data holds an unpaired surrogate '\\ud800' (character 6 of
+        >>> deep: Any = 0
+        >>> for _ in range(MAX_VALUE_DEPTH + 1):
+        ...     deep = [deep]
+        >>> try:
+        ...     json_text(deep, "data")
+        ... except ValueError as exc:
+        ...     print(str(exc)[:57])
+        data nests deeper than 126 levels, the most a store keeps
     """
+    wrapped = value
+    for _ in range(room):  # the depth checked in the one encode: the wrapping lists' text is cut off after
+        wrapped = [wrapped]
     try:
-        return dumps(value)
+        text = dumps(wrapped)
     except UnpairedSurrogateError as exc:
-        raise ValueError(f"{what} holds an unpaired surrogate {exc.char!r} (character {exc.position} of its JSON "
-                         "text): not valid Unicode, no store can encode it") from None
+        raise ValueError(f"{what} holds an unpaired surrogate {exc.char!r} (character {exc.position - room} of its "
+                         "JSON text): not valid Unicode, no store can encode it") from None
+    except ValueError:
+        if room:
+            json_text(value, what, room=0)  # its own error (a NaN, nesting past what JSON is read with), if any
+            raise ValueError(f"{what} nests deeper than {MAX_JSON_DEPTH - room} levels, the most a store keeps (its "
+                             f"change events add {room}; JSON is read {MAX_JSON_DEPTH} deep at most)") from None
+        raise
+    return text[room:len(text) - room] if room else text
 
 
 def check_names(stream_name: str, group_id: str, item_id: str | None = None, *, nul: bool = True) -> None:

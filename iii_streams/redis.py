@@ -1018,14 +1018,14 @@ class _RedisWatcher:
             self._bytes -= len(item)
             try:
                 event = loads(item)
-            except ValueError:
+            except ValueError as exc:
                 channel = self._subscriber._channel
                 head = item[:16]
                 if self._subscriber.store.report_watch_gaps and head in (b'{"type":"stream"', '{"type":"stream"'):
                     # one of the stores' change events, lost to every watcher: the engine's feed then has its
                     # clients join again for a fresh sync (it was skipped, and they kept a deleted item)
                     raise _unreadable_event_error(channel) from None
-                log.warning("stream watch: ignoring a non-JSON message on %s", channel)
+                log.warning("stream watch: ignoring a message on %s that is not readable JSON (%s)", channel, exc)
                 continue
             if isinstance(event, dict):
                 return event
@@ -1580,7 +1580,7 @@ class RedisStream(FieldUpdates):
             >>> asyncio.run(demo())
             {'type': 'update', 'data': {'n': 1}}
         """
-        text = json_text(event, "the event")
+        text = json_text(event, "the event", room=0)
         async with self._guard("publish", None):
             await self._client.publish(self.channel or EVENTS_CHANNEL, text)
 

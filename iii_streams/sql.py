@@ -968,8 +968,8 @@ class _ListenSubscription:
             payload = item.payload if isinstance(item, _Refill) else item
             try:
                 event = loads(payload)
-            except ValueError:
-                log.warning("stream watch: ignoring a non-JSON notification")
+            except ValueError as exc:
+                log.warning("stream watch: ignoring a notification that is not readable JSON (%s)", exc)
                 continue
             truncated = event.pop("truncated", False)
             if not truncated or await self._listener.store._fill_truncated(
@@ -2881,7 +2881,7 @@ class SQLStream(FieldUpdates):
             {'type': 'update', 'data': {'n': 1}}
         """
         # refuse what could not be sent over PostgreSQL, on SQLite too
-        payload = json_text(event, "the event")
+        payload = json_text(event, "the event", room=0)
         if not self._pg:
             self._hub.publish(event)
             return

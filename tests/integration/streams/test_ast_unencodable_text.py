@@ -108,3 +108,49 @@ async def test_a_nul_in_a_postgresql_name_is_refused_naming_it(pg_url: str) -> N
         assert outcomes == ["ok", "item_id 'a\\x00b' holds a NUL character, which PostgreSQL text cannot store"]
         with pytest.raises(ValueError, match="stream_name 's\\\\x00' holds a NUL"):
             await store.list(StreamListInput(stream_name="s\x00", group_id="g"))
+
+
+def _nested(levels: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+async def test_a_value_too_deep_for_its_change_event_is_refused_alone_and_the_deepest_kept_is_watched(
+        store: Backend) -> None:
+    """A value nested 127 or 128 levels was kept, but its change event (2 levels more) was past the 128 levels JSON
+    is read with: a Redis or PostgreSQL watcher dropped it ("a non-JSON message"). It is refused, naming the limit;
+    the deepest value kept (126) reaches a watcher whole."""
+    stream = f"s{uuid.uuid4().hex[:8]}"
+
+    def put(item: str, data: Any) -> Any:
+        return store.set(StreamSetInput(stream_name=stream, group_id="g", item_id=item, data=data))
+
+    async with store.watch(stream) as events:
+        outcomes = await asyncio.gather(_outcome(put("127", _nested(127))), _outcome(put("128", _nested(128))),
+                                        _outcome(put("126", _nested(126))))
+        assert outcomes[2] == "ok"
+        for outcome in outcomes[:2]:
+            assert outcome == ("data nests deeper than 126 levels, the most a store keeps (its change events add 2; "
+                               "JSON is read 128 deep at most)")
+        event = await asyncio.wait_for(anext(events), 10)
+        assert (event["id"], event["event"]["data"]) == ("126", _nested(126))
+    assert await store.list(StreamListInput(stream_name=stream, group_id="g")) == [_nested(126)]
+    item = {"stream_name": stream, "group_id": "g", "item_id": "u"}
+    await store.set(StreamSetInput(**item, data={"a": 1}))
+    deeper = StreamUpdateInput(**item, ops=[UpdateSet(path="b", value=_nested(126))])  # the object adds one level
+    assert (await _outcome(store.update(deeper))).startswith("the updated value nests deeper than 126 levels")
+    assert await store.get(StreamGetInput(**item)) == {"a": 1}
+
+
+async def test_a_redis_watcher_says_why_it_ignores_a_message_and_reads_on(caplog: pytest.LogCaptureFixture) -> None:
+    channel = f"ast{uuid.uuid4().hex[:10]}"
+    client = aioredis.Redis.from_url(require_redis())
+    async with RedisStream(client, layout=KeyLayout(channel), channel=channel, owns_client=True) as store:
+        async with store.watch() as events:
+            await client.publish(channel, '{"a":' + "[" * 128 + "]" * 128 + "}")  # another program's, too deep
+            await store.set(StreamSetInput(stream_name="s", group_id="g", item_id="after", data=1))
+            assert (await asyncio.wait_for(anext(events), 10))["id"] == "after"
+    assert (f"ignoring a message on {channel} that is not readable JSON (JSON nested deeper than 128 levels"
+            in caplog.text)
