@@ -50,6 +50,7 @@ from .limits import (
     WorkerCalls,
 )
 from .modules.base import (
+    UNWRITABLE,
     CallNotSent,
     EncodedResult,
     EngineError,
@@ -416,11 +417,22 @@ class Invocations:
                                                        worker_id=callee.id)
             # the worker's spans then nest inside the engine's span of this call
             traceparent = self.observer.child_traceparent(pending.watch) or traceparent
-        text = callee.session.invoke(pending.invocation_id, pending.function_id, data, traceparent, baggage)
+        text: str | None
+        try:
+            text = callee.session.invoke(pending.invocation_id, pending.function_id, data, traceparent, baggage)
+        except (ValueError, TypeError) as exc:
+            # data the engine made (a stream trigger's event around a value 126 deep) that a frame cannot hold: the
+            # call ends before anything is sent, its caller told as of any end (the error escaped a trigger's task
+            # as an unretrieved exception, and its call was never made nor logged)
+            text, unwritable = None, EngineError(UNWRITABLE, f"the call of {clip_text(pending.function_id)} could not "
+                                                               f"be written for its worker ({exc})")
         self.pending[pending.invocation_id] = pending
         # counted from here, given back in _finish: in the table <=> counted, whatever ends the call
         if pending.holder is not None:
             pending.holder.calls += 1
+        if text is None:
+            self._finish(pending.invocation_id, None, unwritable.body())
+            return
         callee.in_flight.add(pending.invocation_id)
         if self.timeout_ms:
             loop = asyncio.get_running_loop()
@@ -904,6 +916,8 @@ class Invocations:
             if exc.code == "function_not_found":  # unregistered, or its worker left, since it was fired
                 if not self.engine_stopping:  # (a try after a busy refusal met the stop's closed connections)
                     self._fired_missing(function_id)
+            elif exc.code == UNWRITABLE:  # the engine's own failure, not its callee's: as loud as the one below
+                log.warning("trigger-fired call of %s not made: %s: %s", function_id, exc.code, exc.message)
             elif exc.code != WORKER_BUSY:  # (counted and told by call_while_busy)
                 log.info("trigger-fired call of %s failed: %s: %s", function_id, exc.code, exc.message)
         except Exception as exc:  # its outcome is logged and dropped, whatever it is

@@ -42,8 +42,8 @@ from iii.protocol.codec import UnpairedSurrogateError
 from iii.wire import MAX_JSON_DEPTH, dumps
 
 __all__ = [
-    "EVENT_LEVELS",
     "MAX_VALUE_DEPTH",
+    "VALUE_ROOM",
     "PoolExhaustedError",
     "SchemaMissingError",
     "StreamBackendError",
@@ -372,15 +372,16 @@ def check_text(text: str, what: str) -> str:
     return text
 
 
-EVENT_LEVELS: Final = 2
-"""How many levels a change event wraps its value in (``{"event": {"data": value}}``)."""
-MAX_VALUE_DEPTH: Final = MAX_JSON_DEPTH - EVENT_LEVELS
-"""The deepest nesting a store keeps: its change events stay within the :data:`~iii.wire.MAX_JSON_DEPTH` levels
-JSON is read with (watchers over Redis or PostgreSQL, the engine's socket clients), as a value written through the
-engine does, its frame's own levels counted."""
+VALUE_ROOM: Final = 3
+"""The levels a stored value's change event and its delivery add: the event wraps it in 2
+(``{"event": {"data": value}}``), the call a stream trigger makes with the event in 1 more."""
+MAX_VALUE_DEPTH: Final = MAX_JSON_DEPTH - VALUE_ROOM
+"""The deepest nesting a store keeps: its change events, and the calls of the stream triggers they fire, stay within
+the :data:`~iii.wire.MAX_JSON_DEPTH` levels JSON is read with (watchers over Redis or PostgreSQL, the engine's
+socket clients, the workers a trigger calls)."""
 
 
-def json_text(value: Any, what: str, *, room: int = EVENT_LEVELS) -> str:
+def json_text(value: Any, what: str, *, room: int = VALUE_ROOM) -> str:
     """``value`` as JSON text (:func:`iii.wire.dumps`), nested at most ``room`` levels less than JSON is read with
     (:data:`MAX_VALUE_DEPTH` by default; 0 for an event itself); an unpaired surrogate in it, or deeper nesting, is
     a ``ValueError`` naming ``what``, as :func:`check_text` words it (``dumps`` refuses such text without knowing the
@@ -401,7 +402,7 @@ def json_text(value: Any, what: str, *, room: int = EVENT_LEVELS) -> str:
         ...     json_text(deep, "data")
         ... except ValueError as exc:
         ...     print(str(exc)[:57])
-        data nests deeper than 126 levels, the most a store keeps
+        data nests deeper than 125 levels, the most a store keeps
     """
     wrapped = value
     for _ in range(room):  # the depth checked in the one encode: the wrapping lists' text is cut off after
@@ -415,7 +416,8 @@ def json_text(value: Any, what: str, *, room: int = EVENT_LEVELS) -> str:
         if room:
             json_text(value, what, room=0)  # its own error (a NaN, nesting past what JSON is read with), if any
             raise ValueError(f"{what} nests deeper than {MAX_JSON_DEPTH - room} levels, the most a store keeps (its "
-                             f"change events add {room}; JSON is read {MAX_JSON_DEPTH} deep at most)") from None
+                             f"change events and the trigger calls they make add {room}; JSON is read "
+                             f"{MAX_JSON_DEPTH} deep at most)") from None
         raise
     return text[room:len(text) - room] if room else text
 

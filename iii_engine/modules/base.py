@@ -20,7 +20,7 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple, Protocol
+from typing import Any, ClassVar, Final, NamedTuple, Protocol
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.errors import PicklesByState
@@ -53,6 +53,11 @@ class EngineError(PicklesByState, Exception):
             out["stacktrace"] = self.stacktrace
         return out
 
+
+UNWRITABLE: Final = "serialization_error"
+"""The error code of a call whose data the engine cannot write in a frame for its worker (no JSON form, or nested
+past what JSON is read with once the frame's own level counts): data the engine made itself, as a trigger's event.
+Nothing was sent; sending it again cannot succeed."""
 
 #: The error codes of a condition call that did not decide (:meth:`EngineServices.condition_passes` with
 #: ``wait_if_busy=False`` raises them): its worker refused it for being busy, the call was stopped unanswered (its

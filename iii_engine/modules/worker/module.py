@@ -31,6 +31,7 @@ from ...limits import CalleeCall, FiredCalls, retained_estimate
 from ...registry import Registry, TriggerEntry
 from ...workers import WorkerConnection
 from ..base import (
+    UNWRITABLE,
     BuiltinFunction,
     EncodedResult,
     EngineError,
@@ -355,6 +356,9 @@ class WorkerModule(EngineModule):
         try:
             await self.core.invoke(function_id, payload)
         except EngineError as exc:
+            if exc.code == UNWRITABLE:  # ours, not the listener's, and no later push of this set would do better
+                log.warning("functions-available call of %s not made: %s: %s", function_id, exc.code, exc.message)
+                return True
             answered = exc.code not in _UNANSWERED
             log.info("functions-available call of %s failed: %s: %s%s", function_id, exc.code, exc.message,
                      "" if answered else "; sent again within a second")

@@ -120,27 +120,28 @@ def _nested(levels: int) -> Any:
 async def test_a_value_too_deep_for_its_change_event_is_refused_alone_and_the_deepest_kept_is_watched(
         store: Backend) -> None:
     """A value nested 127 or 128 levels was kept, but its change event (2 levels more) was past the 128 levels JSON
-    is read with: a Redis or PostgreSQL watcher dropped it ("a non-JSON message"). It is refused, naming the limit;
-    the deepest value kept (126) reaches a watcher whole."""
+    is read with: a Redis or PostgreSQL watcher dropped it ("a non-JSON message"); at 126 a stream trigger's call (1
+    more) could not be written. It is refused, naming the limit; the deepest value kept (125) reaches a watcher
+    whole."""
     stream = f"s{uuid.uuid4().hex[:8]}"
 
     def put(item: str, data: Any) -> Any:
         return store.set(StreamSetInput(stream_name=stream, group_id="g", item_id=item, data=data))
 
     async with store.watch(stream) as events:
-        outcomes = await asyncio.gather(_outcome(put("127", _nested(127))), _outcome(put("128", _nested(128))),
-                                        _outcome(put("126", _nested(126))))
-        assert outcomes[2] == "ok"
-        for outcome in outcomes[:2]:
-            assert outcome == ("data nests deeper than 126 levels, the most a store keeps (its change events add 2; "
-                               "JSON is read 128 deep at most)")
+        outcomes = await asyncio.gather(*(_outcome(put(str(levels), _nested(levels))) for levels in (126, 127, 128)),
+                                        _outcome(put("125", _nested(125))))
+        assert outcomes[3] == "ok"
+        for outcome in outcomes[:3]:
+            assert outcome == ("data nests deeper than 125 levels, the most a store keeps (its change events and the "
+                               "trigger calls they make add 3; JSON is read 128 deep at most)")
         event = await asyncio.wait_for(anext(events), 10)
-        assert (event["id"], event["event"]["data"]) == ("126", _nested(126))
-    assert await store.list(StreamListInput(stream_name=stream, group_id="g")) == [_nested(126)]
+        assert (event["id"], event["event"]["data"]) == ("125", _nested(125))
+    assert await store.list(StreamListInput(stream_name=stream, group_id="g")) == [_nested(125)]
     item = {"stream_name": stream, "group_id": "g", "item_id": "u"}
     await store.set(StreamSetInput(**item, data={"a": 1}))
-    deeper = StreamUpdateInput(**item, ops=[UpdateSet(path="b", value=_nested(126))])  # the object adds one level
-    assert (await _outcome(store.update(deeper))).startswith("the updated value nests deeper than 126 levels")
+    deeper = StreamUpdateInput(**item, ops=[UpdateSet(path="b", value=_nested(125))])  # the object adds one level
+    assert (await _outcome(store.update(deeper))).startswith("the updated value nests deeper than 125 levels")
     assert await store.get(StreamGetInput(**item)) == {"a": 1}
 
 

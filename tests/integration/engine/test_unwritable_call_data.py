@@ -1,0 +1,83 @@
+"""A call whose data no frame can hold (data the engine made itself: a published message or a stream trigger's event
+wrapping a value, too deep for JSON once the frame's own level is counted) fails with ``serialization_error`` naming
+why, and nothing else is disturbed. Before, the encode's ValueError escaped: a trigger's call ended its task as an
+unretrieved exception, never made and never logged as a failed trigger (a subscriber's call, fired without a wait,
+was logged)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from iii_engine import Engine, EngineConfig, ModuleSpec
+from iii_engine.modules.base import EngineError
+from tests.integration.engine_streams.helpers import Recorder, Worker, registered, trigger_active
+from tests.polling import until
+
+from .raw import RawWorker
+
+UNWRITABLE = "the call of h could not be written for its worker (JSON nested deeper than 128 levels)"
+
+
+def _nested(levels: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+async def test_a_call_whose_data_no_frame_holds_fails_saying_why_and_the_worker_serves_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    config = EngineConfig(host="127.0.0.1", port=0, modules=[ModuleSpec("modules::pubsub::PubSubModule")])
+    async with Engine(config=config) as engine:
+        await _serve_on(engine, caplog)
+
+
+async def _serve_on(engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    worker = await Worker.connect(engine.url)
+    try:
+        seen = Recorder(answer="ok")
+        await worker.register("h", seen)
+        await registered(engine, "h")
+        with pytest.raises(EngineError) as caught:
+            await engine.invoke("h", _nested(128))  # the frame's "data" adds the 129th level
+        assert (caught.value.code, caught.value.message) == ("serialization_error", UNWRITABLE)
+        assert await engine.invoke("h", _nested(127)) == "ok"  # the deepest a frame holds
+
+        subscribed = await worker.trigger("subscribe", "h", {"topic": "deep"})
+        await trigger_active(engine, subscribed)
+        await engine.invoke("publish", {"topic": "deep", "data": _nested(128)})
+        await engine.invoke("publish", {"topic": "deep", "data": "after"})
+        assert (await seen.wait_for(2))[1:] == ["after"]
+        assert f"trigger-fired call of h not made: serialization_error: {UNWRITABLE}" in caplog.text
+        assert not engine.invocations.pending
+    finally:
+        await worker.close()
+
+
+async def test_a_functions_available_push_no_frame_holds_is_logged_once_and_the_next_set_goes_out(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A function whose metadata nests 125 deep (its registration's frame holds it) is 4 levels deeper in the
+    listeners' push. Before, that push was taken for one not sent, and made again every second for as long as the
+    function stayed registered, a warning each time."""
+    config = EngineConfig(host="127.0.0.1", port=0, modules=[], functions_available_debounce_ms=20)
+    async with Engine(config=config) as engine:
+        listener, deep = await RawWorker.connect(engine.url), await RawWorker.connect(engine.url)
+        try:
+            await listener.register("sub::on")
+            await listener.send({"type": "registertrigger", "id": "sub", "trigger_type": "engine::functions-available",
+                                 "function_id": "sub::on", "config": {}})
+            first = await listener.expect("invokefunction", function_id="sub::on")
+            await listener.send({"type": "invocationresult", "invocation_id": first["invocation_id"],
+                                 "function_id": "sub::on", "result": None})
+            await deep.register("deep::f", metadata={"m": _nested(124)})
+            await until(lambda: "functions-available call of sub::on not made" in caplog.text, 10)
+            assert ("functions-available call of sub::on not made: serialization_error: the call of sub::on could not "
+                    "be written for its worker (JSON nested deeper than 128 levels)") in caplog.text
+            await deep.close()  # the deep function leaves: the next set is written and goes out
+            after = await listener.expect("invokefunction", function_id="sub::on")
+            assert "deep::f" not in {f["function_id"] for f in after["data"]["functions"]}
+            assert caplog.text.count("functions-available call of sub::on not made") == 1
+        finally:
+            await listener.close()
