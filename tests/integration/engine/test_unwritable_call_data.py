@@ -6,25 +6,18 @@ was logged)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from iii_engine import Engine, EngineConfig, ModuleSpec
 from iii_engine.modules.base import EngineError
 from tests.integration.engine_streams.helpers import Recorder, Worker, registered, trigger_active
+from tests.json_values import nested
 from tests.polling import until
 
 from .raw import RawWorker
 
 UNWRITABLE = "the call of h could not be written for its worker (JSON nested deeper than 128 levels)"
 
-
-def _nested(levels: int) -> Any:
-    value: Any = "leaf"
-    for _ in range(levels):
-        value = [value]
-    return value
 
 
 async def test_a_call_whose_data_no_frame_holds_fails_saying_why_and_the_worker_serves_on(
@@ -41,13 +34,13 @@ async def _serve_on(engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
         await worker.register("h", seen)
         await registered(engine, "h")
         with pytest.raises(EngineError) as caught:
-            await engine.invoke("h", _nested(128))  # the frame's "data" adds the 129th level
+            await engine.invoke("h", nested(128))  # the frame's "data" adds the 129th level
         assert (caught.value.code, caught.value.message) == ("serialization_error", UNWRITABLE)
-        assert await engine.invoke("h", _nested(127)) == "ok"  # the deepest a frame holds
+        assert await engine.invoke("h", nested(127)) == "ok"  # the deepest a frame holds
 
         subscribed = await worker.trigger("subscribe", "h", {"topic": "deep"})
         await trigger_active(engine, subscribed)
-        await engine.invoke("publish", {"topic": "deep", "data": _nested(128)})
+        await engine.invoke("publish", {"topic": "deep", "data": nested(128)})
         await engine.invoke("publish", {"topic": "deep", "data": "after"})
         assert (await seen.wait_for(2))[1:] == ["after"]
         assert f"trigger-fired call of h not made: serialization_error: {UNWRITABLE}" in caplog.text
@@ -71,7 +64,7 @@ async def test_a_functions_available_push_no_frame_holds_is_logged_once_and_the_
             first = await listener.expect("invokefunction", function_id="sub::on")
             await listener.send({"type": "invocationresult", "invocation_id": first["invocation_id"],
                                  "function_id": "sub::on", "result": None})
-            await deep.register("deep::f", metadata={"m": _nested(124)})
+            await deep.register("deep::f", metadata={"m": nested(124)})
             await until(lambda: "functions-available call of sub::on not made" in caplog.text, 10)
             assert ("functions-available call of sub::on not made: serialization_error: the call of sub::on could not "
                     "be written for its worker (JSON nested deeper than 128 levels)") in caplog.text

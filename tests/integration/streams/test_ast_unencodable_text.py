@@ -27,6 +27,7 @@ from iii.stream import (
 from iii_streams import MemoryStream, RedisStream, SQLStream
 from iii_streams.base import Backend
 from iii_streams.redis import KeyLayout
+from tests.json_values import nested
 from tests.services import require_redis
 
 SURROGATE = "\ud800"
@@ -110,12 +111,6 @@ async def test_a_nul_in_a_postgresql_name_is_refused_naming_it(pg_url: str) -> N
             await store.list(StreamListInput(stream_name="s\x00", group_id="g"))
 
 
-def _nested(levels: int) -> Any:
-    value: Any = "leaf"
-    for _ in range(levels):
-        value = [value]
-    return value
-
 
 async def test_a_value_too_deep_for_its_change_event_is_refused_alone_and_the_deepest_kept_is_watched(
         store: Backend) -> None:
@@ -129,18 +124,18 @@ async def test_a_value_too_deep_for_its_change_event_is_refused_alone_and_the_de
         return store.set(StreamSetInput(stream_name=stream, group_id="g", item_id=item, data=data))
 
     async with store.watch(stream) as events:
-        outcomes = await asyncio.gather(*(_outcome(put(str(levels), _nested(levels))) for levels in (126, 127, 128)),
-                                        _outcome(put("125", _nested(125))))
+        outcomes = await asyncio.gather(*(_outcome(put(str(levels), nested(levels))) for levels in (126, 127, 128)),
+                                        _outcome(put("125", nested(125))))
         assert outcomes[3] == "ok"
         for outcome in outcomes[:3]:
             assert outcome == ("data nests deeper than 125 levels, the most a store keeps (its change events and the "
                                "trigger calls they make add 3; JSON is read 128 deep at most)")
         event = await asyncio.wait_for(anext(events), 10)
-        assert (event["id"], event["event"]["data"]) == ("125", _nested(125))
-    assert await store.list(StreamListInput(stream_name=stream, group_id="g")) == [_nested(125)]
+        assert (event["id"], event["event"]["data"]) == ("125", nested(125))
+    assert await store.list(StreamListInput(stream_name=stream, group_id="g")) == [nested(125)]
     item = {"stream_name": stream, "group_id": "g", "item_id": "u"}
     await store.set(StreamSetInput(**item, data={"a": 1}))
-    deeper = StreamUpdateInput(**item, ops=[UpdateSet(path="b", value=_nested(125))])  # the object adds one level
+    deeper = StreamUpdateInput(**item, ops=[UpdateSet(path="b", value=nested(125))])  # the object adds one level
     assert (await _outcome(store.update(deeper))).startswith("the updated value nests deeper than 125 levels")
     assert await store.get(StreamGetInput(**item)) == {"a": 1}
 
