@@ -41,7 +41,7 @@ import weakref
 from typing import Any, Final
 
 from sqlalchemy import event
-from sqlalchemy.exc import DisconnectionError, MissingGreenlet
+from sqlalchemy.exc import MissingGreenlet
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.util import await_only
 
@@ -285,37 +285,9 @@ def _closes_cleanly(_dialect: Any, _record: Any, _cargs: list[Any], cparams: dic
     cparams.setdefault("factory", ClosesCleanly)
 
 
-_GUARDED: Final = "iii_streams.guarded"
-"""The key of a pool entry's ``info`` that marks its connection as made with the guards on."""
-
-
-def _mark_guarded(_dbapi_connection: Any, record: Any) -> None:
-    """Pool ``connect``: this connection was made with the guards on (``info`` is cleared with its connection)."""
-    record.info[_GUARDED] = True
-
-
-def _replace_unguarded(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:
-    """Pool ``checkout``: a connection made before the guards were put on (a caller's engine that had connected
-    before it was handed to a store) is closed and made anew, guarded, as it is next checked out, by SQLAlchemy's own
-    way of replacing a connection found dead there. Unguarded, a cut and closed one could hang its close and keep the
-    file's locks, as the guards' notes say (5 connections made first: 36 of 400 storm rounds left the next store
-    unable to write)."""
-    if _GUARDED not in record.info:
-        raise DisconnectionError("made before iii_streams guarded the engine: replaced by a guarded connection")
-
-
-def _in_memory(engine: AsyncEngine) -> bool:
-    """Whether ``engine``'s database is in memory: a connection replaced there would take the data with it."""
-    url = engine.url
-    database = url.database or ""
-    return not database or ":memory:" in database or "mode=memory" in database or url.query.get("mode") == "memory"
-
-
 def guard_aiosqlite(engine: AsyncEngine) -> None:
     """The guards on ``engine`` (SQLite through aiosqlite): :func:`wait_for_failed_connects`; connections made as
-    :class:`ClosesCleanly` (unless ``connect_args`` names a ``factory``); :func:`stops_once` on each. A connection
-    the engine made before this call is replaced by a guarded one as it is next checked out (not in an in-memory
-    database, whose data its connection holds). Idempotent.
+    :class:`ClosesCleanly` (unless ``connect_args`` names a ``factory``); :func:`stops_once` on each. Idempotent.
 
     Example:
         >>> from sqlalchemy.ext.asyncio import create_async_engine
@@ -325,13 +297,7 @@ def guard_aiosqlite(engine: AsyncEngine) -> None:
         True
     """
     wait_for_failed_connects(engine)
-    sync_engine = engine.sync_engine
-    if not event.contains(sync_engine, "do_connect", _closes_cleanly):
-        event.listen(sync_engine, "do_connect", _closes_cleanly)
-    if not event.contains(sync_engine, "connect", stops_once):
-        event.listen(sync_engine, "connect", stops_once)
-    if not event.contains(sync_engine, "connect", _mark_guarded):
-        event.listen(sync_engine, "connect", _mark_guarded)
-        if not _in_memory(engine):
-            # first: a caller's own checkout listener (a ping) runs on the replacement, not on the one dropped
-            event.listen(sync_engine, "checkout", _replace_unguarded, insert=True)
+    if not event.contains(engine.sync_engine, "do_connect", _closes_cleanly):
+        event.listen(engine.sync_engine, "do_connect", _closes_cleanly)
+    if not event.contains(engine.sync_engine, "connect", stops_once):
+        event.listen(engine.sync_engine, "connect", stops_once)

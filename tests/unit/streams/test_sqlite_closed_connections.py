@@ -41,14 +41,9 @@ async def _lock_is_free(path: Path) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _guarded_driver(path: Path, connected_first: bool = False) -> AsyncIterator[aiosqlite.Connection]:
-    """The aiosqlite connection behind one connection of a guarded engine on ``path``, closed by the test.
-    ``connected_first``: the engine's pool holds a connection made before the guards (a caller's engine that had
-    connected before a store was made on it)."""
+async def _guarded_driver(path: Path) -> AsyncIterator[aiosqlite.Connection]:
+    """The aiosqlite connection behind one connection of a guarded engine on ``path``, closed by the test."""
     engine = create_async_engine(f"sqlite+aiosqlite:///{path}", connect_args={"timeout": 0.2})
-    if connected_first:
-        async with engine.connect() as first:
-            await first.exec_driver_sql("SELECT 1")
     guard_aiosqlite(engine)
     try:
         connection = await engine.connect()
@@ -61,15 +56,11 @@ async def _guarded_driver(path: Path, connected_first: bool = False) -> AsyncIte
         await engine.dispose()
 
 
-_CONNECTED_FIRST = pytest.mark.parametrize("connected_first", [False, True], ids=["", "connected-before-guard"])
-
-
 @needs_stop
-@_CONNECTED_FIRST
 @pytest.mark.parametrize("close_first", [False, True], ids=["stop-then-close", "close-then-stop"])
 async def test_a_cut_and_closed_connection_is_closed_once_and_lets_go_of_its_lock(
-        tmp_path: Path, close_first: bool, connected_first: bool) -> None:
-    async with _guarded_driver(tmp_path / "s.db", connected_first) as driver:
+        tmp_path: Path, close_first: bool) -> None:
+    async with _guarded_driver(tmp_path / "s.db") as driver:
         holds_lock = await driver.execute("BEGIN IMMEDIATE")  # kept, as SQLAlchemy's cursors keep theirs
         slow = asyncio.ensure_future(driver.execute_fetchall(_SLOW))
         await asyncio.sleep(0)  # one turn: the task queues its statement, which the thread starts at once
@@ -88,11 +79,10 @@ async def test_a_cut_and_closed_connection_is_closed_once_and_lets_go_of_its_loc
     await _lock_is_free(tmp_path / "s.db")
 
 
-@_CONNECTED_FIRST
 @pytest.mark.parametrize("in_transaction", [True, False], ids=["write-transaction", "autocommit-read"])
 async def test_a_connection_closed_with_a_read_unfinished_lets_go_of_its_lock(
-        tmp_path: Path, in_transaction: bool, connected_first: bool) -> None:
-    async with _guarded_driver(tmp_path / "s.db", connected_first) as driver:
+        tmp_path: Path, in_transaction: bool) -> None:
+    async with _guarded_driver(tmp_path / "s.db") as driver:
         await driver.execute("CREATE TABLE t (x)")
         await driver.execute("INSERT INTO t VALUES (1), (2), (3)")
         await driver.commit()
@@ -125,17 +115,3 @@ async def test_a_close_after_a_cancelled_close_returns_and_is_not_cancelled(tmp_
         with contextlib.suppress(ValueError):
             await slow
     await _lock_is_free(tmp_path / "s.db")
-
-
-async def test_an_in_memory_database_connected_before_the_guard_keeps_its_connection_and_data() -> None:
-    """Its one connection holds the data: it is not replaced (a file's connections made before are)."""
-    engine = create_async_engine("sqlite+aiosqlite://")
-    try:
-        async with engine.begin() as connection:
-            await connection.exec_driver_sql("CREATE TABLE t (x)")
-            await connection.exec_driver_sql("INSERT INTO t VALUES (7)")
-        guard_aiosqlite(engine)
-        async with engine.connect() as connection:
-            assert (await connection.exec_driver_sql("SELECT x FROM t")).scalar_one() == 7
-    finally:
-        await engine.dispose()
