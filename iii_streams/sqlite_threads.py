@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import logging
 import sqlite3
 import sys
 import threading
@@ -47,6 +48,8 @@ from sqlalchemy.util import await_only
 
 __all__ = ["DRIVER_THREAD_S", "SQLITE_THREAD_MISSING", "ClosesCleanly", "driver_threads_ended", "guard_aiosqlite",
            "sqlite_threads", "stops_once", "wait_for_failed_connects"]
+
+log = logging.getLogger(__name__)
 
 DRIVER_THREAD_S = 1.0
 """How long a failed open waits at most for aiosqlite's threads started since it began."""
@@ -285,9 +288,26 @@ def _closes_cleanly(_dialect: Any, _record: Any, _cargs: list[Any], cparams: dic
     cparams.setdefault("factory", ClosesCleanly)
 
 
+def _warn_if_connected(engine: AsyncEngine) -> None:
+    """Say so when ``engine``'s pool already holds connections: made before the guards, they stay unguarded (replacing
+    them as they are next checked out was tried, and lost per-connection state and hung a shared StaticPool). Only a
+    pool that counts its connections (the default, a queue pool) can tell."""
+    pool = engine.sync_engine.pool
+    checkedin, checkedout = getattr(pool, "checkedin", None), getattr(pool, "checkedout", None)
+    if not (callable(checkedin) and callable(checkedout)):
+        return
+    made = checkedin() + checkedout()
+    if made:
+        log.warning("SQLite engine %s had %d connection(s) before iii_streams guarded it: those stay unguarded (a "
+                    "cancel may hang their close or leave the file locked); call "
+                    "iii_streams.sqlite_threads.guard_aiosqlite(engine) right after create_async_engine",
+                    engine.url.render_as_string(hide_password=True), made)
+
+
 def guard_aiosqlite(engine: AsyncEngine) -> None:
     """The guards on ``engine`` (SQLite through aiosqlite): :func:`wait_for_failed_connects`; connections made as
     :class:`ClosesCleanly` (unless ``connect_args`` names a ``factory``); :func:`stops_once` on each. Idempotent.
+    Connections the engine made before the first call stay unguarded: a warning says so, where its pool counts them.
 
     Example:
         >>> from sqlalchemy.ext.asyncio import create_async_engine
@@ -298,6 +318,7 @@ def guard_aiosqlite(engine: AsyncEngine) -> None:
     """
     wait_for_failed_connects(engine)
     if not event.contains(engine.sync_engine, "do_connect", _closes_cleanly):
+        _warn_if_connected(engine)
         event.listen(engine.sync_engine, "do_connect", _closes_cleanly)
     if not event.contains(engine.sync_engine, "connect", stops_once):
         event.listen(engine.sync_engine, "connect", stops_once)

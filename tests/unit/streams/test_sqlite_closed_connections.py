@@ -115,3 +115,25 @@ async def test_a_close_after_a_cancelled_close_returns_and_is_not_cancelled(tmp_
         with contextlib.suppress(ValueError):
             await slow
     await _lock_is_free(tmp_path / "s.db")
+
+
+@pytest.mark.parametrize("connected_first", [True, False], ids=["connected-first", "fresh"])
+async def test_an_engine_that_connected_before_it_was_guarded_is_warned_about(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, connected_first: bool) -> None:
+    """Its connections made before stay unguarded (replacing them at checkout lost per-connection state and hung a
+    shared StaticPool): the one warning says how to guard them all."""
+    engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 's.db'}")
+    try:
+        if connected_first:
+            async with engine.connect() as first, engine.connect() as second:
+                await first.exec_driver_sql("SELECT 1")
+                await second.exec_driver_sql("SELECT 1")
+        guard_aiosqlite(engine)
+        guard_aiosqlite(engine)  # (idempotent: said once)
+    finally:
+        await engine.dispose()
+    said = [r.getMessage() for r in caplog.records if "before iii_streams guarded it" in r.getMessage()]
+    assert said == ([f"SQLite engine sqlite+aiosqlite:///{tmp_path / 's.db'} had 2 connection(s) before iii_streams "
+                     "guarded it: those stay unguarded (a cancel may hang their close or leave the file locked); call "
+                     "iii_streams.sqlite_threads.guard_aiosqlite(engine) right after create_async_engine"]
+                    if connected_first else [])
