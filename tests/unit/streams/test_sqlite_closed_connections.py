@@ -123,6 +123,8 @@ async def test_an_engine_that_connected_before_it_was_guarded_is_warned_about(
     """Its connections made before stay unguarded (replacing them at checkout lost per-connection state and hung a
     shared StaticPool): the one warning says how to guard them all."""
     engine = create_async_engine(f"sqlite+aiosqlite:///{tmp_path / 's.db'}")
+    # SQLAlchemy 2.0.0 (the floor) pools no aiosqlite file connection (NullPool): none outlives its use to warn of
+    pools = hasattr(engine.sync_engine.pool, "checkedin")
     try:
         if connected_first:
             async with engine.connect() as first, engine.connect() as second:
@@ -136,4 +138,4 @@ async def test_an_engine_that_connected_before_it_was_guarded_is_warned_about(
     assert said == ([f"SQLite engine sqlite+aiosqlite:///{tmp_path / 's.db'} had 2 connection(s) before iii_streams "
                      "guarded it: those stay unguarded (a cancel may hang their close or leave the file locked); call "
                      "iii_streams.sqlite_threads.guard_aiosqlite(engine) right after create_async_engine"]
-                    if connected_first else [])
+                    if connected_first and pools else [])
