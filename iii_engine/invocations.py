@@ -607,6 +607,9 @@ class Invocations:
         if pending is None:
             return
         pending.ended = True
+        # whether it took a place at its callee (one that could not be written never did): only then does its end
+        # free one for a call waiting there
+        reached = invocation_id in pending.callee.in_flight
         if pending.timer is not None:
             pending.timer.cancel()
         outbox = pending.callee.outbox
@@ -618,7 +621,7 @@ class Invocations:
             # the calling worker's (answered or void: a call with a caller always has it as its holder)
             holder.in_flight.discard(invocation_id)
         pending.callee.in_flight.discard(invocation_id)
-        if self._slot_waiters:
+        if self._slot_waiters and reached:
             self._slot_freed(pending.callee, error)
         if pending.watch is not None and self.observer is not None:
             self.observer.call_finished(pending.watch, error, builtin=False)

@@ -38,11 +38,12 @@ from typing import Any, Final, Self
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.errors import PicklesByState
-from iii.protocol.codec import UnpairedSurrogateError
+from iii.protocol.codec import TOO_DEEP, UnpairedSurrogateError
 from iii.wire import MAX_JSON_DEPTH, dumps
 
 __all__ = [
     "MAX_VALUE_DEPTH",
+    "SEND_ROOM",
     "VALUE_ROOM",
     "PoolExhaustedError",
     "SchemaMissingError",
@@ -375,10 +376,18 @@ def check_text(text: str, what: str) -> str:
 VALUE_ROOM: Final = 3
 """The levels a stored value's change event and its delivery add: the event wraps it in 2
 (``{"event": {"data": value}}``), the call a stream trigger makes with the event in 1 more."""
+SEND_ROOM: Final = VALUE_ROOM + 1
+"""The levels around a ``send``'s data: its custom event wraps it in 3 (``{"event": {"event": {"data": data}}}``),
+a stream trigger's call in 1 more."""
 MAX_VALUE_DEPTH: Final = MAX_JSON_DEPTH - VALUE_ROOM
 """The deepest nesting a store keeps: its change events, and the calls of the stream triggers they fire, stay within
 the :data:`~iii.wire.MAX_JSON_DEPTH` levels JSON is read with (watchers over Redis or PostgreSQL, the engine's
 socket clients, the workers a trigger calls)."""
+
+
+def _too_deep(what: str, room: int) -> str:
+    return (f"{what} nests deeper than {MAX_JSON_DEPTH - room} levels: the events it goes into and the trigger calls "
+            f"they make add {room}, and JSON is read {MAX_JSON_DEPTH} deep at most")
 
 
 def json_text(value: Any, what: str, *, room: int = VALUE_ROOM) -> str:
@@ -412,12 +421,9 @@ def json_text(value: Any, what: str, *, room: int = VALUE_ROOM) -> str:
     except UnpairedSurrogateError as exc:
         raise ValueError(f"{what} holds an unpaired surrogate {exc.char!r} (character {exc.position - room} of its "
                          "JSON text): not valid Unicode, no store can encode it") from None
-    except ValueError:
-        if room:
-            json_text(value, what, room=0)  # its own error (a NaN, nesting past what JSON is read with), if any
-            raise ValueError(f"{what} nests deeper than {MAX_JSON_DEPTH - room} levels, the most a store keeps (its "
-                             f"change events and the trigger calls they make add {room}; JSON is read "
-                             f"{MAX_JSON_DEPTH} deep at most)") from None
+    except ValueError as exc:
+        if str(exc) == TOO_DEEP:  # (a NaN's error is raised as it is)
+            raise ValueError(_too_deep(what, room)) from None
         raise
     return text[room:len(text) - room] if room else text
 

@@ -38,7 +38,7 @@ from iii.stream_ops import Op, apply_update
 from iii.wire import loads
 
 from .base import DEFAULT_TIMEOUT, FieldUpdates, SetResult, UpdateResult
-from .errors import check_list_bytes, check_names, check_timeout, json_text, utf8_size
+from .errors import SEND_ROOM, check_list_bytes, check_names, check_timeout, json_text, utf8_size
 from .events import EventHub, StreamEvent, Subscription, Watch, check_queue_size, custom_event, make_event
 
 __all__ = ["MemoryStream"]
@@ -227,7 +227,7 @@ class MemoryStream(FieldUpdates):
             >>> asyncio.run(demo())
             {'type': 'event', 'event': {'type': 'typing', 'data': {'user': 'ada'}}}
         """
-        json_text(data, "data")  # refuse what no other backend could publish either
+        json_text(data, "data", room=SEND_ROOM)  # refuse what no other backend could publish either
         self._hub.publish(custom_event(stream_name, group_id, id, type, data))
 
     async def publish(self, event: StreamEvent) -> None:

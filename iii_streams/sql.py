@@ -139,6 +139,7 @@ from .deadlines import finish_within
 from .engine_bounds import DISPOSE_TIMEOUT_S as _DISPOSE_DEFAULT_S
 from .engine_bounds import cut_connections, dispose_within, track_connections
 from .errors import (
+    SEND_ROOM,
     PoolExhaustedError,
     SchemaMissingError,
     StreamBackendError,
@@ -2866,6 +2867,7 @@ class SQLStream(FieldUpdates):
             >>> asyncio.run(demo())
             {'type': 'event', 'event': {'type': 'typing', 'data': {'user': 'ada'}}}
         """
+        json_text(data, "data", room=SEND_ROOM)  # the event's own check leaves no room for a trigger's call
         await self.publish(custom_event(stream_name, group_id, id, type, data))
 
     async def publish(self, event: StreamEvent) -> None:

@@ -47,6 +47,7 @@ __all__ = [
     "LOG_CLIP",
     "MAX_JSON_DEPTH",
     "TELEMETRY_PREFIXES",
+    "TOO_DEEP",
     "Ping",
     "Pong",
     "Telemetry",
@@ -94,6 +95,8 @@ MAX_JSON_DEPTH: Final = 128
 #: How much of a bad input a log line or error message quotes.
 LOG_CLIP: Final = 200
 _TOO_DEEP: Final = f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+TOO_DEEP: Final = _TOO_DEEP
+"""The message of the ``ValueError`` for nesting past :data:`MAX_JSON_DEPTH` (:func:`loads`, :func:`dumps`)."""
 _NON_FINITE: Final = "NaN and Infinity are not valid JSON"
 # Valid JSON nesting deeper than MAX_JSON_DEPTH opens and closes that many containers and one more: any shorter
 # document needs no depth check at all.

@@ -47,6 +47,7 @@ from iii.stream import (
 from iii.stream_ops import Op, apply_update, op_to_wire
 from iii.wire import dumps
 from iii_streams import Backend
+from iii_streams.errors import SEND_ROOM, json_text
 from iii_streams.events import StreamEvent, custom_event, make_event
 
 from ..answers import AnswerBound, AnswerSpec
@@ -430,7 +431,12 @@ class StreamFunctions:
         """``stream::send``: a custom event to triggers and socket subscribers; nothing is stored."""
         f = Fields("stream::send", data)
         s, g, item = f.text("stream_name"), f.text("group_id"), f.optional_text("id")
-        event = custom_event(s, g, item, f.text("type"), f.value("data", required=False))
+        value = f.value("data", required=False)
+        try:  # before its triggers are called: the store's own check comes after them
+            json_text(value, "data", room=SEND_ROOM)
+        except ValueError as exc:
+            raise EngineError("STREAM_SEND_ERROR", str(exc)) from None
+        event = custom_event(s, g, item, f.text("type"), value)
         self._no_fallback(s)  # its subscribers follow the worker's store, not the engine's
         await self._fire(event, "stream::send", "not sent")
         try:

@@ -6,6 +6,8 @@ was logged)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from iii_engine import Engine, EngineConfig, ModuleSpec
@@ -33,9 +35,16 @@ async def _serve_on(engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
         seen = Recorder(answer="ok")
         await worker.register("h", seen)
         await registered(engine, "h")
+        # a trigger-fired call waiting for a place at that worker (it said worker_busy): an unwritable call, which
+        # never took one, must not wake it (woken, it asked again at once and spent its tries; an event was lost)
+        (callee,) = engine.workers.values()
+        waiting = asyncio.get_running_loop().create_future()
+        engine.invocations._slot_waiters.setdefault(callee.id, {})[waiting] = None
         with pytest.raises(EngineError) as caught:
             await engine.invoke("h", nested(128))  # the frame's "data" adds the 129th level
         assert (caught.value.code, caught.value.message) == ("serialization_error", UNWRITABLE)
+        assert not waiting.done()
+        del engine.invocations._slot_waiters[callee.id]
         assert await engine.invoke("h", nested(127)) == "ok"  # the deepest a frame holds
 
         subscribed = await worker.trigger("subscribe", "h", {"topic": "deep"})
@@ -74,3 +83,32 @@ async def test_a_functions_available_push_no_frame_holds_is_logged_once_and_the_
             assert caplog.text.count("functions-available call of sub::on not made") == 1
         finally:
             await listener.close()
+
+
+async def test_a_stream_send_too_deep_for_its_trigger_calls_is_refused_before_they_are_made(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A send's event wraps its data 3 deep and a trigger's call 1 more: data 125 deep went to the socket clients
+    while every trigger's call failed (and on SQL and Redis stores the send failed after its triggers were called)."""
+    config = EngineConfig(host="127.0.0.1", port=0,
+                          modules=[ModuleSpec("modules::stream::StreamModule", {"host": "127.0.0.1", "port": 0})])
+    async with Engine(config=config) as engine:
+        await _send_deep(engine, caplog)
+
+
+async def _send_deep(engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    worker = await Worker.connect(engine.url)
+    try:
+        seen = Recorder()
+        await worker.register("on_send", seen)
+        subscribed = await worker.trigger("stream", "on_send", {"stream_name": "deep", "group_id": "", "item_id": ""})
+        await trigger_active(engine, subscribed)
+        send = {"stream_name": "deep", "group_id": "g", "type": "t"}
+        assert await worker.error("stream::send", {**send, "data": nested(125)}) == {
+            "code": "STREAM_SEND_ERROR",
+            "message": "data nests deeper than 124 levels: the events it goes into and the trigger calls they make "
+                       "add 4, and JSON is read 128 deep at most"}
+        await worker.result("stream::send", {**send, "data": nested(124)})
+        assert [p["event"]["event"]["data"] for p in await seen.wait_for(1)] == [nested(124)]
+        assert "serialization_error" not in caplog.text
+    finally:
+        await worker.close()

@@ -128,8 +128,8 @@ async def test_a_value_too_deep_for_its_change_event_is_refused_alone_and_the_de
                                         _outcome(put("125", nested(125))))
         assert outcomes[3] == "ok"
         for outcome in outcomes[:3]:
-            assert outcome == ("data nests deeper than 125 levels, the most a store keeps (its change events and the "
-                               "trigger calls they make add 3; JSON is read 128 deep at most)")
+            assert outcome == ("data nests deeper than 125 levels: the events it goes into and the trigger calls they "
+                               "make add 3, and JSON is read 128 deep at most")
         event = await asyncio.wait_for(anext(events), 10)
         assert (event["id"], event["event"]["data"]) == ("125", nested(125))
     assert await store.list(StreamListInput(stream_name=stream, group_id="g")) == [nested(125)]
@@ -138,6 +138,19 @@ async def test_a_value_too_deep_for_its_change_event_is_refused_alone_and_the_de
     deeper = StreamUpdateInput(**item, ops=[UpdateSet(path="b", value=nested(125))])  # the object adds one level
     assert (await _outcome(store.update(deeper))).startswith("the updated value nests deeper than 125 levels")
     assert await store.get(StreamGetInput(**item)) == {"a": 1}
+
+
+async def test_a_send_whose_event_would_be_too_deep_for_a_trigger_call_is_refused(store: Backend) -> None:
+    """A send's custom event wraps its data 3 deep, one more than a change event: data 125 deep went out, and its
+    stream triggers' calls could not be written."""
+    stream = f"s{uuid.uuid4().hex[:8]}"
+    async with store.watch(stream) as events:
+        refused = ("data nests deeper than 124 levels: the events it goes into and the trigger calls they make add 4, "
+                   "and JSON is read 128 deep at most")
+        for levels in (125, 129):
+            assert await _outcome(store.send(stream, "g", None, "t", nested(levels))) == refused
+        await store.send(stream, "g", None, "t", nested(124))
+        assert (await asyncio.wait_for(anext(events), 10))["event"]["event"]["data"] == nested(124)
 
 
 async def test_a_redis_watcher_says_why_it_ignores_a_message_and_reads_on(caplog: pytest.LogCaptureFixture) -> None:
