@@ -1270,8 +1270,9 @@ class Engine:
         trigger-fired call is, then skipped, counted with those calls; with ``wait_if_busy=False`` the refusal is
         raised at once instead (the queue puts its job off, the REST API answers 503), as is any call stopped
         unanswered (``invocation_stopped``: the condition's worker left, before the call reached it,
-        :class:`CallNotSent`, or after, or the engine is stopping), timed out (``invocation_timeout``) or made to a
-        function nobody serves (``function_not_found``): the condition did not decide, and a queue job skipped for
+        :class:`CallNotSent`, or after, or the engine is stopping), timed out (``invocation_timeout``), made to a
+        function nobody serves (``function_not_found``) or never made, its data too deep for a frame
+        (``serialization_error``): the condition did not decide, and a queue job skipped for
         it was done without its subscriber ever running (the queue fails the attempt instead, so the job is tried
         again or kept as a dead letter; the REST API answers as for its handler: 500, or 504 for a timeout).
         ``busy_until``: no try past this event-loop time (a cron tick's next tick)."""

@@ -61,9 +61,10 @@ Nothing was sent; sending it again cannot succeed."""
 
 #: The error codes of a condition call that did not decide (:meth:`EngineServices.condition_passes` with
 #: ``wait_if_busy=False`` raises them): its worker refused it for being busy, the call was stopped unanswered (its
-#: worker left, the engine is stopping) or timed out, or nobody serves the function now.
+#: worker left, the engine is stopping) or timed out, nobody serves the function now, or its data could not be
+#: written for its worker (:data:`UNWRITABLE`: it was never asked).
 UNDECIDED_CODES: frozenset[str] = frozenset({WORKER_BUSY, "invocation_stopped", "invocation_timeout",
-                                             "function_not_found", "engine_stopping"})
+                                             "function_not_found", "engine_stopping", UNWRITABLE})
 
 
 class CallNotSent(EngineError):

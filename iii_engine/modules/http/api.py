@@ -79,7 +79,7 @@ from ...channels import ChannelRelay, TooManyChannels
 from ...invocations import ENGINE_STOPPING, Started, stopped
 from ...limits import SKIP_LOG_INTERVAL_S, Slots
 from ...send_queue import unsent
-from ..base import UNDECIDED_CODES, CallNotSent, EngineError, EngineModule, EngineServices
+from ..base import UNDECIDED_CODES, UNWRITABLE, CallNotSent, EngineError, EngineModule, EngineServices
 from .channels import CHUNK_SIZE, ChannelAborted, ResponseChannel, ResponseHeadersTooLarge
 from .routes import BadPath, RouteMatch, RouteTable, parse_http_trigger
 from .settings import ApiSettings
@@ -558,6 +558,8 @@ def _failure(error: Any) -> web.Response:
             raise _Timeout
         if code == WORKER_BUSY:
             return _json_response(503, {"error": str(error.get("message", "")), "code": code}, {"Retry-After": "1"})
+        if code == UNWRITABLE:  # the request's data (a body nested too deep) could not be passed on: the client's
+            return _json_response(400, {"error": str(error.get("message", "")), "code": code})
         return _error_response(str(error.get("message", "")))
     return _error_response(str(error))
 

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import pytest
 
+from iii.wire import dumps
 from iii_engine import Engine, EngineConfig, ModuleSpec
 from iii_engine.modules.base import EngineError
+from iii_engine.modules.http.api import RestApiModule
 from tests.integration.engine_streams.helpers import Recorder, Worker, registered, trigger_active
 from tests.json_values import nested
 from tests.polling import until
@@ -112,3 +115,31 @@ async def _send_deep(engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
         assert "serialization_error" not in caplog.text
     finally:
         await worker.close()
+
+
+async def test_a_rest_request_whose_body_no_frame_holds_is_a_400_with_or_without_a_condition() -> None:
+    """A JSON body 127 deep parses (128 levels), but the handler's payload puts it 2 levels deeper: the request was a
+    500, and with a condition a 422 "condition not met", the condition never asked."""
+    spec = ModuleSpec("modules::api::RestApiModule", {"host": "127.0.0.1", "port": 0})
+    async with Engine(config=EngineConfig(host="127.0.0.1", port=0, modules=[spec])) as engine:
+        module = engine.module("http_api")
+        assert isinstance(module, RestApiModule)
+        worker = await RawWorker.connect(engine.url)
+        try:
+            for function_id in ("h", "cond"):
+                await worker.register(function_id)
+            for path, extra in (("plain", {}), ("checked", {"condition_function_id": "cond"})):
+                await worker.send({"type": "registertrigger", "id": path, "trigger_type": "http", "function_id": "h",
+                                   "config": {"api_path": path, "http_method": "POST", **extra}})
+            await worker.sync()
+            async with httpx.AsyncClient(base_url=module.base_url, timeout=20) as client:
+                for path, called in (("plain", "h"), ("checked", "cond")):
+                    response = await client.post(f"/{path}", content=dumps(nested(127)),
+                                                 headers={"Content-Type": "application/json"})
+                    assert (response.status_code, response.json()) == (400, {
+                        "code": "serialization_error",
+                        "error": f"the call of {called} could not be written for its worker (JSON nested deeper "
+                                 "than 128 levels)"})
+            await worker.nothing_for(0.1)  # neither the handler nor the condition was called
+        finally:
+            await worker.close()
