@@ -21,7 +21,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Generator, Mapping
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import iii.ws_imports  # noqa: F401  # isort: skip - websockets loads whole there, under one lock (see there)
 from websockets.asyncio.server import ServerConnection
@@ -49,6 +49,7 @@ from iii.protocol.worker_session import (
     clip_text,
     read_frame,
 )
+from iii.wire import MAX_JSON_DEPTH, dumps
 from iii.ws_fastpath import drain_or_close, has_unread, send_server_frame, write_frame_now
 from iii.ws_fastpath import flush as flush_frames
 from iii_streams.deadlines import finish_within, let_go
@@ -107,6 +108,25 @@ async def _close_unread(ws: ServerConnection, limit: int) -> None:
     """Close a peer that stopped reading (the close frame waits behind what it has not read): within
     :data:`~iii_engine.closing.CLOSE_TIMEOUT_S`, then reset."""
     await close_within(ws, OVERFLOW_CLOSE_CODE, f"outbound queue over {limit} bytes: peer not reading")
+
+
+_LISTING_LEVELS: Final = 4
+"""The levels a listing puts around a registration's field: its frame, its result (or data), the list, the entry."""
+
+
+def _listable(value: Any) -> bool:
+    """Whether ``value`` (a registered function's metadata, say) fits the listings that carry it
+    (``engine::functions::list``, the functions-available push) within the levels JSON is read with."""
+    if not isinstance(value, dict | list):
+        return True
+    wrapped = value
+    for _ in range(_LISTING_LEVELS):
+        wrapped = [wrapped]
+    try:
+        dumps(wrapped)
+    except ValueError:
+        return False
+    return True
 
 
 def _retained(frame: bytes | None, size: int) -> int:
@@ -1610,8 +1630,18 @@ class Engine:
             own = [current] if current is not None and current.owner == worker.id else []
             for replaced in (*own, *self.registry.shadowed_entries(owner=worker.id, function_id=msg.id)):
                 self._drop_endpoint(replaced)
-        entry = FunctionEntry(msg.id, worker.id, msg.description, msg.request_format, msg.response_format,
-                              msg.metadata, builtin=builtin, external=builtin is not None, size=size)
+        fields = {"request_format": msg.request_format, "response_format": msg.response_format,
+                  "metadata": msg.metadata}
+        unlisted = [name for name, value in fields.items() if not _listable(value)]
+        if unlisted:
+            # kept, it made every function listing deeper than JSON is read with: engine::functions::list failed
+            # for every SDK worker and the functions-available push for every listener, as long as it stayed
+            log.warning("worker %s: function %s registered without its %s: nested too deep for the function listings "
+                        "(at most %d levels)", worker.id, clip_text(msg.id), " and ".join(unlisted),
+                        MAX_JSON_DEPTH - _LISTING_LEVELS)
+            fields.update(dict.fromkeys(unlisted))
+        entry = FunctionEntry(msg.id, worker.id, msg.description, fields["request_format"], fields["response_format"],
+                              fields["metadata"], builtin=builtin, external=builtin is not None, size=size)
         previous = self.registry.add_function(entry)
         self.invocations.registered(msg.id)
         if previous is not None and previous.owner != worker.id:
