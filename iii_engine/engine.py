@@ -224,6 +224,7 @@ class _Reading:
 
 #: the kinds of :meth:`Engine._log_trigger_notes` besides pending and rejected
 _TRIGGER_NOTES = {"refused": "refused by their type's owner (pending)",
+                  "too_deep": "not registered: their config too deep for the trigger listing",
                   "ambiguous": "refusals by a type's owner left active (answers owed for more than one registration)"}
 
 
@@ -1741,6 +1742,12 @@ class Engine:
         worker.trigger_types.add(type_id)
 
     async def _register_trigger(self, worker: WorkerConnection, entry: TriggerEntry) -> None:
+        if not _listable(entry.config):
+            # listed 4 levels deeper, past 128: engine::triggers::list was unreadable for every SDK worker
+            self._trigger_notes.note("too_deep", f"worker {worker.id}: trigger {clip_text(entry.id)} not registered: "
+                                                 f"its config nests deeper than {MAX_JSON_DEPTH - _LISTING_LEVELS} "
+                                                 "levels, too deep for engine::triggers::list")
+            return
         trigger_type = self.registry.trigger_types.get(entry.trigger_type)
         if trigger_type is not None and trigger_type.handler is not None:
             entry.size += getattr(trigger_type.handler, "retained_bytes_per_trigger", 0)

@@ -147,3 +147,22 @@ async def test_a_rest_request_whose_body_no_frame_holds_is_a_400_with_or_without
             await worker.nothing_for(0.1)  # neither the handler nor the condition was called
         finally:
             await worker.close()
+
+
+async def test_a_trigger_whose_config_no_listing_holds_is_not_registered_and_the_listing_stays_readable(
+        engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    """engine::triggers::list puts a config 4 levels deeper: one 125 deep made it unreadable for every SDK worker."""
+    worker = await RawWorker.connect(engine.url)
+    try:
+        await worker.register("f")
+        for trigger_id, levels in (("deep", 124), ("fits", 123)):
+            await worker.send({"type": "registertrigger", "id": trigger_id, "function_id": "f",
+                               "trigger_type": "engine::functions-available", "config": {"x": nested(levels)}})
+        await worker.sync()
+        answer = await worker.call("engine::triggers::list", {"include_internal": True})
+        loads(dumps(answer))  # within the levels our SDK reads
+        assert [t["id"] for t in answer["result"]["triggers"]] == ["fits"]
+        assert (f"worker {worker.worker_id}: trigger deep not registered: its config nests deeper than 124 levels, "
+                "too deep for engine::triggers::list") in caplog.text
+    finally:
+        await worker.close()
