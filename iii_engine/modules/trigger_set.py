@@ -23,16 +23,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Coroutine, Mapping
-from typing import Any
+from typing import Any, Final
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.iii_types import TriggerInfo
+from iii.loss_log import BurstLog, LossLog, latest_tail
 from iii.protocol.client import WORKER_BUSY
 
 from ..limits import HeldTasks
 from .base import EngineError, EngineServices, FiredSlots
 
 log = logging.getLogger(__name__)
+
+FAILURE_LOG_BURST: Final = 10
+"""Failed handler calls of one trigger set logged one line each per :data:`FAILURE_LOG_INTERVAL_S`; the rest are
+counted in one warning naming the latest (a handler failing on every event of a busy stream wrote 2,500 lines a
+second)."""
+FAILURE_LOG_INTERVAL_S: Final = 10.0
 
 __all__ = ["TriggerRunner", "TriggerSet", "check_trigger_config", "trigger_config"]
 
@@ -91,6 +98,8 @@ class TriggerRunner:
     def __init__(self, services: EngineServices) -> None:
         self.services = services
         self._tasks = HeldTasks()
+        self._failures = BurstLog(FAILURE_LOG_BURST, FAILURE_LOG_INTERVAL_S, log.warning,
+                                  LossLog(self._log_failure_counts, FAILURE_LOG_INTERVAL_S))
 
     def spawn(self, coro: Coroutine[Any, Any, None], slots: FiredSlots | None = None) -> None:
         """Run ``coro`` in a task that :meth:`close` cancels. ``slots``: the ``max_fired_calls`` slots it was
@@ -100,6 +109,11 @@ class TriggerRunner:
     async def close(self) -> None:
         """Cancel the running trigger tasks; what those that never ran held is given back."""
         await self._tasks.close()
+        self._failures.losses.close()
+
+    def _log_failure_counts(self, counts: Mapping[str, int], latest: str | None) -> None:
+        log.warning("%s handlers: %d more call(s) failed, not logged one by one (past %d lines per %g s)%s",
+                    self.kind, counts["failed"], FAILURE_LOG_BURST, FAILURE_LOG_INTERVAL_S, latest_tail(latest))
 
     async def call(self, trigger: TriggerInfo, payload: Any) -> Any:
         """Run one handler if its condition passes; ``None`` when skipped or failed (logged)."""
@@ -111,8 +125,8 @@ class TriggerRunner:
         except EngineError as exc:
             if exc.code == WORKER_BUSY:  # counted and told, rate-limited, by invoke_when_free
                 return None
-            log.warning("trigger %s: %s failed: %s: %s", trigger.id, trigger.function_id, exc.code,
-                                      exc.message)
+            self._failures.note("failed", f"trigger {trigger.id}: {trigger.function_id} failed: {exc.code}: "
+                                          f"{exc.message}")
             return None
 
 
