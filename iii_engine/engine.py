@@ -225,6 +225,7 @@ class _Reading:
 #: the kinds of :meth:`Engine._log_trigger_notes` besides pending and rejected
 _TRIGGER_NOTES = {"refused": "refused by their type's owner (pending)",
                   "too_deep": "not registered: their config too deep for the trigger listing",
+                  "unlisted": "functions registered without a field too deep for the function listings",
                   "ambiguous": "refusals by a type's owner left active (answers owed for more than one registration)"}
 
 
@@ -1637,9 +1638,10 @@ class Engine:
         if unlisted:
             # kept, it made every function listing deeper than JSON is read with: engine::functions::list failed
             # for every SDK worker and the functions-available push for every listener, as long as it stayed
-            log.warning("worker %s: function %s registered without its %s: nested too deep for the function listings "
-                        "(at most %d levels)", worker.id, clip_text(msg.id), " and ".join(unlisted),
-                        MAX_JSON_DEPTH - _LISTING_LEVELS)
+            self._trigger_notes.note("unlisted", f"worker {worker.id}: function {clip_text(msg.id)} registered "
+                                                 f"without its {' and '.join(unlisted)}: nested too deep for the "
+                                                 f"function listings (at most {MAX_JSON_DEPTH - _LISTING_LEVELS} "
+                                                 "levels)")
             fields.update(dict.fromkeys(unlisted))
         entry = FunctionEntry(msg.id, worker.id, msg.description, fields["request_format"], fields["response_format"],
                               fields["metadata"], builtin=builtin, external=builtin is not None, size=size)

@@ -29,6 +29,7 @@ import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.iii_types import TriggerInfo
 from iii.loss_log import BurstLog, LossLog, latest_tail
 from iii.protocol.client import WORKER_BUSY
+from iii.protocol.worker_session import clip_text
 
 from ..limits import HeldTasks
 from .base import EngineError, EngineServices, FiredSlots
@@ -40,6 +41,7 @@ FAILURE_LOG_BURST: Final = 10
 counted in one warning naming the latest (a handler failing on every event of a busy stream wrote 2,500 lines a
 second)."""
 FAILURE_LOG_INTERVAL_S: Final = 10.0
+_FAILURES_NAMED: Final = 5  # triggers named in a count of failures; the rest summed
 
 __all__ = ["TriggerRunner", "TriggerSet", "check_trigger_config", "trigger_config"]
 
@@ -112,8 +114,15 @@ class TriggerRunner:
         self._failures.losses.close()
 
     def _log_failure_counts(self, counts: Mapping[str, int], latest: str | None) -> None:
-        log.warning("%s handlers: %d more call(s) failed, not logged one by one (past %d lines per %g s)%s",
-                    self.kind, counts["failed"], FAILURE_LOG_BURST, FAILURE_LOG_INTERVAL_S, latest_tail(latest))
+        # by trigger, the busiest first: a trigger failing now and then is named beside one failing on every event
+        ranked = sorted(counts.items(), key=lambda item: -item[1])
+        shown = ", ".join(f"{n} of {kind}" for kind, n in ranked[:_FAILURES_NAMED])
+        if len(ranked) > _FAILURES_NAMED:
+            shown += (f" and {sum(n for _, n in ranked[_FAILURES_NAMED:])} of "
+                      f"{len(ranked) - _FAILURES_NAMED} other trigger(s)")
+        log.warning("%s handlers: %d more call(s) failed, not logged one by one (past %d lines per %g s): %s%s",
+                    self.kind, sum(counts.values()), FAILURE_LOG_BURST, FAILURE_LOG_INTERVAL_S, shown,
+                    latest_tail(latest))
 
     async def call(self, trigger: TriggerInfo, payload: Any) -> Any:
         """Run one handler if its condition passes; ``None`` when skipped or failed (logged)."""
@@ -125,8 +134,9 @@ class TriggerRunner:
         except EngineError as exc:
             if exc.code == WORKER_BUSY:  # counted and told, rate-limited, by invoke_when_free
                 return None
-            self._failures.note("failed", f"trigger {trigger.id}: {trigger.function_id} failed: {exc.code}: "
-                                          f"{exc.message}")
+            self._failures.note(f"trigger {clip_text(trigger.id)} ({clip_text(trigger.function_id)})",
+                                f"trigger {clip_text(trigger.id)}: {clip_text(trigger.function_id)} failed: "
+                                f"{clip_text(exc.code)}: {clip_text(exc.message)}")
             return None
 
 

@@ -166,3 +166,20 @@ async def test_a_trigger_whose_config_no_listing_holds_is_not_registered_and_the
                 "too deep for engine::triggers::list") in caplog.text
     finally:
         await worker.close()
+
+
+async def test_registrations_dropping_deep_metadata_are_logged_in_a_burst(
+        engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    """One worker re-registering a function with deep metadata wrote a warning per frame (8,500 lines a second)."""
+    worker = await RawWorker.connect(engine.url)
+    try:
+        for _ in range(30):
+            await worker.register("deep::f", metadata={"m": nested(124)})
+        await worker.sync()
+        said = [r.getMessage() for r in caplog.records if "registered without its metadata" in r.getMessage()]
+        one_by_one = [line for line in said if line.startswith(f"worker {worker.worker_id}: function deep::f")]
+        counted = [line for line in said if line.startswith("triggers: ")]  # (the engine's registration notes)
+        assert (len(one_by_one), len(counted)) == (10, 1)
+        assert ", 1 functions registered without a field too deep for the function listings" in counted[0]
+    finally:
+        await worker.close()

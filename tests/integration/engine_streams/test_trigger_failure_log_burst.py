@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from iii_engine import Engine, EngineConfig, ModuleSpec
+from iii_engine.modules.stream.triggers import StreamTriggers
 from iii_engine.modules.trigger_set import FAILURE_LOG_BURST
 from tests.polling import until
 
@@ -53,5 +54,22 @@ async def test_a_handler_failing_on_every_event_is_logged_in_a_burst_and_a_count
     # the first one past the burst at once, the rest at the end of the interval (here the engine's stop)
     assert 1 <= len(counted) <= 2
     assert sum(int(line.split()[3]) for line in counted) == failed - FAILURE_LOG_BURST
-    assert counted[0].startswith("stream trigger handlers: 1 more call(s) failed, not logged one by one (past 10 lines "
-                                 f"per 10 s); latest: trigger {subscribed}: h failed: boom: event ")
+    assert counted[0].startswith(f"stream trigger handlers: 1 more call(s) failed, not logged one by one (past 10 "
+                                 f"lines per 10 s): 1 of trigger {subscribed} (h); latest: trigger {subscribed}: h "
+                                 "failed: boom: event ")
+
+
+async def test_a_count_of_failures_names_each_trigger_busiest_first() -> None:
+    """One trigger failing on every event must not hide another failing once: the count names both."""
+    lines: list[str] = []
+    runner = StreamTriggers.__new__(StreamTriggers)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("iii_engine.modules.trigger_set.log.warning", lambda *args: lines.append(args[0] % args[1:]))
+        runner._log_failure_counts({"trigger a (f)": 15, "trigger b (g)": 1}, None)
+        runner._log_failure_counts({f"trigger t{n} (f)": 10 - n for n in range(8)}, "x")
+    assert lines == [
+        "stream trigger handlers: 16 more call(s) failed, not logged one by one (past 10 lines per 10 s): 15 of "
+        "trigger a (f), 1 of trigger b (g)",
+        "stream trigger handlers: 52 more call(s) failed, not logged one by one (past 10 lines per 10 s): 10 of "
+        "trigger t0 (f), 9 of trigger t1 (f), 8 of trigger t2 (f), 7 of trigger t3 (f), 6 of trigger t4 (f) and 12 of "
+        "3 other trigger(s); latest: x"]
