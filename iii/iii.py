@@ -77,6 +77,7 @@ from .protocol.client import (
     result_too_large,
     worker_busy,
 )
+from .protocol.codec import MAX_JSON_DEPTH, MAX_LISTED_DEPTH, fits_within
 from .stream import IStream
 from .stream_glue import stream_functions
 from .telemetry_wiring import TelemetryWiring
@@ -116,6 +117,14 @@ _UNCHECKED_WORKERS_KEPT = 64
 _NO_WORKER: Final = "00000000-0000-0000-0000-000000000000"
 # At most one warning per this many seconds about invocations refused past max_invocations (with their counts).
 _BUSY_LOG_INTERVAL_S: Final = 10.0
+
+
+def _refuse_unlisted(value: Any, what: str, kind: str) -> None:
+    """``ValueError`` for a registration's field the engine's listings could not carry: our engine drops such a
+    function's field and refuses such a trigger, which the protocol never answers (the call seemed to work)."""
+    if not fits_within(value, MAX_LISTED_DEPTH):
+        raise ValueError(f"{what} nests deeper than {MAX_LISTED_DEPTH} levels: the engine's {kind} listings add 4, and "
+                         f"JSON is read {MAX_JSON_DEPTH} deep at most")
 
 
 class III:
@@ -988,6 +997,8 @@ class III:
             invocation=invocation,
         )
         function_id = func.id
+        for name in ("metadata", "request_format", "response_format"):
+            _refuse_unlisted(getattr(message, name), f"register_function({function_id!r}): {name}", "function")
         owner = object()
         with self._registering:
             if self._session.has_function(function_id):
@@ -1027,6 +1038,8 @@ class III:
         self._refuse_if_closed()
         trigger = _as_model(trigger, RegisterTriggerInput, "register_trigger's trigger")
         trigger_type = trigger.type
+        _refuse_unlisted(trigger.config, f"register_trigger({trigger_type!r} on {trigger.function_id!r}): config",
+                         "trigger")
         trigger_id, frame = self._session.register_trigger(
             trigger_type, trigger.function_id, trigger.config,
             self._registration_check(f"the trigger of type {trigger_type!r} on function {trigger.function_id!r}"))

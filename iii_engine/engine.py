@@ -21,7 +21,7 @@ import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Generator, Mapping
 from types import TracebackType
-from typing import Any, Final, Literal
+from typing import Any, Literal
 
 import iii.ws_imports  # noqa: F401  # isort: skip - websockets loads whole there, under one lock (see there)
 from websockets.asyncio.server import ServerConnection
@@ -31,6 +31,7 @@ from iii import ws_fastpath
 from iii.iii_types import TriggerInfo
 from iii.loss_log import BurstLog, LossLog, latest_tail
 from iii.protocol.client import WORKER_BUSY
+from iii.protocol.codec import MAX_LISTED_DEPTH, fits_within
 from iii.protocol.worker_session import (
     Event,
     Invoke,
@@ -49,7 +50,6 @@ from iii.protocol.worker_session import (
     clip_text,
     read_frame,
 )
-from iii.wire import MAX_JSON_DEPTH, dumps
 from iii.ws_fastpath import drain_or_close, has_unread, send_server_frame, write_frame_now
 from iii.ws_fastpath import flush as flush_frames
 from iii_streams.deadlines import finish_within, let_go
@@ -108,25 +108,6 @@ async def _close_unread(ws: ServerConnection, limit: int) -> None:
     """Close a peer that stopped reading (the close frame waits behind what it has not read): within
     :data:`~iii_engine.closing.CLOSE_TIMEOUT_S`, then reset."""
     await close_within(ws, OVERFLOW_CLOSE_CODE, f"outbound queue over {limit} bytes: peer not reading")
-
-
-_LISTING_LEVELS: Final = 4
-"""The levels a listing puts around a registration's field: its frame, its result (or data), the list, the entry."""
-
-
-def _listable(value: Any) -> bool:
-    """Whether ``value`` (a registered function's metadata, say) fits the listings that carry it
-    (``engine::functions::list``, the functions-available push) within the levels JSON is read with."""
-    if not isinstance(value, dict | list):
-        return True
-    wrapped = value
-    for _ in range(_LISTING_LEVELS):
-        wrapped = [wrapped]
-    try:
-        dumps(wrapped)
-    except ValueError:
-        return False
-    return True
 
 
 def _retained(frame: bytes | None, size: int) -> int:
@@ -1634,13 +1615,13 @@ class Engine:
                 self._drop_endpoint(replaced)
         fields = {"request_format": msg.request_format, "response_format": msg.response_format,
                   "metadata": msg.metadata}
-        unlisted = [name for name, value in fields.items() if not _listable(value)]
+        unlisted = [name for name, value in fields.items() if not fits_within(value, MAX_LISTED_DEPTH)]
         if unlisted:
             # kept, it made every function listing deeper than JSON is read with: engine::functions::list failed
             # for every SDK worker and the functions-available push for every listener, as long as it stayed
             self._trigger_notes.note("unlisted", f"worker {worker.id}: function {clip_text(msg.id)} registered "
                                                  f"without its {' and '.join(unlisted)}: nested too deep for the "
-                                                 f"function listings (at most {MAX_JSON_DEPTH - _LISTING_LEVELS} "
+                                                 f"function listings (at most {MAX_LISTED_DEPTH} "
                                                  "levels)")
             fields.update(dict.fromkeys(unlisted))
         entry = FunctionEntry(msg.id, worker.id, msg.description, fields["request_format"], fields["response_format"],
@@ -1744,10 +1725,10 @@ class Engine:
         worker.trigger_types.add(type_id)
 
     async def _register_trigger(self, worker: WorkerConnection, entry: TriggerEntry) -> None:
-        if not _listable(entry.config):
+        if not fits_within(entry.config, MAX_LISTED_DEPTH):
             # listed 4 levels deeper, past 128: engine::triggers::list was unreadable for every SDK worker
             self._trigger_notes.note("too_deep", f"worker {worker.id}: trigger {clip_text(entry.id)} not registered: "
-                                                 f"its config nests deeper than {MAX_JSON_DEPTH - _LISTING_LEVELS} "
+                                                 f"its config nests deeper than {MAX_LISTED_DEPTH} "
                                                  "levels, too deep for engine::triggers::list")
             return
         trigger_type = self.registry.trigger_types.get(entry.trigger_type)

@@ -46,6 +46,7 @@ except ImportError:  # pragma: no cover - exercised only without orjson
 __all__ = [
     "LOG_CLIP",
     "MAX_JSON_DEPTH",
+    "MAX_LISTED_DEPTH",
     "TELEMETRY_PREFIXES",
     "TOO_DEEP",
     "Ping",
@@ -57,6 +58,7 @@ __all__ = [
     "decode_object",
     "dumps",
     "encode",
+    "fits_within",
     "is_uuid",
     "jsonable",
     "loads",
@@ -97,6 +99,10 @@ LOG_CLIP: Final = 200
 _TOO_DEEP: Final = f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
 TOO_DEEP: Final = _TOO_DEEP
 """The message of the ``ValueError`` for nesting past :data:`MAX_JSON_DEPTH` (:func:`loads`, :func:`dumps`)."""
+MAX_LISTED_DEPTH: Final = MAX_JSON_DEPTH - 4
+"""The deepest a registration's field (a function's metadata or formats, a trigger's config) nests: the engine's
+listings of them (``engine::functions::list``, the functions-available push, ``engine::triggers::list``) put it 4
+levels deeper, its frame, the result, the list and the entry."""
 _NON_FINITE: Final = "NaN and Infinity are not valid JSON"
 # Valid JSON nesting deeper than MAX_JSON_DEPTH opens and closes that many containers and one more: any shorter
 # document needs no depth check at all.
@@ -202,6 +208,28 @@ def _exact_loads(raw: str | bytes) -> Any:
     if _more_brackets_than(raw, MAX_JSON_DEPTH) and not _shallow(value):
         _check_tree(value)
     return value
+
+
+def fits_within(value: Any, levels: int) -> bool:
+    """Whether ``value`` nests at most ``levels`` lists and objects deep (``levels`` at most
+    :data:`MAX_JSON_DEPTH`); a value :func:`dumps` refuses for another reason (a NaN) raises its ``ValueError``.
+
+    Example:
+        >>> fits_within({"a": [1]}, 2), fits_within({"a": [1]}, 1), fits_within("[[[", 0)
+        (True, False, True)
+    """
+    if not isinstance(value, dict | list | tuple):
+        return True
+    wrapped = value
+    for _ in range(MAX_JSON_DEPTH - levels):  # the depth checked by the one encode's own bound
+        wrapped = [wrapped]
+    try:
+        dumps(wrapped)
+    except ValueError as exc:
+        if str(exc) == _TOO_DEEP:
+            return False
+        raise
+    return True
 
 
 def dumps(value: Any) -> str:
