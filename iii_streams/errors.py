@@ -410,8 +410,8 @@ def json_text(value: Any, what: str, *, room: int = VALUE_ROOM) -> str:
         >>> try:
         ...     json_text(deep, "data")
         ... except ValueError as exc:
-        ...     print(str(exc)[:57])
-        data nests deeper than 125 levels, the most a store keeps
+        ...     print(str(exc)[:56])
+        data nests deeper than 125 levels: the events it goes in
     """
     wrapped = value
     for _ in range(room):  # the depth checked in the one encode: the wrapping lists' text is cut off after
