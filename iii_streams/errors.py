@@ -38,8 +38,8 @@ from typing import Any, Final, Self
 
 import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.errors import PicklesByState
-from iii.protocol.codec import TOO_DEEP, UnpairedSurrogateError
-from iii.wire import MAX_JSON_DEPTH, dumps
+from iii.protocol.codec import TOO_DEEP, UnpairedSurrogateError, dumps_within
+from iii.wire import MAX_JSON_DEPTH
 
 __all__ = [
     "MAX_VALUE_DEPTH",
@@ -413,19 +413,15 @@ def json_text(value: Any, what: str, *, room: int = VALUE_ROOM) -> str:
         ...     print(str(exc)[:56])
         data nests deeper than 125 levels: the events it goes in
     """
-    wrapped = value
-    for _ in range(room):  # the depth checked in the one encode: the wrapping lists' text is cut off after
-        wrapped = [wrapped]
     try:
-        text = dumps(wrapped)
-    except UnpairedSurrogateError as exc:
+        return dumps_within(value, MAX_JSON_DEPTH - room)
+    except UnpairedSurrogateError as exc:  # (its position counts the wrapping lists dumps_within puts around it)
         raise ValueError(f"{what} holds an unpaired surrogate {exc.char!r} (character {exc.position - room} of its "
                          "JSON text): not valid Unicode, no store can encode it") from None
     except ValueError as exc:
         if str(exc) == TOO_DEEP:  # (a NaN's error is raised as it is)
             raise ValueError(_too_deep(what, room)) from None
         raise
-    return text[room:len(text) - room] if room else text
 
 
 def check_names(stream_name: str, group_id: str, item_id: str | None = None, *, nul: bool = True) -> None:

@@ -57,6 +57,7 @@ __all__ = [
     "decode",
     "decode_object",
     "dumps",
+    "dumps_within",
     "encode",
     "fits_within",
     "is_uuid",
@@ -220,16 +221,34 @@ def fits_within(value: Any, levels: int) -> bool:
     """
     if not isinstance(value, dict | list | tuple):
         return True
-    wrapped = value
-    for _ in range(MAX_JSON_DEPTH - levels):  # the depth checked by the one encode's own bound
-        wrapped = [wrapped]
     try:
-        dumps(wrapped)
+        dumps_within(value, levels)
     except ValueError as exc:
         if str(exc) == _TOO_DEEP:
             return False
         raise
     return True
+
+
+def dumps_within(value: Any, levels: int) -> str:
+    """:func:`dumps` of ``value``, refused as nesting too deep (``ValueError``, :data:`TOO_DEEP`) when it nests
+    more than ``levels`` lists and objects deep (``levels`` at most :data:`MAX_JSON_DEPTH`): it is encoded inside
+    enough lists for the encode's own bound to check it, whose text is cut off after (no second encode).
+
+    Example:
+        >>> dumps_within({"a": [1]}, 2)
+        '{"a":[1]}'
+        >>> dumps_within({"a": [1]}, 1)
+        Traceback (most recent call last):
+        ...
+        ValueError: JSON nested deeper than 128 levels
+    """
+    room = MAX_JSON_DEPTH - levels
+    wrapped = value
+    for _ in range(room):
+        wrapped = [wrapped]
+    text = dumps(wrapped)
+    return text[room:len(text) - room] if room else text
 
 
 def dumps(value: Any) -> str:
