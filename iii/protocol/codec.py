@@ -265,7 +265,7 @@ def dumps(value: Any) -> str:
         ...
         ValueError: NaN and Infinity are not valid JSON
     """
-    if _orjson is not None:
+    if _orjson is not None and (_ORJSON_COUNTS_TUPLES or _json_kinds_only(value)):
         text = _orjson_dumps(value)
         if text is not None:
             return text
@@ -494,6 +494,50 @@ def _orjson_depth_limit() -> int | None:
 
 
 _ORJSON_DEPTH = _orjson_depth_limit()
+
+
+def _orjson_counts_tuples() -> bool:
+    """Whether orjson counts tuples toward its nesting limit, as it counts lists and objects (found once by trying).
+
+    orjson 3.12.0 and 3.13.0 do not: a chain of 3,000 tuples nested in each other corrupted the heap and ended the
+    process (``malloc(): corrupted top size``, or a segfault), where 3.11 refused it as too deep; and a value of tuples
+    nested past :data:`MAX_JSON_DEPTH` passed the depth proofs below, which rely on orjson's count. Such a version is
+    handed only values that hold no tuple (:func:`_json_kinds_only`); the others go to the standard encoder. Our
+    dependency keeps orjson below 3.12, so this is for an install that overrode it. The probe nests 300: a version
+    that does not count them writes that many without harm."""
+    if _orjson is None:
+        return True
+    value: Any = 0
+    for _ in range(300):
+        value = (value,)
+    try:
+        _orjson.dumps(value)
+    except TypeError:
+        return True
+    return False
+
+
+_ORJSON_COUNTS_TUPLES: Final = _orjson_counts_tuples()
+_JSON_KINDS: Final = frozenset({dict, list, str, int, float, bool, type(None)})
+
+
+def _json_kinds_only(value: Any) -> bool:
+    """Whether ``value`` holds nothing but plain dicts, lists and JSON scalars, nesting at most one level past
+    :data:`MAX_JSON_DEPTH` (so no tuple, and nothing orjson writes by its fields, where a tuple could hide), looked at
+    level by level at C speed as :func:`_look` does. False sends the value to the standard encoder."""
+    if not _REFERENTS_OK:
+        return False
+    level: list[Any] = [value]
+    for _ in range(MAX_JSON_DEPTH + 2):
+        if not set(map(type, level)) <= _JSON_KINDS:
+            return False
+        level = gc.get_referents(*compress(level, map(isinstance, level, repeat(_DICT_OR_LIST))))
+        if not level:
+            return True
+    return False
+
+
+_DICT_OR_LIST: Final = (dict, list)
 
 
 def _shallow(value: Any) -> bool:
@@ -833,10 +877,13 @@ def jsonable(value: Any) -> Any:
         return hook()
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json", by_alias=True)
+    # a subclass is read from its own storage, as orjson reads it: an overridden items() or __iter__ hid a NaN
     if isinstance(value, dict):
-        return {k if type(k) is str else _key(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
+        return {k if type(k) is str else _key(k): jsonable(v) for k, v in dict.items(value)}
+    if isinstance(value, list):
+        return [jsonable(v) for v in list.__iter__(value)]
+    if isinstance(value, tuple):
+        return [jsonable(v) for v in tuple.__iter__(value)]
     if hasattr(value, "__dataclass_fields__"):
         import dataclasses
 
