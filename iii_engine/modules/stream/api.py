@@ -215,6 +215,25 @@ class StreamFunctions:
             raise EngineError("JSON_ERROR", f"Failed to parse the result of {function_id}: missing field `{required}`")
         return result
 
+    @staticmethod
+    def _storable(value: Any, what: str, code: str) -> None:
+        """Refuse, before a worker's custom stream is asked to write it, a value the stores refuse (nested past
+        :data:`~iii_streams.errors.MAX_VALUE_DEPTH`): its change event could not be written for any subscriber."""
+        try:
+            json_text(value, what)
+        except ValueError as exc:
+            raise EngineError(code, str(exc)) from None
+
+    @staticmethod
+    def _sendable(function_id: str, value: Any, what: str, code: str) -> None:
+        """Refuse a custom stream's answer whose value no change event can carry: the worker made the change, but
+        its event could be written for no subscriber and no trigger, so none goes out, and the caller is told."""
+        try:
+            json_text(value, what)
+        except ValueError as exc:
+            raise EngineError(code, f"{function_id} answered a change whose event cannot be sent, so none went out "
+                                    f"(the worker's stream keeps the change): {exc}") from None
+
     async def _fire(self, event: StreamEvent, function_id: str, outcome: str = "done") -> None:
         """Hand ``event`` to its triggers, waiting for room among the engine's fired calls (``max_fired_calls``)
         like any producer that is itself a call; ``fire_limit`` names the call and what became of its change."""
@@ -354,10 +373,12 @@ class StreamFunctions:
         s, g, i, value = f.text("stream_name"), f.text("group_id"), f.text("item_id"), f.value("data")
         custom = self._custom("set", s)
         if custom is not None:
+            self._storable(value, "data", "STREAM_SET_ERROR")
             payload = {"stream_name": s, "group_id": g, "item_id": i, "data": value}
             async with self._locks.join((s, g, i)):  # after a composed update in flight, not inside it
                 answer = self._result(custom, await self._invoke(custom, payload, "STREAM_SET_ERROR", "set"),
                                       "STREAM_SET_ERROR", required="new_value")
+            self._sendable(custom, answer["new_value"], "new_value", "STREAM_SET_ERROR")
             return await self._changed("stream::set", s, g, i, answer.get("old_value"), answer["new_value"])
         self._no_fallback(s)
         try:
@@ -378,6 +399,7 @@ class StreamFunctions:
                                             "STREAM_DELETE_ERROR", "delete")
             old = None if answer is None else self._result(custom, answer, "STREAM_DELETE_ERROR",
                                                            required=None).get("old_value")
+            self._sendable(custom, old, "old_value", "STREAM_DELETE_ERROR")
         else:
             self._no_fallback(s)
             try:
@@ -405,6 +427,7 @@ class StreamFunctions:
                 payload = {"stream_name": s, "group_id": g, "item_id": i, "ops": [op_to_wire(op) for op in ops]}
                 answer = self._result(custom, await self._invoke(custom, payload, "STREAM_UPDATE_ERROR", "update"),
                                       "STREAM_UPDATE_ERROR", required="new_value")
+                self._sendable(custom, answer["new_value"], "new_value", "STREAM_UPDATE_ERROR")
                 return await self._changed("stream::update", s, g, i, answer.get("old_value"), answer["new_value"])
             get_id, set_id = self._custom("get", s), self._custom("set", s)
             if get_id is not None and set_id is not None:
@@ -423,6 +446,7 @@ class StreamFunctions:
         async with self._locks.hold((s, g, i)):
             old = await self._invoke(get_id, key, "STREAM_UPDATE_ERROR", "update")
             old, new = apply_update(old, ops)
+            self._storable(new, "the updated value", "STREAM_UPDATE_ERROR")
             # the custom set function itself, not the stream::set built-in, so only one event goes out
             await self._invoke(set_id, {**key, "data": new}, "STREAM_UPDATE_ERROR", "update")
         return await self._changed("stream::update", s, g, i, old, new)
