@@ -52,6 +52,7 @@ from .limits import (
 from .modules.base import (
     UNWRITABLE,
     CallNotSent,
+    CallUnwritable,
     EncodedResult,
     EngineError,
     FiredSlots,
@@ -816,6 +817,9 @@ class Invocations:
                 assert isinstance(unsent, CallNotSent)
                 unsent.worker_id = pending.callee.id
                 raise unsent
+            if pending is not None and not pending.handed and isinstance(error, dict) \
+                    and error.get("code") == UNWRITABLE:  # ours: a call never handed has no answer of its worker
+                raise error_of(error, CallUnwritable)
             raise error_of(error)
         return result
 

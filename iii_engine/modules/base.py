@@ -84,6 +84,17 @@ class CallNotSent(EngineError):
     worker_id: str | None = None
 
 
+class CallUnwritable(EngineError):
+    """The :class:`EngineError` (:data:`UNWRITABLE`) ending a call whose data the engine could not write in a frame
+    for its worker: nothing was sent, and no later try of the same data can succeed (a queue dead-letters its job at
+    once). Only the engine raises it: a worker answers only a call it received, so its error is never one.
+
+    Example:
+        >>> isinstance(CallUnwritable(UNWRITABLE, "the call of f could not be written for its worker"), EngineError)
+        True
+    """
+
+
 class EngineStartError(PicklesByState, RuntimeError):
     """The engine could not start; everything it had started is stopped again and every port released.
 

@@ -20,7 +20,7 @@ import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.loss_log import BurstLog, LossLog, counts_text, latest_tail
 from iii.protocol.worker_session import clip_text
 
-from ..base import EngineError
+from ..base import CallUnwritable, EngineError
 from .settings import DEFAULT_STOP_TIMEOUT_MS, QueueSettings
 from .store import DeadLetter, Job, PutOff, QueueStore, now_ms
 
@@ -644,6 +644,12 @@ class QueueConsumer:
         attempts = job.attempts + 1
         tried = replace(job, attempts=attempts)
         reported = isinstance(exc, Reported)
+        if isinstance(exc, CallUnwritable):  # the same data fails the same way on every try: no retry helps
+            self._log.warning("queue %s: job %s failed and was moved to the DLQ at once (attempt %d of %d): its "
+                              "call cannot be written for its worker, so no retry could succeed: %s", self.queue,
+                              job.id, attempts, self.settings.max_retries, exc)
+            await self.store.dead(self.queue, DeadLetter(tried, dlq_error(exc), now_ms()))
+            return
         if attempts >= self.settings.max_retries:
             self._log.log(logging.DEBUG if reported else logging.WARNING,
                           "queue %s: job %s failed %d time(s), moved to the DLQ: %s", self.queue, job.id, attempts,

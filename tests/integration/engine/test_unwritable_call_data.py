@@ -7,6 +7,7 @@ was logged)."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import httpx
 import pytest
@@ -183,3 +184,38 @@ async def test_registrations_dropping_deep_metadata_are_logged_in_a_burst(
         assert ", 1 functions registered without a field too deep for the function listings" in counted[0]
     finally:
         await worker.close()
+
+
+async def test_a_queued_job_whose_call_no_frame_holds_goes_to_the_dlq_at_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Before, each of its attempts failed the same way after its backoff, then it was dead-lettered: no retry of the
+    same data can be written. A job the worker can read still runs."""
+    settings = {"queue_configs": {"q": {"max_retries": 5, "backoff_ms": 60_000}}}
+    config = EngineConfig(host="127.0.0.1", port=0, modules=[ModuleSpec("modules::queue::QueueModule", settings)])
+    async with Engine(config=config) as engine:
+        worker = await Worker.connect(engine.url)
+        try:
+            seen = Recorder(answer="ok")
+            await worker.register("h", seen)
+            await registered(engine, "h")
+            queue = engine.module("queue")
+            await queue.enqueue("q", "h", nested(128))  # type: ignore[union-attr]
+            await queue.enqueue("q", "h", nested(127))  # type: ignore[union-attr]
+            assert await seen.wait_for(1) == [nested(127)]
+            page = await until_dead(engine)
+            [letter] = page["messages"]
+            assert letter["error"] == f"serialization_error: {UNWRITABLE}"
+            assert letter["job"]["attempts"] == 1  # no backoff waited, no further attempt
+            assert "moved to the DLQ at once (attempt 1 of 5)" in caplog.text
+            assert len(seen.payloads) == 1
+        finally:
+            await worker.close()
+
+
+async def until_dead(engine: Engine) -> dict[str, Any]:
+    for _ in range(500):  # in process: the page holds the letter's data, which a frame cannot
+        page: dict[str, Any] = await engine.invoke("engine::queue::dlq_messages", {"topic": "q"})
+        if page["messages"]:
+            return page
+        await asyncio.sleep(0.01)
+    raise AssertionError("the job never reached the DLQ")
