@@ -79,8 +79,7 @@ class KeyedBatcher(Generic[K, R, T]):
     def __init__(
         self, run: BatchRunner[K, R, T], *, name: str, max_batch: int = 256, max_pending: int = 100_000
     ) -> None:
-        if max_batch < 1 or max_pending < 1:
-            raise ValueError(f"{name}: max_batch and max_pending must be >= 1, got {max_batch}, {max_pending}")
+        check_sizes(name, max_batch, max_pending)
         self._run = run
         self._name = name
         self._max_batch = max_batch
@@ -174,15 +173,15 @@ class KeyedBatcher(Generic[K, R, T]):
                 try:
                     results = await self._run(key, [request for request, _ in batch])
                 except asyncio.CancelledError:
-                    _fail(batch, StreamClosedError(f"{self._name} was closed while a write was in flight"))
+                    fail_futures(batch, StreamClosedError(f"{self._name} was closed while a write was in flight"))
                     raise
                 except BaseException as exc:  # the batch failed as a whole: every caller in it learns why
-                    _fail(batch, exc)
+                    fail_futures(batch, exc)
                     if not isinstance(exc, Exception):
                         raise
                     continue
                 if len(results) != len(batch):
-                    _fail(batch, StreamBackendError(f"{self._name}: batch returned {len(results)} results for "
+                    fail_futures(batch, StreamBackendError(f"{self._name}: batch returned {len(results)} results for "
                                                     f"{len(batch)} requests"))
                     continue
                 for (request, future), result in zip(batch, results, strict=True):
@@ -197,7 +196,7 @@ class KeyedBatcher(Generic[K, R, T]):
         finally:
             if self._pending.get(key) is queue:
                 del self._pending[key]
-            _fail(list(queue), StreamClosedError(f"{self._name} was closed before the write ran"))
+            fail_futures(list(queue), StreamClosedError(f"{self._name} was closed before the write ran"))
             queue.clear()
 
     async def aclose(self) -> None:
@@ -217,13 +216,20 @@ class KeyedBatcher(Generic[K, R, T]):
         """
         self._closed = True
         for queue in self._pending.values():
-            _fail(list(queue), StreamClosedError(f"{self._name} was closed before the write ran"))
+            fail_futures(list(queue), StreamClosedError(f"{self._name} was closed before the write ran"))
             queue.clear()
         while self._runners:  # a batch may hand requests on to a queue whose runner starts meanwhile
             await asyncio.gather(*tuple(self._runners), return_exceptions=True)
 
 
-def _fail(batch: Sequence[tuple[object, asyncio.Future[T]]], exc: BaseException) -> None:
+def check_sizes(name: str, max_batch: int, max_pending: int) -> None:
+    """Refuse a batch or a queue bound below 1 (a ``ValueError`` naming both)."""
+    if max_batch < 1 or max_pending < 1:
+        raise ValueError(f"{name}: max_batch and max_pending must be >= 1, got {max_batch}, {max_pending}")
+
+
+def fail_futures(batch: Sequence[tuple[object, asyncio.Future[T]]], exc: BaseException) -> None:
+    """Fail every future of ``batch`` (``(request, future)`` pairs) not yet done with ``exc``."""
     for _, future in batch:
         if not future.done():
             future.set_exception(exc)
