@@ -221,7 +221,7 @@ class StreamFunctions:
         :data:`~iii_streams.errors.MAX_VALUE_DEPTH`): its change event could not be written for any subscriber."""
         try:
             json_text(value, what)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:  # (TypeError: an in-process caller's value with no JSON form)
             raise EngineError(code, str(exc)) from None
 
     @staticmethod
@@ -230,7 +230,7 @@ class StreamFunctions:
         its event could be written for no subscriber and no trigger, so none goes out, and the caller is told."""
         try:
             json_text(value, what)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             raise EngineError(code, f"{function_id} answered a change whose event cannot be sent, so none went out "
                                     f"(the worker's stream keeps the change): {exc}") from None
 
@@ -445,6 +445,8 @@ class StreamFunctions:
         key = {"stream_name": s, "group_id": g, "item_id": i}
         async with self._locks.hold((s, g, i)):
             old = await self._invoke(get_id, key, "STREAM_UPDATE_ERROR", "update")
+            # the answer holds the old value: one its caller could not be sent is refused before anything changes
+            self._storable(old, "the item's current value", "STREAM_UPDATE_ERROR")
             old, new = apply_update(old, ops)
             self._storable(new, "the updated value", "STREAM_UPDATE_ERROR")
             # the custom set function itself, not the stream::set built-in, so only one event goes out

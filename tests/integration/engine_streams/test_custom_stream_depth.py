@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from iii_engine import Engine
+from iii_engine.modules.base import BuiltinFunction, EngineError
 from iii_streams.errors import MAX_VALUE_DEPTH
 from tests.json_values import nested
 
@@ -67,13 +68,38 @@ async def test_an_answer_too_deep_for_its_event_is_refused_and_no_event_goes_out
     await worker.close()
 
 
-async def test_a_composed_update_too_deep_is_refused_before_the_custom_set(engine: Engine) -> None:
-    # the worker's own stream holds an item one level too deep (kept by an earlier version, say); the ops keep it so
-    getter = Recorder({"a": nested(MAX_VALUE_DEPTH)})
+async def test_a_composed_update_is_refused_before_the_custom_set_when_a_value_is_too_deep(engine: Engine) -> None:
+    getter = Recorder({"a": 1})
     setter = Recorder({"old_value": None, "new_value": None})
     worker = await _worker(engine, {"stream::get(cust)": getter, "stream::set(cust)": setter})
+    # the result too deep (an in-process caller: a worker's frame cannot carry an op value this deep)
+    with pytest.raises(EngineError) as caught:
+        await engine.invoke("stream::update", {**KEY, "ops": [{"type": "set", "path": "b", "value": DEEPEST}]})
+    assert caught.value.code == "STREAM_UPDATE_ERROR"
+    assert "the updated value nests deeper than 125 levels" in caught.value.message
+    # the item's current value too deep for the answer that carries it (kept by an earlier version, say): refused
+    # before anything changes, where the change was made and its caller then told serialization_error
+    getter.answer = {"a": nested(MAX_VALUE_DEPTH)}
     error = await worker.error("stream::update", {**KEY, "ops": [{"type": "set", "path": "b", "value": 1}]})
     assert error["code"] == "STREAM_UPDATE_ERROR"
-    assert "the updated value nests deeper than 125 levels" in error["message"]
+    assert "the item's current value nests deeper than 125 levels" in error["message"]
     assert setter.payloads == []
+    await worker.close()
+
+
+async def test_a_value_with_no_json_form_is_the_streams_error(engine: Engine) -> None:
+    """An in-process caller's value (a set) or custom function's answer (bytes): the stream function's error code,
+    where it was internal_error with a logged traceback."""
+    async def answer_bytes(data: Any, ctx: Any) -> Any:
+        return {"old_value": None, "new_value": b"raw"}
+
+    worker = await _worker(engine, {"stream::set(cust)": Recorder({"old_value": None, "new_value": 1})})
+    with pytest.raises(EngineError) as caught:
+        await engine.invoke("stream::set", {**KEY, "data": {1, 2}})
+    assert caught.value.code == "STREAM_SET_ERROR"
+    engine.register_function(BuiltinFunction("stream::update(cust)", answer_bytes))
+    with pytest.raises(EngineError) as caught:
+        await engine.invoke("stream::update", {**KEY, "ops": [{"type": "set", "path": "b", "value": 1}]})
+    assert caught.value.code == "STREAM_UPDATE_ERROR"
+    assert "stream::update(cust) answered a change whose event cannot be sent" in caught.value.message
     await worker.close()
