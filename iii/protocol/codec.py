@@ -284,10 +284,23 @@ def _json_dumps(value: Any) -> str:
             raise ValueError(_NON_FINITE) from None
         raise
     if len(text) >= _DEEP_MIN_LEN and _more_brackets_than(text, MAX_JSON_DEPTH) and not _nests_within(plain):
-        _check_tree(plain)
+        _check_text_depth(text)
     if not text.isascii():
         _check_surrogates(text)
     return text
+
+
+def _check_text_depth(text: str) -> None:
+    """Refuse the standard encoder's ``text`` when it nests deeper than :data:`MAX_JSON_DEPTH`, read back at C speed.
+    Why the text, not the value: the encoder converted objects on its way (an ``__iii_json__`` hook's value, a model
+    an enum holds), and their contents are in the text only; a walk of the value took them for leaves, and a value
+    of hooks nesting 200 levels was written. NaN and Infinity the encoder refused itself (``allow_nan=False``)."""
+    try:
+        parsed = json.loads(text)
+    except RecursionError:
+        raise ValueError(_TOO_DEEP) from None
+    if not _nests_within(parsed):
+        _check_tree(parsed)
 
 
 class UnpairedSurrogateError(PicklesByState, ValueError):

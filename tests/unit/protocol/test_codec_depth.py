@@ -45,3 +45,39 @@ def test_without_the_shortcut_the_walk_decides(monkeypatch: pytest.MonkeyPatch) 
     assert len(loads(wide(100))) == 100
     with pytest.raises(ValueError, match="nested deeper than 128"):
         loads(nested(MAX_JSON_DEPTH + 1))
+
+
+class _Hook:
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __iii_json__(self) -> Any:
+        return self.value
+
+
+def _lists(levels: int) -> Any:
+    value: Any = 0
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def test_objects_the_encoder_converts_on_its_way_count_toward_the_depth() -> None:
+    """Found by an attack: the walk took a hook's value (and a model an enum holds) for a leaf, so a value nesting
+    200 levels through them was written, and no reader took it back."""
+    import enum
+
+    from pydantic import BaseModel
+
+    class Model(BaseModel):
+        a: Any
+
+    holds = enum.Enum("holds", [("deep", Model(a=_lists(200))), ("fits", Model(a=_lists(MAX_JSON_DEPTH - 3)))])
+    for too_deep in ([_Hook([_Hook(_lists(200))])], [_Hook([_Hook(_lists(MAX_JSON_DEPTH - 1))])],
+                     {"e": holds.deep}):
+        with pytest.raises(ValueError, match="nested deeper than 128"):
+            codec.dumps(too_deep)
+        assert not codec.fits_within(too_deep, MAX_JSON_DEPTH)
+    deepest = [_Hook([_Hook(_lists(MAX_JSON_DEPTH - 2))])]  # 2 lists around 126: 128 levels
+    assert loads(codec.dumps(deepest)) == [[_lists(MAX_JSON_DEPTH - 2)]]
+    assert loads(codec.dumps({"e": holds.fits})) == {"e": {"a": _lists(MAX_JSON_DEPTH - 3)}}
