@@ -59,6 +59,7 @@ from .modules.base import (
     InvocationContext,
     InvocationObserver,
     NamedQueues,
+    UnwritableBody,
 )
 from .registry import FunctionEntry, Registry
 from .workers import WorkerConnection, frame_bytes
@@ -425,8 +426,8 @@ class Invocations:
             # data the engine made (a stream trigger's event around a value 126 deep) that a frame cannot hold: the
             # call ends before anything is sent, its caller told as of any end (the error escaped a trigger's task
             # as an unretrieved exception, and its call was never made nor logged)
-            text, unwritable = None, EngineError(UNWRITABLE, f"the call of {clip_text(pending.function_id)} could not "
-                                                               f"be written for its worker ({exc})")
+            text, unwritable = None, CallUnwritable(
+                UNWRITABLE, f"the call of {clip_text(pending.function_id)} could not be written for its worker ({exc})")
         self.pending[pending.invocation_id] = pending
         # counted from here, given back in _finish: in the table <=> counted, whatever ends the call
         if pending.holder is not None:
@@ -817,8 +818,7 @@ class Invocations:
                 assert isinstance(unsent, CallNotSent)
                 unsent.worker_id = pending.callee.id
                 raise unsent
-            if pending is not None and not pending.handed and isinstance(error, dict) \
-                    and error.get("code") == UNWRITABLE:  # ours: a call never handed has no answer of its worker
+            if isinstance(error, UnwritableBody):  # ours: a worker's answer of that code is a plain dict
                 raise error_of(error, CallUnwritable)
             raise error_of(error)
         return result
@@ -923,7 +923,7 @@ class Invocations:
             if exc.code == "function_not_found":  # unregistered, or its worker left, since it was fired
                 if not self.engine_stopping:  # (a try after a busy refusal met the stop's closed connections)
                     self._fired_missing(function_id)
-            elif exc.code == UNWRITABLE:  # the engine's own failure, not its callee's: as loud as the one below
+            elif isinstance(exc, CallUnwritable):  # the engine's own failure, not its callee's: as loud as below
                 log.warning("trigger-fired call of %s not made: %s: %s", function_id, exc.code, exc.message)
             elif exc.code != WORKER_BUSY:  # (counted and told by call_while_busy)
                 log.info("trigger-fired call of %s failed: %s: %s", function_id, exc.code, exc.message)

@@ -84,6 +84,18 @@ class CallNotSent(EngineError):
     worker_id: str | None = None
 
 
+class UnwritableBody(dict[str, Any]):
+    """The error body (:meth:`CallUnwritable.body`) of a call the engine could not write for its worker, told apart
+    by its type from a worker's answer of the same code (the REST API answers the one 400, the other 500); written
+    as a plain object.
+
+    Example:
+        >>> body = CallUnwritable(UNWRITABLE, "the call of f could not be written for its worker").body()
+        >>> isinstance(body, UnwritableBody), body["code"]
+        (True, 'serialization_error')
+    """
+
+
 class CallUnwritable(EngineError):
     """The :class:`EngineError` (:data:`UNWRITABLE`) ending a call whose data the engine could not write in a frame
     for its worker: nothing was sent, and no later try of the same data can succeed (a queue dead-letters its job at
@@ -93,6 +105,10 @@ class CallUnwritable(EngineError):
         >>> isinstance(CallUnwritable(UNWRITABLE, "the call of f could not be written for its worker"), EngineError)
         True
     """
+
+    def body(self) -> UnwritableBody:
+        """The wire ``ErrorBody``, typed as the engine's own (:class:`UnwritableBody`)."""
+        return UnwritableBody(super().body())
 
 
 class EngineStartError(PicklesByState, RuntimeError):

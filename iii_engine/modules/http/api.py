@@ -79,7 +79,7 @@ from ...channels import ChannelRelay, TooManyChannels
 from ...invocations import ENGINE_STOPPING, Started, stopped
 from ...limits import SKIP_LOG_INTERVAL_S, Slots
 from ...send_queue import unsent
-from ..base import UNDECIDED_CODES, UNWRITABLE, CallNotSent, EngineError, EngineModule, EngineServices
+from ..base import UNDECIDED_CODES, CallNotSent, EngineError, EngineModule, EngineServices, UnwritableBody
 from .channels import CHUNK_SIZE, ChannelAborted, ResponseChannel, ResponseHeadersTooLarge
 from .routes import BadPath, RouteMatch, RouteTable, parse_http_trigger
 from .settings import ApiSettings
@@ -558,7 +558,8 @@ def _failure(error: Any) -> web.Response:
             raise _Timeout
         if code == WORKER_BUSY:
             return _json_response(503, {"error": str(error.get("message", "")), "code": code}, {"Retry-After": "1"})
-        if code == UNWRITABLE:  # the request's data (a body nested too deep) could not be passed on: the client's
+        if isinstance(error, UnwritableBody):  # the request's data (a body nested too deep) could not be passed on:
+            # the client's fault (a worker's own serialization_error is a 500, as any failure of the function)
             return _json_response(400, {"error": str(error.get("message", "")), "code": code})
         return _error_response(str(error.get("message", "")))
     return _error_response(str(error))
@@ -1122,7 +1123,7 @@ class RestApiModule(EngineModule):
                     # stopped unanswered (its worker left after the call reached it, the engine stopping) or timed
                     # out (504), or nobody serves the condition now (its worker restarting): answered as the
                     # handler's would be (it said 422 "Request condition not met", a decision never made)
-                    return _failure(exc.body())
+                    return _failure(exc.body())  # (CallUnwritable's body keeps its type)
                 if not passed:
                     return _json_response(422, {"error": "Request condition not met", "skipped": True})
             # Both channels are created on the relay (docs/protocol.md#channels), where they stay reserved until the

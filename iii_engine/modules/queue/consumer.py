@@ -249,6 +249,10 @@ class QueueConsumer:
         self._log = log or logging.getLogger(__name__)
         self._retry_log = BurstLog(RETRY_LOG_BURST, RETRY_LOG_INTERVAL_S, self._log.info,
                                    LossLog(self._log_retry_counts, RETRY_LOG_INTERVAL_S))
+        # jobs dead-lettered at once because their call cannot be written: as many lines, at most (10,000 such
+        # jobs wrote 10,000 warnings in a second)
+        self._unwritable_log = BurstLog(RETRY_LOG_BURST, RETRY_LOG_INTERVAL_S, self._log.warning,
+                                        LossLog(self._log_unwritable_counts, RETRY_LOG_INTERVAL_S))
         self._owns_failures = store_failures is None
         self.store_failures = StoreFailures(self._log) if store_failures is None else store_failures
         self._wake = asyncio.Event()
@@ -349,6 +353,7 @@ class QueueConsumer:
             await self._stop(deadline)
         finally:
             self._retry_log.losses.close()
+            self._unwritable_log.losses.close()
             self.store_failures.forget(self.queue)
             if self._owns_failures:
                 self.store_failures.close()
@@ -645,9 +650,10 @@ class QueueConsumer:
         tried = replace(job, attempts=attempts)
         reported = isinstance(exc, Reported)
         if isinstance(exc, CallUnwritable):  # the same data fails the same way on every try: no retry helps
-            self._log.warning("queue %s: job %s failed and was moved to the DLQ at once (attempt %d of %d): its "
-                              "call cannot be written for its worker, so no retry could succeed: %s", self.queue,
-                              job.id, attempts, self.settings.max_retries, exc)
+            self._unwritable_log.note(
+                "job(s)", f"queue {self.queue}: job {job.id} failed and was moved to the DLQ at once (attempt "
+                          f"{attempts} of {self.settings.max_retries}): its call cannot be written for its worker, "
+                          f"so no retry could succeed: {exc}")
             await self.store.dead(self.queue, DeadLetter(tried, dlq_error(exc), now_ms()))
             return
         if attempts >= self.settings.max_retries:
@@ -668,6 +674,11 @@ class QueueConsumer:
             else:
                 self._retry_log.note("failed attempt(s)", line)
         await self.store.retry(self.queue, tried, due_ms=now_ms() + delay)
+
+    def _log_unwritable_counts(self, counts: Mapping[str, int], latest: str | None) -> None:
+        self._log.warning("queue %s: %s moved to the DLQ at once, their calls unwritable, not logged one by one (past "
+                          "%d lines per %g s)%s", self.queue, counts_text(counts), RETRY_LOG_BURST,
+                          RETRY_LOG_INTERVAL_S, latest_tail(latest))
 
     def _log_retry_counts(self, counts: Mapping[str, int], latest: str | None) -> None:
         what = counts_text(counts)

@@ -43,6 +43,7 @@ import iii  # noqa: F401 - the package before its modules (CPython gh-83065)
 from iii.iii_types import TriggerInfo
 from iii.loss_log import LossLog
 from iii.protocol.client import WORKER_BUSY
+from iii.protocol.codec import MAX_JSON_DEPTH, fits_within
 from iii.protocol.worker_session import clip_text
 from iii.wire import LOG_CLIP, clip, dumps
 from iii_streams.errors import PoolExhaustedError
@@ -668,6 +669,29 @@ class OtherEngines:
 MAX_PAGE_ARG = 2**53 - 1
 """Largest ``offset`` or ``limit`` of a dead-letter page: Redis takes 64-bit indexes only, and a larger one failed
 there with Redis's own error instead of naming the argument."""
+
+
+#: The deepest a dead letter's job data nests in a page of ``engine::queue::dlq_messages``: the page's frame, result,
+#: list, letter and job put it 5 levels deeper.
+DLQ_LISTED_DEPTH: Final = MAX_JSON_DEPTH - 5
+
+
+def _listed(job_id: str, letter: dict[str, Any]) -> dict[str, Any]:
+    """A dead letter as a DLQ page lists it: its job's data left out (``null``, with ``data_omitted`` saying why)
+    when nested deeper than :data:`DLQ_LISTED_DEPTH`, which no frame could carry in a page. Before, one such letter
+    made its whole page unreadable to every worker (``serialization_error``). The letter itself is unchanged: a
+    redrive runs its job with all of its data.
+
+    Example:
+        >>> _listed("j", {"job": {"data": [[1]]}, "error": "e"})["job"]
+        {'data': [[1]]}
+    """
+    data = letter["job"].get("data")
+    if isinstance(data, dict | list) and not fits_within(data, DLQ_LISTED_DEPTH):
+        letter["job"] = {**letter["job"], "data": None}
+        letter["data_omitted"] = (f"the job's data nests deeper than {DLQ_LISTED_DEPTH} levels, more than a page "
+                                  "of dead letters carries; the letter keeps it, and a redrive runs the job with it")
+    return {"id": job_id, **letter}
 
 
 def _int_arg(function_id: str, data: dict[str, Any], key: str, default: int) -> int:
@@ -1336,5 +1360,5 @@ class QueueModule(EngineModule):
         with self._store_op(_STOPPED, f"Dead letters of '{name}'"):
             letters = await self.store.dlq_page(consumer.queue, offset, limit)
             total = (await self.store.counts(consumer.queue)).dlq
-        messages = [{"id": letter.job.id, **letter.as_dict()} for letter in letters]
+        messages = [_listed(letter.job.id, letter.as_dict()) for letter in letters]
         return {"topic": name, "total": total, "offset": offset, "limit": limit, "messages": messages}

@@ -31,8 +31,8 @@ from ...limits import CalleeCall, FiredCalls, retained_estimate
 from ...registry import Registry, TriggerEntry
 from ...workers import WorkerConnection
 from ..base import (
-    UNWRITABLE,
     BuiltinFunction,
+    CallUnwritable,
     EncodedResult,
     EngineError,
     EngineModule,
@@ -356,7 +356,7 @@ class WorkerModule(EngineModule):
         try:
             await self.core.invoke(function_id, payload)
         except EngineError as exc:
-            if exc.code == UNWRITABLE:  # ours, not the listener's, and no later push of this set would do better
+            if isinstance(exc, CallUnwritable):  # ours, not the listener's: no later push of this set does better
                 log.warning("functions-available call of %s not made: %s: %s", function_id, exc.code, exc.message)
                 return True
             answered = exc.code not in _UNANSWERED

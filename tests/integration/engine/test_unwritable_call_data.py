@@ -7,6 +7,7 @@ was logged)."""
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import httpx
@@ -146,6 +147,17 @@ async def test_a_rest_request_whose_body_no_frame_holds_is_a_400_with_or_without
                         "error": f"the call of {called} could not be written for its worker (JSON nested deeper "
                                  "than 128 levels)"})
             await worker.nothing_for(0.1)  # neither the handler nor the condition was called
+            # a handler's own serialization_error (its result had no JSON form, say) is the function's failure: a
+            # 500, as any other; it was a 400 (the client's fault) by its code alone (found by the attack)
+            async with httpx.AsyncClient(base_url=module.base_url, timeout=20) as client:
+                request = asyncio.create_task(client.post("/plain", json={"a": 1}))
+                call = await worker.expect("invokefunction", function_id="h")
+                await worker.send({"type": "invocationresult", "invocation_id": call["invocation_id"],
+                                   "function_id": "h",
+                                   "error": {"code": "serialization_error", "message": "my result had a set"}})
+                response = await request
+                assert response.status_code == 500
+                assert response.json()["error"] == "my result had a set"
         finally:
             await worker.close()
 
@@ -206,6 +218,14 @@ async def test_a_queued_job_whose_call_no_frame_holds_goes_to_the_dlq_at_once(
             [letter] = page["messages"]
             assert letter["error"] == f"serialization_error: {UNWRITABLE}"
             assert letter["job"]["attempts"] == 1  # no backoff waited, no further attempt
+            # a page holding it is still readable over a worker's socket: the letter's data is left out of it (one
+            # such letter made the whole page a serialization_error); the letter keeps it
+            listed = await worker.result("engine::queue::dlq_messages", {"topic": "q"})
+            [shown] = listed["messages"]
+            assert shown["job"]["data"] is None and shown["job"]["id"] == letter["job"]["id"]
+            assert "nests deeper than 123 levels" in shown["data_omitted"]
+            [kept] = await queue.store.dlq_page("__fn_queue::q", 0, 10)  # type: ignore[union-attr]
+            assert kept.job.data == nested(128)
             assert "moved to the DLQ at once (attempt 1 of 5)" in caplog.text
             assert len(seen.payloads) == 1
         finally:
@@ -219,3 +239,31 @@ async def until_dead(engine: Engine) -> dict[str, Any]:
             return page
         await asyncio.sleep(0.01)
     raise AssertionError("the job never reached the DLQ")
+
+
+async def test_many_unwritable_jobs_are_logged_in_a_burst(caplog: pytest.LogCaptureFixture) -> None:
+    """Found by the attack: 10,000 such jobs wrote 10,000 warnings in a second."""
+    settings = {"queue_configs": {"q": {"max_retries": 5, "concurrency": 10}}}
+    config = EngineConfig(host="127.0.0.1", port=0, modules=[ModuleSpec("modules::queue::QueueModule", settings)])
+    async with Engine(config=config) as engine:
+        worker = await Worker.connect(engine.url)
+        try:
+            await worker.register("h", Recorder(answer="ok"))
+            await registered(engine, "h")
+            queue = engine.module("queue")
+            for _ in range(40):
+                await queue.enqueue("q", "h", nested(128))  # type: ignore[union-attr]
+            for _ in range(500):
+                page = await engine.invoke("engine::queue::dlq_messages", {"topic": "q", "limit": 100})
+                if page["total"] == 40:
+                    break
+                await asyncio.sleep(0.01)
+            assert page["total"] == 40
+        finally:
+            await worker.close()
+    lines = [r.getMessage() for r in caplog.records if "moved to the DLQ at once" in r.getMessage()]
+    assert sum(line.startswith("queue __fn_queue::q: job ") for line in lines) == 10
+    counted = [re.search(r"(\d+) job\(s\) moved to the DLQ at once, their calls unwritable, not logged", line)
+               for line in lines]
+    assert sum(int(m.group(1)) for m in counted if m) == 30, lines  # the rest, counted (the first at once)
+    assert len(lines) <= 13
