@@ -11,7 +11,8 @@ held go back to the head of the queue, for the next caller to read.
 
 Guarantees: a read sees every write that completed before it was submitted (its call of ``read`` starts after the
 submit); a caller that stops waiting is skipped if its read was not taken yet, and its result dropped if it was; a
-call of ``read`` that fails fails the reads it held, with its exception. Waiting reads are bounded by
+call of ``read`` that fails fails the reads it held, with its exception, and a result that is an exception fails its
+own read alone. Waiting reads are bounded by
 ``max_pending``: past it ``submit`` fails at once. After :meth:`ReadCoalescer.close` a submit is refused and the
 reads still waiting fail with :class:`~iii_streams.errors.StreamClosedError`; a read under way ends as it would.
 
@@ -49,11 +50,11 @@ _LEAD: Final = object()  # a waiting caller's wake-up that makes it read the nex
 
 
 class ReadCoalescer(Generic[R, T]):
-    """Runs concurrent reads through ``read(requests) -> one result per request, in order`` (see the module
-    docstring); ``read`` raising fails the reads it was given."""
+    """Runs concurrent reads through ``read(requests) -> one result (or exception) per request, in order`` (see the
+    module docstring); ``read`` raising fails the reads it was given."""
 
-    def __init__(self, read: Callable[[Sequence[R]], Awaitable[Sequence[T]]], *, name: str, max_batch: int = 256,
-                 max_pending: int = 100_000) -> None:
+    def __init__(self, read: Callable[[Sequence[R]], Awaitable[Sequence[T | BaseException]]], *, name: str,
+                 max_batch: int = 256, max_pending: int = 100_000) -> None:
         check_sizes(name, max_batch, max_pending)
         self._read = read
         self._name = name
@@ -117,8 +118,14 @@ class ReadCoalescer(Generic[R, T]):
             raise error
         for (_, future), result in zip(others, results[1:], strict=True):
             if not future.done():
-                future.set_result(result)
-        return results[0]
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+        own = results[0]
+        if isinstance(own, BaseException):
+            raise own
+        return own
 
     def _hand_on(self) -> None:
         """After a read: wake the first caller still waiting to read next, else none reads."""

@@ -84,6 +84,7 @@ from iii.wire import dumps, loads
 from .base import DEFAULT_TIMEOUT, FieldUpdates, SetResult, UpdateResult, WriteProgress
 from .batching import KeyedBatcher
 from .close_once import CloseOnce
+from .coalescing import ReadCoalescer
 from .deadlines import finish_within
 from .errors import (
     SEND_ROOM,
@@ -116,7 +117,7 @@ from .events import (
 )
 from .known_texts import KnownTexts
 from .messages import mask_passwords
-from .redis_internals import give_back_plain, like_pool_options, one_shot, raw_reply, take_plain
+from .redis_internals import RAW_REPLY, give_back_plain, like_pool_options, one_shot, raw_reply, take_plain
 
 __all__ = [
     "EVENTS_CHANNEL",
@@ -1135,6 +1136,8 @@ class RedisStream(FieldUpdates):
         self._loaded: set[str] = set()  # scripts this store loaded (SCRIPT LOAD) before its first EVALSHA of them
         self._updates: KeyedBatcher[str, _Update, StreamUpdateResult[Any]] = KeyedBatcher(
             self._update_batch, name="RedisStream updates", max_batch=_MAX_BATCH)
+        self._reads: ReadCoalescer[tuple[str, str], Any] = ReadCoalescer(
+            self._read_values, name="RedisStream reads", max_batch=_MAX_BATCH)
         self._close_once: CloseOnce = CloseOnce()
 
     @classmethod
@@ -1250,8 +1253,21 @@ class RedisStream(FieldUpdates):
         check_names(input.stream_name, input.group_id, input.item_id)
         key = self.layout.key(input.stream_name, input.group_id)
         async with self._guard("get", timeout):
-            raw = await raw_reply(self._client, "HGET", key, input.item_id)
+            raw = await self._reads.submit((key, input.item_id))
         return None if raw is None else self._parse(raw, key, input.item_id)
+
+    async def _read_values(self, requests: Sequence[tuple[str, str]]) -> builtins.list[Any]:
+        """The replies of ``HGET``s of ``(key, item id)`` requests: the reads of concurrent gets
+        (:class:`~iii_streams.coalescing.ReadCoalescer`), several sent in one pipeline (one connection, one round
+        trip), each command's error its own get's. Why: 64 gets in flight took a pooled connection and a round trip
+        each (77 us of CPU a get)."""
+        if len(requests) == 1:
+            return [await raw_reply(self._client, "HGET", *requests[0])]
+        pipe = self._client.pipeline(transaction=False)
+        for key, item_id in requests:
+            pipe.execute_command("HGET", key, item_id, **RAW_REPLY)
+        replies: builtins.list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
 
     async def set(self, input: StreamSetInput, *, timeout: float | None = None) -> StreamSetResult[Any]:
         """Write the item and publish its event in one script; returns the old and the new value.
@@ -1676,6 +1692,7 @@ class RedisStream(FieldUpdates):
     async def _close_commands(self, separate: bool) -> None:
         # a batch in flight waits for its reply: on a silent server up to the socket timeout, or the store's timeout
         await self._close_part(self._updates.aclose(), "the end of the RedisStream update batches")
+        self._reads.close()
         if self._owns_client and separate:
             await self._close_part(self._client.aclose(), "the close of the Redis command pool")
 

@@ -22,7 +22,7 @@ class Reads:
         self.entered = asyncio.Event()
         self.fail_on: set[str] = set()  # a call holding any of these keys raises
 
-    async def __call__(self, keys: Sequence[str]) -> list[str]:
+    async def __call__(self, keys: Sequence[str]) -> list[str | BaseException]:
         self.calls.append(list(keys))
         self.tasks.append(asyncio.current_task())
         self.entered.set()
@@ -30,7 +30,7 @@ class Reads:
             await self.gate.wait()
         if self.fail_on & set(keys):
             raise ValueError("disk on fire")
-        return [k.upper() for k in keys]
+        return [KeyError(k) if k.startswith("missing") else k.upper() for k in keys]
 
 
 async def _started(reads: Reads, coalescer: ReadCoalescer[str, str], key: str) -> asyncio.Task[str]:
@@ -144,6 +144,18 @@ async def test_a_failed_read_fails_exactly_its_batch() -> None:
     assert all(isinstance(r, ValueError) and str(r) == "disk on fire" for r in results)
     assert await d == "D"  # the next batch is read
     assert reads.calls == [["a"], ["b", "c"], ["d"]]
+
+
+async def test_a_result_that_is_an_exception_fails_its_own_read_alone() -> None:
+    reads = Reads()
+    coalescer: ReadCoalescer[str, str] = ReadCoalescer(reads, name="t")
+    first = await _started(reads, coalescer, "missing-a")
+    waiting = await _queued(coalescer, "b", "missing-c", "d")
+    await _open(reads)
+    results = await asyncio.gather(first, *waiting, return_exceptions=True)
+    assert [r if isinstance(r, str) else repr(r) for r in results] == [
+        "KeyError('missing-a')", "B", "KeyError('missing-c')", "D"]
+    assert reads.calls == [["missing-a"], ["b", "missing-c", "d"]]
 
 
 async def test_waiting_reads_are_bounded() -> None:

@@ -1,0 +1,79 @@
+"""RedisStream: concurrent gets are read together, their ``HGET``s in one pipeline (one connection, one round trip),
+each get answered with its own item's value or its own error. A real server and fakeredis."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import fakeredis
+import pytest
+
+from iii.stream import StreamGetInput, StreamSetInput
+from iii_streams import RedisStream, StreamDataError, StreamError
+from tests.services import require_redis
+
+
+@pytest.fixture(params=["redis", "fakeredis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[RedisStream]:
+    channel = f"gets-events-{uuid.uuid4().hex[:8]}"
+    opened = (RedisStream.from_url(require_redis(), channel=channel) if request.param == "redis"
+              else RedisStream(fakeredis.FakeAsyncRedis(), channel=channel))
+    async with opened:
+        yield opened
+
+
+class Counted:
+    """The store's read of several gets, counted."""
+
+    def __init__(self, store: RedisStream) -> None:
+        self.calls: list[int] = []
+        self._read = store._reads._read
+        store._reads._read = self
+
+    async def __call__(self, requests: Sequence[tuple[str, str]]) -> Any:
+        self.calls.append(len(requests))
+        return await self._read(requests)
+
+
+def _get(stream: str, item: str) -> StreamGetInput:
+    return StreamGetInput(stream_name=stream, group_id="g", item_id=item)
+
+
+async def test_many_gets_in_flight_are_read_in_a_few_round_trips_each_with_its_own_value(store: RedisStream) -> None:
+    stream = f"c-{uuid.uuid4().hex[:8]}"
+    try:
+        for i in range(50):
+            await store.set(StreamSetInput(stream_name=stream, group_id="g", item_id=f"i{i}",
+                                           data={"n": i, "big": 2**70}))
+        counted = Counted(store)
+        items = [f"i{i % 60}" for i in range(300)]  # duplicates, and i50..i59 missing
+        values = await asyncio.gather(*(store.get(_get(stream, item)) for item in items))
+        assert values == [{"n": i % 60, "big": 2**70} if i % 60 < 50 else None for i in range(300)]
+        assert sum(counted.calls) == 300
+        assert len(counted.calls) <= 6, counted.calls
+    finally:
+        await store.client.delete(f"stream:{stream}:g")
+
+
+async def test_an_unreadable_value_or_a_wrong_key_fails_only_its_own_get(store: RedisStream) -> None:
+    stream, other = f"u-{uuid.uuid4().hex[:8]}", f"w-{uuid.uuid4().hex[:8]}"
+    try:
+        for item in ("a", "b"):
+            await store.set(StreamSetInput(stream_name=stream, group_id="g", item_id=item, data=item))
+        await store.client.hset(f"stream:{stream}:g", "bad", "{not json")
+        await store.client.set(f"stream:{other}:g", "a string, not a hash")  # HGET on it: WRONGTYPE
+        lone = await asyncio.gather(store.get(_get(other, "x")), return_exceptions=True)
+        counted = Counted(store)
+        asked = [(stream, "a"), (stream, "bad"), (other, "x"), (stream, "b"), (stream, "a")]
+        results = await asyncio.gather(*(store.get(_get(s, i)) for s, i in asked), return_exceptions=True)
+        assert [r if isinstance(r, str) else type(r) for r in results] == [
+            "a", StreamDataError, type(lone[0]), "b", "a"]
+        assert isinstance(lone[0], StreamError), lone
+        assert str(results[2]) == str(lone[0])  # read with others, the same error as read alone
+        assert "'bad'" in str(results[1])
+        assert counted.calls == [1, 4]
+    finally:
+        await store.client.delete(f"stream:{stream}:g", f"stream:{other}:g")
