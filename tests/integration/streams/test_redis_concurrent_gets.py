@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator
 
 import fakeredis
 import pytest
 
 from iii.stream import StreamGetInput, StreamSetInput
 from iii_streams import RedisStream, StreamDataError, StreamError
+from tests.integration.streams.counted_reads import CountedReads
 from tests.services import require_redis
 
 
@@ -25,19 +25,6 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[RedisStream]:
         yield opened
 
 
-class Counted:
-    """The store's read of several gets, counted."""
-
-    def __init__(self, store: RedisStream) -> None:
-        self.calls: list[int] = []
-        self._read = store._reads._read
-        store._reads._read = self
-
-    async def __call__(self, requests: Sequence[tuple[str, str]]) -> Any:
-        self.calls.append(len(requests))
-        return await self._read(requests)
-
-
 def _get(stream: str, item: str) -> StreamGetInput:
     return StreamGetInput(stream_name=stream, group_id="g", item_id=item)
 
@@ -48,7 +35,7 @@ async def test_many_gets_in_flight_are_read_in_a_few_round_trips_each_with_its_o
         for i in range(50):
             await store.set(StreamSetInput(stream_name=stream, group_id="g", item_id=f"i{i}",
                                            data={"n": i, "big": 2**70}))
-        counted = Counted(store)
+        counted = CountedReads(store)
         items = [f"i{i % 60}" for i in range(300)]  # duplicates, and i50..i59 missing
         values = await asyncio.gather(*(store.get(_get(stream, item)) for item in items))
         assert values == [{"n": i % 60, "big": 2**70} if i % 60 < 50 else None for i in range(300)]
@@ -66,7 +53,7 @@ async def test_an_unreadable_value_or_a_wrong_key_fails_only_its_own_get(store: 
         await store.client.hset(f"stream:{stream}:g", "bad", "{not json")
         await store.client.set(f"stream:{other}:g", "a string, not a hash")  # HGET on it: WRONGTYPE
         lone = await asyncio.gather(store.get(_get(other, "x")), return_exceptions=True)
-        counted = Counted(store)
+        counted = CountedReads(store)
         asked = [(stream, "a"), (stream, "bad"), (other, "x"), (stream, "b"), (stream, "a")]
         results = await asyncio.gather(*(store.get(_get(s, i)) for s, i in asked), return_exceptions=True)
         assert [r if isinstance(r, str) else type(r) for r in results] == [

@@ -7,9 +7,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
@@ -17,6 +16,7 @@ import pytest
 from iii.stream import StreamGetInput, StreamSetInput
 from iii_streams import SQLStream, StreamDataError
 from iii_streams.schema import TABLE_NAME, item_key
+from tests.integration.streams.counted_reads import CountedReads
 
 
 @pytest.fixture(params=["sqlite-file", "sqlite-memory", "postgresql"])
@@ -27,19 +27,6 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return "sqlite+aiosqlite://"
     pg: str = request.getfixturevalue("pg_url")
     return pg
-
-
-class Counted:
-    """The store's read of several gets, counted."""
-
-    def __init__(self, store: SQLStream) -> None:
-        self.calls: list[int] = []
-        self._read = store._reads._read
-        store._reads._read = self
-
-    async def __call__(self, keys: Sequence[bytes]) -> Any:
-        self.calls.append(len(keys))
-        return await self._read(keys)
 
 
 @pytest.fixture
@@ -56,7 +43,7 @@ async def test_many_gets_in_flight_are_read_in_a_few_statements_each_with_its_ow
     stream = f"c-{uuid.uuid4().hex[:8]}"
     for i in range(50):
         await store.set(StreamSetInput(stream_name=stream, group_id="g", item_id=f"i{i}", data={"n": i, "big": 2**70}))
-    counted = Counted(store)
+    counted = CountedReads(store)
     items = [f"i{i % 60}" for i in range(300)]  # duplicates, and i50..i59 missing
     values = await asyncio.gather(*(store.get(_get(stream, item)) for item in items))
     assert values == [{"n": i % 60, "big": 2**70} if i % 60 < 50 else None for i in range(300)]
@@ -99,7 +86,7 @@ async def test_an_unreadable_value_fails_only_its_own_get_among_those_read_with_
     for item in ("a", "bad", "b"):
         await store.set(StreamSetInput(stream_name=stream, group_id="g", item_id=item, data=item))
     await _corrupt(url, stream, "bad")
-    counted = Counted(store)
+    counted = CountedReads(store)
     results = await asyncio.gather(*(store.get(_get(stream, item)) for item in ("a", "a", "bad", "b", "bad", "b")),
                                    return_exceptions=True)
     assert [r if isinstance(r, str) else type(r) for r in results] == [
