@@ -14,12 +14,15 @@ from typing import Any
 
 
 class CountedReads:
-    """Wraps ``store``'s read of several gets: ``calls`` holds how many gets each read took."""
+    """Wraps ``store``'s read of several gets: ``calls`` holds how many gets each read took. ``lanes``: how many
+    reads the store runs at once from now on (1: the gets past the first are read in one batch)."""
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Any, *, lanes: int | None = None) -> None:
         self.calls: list[int] = []
         self._read = store._reads._read
         store._reads._read = self
+        if lanes is not None:
+            store._reads._lanes = lanes
 
     async def __call__(self, requests: Sequence[Any]) -> Any:
         self.calls.append(len(requests))

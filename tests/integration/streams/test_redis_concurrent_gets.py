@@ -40,7 +40,7 @@ async def test_many_gets_in_flight_are_read_in_a_few_round_trips_each_with_its_o
         values = await asyncio.gather(*(store.get(_get(stream, item)) for item in items))
         assert values == [{"n": i % 60, "big": 2**70} if i % 60 < 50 else None for i in range(300)]
         assert sum(counted.calls) == 300
-        assert len(counted.calls) <= 6, counted.calls
+        assert len(counted.calls) <= 8, counted.calls  # 4 alone (one a lane), then the rest together
     finally:
         await store.client.delete(f"stream:{stream}:g")
 
@@ -53,7 +53,7 @@ async def test_an_unreadable_value_or_a_wrong_key_fails_only_its_own_get(store: 
         await store.client.hset(f"stream:{stream}:g", "bad", "{not json")
         await store.client.set(f"stream:{other}:g", "a string, not a hash")  # HGET on it: WRONGTYPE
         lone = await asyncio.gather(store.get(_get(other, "x")), return_exceptions=True)
-        counted = CountedReads(store)
+        counted = CountedReads(store, lanes=1)
         asked = [(stream, "a"), (stream, "bad"), (other, "x"), (stream, "b"), (stream, "a")]
         results = await asyncio.gather(*(store.get(_get(s, i)) for s, i in asked), return_exceptions=True)
         assert [r if isinstance(r, str) else type(r) for r in results] == [

@@ -1,5 +1,6 @@
-""":class:`iii_streams.coalescing.ReadCoalescer`: concurrent reads run together, each in a waiting caller's task,
-so that none runs for nobody; a caller giving up hands its batch on, a failure fails exactly its batch."""
+""":class:`iii_streams.coalescing.ReadCoalescer`: concurrent reads run together, at most ``lanes`` at a time; a
+batch's read is cut by no one caller's time limit (only when all of them gave up), a hung read holds one lane, and
+a failure fails exactly its batch."""
 
 from __future__ import annotations
 
@@ -13,32 +14,37 @@ from iii_streams.errors import StreamBackendError, StreamClosedError
 
 
 class Reads:
-    """A ``read`` that records each call and, while ``gate`` is set, waits for it to open."""
+    """A ``read`` that records each call and, for keys in ``hold``, waits at ``gate``."""
 
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
         self.tasks: list[asyncio.Task[object] | None] = []
-        self.gate: asyncio.Event | None = None
-        self.entered = asyncio.Event()
+        self.gate = asyncio.Event()
+        self.hold: set[str] = set()
+        self.entered = asyncio.Condition()
+        self.cancelled: list[list[str]] = []
         self.fail_on: set[str] = set()  # a call holding any of these keys raises
 
     async def __call__(self, keys: Sequence[str]) -> list[str | BaseException]:
         self.calls.append(list(keys))
         self.tasks.append(asyncio.current_task())
-        self.entered.set()
-        if self.gate is not None:
-            await self.gate.wait()
+        async with self.entered:
+            self.entered.notify_all()
+        if self.hold & set(keys):
+            try:
+                await self.gate.wait()
+            except asyncio.CancelledError:
+                self.cancelled.append(list(keys))
+                raise
         if self.fail_on & set(keys):
-            raise ValueError("disk on fire")
+            raise ValueError("disk on fire") from KeyError("the cause")
         return [KeyError(k) if k.startswith("missing") else k.upper() for k in keys]
 
-
-async def _started(reads: Reads, coalescer: ReadCoalescer[str, str], key: str) -> asyncio.Task[str]:
-    """A submit running its read (held at the gate)."""
-    reads.gate, reads.entered = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(coalescer.submit(key))
-    await reads.entered.wait()
-    return task
+    async def call(self, number: int) -> list[str]:
+        """The keys of call ``number`` (1 for the first), once it began."""
+        async with self.entered:
+            await self.entered.wait_for(lambda: len(self.calls) >= number)
+        return self.calls[number - 1]
 
 
 async def _queued(coalescer: ReadCoalescer[str, str], *keys: str) -> list[asyncio.Task[str]]:
@@ -48,6 +54,14 @@ async def _queued(coalescer: ReadCoalescer[str, str], *keys: str) -> list[asynci
     return tasks
 
 
+async def _held(reads: Reads, coalescer: ReadCoalescer[str, str], key: str) -> asyncio.Task[str]:
+    """A submit running its read, held at the gate."""
+    reads.hold.add(key)
+    task = asyncio.create_task(coalescer.submit(key))
+    assert await reads.call(len(reads.calls) + 1) == [key]
+    return task
+
+
 async def test_a_lone_read_runs_in_its_callers_task() -> None:
     reads = Reads()
     coalescer: ReadCoalescer[str, str] = ReadCoalescer(reads, name="t")
@@ -55,134 +69,120 @@ async def test_a_lone_read_runs_in_its_callers_task() -> None:
     async def caller() -> tuple[str, asyncio.Task[object] | None]:
         return await coalescer.submit("a"), asyncio.current_task()
 
-    task = asyncio.create_task(caller())
-    value, own = await task
+    value, own = await asyncio.create_task(caller())
     assert value == "A" and reads.calls == [["a"]] and reads.tasks == [own]
 
 
-async def test_reads_arriving_during_one_run_together_in_a_waiting_callers_task() -> None:
+async def test_reads_past_the_lanes_run_together_in_a_task_of_their_own() -> None:
     reads = Reads()
-    coalescer: ReadCoalescer[str, str] = ReadCoalescer(reads, name="t", max_batch=3)
-    first = await _started(reads, coalescer, "a")
+    coalescer: ReadCoalescer[str, str] = ReadCoalescer(reads, name="t", max_batch=3, lanes=1)
+    first = await _held(reads, coalescer, "a")
     waiting = await _queued(coalescer, "b", "c", "d", "e")
-    await _open(reads)
+    reads.gate.set()
     assert await asyncio.gather(first, *waiting) == ["A", "B", "C", "D", "E"]
-    gate_opened = reads.calls[0]
-    assert [gate_opened, *reads.calls[1:]] == [["a"], ["b", "c", "d"], ["e"]]
-    assert reads.tasks[1] is waiting[0] and reads.tasks[2] is waiting[3]  # no task of its own
+    assert reads.calls == [["a"], ["b", "c", "d"], ["e"]]
+    assert not {id(t) for t in reads.tasks[1:]} & {id(first), *map(id, waiting)}
+    assert coalescer.running == 0 and len(coalescer) == 0
 
 
-async def _open(reads: Reads, *, hold_next: bool = False) -> None:
-    """Let the read held at the gate go on; ``hold_next``: the next call is held at a new gate."""
-    assert reads.gate is not None
-    gate = reads.gate
-    reads.gate, reads.entered = (asyncio.Event(), asyncio.Event()) if hold_next else (None, reads.entered)
+async def test_a_batch_is_not_cut_when_its_first_caller_gives_up() -> None:
+    """Before, the batch's read ran under its first caller's time limit: that caller, having waited longest, had the
+    least time left, and its cancel cut the read (on PostgreSQL the connection went with it: the next read was cold
+    again, and every get failed while replies were slow)."""
+    reads = Reads()
+    coalescer: ReadCoalescer[str, str] = ReadCoalescer(reads, name="t", lanes=1)
+    first = await _held(reads, coalescer, "a")
+    b, c = await _queued(coalescer, "b", "c")
+    reads.hold.update({"b", "c"})
+    gate, reads.gate = reads.gate, asyncio.Event()
     gate.set()
-
-
-async def test_a_caller_that_gives_up_before_being_taken_is_skipped() -> None:
-    reads = Reads()
-    coalescer: ReadCoalescer[str, str] = ReadCoalescer(reads, name="t")
-    first = await _started(reads, coalescer, "a")
-    gone, kept = await _queued(coalescer, "b", "c")
-    gone.cancel()
-    await _open(reads)
-    assert await first == "A" and await kept == "C"
-    assert reads.calls == [["a"], ["c"]]
-
-
-async def test_a_reader_that_gives_up_hands_its_batch_to_the_next_caller() -> None:
-    reads = Reads()
-    coalescer: ReadCoalescer[str, str] = ReadCoalescer(reads, name="t")
-    first = await _started(reads, coalescer, "a")
-    second, third = await _queued(coalescer, "b", "c")
-    await _open(reads, hold_next=True)
-    await first
-    # "b" was woken to read for itself and "c": held at the gate, then it gives up
-    await reads.entered.wait()
-    assert reads.calls[-1] == ["b", "c"] and reads.tasks[-1] is second
-    reads.entered = asyncio.Event()
-    second.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await second
-    # "c" goes back to the head of the queue and reads for itself, in its own task
-    await reads.entered.wait()
-    await _open(reads)
-    assert await third == "C"
-    assert reads.calls == [["a"], ["b", "c"], ["c"]] and reads.tasks[-1] is third
-
-
-async def test_a_woken_caller_cancelled_before_it_reads_hands_on() -> None:
-    reads = Reads()
-    victims: list[asyncio.Task[str]] = []
-
-    class CancelOnWake(ReadCoalescer[str, str]):
-        def _hand_on(self) -> None:
-            super()._hand_on()
-            while victims:  # woken to read, and cancelled before its task runs again
-                victims.pop().cancel()
-
-    coalescer = CancelOnWake(reads, name="t")
-    first = await _started(reads, coalescer, "a")
-    second, third = await _queued(coalescer, "b", "c")
-    victims.append(second)
-    await _open(reads)
     assert await first == "A"
-    assert await third == "C"
-    assert second.cancelled()
-    assert reads.calls == [["a"], ["c"]]
+    assert await reads.call(2) == ["b", "c"]
+    b.cancel()
+    await asyncio.sleep(0)
+    reads.gate.set()
+    assert await c == "C"
+    assert b.cancelled() and reads.cancelled == []
 
 
-async def test_a_failed_read_fails_exactly_its_batch() -> None:
+async def test_a_batch_all_of_whose_callers_gave_up_is_stopped_and_the_next_one_runs() -> None:
     reads = Reads()
-    coalescer: ReadCoalescer[str, str] = ReadCoalescer(reads, name="t", max_batch=2)
-    first = await _started(reads, coalescer, "a")
+    coalescer: ReadCoalescer[str, str] = ReadCoalescer(reads, name="t", lanes=1)
+    first = await _held(reads, coalescer, "a")
+    b, c = await _queued(coalescer, "b", "c")
+    reads.hold.update({"b", "c"})
+    gate, reads.gate = reads.gate, asyncio.Event()
+    gate.set()
+    await first
+    assert await reads.call(2) == ["b", "c"]
+    (d,) = await _queued(coalescer, "d")
+    b.cancel()
+    c.cancel()
+    assert await d == "D"
+    assert reads.cancelled == [["b", "c"]] and reads.calls[-1] == ["d"]
+    assert coalescer.running == 0
+
+
+async def test_a_hung_read_holds_one_lane_and_the_others_go_on() -> None:
+    reads = Reads()
+    coalescer: ReadCoalescer[str, str] = ReadCoalescer(reads, name="t", lanes=2)
+    hung = await _held(reads, coalescer, "hung")  # a half-open connection: it never answers
+    assert await asyncio.gather(*(coalescer.submit(k) for k in "xyz")) == ["X", "Y", "Z"]
+    assert coalescer.running == 1
+    hung.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await hung
+    assert coalescer.running == 0
+
+
+async def test_a_failed_read_fails_exactly_its_batch_each_with_its_own_copy() -> None:
+    reads = Reads()
+    coalescer: ReadCoalescer[str, str] = ReadCoalescer(reads, name="t", max_batch=2, lanes=1)
+    first = await _held(reads, coalescer, "a")
     b, c, d = await _queued(coalescer, "b", "c", "d")
     reads.fail_on = {"a", "b"}
-    await _open(reads)
+    reads.gate.set()
     results = await asyncio.gather(first, b, c, return_exceptions=True)
     assert all(isinstance(r, ValueError) and str(r) == "disk on fire" for r in results)
+    assert results[1] is not results[2]  # one instance raised in many tasks gathered all their tracebacks
+    assert isinstance(results[2], ValueError) and isinstance(results[2].__cause__, KeyError)
     assert await d == "D"  # the next batch is read
     assert reads.calls == [["a"], ["b", "c"], ["d"]]
 
 
 async def test_a_result_that_is_an_exception_fails_its_own_read_alone() -> None:
     reads = Reads()
-    coalescer: ReadCoalescer[str, str] = ReadCoalescer(reads, name="t")
-    first = await _started(reads, coalescer, "missing-a")
+    coalescer: ReadCoalescer[str, str] = ReadCoalescer(reads, name="t", lanes=1)
+    first = await _held(reads, coalescer, "missing-a")
     waiting = await _queued(coalescer, "b", "missing-c", "d")
-    await _open(reads)
+    reads.gate.set()
     results = await asyncio.gather(first, *waiting, return_exceptions=True)
     assert [r if isinstance(r, str) else repr(r) for r in results] == [
         "KeyError('missing-a')", "B", "KeyError('missing-c')", "D"]
-    assert reads.calls == [["missing-a"], ["b", "missing-c", "d"]]
 
 
 async def test_waiting_reads_are_bounded() -> None:
     reads = Reads()
-    coalescer: ReadCoalescer[str, str] = ReadCoalescer(reads, name="t", max_pending=2)
-    first = await _started(reads, coalescer, "a")
+    coalescer: ReadCoalescer[str, str] = ReadCoalescer(reads, name="t", max_pending=2, lanes=1)
+    first = await _held(reads, coalescer, "a")
     waiting = await _queued(coalescer, "b", "c")
     with pytest.raises(StreamBackendError, match="2 reads already wait"):
         await coalescer.submit("d")
-    await _open(reads)
+    reads.gate.set()
     assert await asyncio.gather(first, *waiting) == ["A", "B", "C"]
     assert await coalescer.submit("e") == "E"  # room again, and no read is left running
 
 
-async def test_close_fails_the_waiting_and_refuses_new_reads() -> None:
+async def test_close_refuses_new_reads_and_lets_those_submitted_run() -> None:
     reads = Reads()
-    coalescer: ReadCoalescer[str, str] = ReadCoalescer(reads, name="t")
-    first = await _started(reads, coalescer, "a")
+    coalescer: ReadCoalescer[str, str] = ReadCoalescer(reads, name="t", lanes=1)
+    first = await _held(reads, coalescer, "a")
     (waiting,) = await _queued(coalescer, "b")
     coalescer.close()
-    with pytest.raises(StreamClosedError, match="closed before the read ran"):
-        await waiting
     with pytest.raises(StreamClosedError, match="t is closed"):
         await coalescer.submit("c")
-    await _open(reads)
-    assert await first == "A"  # a read under way ends as it would
-    assert reads.calls == [["a"]]
+    reads.gate.set()
+    assert await first == "A" and await waiting == "B"
 
 
 def test_bad_sizes_are_refused() -> None:
@@ -191,3 +191,5 @@ def test_bad_sizes_are_refused() -> None:
 
     with pytest.raises(ValueError, match="max_batch and max_pending must be >= 1"):
         ReadCoalescer(read, name="t", max_batch=0)
+    with pytest.raises(ValueError, match="lanes must be >= 1"):
+        ReadCoalescer(read, name="t", lanes=0)
