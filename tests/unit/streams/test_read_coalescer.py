@@ -85,10 +85,8 @@ async def test_reads_past_the_lanes_run_together_in_a_task_of_their_own() -> Non
     assert coalescer.running == 0 and len(coalescer) == 0
 
 
-async def test_a_batch_is_not_cut_when_its_first_caller_gives_up() -> None:
-    """Before, the batch's read ran under its first caller's time limit: that caller, having waited longest, had the
-    least time left, and its cancel cut the read (on PostgreSQL the connection went with it: the next read was cold
-    again, and every get failed while replies were slow)."""
+async def _batch_of_b_and_c_held() -> tuple[Reads, ReadCoalescer[str, str], asyncio.Task[str], asyncio.Task[str]]:
+    """One lane; "a" read alone, then "b" and "c" read together in a batch held at the gate."""
     reads = Reads()
     coalescer: ReadCoalescer[str, str] = ReadCoalescer(reads, name="t", lanes=1)
     first = await _held(reads, coalescer, "a")
@@ -98,6 +96,14 @@ async def test_a_batch_is_not_cut_when_its_first_caller_gives_up() -> None:
     gate.set()
     assert await first == "A"
     assert await reads.call(2) == ["b", "c"]
+    return reads, coalescer, b, c
+
+
+async def test_a_batch_is_not_cut_when_its_first_caller_gives_up() -> None:
+    """Before, the batch's read ran under its first caller's time limit: that caller, having waited longest, had the
+    least time left, and its cancel cut the read (on PostgreSQL the connection went with it: the next read was cold
+    again, and every get failed while replies were slow)."""
+    reads, _, b, c = await _batch_of_b_and_c_held()
     b.cancel()
     await asyncio.sleep(0)
     reads.gate.set()
@@ -106,15 +112,7 @@ async def test_a_batch_is_not_cut_when_its_first_caller_gives_up() -> None:
 
 
 async def test_a_batch_all_of_whose_callers_gave_up_is_stopped_and_the_next_one_runs() -> None:
-    reads = Reads()
-    coalescer: ReadCoalescer[str, str] = ReadCoalescer(reads, name="t", lanes=1)
-    first = await _held(reads, coalescer, "a")
-    b, c = await _queued(coalescer, "b", "c")
-    reads.hold.update({"b", "c"})
-    gate, reads.gate = reads.gate, asyncio.Event()
-    gate.set()
-    await first
-    assert await reads.call(2) == ["b", "c"]
+    reads, coalescer, b, c = await _batch_of_b_and_c_held()
     (d,) = await _queued(coalescer, "d")
     b.cancel()
     c.cancel()
