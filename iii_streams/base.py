@@ -42,12 +42,12 @@ from iii.wire import dumps
 from .close_once import CloseOnce
 from .deadlines import SharedDeadlines
 from .errors import (
-    StreamClosedError,
     StreamError,
     StreamTimeoutError,
     StreamUnavailableError,
     check_list_bytes,
     check_timeout,
+    closed_unapplied,
     utf8_size,
 )
 from .events import EventFilter, StreamEvent, Watch
@@ -401,9 +401,7 @@ class Backend(IStream[Any]):
         """
         closing = self._close_once
         if closing is not None and closing.closing:
-            refused = StreamClosedError(f"{type(self).__name__}.{operation}: the store is closed; nothing was applied")
-            refused.applied = False
-            raise refused
+            raise closed_unapplied(f"{type(self).__name__}.{operation}")
         if timeout is None and self.timeout is not None:
             # the store's own limit: every such call shares one timer (iii_streams.deadlines)
             return OperationGuard(self, operation, self.timeout, self._shared_deadlines(self.timeout))

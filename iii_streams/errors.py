@@ -60,6 +60,7 @@ __all__ = [
     "check_names",
     "check_text",
     "check_timeout",
+    "closed_unapplied",
     "unreadable_value",
     "utf8_size",
     "why_unreadable",
@@ -291,6 +292,19 @@ class StreamClosedError(StreamError, RuntimeError):
         error = type(self)(message)
         error.applied = applied
         return error
+
+
+def closed_unapplied(where: str) -> StreamClosedError:
+    """The error of an operation a closed store refused (``where``: ``"SQLStream.get"``): nothing was applied.
+
+    Example:
+        >>> error = closed_unapplied("SQLStream.get")
+        >>> str(error), error.applied
+        ('SQLStream.get: the store is closed; nothing was applied', False)
+    """
+    refused = StreamClosedError(f"{where}: the store is closed; nothing was applied")
+    refused.applied = False
+    return refused
 
 
 def _restated(error: StreamUnavailableError | StreamClosedError, sent: bool) -> tuple[str, bool | None]:

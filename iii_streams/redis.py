@@ -100,6 +100,7 @@ from .errors import (
     check_list_bytes,
     check_names,
     check_timeout,
+    closed_unapplied,
     json_text,
     utf8_size,
     why_unreadable,
@@ -1137,7 +1138,8 @@ class RedisStream(FieldUpdates):
         self._updates: KeyedBatcher[str, _Update, StreamUpdateResult[Any]] = KeyedBatcher(
             self._update_batch, name="RedisStream updates", max_batch=_MAX_BATCH)
         self._reads: ReadCoalescer[tuple[str, str], Any] = ReadCoalescer(
-            self._read_values, name="RedisStream reads", max_batch=_MAX_BATCH)
+            self._read_values, name="RedisStream reads", max_batch=_MAX_BATCH,
+            size=lambda raw: 0 if raw is None else len(raw))
         self._close_once: CloseOnce = CloseOnce()
 
     @classmethod
@@ -1691,8 +1693,10 @@ class RedisStream(FieldUpdates):
 
     async def _close_commands(self, separate: bool) -> None:
         # a batch in flight waits for its reply: on a silent server up to the socket timeout, or the store's timeout
+        self._reads.close()  # (the gets already submitted run meanwhile)
         await self._close_part(self._updates.aclose(), "the end of the RedisStream update batches")
-        self._reads.close()
+        # before the pool's close: a read batch started after it connected again (connections left open)
+        await self._reads.finish(0, closed_unapplied("RedisStream.get"))
         if self._owns_client and separate:
             await self._close_part(self._client.aclose(), "the close of the Redis command pool")
 

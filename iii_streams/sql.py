@@ -153,6 +153,7 @@ from .errors import (
     check_list_bytes,
     check_names,
     check_timeout,
+    closed_unapplied,
     json_text,
     unreadable_value,
     utf8_size,
@@ -443,6 +444,11 @@ async def _sqlite_value(conn: AsyncConnection, key: bytes, *, in_memory: bool) -
 _GET_VALUES: Final = select(items.c.item_key, items.c.value).where(
     items.c.item_key.in_(bindparam("keys", expanding=True)))
 _GET_VALUES_SQLITE: Final = f"SELECT item_key, CAST(value AS BLOB) FROM {TABLE_NAME} WHERE item_key IN "
+
+
+def _text_size(text: bytes | str | None) -> int:
+    """A stored value's size for the read batches (characters of a str: bytes enough for the estimate)."""
+    return 0 if text is None else len(text)
 
 
 async def _pg_values(conn: AsyncConnection, keys: list[bytes]) -> dict[bytes, str]:
@@ -1564,7 +1570,7 @@ class SQLStream(FieldUpdates):
         self._writes: KeyedBatcher[bytes, _Write, tuple[Any, Any]] = KeyedBatcher(
             self._write_batch, name="SQLStream writes", max_batch=_MAX_BATCH)
         self._reads: ReadCoalescer[bytes, bytes | str | None] = ReadCoalescer(
-            self._read_values, name="SQLStream reads", max_batch=_MAX_READ_BATCH)
+            self._read_values, name="SQLStream reads", max_batch=_MAX_READ_BATCH, size=_text_size)
         self._close_once: CloseOnce = CloseOnce()
 
     @classmethod
@@ -3000,6 +3006,9 @@ class SQLStream(FieldUpdates):
         await self._writes.aclose()
         self._reads.close()
         await self._let_operations_end(give_up_at)
+        # gets still waiting past that wait: told as a get refused by the close is (a batch started after the
+        # dispose connected again)
+        await self._reads.finish(0, closed_unapplied("SQLStream.get"))
         if self._ready and not self._operations and not self._wal_defused:
             # a file replaced since the store's last operation: its -wal's writes must not reach the new one either
             with contextlib.suppress(StreamError):

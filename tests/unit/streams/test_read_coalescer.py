@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from iii_streams import coalescing
 from iii_streams.coalescing import ReadCoalescer
 from iii_streams.errors import StreamBackendError, StreamClosedError
 
@@ -38,7 +39,8 @@ class Reads:
                 raise
         if self.fail_on & set(keys):
             raise ValueError("disk on fire") from KeyError("the cause")
-        return [KeyError(k) if k.startswith("missing") else k.upper() for k in keys]
+        return [KeyError(k) if k.startswith("missing") else "x" * (1 << 20) if k.startswith("big") else k.upper()
+                for k in keys]
 
     async def call(self, number: int) -> list[str]:
         """The keys of call ``number`` (1 for the first), once it began."""
@@ -121,16 +123,58 @@ async def test_a_batch_all_of_whose_callers_gave_up_is_stopped_and_the_next_one_
     assert coalescer.running == 0
 
 
-async def test_a_hung_read_holds_one_lane_and_the_others_go_on() -> None:
+async def test_hung_reads_hold_one_lane_each_and_the_others_go_on() -> None:
+    """An attack hung 5 to 8 reads (half-open connections) of callers with no time limit: with 4 lanes every other
+    get then waited (0 of 49 within 2 s); the default is 15, as many as a SQL store's default pool holds."""
+    reads = Reads()
+    coalescer: ReadCoalescer[str, str] = ReadCoalescer(reads, name="t")
+    hung = [await _held(reads, coalescer, "hung")]
+    reads.hold = {"hung"}
+    hung += [asyncio.create_task(coalescer.submit("hung")) for _ in range(7)]
+    async with reads.entered:
+        await reads.entered.wait_for(lambda: len(reads.calls) >= 2)  # the 7 read together, one more lane
+    assert await asyncio.gather(*(coalescer.submit(k) for k in "xyz")) == ["X", "Y", "Z"]
+    assert coalescer.running == 2
+    for task in hung:
+        task.cancel()
+    await asyncio.gather(*hung, return_exceptions=True)
+    await asyncio.sleep(0)  # the batch's task ends (all its callers gave up) at its next step
+    assert coalescer.running == 0
+
+
+async def test_a_batch_cancelled_before_it_ran_gives_its_lane_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by an attack: a "cancel every task" (a shutdown) in the pass a batch's task was made in never ran its
+    body, whose ``finally`` gave the lane back: the lane stayed taken for good, and every later read waited."""
+    monkeypatch.setattr(coalescing, "PATIENCE_S", 60)  # its timer is not the one that starts the batch here
     reads = Reads()
     coalescer: ReadCoalescer[str, str] = ReadCoalescer(reads, name="t", lanes=2)
-    hung = await _held(reads, coalescer, "hung")  # a half-open connection: it never answers
-    assert await asyncio.gather(*(coalescer.submit(k) for k in "xyz")) == ["X", "Y", "Z"]
-    assert coalescer.running == 1
-    hung.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await hung
-    assert coalescer.running == 0
+    first = await _held(reads, coalescer, "a")
+    b = asyncio.create_task(coalescer.submit("b"))
+    await asyncio.sleep(0)  # b queued
+    coalescer._kick()  # the start of batches, as its timer does: the batch's task is made, not yet run
+    (batch,) = [t for t in asyncio.all_tasks() if t.get_name() == "t batch"]
+    batch.cancel()
+    with pytest.raises(StreamClosedError, match="the read was stopped"):
+        await b
+    assert coalescer.running == 1 and reads.calls == [["a"]]
+    reads.gate.set()
+    assert await first == "A"
+    assert coalescer.running == 0 and await coalescer.submit("c") == "C"
+
+
+async def test_big_values_are_read_a_few_at_a_time() -> None:
+    """Found by an attack: 256 values of 2 MB read in one batch held 512 MB at once (a burst of 400 took 1.7 GB more
+    memory, 250 MB before the coalescing), and a Redis pipeline that long outlasted its socket's timeout."""
+    reads = Reads()
+    coalescer: ReadCoalescer[str, str] = ReadCoalescer(reads, name="t", lanes=1, size=len,
+                                                       max_batch_bytes=3 << 20)
+    first = await _held(reads, coalescer, "big-0")
+    waiting = await _queued(coalescer, *(f"big-{i}" for i in range(1, 10)), "small")
+    reads.hold.clear()
+    reads.gate.set()
+    assert len(await first) == 1 << 20
+    await asyncio.gather(*waiting)
+    assert [len(call) for call in reads.calls] == [1, 3, 3, 3, 1]  # 3 MiB a batch
 
 
 async def test_a_failed_read_fails_exactly_its_batch_each_with_its_own_copy() -> None:
@@ -183,11 +227,29 @@ async def test_close_refuses_new_reads_and_lets_those_submitted_run() -> None:
     assert await first == "A" and await waiting == "B"
 
 
+async def test_finish_waits_for_the_reads_then_fails_the_rest_and_stops_the_batches() -> None:
+    reads = Reads()
+    coalescer: ReadCoalescer[str, str] = ReadCoalescer(reads, name="t", lanes=2)
+    first = await _held(reads, coalescer, "a")
+    reads.hold.add("b")
+    b = asyncio.create_task(coalescer.submit("b"))
+    assert await reads.call(2) == ["b"]  # a batch of its own, held
+    coalescer.close()
+    gone = RuntimeError("the store is closed")
+    await coalescer.finish(0.05, gone)
+    with pytest.raises(RuntimeError, match="the store is closed"):
+        await b
+    assert coalescer.running == 1  # the caller's own read is its own: it ends as it would
+    reads.gate.set()
+    assert await first == "A"
+    assert coalescer.running == 0 and len(coalescer) == 0
+
+
 def test_bad_sizes_are_refused() -> None:
     async def read(keys: Sequence[str]) -> list[str]:
         return list(keys)
 
     with pytest.raises(ValueError, match="max_batch and max_pending must be >= 1"):
         ReadCoalescer(read, name="t", max_batch=0)
-    with pytest.raises(ValueError, match="lanes must be >= 1"):
+    with pytest.raises(ValueError, match="lanes and max_batch_bytes must be >= 1"):
         ReadCoalescer(read, name="t", lanes=0)
